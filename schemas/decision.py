@@ -1,0 +1,142 @@
+"""The decision record: what Baton decided about one event, as published and as audited.
+
+``Decision`` is a plain slotted dataclass (the engine builds hundreds of thousands per second,
+and orjson serializes dataclasses natively); pydantic validates and exports it through
+:data:`DECISION_ADAPTER`, so there is one definition of the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter
+
+__all__ = [
+    "DECISION_ADAPTER",
+    "DECISION_FIELDS",
+    "Decision",
+    "Fallback",
+    "Outcome",
+    "Phase",
+    "Reason",
+    "decision_id_for",
+]
+
+
+class Phase(StrEnum):
+    PRE_HANDOFF = "pre_handoff"
+    POST_HANDOFF = "post_handoff"
+    APPROVAL = "approval"
+    CONTROL = "control"
+
+
+class Outcome(StrEnum):
+    ALLOW = "allow"
+    STOP = "stop"
+    APPROVAL_REQUIRED = "approval_required"
+    #: a record that blocks nothing and allows nothing: a post-handoff cost report within
+    #: budget, a finished run, a kill switch, a grant that could not be used (reason says why)
+    RECORDED = "recorded"
+
+
+class Reason(StrEnum):
+    # pre-handoff allows
+    OK = "ok"
+    # stops, in the order the engine checks them
+    KILLED = "killed"
+    RUN_FINISHED = "run_finished"
+    OWNERSHIP_CONFLICT = "ownership_conflict"
+    ROLE_NOT_PERMITTED = "role_not_permitted"
+    AGENT_LIMIT_EXCEEDED = "agent_limit_exceeded"
+    HANDOFF_BUDGET_EXCEEDED = "handoff_budget_exceeded"
+    DELEGATION_DEPTH_EXCEEDED = "delegation_depth_exceeded"
+    DELEGATION_CYCLE = "delegation_cycle"
+    SHARED_BUDGET_EXCEEDED = "shared_budget_exceeded"
+    TOOL_NOT_PERMITTED = "tool_not_permitted"
+    APPROVAL_DENIED = "approval_denied"
+    APPROVAL_EXPIRED = "approval_expired"
+    # approval gate
+    APPROVAL_PENDING = "approval_pending"
+    APPROVAL_GRANTED = "approval_granted"
+    # records
+    WITHIN_BUDGET = "within_budget"
+    SELF_APPROVAL = "self_approval"
+    APPROVER_NOT_PERMITTED = "approver_not_permitted"
+    UNKNOWN_APPROVAL = "unknown_approval"
+    KILL_SWITCH = "kill_switch"
+    KILL_SWITCH_RELEASED = "kill_switch_released"
+    POLICY_UPDATED = "policy_updated"
+    # client side (SDK), never produced by the engine
+    GOVERNANCE_UNAVAILABLE = "governance_unavailable"
+
+
+class Fallback(StrEnum):
+    SINGLE_AGENT = "single_agent"
+    CONSTRAINED = "constrained"
+
+
+def decision_id_for(key: str, phase: str) -> str:
+    """Deterministic id from the request (or approval) id and the phase: replays reproduce it."""
+    return hashlib.blake2b(f"{key}\x1f{phase}".encode(), digest_size=16).hexdigest()
+
+
+@dataclass(slots=True)
+class Decision:
+    """One decision, exactly the audit record of ARCHITECTURE.md ("Decision record")."""
+
+    decision_id: str
+    request_id: str
+    run_id: str
+    tenant: str
+    phase: Phase
+    outcome: Outcome
+    reason: str
+    owner: str | None = None
+    from_agent: str | None = None
+    to_agent: str | None = None
+    task_id: str | None = None
+    parent_task_id: str | None = None
+    action: str | None = None
+    depth: int = 0
+    handoff_count: int = 0
+    spent_usd: float = 0.0
+    tool_calls: int = 0
+    handoff_status: str | None = None
+    fallback: Fallback | None = None
+    approval_id: str | None = None
+    approval_expires_at: datetime | None = None
+    approver: str | None = None
+    policy_version: str = ""
+    event_time: datetime | None = None
+    decided_at: datetime | None = None
+    worker: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    #: shadow (dry-run) mode: the outcome Baton *would* have enforced; ``outcome`` is then allow
+    shadow_outcome: Outcome | None = None
+    tool: str | None = None
+    reserved_usd: float = 0.0
+    detail: str | None = None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Decision:
+        return DECISION_ADAPTER.validate_json(raw)
+
+    @property
+    def is_stop(self) -> bool:
+        return self.outcome == Outcome.STOP
+
+
+DECISION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Decision))
+DECISION_ADAPTER: TypeAdapter[Decision] = TypeAdapter(Decision)

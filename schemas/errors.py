@@ -1,0 +1,68 @@
+"""The one exception tree of Baton: every error a user can meet, with a message that explains itself.
+
+    BatonError
+    ├── PolicyError          a policy file or value is wrong (names the key path, value, expectation)
+    ├── ConfigError          a setting is wrong (names the setting and the environment variable)
+    ├── MissingExtra         an optional dependency is not installed (names the pip extra)
+    ├── BrokerUnavailable    Kafka cannot be reached (names the bootstrap address)
+    ├── TopicMismatch        an existing topic disagrees with the catalog (names topic and counts)
+    └── AuditUnavailable     ClickHouse cannot be reached or refused a query (names the target)
+
+Bad *events* are not exceptions: they become dead-letter records (see baton.schemas.events).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuditUnavailable",
+    "BatonError",
+    "BrokerUnavailable",
+    "ConfigError",
+    "MissingExtra",
+    "PolicyError",
+    "TopicMismatch",
+]
+
+
+class BatonError(Exception):
+    """Root of every error Baton raises on purpose; the CLI prints its message and exits non-zero."""
+
+    exit_code = 1
+
+
+class PolicyError(BatonError):
+    """A policy document is invalid; ``problems`` holds one line per bad key."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str], source: str = "policy") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(problems) if len(problems) == 1 else
+                         f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems))
+
+
+class ConfigError(BatonError):
+    exit_code = 2
+
+
+class MissingExtra(BatonError):
+    exit_code = 3
+
+    def __init__(self, module: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{module}' package, which is not installed; "
+            f"install it with: pip install 'baton[{extra}]'"
+        )
+
+
+class BrokerUnavailable(BatonError):
+    exit_code = 4
+
+
+class TopicMismatch(BatonError):
+    exit_code = 4
+
+
+class AuditUnavailable(BatonError):
+    exit_code = 5

@@ -1,0 +1,248 @@
+"""The wire contract of every event Baton consumes: pydantic v2 models, JSON with one ``type`` field.
+
+Field names are a public contract that orchestrators in other languages code against:
+add optional fields freely, rename only with a version bump. Unknown fields are ignored so
+that newer clients keep working against an older Baton.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+__all__ = [
+    "ApprovalDenied",
+    "ApprovalGranted",
+    "ApprovalEvent",
+    "ControlEvent",
+    "Event",
+    "EventError",
+    "HandoffCompleted",
+    "HandoffRequested",
+    "KillSwitch",
+    "KillSwitchReleased",
+    "PolicyUpdated",
+    "RunEvent",
+    "RunFinished",
+    "parse_control_event",
+    "parse_event",
+]
+
+#: Largest accepted event, in bytes. A handoff request is a few hundred bytes; anything near
+#: this limit is a bug or an attack, and would bloat the run's state and the audit.
+MAX_EVENT_BYTES = 64 * 1024
+
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0)]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=False)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+class HandoffRequested(_Event):
+    """Published by an orchestrator *before* ``from_agent`` delegates ``task_id`` to ``to_agent``."""
+
+    type: Literal["handoff_requested"] = "handoff_requested"
+    request_id: Id
+    run_id: Id
+    tenant: Name = "default"
+    task_id: Id
+    parent_task_id: Id | None = None
+    task_kind: Name | None = Field(
+        default=None, description="Kind of task for the role map; defaults to task_id."
+    )
+    from_agent: Name
+    to_agent: Name
+    action: Name | None = Field(default=None, description='e.g. "billing.refund.create"')
+    tool: Name | None = None
+    estimated_usd: Money | None = Field(
+        default=None, description="Reserved against the shared budget until the completion."
+    )
+    estimated_tool_calls: Count | None = None
+    event_time: datetime
+
+    @property
+    def kind(self) -> str:
+        return self.task_kind or self.task_id
+
+
+class HandoffCompleted(_Event):
+    """Published *after* the delegated work, with what it cost; consumes the run's shared budget."""
+
+    type: Literal["handoff_completed"] = "handoff_completed"
+    request_id: Id = Field(description="request_id of the handoff this completes")
+    run_id: Id
+    tenant: Name = "default"
+    task_id: Id
+    agent: Name
+    cost_usd: Money = 0.0
+    tool_calls: Count = 0
+    status: Name = "ok"
+    event_time: datetime
+
+
+class ApprovalGranted(_Event):
+    type: Literal["approval_granted"] = "approval_granted"
+    approval_id: Id
+    run_id: Id
+    tenant: Name = "default"
+    approver: Name
+    signature: str | None = Field(
+        default=None, description="Authentication signature of the approver (verified later)."
+    )
+    comment: str | None = None
+    event_time: datetime
+
+
+class ApprovalDenied(_Event):
+    type: Literal["approval_denied"] = "approval_denied"
+    approval_id: Id
+    run_id: Id
+    tenant: Name = "default"
+    approver: Name
+    signature: str | None = None
+    comment: str | None = None
+    event_time: datetime
+
+
+class RunFinished(_Event):
+    """The orchestrator is done with the run; its state may be evicted after the retention."""
+
+    type: Literal["run_finished"] = "run_finished"
+    run_id: Id
+    tenant: Name = "default"
+    event_time: datetime
+
+
+class KillSwitch(_Event):
+    """An operator stops every handoff of a run, a tenant, or everything (``scope="global"``)."""
+
+    type: Literal["kill_switch"] = "kill_switch"
+    scope: Literal["run", "tenant", "global"]
+    run_id: Id | None = None
+    tenant: Name | None = None
+    operator: Name
+    reason: str = ""
+    event_time: datetime
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.scope == "run" and not self.run_id:
+            raise ValueError("scope 'run' needs run_id")
+        if self.scope == "tenant" and not self.tenant:
+            raise ValueError("scope 'tenant' needs tenant")
+
+    @property
+    def target(self) -> str:
+        return {"run": self.run_id, "tenant": self.tenant, "global": "*"}[self.scope] or "*"
+
+
+class KillSwitchReleased(_Event):
+    type: Literal["kill_switch_released"] = "kill_switch_released"
+    scope: Literal["run", "tenant", "global"]
+    run_id: Id | None = None
+    tenant: Name | None = None
+    operator: Name
+    reason: str = ""
+    event_time: datetime
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.scope == "run" and not self.run_id:
+            raise ValueError("scope 'run' needs run_id")
+        if self.scope == "tenant" and not self.tenant:
+            raise ValueError("scope 'tenant' needs tenant")
+
+    @property
+    def target(self) -> str:
+        return {"run": self.run_id, "tenant": self.tenant, "global": "*"}[self.scope] or "*"
+
+
+class PolicyUpdated(_Event):
+    """A new policy for every worker, published on the control topic (hot reload)."""
+
+    type: Literal["policy_updated"] = "policy_updated"
+    policy_yaml: str
+    operator: Name = "unknown"
+    event_time: datetime
+
+
+RunEvent = HandoffRequested | HandoffCompleted | ApprovalGranted | ApprovalDenied | RunFinished
+ApprovalEvent = ApprovalGranted | ApprovalDenied
+ControlEvent = KillSwitch | KillSwitchReleased | PolicyUpdated
+Event = RunEvent | ControlEvent
+
+_RUN_EVENT = TypeAdapter(Annotated[RunEvent, Field(discriminator="type")])
+_CONTROL_EVENT = TypeAdapter(Annotated[ControlEvent, Field(discriminator="type")])
+
+RUN_EVENT_TYPES: tuple[type[_Event], ...] = (
+    HandoffRequested, HandoffCompleted, ApprovalGranted, ApprovalDenied, RunFinished,
+)
+CONTROL_EVENT_TYPES: tuple[type[_Event], ...] = (KillSwitch, KillSwitchReleased, PolicyUpdated)
+
+
+class EventError(ValueError):
+    """An input event is unusable; ``kind`` is a stable short code for the dead-letter record."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        # drop the union tag pydantic puts first, e.g. "handoff_requested.cost_usd"
+        loc = ".".join(str(p) for p in err["loc"][1:])
+        parts.append(f"{loc or '<event>'}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None) -> Any:
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventError("oversized", f"event is {len(raw)} bytes, limit is {MAX_EVENT_BYTES}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise EventError("not_json", f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise EventError("schema", f"expected a JSON object, got {type(doc).__name__}")
+    kind = doc.get("type")
+    if not isinstance(kind, str):
+        raise EventError("schema", "missing string field 'type'")
+    try:
+        event = adapter.validate_python(doc)
+    except ValidationError as exc:
+        if any(e["type"] == "union_tag_invalid" for e in exc.errors()):
+            raise EventError("unknown_type", f"unknown event type {kind!r}") from None
+        raise EventError("schema", f"{kind}: {_explain(exc)}") from None
+    except ValueError as exc:  # model_post_init checks
+        raise EventError("schema", f"{kind}: {exc}") from None
+    return event
+
+
+def parse_event(raw: bytes, key: bytes | None = None) -> RunEvent:
+    """Validate one run event from its wire bytes; the Kafka key, when given, must be its run_id.
+
+    Raises :class:`EventError` (never anything else) on bad input. Numbers are checked for
+    NaN/Infinity (JSON has none, but some encoders emit them) and negative money.
+    """
+    event = _parse(raw, _RUN_EVENT, key)
+    if key is not None and key.decode("utf-8", "replace") != event.run_id:
+        raise EventError(
+            "key_mismatch",
+            f"Kafka key {key.decode('utf-8', 'replace')!r} differs from payload run_id "
+            f"{event.run_id!r}; key every event by its run_id",
+        )
+    return event  # type: ignore[no-any-return]
+
+
+def parse_control_event(raw: bytes) -> ControlEvent:
+    return _parse(raw, _CONTROL_EVENT, None)  # type: ignore[no-any-return]

@@ -1,0 +1,71 @@
+"""Runtime settings of every Baton process: one pydantic-settings model, env prefix ``BATON_``.
+
+Built once at the edge (the CLI) and passed down; nothing else reads the environment.
+Every field here is documented in ``baton --help`` and usable in ``docker-compose.yml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------------------
+    bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, HOST:PORT[,..]")
+    topic_prefix: str = Field("", description="prefix for every topic name, e.g. 'staging.'")
+    partitions: int = Field(8, ge=1, description="partitions of the run-keyed topics at creation")
+    replication_factor: int = Field(1, ge=1, description="replication factor at topic creation")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    connect_timeout_s: float = Field(10.0, gt=0, description="give up reaching Kafka after this")
+
+    # --- worker ------------------------------------------------------------------------
+    app_id: str = Field("baton", description="Faust app id = consumer group of the workers")
+    policy: Path | None = Field(None, description="policy YAML; the seed policy when unset")
+    web_port: int = Field(6066, ge=0, le=65535, description="Faust web port (0 = pick a free one)")
+    worker_data_dir: Path = Field(Path(".baton/worker"), description="Faust table state directory")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    run_retention_s: float = Field(
+        3600.0, gt=0, description="evict finished runs, and idle runs, after this many seconds"
+    )
+    batch_size: int = Field(1000, ge=1, description="max events per worker batch")
+    batch_timeout_s: float = Field(0.01, gt=0, description="max wait to fill a worker batch")
+
+    # --- audit (ClickHouse) ------------------------------------------------------------
+    clickhouse_dsn: str = Field(
+        "chdb:///.baton/chdb",
+        description="ClickHouse target: http(s)://user:pass@host:8123/db or chdb:///abs/dir",
+    )
+    audit_ttl_days: int = Field(365, ge=1, description="keep audit rows this many days")
+    sink_batch_size: int = Field(5000, ge=1)
+    sink_batch_timeout_s: float = Field(1.0, gt=0)
+
+    # --- alerts ------------------------------------------------------------------------
+    webhook_url: str | None = Field(None, description="Slack-compatible webhook for stop alerts")
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka properties shared by every confluent-kafka client we create."""
+        conf: dict[str, str] = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = str(self.ssl_cafile)
+        return conf
