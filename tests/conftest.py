@@ -1,0 +1,63 @@
+"""Shared fixtures: one embedded Tansu broker per session, free ports, fresh chDB dirs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.net import free_port as _free_port
+
+# `tests` is a package so that `from tests.helpers import wait_for` works; pytest's default
+# import mode therefore puts the repo root on sys.path, which makes the bare folders
+# importable. Importing them would load a second copy of a module next to baton.*, so a
+# session that did it fails here.
+_BARE_PACKAGES = ("schemas", "processors", "streams", "sinks", "cli")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    bare = [name for name in _BARE_PACKAGES if name in sys.modules]
+    if bare:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        sys.stderr.write(
+            f"\nERROR: bare package(s) imported: {', '.join(bare)}; "
+            f"import them as baton.{bare[0]} instead\n"
+        )
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A Tansu broker on a free port for the whole session (memory storage; topics persist
+    across tests, so tests use their own topic names or prefixes)."""
+    log_dir = tmp_path_factory.mktemp("tansu")
+    broker = EmbeddedBroker(log_dir=log_dir)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nothing listens on (e.g. for a Faust worker's web server)."""
+    return _free_port()
+
+
+@pytest.fixture
+def chdb_dir(tmp_path: Path) -> Path:
+    """A fresh chDB data directory for this test only (one process may open a dir at a time)."""
+    path = tmp_path / "chdb"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def topic_prefix(request: pytest.FixtureRequest) -> str:
+    """A topic-name prefix unique to this test, so tests sharing the session broker never
+    see each other's topics."""
+    import uuid
+
+    return f"t{uuid.uuid4().hex[:10]}."

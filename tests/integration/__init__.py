@@ -1,0 +1,1 @@
+"""Integration tests: real Tansu broker, Faust workers, chDB."""
