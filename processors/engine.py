@@ -1,0 +1,525 @@
+"""The governance decision as a pure function: (run state, event, policy, now) -> (state, decisions).
+
+No I/O, no clock, no randomness: Faust, Kafka and ClickHouse only carry events in and
+decisions out. The input state is never modified (a changed copy is returned), so replay,
+what-if and property tests can call it freely.
+
+Pre-handoff rules, in ARCHITECTURE.md's order, first failure wins:
+ 1. kill switch (run, tenant, global)                              -> stop killed
+ 2. sticky stop / finished run                                     -> stop <original reason>
+ 3. ownership lock; role map                                       -> ownership_conflict / role_not_permitted
+ 4. multi_agent.max_agents_per_run                                 -> agent_limit_exceeded
+ 5. multi_agent.max_handoffs                                       -> handoff_budget_exceeded
+ 6. multi_agent.max_delegation_depth; detect_delegation_cycles     -> delegation_depth_exceeded / delegation_cycle
+ 7. shared_max_usd, shared_max_tool_calls, max_run_seconds, with
+    reservations of estimated_usd / estimated_tool_calls            -> shared_budget_exceeded
+ 8. tools.allow / tools.block; require_approval_for                -> tool_not_permitted / approval_required
+ 9. allow: the task is locked to to_agent, the estimate reserved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from baton.processors.state import (
+    MAX_PENDING_APPROVALS,
+    PendingApproval,
+    RunState,
+    TaskNode,
+)
+from baton.schemas.decision import Decision, Outcome, Phase, Reason, decision_id_for
+from baton.schemas.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    HandoffCompleted,
+    HandoffRequested,
+    KillSwitch,
+    KillSwitchReleased,
+    RunEvent,
+    RunFinished,
+)
+from baton.schemas.policy import MultiAgentPolicy, Policy
+
+__all__ = [
+    "NO_KILLS",
+    "KillSwitches",
+    "Origin",
+    "apply_control",
+    "approval_id_for",
+    "decide",
+    "expire_approvals",
+    "is_evictable",
+    "new_state",
+]
+
+#: without a max_handoffs limit, a run still cannot grow its task tree past this
+HARD_MAX_HANDOFFS = 10_000
+
+#: stops that end the run for good (the run stays stopped); other stops refuse one handoff
+STICKY_REASONS = frozenset(
+    {Reason.HANDOFF_BUDGET_EXCEEDED, Reason.SHARED_BUDGET_EXCEEDED}
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where the event was read: recorded on its decisions (worker id, partition, offset)."""
+
+    worker: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+_NO_ORIGIN = Origin()
+
+
+@dataclass(frozen=True, slots=True)
+class KillSwitches:
+    """The kill switches in force, from gov.control: runs, tenants, or everything."""
+
+    runs: frozenset[str] = frozenset()
+    tenants: frozenset[str] = frozenset()
+    everything: bool = False
+
+    def killed(self, run_id: str, tenant: str) -> bool:
+        return self.everything or run_id in self.runs or tenant in self.tenants
+
+    def __bool__(self) -> bool:
+        return self.everything or bool(self.runs) or bool(self.tenants)
+
+
+NO_KILLS = KillSwitches()
+
+
+def approval_id_for(request_id: str) -> str:
+    return "apr_" + hashlib.blake2b(request_id.encode(), digest_size=8).hexdigest()
+
+
+def new_state(run_id: str, tenant: str, now: datetime) -> RunState:
+    ts = now.timestamp()
+    return RunState(run_id=run_id, tenant=tenant, started_at=ts, last_event_at=ts)
+
+
+def is_evictable(state: RunState, now: datetime, retention_s: float) -> bool:
+    """A finished run, or one idle for ``retention_s``, may leave the table.
+
+    Pending approvals keep a run until they expire, whatever its age.
+    """
+    if state.pending:
+        return False
+    return now.timestamp() - state.last_event_at >= retention_s
+
+
+# =========================================================================== entry points
+
+
+def decide(
+    state: RunState | None,
+    event: RunEvent,
+    policy: Policy,
+    now: datetime,
+    kills: KillSwitches = NO_KILLS,
+    origin: Origin = _NO_ORIGIN,
+) -> tuple[RunState, list[Decision]]:
+    """Decide one run event. ``state`` is None for a run Baton has not seen yet."""
+    key = _dedup_key(event)
+    if state is not None and key in state.seen:
+        # a redelivery or a client retry: re-emit what was decided, change nothing
+        return state, list(state.recent.get(key, ()))
+    st = new_state(event.run_id, event.tenant, now) if state is None else state.copy()
+    st.last_event_at = max(st.last_event_at, now.timestamp())
+    ctx = _Ctx(policy, policy.for_tenant(st.tenant), now, kills, origin)
+    out = _expire(st, ctx)
+    if key in st.seen:  # the sweep just resolved the approval this event is about
+        replies = st.recent.get(key, [])
+        return st, out + [d for d in replies if d not in out]
+    if isinstance(event, HandoffRequested):
+        decisions = _pre_handoff(st, event, ctx)
+    elif isinstance(event, HandoffCompleted):
+        decisions = _post_handoff(st, event, ctx)
+    elif isinstance(event, (ApprovalGranted, ApprovalDenied)):
+        decisions = _approval(st, event, ctx)
+    elif isinstance(event, RunFinished):
+        decisions = _finish(st, event, ctx)
+    else:  # pragma: no cover - the union is closed
+        raise TypeError(f"not a run event: {type(event).__name__}")
+    if decisions[0].phase == Phase.APPROVAL and decisions[0].outcome == Outcome.RECORDED:
+        # a grant that could not be used leaves the approval pending: it must not burn the
+        # approval's key, or the real approver's grant would be taken for a duplicate
+        key = "r:" + decisions[0].request_id
+    st.remember(key, decisions)
+    return st, out + decisions
+
+
+def expire_approvals(
+    state: RunState, policy: Policy, now: datetime, kills: KillSwitches = NO_KILLS
+) -> tuple[RunState, list[Decision]]:
+    """Stop every pending approval of the run whose TTL has passed (the worker's timer)."""
+    if not any(p.expires_at <= now.timestamp() for p in state.pending.values()):
+        return state, []
+    st = state.copy()
+    return st, _expire(st, _Ctx(policy, policy.for_tenant(st.tenant), now, kills, _NO_ORIGIN))
+
+
+def apply_control(
+    kills: KillSwitches,
+    event: KillSwitch | KillSwitchReleased,
+    policy: Policy,
+    now: datetime,
+    origin: Origin = _NO_ORIGIN,
+) -> tuple[KillSwitches, Decision]:
+    """Apply a kill switch (or its release) and return the control record for the audit."""
+    on = isinstance(event, KillSwitch)
+    runs, tenants, everything = set(kills.runs), set(kills.tenants), kills.everything
+    if event.scope == "run":
+        (runs.add if on else runs.discard)(event.run_id or "")
+    elif event.scope == "tenant":
+        (tenants.add if on else tenants.discard)(event.tenant or "")
+    else:
+        everything = on
+    target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope] or "*"
+    request_id = f"{event.type}:{event.scope}:{target}:{event.event_time.isoformat()}"
+    record = Decision(
+        decision_id=decision_id_for(request_id, Phase.CONTROL),
+        request_id=request_id,
+        run_id=event.run_id or "*",
+        tenant=event.tenant or "*",
+        phase=Phase.CONTROL,
+        outcome=Outcome.RECORDED,
+        reason=Reason.KILL_SWITCH if on else Reason.KILL_SWITCH_RELEASED,
+        approver=event.operator,
+        policy_version=policy.version,
+        event_time=event.event_time,
+        decided_at=now,
+        worker=origin.worker,
+        partition=origin.partition,
+        offset=origin.offset,
+        detail=f"scope={event.scope} target={target} reason={event.reason}",
+    )
+    return KillSwitches(frozenset(runs), frozenset(tenants), everything), record
+
+
+# =========================================================================== internals
+
+
+@dataclass(slots=True)
+class _Ctx:
+    policy: Policy
+    limits: MultiAgentPolicy
+    now: datetime
+    kills: KillSwitches
+    origin: Origin
+
+
+def _dedup_key(event: RunEvent) -> str:
+    # one key per logical event; approvals share one key per approval_id, so the first
+    # resolution wins and every later grant/deny of it gets the same answer
+    if isinstance(event, HandoffRequested):
+        return "h:" + event.request_id
+    if isinstance(event, HandoffCompleted):
+        return "c:" + event.request_id
+    if isinstance(event, (ApprovalGranted, ApprovalDenied)):
+        return "a:" + event.approval_id
+    return "f:"
+
+
+def _decision(
+    st: RunState,
+    ctx: _Ctx,
+    request_id: str,
+    phase: Phase,
+    outcome: Outcome,
+    reason: str,
+    event_time: datetime | None,
+    req: HandoffRequested | None = None,
+    **extra: object,
+) -> Decision:
+    limits = ctx.limits
+    shadow = None
+    if limits.shadow_mode and outcome in (Outcome.STOP, Outcome.APPROVAL_REQUIRED):
+        # shadow (dry-run): record what would have happened, enforce nothing
+        shadow = outcome
+        outcome = Outcome.RECORDED if phase == Phase.POST_HANDOFF else Outcome.ALLOW
+    d = Decision(
+        decision_id=decision_id_for(request_id, phase),
+        request_id=request_id,
+        run_id=st.run_id,
+        tenant=st.tenant,
+        phase=phase,
+        outcome=outcome,
+        reason=reason,
+        handoff_count=st.handoff_count,
+        spent_usd=round(st.spent_usd, 9),
+        tool_calls=st.tool_calls,
+        reserved_usd=round(st.reserved_usd, 9),
+        fallback=limits.fallback_for(reason) if (shadow or outcome) == Outcome.STOP else None,
+        policy_version=ctx.policy.version,
+        event_time=event_time,
+        decided_at=ctx.now,
+        worker=ctx.origin.worker,
+        partition=ctx.origin.partition,
+        offset=ctx.origin.offset,
+        shadow_outcome=shadow,
+    )
+    if req is not None:
+        d.from_agent = req.from_agent
+        d.to_agent = req.to_agent
+        d.task_id = req.task_id
+        d.parent_task_id = req.parent_task_id
+        d.action = req.action
+        d.tool = req.tool
+    for name, value in extra.items():
+        setattr(d, name, value)
+    return d
+
+
+def _depth(st: RunState, req: HandoffRequested) -> int:
+    node = st.tasks.get(req.task_id)
+    if node is not None:
+        return node.depth
+    if req.parent_task_id is None:
+        return 1
+    parent = st.tasks.get(req.parent_task_id)
+    # a parent Baton never saw is taken as a root: depth is computed, never trusted
+    return (parent.depth if parent is not None else 1) + 1
+
+
+def _on_chain(st: RunState, req: HandoffRequested) -> bool:
+    """True when to_agent already sits on the task's delegation chain (A -> B -> A)."""
+    if req.to_agent == req.from_agent:
+        return True
+    node = st.tasks.get(req.parent_task_id) if req.parent_task_id else None
+    hops = 0
+    while node is not None and hops < 64:
+        if req.to_agent in (node.owner, node.giver):
+            return True
+        node = st.tasks.get(node.parent) if node.parent else None
+        hops += 1
+    return False
+
+
+def _check(
+    st: RunState, req: HandoffRequested, ctx: _Ctx, depth: int, *, gate: bool
+) -> tuple[Outcome, str, str | None]:
+    """Rules 1-8 for one handoff; ``gate`` False skips the approval gate (after a grant)."""
+    limits = ctx.limits
+    if ctx.kills and ctx.kills.killed(st.run_id, st.tenant):
+        return Outcome.STOP, Reason.KILLED, None
+    if st.finished:
+        return Outcome.STOP, Reason.RUN_FINISHED, None
+    if st.stopped is not None:
+        return Outcome.STOP, st.stopped, "run already stopped"
+    node = st.tasks.get(req.task_id)
+    if node is not None and node.owner != req.to_agent:
+        return Outcome.STOP, Reason.OWNERSHIP_CONFLICT, f"{req.task_id} is owned by {node.owner}"
+    if limits.roles:
+        why = limits.role_permits(req.from_agent, req.to_agent, req.kind)
+        if why:
+            return Outcome.STOP, Reason.ROLE_NOT_PERMITTED, why
+    if limits.max_agents_per_run is not None:
+        agents = st.agents
+        new = (req.from_agent not in agents) + (
+            req.to_agent not in agents and req.to_agent != req.from_agent
+        )
+        if len(agents) + new > limits.max_agents_per_run:
+            return Outcome.STOP, Reason.AGENT_LIMIT_EXCEEDED, (
+                f"{len(agents) + new} agents > max_agents_per_run {limits.max_agents_per_run}"
+            )
+    max_handoffs = limits.max_handoffs if limits.max_handoffs is not None else HARD_MAX_HANDOFFS
+    if st.handoff_count + 1 > max_handoffs:
+        return Outcome.STOP, Reason.HANDOFF_BUDGET_EXCEEDED, (
+            f"handoff {st.handoff_count + 1} > max_handoffs {max_handoffs}"
+        )
+    if limits.max_delegation_depth is not None and depth > limits.max_delegation_depth:
+        return Outcome.STOP, Reason.DELEGATION_DEPTH_EXCEEDED, (
+            f"depth {depth} > max_delegation_depth {limits.max_delegation_depth}"
+        )
+    if limits.detect_delegation_cycles and _on_chain(st, req):
+        return Outcome.STOP, Reason.DELEGATION_CYCLE, f"{req.to_agent} is already on the chain"
+    why = _budget_exhausted(st, limits, ctx.now)
+    if why:
+        return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, why
+    if req.estimated_usd is not None and limits.shared_max_usd is not None:
+        total = st.spent_usd + st.reserved_usd + req.estimated_usd
+        if total > limits.shared_max_usd + 1e-9:
+            return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, (
+                f"spent+reserved+estimate {total:.4f} > shared_max_usd {limits.shared_max_usd:g}"
+            )
+    if req.estimated_tool_calls is not None and limits.shared_max_tool_calls is not None:
+        total_calls = st.tool_calls + st.reserved_tool_calls + req.estimated_tool_calls
+        if total_calls > limits.shared_max_tool_calls:
+            return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, (
+                f"tool calls with reservations {total_calls} > shared_max_tool_calls "
+                f"{limits.shared_max_tool_calls}"
+            )
+    if not limits.tool_permitted(req.tool):
+        return Outcome.STOP, Reason.TOOL_NOT_PERMITTED, f"tool {req.tool} is not permitted"
+    if gate and limits.needs_approval(req.action, req.tool):
+        return Outcome.APPROVAL_REQUIRED, Reason.APPROVAL_PENDING, None
+    return Outcome.ALLOW, Reason.OK, None
+
+
+def _budget_exhausted(st: RunState, limits: MultiAgentPolicy, now: datetime) -> str | None:
+    if limits.shared_max_usd is not None and st.spent_usd >= limits.shared_max_usd:
+        return f"spent {st.spent_usd:.4f} >= shared_max_usd {limits.shared_max_usd:g}"
+    if limits.shared_max_tool_calls is not None and st.tool_calls >= limits.shared_max_tool_calls:
+        return f"tool calls {st.tool_calls} >= shared_max_tool_calls {limits.shared_max_tool_calls}"
+    if limits.max_run_seconds is not None:
+        age = now.timestamp() - st.started_at
+        if age > limits.max_run_seconds:
+            return f"run age {age:.0f}s > max_run_seconds {limits.max_run_seconds:g}"
+    return None
+
+
+def _apply_allow(st: RunState, req: HandoffRequested, depth: int) -> None:
+    if req.task_id not in st.tasks:
+        st.tasks[req.task_id] = TaskNode(req.to_agent, req.from_agent, req.parent_task_id, depth)
+    st.agents[req.from_agent] = None
+    st.agents[req.to_agent] = None
+    st.handoff_count += 1
+    if req.estimated_usd or req.estimated_tool_calls:
+        st.reserved[req.request_id] = (req.estimated_usd or 0.0, req.estimated_tool_calls or 0)
+
+
+def _apply_stop(st: RunState, reason: str, ctx: _Ctx) -> None:
+    # budget stops on an *estimate* are not sticky: a smaller request may still fit
+    if reason in STICKY_REASONS and not ctx.limits.shadow_mode:
+        if reason != Reason.SHARED_BUDGET_EXCEEDED or _budget_exhausted(st, ctx.limits, ctx.now):
+            st.stopped = reason
+
+
+def _pre_handoff(st: RunState, req: HandoffRequested, ctx: _Ctx) -> list[Decision]:
+    depth = _depth(st, req)
+    outcome, reason, detail = _check(st, req, ctx, depth, gate=True)
+    node = st.tasks.get(req.task_id)
+    extra: dict[str, object] = {}
+    if outcome == Outcome.APPROVAL_REQUIRED and not ctx.limits.shadow_mode:
+        if len(st.pending) >= MAX_PENDING_APPROVALS:
+            outcome, reason = Outcome.STOP, Reason.APPROVAL_EXPIRED
+            detail = f"more than {MAX_PENDING_APPROVALS} approvals pending in this run"
+        else:
+            approval_id = approval_id_for(req.request_id)
+            expires = ctx.now + timedelta(seconds=ctx.limits.approval.ttl_seconds)
+            st.pending[approval_id] = PendingApproval(approval_id, req, expires.timestamp())
+            extra = {"approval_id": approval_id, "approval_expires_at": expires}
+    if outcome == Outcome.ALLOW or ctx.limits.shadow_mode:
+        _apply_allow(st, req, depth)
+        owner = st.tasks[req.task_id].owner
+    else:
+        if outcome == Outcome.STOP:
+            _apply_stop(st, reason, ctx)
+        owner = node.owner if node is not None else None
+    return [
+        _decision(st, ctx, req.request_id, Phase.PRE_HANDOFF, outcome, reason, req.event_time,
+                  req, owner=owner, depth=depth, detail=detail, **extra)
+    ]
+
+
+def _post_handoff(st: RunState, done: HandoffCompleted, ctx: _Ctx) -> list[Decision]:
+    limits = ctx.limits
+    # every reported cost counts, even of a handoff Baton stopped or never saw: money spent
+    # is spent, and the shared budget must see it
+    st.spent_usd += done.cost_usd
+    st.tool_calls += done.tool_calls
+    st.reserved.pop(done.request_id, None)
+    node = st.tasks.get(done.task_id)
+    over = None
+    if limits.shared_max_usd is not None and st.spent_usd > limits.shared_max_usd + 1e-9:
+        over = f"spent {st.spent_usd:.4f} > shared_max_usd {limits.shared_max_usd:g}"
+    elif limits.shared_max_tool_calls is not None and st.tool_calls > limits.shared_max_tool_calls:
+        over = f"tool calls {st.tool_calls} > shared_max_tool_calls {limits.shared_max_tool_calls}"
+    if over and st.stopped is None and not st.finished:
+        outcome, reason = Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED
+        _apply_stop(st, reason, ctx)
+    elif over:
+        outcome, reason = Outcome.RECORDED, Reason.SHARED_BUDGET_EXCEEDED
+    else:
+        outcome, reason = Outcome.RECORDED, Reason.WITHIN_BUDGET
+    return [
+        _decision(st, ctx, done.request_id, Phase.POST_HANDOFF, outcome, reason, done.event_time,
+                  owner=node.owner if node else done.agent, to_agent=done.agent,
+                  from_agent=node.giver if node else None, task_id=done.task_id,
+                  parent_task_id=node.parent if node else None,
+                  depth=node.depth if node else 0, handoff_status=done.status, detail=over)
+    ]
+
+
+def _approval(
+    st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx
+) -> list[Decision]:
+    pending = st.pending.get(ev.approval_id)
+    if pending is None:
+        return [_rejected_grant(st, ev, ctx, Reason.UNKNOWN_APPROVAL, "no such pending approval")]
+    req = pending.request
+    if ev.approver == req.from_agent and not ctx.limits.approval.allow_self_approval:
+        return [_rejected_grant(st, ev, ctx, Reason.SELF_APPROVAL,
+                                f"{ev.approver} requested this handoff and may not approve it")]
+    if not ctx.limits.approver_permitted(ev.approver):
+        return [_rejected_grant(st, ev, ctx, Reason.APPROVER_NOT_PERMITTED,
+                                f"{ev.approver} is not in approval.approvers")]
+    del st.pending[ev.approval_id]
+    depth = _depth(st, req)
+    if isinstance(ev, ApprovalDenied):
+        outcome, reason, detail = Outcome.STOP, Reason.APPROVAL_DENIED, ev.comment
+    else:
+        outcome, reason, detail = _check(st, req, ctx, depth, gate=False)
+        if outcome == Outcome.ALLOW:
+            reason = Reason.APPROVAL_GRANTED
+    node = st.tasks.get(req.task_id)
+    if outcome == Outcome.ALLOW:
+        _apply_allow(st, req, depth)
+        node = st.tasks[req.task_id]
+    elif outcome == Outcome.STOP:
+        _apply_stop(st, reason, ctx)
+    return [
+        _decision(st, ctx, req.request_id, Phase.APPROVAL, outcome, reason, ev.event_time, req,
+                  owner=node.owner if node else None, depth=depth, approval_id=ev.approval_id,
+                  approver=ev.approver, approval_expires_at=_dt(pending.expires_at), detail=detail)
+    ]
+
+
+def _rejected_grant(
+    st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx, reason: str, detail: str
+) -> Decision:
+    # the approval stays pending; the attempt is recorded so the audit shows who tried.
+    # It must not burn the approval's dedup key, so it is remembered under its own key.
+    request_id = f"{ev.type}:{ev.approval_id}:{ev.approver}"
+    return _decision(st, ctx, request_id, Phase.APPROVAL, Outcome.RECORDED, reason,
+                     ev.event_time, approval_id=ev.approval_id, approver=ev.approver, detail=detail)
+
+
+def _finish(st: RunState, ev: RunFinished, ctx: _Ctx) -> list[Decision]:
+    st.finished = True
+    return [
+        _decision(st, ctx, f"{st.run_id}:finished", Phase.CONTROL, Outcome.RECORDED,
+                  Reason.RUN_FINISHED, ev.event_time)
+    ]
+
+
+def _expire(st: RunState, ctx: _Ctx) -> list[Decision]:
+    """Resolve every pending approval of ``st`` whose TTL passed as approval_expired."""
+    if not st.pending:
+        return []
+    now_ts = ctx.now.timestamp()
+    out: list[Decision] = []
+    for approval_id, p in list(st.pending.items()):
+        if p.expires_at > now_ts:
+            continue
+        del st.pending[approval_id]
+        req = p.request
+        d = _decision(st, ctx, req.request_id, Phase.APPROVAL, Outcome.STOP,
+                      Reason.APPROVAL_EXPIRED, None, req, depth=_depth(st, req),
+                      owner=st.tasks[req.task_id].owner if req.task_id in st.tasks else None,
+                      approval_id=approval_id, approval_expires_at=_dt(p.expires_at),
+                      detail=f"no decision within ttl {ctx.limits.approval.ttl_seconds:g}s")
+        st.remember("a:" + approval_id, [d])
+        out.append(d)
+    return out
+
+
+def _dt(ts: float) -> datetime:
+    return _EPOCH + timedelta(seconds=ts)

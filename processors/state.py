@@ -1,0 +1,164 @@
+"""Per-run governance state (the ``runs`` table value) and its compact serialization.
+
+One ``RunState`` holds everything the engine knows about a run: task tree with owners,
+agents, counters, shared spend and reservations, pending approvals, and the request ids it
+has already decided (the idempotency marks live *inside* the value, so a state change and
+its dedup mark are one changelog write). Every collection in it is bounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from baton.schemas.decision import DECISION_FIELDS, Decision, Fallback, Outcome, Phase
+from baton.schemas.events import HandoffRequested
+
+__all__ = [
+    "MAX_PENDING_APPROVALS",
+    "RECENT_REPLIES",
+    "SEEN_LIMIT",
+    "STATE_FORMAT",
+    "PendingApproval",
+    "RunState",
+    "TaskNode",
+]
+
+#: request keys remembered for dedup; a redelivery older than this many later events of
+#: the same run is decided again (documented in docs/guarantees.md)
+SEEN_LIMIT = 512
+#: decisions kept verbatim for re-emission to a retrying client (the newest keys only: the
+#: worker publishes decisions *before* it writes state, so a crash never needs older ones)
+RECENT_REPLIES = 6
+MAX_PENDING_APPROVALS = 256
+STATE_FORMAT = 1
+
+
+@dataclass(slots=True, frozen=True)
+class TaskNode:
+    """A task of the run's tree: who owns it, who handed it over, its parent and depth."""
+
+    owner: str
+    giver: str
+    parent: str | None
+    depth: int
+
+
+@dataclass(slots=True, frozen=True)
+class PendingApproval:
+    approval_id: str
+    request: HandoffRequested
+    expires_at: float
+
+
+@dataclass(slots=True)
+class RunState:
+    run_id: str
+    tenant: str
+    started_at: float
+    last_event_at: float
+    handoff_count: int = 0
+    spent_usd: float = 0.0
+    tool_calls: int = 0
+    #: sticky stop: once set, every later handoff is stopped with this reason
+    stopped: str | None = None
+    finished: bool = False
+    tasks: dict[str, TaskNode] = field(default_factory=dict)
+    agents: dict[str, None] = field(default_factory=dict)  # ordered set
+    #: request_id -> (usd, tool_calls) reserved by an allowed handoff until its completion
+    reserved: dict[str, tuple[float, int]] = field(default_factory=dict)
+    pending: dict[str, PendingApproval] = field(default_factory=dict)
+    seen: dict[str, None] = field(default_factory=dict)  # ordered set, oldest first
+    recent: dict[str, list[Decision]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ derived numbers
+    @property
+    def reserved_usd(self) -> float:
+        return sum(r[0] for r in self.reserved.values())
+
+    @property
+    def reserved_tool_calls(self) -> int:
+        return sum(r[1] for r in self.reserved.values())
+
+    def copy(self) -> RunState:
+        """A copy whose containers can be changed without touching this one (values are immutable)."""
+        return RunState(
+            self.run_id, self.tenant, self.started_at, self.last_event_at,
+            self.handoff_count, self.spent_usd, self.tool_calls, self.stopped, self.finished,
+            dict(self.tasks), dict(self.agents), dict(self.reserved), dict(self.pending),
+            dict(self.seen), dict(self.recent),
+        )
+
+    def remember(self, key: str, decisions: list[Decision]) -> None:
+        """Mark ``key`` decided; keep its decisions for re-emission while it is recent."""
+        seen = self.seen
+        seen[key] = None
+        if len(seen) > SEEN_LIMIT:
+            del seen[next(iter(seen))]
+        recent = self.recent
+        recent[key] = decisions
+        if len(recent) > RECENT_REPLIES:
+            del recent[next(iter(recent))]
+
+    # ------------------------------------------------------------------ serialization
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_wire())
+
+    def to_wire(self) -> list[Any]:
+        return [
+            STATE_FORMAT, self.run_id, self.tenant, self.started_at, self.last_event_at,
+            self.handoff_count, self.spent_usd, self.tool_calls, self.stopped, self.finished,
+            [[k, t.owner, t.giver, t.parent, t.depth] for k, t in self.tasks.items()],
+            list(self.agents),
+            [[k, u, c] for k, (u, c) in self.reserved.items()],
+            [[p.approval_id, p.request.model_dump(mode="json"), p.expires_at]
+             for p in self.pending.values()],
+            list(self.seen),
+            [[k, [_decision_row(d) for d in ds]] for k, ds in self.recent.items()],
+        ]
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> RunState:
+        return cls.from_wire(orjson.loads(raw))
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> RunState:
+        if w[0] != STATE_FORMAT:
+            raise ValueError(f"run state format {w[0]!r} is not {STATE_FORMAT}")
+        return cls(
+            w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9],
+            {k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]},
+            dict.fromkeys(w[11]),
+            {k: (u, c) for k, u, c in w[12]},
+            {a: PendingApproval(a, HandoffRequested.model_validate(r), e) for a, r, e in w[13]},
+            dict.fromkeys(w[14]),
+            {k: [_decision_from_row(r) for r in rows] for k, rows in w[15]},
+        )
+
+
+_TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
+_TIME_INDEX = [i for i, f in enumerate(DECISION_FIELDS) if f in _TIME_FIELDS]
+_PHASE_I = DECISION_FIELDS.index("phase")
+_OUTCOME_I = DECISION_FIELDS.index("outcome")
+_SHADOW_I = DECISION_FIELDS.index("shadow_outcome")
+_FALLBACK_I = DECISION_FIELDS.index("fallback")
+
+
+def _decision_row(d: Decision) -> list[Any]:
+    return [getattr(d, f) for f in DECISION_FIELDS]
+
+
+def _decision_from_row(row: list[Any]) -> Decision:
+    for i in _TIME_INDEX:
+        if row[i] is not None:
+            row[i] = datetime.fromisoformat(row[i])
+    row[_PHASE_I] = Phase(row[_PHASE_I])
+    row[_OUTCOME_I] = Outcome(row[_OUTCOME_I])
+    if row[_SHADOW_I] is not None:
+        row[_SHADOW_I] = Outcome(row[_SHADOW_I])
+    if row[_FALLBACK_I] is not None:
+        row[_FALLBACK_I] = Fallback(row[_FALLBACK_I])
+    return Decision(*row)

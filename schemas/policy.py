@@ -1,0 +1,334 @@
+"""The governance policy: the seed's ``multi_agent:`` block, deployment extras and per-tenant overrides.
+
+A policy file looks like this (every key optional; the seed's block loads as is)::
+
+    multi_agent:                      # defaults for every tenant
+      max_agents_per_run: 4
+      max_handoffs: 8
+      max_delegation_depth: 3
+      shared_max_usd: 30
+      shared_max_tool_calls: 120
+      max_run_seconds: 3600           # run wall-clock budget
+      require_approval_for: [billing.refund.create]   # globs over action and tool
+      approval: {ttl_seconds: 900, approvers: ["*"]}
+      roles:                          # agent -> what it may own / whom it may delegate to
+        billing_agent: {may_own: ["refund_*"], may_delegate_to: []}
+      tools: {allow: ["*"], block: ["shell.*"]}
+      detect_delegation_cycles: false
+      fallback: single_agent          # or constrained; fallback_by_reason overrides per reason
+      shadow_mode: false              # decide and record, never block
+    tenants:
+      acme: {max_handoffs: 20}        # merged over multi_agent for tenant "acme"
+
+:func:`load_policy` turns every problem into a :class:`PolicyError` line naming the key
+path, the bad value and the expectation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from baton.schemas.decision import Fallback
+from baton.schemas.errors import PolicyError
+
+__all__ = [
+    "DEFAULT_POLICY_YAML",
+    "MultiAgentPolicy",
+    "Policy",
+    "load_policy",
+    "parse_policy",
+]
+
+DEFAULT_POLICY_YAML = """\
+# The seed policy: what Baton enforces when no policy file is given.
+multi_agent:
+  max_agents_per_run: 4
+  max_handoffs: 8
+  max_delegation_depth: 3
+  shared_max_usd: 30
+  shared_max_tool_calls: 120
+  require_approval_for:
+    - billing.refund.create
+"""
+
+NonNegInt = Annotated[int, Field(ge=0, strict=True)]
+NonNegNumber = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Globs = list[Annotated[str, Field(min_length=1)]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApprovalPolicy(_Strict):
+    ttl_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 900.0
+    #: who may approve (globs over approver names); "*" = anyone but the requesting agent
+    approvers: Globs = Field(default_factory=lambda: ["*"])
+    #: an approver equal to the agent that asked for the handoff is refused unless this is on
+    allow_self_approval: bool = False
+
+
+class RolePolicy(_Strict):
+    #: globs over task kinds this agent may own; None = any
+    may_own: Globs | None = None
+    #: globs over agent names this agent may delegate to; None = anyone
+    may_delegate_to: Globs | None = None
+
+
+class ToolPolicy(_Strict):
+    #: globs of tools that may be used; None = all that are not blocked
+    allow: Globs | None = None
+    block: Globs = Field(default_factory=list)
+
+
+class MultiAgentPolicy(_Strict):
+    """The limits of one tenant. ``None`` means "no limit" for every ``max_*`` key."""
+
+    max_agents_per_run: NonNegInt | None = None
+    max_handoffs: NonNegInt | None = None
+    max_delegation_depth: NonNegInt | None = None
+    shared_max_usd: NonNegNumber | None = None
+    shared_max_tool_calls: NonNegInt | None = None
+    max_run_seconds: NonNegNumber | None = None
+    require_approval_for: Globs = Field(default_factory=list)
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    roles: dict[str, RolePolicy] = Field(default_factory=dict)
+    tools: ToolPolicy = Field(default_factory=ToolPolicy)
+    detect_delegation_cycles: bool = False
+    fallback: Fallback = Fallback.SINGLE_AGENT
+    fallback_by_reason: dict[str, Fallback] = Field(default_factory=dict)
+    shadow_mode: bool = False
+
+    # --- compiled matchers (glob lists become one regex each; the engine calls them per event)
+    @cached_property
+    def _approval_re(self) -> re.Pattern[str] | None:
+        return _compile(self.require_approval_for)
+
+    def needs_approval(self, action: str | None, tool: str | None) -> bool:
+        rx = self._approval_re
+        if rx is None:
+            return False
+        return bool((action and rx.match(action)) or (tool and rx.match(tool)))
+
+    def tool_permitted(self, tool: str | None) -> bool:
+        if tool is None:
+            return True
+        if self.tools.block and _match_any(self.tools.block, tool):
+            return False
+        return self.tools.allow is None or _match_any(self.tools.allow, tool)
+
+    def approver_permitted(self, approver: str) -> bool:
+        return _match_any(self.approval.approvers, approver)
+
+    def role_permits(self, from_agent: str, to_agent: str, task_kind: str) -> str | None:
+        """None when the role map allows the handoff, else a short explanation."""
+        if not self.roles:
+            return None
+        giver = self.roles.get(from_agent)
+        if giver and giver.may_delegate_to is not None and not _match_any(
+            giver.may_delegate_to, to_agent
+        ):
+            return f"{from_agent} may not delegate to {to_agent}"
+        taker = self.roles.get(to_agent)
+        if taker and taker.may_own is not None and not _match_any(taker.may_own, task_kind):
+            return f"{to_agent} may not own tasks of kind {task_kind}"
+        return None
+
+    def fallback_for(self, reason: str) -> Fallback:
+        return self.fallback_by_reason.get(reason, self.fallback)
+
+
+def _compile(globs: list[str]) -> re.Pattern[str] | None:
+    if not globs:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
+
+
+def _match_any(globs: list[str], name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+class Policy(BaseModel):
+    """Defaults plus per-tenant overrides; ``version`` hashes the whole document."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    multi_agent: MultiAgentPolicy = Field(default_factory=MultiAgentPolicy)
+    tenants: dict[str, MultiAgentPolicy] = Field(default_factory=dict)
+    #: free-form label shown next to the hash, e.g. "2026-11-25 refunds need approval"
+    label: str | None = None
+
+    @cached_property
+    def version(self) -> str:
+        """Hash of the policy in force; every decision carries it."""
+        canonical = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(canonical).hexdigest()[:16]
+
+    def for_tenant(self, tenant: str) -> MultiAgentPolicy:
+        return self.tenants.get(tenant, self.multi_agent)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    """Parse and validate policy YAML; raises PolicyError naming every bad key."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PolicyError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], source) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise PolicyError([f"<top>: must be a mapping with a multi_agent key, got {_show(doc)}"], source)
+    problems: list[str] = []
+    # tenants are partial overrides: merge each over the defaults before validating, so
+    # errors point at tenants.<name>.<key> and a tenant inherits every key it does not set
+    raw_tenants = doc.get("tenants") or {}
+    base = doc.get("multi_agent") or {}
+    merged_tenants: dict[str, Any] = {}
+    if isinstance(raw_tenants, dict) and isinstance(base, dict):
+        for name, override in raw_tenants.items():
+            if isinstance(override, dict):
+                override = override.get("multi_agent", override)
+                merged_tenants[name] = {**base, **override}
+            else:
+                merged_tenants[name] = override
+        doc = {**doc, "tenants": merged_tenants}
+    try:
+        return Policy.model_validate(doc)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            problems.append(_describe(err))
+    raise PolicyError(problems, source)
+
+
+def load_policy(path: str | Path | None) -> Policy:
+    """The policy in ``path``, or the seed policy when ``path`` is None."""
+    if path is None:
+        return parse_policy(DEFAULT_POLICY_YAML, "seed policy")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([f"cannot read policy file: {exc.strerror}"], str(p)) from None
+    return parse_policy(text, str(p))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (dict, list)):
+        text = orjson.dumps(value).decode()
+        return text if len(text) < 60 else text[:57] + "..."
+    return repr(value) if not isinstance(value, bool) else str(value).lower()
+
+
+_EXPECT: dict[str, str] = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "enum": "one of",
+    "literal_error": "one of",
+    "string_too_short": "a non-empty string",
+}
+
+
+def _describe(err: Any) -> str:
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc) or "<top>"
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        tip = f"; did you mean {hint[0]}?" if hint else ""
+        return f"{path}: unknown key{tip} (known keys: {', '.join(sorted(known))})"
+    expected = _expected_for(loc, kind, ctx)
+    return f"{path}: must be {expected}, got {_show(value)}"
+
+
+def _walk(loc: tuple[Any, ...]) -> Any:
+    """The model (or dict value type) that the key path ``loc`` points into."""
+    model: Any = Policy
+    for part in loc:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            info = model.model_fields.get(str(part))
+            if info is None:
+                return None
+            ann = info.annotation
+            model = ("dict", ann.__args__[1]) if getattr(ann, "__origin__", None) is dict else ann
+        elif isinstance(model, tuple):  # a dict key (tenant name, agent name)
+            model = model[1]
+        else:
+            return None
+    return model[1] if isinstance(model, tuple) else model
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    model = _walk(loc)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _field(loc: tuple[Any, ...]) -> Any:
+    model = _walk(loc[:-1]) if loc else None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model.model_fields.get(str(loc[-1]))
+    return None
+
+
+def _bounds(obj: Any) -> list[tuple[str, Any]]:
+    """ge/gt constraints anywhere in a FieldInfo, its metadata, or Annotated args of a union."""
+    found: list[tuple[str, Any]] = []
+    for attr in ("ge", "gt"):
+        v = getattr(obj, attr, None)
+        if v is not None and not callable(v):
+            found.append((attr, v))
+    for meta in list(getattr(obj, "metadata", ()) or ()) + list(getattr(obj, "__metadata__", ())):
+        found += _bounds(meta)
+    for arg in getattr(obj, "__args__", ()) or ():
+        found += _bounds(arg)
+    ann = getattr(obj, "annotation", None)
+    if ann is not None:
+        found += _bounds(ann)
+    return found
+
+
+def _expected_for(loc: tuple[Any, ...], kind: str, ctx: dict[str, Any]) -> str:
+    if kind in ("enum", "literal_error"):
+        return f"one of {ctx.get('expected', '')}"
+    info = _field(loc)
+    noun = _EXPECT.get(kind)
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        noun = "an integer" if info is not None and "int" in repr(info.annotation) else "a number"
+    if noun in ("an integer", "a number") and info is not None:
+        bounds = _bounds(info)
+        if bounds:
+            attr, v = bounds[0]
+            return f"{noun} {'>=' if attr == 'ge' else '>'} {v:g}"
+    return noun or "valid"
