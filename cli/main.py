@@ -1,2 +1,55 @@
-def main():
-    print("hi")
+"""The ``baton`` command line: one click group; each area registers its commands here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from baton.schemas.errors import BatonError
+
+__all__ = ["main"]
+
+
+class _BatonGroup(click.Group):
+    """Turns a BatonError into one readable stderr line and its exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BatonError as exc:
+            click.echo(f"baton: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_BatonGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="more logging (-v info, -vv debug)")
+@click.version_option(package_name="baton")
+def cli(verbose: int) -> None:
+    """Baton: central governance for multi-agent AI systems on Kafka.
+
+    Every setting can also come from an environment variable BATON_<NAME>
+    (e.g. BATON_BOOTSTRAP, BATON_POLICY, BATON_CLICKHOUSE_DSN).
+    """
+    level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.WARNING
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _register() -> None:
+    # one line per area; each module defines click commands and adds them to `cli`
+    from baton.cli import policy_cmds
+
+    policy_cmds.register(cli)
+
+
+def main() -> None:
+    _register()
+    cli(auto_envvar_prefix="BATON")
+
+
+if __name__ == "__main__":
+    main()
