@@ -105,9 +105,11 @@ def new_state(run_id: str, tenant: str, now: datetime) -> RunState:
 
 
 def is_evictable(state: RunState, now: datetime, retention_s: float) -> bool:
-    """A finished run, or one idle for ``retention_s``, may leave the table.
+    """A run idle for ``retention_s`` (finished or not) may leave the table.
 
-    Pending approvals keep a run until they expire, whatever its age.
+    A finished run is kept for the retention too, so a late redelivery of its events is still
+    answered from its state rather than decided as a new run. Pending approvals keep a run
+    until they are resolved or swept as expired, whatever its age.
     """
     if state.pending:
         return False
@@ -127,9 +129,17 @@ def decide(
 ) -> tuple[RunState, list[Decision]]:
     """Decide one run event. ``state`` is None for a run Baton has not seen yet."""
     key = _dedup_key(event)
-    if state is not None and key in state.seen:
-        # a redelivery or a client retry: re-emit what was decided, change nothing
-        return state, list(state.recent.get(key, ()))
+    if state is not None:
+        # a redelivery or a client retry: re-emit what was decided, change nothing. A grant
+        # that was refused (self-approval, unknown approver) is remembered under its own key:
+        # look there first, or its redelivery would be decided again, or answered with
+        # whatever later resolved the approval
+        if isinstance(event, (ApprovalGranted, ApprovalDenied)):
+            refused = _refused_key(event)
+            if refused in state.seen:
+                return state, list(state.recent.get(refused, ()))
+        if key in state.seen:
+            return state, list(state.recent.get(key, ()))
     st = new_state(event.run_id, event.tenant, now) if state is None else state.copy()
     st.last_event_at = max(st.last_event_at, now.timestamp())
     ctx = _Ctx(policy, policy.for_tenant(st.tenant), now, kills, origin)
@@ -147,10 +157,12 @@ def decide(
         decisions = _finish(st, event, ctx)
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"not a run event: {type(event).__name__}")
-    if decisions[0].phase == Phase.APPROVAL and decisions[0].outcome == Outcome.RECORDED:
+    if isinstance(event, (ApprovalGranted, ApprovalDenied)) and (
+        decisions[0].outcome == Outcome.RECORDED
+    ):
         # a grant that could not be used leaves the approval pending: it must not burn the
         # approval's key, or the real approver's grant would be taken for a duplicate
-        key = "r:" + decisions[0].request_id
+        key = _refused_key(event)
     st.remember(key, decisions)
     return st, out + decisions
 
@@ -225,6 +237,16 @@ def _dedup_key(event: RunEvent) -> str:
     if isinstance(event, (ApprovalGranted, ApprovalDenied)):
         return "a:" + event.approval_id
     return "f:"
+
+
+def _refused_request_id(ev: ApprovalGranted | ApprovalDenied) -> str:
+    return f"{ev.type}:{ev.approval_id}:{ev.approver}"
+
+
+def _refused_key(ev: ApprovalGranted | ApprovalDenied) -> str:
+    # event_time included: a redelivery repeats it, a new attempt (say after the approvers
+    # list was changed) does not, and is decided afresh
+    return f"r:{_refused_request_id(ev)}@{ev.event_time.isoformat()}"
 
 
 def _decision(
@@ -487,7 +509,7 @@ def _rejected_grant(
 ) -> Decision:
     # the approval stays pending; the attempt is recorded so the audit shows who tried.
     # It must not burn the approval's dedup key, so it is remembered under its own key.
-    request_id = f"{ev.type}:{ev.approval_id}:{ev.approver}"
+    request_id = _refused_request_id(ev)
     return _decision(st, ctx, request_id, Phase.APPROVAL, Outcome.RECORDED, reason,
                      ev.event_time, approval_id=ev.approval_id, approver=ev.approver, detail=detail)
 

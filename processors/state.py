@@ -77,7 +77,7 @@ class RunState:
     # ------------------------------------------------------------------ derived numbers
     @property
     def reserved_usd(self) -> float:
-        return sum(r[0] for r in self.reserved.values())
+        return sum((r[0] for r in self.reserved.values()), 0.0)
 
     @property
     def reserved_tool_calls(self) -> int:
