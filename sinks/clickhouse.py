@@ -1,0 +1,199 @@
+"""Opening a ClickHouse client from a Baton DSN, connection failures translated to Baton errors.
+
+DSNs:
+    ``http://user:pass@host:8123/db``, ``https://…:8443/db``  a ClickHouse server (HTTP interface)
+    ``chdb:///abs/dir``  embedded chDB (the real engine in this process) on a data directory
+    ``chdb:rel/dir``     the same, relative to the working directory
+    ``chdb://memory``    embedded chDB in memory (tests, scratch)
+
+chDB allows one process per data directory: a second process gets "Cannot lock file
+…/status". The process that holds it can serve SQL to others (``baton.sinks.sqlserver``); it
+leaves an endpoint file in the directory, and :func:`connect` follows it when the directory is
+taken, so ``baton sql`` works while ``baton up`` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from baton.schemas.errors import AuditUnavailable, ConfigError, MissingExtra
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+
+__all__ = [
+    "ENDPOINT_FILE",
+    "Target",
+    "audit_errors",
+    "connect",
+    "parse_dsn",
+]
+
+#: written into a chDB directory by the process serving SQL for it (``sqlserver.serve_sql``)
+ENDPOINT_FILE = "baton-sql-endpoint.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a DSN points: a server URL (password masked in ``label``) or a chDB directory."""
+
+    kind: str  # "http" | "chdb"
+    dsn: str
+    label: str
+    chdb_path: Path | None = None  # None with kind "chdb" = in memory
+
+
+def parse_dsn(dsn: str) -> Target:
+    """Classify ``dsn``; raises ConfigError naming the DSN and the accepted forms."""
+    if dsn.startswith("chdb:"):
+        rest = dsn[len("chdb:") :]
+        rest = rest[2:] if rest.startswith("//") else rest
+        if rest in ("memory", ":memory:", ""):
+            return Target("chdb", dsn, "chdb (in memory)")
+        # chdb compares engine paths literally: resolve once so every spelling is one engine
+        path = Path(rest).expanduser().resolve()
+        return Target("chdb", dsn, f"chdb:{path}", path)
+    parts = urlsplit(dsn)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        if parts.username:
+            netloc = (
+                f"{parts.username}:***@{netloc}" if parts.password else f"{parts.username}@{netloc}"
+            )
+        label = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        return Target("http", dsn, label)
+    raise ConfigError(
+        f"clickhouse_dsn (BATON_CLICKHOUSE_DSN): expected http(s)://user:pass@host:port/db or "
+        f"chdb:///abs/dir, got {dsn!r}"
+    )
+
+
+def connect(dsn: str, *, follow_endpoint: bool = True) -> Client:
+    """A clickhouse-connect client for ``dsn``, checked with one round trip.
+
+    ``follow_endpoint``: when a chDB directory is held by another process that serves SQL for
+    it, return an HTTP client to that process instead of failing.
+    """
+    target = parse_dsn(dsn)
+    if target.kind == "http":
+        return _connect_http(target.dsn, target.label)
+    if target.chdb_path is not None:
+        target.chdb_path.mkdir(parents=True, exist_ok=True)
+        holder = chdb_holder(target.chdb_path)
+        if holder is not None:
+            endpoint = read_endpoint(target.chdb_path) if follow_endpoint else None
+            if endpoint is not None:
+                return _connect_http(endpoint, f"{endpoint} (serving {target.label})")
+            raise AuditUnavailable(
+                f"the chDB directory {target.chdb_path} is held by another process ({holder}) "
+                "and no SQL endpoint is registered for it; query through that process "
+                "(baton sql --dsn http://127.0.0.1:PORT, the port `baton sink --sql-port` "
+                "serves) or stop it first"
+            )
+    try:
+        import chdb  # noqa: F401  (only to name the extra when it is missing)
+    except ImportError as exc:
+        raise MissingExtra("chdb", "embedded", "the embedded ClickHouse (chdb:// DSN)") from exc
+    import clickhouse_connect
+
+    path = str(target.chdb_path) if target.chdb_path else ":memory:"
+    try:
+        return clickhouse_connect.get_client(interface="chdb", path=path)
+    except (ClickHouseError, RuntimeError) as exc:
+        raise AuditUnavailable(f"cannot open embedded ClickHouse at {target.label}: {exc}") from exc
+
+
+def _connect_http(dsn: str, label: str) -> Client:
+    import clickhouse_connect
+
+    try:
+        # the DSN carries user, password and database; a short connect timeout so an absent
+        # server is reported in seconds, not after urllib3's default retries
+        return clickhouse_connect.get_client(dsn=dsn, connect_timeout=5)
+    except OperationalError as exc:
+        raise AuditUnavailable(
+            f"cannot reach ClickHouse at {label} ({_first_line(exc)}); is the server running?"
+        ) from exc
+    except DatabaseError as exc:
+        raise AuditUnavailable(
+            f"ClickHouse at {label} refused the connection: {_first_line(exc)}"
+        ) from exc
+
+
+def chdb_holder(path: Path) -> str | None:
+    """ "pid N" when another process holds the chDB directory ``path``, else None.
+
+    ClickHouse takes an exclusive flock on ``<dir>/status`` for as long as the engine is open;
+    probing it ourselves avoids opening the engine just to get its error printed on stderr.
+    """
+    status = path / "status"
+    if not status.exists():
+        return None
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            text = status.read_text(errors="replace")
+            pid = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in text.splitlines()
+                    if line.startswith("PID:")
+                ),
+                "?",
+            )
+            # our own process holds it when the engine is open here: that is not "another"
+            return None if pid == str(os.getpid()) else f"pid {pid}"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_endpoint(path: Path) -> str | None:
+    """The SQL endpoint URL registered in chDB directory ``path``, when its process is alive."""
+    try:
+        record = json.loads((path / ENDPOINT_FILE).read_text())
+        url, pid = str(record["url"]), int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return url
+
+
+@contextlib.contextmanager
+def audit_errors(label: str, doing: str) -> Iterator[None]:
+    """Translate clickhouse-connect errors raised while ``doing`` into AuditUnavailable."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise AuditUnavailable(
+            f"ClickHouse at {label} is unreachable while {doing}: {_first_line(exc)}"
+        ) from exc
+    except ClickHouseError as exc:
+        raise AuditUnavailable(
+            f"ClickHouse at {label} failed while {doing}: {_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__

@@ -1,0 +1,434 @@
+"""The audit sink: gov.decisions from Kafka into ``governance.decisions`` in batches, at least once.
+
+Guarantees (with ``FINAL`` or the views, the audit is exact):
+- nothing read is lost: offsets are committed only after the batch holding them is in
+  ClickHouse; a crash (even ``kill -9``) re-reads from the last commit;
+- nothing is reordered: per partition, records go in offset order, and a failed insert is
+  retried - same rows, same ``insert_deduplication_token`` - before anything newer;
+- copies fold: a retried insert that ClickHouse had in fact stored is dropped by its token,
+  and every other duplicate (Kafka redelivery, a re-read after a crash) by the
+  ReplacingMergeTree on ``decision_id`` at merge time or ``FINAL`` at query time;
+- a record that is not a Decision goes to ``governance.rejected`` with its bytes and error.
+
+Not guaranteed: plain ``count()`` without ``FINAL`` may count a duplicate until a merge; the
+token does not catch a re-read after a crash (the batch boundaries differ then); ``close()``
+does not run on ``kill -9`` (nothing is lost, the tail is read again).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton.schemas.decision import DECISION_ADAPTER
+from baton.schemas.errors import AuditUnavailable, BatonError
+from baton.schemas.settings import Settings
+from baton.sinks.clickhouse import audit_errors, connect, parse_dsn
+from baton.sinks.rows import DECISION_COLUMNS, REJECTED_COLUMNS, decision_row
+from baton.sinks.schema import DATABASE, migrate
+from clickhouse_connect.driver.client import Client
+from pydantic import ValidationError
+
+__all__ = [
+    "AuditBatch",
+    "AuditSink",
+    "SinkStats",
+    "decisions_topic",
+    "run_sink",
+    "stops_topic",
+    "write_batch",
+]
+
+log = logging.getLogger(__name__)
+
+DECISIONS_TABLE = f"{DATABASE}.decisions"
+REJECTED_TABLE = f"{DATABASE}.rejected"
+
+
+def decisions_topic(settings: Settings) -> str:
+    """The decisions topic name, with the configured prefix (from the topic catalog)."""
+    return _catalog(settings).decisions
+
+
+def stops_topic(settings: Settings) -> str:
+    """The stops topic name, with the configured prefix (from the topic catalog)."""
+    return _catalog(settings).stops
+
+
+def _catalog(settings: Settings) -> Any:
+    from baton.streams.topics import TopicCatalog
+
+    return TopicCatalog(
+        prefix=settings.topic_prefix,
+        partitions=settings.partitions,
+        replication=settings.replication_factor,
+    )
+
+
+@dataclass
+class AuditBatch:
+    """Rows read since the last commit, per partition in offset order (one topic)."""
+
+    topic: str
+    rows: list[list[Any]] = field(default_factory=list)
+    rejected: list[list[Any]] = field(default_factory=list)
+    #: partition -> (first offset, last offset) of everything in this batch
+    ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
+    started: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.rejected)
+
+    def add(self, partition: int, offset: int, value: bytes | None) -> None:
+        """Parse one record; a record that is not a Decision becomes a ``rejected`` row."""
+        if not self.ranges:
+            self.started = time.monotonic()
+        first, _ = self.ranges.get(partition, (offset, offset))
+        self.ranges[partition] = (first, offset)
+        try:
+            if value is None:
+                raise ValueError("empty record (tombstone)")
+            decision = DECISION_ADAPTER.validate_json(value)
+            self.rows.append(decision_row(decision, self.topic, partition, offset))
+        except (ValidationError, ValueError) as exc:
+            raw = (value or b"").decode("utf-8", errors="backslashreplace")
+            error = str(exc).splitlines()
+            self.rejected.append([self.topic, partition, offset, " ".join(error[:3])[:2000], raw])
+
+    def token(self) -> str:
+        """The insert_deduplication_token: this batch's offset range on every partition."""
+        spans = ",".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(self.ranges.items()))
+        return f"{self.topic}/{spans}"
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Forget revoked partitions: their new owner re-reads them from the last commit."""
+        if not partitions & self.ranges.keys():
+            return
+        # audit_partition: second-to-last column of a decision row, second of a rejected row
+        self.rows = [r for r in self.rows if r[-2] not in partitions]
+        self.rejected = [r for r in self.rejected if r[1] not in partitions]
+        self.ranges = {p: span for p, span in self.ranges.items() if p not in partitions}
+
+    def commit_offsets(self) -> dict[int, int]:
+        """partition -> the offset to commit after this batch (next one to read)."""
+        return {p: last + 1 for p, (_, last) in self.ranges.items()}
+
+
+def write_batch(client: Client, batch: AuditBatch, label: str = "ClickHouse") -> None:
+    """Insert ``batch``; raises AuditUnavailable on failure (nothing to undo: retry it as is)."""
+    token = batch.token()
+    with audit_errors(label, f"inserting {len(batch.rows)} decisions ({token})"):
+        if batch.rows:
+            client.insert(
+                DECISIONS_TABLE,
+                batch.rows,
+                column_names=list(DECISION_COLUMNS),
+                settings={"insert_deduplication_token": token},
+            )
+        if batch.rejected:
+            client.insert(
+                REJECTED_TABLE,
+                batch.rejected,
+                column_names=list(REJECTED_COLUMNS),
+                settings={"insert_deduplication_token": token + "/rejected"},
+            )
+
+
+@dataclass
+class SinkStats:
+    """What the sink has done; read it from another thread for status pages."""
+
+    rows: int = 0
+    rejected: int = 0
+    batches: int = 0
+    retries: int = 0
+    last_error: str | None = None
+    lag: dict[int, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def total_lag(self) -> int:
+        return sum(self.lag.values())
+
+    def rows_per_s(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.rows / elapsed if elapsed > 0 else 0.0
+
+
+class _Stopped(Exception):
+    """The stop event was set while a batch waited for ClickHouse: exit without committing."""
+
+
+class AuditSink:
+    """A confluent-kafka consumer loop feeding ``write_batch``; ``run(stop_event)`` blocks.
+
+    The consumer is created in ``run`` (no I/O in the constructor). ``client`` is an open
+    clickhouse-connect client whose schema is migrated (``run_sink`` does both).
+    """
+
+    def __init__(
+        self,
+        kafka_config: dict[str, str],
+        client: Client,
+        topic: str,
+        *,
+        group_id: str,
+        batch_size: int = 5000,
+        batch_timeout_s: float = 1.0,
+        consumer_overrides: dict[str, Any] | None = None,
+        label: str = "ClickHouse",
+        report_every_s: float = 10.0,
+        backoff: Callable[[int], float] | None = None,
+    ) -> None:
+        self.kafka_config = kafka_config
+        self.client = client
+        self.topic = topic
+        self.group_id = group_id
+        self.batch_size = batch_size
+        self.batch_timeout_s = batch_timeout_s
+        self.consumer_overrides = consumer_overrides or {}
+        self.label = label
+        self.report_every_s = report_every_s
+        self.backoff = backoff or (lambda attempt: min(30.0, 0.25 * 2 ** min(attempt, 7)))
+        self.stats = SinkStats()
+        self._batch = AuditBatch(topic)
+        self._carry: list[Any] = []  # read while a batch waited for ClickHouse
+        self._consumer: Any = None
+        self._last_report = time.monotonic()
+
+    # -- consumer ------------------------------------------------------------------------
+    def _make_consumer(self) -> Any:
+        from confluent_kafka import Consumer
+
+        conf: dict[str, Any] = {
+            **self.kafka_config,
+            "group.id": self.group_id,
+            # offsets are ours to commit, and only after the insert: never auto-commit
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "error_cb": lambda err: log.warning("audit sink: Kafka: %s", err),
+        }
+        conf.update(self.consumer_overrides)
+        return Consumer(conf)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        revoked = {tp.partition for tp in partitions if tp.topic == self.topic}
+        self._batch.drop_partitions(revoked)
+        self._carry = [m for m in self._carry if m.partition() not in revoked]
+        for p in revoked:
+            self.stats.lag.pop(p, None)
+        log.info("audit sink: partitions revoked: %s", sorted(revoked))
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        log.info("audit sink: partitions assigned: %s", sorted(tp.partition for tp in partitions))
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Consume, batch, insert, commit until ``stop_event`` is set; the batch in hand is
+        flushed on a clean stop (when ClickHouse answers)."""
+        from confluent_kafka import KafkaError
+
+        consumer = self._consumer = self._make_consumer()
+        try:
+            consumer.subscribe(
+                [self.topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+            while not stop_event.is_set():
+                if self._carry:
+                    messages, self._carry = self._carry, []
+                else:
+                    room = max(1, self.batch_size - len(self._batch))
+                    wait = self._time_left() if self._batch else min(self.batch_timeout_s, 0.5)
+                    messages = consumer.consume(num_messages=min(room, 10_000), timeout=wait)
+                for msg in messages:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            self.stats.last_error = str(err)
+                            if err.fatal():
+                                raise BatonError(f"audit sink: fatal Kafka error: {err}")
+                            log.warning("audit sink: %s", err)
+                        continue
+                    self._batch.add(msg.partition(), msg.offset(), msg.value())
+                if self._batch and (len(self._batch) >= self.batch_size or self._time_left() <= 0):
+                    self._flush(consumer, stop_event)
+                self._report(consumer)
+            if self._batch:
+                self._flush(consumer, stop_event)
+        except _Stopped:
+            log.info("audit sink: stopped with an unwritten batch; it is read again on restart")
+        finally:
+            consumer.close()
+            self._consumer = None
+
+    def _time_left(self) -> float:
+        return max(0.0, self._batch.started + self.batch_timeout_s - time.monotonic())
+
+    def _flush(self, consumer: Any, stop_event: threading.Event) -> None:
+        batch = self._batch
+        attempt = 0
+        paused: list[Any] = []
+        while batch:
+            try:
+                write_batch(self.client, batch, self.label)
+                break
+            except AuditUnavailable as exc:
+                self.stats.retries += 1
+                self.stats.last_error = str(exc)
+                wait = self.backoff(attempt)
+                attempt += 1
+                log.warning(
+                    "audit sink: insert failed (attempt %d), retrying in %.1f s: %s",
+                    attempt,
+                    wait,
+                    exc,
+                )
+                paused = self._wait_paused(consumer, wait, stop_event)
+        if paused:
+            consumer.resume(paused)
+        if not batch:  # every partition of it was revoked meanwhile
+            self._batch = AuditBatch(self.topic)
+            return
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = [TopicPartition(self.topic, p, o) for p, o in batch.commit_offsets().items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # e.g. a rebalance took the partitions meanwhile: the new owner re-reads the batch,
+            # whose rows ReplacingMergeTree folds; nothing is lost
+            log.warning("audit sink: commit after insert failed (rows are stored): %s", exc)
+        self.stats.rows += len(batch.rows)
+        self.stats.rejected += len(batch.rejected)
+        self.stats.batches += 1
+        for p, next_offset in batch.commit_offsets().items():
+            self.stats.lag[p] = self._lag(consumer, p, next_offset)
+        self._batch = AuditBatch(self.topic)
+
+    def _wait_paused(self, consumer: Any, wait: float, stop_event: threading.Event) -> list[Any]:
+        """Sleep ``wait`` s with every partition paused, still polling so the group keeps us."""
+        deadline = time.monotonic() + wait
+        paused: list[Any] = []
+        while True:
+            if stop_event.is_set():
+                raise _Stopped
+            assignment = consumer.assignment()
+            if assignment:
+                consumer.pause(assignment)
+                paused = assignment
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return paused
+            # paused partitions deliver nothing; a partition assigned meanwhile may: keep it
+            self._carry.extend(consumer.consume(num_messages=1000, timeout=min(0.2, remaining)))
+
+    def _lag(self, consumer: Any, partition: int, next_offset: int) -> int:
+        from confluent_kafka import TopicPartition
+
+        try:
+            _, high = consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), cached=True
+            )
+        except Exception:  # lag is a report, never a reason to stop
+            return self.stats.lag.get(partition, 0)
+        return max(0, int(high) - next_offset) if high >= 0 else 0
+
+    def _report(self, consumer: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_report < self.report_every_s:
+            return
+        self._last_report = now
+        log.info(
+            "audit sink: %d rows in %d batches (%.0f rows/s), %d rejected, lag %d %s",
+            self.stats.rows,
+            self.stats.batches,
+            self.stats.rows_per_s(),
+            self.stats.rejected,
+            self.stats.total_lag,
+            dict(sorted(self.stats.lag.items())),
+        )
+
+
+def open_audit(
+    dsn: str,
+    ttl_days: int,
+    stop_event: threading.Event | None = None,
+    backoff: Callable[[int], float] | None = None,
+) -> Client:
+    """Connect to ``dsn`` and migrate, retrying while ClickHouse is unreachable (until stop)."""
+    backoff = backoff or (lambda attempt: min(30.0, 0.5 * 2 ** min(attempt, 6)))
+    label = parse_dsn(dsn).label
+    attempt = 0
+    while True:
+        try:
+            # the sink must own a chDB directory, never follow another process's endpoint
+            client = connect(dsn, follow_endpoint=False)
+            with audit_errors(label, "migrating the audit schema"):
+                migrate(client, ttl_days)
+            return client
+        except AuditUnavailable as exc:
+            if stop_event is None or parse_dsn(dsn).kind == "chdb":
+                raise
+            wait = backoff(attempt)
+            attempt += 1
+            log.warning("audit sink: %s; retrying in %.1f s", exc, wait)
+            if stop_event.wait(wait):
+                raise
+
+
+def run_sink(
+    settings: Settings,
+    stop_event: threading.Event,
+    *,
+    sql_host: str = "127.0.0.1",
+    sql_port: int | None = 8123,
+    topic: str | None = None,
+    group_id: str | None = None,
+    consumer_overrides: dict[str, Any] | None = None,
+    on_ready: Callable[[AuditSink, Any], None] | None = None,
+) -> SinkStats:
+    """Run the audit sink until ``stop_event`` is set; returns its stats.
+
+    Connects to ``settings.clickhouse_dsn`` (retrying while a server is down), migrates the
+    schema, and with a chDB DSN serves SQL on ``sql_host:sql_port`` (None: do not serve; 0:
+    any free port) for the processes that cannot open the directory. ``on_ready(sink,
+    sql_server_or_None)`` is called once everything is up (``baton up`` prints the URL).
+    """
+    label = parse_dsn(settings.clickhouse_dsn).label
+    client = open_audit(settings.clickhouse_dsn, settings.audit_ttl_days, stop_event)
+    server = None
+    try:
+        if parse_dsn(settings.clickhouse_dsn).kind == "chdb" and sql_port is not None:
+            from baton.sinks.sqlserver import serve_sql
+
+            server = serve_sql(client, sql_host, sql_port)
+        overrides: dict[str, Any] = {}
+        session_timeout_s = getattr(settings, "session_timeout_s", None)
+        if session_timeout_s:
+            overrides["session.timeout.ms"] = int(session_timeout_s * 1000)
+        overrides.update(consumer_overrides or {})
+        sink = AuditSink(
+            settings.kafka_config(),
+            client,
+            topic or decisions_topic(settings),
+            group_id=group_id or f"{settings.app_id}-audit",
+            batch_size=settings.sink_batch_size,
+            batch_timeout_s=settings.sink_batch_timeout_s,
+            consumer_overrides=overrides,
+            label=label,
+        )
+        if on_ready is not None:
+            on_ready(sink, server)
+        sink.run(stop_event)
+        return sink.stats
+    finally:
+        if server is not None:
+            server.close()
+        client.close()

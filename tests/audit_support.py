@@ -1,0 +1,229 @@
+"""Audit test support: realistic decisions from the real (pure) engine, produced to Kafka."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+
+from baton.processors.engine import approval_id_for, decide
+from baton.schemas.decision import Decision
+from baton.schemas.events import (
+    ApprovalGranted,
+    HandoffCompleted,
+    HandoffRequested,
+    RunFinished,
+)
+from baton.schemas.policy import load_policy, parse_policy
+
+__all__ = [
+    "T0",
+    "create_topic",
+    "produce_decisions",
+    "scenario_decisions",
+    "seed_run_742",
+    "story_run",
+]
+
+T0 = datetime(2026, 11, 25, 9, 0, 0, tzinfo=UTC)
+
+_APPROVAL_POLICY = """
+multi_agent:
+  max_agents_per_run: 4
+  max_handoffs: 8
+  max_delegation_depth: 3
+  shared_max_usd: 5.0
+  require_approval_for: ["billing.refund.*"]
+"""
+
+
+def _run(events: Iterable[object], policy_yaml: str | None = None) -> list[Decision]:
+    policy = parse_policy(policy_yaml) if policy_yaml else load_policy(None)
+    state = None
+    out: list[Decision] = []
+    for event in events:
+        # Baton decides as events arrive: "now" is the event's own time here
+        state, decisions = decide(state, event, policy, event.event_time)  # type: ignore[arg-type,attr-defined]
+        out.extend(decisions)
+    return out
+
+
+def seed_run_742(tenant: str = "acme", start: datetime = T0) -> list[Decision]:
+    """The seed's story: billing owns refund_check, then planner hands it to researcher."""
+
+    def at(s: int) -> datetime:
+        return start + timedelta(seconds=s)
+
+    run = "run_742"
+    return _run(
+        [
+            HandoffRequested(
+                request_id=f"{run}-r1",
+                run_id=run,
+                tenant=tenant,
+                task_id="refund_check",
+                from_agent="planner",
+                to_agent="billing",
+                event_time=at(0),
+            ),
+            HandoffCompleted(
+                request_id=f"{run}-r1",
+                run_id=run,
+                tenant=tenant,
+                task_id="refund_check",
+                agent="billing",
+                cost_usd=0.25,
+                tool_calls=2,
+                event_time=at(1),
+            ),
+            HandoffRequested(
+                request_id=f"{run}-r2",
+                run_id=run,
+                tenant=tenant,
+                task_id="refund_check",
+                from_agent="planner",
+                to_agent="researcher",
+                event_time=at(2),
+            ),
+        ]
+    )
+
+
+def story_run(run_id: str, tenant: str, start: datetime = T0) -> list[Decision]:
+    """A run with handoffs, spend, a nested delegation, an approval and its grant, a finish."""
+
+    def at(s: int) -> datetime:
+        return start + timedelta(seconds=s)
+
+    return _run(
+        [
+            HandoffRequested(
+                request_id=f"{run_id}-a",
+                run_id=run_id,
+                tenant=tenant,
+                task_id="plan",
+                from_agent="orchestrator",
+                to_agent="planner",
+                event_time=at(0),
+            ),
+            HandoffCompleted(
+                request_id=f"{run_id}-a",
+                run_id=run_id,
+                tenant=tenant,
+                task_id="plan",
+                agent="planner",
+                cost_usd=0.10,
+                tool_calls=1,
+                event_time=at(1),
+            ),
+            HandoffRequested(
+                request_id=f"{run_id}-b",
+                run_id=run_id,
+                tenant=tenant,
+                task_id="research",
+                parent_task_id="plan",
+                from_agent="planner",
+                to_agent="researcher",
+                event_time=at(2),
+            ),
+            HandoffCompleted(
+                request_id=f"{run_id}-b",
+                run_id=run_id,
+                tenant=tenant,
+                task_id="research",
+                agent="researcher",
+                cost_usd=0.20,
+                tool_calls=3,
+                event_time=at(3),
+            ),
+            HandoffRequested(
+                request_id=f"{run_id}-c",
+                run_id=run_id,
+                tenant=tenant,
+                task_id="refund",
+                parent_task_id="research",
+                from_agent="researcher",
+                to_agent="billing",
+                action="billing.refund.create",
+                event_time=at(4),
+            ),
+            ApprovalGranted(
+                approval_id=approval_id_for(f"{run_id}-c"),
+                run_id=run_id,
+                tenant=tenant,
+                approver="alice",
+                event_time=at(30),
+            ),
+            HandoffCompleted(
+                request_id=f"{run_id}-c",
+                run_id=run_id,
+                tenant=tenant,
+                task_id="refund",
+                agent="billing",
+                cost_usd=0.30,
+                tool_calls=1,
+                event_time=at(31),
+            ),
+            RunFinished(run_id=run_id, tenant=tenant, event_time=at(40)),
+        ],
+        _APPROVAL_POLICY,
+    )
+
+
+def scenario_decisions(
+    runs: int = 20, tenants: Iterable[str] = ("acme", "globex"), start: datetime = T0
+) -> list[Decision]:
+    """``runs`` story runs spread over ``tenants``, plus the seed's run_742."""
+    names = list(tenants)
+    out = seed_run_742(names[0], start)
+    for i in range(runs):
+        out.extend(story_run(f"run_{i:04d}", names[i % len(names)], start + timedelta(seconds=i)))
+    return out
+
+
+def produce_decisions(
+    bootstrap: str, topic: str, decisions: Iterable[Decision], duplicate_every: int = 0
+) -> int:
+    """Produce ``decisions`` to ``topic`` keyed by run_id (murmur2, as the worker does);
+    every ``duplicate_every``-th one twice, as a redelivery would. Returns records sent."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5}
+    )
+    sent = 0
+    errors: list[str] = []
+
+    def on_delivery(err: object, _msg: object) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    for i, decision in enumerate(decisions):
+        copies = 2 if duplicate_every and i % duplicate_every == 0 else 1
+        for _ in range(copies):
+            producer.produce(
+                topic, decision.to_json(), key=decision.run_id.encode(), on_delivery=on_delivery
+            )
+            producer.poll(0)
+            sent += 1
+    remaining = producer.flush(30)
+    assert remaining == 0 and not errors, f"produce failed: {remaining} unsent, {errors[:3]}"
+    return sent
+
+
+def chunks(items: list[Decision], size: int) -> Iterator[list[Decision]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
+    """Create ``name`` (no-op when it exists) and wait until it is usable."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    for future in futures.values():
+        try:
+            future.result(15)
+        except Exception as exc:  # an existing topic is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
