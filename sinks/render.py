@@ -1,0 +1,82 @@
+"""Plain-text rendering of query results for terminals: aligned tables, CSV, JSON lines."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+__all__ = ["cell", "render", "render_table"]
+
+
+def cell(value: Any) -> str:
+    """How one value reads in a table: no microsecond noise, no 'None'."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")  # 0.250000 -> 0.25, never 2.5E-1
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """An aligned table with a header rule; numbers right-aligned."""
+    texts = [[cell(v) for v in row] for row in rows]
+    widths = [len(c) for c in columns]
+    for row in texts:
+        for i, text in enumerate(row):
+            widths[i] = max(widths[i], len(text))
+    numeric = [
+        bool(rows) and all(isinstance(r[i], (int, float, Decimal)) or r[i] is None for r in rows)
+        for i in range(len(columns))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(widths[i]) if numeric[i] else v.ljust(widths[i]) for i, v in enumerate(values)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(columns), "  ".join("-" * w for w in widths)]
+    out.extend(line(row) for row in texts)
+    return "\n".join(out)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value) if value != value.to_integral() else int(value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", errors="backslashreplace")
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"cannot render {type(value).__name__} as JSON")
+
+
+def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
+    """``fmt``: table | csv (with a header) | json (one object per line)."""
+    if fmt == "table":
+        footer = f"({len(rows)} row{'s' if len(rows) != 1 else ''})"
+        return (render_table(columns, rows) + "\n" + footer) if columns else footer
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[cell(v) for v in row] for row in rows])
+        return buf.getvalue().rstrip("\n")
+    if fmt == "json":
+        opts = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+        return "\n".join(
+            orjson.dumps(
+                dict(zip(columns, row, strict=True)), default=_json_default, option=opts
+            ).decode()
+            for row in rows
+        )
+    raise ValueError(f"output format: expected table, csv or json, got {fmt!r}")

@@ -1,0 +1,184 @@
+"""``baton trace RUN_ID``: one run's decisions from the audit, in order, for an incident review."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from baton.schemas.errors import BatonError
+from baton.sinks.render import cell, render_table
+from baton.sinks.schema import DATABASE
+from clickhouse_connect.driver.client import Client
+
+__all__ = ["TRACE_COLUMNS", "format_trace", "load_trace"]
+
+TRACE_COLUMNS: tuple[str, ...] = (
+    "decided_at",
+    "event_time",
+    "tenant",
+    "phase",
+    "outcome",
+    "reason",
+    "from_agent",
+    "to_agent",
+    "task_id",
+    "parent_task_id",
+    "owner",
+    "depth",
+    "handoff_count",
+    "spent_usd",
+    "reserved_usd",
+    "tool_calls",
+    "approval_id",
+    "approval_expires_at",
+    "approver",
+    "handoff_status",
+    "fallback",
+    "action",
+    "tool",
+    "detail",
+    "policy_version",
+    "decision_id",
+)
+
+# the worker decides a run's events one after another and publishes them to one partition,
+# so decided_at, then the decisions-topic offset, is the order things happened in
+_TRACE_SQL = f"""
+SELECT {", ".join(f"`{c}`" for c in TRACE_COLUMNS)}
+FROM {DATABASE}.decisions FINAL
+WHERE run_id = {{run_id:String}}
+ORDER BY decided_at, audit_partition, audit_offset
+"""
+
+
+def load_trace(client: Client, run_id: str) -> list[dict[str, Any]]:
+    """Every decision of ``run_id`` in order; BatonError when the audit has none."""
+    result = client.query(_TRACE_SQL, parameters={"run_id": run_id})
+    steps = [dict(zip(TRACE_COLUMNS, row, strict=True)) for row in result.result_rows]
+    if not steps:
+        similar = client.query(
+            f"SELECT DISTINCT run_id FROM {DATABASE}.decisions "
+            "WHERE positionCaseInsensitive(run_id, {q:String}) > 0 LIMIT 5",
+            parameters={"q": run_id[:12]},
+        ).result_rows
+        hint = f"; similar run ids: {', '.join(r[0] for r in similar)}" if similar else ""
+        raise BatonError(
+            f"no decisions for run {run_id!r} in {DATABASE}.decisions (is the audit sink "
+            f"running, and has it caught up?){hint}"
+        )
+    return steps
+
+
+def _usd(value: Decimal | float) -> str:
+    return f"${Decimal(value):.2f}" if value < 100_000 else f"${Decimal(value):,.0f}"
+
+
+def _money(value: Decimal) -> Decimal:
+    # cents always shown, micro-dollars when there are any: 0.00, 0.25, 0.123456
+    cents = value.quantize(Decimal("0.01"))
+    return cents if cents == value else value.normalize()
+
+
+def _handoff(step: dict[str, Any]) -> str:
+    if step["from_agent"] is None and step["to_agent"] is None:
+        return ""
+    return f"{step['from_agent'] or '?'} -> {step['to_agent'] or '?'}"
+
+
+def _approval(step: dict[str, Any]) -> str:
+    if not step["approval_id"]:
+        return ""
+    if step["outcome"] == "approval_required":
+        expires = step["approval_expires_at"]
+        until = f", expires {expires:%H:%M:%S}" if isinstance(expires, datetime) else ""
+        return f"{step['approval_id']} requested{until}"
+    by = f" by {step['approver']}" if step["approver"] else ""
+    return f"{step['approval_id']} {step['reason'].removeprefix('approval_')}{by}"
+
+
+def _note(step: dict[str, Any]) -> str:
+    notes = []
+    if step["handoff_status"]:
+        notes.append(f"status={step['handoff_status']}")
+    if step["fallback"]:
+        notes.append(f"fallback={step['fallback']}")
+    if step["action"]:
+        notes.append(f"action={step['action']}")
+    if step["tool"]:
+        notes.append(f"tool={step['tool']}")
+    if step["detail"]:
+        notes.append(str(step["detail"]))
+    return " ".join(notes)
+
+
+def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
+    """The run's story: a summary (how it ended, totals) and one line per decision."""
+    first, last = steps[0], steps[-1]
+    stops = [s for s in steps if s["outcome"] == "stop"]
+    same_day = first["decided_at"].date() == last["decided_at"].date()
+    when = (
+        f"{first['decided_at']:%Y-%m-%d %H:%M:%S} -> {last['decided_at']:%H:%M:%S} UTC"
+        if same_day
+        else f"{cell(first['decided_at'])} -> {cell(last['decided_at'])} UTC"
+    )
+    if stops:
+        stop = stops[0]
+        ended = (
+            f"STOPPED at step {steps.index(stop) + 1}: {stop['reason']}"
+            f" ({_handoff(stop)}, task={stop['task_id']})"
+            + (f", fallback {stop['fallback']}" if stop["fallback"] else "")
+        )
+    else:
+        ended = f"last decision: {last['outcome']} ({last['reason']})"
+    policies = sorted({s["policy_version"] for s in steps if s["policy_version"]})
+    lines = [
+        f"Run {run_id}  tenant {first['tenant']}  {len(steps)} decisions  {when}",
+        ended,
+        f"handoffs {max(s['handoff_count'] for s in steps)}  "
+        f"max depth {max(s['depth'] for s in steps)}  "
+        f"spent {_usd(max(s['spent_usd'] for s in steps))}  "
+        f"tool calls {max(s['tool_calls'] for s in steps)}  "
+        f"policy {', '.join(policies) or '-'}",
+        "",
+    ]
+    rows = []
+    for i, s in enumerate(steps, 1):
+        t = s["decided_at"]
+        rows.append(
+            [
+                i,
+                f"{t:%H:%M:%S}.{t.microsecond // 1000:03d}" if same_day else cell(t),
+                s["phase"],
+                s["outcome"].upper() if s["outcome"] == "stop" else s["outcome"],
+                s["reason"],
+                _handoff(s),
+                s["task_id"] or "",
+                s["owner"] or "",
+                s["depth"],
+                s["handoff_count"],
+                s["spent_usd"],
+                _approval(s),
+                _note(s),
+            ]
+        )
+    columns = [
+        "#",
+        "time",
+        "phase",
+        "outcome",
+        "reason",
+        "handoff",
+        "task",
+        "owner",
+        "depth",
+        "handoffs",
+        "spent_usd",
+        "approval",
+        "note",
+    ]
+    # drop columns that are empty on every line (e.g. no approvals in this run)
+    keep = [i for i, c in enumerate(columns) if any(r[i] not in ("", None) for r in rows)]
+    table = render_table([columns[i] for i in keep], [[r[i] for i in keep] for r in rows])
+    return "\n".join(lines) + "\n" + table
