@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    session_timeout_s: float = Field(
+        10.0, gt=0, description="consumer group session timeout; failover takes about this long"
+    )
     connect_timeout_s: float = Field(10.0, gt=0, description="give up reaching Kafka after this")
 
     # --- worker ------------------------------------------------------------------------

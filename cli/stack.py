@@ -1,0 +1,212 @@
+"""``baton worker``, ``baton up`` and ``baton kill``: run the governance processor and steer it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from baton.cli.options import build_settings, setting_options
+from baton.schemas.errors import BatonError, BrokerUnavailable
+from baton.schemas.events import KillSwitch, KillSwitchReleased
+from baton.schemas.policy import load_policy
+from baton.schemas.settings import Settings
+
+__all__ = ["register"]
+
+log = logging.getLogger("baton.up")
+
+
+def _ensure_topics(settings: Settings) -> Any:
+    from baton.streams.topics import TopicCatalog, ensure_topics
+
+    catalog = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions,
+                           replication=settings.replication_factor)
+    ensure_topics(settings.kafka_config(), catalog, timeout=settings.connect_timeout_s)
+    return catalog
+
+
+# ---------------------------------------------------------------------------- worker
+@click.command("worker")
+@setting_options("bootstrap", "policy", "web_port", "partitions", "topic_prefix", "app_id",
+                 "session_timeout_s", "run_retention_s", "batch_size", "worker_data_dir")
+def worker_cmd(**opts: Any) -> None:
+    """Run one governance worker against an existing Kafka cluster (run several to scale out).
+
+    Workers with the same --app-id share the partitions of the run-keyed topics; a worker
+    that dies hands its partitions, and their state from the changelog, to the others.
+    """
+    settings = build_settings(**opts)
+    policy = load_policy(settings.policy)
+    _ensure_topics(settings)
+    from faust import Worker
+
+    from baton.processors.app import GovernanceWorker
+
+    gw = GovernanceWorker(settings, policy)
+    click.echo(f"baton worker {gw.worker_id}: Kafka {settings.bootstrap}, policy {policy.version}, "
+               f"{settings.partitions} partitions", err=True)
+    level = logging.getLogger().getEffectiveLevel()
+    Worker(gw.app, loglevel=logging.getLevelName(min(level, logging.WARNING)).lower(),
+           quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+# ---------------------------------------------------------------------------- up
+def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    from baton.streams.embedded import _die_with_parent
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab")  # noqa: SIM115 - lives as long as the child
+    return subprocess.Popen([sys.executable, "-m", "baton.cli", *args], env=env,
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent)
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+@click.command("up")
+@click.option("--port", type=int, default=None, help="broker port [default: a free port]")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".baton"),
+              show_default=True, envvar="BATON_DATA_DIR",
+              help="logs, worker state and the embedded ClickHouse (chDB) live here")
+@click.option("--sql-port", type=int, default=8123, show_default=True, envvar="BATON_SQL_PORT",
+              help="ClickHouse-compatible HTTP port for `baton sql` while up runs")
+@click.option("--no-audit", is_flag=True, help="do not start the audit sink and the alerter")
+@setting_options("policy", "partitions", "session_timeout_s")
+def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **opts: Any) -> None:
+    """Start everything on this machine: embedded Kafka broker, topics, one worker, the
+    ClickHouse audit sink (chDB) and the stop alerter. Prints a line with `ready` and the
+    bootstrap address once it decides, and stops it all on Ctrl-C or SIGTERM."""
+    from baton.streams.embedded import EmbeddedBroker
+
+    data_dir = data_dir.resolve()
+    settings = build_settings(**opts)
+    policy = load_policy(settings.policy)  # fail before starting anything on a bad policy
+    logs = data_dir / "logs"
+    broker = EmbeddedBroker(port=port, log_dir=logs)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def _stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        click.echo(f"baton up: starting the embedded Kafka broker (logs in {logs})", err=True)
+        broker.start()
+        settings = build_settings(**{**opts, "bootstrap": broker.bootstrap})
+        catalog = _ensure_topics(settings)
+        env = {**os.environ, "BATON_BOOTSTRAP": broker.bootstrap,
+               "BATON_PARTITIONS": str(settings.partitions),
+               "BATON_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
+               "BATON_WORKER_DATA_DIR": str(data_dir / "worker"),
+               "BATON_CLICKHOUSE_DSN": f"chdb://{data_dir / 'chdb'}"}
+        if settings.policy:
+            env["BATON_POLICY"] = str(Path(settings.policy).resolve())
+        from baton.streams.net import free_port
+
+        children["worker"] = _spawn(["worker", "--web-port", str(free_port())], env,
+                                    logs / "worker.log")
+        if not no_audit:
+            for name, args in _audit_children(sql_port):
+                children[name] = _spawn(args, env, logs / f"{name}.log")
+        from baton.processors.probe import wait_until_deciding
+
+        click.echo(f"baton up: waiting for the worker (policy {policy.version})", err=True)
+        took = wait_until_deciding(settings.kafka_config(), catalog.requests, catalog.decisions,
+                                   settings.partitions, timeout_s=90)
+        extra = "" if no_audit else f" sql=http://127.0.0.1:{sql_port}"
+        click.echo(f"baton up: ready bootstrap={broker.bootstrap}{extra} "
+                   f"(worker answered in {took:.1f} s; Ctrl-C stops)", err=False)
+        sys.stdout.flush()
+        while not stopping:
+            for name, child in children.items():
+                code = child.poll()
+                if code is not None:
+                    raise BatonError(f"the {name} exited with code {code}; last log lines:\n"
+                                     f"{_tail(logs / f'{name}.log')}")
+            time.sleep(0.2)
+        click.echo("baton up: stopping", err=True)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for child in children.values():
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        broker.stop()
+
+
+def _audit_children(sql_port: int) -> list[tuple[str, list[str]]]:
+    """The sink (which also serves SQL over chDB) and the alerter, once they exist."""
+    try:
+        from baton.cli import audit_cmds  # noqa: F401
+    except ImportError:
+        return []
+    return [("sink", ["sink", "--sql-port", str(sql_port)]), ("alerts", ["alerts"])]
+
+
+# ---------------------------------------------------------------------------- kill
+@click.command("kill")
+@click.option("--run", "run_id", help="stop every handoff of this run")
+@click.option("--tenant", help="stop every handoff of this tenant")
+@click.option("--global", "everything", is_flag=True, help="stop every handoff of every run")
+@click.option("--release", is_flag=True, help="lift the kill switch instead")
+@click.option("--reason", default="", help="why (recorded in the audit)")
+@click.option("--operator", default=lambda: os.environ.get("USER", "operator"),
+              help="who (recorded in the audit) [default: $USER]")
+@setting_options("bootstrap", "topic_prefix")
+def kill_cmd(run_id: str | None, tenant: str | None, everything: bool, release: bool,
+             reason: str, operator: str, **opts: Any) -> None:
+    """Publish a kill switch (or its release) for a run, a tenant, or everything."""
+    chosen = [x for x in (run_id, tenant, everything or None) if x]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --run RUN_ID, --tenant T, --global")
+    settings = build_settings(**opts)
+    scope = "run" if run_id else "tenant" if tenant else "global"
+    cls = KillSwitchReleased if release else KillSwitch
+    event = cls(scope=scope, run_id=run_id, tenant=tenant, operator=operator, reason=reason,
+                event_time=datetime.now(UTC))
+    from confluent_kafka import Producer
+
+    from baton.streams.topics import TopicCatalog
+
+    topic = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions,
+                         replication=settings.replication_factor).control
+    producer = Producer({**settings.kafka_config(), "partitioner": "murmur2_random",
+                         "message.timeout.ms": int(settings.connect_timeout_s * 1000)})
+    errors: list[str] = []
+    producer.produce(topic, event.to_json(), event.target.encode(),
+                     on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+    left = producer.flush(settings.connect_timeout_s + 1)
+    if left or errors:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {settings.bootstrap} to publish the kill switch "
+            f"({errors[0] if errors else 'timed out'}); is the broker running?")
+    what = "released" if release else "engaged"
+    click.echo(f"kill switch {what}: scope={scope} target={event.target} (topic {topic})")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(worker_cmd)
+    cli.add_command(up_cmd)
+    cli.add_command(kill_cmd)

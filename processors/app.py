@@ -1,0 +1,293 @@
+"""The Faust governance app: wires topics, the ``runs`` table and the engine, and nothing more.
+
+    gov.handoff.requests + gov.approvals --(agent: batches)--> engine --> gov.decisions, gov.stops
+                                                                    \--> runs changelog, gov.deadletter
+    gov.control --(every worker, ControlFollower thread)--> kill switches, policy
+
+The hot path follows ARCHITECTURE.md ("Hot path: what was measured"): events are taken in
+batches, states are read and written through the table's store, and every output
+(including the changelog) goes through one confluent-kafka producer that is flushed before
+the batch is acknowledged, so offsets are committed only after delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Iterator, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.serializers import codecs
+
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.control import ControlFollower
+from baton.processors.engine import expire_approvals, is_evictable
+from baton.processors.publish import BatchPublisher
+from baton.processors.state import RunState
+from baton.schemas.errors import ConfigError
+from baton.schemas.policy import Policy
+from baton.schemas.settings import Settings
+from baton.streams.partitioner import partition_for
+from baton.streams.topics import TopicCatalog
+
+__all__ = ["GovernanceWorker", "create_app"]
+
+log = logging.getLogger(__name__)
+
+#: exit status of a worker that stopped itself because output could not be delivered:
+#: it exits without committing, so a restart re-decides the batch (at-least-once)
+EXIT_DELIVERY_FAILED = 75
+
+
+class _RunStateCodec(codecs.Codec):
+    """Table values on the changelog are RunState.to_bytes(); Faust decodes them on recovery."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.to_bytes()  # type: ignore[no-any-return]
+
+    def _loads(self, s: bytes) -> Any:
+        return RunState.from_bytes(s)
+
+
+codecs.register("baton_run_state", _RunStateCodec())
+
+
+class _TableStates(MutableMapping[bytes, RunState]):
+    """The ``runs`` table's in-memory store, written directly (the changelog is ours to write).
+
+    Faust's memory store remembers each key's partition to drop the keys of revoked
+    partitions after a rebalance; it learns that only from changelog records it reads, so a
+    direct write must record it too, or a worker would keep stale runs it no longer owns.
+    """
+
+    def __init__(self, store: Any, partitions: int) -> None:
+        self._data: dict[bytes, RunState] = store.data
+        self._key_partition: dict[bytes, int] = store._key_partition
+        self._partitions = partitions
+
+    def __getitem__(self, key: bytes) -> RunState:
+        return self._data[key]
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __setitem__(self, key: bytes, value: RunState) -> None:
+        if key not in self._data:
+            self._key_partition[key] = partition_for(key, self._partitions)
+        self._data[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        del self._data[key]
+        self._key_partition.pop(key, None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class GovernanceWorker:
+    """Everything one worker process holds: the Faust app, its producer, control follower."""
+
+    def __init__(self, settings: Settings, policy: Policy, worker_id: str | None = None) -> None:
+        if settings.processing_guarantee == "exactly_once":
+            raise ConfigError(
+                "BATON_PROCESSING_GUARANTEE=exactly_once is not supported yet: Baton's hot path "
+                "publishes through its own (non-transactional) producer; use at_least_once, "
+                "whose redeliveries Baton deduplicates by request_id"
+            )
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.catalog = TopicCatalog(
+            prefix=settings.topic_prefix,
+            partitions=settings.partitions,
+            replication=settings.replication_factor,
+        )
+        self.app = self._build_app()
+        self.changelog_topic = self.runs.changelog_topic.get_topic_name()
+        self.publisher = BatchPublisher(
+            settings.kafka_config(),
+            decisions_topic=self.catalog.decisions,
+            stops_topic=self.catalog.stops,
+            deadletter_topic=self.catalog.deadletter,
+            changelog_topic=self.changelog_topic,
+        )
+        self.control = ControlFollower(
+            settings.kafka_config(),
+            self.catalog.control,
+            policy,
+            worker=self.worker_id,
+            on_decision=lambda d: self.publisher.produce_decision(None, d),
+            on_dead_letter=lambda k, v: self.publisher._produce(self.catalog.deadletter, v, k),
+        )
+        self._processor: BatchProcessor | None = None
+        self._lock = asyncio.Lock()
+        self._ready = asyncio.Event()
+        self.control.on_policy(self._on_policy)
+
+    # ------------------------------------------------------------------ wiring
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        servers = ";".join(f"kafka://{h.strip()}" for h in s.bootstrap.split(","))
+        app = faust.App(
+            s.app_id,
+            broker=servers,
+            store="memory://",
+            autodiscover=False,
+            datadir=str(s.worker_data_dir),
+            web_port=s.web_port,
+            web_enabled=False,
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication_factor,
+            topic_disable_leader=True,
+            table_standby_replicas=0,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=max(s.session_timeout_s / 6, 0.5),
+            broker_rebalance_timeout=max(s.session_timeout_s * 2, 10),
+            stream_recovery_delay=0.0,
+            processing_guarantee="at_least_once",
+            broker_credentials=self._faust_credentials(),
+        )
+        source = app.topic(
+            self.catalog.requests,
+            self.catalog.approvals,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=s.partitions,
+        )
+        self.runs = app.Table(
+            "runs",
+            default=None,
+            partitions=s.partitions,
+            key_type=bytes,
+            # safe: every event is decided on its key's murmur2 partition (others are forwarded)
+            use_partitioner=True,
+            help="run_id -> RunState (task owners, agents, counters, spend, approvals, dedup marks)",
+        )
+        # Table() only derives serializers from Record types; set ours before the changelog
+        # topic (created lazily) copies them
+        self.runs.value_serializer = "baton_run_state"
+
+        @app.agent(source, name="govern")
+        async def govern(stream: faust.StreamT[bytes]) -> None:
+            await self._ready.wait()
+            async for events in stream.take_events(s.batch_size, within=s.batch_timeout_s):
+                await self._process(events)
+
+        @app.task
+        async def start_control() -> None:
+            self.control.start()
+            loop = asyncio.get_running_loop()
+            caught_up = await loop.run_in_executor(None, self.control.caught_up.wait, 30.0)
+            if not caught_up:
+                log.warning("control topic not caught up after 30 s; deciding anyway")
+            self._ready.set()
+            log.info("worker %s ready (policy %s)", self.worker_id, self.control.policy.version)
+
+        @app.timer(interval=1.0)
+        async def sweep() -> None:
+            await self._sweep()
+
+        return app
+
+    def _faust_credentials(self) -> Any:
+        s = self.settings
+        if s.security_protocol == "PLAINTEXT":
+            return None
+        from faust.auth import SASLCredentials, SSLCredentials
+
+        if s.sasl_mechanism:
+            password = s.sasl_password.get_secret_value() if s.sasl_password else None
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=s.ssl_cafile) if "SSL" in s.security_protocol else None
+            return SASLCredentials(username=s.sasl_username, password=password,
+                                   mechanism=s.sasl_mechanism, ssl_context=ctx)
+        import ssl
+
+        return SSLCredentials(ssl.create_default_context(cafile=s.ssl_cafile))
+
+    def _on_policy(self, policy: Policy) -> None:
+        if self._processor is not None:
+            self._processor.policy = policy
+
+    @property
+    def processor(self) -> BatchProcessor:
+        if self._processor is None:
+            self._processor = BatchProcessor(
+                self.control.policy,
+                self.settings.partitions,
+                _TableStates(self.runs.data, self.settings.partitions),
+                worker=self.worker_id,
+                kills=lambda: self.control.kills,
+            )
+        return self._processor
+
+    # ------------------------------------------------------------------ hot path
+    async def _process(self, events: Any) -> None:
+        records = [
+            InputRecord(
+                e.message.topic, e.message.partition, e.message.offset, e.message.key,
+                e.message.value,
+            )
+            for e in events
+        ]
+        try:
+            async with self._lock:
+                out = self.processor.process(records, datetime.now(UTC))
+                await self.publisher.publish(out)
+        except Exception:
+            # Never let take_events acknowledge a batch whose outputs were not delivered
+            # (its `finally` acks even on error): die now, commit nothing, redeliver on restart.
+            log.critical("worker %s cannot publish a batch; exiting without committing offsets",
+                         self.worker_id, exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_DELIVERY_FAILED)
+
+    async def _sweep(self) -> None:
+        """Expire approvals whose TTL passed and evict finished or idle runs (local partitions)."""
+        if not self._ready.is_set():
+            return
+        now = datetime.now(UTC)
+        proc = self.processor
+        states = proc.states
+        active = {tp.partition for tp in self.app.assignor.assigned_actives()
+                  if tp.topic == self.catalog.requests}
+        from baton.processors.batch import Outputs
+
+        out = Outputs()
+        retention = self.settings.run_retention_s
+        async with self._lock:
+            for key in list(states):
+                state = states.get(key)
+                if state is None:
+                    continue
+                partition = partition_for(key, self.settings.partitions)
+                if partition not in active:
+                    continue
+                if state.pending:
+                    new, decisions = expire_approvals(state, proc.policy, now, self.control.kills)
+                    if decisions:
+                        states[key] = new
+                        out.changed[key] = (partition, new)
+                        out.decisions.extend((partition, d) for d in decisions)
+                elif is_evictable(state, now, retention):
+                    del states[key]
+                    out.changed[key] = (partition, None)
+            try:
+                await self.publisher.publish(out)
+            except Exception:
+                log.critical("sweep could not publish; exiting", exc_info=True)
+                logging.shutdown()
+                os._exit(EXIT_DELIVERY_FAILED)
+
+
+def create_app(settings: Settings, policy: Policy, worker_id: str | None = None) -> faust.App:
+    """A Faust app for one worker process (the factory tests and the CLI use)."""
+    return GovernanceWorker(settings, policy, worker_id).app

@@ -1,0 +1,83 @@
+"""A real governance stack per test module: topics, one `baton worker` process, collectors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from baton.processors.probe import wait_until_deciding
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.topics import TopicCatalog, ensure_topics
+
+from tests.stack import Collector, EventSender, WorkerProcess
+
+PARTITIONS = 4
+
+TEST_POLICY = """\
+multi_agent:
+  max_agents_per_run: 4
+  max_handoffs: 8
+  max_delegation_depth: 3
+  shared_max_usd: 30
+  shared_max_tool_calls: 120
+  require_approval_for:
+    - billing.refund.create
+  approval:
+    ttl_seconds: 3
+"""
+
+
+@dataclass
+class Stack:
+    bootstrap: str
+    prefix: str
+    catalog: TopicCatalog
+    workdir: Path
+    workers: list[WorkerProcess]
+    decisions: Collector
+    stops: Collector
+    deadletters: Collector
+    requests: EventSender
+    policy_path: Path
+
+    def add_worker(self, name: str) -> WorkerProcess:
+        w = WorkerProcess(self.bootstrap, self.prefix, self.workdir, partitions=PARTITIONS,
+                          policy=self.policy_path, name=name)
+        self.workers.append(w)
+        return w
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.log_path.name}\n{w.log()}" for w in self.workers)
+
+
+@pytest.fixture(scope="module")
+def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    import uuid
+
+    prefix = f"m{uuid.uuid4().hex[:8]}."
+    workdir = tmp_path_factory.mktemp("stack")
+    policy_path = workdir / "policy.yaml"
+    policy_path.write_text(TEST_POLICY)
+    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
+    conf = {"bootstrap.servers": broker.bootstrap}
+    ensure_topics(conf, catalog, timeout=10)
+    s = Stack(broker.bootstrap, prefix, catalog, workdir, [],
+              Collector(broker.bootstrap, catalog.decisions),
+              Collector(broker.bootstrap, catalog.stops),
+              Collector(broker.bootstrap, catalog.deadletter, decisions=False),
+              EventSender(broker.bootstrap, catalog.requests), policy_path)
+    try:
+        w = s.add_worker("w1")
+        try:
+            wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        except Exception as exc:
+            raise AssertionError(f"worker did not start: {exc}\n{w.log()}") from exc
+        yield s
+    finally:
+        for w in s.workers:
+            w.stop()
+        s.decisions.close()
+        s.stops.close()
+        s.deadletters.close()

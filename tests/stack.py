@@ -1,0 +1,128 @@
+"""Real Baton processes for integration tests: worker subprocesses and a decision collector."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from baton.schemas.decision import Decision
+from baton.schemas.events import _Event
+from baton.streams.net import free_port
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from tests.helpers import wait_for
+
+__all__ = ["Collector", "EventSender", "WorkerProcess"]
+
+
+class WorkerProcess:
+    """`baton worker` as a real subprocess; its log is kept for failure messages."""
+
+    def __init__(self, bootstrap: str, prefix: str, workdir: Path, *, partitions: int = 4,
+                 policy: Path | None = None, name: str = "w1", extra_env: dict[str, str] | None = None) -> None:
+        self.log_path = workdir / f"worker-{name}.log"
+        env = {**os.environ, "BATON_BOOTSTRAP": bootstrap, "BATON_TOPIC_PREFIX": prefix,
+               "BATON_PARTITIONS": str(partitions), "BATON_SESSION_TIMEOUT_S": "6",
+               "BATON_APP_ID": f"baton-{prefix.rstrip('.')}",
+               "BATON_WORKER_DATA_DIR": str(workdir / f"data-{name}"),
+               "BATON_WEB_PORT": str(free_port()), **(extra_env or {})}
+        if policy is not None:
+            env["BATON_POLICY"] = str(policy)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "baton.cli", "-v", "worker"], env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+class Collector:
+    """Reads a topic from the beginning in a thread and keeps every record, parsed."""
+
+    def __init__(self, bootstrap: str, topic: str, decisions: bool = True) -> None:
+        self.topic = topic
+        self._decisions = decisions
+        self.records: list[Decision | bytes] = []
+        self.by_run: dict[str, list[Decision]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"c-{topic}",
+                                   "enable.auto.commit": False, "log_level": 0})
+        meta = wait_for(lambda: self._consumer.list_topics(topic, timeout=5).topics.get(topic),
+                        10, message=f"topic {topic}")
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
+                               for p in meta.partitions])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.1)
+            if msg is None or msg.error():
+                if msg is not None and msg.error().code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(msg.error())
+                continue
+            with self._lock:
+                if self._decisions:
+                    d = Decision.from_json(msg.value())
+                    self.records.append(d)
+                    self.by_run[d.run_id].append(d)
+                else:
+                    self.records.append(msg.value())
+
+    def for_run(self, run_id: str) -> list[Decision]:
+        with self._lock:
+            return list(self.by_run.get(run_id, ()))
+
+    def wait_run(self, run_id: str, n: int, timeout: float = 30.0) -> list[Decision]:
+        return wait_for(lambda: len(self.for_run(run_id)) >= n and self.for_run(run_id),
+                        timeout, message=lambda: f"{n} decisions of {run_id}: "
+                        f"{[(d.phase, d.outcome, d.reason) for d in self.for_run(run_id)]}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+class EventSender:
+    """Publishes events keyed by run_id with the murmur2 partitioner (like Faust)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitioner: str = "murmur2_random") -> None:
+        self.topic = topic
+        self.producer = Producer({"bootstrap.servers": bootstrap, "partitioner": partitioner,
+                                  "linger.ms": 2})
+
+    def send(self, events: Iterable[_Event], topic: str | None = None) -> None:
+        for e in events:
+            self.producer.produce(topic or self.topic, e.to_json(), e.run_id.encode())  # type: ignore[attr-defined]
+            self.producer.poll(0)
+        assert self.producer.flush(10) == 0
+
+    def send_raw(self, value: bytes, key: bytes | None, topic: str | None = None) -> None:
+        self.producer.produce(topic or self.topic, value, key)
+        assert self.producer.flush(10) == 0
