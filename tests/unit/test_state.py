@@ -1,0 +1,103 @@
+"""RunState survives the trip through the table changelog (to_bytes / from_bytes) intact."""
+
+from __future__ import annotations
+
+import pytest
+from baton.processors.engine import decide
+from baton.processors.state import RunState
+from baton.schemas.events import parse_event
+
+from tests.unit.test_engine_support import Run, at, finished, handoff, policy_with
+
+pytestmark = pytest.mark.unit
+
+
+def _busy_run() -> Run:
+    """A run whose state has something in every field: tasks, reservations, a pending
+    approval, a sticky stop, recent replies with shadow outcomes and fallbacks."""
+    run = Run(policy_with(fallback_by_reason={"ownership_conflict": "constrained"}))
+    root = run.handoff("plan", "orchestrator", "planner", estimated_usd=5, estimated_tool_calls=9)
+    run.handoff(
+        "refund_check", "planner", "billing_agent", parent_task_id="plan", t=1, estimated_usd=3
+    )
+    run.complete(root, cost_usd=1.5, tool_calls=2, status="error", t=2)
+    run.handoff("refund_check", "planner", "support_agent", t=3)  # ownership conflict
+    run.handoff(
+        "refund_create",
+        "planner",
+        "billing_agent",
+        action="billing.refund.create",
+        t=4,
+        estimated_usd=2.0,
+    )  # pending approval
+    # an event parsed from the wire (pydantic's own UTC tzinfo in its event_time)
+    raw = (
+        b'{"type":"handoff_requested","request_id":"wire-1","run_id":"run-1","task_id":"w",'
+        b'"from_agent":"planner","to_agent":"billing_agent","tool":"search.web",'
+        b'"event_time":"2026-03-01T09:00:05.250+00:00"}'
+    )
+    run.send(parse_event(raw, b"run-1"), 5)
+    return run
+
+
+def test_state_round_trips_through_bytes() -> None:
+    state = _busy_run().state
+    assert state is not None and state.pending and state.reserved and state.recent
+
+    restored = RunState.from_bytes(state.to_bytes())
+
+    assert restored == state
+    assert restored.to_bytes() == state.to_bytes()
+
+
+def test_restored_state_decides_exactly_like_the_original() -> None:
+    run = _busy_run()
+    assert run.state is not None
+    restored = RunState.from_bytes(run.state.to_bytes())
+    events = [
+        handoff("req-after", "summary", "planner", "writer", t=6),
+        finished(t=7),
+        # a redelivery answered from the recent replies
+        handoff("req-4", "refund_check", "planner", "support_agent", t=3),
+    ]
+    a, b = run.state, restored
+    for event in events:
+        a, out_a = decide(a, event, run.policy, at(10))
+        b, out_b = decide(b, event, run.policy, at(10))
+        assert out_a == out_b
+        assert a.to_bytes() == b.to_bytes()
+
+
+def test_state_of_a_stopped_run_round_trips_with_its_reason() -> None:
+    run = Run(policy_with(max_handoffs=1))
+    run.handoff("t1", "planner", "worker")
+    run.handoff("t2", "planner", "worker")
+    assert run.state is not None and run.state.stopped == "handoff_budget_exceeded"
+    assert RunState.from_bytes(run.state.to_bytes()).stopped == "handoff_budget_exceeded"
+
+
+def test_state_is_compact() -> None:
+    run = Run()
+    for i in range(8):
+        d = run.handoff(f"task-{i}", "planner", f"agent-{i % 3}")
+        run.complete(d, cost_usd=0.5, tool_calls=3)
+    assert run.state is not None
+    # eight tasks and their completions, six replies kept verbatim: a few KB, not tens
+    assert len(run.state.to_bytes()) < 8_000
+
+
+def test_state_of_an_unknown_format_is_refused() -> None:
+    state, _ = decide(None, handoff("r", "t", "a", "b"), Run().policy, at(0))
+    wire = state.to_wire()
+    wire[0] = 99
+    with pytest.raises(ValueError, match="format 99"):
+        RunState.from_wire(wire)
+
+
+def test_copy_shares_nothing_that_decide_changes() -> None:
+    run = Run()
+    run.handoff("t1", "planner", "worker")
+    assert run.state is not None
+    before = run.state.to_bytes()
+    decide(run.state, handoff("r2", "t2", "planner", "other", t=1), run.policy, at(1))
+    assert run.state.to_bytes() == before
