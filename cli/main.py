@@ -44,6 +44,9 @@ def _register() -> None:
     from baton.cli import policy_cmds
 
     policy_cmds.register(cli)
+    from baton.cli import audit_cmds
+
+    audit_cmds.register(cli)
     from baton.cli import stack
 
     stack.register(cli)

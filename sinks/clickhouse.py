@@ -19,6 +19,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,5 +196,12 @@ def audit_errors(label: str, doing: str) -> Iterator[None]:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The gist of a ClickHouse error: from "Code: N." on, without the parser's long list of
+    what it expected instead or the driver's "(for url ...)" trailer."""
     text = str(exc).strip()
-    return text.splitlines()[0][:500] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    start = text.find("Code: ")
+    text = text[start:] if start >= 0 else text
+    text = re.split(r"\. Expected one of:| \(for url |\n", text, maxsplit=1)[0]
+    return text[:500]

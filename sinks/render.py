@@ -27,15 +27,21 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """An aligned table with a header rule; numbers right-aligned."""
+def render_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[str] = ()
+) -> str:
+    """An aligned table with a header rule; numbers (and the ``right`` columns) right-aligned."""
     texts = [[cell(v) for v in row] for row in rows]
     widths = [len(c) for c in columns]
     for row in texts:
         for i, text in enumerate(row):
             widths[i] = max(widths[i], len(text))
     numeric = [
-        bool(rows) and all(isinstance(r[i], (int, float, Decimal)) or r[i] is None for r in rows)
+        columns[i] in right
+        or (
+            bool(rows)
+            and all(isinstance(r[i], (int, float, Decimal)) or r[i] is None for r in rows)
+        )
         for i in range(len(columns))
     ]
 

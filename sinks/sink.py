@@ -62,11 +62,7 @@ def stops_topic(settings: Settings) -> str:
 def _catalog(settings: Settings) -> Any:
     from baton.streams.topics import TopicCatalog
 
-    return TopicCatalog(
-        prefix=settings.topic_prefix,
-        partitions=settings.partitions,
-        replication=settings.replication_factor,
-    )
+    return TopicCatalog.from_settings(settings)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from baton.schemas.errors import AuditUnavailable, ConfigError
 from baton.sinks.clickhouse import ENDPOINT_FILE
+from baton.sinks.query import ROW_KEYWORDS, first_keyword
 from clickhouse_connect.driver.client import Client
 
 __all__ = ["SqlServer", "serve_sql"]
@@ -72,11 +73,6 @@ _TRANSPORT_PARAMS = frozenset(
     }
 )
 _SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# statements that answer with a result set (and so an X-ClickHouse-Format header)
-_RESULT_KEYWORDS = frozenset(
-    {"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "CHECK"}
-)
-_COMMENTS_RE = re.compile(rb"^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*", re.S)
 _TRAILING_FORMAT_RE = re.compile(rb"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
 # an INSERT whose data follows "FORMAT <name>": the header is text, the data any bytes
 _INSERT_DATA_RE = re.compile(
@@ -318,7 +314,8 @@ def _execute(
         trailing = _TRAILING_FORMAT_RE.search(sql)
         fmt = trailing.group(1).decode() if trailing else default_format
         result = _run(conn, text, fmt, bind)
-        produces_rows = _first_keyword(sql) in _RESULT_KEYWORDS
+        # a result set is announced with X-ClickHouse-Format, as ClickHouse does
+        produces_rows = first_keyword(text) in ROW_KEYWORDS
         summary = {
             "read_rows": str(result.rows_read()),
             "read_bytes": str(result.bytes_read()),
@@ -359,12 +356,6 @@ def _run(conn: Any, sql: str, fmt: str, params: dict[str, str]) -> Any:
         message = str(exc)
         start = message.find("Code: ")
         raise _QueryFailed(message[start:] if start >= 0 else f"Code: 1002. {message}") from exc
-
-
-def _first_keyword(sql: bytes) -> str:
-    rest = sql[_COMMENTS_RE.match(sql).end() :]  # type: ignore[union-attr] - always matches
-    match = re.match(rb"[A-Za-z]+", rest)
-    return match.group(0).decode().upper() if match else ""
 
 
 def _quote(value: str) -> str:

@@ -75,10 +75,10 @@ def _usd(value: Decimal | float) -> str:
     return f"${Decimal(value):.2f}" if value < 100_000 else f"${Decimal(value):,.0f}"
 
 
-def _money(value: Decimal) -> Decimal:
+def _money(value: Decimal) -> str:
     # cents always shown, micro-dollars when there are any: 0.00, 0.25, 0.123456
     cents = value.quantize(Decimal("0.01"))
-    return cents if cents == value else value.normalize()
+    return str(cents) if cents == value else format(value.normalize(), "f")
 
 
 def _handoff(step: dict[str, Any]) -> str:
@@ -180,5 +180,7 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
     ]
     # drop columns that are empty on every line (e.g. no approvals in this run)
     keep = [i for i, c in enumerate(columns) if any(r[i] not in ("", None) for r in rows)]
-    table = render_table([columns[i] for i in keep], [[r[i] for i in keep] for r in rows])
+    table = render_table(
+        [columns[i] for i in keep], [[r[i] for i in keep] for r in rows], right=("spent_usd",)
+    )
     return "\n".join(lines) + "\n" + table

@@ -124,7 +124,9 @@ SELECT
     argMinIfState(toString(reason), decided_at, phase = 'approval') AS resolution_reason,
     max(decided_at) AS last_at
 FROM governance.decisions
-WHERE approval_id IS NOT NULL
+-- not "approval_id IS NOT NULL": the alias above would turn that into assumeNotNull(...),
+-- never NULL; assumeNotNull(NULL) is '' and approval ids are never empty
+WHERE approval_id != ''
 GROUP BY tenant, approval_id;
 
 CREATE VIEW IF NOT EXISTS governance.approval_latency AS

@@ -1,0 +1,295 @@
+"""``baton sink``, ``sql``, ``trace`` and ``alerts``: the commands of the audit trail."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from baton.cli.options import build_settings, setting_options
+from baton.schemas.settings import Settings
+from clickhouse_connect.driver.client import Client
+
+__all__ = ["register"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OUTPUT = click.Choice(["table", "csv", "json"])
+
+
+def _dsn_option(fn: F) -> F:
+    return click.option(
+        "--dsn",
+        "--clickhouse-dsn",
+        "clickhouse_dsn",
+        default=None,
+        help="ClickHouse: http(s)://user:pass@host:8123/db, chdb:///abs/dir (a directory "
+        "another baton process holds is queried through its SQL endpoint), or the endpoint "
+        "itself, http://127.0.0.1:8123 [env BATON_CLICKHOUSE_DSN]",
+    )(fn)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT/SIGTERM, so loops stop cleanly (flush, commit, close)."""
+    stop = threading.Event()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handle)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _client(settings: Settings) -> Iterator[Client]:
+    from baton.sinks.clickhouse import connect
+
+    client = connect(settings.clickhouse_dsn)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- sink
+
+
+@click.command("sink")
+@setting_options(
+    "bootstrap",
+    "topic_prefix",
+    "clickhouse_dsn",
+    "audit_ttl_days",
+    "sink_batch_size",
+    "sink_batch_timeout_s",
+)
+@click.option(
+    "--sql-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="with chDB: the address to serve SQL on (ClickHouse HTTP interface subset)",
+)
+@click.option(
+    "--sql-port",
+    default="8123",
+    show_default=True,
+    help="with chDB: the SQL port; 0 = any free port, off = do not serve",
+)
+def sink_cmd(sql_host: str, sql_port: str, **overrides: Any) -> None:
+    """Consume gov.decisions into ClickHouse governance.decisions (batched, at least once,
+    deduplicated by decision_id); with chDB, also serve SQL for other processes."""
+    from baton.sinks.sink import run_sink
+
+    settings = build_settings(**overrides)
+    port = None if sql_port.lower() in ("off", "none", "") else _port(sql_port)
+
+    def ready(sink: Any, server: Any) -> None:
+        where = f"; SQL on {server.url}" if server else ""
+        click.echo(f"audit sink: {sink.topic} -> {sink.label}{where}", err=True)
+
+    with _stop_on_signals() as stop:
+        stats = run_sink(settings, stop, sql_host=sql_host, sql_port=port, on_ready=ready)
+    click.echo(
+        f"audit sink stopped: {stats.rows} decisions in {stats.batches} batches, "
+        f"{stats.rejected} rejected",
+        err=True,
+    )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise click.BadParameter(f"expected 0-65535 or off, got {text!r}", param_hint="--sql-port")
+    return port
+
+
+# --------------------------------------------------------------------------- sql
+
+
+@click.command("sql")
+@click.argument("query")
+@click.option(
+    "--format",
+    "-f",
+    "fmt",
+    type=_OUTPUT,
+    default="table",
+    show_default=True,
+    help="output: aligned table, CSV with a header, or JSON lines",
+)
+@_dsn_option
+def sql_cmd(query: str, fmt: str, clickhouse_dsn: str | None) -> None:
+    """Run QUERY ('-' reads it from stdin) against the audit, e.g.
+
+    baton sql "SELECT reason, count() FROM governance.decisions FINAL GROUP BY reason"
+
+    A query ending in its own FORMAT clause (FORMAT JSON, PrettyCompact ...) is printed
+    exactly as ClickHouse returns it.
+    """
+    from baton.sinks.clickhouse import audit_errors, parse_dsn
+    from baton.sinks.query import run_statement
+    from baton.sinks.render import render
+
+    settings = build_settings(clickhouse_dsn=clickhouse_dsn)
+    text = sys.stdin.read() if query == "-" else query
+    with (
+        _client(settings) as client,
+        audit_errors(parse_dsn(settings.clickhouse_dsn).label, "running the query"),
+    ):
+        result = run_statement(client, text)
+    if result.raw is not None:
+        sys.stdout.buffer.write(result.raw)
+        sys.stdout.flush()
+    elif result.summary is not None:
+        click.echo(result.summary)
+    else:
+        click.echo(render(result.columns, result.rows, fmt))
+
+
+# --------------------------------------------------------------------------- trace
+
+
+@click.command("trace")
+@click.argument("run_id")
+@click.option(
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, JSON lines (every audit field) for tools",
+)
+@_dsn_option
+def trace_cmd(run_id: str, fmt: str, clickhouse_dsn: str | None) -> None:
+    """Show RUN_ID's decisions in order: every handoff, outcome and reason, owner, depth,
+    spend after each step, approvals."""
+    from baton.sinks.clickhouse import audit_errors, parse_dsn
+    from baton.sinks.render import render
+    from baton.sinks.trace import TRACE_COLUMNS, format_trace, load_trace
+
+    settings = build_settings(clickhouse_dsn=clickhouse_dsn)
+    with (
+        _client(settings) as client,
+        audit_errors(parse_dsn(settings.clickhouse_dsn).label, f"loading run {run_id}"),
+    ):
+        steps = load_trace(client, run_id)
+    if fmt == "json":
+        click.echo(render(TRACE_COLUMNS, [[s[c] for c in TRACE_COLUMNS] for s in steps], "json"))
+    else:
+        click.echo(format_trace(run_id, steps))
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+@click.group("alerts", invoke_without_command=True)
+@setting_options("bootstrap", "topic_prefix", "webhook_url")
+@click.option(
+    "--storm-threshold",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="this many stops within --storm-window fold into one summary (0 = never)",
+)
+@click.option(
+    "--storm-window", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="seconds"
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="skip stops decided longer ago than this many seconds (0 = any age)",
+)
+@click.pass_context
+def alerts_group(
+    ctx: click.Context, storm_threshold: int, storm_window: float, max_age: float, **overrides: Any
+) -> None:
+    """Announce every stop from gov.stops (console, and --webhook-url as Slack JSON), once per
+    decision, storms folded. `baton alerts check` evaluates SQL alert rules instead."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from baton.sinks.alerts import run_alerts
+
+    settings = build_settings(**overrides)
+    with _stop_on_signals() as stop:
+        alerter = run_alerts(
+            settings,
+            stop,
+            storm_threshold=storm_threshold,
+            storm_window_s=storm_window,
+            max_age_s=max_age,
+            emit=lambda text: click.echo(text),
+        )
+    if alerter.duplicates:
+        click.echo(f"alerts: {alerter.duplicates} duplicate stops not announced again", err=True)
+
+
+@alerts_group.command("check")
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML rules (tune built-ins, add your own); built-ins if unset",
+)
+@click.option("--webhook-url", default=None, help="also post fired rules here (Slack JSON)")
+@_dsn_option
+def alerts_check(
+    rules_path: Path | None, webhook_url: str | None, clickhouse_dsn: str | None
+) -> None:
+    """Evaluate SQL alert rules over the audit; exit 1 when any fired, 0 when none did
+    (2 when a rule is broken)."""
+    from baton.schemas.errors import ConfigError
+    from baton.sinks.alerts import post_webhook
+    from baton.sinks.render import render_table
+    from baton.sinks.rules import evaluate_rules, load_rules
+
+    settings = build_settings(clickhouse_dsn=clickhouse_dsn)
+    rules = load_rules(rules_path)
+    with _client(settings) as client:
+        results = evaluate_rules(client, rules)
+    fired = [r for r in results if r.fired]
+    broken = [r for r in results if r.error]
+    for result in results:
+        if result.error:
+            click.echo(f"ERROR  {result.rule.name}: {result.error}")
+        elif result.fired:
+            click.echo(f"FIRED  {result.rule.name}: {result.rule.summary()}")
+            table = render_table(result.columns, result.rows)
+            click.echo("\n".join("         " + line for line in table.splitlines()))
+        else:
+            click.echo(f"ok     {result.rule.name}")
+    webhook_url = webhook_url or settings.webhook_url
+    if webhook_url and fired:
+        text = "🚨 Baton alert rules fired: " + "; ".join(
+            f"{r.rule.name} ({len(r.rows)}): {r.rule.summary()}" for r in fired
+        )
+        post_webhook(webhook_url, text)
+    if broken:
+        raise ConfigError(
+            f"{len(broken)} alert rule(s) failed: " + ", ".join(r.rule.name for r in broken)
+        )
+    sys.exit(1 if fired else 0)
+
+
+def register(cli: click.Group) -> None:
+    """Add the audit commands to the ``baton`` group."""
+    for command in (sink_cmd, sql_cmd, trace_cmd, alerts_group):
+        cli.add_command(command)
