@@ -211,6 +211,12 @@ def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None) -> Any:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        # Python's json module and some JS encoders write NaN/Infinity; say so, since the
+        # parser's "unexpected character" does not tell the sender which number is wrong
+        if raw[exc.pos : exc.pos + 9].lstrip(b"-").startswith((b"NaN", b"Infinity")):
+            raise EventError(
+                "not_json", f"not valid JSON: NaN/Infinity is not a JSON number (char {exc.pos})"
+            ) from None
         raise EventError("not_json", f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise EventError("schema", f"expected a JSON object, got {type(doc).__name__}")

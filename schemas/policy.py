@@ -38,7 +38,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from baton.schemas.decision import Fallback
+from baton.schemas.decision import Fallback, Reason
 from baton.schemas.errors import PolicyError
 
 __all__ = [
@@ -106,7 +106,8 @@ class MultiAgentPolicy(_Strict):
     tools: ToolPolicy = Field(default_factory=ToolPolicy)
     detect_delegation_cycles: bool = False
     fallback: Fallback = Fallback.SINGLE_AGENT
-    fallback_by_reason: dict[str, Fallback] = Field(default_factory=dict)
+    #: keyed by Reason so that a misspelt reason is an error, not a silently unused entry
+    fallback_by_reason: dict[Reason, Fallback] = Field(default_factory=dict)
     shadow_mode: bool = False
 
     # --- compiled matchers (glob lists become one regex each; the engine calls them per event)
@@ -199,11 +200,14 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
     raw_tenants = doc.get("tenants") or {}
     base = doc.get("multi_agent") or {}
     merged_tenants: dict[str, Any] = {}
+    overridden: dict[Any, set[Any]] = {}  # tenant -> keys the tenant sets itself
     if isinstance(raw_tenants, dict) and isinstance(base, dict):
         for name, override in raw_tenants.items():
             if isinstance(override, dict):
                 override = override.get("multi_agent", override)
+            if isinstance(override, dict):
                 merged_tenants[name] = {**base, **override}
+                overridden[name] = set(override)
             else:
                 merged_tenants[name] = override
         doc = {**doc, "tenants": merged_tenants}
@@ -211,6 +215,10 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         return Policy.model_validate(doc)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
+            loc = err["loc"]
+            inherited = len(loc) > 2 and loc[0] == "tenants" and loc[1] in overridden
+            if inherited and loc[2] not in overridden[loc[1]]:
+                continue  # a bad multi_agent key: reported once, at multi_agent.<key>
             problems.append(_describe(err))
     raise PolicyError(problems, source)
 
@@ -262,6 +270,12 @@ def _describe(err: Any) -> str:
     kind = err["type"]
     value = err.get("input")
     ctx = err.get("ctx") or {}
+    if loc and loc[-1] == "[key]":  # a bad mapping key, e.g. a misspelt fallback_by_reason
+        path = ".".join(str(p) for p in loc[:-1])
+        known = [r.value for r in Reason]
+        hint = difflib.get_close_matches(str(value), known, n=1)
+        tip = f"; did you mean {hint[0]}?" if hint else ""
+        return f"{path}: unknown reason{tip} (known reasons: {', '.join(known)})"
     if kind == "extra_forbidden":
         known = _known_keys(loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
