@@ -158,7 +158,7 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
                 s["owner"] or "",
                 s["depth"],
                 s["handoff_count"],
-                s["spent_usd"],
+                _money(s["spent_usd"]),
                 _approval(s),
                 _note(s),
             ]

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from baton.processors.engine import approval_id_for, decide
 from baton.schemas.decision import Decision
 from baton.schemas.events import (
+    ApprovalDenied,
     ApprovalGranted,
     HandoffCompleted,
     HandoffRequested,
@@ -18,6 +19,7 @@ from baton.schemas.policy import load_policy, parse_policy
 __all__ = [
     "T0",
     "create_topic",
+    "limits_run",
     "produce_decisions",
     "scenario_decisions",
     "seed_run_742",
@@ -169,6 +171,56 @@ def story_run(run_id: str, tenant: str, start: datetime = T0) -> list[Decision]:
     )
 
 
+_TIGHT_POLICY = """
+multi_agent:
+  max_handoffs: 3
+  max_delegation_depth: 2
+  require_approval_for: ["billing.refund.*"]
+"""
+
+
+def limits_run(run_id: str, tenant: str, start: datetime = T0) -> list[Decision]:
+    """A run that meets the limits: a denied approval, a too-deep delegation, then the
+    handoff budget."""
+
+    def at(s: int) -> datetime:
+        return start + timedelta(seconds=s)
+
+    def ask(
+        n: str, task: str, parent: str | None, frm: str, to: str, s: int, action: str | None = None
+    ) -> HandoffRequested:
+        return HandoffRequested(
+            request_id=f"{run_id}-{n}",
+            run_id=run_id,
+            tenant=tenant,
+            task_id=task,
+            parent_task_id=parent,
+            from_agent=frm,
+            to_agent=to,
+            action=action,
+            event_time=at(s),
+        )
+
+    return _run(
+        [
+            ask("a", "plan", None, "orchestrator", "planner", 0),
+            ask("b", "refund", "plan", "planner", "billing", 1, action="billing.refund.create"),
+            ApprovalDenied(
+                approval_id=approval_id_for(f"{run_id}-b"),
+                run_id=run_id,
+                tenant=tenant,
+                approver="alice",
+                event_time=at(20),
+            ),
+            ask("c", "research", "plan", "planner", "researcher", 21),
+            ask("d", "deep", "research", "researcher", "analyst", 22),
+            ask("e", "notes", "plan", "planner", "writer", 23),
+            ask("f", "more", "plan", "planner", "writer", 24),
+        ],
+        _TIGHT_POLICY,
+    )
+
+
 def scenario_decisions(
     runs: int = 20, tenants: Iterable[str] = ("acme", "globex"), start: datetime = T0
 ) -> list[Decision]:
@@ -176,7 +228,11 @@ def scenario_decisions(
     names = list(tenants)
     out = seed_run_742(names[0], start)
     for i in range(runs):
-        out.extend(story_run(f"run_{i:04d}", names[i % len(names)], start + timedelta(seconds=i)))
+        tenant, begin = names[i % len(names)], start + timedelta(seconds=i)
+        if i % 3 == 2:
+            out.extend(limits_run(f"run_{i:04d}", tenant, begin))
+        else:
+            out.extend(story_run(f"run_{i:04d}", tenant, begin))
     return out
 
 
