@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from faust.serializers import codecs
 
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control import ControlFollower
@@ -43,19 +42,6 @@ log = logging.getLogger(__name__)
 EXIT_DELIVERY_FAILED = 75
 
 
-class _RunStateCodec(codecs.Codec):
-    """Table values on the changelog are RunState.to_bytes(); Faust decodes them on recovery."""
-
-    def _dumps(self, obj: Any) -> bytes:
-        return obj.to_bytes()  # type: ignore[no-any-return]
-
-    def _loads(self, s: bytes) -> Any:
-        return RunState.from_bytes(s)
-
-
-codecs.register("baton_run_state", _RunStateCodec())
-
-
 class _TableStates(MutableMapping[bytes, RunState]):
     """The ``runs`` table's in-memory store, written directly (the changelog is ours to write).
 
@@ -70,10 +56,18 @@ class _TableStates(MutableMapping[bytes, RunState]):
         self._partitions = partitions
 
     def __getitem__(self, key: bytes) -> RunState:
-        return self._data[key]
+        value = self._data[key]
+        if isinstance(value, bytes):  # restored from the changelog by Faust's recovery
+            value = self._data[key] = RunState.from_bytes(value)
+        return value
 
     def get(self, key: bytes, default: Any = None) -> Any:
-        return self._data.get(key, default)
+        value = self._data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bytes):
+            value = self._data[key] = RunState.from_bytes(value)
+        return value
 
     def __setitem__(self, key: bytes, value: RunState) -> None:
         if key not in self._data:
@@ -128,6 +122,7 @@ class GovernanceWorker:
         self._processor: BatchProcessor | None = None
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
+        self._owned: set[int] = set()
         self.control.on_policy(self._on_policy)
 
     # ------------------------------------------------------------------ wiring
@@ -165,14 +160,14 @@ class GovernanceWorker:
             "runs",
             default=None,
             partitions=s.partitions,
+            # raw bytes both ways: the changelog holds RunState.to_bytes(), which we write
+            # ourselves; recovery leaves bytes in the store and _TableStates decodes them lazily
             key_type=bytes,
+            value_type=bytes,
             # safe: every event is decided on its key's murmur2 partition (others are forwarded)
             use_partitioner=True,
             help="run_id -> RunState (task owners, agents, counters, spend, approvals, dedup marks)",
         )
-        # Table() only derives serializers from Record types; set ours before the changelog
-        # topic (created lazily) copies them
-        self.runs.value_serializer = "baton_run_state"
 
         @app.agent(source, name="govern")
         async def govern(stream: faust.StreamT[bytes]) -> None:
@@ -259,6 +254,9 @@ class GovernanceWorker:
         states = proc.states
         active = {tp.partition for tp in self.app.assignor.assigned_actives()
                   if tp.topic == self.catalog.requests}
+        if active != self._owned:
+            self._owned = active
+            log.info("worker %s owns partitions %s", self.worker_id, sorted(active))
         from baton.processors.batch import Outputs
 
         out = Outputs()

@@ -1,0 +1,165 @@
+"""Two workers, one killed with SIGKILL mid-stream: the survivor restores state, counts stay exact."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from baton.processors.probe import wait_until_deciding
+from baton.schemas.decision import Outcome, Phase
+from baton.schemas.events import HandoffCompleted, HandoffRequested
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.topics import TopicCatalog, ensure_topics
+
+from tests.helpers import wait_for
+from tests.integration.conftest import PARTITIONS, TEST_POLICY
+from tests.stack import Collector, EventSender, WorkerProcess
+
+pytestmark = pytest.mark.faults
+
+RUNS = 150
+HANDOFFS = 10  # max_handoffs is 8: two stops per run
+
+
+@pytest.fixture
+def two_workers(
+    broker: EmbeddedBroker, tmp_path
+) -> Iterator[tuple[list[WorkerProcess], TopicCatalog, str]]:
+    prefix = f"f{uuid.uuid4().hex[:8]}."
+    (tmp_path / "policy.yaml").write_text(TEST_POLICY)
+    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
+    conf = {"bootstrap.servers": broker.bootstrap}
+    ensure_topics(conf, catalog, timeout=10)
+    workers = [
+        WorkerProcess(
+            broker.bootstrap,
+            prefix,
+            tmp_path,
+            partitions=PARTITIONS,
+            policy=tmp_path / "policy.yaml",
+            name="w1",
+        )
+    ]
+    try:
+        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        workers.append(
+            WorkerProcess(
+                broker.bootstrap,
+                prefix,
+                tmp_path,
+                partitions=PARTITIONS,
+                policy=tmp_path / "policy.yaml",
+                name="w2",
+            )
+        )
+        # the second worker has joined once it owns partitions and has recovered them
+        wait_for(
+            lambda: (
+                ("ready" in workers[1].log() and "Assigned" in workers[1].log())
+                or ("assigned" in workers[1].log().lower() and "ready" in workers[1].log())
+            ),
+            60,
+            interval=0.2,
+            message=lambda: "w2 to join: " + workers[1].log()[-2000:],
+        )
+        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        yield workers, catalog, broker.bootstrap
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def _owned(worker: WorkerProcess) -> set[int] | None:
+    lines = re.findall(r"owns partitions \[([0-9, ]*)\]", worker.log())
+    return {int(p) for p in lines[-1].split(",") if p.strip()} if lines else None
+
+
+def _split(workers: list[WorkerProcess]) -> bool:
+    owned = [_owned(w) for w in workers]
+    return all(owned) and set().union(*owned) == set(range(PARTITIONS)) and not (
+        owned[0] & owned[1])
+
+
+def test_survivor_takes_over_and_nothing_is_double_counted(two_workers) -> None:
+    workers, catalog, bootstrap = two_workers
+    decisions = Collector(bootstrap, catalog.decisions)
+    sender = EventSender(bootstrap, catalog.requests)
+    now = datetime.now(UTC)
+    runs = [f"run_fo_{uuid.uuid4().hex[:6]}_{i}" for i in range(RUNS)]
+    done = threading.Event()
+
+    def traffic() -> None:
+        # handoff i of every run, then its completion, round after round, ~3 s in all
+        for i in range(1, HANDOFFS + 1):
+            batch = []
+            for run in runs:
+                batch.append(
+                    HandoffRequested(
+                        request_id=f"{run}-h{i}",
+                        run_id=run,
+                        task_id=f"t{i}",
+                        from_agent="planner",
+                        to_agent="researcher",
+                        event_time=now,
+                    )
+                )
+                batch.append(
+                    HandoffCompleted(
+                        request_id=f"{run}-h{i}",
+                        run_id=run,
+                        task_id=f"t{i}",
+                        agent="researcher",
+                        cost_usd=0.5,
+                        tool_calls=1,
+                        event_time=now,
+                    )
+                )
+            sender.send(batch)
+            time.sleep(0.3)
+        done.set()
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        wait_for(lambda: len(decisions.records) > RUNS * 4, 30, message="traffic to flow")
+        workers[0].kill9()
+        t.join(60)
+        assert done.is_set()
+
+        def complete() -> bool:
+            return all(
+                len({d.decision_id for d in decisions.for_run(r)}) >= 2 * HANDOFFS for r in runs
+            )
+
+        wait_for(
+            complete,
+            90,
+            interval=0.5,
+            message=lambda: "all decisions after failover\n" + workers[1].log()[-3000:],
+        )
+        assert workers[1].alive(), workers[1].log()
+        for run in runs:
+            by_request: dict[str, set[str]] = defaultdict(set)
+            pre = {}
+            for d in decisions.for_run(run):
+                if d.phase == Phase.PRE_HANDOFF:
+                    by_request[d.request_id].add(d.outcome)
+                    pre[d.request_id] = d
+            # one answer per request, however often it was redelivered
+            assert all(len(o) == 1 for o in by_request.values()), (run, by_request)
+            allowed = [r for r, o in by_request.items() if Outcome.ALLOW in o]
+            assert len(allowed) == 8, (run, sorted(by_request.items()))
+            assert max(d.handoff_count for d in pre.values()) == 8
+            posts = [d for d in decisions.for_run(run) if d.phase == Phase.POST_HANDOFF]
+            # spend counted once per completion: 10 completions x 0.5
+            assert max(d.spent_usd for d in posts) == pytest.approx(HANDOFFS * 0.5)
+    finally:
+        done.set()
+        t.join(10)
+        decisions.close()
