@@ -201,23 +201,24 @@ def run_alerts(
     ``settings.webhook_url``) also receives it. Stops older than ``max_age_s`` (by decided_at;
     0 = any age) are skipped, so a first start does not replay the topic's history as alerts.
     """
-    from baton.sinks.sink import stops_topic
+    from baton.sinks.sink import ensure_catalog_topics, stops_topic
+    from baton.streams.kafka import consumer_config
     from confluent_kafka import Consumer, KafkaError
 
     emit = emit or (lambda text: print(text, flush=True))
     webhook_url = webhook_url if webhook_url is not None else settings.webhook_url
     alerter = StopAlerter(storm_threshold, storm_window_s)
-    conf: dict[str, Any] = {
-        **settings.kafka_config(),
-        "group.id": group_id or f"{settings.app_id}-alerts",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "error_cb": lambda err: log.warning("alerts: Kafka: %s", err),
-    }
+    overrides: dict[str, Any] = {"error_cb": lambda err: log.warning("alerts: Kafka: %s", err)}
     session_timeout_s = getattr(settings, "session_timeout_s", None)
     if session_timeout_s:
-        conf["session.timeout.ms"] = int(session_timeout_s * 1000)
-    conf.update(consumer_overrides or {})
+        overrides["session.timeout.ms"] = int(session_timeout_s * 1000)
+    overrides.update(consumer_overrides or {})
+    conf = consumer_config(
+        settings.kafka_config(), group_id or f"{settings.app_id}-alerts", overrides
+    )
+    conf["enable.auto.commit"] = False  # committed once announced (see the module docstring)
+    if topic is None:
+        ensure_catalog_topics(settings, stop_event)
     consumer = Consumer(conf)
     uncommitted = False
 

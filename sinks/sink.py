@@ -38,6 +38,7 @@ __all__ = [
     "AuditSink",
     "SinkStats",
     "decisions_topic",
+    "ensure_catalog_topics",
     "run_sink",
     "stops_topic",
     "write_batch",
@@ -47,6 +48,34 @@ log = logging.getLogger(__name__)
 
 DECISIONS_TABLE = f"{DATABASE}.decisions"
 REJECTED_TABLE = f"{DATABASE}.rejected"
+
+
+def ensure_catalog_topics(settings: Settings, stop_event: threading.Event) -> None:
+    """Create Baton's topics if missing, retrying while Kafka is unreachable (until stop).
+
+    Subscribing to a missing topic is not harmless: Tansu (and Kafka with auto-creation on)
+    creates it with the broker's default partition count, which then disagrees with the
+    catalog and splits runs across partitions.
+    """
+    from baton.schemas.errors import BrokerUnavailable
+    from baton.streams.kafka import admin_config
+    from baton.streams.topics import ensure_topics
+
+    attempt = 0
+    while True:
+        try:
+            ensure_topics(
+                admin_config(settings.kafka_config()),
+                _catalog(settings),
+                timeout=settings.connect_timeout_s,
+            )
+            return
+        except BrokerUnavailable as exc:
+            wait = min(30.0, 1.0 * 2 ** min(attempt, 5))
+            attempt += 1
+            log.warning("%s; retrying in %.0f s", exc, wait)
+            if stop_event.wait(wait):
+                raise
 
 
 def decisions_topic(settings: Settings) -> str:
@@ -198,18 +227,20 @@ class AuditSink:
 
     # -- consumer ------------------------------------------------------------------------
     def _make_consumer(self) -> Any:
+        from baton.streams.kafka import consumer_config
         from confluent_kafka import Consumer
 
-        conf: dict[str, Any] = {
-            **self.kafka_config,
-            "group.id": self.group_id,
-            # offsets are ours to commit, and only after the insert: never auto-commit
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "error_cb": lambda err: log.warning("audit sink: Kafka: %s", err),
-        }
-        conf.update(self.consumer_overrides)
+        conf = consumer_config(
+            self.kafka_config,
+            self.group_id,
+            {
+                "enable.auto.offset.store": False,
+                "error_cb": lambda err: log.warning("audit sink: Kafka: %s", err),
+                **self.consumer_overrides,
+            },
+        )
+        # offsets are ours to commit, and only after the insert: never auto-commit
+        conf["enable.auto.commit"] = False
         return Consumer(conf)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
@@ -398,6 +429,8 @@ def run_sink(
     sql_server_or_None)`` is called once everything is up (``baton up`` prints the URL).
     """
     label = parse_dsn(settings.clickhouse_dsn).label
+    if topic is None:
+        ensure_catalog_topics(settings, stop_event)
     client = open_audit(settings.clickhouse_dsn, settings.audit_ttl_days, stop_event)
     server = None
     try:
