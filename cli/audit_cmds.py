@@ -87,7 +87,14 @@ def _client(settings: Settings) -> Iterator[Client]:
     show_default=True,
     help="with chDB: the SQL port; 0 = any free port, off = do not serve",
 )
-def sink_cmd(sql_host: str, sql_port: str, **overrides: Any) -> None:
+@click.option(
+    "--report-every",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="seconds between status lines (rows, rate, lag per partition) on stderr",
+)
+def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any) -> None:
     """Consume gov.decisions into ClickHouse governance.decisions (batched, at least once,
     deduplicated by decision_id); with chDB, also serve SQL for other processes."""
     from baton.sinks.sink import run_sink
@@ -99,8 +106,20 @@ def sink_cmd(sql_host: str, sql_port: str, **overrides: Any) -> None:
         where = f"; SQL on {server.url}" if server else ""
         click.echo(f"audit sink: {sink.topic} -> {sink.label}{where}", err=True)
 
+    def report(stats: Any) -> None:
+        if stats.rows or stats.last_error:
+            click.echo(f"audit sink: {stats.describe()}", err=True)
+
     with _stop_on_signals() as stop:
-        stats = run_sink(settings, stop, sql_host=sql_host, sql_port=port, on_ready=ready)
+        stats = run_sink(
+            settings,
+            stop,
+            sql_host=sql_host,
+            sql_port=port,
+            on_ready=ready,
+            on_report=report,
+            report_every_s=report_every,
+        )
     click.echo(
         f"audit sink stopped: {stats.rows} decisions in {stats.batches} batches, "
         f"{stats.rejected} rejected",

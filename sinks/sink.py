@@ -174,14 +174,31 @@ class SinkStats:
     last_error: str | None = None
     lag: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    _window: tuple[float, int] = field(default=(0.0, 0), repr=False)
+
+    def __post_init__(self) -> None:
+        self._window = (self.started, 0)
 
     @property
     def total_lag(self) -> int:
         return sum(self.lag.values())
 
     def rows_per_s(self) -> float:
-        elapsed = time.monotonic() - self.started
-        return self.rows / elapsed if elapsed > 0 else 0.0
+        """Rows per second since the previous call (the first call: since the start)."""
+        now = time.monotonic()
+        since, rows = self._window
+        self._window = (now, self.rows)
+        return (self.rows - rows) / (now - since) if now > since else 0.0
+
+    def describe(self) -> str:
+        """One status line: rows, recent rate, rejects, lag per partition, the last error."""
+        lag = " ".join(f"p{p}={n}" for p, n in sorted(self.lag.items())) or "-"
+        error = f"; last error: {self.last_error}" if self.last_error else ""
+        return (
+            f"{self.rows} decisions in {self.batches} batches ({self.rows_per_s():.0f}/s), "
+            f"{self.rejected} rejected, {self.retries} retries, lag {self.total_lag} ({lag})"
+            f"{error}"
+        )
 
 
 class _Stopped(Exception):
@@ -207,6 +224,7 @@ class AuditSink:
         consumer_overrides: dict[str, Any] | None = None,
         label: str = "ClickHouse",
         report_every_s: float = 10.0,
+        on_report: Callable[[SinkStats], None] | None = None,
         backoff: Callable[[int], float] | None = None,
     ) -> None:
         self.kafka_config = kafka_config
@@ -218,6 +236,7 @@ class AuditSink:
         self.consumer_overrides = consumer_overrides or {}
         self.label = label
         self.report_every_s = report_every_s
+        self.on_report = on_report
         self.backoff = backoff or (lambda attempt: min(30.0, 0.25 * 2 ** min(attempt, 7)))
         self.stats = SinkStats()
         self._batch = AuditBatch(topic)
@@ -305,6 +324,7 @@ class AuditSink:
         while batch:
             try:
                 write_batch(self.client, batch, self.label)
+                self.stats.last_error = None  # recovered: report the present, not history
                 break
             except AuditUnavailable as exc:
                 self.stats.retries += 1
@@ -372,15 +392,10 @@ class AuditSink:
         if now - self._last_report < self.report_every_s:
             return
         self._last_report = now
-        log.info(
-            "audit sink: %d rows in %d batches (%.0f rows/s), %d rejected, lag %d %s",
-            self.stats.rows,
-            self.stats.batches,
-            self.stats.rows_per_s(),
-            self.stats.rejected,
-            self.stats.total_lag,
-            dict(sorted(self.stats.lag.items())),
-        )
+        if self.on_report is not None:
+            self.on_report(self.stats)
+        else:
+            log.info("audit sink: %s", self.stats.describe())
 
 
 def open_audit(
@@ -420,13 +435,16 @@ def run_sink(
     group_id: str | None = None,
     consumer_overrides: dict[str, Any] | None = None,
     on_ready: Callable[[AuditSink, Any], None] | None = None,
+    on_report: Callable[[SinkStats], None] | None = None,
+    report_every_s: float = 10.0,
 ) -> SinkStats:
     """Run the audit sink until ``stop_event`` is set; returns its stats.
 
     Connects to ``settings.clickhouse_dsn`` (retrying while a server is down), migrates the
     schema, and with a chDB DSN serves SQL on ``sql_host:sql_port`` (None: do not serve; 0:
     any free port) for the processes that cannot open the directory. ``on_ready(sink,
-    sql_server_or_None)`` is called once everything is up (``baton up`` prints the URL).
+    sql_server_or_None)`` is called once everything is up (``baton up`` prints the URL);
+    ``on_report(stats)`` every ``report_every_s`` (default: an INFO log line with the lag).
     """
     label = parse_dsn(settings.clickhouse_dsn).label
     if topic is None:
@@ -452,6 +470,8 @@ def run_sink(
             batch_timeout_s=settings.sink_batch_timeout_s,
             consumer_overrides=overrides,
             label=label,
+            report_every_s=report_every_s,
+            on_report=on_report,
         )
         if on_ready is not None:
             on_ready(sink, server)
