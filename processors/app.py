@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -85,6 +86,34 @@ class _TableStates(MutableMapping[bytes, RunState]):
         return len(self._data)
 
 
+class _BatchStats:
+    """Logs, every 10 s of traffic, what the hot path did: events, batches, where time went."""
+
+    def __init__(self, worker_id: str, every_s: float = 10.0) -> None:
+        self.worker_id = worker_id
+        self.every_s = every_s
+        self._reset(time.monotonic())
+
+    def _reset(self, now: float) -> None:
+        self.since = now
+        self.events = self.batches = 0
+        self.decide_s = self.publish_s = 0.0
+
+    def add(self, events: int, decide_s: float, publish_s: float) -> None:
+        self.events += events
+        self.batches += 1
+        self.decide_s += decide_s
+        self.publish_s += publish_s
+        now = time.monotonic()
+        if now - self.since >= self.every_s:
+            span = now - self.since
+            log.info("worker %s: %d events in %.1f s (%.0f/s), %d batches (avg %.0f), "
+                     "decide %.0f%%, publish %.0f%% of the time", self.worker_id, self.events,
+                     span, self.events / span, self.batches, self.events / self.batches,
+                     100 * self.decide_s / span, 100 * self.publish_s / span)
+            self._reset(now)
+
+
 class GovernanceWorker:
     """Everything one worker process holds: the Faust app, its producer, control follower."""
 
@@ -123,6 +152,7 @@ class GovernanceWorker:
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._owned: set[int] = set()
+        self._stats = _BatchStats(self.worker_id)
         self.control.on_policy(self._on_policy)
 
     # ------------------------------------------------------------------ wiring
@@ -235,8 +265,12 @@ class GovernanceWorker:
         ]
         try:
             async with self._lock:
+                t0 = time.perf_counter()
                 out = self.processor.process(records, datetime.now(UTC))
+                t1 = time.perf_counter()
                 await self.publisher.publish(out)
+                t2 = time.perf_counter()
+            self._stats.add(len(records), t1 - t0, t2 - t1)
         except Exception:
             # Never let take_events acknowledge a batch whose outputs were not delivered
             # (its `finally` acks even on error): die now, commit nothing, redeliver on restart.

@@ -1,0 +1,259 @@
+"""End-to-end throughput and latency of one governance worker process, against a baseline.
+
+Both sides run on the same embedded broker in the same invocation (these machines are
+noisy: compare the ratio, not absolute numbers):
+
+* baseline: a plain confluent-kafka consume -> produce passthrough of the same events
+  (the ceiling of any Python processor on this broker);
+* baton: a real ``baton worker`` subprocess deciding the same events (engine_bench's
+  realistic mix: task trees, completions, approvals, conflicts, redeliveries) and
+  publishing every decision plus its changelog record.
+
+Throughput is measured from the first to the last decision of a backlog produced before
+the worker starts. Latency is measured afterwards at a moderate, steady rate: the time from
+producing a handoff to reading its decision, p50/p99.
+
+    python -m bench.worker_bench                 # 30,000 events over 4,000 runs
+    python -m bench.worker_bench --events 60000 --rate 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from baton.schemas.events import HandoffRequested
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.net import free_port
+from baton.streams.topics import TopicCatalog, ensure_topics
+from bench.engine_bench import build_workload
+
+PARTITIONS = 8
+
+
+def _produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
+                  "linger.ms": 20, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 1_000_000})
+    for key, value in items:
+        while True:
+            try:
+                p.produce(topic, value, key)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    assert p.flush(60) == 0
+
+
+def _consumer(bootstrap: str, topic: str, group: str | None = None) -> Consumer:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group or f"b-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 10, "log_level": 0})
+    meta = c.list_topics(topic, timeout=10).topics[topic]
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+    return c
+
+
+def _count_until(c: Consumer, n: int, timeout: float) -> tuple[int, float, float]:
+    """Read until n records arrived: (count, time of first, time of last)."""
+    seen, first, last = 0, 0.0, 0.0
+    deadline = time.monotonic() + timeout
+    while seen < n and time.monotonic() < deadline:
+        for msg in c.consume(10000, 0.2):
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(msg.error())
+                continue
+            now = time.perf_counter()
+            if seen == 0:
+                first = now
+            seen += 1
+            last = now
+    return seen, first, last
+
+
+def passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
+    """Events/s of a plain consume -> produce loop over n pre-produced events."""
+    c = _consumer(bootstrap, src)
+    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
+                  "linger.ms": 5, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 1_000_000})
+    done, first = 0, 0.0
+    deadline = time.monotonic() + 120
+    while done < n and time.monotonic() < deadline:
+        for msg in c.consume(1000, 0.2):
+            if msg.error():
+                continue
+            if done == 0:
+                first = time.perf_counter()
+            p.produce(dst, msg.value(), msg.key(), partition=msg.partition())
+            done += 1
+        p.poll(0)
+    p.flush(60)
+    elapsed = time.perf_counter() - first
+    c.close()
+    return done / elapsed if elapsed > 0 else 0.0
+
+
+def _start_worker(bootstrap: str, prefix: str, workdir: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "BATON_BOOTSTRAP": bootstrap, "BATON_TOPIC_PREFIX": prefix,
+           "BATON_PARTITIONS": str(PARTITIONS), "BATON_APP_ID": f"bench-{prefix.rstrip('.')}",
+           "BATON_WEB_PORT": str(free_port()), "BATON_WORKER_DATA_DIR": str(workdir / "w"),
+           "BATON_SESSION_TIMEOUT_S": "6"}
+    log = open(workdir / "worker.log", "ab")  # noqa: SIM115
+    cmd = [sys.executable, "-m", "baton.cli", "-v", "worker"]
+    if os.environ.get("BENCH_PYSPY"):  # profile the worker: BENCH_PYSPY=out.txt
+        cmd = ["py-spy", "record", "-f", "raw", "-o", os.environ["BENCH_PYSPY"], "-r", "200",
+               "--", *cmd]
+    return subprocess.Popen(cmd, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def latency(bootstrap: str, catalog: TopicCatalog, rate: int, seconds: float) -> list[float]:
+    """Seconds from producing a handoff to reading its decision, at a steady rate."""
+    sent: dict[str, float] = {}
+    got: list[float] = []
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 5, "log_level": 0})
+    meta = c.list_topics(catalog.decisions, timeout=10).topics[catalog.decisions]
+    tps = []
+    for p in meta.partitions:
+        _, high = c.get_watermark_offsets(TopicPartition(catalog.decisions, p), timeout=10)
+        tps.append(TopicPartition(catalog.decisions, p, high))
+    c.assign(tps)
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            for msg in c.consume(1000, 0.05):
+                if msg.error():
+                    continue
+                import orjson
+
+                rid = orjson.loads(msg.value())["request_id"]
+                t = sent.pop(rid, None)
+                if t is not None:
+                    got.append(time.perf_counter() - t)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
+                  "linger.ms": 0})
+    now = datetime.now(UTC)
+    total = int(rate * seconds)
+    start = time.perf_counter()
+    for i in range(total):
+        run = f"lat-{i % 500}"
+        rid = f"lat-{uuid.uuid4().hex[:10]}"
+        ev = HandoffRequested(request_id=rid, run_id=run, task_id=f"t{i}", from_agent="a",
+                              to_agent="b", event_time=now)
+        target = start + i / rate
+        while time.perf_counter() < target:
+            time.sleep(0.0005)
+        sent[rid] = time.perf_counter()
+        p.produce(catalog.requests, ev.to_json(), run.encode())
+        p.poll(0)
+    p.flush(10)
+    deadline = time.monotonic() + 15
+    while sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    reader.join()
+    c.close()
+    return got
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--events", type=int, default=30_000)
+    ap.add_argument("--runs", type=int, default=4_000)
+    ap.add_argument("--rate", type=int, default=1_000, help="events/s for the latency phase")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of the latency phase")
+    args = ap.parse_args()
+
+    workload = build_workload(args.runs)
+    items = [(run_id.encode(), ev.to_json()) for run_id, ev, _ in workload][: args.events]
+    n = len(items)
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
+        workdir = Path(tmp)
+        prefix = f"bench{uuid.uuid4().hex[:6]}."
+        catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
+        ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog, timeout=10)
+        print(f"producing {n:,} events over {args.runs:,} runs ...", file=sys.stderr)
+        _produce(broker.bootstrap, catalog.requests, items)
+
+        print("baseline: confluent-kafka passthrough ...", file=sys.stderr)
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        out_topic = f"{prefix}passthrough.out"
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.create_topics([NewTopic(out_topic, PARTITIONS, 1)])[out_topic].result(10)
+        base = passthrough(broker.bootstrap, catalog.requests, out_topic, n)
+
+        print("baton worker ...", file=sys.stderr)
+        decisions = _consumer(broker.bootstrap, catalog.decisions)
+        worker = _start_worker(broker.bootstrap, prefix, workdir)
+        try:
+            # every event yields at least one decision; count decisions of the backlog only
+            expected = _expected_decisions(workload[: args.events])
+            seen, first, last = _count_until(decisions, expected, timeout=300)
+            worker_eps = n / (last - first) if last > first else 0.0
+            lat = latency(broker.bootstrap, catalog, args.rate, args.seconds)
+        finally:
+            # SIGINT: py-spy (BENCH_PYSPY) writes its profile on it; a worker stops on it
+            worker.send_signal(__import__("signal").SIGINT)
+            worker.wait(30)
+            decisions.close()
+        for line in (workdir / "worker.log").read_text().splitlines():
+            if "events in" in line:
+                print("  " + line.split("] ", 3)[-1], file=sys.stderr)
+        if seen < expected:
+            print((workdir / "worker.log").read_text()[-3000:], file=sys.stderr)
+            raise SystemExit(f"only {seen} of {expected} decisions arrived")
+
+    q = statistics.quantiles(lat, n=100) if len(lat) >= 100 else [float("nan")] * 99
+    rows = [
+        ("confluent-kafka passthrough (baseline)", f"{base:,.0f}", "", ""),
+        ("baton worker, every decision published", f"{worker_eps:,.0f}",
+         f"{q[49] * 1000:.1f}", f"{q[98] * 1000:.1f}"),
+    ]
+    print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"workload: {n:,} events over {args.runs:,} runs, {PARTITIONS} partitions; "
+          f"latency at {args.rate:,} events/s for {args.seconds:g} s ({len(lat):,} samples)\n")
+    print(f"| {'variant':<42} | {'events/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} |")
+    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|{'-' * 9}|")
+    for name, eps, p50, p99 in rows:
+        print(f"| {name:<42} | {eps:>9} | {p50:>7} | {p99:>7} |")
+    print(f"\nworker / baseline: {worker_eps / base:.2f}; decisions in backlog: {seen:,}")
+
+
+def _expected_decisions(workload: list) -> int:
+    """Decisions the backlog yields, from the pure engine (the worker must match it)."""
+    from baton.processors.engine import decide
+    from baton.schemas.policy import load_policy
+
+    policy = load_policy(None)
+    table: dict = {}
+    total = 0
+    for run_id, ev, now in workload:
+        st, out = decide(table.get(run_id), ev, policy, now)
+        table[run_id] = st
+        total += len(out)
+    return total
+
+
+if __name__ == "__main__":
+    main()
