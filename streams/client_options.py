@@ -1,0 +1,145 @@
+"""Options of the client SDK (argument, ``BATON_*`` environment, default) and its fail-safe answers.
+
+Every client option can be given as a constructor argument or as an environment variable; the
+argument wins. The variables are the worker's (``BATON_BOOTSTRAP``, ``BATON_TOPIC_PREFIX``,
+``BATON_SECURITY_PROTOCOL``, ``BATON_SASL_*``, ...) plus the ``BATON_CLIENT_*`` ones below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
+from baton.schemas.settings import Settings
+from baton.streams.topics import TopicCatalog
+from pydantic import Field
+
+__all__ = ["ClientOptions", "ClientSettings", "unanswered_decision"]
+
+
+class ClientSettings(Settings):
+    """The worker's settings plus what only an orchestrator needs (env ``BATON_CLIENT_*``)."""
+
+    client_timeout_s: float = Field(
+        5.0, gt=0, description="wait this long for a decision, then answer governance_unavailable"
+    )
+    client_retries: int = Field(
+        0, ge=0, description="re-publish an unanswered request this many times (same request_id)"
+    )
+    client_fail_open: bool = Field(
+        False, description="answer allow (not stop) when no decision arrives: only if you must"
+    )
+    client_fallback: Fallback = Field(
+        Fallback.SINGLE_AGENT, description="fallback carried by a governance_unavailable stop"
+    )
+    client_delivery_timeout_s: float = Field(
+        30.0, gt=0, description="drop a request librdkafka could not deliver within this"
+    )
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """What one client was configured with, resolved once (arguments over environment)."""
+
+    kafka_config: Mapping[str, Any]
+    catalog: TopicCatalog
+    #: expected partition count of the run-keyed topics; None = take the broker's
+    partitions: int | None = None
+    timeout_s: float = 5.0
+    retries: int = 0
+    fail_open: bool = False
+    fallback: Fallback = Fallback.SINGLE_AGENT
+    connect_timeout_s: float = 10.0
+    delivery_timeout_s: float = 30.0
+    client_id: str = field(default="baton-client")
+
+    @property
+    def bootstrap(self) -> str:
+        return str(self.kafka_config.get("bootstrap.servers", "?"))
+
+    @classmethod
+    def resolve(
+        cls,
+        bootstrap: str | None = None,
+        *,
+        settings: Settings | None = None,
+        topic_prefix: str | None = None,
+        partitions: int | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        fail_open: bool | None = None,
+        fallback: Fallback | str | None = None,
+        connect_timeout: float | None = None,
+        kafka_config: Mapping[str, Any] | None = None,
+        client_id: str = "baton-client",
+    ) -> ClientOptions:
+        """Arguments first, then ``settings`` (default: read from ``BATON_*`` variables)."""
+        if settings is None:
+            s = ClientSettings()
+        elif isinstance(settings, ClientSettings):
+            s = settings
+        else:  # a plain Settings: keep what it says, take the client_* fields from env/defaults
+            s = ClientSettings(**settings.model_dump(exclude_unset=True))
+        if bootstrap is not None:
+            s = s.model_copy(update={"bootstrap": bootstrap})
+        if partitions is None and "partitions" in s.model_fields_set:
+            # only an explicitly set count is a claim to check; the default 8 is not
+            partitions = s.partitions
+        if partitions is not None and partitions < 1:
+            raise ValueError(f"partitions: must be >= 1, got {partitions}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout: must be > 0 seconds, got {timeout}")
+        if retries is not None and retries < 0:
+            raise ValueError(f"retries: must be >= 0, got {retries}")
+        prefix = s.topic_prefix if topic_prefix is None else topic_prefix
+        return cls(
+            kafka_config={**s.kafka_config(), **(kafka_config or {})},
+            catalog=TopicCatalog(prefix, partitions or s.partitions, s.replication_factor),
+            partitions=partitions,
+            timeout_s=s.client_timeout_s if timeout is None else timeout,
+            retries=s.client_retries if retries is None else retries,
+            fail_open=s.client_fail_open if fail_open is None else fail_open,
+            fallback=Fallback(fallback) if fallback is not None else s.client_fallback,
+            connect_timeout_s=s.connect_timeout_s if connect_timeout is None else connect_timeout,
+            delivery_timeout_s=s.client_delivery_timeout_s,
+            client_id=client_id,
+        )
+
+
+def unanswered_decision(
+    *,
+    request_id: str,
+    run_id: str,
+    tenant: str,
+    phase: Phase,
+    fail_open: bool,
+    fallback: Fallback,
+    detail: str,
+    **fields: Any,
+) -> Decision:
+    """The decision the client gives itself when Baton did not answer: fail closed by default.
+
+    Fail closed is ``stop`` with reason ``governance_unavailable`` and the configured fallback;
+    fail open is ``allow`` (``recorded`` for a post-handoff report). The id is derived from the
+    request like Baton's, with its own phase tag, so it never collides with a real decision.
+    """
+    if fail_open:
+        outcome = Outcome.RECORDED if phase == Phase.POST_HANDOFF else Outcome.ALLOW
+    else:
+        outcome = Outcome.STOP
+    return Decision(
+        decision_id=decision_id_for(request_id, f"{phase}:unanswered"),
+        request_id=request_id,
+        run_id=run_id,
+        tenant=tenant,
+        phase=phase,
+        outcome=outcome,
+        reason=Reason.GOVERNANCE_UNAVAILABLE,
+        fallback=fallback if outcome == Outcome.STOP else None,
+        decided_at=datetime.now(UTC),
+        detail=detail,
+        **fields,
+    )

@@ -1,0 +1,468 @@
+"""Request/reply over Kafka for the client SDK: one producer, one decision-reading thread, waiters.
+
+How a request finds its decision:
+
+* the worker publishes every decision of a run on ``gov.decisions``, partition
+  ``partition_for(run_id)``, with the request's ``request_id`` and a ``phase``;
+* a client reads only the partitions its runs hash to. It ``assign()``s them by hand (no
+  consumer group: a group join takes seconds on Tansu and would spread partitions over
+  clients) starting from the partition's end offset, read *before* its first request is
+  produced, so no decision can slip in between;
+* callers register a waiter under ``(request_id, phase)`` before they publish; the thread
+  parses only the records whose key is awaited and resolves the waiters (threads through a
+  ``concurrent.futures.Future``, asyncio through one ``call_soon_threadsafe`` per batch).
+
+Order: records of one run leave this client in the order they were submitted, also while
+their partition is still being assigned (they queue behind the assignment, in order), so
+"the 9th handoff is stopped" means the 9th that was submitted.
+
+Not guaranteed: a request whose decision arrives after its waiter gave up is decided all the
+same (it counts against the run's budget, the safe direction); Tansu's ListOffsets reports
+the start of the last record batch rather than the log end, so a client may re-read part of
+that batch after an assignment (harmless: it only looks for its own request_ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import orjson
+from baton.schemas.decision import DECISION_ADAPTER, Decision, Outcome, Phase
+from baton.schemas.errors import BrokerUnavailable, TopicMismatch
+from baton.streams.client_options import ClientOptions
+from baton.streams.kafka import consumer_config, producer_config
+from baton.streams.partitioner import partition_for
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+__all__ = ["Transport", "Unanswered", "WaitKey", "Waiter"]
+
+log = logging.getLogger("baton.client")
+# librdkafka's own log lines (connection refused, retries...): an SDK must not write to its host
+# application's stderr unless the application configured logging (the NullHandler keeps
+# Python's last-resort handler away); the errors that matter surface as BrokerUnavailable or
+# in the detail of a governance_unavailable decision
+_KAFKA_LOG = logging.getLogger("baton.client.kafka")
+_KAFKA_LOG.addHandler(logging.NullHandler())
+
+WaitKey: TypeAlias = tuple[str, str]  # (request_id, phase)
+
+#: approval decisions nobody waits for yet are kept this long past the approval's expiry
+_PARKED_GRACE_S = 60.0
+_PARKED_MAX = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Unanswered:
+    """Resolves a waiter that will get no decision (client closed, partition unreadable)."""
+
+    detail: str
+
+
+@dataclass(slots=True, eq=False)
+class Waiter:
+    """One caller waiting for one decision: a thread (``loop`` None) or an asyncio task."""
+
+    future: concurrent.futures.Future[Any] | asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+@dataclass(slots=True)
+class _Gate:
+    """A decisions partition: requests wait here, in order, until it is assigned."""
+
+    ready: bool = False
+    queued: list[tuple[str, bytes, bytes, WaitKey | None]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Parked:
+    """An approval this client asked for: its decision is kept until someone waits for it."""
+
+    run_id: str
+    keep_until: float
+    decision: Decision | None = None
+
+
+def _set(future: Any, value: Any) -> None:
+    if not future.done():
+        with contextlib.suppress(concurrent.futures.InvalidStateError, asyncio.InvalidStateError):
+            future.set_result(value)
+
+
+def _resolve_all(items: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, value in items:
+        _set(future, value)
+
+
+class Transport:
+    """The Kafka side of one client; every public client class wraps one of these."""
+
+    def __init__(self, options: ClientOptions) -> None:
+        self.options = options
+        self.catalog = options.catalog
+        self.partitions = options.partitions or options.catalog.partitions
+        self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()
+        self._producer: Producer | None = None
+        self._consumer: Consumer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._closed = False
+        self._gates: dict[int, _Gate] = {}
+        self._wanted: deque[int] = deque()
+        self._waiters: dict[WaitKey, list[Waiter]] = {}
+        self._parked: dict[WaitKey, _Parked] = {}
+        self._delivery_errors: deque[str] = deque(maxlen=20)
+        self.decisions_read = 0
+
+    # ------------------------------------------------------------------ connection
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    def connect(self) -> None:
+        """Reach Kafka, check Baton's topics, start the decision reader. Idempotent.
+
+        Raises ``BrokerUnavailable`` naming the bootstrap address when Kafka cannot be reached
+        or Baton's topics are missing, ``TopicMismatch`` when partition counts disagree.
+        """
+        with self._connect_lock:
+            if self._producer is not None:
+                return
+            if self._closed:
+                raise BrokerUnavailable("this Baton client is closed")
+            opts = self.options
+            producer = Producer(
+                producer_config(
+                    opts.kafka_config,
+                    {
+                        # a check waits for its request: send it at once rather than after
+                        # librdkafka's 5 ms linger (batches still form under load)
+                        "linger.ms": 1,
+                        # the worker reads requests with aiokafka, which cannot decompress lz4
+                        # (or snappy/zstd) without cramjam: a compressed batch crashes it
+                        "compression.type": "none",
+                        "logger": _KAFKA_LOG,
+                        "message.timeout.ms": int(opts.delivery_timeout_s * 1000),
+                        "client.id": opts.client_id,
+                    },
+                )
+            )
+            self.partitions = self._check_topics(producer)
+            consumer = Consumer(
+                consumer_config(
+                    opts.kafka_config,
+                    # never joined (partitions are assign()ed) and never committed
+                    f"{opts.client_id}-{uuid.uuid4().hex[:12]}",
+                    {
+                        "fetch.wait.max.ms": 10,
+                        "logger": _KAFKA_LOG,
+                        "enable.partition.eof": False,
+                        "client.id": opts.client_id,
+                    },
+                )
+            )
+            self._consumer = consumer
+            self._thread = threading.Thread(
+                target=self._run, name="baton-client-decisions", daemon=True
+            )
+            self._thread.start()
+            self._producer = producer
+
+    def _check_topics(self, producer: Producer) -> int:
+        opts = self.options
+        try:
+            # no topic name: on Tansu (and auto-creating Kafkas) asking for a missing topic by
+            # name creates it with the broker's default partition count
+            metadata = producer.list_topics(timeout=opts.connect_timeout_s)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {opts.bootstrap} (timed out after "
+                f"{opts.connect_timeout_s:g} s); is the broker running?"
+            ) from exc
+        counts = {name: len(t.partitions) for name, t in metadata.topics.items()}
+        run_keyed = [self.catalog.requests, self.catalog.approvals, self.catalog.decisions]
+        missing = [name for name in [*run_keyed, self.catalog.control] if name not in counts]
+        if missing:
+            raise BrokerUnavailable(
+                f"Kafka at {opts.bootstrap} has no topic {', '.join(missing)}: start Baton there "
+                f"(`baton up`, or `baton worker --bootstrap {opts.bootstrap}`), or set the "
+                f"topic prefix it uses (BATON_TOPIC_PREFIX, now {self.catalog.prefix!r})"
+            )
+        found = {counts[name] for name in run_keyed}
+        expected = opts.partitions or counts[self.catalog.decisions]
+        if found != {expected}:
+            detail = ", ".join(f"{name}={counts[name]}" for name in run_keyed)
+            raise TopicMismatch(
+                f"Baton's run-keyed topics at {opts.bootstrap} must all have {expected} "
+                f"partitions, found {detail}; the client would look for decisions on the "
+                "wrong partition (unset BATON_PARTITIONS to use the broker's count)"
+            )
+        return expected
+
+    # ------------------------------------------------------------------ publishing
+    def partition_of(self, run_id: str) -> int:
+        return partition_for(run_id.encode(), self.partitions)
+
+    def submit(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        *,
+        decisions_partition: int,
+        wait_key: WaitKey | None = None,
+        waiter: Waiter | None = None,
+        needs_reply: bool = True,
+    ) -> None:
+        """Publish one record behind ``decisions_partition``'s assignment, and register a waiter.
+
+        ``needs_reply`` False (a kill, a finish nobody waits for) still queues behind a pending
+        assignment of that partition, so the run's records keep their order, but does not
+        trigger one.
+        """
+        if self._producer is None:
+            raise RuntimeError("Transport.submit before connect()")
+        with self._lock:
+            if waiter is not None and wait_key is not None:
+                self._waiters.setdefault(wait_key, []).append(waiter)
+            gate = self._gates.get(decisions_partition)
+            if gate is None and not needs_reply:
+                self._produce(topic, key, value)
+                return
+            if gate is None:
+                gate = self._gates[decisions_partition] = _Gate()
+                self._wanted.append(decisions_partition)
+            if gate.ready:
+                self._produce(topic, key, value)
+            else:
+                gate.queued.append((topic, key, value, wait_key))
+
+    def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        """Publish a record that has no decision partition to order behind (the control topic)."""
+        if self._producer is None:
+            raise RuntimeError("Transport.publish before connect()")
+        self._produce(topic, key, value)
+
+    def _produce(self, topic: str, key: bytes, value: bytes) -> None:
+        producer = self._producer
+        assert producer is not None
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                # librdkafka's local queue is full: let it send, then try again (never drop)
+                producer.poll(0.01)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            text = f"could not deliver to {msg.topic()}: {err.str()}"
+            self._delivery_errors.append(text)
+            log.warning("Kafka at %s: %s", self.options.bootstrap, text)
+
+    def last_delivery_error(self) -> str | None:
+        return self._delivery_errors[-1] if self._delivery_errors else None
+
+    def flush(self, timeout: float) -> int:
+        """Wait until every published record is acknowledged; return how many were not."""
+        if self._producer is None:
+            return 0
+        return int(self._producer.flush(timeout))
+
+    # ------------------------------------------------------------------ waiting
+    def unregister(self, wait_key: WaitKey, waiter: Waiter) -> None:
+        with self._lock:
+            waiters = self._waiters.get(wait_key)
+            if waiters and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[wait_key]
+
+    def claim_parked(self, wait_key: WaitKey, waiter: Waiter) -> Decision | None:
+        """A parked approval decision, or None after registering ``waiter`` for it."""
+        with self._lock:
+            parked = self._parked.get(wait_key)
+            if parked is not None and parked.decision is not None:
+                del self._parked[wait_key]
+                return parked.decision
+            self._waiters.setdefault(wait_key, []).append(waiter)
+            return None
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop approval decisions parked for ``run_id`` (the run is finished)."""
+        with self._lock:
+            for key in [k for k, p in self._parked.items() if p.run_id == run_id]:
+                del self._parked[key]
+
+    # ------------------------------------------------------------------ the reader thread
+    def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        last_prune = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                if self._wanted:
+                    self._assign_wanted(consumer)
+                if self._producer is not None:
+                    self._producer.poll(0)  # delivery reports
+                messages = consumer.consume(1000, timeout=0.05)
+                if messages:
+                    self._dispatch(messages)
+                now = time.monotonic()
+                if now - last_prune > 5.0:
+                    last_prune = now
+                    self._prune_parked()
+        except Exception:  # a dead reader would turn every check into a timeout: say why
+            log.critical("the Baton client's decision reader crashed", exc_info=True)
+            self._fail_everyone("the client's decision reader crashed (see the log)")
+            raise
+
+    def _assign_wanted(self, consumer: Consumer) -> None:
+        topic = self.catalog.decisions
+        while self._wanted:
+            partition = self._wanted.popleft()
+            tp = TopicPartition(topic, partition)
+            try:
+                # the end offset *before* any request of ours is produced: every decision to
+                # one of them lands at or after it
+                _low, high = consumer.get_watermark_offsets(
+                    tp, timeout=self.options.connect_timeout_s, cached=False
+                )
+                consumer.incremental_assign([TopicPartition(topic, partition, max(high, 0))])
+            except KafkaException as exc:
+                detail = (
+                    f"cannot read {topic}[{partition}] from Kafka at "
+                    f"{self.options.bootstrap}: {exc.args[0] if exc.args else exc}"
+                )
+                log.warning("%s", detail)
+                self._fail_gate(partition, detail)
+                continue
+            with self._lock:
+                gate = self._gates[partition]
+                for q_topic, key, value, _wait_key in gate.queued:
+                    self._produce(q_topic, key, value)
+                gate.queued.clear()
+                gate.ready = True
+
+    def _fail_gate(self, partition: int, detail: str) -> None:
+        with self._lock:
+            gate = self._gates.pop(partition, None)
+            keys = [q[3] for q in gate.queued if q[3] is not None] if gate else []
+            waiters = [w for k in keys for w in self._waiters.pop(k, ())]
+        self._resolve(waiters, Unanswered(detail))
+
+    def _dispatch(self, messages: list[Any]) -> None:
+        waiting = self._waiters
+        parked = self._parked
+        resolved: list[tuple[Waiter, Decision]] = []
+        for msg in messages:
+            if msg.error() is not None:
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("reading %s: %s", self.catalog.decisions, msg.error())
+                continue
+            self.decisions_read += 1
+            try:
+                doc = orjson.loads(msg.value() or b"")
+                key = (doc["request_id"], doc["phase"])
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+            # cheap unlocked look first: most records are other runs' (other clients')
+            if key not in waiting and key not in parked:
+                continue
+            try:
+                decision = DECISION_ADAPTER.validate_python(doc)
+            except ValueError as exc:
+                log.error(
+                    "%s[%d]@%d is not a Decision: %s",
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    str(exc).splitlines()[0],
+                )
+                continue
+            with self._lock:
+                waiters = waiting.pop(key, None)
+                if decision.phase == Phase.APPROVAL:
+                    slot = parked.get(key)
+                    if waiters:
+                        parked.pop(key, None)
+                    elif slot is not None and slot.decision is None:
+                        slot.decision = decision
+                elif waiters and decision.outcome == Outcome.APPROVAL_REQUIRED:
+                    # the approver may answer before our caller gets to wait_for_approval
+                    self._park(decision)
+            if waiters:
+                resolved.extend((w, decision) for w in waiters)
+        if resolved:
+            self._resolve([w for w, _ in resolved], None, resolved)
+
+    def _park(self, decision: Decision) -> None:
+        expires = decision.approval_expires_at
+        left = (expires - datetime.now(expires.tzinfo)).total_seconds() if expires else 3600.0
+        key = (decision.request_id, str(Phase.APPROVAL))
+        if key not in self._parked:
+            if len(self._parked) >= _PARKED_MAX:
+                del self._parked[next(iter(self._parked))]
+            self._parked[key] = _Parked(
+                decision.run_id, time.monotonic() + max(left, 0.0) + _PARKED_GRACE_S
+            )
+
+    def _prune_parked(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, p in self._parked.items() if p.keep_until < now]:
+                del self._parked[key]
+
+    def _resolve(
+        self,
+        waiters: list[Waiter],
+        value: Any,
+        pairs: list[tuple[Waiter, Decision]] | None = None,
+    ) -> None:
+        """Hand results over: sync futures directly, asyncio ones in one callback per loop."""
+        items = pairs if pairs is not None else [(w, value) for w in waiters]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = defaultdict(list)
+        for waiter, result in items:
+            if waiter.loop is None:
+                _set(waiter.future, result)
+            else:
+                by_loop[waiter.loop].append((waiter.future, result))
+        for loop, batch in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve_all, batch)
+
+    def _fail_everyone(self, detail: str) -> None:
+        with self._lock:
+            waiters = [w for ws in self._waiters.values() for w in ws]
+            self._waiters.clear()
+        self._resolve(waiters, Unanswered(detail))
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what was published (up to ``timeout``), answer pending waiters, stop."""
+        with self._connect_lock:
+            if self._closed:
+                return
+            self._closed = True
+        left = self.flush(timeout)
+        if left:
+            log.warning(
+                "closing with %d records not delivered to Kafka at %s", left, self.options.bootstrap
+            )
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._fail_everyone("the Baton client was closed")
+        if self._consumer is not None:
+            self._consumer.close()
