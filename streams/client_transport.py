@@ -299,6 +299,12 @@ class Transport:
             self._waiters.setdefault(wait_key, []).append(waiter)
             return None
 
+    def parked(self, wait_key: WaitKey) -> Decision | None:
+        """The approval decision read for ``wait_key`` that nobody has waited for yet, if any."""
+        with self._lock:
+            slot = self._parked.get(wait_key)
+            return slot.decision if slot is not None else None
+
     def forget_run(self, run_id: str) -> None:
         """Drop approval decisions parked for ``run_id`` (the run is finished)."""
         with self._lock:

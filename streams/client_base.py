@@ -1,0 +1,148 @@
+"""What both client flavours share: options, the transport, request and fail-safe bookkeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from baton.schemas.decision import Decision, Fallback, Phase
+from baton.schemas.events import HandoffCompleted, HandoffRequested, RunFinished
+from baton.schemas.settings import Settings
+from baton.streams.client_options import ClientOptions, unanswered_decision
+from baton.streams.client_transport import Transport, WaitKey
+
+__all__ = ["ClientBase"]
+
+#: an approval's expiry is enforced by the worker's sweep (every second): wait a bit past it
+_EXPIRY_GRACE_S = 5.0
+
+
+class ClientBase:
+    """Options, the transport and the request -> decision bookkeeping both flavours share."""
+
+    def __init__(
+        self,
+        bootstrap: str | None = None,
+        *,
+        settings: Settings | None = None,
+        topic_prefix: str | None = None,
+        partitions: int | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        fail_open: bool | None = None,
+        fallback: Fallback | str | None = None,
+        connect_timeout: float | None = None,
+        kafka_config: Mapping[str, Any] | None = None,
+        client_id: str = "baton-client",
+    ) -> None:
+        self.options = ClientOptions.resolve(
+            bootstrap,
+            settings=settings,
+            topic_prefix=topic_prefix,
+            partitions=partitions,
+            timeout=timeout,
+            retries=retries,
+            fail_open=fail_open,
+            fallback=fallback,
+            connect_timeout=connect_timeout,
+            kafka_config=kafka_config,
+            client_id=client_id,
+        )
+        self.transport = Transport(self.options)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.options.bootstrap
+
+    def _request(
+        self, event: HandoffRequested | HandoffCompleted
+    ) -> tuple[str, bytes, bytes, int, WaitKey, Phase]:
+        phase = Phase.PRE_HANDOFF if isinstance(event, HandoffRequested) else Phase.POST_HANDOFF
+        return (
+            self.transport.catalog.requests,
+            event.run_id.encode(),
+            event.to_json(),
+            self.transport.partition_of(event.run_id),
+            (event.request_id, str(phase)),
+            phase,
+        )
+
+    def _unanswered(
+        self,
+        event: HandoffRequested | HandoffCompleted | Decision,
+        phase: Phase,
+        detail: str,
+        *,
+        fail_open: bool | None = None,
+    ) -> Decision:
+        if isinstance(event, HandoffRequested):
+            extra: dict[str, Any] = dict(
+                from_agent=event.from_agent,
+                to_agent=event.to_agent,
+                task_id=event.task_id,
+                parent_task_id=event.parent_task_id,
+                action=event.action,
+                tool=event.tool,
+                event_time=event.event_time,
+            )
+        elif isinstance(event, HandoffCompleted):
+            extra = dict(
+                to_agent=event.agent,
+                task_id=event.task_id,
+                tool_calls=event.tool_calls,
+                handoff_status=event.status,
+                event_time=event.event_time,
+            )
+        else:
+            extra = dict(
+                from_agent=event.from_agent,
+                to_agent=event.to_agent,
+                task_id=event.task_id,
+                parent_task_id=event.parent_task_id,
+                action=event.action,
+                tool=event.tool,
+                approval_id=event.approval_id,
+                approval_expires_at=event.approval_expires_at,
+                depth=event.depth,
+            )
+        error = self.transport.last_delivery_error()
+        if error:
+            detail = f"{detail}; last Kafka error: {error}"
+        return unanswered_decision(
+            request_id=event.request_id,
+            run_id=event.run_id,
+            tenant=event.tenant,
+            phase=phase,
+            fail_open=self.options.fail_open if fail_open is None else fail_open,
+            fallback=self.options.fallback,
+            detail=detail,
+            **extra,
+        )
+
+    def _no_decision(self, timeout: float, attempts: int) -> str:
+        tries = f" ({attempts} attempts)" if attempts > 1 else ""
+        return (
+            f"no decision from Baton within {timeout:g} s{tries} "
+            f"(Kafka at {self.bootstrap}, topic {self.transport.catalog.decisions}); "
+            "is a worker running?"
+        )
+
+    @staticmethod
+    def _approval_wait(decision: Decision, timeout: float | None) -> float:
+        if timeout is not None:
+            return timeout
+        expires = decision.approval_expires_at
+        if expires is None:
+            return 900.0 + _EXPIRY_GRACE_S
+        left = (expires - datetime.now(expires.tzinfo or UTC)).total_seconds()
+        return max(left, 0.0) + _EXPIRY_GRACE_S
+
+    def _finish_event(self, run_id: str, tenant: str) -> tuple[str, bytes, bytes, int]:
+        event = RunFinished(run_id=run_id, tenant=tenant, event_time=datetime.now(UTC))
+        return (
+            self.transport.catalog.requests,
+            run_id.encode(),
+            event.to_json(),
+            self.transport.partition_of(run_id),
+        )
