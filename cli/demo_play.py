@@ -1,0 +1,406 @@
+"""The demo's script: the seed's scenarios, an approval, a kill switch and a burst, as a transcript.
+
+Everything goes through the client SDK (``baton.streams.client``) exactly as an orchestrator
+would use it; each scenario states what Baton must decide and a difference is recorded in
+``Demo.problems`` (the command exits 1 naming them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import click
+from baton.schemas.decision import Decision, Fallback, Outcome, Reason
+from baton.schemas.events import HandoffCompleted, HandoffRequested
+from baton.sinks.alerts import StopAlerter
+from baton.streams.client import ApproverClient, AsyncGovernanceClient, OperatorClient
+from baton.streams.kafka import consumer_config
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+__all__ = ["Demo", "StopsReader"]
+
+_STYLE = {
+    Outcome.ALLOW: "green",
+    Outcome.STOP: "red",
+    Outcome.APPROVAL_REQUIRED: "yellow",
+    Outcome.RECORDED: "cyan",
+}
+
+
+class StopsReader:
+    """Reads gov.stops from where it ends now, in a thread, keeping the stops of the demo's runs.
+
+    The alert lines are the alerter's own (``StopAlerter``: one line per stop, storms folded),
+    fed with each stop's arrival time, so the demo prints what ``baton alerts`` prints.
+    """
+
+    def __init__(self, kafka_config: dict[str, str], topic: str, run_prefix: str) -> None:
+        self._prefix = run_prefix.encode()
+        self._consumer = Consumer(
+            consumer_config(
+                kafka_config,
+                f"baton-demo-{uuid.uuid4().hex[:8]}",
+                {"fetch.wait.max.ms": 50, "enable.partition.eof": False},
+            )
+        )
+        try:
+            meta = self._consumer.list_topics(timeout=10)
+            parts = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
+            assignment = []
+            for p in parts:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=10, cached=False
+                )
+                assignment.append(TopicPartition(topic, p, max(high, 0)))
+        except KafkaException:
+            self._consumer.close()
+            raise
+        self._consumer.assign(assignment)
+        self._lock = threading.Lock()
+        self._stops: list[tuple[float, Decision]] = []
+        self._taken = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-stops", daemon=True)
+        self._thread.start()
+        self.alerter = StopAlerter()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(500, timeout=0.1):
+                if msg.error() is not None or not (msg.key() or b"").startswith(self._prefix):
+                    continue
+                try:
+                    decision = Decision.from_json(msg.value())
+                except ValueError:
+                    continue
+                with self._lock:
+                    self._stops.append((time.monotonic(), decision))
+
+    def count(self, run_id: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for _, d in self._stops if run_id is None or d.run_id == run_id)
+
+    async def wait(self, n: int, run_id: str | None = None, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.count(run_id) < n:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def alert_lines(self, final: bool = False) -> list[str]:
+        """What the alerter says about the stops that arrived since the last call."""
+        with self._lock:
+            fresh, self._taken = self._stops[self._taken :], len(self._stops)
+        lines = []
+        for arrived, decision in fresh:
+            lines += [m.text for m in self.alerter.offer(decision, arrived)]
+        now = time.monotonic()
+        lines += [m.text for m in (self.alerter.flush(now) if final else self.alerter.tick(now))]
+        return lines
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+class Demo:
+    """Plays the scenarios with one asyncio client, an approver and an operator."""
+
+    def __init__(
+        self,
+        gov: AsyncGovernanceClient,
+        approver: ApproverClient,
+        operator: OperatorClient,
+        stops: StopsReader,
+        run_prefix: str,
+        echo: Callable[[str], None] = click.echo,
+    ) -> None:
+        self.gov, self.approver, self.operator, self.stops = gov, approver, operator, stops
+        self.prefix = run_prefix
+        self.echo = echo
+        self.problems: list[str] = []
+        #: decision_id -> decision, of every decision the demo was given (the audit must agree)
+        self.seen: dict[str, Decision] = {}
+        self._n = 0
+
+    # ------------------------------------------------------------------ transcript helpers
+    def _handoff(
+        self,
+        run: str,
+        giver: str,
+        taker: str,
+        task: str,
+        parent: str | None = None,
+        action: str | None = None,
+    ) -> HandoffRequested:
+        self._n += 1
+        return HandoffRequested(
+            request_id=f"{run}:h{self._n}",
+            run_id=run,
+            task_id=task,
+            parent_task_id=parent,
+            from_agent=giver,
+            to_agent=taker,
+            action=action,
+            event_time=datetime.now(UTC),
+        )
+
+    def _show(self, d: Decision, what: str | None = None) -> None:
+        self.seen[d.decision_id] = d
+        if what:
+            self.echo(f"  → {what}")
+        outcome = click.style(f"{d.outcome.upper():<17}", fg=_STYLE.get(d.outcome), bold=True)
+        extra = f"  fallback={d.fallback}" if d.fallback else ""
+        if d.approval_id and d.outcome == Outcome.APPROVAL_REQUIRED:
+            extra += f"  approval_id={d.approval_id}"
+        if d.approver:
+            extra += f"  by={d.approver}"
+        self.echo(
+            f"      {d.phase:<12} {outcome} {d.reason:<24} owner={d.owner or '-'} "
+            f"depth={d.depth} handoffs={d.handoff_count} spent=${d.spent_usd:.2f}{extra}"
+        )
+
+    async def _check(self, h: HandoffRequested) -> Decision:
+        d = await self.gov.check(h)
+        self._show(
+            d,
+            f"{h.from_agent} → {h.to_agent}  task={h.task_id}"
+            + (f"  action={h.action}" if h.action else ""),
+        )
+        return d
+
+    def _expect(
+        self, scenario: str, d: Decision, outcome: Outcome, reason: str, **fields: object
+    ) -> None:
+        got = {"outcome": d.outcome, "reason": d.reason, **{k: getattr(d, k) for k in fields}}
+        want = {"outcome": outcome, "reason": reason, **fields}
+        if got != want:
+            diff = ", ".join(
+                f"{k}={got[k]!s} (expected {want[k]!s})" for k in want if got[k] != want[k]
+            )
+            self.problems.append(f"{scenario}: {d.request_id}: {diff}")
+
+    def _title(self, text: str) -> None:
+        self.echo("")
+        self.echo(click.style(f"── {text} ".ljust(78, "─"), bold=True))
+
+    async def _alerts(self, expected: int, run_id: str, scenario: str) -> None:
+        if expected and not await self.stops.wait(expected, run_id):
+            self.problems.append(
+                f"{scenario}: expected {expected} stop alert(s) on gov.stops, "
+                f"got {self.stops.count(run_id)}"
+            )
+        for line in self.stops.alert_lines():
+            self.echo(f"  alert: {line}")
+
+    def _verdict(self, before: int) -> None:
+        if len(self.problems) == before:
+            self.echo(click.style("  ✔ decided as expected", fg="green"))
+        else:
+            for problem in self.problems[before:]:
+                self.echo(click.style(f"  ✘ {problem}", fg="red"))
+
+    # ------------------------------------------------------------------ scenarios
+    async def ownership_conflict(self) -> None:
+        scenario, before = "ownership conflict", len(self.problems)
+        run = f"{self.prefix}ownership"
+        self._title(f"1. Ownership conflict on refund_check (run {run})")
+        first = await self._check(self._handoff(run, "planner", "billing_agent", "refund_check"))
+        second = await self._check(self._handoff(run, "planner", "researcher", "refund_check"))
+        self._expect(scenario, first, Outcome.ALLOW, Reason.OK, owner="billing_agent")
+        self._expect(
+            scenario,
+            second,
+            Outcome.STOP,
+            Reason.OWNERSHIP_CONFLICT,
+            owner="billing_agent",
+            fallback=Fallback.SINGLE_AGENT,
+        )
+        self.echo(
+            "  orchestrator: refund_check stays with billing_agent; the planner goes on "
+            "alone (single_agent)"
+        )
+        await self._alerts(1, run, scenario)
+        self._verdict(before)
+
+    async def handoff_budget(self) -> None:
+        scenario, before = "handoff budget", len(self.problems)
+        run = f"{self.prefix}budget"
+        self._title(f"2. Handoff budget: max_handoffs 8, the 9th is stopped (run {run})")
+        handoffs = [
+            self._handoff(run, "planner", "researcher", f"research_{i}") for i in range(1, 10)
+        ]
+        # nine sub-agents at once: the client publishes them in call order
+        decisions = await asyncio.gather(*(self.gov.check(h) for h in handoffs))
+        for h, d in zip(handoffs, decisions, strict=True):
+            self._show(d, f"{h.from_agent} → {h.to_agent}  task={h.task_id}")
+        for i, d in enumerate(decisions[:8], start=1):
+            self._expect(scenario, d, Outcome.ALLOW, Reason.OK, handoff_count=i)
+        self._expect(
+            scenario,
+            decisions[8],
+            Outcome.STOP,
+            Reason.HANDOFF_BUDGET_EXCEEDED,
+            fallback=Fallback.SINGLE_AGENT,
+        )
+        self.echo("  orchestrator: fallback single_agent, the planner writes research_9 itself")
+        await self._alerts(1, run, scenario)
+        self._verdict(before)
+
+    async def managed_handoff(self) -> None:
+        scenario, before = "managed handoff", len(self.problems)
+        run = f"{self.prefix}managed"
+        self._title(
+            f"3. A managed handoff: pre_handoff check, work, post_handoff report (run {run})"
+        )
+        spent = 0.0
+        for giver, taker, task, parent, cost, tools, depth in (
+            ("planner", "researcher", "research", None, 2.5, 4, 1),
+            ("researcher", "writer", "summary", "research", 1.25, 2, 2),
+        ):
+            h = self._handoff(run, giver, taker, task, parent)
+            pre = await self._check(h)
+            self._expect(scenario, pre, Outcome.ALLOW, Reason.OK, depth=depth, owner=taker)
+            spent += cost
+            post = await self.gov.report(
+                HandoffCompleted(
+                    request_id=h.request_id,
+                    run_id=run,
+                    task_id=task,
+                    agent=taker,
+                    cost_usd=cost,
+                    tool_calls=tools,
+                    event_time=datetime.now(UTC),
+                )
+            )
+            self._show(post, f"{taker} done: cost ${cost:.2f}, {tools} tool calls")
+            self._expect(scenario, post, Outcome.RECORDED, Reason.WITHIN_BUDGET, spent_usd=spent)
+        await self.gov.finish(run)
+        await self._alerts(0, run, scenario)
+        self._verdict(before)
+
+    async def approval(self) -> None:
+        scenario, before = "approval", len(self.problems)
+        run = f"{self.prefix}refund"
+        self._title(f"4. Approval: billing.refund.create needs an approver (run {run})")
+        pending = await self._check(
+            self._handoff(
+                run, "planner", "billing_agent", "refund_create", action="billing.refund.create"
+            )
+        )
+        self._expect(scenario, pending, Outcome.APPROVAL_REQUIRED, Reason.APPROVAL_PENDING)
+        if pending.outcome == Outcome.APPROVAL_REQUIRED:
+            self.echo("  approver finance_lead grants it")
+            await asyncio.to_thread(
+                self.approver.grant,
+                pending,
+                approver="finance_lead",
+                comment="refund within policy",
+            )
+            granted = await self.gov.wait_for_approval(pending)
+            self._show(granted)
+            self._expect(
+                scenario, granted, Outcome.ALLOW, Reason.APPROVAL_GRANTED, approver="finance_lead"
+            )
+        await self._alerts(0, run, scenario)
+        self._verdict(before)
+
+    async def kill_switch(self) -> None:
+        scenario, before = "kill switch", len(self.problems)
+        run = f"{self.prefix}killed"
+        self._title(f"5. Kill switch: an operator stops a run, then releases it (run {run})")
+        d = await self._check(self._handoff(run, "planner", "researcher", "research"))
+        self._expect(scenario, d, Outcome.ALLOW, Reason.OK)
+        self.echo(f"  operator oncall: baton kill --run {run}")
+        record = await asyncio.to_thread(
+            self.operator.kill, run_id=run, operator="oncall", reason="runaway spend"
+        )
+        if record is not None:
+            self._show(record)
+        d = await self._check(self._handoff(run, "planner", "writer", "draft"))
+        self._expect(scenario, d, Outcome.STOP, Reason.KILLED)
+        await self._alerts(1, run, scenario)
+        self.echo(f"  operator oncall: baton kill --run {run} --release")
+        record = await asyncio.to_thread(self.operator.release, run_id=run, operator="oncall")
+        if record is not None:
+            self._show(record)
+        d = await self._check(self._handoff(run, "planner", "writer", "draft_2"))
+        self._expect(scenario, d, Outcome.ALLOW, Reason.OK)
+        self._verdict(before)
+
+    async def burst(self, runs: int, handoffs: int, max_handoffs: int = 8) -> float:
+        """``handoffs`` checks over ``runs`` runs, all in flight at once; returns seconds."""
+        scenario, before = "burst", len(self.problems)
+        self._title(f"6. Burst: {handoffs:,} handoffs across {runs:,} runs, all in flight")
+        per_run = [handoffs // runs + (1 if i < handoffs % runs else 0) for i in range(runs)]
+        requests = []
+        for i, n in enumerate(per_run):
+            run = f"{self.prefix}burst_{i:04d}"
+            agents = ("researcher", "writer")
+            requests += [
+                self._handoff(run, "planner", agents[k % 2], f"task_{k}") for k in range(1, n + 1)
+            ]
+        done = 0
+
+        async def one(h: HandoffRequested) -> Decision:
+            nonlocal done
+            d = await self.gov.check(h)
+            done += 1
+            return d
+
+        started = time.monotonic()
+        progress = asyncio.create_task(self._progress(lambda: done, len(requests), started))
+        decisions = await asyncio.gather(*(one(h) for h in requests))
+        took = time.monotonic() - started
+        progress.cancel()
+        self._progress_line(done, len(requests), took, final=True)
+        counts: Counter[tuple[str, str]] = Counter()
+        position: Counter[str] = Counter()
+        for h, d in zip(requests, decisions, strict=True):
+            self.seen[d.decision_id] = d
+            counts[(d.outcome, d.reason)] += 1
+            position[h.run_id] += 1
+            if position[h.run_id] <= max_handoffs:
+                self._expect(scenario, d, Outcome.ALLOW, Reason.OK)
+            else:
+                self._expect(scenario, d, Outcome.STOP, Reason.HANDOFF_BUDGET_EXCEEDED)
+        for (outcome, reason), n in counts.most_common():
+            self.echo(f"  {n:>6,} × {outcome} {reason}")
+        latency_note = f"{len(requests) / took:,.0f} checks/s from one client"
+        self.echo(f"  {len(requests):,} decisions in {took:.1f} s ({latency_note})")
+        expected_stops = sum(max(n - max_handoffs, 0) for n in per_run)
+        if expected_stops and not await self.stops.wait(expected_stops, None, timeout=20):
+            self.problems.append(f"burst: {self.stops.count()} stop alerts on gov.stops")
+        for line in self.stops.alert_lines(final=True):
+            self.echo(f"  alert: {line}")
+        if len(self.problems) - before > 5:  # one line per handoff would drown the summary
+            more = len(self.problems) - before - 5
+            self.problems[before + 5 :] = [f"burst: … and {more} more differences"]
+        self._verdict(before)
+        return took
+
+    async def _progress(self, done: Callable[[], int], total: int, started: float) -> None:
+        while True:
+            await asyncio.sleep(0.1 if sys.stderr.isatty() else 1.0)
+            self._progress_line(done(), total, time.monotonic() - started)
+
+    @staticmethod
+    def _progress_line(done: int, total: int, took: float, final: bool = False) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        bar = "█" * filled + "░" * (width - filled)
+        rate = done / took if took > 0 else 0.0
+        text = f"  [{bar}] {done:,}/{total:,} decided  {rate:,.0f}/s"
+        if sys.stderr.isatty():
+            click.echo(f"\r{text}", err=True, nl=final)
+        elif final or done:
+            click.echo(text, err=True)
