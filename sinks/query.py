@@ -20,7 +20,8 @@ _TRAILING_FORMAT_RE = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
 
 def first_keyword(sql: str) -> str:
     """The statement's first keyword, upper-cased, past comments and parentheses."""
-    rest = sql[_LEADING_RE.match(sql).end() :]  # type: ignore[union-attr] - always matches
+    leading = _LEADING_RE.match(sql)  # always matches (possibly empty)
+    rest = sql[leading.end() :] if leading else sql
     match = re.match(r"[A-Za-z]+", rest)
     return match.group(0).upper() if match else ""
 
@@ -46,7 +47,7 @@ def run_statement(client: Client, sql: str) -> StatementResult:
         return StatementResult(raw=client.raw_query(sql))
     if first_keyword(sql) in ROW_KEYWORDS:
         result = client.query(sql)
-        return StatementResult(tuple(result.column_names), list(result.result_rows))
+        return StatementResult(tuple(result.column_names), [tuple(r) for r in result.result_rows])
     answer = client.command(sql)
     summary = getattr(answer, "summary", None)
     if isinstance(summary, dict) and summary.get("written_rows") not in (None, "0", 0):

@@ -180,5 +180,7 @@ def evaluate_rules(client: Client, rules: list[AlertRule]) -> list[RuleResult]:
             text = str(exc).strip().splitlines()
             results.append(RuleResult(rule, error=text[0][:400] if text else type(exc).__name__))
             continue
-        results.append(RuleResult(rule, tuple(answer.column_names), list(answer.result_rows)))
+        results.append(
+            RuleResult(rule, tuple(answer.column_names), [tuple(r) for r in answer.result_rows])
+        )
     return results

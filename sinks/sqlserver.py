@@ -223,7 +223,7 @@ class _SqlHandler(BaseHTTPRequestHandler):
         self._answer(params, body, readonly=False)
 
     def _read_chunked(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
             if size == 0:
@@ -374,7 +374,8 @@ def _decompress(body: bytes, encoding: str | None) -> bytes:
         import lz4.frame
 
         # clickhouse-connect sends one LZ4 frame per block: decode them one after another
-        out, rest = [], body
+        out: list[bytes] = []
+        rest = body
         while rest:
             decoder = lz4.frame.LZ4FrameDecompressor()
             out.append(decoder.decompress(rest))
@@ -382,7 +383,8 @@ def _decompress(body: bytes, encoding: str | None) -> bytes:
         return b"".join(out)
     if encoding == "zstd":
         try:
-            from compression import zstd  # type: ignore[import-not-found]  (Python 3.14+)
+            # Python 3.14+ has it in the standard library
+            from compression import zstd  # type: ignore[import-not-found]
         except ImportError:
             from backports import zstd  # type: ignore[import-not-found,no-redef]
         return bytes(zstd.decompress(body))
