@@ -76,17 +76,26 @@ def parse_dsn(dsn: str) -> Target:
     )
 
 
-def connect(dsn: str, *, follow_endpoint: bool = True) -> Client:
+def connect(dsn: str, *, follow_endpoint: bool = True, create: bool = False) -> Client:
     """A clickhouse-connect client for ``dsn``, checked with one round trip.
 
     ``follow_endpoint``: when a chDB directory is held by another process that serves SQL for
-    it, return an HTTP client to that process instead of failing.
+    it, return an HTTP client to that process instead of failing. ``create``: a missing chDB
+    directory is created (the sink); otherwise it is an error, not a new empty audit that
+    answers every query with "unknown table".
     """
     target = parse_dsn(dsn)
     if target.kind == "http":
         return _connect_http(target.dsn, target.label)
     if target.chdb_path is not None:
-        target.chdb_path.mkdir(parents=True, exist_ok=True)
+        if create:
+            target.chdb_path.mkdir(parents=True, exist_ok=True)
+        elif not target.chdb_path.is_dir():
+            raise AuditUnavailable(
+                f"no audit at {target.chdb_path}: the chDB directory does not exist; check "
+                "BATON_CLICKHOUSE_DSN / --dsn (`baton up` keeps it in <data-dir>/chdb, "
+                "e.g. chdb:.baton/chdb)"
+            )
         holder = chdb_holder(target.chdb_path)
         if holder is not None:
             endpoint = read_endpoint(target.chdb_path) if follow_endpoint else None

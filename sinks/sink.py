@@ -411,7 +411,7 @@ def open_audit(
     while True:
         try:
             # the sink must own a chDB directory, never follow another process's endpoint
-            client = connect(dsn, follow_endpoint=False)
+            client = connect(dsn, follow_endpoint=False, create=True)
             with audit_errors(label, "migrating the audit schema"):
                 migrate(client, ttl_days)
             return client

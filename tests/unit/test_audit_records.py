@@ -273,3 +273,15 @@ def test_first_keyword_skips_comments_and_parentheses(sql: str, keyword: str) ->
 def test_trailing_format_is_found_only_at_the_end() -> None:
     assert trailing_format("SELECT 1 FORMAT JSONEachRow;") == "JSONEachRow"
     assert trailing_format("SELECT 'FORMAT CSV' AS x") is None
+
+
+def test_reading_a_chdb_directory_that_does_not_exist_is_an_error_not_an_empty_audit(
+    tmp_path: Path,
+) -> None:
+    from baton.schemas.errors import AuditUnavailable
+    from baton.sinks.clickhouse import connect
+
+    missing = tmp_path / "nope" / "chdb"
+    with pytest.raises(AuditUnavailable, match=f"no audit at {missing}: the chDB directory"):
+        connect(f"chdb://{missing}")
+    assert not missing.exists()
