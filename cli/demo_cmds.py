@@ -18,10 +18,13 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from baton.schemas.errors import AuditUnavailable, BatonError
+
+if TYPE_CHECKING:
+    from baton.cli.demo_play import Demo
 
 __all__ = ["register"]
 
@@ -171,7 +174,7 @@ def _audit_summary(url: str, run_prefix: str, expected: int, timeout: float = 60
 
 async def _play(
     bootstrap: str, topic_prefix: str | None, timeout: float, runs: int, burst: int
-) -> tuple[Any, float]:
+) -> Demo:
     from baton.cli.demo_play import Demo, StopsReader
     from baton.streams.client import ApproverClient, AsyncGovernanceClient, OperatorClient
 
@@ -305,6 +308,13 @@ def demo_cmd(
             )
             for problem in problems:
                 click.echo(f"  - {problem}", err=True)
+            unanswered = [d for d in demo.seen.values() if d.reason == "governance_unavailable"]
+            if unanswered:
+                click.echo(
+                    f"{len(unanswered)} request(s) got no decision from Baton: "
+                    f"{unanswered[0].detail}",
+                    err=True,
+                )
             sys.exit(1)
         click.echo(
             click.style(
