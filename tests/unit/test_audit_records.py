@@ -285,3 +285,16 @@ def test_reading_a_chdb_directory_that_does_not_exist_is_an_error_not_an_empty_a
     with pytest.raises(AuditUnavailable, match=f"no audit at {missing}: the chDB directory"):
         connect(f"chdb://{missing}")
     assert not missing.exists()
+
+
+def test_chdb_without_the_embedded_extra_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from baton.schemas.errors import MissingExtra
+    from baton.sinks.clickhouse import connect
+
+    monkeypatch.setitem(sys.modules, "chdb", None)  # as if not installed: import fails
+    with pytest.raises(MissingExtra, match=r"pip install 'baton\[embedded\]'"):
+        connect(f"chdb://{tmp_path}")
