@@ -119,8 +119,22 @@ class BatchPublisher:
             self.produce_decision(partition, d)
         await self._flush(run_blocking)
         if out.changed:
-            for key, (partition, state) in out.changed.items():
+            # Tansu answers ListOffsets(latest) with the first offset of the partition's last
+            # record batch + 1, and Faust's recovery reads the changelog only up to that
+            # number: records after the first of a final multi-record batch would be lost
+            # on restart. So each partition's last state record goes out alone, after the
+            # others are acknowledged: the last batch then holds exactly one record.
+            last: dict[int, bytes] = {}
+            for key, (partition, _state) in out.changed.items():
+                last[partition] = key
+            tail = set(last.values())
+            rest = [(k, p, s) for k, (p, s) in out.changed.items() if k not in tail]
+            for key, partition, state in rest:
                 self.produce_state(key, partition, state)
+            if rest:
+                await self._flush(run_blocking)
+            for partition, key in last.items():
+                self.produce_state(key, partition, out.changed[key][1])
             await self._flush(run_blocking)
 
     async def _flush(self, run_blocking: Callable[..., Any] | None) -> None:
