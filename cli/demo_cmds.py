@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+
 from baton.schemas.errors import AuditUnavailable, BatonError
 
 if TYPE_CHECKING:

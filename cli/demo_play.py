@@ -17,13 +17,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import click
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
 from baton.schemas.decision import Decision, Fallback, Outcome, Reason
 from baton.schemas.errors import BatonError
 from baton.schemas.events import HandoffCompleted, HandoffRequested
 from baton.sinks.alerts import StopAlerter
 from baton.streams.client import ApproverClient, AsyncGovernanceClient, OperatorClient
 from baton.streams.kafka import consumer_config
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 __all__ = ["Demo", "StopsReader"]
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import Field
+
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.settings import Settings
 from baton.streams.topics import TopicCatalog
-from pydantic import Field
 
 __all__ = ["ClientOptions", "ClientSettings", "unanswered_decision"]
 
@@ -34,6 +35,12 @@ class ClientSettings(Settings):
     )
     client_fallback: Fallback = Field(
         Fallback.SINGLE_AGENT, description="fallback carried by a governance_unavailable stop"
+    )
+    client_fetch_wait_ms: int = Field(
+        10,
+        ge=0,
+        description="longest a decisions fetch waits for data (Tansu never answers "
+        "one early: this is added to every check there; raise it on Apache Kafka)",
     )
     client_delivery_timeout_s: float = Field(
         30.0, gt=0, description="drop a request librdkafka could not deliver within this"
@@ -54,6 +61,7 @@ class ClientOptions:
     fallback: Fallback = Fallback.SINGLE_AGENT
     connect_timeout_s: float = 10.0
     delivery_timeout_s: float = 30.0
+    fetch_wait_ms: int = 10
     client_id: str = field(default="baton-client")
 
     @property
@@ -105,6 +113,7 @@ class ClientOptions:
             fallback=Fallback(fallback) if fallback is not None else s.client_fallback,
             connect_timeout_s=s.connect_timeout_s if connect_timeout is None else connect_timeout,
             delivery_timeout_s=s.client_delivery_timeout_s,
+            fetch_wait_ms=s.client_fetch_wait_ms,
             client_id=client_id,
         )
 

@@ -37,12 +37,13 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
 from baton.schemas.decision import DECISION_ADAPTER, Decision, Outcome, Phase
 from baton.schemas.errors import BrokerUnavailable, TopicMismatch
 from baton.streams.client_options import ClientOptions
 from baton.streams.kafka import consumer_config, producer_config
 from baton.streams.partitioner import partition_for
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 __all__ = ["Transport", "Unanswered", "WaitKey", "Waiter"]
 
@@ -165,7 +166,9 @@ class Transport:
                     # never joined (partitions are assign()ed) and never committed
                     f"{opts.client_id}-{uuid.uuid4().hex[:12]}",
                     {
-                        "fetch.wait.max.ms": 10,
+                        # Tansu holds every fetch for its full max wait, even when records
+                        # arrive: this bounds the time a decision waits to be read there
+                        "fetch.wait.max.ms": opts.fetch_wait_ms,
                         "logger": _KAFKA_LOG,
                         "enable.partition.eof": False,
                         "client.id": opts.client_id,

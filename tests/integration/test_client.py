@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase
 from baton.schemas.errors import BrokerUnavailable, TopicMismatch
 from baton.schemas.events import HandoffCompleted, HandoffRequested, parse_event
@@ -22,8 +24,6 @@ from baton.streams.client import (
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port
 from baton.streams.topics import TopicCatalog, ensure_topics
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
 from tests.helpers import wait_for
 
 from .conftest import PARTITIONS, Stack

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.topics import TopicCatalog, ensure_topics
 
