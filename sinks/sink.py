@@ -339,7 +339,8 @@ class AuditSink:
                 )
                 paused = self._wait_paused(consumer, wait, stop_event)
         if paused:
-            consumer.resume(paused)
+            # what is assigned now: a rebalance during the wait may have changed it
+            consumer.resume(consumer.assignment())
         if not batch:  # every partition of it was revoked meanwhile
             self._batch = AuditBatch(self.topic)
             return
