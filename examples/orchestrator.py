@@ -130,7 +130,7 @@ class Orchestrator:
     async def work(self, run: Run, agent: str, task: str) -> tuple[float, int]:
         """Stand-in for an LLM agent doing ``task``: takes a moment, costs money and tools."""
         await asyncio.sleep(run.rng.uniform(0.005, 0.03))
-        cost, tool_calls = round(run.rng.uniform(0.5, 6.0), 2), run.rng.randint(1, 8)
+        cost, tool_calls = round(run.rng.uniform(1.0, 7.0), 2), run.rng.randint(1, 8)
         run.spent_usd += cost
         run.log.append(f"{agent} did {task} (${cost:.2f}, {tool_calls} tools)")
         return cost, tool_calls
