@@ -66,9 +66,20 @@ def _consumer(bootstrap: str, topic: str, group: str | None = None) -> Consumer:
     return c
 
 
-def _count_until(c: Consumer, n: int, timeout: float) -> tuple[int, float, float]:
-    """Read until n records arrived: (count, time of first, time of last)."""
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process so far (Linux /proc), 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _count_until(c: Consumer, n: int, timeout: float,
+                 pid: int | None = None) -> tuple[int, float, float, float]:
+    """Read until n records arrived: (count, time of first, time of last, CPU s of pid between)."""
     seen, first, last = 0, 0.0, 0.0
+    cpu0 = 0.0
     deadline = time.monotonic() + timeout
     while seen < n and time.monotonic() < deadline:
         for msg in c.consume(10000, 0.2):
@@ -79,9 +90,11 @@ def _count_until(c: Consumer, n: int, timeout: float) -> tuple[int, float, float
             now = time.perf_counter()
             if seen == 0:
                 first = now
+                cpu0 = _cpu_seconds(pid) if pid else 0.0
             seen += 1
             last = now
-    return seen, first, last
+    cpu = (_cpu_seconds(pid) - cpu0) if pid else 0.0
+    return seen, first, last, cpu
 
 
 def passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
@@ -115,7 +128,7 @@ def _start_worker(bootstrap: str, prefix: str, workdir: Path) -> subprocess.Pope
     log = open(workdir / "worker.log", "ab")  # noqa: SIM115
     cmd = [sys.executable, "-m", "baton.cli", "-v", "worker"]
     if os.environ.get("BENCH_PYSPY"):  # profile the worker: BENCH_PYSPY=out.txt
-        cmd = ["py-spy", "record", "-f", "raw", "-o", os.environ["BENCH_PYSPY"], "-r", "200",
+        cmd = ["py-spy", "record", "-f", "raw", "--gil", "-o", os.environ["BENCH_PYSPY"], "-r", "200",
                "--", *cmd]
     return subprocess.Popen(cmd, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -208,7 +221,7 @@ def main() -> None:
         try:
             # every event yields at least one decision; count decisions of the backlog only
             expected = _expected_decisions(workload[: args.events])
-            seen, first, last = _count_until(decisions, expected, timeout=300)
+            seen, first, last, cpu = _count_until(decisions, expected, timeout=300, pid=worker.pid)
             worker_eps = n / (last - first) if last > first else 0.0
             lat = latency(broker.bootstrap, catalog, args.rate, args.seconds)
         finally:
@@ -225,18 +238,19 @@ def main() -> None:
 
     q = statistics.quantiles(lat, n=100) if len(lat) >= 100 else [float("nan")] * 99
     rows = [
-        ("confluent-kafka passthrough (baseline)", f"{base:,.0f}", "", ""),
+        ("confluent-kafka passthrough (baseline)", f"{base:,.0f}", "", "", ""),
         ("baton worker, every decision published", f"{worker_eps:,.0f}",
-         f"{q[49] * 1000:.1f}", f"{q[98] * 1000:.1f}"),
+         f"{q[49] * 1000:.1f}", f"{q[98] * 1000:.1f}", f"{cpu / n * 1e6:.0f}"),
     ]
     print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"workload: {n:,} events over {args.runs:,} runs, {PARTITIONS} partitions; "
           f"latency at {args.rate:,} events/s for {args.seconds:g} s ({len(lat):,} samples)\n")
-    print(f"| {'variant':<42} | {'events/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} |")
-    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|{'-' * 9}|")
-    for name, eps, p50, p99 in rows:
-        print(f"| {name:<42} | {eps:>9} | {p50:>7} | {p99:>7} |")
+    print(f"| {'variant':<42} | {'events/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
+          f"| {'CPU us/event':>12} |")
+    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 14}|")
+    for name, eps, p50, p99, cpu_us in rows:
+        print(f"| {name:<42} | {eps:>9} | {p50:>7} | {p99:>7} | {cpu_us:>12} |")
     print(f"\nworker / baseline: {worker_eps / base:.2f}; decisions in backlog: {seen:,}")
 
 

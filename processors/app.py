@@ -23,6 +23,7 @@ from typing import Any
 
 import faust
 
+from baton.processors import transport
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control import ControlFollower
 from baton.processors.engine import expire_approvals, is_evictable
@@ -158,7 +159,8 @@ class GovernanceWorker:
     # ------------------------------------------------------------------ wiring
     def _build_app(self) -> faust.App:
         s = self.settings
-        servers = ";".join(f"kafka://{h.strip()}" for h in s.bootstrap.split(","))
+        transport.register()
+        servers = ";".join(f"{transport.SCHEME}://{h.strip()}" for h in s.bootstrap.split(","))
         app = faust.App(
             s.app_id,
             broker=servers,
@@ -219,6 +221,10 @@ class GovernanceWorker:
         async def sweep() -> None:
             await self._sweep()
 
+        # read by processors.transport: the fetch wait, and the fast path's batch handler
+        app.conf.baton_fetch_max_wait_ms = s.fetch_max_wait_ms
+        app.baton_source_topics = frozenset({self.catalog.requests, self.catalog.approvals})
+        app.baton_on_batch = self._on_fetched_batch
         return app
 
     def _faust_credentials(self) -> Any:
@@ -256,13 +262,24 @@ class GovernanceWorker:
 
     # ------------------------------------------------------------------ hot path
     async def _process(self, events: Any) -> None:
-        records = [
-            InputRecord(
-                e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                e.message.value,
-            )
+        """The agent's path (plain kafka:// transport): Faust acks the events after this."""
+        await self._decide_and_publish([
+            InputRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
+                        e.message.value)
             for e in events
-        ]
+        ])
+
+    async def _on_fetched_batch(self, messages: list[Any]) -> None:
+        """The fast path (baton-kafka:// transport): one batch per fetch, acked here."""
+        await self._ready.wait()
+        await self._decide_and_publish([
+            InputRecord(m.topic, m.partition, m.offset, m.key, m.value) for m in messages
+        ])
+        ack = self.app.consumer.ack
+        for m in messages:
+            ack(m)
+
+    async def _decide_and_publish(self, records: list[InputRecord]) -> None:
         try:
             async with self._lock:
                 t0 = time.perf_counter()
@@ -272,8 +289,9 @@ class GovernanceWorker:
                 t2 = time.perf_counter()
             self._stats.add(len(records), t1 - t0, t2 - t1)
         except Exception:
-            # Never let take_events acknowledge a batch whose outputs were not delivered
-            # (its `finally` acks even on error): die now, commit nothing, redeliver on restart.
+            # Never let a batch whose outputs were not delivered be acknowledged (Faust's
+            # take_events acks in a `finally`, even on error): die now, commit nothing, and
+            # the batch is decided again after a restart (at-least-once).
             log.critical("worker %s cannot publish a batch; exiting without committing offsets",
                          self.worker_id, exc_info=True)
             logging.shutdown()
