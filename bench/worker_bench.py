@@ -32,6 +32,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from baton.schemas.events import HandoffRequested
@@ -134,10 +135,13 @@ def _start_worker(bootstrap: str, prefix: str, workdir: Path) -> subprocess.Pope
                             stdout=log, stderr=subprocess.STDOUT)
 
 
-def latency(bootstrap: str, catalog: TopicCatalog, rate: int, seconds: float) -> list[float]:
-    """Seconds from producing a handoff to reading its decision, at a steady rate."""
+def latency(bootstrap: str, catalog: TopicCatalog, rate: int,
+            seconds: float) -> tuple[list[float], list[float]]:
+    """Seconds from producing a handoff to reading its decision, at a steady rate; and from
+    producing it to the worker deciding it (decided_at - event_time)."""
     sent: dict[str, float] = {}
     got: list[float] = []
+    inside: list[float] = []
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex}",
                   "enable.auto.commit": False, "fetch.wait.max.ms": 5, "log_level": 0})
     meta = c.list_topics(catalog.decisions, timeout=10).topics[catalog.decisions]
@@ -153,28 +157,28 @@ def latency(bootstrap: str, catalog: TopicCatalog, rate: int, seconds: float) ->
             for msg in c.consume(1000, 0.05):
                 if msg.error():
                     continue
-                import orjson
-
-                rid = orjson.loads(msg.value())["request_id"]
-                t = sent.pop(rid, None)
+                d = orjson.loads(msg.value())
+                t = sent.pop(d["request_id"], None)
                 if t is not None:
                     got.append(time.perf_counter() - t)
+                    # worker side only: event_time is stamped just before produce
+                    inside.append((datetime.fromisoformat(d["decided_at"])
+                                   - datetime.fromisoformat(d["event_time"])).total_seconds())
 
     reader = threading.Thread(target=read)
     reader.start()
     p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
                   "linger.ms": 0})
-    now = datetime.now(UTC)
     total = int(rate * seconds)
     start = time.perf_counter()
     for i in range(total):
         run = f"lat-{i % 500}"
         rid = f"lat-{uuid.uuid4().hex[:10]}"
-        ev = HandoffRequested(request_id=rid, run_id=run, task_id=f"t{i}", from_agent="a",
-                              to_agent="b", event_time=now)
         target = start + i / rate
         while time.perf_counter() < target:
             time.sleep(0.0005)
+        ev = HandoffRequested(request_id=rid, run_id=run, task_id=f"t{i}", from_agent="a",
+                              to_agent="b", event_time=datetime.now(UTC))
         sent[rid] = time.perf_counter()
         p.produce(catalog.requests, ev.to_json(), run.encode())
         p.poll(0)
@@ -185,14 +189,14 @@ def latency(bootstrap: str, catalog: TopicCatalog, rate: int, seconds: float) ->
     stop.set()
     reader.join()
     c.close()
-    return got
+    return got, inside
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events", type=int, default=30_000)
     ap.add_argument("--runs", type=int, default=4_000)
-    ap.add_argument("--rate", type=int, default=1_000, help="events/s for the latency phase")
+    ap.add_argument("--rate", type=int, default=500, help="events/s for the latency phase")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of the latency phase")
     args = ap.parse_args()
 
@@ -223,7 +227,7 @@ def main() -> None:
             expected = _expected_decisions(workload[: args.events])
             seen, first, last, cpu = _count_until(decisions, expected, timeout=300, pid=worker.pid)
             worker_eps = n / (last - first) if last > first else 0.0
-            lat = latency(broker.bootstrap, catalog, args.rate, args.seconds)
+            lat, inside = latency(broker.bootstrap, catalog, args.rate, args.seconds)
         finally:
             # SIGINT: py-spy (BENCH_PYSPY) writes its profile on it; a worker stops on it
             worker.send_signal(__import__("signal").SIGINT)
@@ -237,6 +241,7 @@ def main() -> None:
             raise SystemExit(f"only {seen} of {expected} decisions arrived")
 
     q = statistics.quantiles(lat, n=100) if len(lat) >= 100 else [float("nan")] * 99
+    qi = statistics.quantiles(inside, n=100) if len(inside) >= 100 else [float("nan")] * 99
     rows = [
         ("confluent-kafka passthrough (baseline)", f"{base:,.0f}", "", "", ""),
         ("baton worker, every decision published", f"{worker_eps:,.0f}",
@@ -252,6 +257,8 @@ def main() -> None:
     for name, eps, p50, p99, cpu_us in rows:
         print(f"| {name:<42} | {eps:>9} | {p50:>7} | {p99:>7} | {cpu_us:>12} |")
     print(f"\nworker / baseline: {worker_eps / base:.2f}; decisions in backlog: {seen:,}")
+    print(f"latency inside Baton (produce -> decided_at): p50 {qi[49] * 1000:.1f} ms, "
+          f"p99 {qi[98] * 1000:.1f} ms")
 
 
 def _expected_decisions(workload: list) -> int:
