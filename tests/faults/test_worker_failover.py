@@ -75,6 +75,23 @@ def two_workers(
             w.stop()
 
 
+def _positions(bootstrap: str, topic: str, group: str) -> str:
+    """Committed offset vs end of each partition, for failure messages."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 0})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        committed = c.committed(tps, timeout=5)
+        ends = [c.get_watermark_offsets(tp, timeout=5)[1] for tp in tps]
+        return ", ".join(f"p{t.partition}: committed {t.offset} end {e}"
+                         for t, e in zip(committed, ends, strict=True))
+    except Exception as exc:  # diagnostics only
+        return f"(positions unavailable: {exc})"
+    finally:
+        c.close()
+
+
 def _owned(worker: WorkerProcess) -> set[int] | None:
     lines = re.findall(r"owns partitions \[([0-9, ]*)\]", worker.log())
     return {int(p) for p in lines[-1].split(",") if p.strip()} if lines else None
@@ -195,7 +212,10 @@ def test_restart_after_a_batched_changelog_write_restores_every_run(
                                      from_agent="planner", to_agent="researcher", event_time=now)
                     for r in runs)
         wait_for(lambda: all(len(decisions.for_run(r)) >= 2 for r in runs), 90, interval=0.5,
-                 message=lambda: "second decisions\n" + second.log()[-2000:])
+                 message=lambda: f"second decisions: "
+                 f"{sum(len(decisions.for_run(r)) >= 2 for r in runs)} of {len(runs)} runs; "
+                 f"{_positions(broker.bootstrap, catalog.requests, f'baton-{prefix.rstrip(chr(46))}')}"
+                 f"\n" + second.log()[-2000:])
         lost = [r for r in runs if max(d.handoff_count for d in decisions.for_run(r)) != 2]
         assert lost == [], f"{len(lost)} runs lost their state on restart"
     finally:
