@@ -50,7 +50,9 @@ def _register() -> None:
     from baton.cli import stack
 
     stack.register(cli)
-    from baton.cli import demo_cmds; demo_cmds.register(cli)  # noqa: E702, I001
+    from baton.cli import demo_cmds
+
+    demo_cmds.register(cli)  # noqa: E702, I001
 
 
 def main() -> None:

@@ -137,6 +137,8 @@ def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **op
         click.echo(f"baton up: waiting for the worker (policy {policy.version})", err=True)
         took = wait_until_deciding(settings.kafka_config(), catalog.requests, catalog.decisions,
                                    settings.partitions, timeout_s=90)
+        if not no_audit:
+            _wait_for_sql(sql_port, children, logs)
         extra = "" if no_audit else f" sql=http://127.0.0.1:{sql_port}"
         click.echo(f"baton up: ready bootstrap={broker.bootstrap}{extra} "
                    f"(worker answered in {took:.1f} s; Ctrl-C stops)", err=False)
@@ -161,6 +163,29 @@ def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **op
                 child.kill()
                 child.wait()
         broker.stop()
+
+
+def _wait_for_sql(port: int, children: dict[str, subprocess.Popen[bytes]], logs: Path,
+                  timeout_s: float = 60.0) -> None:
+    """The sink opens chDB and migrates before it serves SQL: wait for its /ping."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sink = children.get("sink")
+        if sink is not None and sink.poll() is not None:
+            raise BatonError(f"the audit sink exited with code {sink.returncode}; last log "
+                             f"lines:\n{_tail(logs / 'sink.log')}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise BatonError(f"the audit sink did not serve SQL on 127.0.0.1:{port} within "
+                     f"{timeout_s:g} s; see {logs / 'sink.log'}")
 
 
 def _audit_children(sql_port: int) -> list[tuple[str, list[str]]]:

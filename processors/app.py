@@ -1,4 +1,4 @@
-"""The Faust governance app: wires topics, the ``runs`` table and the engine, and nothing more.
+r"""The Faust governance app: wires topics, the ``runs`` table and the engine, and nothing more.
 
     gov.handoff.requests + gov.approvals --(agent: batches)--> engine --> gov.decisions, gov.stops
                                                                     \--> runs changelog, gov.deadletter

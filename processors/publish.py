@@ -45,8 +45,9 @@ class BatchPublisher:
             "linger.ms": 5,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 500000,
-            # no compression: Faust reads the changelog (and forwarded events) with aiokafka,
-            # which cannot decode lz4/snappy/zstd without extra packages and then crashes
+            # no compression: records are small and the broker is usually near; (aiokafka,
+            # which reads our changelog, decodes lz4/snappy/zstd only through cramjam, a
+            # dependency since an lz4 batch once crashed the worker's fetcher)
             "compression.type": "none",
             "enable.idempotence": False,
             "acks": "all",

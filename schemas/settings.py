@@ -51,8 +51,9 @@ class Settings(BaseSettings):
 
     # --- audit (ClickHouse) ------------------------------------------------------------
     clickhouse_dsn: str = Field(
-        "chdb:///.baton/chdb",
-        description="ClickHouse target: http(s)://user:pass@host:8123/db or chdb:///abs/dir",
+        "chdb:.baton/chdb",
+        description="ClickHouse target: http(s)://user:pass@host:8123/db, chdb:///abs/dir or "
+        "chdb:rel/dir (the default is `baton up`'s embedded audit in ./.baton)",
     )
     audit_ttl_days: int = Field(365, ge=1, description="keep audit rows this many days")
     sink_batch_size: int = Field(5000, ge=1)

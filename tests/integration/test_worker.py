@@ -146,6 +146,21 @@ def test_crc32_producer_events_are_forwarded_to_the_runs_partition(stack: Stack)
     assert {d.partition for d in decisions} == {partition_for(run.encode(), PARTITIONS)}
 
 
+def test_compressed_events_from_any_client_are_decided(stack: Stack) -> None:
+    from tests.stack import EventSender
+
+    run = _run()
+    for codec in ("lz4", "snappy", "zstd", "gzip"):
+        sender = EventSender(stack.bootstrap, stack.catalog.requests)
+        sender.producer = __import__("confluent_kafka").Producer({
+            "bootstrap.servers": stack.bootstrap, "partitioner": "murmur2_random",
+            "compression.type": codec})
+        sender.send([_h(run, hash(codec) % 1000, f"t_{codec}", "planner", "researcher")])
+    decisions = stack.decisions.wait_run(run, 4)
+    assert [d.outcome for d in decisions] == [Outcome.ALLOW] * 4
+    assert all(w.alive() for w in stack.workers), stack.logs()
+
+
 BAD_INPUTS = {
     "not_json": (b"this is not json", b"run_bad"),
     "unknown_type": (b'{"type": "handoff_teleported", "run_id": "run_bad"}', b"run_bad"),
