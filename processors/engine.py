@@ -64,6 +64,17 @@ STICKY_REASONS = frozenset(
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+# Enum members the hot path uses, as module globals: on CPython 3.11 ``Outcome.STOP`` costs
+# about ten times a global lookup, and a decision touches several (bench/RESULTS.md)
+_ALLOW, _STOP, _RECORDED, _APPROVAL_REQUIRED = (
+    Outcome.ALLOW, Outcome.STOP, Outcome.RECORDED, Outcome.APPROVAL_REQUIRED,
+)
+_PRE_HANDOFF, _POST_HANDOFF = Phase.PRE_HANDOFF, Phase.POST_HANDOFF
+_OK, _WITHIN_BUDGET = Reason.OK, Reason.WITHIN_BUDGET
+#: the phase as plain text for decision_id_for: formatting a StrEnum member in an f-string
+#: runs Enum.__format__ in Python (same text, so the same id)
+_PHASE_TEXT = {phase: phase.value for phase in Phase}
+
 
 @dataclass(frozen=True, slots=True)
 class Origin:
@@ -128,14 +139,17 @@ def decide(
     origin: Origin = _NO_ORIGIN,
 ) -> tuple[RunState, list[Decision]]:
     """Decide one run event. ``state`` is None for a run Baton has not seen yet."""
+    # dispatch on the exact type: isinstance() on pydantic models goes through their
+    # metaclass's __instancecheck__, which is slow when it misses
+    approval = type(event) is ApprovalGranted or type(event) is ApprovalDenied
     key = _dedup_key(event)
     if state is not None:
         # a redelivery or a client retry: re-emit what was decided, change nothing. A grant
         # that was refused (self-approval, unknown approver) is remembered under its own key:
         # look there first, or its redelivery would be decided again, or answered with
         # whatever later resolved the approval
-        if isinstance(event, (ApprovalGranted, ApprovalDenied)):
-            refused = _refused_key(event)
+        if approval:
+            refused = _refused_key(event)  # type: ignore[arg-type]
             if refused in state.seen:
                 return state, list(state.recent.get(refused, ()))
         if key in state.seen:
@@ -147,22 +161,20 @@ def decide(
     if key in st.seen:  # the sweep just resolved the approval this event is about
         replies = st.recent.get(key, [])
         return st, out + [d for d in replies if d not in out]
-    if isinstance(event, HandoffRequested):
+    if type(event) is HandoffRequested:
         decisions = _pre_handoff(st, event, ctx)
-    elif isinstance(event, HandoffCompleted):
+    elif type(event) is HandoffCompleted:
         decisions = _post_handoff(st, event, ctx)
-    elif isinstance(event, (ApprovalGranted, ApprovalDenied)):
+    elif type(event) is ApprovalGranted or type(event) is ApprovalDenied:
         decisions = _approval(st, event, ctx)
-    elif isinstance(event, RunFinished):
+    elif type(event) is RunFinished:
         decisions = _finish(st, event, ctx)
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"not a run event: {type(event).__name__}")
-    if isinstance(event, (ApprovalGranted, ApprovalDenied)) and (
-        decisions[0].outcome == Outcome.RECORDED
-    ):
+    if approval and decisions[0].outcome is _RECORDED:
         # a grant that could not be used leaves the approval pending: it must not burn the
         # approval's key, or the real approver's grant would be taken for a duplicate
-        key = _refused_key(event)
+        key = _refused_key(event)  # type: ignore[arg-type]
     st.remember(key, decisions)
     return st, out + decisions
 
@@ -230,11 +242,11 @@ class _Ctx:
 def _dedup_key(event: RunEvent) -> str:
     # one key per logical event; approvals share one key per approval_id, so the first
     # resolution wins and every later grant/deny of it gets the same answer
-    if isinstance(event, HandoffRequested):
+    if type(event) is HandoffRequested:
         return "h:" + event.request_id
-    if isinstance(event, HandoffCompleted):
+    if type(event) is HandoffCompleted:
         return "c:" + event.request_id
-    if isinstance(event, (ApprovalGranted, ApprovalDenied)):
+    if type(event) is ApprovalGranted or type(event) is ApprovalDenied:
         return "a:" + event.approval_id
     return "f:"
 
@@ -258,54 +270,54 @@ def _decision(
     reason: str,
     event_time: datetime | None,
     req: HandoffRequested | None = None,
-    **extra: object,
+    *,
+    owner: str | None = None,
+    from_agent: str | None = None,
+    to_agent: str | None = None,
+    task_id: str | None = None,
+    parent_task_id: str | None = None,
+    depth: int = 0,
+    handoff_status: str | None = None,
+    approval_id: str | None = None,
+    approval_expires_at: datetime | None = None,
+    approver: str | None = None,
+    detail: str | None = None,
 ) -> Decision:
+    """The record of one decision; the agents, task, action and tool come from ``req`` if given."""
     limits = ctx.limits
     shadow = None
-    if limits.shadow_mode and outcome in (Outcome.STOP, Outcome.APPROVAL_REQUIRED):
+    if limits.shadow_mode and (outcome is _STOP or outcome is _APPROVAL_REQUIRED):
         # shadow (dry-run): record what would have happened, enforce nothing
         shadow = outcome
-        outcome = Outcome.RECORDED if phase == Phase.POST_HANDOFF else Outcome.ALLOW
-    d = Decision(
-        decision_id=decision_id_for(request_id, phase),
-        request_id=request_id,
-        run_id=st.run_id,
-        tenant=st.tenant,
-        phase=phase,
-        outcome=outcome,
-        reason=reason,
-        handoff_count=st.handoff_count,
-        spent_usd=round(st.spent_usd, 9),
-        tool_calls=st.tool_calls,
-        reserved_usd=round(st.reserved_usd, 9),
-        fallback=limits.fallback_for(reason) if (shadow or outcome) == Outcome.STOP else None,
-        policy_version=ctx.policy.version,
-        event_time=event_time,
-        decided_at=ctx.now,
-        worker=ctx.origin.worker,
-        partition=ctx.origin.partition,
-        offset=ctx.origin.offset,
-        shadow_outcome=shadow,
-    )
+        outcome = _RECORDED if phase is _POST_HANDOFF else _ALLOW
+    action = tool = None
     if req is not None:
-        d.from_agent = req.from_agent
-        d.to_agent = req.to_agent
-        d.task_id = req.task_id
-        d.parent_task_id = req.parent_task_id
-        d.action = req.action
-        d.tool = req.tool
-    for name, value in extra.items():
-        setattr(d, name, value)
-    return d
+        from_agent, to_agent, task_id = req.from_agent, req.to_agent, req.task_id
+        parent_task_id, action, tool = req.parent_task_id, req.action, req.tool
+    origin = ctx.origin
+    # positional, in Decision's field order: about three times cheaper than 32 keywords,
+    # and this runs once per decision (see bench/RESULTS.md)
+    return Decision(
+        decision_id_for(request_id, _PHASE_TEXT[phase]), request_id, st.run_id, st.tenant,
+        phase, outcome, reason, owner,
+        from_agent, to_agent, task_id, parent_task_id,
+        action, depth, st.handoff_count, round(st.spent_usd, 9) if st.spent_usd else 0.0,
+        st.tool_calls, handoff_status,
+        limits.fallback_for(reason) if (shadow or outcome) is _STOP else None,
+        approval_id, approval_expires_at, approver, ctx.policy.version,
+        event_time, ctx.now, origin.worker, origin.partition, origin.offset,
+        shadow, tool, round(st.reserved_usd, 9) if st.reserved else 0.0, detail,
+    )  # fmt: skip
 
 
 def _depth(st: RunState, req: HandoffRequested) -> int:
     node = st.tasks.get(req.task_id)
     if node is not None:
         return node.depth
-    if req.parent_task_id is None:
+    parent_id = req.parent_task_id
+    if parent_id is None:
         return 1
-    parent = st.tasks.get(req.parent_task_id)
+    parent = st.tasks.get(parent_id)
     # a parent Baton never saw is taken as a root: depth is computed, never trusted
     return (parent.depth if parent is not None else 1) + 1
 
@@ -329,82 +341,93 @@ def _check(
 ) -> tuple[Outcome, str, str | None]:
     """Rules 1-8 for one handoff; ``gate`` False skips the approval gate (after a grant)."""
     limits = ctx.limits
-    if ctx.kills and ctx.kills.killed(st.run_id, st.tenant):
+    if ctx.kills is not NO_KILLS and ctx.kills.killed(st.run_id, st.tenant):
         return Outcome.STOP, Reason.KILLED, None
     if st.finished:
         return Outcome.STOP, Reason.RUN_FINISHED, None
     if st.stopped is not None:
         return Outcome.STOP, st.stopped, "run already stopped"
-    node = st.tasks.get(req.task_id)
-    if node is not None and node.owner != req.to_agent:
-        return Outcome.STOP, Reason.OWNERSHIP_CONFLICT, f"{req.task_id} is owned by {node.owner}"
+    # fields read once: attributes of pydantic models are several times slower than locals
+    task_id, from_agent, to_agent = req.task_id, req.from_agent, req.to_agent
+    node = st.tasks.get(task_id)
+    if node is not None and node.owner != to_agent:
+        return Outcome.STOP, Reason.OWNERSHIP_CONFLICT, f"{task_id} is owned by {node.owner}"
     if limits.roles:
-        why = limits.role_permits(req.from_agent, req.to_agent, req.kind)
+        why = limits.role_permits(from_agent, to_agent, req.kind)
         if why:
             return Outcome.STOP, Reason.ROLE_NOT_PERMITTED, why
-    if limits.max_agents_per_run is not None:
+    max_agents = limits.max_agents_per_run
+    if max_agents is not None:
         agents = st.agents
-        new = (req.from_agent not in agents) + (
-            req.to_agent not in agents and req.to_agent != req.from_agent
-        )
-        if len(agents) + new > limits.max_agents_per_run:
+        new = (from_agent not in agents) + (to_agent not in agents and to_agent != from_agent)
+        if len(agents) + new > max_agents:
             return Outcome.STOP, Reason.AGENT_LIMIT_EXCEEDED, (
-                f"{len(agents) + new} agents > max_agents_per_run {limits.max_agents_per_run}"
+                f"{len(agents) + new} agents > max_agents_per_run {max_agents}"
             )
-    max_handoffs = limits.max_handoffs if limits.max_handoffs is not None else HARD_MAX_HANDOFFS
+    max_handoffs = limits.max_handoffs
+    if max_handoffs is None:
+        max_handoffs = HARD_MAX_HANDOFFS
     if st.handoff_count + 1 > max_handoffs:
         return Outcome.STOP, Reason.HANDOFF_BUDGET_EXCEEDED, (
             f"handoff {st.handoff_count + 1} > max_handoffs {max_handoffs}"
         )
-    if limits.max_delegation_depth is not None and depth > limits.max_delegation_depth:
+    max_depth = limits.max_delegation_depth
+    if max_depth is not None and depth > max_depth:
         return Outcome.STOP, Reason.DELEGATION_DEPTH_EXCEEDED, (
-            f"depth {depth} > max_delegation_depth {limits.max_delegation_depth}"
+            f"depth {depth} > max_delegation_depth {max_depth}"
         )
     if limits.detect_delegation_cycles and _on_chain(st, req):
-        return Outcome.STOP, Reason.DELEGATION_CYCLE, f"{req.to_agent} is already on the chain"
+        return Outcome.STOP, Reason.DELEGATION_CYCLE, f"{to_agent} is already on the chain"
     why = _budget_exhausted(st, limits, ctx.now)
     if why:
         return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, why
-    if req.estimated_usd is not None and limits.shared_max_usd is not None:
-        total = st.spent_usd + st.reserved_usd + req.estimated_usd
+    estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
+    if estimated_usd is not None and limits.shared_max_usd is not None:
+        total = st.spent_usd + st.reserved_usd + estimated_usd
         if total > limits.shared_max_usd + 1e-9:
             return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, (
                 f"spent+reserved+estimate {total:.4f} > shared_max_usd {limits.shared_max_usd:g}"
             )
-    if req.estimated_tool_calls is not None and limits.shared_max_tool_calls is not None:
-        total_calls = st.tool_calls + st.reserved_tool_calls + req.estimated_tool_calls
+    if estimated_calls is not None and limits.shared_max_tool_calls is not None:
+        total_calls = st.tool_calls + st.reserved_tool_calls + estimated_calls
         if total_calls > limits.shared_max_tool_calls:
             return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, (
                 f"tool calls with reservations {total_calls} > shared_max_tool_calls "
                 f"{limits.shared_max_tool_calls}"
             )
-    if not limits.tool_permitted(req.tool):
-        return Outcome.STOP, Reason.TOOL_NOT_PERMITTED, f"tool {req.tool} is not permitted"
-    if gate and limits.needs_approval(req.action, req.tool):
-        return Outcome.APPROVAL_REQUIRED, Reason.APPROVAL_PENDING, None
-    return Outcome.ALLOW, Reason.OK, None
+    tool = req.tool
+    if tool is not None and not limits.tool_permitted(tool):
+        return Outcome.STOP, Reason.TOOL_NOT_PERMITTED, f"tool {tool} is not permitted"
+    if gate and limits.needs_approval(req.action, tool):
+        return _APPROVAL_REQUIRED, Reason.APPROVAL_PENDING, None
+    return _ALLOW, _OK, None
 
 
 def _budget_exhausted(st: RunState, limits: MultiAgentPolicy, now: datetime) -> str | None:
-    if limits.shared_max_usd is not None and st.spent_usd >= limits.shared_max_usd:
-        return f"spent {st.spent_usd:.4f} >= shared_max_usd {limits.shared_max_usd:g}"
-    if limits.shared_max_tool_calls is not None and st.tool_calls >= limits.shared_max_tool_calls:
-        return f"tool calls {st.tool_calls} >= shared_max_tool_calls {limits.shared_max_tool_calls}"
-    if limits.max_run_seconds is not None:
+    max_usd, max_calls = limits.shared_max_usd, limits.shared_max_tool_calls
+    if max_usd is not None and st.spent_usd >= max_usd:
+        return f"spent {st.spent_usd:.4f} >= shared_max_usd {max_usd:g}"
+    if max_calls is not None and st.tool_calls >= max_calls:
+        return f"tool calls {st.tool_calls} >= shared_max_tool_calls {max_calls}"
+    max_seconds = limits.max_run_seconds
+    if max_seconds is not None:
         age = now.timestamp() - st.started_at
-        if age > limits.max_run_seconds:
-            return f"run age {age:.0f}s > max_run_seconds {limits.max_run_seconds:g}"
+        if age > max_seconds:
+            return f"run age {age:.0f}s > max_run_seconds {max_seconds:g}"
     return None
 
 
 def _apply_allow(st: RunState, req: HandoffRequested, depth: int) -> None:
-    if req.task_id not in st.tasks:
-        st.tasks[req.task_id] = TaskNode(req.to_agent, req.from_agent, req.parent_task_id, depth)
-    st.agents[req.from_agent] = None
-    st.agents[req.to_agent] = None
+    task_id, from_agent, to_agent = req.task_id, req.from_agent, req.to_agent
+    if task_id not in st.tasks:
+        st.tasks[task_id] = TaskNode(to_agent, from_agent, req.parent_task_id, depth)
+    agents = st.agents
+    agents[from_agent] = None
+    agents[to_agent] = None
     st.handoff_count += 1
-    if req.estimated_usd or req.estimated_tool_calls:
-        st.reserved[req.request_id] = (req.estimated_usd or 0.0, req.estimated_tool_calls or 0)
+    estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
+    if estimated_usd or estimated_calls:
+        st.reserved[req.request_id] = (estimated_usd or 0.0, estimated_calls or 0)
 
 
 def _apply_stop(st: RunState, reason: str, ctx: _Ctx) -> None:
@@ -418,8 +441,8 @@ def _pre_handoff(st: RunState, req: HandoffRequested, ctx: _Ctx) -> list[Decisio
     depth = _depth(st, req)
     outcome, reason, detail = _check(st, req, ctx, depth, gate=True)
     node = st.tasks.get(req.task_id)
-    extra: dict[str, object] = {}
-    if outcome == Outcome.APPROVAL_REQUIRED and not ctx.limits.shadow_mode:
+    approval_id = expires = None
+    if outcome is _APPROVAL_REQUIRED and not ctx.limits.shadow_mode:
         if len(st.pending) >= MAX_PENDING_APPROVALS:
             outcome, reason = Outcome.STOP, Reason.APPROVAL_EXPIRED
             detail = f"more than {MAX_PENDING_APPROVALS} approvals pending in this run"
@@ -427,17 +450,17 @@ def _pre_handoff(st: RunState, req: HandoffRequested, ctx: _Ctx) -> list[Decisio
             approval_id = approval_id_for(req.request_id)
             expires = ctx.now + timedelta(seconds=ctx.limits.approval.ttl_seconds)
             st.pending[approval_id] = PendingApproval(approval_id, req, expires.timestamp())
-            extra = {"approval_id": approval_id, "approval_expires_at": expires}
-    if outcome == Outcome.ALLOW or ctx.limits.shadow_mode:
+    if outcome is _ALLOW or ctx.limits.shadow_mode:
         _apply_allow(st, req, depth)
         owner = st.tasks[req.task_id].owner
     else:
-        if outcome == Outcome.STOP:
+        if outcome is _STOP:
             _apply_stop(st, reason, ctx)
         owner = node.owner if node is not None else None
     return [
-        _decision(st, ctx, req.request_id, Phase.PRE_HANDOFF, outcome, reason, req.event_time,
-                  req, owner=owner, depth=depth, detail=detail, **extra)
+        _decision(st, ctx, req.request_id, _PRE_HANDOFF, outcome, reason, req.event_time,
+                  req, owner=owner, depth=depth, detail=detail, approval_id=approval_id,
+                  approval_expires_at=expires)
     ]
 
 
@@ -460,9 +483,9 @@ def _post_handoff(st: RunState, done: HandoffCompleted, ctx: _Ctx) -> list[Decis
     elif over:
         outcome, reason = Outcome.RECORDED, Reason.SHARED_BUDGET_EXCEEDED
     else:
-        outcome, reason = Outcome.RECORDED, Reason.WITHIN_BUDGET
+        outcome, reason = _RECORDED, _WITHIN_BUDGET
     return [
-        _decision(st, ctx, done.request_id, Phase.POST_HANDOFF, outcome, reason, done.event_time,
+        _decision(st, ctx, done.request_id, _POST_HANDOFF, outcome, reason, done.event_time,
                   owner=node.owner if node else done.agent, to_agent=done.agent,
                   from_agent=node.giver if node else None, task_id=done.task_id,
                   parent_task_id=node.parent if node else None,

@@ -1,0 +1,233 @@
+"""Decisions per second of the pure engine on one core, on a realistic mix of run events.
+
+The mix: many runs (default 4,000) interleaved the way one partition sees them; each run a
+task tree two to three levels deep (orchestrator -> planner -> specialists -> helpers);
+about a third of the events are completions; some runs ask for a refund that needs an
+approval (and get a grant), some hand an owned task to another agent (ownership conflict),
+some blow the handoff budget, and a few events are redelivered. Events are built before
+the clock starts; run state lives in a dict, like the worker's ``runs`` table.
+
+Also measured, because the worker writes every changed run state to the changelog:
+``RunState.to_bytes`` and ``from_bytes`` per event.
+
+    python bench/engine_bench.py                 # the table
+    python bench/engine_bench.py --profile       # cProfile of the decide loop, top 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import platform
+import pstats
+import random
+import statistics
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from baton.processors.engine import approval_id_for, decide
+from baton.processors.state import RunState
+from baton.schemas.events import (
+    ApprovalGranted,
+    HandoffCompleted,
+    HandoffRequested,
+    RunEvent,
+    RunFinished,
+)
+from baton.schemas.policy import Policy, load_policy
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+SPECIALISTS = ["billing_agent", "search_agent", "support_agent", "writer_agent", "shipping_agent"]
+
+
+def _run_script(rng: random.Random, run_id: str) -> list[RunEvent]:
+    """The events of one run, in the order its orchestrator would publish them."""
+    at = T0 + timedelta(seconds=rng.randint(0, 3600))
+    out: list[RunEvent] = []
+    n = 0
+
+    def req(task: str, parent: str | None, giver: str, taker: str, **kw: object) -> str:
+        nonlocal n
+        n += 1
+        rid = f"{run_id}/h{n}"
+        out.append(
+            HandoffRequested(
+                request_id=rid,
+                run_id=run_id,
+                task_id=task,
+                parent_task_id=parent,
+                from_agent=giver,
+                to_agent=taker,
+                event_time=at,
+                **kw,  # type: ignore[arg-type]
+            )
+        )
+        return rid
+
+    def done(rid: str, task: str, agent: str) -> None:
+        out.append(
+            HandoffCompleted(
+                request_id=rid,
+                run_id=run_id,
+                task_id=task,
+                agent=agent,
+                cost_usd=round(rng.uniform(0.01, 2.5), 4),
+                tool_calls=rng.randint(0, 9),
+                status="ok" if rng.random() > 0.05 else "error",
+                event_time=at,
+            )
+        )
+
+    root = req("plan", None, "orchestrator", "planner", estimated_usd=3.0)
+    agents = rng.sample(SPECIALISTS, 2)
+    fanout = rng.choice([2, 3, 3, 4, 6])  # 6 children + helpers run past max_handoffs
+    for i in range(fanout):
+        agent = agents[i % 2]
+        task = f"step{i}"
+        rid = req(task, "plan", "planner", agent, tool="search.web" if i % 2 else None)
+        if rng.random() < 0.5:  # a third level under some specialists
+            sub = req(f"{task}.lookup", task, agent, "planner")
+            if rng.random() < 0.6:
+                done(sub, f"{task}.lookup", "planner")
+        if rng.random() < 0.6:
+            done(rid, task, agent)
+    if rng.random() < 0.08:  # a refund that needs an approval, then a grant
+        rid = req("refund", "plan", "planner", "billing_agent", action="billing.refund.create")
+        out.append(
+            ApprovalGranted(approval_id=approval_id_for(rid), run_id=run_id,
+                            approver="finance_lead", event_time=at)
+        )  # fmt: skip
+    if rng.random() < 0.06:  # the planner hands an owned task to another agent
+        req("step0", "plan", "planner", "support_agent")
+    done(root, "plan", "planner")
+    if rng.random() < 0.03:  # a redelivery of some earlier event
+        out.append(rng.choice(out))
+    if rng.random() < 0.5:
+        out.append(RunFinished(run_id=run_id, event_time=at))
+    return out
+
+
+def build_workload(runs: int, seed: int = 7) -> list[tuple[str, RunEvent, datetime]]:
+    """Every run's events, interleaved at random but in order within a run (one partition)."""
+    rng = random.Random(seed)
+    scripts = [_run_script(rng, f"run-{i:05d}") for i in range(runs)]
+    cursors = [0] * runs
+    live = list(range(runs))
+    out = []
+    now = T0
+    while live:
+        k = rng.randrange(len(live))
+        i = live[k]
+        event = scripts[i][cursors[i]]
+        cursors[i] += 1
+        if cursors[i] == len(scripts[i]):
+            live[k] = live[-1]
+            live.pop()
+        now += timedelta(microseconds=500)
+        out.append((event.run_id, event, now))
+    return out
+
+
+def decide_all(
+    workload: list[tuple[str, RunEvent, datetime]], policy: Policy
+) -> tuple[int, dict[str, RunState]]:
+    table: dict[str, RunState] = {}
+    get = table.get
+    decisions = 0
+    for run_id, event, now in workload:
+        state, out = decide(get(run_id), event, policy, now)
+        table[run_id] = state
+        decisions += len(out)
+    return decisions, table
+
+
+def serialize_all(
+    workload: list[tuple[str, RunEvent, datetime]], policy: Policy
+) -> tuple[float, float, int]:
+    """Seconds spent in to_bytes and in from_bytes when every event's new state is written
+    (the worker's worst case: one changelog record per event), and the bytes written."""
+    table: dict[str, RunState] = {}
+    raw: dict[str, bytes] = {}
+    t_dump = t_load = 0.0
+    written = 0
+    clock = time.perf_counter
+    for run_id, event, now in workload:
+        previous = raw.get(run_id)
+        t = clock()
+        state = RunState.from_bytes(previous) if previous is not None else None
+        t_load += clock() - t
+        state, _ = decide(state, event, policy, now)
+        t = clock()
+        data = state.to_bytes()
+        t_dump += clock() - t
+        raw[run_id] = data
+        table[run_id] = state
+        written += len(data)
+    return t_dump, t_load, written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=4000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    policy = load_policy(None)  # the seed policy
+    t = time.perf_counter()
+    workload = build_workload(args.runs)
+    build_s = time.perf_counter() - t
+    events = len(workload)
+    kinds = Counter(type(e).__name__ for _, e, _ in workload)
+
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        decide_all(workload, policy)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return
+
+    decide_all(workload, policy)  # warm-up: caches, the policy version hash
+    # the pre-built events are the benchmark's, not the worker's: keep them out of the
+    # collector's sight (the run states and decisions made while timing are still collected)
+    gc.collect()
+    gc.freeze()
+    times = []
+    decisions = 0
+    outcomes: Counter[str] = Counter()
+    for _ in range(args.repeat):
+        gc.collect()
+        t = time.perf_counter()
+        decisions, table = decide_all(workload, policy)
+        times.append(time.perf_counter() - t)
+    for state in table.values():
+        for replies in state.recent.values():
+            outcomes.update(f"{d.phase}/{d.outcome}" for d in replies)
+    best, median = min(times), statistics.median(times)
+    t_dump, t_load, written = serialize_all(workload, policy)
+
+    print(f"python {platform.python_version()} on {platform.machine()}, one core; "
+          f"{args.runs} runs, workload built in {build_s:.2f} s (not timed)")  # fmt: skip
+    print(f"events: {dict(kinds)}")
+    print(f"kept replies by phase/outcome: {dict(sorted(outcomes.items()))}")
+    print()
+    print(f"| {'measure':<38} | {'events':>7} | {'decisions':>9} | {'seconds':>7} | {'per s':>9} |")
+    print(f"|{'-' * 40}|{'-' * 9}|{'-' * 11}|{'-' * 9}|{'-' * 11}|")
+    for label, secs in ((f"decide, best of {args.repeat}", best), ("decide, median", median)):
+        print(f"| {label:<38} | {events:>7} | {decisions:>9} | {secs:>7.3f} | "
+              f"{decisions / secs:>9,.0f} |")  # fmt: skip
+    print(f"| {'RunState.to_bytes (every event)':<38} | {events:>7} | {'':>9} | {t_dump:>7.3f} | "
+          f"{events / t_dump:>9,.0f} |")  # fmt: skip
+    print(f"| {'RunState.from_bytes (every event)':<38} | {events:>7} | {'':>9} | {t_load:>7.3f} | "
+          f"{events / t_load:>9,.0f} |")  # fmt: skip
+    print()
+    print(f"decide: {best / decisions * 1e6:.2f} us/decision; to_bytes {t_dump / events * 1e6:.2f} "
+          f"us/event, from_bytes {t_load / events * 1e6:.2f} us/event; "
+          f"mean state {written / events:,.0f} bytes")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
