@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from baton.processors.engine import approval_id_for, expire_approvals
 from baton.schemas.decision import Fallback, Outcome, Phase, Reason
-
 from tests.unit.test_engine_support import Run, at, handoff, policy_with
 
 pytestmark = pytest.mark.unit

@@ -4,6 +4,7 @@ policy versions, deterministic ids, idempotency, bounded memory and eviction."""
 from __future__ import annotations
 
 import pytest
+
 from baton.processors.engine import (
     NO_KILLS,
     Origin,
@@ -15,7 +16,6 @@ from baton.processors.engine import (
 from baton.processors.state import MAX_PENDING_APPROVALS, RECENT_REPLIES, SEEN_LIMIT
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.events import KillSwitch, KillSwitchReleased, RunEvent
-
 from tests.unit.test_engine_support import (
     Run,
     at,

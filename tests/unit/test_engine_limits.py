@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from baton.processors.engine import HARD_MAX_HANDOFFS, new_state
 from baton.schemas.decision import Fallback, Outcome, Phase, Reason
 from baton.schemas.events import parse_event
-
 from tests.unit.test_engine_support import Run, at, policy_with
 
 pytestmark = pytest.mark.unit

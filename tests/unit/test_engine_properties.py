@@ -10,6 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from baton.processors.engine import approval_id_for, decide, expire_approvals
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
@@ -22,9 +25,6 @@ from baton.schemas.events import (
     RunFinished,
 )
 from baton.schemas.policy import Policy
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.unit.test_engine_support import at, policy_with, seed_policy
 
 pytestmark = pytest.mark.unit

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from baton.schemas.decision import Fallback, Outcome, Phase, Reason
 
+from baton.schemas.decision import Fallback, Outcome, Phase, Reason
 from tests.unit.test_engine_support import Run
 
 pytestmark = pytest.mark.unit

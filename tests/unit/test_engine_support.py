@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import yaml
+
 from baton.processors.engine import NO_KILLS, KillSwitches, decide
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from baton.schemas.events import (
     MAX_EVENT_BYTES,
     ApprovalDenied,

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from click.testing import CliRunner
+
 from baton.cli.main import _register, cli
 from baton.schemas.decision import Fallback
 from baton.schemas.errors import BatonError, PolicyError
 from baton.schemas.policy import DEFAULT_POLICY_YAML, load_policy, parse_policy
-from click.testing import CliRunner
 
 pytestmark = pytest.mark.unit
 

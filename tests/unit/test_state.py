@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from baton.processors.engine import decide
 from baton.processors.state import RunState
 from baton.schemas.events import parse_event
-
 from tests.unit.test_engine_support import Run, at, finished, handoff, policy_with
 
 pytestmark = pytest.mark.unit
