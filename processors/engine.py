@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from baton.processors.state import (
     MAX_PENDING_APPROVALS,
@@ -32,6 +33,7 @@ from baton.processors.state import (
 from baton.schemas.decision import Decision, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.events import (
     ApprovalDenied,
+    ApprovalEvent,
     ApprovalGranted,
     HandoffCompleted,
     HandoffRequested,
@@ -149,7 +151,7 @@ def decide(
         # look there first, or its redelivery would be decided again, or answered with
         # whatever later resolved the approval
         if approval:
-            refused = _refused_key(event)  # type: ignore[arg-type]
+            refused = _refused_key(cast(ApprovalEvent, event))
             if refused in state.seen:
                 return state, list(state.recent.get(refused, ()))
         if key in state.seen:
@@ -174,7 +176,7 @@ def decide(
     if approval and decisions[0].outcome is _RECORDED:
         # a grant that could not be used leaves the approval pending: it must not burn the
         # approval's key, or the real approver's grant would be taken for a duplicate
-        key = _refused_key(event)  # type: ignore[arg-type]
+        key = _refused_key(cast(ApprovalEvent, event))
     st.remember(key, decisions)
     return st, out + decisions
 
