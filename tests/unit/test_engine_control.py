@@ -101,6 +101,27 @@ def test_non_sticky_stop_refuses_one_handoff_and_the_run_goes_on() -> None:
     assert run.handoff("ticket", "planner", "support_agent").outcome == Outcome.ALLOW
 
 
+def test_stopped_run_keeps_its_original_reason_whatever_comes_next() -> None:
+    run = Run()
+    for i in range(9):
+        run.handoff(f"t{i}", "planner", "worker")  # the 9th stops the run
+    # a request that would also break an earlier rule (agent limit) gets the original reason
+    d = run.handoff("t-new", "newcomer_1", "newcomer_2")
+    assert d.outcome == Outcome.STOP and d.reason == Reason.HANDOFF_BUDGET_EXCEEDED
+    assert d.detail == "run already stopped"
+
+
+def test_stopped_run_stays_stopped_after_the_policy_is_relaxed() -> None:
+    run = Run(policy_with(max_handoffs=1))
+    run.handoff("t1", "planner", "worker")
+    assert run.handoff("t2", "planner", "worker").reason == Reason.HANDOFF_BUDGET_EXCEEDED
+
+    run.policy = policy_with(max_handoffs=100)  # hot reload
+    d = run.handoff("t3", "planner", "worker")
+
+    assert d.outcome == Outcome.STOP and d.reason == Reason.HANDOFF_BUDGET_EXCEEDED
+
+
 def test_stopped_run_also_refuses_a_grant_that_was_pending() -> None:
     run = Run()
     d = run.handoff("refund", "planner", "billing_agent", action="billing.refund.create")
