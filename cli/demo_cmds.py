@@ -17,11 +17,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from baton.cli.demo_play import SEED_RUN
 from baton.schemas.errors import AuditUnavailable, BatonError
 
 if TYPE_CHECKING:
@@ -122,9 +124,11 @@ def _sql(url: str, query: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     return [json.loads(line) for line in body.splitlines() if line.strip()]
 
 
-def _audit_summary(url: str, run_prefix: str, expected: int, timeout: float = 60.0) -> str | None:
+def _audit_summary(url: str, run_prefix: str, expected: int, since: datetime,
+                   timeout: float = 60.0) -> str | None:
     """Print the audit of the demo's runs once the sink has them all; a problem, or None."""
-    where = f"startsWith(run_id, '{run_prefix}')"
+    where = (f"(startsWith(run_id, '{run_prefix}') OR (run_id = '{SEED_RUN}' AND decided_at >= "
+             f"parseDateTime64BestEffort('{since.isoformat()}', 6)))")
     count_sql = f"SELECT count() AS n FROM governance.decisions FINAL WHERE {where}"
     deadline = time.monotonic() + timeout
     have, last_error = 0, ""
@@ -285,12 +289,13 @@ def demo_cmd(
             )
         else:
             click.echo(f"Using Baton at {bootstrap}")
+        demo_started = datetime.now(UTC)
         demo = asyncio.run(_play(bootstrap, topic_prefix, timeout, runs, burst))
         problems = list(demo.problems)
         click.echo("")
         click.echo(click.style("── Audit (ClickHouse) ".ljust(78, "─"), bold=True))
         if sql_url:
-            problem = _audit_summary(sql_url, demo.prefix, len(demo.seen))
+            problem = _audit_summary(sql_url, demo.prefix, len(demo.seen), demo_started)
             if problem:
                 problems.append(problem)
                 click.echo(click.style(f"  ✘ {problem}", fg="red"))
@@ -325,7 +330,7 @@ def demo_cmd(
             )
         )
         if sql_url and (keep or stack is None):
-            click.echo(f"Next: baton trace --dsn {sql_url} {demo.prefix}ownership")
+            click.echo(f"Next: baton trace --dsn {sql_url} {SEED_RUN}")
         elif stack is not None:
             click.echo(
                 "Next: `baton demo --keep` leaves the stack running to explore with "

@@ -36,6 +36,10 @@ _STYLE = {
 }
 
 
+#: the seed's example run (its alert line reads "Multi-Agent run run_742 stopped: ...");
+#: the other scenarios' runs carry a per-demo prefix so repeated demos never collide
+SEED_RUN = "run_742"
+
 class StopsReader:
     """Reads gov.stops from where it ends now, in a thread, keeping the stops of the demo's runs.
 
@@ -45,6 +49,7 @@ class StopsReader:
 
     def __init__(self, kafka_config: dict[str, str], topic: str, run_prefix: str) -> None:
         self._prefix = run_prefix.encode()
+        self._seed_run = SEED_RUN.encode()
         self._consumer = Consumer(
             consumer_config(
                 kafka_config,
@@ -76,7 +81,10 @@ class StopsReader:
     def _run(self) -> None:
         while not self._stop.is_set():
             for msg in self._consumer.consume(500, timeout=0.1):
-                if msg.error() is not None or not (msg.key() or b"").startswith(self._prefix):
+                key = msg.key() or b""
+                if msg.error() is not None or not (
+                    key.startswith(self._prefix) or key == self._seed_run
+                ):
                     continue
                 try:
                     decision = Decision.from_json(msg.value())
@@ -220,7 +228,7 @@ class Demo:
     # ------------------------------------------------------------------ scenarios
     async def ownership_conflict(self) -> None:
         scenario, before = "ownership conflict", len(self.problems)
-        run = f"{self.prefix}ownership"
+        run = SEED_RUN  # the seed's own example, so `baton trace run_742` tells its story
         self._title(f"1. Ownership conflict on refund_check (run {run})")
         first = await self._check(self._handoff(run, "planner", "billing_agent", "refund_check"))
         second = await self._check(self._handoff(run, "planner", "researcher", "refund_check"))

@@ -75,7 +75,7 @@ def test_demo_exits_1_naming_what_differed_when_nothing_decides(broker: Embedded
     err = result.stderr
     assert "difference(s) from the seed policy" in err
     assert re.search(
-        r"ownership conflict: demo_\w+:h1: outcome=stop \(expected allow\), "
+        r"ownership conflict: run_742:h1: outcome=stop \(expected allow\), "
         r"reason=governance_unavailable \(expected ok\)",
         err,
     ), err
