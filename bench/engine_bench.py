@@ -82,6 +82,9 @@ def _run_script(rng: random.Random, run_id: str) -> list[RunEvent]:
 
     root = req("plan", None, "orchestrator", "planner", estimated_usd=3.0)
     agents = rng.sample(SPECIALISTS, 2)
+    refund = rng.random() < 0.08  # this run will need an approval for a refund
+    if refund and "billing_agent" not in agents:
+        agents[0] = "billing_agent"  # the refund goes to an agent already in the run
     fanout = rng.choice([2, 3, 3, 4, 6])  # 6 children + helpers run past max_handoffs
     for i in range(fanout):
         agent = agents[i % 2]
@@ -93,7 +96,7 @@ def _run_script(rng: random.Random, run_id: str) -> list[RunEvent]:
                 done(sub, f"{task}.lookup", "planner")
         if rng.random() < 0.6:
             done(rid, task, agent)
-    if rng.random() < 0.08:  # a refund that needs an approval, then a grant
+    if refund:  # a refund that needs an approval, then a grant
         rid = req("refund", "plan", "planner", "billing_agent", action="billing.refund.create")
         out.append(
             ApprovalGranted(approval_id=approval_id_for(rid), run_id=run_id,
