@@ -200,14 +200,14 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
     raw_tenants = doc.get("tenants") or {}
     base = doc.get("multi_agent") or {}
     merged_tenants: dict[str, Any] = {}
-    overridden: dict[Any, set[Any]] = {}  # tenant -> keys the tenant sets itself
+    overrides: dict[Any, dict[str, Any]] = {}  # tenant -> what the tenant sets itself
     if isinstance(raw_tenants, dict) and isinstance(base, dict):
         for name, override in raw_tenants.items():
             if isinstance(override, dict):
                 override = override.get("multi_agent", override)
             if isinstance(override, dict):
-                merged_tenants[name] = {**base, **override}
-                overridden[name] = set(override)
+                merged_tenants[name] = _merge(base, override)
+                overrides[name] = override
             else:
                 merged_tenants[name] = override
         doc = {**doc, "tenants": merged_tenants}
@@ -216,11 +216,35 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = err["loc"]
-            inherited = len(loc) > 2 and loc[0] == "tenants" and loc[1] in overridden
-            if inherited and loc[2] not in overridden[loc[1]]:
+            tenant = loc[1] if len(loc) > 2 and loc[0] == "tenants" else None
+            if tenant in overrides and not _sets(overrides[tenant], loc[2:]):
                 continue  # a bad multi_agent key: reported once, at multi_agent.<key>
             problems.append(_describe(err))
     raise PolicyError(problems, source)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``, mapping by mapping: a tenant that sets approval.ttl_seconds
+    keeps the default approvers, one that sets tools.allow keeps the default block list.
+    Lists and scalars are replaced whole."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _sets(override: Any, path: tuple[Any, ...]) -> bool:
+    """True when the tenant's own ``override`` contains the key path (so an error there is its)."""
+    for part in path:
+        if not isinstance(override, dict):
+            return True  # inside a list or value that the tenant set whole
+        if part not in override:
+            return False
+        override = override[part]
+    return True
 
 
 def load_policy(path: str | Path | None) -> Policy:

@@ -93,6 +93,27 @@ label: refunds need approval
     assert policy.multi_agent.fallback_for("handoff_budget_exceeded") == Fallback.CONSTRAINED
 
 
+def test_tenant_override_of_one_nested_key_keeps_the_others() -> None:
+    policy = parse_policy(
+        "multi_agent:\n"
+        "  approval: {ttl_seconds: 900, approvers: [finance_*]}\n"
+        "  tools: {block: [shell.*]}\n"
+        "tenants:\n"
+        "  acme: {approval: {ttl_seconds: 60}, tools: {allow: [search.*, shell.ls]}}\n"
+    )
+    acme = policy.tenants["acme"]
+    # a shorter TTL must not open approvals to anyone, an allow list must not drop the blocks
+    assert acme.approval.ttl_seconds == 60
+    assert acme.approval.approvers == ["finance_*"]
+    assert acme.tools.allow == ["search.*", "shell.ls"] and acme.tools.block == ["shell.*"]
+    assert not acme.tool_permitted("shell.ls")
+
+
+def test_tenant_list_replaces_the_default_list() -> None:
+    policy = parse_policy(SEED_BLOCK + "tenants:\n  acme: {require_approval_for: [payroll.*]}\n")
+    assert policy.tenants["acme"].require_approval_for == ["payroll.*"]
+
+
 def test_empty_file_means_no_limits() -> None:
     assert parse_policy("").multi_agent.max_handoffs is None
 
@@ -164,6 +185,15 @@ def test_bad_default_is_reported_once_not_again_for_every_tenant() -> None:
         'multi_agent.max_handoffs: must be an integer >= 0, got "eight"',
         'tenants.globex.max_handoffs: must be an integer >= 0, got "x"',
     ]
+
+
+def test_nested_tenant_mistake_is_the_tenants_and_an_inherited_one_is_not() -> None:
+    assert _problems(
+        "multi_agent:\n  approval: {ttl_seconds: 0}\n"
+        "tenants:\n  acme: {approval: {approvers: [x]}}\n"
+    ) == ["multi_agent.approval.ttl_seconds: must be a number > 0, got 0"]
+    [problem] = _problems("tenants:\n  acme: {fallback_by_reason: {killd: constrained}}\n")
+    assert problem.startswith("tenants.acme.fallback_by_reason.killd: unknown reason")
 
 
 def test_every_problem_of_a_file_is_reported_at_once() -> None:
