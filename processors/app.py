@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from baton.processors import transport
-from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.batch import BatchProcessor, DeadLetter, InputRecord, Outputs
 from baton.processors.control import ControlFollower
 from baton.processors.engine import expire_approvals, is_evictable
 from baton.processors.publish import BatchPublisher
@@ -147,14 +148,17 @@ class GovernanceWorker:
             policy,
             worker=self.worker_id,
             on_decision=lambda d: self.publisher.produce_decision(None, d),
-            on_dead_letter=lambda k, v: self.publisher._produce(self.catalog.deadletter, v, k),
+            on_dead_letter=lambda k, v: self.publisher.produce_dead_letter(DeadLetter(k, v)),
         )
         self._processor: BatchProcessor | None = None
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._owned: set[int] = set()
+        #: (topic, partition) -> last offset decided and published by this worker
+        self._done: dict[tuple[str, int], int] = {}
         self._stats = _BatchStats(self.worker_id)
         self.control.on_policy(self._on_policy)
+        self.app.on_partitions_revoked.connect(self._on_revoked_signal)
 
     # ------------------------------------------------------------------ wiring
     def _build_app(self) -> faust.App:
@@ -211,9 +215,10 @@ class GovernanceWorker:
         async def start_control() -> None:
             self.control.start()
             loop = asyncio.get_running_loop()
-            caught_up = await loop.run_in_executor(None, self.control.caught_up.wait, 30.0)
-            if not caught_up:
-                log.warning("control topic not caught up after 30 s; deciding anyway")
+            # never decide before every kill switch is known: a missed global kill fails open
+            while not await loop.run_in_executor(None, self.control.caught_up.wait, 10.0):
+                log.warning("worker %s: still reading the control topic %s before deciding",
+                            self.worker_id, self.catalog.control)
             self._ready.set()
             log.info("worker %s ready (policy %s)", self.worker_id, self.control.policy.version)
 
@@ -226,6 +231,9 @@ class GovernanceWorker:
         app.baton_source_topics = frozenset({self.catalog.requests, self.catalog.approvals})
         app.baton_on_batch = self._on_fetched_batch
         return app
+
+    async def _on_revoked_signal(self, sender: Any, revoked: Any = (), **_: Any) -> None:
+        await self._on_revoked(revoked)
 
     def _faust_credentials(self) -> Any:
         s = self.settings
@@ -265,42 +273,94 @@ class GovernanceWorker:
         """The agent's path (plain kafka:// transport): Faust acks the events after this."""
         await self._decide_and_publish([
             InputRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                        e.message.value)
+                        e.message.value, e.message.headers)
             for e in events
-        ])
+        ], self.app.consumer_generation_id)
 
     async def _on_fetched_batch(self, messages: list[Any]) -> None:
         """The fast path (baton-kafka:// transport): one batch per fetch, acked here."""
+        generation = self.app.consumer_generation_id
         await self._ready.wait()
         await self._decide_and_publish([
-            InputRecord(m.topic, m.partition, m.offset, m.key, m.value) for m in messages
-        ])
+            InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.headers)
+            for m in messages
+        ], generation)
         ack = self.app.consumer.ack
         for m in messages:
             ack(m)
 
-    async def _decide_and_publish(self, records: list[InputRecord]) -> None:
+    def _still_owner(self, generation: int) -> None:
+        # A worker the group expelled while it was stuck in a flush must not write run
+        # states: another worker has restored them and moved on. Dying here commits nothing.
+        if self.app.consumer_generation_id != generation:
+            raise RuntimeError(
+                f"consumer generation changed from {generation} to "
+                f"{self.app.consumer_generation_id} during a batch; not writing its states")
+
+    async def _decide_and_publish(self, records: list[InputRecord], generation: int) -> None:
         try:
             async with self._lock:
                 t0 = time.perf_counter()
                 out = self.processor.process(records, datetime.now(UTC))
                 t1 = time.perf_counter()
-                await self.publisher.publish(out)
+                await self.publisher.publish(
+                    out, before_state=lambda: self._still_owner(generation))
                 t2 = time.perf_counter()
+                done = self._done
+                for rec in records:
+                    tp = (rec.topic, rec.partition)
+                    if rec.offset > done.get(tp, -1):
+                        done[tp] = rec.offset
             self._stats.add(len(records), t1 - t0, t2 - t1)
         except Exception:
             # Never let a batch whose outputs were not delivered be acknowledged (Faust's
             # take_events acks in a `finally`, even on error): die now, commit nothing, and
             # the batch is decided again after a restart (at-least-once).
-            log.critical("worker %s cannot publish a batch; exiting without committing offsets",
+            log.critical("worker %s cannot complete a batch; exiting without committing offsets",
                          self.worker_id, exc_info=True)
             logging.shutdown()
             os._exit(EXIT_DELIVERY_FAILED)
 
+    def _caught_up(self, partition: int) -> bool:
+        """True when every event already in the partition's topics has been decided.
+
+        Eviction and approval expiry use the wall clock; with a backlog waiting (after an
+        outage, or a rebalance) the run's newer events — a grant, another handoff — have
+        not been seen yet, and acting on the clock would expire or forget what they change.
+        """
+        consumer = self.app.consumer
+        for topic in (self.catalog.requests, self.catalog.approvals):
+            tp = TP(topic, partition)
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # not assigned (any more), or not fetched yet
+                return False
+            if high is None:
+                return False
+            done = self._done.get((topic, partition))
+            if done is not None:
+                if done < high - 1:
+                    return False
+                continue
+            # nothing decided since assignment: caught up iff the committed position is the end
+            position = consumer._read_offset.get(tp)
+            if high > 0 and (position is None or position < high):
+                return False
+        return True
+
+    async def _on_revoked(self, revoked: Any) -> None:
+        # wait for a sweep (or batch) in progress before the partitions change hands, and
+        # forget what was decided on them: a later assignment starts from committed offsets
+        async with self._lock:
+            for tp in revoked:
+                self._done.pop((tp.topic, tp.partition), None)
+
     async def _sweep(self) -> None:
         """Expire approvals whose TTL passed and evict finished or idle runs (local partitions)."""
-        if not self._ready.is_set():
-            return
+        app = self.app
+        if not self._ready.is_set() or app.rebalancing or getattr(app, "in_recovery", False) \
+                or not app.consumer.flow_active:
+            return  # the store may hold half-restored states while recovery replays
         now = datetime.now(UTC)
         proc = self.processor
         states = proc.states
@@ -309,17 +369,23 @@ class GovernanceWorker:
         if active != self._owned:
             self._owned = active
             log.info("worker %s owns partitions %s", self.worker_id, sorted(active))
-        from baton.processors.batch import Outputs
-
         out = Outputs()
         retention = self.settings.run_retention_s
         async with self._lock:
+            if app.rebalancing or getattr(app, "in_recovery", False):
+                return
+            ready = {p for p in active if self._caught_up(p)}
             for key in list(states):
-                state = states.get(key)
-                if state is None:
-                    continue
                 partition = partition_for(key, self.settings.partitions)
-                if partition not in active:
+                if partition not in ready:
+                    continue
+                try:
+                    state = states.get(key)
+                except Exception:
+                    log.error("run %r: stored state cannot be read; left as is", key,
+                              exc_info=True)
+                    continue
+                if state is None:
                     continue
                 if state.pending:
                     new, decisions = expire_approvals(state, proc.policy, now, self.control.kills)

@@ -30,7 +30,17 @@ from baton.schemas.events import MAX_EVENT_BYTES, EventError, parse_event
 from baton.schemas.policy import Policy
 from baton.streams.partitioner import partition_for
 
-__all__ = ["BatchProcessor", "DeadLetter", "InputRecord", "Outputs", "dead_letter_record"]
+__all__ = [
+    "FORWARDED_FROM",
+    "BatchProcessor",
+    "DeadLetter",
+    "InputRecord",
+    "Outputs",
+    "dead_letter_record",
+]
+
+#: header on an event the worker moved to its run's partition: topic/partition/offset
+FORWARDED_FROM = "baton-forwarded-from"
 
 
 @dataclass(slots=True)
@@ -141,15 +151,24 @@ class BatchProcessor:
             key: bytes = rec.key  # type: ignore[assignment]  # parse_event checked it
             home = partition_for(key, partitions)
             if home != rec.partition:
+                if any(h[0] == FORWARDED_FROM for h in rec.headers or ()):
+                    # forwarded once already and still misplaced: the topic's partition count
+                    # differs from BATON_PARTITIONS somewhere; bouncing it would never end
+                    out.dead_letters.append(dead_letter_record(
+                        rec, "misrouted", f"forwarded to partition {rec.partition} but run "
+                        f"{event.run_id} hashes to {home} of {partitions}: do all workers use "
+                        f"the topic's partition count as BATON_PARTITIONS?", worker, now))
+                    continue
                 out.forwards.append(Forward(rec.topic, home, key, rec.value, [
-                    ("baton-forwarded-from", f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
+                    *(rec.headers or ()),
+                    (FORWARDED_FROM, f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
                 ]))
                 continue
-            state = states.get(key)
             try:
+                state = states.get(key)
                 new, decisions = decide(state, event, policy, now, kills,
                                         Origin(worker, rec.partition, rec.offset))
-            except Exception as exc:  # an engine bug must not stop the partition
+            except Exception as exc:  # a bad stored state or an engine bug: not a crash loop
                 out.dead_letters.append(dead_letter_record(
                     rec, "engine_error", f"{type(exc).__name__}: {exc}", worker, now))
                 continue

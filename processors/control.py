@@ -9,6 +9,7 @@ values (``KillSwitches``, ``Policy``), which the hot path reads without locks.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,6 +27,9 @@ from baton.schemas.policy import Policy, parse_policy
 __all__ = ["ControlFollower"]
 
 log = logging.getLogger(__name__)
+
+#: exit status of a worker whose control follower died
+EXIT_CONTROL_LOST = 76
 
 
 class ControlFollower:
@@ -96,10 +100,13 @@ class ControlFollower:
                         log.info("control topic caught up: kills=%s policy=%s",
                                  self.kills, self.policy.version)
                         self.caught_up.set()
-        except Exception:  # a dead follower would silently ignore kill switches: say so loudly
-            log.critical("control follower crashed; kill switches are no longer followed",
-                         exc_info=True)
-            raise
+        except Exception:
+            # a dead follower would silently stop enforcing kill switches (fail open): the
+            # worker must not outlive it. Exit; a restart reads the control topic again.
+            log.critical("control follower crashed; the worker exits rather than decide "
+                         "without kill switches", exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_CONTROL_LOST)
         finally:
             consumer.close()
 

@@ -49,8 +49,12 @@ class BatchPublisher:
             # which reads our changelog, decodes lz4/snappy/zstd only through cramjam, a
             # dependency since an lz4 batch once crashed the worker's fetcher)
             "compression.type": "none",
-            "enable.idempotence": False,
+            # idempotence keeps a retried batch from reordering a run's forwarded events
+            "enable.idempotence": True,
             "acks": "all",
+            # a record undeliverable this long ends the worker (exit 75, nothing committed);
+            # kept under the group's patience so a stuck worker leaves before it is fenced
+            "message.timeout.ms": 60000,
             **producer_conf,
         }
         self._producer = Producer(conf)
@@ -110,8 +114,17 @@ class BatchPublisher:
             )
 
     # ------------------------------------------------------------------ one batch
-    async def publish(self, out: Outputs, run_blocking: Callable[..., Any] | None = None) -> None:
-        """Decisions, stops, dead letters and forwards; flush; then the state changes; flush."""
+    async def publish(
+        self,
+        out: Outputs,
+        run_blocking: Callable[..., Any] | None = None,
+        before_state: Callable[[], None] | None = None,
+    ) -> None:
+        """Decisions, stops, dead letters and forwards; flush; then the state changes; flush.
+
+        ``before_state`` runs between the two and may raise to keep the states unwritten
+        (the worker checks it still owns the partitions).
+        """
         for dl in out.dead_letters:
             self.produce_dead_letter(dl)
         for fw in out.forwards:
@@ -119,6 +132,8 @@ class BatchPublisher:
         for partition, d in out.decisions:
             self.produce_decision(partition, d)
         await self._flush(run_blocking)
+        if out.changed and before_state is not None:
+            before_state()
         if out.changed:
             # Tansu answers ListOffsets(latest) with the first offset of the partition's last
             # record batch + 1, and Faust's recovery reads the changelog only up to that

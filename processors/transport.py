@@ -66,12 +66,15 @@ class _Consumer(faust_aiokafka.Consumer):
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 batch: list[Any] = []
+                #: read offsets of the batch's messages, published only once the batch is
+                #: decided: the worker's sweep reads them to know a partition has caught up
+                batch_read: dict[Any, int] = {}
                 ait = getmany(timeout=1.0)
                 await asyncio.sleep(0)
                 if not self.should_stop:
                     async for tp, message in ait:
                         offset = message.offset
-                        r_offset = get_read_offset(tp)
+                        r_offset = batch_read.get(tp, get_read_offset(tp))
                         if r_offset is not None and offset < r_offset:
                             continue  # already read (Faust drops these too)
                         gap = offset - (r_offset or 0)
@@ -80,14 +83,17 @@ class _Consumer(faust_aiokafka.Consumer):
                         if message.topic in sources:
                             track(message)
                             batch.append(message)
+                            batch_read[tp] = offset
                         else:
                             if batch:  # keep order with anything else this fetch held
                                 await on_batch(batch)
-                                batch = []
+                                self._read_offset.update(batch_read)
+                                batch, batch_read = [], {}
                             await self.wait_first(callback(message), self.suspend_flow.wait())
-                        set_read_offset(tp, offset)
+                            set_read_offset(tp, offset)
                     if batch:
                         await on_batch(batch)
+                        self._read_offset.update(batch_read)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
