@@ -247,7 +247,8 @@ async def _play(
     "--data-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="where the started stack keeps its logs and audit [default: a temp dir]",
+    help="where the started stack keeps its logs and audit [default: ./.baton with --keep, "
+    "else a temp dir]",
 )
 @click.option("--keep", is_flag=True, help="leave the started stack running afterwards")
 def demo_cmd(
@@ -273,7 +274,10 @@ def demo_cmd(
     started = time.monotonic()
     try:
         if bootstrap is None:
-            if data_dir is None:
+            if data_dir is None and keep:
+                # where `baton up` keeps it too: plain `baton sql` / `baton trace` find it
+                data_dir = Path(".baton")
+            elif data_dir is None:
                 temp_dir = tempfile.mkdtemp(prefix="baton-demo-")
                 data_dir = Path(temp_dir)
             stack = DemoStack(data_dir.resolve(), keep)
