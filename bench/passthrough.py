@@ -28,10 +28,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from baton.schemas.events import HandoffRequested
-from baton.streams.embedded import EmbeddedBroker
-from baton.streams.kafka import admin_config, consumer_config, producer_config
-from baton.streams.topics import TopicCatalog, ensure_topics
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -40,6 +36,11 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+
+from baton.schemas.events import HandoffRequested
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.kafka import admin_config, consumer_config, producer_config
+from baton.streams.topics import TopicCatalog, ensure_topics
 
 __all__ = ["make_handoff_requests", "preload", "run_passthrough"]
 

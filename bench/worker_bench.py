@@ -45,9 +45,15 @@ PARTITIONS = 8
 
 
 def _produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
-                  "linger.ms": 20, "batch.num.messages": 10000,
-                  "queue.buffering.max.messages": 1_000_000})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     for key, value in items:
         while True:
             try:
@@ -60,8 +66,15 @@ def _produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> No
 
 
 def _consumer(bootstrap: str, topic: str, group: str | None = None) -> Consumer:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group or f"b-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "fetch.wait.max.ms": 10, "log_level": 0})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group or f"b-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+            "log_level": 0,
+        }
+    )
     meta = c.list_topics(topic, timeout=10).topics[topic]
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
     return c
@@ -76,8 +89,9 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def _count_until(c: Consumer, n: int, timeout: float,
-                 pid: int | None = None) -> tuple[int, float, float, float]:
+def _count_until(
+    c: Consumer, n: int, timeout: float, pid: int | None = None
+) -> tuple[int, float, float, float]:
     """Read until n records arrived: (count, time of first, time of last, CPU s of pid between)."""
     seen, first, last = 0, 0.0, 0.0
     cpu0 = 0.0
@@ -101,9 +115,15 @@ def _count_until(c: Consumer, n: int, timeout: float,
 def passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
     """Events/s of a plain consume -> produce loop over n pre-produced events."""
     c = _consumer(bootstrap, src)
-    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
-                  "linger.ms": 5, "batch.num.messages": 10000,
-                  "queue.buffering.max.messages": 1_000_000})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     done, first = 0, 0.0
     deadline = time.monotonic() + 120
     while done < n and time.monotonic() < deadline:
@@ -122,28 +142,52 @@ def passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
 
 
 def _start_worker(bootstrap: str, prefix: str, workdir: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "BATON_BOOTSTRAP": bootstrap, "BATON_TOPIC_PREFIX": prefix,
-           "BATON_PARTITIONS": str(PARTITIONS), "BATON_APP_ID": f"bench-{prefix.rstrip('.')}",
-           "BATON_WEB_PORT": str(free_port()), "BATON_WORKER_DATA_DIR": str(workdir / "w"),
-           "BATON_SESSION_TIMEOUT_S": "6"}
+    env = {
+        **os.environ,
+        "BATON_BOOTSTRAP": bootstrap,
+        "BATON_TOPIC_PREFIX": prefix,
+        "BATON_PARTITIONS": str(PARTITIONS),
+        "BATON_APP_ID": f"bench-{prefix.rstrip('.')}",
+        "BATON_WEB_PORT": str(free_port()),
+        "BATON_WORKER_DATA_DIR": str(workdir / "w"),
+        "BATON_SESSION_TIMEOUT_S": "6",
+    }
     log = open(workdir / "worker.log", "ab")  # noqa: SIM115
     cmd = [sys.executable, "-m", "baton.cli", "-v", "worker"]
     if os.environ.get("BENCH_PYSPY"):  # profile the worker: BENCH_PYSPY=out.txt
-        cmd = ["py-spy", "record", "-f", "raw", "--gil", "-o", os.environ["BENCH_PYSPY"], "-r", "200",
-               "--", *cmd]
-    return subprocess.Popen(cmd, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+        cmd = [
+            "py-spy",
+            "record",
+            "-f",
+            "raw",
+            "--gil",
+            "-o",
+            os.environ["BENCH_PYSPY"],
+            "-r",
+            "200",
+            "--",
+            *cmd,
+        ]
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def latency(bootstrap: str, catalog: TopicCatalog, rate: int,
-            seconds: float) -> tuple[list[float], list[float]]:
+def latency(
+    bootstrap: str, catalog: TopicCatalog, rate: int, seconds: float
+) -> tuple[list[float], list[float]]:
     """Seconds from producing a handoff to reading its decision, at a steady rate; and from
     producing it to the worker deciding it (decided_at - event_time)."""
     sent: dict[str, float] = {}
     got: list[float] = []
     inside: list[float] = []
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "fetch.wait.max.ms": 5, "log_level": 0})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"lat-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 5,
+            "log_level": 0,
+        }
+    )
     meta = c.list_topics(catalog.decisions, timeout=10).topics[catalog.decisions]
     tps = []
     for p in meta.partitions:
@@ -162,13 +206,16 @@ def latency(bootstrap: str, catalog: TopicCatalog, rate: int,
                 if t is not None:
                     got.append(time.perf_counter() - t)
                     # worker side only: event_time is stamped just before produce
-                    inside.append((datetime.fromisoformat(d["decided_at"])
-                                   - datetime.fromisoformat(d["event_time"])).total_seconds())
+                    inside.append(
+                        (
+                            datetime.fromisoformat(d["decided_at"])
+                            - datetime.fromisoformat(d["event_time"])
+                        ).total_seconds()
+                    )
 
     reader = threading.Thread(target=read)
     reader.start()
-    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
-                  "linger.ms": 0})
+    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 0})
     total = int(rate * seconds)
     start = time.perf_counter()
     for i in range(total):
@@ -177,8 +224,14 @@ def latency(bootstrap: str, catalog: TopicCatalog, rate: int,
         target = start + i / rate
         while time.perf_counter() < target:
             time.sleep(0.0005)
-        ev = HandoffRequested(request_id=rid, run_id=run, task_id=f"t{i}", from_agent="a",
-                              to_agent="b", event_time=datetime.now(UTC))
+        ev = HandoffRequested(
+            request_id=rid,
+            run_id=run,
+            task_id=f"t{i}",
+            from_agent="a",
+            to_agent="b",
+            event_time=datetime.now(UTC),
+        )
         sent[rid] = time.perf_counter()
         p.produce(catalog.requests, ev.to_json(), run.encode())
         p.poll(0)
@@ -244,21 +297,34 @@ def main() -> None:
     qi = statistics.quantiles(inside, n=100) if len(inside) >= 100 else [float("nan")] * 99
     rows = [
         ("confluent-kafka passthrough (baseline)", f"{base:,.0f}", "", "", ""),
-        ("baton worker, every decision published", f"{worker_eps:,.0f}",
-         f"{q[49] * 1000:.1f}", f"{q[98] * 1000:.1f}", f"{cpu / n * 1e6:.0f}"),
+        (
+            "baton worker, every decision published",
+            f"{worker_eps:,.0f}",
+            f"{q[49] * 1000:.1f}",
+            f"{q[98] * 1000:.1f}",
+            f"{cpu / n * 1e6:.0f}",
+        ),
     ]
-    print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"workload: {n:,} events over {args.runs:,} runs, {PARTITIONS} partitions; "
-          f"latency at {args.rate:,} events/s for {args.seconds:g} s ({len(lat):,} samples)\n")
-    print(f"| {'variant':<42} | {'events/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
-          f"| {'CPU us/event':>12} |")
+    print(
+        f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    print(
+        f"workload: {n:,} events over {args.runs:,} runs, {PARTITIONS} partitions; "
+        f"latency at {args.rate:,} events/s for {args.seconds:g} s ({len(lat):,} samples)\n"
+    )
+    print(
+        f"| {'variant':<42} | {'events/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
+        f"| {'CPU us/event':>12} |"
+    )
     print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 14}|")
     for name, eps, p50, p99, cpu_us in rows:
         print(f"| {name:<42} | {eps:>9} | {p50:>7} | {p99:>7} | {cpu_us:>12} |")
     print(f"\nworker / baseline: {worker_eps / base:.2f}; decisions in backlog: {seen:,}")
-    print(f"latency inside Baton (produce -> decided_at): p50 {qi[49] * 1000:.1f} ms, "
-          f"p99 {qi[98] * 1000:.1f} ms")
+    print(
+        f"latency inside Baton (produce -> decided_at): p50 {qi[49] * 1000:.1f} ms, "
+        f"p99 {qi[98] * 1000:.1f} ms"
+    )
 
 
 def _expected_decisions(workload: list) -> int:

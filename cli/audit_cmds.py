@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from clickhouse_connect.driver.client import Client
+
 from baton.cli.options import build_settings, setting_options
 from baton.schemas.settings import Settings
-from clickhouse_connect.driver.client import Client
 
 __all__ = ["register"]
 

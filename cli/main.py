@@ -52,7 +52,7 @@ def _register() -> None:
     stack.register(cli)
     from baton.cli import demo_cmds
 
-    demo_cmds.register(cli)  # noqa: E702, I001
+    demo_cmds.register(cli)
 
 
 def main() -> None:

@@ -34,8 +34,9 @@ def setting_options(*names: str) -> Callable[[F], F]:
                 kind = int
             elif "float" in ann:
                 kind = float
-            fn = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
-                              help=help_text)(fn)
+            fn = click.option(
+                f"--{name.replace('_', '-')}", name, type=kind, default=None, help=help_text
+            )(fn)
         return fn
 
     return decorate

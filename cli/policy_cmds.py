@@ -24,8 +24,14 @@ def policy_check(file: Path) -> None:
     policy = load_policy(file)
     limits = policy.multi_agent
     click.echo(f"{file}: ok (policy version {policy.version})")
-    for key in ("max_agents_per_run", "max_handoffs", "max_delegation_depth", "shared_max_usd",
-                "shared_max_tool_calls", "max_run_seconds"):
+    for key in (
+        "max_agents_per_run",
+        "max_handoffs",
+        "max_delegation_depth",
+        "shared_max_usd",
+        "shared_max_tool_calls",
+        "max_run_seconds",
+    ):
         value = getattr(limits, key)
         click.echo(f"  {key}: {'unlimited' if value is None else value}")
     if limits.require_approval_for:

@@ -29,16 +29,29 @@ log = logging.getLogger("baton.up")
 def _ensure_topics(settings: Settings) -> Any:
     from baton.streams.topics import TopicCatalog, ensure_topics
 
-    catalog = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions,
-                           replication=settings.replication_factor)
+    catalog = TopicCatalog(
+        prefix=settings.topic_prefix,
+        partitions=settings.partitions,
+        replication=settings.replication_factor,
+    )
     ensure_topics(settings.kafka_config(), catalog, timeout=settings.connect_timeout_s)
     return catalog
 
 
 # ---------------------------------------------------------------------------- worker
 @click.command("worker")
-@setting_options("bootstrap", "policy", "web_port", "partitions", "topic_prefix", "app_id",
-                 "session_timeout_s", "run_retention_s", "batch_size", "worker_data_dir")
+@setting_options(
+    "bootstrap",
+    "policy",
+    "web_port",
+    "partitions",
+    "topic_prefix",
+    "app_id",
+    "session_timeout_s",
+    "run_retention_s",
+    "batch_size",
+    "worker_data_dir",
+)
 def worker_cmd(**opts: Any) -> None:
     """Run one governance worker against an existing Kafka cluster (run several to scale out).
 
@@ -59,11 +72,18 @@ def worker_cmd(**opts: Any) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    click.echo(f"baton worker {gw.worker_id}: Kafka {settings.bootstrap}, policy {policy.version}, "
-               f"{settings.partitions} partitions", err=True)
+    click.echo(
+        f"baton worker {gw.worker_id}: Kafka {settings.bootstrap}, policy {policy.version}, "
+        f"{settings.partitions} partitions",
+        err=True,
+    )
     level = logging.getLogger().getEffectiveLevel()
-    Worker(gw.app, loglevel=logging.getLevelName(min(level, logging.WARNING)).lower(),
-           quiet=True, redirect_stdouts=False).execute_from_commandline()
+    Worker(
+        gw.app,
+        loglevel=logging.getLevelName(min(level, logging.WARNING)).lower(),
+        quiet=True,
+        redirect_stdouts=False,
+    ).execute_from_commandline()
 
 
 # ---------------------------------------------------------------------------- up
@@ -72,9 +92,14 @@ def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")  # noqa: SIM115 - lives as long as the child
-    return subprocess.Popen([sys.executable, "-m", "baton.cli", *args], env=env,
-                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent)
+    return subprocess.Popen(
+        [sys.executable, "-m", "baton.cli", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,
+    )
 
 
 def _tail(path: Path, n: int = 20) -> str:
@@ -86,11 +111,22 @@ def _tail(path: Path, n: int = 20) -> str:
 
 @click.command("up")
 @click.option("--port", type=int, default=None, help="broker port [default: a free port]")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".baton"),
-              show_default=True, envvar="BATON_DATA_DIR",
-              help="logs, worker state and the embedded ClickHouse (chDB) live here")
-@click.option("--sql-port", type=int, default=8123, show_default=True, envvar="BATON_SQL_PORT",
-              help="ClickHouse-compatible HTTP port for `baton sql` while up runs")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".baton"),
+    show_default=True,
+    envvar="BATON_DATA_DIR",
+    help="logs, worker state and the embedded ClickHouse (chDB) live here",
+)
+@click.option(
+    "--sql-port",
+    type=int,
+    default=8123,
+    show_default=True,
+    envvar="BATON_SQL_PORT",
+    help="ClickHouse-compatible HTTP port for `baton sql` while up runs",
+)
 @click.option("--no-audit", is_flag=True, help="do not start the audit sink and the alerter")
 @setting_options("policy", "partitions", "session_timeout_s")
 def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **opts: Any) -> None:
@@ -118,37 +154,51 @@ def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **op
         broker.start()
         settings = build_settings(**{**opts, "bootstrap": broker.bootstrap})
         catalog = _ensure_topics(settings)
-        env = {**os.environ, "BATON_BOOTSTRAP": broker.bootstrap,
-               "BATON_PARTITIONS": str(settings.partitions),
-               "BATON_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
-               "BATON_WORKER_DATA_DIR": str(data_dir / "worker"),
-               "BATON_CLICKHOUSE_DSN": f"chdb://{data_dir / 'chdb'}"}
+        env = {
+            **os.environ,
+            "BATON_BOOTSTRAP": broker.bootstrap,
+            "BATON_PARTITIONS": str(settings.partitions),
+            "BATON_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
+            "BATON_WORKER_DATA_DIR": str(data_dir / "worker"),
+            "BATON_CLICKHOUSE_DSN": f"chdb://{data_dir / 'chdb'}",
+        }
         if settings.policy:
             env["BATON_POLICY"] = str(Path(settings.policy).resolve())
         from baton.streams.net import free_port
 
-        children["worker"] = _spawn(["worker", "--web-port", str(free_port())], env,
-                                    logs / "worker.log")
+        children["worker"] = _spawn(
+            ["worker", "--web-port", str(free_port())], env, logs / "worker.log"
+        )
         if not no_audit:
             for name, args in _audit_children(sql_port):
                 children[name] = _spawn(args, env, logs / f"{name}.log")
         from baton.processors.probe import wait_until_deciding
 
         click.echo(f"baton up: waiting for the worker (policy {policy.version})", err=True)
-        took = wait_until_deciding(settings.kafka_config(), catalog.requests, catalog.decisions,
-                                   settings.partitions, timeout_s=90)
+        took = wait_until_deciding(
+            settings.kafka_config(),
+            catalog.requests,
+            catalog.decisions,
+            settings.partitions,
+            timeout_s=90,
+        )
         if not no_audit:
             _wait_for_sql(sql_port, children, logs)
         extra = "" if no_audit else f" sql=http://127.0.0.1:{sql_port}"
-        click.echo(f"baton up: ready bootstrap={broker.bootstrap}{extra} "
-                   f"(worker answered in {took:.1f} s; Ctrl-C stops)", err=False)
+        click.echo(
+            f"baton up: ready bootstrap={broker.bootstrap}{extra} "
+            f"(worker answered in {took:.1f} s; Ctrl-C stops)",
+            err=False,
+        )
         sys.stdout.flush()
         while not stopping:
             for name, child in children.items():
                 code = child.poll()
                 if code is not None:
-                    raise BatonError(f"the {name} exited with code {code}; last log lines:\n"
-                                     f"{_tail(logs / f'{name}.log')}")
+                    raise BatonError(
+                        f"the {name} exited with code {code}; last log lines:\n"
+                        f"{_tail(logs / f'{name}.log')}"
+                    )
             time.sleep(0.2)
         click.echo("baton up: stopping", err=True)
     finally:
@@ -165,8 +215,9 @@ def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **op
         broker.stop()
 
 
-def _wait_for_sql(port: int, children: dict[str, subprocess.Popen[bytes]], logs: Path,
-                  timeout_s: float = 60.0) -> None:
+def _wait_for_sql(
+    port: int, children: dict[str, subprocess.Popen[bytes]], logs: Path, timeout_s: float = 60.0
+) -> None:
     """The sink opens chDB and migrates before it serves SQL: wait for its /ping."""
     import urllib.error
     import urllib.request
@@ -175,8 +226,10 @@ def _wait_for_sql(port: int, children: dict[str, subprocess.Popen[bytes]], logs:
     while time.monotonic() < deadline:
         sink = children.get("sink")
         if sink is not None and sink.poll() is not None:
-            raise BatonError(f"the audit sink exited with code {sink.returncode}; last log "
-                             f"lines:\n{_tail(logs / 'sink.log')}")
+            raise BatonError(
+                f"the audit sink exited with code {sink.returncode}; last log "
+                f"lines:\n{_tail(logs / 'sink.log')}"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as resp:
                 if resp.status == 200:
@@ -184,8 +237,10 @@ def _wait_for_sql(port: int, children: dict[str, subprocess.Popen[bytes]], logs:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
-    raise BatonError(f"the audit sink did not serve SQL on 127.0.0.1:{port} within "
-                     f"{timeout_s:g} s; see {logs / 'sink.log'}")
+    raise BatonError(
+        f"the audit sink did not serve SQL on 127.0.0.1:{port} within "
+        f"{timeout_s:g} s; see {logs / 'sink.log'}"
+    )
 
 
 def _audit_children(sql_port: int) -> list[tuple[str, list[str]]]:
@@ -204,11 +259,21 @@ def _audit_children(sql_port: int) -> list[tuple[str, list[str]]]:
 @click.option("--global", "everything", is_flag=True, help="stop every handoff of every run")
 @click.option("--release", is_flag=True, help="lift the kill switch instead")
 @click.option("--reason", default="", help="why (recorded in the audit)")
-@click.option("--operator", default=lambda: os.environ.get("USER", "operator"),
-              help="who (recorded in the audit) [default: $USER]")
+@click.option(
+    "--operator",
+    default=lambda: os.environ.get("USER", "operator"),
+    help="who (recorded in the audit) [default: $USER]",
+)
 @setting_options("bootstrap", "topic_prefix")
-def kill_cmd(run_id: str | None, tenant: str | None, everything: bool, release: bool,
-             reason: str, operator: str, **opts: Any) -> None:
+def kill_cmd(
+    run_id: str | None,
+    tenant: str | None,
+    everything: bool,
+    release: bool,
+    reason: str,
+    operator: str,
+    **opts: Any,
+) -> None:
     """Publish a kill switch (or its release) for a run, a tenant, or everything."""
     chosen = [x for x in (run_id, tenant, everything or None) if x]
     if len(chosen) != 1:
@@ -216,24 +281,43 @@ def kill_cmd(run_id: str | None, tenant: str | None, everything: bool, release: 
     settings = build_settings(**opts)
     scope = "run" if run_id else "tenant" if tenant else "global"
     cls = KillSwitchReleased if release else KillSwitch
-    event = cls(scope=scope, run_id=run_id, tenant=tenant, operator=operator, reason=reason,
-                event_time=datetime.now(UTC))
+    event = cls(
+        scope=scope,
+        run_id=run_id,
+        tenant=tenant,
+        operator=operator,
+        reason=reason,
+        event_time=datetime.now(UTC),
+    )
     from confluent_kafka import Producer
 
     from baton.streams.topics import TopicCatalog
 
-    topic = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions,
-                         replication=settings.replication_factor).control
-    producer = Producer({**settings.kafka_config(), "partitioner": "murmur2_random",
-                         "message.timeout.ms": int(settings.connect_timeout_s * 1000)})
+    topic = TopicCatalog(
+        prefix=settings.topic_prefix,
+        partitions=settings.partitions,
+        replication=settings.replication_factor,
+    ).control
+    producer = Producer(
+        {
+            **settings.kafka_config(),
+            "partitioner": "murmur2_random",
+            "message.timeout.ms": int(settings.connect_timeout_s * 1000),
+        }
+    )
     errors: list[str] = []
-    producer.produce(topic, event.to_json(), event.target.encode(),
-                     on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+    producer.produce(
+        topic,
+        event.to_json(),
+        event.target.encode(),
+        on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
+    )
     left = producer.flush(settings.connect_timeout_s + 1)
     if left or errors:
         raise BrokerUnavailable(
             f"cannot reach Kafka at {settings.bootstrap} to publish the kill switch "
-            f"({errors[0] if errors else 'timed out'}); is the broker running?")
+            f"({errors[0] if errors else 'timed out'}); is the broker running?"
+        )
     what = "released" if release else "engaged"
     click.echo(f"kill switch {what}: scope={scope} target={event.target} (topic {topic})")
 

@@ -1,7 +1,7 @@
 r"""The Faust governance app: wires topics, the ``runs`` table and the engine, and nothing more.
 
-    gov.handoff.requests + gov.approvals --(agent: batches)--> engine --> gov.decisions, gov.stops
-                                                                    \--> runs changelog, gov.deadletter
+    gov.handoff.requests + gov.approvals --(batches)--> engine --> gov.decisions, gov.stops
+                                                           \--> runs changelog, gov.deadletter
     gov.control --(every worker, ControlFollower thread)--> kill switches, policy
 
 The hot path follows ARCHITECTURE.md ("Hot path: what was measured"): events are taken in
@@ -109,10 +109,18 @@ class _BatchStats:
         now = time.monotonic()
         if now - self.since >= self.every_s:
             span = now - self.since
-            log.info("worker %s: %d events in %.1f s (%.0f/s), %d batches (avg %.0f), "
-                     "decide %.0f%%, publish %.0f%% of the time", self.worker_id, self.events,
-                     span, self.events / span, self.batches, self.events / self.batches,
-                     100 * self.decide_s / span, 100 * self.publish_s / span)
+            log.info(
+                "worker %s: %d events in %.1f s (%.0f/s), %d batches (avg %.0f), "
+                "decide %.0f%%, publish %.0f%% of the time",
+                self.worker_id,
+                self.events,
+                span,
+                self.events / span,
+                self.batches,
+                self.events / self.batches,
+                100 * self.decide_s / span,
+                100 * self.publish_s / span,
+            )
             self._reset(now)
 
 
@@ -202,7 +210,7 @@ class GovernanceWorker:
             value_type=bytes,
             # safe: every event is decided on its key's murmur2 partition (others are forwarded)
             use_partitioner=True,
-            help="run_id -> RunState (task owners, agents, counters, spend, approvals, dedup marks)",
+            help="run_id -> RunState (owners, agents, counters, spend, approvals, dedup marks)",
         )
 
         @app.agent(source, name="govern")
@@ -217,8 +225,11 @@ class GovernanceWorker:
             loop = asyncio.get_running_loop()
             # never decide before every kill switch is known: a missed global kill fails open
             while not await loop.run_in_executor(None, self.control.caught_up.wait, 10.0):
-                log.warning("worker %s: still reading the control topic %s before deciding",
-                            self.worker_id, self.catalog.control)
+                log.warning(
+                    "worker %s: still reading the control topic %s before deciding",
+                    self.worker_id,
+                    self.catalog.control,
+                )
             self._ready.set()
             log.info("worker %s ready (policy %s)", self.worker_id, self.control.policy.version)
 
@@ -245,9 +256,17 @@ class GovernanceWorker:
             password = s.sasl_password.get_secret_value() if s.sasl_password else None
             import ssl
 
-            ctx = ssl.create_default_context(cafile=s.ssl_cafile) if "SSL" in s.security_protocol else None
-            return SASLCredentials(username=s.sasl_username, password=password,
-                                   mechanism=s.sasl_mechanism, ssl_context=ctx)
+            ctx = (
+                ssl.create_default_context(cafile=s.ssl_cafile)
+                if "SSL" in s.security_protocol
+                else None
+            )
+            return SASLCredentials(
+                username=s.sasl_username,
+                password=password,
+                mechanism=s.sasl_mechanism,
+                ssl_context=ctx,
+            )
         import ssl
 
         return SSLCredentials(ssl.create_default_context(cafile=s.ssl_cafile))
@@ -271,20 +290,32 @@ class GovernanceWorker:
     # ------------------------------------------------------------------ hot path
     async def _process(self, events: Any) -> None:
         """The agent's path (plain kafka:// transport): Faust acks the events after this."""
-        await self._decide_and_publish([
-            InputRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                        e.message.value, e.message.headers)
-            for e in events
-        ], self.app.consumer_generation_id)
+        await self._decide_and_publish(
+            [
+                InputRecord(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                    e.message.headers,
+                )
+                for e in events
+            ],
+            self.app.consumer_generation_id,
+        )
 
     async def _on_fetched_batch(self, messages: list[Any]) -> None:
         """The fast path (baton-kafka:// transport): one batch per fetch, acked here."""
         generation = self.app.consumer_generation_id
         await self._ready.wait()
-        await self._decide_and_publish([
-            InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.headers)
-            for m in messages
-        ], generation)
+        await self._decide_and_publish(
+            [
+                InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.headers)
+                for m in messages
+            ],
+            generation,
+        )
         ack = self.app.consumer.ack
         for m in messages:
             ack(m)
@@ -295,7 +326,8 @@ class GovernanceWorker:
         if self.app.consumer_generation_id != generation:
             raise RuntimeError(
                 f"consumer generation changed from {generation} to "
-                f"{self.app.consumer_generation_id} during a batch; not writing its states")
+                f"{self.app.consumer_generation_id} during a batch; not writing its states"
+            )
 
     async def _decide_and_publish(self, records: list[InputRecord], generation: int) -> None:
         try:
@@ -304,7 +336,8 @@ class GovernanceWorker:
                 out = self.processor.process(records, datetime.now(UTC))
                 t1 = time.perf_counter()
                 await self.publisher.publish(
-                    out, before_state=lambda: self._still_owner(generation))
+                    out, before_state=lambda: self._still_owner(generation)
+                )
                 t2 = time.perf_counter()
                 done = self._done
                 for rec in records:
@@ -316,8 +349,11 @@ class GovernanceWorker:
             # Never let a batch whose outputs were not delivered be acknowledged (Faust's
             # take_events acks in a `finally`, even on error): die now, commit nothing, and
             # the batch is decided again after a restart (at-least-once).
-            log.critical("worker %s cannot complete a batch; exiting without committing offsets",
-                         self.worker_id, exc_info=True)
+            log.critical(
+                "worker %s cannot complete a batch; exiting without committing offsets",
+                self.worker_id,
+                exc_info=True,
+            )
             logging.shutdown()
             os._exit(EXIT_DELIVERY_FAILED)
 
@@ -358,14 +394,21 @@ class GovernanceWorker:
     async def _sweep(self) -> None:
         """Expire approvals whose TTL passed and evict finished or idle runs (local partitions)."""
         app = self.app
-        if not self._ready.is_set() or app.rebalancing or getattr(app, "in_recovery", False) \
-                or not app.consumer.flow_active:
+        if (
+            not self._ready.is_set()
+            or app.rebalancing
+            or getattr(app, "in_recovery", False)
+            or not app.consumer.flow_active
+        ):
             return  # the store may hold half-restored states while recovery replays
         now = datetime.now(UTC)
         proc = self.processor
         states = proc.states
-        active = {tp.partition for tp in self.app.assignor.assigned_actives()
-                  if tp.topic == self.catalog.requests}
+        active = {
+            tp.partition
+            for tp in self.app.assignor.assigned_actives()
+            if tp.topic == self.catalog.requests
+        }
         if active != self._owned:
             self._owned = active
             log.info("worker %s owns partitions %s", self.worker_id, sorted(active))
@@ -382,8 +425,7 @@ class GovernanceWorker:
                 try:
                     state = states.get(key)
                 except Exception:
-                    log.error("run %r: stored state cannot be read; left as is", key,
-                              exc_info=True)
+                    log.error("run %r: stored state cannot be read; left as is", key, exc_info=True)
                     continue
                 if state is None:
                     continue

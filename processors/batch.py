@@ -154,23 +154,42 @@ class BatchProcessor:
                 if any(h[0] == FORWARDED_FROM for h in rec.headers or ()):
                     # forwarded once already and still misplaced: the topic's partition count
                     # differs from BATON_PARTITIONS somewhere; bouncing it would never end
-                    out.dead_letters.append(dead_letter_record(
-                        rec, "misrouted", f"forwarded to partition {rec.partition} but run "
-                        f"{event.run_id} hashes to {home} of {partitions}: do all workers use "
-                        f"the topic's partition count as BATON_PARTITIONS?", worker, now))
+                    out.dead_letters.append(
+                        dead_letter_record(
+                            rec,
+                            "misrouted",
+                            f"forwarded to partition {rec.partition} but run "
+                            f"{event.run_id} hashes to {home} of {partitions}: do all workers use "
+                            f"the topic's partition count as BATON_PARTITIONS?",
+                            worker,
+                            now,
+                        )
+                    )
                     continue
-                out.forwards.append(Forward(rec.topic, home, key, rec.value, [
-                    *(rec.headers or ()),
-                    (FORWARDED_FROM, f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
-                ]))
+                out.forwards.append(
+                    Forward(
+                        rec.topic,
+                        home,
+                        key,
+                        rec.value,
+                        [
+                            *(rec.headers or ()),
+                            (FORWARDED_FROM, f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
+                        ],
+                    )
+                )
                 continue
             try:
                 state = states.get(key)
-                new, decisions = decide(state, event, policy, now, kills,
-                                        Origin(worker, rec.partition, rec.offset))
+                new, decisions = decide(
+                    state, event, policy, now, kills, Origin(worker, rec.partition, rec.offset)
+                )
             except Exception as exc:  # a bad stored state or an engine bug: not a crash loop
-                out.dead_letters.append(dead_letter_record(
-                    rec, "engine_error", f"{type(exc).__name__}: {exc}", worker, now))
+                out.dead_letters.append(
+                    dead_letter_record(
+                        rec, "engine_error", f"{type(exc).__name__}: {exc}", worker, now
+                    )
+                )
                 continue
             if new is not state:
                 states[key] = new

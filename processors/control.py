@@ -97,14 +97,20 @@ class ControlFollower:
                 if not self.caught_up.is_set() and msg.offset() + 1 >= ends.get(msg.partition(), 0):
                     done.add(msg.partition())
                     if len(done) == len(parts):
-                        log.info("control topic caught up: kills=%s policy=%s",
-                                 self.kills, self.policy.version)
+                        log.info(
+                            "control topic caught up: kills=%s policy=%s",
+                            self.kills,
+                            self.policy.version,
+                        )
                         self.caught_up.set()
         except Exception:
             # a dead follower would silently stop enforcing kill switches (fail open): the
             # worker must not outlive it. Exit; a restart reads the control topic again.
-            log.critical("control follower crashed; the worker exits rather than decide "
-                         "without kill switches", exc_info=True)
+            log.critical(
+                "control follower crashed; the worker exits rather than decide "
+                "without kill switches",
+                exc_info=True,
+            )
             logging.shutdown()
             os._exit(EXIT_CONTROL_LOST)
         finally:
@@ -122,8 +128,12 @@ class ControlFollower:
             return
         if isinstance(event, (KillSwitch, KillSwitchReleased)):
             self.kills, record = apply_control(
-                self.kills, event, self.policy, now, Origin(self._worker, msg.partition(),
-                                                            msg.offset()))
+                self.kills,
+                event,
+                self.policy,
+                now,
+                Origin(self._worker, msg.partition(), msg.offset()),
+            )
             log.warning("%s %s %s by %s", event.type, event.scope, event.target, event.operator)
             self._on_decision(record)
             return

@@ -1,19 +1,19 @@
-"""The governance decision as a pure function: (run state, event, policy, now) -> (state, decisions).
+"""The governance decision as a pure function: (state, event, policy, now) -> (state, decisions).
 
 No I/O, no clock, no randomness: Faust, Kafka and ClickHouse only carry events in and
 decisions out. The input state is never modified (a changed copy is returned), so replay,
 what-if and property tests can call it freely.
 
 Pre-handoff rules, in ARCHITECTURE.md's order, first failure wins:
- 1. kill switch (run, tenant, global)                              -> stop killed
- 2. sticky stop / finished run                                     -> stop <original reason>
- 3. ownership lock; role map                                       -> ownership_conflict / role_not_permitted
- 4. multi_agent.max_agents_per_run                                 -> agent_limit_exceeded
- 5. multi_agent.max_handoffs                                       -> handoff_budget_exceeded
- 6. multi_agent.max_delegation_depth; detect_delegation_cycles     -> delegation_depth_exceeded / delegation_cycle
+ 1. kill switch (run, tenant, global)                 -> stop killed
+ 2. sticky stop / finished run                        -> stop <original reason>
+ 3. ownership lock; role map                          -> ownership_conflict / role_not_permitted
+ 4. multi_agent.max_agents_per_run                    -> agent_limit_exceeded
+ 5. multi_agent.max_handoffs                          -> handoff_budget_exceeded
+ 6. max_delegation_depth; detect_delegation_cycles    -> delegation_depth_exceeded / _cycle
  7. shared_max_usd, shared_max_tool_calls, max_run_seconds, with
-    reservations of estimated_usd / estimated_tool_calls            -> shared_budget_exceeded
- 8. tools.allow / tools.block; require_approval_for                -> tool_not_permitted / approval_required
+    reservations of estimated_usd / estimated_tool_calls -> shared_budget_exceeded
+ 8. tools.allow / tools.block; require_approval_for   -> tool_not_permitted / approval_required
  9. allow: the task is locked to to_agent, the estimate reserved.
 """
 
@@ -60,16 +60,17 @@ __all__ = [
 HARD_MAX_HANDOFFS = 10_000
 
 #: stops that end the run for good (the run stays stopped); other stops refuse one handoff
-STICKY_REASONS = frozenset(
-    {Reason.HANDOFF_BUDGET_EXCEEDED, Reason.SHARED_BUDGET_EXCEEDED}
-)
+STICKY_REASONS = frozenset({Reason.HANDOFF_BUDGET_EXCEEDED, Reason.SHARED_BUDGET_EXCEEDED})
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Enum members the hot path uses, as module globals: on CPython 3.11 ``Outcome.STOP`` costs
 # about ten times a global lookup, and a decision touches several (bench/RESULTS.md)
 _ALLOW, _STOP, _RECORDED, _APPROVAL_REQUIRED = (
-    Outcome.ALLOW, Outcome.STOP, Outcome.RECORDED, Outcome.APPROVAL_REQUIRED,
+    Outcome.ALLOW,
+    Outcome.STOP,
+    Outcome.RECORDED,
+    Outcome.APPROVAL_REQUIRED,
 )
 _PRE_HANDOFF, _POST_HANDOFF = Phase.PRE_HANDOFF, Phase.POST_HANDOFF
 _OK, _WITHIN_BUDGET = Reason.OK, Reason.WITHIN_BUDGET
@@ -363,20 +364,26 @@ def _check(
         agents = st.agents
         new = (from_agent not in agents) + (to_agent not in agents and to_agent != from_agent)
         if len(agents) + new > max_agents:
-            return Outcome.STOP, Reason.AGENT_LIMIT_EXCEEDED, (
-                f"{len(agents) + new} agents > max_agents_per_run {max_agents}"
+            return (
+                Outcome.STOP,
+                Reason.AGENT_LIMIT_EXCEEDED,
+                (f"{len(agents) + new} agents > max_agents_per_run {max_agents}"),
             )
     max_handoffs = limits.max_handoffs
     if max_handoffs is None:
         max_handoffs = HARD_MAX_HANDOFFS
     if st.handoff_count + 1 > max_handoffs:
-        return Outcome.STOP, Reason.HANDOFF_BUDGET_EXCEEDED, (
-            f"handoff {st.handoff_count + 1} > max_handoffs {max_handoffs}"
+        return (
+            Outcome.STOP,
+            Reason.HANDOFF_BUDGET_EXCEEDED,
+            (f"handoff {st.handoff_count + 1} > max_handoffs {max_handoffs}"),
         )
     max_depth = limits.max_delegation_depth
     if max_depth is not None and depth > max_depth:
-        return Outcome.STOP, Reason.DELEGATION_DEPTH_EXCEEDED, (
-            f"depth {depth} > max_delegation_depth {max_depth}"
+        return (
+            Outcome.STOP,
+            Reason.DELEGATION_DEPTH_EXCEEDED,
+            (f"depth {depth} > max_delegation_depth {max_depth}"),
         )
     if limits.detect_delegation_cycles and _on_chain(st, req):
         return Outcome.STOP, Reason.DELEGATION_CYCLE, f"{to_agent} is already on the chain"
@@ -387,15 +394,21 @@ def _check(
     if estimated_usd is not None and limits.shared_max_usd is not None:
         total = st.spent_usd + st.reserved_usd + estimated_usd
         if total > limits.shared_max_usd + 1e-9:
-            return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, (
-                f"spent+reserved+estimate {total:.4f} > shared_max_usd {limits.shared_max_usd:g}"
+            return (
+                Outcome.STOP,
+                Reason.SHARED_BUDGET_EXCEEDED,
+                (f"spent+reserved+estimate {total:.4f} > shared_max_usd {limits.shared_max_usd:g}"),
             )
     if estimated_calls is not None and limits.shared_max_tool_calls is not None:
         total_calls = st.tool_calls + st.reserved_tool_calls + estimated_calls
         if total_calls > limits.shared_max_tool_calls:
-            return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, (
-                f"tool calls with reservations {total_calls} > shared_max_tool_calls "
-                f"{limits.shared_max_tool_calls}"
+            return (
+                Outcome.STOP,
+                Reason.SHARED_BUDGET_EXCEEDED,
+                (
+                    f"tool calls with reservations {total_calls} > shared_max_tool_calls "
+                    f"{limits.shared_max_tool_calls}"
+                ),
             )
     tool = req.tool
     if tool is not None and not limits.tool_permitted(tool):
@@ -434,9 +447,11 @@ def _apply_allow(st: RunState, req: HandoffRequested, depth: int) -> None:
 
 def _apply_stop(st: RunState, reason: str, ctx: _Ctx) -> None:
     # budget stops on an *estimate* are not sticky: a smaller request may still fit
-    if reason in STICKY_REASONS and not ctx.limits.shadow_mode:
-        if reason != Reason.SHARED_BUDGET_EXCEEDED or _budget_exhausted(st, ctx.limits, ctx.now):
-            st.stopped = reason
+    sticky = reason in STICKY_REASONS and not ctx.limits.shadow_mode
+    if sticky and (
+        reason != Reason.SHARED_BUDGET_EXCEEDED or _budget_exhausted(st, ctx.limits, ctx.now)
+    ):
+        st.stopped = reason
 
 
 def _pre_handoff(st: RunState, req: HandoffRequested, ctx: _Ctx) -> list[Decision]:
@@ -460,9 +475,21 @@ def _pre_handoff(st: RunState, req: HandoffRequested, ctx: _Ctx) -> list[Decisio
             _apply_stop(st, reason, ctx)
         owner = node.owner if node is not None else None
     return [
-        _decision(st, ctx, req.request_id, _PRE_HANDOFF, outcome, reason, req.event_time,
-                  req, owner=owner, depth=depth, detail=detail, approval_id=approval_id,
-                  approval_expires_at=expires)
+        _decision(
+            st,
+            ctx,
+            req.request_id,
+            _PRE_HANDOFF,
+            outcome,
+            reason,
+            req.event_time,
+            req,
+            owner=owner,
+            depth=depth,
+            detail=detail,
+            approval_id=approval_id,
+            approval_expires_at=expires,
+        )
     ]
 
 
@@ -487,27 +514,51 @@ def _post_handoff(st: RunState, done: HandoffCompleted, ctx: _Ctx) -> list[Decis
     else:
         outcome, reason = _RECORDED, _WITHIN_BUDGET
     return [
-        _decision(st, ctx, done.request_id, _POST_HANDOFF, outcome, reason, done.event_time,
-                  owner=node.owner if node else done.agent, to_agent=done.agent,
-                  from_agent=node.giver if node else None, task_id=done.task_id,
-                  parent_task_id=node.parent if node else None,
-                  depth=node.depth if node else 0, handoff_status=done.status, detail=over)
+        _decision(
+            st,
+            ctx,
+            done.request_id,
+            _POST_HANDOFF,
+            outcome,
+            reason,
+            done.event_time,
+            owner=node.owner if node else done.agent,
+            to_agent=done.agent,
+            from_agent=node.giver if node else None,
+            task_id=done.task_id,
+            parent_task_id=node.parent if node else None,
+            depth=node.depth if node else 0,
+            handoff_status=done.status,
+            detail=over,
+        )
     ]
 
 
-def _approval(
-    st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx
-) -> list[Decision]:
+def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> list[Decision]:
     pending = st.pending.get(ev.approval_id)
     if pending is None:
         return [_rejected_grant(st, ev, ctx, Reason.UNKNOWN_APPROVAL, "no such pending approval")]
     req = pending.request
     if ev.approver == req.from_agent and not ctx.limits.approval.allow_self_approval:
-        return [_rejected_grant(st, ev, ctx, Reason.SELF_APPROVAL,
-                                f"{ev.approver} requested this handoff and may not approve it")]
+        return [
+            _rejected_grant(
+                st,
+                ev,
+                ctx,
+                Reason.SELF_APPROVAL,
+                f"{ev.approver} requested this handoff and may not approve it",
+            )
+        ]
     if not ctx.limits.approver_permitted(ev.approver):
-        return [_rejected_grant(st, ev, ctx, Reason.APPROVER_NOT_PERMITTED,
-                                f"{ev.approver} is not in approval.approvers")]
+        return [
+            _rejected_grant(
+                st,
+                ev,
+                ctx,
+                Reason.APPROVER_NOT_PERMITTED,
+                f"{ev.approver} is not in approval.approvers",
+            )
+        ]
     del st.pending[ev.approval_id]
     depth = _depth(st, req)
     if isinstance(ev, ApprovalDenied):
@@ -523,9 +574,22 @@ def _approval(
     elif outcome == Outcome.STOP:
         _apply_stop(st, reason, ctx)
     return [
-        _decision(st, ctx, req.request_id, Phase.APPROVAL, outcome, reason, ev.event_time, req,
-                  owner=node.owner if node else None, depth=depth, approval_id=ev.approval_id,
-                  approver=ev.approver, approval_expires_at=_dt(pending.expires_at), detail=detail)
+        _decision(
+            st,
+            ctx,
+            req.request_id,
+            Phase.APPROVAL,
+            outcome,
+            reason,
+            ev.event_time,
+            req,
+            owner=node.owner if node else None,
+            depth=depth,
+            approval_id=ev.approval_id,
+            approver=ev.approver,
+            approval_expires_at=_dt(pending.expires_at),
+            detail=detail,
+        )
     ]
 
 
@@ -535,15 +599,32 @@ def _rejected_grant(
     # the approval stays pending; the attempt is recorded so the audit shows who tried.
     # It must not burn the approval's dedup key, so it is remembered under its own key.
     request_id = _refused_request_id(ev)
-    return _decision(st, ctx, request_id, Phase.APPROVAL, Outcome.RECORDED, reason,
-                     ev.event_time, approval_id=ev.approval_id, approver=ev.approver, detail=detail)
+    return _decision(
+        st,
+        ctx,
+        request_id,
+        Phase.APPROVAL,
+        Outcome.RECORDED,
+        reason,
+        ev.event_time,
+        approval_id=ev.approval_id,
+        approver=ev.approver,
+        detail=detail,
+    )
 
 
 def _finish(st: RunState, ev: RunFinished, ctx: _Ctx) -> list[Decision]:
     st.finished = True
     return [
-        _decision(st, ctx, f"{st.run_id}:finished", Phase.CONTROL, Outcome.RECORDED,
-                  Reason.RUN_FINISHED, ev.event_time)
+        _decision(
+            st,
+            ctx,
+            f"{st.run_id}:finished",
+            Phase.CONTROL,
+            Outcome.RECORDED,
+            Reason.RUN_FINISHED,
+            ev.event_time,
+        )
     ]
 
 
@@ -558,11 +639,21 @@ def _expire(st: RunState, ctx: _Ctx) -> list[Decision]:
             continue
         del st.pending[approval_id]
         req = p.request
-        d = _decision(st, ctx, req.request_id, Phase.APPROVAL, Outcome.STOP,
-                      Reason.APPROVAL_EXPIRED, None, req, depth=_depth(st, req),
-                      owner=st.tasks[req.task_id].owner if req.task_id in st.tasks else None,
-                      approval_id=approval_id, approval_expires_at=_dt(p.expires_at),
-                      detail=f"no decision within ttl {ctx.limits.approval.ttl_seconds:g}s")
+        d = _decision(
+            st,
+            ctx,
+            req.request_id,
+            Phase.APPROVAL,
+            Outcome.STOP,
+            Reason.APPROVAL_EXPIRED,
+            None,
+            req,
+            depth=_depth(st, req),
+            owner=st.tasks[req.task_id].owner if req.task_id in st.tasks else None,
+            approval_id=approval_id,
+            approval_expires_at=_dt(p.expires_at),
+            detail=f"no decision within ttl {ctx.limits.approval.ttl_seconds:g}s",
+        )
         st.remember("a:" + approval_id, [d])
         out.append(d)
     return out

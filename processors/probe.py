@@ -30,13 +30,20 @@ def wait_until_deciding(
     run_id = f"__probe_{uuid.uuid4().hex[:12]}"
     key = run_id.encode()
     partition = partition_for(key, partitions)
-    consumer = Consumer({**kafka_conf, "group.id": f"baton-probe-{run_id}",
-                         "enable.auto.commit": False, "auto.offset.reset": "latest"})
+    consumer = Consumer(
+        {
+            **kafka_conf,
+            "group.id": f"baton-probe-{run_id}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+        }
+    )
     producer = Producer({**kafka_conf, "partitioner": "murmur2_random"})
     start = time.monotonic()
     try:
         _, high = consumer.get_watermark_offsets(
-            TopicPartition(decisions_topic, partition), timeout=10)
+            TopicPartition(decisions_topic, partition), timeout=10
+        )
         consumer.assign([TopicPartition(decisions_topic, partition, max(high, 0))])
         event = RunFinished(run_id=run_id, tenant=PROBE_TENANT, event_time=datetime.now(UTC))
         last_sent = 0.0

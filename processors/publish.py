@@ -70,8 +70,14 @@ class BatchPublisher:
         if err is not None:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
-    def _produce(self, topic: str, value: bytes | None, key: bytes | None,
-                 partition: int | None = None, headers: Any = None) -> None:
+    def _produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int | None = None,
+        headers: Any = None,
+    ) -> None:
         produce = self._producer.produce
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
         if partition is not None:
@@ -103,8 +109,11 @@ class BatchPublisher:
         """Block until every queued record is acknowledged; raise if any failed."""
         remaining = self._producer.flush(timeout)
         while remaining:
-            log.warning("waiting for Kafka at %s: %d records not yet acknowledged",
-                        self._bootstrap, remaining)
+            log.warning(
+                "waiting for Kafka at %s: %d records not yet acknowledged",
+                self._bootstrap,
+                remaining,
+            )
             remaining = self._producer.flush(timeout)
         if self._errors:
             errors, self._errors = self._errors, []

@@ -88,12 +88,23 @@ class RunState:
         return sum([r[1] for r in self.reserved.values()])
 
     def copy(self) -> RunState:
-        """A copy whose containers can be changed without touching this one (values are immutable)."""
+        """A copy whose containers can change without touching this one (values are immutable)."""
         return RunState(
-            self.run_id, self.tenant, self.started_at, self.last_event_at,
-            self.handoff_count, self.spent_usd, self.tool_calls, self.stopped, self.finished,
-            dict(self.tasks), dict(self.agents), dict(self.reserved), dict(self.pending),
-            dict(self.seen), dict(self.recent),
+            self.run_id,
+            self.tenant,
+            self.started_at,
+            self.last_event_at,
+            self.handoff_count,
+            self.spent_usd,
+            self.tool_calls,
+            self.stopped,
+            self.finished,
+            dict(self.tasks),
+            dict(self.agents),
+            dict(self.reserved),
+            dict(self.pending),
+            dict(self.seen),
+            dict(self.recent),
         )
 
     def remember(self, key: str, decisions: list[Decision]) -> None:
@@ -113,13 +124,23 @@ class RunState:
 
     def to_wire(self) -> list[Any]:
         return [
-            STATE_FORMAT, self.run_id, self.tenant, self.started_at, self.last_event_at,
-            self.handoff_count, self.spent_usd, self.tool_calls, self.stopped, self.finished,
+            STATE_FORMAT,
+            self.run_id,
+            self.tenant,
+            self.started_at,
+            self.last_event_at,
+            self.handoff_count,
+            self.spent_usd,
+            self.tool_calls,
+            self.stopped,
+            self.finished,
             [[k, t.owner, t.giver, t.parent, t.depth] for k, t in self.tasks.items()],
             list(self.agents),
             [[k, u, c] for k, (u, c) in self.reserved.items()],
-            [[p.approval_id, p.request.model_dump(mode="json"), p.expires_at]
-             for p in self.pending.values()],
+            [
+                [p.approval_id, p.request.model_dump(mode="json"), p.expires_at]
+                for p in self.pending.values()
+            ],
             list(self.seen),
             [[k, [_decision_row(d) for d in ds]] for k, ds in self.recent.items()],
         ]
@@ -133,7 +154,15 @@ class RunState:
         if w[0] != STATE_FORMAT:
             raise ValueError(f"run state format {w[0]!r} is not {STATE_FORMAT}")
         return cls(
-            w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9],
+            w[1],
+            w[2],
+            w[3],
+            w[4],
+            w[5],
+            w[6],
+            w[7],
+            w[8],
+            w[9],
             {k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]},
             dict.fromkeys(w[11]),
             {k: (u, c) for k, u, c in w[12]},

@@ -1,7 +1,7 @@
-"""The one exception tree of Baton: every error a user can meet, with a message that explains itself.
+"""The one exception tree of Baton: every error a user can meet, with a message that says why.
 
     BatonError
-    ├── PolicyError          a policy file or value is wrong (names the key path, value, expectation)
+    ├── PolicyError          a policy file or value is wrong (names key path, value, expectation)
     ├── ConfigError          a setting is wrong (names the setting and the environment variable)
     ├── MissingExtra         an optional dependency is not installed (names the pip extra)
     ├── BrokerUnavailable    Kafka cannot be reached (names the bootstrap address)
@@ -25,7 +25,7 @@ __all__ = [
 
 
 class BatonError(Exception):
-    """Root of every error Baton raises on purpose; the CLI prints its message and exits non-zero."""
+    """Root of every error Baton raises on purpose; the CLI prints it and exits non-zero."""
 
     exit_code = 1
 
@@ -38,8 +38,11 @@ class PolicyError(BatonError):
     def __init__(self, problems: list[str], source: str = "policy") -> None:
         self.problems = problems
         self.source = source
-        super().__init__(f"{source}: " + "; ".join(problems) if len(problems) == 1 else
-                         f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems))
+        super().__init__(
+            f"{source}: " + "; ".join(problems)
+            if len(problems) == 1
+            else f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems)
+        )
 
 
 class ConfigError(BatonError):

@@ -1,4 +1,4 @@
-"""The wire contract of every event Baton consumes: pydantic v2 models, JSON with one ``type`` field.
+"""The wire contract of every event Baton consumes: pydantic v2 models, JSON with a ``type`` field.
 
 Field names are a public contract that orchestrators in other languages code against:
 add optional fields freely, rename only with a version bump. Unknown fields are ignored so
@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 __all__ = [
     "ApprovalDenied",
-    "ApprovalGranted",
     "ApprovalEvent",
+    "ApprovalGranted",
     "ControlEvent",
     "Event",
     "EventError",
@@ -49,7 +49,7 @@ class _Event(BaseModel):
 
 
 class HandoffRequested(_Event):
-    """Published by an orchestrator *before* ``from_agent`` delegates ``task_id`` to ``to_agent``."""
+    """Published *before* ``from_agent`` delegates ``task_id`` to ``to_agent``."""
 
     type: Literal["handoff_requested"] = "handoff_requested"
     request_id: Id
@@ -183,7 +183,11 @@ _RUN_EVENT = TypeAdapter(Annotated[RunEvent, Field(discriminator="type")])
 _CONTROL_EVENT = TypeAdapter(Annotated[ControlEvent, Field(discriminator="type")])
 
 RUN_EVENT_TYPES: tuple[type[_Event], ...] = (
-    HandoffRequested, HandoffCompleted, ApprovalGranted, ApprovalDenied, RunFinished,
+    HandoffRequested,
+    HandoffCompleted,
+    ApprovalGranted,
+    ApprovalDenied,
+    RunFinished,
 )
 CONTROL_EVENT_TYPES: tuple[type[_Event], ...] = (KillSwitch, KillSwitchReleased, PolicyUpdated)
 

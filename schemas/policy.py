@@ -1,4 +1,4 @@
-"""The governance policy: the seed's ``multi_agent:`` block, deployment extras and per-tenant overrides.
+"""The governance policy: the seed's ``multi_agent:`` block, deployment extras, tenant overrides.
 
 A policy file looks like this (every key optional; the seed's block loads as is)::
 
@@ -136,8 +136,10 @@ class MultiAgentPolicy(_Strict):
         if not self.roles:
             return None
         giver = self.roles.get(from_agent)
-        if giver and giver.may_delegate_to is not None and not _match_any(
-            giver.may_delegate_to, to_agent
+        if (
+            giver
+            and giver.may_delegate_to is not None
+            and not _match_any(giver.may_delegate_to, to_agent)
         ):
             return f"{from_agent} may not delegate to {to_agent}"
         taker = self.roles.get(to_agent)
@@ -189,11 +191,15 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise PolicyError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], source) from None
+        raise PolicyError(
+            [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], source
+        ) from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise PolicyError([f"<top>: must be a mapping with a multi_agent key, got {_show(doc)}"], source)
+        raise PolicyError(
+            [f"<top>: must be a mapping with a multi_agent key, got {_show(doc)}"], source
+        )
     problems: list[str] = []
     # tenants are partial overrides: merge each over the defaults before validating, so
     # errors point at tenants.<name>.<key> and a tenant inherits every key it does not set

@@ -43,7 +43,9 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="evict finished runs, and idle runs, after this many seconds"
     )
     fetch_max_wait_ms: int = Field(
-        10, ge=1, description="worker fetch wait; Tansu holds every fetch this long, Kafka "
+        10,
+        ge=1,
+        description="worker fetch wait; Tansu holds every fetch this long, Kafka "
         "answers when data arrives (100-500 is fine there)",
     )
     batch_size: int = Field(1000, ge=1, description="max events per worker batch")

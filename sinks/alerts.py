@@ -24,10 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
+
 from baton.schemas.decision import DECISION_ADAPTER, Decision, Outcome
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
-from pydantic import ValidationError
 
 __all__ = [
     "AlertMessage",
@@ -201,9 +202,10 @@ def run_alerts(
     ``settings.webhook_url``) also receives it. Stops older than ``max_age_s`` (by decided_at;
     0 = any age) are skipped, so a first start does not replay the topic's history as alerts.
     """
+    from confluent_kafka import Consumer, KafkaError
+
     from baton.sinks.sink import ensure_catalog_topics, stops_topic
     from baton.streams.kafka import consumer_config
-    from confluent_kafka import Consumer, KafkaError
 
     emit = emit or (lambda text: print(text, flush=True))
     webhook_url = webhook_url if webhook_url is not None else settings.webhook_url

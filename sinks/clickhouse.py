@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from baton.schemas.errors import AuditUnavailable, ConfigError, MissingExtra
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+
+from baton.schemas.errors import AuditUnavailable, ConfigError, MissingExtra
 
 __all__ = [
     "ENDPOINT_FILE",

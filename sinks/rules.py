@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from baton.schemas.errors import ConfigError
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from baton.schemas.errors import ConfigError
 
 __all__ = ["DEFAULT_RULES", "AlertRule", "RuleResult", "evaluate_rules", "load_rules"]
 

@@ -18,8 +18,9 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from baton.schemas.errors import ConfigError
 from clickhouse_connect.driver.client import Client
+
+from baton.schemas.errors import ConfigError
 
 __all__ = [
     "DATABASE",

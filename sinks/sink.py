@@ -24,14 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clickhouse_connect.driver.client import Client
+from pydantic import ValidationError
+
 from baton.schemas.decision import DECISION_ADAPTER
 from baton.schemas.errors import AuditUnavailable, BatonError
 from baton.schemas.settings import Settings
 from baton.sinks.clickhouse import audit_errors, connect, parse_dsn
 from baton.sinks.rows import DECISION_COLUMNS, REJECTED_COLUMNS, decision_row
 from baton.sinks.schema import DATABASE, migrate
-from clickhouse_connect.driver.client import Client
-from pydantic import ValidationError
 
 __all__ = [
     "AuditBatch",
@@ -246,8 +247,9 @@ class AuditSink:
 
     # -- consumer ------------------------------------------------------------------------
     def _make_consumer(self) -> Any:
-        from baton.streams.kafka import consumer_config
         from confluent_kafka import Consumer
+
+        from baton.streams.kafka import consumer_config
 
         conf = consumer_config(
             self.kafka_config,

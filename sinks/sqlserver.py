@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from clickhouse_connect.driver.client import Client
+
 from baton.schemas.errors import AuditUnavailable, ConfigError
 from baton.sinks.clickhouse import ENDPOINT_FILE
 from baton.sinks.query import ROW_KEYWORDS, first_keyword
-from clickhouse_connect.driver.client import Client
 
 __all__ = ["SqlServer", "serve_sql"]
 

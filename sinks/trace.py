@@ -7,10 +7,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from clickhouse_connect.driver.client import Client
+
 from baton.schemas.errors import BatonError
 from baton.sinks.render import cell, render_table
 from baton.sinks.schema import DATABASE
-from clickhouse_connect.driver.client import Client
 
 __all__ = ["TRACE_COLUMNS", "format_trace", "load_trace"]
 

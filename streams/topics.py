@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from baton.schemas.errors import BrokerUnavailable, TopicMismatch
-from baton.schemas.settings import Settings
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from baton.schemas.errors import BrokerUnavailable, TopicMismatch
+from baton.schemas.settings import Settings
 
 __all__ = ["TopicCatalog", "TopicSpec", "ensure_topics"]
 

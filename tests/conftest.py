@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port as _free_port
 

@@ -11,11 +11,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
 from baton.schemas.decision import Decision
 from baton.schemas.events import _Event
 from baton.streams.net import free_port
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
-
 from tests.helpers import wait_for
 
 __all__ = ["Collector", "EventSender", "WorkerProcess"]
@@ -24,20 +24,39 @@ __all__ = ["Collector", "EventSender", "WorkerProcess"]
 class WorkerProcess:
     """`baton worker` as a real subprocess; its log is kept for failure messages."""
 
-    def __init__(self, bootstrap: str, prefix: str, workdir: Path, *, partitions: int = 4,
-                 policy: Path | None = None, name: str = "w1", extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        workdir: Path,
+        *,
+        partitions: int = 4,
+        policy: Path | None = None,
+        name: str = "w1",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = workdir / f"worker-{name}.log"
-        env = {**os.environ, "BATON_BOOTSTRAP": bootstrap, "BATON_TOPIC_PREFIX": prefix,
-               "BATON_PARTITIONS": str(partitions), "BATON_SESSION_TIMEOUT_S": "6",
-               "BATON_APP_ID": f"baton-{prefix.rstrip('.')}",
-               "BATON_WORKER_DATA_DIR": str(workdir / f"data-{name}"),
-               "BATON_WEB_PORT": str(free_port()), **(extra_env or {})}
+        env = {
+            **os.environ,
+            "BATON_BOOTSTRAP": bootstrap,
+            "BATON_TOPIC_PREFIX": prefix,
+            "BATON_PARTITIONS": str(partitions),
+            "BATON_SESSION_TIMEOUT_S": "6",
+            "BATON_APP_ID": f"baton-{prefix.rstrip('.')}",
+            "BATON_WORKER_DATA_DIR": str(workdir / f"data-{name}"),
+            "BATON_WEB_PORT": str(free_port()),
+            **(extra_env or {}),
+        }
         if policy is not None:
             env["BATON_POLICY"] = str(policy)
         self._log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "baton.cli", "-v", "worker"], env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "baton.cli", "-v", "worker"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -70,12 +89,20 @@ class Collector:
         self.by_run: dict[str, list[Decision]] = defaultdict(list)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"c-{topic}",
-                                   "enable.auto.commit": False, "log_level": 0})
-        meta = wait_for(lambda: self._consumer.list_topics(topic, timeout=5).topics.get(topic),
-                        10, message=f"topic {topic}")
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
-                               for p in meta.partitions])
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"c-{topic}",
+                "enable.auto.commit": False,
+                "log_level": 0,
+            }
+        )
+        meta = wait_for(
+            lambda: self._consumer.list_topics(topic, timeout=5).topics.get(topic),
+            10,
+            message=f"topic {topic}",
+        )
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -99,9 +126,14 @@ class Collector:
             return list(self.by_run.get(run_id, ()))
 
     def wait_run(self, run_id: str, n: int, timeout: float = 30.0) -> list[Decision]:
-        return wait_for(lambda: len(self.for_run(run_id)) >= n and self.for_run(run_id),
-                        timeout, message=lambda: f"{n} decisions of {run_id}: "
-                        f"{[(d.phase, d.outcome, d.reason) for d in self.for_run(run_id)]}")
+        return wait_for(
+            lambda: len(self.for_run(run_id)) >= n and self.for_run(run_id),
+            timeout,
+            message=lambda: (
+                f"{n} decisions of {run_id}: "
+                f"{[(d.phase, d.outcome, d.reason) for d in self.for_run(run_id)]}"
+            ),
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -114,8 +146,9 @@ class EventSender:
 
     def __init__(self, bootstrap: str, topic: str, partitioner: str = "murmur2_random") -> None:
         self.topic = topic
-        self.producer = Producer({"bootstrap.servers": bootstrap, "partitioner": partitioner,
-                                  "linger.ms": 2})
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "partitioner": partitioner, "linger.ms": 2}
+        )
 
     def send(self, events: Iterable[_Event], topic: str | None = None) -> None:
         for e in events:

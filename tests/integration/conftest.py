@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from baton.processors.probe import wait_until_deciding
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.topics import TopicCatalog, ensure_topics
-
 from tests.stack import Collector, EventSender, WorkerProcess
 
 PARTITIONS = 4
@@ -43,8 +43,14 @@ class Stack:
     policy_path: Path
 
     def add_worker(self, name: str) -> WorkerProcess:
-        w = WorkerProcess(self.bootstrap, self.prefix, self.workdir, partitions=PARTITIONS,
-                          policy=self.policy_path, name=name)
+        w = WorkerProcess(
+            self.bootstrap,
+            self.prefix,
+            self.workdir,
+            partitions=PARTITIONS,
+            policy=self.policy_path,
+            name=name,
+        )
         self.workers.append(w)
         return w
 
@@ -63,11 +69,18 @@ def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
     catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
     conf = {"bootstrap.servers": broker.bootstrap}
     ensure_topics(conf, catalog, timeout=10)
-    s = Stack(broker.bootstrap, prefix, catalog, workdir, [],
-              Collector(broker.bootstrap, catalog.decisions),
-              Collector(broker.bootstrap, catalog.stops),
-              Collector(broker.bootstrap, catalog.deadletter, decisions=False),
-              EventSender(broker.bootstrap, catalog.requests), policy_path)
+    s = Stack(
+        broker.bootstrap,
+        prefix,
+        catalog,
+        workdir,
+        [],
+        Collector(broker.bootstrap, catalog.decisions),
+        Collector(broker.bootstrap, catalog.stops),
+        Collector(broker.bootstrap, catalog.deadletter, decisions=False),
+        EventSender(broker.bootstrap, catalog.requests),
+        policy_path,
+    )
     try:
         w = s.add_worker("w1")
         try:

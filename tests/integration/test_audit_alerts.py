@@ -15,10 +15,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
+
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.settings import Settings
 from baton.sinks.alerts import run_alerts
-
 from tests.audit_support import create_topic, produce_decisions
 from tests.helpers import wait_for
 

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
+from clickhouse_connect.driver.client import Client
+
 from baton.cli.main import _register, cli
 from baton.schemas.decision import DECISION_FIELDS, Decision
 from baton.schemas.errors import ConfigError
@@ -18,9 +21,6 @@ from baton.sinks.clickhouse import connect
 from baton.sinks.schema import Migration, applied_migrations, load_migrations, migrate
 from baton.sinks.sink import AuditBatch, write_batch
 from baton.sinks.trace import format_trace, load_trace
-from click.testing import CliRunner
-from clickhouse_connect.driver.client import Client
-
 from tests.audit_support import scenario_decisions, story_run
 
 pytestmark = pytest.mark.integration

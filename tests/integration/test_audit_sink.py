@@ -14,14 +14,14 @@ from typing import Any
 
 import clickhouse_connect
 import pytest
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import OperationalError
+
 from baton.schemas.settings import Settings
 from baton.sinks.clickhouse import connect
 from baton.sinks.schema import migrate
 from baton.sinks.sink import AuditSink, run_sink
 from baton.streams.net import free_port as _free_port
-from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import OperationalError
-
 from tests.audit_support import T0, create_topic, produce_decisions, scenario_decisions
 from tests.helpers import wait_for
 

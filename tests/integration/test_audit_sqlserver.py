@@ -17,13 +17,13 @@ from pathlib import Path
 
 import clickhouse_connect
 import pytest
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
+
 from baton.sinks.clickhouse import ENDPOINT_FILE, connect
 from baton.sinks.schema import migrate
 from baton.sinks.sink import AuditBatch, write_batch
 from baton.sinks.sqlserver import SqlServer, serve_sql
-from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError
-
 from tests.audit_support import scenario_decisions
 
 pytestmark = pytest.mark.integration

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
 from baton.schemas.events import parse_event
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.kafka import admin_config
 from baton.streams.partitioner import partition_for
 from baton.streams.topics import TopicCatalog, ensure_topics
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
 from bench.passthrough import make_handoff_requests, preload, run_passthrough
 from tests.helpers import wait_for
 

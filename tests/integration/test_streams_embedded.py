@@ -6,10 +6,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from baton.schemas.errors import BrokerUnavailable
-from baton.streams.embedded import EmbeddedBroker
 from confluent_kafka import Consumer, Producer
 
+from baton.schemas.errors import BrokerUnavailable
+from baton.streams.embedded import EmbeddedBroker
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration

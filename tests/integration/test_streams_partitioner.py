@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from baton.streams.embedded import EmbeddedBroker
-from baton.streams.partitioner import partition_for
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.partitioner import partition_for
 
 pytestmark = pytest.mark.integration
 

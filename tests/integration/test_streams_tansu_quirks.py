@@ -7,9 +7,10 @@ the workaround it names can go.
 from __future__ import annotations
 
 import pytest
-from baton.streams.embedded import EmbeddedBroker
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+from baton.streams.embedded import EmbeddedBroker
 
 pytestmark = pytest.mark.integration
 

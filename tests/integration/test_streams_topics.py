@@ -6,13 +6,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
 from baton.schemas.errors import BrokerUnavailable, TopicMismatch
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.kafka import admin_config, consumer_config, producer_config
 from baton.streams.topics import TopicCatalog, ensure_topics
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
-
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+
 from baton.schemas.decision import Outcome, Phase
 from baton.schemas.events import (
     ApprovalDenied,
@@ -17,7 +18,6 @@ from baton.schemas.events import (
     HandoffRequested,
 )
 from baton.streams.partitioner import partition_for
-
 from tests.helpers import wait_for
 
 from .conftest import PARTITIONS, Stack
@@ -31,21 +31,36 @@ def _run() -> str:
     return f"run_{uuid.uuid4().hex[:8]}"
 
 
-def _h(run: str, n: int, task: str, fr: str, to: str, parent: str | None = None,
-       **kw: object) -> HandoffRequested:
-    return HandoffRequested(request_id=f"{run}-h{n}", run_id=run, task_id=task,
-                            parent_task_id=parent, from_agent=fr, to_agent=to, event_time=NOW,
-                            **kw)
+def _h(
+    run: str, n: int, task: str, fr: str, to: str, parent: str | None = None, **kw: object
+) -> HandoffRequested:
+    return HandoffRequested(
+        request_id=f"{run}-h{n}",
+        run_id=run,
+        task_id=task,
+        parent_task_id=parent,
+        from_agent=fr,
+        to_agent=to,
+        event_time=NOW,
+        **kw,
+    )
 
 
 def test_ownership_conflict_on_refund_check_is_stopped_and_alerted(stack: Stack) -> None:
     run = _run()
-    stack.requests.send([_h(run, 1, "refund_check", "planner", "billing_agent"),
-                         _h(run, 2, "refund_check", "planner", "researcher")])
+    stack.requests.send(
+        [
+            _h(run, 1, "refund_check", "planner", "billing_agent"),
+            _h(run, 2, "refund_check", "planner", "researcher"),
+        ]
+    )
     first, second = stack.decisions.wait_run(run, 2)
     assert (first.outcome, first.owner) == (Outcome.ALLOW, "billing_agent")
     assert (second.outcome, second.reason, second.owner) == (
-        Outcome.STOP, "ownership_conflict", "billing_agent")
+        Outcome.STOP,
+        "ownership_conflict",
+        "billing_agent",
+    )
     assert second.fallback == "single_agent"
     (stop,) = stack.stops.wait_run(run, 1)
     assert stop.decision_id == second.decision_id
@@ -57,55 +72,86 @@ def test_ninth_handoff_is_stopped_with_fallback(stack: Stack) -> None:
     decisions = stack.decisions.wait_run(run, 9)
     assert [d.outcome for d in decisions] == [Outcome.ALLOW] * 8 + [Outcome.STOP]
     assert decisions[7].handoff_count == 8
-    assert (decisions[8].reason, decisions[8].fallback) == ("handoff_budget_exceeded",
-                                                            "single_agent")
+    assert (decisions[8].reason, decisions[8].fallback) == (
+        "handoff_budget_exceeded",
+        "single_agent",
+    )
 
 
 def test_managed_handoff_has_pre_and_post_records(stack: Stack) -> None:
     run = _run()
-    stack.requests.send([
-        _h(run, 1, "research", "planner", "researcher"),
-        HandoffCompleted(request_id=f"{run}-h1", run_id=run, task_id="research",
-                         agent="researcher", cost_usd=2.5, tool_calls=4, status="ok",
-                         event_time=NOW),
-    ])
+    stack.requests.send(
+        [
+            _h(run, 1, "research", "planner", "researcher"),
+            HandoffCompleted(
+                request_id=f"{run}-h1",
+                run_id=run,
+                task_id="research",
+                agent="researcher",
+                cost_usd=2.5,
+                tool_calls=4,
+                status="ok",
+                event_time=NOW,
+            ),
+        ]
+    )
     pre, post = stack.decisions.wait_run(run, 2)
     assert (pre.phase, pre.outcome, pre.depth) == (Phase.PRE_HANDOFF, Outcome.ALLOW, 1)
     assert (post.phase, post.handoff_status, post.spent_usd, post.tool_calls) == (
-        Phase.POST_HANDOFF, "ok", 2.5, 4)
+        Phase.POST_HANDOFF,
+        "ok",
+        2.5,
+        4,
+    )
     assert post.partition == partition_for(run.encode(), PARTITIONS)
 
 
 def test_refund_needs_approval_then_grant_allows(stack: Stack) -> None:
     run = _run()
-    stack.requests.send([_h(run, 1, "refund", "planner", "billing_agent",
-                            action="billing.refund.create")])
+    stack.requests.send(
+        [_h(run, 1, "refund", "planner", "billing_agent", action="billing.refund.create")]
+    )
     (pending,) = stack.decisions.wait_run(run, 1)
     assert pending.outcome == Outcome.APPROVAL_REQUIRED and pending.approval_id
-    stack.requests.send([ApprovalGranted(approval_id=pending.approval_id, run_id=run,
-                                         approver="alice", event_time=NOW)],
-                        topic=stack.catalog.approvals)
+    stack.requests.send(
+        [
+            ApprovalGranted(
+                approval_id=pending.approval_id, run_id=run, approver="alice", event_time=NOW
+            )
+        ],
+        topic=stack.catalog.approvals,
+    )
     granted = stack.decisions.wait_run(run, 2)[1]
     assert (granted.phase, granted.outcome, granted.approver) == (
-        Phase.APPROVAL, Outcome.ALLOW, "alice")
+        Phase.APPROVAL,
+        Outcome.ALLOW,
+        "alice",
+    )
     assert granted.request_id == pending.request_id
 
 
 def test_denied_approval_stops(stack: Stack) -> None:
     run = _run()
-    stack.requests.send([_h(run, 1, "refund", "planner", "billing_agent",
-                            action="billing.refund.create")])
+    stack.requests.send(
+        [_h(run, 1, "refund", "planner", "billing_agent", action="billing.refund.create")]
+    )
     (pending,) = stack.decisions.wait_run(run, 1)
-    stack.requests.send([ApprovalDenied(approval_id=pending.approval_id, run_id=run,
-                                        approver="alice", event_time=NOW)],
-                        topic=stack.catalog.approvals)
+    stack.requests.send(
+        [
+            ApprovalDenied(
+                approval_id=pending.approval_id, run_id=run, approver="alice", event_time=NOW
+            )
+        ],
+        topic=stack.catalog.approvals,
+    )
     assert stack.decisions.wait_run(run, 2)[1].reason == "approval_denied"
 
 
 def test_approval_expires_by_timer_without_further_events(stack: Stack) -> None:
     run = _run()
-    stack.requests.send([_h(run, 1, "refund", "planner", "billing_agent",
-                            action="billing.refund.create")])
+    stack.requests.send(
+        [_h(run, 1, "refund", "planner", "billing_agent", action="billing.refund.create")]
+    )
     decisions = stack.decisions.wait_run(run, 2, timeout=20)  # ttl 3 s, sweep every 1 s
     assert (decisions[1].outcome, decisions[1].reason) == (Outcome.STOP, "approval_expired")
     assert stack.stops.wait_run(run, 1)[0].reason == "approval_expired"
@@ -114,8 +160,15 @@ def test_approval_expires_by_timer_without_further_events(stack: Stack) -> None:
 def test_redelivered_events_do_not_double_count(stack: Stack) -> None:
     run = _run()
     handoff = _h(run, 1, "research", "planner", "researcher")
-    done = HandoffCompleted(request_id=f"{run}-h1", run_id=run, task_id="research",
-                            agent="researcher", cost_usd=10.0, tool_calls=1, event_time=NOW)
+    done = HandoffCompleted(
+        request_id=f"{run}-h1",
+        run_id=run,
+        task_id="research",
+        agent="researcher",
+        cost_usd=10.0,
+        tool_calls=1,
+        event_time=NOW,
+    )
     stack.requests.send([handoff, handoff, done, done, done])
     wait_for(lambda: len(stack.decisions.for_run(run)) >= 5, 20, message="5 decisions")
     decisions = stack.decisions.for_run(run)
@@ -123,8 +176,11 @@ def test_redelivered_events_do_not_double_count(stack: Stack) -> None:
     assert max(d.spent_usd for d in decisions) == 10.0
     assert max(d.handoff_count for d in decisions) == 1
     stack.requests.send([_h(run, 2, "write", "planner", "writer")])
-    nxt = wait_for(lambda: [d for d in stack.decisions.for_run(run) if d.request_id == f"{run}-h2"],
-                   20, message="the next decision")[0]
+    nxt = wait_for(
+        lambda: [d for d in stack.decisions.for_run(run) if d.request_id == f"{run}-h2"],
+        20,
+        message="the next decision",
+    )[0]
     assert (nxt.handoff_count, nxt.spent_usd) == (2, 10.0)
 
 
@@ -152,9 +208,13 @@ def test_compressed_events_from_any_client_are_decided(stack: Stack) -> None:
     run = _run()
     for codec in ("lz4", "snappy", "zstd", "gzip"):
         sender = EventSender(stack.bootstrap, stack.catalog.requests)
-        sender.producer = __import__("confluent_kafka").Producer({
-            "bootstrap.servers": stack.bootstrap, "partitioner": "murmur2_random",
-            "compression.type": codec})
+        sender.producer = __import__("confluent_kafka").Producer(
+            {
+                "bootstrap.servers": stack.bootstrap,
+                "partitioner": "murmur2_random",
+                "compression.type": codec,
+            }
+        )
         sender.send([_h(run, hash(codec) % 1000, f"t_{codec}", "planner", "researcher")])
     decisions = stack.decisions.wait_run(run, 4)
     assert [d.outcome for d in decisions] == [Outcome.ALLOW] * 4
@@ -166,18 +226,30 @@ BAD_INPUTS = {
     "unknown_type": (b'{"type": "handoff_teleported", "run_id": "run_bad"}', b"run_bad"),
     "schema": (b'{"type": "handoff_requested", "run_id": "run_bad"}', b"run_bad"),
     "oversized": (b'{"type": "handoff_requested", "pad": "' + b"x" * 70_000 + b'"}', b"run_bad"),
-    "key_mismatch": (orjson.dumps({"type": "run_finished", "run_id": "run_other",
-                                   "event_time": NOW.isoformat()}), b"run_bad"),
+    "key_mismatch": (
+        orjson.dumps(
+            {"type": "run_finished", "run_id": "run_other", "event_time": NOW.isoformat()}
+        ),
+        b"run_bad",
+    ),
 }
 
 
-@pytest.mark.parametrize("kind", sorted(BAD_INPUTS) + ["negative_cost"])
+@pytest.mark.parametrize("kind", [*sorted(BAD_INPUTS), "negative_cost"])
 def test_bad_input_goes_to_dead_letter_and_worker_keeps_serving(stack: Stack, kind: str) -> None:
     marker = uuid.uuid4().hex
     if kind == "negative_cost":
-        value = orjson.dumps({"type": "handoff_completed", "request_id": marker, "run_id": "r",
-                              "task_id": "t", "agent": "a", "cost_usd": -5,
-                              "event_time": NOW.isoformat()})
+        value = orjson.dumps(
+            {
+                "type": "handoff_completed",
+                "request_id": marker,
+                "run_id": "r",
+                "task_id": "t",
+                "agent": "a",
+                "cost_usd": -5,
+                "event_time": NOW.isoformat(),
+            }
+        )
         key: bytes | None = b"r"
     else:
         value, key = BAD_INPUTS[kind]
@@ -189,7 +261,8 @@ def test_bad_input_goes_to_dead_letter_and_worker_keeps_serving(stack: Stack, ki
         for raw in stack.deadletters.records:
             env = orjson.loads(raw)
             if env["key"] == key.decode() and (env.get("original") or "").startswith(
-                    value[:200].decode(errors="replace")[:50]):
+                value[:200].decode(errors="replace")[:50]
+            ):
                 return env  # type: ignore[no-any-return]
         return None
 
@@ -206,23 +279,47 @@ def test_bad_input_goes_to_dead_letter_and_worker_keeps_serving(stack: Stack, ki
 
 def test_kill_switch_stops_run_until_released(stack: Stack) -> None:
     run = _run()
-    base = [sys.executable, "-m", "baton.cli", "kill", "--run", run, "--bootstrap",
-            stack.bootstrap, "--topic-prefix", stack.prefix, "--reason", "runaway"]
+    base = [
+        sys.executable,
+        "-m",
+        "baton.cli",
+        "kill",
+        "--run",
+        run,
+        "--bootstrap",
+        stack.bootstrap,
+        "--topic-prefix",
+        stack.prefix,
+        "--reason",
+        "runaway",
+    ]
     out = subprocess.run(base, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    wait_for(lambda: any(d.reason == "kill_switch" for d in stack.decisions.for_run(run)), 20,
-             message="the kill switch record")
+    wait_for(
+        lambda: any(d.reason == "kill_switch" for d in stack.decisions.for_run(run)),
+        20,
+        message="the kill switch record",
+    )
     stack.requests.send([_h(run, 1, "t1", "planner", "researcher")])
-    killed = wait_for(lambda: [d for d in stack.decisions.for_run(run)
-                               if d.phase == Phase.PRE_HANDOFF], 20, message="decision")[0]
+    killed = wait_for(
+        lambda: [d for d in stack.decisions.for_run(run) if d.phase == Phase.PRE_HANDOFF],
+        20,
+        message="decision",
+    )[0]
     assert (killed.outcome, killed.reason) == (Outcome.STOP, "killed")
     out = subprocess.run([*base, "--release"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    wait_for(lambda: any(d.reason == "kill_switch_released" for d in stack.decisions.for_run(run)),
-             20, message="the release record")
+    wait_for(
+        lambda: any(d.reason == "kill_switch_released" for d in stack.decisions.for_run(run)),
+        20,
+        message="the release record",
+    )
     stack.requests.send([_h(run, 2, "t2", "planner", "researcher")])
-    after = wait_for(lambda: [d for d in stack.decisions.for_run(run)
-                              if d.request_id == f"{run}-h2"], 20, message="decision")[0]
+    after = wait_for(
+        lambda: [d for d in stack.decisions.for_run(run) if d.request_id == f"{run}-h2"],
+        20,
+        message="decision",
+    )[0]
     assert after.outcome == Outcome.ALLOW
 
 
@@ -230,8 +327,12 @@ def test_kill_cli_names_the_unreachable_broker() -> None:
     from baton.streams.net import free_port
 
     port = free_port()
-    out = subprocess.run([sys.executable, "-m", "baton.cli", "kill", "--global", "--bootstrap",
-                          f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60,
-                         env={"BATON_CONNECT_TIMEOUT_S": "2", "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-m", "baton.cli", "kill", "--global", "--bootstrap", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"BATON_CONNECT_TIMEOUT_S": "2", "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode != 0
     assert f"127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.sinks.alerts import StopAlerter, stop_line
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
 from baton.schemas.decision import DECISION_FIELDS, Decision, Outcome, Phase
 from baton.schemas.errors import ConfigError
 from baton.sinks.clickhouse import parse_dsn

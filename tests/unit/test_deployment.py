@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from baton.schemas.policy import load_policy
 from baton.schemas.settings import Settings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from baton.schemas.settings import Settings
 from baton.streams.kafka import consumer_config, producer_config
 from baton.streams.topics import TopicCatalog

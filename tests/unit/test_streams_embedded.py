@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+
 from baton.schemas.errors import MissingExtra
 from baton.streams.embedded import EmbeddedBroker
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
-from baton.streams import partitioner
-from baton.streams.partitioner import murmur2, partition_for
 from hypothesis import given
 from hypothesis import strategies as st
+
+from baton.streams import partitioner
+from baton.streams.partitioner import murmur2, partition_for
 
 pytestmark = pytest.mark.unit
 
