@@ -142,10 +142,16 @@ def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **op
     broker = EmbeddedBroker(port=port, log_dir=logs)
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
+    starting = True
+
+    class _Interrupted(Exception):
+        pass
 
     def _stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
+        if starting:  # abort a start-up that may wait a minute for the worker or the sink
+            raise _Interrupted
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -191,6 +197,7 @@ def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **op
             err=False,
         )
         sys.stdout.flush()
+        starting = False
         while not stopping:
             for name, child in children.items():
                 code = child.poll()
@@ -201,6 +208,8 @@ def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **op
                     )
             time.sleep(0.2)
         click.echo("baton up: stopping", err=True)
+    except _Interrupted:
+        click.echo("baton up: interrupted during start-up; stopping", err=True)
     finally:
         for child in children.values():
             if child.poll() is None:

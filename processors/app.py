@@ -319,6 +319,13 @@ class GovernanceWorker:
         ack = self.app.consumer.ack
         for m in messages:
             ack(m)
+        monitor = self.app.monitor
+        if monitor is not None:
+            # Faust's stall detector watches stream_inbound_time, which only its streams set:
+            # without this it would report these partitions as "not processing" under lag
+            now = time.monotonic()
+            for tp in {m.tp for m in messages}:
+                monitor.stream_inbound_time[tp] = now
 
     def _still_owner(self, generation: int) -> None:
         # A worker the group expelled while it was stuck in a flush must not write run

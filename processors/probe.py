@@ -6,7 +6,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from baton.schemas.decision import Decision
 from baton.schemas.errors import BrokerUnavailable
@@ -41,9 +41,15 @@ def wait_until_deciding(
     producer = Producer({**kafka_conf, "partitioner": "murmur2_random"})
     start = time.monotonic()
     try:
-        _, high = consumer.get_watermark_offsets(
-            TopicPartition(decisions_topic, partition), timeout=10
-        )
+        try:
+            _, high = consumer.get_watermark_offsets(
+                TopicPartition(decisions_topic, partition), timeout=10
+            )
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {kafka_conf.get('bootstrap.servers')} to probe "
+                f"{decisions_topic}: {exc}"
+            ) from None
         consumer.assign([TopicPartition(decisions_topic, partition, max(high, 0))])
         event = RunFinished(run_id=run_id, tenant=PROBE_TENANT, event_time=datetime.now(UTC))
         last_sent = 0.0
@@ -56,8 +62,13 @@ def wait_until_deciding(
             msg = consumer.poll(0.2)
             if msg is None or msg.error():
                 continue
-            if msg.key() == key and Decision.from_json(msg.value()).run_id == run_id:
-                return time.monotonic() - start
+            if msg.key() != key:
+                continue
+            try:
+                if Decision.from_json(msg.value()).run_id == run_id:
+                    return time.monotonic() - start
+            except ValueError:
+                continue  # someone else's record on the topic: not ours to judge
         raise BrokerUnavailable(
             f"no Baton worker answered on {decisions_topic} within {timeout_s:g} s "
             f"(Kafka at {kafka_conf.get('bootstrap.servers')}); is a worker running?"
