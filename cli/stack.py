@@ -50,6 +50,8 @@ def _ensure_topics(settings: Settings) -> Any:
     "session_timeout_s",
     "run_retention_s",
     "batch_size",
+    "fetch_max_wait_ms",
+    "processing_guarantee",
     "worker_data_dir",
 )
 def worker_cmd(**opts: Any) -> None:
@@ -59,6 +61,13 @@ def worker_cmd(**opts: Any) -> None:
     that dies hands its partitions, and their state from the changelog, to the others.
     """
     settings = build_settings(**opts)
+    if settings.web_port == 0:  # Faust binds its web port even when disabled: give it a free one
+        from baton.streams.net import free_port
+
+        settings = settings.model_copy(update={"web_port": free_port()})
+    from baton.processors.app import check_supported
+
+    check_supported(settings)
     policy = load_policy(settings.policy)
     _ensure_topics(settings)
     from faust import Worker

@@ -36,7 +36,7 @@ from baton.schemas.settings import Settings
 from baton.streams.partitioner import partition_for
 from baton.streams.topics import TopicCatalog
 
-__all__ = ["GovernanceWorker", "create_app"]
+__all__ = ["GovernanceWorker", "check_supported", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,16 @@ class _TableStates(MutableMapping[bytes, RunState]):
         return len(self._data)
 
 
+def check_supported(settings: Settings) -> None:
+    """Refuse settings this worker cannot honour, before anything connects anywhere."""
+    if settings.processing_guarantee == "exactly_once":
+        raise ConfigError(
+            "BATON_PROCESSING_GUARANTEE=exactly_once is not supported yet: Baton's hot path "
+            "publishes through its own (non-transactional) producer; use at_least_once, "
+            "whose redeliveries Baton deduplicates by request_id"
+        )
+
+
 class _BatchStats:
     """Logs, every 10 s of traffic, what the hot path did: events, batches, where time went."""
 
@@ -128,12 +138,7 @@ class GovernanceWorker:
     """Everything one worker process holds: the Faust app, its producer, control follower."""
 
     def __init__(self, settings: Settings, policy: Policy, worker_id: str | None = None) -> None:
-        if settings.processing_guarantee == "exactly_once":
-            raise ConfigError(
-                "BATON_PROCESSING_GUARANTEE=exactly_once is not supported yet: Baton's hot path "
-                "publishes through its own (non-transactional) producer; use at_least_once, "
-                "whose redeliveries Baton deduplicates by request_id"
-            )
+        check_supported(settings)
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.catalog = TopicCatalog(
