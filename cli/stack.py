@@ -9,15 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from baton.cli.options import build_settings, setting_options
-from baton.schemas.errors import BatonError, BrokerUnavailable
-from baton.schemas.events import KillSwitch, KillSwitchReleased
+from baton.schemas.errors import BatonError
 from baton.schemas.policy import load_policy
 from baton.schemas.settings import Settings
 
@@ -282,7 +280,14 @@ def _audit_children(sql_port: int) -> list[tuple[str, list[str]]]:
     default=lambda: os.environ.get("USER", "operator"),
     help="who (recorded in the audit) [default: $USER]",
 )
-@setting_options("bootstrap", "topic_prefix")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="wait until a worker has applied it (its control record is on gov.decisions)",
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds to wait")
+@setting_options("bootstrap", "topic_prefix", "partitions")
 def kill_cmd(
     run_id: str | None,
     tenant: str | None,
@@ -290,54 +295,40 @@ def kill_cmd(
     release: bool,
     reason: str,
     operator: str,
+    wait: bool,
+    timeout: float,
     **opts: Any,
 ) -> None:
-    """Publish a kill switch (or its release) for a run, a tenant, or everything."""
-    chosen = [x for x in (run_id, tenant, everything or None) if x]
-    if len(chosen) != 1:
+    """Publish a kill switch (or its release) for a run, a tenant, or everything.
+
+    By default it returns once a worker has applied the switch, so every handoff decided
+    afterwards is decided under it; exit 4 when Kafka or no worker answers in time.
+    """
+    if len([x for x in (run_id, tenant, everything or None) if x]) != 1:
         raise click.UsageError("give exactly one of --run RUN_ID, --tenant T, --global")
     settings = build_settings(**opts)
-    scope = "run" if run_id else "tenant" if tenant else "global"
-    cls = KillSwitchReleased if release else KillSwitch
-    event = cls(
-        scope=scope,
-        run_id=run_id,
-        tenant=tenant,
-        operator=operator,
-        reason=reason,
-        event_time=datetime.now(UTC),
-    )
-    from confluent_kafka import Producer
+    from baton.streams.client import OperatorClient
 
-    from baton.streams.topics import TopicCatalog
-
-    topic = TopicCatalog(
-        prefix=settings.topic_prefix,
-        partitions=settings.partitions,
-        replication=settings.replication_factor,
-    ).control
-    producer = Producer(
-        {
-            **settings.kafka_config(),
-            "partitioner": "murmur2_random",
-            "message.timeout.ms": int(settings.connect_timeout_s * 1000),
-        }
+    client = OperatorClient(
+        settings=settings, timeout=timeout, connect_timeout=settings.connect_timeout_s
     )
-    errors: list[str] = []
-    producer.produce(
-        topic,
-        event.to_json(),
-        event.target.encode(),
-        on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
-    )
-    left = producer.flush(settings.connect_timeout_s + 1)
-    if left or errors:
-        raise BrokerUnavailable(
-            f"cannot reach Kafka at {settings.bootstrap} to publish the kill switch "
-            f"({errors[0] if errors else 'timed out'}); is the broker running?"
+    try:
+        switch = client.release if release else client.kill
+        record = switch(
+            run_id=run_id,
+            tenant=tenant,
+            everything=everything,
+            operator=operator,
+            reason=reason,
+            wait=wait,
         )
+    finally:
+        client.close()
+    scope = "run" if run_id else "tenant" if tenant else "global"
+    target = run_id or tenant or "*"
     what = "released" if release else "engaged"
-    click.echo(f"kill switch {what}: scope={scope} target={event.target} (topic {topic})")
+    confirmed = f" (applied by worker {record.worker})" if record is not None else ""
+    click.echo(f"kill switch {what}: scope={scope} target={target}{confirmed}")
 
 
 def register(cli: click.Group) -> None:
