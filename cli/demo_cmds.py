@@ -70,9 +70,9 @@ class DemoStack:
         if self.keep:
             kwargs["start_new_session"] = True  # outlives the demo (and its terminal's Ctrl-C)
         elif sys.platform.startswith("linux"):
-            from baton.streams.embedded import _die_with_parent
+            from baton.streams.embedded import kill_when_parent_dies
 
-            kwargs["preexec_fn"] = _die_with_parent
+            kwargs["preexec_fn"] = kill_when_parent_dies
         with open(out_path, "wb") as out, open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=log, **kwargs
@@ -124,11 +124,14 @@ def _sql(url: str, query: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     return [json.loads(line) for line in body.splitlines() if line.strip()]
 
 
-def _audit_summary(url: str, run_prefix: str, expected: int, since: datetime,
-                   timeout: float = 60.0) -> str | None:
+def _audit_summary(
+    url: str, run_prefix: str, expected: int, since: datetime, timeout: float = 60.0
+) -> str | None:
     """Print the audit of the demo's runs once the sink has them all; a problem, or None."""
-    where = (f"(startsWith(run_id, '{run_prefix}') OR (run_id = '{SEED_RUN}' AND decided_at >= "
-             f"parseDateTime64BestEffort('{since.isoformat()}', 6)))")
+    where = (
+        f"(startsWith(run_id, '{run_prefix}') OR (run_id = '{SEED_RUN}' AND decided_at >= "
+        f"parseDateTime64BestEffort('{since.isoformat()}', 6)))"
+    )
     count_sql = f"SELECT count() AS n FROM governance.decisions FINAL WHERE {where}"
     deadline = time.monotonic() + timeout
     have, last_error = 0, ""

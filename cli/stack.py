@@ -95,7 +95,7 @@ def worker_cmd(**opts: Any) -> None:
 
 # ---------------------------------------------------------------------------- up
 def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    from baton.streams.embedded import _die_with_parent
+    from baton.streams.embedded import kill_when_parent_dies
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")  # noqa: SIM115 - lives as long as the child
@@ -105,7 +105,7 @@ def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
         stdin=subprocess.DEVNULL,
         stdout=out,
         stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
+        preexec_fn=kill_when_parent_dies,
     )
 
 

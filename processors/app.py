@@ -25,9 +25,10 @@ import faust
 from faust.types import TP
 
 from baton.processors import transport
-from baton.processors.batch import BatchProcessor, DeadLetter, InputRecord, Outputs
+from baton.processors.batch import BatchProcessor, InputRecord, Outputs
 from baton.processors.control import ControlFollower
 from baton.processors.engine import expire_approvals, is_evictable
+from baton.processors.exits import EXIT_DELIVERY_FAILED, exit_without_commit
 from baton.processors.publish import BatchPublisher
 from baton.processors.state import RunState
 from baton.schemas.errors import ConfigError
@@ -39,10 +40,6 @@ from baton.streams.topics import TopicCatalog
 __all__ = ["GovernanceWorker", "check_supported", "create_app"]
 
 log = logging.getLogger(__name__)
-
-#: exit status of a worker that stopped itself because output could not be delivered:
-#: it exits without committing, so a restart re-decides the batch (at-least-once)
-EXIT_DELIVERY_FAILED = 75
 
 
 class _TableStates(MutableMapping[bytes, RunState]):
@@ -59,16 +56,16 @@ class _TableStates(MutableMapping[bytes, RunState]):
         self._partitions = partitions
 
     def __getitem__(self, key: bytes) -> RunState:
-        value = self._data[key]
-        if isinstance(value, bytes):  # restored from the changelog by Faust's recovery
-            value = self._data[key] = RunState.from_bytes(value)
-        return value
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value  # type: ignore[no-any-return]
 
     def get(self, key: bytes, default: Any = None) -> Any:
         value = self._data.get(key)
         if value is None:
             return default
-        if isinstance(value, bytes):
+        if isinstance(value, bytes):  # restored from the changelog by Faust's recovery
             value = self._data[key] = RunState.from_bytes(value)
         return value
 
@@ -161,7 +158,7 @@ class GovernanceWorker:
             policy,
             worker=self.worker_id,
             on_decision=lambda d: self.publisher.produce_decision(None, d),
-            on_dead_letter=lambda k, v: self.publisher.produce_dead_letter(DeadLetter(k, v)),
+            on_dead_letter=self.publisher.produce_dead_letter,
         )
         self._processor: BatchProcessor | None = None
         self._lock = asyncio.Lock()
@@ -255,26 +252,20 @@ class GovernanceWorker:
         s = self.settings
         if s.security_protocol == "PLAINTEXT":
             return None
+        import ssl
+
         from faust.auth import SASLCredentials, SSLCredentials
 
+        ctx = ssl.create_default_context(cafile=s.ssl_cafile)
         if s.sasl_mechanism:
             password = s.sasl_password.get_secret_value() if s.sasl_password else None
-            import ssl
-
-            ctx = (
-                ssl.create_default_context(cafile=s.ssl_cafile)
-                if "SSL" in s.security_protocol
-                else None
-            )
             return SASLCredentials(
                 username=s.sasl_username,
                 password=password,
                 mechanism=s.sasl_mechanism,
-                ssl_context=ctx,
+                ssl_context=ctx if "SSL" in s.security_protocol else None,
             )
-        import ssl
-
-        return SSLCredentials(ssl.create_default_context(cafile=s.ssl_cafile))
+        return SSLCredentials(ctx)
 
     def _on_policy(self, policy: Policy) -> None:
         if self._processor is not None:
@@ -358,16 +349,12 @@ class GovernanceWorker:
                         done[tp] = rec.offset
             self._stats.add(len(records), t1 - t0, t2 - t1)
         except Exception:
-            # Never let a batch whose outputs were not delivered be acknowledged (Faust's
-            # take_events acks in a `finally`, even on error): die now, commit nothing, and
-            # the batch is decided again after a restart (at-least-once).
-            log.critical(
+            # never let a batch whose outputs were not delivered be acknowledged
+            exit_without_commit(
+                EXIT_DELIVERY_FAILED,
                 "worker %s cannot complete a batch; exiting without committing offsets",
                 self.worker_id,
-                exc_info=True,
             )
-            logging.shutdown()
-            os._exit(EXIT_DELIVERY_FAILED)
 
     def _caught_up(self, partition: int) -> bool:
         """True when every event already in the partition's topics has been decided.
@@ -453,9 +440,7 @@ class GovernanceWorker:
             try:
                 await self.publisher.publish(out)
             except Exception:
-                log.critical("sweep could not publish; exiting", exc_info=True)
-                logging.shutdown()
-                os._exit(EXIT_DELIVERY_FAILED)
+                exit_without_commit(EXIT_DELIVERY_FAILED, "sweep could not publish; exiting")
 
 
 def create_app(settings: Settings, policy: Policy, worker_id: str | None = None) -> faust.App:

@@ -9,7 +9,6 @@ values (``KillSwitches``, ``Policy``), which the hot path reads without locks.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,8 +16,9 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from baton.processors.batch import InputRecord, dead_letter_record
+from baton.processors.batch import DeadLetter, InputRecord, dead_letter_record
 from baton.processors.engine import NO_KILLS, KillSwitches, Origin, apply_control
+from baton.processors.exits import EXIT_CONTROL_LOST, exit_without_commit
 from baton.schemas.decision import Decision
 from baton.schemas.errors import BatonError
 from baton.schemas.events import EventError, KillSwitch, KillSwitchReleased, parse_control_event
@@ -27,9 +27,6 @@ from baton.schemas.policy import Policy, parse_policy
 __all__ = ["ControlFollower"]
 
 log = logging.getLogger(__name__)
-
-#: exit status of a worker whose control follower died
-EXIT_CONTROL_LOST = 76
 
 
 class ControlFollower:
@@ -41,7 +38,7 @@ class ControlFollower:
         *,
         worker: str | None,
         on_decision: Callable[[Decision], None],
-        on_dead_letter: Callable[[bytes | None, bytes], None],
+        on_dead_letter: Callable[[DeadLetter], None],
     ) -> None:
         self.topic = topic
         self.kills: KillSwitches = NO_KILLS
@@ -106,13 +103,11 @@ class ControlFollower:
         except Exception:
             # a dead follower would silently stop enforcing kill switches (fail open): the
             # worker must not outlive it. Exit; a restart reads the control topic again.
-            log.critical(
+            exit_without_commit(
+                EXIT_CONTROL_LOST,
                 "control follower crashed; the worker exits rather than decide "
                 "without kill switches",
-                exc_info=True,
             )
-            logging.shutdown()
-            os._exit(EXIT_CONTROL_LOST)
         finally:
             consumer.close()
 
@@ -123,8 +118,7 @@ class ControlFollower:
         try:
             event = parse_control_event(raw or b"")
         except EventError as exc:
-            dl = dead_letter_record(rec, exc.kind, str(exc), self._worker, now)
-            self._on_dead_letter(dl.key, dl.value)
+            self._on_dead_letter(dead_letter_record(rec, exc.kind, str(exc), self._worker, now))
             return
         if isinstance(event, (KillSwitch, KillSwitchReleased)):
             self.kills, record = apply_control(
@@ -140,8 +134,7 @@ class ControlFollower:
         try:
             policy = parse_policy(event.policy_yaml, f"policy_updated at offset {msg.offset()}")
         except BatonError as exc:
-            dl = dead_letter_record(rec, "policy", str(exc), self._worker, now)
-            self._on_dead_letter(dl.key, dl.value)
+            self._on_dead_letter(dead_letter_record(rec, "policy", str(exc), self._worker, now))
             return
         log.warning("policy %s -> %s (by %s)", self.policy.version, policy.version, event.operator)
         self.policy = policy

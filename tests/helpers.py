@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-__all__ = ["wait_for"]
+from baton.schemas.events import HandoffRequested
+
+__all__ = ["handoff", "wait_for"]
 
 T = TypeVar("T")
 
@@ -40,3 +43,25 @@ def wait_for(
                 f"timed out after {timeout:g} s waiting for {text}; last: {last!r}"
             )
         time.sleep(interval)
+
+
+def handoff(
+    run: str,
+    n: int,
+    task: str,
+    fr: str = "planner",
+    to: str = "researcher",
+    parent: str | None = None,
+    **kw: Any,
+) -> HandoffRequested:
+    """Handoff number ``n`` of ``run`` (request id ``{run}-h{n}``), stamped now unless given."""
+    kw.setdefault("event_time", datetime.now(UTC))
+    return HandoffRequested(
+        request_id=f"{run}-h{n}",
+        run_id=run,
+        task_id=task,
+        parent_task_id=parent,
+        from_agent=fr,
+        to_agent=to,
+        **kw,
+    )

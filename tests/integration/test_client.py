@@ -24,7 +24,7 @@ from baton.streams.client import (
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port
 from baton.streams.topics import TopicCatalog, ensure_topics
-from tests.helpers import wait_for
+from tests.helpers import handoff, wait_for
 
 from .conftest import PARTITIONS, Stack
 
@@ -33,27 +33,6 @@ pytestmark = pytest.mark.integration
 
 def _run() -> str:
     return f"run_{uuid.uuid4().hex[:10]}"
-
-
-def _h(
-    run: str,
-    n: int,
-    task: str,
-    fr: str = "planner",
-    to: str = "researcher",
-    parent: str | None = None,
-    **kw: object,
-) -> HandoffRequested:
-    return HandoffRequested(
-        request_id=f"{run}-h{n}",
-        run_id=run,
-        task_id=task,
-        parent_task_id=parent,
-        from_agent=fr,
-        to_agent=to,
-        event_time=datetime.now(UTC),
-        **kw,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +54,8 @@ def test_ownership_conflict_on_refund_check_is_stopped_with_the_owner(
     gov: GovernanceClient,
 ) -> None:
     run = _run()
-    first = gov.check(_h(run, 1, "refund_check", to="billing_agent"))
-    second = gov.check(_h(run, 2, "refund_check", to="researcher"))
+    first = gov.check(handoff(run, 1, "refund_check", to="billing_agent"))
+    second = gov.check(handoff(run, 2, "refund_check", to="researcher"))
     assert (first.outcome, first.owner, first.phase) == (
         Outcome.ALLOW,
         "billing_agent",
@@ -93,7 +72,7 @@ def test_ownership_conflict_on_refund_check_is_stopped_with_the_owner(
 
 def test_managed_handoff_has_pre_and_post_records(gov: GovernanceClient) -> None:
     run = _run()
-    pre = gov.check(_h(run, 1, "research"))
+    pre = gov.check(handoff(run, 1, "research"))
     post = gov.report(
         HandoffCompleted(
             request_id=pre.request_id,
@@ -128,7 +107,9 @@ def test_ninth_handoff_is_stopped_with_fallback(stack: Stack) -> None:
         ) as gov:
             run = _run()
             # concurrent, yet published in call order: the 9th call is the 9th handoff
-            return await asyncio.gather(*(gov.check(_h(run, i, f"t{i}")) for i in range(1, 10)))
+            return await asyncio.gather(
+                *(gov.check(handoff(run, i, f"t{i}")) for i in range(1, 10))
+            )
 
     decisions = asyncio.run(play())
     assert [d.outcome for d in decisions] == [Outcome.ALLOW] * 8 + [Outcome.STOP]
@@ -143,7 +124,9 @@ def test_refund_needs_approval_then_an_approver_grants_it(
     gov: GovernanceClient, stack: Stack
 ) -> None:
     run = _run()
-    pending = gov.check(_h(run, 1, "refund", to="billing_agent", action="billing.refund.create"))
+    pending = gov.check(
+        handoff(run, 1, "refund", to="billing_agent", action="billing.refund.create")
+    )
     assert pending.outcome == Outcome.APPROVAL_REQUIRED and pending.approval_id
     assert pending.approval_expires_at is not None
     with ApproverClient(stack.bootstrap, topic_prefix=stack.prefix) as approver:
@@ -162,7 +145,9 @@ def test_a_grant_that_arrives_before_the_wait_is_not_lost(
     gov: GovernanceClient, stack: Stack
 ) -> None:
     run = _run()
-    pending = gov.check(_h(run, 1, "refund", to="billing_agent", action="billing.refund.create"))
+    pending = gov.check(
+        handoff(run, 1, "refund", to="billing_agent", action="billing.refund.create")
+    )
     with ApproverClient(stack.bootstrap, topic_prefix=stack.prefix) as approver:
         approver.deny(pending, approver="alice", comment="not this one")
     # the denial is decided and read by the client before anyone waits for it
@@ -181,7 +166,7 @@ def test_a_grant_that_arrives_before_the_wait_is_not_lost(
 
 def test_kill_switch_stops_a_run_until_released(gov: GovernanceClient, stack: Stack) -> None:
     run = _run()
-    assert gov.check(_h(run, 1, "t1")).outcome == Outcome.ALLOW
+    assert gov.check(handoff(run, 1, "t1")).outcome == Outcome.ALLOW
     with OperatorClient(stack.bootstrap, topic_prefix=stack.prefix, timeout=15) as ops:
         record = ops.kill(run_id=run, operator="oncall", reason="runaway")
         assert record is not None
@@ -190,10 +175,10 @@ def test_kill_switch_stops_a_run_until_released(gov: GovernanceClient, stack: St
             "kill_switch",
             "oncall",
         )
-        killed = gov.check(_h(run, 2, "t2"))
+        killed = gov.check(handoff(run, 2, "t2"))
         assert (killed.outcome, killed.reason) == (Outcome.STOP, "killed")
         ops.release(run_id=run, operator="oncall")
-    assert gov.check(_h(run, 3, "t3")).outcome == Outcome.ALLOW
+    assert gov.check(handoff(run, 3, "t3")).outcome == Outcome.ALLOW
 
 
 # ----------------------------------------------------------------------------- delivery
@@ -201,9 +186,9 @@ def test_retry_with_the_same_request_id_gets_the_same_decision_and_counts_once(
     gov: GovernanceClient,
 ) -> None:
     run = _run()
-    first = gov.check(_h(run, 1, "t1"))
-    again = gov.check(_h(run, 1, "t1"))
-    second = gov.check(_h(run, 2, "t2"))
+    first = gov.check(handoff(run, 1, "t1"))
+    again = gov.check(handoff(run, 1, "t1"))
+    second = gov.check(handoff(run, 2, "t2"))
     assert again.decision_id == first.decision_id
     assert (first.handoff_count, again.handoff_count, second.handoff_count) == (1, 1, 2)
 
@@ -216,7 +201,7 @@ def test_no_worker_fails_closed_with_the_configured_fallback(
         broker.bootstrap, topic_prefix=idle.prefix, timeout=0.5, fallback="constrained"
     ) as gov:
         started = time.monotonic()
-        d = gov.check(_h(run, 1, "t1"), retries=2)
+        d = gov.check(handoff(run, 1, "t1"), retries=2)
         took = time.monotonic() - started
     assert (d.outcome, d.reason, d.fallback, d.phase) == (
         Outcome.STOP,
@@ -239,7 +224,7 @@ def test_no_worker_fails_open_only_when_configured(
     with GovernanceClient(
         broker.bootstrap, topic_prefix=idle.prefix, timeout=0.3, fail_open=True
     ) as gov:
-        d = gov.check(_h(run, 1, "t1"))
+        d = gov.check(handoff(run, 1, "t1"))
         report = gov.report(
             HandoffCompleted(
                 request_id=f"{run}-h1",
@@ -271,7 +256,7 @@ def test_unreachable_broker_error_names_the_address() -> None:
     gov = GovernanceClient(address, connect_timeout=1)
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable, match=f"cannot reach Kafka at {address}"):
-        gov.check(_h(_run(), 1, "t1"))
+        gov.check(handoff(_run(), 1, "t1"))
     assert time.monotonic() - started < 5
     gov.close()
 
@@ -297,7 +282,7 @@ def test_2000_concurrent_checks_over_200_runs_from_one_async_client(stack: Stack
         ) as gov:
             started = time.monotonic()
             decisions = await asyncio.gather(
-                *(gov.check(_h(run, i, f"t{i}")) for run in runs for i in range(1, 11))
+                *(gov.check(handoff(run, i, f"t{i}")) for run in runs for i in range(1, 11))
             )
             return decisions, time.monotonic() - started
 
@@ -323,7 +308,7 @@ def test_async_client_approval_flow_and_finish(stack: Stack) -> None:
         ) as gov:
             run = _run()
             pending = await gov.check(
-                _h(run, 1, "refund", to="billing_agent", action="billing.refund.create")
+                handoff(run, 1, "refund", to="billing_agent", action="billing.refund.create")
             )
             with ApproverClient(stack.bootstrap, topic_prefix=stack.prefix) as approver:
                 await asyncio.to_thread(approver.grant, pending, approver="alice")

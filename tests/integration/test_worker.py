@@ -15,10 +15,9 @@ from baton.schemas.events import (
     ApprovalDenied,
     ApprovalGranted,
     HandoffCompleted,
-    HandoffRequested,
 )
 from baton.streams.partitioner import partition_for
-from tests.helpers import wait_for
+from tests.helpers import handoff, wait_for
 
 from .conftest import PARTITIONS, Stack
 
@@ -31,27 +30,12 @@ def _run() -> str:
     return f"run_{uuid.uuid4().hex[:8]}"
 
 
-def _h(
-    run: str, n: int, task: str, fr: str, to: str, parent: str | None = None, **kw: object
-) -> HandoffRequested:
-    return HandoffRequested(
-        request_id=f"{run}-h{n}",
-        run_id=run,
-        task_id=task,
-        parent_task_id=parent,
-        from_agent=fr,
-        to_agent=to,
-        event_time=NOW,
-        **kw,
-    )
-
-
 def test_ownership_conflict_on_refund_check_is_stopped_and_alerted(stack: Stack) -> None:
     run = _run()
     stack.requests.send(
         [
-            _h(run, 1, "refund_check", "planner", "billing_agent"),
-            _h(run, 2, "refund_check", "planner", "researcher"),
+            handoff(run, 1, "refund_check", "planner", "billing_agent"),
+            handoff(run, 2, "refund_check", "planner", "researcher"),
         ]
     )
     first, second = stack.decisions.wait_run(run, 2)
@@ -68,7 +52,7 @@ def test_ownership_conflict_on_refund_check_is_stopped_and_alerted(stack: Stack)
 
 def test_ninth_handoff_is_stopped_with_fallback(stack: Stack) -> None:
     run = _run()
-    stack.requests.send([_h(run, i, f"t{i}", "planner", "researcher") for i in range(1, 10)])
+    stack.requests.send([handoff(run, i, f"t{i}", "planner", "researcher") for i in range(1, 10)])
     decisions = stack.decisions.wait_run(run, 9)
     assert [d.outcome for d in decisions] == [Outcome.ALLOW] * 8 + [Outcome.STOP]
     assert decisions[7].handoff_count == 8
@@ -82,7 +66,7 @@ def test_managed_handoff_has_pre_and_post_records(stack: Stack) -> None:
     run = _run()
     stack.requests.send(
         [
-            _h(run, 1, "research", "planner", "researcher"),
+            handoff(run, 1, "research", "planner", "researcher"),
             HandoffCompleted(
                 request_id=f"{run}-h1",
                 run_id=run,
@@ -109,7 +93,7 @@ def test_managed_handoff_has_pre_and_post_records(stack: Stack) -> None:
 def test_refund_needs_approval_then_grant_allows(stack: Stack) -> None:
     run = _run()
     stack.requests.send(
-        [_h(run, 1, "refund", "planner", "billing_agent", action="billing.refund.create")]
+        [handoff(run, 1, "refund", "planner", "billing_agent", action="billing.refund.create")]
     )
     (pending,) = stack.decisions.wait_run(run, 1)
     assert pending.outcome == Outcome.APPROVAL_REQUIRED and pending.approval_id
@@ -133,7 +117,7 @@ def test_refund_needs_approval_then_grant_allows(stack: Stack) -> None:
 def test_denied_approval_stops(stack: Stack) -> None:
     run = _run()
     stack.requests.send(
-        [_h(run, 1, "refund", "planner", "billing_agent", action="billing.refund.create")]
+        [handoff(run, 1, "refund", "planner", "billing_agent", action="billing.refund.create")]
     )
     (pending,) = stack.decisions.wait_run(run, 1)
     stack.requests.send(
@@ -150,7 +134,7 @@ def test_denied_approval_stops(stack: Stack) -> None:
 def test_approval_expires_by_timer_without_further_events(stack: Stack) -> None:
     run = _run()
     stack.requests.send(
-        [_h(run, 1, "refund", "planner", "billing_agent", action="billing.refund.create")]
+        [handoff(run, 1, "refund", "planner", "billing_agent", action="billing.refund.create")]
     )
     decisions = stack.decisions.wait_run(run, 2, timeout=20)  # ttl 3 s, sweep every 1 s
     assert (decisions[1].outcome, decisions[1].reason) == (Outcome.STOP, "approval_expired")
@@ -159,7 +143,7 @@ def test_approval_expires_by_timer_without_further_events(stack: Stack) -> None:
 
 def test_redelivered_events_do_not_double_count(stack: Stack) -> None:
     run = _run()
-    handoff = _h(run, 1, "research", "planner", "researcher")
+    request = handoff(run, 1, "research", "planner", "researcher")
     done = HandoffCompleted(
         request_id=f"{run}-h1",
         run_id=run,
@@ -169,13 +153,13 @@ def test_redelivered_events_do_not_double_count(stack: Stack) -> None:
         tool_calls=1,
         event_time=NOW,
     )
-    stack.requests.send([handoff, handoff, done, done, done])
+    stack.requests.send([request, request, done, done, done])
     wait_for(lambda: len(stack.decisions.for_run(run)) >= 5, 20, message="5 decisions")
     decisions = stack.decisions.for_run(run)
     assert len({d.decision_id for d in decisions}) == 2  # re-emitted, same ids
     assert max(d.spent_usd for d in decisions) == 10.0
     assert max(d.handoff_count for d in decisions) == 1
-    stack.requests.send([_h(run, 2, "write", "planner", "writer")])
+    stack.requests.send([handoff(run, 2, "write", "planner", "writer")])
     nxt = wait_for(
         lambda: [d for d in stack.decisions.for_run(run) if d.request_id == f"{run}-h2"],
         20,
@@ -195,7 +179,7 @@ def test_crc32_producer_events_are_forwarded_to_the_runs_partition(stack: Stack)
         if zlib.crc32(run.encode()) % PARTITIONS != partition_for(run.encode(), PARTITIONS):
             break
     sender = EventSender(stack.bootstrap, stack.catalog.requests, partitioner="consistent_random")
-    sender.send([_h(run, i, f"t{i}", "planner", "researcher") for i in range(1, 10)])
+    sender.send([handoff(run, i, f"t{i}", "planner", "researcher") for i in range(1, 10)])
     decisions = stack.decisions.wait_run(run, 9)
     assert [d.outcome for d in decisions].count(Outcome.ALLOW) == 8
     assert decisions[-1].reason == "handoff_budget_exceeded"
@@ -215,7 +199,7 @@ def test_compressed_events_from_any_client_are_decided(stack: Stack) -> None:
                 "compression.type": codec,
             }
         )
-        sender.send([_h(run, hash(codec) % 1000, f"t_{codec}", "planner", "researcher")])
+        sender.send([handoff(run, hash(codec) % 1000, f"t_{codec}", "planner", "researcher")])
     decisions = stack.decisions.wait_run(run, 4)
     assert [d.outcome for d in decisions] == [Outcome.ALLOW] * 4
     assert all(w.alive() for w in stack.workers), stack.logs()
@@ -272,7 +256,7 @@ def test_bad_input_goes_to_dead_letter_and_worker_keeps_serving(stack: Stack, ki
     assert env["topic"] == stack.catalog.requests and isinstance(env["offset"], int)
     assert env["error"]
     run = _run()
-    stack.requests.send([_h(run, 1, "t", "planner", "researcher")])
+    stack.requests.send([handoff(run, 1, "t", "planner", "researcher")])
     assert stack.decisions.wait_run(run, 1)[0].outcome == Outcome.ALLOW
     assert all(w.alive() for w in stack.workers), stack.logs()
 
@@ -300,7 +284,7 @@ def test_kill_switch_stops_run_until_released(stack: Stack) -> None:
         20,
         message="the kill switch record",
     )
-    stack.requests.send([_h(run, 1, "t1", "planner", "researcher")])
+    stack.requests.send([handoff(run, 1, "t1", "planner", "researcher")])
     killed = wait_for(
         lambda: [d for d in stack.decisions.for_run(run) if d.phase == Phase.PRE_HANDOFF],
         20,
@@ -314,7 +298,7 @@ def test_kill_switch_stops_run_until_released(stack: Stack) -> None:
         20,
         message="the release record",
     )
-    stack.requests.send([_h(run, 2, "t2", "planner", "researcher")])
+    stack.requests.send([handoff(run, 2, "t2", "planner", "researcher")])
     after = wait_for(
         lambda: [d for d in stack.decisions.for_run(run) if d.request_id == f"{run}-h2"],
         20,
