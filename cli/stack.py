@@ -50,6 +50,8 @@ def _ensure_topics(settings: Settings) -> Any:
     "batch_size",
     "fetch_max_wait_ms",
     "processing_guarantee",
+    "transactional_id",
+    "transaction_timeout_ms",
     "worker_data_dir",
 )
 def worker_cmd(**opts: Any) -> None:
@@ -63,9 +65,6 @@ def worker_cmd(**opts: Any) -> None:
         from baton.streams.net import free_port
 
         settings = settings.model_copy(update={"web_port": free_port()})
-    from baton.processors.app import check_supported
-
-    check_supported(settings)
     policy = load_policy(settings.policy)
     _ensure_topics(settings)
     from faust import Worker

@@ -31,13 +31,13 @@ from baton.processors.engine import expire_approvals, is_evictable
 from baton.processors.exits import EXIT_DELIVERY_FAILED, exit_without_commit
 from baton.processors.publish import BatchPublisher
 from baton.processors.state import RunState
-from baton.schemas.errors import ConfigError
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 from baton.streams.partitioner import partition_for
 from baton.streams.topics import TopicCatalog
+from baton.streams.transactions import committed_ends, consumer_group_metadata
 
-__all__ = ["GovernanceWorker", "check_supported", "create_app"]
+__all__ = ["GovernanceWorker", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,6 @@ class _TableStates(MutableMapping[bytes, RunState]):
         return len(self._data)
 
 
-def check_supported(settings: Settings) -> None:
-    """Refuse settings this worker cannot honour, before anything connects anywhere."""
-    if settings.processing_guarantee == "exactly_once":
-        raise ConfigError(
-            "BATON_PROCESSING_GUARANTEE=exactly_once is not supported yet: Baton's hot path "
-            "publishes through its own (non-transactional) producer; use at_least_once, "
-            "whose redeliveries Baton deduplicates by request_id"
-        )
-
-
 class _BatchStats:
     """Logs, every 10 s of traffic, what the hot path did: events, batches, where time went."""
 
@@ -135,7 +125,6 @@ class GovernanceWorker:
     """Everything one worker process holds: the Faust app, its producer, control follower."""
 
     def __init__(self, settings: Settings, policy: Policy, worker_id: str | None = None) -> None:
-        check_supported(settings)
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.catalog = TopicCatalog(
@@ -143,29 +132,34 @@ class GovernanceWorker:
             partitions=settings.partitions,
             replication=settings.replication_factor,
         )
+        #: (topic, partition) -> fetch position once every record before it was decided and
+        #: published; the transport (processors/transport.py) keeps it up to date
+        self._decided: dict[tuple[str, int], int] = {}
         self.app = self._build_app()
         self.changelog_topic = self.runs.changelog_topic.get_topic_name()
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.publisher = BatchPublisher(
             settings.kafka_config(),
             decisions_topic=self.catalog.decisions,
             stops_topic=self.catalog.stops,
             deadletter_topic=self.catalog.deadletter,
             changelog_topic=self.changelog_topic,
+            transactional_id=self._transactional_id() if self.exactly_once else None,
+            transaction_timeout_ms=settings.transaction_timeout_ms,
         )
         self.control = ControlFollower(
             settings.kafka_config(),
             self.catalog.control,
             policy,
             worker=self.worker_id,
-            on_decision=lambda d: self.publisher.produce_decision(None, d),
-            on_dead_letter=self.publisher.produce_dead_letter,
+            # sent with the next batch or sweep (within its transaction, under exactly-once)
+            on_decision=self.publisher.enqueue,
+            on_dead_letter=self.publisher.enqueue,
         )
         self._processor: BatchProcessor | None = None
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._owned: set[int] = set()
-        #: (topic, partition) -> last offset decided and published by this worker
-        self._done: dict[tuple[str, int], int] = {}
         self._stats = _BatchStats(self.worker_id)
         self.control.on_policy(self._on_policy)
         self.app.on_partitions_revoked.connect(self._on_revoked_signal)
@@ -243,7 +237,25 @@ class GovernanceWorker:
         app.conf.baton_fetch_max_wait_ms = s.fetch_max_wait_ms
         app.baton_source_topics = frozenset({self.catalog.requests, self.catalog.approvals})
         app.baton_on_batch = self._on_fetched_batch
+        app.baton_decided = self._decided
+        if s.processing_guarantee == "exactly_once":
+            # changelogs end with transaction markers, which Faust's recovery would wait for
+            app.conf.baton_committed_ends = self._committed_ends
         return app
+
+    def _transactional_id(self) -> str:
+        s = self.settings
+        return s.transactional_id or f"{s.app_id}-{socket.gethostname()}-{os.getpid()}"
+
+    def _committed_ends(self, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        return committed_ends(self.settings.kafka_config(), ends)
+
+    def _group_metadata(self) -> bytes:
+        """The consumer group's current generation, for the transaction's offset commit."""
+        coordinator = self.app.consumer._thread._ensure_consumer()._coordinator
+        return consumer_group_metadata(
+            self.settings.app_id, coordinator.generation, coordinator.member_id
+        )
 
     async def _on_revoked_signal(self, sender: Any, revoked: Any = (), **_: Any) -> None:
         await self._on_revoked(revoked)
@@ -338,15 +350,19 @@ class GovernanceWorker:
                 t0 = time.perf_counter()
                 out = self.processor.process(records, datetime.now(UTC))
                 t1 = time.perf_counter()
+                offsets: dict[tuple[str, int], int] = {}
+                if self.exactly_once:
+                    for rec in records:
+                        tp = (rec.topic, rec.partition)
+                        if rec.offset >= offsets.get(tp, -1):
+                            offsets[tp] = rec.offset + 1
                 await self.publisher.publish(
-                    out, before_state=lambda: self._still_owner(generation)
+                    out,
+                    before_state=lambda: self._still_owner(generation),
+                    offsets=[(t, p, o) for (t, p), o in offsets.items()],
+                    group_metadata=self._group_metadata,
                 )
                 t2 = time.perf_counter()
-                done = self._done
-                for rec in records:
-                    tp = (rec.topic, rec.partition)
-                    if rec.offset > done.get(tp, -1):
-                        done[tp] = rec.offset
             self._stats.add(len(records), t1 - t0, t2 - t1)
         except Exception:
             # never let a batch whose outputs were not delivered be acknowledged
@@ -362,24 +378,17 @@ class GovernanceWorker:
         Eviction and approval expiry use the wall clock; with a backlog waiting (after an
         outage, or a rebalance) the run's newer events — a grant, another handoff — have
         not been seen yet, and acting on the clock would expire or forget what they change.
+        Positions, not offsets of decided records, are compared with the high watermark: a
+        transaction's commit marker takes an offset that is never delivered as a record.
         """
         consumer = self.app.consumer
         for topic in (self.catalog.requests, self.catalog.approvals):
-            tp = TP(topic, partition)
             try:
-                high = consumer.highwater(tp)
+                high = consumer.highwater(TP(topic, partition))
             except Exception:  # not assigned (any more), or not fetched yet
                 return False
-            if high is None:
-                return False
-            done = self._done.get((topic, partition))
-            if done is not None:
-                if done < high - 1:
-                    return False
-                continue
-            # nothing decided since assignment: caught up iff the committed position is the end
-            position = consumer._read_offset.get(tp)
-            if high > 0 and (position is None or position < high):
+            decided = self._decided.get((topic, partition))
+            if high is None or decided is None or decided < high:
                 return False
         return True
 
@@ -388,7 +397,7 @@ class GovernanceWorker:
         # forget what was decided on them: a later assignment starts from committed offsets
         async with self._lock:
             for tp in revoked:
-                self._done.pop((tp.topic, tp.partition), None)
+                self._decided.pop((tp.topic, tp.partition), None)
 
     async def _sweep(self) -> None:
         """Expire approvals whose TTL passed and evict finished or idle runs (local partitions)."""

@@ -1,19 +1,31 @@
-"""Publishes one batch's outputs with a confluent-kafka producer: decisions first, then state.
+"""Publishes one batch's outputs with a confluent-kafka producer.
 
 Faust's per-message produce path is the worker's bottleneck (ARCHITECTURE.md, "Hot path"),
 so decisions, stops, dead letters, forwards *and* the ``runs`` table's changelog records go
 through one librdkafka producer. ``publish`` returns only when every record is acknowledged;
 a record that cannot be delivered raises, and the caller must die without committing offsets.
+
+Two modes:
+
+* at-least-once (default, idempotent producer): decisions first and flushed, then the states
+  that produced them, then the caller acknowledges the batch to Faust, whose committer
+  commits the offsets later. A crash in between redelivers the batch; the engine's dedup
+  marks keep that from counting anything twice.
+* exactly-once (``transactional_id`` given): one Kafka transaction per batch holds its
+  decisions, stops, dead letters, forwards, changelog records *and* the input offsets
+  (``send_offsets_to_transaction``); consumers reading ``read_committed`` (librdkafka's
+  default) see all of a batch or nothing of it, and a crash leaves no half-written batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from baton.processors.batch import DeadLetter, Outputs
 from baton.processors.state import RunState
@@ -29,6 +41,14 @@ class DeliveryFailed(BrokerUnavailable):
     """A record could not be delivered within librdkafka's message.timeout.ms."""
 
 
+class TransactionFailed(BrokerUnavailable):
+    """A batch's transaction could not be committed (it was aborted: nothing of it is visible)."""
+
+
+#: (topic, partition, next offset to read): the input offsets a transaction commits
+Offsets = Sequence[tuple[str, int, int]]
+
+
 class BatchPublisher:
     def __init__(
         self,
@@ -38,6 +58,8 @@ class BatchPublisher:
         stops_topic: str,
         deadletter_topic: str,
         changelog_topic: str,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = 10_000,
     ) -> None:
         conf = {
             # murmur2: must match Faust's partitioner or a run's events split across workers
@@ -57,6 +79,14 @@ class BatchPublisher:
             "message.timeout.ms": 60000,
             **producer_conf,
         }
+        if transactional_id is not None:
+            conf["transactional.id"] = transactional_id
+            # an open transaction of a crashed worker holds back every read_committed reader
+            # of its partitions (including the worker that takes them over) until it times out
+            conf["transaction.timeout.ms"] = transaction_timeout_ms
+            conf["message.timeout.ms"] = min(conf["message.timeout.ms"], transaction_timeout_ms)
+        self.transactional = transactional_id is not None
+        self._txn_ready = False
         self._producer = Producer(conf)
         self._bootstrap = conf.get("bootstrap.servers", "?")
         self.decisions_topic = decisions_topic
@@ -64,6 +94,9 @@ class BatchPublisher:
         self.deadletter_topic = deadletter_topic
         self.changelog_topic = changelog_topic
         self._errors: list[str] = []
+        #: records from other threads (the control follower), sent with the next publish:
+        #: a transactional producer accepts records only inside the transaction of a batch
+        self._queued: deque[Decision | DeadLetter] = deque()
 
     # ------------------------------------------------------------------ low level
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
@@ -102,6 +135,19 @@ class BatchPublisher:
     def produce_dead_letter(self, dl: DeadLetter) -> None:
         self._produce(self.deadletter_topic, dl.value, dl.key)
 
+    def enqueue(self, record: Decision | DeadLetter) -> None:
+        """Send ``record`` with the next publish (thread-safe; the sweep publishes every second)."""
+        self._queued.append(record)
+
+    def _produce_queued(self) -> None:
+        queued = self._queued
+        while queued:
+            record = queued.popleft()
+            if isinstance(record, Decision):
+                self.produce_decision(None, record)
+            else:
+                self.produce_dead_letter(record)
+
     def produce_state(self, key: bytes, partition: int, state: RunState | None) -> None:
         self._produce(self.changelog_topic, state.to_bytes() if state else None, key, partition)
 
@@ -123,18 +169,25 @@ class BatchPublisher:
             )
 
     # ------------------------------------------------------------------ one batch
-    async def publish(self, out: Outputs, before_state: Callable[[], None] | None = None) -> None:
-        """Decisions, stops, dead letters and forwards; flush; then the state changes; flush.
+    async def publish(
+        self,
+        out: Outputs,
+        before_state: Callable[[], None] | None = None,
+        offsets: Offsets = (),
+        group_metadata: Callable[[], bytes] | None = None,
+    ) -> None:
+        """Publish one batch's outputs; return once they are durable, raise if they are not.
 
-        ``before_state`` runs between the two and may raise to keep the states unwritten
-        (the worker checks it still owns the partitions).
+        ``before_state`` may raise to keep the states unwritten (the worker checks it still
+        owns the partitions). ``offsets`` and ``group_metadata`` are for exactly-once: the
+        input offsets committed with the batch's transaction (ignored otherwise: Faust's
+        committer commits them after the caller acknowledges the batch).
         """
-        for dl in out.dead_letters:
-            self.produce_dead_letter(dl)
-        for fw in out.forwards:
-            self._produce(fw.topic, fw.value, fw.key, fw.partition, fw.headers)
-        for partition, d in out.decisions:
-            self.produce_decision(partition, d)
+        if self.transactional:
+            await self._publish_transaction(out, before_state, offsets, group_metadata)
+            return
+        self._produce_queued()
+        self._produce_outputs(out)
         await self._flush()
         if out.changed:
             if before_state is not None:
@@ -144,6 +197,7 @@ class BatchPublisher:
             # number: records after the first of a final multi-record batch would be lost
             # on restart. So each partition's last state record goes out alone, after the
             # others are acknowledged: the last batch then holds exactly one record.
+            # (A transaction's last batch is its commit marker, so exactly-once needs none.)
             last: dict[int, bytes] = {}
             for key, (partition, _state) in out.changed.items():
                 last[partition] = key
@@ -156,6 +210,74 @@ class BatchPublisher:
             for partition, key in last.items():
                 self.produce_state(key, partition, out.changed[key][1])
             await self._flush()
+
+    def _produce_outputs(self, out: Outputs) -> None:
+        for dl in out.dead_letters:
+            self.produce_dead_letter(dl)
+        for fw in out.forwards:
+            self._produce(fw.topic, fw.value, fw.key, fw.partition, fw.headers)
+        for partition, d in out.decisions:
+            self.produce_decision(partition, d)
+
+    async def _publish_transaction(
+        self,
+        out: Outputs,
+        before_state: Callable[[], None] | None,
+        offsets: Offsets,
+        group_metadata: Callable[[], bytes] | None,
+    ) -> None:
+        busy = offsets or self._queued or out.decisions or out.dead_letters or out.forwards
+        if not (busy or out.changed):
+            return  # an idle sweep: no empty transaction every second
+        loop = asyncio.get_running_loop()
+        producer = self._producer
+        if not self._txn_ready:
+            await loop.run_in_executor(None, self._init_transactions)
+        try:
+            producer.begin_transaction()
+            self._produce_queued()
+            self._produce_outputs(out)
+            for key, (partition, state) in out.changed.items():
+                self.produce_state(key, partition, state)
+            if before_state is not None:
+                before_state()
+            metadata = group_metadata() if offsets and group_metadata is not None else None
+            await loop.run_in_executor(None, self._commit, offsets, metadata)
+        except BaseException as exc:
+            await loop.run_in_executor(None, self._abort)
+            if isinstance(exc, KafkaException):
+                raise TransactionFailed(
+                    f"transaction with Kafka at {self._bootstrap} failed and was aborted: "
+                    f"{exc.args[0].str() if exc.args else exc}"
+                ) from exc
+            raise
+
+    def _init_transactions(self) -> None:
+        try:
+            self._producer.init_transactions(30)
+        except KafkaException as exc:
+            raise TransactionFailed(
+                f"cannot start transactions with Kafka at {self._bootstrap}: {exc.args[0].str()}"
+            ) from exc
+        self._txn_ready = True
+
+    def _commit(self, offsets: Offsets, metadata: bytes | None) -> None:
+        producer = self._producer
+        if offsets and metadata is not None:
+            producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for t, p, o in offsets], metadata, 30
+            )
+        producer.commit_transaction(60)
+        if self._errors:  # commit fails first if a record failed; belt and braces
+            errors, self._errors = self._errors, []
+            raise DeliveryFailed(f"could not deliver {len(errors)} records: {errors[:3]}")
+
+    def _abort(self) -> None:
+        self._errors.clear()
+        try:
+            self._producer.abort_transaction(30)
+        except KafkaException as exc:  # fatal or fenced: the process exits anyway
+            log.warning("aborting the transaction failed: %s", exc)
 
     async def _flush(self) -> None:
         # librdkafka's flush blocks (without the GIL): in a thread, the event loop keeps

@@ -14,6 +14,13 @@ Two changes, both measured:
   committed by Faust's own committer exactly as for stream events. Every other message
   (table changelogs during recovery, other agents) takes Faust's normal path.
 
+Also: the consumer reads ``read_committed`` (a record of an aborted transaction, ours or a
+client's, is never governed); after each fetch round whose records are all decided, the
+fetch positions of the source partitions go to ``app.baton_decided`` (the sweep's "caught
+up" test); and under exactly-once, the changelogs' high watermarks given to Faust's table
+recovery are the ends of their committed data (``app.conf.baton_committed_ends``), since a
+transaction's final commit marker is never delivered and recovery would wait for it.
+
 The worker registers this transport as ``baton-kafka://``.
 """
 
@@ -37,25 +44,75 @@ BatchHandler = Callable[[list[Any]], Awaitable[None]]
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        # read by AIOKafkaConsumer.start() when it builds its Fetcher
+        # both read by AIOKafkaConsumer.start() when it builds its Fetcher
         consumer._fetch_max_wait_ms = self.app.conf.baton_fetch_max_wait_ms
+        consumer._isolation_level = "read_committed"
         return consumer
+
+    async def _highwaters(self, partitions: list[Any]) -> Any:
+        ends = await super()._highwaters(partitions)
+        committed_ends: Callable[[dict[tuple[str, int], int]], dict[tuple[str, int], int]] | None
+        committed_ends = getattr(self.app.conf, "baton_committed_ends", None)
+        changelogs = self.app.tables.changelog_topics
+        probe = {
+            (tp.topic, tp.partition): end
+            for tp, end in ends.items()
+            if end and tp.topic in changelogs
+        }
+        if committed_ends is None or not probe:
+            return ends
+        loop = asyncio.get_running_loop()
+        fixed = await loop.run_in_executor(None, committed_ends, probe)
+        return {tp: fixed.get((tp.topic, tp.partition), end) for tp, end in ends.items()}
+
+    def source_positions(self, topics: frozenset[str]) -> dict[tuple[str, int], int]:
+        """Fetch positions of the assigned partitions of ``topics`` (read between fetches)."""
+        consumer = self._consumer
+        subscription = consumer._subscription.subscription if consumer is not None else None
+        assignment = subscription.assignment if subscription is not None else None
+        if assignment is None:
+            return {}
+        out = {}
+        for tp in assignment.tps:
+            if tp.topic in topics:
+                state = assignment.state_value(tp)
+                if state.has_valid_position:
+                    out[(tp.topic, tp.partition)] = state.position
+        return out
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    #: tp -> offset of the last source record decided in the current assignment. Faust's
+    #: ``_read_offset`` means "last record read" after a record but "next record to read"
+    #: after a seek, so it lets the record *at* the read offset through again: when Faust's
+    #: post-recovery seek rewinds a fetch that was already handed out, the last record of
+    #: each partition would be decided (and, under exactly-once, published) a second time.
+    _last_done: dict[Any, int]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._last_done = {}
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self._last_done.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - worker loop
         # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages), with the
         # source topics' messages collected into one batch per fetch.
         on_batch: BatchHandler | None = getattr(self.app, "baton_on_batch", None)
         sources: frozenset[str] = getattr(self.app, "baton_source_topics", frozenset())
+        decided: dict[tuple[str, int], int] = getattr(self.app, "baton_decided", {})
         if on_batch is None:
             await super()._drain_messages(fetcher)
             return
         callback = self.callback
         getmany = self.getmany
+        done = self._last_done
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         get_read_offset = self._read_offset.__getitem__
@@ -75,8 +132,10 @@ class _Consumer(faust_aiokafka.Consumer):
                     async for tp, message in ait:
                         offset = message.offset
                         r_offset = batch_read.get(tp, get_read_offset(tp))
-                        if r_offset is not None and offset < r_offset:
-                            continue  # already read (Faust drops these too)
+                        if r_offset is not None and (
+                            offset < r_offset or (offset == r_offset and done.get(tp) == offset)
+                        ):
+                            continue  # already read (see _last_done)
                         gap = offset - (r_offset or 0)
                         if gap > 1 and r_offset and acks_enabled_for(message.topic):
                             await self._add_gap(tp, r_offset + 1, offset)
@@ -88,12 +147,16 @@ class _Consumer(faust_aiokafka.Consumer):
                             if batch:  # keep order with anything else this fetch held
                                 await on_batch(batch)
                                 self._read_offset.update(batch_read)
+                                done.update(batch_read)
                                 batch, batch_read = [], {}
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                             set_read_offset(tp, offset)
                     if batch:
                         await on_batch(batch)
                         self._read_offset.update(batch_read)
+                        done.update(batch_read)
+                    # every record fetched so far is decided: only getmany moves positions
+                    decided.update(self._thread.source_positions(sources))
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

@@ -38,7 +38,22 @@ class Settings(BaseSettings):
     policy: Path | None = Field(None, description="policy YAML; the seed policy when unset")
     web_port: int = Field(6066, ge=0, le=65535, description="Faust web port (0 = pick a free one)")
     worker_data_dir: Path = Field(Path(".baton/worker"), description="Faust table state directory")
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: redeliveries are deduplicated by request_id; exactly_once: "
+        "one Kafka transaction per batch (decisions, states, offsets), read them read_committed",
+    )
+    transactional_id: str | None = Field(
+        None,
+        description="exactly_once: this worker's transactional.id (default APP_ID-HOST-PID); "
+        "give each worker a stable one (e.g. its pod name) so a restart fences its old self",
+    )
+    transaction_timeout_ms: int = Field(
+        10_000,
+        ge=1000,
+        description="exactly_once: a crashed worker's open transaction holds back readers of "
+        "its partitions this long",
+    )
     run_retention_s: float = Field(
         3600.0, gt=0, description="evict finished runs, and idle runs, after this many seconds"
     )

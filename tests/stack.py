@@ -87,6 +87,8 @@ class Collector:
         self._decisions = decisions
         self.records: list[Decision | bytes] = []
         self.by_run: dict[str, list[Decision]] = defaultdict(list)
+        #: run_id -> (partition, offset) of each of its records, for failure messages
+        self.positions: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._consumer = Consumer(
@@ -118,6 +120,7 @@ class Collector:
                     d = Decision.from_json(msg.value())
                     self.records.append(d)
                     self.by_run[d.run_id].append(d)
+                    self.positions[d.run_id].append((msg.partition(), msg.offset()))
                 else:
                     self.records.append(msg.value())
 

@@ -261,3 +261,74 @@ def test_restart_after_a_batched_changelog_write_restores_every_run(
         if second is not None:
             second.stop()
         decisions.close()
+
+
+def test_exactly_once_restart_publishes_every_decision_once(
+    broker: EmbeddedBroker, tmp_path
+) -> None:
+    """exactly_once: a worker killed with SIGKILL right after deciding, and its successor,
+    together publish each decision exactly once (read_committed), with the state intact."""
+    prefix = f"x{uuid.uuid4().hex[:8]}."
+    (tmp_path / "policy.yaml").write_text(TEST_POLICY)
+    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
+    conf = {"bootstrap.servers": broker.bootstrap}
+    ensure_topics(conf, catalog, timeout=10)
+    decisions = Collector(broker.bootstrap, catalog.decisions)
+    sender = EventSender(broker.bootstrap, catalog.requests)
+    now = datetime.now(UTC)
+    runs = [f"run_x_{i}_{uuid.uuid4().hex[:4]}" for i in range(200)]
+    eos = {"BATON_PROCESSING_GUARANTEE": "exactly_once"}
+
+    def worker(name: str) -> WorkerProcess:
+        return WorkerProcess(
+            broker.bootstrap,
+            prefix,
+            tmp_path,
+            partitions=PARTITIONS,
+            policy=tmp_path / "policy.yaml",
+            name=name,
+            extra_env=eos,
+        )
+
+    def handoffs(i: int) -> list[HandoffRequested]:
+        return [
+            HandoffRequested(
+                request_id=f"{r}-{i}",
+                run_id=r,
+                task_id=f"t{i}",
+                from_agent="planner",
+                to_agent="researcher",
+                event_time=now,
+            )
+            for r in runs
+        ]
+
+    first = worker("a")
+    second = None
+    try:
+        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        sender.send(handoffs(1))
+        wait_for(lambda: all(decisions.for_run(r) for r in runs), 30, message="first decisions")
+        first.kill9()  # no grace: the offsets went with the decisions' transactions
+        second = worker("b")
+        sender.send(handoffs(2))
+        wait_for(
+            lambda: all(len(decisions.for_run(r)) >= 2 for r in runs),
+            90,
+            interval=0.5,
+            message=lambda: "second decisions\n" + second.log()[-3000:],
+        )
+        time.sleep(2)  # anything published twice would have arrived by now
+        for run in runs:
+            got = decisions.for_run(run)
+            if sorted(d.request_id for d in got) != [f"{run}-1", f"{run}-2"]:
+                pytest.fail(
+                    f"{run}: {[(d.request_id, d.decided_at.isoformat()) for d in got]} at "
+                    f"{decisions.positions[run]}\n{second.log()}"
+                )
+            assert [d.handoff_count for d in got] == [1, 2], run
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        decisions.close()
