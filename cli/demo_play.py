@@ -40,6 +40,7 @@ _STYLE = {
 #: the other scenarios' runs carry a per-demo prefix so repeated demos never collide
 SEED_RUN = "run_742"
 
+
 class StopsReader:
     """Reads gov.stops from where it ends now, in a thread, keeping the stops of the demo's runs.
 

@@ -241,6 +241,7 @@ class GovernanceWorker:
         if s.processing_guarantee == "exactly_once":
             # changelogs end with transaction markers, which Faust's recovery would wait for
             app.conf.baton_committed_ends = self._committed_ends
+            app.conf.baton_offsets_in_transactions = True
         return app
 
     def _transactional_id(self) -> str:

@@ -96,6 +96,15 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _commit(self, offsets: Any) -> bool:
+        if getattr(self.app.conf, "baton_offsets_in_transactions", False):
+            # exactly-once: each batch's transaction commits its offsets. Faust's committer
+            # commits acknowledged offsets in the background; one of its commits landing
+            # after a newer transaction would move the group's offset back (duplicates
+            # after a failover), so it commits nothing here.
+            return False
+        return bool(await super()._commit(offsets))
+
     async def on_partitions_revoked(self, revoked: Any) -> None:
         for tp in revoked:
             self._last_done.pop(tp, None)

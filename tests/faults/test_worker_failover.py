@@ -27,10 +27,11 @@ RUNS = 150
 HANDOFFS = 10  # max_handoffs is 8: two stops per run
 
 
-@pytest.fixture
+@pytest.fixture(params=["at_least_once", "exactly_once"])
 def two_workers(
-    broker: EmbeddedBroker, tmp_path
-) -> Iterator[tuple[list[WorkerProcess], TopicCatalog, str]]:
+    broker: EmbeddedBroker, tmp_path, request: pytest.FixtureRequest
+) -> Iterator[tuple[list[WorkerProcess], TopicCatalog, str, str]]:
+    guarantee = {"BATON_PROCESSING_GUARANTEE": request.param}
     prefix = f"f{uuid.uuid4().hex[:8]}."
     (tmp_path / "policy.yaml").write_text(TEST_POLICY)
     catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
@@ -44,6 +45,7 @@ def two_workers(
             partitions=PARTITIONS,
             policy=tmp_path / "policy.yaml",
             name="w1",
+            extra_env=guarantee,
         )
     ]
     try:
@@ -56,6 +58,7 @@ def two_workers(
                 partitions=PARTITIONS,
                 policy=tmp_path / "policy.yaml",
                 name="w2",
+                extra_env=guarantee,
             )
         )
         # the second worker has joined once it owns partitions and has recovered them
@@ -69,7 +72,7 @@ def two_workers(
             message=lambda: "w2 to join: " + workers[1].log()[-2000:],
         )
         wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
-        yield workers, catalog, broker.bootstrap
+        yield workers, catalog, broker.bootstrap, request.param
     finally:
         for w in workers:
             w.stop()
@@ -107,7 +110,7 @@ def _split(workers: list[WorkerProcess]) -> bool:
 
 
 def test_survivor_takes_over_and_nothing_is_double_counted(two_workers) -> None:
-    workers, catalog, bootstrap = two_workers
+    workers, catalog, bootstrap, guarantee = two_workers
     decisions = Collector(bootstrap, catalog.decisions)
     sender = EventSender(bootstrap, catalog.requests)
     now = datetime.now(UTC)
@@ -179,6 +182,11 @@ def test_survivor_takes_over_and_nothing_is_double_counted(two_workers) -> None:
             posts = [d for d in decisions.for_run(run) if d.phase == Phase.POST_HANDOFF]
             # spend counted once per completion: 10 completions x 0.5
             assert max(d.spent_usd for d in posts) == pytest.approx(HANDOFFS * 0.5)
+            if guarantee == "exactly_once":
+                # and every decision published once: the killed worker's open transaction
+                # was aborted, its successor's batches committed once each
+                records = decisions.for_run(run)
+                assert len(records) == 2 * HANDOFFS, (run, decisions.positions[run])
     finally:
         done.set()
         t.join(10)

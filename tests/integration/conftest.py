@@ -41,6 +41,7 @@ class Stack:
     deadletters: Collector
     requests: EventSender
     policy_path: Path
+    guarantee: str = "at_least_once"
 
     def add_worker(self, name: str) -> WorkerProcess:
         w = WorkerProcess(
@@ -50,6 +51,7 @@ class Stack:
             partitions=PARTITIONS,
             policy=self.policy_path,
             name=name,
+            extra_env={"BATON_PROCESSING_GUARANTEE": self.guarantee},
         )
         self.workers.append(w)
         return w
@@ -58,8 +60,12 @@ class Stack:
         return "\n".join(f"--- {w.log_path.name}\n{w.log()}" for w in self.workers)
 
 
-@pytest.fixture(scope="module")
-def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["at_least_once", "exactly_once"])
+def stack(
+    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    """Every test of a module runs against a worker of each processing guarantee (the
+    collectors read ``read_committed``: under exactly-once they see committed batches only)."""
     import uuid
 
     prefix = f"m{uuid.uuid4().hex[:8]}."
@@ -80,6 +86,7 @@ def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
         Collector(broker.bootstrap, catalog.deadletter, decisions=False),
         EventSender(broker.bootstrap, catalog.requests),
         policy_path,
+        request.param,
     )
     try:
         w = s.add_worker("w1")

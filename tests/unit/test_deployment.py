@@ -30,8 +30,11 @@ def test_every_baton_variable_in_compose_is_a_setting_the_code_reads() -> None:
 
 def test_compose_values_are_valid_settings() -> None:
     for name, service in _compose()["services"].items():
-        env = {k[len("BATON_"):].lower(): v for k, v in (service.get("environment") or {}).items()
-               if k.startswith("BATON_") and v != ""}
+        env = {
+            k[len("BATON_") :].lower(): v
+            for k, v in (service.get("environment") or {}).items()
+            if k.startswith("BATON_") and v != ""
+        }
         Settings(**env)  # raises on a value the code would refuse
         assert name
 

@@ -1,0 +1,88 @@
+"""Transactions on the embedded broker: what Baton's exactly-once mode relies on."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.transactions import committed_ends, consumer_group_metadata
+
+pytestmark = pytest.mark.integration
+
+
+def _topic(broker: EmbeddedBroker, name: str) -> str:
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic(name, 1, 1)])[name].result(10)
+    return name
+
+
+def _txn_producer(broker: EmbeddedBroker) -> Producer:
+    p = Producer(
+        {"bootstrap.servers": broker.bootstrap, "transactional.id": f"t-{uuid.uuid4().hex[:8]}"}
+    )
+    p.init_transactions(30)
+    return p
+
+
+def _end(broker: EmbeddedBroker, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "ends", "log_level": 0})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)[1]
+    finally:
+        c.close()
+
+
+def test_committed_ends_skip_commit_markers_and_aborted_tails(
+    broker: EmbeddedBroker, topic_prefix: str
+) -> None:
+    committed = _topic(broker, f"{topic_prefix}committed")
+    aborted = _topic(broker, f"{topic_prefix}aborted")
+    plain = _topic(broker, f"{topic_prefix}plain")
+    empty = _topic(broker, f"{topic_prefix}empty")
+    p = _txn_producer(broker)
+    for topic in (committed, aborted):
+        p.begin_transaction()
+        for i in range(3):  # offsets 0..2, then the commit marker at 3
+            p.produce(topic, b"v%d" % i, b"k")
+        p.commit_transaction(30)
+    p.begin_transaction()
+    p.produce(aborted, b"never visible", b"k")  # offset 4, then an abort marker
+    p.abort_transaction(30)
+    plain_producer = Producer({"bootstrap.servers": broker.bootstrap})
+    plain_producer.produce(plain, b"x")
+    plain_producer.flush(10)
+
+    ends = {(t, 0): _end(broker, t) for t in (committed, aborted, plain, empty)}
+    assert ends[(committed, 0)] == 4  # the marker takes an offset: a reader never gets 3
+    got = committed_ends({"bootstrap.servers": broker.bootstrap}, ends)
+    assert got == {(committed, 0): 3, (aborted, 0): 3, (plain, 0): 1, (empty, 0): 0}
+
+
+def test_offsets_sent_with_written_group_metadata_are_committed_with_the_transaction(
+    broker: EmbeddedBroker, topic_prefix: str
+) -> None:
+    source = _topic(broker, f"{topic_prefix}src")
+    out = _topic(broker, f"{topic_prefix}out")
+    group = f"{topic_prefix}group"
+    p = _txn_producer(broker)
+    metadata = consumer_group_metadata(group, 1, "member-1")
+
+    p.begin_transaction()
+    p.produce(out, b"decision", b"k")
+    p.send_offsets_to_transaction([TopicPartition(source, 0, 42)], metadata, 30)
+    p.abort_transaction(30)
+    p.begin_transaction()
+    p.produce(out, b"decision", b"k")
+    p.send_offsets_to_transaction([TopicPartition(source, 0, 17)], metadata, 30)
+    p.commit_transaction(30)
+
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "log_level": 0})
+    try:
+        [tp] = c.committed([TopicPartition(source, 0)], timeout=10)
+    finally:
+        c.close()
+    assert tp.offset == 17  # the aborted transaction's 42 was never committed
