@@ -9,11 +9,13 @@ noisy: compare the ratio, not absolute numbers):
   realistic mix: task trees, completions, approvals, conflicts, redeliveries) and
   publishing every decision plus its changelog record.
 
-Throughput is measured from the first to the last decision of a backlog produced before
-the worker starts. Latency is measured afterwards at a moderate, steady rate: the time from
-producing a handoff to reading its decision, p50/p99.
+Throughput is measured over the span of ``decided_at`` of a backlog produced before the
+worker starts (the same measure under both processing guarantees). Latency is measured
+afterwards at a moderate, steady rate: the time from producing a handoff to reading its
+decision, p50/p99.
 
-    python -m bench.worker_bench                 # 30,000 events over 4,000 runs
+    python -m bench.worker_bench                 # 30,000 events over 4,000 runs, both guarantees
+    python -m bench.worker_bench --guarantee exactly_once
     python -m bench.worker_bench --events 60000 --rate 2000
 """
 
@@ -31,6 +33,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
@@ -90,26 +93,38 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _count_until(
-    c: Consumer, n: int, timeout: float, pid: int | None = None
-) -> tuple[int, float, float, float]:
-    """Read until n records arrived: (count, time of first, time of last, CPU s of pid between)."""
-    seen, first, last = 0, 0.0, 0.0
-    cpu0 = 0.0
+    c: Consumer, n: int, timeout: float, pid: int, log_path: Path
+) -> tuple[int, float, float]:
+    """Read until n decisions arrived: (count, decide-time span in s, worker CPU s spent).
+
+    The span runs from the first to the last ``decided_at`` (the worker's clock, stamped when
+    it decides), so it is the same measure whether decisions become visible as they are
+    produced (at-least-once) or at each transaction's commit (exactly-once). CPU is counted
+    from the moment the worker logs "ready" (it starts on the waiting backlog right then).
+    """
+    seen = 0
+    first = last = None
+    cpu0 = None
     deadline = time.monotonic() + timeout
     while seen < n and time.monotonic() < deadline:
+        if cpu0 is None and " ready (policy" in log_path.read_text(errors="replace"):
+            cpu0 = _cpu_seconds(pid)
         for msg in c.consume(10000, 0.2):
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     raise RuntimeError(msg.error())
                 continue
-            now = time.perf_counter()
-            if seen == 0:
-                first = now
-                cpu0 = _cpu_seconds(pid) if pid else 0.0
+            decided = orjson.loads(msg.value())["decided_at"]
+            first = decided if first is None or decided < first else first
+            last = decided if last is None or decided > last else last
             seen += 1
-            last = now
-    cpu = (_cpu_seconds(pid) - cpu0) if pid else 0.0
-    return seen, first, last, cpu
+    cpu = _cpu_seconds(pid) - (cpu0 or 0.0)
+    span = (
+        (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+        if first and last
+        else 0.0
+    )
+    return seen, span, cpu
 
 
 def passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
@@ -141,7 +156,9 @@ def passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
     return done / elapsed if elapsed > 0 else 0.0
 
 
-def _start_worker(bootstrap: str, prefix: str, workdir: Path) -> subprocess.Popen[bytes]:
+def _start_worker(
+    bootstrap: str, prefix: str, workdir: Path, guarantee: str
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "BATON_BOOTSTRAP": bootstrap,
@@ -151,8 +168,9 @@ def _start_worker(bootstrap: str, prefix: str, workdir: Path) -> subprocess.Pope
         "BATON_WEB_PORT": str(free_port()),
         "BATON_WORKER_DATA_DIR": str(workdir / "w"),
         "BATON_SESSION_TIMEOUT_S": "6",
+        "BATON_PROCESSING_GUARANTEE": guarantee,
     }
-    log = open(workdir / "worker.log", "ab")  # noqa: SIM115
+    log = open(workdir / f"worker-{guarantee}.log", "ab")  # noqa: SIM115
     cmd = [sys.executable, "-m", "baton.cli", "-v", "worker"]
     if os.environ.get("BENCH_PYSPY"):  # profile the worker: BENCH_PYSPY=out.txt
         cmd = [
@@ -245,17 +263,62 @@ def latency(
     return got, inside
 
 
+GUARANTEES = ("at_least_once", "exactly_once")
+
+
+def run_worker(
+    broker: EmbeddedBroker, workdir: Path, items: list, workload: list, guarantee: str, args: Any
+) -> tuple[float, int, float, list[float], list[float]]:
+    """(events/s, decisions seen, CPU s, latencies, inside latencies) of one worker process
+    deciding ``items`` from its own topics."""
+    n = len(items)
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
+    ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog, timeout=10)
+    print(f"baton worker, {guarantee}: producing the backlog ...", file=sys.stderr)
+    _produce(broker.bootstrap, catalog.requests, items)
+    decisions = _consumer(broker.bootstrap, catalog.decisions)
+    worker = _start_worker(broker.bootstrap, prefix, workdir, guarantee)
+    log_path = workdir / f"worker-{guarantee}.log"
+    try:
+        # every event yields at least one decision; count decisions of the backlog only
+        expected = _expected_decisions(workload[: args.events])
+        seen, span, cpu = _count_until(decisions, expected, 300, worker.pid, log_path)
+        worker_eps = n / span if span > 0 else 0.0
+        lat, inside = latency(broker.bootstrap, catalog, args.rate, args.seconds)
+    finally:
+        # SIGINT: py-spy (BENCH_PYSPY) writes its profile on it; a worker stops on it
+        worker.send_signal(__import__("signal").SIGINT)
+        worker.wait(30)
+        decisions.close()
+    for line in log_path.read_text().splitlines():
+        if "events in" in line:
+            print("  " + line.split("] ", 3)[-1], file=sys.stderr)
+    if seen < expected:
+        print(log_path.read_text()[-3000:], file=sys.stderr)
+        raise SystemExit(f"{guarantee}: only {seen} of {expected} decisions arrived")
+    return worker_eps, seen, cpu, lat, inside
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events", type=int, default=30_000)
     ap.add_argument("--runs", type=int, default=4_000)
     ap.add_argument("--rate", type=int, default=500, help="events/s for the latency phase")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of the latency phase")
+    ap.add_argument(
+        "--guarantee",
+        choices=[*GUARANTEES, "both"],
+        default="both",
+        help="processing guarantee of the measured worker (default: both, one after the other)",
+    )
     args = ap.parse_args()
+    guarantees = GUARANTEES if args.guarantee == "both" else (args.guarantee,)
 
     workload = build_workload(args.runs)
     items = [(run_id.encode(), ev.to_json()) for run_id, ev, _ in workload][: args.events]
     n = len(items)
+    results = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
         workdir = Path(tmp)
         prefix = f"bench{uuid.uuid4().hex[:6]}."
@@ -271,47 +334,28 @@ def main() -> None:
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
         admin.create_topics([NewTopic(out_topic, PARTITIONS, 1)])[out_topic].result(10)
         base = passthrough(broker.bootstrap, catalog.requests, out_topic, n)
+        for guarantee in guarantees:
+            results[guarantee] = run_worker(broker, workdir, items, workload, guarantee, args)
 
-        print("baton worker ...", file=sys.stderr)
-        decisions = _consumer(broker.bootstrap, catalog.decisions)
-        worker = _start_worker(broker.bootstrap, prefix, workdir)
-        try:
-            # every event yields at least one decision; count decisions of the backlog only
-            expected = _expected_decisions(workload[: args.events])
-            seen, first, last, cpu = _count_until(decisions, expected, timeout=300, pid=worker.pid)
-            worker_eps = n / (last - first) if last > first else 0.0
-            lat, inside = latency(broker.bootstrap, catalog, args.rate, args.seconds)
-        finally:
-            # SIGINT: py-spy (BENCH_PYSPY) writes its profile on it; a worker stops on it
-            worker.send_signal(__import__("signal").SIGINT)
-            worker.wait(30)
-            decisions.close()
-        for line in (workdir / "worker.log").read_text().splitlines():
-            if "events in" in line:
-                print("  " + line.split("] ", 3)[-1], file=sys.stderr)
-        if seen < expected:
-            print((workdir / "worker.log").read_text()[-3000:], file=sys.stderr)
-            raise SystemExit(f"only {seen} of {expected} decisions arrived")
-
-    q = statistics.quantiles(lat, n=100) if len(lat) >= 100 else [float("nan")] * 99
-    qi = statistics.quantiles(inside, n=100) if len(inside) >= 100 else [float("nan")] * 99
-    rows = [
-        ("confluent-kafka passthrough (baseline)", f"{base:,.0f}", "", "", ""),
-        (
-            "baton worker, every decision published",
-            f"{worker_eps:,.0f}",
-            f"{q[49] * 1000:.1f}",
-            f"{q[98] * 1000:.1f}",
-            f"{cpu / n * 1e6:.0f}",
-        ),
-    ]
+    rows = [("confluent-kafka passthrough (baseline)", f"{base:,.0f}", "", "", "")]
+    for guarantee, (worker_eps, _seen, cpu, lat, _inside) in results.items():
+        q = statistics.quantiles(lat, n=100) if len(lat) >= 100 else [float("nan")] * 99
+        rows.append(
+            (
+                f"baton worker, {guarantee}",
+                f"{worker_eps:,.0f}",
+                f"{q[49] * 1000:.1f}",
+                f"{q[98] * 1000:.1f}",
+                f"{cpu / n * 1e6:.0f}",
+            )
+        )
     print(
         f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
         f"python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
     print(
-        f"workload: {n:,} events over {args.runs:,} runs, {PARTITIONS} partitions; "
-        f"latency at {args.rate:,} events/s for {args.seconds:g} s ({len(lat):,} samples)\n"
+        f"workload: {n:,} events over {args.runs:,} runs, {PARTITIONS} partitions, every "
+        f"decision published; latency at {args.rate:,} events/s for {args.seconds:g} s\n"
     )
     print(
         f"| {'variant':<42} | {'events/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
@@ -320,11 +364,14 @@ def main() -> None:
     print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 14}|")
     for name, eps, p50, p99, cpu_us in rows:
         print(f"| {name:<42} | {eps:>9} | {p50:>7} | {p99:>7} | {cpu_us:>12} |")
-    print(f"\nworker / baseline: {worker_eps / base:.2f}; decisions in backlog: {seen:,}")
-    print(
-        f"latency inside Baton (produce -> decided_at): p50 {qi[49] * 1000:.1f} ms, "
-        f"p99 {qi[98] * 1000:.1f} ms"
-    )
+    print()
+    for guarantee, (worker_eps, seen, _cpu, lat, inside) in results.items():
+        qi = statistics.quantiles(inside, n=100) if len(inside) >= 100 else [float("nan")] * 99
+        print(
+            f"{guarantee}: worker / baseline {worker_eps / base:.2f}; decisions in backlog "
+            f"{seen:,}; latency samples {len(lat):,}; inside Baton (produce -> decided_at) "
+            f"p50 {qi[49] * 1000:.1f} ms, p99 {qi[98] * 1000:.1f} ms"
+        )
 
 
 def _expected_decisions(workload: list) -> int:

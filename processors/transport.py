@@ -11,8 +11,11 @@ Two changes, both measured:
   governance itself. Messages of the topics the app names in ``app.baton_source_topics`` are
   collected per fetch and given to ``app.baton_on_batch`` as one list; the handler
   acknowledges them (``consumer.ack``) once their outputs are delivered, so offsets are
-  committed by Faust's own committer exactly as for stream events. Every other message
-  (table changelogs during recovery, other agents) takes Faust's normal path.
+  committed by Faust's own committer exactly as for stream events (under exactly-once, by
+  the batch's transaction instead: Faust's committer then commits nothing). A record at or
+  below the last one decided in the current assignment is dropped (Faust lets the one *at*
+  its read offset through again after a seek). Every other message (table changelogs during
+  recovery, other agents) takes Faust's normal path.
 
 Also: the consumer reads ``read_committed`` (a record of an aborted transaction, ours or a
 client's, is never governed); after each fetch round whose records are all decided, the
@@ -27,6 +30,7 @@ The worker registers this transport as ``baton-kafka://``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -101,7 +105,9 @@ class _Consumer(faust_aiokafka.Consumer):
             # exactly-once: each batch's transaction commits its offsets. Faust's committer
             # commits acknowledged offsets in the background; one of its commits landing
             # after a newer transaction would move the group's offset back (duplicates
-            # after a failover), so it commits nothing here.
+            # after a failover), so it commits nothing here. (Noted as committed for Faust's
+            # stall detector, which would otherwise report "has not committed" under lag.)
+            self._thread.tp_last_committed_at.update(dict.fromkeys(offsets, time.monotonic()))
             return False
         return bool(await super()._commit(offsets))
 
