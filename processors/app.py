@@ -238,9 +238,10 @@ class GovernanceWorker:
         app.baton_source_topics = frozenset({self.catalog.requests, self.catalog.approvals})
         app.baton_on_batch = self._on_fetched_batch
         app.baton_decided = self._decided
+        # a changelog written under exactly-once (also before a switch back to at-least-once)
+        # ends with a transaction marker, which Faust's recovery would wait for forever
+        app.conf.baton_committed_ends = self._committed_ends
         if s.processing_guarantee == "exactly_once":
-            # changelogs end with transaction markers, which Faust's recovery would wait for
-            app.conf.baton_committed_ends = self._committed_ends
             app.conf.baton_offsets_in_transactions = True
         return app
 
@@ -251,12 +252,25 @@ class GovernanceWorker:
     def _committed_ends(self, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         return committed_ends(self.settings.kafka_config(), ends)
 
-    def _group_metadata(self) -> bytes:
-        """The consumer group's current generation, for the transaction's offset commit."""
+    def _membership(self) -> tuple[str, int, str]:
+        """(group id, generation, member id) of this worker's consumer right now."""
         coordinator = self.app.consumer._thread._ensure_consumer()._coordinator
-        return consumer_group_metadata(
-            self.settings.app_id, coordinator.generation, coordinator.member_id
-        )
+        return coordinator.group_id, coordinator.generation, coordinator.member_id
+
+    def _group_metadata(self, expected: tuple[str, int, str]) -> bytes:
+        """The group metadata for a batch's offset commit (the broker fences a stale one).
+
+        aiokafka resets an expelled member to generation -1 and no member id, and Kafka
+        accepts a transactional offset commit with those *without any check*: so the batch
+        commits only under the membership it was fetched in.
+        """
+        now = self._membership()
+        if now != expected or now[1] < 0 or not now[2]:
+            raise RuntimeError(
+                f"group membership changed during a batch (generation {expected[1]} -> "
+                f"{now[1]}): not committing its transaction"
+            )
+        return consumer_group_metadata(*now)
 
     async def _on_revoked_signal(self, sender: Any, revoked: Any = (), **_: Any) -> None:
         await self._on_revoked(revoked)
@@ -312,11 +326,13 @@ class GovernanceWorker:
                 for e in events
             ],
             self.app.consumer_generation_id,
+            self._membership() if self.exactly_once else None,
         )
 
     async def _on_fetched_batch(self, messages: list[Any]) -> None:
         """The fast path (baton-kafka:// transport): one batch per fetch, acked here."""
         generation = self.app.consumer_generation_id
+        membership = self._membership() if self.exactly_once else None
         await self._ready.wait()
         await self._decide_and_publish(
             [
@@ -324,6 +340,7 @@ class GovernanceWorker:
                 for m in messages
             ],
             generation,
+            membership,
         )
         ack = self.app.consumer.ack
         for m in messages:
@@ -345,7 +362,12 @@ class GovernanceWorker:
                 f"{self.app.consumer_generation_id} during a batch; not writing its states"
             )
 
-    async def _decide_and_publish(self, records: list[InputRecord], generation: int) -> None:
+    async def _decide_and_publish(
+        self,
+        records: list[InputRecord],
+        generation: int,
+        membership: tuple[str, int, str] | None = None,
+    ) -> None:
         try:
             async with self._lock:
                 t0 = time.perf_counter()
@@ -361,7 +383,9 @@ class GovernanceWorker:
                     out,
                     before_state=lambda: self._still_owner(generation),
                     offsets=[(t, p, o) for (t, p), o in offsets.items()],
-                    group_metadata=self._group_metadata,
+                    group_metadata=(
+                        None if membership is None else lambda: self._group_metadata(membership)
+                    ),
                 )
                 t2 = time.perf_counter()
             self._stats.add(len(records), t1 - t0, t2 - t1)
@@ -423,6 +447,7 @@ class GovernanceWorker:
             log.info("worker %s owns partitions %s", self.worker_id, sorted(active))
         out = Outputs()
         retention = self.settings.run_retention_s
+        generation = app.consumer_generation_id
         async with self._lock:
             if app.rebalancing or getattr(app, "in_recovery", False):
                 return
@@ -448,7 +473,9 @@ class GovernanceWorker:
                     del states[key]
                     out.changed[key] = (partition, None)
             try:
-                await self.publisher.publish(out)
+                await self.publisher.publish(
+                    out, before_state=lambda: self._still_owner(generation)
+                )
             except Exception:
                 exit_without_commit(EXIT_DELIVERY_FAILED, "sweep could not publish; exiting")
 

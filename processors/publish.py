@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -86,6 +87,7 @@ class BatchPublisher:
             conf["transaction.timeout.ms"] = transaction_timeout_ms
             conf["message.timeout.ms"] = min(conf["message.timeout.ms"], transaction_timeout_ms)
         self.transactional = transactional_id is not None
+        self._txn_timeout_s = transaction_timeout_ms / 1000
         self._txn_ready = False
         self._producer = Producer(conf)
         self._bootstrap = conf.get("bootstrap.servers", "?")
@@ -242,7 +244,16 @@ class BatchPublisher:
             if before_state is not None:
                 before_state()
             metadata = group_metadata() if offsets and group_metadata is not None else None
-            await loop.run_in_executor(None, self._commit, offsets, metadata)
+            commit = loop.run_in_executor(None, self._commit, offsets, metadata)
+            try:
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                # shutting down mid-commit: let the commit finish (it may already have
+                # landed) instead of racing an abort against it from another thread
+                await asyncio.wait([commit])
+                raise
+        except asyncio.CancelledError:
+            raise  # the commit above either finished or failed on its own: nothing to abort
         except BaseException as exc:
             await loop.run_in_executor(None, self._abort)
             if isinstance(exc, KafkaException):
@@ -263,11 +274,24 @@ class BatchPublisher:
 
     def _commit(self, offsets: Offsets, metadata: bytes | None) -> None:
         producer = self._producer
+        timeout = self._txn_timeout_s
         if offsets and metadata is not None:
             producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for t, p, o in offsets], metadata, 30
+                [TopicPartition(t, p, o) for t, p, o in offsets], metadata, timeout
             )
-        producer.commit_transaction(60)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                producer.commit_transaction(timeout)
+                break
+            except KafkaException as exc:
+                # a retriable error (e.g. a timeout) leaves the commit in progress: calling
+                # commit again resumes it; anything else aborts (or is fatal) in the caller
+                err = exc.args[0] if exc.args else None
+                if err is None or not err.retriable() or time.monotonic() > deadline:
+                    raise
+                log.warning("committing a transaction with Kafka at %s: %s; retrying",
+                            self._bootstrap, err.str())  # fmt: skip
         if self._errors:  # commit fails first if a record failed; belt and braces
             errors, self._errors = self._errors, []
             raise DeliveryFailed(f"could not deliver {len(errors)} records: {errors[:3]}")

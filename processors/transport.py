@@ -116,6 +116,12 @@ class _Consumer(faust_aiokafka.Consumer):
             self._last_done.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        # again here: a batch still in flight during the revocation may have re-added them
+        for tp in assigned:
+            self._last_done.pop(tp, None)
+        await super().on_partitions_assigned(assigned, generation_id)
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - worker loop
         # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages), with the
         # source topics' messages collected into one batch per fetch.
@@ -152,7 +158,9 @@ class _Consumer(faust_aiokafka.Consumer):
                         ):
                             continue  # already read (see _last_done)
                         gap = offset - (r_offset or 0)
-                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                        # (Faust tests ``r_offset`` for truth: after record 0, a gap left by
+                        # an aborted client transaction would stall its commits for good)
+                        if gap > 1 and r_offset is not None and acks_enabled_for(message.topic):
                             await self._add_gap(tp, r_offset + 1, offset)
                         if message.topic in sources:
                             track(message)
