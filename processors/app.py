@@ -307,6 +307,7 @@ class GovernanceWorker:
                 _TableStates(self.runs.data, self.settings.partitions),
                 worker=self.worker_id,
                 kills=lambda: self.control.kills,
+                exactly_once=self.exactly_once,
             )
         return self._processor
 

@@ -109,6 +109,11 @@ def dead_letter_record(
     return DeadLetter(rec.key, orjson.dumps(envelope))
 
 
+def _same_record(decisions: list[Decision], rec: InputRecord) -> bool:
+    partition, offset = rec.partition, rec.offset
+    return all(d.partition == partition and d.offset == offset for d in decisions)
+
+
 class BatchProcessor:
     """Decides batches of run events against a state mapping (the Faust table's store)."""
 
@@ -119,8 +124,10 @@ class BatchProcessor:
         states: MutableMapping[bytes, RunState],
         worker: str | None = None,
         kills: Callable[[], KillSwitches] | None = None,
+        exactly_once: bool = False,
     ) -> None:
         self.policy = policy
+        self.exactly_once = exactly_once
         self.partitions = partitions
         self.states = states
         self.worker = worker
@@ -128,6 +135,8 @@ class BatchProcessor:
         self.decided = 0
         self.dead_lettered = 0
         self.forwarded = 0
+        #: records decided before (same partition and offset), answered with nothing
+        self.redelivered = 0
 
     def process(self, records: list[InputRecord], now: datetime) -> Outputs:
         out = Outputs()
@@ -194,6 +203,15 @@ class BatchProcessor:
             if new is not state:
                 states[key] = new
                 changed[key] = (rec.partition, new)
+            elif self.exactly_once and decisions and _same_record(decisions, rec):
+                # Kafka delivered this very record again (its decisions and the state that
+                # remembers them were committed in one transaction, its offset apparently
+                # not): they are out already, and re-emitting them would publish them twice.
+                # A client retry is another record and still gets them re-emitted. (Under
+                # at-least-once a redelivery re-emits, as the design has it: duplicates with
+                # the same decision_id are allowed there.)
+                self.redelivered += 1
+                continue
             for d in decisions:
                 out.decisions.append((rec.partition, d))
         self.decided += len(out.decisions)

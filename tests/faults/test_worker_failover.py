@@ -186,7 +186,17 @@ def test_survivor_takes_over_and_nothing_is_double_counted(two_workers) -> None:
                 # and every decision published once: the killed worker's open transaction
                 # was aborted, its successor's batches committed once each
                 records = decisions.for_run(run)
-                assert len(records) == 2 * HANDOFFS, (run, decisions.positions[run])
+                if len(records) != 2 * HANDOFFS:
+                    pytest.fail(
+                        f"{run}: {len(records)} decision records, expected {2 * HANDOFFS}:\n"
+                        + "\n".join(
+                            f"  {d.request_id} {d.phase} by {d.worker} from offset {d.offset}"
+                            f" decided {d.decided_at:%H:%M:%S.%f} at {where}"
+                            for d, where in zip(records, decisions.positions[run], strict=True)
+                        )
+                        + "\n--- w1\n"
+                        + workers[0].log()[-2500:]
+                    )
     finally:
         done.set()
         t.join(10)
