@@ -16,6 +16,7 @@ from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Outcome, Phase
 from baton.schemas.events import HandoffCompleted, HandoffRequested
 from baton.streams.embedded import EmbeddedBroker
+from baton.streams.partitioner import partition_for
 from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY
@@ -160,11 +161,37 @@ def test_survivor_takes_over_and_nothing_is_double_counted(two_workers) -> None:
                 len({d.decision_id for d in decisions.for_run(r)}) >= 2 * HANDOFFS for r in runs
             )
 
+        def missing() -> str:
+            lines = []
+            for r in runs:
+                got = {(d.request_id, d.phase) for d in decisions.for_run(r)}
+                want = {
+                    (f"{r}-h{i}", phase)
+                    for i in range(1, HANDOFFS + 1)
+                    for phase in (Phase.PRE_HANDOFF, Phase.POST_HANDOFF)
+                }
+                if want - got:
+                    part = partition_for(r.encode(), PARTITIONS)
+                    lines.append(f"  {r} (p{part}): missing {sorted(want - got)}")
+            group = "baton-" + catalog.requests.split(".", 1)[0]
+            return (
+                f"{len(lines)} runs incomplete:\n"
+                + "\n".join(lines[:10])
+                + f"\nrequests: {_positions(bootstrap, catalog.requests, group)}"
+            )
+
         wait_for(
             complete,
             90,
             interval=0.5,
-            message=lambda: "all decisions after failover\n" + workers[1].log()[-3000:],
+            message=lambda: (
+                "all decisions after failover: "
+                + missing()
+                + "\n--- w1\n"
+                + workers[0].log()[-1500:]
+                + "\n--- w2\n"
+                + workers[1].log()[-2500:]
+            ),
         )
         assert workers[1].alive(), workers[1].log()
         for run in runs:
