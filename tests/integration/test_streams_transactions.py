@@ -86,3 +86,86 @@ def test_offsets_sent_with_written_group_metadata_are_committed_with_the_transac
     finally:
         c.close()
     assert tp.offset == 17  # the aborted transaction's 42 was never committed
+
+
+_TXN_CHILD = """
+import sys
+from confluent_kafka import Producer, TopicPartition
+from baton.streams.transactions import consumer_group_metadata
+bootstrap, out_a, out_b, src, group = sys.argv[1:6]
+p = Producer({"bootstrap.servers": bootstrap, "transactional.id": "kill-" + out_a, "linger.ms": 1})
+p.init_transactions(30)
+md = consumer_group_metadata(group, 0, "m")
+n = 0
+print("ready", flush=True)
+while True:
+    p.begin_transaction()
+    for i in range(20):
+        for part in range(2):
+            p.produce(out_a, b"%d" % (n + i), b"k", partition=part)
+            p.produce(out_b, b"%d" % (n + i), b"k", partition=part)
+    n += 20
+    p.send_offsets_to_transaction([TopicPartition(src, part, n) for part in range(2)], md, 30)
+    p.commit_transaction(30)
+"""
+
+
+def _committed_count(bootstrap: str, topic: str, partition: int) -> int:
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "count",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "log_level": 0,
+        }
+    )
+    try:
+        c.assign([TopicPartition(topic, partition, 0)])
+        n = 0
+        while True:
+            msg = c.poll(10)
+            assert msg is not None, f"{topic}[{partition}]: no end of partition in 10 s"
+            if msg.error():
+                return n
+            n += 1
+    finally:
+        c.close()
+
+
+@pytest.mark.faults
+def test_a_producer_killed_mid_stream_leaves_whole_transactions_only(
+    broker: EmbeddedBroker, topic_prefix: str
+) -> None:
+    """What exactly-once rests on, under kill -9 on Tansu: a transaction's records on every
+    partition of every topic, and the offsets sent with it, are visible together or not at all."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for trial in range(3):
+        names = [f"{topic_prefix}{x}{trial}" for x in ("a", "b", "src")]
+        for f in admin.create_topics([NewTopic(n, 2, 1) for n in names]).values():
+            f.result(10)
+        out_a, out_b, src = names
+        group = f"{topic_prefix}g{trial}"
+        child = subprocess.Popen(
+            [sys.executable, "-c", _TXN_CHILD, broker.bootstrap, out_a, out_b, src, group],
+            stdout=subprocess.PIPE,
+        )
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        time.sleep(random.uniform(0.5, 1.5))
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "log_level": 0})
+        try:
+            committed = c.committed([TopicPartition(src, p) for p in range(2)], timeout=10)
+        finally:
+            c.close()
+        for tp in committed:
+            visible = {_committed_count(broker.bootstrap, t, tp.partition) for t in (out_a, out_b)}
+            assert visible == {max(tp.offset, 0)}, (trial, tp, visible)
+        assert max(tp.offset for tp in committed) > 0, "the child committed nothing"
