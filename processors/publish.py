@@ -279,7 +279,7 @@ class BatchPublisher:
             producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, o) for t, p, o in offsets], metadata, timeout
             )
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + 3 * timeout  # a few attempts of `timeout` each
         while True:
             try:
                 producer.commit_transaction(timeout)
