@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -330,19 +330,28 @@ class GovernanceWorker:
             self._membership() if self.exactly_once else None,
         )
 
-    async def _on_fetched_batch(self, messages: list[Any]) -> None:
-        """The fast path (baton-kafka:// transport): one batch per fetch, acked here."""
+    async def _on_fetched_batch(
+        self, messages: list[Any], current: Callable[[], bool] | None = None
+    ) -> None:
+        """The fast path (baton-kafka:// transport): one batch per fetch, acked here.
+
+        ``current()`` turns False when a seek made the batch stale: it is then dropped
+        unacknowledged (its records are fetched again from the seek's position).
+        """
         generation = self.app.consumer_generation_id
         membership = self._membership() if self.exactly_once else None
         await self._ready.wait()
-        await self._decide_and_publish(
+        decided = await self._decide_and_publish(
             [
                 InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.headers)
                 for m in messages
             ],
             generation,
             membership,
+            current,
         )
+        if not decided:
+            return
         ack = self.app.consumer.ack
         for m in messages:
             ack(m)
@@ -368,9 +377,18 @@ class GovernanceWorker:
         records: list[InputRecord],
         generation: int,
         membership: tuple[str, int, str] | None = None,
-    ) -> None:
+        current: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Decide and publish ``records``; False if they went stale before (not decided)."""
         try:
             async with self._lock:
+                if current is not None and not current():
+                    log.info(
+                        "worker %s: dropping %d records fetched before a seek (read again)",
+                        self.worker_id,
+                        len(records),
+                    )
+                    return False
                 t0 = time.perf_counter()
                 out = self.processor.process(records, datetime.now(UTC))
                 t1 = time.perf_counter()
@@ -390,6 +408,7 @@ class GovernanceWorker:
                 )
                 t2 = time.perf_counter()
             self._stats.add(len(records), t1 - t0, t2 - t1)
+            return True
         except Exception:
             # never let a batch whose outputs were not delivered be acknowledged
             exit_without_commit(

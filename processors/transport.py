@@ -42,7 +42,9 @@ __all__ = ["SCHEME", "BatchHandler", "register"]
 
 SCHEME = "baton-kafka"
 
-BatchHandler = Callable[[list[Any]], Awaitable[None]]
+#: (messages, still current) -> None; the handler must not decide or acknowledge the
+#: messages once ``still current()`` is False (a seek made them stale)
+BatchHandler = Callable[[list[Any], Callable[[], bool]], Awaitable[None]]
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -93,9 +95,31 @@ class _Consumer(faust_aiokafka.Consumer):
     #: each partition would be decided (and, under exactly-once, published) a second time.
     _last_done: dict[Any, int]
 
+    #: bumped by every seek: a batch fetched before a seek is stale (see _drain_messages)
+    _seek_epoch: int
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._last_done = {}
+        self._seek_epoch = 0
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        # A copy: Faust passes its live set of active partitions, which table recovery
+        # empties (pausing the changelogs) while the consumer thread may be reading it, and
+        # aiokafka reads an empty set as "every partition": it would hand out, and move its
+        # position past, records of paused source partitions that Faust then drops.
+        partitions = set(active_partitions) if active_partitions is not None else None
+        return await self._thread.getmany(partitions, timeout)
+
+    async def perform_seek(self) -> None:
+        self._seek_epoch += 1
+        self._last_done.clear()
+        await super().perform_seek()
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        self._seek_epoch += 1
+        self._last_done.pop(partition, None)
+        await super().seek(partition, offset)
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -134,6 +158,14 @@ class _Consumer(faust_aiokafka.Consumer):
         callback = self.callback
         getmany = self.getmany
         done = self._last_done
+        epoch = self._seek_epoch
+
+        def current() -> bool:
+            # False once a seek happened after this round's fetch: Faust's post-recovery
+            # seek rewinds to the committed offsets, and records fetched before it must be
+            # neither decided nor recorded as read (they are fetched again from there)
+            return self._seek_epoch == epoch
+
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         get_read_offset = self._read_offset.__getitem__
@@ -147,6 +179,7 @@ class _Consumer(faust_aiokafka.Consumer):
                 #: read offsets of the batch's messages, published only once the batch is
                 #: decided: the worker's sweep reads them to know a partition has caught up
                 batch_read: dict[Any, int] = {}
+                epoch = self._seek_epoch
                 ait = getmany(timeout=1.0)
                 await asyncio.sleep(0)
                 if not self.should_stop:
@@ -161,25 +194,28 @@ class _Consumer(faust_aiokafka.Consumer):
                         # (Faust tests ``r_offset`` for truth: after record 0, a gap left by
                         # an aborted client transaction would stall its commits for good)
                         if gap > 1 and r_offset is not None and acks_enabled_for(message.topic):
-                            await self._add_gap(tp, r_offset + 1, offset)
+                            # the offsets in between, not this record (not decided yet)
+                            await self._add_gap(tp, r_offset + 1, offset - 1)
                         if message.topic in sources:
                             track(message)
                             batch.append(message)
                             batch_read[tp] = offset
                         else:
                             if batch:  # keep order with anything else this fetch held
-                                await on_batch(batch)
-                                self._read_offset.update(batch_read)
-                                done.update(batch_read)
+                                await on_batch(batch, current)
+                                if current():
+                                    self._read_offset.update(batch_read)
+                                    done.update(batch_read)
                                 batch, batch_read = [], {}
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                             set_read_offset(tp, offset)
                     if batch:
-                        await on_batch(batch)
+                        await on_batch(batch, current)
+                    if current():
                         self._read_offset.update(batch_read)
                         done.update(batch_read)
-                    # every record fetched so far is decided: only getmany moves positions
-                    decided.update(self._thread.source_positions(sources))
+                        # every record fetched so far is decided: only getmany moves positions
+                        decided.update(self._thread.source_positions(sources))
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
