@@ -12,16 +12,16 @@ Two changes, both measured:
   collected per fetch and given to ``app.baton_on_batch`` as one list; the handler
   acknowledges them (``consumer.ack``) once their outputs are delivered, so offsets are
   committed by Faust's own committer exactly as for stream events (under exactly-once, by
-  the batch's transaction instead: Faust's committer then commits nothing). A record at or
-  below the last one decided in the current assignment is dropped (Faust lets the one *at*
-  its read offset through again after a seek). Every other message (table changelogs during
-  recovery, other agents) takes Faust's normal path.
+  the batch's transaction instead: Faust's committer then commits nothing). A batch
+  fetched before a seek is dropped unacknowledged and read again from the seek's position.
+  Every other message (table changelogs during recovery, other agents) takes Faust's
+  normal path.
 
 Also: the consumer reads ``read_committed`` (a record of an aborted transaction, ours or a
 client's, is never governed); after each fetch round whose records are all decided, the
 fetch positions of the source partitions go to ``app.baton_decided`` (the sweep's "caught
-up" test); and under exactly-once, the changelogs' high watermarks given to Faust's table
-recovery are the ends of their committed data (``app.conf.baton_committed_ends``), since a
+up" test); and the changelogs' high watermarks given to Faust's table recovery are the
+ends of their committed data (``app.conf.baton_committed_ends``), since a
 transaction's final commit marker is never delivered and recovery would wait for it.
 
 The worker registers this transport as ``baton-kafka://``.
@@ -88,19 +88,15 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
-    #: tp -> offset of the last source record decided in the current assignment. Faust's
-    #: ``_read_offset`` means "last record read" after a record but "next record to read"
-    #: after a seek, so it lets the record *at* the read offset through again: when Faust's
-    #: post-recovery seek rewinds a fetch that was already handed out, the last record of
-    #: each partition would be decided (and, under exactly-once, published) a second time.
-    _last_done: dict[Any, int]
-
-    #: bumped by every seek: a batch fetched before a seek is stale (see _drain_messages)
+    #: bumped by every seek: a batch fetched before a seek is stale (see _drain_messages).
+    #: Faust's ``_read_offset`` means "last record read" after a record but "next record to
+    #: read" after a seek: a batch fetched before Faust's post-recovery seek and decided
+    #: after it would set it past the rewound records (skipping them) and let the last one
+    #: through again (deciding, under exactly-once publishing, it twice).
     _seek_epoch: int
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._last_done = {}
         self._seek_epoch = 0
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
@@ -113,12 +109,10 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         self._seek_epoch += 1
-        self._last_done.clear()
         await super().perform_seek()
 
     async def seek(self, partition: Any, offset: int) -> None:
         self._seek_epoch += 1
-        self._last_done.pop(partition, None)
         await super().seek(partition, offset)
 
     def _new_consumer_thread(self) -> _ConsumerThread:
@@ -135,17 +129,6 @@ class _Consumer(faust_aiokafka.Consumer):
             return False
         return bool(await super()._commit(offsets))
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        for tp in revoked:
-            self._last_done.pop(tp, None)
-        await super().on_partitions_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
-        # again here: a batch still in flight during the revocation may have re-added them
-        for tp in assigned:
-            self._last_done.pop(tp, None)
-        await super().on_partitions_assigned(assigned, generation_id)
-
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - worker loop
         # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages), with the
         # source topics' messages collected into one batch per fetch.
@@ -157,7 +140,6 @@ class _Consumer(faust_aiokafka.Consumer):
             return
         callback = self.callback
         getmany = self.getmany
-        done = self._last_done
         epoch = self._seek_epoch
 
         def current() -> bool:
@@ -186,10 +168,8 @@ class _Consumer(faust_aiokafka.Consumer):
                     async for tp, message in ait:
                         offset = message.offset
                         r_offset = batch_read.get(tp, get_read_offset(tp))
-                        if r_offset is not None and (
-                            offset < r_offset or (offset == r_offset and done.get(tp) == offset)
-                        ):
-                            continue  # already read (see _last_done)
+                        if r_offset is not None and offset < r_offset:
+                            continue  # already read (Faust drops these too)
                         gap = offset - (r_offset or 0)
                         # (Faust tests ``r_offset`` for truth: after record 0, a gap left by
                         # an aborted client transaction would stall its commits for good)
@@ -205,7 +185,6 @@ class _Consumer(faust_aiokafka.Consumer):
                                 await on_batch(batch, current)
                                 if current():
                                     self._read_offset.update(batch_read)
-                                    done.update(batch_read)
                                 batch, batch_read = [], {}
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                             set_read_offset(tp, offset)
@@ -213,7 +192,6 @@ class _Consumer(faust_aiokafka.Consumer):
                         await on_batch(batch, current)
                     if current():
                         self._read_offset.update(batch_read)
-                        done.update(batch_read)
                         # every record fetched so far is decided: only getmany moves positions
                         decided.update(self._thread.source_positions(sources))
                 self.diag.unset_flag(CONSUMER_FETCHING)
