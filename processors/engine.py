@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import NamedTuple, cast
 
 from baton.processors.state import (
     MAX_PENDING_APPROVALS,
@@ -30,7 +30,7 @@ from baton.processors.state import (
     RunState,
     TaskNode,
 )
-from baton.schemas.decision import Decision, Outcome, Phase, Reason, decision_id_for
+from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.events import (
     ApprovalDenied,
     ApprovalEvent,
@@ -42,7 +42,7 @@ from baton.schemas.events import (
     RunEvent,
     RunFinished,
 )
-from baton.schemas.policy import MultiAgentPolicy, Policy
+from baton.schemas.policy import MultiAgentPolicy, Policy, compile_globs
 
 __all__ = [
     "NO_KILLS",
@@ -144,7 +144,8 @@ def decide(
     """Decide one run event. ``state`` is None for a run Baton has not seen yet."""
     # dispatch on the exact type: isinstance() on pydantic models goes through their
     # metaclass's __instancecheck__, which is slow when it misses
-    approval = type(event) is ApprovalGranted or type(event) is ApprovalDenied
+    kind = type(event)
+    approval = kind is ApprovalGranted or kind is ApprovalDenied
     key = _dedup_key(event)
     if state is not None:
         # a redelivery or a client retry: re-emit what was decided, change nothing. A grant
@@ -157,29 +158,35 @@ def decide(
                 return state, list(state.recent.get(refused, ()))
         if key in state.seen:
             return state, list(state.recent.get(key, ()))
-    st = new_state(event.run_id, event.tenant, now) if state is None else state.copy()
-    st.last_event_at = max(st.last_event_at, now.timestamp())
-    ctx = _Ctx(policy, policy.for_tenant(st.tenant), now, kills, origin)
-    out = _expire(st, ctx)
-    if key in st.seen:  # the sweep just resolved the approval this event is about
+    now_ts = now.timestamp()
+    if state is None:
+        st = new_state(event.run_id, event.tenant, now)
+    else:
+        st = state.copy()
+        if now_ts > st.last_event_at:
+            st.last_event_at = now_ts
+    ctx = _Ctx(_rules_for(policy, st.tenant), now, now_ts, kills, origin)
+    out = _expire(st, ctx) if st.pending else None
+    if out and key in st.seen:  # the sweep just resolved the approval this event is about
         replies = st.recent.get(key, [])
         return st, out + [d for d in replies if d not in out]
-    if type(event) is HandoffRequested:
-        decisions = _pre_handoff(st, event, ctx)
-    elif type(event) is HandoffCompleted:
-        decisions = _post_handoff(st, event, ctx)
-    elif type(event) is ApprovalGranted or type(event) is ApprovalDenied:
-        decisions = _approval(st, event, ctx)
-    elif type(event) is RunFinished:
-        decisions = _finish(st, event, ctx)
+    if kind is HandoffRequested:
+        decisions = _pre_handoff(st, cast(HandoffRequested, event), ctx)
+    elif kind is HandoffCompleted:
+        decisions = _post_handoff(st, cast(HandoffCompleted, event), ctx)
+    elif approval:
+        decisions = _approval(st, cast(ApprovalEvent, event), ctx)
+    elif kind is RunFinished:
+        decisions = _finish(st, cast(RunFinished, event), ctx)
     else:  # pragma: no cover - the union is closed
-        raise TypeError(f"not a run event: {type(event).__name__}")
+        raise TypeError(f"not a run event: {kind.__name__}")
     if approval and decisions[0].outcome is _RECORDED:
         # a grant that could not be used leaves the approval pending: it must not burn the
         # approval's key, or the real approver's grant would be taken for a duplicate
         key = _refused_key(cast(ApprovalEvent, event))
     st.remember(key, decisions)
-    return st, out + decisions
+    # a new list: the caller may change it, ``decisions`` is kept in the state
+    return st, out + decisions if out else decisions[:]
 
 
 def expire_approvals(
@@ -189,7 +196,8 @@ def expire_approvals(
     if not any(p.expires_at <= now.timestamp() for p in state.pending.values()):
         return state, []
     st = state.copy()
-    return st, _expire(st, _Ctx(policy, policy.for_tenant(st.tenant), now, kills, _NO_ORIGIN))
+    ctx = _Ctx(_rules_for(policy, st.tenant), now, now.timestamp(), kills, _NO_ORIGIN)
+    return st, _expire(st, ctx)
 
 
 def apply_control(
@@ -233,11 +241,96 @@ def apply_control(
 # =========================================================================== internals
 
 
+class _Rules:
+    """One tenant's limits as plain attributes, compiled once per policy.
+
+    The engine reads a dozen limits per decision; on a pydantic model each read takes the
+    slow attribute path (``BaseModel.__getattr__`` keeps CPython from specialising it), on
+    a slotted object it does not (bench/RESULTS.md).
+    """
+
+    __slots__ = (
+        "allow_self_approval",
+        "approval_re",
+        "detect_delegation_cycles",
+        "fallback",
+        "fallback_by_reason",
+        "limits",
+        "max_agents_per_run",
+        "max_delegation_depth",
+        "max_handoffs",
+        "max_run_seconds",
+        "roles",
+        "shadow_mode",
+        "shared_max_tool_calls",
+        "shared_max_usd",
+        "tools_checked",
+        "ttl_seconds",
+        "version",
+    )
+
+    def __init__(self, limits: MultiAgentPolicy, version: str) -> None:
+        self.limits = limits
+        self.version = version
+        self.shadow_mode = limits.shadow_mode
+        self.max_agents_per_run = limits.max_agents_per_run
+        self.max_handoffs = (
+            HARD_MAX_HANDOFFS if limits.max_handoffs is None else limits.max_handoffs
+        )
+        self.max_delegation_depth = limits.max_delegation_depth
+        self.detect_delegation_cycles = limits.detect_delegation_cycles
+        self.shared_max_usd = limits.shared_max_usd
+        self.shared_max_tool_calls = limits.shared_max_tool_calls
+        self.max_run_seconds = limits.max_run_seconds
+        self.roles = bool(limits.roles)
+        self.tools_checked = bool(limits.tools.block) or limits.tools.allow is not None
+        self.approval_re = compile_globs(limits.require_approval_for)
+        self.ttl_seconds = limits.approval.ttl_seconds
+        self.allow_self_approval = limits.approval.allow_self_approval
+        self.fallback = limits.fallback
+        self.fallback_by_reason = dict(limits.fallback_by_reason)
+
+    def needs_approval(self, action: str | None, tool: str | None) -> bool:
+        rx = self.approval_re
+        if rx is None:
+            return False
+        return bool((action and rx.match(action)) or (tool and rx.match(tool)))
+
+    def fallback_for(self, reason: str) -> Fallback:
+        return self.fallback_by_reason.get(reason, self.fallback)
+
+
+class _Compiled(NamedTuple):
+    policy: Policy  # held so that its id() is not reused while the entry exists
+    default: _Rules
+    tenants: dict[str, _Rules]
+
+
+#: id(policy) -> its compiled rules; a worker has one policy at a time (a few after reloads)
+_COMPILED: dict[int, _Compiled] = {}
+
+
+def _rules_for(policy: Policy, tenant: str) -> _Rules:
+    entry = _COMPILED.get(id(policy))
+    if entry is None or entry.policy is not policy:
+        if len(_COMPILED) >= 8:
+            _COMPILED.clear()
+        version = policy.version
+        entry = _Compiled(
+            policy,
+            _Rules(policy.multi_agent, version),
+            {name: _Rules(limits, version) for name, limits in policy.tenants.items()},
+        )
+        _COMPILED[id(policy)] = entry
+    tenants = entry.tenants
+    return tenants.get(tenant, entry.default) if tenants else entry.default
+
+
 @dataclass(slots=True)
 class _Ctx:
-    policy: Policy
-    limits: MultiAgentPolicy
+    rules: _Rules
     now: datetime
+    now_ts: float
     kills: KillSwitches
     origin: Origin
 
@@ -287,9 +380,9 @@ def _decision(
     detail: str | None = None,
 ) -> Decision:
     """The record of one decision; the agents, task, action and tool come from ``req`` if given."""
-    limits = ctx.limits
+    rules = ctx.rules
     shadow = None
-    if limits.shadow_mode and (outcome is _STOP or outcome is _APPROVAL_REQUIRED):
+    if rules.shadow_mode and (outcome is _STOP or outcome is _APPROVAL_REQUIRED):
         # shadow (dry-run): record what would have happened, enforce nothing
         shadow = outcome
         outcome = _RECORDED if phase is _POST_HANDOFF else _ALLOW
@@ -306,10 +399,10 @@ def _decision(
         from_agent, to_agent, task_id, parent_task_id,
         action, depth, st.handoff_count, round(st.spent_usd, 9) if st.spent_usd else 0.0,
         st.tool_calls, handoff_status,
-        limits.fallback_for(reason) if (shadow or outcome) is _STOP else None,
-        approval_id, approval_expires_at, approver, ctx.policy.version,
+        rules.fallback_for(reason) if (shadow or outcome) is _STOP else None,
+        approval_id, approval_expires_at, approver, rules.version,
         event_time, ctx.now, origin.worker, origin.partition, origin.offset,
-        shadow, tool, round(st.reserved_usd, 9) if st.reserved else 0.0, detail,
+        shadow, tool, round(st.reserved_usd, 9) if st.reserved_usd else 0.0, detail,
     )  # fmt: skip
 
 
@@ -343,7 +436,7 @@ def _check(
     st: RunState, req: HandoffRequested, ctx: _Ctx, depth: int, *, gate: bool
 ) -> tuple[Outcome, str, str | None]:
     """Rules 1-8 for one handoff; ``gate`` False skips the approval gate (after a grant)."""
-    limits = ctx.limits
+    rules = ctx.rules
     if ctx.kills is not NO_KILLS and ctx.kills.killed(st.run_id, st.tenant):
         return Outcome.STOP, Reason.KILLED, None
     if st.finished:
@@ -355,11 +448,11 @@ def _check(
     node = st.tasks.get(task_id)
     if node is not None and node.owner != to_agent:
         return Outcome.STOP, Reason.OWNERSHIP_CONFLICT, f"{task_id} is owned by {node.owner}"
-    if limits.roles:
-        why = limits.role_permits(from_agent, to_agent, req.kind)
+    if rules.roles:
+        why = rules.limits.role_permits(from_agent, to_agent, req.kind)
         if why:
             return Outcome.STOP, Reason.ROLE_NOT_PERMITTED, why
-    max_agents = limits.max_agents_per_run
+    max_agents = rules.max_agents_per_run
     if max_agents is not None:
         agents = st.agents
         new = (from_agent not in agents) + (to_agent not in agents and to_agent != from_agent)
@@ -369,87 +462,88 @@ def _check(
                 Reason.AGENT_LIMIT_EXCEEDED,
                 (f"{len(agents) + new} agents > max_agents_per_run {max_agents}"),
             )
-    max_handoffs = limits.max_handoffs
-    if max_handoffs is None:
-        max_handoffs = HARD_MAX_HANDOFFS
+    max_handoffs = rules.max_handoffs
     if st.handoff_count + 1 > max_handoffs:
         return (
             Outcome.STOP,
             Reason.HANDOFF_BUDGET_EXCEEDED,
             (f"handoff {st.handoff_count + 1} > max_handoffs {max_handoffs}"),
         )
-    max_depth = limits.max_delegation_depth
+    max_depth = rules.max_delegation_depth
     if max_depth is not None and depth > max_depth:
         return (
             Outcome.STOP,
             Reason.DELEGATION_DEPTH_EXCEEDED,
             (f"depth {depth} > max_delegation_depth {max_depth}"),
         )
-    if limits.detect_delegation_cycles and _on_chain(st, req):
+    if rules.detect_delegation_cycles and _on_chain(st, req):
         return Outcome.STOP, Reason.DELEGATION_CYCLE, f"{to_agent} is already on the chain"
-    why = _budget_exhausted(st, limits, ctx.now)
+    why = _budget_exhausted(st, rules, ctx.now_ts)
     if why:
         return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, why
     estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
-    if estimated_usd is not None and limits.shared_max_usd is not None:
+    max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
+    if estimated_usd is not None and max_usd is not None:
         total = st.spent_usd + st.reserved_usd + estimated_usd
-        if total > limits.shared_max_usd + 1e-9:
+        if total > max_usd + 1e-9:
             return (
                 Outcome.STOP,
                 Reason.SHARED_BUDGET_EXCEEDED,
-                (f"spent+reserved+estimate {total:.4f} > shared_max_usd {limits.shared_max_usd:g}"),
+                (f"spent+reserved+estimate {total:.4f} > shared_max_usd {max_usd:g}"),
             )
-    if estimated_calls is not None and limits.shared_max_tool_calls is not None:
+    if estimated_calls is not None and max_calls is not None:
         total_calls = st.tool_calls + st.reserved_tool_calls + estimated_calls
-        if total_calls > limits.shared_max_tool_calls:
+        if total_calls > max_calls:
             return (
                 Outcome.STOP,
                 Reason.SHARED_BUDGET_EXCEEDED,
-                (
-                    f"tool calls with reservations {total_calls} > shared_max_tool_calls "
-                    f"{limits.shared_max_tool_calls}"
-                ),
+                f"tool calls with reservations {total_calls} > shared_max_tool_calls {max_calls}",
             )
     tool = req.tool
-    if tool is not None and not limits.tool_permitted(tool):
+    if tool is not None and rules.tools_checked and not rules.limits.tool_permitted(tool):
         return Outcome.STOP, Reason.TOOL_NOT_PERMITTED, f"tool {tool} is not permitted"
-    if gate and limits.needs_approval(req.action, tool):
+    if gate and rules.needs_approval(req.action, tool):
         return _APPROVAL_REQUIRED, Reason.APPROVAL_PENDING, None
     return _ALLOW, _OK, None
 
 
-def _budget_exhausted(st: RunState, limits: MultiAgentPolicy, now: datetime) -> str | None:
-    max_usd, max_calls = limits.shared_max_usd, limits.shared_max_tool_calls
+def _budget_exhausted(st: RunState, rules: _Rules, now_ts: float) -> str | None:
+    max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
     if max_usd is not None and st.spent_usd >= max_usd:
         return f"spent {st.spent_usd:.4f} >= shared_max_usd {max_usd:g}"
     if max_calls is not None and st.tool_calls >= max_calls:
         return f"tool calls {st.tool_calls} >= shared_max_tool_calls {max_calls}"
-    max_seconds = limits.max_run_seconds
+    max_seconds = rules.max_run_seconds
     if max_seconds is not None:
-        age = now.timestamp() - st.started_at
+        age = now_ts - st.started_at
         if age > max_seconds:
             return f"run age {age:.0f}s > max_run_seconds {max_seconds:g}"
     return None
 
 
 def _apply_allow(st: RunState, req: HandoffRequested, depth: int) -> None:
+    # tasks, agents, reserved and pending are replaced, never changed in place: the state
+    # this one was copied from shares them (RunState.copy)
     task_id, from_agent, to_agent = req.task_id, req.from_agent, req.to_agent
     if task_id not in st.tasks:
-        st.tasks[task_id] = TaskNode(to_agent, from_agent, req.parent_task_id, depth)
+        st.tasks = {**st.tasks, task_id: TaskNode(to_agent, from_agent, req.parent_task_id, depth)}
     agents = st.agents
-    agents[from_agent] = None
-    agents[to_agent] = None
+    if from_agent not in agents or to_agent not in agents:
+        st.agents = {**agents, from_agent: None, to_agent: None}
     st.handoff_count += 1
     estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
     if estimated_usd or estimated_calls:
-        st.reserved[req.request_id] = (estimated_usd or 0.0, estimated_calls or 0)
+        st.set_reserved(
+            {**st.reserved, req.request_id: (estimated_usd or 0.0, estimated_calls or 0)}
+        )
 
 
 def _apply_stop(st: RunState, reason: str, ctx: _Ctx) -> None:
     # budget stops on an *estimate* are not sticky: a smaller request may still fit
-    sticky = reason in STICKY_REASONS and not ctx.limits.shadow_mode
+    rules = ctx.rules
+    sticky = reason in STICKY_REASONS and not rules.shadow_mode
     if sticky and (
-        reason != Reason.SHARED_BUDGET_EXCEEDED or _budget_exhausted(st, ctx.limits, ctx.now)
+        reason != Reason.SHARED_BUDGET_EXCEEDED or _budget_exhausted(st, rules, ctx.now_ts)
     ):
         st.stopped = reason
 
@@ -459,15 +553,17 @@ def _pre_handoff(st: RunState, req: HandoffRequested, ctx: _Ctx) -> list[Decisio
     outcome, reason, detail = _check(st, req, ctx, depth, gate=True)
     node = st.tasks.get(req.task_id)
     approval_id = expires = None
-    if outcome is _APPROVAL_REQUIRED and not ctx.limits.shadow_mode:
+    shadow_mode = ctx.rules.shadow_mode
+    if outcome is _APPROVAL_REQUIRED and not shadow_mode:
         if len(st.pending) >= MAX_PENDING_APPROVALS:
             outcome, reason = Outcome.STOP, Reason.APPROVAL_EXPIRED
             detail = f"more than {MAX_PENDING_APPROVALS} approvals pending in this run"
         else:
             approval_id = approval_id_for(req.request_id)
-            expires = ctx.now + timedelta(seconds=ctx.limits.approval.ttl_seconds)
-            st.pending[approval_id] = PendingApproval(approval_id, req, expires.timestamp())
-    if outcome is _ALLOW or ctx.limits.shadow_mode:
+            expires = ctx.now + timedelta(seconds=ctx.rules.ttl_seconds)
+            pending = PendingApproval(approval_id, req, expires.timestamp())
+            st.pending = {**st.pending, approval_id: pending}
+    if outcome is _ALLOW or shadow_mode:
         _apply_allow(st, req, depth)
         owner = st.tasks[req.task_id].owner
     else:
@@ -494,18 +590,22 @@ def _pre_handoff(st: RunState, req: HandoffRequested, ctx: _Ctx) -> list[Decisio
 
 
 def _post_handoff(st: RunState, done: HandoffCompleted, ctx: _Ctx) -> list[Decision]:
-    limits = ctx.limits
+    rules = ctx.rules
     # every reported cost counts, even of a handoff Baton stopped or never saw: money spent
     # is spent, and the shared budget must see it
     st.spent_usd += done.cost_usd
     st.tool_calls += done.tool_calls
-    st.reserved.pop(done.request_id, None)
+    if done.request_id in st.reserved:
+        reserved = dict(st.reserved)
+        del reserved[done.request_id]
+        st.set_reserved(reserved)
     node = st.tasks.get(done.task_id)
     over = None
-    if limits.shared_max_usd is not None and st.spent_usd > limits.shared_max_usd + 1e-9:
-        over = f"spent {st.spent_usd:.4f} > shared_max_usd {limits.shared_max_usd:g}"
-    elif limits.shared_max_tool_calls is not None and st.tool_calls > limits.shared_max_tool_calls:
-        over = f"tool calls {st.tool_calls} > shared_max_tool_calls {limits.shared_max_tool_calls}"
+    max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
+    if max_usd is not None and st.spent_usd > max_usd + 1e-9:
+        over = f"spent {st.spent_usd:.4f} > shared_max_usd {max_usd:g}"
+    elif max_calls is not None and st.tool_calls > max_calls:
+        over = f"tool calls {st.tool_calls} > shared_max_tool_calls {max_calls}"
     if over and st.stopped is None and not st.finished:
         outcome, reason = Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED
         _apply_stop(st, reason, ctx)
@@ -539,7 +639,7 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
     if pending is None:
         return [_rejected_grant(st, ev, ctx, Reason.UNKNOWN_APPROVAL, "no such pending approval")]
     req = pending.request
-    if ev.approver == req.from_agent and not ctx.limits.approval.allow_self_approval:
+    if ev.approver == req.from_agent and not ctx.rules.allow_self_approval:
         return [
             _rejected_grant(
                 st,
@@ -549,7 +649,7 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
                 f"{ev.approver} requested this handoff and may not approve it",
             )
         ]
-    if not ctx.limits.approver_permitted(ev.approver):
+    if not ctx.rules.limits.approver_permitted(ev.approver):
         return [
             _rejected_grant(
                 st,
@@ -559,7 +659,7 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
                 f"{ev.approver} is not in approval.approvers",
             )
         ]
-    del st.pending[ev.approval_id]
+    st.pending = _without(st.pending, ev.approval_id)
     depth = _depth(st, req)
     if isinstance(ev, ApprovalDenied):
         outcome, reason, detail = Outcome.STOP, Reason.APPROVAL_DENIED, ev.comment
@@ -632,12 +732,12 @@ def _expire(st: RunState, ctx: _Ctx) -> list[Decision]:
     """Resolve every pending approval of ``st`` whose TTL passed as approval_expired."""
     if not st.pending:
         return []
-    now_ts = ctx.now.timestamp()
+    now_ts = ctx.now_ts
     out: list[Decision] = []
     for approval_id, p in list(st.pending.items()):
         if p.expires_at > now_ts:
             continue
-        del st.pending[approval_id]
+        st.pending = _without(st.pending, approval_id)
         req = p.request
         d = _decision(
             st,
@@ -652,10 +752,16 @@ def _expire(st: RunState, ctx: _Ctx) -> list[Decision]:
             owner=st.tasks[req.task_id].owner if req.task_id in st.tasks else None,
             approval_id=approval_id,
             approval_expires_at=_dt(p.expires_at),
-            detail=f"no decision within ttl {ctx.limits.approval.ttl_seconds:g}s",
+            detail=f"no decision within ttl {ctx.rules.ttl_seconds:g}s",
         )
         st.remember("a:" + approval_id, [d])
         out.append(d)
+    return out
+
+
+def _without(d: dict[str, PendingApproval], key: str) -> dict[str, PendingApproval]:
+    out = dict(d)
+    del out[key]
     return out
 
 

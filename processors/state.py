@@ -60,6 +60,16 @@ class PendingApproval:
 
 @dataclass(slots=True)
 class RunState:
+    """The state of one run.
+
+    ``tasks``, ``agents``, ``reserved`` and ``pending`` are replaced, never changed in place
+    (a copy shares them with the state it was made from, and most events change none of
+    them); ``seen`` and ``recent`` change with every decision and are copied with the state.
+    ``reserved_usd`` and ``reserved_tool_calls`` are the sums over ``reserved``, kept by
+    :meth:`set_reserved` (the engine reads them for every decision of a run with a
+    reservation).
+    """
+
     run_id: str
     tenant: str
     started_at: float
@@ -77,18 +87,22 @@ class RunState:
     pending: dict[str, PendingApproval] = field(default_factory=dict)
     seen: dict[str, None] = field(default_factory=dict)  # ordered set, oldest first
     recent: dict[str, list[Decision]] = field(default_factory=dict)
+    reserved_usd: float = 0.0
+    reserved_tool_calls: int = 0
 
-    # ------------------------------------------------------------------ derived numbers
-    @property
-    def reserved_usd(self) -> float:
-        return sum([r[0] for r in self.reserved.values()], 0.0)
-
-    @property
-    def reserved_tool_calls(self) -> int:
-        return sum([r[1] for r in self.reserved.values()])
+    def set_reserved(self, reserved: dict[str, tuple[float, int]]) -> None:
+        """Replace the reservations (request_id -> (usd, tool_calls)) and their sums."""
+        self.reserved = reserved
+        self.reserved_usd = sum([r[0] for r in reserved.values()], 0.0)
+        self.reserved_tool_calls = sum([r[1] for r in reserved.values()])
 
     def copy(self) -> RunState:
-        """A copy whose containers can change without touching this one (values are immutable)."""
+        """A copy that can change without touching this one.
+
+        Only ``seen`` and ``recent`` are copied: the other containers are replaced when they
+        change, never changed in place, so the two states may share them (a whole copy per
+        event was the engine's largest single cost, bench/RESULTS.md).
+        """
         return RunState(
             self.run_id,
             self.tenant,
@@ -99,12 +113,14 @@ class RunState:
             self.tool_calls,
             self.stopped,
             self.finished,
-            dict(self.tasks),
-            dict(self.agents),
-            dict(self.reserved),
-            dict(self.pending),
+            self.tasks,
+            self.agents,
+            self.reserved,
+            self.pending,
             dict(self.seen),
             dict(self.recent),
+            self.reserved_usd,
+            self.reserved_tool_calls,
         )
 
     def remember(self, key: str, decisions: list[Decision]) -> None:
@@ -153,7 +169,7 @@ class RunState:
     def from_wire(cls, w: list[Any]) -> RunState:
         if w[0] != STATE_FORMAT:
             raise ValueError(f"run state format {w[0]!r} is not {STATE_FORMAT}")
-        return cls(
+        state = cls(
             w[1],
             w[2],
             w[3],
@@ -170,6 +186,9 @@ class RunState:
             dict.fromkeys(w[14]),
             {k: [_decision_from_row(r) for r in rows] for k, rows in w[15]},
         )
+        if state.reserved:
+            state.set_reserved(state.reserved)
+        return state
 
 
 _TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})

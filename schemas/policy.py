@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_POLICY_YAML",
     "MultiAgentPolicy",
     "Policy",
+    "compile_globs",
     "load_policy",
     "parse_policy",
 ]
@@ -113,7 +114,7 @@ class MultiAgentPolicy(_Strict):
     # --- compiled matchers (glob lists become one regex each; the engine calls them per event)
     @cached_property
     def _approval_re(self) -> re.Pattern[str] | None:
-        return _compile(self.require_approval_for)
+        return compile_globs(self.require_approval_for)
 
     def needs_approval(self, action: str | None, tool: str | None) -> bool:
         rx = self._approval_re
@@ -151,7 +152,7 @@ class MultiAgentPolicy(_Strict):
         return self.fallback_by_reason.get(reason, self.fallback)
 
 
-def _compile(globs: list[str]) -> re.Pattern[str] | None:
+def compile_globs(globs: list[str]) -> re.Pattern[str] | None:
     if not globs:
         return None
     return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
