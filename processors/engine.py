@@ -397,13 +397,28 @@ def _decision(
         decision_id_for(request_id, _PHASE_TEXT[phase]), request_id, st.run_id, st.tenant,
         phase, outcome, reason, owner,
         from_agent, to_agent, task_id, parent_task_id,
-        action, depth, st.handoff_count, round(st.spent_usd, 9) if st.spent_usd else 0.0,
+        action, depth, st.handoff_count, _usd(st.spent_usd) if st.spent_usd else 0.0,
         st.tool_calls, handoff_status,
         rules.fallback_for(reason) if (shadow or outcome) is _STOP else None,
         approval_id, approval_expires_at, approver, rules.version,
         event_time, ctx.now, origin.worker, origin.partition, origin.offset,
-        shadow, tool, round(st.reserved_usd, 9) if st.reserved_usd else 0.0, detail,
+        shadow, tool, _usd(st.reserved_usd) if st.reserved_usd else 0.0, detail,
     )  # fmt: skip
+
+
+#: round(usd, 9) of recent amounts: a run's spend is the same on each of its decisions until
+#: the next completion, and round() with digits formats and re-parses the number (~2,000
+#: instructions, two per decision; bench/RESULTS.md)
+_ROUNDED: dict[float, float] = {}
+
+
+def _usd(amount: float) -> float:
+    rounded = _ROUNDED.get(amount)
+    if rounded is None:
+        if len(_ROUNDED) >= 65_536:
+            _ROUNDED.clear()
+        rounded = _ROUNDED[amount] = round(amount, 9)
+    return rounded
 
 
 def _depth(st: RunState, req: HandoffRequested) -> int:
