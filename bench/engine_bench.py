@@ -209,8 +209,8 @@ def main() -> None:
         decisions, table = decide_all(workload, policy)
         times.append(time.perf_counter() - t)
     for state in table.values():
-        for replies in state.recent.values():
-            outcomes.update(f"{d.phase}/{d.outcome}" for d in replies)
+        for key in state.recent_keys():
+            outcomes.update(f"{d.phase}/{d.outcome}" for d in state.replies(key) or ())
     best, median = min(times), statistics.median(times)
     t_dump, t_load, written = serialize_all(workload, policy)
 

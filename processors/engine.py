@@ -155,9 +155,9 @@ def decide(
         if approval:
             refused = _refused_key(cast(ApprovalEvent, event))
             if refused in state.seen:
-                return state, list(state.recent.get(refused, ()))
+                return state, state.replies(refused) or []
         if key in state.seen:
-            return state, list(state.recent.get(key, ()))
+            return state, state.replies(key) or []
     now_ts = now.timestamp()
     if state is None:
         st = new_state(event.run_id, event.tenant, now)
@@ -168,7 +168,7 @@ def decide(
     ctx = _Ctx(_rules_for(policy, st.tenant), now, now_ts, kills, origin)
     out = _expire(st, ctx) if st.pending else None
     if out and key in st.seen:  # the sweep just resolved the approval this event is about
-        replies = st.recent.get(key, [])
+        replies = st.replies(key) or []
         return st, out + [d for d in replies if d not in out]
     if kind is HandoffRequested:
         decisions = _pre_handoff(st, cast(HandoffRequested, event), ctx)

@@ -62,9 +62,9 @@ class PendingApproval:
 class RunState:
     """The state of one run.
 
-    ``tasks``, ``agents``, ``reserved`` and ``pending`` are replaced, never changed in place
-    (a copy shares them with the state it was made from, and most events change none of
-    them); ``seen`` and ``recent`` change with every decision and are copied with the state.
+    ``tasks``, ``agents``, ``reserved``, ``pending`` and ``recent`` are replaced, never
+    changed in place (a copy shares them with the state it was made from, and most events
+    change none of them but ``recent``); ``seen`` is copied with the state.
     ``reserved_usd`` and ``reserved_tool_calls`` are the sums over ``reserved``, kept by
     :meth:`set_reserved` (the engine reads them for every decision of a run with a
     reservation).
@@ -86,7 +86,11 @@ class RunState:
     reserved: dict[str, tuple[float, int]] = field(default_factory=dict)
     pending: dict[str, PendingApproval] = field(default_factory=dict)
     seen: dict[str, None] = field(default_factory=dict)  # ordered set, oldest first
-    recent: dict[str, list[Decision]] = field(default_factory=dict)
+    #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
+    #: key, replies, ...), replies one Decision or a list of several. A flat tuple because
+    #: these decisions are most of a run's memory, and the engine's speed on many runs is
+    #: bound by memory (bench/RESULTS.md); read it with replies() and recent_keys()
+    recent: tuple[Any, ...] = ()
     reserved_usd: float = 0.0
     reserved_tool_calls: int = 0
 
@@ -118,7 +122,7 @@ class RunState:
             self.reserved,
             self.pending,
             dict(self.seen),
-            dict(self.recent),
+            self.recent,
             self.reserved_usd,
             self.reserved_tool_calls,
         )
@@ -129,10 +133,25 @@ class RunState:
         seen[key] = None
         if len(seen) > SEEN_LIMIT:
             del seen[next(iter(seen))]
+        replies = decisions[0] if len(decisions) == 1 else list(decisions)
         recent = self.recent
-        recent[key] = decisions
-        if len(recent) > RECENT_REPLIES:
-            del recent[next(iter(recent))]
+        if len(recent) < 2 * RECENT_REPLIES:
+            self.recent = (*recent, key, replies)
+        else:
+            self.recent = (*recent[2:], key, replies)
+
+    def replies(self, key: str) -> list[Decision] | None:
+        """The decisions kept for ``key`` (a new list), None when it is not among the recent."""
+        recent = self.recent
+        for i in range(len(recent) - 2, -1, -2):  # newest first
+            if recent[i] == key:
+                kept = recent[i + 1]
+                return [kept] if type(kept) is Decision else list(kept)
+        return None
+
+    def recent_keys(self) -> list[str]:
+        """The keys whose decisions are kept, oldest first."""
+        return list(self.recent[::2])
 
     # ------------------------------------------------------------------ serialization
     def to_bytes(self) -> bytes:
@@ -158,7 +177,7 @@ class RunState:
                 for p in self.pending.values()
             ],
             list(self.seen),
-            [[k, [_decision_row(d) for d in ds]] for k, ds in self.recent.items()],
+            [[k, [_decision_row(d) for d in self.replies(k) or ()]] for k in self.recent[::2]],
         ]
 
     @classmethod
@@ -184,7 +203,7 @@ class RunState:
             {k: (u, c) for k, u, c in w[12]},
             {a: PendingApproval(a, HandoffRequested.model_validate(r), e) for a, r, e in w[13]},
             dict.fromkeys(w[14]),
-            {k: [_decision_from_row(r) for r in rows] for k, rows in w[15]},
+            _recent_from_wire(w[15]),
         )
         if state.reserved:
             state.set_reserved(state.reserved)
@@ -205,6 +224,14 @@ _FALLBACKS: dict[str | None, Fallback | None] = {None: None, **{m.value: m for m
 
 #: a decision's fields as a tuple, in DECISION_FIELDS order (one C call, not 32 getattr)
 _decision_row = attrgetter(*DECISION_FIELDS)
+
+
+def _recent_from_wire(entries: list[Any]) -> tuple[Any, ...]:
+    recent: list[Any] = []
+    for key, rows in entries:
+        decisions = [_decision_from_row(r) for r in rows]
+        recent += (key, decisions[0] if len(decisions) == 1 else decisions)
+    return tuple(recent)
 
 
 def _decision_from_row(row: list[Any]) -> Decision:

@@ -324,9 +324,10 @@ def test_run_remembers_a_bounded_number_of_request_ids_and_replies() -> None:
         run.send(completed(f"req-c{i}", "t1", "worker", cost_usd=0.01))
     assert run.state is not None
     assert len(run.state.seen) == SEEN_LIMIT
-    assert len(run.state.recent) == RECENT_REPLIES
+    assert len(run.state.recent_keys()) == RECENT_REPLIES
     assert "c:req-c0" not in run.state.seen  # the oldest went first
-    assert f"c:req-c{SEEN_LIMIT + 49}" in run.state.recent
+    assert run.state.recent_keys()[-1] == f"c:req-c{SEEN_LIMIT + 49}"
+    assert run.state.recent_keys()[0] == f"c:req-c{SEEN_LIMIT + 50 - RECENT_REPLIES}"
 
 
 def test_pending_approvals_per_run_are_capped() -> None:
