@@ -114,8 +114,7 @@ def approval_id_for(request_id: str) -> str:
 
 
 def new_state(run_id: str, tenant: str, now: datetime) -> RunState:
-    ts = now.timestamp()
-    return RunState(run_id=run_id, tenant=tenant, started_at=ts, last_event_at=ts)
+    return RunState.new(run_id, tenant, now.timestamp())
 
 
 def is_evictable(state: RunState, now: datetime, retention_s: float) -> bool:
@@ -184,9 +183,8 @@ def decide(
         # a grant that could not be used leaves the approval pending: it must not burn the
         # approval's key, or the real approver's grant would be taken for a duplicate
         key = _refused_key(cast(ApprovalEvent, event))
-    st.remember(key, decisions)
-    # a new list: the caller may change it, ``decisions`` is kept in the state
-    return st, out + decisions if out else decisions[:]
+    st.remember(key, decisions)  # keeps the decisions, not the list: the caller may change it
+    return st, out + decisions if out else decisions
 
 
 def expire_approvals(

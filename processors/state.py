@@ -8,7 +8,7 @@ its dedup mark are one changelog write). Every collection in it is bounded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -68,31 +68,39 @@ class RunState:
     ``reserved_usd`` and ``reserved_tool_calls`` are the sums over ``reserved``, kept by
     :meth:`set_reserved` (the engine reads them for every decision of a run with a
     reservation).
+
+    Every field is required (:meth:`new` makes an empty run): defaults and default
+    factories would double the cost of ``__init__``, which :meth:`copy` calls per event.
     """
 
     run_id: str
     tenant: str
     started_at: float
     last_event_at: float
-    handoff_count: int = 0
-    spent_usd: float = 0.0
-    tool_calls: int = 0
+    handoff_count: int
+    spent_usd: float
+    tool_calls: int
     #: sticky stop: once set, every later handoff is stopped with this reason
-    stopped: str | None = None
-    finished: bool = False
-    tasks: dict[str, TaskNode] = field(default_factory=dict)
-    agents: dict[str, None] = field(default_factory=dict)  # ordered set
+    stopped: str | None
+    finished: bool
+    tasks: dict[str, TaskNode]
+    agents: dict[str, None]  # ordered set
     #: request_id -> (usd, tool_calls) reserved by an allowed handoff until its completion
-    reserved: dict[str, tuple[float, int]] = field(default_factory=dict)
-    pending: dict[str, PendingApproval] = field(default_factory=dict)
-    seen: dict[str, None] = field(default_factory=dict)  # ordered set, oldest first
+    reserved: dict[str, tuple[float, int]]
+    pending: dict[str, PendingApproval]
+    seen: dict[str, None]  # ordered set, oldest first
     #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
     #: key, replies, ...), replies one Decision or a list of several. A flat tuple because
     #: these decisions are most of a run's memory, and the engine's speed on many runs is
     #: bound by memory (bench/RESULTS.md); read it with replies() and recent_keys()
-    recent: tuple[Any, ...] = ()
-    reserved_usd: float = 0.0
-    reserved_tool_calls: int = 0
+    recent: tuple[Any, ...]
+    reserved_usd: float
+    reserved_tool_calls: int
+
+    @classmethod
+    def new(cls, run_id: str, tenant: str, at: float) -> RunState:
+        """A run Baton has not seen before, started at ``at`` (a POSIX timestamp)."""
+        return cls(run_id, tenant, at, at, 0, 0.0, 0, None, False, {}, {}, {}, {}, {}, (), 0.0, 0)
 
     def set_reserved(self, reserved: dict[str, tuple[float, int]]) -> None:
         """Replace the reservations (request_id -> (usd, tool_calls)) and their sums."""
@@ -204,6 +212,8 @@ class RunState:
             {a: PendingApproval(a, HandoffRequested.model_validate(r), e) for a, r, e in w[13]},
             dict.fromkeys(w[14]),
             _recent_from_wire(w[15]),
+            0.0,
+            0,
         )
         if state.reserved:
             state.set_reserved(state.reserved)
