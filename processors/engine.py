@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
+
+from pydantic import BaseModel
 
 from baton.processors.state import (
     MAX_PENDING_APPROVALS,
@@ -42,6 +44,8 @@ from baton.schemas.events import (
     RunFinished,
 )
 from baton.schemas.policy import MultiAgentPolicy, Policy, compile_globs
+
+_M = TypeVar("_M", bound=BaseModel)
 
 __all__ = [
     "NO_KILLS",
@@ -458,7 +462,7 @@ def _check(
     if node is not None and node.owner != to_agent:
         return Outcome.STOP, Reason.OWNERSHIP_CONFLICT, f"{task_id} is owned by {node.owner}"
     if rules.roles:
-        why = rules.limits.role_permits(from_agent, to_agent, req.kind)
+        why = rules.limits.role_permits(from_agent, to_agent, req.task_kind or task_id)
         if why:
             return Outcome.STOP, Reason.ROLE_NOT_PERMITTED, why
     max_agents = rules.max_agents_per_run
@@ -557,7 +561,8 @@ def _apply_stop(st: RunState, reason: str, ctx: _Ctx) -> None:
         st.stopped = reason
 
 
-def _pre_handoff(st: RunState, req: HandoffRequested, ctx: _Ctx) -> list[Decision]:
+def _pre_handoff(st: RunState, event: HandoffRequested, ctx: _Ctx) -> list[Decision]:
+    req = _fields(event)
     depth = _depth(st, req)
     outcome, reason, detail = _check(st, req, ctx, depth, gate=True)
     node = st.tasks.get(req.task_id)
@@ -570,7 +575,7 @@ def _pre_handoff(st: RunState, req: HandoffRequested, ctx: _Ctx) -> list[Decisio
         else:
             approval_id = approval_id_for(req.request_id)
             expires = ctx.now + timedelta(seconds=ctx.rules.ttl_seconds)
-            pending = PendingApproval(approval_id, req, expires.timestamp())
+            pending = PendingApproval(approval_id, event, expires.timestamp())
             st.pending = {**st.pending, approval_id: pending}
     if outcome is _ALLOW or shadow_mode:
         _apply_allow(st, req, depth)
@@ -598,7 +603,8 @@ def _pre_handoff(st: RunState, req: HandoffRequested, ctx: _Ctx) -> list[Decisio
     ]
 
 
-def _post_handoff(st: RunState, done: HandoffCompleted, ctx: _Ctx) -> list[Decision]:
+def _post_handoff(st: RunState, event: HandoffCompleted, ctx: _Ctx) -> list[Decision]:
+    done = _fields(event)
     rules = ctx.rules
     # every reported cost counts, even of a handoff Baton stopped or never saw: money spent
     # is spent, and the shared budget must see it
@@ -772,6 +778,26 @@ def _without(d: dict[str, PendingApproval], key: str) -> dict[str, PendingApprov
     out = dict(d)
     del out[key]
     return out
+
+
+class _FieldView:
+    """Attribute access to a pydantic model's fields at plain-object speed (see _fields)."""
+
+
+_new_view = object.__new__
+
+
+def _fields(model: _M) -> _M:
+    """A read-only view of ``model``'s fields that shares its ``__dict__``.
+
+    Pydantic keeps a model's field values in its instance ``__dict__``, but reading them as
+    attributes takes CPython's slow generic path (``BaseModel.__getattr__`` keeps 3.11 from
+    specialising ``LOAD_ATTR``): about 25 ns a read, and a handoff reads ~25. The view is a
+    plain object with the same dict, read at ~6 ns. Fields only: no properties or methods.
+    """
+    view = _new_view(_FieldView)
+    view.__dict__ = model.__dict__
+    return view  # type: ignore[return-value]
 
 
 def _dt(ts: float) -> datetime:

@@ -365,3 +365,26 @@ def test_run_with_a_pending_approval_is_never_evicted() -> None:
     d = run.handoff("refund", "planner", "billing_agent", action="billing.refund.create")
     assert run.state is not None and d.approval_id == approval_id_for(d.request_id)
     assert not is_evictable(run.state, at(10**6), retention_s=60)
+
+
+# ------------------------------------------------------------------ engine internals
+
+
+def test_the_engines_field_view_reads_every_field_as_the_model_does() -> None:
+    # the engine reads event fields through a view sharing the model's __dict__ (fast
+    # attribute reads); this fails if pydantic ever stops keeping fields there
+    from baton.processors.engine import _fields
+
+    events: list[RunEvent] = [
+        handoff(
+            "r1", "t1", "planner", "billing_agent", parent_task_id="t0", action="a.b",
+            tool="search.web", estimated_usd=1.5, estimated_tool_calls=3, task_kind="refund",
+        ),  # fmt: skip
+        completed("r1", "t1", "billing_agent", cost_usd=0.25),
+        granted("apr_1", "finance_lead"),
+        finished(),
+    ]
+    for event in events:
+        view = _fields(event)
+        for name in type(event).model_fields:
+            assert getattr(view, name) == getattr(event, name), (type(event).__name__, name)

@@ -262,8 +262,8 @@ def test_the_expiry_sweep_never_leaves_an_expired_approval_pending(case: tuple) 
 @PROPERTY_SETTINGS
 @given(histories(), st.data())
 def test_decide_never_changes_the_state_it_was_given(case: tuple, data: st.DataObject) -> None:
-    # the state's containers are shared copy-on-write with the states made from it: a write
-    # that skipped own_*() would show up here as a changed input
+    # a copy shares tasks, agents, reserved, pending and recent with the state it was made
+    # from (they are replaced, never changed in place): a write in place shows up here
     name, timed = case
     policy = POLICIES[name]
     states: list[tuple[RunState, bytes]] = []
