@@ -377,9 +377,17 @@ def test_the_engines_field_view_reads_every_field_as_the_model_does() -> None:
 
     events: list[RunEvent] = [
         handoff(
-            "r1", "t1", "planner", "billing_agent", parent_task_id="t0", action="a.b",
-            tool="search.web", estimated_usd=1.5, estimated_tool_calls=3, task_kind="refund",
-        ),  # fmt: skip
+            "r1",
+            "t1",
+            "planner",
+            "billing_agent",
+            parent_task_id="t0",
+            action="a.b",
+            tool="search.web",
+            estimated_usd=1.5,
+            estimated_tool_calls=3,
+            task_kind="refund",
+        ),
         completed("r1", "t1", "billing_agent", cost_usd=0.25),
         granted("apr_1", "finance_lead"),
         finished(),
