@@ -101,3 +101,11 @@ def test_copy_shares_nothing_that_decide_changes() -> None:
     before = run.state.to_bytes()
     decide(run.state, handoff("r2", "t2", "planner", "other", t=1), run.policy, at(1))
     assert run.state.to_bytes() == before
+
+
+def test_copy_carries_every_field_and_owns_its_dedup_marks() -> None:
+    state = _busy_run().state
+    assert state is not None
+    twin = state.copy()
+    assert twin == state and twin is not state  # == reads every field: a missed one raises
+    assert twin.seen is not state.seen  # the one container decide changes in place
