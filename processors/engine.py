@@ -144,28 +144,32 @@ def decide(
     origin: Origin = _NO_ORIGIN,
 ) -> tuple[RunState, list[Decision]]:
     """Decide one run event. ``state`` is None for a run Baton has not seen yet."""
-    # dispatch on the exact type: isinstance() on pydantic models goes through their
-    # metaclass's __instancecheck__, which is slow when it misses
-    # one key per logical event; approvals share one key per approval_id, so the first
-    # resolution wins and every later grant/deny of it gets the same answer
+    # One dedup key per logical event; approvals share one key per approval_id, so the first
+    # resolution wins and every later grant/deny of it gets the same answer. Dispatch is on
+    # the exact type: isinstance() on pydantic models goes through their metaclass's
+    # __instancecheck__, slow when it misses; and type(event) is X, not a saved type, so
+    # that mypy narrows without cast() calls.
+    approval = False
     if type(event) is HandoffRequested:
         key = "h:" + event.request_id
     elif type(event) is HandoffCompleted:
         key = "c:" + event.request_id
     elif type(event) is ApprovalGranted or type(event) is ApprovalDenied:
         key = "a:" + event.approval_id
+        approval = True
     else:
         key = "f:"
     if state is not None:
-        # a redelivery or a client retry: re-emit what was decided, change nothing. A grant
-        # that was refused (self-approval, unknown approver) is remembered under its own key:
-        # look there first, or its redelivery would be decided again, or answered with
-        # whatever later resolved the approval
-        if type(event) is ApprovalGranted or type(event) is ApprovalDenied:
-            refused = _refused_key(event)
-            if refused in state.seen:
+        # a redelivery or a client retry: re-emit what was decided, change nothing
+        seen = state.seen
+        if approval:
+            # a grant that was refused (self-approval, unknown approver) is remembered under
+            # its own key: look there first, or its redelivery would be decided again, or
+            # answered with whatever later resolved the approval
+            refused = _refused_key(event)  # type: ignore[arg-type]
+            if refused in seen:
                 return state, state.replies(refused) or []
-        if key in state.seen:
+        if key in seen:
             return state, state.replies(key) or []
     now_ts = now.timestamp()
     if state is None:
@@ -179,7 +183,6 @@ def decide(
     if out and key in st.seen:  # the sweep just resolved the approval this event is about
         replies = st.replies(key) or []
         return st, out + [d for d in replies if d not in out]
-    # (type(event) is X rather than a saved type: mypy narrows on it, so no cast() calls)
     if type(event) is HandoffRequested:
         decisions = _pre_handoff(st, event, ctx)
     elif type(event) is HandoffCompleted:
