@@ -34,6 +34,7 @@ SEEN_LIMIT = 512
 #: decisions kept verbatim for re-emission to a retrying client (the newest keys only: the
 #: worker publishes decisions *before* it writes state, so a crash never needs older ones)
 RECENT_REPLIES = 6
+_RECENT_ITEMS = 2 * RECENT_REPLIES  # length of RunState.recent when full
 MAX_PENDING_APPROVALS = 256
 STATE_FORMAT = 1
 
@@ -144,10 +145,10 @@ class RunState:
             del seen[next(iter(seen))]
         replies = decisions[0] if len(decisions) == 1 else list(decisions)
         recent = self.recent
-        if len(recent) < 2 * RECENT_REPLIES:
-            self.recent = (*recent, key, replies)
+        if len(recent) < _RECENT_ITEMS:
+            self.recent = recent + (key, replies)
         else:
-            self.recent = (*recent[2:], key, replies)
+            self.recent = recent[2:] + (key, replies)
 
     def replies(self, key: str) -> list[Decision] | None:
         """The decisions kept for ``key`` (a new list), None when it is not among the recent."""
