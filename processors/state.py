@@ -145,10 +145,11 @@ class RunState:
             del seen[next(iter(seen))]
         replies = decisions[0] if len(decisions) == 1 else list(decisions)
         recent = self.recent
+        # concatenation, not (*recent, key, replies): the starred form builds a list first
         if len(recent) < _RECENT_ITEMS:
-            self.recent = recent + (key, replies)
+            self.recent = recent + (key, replies)  # noqa: RUF005
         else:
-            self.recent = recent[2:] + (key, replies)
+            self.recent = recent[2:] + (key, replies)  # noqa: RUF005
 
     def replies(self, key: str) -> list[Decision] | None:
         """The decisions kept for ``key`` (a new list), None when it is not among the recent."""

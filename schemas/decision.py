@@ -80,9 +80,19 @@ class Fallback(StrEnum):
     CONSTRAINED = "constrained"
 
 
+#: an empty 16-byte BLAKE2b, copied for every id: a copy is a quarter cheaper than setting up
+#: a new hash (the engine makes one id per decision)
+_ID_HASH = hashlib.blake2b(digest_size=16)
+
+
 def decision_id_for(key: str, phase: str) -> str:
-    """Deterministic id from the request (or approval) id and the phase: replays reproduce it."""
-    return hashlib.blake2b(f"{key}\x1f{phase}".encode(), digest_size=16).hexdigest()
+    """Deterministic id from the request (or approval) id and the phase: replays reproduce it.
+
+    The 16-byte BLAKE2b of ``key``, 0x1F, ``phase``, as hex.
+    """
+    h = _ID_HASH.copy()
+    h.update(f"{key}\x1f{phase}".encode())
+    return h.hexdigest()
 
 
 @dataclass(slots=True)

@@ -260,6 +260,16 @@ def test_replaying_a_run_from_scratch_reproduces_every_decision_id() -> None:
     assert first[1].decision_id == decision_id_for(first[0].request_id, Phase.POST_HANDOFF)
 
 
+def test_decision_ids_stay_what_earlier_versions_published() -> None:
+    # consumers deduplicate on decision_id across upgrades (ClickHouse's ReplacingMergeTree):
+    # the derivation is part of the contract, 16-byte BLAKE2b of "<request_id>\x1f<phase>"
+    assert decision_id_for("req-1", "pre_handoff") == "0e763170f06e265239767ffa3ed222c3"
+    assert decision_id_for("req-1", Phase.POST_HANDOFF.value) == decision_id_for(
+        "req-1", "post_handoff"
+    )
+    assert decision_id_for("req-1", "pre_handoff") != decision_id_for("req-1", "post_handoff")
+
+
 def test_decisions_record_where_the_event_was_read() -> None:
     origin = Origin(worker="w1", partition=3, offset=42)
     _, [d] = decide(None, handoff("r1", "t1", "planner", "w"), seed_policy(), at(0), origin=origin)
