@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from baton.processors.state import (
     MAX_PENDING_APPROVALS,
+    SEEN_LIMIT,
     PendingApproval,
     RunState,
     TaskNode,
@@ -161,15 +162,16 @@ def decide(
         key = "f:"
     if state is not None:
         # a redelivery or a client retry: re-emit what was decided, change nothing
-        seen = state.seen
         if approval:
             # a grant that was refused (self-approval, unknown approver) is remembered under
             # its own key: look there first, or its redelivery would be decided again, or
             # answered with whatever later resolved the approval
             refused = _refused_key(event)  # type: ignore[arg-type]
-            if refused in seen:
+            if state.has_seen(refused):
                 return state, state.replies(refused) or []
-        if key in seen:
+        # state.has_seen(key), inline: it runs for every event (marks start at 1)
+        mark = state.fresh.get(key) or state.seen.get(key)
+        if mark is not None and mark > state.marks - SEEN_LIMIT:
             return state, state.replies(key) or []
     now_ts = now.timestamp()
     if state is None:
@@ -180,7 +182,7 @@ def decide(
             st.last_event_at = now_ts
     ctx = _Ctx(_rules_for(policy, st.tenant), now, now_ts, kills, origin)
     out = _expire(st, ctx) if st.pending else None
-    if out and key in st.seen:  # the sweep just resolved the approval this event is about
+    if out and st.has_seen(key):  # the sweep just resolved the approval this event is about
         replies = st.replies(key) or []
         return st, out + [d for d in replies if d not in out]
     if type(event) is HandoffRequested:

@@ -31,6 +31,9 @@ __all__ = [
 #: request keys remembered for dedup; a redelivery older than this many later events of
 #: the same run is decided again (documented in docs/guarantees.md)
 SEEN_LIMIT = 512
+#: dedup marks go to a small dict copied with the state, folded into the shared older marks
+#: every FRESH_LIMIT keys: a long run copies ~FRESH_LIMIT marks per event, not SEEN_LIMIT
+FRESH_LIMIT = 32
 #: decisions kept verbatim for re-emission to a retrying client (the newest keys only: the
 #: worker publishes decisions *before* it writes state, so a crash never needs older ones)
 RECENT_REPLIES = 6
@@ -63,9 +66,15 @@ class PendingApproval:
 class RunState:
     """The state of one run.
 
-    ``tasks``, ``agents``, ``reserved``, ``pending`` and ``recent`` are replaced, never
-    changed in place (a copy shares them with the state it was made from, and most events
-    change none of them but ``recent``); ``seen`` is copied with the state.
+    ``tasks``, ``agents``, ``reserved``, ``pending``, ``seen`` and ``recent`` are replaced,
+    never changed in place (a copy shares them with the state it was made from, and most
+    events change none of them but ``recent``); ``fresh`` is copied with the state.
+
+    Dedup marks: the run's n-th remembered key gets mark n (``marks`` counts them); a key
+    is seen while its mark is among the newest SEEN_LIMIT. New marks go to ``fresh``,
+    which is folded into ``seen`` (dropping marks that fell out of the window) whenever
+    ``marks`` reaches a multiple of FRESH_LIMIT, so the split follows from ``marks`` alone
+    and a state restored from its wire form is the same state.
     ``reserved_usd`` and ``reserved_tool_calls`` are the sums over ``reserved``, kept by
     :meth:`set_reserved` (the engine reads them for every decision of a run with a
     reservation).
@@ -89,7 +98,12 @@ class RunState:
     #: request_id -> (usd, tool_calls) reserved by an allowed handoff until its completion
     reserved: dict[str, tuple[float, int]]
     pending: dict[str, PendingApproval]
-    seen: dict[str, None]  # ordered set, oldest first
+    #: key -> mark, marks up to the last fold (may still hold marks that fell out of the
+    #: window since: has_seen() ignores them, the next fold drops them)
+    seen: dict[str, int]
+    #: key -> mark, marks since the last fold (fewer than FRESH_LIMIT)
+    fresh: dict[str, int]
+    marks: int
     #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
     #: key, replies, ...), replies one Decision or a list of several. A flat tuple because
     #: these decisions are most of a run's memory, and the engine's speed on many runs is
@@ -101,7 +115,9 @@ class RunState:
     @classmethod
     def new(cls, run_id: str, tenant: str, at: float) -> RunState:
         """A run Baton has not seen before, started at ``at`` (a POSIX timestamp)."""
-        return cls(run_id, tenant, at, at, 0, 0.0, 0, None, False, {}, {}, {}, {}, {}, (), 0.0, 0)
+        return cls(
+            run_id, tenant, at, at, 0, 0.0, 0, None, False, {}, {}, {}, {}, {}, {}, 0, (), 0.0, 0
+        )
 
     def set_reserved(self, reserved: dict[str, tuple[float, int]]) -> None:
         """Replace the reservations (request_id -> (usd, tool_calls)) and their sums."""
@@ -112,7 +128,7 @@ class RunState:
     def copy(self) -> RunState:
         """A copy that can change without touching this one.
 
-        Only ``seen`` is copied: the other containers are replaced when they change, never
+        Only ``fresh`` is copied: the other containers are replaced when they change, never
         changed in place, so the two states may share them (a whole copy per event was the
         engine's largest single cost, bench/RESULTS.md). Built slot by slot: calling
         ``__init__`` with 17 arguments costs a quarter more, and this runs once per event.
@@ -131,7 +147,9 @@ class RunState:
         new.agents = self.agents
         new.reserved = self.reserved
         new.pending = self.pending
-        new.seen = dict(self.seen)
+        new.seen = self.seen
+        new.fresh = dict(self.fresh)
+        new.marks = self.marks
         new.recent = self.recent
         new.reserved_usd = self.reserved_usd
         new.reserved_tool_calls = self.reserved_tool_calls
@@ -139,10 +157,15 @@ class RunState:
 
     def remember(self, key: str, decisions: list[Decision]) -> None:
         """Mark ``key`` decided; keep its decisions for re-emission while it is recent."""
-        seen = self.seen
-        seen[key] = None
-        if len(seen) > SEEN_LIMIT:
-            del seen[next(iter(seen))]
+        marks = self.marks = self.marks + 1
+        fresh = self.fresh
+        fresh[key] = marks
+        if not marks % FRESH_LIMIT:
+            floor = marks - SEEN_LIMIT
+            seen = {k: m for k, m in self.seen.items() if m > floor}
+            seen.update(fresh)
+            self.seen = seen
+            self.fresh = {}
         replies = decisions[0] if len(decisions) == 1 else list(decisions)
         recent = self.recent
         # concatenation, not (*recent, key, replies): the starred form builds a list first
@@ -150,6 +173,25 @@ class RunState:
             self.recent = recent + (key, replies)  # noqa: RUF005
         else:
             self.recent = recent[2:] + (key, replies)  # noqa: RUF005
+
+    def has_seen(self, key: str) -> bool:
+        """True when ``key`` is among the run's newest SEEN_LIMIT decided keys."""
+        mark = self.fresh.get(key) or self.seen.get(key)  # marks start at 1
+        return mark is not None and mark > self.marks - SEEN_LIMIT
+
+    def seen_keys(self) -> list[str]:
+        """The run's newest SEEN_LIMIT decided keys, oldest first."""
+        floor = self.marks - SEEN_LIMIT
+        return [k for k, m in self.seen.items() if m > floor] + list(self.fresh)
+
+    def __eq__(self, other: object) -> bool:
+        # equal when they would decide alike: the same wire form (which leaves out the
+        # marks that fell out of the window but were not folded away yet)
+        if not isinstance(other, RunState):
+            return NotImplemented
+        return self.to_wire() == other.to_wire()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     def replies(self, key: str) -> list[Decision] | None:
         """The decisions kept for ``key`` (a new list), None when it is not among the recent."""
@@ -187,8 +229,9 @@ class RunState:
                 [p.approval_id, p.request.model_dump(mode="json"), p.expires_at]
                 for p in self.pending.values()
             ],
-            list(self.seen),
+            self.seen_keys(),
             [[k, [_decision_row(d) for d in self.replies(k) or ()]] for k in self.recent[::2]],
+            self.marks,  # added after format 1 shipped: readers without it ignore it
         ]
 
     @classmethod
@@ -213,7 +256,7 @@ class RunState:
             dict.fromkeys(w[11]),
             {k: (u, c) for k, u, c in w[12]},
             {a: PendingApproval(a, HandoffRequested.model_validate(r), e) for a, r, e in w[13]},
-            dict.fromkeys(w[14]),
+            *_marks_from_wire(w[14], w[16] if len(w) > 16 else len(w[14])),
             _recent_from_wire(w[15]),
             0.0,
             0,
@@ -239,6 +282,16 @@ _FALLBACKS: dict[str | None, Fallback | None] = {None: None, **{m.value: m for m
 
 #: a decision's fields as a tuple, in DECISION_FIELDS order (one C call, not 32 getattr)
 _decision_row = attrgetter(*DECISION_FIELDS)
+
+
+def _marks_from_wire(keys: list[str], marks: int) -> tuple[dict[str, int], dict[str, int], int]:
+    """``seen``, ``fresh`` and ``marks`` from the window's keys (oldest first): the newest
+    ``marks % FRESH_LIMIT`` keys are the ones not folded yet (RunState.remember)."""
+    first = marks - len(keys) + 1
+    split = len(keys) - marks % FRESH_LIMIT
+    seen = {k: first + i for i, k in enumerate(keys[:split])}
+    fresh = {k: first + split + i for i, k in enumerate(keys[split:])}
+    return seen, fresh, marks
 
 
 def _recent_from_wire(entries: list[Any]) -> tuple[Any, ...]:

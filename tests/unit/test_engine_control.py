@@ -333,9 +333,10 @@ def test_run_remembers_a_bounded_number_of_request_ids_and_replies() -> None:
     for i in range(SEEN_LIMIT + 50):
         run.send(completed(f"req-c{i}", "t1", "worker", cost_usd=0.01))
     assert run.state is not None
-    assert len(run.state.seen) == SEEN_LIMIT
+    assert len(run.state.seen_keys()) == SEEN_LIMIT
     assert len(run.state.recent_keys()) == RECENT_REPLIES
-    assert "c:req-c0" not in run.state.seen  # the oldest went first
+    assert run.state.seen_keys()[0] == "c:req-c50"  # the oldest went first
+    assert not run.state.has_seen("c:req-c49") and run.state.has_seen("c:req-c50")
     assert run.state.recent_keys()[-1] == f"c:req-c{SEEN_LIMIT + 49}"
     assert run.state.recent_keys()[0] == f"c:req-c{SEEN_LIMIT + 50 - RECENT_REPLIES}"
 

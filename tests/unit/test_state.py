@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from baton.processors.engine import decide
-from baton.processors.state import RunState
+from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
 from baton.schemas.events import parse_event
-from tests.unit.test_engine_support import Run, at, finished, handoff, policy_with
+from tests.unit.test_engine_support import Run, at, completed, finished, handoff, policy_with
 
 pytestmark = pytest.mark.unit
 
@@ -108,4 +108,25 @@ def test_copy_carries_every_field_and_owns_its_dedup_marks() -> None:
     assert state is not None
     twin = state.copy()
     assert twin == state and twin is not state  # == reads every field: a missed one raises
-    assert twin.seen is not state.seen  # the one container decide changes in place
+    assert twin.fresh is not state.fresh  # the one container decide changes in place
+
+
+def test_dedup_marks_round_trip_at_every_fold_position_and_window_edge() -> None:
+    # marks are folded into the shared dict every FRESH_LIMIT keys and the window drops the
+    # oldest past SEEN_LIMIT: a state restored at any point must dedup exactly as the
+    # original, and keep doing so as both go on
+    run = Run(policy_with(shared_max_usd=None, shared_max_tool_calls=None))
+    keys = []
+    for i in range(SEEN_LIMIT + 2 * FRESH_LIMIT + 3):
+        run.send(completed(f"req-c{i}", "t1", "worker", cost_usd=0.01))
+        keys.append(f"c:req-c{i}")
+        state = run.state
+        assert state is not None
+        restored = RunState.from_bytes(state.to_bytes())
+        assert restored == state and restored.marks == state.marks == i + 1
+        assert restored.fresh == state.fresh and len(state.fresh) == (i + 1) % FRESH_LIMIT
+        for back in (0, 1, FRESH_LIMIT, SEEN_LIMIT - 1, SEEN_LIMIT, SEEN_LIMIT + 1):
+            if back <= i:
+                key = keys[i - back]
+                assert restored.has_seen(key) == state.has_seen(key) == (back < SEEN_LIMIT)
+    assert state.seen_keys() == keys[-SEEN_LIMIT:]
