@@ -169,9 +169,9 @@ def decide(
             refused = _refused_key(event)  # type: ignore[arg-type]
             if state.has_seen(refused):
                 return state, state.replies(refused) or []
-        # state.has_seen(key), inline: it runs for every event (marks start at 1)
-        mark = state.fresh.get(key) or state.seen.get(key)
-        if mark is not None and mark > state.marks - SEEN_LIMIT:
+        # state.has_seen(key), inline: it runs for every event
+        mark = state.seen.get(key)
+        if key in state.fresh or (mark is not None and mark > state.marks - SEEN_LIMIT):
             return state, state.replies(key) or []
     now_ts = now.timestamp()
     if state is None:

@@ -71,10 +71,11 @@ class RunState:
     events change none of them but ``recent``); ``fresh`` is copied with the state.
 
     Dedup marks: the run's n-th remembered key gets mark n (``marks`` counts them); a key
-    is seen while its mark is among the newest SEEN_LIMIT. New marks go to ``fresh``,
-    which is folded into ``seen`` (dropping marks that fell out of the window) whenever
-    ``marks`` reaches a multiple of FRESH_LIMIT, so the split follows from ``marks`` alone
-    and a state restored from its wire form is the same state.
+    is seen while its mark is among the newest SEEN_LIMIT. New keys go to ``fresh`` (their
+    marks are implied: the last ``len(fresh)``), which is folded into ``seen`` (dropping
+    marks that fell out of the window) whenever ``marks`` reaches a multiple of
+    FRESH_LIMIT, so the split follows from ``marks`` alone and a state restored from its
+    wire form is the same state.
     ``reserved_usd`` and ``reserved_tool_calls`` are the sums over ``reserved``, kept by
     :meth:`set_reserved` (the engine reads them for every decision of a run with a
     reservation).
@@ -101,8 +102,8 @@ class RunState:
     #: key -> mark, marks up to the last fold (may still hold marks that fell out of the
     #: window since: has_seen() ignores them, the next fold drops them)
     seen: dict[str, int]
-    #: key -> mark, marks since the last fold (fewer than FRESH_LIMIT)
-    fresh: dict[str, int]
+    #: keys since the last fold, oldest first (fewer than FRESH_LIMIT, all in the window)
+    fresh: dict[str, None]
     marks: int
     #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
     #: key, replies, ...), replies one Decision or a list of several. A flat tuple because
@@ -159,11 +160,11 @@ class RunState:
         """Mark ``key`` decided; keep its decisions for re-emission while it is recent."""
         marks = self.marks = self.marks + 1
         fresh = self.fresh
-        fresh[key] = marks
+        fresh[key] = None
         if not marks % FRESH_LIMIT:
             floor = marks - SEEN_LIMIT
             seen = {k: m for k, m in self.seen.items() if m > floor}
-            seen.update(fresh)
+            seen.update(zip(fresh, range(marks - len(fresh) + 1, marks + 1), strict=True))
             self.seen = seen
             self.fresh = {}
         replies = decisions[0] if len(decisions) == 1 else list(decisions)
@@ -176,7 +177,9 @@ class RunState:
 
     def has_seen(self, key: str) -> bool:
         """True when ``key`` is among the run's newest SEEN_LIMIT decided keys."""
-        mark = self.fresh.get(key) or self.seen.get(key)  # marks start at 1
+        if key in self.fresh:
+            return True
+        mark = self.seen.get(key)
         return mark is not None and mark > self.marks - SEEN_LIMIT
 
     def seen_keys(self) -> list[str]:
@@ -230,7 +233,7 @@ class RunState:
                 for p in self.pending.values()
             ],
             self.seen_keys(),
-            [[k, [_decision_row(d) for d in self.replies(k) or ()]] for k in self.recent[::2]],
+            _recent_to_wire(self.recent),
             self.marks,  # added after format 1 shipped: readers without it ignore it
         ]
 
@@ -242,6 +245,7 @@ class RunState:
     def from_wire(cls, w: list[Any]) -> RunState:
         if w[0] != STATE_FORMAT:
             raise ValueError(f"run state format {w[0]!r} is not {STATE_FORMAT}")
+        seen, fresh, marks = _marks_from_wire(w[14], w[16] if len(w) > 16 else len(w[14]))
         state = cls(
             w[1],
             w[2],
@@ -256,7 +260,9 @@ class RunState:
             dict.fromkeys(w[11]),
             {k: (u, c) for k, u, c in w[12]},
             {a: PendingApproval(a, HandoffRequested.model_validate(r), e) for a, r, e in w[13]},
-            *_marks_from_wire(w[14], w[16] if len(w) > 16 else len(w[14])),
+            seen,
+            fresh,
+            marks,
             _recent_from_wire(w[15]),
             0.0,
             0,
@@ -287,18 +293,33 @@ _decision_row = attrgetter(*DECISION_FIELDS)
 def _marks_from_wire(keys: list[str], marks: int) -> tuple[dict[str, int], dict[str, int], int]:
     """``seen``, ``fresh`` and ``marks`` from the window's keys (oldest first): the newest
     ``marks % FRESH_LIMIT`` keys are the ones not folded yet (RunState.remember)."""
-    first = marks - len(keys) + 1
     split = len(keys) - marks % FRESH_LIMIT
-    seen = {k: first + i for i, k in enumerate(keys[:split])}
-    fresh = {k: first + split + i for i, k in enumerate(keys[split:])}
-    return seen, fresh, marks
+    if split <= 0:  # a run of fewer than FRESH_LIMIT keys: nothing folded yet
+        return {}, dict.fromkeys(keys), marks
+    first = marks - len(keys) + 1
+    seen = dict(zip(keys[:split], range(first, first + split), strict=True))
+    return seen, dict.fromkeys(keys[split:]), marks
+
+
+def _recent_to_wire(recent: tuple[Any, ...]) -> list[Any]:
+    out = []
+    for i in range(0, len(recent), 2):
+        kept = recent[i + 1]
+        if type(kept) is Decision:
+            out.append([recent[i], [_decision_row(kept)]])
+        else:
+            out.append([recent[i], [_decision_row(d) for d in kept]])
+    return out
 
 
 def _recent_from_wire(entries: list[Any]) -> tuple[Any, ...]:
     recent: list[Any] = []
     for key, rows in entries:
-        decisions = [_decision_from_row(r) for r in rows]
-        recent += (key, decisions[0] if len(decisions) == 1 else decisions)
+        recent.append(key)
+        if len(rows) == 1:
+            recent.append(_decision_from_row(rows[0]))
+        else:
+            recent.append([_decision_from_row(r) for r in rows])
     return tuple(recent)
 
 
