@@ -133,6 +133,27 @@ def build_workload(runs: int, seed: int = 7) -> list[tuple[str, RunEvent, dateti
     return out
 
 
+def build_long_workload(runs: int, per_run: int) -> list[tuple[str, RunEvent, datetime]]:
+    """Long runs (``per_run`` events each, past the 512-key dedup window): a handoff and its
+    completion, over and over, the runs taking turns. Decided under a policy without limits."""
+    out: list[tuple[str, RunEvent, datetime]] = []
+    for i in range(per_run // 2):
+        now = T0 + timedelta(seconds=i)
+        for r in range(runs):
+            run_id, task = f"long-{r:04d}", f"t{i}"
+            rid = f"{run_id}/h{i}"
+            ask = HandoffRequested(
+                request_id=rid, run_id=run_id, task_id=task, from_agent="planner",
+                to_agent="worker", event_time=now,
+            )  # fmt: skip
+            done = HandoffCompleted(
+                request_id=rid, run_id=run_id, task_id=task, agent="worker", cost_usd=0.01,
+                tool_calls=1, event_time=now,
+            )  # fmt: skip
+            out += [(run_id, ask, now), (run_id, done, now)]
+    return out
+
+
 def decide_all(
     workload: list[tuple[str, RunEvent, datetime]], policy: Policy
 ) -> tuple[int, dict[str, RunState]]:
@@ -176,6 +197,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=4000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--long-runs", type=int, default=200, help="runs of the long-run measure (0: skip it)"
+    )
+    parser.add_argument("--long-events", type=int, default=1000, help="events per long run")
     args = parser.parse_args()
 
     policy = load_policy(None)  # the seed policy
@@ -213,6 +238,17 @@ def main() -> None:
             outcomes.update(f"{d.phase}/{d.outcome}" for d in state.replies(key) or ())
     best, median = min(times), statistics.median(times)
     t_dump, t_load, written = serialize_all(workload, policy)
+    long_row = None
+    if args.long_runs:
+        long_workload = build_long_workload(args.long_runs, args.long_events)
+        no_limits = Policy.model_validate({"multi_agent": {}})
+        long_times = []
+        for _ in range(2):
+            gc.collect()
+            t = time.perf_counter()
+            long_decisions, _ = decide_all(long_workload, no_limits)
+            long_times.append(time.perf_counter() - t)
+        long_row = (len(long_workload), long_decisions, min(long_times))
 
     print(f"python {platform.python_version()} on {platform.machine()}, one core; "
           f"{args.runs} runs, workload built in {build_s:.2f} s (not timed)")  # fmt: skip
@@ -224,6 +260,10 @@ def main() -> None:
     for label, secs in ((f"decide, best of {args.repeat}", best), ("decide, median", median)):
         print(f"| {label:<38} | {events:>7} | {decisions:>9} | {secs:>7.3f} | "
               f"{decisions / secs:>9,.0f} |")  # fmt: skip
+    if long_row:
+        n, d, secs = long_row
+        label = f"decide, {args.long_runs} runs x {args.long_events} events"
+        print(f"| {label:<38} | {n:>7} | {d:>9} | {secs:>7.3f} | {d / secs:>9,.0f} |")
     print(f"| {'RunState.to_bytes (every event)':<38} | {events:>7} | {'':>9} | {t_dump:>7.3f} | "
           f"{events / t_dump:>9,.0f} |")  # fmt: skip
     print(f"| {'RunState.from_bytes (every event)':<38} | {events:>7} | {'':>9} | {t_load:>7.3f} | "
