@@ -157,18 +157,31 @@ class RunState:
         return new
 
     def remember(self, key: str, decisions: list[Decision]) -> None:
-        """Mark ``key`` decided; keep its decisions for re-emission while it is recent."""
-        marks = self.marks = self.marks + 1
+        """Mark ``key`` decided; keep its decisions for re-emission while it is recent.
+
+        A key already seen keeps its mark and place and only gets the new decisions: an
+        approval re-opened by a handoff redelivered after its own key left the window, then
+        expired, is remembered a second time (a second mark would push a real key out of
+        the window early, and break the marks' order that the wire form relies on).
+        """
         fresh = self.fresh
-        fresh[key] = None
-        if not marks % FRESH_LIMIT:
-            floor = marks - SEEN_LIMIT
-            seen = {k: m for k, m in self.seen.items() if m > floor}
-            seen.update(zip(fresh, range(marks - len(fresh) + 1, marks + 1), strict=True))
-            self.seen = seen
-            self.fresh = {}
+        mark = self.seen.get(key)
         replies = decisions[0] if len(decisions) == 1 else list(decisions)
         recent = self.recent
+        if key in fresh or (mark is not None and mark > self.marks - SEEN_LIMIT):
+            for i in range(len(recent) - 2, -1, -2):
+                if recent[i] == key:  # new replies, same place
+                    self.recent = (*recent[: i + 1], replies, *recent[i + 2 :])
+                    return
+        else:
+            marks = self.marks = self.marks + 1
+            fresh[key] = None
+            if not marks % FRESH_LIMIT:
+                floor = marks - SEEN_LIMIT
+                seen = {k: m for k, m in self.seen.items() if m > floor}
+                seen.update(zip(fresh, range(marks - len(fresh) + 1, marks + 1), strict=True))
+                self.seen = seen
+                self.fresh = {}
         # concatenation, not (*recent, key, replies): the starred form builds a list first
         if len(recent) < _RECENT_ITEMS:
             self.recent = recent + (key, replies)  # noqa: RUF005

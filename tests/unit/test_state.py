@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
-from baton.processors.engine import decide
+from baton.processors.engine import approval_id_for, decide
 from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
+from baton.schemas.decision import Outcome, Reason
 from baton.schemas.events import parse_event
-from tests.unit.test_engine_support import Run, at, completed, finished, handoff, policy_with
+from tests.unit.test_engine_support import (
+    Run,
+    at,
+    completed,
+    finished,
+    granted,
+    handoff,
+    policy_with,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -105,9 +116,10 @@ def test_copy_shares_nothing_that_decide_changes() -> None:
 
 def test_copy_carries_every_field_and_owns_its_dedup_marks() -> None:
     state = _busy_run().state
-    assert state is not None
+    assert state is not None and state.reserved_usd
     twin = state.copy()
-    assert twin == state and twin is not state  # == reads every field: a missed one raises
+    for f in fields(RunState):  # a field copy() missed raises AttributeError here
+        assert getattr(twin, f.name) == getattr(state, f.name), f.name
     assert twin.fresh is not state.fresh  # the one container decide changes in place
 
 
@@ -130,3 +142,34 @@ def test_dedup_marks_round_trip_at_every_fold_position_and_window_edge() -> None
                 key = keys[i - back]
                 assert restored.has_seen(key) == state.has_seen(key) == (back < SEEN_LIMIT)
     assert state.seen_keys() == keys[-SEEN_LIMIT:]
+
+
+def test_an_approval_reopened_after_its_request_left_the_window_keeps_one_dedup_mark() -> None:
+    # the request's key leaves the 512-key window while the approval's key is still in it;
+    # the redelivered request opens the same approval again, and its expiry remembers the
+    # approval's key a second time: that must not take a second place in the window
+    run = Run(policy_with(approval={"ttl_seconds": 50, "approvers": ["boss"]}, max_handoffs=None))
+    refund = dict(action="billing.refund.create")
+    run.send(handoff("r0", "t", "planner", "billing_agent", **refund), 0)
+    for i in range(100):
+        run.send(completed(f"c{i}", "t", "billing_agent"), 1)
+    apr = approval_id_for("r0")
+    run.send(granted(apr, "boss"), 1)
+    for i in range(100, SEEN_LIMIT - 1):
+        run.send(completed(f"c{i}", "t", "billing_agent"), 1)
+    assert run.state is not None and not run.state.has_seen("h:r0")
+    again = run.send(handoff("r0", "t", "planner", "billing_agent", **refund), 2)
+    assert again[0].outcome == Outcome.APPROVAL_REQUIRED and again[0].approval_id == apr
+    expired = run.send(completed("late", "t", "billing_agent"), 100)
+    assert [d.reason for d in expired] == [Reason.APPROVAL_EXPIRED, Reason.WITHIN_BUDGET]
+    state = run.state
+    keys = state.seen_keys()
+    assert len(keys) == len(set(keys)) == SEEN_LIMIT
+    spent = state.spent_usd
+    # the oldest completion still in the window is a duplicate: not decided, not counted
+    assert keys[0] == "c:c2"
+    assert run.send(completed("c2", "t", "billing_agent", cost_usd=5.0), 100) == []
+    assert run.state.spent_usd == spent
+    restored = RunState.from_bytes(run.state.to_bytes())
+    for key in [*run.state.seen_keys(), f"a:{apr}", "h:r0"]:
+        assert restored.has_seen(key) == run.state.has_seen(key), key
