@@ -424,14 +424,14 @@ def _usd(amount: float) -> float:
     return rounded
 
 
-def _depth(st: RunState, req: HandoffRequested) -> int:
-    node = st.tasks.get(req.task_id)
+def _depth(st: RunState, req: HandoffRequested, node: TaskNode | None) -> int:
+    """The task's depth in the run's tree; ``node`` is the task's node if it has one."""
     if node is not None:
         return node.depth
     parent_id = req.parent_task_id
     if parent_id is None:
         return 1
-    parent = st.tasks.get(parent_id)
+    parent = st.task(parent_id)
     # a parent Baton never saw is taken as a root: depth is computed, never trusted
     return (parent.depth if parent is not None else 1) + 1
 
@@ -440,20 +440,27 @@ def _on_chain(st: RunState, req: HandoffRequested) -> bool:
     """True when to_agent already sits on the task's delegation chain (A -> B -> A)."""
     if req.to_agent == req.from_agent:
         return True
-    node = st.tasks.get(req.parent_task_id) if req.parent_task_id else None
+    node = st.task(req.parent_task_id) if req.parent_task_id else None
     hops = 0
     while node is not None and hops < 64:
         if req.to_agent in (node.owner, node.giver):
             return True
-        node = st.tasks.get(node.parent) if node.parent else None
+        node = st.task(node.parent) if node.parent else None
         hops += 1
     return False
 
 
 def _check(
-    st: RunState, req: HandoffRequested, ctx: _Ctx, depth: int, *, gate: bool
+    st: RunState,
+    req: HandoffRequested,
+    ctx: _Ctx,
+    depth: int,
+    node: TaskNode | None,
+    *,
+    gate: bool,
 ) -> tuple[Outcome, str, str | None]:
-    """Rules 1-8 for one handoff; ``gate`` False skips the approval gate (after a grant)."""
+    """Rules 1-8 for one handoff (``node``: the task's, if it has one); ``gate`` False skips
+    the approval gate (after a grant)."""
     rules = ctx.rules
     if ctx.kills is not NO_KILLS and ctx.kills.killed(st.run_id, st.tenant):
         return Outcome.STOP, Reason.KILLED, None
@@ -463,7 +470,6 @@ def _check(
         return Outcome.STOP, st.stopped, "run already stopped"
     # fields read once: attributes of pydantic models are several times slower than locals
     task_id, from_agent, to_agent = req.task_id, req.from_agent, req.to_agent
-    node = st.tasks.get(task_id)
     if node is not None and node.owner != to_agent:
         return Outcome.STOP, Reason.OWNERSHIP_CONFLICT, f"{task_id} is owned by {node.owner}"
     if rules.roles:
@@ -539,12 +545,12 @@ def _budget_exhausted(st: RunState, rules: _Rules, now_ts: float) -> str | None:
     return None
 
 
-def _apply_allow(st: RunState, req: HandoffRequested, depth: int) -> None:
+def _apply_allow(st: RunState, req: HandoffRequested, depth: int, node: TaskNode | None) -> None:
     # tasks, agents, reserved and pending are replaced, never changed in place: the state
     # this one was copied from shares them (RunState.copy)
     task_id, from_agent, to_agent = req.task_id, req.from_agent, req.to_agent
-    if task_id not in st.tasks:
-        st.tasks = {**st.tasks, task_id: TaskNode(to_agent, from_agent, req.parent_task_id, depth)}
+    if node is None:
+        st.add_task(task_id, TaskNode(to_agent, from_agent, req.parent_task_id, depth))
     agents = st.agents
     if from_agent not in agents or to_agent not in agents:
         st.agents = {**agents, from_agent: None, to_agent: None}
@@ -568,9 +574,10 @@ def _apply_stop(st: RunState, reason: str, ctx: _Ctx) -> None:
 
 def _pre_handoff(st: RunState, event: HandoffRequested, ctx: _Ctx) -> list[Decision]:
     req = _fields(event)
-    depth = _depth(st, req)
-    outcome, reason, detail = _check(st, req, ctx, depth, gate=True)
-    node = st.tasks.get(req.task_id)
+    task_id = req.task_id
+    node = st.new_tasks.get(task_id) or st.tasks.get(task_id)  # st.task(task_id), inline
+    depth = _depth(st, req, node)
+    outcome, reason, detail = _check(st, req, ctx, depth, node, gate=True)
     approval_id = expires = None
     shadow_mode = ctx.rules.shadow_mode
     if outcome is _APPROVAL_REQUIRED and not shadow_mode:
@@ -583,8 +590,8 @@ def _pre_handoff(st: RunState, event: HandoffRequested, ctx: _Ctx) -> list[Decis
             pending = PendingApproval(approval_id, event, expires.timestamp())
             st.pending = {**st.pending, approval_id: pending}
     if outcome is _ALLOW or shadow_mode:
-        _apply_allow(st, req, depth)
-        owner = st.tasks[req.task_id].owner
+        _apply_allow(st, req, depth, node)
+        owner = node.owner if node is not None else req.to_agent  # kept, or the new task's
     else:
         if outcome is _STOP:
             _apply_stop(st, reason, ctx)
@@ -619,7 +626,7 @@ def _post_handoff(st: RunState, event: HandoffCompleted, ctx: _Ctx) -> list[Deci
         reserved = dict(st.reserved)
         del reserved[done.request_id]
         st.set_reserved(reserved)
-    node = st.tasks.get(done.task_id)
+    node = st.task(done.task_id)
     over = None
     max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
     if max_usd is not None and st.spent_usd > max_usd + 1e-9:
@@ -680,17 +687,17 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
             )
         ]
     st.pending = _without(st.pending, ev.approval_id)
-    depth = _depth(st, req)
+    node = st.task(req.task_id)
+    depth = _depth(st, req, node)
     if isinstance(ev, ApprovalDenied):
         outcome, reason, detail = Outcome.STOP, Reason.APPROVAL_DENIED, ev.comment
     else:
-        outcome, reason, detail = _check(st, req, ctx, depth, gate=False)
+        outcome, reason, detail = _check(st, req, ctx, depth, node, gate=False)
         if outcome == Outcome.ALLOW:
             reason = Reason.APPROVAL_GRANTED
-    node = st.tasks.get(req.task_id)
     if outcome == Outcome.ALLOW:
-        _apply_allow(st, req, depth)
-        node = st.tasks[req.task_id]
+        _apply_allow(st, req, depth, node)
+        node = st.task(req.task_id)
     elif outcome == Outcome.STOP:
         _apply_stop(st, reason, ctx)
     return [
@@ -759,6 +766,7 @@ def _expire(st: RunState, ctx: _Ctx) -> list[Decision]:
             continue
         st.pending = _without(st.pending, approval_id)
         req = p.request
+        node = st.task(req.task_id)
         d = _decision(
             st,
             ctx,
@@ -768,8 +776,8 @@ def _expire(st: RunState, ctx: _Ctx) -> list[Decision]:
             Reason.APPROVAL_EXPIRED,
             None,
             req,
-            depth=_depth(st, req),
-            owner=st.tasks[req.task_id].owner if req.task_id in st.tasks else None,
+            depth=_depth(st, req, node),
+            owner=node.owner if node else None,
             approval_id=approval_id,
             approval_expires_at=_dt(p.expires_at),
             detail=f"no decision within ttl {ctx.rules.ttl_seconds:g}s",

@@ -34,6 +34,9 @@ SEEN_LIMIT = 512
 #: dedup marks go to a small dict copied with the state, folded into the shared older marks
 #: every FRESH_LIMIT keys: a long run copies ~FRESH_LIMIT marks per event, not SEEN_LIMIT
 FRESH_LIMIT = 32
+#: new tasks go to a small dict, merged into the shared task dict every TASK_FOLD tasks: a
+#: run with many tasks copies at most this many per allowed handoff (amortised), not all
+TASK_FOLD = 32
 #: decisions kept verbatim for re-emission to a retrying client (the newest keys only: the
 #: worker publishes decisions *before* it writes state, so a crash never needs older ones)
 RECENT_REPLIES = 6
@@ -66,9 +69,10 @@ class PendingApproval:
 class RunState:
     """The state of one run.
 
-    ``tasks``, ``agents``, ``reserved``, ``pending``, ``seen`` and ``recent`` are replaced,
-    never changed in place (a copy shares them with the state it was made from, and most
-    events change none of them but ``recent``); ``fresh`` is copied with the state.
+    ``tasks``, ``new_tasks``, ``agents``, ``reserved``, ``pending``, ``seen`` and ``recent``
+    are replaced, never changed in place (a copy shares them with the state it was made
+    from, and most events change none of them but ``recent``); ``fresh`` is copied with
+    the state.
 
     Dedup marks: the run's n-th remembered key gets mark n (``marks`` counts them); a key
     is seen while its mark is among the newest SEEN_LIMIT. New keys go to ``fresh`` (their
@@ -94,7 +98,10 @@ class RunState:
     #: sticky stop: once set, every later handoff is stopped with this reason
     stopped: str | None
     finished: bool
+    #: the task tree: read it with task(), add to it with add_task(); ``new_tasks`` holds
+    #: the tasks added since the last merge into ``tasks`` (fewer than TASK_FOLD)
     tasks: dict[str, TaskNode]
+    new_tasks: dict[str, TaskNode]
     agents: dict[str, None]  # ordered set
     #: request_id -> (usd, tool_calls) reserved by an allowed handoff until its completion
     reserved: dict[str, tuple[float, int]]
@@ -117,8 +124,22 @@ class RunState:
     def new(cls, run_id: str, tenant: str, at: float) -> RunState:
         """A run Baton has not seen before, started at ``at`` (a POSIX timestamp)."""
         return cls(
-            run_id, tenant, at, at, 0, 0.0, 0, None, False, {}, {}, {}, {}, {}, {}, 0, (), 0.0, 0
-        )
+            run_id, tenant, at, at, 0, 0.0, 0, None, False, {}, {}, {}, {}, {}, {}, {}, 0, (),
+            0.0, 0,
+        )  # fmt: skip
+
+    def task(self, task_id: str) -> TaskNode | None:
+        node = self.new_tasks.get(task_id)
+        return node if node is not None else self.tasks.get(task_id)
+
+    def add_task(self, task_id: str, node: TaskNode) -> None:
+        """Add a task not in the tree yet (both dicts are replaced, never changed in place)."""
+        added = {**self.new_tasks, task_id: node}
+        if len(added) < TASK_FOLD:
+            self.new_tasks = added
+        else:
+            self.tasks = {**self.tasks, **added}
+            self.new_tasks = {}
 
     def set_reserved(self, reserved: dict[str, tuple[float, int]]) -> None:
         """Replace the reservations (request_id -> (usd, tool_calls)) and their sums."""
@@ -145,6 +166,7 @@ class RunState:
         new.stopped = self.stopped
         new.finished = self.finished
         new.tasks = self.tasks
+        new.new_tasks = self.new_tasks
         new.agents = self.agents
         new.reserved = self.reserved
         new.pending = self.pending
@@ -238,7 +260,11 @@ class RunState:
             self.tool_calls,
             self.stopped,
             self.finished,
-            [[k, t.owner, t.giver, t.parent, t.depth] for k, t in self.tasks.items()],
+            [
+                [k, t.owner, t.giver, t.parent, t.depth]
+                for tasks in (self.tasks, self.new_tasks)
+                for k, t in tasks.items()
+            ],
             list(self.agents),
             [[k, u, c] for k, (u, c) in self.reserved.items()],
             [
@@ -270,6 +296,7 @@ class RunState:
             w[8],
             w[9],
             {k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]},
+            {},
             dict.fromkeys(w[11]),
             {k: (u, c) for k, u, c in w[12]},
             {a: PendingApproval(a, HandoffRequested.model_validate(r), e) for a, r, e in w[13]},

@@ -37,7 +37,7 @@ def test_refund_action_requires_approval_with_an_id_and_expiry() -> None:
     assert d.fallback is None
     # nothing is granted yet: no handoff counted, no lock on the task
     assert d.handoff_count == 0
-    assert run.state is not None and "refund_create" not in run.state.tasks
+    assert run.state is not None and run.state.task("refund_create") is None
 
 
 def test_approval_glob_matches_tools_as_well_as_actions() -> None:
@@ -65,7 +65,7 @@ def test_granted_approval_allows_the_handoff_in_the_approval_phase() -> None:
     assert d.request_id == "req-refund"
     assert d.owner == "billing_agent" and d.handoff_count == 1
     assert run.state is not None
-    assert run.state.tasks["refund_create"].owner == "billing_agent"
+    assert run.state.task("refund_create").owner == "billing_agent"
     assert not run.state.pending
 
 
@@ -108,7 +108,7 @@ def test_grant_after_expiry_is_stopped_as_approval_expired() -> None:
 
     assert d.outcome == Outcome.STOP and d.reason == Reason.APPROVAL_EXPIRED
     assert run.state is not None and run.state.handoff_count == 0
-    assert "refund_create" not in run.state.tasks
+    assert run.state.task("refund_create") is None
 
 
 def test_grant_after_the_sweep_expired_it_gets_the_expiry_not_an_allow() -> None:

@@ -24,7 +24,7 @@ def test_refund_check_owned_by_billing_agent_cannot_be_handed_to_another_agent()
     assert conflict.to_agent == "support_agent"
     assert conflict.task_id == "refund_check"
     assert conflict.fallback == Fallback.SINGLE_AGENT
-    assert run.state is not None and run.state.tasks["refund_check"].owner == "billing_agent"
+    assert run.state is not None and run.state.task("refund_check").owner == "billing_agent"
 
 
 def test_handing_refund_check_again_to_its_owner_is_not_a_conflict() -> None:

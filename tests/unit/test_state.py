@@ -7,7 +7,7 @@ from dataclasses import fields
 import pytest
 
 from baton.processors.engine import approval_id_for, decide
-from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
+from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, TASK_FOLD, RunState
 from baton.schemas.decision import Outcome, Reason
 from baton.schemas.events import parse_event
 from tests.unit.test_engine_support import (
@@ -173,3 +173,26 @@ def test_an_approval_reopened_after_its_request_left_the_window_keeps_one_dedup_
     restored = RunState.from_bytes(run.state.to_bytes())
     for key in [*run.state.seen_keys(), f"a:{apr}", "h:r0"]:
         assert restored.has_seen(key) == run.state.has_seen(key), key
+
+
+def test_a_task_tree_past_several_merges_reads_round_trips_and_stays_pure() -> None:
+    # new tasks go to a small dict merged into the shared one every TASK_FOLD tasks
+    run = Run(policy_with(max_handoffs=None, max_delegation_depth=None, max_agents_per_run=None))
+    before: list[tuple[RunState, bytes]] = []
+    for i in range(3 * TASK_FOLD + 1):
+        if run.state is not None:
+            before.append((run.state, run.state.to_bytes()))
+        parent = f"t{i - 1}" if i else None
+        d = run.one(handoff(f"r{i}", f"t{i}", "planner", f"agent{i % 3}", parent_task_id=parent))
+        assert d.outcome == Outcome.ALLOW and d.depth == i + 1
+    state = run.state
+    assert state is not None and len(state.new_tasks) == 1  # merged at 32, 64 and 96 tasks
+    for i in range(3 * TASK_FOLD + 1):
+        node = state.task(f"t{i}")
+        assert node is not None and node.owner == f"agent{i % 3}" and node.depth == i + 1
+    restored = RunState.from_bytes(state.to_bytes())
+    assert restored == state and restored.task(f"t{TASK_FOLD}") == state.task(f"t{TASK_FOLD}")
+    # an owned task handed to someone else is still refused across the merges
+    assert run.one(handoff("again", "t0", "planner", "other")).reason == Reason.OWNERSHIP_CONFLICT
+    for earlier, raw in before:
+        assert earlier.to_bytes() == raw
