@@ -230,64 +230,67 @@ def test_survivor_takes_over_and_nothing_is_double_counted(two_workers) -> None:
         decisions.close()
 
 
+class _Restart:
+    """One worker on fresh topics, the runs it decides, and its successor after a kill."""
+
+    def __init__(
+        self, broker: EmbeddedBroker, tmp_path, tag: str, runs: int, env: dict | None = None
+    ) -> None:
+        self.broker, self.tmp_path, self.env = broker, tmp_path, env
+        self.prefix = f"{tag}{uuid.uuid4().hex[:8]}."
+        (tmp_path / "policy.yaml").write_text(TEST_POLICY)
+        self.catalog = TopicCatalog(prefix=self.prefix, partitions=PARTITIONS, replication=1)
+        self.conf = {"bootstrap.servers": broker.bootstrap}
+        ensure_topics(self.conf, self.catalog, timeout=10)
+        self.decisions = Collector(broker.bootstrap, self.catalog.decisions)
+        self.sender = EventSender(broker.bootstrap, self.catalog.requests)
+        self.now = datetime.now(UTC)
+        self.runs = [f"run_{tag}_{i}_{uuid.uuid4().hex[:4]}" for i in range(runs)]
+
+    def worker(self, name: str) -> WorkerProcess:
+        return WorkerProcess(
+            self.broker.bootstrap,
+            self.prefix,
+            self.tmp_path,
+            partitions=PARTITIONS,
+            policy=self.tmp_path / "policy.yaml",
+            name=name,
+            extra_env=self.env,
+        )
+
+    def handoffs(self, i: int) -> list[HandoffRequested]:
+        """The i-th handoff of every run (request id ``<run>-<i>``, task ``t<i>``)."""
+        return [
+            HandoffRequested(
+                request_id=f"{r}-{i}",
+                run_id=r,
+                task_id=f"t{i}",
+                from_agent="planner",
+                to_agent="researcher",
+                event_time=self.now,
+            )
+            for r in self.runs
+        ]
+
+
 def test_restart_after_a_batched_changelog_write_restores_every_run(
     broker: EmbeddedBroker, tmp_path
 ) -> None:
     """Tansu reports a partition's end as (first offset of its last batch) + 1; Faust recovery
     stops there. Every run written in one big batch must still come back after a restart."""
-    prefix = f"r{uuid.uuid4().hex[:8]}."
-    (tmp_path / "policy.yaml").write_text(TEST_POLICY)
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
-    decisions = Collector(broker.bootstrap, catalog.decisions)
-    sender = EventSender(broker.bootstrap, catalog.requests)
-    now = datetime.now(UTC)
-    runs = [f"run_rs_{i}_{uuid.uuid4().hex[:4]}" for i in range(300)]
-    first = WorkerProcess(
-        broker.bootstrap,
-        prefix,
-        tmp_path,
-        partitions=PARTITIONS,
-        policy=tmp_path / "policy.yaml",
-        name="a",
-    )
+    rs = _Restart(broker, tmp_path, "rs", 300)
+    decisions, runs, catalog = rs.decisions, rs.runs, rs.catalog
+    group = "baton-" + rs.prefix.rstrip(".")
+    first = rs.worker("a")
     second = None
     try:
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
-        sender.send(
-            HandoffRequested(
-                request_id=f"{r}-1",
-                run_id=r,
-                task_id="t1",
-                from_agent="planner",
-                to_agent="researcher",
-                event_time=now,
-            )
-            for r in runs
-        )
+        wait_until_deciding(rs.conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        rs.sender.send(rs.handoffs(1))
         wait_for(lambda: all(decisions.for_run(r) for r in runs), 30, message="first decisions")
         time.sleep(3.5)  # let Faust commit the offsets: the restart must rely on the changelog
         first.kill9()
-        second = WorkerProcess(
-            broker.bootstrap,
-            prefix,
-            tmp_path,
-            partitions=PARTITIONS,
-            policy=tmp_path / "policy.yaml",
-            name="b",
-        )
-        sender.send(
-            HandoffRequested(
-                request_id=f"{r}-2",
-                run_id=r,
-                task_id="t2",
-                from_agent="planner",
-                to_agent="researcher",
-                event_time=now,
-            )
-            for r in runs
-        )
+        second = rs.worker("b")
+        rs.sender.send(rs.handoffs(2))
         wait_for(
             lambda: all(len(decisions.for_run(r)) >= 2 for r in runs),
             90,
@@ -295,7 +298,7 @@ def test_restart_after_a_batched_changelog_write_restores_every_run(
             message=lambda: (
                 f"second decisions: "
                 f"{sum(len(decisions.for_run(r)) >= 2 for r in runs)} of {len(runs)} runs; "
-                f"{_positions(broker.bootstrap, catalog.requests, 'baton-' + prefix.rstrip('.'))}"
+                f"{_positions(broker.bootstrap, catalog.requests, group)}"
                 f"\n" + second.log()[-2000:]
             ),
         )
@@ -313,50 +316,17 @@ def test_exactly_once_restart_publishes_every_decision_once(
 ) -> None:
     """exactly_once: a worker killed with SIGKILL right after deciding, and its successor,
     together publish each decision exactly once (read_committed), with the state intact."""
-    prefix = f"x{uuid.uuid4().hex[:8]}."
-    (tmp_path / "policy.yaml").write_text(TEST_POLICY)
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
-    decisions = Collector(broker.bootstrap, catalog.decisions)
-    sender = EventSender(broker.bootstrap, catalog.requests)
-    now = datetime.now(UTC)
-    runs = [f"run_x_{i}_{uuid.uuid4().hex[:4]}" for i in range(200)]
-    eos = {"BATON_PROCESSING_GUARANTEE": "exactly_once"}
-
-    def worker(name: str) -> WorkerProcess:
-        return WorkerProcess(
-            broker.bootstrap,
-            prefix,
-            tmp_path,
-            partitions=PARTITIONS,
-            policy=tmp_path / "policy.yaml",
-            name=name,
-            extra_env=eos,
-        )
-
-    def handoffs(i: int) -> list[HandoffRequested]:
-        return [
-            HandoffRequested(
-                request_id=f"{r}-{i}",
-                run_id=r,
-                task_id=f"t{i}",
-                from_agent="planner",
-                to_agent="researcher",
-                event_time=now,
-            )
-            for r in runs
-        ]
-
-    first = worker("a")
+    rs = _Restart(broker, tmp_path, "x", 200, {"BATON_PROCESSING_GUARANTEE": "exactly_once"})
+    decisions, runs, catalog = rs.decisions, rs.runs, rs.catalog
+    first = rs.worker("a")
     second = None
     try:
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
-        sender.send(handoffs(1))
+        wait_until_deciding(rs.conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        rs.sender.send(rs.handoffs(1))
         wait_for(lambda: all(decisions.for_run(r) for r in runs), 30, message="first decisions")
         first.kill9()  # no grace: the offsets went with the decisions' transactions
-        second = worker("b")
-        sender.send(handoffs(2))
+        second = rs.worker("b")
+        rs.sender.send(rs.handoffs(2))
         wait_for(
             lambda: all(len(decisions.for_run(r)) >= 2 for r in runs),
             90,
