@@ -339,13 +339,13 @@ def main() -> None:
 
     rows = [("confluent-kafka passthrough (baseline)", f"{base:,.0f}", "", "", "")]
     for guarantee, (worker_eps, _seen, cpu, lat, _inside) in results.items():
-        q = statistics.quantiles(lat, n=100) if len(lat) >= 100 else [float("nan")] * 99
+        p50, p99 = _p50_p99_ms(lat)
         rows.append(
             (
                 f"baton worker, {guarantee}",
                 f"{worker_eps:,.0f}",
-                f"{q[49] * 1000:.1f}",
-                f"{q[98] * 1000:.1f}",
+                f"{p50:.1f}",
+                f"{p99:.1f}",
                 f"{cpu / n * 1e6:.0f}",
             )
         )
@@ -366,12 +366,20 @@ def main() -> None:
         print(f"| {name:<42} | {eps:>9} | {p50:>7} | {p99:>7} | {cpu_us:>12} |")
     print()
     for guarantee, (worker_eps, seen, _cpu, lat, inside) in results.items():
-        qi = statistics.quantiles(inside, n=100) if len(inside) >= 100 else [float("nan")] * 99
+        p50, p99 = _p50_p99_ms(inside)
         print(
             f"{guarantee}: worker / baseline {worker_eps / base:.2f}; decisions in backlog "
             f"{seen:,}; latency samples {len(lat):,}; inside Baton (produce -> decided_at) "
-            f"p50 {qi[49] * 1000:.1f} ms, p99 {qi[98] * 1000:.1f} ms"
+            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
         )
+
+
+def _p50_p99_ms(seconds: list[float]) -> tuple[float, float]:
+    """Median and 99th percentile in ms (NaN below 100 samples, too few for a p99)."""
+    if len(seconds) < 100:
+        return float("nan"), float("nan")
+    q = statistics.quantiles(seconds, n=100)
+    return q[49] * 1000, q[98] * 1000
 
 
 def _expected_decisions(workload: list) -> int:
