@@ -47,6 +47,7 @@ from baton.schemas.events import (
 from baton.schemas.policy import MultiAgentPolicy, Policy, compile_globs
 
 _M = TypeVar("_M", bound=BaseModel)
+_V = TypeVar("_V")
 
 __all__ = [
     "NO_KILLS",
@@ -623,9 +624,7 @@ def _post_handoff(st: RunState, event: HandoffCompleted, ctx: _Ctx) -> list[Deci
     st.spent_usd += done.cost_usd
     st.tool_calls += done.tool_calls
     if done.request_id in st.reserved:
-        reserved = dict(st.reserved)
-        del reserved[done.request_id]
-        st.set_reserved(reserved)
+        st.set_reserved(_without(st.reserved, done.request_id))
     node = st.task(done.task_id)
     over = None
     max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
@@ -787,7 +786,8 @@ def _expire(st: RunState, ctx: _Ctx) -> list[Decision]:
     return out
 
 
-def _without(d: dict[str, PendingApproval], key: str) -> dict[str, PendingApproval]:
+def _without(d: dict[str, _V], key: str) -> dict[str, _V]:
+    """``d`` without ``key``, as a new dict: the state's containers are never changed in place."""
     out = dict(d)
     del out[key]
     return out

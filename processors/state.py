@@ -153,7 +153,7 @@ class RunState:
         Only ``fresh`` is copied: the other containers are replaced when they change, never
         changed in place, so the two states may share them (a whole copy per event was the
         engine's largest single cost, bench/RESULTS.md). Built slot by slot: calling
-        ``__init__`` with 17 arguments costs a quarter more, and this runs once per event.
+        ``__init__`` with every field costs a quarter more, and this runs once per event.
         """
         new = _new_state(RunState)
         new.run_id = self.run_id
@@ -186,16 +186,15 @@ class RunState:
         expired, is remembered a second time (a second mark would push a real key out of
         the window early, and break the marks' order that the wire form relies on).
         """
-        fresh = self.fresh
-        mark = self.seen.get(key)
         replies = decisions[0] if len(decisions) == 1 else list(decisions)
         recent = self.recent
-        if key in fresh or (mark is not None and mark > self.marks - SEEN_LIMIT):
-            for i in range(len(recent) - 2, -1, -2):
-                if recent[i] == key:  # new replies, same place
-                    self.recent = (*recent[: i + 1], replies, *recent[i + 2 :])
-                    return
+        if self.has_seen(key):
+            i = self._recent_index(key)
+            if i is not None:  # new replies, same place
+                self.recent = (*recent[: i + 1], replies, *recent[i + 2 :])
+                return
         else:
+            fresh = self.fresh
             marks = self.marks = self.marks + 1
             fresh[key] = None
             if not marks % FRESH_LIMIT:
@@ -233,11 +232,18 @@ class RunState:
 
     def replies(self, key: str) -> list[Decision] | None:
         """The decisions kept for ``key`` (a new list), None when it is not among the recent."""
+        i = self._recent_index(key)
+        if i is None:
+            return None
+        kept = self.recent[i + 1]
+        return [kept] if type(kept) is Decision else list(kept)
+
+    def _recent_index(self, key: str) -> int | None:
+        """Where ``key`` stands in ``recent`` (its replies follow it), newest first."""
         recent = self.recent
-        for i in range(len(recent) - 2, -1, -2):  # newest first
+        for i in range(len(recent) - 2, -1, -2):
             if recent[i] == key:
-                kept = recent[i + 1]
-                return [kept] if type(kept) is Decision else list(kept)
+                return i
         return None
 
     def recent_keys(self) -> list[str]:
@@ -330,7 +336,7 @@ _FALLBACKS: dict[str | None, Fallback | None] = {None: None, **{m.value: m for m
 _decision_row = attrgetter(*DECISION_FIELDS)
 
 
-def _marks_from_wire(keys: list[str], marks: int) -> tuple[dict[str, int], dict[str, int], int]:
+def _marks_from_wire(keys: list[str], marks: int) -> tuple[dict[str, int], dict[str, None], int]:
     """``seen``, ``fresh`` and ``marks`` from the window's keys (oldest first): the newest
     ``marks % FRESH_LIMIT`` keys are the ones not folded yet (RunState.remember)."""
     split = len(keys) - marks % FRESH_LIMIT
