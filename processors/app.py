@@ -27,10 +27,11 @@ from faust.types import TP
 from baton.processors import transport
 from baton.processors.batch import BatchProcessor, InputRecord, Outputs
 from baton.processors.control import ControlFollower
-from baton.processors.engine import expire_approvals, is_evictable
+from baton.processors.engine import evict, expire_approvals
 from baton.processors.exits import EXIT_DELIVERY_FAILED, exit_without_commit
 from baton.processors.publish import BatchPublisher
 from baton.processors.state import RunState
+from baton.processors.sweep import DueIndex
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 from baton.streams.partitioner import partition_for
@@ -160,6 +161,8 @@ class GovernanceWorker:
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._owned: set[int] = set()
+        #: runs by the time the sweep next has work on them (rebuilt when partitions move)
+        self._due = DueIndex(settings.run_retention_s, settings.tombstone_retention_s)
         self._stats = _BatchStats(self.worker_id)
         self.control.on_policy(self._on_policy)
         self.app.on_partitions_revoked.connect(self._on_revoked_signal)
@@ -308,6 +311,8 @@ class GovernanceWorker:
                 worker=self.worker_id,
                 kills=lambda: self.control.kills,
                 exactly_once=self.exactly_once,
+                run_state_max_bytes=self.settings.run_state_max_bytes,
+                max_runs=self.settings.max_runs,
             )
         return self._processor
 
@@ -406,6 +411,9 @@ class GovernanceWorker:
                         None if membership is None else lambda: self._group_metadata(membership)
                     ),
                 )
+                due = self._due
+                for key, (_partition, state) in out.changed.items():
+                    due.touch(key, state)
                 t2 = time.perf_counter()
             self._stats.add(len(records), t1 - t0, t2 - t1)
             return True
@@ -445,7 +453,8 @@ class GovernanceWorker:
                 self._decided.pop((tp.topic, tp.partition), None)
 
     async def _sweep(self) -> None:
-        """Expire approvals whose TTL passed and evict finished or idle runs (local partitions)."""
+        """Expire approvals whose TTL passed, turn idle runs into tombstones and forget old
+        tombstones, on the local partitions; only the runs the due index says are due."""
         app = self.app
         if (
             not self._ready.is_set()
@@ -455,6 +464,7 @@ class GovernanceWorker:
         ):
             return  # the store may hold half-restored states while recovery replays
         now = datetime.now(UTC)
+        now_ts = now.timestamp()
         proc = self.processor
         states = proc.states
         active = {
@@ -462,19 +472,26 @@ class GovernanceWorker:
             for tp in self.app.assignor.assigned_actives()
             if tp.topic == self.catalog.requests
         }
-        if active != self._owned:
-            self._owned = active
-            log.info("worker %s owns partitions %s", self.worker_id, sorted(active))
         out = Outputs()
-        retention = self.settings.run_retention_s
         generation = app.consumer_generation_id
+        due = self._due
         async with self._lock:
             if app.rebalancing or getattr(app, "in_recovery", False):
                 return
+            if active != self._owned:
+                # new partitions came with states restored from the changelog: index them
+                # all once (the only sweep that decodes every run)
+                self._owned = active
+                log.info("worker %s owns partitions %s", self.worker_id, sorted(active))
+                due.rebuild(self._readable_states(states))
             ready = {p for p in active if self._caught_up(p)}
-            for key in list(states):
+            later: list[bytes] = []
+            for key in due.pop_due(now_ts):
                 partition = partition_for(key, self.settings.partitions)
+                if partition not in active:
+                    continue  # revoked: its new owner indexes it
                 if partition not in ready:
+                    later.append(key)  # a backlog may change it: look again next sweep
                     continue
                 try:
                     state = states.get(key)
@@ -483,21 +500,38 @@ class GovernanceWorker:
                     continue
                 if state is None:
                     continue
+                new = state
                 if state.pending:
                     new, decisions = expire_approvals(state, proc.policy, now, self.control.kills)
-                    if decisions:
-                        states[key] = new
-                        out.changed[key] = (partition, new)
-                        out.decisions.extend((partition, d) for d in decisions)
-                elif is_evictable(state, now, retention):
+                    out.decisions.extend((partition, d) for d in decisions)
+                kept = evict(
+                    new, now, self.settings.run_retention_s, self.settings.tombstone_retention_s
+                )
+                if kept is None:
                     del states[key]
                     out.changed[key] = (partition, None)
+                elif kept is not state:
+                    states[key] = kept
+                    out.changed[key] = (partition, kept)
+                due.touch(key, kept)
+            for key in later:
+                due.push(key, now_ts + 1.0)
             try:
                 await self.publisher.publish(
                     out, before_state=lambda: self._still_owner(generation)
                 )
             except Exception:
                 exit_without_commit(EXIT_DELIVERY_FAILED, "sweep could not publish; exiting")
+
+    @staticmethod
+    def _readable_states(
+        states: MutableMapping[bytes, RunState],
+    ) -> Iterator[tuple[bytes, RunState | None]]:
+        for key in list(states):
+            try:
+                yield key, states.get(key)
+            except Exception:
+                log.error("run %r: stored state cannot be read; not swept", key, exc_info=True)
 
 
 def create_app(settings: Settings, policy: Policy, worker_id: str | None = None) -> faust.App:

@@ -7,7 +7,16 @@ here touches Kafka, so the ordering rules below are checked in one place:
 * decisions are published and acknowledged *before* the run states they come from are
   written to the changelog, so a crash between the two re-decides (same decision ids)
   rather than remembering a decision nobody saw;
-* a bad event becomes a dead-letter record and the batch goes on;
+* **one record never stops the batch**: whatever goes wrong with one record (no key, not
+  JSON, a value out of range, a run that would outgrow its state budget, an engine bug, a
+  stored state that cannot be read) makes that record one dead letter with a named
+  ``error_kind`` (:class:`ErrorKind`), or a ``stop`` with a named reason, and the batch goes
+  on. That is a property of the loop (one ``try`` around every step of a record), not a
+  list of special cases; only infrastructure failures (produce, commit, membership), which
+  happen outside this module, end a worker;
+* **bounded state**: a run whose encoded state would pass ``run_state_max_bytes`` is
+  stopped (``run_state_limit``) with its last state that fit, and a worker holding
+  ``max_runs`` runs stops new runs (``worker_run_limit``) without taking them on;
 * an event whose key does not murmur2-hash to the partition it arrived on is forwarded,
   unchanged, to its run's partition and decided there (a producer with another
   partitioner would otherwise split the run's state across workers).
@@ -19,21 +28,26 @@ import base64
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import orjson
 
-from baton.processors.engine import NO_KILLS, KillSwitches, Origin, decide
+from baton.processors.engine import NO_KILLS, KillSwitches, Origin, decide, refuse
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, Outcome
-from baton.schemas.events import MAX_EVENT_BYTES, EventError, parse_event
+from baton.schemas.decision import Decision, Outcome, Reason
+from baton.schemas.events import MAX_EVENT_BYTES, EventError, RunEvent, parse_event
 from baton.schemas.policy import Policy
 from baton.streams.partitioner import partition_for
 
 __all__ = [
+    "DEFAULT_MAX_RUNS",
+    "DEFAULT_RUN_STATE_MAX_BYTES",
     "FORWARDED_FROM",
+    "HARD_STATE_MAX_BYTES",
     "BatchProcessor",
     "DeadLetter",
+    "ErrorKind",
     "InputRecord",
     "Outputs",
     "dead_letter_record",
@@ -41,6 +55,43 @@ __all__ = [
 
 #: header on an event the worker moved to its run's partition: topic/partition/offset
 FORWARDED_FROM = "baton-forwarded-from"
+
+#: a run's encoded state may grow to this by default; well under Kafka's 1 MB message
+#: limit, because a run stopped at the limit still remembers its later events (a bounded
+#: window: SEEN_LIMIT keys and RECENT_REPLIES decisions, ~200 KB at most)
+DEFAULT_RUN_STATE_MAX_BYTES = 256 * 1024
+#: no state record is ever written past this: the producer's (and Kafka's default
+#: broker) message limit is 1,000,000 bytes, and a changelog record that cannot be written
+#: would end the worker on every restart
+HARD_STATE_MAX_BYTES = 900_000
+#: runs (and tombstones) one worker holds before it stops taking on new runs
+DEFAULT_MAX_RUNS = 500_000
+
+
+class ErrorKind(StrEnum):
+    """The ``error_kind`` of a dead letter: a stable code to count and alert on.
+
+    Parse errors keep the kinds :class:`~baton.schemas.events.EventError` gives them
+    (``not_json``, ``schema``, ``unknown_type``, ``oversized``, ``key_mismatch``,
+    ``out_of_range``).
+    """
+
+    EMPTY = "empty"
+    MISSING_KEY = "missing_key"
+    MISROUTED = "misrouted"
+    ROUTING = "routing"
+    STATE_UNREADABLE = "state_unreadable"
+    ENGINE_ERROR = "engine_error"
+    RUN_STATE_LIMIT = "run_state_limit"
+    OUT_OF_RANGE = "out_of_range"
+
+
+class RecordError(Exception):
+    """One record cannot be decided; ``kind`` names why (its dead letter's ``error_kind``)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
 
 
 @dataclass(slots=True)
@@ -77,6 +128,9 @@ class Outputs:
     forwards: list[Forward] = field(default_factory=list)
     #: run key -> (partition, state or None for a deletion), written after decisions are acked
     changed: dict[bytes, tuple[int, RunState | None]] = field(default_factory=dict)
+    #: run key -> the encoded state of ``changed`` (the batch measured it against the
+    #: state budget; the publisher writes these bytes instead of encoding again)
+    encoded: dict[bytes, bytes] = field(default_factory=dict)
 
     @property
     def stops(self) -> list[tuple[int, Decision]]:
@@ -94,7 +148,8 @@ def dead_letter_record(
         "topic": rec.topic,
         "partition": rec.partition,
         "offset": rec.offset,
-        "key": rec.key.decode("utf-8", "replace") if rec.key is not None else None,
+        "key": rec.key[:1024].decode("utf-8", "replace") if rec.key is not None else None,
+        "key_size": len(rec.key) if rec.key is not None else None,
         "worker": worker,
         "failed_at": now,
         "original_size": len(raw),
@@ -114,6 +169,10 @@ def _same_record(decisions: list[Decision], rec: InputRecord) -> bool:
     return all(d.partition == partition and d.offset == offset for d in decisions)
 
 
+def _has_header(rec: InputRecord, name: str) -> bool:
+    return any(h[0] == name for h in rec.headers or ())
+
+
 class BatchProcessor:
     """Decides batches of run events against a state mapping (the Faust table's store)."""
 
@@ -125,96 +184,261 @@ class BatchProcessor:
         worker: str | None = None,
         kills: Callable[[], KillSwitches] | None = None,
         exactly_once: bool = False,
+        *,
+        run_state_max_bytes: int = DEFAULT_RUN_STATE_MAX_BYTES,
+        max_runs: int = DEFAULT_MAX_RUNS,
     ) -> None:
+        if not 0 < run_state_max_bytes <= HARD_STATE_MAX_BYTES:
+            raise ValueError(
+                f"run_state_max_bytes must be in 1..{HARD_STATE_MAX_BYTES}, "
+                f"got {run_state_max_bytes}"
+            )
         self.policy = policy
         self.exactly_once = exactly_once
         self.partitions = partitions
         self.states = states
         self.worker = worker
+        self.run_state_max_bytes = run_state_max_bytes
+        self.max_runs = max_runs
         self._kills = kills or (lambda: NO_KILLS)
         self.decided = 0
         self.dead_lettered = 0
         self.forwarded = 0
         #: records decided before (same partition and offset), answered with nothing
         self.redelivered = 0
+        #: runs stopped because their state reached the budget, new runs turned away
+        self.state_limited = 0
+        self.run_limited = 0
 
     def process(self, records: list[InputRecord], now: datetime) -> Outputs:
+        """Decide ``records`` in order; never raises for anything one record holds."""
         out = Outputs()
-        policy = self.policy
         kills = self._kills()
-        states = self.states
-        changed = out.changed
-        worker = self.worker
-        partitions = self.partitions
+        #: per run decided in this batch: its state before the batch, and its records
+        before: dict[bytes, RunState | None] = {}
+        decided: dict[bytes, list[tuple[InputRecord, RunEvent]]] = {}
         for rec in records:
-            if rec.value is None:
-                out.dead_letters.append(
-                    dead_letter_record(rec, "schema", "empty message (null value)", worker, now)
-                )
-                continue
             try:
-                event = parse_event(rec.value, rec.key)
-            except EventError as exc:
-                out.dead_letters.append(dead_letter_record(rec, exc.kind, str(exc), worker, now))
-                continue
-            key: bytes = rec.key  # type: ignore[assignment]  # parse_event checked it
-            home = partition_for(key, partitions)
-            if home != rec.partition:
-                if any(h[0] == FORWARDED_FROM for h in rec.headers or ()):
-                    # forwarded once already and still misplaced: the topic's partition count
-                    # differs from BATON_PARTITIONS somewhere; bouncing it would never end
-                    out.dead_letters.append(
-                        dead_letter_record(
-                            rec,
-                            "misrouted",
-                            f"forwarded to partition {rec.partition} but run "
-                            f"{event.run_id} hashes to {home} of {partitions}: do all workers use "
-                            f"the topic's partition count as BATON_PARTITIONS?",
-                            worker,
-                            now,
-                        )
-                    )
+                routed = self._route(rec, out, now)
+                if routed is None:
                     continue
-                out.forwards.append(
-                    Forward(
-                        rec.topic,
-                        home,
-                        key,
-                        rec.value,
-                        [
-                            *(rec.headers or ()),
-                            (FORWARDED_FROM, f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
-                        ],
-                    )
+                key, event = routed
+                state = self._state(key)
+                if key not in before:
+                    before[key] = state
+                if self._decide(rec, key, event, state, kills, now, out, careful=False):
+                    decided.setdefault(key, []).append((rec, event))
+            except (EventError, RecordError) as exc:
+                out.dead_letters.append(
+                    dead_letter_record(rec, exc.kind, str(exc), self.worker, now)
                 )
-                continue
-            try:
-                state = states.get(key)
-                new, decisions = decide(
-                    state, event, policy, now, kills, Origin(worker, rec.partition, rec.offset)
-                )
-            except Exception as exc:  # a bad stored state or an engine bug: not a crash loop
+            except Exception as exc:  # an engine bug: this record's dead letter, not a crash loop
                 out.dead_letters.append(
                     dead_letter_record(
-                        rec, "engine_error", f"{type(exc).__name__}: {exc}", worker, now
+                        rec,
+                        ErrorKind.ENGINE_ERROR,
+                        f"{type(exc).__name__}: {str(exc)[:2000]}",
+                        self.worker,
+                        now,
                     )
                 )
-                continue
-            if new is not state:
-                states[key] = new
-                changed[key] = (rec.partition, new)
-            elif self.exactly_once and decisions and _same_record(decisions, rec):
-                # Kafka delivered this very record again (its decisions and the state that
-                # remembers them were committed in one transaction, its offset apparently
-                # not): they are out already, and re-emitting them would publish them twice.
-                # A client retry is another record and still gets them re-emitted. (Under
-                # at-least-once a redelivery re-emits, as the design has it: duplicates with
-                # the same decision_id are allowed there.)
-                self.redelivered += 1
-                continue
-            for d in decisions:
-                out.decisions.append((rec.partition, d))
+        self._check_sizes(out, before, decided, kills, now)
         self.decided += len(out.decisions)
         self.dead_lettered += len(out.dead_letters)
         self.forwarded += len(out.forwards)
         return out
+
+    # ------------------------------------------------------------------ one record's steps
+    def _route(
+        self, rec: InputRecord, out: Outputs, now: datetime
+    ) -> tuple[bytes, RunEvent] | None:
+        """Parse ``rec`` and find its run; None when it was forwarded to its run's partition."""
+        if rec.value is None:
+            raise RecordError(ErrorKind.EMPTY, "empty message (null value)")
+        if rec.key is None:
+            raise RecordError(
+                ErrorKind.MISSING_KEY,
+                "record has no Kafka key; key every event by its run_id "
+                "(kcat: -K with a key separator)",
+            )
+        event = parse_event(rec.value, rec.key)
+        key = rec.key
+        home = partition_for(key, self.partitions)
+        if home == rec.partition:
+            return key, event
+        if _has_header(rec, FORWARDED_FROM):
+            # forwarded once already and still misplaced: the topic's partition count
+            # differs from BATON_PARTITIONS somewhere; bouncing it would never end
+            raise RecordError(
+                ErrorKind.MISROUTED,
+                f"forwarded to partition {rec.partition} but run {event.run_id} hashes to "
+                f"{home} of {self.partitions}: do all workers use the topic's partition count "
+                f"as BATON_PARTITIONS?",
+            )
+        out.forwards.append(
+            Forward(
+                rec.topic,
+                home,
+                key,
+                rec.value,
+                [
+                    *(rec.headers or ()),
+                    (FORWARDED_FROM, f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
+                ],
+            )
+        )
+        return None
+
+    def _state(self, key: bytes) -> RunState | None:
+        try:
+            return self.states.get(key)
+        except Exception as exc:
+            # a changelog record that does not decode (written by a newer Baton, or by
+            # someone with write access to the changelog): deciding this run as new would
+            # forget its stop and spend, so its events are dead letters until it is fixed
+            raise RecordError(
+                ErrorKind.STATE_UNREADABLE,
+                f"the run's stored state cannot be read ({type(exc).__name__}: "
+                f"{str(exc)[:500]}); its events are refused until the state is repaired",
+            ) from exc
+
+    def _decide(
+        self,
+        rec: InputRecord,
+        key: bytes,
+        event: RunEvent,
+        state: RunState | None,
+        kills: KillSwitches,
+        now: datetime,
+        out: Outputs,
+        *,
+        careful: bool,
+    ) -> bool:
+        """Decide one event into ``out``; True when the engine decided it (state may change).
+
+        ``careful``: measure the new state against the budget now (the slow path for a run
+        that outgrew it in this batch); otherwise the batch measures each run once at its end.
+        """
+        origin = Origin(self.worker, rec.partition, rec.offset)
+        if state is None and len(self.states) >= self.max_runs:
+            self.run_limited += 1
+            _, decisions = refuse(
+                None,
+                event,
+                self.policy,
+                now,
+                Reason.WORKER_RUN_LIMIT,
+                f"this worker holds {len(self.states)} runs (max_runs {self.max_runs}); "
+                f"new runs are stopped until finished runs are evicted or workers are added",
+                kills,
+                origin,
+            )
+            out.decisions.extend((rec.partition, d) for d in decisions)
+            return False
+        new, decisions = decide(state, event, self.policy, now, kills, origin)
+        if careful and new is not state:
+            raw = new.to_bytes()
+            if len(raw) > self.run_state_max_bytes:
+                new, decisions = self._limit(state, event, len(raw), kills, now, origin)
+                raw = new.to_bytes() if new is not None else b""
+                if new is None or len(raw) > HARD_STATE_MAX_BYTES:
+                    raise RecordError(
+                        ErrorKind.RUN_STATE_LIMIT,
+                        f"run {event.run_id}: its state cannot take this event even stopped "
+                        f"({len(raw)} bytes > {HARD_STATE_MAX_BYTES}); refused unrecorded",
+                    )
+            out.encoded[key] = raw
+        if new is not state:
+            self.states[key] = new
+            out.changed[key] = (rec.partition, new)
+        elif self.exactly_once and decisions and _same_record(decisions, rec):
+            # Kafka delivered this very record again (its decisions and the state that
+            # remembers them were committed in one transaction, its offset apparently
+            # not): they are out already, and re-emitting them would publish them twice.
+            # A client retry is another record and still gets them re-emitted. (Under
+            # at-least-once a redelivery re-emits, as the design has it: duplicates with
+            # the same decision_id are allowed there.)
+            self.redelivered += 1
+            return True
+        out.decisions.extend((rec.partition, d) for d in decisions)
+        return True
+
+    def _limit(
+        self,
+        state: RunState | None,
+        event: RunEvent,
+        size: int,
+        kills: KillSwitches,
+        now: datetime,
+        origin: Origin,
+    ) -> tuple[RunState | None, list[Decision]]:
+        self.state_limited += 1
+        return refuse(
+            state,
+            event,
+            self.policy,
+            now,
+            Reason.RUN_STATE_LIMIT,
+            f"the run's state would grow to {size} bytes (run_state_max_bytes "
+            f"{self.run_state_max_bytes}); the run is stopped",
+            kills,
+            origin,
+        )
+
+    # ------------------------------------------------------------------ the state budget
+    def _check_sizes(
+        self,
+        out: Outputs,
+        before: dict[bytes, RunState | None],
+        decided: dict[bytes, list[tuple[InputRecord, RunEvent]]],
+        kills: KillSwitches,
+        now: datetime,
+    ) -> None:
+        """Encode each changed run once; re-decide, event by event, a run over its budget.
+
+        The fast path measures a run once per batch (the publisher needs its bytes anyway).
+        A run over the budget is put back as it was before the batch and its events of
+        the batch are decided again one by one, measuring each new state: the event that
+        would take it over the budget is the one stopped. Deterministic, so the decisions
+        are the ones a one-event-at-a-time worker would have made.
+        """
+        limit = self.run_state_max_bytes
+        over: list[bytes] = []
+        for key, (_partition, state) in out.changed.items():
+            if state is None or key in out.encoded:
+                continue
+            raw = state.to_bytes()
+            if len(raw) > limit:
+                over.append(key)
+            else:
+                out.encoded[key] = raw
+        if not over:
+            return
+        redo = set(over)
+        for key in over:
+            del out.changed[key]
+            previous = before.get(key)
+            if previous is None:
+                self.states.pop(key, None)
+            else:
+                self.states[key] = previous
+        out.decisions = [(p, d) for p, d in out.decisions if d.run_id.encode() not in redo]
+        for key in over:
+            for rec, event in decided.get(key, ()):
+                try:
+                    state = self.states.get(key)
+                    self._decide(rec, key, event, state, kills, now, out, careful=True)
+                except (EventError, RecordError) as exc:
+                    out.dead_letters.append(
+                        dead_letter_record(rec, exc.kind, str(exc), self.worker, now)
+                    )
+                except Exception as exc:
+                    out.dead_letters.append(
+                        dead_letter_record(
+                            rec,
+                            ErrorKind.ENGINE_ERROR,
+                            f"{type(exc).__name__}: {str(exc)[:2000]}",
+                            self.worker,
+                            now,
+                        )
+                    )

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, TypeVar
 
+import orjson
 from pydantic import BaseModel
 
 from baton.processors.state import (
@@ -35,6 +36,8 @@ from baton.processors.state import (
 )
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.events import (
+    MAX_RUN_COUNT,
+    MAX_RUN_USD,
     ApprovalDenied,
     ApprovalGranted,
     HandoffCompleted,
@@ -56,9 +59,13 @@ __all__ = [
     "apply_control",
     "approval_id_for",
     "decide",
+    "evict",
     "expire_approvals",
     "is_evictable",
     "new_state",
+    "next_due",
+    "refuse",
+    "request_digest",
 ]
 
 #: without a max_handoffs limit, a run still cannot grow its task tree past this
@@ -118,6 +125,20 @@ def approval_id_for(request_id: str) -> str:
     return "apr_" + hashlib.blake2b(request_id.encode(), digest_size=8).hexdigest()
 
 
+#: an empty 8-byte BLAKE2b, copied per digest (cheaper than a new one)
+_DIGEST = hashlib.blake2b(digest_size=8)
+
+
+def request_digest(event: HandoffRequested | HandoffCompleted) -> str:
+    """What a request id stands for: every field but ``event_time`` (a client may stamp a
+    retry anew), so a retry matches and the same id reused for another request does not."""
+    fields = dict(event.__dict__)
+    del fields["event_time"]
+    h = _DIGEST.copy()
+    h.update(orjson.dumps(fields))
+    return h.hexdigest()
+
+
 def new_state(run_id: str, tenant: str, now: datetime) -> RunState:
     return RunState.new(run_id, tenant, now.timestamp())
 
@@ -132,6 +153,37 @@ def is_evictable(state: RunState, now: datetime, retention_s: float) -> bool:
     if state.pending:
         return False
     return now.timestamp() - state.last_event_at >= retention_s
+
+
+def evict(
+    state: RunState, now: datetime, retention_s: float, tombstone_retention_s: float
+) -> RunState | None:
+    """What the table keeps of a run at ``now``: the run itself, its tombstone, or nothing.
+
+    A run idle for ``retention_s`` (and no approval pending) becomes a tombstone: its
+    tenant, counters, spend and stop survive, so a late handoff is still stopped (with the
+    original reason, ``run_finished``, or ``run_expired`` for a run that was only idle) and a
+    late cost still counts. A tombstone is forgotten ``tombstone_retention_s`` after it was
+    made. Returns ``state`` itself when nothing changes.
+    """
+    now_ts = now.timestamp()
+    if state.evicted_at is not None:
+        return None if now_ts - state.evicted_at >= tombstone_retention_s else state
+    if is_evictable(state, now, retention_s):
+        return state.tombstone(now_ts)
+    return state
+
+
+def next_due(state: RunState, retention_s: float, tombstone_retention_s: float) -> float:
+    """When the sweep next has work on ``state`` (a POSIX time): an approval to expire, the
+    run to turn into a tombstone, or the tombstone to forget."""
+    if state.evicted_at is not None:
+        return state.evicted_at + tombstone_retention_s
+    due = state.last_event_at + retention_s
+    for p in state.pending.values():
+        if p.expires_at < due:
+            due = p.expires_at
+    return due
 
 
 # =========================================================================== entry points
@@ -152,10 +204,13 @@ def decide(
     # __instancecheck__, slow when it misses; and type(event) is X, not a saved type, so
     # that mypy narrows without cast() calls.
     approval = False
+    digest = None
     if type(event) is HandoffRequested:
         key = "h:" + event.request_id
+        digest = request_digest(event)
     elif type(event) is HandoffCompleted:
         key = "c:" + event.request_id
+        digest = request_digest(event)
     elif type(event) is ApprovalGranted or type(event) is ApprovalDenied:
         key = "a:" + event.approval_id
         approval = True
@@ -173,6 +228,8 @@ def decide(
         # state.has_seen(key), inline: it runs for every event
         mark = state.seen.get(key)
         if key in state.fresh or (mark is not None and mark > state.marks - SEEN_LIMIT):
+            if digest is not None and state.digest_of(key) not in (digest, None):
+                return state, [_reused(state, event, policy, now, kills, origin, digest)]
             return state, state.replies(key) or []
     now_ts = now.timestamp()
     if state is None:
@@ -200,8 +257,115 @@ def decide(
         decisions = _finish(st, event, ctx)
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"not a run event: {type(event).__name__}")
-    st.remember(key, decisions)  # keeps the decisions, not the list: the caller may change it
+    # keeps the decisions, not the list: the caller may change it
+    st.remember(key, decisions, digest)
     return st, out + decisions if out else decisions
+
+
+def refuse(
+    state: RunState | None,
+    event: RunEvent,
+    policy: Policy,
+    now: datetime,
+    reason: Reason,
+    detail: str,
+    kills: KillSwitches = NO_KILLS,
+    origin: Origin = _NO_ORIGIN,
+) -> tuple[RunState | None, list[Decision]]:
+    """Stop ``event``'s run for a reason of the worker's, not of the policy: the run's state
+    would outgrow ``run_state_limit``, or the worker holds too many runs (``worker_run_limit``).
+
+    ``state`` is the run's state before the event (None for a run the worker will not take
+    on: the decision is made, nothing is kept). A kept run is stopped for good with ``reason``
+    (the event is remembered like any other, so a retry gets the same stop); a reported cost
+    still counts. Pure, like :func:`decide`.
+    """
+    keep = state is not None
+    st = state.copy() if state is not None else new_state(event.run_id, event.tenant, now)
+    ctx = _Ctx(_rules_for(policy, st.tenant), now, now.timestamp(), kills, origin)
+    if keep and st.stopped is None:
+        st.stopped = reason
+    key, digest, phase = "f:", None, Phase.CONTROL
+    request_id = f"{st.run_id}:finished"
+    req = done = None
+    if type(event) is HandoffRequested:
+        key, digest, phase, req = (
+            "h:" + event.request_id,
+            request_digest(event),
+            _PRE_HANDOFF,
+            event,
+        )
+        request_id = event.request_id
+    elif type(event) is HandoffCompleted:
+        key, digest, phase, done = (
+            "c:" + event.request_id,
+            request_digest(event),
+            _POST_HANDOFF,
+            event,
+        )
+        request_id = event.request_id
+        _count_cost(st, event)
+    elif type(event) is ApprovalGranted or type(event) is ApprovalDenied:
+        key, phase, request_id = _refused_key(event), Phase.APPROVAL, _refused_request_id(event)
+    decision = _decision(
+        st,
+        ctx,
+        request_id,
+        phase,
+        Outcome.STOP,
+        reason,
+        event.event_time,
+        req,
+        to_agent=done.agent if done is not None else None,
+        task_id=done.task_id if done is not None else None,
+        handoff_status=done.status if done is not None else None,
+        detail=detail,
+    )
+    _enforced(decision)
+    if keep:
+        st.remember(key, [decision], digest)
+    return (st if keep else None), [decision]
+
+
+def _enforced(d: Decision) -> None:
+    """Undo shadow mode on ``d``: the worker's own limits and protocol errors are not policy
+    to try out, and a shadowed allow would promise what the state does not record."""
+    if d.shadow_outcome is not None:
+        d.outcome, d.shadow_outcome = d.shadow_outcome, None
+
+
+def _reused(
+    state: RunState,
+    event: RunEvent,
+    policy: Policy,
+    now: datetime,
+    kills: KillSwitches,
+    origin: Origin,
+    digest: str,
+) -> Decision:
+    """A request id decided before, now carrying another request: refused, state unchanged.
+
+    The decision id covers the new request's digest, so it never replaces the first
+    request's decision in the audit; a redelivery of it is refused the same way.
+    """
+    ctx = _Ctx(_rules_for(policy, state.tenant), now, now.timestamp(), kills, origin)
+    completed = type(event) is HandoffCompleted
+    d = _decision(
+        state,
+        ctx,
+        f"{event.request_id}#{digest}",  # type: ignore[union-attr]
+        _POST_HANDOFF if completed else _PRE_HANDOFF,
+        Outcome.RECORDED if completed else Outcome.STOP,
+        Reason.REQUEST_ID_REUSED,
+        event.event_time,
+        None if completed else event,  # type: ignore[arg-type]
+        detail=f"request_id {event.request_id} was already decided for another "  # type: ignore[union-attr]
+        f"{'report' if completed else 'request'}; use a new request_id per request "
+        f"(a retry must repeat the request exactly)",
+    )
+    d.request_id = event.request_id  # type: ignore[union-attr]
+    _enforced(d)
+    return d
 
 
 def expire_approvals(
@@ -234,7 +398,7 @@ def apply_control(
     target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope] or "*"
     request_id = f"{event.type}:{event.scope}:{target}:{event.event_time.isoformat()}"
     record = Decision(
-        decision_id=decision_id_for(request_id, Phase.CONTROL),
+        decision_id=decision_id_for(event.run_id or "*", request_id, Phase.CONTROL),
         request_id=request_id,
         run_id=event.run_id or "*",
         tenant=event.tenant or "*",
@@ -398,8 +562,8 @@ def _decision(
     # positional, in Decision's field order: about three times cheaper than 32 keywords,
     # and this runs once per decision (see bench/RESULTS.md)
     return Decision(
-        decision_id_for(request_id, _PHASE_TEXT[phase]), request_id, st.run_id, st.tenant,
-        phase, outcome, reason, owner,
+        decision_id_for(st.run_id, request_id, _PHASE_TEXT[phase]), request_id, st.run_id,
+        st.tenant, phase, outcome, reason, owner,
         from_agent, to_agent, task_id, parent_task_id,
         action, depth, st.handoff_count, (_ROUNDED.get(spent) or _usd(spent)) if spent else 0.0,
         st.tool_calls, handoff_status,
@@ -469,6 +633,13 @@ def _check(
         return Outcome.STOP, Reason.RUN_FINISHED, None
     if st.stopped is not None:
         return Outcome.STOP, st.stopped, "run already stopped"
+    if st.evicted_at is not None:
+        return (
+            Outcome.STOP,
+            Reason.RUN_EXPIRED,
+            "the run was idle past the worker's run retention and its task tree was evicted; "
+            "start a new run",
+        )
     # fields read once: attributes of pydantic models are several times slower than locals
     task_id, from_agent, to_agent = req.task_id, req.from_agent, req.to_agent
     if node is not None and node.owner != to_agent:
@@ -616,13 +787,21 @@ def _pre_handoff(st: RunState, event: HandoffRequested, ctx: _Ctx) -> list[Decis
     ]
 
 
+def _count_cost(st: RunState, done: HandoffCompleted) -> None:
+    # saturating: a run's totals never pass what the audit's columns hold exactly (a run
+    # there is over any sane budget long before)
+    spent = st.spent_usd + done.cost_usd
+    st.spent_usd = spent if spent < MAX_RUN_USD else MAX_RUN_USD
+    calls = st.tool_calls + done.tool_calls
+    st.tool_calls = calls if calls < MAX_RUN_COUNT else MAX_RUN_COUNT
+
+
 def _post_handoff(st: RunState, event: HandoffCompleted, ctx: _Ctx) -> list[Decision]:
     done = _fields(event)
     rules = ctx.rules
     # every reported cost counts, even of a handoff Baton stopped or never saw: money spent
     # is spent, and the shared budget must see it
-    st.spent_usd += done.cost_usd
-    st.tool_calls += done.tool_calls
+    _count_cost(st, done)
     if done.request_id in st.reserved:
         st.set_reserved(_without(st.reserved, done.request_id))
     node = st.task(done.task_id)

@@ -150,8 +150,13 @@ class BatchPublisher:
             else:
                 self.produce_dead_letter(record)
 
-    def produce_state(self, key: bytes, partition: int, state: RunState | None) -> None:
-        self._produce(self.changelog_topic, state.to_bytes() if state else None, key, partition)
+    def produce_state(
+        self, key: bytes, partition: int, state: RunState | None, encoded: bytes | None = None
+    ) -> None:
+        """Write a run's state (None: delete it); ``encoded`` is its bytes if already made."""
+        if state is not None and encoded is None:
+            encoded = state.to_bytes()
+        self._produce(self.changelog_topic, encoded if state is not None else None, key, partition)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every queued record is acknowledged; raise if any failed."""
@@ -205,12 +210,13 @@ class BatchPublisher:
                 last[partition] = key
             tail = set(last.values())
             rest = [(k, p, s) for k, (p, s) in out.changed.items() if k not in tail]
+            encoded = out.encoded
             for key, partition, state in rest:
-                self.produce_state(key, partition, state)
+                self.produce_state(key, partition, state, encoded.get(key))
             if rest:
                 await self._flush()
             for partition, key in last.items():
-                self.produce_state(key, partition, out.changed[key][1])
+                self.produce_state(key, partition, out.changed[key][1], encoded.get(key))
             await self._flush()
 
     def _produce_outputs(self, out: Outputs) -> None:
@@ -240,7 +246,7 @@ class BatchPublisher:
             self._produce_queued()
             self._produce_outputs(out)
             for key, (partition, state) in out.changed.items():
-                self.produce_state(key, partition, state)
+                self.produce_state(key, partition, state, out.encoded.get(key))
             if before_state is not None:
                 before_state()
             metadata = group_metadata() if offsets and group_metadata is not None else None

@@ -42,7 +42,10 @@ TASK_FOLD = 32
 RECENT_REPLIES = 6
 _RECENT_ITEMS = 2 * RECENT_REPLIES  # length of RunState.recent when full
 MAX_PENDING_APPROVALS = 256
-STATE_FORMAT = 1
+#: format 2 adds the request digests (element 17) and the eviction time of a tombstone (18);
+#: format 1 states (no digests, never evicted) are still read
+STATE_FORMAT = 2
+_READABLE_FORMATS = frozenset({1, 2})
 
 
 class TaskNode(NamedTuple):
@@ -109,8 +112,9 @@ class RunState:
     #: key -> mark, marks up to the last fold (may still hold marks that fell out of the
     #: window since: has_seen() ignores them, the next fold drops them)
     seen: dict[str, int]
-    #: keys since the last fold, oldest first (fewer than FRESH_LIMIT, all in the window)
-    fresh: dict[str, None]
+    #: keys since the last fold, oldest first (fewer than FRESH_LIMIT, all in the window),
+    #: each with the digest of the request it was decided for (None for keys without one)
+    fresh: dict[str, str | None]
     marks: int
     #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
     #: key, replies, ...), replies one Decision or a list of several. A flat tuple because
@@ -119,13 +123,31 @@ class RunState:
     recent: tuple[Any, ...]
     reserved_usd: float
     reserved_tool_calls: int
+    #: digests of the requests behind the folded keys in ``seen`` (a request id seen again
+    #: with another request is refused, never answered with the first one's decision)
+    digests: dict[str, str]
+    #: set when the run was evicted and only this tombstone is left: counters, spend,
+    #: stopped/finished and tenant, nothing else (no tasks, no dedup marks, no replies)
+    evicted_at: float | None
 
     @classmethod
     def new(cls, run_id: str, tenant: str, at: float) -> RunState:
         """A run Baton has not seen before, started at ``at`` (a POSIX timestamp)."""
         return cls(
             run_id, tenant, at, at, 0, 0.0, 0, None, False, {}, {}, {}, {}, {}, {}, {}, 0, (),
-            0.0, 0,
+            0.0, 0, {}, None,
+        )  # fmt: skip
+
+    def tombstone(self, at: float) -> RunState:
+        """What eviction keeps of the run: enough that a late event cannot reopen it.
+
+        Tenant, counters, spend, tool calls, the sticky stop and the finished mark survive;
+        the task tree, agents, reservations, approvals, dedup marks and replies do not.
+        """
+        return RunState(
+            self.run_id, self.tenant, self.started_at, self.last_event_at, self.handoff_count,
+            self.spent_usd, self.tool_calls, self.stopped, self.finished, {}, {}, {}, {}, {},
+            {}, {}, 0, (), 0.0, 0, {}, at,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:
@@ -176,9 +198,11 @@ class RunState:
         new.recent = self.recent
         new.reserved_usd = self.reserved_usd
         new.reserved_tool_calls = self.reserved_tool_calls
+        new.digests = self.digests
+        new.evicted_at = self.evicted_at
         return new
 
-    def remember(self, key: str, decisions: list[Decision]) -> None:
+    def remember(self, key: str, decisions: list[Decision], digest: str | None = None) -> None:
         """Mark ``key`` decided; keep its decisions for re-emission while it is recent.
 
         A key already seen keeps its mark and place and only gets the new decisions: an
@@ -196,12 +220,16 @@ class RunState:
         else:
             fresh = self.fresh
             marks = self.marks = self.marks + 1
-            fresh[key] = None
+            fresh[key] = digest
             if not marks % FRESH_LIMIT:
                 floor = marks - SEEN_LIMIT
                 seen = {k: m for k, m in self.seen.items() if m > floor}
                 seen.update(zip(fresh, range(marks - len(fresh) + 1, marks + 1), strict=True))
                 self.seen = seen
+                old = self.digests
+                digests = {k: old[k] for k in seen if k in old}
+                digests.update((k, d) for k, d in fresh.items() if d is not None)
+                self.digests = digests
                 self.fresh = {}
         # concatenation, not (*recent, key, replies): the starred form builds a list first
         if len(recent) < _RECENT_ITEMS:
@@ -215,6 +243,12 @@ class RunState:
             return True
         mark = self.seen.get(key)
         return mark is not None and mark > self.marks - SEEN_LIMIT
+
+    def digest_of(self, key: str) -> str | None:
+        """The digest of the request ``key`` was decided for (None if it had none)."""
+        if key in self.fresh:
+            return self.fresh[key]
+        return self.digests.get(key)
 
     def seen_keys(self) -> list[str]:
         """The run's newest SEEN_LIMIT decided keys, oldest first."""
@@ -255,6 +289,7 @@ class RunState:
         return orjson.dumps(self.to_wire())
 
     def to_wire(self) -> list[Any]:
+        keys = self.seen_keys()
         return [
             STATE_FORMAT,
             self.run_id,
@@ -277,9 +312,11 @@ class RunState:
                 [p.approval_id, p.request.model_dump(mode="json"), p.expires_at]
                 for p in self.pending.values()
             ],
-            self.seen_keys(),
+            keys,
             _recent_to_wire(self.recent),
             self.marks,  # added after format 1 shipped: readers without it ignore it
+            [self.digest_of(k) for k in keys],
+            self.evicted_at,
         ]
 
     @classmethod
@@ -288,9 +325,16 @@ class RunState:
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> RunState:
-        if w[0] != STATE_FORMAT:
-            raise ValueError(f"run state format {w[0]!r} is not {STATE_FORMAT}")
+        if w[0] not in _READABLE_FORMATS:
+            raise ValueError(f"run state format {w[0]!r} is not one of {sorted(_READABLE_FORMATS)}")
         seen, fresh, marks = _marks_from_wire(w[14], w[16] if len(w) > 16 else len(w[14]))
+        digests: dict[str, str] = {}
+        if len(w) > 17:
+            for k, d in zip(w[14], w[17], strict=True):
+                if k in fresh:
+                    fresh[k] = d
+                elif d is not None:
+                    digests[k] = d
         state = cls(
             w[1],
             w[2],
@@ -312,6 +356,8 @@ class RunState:
             _recent_from_wire(w[15]),
             0.0,
             0,
+            digests,
+            w[18] if len(w) > 18 else None,
         )
         if state.reserved:
             state.set_reserved(state.reserved)
@@ -336,15 +382,17 @@ _FALLBACKS: dict[str | None, Fallback | None] = {None: None, **{m.value: m for m
 _decision_row = attrgetter(*DECISION_FIELDS)
 
 
-def _marks_from_wire(keys: list[str], marks: int) -> tuple[dict[str, int], dict[str, None], int]:
+def _marks_from_wire(
+    keys: list[str], marks: int
+) -> tuple[dict[str, int], dict[str, str | None], int]:
     """``seen``, ``fresh`` and ``marks`` from the window's keys (oldest first): the newest
     ``marks % FRESH_LIMIT`` keys are the ones not folded yet (RunState.remember)."""
     split = len(keys) - marks % FRESH_LIMIT
     if split <= 0:  # a run of fewer than FRESH_LIMIT keys: nothing folded yet
-        return {}, dict.fromkeys(keys), marks
+        return {}, dict.fromkeys(keys, None), marks
     first = marks - len(keys) + 1
     seen = dict(zip(keys[:split], range(first, first + split), strict=True))
-    return seen, dict.fromkeys(keys[split:]), marks
+    return seen, dict.fromkeys(keys[split:], None), marks
 
 
 def _recent_to_wire(recent: tuple[Any, ...]) -> list[Any]:

@@ -60,6 +60,11 @@ class Reason(StrEnum):
     TOOL_NOT_PERMITTED = "tool_not_permitted"
     APPROVAL_DENIED = "approval_denied"
     APPROVAL_EXPIRED = "approval_expired"
+    # a hostile or careless client (issue 11): each names what the worker refused and why
+    REQUEST_ID_REUSED = "request_id_reused"
+    RUN_STATE_LIMIT = "run_state_limit"
+    WORKER_RUN_LIMIT = "worker_run_limit"
+    RUN_EXPIRED = "run_expired"
     # approval gate
     APPROVAL_PENDING = "approval_pending"
     APPROVAL_GRANTED = "approval_granted"
@@ -85,13 +90,16 @@ class Fallback(StrEnum):
 _ID_HASH = hashlib.blake2b(digest_size=16)
 
 
-def decision_id_for(key: str, phase: str) -> str:
-    """Deterministic id from the request (or approval) id and the phase: replays reproduce it.
+def decision_id_for(run_id: str, key: str, phase: str) -> str:
+    """Deterministic id from the run, the request (or approval) id and the phase: replays
+    reproduce it, and the same request id in two runs gives two ids.
 
-    The 16-byte BLAKE2b of ``key``, 0x1F, ``phase``, as hex.
+    The 16-byte BLAKE2b of ``len(run_id)``, ``:``, ``run_id``, 0x1F, ``key``, 0x1F, ``phase``,
+    as hex. Ids may contain 0x1F (JSON escapes it), so the run id is length-prefixed and the
+    phase (a fixed word) comes last: no two (run, key, phase) triples encode alike.
     """
     h = _ID_HASH.copy()
-    h.update(f"{key}\x1f{phase}".encode())
+    h.update(f"{len(run_id)}:{run_id}\x1f{key}\x1f{phase}".encode())
     return h.hexdigest()
 
 

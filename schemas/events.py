@@ -7,11 +7,11 @@ that newer clients keep working against an older Baton.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 __all__ = [
     "ApprovalDenied",
@@ -35,10 +35,42 @@ __all__ = [
 #: this limit is a bug or an attack, and would bloat the run's state and the audit.
 MAX_EVENT_BYTES = 64 * 1024
 
+#: Bounds every number and time must hold: the engine keeps money in floats and the audit in
+#: Decimal(18, 6), UInt32 and DateTime64(6). 1e6 USD per report keeps a run's spend exact to the
+#: micro-dollar for thousands of reports (a float holds 2**53 micro-dollars exactly, ~9e9 USD);
+#: the engine saturates a run's totals at MAX_RUN_USD / MAX_RUN_COUNT (never wraps, never
+#: overflows the audit columns). A value outside these is an ``out_of_range`` dead letter.
+MAX_USD = 1_000_000.0
+MAX_COUNT = 1_000_000
+MAX_RUN_USD = 1_000_000_000.0
+MAX_RUN_COUNT = 2**31 - 1
+#: event times ClickHouse's DateTime64 holds, and that are not absurd for an orchestrator
+MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+#: free text (comments, kill reasons, statuses' details) is capped: it is copied into
+#: decisions, kept in run state for retries, and written to the audit
+MAX_TEXT = 1024
+
+
+def _event_time(value: datetime) -> datetime:
+    # a time without a zone is taken as UTC (some encoders drop the "Z"); the range keeps
+    # the audit's DateTime64 column and partitioning sane
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    if not MIN_EVENT_TIME <= value < MAX_EVENT_TIME:
+        raise ValueError(
+            f"out of range: event time {value.isoformat()} must be between "
+            f"{MIN_EVENT_TIME.date()} and {MAX_EVENT_TIME.date()}"
+        )
+    return value
+
+
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
-Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Count = Annotated[int, Field(ge=0)]
+Money = Annotated[float, Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+EventTime = Annotated[datetime, AfterValidator(_event_time)]
 
 
 class _Event(BaseModel):
@@ -68,7 +100,7 @@ class HandoffRequested(_Event):
         default=None, description="Reserved against the shared budget until the completion."
     )
     estimated_tool_calls: Count | None = None
-    event_time: datetime
+    event_time: EventTime
 
     @property
     def kind(self) -> str:
@@ -87,7 +119,7 @@ class HandoffCompleted(_Event):
     cost_usd: Money = 0.0
     tool_calls: Count = 0
     status: Name = "ok"
-    event_time: datetime
+    event_time: EventTime
 
 
 class ApprovalGranted(_Event):
@@ -96,11 +128,11 @@ class ApprovalGranted(_Event):
     run_id: Id
     tenant: Name = "default"
     approver: Name
-    signature: str | None = Field(
+    signature: Text | None = Field(
         default=None, description="Authentication signature of the approver (verified later)."
     )
-    comment: str | None = None
-    event_time: datetime
+    comment: Text | None = None
+    event_time: EventTime
 
 
 class ApprovalDenied(_Event):
@@ -109,9 +141,9 @@ class ApprovalDenied(_Event):
     run_id: Id
     tenant: Name = "default"
     approver: Name
-    signature: str | None = None
-    comment: str | None = None
-    event_time: datetime
+    signature: Text | None = None
+    comment: Text | None = None
+    event_time: EventTime
 
 
 class RunFinished(_Event):
@@ -120,7 +152,7 @@ class RunFinished(_Event):
     type: Literal["run_finished"] = "run_finished"
     run_id: Id
     tenant: Name = "default"
-    event_time: datetime
+    event_time: EventTime
 
 
 class KillSwitch(_Event):
@@ -131,8 +163,8 @@ class KillSwitch(_Event):
     run_id: Id | None = None
     tenant: Name | None = None
     operator: Name
-    reason: str = ""
-    event_time: datetime
+    reason: Text = ""
+    event_time: EventTime
 
     def model_post_init(self, __context: Any) -> None:
         if self.scope == "run" and not self.run_id:
@@ -151,8 +183,8 @@ class KillSwitchReleased(_Event):
     run_id: Id | None = None
     tenant: Name | None = None
     operator: Name
-    reason: str = ""
-    event_time: datetime
+    reason: Text = ""
+    event_time: EventTime
 
     def model_post_init(self, __context: Any) -> None:
         if self.scope == "run" and not self.run_id:
@@ -171,7 +203,7 @@ class PolicyUpdated(_Event):
     type: Literal["policy_updated"] = "policy_updated"
     policy_yaml: str
     operator: Name = "unknown"
-    event_time: datetime
+    event_time: EventTime
 
 
 RunEvent = HandoffRequested | HandoffCompleted | ApprovalGranted | ApprovalDenied | RunFinished
@@ -209,12 +241,33 @@ def _explain(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+#: pydantic error types that mean "a value of the right type, but too big, small or long"
+_RANGE_ERRORS = frozenset(
+    {
+        "less_than_equal",
+        "less_than",
+        "greater_than_equal",
+        "greater_than",
+        "string_too_long",
+        "int_parsing_size",
+    }
+)
+
+
+def _out_of_range(error: Any) -> bool:
+    return error["type"] in _RANGE_ERRORS or (
+        error["type"] == "value_error" and "out of range" in error["msg"]
+    )
+
+
 def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None) -> Any:
     if len(raw) > MAX_EVENT_BYTES:
         raise EventError("oversized", f"event is {len(raw)} bytes, limit is {MAX_EVENT_BYTES}")
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "exceeds 64-bit range" in str(exc):
+            raise EventError("out_of_range", f"a number is out of range: {exc}") from None
         # Python's json module and some JS encoders write NaN/Infinity; say so, since the
         # parser's "unexpected character" does not tell the sender which number is wrong
         if raw[exc.pos : exc.pos + 9].lstrip(b"-").startswith((b"NaN", b"Infinity")):
@@ -230,9 +283,11 @@ def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None) -> Any:
     try:
         event = adapter.validate_python(doc)
     except ValidationError as exc:
-        if any(e["type"] == "union_tag_invalid" for e in exc.errors()):
-            raise EventError("unknown_type", f"unknown event type {kind!r}") from None
-        raise EventError("schema", f"{kind}: {_explain(exc)}") from None
+        errors = exc.errors()
+        if any(e["type"] == "union_tag_invalid" for e in errors):
+            raise EventError("unknown_type", f"unknown event type {kind[:64]!r}") from None
+        error_kind = "out_of_range" if all(_out_of_range(e) for e in errors) else "schema"
+        raise EventError(error_kind, f"{kind}: {_explain(exc)}") from None
     except ValueError as exc:  # model_post_init checks
         raise EventError("schema", f"{kind}: {exc}") from None
     return event
@@ -245,10 +300,13 @@ def parse_event(raw: bytes, key: bytes | None = None) -> RunEvent:
     NaN/Infinity (JSON has none, but some encoders emit them) and negative money.
     """
     event = _parse(raw, _RUN_EVENT, key)
-    if key is not None and key.decode("utf-8", "replace") != event.run_id:
+    # bytes compared, not text: a key that is not UTF-8 must not match a run_id holding
+    # the replacement character it would decode to
+    if key is not None and key != event.run_id.encode():
+        shown = key[:300].decode("utf-8", "replace")
         raise EventError(
             "key_mismatch",
-            f"Kafka key {key.decode('utf-8', 'replace')!r} differs from payload run_id "
+            f"Kafka key {shown!r}{'...' if len(key) > 300 else ''} differs from payload run_id "
             f"{event.run_id!r}; key every event by its run_id",
         )
     return event  # type: ignore[no-any-return]

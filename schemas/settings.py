@@ -55,7 +55,36 @@ class Settings(BaseSettings):
         "its partitions this long",
     )
     run_retention_s: float = Field(
-        3600.0, gt=0, description="evict finished runs, and idle runs, after this many seconds"
+        3600.0,
+        gt=0,
+        description="a run idle this many seconds (finished or not, no approval pending) is "
+        "evicted to a tombstone: a later handoff of it is stopped (its stop reason, "
+        "run_finished, or run_expired) and a later cost still counts",
+    )
+    tombstone_retention_s: float = Field(
+        30 * 86400.0,
+        gt=0,
+        description="forget an evicted run's tombstone (tenant, counters, spend, stop) after "
+        "this many seconds; its run id is then new again",
+    )
+    run_state_max_bytes: int = Field(
+        256 * 1024,
+        ge=4096,
+        le=900_000,
+        description="a run whose encoded state would pass this is stopped (run_state_limit); "
+        "keep it well under Kafka's 1 MB message limit",
+    )
+    max_runs: int = Field(
+        500_000,
+        ge=1,
+        description="runs (and tombstones) one worker holds; past it, new runs are stopped "
+        "(worker_run_limit) until old ones are evicted or workers are added",
+    )
+    control_max_staleness_s: float = Field(
+        15.0,
+        gt=0,
+        description="a worker that has not heard from the control topic (kill switches, "
+        "policy) for this long stops deciding until it hears again; clients fail closed",
     )
     fetch_max_wait_ms: int = Field(
         10,

@@ -140,7 +140,7 @@ def unanswered_decision(
     else:
         outcome = Outcome.STOP
     return Decision(
-        decision_id=decision_id_for(request_id, f"{phase}:unanswered"),
+        decision_id=decision_id_for(run_id, request_id, f"{phase}:unanswered"),
         request_id=request_id,
         run_id=run_id,
         tenant=tenant,

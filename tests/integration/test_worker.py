@@ -219,7 +219,7 @@ BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("kind", [*sorted(BAD_INPUTS), "negative_cost"])
+@pytest.mark.parametrize("kind", [*sorted(BAD_INPUTS), "negative_cost", "missing_key"])
 def test_bad_input_goes_to_dead_letter_and_worker_keeps_serving(stack: Stack, kind: str) -> None:
     marker = uuid.uuid4().hex
     if kind == "negative_cost":
@@ -235,6 +235,10 @@ def test_bad_input_goes_to_dead_letter_and_worker_keeps_serving(stack: Stack, ki
             }
         )
         key: bytes | None = b"r"
+    elif kind == "missing_key":
+        # kcat -P without -K: this record once crash-looped every worker in turn
+        value = handoff(marker, 1, "t", "planner", "researcher").to_json()
+        key = None
     else:
         value, key = BAD_INPUTS[kind]
         value = value.replace(b"run_bad", marker.encode()) if kind != "oversized" else value
@@ -244,14 +248,14 @@ def test_bad_input_goes_to_dead_letter_and_worker_keeps_serving(stack: Stack, ki
     def dead_letter() -> dict[str, object] | None:
         for raw in stack.deadletters.records:
             env = orjson.loads(raw)
-            if env["key"] == key.decode() and (env.get("original") or "").startswith(
-                value[:200].decode(errors="replace")[:50]
-            ):
+            if env["key"] == (key.decode() if key else None) and (
+                env.get("original") or ""
+            ).startswith(value[:200].decode(errors="replace")[:50]):
                 return env  # type: ignore[no-any-return]
         return None
 
     env = wait_for(dead_letter, 20, message=f"dead letter for {kind}")
-    expected_kind = "schema" if kind == "negative_cost" else kind
+    expected_kind = "out_of_range" if kind == "negative_cost" else kind
     assert env["error_kind"] == expected_kind
     assert env["topic"] == stack.catalog.requests and isinstance(env["offset"], int)
     assert env["error"]

@@ -1,15 +1,19 @@
-"""The worker's batch step: a Kafka redelivery of the same record vs a client's retry."""
+"""The worker's batch step without Kafka: redelivery vs retry, and every path ending a record."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
-from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.batch import BatchProcessor, InputRecord, Outputs
 from baton.processors.state import RunState
+from baton.schemas.decision import Outcome, Reason
 from baton.schemas.policy import load_policy
+from baton.streams.partitioner import partition_for
 from tests.helpers import handoff
+from tests.unit.test_engine_support import policy_with
 
 pytestmark = pytest.mark.unit
 
@@ -39,3 +43,177 @@ def test_redelivered_record_and_client_retry(exactly_once: bool) -> None:
     retry = proc.process([_record(11)], now)  # the client sent the request again
     assert [d for _, d in retry.decisions] == [decision] and not retry.changed
     assert states[b"run_1"].handoff_count == 1
+
+
+# ------------------------------------------------------------------ one record never stops a batch
+# Every path of BatchProcessor.process that ends one record: each bad record becomes one dead
+# letter with a named error_kind, or one stop with a named reason, and the good records around
+# it are decided as if it were not there.
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+TOPIC = "gov.handoff.requests"
+
+
+def _good(run: str, n: int, task: str = "t", **kw: object) -> InputRecord:
+    ev = handoff(run, n, task, event_time=NOW, **kw)
+    return InputRecord(TOPIC, partition_for(run.encode(), 4), n, run.encode(), ev.to_json())
+
+
+def _proc(states: dict[bytes, RunState] | None = None, **kw: object) -> BatchProcessor:
+    return BatchProcessor(
+        load_policy(None),
+        4,
+        {} if states is None else states,
+        worker="w",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _kinds(out: Outputs) -> list[str]:
+    return [orjson.loads(dl.value)["error_kind"] for dl in out.dead_letters]
+
+
+def _sandwich(bad: InputRecord) -> tuple[BatchProcessor, Outputs]:
+    """``bad`` between two good handoffs of another run: both must be decided."""
+    proc = _proc()
+    out = proc.process([_good("run_a", 1), bad, _good("run_a", 2, "u")], NOW)
+    assert [d.request_id for _, d in out.decisions] == ["run_a-h1", "run_a-h2"]
+    assert all(d.outcome == Outcome.ALLOW for _, d in out.decisions)
+    return proc, out
+
+
+def _raw(run: str = "run_b", **fields: object) -> bytes:
+    return handoff(run, 1, "t", event_time=NOW).model_copy(update=fields).to_json()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "kind"),
+    [
+        (None, _raw(), "missing_key"),
+        (b"run_b", None, "empty"),
+        (b"run_b", b"\xff\xfe not json", "not_json"),
+        (b"run_b", b"[]", "schema"),
+        (b"run_b", b'{"type":"handoff_teleported"}', "unknown_type"),
+        (b"run_x", _raw(), "key_mismatch"),
+        (b"\xff", _raw(run="\ufffd"), "key_mismatch"),  # a non-UTF-8 key never matches
+        (b"run_b", b"{" + b" " * (64 * 1024) + b"}", "oversized"),
+        (b"run_b", _raw().replace(b'"run_b-h1"', b'"' + b"r" * 300 + b'"'), "out_of_range"),
+        (b"run_b", _raw().replace(b'"event_time":"', b'"event_time":"9'), "schema"),
+    ],
+)
+def test_a_bad_record_is_one_dead_letter_and_the_batch_goes_on(
+    key: bytes | None, value: bytes | None, kind: str
+) -> None:
+    bad = InputRecord(TOPIC, partition_for(b"run_b", 4), 7, key, value)
+    _, out = _sandwich(bad)
+    assert _kinds(out) == [kind]
+    envelope = orjson.loads(out.dead_letters[0].value)
+    assert (envelope["topic"], envelope["partition"], envelope["offset"]) == (
+        TOPIC,
+        bad.partition,
+        7,
+    )
+    assert envelope["error"]
+
+
+def test_a_key_less_record_is_a_dead_letter_naming_the_fix() -> None:
+    _, out = _sandwich(InputRecord(TOPIC, 0, 3, None, _raw()))
+    envelope = orjson.loads(out.dead_letters[0].value)
+    assert envelope["error_kind"] == "missing_key" and "run_id" in envelope["error"]
+    assert envelope["key"] is None and envelope["original"].startswith("{")
+
+
+def test_a_misplaced_record_is_forwarded_once_then_dead_lettered() -> None:
+    home = partition_for(b"run_b", 4)
+    elsewhere = (home + 1) % 4
+    proc = _proc()
+    out = proc.process([InputRecord(TOPIC, elsewhere, 1, b"run_b", _raw())], NOW)
+    [fw] = out.forwards
+    assert fw.partition == home and not out.decisions
+    again = proc.process([InputRecord(TOPIC, elsewhere, 2, b"run_b", _raw(), fw.headers)], NOW)
+    assert _kinds(again) == ["misrouted"] and not again.forwards
+
+
+def test_an_engine_failure_is_a_dead_letter_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    import baton.processors.batch as batch
+
+    real = batch.decide
+
+    def flaky(state, event, *a, **kw):  # type: ignore[no-untyped-def]
+        if event.run_id == "run_b":
+            raise ZeroDivisionError("boom")
+        return real(state, event, *a, **kw)
+
+    monkeypatch.setattr(batch, "decide", flaky)
+    _, out = _sandwich(_good("run_b", 1))
+    assert _kinds(out) == ["engine_error"]
+    assert "ZeroDivisionError: boom" in orjson.loads(out.dead_letters[0].value)["error"]
+
+
+class _Unreadable(dict):  # type: ignore[type-arg]
+    """A store whose entry for run_b does not decode (a corrupt changelog record)."""
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def]
+        if key == b"run_b":
+            raise ValueError("run state format 99 is not one of [1, 2]")
+        return super().get(key, default)
+
+
+def test_a_state_that_cannot_be_read_refuses_its_runs_events_only() -> None:
+    proc = BatchProcessor(load_policy(None), 4, _Unreadable(), worker="w")
+    out = proc.process([_good("run_a", 1), _good("run_b", 1), _good("run_a", 2, "u")], NOW)
+    assert [d.request_id for _, d in out.decisions] == ["run_a-h1", "run_a-h2"]
+    assert _kinds(out) == ["state_unreadable"]  # not decided as a new run: fail closed
+
+
+def test_a_run_that_would_outgrow_its_state_budget_is_stopped_and_stays_writable() -> None:
+    # a policy without limits lets a run take on task after task: each adds to its state
+    policy = policy_with(max_handoffs=None, max_agents_per_run=None, max_delegation_depth=None)
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(policy, 4, states, worker="w", run_state_max_bytes=8192)
+    names = [f"task-{i:03d}-" + "x" * 200 for i in range(60)]
+    records = [_good("run_b", i, names[i], to=f"agent-{i}" + "y" * 200) for i in range(60)]
+    out = proc.process([_good("run_a", 1), *records, _good("run_a", 2, "u")], NOW)
+    mine = [d for _, d in out.decisions if d.run_id == "run_b"]
+    assert len(mine) == 60  # every record decided, none dead-lettered
+    reasons = [d.reason for d in mine]
+    first_stop = reasons.index(Reason.RUN_STATE_LIMIT)
+    assert 0 < first_stop < 60
+    assert all(r == Reason.OK for r in reasons[:first_stop])
+    assert all(r == Reason.RUN_STATE_LIMIT for r in reasons[first_stop:])
+    assert all(d.outcome == Outcome.STOP for d in mine[first_stop:])
+    # what is written fits the budget (plus the bounded window of a stopped run)
+    assert len(out.encoded[b"run_b"]) <= 8192 + 4096
+    assert out.encoded[b"run_b"] == out.changed[b"run_b"][1].to_bytes()  # type: ignore[union-attr]
+    assert states[b"run_b"].stopped == Reason.RUN_STATE_LIMIT
+    assert states[b"run_b"].handoff_count == first_stop
+    # the other run was decided as if run_b were not there
+    assert [d.reason for _, d in out.decisions if d.run_id == "run_a"] == [Reason.OK, Reason.OK]
+    # and the same events one per batch decide the same way (the slow path is exact)
+    one_by_one = BatchProcessor(policy, 4, {}, worker="w", run_state_max_bytes=8192)
+    again = [d.reason for r in records for _, d in one_by_one.process([r], NOW).decisions]
+    assert again == reasons
+
+
+def test_a_worker_full_of_runs_stops_new_runs_without_keeping_them() -> None:
+    states: dict[bytes, RunState] = {}
+    proc = _proc(states, max_runs=2)
+    out = proc.process([_good("run_a", 1), _good("run_b", 1), _good("run_c", 1)], NOW)
+    assert [d.reason for _, d in out.decisions] == [Reason.OK, Reason.OK, Reason.WORKER_RUN_LIMIT]
+    assert out.decisions[2][1].outcome == Outcome.STOP and b"run_c" not in states
+    # runs already held go on
+    more = proc.process([_good("run_a", 2, "u")], NOW)
+    assert [d.reason for _, d in more.decisions] == [Reason.OK]
+
+
+def test_a_reused_request_id_with_another_request_is_refused_not_answered_with_the_allow() -> None:
+    proc = _proc()
+    first = proc.process([_good("run_a", 1, "t", to="researcher")], NOW)
+    assert first.decisions[0][1].outcome == Outcome.ALLOW
+    forged = _good("run_a", 1, "t", to="billing_agent", action="billing.refund.create")
+    [(_, d)] = proc.process([forged], NOW).decisions
+    assert d.outcome == Outcome.STOP and d.reason == Reason.REQUEST_ID_REUSED
+    assert d.decision_id != first.decisions[0][1].decision_id
+    # the same request again (a retry) still gets its allow
+    [(_, retry)] = proc.process([_good("run_a", 1, "t", to="researcher")], NOW).decisions
+    assert retry == first.decisions[0][1]

@@ -3,6 +3,7 @@ policy versions, deterministic ids, idempotency, bounded memory and eviction."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from baton.processors.engine import (
@@ -11,9 +12,11 @@ from baton.processors.engine import (
     apply_control,
     approval_id_for,
     decide,
+    evict,
     is_evictable,
 )
-from baton.processors.state import MAX_PENDING_APPROVALS, RECENT_REPLIES, SEEN_LIMIT
+from baton.processors.state import MAX_PENDING_APPROVALS, RECENT_REPLIES, SEEN_LIMIT, RunState
+from baton.processors.sweep import DueIndex
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.events import KillSwitch, KillSwitchReleased, RunEvent
 from tests.unit.test_engine_support import (
@@ -256,18 +259,34 @@ def test_replaying_a_run_from_scratch_reproduces_every_decision_id() -> None:
     again = _every_kind_of_decision(Run())
     assert [d.decision_id for d in first] == [d.decision_id for d in again]
     assert len({d.decision_id for d in first}) == len(first)
-    assert first[0].decision_id == decision_id_for(first[0].request_id, Phase.PRE_HANDOFF)
-    assert first[1].decision_id == decision_id_for(first[0].request_id, Phase.POST_HANDOFF)
+    run_id = first[0].run_id
+    assert first[0].decision_id == decision_id_for(run_id, first[0].request_id, Phase.PRE_HANDOFF)
+    assert first[1].decision_id == decision_id_for(run_id, first[0].request_id, Phase.POST_HANDOFF)
 
 
-def test_decision_ids_stay_what_earlier_versions_published() -> None:
+def test_decision_ids_stay_what_this_version_publishes() -> None:
     # consumers deduplicate on decision_id across upgrades (ClickHouse's ReplacingMergeTree):
-    # the derivation is part of the contract, 16-byte BLAKE2b of "<request_id>\x1f<phase>"
-    assert decision_id_for("req-1", "pre_handoff") == "0e763170f06e265239767ffa3ed222c3"
-    assert decision_id_for("req-1", Phase.POST_HANDOFF.value) == decision_id_for(
-        "req-1", "post_handoff"
+    # the derivation is part of the contract, 16-byte BLAKE2b of
+    # "<len(run_id)>:<run_id>\x1f<request_id>\x1f<phase>" (since 0.2; 0.1 left the run out)
+    assert decision_id_for("run-1", "req-1", "pre_handoff") == "1fab05c67d9faffcb269448f56505596"
+    assert decision_id_for("run-1", "req-1", Phase.POST_HANDOFF.value) == decision_id_for(
+        "run-1", "req-1", "post_handoff"
     )
-    assert decision_id_for("req-1", "pre_handoff") != decision_id_for("req-1", "post_handoff")
+    assert decision_id_for("run-1", "req-1", "pre_handoff") != decision_id_for(
+        "run-1", "req-1", "post_handoff"
+    )
+
+
+def test_the_same_request_id_in_two_runs_gets_two_decision_ids() -> None:
+    # the alerter and the SDK match decisions by id: run B must not answer run A's request
+    assert decision_id_for("run-a", "r1", "pre_handoff") != decision_id_for(
+        "run-b", "r1", "pre_handoff"
+    )
+    # and no split of the same characters between run and request collides
+    assert decision_id_for("ab", "c", "pre_handoff") != decision_id_for("a", "bc", "pre_handoff")
+    assert decision_id_for("a\x1fb", "c", "pre_handoff") != decision_id_for(
+        "a", "b\x1fc", "pre_handoff"
+    )
 
 
 def test_decisions_record_where_the_event_was_read() -> None:
@@ -376,6 +395,111 @@ def test_run_with_a_pending_approval_is_never_evicted() -> None:
     d = run.handoff("refund", "planner", "billing_agent", action="billing.refund.create")
     assert run.state is not None and d.approval_id == approval_id_for(d.request_id)
     assert not is_evictable(run.state, at(10**6), retention_s=60)
+
+
+def _evicted(run: Run, t: float, retention_s: float = 600) -> None:
+    assert run.state is not None
+    tomb = evict(run.state, at(t), retention_s, tombstone_retention_s=86400)
+    assert tomb is not None and tomb.evicted_at == at(t).timestamp()
+    # what the table holds after a restart: the tombstone read back from the changelog
+    run.state = RunState.from_bytes(tomb.to_bytes())
+
+
+def test_a_run_stopped_over_budget_stays_stopped_after_eviction() -> None:
+    run = Run(policy_with(shared_max_usd=10.0))
+    run.handoff("t1", "planner", "worker")
+    run.send(completed("r1", "t1", "worker", cost_usd=40.0), 5)
+    assert run.state is not None and run.state.stopped == Reason.SHARED_BUDGET_EXCEEDED
+    _evicted(run, 5 + 600)
+    late = run.handoff("t2", "planner", "writer", t=10_000)
+    assert (late.outcome, late.reason) == (Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED)
+    assert late.spent_usd == 40.0 and late.fallback is not None
+
+
+def test_a_finished_run_stays_finished_after_eviction_and_a_late_cost_still_counts() -> None:
+    run = Run()
+    run.handoff("t1", "planner", "worker")
+    run.send(finished(t=10), 10)
+    _evicted(run, 10 + 600)
+    late = run.handoff("t2", "planner", "writer", t=10_000)
+    assert (late.outcome, late.reason) == (Outcome.STOP, Reason.RUN_FINISHED)
+    [cost] = run.send(completed("r9", "t1", "worker", cost_usd=3.0), 10_001)
+    assert cost.spent_usd == 3.0 and run.state is not None and run.state.spent_usd == 3.0
+
+
+def test_an_idle_run_evicted_to_a_tombstone_is_stopped_not_restarted_empty() -> None:
+    # its task tree (owners, depth) is gone: deciding on from zero would fail open
+    run = Run(policy_with(max_handoffs=3))
+    for i in range(3):
+        run.handoff(f"t{i}", "planner", "worker")
+    _evicted(run, 700)
+    late = run.handoff("t9", "planner", "writer", t=10_000)
+    assert (late.outcome, late.reason) == (Outcome.STOP, Reason.RUN_EXPIRED)
+    assert late.handoff_count == 3
+
+
+def test_a_tombstone_keeps_tenant_counters_and_spend_and_nothing_else() -> None:
+    run = Run(tenant="acme")
+    run.handoff("t1", "planner", "worker")
+    run.send(completed("r1", "t1", "worker", cost_usd=1.5, tool_calls=4), 1)
+    assert run.state is not None
+    tomb = run.state.tombstone(99.0)
+    assert (tomb.tenant, tomb.handoff_count, tomb.spent_usd, tomb.tool_calls) == (
+        "acme",
+        1,
+        1.5,
+        4,
+    )
+    assert not (tomb.tasks or tomb.new_tasks or tomb.agents or tomb.recent or tomb.seen_keys())
+    assert len(tomb.to_bytes()) < 200
+
+
+def test_a_tombstone_is_forgotten_after_its_own_retention() -> None:
+    run = Run()
+    run.handoff("t1", "planner", "worker")
+    assert run.state is not None
+    tomb = evict(run.state, at(1000), 600, tombstone_retention_s=5000)
+    assert tomb is not None and tomb is not run.state
+    assert evict(tomb, at(1000 + 4999), 600, 5000) is tomb
+    assert evict(tomb, at(1000 + 5000), 600, 5000) is None
+
+
+def test_the_sweep_index_yields_only_runs_that_are_due() -> None:
+    T0 = at(0).timestamp()
+    index = DueIndex(retention_s=600, tombstone_retention_s=5000)
+    runs = {}
+    for i, t in enumerate([0, 100, 200]):
+        run = Run(run_id=f"run-{i}")
+        run.handoff("t1", "planner", "worker", t=t)
+        runs[f"run-{i}".encode()] = run.state
+    approval = Run(run_id="run-apr", policy=policy_with(approval={"ttl_seconds": 50}))
+    approval.handoff("refund", "planner", "billing_agent", action="billing.refund.create", t=0)
+    runs[b"run-apr"] = approval.state
+    index.rebuild(runs.items())
+    assert list(index.pop_due(T0 + 49)) == []
+    assert list(index.pop_due(T0 + 50)) == [b"run-apr"]  # the approval's TTL, not the run's age
+    assert list(index.pop_due(T0 + 650)) == [b"run-0"]
+    # run-1 had an event later: the old entry pops, the run is not idle, it is pushed again
+    later = Run(run_id="run-1")
+    later.handoff("t1", "planner", "worker", t=650)
+    index.touch(b"run-1", later.state)
+    assert list(index.pop_due(T0 + 700)) == [b"run-1"]  # superseded entry: the caller re-checks
+    index.touch(b"run-1", later.state)
+    assert list(index.pop_due(T0 + 1249)) == [b"run-2"]
+    assert list(index.pop_due(T0 + 1250)) == [b"run-1"]
+    index.touch(b"run-2", None)
+    assert len(index) == 0 and list(index.pop_due(T0 + 10**9)) == []
+
+
+def test_a_format_1_state_reads_as_a_live_run_without_digests() -> None:
+    run = Run()
+    run.handoff("t1", "planner", "worker")
+    assert run.state is not None
+    wire = orjson.loads(run.state.to_bytes())[:17]  # what Baton 0.1 wrote
+    wire[0] = 1
+    old = RunState.from_wire(wire)
+    assert old.evicted_at is None and old.handoff_count == 1
+    assert old.seen_keys() == run.state.seen_keys() and old.digest_of("h:run-1-1") is None
 
 
 # ------------------------------------------------------------------ engine internals

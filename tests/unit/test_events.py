@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
 
 from baton.schemas.events import (
+    MAX_COUNT,
     MAX_EVENT_BYTES,
+    MAX_TEXT,
+    MAX_USD,
     ApprovalDenied,
     ApprovalGranted,
     EventError,
@@ -130,16 +134,59 @@ def test_infinite_cost_is_refused() -> None:
     assert _kind(_raw(_completed(cost_usd="NaN"))) == "schema"
 
 
-def test_negative_cost_is_a_schema_error_naming_the_field() -> None:
+def test_negative_cost_is_out_of_range_naming_the_field() -> None:
     with pytest.raises(EventError) as info:
         parse_event(_raw(_completed(cost_usd=-0.01)))
-    assert info.value.kind == "schema"
+    assert info.value.kind == "out_of_range"
     assert "cost_usd" in str(info.value)
 
 
-def test_negative_tool_calls_and_estimates_are_schema_errors() -> None:
-    assert _kind(_raw(_completed(tool_calls=-1))) == "schema"
-    assert _kind(_raw(_requested(estimated_usd=-5))) == "schema"
+def test_negative_tool_calls_and_estimates_are_out_of_range() -> None:
+    assert _kind(_raw(_completed(tool_calls=-1))) == "out_of_range"
+    assert _kind(_raw(_requested(estimated_usd=-5))) == "out_of_range"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _raw(_completed(cost_usd=1e308)),
+        _raw(_completed(cost_usd=MAX_USD * 1.0001)),
+        _raw(_completed(tool_calls=2**63 - 1)),
+        _raw(_completed(tool_calls=MAX_COUNT + 1)),
+        _raw(_completed()).replace(b'"tool_calls":3', b'"tool_calls":' + b"9" * 40),
+        _raw(_requested(estimated_tool_calls=2**40)),
+        _raw(_requested(event_time="9999-12-31T23:59:59Z")),
+        _raw(_requested(event_time="1971-01-01T00:00:00Z")),
+        _raw(_requested(event_time="0001-01-01T00:00:00")),
+        _raw(_requested(run_id="r" * 300)),
+        _raw(_requested(to_agent="a" * 60_000)),
+        _raw(_completed(status="s" * 257)),
+        _raw(
+            {
+                **_completed(),
+                "type": "approval_denied",
+                "approval_id": "a",
+                "approver": "b",
+                "comment": "c" * (MAX_TEXT + 1),
+            }
+        ),
+    ],
+)
+def test_numbers_times_and_text_beyond_what_baton_holds_exactly_are_out_of_range(
+    raw: bytes,
+) -> None:
+    assert _kind(raw) == "out_of_range"
+
+
+def test_the_largest_accepted_values_parse() -> None:
+    done = parse_event(_raw(_completed(cost_usd=MAX_USD, tool_calls=MAX_COUNT)))
+    assert done.cost_usd == MAX_USD and done.tool_calls == MAX_COUNT
+
+
+def test_an_event_time_without_a_zone_is_taken_as_utc() -> None:
+    event = parse_event(_raw(_requested(event_time="2026-11-25T10:00:00")))
+    assert event.event_time.tzinfo is not None
+    assert event.event_time.utcoffset() == timedelta(0)
 
 
 @pytest.mark.parametrize("type_", ["handoff_approved", "kill_switch", "policy_updated", ""])
@@ -157,7 +204,6 @@ def test_unknown_or_control_type_on_the_run_path_is_unknown_type(type_: str) -> 
         _raw({k: v for k, v in _requested().items() if k != "to_agent"}),
         _raw(_requested(request_id="")),
         _raw(_requested(event_time="yesterday")),
-        _raw(_requested(run_id="r" * 300)),
     ],
 )
 def test_wrong_shape_is_a_schema_error(raw: bytes) -> None:

@@ -168,7 +168,10 @@ def test_an_approval_reopened_after_its_request_left_the_window_keeps_one_dedup_
     spent = state.spent_usd
     # the oldest completion still in the window is a duplicate: not decided, not counted
     assert keys[0] == "c:c2"
-    assert run.send(completed("c2", "t", "billing_agent", cost_usd=5.0), 100) == []
+    assert run.send(completed("c2", "t", "billing_agent"), 100) == []
+    # the same id with another cost is refused, not counted
+    [reused] = run.send(completed("c2", "t", "billing_agent", cost_usd=5.0), 100)
+    assert reused.reason == Reason.REQUEST_ID_REUSED
     assert run.state.spent_usd == spent
     restored = RunState.from_bytes(run.state.to_bytes())
     for key in [*run.state.seen_keys(), f"a:{apr}", "h:r0"]:
