@@ -2,36 +2,43 @@
 
 The decision logic (:class:`StopAlerter`) is pure - it is given the time - so dedup and storm
 folding are tested without a broker; :func:`run_alerts` wires it to Kafka and the outputs.
+The webhook is posted from its own thread and bounded queue (:mod:`baton.sinks.alert_webhook`),
+so a hanging webhook never slows the consume loop; names are made safe to show by
+:mod:`baton.sinks.alert_text`.
 
 Guarantees: within one process, a decision_id is announced at most once (the last
-``remember`` ids are kept); offsets are committed only when nothing is held back in a storm,
-so a crash re-reads (and re-announces) at most the stops since the last commit - at least once
-across restarts, never silently dropped. Not guaranteed: webhook delivery (retried, then
-logged; the console line is always printed).
+``remember`` ids are kept, as 16-byte digests whatever their length); a record on gov.stops
+that is not a Decision is skipped and counted by kind (one log line per kind, then at most one
+a minute), never fatal; memory is bounded whatever the records hold (a storm keeps counts, not
+the stops). Offsets are committed only up to stops that are announced: printed, not held in a
+storm, and done with by the webhook sender (posted or given up), so a crash re-reads (and
+re-announces) at most the stops since the last commit - at least once across restarts, never
+silently dropped. Not guaranteed: webhook delivery (retried, then logged; dropped and counted
+when its queue is full; the console line is always printed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-from pydantic import ValidationError
-
-from baton.schemas.decision import DECISION_ADAPTER, Decision, Outcome
+from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
+from baton.sinks.alert_records import BadRecord, SkippedRecords, read_stop
+from baton.sinks.alert_text import TEXT_MAX, cap_text, clean_field
+from baton.sinks.alert_webhook import WebhookSender, post_webhook
 
 __all__ = [
     "AlertMessage",
+    "AlertStats",
     "StopAlerter",
     "post_webhook",
     "run_alerts",
@@ -40,30 +47,70 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: distinct reasons / tenants a storm counts one by one; the rest are "(others)"
+_STORM_KEYS = 100
+#: distinct runs a storm counts; beyond it the summary says "10000+"
+_STORM_RUNS = 10_000
+
 
 def stop_line(decision: Decision) -> str:
     """The seed's alert line, e.g. ``🛑 Multi-Agent run run_742 stopped: ownership_conflict,
-    handoff=planner -> researcher, task=refund_check``."""
+    handoff=planner -> researcher, task=refund_check``; every name shown by
+    :func:`~baton.sinks.alert_text.clean_field` (one line, capped)."""
     return (
-        f"🛑 Multi-Agent run {decision.run_id} stopped: {decision.reason}, "
-        f"handoff={decision.from_agent or '?'} -> {decision.to_agent or '?'}, "
-        f"task={decision.task_id or '?'}"
+        f"🛑 Multi-Agent run {clean_field(decision.run_id)} stopped: "
+        f"{clean_field(decision.reason)}, "
+        f"handoff={_name(decision.from_agent)} -> {_name(decision.to_agent)}, "
+        f"task={_name(decision.task_id)}"
     )
+
+
+def _name(value: str | None) -> str:
+    return clean_field(value) if value else "?"
 
 
 @dataclass(frozen=True, slots=True)
 class AlertMessage:
-    """One message to deliver; a storm summary covers many decisions."""
+    """One message to deliver; a storm summary covers many stops."""
 
     text: str
-    decision_ids: tuple[str, ...]
+    #: how many stop decisions the message announces
+    stops: int = 1
     storm: bool = False
 
 
 @dataclass
 class _Storm:
+    """What a storm holds: counts and the first stop's line, never the stops themselves."""
+
     started: float
-    stops: list[Decision] = field(default_factory=list)
+    count: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    tenants: Counter[str] = field(default_factory=Counter)
+    runs: set[bytes] = field(default_factory=set)
+    runs_capped: bool = False
+    first: str = ""
+
+    def add(self, decision: Decision) -> None:
+        self.count += 1
+        if not self.first:
+            self.first = stop_line(decision)
+        _count(self.reasons, clean_field(decision.reason))
+        _count(self.tenants, clean_field(decision.tenant))
+        if len(self.runs) < _STORM_RUNS:
+            self.runs.add(_digest(decision.run_id))
+        else:
+            self.runs_capped = True
+
+
+def _count(counter: Counter[str], key: str) -> None:
+    if key not in counter and len(counter) >= _STORM_KEYS:
+        key = "(others)"
+    counter[key] += 1
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class StopAlerter:
@@ -86,7 +133,8 @@ class StopAlerter:
         self.storm_threshold = storm_threshold
         self.storm_window_s = storm_window_s
         self.remember = remember
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        # digests, not the ids: a hostile 60 KB decision_id costs 16 bytes here
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._recent: deque[float] = deque()
         self._storm: _Storm | None = None
         self.duplicates = 0
@@ -94,30 +142,32 @@ class StopAlerter:
     @property
     def holding(self) -> int:
         """Stops held for a storm summary not yet delivered."""
-        return len(self._storm.stops) if self._storm else 0
+        return self._storm.count if self._storm else 0
 
     def offer(self, decision: Decision, now: float) -> list[AlertMessage]:
         """Messages due after ``decision`` arrives at ``now`` (monotonic seconds)."""
         out = self.tick(now)
         if decision.outcome != Outcome.STOP:
             return out
-        if decision.decision_id in self._seen:
+        key = _digest(decision.decision_id)
+        if key in self._seen:
             self.duplicates += 1
-            self._seen.move_to_end(decision.decision_id)
+            self._seen.move_to_end(key)
             return out
-        self._seen[decision.decision_id] = None
+        self._seen[key] = None
         if len(self._seen) > self.remember:
             self._seen.popitem(last=False)
         if self._storm is not None:
-            self._storm.stops.append(decision)
+            self._storm.add(decision)
             return out
         self._recent.append(now)
         while self._recent and self._recent[0] <= now - self.storm_window_s:
             self._recent.popleft()
         if self.storm_threshold and len(self._recent) >= self.storm_threshold:
-            self._storm = _Storm(started=now, stops=[decision])
+            self._storm = _Storm(started=now)
+            self._storm.add(decision)
             return out
-        return [*out, AlertMessage(stop_line(decision), (decision.decision_id,))]
+        return [*out, AlertMessage(stop_line(decision))]
 
     def tick(self, now: float) -> list[AlertMessage]:
         """Summaries whose window has passed by ``now``; call it even when nothing arrives."""
@@ -125,7 +175,7 @@ class StopAlerter:
         if storm is None or now - storm.started < self.storm_window_s:
             return []
         message = self._summary(storm, now)
-        if len(storm.stops) >= self.storm_threshold:
+        if storm.count >= self.storm_threshold:
             self._storm = _Storm(started=now)  # still storming: the next window folds too
         else:
             self._storm = None
@@ -139,48 +189,37 @@ class StopAlerter:
         return [message] if message else []
 
     def _summary(self, storm: _Storm, now: float) -> AlertMessage | None:
-        if not storm.stops:
+        if not storm.count:
             return None
-        stops = storm.stops
-        reasons = Counter(d.reason for d in stops).most_common()
-        tenants = Counter(d.tenant for d in stops).most_common(5)
-        runs = len({d.run_id for d in stops})
+        reasons = storm.reasons.most_common()
+        shown = reasons[:10]
+        more = f", {len(reasons) - len(shown)} more reasons" if len(reasons) > len(shown) else ""
+        runs = len(storm.runs)
         seconds = max(now - storm.started, 0.0)
         text = (
-            f"🛑 Stop storm: {len(stops)} stops in {seconds:.1f} s across {runs} Multi-Agent "
+            f"🛑 Stop storm: {storm.count} stops in {seconds:.1f} s across "
+            f"{runs}{'+' if storm.runs_capped else ''} Multi-Agent "
             f"run{'s' if runs != 1 else ''}: "
-            + ", ".join(f"{reason} ×{n}" for reason, n in reasons)
+            + ", ".join(f"{reason} ×{n}" for reason, n in shown)
+            + more
             + "; tenants: "
-            + ", ".join(f"{tenant} ×{n}" for tenant, n in tenants)
-            + f"; first: {stop_line(stops[0]).removeprefix('🛑 ')}"
+            + ", ".join(f"{tenant} ×{n}" for tenant, n in storm.tenants.most_common(5))
+            + f"; first: {storm.first.removeprefix('🛑 ')}"
         )
-        return AlertMessage(text, tuple(d.decision_id for d in stops), storm=True)
+        return AlertMessage(cap_text(text, TEXT_MAX), storm.count, storm=True)
 
 
-def post_webhook(url: str, text: str, timeout_s: float = 5.0, attempts: int = 3) -> bool:
-    """POST Slack's ``{"text": ...}`` to ``url``; retried with backoff, False when it never
-    succeeded (logged, never raised: the console line is already out)."""
-    body = orjson.dumps({"text": text})
-    for attempt in range(attempts):
-        request = urllib.request.Request(
-            url, data=body, method="POST", headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                if 200 <= response.status < 300:
-                    return True
-                problem = f"HTTP {response.status}"
-        except urllib.error.HTTPError as exc:
-            problem = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            problem = str(getattr(exc, "reason", exc))
-        log.warning(
-            "alerts: webhook %s failed (attempt %d of %d): %s", url, attempt + 1, attempts, problem
-        )
-        if attempt + 1 < attempts:
-            time.sleep(0.5 * 2**attempt)
-    log.error("alerts: webhook %s unreachable, message not posted: %s", url, text)
-    return False
+@dataclass
+class AlertStats:
+    """What :func:`run_alerts` did, for its caller's closing line."""
+
+    duplicates: int = 0
+    announced: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    posted: int = 0
+    post_failed: int = 0
+    post_dropped: int = 0
+    not_posted_at_shutdown: int = 0
 
 
 def run_alerts(
@@ -194,15 +233,22 @@ def run_alerts(
     storm_threshold: int = 20,
     storm_window_s: float = 5.0,
     max_age_s: float = 3600.0,
+    webhook_queue: int = 100,
+    webhook_timeout_s: float = 5.0,
+    webhook_attempts: int = 3,
+    drain_s: float = 10.0,
     consumer_overrides: dict[str, Any] | None = None,
-) -> StopAlerter:
+) -> AlertStats:
     """Consume gov.stops and announce each stop until ``stop_event`` is set.
 
     ``emit`` prints a message (default: stdout); ``webhook_url`` (default
-    ``settings.webhook_url``) also receives it. Stops older than ``max_age_s`` (by decided_at;
-    0 = any age) are skipped, so a first start does not replay the topic's history as alerts.
+    ``settings.webhook_url``) also receives it, from a sender thread with a queue of
+    ``webhook_queue`` alerts, ``webhook_attempts`` tries of ``webhook_timeout_s`` each, and
+    ``drain_s`` seconds at shutdown to post what is queued. Stops older than ``max_age_s``
+    (by decided_at; 0 = any age) are skipped, so a first start does not replay the topic's
+    history as alerts.
     """
-    from confluent_kafka import Consumer, KafkaError
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     from baton.sinks.sink import ensure_catalog_topics, stops_topic
     from baton.streams.kafka import consumer_config
@@ -210,6 +256,18 @@ def run_alerts(
     emit = emit or (lambda text: print(text, flush=True))
     webhook_url = webhook_url if webhook_url is not None else settings.webhook_url
     alerter = StopAlerter(storm_threshold, storm_window_s)
+    stats = AlertStats()
+    skipped = SkippedRecords()
+    sender = (
+        WebhookSender(
+            webhook_url,
+            capacity=webhook_queue,
+            attempts=webhook_attempts,
+            timeout_s=webhook_timeout_s,
+        )
+        if webhook_url
+        else None
+    )  # built before anything starts: a bad URL is refused without a consumer to close
     overrides: dict[str, Any] = {"error_cb": lambda err: log.warning("alerts: Kafka: %s", err)}
     session_timeout_s = getattr(settings, "session_timeout_s", None)
     if session_timeout_s:
@@ -221,17 +279,60 @@ def run_alerts(
     conf["enable.auto.commit"] = False  # committed once announced (see the module docstring)
     if topic is None:
         ensure_catalog_topics(settings, stop_event)
-    consumer = Consumer(conf)
-    uncommitted = False
+
+    # Commit bookkeeping. ``read`` is the next offset of every partition read so far; a mark
+    # (n, offsets) says "these offsets may be committed once the sender has finished its
+    # first n alerts" and is taken only while no storm holds stops back.
+    read: dict[tuple[str, int], int] = {}
+    marks: deque[tuple[int, dict[tuple[str, int], int]]] = deque()
+    unmarked = False
+
+    def progress() -> tuple[int, int]:
+        return sender.progress() if sender else (0, 0)
+
+    def mark() -> None:
+        nonlocal unmarked
+        if not unmarked or alerter.holding:
+            return
+        accepted, _ = progress()
+        if marks and marks[-1][0] == accepted:
+            marks.pop()  # nothing queued since: the newer offsets replace it (marks stay few)
+        marks.append((accepted, dict(read)))
+        unmarked = False
+
+    def commit_due(consumer: Any, final: bool = False) -> None:
+        _, finished = progress()
+        offsets = None
+        while marks and marks[0][0] <= finished:
+            offsets = marks.popleft()[1]
+        if not offsets:
+            return
+        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            consumer.commit(offsets=parts, asynchronous=not final)
+        except KafkaException as exc:  # re-read after a restart: at least once
+            log.warning("alerts: commit failed (these stops may be announced again): %s", exc)
+
+    def on_revoke(_consumer: Any, partitions: list[Any]) -> None:
+        # another member owns them now: never commit our older position over its progress
+        for tp in partitions:
+            read.pop((tp.topic, tp.partition), None)
+            for _, offsets in marks:
+                offsets.pop((tp.topic, tp.partition), None)
 
     def deliver(messages: list[AlertMessage]) -> None:
         for message in messages:
             emit(message.text)
-            if webhook_url:
-                post_webhook(webhook_url, message.text)
+            stats.announced += 1
+            if sender is not None:
+                sender.submit(message.text)  # never blocks; a full queue drops and counts
 
+    if sender is not None:
+        sender.start()
+    consumer = Consumer(conf)
+    drained = False
     try:
-        consumer.subscribe([topic or stops_topic(settings)])
+        consumer.subscribe([topic or stops_topic(settings)], on_revoke=on_revoke)
         while not stop_event.is_set():
             for msg in consumer.consume(num_messages=500, timeout=0.2):
                 err = msg.error()
@@ -241,36 +342,48 @@ def run_alerts(
                             raise BatonError(f"alerts: fatal Kafka error: {err}")
                         log.warning("alerts: %s", err)
                     continue
-                uncommitted = True
-                decision = _parse(msg)
-                if decision is None or _too_old(decision, max_age_s):
-                    continue
-                deliver(alerter.offer(decision, time.monotonic()))
+                read[(msg.topic(), msg.partition())] = msg.offset() + 1
+                unmarked = True
+                deliver(_announce(alerter, skipped, msg, max_age_s))
             deliver(alerter.tick(time.monotonic()))
-            if uncommitted and alerter.holding == 0:
-                # everything read so far is announced: its offsets may go
-                consumer.commit(asynchronous=True)
-                uncommitted = False
+            mark()
+            commit_due(consumer)
         deliver(alerter.flush(time.monotonic()))
-        if uncommitted:
-            consumer.commit(asynchronous=False)
+        mark()
+        if sender is not None:
+            stats.not_posted_at_shutdown = sender.close(drain_s)
+        drained = True
+        commit_due(consumer, final=True)
     finally:
+        if sender is not None and not drained:
+            sender.close(0)  # after an error: stop the thread, post nothing more
         consumer.close()
-    return alerter
+    stats.duplicates = alerter.duplicates
+    stats.skipped = skipped.counts
+    if sender is not None:
+        stats.posted, stats.post_failed = sender.posted, sender.failed
+        stats.post_dropped = sender.dropped
+    return stats
 
 
-def _parse(msg: Any) -> Decision | None:
+def _announce(
+    alerter: StopAlerter, skipped: SkippedRecords, msg: Any, max_age_s: float
+) -> list[AlertMessage]:
+    """The messages one record brings; a record that is not a Decision, or that the alerter
+    cannot take, is counted and skipped (record isolation: one record never stops the loop)."""
+    where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
     try:
-        return DECISION_ADAPTER.validate_json(msg.value() or b"")
-    except (ValidationError, ValueError) as exc:
-        log.error(
-            "alerts: %s[%d]@%d is not a Decision, skipped: %s",
-            msg.topic(),
-            msg.partition(),
-            msg.offset(),
-            str(exc).splitlines()[0],
-        )
-        return None
+        decision = read_stop(msg.value())
+        if isinstance(decision, BadRecord):
+            skipped.skip(decision, where, time.monotonic())
+            return []
+        if _too_old(decision, max_age_s):
+            return []
+        return alerter.offer(decision, time.monotonic())
+    except Exception as exc:  # a bug meeting a record we did not foresee: skip it, loudly
+        bad = BadRecord("unexpected", clean_field(f"{type(exc).__name__}: {exc}", 200))
+        skipped.skip(bad, where, time.monotonic())
+        return []
 
 
 def _too_old(decision: Decision, max_age_s: float) -> bool:

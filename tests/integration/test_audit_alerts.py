@@ -1,24 +1,28 @@
 """Stop alerts on the real broker: the seed's line once per decision, storms folded, Slack JSON
-posted to a local webhook, `baton alerts` as a process."""
+posted to a local webhook (also one that hangs), hostile records skipped, `baton alerts` as a
+process."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import orjson
 import pytest
 
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.settings import Settings
-from baton.sinks.alerts import run_alerts
+from baton.sinks.alerts import AlertStats, run_alerts
 from tests.audit_support import create_topic, produce_decisions
 from tests.helpers import wait_for
 
@@ -49,21 +53,36 @@ def _stop(i: int, run_id: str | None = None, reason: str = "ownership_conflict")
 
 
 class Webhook:
-    """A local Slack-compatible webhook: records every JSON body posted to it."""
+    """A local Slack-compatible webhook: records every JSON body posted to it. The first
+    ``hang_first`` requests hang for ``hang_s`` seconds and are not recorded (their client
+    gave up long before), as a stuck Slack edge would."""
 
-    def __init__(self) -> None:
+    SECRET = "XXXXSECRETXXXX"
+
+    def __init__(self, hang_first: int = 0, hang_s: float = 0.0) -> None:
         self.posts: list[dict[str, Any]] = []
-        posts = self.posts
+        self.hung = 0
+        self.first_ok_at: float | None = None
+        hook = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers["Content-Length"])
-                posts.append(
-                    {
-                        "content_type": self.headers["Content-Type"],
-                        "body": json.loads(self.rfile.read(length)),
-                    }
-                )
+                body = self.rfile.read(length)
+                with lock:
+                    hang = hook.hung < hang_first
+                    hook.hung += hang
+                if hang:
+                    time.sleep(hang_s)
+                    self.send_response(504)
+                    self.end_headers()
+                    return
+                with lock:
+                    hook.posts.append(
+                        {"content_type": self.headers["Content-Type"], "body": json.loads(body)}
+                    )
+                    if hook.first_ok_at is None:
+                        hook.first_ok_at = time.monotonic()
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -72,10 +91,24 @@ class Webhook:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T000/B000"
+        lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True  # a hanging handler never holds up close()
+        port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{port}/services/T000/B000/{self.SECRET}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def raw_lines(self) -> list[str]:
+        """Every alert line posted (several queued alerts share one post), as sent."""
+        return [line for post in self.posts for line in post["body"]["text"].split("\n")]
+
+    def lines(self) -> list[str]:
+        """Every alert line as Slack shows it (its three entities decoded, ``&amp;`` last)."""
+        return [
+            line.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+            for line in self.raw_lines()
+        ]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -96,6 +129,40 @@ def stops_topic(broker: Any, topic_prefix: str) -> str:
     topic = f"{topic_prefix}gov.stops"
     create_topic(broker.bootstrap, topic, partitions=2)
     return topic
+
+
+class Alerter:
+    """``run_alerts`` in a thread: its console lines (with the time each was printed) and,
+    once stopped, what it returns."""
+
+    def __init__(self, broker: Any, topic: str, **kwargs: Any) -> None:
+        self.printed: list[tuple[float, str]] = []
+        self.stats: AlertStats | None = None
+        self.stop_event = threading.Event()
+        settings = Settings(bootstrap=broker.bootstrap)
+
+        def run() -> None:
+            self.stats = run_alerts(
+                settings,
+                self.stop_event,
+                topic=topic,
+                group_id=f"{topic}-alerts",
+                emit=lambda text: self.printed.append((time.monotonic(), text)),
+                consumer_overrides={"session.timeout.ms": 6000},
+                **kwargs,
+            )
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    @property
+    def lines(self) -> list[str]:
+        return [text for _, text in self.printed]
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "run_alerts did not return within 30 s"
 
 
 def _alerts(
@@ -127,15 +194,16 @@ def test_each_stop_is_announced_once_in_the_seeds_format_and_posted_to_the_webho
     lines, stop, thread = _alerts(broker, stops_topic, webhook_url=webhook.url, storm_threshold=0)
     try:
         produce_decisions(broker.bootstrap, stops_topic, stops + stops[:2])  # 2 redelivered
-        wait_for(lambda: len(webhook.posts) >= 4, timeout=30, message="4 webhook posts")
+        wait_for(lambda: len(webhook.lines()) >= 4, timeout=30, message="4 lines posted")
     finally:
         stop.set()
         thread.join(30)
     assert sorted(lines) == sorted(
         [SEED_LINE] + [SEED_LINE.replace("run_742", f"run_{i}") for i in range(1, 4)]
     )
-    assert len(webhook.posts) == 4  # the two copies were not announced again
-    assert {"content_type": "application/json", "body": {"text": SEED_LINE}} in webhook.posts
+    assert sorted(webhook.lines()) == sorted(lines)  # the two copies were not announced again
+    assert {post["content_type"] for post in webhook.posts} == {"application/json"}
+    assert SEED_LINE in webhook.lines()
 
 
 def test_a_storm_of_stops_folds_into_one_summary(broker: Any, stops_topic: str) -> None:
@@ -160,6 +228,135 @@ def test_a_storm_of_stops_folds_into_one_summary(broker: Any, stops_topic: str) 
     assert len(storms) <= 2  # 56 folded stops, one summary per window at most
     folded = sum(int(line.split()[3]) for line in storms)
     assert folded == 56 and "shared_budget_exceeded ×" in storms[0]
+
+
+def test_a_hanging_webhook_never_stalls_reading_or_folding_and_alerts_arrive_once_it_recovers(
+    broker: Any, stops_topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="baton")
+    # the first 3 posts hang 8 s; the alerter gives each 1 s, so its 4th attempt (after
+    # 1 + 0.5 + 1 + 1 + 1 + 2 s) is the first to get through
+    hook = Webhook(hang_first=3, hang_s=8.0)
+    alerter = Alerter(
+        broker,
+        stops_topic,
+        webhook_url=hook.url,
+        storm_threshold=5,
+        storm_window_s=1.0,
+        webhook_timeout_s=1.0,
+        webhook_attempts=4,
+    )
+    try:
+        produce_decisions(
+            broker.bootstrap,
+            stops_topic,
+            [_stop(i, reason="shared_budget_exceeded") for i in range(60)],
+        )
+        wait_for(
+            lambda: any(line.startswith("🛑 Stop storm") for line in alerter.lines),
+            timeout=30,
+            message=lambda: f"a storm summary while the webhook hangs; printed: {alerter.lines}",
+        )
+        # still reading while the webhook hangs: a stop produced now is announced now
+        produce_decisions(broker.bootstrap, stops_topic, [_stop(1000, "run_late")])
+        wait_for(
+            lambda: any("run_late" in line for line in alerter.lines),
+            timeout=30,
+            message=lambda: f"run_late announced; printed: {alerter.lines}",
+        )
+        late_at = next(t for t, line in alerter.printed if "run_late" in line)
+        assert hook.first_ok_at is None or late_at < hook.first_ok_at, "read only after recovery"
+        assert hook.hung >= 1 and not hook.posts  # the webhook was hanging all along
+        wait_for(
+            lambda: sorted(hook.lines()) == sorted(alerter.lines),
+            timeout=30,
+            message=lambda: f"every line posted; posted {hook.lines()}, printed {alerter.lines}",
+        )
+    finally:
+        alerter.stop()
+        hook.close()
+    storm_at = next(t for t, line in alerter.printed if line.startswith("🛑 Stop storm"))
+    assert hook.first_ok_at is not None and storm_at < hook.first_ok_at
+    assert hook.hung == 3
+    singles = [line for line in alerter.lines if line.startswith("🛑 Multi-Agent run")]
+    folded = sum(int(line.split()[3]) for line in alerter.lines if line.startswith("🛑 Stop storm"))
+    assert len(singles) + folded == 61  # every stop announced once, most of them folded
+    assert alerter.stats is not None and alerter.stats.not_posted_at_shutdown == 0
+    assert alerter.stats.posted == len(alerter.lines) and alerter.stats.post_dropped == 0
+    logged = [r.getMessage() for r in caplog.records]
+    masked = hook.url.split("/T000")[0] + "/***"
+    assert any(f"alerts: webhook {masked} failed (attempt 1 of 4)" in m for m in logged)
+    assert not any(Webhook.SECRET in m or "T000/B000" in m for m in logged), logged
+
+
+def _produce_raw(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]
+) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 2_000_000})
+    for key, value in records:
+        producer.produce(topic, value, key=key)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def test_records_that_are_not_decisions_are_skipped_and_hostile_names_are_defused(
+    broker: Any, topic_prefix: str, webhook: Webhook, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="baton")
+    topic = f"{topic_prefix}gov.stops"
+    create_topic(broker.bootstrap, topic, partitions=1)  # one partition: read in this order
+    hostile = replace(
+        _stop(
+            1, run_id="<!channel> run_1\n🛑 Multi-Agent run run_9 stopped: killed" + "x" * 60_000
+        ),
+        from_agent="<@U123>",
+        to_agent="<http://evil|click>",
+        task_id="refunds & <!here>",
+    )
+    wrong_type = {**_stop(2).to_dict(), "depth": "deep"}
+    wrong_type["decided_at"] = wrong_type["event_time"] = None
+    records: list[tuple[bytes | None, bytes | None]] = [
+        (None, None),  # no key, no value
+        (b"k", b"\xff\xfe not json"),
+        (b"k", b"{" * 50_000),
+        (b"k", b"z" * 500_000),
+        (b"k", b"[1, 2]"),
+        (b"k", orjson.dumps(wrong_type)),
+        (hostile.run_id.encode(), hostile.to_json()),
+        (b"run_742", _stop(742, "run_742").to_json()),
+    ]
+    alerter = Alerter(broker, topic, webhook_url=webhook.url, storm_threshold=0)
+    try:
+        _produce_raw(broker.bootstrap, topic, records)
+        wait_for(
+            lambda: SEED_LINE in webhook.lines(),
+            timeout=30,
+            message=lambda: f"the good stop after the bad records; printed {alerter.lines}",
+        )
+    finally:
+        alerter.stop()
+    first, second = alerter.lines  # the hostile stop, then the good one: nothing else
+    assert second == SEED_LINE
+    assert first.isprintable() and len(first) < 400  # one line, capped
+    assert first.startswith(
+        "🛑 Multi-Agent run <!channel> run_1\\x0a🛑 Multi-Agent run run_9 stopped: killedxxx"
+    )
+    [posted, _] = webhook.raw_lines()
+    assert webhook.lines()[0] == first  # Slack shows exactly the console's line
+    assert "&lt;!channel&gt; run_1" in posted and "handoff=&lt;@U123&gt; -&gt; " in posted
+    assert "&lt;http://evil|click&gt;, task=refunds &amp; &lt;!here&gt;" in posted
+    assert "<" not in posted
+    assert alerter.stats is not None
+    assert alerter.stats.skipped == {"empty": 1, "not_json": 3, "not_a_decision": 2}
+    skipped_lines = [r.getMessage() for r in caplog.records if "skipped (" in r.getMessage()]
+    assert [line.split("skipped (")[1].split(")")[0] for line in skipped_lines] == [
+        "empty",
+        "not_json",
+        "not_a_decision",
+    ]  # one line per kind, not one per record
+    assert not any("zzzz" in line or "deep" in line for line in skipped_lines)
 
 
 def test_old_stops_are_not_replayed_as_alerts(broker: Any, stops_topic: str) -> None:

@@ -1,13 +1,31 @@
-"""Stop alerts without a broker: the seed's line, dedup by decision_id, storm folding."""
+"""Stop alerts without a broker: the seed's line, dedup by decision_id, storm folding, hostile
+names and records, the webhook sender's queue, retries, masking and shutdown."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+import tracemalloc
 from dataclasses import replace
 
+import orjson
 import pytest
 
 from baton.schemas.decision import Decision, Outcome, Phase
+from baton.schemas.errors import ConfigError
+from baton.sinks.alert_records import MAX_RECORD_BYTES, BadRecord, SkippedRecords, read_stop
+from baton.sinks.alert_text import FIELD_MAX, TEXT_MAX, clean_field
+from baton.sinks.alert_webhook import (
+    PostOutcome,
+    WebhookSender,
+    backoff_delay,
+    mask_url,
+    post_once,
+    slack_body,
+)
 from baton.sinks.alerts import StopAlerter, stop_line
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -71,7 +89,7 @@ def test_a_storm_folds_into_one_summary_per_window() -> None:
     assert alerter.holding == 48
     assert alerter.tick(now=4.9) == []  # window not over yet
     [summary] = alerter.tick(now=5.04)
-    assert summary.storm and len(summary.decision_ids) == 48
+    assert summary.storm and summary.stops == 48
     assert summary.text.startswith("🛑 Stop storm: 48 stops in 5.0 s across 48 Multi-Agent runs: ")
     assert "ownership_conflict ×39" in summary.text and "shared_budget_exceeded ×9" in summary.text
     assert "tenants: acme ×38, globex ×10" in summary.text
@@ -93,7 +111,7 @@ def test_shutdown_flushes_what_a_storm_holds() -> None:
     for i in range(5):
         alerter.offer(_stop(i), now=float(i))
     [summary] = alerter.flush(now=5.0)
-    assert len(summary.decision_ids) == 4 and alerter.holding == 0
+    assert summary.stops == 4 and alerter.holding == 0
 
 
 def test_threshold_zero_never_folds() -> None:
@@ -105,3 +123,346 @@ def test_threshold_zero_never_folds() -> None:
 def test_invalid_storm_settings_are_refused_naming_the_values() -> None:
     with pytest.raises(ValueError, match=r"got -1, 5\.0, 10"):
         StopAlerter(storm_threshold=-1, storm_window_s=5.0, remember=10)
+
+
+# --------------------------------------------------------------------- hostile names
+
+
+def test_a_newline_in_a_name_cannot_forge_a_second_alert_line() -> None:
+    forged = replace(_stop(), run_id="run_1\n🛑 Multi-Agent run run_2 stopped: killed")
+    line = stop_line(forged)
+    assert "\n" not in line
+    assert line.startswith("🛑 Multi-Agent run run_1\\x0a🛑 Multi-Agent run run_2 stopped: killed")
+
+
+def test_terminal_escapes_and_bidi_overrides_are_shown_not_obeyed() -> None:
+    hostile = replace(_stop(), from_agent="\x1b[2J\x1b[31mroot", to_agent="evil\u202egnp.exe")
+    line = stop_line(hostile)
+    assert "handoff=\\x1b[2J\\x1b[31mroot -> evil\\u202egnp.exe" in line
+    assert line.isprintable()
+
+
+def test_a_60_kb_name_is_cut_to_a_hundred_characters() -> None:
+    line = stop_line(replace(_stop(), reason="r" * 60_000, run_id="x" * 60_000))
+    assert len(line) < 400
+    assert f"run {'x' * (FIELD_MAX - 1)}… stopped: {'r' * (FIELD_MAX - 1)}…," in line
+
+
+def test_clean_field_caps_after_making_characters_visible() -> None:
+    assert clean_field("\n" * 50, limit=10) == "\\x0a\\x0a\\…"
+    assert clean_field("ok", limit=10) == "ok"
+    assert clean_field("abcdefghijk", limit=10) == "abcdefghi…"
+
+
+def test_slack_control_sequences_are_escaped_in_the_webhook_body() -> None:
+    text = "run <!channel> by <@U123> <http://evil|click> & <!here> already &lt;"
+    body = orjson.loads(slack_body(text))
+    assert body == {
+        "text": "run &lt;!channel&gt; by &lt;@U123&gt; &lt;http://evil|click&gt; &amp; "
+        "&lt;!here&gt; already &amp;lt;"
+    }
+    assert not any(c in body["text"] for c in "<>")
+
+
+def test_a_webhook_body_is_capped() -> None:
+    assert len(orjson.loads(slack_body("&" * 100_000))["text"]) <= TEXT_MAX * len("&amp;")
+
+
+def test_dedup_memory_holds_digests_not_60_kb_ids() -> None:
+    alerter = StopAlerter(storm_threshold=0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(300):  # 18 MB of ids if they were kept
+            alerter.offer(replace(_stop(i), decision_id=f"{i}" + "x" * 60_000), now=float(i))
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000, kept
+    assert alerter.offer(replace(_stop(7), decision_id="7" + "x" * 60_000), now=400.0) == []
+
+
+def test_a_storm_of_hostile_names_holds_counts_not_stops_and_its_summary_is_capped() -> None:
+    alerter = StopAlerter(storm_threshold=2, storm_window_s=60.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):  # 60 MB of names if the storm kept the stops
+            big = f"{i:05d}" + "n" * 10_000
+            alerter.offer(replace(_stop(i, reason=big, tenant=big), run_id=big), now=0.001 * i)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert alerter.holding == 1999
+    assert kept < 3_000_000, kept
+    [summary] = alerter.flush(now=3.0)
+    assert summary.storm and summary.stops == 1999
+    assert len(summary.text) <= TEXT_MAX
+    assert summary.text.startswith("🛑 Stop storm: 1999 stops in 3.0 s across 1999 Multi-Agent")
+
+
+def test_a_storm_summary_lists_ten_reasons_and_counts_the_rest_as_others() -> None:
+    alerter = StopAlerter(storm_threshold=1, storm_window_s=60.0)
+    for i in range(150):
+        alerter.offer(_stop(i, reason=f"reason_{i:03d}"), now=0.0)
+    [summary] = alerter.flush(now=1.0)
+    # 100 reasons counted by name, the other 50 as "(others)"; ten shown
+    assert "(others) ×50" in summary.text and "91 more reasons" in summary.text
+
+
+# --------------------------------------------------------------------- records that are not stops
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (None, "empty"),
+        (b"", "empty"),
+        (b"\xff\xfe\x00", "not_json"),
+        (b"[" * 100_000, "not_json"),  # nesting deeper than the parser goes
+        (b'{"decision_id": "d", "run_id": ', "not_json"),
+        (b"[1, 2]", "not_a_decision"),
+        (b'{"decision_id": 5}', "not_a_decision"),
+        (b'"\\ud800"', "not_json"),  # a lone surrogate cannot be printed
+        (b" " * (MAX_RECORD_BYTES + 1), "too_large"),
+    ],
+)
+def test_a_record_that_is_not_a_decision_is_classified_never_raised(
+    value: bytes | None, kind: str
+) -> None:
+    bad = read_stop(value)
+    assert isinstance(bad, BadRecord) and bad.kind == kind
+    assert bad.detail.isprintable() and len(bad.detail) <= 200
+
+
+def test_a_wrong_type_names_the_field_but_never_quotes_the_value() -> None:
+    raw = orjson.dumps({**_stop().to_dict(), "depth": "SECRET-ish" * 1000})
+    bad = read_stop(raw)
+    assert isinstance(bad, BadRecord) and bad.kind == "not_a_decision"
+    assert bad.detail.startswith("depth: ") and "SECRET" not in bad.detail
+
+
+def test_a_valid_stop_with_a_500_kb_run_id_is_read_and_announced_capped() -> None:
+    decision = read_stop(replace(_stop(), run_id="r" * 500_000).to_json())
+    assert isinstance(decision, Decision)
+    assert len(stop_line(decision)) < 400
+
+
+def test_bad_records_are_logged_once_per_kind_then_once_a_minute_with_the_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    skipped = SkippedRecords(interval_s=60.0)
+    caplog.set_level(logging.ERROR, logger="baton")
+    for i in range(1000):  # a flood within 10 s
+        skipped.skip(BadRecord("not_json", "Invalid JSON"), f"gov.stops[0]@{i}", now=i * 0.01)
+    skipped.skip(BadRecord("empty", "no value"), "gov.stops[1]@0", now=5.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "alerts: gov.stops[0]@0 skipped (not_json): Invalid JSON",
+        "alerts: gov.stops[1]@0 skipped (empty): no value",
+    ]
+    assert skipped.skip(BadRecord("not_json", "Invalid JSON"), "gov.stops[0]@1000", now=60.0)
+    assert (
+        caplog.records[-1]
+        .getMessage()
+        .endswith("; 999 more not_json record(s) skipped since the last such line")
+    )
+    assert skipped.counts == {"not_json": 1001, "empty": 1}
+
+
+# --------------------------------------------------------------------- the webhook URL is a secret
+
+SECRET_URL = "https://hooks.slack.com/services/T0001/B0001/XXXXSECRETXXXX"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        (SECRET_URL, "https://hooks.slack.com/services/***"),
+        (
+            "https://user:pw@hooks.example.com:8443/hook?token=SECRET",
+            "https://hooks.example.com:8443/hook/***",
+        ),
+        ("http://127.0.0.1:9000/services/T/B/SECRET#frag", "http://127.0.0.1:9000/services/***"),
+        ("https://chat.example.com/?token=SECRET", "https://chat.example.com/***"),
+        ("http://[::1]:80/x/SECRET", "http://[::1]:80/x/***"),
+        ("https://hooks.example.com", "https://hooks.example.com"),
+        ("hooks.slack.com/services/T/B/SECRET", "<webhook URL without scheme or host>"),
+        ("http://h:notaport/SECRET", "<webhook URL, not parseable>"),
+    ],
+)
+def test_mask_url_keeps_scheme_and_host_and_hides_the_rest(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize(
+    "url", ["hooks.slack.com/services/T/B/SECRET", "ftp://h/SECRET", "http:///SECRET", "x"]
+)
+def test_an_unusable_webhook_url_is_refused_without_quoting_it(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"expected http://… or https://… with a host") as info:
+        WebhookSender(url)
+    assert "SECRET" not in str(info.value)
+
+
+def test_an_error_that_quotes_the_url_is_scrubbed() -> None:
+    # urllib's own message is "unknown url type: 'hooks.slack.com/services/…'"
+    outcome = post_once("hooks.slack.com/services/T0001/B0001/XXXXSECRETXXXX", "hi", 1.0)
+    assert not outcome.ok and not outcome.retry
+    assert "SECRET" not in outcome.problem and "invalid URL" in outcome.problem
+
+
+# --------------------------------------------------------------------- the sender thread
+
+
+class FakeHook:
+    """The network replaced: answers posts with scripted outcomes; ``gate`` holds them."""
+
+    def __init__(self, *outcomes: PostOutcome) -> None:
+        self.script = list(outcomes)
+        self.posts: list[tuple[float, str, float]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, url: str, text: str, timeout_s: float) -> PostOutcome:
+        assert url == SECRET_URL
+        self.posts.append((time.monotonic(), text, timeout_s))
+        self.entered.set()
+        if not self.gate.wait(timeout_s):
+            return PostOutcome(False, "TimeoutError: timed out")
+        return self.script.pop(0) if self.script else PostOutcome(ok=True)
+
+    def lines(self) -> list[str]:
+        return [line for _, text, _ in self.posts for line in text.split("\n")]
+
+
+def _sender(hook: FakeHook, **kwargs: object) -> WebhookSender:
+    kwargs = {"capacity": 3, "backoff_s": 0.01, "timeout_s": 5.0, **kwargs}
+    return WebhookSender(SECRET_URL, post=hook, **kwargs).start()  # type: ignore[arg-type]
+
+
+def test_submit_never_blocks_while_the_webhook_hangs_and_drops_are_counted_then_posted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="baton")
+    hook = FakeHook()
+    hook.gate.clear()  # the webhook hangs
+    sender = _sender(hook)
+    try:
+        assert sender.submit("first")
+        wait_for(hook.entered.is_set, message="the first post in flight")
+        started = time.monotonic()
+        accepted = [sender.submit(f"alert {i}") for i in range(1000)]
+        assert time.monotonic() - started < 0.5  # 1000 submits, none waited for the hook
+        assert accepted == [True] * 3 + [False] * 997  # the queue holds 3
+        assert sender.dropped == 997
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "alerts are dropped and counted" in warnings[0]
+        hook.gate.set()  # it recovers
+        wait_for(lambda: sender.progress() == (4, 4), message="the queue drained")
+    finally:
+        assert sender.close(1.0) == 0
+    assert hook.lines()[:4] == ["first", "alert 0", "alert 1", "alert 2"]
+    assert hook.lines()[4].startswith("⚠️ 997 more alert(s) were not posted here")
+    assert sender.posted == 4 and sender.failed == 0
+    assert not any("SECRET" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failed_post_is_retried_with_growing_backoff_then_succeeds() -> None:
+    hook = FakeHook(PostOutcome(False, "HTTP 503"), PostOutcome(False, "HTTP 500"))
+    sender = _sender(hook, backoff_s=0.05, attempts=3)
+    try:
+        sender.submit("🛑 one")
+        wait_for(lambda: sender.progress() == (1, 1), message="the post finished")
+    finally:
+        sender.close(1.0)
+    times = [t for t, _, _ in hook.posts]
+    assert len(times) == 3 and sender.posted == 1
+    assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1
+
+
+def test_a_post_the_server_refuses_for_good_is_not_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hook = FakeHook(PostOutcome(False, "HTTP 404", retry=False))
+    sender = _sender(hook)
+    try:
+        sender.submit("🛑 one")
+        wait_for(lambda: sender.progress() == (1, 1), message="the post given up")
+    finally:
+        sender.close(1.0)
+    assert len(hook.posts) == 1 and sender.failed == 1
+    assert any(
+        "alerts: webhook https://hooks.slack.com/services/***: "
+        "gave up after 1 attempt(s) (HTTP 404)" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_alerts_queued_behind_a_slow_post_go_out_together_within_the_size_cap() -> None:
+    hook = FakeHook()
+    hook.gate.clear()
+    sender = _sender(hook, capacity=10, max_post_chars=25)
+    try:
+        sender.submit("first")
+        wait_for(hook.entered.is_set, message="the first post in flight")
+        for i in range(5):
+            sender.submit(f"queued alert {i}")  # 14 characters each: one per post of 25
+        hook.gate.set()
+        wait_for(lambda: sender.progress() == (6, 6), message="all posted")
+    finally:
+        sender.close(1.0)
+    assert [text for _, text, _ in hook.posts] == [
+        "first",
+        *[f"queued alert {i}" for i in range(5)],
+    ]
+    sender2 = _sender(hook := FakeHook(), capacity=10, max_post_chars=100)
+    hook.gate.clear()
+    try:
+        sender2.submit("first")
+        wait_for(hook.entered.is_set, message="the first post in flight")
+        for i in range(5):
+            sender2.submit(f"queued alert {i}")
+        hook.gate.set()
+        wait_for(lambda: sender2.progress() == (6, 6), message="all posted")
+    finally:
+        sender2.close(1.0)
+    assert [text for _, text, _ in hook.posts] == [
+        "first",
+        "\n".join(f"queued alert {i}" for i in range(5)),
+    ]
+
+
+def test_shutdown_drains_by_its_deadline_while_the_webhook_hangs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hook = FakeHook()
+    hook.gate.clear()  # hangs for good: every post waits out its timeout
+    sender = _sender(hook, capacity=10, timeout_s=30.0)
+    for i in range(5):
+        sender.submit(f"alert {i}")
+    wait_for(hook.entered.is_set, message="the first post in flight")
+    started = time.monotonic()
+    assert sender.close(0.3) == 5  # none posted
+    assert time.monotonic() - started < 1.0  # the deadline and the join's 0.2 s grace
+    assert not sender.submit("late")  # closed: refused, counted
+    assert any(
+        "5 alert(s) not posted by the shutdown deadline" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_a_retry_never_waits_past_the_shutdown_deadline() -> None:
+    hook = FakeHook(PostOutcome(False, "HTTP 429", retry_after=3600.0))
+    sender = _sender(hook, max_backoff_s=60.0)
+    sender.submit("alert")
+    wait_for(lambda: len(hook.posts) == 1, message="the first attempt")
+    started = time.monotonic()
+    assert sender.close(0.2) == 0  # the 60 s Retry-After wait was cut at the deadline
+    assert time.monotonic() - started < 1.0
+    assert len(hook.posts) == 1 and sender.failed == 1
+
+
+def test_backoff_doubles_honours_retry_after_and_is_capped() -> None:
+    assert [backoff_delay(a, 0.5, 30.0) for a in range(7)] == [0.5, 1, 2, 4, 8, 16, 30]
+    assert backoff_delay(0, 0.5, 30.0, retry_after=10.0) == 10.0
+    assert backoff_delay(0, 0.5, 30.0, retry_after=1e9) == 30.0
+    assert backoff_delay(10**6, 0.5, 30.0) == 30.0  # no overflow for a huge attempt number

@@ -1,0 +1,64 @@
+"""Alert text that a hostile name cannot bend: control characters shown, lengths capped,
+Slack's control sequences escaped.
+
+Every string in an alert that came from a record (run id, tenant, agents, task, reason) is
+attacker-controlled: anyone who can write gov.requests (or gov.stops) picks it. Unchecked, a
+newline forges a second alert line, ANSI escapes repaint the operator's terminal, a bidi
+override reverses what is read, 60 KB of text floods the channel, and ``<!channel>`` pages a
+whole Slack channel. :func:`clean_field` defuses the first four for every output (console and
+webhook); :func:`slack_escape` the last, for the webhook only (Slack's "Escaping text" rules:
+``&``, ``<`` and ``>`` become entities, so ``<!channel>``, ``<@U123>`` and
+``<http://evil|click>`` are shown, not obeyed).
+
+Not done: Slack still styles ``*bold*``/``_italic_`` and auto-links a bare ``http://…`` in a
+name; neither notifies anyone nor hides text behind a different link.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FIELD_MAX", "TEXT_MAX", "cap_text", "clean_field", "slack_escape"]
+
+#: characters kept of one name in an alert (run ids, agents, tasks, reasons are far shorter)
+FIELD_MAX = 100
+#: characters of one alert message (Slack advises under 4,000 for a message's text)
+TEXT_MAX = 3000
+
+_ELLIPSIS = "…"
+
+
+def clean_field(text: str, limit: int = FIELD_MAX) -> str:
+    """``text`` as one printable line of at most ``limit`` characters.
+
+    Characters that are not printable (C0/C1 controls, newlines, DEL, bidi overrides and other
+    format characters, line/paragraph separators, unassigned code points) are shown as
+    ``\\x0a``/``\\u202e``, so what the operator reads is what the record held; a longer
+    result is cut and ends with ``…``.
+    """
+    head = text[:limit]  # never more than ``limit`` characters are looked at
+    if not head.isprintable():
+        head = "".join(ch if ch.isprintable() else _visible(ch) for ch in head)
+    if len(text) > limit or len(head) > limit:
+        head = head[: limit - 1] + _ELLIPSIS
+    return head
+
+
+def cap_text(text: str, limit: int = TEXT_MAX) -> str:
+    """``text`` cut to ``limit`` characters, ending with ``…`` when it was cut."""
+    if limit < 1:
+        raise ValueError(f"cap_text: limit must be >= 1, got {limit}")
+    return text if len(text) <= limit else text[: limit - 1] + _ELLIPSIS
+
+
+def slack_escape(text: str) -> str:
+    """``text`` with ``&``, ``<``, ``>`` as Slack's entities (``&`` first, so an entity the
+    text already holds is shown as typed, never decoded)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _visible(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
