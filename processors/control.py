@@ -4,32 +4,102 @@ Every worker must see *all* control events (a kill switch stops a run wherever i
 this is a plain confluent-kafka consumer that assigns the whole topic from the beginning
 instead of joining the worker's consumer group. It runs in a thread and swaps immutable
 values (``KillSwitches``, ``Policy``), which the hot path reads without locks.
+
+**Complete as of t.** About once a second the follower *probes* the broker: the topic's
+metadata, then each partition's watermarks (ListOffsets; the consumer reads
+``isolation.level=read_committed``, so Kafka answers the last stable offset). Once the
+consumer's *position* has reached every partition's high watermark of a probe sent at time
+t, every control event committed before t has been applied: the kill switches are complete
+as of t. Positions, not offsets of delivered records: a transaction's commit marker, and an
+aborted transaction, take offsets that are never delivered. ``caught_up`` is set by the first
+complete probe; a worker decides nothing before it.
+
+**Fail closed.** ``is_fresh()`` is False while the kill switches are not known complete as of
+``max_staleness_s`` ago (``BATON_CONTROL_MAX_STALENESS_S``, 15 s by default), whatever the
+cause: broker unreachable or frozen, topic deleted, authorization refused, partition without
+a leader, or a consumer that does not advance. A failed probe is no contact; a successful one
+whose high watermark the consumer never reaches is no contact either. While stale the
+worker (``processors/app.py``) stops deciding: batches wait in ``wait_until_fresh`` (clients
+fail closed on their own timeout, with ``governance_unavailable``), the approval sweep pauses,
+and the follower logs why every 5 s (topic, broker, positions, last error). After
+``give_up_after_s`` (10 x the bound by default) without a complete read *and* without the
+position moving, the follower gives up: the process exits with ``EXIT_CONTROL_LOST``
+committing nothing, so a supervisor restarts it and the restart reads the topic from the
+beginning.
+
+What this guarantees: a kill switch committed at time t is in force for every decision this
+worker makes after t + ``max_staleness_s`` (on the worker's monotonic clock).
+
+Not guaranteed: decisions made before a kill switch was read are not revoked; a control
+topic flooded faster than the follower drains it (more than 500 records per 0.2 s poll) keeps
+the worker stale for as long as the flood lasts (it does not exit while it makes progress).
+Tansu answers ListOffsets with the first offset of the last record batch + 1; positions are
+therefore compared only when the consumer's queue is drained (a fetched batch arrives whole).
+Tansu keeps no aborted records at all, and answers a read_committed ListOffsets below an
+open transaction's data; real Kafka does neither.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from baton.processors.batch import DeadLetter, InputRecord, dead_letter_record
+from baton.processors.control_progress import ControlProgress
 from baton.processors.engine import NO_KILLS, KillSwitches, Origin, apply_control
 from baton.processors.exits import EXIT_CONTROL_LOST, exit_without_commit
 from baton.schemas.decision import Decision
-from baton.schemas.errors import BatonError
+from baton.schemas.errors import BatonError, ConfigError
 from baton.schemas.events import EventError, KillSwitch, KillSwitchReleased, parse_control_event
 from baton.schemas.policy import Policy, parse_policy
 
-__all__ = ["ControlFollower"]
+__all__ = ["DEFAULT_MAX_STALENESS_S", "GIVE_UP_FACTOR", "ControlFollower", "ControlProgress"]
 
 log = logging.getLogger(__name__)
 
+#: default of BATON_CONTROL_MAX_STALENESS_S: how old the kill switches may be when deciding
+DEFAULT_MAX_STALENESS_S = 15.0
+#: the follower gives up (the process exits) after this many times the staleness bound
+GIVE_UP_FACTOR = 10
+_MIN_STALENESS_S, _MAX_STALENESS_S = 1.0, 3600.0
+_MAX_GIVE_UP_S = 86_400.0
+_CONSUME_BATCH = 500
+_POLL_S = 0.2
+_LOG_EVERY_S = 5.0
+
+
+class _Unreadable(Exception):
+    """The control topic cannot be read as it is (missing, no partitions, partitions gone)."""
+
+
+def _check_bounds(max_staleness_s: float, give_up_after_s: float) -> None:
+    if not _MIN_STALENESS_S <= max_staleness_s <= _MAX_STALENESS_S:  # also refuses NaN
+        raise ConfigError(
+            f"BATON_CONTROL_MAX_STALENESS_S: must be between {_MIN_STALENESS_S:g} and "
+            f"{_MAX_STALENESS_S:g} seconds, got {max_staleness_s!r}"
+        )
+    if not max_staleness_s < give_up_after_s <= _MAX_GIVE_UP_S:  # also refuses NaN
+        raise ConfigError(
+            f"control follower give_up_after_s: must be above the staleness bound "
+            f"({max_staleness_s:g} s) and at most {_MAX_GIVE_UP_S:g} s, got {give_up_after_s!r}"
+        )
+
 
 class ControlFollower:
+    """The kill switches and policy of ``topic``, and how fresh they are (see the module doc).
+
+    API for the worker: ``start()``, ``caught_up`` (an Event), ``kills``, ``policy``,
+    ``on_policy(listener)``, ``is_fresh()``, ``staleness_s()``, ``why_stale()`` and
+    ``await wait_until_fresh()`` before deciding.
+    """
+
     def __init__(
         self,
         consumer_conf: dict[str, Any],
@@ -39,67 +109,92 @@ class ControlFollower:
         worker: str | None,
         on_decision: Callable[[Decision], None],
         on_dead_letter: Callable[[DeadLetter], None],
+        max_staleness_s: float = DEFAULT_MAX_STALENESS_S,
+        give_up_after_s: float | None = None,
+        on_give_up: Callable[[str], None] | None = None,
     ) -> None:
+        give_up = GIVE_UP_FACTOR * max_staleness_s if give_up_after_s is None else give_up_after_s
+        _check_bounds(max_staleness_s, give_up)
         self.topic = topic
         self.kills: KillSwitches = NO_KILLS
         self.policy = policy
+        self.max_staleness_s = float(max_staleness_s)
+        self.give_up_after_s = float(give_up)
+        # several probes per bound, each short enough that a hung broker is noticed in time
+        self._probe_every_s = min(1.0, self.max_staleness_s / 5)
+        self._probe_timeout_s = min(5.0, self.max_staleness_s / 3)
         self._worker = worker
         self._on_decision = on_decision
         self._on_dead_letter = on_dead_letter
+        self._on_give_up = on_give_up or self._exit
+        self._bootstrap = str(consumer_conf.get("bootstrap.servers", "?"))
         self._conf = {
             "group.id": f"baton-control-{worker}",  # never joins: we assign() by hand
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            # librdkafka backs reconnects off up to 10 s: a broker back from an outage would
+            # stay unread (and this worker stale) that long
+            "reconnect.backoff.max.ms": 1000,
+            # librdkafka's lines ("Connection refused" every second) into logging, not stderr
+            "logger": logging.getLogger("baton.kafka"),
             **consumer_conf,
+            # aborted records are not control events; and a read_committed ListOffsets
+            # answers the last stable offset, so an open transaction cannot hold "caught up"
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+            "error_cb": self._on_client_error,
         }
+        self.progress = ControlProgress(time.monotonic())
         self.caught_up = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._policy_listeners: list[Callable[[Policy], None]] = []
+        self._give_up_lock = threading.Lock()
+        self._gave_up = False
 
+    # ------------------------------------------------------------------ public
     def on_policy(self, listener: Callable[[Policy], None]) -> None:
         self._policy_listeners.append(listener)
 
     def start(self) -> None:
+        self.progress = ControlProgress(time.monotonic())
         self._thread = threading.Thread(target=self._run, name="baton-control", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=5 + 2 * self._probe_timeout_s)
 
+    def is_fresh(self) -> bool:
+        """True when every control event committed ``max_staleness_s`` ago has been applied."""
+        return self.progress.is_fresh(time.monotonic(), self.max_staleness_s)
+
+    def staleness_s(self) -> float:
+        """Seconds since the kill switches were last known complete (since start if never)."""
+        return self.progress.age(time.monotonic())
+
+    def why_stale(self) -> str:
+        """Why the kill switches are (or may soon be) stale: topic, broker, positions, error."""
+        return self.progress.describe(time.monotonic(), self.topic, self._bootstrap)
+
+    async def wait_until_fresh(self) -> None:
+        """Return once fresh (at once when it is): the worker must not decide on stale kills.
+
+        Also the watchdog of a follower thread that would hang: after ``give_up_after_s``
+        without a complete read and without progress, the process exits from here too.
+        """
+        while not self.is_fresh():
+            if self.progress.given_up(time.monotonic(), self.give_up_after_s):
+                self._give_up()
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
-        consumer = Consumer(self._conf)
+        consumer = None
         try:
-            meta = consumer.list_topics(self.topic, timeout=10)
-            parts = sorted(meta.topics[self.topic].partitions) if self.topic in meta.topics else [0]
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
-            ends = {}
-            for p in parts:
-                _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
-                ends[p] = high
-            done = {p for p, high in ends.items() if high <= 0}
-            if len(done) == len(parts):
-                self.caught_up.set()
-            while not self._stop.is_set():
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    continue
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("control topic %s: %s", self.topic, msg.error())
-                    continue
-                self._apply(msg)
-                if not self.caught_up.is_set() and msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                    done.add(msg.partition())
-                    if len(done) == len(parts):
-                        log.info(
-                            "control topic caught up: kills=%s policy=%s",
-                            self.kills,
-                            self.policy.version,
-                        )
-                        self.caught_up.set()
+            consumer = Consumer(self._conf)
+            self._follow(consumer)
         except Exception:
             # a dead follower would silently stop enforcing kill switches (fail open): the
             # worker must not outlive it. Exit; a restart reads the control topic again.
@@ -109,8 +204,118 @@ class ControlFollower:
                 "without kill switches",
             )
         finally:
-            consumer.close()
+            if consumer is not None:
+                consumer.close()
 
+    def _follow(self, consumer: Consumer) -> None:
+        assigned: list[int] = []
+        next_probe = 0.0
+        next_log = time.monotonic() + _LOG_EVERY_S
+        was_fresh = warned = False
+        while not self._stop.is_set():
+            if time.monotonic() >= next_probe:
+                assigned = self._probe(consumer, assigned)
+                next_probe = time.monotonic() + self._probe_every_s
+            msgs = consumer.consume(_CONSUME_BATCH, _POLL_S)
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    self.progress.failed(time.monotonic(), f"reading: {err.str()}")
+                else:
+                    self._apply(msg)
+            now = time.monotonic()
+            if assigned and len(msgs) < _CONSUME_BATCH:  # drained: see the module docstring
+                self._check_positions(consumer, assigned, now)
+            fresh = self.progress.is_fresh(now, self.max_staleness_s)
+            if fresh and warned:
+                log.warning("control topic %s is read again: this worker decides", self.topic)
+                warned = False
+            if not fresh and (was_fresh or now >= next_log):
+                log.warning("no decisions on this worker: %s", self.why_stale())
+                next_log = now + _LOG_EVERY_S
+                warned = True
+            was_fresh = fresh
+            if self.progress.given_up(now, self.give_up_after_s):
+                self._give_up()
+                return
+
+    def _check_positions(self, consumer: Consumer, assigned: list[int], now: float) -> None:
+        tps = consumer.position([TopicPartition(self.topic, p) for p in assigned])
+        completed = self.progress.advanced(now, {tp.partition: tp.offset for tp in tps})
+        if completed and not self.caught_up.is_set():
+            log.info(
+                "control topic %s caught up: kills=%s policy=%s",
+                self.topic,
+                self.kills,
+                self.policy.version,
+            )
+            self.caught_up.set()
+
+    def _probe(self, consumer: Consumer, assigned: list[int]) -> list[int]:
+        """Ask the broker for the topic's partitions and watermarks; returns the assignment."""
+        at = time.monotonic()  # before the request: what was committed by now is below high
+        try:
+            meta = consumer.list_topics(self.topic, timeout=self._probe_timeout_s)
+            topic = meta.topics.get(self.topic)
+            if topic is None or topic.error is not None:
+                why = topic.error.str() if topic is not None else "not in the metadata"
+                raise _Unreadable(f"topic {self.topic}: {why}")
+            parts = sorted(topic.partitions)
+            if parts != assigned:
+                assigned = self._assign(consumer, parts, assigned)
+            ends: dict[int, tuple[int, int]] = {}
+            for p in parts:
+                marks = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=self._probe_timeout_s, cached=False
+                )
+                if marks is None:
+                    raise _Unreadable(f"watermarks of partition {p}: no answer")
+                ends[p] = (int(marks[0]), int(marks[1]))
+        except (KafkaException, _Unreadable) as exc:
+            self.progress.failed(at, f"probe: {exc}")
+            return assigned
+        self.progress.probed(at, ends)
+        return assigned
+
+    def _assign(self, consumer: Consumer, parts: list[int], assigned: list[int]) -> list[int]:
+        gone = sorted(set(assigned) - set(parts))
+        if gone:
+            # never seen on Kafka (partitions only grow): the topic was deleted and made
+            # again. Stay stale; giving up restarts the worker onto the new topic.
+            raise _Unreadable(f"topic {self.topic}: partitions {gone} vanished")
+        # partitions already followed go on from their positions, new ones from the start
+        # (a partition with nothing consumed yet has no position: the start too)
+        known = consumer.position([TopicPartition(self.topic, p) for p in assigned])
+        start = {tp.partition: tp.offset for tp in known if tp.offset >= 0}
+        consumer.assign(
+            [TopicPartition(self.topic, p, start.get(p, OFFSET_BEGINNING)) for p in parts]
+        )
+        log.info("control topic %s: following partitions %s", self.topic, parts)
+        return parts
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        # librdkafka's own errors (all brokers down, authentication, ...): why, for the log
+        self.progress.failed(time.monotonic(), f"client: {err.str()}")
+
+    def _give_up(self) -> None:
+        with self._give_up_lock:
+            if self._gave_up:
+                return
+            self._gave_up = True
+        self._stop.set()
+        self._on_give_up(
+            f"control follower gives up after {self.give_up_after_s:g} s: {self.why_stale()}"
+        )
+
+    @staticmethod
+    def _exit(reason: str) -> None:
+        exit_without_commit(
+            EXIT_CONTROL_LOST,
+            "%s; the worker exits rather than decide on stale kill switches",
+            reason,
+        )
+
+    # ------------------------------------------------------------------ control events
     def _apply(self, msg: Any) -> None:
         now = datetime.now(UTC)
         raw = msg.value()

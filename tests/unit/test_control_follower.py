@@ -1,0 +1,306 @@
+"""The control follower's bookkeeping: caught up by position, fresh within a bound, gives up."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from baton.processors.control import ControlFollower
+from baton.processors.control_progress import NO_POSITION, ControlProgress
+from baton.schemas.errors import ConfigError
+from baton.schemas.events import KillSwitch
+from baton.schemas.policy import DEFAULT_POLICY_YAML, parse_policy
+
+pytestmark = pytest.mark.unit
+
+
+# ---------------------------------------------------------------- ControlProgress (pure)
+def test_a_commit_marker_at_the_end_is_passed_by_position_not_by_a_delivered_record() -> None:
+    # records at 0 and 1, the commit marker at 2: no record at offset 2 is ever delivered
+    p = ControlProgress(started_at=0.0)
+    p.probed(1.0, {0: (0, 3)})
+    assert not p.advanced(1.1, {0: 2})  # last record delivered, marker not yet passed
+    assert not p.caught_up
+    assert p.advanced(1.2, {0: 3})  # librdkafka's position moves past the marker
+    assert p.complete_as_of == 1.0
+
+
+@pytest.mark.parametrize("low_high", [(0, 0), (7, 7)], ids=["empty", "emptied_by_retention"])
+def test_a_partition_without_records_is_complete_without_any_position(
+    low_high: tuple[int, int],
+) -> None:
+    p = ControlProgress(started_at=0.0)
+    p.probed(1.0, {0: low_high})
+    assert p.advanced(1.1, {0: NO_POSITION})
+
+
+def test_no_position_on_a_partition_with_records_is_not_complete() -> None:
+    p = ControlProgress(started_at=0.0)
+    p.probed(1.0, {0: (0, 1)})
+    assert not p.advanced(1.1, {0: NO_POSITION})
+
+
+def test_every_partition_must_be_read_and_a_missing_one_is_not() -> None:
+    p = ControlProgress(started_at=0.0)
+    p.probed(1.0, {0: (0, 3), 1: (0, 5)})
+    assert not p.advanced(1.1, {0: 3, 1: 4})
+    assert not p.advanced(1.2, {0: 3})  # partition 1 not assigned (yet)
+    assert p.advanced(1.3, {0: 3, 1: 5})
+
+
+def test_the_newest_reached_probe_sets_the_time_and_answers_the_older_ones() -> None:
+    p = ControlProgress(started_at=0.0)
+    p.probed(1.0, {0: (0, 3)})
+    p.probed(2.0, {0: (0, 5)})
+    p.probed(3.0, {0: (0, 9)})  # a kill switch arrived after 2.0 and is not read yet
+    assert p.advanced(3.5, {0: 5})
+    assert p.complete_as_of == 2.0
+    assert not p.advanced(3.6, {0: 5})  # 1.0 and 2.0 answered; 3.0 still waits
+    assert p.advanced(3.7, {0: 9})
+    assert p.complete_as_of == 3.0
+
+
+def test_a_probe_stamped_earlier_than_completeness_does_not_move_it_back() -> None:
+    p = ControlProgress(started_at=0.0)
+    p.probed(5.0, {0: (0, 3)})
+    assert p.advanced(5.1, {0: 3})
+    p.probed(4.0, {0: (0, 3)})
+    assert not p.advanced(5.2, {0: 3})
+    assert p.complete_as_of == 5.0
+
+
+def test_fresh_within_the_bound_stale_beyond_it_and_never_fresh_before_caught_up() -> None:
+    p = ControlProgress(started_at=0.0)
+    assert not p.is_fresh(0.1, 15.0)
+    p.probed(1.0, {0: (0, 0)})
+    p.advanced(1.1, {0: NO_POSITION})
+    assert p.is_fresh(16.0, 15.0)
+    assert not p.is_fresh(16.01, 15.0)
+    assert p.age(20.0) == pytest.approx(19.0)
+
+
+def test_failed_probes_are_no_contact_and_the_kill_switches_age() -> None:
+    p = ControlProgress(started_at=0.0)
+    p.probed(1.0, {0: (0, 2)})
+    p.advanced(1.1, {0: 2})
+    for t in range(2, 20):
+        p.failed(float(t), "probe: KafkaError{code=_TIMED_OUT}")
+        p.advanced(t + 0.1, {0: 2})
+    assert p.complete_as_of == 1.0
+    assert p.last_contact == 1.0
+    assert not p.is_fresh(19.5, 15.0)
+
+
+def test_why_stale_names_topic_broker_positions_and_the_last_error() -> None:
+    p = ControlProgress(started_at=0.0)
+    p.probed(1.0, {0: (0, 9)})
+    p.advanced(1.1, {0: 4})
+    p.failed(2.0, "probe: Failed to get metadata: Local: Timed out")
+    text = p.describe(30.0, "prod.gov.control", "kafka-1:9092")
+    assert "control topic prod.gov.control at kafka-1:9092" in text
+    assert "not read to its end since the follower started 30.0 s ago" in text
+    assert "[0] 4/9" in text
+    assert "last answer from the broker 29.0 s ago" in text
+    assert "(28.0 s ago): probe: Failed to get metadata: Local: Timed out" in text
+
+
+def test_an_error_message_is_kept_short() -> None:
+    p = ControlProgress(started_at=0.0)
+    p.failed(1.0, "x" * 60_000)
+    assert p.last_error is not None and len(p.last_error) == 500
+
+
+def test_a_probe_without_partitions_is_a_failure_not_an_empty_success() -> None:
+    p = ControlProgress(started_at=0.0)
+    p.probed(1.0, {})
+    assert p.last_contact is None
+    assert not p.advanced(1.1, {})
+    assert p.last_error == "the topic has no partitions"
+
+
+def test_gives_up_only_without_completeness_and_without_progress() -> None:
+    p = ControlProgress(started_at=0.0)
+    p.probed(1.0, {0: (0, 1_000_000)})
+    p.advanced(100.0, {0: 10})  # reading a long topic: progress, not complete
+    assert not p.given_up(150.0, 150.0)
+    assert p.given_up(250.1, 150.0)
+    q = ControlProgress(started_at=0.0)
+    q.probed(1.0, {0: (0, 0)})
+    q.advanced(1.0, {0: NO_POSITION})
+    assert not q.given_up(150.0, 150.0)
+    assert q.given_up(151.5, 150.0)
+
+
+def test_unanswered_probes_are_bounded_and_the_newest_still_counts() -> None:
+    p = ControlProgress(started_at=0.0, max_pending=3)
+    for t in range(1, 11):
+        p.probed(float(t), {0: (0, t)})
+    assert len(p._pending) == 3
+    assert p.advanced(11.0, {0: 10})
+    assert p.complete_as_of == 10.0
+
+
+# ---------------------------------------------------------------- settings
+def _follower(**kw: Any) -> ControlFollower:
+    return ControlFollower(
+        kw.pop("conf", {"bootstrap.servers": "kafka-1:9092"}),
+        "prod.gov.control",
+        parse_policy(DEFAULT_POLICY_YAML, "seed"),
+        worker="w1",
+        on_decision=kw.pop("on_decision", lambda d: None),
+        on_dead_letter=kw.pop("on_dead_letter", lambda d: None),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("bound", [0.0, -1.0, 0.5, math.nan, math.inf, 1e308, 3601.0])
+def test_an_unsafe_staleness_bound_is_refused_naming_the_setting(bound: float) -> None:
+    with pytest.raises(ConfigError, match="BATON_CONTROL_MAX_STALENESS_S: must be between"):
+        _follower(max_staleness_s=bound)
+
+
+@pytest.mark.parametrize("give_up", [10.0, 5.0, math.nan, 1e9])
+def test_giving_up_must_come_after_the_bound(give_up: float) -> None:
+    with pytest.raises(ConfigError, match="give_up_after_s: must be above the staleness bound"):
+        _follower(max_staleness_s=10.0, give_up_after_s=give_up)
+
+
+def test_defaults_fifteen_seconds_and_ten_times_that_to_give_up() -> None:
+    f = _follower()
+    assert (f.max_staleness_s, f.give_up_after_s) == (15.0, 150.0)
+
+
+def test_reads_committed_records_only_whatever_the_client_config_says() -> None:
+    f = _follower(conf={"bootstrap.servers": "b:1", "isolation.level": "read_uncommitted"})
+    assert f._conf["isolation.level"] == "read_committed"
+
+
+# ---------------------------------------------------------------- the loop, on a fake consumer
+@dataclass
+class _Msg:
+    _offset: int
+    _value: bytes
+
+    def error(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "prod.gov.control"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class _FakeConsumer:
+    """One partition: ``records`` (None = a transaction marker), ``high`` as ListOffsets says.
+
+    Like librdkafka, the position passes the markers it reads.
+    """
+
+    def __init__(self, records: list[bytes | None], high: int, batches: list[int]) -> None:
+        self.records = records
+        self.high = high
+        self.batches = batches  # how many records each consume() call may return
+        self.next = 0
+        self.position_at = NO_POSITION
+        self.caught_up_seen: list[bool] = []
+        self.follower: ControlFollower | None = None
+        self.fail_probes = False
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        if self.fail_probes:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to get metadata"))
+        part = type("P", (), {})()
+        t = type("T", (), {"error": None, "partitions": {0: part}})()
+        return type("M", (), {"topics": {topic: t}})()
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> Any:
+        return (0, self.high)
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        pass
+
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.position_at) for tp in tps]
+
+    def consume(self, n: int, timeout: float) -> list[_Msg]:
+        assert self.follower is not None
+        self.caught_up_seen.append(self.follower.caught_up.is_set())
+        if not self.batches:
+            self.follower._stop.set()
+            return []
+        take = min(n, self.batches.pop(0))
+        out = []
+        while self.next < len(self.records) and len(out) < take:
+            value = self.records[self.next]
+            if value is not None:
+                out.append(_Msg(self.next, value))
+            self.position_at = self.next + 1  # a marker moves the position, never delivered
+            self.next += 1
+        return out
+
+
+def _kill(run_id: str) -> bytes:
+    return KillSwitch(
+        scope="run", run_id=run_id, operator="op", event_time=datetime.now(UTC)
+    ).to_json()
+
+
+def _run(f: ControlFollower, consumer: _FakeConsumer) -> None:
+    consumer.follower = f
+    f._follow(consumer)  # type: ignore[arg-type]
+
+
+def test_a_topic_ending_in_a_commit_marker_is_caught_up_with_its_kill_switch_applied() -> None:
+    decisions: list[Any] = []
+    f = _follower(on_decision=decisions.append)
+    consumer = _FakeConsumer([_kill("r1"), _kill("r2"), None], high=3, batches=[500, 500])
+    _run(f, consumer)
+    assert f.caught_up.is_set()
+    assert f.kills.runs == frozenset({"r1", "r2"})
+    assert len(decisions) == 2
+    assert f.is_fresh()
+
+
+def test_positions_are_judged_only_once_the_queue_is_drained() -> None:
+    # Tansu's ListOffsets answers the first offset of the last record batch + 1: a high
+    # watermark inside a batch that is still being handed out must not count as caught up
+    records: list[bytes | None] = [_kill(f"r{i}") for i in range(1000)]
+    f = _follower()
+    consumer = _FakeConsumer(records, high=501, batches=[500, 500, 500])
+    _run(f, consumer)
+    # calls: 1st (nothing yet), 2nd after 500 records (full batch: not judged),
+    # 3rd after 1000 (full batch: not judged), 4th after an empty one: caught up
+    assert consumer.caught_up_seen[:4] == [False, False, False, True]
+    assert len(f.kills.runs) == 1000
+
+
+def test_a_broker_that_never_answers_makes_it_give_up_naming_why() -> None:
+    reasons: list[str] = []
+    f = _follower(max_staleness_s=1.0, give_up_after_s=2.0, on_give_up=reasons.append)
+    f.progress = ControlProgress(started_at=time.monotonic() - 10)  # started 10 s ago
+    consumer = _FakeConsumer([], high=0, batches=[1] * 100)
+    consumer.fail_probes = True
+    _run(f, consumer)
+    assert not f.caught_up.is_set()
+    assert len(reasons) == 1
+    reason = reasons[0]
+    assert reason.startswith("control follower gives up after 2 s: control topic prod.gov.control")
+    assert "at kafka-1:9092" in reason
+    assert "Failed to get metadata" in reason
+    assert len(consumer.batches) == 99  # the loop ended at once
