@@ -1,4 +1,7 @@
-"""Opening a ClickHouse client from a Baton DSN, connection failures translated to Baton errors.
+"""ClickHouse clients from Baton DSNs, with ClickHouse's failures translated at the boundary.
+
+Connection failures become AuditUnavailable (retry later); an insert whose *data* is refused
+becomes RowsRefused (split it, see ``insert_rows``).
 
 DSNs:
     ``http://user:pass@host:8123/db``, ``https://…:8443/db``  a ClickHouse server (HTTP interface)
@@ -26,15 +29,22 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+from clickhouse_connect.driver.exceptions import (
+    ClickHouseError,
+    DatabaseError,
+    DataError,
+    OperationalError,
+)
 
 from baton.schemas.errors import AuditUnavailable, ConfigError, MissingExtra
 
 __all__ = [
     "ENDPOINT_FILE",
+    "RowsRefused",
     "Target",
     "audit_errors",
     "connect",
+    "insert_rows",
     "parse_dsn",
 ]
 
@@ -203,6 +213,97 @@ def audit_errors(label: str, doing: str) -> Iterator[None]:
         raise AuditUnavailable(
             f"ClickHouse at {label} failed while {doing}: {_first_line(exc)}"
         ) from exc
+
+
+class RowsRefused(Exception):
+    """ClickHouse (the server, or the driver encoding the block) refused an insert's *data*,
+    not the connection: splitting the rows helps. ``row_level``: some row cannot be stored
+    (a value out of range, a violated constraint) - a row refused alone is that row's fault;
+    otherwise the block as a whole was refused (too many partitions) and smaller ones pass.
+
+    Internal to the sink (``write_batch`` turns it into rejected rows or AuditUnavailable),
+    so it is not part of the BatonError tree.
+    """
+
+    def __init__(self, message: str, *, row_level: bool) -> None:
+        super().__init__(message)
+        self.row_level = row_level
+
+
+#: server error codes that blame a value in the block: the block is split to find its row
+ROW_DATA_CODES: dict[int, str] = {
+    6: "CANNOT_PARSE_TEXT",
+    27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
+    38: "CANNOT_PARSE_DATE",
+    41: "CANNOT_PARSE_DATETIME",
+    53: "TYPE_MISMATCH",
+    69: "ARGUMENT_OUT_OF_BOUND",
+    70: "CANNOT_CONVERT_TYPE",
+    72: "CANNOT_PARSE_NUMBER",
+    117: "INCORRECT_DATA",
+    131: "TOO_LARGE_STRING_SIZE",
+    321: "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
+    349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
+    395: "FUNCTION_THROW_IF_VALUE_IS_NON_ZERO",
+    407: "DECIMAL_OVERFLOW",
+    469: "VIOLATED_CONSTRAINT",
+    691: "UNKNOWN_ELEMENT_OF_ENUM",
+}
+_TOO_MANY_PARTS = 252  # also "too many partitions for a single INSERT block": that one splits
+
+
+def insert_rows(
+    client: Client,
+    table: str,
+    rows: list[list[object]],
+    columns: tuple[str, ...],
+    token: str,
+    label: str,
+) -> None:
+    """Insert ``rows`` with ``insert_deduplication_token=token``, failures sorted at the boundary.
+
+    Raises RowsRefused when the data was refused (a value, or a block spanning too many
+    partitions), AuditUnavailable for everything else - unreachable, timeouts, a missing
+    table, "too many parts" back-pressure - which retrying the same insert later can cure.
+    An unknown server error is taken as the server's, never as the rows': it is retried, not
+    turned into rejected rows.
+    """
+    doing = f"inserting {len(rows)} rows into {table} ({token[:200]})"
+    try:
+        client.insert(
+            table,
+            rows,
+            column_names=list(columns),
+            settings={"insert_deduplication_token": token},
+        )
+    except OperationalError as exc:  # before DatabaseError: it is one
+        raise AuditUnavailable(
+            f"ClickHouse at {label} is unreachable while {doing}: {_first_line(exc)}"
+        ) from exc
+    except DataError as exc:  # the driver could not encode a value of the block
+        raise RowsRefused(f"{_first_line(exc)}", row_level=True) from exc
+    except DatabaseError as exc:
+        code = exc.code if exc.code is not None else _code_of(exc)
+        if code in ROW_DATA_CODES:
+            raise RowsRefused(_first_line(exc), row_level=True) from exc
+        if code == _TOO_MANY_PARTS and "INSERT block" in str(exc):
+            raise RowsRefused(_first_line(exc), row_level=False) from exc
+        raise AuditUnavailable(
+            f"ClickHouse at {label} failed while {doing}: {_first_line(exc)}"
+        ) from exc
+    except ClickHouseError as exc:
+        raise AuditUnavailable(
+            f"ClickHouse at {label} failed while {doing}: {_first_line(exc)}"
+        ) from exc
+    except (ValueError, TypeError, OverflowError, ArithmeticError) as exc:
+        # the driver encoding a value it has no check for (NaN into a Decimal raises a bare
+        # ValueError): a row's fault, like DataError
+        raise RowsRefused(f"{type(exc).__name__}: {exc}"[:500], row_level=True) from exc
+
+
+def _code_of(exc: BaseException) -> int | None:
+    match = re.search(r"\bCode:\s*(\d+)", str(exc))
+    return int(match.group(1)) if match else None
 
 
 def _first_line(exc: BaseException) -> str:

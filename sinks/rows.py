@@ -1,14 +1,36 @@
-"""Conversion of a Decision as read from Kafka into a ``governance.decisions`` row."""
+"""Conversion of a Decision as read from Kafka into a ``governance.decisions`` row, range-checked.
+
+Anyone who can write ``gov.decisions`` can put any value in a record. A value the table
+cannot hold (a UInt32 count of 2**63, a spend of 1e308, a time in the year 9999) must make
+*that record* a ``governance.rejected`` row, not a failed insert that stops the audit: so every
+number and time is checked here against its column's range before it reaches ClickHouse.
+What is not checked: strings (ClickHouse's String has no length limit, and Kafka's message
+size bounds them), and whether a value is *plausible* (a forged decision with a positive spend
+is stored like a real one: the sink cannot tell who wrote a record).
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from enum import StrEnum
 from typing import Any
 
 from baton.schemas.decision import DECISION_FIELDS, Decision
 
-__all__ = ["DECISION_COLUMNS", "REJECTED_COLUMNS", "decision_row", "usd"]
+__all__ = [
+    "DATETIME64_MAX",
+    "DATETIME64_MIN",
+    "DECISION_COLUMNS",
+    "REJECTED_COLUMNS",
+    "DecidedWindow",
+    "RejectKind",
+    "RowRejected",
+    "decision_row",
+    "usd",
+]
 
 #: the table's columns the sink writes: every Decision field, then where the copy was read
 DECISION_COLUMNS: tuple[str, ...] = (
@@ -23,44 +45,162 @@ REJECTED_COLUMNS: tuple[str, ...] = (
     "audit_offset",
     "error",
     "raw",
+    "error_kind",
 )
 
+
+class RejectKind(StrEnum):
+    """Why a record became a ``governance.rejected`` row (its ``error_kind`` column)."""
+
+    #: not JSON, not a Decision (a missing field, a wrong type), empty, or no time at all
+    INVALID_RECORD = "invalid_record"
+    #: a number or time outside what its column holds (UInt16/UInt32/Int32/Int64,
+    #: Decimal(18, 6), DateTime64's 1900-2299), or not a number at all (NaN, infinity)
+    OUT_OF_RANGE = "out_of_range"
+    #: decided_at farther from the sink's clock than the audit keeps (see DecidedWindow)
+    DECIDED_AT_OUT_OF_WINDOW = "decided_at_out_of_window"
+    #: ClickHouse refused the row itself (found by splitting the batch until it was alone)
+    REFUSED_BY_CLICKHOUSE = "refused_by_clickhouse"
+    #: anything else that failed while converting this one record
+    UNCONVERTIBLE = "unconvertible"
+
+
+class RowRejected(ValueError):
+    """One record cannot be a ``governance.decisions`` row; ``kind`` says why."""
+
+    def __init__(self, kind: RejectKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+#: DateTime64's documented range: outside it ClickHouse's date functions (toYYYYMM of the
+#: partition key, toDateTime of the TTL) give wrong answers, so such a time is refused
+DATETIME64_MIN = datetime(1900, 1, 1, tzinfo=UTC)
+DATETIME64_MAX = datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+#: integer columns: Decision field -> (lowest, highest, ClickHouse type)
+_INT_RANGES: dict[str, tuple[int, int, str]] = {
+    "depth": (0, 2**16 - 1, "UInt16"),
+    "handoff_count": (0, 2**32 - 1, "UInt32"),
+    "tool_calls": (0, 2**32 - 1, "UInt32"),
+    "partition": (-(2**31), 2**31 - 1, "Int32"),
+    "offset": (-(2**63), 2**63 - 1, "Int64"),
+}
 _MICRO = Decimal("0.000001")
+#: Decimal(18, 6) holds |x| <= 999999999999.999999; the largest float below 1e12 is
+#: 999999999999.9999 (its repr, which usd() rounds)
+_USD_LIMIT = 1e12
 _TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
 _USD_FIELDS = frozenset({"spent_usd", "reserved_usd"})
+
+
+@dataclass(frozen=True, slots=True)
+class DecidedWindow:
+    """The ``decided_at`` values the audit accepts: from ``audit_ttl_days`` before the sink's
+    clock to ``ahead`` after it.
+
+    The table is partitioned and expired on ``decided_at``; a row older than the retention
+    would be deleted at insert (TTL), and one far in the future would outlive it and add a
+    partition per month. Such a decided_at is forged or from a broken clock: the record goes
+    to ``governance.rejected``, kept and visible, never silently dropped. It is not clamped:
+    the copies of one decision must keep one decided_at to fold (see 0003's DDL comment).
+    """
+
+    earliest: datetime
+    latest: datetime
+    ttl_days: int
+
+    @classmethod
+    def around(
+        cls, now: datetime, ttl_days: int, ahead: timedelta = timedelta(days=1)
+    ) -> DecidedWindow:
+        return cls(now - timedelta(days=ttl_days), now + ahead, ttl_days)
+
+    def check(self, decided_at: datetime) -> None:
+        if not self.earliest <= decided_at <= self.latest:
+            raise RowRejected(
+                RejectKind.DECIDED_AT_OUT_OF_WINDOW,
+                f"decided_at: {decided_at.isoformat()} is outside the audit's window "
+                f"[{self.earliest.isoformat()}, {self.latest.isoformat()}] (the sink's clock "
+                f"minus audit_ttl_days={self.ttl_days}, plus 1 day): the row would expire "
+                "at once or outlive the retention",
+            )
 
 
 def usd(amount: float) -> Decimal:
     """A float dollar amount as the Decimal(18, 6) the table stores (banker's rounding).
 
     Through ``repr`` so 0.1 stays 0.100000, not 0.1000000000000000055511151231257827.
+    Raises RowRejected (out_of_range) for NaN, infinities and amounts of 1e12 or more.
     """
-    return Decimal(repr(float(amount))).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
+    try:
+        amount = float(amount)
+    except OverflowError:  # an int past float's range
+        amount = math.inf
+    if not math.isfinite(amount) or abs(amount) >= _USD_LIMIT:
+        raise RowRejected(
+            RejectKind.OUT_OF_RANGE,
+            f"{amount!r} is not an amount Decimal(18, 6) holds (finite, |x| < 1e12)",
+        )
+    return Decimal(repr(amount)).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def _utc(name: str, value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    # a naive time from a producer is taken as UTC, the only zone Baton writes
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        # a naive time from a producer is taken as UTC, the only zone Baton writes
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is past datetime's own end in UTC
+        utc = None
+    if utc is None or not DATETIME64_MIN <= utc <= DATETIME64_MAX:
+        raise RowRejected(
+            RejectKind.OUT_OF_RANGE,
+            f"{name}: {value.isoformat()} is outside DateTime64's range "
+            f"[{DATETIME64_MIN:%Y-%m-%d}, {DATETIME64_MAX:%Y-%m-%d %H:%M:%S}] UTC",
+        )
+    return utc
 
 
-def decision_row(decision: Decision, topic: str, partition: int, offset: int) -> list[Any]:
+def _integer(name: str, value: Any) -> Any:
+    bounds = _INT_RANGES.get(name)
+    if bounds is None or value is None:
+        return value
+    low, high, column = bounds
+    if not low <= value <= high:
+        raise RowRejected(
+            RejectKind.OUT_OF_RANGE,
+            f"{name}: {value} is outside {column}'s range [{low}, {high}]",
+        )
+    return value
+
+
+def decision_row(
+    decision: Decision,
+    topic: str,
+    partition: int,
+    offset: int,
+    window: DecidedWindow | None = None,
+) -> list[Any]:
     """The row for ``decision`` read at ``topic``/``partition``/``offset`` (DECISION_COLUMNS order).
 
-    A decision without ``event_time`` (a control record) gets its ``decided_at``: the table
-    is partitioned by event month, and every copy of a decision must land in one partition
-    for ReplacingMergeTree to fold them.
+    Raises RowRejected when a value does not fit its column, or (with ``window``) when
+    ``decided_at`` is outside it. A decision without ``event_time`` (a control record) gets
+    its ``decided_at``, and one without ``decided_at`` (not the worker's: it always sets one)
+    its ``event_time``, which the window then checks.
     """
     row: list[Any] = []
-    decided_at = _utc(decision.decided_at)
-    event_time = _utc(decision.event_time) or decided_at
+    decided_at = _utc("decided_at", decision.decided_at)
+    event_time = _utc("event_time", decision.event_time) or decided_at
     decided_at = decided_at or event_time
-    if event_time is None:
-        raise ValueError(
-            f"decision {decision.decision_id}: neither event_time nor decided_at is set; "
-            "the audit needs a time to partition by"
+    if event_time is None or decided_at is None:
+        raise RowRejected(
+            RejectKind.INVALID_RECORD,
+            f"decision {decision.decision_id[:200]!r}: neither event_time nor decided_at is "
+            "set; the audit needs the time it was decided",
         )
+    if window is not None:
+        window.check(decided_at)
     for name in DECISION_FIELDS:
         value = getattr(decision, name)
         if name == "event_time":
@@ -68,9 +208,14 @@ def decision_row(decision: Decision, topic: str, partition: int, offset: int) ->
         elif name == "decided_at":
             value = decided_at
         elif name in _TIME_FIELDS:
-            value = _utc(value)
+            value = _utc(name, value)
         elif name in _USD_FIELDS:
-            value = usd(value)
+            try:
+                value = usd(value)
+            except RowRejected as exc:
+                raise RowRejected(exc.kind, f"{name}: {exc}") from None
+        elif name in _INT_RANGES:
+            value = _integer(name, value)
         elif hasattr(value, "value"):  # StrEnum members go in as their wire string
             value = value.value
         row.append(value)

@@ -6,6 +6,11 @@ change the schema with a new file. Every statement is written to be re-runnable
 (``IF NOT EXISTS``), so a process that died half-way through a migration, or two processes
 starting at once, converge on the same schema.
 
+Some steps cannot be said idempotently in SQL (moving a table's rows to a new partition key
+takes an EXCHANGE, which a re-run would undo): such a migration has a Python *procedure*, run
+after its statements and before it is recorded, that looks at the tables to see how far it got
+(``move_decisions_to_decided_at`` for 0003).
+
 The retention (``audit_ttl_days``) is a setting, not a migration: migrations create the
 tables with the configured TTL, and :func:`migrate` changes the TTL of existing tables when the
 setting changes.
@@ -14,8 +19,10 @@ setting changes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 
 from clickhouse_connect.driver.client import Client
@@ -30,14 +37,17 @@ __all__ = [
     "applied_migrations",
     "load_migrations",
     "migrate",
+    "move_decisions_to_decided_at",
 ]
+
+log = logging.getLogger(__name__)
 
 DATABASE = "governance"
 MIGRATIONS_TABLE = f"{DATABASE}.schema_migrations"
 
 #: tables with a retention TTL, and the time column it counts from
 TTL_TABLES: dict[str, str] = {
-    "decisions": "toDateTime(event_time)",
+    "decisions": "toDateTime(decided_at)",
     "rejected": "toDateTime(inserted_at)",
     "stops_per_minute_state": "minute",
     "run_summary_state": "toDateTime(last_at)",
@@ -54,6 +64,8 @@ class Migration:
     version: int
     name: str
     sql: str  # template: ``{ttl_days}`` is replaced when applied
+    #: run after the statements (see the module docstring); must be safe to run again
+    procedure: Callable[[Client, int], None] | None = field(default=None, compare=False)
 
     @property
     def checksum(self) -> str:
@@ -76,7 +88,9 @@ def load_migrations() -> list[Migration]:
     for entry in folder.iterdir():
         match = _FILE_RE.match(entry.name)
         if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+            version, name = int(match[1]), match[2]
+            sql = entry.read_text(encoding="utf-8")
+            found.append(Migration(version, name, sql, _PROCEDURES.get(f"{version:04d}_{name}")))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
@@ -119,6 +133,8 @@ def migrate(client: Client, ttl_days: int, migrations: list[Migration] | None = 
             continue
         for statement in migration.statements(ttl_days):
             client.command(statement)
+        if migration.procedure is not None:
+            migration.procedure(client, ttl_days)
         # recorded after all its statements: a crash in between re-runs them (IF NOT EXISTS)
         client.command(
             f"INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum, applied_at) "
@@ -149,3 +165,74 @@ def set_retention(client: Client, ttl_days: int) -> list[str]:
         )
         changed.append(table)
     return changed
+
+
+_NEW_KEY = "toYYYYMM(decided_at)"
+_STAGED = f"{DATABASE}.decisions_0003"
+_KEPT = f"{DATABASE}.decisions_before_0003"
+#: identifies one stored copy (a decision read at one offset)
+_COPY = "cityHash64(decision_id, audit_topic, audit_partition, audit_offset)"
+
+
+def move_decisions_to_decided_at(client: Client, ttl_days: int) -> None:
+    """Migration 0003's step: governance.decisions' rows into the layout partitioned by
+    ``decided_at`` (created empty as governance.decisions_0003 by the migration's SQL).
+
+    Safe to re-run after a crash at any point; the partition keys say how far it got:
+    decisions still on the old key -> (re)copy into the staged table and EXCHANGE the two;
+    the staged table on the old key -> it is the old table: copy what it has that the new one
+    lacks (rows inserted during the copy), then drop it once every row still in retention is
+    in the new table, or keep it as governance.decisions_before_0003 and log why. Rows whose
+    ``decided_at`` is older than the retention are expired by the new TTL, as they would be
+    from now on.
+    """
+    if _partition_key(client, "decisions") != _NEW_KEY:
+        client.command(f"TRUNCATE TABLE {_STAGED}")
+        client.command(
+            f"INSERT INTO {_STAGED} SELECT * FROM {DATABASE}.decisions",
+            # old rows may span any number of months; only the sink's inserts are bounded
+            settings={"max_partitions_per_insert_block": 0},
+        )
+        client.command(f"EXCHANGE TABLES {DATABASE}.decisions AND {_STAGED}")
+    staged_key = _partition_key(client, "decisions_0003")
+    if staged_key is None:
+        return
+    if staged_key == _NEW_KEY:  # re-created empty by a re-run of the SQL: nothing in it
+        client.command(f"DROP TABLE {_STAGED}")
+        return
+    absent = f"{_COPY} NOT IN (SELECT {_COPY} FROM {DATABASE}.decisions)"
+    client.command(
+        f"INSERT INTO {DATABASE}.decisions SELECT * FROM {_STAGED} WHERE {absent}",
+        settings={"max_partitions_per_insert_block": 0},
+    )
+    missing = int(
+        client.command(
+            f"SELECT count() FROM {_STAGED} WHERE {absent} "
+            f"AND decided_at >= now64(6) - INTERVAL {int(ttl_days)} DAY"
+        )
+    )
+    if missing == 0:
+        client.command(f"DROP TABLE {_STAGED}")
+        return
+    client.command(f"RENAME TABLE {_STAGED} TO {_KEPT}")
+    log.warning(
+        "audit schema 0003: %d rows of the old governance.decisions (partitioned by "
+        "event_time) did not reach the new table (their decided_at cannot be stored: before "
+        "1970 or after 2106?); the old table is kept as %s: inspect it, then DROP it",
+        missing,
+        _KEPT,
+    )
+
+
+def _partition_key(client: Client, table: str) -> str | None:
+    rows = client.query(
+        "SELECT partition_key FROM system.tables WHERE database = {db:String} "
+        "AND name = {t:String}",
+        parameters={"db": DATABASE, "t": table},
+    ).result_rows
+    return str(rows[0][0]) if rows else None
+
+
+_PROCEDURES: dict[str, Callable[[Client, int], None]] = {
+    "0003_decisions_by_decided_at": move_decisions_to_decided_at,
+}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +19,7 @@ from baton.cli.main import _register, cli
 from baton.schemas.decision import DECISION_FIELDS, Decision
 from baton.schemas.errors import ConfigError
 from baton.sinks.clickhouse import connect
+from baton.sinks.rows import DECISION_COLUMNS, decision_row
 from baton.sinks.schema import Migration, applied_migrations, load_migrations, migrate
 from baton.sinks.sink import AuditBatch, write_batch
 from baton.sinks.trace import format_trace, load_trace
@@ -32,7 +34,9 @@ QUERIES = Path(__file__).resolve().parents[2] / "docs" / "queries.sql"
 def audit(chdb_dir: Path) -> Iterator[Client]:
     client = connect(f"chdb://{chdb_dir}")
     try:
-        migrate(client, ttl_days=30)
+        # the retention counts from decided_at: ten years keeps the fixed-date scenarios
+        # (T0) in it for as long as this code lives
+        migrate(client, ttl_days=3650)
         yield client
     finally:
         client.close()
@@ -55,7 +59,7 @@ def _rows(client: Client, sql: str) -> list[tuple[Any, ...]]:
 def test_migrations_apply_once_and_are_recorded(audit: Client) -> None:
     versions = [m.version for m in load_migrations()]
     assert applied_migrations(audit).keys() == set(versions)
-    assert migrate(audit, ttl_days=30) == []  # a restart applies nothing
+    assert migrate(audit, ttl_days=3650) == []  # a restart applies nothing
 
 
 def test_a_changed_released_migration_is_refused(audit: Client) -> None:
@@ -72,8 +76,9 @@ def test_retention_follows_the_setting(audit: Client) -> None:
             "SELECT name, create_table_query FROM system.tables WHERE database = 'governance'"
         ).result_rows
     )
-    assert "toDateTime(event_time) + toIntervalDay(7)" in ddl["decisions"]
+    assert "toDateTime(decided_at) + toIntervalDay(7)" in ddl["decisions"]
     assert "toDateTime(last_at) + toIntervalDay(7)" in ddl["run_summary_state"]
+    assert "minute + toIntervalDay(7)" in ddl["stops_per_minute_state"]
 
 
 def test_the_table_holds_the_full_decision_record_with_analytics_types(audit: Client) -> None:
@@ -91,10 +96,11 @@ def test_the_table_holds_the_full_decision_record_with_analytics_types(audit: Cl
     assert types["spent_usd"] == "Decimal(18, 6)"
     assert types["decided_at"] == types["event_time"] == "DateTime64(6, 'UTC')"
     engine = audit.query(
-        "SELECT engine, sorting_key FROM system.tables "
+        "SELECT engine, sorting_key, partition_key FROM system.tables "
         "WHERE database = 'governance' AND name = 'decisions'"
     ).result_rows[0]
-    assert engine == ("ReplacingMergeTree", "tenant, run_id, decision_id")
+    # partitioned on the worker's clock: a client's event_time cannot expire or scatter rows
+    assert engine == ("ReplacingMergeTree", "tenant, run_id, decision_id", "toYYYYMM(decided_at)")
 
 
 def test_a_retried_batch_with_its_token_is_stored_once(audit: Client) -> None:
@@ -128,7 +134,7 @@ def test_views_agree_with_the_base_table_despite_duplicates(audit: Client) -> No
     stops_base = _rows(
         audit,
         """
-        SELECT toStartOfMinute(event_time) AS minute, tenant, reason, count()
+        SELECT toStartOfMinute(decided_at) AS minute, tenant, reason, count()
         FROM governance.decisions FINAL WHERE outcome = 'stop'
         GROUP BY minute, tenant, reason""",
     )
@@ -303,3 +309,174 @@ def test_alert_rules_fire_on_a_stop_storm_and_stay_quiet_otherwise(
         in fired.output
     )
     assert re.search(r"acme\s+\d+\s+\d+\s+0\.\d+", fired.output)
+
+
+# --------------------------------------------------------------------------- issue 11
+
+
+def _recent(decisions: list[Decision], years_of_event_time: int = 0) -> list[Decision]:
+    """``decisions`` decided in the last hour, their event_time spread over the past years
+    (what a client may send: the audit keeps it as a column, never partitions by it)."""
+    now = datetime.now(UTC) - timedelta(hours=1)
+    out = []
+    for i, d in enumerate(decisions):
+        event_time = d.event_time
+        if years_of_event_time:
+            event_time = now - timedelta(days=(i * 31) % (365 * years_of_event_time))
+        out.append(replace(d, decided_at=now + timedelta(seconds=i), event_time=event_time))
+    return out
+
+
+def _old_audit(chdb_dir: Path, decisions: list[Decision]) -> int:
+    """A chDB directory as a release before 0003 left it (partitioned by event_time),
+    with ``decisions`` in it, some twice; returns the rows stored."""
+    client = connect(f"chdb://{chdb_dir}")
+    try:
+        assert migrate(client, 3650, load_migrations()[:2]) == [1, 2]
+        key = "SELECT partition_key FROM system.tables WHERE name = 'decisions'"
+        assert client.command(key) == "toYYYYMM(event_time)"
+        _insert(client, decisions)
+        _insert(client, decisions[::5], first_offset=10_000)  # redelivered copies
+        return int(client.command("SELECT count() FROM governance.decisions"))
+    finally:
+        client.close()
+
+
+def test_migration_0003_moves_an_old_audit_to_the_decided_at_layout(chdb_dir: Path) -> None:
+    decisions = _recent(scenario_decisions(runs=12), years_of_event_time=5)
+    stored = _old_audit(chdb_dir, decisions)
+    assert stored > len(decisions)
+    client = connect(f"chdb://{chdb_dir}")  # reopened, as `baton sink` after an upgrade
+    try:
+        before = _rows(client, "SELECT * EXCEPT inserted_at FROM governance.decisions")
+        assert migrate(client, 3650) == [3]
+        assert _rows(client, "SELECT * EXCEPT inserted_at FROM governance.decisions") == before
+        assert client.command("SELECT count() FROM governance.decisions FINAL") == len(decisions)
+        tables = dict(
+            client.query(
+                "SELECT name, partition_key FROM system.tables WHERE database = 'governance'"
+            ).result_rows
+        )
+        assert tables["decisions"] == "toYYYYMM(decided_at)"
+        assert not {"decisions_0003", "decisions_before_0003"} & tables.keys()
+        months = {
+            str(p)
+            for (p,) in client.query(
+                "SELECT DISTINCT partition FROM system.parts "
+                "WHERE database = 'governance' AND table = 'decisions' AND active"
+            ).result_rows
+        }
+        assert months == {f"{d.decided_at:%Y%m}" for d in decisions}  # type: ignore[union-attr]
+        # the views were rebuilt on decided_at and keep being fed through the new table
+        stops = "SELECT count() FROM governance.decisions FINAL WHERE outcome = 'stop'"
+        view = "SELECT sum(stops) FROM governance.stops_by_reason_per_minute"
+        assert client.command(view) == client.command(stops) > 0
+        later = _recent(story_run("run_after", "acme"))
+        _insert(client, later, first_offset=20_000)
+        final = client.command("SELECT count() FROM governance.decisions FINAL")
+        assert final == len(decisions) + len(later)
+        assert client.command("SELECT sum(decisions) FROM governance.run_summary") == final
+        assert client.command(view) == client.command(stops)
+        assert migrate(client, 3650) == []
+    finally:
+        client.close()
+
+
+def _apply_0003_statements_only(client: Client) -> None:
+    """Migration 0003 up to its Python step, as a process that crashed there left it."""
+    for statement in load_migrations()[2].statements(3650):
+        client.command(statement)
+
+
+def _ids(client: Client, table: str = "governance.decisions") -> set[str]:
+    return {str(r[0]) for r in client.query(f"SELECT decision_id FROM {table}").result_rows}
+
+
+def test_migration_0003_redone_after_a_crash_during_the_copy(chdb_dir: Path) -> None:
+    decisions = _recent(scenario_decisions(runs=6))
+    stored = _old_audit(chdb_dir, decisions)
+    client = connect(f"chdb://{chdb_dir}")
+    try:
+        _apply_0003_statements_only(client)
+        client.command(  # the copy got part of the way
+            "INSERT INTO governance.decisions_0003 SELECT * FROM governance.decisions LIMIT 7"
+        )
+        assert migrate(client, 3650) == [3]
+        assert client.command("SELECT count() FROM governance.decisions") == stored  # not + 7
+        assert _ids(client) == {d.decision_id for d in decisions}
+        tables = {r[0] for r in client.query("SHOW TABLES FROM governance").result_rows}
+        assert "decisions_0003" not in tables
+    finally:
+        client.close()
+
+
+def test_migration_0003_after_a_crash_after_the_exchange_moves_late_rows(
+    chdb_dir: Path,
+) -> None:
+    decisions = _recent(scenario_decisions(runs=6))
+    _old_audit(chdb_dir, decisions)
+    client = connect(f"chdb://{chdb_dir}")
+    try:
+        _apply_0003_statements_only(client)
+        client.command("INSERT INTO governance.decisions_0003 SELECT * FROM governance.decisions")
+        client.command("EXCHANGE TABLES governance.decisions AND governance.decisions_0003")
+        # then a sink that still ran wrote to the old table (now staged), and the process
+        # doing the migration died before moving it
+        late = _recent(story_run("run_late", "acme"))
+        client.insert(
+            "governance.decisions_0003",
+            [decision_row(d, "gov.decisions", 3, 500 + i) for i, d in enumerate(late)],
+            column_names=list(DECISION_COLUMNS),
+        )
+        assert migrate(client, 3650) == [3]
+        assert _ids(client) == {d.decision_id for d in decisions + late}
+        tables = {r[0] for r in client.query("SHOW TABLES FROM governance").result_rows}
+        assert not {"decisions_0003", "decisions_before_0003"} & tables
+        summary = "SELECT decisions FROM governance.run_summary WHERE run_id = 'run_late'"
+        assert client.command(summary) == len(late)  # the move fed the views
+    finally:
+        client.close()
+
+
+def test_rows_the_server_refuses_are_isolated_and_the_rest_of_the_batch_stored(
+    audit: Client,
+) -> None:
+    # a constraint stands in for any server-side refusal the sink's own checks do not know
+    audit.command("ALTER TABLE governance.decisions ADD CONSTRAINT no_evil CHECK tenant != 'evil'")
+    decisions = _recent(scenario_decisions(runs=4))
+    evil = {3, 17, 18, len(decisions) - 1}
+    decisions = [replace(d, tenant="evil") if i in evil else d for i, d in enumerate(decisions)]
+    batch = _insert(audit, decisions)
+    kept = {r[0] for r in audit.query("SELECT decision_id FROM governance.decisions").result_rows}
+    assert kept == {d.decision_id for i, d in enumerate(decisions) if i not in evil}
+    rejected = audit.query(
+        "SELECT audit_offset, error_kind, error, raw FROM governance.rejected ORDER BY audit_offset"
+    ).result_rows
+    assert [r[0] for r in rejected] == sorted(evil)
+    assert {r[1] for r in rejected} == {"refused_by_clickhouse"}
+    assert "VIOLATED_CONSTRAINT" in rejected[0][2] or "Code: 469" in rejected[0][2]
+    assert [Decision.from_json(r[3]).tenant for r in rejected] == ["evil"] * len(evil)
+    write_batch(audit, batch)  # a retry of the finished batch writes nothing twice
+    assert audit.command("SELECT count() FROM governance.decisions") == len(kept)
+
+
+def test_a_batch_over_more_than_100_months_is_split_never_refused(audit: Client) -> None:
+    # event_time over 20 years: no longer a partition, so one insert holds them all
+    spread = _recent(scenario_decisions(runs=20), years_of_event_time=20)
+    _insert(audit, spread)
+    months = "SELECT uniqExact(toYYYYMM(event_time)) FROM governance.decisions"
+    assert audit.command(months) > 100
+    # decided_at over 120 months (a retention of ten years allows it): ClickHouse refuses
+    # the block (too many partitions); halves are stored, nothing is rejected
+    now = datetime.now(UTC)
+    old = [
+        replace(d, decision_id=f"m{i}", decided_at=now - timedelta(days=30 * i))
+        for i, d in enumerate(scenario_decisions(runs=30)[:120])
+    ]
+    _insert(audit, old, partition=1)
+    assert audit.command("SELECT count() FROM governance.decisions FINAL") == len(spread) + 120
+    decided_months = (
+        "SELECT uniqExact(toYYYYMM(decided_at)) FROM governance.decisions WHERE audit_partition = 1"
+    )
+    assert audit.command(decided_months) > 100  # more than one insert block may hold
+    assert audit.command("SELECT count() FROM governance.rejected") == 0
