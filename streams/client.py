@@ -152,7 +152,7 @@ class GovernanceClient(ClientBase):
         wait = self._approval_wait(decision, timeout)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         waiter = Waiter(future)
-        wait_key = (decision.request_id, str(Phase.APPROVAL))
+        wait_key = (decision.run_id, decision.request_id, str(Phase.APPROVAL))
         parked = self.transport.claim_parked(wait_key, waiter)
         if parked is not None:
             return parked
@@ -287,7 +287,7 @@ class AsyncGovernanceClient(ClientBase):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         waiter = Waiter(future, loop)
-        wait_key = (decision.request_id, str(Phase.APPROVAL))
+        wait_key = (decision.run_id, decision.request_id, str(Phase.APPROVAL))
         parked = self.transport.claim_parked(wait_key, waiter)
         if parked is not None:
             return parked

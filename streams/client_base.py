@@ -64,7 +64,7 @@ class ClientBase:
             event.run_id.encode(),
             event.to_json(),
             self.transport.partition_of(event.run_id),
-            (event.request_id, str(phase)),
+            (event.run_id, event.request_id, str(phase)),
             phase,
         )
 

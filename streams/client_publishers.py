@@ -180,7 +180,7 @@ class OperatorClient(_Publisher):
         # run_id ("*" for a tenant or global switch): wait for exactly that record
         parsed = cls.model_validate_json(raw)
         request_id = f"{event.type}:{scope}:{event.target}:{parsed.event_time.isoformat()}"
-        wait_key = (request_id, str(Phase.CONTROL))
+        wait_key = (run_id or "*", request_id, str(Phase.CONTROL))
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         waiter = Waiter(future)
         # published once the record's decisions partition is assigned (so it cannot be missed)

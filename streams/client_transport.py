@@ -8,7 +8,7 @@ How a request finds its decision:
   consumer group: a group join takes seconds on Tansu and would spread partitions over
   clients) starting from the partition's end offset, read *before* its first request is
   produced, so no decision can slip in between;
-* callers register a waiter under ``(request_id, phase)`` before they publish; the thread
+* callers register a waiter under ``(run_id, request_id, phase)`` before they publish; the thread
   parses only the records whose key is awaited and resolves the waiters (threads through a
   ``concurrent.futures.Future``, asyncio through one ``call_soon_threadsafe`` per batch).
 
@@ -55,7 +55,7 @@ log = logging.getLogger("baton.client")
 _KAFKA_LOG = logging.getLogger("baton.client.kafka")
 _KAFKA_LOG.addHandler(logging.NullHandler())
 
-WaitKey: TypeAlias = tuple[str, str]  # (request_id, phase)
+WaitKey: TypeAlias = tuple[str, str, str]  # (run_id, request_id, phase)
 
 #: approval decisions nobody waits for yet are kept this long past the approval's expiry
 _PARKED_GRACE_S = 60.0
@@ -383,7 +383,7 @@ class Transport:
             self.decisions_read += 1
             try:
                 doc = orjson.loads(msg.value() or b"")
-                key = (doc["request_id"], doc["phase"])
+                key = (doc["run_id"], doc["request_id"], doc["phase"])
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
             # cheap unlocked look first: most records are other runs' (other clients')
@@ -419,7 +419,7 @@ class Transport:
     def _park(self, decision: Decision) -> None:
         expires = decision.approval_expires_at
         left = (expires - datetime.now(expires.tzinfo)).total_seconds() if expires else 3600.0
-        key = (decision.request_id, str(Phase.APPROVAL))
+        key = (decision.run_id, decision.request_id, str(Phase.APPROVAL))
         if key not in self._parked:
             if len(self._parked) >= _PARKED_MAX:
                 del self._parked[next(iter(self._parked))]

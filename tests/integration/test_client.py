@@ -152,7 +152,7 @@ def test_a_grant_that_arrives_before_the_wait_is_not_lost(
         approver.deny(pending, approver="alice", comment="not this one")
     # the denial is decided and read by the client before anyone waits for it
     wait_for(
-        lambda: gov.transport.parked((pending.request_id, "approval")),
+        lambda: gov.transport.parked((run, pending.request_id, "approval")),
         15,
         message="the denial read by the client",
     )
@@ -162,6 +162,20 @@ def test_a_grant_that_arrives_before_the_wait_is_not_lost(
         "approval_denied",
         "not this one",
     )
+
+
+def test_the_same_request_id_in_two_runs_gets_each_runs_own_decision(
+    gov: GovernanceClient,
+) -> None:
+    # decision ids and SDK waiters cover the run: run B's stop must not answer run A's check
+    run_a, run_b = _run(), _run()
+    first = handoff(run_b, 1, "t", to="researcher").model_copy(update={"request_id": "same"})
+    assert gov.check(first).outcome == Outcome.ALLOW
+    conflict = handoff(run_b, 2, "t", to="writer").model_copy(update={"request_id": "same2"})
+    assert gov.check(conflict).reason == "ownership_conflict"
+    mine = handoff(run_a, 1, "t", to="writer").model_copy(update={"request_id": "same2"})
+    decision = gov.check(mine)
+    assert (decision.run_id, decision.outcome) == (run_a, Outcome.ALLOW)
 
 
 def test_kill_switch_stops_a_run_until_released(gov: GovernanceClient, stack: Stack) -> None:
