@@ -32,6 +32,7 @@ from typing import Any
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
+from baton.sinks.alert_offsets import CommitPoints
 from baton.sinks.alert_records import BadRecord, SkippedRecords, read_stop
 from baton.sinks.alert_text import TEXT_MAX, cap_text, clean_field
 from baton.sinks.alert_webhook import WebhookSender, post_webhook
@@ -280,31 +281,12 @@ def run_alerts(
     if topic is None:
         ensure_catalog_topics(settings, stop_event)
 
-    # Commit bookkeeping. ``read`` is the next offset of every partition read so far; a mark
-    # (n, offsets) says "these offsets may be committed once the sender has finished its
-    # first n alerts" and is taken only while no storm holds stops back.
-    read: dict[tuple[str, int], int] = {}
-    marks: deque[tuple[int, dict[tuple[str, int], int]]] = deque()
-    unmarked = False
+    points = CommitPoints()  # commit only past records whose alerts are all out
 
-    def progress() -> tuple[int, int]:
+    def queued_finished() -> tuple[int, int]:
         return sender.progress() if sender else (0, 0)
 
-    def mark() -> None:
-        nonlocal unmarked
-        if not unmarked or alerter.holding:
-            return
-        accepted, _ = progress()
-        if marks and marks[-1][0] == accepted:
-            marks.pop()  # nothing queued since: the newer offsets replace it (marks stay few)
-        marks.append((accepted, dict(read)))
-        unmarked = False
-
-    def commit_due(consumer: Any, final: bool = False) -> None:
-        _, finished = progress()
-        offsets = None
-        while marks and marks[0][0] <= finished:
-            offsets = marks.popleft()[1]
+    def commit(consumer: Any, offsets: dict[tuple[str, int], int], final: bool) -> None:
         if not offsets:
             return
         parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -313,12 +295,17 @@ def run_alerts(
         except KafkaException as exc:  # re-read after a restart: at least once
             log.warning("alerts: commit failed (these stops may be announced again): %s", exc)
 
+    def mark_and_commit(consumer: Any, final: bool = False) -> None:
+        queued, finished = queued_finished()
+        if not alerter.holding:
+            points.mark(queued)
+        due = points.due(finished)
+        # at shutdown, the last due offsets again and synchronously: an asynchronous commit
+        # may still be in flight when the consumer closes
+        commit(consumer, due or (points.last_due if final else {}), final)
+
     def on_revoke(_consumer: Any, partitions: list[Any]) -> None:
-        # another member owns them now: never commit our older position over its progress
-        for tp in partitions:
-            read.pop((tp.topic, tp.partition), None)
-            for _, offsets in marks:
-                offsets.pop((tp.topic, tp.partition), None)
+        points.revoke((tp.topic, tp.partition) for tp in partitions)
 
     def deliver(messages: list[AlertMessage]) -> None:
         for message in messages:
@@ -342,18 +329,15 @@ def run_alerts(
                             raise BatonError(f"alerts: fatal Kafka error: {err}")
                         log.warning("alerts: %s", err)
                     continue
-                read[(msg.topic(), msg.partition())] = msg.offset() + 1
-                unmarked = True
+                points.read(msg.topic(), msg.partition(), msg.offset())
                 deliver(_announce(alerter, skipped, msg, max_age_s))
             deliver(alerter.tick(time.monotonic()))
-            mark()
-            commit_due(consumer)
+            mark_and_commit(consumer)
         deliver(alerter.flush(time.monotonic()))
-        mark()
         if sender is not None:
             stats.not_posted_at_shutdown = sender.close(drain_s)
         drained = True
-        commit_due(consumer, final=True)
+        mark_and_commit(consumer, final=True)
     finally:
         if sender is not None and not drained:
             sender.close(0)  # after an error: stop the thread, post nothing more

@@ -54,8 +54,9 @@ def _stop(i: int, run_id: str | None = None, reason: str = "ownership_conflict")
 
 class Webhook:
     """A local Slack-compatible webhook: records every JSON body posted to it. The first
-    ``hang_first`` requests hang for ``hang_s`` seconds and are not recorded (their client
-    gave up long before), as a stuck Slack edge would."""
+    ``hang_first`` requests, and every request while ``hanging`` is set, hang for ``hang_s``
+    seconds and are not recorded (their client gave up long before), as a stuck Slack edge
+    would."""
 
     SECRET = "XXXXSECRETXXXX"
 
@@ -63,6 +64,7 @@ class Webhook:
         self.posts: list[dict[str, Any]] = []
         self.hung = 0
         self.first_ok_at: float | None = None
+        self.hanging = threading.Event()
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,7 +72,7 @@ class Webhook:
                 length = int(self.headers["Content-Length"])
                 body = self.rfile.read(length)
                 with lock:
-                    hang = hook.hung < hang_first
+                    hang = hook.hung < hang_first or hook.hanging.is_set()
                     hook.hung += hang
                 if hang:
                     time.sleep(hang_s)
@@ -287,6 +289,43 @@ def test_a_hanging_webhook_never_stalls_reading_or_folding_and_alerts_arrive_onc
     masked = hook.url.split("/T000")[0] + "/***"
     assert any(f"alerts: webhook {masked} failed (attempt 1 of 4)" in m for m in logged)
     assert not any(Webhook.SECRET in m or "T000/B000" in m for m in logged), logged
+
+
+def test_stops_the_webhook_never_got_are_read_again_after_a_restart(
+    broker: Any, topic_prefix: str
+) -> None:
+    topic = f"{topic_prefix}gov.stops"
+    create_topic(broker.bootstrap, topic, partitions=1)  # one partition: read in this order
+    a, b, c = (_stop(i, f"run_{i}") for i in (1, 2, 3))
+    hook = Webhook(hang_s=30.0)
+    first = Alerter(
+        broker, topic, webhook_url=hook.url, storm_threshold=0, webhook_timeout_s=5, drain_s=0.5
+    )
+    try:
+        produce_decisions(broker.bootstrap, topic, [a])
+        wait_for(lambda: stop_line_of(a) in hook.lines(), timeout=30, message="a posted")
+        hook.hanging.set()  # from now on the webhook hangs
+        produce_decisions(broker.bootstrap, topic, [b, c])
+        wait_for(lambda: len(first.lines) == 3, timeout=30, message="b and c printed")
+    finally:
+        first.stop()  # b and c cannot be posted within its 0.5 s to drain
+        hook.close()
+    assert first.stats is not None and first.stats.not_posted_at_shutdown == 2
+    assert stop_line_of(b) not in hook.lines()
+    healthy = Webhook()
+    second = Alerter(broker, topic, webhook_url=healthy.url, storm_threshold=0)
+    try:
+        wait_for(lambda: len(healthy.lines()) >= 2, timeout=30, message="b and c posted")
+    finally:
+        second.stop()
+        healthy.close()
+    # a was committed once posted; b and c were not, so they come again (at least once)
+    assert second.lines == [stop_line_of(b), stop_line_of(c)]
+    assert sorted(healthy.lines()) == sorted(second.lines)
+
+
+def stop_line_of(decision: Decision) -> str:
+    return SEED_LINE.replace("run_742", decision.run_id)
 
 
 def _produce_raw(

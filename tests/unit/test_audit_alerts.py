@@ -14,6 +14,7 @@ import pytest
 
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.errors import ConfigError
+from baton.sinks.alert_offsets import CommitPoints
 from baton.sinks.alert_records import MAX_RECORD_BYTES, BadRecord, SkippedRecords, read_stop
 from baton.sinks.alert_text import FIELD_MAX, TEXT_MAX, clean_field
 from baton.sinks.alert_webhook import (
@@ -466,3 +467,42 @@ def test_backoff_doubles_honours_retry_after_and_is_capped() -> None:
     assert backoff_delay(0, 0.5, 30.0, retry_after=10.0) == 10.0
     assert backoff_delay(0, 0.5, 30.0, retry_after=1e9) == 30.0
     assert backoff_delay(10**6, 0.5, 30.0) == 30.0  # no overflow for a huge attempt number
+
+
+# --------------------------------------------------------------------- what may be committed
+
+
+def test_offsets_fall_due_only_once_the_sender_is_done_with_the_alerts_before_them() -> None:
+    points = CommitPoints()
+    for offset in range(3):
+        points.read("gov.stops", 0, offset)
+    points.mark(queued=2)  # two alerts queued for these three records
+    assert points.due(finished=1) == {}  # one still being posted: nothing may be committed
+    points.read("gov.stops", 1, 10)
+    points.mark(queued=5)
+    assert points.due(finished=2) == {("gov.stops", 0): 3}
+    assert points.due(finished=4) == {}
+    assert points.due(finished=5) == {("gov.stops", 0): 3, ("gov.stops", 1): 11}
+    assert points.last_due == {("gov.stops", 0): 3, ("gov.stops", 1): 11} and len(points) == 0
+
+
+def test_marks_stay_few_while_the_sender_is_stuck() -> None:
+    points = CommitPoints()
+    for offset in range(10_000):  # records that queue no alert (not stops, duplicates)
+        points.read("gov.stops", 0, offset)
+        points.mark(queued=7)
+    assert len(points) == 1
+    assert points.due(finished=7) == {("gov.stops", 0): 10_000}
+
+
+def test_a_revoked_partition_is_never_committed_by_this_member() -> None:
+    points = CommitPoints()
+    points.read("gov.stops", 0, 4)
+    points.read("gov.stops", 1, 8)
+    points.mark(queued=0)
+    assert points.due(finished=0) == {("gov.stops", 0): 5, ("gov.stops", 1): 9}
+    points.read("gov.stops", 1, 9)
+    points.mark(queued=1)
+    points.revoke([("gov.stops", 1)])
+    assert points.last_due == {("gov.stops", 0): 5}
+    assert points.due(finished=1) == {("gov.stops", 0): 5}
