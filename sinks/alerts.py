@@ -4,7 +4,8 @@ The decision logic (:class:`StopAlerter`) is pure - it is given the time - so de
 folding are tested without a broker; :func:`run_alerts` wires it to Kafka and the outputs.
 The webhook is posted from its own thread and bounded queue (:mod:`baton.sinks.alert_webhook`),
 so a hanging webhook never slows the consume loop; names are made safe to show by
-:mod:`baton.sinks.alert_text`.
+:mod:`baton.sinks.alert_text`; bad records are sorted out by :mod:`baton.sinks.alert_records`,
+and what may be committed is kept by :mod:`baton.sinks.alert_offsets`.
 
 Guarantees: within one process, a decision_id is announced at most once (the last
 ``remember`` ids are kept, as 16-byte digests whatever their length); a record on gov.stops
@@ -314,11 +315,11 @@ def run_alerts(
             if sender is not None:
                 sender.submit(message.text)  # never blocks; a full queue drops and counts
 
-    if sender is not None:
-        sender.start()
     consumer = Consumer(conf)
     drained = False
     try:
+        if sender is not None:
+            sender.start()
         consumer.subscribe([topic or stops_topic(settings)], on_revoke=on_revoke)
         while not stop_event.is_set():
             for msg in consumer.consume(num_messages=500, timeout=0.2):
