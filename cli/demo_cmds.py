@@ -296,6 +296,9 @@ def demo_cmd(
             )
         else:
             click.echo(f"Using Baton at {bootstrap}")
+            from baton.streams.net import check_reachable
+
+            check_reachable(bootstrap)  # a dead port fails now, not after the clients' timeout
         demo_started = datetime.now(UTC)
         demo = asyncio.run(_play(bootstrap, topic_prefix, timeout, runs, burst))
         problems = list(demo.problems)

@@ -12,6 +12,9 @@ from baton.schemas.errors import BatonError
 
 __all__ = ["main"]
 
+#: the Python loggers our confluent-kafka clients hand librdkafka's log lines to
+_LIBRDKAFKA_LOGGERS = ("baton.kafka", "baton.client.kafka")
+
 
 class _BatonGroup(click.Group):
     """Turns a BatonError into one readable stderr line and its exit code, never a traceback."""
@@ -37,6 +40,11 @@ def cli(verbose: int) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # librdkafka logs every failed connection attempt (every 50 ms to 1 s while a broker is
+    # down); the failure that matters reaches the user as one BrokerUnavailable line. Its
+    # lines are shown from -v on.
+    for name in _LIBRDKAFKA_LOGGERS:
+        logging.getLogger(name).setLevel(level if verbose else logging.CRITICAL + 1)
 
 
 def _register() -> None:

@@ -1,17 +1,24 @@
-"""Click options generated from the Settings model, so every option has its BATON_* variable."""
+"""What every command builds from its options: the Settings (one ``--name`` option and
+``BATON_NAME`` variable per field) and the policy file they name."""
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from baton.schemas.errors import ConfigError
+from baton.schemas.errors import ConfigError, PolicyError
+from baton.schemas.policy import Policy, load_policy, parse_policy
 from baton.schemas.settings import Settings
 
-__all__ = ["build_settings", "setting_options"]
+__all__ = ["MAX_POLICY_BYTES", "build_settings", "read_policy", "setting_options"]
+
+#: a policy is a YAML document of a few KB; a bigger file is a wrong path, not a policy
+MAX_POLICY_BYTES = 4 * 1024 * 1024
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,3 +63,46 @@ def build_settings(**overrides: Any) -> Settings:
             field = ".".join(str(p) for p in err["loc"])
             lines.append(f"{field} (BATON_{field.upper()}): {err['msg']}, got {err.get('input')!r}")
         raise ConfigError("invalid settings: " + "; ".join(lines)) from None
+
+
+def read_policy(path: str | Path | None) -> Policy:
+    """The policy in ``path`` (the seed policy for None); any problem is a ``PolicyError``
+    naming the file and what is wrong with it, never a traceback.
+
+    Checked before parsing: the path is a regular file (a FIFO or device would block or never
+    end), at most ``MAX_POLICY_BYTES``, UTF-8 text without NUL bytes.
+    """
+    if path is None:
+        return load_policy(None)
+    p = Path(path)
+
+    def refuse(problem: str) -> PolicyError:
+        return PolicyError([problem], str(p))
+
+    try:
+        mode = p.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise refuse("is a directory, expected a policy YAML file")
+        if not stat.S_ISREG(mode):
+            raise refuse("is not a regular file (a device, FIFO or socket), expected a YAML file")
+        with p.open("rb") as f:
+            data = f.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise refuse(f"cannot read policy file: {exc.strerror or exc}") from None
+    if len(data) > MAX_POLICY_BYTES:
+        raise refuse(
+            f"is larger than {MAX_POLICY_BYTES} bytes, expected a policy YAML file (a few KB)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(
+            f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "a policy is a UTF-8 YAML file"
+        ) from None
+    if "\x00" in text:
+        raise refuse(
+            f"holds a NUL byte at offset {data.index(0)} (a binary file?); "
+            "a policy is a UTF-8 YAML file"
+        )
+    return parse_policy(text, os.fspath(p))

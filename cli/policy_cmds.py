@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from baton.cli.options import read_policy
 from baton.schemas.export import write_json_schemas
-from baton.schemas.policy import load_policy
 
 __all__ = ["register"]
 
@@ -18,10 +18,11 @@ def policy_group() -> None:
 
 
 @policy_group.command("check")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
 def policy_check(file: Path) -> None:
-    """Validate FILE; exit 0 when valid, 2 naming each bad key otherwise."""
-    policy = load_policy(file)
+    """Validate FILE; exit 0 when valid, 2 naming each bad key (or why FILE is not a policy
+    file: missing, a directory, not UTF-8 text) otherwise."""
+    policy = read_policy(file)
     limits = policy.multi_agent
     click.echo(f"{file}: ok (policy version {policy.version})")
     for key in (

@@ -8,23 +8,27 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from baton.cli.options import build_settings, setting_options
-from baton.schemas.errors import BatonError
-from baton.schemas.policy import load_policy
+from baton.cli.options import build_settings, read_policy, setting_options
+from baton.cli.supervisor import ChildSpec, RestartPolicy, Supervisor, describe_exit, tail
+from baton.schemas.errors import AuditUnavailable, BatonError, BrokerUnavailable, ConfigError
 from baton.schemas.settings import Settings
 
 __all__ = ["register"]
 
-log = logging.getLogger("baton.up")
+#: the longest wait before `baton up` restarts a child (unless --restart-backoff-s is longer)
+_MAX_BACKOFF_S = 30.0
 
 
 def _ensure_topics(settings: Settings) -> Any:
+    from baton.streams.kafka import admin_config
     from baton.streams.topics import TopicCatalog, ensure_topics
 
     catalog = TopicCatalog(
@@ -32,7 +36,11 @@ def _ensure_topics(settings: Settings) -> Any:
         partitions=settings.partitions,
         replication=settings.replication_factor,
     )
-    ensure_topics(settings.kafka_config(), catalog, timeout=settings.connect_timeout_s)
+    # admin_config routes librdkafka's own log lines to Python logging: without it, an
+    # unreachable broker printed a "Connection refused" line to stderr every 50 ms
+    ensure_topics(
+        admin_config(settings.kafka_config()), catalog, timeout=settings.connect_timeout_s
+    )
     return catalog
 
 
@@ -65,7 +73,11 @@ def worker_cmd(**opts: Any) -> None:
         from baton.streams.net import free_port
 
         settings = settings.model_copy(update={"web_port": free_port()})
-    policy = load_policy(settings.policy)
+    policy = read_policy(settings.policy)
+    _make_data_dir(settings.worker_data_dir)
+    from baton.streams.net import check_reachable
+
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
     _ensure_topics(settings)
     from faust import Worker
 
@@ -92,27 +104,66 @@ def worker_cmd(**opts: Any) -> None:
     ).execute_from_commandline()
 
 
+def _make_data_dir(path: Path) -> None:
+    """Faust creates only the last level of its datadir: a fresh directory has no .baton/."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(
+            f"worker_data_dir (BATON_WORKER_DATA_DIR): {path} exists and is not a directory, "
+            "expected a directory (or a path where one can be created)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"worker_data_dir (BATON_WORKER_DATA_DIR): cannot create {path}: "
+            f"{exc.strerror or exc}; expected a writable directory"
+        ) from None
+
+
 # ---------------------------------------------------------------------------- up
-def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(env: dict[str, str]) -> Callable[[ChildSpec], subprocess.Popen[bytes]]:
     from baton.streams.embedded import kill_when_parent_dies
 
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log_path, "ab")  # noqa: SIM115 - lives as long as the child
-    return subprocess.Popen(
-        [sys.executable, "-m", "baton.cli", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        preexec_fn=kill_when_parent_dies,
-    )
+    def spawn(spec: ChildSpec) -> subprocess.Popen[bytes]:
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(spec.log_path, "ab") as out:  # the child holds its own copy of the fd
+            return subprocess.Popen(
+                [sys.executable, "-m", "baton.cli", *spec.args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=kill_when_parent_dies,
+            )
+
+    return spawn
 
 
-def _tail(path: Path, n: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
+class _Readiness(threading.Thread):
+    """Waits, off the supervision loop, until the worker decides and the sink serves SQL."""
+
+    def __init__(self, settings: Settings, catalog: Any, sql_port: int | None) -> None:
+        super().__init__(name="baton-up-readiness", daemon=True)
+        self.settings, self.catalog, self.sql_port = settings, catalog, sql_port
+        self.took: float | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from baton.processors.probe import wait_until_deciding
+
+        try:
+            took = wait_until_deciding(
+                self.settings.kafka_config(),
+                self.catalog.requests,
+                self.catalog.decisions,
+                self.settings.partitions,
+                timeout_s=90,
+            )
+            if self.sql_port is not None:
+                _wait_for_sql(self.sql_port)
+            self.took = took
+        except BaseException as exc:  # handed to the supervision loop, which raises it
+            self.error = exc
 
 
 @click.command("up")
@@ -131,24 +182,72 @@ def _tail(path: Path, n: int = 20) -> str:
     default=8123,
     show_default=True,
     envvar="BATON_SQL_PORT",
-    help="ClickHouse-compatible HTTP port for `baton sql` while up runs",
+    help="ClickHouse-compatible HTTP port for `baton sql` while up runs (0: a free one)",
 )
 @click.option("--no-audit", is_flag=True, help="do not start the audit sink and the alerter")
+@click.option(
+    "--restart-limit",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    envvar="BATON_RESTART_LIMIT",
+    help="a child (worker, sink, alerter) that exits this often within --restart-window-s "
+    "stops baton up, with its error and exit code",
+)
+@click.option(
+    "--restart-window-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    envvar="BATON_RESTART_WINDOW_S",
+    help="seconds in which exits of a child are counted",
+)
+@click.option(
+    "--restart-backoff-s",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    default=1.0,
+    show_default=True,
+    envvar="BATON_RESTART_BACKOFF_S",
+    help="wait before restarting a child that exited; doubles with each recent exit, "
+    f"up to {_MAX_BACKOFF_S:g} s",
+)
 @setting_options("policy", "partitions", "session_timeout_s")
-def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **opts: Any) -> None:
+def up_cmd(
+    port: int | None,
+    data_dir: Path,
+    sql_port: int,
+    no_audit: bool,
+    restart_limit: int,
+    restart_window_s: float,
+    restart_backoff_s: float,
+    **opts: Any,
+) -> None:
     """Start everything on this machine: embedded Kafka broker, topics, one worker, the
     ClickHouse audit sink (chDB) and the stop alerter. Prints a line with `ready` and the
-    bootstrap address once it decides, and stops it all on Ctrl-C or SIGTERM."""
+    bootstrap address once it decides, and stops it all on Ctrl-C or SIGTERM.
+
+    A worker, sink or alerter that exits is restarted (after 1 s, 2 s, 4 s ... by default)
+    with one line on stderr; baton up ends when the broker does (exit 4) or when a child
+    keeps failing (with that child's error and exit code)."""
     from baton.streams.embedded import EmbeddedBroker
 
     data_dir = data_dir.resolve()
     settings = build_settings(**opts)
-    policy = load_policy(settings.policy)  # fail before starting anything on a bad policy
+    policy = read_policy(settings.policy)  # fail before starting anything on a bad policy
+    try:
+        restart = RestartPolicy(
+            backoff_s=restart_backoff_s,
+            max_backoff_s=max(_MAX_BACKOFF_S, restart_backoff_s),
+            limit=restart_limit,
+            window_s=restart_window_s,
+        )
+    except ValueError as exc:  # what click's ranges let through, e.g. nan
+        raise ConfigError(f"baton up: {exc}") from None
     logs = data_dir / "logs"
     broker = EmbeddedBroker(port=port, log_dir=logs)
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    supervisor: Supervisor | None = None
     stopping = False
-    starting = True
+    interruptible = True
 
     class _Interrupted(Exception):
         pass
@@ -156,13 +255,16 @@ def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **op
     def _stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
-        if starting:  # abort a start-up that may wait a minute for the worker or the sink
+        if interruptible:  # abort a broker start or topic creation that may take a while
             raise _Interrupted
+
+    def say(line: str) -> None:
+        click.echo(f"baton up: {line}", err=True)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        click.echo(f"baton up: starting the embedded Kafka broker (logs in {logs})", err=True)
+        say(f"starting the embedded Kafka broker (logs in {logs})")
         broker.start()
         settings = build_settings(**{**opts, "bootstrap": broker.bootstrap})
         catalog = _ensure_topics(settings)
@@ -178,73 +280,69 @@ def up_cmd(port: int | None, data_dir: Path, sql_port: int, no_audit: bool, **op
             env["BATON_POLICY"] = str(Path(settings.policy).resolve())
         from baton.streams.net import free_port
 
-        children["worker"] = _spawn(
-            ["worker", "--web-port", str(free_port())], env, logs / "worker.log"
-        )
+        sql_port = sql_port or free_port()  # 0: any free port, printed on the ready line
+        # a restarted worker keeps this web port: the old process is gone by then
+        children = [("worker", ("worker", "--web-port", str(free_port())))]
         if not no_audit:
-            for name, args in _audit_children(sql_port):
-                children[name] = _spawn(args, env, logs / f"{name}.log")
-        from baton.processors.probe import wait_until_deciding
+            children += _audit_children(sql_port)
+        supervisor = Supervisor(restart, _spawn(env), say)
+        for name, args in children:
+            supervisor.start(ChildSpec(name, args, logs / f"{name}.log"))
+        interruptible = False  # from here on, signals only set `stopping`
 
-        click.echo(f"baton up: waiting for the worker (policy {policy.version})", err=True)
-        took = wait_until_deciding(
-            settings.kafka_config(),
-            catalog.requests,
-            catalog.decisions,
-            settings.partitions,
-            timeout_s=90,
-        )
-        if not no_audit:
-            _wait_for_sql(sql_port, children, logs)
-        extra = "" if no_audit else f" sql=http://127.0.0.1:{sql_port}"
-        click.echo(
-            f"baton up: ready bootstrap={broker.bootstrap}{extra} "
-            f"(worker answered in {took:.1f} s; Ctrl-C stops)",
-            err=False,
-        )
-        sys.stdout.flush()
-        starting = False
+        say(f"waiting for the worker (policy {policy.version})")
+        readiness = _Readiness(settings, catalog, None if no_audit else sql_port)
+        readiness.start()
+        announced = False
         while not stopping:
-            for name, child in children.items():
-                code = child.poll()
-                if code is not None:
-                    raise BatonError(
-                        f"the {name} exited with code {code}; last log lines:\n"
-                        f"{_tail(logs / f'{name}.log')}"
-                    )
+            _check_broker(broker)
+            supervisor.tick()
+            if not announced and not readiness.is_alive():
+                if readiness.error is not None:
+                    raise readiness.error
+                extra = "" if no_audit else f" sql=http://127.0.0.1:{sql_port}"
+                click.echo(
+                    f"baton up: ready bootstrap={broker.bootstrap}{extra} "
+                    f"(worker answered in {readiness.took:.1f} s; Ctrl-C stops)"
+                )
+                sys.stdout.flush()
+                announced = True
             time.sleep(0.2)
-        click.echo("baton up: stopping", err=True)
+        say("stopping")
     except _Interrupted:
-        click.echo("baton up: interrupted during start-up; stopping", err=True)
+        say("interrupted during start-up; stopping")
+    except BatonError:
+        say("stopping everything; the reason follows")  # the children may take a while
+        raise
     finally:
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for child in children.values():
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        interruptible = False
+        if supervisor is not None:
+            # without a broker a worker's graceful stop only waits for it: a short grace
+            supervisor.stop(grace_s=15.0 if broker.running else 3.0)
         broker.stop()
 
 
-def _wait_for_sql(
-    port: int, children: dict[str, subprocess.Popen[bytes]], logs: Path, timeout_s: float = 60.0
-) -> None:
-    """The sink opens chDB and migrates before it serves SQL: wait for its /ping."""
+def _check_broker(broker: Any) -> None:
+    """The stack ends with its broker: its topics were in memory, nothing can resume."""
+    code = broker.returncode
+    if code is None:
+        return
+    output = tail(broker.log_path) if broker.log_path else ""
+    raise BrokerUnavailable(
+        f"the embedded Kafka broker on {broker.bootstrap} exited with {describe_exit(code)}; "
+        "its topics were in memory and are gone, so baton up stops everything. "
+        f"Its last output ({broker.log_path}):\n{output or '(none)'}"
+    )
+
+
+def _wait_for_sql(port: int, timeout_s: float = 90.0) -> None:
+    """The sink opens chDB and migrates before it serves SQL: wait for its /ping (the
+    supervision loop restarts a sink that dies meanwhile)."""
     import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        sink = children.get("sink")
-        if sink is not None and sink.poll() is not None:
-            raise BatonError(
-                f"the audit sink exited with code {sink.returncode}; last log "
-                f"lines:\n{_tail(logs / 'sink.log')}"
-            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as resp:
                 if resp.status == 200:
@@ -252,19 +350,19 @@ def _wait_for_sql(
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
-    raise BatonError(
-        f"the audit sink did not serve SQL on 127.0.0.1:{port} within "
-        f"{timeout_s:g} s; see {logs / 'sink.log'}"
+    raise AuditUnavailable(
+        f"the audit sink did not serve SQL on 127.0.0.1:{port} within {timeout_s:g} s; "
+        "see its log (logs/sink.log in the data directory)"
     )
 
 
-def _audit_children(sql_port: int) -> list[tuple[str, list[str]]]:
+def _audit_children(sql_port: int) -> list[tuple[str, tuple[str, ...]]]:
     """The sink (which also serves SQL over chDB) and the alerter, once they exist."""
     try:
         from baton.cli import audit_cmds  # noqa: F401
     except ImportError:
         return []
-    return [("sink", ["sink", "--sql-port", str(sql_port)]), ("alerts", ["alerts"])]
+    return [("sink", ("sink", "--sql-port", str(sql_port))), ("alerts", ("alerts",))]
 
 
 # ---------------------------------------------------------------------------- kill
@@ -307,6 +405,9 @@ def kill_cmd(
         raise click.UsageError("give exactly one of --run RUN_ID, --tenant T, --global")
     settings = build_settings(**opts)
     from baton.streams.client import OperatorClient
+    from baton.streams.net import check_reachable
+
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
 
     client = OperatorClient(
         settings=settings, timeout=timeout, connect_timeout=settings.connect_timeout_s

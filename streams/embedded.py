@@ -119,6 +119,12 @@ class EmbeddedBroker:
         return self._proc is not None and self._proc.poll() is None
 
     @property
+    def returncode(self) -> int | None:
+        """The broker's exit code once it ended on its own; None while it runs, before
+        ``start()`` and after ``stop()`` (negative: killed by that signal)."""
+        return self._proc.poll() if self._proc is not None else None
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 

@@ -1,10 +1,15 @@
-"""Free TCP port lookup for processes we start ourselves (embedded broker, Faust web port)."""
+"""Plain TCP helpers: a free port for processes we start, and whether a Kafka address answers."""
 
 from __future__ import annotations
 
 import socket
+import time
 
-__all__ = ["free_port"]
+from baton.schemas.errors import BrokerUnavailable, ConfigError
+
+__all__ = ["check_reachable", "free_port", "parse_bootstrap"]
+
+_KAFKA_PORT = 9092
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -17,3 +22,69 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
+    """``(host, port)`` of every address in a ``bootstrap.servers`` list.
+
+    Accepts what librdkafka accepts: ``host``, ``host:port``, ``[v6]:port`` and a
+    ``PROTOCOL://`` prefix; the port defaults to 9092. Raises ``ConfigError`` naming the bad
+    entry otherwise.
+    """
+    addresses = []
+    for raw in bootstrap.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        if "://" in entry:
+            entry = entry.split("://", 1)[1]
+        host, port_text = entry, ""
+        if entry.startswith("["):  # [::1]:9092
+            host, _, rest = entry[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else rest
+        elif entry.count(":") == 1:
+            host, port_text = entry.split(":")
+        try:
+            port = int(port_text) if port_text else _KAFKA_PORT
+        except ValueError:
+            port = -1
+        if not host or not 0 < port < 65536:
+            raise ConfigError(
+                f"bootstrap (BATON_BOOTSTRAP): {raw.strip()!r} is not a Kafka address, "
+                "expected HOST:PORT (comma-separated for several)"
+            )
+        addresses.append((host, port))
+    if not addresses:
+        raise ConfigError(
+            f"bootstrap (BATON_BOOTSTRAP): no address in {bootstrap!r}, expected HOST:PORT"
+        )
+    return addresses
+
+
+def check_reachable(bootstrap: str, timeout_s: float = 10.0) -> None:
+    """Return once one address of ``bootstrap`` accepts a TCP connection, else raise
+    ``BrokerUnavailable`` naming every address and why.
+
+    A refused connection answers at once, so a command pointed at a dead port fails in
+    milliseconds instead of waiting out the Kafka client's timeout; an address that does not
+    answer at all costs its share of ``timeout_s``. Not guaranteed: that what accepts is a
+    Kafka broker, or that it is still there a moment later (the Kafka client's own errors
+    cover that).
+    """
+    addresses = parse_bootstrap(bootstrap)
+    deadline = time.monotonic() + timeout_s
+    problems = []
+    for i, (host, port) in enumerate(addresses):
+        share = max(deadline - time.monotonic(), 0.0) / (len(addresses) - i)
+        try:
+            with socket.create_connection((host, port), timeout=max(share, 0.05)):
+                return
+        except TimeoutError:
+            problems.append(f"{host}:{port}: no answer within {share:.1f} s")
+        except socket.gaierror as exc:
+            problems.append(f"{host}:{port}: cannot resolve {host!r} ({exc.strerror})")
+        except OSError as exc:
+            problems.append(f"{host}:{port}: {(exc.strerror or str(exc)).lower()}")
+    raise BrokerUnavailable(
+        f"cannot reach Kafka at {bootstrap} ({'; '.join(problems)}); is the broker running?"
+    )

@@ -1,10 +1,12 @@
-"""`baton up` as a user runs it: one command, raw JSON from any client, clean shutdown."""
+"""`baton up` as a user runs it: one command, raw JSON from any client, a killed child comes
+back, a child that keeps failing ends it with its error, clean shutdown."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,8 +24,8 @@ pytestmark = pytest.mark.integration
 
 
 class _Up:
-    def __init__(self, data_dir: Path) -> None:
-        self.sql_port = free_port()
+    def __init__(self, data_dir: Path, *extra: str, sql_port: int | None = None) -> None:
+        self.sql_port = sql_port or free_port()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -38,6 +40,7 @@ class _Up:
                 "4",
                 "--session-timeout-s",
                 "6",
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -78,6 +81,42 @@ def _children_of(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def _child_running(parent: int, command: str) -> int | None:
+    """The pid of ``parent``'s live child running ``baton <command>``, if there is one."""
+    for pid in _children_of(parent):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"baton.cli" in args and command.encode() in args and state != "Z":
+            return pid
+    return None
+
+
+def _gone(pids: list[int]) -> bool:
+    def alive(pid: int) -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        except OSError:
+            return False
+
+    return not any(alive(p) for p in pids)
+
+
+def _read(bootstrap: str, topic: str, run: str) -> list[dict]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "log_level": 0})
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    out, deadline = [], time.monotonic() + 3
+    while time.monotonic() < deadline:
+        msg = c.poll(0.2)
+        if msg is not None and not msg.error():
+            out.append(json.loads(msg.value()))
+    c.close()
+    return [d for d in out if d.get("run_id") == run]
+
+
 def test_typed_json_from_a_default_partitioner_client_is_decided(up: _Up) -> None:
     line = up.ready_line()
     bootstrap = line.split("bootstrap=")[1].split()[0]
@@ -109,16 +148,7 @@ def test_typed_json_from_a_default_partitioner_client_is_decided(up: _Up) -> Non
     assert producer.flush(10) == 0
 
     def read(topic: str) -> list[dict]:
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "log_level": 0})
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        out, deadline = [], time.monotonic() + 3
-        while time.monotonic() < deadline:
-            msg = c.poll(0.2)
-            if msg is not None and not msg.error():
-                out.append(json.loads(msg.value()))
-        c.close()
-        return [d for d in out if d.get("run_id") == run]
+        return _read(bootstrap, topic, run)
 
     decisions = wait_for(
         lambda: len(read("gov.decisions")) >= 2 and read("gov.decisions"), 60, message="decisions"
@@ -152,20 +182,95 @@ def test_typed_json_from_a_default_partitioner_client_is_decided(up: _Up) -> Non
     assert "ok" in text and "ownership_conflict" in text
 
 
+def test_a_killed_worker_is_restarted_and_decides_again(up: _Up) -> None:
+    bootstrap = up.ready_line().split("bootstrap=")[1].split()[0]
+    old = _child_running(up.proc.pid, "worker")
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    crash = wait_for(
+        lambda: next((ln for ln in up.lines if f"the worker (pid {old}) exited" in ln), None),
+        10,
+        message=lambda: "the crash line:\n" + "\n".join(up.lines[-10:]),
+    )
+    assert "with signal SIGKILL" in crash and "restarting it in 1 s" in crash
+    new = wait_for(
+        lambda: (
+            _child_running(up.proc.pid, "worker") not in (None, old)
+            and _child_running(up.proc.pid, "worker")
+        ),
+        10,
+        message="a new worker process",
+    )
+    assert f"baton up: restarted the worker (pid {new})" in up.lines
+
+    run = f"run_{uuid.uuid4().hex[:6]}"
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    request = {
+        "type": "handoff_requested",
+        "request_id": "r1",
+        "run_id": run,
+        "task_id": "t1",
+        "from_agent": "planner",
+        "to_agent": "researcher",
+        "event_time": "2026-11-25T10:00:00Z",
+    }
+    producer.produce("gov.handoff.requests", json.dumps(request).encode(), run.encode())
+    assert producer.flush(10) == 0
+    # the dead member holds its partitions until its 6 s session times out
+    (decision,) = wait_for(
+        lambda: _read(bootstrap, "gov.decisions", run), 60, message="the restarted worker"
+    )
+    assert decision["outcome"] == "allow"
+    assert decision["worker"].endswith(f":{new}")  # decided by the new process (host:pid)
+    assert up.proc.poll() is None  # the stack itself never stopped
+
+
+def test_a_child_that_keeps_failing_ends_up_with_its_error(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # another program holds the SQL port: every sink start fails to serve SQL (exit 5)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        started = time.monotonic()
+        failing = _Up(
+            tmp_path_factory.mktemp("up-failing"),
+            "--restart-limit",
+            "3",
+            "--restart-backoff-s",
+            "0.2",
+            sql_port=port,
+        )
+        try:
+            children = wait_for(
+                lambda: len(_children_of(failing.proc.pid)) >= 3 and _children_of(failing.proc.pid),
+                30,
+                message="the children",
+            )
+            code = failing.proc.wait(90)
+        finally:
+            if failing.proc.poll() is None:
+                failing.proc.kill()
+    took = time.monotonic() - started
+    text = "\n".join(failing.lines)
+    assert code == 5, text  # AuditUnavailable, the sink's own exit code
+    restarts = [ln for ln in failing.lines if "the sink (pid" in ln and "exited with code 5" in ln]
+    assert len(restarts) == 2, text
+    assert "restarting it in 0.2 s" in restarts[0] and "restarting it in 0.4 s" in restarts[1]
+    assert f"cannot serve SQL on 127.0.0.1:{port}" in restarts[0]
+    assert "baton: error: the sink keeps failing (3 exits within 120 s" in text
+    assert f"cannot serve SQL on 127.0.0.1:{port}" in text.split("keeps failing")[1]
+    assert " ready " not in text
+    assert "Traceback" not in text.split("baton: error:")[1]
+    wait_for(lambda: _gone(children), 20, message="the broker, worker and alerter to exit")
+    print(f"a failing sink ended baton up in {took:.1f} s")
+
+
 def test_sigterm_stops_everything_without_orphans(up: _Up) -> None:
     up.ready_line()
     children = _children_of(up.proc.pid)
     assert len(children) >= 2  # broker + worker (+ sink + alerts)
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(40) == 0
-    wait_for(
-        lambda: (
-            not any(
-                os.path.exists(f"/proc/{p}")
-                and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()
-                for p in children
-            )
-        ),
-        20,
-        message="children to exit",
-    )
+    wait_for(lambda: _gone(children), 20, message="children to exit")

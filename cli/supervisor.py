@@ -1,0 +1,268 @@
+"""Keeps the children of ``baton up`` running: restart with backoff, give up on a crash loop.
+
+``RestartPolicy`` and ``CrashHistory`` are pure (the caller passes the time), so the rule can
+be tested with a fake clock; ``Supervisor`` applies them to processes through a ``spawn``
+function and a clock it is given.
+
+Not guaranteed: a child that hangs without exiting is not noticed (only exits are); a restart
+loses what the child held in memory and did not commit (the worker and the sink commit only
+after their output is durable, so they redo that work: at-least-once); ``Supervisor`` must be
+driven from one thread, the one that spawned the children (their parent-death signal is tied
+to it).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from baton.schemas.errors import BatonError
+
+__all__ = [
+    "ChildFailed",
+    "ChildSpec",
+    "CrashHistory",
+    "RestartPolicy",
+    "Supervisor",
+    "describe_exit",
+    "exit_code_for",
+]
+
+
+class ChildFailed(BatonError):
+    """A child of ``baton up`` kept failing; ``exit_code`` is derived from its own exit."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Restart a crashed child after ``backoff_s``, doubling per recent crash up to
+    ``max_backoff_s``; the ``limit``-th crash within ``window_s`` seconds ends the stack."""
+
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    limit: int = 5
+    window_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not self.backoff_s > 0:
+            raise ValueError(f"restart backoff: must be > 0 seconds, got {self.backoff_s!r}")
+        if not self.max_backoff_s >= self.backoff_s:
+            raise ValueError(
+                f"restart max backoff: must be >= the backoff ({self.backoff_s:g} s), "
+                f"got {self.max_backoff_s!r}"
+            )
+        if self.limit < 1:
+            raise ValueError(f"restart limit: must be an integer >= 1, got {self.limit!r}")
+        if not self.window_s > 0:
+            raise ValueError(f"restart window: must be > 0 seconds, got {self.window_s!r}")
+
+
+class CrashHistory:
+    """The recent crashes of one child and what to do about the next one."""
+
+    def __init__(self, policy: RestartPolicy) -> None:
+        self.policy = policy
+        self._crashes: deque[float] = deque()
+
+    @property
+    def recent(self) -> int:
+        """Crashes counted in the window as of the last ``record``."""
+        return len(self._crashes)
+
+    def record(self, now: float) -> float | None:
+        """Note a crash at ``now``; return the delay before the restart, or None to give up.
+
+        Crashes older than the window are forgotten, so a child that ran well for a while
+        starts again from the first backoff.
+        """
+        while self._crashes and now - self._crashes[0] >= self.policy.window_s:
+            self._crashes.popleft()
+        self._crashes.append(now)
+        if len(self._crashes) >= self.policy.limit:
+            return None
+        # the exponent is bounded before the power, so a huge limit cannot overflow a float
+        exponent = min(len(self._crashes) - 1, 64)
+        return float(min(self.policy.backoff_s * 2.0**exponent, self.policy.max_backoff_s))
+
+
+def describe_exit(code: int) -> str:
+    """``code 75`` or ``signal SIGKILL`` for a ``Popen.returncode``."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+def exit_code_for(code: int) -> int:
+    """The exit code of ``baton up`` when a child with ``code`` made it give up: the child's
+    own code, 128 + N for a signal (as a shell reports it), 1 for an unexpected clean exit."""
+    if code > 0:
+        return min(code, 255)
+    if code < 0:
+        return min(128 - code, 255)
+    return 1
+
+
+class Process(Protocol):
+    """What the supervisor needs of a child (``subprocess.Popen`` has it)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """A child of ``baton up``: its name in messages, its ``baton`` arguments and its log."""
+
+    name: str
+    args: tuple[str, ...]
+    log_path: Path
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    proc: Process
+    history: CrashHistory
+    started: float
+    log_offset: int
+    restart_at: float | None = None
+    restarts: int = 0
+    last_code: int | None = None
+
+
+def log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def tail(path: Path, since: int = 0, lines: int = 20, chars: int = 4000) -> str:
+    """The last ``lines`` lines of ``path`` written after byte ``since`` (at most ``chars``)."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(since, size - chars * 4))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    # terminal control sequences (Faust's spinner writes some) would garble the log line
+    text = _CONTROL.sub("", text)
+    kept = [ln.rstrip() for ln in text.splitlines() if ln.strip()][-lines:]
+    return "\n".join(kept)[-chars:]
+
+
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass
+class Supervisor:
+    """Starts children, notices exits, restarts them per ``policy``; see the module docstring.
+
+    ``spawn(spec)`` starts a process and returns it; ``say(line)`` reports one event;
+    ``clock`` is a monotonic clock in seconds.
+    """
+
+    policy: RestartPolicy
+    spawn: Callable[[ChildSpec], Process]
+    say: Callable[[str], None]
+    clock: Callable[[], float] = time.monotonic
+    _children: dict[str, _Child] = field(default_factory=dict)
+
+    def start(self, spec: ChildSpec) -> Process:
+        if spec.name in self._children:
+            raise ValueError(f"child {spec.name!r}: already started")
+        offset = log_size(spec.log_path)
+        proc = self.spawn(spec)
+        self._children[spec.name] = _Child(
+            spec, proc, CrashHistory(self.policy), self.clock(), offset
+        )
+        return proc
+
+    def processes(self) -> dict[str, Process]:
+        """The current process of every child (a restarted child has a new one)."""
+        return {name: child.proc for name, child in self._children.items()}
+
+    def restarts(self, name: str) -> int:
+        return self._children[name].restarts
+
+    def tick(self) -> None:
+        """Restart the children whose backoff is over and handle new exits.
+
+        Raises ``ChildFailed`` when a child reached the crash limit of the policy.
+        """
+        for child in self._children.values():
+            now = self.clock()
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    self._restart(child, now)
+                continue
+            code = child.proc.poll()
+            if code is not None:
+                self._crashed(child, code, now)
+
+    def stop(self, grace_s: float) -> None:
+        """SIGTERM every running child, SIGKILL those still running after ``grace_s``."""
+        procs = [child.proc for child in self._children.values()]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = self.clock() + grace_s
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - self.clock()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _crashed(self, child: _Child, code: int, now: float) -> None:
+        child.last_code = code
+        name, ran = child.spec.name, now - child.started
+        output = tail(child.spec.log_path, child.log_offset)
+        delay = child.history.record(now)
+        if delay is None:
+            policy = self.policy
+            raise ChildFailed(
+                f"the {name} keeps failing ({child.history.recent} exits within "
+                f"{policy.window_s:g} s, the last with {describe_exit(code)} after {ran:.1f} s); "
+                f"stopping everything. Its last output ({child.spec.log_path}):\n"
+                f"{output or '(none)'}",
+                exit_code_for(code),
+            )
+        last = " | ".join(output.splitlines()[-3:])[-600:] or "(no output)"
+        self.say(
+            f"the {name} (pid {child.proc.pid}) exited with {describe_exit(code)} after "
+            f"{ran:.1f} s; restarting it in {delay:g} s (exit {child.history.recent}; "
+            f"exit {self.policy.limit} within {self.policy.window_s:g} s stops baton up); "
+            f"last output: {last}"
+        )
+        child.restart_at = now + delay
+
+    def _restart(self, child: _Child, now: float) -> None:
+        child.restart_at = None
+        child.log_offset = log_size(child.spec.log_path)
+        child.proc = self.spawn(child.spec)
+        child.started = now
+        child.restarts += 1
+        self.say(f"restarted the {child.spec.name} (pid {child.proc.pid})")

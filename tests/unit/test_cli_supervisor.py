@@ -1,0 +1,209 @@
+"""`baton up`'s restart rule with a fake clock: backoff 1, 2, 4 ... capped, a crash loop ends the
+stack with the child's error and exit code, a child that ran well starts again from 1 s."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from baton.cli.supervisor import (
+    ChildFailed,
+    ChildSpec,
+    CrashHistory,
+    RestartPolicy,
+    Supervisor,
+    describe_exit,
+    exit_code_for,
+    tail,
+)
+from baton.schemas.errors import BatonError
+
+pytestmark = pytest.mark.unit
+
+
+# ------------------------------------------------------------------ the pure rule
+
+
+def test_backoff_doubles_per_recent_crash_and_is_capped() -> None:
+    history = CrashHistory(RestartPolicy(backoff_s=1, max_backoff_s=5, limit=10, window_s=1000))
+    delays = [history.record(now=t) for t in range(6)]
+    assert delays == [1, 2, 4, 5, 5, 5]
+
+
+def test_the_limit_th_crash_within_the_window_gives_up() -> None:
+    history = CrashHistory(RestartPolicy(limit=3, window_s=60))
+    assert history.record(0.0) == 1
+    assert history.record(10.0) == 2
+    assert history.record(59.0) is None
+
+
+def test_crashes_older_than_the_window_are_forgotten_and_backoff_restarts_at_one_second() -> None:
+    history = CrashHistory(RestartPolicy(limit=3, window_s=60))
+    assert history.record(0.0) == 1
+    assert history.record(10.0) == 2
+    # the child then ran for two minutes: both crashes are out of the window
+    assert history.record(130.0) == 1
+    assert history.recent == 1
+    assert history.record(140.0) == 2
+
+
+def test_limit_one_gives_up_at_the_first_crash() -> None:
+    assert CrashHistory(RestartPolicy(limit=1)).record(0.0) is None
+
+
+def test_a_huge_limit_never_overflows_the_backoff() -> None:
+    history = CrashHistory(RestartPolicy(limit=10_000, max_backoff_s=30, window_s=1e9))
+    delays = [history.record(float(t)) for t in range(2_000)]
+    assert delays[-1] == 30
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"backoff_s": 0}, "restart backoff"),
+        ({"backoff_s": float("nan")}, "restart backoff"),
+        ({"backoff_s": 10, "max_backoff_s": 5}, "restart max backoff"),
+        ({"limit": 0}, "restart limit"),
+        ({"window_s": -1}, "restart window"),
+    ],
+)
+def test_a_nonsensical_policy_is_refused_naming_the_setting(kwargs: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        RestartPolicy(**kwargs)
+
+
+def test_exit_descriptions_and_codes() -> None:
+    assert describe_exit(75) == "code 75"
+    assert describe_exit(-signal.SIGKILL) == "signal SIGKILL"
+    assert exit_code_for(5) == 5
+    assert exit_code_for(-signal.SIGKILL) == 137
+    assert exit_code_for(0) == 1  # a child that ends "cleanly" on its own still failed
+    assert exit_code_for(300) == 255
+
+
+# ------------------------------------------------------------------ the supervisor
+
+
+class _FakeProc:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+class _Rig:
+    """A supervisor over fake processes, a fake clock and a real log file per child."""
+
+    def __init__(self, tmp_path: Path, policy: RestartPolicy) -> None:
+        self.now = 0.0
+        self.lines: list[str] = []
+        self.spawned: list[_FakeProc] = []
+        self.log = tmp_path / "worker.log"
+        self.sup = Supervisor(policy, self.spawn, self.lines.append, clock=lambda: self.now)
+
+    def spawn(self, spec: ChildSpec) -> _FakeProc:
+        proc = _FakeProc(100 + len(self.spawned))
+        self.spawned.append(proc)
+        with spec.log_path.open("a") as f:
+            f.write(f"worker {proc.pid} starting\n")
+        return proc
+
+    def crash(self, code: int, last_words: str) -> None:
+        with self.log.open("a") as f:
+            f.write(last_words + "\n")
+        self.spawned[-1].code = code
+
+    def at(self, t: float) -> None:
+        self.now = t
+        self.sup.tick()
+
+
+def test_a_crashed_child_is_restarted_after_its_backoff_with_one_line(tmp_path: Path) -> None:
+    rig = _Rig(tmp_path, RestartPolicy(limit=5, window_s=120))
+    rig.sup.start(ChildSpec("worker", ("worker",), rig.log))
+    rig.at(3.0)
+    assert rig.lines == []  # running: nothing to say
+
+    rig.crash(75, "CRITICAL worker cannot complete a batch")
+    rig.at(4.0)
+    assert len(rig.lines) == 1
+    line = rig.lines[0]
+    assert "the worker (pid 100) exited with code 75 after 4.0 s" in line
+    assert "restarting it in 1 s" in line
+    assert "CRITICAL worker cannot complete a batch" in line
+    rig.at(4.5)
+    assert len(rig.spawned) == 1  # still in its backoff
+    rig.at(5.0)
+    assert len(rig.spawned) == 2 and rig.lines[-1] == "restarted the worker (pid 101)"
+    assert rig.sup.processes()["worker"].pid == 101 and rig.sup.restarts("worker") == 1
+
+
+def test_the_second_crash_waits_twice_as_long(tmp_path: Path) -> None:
+    rig = _Rig(tmp_path, RestartPolicy(limit=5, window_s=120))
+    rig.sup.start(ChildSpec("worker", ("worker",), rig.log))
+    rig.crash(-signal.SIGKILL, "")
+    rig.at(1.0)
+    rig.at(2.0)
+    rig.crash(-signal.SIGKILL, "")
+    rig.at(3.0)
+    assert "signal SIGKILL" in rig.lines[-1] and "restarting it in 2 s" in rig.lines[-1]
+    rig.at(4.9)
+    assert len(rig.spawned) == 2
+    rig.at(5.0)
+    assert len(rig.spawned) == 3
+
+
+def test_a_child_that_keeps_failing_ends_with_its_own_output_and_exit_code(
+    tmp_path: Path,
+) -> None:
+    rig = _Rig(tmp_path, RestartPolicy(backoff_s=1, limit=3, window_s=60))
+    rig.sup.start(ChildSpec("sink", ("sink",), rig.log))
+    t = 0.0
+    for attempt in range(2):
+        rig.crash(5, f"baton: error: cannot serve SQL on 127.0.0.1:8123 (attempt {attempt})")
+        t += 1
+        rig.at(t)
+        t += 10
+        rig.at(t)  # restarted
+    rig.crash(5, "baton: error: cannot serve SQL on 127.0.0.1:8123 (attempt 2)")
+    with pytest.raises(ChildFailed) as failed:
+        rig.at(t + 1)
+    error = failed.value
+    assert isinstance(error, BatonError) and error.exit_code == 5
+    text = str(error)
+    assert "the sink keeps failing (3 exits within 60 s, the last with code 5" in text
+    # the output of the last run only, not of the earlier ones
+    assert "(attempt 2)" in text and "(attempt 1)" not in text
+
+
+def test_children_are_watched_independently(tmp_path: Path) -> None:
+    rig = _Rig(tmp_path, RestartPolicy(limit=2, window_s=60))
+    rig.sup.start(ChildSpec("worker", ("worker",), rig.log))
+    rig.sup.start(ChildSpec("alerts", ("alerts",), tmp_path / "alerts.log"))
+    rig.spawned[1].code = 1  # the alerter dies once: restarted, the worker untouched
+    rig.at(1.0)
+    rig.at(2.0)
+    assert [p.pid for p in rig.sup.processes().values()] == [100, 102]
+    with pytest.raises(ValueError, match="already started"):
+        rig.sup.start(ChildSpec("worker", ("worker",), rig.log))
+
+
+def test_tail_reads_only_what_was_written_since_the_offset(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("old run\n" * 3)
+    offset = log.stat().st_size
+    with log.open("a") as f:
+        f.write("new run\n\n" + "x" * 10_000 + "\nlast line\n")
+    text = tail(log, offset, lines=5, chars=100)
+    assert "old run" not in text and text.endswith("last line") and len(text) <= 100
+    assert tail(tmp_path / "missing.log") == ""
+
+
+def test_tail_drops_terminal_control_sequences(tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    log.write_bytes(b"\x1b[?25lstarting\r\n\x1b[?25h\n\x07crashed: \x1b[31mboom\x1b[0m\n")
+    assert tail(log) == "starting\ncrashed: boom"
