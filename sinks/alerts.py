@@ -257,6 +257,8 @@ def run_alerts(
 
     emit = emit or (lambda text: print(text, flush=True))
     webhook_url = webhook_url if webhook_url is not None else settings.webhook_url
+    if hasattr(webhook_url, "get_secret_value"):  # a pydantic SecretStr: masked when printed
+        webhook_url = webhook_url.get_secret_value()
     alerter = StopAlerter(storm_threshold, storm_window_s)
     stats = AlertStats()
     skipped = SkippedRecords()

@@ -167,39 +167,24 @@ class Alerter:
         assert not self.thread.is_alive(), "run_alerts did not return within 30 s"
 
 
-def _alerts(
-    broker: Any, topic: str, **kwargs: Any
-) -> tuple[list[str], threading.Event, threading.Thread]:
-    lines: list[str] = []
-    stop = threading.Event()
-    settings = Settings(bootstrap=broker.bootstrap)
-    thread = threading.Thread(
-        target=run_alerts,
-        args=(settings, stop),
-        kwargs={
-            "topic": topic,
-            "group_id": f"{topic}-alerts",
-            "emit": lines.append,
-            "consumer_overrides": {"session.timeout.ms": 6000},
-            **kwargs,
-        },
-        daemon=True,
+def produce_storm(bootstrap: str, topic: str) -> None:
+    """60 stops at once, all shared_budget_exceeded."""
+    produce_decisions(
+        bootstrap, topic, [_stop(i, reason="shared_budget_exceeded") for i in range(60)]
     )
-    thread.start()
-    return lines, stop, thread
 
 
 def test_each_stop_is_announced_once_in_the_seeds_format_and_posted_to_the_webhook(
     broker: Any, stops_topic: str, webhook: Webhook
 ) -> None:
     stops = [_stop(742, "run_742")] + [_stop(i) for i in range(1, 4)]
-    lines, stop, thread = _alerts(broker, stops_topic, webhook_url=webhook.url, storm_threshold=0)
+    alerter = Alerter(broker, stops_topic, webhook_url=webhook.url, storm_threshold=0)
     try:
         produce_decisions(broker.bootstrap, stops_topic, stops + stops[:2])  # 2 redelivered
         wait_for(lambda: len(webhook.lines()) >= 4, timeout=30, message="4 lines posted")
     finally:
-        stop.set()
-        thread.join(30)
+        alerter.stop()
+    lines = alerter.lines
     assert sorted(lines) == sorted(
         [SEED_LINE] + [SEED_LINE.replace("run_742", f"run_{i}") for i in range(1, 4)]
     )
@@ -209,21 +194,17 @@ def test_each_stop_is_announced_once_in_the_seeds_format_and_posted_to_the_webho
 
 
 def test_a_storm_of_stops_folds_into_one_summary(broker: Any, stops_topic: str) -> None:
-    lines, stop, thread = _alerts(broker, stops_topic, storm_threshold=5, storm_window_s=1.0)
+    alerter = Alerter(broker, stops_topic, storm_threshold=5, storm_window_s=1.0)
     try:
-        produce_decisions(
-            broker.bootstrap,
-            stops_topic,
-            [_stop(i, reason="shared_budget_exceeded") for i in range(60)],
-        )
+        produce_storm(broker.bootstrap, stops_topic)
         wait_for(
-            lambda: any(line.startswith("🛑 Stop storm") for line in lines),
+            lambda: any(line.startswith("🛑 Stop storm") for line in alerter.lines),
             timeout=30,
-            message=lambda: f"a storm summary; lines so far: {lines}",
+            message=lambda: f"a storm summary; lines so far: {alerter.lines}",
         )
     finally:
-        stop.set()
-        thread.join(30)
+        alerter.stop()
+    lines = alerter.lines
     singles = [line for line in lines if line.startswith("🛑 Multi-Agent run")]
     storms = [line for line in lines if line.startswith("🛑 Stop storm")]
     assert len(singles) == 4  # the ones before the threshold
@@ -249,11 +230,7 @@ def test_a_hanging_webhook_never_stalls_reading_or_folding_and_alerts_arrive_onc
         webhook_attempts=4,
     )
     try:
-        produce_decisions(
-            broker.bootstrap,
-            stops_topic,
-            [_stop(i, reason="shared_budget_exceeded") for i in range(60)],
-        )
+        produce_storm(broker.bootstrap, stops_topic)
         wait_for(
             lambda: any(line.startswith("🛑 Stop storm") for line in alerter.lines),
             timeout=30,
@@ -400,14 +377,13 @@ def test_records_that_are_not_decisions_are_skipped_and_hostile_names_are_defuse
 
 def test_old_stops_are_not_replayed_as_alerts(broker: Any, stops_topic: str) -> None:
     old = replace(_stop(1), decided_at=datetime(2020, 1, 1, tzinfo=UTC))
-    lines, stop, thread = _alerts(broker, stops_topic, max_age_s=3600)
+    alerter = Alerter(broker, stops_topic, max_age_s=3600)
     try:
         produce_decisions(broker.bootstrap, stops_topic, [old, _stop(2)])
-        wait_for(lambda: lines, timeout=30, message="the recent stop's line")
+        wait_for(lambda: alerter.lines, timeout=30, message="the recent stop's line")
     finally:
-        stop.set()
-        thread.join(30)
-    assert lines == [SEED_LINE.replace("run_742", "run_2")]
+        alerter.stop()
+    assert alerter.lines == [SEED_LINE.replace("run_742", "run_2")]
 
 
 def test_baton_alerts_prints_the_line_and_exits_cleanly_on_sigterm(

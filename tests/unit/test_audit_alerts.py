@@ -399,38 +399,29 @@ def test_a_post_the_server_refuses_for_good_is_not_retried(
     )
 
 
-def test_alerts_queued_behind_a_slow_post_go_out_together_within_the_size_cap() -> None:
+@pytest.mark.parametrize(
+    ("max_post_chars", "posts"),
+    [
+        (100, ["first", "\n".join(f"queued alert {i}" for i in range(5))]),
+        (25, ["first", *[f"queued alert {i}" for i in range(5)]]),  # 14 characters each
+    ],
+)
+def test_alerts_queued_behind_a_slow_post_go_out_together_within_the_size_cap(
+    max_post_chars: int, posts: list[str]
+) -> None:
     hook = FakeHook()
     hook.gate.clear()
-    sender = _sender(hook, capacity=10, max_post_chars=25)
+    sender = _sender(hook, capacity=10, max_post_chars=max_post_chars)
     try:
         sender.submit("first")
         wait_for(hook.entered.is_set, message="the first post in flight")
         for i in range(5):
-            sender.submit(f"queued alert {i}")  # 14 characters each: one per post of 25
+            sender.submit(f"queued alert {i}")
         hook.gate.set()
         wait_for(lambda: sender.progress() == (6, 6), message="all posted")
     finally:
         sender.close(1.0)
-    assert [text for _, text, _ in hook.posts] == [
-        "first",
-        *[f"queued alert {i}" for i in range(5)],
-    ]
-    sender2 = _sender(hook := FakeHook(), capacity=10, max_post_chars=100)
-    hook.gate.clear()
-    try:
-        sender2.submit("first")
-        wait_for(hook.entered.is_set, message="the first post in flight")
-        for i in range(5):
-            sender2.submit(f"queued alert {i}")
-        hook.gate.set()
-        wait_for(lambda: sender2.progress() == (6, 6), message="all posted")
-    finally:
-        sender2.close(1.0)
-    assert [text for _, text, _ in hook.posts] == [
-        "first",
-        "\n".join(f"queued alert {i}" for i in range(5)),
-    ]
+    assert [text for _, text, _ in hook.posts] == posts
 
 
 def test_shutdown_drains_by_its_deadline_while_the_webhook_hangs(
