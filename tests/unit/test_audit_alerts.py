@@ -25,7 +25,7 @@ from baton.sinks.alert_webhook import (
     post_once,
     slack_body,
 )
-from baton.sinks.alerts import StopAlerter, stop_line
+from baton.sinks.alerts import AlertMessage, StopAlerter, _announce, stop_line
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.unit
@@ -497,3 +497,41 @@ def test_a_revoked_partition_is_never_committed_by_this_member() -> None:
     points.revoke([("gov.stops", 1)])
     assert points.last_due == {("gov.stops", 0): 5}
     assert points.due(finished=1) == {("gov.stops", 0): 5}
+
+
+class _Record:
+    """A consumed record, as far as the alerter looks at it."""
+
+    def __init__(self, value: bytes | None, offset: int = 0) -> None:
+        self._value, self._offset = value, offset
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def topic(self) -> str:
+        return "gov.stops"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def test_a_record_the_alerter_cannot_take_is_skipped_as_unexpected_and_the_next_one_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Fragile(StopAlerter):
+        def offer(self, decision: Decision, now: float) -> list[AlertMessage]:
+            if decision.run_id == "run_1":
+                raise RuntimeError("a bug\nmeeting run_1")
+            return super().offer(decision, now)
+
+    alerter, skipped = Fragile(storm_threshold=0), SkippedRecords()
+    bad = _announce(alerter, skipped, _Record(_stop(1).to_json(), 7), max_age_s=0)
+    good = _announce(alerter, skipped, _Record(_stop(2).to_json(), 8), max_age_s=0)
+    assert bad == [] and [m.text for m in good] == [stop_line(_stop(2))]
+    assert skipped.counts == {"unexpected": 1}
+    assert caplog.records[-1].getMessage() == (
+        "alerts: gov.stops[0]@7 skipped (unexpected): RuntimeError: a bug\\x0ameeting run_1"
+    )
