@@ -312,6 +312,9 @@ def up_cmd(
     except _Interrupted:
         say("interrupted during start-up; stopping")
     except BatonError:
+        if stopping:  # Ctrl-C reaches the broker and the children too: their exits are the stop
+            say("stopping")
+            return
         say("stopping everything; the reason follows")  # the children may take a while
         raise
     finally:

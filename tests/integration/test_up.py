@@ -267,6 +267,28 @@ def test_a_child_that_keeps_failing_ends_up_with_its_error(
     print(f"a failing sink ended baton up in {took:.1f} s")
 
 
+def test_the_stack_ends_with_its_broker(tmp_path_factory: pytest.TempPathFactory) -> None:
+    stack = _Up(tmp_path_factory.mktemp("up-broker"), "--no-audit")
+    try:
+        worker = wait_for(lambda: _child_running(stack.proc.pid, "worker"), 30, message="worker")
+        tansu = next(
+            p
+            for p in _children_of(stack.proc.pid)
+            if b"tansu" in Path(f"/proc/{p}/cmdline").read_bytes()
+        )
+        os.kill(tansu, signal.SIGKILL)
+        code = stack.proc.wait(30)
+    finally:
+        if stack.proc.poll() is None:
+            stack.proc.kill()
+    text = "\n".join(stack.lines)
+    assert code == 4, text  # BrokerUnavailable
+    assert "baton: error: the embedded Kafka broker on 127.0.0.1:" in text
+    assert "exited with signal SIGKILL; its topics were in memory and are gone" in text
+    assert "restarted the worker" not in text  # the broker's end is not a worker crash
+    wait_for(lambda: _gone([worker]), 20, message="the worker to exit")
+
+
 def test_sigterm_stops_everything_without_orphans(up: _Up) -> None:
     up.ready_line()
     children = _children_of(up.proc.pid)
