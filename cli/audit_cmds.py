@@ -296,7 +296,8 @@ def alerts_check(
             click.echo("\n".join("         " + line for line in table.splitlines()))
         else:
             click.echo(f"ok     {result.rule.name}")
-    webhook_url = webhook_url or settings.webhook_url
+    if not webhook_url and settings.webhook_url is not None:
+        webhook_url = settings.webhook_url.get_secret_value()
     if webhook_url and fired:
         text = "🚨 Baton alert rules fired: " + "; ".join(
             f"{r.rule.name} ({len(r.rows)}): {r.rule.summary()}" for r in fired

@@ -106,7 +106,11 @@ class Settings(BaseSettings):
     sink_batch_timeout_s: float = Field(1.0, gt=0)
 
     # --- alerts ------------------------------------------------------------------------
-    webhook_url: str | None = Field(None, description="Slack-compatible webhook for stop alerts")
+    webhook_url: SecretStr | None = Field(
+        None,
+        description="Slack-compatible webhook for stop alerts (a secret: masked when printed; "
+        "prefer BATON_WEBHOOK_URL over --webhook-url, which `ps` shows)",
+    )
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka properties shared by every confluent-kafka client we create."""
