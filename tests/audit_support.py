@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
 
 from baton.processors.engine import approval_id_for, decide
 from baton.schemas.decision import Decision
@@ -18,9 +27,12 @@ from baton.schemas.policy import load_policy, parse_policy
 
 __all__ = [
     "T0",
+    "SinkProcess",
     "create_topic",
+    "hostile_records",
     "limits_run",
     "produce_decisions",
+    "produce_records",
     "scenario_decisions",
     "seed_run_742",
     "story_run",
@@ -266,6 +278,79 @@ def produce_decisions(
     return sent
 
 
+def produce_records(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
+) -> list[tuple[int, int]]:
+    """Produce ``(key, value)`` records in order (murmur2; a None key goes anywhere);
+    returns where each one landed, ``(partition, offset)``, in the same order."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5}
+    )
+    landed: dict[int, tuple[int, int]] = {}
+    errors: list[str] = []
+
+    def delivered(i: int) -> Any:
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                landed[i] = (msg.partition(), msg.offset())
+
+        return on_delivery
+
+    n = 0
+    for n, (key, value) in enumerate(records, 1):
+        producer.produce(topic, value, key=key, on_delivery=delivered(n - 1))
+        producer.poll(0)
+    remaining = producer.flush(30)
+    assert remaining == 0 and not errors, f"produce failed: {remaining} unsent, {errors[:3]}"
+    return [landed[i] for i in range(n)]
+
+
+def _decision_json(decision: Decision, **raw_fields: str) -> bytes:
+    """``decision`` as JSON with some fields replaced by raw JSON text (NaN, 2**63, ...)."""
+    text = orjson.dumps({k: v for k, v in decision.to_dict().items() if k not in raw_fields})
+    extra = "".join(f',"{k}":{v}' for k, v in raw_fields.items())
+    return text[:-1] + extra.encode() + b"}"
+
+
+def hostile_records(template: Decision) -> list[tuple[bytes | None, bytes | None, str]]:
+    """What an attacker with write access to gov.decisions can publish, as
+    ``(key, value, the error_kind the sink must reject it with)``. ``template`` is a good
+    decision (decided now) each forged record starts from; tenant "evil" is for a
+    server-side CHECK constraint the tests add (refused by ClickHouse itself)."""
+    key = template.run_id.encode()
+    now = template.decided_at or datetime.now(UTC)
+
+    def forged(n: int, **raw: str) -> bytes:
+        return _decision_json(replace(template, decision_id=f"forged-{n}"), **raw)
+
+    records: list[tuple[bytes | None, bytes | None, str]] = [
+        (key, b"\xff\xfe\x00 not json", "invalid_record"),
+        (None, None, "invalid_record"),  # a tombstone, no key
+        (None, b"[]", "invalid_record"),
+        (key, forged(1, depth='"deep"'), "invalid_record"),
+        (key, forged(2, detail="[" * 70_000 + "]" * 70_000), "invalid_record"),
+        (key, forged(3, spent_usd="NaN"), "out_of_range"),
+        (key, forged(4, spent_usd="1e308"), "out_of_range"),
+        (key, forged(5, spent_usd="1e20"), "out_of_range"),
+        (key, forged(6, tool_calls=str(2**63)), "out_of_range"),
+        (key, forged(7, depth="70000"), "out_of_range"),
+        (key, forged(8, handoff_count="-1"), "out_of_range"),
+        (key, forged(9, event_time='"9999-12-31T23:59:59Z"'), "out_of_range"),
+        (key, forged(10, decided_at='"1971-01-01T00:00:00Z"'), "decided_at_out_of_window"),
+        (
+            key,
+            forged(11, decided_at=f'"{(now + timedelta(days=30)).isoformat()}"'),
+            "decided_at_out_of_window",
+        ),
+        (key, forged(12, tenant='"evil"'), "refused_by_clickhouse"),
+    ]
+    return records
+
+
 def chunks(items: list[Decision], size: int) -> Iterator[list[Decision]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -283,3 +368,64 @@ def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
         except Exception as exc:  # an existing topic is fine
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+
+
+class SinkProcess:
+    """`baton sink` as a real subprocess, its output in ``log_path``.
+
+    With a chDB DSN it holds the directory and serves SQL on ``port`` (``http`` is a client of
+    that endpoint, ready when the constructor returns); with ``port=None`` it serves nothing
+    and the constructor returns as soon as the process runs.
+    """
+
+    def __init__(self, env: dict[str, str], port: int | None, log_path: Path) -> None:
+        from tests.helpers import wait_for
+
+        self.port = port
+        self.log_path = log_path
+        self.log = log_path.open("ab")
+        sql_port = "off" if port is None else str(port)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "baton.cli", "-v", "sink", "--sql-port", sql_port],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.http: Any = None
+        if port is not None:
+            self.http = wait_for(self._connect, timeout=60, message=self._why)
+
+    def _connect(self) -> Any:
+        import clickhouse_connect
+
+        assert self.proc.poll() is None, f"sink exited with {self.proc.returncode}"
+        # a plain ping first: clickhouse-connect logs a warning per refused connection
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=2):
+            pass
+        return clickhouse_connect.get_client(host="127.0.0.1", port=self.port)
+
+    def _why(self) -> str:
+        return f"the sink's SQL endpoint; log:\n{self.output()[-3000:]}"
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def count(self, final: bool = True, table: str = "decisions") -> int:
+        return int(
+            self.http.command(f"SELECT count() FROM governance.{table}{' FINAL' if final else ''}")
+        )
+
+    def kill9(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        self.proc.kill()  # SIGKILL: no flush, no commit, no close
+        self.proc.wait(10)
+        self.log.close()
+
+    def stop(self) -> int:
+        if self.http is not None:
+            self.http.close()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(30)
+        self.log.close()
+        return code

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
@@ -21,8 +17,14 @@ from baton.schemas.settings import Settings
 from baton.sinks.clickhouse import connect
 from baton.sinks.schema import migrate
 from baton.sinks.sink import AuditSink, run_sink
-from baton.streams.net import free_port as _free_port
-from tests.audit_support import T0, create_topic, produce_decisions, scenario_decisions
+from tests.audit_support import (
+    T0,
+    create_topic,
+    hostile_records,
+    produce_decisions,
+    produce_records,
+    scenario_decisions,
+)
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -71,7 +73,13 @@ def sink_env(broker: Any, chdb_dir: Path, topic_prefix: str) -> Iterator[dict[st
     # same process, same engine: a second client shares it (chDB allows that)
     client = connect(settings.clickhouse_dsn)
     try:
-        yield {"topic": topic, "settings": settings, "client": client, "box": box}
+        yield {
+            "topic": topic,
+            "settings": settings,
+            "client": client,
+            "box": box,
+            "thread": thread,
+        }
     finally:
         client.close()
         stop.set()
@@ -121,110 +129,6 @@ def test_every_decision_appears_exactly_once_despite_redelivered_copies(
     assert _scalar(client, "SELECT min(event_time) FROM governance.decisions").replace(
         tzinfo=None
     ) >= T0.replace(tzinfo=None)
-
-
-# --------------------------------------------------------------------------- kill -9
-
-
-class SinkProcess:
-    """`baton sink` as a real subprocess (chDB held by it, SQL served on ``port``)."""
-
-    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
-        self.port = port
-        self.log_path = log_path
-        self.log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "baton.cli", "-v", "sink", "--sql-port", str(port)],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.http = wait_for(self._connect, timeout=60, message=self._why)
-
-    def _connect(self) -> Client | None:
-        assert self.proc.poll() is None, f"sink exited with {self.proc.returncode}"
-        # a plain ping first: clickhouse-connect logs a warning per refused connection
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=2):
-            pass
-        return clickhouse_connect.get_client(host="127.0.0.1", port=self.port)
-
-    def _why(self) -> str:
-        return f"the sink's SQL endpoint; log:\n{self.log_path.read_text()[-3000:]}"
-
-    def count(self, final: bool = True) -> int:
-        return int(
-            self.http.command(
-                f"SELECT count() FROM governance.decisions{' FINAL' if final else ''}"
-            )
-        )
-
-    def kill9(self) -> None:
-        self.http.close()
-        self.proc.kill()  # SIGKILL: no flush, no commit, no close
-        self.proc.wait(10)
-        self.log.close()
-
-    def stop(self) -> int:
-        self.http.close()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self.log.close()
-        return code
-
-
-@pytest.mark.faults
-def test_a_sink_killed_mid_stream_and_restarted_leaves_the_audit_exact(
-    broker: Any, chdb_dir: Path, topic_prefix: str, tmp_path: Path
-) -> None:
-    env = {
-        **os.environ,
-        "BATON_BOOTSTRAP": broker.bootstrap,
-        "BATON_TOPIC_PREFIX": topic_prefix,
-        "BATON_PARTITIONS": "4",
-        "BATON_CLICKHOUSE_DSN": f"chdb://{chdb_dir}",
-        "BATON_SINK_BATCH_SIZE": "250",
-        "BATON_SINK_BATCH_TIMEOUT_S": "0.2",
-        "BATON_SESSION_TIMEOUT_S": "6",
-    }
-    decisions = scenario_decisions(runs=600)
-    unique = len({d.decision_id for d in decisions})
-    first = SinkProcess(env, _free_port(), tmp_path / "sink.log")
-    try:
-        produce_decisions(
-            broker.bootstrap, f"{topic_prefix}gov.decisions", decisions, duplicate_every=10
-        )
-        # kill -9 while it is part-way through: a batch stored, the next ones in flight.
-        # SIGSTOP first, so it cannot finish between our look and the kill
-        wait_for(
-            lambda: first.count(final=False) > 0,
-            timeout=60,
-            interval=0.005,
-            message="the first batch stored",
-        )
-        first.proc.send_signal(signal.SIGSTOP)
-    finally:
-        first.kill9()
-    written_before_kill = 0
-    second = SinkProcess(env, _free_port(), tmp_path / "sink.log")
-    try:
-        written_before_kill = second.count(final=False)
-        assert written_before_kill < unique, "the first sink finished before the kill"
-        wait_for(
-            lambda: second.count() == unique,
-            timeout=90,
-            message=lambda: f"{unique} decisions, FINAL has {second.count()}",
-        )
-        http = second.http
-        assert http.command("SELECT uniqExact(decision_id) FROM governance.decisions") == unique
-        # the views saw every copy and still agree with FINAL
-        assert http.command("SELECT sum(decisions) FROM governance.run_summary") == unique
-        assert http.command(
-            "SELECT sum(stops) FROM governance.stops_by_reason_per_minute"
-        ) == http.command("SELECT count() FROM governance.decisions FINAL WHERE outcome = 'stop'")
-    finally:
-        code = second.stop()
-    assert code == 0, (tmp_path / "sink.log").read_text()[-3000:]
-    assert "audit sink stopped:" in (tmp_path / "sink.log").read_text()
 
 
 # --------------------------------------------------------------------------- ClickHouse down
@@ -309,3 +213,75 @@ def test_while_clickhouse_is_down_the_sink_retries_and_commits_nothing(
         stop.set()
         thread.join(30)
         client.close()
+
+
+# --------------------------------------------------------------------------- hostile records
+
+
+def test_hostile_records_go_to_rejected_and_every_good_decision_is_stored(
+    broker: Any, sink_env: dict[str, Any]
+) -> None:
+    client: Client = sink_env["client"]
+    # a refusal only the server knows, for the sink to find by splitting its inserts
+    client.command("ALTER TABLE governance.decisions ADD CONSTRAINT no_evil CHECK tenant != 'evil'")
+    now = datetime.now(UTC).replace(microsecond=0)
+    good = scenario_decisions(runs=12, start=now - timedelta(minutes=5))
+    # what a client may say about time is kept as a column, whatever it is
+    good[0] = replace(good[0], event_time=datetime(1971, 1, 1, tzinfo=UTC))
+    good[1] = replace(good[1], event_time=datetime(2299, 1, 1, tzinfo=UTC))
+    good[2] = replace(good[2], reason="r" * 60_000, tenant="t" * 60_000)
+    for i in range(3, len(good)):  # event times over 20 years: no partition explosion
+        good[i] = replace(good[i], event_time=now - timedelta(days=31 * i))
+    hostile = hostile_records(replace(good[5], decided_at=now))
+    records: list[tuple[bytes | None, bytes | None]] = []
+    expected: list[str | None] = []  # the error_kind of each record, None for a good one
+    bad = iter(hostile * 3)  # each hostile record three times, spread over the stream
+    for i, decision in enumerate(good):
+        records.append((decision.run_id.encode(), decision.to_json()))
+        expected.append(None)
+        if i % 2 == 0:
+            key, value, kind = next(bad, (None, None, ""))
+            if kind:
+                records.append((key, value))
+                expected.append(kind)
+    landed = produce_records(broker.bootstrap, sink_env["topic"], records)
+    n_bad = sum(1 for kind in expected if kind)
+    assert n_bad == 3 * len(hostile)
+
+    sink = sink_env["box"]["sink"]
+    wait_for(
+        lambda: sink.stats.rows + sink.stats.rejected == len(records),
+        timeout=60,
+        message=lambda: f"all {len(records)} records handled, stats={sink.stats}",
+    )
+    assert "error" not in sink_env["box"], sink_env["box"].get("error")
+    assert sink_env["thread"].is_alive()  # the sink never stopped
+    assert sink.stats.rows == len(good) and sink.stats.rejected == n_bad
+    stored = {
+        r[0] for r in client.query("SELECT decision_id FROM governance.decisions").result_rows
+    }
+    assert stored == {d.decision_id for d in good}
+    assert _scalar(client, "SELECT count() FROM governance.decisions FINAL") == len(good)
+    assert _scalar(client, "SELECT toYear(min(event_time)) FROM governance.decisions") == 1971
+    assert _scalar(client, "SELECT max(length(reason)) FROM governance.decisions") == 60_000
+    rejected = {
+        (int(p), int(o)): (kind, error)
+        for p, o, kind, error in client.query(
+            "SELECT audit_partition, audit_offset, error_kind, error FROM governance.rejected"
+        ).result_rows
+    }
+    assert rejected.keys() == {where for where, kind in zip(landed, expected, strict=True) if kind}
+    for where, kind in zip(landed, expected, strict=True):
+        if kind:
+            assert rejected[where][0] == kind, (where, rejected[where])
+            assert rejected[where][1], "every rejected record says why"
+    errors = " | ".join(error for _, error in rejected.values())
+    for fragment in (
+        "spent_usd: 1e+308 is not an amount Decimal(18, 6) holds",
+        "tool_calls: 9223372036854775808 is outside UInt32's range",
+        "decided_at: 1971-01-01T00:00:00+00:00 is outside the audit's window",
+        "event_time: 9999-12-31T23:59:59+00:00 is outside DateTime64's range",
+        "VIOLATED_CONSTRAINT",
+        "recursion limit exceeded",
+    ):
+        assert fragment in errors, fragment
