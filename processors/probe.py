@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
@@ -17,6 +18,10 @@ __all__ = ["PROBE_TENANT", "wait_until_deciding"]
 
 #: probe decisions land in the audit under this tenant so analysts can filter them out
 PROBE_TENANT = "__baton__"
+
+
+#: librdkafka lines go to Python logging (quiet unless -v), not raw to stderr
+_KAFKA_LOG = logging.getLogger("baton.kafka")
 
 
 def wait_until_deciding(
@@ -36,9 +41,10 @@ def wait_until_deciding(
             "group.id": f"baton-probe-{run_id}",
             "enable.auto.commit": False,
             "auto.offset.reset": "latest",
+            "logger": _KAFKA_LOG,
         }
     )
-    producer = Producer({**kafka_conf, "partitioner": "murmur2_random"})
+    producer = Producer({**kafka_conf, "partitioner": "murmur2_random", "logger": _KAFKA_LOG})
     start = time.monotonic()
     try:
         try:

@@ -78,6 +78,9 @@ class BatchPublisher:
             # a record undeliverable this long ends the worker (exit 75, nothing committed);
             # kept under the group's patience so a stuck worker leaves before it is fenced
             "message.timeout.ms": 60000,
+            # librdkafka's own lines (a retry every 50 ms while the broker is away) go to
+            # Python logging, quiet unless -v; the worker logs its own line per failure
+            "logger": logging.getLogger("baton.kafka"),
             **producer_conf,
         }
         if transactional_id is not None:
