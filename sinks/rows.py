@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from enum import StrEnum
-from typing import Any
+from enum import Enum, StrEnum
+from operator import attrgetter
+from typing import Any, get_args, get_type_hints
 
 from baton.schemas.decision import DECISION_FIELDS, Decision
 
@@ -175,6 +176,30 @@ def _integer(name: str, value: Any) -> Any:
     return value
 
 
+def _enum_fields() -> frozenset[str]:
+    hints = get_type_hints(Decision)
+    return frozenset(
+        name
+        for name in DECISION_FIELDS
+        if any(
+            isinstance(t, type) and issubclass(t, Enum)
+            for t in (hints[name], *get_args(hints[name]))
+        )
+    )
+
+
+# where each kind of field sits in a row: the conversion touches those and copies the rest
+_FIELD_VALUES = attrgetter(*DECISION_FIELDS)
+_AT = {name: i for i, name in enumerate(DECISION_FIELDS)}
+_EVENT_TIME, _DECIDED_AT = _AT["event_time"], _AT["decided_at"]
+_OTHER_TIMES = tuple(
+    (_AT[name], name) for name in sorted(_TIME_FIELDS - {"event_time", "decided_at"})
+)
+_USD_AT = tuple((_AT[name], name) for name in sorted(_USD_FIELDS))
+_INT_AT = tuple((_AT[name], name) for name in _INT_RANGES)
+_ENUM_AT = tuple(_AT[name] for name in sorted(_enum_fields()))
+
+
 def decision_row(
     decision: Decision,
     topic: str,
@@ -189,9 +214,9 @@ def decision_row(
     its ``decided_at``, and one without ``decided_at`` (not the worker's: it always sets one)
     its ``event_time``, which the window then checks.
     """
-    row: list[Any] = []
-    decided_at = _utc("decided_at", decision.decided_at)
-    event_time = _utc("event_time", decision.event_time) or decided_at
+    row = list(_FIELD_VALUES(decision))
+    decided_at = _utc("decided_at", row[_DECIDED_AT])
+    event_time = _utc("event_time", row[_EVENT_TIME]) or decided_at
     decided_at = decided_at or event_time
     if event_time is None or decided_at is None:
         raise RowRejected(
@@ -201,23 +226,19 @@ def decision_row(
         )
     if window is not None:
         window.check(decided_at)
-    for name in DECISION_FIELDS:
-        value = getattr(decision, name)
-        if name == "event_time":
-            value = event_time
-        elif name == "decided_at":
-            value = decided_at
-        elif name in _TIME_FIELDS:
-            value = _utc(name, value)
-        elif name in _USD_FIELDS:
-            try:
-                value = usd(value)
-            except RowRejected as exc:
-                raise RowRejected(exc.kind, f"{name}: {exc}") from None
-        elif name in _INT_RANGES:
-            value = _integer(name, value)
-        elif hasattr(value, "value"):  # StrEnum members go in as their wire string
-            value = value.value
-        row.append(value)
+    row[_EVENT_TIME], row[_DECIDED_AT] = event_time, decided_at
+    for i, name in _OTHER_TIMES:
+        if row[i] is not None:
+            row[i] = _utc(name, row[i])
+    for i, name in _USD_AT:
+        try:
+            row[i] = usd(row[i])
+        except RowRejected as exc:
+            raise RowRejected(exc.kind, f"{name}: {exc}") from None
+    for i, name in _INT_AT:
+        _integer(name, row[i])
+    for i in _ENUM_AT:  # StrEnum members go in as their wire string
+        if row[i] is not None:
+            row[i] = row[i].value
     row.extend((topic, partition, offset))
     return row
