@@ -296,9 +296,29 @@ def insert_rows(
             f"ClickHouse at {label} failed while {doing}: {_first_line(exc)}"
         ) from exc
     except (ValueError, TypeError, OverflowError, ArithmeticError) as exc:
+        if not _raised_while_encoding(exc):
+            raise AuditUnavailable(
+                f"ClickHouse client for {label} failed while {doing}: {type(exc).__name__}: {exc}"
+            ) from exc
         # the driver encoding a value it has no check for (NaN into a Decimal raises a bare
         # ValueError): a row's fault, like DataError
         raise RowsRefused(f"{type(exc).__name__}: {exc}"[:500], row_level=True) from exc
+
+
+#: where clickhouse-connect turns Python values into column data
+_ENCODING_CODE = ("/clickhouse_connect/datatypes/", "/clickhouse_connect/driverc/")
+
+
+def _raised_while_encoding(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of the driver's value encoding (a row's fault) rather than
+    from anywhere else in the client (the transport, the pool: not the rows' fault)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if any(part in path for part in _ENCODING_CODE):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _code_of(exc: BaseException) -> int | None:

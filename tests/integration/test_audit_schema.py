@@ -480,3 +480,22 @@ def test_a_batch_over_more_than_100_months_is_split_never_refused(audit: Client)
     )
     assert audit.command(decided_months) > 100  # more than one insert block may hold
     assert audit.command("SELECT count() FROM governance.rejected") == 0
+
+
+def test_a_value_the_driver_cannot_encode_is_isolated_like_a_server_refusal(
+    audit: Client,
+) -> None:
+    decisions = _recent(story_run("run_enc", "acme"))
+    batch = AuditBatch("gov.decisions")
+    for i, d in enumerate(decisions):
+        batch.add(0, i, d.to_json())
+    # values the sink's own checks refuse, slipped past them: clickhouse-connect raises a
+    # bare ValueError for the NaN, a DataError for the UInt32 overflow
+    batch.rows[1][DECISION_COLUMNS.index("spent_usd")] = Decimal("NaN")
+    batch.rows[4][DECISION_COLUMNS.index("tool_calls")] = 2**63
+    write_batch(audit, batch)
+    stored = {r[0] for r in audit.query("SELECT decision_id FROM governance.decisions").result_rows}
+    assert stored == {d.decision_id for i, d in enumerate(decisions) if i not in (1, 4)}
+    rejected = dict(audit.query("SELECT audit_offset, error FROM governance.rejected").result_rows)
+    assert rejected.keys() == {1, 4}
+    assert "cannot convert NaN" in rejected[1] and "tool_calls" in rejected[4]

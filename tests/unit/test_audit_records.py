@@ -516,18 +516,16 @@ def test_a_server_failure_is_retried_as_a_whole_never_split_into_rejects(
     assert client.calls == 1 and batch.rejected == [] and batch.todo == [(0, 16)]
 
 
-def test_a_value_the_driver_cannot_encode_is_a_rows_fault() -> None:
-    class NoNaN(FakeClickHouse):
+def test_a_python_error_outside_the_drivers_encoding_is_retried_not_rejected() -> None:
+    class Broken(FakeClickHouse):
         def insert(self, table: str, rows: list, column_names: list, settings: dict) -> None:
-            if table == DECISIONS_TABLE and any(r[0] == "d002" for r in rows):
-                self.calls += 1
-                raise ValueError("cannot convert NaN to integer")
-            super().insert(table, rows, column_names, settings)
+            self.calls += 1
+            raise ValueError("Invalid header value b'\\n'")  # say, the transport
 
-    batch, client = _batch(8), NoNaN()
-    write_batch(client, batch)  # type: ignore[arg-type]
-    assert "d002" not in client.decision_ids() and len(client.decision_ids()) == 7
-    assert "ValueError: cannot convert NaN" in client.stored[REJECTED_TABLE][0][3]
+    batch, client = _batch(8), Broken()
+    with pytest.raises(AuditUnavailable, match="ValueError: Invalid header value"):
+        write_batch(client, batch)  # type: ignore[arg-type]
+    assert client.calls == 1 and batch.rejected == []
 
 
 def test_migrations_are_numbered_and_split_into_statements() -> None:
