@@ -18,7 +18,6 @@ from baton.sinks.clickhouse import connect
 from baton.sinks.schema import migrate
 from baton.sinks.sink import AuditSink, run_sink
 from tests.audit_support import (
-    T0,
     create_topic,
     hostile_records,
     produce_decisions,
@@ -95,7 +94,9 @@ def test_every_decision_appears_exactly_once_despite_redelivered_copies(
     broker: Any, sink_env: dict[str, Any]
 ) -> None:
     client: Client = sink_env["client"]
-    decisions = scenario_decisions(runs=30)
+    # decided a minute ago: the audit keeps decided_at within its retention of the sink's clock
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    decisions = scenario_decisions(runs=30, start=start)
     unique = {d.decision_id for d in decisions}
     sent = produce_decisions(broker.bootstrap, sink_env["topic"], decisions, duplicate_every=3)
     assert sent > len(unique)
@@ -128,7 +129,7 @@ def test_every_decision_appears_exactly_once_despite_redelivered_copies(
     assert _scalar(client, "SELECT count() FROM governance.rejected") == 0
     assert _scalar(client, "SELECT min(event_time) FROM governance.decisions").replace(
         tzinfo=None
-    ) >= T0.replace(tzinfo=None)
+    ) >= start.replace(tzinfo=None)
 
 
 # --------------------------------------------------------------------------- ClickHouse down
@@ -185,7 +186,7 @@ def test_while_clickhouse_is_down_the_sink_retries_and_commits_nothing(
     thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        decisions = scenario_decisions(runs=20)
+        decisions = scenario_decisions(runs=20, start=datetime.now(UTC) - timedelta(minutes=1))
         sent = produce_decisions(broker.bootstrap, topic, decisions)
         wait_for(lambda: flaky.refused >= 5, timeout=30, message="inserts refused while down")
         assert _scalar(client, "SELECT count() FROM governance.decisions") == 0
