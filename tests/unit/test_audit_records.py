@@ -474,6 +474,19 @@ def test_an_outage_in_the_middle_of_splitting_resumes_where_it_stopped() -> None
     assert len(client.stored[REJECTED_TABLE]) == 2
 
 
+def test_a_rebalance_after_a_refusal_starts_over_without_the_refused_row() -> None:
+    batch, client = _batch(16, {4}), FakeClickHouse()  # partitions 0 and 1 alternate
+    client.fail_at_call = 8  # an outage after the refused row was found
+    with pytest.raises(AuditUnavailable):
+        write_batch(client, batch)  # type: ignore[arg-type]
+    assert [r[2] for r in batch.rejected] == [4]
+    batch.drop_partitions({1})  # partition 1 revoked while the sink waited
+    write_batch(client, batch)  # type: ignore[arg-type]
+    assert [r[2] for r in client.stored[REJECTED_TABLE]] == [4]  # once, not tried again
+    assert set(client.decision_ids()) >= {f"d{i:03d}" for i in range(0, 16, 2) if i != 4}
+    assert "d004" not in client.decision_ids()
+
+
 def test_a_block_refused_as_too_big_is_split_and_nothing_is_rejected() -> None:
     batch, client = _batch(50), FakeClickHouse(max_block=7)
     write_batch(client, batch)  # type: ignore[arg-type]

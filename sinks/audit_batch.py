@@ -1,0 +1,226 @@
+"""One batch of the audit sink: records parsed and checked into rows, then written to ClickHouse
+with every row it refuses isolated (by halving) into ``governance.rejected``.
+
+A batch is what the sink read since its last commit; ``write_batch`` either stores all of it
+(decisions and rejected records) or raises AuditUnavailable having stored a prefix of its
+slices, which it remembers, so the same call resumes. Not guaranteed: a row refused by
+ClickHouse for an error code it does not know as a data error is retried, not rejected
+(``clickhouse.ROW_DATA_CODES``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+from pydantic import ValidationError
+
+from baton.schemas.decision import DECISION_ADAPTER
+from baton.schemas.errors import AuditUnavailable
+from baton.sinks.clickhouse import RowsRefused, insert_rows
+from baton.sinks.rows import (
+    DECISION_COLUMNS,
+    REJECTED_COLUMNS,
+    DecidedWindow,
+    RejectKind,
+    RowRejected,
+    decision_row,
+)
+from baton.sinks.schema import DATABASE
+
+__all__ = ["DECISIONS_TABLE", "REJECTED_TABLE", "AuditBatch", "utc_now", "write_batch"]
+
+log = logging.getLogger(__name__)
+
+DECISIONS_TABLE = f"{DATABASE}.decisions"
+REJECTED_TABLE = f"{DATABASE}.rejected"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class AuditBatch:
+    """Rows read since the last commit, per partition in offset order (one topic).
+
+    With ``ttl_days`` set, ``decided_at`` must fall in the audit's window around ``clock()``
+    read at the batch's first record (see ``rows.DecidedWindow``).
+    """
+
+    topic: str
+    ttl_days: int | None = None
+    clock: Callable[[], datetime] = utc_now
+    rows: list[list[Any]] = field(default_factory=list)
+    #: the record each row was made from, kept to reject it if ClickHouse refuses the row
+    raws: list[bytes] = field(default_factory=list)
+    rejected: list[list[Any]] = field(default_factory=list)
+    #: partition -> (first offset, last offset) of everything in this batch
+    ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
+    started: float = 0.0
+    window: DecidedWindow | None = None
+    #: slices of ``rows`` not stored yet, next on top (None: none tried); survives a failed
+    #: write_batch so a retry resumes with the same slices and tokens
+    todo: list[tuple[int, int]] | None = None
+    rejected_stored: bool = False
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.rejected)
+
+    def add(self, partition: int, offset: int, value: bytes | None) -> None:
+        """Parse one record; anything that keeps it from being a row makes it a rejected row."""
+        if not self.ranges:
+            self.started = time.monotonic()
+            if self.ttl_days is not None:
+                self.window = DecidedWindow.around(self.clock(), self.ttl_days)
+        first, _ = self.ranges.get(partition, (offset, offset))
+        self.ranges[partition] = (first, offset)
+        try:
+            if value is None:
+                raise RowRejected(
+                    RejectKind.INVALID_RECORD, "empty record (tombstone): expected a Decision"
+                )
+            decision = DECISION_ADAPTER.validate_json(value)
+            row = decision_row(decision, self.topic, partition, offset, self.window)
+        except ValidationError as exc:
+            self.reject(partition, offset, value, RejectKind.INVALID_RECORD, _explain(exc))
+        except RowRejected as exc:
+            self.reject(partition, offset, value, exc.kind, str(exc))
+        except Exception as exc:  # anything else about one record is that record's problem
+            error = f"{type(exc).__name__}: {exc}"
+            self.reject(partition, offset, value, RejectKind.UNCONVERTIBLE, error)
+        else:
+            self.rows.append(row)
+            self.raws.append(value)
+
+    def reject(
+        self, partition: int, offset: int, value: bytes | None, kind: RejectKind, error: str
+    ) -> None:
+        raw = (value or b"").decode("utf-8", errors="backslashreplace")
+        self.rejected.append([self.topic, partition, offset, error[:2000], raw, kind.value])
+
+    def token(self, lo: int = 0, hi: int | None = None) -> str:
+        """The insert_deduplication_token of ``rows[lo:hi]`` (default: all of them).
+
+        ClickHouse drops an insert whose token it has seen, whatever its rows: a token must
+        name exactly one set of rows. Offsets name records for good, so the token is the
+        readable offset span per partition plus a digest of the exact offsets: a slice left
+        after rejecting rows, or cut at other places after a restart, gets its own token;
+        the same slice retried gets the same one.
+        """
+        return _token(self.topic, [(r[-2], r[-1]) for r in self.rows[lo:hi]])
+
+    def rejected_token(self) -> str:
+        return _token(self.topic, [(r[1], r[2]) for r in self.rejected]) + "/rejected"
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Forget revoked partitions: their new owner re-reads them from the last commit."""
+        if not partitions & self.ranges.keys():
+            return
+        # audit_partition: second-to-last column of a decision row, second of a rejected row;
+        # rows ClickHouse refused already have their rejected row: not tried again
+        refused = {(r[1], r[2]) for r in self.rejected if r[-1] == RejectKind.REFUSED_BY_CLICKHOUSE}
+        kept = [
+            i
+            for i, r in enumerate(self.rows)
+            if r[-2] not in partitions and (r[-2], r[-1]) not in refused
+        ]
+        self.rows = [self.rows[i] for i in kept]
+        self.raws = [self.raws[i] for i in kept]
+        self.rejected = [r for r in self.rejected if r[1] not in partitions]
+        self.ranges = {p: span for p, span in self.ranges.items() if p not in partitions}
+        # what was stored stays stored (the new owner's copies fold); the rest starts over
+        self.todo = None
+        self.rejected_stored = False
+
+    def commit_offsets(self) -> dict[int, int]:
+        """partition -> the offset to commit after this batch (next one to read)."""
+        return {p: last + 1 for p, (_, last) in self.ranges.items()}
+
+
+def _token(topic: str, offsets: list[tuple[int, int]]) -> str:
+    spans: dict[int, tuple[int, int]] = {}
+    digest = hashlib.blake2b(digest_size=8)
+    for partition, offset in offsets:
+        first, _ = spans.get(partition, (offset, offset))
+        spans[partition] = (first, offset)
+        digest.update(b"%d:%d," % (partition, offset))
+    readable = ",".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(spans.items()))
+    return f"{topic}/{readable}/{digest.hexdigest()}"
+
+
+def _explain(exc: ValidationError) -> str:
+    """A pydantic error as one line per problem: the field, what was expected, what came."""
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "record"
+        got = repr(error.get("input"))
+        got = got if len(got) <= 80 else got[:77] + "..."
+        problems.append(f"{where}: {error['msg']} (got {got})")
+    more = f"; and {exc.error_count() - 5} more" if exc.error_count() > 5 else ""
+    return "not a Decision: " + "; ".join(problems) + more
+
+
+def write_batch(client: Client, batch: AuditBatch, label: str = "ClickHouse") -> None:
+    """Insert ``batch``: its decisions, then its rejected records.
+
+    A slice of rows that ClickHouse refuses as data is cut in halves until each refused row
+    is alone; that row becomes a rejected record (``refused_by_clickhouse``), the rest is
+    stored, in offset order. Raises AuditUnavailable when ClickHouse is unreachable or fails
+    otherwise; the batch remembers which slices are stored, so calling again resumes.
+    """
+    if batch.todo is None:
+        batch.todo = [(0, len(batch.rows))] if batch.rows else []
+    while batch.todo:
+        lo, hi = batch.todo[-1]
+        try:
+            insert_rows(
+                client,
+                DECISIONS_TABLE,
+                batch.rows[lo:hi],
+                DECISION_COLUMNS,
+                batch.token(lo, hi),
+                label,
+            )
+        except RowsRefused as exc:
+            if hi - lo > 1:
+                mid = (lo + hi) // 2
+                batch.todo[-1:] = [(mid, hi), (lo, mid)]
+                continue
+            if not exc.row_level:  # a one-row block refused as a block: not the row's fault
+                raise AuditUnavailable(
+                    f"ClickHouse at {label} refused a one-row insert into {DECISIONS_TABLE} "
+                    f"({batch.token(lo, hi)}): {exc}"
+                ) from exc
+            row = batch.rows[lo]
+            log.warning(
+                "audit sink: ClickHouse refused the record at %s/%s/%s (%s); it is kept in %s",
+                batch.topic,
+                row[-2],
+                row[-1],
+                exc,
+                REJECTED_TABLE,
+            )
+            batch.reject(
+                row[-2],
+                row[-1],
+                batch.raws[lo],
+                RejectKind.REFUSED_BY_CLICKHOUSE,
+                f"ClickHouse refused the row: {exc}",
+            )
+        batch.todo.pop()
+    if batch.rejected and not batch.rejected_stored:
+        token = batch.rejected_token()
+        try:
+            insert_rows(client, REJECTED_TABLE, batch.rejected, REJECTED_COLUMNS, token, label)
+        except RowsRefused as exc:  # only strings and Kafka's own numbers: never seen
+            raise AuditUnavailable(
+                f"ClickHouse at {label} refused the rejected records ({token}): {exc}"
+            ) from exc
+        batch.rejected_stored = True
