@@ -6,37 +6,41 @@ instead of joining the worker's consumer group. It runs in a thread and swaps im
 values (``KillSwitches``, ``Policy``), which the hot path reads without locks.
 
 **Complete as of t.** About once a second the follower *probes* the broker: the topic's
-metadata, then each partition's watermarks (ListOffsets; the consumer reads
-``isolation.level=read_committed``, so Kafka answers the last stable offset). Once the
-consumer's *position* has reached every partition's high watermark of a probe sent at time
-t, every control event committed before t has been applied: the kill switches are complete
-as of t. Positions, not offsets of delivered records: a transaction's commit marker, and an
-aborted transaction, take offsets that are never delivered. ``caught_up`` is set by the first
-complete probe; a worker decides nothing before it.
+description, then each partition's watermarks (ListOffsets ``read_committed``, as the consumer
+reads, so Kafka answers the last stable offset). Once the consumer's *position* has reached
+every partition's high watermark of a probe sent at time t, every control event committed
+before t has been applied: the kill switches are complete as of t. Positions, not offsets of
+delivered records: a transaction's commit marker, and an aborted transaction, take offsets
+that are never delivered. ``caught_up`` is set by the first complete probe; a worker decides
+nothing before it. Probes go through their own admin client and never block the reading:
+librdkafka drops a connection on its first timed-out request (``socket.max.fails=1``), and a
+probe queued behind the consumer's long-poll fetch once took the fetch connection down with
+it. A probe answered late still counts from the time it was sent.
 
 **Fail closed.** ``is_fresh()`` is False while the kill switches are not known complete as of
 ``max_staleness_s`` ago (``BATON_CONTROL_MAX_STALENESS_S``, 15 s by default), whatever the
 cause: broker unreachable or frozen, topic deleted, authorization refused, partition without
-a leader, or a consumer that does not advance. A failed probe is no contact; a successful one
-whose high watermark the consumer never reaches is no contact either. While stale the
-worker (``processors/app.py``) stops deciding: batches wait in ``wait_until_fresh`` (clients
-fail closed on their own timeout, with ``governance_unavailable``), the approval sweep pauses,
-and the follower logs why every 5 s (topic, broker, positions, last error). After
-``give_up_after_s`` (10 x the bound by default) without a complete read *and* without the
-position moving, the follower gives up: the process exits with ``EXIT_CONTROL_LOST``
-committing nothing, so a supervisor restarts it and the restart reads the topic from the
-beginning.
+a leader, or a consumer that does not advance (a probe is answered, but the position never
+reaches its high watermark). While stale the worker (``processors/app.py``) stops deciding:
+batches wait in ``wait_until_fresh`` (clients fail closed on their own timeout, with
+``governance_unavailable``), the approval sweep pauses, and the follower logs why every 5 s
+(topic, broker, positions, last errors). After ``give_up_after_s`` (10 x the bound by
+default) without a complete read *and* without the position moving, the follower gives up:
+the process exits with ``EXIT_CONTROL_LOST`` committing nothing, so a supervisor restarts it
+and the restart reads the topic from the beginning.
 
 What this guarantees: a kill switch committed at time t is in force for every decision this
 worker makes after t + ``max_staleness_s`` (on the worker's monotonic clock).
 
-Not guaranteed: decisions made before a kill switch was read are not revoked; a control
-topic flooded faster than the follower drains it (more than 500 records per 0.2 s poll) keeps
-the worker stale for as long as the flood lasts (it does not exit while it makes progress).
-Tansu answers ListOffsets with the first offset of the last record batch + 1; positions are
-therefore compared only when the consumer's queue is drained (a fetched batch arrives whole).
-Tansu keeps no aborted records at all, and answers a read_committed ListOffsets below an
-open transaction's data; real Kafka does neither.
+Not guaranteed: decisions made before a kill switch was read are not revoked. A control topic
+flooded faster than the follower drains it keeps the worker stale while the flood lasts
+(positions are judged only after a poll that did not fill its batch of 500; it does not exit
+while the position moves). Deleting the control topic under a running worker crashes it on
+Tansu (librdkafka 2.16 segfaults on the Fetch answer for an unknown topic): closed, but by a
+crash. Tansu answers ListOffsets with the first offset of the last record batch + 1, which
+is why positions are judged only once the consumer's queue is drained (a fetched batch
+arrives whole); it keeps no aborted records at all, and answers a read_committed ListOffsets
+below an open transaction's data. Real Kafka does neither.
 """
 
 from __future__ import annotations
@@ -46,10 +50,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from baton.processors.batch import DeadLetter, InputRecord, dead_letter_record
 from baton.processors.control_progress import ControlProgress
@@ -72,11 +87,26 @@ _MIN_STALENESS_S, _MAX_STALENESS_S = 1.0, 3600.0
 _MAX_GIVE_UP_S = 86_400.0
 _CONSUME_BATCH = 500
 _POLL_S = 0.2
+_PROBE_POLL_S = 0.02
 _LOG_EVERY_S = 5.0
 
 
 class _Unreadable(Exception):
-    """The control topic cannot be read as it is (missing, no partitions, partitions gone)."""
+    """The control topic cannot be read as it is (partitions gone)."""
+
+
+@dataclass
+class _ProbeInFlight:
+    at: float  #: monotonic time before the first request left
+    described: Future[Any]
+    lows: dict[int, Future[Any]] | None = None
+    highs: dict[int, Future[Any]] | None = None
+
+
+def _reason(exc: Exception) -> str:
+    """librdkafka's own words for a failure ("Broker: Unknown topic or partition")."""
+    err = exc.args[0] if exc.args else None
+    return err.str() if isinstance(err, KafkaError) else str(exc)
 
 
 def _check_bounds(max_staleness_s: float, give_up_after_s: float) -> None:
@@ -120,9 +150,10 @@ class ControlFollower:
         self.policy = policy
         self.max_staleness_s = float(max_staleness_s)
         self.give_up_after_s = float(give_up)
-        # several probes per bound, each short enough that a hung broker is noticed in time
+        # several probes per bound; a probe may take up to the bound (it never blocks the
+        # reading, and a late answer still counts from the time the probe was sent)
         self._probe_every_s = min(1.0, self.max_staleness_s / 5)
-        self._probe_timeout_s = min(5.0, self.max_staleness_s / 3)
+        self._probe_timeout_s = self.max_staleness_s
         self._worker = worker
         self._on_decision = on_decision
         self._on_dead_letter = on_dead_letter
@@ -135,6 +166,9 @@ class ControlFollower:
             # librdkafka backs reconnects off up to 10 s: a broker back from an outage would
             # stay unread (and this worker stale) that long
             "reconnect.backoff.max.ms": 1000,
+            # measured on Tansu: a kill switch took up to 0.38 s to apply with librdkafka's
+            # 500 ms fetch wait, up to 0.19 s with 100 ms (10 idle fetches/s: nothing)
+            "fetch.wait.max.ms": 100,
             # librdkafka's lines ("Connection refused" every second) into logging, not stderr
             "logger": logging.getLogger("baton.kafka"),
             **consumer_conf,
@@ -142,6 +176,12 @@ class ControlFollower:
             # answers the last stable offset, so an open transaction cannot hold "caught up"
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
+            "error_cb": self._on_client_error,
+        }
+        self._admin_conf = {
+            "reconnect.backoff.max.ms": 1000,
+            "logger": logging.getLogger("baton.kafka"),
+            **consumer_conf,
             "error_cb": self._on_client_error,
         }
         self.progress = ControlProgress(time.monotonic())
@@ -164,7 +204,7 @@ class ControlFollower:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5 + 2 * self._probe_timeout_s)
+            self._thread.join(timeout=5)
 
     def is_fresh(self) -> bool:
         """True when every control event committed ``max_staleness_s`` ago has been applied."""
@@ -194,7 +234,11 @@ class ControlFollower:
         consumer = None
         try:
             consumer = Consumer(self._conf)
-            self._follow(consumer)
+            # probes get their own client: librdkafka drops a connection on its first timed
+            # out request (socket.max.fails=1), and a probe waiting behind the consumer's
+            # long-poll fetch timed out and tore down the fetch connection with it
+            admin = AdminClient(self._admin_conf)
+            self._follow(consumer, admin)
         except Exception:
             # a dead follower would silently stop enforcing kill switches (fail open): the
             # worker must not outlive it. Exit; a restart reads the control topic again.
@@ -207,20 +251,26 @@ class ControlFollower:
             if consumer is not None:
                 consumer.close()
 
-    def _follow(self, consumer: Consumer) -> None:
+    def _follow(self, consumer: Consumer, admin: AdminClient) -> None:
         assigned: list[int] = []
+        probe: _ProbeInFlight | None = None
         next_probe = 0.0
         next_log = time.monotonic() + _LOG_EVERY_S
         was_fresh = warned = False
         while not self._stop.is_set():
-            if time.monotonic() >= next_probe:
-                assigned = self._probe(consumer, assigned)
-                next_probe = time.monotonic() + self._probe_every_s
-            msgs = consumer.consume(_CONSUME_BATCH, _POLL_S)
+            now = time.monotonic()
+            if probe is None and now >= next_probe:
+                probe = self._send_probe(admin, now)
+                next_probe = now + self._probe_every_s
+            elif probe is not None:
+                probe, assigned = self._advance_probe(probe, admin, consumer, assigned)
+            # poll briefly while a probe is on its way, so its answer is taken up at once
+            wait = _PROBE_POLL_S if probe is not None else max(0.0, min(_POLL_S, next_probe - now))
+            msgs = consumer.consume(_CONSUME_BATCH, wait)
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
-                    self.progress.failed(time.monotonic(), f"reading: {err.str()}")
+                    self.progress.failed(time.monotonic(), err.str(), "reading")
                 else:
                     self._apply(msg)
             now = time.monotonic()
@@ -251,31 +301,56 @@ class ControlFollower:
             )
             self.caught_up.set()
 
-    def _probe(self, consumer: Consumer, assigned: list[int]) -> list[int]:
-        """Ask the broker for the topic's partitions and watermarks; returns the assignment."""
-        at = time.monotonic()  # before the request: what was committed by now is below high
+    def _send_probe(self, admin: AdminClient, at: float) -> _ProbeInFlight:
+        """Ask for the topic's partitions (first step of a probe; ``at`` is before it left)."""
+        topics = TopicCollection([self.topic])
+        described = admin.describe_topics(topics, request_timeout=self._probe_timeout_s)
+        self.progress.sent(at)
+        return _ProbeInFlight(at, described[self.topic])
+
+    def _advance_probe(
+        self, probe: _ProbeInFlight, admin: AdminClient, consumer: Consumer, assigned: list[int]
+    ) -> tuple[_ProbeInFlight | None, list[int]]:
+        """Take up what has come back (never waits): (the probe if still on its way, assignment).
+
+        Step one answered: assign the partitions and ask for their watermarks (read_committed,
+        so the high one is the last stable offset). Step two answered: a probe for
+        ``progress``. Any failure, including a request timeout: no contact, and a new probe.
+        """
         try:
-            meta = consumer.list_topics(self.topic, timeout=self._probe_timeout_s)
-            topic = meta.topics.get(self.topic)
-            if topic is None or topic.error is not None:
-                why = topic.error.str() if topic is not None else "not in the metadata"
-                raise _Unreadable(f"topic {self.topic}: {why}")
-            parts = sorted(topic.partitions)
-            if parts != assigned:
-                assigned = self._assign(consumer, parts, assigned)
-            ends: dict[int, tuple[int, int]] = {}
-            for p in parts:
-                marks = consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=self._probe_timeout_s, cached=False
-                )
-                if marks is None:
-                    raise _Unreadable(f"watermarks of partition {p}: no answer")
-                ends[p] = (int(marks[0]), int(marks[1]))
+            if probe.highs is None:
+                if not probe.described.done():
+                    return probe, assigned
+                parts = sorted(p.id for p in probe.described.result().partitions)
+                if parts != assigned:
+                    assigned = self._assign(consumer, parts, assigned)
+                tps = [TopicPartition(self.topic, p) for p in parts]
+                probe.lows = self._offsets(admin, tps, OffsetSpec.earliest())
+                probe.highs = self._offsets(admin, tps, OffsetSpec.latest())
+                return probe, assigned
+            assert probe.lows is not None
+            if not all(f.done() for f in (*probe.lows.values(), *probe.highs.values())):
+                return probe, assigned
+            ends = {
+                p: (probe.lows[p].result().offset, high.result().offset)
+                for p, high in probe.highs.items()
+            }
         except (KafkaException, _Unreadable) as exc:
-            self.progress.failed(at, f"probe: {exc}")
-            return assigned
-        self.progress.probed(at, ends)
-        return assigned
+            step = "topic description" if probe.highs is None else "watermarks"
+            self.progress.failed(time.monotonic(), f"{step}: {_reason(exc)}")
+            return None, assigned
+        self.progress.probed(probe.at, ends)
+        return None, assigned
+
+    def _offsets(
+        self, admin: AdminClient, tps: list[TopicPartition], spec: OffsetSpec
+    ) -> dict[int, Future[Any]]:
+        futures = admin.list_offsets(
+            {tp: spec for tp in tps},
+            isolation_level=IsolationLevel.READ_COMMITTED,
+            request_timeout=self._probe_timeout_s,
+        )
+        return {tp.partition: f for tp, f in futures.items()}
 
     def _assign(self, consumer: Consumer, parts: list[int], assigned: list[int]) -> list[int]:
         gone = sorted(set(assigned) - set(parts))
@@ -295,7 +370,7 @@ class ControlFollower:
 
     def _on_client_error(self, err: KafkaError) -> None:
         # librdkafka's own errors (all brokers down, authentication, ...): why, for the log
-        self.progress.failed(time.monotonic(), f"client: {err.str()}")
+        self.progress.failed(time.monotonic(), err.str(), "client")
 
     def _give_up(self) -> None:
         with self._give_up_lock:

@@ -8,6 +8,7 @@ No I/O and no clock reads here, so the rules are tested without a broker.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,8 +47,11 @@ class ControlProgress:
         self.last_contact: float | None = None
         #: last time a position moved forward (reading, even if not yet complete)
         self.last_progress = started_at
-        self.last_error: str | None = None
-        self.last_error_at: float | None = None
+        #: source ("probe", "client", "reading") -> (time, message) of its last error: a
+        #: probe timing out must not hide the authentication error librdkafka reported
+        self.errors: dict[str, tuple[float, str]] = {}
+        #: when the probe now on its way was sent (None: none is)
+        self.waiting_since: float | None = None
         self.ends: dict[int, tuple[int, int]] = {}
         self.positions: dict[int, int] = {}
         # unanswered probes, oldest first; dropping the oldest when full only delays freshness
@@ -57,8 +61,13 @@ class ControlProgress:
     def caught_up(self) -> bool:
         return self.complete_as_of is not None
 
+    def sent(self, at: float) -> None:
+        """A probe left at ``at``; its answer (``probed``) or failure (``failed``) follows."""
+        self.waiting_since = at
+
     def probed(self, at: float, ends: Mapping[int, tuple[int, int]]) -> None:
         """The broker answered a probe sent at ``at`` with these watermarks."""
+        self.waiting_since = None
         if not ends:
             self.failed(at, "the topic has no partitions")
             return
@@ -66,10 +75,15 @@ class ControlProgress:
         self.ends = dict(ends)
         self._pending.append(_Probe(at, self.ends))
 
-    def failed(self, at: float, error: str) -> None:
-        """A probe or a read failed at ``at``: no contact; ``error`` says why (kept short)."""
-        self.last_error = error[:_ERROR_CHARS]
-        self.last_error_at = at
+    @property
+    def last_error(self) -> str | None:
+        return max(self.errors.values())[1] if self.errors else None
+
+    def failed(self, at: float, error: str, source: str = "probe") -> None:
+        """Something failed at ``at`` (a probe: no contact); ``error`` says why, kept short."""
+        if source == "probe":
+            self.waiting_since = None
+        self.errors[source] = (at, error[:_ERROR_CHARS])
 
     def advanced(self, at: float, positions: Mapping[int, int]) -> bool:
         """The consumer's positions at ``at`` (queue drained); True if ``complete_as_of`` moved.
@@ -123,13 +137,16 @@ class ControlProgress:
             parts.append(
                 f"last answer from the broker {max(0.0, now - self.last_contact):.1f} s ago"
             )
+        if self.waiting_since is not None and now - self.waiting_since >= 0.5:
+            parts.append(f"no answer to a probe sent {now - self.waiting_since:.1f} s ago")
         if self.ends:
             read = ", ".join(
                 f"[{p}] {self.positions.get(p, NO_POSITION)}/{high}"
                 for p, (_low, high) in sorted(self.ends.items())
             )
             parts.append(f"read position/high watermark {read}")
-        if self.last_error is not None and self.last_error_at is not None:
-            ago = max(0.0, now - self.last_error_at)
-            parts.append(f"last error ({ago:.1f} s ago): {self.last_error}")
+        since = self.complete_as_of if self.complete_as_of is not None else -math.inf
+        for source, (at, error) in sorted(self.errors.items(), key=lambda e: -e[1][0]):
+            if at >= since:  # older ones were overcome by a complete read since
+                parts.append(f"last {source} error ({max(0.0, now - at):.1f} s ago): {error}")
         return "; ".join(parts)

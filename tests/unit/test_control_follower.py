@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -101,13 +103,39 @@ def test_why_stale_names_topic_broker_positions_and_the_last_error() -> None:
     p = ControlProgress(started_at=0.0)
     p.probed(1.0, {0: (0, 9)})
     p.advanced(1.1, {0: 4})
-    p.failed(2.0, "probe: Failed to get metadata: Local: Timed out")
+    p.failed(2.0, "Failed to get metadata: Local: Timed out")
+    p.failed(1.5, "SASL authentication error: Authentication failed", "client")
     text = p.describe(30.0, "prod.gov.control", "kafka-1:9092")
     assert "control topic prod.gov.control at kafka-1:9092" in text
     assert "not read to its end since the follower started 30.0 s ago" in text
     assert "[0] 4/9" in text
     assert "last answer from the broker 29.0 s ago" in text
-    assert "(28.0 s ago): probe: Failed to get metadata: Local: Timed out" in text
+    assert text.endswith(
+        "last probe error (28.0 s ago): Failed to get metadata: Local: Timed out; "
+        "last client error (28.5 s ago): SASL authentication error: Authentication failed"
+    )
+
+
+def test_a_probe_without_answer_is_named_while_it_waits() -> None:
+    p = ControlProgress(started_at=0.0)
+    p.sent(1.0)
+    assert "no answer to a probe" not in p.describe(1.2, "t", "b")  # a normal round trip
+    assert "no answer to a probe sent 2.5 s ago" in p.describe(3.5, "t", "b")
+    p.failed(4.0, "Timed out")
+    assert "no answer to a probe" not in p.describe(4.5, "t", "b")
+    p.sent(5.0)
+    p.probed(5.01, {0: (0, 0)})
+    assert "no answer to a probe" not in p.describe(9.0, "t", "b")
+
+
+def test_errors_overcome_by_a_complete_read_are_not_shown() -> None:
+    p = ControlProgress(started_at=0.0)
+    p.failed(0.5, "Connection refused")
+    p.probed(1.0, {0: (0, 0)})
+    p.advanced(1.1, {0: NO_POSITION})
+    assert "Connection refused" not in p.describe(2.0, "t", "b")
+    p.failed(3.0, "Timed out")
+    assert p.describe(4.0, "t", "b").endswith("last probe error (1.0 s ago): Timed out")
 
 
 def test_an_error_message_is_kept_short() -> None:
@@ -207,30 +235,18 @@ class _Msg:
 
 
 class _FakeConsumer:
-    """One partition: ``records`` (None = a transaction marker), ``high`` as ListOffsets says.
+    """One partition of ``records`` (None = a transaction marker), consumed in ``batches``.
 
     Like librdkafka, the position passes the markers it reads.
     """
 
-    def __init__(self, records: list[bytes | None], high: int, batches: list[int]) -> None:
+    def __init__(self, records: list[bytes | None], batches: list[int]) -> None:
         self.records = records
-        self.high = high
         self.batches = batches  # how many records each consume() call may return
         self.next = 0
         self.position_at = NO_POSITION
         self.caught_up_seen: list[bool] = []
         self.follower: ControlFollower | None = None
-        self.fail_probes = False
-
-    def list_topics(self, topic: str, timeout: float) -> Any:
-        if self.fail_probes:
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to get metadata"))
-        part = type("P", (), {})()
-        t = type("T", (), {"error": None, "partitions": {0: part}})()
-        return type("M", (), {"topics": {topic: t}})()
-
-    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> Any:
-        return (0, self.high)
 
     def assign(self, tps: list[TopicPartition]) -> None:
         pass
@@ -255,22 +271,53 @@ class _FakeConsumer:
         return out
 
 
+def _done(value: Any = None, error: Exception | None = None) -> Future[Any]:
+    f: Future[Any] = Future()
+    if error is not None:
+        f.set_exception(error)
+    else:
+        f.set_result(value)
+    return f
+
+
+class _FakeAdmin:
+    """Answers probes at once: one partition with watermarks (0, ``high``), or a timeout.
+
+    ``high`` is what ListOffsets says (on Tansu: the first offset of the last batch + 1).
+    """
+
+    def __init__(self, high: int, fail: bool = False) -> None:
+        self.high = high
+        self.fail = fail
+
+    def describe_topics(self, topics: Any, request_timeout: float) -> dict[str, Future[Any]]:
+        if self.fail:
+            err = KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed while waiting"))
+            return {t: _done(error=err) for t in topics.topic_names}
+        description = SimpleNamespace(partitions=[SimpleNamespace(id=0)])
+        return {t: _done(description) for t in topics.topic_names}
+
+    def list_offsets(self, specs: dict[TopicPartition, Any], **kw: Any) -> dict[Any, Future[Any]]:
+        latest = "Latest" in type(next(iter(specs.values()))).__name__
+        return {tp: _done(SimpleNamespace(offset=self.high if latest else 0)) for tp in specs}
+
+
 def _kill(run_id: str) -> bytes:
     return KillSwitch(
         scope="run", run_id=run_id, operator="op", event_time=datetime.now(UTC)
     ).to_json()
 
 
-def _run(f: ControlFollower, consumer: _FakeConsumer) -> None:
+def _run(f: ControlFollower, consumer: _FakeConsumer, admin: _FakeAdmin) -> None:
     consumer.follower = f
-    f._follow(consumer)  # type: ignore[arg-type]
+    f._follow(consumer, admin)  # type: ignore[arg-type]
 
 
 def test_a_topic_ending_in_a_commit_marker_is_caught_up_with_its_kill_switch_applied() -> None:
     decisions: list[Any] = []
     f = _follower(on_decision=decisions.append)
-    consumer = _FakeConsumer([_kill("r1"), _kill("r2"), None], high=3, batches=[500, 500])
-    _run(f, consumer)
+    consumer = _FakeConsumer([_kill("r1"), _kill("r2"), None], batches=[500] * 5)
+    _run(f, consumer, _FakeAdmin(high=3))
     assert f.caught_up.is_set()
     assert f.kills.runs == frozenset({"r1", "r2"})
     assert len(decisions) == 2
@@ -282,25 +329,24 @@ def test_positions_are_judged_only_once_the_queue_is_drained() -> None:
     # watermark inside a batch that is still being handed out must not count as caught up
     records: list[bytes | None] = [_kill(f"r{i}") for i in range(1000)]
     f = _follower()
-    consumer = _FakeConsumer(records, high=501, batches=[500, 500, 500])
-    _run(f, consumer)
-    # calls: 1st (nothing yet), 2nd after 500 records (full batch: not judged),
-    # 3rd after 1000 (full batch: not judged), 4th after an empty one: caught up
-    assert consumer.caught_up_seen[:4] == [False, False, False, True]
+    consumer = _FakeConsumer(records, batches=[0, 500, 500, 500])
+    _run(f, consumer, _FakeAdmin(high=501))
+    # consume() calls: 1st and 2nd while the probe is answered, 3rd hands out 500 records
+    # (full: not judged), 4th 500 more (full: not judged), 5th none: judged, caught up
+    assert consumer.caught_up_seen == [False, False, False, False, True]
     assert len(f.kills.runs) == 1000
 
 
 def test_a_broker_that_never_answers_makes_it_give_up_naming_why() -> None:
     reasons: list[str] = []
     f = _follower(max_staleness_s=1.0, give_up_after_s=2.0, on_give_up=reasons.append)
-    f.progress = ControlProgress(started_at=time.monotonic() - 10)  # started 10 s ago
-    consumer = _FakeConsumer([], high=0, batches=[1] * 100)
-    consumer.fail_probes = True
-    _run(f, consumer)
+    f.progress = ControlProgress(started_at=time.monotonic() - 1.9)  # gives up in 0.1 s
+    consumer = _FakeConsumer([], batches=[1] * 1_000_000)
+    _run(f, consumer, _FakeAdmin(high=0, fail=True))
     assert not f.caught_up.is_set()
     assert len(reasons) == 1
     reason = reasons[0]
     assert reason.startswith("control follower gives up after 2 s: control topic prod.gov.control")
     assert "at kafka-1:9092" in reason
-    assert "Failed to get metadata" in reason
-    assert len(consumer.batches) == 99  # the loop ended at once
+    assert "last probe error" in reason and "topic description: Failed while waiting" in reason
+    assert consumer.batches  # the loop ended by giving up, not for want of input
