@@ -156,6 +156,7 @@ class GovernanceWorker:
             # sent with the next batch or sweep (within its transaction, under exactly-once)
             on_decision=self.publisher.enqueue,
             on_dead_letter=self.publisher.enqueue,
+            max_staleness_s=settings.control_max_staleness_s,
         )
         self._processor: BatchProcessor | None = None
         self._lock = asyncio.Lock()
@@ -225,9 +226,9 @@ class GovernanceWorker:
             # never decide before every kill switch is known: a missed global kill fails open
             while not await loop.run_in_executor(None, self.control.caught_up.wait, 10.0):
                 log.warning(
-                    "worker %s: still reading the control topic %s before deciding",
+                    "worker %s: still reading the control topic before deciding: %s",
                     self.worker_id,
-                    self.catalog.control,
+                    self.control.why_stale(),
                 )
             self._ready.set()
             log.info("worker %s ready (policy %s)", self.worker_id, self.control.policy.version)
@@ -385,6 +386,10 @@ class GovernanceWorker:
         current: Callable[[], bool] | None = None,
     ) -> bool:
         """Decide and publish ``records``; False if they went stale before (not decided)."""
+        # never decide on stale kill switches: the batch waits (clients fail closed on their
+        # timeout); the follower logs why every few seconds, and ends the process if the
+        # control topic stays unreadable (outside the lock, so a revoke is not blocked)
+        await self.control.wait_until_fresh()
         try:
             async with self._lock:
                 if current is not None and not current():
@@ -461,6 +466,7 @@ class GovernanceWorker:
             or app.rebalancing
             or getattr(app, "in_recovery", False)
             or not app.consumer.flow_active
+            or not self.control.is_fresh()
         ):
             return  # the store may hold half-restored states while recovery replays
         now = datetime.now(UTC)

@@ -82,9 +82,11 @@ class Settings(BaseSettings):
     )
     control_max_staleness_s: float = Field(
         15.0,
-        gt=0,
-        description="a worker that has not heard from the control topic (kill switches, "
-        "policy) for this long stops deciding until it hears again; clients fail closed",
+        ge=1.0,
+        le=3600.0,
+        description="a worker whose kill switches (the control topic, read to its end) are "
+        "older than this stops deciding until it reads them again (clients fail closed); "
+        "after 10x this it exits (76) for a restart",
     )
     fetch_max_wait_ms: int = Field(
         10,
