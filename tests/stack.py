@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
@@ -18,7 +20,7 @@ from baton.schemas.events import _Event
 from baton.streams.net import free_port
 from tests.helpers import wait_for
 
-__all__ = ["Collector", "EventSender", "WorkerProcess"]
+__all__ = ["BatonProcess", "Collector", "EventSender", "SinkProcess", "WorkerProcess"]
 
 
 class WorkerProcess:
@@ -162,3 +164,92 @@ class EventSender:
     def send_raw(self, value: bytes, key: bytes | None, topic: str | None = None) -> None:
         self.producer.produce(topic or self.topic, value, key)
         assert self.producer.flush(10) == 0
+
+
+class BatonProcess:
+    """A ``baton`` command as a real subprocess (``-v``); its output is kept in ``log_path``."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "baton.cli", "-v", *args],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def log(self, tail: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        """SIGTERM (SIGKILL after 20 s); returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+class SinkProcess(BatonProcess):
+    """``baton sink`` as a real subprocess: it holds the chDB directory ``chdb_dir`` and serves
+    SQL on ``sql_port`` (query it with :meth:`query` once :meth:`wait_ready` returned)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        chdb_dir: Path,
+        log_path: Path,
+        *,
+        partitions: int = 4,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.dsn = f"chdb://{chdb_dir}"
+        super().__init__(
+            ["sink", "--sql-port", str(self.port), "--report-every", "5"],
+            {
+                "BATON_BOOTSTRAP": bootstrap,
+                "BATON_TOPIC_PREFIX": prefix,
+                "BATON_PARTITIONS": str(partitions),
+                "BATON_APP_ID": f"baton-{prefix.rstrip('.')}",
+                "BATON_CLICKHOUSE_DSN": self.dsn,
+                "BATON_SINK_BATCH_TIMEOUT_S": "0.2",
+                "BATON_SESSION_TIMEOUT_S": "6",
+                **(extra_env or {}),
+            },
+            log_path,
+        )
+        self.http: Any = None
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def connect() -> Any:
+            assert self.alive(), f"sink exited with {self.proc.returncode}"
+            # a plain ping first: clickhouse-connect logs a warning per refused connection
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=2):
+                pass
+            from baton.sinks.clickhouse import connect
+
+            # through the endpoint the sink registers in its chDB directory (with its token)
+            return connect(self.dsn)
+
+        self.http = wait_for(
+            connect, timeout, interval=0.2, message=lambda: f"the sink's SQL endpoint\n{self.log()}"
+        )
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self.http.query(sql).result_rows]
+
+    def stop(self) -> int:
+        if self.http is not None:
+            self.http.close()
+        return super().stop()
