@@ -66,6 +66,8 @@ class PendingApproval:
     approval_id: str
     request: HandoffRequested
     expires_at: float
+    #: when the approval was asked for: a signed grant made before it is a replay
+    created_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -309,7 +311,7 @@ class RunState:
             list(self.agents),
             [[k, u, c] for k, (u, c) in self.reserved.items()],
             [
-                [p.approval_id, p.request.model_dump(mode="json"), p.expires_at]
+                [p.approval_id, p.request.model_dump(mode="json"), p.expires_at, p.created_at]
                 for p in self.pending.values()
             ],
             keys,
@@ -349,7 +351,12 @@ class RunState:
             {},
             dict.fromkeys(w[11]),
             {k: (u, c) for k, u, c in w[12]},
-            {a: PendingApproval(a, HandoffRequested.model_validate(r), e) for a, r, e in w[13]},
+            {
+                p[0]: PendingApproval(
+                    p[0], HandoffRequested.model_validate(p[1]), p[2], p[3] if len(p) > 3 else 0.0
+                )
+                for p in w[13]
+            },
             seen,
             fresh,
             marks,

@@ -65,6 +65,17 @@ class Reason(StrEnum):
     RUN_STATE_LIMIT = "run_state_limit"
     WORKER_RUN_LIMIT = "worker_run_limit"
     RUN_EXPIRED = "run_expired"
+    # identity by signature (issue 12): an approval or control command that does not count
+    APPROVAL_UNSIGNED = "approval_unsigned"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_APPROVER = "unknown_approver"
+    SIGNED_FOR_ANOTHER_REQUEST = "signed_for_another_request"
+    SIGNATURE_EXPIRED = "signature_expired"
+    BENEFICIARY_APPROVAL = "beneficiary_approval"
+    UNKNOWN_TENANT = "unknown_tenant"
+    CONTROL_UNSIGNED = "control_unsigned"
+    UNKNOWN_OPERATOR = "unknown_operator"
+    CONTROL_REPLAYED = "control_replayed"
     # approval gate
     APPROVAL_PENDING = "approval_pending"
     APPROVAL_GRANTED = "approval_granted"
