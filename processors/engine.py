@@ -930,23 +930,24 @@ def _pre_handoff(st: RunState, event: HandoffRequested, ctx: _Ctx) -> list[Decis
         if outcome is _STOP:
             _apply_stop(st, reason, ctx)
         owner = node.owner if node is not None else None
-    return [
-        _decision(
-            st,
-            ctx,
-            req.request_id,
-            _PRE_HANDOFF,
-            outcome,
-            reason,
-            req.event_time,
-            req,
-            owner=owner,
-            depth=depth,
-            detail=detail,
-            approval_id=approval_id,
-            approval_expires_at=expires,
-        )
-    ]
+    d = _decision(
+        st,
+        ctx,
+        req.request_id,
+        _PRE_HANDOFF,
+        outcome,
+        reason,
+        req.event_time,
+        req,
+        owner=owner,
+        depth=depth,
+        detail=detail,
+        approval_id=approval_id,
+        approval_expires_at=expires,
+    )
+    if approval_id is not None:
+        d.request_digest = request_digest(event)  # what the approver signs
+    return [d]
 
 
 def _count_cost(st: RunState, done: HandoffCompleted) -> None:
@@ -1053,7 +1054,7 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
         node = st.task(req.task_id)
     elif outcome == Outcome.STOP:
         _apply_stop(st, reason, ctx)
-    return [
+    decided = [
         _decision(
             st,
             ctx,
@@ -1071,6 +1072,8 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
             detail=detail,
         )
     ]
+    decided[0].request_digest = request_digest(pending.request)
+    return decided
 
 
 #: how far a signer's clock may run ahead of the worker's
