@@ -99,7 +99,7 @@ def _run_script(rng: random.Random, run_id: str) -> list[RunEvent]:
     if refund:  # a refund that needs an approval, then a grant
         rid = req("refund", "plan", "planner", "billing_agent", action="billing.refund.create")
         out.append(
-            ApprovalGranted(approval_id=approval_id_for(rid), run_id=run_id,
+            ApprovalGranted(approval_id=approval_id_for(out[-1]), run_id=run_id,  # type: ignore[arg-type]
                             approver="finance_lead", event_time=at)
         )  # fmt: skip
     if rng.random() < 0.06:  # the planner hands an owned task to another agent

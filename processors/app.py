@@ -26,6 +26,7 @@ from faust.types import TP
 
 from baton.processors import transport
 from baton.processors.batch import BatchProcessor, InputRecord, Outputs
+from baton.processors.chain import link
 from baton.processors.control import ControlFollower
 from baton.processors.engine import evict, expire_approvals
 from baton.processors.exits import EXIT_DELIVERY_FAILED, exit_without_commit
@@ -314,6 +315,11 @@ class GovernanceWorker:
                 exactly_once=self.exactly_once,
                 run_state_max_bytes=self.settings.run_state_max_bytes,
                 max_runs=self.settings.max_runs,
+                chain_key=(
+                    self.settings.audit_chain_key.get_secret_value().encode()
+                    if self.settings.audit_chain_key
+                    else b""
+                ),
             )
         return self._processor
 
@@ -509,6 +515,8 @@ class GovernanceWorker:
                 new = state
                 if state.pending:
                     new, decisions = expire_approvals(state, proc.policy, now, self.control.kills)
+                    if decisions:
+                        link(new, decisions, proc.chain_key)
                     out.decisions.extend((partition, d) for d in decisions)
                 kept = evict(
                     new, now, self.settings.run_retention_s, self.settings.tombstone_retention_s

@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from baton.processors.chain import link
 from baton.processors.engine import NO_KILLS, KillSwitches, Origin, decide, refuse
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Reason
@@ -187,6 +188,7 @@ class BatchProcessor:
         *,
         run_state_max_bytes: int = DEFAULT_RUN_STATE_MAX_BYTES,
         max_runs: int = DEFAULT_MAX_RUNS,
+        chain_key: bytes = b"",
     ) -> None:
         if not 0 < run_state_max_bytes <= HARD_STATE_MAX_BYTES:
             raise ValueError(
@@ -200,6 +202,8 @@ class BatchProcessor:
         self.worker = worker
         self.run_state_max_bytes = run_state_max_bytes
         self.max_runs = max_runs
+        #: the key of the runs' decision hash chains (processors/chain.py)
+        self.chain_key = chain_key
         self._kills = kills or (lambda: NO_KILLS)
         self.decided = 0
         self.dead_lettered = 0
@@ -336,17 +340,22 @@ class BatchProcessor:
             out.decisions.extend((rec.partition, d) for d in decisions)
             return False
         new, decisions = decide(state, event, self.policy, now, kills, origin)
+        if new is not state:
+            # link only what was decided now: a reply re-emitted from the state is already
+            # linked, and is the very object the state keeps
+            link(new, [d for d in decisions if d.chain_hash is None], self.chain_key)
         if careful and new is not state:
             raw = new.to_bytes()
             if len(raw) > self.run_state_max_bytes:
-                new, decisions = self._limit(state, event, len(raw), kills, now, origin)
-                raw = new.to_bytes() if new is not None else b""
-                if new is None or len(raw) > HARD_STATE_MAX_BYTES:
+                limited, decisions = self._limit(state, event, len(raw), kills, now, origin)
+                raw = limited.to_bytes() if limited is not None else b""
+                if limited is None or len(raw) > HARD_STATE_MAX_BYTES:
                     raise RecordError(
                         ErrorKind.RUN_STATE_LIMIT,
                         f"run {event.run_id}: its state cannot take this event even stopped "
                         f"({len(raw)} bytes > {HARD_STATE_MAX_BYTES}); refused unrecorded",
                     )
+                new = limited
             out.encoded[key] = raw
         if new is not state:
             self.states[key] = new
@@ -373,7 +382,7 @@ class BatchProcessor:
         origin: Origin,
     ) -> tuple[RunState | None, list[Decision]]:
         self.state_limited += 1
-        return refuse(
+        new, decisions = refuse(
             state,
             event,
             self.policy,
@@ -384,6 +393,9 @@ class BatchProcessor:
             kills,
             origin,
         )
+        if new is not None:
+            link(new, decisions, self.chain_key)
+        return new, decisions
 
     # ------------------------------------------------------------------ the state budget
     def _check_sizes(

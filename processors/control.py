@@ -68,9 +68,16 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from baton.processors.batch import DeadLetter, InputRecord, dead_letter_record
 from baton.processors.control_progress import ControlProgress
-from baton.processors.engine import NO_KILLS, KillSwitches, Origin, apply_control
+from baton.processors.engine import (
+    NO_KILLS,
+    KillSwitches,
+    Origin,
+    apply_control,
+    command_refused,
+    policy_update_record,
+)
 from baton.processors.exits import EXIT_CONTROL_LOST, exit_without_commit
-from baton.schemas.decision import Decision
+from baton.schemas.decision import Decision, Reason
 from baton.schemas.errors import BatonError, ConfigError
 from baton.schemas.events import EventError, KillSwitch, KillSwitchReleased, parse_control_event
 from baton.schemas.policy import Policy, parse_policy
@@ -148,6 +155,10 @@ class ControlFollower:
         self.topic = topic
         self.kills: KillSwitches = NO_KILLS
         self.policy = policy
+        #: where the policy in force came from (logged when the topic is caught up)
+        self.policy_source = "the worker's --policy file (or the seed policy)"
+        #: event time of the last signed policy update applied (older ones are replays)
+        self._policy_signed_at: float | None = None
         self.max_staleness_s = float(max_staleness_s)
         self.give_up_after_s = float(give_up)
         # several probes per bound; a probe may take up to the bound (it never blocks the
@@ -294,10 +305,11 @@ class ControlFollower:
         completed = self.progress.advanced(now, {tp.partition: tp.offset for tp in tps})
         if completed and not self.caught_up.is_set():
             log.info(
-                "control topic %s caught up: kills=%s policy=%s",
+                "control topic %s caught up: kills=%s policy=%s from %s",
                 self.topic,
                 self.kills,
                 self.policy.version,
+                self.policy_source,
             )
             self.caught_up.set()
 
@@ -400,16 +412,35 @@ class ControlFollower:
         except EventError as exc:
             self._on_dead_letter(dead_letter_record(rec, exc.kind, str(exc), self._worker, now))
             return
+        origin = Origin(self._worker, msg.partition(), msg.offset())
         if isinstance(event, (KillSwitch, KillSwitchReleased)):
-            self.kills, record = apply_control(
-                self.kills,
-                event,
-                self.policy,
-                now,
-                Origin(self._worker, msg.partition(), msg.offset()),
-            )
-            log.warning("%s %s %s by %s", event.type, event.scope, event.target, event.operator)
+            self.kills, record = apply_control(self.kills, event, self.policy, now, origin)
+            if record.reason in (Reason.KILL_SWITCH, Reason.KILL_SWITCH_RELEASED):
+                log.warning("%s %s %s by %s", event.type, event.scope, event.target, event.operator)
+            else:
+                log.error(
+                    "refused %s %s %s claiming operator %s: %s (%s)",
+                    event.type,
+                    event.scope,
+                    event.target,
+                    event.operator,
+                    record.reason,
+                    record.detail,
+                )
             self._on_decision(record)
+            return
+        refused = command_refused(event, self.policy, self._policy_signed_at)
+        if refused is not None:
+            log.error(
+                "refused policy_updated at offset %d claiming operator %s: %s (%s); "
+                "keeping policy %s",
+                msg.offset(),
+                event.operator,
+                refused[0],
+                refused[1],
+                self.policy.version,
+            )
+            self._on_decision(policy_update_record(event, self.policy, None, now, origin, refused))
             return
         try:
             policy = parse_policy(event.policy_yaml, f"policy_updated at offset {msg.offset()}")
@@ -417,6 +448,13 @@ class ControlFollower:
             self._on_dead_letter(dead_letter_record(rec, "policy", str(exc), self._worker, now))
             return
         log.warning("policy %s -> %s (by %s)", self.policy.version, policy.version, event.operator)
+        self._on_decision(policy_update_record(event, self.policy, policy, now, origin))
+        if self.policy.operators:
+            self._policy_signed_at = event.event_time.timestamp()
         self.policy = policy
+        self.policy_source = (
+            f"policy_updated at {self.topic}[{msg.partition()}]@{msg.offset()} by "
+            f"{event.operator}{' (signed)' if self.policy.operators or event.signature else ''}"
+        )
         for listener in self._policy_listeners:
             listener(policy)

@@ -44,10 +44,18 @@ from baton.schemas.events import (
     HandoffRequested,
     KillSwitch,
     KillSwitchReleased,
+    PolicyUpdated,
     RunEvent,
     RunFinished,
 )
 from baton.schemas.policy import MultiAgentPolicy, Policy, compile_globs
+from baton.schemas.signing import (
+    approval_payload,
+    control_payload,
+    parse_public_key,
+    policy_hash,
+    verify,
+)
 
 _M = TypeVar("_M", bound=BaseModel)
 _V = TypeVar("_V")
@@ -58,12 +66,14 @@ __all__ = [
     "Origin",
     "apply_control",
     "approval_id_for",
+    "command_refused",
     "decide",
     "evict",
     "expire_approvals",
     "is_evictable",
     "new_state",
     "next_due",
+    "policy_update_record",
     "refuse",
     "request_digest",
 ]
@@ -110,6 +120,9 @@ class KillSwitches:
     runs: frozenset[str] = frozenset()
     tenants: frozenset[str] = frozenset()
     everything: bool = False
+    #: "scope:target" -> event time of the newest signed command applied to it: an older
+    #: one arriving later (a replayed release) is refused
+    latest: tuple[tuple[str, float], ...] = ()
 
     def killed(self, run_id: str, tenant: str) -> bool:
         return self.everything or run_id in self.runs or tenant in self.tenants
@@ -121,8 +134,14 @@ class KillSwitches:
 NO_KILLS = KillSwitches()
 
 
-def approval_id_for(request_id: str) -> str:
-    return "apr_" + hashlib.blake2b(request_id.encode(), digest_size=8).hexdigest()
+def approval_id_for(request: HandoffRequested) -> str:
+    """The approval id of a handoff that needs one: derived from the run, the request id and
+    the request's digest, so it names this request only (an approver signs it, and the same
+    request id reused for another request asks for another approval)."""
+    h = hashlib.blake2b(digest_size=12)
+    h.update(f"{len(request.run_id)}:{request.run_id}\x1f{request.request_id}\x1f".encode())
+    h.update(request_digest(request).encode())
+    return "apr_" + h.hexdigest()
 
 
 #: an empty 8-byte BLAKE2b, copied per digest (cheaper than a new one)
@@ -233,6 +252,18 @@ def decide(
             return state, state.replies(key) or []
     now_ts = now.timestamp()
     if state is None:
+        if policy.strict_tenants and event.tenant not in policy.tenants:
+            return refuse(
+                None,
+                event,
+                policy,
+                now,
+                Reason.UNKNOWN_TENANT,
+                f"tenant {event.tenant!r} is not under tenants (strict_tenants is on; names are "
+                f"compared exactly)",
+                kills,
+                origin,
+            )  # type: ignore[return-value]
         st = new_state(event.run_id, event.tenant, now)
     else:
         st = state.copy()
@@ -386,25 +417,142 @@ def apply_control(
     now: datetime,
     origin: Origin = _NO_ORIGIN,
 ) -> tuple[KillSwitches, Decision]:
-    """Apply a kill switch (or its release) and return the control record for the audit."""
+    """Apply a kill switch (or its release) and return the control record for the audit.
+
+    With ``operators`` in the policy, only a command signed by a listed operator counts, and
+    only if it is newer than the last one applied to the same target (a replayed release
+    cannot lift a later kill). A refused command changes nothing and is recorded with why.
+    """
     on = isinstance(event, KillSwitch)
-    runs, tenants, everything = set(kills.runs), set(kills.tenants), kills.everything
-    if event.scope == "run":
-        (runs.add if on else runs.discard)(event.run_id or "")
-    elif event.scope == "tenant":
-        (tenants.add if on else tenants.discard)(event.tenant or "")
-    else:
-        everything = on
     target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope] or "*"
+    slot = f"{event.scope}:{target}"
+    refused = command_refused(event, policy, dict(kills.latest).get(slot))
+    reason: str = Reason.KILL_SWITCH if on else Reason.KILL_SWITCH_RELEASED
+    detail = f"scope={event.scope} target={target} reason={event.reason}"
+    if refused is not None:
+        reason, why = refused
+        detail = f"{detail}; refused: {why}"
+    else:
+        runs, tenants, everything = set(kills.runs), set(kills.tenants), kills.everything
+        if event.scope == "run":
+            (runs.add if on else runs.discard)(event.run_id or "")
+        elif event.scope == "tenant":
+            (tenants.add if on else tenants.discard)(event.tenant or "")
+        else:
+            everything = on
+        latest = kills.latest
+        if policy.operators:
+            latest = (
+                *((k, t) for k, t in latest if k != slot),
+                (slot, event.event_time.timestamp()),
+            )
+        kills = KillSwitches(frozenset(runs), frozenset(tenants), everything, latest)
     request_id = f"{event.type}:{event.scope}:{target}:{event.event_time.isoformat()}"
-    record = Decision(
-        decision_id=decision_id_for(event.run_id or "*", request_id, Phase.CONTROL),
+    if refused is not None:
+        # its own id: a forged copy of a real command must not replace the real one's record
+        request_id += ":refused:" + _event_digest(event)
+    return kills, _control_record(
+        request_id,
+        event.run_id or "*",
+        event.tenant or "*",
+        reason,
+        event,
+        policy,
+        now,
+        origin,
+        detail,
+    )
+
+
+def command_refused(
+    event: KillSwitch | KillSwitchReleased | PolicyUpdated,
+    policy: Policy,
+    latest: float | None = None,
+) -> tuple[Reason, str] | None:
+    """Why an operator's command does not count under ``policy`` (None: it does).
+
+    Without ``operators`` in the policy every command counts (names are trusted: keep the
+    control topic's ACL tight, docs/security.md). ``latest``: the event time of the newest
+    command applied to the same target; an older one is a replay.
+    """
+    if not policy.operators:
+        return None
+    if not event.signature:
+        return Reason.CONTROL_UNSIGNED, "operators is set: only signed commands count"
+    text = policy.operators.get(event.operator)
+    if text is None:
+        return Reason.UNKNOWN_OPERATOR, f"{event.operator} is not in operators"
+    if type(event) is PolicyUpdated:
+        sha = policy_hash(event.policy_yaml)
+        if event.policy_sha is not None and event.policy_sha != sha:
+            return Reason.BAD_SIGNATURE, "policy_sha is not the hash of policy_yaml"
+        payload = control_payload(
+            event.type, "global", "*", event.operator, "", event.event_time, sha
+        )
+    else:
+        target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope] or "*"
+        payload = control_payload(
+            event.type, event.scope, target, event.operator, event.reason, event.event_time
+        )
+    if not verify(parse_public_key(text), payload, event.signature):
+        return Reason.BAD_SIGNATURE, f"the signature is not {event.operator}'s over this command"
+    if latest is not None and event.event_time.timestamp() <= latest:
+        return (
+            Reason.CONTROL_REPLAYED,
+            "signed no later than a command already applied to the same target (a replay)",
+        )
+    return None
+
+
+def policy_update_record(
+    event: PolicyUpdated,
+    before: Policy,
+    after: Policy | None,
+    now: datetime,
+    origin: Origin = _NO_ORIGIN,
+    refused: tuple[str, str] | None = None,
+) -> Decision:
+    """The audit record of a policy update: who, the policy hashes before and after, or why
+    it was refused (``after`` None)."""
+    request_id = (
+        f"{event.type}:{policy_hash(event.policy_yaml)[:16]}:{event.event_time.isoformat()}"
+    )
+    if refused is not None:
+        reason, detail = refused[0], f"refused: {refused[1]}; policy in force {before.version}"
+        request_id += ":refused:" + _event_digest(event)
+    else:
+        assert after is not None
+        reason, detail = Reason.POLICY_UPDATED, f"policy {before.version} -> {after.version}"
+    return _control_record(
+        request_id, "*", "*", reason, event, after or before, now, origin, detail
+    )
+
+
+def _event_digest(event: KillSwitch | KillSwitchReleased | PolicyUpdated) -> str:
+    h = _DIGEST.copy()
+    h.update(event.to_json())
+    return h.hexdigest()
+
+
+def _control_record(
+    request_id: str,
+    run_id: str,
+    tenant: str,
+    reason: str,
+    event: KillSwitch | KillSwitchReleased | PolicyUpdated,
+    policy: Policy,
+    now: datetime,
+    origin: Origin,
+    detail: str,
+) -> Decision:
+    return Decision(
+        decision_id=decision_id_for(run_id, request_id, Phase.CONTROL),
         request_id=request_id,
-        run_id=event.run_id or "*",
-        tenant=event.tenant or "*",
+        run_id=run_id,
+        tenant=tenant,
         phase=Phase.CONTROL,
         outcome=Outcome.RECORDED,
-        reason=Reason.KILL_SWITCH if on else Reason.KILL_SWITCH_RELEASED,
+        reason=reason,
         approver=event.operator,
         policy_version=policy.version,
         event_time=event.event_time,
@@ -412,9 +560,8 @@ def apply_control(
         worker=origin.worker,
         partition=origin.partition,
         offset=origin.offset,
-        detail=f"scope={event.scope} target={target} reason={event.reason}",
+        detail=detail,
     )
-    return KillSwitches(frozenset(runs), frozenset(tenants), everything), record
 
 
 # =========================================================================== internals
@@ -430,6 +577,7 @@ class _Rules:
 
     __slots__ = (
         "allow_self_approval",
+        "approval_keys",
         "approval_re",
         "detect_delegation_cycles",
         "fallback",
@@ -439,6 +587,7 @@ class _Rules:
         "max_delegation_depth",
         "max_handoffs",
         "max_run_seconds",
+        "max_signature_age",
         "roles",
         "shadow_mode",
         "shared_max_tool_calls",
@@ -466,6 +615,11 @@ class _Rules:
         self.approval_re = compile_globs(limits.require_approval_for)
         self.ttl_seconds = limits.approval.ttl_seconds
         self.allow_self_approval = limits.approval.allow_self_approval
+        #: approver -> public key (parsed once per policy); empty: names are trusted
+        self.approval_keys = {
+            name: parse_public_key(text) for name, text in limits.approval.keys.items()
+        }
+        self.max_signature_age = limits.approval.max_signature_age_seconds
         self.fallback = limits.fallback
         self.fallback_by_reason = dict(limits.fallback_by_reason)
 
@@ -515,12 +669,16 @@ class _Ctx:
 
 
 def _refused_request_id(ev: ApprovalGranted | ApprovalDenied) -> str:
-    return f"{ev.type}:{ev.approval_id}:{ev.approver}"
+    # the whole event's digest: a redelivery repeats it; anything else (a new attempt after
+    # the approvers list changed, or the real approver's signed grant after a forgery that
+    # named the same approver and time) is another event, decided afresh, with its own
+    # decision id (so no refusal replaces another's record in the audit)
+    h = _DIGEST.copy()
+    h.update(ev.to_json())
+    return f"{ev.type}:{ev.approval_id}:{ev.approver}#{h.hexdigest()}"
 
 
 def _refused_key(ev: ApprovalGranted | ApprovalDenied) -> str:
-    # event_time included: a redelivery repeats it, a new attempt (say after the approvers
-    # list was changed) does not, and is decided afresh
     return f"r:{_refused_request_id(ev)}@{ev.event_time.isoformat()}"
 
 
@@ -549,7 +707,11 @@ def _decision(
     """The record of one decision; the agents, task, action and tool come from ``req`` if given."""
     rules = ctx.rules
     shadow = None
-    if rules.shadow_mode and (outcome is _STOP or outcome is _APPROVAL_REQUIRED):
+    if (
+        rules.shadow_mode
+        and (outcome is _STOP or outcome is _APPROVAL_REQUIRED)
+        and reason is not Reason.KILLED  # a kill switch holds in shadow mode too
+    ):
         # shadow (dry-run): record what would have happened, enforce nothing
         shadow = outcome
         outcome = _RECORDED if phase is _POST_HANDOFF else _ALLOW
@@ -757,9 +919,9 @@ def _pre_handoff(st: RunState, event: HandoffRequested, ctx: _Ctx) -> list[Decis
             outcome, reason = Outcome.STOP, Reason.APPROVAL_EXPIRED
             detail = f"more than {MAX_PENDING_APPROVALS} approvals pending in this run"
         else:
-            approval_id = approval_id_for(req.request_id)
+            approval_id = approval_id_for(event)
             expires = ctx.now + timedelta(seconds=ctx.rules.ttl_seconds)
-            pending = PendingApproval(approval_id, event, expires.timestamp())
+            pending = PendingApproval(approval_id, event, expires.timestamp(), ctx.now_ts)
             st.pending = {**st.pending, approval_id: pending}
     if outcome is _ALLOW or shadow_mode:
         _apply_allow(st, req, depth, node)
@@ -768,23 +930,24 @@ def _pre_handoff(st: RunState, event: HandoffRequested, ctx: _Ctx) -> list[Decis
         if outcome is _STOP:
             _apply_stop(st, reason, ctx)
         owner = node.owner if node is not None else None
-    return [
-        _decision(
-            st,
-            ctx,
-            req.request_id,
-            _PRE_HANDOFF,
-            outcome,
-            reason,
-            req.event_time,
-            req,
-            owner=owner,
-            depth=depth,
-            detail=detail,
-            approval_id=approval_id,
-            approval_expires_at=expires,
-        )
-    ]
+    d = _decision(
+        st,
+        ctx,
+        req.request_id,
+        _PRE_HANDOFF,
+        outcome,
+        reason,
+        req.event_time,
+        req,
+        owner=owner,
+        depth=depth,
+        detail=detail,
+        approval_id=approval_id,
+        approval_expires_at=expires,
+    )
+    if approval_id is not None:
+        d.request_digest = request_digest(event)  # what the approver signs
+    return [d]
 
 
 def _count_cost(st: RunState, done: HandoffCompleted) -> None:
@@ -844,6 +1007,9 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
     if pending is None:
         return [_rejected_grant(st, ev, ctx, Reason.UNKNOWN_APPROVAL, "no such pending approval")]
     req = pending.request
+    refused = _signature_refused(st, ev, pending, ctx)
+    if refused is not None:
+        return [_rejected_grant(st, ev, ctx, *refused)]
     if ev.approver == req.from_agent and not ctx.rules.allow_self_approval:
         return [
             _rejected_grant(
@@ -852,6 +1018,16 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
                 ctx,
                 Reason.SELF_APPROVAL,
                 f"{ev.approver} requested this handoff and may not approve it",
+            )
+        ]
+    if ev.approver == req.to_agent:
+        return [
+            _rejected_grant(
+                st,
+                ev,
+                ctx,
+                Reason.BENEFICIARY_APPROVAL,
+                f"{ev.approver} would receive this handoff and may not approve it",
             )
         ]
     if not ctx.rules.limits.approver_permitted(ev.approver):
@@ -878,7 +1054,7 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
         node = st.task(req.task_id)
     elif outcome == Outcome.STOP:
         _apply_stop(st, reason, ctx)
-    return [
+    decided = [
         _decision(
             st,
             ctx,
@@ -896,6 +1072,55 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
             detail=detail,
         )
     ]
+    decided[0].request_digest = request_digest(pending.request)
+    return decided
+
+
+#: how far a signer's clock may run ahead of the worker's
+_CLOCK_SKEW_S = 60.0
+
+
+def _signature_refused(
+    st: RunState, ev: ApprovalGranted | ApprovalDenied, pending: PendingApproval, ctx: _Ctx
+) -> tuple[Reason, str] | None:
+    """Why a grant or denial does not count as signed (None: it does, or none is needed).
+
+    With ``approval.keys`` in the policy, only a signature by the named approver's key over
+    this approval, this run, this request's digest, this verdict and the event's time counts.
+    """
+    keys = ctx.rules.approval_keys
+    if not keys:
+        return None
+    if not ev.signature:
+        return Reason.APPROVAL_UNSIGNED, "approval.keys is set: only signed answers count"
+    key = keys.get(ev.approver)
+    if key is None:
+        return Reason.UNKNOWN_APPROVER, f"{ev.approver} has no key in approval.keys"
+    digest = request_digest(pending.request)
+    claimed = ev.request_digest or digest
+    verdict = "deny" if type(ev) is ApprovalDenied else "grant"
+    payload = approval_payload(
+        ev.approval_id, st.run_id, claimed, verdict, ev.approver, ev.event_time
+    )
+    if not verify(key, payload, ev.signature):
+        return Reason.BAD_SIGNATURE, f"the signature is not {ev.approver}'s over this {verdict}"
+    if claimed != digest:
+        return (
+            Reason.SIGNED_FOR_ANOTHER_REQUEST,
+            "signed for another request (its digest differs from the pending request's)",
+        )
+    signed = ev.event_time.timestamp()
+    if pending.created_at and signed < pending.created_at - _CLOCK_SKEW_S:
+        return Reason.SIGNATURE_EXPIRED, "signed before this approval was asked for (a replay)"
+    if signed > ctx.now_ts + _CLOCK_SKEW_S:
+        return Reason.SIGNATURE_EXPIRED, "signed in the future (check the signer's clock)"
+    if ctx.now_ts - signed > ctx.rules.max_signature_age:
+        return (
+            Reason.SIGNATURE_EXPIRED,
+            f"signed {ctx.now_ts - signed:.0f}s ago > approval.max_signature_age_seconds "
+            f"{ctx.rules.max_signature_age:g}",
+        )
+    return None
 
 
 def _rejected_grant(

@@ -42,7 +42,8 @@ TASK_FOLD = 32
 RECENT_REPLIES = 6
 _RECENT_ITEMS = 2 * RECENT_REPLIES  # length of RunState.recent when full
 MAX_PENDING_APPROVALS = 256
-#: format 2 adds the request digests (element 17) and the eviction time of a tombstone (18);
+#: format 2 adds the request digests (element 17), the eviction time of a tombstone (18) and
+#: the head of the run's decision hash chain (19);
 #: format 1 states (no digests, never evicted) are still read
 STATE_FORMAT = 2
 _READABLE_FORMATS = frozenset({1, 2})
@@ -66,6 +67,8 @@ class PendingApproval:
     approval_id: str
     request: HandoffRequested
     expires_at: float
+    #: when the approval was asked for: a signed grant made before it is a replay
+    created_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -129,13 +132,15 @@ class RunState:
     #: set when the run was evicted and only this tombstone is left: counters, spend,
     #: stopped/finished and tenant, nothing else (no tasks, no dedup marks, no replies)
     evicted_at: float | None
+    #: the chain_hash of the run's newest chained decision ("" before the first)
+    chain_head: str
 
     @classmethod
     def new(cls, run_id: str, tenant: str, at: float) -> RunState:
         """A run Baton has not seen before, started at ``at`` (a POSIX timestamp)."""
         return cls(
             run_id, tenant, at, at, 0, 0.0, 0, None, False, {}, {}, {}, {}, {}, {}, {}, 0, (),
-            0.0, 0, {}, None,
+            0.0, 0, {}, None, "",
         )  # fmt: skip
 
     def tombstone(self, at: float) -> RunState:
@@ -147,7 +152,7 @@ class RunState:
         return RunState(
             self.run_id, self.tenant, self.started_at, self.last_event_at, self.handoff_count,
             self.spent_usd, self.tool_calls, self.stopped, self.finished, {}, {}, {}, {}, {},
-            {}, {}, 0, (), 0.0, 0, {}, at,
+            {}, {}, 0, (), 0.0, 0, {}, at, self.chain_head,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:
@@ -200,6 +205,7 @@ class RunState:
         new.reserved_tool_calls = self.reserved_tool_calls
         new.digests = self.digests
         new.evicted_at = self.evicted_at
+        new.chain_head = self.chain_head
         return new
 
     def remember(self, key: str, decisions: list[Decision], digest: str | None = None) -> None:
@@ -309,7 +315,7 @@ class RunState:
             list(self.agents),
             [[k, u, c] for k, (u, c) in self.reserved.items()],
             [
-                [p.approval_id, p.request.model_dump(mode="json"), p.expires_at]
+                [p.approval_id, p.request.model_dump(mode="json"), p.expires_at, p.created_at]
                 for p in self.pending.values()
             ],
             keys,
@@ -317,6 +323,7 @@ class RunState:
             self.marks,  # added after format 1 shipped: readers without it ignore it
             [self.digest_of(k) for k in keys],
             self.evicted_at,
+            self.chain_head,
         ]
 
     @classmethod
@@ -349,7 +356,12 @@ class RunState:
             {},
             dict.fromkeys(w[11]),
             {k: (u, c) for k, u, c in w[12]},
-            {a: PendingApproval(a, HandoffRequested.model_validate(r), e) for a, r, e in w[13]},
+            {
+                p[0]: PendingApproval(
+                    p[0], HandoffRequested.model_validate(p[1]), p[2], p[3] if len(p) > 3 else 0.0
+                )
+                for p in w[13]
+            },
             seen,
             fresh,
             marks,
@@ -358,6 +370,7 @@ class RunState:
             0,
             digests,
             w[18] if len(w) > 18 else None,
+            w[19] if len(w) > 19 else "",
         )
         if state.reserved:
             state.set_reserved(state.reserved)

@@ -8,15 +8,19 @@ and orjson serializes dataclasses natively); pydantic validates and exports it t
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 import orjson
 from pydantic import TypeAdapter
 
 __all__ = [
+    "CHAIN_FIELDS",
     "DECISION_ADAPTER",
     "DECISION_FIELDS",
     "Decision",
@@ -24,7 +28,11 @@ __all__ = [
     "Outcome",
     "Phase",
     "Reason",
+    "chain_content",
+    "chain_hash",
+    "chain_values",
     "decision_id_for",
+    "usd_text",
 ]
 
 
@@ -65,6 +73,17 @@ class Reason(StrEnum):
     RUN_STATE_LIMIT = "run_state_limit"
     WORKER_RUN_LIMIT = "worker_run_limit"
     RUN_EXPIRED = "run_expired"
+    # identity by signature (issue 12): an approval or control command that does not count
+    APPROVAL_UNSIGNED = "approval_unsigned"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_APPROVER = "unknown_approver"
+    SIGNED_FOR_ANOTHER_REQUEST = "signed_for_another_request"
+    SIGNATURE_EXPIRED = "signature_expired"
+    BENEFICIARY_APPROVAL = "beneficiary_approval"
+    UNKNOWN_TENANT = "unknown_tenant"
+    CONTROL_UNSIGNED = "control_unsigned"
+    UNKNOWN_OPERATOR = "unknown_operator"
+    CONTROL_REPLAYED = "control_replayed"
     # approval gate
     APPROVAL_PENDING = "approval_pending"
     APPROVAL_GRANTED = "approval_granted"
@@ -140,6 +159,13 @@ class Decision:
     tool: str | None = None
     reserved_usd: float = 0.0
     detail: str | None = None
+    #: the digest of the handoff request an approval is about (on approval_required and
+    #: approval decisions): what an approver's signature covers
+    request_digest: str | None = None
+    #: the run's hash chain (docs/security.md): the previous decision's chain_hash ("" for
+    #: the run's first) and this one's, over chain_content(); None: not part of a chain
+    chain_prev: str | None = None
+    chain_hash: str | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)
@@ -157,4 +183,64 @@ class Decision:
 
 
 DECISION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Decision))
+
+#: what a decision's chain hash covers: every field but the chain's own
+CHAIN_FIELDS: tuple[str, ...] = tuple(
+    f for f in DECISION_FIELDS if f not in ("chain_prev", "chain_hash")
+)
+_MONEY_FIELDS = frozenset({"spent_usd", "reserved_usd"})
+_TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
+_MICRO = Decimal("0.000001")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def usd_text(amount: float | Decimal) -> str:
+    """An amount as the audit stores it (Decimal(18, 6), banker's rounding), as text."""
+    if not isinstance(amount, Decimal):
+        amount = Decimal(repr(float(amount)))
+    return str(amount.quantize(_MICRO, rounding=ROUND_HALF_EVEN))
+
+
+_DECIDED_AT_I = CHAIN_FIELDS.index("decided_at")
+_KINDS = tuple(
+    "time" if f in _TIME_FIELDS else "money" if f in _MONEY_FIELDS else "" for f in CHAIN_FIELDS
+)
+_event_time_i = CHAIN_FIELDS.index("event_time")
+
+
+def chain_content(values: Sequence[Any]) -> bytes:
+    """The canonical bytes a chain hash covers, from a decision's values in CHAIN_FIELDS
+    order (:func:`chain_values` of a Decision, or an audit row's columns: both give the same
+    bytes). Times as microseconds since the epoch, money as the audit's Decimal text, enums
+    as their values; a missing ``event_time`` is the ``decided_at`` the audit fills in."""
+    out: list[Any] = []
+    for i, (v, kind) in enumerate(zip(values, _KINDS, strict=True)):
+        if v is None and i == _event_time_i:
+            v = values[_DECIDED_AT_I]
+        if v is None:
+            out.append(None)
+        elif kind == "time":
+            out.append((v - _EPOCH) // _US)
+        elif kind == "money":
+            out.append("0.000000" if not v else usd_text(v))
+        elif isinstance(v, StrEnum):
+            out.append(v.value)
+        else:
+            out.append(v)
+    return orjson.dumps(out)
+
+
+#: a Decision's values in CHAIN_FIELDS order (one C call)
+chain_values = attrgetter(*CHAIN_FIELDS)
+
+
+def chain_hash(key: bytes, prev: str, values: Sequence[Any]) -> str:
+    """The next link: keyed BLAKE2b (``key`` may be empty) of ``prev`` and the content of
+    ``values`` (a decision's, in CHAIN_FIELDS order)."""
+    h = hashlib.blake2b(digest_size=16, key=key)
+    h.update(prev.encode())
+    h.update(b"\x1f")
+    h.update(chain_content(values))
+    return h.hexdigest()
 DECISION_ADAPTER: TypeAdapter[Decision] = TypeAdapter(Decision)

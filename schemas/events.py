@@ -70,6 +70,9 @@ Name = Annotated[str, Field(min_length=1, max_length=256)]
 Money = Annotated[float, Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
+#: base64 of a 64-byte Ed25519 signature is 88 characters; a little room, no more
+Signature = Annotated[str, Field(min_length=1, max_length=128)]
+Digest = Annotated[str, Field(min_length=1, max_length=128)]
 EventTime = Annotated[datetime, AfterValidator(_event_time)]
 
 
@@ -128,8 +131,14 @@ class ApprovalGranted(_Event):
     run_id: Id
     tenant: Name = "default"
     approver: Name
-    signature: Text | None = Field(
-        default=None, description="Authentication signature of the approver (verified later)."
+    signature: Signature | None = Field(
+        default=None,
+        description="Ed25519 signature of the approver over baton.schemas.signing."
+        "approval_payload (approval id, run, request digest, verdict, approver, event_time); "
+        "required when the policy lists approval.keys",
+    )
+    request_digest: Digest | None = Field(
+        default=None, description="digest of the handoff request this answers (signed)"
     )
     comment: Text | None = None
     event_time: EventTime
@@ -141,7 +150,8 @@ class ApprovalDenied(_Event):
     run_id: Id
     tenant: Name = "default"
     approver: Name
-    signature: Text | None = None
+    signature: Signature | None = None
+    request_digest: Digest | None = None
     comment: Text | None = None
     event_time: EventTime
 
@@ -164,6 +174,11 @@ class KillSwitch(_Event):
     tenant: Name | None = None
     operator: Name
     reason: Text = ""
+    signature: Signature | None = Field(
+        default=None,
+        description="Ed25519 signature of the operator over baton.schemas.signing."
+        "control_payload; required when the policy lists operators",
+    )
     event_time: EventTime
 
     def model_post_init(self, __context: Any) -> None:
@@ -184,6 +199,11 @@ class KillSwitchReleased(_Event):
     tenant: Name | None = None
     operator: Name
     reason: Text = ""
+    signature: Signature | None = Field(
+        default=None,
+        description="Ed25519 signature of the operator over baton.schemas.signing."
+        "control_payload; required when the policy lists operators",
+    )
     event_time: EventTime
 
     def model_post_init(self, __context: Any) -> None:
@@ -203,6 +223,9 @@ class PolicyUpdated(_Event):
     type: Literal["policy_updated"] = "policy_updated"
     policy_yaml: str
     operator: Name = "unknown"
+    #: SHA-256 (hex) of policy_yaml, signed with it: the audit names the policy by it
+    policy_sha: Digest | None = None
+    signature: Signature | None = None
     event_time: EventTime
 
 

@@ -10,7 +10,11 @@ A policy file looks like this (every key optional; the seed's block loads as is)
       shared_max_tool_calls: 120
       max_run_seconds: 3600           # run wall-clock budget
       require_approval_for: [billing.refund.create]   # globs over action and tool
-      approval: {ttl_seconds: 900, approvers: ["*"]}
+      approval:
+        ttl_seconds: 900
+        approvers: ["*"]              # globs over approver names
+        keys:                         # when set, only grants signed by one of these count
+          finance_lead: "ed25519:<base64 public key>"   # from `baton keys new finance_lead`
       roles:                          # agent -> what it may own / whom it may delegate to
         billing_agent: {may_own: ["refund_*"], may_delegate_to: []}
       tools: {allow: ["*"], block: ["shell.*"]}
@@ -19,6 +23,9 @@ A policy file looks like this (every key optional; the seed's block loads as is)
       shadow_mode: false              # decide and record, never block
     tenants:
       acme: {max_handoffs: 20}        # merged over multi_agent for tenant "acme"
+    strict_tenants: false             # true: a tenant not listed under tenants is refused
+    operators:                        # who may kill, release and publish policy (signed)
+      oncall: "ed25519:<base64 public key>"
 
 :func:`load_policy` turns every problem into a :class:`PolicyError` line naming the key
 path, the bad value and the expectation.
@@ -36,10 +43,11 @@ from typing import Annotated, Any
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from baton.schemas.decision import Fallback, Reason
 from baton.schemas.errors import PolicyError
+from baton.schemas.signing import SigningKeyError, parse_public_key
 
 __all__ = [
     "DEFAULT_POLICY_YAML",
@@ -67,6 +75,21 @@ NonNegNumber = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Globs = list[Annotated[str, Field(min_length=1)]]
 
 
+def _public_key(text: str) -> str:
+    try:
+        parse_public_key(text, "key")
+    except SigningKeyError as exc:
+        raise ValueError(str(exc).removeprefix("key: ")) from None
+    return text
+
+
+#: name -> "ed25519:<base64>": a public key the policy trusts for that name
+PublicKeys = dict[
+    Annotated[str, Field(min_length=1, max_length=256)],
+    Annotated[str, AfterValidator(_public_key)],
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,6 +100,11 @@ class ApprovalPolicy(_Strict):
     approvers: Globs = Field(default_factory=lambda: ["*"])
     #: an approver equal to the agent that asked for the handoff is refused unless this is on
     allow_self_approval: bool = False
+    #: approver name -> public key; when set, a grant or denial counts only when signed by the
+    #: key of the approver it names (baton.schemas.signing.approval_payload)
+    keys: PublicKeys = Field(default_factory=dict)
+    #: how old a signature may be when it arrives (a grant signed long ago is refused)
+    max_signature_age_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 3600.0
 
 
 class RolePolicy(_Strict):
@@ -171,6 +199,12 @@ class Policy(BaseModel):
     tenants: dict[str, MultiAgentPolicy] = Field(default_factory=dict)
     #: free-form label shown next to the hash, e.g. "2026-11-25 refunds need approval"
     label: str | None = None
+    #: operator name -> public key; when set, kill switches, releases and policy updates
+    #: count only when signed by one of these (baton.schemas.signing.control_payload)
+    operators: PublicKeys = Field(default_factory=dict)
+    #: true: a run whose tenant is not a key of ``tenants`` is refused (unknown_tenant);
+    #: tenant names are compared exactly ("acme " is not "acme")
+    strict_tenants: bool = False
 
     @cached_property
     def version(self) -> str:
@@ -312,6 +346,8 @@ def _describe(err: Any) -> str:
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         tip = f"; did you mean {hint[0]}?" if hint else ""
         return f"{path}: unknown key{tip} (known keys: {', '.join(sorted(known))})"
+    if kind == "value_error":  # our own validators say what they expect
+        return f"{path}: {err['msg'].removeprefix('Value error, ')}, got {_show(value)}"
     expected = _expected_for(loc, kind, ctx)
     return f"{path}: must be {expected}, got {_show(value)}"
 

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         "chdb:rel/dir (the default is `baton up`'s embedded audit in ./.baton)",
     )
     audit_ttl_days: int = Field(365, ge=1, description="keep audit rows this many days")
+    audit_chain_key: SecretStr | None = Field(
+        None,
+        description="secret key of the runs' decision hash chains (the same on every worker "
+        "and for `baton audit verify`); without it the chains detect deleted and altered rows, "
+        "with it also forged ones appended by someone without the key",
+    )
     sink_batch_size: int = Field(5000, ge=1)
     sink_batch_timeout_s: float = Field(1.0, gt=0)
 

@@ -149,7 +149,7 @@ def story_run(run_id: str, tenant: str, start: datetime = T0) -> list[Decision]:
                 tool_calls=3,
                 event_time=at(3),
             ),
-            HandoffRequested(
+            refund := HandoffRequested(
                 request_id=f"{run_id}-c",
                 run_id=run_id,
                 tenant=tenant,
@@ -161,7 +161,7 @@ def story_run(run_id: str, tenant: str, start: datetime = T0) -> list[Decision]:
                 event_time=at(4),
             ),
             ApprovalGranted(
-                approval_id=approval_id_for(f"{run_id}-c"),
+                approval_id=approval_id_for(refund),
                 run_id=run_id,
                 tenant=tenant,
                 approver="alice",
@@ -216,9 +216,11 @@ def limits_run(run_id: str, tenant: str, start: datetime = T0) -> list[Decision]
     return _run(
         [
             ask("a", "plan", None, "orchestrator", "planner", 0),
-            ask("b", "refund", "plan", "planner", "billing", 1, action="billing.refund.create"),
+            refund := ask(
+                "b", "refund", "plan", "planner", "billing", 1, action="billing.refund.create"
+            ),
             ApprovalDenied(
-                approval_id=approval_id_for(f"{run_id}-b"),
+                approval_id=approval_id_for(refund),
                 run_id=run_id,
                 tenant=tenant,
                 approver="alice",

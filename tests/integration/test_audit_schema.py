@@ -327,6 +327,22 @@ def _recent(decisions: list[Decision], years_of_event_time: int = 0) -> list[Dec
     return out
 
 
+#: columns a release before 0004 did not have
+_SINCE_0004 = ("request_digest", "chain_prev", "chain_hash")
+_OLD_COLUMNS = [c for c in DECISION_COLUMNS if c not in _SINCE_0004]
+_BEFORE_0004 = "SELECT * EXCEPT (inserted_at, request_digest, chain_prev, chain_hash)"
+
+
+def _insert_old(client: Client, decisions: list[Decision], first_offset: int = 0) -> None:
+    """What a sink before 0004 wrote: the rows without the columns 0004 added."""
+    keep = [DECISION_COLUMNS.index(c) for c in _OLD_COLUMNS]
+    rows = []
+    for i, d in enumerate(decisions):
+        row = decision_row(d, "gov.decisions", 0, first_offset + i)
+        rows.append([row[k] for k in keep])
+    client.insert("governance.decisions", rows, column_names=_OLD_COLUMNS)
+
+
 def _old_audit(chdb_dir: Path, decisions: list[Decision]) -> int:
     """A chDB directory as a release before 0003 left it (partitioned by event_time),
     with ``decisions`` in it, some twice; returns the rows stored."""
@@ -335,8 +351,8 @@ def _old_audit(chdb_dir: Path, decisions: list[Decision]) -> int:
         assert migrate(client, 3650, load_migrations()[:2]) == [1, 2]
         key = "SELECT partition_key FROM system.tables WHERE name = 'decisions'"
         assert client.command(key) == "toYYYYMM(event_time)"
-        _insert(client, decisions)
-        _insert(client, decisions[::5], first_offset=10_000)  # redelivered copies
+        _insert_old(client, decisions)
+        _insert_old(client, decisions[::5], first_offset=10_000)  # redelivered copies
         return int(client.command("SELECT count() FROM governance.decisions"))
     finally:
         client.close()
@@ -348,9 +364,9 @@ def test_migration_0003_moves_an_old_audit_to_the_decided_at_layout(chdb_dir: Pa
     assert stored > len(decisions)
     client = connect(f"chdb://{chdb_dir}")  # reopened, as `baton sink` after an upgrade
     try:
-        before = _rows(client, "SELECT * EXCEPT inserted_at FROM governance.decisions")
-        assert migrate(client, 3650) == [3]
-        assert _rows(client, "SELECT * EXCEPT inserted_at FROM governance.decisions") == before
+        before = _rows(client, f"{_BEFORE_0004} FROM governance.decisions")
+        assert migrate(client, 3650) == [3, 4]
+        assert _rows(client, f"{_BEFORE_0004} FROM governance.decisions") == before
         assert client.command("SELECT count() FROM governance.decisions FINAL") == len(decisions)
         tables = dict(
             client.query(
@@ -401,7 +417,7 @@ def test_migration_0003_redone_after_a_crash_during_the_copy(chdb_dir: Path) -> 
         client.command(  # the copy got part of the way
             "INSERT INTO governance.decisions_0003 SELECT * FROM governance.decisions LIMIT 7"
         )
-        assert migrate(client, 3650) == [3]
+        assert migrate(client, 3650) == [3, 4]
         assert client.command("SELECT count() FROM governance.decisions") == stored  # not + 7
         assert _ids(client) == {d.decision_id for d in decisions}
         tables = {r[0] for r in client.query("SHOW TABLES FROM governance").result_rows}
@@ -423,12 +439,18 @@ def test_migration_0003_after_a_crash_after_the_exchange_moves_late_rows(
         # then a sink that still ran wrote to the old table (now staged), and the process
         # doing the migration died before moving it
         late = _recent(story_run("run_late", "acme"))
+        keep = [DECISION_COLUMNS.index(c) for c in _OLD_COLUMNS]  # a sink before 0004
         client.insert(
             "governance.decisions_0003",
-            [decision_row(d, "gov.decisions", 3, 500 + i) for i, d in enumerate(late)],
-            column_names=list(DECISION_COLUMNS),
+            [
+                [row[k] for k in keep]
+                for row in (
+                    decision_row(d, "gov.decisions", 3, 500 + i) for i, d in enumerate(late)
+                )
+            ],
+            column_names=_OLD_COLUMNS,
         )
-        assert migrate(client, 3650) == [3]
+        assert migrate(client, 3650) == [3, 4]
         assert _ids(client) == {d.decision_id for d in decisions + late}
         tables = {r[0] for r in client.query("SHOW TABLES FROM governance").result_rows}
         assert not {"decisions_0003", "decisions_before_0003"} & tables

@@ -32,7 +32,7 @@ def test_refund_action_requires_approval_with_an_id_and_expiry() -> None:
     assert d.outcome == Outcome.APPROVAL_REQUIRED
     assert d.reason == Reason.APPROVAL_PENDING
     assert d.phase == Phase.PRE_HANDOFF
-    assert d.approval_id == approval_id_for("req-refund")
+    assert d.approval_id == approval_id_for(run.last)
     assert d.approval_expires_at == at(10 + 900)  # approval.ttl_seconds default
     assert d.fallback is None
     # nothing is granted yet: no handoff counted, no lock on the task

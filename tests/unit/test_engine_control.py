@@ -393,7 +393,7 @@ def test_finished_run_is_kept_for_the_retention_to_answer_redeliveries() -> None
 def test_run_with_a_pending_approval_is_never_evicted() -> None:
     run = Run()
     d = run.handoff("refund", "planner", "billing_agent", action="billing.refund.create")
-    assert run.state is not None and d.approval_id == approval_id_for(d.request_id)
+    assert run.state is not None and d.approval_id == approval_id_for(run.last)
     assert not is_evictable(run.state, at(10**6), retention_s=60)
 
 

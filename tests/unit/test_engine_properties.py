@@ -93,9 +93,8 @@ def run_events(draw: st.DrawFn) -> RunEvent:
     if kind == "finish":
         return RunFinished(run_id="run-p", event_time=t)
     cls = ApprovalGranted if kind == "grant" else ApprovalDenied
-    approval = draw(
-        st.one_of(st.sampled_from([approval_id_for(r) for r in REQUESTS]), st.just("apr_bogus"))
-    )
+    # "@r3": the approval of the latest handoff r3 before it (histories() fills it in)
+    approval = draw(st.one_of(st.sampled_from([f"@{r}" for r in REQUESTS]), st.just("apr_bogus")))
     # event_time varies so that two attempts by one approver are distinct events
     return cls(
         approval_id=approval,
@@ -112,8 +111,15 @@ def histories(draw: st.DrawFn) -> tuple[str, list[tuple[RunEvent, datetime]]]:
     events = draw(st.lists(run_events(), min_size=1, max_size=40))
     steps = draw(st.lists(st.integers(0, 200), min_size=len(events), max_size=len(events)))
     clock, timed = 0, []
+    asked: dict[str, HandoffRequested] = {}
     for event, step in zip(events, steps, strict=True):
         clock += step
+        if isinstance(event, HandoffRequested):
+            asked[event.request_id] = event
+        elif isinstance(event, (ApprovalGranted, ApprovalDenied)) and event.approval_id[0] == "@":
+            request = asked.get(event.approval_id[1:])
+            real = approval_id_for(request) if request is not None else "apr_none_yet"
+            event = event.model_copy(update={"approval_id": real})
         timed.append((event, at(clock)))
     return policy, timed
 

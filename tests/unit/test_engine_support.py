@@ -145,19 +145,18 @@ class Run:
     ) -> Decision:
         """A handoff with a fresh request id; returns its single decision."""
         request_id = fields.pop("request_id", None) or f"req-{next(self._ids)}"
-        return self.one(
-            handoff(
-                request_id,
-                task_id,
-                from_agent,
-                to_agent,
-                run_id=self.run_id,
-                tenant=self.tenant,
-                t=self.clock if t is None else t,
-                **fields,
-            ),
-            t,
+        #: the last handoff sent (approval_id_for needs the request itself)
+        self.last = handoff(
+            request_id,
+            task_id,
+            from_agent,
+            to_agent,
+            run_id=self.run_id,
+            tenant=self.tenant,
+            t=self.clock if t is None else t,
+            **fields,
         )
+        return self.one(self.last, t)
 
     def complete(
         self,

@@ -150,10 +150,11 @@ def test_an_approval_reopened_after_its_request_left_the_window_keeps_one_dedup_
     # approval's key a second time: that must not take a second place in the window
     run = Run(policy_with(approval={"ttl_seconds": 50, "approvers": ["boss"]}, max_handoffs=None))
     refund = dict(action="billing.refund.create")
-    run.send(handoff("r0", "t", "planner", "billing_agent", **refund), 0)
+    ask = handoff("r0", "t", "planner", "billing_agent", **refund)
+    run.send(ask, 0)
     for i in range(100):
         run.send(completed(f"c{i}", "t", "billing_agent"), 1)
-    apr = approval_id_for("r0")
+    apr = approval_id_for(ask)
     run.send(granted(apr, "boss"), 1)
     for i in range(100, SEEN_LIMIT - 1):
         run.send(completed(f"c{i}", "t", "billing_agent"), 1)
