@@ -24,6 +24,15 @@ _OUTPUT = click.Choice(["table", "csv", "json"])
 
 
 def _dsn_option(fn: F) -> F:
+    fn = click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        envvar="BATON_DATA_DIR",
+        help="the `baton up` data directory to query: its audit in <data-dir>/chdb, through "
+        "the SQL endpoint (DSN and token) registered there while up runs; wins over "
+        "BATON_CLICKHOUSE_DSN [env BATON_DATA_DIR; without either: .baton]",
+    )(fn)
     return click.option(
         "--dsn",
         "--clickhouse-dsn",
@@ -31,8 +40,44 @@ def _dsn_option(fn: F) -> F:
         default=None,
         help="ClickHouse: http(s)://user:pass@host:8123/db, chdb:///abs/dir (a directory "
         "another baton process holds is queried through its SQL endpoint), or the endpoint "
-        "itself, http://127.0.0.1:8123 [env BATON_CLICKHOUSE_DSN]",
+        "itself with its token, http://baton:TOKEN@127.0.0.1:8123 (the sql= DSN of `baton "
+        "up`'s ready line); wins over --data-dir [env BATON_CLICKHOUSE_DSN]",
     )(fn)
+
+
+def _audit_settings(clickhouse_dsn: str | None, data_dir: Path | None) -> Settings:
+    """Settings whose DSN the query commands use: --dsn, else the audit of --data-dir (whose
+    SQL endpoint ``connect`` follows with the token registered there), else
+    BATON_CLICKHOUSE_DSN or ``baton up``'s default ``.baton``."""
+    from baton.sinks.clickhouse import parse_dsn
+
+    if clickhouse_dsn is None and data_dir is not None:
+        clickhouse_dsn = f"chdb://{data_dir.expanduser().resolve() / 'chdb'}"
+    settings = build_settings(clickhouse_dsn=clickhouse_dsn)
+    target = parse_dsn(settings.clickhouse_dsn)
+    if target.chdb_path is not None:
+        _check_endpoint_readable(target.chdb_path)
+    return settings
+
+
+def _check_endpoint_readable(chdb_dir: Path) -> None:
+    """An endpoint file we may not read (another user's `baton up`: mode 0600) would read as
+    "no endpoint registered"; say what it is instead."""
+    from baton.schemas.errors import AuditUnavailable
+    from baton.sinks.clickhouse import ENDPOINT_FILE
+
+    endpoint = chdb_dir / ENDPOINT_FILE
+    try:
+        with endpoint.open("rb"):
+            pass
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise AuditUnavailable(
+            f"cannot read the SQL endpoint's token in {endpoint}: {exc.strerror or exc}; it is "
+            "readable by the user who runs `baton up` only (mode 0600): run as that user, or "
+            "pass --dsn http://baton:TOKEN@127.0.0.1:PORT (the sql= DSN of its ready line)"
+        ) from None
 
 
 @contextmanager
@@ -80,7 +125,9 @@ def _client(settings: Settings) -> Iterator[Client]:
     "--sql-host",
     default="127.0.0.1",
     show_default=True,
-    help="with chDB: the address to serve SQL on (ClickHouse HTTP interface subset)",
+    help="with chDB: the address to serve SQL on (read-only ClickHouse HTTP interface subset, "
+    "token required). Beyond the loopback interface the token and results cross the network "
+    "without TLS: a warning says so",
 )
 @click.option(
     "--sql-port",
@@ -103,8 +150,24 @@ def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any
     settings = build_settings(**overrides)
     port = None if sql_port.lower() in ("off", "none", "") else _port(sql_port)
 
+    from baton.sinks.sql_guard import is_loopback
+
+    if port is not None and not is_loopback(sql_host):
+        click.echo(
+            f"audit sink: WARNING: serving SQL on {sql_host}, beyond the loopback interface: "
+            "anyone who can reach it and holds the token reads the audit, and the token and "
+            "the results cross the network without TLS",
+            err=True,
+        )
+
     def ready(sink: Any, server: Any) -> None:
-        where = f"; SQL on {server.url}" if server else ""
+        # never the token itself: this line ends up in log files (baton up's logs/sink.log)
+        where = (
+            f"; SQL on {server.url} (user {server.user}, token in "
+            f"{server.engine_path}/baton-sql-endpoint.json)"
+            if server
+            else ""
+        )
         click.echo(f"audit sink: {sink.topic} -> {sink.label}{where}", err=True)
 
     def report(stats: Any) -> None:
@@ -153,7 +216,7 @@ def _port(text: str) -> int:
     help="output: aligned table, CSV with a header, or JSON lines",
 )
 @_dsn_option
-def sql_cmd(query: str, fmt: str, clickhouse_dsn: str | None) -> None:
+def sql_cmd(query: str, fmt: str, clickhouse_dsn: str | None, data_dir: Path | None) -> None:
     """Run QUERY ('-' reads it from stdin) against the audit, e.g.
 
     baton sql "SELECT reason, count() FROM governance.decisions FINAL GROUP BY reason"
@@ -165,7 +228,7 @@ def sql_cmd(query: str, fmt: str, clickhouse_dsn: str | None) -> None:
     from baton.sinks.query import run_statement
     from baton.sinks.render import render
 
-    settings = build_settings(clickhouse_dsn=clickhouse_dsn)
+    settings = _audit_settings(clickhouse_dsn, data_dir)
     text = sys.stdin.read() if query == "-" else query
     with (
         _client(settings) as client,
@@ -196,14 +259,14 @@ def sql_cmd(query: str, fmt: str, clickhouse_dsn: str | None) -> None:
     help="text for people, JSON lines (every audit field) for tools",
 )
 @_dsn_option
-def trace_cmd(run_id: str, fmt: str, clickhouse_dsn: str | None) -> None:
+def trace_cmd(run_id: str, fmt: str, clickhouse_dsn: str | None, data_dir: Path | None) -> None:
     """Show RUN_ID's decisions in order: every handoff, outcome and reason, owner, depth,
     spend after each step, approvals."""
     from baton.sinks.clickhouse import audit_errors, parse_dsn
     from baton.sinks.render import render
     from baton.sinks.trace import TRACE_COLUMNS, format_trace, load_trace
 
-    settings = build_settings(clickhouse_dsn=clickhouse_dsn)
+    settings = _audit_settings(clickhouse_dsn, data_dir)
     with (
         _client(settings) as client,
         audit_errors(parse_dsn(settings.clickhouse_dsn).label, f"loading run {run_id}"),
@@ -272,7 +335,10 @@ def alerts_group(
 @click.option("--webhook-url", default=None, help="also post fired rules here (Slack JSON)")
 @_dsn_option
 def alerts_check(
-    rules_path: Path | None, webhook_url: str | None, clickhouse_dsn: str | None
+    rules_path: Path | None,
+    webhook_url: str | None,
+    clickhouse_dsn: str | None,
+    data_dir: Path | None,
 ) -> None:
     """Evaluate SQL alert rules over the audit; exit 1 when any fired, 0 when none did
     (2 when a rule is broken)."""
@@ -281,7 +347,7 @@ def alerts_check(
     from baton.sinks.render import render_table
     from baton.sinks.rules import evaluate_rules, load_rules
 
-    settings = build_settings(clickhouse_dsn=clickhouse_dsn)
+    settings = _audit_settings(clickhouse_dsn, data_dir)
     rules = load_rules(rules_path)
     with _client(settings) as client:
         results = evaluate_rules(client, rules)

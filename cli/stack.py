@@ -146,9 +146,13 @@ def _spawn(env: dict[str, str]) -> Callable[[ChildSpec], subprocess.Popen[bytes]
 class _Readiness(threading.Thread):
     """Waits, off the supervision loop, until the worker decides and the sink serves SQL."""
 
-    def __init__(self, settings: Settings, catalog: Any, sql_port: int | None) -> None:
+    def __init__(
+        self, settings: Settings, catalog: Any, sql_port: int | None, chdb_dir: Path
+    ) -> None:
         super().__init__(name="baton-up-readiness", daemon=True)
         self.settings, self.catalog, self.sql_port = settings, catalog, sql_port
+        self.chdb_dir = chdb_dir
+        self.sql_dsn: str | None = None  # with the sink's token, for the ready line
         self.took: float | None = None
         self.error: BaseException | None = None
 
@@ -164,7 +168,7 @@ class _Readiness(threading.Thread):
                 timeout_s=90,
             )
             if self.sql_port is not None:
-                _wait_for_sql(self.sql_port)
+                self.sql_dsn = _wait_for_sql(self.sql_port, self.chdb_dir)
             self.took = took
         except BaseException as exc:  # handed to the supervision loop, which raises it
             self.error = exc
@@ -186,7 +190,8 @@ class _Readiness(threading.Thread):
     default=8123,
     show_default=True,
     envvar="BATON_SQL_PORT",
-    help="ClickHouse-compatible HTTP port for `baton sql` while up runs (0: a free one)",
+    help="port of the read-only, token-protected SQL endpoint on 127.0.0.1 (ClickHouse HTTP) "
+    "while up runs; the ready line prints its DSN with the token (0: a free port)",
 )
 @click.option("--no-audit", is_flag=True, help="do not start the audit sink and the alerter")
 @click.option(
@@ -295,7 +300,7 @@ def up_cmd(
         interruptible = False  # from here on, signals only set `stopping`
 
         say(f"waiting for the worker (policy {policy.version})")
-        readiness = _Readiness(settings, catalog, None if no_audit else sql_port)
+        readiness = _Readiness(settings, catalog, None if no_audit else sql_port, data_dir / "chdb")
         readiness.start()
         announced = False
         while not stopping:
@@ -304,13 +309,15 @@ def up_cmd(
             if not announced and not readiness.is_alive():
                 if readiness.error is not None:
                     raise readiness.error
-                extra = "" if no_audit else f" sql=http://127.0.0.1:{sql_port}"
+                extra = "" if no_audit else f" sql={readiness.sql_dsn}"
                 click.echo(
                     f"baton up: ready bootstrap={broker.bootstrap}{extra} "
                     f"(worker answered in {readiness.took:.1f} s; Ctrl-C stops)"
                 )
                 sys.stdout.flush()
                 announced = True
+            elif announced and readiness.sql_dsn:
+                _announce_new_sql_token(readiness, data_dir / "chdb")
             time.sleep(0.2)
         say("stopping")
     except _Interrupted:
@@ -342,18 +349,22 @@ def _check_broker(broker: Any) -> None:
     )
 
 
-def _wait_for_sql(port: int, timeout_s: float = 90.0) -> None:
-    """The sink opens chDB and migrates before it serves SQL: wait for its /ping (the
-    supervision loop restarts a sink that dies meanwhile)."""
+def _wait_for_sql(port: int, chdb_dir: Path, timeout_s: float = 90.0) -> str:
+    """The sink opens chDB and migrates before it serves SQL: wait for its /ping and for the
+    endpoint file holding its DSN and token (the supervision loop restarts a sink that dies
+    meanwhile); returns the DSN."""
     import urllib.error
     import urllib.request
+
+    from baton.sinks.clickhouse import read_endpoint
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as resp:
-                if resp.status == 200:
-                    return
+                dsn = read_endpoint(chdb_dir) if resp.status == 200 else None
+                if dsn is not None and dsn.endswith(f":{port}"):
+                    return dsn
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
@@ -361,6 +372,17 @@ def _wait_for_sql(port: int, timeout_s: float = 90.0) -> None:
         f"the audit sink did not serve SQL on 127.0.0.1:{port} within {timeout_s:g} s; "
         "see its log (logs/sink.log in the data directory)"
     )
+
+
+def _announce_new_sql_token(readiness: _Readiness, chdb_dir: Path) -> None:
+    """A restarted sink serves SQL with a new token: print its DSN, as the ready line did."""
+    from baton.sinks.clickhouse import read_endpoint
+
+    dsn = read_endpoint(chdb_dir)
+    if dsn is not None and dsn != readiness.sql_dsn:
+        readiness.sql_dsn = dsn
+        click.echo(f"baton up: the SQL endpoint restarted with a new token: sql={dsn}")
+        sys.stdout.flush()
 
 
 def _audit_children(sql_port: int) -> list[tuple[str, tuple[str, ...]]]:

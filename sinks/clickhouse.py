@@ -110,8 +110,10 @@ def connect(dsn: str, *, follow_endpoint: bool = True, create: bool = False) -> 
         holder = chdb_holder(target.chdb_path)
         if holder is not None:
             endpoint = read_endpoint(target.chdb_path) if follow_endpoint else None
-            if endpoint is not None:
-                return _connect_http(endpoint, f"{endpoint} (serving {target.label})")
+            if endpoint is not None:  # its DSN carries the token: labels mask it
+                return _connect_http(
+                    endpoint, f"{parse_dsn(endpoint).label} (serving {target.label})"
+                )
             raise AuditUnavailable(
                 f"the chDB directory {target.chdb_path} is held by another process ({holder}) "
                 "and no SQL endpoint is registered for it; query through that process "
@@ -185,10 +187,11 @@ def chdb_holder(path: Path) -> str | None:
 
 
 def read_endpoint(path: Path) -> str | None:
-    """The SQL endpoint URL registered in chDB directory ``path``, when its process is alive."""
+    """The DSN (URL with user and token) of the SQL endpoint registered in chDB directory
+    ``path``, when its process is alive."""
     try:
         record = json.loads((path / ENDPOINT_FILE).read_text())
-        url, pid = str(record["url"]), int(record["pid"])
+        url, pid = str(record.get("dsn") or record["url"]), int(record["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     try:

@@ -1,37 +1,65 @@
-"""A subset of ClickHouse's HTTP interface, served from the process that holds a chDB directory.
+"""A read-only subset of ClickHouse's HTTP interface, served from the process that holds a chDB
+directory, to callers holding this start's token.
 
 chDB lets one process open a data directory; under ``baton up`` that is the audit sink. So the
-sink answers SQL for everyone else the way a ClickHouse server would, and clickhouse-connect's
-HTTP client, ``curl`` and ``baton sql`` work against it unchanged::
+sink answers SQL for everyone else the way a ClickHouse server with a read-only user would, and
+clickhouse-connect, ``curl`` and ``baton sql`` work against it with the DSN it prints::
 
-    curl 'http://127.0.0.1:8123/?query=SELECT+count()+FROM+governance.decisions+FINAL'
-    echo 'SELECT 1 FORMAT JSON' | curl --data-binary @- http://127.0.0.1:8123/
+    curl -u baton:TOKEN 'http://127.0.0.1:8123/?query=SELECT+count()+FROM+governance.decisions'
+    echo 'SELECT 1 FORMAT JSON' | curl --data-binary @- http://baton:TOKEN@127.0.0.1:8123/
+    clickhouse_connect.get_client(dsn="http://baton:TOKEN@127.0.0.1:8123")
 
-What is served: ``GET /`` and ``GET /ping`` (``Ok.``); ``GET /?query=`` (read-only, as in
-ClickHouse); ``POST /`` with the query in the body, in ``?query=``, or both (then the body
-follows the query, e.g. INSERT data); ``database``, ``default_format`` (or the
-``X-ClickHouse-Format`` request header), ``param_<name>`` query parameters and any ClickHouse
-setting as URL parameters; gzip/deflate/lz4/zstd/br request bodies; the response headers
-clickhouse-connect reads (``X-ClickHouse-Format``, ``-Summary``, ``-Exception-Code``).
+Who may ask: whoever presents user ``baton`` and the token generated at this start
+(``secrets.token_urlsafe(32)``), as ClickHouse takes a user and password - HTTP Basic auth,
+``X-ClickHouse-User``/``X-ClickHouse-Key`` headers or ``user``/``password`` URL parameters;
+else HTTP 401. The token is written, with the DSN, into ``baton-sql-endpoint.json`` (mode
+0600) in the chDB directory, where ``baton sql``/``trace``/``alerts check`` find it. Requests
+a browser sends for another site's page (``Origin``, ``Sec-Fetch-Site``, a foreign ``Host``
+on a loopback bind) are refused before anything else. ``GET /`` and ``/ping`` answer ``Ok.``
+to anyone, as ClickHouse does.
 
-Not served (on purpose; a real server has them): authentication (it binds to 127.0.0.1 by
-default: anyone who can reach the port can run any SQL, so do not expose it), sessions
-(every request is independent; ``session_id`` is ignored), compressed responses, multipart
-external data, progress headers, query cancellation.
+What runs: one SELECT, WITH, SHOW, DESCRIBE, EXISTS or EXPLAIN statement per request, on a
+fresh chDB session with ``readonly=1`` and resource limits set *after* the request's own
+settings (so no URL parameter lifts them, and readonly=1 refuses any SETTINGS clause). Before
+it runs, ClickHouse's own parser prints the statement (``formatQuery``) and
+``sql_guard.check_statement`` refuses writes, multi-statements, ``INTO OUTFILE`` (chDB writes
+it even under readonly=1), ``file()`` (chDB reads any file under readonly=1) and every table
+function that reaches files, URLs, other servers or programs. The statement as ClickHouse
+printed it is what runs, so the check and the engine read the same text. URL parameters may
+set only the output-format settings in ``sql_guard.USER_SETTINGS``.
+
+Served besides: ``database``, ``default_format`` (or the ``X-ClickHouse-Format`` header),
+``param_<name>`` bound parameters, gzip/deflate/lz4/zstd request bodies (size-capped after
+decompression), the response headers clickhouse-connect reads.
+
+Remaining exposure (what this does not protect):
+- Anyone who can read the chDB directory's endpoint file - the same OS user, root, a backup -
+  has the token, and anyone who can read the chDB directory itself reads the audit without any
+  endpoint; keep the data directory private to the user running Baton.
+- The token is printed on ``baton up``'s ready line (stdout): whatever captures that output
+  holds it. It changes at each start of the serving process; it is not rotated otherwise.
+- No TLS: on the loopback interface nothing leaves the machine, but with ``--sql-host`` on
+  another interface the token and the results cross the network in clear text (a warning
+  says so). Use a real ClickHouse server with TLS for remote readers.
+- A token holder can read all of the audit and can make the sink work: each query is bounded
+  (``SqlLimits``: execution time, memory, result rows and bytes, concurrent queries, request
+  size), but many bounded queries still cost CPU that the sink shares.
+- ``read_only=False`` (a stand-in ClickHouse server for tests) runs anything, writes included,
+  for a token holder; no ``baton`` command sets it.
+Not served (a real server has them): sessions (``session_id`` is ignored), compressed
+responses, multipart external data, progress headers, query cancellation.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
 import re
-import tempfile
+import secrets
 import threading
 import time
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,72 +70,76 @@ from clickhouse_connect.driver.client import Client
 
 from baton.schemas.errors import AuditUnavailable, ConfigError
 from baton.sinks.clickhouse import ENDPOINT_FILE
-from baton.sinks.query import ROW_KEYWORDS, first_keyword
+from baton.sinks.sql_body import BodyTooLarge, decode_body
+from baton.sinks.sql_exec import QueryFailed, SqlLimits, execute_any, execute_read
+from baton.sinks.sql_guard import (
+    DENIED_FUNCTIONS,
+    ENDPOINT_USER,
+    Refused,
+    check_browser,
+    check_credentials,
+    denied_functions,
+    is_loopback,
+)
 
-__all__ = ["SqlServer", "serve_sql"]
+__all__ = ["SqlLimits", "SqlServer", "serve_sql"]  # SqlLimits lives in sql_exec
 
 log = logging.getLogger(__name__)
 
-# URL parameters that steer the HTTP exchange; everything else is a ClickHouse setting
-_TRANSPORT_PARAMS = frozenset(
-    {
-        "query",
-        "database",
-        "default_format",
-        "user",
-        "password",
-        "quota_key",
-        "query_id",
-        "session_id",
-        "session_timeout",
-        "session_check",
-        "compress",
-        "decompress",
-        "wait_end_of_query",
-        "buffer_size",
-        "client_protocol_version",
-        "role",
-        "send_progress_in_http_headers",
-        "http_headers_progress_interval_ms",
-        "enable_http_compression",
-        "cancel_http_readonly_queries_on_client_close",
-    }
-)
-_SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TRAILING_FORMAT_RE = re.compile(rb"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
-# an INSERT whose data follows "FORMAT <name>": the header is text, the data any bytes
-_INSERT_DATA_RE = re.compile(
-    rb"^(\s*INSERT\s+INTO\s+(?:(?!\bVALUES\b|\bSELECT\b).)*?)"
-    rb"\bFORMAT\s+(\w+)[ \t]*\r?\n?",
-    re.I | re.S,
-)
+
+_MAX_PARAMS = 200
+_QUERY_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _HTTP_STATUS_BY_CODE = {
     62: 400,
     46: 400,
     47: 400,
     36: 400,
+    73: 400,
     115: 400,
     164: 403,
     60: 404,
     81: 404,
     497: 403,
+    516: 401,
+    202: 503,
 }
-_CODE_RE = re.compile(r"Code: (\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Config:
+    engine: str
+    token: str
+    port: int
+    loopback_only: bool
+    read_only: bool
+    limits: SqlLimits
+    denied: frozenset[str]
+    slots: threading.BoundedSemaphore
 
 
 @dataclass
 class SqlServer:
-    """A running SQL endpoint; ``close()`` stops it and removes its endpoint file."""
+    """A running SQL endpoint; ``close()`` stops it and removes its endpoint file.
+
+    ``url`` has no credentials; ``dsn`` is the URL with them (``http://baton:TOKEN@…``)."""
 
     host: str
     port: int
     engine_path: Path
+    token: str = field(repr=False)
     _httpd: ThreadingHTTPServer = field(repr=False)
     _thread: threading.Thread = field(repr=False)
+    user: str = ENDPOINT_USER
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        # a wildcard bind is reached locally through the loopback address
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def dsn(self) -> str:
+        return self.url.replace("http://", f"http://{self.user}:{self.token}@", 1)
 
     def close(self) -> None:
         endpoint = self.engine_path / ENDPOINT_FILE
@@ -127,11 +159,22 @@ class SqlServer:
         self.close()
 
 
-def serve_sql(client: Client, host: str = "127.0.0.1", port: int = 8123) -> SqlServer:
+def serve_sql(
+    client: Client,
+    host: str = "127.0.0.1",
+    port: int = 8123,
+    *,
+    limits: SqlLimits | None = None,
+    read_only: bool = True,
+    token: str | None = None,
+) -> SqlServer:
     """Serve SQL over HTTP for the chDB engine ``client`` has open, from a daemon thread.
 
-    ``port=0`` picks a free port (see ``.port``). Registers the endpoint in the chDB directory
-    so ``baton.sinks.clickhouse.connect`` of the same ``chdb://`` DSN finds it.
+    ``port=0`` picks a free port (see ``.port``). A token is generated for this start (or
+    ``token`` is used) and written with the DSN into ``<chdb dir>/baton-sql-endpoint.json``
+    (mode 0600), so ``baton.sinks.clickhouse.connect`` of the same ``chdb://`` DSN finds it.
+    A ``host`` other than a loopback address is logged as a warning: the endpoint has no TLS.
+    ``read_only=False`` runs any statement (a stand-in ClickHouse server for tests).
     Raises ConfigError for a non-chDB client (a ClickHouse server serves itself) and
     AuditUnavailable when the address cannot be bound.
     """
@@ -141,8 +184,17 @@ def serve_sql(client: Client, host: str = "127.0.0.1", port: int = 8123) -> SqlS
             f"serve_sql: needs a client of an on-disk chDB engine (chdb:///abs/dir), "
             f"got {type(client).__name__} at {path or getattr(client, 'uri', '?')!r}"
         )
+    if token is not None and len(token) < 16:
+        raise ConfigError(f"serve_sql: a token needs at least 16 characters, got {len(token)}")
+    limits = limits or SqlLimits()
     engine_path = Path(os.path.realpath(path))
-    handler = type("_Handler", (_SqlHandler,), {"engine": str(engine_path)})
+    denied = DENIED_FUNCTIONS
+    if read_only:
+        # every table function this engine offers, except the few that only compute: a
+        # connector added by a newer chDB is refused without a change here
+        names = client.query("SELECT name FROM system.table_functions").result_rows
+        denied = denied_functions(str(row[0]) for row in names)
+    handler = type("_Handler", (_SqlHandler,), {"timeout": limits.socket_timeout_s})
     try:
         httpd = ThreadingHTTPServer((host, port), handler)
     except OSError as exc:
@@ -152,96 +204,209 @@ def serve_sql(client: Client, host: str = "127.0.0.1", port: int = 8123) -> SqlS
         ) from exc
     httpd.daemon_threads = True
     bound_port = int(httpd.server_address[1])
+    # set before the first request is served; the Origin check needs the port actually bound
+    handler.config = config = _Config(
+        engine=str(engine_path),
+        token=token or secrets.token_urlsafe(32),
+        port=bound_port,
+        loopback_only=is_loopback(host),
+        read_only=read_only,
+        limits=limits,
+        denied=denied,
+        slots=threading.BoundedSemaphore(limits.max_concurrent_queries),
+    )
     thread = threading.Thread(
-        target=httpd.serve_forever, name=f"baton-sql:{bound_port}", daemon=True
+        target=httpd.serve_forever,
+        kwargs={"poll_interval": 0.1},  # how long close() waits for the loop to notice
+        name=f"baton-sql:{bound_port}",
+        daemon=True,
     )
     thread.start()
-    server = SqlServer(host, bound_port, engine_path, httpd, thread)
-    record = {"url": server.url, "pid": os.getpid(), "started": time.time()}
-    tmp = engine_path / f".{ENDPOINT_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(record))
-    tmp.replace(engine_path / ENDPOINT_FILE)  # atomic: readers never see half a file
-    log.info("serving SQL for %s on %s", engine_path, server.url)
+    server = SqlServer(host, bound_port, engine_path, config.token, httpd, thread)
+    _write_endpoint(
+        engine_path,
+        {"url": server.url, "dsn": server.dsn, "pid": os.getpid(), "started": time.time()},
+    )
+    if not config.loopback_only:
+        log.warning(
+            "serving SQL on %s:%d, beyond the loopback interface: the token and the results "
+            "cross the network without TLS",
+            host,
+            bound_port,
+        )
+    log.info("serving SQL for %s on %s (user %s)", engine_path, server.url, ENDPOINT_USER)
     return server
 
 
-class _QueryFailed(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        match = _CODE_RE.search(message)
-        self.code = int(match.group(1)) if match else 1002  # 1002 = UNKNOWN_EXCEPTION
+def _write_endpoint(engine_path: Path, record: dict[str, Any]) -> None:
+    """Write the endpoint file readable by its owner only, atomically (readers never see half
+    a file, nor a moment where it is readable by others)."""
+    tmp = engine_path / f".{ENDPOINT_FILE}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)  # a leftover of a crashed start
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, json.dumps(record).encode())
+    finally:
+        os.close(fd)
+    tmp.replace(engine_path / ENDPOINT_FILE)
 
 
-@dataclass(slots=True)
-class _Result:
-    body: bytes
-    fmt: str | None
-    summary: dict[str, str]
+def _too_large(what: str, limit: int | None) -> Refused:
+    return Refused(
+        62,
+        413,
+        "SYNTAX_ERROR",
+        f"Max query size exceeded: the request body ({what[:40]}) is larger than the SQL "
+        f"endpoint's {limit} bytes",
+    )
 
 
 class _SqlHandler(BaseHTTPRequestHandler):
-    engine: str  # set on the subclass serve_sql builds
+    config: _Config  # set on the subclass serve_sql builds
     protocol_version = "HTTP/1.1"
     server_version = "baton-sql"
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # the path only: a query string may hold the password
+        log.debug("sql %s %s %s %s", self.client_address[0], self.command, self._path(), code)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("sql %s " + format, self.client_address[0], *args)
 
+    def _path(self) -> str:
+        return urlsplit(self.path).path[:200]
+
     def do_GET(self) -> None:
         url = urlsplit(self.path)
-        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        params = self._params(url.query)
+        if params is None or not self._from_a_program():
+            return
         if url.path in ("/ping", "/") and "query" not in params:
             self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
             return
         if url.path != "/":
             self._send(404, b"Unknown path: only /, /ping\n", {})
             return
-        self._answer(params, b"", readonly=True)
+        if self._authenticated(params):
+            self._answer(params, b"", get=True)
 
     def do_POST(self) -> None:
         url = urlsplit(self.path)
-        if url.path != "/":
-            self._send(404, b"Unknown path: only /, /ping\n", {})
+        params = self._params(url.query)
+        if params is None or not self._from_a_program():
             return
-        params = dict(parse_qsl(url.query, keep_blank_values=True))
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        if url.path != "/":
+            self._send(404, b"Unknown path: only /, /ping\n", {}, close=True)
+            return
+        if not self._authenticated(params):
+            return
+        limit = self.config.limits.max_request_bytes if self.config.read_only else None
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or (limit is not None and length > limit):
+            self._refuse(_too_large(self.headers.get("Content-Length", ""), limit))
+            return
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body = self._read_chunked()
+            body = self._read_chunked(limit)
+            if body is None:
+                self._refuse(_too_large("chunked", limit))
+                return
+        else:
+            body = self.rfile.read(length) if length else b""
         if self.headers.get_content_type() == "multipart/form-data":
             self._error(
-                _QueryFailed(
+                QueryFailed(
                     "Code: 48. multipart/form-data (external data) is not "
                     "supported by the baton SQL endpoint"
                 )
             )
             return
         try:
-            body = _decompress(body, self.headers.get("Content-Encoding"))
-        except Exception as exc:  # any codec failure is the client's bad body
-            self._error(_QueryFailed(f"Code: 1002. cannot decode the request body: {exc}"))
+            body = decode_body(body, self.headers.get("Content-Encoding"), limit)
+        except BodyTooLarge:
+            self._refuse(_too_large("decompressed", limit))
             return
-        self._answer(params, body, readonly=False)
+        except Exception as exc:  # any codec failure is the client's bad body
+            self._error(QueryFailed(f"Code: 1002. cannot decode the request body: {exc}"))
+            return
+        self._answer(params, body, get=False)
 
-    def _read_chunked(self) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                self.rfile.readline()
-                return b"".join(parts)
-            parts.append(self.rfile.read(size))
-            self.rfile.readline()
-
-    def _answer(self, params: dict[str, str], body: bytes, readonly: bool) -> None:
-        query_id = params.get("query_id") or str(uuid.uuid4())
+    def _params(self, query: str) -> dict[str, str] | None:
         try:
-            result = _execute(
-                self.engine, params, body, readonly, self.headers.get("X-ClickHouse-Format")
+            return dict(parse_qsl(query, keep_blank_values=True, max_num_fields=_MAX_PARAMS))
+        except ValueError:
+            self._send(
+                400,
+                f"Code: 36. more than {_MAX_PARAMS} URL parameters. (BAD_ARGUMENTS)\n".encode(),
+                {"X-ClickHouse-Exception-Code": "36"},
+                close=True,
             )
-        except _QueryFailed as exc:
+            return None
+
+    def _from_a_program(self) -> bool:
+        try:
+            check_browser(self.headers, self.config.port, self.config.loopback_only)
+        except Refused as exc:
+            self._refuse(exc)
+            return False
+        return True
+
+    def _authenticated(self, params: dict[str, str]) -> bool:
+        try:
+            check_credentials(self.headers, params, self.config.token)
+        except Refused as exc:
+            self._refuse(exc)
+            return False
+        return True
+
+    def _read_chunked(self, limit: int | None) -> bytes | None:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            size = int(self.rfile.readline(100).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                self.rfile.readline(100)
+                return b"".join(parts)
+            total += size
+            if limit is not None and total > limit:
+                return None
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(100)
+
+    def _answer(self, params: dict[str, str], body: bytes, get: bool) -> None:
+        query_id = params.get("query_id", "")
+        if not _QUERY_ID_RE.match(query_id):  # echoed in a header: no CR/LF, no junk
+            query_id = str(uuid.uuid4())
+        config = self.config
+        if not config.slots.acquire(timeout=config.limits.queue_wait_s):
+            self._error(
+                QueryFailed(
+                    f"Code: 202. Too many simultaneous queries: "
+                    f"{config.limits.max_concurrent_queries} are running and none finished "
+                    f"within {config.limits.queue_wait_s:g} s. (TOO_MANY_SIMULTANEOUS_QUERIES)"
+                ),
+                query_id,
+            )
+            return
+        try:
+            header_format = self.headers.get("X-ClickHouse-Format")
+            if config.read_only:
+                result = execute_read(
+                    config.engine, params, body, header_format, config.limits, config.denied
+                )
+            else:
+                result = execute_any(config.engine, params, body, get, header_format)
+        except Refused as exc:
+            self._refuse(exc, query_id)
+            return
+        except QueryFailed as exc:
             self._error(exc, query_id)
             return
+        finally:
+            config.slots.release()
         headers = {
             "Content-Type": "text/plain; charset=UTF-8"
             if result.fmt in (None, "TabSeparated", "TSV", "CSV")
@@ -255,142 +420,39 @@ class _SqlHandler(BaseHTTPRequestHandler):
             headers["X-ClickHouse-Format"] = result.fmt
         self._send(200, result.body, headers)
 
-    def _error(self, exc: _QueryFailed, query_id: str = "") -> None:
-        text = str(exc).rstrip() + "\n"
-        status = _HTTP_STATUS_BY_CODE.get(exc.code, 500)
+    def _refuse(self, exc: Refused, query_id: str = "") -> None:
+        log.warning(
+            "SQL endpoint refused %s %s from %s: %s",
+            self.command,
+            self._path(),
+            self.client_address[0],
+            str(exc)[:300],
+        )
+        self._fail(exc.status, exc.code, str(exc), query_id, close=True)
+
+    def _error(self, exc: QueryFailed, query_id: str = "") -> None:
+        self._fail(_HTTP_STATUS_BY_CODE.get(exc.code, 500), exc.code, str(exc), query_id)
+
+    def _fail(self, status: int, code: int, text: str, query_id: str, close: bool = False) -> None:
         self._send(
             status,
-            text.encode(),
+            (text.rstrip() + "\n").encode(),
             {
                 "Content-Type": "text/plain; charset=UTF-8",
-                "X-ClickHouse-Exception-Code": str(exc.code),
+                "X-ClickHouse-Exception-Code": str(code),
                 "X-ClickHouse-Query-Id": query_id,
             },
+            close=close,
         )
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+    def _send(self, status: int, body: bytes, headers: dict[str, str], close: bool = False) -> None:
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if close:  # the request body may be unread: this connection cannot carry another
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
-
-
-def _execute(
-    engine: str, params: dict[str, str], body: bytes, readonly: bool, header_format: str | None
-) -> _Result:
-    """Run one request on a fresh chDB handle (settings and USE die with it)."""
-    import chdb
-
-    query = params.get("query", "").encode()
-    sql = query + (b"\n" + body if query and body else body)
-    if not sql.strip():
-        raise _QueryFailed("Code: 62. Empty query")
-    default_format = params.get("default_format") or header_format or "TabSeparated"
-    settings = {
-        k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")
-    }
-    bind = {k[len("param_") :]: v for k, v in params.items() if k.startswith("param_")}
-    try:
-        conn = chdb.connect(engine)
-    except Exception as exc:  # report, the server keeps serving
-        raise _QueryFailed(f"Code: 1002. cannot open the chDB engine {engine}: {exc}") from exc
-    try:
-        for name, value in settings.items():
-            if not _SETTING_NAME_RE.match(name):
-                raise _QueryFailed(f"Code: 115. Unknown setting {name!r}")
-            _run(conn, f"SET {name} = {_quote(value)}", "TabSeparated", {})
-        if readonly:
-            # as ClickHouse does for GET: reads only, settings may still change
-            _run(conn, "SET readonly = 2", "TabSeparated", {})
-        if params.get("database"):
-            _run(conn, f"USE `{params['database'].replace('`', '')}`", "TabSeparated", {})
-        insert = _INSERT_DATA_RE.match(sql)
-        if insert and sql[insert.end() :].strip():
-            return _insert_with_data(
-                conn, insert.group(1), insert.group(2).decode(), sql[insert.end() :]
-            )
-        text = sql.decode("utf-8", errors="strict")
-        trailing = _TRAILING_FORMAT_RE.search(sql)
-        fmt = trailing.group(1).decode() if trailing else default_format
-        result = _run(conn, text, fmt, bind)
-        # a result set is announced with X-ClickHouse-Format, as ClickHouse does
-        produces_rows = first_keyword(text) in ROW_KEYWORDS
-        summary = {
-            "read_rows": str(result.rows_read()),
-            "read_bytes": str(result.bytes_read()),
-            "written_rows": "0",
-            "elapsed_ns": str(int(result.elapsed() * 1e9)),
-        }
-        return _Result(result.bytes() or b"", fmt if produces_rows else None, summary)
-    except UnicodeDecodeError as exc:
-        raise _QueryFailed(f"Code: 1002. the query is not UTF-8: {exc}") from exc
-    finally:
-        conn.close()
-
-
-def _insert_with_data(conn: Any, head: bytes, fmt: str, data: bytes) -> _Result:
-    # chDB has no request body to stream from: hand it the data as a file, as
-    # clickhouse-connect's own chDB backend does
-    with tempfile.NamedTemporaryFile(suffix=".insert", delete=False) as tmp:
-        tmp.write(data)
-    try:
-        quoted = "'" + tmp.name.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        statement = f"{head.decode().rstrip()} FROM INFILE {quoted} FORMAT {fmt}"
-        result = _run(conn, statement, "TabSeparated", {})
-    finally:
-        os.unlink(tmp.name)
-    summary = {
-        "read_rows": "0",
-        "written_rows": str(result.rows_read()),
-        "written_bytes": str(result.bytes_read()),
-        "elapsed_ns": str(int(result.elapsed() * 1e9)),
-    }
-    return _Result(b"", None, summary)
-
-
-def _run(conn: Any, sql: str, fmt: str, params: dict[str, str]) -> Any:
-    try:
-        return conn.query(sql, fmt, params=params) if params else conn.query(sql, fmt)
-    except Exception as exc:  # chdb raises its own error types; all are query failures
-        message = str(exc)
-        start = message.find("Code: ")
-        raise _QueryFailed(message[start:] if start >= 0 else f"Code: 1002. {message}") from exc
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _decompress(body: bytes, encoding: str | None) -> bytes:
-    encoding = (encoding or "").strip().lower()
-    if not encoding or encoding == "identity" or not body:
-        return body
-    if encoding == "gzip":
-        return gzip.decompress(body)
-    if encoding == "deflate":
-        return zlib.decompress(body)
-    if encoding == "lz4":
-        import lz4.frame
-
-        # clickhouse-connect sends one LZ4 frame per block: decode them one after another
-        out: list[bytes] = []
-        rest = body
-        while rest:
-            decoder = lz4.frame.LZ4FrameDecompressor()
-            out.append(decoder.decompress(rest))
-            rest = decoder.unused_data if decoder.eof else b""
-        return b"".join(out)
-    if encoding == "zstd":
-        try:
-            # Python 3.14+ has it in the standard library
-            from compression import zstd  # type: ignore[import-not-found]
-        except ImportError:
-            from backports import zstd  # type: ignore[import-not-found,no-redef]
-        return bytes(zstd.decompress(body))
-    if encoding == "br":
-        import brotli  # type: ignore[import-not-found]
-
-        return bytes(brotli.decompress(body))
-    raise ValueError(f"unsupported Content-Encoding {encoding!r} (gzip, deflate, lz4, zstd, br)")

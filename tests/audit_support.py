@@ -384,6 +384,7 @@ class SinkProcess:
         from tests.helpers import wait_for
 
         self.port = port
+        self.env = env
         self.log_path = log_path
         self.log = log_path.open("ab")
         sql_port = "off" if port is None else str(port)
@@ -404,7 +405,13 @@ class SinkProcess:
         # a plain ping first: clickhouse-connect logs a warning per refused connection
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=2):
             pass
-        return clickhouse_connect.get_client(host="127.0.0.1", port=self.port)
+        from baton.sinks.clickhouse import parse_dsn, read_endpoint
+
+        # the endpoint's DSN, with the token of this start, from its file in the directory
+        chdb_path = parse_dsn(self.env["BATON_CLICKHOUSE_DSN"]).chdb_path
+        dsn = read_endpoint(chdb_path) if chdb_path is not None else None
+        assert dsn is not None and dsn.endswith(f":{self.port}"), "the endpoint file"
+        return clickhouse_connect.get_client(dsn=dsn)
 
     def _why(self) -> str:
         return f"the sink's SQL endpoint; log:\n{self.output()[-3000:]}"

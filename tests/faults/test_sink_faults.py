@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -73,11 +74,11 @@ def test_a_sink_killed_mid_insert_and_restarted_leaves_the_audit_exact(
     unique = len({d.decision_id for d in decisions})
     records, bad = _traffic(decisions, every=40, duplicate_every=10)
     log = tmp_path / "sink.log"
+    # a refusal only the server knows, found by splitting inserts; added before the sink holds
+    # the directory (its SQL endpoint is read-only)
+    subprocess.run([sys.executable, "-c", _CONSTRAIN, f"chdb://{chdb_dir}"], check=True, timeout=60)
     first = SinkProcess(env, free_port(), log)
     try:
-        first.http.command(  # a refusal only the server knows: found by splitting inserts
-            "ALTER TABLE governance.decisions ADD CONSTRAINT no_evil CHECK tenant != 'evil'"
-        )
         produce_records(broker.bootstrap, f"{topic_prefix}gov.decisions", records)
         # kill -9 while it is part-way through: a batch stored, the next ones in flight.
         # SIGSTOP first, so it cannot finish between our look and the kill
@@ -121,32 +122,44 @@ def test_a_sink_killed_mid_insert_and_restarted_leaves_the_audit_exact(
     assert "audit sink stopped:" in second.output()
 
 
-#: a ClickHouse server for the test: chDB behind Baton's SQL endpoint, in its own process so
-#: that killing it cuts every connection (a server thread in the test process would keep
-#: serving the sink's open keep-alive connections after it stopped listening)
-_SERVER = """
-import sys, time
+#: the audit schema with a CHECK constraint only the server knows (so the sink's split also
+#: runs), written into the chDB directory
+_CONSTRAIN = """
+import sys
 from baton.sinks.clickhouse import connect
 from baton.sinks.schema import migrate
-from baton.sinks.sqlserver import serve_sql
-client = connect(sys.argv[1], follow_endpoint=False)
+client = connect(sys.argv[1], follow_endpoint=False, create=True)
 migrate(client, 365)
-# a refusal only the server knows, so the sink's split also runs over HTTP
 client.command(
     "ALTER TABLE governance.decisions ADD CONSTRAINT IF NOT EXISTS no_evil CHECK tenant != 'evil'"
 )
-serve_sql(client, "127.0.0.1", int(sys.argv[2]))
+"""
+
+#: a ClickHouse server for the test: chDB behind Baton's SQL endpoint (its writable test
+#: stand-in, with a token: the sink inserts through it), in its own process so that killing
+#: it cuts every connection (a server thread in the test process would keep serving the
+#: sink's open keep-alive connections after it stopped listening)
+_SERVER = (
+    _CONSTRAIN
+    + """
+import time
+from baton.sinks.sqlserver import serve_sql
+serve_sql(client, "127.0.0.1", int(sys.argv[2]), read_only=False, token=sys.argv[3])
 print("serving", flush=True)
 time.sleep(3600)
 """
+)
 
 
 class ClickHouseServer:
     """The server above on ``port``, started and killed at will."""
 
     def __init__(self, chdb_dir: Path, port: int, log_path: Path) -> None:
-        self.args = [sys.executable, "-c", _SERVER, f"chdb://{chdb_dir}", str(port)]
+        token = secrets.token_urlsafe(24)
+        self.args = [sys.executable, "-c", _SERVER, f"chdb://{chdb_dir}", str(port), token]
         self.port = port
+        self.dsn = f"http://baton:{token}@127.0.0.1:{port}"
+        self.label = f"http://baton:***@127.0.0.1:{port}"  # as errors show it
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -168,7 +181,7 @@ class ClickHouseServer:
     def count(self, table: str) -> int:
         import clickhouse_connect
 
-        client = clickhouse_connect.get_client(host="127.0.0.1", port=self.port)
+        client = clickhouse_connect.get_client(dsn=self.dsn)
         try:
             return int(client.command(f"SELECT count() FROM governance.{table} FINAL"))
         finally:
@@ -178,13 +191,12 @@ class ClickHouseServer:
 def test_clickhouse_unreachable_for_a_while_then_everything_is_written(
     broker: Any, chdb_dir: Path, topic_prefix: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    address = f"http://127.0.0.1:{port}"
+    server = ClickHouseServer(chdb_dir, free_port(), tmp_path / "server.log")
+    address = server.label
     topic = f"{topic_prefix}gov.decisions"
     create_topic(broker.bootstrap, topic, partitions=4)
-    env = _sink_env(broker, topic_prefix, address, batch_size=100)
+    env = _sink_env(broker, topic_prefix, server.dsn, batch_size=100)
     sink = SinkProcess(env, None, tmp_path / "sink.log")
-    server = ClickHouseServer(chdb_dir, port, tmp_path / "server.log")
 
     def stored(good: int, bad: int) -> bool:
         return server.count("decisions") == good and server.count("rejected") == bad

@@ -1,11 +1,14 @@
-"""The ClickHouse HTTP subset served for a chDB directory: clickhouse-connect, curl and
-`baton sql` from another process all work against it."""
+"""The SQL endpoint served for a chDB directory, through a real endpoint on a real engine:
+clickhouse-connect, curl and `baton sql` read with this start's token; writes, file and URL
+reads, missing tokens and other sites' pages are refused, and the audit stays as it was."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
+import stat
 import subprocess
 import sys
 import urllib.error
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import clickhouse_connect
 import pytest
@@ -23,28 +27,41 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from baton.sinks.clickhouse import ENDPOINT_FILE, connect
 from baton.sinks.schema import migrate
 from baton.sinks.sink import AuditBatch, write_batch
-from baton.sinks.sqlserver import SqlServer, serve_sql
+from baton.sinks.sqlserver import SqlLimits, SqlServer, serve_sql
 from tests.audit_support import scenario_decisions
 
 pytestmark = pytest.mark.integration
 
+#: rows of scenario_decisions(runs=4): run_742, three story runs, one limits run
+ROWS = 3 + 3 * 8 + 7
 
-@pytest.fixture
-def served(chdb_dir: Path) -> Iterator[tuple[Client, SqlServer]]:
-    client = connect(f"chdb://{chdb_dir}")
-    server = None
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, Path]]:
+    """One chDB engine for the module (a process opens one path at a time), holding the
+    scenario's audit in ``<data dir>/chdb``, and a scratch table the holder writes to."""
+    data_dir = tmp_path_factory.mktemp("data")
+    client = connect(f"chdb://{data_dir / 'chdb'}", create=True)
     try:
         migrate(client, ttl_days=30)
         batch = AuditBatch("gov.decisions")
         for i, decision in enumerate(scenario_decisions(runs=4)):
             batch.add(0, i, decision.to_json())
         write_batch(client, batch)
-        server = serve_sql(client, port=0)
-        yield client, server
+        client.command("CREATE TABLE default.scratch (id UInt32) ENGINE = MergeTree ORDER BY id")
+        yield client, data_dir
     finally:
-        if server is not None:
-            server.close()
         client.close()
+
+
+@pytest.fixture
+def served(engine: tuple[Client, Path]) -> Iterator[SqlServer]:
+    client, _ = engine
+    server = serve_sql(client, port=0)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def _http(
@@ -52,17 +69,41 @@ def _http(
 ) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, data=data, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
 
 
-def test_clickhouse_connect_http_client_works_unchanged(served: tuple[Client, SqlServer]) -> None:
-    _, server = served
-    http = clickhouse_connect.get_client(host="127.0.0.1", port=server.port)
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def _post(server: SqlServer, sql: str, path: str = "/", **headers: str) -> tuple[int, Any, bytes]:
+    return _http(server.url + path, sql.encode(), {**_basic("baton", server.token), **headers})
+
+
+def _audit_rows(client: Client) -> int:
+    return int(client.command("SELECT count() FROM governance.decisions"))
+
+
+def _curl(*args: str) -> str:
+    return subprocess.run(
+        ["curl", "-sS", *args], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def test_clickhouse_connect_reads_with_the_dsn_or_user_and_password(served: SqlServer) -> None:
+    assert served.dsn == f"http://baton:{served.token}@127.0.0.1:{served.port}"
+    by_dsn = clickhouse_connect.get_client(dsn=served.dsn)
+    by_name = clickhouse_connect.get_client(
+        host="127.0.0.1", port=served.port, username="baton", password=served.token
+    )
     try:
-        result = http.query(
+        result = by_dsn.query(
             "SELECT run_id, spent_usd, decided_at FROM governance.decisions FINAL "
             "WHERE run_id = {run:String} ORDER BY decided_at",
             parameters={"run": "run_742"},
@@ -70,137 +111,319 @@ def test_clickhouse_connect_http_client_works_unchanged(served: tuple[Client, Sq
         assert [r[0] for r in result.result_rows] == ["run_742"] * 3
         assert result.result_rows[-1][1] == Decimal("0.25")
         assert isinstance(result.result_rows[0][2], datetime)
-        assert (
-            http.command("SELECT count() FROM governance.decisions FINAL") == 3 + 3 * 8 + 7
-        )  # run_742, three story runs, one limits run
-        # DDL and a compressed Native insert (the client's defaults) through the endpoint
-        http.command(
-            "CREATE TABLE default.notes (id UInt32, text String) ENGINE = MergeTree ORDER BY id"
-        )
-        http.insert("default.notes", [[1, "ünïcode"], [2, "b"]], column_names=["id", "text"])
-        assert http.query("SELECT text FROM default.notes ORDER BY id").result_rows == [
-            ("ünïcode",),
-            ("b",),
-        ]
+        assert by_name.command("SELECT count() FROM governance.decisions FINAL") == ROWS
         with pytest.raises(DatabaseError, match="Code: 62"):
-            http.query("SELEC 1")
+            by_dsn.query("SELEC 1")
     finally:
-        http.close()
+        by_dsn.close()
+        by_name.close()
 
 
-def test_curl_get_and_post_with_formats(served: tuple[Client, SqlServer]) -> None:
-    _, server = served
-    get = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            f"{server.url}/?query=SELECT%20count()%20FROM%20governance.decisions"
-            "%20FINAL%20WHERE%20outcome%20%3D%20'stop'",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
+def test_curl_reads_with_url_credentials_basic_auth_or_clickhouse_headers(
+    served: SqlServer,
+) -> None:
+    stops = "SELECT+count()+FROM+governance.decisions+FINAL+WHERE+outcome+%3D+'stop'"
+    assert _curl(f"{served.dsn}/?query={stops}") == "4\n"  # the URL form, as printed
+    assert _curl("-u", f"baton:{served.token}", f"{served.url}/?query={stops}") == "4\n"
+    assert _curl(f"{served.url}/?query={stops}&user=baton&password={served.token}") == "4\n"
+    headers = ["-H", "X-ClickHouse-User: baton", "-H", f"X-ClickHouse-Key: {served.token}"]
+    assert _curl(*headers, f"{served.url}/?query={stops}") == "4\n"
+    posted = _curl(
+        "-u",
+        f"baton:{served.token}",
+        "--data-binary",
+        "SELECT reason, count() AS n FROM governance.decisions FINAL WHERE outcome = 'stop' "
+        "GROUP BY reason ORDER BY reason",
+        f"{served.url}/?default_format=JSONEachRow",
     )
-    assert get.stdout == "4\n"  # TabSeparated, ClickHouse's default
-    post = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "--data-binary",
-            "SELECT reason, count() AS n FROM governance.decisions FINAL WHERE outcome = 'stop' "
-            "GROUP BY reason ORDER BY reason",
-            f"{server.url}/?default_format=JSONEachRow",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    reasons = (
+    reasons = [json.loads(line)["reason"] for line in posted.splitlines()]
+    assert reasons == [
         "approval_denied",
         "delegation_depth_exceeded",
         "handoff_budget_exceeded",
         "ownership_conflict",
-    )
-    assert [json.loads(line) for line in post.stdout.splitlines()] == [
-        {"reason": r, "n": 1} for r in reasons
     ]
-    assert (
-        subprocess.run(
-            ["curl", "-sS", f"{server.url}/ping"], capture_output=True, text=True, timeout=30
-        ).stdout
-        == "Ok.\n"
-    )
+    assert _curl(f"{served.url}/ping") == "Ok.\n"  # as ClickHouse: no credentials needed
 
 
-def test_get_is_read_only_and_errors_carry_clickhouse_codes(
-    served: tuple[Client, SqlServer],
-) -> None:
-    _, server = served
-    status, headers, body = _http(f"{server.url}/?query=DROP%20TABLE%20governance.decisions")
-    assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "164"
-    assert b"readonly" in body
-    status, headers, body = _http(f"{server.url}/?query=SELECT%20*%20FROM%20nowhere")
-    assert status == 404 and headers["X-ClickHouse-Exception-Code"] == "60"
-
-
-def test_settings_parameters_and_gzip_bodies(served: tuple[Client, SqlServer]) -> None:
-    _, server = served
-    query = b"SELECT {n:UInt8} + 1 AS x, getSetting('max_threads') AS t FORMAT JSONEachRow"
+def test_allowed_settings_parameters_and_gzip_bodies(served: SqlServer) -> None:
+    query = b"SELECT {n:UInt8} + 1 AS x, toUInt64(7) AS big FORMAT JSONEachRow"
     status, _, body = _http(
-        f"{server.url}/?param_n=41&max_threads=3",
+        f"{served.url}/?param_n=41&output_format_json_quote_64bit_integers=0",
         gzip.compress(query),
-        {"Content-Encoding": "gzip"},
+        {"Content-Encoding": "gzip", **_basic("baton", served.token)},
     )
     assert status == 200, body
-    assert json.loads(body) == {"x": 42, "t": 3}
+    assert json.loads(body) == {"x": 42, "big": 7}
 
 
-def test_an_engine_held_here_is_queried_from_another_process_through_the_endpoint(
-    served: tuple[Client, SqlServer], chdb_dir: Path
+# ------------------------------------------------------------------------------ refusing
+
+
+@pytest.mark.parametrize(
+    ("sql", "code"),
+    [
+        ("DROP TABLE governance.decisions", 164),
+        ("TRUNCATE TABLE governance.decisions", 164),
+        ("ALTER TABLE governance.decisions DELETE WHERE 1", 164),
+        ("ALTER TABLE governance.decisions UPDATE reason = 'ok' WHERE 1", 164),
+        (
+            "INSERT INTO governance.decisions (decision_id, run_id, outcome, reason) "
+            "VALUES ('forged', 'run_742', 'allow', 'ok')",
+            164,
+        ),
+        ("CREATE TABLE default.evil (x UInt8) ENGINE = Memory", 164),
+        ("RENAME TABLE governance.decisions TO governance.gone", 164),
+        ("OPTIMIZE TABLE governance.decisions FINAL", 164),
+        ("SYSTEM STOP MERGES", 164),
+        ("KILL QUERY WHERE 1", 164),
+        ("SET readonly = 0", 164),
+        ("SELECT count() FROM governance.decisions SETTINGS readonly = 0", 164),
+        ("SELECT 1; DROP TABLE governance.decisions", 62),
+        ("/* SELECT */ DROP TABLE governance.decisions", 164),
+    ],
+)
+def test_writes_are_refused_and_the_audit_is_unchanged(
+    served: SqlServer, engine: tuple[Client, Path], sql: str, code: int
 ) -> None:
-    _, server = served
-    record = json.loads((chdb_dir / ENDPOINT_FILE).read_text())
-    assert record == {"url": server.url, "pid": os.getpid(), "started": record["started"]}
-    # the same DSN the holder uses: the other process cannot open the directory, so it
-    # follows the endpoint file
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "baton.cli",
-            "sql",
-            "--dsn",
-            f"chdb://{chdb_dir}",
-            "--format",
-            "csv",
-            "SELECT run_id, reason FROM governance.decisions FINAL "
-            "WHERE outcome = 'stop' ORDER BY run_id, reason",
-        ],
+    client, _ = engine
+    status, headers, body = _post(served, sql)
+    assert status == (400 if code == 62 else 403), body
+    assert headers["X-ClickHouse-Exception-Code"] == str(code), body
+    assert body.startswith(f"Code: {code}.".encode())
+    # the same statement in a GET's ?query= is refused the same way
+    get = _http(
+        f"{served.url}/?query={urllib.request.quote(sql)}", None, _basic("baton", served.token)
+    )
+    assert get[0] == status
+    assert _audit_rows(client) == ROWS
+    assert client.command("EXISTS TABLE default.evil") == 0
+
+
+def test_clickhouse_connect_cannot_write_and_readonly_does_not_leak_to_the_holder(
+    served: SqlServer, engine: tuple[Client, Path]
+) -> None:
+    client, _ = engine
+    http = clickhouse_connect.get_client(dsn=served.dsn)
+    try:
+        with pytest.raises(DatabaseError, match="Code: 164"):
+            http.insert("default.scratch", [[1]], column_names=["id"])
+        with pytest.raises(DatabaseError, match="Code: 164"):
+            http.command("DROP TABLE governance.decisions")
+        assert http.command("SELECT getSetting('readonly')") == 1
+    finally:
+        http.close()
+    # the sink's own session is not read-only: each request had its own
+    client.command("INSERT INTO default.scratch VALUES (1)")
+    assert client.command("SELECT count() FROM default.scratch") >= 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT file('/etc/passwd')",
+        "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+        "SELECT `file`('/etc/passwd')",
+        "SELECT \"file\"('/etc/passwd')",
+        "select /* a comment */ FILE ('/etc/passwd')",
+        "SELECT length(file('/etc/passwd')) FROM numbers(1)",
+        "EXPLAIN SYNTAX SELECT file('/etc/passwd')",
+        "DESCRIBE TABLE file('/etc/passwd', 'LineAsString')",
+        "WITH x AS (SELECT * FROM file('/etc/passwd', 'LineAsString')) SELECT * FROM x",
+        "SELECT * FROM url('http://127.0.0.1:9/', 'LineAsString')",
+        "SELECT * FROM s3('http://127.0.0.1:9/bucket/x.csv')",
+        "SELECT * FROM remote('127.0.0.1:9', system.one)",
+        "SELECT * FROM mysql('127.0.0.1:9', 'db', 't', 'u', 'p')",
+        "SELECT * FROM executable('id', 'TSV', 'x String')",
+        "SELECT * FROM filesystem('/etc')",
+        "SELECT * FROM python(anything)",
+    ],
+)
+def test_files_urls_other_servers_and_programs_are_refused(served: SqlServer, sql: str) -> None:
+    status, headers, body = _post(served, sql)
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (403, "497"), body
+    assert b"refused" in body and b"root:" not in body
+
+
+def test_into_outfile_is_refused_and_writes_nothing(served: SqlServer, tmp_path: Path) -> None:
+    target = tmp_path / "stolen.csv"
+    for sql in (
+        f"SELECT * FROM governance.decisions INTO OUTFILE '{target}' FORMAT CSV",
+        f"SELECT 1 INTO OUTFILE '{target}' APPEND",
+    ):
+        status, headers, body = _post(served, sql)
+        assert (status, headers["X-ClickHouse-Exception-Code"]) == (403, "497"), body
+        assert b"INTO OUTFILE refused" in body
+    assert not target.exists()
+
+
+def test_readonly_and_limits_cannot_be_lifted_through_url_parameters(served: SqlServer) -> None:
+    for params in ("readonly=0", "readonly=2", "max_execution_time=0", "max_result_rows=0"):
+        status, headers, body = _post(served, "SELECT 1", f"/?{params}")
+        assert (status, headers["X-ClickHouse-Exception-Code"]) == (403, "164"), (params, body)
+        assert f"'{params.split('=')[0]}'".encode() in body
+    status, _, body = _post(served, "SELECT getSetting('readonly')", "/?readonly=1")
+    assert (status, body) == (200, b"1\n")  # asking for what is enforced anyway is fine
+
+
+def test_limits_stop_heavy_queries_and_huge_bodies(engine: tuple[Client, Path]) -> None:
+    client, _ = engine
+    limits = SqlLimits(max_execution_time_s=1, max_result_rows=1000, max_request_bytes=4096)
+    with serve_sql(client, port=0, limits=limits) as server:
+        status, headers, body = _post(server, "SELECT count() FROM system.numbers")
+        assert headers["X-ClickHouse-Exception-Code"] == "159", body  # TIMEOUT_EXCEEDED
+        status, headers, body = _post(server, "SELECT number FROM numbers(5000)")
+        assert headers["X-ClickHouse-Exception-Code"] == "396", body  # TOO_MANY_ROWS
+        status, _, body = _post(server, "SELECT 1 " + " " * 5000)
+        assert status == 413 and b"4096 bytes" in body
+        bomb = gzip.compress(b"SELECT 1" + b" " * 10_000_000)  # ~10 KB that inflates to 10 MB
+        status, _, body = _http(
+            server.url + "/",
+            bomb,
+            {"Content-Encoding": "gzip", **_basic("baton", server.token)},
+        )
+        assert status == 413, body
+
+
+# ------------------------------------------------------------------------------ who asks
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["none", "wrong token", "wrong user", "wrong URL password", "two ways", "bearer", "bad base64"],
+)
+def test_missing_or_wrong_credentials_get_401(served: SqlServer, how: str) -> None:
+    token = served.token
+    headers = {
+        "none": {},
+        "wrong token": _basic("baton", token[:-1] + ("A" if token[-1] != "A" else "B")),
+        "wrong user": _basic("default", token),
+        "two ways": {**_basic("baton", token), "X-ClickHouse-User": "baton"},
+        "bearer": {"Authorization": f"Bearer {token}"},
+        "bad base64": {"Authorization": "Basic !!!"},
+    }.get(how, {})
+    query = "/?user=baton&password=nope" if how == "wrong URL password" else "/"
+    status, response_headers, body = _http(
+        served.url + query, b"DROP TABLE governance.decisions", headers
+    )
+    assert status == 401, body
+    assert response_headers["X-ClickHouse-Exception-Code"] == "516"
+    assert body.startswith(b"Code: 516. DB::Exception: baton: Authentication failed")
+    assert token.encode() not in body
+
+
+def test_another_sites_page_is_refused_even_with_the_token(served: SqlServer) -> None:
+    for extra in (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Origin": f"http://127.0.0.1:{served.port + 1}"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Host": f"rebound.evil.example:{served.port}"},  # DNS rebinding
+    ):
+        status, headers, body = _post(served, "DROP TABLE governance.decisions", **extra)
+        # refused before the statement is even looked at (that refusal would be 164)
+        assert (status, headers["X-ClickHouse-Exception-Code"]) == (403, "497"), (extra, body)
+    # a browser page without the token gets the same answer, not a login prompt
+    status, headers, _ = _http(
+        served.url + "/", b"SELECT 1", {"Origin": "https://evil.example", "Sec-Fetch-Site": "x"}
+    )
+    assert status == 403 and "WWW-Authenticate" not in headers
+    same = _post(served, "SELECT 1", Origin=f"http://localhost:{served.port}")
+    assert same[0] == 200  # this endpoint's own origin
+
+
+# ------------------------------------------------------------------------------ discovery
+
+
+def test_the_endpoint_file_is_private_and_holds_the_dsn(
+    served: SqlServer, engine: tuple[Client, Path]
+) -> None:
+    _, data_dir = engine
+    path = data_dir / "chdb" / ENDPOINT_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    record = json.loads(path.read_text())
+    assert record == {
+        "url": served.url,
+        "dsn": served.dsn,
+        "pid": os.getpid(),
+        "started": record["started"],
+    }
+    assert served.token not in repr(served)
+
+
+def _baton(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "baton.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **(env or {})},
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+
+
+def test_baton_sql_finds_the_dsn_and_token_in_the_data_dir(
+    served: SqlServer, engine: tuple[Client, Path], tmp_path: Path
+) -> None:
+    _, data_dir = engine
+    query = (
+        "SELECT run_id, reason FROM governance.decisions FINAL "
+        "WHERE outcome = 'stop' ORDER BY run_id, reason"
+    )
+    expected = [
         "run_id,reason",
         "run_0002,approval_denied",
         "run_0002,delegation_depth_exceeded",
         "run_0002,handoff_budget_exceeded",
         "run_742,ownership_conflict",
     ]
+    env = {"BATON_CLICKHOUSE_DSN": "http://127.0.0.1:9/unused"}
+    by_flag = _baton("sql", "--data-dir", str(data_dir), "-f", "csv", query, env=env)
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert by_flag.stdout.splitlines() == expected
+    by_env = _baton("sql", "-f", "csv", query, env={"BATON_DATA_DIR": str(data_dir)})
+    assert by_env.stdout.splitlines() == expected, by_env.stderr
+    # the chDB directory the holder uses: the other process follows its endpoint file
+    by_dsn = _baton("sql", "--dsn", f"chdb://{data_dir / 'chdb'}", "-f", "csv", query)
+    assert by_dsn.stdout.splitlines() == expected, by_dsn.stderr
+    trace = _baton("trace", "run_742", "--data-dir", str(data_dir))
+    assert trace.returncode == 0 and "ownership_conflict" in trace.stdout, trace.stderr
+    # and what it finds there is the read-only endpoint
+    drop = _baton("sql", "--data-dir", str(data_dir), "DROP TABLE governance.decisions")
+    assert drop.returncode == 5 and "Code: 164" in drop.stderr, drop.stderr
+    assert served.token not in drop.stderr
+    # the token of a dead endpoint, or none at all, is never guessed
+    nowhere = _baton("sql", "--data-dir", str(tmp_path), "SELECT 1")
+    assert nowhere.returncode == 5 and f"no audit at {tmp_path}/chdb" in nowhere.stderr
 
 
-def test_closing_the_endpoint_unregisters_it(chdb_dir: Path) -> None:
-    client = connect(f"chdb://{chdb_dir}")
-    try:
-        server = serve_sql(client, port=0)
-        assert (chdb_dir / ENDPOINT_FILE).exists()
-        server.close()
-        assert not (chdb_dir / ENDPOINT_FILE).exists()
-    finally:
-        client.close()
+def test_closing_the_endpoint_unregisters_it(engine: tuple[Client, Path]) -> None:
+    client, data_dir = engine
+    server = serve_sql(client, port=0)
+    assert (data_dir / "chdb" / ENDPOINT_FILE).exists()
+    server.close()
+    assert not (data_dir / "chdb" / ENDPOINT_FILE).exists()
+
+
+def test_each_start_has_its_own_token(engine: tuple[Client, Path]) -> None:
+    client, _ = engine
+    with serve_sql(client, port=0) as first:
+        old = first.dsn
+    with serve_sql(client, port=0) as second:
+        assert second.token != first.token and len(second.token) >= 40
+        status, _, _ = _http(f"{second.url}/?query=SELECT+1", None, _basic("baton", first.token))
+        assert status == 401, old
+
+
+def test_the_writable_test_stand_in_still_needs_the_token(engine: tuple[Client, Path]) -> None:
+    client, _ = engine
+    with serve_sql(client, port=0, read_only=False) as server:
+        assert _http(f"{server.url}/", b"INSERT INTO default.scratch VALUES (7)")[0] == 401
+        http = clickhouse_connect.get_client(dsn=server.dsn)
+        try:
+            http.insert("default.scratch", [[8]], column_names=["id"])
+            assert http.command("SELECT count() FROM default.scratch WHERE id = 8") == 1
+        finally:
+            http.close()
 
 
 def test_a_directory_held_without_an_endpoint_is_reported_with_the_holder(chdb_dir: Path) -> None:
@@ -217,12 +440,7 @@ def test_a_directory_held_without_an_endpoint_is_reported_with_the_holder(chdb_d
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        result = subprocess.run(
-            [sys.executable, "-m", "baton.cli", "sql", "--dsn", f"chdb://{chdb_dir}", "SELECT 1"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = _baton("sql", "--dsn", f"chdb://{chdb_dir}", "SELECT 1")
         assert result.returncode == 5
         assert (
             f"the chDB directory {chdb_dir} is held by another process (pid {holder.pid})"

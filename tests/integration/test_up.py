@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 class _Up:
     def __init__(self, data_dir: Path, *extra: str, sql_port: int | None = None) -> None:
+        self.data_dir = data_dir
         self.sql_port = sql_port or free_port()
         self.proc = subprocess.Popen(
             [
@@ -160,26 +161,30 @@ def test_typed_json_from_a_default_partitioner_client_is_decided(up: _Up) -> Non
     stops = wait_for(lambda: read("gov.stops"), 30, message="stop")
     assert stops[0]["reason"] == "ownership_conflict" and stops[0]["owner"] == "billing_agent"
 
-    # the audit answers SQL through the running stack (chDB is held by the sink)
-    sql = [
-        sys.executable,
-        "-m",
-        "baton.cli",
-        "sql",
-        "--dsn",
-        f"http://127.0.0.1:{up.sql_port}",
+    # the audit answers SQL through the running stack (chDB is held by the sink), with the
+    # DSN and token the ready line printed
+    dsn = line.split(" sql=")[1].split()[0]
+    assert dsn.startswith("http://baton:") and dsn.endswith(f"@127.0.0.1:{up.sql_port}")
+    query = (
         f"SELECT reason, count() FROM governance.decisions FINAL WHERE run_id = '{run}' "
-        "GROUP BY reason ORDER BY reason",
-        "--format",
-        "csv",
-    ]
+        "GROUP BY reason ORDER BY reason"
+    )
+    sql = [sys.executable, "-m", "baton.cli", "sql", "--format", "csv", query]
 
     def audited() -> str | None:
-        out = subprocess.run(sql, capture_output=True, text=True, timeout=30)
+        out = subprocess.run([*sql, "--dsn", dsn], capture_output=True, text=True, timeout=30)
         return out.stdout if "ownership_conflict" in out.stdout else None
 
     text = wait_for(audited, 60, interval=1, message="the audit to hold the run")
     assert "ok" in text and "ownership_conflict" in text
+    # without --dsn, `baton sql` finds the endpoint and its token in the data directory
+    found = [*sql, "--data-dir", str(up.data_dir)]
+    assert subprocess.run(found, capture_output=True, text=True, timeout=30).stdout == text
+    # and nobody gets in without the token
+    without = subprocess.run(
+        [*sql, "--dsn", f"http://127.0.0.1:{up.sql_port}"], capture_output=True, text=True
+    )
+    assert without.returncode == 5 and "Code: 516" in without.stderr, without.stderr
 
 
 def test_a_killed_worker_is_restarted_and_decides_again(up: _Up) -> None:
@@ -287,6 +292,30 @@ def test_the_stack_ends_with_its_broker(tmp_path_factory: pytest.TempPathFactory
     assert "exited with signal SIGKILL; its topics were in memory and are gone" in text
     assert "restarted the worker" not in text  # the broker's end is not a worker crash
     wait_for(lambda: _gone([worker]), 20, message="the worker to exit")
+
+
+def test_a_restarted_sink_serves_sql_with_a_new_token_and_says_so(up: _Up) -> None:
+    old_dsn = up.ready_line().split(" sql=")[1].split()[0]
+    sink = _child_running(up.proc.pid, "sink")
+    assert sink is not None
+    os.kill(sink, signal.SIGKILL)
+    line = wait_for(
+        lambda: next((ln for ln in up.lines if "restarted with a new token: sql=" in ln), None),
+        60,
+        message=lambda: "the new SQL line:\n" + "\n".join(up.lines[-10:]),
+    )
+    new_dsn = line.split("sql=")[1].split()[0]
+    assert new_dsn != old_dsn and new_dsn.endswith(f"@127.0.0.1:{up.sql_port}")
+
+    def answer(dsn: str) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "baton.cli", "sql", "-f", "csv", "--dsn", dsn, "SELECT 42 x"]
+        return subprocess.run(args, capture_output=True, text=True, timeout=30)
+
+    fresh = answer(new_dsn)
+    assert fresh.stdout == "x\n42\n", fresh.stderr
+    stale = answer(old_dsn)
+    assert stale.returncode == 5 and "Code: 516" in stale.stderr, stale.stderr
+    assert up.proc.poll() is None
 
 
 def test_sigterm_stops_everything_without_orphans(up: _Up) -> None:
