@@ -279,21 +279,40 @@ _TOKEN_RE = re.compile(
 
 @dataclass(frozen=True, slots=True)
 class _Token:
-    kind: str  # "string" | "word" (bare or quoted identifier) | "other"
-    text: str  # a word unquoted, as ClickHouse names it
+    kind: str  # "string" | "word" (bare) | "quoted" (an identifier in ` or ") | "other"
+    text: str  # a quoted identifier unescaped, as ClickHouse names it
+
+
+_ESCAPES = {"0": "\0", "n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "a": "\a", "v": "\v"}
+_ESCAPE_RE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.)", re.S)
+
+
+def _unescape(body: str) -> str:
+    r"""ClickHouse's escapes in quoted text: ``\xHH`` (`\x66ile` names ``file``), ``\n`` and
+    friends, a backslash before a quote or backslash; an unknown escape keeps its backslash
+    (as ClickHouse does: `fi\le` names ``fi\le``)."""
+
+    def one(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if len(code) == 3:
+            return chr(int(code[1:], 16))
+        if code in _ESCAPES:
+            return _ESCAPES[code]
+        return code if code in "\\'\"`" else "\\" + code
+
+    return _ESCAPE_RE.sub(one, body)
 
 
 def _tokens(sql: str) -> Iterable[_Token]:
     for match in _TOKEN_RE.finditer(sql):
-        kind = match.lastgroup
+        kind = str(match.lastgroup)
         text = match.group()
         if kind == "space":
             continue
         if kind == "quoted":
-            body = text[1:-1]
-            text = re.sub(r"\\(.)", r"\1", body, flags=re.S).replace(text[0] * 2, text[0])
-            kind = "word"
-        yield _Token(str(kind), text)
+            quote = text[0]
+            text = _unescape(text[1:-1].replace(quote * 2, "\\" + quote))
+        yield _Token(kind, text)
 
 
 def denied_functions(table_functions: Iterable[str]) -> frozenset[str]:
@@ -312,10 +331,10 @@ def check_statement(formatted: str, denied: frozenset[str] = DENIED_FUNCTIONS) -
     tokens = list(_tokens(formatted))
     while tokens and tokens[-1].kind == "other" and tokens[-1].text == ";":
         tokens.pop()
-    first = next((t.text.upper() for t in tokens if t.kind == "word"), "")
     leading = next((t for t in tokens if not (t.kind == "other" and t.text == "(")), None)
-    if leading is None or leading.kind != "word" or first not in ALLOWED_STATEMENTS:
-        shown = first or (leading.text if leading else "an empty statement")
+    first = leading.text.upper() if leading is not None and leading.kind == "word" else ""
+    if first not in ALLOWED_STATEMENTS:
+        shown = leading.text if leading is not None else "an empty statement"
         raise _readonly(
             f"Cannot execute query in readonly mode: the SQL endpoint runs only "
             f"{', '.join(sorted(ALLOWED_STATEMENTS))} statements, got {shown[:40]!r}"
@@ -329,7 +348,7 @@ def check_statement(formatted: str, denied: frozenset[str] = DENIED_FUNCTIONS) -
                 "SYNTAX_ERROR",
                 "Multi-statements are not allowed: the SQL endpoint runs one statement per request",
             )
-        if token.kind != "word":
+        if token.kind not in ("word", "quoted"):
             continue
         upper = token.text.upper()
         if upper in ("OUTFILE", "INFILE"):

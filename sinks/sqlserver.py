@@ -88,6 +88,7 @@ log = logging.getLogger(__name__)
 
 
 _MAX_PARAMS = 200
+_QUERY_STRING_RE = re.compile(r"\?[^\s'\"]*")
 _QUERY_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _HTTP_STATUS_BY_CODE = {
     62: 400,
@@ -272,7 +273,9 @@ class _SqlHandler(BaseHTTPRequestHandler):
         log.debug("sql %s %s %s %s", self.client_address[0], self.command, self._path(), code)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("sql %s " + format, self.client_address[0], *args)
+        # http.server's own lines (a malformed request) quote the request line: no query string
+        text = _QUERY_STRING_RE.sub("?…", format % args)
+        log.debug("sql %s %s", self.client_address[0], text[:500])
 
     def _path(self) -> str:
         return urlsplit(self.path).path[:200]

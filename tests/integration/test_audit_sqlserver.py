@@ -226,6 +226,9 @@ def test_clickhouse_connect_cannot_write_and_readonly_does_not_leak_to_the_holde
         "SELECT `file`('/etc/passwd')",
         "SELECT \"file\"('/etc/passwd')",
         "select /* a comment */ FILE ('/etc/passwd')",
+        "SELECT `\\x66ile`('/etc/passwd')",  # ClickHouse decodes the name to file
+        "SELECT \"\\x66\\x69le\"('/etc/passwd')",
+        "SELECT $$a$$, file($$/etc/passwd$$)",
         "SELECT length(file('/etc/passwd')) FROM numbers(1)",
         "EXPLAIN SYNTAX SELECT file('/etc/passwd')",
         "DESCRIBE TABLE file('/etc/passwd', 'LineAsString')",
