@@ -43,6 +43,9 @@ __all__ = ["GovernanceWorker", "create_app"]
 
 log = logging.getLogger(__name__)
 
+#: runs the 1 s sweep looks at, at most: after a rebalance every restored run is due once
+_SWEEP_LIMIT = 5000
+
 
 class _TableStates(MutableMapping[bytes, RunState]):
     """The ``runs`` table's in-memory store, written directly (the changelog is ours to write).
@@ -75,6 +78,13 @@ class _TableStates(MutableMapping[bytes, RunState]):
         if key not in self._data:
             self._key_partition[key] = partition_for(key, self._partitions)
         self._data[key] = value
+
+    def encoded_size(self, key: bytes) -> int:
+        """The run's size as its changelog record (no decoding for a restored one)."""
+        value = self._data.get(key)
+        if value is None:
+            return 0
+        return len(value) if isinstance(value, bytes) else len(value.to_bytes())
 
     def __delitem__(self, key: bytes) -> None:
         del self._data[key]
@@ -165,6 +175,7 @@ class GovernanceWorker:
         self._owned: set[int] = set()
         #: runs by the time the sweep next has work on them (rebuilt when partitions move)
         self._due = DueIndex(settings.run_retention_s, settings.tombstone_retention_s)
+        self._indexed_generation: int | None = None
         self._stats = _BatchStats(self.worker_id)
         self.control.on_policy(self._on_policy)
         self.app.on_partitions_revoked.connect(self._on_revoked_signal)
@@ -281,21 +292,29 @@ class GovernanceWorker:
         await self._on_revoked(revoked)
 
     def _faust_credentials(self) -> Any:
+        """What Faust's aiokafka connections authenticate with: the same CA, client
+        certificate, key and SASL user as every confluent-kafka client (kafka_config()).
+
+        SASLCredentials sets SASL_SSL exactly when it gets an ssl_context, so the context is
+        passed only with SASL_SSL; the settings refuse a SASL protocol without a mechanism,
+        so a SASL_* protocol never falls through to plain SSL here."""
         s = self.settings
         if s.security_protocol == "PLAINTEXT":
             return None
-        import ssl
-
         from faust.auth import SASLCredentials, SSLCredentials
 
-        ctx = ssl.create_default_context(cafile=s.ssl_cafile)
-        if s.sasl_mechanism:
-            password = s.sasl_password.get_secret_value() if s.sasl_password else None
+        from baton.schemas.connections import client_ssl_context
+
+        ctx = None
+        if "SSL" in s.security_protocol:
+            key_password = s.ssl_key_password.get_secret_value() if s.ssl_key_password else None
+            ctx = client_ssl_context(s.ssl_cafile, s.ssl_certfile, s.ssl_keyfile, key_password)
+        if s.security_protocol.startswith("SASL_"):
             return SASLCredentials(
                 username=s.sasl_username,
-                password=password,
+                password=s.sasl_password.get_secret_value() if s.sasl_password else None,
                 mechanism=s.sasl_mechanism,
-                ssl_context=ctx if "SSL" in s.security_protocol else None,
+                ssl_context=ctx,
             )
         return SSLCredentials(ctx)
 
@@ -315,6 +334,8 @@ class GovernanceWorker:
                 exactly_once=self.exactly_once,
                 run_state_max_bytes=self.settings.run_state_max_bytes,
                 max_runs=self.settings.max_runs,
+                approvals_topic=self.catalog.approvals,
+                max_state_bytes=self.settings.max_state_bytes,
                 chain_key=(
                     self.settings.audit_chain_key.get_secret_value().encode()
                     if self.settings.audit_chain_key
@@ -490,15 +511,21 @@ class GovernanceWorker:
         async with self._lock:
             if app.rebalancing or getattr(app, "in_recovery", False):
                 return
-            if active != self._owned:
-                # new partitions came with states restored from the changelog: index them
-                # all once (the only sweep that decodes every run)
+            if active != self._owned or generation != self._indexed_generation:
+                # an assignment (even of the same partitions: revoked and given back while
+                # sweeps were skipped) came with states restored from the changelog: index
+                # them all once (the only sweep that decodes every run)
                 self._owned = active
+                self._indexed_generation = generation
                 log.info("worker %s owns partitions %s", self.worker_id, sorted(active))
-                due.rebuild(self._readable_states(states))
+                keys = list(states)
+                due.rebuild_keys(keys, now_ts)
+                proc.forget_sizes()
+                for key in keys:
+                    proc.account(key, states.encoded_size(key))  # type: ignore[attr-defined]
             ready = {p for p in active if self._caught_up(p)}
             later: list[bytes] = []
-            for key in due.pop_due(now_ts):
+            for key in due.pop_due(now_ts, _SWEEP_LIMIT):
                 partition = partition_for(key, self.settings.partitions)
                 if partition not in active:
                     continue  # revoked: its new owner indexes it
@@ -524,9 +551,12 @@ class GovernanceWorker:
                 if kept is None:
                     del states[key]
                     out.changed[key] = (partition, None)
+                    proc.account(key, None)
                 elif kept is not state:
                     states[key] = kept
                     out.changed[key] = (partition, kept)
+                    out.encoded[key] = raw = kept.to_bytes()
+                    proc.account(key, len(raw))
                 due.touch(key, kept)
             for key in later:
                 due.push(key, now_ts + 1.0)
@@ -536,16 +566,6 @@ class GovernanceWorker:
                 )
             except Exception:
                 exit_without_commit(EXIT_DELIVERY_FAILED, "sweep could not publish; exiting")
-
-    @staticmethod
-    def _readable_states(
-        states: MutableMapping[bytes, RunState],
-    ) -> Iterator[tuple[bytes, RunState | None]]:
-        for key in list(states):
-            try:
-                yield key, states.get(key)
-            except Exception:
-                log.error("run %r: stored state cannot be read; not swept", key, exc_info=True)
 
 
 def create_app(settings: Settings, policy: Policy, worker_id: str | None = None) -> faust.App:

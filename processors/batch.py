@@ -37,12 +37,20 @@ from baton.processors.chain import link
 from baton.processors.engine import NO_KILLS, KillSwitches, Origin, decide, refuse
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Reason
-from baton.schemas.events import MAX_EVENT_BYTES, EventError, RunEvent, parse_event
+from baton.schemas.events import (
+    MAX_EVENT_BYTES,
+    ApprovalDenied,
+    ApprovalGranted,
+    EventError,
+    RunEvent,
+    parse_event,
+)
 from baton.schemas.policy import Policy
 from baton.streams.partitioner import partition_for
 
 __all__ = [
     "DEFAULT_MAX_RUNS",
+    "DEFAULT_MAX_STATE_BYTES",
     "DEFAULT_RUN_STATE_MAX_BYTES",
     "FORWARDED_FROM",
     "HARD_STATE_MAX_BYTES",
@@ -65,8 +73,18 @@ DEFAULT_RUN_STATE_MAX_BYTES = 256 * 1024
 #: broker) message limit is 1,000,000 bytes, and a changelog record that cannot be written
 #: would end the worker on every restart
 HARD_STATE_MAX_BYTES = 900_000
+#: the largest budget a setting may give: a run stopped at it still grows by its bounded
+#: window (SEEN_LIMIT ids of up to 256 characters, RECENT_REPLIES decisions)
+MAX_RUN_STATE_MAX_BYTES = 600_000
 #: runs (and tombstones) one worker holds before it stops taking on new runs
 DEFAULT_MAX_RUNS = 500_000
+#: encoded run state one worker holds before it stops taking on new runs (memory is about
+#: 1.6x this: a decoded state is larger than its bytes)
+DEFAULT_MAX_STATE_BYTES = 4 * 1024**3
+#: a run id is at most 256 characters, 1,024 bytes of UTF-8: a longer key is no run's
+MAX_KEY_BYTES = 1024
+#: headers a forwarded event may carry (ours adds one); more is no orchestrator's
+MAX_HEADER_BYTES = 16 * 1024
 
 
 class ErrorKind(StrEnum):
@@ -85,6 +103,7 @@ class ErrorKind(StrEnum):
     ENGINE_ERROR = "engine_error"
     RUN_STATE_LIMIT = "run_state_limit"
     OUT_OF_RANGE = "out_of_range"
+    WRONG_TOPIC = "wrong_topic"
 
 
 class RecordError(Exception):
@@ -157,12 +176,21 @@ def dead_letter_record(
     }
     kept = raw[:MAX_EVENT_BYTES]
     try:
-        envelope["original"] = kept.decode("utf-8")
+        text = kept.decode("utf-8")
     except UnicodeDecodeError:
+        text = None
+    # JSON escapes a control character in six bytes: text full of them would make the
+    # dead letter several times its input (and past Kafka's message limit), base64 never
+    if text is not None and len(orjson.dumps(text)) <= 2 * len(kept) + 2:
+        envelope["original"] = text
+    else:
         envelope["original_b64"] = base64.b64encode(kept).decode()
     if len(raw) > len(kept):
         envelope["original_truncated"] = True
-    return DeadLetter(rec.key, orjson.dumps(envelope))
+    # the dead letter's own Kafka key is capped too: a record with a 1 MB key must not make
+    # a dead letter Kafka refuses (that would end the worker on every restart)
+    key = rec.key if rec.key is None or len(rec.key) <= MAX_KEY_BYTES else None
+    return DeadLetter(key, orjson.dumps(envelope))
 
 
 def _same_record(decisions: list[Decision], rec: InputRecord) -> bool:
@@ -189,10 +217,12 @@ class BatchProcessor:
         run_state_max_bytes: int = DEFAULT_RUN_STATE_MAX_BYTES,
         max_runs: int = DEFAULT_MAX_RUNS,
         chain_key: bytes = b"",
+        approvals_topic: str | None = None,
+        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
     ) -> None:
-        if not 0 < run_state_max_bytes <= HARD_STATE_MAX_BYTES:
+        if not 0 < run_state_max_bytes <= MAX_RUN_STATE_MAX_BYTES:
             raise ValueError(
-                f"run_state_max_bytes must be in 1..{HARD_STATE_MAX_BYTES}, "
+                f"run_state_max_bytes must be in 1..{MAX_RUN_STATE_MAX_BYTES}, "
                 f"got {run_state_max_bytes}"
             )
         self.policy = policy
@@ -202,8 +232,17 @@ class BatchProcessor:
         self.worker = worker
         self.run_state_max_bytes = run_state_max_bytes
         self.max_runs = max_runs
+        #: encoded bytes of the runs this worker holds, as last written (runs restored from
+        #: the changelog count once the sweep has indexed them): past max_state_bytes, new
+        #: runs are refused like past max_runs, so memory is bounded by bytes, not only count
+        self.max_state_bytes = max_state_bytes
+        self.state_bytes = 0
+        self._sizes: dict[bytes, int] = {}
         #: the key of the runs' decision hash chains (processors/chain.py)
         self.chain_key = chain_key
+        #: approvals only from here, run events never (None: no check, for tests): whoever
+        #: may write requests must not approve, whoever may approve must not hand off
+        self.approvals_topic = approvals_topic
         self._kills = kills or (lambda: NO_KILLS)
         self.decided = 0
         self.dead_lettered = 0
@@ -247,6 +286,8 @@ class BatchProcessor:
                     )
                 )
         self._check_sizes(out, before, decided, kills, now)
+        for key, (_partition, state) in out.changed.items():
+            self.account(key, len(out.encoded[key]) if state is not None else None)
         self.decided += len(out.decisions)
         self.dead_lettered += len(out.dead_letters)
         self.forwarded += len(out.forwards)
@@ -265,11 +306,32 @@ class BatchProcessor:
                 "record has no Kafka key; key every event by its run_id "
                 "(kcat: -K with a key separator)",
             )
+        if len(rec.key) > MAX_KEY_BYTES:
+            raise RecordError(
+                ErrorKind.OUT_OF_RANGE,
+                f"Kafka key of {len(rec.key)} bytes; a run_id (the key) is at most 256 "
+                f"characters ({MAX_KEY_BYTES} bytes)",
+            )
         event = parse_event(rec.value, rec.key)
+        if self.approvals_topic is not None:
+            approval = type(event) is ApprovalGranted or type(event) is ApprovalDenied
+            if approval != (rec.topic == self.approvals_topic):
+                raise RecordError(
+                    ErrorKind.WRONG_TOPIC,
+                    f"{event.type} on {rec.topic}: approvals belong on {self.approvals_topic}, "
+                    f"every other run event on the requests topic",
+                )
         key = rec.key
         home = partition_for(key, self.partitions)
         if home == rec.partition:
             return key, event
+        header_bytes = sum(len(h[0]) + len(h[1] or b"") for h in rec.headers or ())
+        if header_bytes > MAX_HEADER_BYTES:
+            raise RecordError(
+                ErrorKind.OUT_OF_RANGE,
+                f"{header_bytes} bytes of headers on a misplaced event (at most "
+                f"{MAX_HEADER_BYTES} are forwarded)",
+            )
         if _has_header(rec, FORWARDED_FROM):
             # forwarded once already and still misplaced: the topic's partition count
             # differs from BATON_PARTITIONS somewhere; bouncing it would never end
@@ -324,7 +386,9 @@ class BatchProcessor:
         that outgrew it in this batch); otherwise the batch measures each run once at its end.
         """
         origin = Origin(self.worker, rec.partition, rec.offset)
-        if state is None and len(self.states) >= self.max_runs:
+        if state is None and (
+            len(self.states) >= self.max_runs or self.state_bytes >= self.max_state_bytes
+        ):
             self.run_limited += 1
             _, decisions = refuse(
                 None,
@@ -332,8 +396,9 @@ class BatchProcessor:
                 self.policy,
                 now,
                 Reason.WORKER_RUN_LIMIT,
-                f"this worker holds {len(self.states)} runs (max_runs {self.max_runs}); "
-                f"new runs are stopped until finished runs are evicted or workers are added",
+                f"this worker holds {len(self.states)} runs of {self.state_bytes} bytes "
+                f"(max_runs {self.max_runs}, max_state_bytes {self.max_state_bytes}); new "
+                f"runs are stopped until finished runs are evicted or workers are added",
                 kills,
                 origin,
             )
@@ -396,6 +461,18 @@ class BatchProcessor:
         if new is not None:
             link(new, decisions, self.chain_key)
         return new, decisions
+
+    def account(self, key: bytes, size: int | None) -> None:
+        """``key``'s run now takes ``size`` encoded bytes (None: it left the table)."""
+        old = self._sizes.pop(key, 0) if size is None else self._sizes.get(key, 0)
+        if size is not None:
+            self._sizes[key] = size
+        self.state_bytes += (size or 0) - old
+
+    def forget_sizes(self) -> None:
+        """Partitions moved: sizes are counted again as the sweep re-indexes the table."""
+        self._sizes.clear()
+        self.state_bytes = 0
 
     # ------------------------------------------------------------------ the state budget
     def _check_sizes(

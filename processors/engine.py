@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from baton.processors.state import (
     MAX_PENDING_APPROVALS,
+    RECENT_REPLIES,
     SEEN_LIMIT,
     PendingApproval,
     RunState,
@@ -83,6 +84,20 @@ HARD_MAX_HANDOFFS = 10_000
 
 #: stops that end the run for good (the run stays stopped); other stops refuse one handoff
 STICKY_REASONS = frozenset({Reason.HANDOFF_BUDGET_EXCEEDED, Reason.SHARED_BUDGET_EXCEEDED})
+#: stops that shadow mode never turns into allows: a kill switch, and the worker's own
+#: limits and protocol refusals (they are not policy to try out)
+NEVER_SHADOWED = frozenset(
+    {
+        Reason.KILLED,
+        Reason.RUN_STATE_LIMIT,
+        Reason.RUN_EXPIRED,
+        Reason.WORKER_RUN_LIMIT,
+        Reason.REQUEST_ID_REUSED,
+        Reason.UNKNOWN_TENANT,
+        Reason.TENANT_MISMATCH,
+        Reason.REPLY_NOT_KEPT,
+    }
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -187,7 +202,10 @@ def evict(
     """
     now_ts = now.timestamp()
     if state.evicted_at is not None:
-        return None if now_ts - state.evicted_at >= tombstone_retention_s else state
+        # counted from its last event, not from the eviction: a run that keeps knocking
+        # keeps its tombstone
+        since = max(state.evicted_at, state.last_event_at)
+        return None if now_ts - since >= tombstone_retention_s else state
     if is_evictable(state, now, retention_s):
         return state.tombstone(now_ts)
     return state
@@ -197,7 +215,7 @@ def next_due(state: RunState, retention_s: float, tombstone_retention_s: float) 
     """When the sweep next has work on ``state`` (a POSIX time): an approval to expire, the
     run to turn into a tombstone, or the tombstone to forget."""
     if state.evicted_at is not None:
-        return state.evicted_at + tombstone_retention_s
+        return max(state.evicted_at, state.last_event_at) + tombstone_retention_s
     due = state.last_event_at + retention_s
     for p in state.pending.values():
         if p.expires_at < due:
@@ -223,7 +241,7 @@ def decide(
     # __instancecheck__, slow when it misses; and type(event) is X, not a saved type, so
     # that mypy narrows without cast() calls.
     approval = False
-    digest = None
+    digest = reused = None
     if type(event) is HandoffRequested:
         key = "h:" + event.request_id
         digest = request_digest(event)
@@ -247,9 +265,29 @@ def decide(
         # state.has_seen(key), inline: it runs for every event
         mark = state.seen.get(key)
         if key in state.fresh or (mark is not None and mark > state.marks - SEEN_LIMIT):
-            if digest is not None and state.digest_of(key) not in (digest, None):
-                return state, [_reused(state, event, policy, now, kills, origin, digest)]
-            return state, state.replies(key) or []
+            if digest is None or state.digest_of(key) in (digest, None):
+                replies = state.replies(key)
+                if replies is not None:
+                    return state, replies
+                # a retry of an event decided long ago (its decision is no longer kept):
+                # answered, never silently (a handoff is stopped: fail closed)
+                return state, [_protocol(state, event, policy, now, kills, origin, "not_kept")]
+            if type(event) is HandoffRequested:
+                # the same id for another request: refused, never the first one's answer
+                return state, [_protocol(state, event, policy, now, kills, origin, digest)]
+            # a cost report under a reused id: money spent is spent, so it counts, under
+            # its own key (a redelivery of it is not counted twice) and its own decision id
+            key = f"{key}#{digest}"
+            reused = digest
+            if state.has_seen(key):
+                return state, _replies(state, key, event, policy, now, kills, origin)
+        elif type(event) is HandoffCompleted and state.has_seen(f"{key}#{digest}"):
+            # a reused report's copy, after the first report's key left the window
+            return state, _replies(state, f"{key}#{digest}", event, policy, now, kills, origin)
+        if type(event) is HandoffRequested and _holds_request(state, event, digest):
+            return state, [_protocol(state, event, policy, now, kills, origin, digest)]
+        if event.tenant != state.tenant and type(event) is not HandoffCompleted:
+            return state, [_protocol(state, event, policy, now, kills, origin, "tenant")]
     now_ts = now.timestamp()
     if state is None:
         if policy.strict_tenants and event.tenant not in policy.tenants:
@@ -288,9 +326,52 @@ def decide(
         decisions = _finish(st, event, ctx)
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"not a run event: {type(event).__name__}")
+    if digest is not None:
+        # the request's digest in its decisions' ids: another request under the same id (after
+        # the dedup window) never replaces this one's record in the audit
+        for d in decisions:
+            if d.request_id == event.request_id:  # type: ignore[union-attr]
+                _id_covers(d, st.run_id, digest)
+        if reused is not None:
+            decisions[0].detail = (
+                f"request_id {event.request_id} reused for another report: counted, "  # type: ignore[union-attr]
+                "under its own decision id; use a new request_id per request"
+            )
     # keeps the decisions, not the list: the caller may change it
     st.remember(key, decisions, digest)
     return st, out + decisions if out else decisions
+
+
+def _replies(
+    state: RunState,
+    key: str,
+    event: RunEvent,
+    policy: Policy,
+    now: datetime,
+    kills: KillSwitches,
+    origin: Origin,
+) -> list[Decision]:
+    """The decisions kept for ``key``, or a reply_not_kept answer when they are gone."""
+    replies = state.replies(key)
+    if replies is not None:
+        return replies
+    return [_protocol(state, event, policy, now, kills, origin, "not_kept")]
+
+
+def _id_covers(d: Decision, run_id: str, digest: str) -> None:
+    d.decision_id = decision_id_for(run_id, f"{d.request_id}#{digest}", _PHASE_TEXT[d.phase])
+
+
+def _holds_request(state: RunState, event: HandoffRequested, digest: str | None) -> bool:
+    """True when a request id no longer among the dedup marks still holds a reservation, or a
+    pending approval for another request: deciding it anew would overwrite them."""
+    rid = event.request_id
+    if rid in state.reserved:
+        return True
+    for p in state.pending.values():
+        if p.request.request_id == rid and request_digest(p.request) != digest:
+            return True
+    return False
 
 
 def refuse(
@@ -365,36 +446,58 @@ def _enforced(d: Decision) -> None:
         d.outcome, d.shadow_outcome = d.shadow_outcome, None
 
 
-def _reused(
+def _protocol(
     state: RunState,
     event: RunEvent,
     policy: Policy,
     now: datetime,
     kills: KillSwitches,
     origin: Origin,
-    digest: str,
+    why: str,
 ) -> Decision:
-    """A request id decided before, now carrying another request: refused, state unchanged.
+    """An answer for an event Baton will not decide, the state unchanged: a request id reused
+    for another request (``why`` is its digest), a retry whose decision is no longer kept
+    (``"not_kept"``), or an event for another tenant than the run's (``"tenant"``).
 
-    The decision id covers the new request's digest, so it never replaces the first
-    request's decision in the audit; a redelivery of it is refused the same way.
+    A handoff gets a stop (fail closed), anything else a recorded refusal. The decision id
+    covers ``why``, so it never replaces another decision's record in the audit; the same
+    event again is answered the same way.
     """
     ctx = _Ctx(_rules_for(policy, state.tenant), now, now.timestamp(), kills, origin)
-    completed = type(event) is HandoffCompleted
+    request = type(event) is HandoffRequested
+    if type(event) is HandoffRequested or type(event) is HandoffCompleted:
+        request_id, phase = event.request_id, (_PRE_HANDOFF if request else _POST_HANDOFF)
+    elif type(event) is ApprovalGranted or type(event) is ApprovalDenied:
+        request_id, phase = _refused_request_id(event), Phase.APPROVAL
+    else:
+        request_id, phase = f"{state.run_id}:finished", Phase.CONTROL
+    if why == "not_kept":
+        reason: str = Reason.REPLY_NOT_KEPT
+        detail = (
+            "decided long ago; its decision is no longer kept (the run keeps the newest "
+            f"{RECENT_REPLIES}): read it from the audit, or use a new request_id"
+        )
+    elif why == "tenant":
+        reason = Reason.TENANT_MISMATCH
+        detail = f"the run belongs to tenant {state.tenant!r}, not {event.tenant!r}"
+    else:
+        reason = Reason.REQUEST_ID_REUSED
+        detail = (
+            f"request_id {request_id} was already used for another request; use a new "
+            "request_id per request (a retry must repeat the request exactly)"
+        )
     d = _decision(
         state,
         ctx,
-        f"{event.request_id}#{digest}",  # type: ignore[union-attr]
-        _POST_HANDOFF if completed else _PRE_HANDOFF,
-        Outcome.RECORDED if completed else Outcome.STOP,
-        Reason.REQUEST_ID_REUSED,
+        f"{request_id}#{why}",
+        phase,
+        Outcome.STOP if request else Outcome.RECORDED,
+        reason,
         event.event_time,
-        None if completed else event,  # type: ignore[arg-type]
-        detail=f"request_id {event.request_id} was already decided for another "  # type: ignore[union-attr]
-        f"{'report' if completed else 'request'}; use a new request_id per request "
-        f"(a retry must repeat the request exactly)",
+        event if request else None,  # type: ignore[arg-type]
+        detail=detail,
     )
-    d.request_id = event.request_id  # type: ignore[union-attr]
+    d.request_id = request_id
     _enforced(d)
     return d
 
@@ -710,7 +813,7 @@ def _decision(
     if (
         rules.shadow_mode
         and (outcome is _STOP or outcome is _APPROVAL_REQUIRED)
-        and reason is not Reason.KILLED  # a kill switch holds in shadow mode too
+        and reason not in NEVER_SHADOWED
     ):
         # shadow (dry-run): record what would have happened, enforce nothing
         shadow = outcome
@@ -913,7 +1016,9 @@ def _pre_handoff(st: RunState, event: HandoffRequested, ctx: _Ctx) -> list[Decis
     depth = _depth(st, req, node)
     outcome, reason, detail = _check(st, req, ctx, depth, node, gate=True)
     approval_id = expires = None
-    shadow_mode = ctx.rules.shadow_mode
+    # shadow mode records and allows, except what it never shadows (a kill, the worker's own
+    # stops: a tombstone must not take on a task, a run over its state budget not grow)
+    shadow_mode = ctx.rules.shadow_mode and reason not in NEVER_SHADOWED
     if outcome is _APPROVAL_REQUIRED and not shadow_mode:
         if len(st.pending) >= MAX_PENDING_APPROVALS:
             outcome, reason = Outcome.STOP, Reason.APPROVAL_EXPIRED
@@ -1072,7 +1177,8 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
             detail=detail,
         )
     ]
-    decided[0].request_digest = request_digest(pending.request)
+    decided[0].request_digest = digest = request_digest(pending.request)
+    _id_covers(decided[0], st.run_id, digest)
     return decided
 
 
@@ -1185,6 +1291,8 @@ def _expire(st: RunState, ctx: _Ctx) -> list[Decision]:
             approval_expires_at=_dt(p.expires_at),
             detail=f"no decision within ttl {ctx.rules.ttl_seconds:g}s",
         )
+        d.request_digest = digest = request_digest(req)
+        _id_covers(d, st.run_id, digest)
         st.remember("a:" + approval_id, [d])
         out.append(d)
     return out

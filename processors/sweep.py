@@ -57,13 +57,23 @@ class DueIndex:
         self._heap = [(due, key) for key, due in self._due.items()]
         heapq.heapify(self._heap)
 
-    def pop_due(self, now_ts: float) -> Iterator[bytes]:
-        """Keys whose earliest known due time has come; the caller acts on each and then
-        calls :meth:`touch` with the run's new state (or :meth:`push` to look again later)."""
+    def rebuild_keys(self, keys: Iterable[bytes], now_ts: float) -> None:
+        """Index ``keys`` as due now, without reading their states: after a rebalance the
+        sweep then looks at them ``limit`` at a time (decoding every restored run at once
+        would stall the worker for seconds on a big table)."""
+        self._due = dict.fromkeys(keys, now_ts)
+        self._heap = [(now_ts, key) for key in self._due]
+        heapq.heapify(self._heap)
+
+    def pop_due(self, now_ts: float, limit: int | None = None) -> Iterator[bytes]:
+        """Keys whose earliest known due time has come (at most ``limit``); the caller acts on
+        each and then calls :meth:`touch` with the run's new state (or :meth:`push`)."""
         heap, dues = self._heap, self._due
-        while heap and heap[0][0] <= now_ts:
+        popped = 0
+        while heap and heap[0][0] <= now_ts and (limit is None or popped < limit):
             due, key = heapq.heappop(heap)
             if dues.get(key) != due:
                 continue  # superseded by an earlier push, or the run left the table
             del dues[key]
+            popped += 1
             yield key

@@ -73,6 +73,8 @@ class Reason(StrEnum):
     RUN_STATE_LIMIT = "run_state_limit"
     WORKER_RUN_LIMIT = "worker_run_limit"
     RUN_EXPIRED = "run_expired"
+    TENANT_MISMATCH = "tenant_mismatch"
+    REPLY_NOT_KEPT = "reply_not_kept"
     # identity by signature (issue 12): an approval or control command that does not count
     APPROVAL_UNSIGNED = "approval_unsigned"
     BAD_SIGNATURE = "bad_signature"
@@ -243,4 +245,6 @@ def chain_hash(key: bytes, prev: str, values: Sequence[Any]) -> str:
     h.update(b"\x1f")
     h.update(chain_content(values))
     return h.hexdigest()
+
+
 DECISION_ADAPTER: TypeAdapter[Decision] = TypeAdapter(Decision)

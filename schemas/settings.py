@@ -7,10 +7,14 @@ Every field here is documented in ``baton --help`` and usable in ``docker-compos
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from baton.schemas.connections import connection_problems
+from baton.schemas.errors import ConfigError
+from baton.schemas.redact import mask_credentials
 
 __all__ = ["Settings"]
 
@@ -23,11 +27,28 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="prefix for every topic name, e.g. 'staging.'")
     partitions: int = Field(8, ge=1, description="partitions of the run-keyed topics at creation")
     replication_factor: int = Field(1, ge=1, description="replication factor at topic creation")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="Kafka transport: SSL or SASL_SSL encrypt (and check the brokers against "
+        "ssl_cafile); SASL_* authenticate with sasl_mechanism/username/password",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (needed with SASL_SSL / SASL_PLAINTEXT)"
+    )
+    sasl_username: str | None = Field(None, description="SASL user")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (a secret: masked when printed; prefer the variable)"
+    )
+    ssl_cafile: Path | None = Field(
+        None, description="CA certificate(s), PEM, that signed the brokers' (system CAs if unset)"
+    )
+    ssl_certfile: Path | None = Field(
+        None, description="client certificate, PEM, for Kafka mTLS (needs ssl_keyfile)"
+    )
+    ssl_keyfile: Path | None = Field(None, description="private key, PEM, of ssl_certfile")
+    ssl_key_password: SecretStr | None = Field(
+        None, description="password of an encrypted ssl_keyfile (a secret: masked when printed)"
+    )
     session_timeout_s: float = Field(
         10.0, gt=0, description="consumer group session timeout; failover takes about this long"
     )
@@ -70,7 +91,9 @@ class Settings(BaseSettings):
     run_state_max_bytes: int = Field(
         256 * 1024,
         ge=4096,
-        le=900_000,
+        # a run stopped at the budget still grows by its bounded window (~200 KB of ids and
+        # replies) and must stay under the 900,000 bytes no state record may pass
+        le=600_000,
         description="a run whose encoded state would pass this is stopped (run_state_limit); "
         "keep it well under Kafka's 1 MB message limit",
     )
@@ -79,6 +102,12 @@ class Settings(BaseSettings):
         ge=1,
         description="runs (and tombstones) one worker holds; past it, new runs are stopped "
         "(worker_run_limit) until old ones are evicted or workers are added",
+    )
+    max_state_bytes: int = Field(
+        4 * 1024**3,
+        ge=1024**2,
+        description="encoded run state one worker holds (memory is ~1.6x); past it, new runs "
+        "are stopped (worker_run_limit) like past max_runs",
     )
     control_max_staleness_s: float = Field(
         15.0,
@@ -102,6 +131,16 @@ class Settings(BaseSettings):
         "chdb:.baton/chdb",
         description="ClickHouse target: http(s)://user:pass@host:8123/db, chdb:///abs/dir or "
         "chdb:rel/dir (the default is `baton up`'s embedded audit in ./.baton)",
+    )
+    clickhouse_ca: Path | None = Field(
+        None,
+        description="CA certificate(s), PEM, that signed the ClickHouse server's, for an "
+        "https:// DSN (system CAs if unset)",
+    )
+    clickhouse_verify: bool = Field(
+        True,
+        description="check the ClickHouse server's TLS certificate and host name (https://); "
+        "false only for a throwaway test server",
     )
     audit_ttl_days: int = Field(365, ge=1, description="keep audit rows this many days")
     audit_chain_key: SecretStr | None = Field(
@@ -134,4 +173,24 @@ class Settings(BaseSettings):
             conf["sasl.password"] = self.sasl_password.get_secret_value()
         if self.ssl_cafile:
             conf["ssl.ca.location"] = str(self.ssl_cafile)
+        if self.ssl_certfile:  # mTLS: the broker checks this certificate against its CA
+            conf["ssl.certificate.location"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            conf["ssl.key.location"] = str(self.ssl_keyfile)
+        if self.ssl_key_password and self.ssl_key_password.get_secret_value():
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
         return conf
+
+    @model_validator(mode="after")
+    def _check_connections(self) -> Settings:
+        # a ConfigError, not a ValueError: pydantic would wrap a ValueError with the whole
+        # input, secrets included, and the CLI would print it
+        problems = connection_problems(self)
+        if problems:
+            raise ConfigError("invalid connection settings: " + "; ".join(problems))
+        return self
+
+    def __repr_args__(self) -> Any:
+        # SecretStr fields print as '**********'; a DSN is a plain string that may carry one
+        for name, value in super().__repr_args__():
+            yield name, mask_credentials(value) if isinstance(value, str) else value

@@ -121,6 +121,7 @@ class Rec:
     run: str | None = None  # decided records: the run its decisions belong to
     phase: Phase | None = None  # decided records: the phase of its decisions
     partition: int | None = None  # set: published to this partition (misrouted)
+    headers: list[tuple[str, bytes]] | None = None
     landed: tuple[int, int] | None = None  # (partition, offset), once published
     #: a retry: the earlier record this one repeats byte for byte. Baton answers it by
     #: re-emitting that record's decisions (they carry the earlier record's offset)
@@ -273,7 +274,7 @@ class RunScript:
         for h in self.handoffs:
             if h.action != "billing.refund.create":
                 continue
-            approval = approval_id_for(h.request_id)
+            approval = approval_id_for(h)
             how = self.draw(st.sampled_from(["grant", "deny", "self", "stranger", "twice", "none"]))
             if how == "none":
                 continue
@@ -299,7 +300,7 @@ class RunScript:
                 self.rounds[rnd].append(again)
         if self.draw(st.booleans()):  # a grant for an approval nobody asked for
             event = ApprovalGranted(
-                approval_id=approval_id_for(f"{self.run}-nothing"),
+                approval_id=f"apr_nothing-{self.run[:200]}",
                 run_id=self.run,
                 tenant=self.tenant,
                 approver="oncall-amy",
@@ -488,7 +489,7 @@ def _doc(kind: str, run: str, rid: str) -> dict[str, Any]:
         return completed_doc(run, f"poison-{rid}")
     return {
         "type": "approval_denied",
-        "approval_id": approval_id_for(f"poison-{rid}"),
+        "approval_id": f"apr_poison-{rid}",
         "run_id": run,
         "approver": "finance-joe",
         "event_time": NOW.isoformat(),
@@ -553,23 +554,27 @@ def _others(d: st.DataObject, run: str, rid: str, kind: str) -> Rec:
         key = b"\xff\xfe" + key  # the payload says what it decodes to
         return dead(key, _valid(key.decode("utf-8", "replace"), rid), "key_mismatch", kind)
     if kind == "key_60KB":
-        return dead(b"k" * 60_000, _valid(run, rid), "key_mismatch", kind)
+        return dead(b"k" * 60_000, _valid(run, rid), "out_of_range", kind)
     if kind == "run_id_300":
         long = run.ljust(300, "x")
         return dead(long.encode(), _valid(long, rid), "out_of_range", kind)
-    # valid records in odd places: decided, each on a run of its own
-    if kind == "misrouted":  # a client with another partitioner: forwarded, then decided
-        own = f"m-{rid}"
-        home = partition_for(own.encode(), PARTITIONS)
-        rec = decided(parse_event(_valid(own, rid)), kind)
-        return replace(rec, partition=(home + 1) % PARTITIONS)
     if kind == "handoff_on_approvals_topic":
-        return decided(parse_event(_valid(f"a-{rid}", rid)), kind, APPROVALS)
-    assert kind == "grant_on_requests_topic", kind
-    grant = ApprovalGranted(
-        approval_id=approval_id_for(rid), run_id=f"g-{rid}", approver="x", event_time=NOW
-    )
-    return decided(grant, kind)
+        return dead(key, _valid(run, rid), "wrong_topic", kind, APPROVALS)
+    if kind == "grant_on_requests_topic":
+        grant = {"type": "approval_granted", "approval_id": f"apr_{rid}", "run_id": run}
+        grant |= {"approver": "oncall-amy", "event_time": NOW.isoformat()}
+        return dead(key, orjson.dumps(grant), "wrong_topic", kind)
+    # misplaced records (a client with another partitioner), each on a run of its own
+    own = f"m-{rid}"
+    wrong = (partition_for(own.encode(), PARTITIONS) + 1) % PARTITIONS
+    if kind == "misrouted":  # forwarded to its run's partition, then decided
+        return replace(decided(parse_event(_valid(own, rid)), kind), partition=wrong)
+    if kind == "forged_forward_header":  # claims to be forwarded already: never bounced
+        rec = dead(own.encode(), _valid(own, rid), "misrouted", kind)
+        return replace(rec, partition=wrong, headers=[(FORWARDED_FROM, b"forged/0/0")])
+    assert kind == "misrouted_with_70KB_headers", kind
+    rec = dead(own.encode(), _valid(own, rid), "out_of_range", kind)
+    return replace(rec, partition=wrong, headers=[(f"h{i}", b"v" * 7000) for i in range(10)])
 
 
 OTHER_JUNK = [
@@ -589,9 +594,11 @@ OTHER_JUNK = [
     "non_utf8_key",
     "key_60KB",
     "run_id_300",
-    "misrouted",
     "handoff_on_approvals_topic",
     "grant_on_requests_topic",
+    "misrouted",
+    "forged_forward_header",
+    "misrouted_with_70KB_headers",
 ]
 JUNK_KINDS = sorted(MUTATIONS) + OTHER_JUNK
 
@@ -719,6 +726,8 @@ def publish(stack: FuzzStack, records: list[Rec]) -> None:
 
     for rec in records:
         kw: dict[str, Any] = {} if rec.partition is None else {"partition": rec.partition}
+        if rec.headers:
+            kw["headers"] = rec.headers
         producer.produce(
             stack.topic(rec.topic), rec.value, rec.key, on_delivery=delivered(rec), **kw
         )
@@ -742,8 +751,9 @@ class Ledger:
         copies = dict(stack.forwards.copies)
         origin: dict[tuple[str, int, int], tuple[str, int, int]] = {}
         for original, where in copies.items():
-            for copy in where:
-                origin[copy] = original
+            if original in self.by_position:  # not a forged header
+                for copy in where:
+                    origin[copy] = original
         index = {id(rec): i for i, rec in enumerate(self.records)}
         dead: dict[int, list[str]] = defaultdict(list)
         made: dict[int, list[Decision]] = defaultdict(list)
@@ -904,7 +914,7 @@ def test_hostile_records_never_stop_or_fool_governance(
     kinds = Counter(k for ks in dead.values() for k in ks)
     assert not BUG_KINDS & set(kinds), kinds
     assert {"not_json", "schema", "unknown_type", "oversized", "key_mismatch"} <= set(kinds)
-    assert {"out_of_range", "missing_key", "empty"} <= set(kinds), kinds
+    assert {"out_of_range", "missing_key", "empty", "wrong_topic", "misrouted"} <= set(kinds), kinds
     reasons = Counter(str(d.reason) for ds in made.values() for d in ds)
     assert reasons["run_state_limit"] >= 1 and reasons["request_id_reused"] >= 1, reasons
 

@@ -8,8 +8,9 @@ import orjson
 import pytest
 
 from baton.processors.batch import BatchProcessor, InputRecord, Outputs
-from baton.processors.state import RunState
+from baton.processors.state import SEEN_LIMIT, RunState
 from baton.schemas.decision import Outcome, Reason
+from baton.schemas.events import ApprovalGranted, HandoffCompleted
 from baton.schemas.policy import load_policy
 from baton.streams.partitioner import partition_for
 from tests.helpers import handoff
@@ -217,3 +218,71 @@ def test_a_reused_request_id_with_another_request_is_refused_not_answered_with_t
     # the same request again (a retry) still gets its allow
     [(_, retry)] = proc.process([_good("run_a", 1, "t", to="researcher")], NOW).decisions
     assert retry == first.decisions[0][1]
+
+
+# ------------------------------------------------------------------ found by attacking the worker
+
+
+def test_a_record_with_a_huge_key_is_refused_with_a_dead_letter_kafka_takes() -> None:
+    bad = InputRecord(TOPIC, 0, 5, b"k" * 999_000, b"\x01" * 65_536)
+    _, out = _sandwich(bad)
+    assert _kinds(out) == ["out_of_range"]
+    [dl] = out.dead_letters
+    assert dl.key is None and len(dl.value) < 100_000  # no 1 MB key, no 6x escaping
+    envelope = orjson.loads(dl.value)
+    assert envelope["key_size"] == 999_000 and "original_b64" in envelope
+
+
+def test_approvals_only_count_from_the_approvals_topic_and_handoffs_never_from_it() -> None:
+    proc = _proc(approvals_topic="gov.approvals")
+    grant = ApprovalGranted(
+        approval_id="apr_x", run_id="run_b", approver="oncall-anyone", event_time=NOW
+    )
+    on_requests = InputRecord(TOPIC, partition_for(b"run_b", 4), 1, b"run_b", grant.to_json())
+    handoff_on_approvals = _good("run_c", 1)
+    handoff_on_approvals.topic = "gov.approvals"
+    out = proc.process([_good("run_a", 1), on_requests, handoff_on_approvals], NOW)
+    assert _kinds(out) == ["wrong_topic", "wrong_topic"]
+    assert [d.request_id for _, d in out.decisions] == ["run_a-h1"]
+
+
+def test_a_request_id_still_holding_a_reservation_is_refused_after_the_dedup_window() -> None:
+    # X reserves 20 of 30; after 512 other events X comes again with an estimate of 1: deciding
+    # it anew would overwrite X's reservation and let a new 15 through
+    policy = policy_with(shared_max_usd=30, max_handoffs=None)
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(policy, 4, states, worker="w")
+    first = proc.process([_good("run_a", 1, "x", estimated_usd=20.0)], NOW)
+    assert first.decisions[0][1].outcome == Outcome.ALLOW
+    filler = []
+    for i in range(SEEN_LIMIT + 1):
+        done = HandoffCompleted(
+            request_id=f"f{i}", run_id="run_a", task_id="x", agent="researcher", event_time=NOW
+        )
+        filler.append(
+            InputRecord(TOPIC, partition_for(b"run_a", 4), 10 + i, b"run_a", done.to_json())
+        )
+    proc.process(filler, NOW)
+    again = proc.process([_good("run_a", 1, "x", estimated_usd=1.0)], NOW)
+    [(_, d)] = again.decisions
+    assert (d.outcome, d.reason) == (Outcome.STOP, Reason.REQUEST_ID_REUSED)
+    assert states[b"run_a"].reserved_usd == 20.0
+
+
+def test_an_event_for_another_tenant_than_the_runs_is_refused() -> None:
+    proc = _proc()
+    proc.process([_good("run_a", 1)], NOW)
+    other = _good("run_a", 2, "u", tenant="acme")
+    [(_, d)] = proc.process([other], NOW).decisions
+    assert (d.outcome, d.reason) == (Outcome.STOP, Reason.TENANT_MISMATCH)
+
+
+def test_the_state_bytes_a_worker_holds_are_bounded_too() -> None:
+    states: dict[bytes, RunState] = {}
+    proc = _proc(states, max_state_bytes=1)
+    # counted as each batch writes its states (a batch may pass the bound by its own runs)
+    assert proc.process([_good("run_a", 1)], NOW).decisions[0][1].reason == Reason.OK
+    assert proc.state_bytes == len(states[b"run_a"].to_bytes())
+    [(_, d)] = proc.process([_good("run_b", 1)], NOW).decisions
+    assert (d.outcome, d.reason) == (Outcome.STOP, Reason.WORKER_RUN_LIMIT)
+    assert b"run_b" not in states

@@ -14,6 +14,7 @@ from baton.processors.engine import (
     decide,
     evict,
     is_evictable,
+    request_digest,
 )
 from baton.processors.state import MAX_PENDING_APPROVALS, RECENT_REPLIES, SEEN_LIMIT, RunState
 from baton.processors.sweep import DueIndex
@@ -255,13 +256,21 @@ def test_tenant_policy_decisions_carry_the_whole_policy_version() -> None:
 
 
 def test_replaying_a_run_from_scratch_reproduces_every_decision_id() -> None:
-    first = _every_kind_of_decision(Run())
+    run = Run()
+    first = _every_kind_of_decision(run)
     again = _every_kind_of_decision(Run())
     assert [d.decision_id for d in first] == [d.decision_id for d in again]
     assert len({d.decision_id for d in first}) == len(first)
-    run_id = first[0].run_id
-    assert first[0].decision_id == decision_id_for(run_id, first[0].request_id, Phase.PRE_HANDOFF)
-    assert first[1].decision_id == decision_id_for(run_id, first[0].request_id, Phase.POST_HANDOFF)
+    # (run, request id + the request's digest, phase): a retry reproduces it, another request
+    # under the same id (after the dedup window) gets another
+    run_id, rid = first[0].run_id, first[0].request_id
+    handoff_digest = request_digest(
+        handoff(rid, "refund_check", "planner", "billing_agent", run_id=run_id)
+    )
+    assert first[0].decision_id == decision_id_for(
+        run_id, f"{rid}#{handoff_digest}", Phase.PRE_HANDOFF
+    )
+    assert first[1].decision_id != first[0].decision_id
 
 
 def test_decision_ids_stay_what_this_version_publishes() -> None:
@@ -462,6 +471,32 @@ def test_a_tombstone_is_forgotten_after_its_own_retention() -> None:
     assert tomb is not None and tomb is not run.state
     assert evict(tomb, at(1000 + 4999), 600, 5000) is tomb
     assert evict(tomb, at(1000 + 5000), 600, 5000) is None
+
+
+def test_a_tombstone_is_kept_while_its_run_keeps_knocking() -> None:
+    run = Run(policy_with(shared_max_usd=10.0))
+    run.handoff("t1", "planner", "worker")
+    run.send(completed("r1", "t1", "worker", cost_usd=40.0), 5)
+    _evicted(run, 605)
+    day = 86400
+    for n in range(1, 40):  # a handoff a day, each stopped, past the tombstone's retention
+        late = run.handoff(f"t{n + 1}", "planner", "writer", t=605 + n * day)
+        assert late.reason == Reason.SHARED_BUDGET_EXCEEDED, n
+        assert run.state is not None
+        assert evict(run.state, at(605 + n * day + 1), 600, 30 * day) is run.state
+
+
+def test_shadow_mode_never_turns_the_workers_own_stops_into_allows() -> None:
+    run = Run(policy_with(shadow_mode=True))
+    run.handoff("t1", "planner", "worker")
+    _evicted(run, 700)
+    late = run.handoff("t2", "planner", "writer", t=10_000)
+    assert (late.outcome, late.reason, late.shadow_outcome) == (
+        Outcome.STOP,
+        Reason.RUN_EXPIRED,
+        None,
+    )
+    assert run.state is not None and run.state.task("t2") is None  # no task taken on
 
 
 def test_the_sweep_index_yields_only_runs_that_are_due() -> None:

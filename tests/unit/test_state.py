@@ -168,12 +168,16 @@ def test_an_approval_reopened_after_its_request_left_the_window_keeps_one_dedup_
     assert len(keys) == len(set(keys)) == SEEN_LIMIT
     spent = state.spent_usd
     # the oldest completion still in the window is a duplicate: not decided, not counted
+    # (its decision is no longer kept: answered reply_not_kept, never silently)
     assert keys[0] == "c:c2"
-    assert run.send(completed("c2", "t", "billing_agent"), 100) == []
-    # the same id with another cost is refused, not counted
-    [reused] = run.send(completed("c2", "t", "billing_agent", cost_usd=5.0), 100)
-    assert reused.reason == Reason.REQUEST_ID_REUSED
-    assert run.state.spent_usd == spent
+    [copy] = run.send(completed("c2", "t", "billing_agent"), 100)
+    assert copy.reason == Reason.REPLY_NOT_KEPT and run.state.spent_usd == spent
+    # the same id with another cost counts (money spent is spent), once, flagged
+    other = completed("c2", "t", "billing_agent", cost_usd=5.0)
+    [reused] = run.send(other, 100)
+    assert "reused" in (reused.detail or "") and run.state.spent_usd == spent + 5.0
+    assert run.send(other, 100) == [reused] and run.state.spent_usd == spent + 5.0
+    spent += 5.0
     restored = RunState.from_bytes(run.state.to_bytes())
     for key in [*run.state.seen_keys(), f"a:{apr}", "h:r0"]:
         assert restored.has_seen(key) == run.state.has_seen(key), key
