@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from baton.processors.batch import DeadLetter, Outputs
@@ -36,6 +37,13 @@ from baton.schemas.errors import BrokerUnavailable
 __all__ = ["BatchPublisher", "DeliveryFailed"]
 
 log = logging.getLogger(__name__)
+
+
+#: what a dead letter keeps when it is too large for Kafka
+_DEAD_LETTER_HEAD = (
+    "error_kind", "error", "topic", "partition", "offset", "key_size", "worker", "failed_at",
+    "original_size",
+)  # fmt: skip
 
 
 class DeliveryFailed(BrokerUnavailable):
@@ -138,7 +146,21 @@ class BatchPublisher:
             self._produce(self.stops_topic, raw, key, partition)
 
     def produce_dead_letter(self, dl: DeadLetter) -> None:
-        self._produce(self.deadletter_topic, dl.value, dl.key)
+        try:
+            self._produce(self.deadletter_topic, dl.value, dl.key)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise
+            # belt and braces (dead letters are capped when made): one record too big for
+            # Kafka must not end the worker on every restart; keep what was wrong and where
+            log.error(
+                "dead letter of %d bytes too large for Kafka; sent without the original",
+                len(dl.value),
+            )
+            doc = orjson.loads(dl.value)
+            short = {k: doc.get(k) for k in _DEAD_LETTER_HEAD}
+            short["original_dropped"] = "too large for Kafka"
+            self._produce(self.deadletter_topic, orjson.dumps(short), None)
 
     def enqueue(self, record: Decision | DeadLetter) -> None:
         """Send ``record`` with the next publish (thread-safe; the sweep publishes every second)."""
