@@ -57,6 +57,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -197,13 +198,12 @@ def serve_sql(
         denied = denied_functions(str(row[0]) for row in names)
     handler = type("_Handler", (_SqlHandler,), {"timeout": limits.socket_timeout_s})
     try:
-        httpd = ThreadingHTTPServer((host, port), handler)
+        httpd = _Server((host, port), handler)
     except OSError as exc:
         raise AuditUnavailable(
             f"cannot serve SQL on {host}:{port}: {exc.strerror or exc}; "
             "choose another port (baton sink --sql-port, 0 = any free port)"
         ) from exc
-    httpd.daemon_threads = True
     bound_port = int(httpd.server_address[1])
     # set before the first request is served; the Origin check needs the port actually bound
     handler.config = config = _Config(
@@ -263,6 +263,19 @@ def _too_large(what: str, limit: int | None) -> Refused:
     )
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that hung up mid-answer, a timed-out idle connection: one line, no traceback
+        log.debug("SQL endpoint: connection from %s ended: %s", client_address[0], _last_error())
+
+
+def _last_error() -> str:
+    exc = sys.exception()
+    return f"{type(exc).__name__}: {exc}"[:300] if exc is not None else "?"
+
+
 class _SqlHandler(BaseHTTPRequestHandler):
     config: _Config  # set on the subclass serve_sql builds
     protocol_version = "HTTP/1.1"
@@ -313,7 +326,11 @@ class _SqlHandler(BaseHTTPRequestHandler):
             self._refuse(_too_large(self.headers.get("Content-Length", ""), limit))
             return
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body = self._read_chunked(limit)
+            try:
+                body = self._read_chunked(limit)
+            except ValueError:
+                self._fail(400, 62, "Code: 62. malformed chunked request body", "", close=True)
+                return
             if body is None:
                 self._refuse(_too_large("chunked", limit))
                 return

@@ -8,9 +8,11 @@ import base64
 import gzip
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ from baton.sinks.schema import migrate
 from baton.sinks.sink import AuditBatch, write_batch
 from baton.sinks.sqlserver import SqlLimits, SqlServer, serve_sql
 from tests.audit_support import scenario_decisions
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -269,6 +272,36 @@ def test_readonly_and_limits_cannot_be_lifted_through_url_parameters(served: Sql
     assert (status, body) == (200, b"1\n")  # asking for what is enforced anyway is fine
 
 
+def test_a_query_over_the_concurrency_cap_waits_then_gets_503(engine: tuple[Client, Path]) -> None:
+    client, _ = engine
+    limits = SqlLimits(max_concurrent_queries=1, queue_wait_s=0.3)
+    with serve_sql(client, port=0, limits=limits) as server:
+        slow = threading.Thread(target=_post, args=(server, "SELECT sleep(2)"))
+        slow.start()
+        try:
+            busy = wait_for(
+                lambda: (r := _post(server, "SELECT 1"))[0] == 503 and r,
+                timeout=10,
+                message="a second query refused while the first runs",
+            )
+            assert busy[1]["X-ClickHouse-Exception-Code"] == "202"
+            assert b"Too many simultaneous queries" in busy[2]
+        finally:
+            slow.join(10)
+        assert _post(server, "SELECT 1")[:1] == (200,)
+
+
+def test_a_malformed_chunked_body_is_a_400_and_the_endpoint_serves_on(served: SqlServer) -> None:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as conn:
+        auth = _basic("baton", served.token)["Authorization"]
+        conn.sendall(
+            f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\nzz\r\nSELECT 1\r\n0\r\n\r\n".encode()
+        )
+        assert conn.recv(100).startswith(b"HTTP/1.1 400")
+    assert _post(served, "SELECT 1")[0] == 200
+
+
 def test_limits_stop_heavy_queries_and_huge_bodies(engine: tuple[Client, Path]) -> None:
     client, _ = engine
     limits = SqlLimits(max_execution_time_s=1, max_result_rows=1000, max_request_bytes=4096)
@@ -390,6 +423,8 @@ def test_baton_sql_finds_the_dsn_and_token_in_the_data_dir(
     assert by_dsn.stdout.splitlines() == expected, by_dsn.stderr
     trace = _baton("trace", "run_742", "--data-dir", str(data_dir))
     assert trace.returncode == 0 and "ownership_conflict" in trace.stdout, trace.stderr
+    rules = _baton("alerts", "check", "--data-dir", str(data_dir))
+    assert rules.returncode in (0, 1) and "ERROR" not in rules.stdout, rules.stdout + rules.stderr
     # and what it finds there is the read-only endpoint
     drop = _baton("sql", "--data-dir", str(data_dir), "DROP TABLE governance.decisions")
     assert drop.returncode == 5 and "Code: 164" in drop.stderr, drop.stderr
