@@ -4,7 +4,8 @@ Connection failures become AuditUnavailable (retry later); an insert whose *data
 becomes RowsRefused (split it, see ``insert_rows``).
 
 DSNs:
-    ``http://user:pass@host:8123/db``, ``https://…:8443/db``  a ClickHouse server (HTTP interface)
+    ``http://user:pass@host:8123/db``, ``https://…:8443/db``  a ClickHouse server (HTTP interface;
+                         https is checked against ``ca_cert`` / BATON_CLICKHOUSE_CA)
     ``chdb:///abs/dir``  embedded chDB (the real engine in this process) on a data directory
     ``chdb:rel/dir``     the same, relative to the working directory
     ``chdb://memory``    embedded chDB in memory (tests, scratch)
@@ -13,6 +14,10 @@ chDB allows one process per data directory: a second process gets "Cannot lock f
 …/status". The process that holds it can serve SQL to others (``baton.sinks.sqlserver``); it
 leaves an endpoint file in the directory, and :func:`connect` follows it when the directory is
 taken, so ``baton sql`` works while ``baton up`` runs.
+
+Passwords never reach a message: labels show ``user:***@``, and every text taken from a driver
+error goes through ``mask_credentials`` (the original exception stays chained for debugging; it
+holds no password either: clickhouse-connect sends it in a header, not in the URL).
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ from clickhouse_connect.driver.exceptions import (
     DatabaseError,
     DataError,
     OperationalError,
+    ProgrammingError,
 )
 
 from baton.schemas.errors import AuditUnavailable, ConfigError, MissingExtra
+from baton.schemas.redact import mask_credentials
 
 __all__ = [
     "ENDPOINT_FILE",
@@ -83,12 +90,23 @@ def parse_dsn(dsn: str) -> Target:
         return Target("http", dsn, label)
     raise ConfigError(
         f"clickhouse_dsn (BATON_CLICKHOUSE_DSN): expected http(s)://user:pass@host:port/db or "
-        f"chdb:///abs/dir, got {dsn!r}"
+        f"chdb:///abs/dir, got {mask_credentials(dsn)!r}"
     )
 
 
-def connect(dsn: str, *, follow_endpoint: bool = True, create: bool = False) -> Client:
+def connect(
+    dsn: str,
+    *,
+    follow_endpoint: bool = True,
+    create: bool = False,
+    ca_cert: str | Path | None = None,
+    verify: bool = True,
+) -> Client:
     """A clickhouse-connect client for ``dsn``, checked with one round trip.
+
+    ``ca_cert`` (BATON_CLICKHOUSE_CA) and ``verify`` (BATON_CLICKHOUSE_VERIFY) apply to an
+    https:// DSN: the server's certificate must be signed by ``ca_cert`` (the system's CAs when
+    None) and name the DSN's host.
 
     ``follow_endpoint``: when a chDB directory is held by another process that serves SQL for
     it, return an HTTP client to that process instead of failing. ``create``: a missing chDB
@@ -97,7 +115,7 @@ def connect(dsn: str, *, follow_endpoint: bool = True, create: bool = False) -> 
     """
     target = parse_dsn(dsn)
     if target.kind == "http":
-        return _connect_http(target.dsn, target.label)
+        return _connect_http(target.dsn, target.label, ca_cert=ca_cert, verify=verify)
     if target.chdb_path is not None:
         if create:
             target.chdb_path.mkdir(parents=True, exist_ok=True)
@@ -133,21 +151,50 @@ def connect(dsn: str, *, follow_endpoint: bool = True, create: bool = False) -> 
         raise AuditUnavailable(f"cannot open embedded ClickHouse at {target.label}: {exc}") from exc
 
 
-def _connect_http(dsn: str, label: str) -> Client:
+def _connect_http(
+    dsn: str, label: str, *, ca_cert: str | Path | None = None, verify: bool = True
+) -> Client:
     import clickhouse_connect
 
+    # clickhouse-connect (1.12) takes TLS from the port, not from the DSN's scheme: without
+    # `interface`, https://…:9443 would be spoken as plain HTTP, password included
+    interface = urlsplit(dsn).scheme
+    tls: dict[str, object] = {}
+    if interface == "https":
+        tls["verify"] = verify
+        if ca_cert is not None:
+            tls["ca_cert"] = str(ca_cert)
     try:
         # the DSN carries user, password and database; a short connect timeout so an absent
         # server is reported in seconds, not after urllib3's default retries
-        return clickhouse_connect.get_client(dsn=dsn, connect_timeout=5)
+        return clickhouse_connect.get_client(dsn=dsn, interface=interface, connect_timeout=5, **tls)
     except OperationalError as exc:
+        gist = _first_line(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in gist or "certificate verify failed" in gist:
+            raise AuditUnavailable(
+                f"ClickHouse at {label} presented a TLS certificate this client does not "
+                f"trust ({gist}); set BATON_CLICKHOUSE_CA to the CA that signed it, and use "
+                "the host name the certificate names"
+            ) from exc
+        if "SSLError" in gist or "[SSL" in gist:
+            raise AuditUnavailable(
+                f"the TLS handshake with ClickHouse at {label} failed ({gist}); is that port "
+                "the server's https_port (8443)?"
+            ) from exc
         raise AuditUnavailable(
-            f"cannot reach ClickHouse at {label} ({_first_line(exc)}); is the server running?"
+            f"cannot reach ClickHouse at {label} ({gist}); is the server running?"
         ) from exc
     except DatabaseError as exc:
         raise AuditUnavailable(
             f"ClickHouse at {label} refused the connection: {_first_line(exc)}"
         ) from exc
+    except (ProgrammingError, TypeError, ValueError) as exc:
+        # a DSN query parameter the client does not take (?password=…, ?foo=…)
+        raise ConfigError(
+            f"clickhouse_dsn (BATON_CLICKHOUSE_DSN): {label}: the client refused its "
+            f"parameters: {mask_credentials(str(exc))[:300]}; put user and password before "
+            "the host (http(s)://user:pass@host:port/db)"
+        ) from None
 
 
 def chdb_holder(path: Path) -> str | None:
@@ -338,4 +385,4 @@ def _first_line(exc: BaseException) -> str:
     start = text.find("Code: ")
     text = text[start:] if start >= 0 else text
     text = re.split(r"\. Expected one of:| \(for url |\n", text, maxsplit=1)[0]
-    return text[:500]
+    return mask_credentials(text)[:500]

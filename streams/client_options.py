@@ -8,7 +8,7 @@ argument wins. The variables are the worker's (``BATON_BOOTSTRAP``, ``BATON_TOPI
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +16,7 @@ from pydantic import Field
 
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.settings import Settings
+from baton.streams.kafka import printable_config
 from baton.streams.topics import TopicCatalog
 
 __all__ = ["ClientOptions", "ClientSettings", "unanswered_decision"]
@@ -67,6 +68,12 @@ class ClientOptions:
     @property
     def bootstrap(self) -> str:
         return str(self.kafka_config.get("bootstrap.servers", "?"))
+
+    def __repr__(self) -> str:
+        # kafka_config holds sasl.password / ssl.key.password in clear: never print it as is
+        shown = [f"kafka_config={printable_config(self.kafka_config)!r}"]
+        shown += [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)[1:]]
+        return f"ClientOptions({', '.join(shown)})"
 
     @classmethod
     def resolve(

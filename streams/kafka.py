@@ -6,7 +6,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PARTITIONER", "admin_config", "consumer_config", "producer_config"]
+__all__ = [
+    "PARTITIONER",
+    "admin_config",
+    "consumer_config",
+    "printable_config",
+    "producer_config",
+]
 
 # Kafka's Java client, Faust/aiokafka and librdkafka's murmur2_random agree on where a key goes;
 # confluent-kafka's default (consistent_random, CRC32) does not. Our producers must put a run's
@@ -87,3 +93,14 @@ def admin_config(
 ) -> dict[str, Any]:
     """Config for a ``confluent_kafka.admin.AdminClient``."""
     return {**kafka_config, "logger": _LOGGER, **(overrides or {})}
+
+
+def printable_config(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """``conf`` fit for a message or a log line: every secret property (``sasl.password``,
+    ``ssl.key.password``, any ``*password*`` or ``*secret*``) shown as ``***``, callbacks and
+    the logger left out."""
+    return {
+        key: "***" if "password" in key or "secret" in key else value
+        for key, value in conf.items()
+        if not callable(value) and not isinstance(value, logging.Logger)
+    }
