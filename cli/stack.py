@@ -317,7 +317,7 @@ def up_cmd(
                 sys.stdout.flush()
                 announced = True
             elif announced and readiness.sql_dsn:
-                _announce_new_sql_token(readiness, data_dir / "chdb")
+                _announce_new_sql_token(readiness, data_dir / "chdb", sql_port)
             time.sleep(0.2)
         say("stopping")
     except _Interrupted:
@@ -350,23 +350,14 @@ def _check_broker(broker: Any) -> None:
 
 
 def _wait_for_sql(port: int, chdb_dir: Path, timeout_s: float = 90.0) -> str:
-    """The sink opens chDB and migrates before it serves SQL: wait for its /ping and for the
-    endpoint file holding its DSN and token (the supervision loop restarts a sink that dies
-    meanwhile); returns the DSN."""
-    import urllib.error
-    import urllib.request
-
-    from baton.sinks.clickhouse import read_endpoint
-
+    """The sink opens chDB and migrates before it serves SQL: wait until the DSN in its
+    endpoint file answers a query (the supervision loop restarts a sink that dies meanwhile);
+    returns the DSN."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as resp:
-                dsn = read_endpoint(chdb_dir) if resp.status == 200 else None
-                if dsn is not None and dsn.endswith(f":{port}"):
-                    return dsn
-        except (urllib.error.URLError, OSError):
-            pass
+        dsn = _answering_sql_dsn(port, chdb_dir)
+        if dsn is not None:
+            return dsn
         time.sleep(0.1)
     raise AuditUnavailable(
         f"the audit sink did not serve SQL on 127.0.0.1:{port} within {timeout_s:g} s; "
@@ -374,12 +365,35 @@ def _wait_for_sql(port: int, chdb_dir: Path, timeout_s: float = 90.0) -> str:
     )
 
 
-def _announce_new_sql_token(readiness: _Readiness, chdb_dir: Path) -> None:
-    """A restarted sink serves SQL with a new token: print its DSN, as the ready line did."""
+def _answering_sql_dsn(port: int, chdb_dir: Path, known: str | None = None) -> str | None:
+    """The DSN registered in ``chdb_dir`` when it is not ``known`` and its token opens the
+    endpoint on ``port`` (a file left by an earlier start names a token nobody serves)."""
+    import base64
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
     from baton.sinks.clickhouse import read_endpoint
 
     dsn = read_endpoint(chdb_dir)
-    if dsn is not None and dsn != readiness.sql_dsn:
+    if dsn is None or dsn == known or not dsn.endswith(f":{port}"):
+        return None
+    parts = urlsplit(dsn)
+    basic = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/?query=SELECT+1", headers={"Authorization": f"Basic {basic}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as resp:
+            return dsn if resp.status == 200 else None
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _announce_new_sql_token(readiness: _Readiness, chdb_dir: Path, port: int) -> None:
+    """A restarted sink serves SQL with a new token: print its DSN, as the ready line did."""
+    dsn = _answering_sql_dsn(port, chdb_dir, known=readiness.sql_dsn)
+    if dsn is not None:
         readiness.sql_dsn = dsn
         click.echo(f"baton up: the SQL endpoint restarted with a new token: sql={dsn}")
         sys.stdout.flush()
