@@ -16,7 +16,7 @@ else HTTP 401. The token is written, with the DSN, into ``baton-sql-endpoint.jso
 0600) in the chDB directory, where ``baton sql``/``trace``/``alerts check`` find it. Requests
 a browser sends for another site's page (``Origin``, ``Sec-Fetch-Site``, a foreign ``Host``
 on a loopback bind) are refused before anything else. ``GET /`` and ``/ping`` answer ``Ok.``
-to anyone, as ClickHouse does.
+to any program without credentials, as ClickHouse does.
 
 What runs: one SELECT, WITH, SHOW, DESCRIBE, EXISTS or EXPLAIN statement per request, on a
 fresh chDB session with ``readonly=1`` and resource limits set *after* the request's own
