@@ -364,3 +364,13 @@ def test_mask_credentials(text: str, masked: str) -> None:
 def test_secret_settings_are_secretstr() -> None:
     for name in ("sasl_password", "ssl_key_password", "webhook_url"):
         assert Settings.model_fields[name].annotation == SecretStr | None, name
+
+
+def test_a_password_given_as_a_dsn_parameter_is_refused_masked() -> None:
+    from baton.sinks.clickhouse import connect
+
+    # clickhouse-connect would raise a bare TypeError (password given twice); no network used
+    with pytest.raises(ConfigError) as info:
+        connect(f"http://127.0.0.1:1/default?password={SECRET}")
+    assert "clickhouse_dsn (BATON_CLICKHOUSE_DSN)" in str(info.value)
+    assert SECRET not in str(info.value) and info.value.__cause__ is None
