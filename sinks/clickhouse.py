@@ -29,7 +29,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -64,7 +64,7 @@ class Target:
     """Where a DSN points: a server URL (password masked in ``label``) or a chDB directory."""
 
     kind: str  # "http" | "chdb"
-    dsn: str
+    dsn: str = field(repr=False)  # may hold the password: printed as ``label``
     label: str
     chdb_path: Path | None = None  # None with kind "chdb" = in memory
 

@@ -374,3 +374,8 @@ def test_a_password_given_as_a_dsn_parameter_is_refused_masked() -> None:
         connect(f"http://127.0.0.1:1/default?password={SECRET}")
     assert "clickhouse_dsn (BATON_CLICKHOUSE_DSN)" in str(info.value)
     assert SECRET not in str(info.value) and info.value.__cause__ is None
+
+
+def test_a_parsed_dsn_prints_as_its_masked_label() -> None:
+    target = parse_dsn(f"https://baton:{SECRET}@ch:8443/db")
+    assert SECRET not in repr(target) and "https://baton:***@ch:8443/db" in repr(target)
