@@ -61,13 +61,8 @@ def _kafka_problems(s: Settings) -> list[str]:
         "ssl_key_password": key_password,
     }
     if "SSL" not in protocol:
-        for field, value in tls_fields.items():
-            if value:
-                problems.append(
-                    f"{_name(field)} is set but security_protocol (BATON_SECURITY_PROTOCOL) is "
-                    f"{protocol}: the connection would not use TLS; set "
-                    f"BATON_SECURITY_PROTOCOL={protocol.replace('PLAINTEXT', 'SSL')}"
-                )
+        fix = protocol.replace("PLAINTEXT", "SSL")
+        problems += _unused(tls_fields, protocol, "the connection would not use TLS", fix)
     sasl_fields = {
         "sasl_mechanism": s.sasl_mechanism,
         "sasl_username": s.sasl_username,
@@ -86,13 +81,8 @@ def _kafka_problems(s: Settings) -> list[str]:
                     f"is {protocol}: expected {expected}"
                 )
     else:
-        for field, value in sasl_fields.items():
-            if value:
-                problems.append(
-                    f"{_name(field)} is set but security_protocol (BATON_SECURITY_PROTOCOL) is "
-                    f"{protocol}: the credentials would never be sent; set "
-                    f"BATON_SECURITY_PROTOCOL=SASL_SSL"
-                )
+        never_sent = "the credentials would never be sent"
+        problems += _unused(sasl_fields, protocol, never_sent, "SASL_SSL")
     if s.ssl_certfile and not s.ssl_keyfile:
         problems.append(
             f"{_name('ssl_certfile')} is set but {_name('ssl_keyfile')} is not: a client "
@@ -125,6 +115,16 @@ def _kafka_problems(s: Settings) -> list[str]:
         except ConfigError as exc:
             problems.append(str(exc))
     return problems
+
+
+def _unused(fields: dict[str, object], protocol: str, why: str, fix: str) -> list[str]:
+    """One line per field that is set although ``protocol`` would not use it."""
+    return [
+        f"{_name(field)} is set but security_protocol (BATON_SECURITY_PROTOCOL) is {protocol}: "
+        f"{why}; set BATON_SECURITY_PROTOCOL={fix}"
+        for field, value in fields.items()
+        if value
+    ]
 
 
 def _clickhouse_problems(s: Settings) -> list[str]:
