@@ -102,7 +102,9 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 def _client(settings: Settings) -> Iterator[Client]:
     from baton.sinks.clickhouse import connect
 
-    client = connect(settings.clickhouse_dsn)
+    client = connect(
+        settings.clickhouse_dsn, ca_cert=settings.clickhouse_ca, verify=settings.clickhouse_verify
+    )
     try:
         yield client
     finally:

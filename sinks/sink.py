@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -371,6 +372,9 @@ def open_audit(
     ttl_days: int,
     stop_event: threading.Event | None = None,
     backoff: Callable[[int], float] | None = None,
+    *,
+    ca_cert: str | Path | None = None,
+    verify: bool = True,
 ) -> Client:
     """Connect to ``dsn`` and migrate, retrying while ClickHouse is unreachable (until stop)."""
     backoff = backoff or (lambda attempt: min(30.0, 0.5 * 2 ** min(attempt, 6)))
@@ -379,7 +383,9 @@ def open_audit(
     while True:
         try:
             # the sink must own a chDB directory, never follow another process's endpoint
-            client = connect(dsn, follow_endpoint=False, create=True)
+            client = connect(
+                dsn, follow_endpoint=False, create=True, ca_cert=ca_cert, verify=verify
+            )
             with audit_errors(label, "migrating the audit schema"):
                 migrate(client, ttl_days)
             return client
@@ -417,7 +423,13 @@ def run_sink(
     label = parse_dsn(settings.clickhouse_dsn).label
     if topic is None:
         ensure_catalog_topics(settings, stop_event)
-    client = open_audit(settings.clickhouse_dsn, settings.audit_ttl_days, stop_event)
+    client = open_audit(
+        settings.clickhouse_dsn,
+        settings.audit_ttl_days,
+        stop_event,
+        ca_cert=settings.clickhouse_ca,
+        verify=settings.clickhouse_verify,
+    )
     server = None
     try:
         if parse_dsn(settings.clickhouse_dsn).kind == "chdb" and sql_port is not None:

@@ -238,3 +238,23 @@ def test_clickhouse_connection_errors_never_show_the_password(
     shown = "".join(traceback.format_exception(info.value)) + caplog.text
     assert "127.0.0.1" in str(info.value) and f"{scheme}://baton:***@" in str(info.value)
     assert SECRET not in shown
+
+
+def test_baton_sql_reaches_https_clickhouse_with_the_ca_setting(
+    pki: Pki, https_clickhouse: tuple[str, str, int]
+) -> None:
+    """BATON_CLICKHOUSE_CA reaches the audit commands' connection (not only connect())."""
+    import os
+    import subprocess
+    import sys
+
+    dsn, token, _ = https_clickhouse
+    env = {**os.environ, "BATON_CLICKHOUSE_DSN": dsn}
+    cmd = [sys.executable, "-m", "baton.cli", "sql", "SELECT 40 + 2"]
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "BATON_CLICKHOUSE_CA" in refused.stderr
+    assert token not in refused.stderr + refused.stdout
+    env["BATON_CLICKHOUSE_CA"] = str(pki.ca)
+    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "42" in ok.stdout
