@@ -58,6 +58,7 @@ def _ensure_topics(settings: Settings) -> Any:
     "tombstone_retention_s",
     "run_state_max_bytes",
     "max_runs",
+    "max_state_bytes",
     "control_max_staleness_s",
     "batch_size",
     "fetch_max_wait_ms",
