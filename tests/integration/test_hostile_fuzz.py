@@ -40,7 +40,7 @@ from baton.processors.batch import FORWARDED_FROM
 from baton.processors.engine import approval_id_for, decide
 from baton.processors.probe import wait_until_deciding
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, Phase
+from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.events import (
     ApprovalDenied,
     ApprovalGranted,
@@ -189,11 +189,15 @@ class RunScript:
         self.data, self.run, self.tenant, self.what = data, run, tenant, what
         self.rounds: list[list[Rec]] = [[], [], []]
         self.handoffs: list[HandoffRequested] = []
-        self.completed: dict[str, HandoffCompleted] = {}
-        #: records that added a dedup key, newest last: a retry repeats one of the newest
+        #: request id -> the costs reported under it so far
+        self.costs: dict[str, set[float]] = {}
+        #: the run's records but retries, newest last: a retry repeats one of the newest
         #: three, so its decisions are still among the six a run keeps verbatim (an older
-        #: retry is answered with nothing: see test_a_retry_of_an_old_request_is_answered)
+        #: one is answered reply_not_kept: see test_a_retry_of_an_old_request_is_answered)
         self.fresh: list[Rec] = []
+        #: those answered again from the run's record (not a request_id_reused refusal,
+        #: which is made anew, at the retry's own offset)
+        self.kept: set[int] = set()
         self.n = 0
 
     def draw(self, strategy: st.SearchStrategy[Any]) -> Any:
@@ -203,10 +207,18 @@ class RunScript:
         """One of ``items``, drawn by index (hypothesis shows draws: indexes stay short)."""
         return items[self.draw(st.integers(0, len(items) - 1))]
 
-    def emit(self, rnd: int, event: _Event, what: str, topic: str = REQUESTS) -> Rec:
+    def emit(
+        self, rnd: int, event: _Event, what: str, topic: str = REQUESTS, kept: bool = True
+    ) -> Rec:
         rec = decided(event, f"{self.what}:{what}", topic)
-        self.rounds[rnd].append(rec)
+        self.add(rnd, rec, kept)
         return rec
+
+    def add(self, rnd: int, rec: Rec, kept: bool = True) -> None:
+        self.rounds[rnd].append(rec)
+        self.fresh.append(rec)
+        if kept:
+            self.kept.add(id(rec))
 
     def handoff(self, rnd: int, **override: Any) -> None:
         self.n += 1
@@ -228,16 +240,18 @@ class RunScript:
         fields.update(override)
         event = HandoffRequested(**fields)
         self.handoffs.append(event)
-        self.fresh.append(self.emit(rnd, event, "handoff"))
+        self.emit(rnd, event, "handoff")
 
     def complete(self, rnd: int) -> None:
         if not self.handoffs:
             return self.handoff(rnd)
         h = self.pick(self.handoffs)
         cost = self.draw(st.sampled_from([0.0, 0.25, 3.0, 7.5, 14.0]))
-        earlier = self.completed.get(h.request_id)
-        if earlier is not None and earlier.cost_usd == cost:
-            cost += 1.0  # another report under a used request id, never a plain retry
+        costs = self.costs.setdefault(h.request_id, set())
+        while cost in costs:  # another report under a used request id, never a plain retry
+            cost += 1.0
+        reused = bool(costs)
+        costs.add(cost)
         event = HandoffCompleted(
             request_id=h.request_id,
             run_id=self.run,
@@ -249,16 +263,18 @@ class RunScript:
             status=self.draw(st.sampled_from(["ok", "ok", "failed"])),
             event_time=NOW,
         )
-        rec = self.emit(rnd, event, "completed" if earlier is None else "report_reused")
-        if earlier is None:
-            self.completed[h.request_id] = event
-            self.fresh.append(rec)
+        self.emit(rnd, event, "report_reused" if reused else "completed")
         return None
 
     def retry(self, rnd: int) -> None:
+        """Repeat one of the run's newest three records, when it is kept and on this round's
+        topic: within a round the worker's order between the two topics is its
+        fetch order, so only then is the repeated one surely among the run's newest six."""
+        topic = APPROVALS if rnd == 1 else REQUESTS
         if self.fresh:
             rec = self.pick(self.fresh[-3:])
-            self.rounds[rnd].append(replace(rec, what=f"{self.what}:retry", repeats=rec))
+            if rec.topic == topic and id(rec) in self.kept:
+                self.rounds[rnd].append(replace(rec, what=f"{self.what}:retry", repeats=rec))
 
     def reuse(self, rnd: int) -> None:
         """An earlier request id with another request (another agent): request_id_reused."""
@@ -266,7 +282,7 @@ class RunScript:
             return self.handoff(rnd)
         h = self.pick(self.handoffs)
         other = self.draw(st.sampled_from([a for a in AGENTS if a != h.to_agent]))
-        self.emit(rnd, h.model_copy(update={"to_agent": other}), "request_reused")
+        self.emit(rnd, h.model_copy(update={"to_agent": other}), "request_reused", kept=False)
         return None
 
     def approvals(self, rnd: int) -> None:
@@ -294,10 +310,9 @@ class RunScript:
                 comment=f"{how} it",
                 event_time=NOW,
             )
-            self.fresh.append(self.emit(rnd, event, f"approval_{how}", APPROVALS))
+            rec = self.emit(rnd, event, f"approval_{how}", APPROVALS)
             if how == "twice":
-                again = replace(self.fresh[-1], what=f"{self.what}:again", repeats=self.fresh[-1])
-                self.rounds[rnd].append(again)
+                self.rounds[rnd].append(replace(rec, what=f"{self.what}:again", repeats=rec))
         if self.draw(st.booleans()):  # a grant for an approval nobody asked for
             event = ApprovalGranted(
                 approval_id=f"apr_nothing-{self.run[:200]}",
@@ -306,7 +321,7 @@ class RunScript:
                 approver="oncall-amy",
                 event_time=NOW,
             )
-            self.fresh.append(self.emit(rnd, event, "approval_unknown", APPROVALS))
+            self.emit(rnd, event, "approval_unknown", APPROVALS)
 
     def ops(self, rnd: int, count: int) -> None:
         for _ in range(count):
@@ -315,7 +330,7 @@ class RunScript:
 
     def finish(self, rnd: int) -> None:
         event = RunFinished(run_id=self.run, tenant=self.tenant, event_time=NOW)
-        self.fresh.append(self.emit(rnd, event, "run_finished"))
+        self.emit(rnd, event, "run_finished")
 
 
 def good_run(data: st.DataObject, run: str) -> RunScript:
@@ -404,7 +419,7 @@ def hostile_runs(data: st.DataObject, nonce: str) -> list[RunScript]:
                         status=long,
                         event_time=NOW,
                     )
-                    s.fresh.append(s.emit(rnd, event, "huge_cost"))
+                    s.emit(rnd, event, "huge_cost")
                 elif op == "pad":  # 60 KB in a field Baton does not know: ignored, decided
                     s.n += 1
                     doc = handoff_doc(
@@ -419,8 +434,7 @@ def hostile_runs(data: st.DataObject, nonce: str) -> list[RunScript]:
                         run,
                         Phase.PRE_HANDOFF,
                     )
-                    s.rounds[rnd].append(rec)
-                    s.fresh.append(rec)
+                    s.add(rnd, rec)
                 elif op in ("retry", "reuse"):
                     getattr(s, op)(rnd)
         s.reuse(2)  # whatever was drawn: one reused request id, one retry per run
@@ -440,7 +454,7 @@ def hostile_runs(data: st.DataObject, nonce: str) -> list[RunScript]:
             to_agent="researcher",
             event_time=NOW,
         )
-        bloat.fresh.append(bloat.emit(0 if i < 40 else 2, event, "long_request_id"))
+        bloat.emit(0 if i < 40 else 2, event, "long_request_id")
     scripts.append(bloat)
     return scripts
 
@@ -949,18 +963,8 @@ def test_hostile_records_never_stop_or_fool_governance(
     assert stack.worker.alive() and stack.sink.alive(), stack.logs()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a run keeps the decisions of its newest six keys (RECENT_REPLIES); "
-    "a retry of an older request is answered with nothing, neither a decision nor a dead "
-    "letter, so the client times out (fails closed) although Baton decided the request",
-)
-def test_a_retry_of_an_old_request_is_answered(fuzz_stack: FuzzStack) -> None:
-    """A client retry (the same record again) of a request older than the run's newest six
-    keys gets its decision again, like a retry of a recent one."""
-    stack = fuzz_stack
-    run = f"old-retry-{uuid.uuid4().hex[:8]}"
-    handoffs = [
+def _handoffs(run: str, n: int) -> list[HandoffRequested]:
+    return [
         HandoffRequested(
             request_id=f"{run}-h{i}",
             run_id=run,
@@ -969,18 +973,75 @@ def test_a_retry_of_an_old_request_is_answered(fuzz_stack: FuzzStack) -> None:
             to_agent="researcher",
             event_time=NOW,
         )
-        for i in range(1, 9)
+        for i in range(1, n + 1)
     ]
-    marker = handoffs[-1].model_copy(update={"request_id": f"{run}-marker", "task_id": "m"})
-    records = [decided(h, "handoff") for h in handoffs]
-    publish(stack, records)
-    first = stack.decisions.wait_run(run, len(handoffs))[0]
-    # the retry, then a new request: once the new one is decided, so was the retry
-    publish(stack, [replace(records[0], landed=None), decided(marker, "marker")])
+
+
+def _answers(
+    stack: FuzzStack, run: str, retry: Rec, marker: Rec, is_marker: Callable[[Decision], bool]
+) -> list[Decision]:
+    """Publish ``retry`` then ``marker`` (a new event on the same topic): once the marker is
+    decided, so was the retry (one partition, in order). Returns the run's other decisions
+    made since."""
+    seen = len(stack.decisions.for_run(run))
+    publish(stack, [retry, marker])
     wait_for(
-        lambda: any(d.request_id == marker.request_id for d in stack.decisions.for_run(run)),
+        lambda: any(is_marker(d) for d in stack.decisions.for_run(run)[seen:]),
         20,
         message="the marker's decision",
     )
-    again = [d for d in stack.decisions.for_run(run) if d.decision_id == first.decision_id]
-    assert len(again) == 2, f"the retry of {first.request_id} was answered {len(again) - 1} times"
+    return [d for d in stack.decisions.for_run(run)[seen:] if not is_marker(d)]
+
+
+def test_a_retry_of_an_old_request_is_answered(fuzz_stack: FuzzStack) -> None:
+    """A client retry of a request older than the run's newest six keys (whose decision the
+    run no longer keeps) is answered, never met with silence (the client would time out)."""
+    run = f"old-retry-{uuid.uuid4().hex[:8]}"
+    handoffs = _handoffs(run, 8)
+    records = [decided(h, "handoff") for h in handoffs]
+    publish(fuzz_stack, records)
+    first = fuzz_stack.decisions.wait_run(run, len(handoffs))[0]
+    assert first.outcome == Outcome.ALLOW
+    marker = handoffs[-1].model_copy(update={"request_id": f"{run}-marker", "task_id": "m"})
+    answers = _answers(
+        fuzz_stack,
+        run,
+        replace(records[0], landed=None),
+        decided(marker, "marker"),
+        lambda d: d.request_id == marker.request_id,
+    )
+    assert [d.request_id for d in answers] == [first.request_id], answers
+    (answer,) = answers
+    # the recorded decision again, or a stop: never a fresh allow
+    assert answer.decision_id == first.decision_id or answer.outcome == Outcome.STOP, answer
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: a retry of a refused approval (unknown approval, self-approval, "
+    "approver not permitted) whose answer the run no longer keeps (six newer keys) is "
+    "answered with nothing: engine.decide returns `state.replies(refused) or []`",
+)
+def test_a_retry_of_an_old_refused_grant_is_answered(fuzz_stack: FuzzStack) -> None:
+    run = f"old-grant-{uuid.uuid4().hex[:8]}"
+    grant = ApprovalGranted(
+        approval_id="apr_nobody_asked", run_id=run, approver="mallory", event_time=NOW
+    )
+    refused = decided(grant, "grant", APPROVALS)
+    publish(fuzz_stack, [refused])
+    (first,) = fuzz_stack.decisions.wait_run(run, 1)
+    assert (first.outcome, first.reason) == (Outcome.RECORDED, "unknown_approval")
+    handoffs = _handoffs(run, 6)
+    publish(fuzz_stack, [decided(h, "handoff") for h in handoffs])
+    fuzz_stack.decisions.wait_run(run, 7)
+    marker = grant.model_copy(update={"approval_id": "apr_marker"})
+    answers = _answers(
+        fuzz_stack,
+        run,
+        replace(refused, landed=None),
+        decided(marker, "marker", APPROVALS),
+        lambda d: d.approval_id == "apr_marker",
+    )
+    assert len(answers) == 1 and answers[0].reason in ("unknown_approval", "reply_not_kept"), (
+        answers
+    )
