@@ -1,0 +1,190 @@
+"""The broker frozen (SIGSTOP) for 10 s, then thawed: clients fail closed meanwhile, and the
+worker, the audit sink and the alerter come back on their own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from baton.processors.probe import wait_until_deciding
+from baton.schemas.decision import Decision, Outcome
+from baton.streams.client import GovernanceClient
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.topics import TopicCatalog, ensure_topics
+from tests.helpers import handoff, wait_for
+from tests.integration.conftest import PARTITIONS, TEST_POLICY
+from tests.stack import BatonProcess, SinkProcess, WorkerProcess
+
+pytestmark = pytest.mark.faults
+
+PAUSE_S = 10.0
+CHECK_TIMEOUT_S = 3.0
+
+
+@dataclass
+class PausableStack:
+    broker: EmbeddedBroker
+    prefix: str
+    worker: WorkerProcess
+    sink: SinkProcess
+    alerts: BatonProcess
+
+    def processes(self) -> dict[str, WorkerProcess | BatonProcess]:
+        return {"worker": self.worker, "sink": self.sink, "alerts": self.alerts}
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{p.log()[-2500:]}" for name, p in self.processes().items())
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.processes().items() if not p.alive()]
+
+
+@pytest.fixture
+def pausable(tmp_path: Path) -> Iterator[PausableStack]:
+    """A broker of this test's own (the session's is shared: never freeze it), a worker, a
+    sink holding chDB and ``baton alerts``, all real processes."""
+    broker = EmbeddedBroker(log_dir=tmp_path)
+    broker.start()
+    started: list[WorkerProcess | BatonProcess] = []
+    try:
+        prefix = f"p{uuid.uuid4().hex[:8]}."
+        (tmp_path / "policy.yaml").write_text(TEST_POLICY)
+        catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
+        conf = {"bootstrap.servers": broker.bootstrap}
+        ensure_topics(conf, catalog, timeout=10)
+        env = {
+            "BATON_BOOTSTRAP": broker.bootstrap,
+            "BATON_TOPIC_PREFIX": prefix,
+            "BATON_PARTITIONS": str(PARTITIONS),
+            "BATON_APP_ID": f"baton-{prefix.rstrip('.')}",
+            "BATON_SESSION_TIMEOUT_S": "6",
+        }
+        worker = WorkerProcess(
+            broker.bootstrap,
+            prefix,
+            tmp_path,
+            partitions=PARTITIONS,
+            policy=tmp_path / "policy.yaml",
+        )
+        started.append(worker)
+        (tmp_path / "chdb").mkdir()
+        sink = SinkProcess(broker.bootstrap, prefix, tmp_path / "chdb", tmp_path / "sink.log")
+        started.append(sink)
+        # storms never fold here: every stop is its own line
+        alerts = BatonProcess(["alerts", "--storm-threshold", "0"], env, tmp_path / "alerts.log")
+        started.append(alerts)
+        try:
+            wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        except Exception as exc:
+            raise AssertionError(f"worker did not start: {exc}\n{worker.log()}") from exc
+        sink.wait_ready()
+        yield PausableStack(broker, prefix, worker, sink, alerts)
+    finally:
+        if broker.pid is not None:
+            os.kill(broker.pid, signal.SIGCONT)  # never leave it frozen, even on failure
+        for p in started:
+            p.stop()
+        broker.stop()
+
+
+def _ownership_conflict(gov: GovernanceClient, run: str, timeout: float) -> Decision:
+    """A handoff of refund_check to billing_agent, then to researcher: the second is a stop
+    (ownership_conflict). Asked again (the same request ids, safe) until Baton answers."""
+
+    def ask(n: int, to: str) -> Decision:
+        request = handoff(run, n, "refund_check", "planner", to)
+        return wait_for(
+            lambda: (
+                (d := gov.check(request, timeout=CHECK_TIMEOUT_S)).reason
+                != "governance_unavailable"
+                and d
+            ),
+            timeout,
+            interval=0.1,
+            message=f"a decision for {request.request_id}",
+        )
+
+    first, second = ask(1, "billing_agent"), ask(2, "researcher")
+    assert first.outcome == Outcome.ALLOW, first
+    assert (second.outcome, second.reason) == (Outcome.STOP, "ownership_conflict"), second
+    return second
+
+
+def _audited_and_alerted(
+    stack: PausableStack, stop: Decision, timeout: float
+) -> tuple[float, float]:
+    """Wait until ``stop`` is in ClickHouse and announced by the alerter; return when each
+    was first seen (the monotonic clock)."""
+    seen: dict[str, float] = {}
+    line = f"run {stop.run_id} stopped: ownership_conflict"
+    sql = f"SELECT count() FROM governance.decisions FINAL WHERE decision_id = '{stop.decision_id}'"
+
+    def both() -> bool:
+        if "alerted" not in seen and line in stack.alerts.log():
+            seen["alerted"] = time.monotonic()
+        if "audited" not in seen and stack.sink.query(sql)[0][0] == 1:
+            seen["audited"] = time.monotonic()
+        return len(seen) == 2
+
+    wait_for(
+        both,
+        timeout,
+        interval=0.2,
+        message=lambda: f"{stop.run_id}'s stop audited and alerted ({seen})\n{stack.logs()}",
+    )
+    return seen["audited"], seen["alerted"]
+
+
+def test_a_paused_broker_fails_clients_closed_and_everything_recovers_alone(
+    pausable: PausableStack,
+) -> None:
+    stack = pausable
+    pid = stack.broker.pid
+    assert pid is not None
+    with GovernanceClient(
+        stack.broker.bootstrap, topic_prefix=stack.prefix, partitions=PARTITIONS
+    ) as gov:
+        before = _ownership_conflict(gov, f"run_before_{uuid.uuid4().hex[:6]}", 20)
+        _audited_and_alerted(stack, before, 20)
+
+        os.kill(pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        try:
+            run = f"run_paused_{uuid.uuid4().hex[:6]}"
+            asked = time.monotonic()
+            request = handoff(run, 1, "t", "planner", "researcher")
+            paused = gov.check(request, timeout=CHECK_TIMEOUT_S)
+            waited = time.monotonic() - asked
+            # fail closed, within the timeout: never an allow while governance is away
+            assert (paused.outcome, paused.reason) == (Outcome.STOP, "governance_unavailable")
+            assert paused.fallback == "single_agent"
+            assert waited < CHECK_TIMEOUT_S + 1.0, f"check took {waited:.1f} s"
+            time.sleep(max(0.0, frozen_at + PAUSE_S - time.monotonic()))  # the fault itself
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        thawed_at = time.monotonic()
+
+        after = _ownership_conflict(gov, f"run_after_{uuid.uuid4().hex[:6]}", 40)
+        decided_in = time.monotonic() - thawed_at
+        audited, alerted = _audited_and_alerted(stack, after, 40)
+    assert not stack.dead(), f"{stack.dead()} exited:\n{stack.logs()}"
+    # exact after the rejoin: re-read records fold in the audit, and within one process
+    # the alerter announces a decision once
+    runs = f"'{before.run_id}', '{after.run_id}'"
+    assert stack.sink.query(
+        f"SELECT count() FROM governance.decisions FINAL WHERE run_id IN ({runs})"
+    ) == [(4,)]
+    for stop in (before, after):
+        assert stack.alerts.log(10**6).count(f"run {stop.run_id} stopped") == 1, stop.run_id
+    print(
+        f"broker paused {PAUSE_S:g} s; the check during the pause failed closed in {waited:.2f} s;"
+        f" after SIGCONT: decided in {decided_in:.1f} s, in ClickHouse after "
+        f"{audited - thawed_at:.1f} s, alerted after {alerted - thawed_at:.1f} s"
+    )
