@@ -10,6 +10,8 @@ checks, end to end:
 (b) every record ends as exactly one decided input (its decisions carry its partition and
     offset) or exactly one dead letter (by the original's topic, partition and offset), with
     the ``error_kind`` its fault deserves; a misrouted record is forwarded once and decided;
+    a retry (the same bytes again) is answered by re-emitting the decisions of the record it
+    repeats, which carry that record's offset: each of them once more per retry;
 (c) every decision published is in ``governance.decisions FINAL`` or ``governance.rejected``;
 (d) the good runs are decided exactly as the pure engine decides their events offline.
 
