@@ -61,6 +61,11 @@ def _register() -> None:
     from baton.cli import demo_cmds
 
     demo_cmds.register(cli)
+    from baton.cli import keys_cmds, people_cmds, verify_cmds
+
+    keys_cmds.register(cli)
+    people_cmds.register(cli)
+    verify_cmds.register(cli)
 
 
 def main() -> None:

@@ -17,8 +17,11 @@ from typing import Any
 import click
 
 from baton.cli.options import build_settings, read_policy, setting_options
+from baton.cli.signer import CommandRefused, current_user, describe, load_key, signer_options
 from baton.cli.supervisor import ChildSpec, RestartPolicy, Supervisor, describe_exit, tail
+from baton.schemas.decision import Reason
 from baton.schemas.errors import AuditUnavailable, BatonError, BrokerUnavailable, ConfigError
+from baton.schemas.events import MAX_TEXT
 from baton.schemas.settings import Settings
 
 __all__ = ["register"]
@@ -416,11 +419,7 @@ def _audit_children(sql_port: int) -> list[tuple[str, tuple[str, ...]]]:
 @click.option("--global", "everything", is_flag=True, help="stop every handoff of every run")
 @click.option("--release", is_flag=True, help="lift the kill switch instead")
 @click.option("--reason", default="", help="why (recorded in the audit)")
-@click.option(
-    "--operator",
-    default=lambda: os.environ.get("USER", "operator"),
-    help="who (recorded in the audit) [default: $USER]",
-)
+@signer_options("operator", key_required=False, as_default=current_user)
 @click.option(
     "--wait/--no-wait",
     default=True,
@@ -435,18 +434,26 @@ def kill_cmd(
     everything: bool,
     release: bool,
     reason: str,
-    operator: str,
+    signer: str,
+    key_file: Path | None,
     wait: bool,
     timeout: float,
     **opts: Any,
 ) -> None:
-    """Publish a kill switch (or its release) for a run, a tenant, or everything.
+    """Publish a kill switch (or its release) for a run, a tenant, or everything, signed as
+    operator NAME with --key FILE (required when the policy lists operators).
 
     By default it returns once a worker has applied the switch, so every handoff decided
-    afterwards is decided under it; exit 4 when Kafka or no worker answers in time.
+    afterwards is decided under it; exit 4 when Kafka or no worker answers in time, 6 when
+    the worker refused it (unsigned, forged, replayed: the reason is printed).
     """
     if len([x for x in (run_id, tenant, everything or None) if x]) != 1:
         raise click.UsageError("give exactly one of --run RUN_ID, --tenant T, --global")
+    if len(reason) > MAX_TEXT:
+        raise click.BadParameter(
+            f"at most {MAX_TEXT} characters, got {len(reason)}", param_hint="--reason"
+        )
+    key = load_key(key_file)
     settings = build_settings(**opts)
     from baton.streams.client import OperatorClient
     from baton.streams.net import check_reachable
@@ -454,7 +461,7 @@ def kill_cmd(
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
 
     client = OperatorClient(
-        settings=settings, timeout=timeout, connect_timeout=settings.connect_timeout_s
+        settings=settings, key=key, timeout=timeout, connect_timeout=settings.connect_timeout_s
     )
     try:
         switch = client.release if release else client.kill
@@ -462,7 +469,7 @@ def kill_cmd(
             run_id=run_id,
             tenant=tenant,
             everything=everything,
-            operator=operator,
+            operator=signer,
             reason=reason,
             wait=wait,
         )
@@ -471,6 +478,15 @@ def kill_cmd(
     scope = "run" if run_id else "tenant" if tenant else "global"
     target = run_id or tenant or "*"
     what = "released" if release else "engaged"
+    if record is not None and record.reason not in (
+        Reason.KILL_SWITCH,
+        Reason.KILL_SWITCH_RELEASED,
+    ):
+        click.echo(f"kill switch NOT {what}: scope={scope} target={target}: {describe(record)}")
+        raise CommandRefused(
+            f"the worker refused this {'release' if release else 'kill'} ({record.reason}): "
+            f"{record.detail}"
+        )
     confirmed = f" (applied by worker {record.worker})" if record is not None else ""
     click.echo(f"kill switch {what}: scope={scope} target={target}{confirmed}")
 

@@ -284,6 +284,12 @@ class Transport:
         return int(self._producer.flush(timeout))
 
     # ------------------------------------------------------------------ waiting
+    def register(self, wait_key: WaitKey, waiter: Waiter) -> None:
+        """Have ``waiter`` wait for ``wait_key``'s decision too (before publishing: a command
+        the worker answers under one of two names, applied or refused, waits for both)."""
+        with self._lock:
+            self._waiters.setdefault(wait_key, []).append(waiter)
+
     def unregister(self, wait_key: WaitKey, waiter: Waiter) -> None:
         with self._lock:
             waiters = self._waiters.get(wait_key)

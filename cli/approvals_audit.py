@@ -1,0 +1,112 @@
+"""Pending approvals as the audit shows them: asked for, not answered, not expired.
+
+An approval is pending when its ``approval_required`` decision is in
+``governance.decisions`` and no ``approval``-phase decision that applied an answer (allow,
+stop: granted, denied, expired) has the same ``approval_id``. Refused answers (outcome
+``recorded``: unsigned, forged, self-approval …) leave it pending, as they do in the worker.
+
+Not guaranteed: the audit trails the worker by the sink's batch time (about a second), so an
+approval asked for a moment ago may not be listed yet, and one answered a moment ago may still
+be; the worker has the last word (a late answer is refused as ``unknown_approval``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from baton.schemas.decision import DECISION_ADAPTER, DECISION_FIELDS, Decision, Outcome, Phase
+from baton.sinks.schema import DATABASE
+
+__all__ = ["PendingApproval", "find_approval", "pending_approvals"]
+
+_COLUMNS = ", ".join(f"d.`{f}`" for f in DECISION_FIELDS)
+
+#: approval ids that an answer resolved (refused answers do not count)
+_ANSWERED = f"""
+SELECT approval_id FROM {DATABASE}.decisions
+WHERE phase = '{Phase.APPROVAL}' AND outcome != '{Outcome.RECORDED}' AND approval_id IS NOT NULL
+"""
+
+_PENDING_SQL = f"""
+SELECT {_COLUMNS}
+FROM {DATABASE}.decisions AS d FINAL
+WHERE d.outcome = '{Outcome.APPROVAL_REQUIRED}'
+  AND d.approval_id IS NOT NULL
+  AND d.approval_expires_at > now64(6)
+  AND ({{run_id:String}} = '' OR d.run_id = {{run_id:String}})
+  AND d.approval_id NOT IN ({_ANSWERED})
+ORDER BY d.decided_at, d.approval_id
+LIMIT {{limit:UInt32}}
+"""
+
+_ASKED_SQL = f"""
+SELECT {_COLUMNS}
+FROM {DATABASE}.decisions AS d FINAL
+WHERE d.approval_id = {{approval_id:String}} AND d.outcome = '{Outcome.APPROVAL_REQUIRED}'
+ORDER BY d.decided_at
+LIMIT 1
+"""
+
+_ANSWER_SQL = f"""
+SELECT {_COLUMNS}
+FROM {DATABASE}.decisions AS d FINAL
+WHERE d.approval_id = {{approval_id:String}}
+  AND d.phase = '{Phase.APPROVAL}' AND d.outcome != '{Outcome.RECORDED}'
+ORDER BY d.decided_at
+LIMIT 1
+"""
+
+
+def _decision(row: Any) -> Decision:
+    """An audit row as the Decision the worker made: money as float, times in UTC (the
+    columns are DateTime64(6, 'UTC'), which clickhouse-connect may return without a zone)."""
+    doc = dict(zip(DECISION_FIELDS, row, strict=True))
+    for name, value in doc.items():
+        if isinstance(value, Decimal):
+            doc[name] = float(value)
+        elif isinstance(value, datetime) and value.tzinfo is None:
+            doc[name] = value.replace(tzinfo=UTC)
+    return DECISION_ADAPTER.validate_python(doc)
+
+
+class PendingApproval:
+    """One approval waiting for an answer: its ``approval_required`` decision, and when."""
+
+    __slots__ = ("asked", "now")
+
+    def __init__(self, asked: Decision, now: datetime) -> None:
+        self.asked = asked
+        self.now = now
+
+    @property
+    def age_s(self) -> float:
+        at = self.asked.decided_at or self.asked.event_time or self.now
+        return (self.now - at).total_seconds()
+
+    @property
+    def expires_in_s(self) -> float:
+        expires = self.asked.approval_expires_at
+        return (expires - self.now).total_seconds() if expires else float("inf")
+
+
+def pending_approvals(client: Client, run_id: str = "", limit: int = 1000) -> list[PendingApproval]:
+    """The pending approvals, oldest first (of ``run_id`` only when given)."""
+    rows = client.query(_PENDING_SQL, parameters={"run_id": run_id, "limit": limit}).result_rows
+    now = datetime.now(UTC)
+    return [PendingApproval(_decision(row), now) for row in rows]
+
+
+def find_approval(client: Client, approval_id: str) -> tuple[Decision | None, Decision | None]:
+    """``approval_id``'s ``approval_required`` decision and the decision that resolved it
+    (None when it is still open, or when the audit does not know it)."""
+    params = {"approval_id": approval_id}
+    asked = client.query(_ASKED_SQL, parameters=params).result_rows
+    answered = client.query(_ANSWER_SQL, parameters=params).result_rows
+    return (
+        _decision(asked[0]) if asked else None,
+        _decision(answered[0]) if answered else None,
+    )

@@ -1,0 +1,99 @@
+"""``baton keys new`` and ``baton keys show``: an approver's or operator's Ed25519 key pair.
+
+The private key stays with its owner (a file readable by them only); the public key goes into
+the policy as one line, ``NAME: "ed25519:…"``, under ``multi_agent.approval.keys`` (approvers)
+or ``operators`` (who may kill, release and publish policy). Rotation: docs/security.md.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from baton.schemas.errors import ConfigError
+from baton.schemas.signing import (
+    load_private_key,
+    new_private_key,
+    public_key_text,
+    write_private_key,
+)
+
+__all__ = ["policy_line", "register"]
+
+#: a name that is also a safe file name: letters, digits, _ . - (a letter or digit first)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+#: words YAML reads as something else than a string when they are a key
+_YAML_WORDS = frozenset(["true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"])
+
+
+def policy_line(name: str, public_text: str) -> str:
+    """The policy line for ``name``: quoted when YAML would read the bare name as a
+    boolean, null or number (``yes``, ``null``, ``1e3`` …)."""
+    bare = name.lower() not in _YAML_WORDS and not re.fullmatch(r"[0-9][0-9_.eE+-]*", name)
+    shown = name if bare else f'"{name}"'
+    return f'{shown}: "{public_text}"'
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"key name {name[:60]!r}: expected 1-128 letters, digits, '_', '.' or '-', starting "
+            "with a letter or digit (it names the file NAME.key and the policy entry)"
+        )
+    return name
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Signing keys of approvers and operators (Ed25519)."""
+
+
+@keys_group.command("new")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="where to write NAME.key (created with mode 0700 when missing)",
+)
+def keys_new(name: str, directory: Path) -> None:
+    """Write a new private key to DIR/NAME.key (mode 0600, never over an existing file) and
+    print the policy line NAME: "ed25519:…" to add under multi_agent.approval.keys (an
+    approver) or operators (an operator)."""
+    _check_name(name)
+    path = directory / f"{name}.key"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = new_private_key()
+        write_private_key(key, path)
+    except FileExistsError:
+        raise ConfigError(
+            f"key file {path} already exists; a key is never overwritten (rotate: make "
+            f"{name}-2, list both in the policy, switch, then remove the old one)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write key file {path}: {exc.strerror or exc}") from None
+    # the policy line alone on stdout (scripts append it); the rest on stderr
+    click.echo(policy_line(name, public_key_text(key)))
+    click.echo(
+        f"wrote {path} (mode 600): keep it secret; add the line above under "
+        "multi_agent.approval.keys (an approver) or operators (an operator)",
+        err=True,
+    )
+
+
+@keys_group.command("show")
+@click.argument("key_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--as", "name", default=None, help="the name to print [default: the file's stem]")
+def keys_show(key_file: Path, name: str | None) -> None:
+    """Print the policy line of an existing private key file (its public key)."""
+    key = load_private_key(key_file)
+    click.echo(policy_line(_check_name(name or key_file.stem), public_key_text(key)))
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(keys_group)

@@ -1,0 +1,233 @@
+"""``baton approvals``, ``baton approve`` and ``baton deny``: a human approver's commands.
+
+``approvals`` lists what waits for an answer (from the audit, like ``baton sql``);
+``approve``/``deny`` look the approval up there (its run, request and the request's digest),
+sign the answer with the approver's key, publish it on gov.approvals (keyed by the run,
+murmur2, as the SDK does), and wait for the worker's ``approval``-phase record of it: printed,
+exit 0 when the answer counted, 6 when the worker refused it (the reason is printed).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from baton.cli.audit_cmds import _audit_settings, _client, _dsn_option
+from baton.cli.options import build_settings, setting_options
+from baton.cli.signer import CommandRefused, describe, load_key, signer_options
+from baton.schemas.decision import Decision, Outcome
+from baton.schemas.errors import BatonError
+from baton.schemas.events import MAX_TEXT
+
+__all__ = ["register"]
+
+_LIST_COLUMNS = (
+    "approval_id",
+    "run_id",
+    "request_id",
+    "action",
+    "asked_by",
+    "to_agent",
+    "age",
+    "expires_in",
+    "request_digest",
+)
+
+
+def _duration(seconds: float) -> str:
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+@click.command("approvals")
+@click.option("--run", "run_id", default="", help="only this run's approvals")
+@click.option(
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people (age and expiry as 3m04s), CSV or JSON lines (in seconds)",
+)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@_dsn_option
+def approvals_cmd(
+    run_id: str, fmt: str, limit: int, clickhouse_dsn: str | None, data_dir: Path | None
+) -> None:
+    """List pending approvals, oldest first: run, request, action, asked by, age, expires in,
+    and the request digest an approver's signature covers. Answer one with `baton approve
+    APPROVAL_ID --as NAME --key FILE` or `baton deny …`."""
+    from baton.cli.approvals_audit import pending_approvals
+    from baton.sinks.clickhouse import audit_errors, parse_dsn
+    from baton.sinks.render import render
+
+    settings = _audit_settings(clickhouse_dsn, data_dir)
+    with (
+        _client(settings) as client,
+        audit_errors(parse_dsn(settings.clickhouse_dsn).label, "listing pending approvals"),
+    ):
+        pending = pending_approvals(client, run_id, limit)
+    if not pending and fmt == "table":
+        click.echo("no pending approvals" + (f" for run {run_id}" if run_id else ""))
+        return
+    rows = []
+    for p in pending:
+        a = p.asked
+        age, left = (
+            (_duration(p.age_s), _duration(p.expires_in_s))
+            if fmt == "table"
+            else (round(p.age_s, 3), round(p.expires_in_s, 3))
+        )
+        action = a.action or (f"tool {a.tool}" if a.tool else "")
+        rows.append(
+            [
+                a.approval_id,
+                a.run_id,
+                a.request_id,
+                action,
+                a.from_agent,
+                a.to_agent,
+                age,
+                left,
+                a.request_digest,
+            ]
+        )
+    click.echo(render(_LIST_COLUMNS, rows, fmt))
+
+
+def _approval_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not (0 < len(value) <= 256 and value.isprintable()):
+        raise click.BadParameter(
+            f"expected an approval id as `baton approvals` lists it (apr_…), got "
+            f"{value[:60]!r}{'…' if len(value) > 60 else ''}"
+        )
+    return value
+
+
+def _comment(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and len(value) > MAX_TEXT:
+        raise click.BadParameter(f"at most {MAX_TEXT} characters, got {len(value)}")
+    return value
+
+
+def _answer_options(fn: Any) -> Any:
+    fn = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1, max=3600),
+        default=30.0,
+        show_default=True,
+        help="seconds to wait for the worker's decision",
+    )(fn)
+    fn = setting_options("bootstrap", "topic_prefix", "partitions")(fn)
+    return _dsn_option(fn)
+
+
+def _answer(
+    verdict: str,
+    approval_id: str,
+    signer: str,
+    key_file: Path,
+    comment: str | None,
+    timeout: float,
+    clickhouse_dsn: str | None,
+    data_dir: Path | None,
+    opts: dict[str, Any],
+) -> None:
+    from baton.cli.approvals_audit import find_approval
+    from baton.sinks.clickhouse import audit_errors, parse_dsn
+    from baton.streams.client import ApproverClient
+    from baton.streams.net import check_reachable
+
+    key = load_key(key_file)  # before anything else: a bad key file is a usage error
+    audit = _audit_settings(clickhouse_dsn, data_dir)
+    label = parse_dsn(audit.clickhouse_dsn).label
+    with _client(audit) as client, audit_errors(label, f"looking up approval {approval_id}"):
+        asked, answered = find_approval(client, approval_id)
+    if asked is None:
+        raise BatonError(
+            f"approval {approval_id[:80]!r}: not in the audit at {label} (is the sink running "
+            "and caught up? `baton approvals` lists the pending ones)"
+        )
+    where = f"approval {approval_id} (run {asked.run_id}, request {asked.request_id})"
+    if answered is not None:
+        raise BatonError(f"{where} was answered already: {describe(answered)}")
+    expires = asked.approval_expires_at
+    if expires is not None and expires <= datetime.now(UTC):
+        raise BatonError(
+            f"{where} expired at {expires:%Y-%m-%d %H:%M:%S} UTC: the worker stops its "
+            "handoff (approval_expired); the orchestrator may ask again"
+        )
+    settings = build_settings(**opts)
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    with ApproverClient(
+        settings=settings, key=key, timeout=timeout, connect_timeout=settings.connect_timeout_s
+    ) as approver:
+        answer = approver.grant if verdict == "grant" else approver.deny
+        decision = answer(asked, approver=signer, comment=comment, wait=True, timeout=timeout)
+    assert decision is not None
+    _report(where, verdict, asked, decision)
+
+
+def _report(where: str, verdict: str, asked: Decision, decision: Decision) -> None:
+    click.echo(f"{where}, request digest {asked.request_digest}:")
+    click.echo(f"  {describe(decision)}")
+    if decision.outcome == Outcome.RECORDED:
+        raise CommandRefused(
+            f"the worker refused this {verdict} ({decision.reason}): {decision.detail}; "
+            f"{where} is still pending"
+        )
+
+
+@click.command("approve")
+@click.argument("approval_id", callback=_approval_id)
+@signer_options("approver", key_required=True)
+@click.option("--comment", callback=_comment, help="why (recorded with the answer)")
+@_answer_options
+def approve_cmd(
+    approval_id: str,
+    signer: str,
+    key_file: Path,
+    comment: str | None,
+    timeout: float,
+    clickhouse_dsn: str | None,
+    data_dir: Path | None,
+    **opts: Any,
+) -> None:
+    """Grant APPROVAL_ID as approver NAME, signed with the private key in FILE; print the
+    worker's decision (exit 6 when it refused the grant, with why)."""
+    _answer(
+        "grant", approval_id, signer, key_file, comment, timeout, clickhouse_dsn, data_dir, opts
+    )
+
+
+@click.command("deny")
+@click.argument("approval_id", callback=_approval_id)
+@signer_options("approver", key_required=True)
+@click.option("--comment", required=True, callback=_comment, help="why (recorded, required)")
+@_answer_options
+def deny_cmd(
+    approval_id: str,
+    signer: str,
+    key_file: Path,
+    comment: str,
+    timeout: float,
+    clickhouse_dsn: str | None,
+    data_dir: Path | None,
+    **opts: Any,
+) -> None:
+    """Deny APPROVAL_ID as approver NAME, signed with the private key in FILE (the handoff is
+    stopped: approval_denied); print the worker's decision (exit 6 when it refused)."""
+    _answer("deny", approval_id, signer, key_file, comment, timeout, clickhouse_dsn, data_dir, opts)
+
+
+def register(cli: click.Group) -> None:
+    for command in (approvals_cmd, approve_cmd, deny_cmd):
+        cli.add_command(command)

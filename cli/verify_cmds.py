@@ -1,0 +1,173 @@
+"""``baton audit verify``: recompute the runs' decision hash chains from ClickHouse.
+
+Reads ``CHAIN_COLUMNS`` of ``governance.decisions FINAL`` (one row per decision), walks each
+run's chain with ``baton.sinks.chain_verify.verify_chains`` and the key the workers chained
+with (``BATON_AUDIT_CHAIN_KEY``, from the environment only: never an argument, which ``ps``
+shows), and names every run whose rows were deleted, altered or inserted out of band.
+
+``--since T`` checks the runs that have a decision at or after T, each from its first row (a
+run cut at T would look like one whose earlier rows were deleted). Runs whose oldest row is
+within a day of the retention horizon (``BATON_AUDIT_TTL_DAYS`` on ``decided_at``) are checked
+as partial: their first link may name a row that retention removed. Not detected here (see
+chain_verify): rows deleted from the end of a run, and without the key a forged row appended
+at a run's end.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from baton.cli.audit_cmds import _audit_settings, _client, _dsn_option
+from baton.cli.options import build_settings
+from baton.sinks.schema import DATABASE
+
+__all__ = ["register"]
+
+#: problems shown per run; the rest are counted
+_SHOWN = 3
+_RELATIVE = re.compile(r"(\d{1,6})\s*([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    """An ISO time (UTC when it names no zone) or an age: 90s, 30m, 12h, 7d."""
+    if value is None:
+        return None
+    m = _RELATIVE.fullmatch(value.strip())
+    if m:
+        return datetime.now(UTC) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"expected an ISO time (2026-11-25T09:00:00Z, 2026-11-25) or an age (30m, 12h, "
+            f"7d), got {value[:60]!r}"
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _columns() -> str:
+    from baton.sinks.chain_verify import CHAIN_COLUMNS
+
+    return ", ".join(f"`{c}`" for c in CHAIN_COLUMNS)
+
+
+def _query(run_id: str | None, since: datetime | None) -> tuple[str, dict[str, Any]]:
+    where, params = [], {}
+    if run_id is not None:
+        where.append("run_id = {run_id:String}")
+        params["run_id"] = run_id
+    if since is not None:
+        where.append(
+            f"run_id IN (SELECT DISTINCT run_id FROM {DATABASE}.decisions "
+            "WHERE decided_at >= {since:DateTime64(6, 'UTC')})"
+        )
+        params["since"] = since
+    sql = f"SELECT {_columns()} FROM {DATABASE}.decisions FINAL"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql, params
+
+
+def _utc(row: Sequence[Any]) -> Sequence[Any]:
+    """The times of an audit row in UTC: the columns are DateTime64(6, 'UTC'), but
+    clickhouse-connect returns them without a zone (the chain hashes microseconds since the
+    epoch, which needs an aware time)."""
+    if not any(isinstance(v, datetime) and v.tzinfo is None for v in row):
+        return row
+    return [
+        v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v for v in row
+    ]
+
+
+def _partial_runs(rows: Sequence[Sequence[Any]], horizon: datetime) -> frozenset[str]:
+    """Runs whose oldest row is near the retention horizon: older rows may have expired."""
+    from baton.schemas.decision import CHAIN_FIELDS
+
+    # retention runs on the worker's clock: decided_at (migration 0003)
+    at = 4 + CHAIN_FIELDS.index("decided_at")
+    oldest: dict[str, datetime] = {}
+    for row in rows:
+        t = row[at]
+        if t is not None and (row[0] not in oldest or t < oldest[row[0]]):
+            oldest[row[0]] = t
+    return frozenset(run for run, t in oldest.items() if t < horizon)
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """Check the audit trail itself."""
+
+
+@audit_group.command("verify")
+@click.option("--run", "run_id", default=None, help="check this run only")
+@click.option(
+    "--since",
+    callback=_since,
+    default=None,
+    help="check the runs with a decision at or after this time (ISO, UTC unless a zone is "
+    "given) or within this age (30m, 12h, 7d); each run from its first row",
+)
+@_dsn_option
+def verify_cmd(
+    run_id: str | None, since: datetime | None, clickhouse_dsn: str | None, data_dir: Path | None
+) -> None:
+    """Recompute every run's decision hash chain from the audit; print one line per run whose
+    rows were deleted, altered or inserted out of band, and a summary. Exit 1 when any run
+    fails, 0 when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the workers')."""
+    from baton.schemas.errors import BatonError
+    from baton.sinks.chain_verify import verify_chains
+    from baton.sinks.clickhouse import audit_errors, parse_dsn
+
+    settings = _audit_settings(clickhouse_dsn, data_dir)
+    key_setting = build_settings().audit_chain_key
+    key = key_setting.get_secret_value().encode() if key_setting else b""
+    sql, params = _query(run_id, since)
+    label = parse_dsn(settings.clickhouse_dsn).label
+    with _client(settings) as client, audit_errors(label, "reading the decision chains"):
+        rows = [_utc(row) for row in client.query(sql, parameters=params).result_rows]
+    if run_id is not None and not rows:
+        raise BatonError(f"no decisions for run {run_id[:80]!r} in {DATABASE}.decisions at {label}")
+    horizon = datetime.now(UTC) - timedelta(days=settings.audit_ttl_days - 1)
+    partial = _partial_runs(rows, horizon)
+    verdicts = verify_chains(rows, key, partial=partial)
+    failed = [v for v in verdicts if not v.ok]
+    for v in failed:
+        shown = "; ".join(v.problems[:_SHOWN])
+        more = f" (+{len(v.problems) - _SHOWN} more)" if len(v.problems) > _SHOWN else ""
+        click.echo(f"FAIL {v.run_id} ({v.rows} chained rows): {shown}{more}")
+    chained = sum(v.rows for v in verdicts)
+    summary = (
+        f"audit verify: {len(verdicts)} runs, {chained} chained rows of {len(rows)} read "
+        f"from {label}: "
+    )
+    summary += f"{len(failed)} runs FAILED" if failed else "every chain holds"
+    if partial:
+        summary += f"; {len(partial)} runs near the retention horizon checked from their oldest row"
+    if not key:
+        summary += (
+            "; no BATON_AUDIT_CHAIN_KEY: a forged row appended at a run's end would go unseen"
+        )
+    click.echo(summary)
+    if (
+        failed
+        and len(failed) == len(verdicts)
+        and all(p.startswith("altered") for v in failed for p in v.problems)
+    ):
+        click.echo(
+            "hint: no row of any run hashes right: is BATON_AUDIT_CHAIN_KEY the key the "
+            "workers chain with?",
+            err=True,
+        )
+    sys.exit(1 if failed else 0)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(audit_group)
