@@ -261,7 +261,7 @@ def decide(
             # answered with whatever later resolved the approval
             refused = _refused_key(event)  # type: ignore[arg-type]
             if state.has_seen(refused):
-                return state, state.replies(refused) or []
+                return state, _replies(state, refused, event, policy, now, kills, origin)
         # state.has_seen(key), inline: it runs for every event
         mark = state.seen.get(key)
         if key in state.fresh or (mark is not None and mark > state.marks - SEEN_LIMIT):

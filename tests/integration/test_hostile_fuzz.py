@@ -1018,12 +1018,6 @@ def test_a_retry_of_an_old_request_is_answered(fuzz_stack: FuzzStack) -> None:
     assert answer.decision_id == first.decision_id or answer.outcome == Outcome.STOP, answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a retry of a refused approval (unknown approval, self-approval, "
-    "approver not permitted) whose answer the run no longer keeps (six newer keys) is "
-    "answered with nothing: engine.decide returns `state.replies(refused) or []`",
-)
 def test_a_retry_of_an_old_refused_grant_is_answered(fuzz_stack: FuzzStack) -> None:
     run = f"old-grant-{uuid.uuid4().hex[:8]}"
     grant = ApprovalGranted(
