@@ -96,6 +96,7 @@ NEVER_SHADOWED = frozenset(
         Reason.UNKNOWN_TENANT,
         Reason.TENANT_MISMATCH,
         Reason.REPLY_NOT_KEPT,
+        Reason.REQUEST_EXPIRED,
     }
 )
 
@@ -898,6 +899,10 @@ def _check(
         return Outcome.STOP, Reason.RUN_FINISHED, None
     if st.stopped is not None:
         return Outcome.STOP, st.stopped, "run already stopped"
+    if gate and req.decide_by is not None and ctx.now > req.decide_by:
+        # the client gave up waiting and failed closed: allowing now would lock the task
+        # and count a handoff nobody makes
+        return Outcome.STOP, Reason.REQUEST_EXPIRED, "read after its decide_by: the client gave up"
     if st.evicted_at is not None:
         return (
             Outcome.STOP,

@@ -75,6 +75,7 @@ class Reason(StrEnum):
     RUN_EXPIRED = "run_expired"
     TENANT_MISMATCH = "tenant_mismatch"
     REPLY_NOT_KEPT = "reply_not_kept"
+    REQUEST_EXPIRED = "request_expired"
     # identity by signature (issue 12): an approval or control command that does not count
     APPROVAL_UNSIGNED = "approval_unsigned"
     BAD_SIGNATURE = "bad_signature"

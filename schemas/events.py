@@ -103,6 +103,11 @@ class HandoffRequested(_Event):
         default=None, description="Reserved against the shared budget until the completion."
     )
     estimated_tool_calls: Count | None = None
+    decide_by: EventTime | None = Field(
+        default=None,
+        description="when the client stops waiting for the decision (the SDK sets it): a "
+        "request the worker reads later is stopped (request_expired), never allowed late",
+    )
     event_time: EventTime
 
     @property

@@ -118,7 +118,9 @@ class GovernanceClient(ClientBase):
     ) -> Decision:
         timeout = self.options.timeout_s if timeout is None else timeout
         retries = self.options.retries if retries is None else retries
-        topic, key, value, partition, wait_key, phase = self._request(event)
+        topic, key, value, partition, wait_key, phase = self._request(
+            event, timeout * (retries + 1)
+        )
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         waiter = Waiter(future)
         t = self.transport
@@ -255,7 +257,9 @@ class AsyncGovernanceClient(ClientBase):
     ) -> Decision:
         timeout = self.options.timeout_s if timeout is None else timeout
         retries = self.options.retries if retries is None else retries
-        topic, key, value, partition, wait_key, phase = self._request(event)
+        topic, key, value, partition, wait_key, phase = self._request(
+            event, timeout * (retries + 1)
+        )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         waiter = Waiter(future, loop)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from baton.schemas.decision import Decision, Fallback, Phase
@@ -16,6 +16,9 @@ __all__ = ["ClientBase"]
 
 #: an approval's expiry is enforced by the worker's sweep (every second): wait a bit past it
 _EXPIRY_GRACE_S = 5.0
+#: decide_by is when the client stops waiting: no grace (a worker whose clock runs ahead
+#: refuses a little early, which fails closed; one whose clock lags allows a little late)
+_DECIDE_BY_GRACE_S = 0.0
 
 
 class ClientBase:
@@ -56,9 +59,14 @@ class ClientBase:
         return self.options.bootstrap
 
     def _request(
-        self, event: HandoffRequested | HandoffCompleted
+        self, event: HandoffRequested | HandoffCompleted, wait_s: float
     ) -> tuple[str, bytes, bytes, int, WaitKey, Phase]:
         phase = Phase.PRE_HANDOFF if isinstance(event, HandoffRequested) else Phase.POST_HANDOFF
+        if isinstance(event, HandoffRequested) and event.decide_by is None:
+            # the client stops waiting (and fails closed) after wait_s: a request the worker
+            # reads only later (a paused broker, a backlog) must not be allowed behind its back
+            decide_by = datetime.now(UTC) + timedelta(seconds=wait_s + _DECIDE_BY_GRACE_S)
+            event = event.model_copy(update={"decide_by": decide_by})
         return (
             self.transport.catalog.requests,
             event.run_id.encode(),

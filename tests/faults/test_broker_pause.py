@@ -181,6 +181,17 @@ def test_a_paused_broker_fails_clients_closed_and_everything_recovers_alone(
     assert stack.sink.query(
         f"SELECT count() FROM governance.decisions FINAL WHERE run_id IN ({runs})"
     ) == [(4,)]
+    # the check the client gave up on is read after SIGCONT: stopped (its decide_by passed),
+    # never a late allow that locks the task and counts a handoff nobody makes
+    late = wait_for(
+        lambda: stack.sink.query(
+            "SELECT outcome, reason FROM governance.decisions FINAL "
+            f"WHERE run_id = '{request.run_id}' AND phase = 'pre_handoff'"
+        ),
+        30,
+        message="the late check's decision in the audit",
+    )
+    assert late == [("stop", "request_expired")], late
     for stop in (before, after):
         assert stack.alerts.log(10**6).count(f"run {stop.run_id} stopped") == 1, stop.run_id
     print(

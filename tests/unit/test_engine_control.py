@@ -566,3 +566,15 @@ def test_the_engines_field_view_reads_every_field_as_the_model_does() -> None:
         view = _fields(event)
         for name in type(event).model_fields:
             assert getattr(view, name) == getattr(event, name), (type(event).__name__, name)
+
+
+def test_a_request_read_after_its_decide_by_is_stopped_never_allowed_late() -> None:
+    # the SDK sets decide_by to when it stops waiting (and fails closed): a request the
+    # worker reads later (a frozen broker, a backlog) must not lock a task behind its back
+    run = Run()
+    late = run.handoff("t1", "planner", "worker", t=100, decide_by=at(99))
+    assert (late.outcome, late.reason) == (Outcome.STOP, Reason.REQUEST_EXPIRED)
+    assert run.state is not None and run.state.task("t1") is None
+    assert run.state.handoff_count == 0
+    in_time = run.handoff("t2", "planner", "worker", t=100, decide_by=at(101))
+    assert in_time.outcome == Outcome.ALLOW
