@@ -67,8 +67,8 @@ def _event_time(value: datetime) -> datetime:
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
-Money = Annotated[float, Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Money = Annotated[float, Field(ge=0, le=MAX_USD, allow_inf_nan=False, strict=True)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 #: base64 of a 64-byte Ed25519 signature is 88 characters; a little room, no more
 Signature = Annotated[str, Field(min_length=1, max_length=128)]
@@ -283,9 +283,11 @@ _RANGE_ERRORS = frozenset(
 
 
 def _out_of_range(error: Any) -> bool:
-    return error["type"] in _RANGE_ERRORS or (
-        error["type"] == "value_error" and "out of range" in error["msg"]
-    )
+    kind, value = error["type"], error.get("input")
+    if kind in ("int_type", "int_from_float") and isinstance(value, float):
+        # a count too big for an integer: JSON parsers read 40 digits as a float
+        return abs(value) > MAX_RUN_COUNT
+    return kind in _RANGE_ERRORS or (kind == "value_error" and "out of range" in error["msg"])
 
 
 def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None) -> Any:

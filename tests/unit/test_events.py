@@ -178,6 +178,20 @@ def test_numbers_times_and_text_beyond_what_baton_holds_exactly_are_out_of_range
     assert _kind(raw) == "out_of_range"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _raw(_completed(cost_usd=True)),
+        _raw(_completed(tool_calls="12")),
+        _raw(_completed(tool_calls=3.0)),
+        _raw(_completed(tool_calls=True)),
+    ],
+)
+def test_numbers_must_be_json_numbers_of_their_kind(raw: bytes) -> None:
+    # no lax coercion: true is not one dollar, "12" is not twelve tool calls
+    assert _kind(raw) == "schema"
+
+
 def test_the_largest_accepted_values_parse() -> None:
     done = parse_event(_raw(_completed(cost_usd=MAX_USD, tool_calls=MAX_COUNT)))
     assert done.cost_usd == MAX_USD and done.tool_calls == MAX_COUNT
