@@ -68,6 +68,9 @@ def keys_new(name: str, directory: Path) -> None:
     path = directory / f"{name}.key"
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission
+        raise ConfigError(f"cannot make key directory {directory}: {exc.strerror or exc}") from None
+    try:
         key = new_private_key()
         write_private_key(key, path)
     except FileExistsError:

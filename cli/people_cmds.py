@@ -17,7 +17,7 @@ import click
 
 from baton.cli.audit_cmds import _audit_settings, _client, _dsn_option
 from baton.cli.options import build_settings, setting_options
-from baton.cli.signer import CommandRefused, describe, load_key, signer_options
+from baton.cli.signer import CommandRefused, describe, load_key, shown, signer_options
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BatonError
 from baton.schemas.events import MAX_TEXT
@@ -87,19 +87,19 @@ def approvals_cmd(
             else (round(p.age_s, 3), round(p.expires_in_s, 3))
         )
         action = a.action or (f"tool {a.tool}" if a.tool else "")
-        rows.append(
-            [
-                a.approval_id,
-                a.run_id,
-                a.request_id,
-                action,
-                a.from_agent,
-                a.to_agent,
-                age,
-                left,
-                a.request_digest,
-            ]
-        )
+        row = [
+            a.approval_id,
+            a.run_id,
+            a.request_id,
+            action,
+            a.from_agent,
+            a.to_agent,
+            age,
+            left,
+            a.request_digest,
+        ]
+        # orchestrators name runs, requests, actions and agents: in a terminal, never raw
+        rows.append([shown(v) if isinstance(v, str) else v for v in row] if fmt != "json" else row)
     click.echo(render(_LIST_COLUMNS, rows, fmt))
 
 
@@ -156,7 +156,7 @@ def _answer(
             f"approval {approval_id[:80]!r}: not in the audit at {label} (is the sink running "
             "and caught up? `baton approvals` lists the pending ones)"
         )
-    where = f"approval {approval_id} (run {asked.run_id}, request {asked.request_id})"
+    where = shown(f"approval {approval_id} (run {asked.run_id}, request {asked.request_id})")
     if answered is not None:
         raise BatonError(f"{where} was answered already: {describe(answered)}")
     expires = asked.approval_expires_at

@@ -9,6 +9,7 @@ import click
 
 from baton.cli.options import build_settings, read_policy, setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, signer_options
+from baton.schemas.errors import PolicyError
 from baton.schemas.export import write_json_schemas
 from baton.schemas.policy import parse_policy
 
@@ -67,10 +68,17 @@ def policy_publish(file: Path, signer: str, key_file: Path, timeout: float, **op
     topic is kept) and wins over a worker's --policy file.
     """
     read_policy(file)  # the file's checks (a regular file, size, UTF-8) and the policy's
-    key = load_key(key_file)
     # the text that is hashed, signed and sent, parsed once more: the file may have changed
     text = file.read_text(encoding="utf-8")
     policy = parse_policy(text, str(file))
+    from baton.streams.client_publishers import MAX_POLICY_UPDATE_BYTES
+
+    if len(text.encode()) > MAX_POLICY_UPDATE_BYTES:
+        raise PolicyError(
+            [f"{len(text.encode())} bytes: at most {MAX_POLICY_UPDATE_BYTES} can be published"],
+            str(file),
+        )
+    key = load_key(key_file)
     settings = build_settings(**opts)
     from baton.schemas.decision import Reason
     from baton.streams.client import OperatorClient

@@ -10,6 +10,7 @@ no" (6) from "Kafka or the worker did not answer" (4) and a usage or key problem
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from baton.schemas.decision import Decision
 from baton.schemas.errors import BatonError
-from baton.schemas.signing import load_private_key
+from baton.schemas.signing import SigningKeyError, load_private_key
 
-__all__ = ["CommandRefused", "describe", "load_key", "signer_options"]
+__all__ = ["CommandRefused", "current_user", "describe", "load_key", "shown", "signer_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,10 +86,48 @@ def current_user() -> str:
     return os.environ.get("USER", "operator")
 
 
+#: a key file is one line of ~60 bytes; anything much larger is not one
+_MAX_KEY_FILE = 4096
+
+
 def load_key(path: Path | None) -> Ed25519PrivateKey | None:
     """The private key in ``path`` (None: no key); a key file others can read, or anything
-    that is not a key, is a ConfigError naming the file (exit 2)."""
-    return None if path is None else load_private_key(path)
+    that is not a key, is a ConfigError naming the file (exit 2). A FIFO, device or huge file
+    is refused from ``stat`` (reading ``--key /dev/stdin`` or a FIFO would block)."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SigningKeyError(f"key file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_KEY_FILE:
+        got = f"{st.st_size} bytes" if stat.S_ISREG(st.st_mode) else f"a {_kind(st.st_mode)}"
+        raise SigningKeyError(
+            f"key file {path}: expected a regular file of one line made by `baton keys new`, "
+            f"got {got}"
+        )
+    return load_private_key(path)
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "device"
+
+
+def shown(text: object) -> str:
+    """``text`` safe for a terminal: control and format characters (ANSI escapes, bidi
+    overrides) as escapes. Run ids, actions, agent names and comments come from orchestrators
+    and approvers; printed raw they could rewrite what the approver reads."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in s)
 
 
 def describe(d: Decision) -> str:
@@ -97,4 +136,4 @@ def describe(d: Decision) -> str:
     at = f" at {d.decided_at:%Y-%m-%d %H:%M:%S}" if d.decided_at else ""
     worker = f" (worker {d.worker})" if d.worker else ""
     detail = f": {d.detail}" if d.detail else ""
-    return f"{d.phase} {d.outcome} {d.reason}{who}{at}{worker}{detail}"
+    return shown(f"{d.phase} {d.outcome} {d.reason}{who}{at}{worker}{detail}")

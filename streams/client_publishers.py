@@ -46,7 +46,11 @@ from baton.schemas.signing import (
 from baton.streams.client_base import ClientBase
 from baton.streams.client_transport import Unanswered, Waiter, WaitKey
 
-__all__ = ["ApproverClient", "OperatorClient"]
+__all__ = ["MAX_POLICY_UPDATE_BYTES", "ApproverClient", "OperatorClient"]
+
+#: a policy is a few KB; a record must stay well under Kafka's ~1 MB message limit, or the
+#: broker refuses it and no worker ever answers
+MAX_POLICY_UPDATE_BYTES = 512 * 1024
 
 
 class _Publisher(ClientBase):
@@ -141,9 +145,11 @@ class _Publisher(ClientBase):
                     if ours is None or ours(result):
                         return result  # type: ignore[no-any-return]
             self._confirm(what)
+            error = t.last_delivery_error()
             raise BrokerUnavailable(
                 f"{what} was published to Kafka at {self.bootstrap}, but no worker answered "
                 f"it within {wait_s:g} s; is a worker running?"
+                + (f" (last Kafka error: {error})" if error else "")
             )
         finally:
             for wait_key, waiter in zip(waits, waiters, strict=True):
@@ -341,6 +347,11 @@ class OperatorClient(_Publisher):
 
         Validate it first (``baton.schemas.policy.parse_policy``): a worker dead-letters a
         policy it cannot parse, and no record answers it."""
+        size = len(policy_yaml.encode())
+        if size > MAX_POLICY_UPDATE_BYTES:
+            raise ValueError(
+                f"policy_yaml: {size} bytes, at most {MAX_POLICY_UPDATE_BYTES} can be published"
+            )
         now = datetime.now(UTC)
         sha = policy_hash(policy_yaml)
         event = PolicyUpdated(

@@ -4,6 +4,7 @@ approver reads, and which runs a verify treats as cut by retention."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from baton.cli.approvals_audit import _decision
 from baton.cli.keys_cmds import policy_line
 from baton.cli.main import _register, cli
+from baton.cli.signer import shown
 from baton.cli.verify_cmds import _partial_runs, _query, _since
 from baton.schemas.decision import CHAIN_FIELDS, DECISION_FIELDS, Outcome, Phase
 from baton.schemas.policy import parse_policy
@@ -209,3 +211,32 @@ def test_the_kill_command_keeps_its_operator_flag_for_old_scripts(baton: CliRunn
     # --operator is the old spelling of --as; both reach the same option
     code, _, err = _run(baton, "kill", "--global", "--operator", "x" * 300)
     assert code == 2 and "expected the 1-256 printable characters" in err
+
+
+def test_a_fifo_or_device_as_key_file_is_refused_without_reading_it(
+    baton: CliRunner, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "oncall.key"
+    os.mkfifo(fifo)  # reading it would block forever
+    code, _, err = _run(baton, "kill", "--global", "--as", "oncall", "--key", str(fifo))
+    assert code == 2 and f"key file {fifo}: expected a regular file" in err and "FIFO" in err
+    code, _, err = _run(baton, "kill", "--global", "--as", "oncall", "--key", "/dev/zero")
+    assert code == 2 and "got a device" in err
+
+
+def test_names_and_texts_from_agents_never_reach_the_terminal_raw() -> None:
+    assert shown("billing.refund.create") == "billing.refund.create"
+    assert shown("refund\x1b[2K\rnothing to see") == "refund\\x1b[2K\\rnothing to see"
+    assert shown("amount \u202e001$") == "amount \\u202e001$"  # a bidi override
+    assert shown("café") == "café"
+
+
+def test_a_policy_too_big_for_one_kafka_record_is_refused_before_signing(
+    baton: CliRunner, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("multi_agent: {max_handoffs: 3}\n" + "# padding\n" * 60_000)
+    code, _, err = _run(
+        baton, "policy", "publish", str(big), "--as", "oncall", "--key", str(tmp_path / "k")
+    )
+    assert code == 2 and "at most 524288 can be published" in err
