@@ -159,6 +159,11 @@ def _answer(
     where = shown(f"approval {approval_id} (run {asked.run_id}, request {asked.request_id})")
     if answered is not None:
         raise BatonError(f"{where} was answered already: {describe(answered)}")
+    if not asked.request_digest:
+        raise BatonError(
+            f"{where} has no request_digest in the audit (asked before workers signed "
+            "approvals?): a signature must name the request it answers"
+        )
     expires = asked.approval_expires_at
     if expires is not None and expires <= datetime.now(UTC):
         raise BatonError(
