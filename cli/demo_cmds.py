@@ -5,6 +5,7 @@ other than the seed policy says."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -20,11 +21,13 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import click
 
 from baton.cli.demo_play import SEED_RUN
 from baton.schemas.errors import AuditUnavailable, BatonError
+from baton.schemas.redact import mask_credentials
 
 if TYPE_CHECKING:
     from baton.cli.demo_play import Demo
@@ -108,19 +111,32 @@ class DemoStack:
 
 
 def _sql(url: str, query: str, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """Rows of ``query`` from a ClickHouse HTTP endpoint (``baton up``'s sql=...)."""
+    """Rows of ``query`` from a ClickHouse HTTP endpoint (``baton up``'s sql=...).
+
+    The DSN's ``user:token@`` goes in as HTTP Basic auth (urllib would read it as part of
+    the host name), and never into a message."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or "127.0.0.1"
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    plain = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    headers = {}
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    label = mask_credentials(url)
     request = urllib.request.Request(
-        url, data=f"{query} FORMAT JSONEachRow".encode(), method="POST"
+        plain, data=f"{query} FORMAT JSONEachRow".encode(), headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body = response.read().decode()
     except urllib.error.HTTPError as exc:
         raise AuditUnavailable(
-            f"ClickHouse at {url} refused {query!r}: {exc.read().decode(errors='replace')[:300]}"
+            f"ClickHouse at {label} refused {query!r}: {exc.read().decode(errors='replace')[:300]}"
         ) from exc
     except (urllib.error.URLError, OSError) as exc:
-        raise AuditUnavailable(f"cannot reach ClickHouse at {url}: {exc}") from exc
+        raise AuditUnavailable(f"cannot reach ClickHouse at {label}: {exc}") from exc
     return [json.loads(line) for line in body.splitlines() if line.strip()]
 
 

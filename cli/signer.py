@@ -19,7 +19,7 @@ import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from baton.schemas.decision import Decision
-from baton.schemas.errors import BatonError
+from baton.schemas.errors import CommandRefused
 from baton.schemas.signing import SigningKeyError, load_private_key
 
 __all__ = ["CommandRefused", "current_user", "describe", "load_key", "shown", "signer_options"]
@@ -28,12 +28,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: a name the policy lists: a YAML key, at most this long (schemas/policy.py PublicKeys)
 MAX_NAME = 256
-
-
-class CommandRefused(BatonError):
-    """The worker refused the answer or command and recorded why (the message says it)."""
-
-    exit_code = 6
 
 
 def _name(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

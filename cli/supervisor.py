@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from baton.schemas.errors import BatonError
+from baton.schemas.errors import ChildFailed
 
 __all__ = [
     "ChildFailed",
@@ -34,14 +34,6 @@ __all__ = [
     "describe_exit",
     "exit_code_for",
 ]
-
-
-class ChildFailed(BatonError):
-    """A child of ``baton up`` kept failing; ``exit_code`` is derived from its own exit."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ __all__ = [
     "next_due",
     "policy_update_record",
     "refuse",
+    "refused_answer_id",
+    "refused_command_id",
     "request_digest",
 ]
 
@@ -554,7 +556,7 @@ def apply_control(
     request_id = f"{event.type}:{event.scope}:{target}:{event.event_time.isoformat()}"
     if refused is not None:
         # its own id: a forged copy of a real command must not replace the real one's record
-        request_id += ":refused:" + _event_digest(event)
+        request_id = refused_command_id(request_id, event)
     return kills, _control_record(
         request_id,
         event.run_id or "*",
@@ -623,7 +625,7 @@ def policy_update_record(
     )
     if refused is not None:
         reason, detail = refused[0], f"refused: {refused[1]}; policy in force {before.version}"
-        request_id += ":refused:" + _event_digest(event)
+        request_id = refused_command_id(request_id, event)
     else:
         assert after is not None
         reason, detail = Reason.POLICY_UPDATED, f"policy {before.version} -> {after.version}"
@@ -780,6 +782,19 @@ def _refused_request_id(ev: ApprovalGranted | ApprovalDenied) -> str:
     h = _DIGEST.copy()
     h.update(ev.to_json())
     return f"{ev.type}:{ev.approval_id}:{ev.approver}#{h.hexdigest()}"
+
+
+def refused_answer_id(ev: ApprovalGranted | ApprovalDenied) -> str:
+    """The ``request_id`` of the record that refuses the answer ``ev`` (clients wait on it)."""
+    return _refused_request_id(ev)
+
+
+def refused_command_id(
+    request_id: str, event: KillSwitch | KillSwitchReleased | PolicyUpdated
+) -> str:
+    """The ``request_id`` of the record that refuses a command whose own would be
+    ``request_id`` (its own id: a forged copy never replaces the real command's record)."""
+    return f"{request_id}:refused:{_event_digest(event)}"
 
 
 def _refused_key(ev: ApprovalGranted | ApprovalDenied) -> str:

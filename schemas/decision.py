@@ -224,6 +224,8 @@ def chain_content(values: Sequence[Any]) -> bytes:
         if v is None:
             out.append(None)
         elif kind == "time":
+            if v.tzinfo is None:  # audit rows come back without a zone; the columns are UTC
+                v = v.replace(tzinfo=UTC)
             out.append((v - _EPOCH) // _US)
         elif kind == "money":
             out.append("0.000000" if not v else usd_text(v))

@@ -6,7 +6,9 @@
     ├── MissingExtra         an optional dependency is not installed (names the pip extra)
     ├── BrokerUnavailable    Kafka cannot be reached (names the bootstrap address)
     ├── TopicMismatch        an existing topic disagrees with the catalog (names topic and counts)
-    └── AuditUnavailable     ClickHouse cannot be reached or refused a query (names the target)
+    ├── AuditUnavailable     ClickHouse cannot be reached or refused a query (names the target)
+    ├── CommandRefused       the worker refused a person's answer or command and recorded why
+    └── ChildFailed          a process `baton up` runs kept failing (exit code from its own)
 
 Bad *events* are not exceptions: they become dead-letter records (see baton.schemas.events).
 """
@@ -17,6 +19,8 @@ __all__ = [
     "AuditUnavailable",
     "BatonError",
     "BrokerUnavailable",
+    "ChildFailed",
+    "CommandRefused",
     "ConfigError",
     "MissingExtra",
     "PolicyError",
@@ -69,3 +73,17 @@ class TopicMismatch(BatonError):
 
 class AuditUnavailable(BatonError):
     exit_code = 5
+
+
+class CommandRefused(BatonError):
+    """The worker refused the answer or command and recorded why (the message says it)."""
+
+    exit_code = 6
+
+
+class ChildFailed(BatonError):
+    """A child of ``baton up`` kept failing; ``exit_code`` is derived from its own exit."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import os
+import stat
 from datetime import datetime
 from pathlib import Path
 
@@ -106,7 +107,13 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     """Read a key file written by ``baton keys new``; refuses one others can read."""
     p = Path(path)
     try:
-        mode = p.stat().st_mode
+        info = p.stat()
+        mode = info.st_mode
+        # refused before it is opened: a FIFO or device would block the read forever
+        if not stat.S_ISREG(mode):
+            raise SigningKeyError(f"key file {p}: not a regular file")
+        if info.st_size > 4096:
+            raise SigningKeyError(f"key file {p}: {info.st_size} bytes, not a key file")
         text = p.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not a key file"

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 # the worker names a refused answer's (or command's) record after the whole event: the same
 # functions give the waiter that name, so it cannot drift from the engine's
-from baton.processors.engine import _event_digest, _refused_request_id
+from baton.processors.engine import refused_answer_id, refused_command_id
 from baton.schemas.decision import Decision, Phase
 from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.events import (
@@ -227,7 +227,7 @@ class ApproverClient(_Publisher):
         phase = str(Phase.APPROVAL)
         waits = [
             (event.run_id, request_id, phase),
-            (event.run_id, _refused_request_id(parsed), phase),
+            (event.run_id, refused_answer_id(parsed), phase),
         ]
 
         def ours(d: Decision) -> bool:
@@ -429,6 +429,6 @@ class OperatorClient(_Publisher):
         # whole event's digest (a forged copy never replaces the real command's record)
         waits = [
             (record_run, request_id, phase),
-            (record_run, f"{request_id}:refused:{_event_digest(parsed)}", phase),
+            (record_run, refused_command_id(request_id, parsed), phase),
         ]
         return self._send_and_wait(t.catalog.control, key, raw, record_run, waits, what, timeout)

@@ -79,5 +79,5 @@ def test_demo_exits_1_naming_what_differed_when_nothing_decides(broker: Embedded
         r"reason=governance_unavailable \(expected ok\)",
         err,
     ), err
-    assert "kill switch: the kill_switch for run" in err and "no worker confirmed it" in err
+    assert "kill switch: the kill_switch for run" in err and "no worker answered it" in err
     assert "skipped: give --sql URL" in result.stdout

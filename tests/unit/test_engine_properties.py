@@ -262,6 +262,7 @@ def test_a_stopped_run_only_ever_stops(case: tuple) -> None:
                     Reason.KILLED,
                     Reason.RUN_FINISHED,
                     Reason.REQUEST_ID_REUSED,  # refused before the rules: still a stop
+                    Reason.REPLY_NOT_KEPT,
                 ), d
             assert d.outcome != Outcome.ALLOW, d
 
