@@ -271,20 +271,8 @@ class BatchProcessor:
                     before[key] = state
                 if self._decide(rec, key, event, state, kills, now, out, careful=False):
                     decided.setdefault(key, []).append((rec, event))
-            except (EventError, RecordError) as exc:
-                out.dead_letters.append(
-                    dead_letter_record(rec, exc.kind, str(exc), self.worker, now)
-                )
-            except Exception as exc:  # an engine bug: this record's dead letter, not a crash loop
-                out.dead_letters.append(
-                    dead_letter_record(
-                        rec,
-                        ErrorKind.ENGINE_ERROR,
-                        f"{type(exc).__name__}: {str(exc)[:2000]}",
-                        self.worker,
-                        now,
-                    )
-                )
+            except Exception as exc:  # this record's dead letter, never the batch's end
+                out.dead_letters.append(self._refused(rec, exc, now))
         self._check_sizes(out, before, decided, kills, now)
         for key, (_partition, state) in out.changed.items():
             self.account(key, len(out.encoded[key]) if state is not None else None)
@@ -292,6 +280,14 @@ class BatchProcessor:
         self.dead_lettered += len(out.dead_letters)
         self.forwarded += len(out.forwards)
         return out
+
+    def _refused(self, rec: InputRecord, exc: Exception, now: datetime) -> DeadLetter:
+        """The dead letter of a record one of whose steps raised: a bad record names its
+        kind; anything else is a bug of ours (``engine_error``), still this record's only."""
+        if isinstance(exc, (EventError, RecordError)):
+            return dead_letter_record(rec, exc.kind, str(exc), self.worker, now)
+        error = f"{type(exc).__name__}: {str(exc)[:2000]}"
+        return dead_letter_record(rec, ErrorKind.ENGINE_ERROR, error, self.worker, now)
 
     # ------------------------------------------------------------------ one record's steps
     def _route(
@@ -517,17 +513,5 @@ class BatchProcessor:
                 try:
                     state = self.states.get(key)
                     self._decide(rec, key, event, state, kills, now, out, careful=True)
-                except (EventError, RecordError) as exc:
-                    out.dead_letters.append(
-                        dead_letter_record(rec, exc.kind, str(exc), self.worker, now)
-                    )
                 except Exception as exc:
-                    out.dead_letters.append(
-                        dead_letter_record(
-                            rec,
-                            ErrorKind.ENGINE_ERROR,
-                            f"{type(exc).__name__}: {str(exc)[:2000]}",
-                            self.worker,
-                            now,
-                        )
-                    )
+                    out.dead_letters.append(self._refused(rec, exc, now))
