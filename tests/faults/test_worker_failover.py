@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -14,11 +13,11 @@ import pytest
 
 from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Outcome, Phase
-from baton.schemas.events import HandoffCompleted, HandoffRequested
+from baton.schemas.events import HandoffRequested
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.partitioner import partition_for
 from baton.streams.topics import TopicCatalog, ensure_topics
-from tests.helpers import wait_for
+from tests.helpers import start_rounds, wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY
 from tests.stack import Collector, EventSender, WorkerProcess
 
@@ -114,42 +113,9 @@ def test_survivor_takes_over_and_nothing_is_double_counted(two_workers) -> None:
     workers, catalog, bootstrap, guarantee = two_workers
     decisions = Collector(bootstrap, catalog.decisions)
     sender = EventSender(bootstrap, catalog.requests)
-    now = datetime.now(UTC)
     runs = [f"run_fo_{uuid.uuid4().hex[:6]}_{i}" for i in range(RUNS)]
-    done = threading.Event()
-
-    def traffic() -> None:
-        # handoff i of every run, then its completion, round after round, ~3 s in all
-        for i in range(1, HANDOFFS + 1):
-            batch = []
-            for run in runs:
-                batch.append(
-                    HandoffRequested(
-                        request_id=f"{run}-h{i}",
-                        run_id=run,
-                        task_id=f"t{i}",
-                        from_agent="planner",
-                        to_agent="researcher",
-                        event_time=now,
-                    )
-                )
-                batch.append(
-                    HandoffCompleted(
-                        request_id=f"{run}-h{i}",
-                        run_id=run,
-                        task_id=f"t{i}",
-                        agent="researcher",
-                        cost_usd=0.5,
-                        tool_calls=1,
-                        event_time=now,
-                    )
-                )
-            sender.send(batch)
-            time.sleep(0.3)
-        done.set()
-
-    t = threading.Thread(target=traffic)
-    t.start()
+    # handoff i of every run, then its completion, round after round, ~3 s in all
+    t, done = start_rounds(sender.send, runs, HANDOFFS, 0.5)
     try:
         wait_for(lambda: len(decisions.records) > RUNS * 4, 30, message="traffic to flow")
         workers[0].kill9()

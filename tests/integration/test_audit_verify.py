@@ -10,8 +10,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from baton.schemas.policy import parse_policy
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.audit_support import produce_decisions
-from tests.helpers import wait_for
+from tests.helpers import start_rounds, wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY
 from tests.stack import Collector, EventSender, SinkProcess, WorkerProcess
 
@@ -378,40 +376,7 @@ def test_verify_passes_after_a_worker_is_killed_mid_stream(audit: Audit) -> None
     assert audit.decisions is not None
     runs = [f"run_fo_{i}_{uuid.uuid4().hex[:4]}" for i in range(60)]
     sender = EventSender(audit.bootstrap, audit.catalog.requests)
-    now = datetime.now(UTC)
-    done = threading.Event()
-
-    def traffic() -> None:
-        for i in range(1, 7):
-            batch: list[HandoffRequested | HandoffCompleted] = []
-            for run in runs:
-                batch.append(
-                    HandoffRequested(
-                        request_id=f"{run}-h{i}",
-                        run_id=run,
-                        task_id=f"t{i}",
-                        from_agent="planner",
-                        to_agent="researcher",
-                        event_time=now,
-                    )
-                )
-                batch.append(
-                    HandoffCompleted(
-                        request_id=f"{run}-h{i}",
-                        run_id=run,
-                        task_id=f"t{i}",
-                        agent="researcher",
-                        cost_usd=0.25,
-                        tool_calls=1,
-                        event_time=now,
-                    )
-                )
-            sender.send(batch)
-            time.sleep(0.3)
-        done.set()
-
-    t = threading.Thread(target=traffic)
-    t.start()
+    t, done = start_rounds(sender.send, runs, 6, 0.25)
     try:
         wait_for(lambda: len(audit.decisions.records) > len(runs) * 3, 30, message="traffic")
         audit.workers[0].kill9()
