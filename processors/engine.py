@@ -167,10 +167,12 @@ _DIGEST = hashlib.blake2b(digest_size=8)
 
 
 def request_digest(event: HandoffRequested | HandoffCompleted) -> str:
-    """What a request id stands for: every field but ``event_time`` (a client may stamp a
-    retry anew), so a retry matches and the same id reused for another request does not."""
+    """What a request id stands for: every field but the client's timing (``event_time`` and
+    ``decide_by``: a client stamps a retry anew), so a retry matches and the same id reused
+    for another request does not."""
     fields = dict(event.__dict__)
     del fields["event_time"]
+    fields.pop("decide_by", None)
     h = _DIGEST.copy()
     h.update(orjson.dumps(fields))
     return h.hexdigest()
