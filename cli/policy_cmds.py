@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from baton.schemas.export import write_json_schemas
 from baton.schemas.policy import parse_policy
 
 __all__ = ["register"]
+
+#: librdkafka's lines go to Python logging (quiet unless -v), not raw to stderr
+_KAFKA_LOG = logging.getLogger("baton.kafka")
 
 
 @click.group("policy")
@@ -96,6 +100,87 @@ def policy_publish(file: Path, signer: str, key_file: Path, timeout: float, **op
             f"the worker refused this policy update ({record.reason}): {record.detail}; "
             "the workers keep their policy"
         )
+
+
+@policy_group.command("current")
+@setting_options("bootstrap", "topic_prefix", "policy")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds")
+def policy_current(timeout: float, **opts: Any) -> None:
+    """Which policy the workers use, and why: the --policy file (BATON_POLICY, or the seed
+    policy), replaced by every policy update on the control topic that the policy in force at
+    the time accepts (signed by one of its operators, when it lists any). Prints each update
+    applied or refused with its reason, then the policy in force and where it came from.
+    Read from the control topic's start to its end, as every worker does when it starts."""
+    from datetime import UTC, datetime
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from baton.processors.engine import apply_policy_update
+    from baton.schemas.errors import BrokerUnavailable
+    from baton.schemas.events import EventError, PolicyUpdated, parse_control_event
+    from baton.streams.kafka import consumer_config
+    from baton.streams.net import check_reachable
+    from baton.streams.topics import TopicCatalog
+
+    settings = build_settings(**opts)
+    policy = read_policy(settings.policy)
+    source = str(settings.policy) if settings.policy else "the seed policy"
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    topic = TopicCatalog(prefix=settings.topic_prefix).control
+    consumer = Consumer(
+        consumer_config(settings.kafka_config(), "baton-policy-current", {"logger": _KAFKA_LOG})
+    )
+    signed_at: float | None = None
+    try:
+        meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            raise BrokerUnavailable(f"no control topic {topic} at {settings.bootstrap}")
+        parts = sorted(meta.topics[topic].partitions)
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in parts
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        deadline = datetime.now(UTC).timestamp() + timeout
+        while datetime.now(UTC).timestamp() < deadline:
+            positions = consumer.position([TopicPartition(topic, p) for p in parts])
+            if all(tp.offset >= ends[tp.partition] or ends[tp.partition] <= 0 for tp in positions):
+                break
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            try:
+                event = parse_control_event(msg.value() or b"")
+            except EventError:
+                continue
+            if not isinstance(event, PolicyUpdated):
+                continue
+            where = f"{topic}[{msg.partition()}]@{msg.offset()}"
+            step = apply_policy_update(policy, signed_at, event, datetime.now(UTC))
+            when = event.event_time.isoformat()
+            if step.record is None:
+                click.echo(f"not a policy   {where} {when} by {event.operator}: {step.error}")
+            elif not step.applied:
+                click.echo(
+                    f"refused        {where} {when} by {event.operator}: "
+                    f"{step.record.reason} ({step.record.detail})"
+                )
+            else:
+                click.echo(
+                    f"applied        {where} {when} by {event.operator}: "
+                    f"{policy.version} -> {step.policy.version}"
+                )
+                source = f"the policy update at {where} by {event.operator}"
+            policy, signed_at = step.policy, step.signed_at
+        else:
+            raise BrokerUnavailable(
+                f"could not read the control topic {topic} at {settings.bootstrap} to its end "
+                f"within {timeout:g} s"
+            )
+    finally:
+        consumer.close()
+    label = f" ({policy.label})" if policy.label else ""
+    click.echo(f"policy in force: {policy.version}{label}, from {source}")
 
 
 @click.group("schema")

@@ -73,14 +73,13 @@ from baton.processors.engine import (
     KillSwitches,
     Origin,
     apply_control,
-    command_refused,
-    policy_update_record,
+    apply_policy_update,
 )
 from baton.processors.exits import EXIT_CONTROL_LOST, exit_without_commit
 from baton.schemas.decision import Decision, Reason
-from baton.schemas.errors import BatonError, ConfigError
+from baton.schemas.errors import ConfigError
 from baton.schemas.events import EventError, KillSwitch, KillSwitchReleased, parse_control_event
-from baton.schemas.policy import Policy, parse_policy
+from baton.schemas.policy import Policy
 
 __all__ = ["DEFAULT_MAX_STALENESS_S", "GIVE_UP_FACTOR", "ControlFollower", "ControlProgress"]
 
@@ -429,32 +428,38 @@ class ControlFollower:
                 )
             self._on_decision(record)
             return
-        refused = command_refused(event, self.policy, self._policy_signed_at)
-        if refused is not None:
+        before = self.policy
+        step = apply_policy_update(
+            before,
+            self._policy_signed_at,
+            event,
+            now,
+            origin,
+            f"policy_updated at offset {msg.offset()}",
+        )
+        if step.record is None:
+            self._on_dead_letter(
+                dead_letter_record(rec, "policy", step.error or "", self._worker, now)
+            )
+            return
+        self._on_decision(step.record)
+        if not step.applied:
             log.error(
                 "refused policy_updated at offset %d claiming operator %s: %s (%s); "
                 "keeping policy %s",
                 msg.offset(),
                 event.operator,
-                refused[0],
-                refused[1],
-                self.policy.version,
+                step.record.reason,
+                step.record.detail,
+                before.version,
             )
-            self._on_decision(policy_update_record(event, self.policy, None, now, origin, refused))
             return
-        try:
-            policy = parse_policy(event.policy_yaml, f"policy_updated at offset {msg.offset()}")
-        except BatonError as exc:
-            self._on_dead_letter(dead_letter_record(rec, "policy", str(exc), self._worker, now))
-            return
-        log.warning("policy %s -> %s (by %s)", self.policy.version, policy.version, event.operator)
-        self._on_decision(policy_update_record(event, self.policy, policy, now, origin))
-        if self.policy.operators:
-            self._policy_signed_at = event.event_time.timestamp()
-        self.policy = policy
+        log.warning("policy %s -> %s (by %s)", before.version, step.policy.version, event.operator)
+        self._policy_signed_at = step.signed_at
+        self.policy = step.policy
         self.policy_source = (
             f"policy_updated at {self.topic}[{msg.partition()}]@{msg.offset()} by "
-            f"{event.operator}{' (signed)' if self.policy.operators or event.signature else ''}"
+            f"{event.operator}{' (signed)' if before.operators else ''}"
         )
         for listener in self._policy_listeners:
-            listener(policy)
+            listener(step.policy)

@@ -36,6 +36,7 @@ from baton.processors.state import (
     TaskNode,
 )
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
+from baton.schemas.errors import PolicyError
 from baton.schemas.events import (
     MAX_RUN_COUNT,
     MAX_RUN_USD,
@@ -49,7 +50,7 @@ from baton.schemas.events import (
     RunEvent,
     RunFinished,
 )
-from baton.schemas.policy import MultiAgentPolicy, Policy, compile_globs
+from baton.schemas.policy import MultiAgentPolicy, Policy, compile_globs, parse_policy
 from baton.schemas.signing import (
     approval_payload,
     control_payload,
@@ -65,7 +66,9 @@ __all__ = [
     "NO_KILLS",
     "KillSwitches",
     "Origin",
+    "PolicyStep",
     "apply_control",
+    "apply_policy_update",
     "approval_id_for",
     "command_refused",
     "decide",
@@ -634,6 +637,47 @@ def policy_update_record(
     return _control_record(
         request_id, "*", "*", reason, event, after or before, now, origin, detail
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStep:
+    """The policy in force after one ``policy_updated`` event, and what to publish about it."""
+
+    policy: Policy
+    #: event time of the last signed update applied (a later one must be newer)
+    signed_at: float | None
+    #: the audit record (applied or refused); None when the text is not a valid policy
+    record: Decision | None
+    #: why the text is not a valid policy (the event's dead letter)
+    error: str | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.record is not None and self.record.reason == Reason.POLICY_UPDATED
+
+
+def apply_policy_update(
+    policy: Policy,
+    signed_at: float | None,
+    event: PolicyUpdated,
+    now: datetime,
+    origin: Origin = _NO_ORIGIN,
+    source: str = "policy_updated",
+) -> PolicyStep:
+    """One policy update, verified against the policy in force (its ``operators``): the
+    workers' control follower and `baton policy current` fold the control topic with it."""
+    refused = command_refused(event, policy, signed_at)
+    if refused is not None:
+        return PolicyStep(
+            policy, signed_at, policy_update_record(event, policy, None, now, origin, refused)
+        )
+    try:
+        new = parse_policy(event.policy_yaml, source)
+    except PolicyError as exc:
+        return PolicyStep(policy, signed_at, None, str(exc))
+    if policy.operators:
+        signed_at = event.event_time.timestamp()
+    return PolicyStep(new, signed_at, policy_update_record(event, policy, new, now, origin))
 
 
 def _event_digest(event: KillSwitch | KillSwitchReleased | PolicyUpdated) -> str:

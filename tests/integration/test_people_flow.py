@@ -25,6 +25,7 @@ from baton.schemas.events import (
     KillSwitchReleased,
     PolicyUpdated,
 )
+from baton.schemas.policy import parse_policy
 from baton.schemas.signing import approval_payload, load_private_key, sign
 from baton.streams.client import ApproverClient, GovernanceClient, OperatorClient
 from baton.streams.embedded import EmbeddedBroker
@@ -491,3 +492,11 @@ def test_a_forged_policy_is_refused_and_a_signed_one_is_applied(people: People) 
         message="the policy update in the audit",
     )
     assert rows[0][0] == "oncall" and "->" in rows[0][1]
+    # which policy the workers use, and why: the forged and the unsigned updates refused,
+    # the signed one in force
+    current = people.baton("policy", "current", "--policy", str(people.workdir / "policy.yaml"))
+    assert current.returncode == 0, current.stdout + current.stderr
+    assert "refused" in current.stdout and "bad_signature" in current.stdout
+    assert "control_unsigned" in current.stdout
+    assert f"policy in force: {parse_policy(newer.read_text()).version}" in current.stdout
+    assert "from the policy update at" in current.stdout and "by oncall" in current.stdout
