@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from baton.schemas.events import HandoffRequested
+from baton.schemas.events import ApprovalDenied, ApprovalGranted, HandoffRequested
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port
 from baton.streams.topics import TopicCatalog, ensure_topics
@@ -268,11 +268,13 @@ GUARANTEES = ("at_least_once", "exactly_once")
 
 
 def _topics_with_backlog(broker: EmbeddedBroker, items: list) -> tuple[str, TopicCatalog]:
-    """Fresh topics under a new prefix, with ``items`` produced to their requests topic."""
+    """Fresh topics under a new prefix, with ``items`` produced: approvals to the approvals
+    topic (the worker takes them from nowhere else), every other event to the requests one."""
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
     ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog, timeout=10)
-    _produce(broker.bootstrap, catalog.requests, items)
+    _produce(broker.bootstrap, catalog.requests, [(k, v) for k, v, a in items if not a])
+    _produce(broker.bootstrap, catalog.approvals, [(k, v) for k, v, a in items if a])
     return prefix, catalog
 
 
@@ -325,7 +327,10 @@ def main() -> None:
     guarantees = GUARANTEES if args.guarantee == "both" else (args.guarantee,)
 
     workload = build_workload(args.runs)
-    items = [(run_id.encode(), ev.to_json()) for run_id, ev, _ in workload][: args.events]
+    items = [
+        (run_id.encode(), ev.to_json(), isinstance(ev, (ApprovalGranted, ApprovalDenied)))
+        for run_id, ev, _ in workload
+    ][: args.events]
     n = len(items)
     results = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
@@ -339,7 +344,8 @@ def main() -> None:
         out_topic = f"{prefix}passthrough.out"
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
         admin.create_topics([NewTopic(out_topic, PARTITIONS, 1)])[out_topic].result(10)
-        base = passthrough(broker.bootstrap, catalog.requests, out_topic, n)
+        requests = sum(1 for *_, approval in items if not approval)
+        base = passthrough(broker.bootstrap, catalog.requests, out_topic, requests)
         for guarantee in guarantees:
             results[guarantee] = run_worker(broker, workdir, items, workload, guarantee, args)
 

@@ -315,7 +315,15 @@ def decide(
         st = state.copy()
         if now_ts > st.last_event_at:
             st.last_event_at = now_ts
-    ctx = _Ctx(_rules_for(policy, st.tenant), now, now_ts, kills, origin)
+    ctx = _Ctx(
+        _rules_for(policy, st.tenant),
+        now,
+        now_ts,
+        kills,
+        origin,
+        event.request_id if digest is not None else None,  # type: ignore[union-attr]
+        digest,
+    )
     out = _expire(st, ctx) if st.pending else None
     if out and st.has_seen(key):  # the sweep just resolved the approval this event is about
         replies = st.replies(key) or []
@@ -334,17 +342,13 @@ def decide(
         decisions = _finish(st, event, ctx)
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"not a run event: {type(event).__name__}")
-    if digest is not None:
-        # the request's digest in its decisions' ids: another request under the same id (after
-        # the dedup window) never replaces this one's record in the audit
-        for d in decisions:
-            if d.request_id == event.request_id:  # type: ignore[union-attr]
-                _id_covers(d, st.run_id, digest)
-        if reused is not None:
-            decisions[0].detail = (
-                f"request_id {event.request_id} reused for another report: counted, "  # type: ignore[union-attr]
-                "under its own decision id; use a new request_id per request"
-            )
+    # (the request's digest is in its decisions' ids, see _decision: another request under
+    # the same id, after the dedup window, never replaces this one's record in the audit)
+    if reused is not None:
+        decisions[0].detail = (
+            f"request_id {event.request_id} reused for another report: counted, "  # type: ignore[union-attr]
+            "under its own decision id; use a new request_id per request"
+        )
     # keeps the decisions, not the list: the caller may change it
     st.remember(key, decisions, digest)
     return st, out + decisions if out else decisions
@@ -818,6 +822,9 @@ class _Ctx:
     now_ts: float
     kills: KillSwitches
     origin: Origin
+    #: the event's own request id and its digest: its decisions' ids cover the digest
+    request_id: str | None = None
+    digest: str | None = None
 
 
 def _refused_request_id(ev: ApprovalGranted | ApprovalDenied) -> str:
@@ -889,7 +896,11 @@ def _decision(
     # positional, in Decision's field order: about three times cheaper than 32 keywords,
     # and this runs once per decision (see bench/RESULTS.md)
     return Decision(
-        decision_id_for(st.run_id, request_id, _PHASE_TEXT[phase]), request_id, st.run_id,
+        decision_id_for(
+            st.run_id,
+            f"{request_id}#{ctx.digest}" if request_id == ctx.request_id else request_id,
+            _PHASE_TEXT[phase],
+        ), request_id, st.run_id,
         st.tenant, phase, outcome, reason, owner,
         from_agent, to_agent, task_id, parent_task_id,
         action, depth, st.handoff_count, (_ROUNDED.get(spent) or _usd(spent)) if spent else 0.0,

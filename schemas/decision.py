@@ -206,33 +206,43 @@ def usd_text(amount: float | Decimal) -> str:
 
 
 _DECIDED_AT_I = CHAIN_FIELDS.index("decided_at")
-_KINDS = tuple(
-    "time" if f in _TIME_FIELDS else "money" if f in _MONEY_FIELDS else "" for f in CHAIN_FIELDS
-)
-_event_time_i = CHAIN_FIELDS.index("event_time")
+_EVENT_TIME_I = CHAIN_FIELDS.index("event_time")
+_TIME_I = tuple(i for i, f in enumerate(CHAIN_FIELDS) if f in _TIME_FIELDS)
+_MONEY_I = tuple(i for i, f in enumerate(CHAIN_FIELDS) if f in _MONEY_FIELDS)
+#: usd_text of recent amounts (a run's spend repeats on its decisions; Decimal is slow)
+_USD_TEXT: dict[float, str] = {}
+
+
+def _money_text(v: Any) -> str:
+    if isinstance(v, Decimal):
+        return usd_text(v)
+    text = _USD_TEXT.get(v)
+    if text is None:
+        if len(_USD_TEXT) >= 65_536:
+            _USD_TEXT.clear()
+        text = _USD_TEXT[v] = usd_text(v)
+    return text
 
 
 def chain_content(values: Sequence[Any]) -> bytes:
     """The canonical bytes a chain hash covers, from a decision's values in CHAIN_FIELDS
     order (:func:`chain_values` of a Decision, or an audit row's columns: both give the same
-    bytes). Times as microseconds since the epoch, money as the audit's Decimal text, enums
-    as their values; a missing ``event_time`` is the ``decided_at`` the audit fills in."""
-    out: list[Any] = []
-    for i, (v, kind) in enumerate(zip(values, _KINDS, strict=True)):
-        if v is None and i == _event_time_i:
-            v = values[_DECIDED_AT_I]
-        if v is None:
-            out.append(None)
-        elif kind == "time":
-            if v.tzinfo is None:  # audit rows come back without a zone; the columns are UTC
+    bytes). Times as microseconds since the epoch (a time without a zone is UTC, as the
+    audit's columns are), money as the audit's Decimal text, enums as their values (orjson
+    writes a StrEnum as its value); a missing ``event_time`` is the ``decided_at`` the audit
+    fills in."""
+    out = list(values)
+    if out[_EVENT_TIME_I] is None:
+        out[_EVENT_TIME_I] = out[_DECIDED_AT_I]
+    for i in _TIME_I:
+        v = out[i]
+        if v is not None:
+            if v.tzinfo is None:
                 v = v.replace(tzinfo=UTC)
-            out.append((v - _EPOCH) // _US)
-        elif kind == "money":
-            out.append("0.000000" if not v else usd_text(v))
-        elif isinstance(v, StrEnum):
-            out.append(v.value)
-        else:
-            out.append(v)
+            out[i] = (v - _EPOCH) // _US
+    for i in _MONEY_I:
+        v = out[i]
+        out[i] = "0.000000" if not v else _money_text(v)
     return orjson.dumps(out)
 
 
