@@ -86,6 +86,10 @@ def worker_cmd(**opts: Any) -> None:
     from baton.streams.net import check_reachable
 
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    # the worker holds every run's state (thousands of objects each) and allocates a few per
+    # event: at CPython's default gen-0 threshold (700) the collector walked the live runs so
+    # often that it took a third of the batch step (bench/RESULTS.md, 2026-11-29)
+    gc.set_threshold(100_000, 50, 100)
     _ensure_topics(settings)
     from faust import Worker
 
