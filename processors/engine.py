@@ -445,17 +445,9 @@ def refuse(
         handoff_status=done.status if done is not None else None,
         detail=detail,
     )
-    _enforced(decision)
     if keep:
         st.remember(key, [decision], digest)
     return (st if keep else None), [decision]
-
-
-def _enforced(d: Decision) -> None:
-    """Undo shadow mode on ``d``: the worker's own limits and protocol errors are not policy
-    to try out, and a shadowed allow would promise what the state does not record."""
-    if d.shadow_outcome is not None:
-        d.outcome, d.shadow_outcome = d.shadow_outcome, None
 
 
 def _protocol(
@@ -510,7 +502,6 @@ def _protocol(
         detail=detail,
     )
     d.request_id = request_id
-    _enforced(d)
     return d
 
 

@@ -48,15 +48,6 @@ class DueIndex:
             self._due[key] = due
             heapq.heappush(self._heap, (due, key))
 
-    def rebuild(self, states: Iterable[tuple[bytes, RunState | None]]) -> None:
-        self._heap = []
-        self._due = {}
-        for key, state in states:
-            if state is not None:
-                self._due[key] = self.due_of(state)
-        self._heap = [(due, key) for key, due in self._due.items()]
-        heapq.heapify(self._heap)
-
     def rebuild_keys(self, keys: Iterable[bytes], now_ts: float) -> None:
         """Index ``keys`` as due now, without reading their states: after a rebalance the
         sweep then looks at them ``limit`` at a time (decoding every restored run at once

@@ -14,6 +14,7 @@ from baton.processors.engine import (
     decide,
     evict,
     is_evictable,
+    refuse,
     request_digest,
 )
 from baton.processors.state import MAX_PENDING_APPROVALS, RECENT_REPLIES, SEEN_LIMIT, RunState
@@ -497,6 +498,16 @@ def test_shadow_mode_never_turns_the_workers_own_stops_into_allows() -> None:
         None,
     )
     assert run.state is not None and run.state.task("t2") is None  # no task taken on
+    # nor the worker's own refusals of runs it will not take on
+    _, [full] = refuse(
+        None,
+        handoff("r9", "t9", "planner", "writer", run_id="run-9"),
+        policy_with(shadow_mode=True),
+        at(0),
+        Reason.WORKER_RUN_LIMIT,
+        "full",
+    )
+    assert (full.outcome, full.shadow_outcome) == (Outcome.STOP, None)
 
 
 def test_the_sweep_index_yields_only_runs_that_are_due() -> None:
@@ -510,7 +521,8 @@ def test_the_sweep_index_yields_only_runs_that_are_due() -> None:
     approval = Run(run_id="run-apr", policy=policy_with(approval={"ttl_seconds": 50}))
     approval.handoff("refund", "planner", "billing_agent", action="billing.refund.create", t=0)
     runs[b"run-apr"] = approval.state
-    index.rebuild(runs.items())
+    for key, state in runs.items():  # as each batch tells it about the runs it changed
+        index.touch(key, state)
     assert list(index.pop_due(T0 + 49)) == []
     assert list(index.pop_due(T0 + 50)) == [b"run-apr"]  # the approval's TTL, not the run's age
     assert list(index.pop_due(T0 + 650)) == [b"run-0"]
