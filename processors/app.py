@@ -513,8 +513,8 @@ class GovernanceWorker:
                 return
             if active != self._owned or generation != self._indexed_generation:
                 # an assignment (even of the same partitions: revoked and given back while
-                # sweeps were skipped) came with states restored from the changelog: index
-                # them all once (the only sweep that decodes every run)
+                # sweeps were skipped) came with states restored from the changelog: every
+                # run is due once, looked at _SWEEP_LIMIT a second; sizes from the records
                 self._owned = active
                 self._indexed_generation = generation
                 log.info("worker %s owns partitions %s", self.worker_id, sorted(active))
