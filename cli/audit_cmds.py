@@ -15,6 +15,7 @@ from clickhouse_connect.driver.client import Client
 
 from baton.cli.options import build_settings, setting_options
 from baton.schemas.settings import Settings
+from baton.sinks.sql_script import Statement
 
 __all__ = ["register"]
 
@@ -206,7 +207,24 @@ def _port(text: str) -> int:
 # --------------------------------------------------------------------------- sql
 
 
-@click.command("sql")
+class _SqlCommand(click.Command):
+    """``baton sql``: a query argument that starts with a ``--`` comment line is SQL, not an
+    option (click would read ``-- name: x\nSELECT 1`` as an unknown option)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        sql = [a for a in args if _starts_with_sql_comment(a)]
+        if sql:
+            rest = [a for a in args if not _starts_with_sql_comment(a)]
+            args = rest + sql if "--" in rest else [*rest, "--", *sql]
+        return super().parse_args(ctx, args)
+
+
+def _starts_with_sql_comment(arg: str) -> bool:
+    """True for ``-- comment ...`` / ``--comment\nSELECT ...``: no option looks like that."""
+    return arg.startswith("--") and (arg[2:3].isspace() or "\n" in arg)
+
+
+@click.command("sql", cls=_SqlCommand)
 @click.argument("query")
 @click.option(
     "--format",
@@ -223,20 +241,52 @@ def sql_cmd(query: str, fmt: str, clickhouse_dsn: str | None, data_dir: Path | N
 
     baton sql "SELECT reason, count() FROM governance.decisions FINAL GROUP BY reason"
 
-    A query ending in its own FORMAT clause (FORMAT JSON, PrettyCompact ...) is printed
-    exactly as ClickHouse returns it.
+    Several statements separated by ';' (baton sql - < docs/queries.sql) run one by one,
+    each result under a '-- N: name' header; the first that fails ends the command.
+    Comment lines (--, /* */) may lead a statement. A query ending in its own FORMAT
+    clause (FORMAT JSON, PrettyCompact ...) is printed exactly as ClickHouse returns it.
     """
+    from baton.sinks.sql_script import ScriptError, split_statements
+
+    settings = _audit_settings(clickhouse_dsn, data_dir)
+    text = sys.stdin.read() if query == "-" else query
+    source = "stdin" if query == "-" else "the query"
+    try:
+        statements = split_statements(text)
+    except ScriptError as exc:
+        raise click.BadParameter(
+            f"cannot split {source} into statements: {exc}", param_hint="QUERY"
+        ) from None
+    if not statements:
+        raise click.BadParameter(
+            f"{source} holds no SQL statement (only blanks or comments); expected e.g. "
+            '"SELECT count() FROM governance.decisions FINAL"',
+            param_hint="QUERY",
+        )
+    with _client(settings) as client:
+        for statement in statements:
+            if len(statements) > 1:
+                blank = "\n" if statement.number > 1 else ""
+                click.echo(f"{blank}-- {statement.number}: {statement.name}")
+            _run_one(client, settings, statement, len(statements), fmt)
+
+
+def _run_one(
+    client: Client, settings: Settings, statement: Statement, count: int, fmt: str
+) -> None:
+    """Run one statement of ``baton sql`` and print its result."""
     from baton.sinks.clickhouse import audit_errors, parse_dsn
     from baton.sinks.query import run_statement
     from baton.sinks.render import render
 
-    settings = _audit_settings(clickhouse_dsn, data_dir)
-    text = sys.stdin.read() if query == "-" else query
-    with (
-        _client(settings) as client,
-        audit_errors(parse_dsn(settings.clickhouse_dsn).label, "running the query"),
-    ):
-        result = run_statement(client, text)
+    doing = "running the query"
+    if count > 1:
+        doing = (
+            f"running statement {statement.number} of {count} ({statement.name}, "
+            f"line {statement.line})"
+        )
+    with audit_errors(parse_dsn(settings.clickhouse_dsn).label, doing):
+        result = run_statement(client, statement.sql)
     if result.raw is not None:
         sys.stdout.buffer.write(result.raw)
         sys.stdout.flush()
