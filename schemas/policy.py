@@ -95,49 +95,135 @@ class _Strict(BaseModel):
 
 
 class ApprovalPolicy(_Strict):
-    ttl_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 900.0
-    #: who may approve (globs over approver names); "*" = anyone but the requesting agent
-    approvers: Globs = Field(default_factory=lambda: ["*"])
-    #: an approver equal to the agent that asked for the handoff is refused unless this is on
-    allow_self_approval: bool = False
-    #: approver name -> public key; when set, a grant or denial counts only when signed by the
-    #: key of the approver it names (baton.schemas.signing.approval_payload)
-    keys: PublicKeys = Field(default_factory=dict)
-    #: how old a signature may be when it arrives (a grant signed long ago is refused)
-    max_signature_age_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 3600.0
+    """Who may answer an ``approval_required`` decision, and for how long it waits."""
+
+    ttl_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        900.0,
+        description="seconds an approval waits for an answer; none in time, or a grant "
+        "after it, ends in `stop approval_expired`",
+    )
+    approvers: Globs = Field(
+        default_factory=lambda: ["*"],
+        description='who may approve (globs over approver names); "*" = anyone but the '
+        "requesting agent; anyone else is refused (`recorded approver_not_permitted`)",
+    )
+    allow_self_approval: bool = Field(
+        False,
+        description="an approver equal to the agent that asked for the handoff is refused "
+        "(`recorded self_approval`) unless this is on",
+    )
+    keys: PublicKeys = Field(
+        default_factory=dict,
+        description="approver name -> public key (`ed25519:<base64>`, from `baton keys new`); "
+        "when set, a grant or denial counts only when signed by the key of the approver it "
+        "names (baton.schemas.signing.approval_payload)",
+    )
+    max_signature_age_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        3600.0,
+        description="how old a signature may be when it arrives (a grant signed long ago is "
+        "refused: `recorded signature_expired`)",
+    )
 
 
 class RolePolicy(_Strict):
-    #: globs over task kinds this agent may own; None = any
-    may_own: Globs | None = None
-    #: globs over agent names this agent may delegate to; None = anyone
-    may_delegate_to: Globs | None = None
+    """What one agent may own and whom it may delegate to."""
+
+    may_own: Globs | None = Field(
+        None,
+        description="globs over task kinds this agent may own (a request's `task_kind`, else "
+        "its `task_id`); null = any; otherwise `stop role_not_permitted`",
+    )
+    may_delegate_to: Globs | None = Field(
+        None,
+        description="globs over agent names this agent may delegate to; null = anyone; "
+        "otherwise `stop role_not_permitted`",
+    )
 
 
 class ToolPolicy(_Strict):
-    #: globs of tools that may be used; None = all that are not blocked
-    allow: Globs | None = None
-    block: Globs = Field(default_factory=list)
+    """Which tools a handoff may name (its ``tool`` field)."""
+
+    allow: Globs | None = Field(
+        None,
+        description="globs of tools that may be used; null = all that are not blocked; "
+        "another tool is `stop tool_not_permitted`",
+    )
+    block: Globs = Field(
+        default_factory=list,
+        description="globs of tools that may never be used (wins over allow): "
+        "`stop tool_not_permitted`",
+    )
 
 
 class MultiAgentPolicy(_Strict):
     """The limits of one tenant. ``None`` means "no limit" for every ``max_*`` key."""
 
-    max_agents_per_run: NonNegInt | None = None
-    max_handoffs: NonNegInt | None = None
-    max_delegation_depth: NonNegInt | None = None
-    shared_max_usd: NonNegNumber | None = None
-    shared_max_tool_calls: NonNegInt | None = None
-    max_run_seconds: NonNegNumber | None = None
-    require_approval_for: Globs = Field(default_factory=list)
-    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
-    roles: dict[str, RolePolicy] = Field(default_factory=dict)
-    tools: ToolPolicy = Field(default_factory=ToolPolicy)
-    detect_delegation_cycles: bool = False
-    fallback: Fallback = Fallback.SINGLE_AGENT
+    max_agents_per_run: NonNegInt | None = Field(
+        None,
+        description="distinct agents in a run (the `from_agent` and `to_agent` of its "
+        "handoffs); a handoff that brings in one too many is `stop agent_limit_exceeded`",
+    )
+    max_handoffs: NonNegInt | None = Field(
+        None,
+        description="handoffs allowed per run; the next one is `stop handoff_budget_exceeded`",
+    )
+    max_delegation_depth: NonNegInt | None = Field(
+        None,
+        description="deepest delegation: depth = depth of the parent task + 1, computed by "
+        "Baton from the task tree, never taken from the client; deeper is "
+        "`stop delegation_depth_exceeded`",
+    )
+    shared_max_usd: NonNegNumber | None = Field(
+        None,
+        description="USD one run may spend across all its agents (reported by completions; "
+        "an allow reserves the request's `estimated_usd` until its completion); over it is "
+        "`stop shared_budget_exceeded`",
+    )
+    shared_max_tool_calls: NonNegInt | None = Field(
+        None,
+        description="tool calls one run may make across all its agents; over it is "
+        "`stop shared_budget_exceeded`",
+    )
+    max_run_seconds: NonNegNumber | None = Field(
+        None,
+        description="wall-clock seconds from a run's first event (on the worker's clock); a "
+        "handoff after it is `stop shared_budget_exceeded`",
+    )
+    require_approval_for: Globs = Field(
+        default_factory=list,
+        description="globs over a handoff's `action` and `tool`; a match without a valid "
+        "grant is `approval_required` (then `allow approval_granted` or `stop "
+        "approval_denied` / `approval_expired`)",
+    )
+    approval: ApprovalPolicy = Field(
+        default_factory=ApprovalPolicy, description="the approval gate: TTL, approvers, keys"
+    )
+    roles: dict[str, RolePolicy] = Field(
+        default_factory=dict,
+        description="agent name -> what it may own and whom it may delegate to; an agent not "
+        "listed is unrestricted",
+    )
+    tools: ToolPolicy = Field(default_factory=ToolPolicy, description="tool allow and block lists")
+    detect_delegation_cycles: bool = Field(
+        False,
+        description="a task handed back to an agent already on its delegation chain "
+        "(A -> B -> A) is `stop delegation_cycle`",
+    )
+    fallback: Fallback = Field(
+        Fallback.SINGLE_AGENT,
+        description="the `fallback` every stop carries: what the orchestrator switches to",
+    )
     #: keyed by Reason so that a misspelt reason is an error, not a silently unused entry
-    fallback_by_reason: dict[Reason, Fallback] = Field(default_factory=dict)
-    shadow_mode: bool = False
+    fallback_by_reason: dict[Reason, Fallback] = Field(
+        default_factory=dict,
+        description="reason -> fallback, over `fallback` for stops with that reason",
+    )
+    shadow_mode: bool = Field(
+        False,
+        description="decide and record, never block: a stop or approval_required is published "
+        "as allow (`recorded` after a handoff) with the outcome it would have had in "
+        "`shadow_outcome`; kill switches and the worker's own limits still stop",
+    )
 
     # --- compiled matchers (glob lists become one regex each; the engine calls them per event)
     @cached_property
@@ -195,16 +281,31 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    multi_agent: MultiAgentPolicy = Field(default_factory=MultiAgentPolicy)
-    tenants: dict[str, MultiAgentPolicy] = Field(default_factory=dict)
-    #: free-form label shown next to the hash, e.g. "2026-11-25 refunds need approval"
-    label: str | None = None
-    #: operator name -> public key; when set, kill switches, releases and policy updates
-    #: count only when signed by one of these (baton.schemas.signing.control_payload)
-    operators: PublicKeys = Field(default_factory=dict)
-    #: true: a run whose tenant is not a key of ``tenants`` is refused (unknown_tenant);
-    #: tenant names are compared exactly ("acme " is not "acme")
-    strict_tenants: bool = False
+    multi_agent: MultiAgentPolicy = Field(
+        default_factory=MultiAgentPolicy,
+        description="the limits of every tenant (the seed's block)",
+    )
+    tenants: dict[str, MultiAgentPolicy] = Field(
+        default_factory=dict,
+        description="tenant name -> keys merged over `multi_agent` for that tenant (mapping "
+        "by mapping; lists and values replaced whole)",
+    )
+    label: str | None = Field(
+        None,
+        description='free-form label shown next to the hash, e.g. "2026-11-25 refunds need '
+        'approval"',
+    )
+    operators: PublicKeys = Field(
+        default_factory=dict,
+        description="operator name -> public key; when set, kill switches, releases and "
+        "policy updates count only when signed by one of these "
+        "(baton.schemas.signing.control_payload)",
+    )
+    strict_tenants: bool = Field(
+        False,
+        description="true: a run whose tenant is not a key of `tenants` is refused "
+        '(`stop unknown_tenant`); tenant names are compared exactly ("acme " is not "acme")',
+    )
 
     @cached_property
     def version(self) -> str:
