@@ -66,6 +66,13 @@ def _register() -> None:
     keys_cmds.register(cli)
     people_cmds.register(cli)
     verify_cmds.register(cli)
+    from baton.cli import top
+
+    top.register(cli)
+    from baton.cli import doctor, tail_cmds
+
+    doctor.register(cli)
+    tail_cmds.register(cli)
 
 
 def main() -> None:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from baton.cli.options import build_settings, read_policy, setting_options
+from baton.cli.options import read_policy, setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, signer_options
+from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import PolicyError
 from baton.schemas.export import write_json_schemas
-from baton.schemas.policy import parse_policy
+from baton.schemas.policy import Policy, parse_policy
+from baton.schemas.settings import Settings
 
-__all__ = ["register"]
+__all__ = ["policy_in_force", "register"]
 
 #: librdkafka's lines go to Python logging (quiet unless -v), not raw to stderr
 _KAFKA_LOG = logging.getLogger("baton.kafka")
@@ -62,7 +65,10 @@ def policy_check(file: Path) -> None:
     help="seconds to wait for a worker's record of the update",
 )
 @setting_options("bootstrap", "topic_prefix", "partitions")
-def policy_publish(file: Path, signer: str, key_file: Path, timeout: float, **opts: Any) -> None:
+@data_dir_option
+def policy_publish(
+    file: Path, signer: str, key_file: Path, timeout: float, data_dir: Path | None, **opts: Any
+) -> None:
     """Publish FILE to every worker (hot reload) as operator NAME, signed with the private key
     in --key (with the SHA-256 of FILE's text); wait for a worker's policy_updated record and
     print it (exit 6 when the worker refused it: unsigned, unknown operator, forged, replayed).
@@ -83,7 +89,7 @@ def policy_publish(file: Path, signer: str, key_file: Path, timeout: float, **op
             str(file),
         )
     key = load_key(key_file)
-    settings = build_settings(**opts)
+    settings = stack_settings(opts, data_dir)
     from baton.schemas.decision import Reason
     from baton.streams.client import OperatorClient
     from baton.streams.net import check_reachable
@@ -105,12 +111,31 @@ def policy_publish(file: Path, signer: str, key_file: Path, timeout: float, **op
 @policy_group.command("current")
 @setting_options("bootstrap", "topic_prefix", "policy")
 @click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds")
-def policy_current(timeout: float, **opts: Any) -> None:
+@data_dir_option
+def policy_current(timeout: float, data_dir: Path | None, **opts: Any) -> None:
     """Which policy the workers use, and why: the --policy file (BATON_POLICY, or the seed
     policy), replaced by every policy update on the control topic that the policy in force at
     the time accepts (signed by one of its operators, when it lists any). Prints each update
     applied or refused with its reason, then the policy in force and where it came from.
     Read from the control topic's start to its end, as every worker does when it starts."""
+    from baton.streams.net import check_reachable
+
+    settings = stack_settings(opts, data_dir)  # the stack's --policy file unless given
+    policy = read_policy(settings.policy)
+    source = str(settings.policy) if settings.policy else "the seed policy"
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    policy, source = policy_in_force(settings, policy, source, timeout, click.echo)
+    label = f" ({policy.label})" if policy.label else ""
+    click.echo(f"policy in force: {policy.version}{label}, from {source}")
+
+
+def policy_in_force(
+    settings: Settings, policy: Policy, source: str, timeout: float, say: Callable[[str], None]
+) -> tuple[Policy, str]:
+    """The policy the workers use and where it came from: ``policy`` (from ``source``)
+    replaced by every update on the control topic that the policy in force at the time
+    accepts; ``say`` gets one line per update (applied, refused, not a policy).
+    Raises ``BrokerUnavailable`` when the topic is missing or not read to its end in time."""
     from datetime import UTC, datetime
 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -119,13 +144,8 @@ def policy_current(timeout: float, **opts: Any) -> None:
     from baton.schemas.errors import BrokerUnavailable
     from baton.schemas.events import EventError, PolicyUpdated, parse_control_event
     from baton.streams.kafka import consumer_config
-    from baton.streams.net import check_reachable
     from baton.streams.topics import TopicCatalog
 
-    settings = build_settings(**opts)
-    policy = read_policy(settings.policy)
-    source = str(settings.policy) if settings.policy else "the seed policy"
-    check_reachable(settings.bootstrap, settings.connect_timeout_s)
     topic = TopicCatalog(prefix=settings.topic_prefix).control
     consumer = Consumer(
         consumer_config(settings.kafka_config(), "baton-policy-current", {"logger": _KAFKA_LOG})
@@ -159,14 +179,14 @@ def policy_current(timeout: float, **opts: Any) -> None:
             step = apply_policy_update(policy, signed_at, event, datetime.now(UTC))
             when = event.event_time.isoformat()
             if step.record is None:
-                click.echo(f"not a policy   {where} {when} by {event.operator}: {step.error}")
+                say(f"not a policy   {where} {when} by {event.operator}: {step.error}")
             elif not step.applied:
-                click.echo(
+                say(
                     f"refused        {where} {when} by {event.operator}: "
                     f"{step.record.reason} ({step.record.detail})"
                 )
             else:
-                click.echo(
+                say(
                     f"applied        {where} {when} by {event.operator}: "
                     f"{policy.version} -> {step.policy.version}"
                 )
@@ -179,8 +199,7 @@ def policy_current(timeout: float, **opts: Any) -> None:
             )
     finally:
         consumer.close()
-    label = f" ({policy.label})" if policy.label else ""
-    click.echo(f"policy in force: {policy.version}{label}, from {source}")
+    return policy, source
 
 
 @click.group("schema")

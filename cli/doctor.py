@@ -1,0 +1,234 @@
+"""``baton doctor``: check a deployment end to end and say, per check, what to fix."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from baton.cli.doctor_checks import (
+    Check,
+    KafkaView,
+    Status,
+    audit_checks,
+    changelog_topic,
+    fail,
+    group_checks,
+    ok,
+    policy_checks,
+    sql_endpoint_check,
+    topic_checks,
+    webhook_check,
+)
+from baton.cli.options import build_settings, setting_options
+from baton.schemas.errors import BatonError
+from baton.schemas.settings import Settings
+
+__all__ = ["register"]
+
+_MARKS = {Status.OK: "✔", Status.FAIL: "✘", Status.SKIP: "–"}
+_KAFKA_LOG = logging.getLogger("baton.kafka")
+
+
+@click.command("doctor")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: one line per check; json: {ok, checks: [{check, status, detail, hint}]}",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.5, max=60),
+    default=5.0,
+    show_default=True,
+    help="seconds each broker or ClickHouse question may take",
+)
+@click.option(
+    "--max-lag",
+    type=click.IntRange(min=0),
+    default=10_000,
+    show_default=True,
+    help="events the workers may be behind before the lag check fails",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="the data dir of a `baton up` to check (its Kafka, policy and audit come from its "
+    "stack record) [env BATON_DATA_DIR; default: ./.baton when no BATON_BOOTSTRAP]",
+)
+@setting_options(
+    "bootstrap",
+    "security_protocol",
+    "connect_timeout_s",
+    "topic_prefix",
+    "partitions",
+    "replication_factor",
+    "app_id",
+    "policy",
+    "clickhouse_dsn",
+    "webhook_url",
+)
+def doctor_cmd(fmt: str, timeout: float, max_lag: int, data_dir: Path | None, **opts: Any) -> None:
+    """Check a deployment: the broker, every topic (partitions, cleanup, retention), the
+    workers' consumer group and its lag, ClickHouse and its migrations, the policy (valid,
+    and which one the workers use), the SQL endpoint and the alert webhook.
+
+    One line per check, ✔ or ✘ with how to fix it (– for what is not configured); exit 0
+    when nothing failed, 1 otherwise. Reads only: it creates, commits and writes nothing.
+    """
+    checks = list(run_checks(opts, data_dir, timeout, max_lag))
+    failed = [c for c in checks if c.status == Status.FAIL]
+    if fmt == "json":
+        click.echo(
+            json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2)
+        )
+    else:
+        for check in checks:
+            click.echo(_line(check))
+        click.echo(
+            f"{len(checks) - len(failed)} of {len(checks)} checks passed"
+            if failed
+            else "all checks passed"
+        )
+    if failed:
+        raise SystemExit(1)
+
+
+def _line(check: Check) -> str:
+    hint = f" — fix: {check.hint}" if check.hint and check.status == Status.FAIL else ""
+    hint = hint or (f" ({check.hint})" if check.hint else "")
+    return f"{_MARKS[check.status]} {check.name}: {check.detail}{hint}"
+
+
+def run_checks(
+    opts: dict[str, Any], data_dir: Path | None, timeout: float, max_lag: int
+) -> Iterator[Check]:
+    """Every check in report order; Kafka's are one line when the broker does not answer."""
+    settings, kafka_problem, audit_problem = _settings(opts, data_dir)
+    yield from _guarded("broker", lambda: _kafka_checks(settings, kafka_problem, timeout, max_lag))
+    if audit_problem is not None:
+        yield fail("clickhouse", str(audit_problem), "pass --dsn or BATON_CLICKHOUSE_DSN")
+    else:
+        yield from _guarded("clickhouse", lambda: audit_checks(settings))
+        yield from _guarded("sql endpoint", lambda: [sql_endpoint_check(settings)])
+    yield from _guarded("alert webhook", lambda: [webhook_check(settings, timeout)])
+
+
+def _guarded(name: str, checks: Callable[[], Iterable[Check]]) -> Iterator[Check]:
+    """The checks of one section; one that raises is a failed line, never a traceback that
+    hides the report."""
+    try:
+        yield from checks()
+    except Exception as exc:
+        yield fail(
+            name,
+            f"the check itself failed: {type(exc).__name__}: {str(exc)[:300]}",
+            "run `baton -vv doctor` and report it with its output",
+        )
+
+
+def _settings(
+    opts: dict[str, Any], data_dir: Path | None
+) -> tuple[Settings, BatonError | None, BatonError | None]:
+    """Settings for the checks, each connection found as client commands find theirs
+    (flag, --data-dir, variable, BATON_DATA_DIR, ./.baton); a connection that cannot be
+    found is returned as its error, to be reported as a failed check."""
+    resolve = _stack_resolver()
+    if resolve is None:
+        return build_settings(**opts), None, None
+    kafka = audit = None
+    kafka_error = audit_error = None
+    try:
+        kafka = resolve(opts, data_dir, kafka=True, audit=False, say=lambda _line: None)
+    except BatonError as exc:
+        kafka_error = exc
+    try:
+        audit = resolve(opts, data_dir, kafka=False, audit=True, say=lambda _line: None)
+    except BatonError as exc:
+        audit_error = exc
+    settings = kafka or audit or build_settings(**opts)
+    if kafka is not None and audit is not None:
+        settings = kafka.model_copy(update={"clickhouse_dsn": audit.clickhouse_dsn})
+    return settings, kafka_error, audit_error
+
+
+def _stack_resolver() -> Any:
+    """``stack_settings`` of cli/stack_record.py (where `baton up` records its stack)."""
+    try:
+        from baton.cli.stack_record import stack_settings
+    except ImportError:
+        return None
+    return stack_settings
+
+
+def _kafka_checks(
+    settings: Settings, problem: BatonError | None, timeout: float, max_lag: int
+) -> Iterator[Check]:
+    from baton.streams.net import check_reachable
+
+    if problem is not None:
+        yield fail("broker", str(problem), "pass --bootstrap or BATON_BOOTSTRAP")
+        yield from policy_checks(settings, None, timeout)
+        return
+    try:  # a refused port answers at once; librdkafka would retry it for the whole timeout
+        check_reachable(settings.bootstrap, min(timeout, settings.connect_timeout_s))
+    except BatonError as exc:
+        yield fail(
+            "broker",
+            str(exc),
+            "start the broker, or point at it with --bootstrap / BATON_BOOTSTRAP; topics, "
+            "workers and the policy in force are checked once it answers",
+        )
+        yield from policy_checks(settings, None, timeout)
+        return
+    yield from _with_broker(settings, timeout, max_lag)
+
+
+def _with_broker(settings: Settings, timeout: float, max_lag: int) -> Iterator[Check]:
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import AdminClient
+
+    from baton.cli.policy_cmds import policy_in_force
+    from baton.streams.kafka import admin_config, consumer_config
+    from baton.streams.topics import TopicCatalog
+
+    admin = AdminClient(admin_config(settings.kafka_config()))
+    catalog = TopicCatalog.from_settings(settings)
+    names = [spec.name for spec in catalog.specs()] + [changelog_topic(settings.app_id)]
+    try:
+        view = KafkaView.read(admin, names, timeout)
+    except Exception as exc:
+        yield fail(
+            "broker",
+            f"{settings.bootstrap} accepts connections but no Kafka answer within {timeout:g} s "
+            f"({str(exc)[:200]})",
+            "is it a Kafka broker, with this security protocol (BATON_SECURITY_PROTOCOL)?",
+        )
+        yield from policy_checks(settings, None, timeout)
+        return
+    yield ok("broker", f"Kafka at {settings.bootstrap} answers ({len(view.partitions)} topics)")
+    yield from topic_checks(view, settings)
+    consumer = Consumer(
+        consumer_config(settings.kafka_config(), "baton-doctor", {"logger": _KAFKA_LOG})
+    )
+    try:
+        yield from group_checks(admin, consumer, settings, max_lag, timeout)
+    finally:
+        consumer.close()
+    fold = policy_in_force if catalog.control in view.partitions else None
+    checks = policy_checks(settings, fold, timeout)
+    if fold is None and checks[0].status == Status.OK:
+        checks.append(fail("policy in force", f"no {catalog.control} topic", "see its topic line"))
+    yield from checks
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(doctor_cmd)

@@ -1,0 +1,453 @@
+"""The checks of ``baton doctor``: each looks at one part of a deployment and returns findings.
+
+Every check is read-only: it lists, describes and reads, and never creates a topic (a topic
+asked for by name is auto-created on Tansu and on Kafka with ``auto.create.topics.enable``,
+so topics are only ever listed all at once), commits an offset or writes a row.
+
+Not guaranteed: a check that passes says what the deployment looked like at that moment;
+a worker may die a second later. Lag is what the committed offsets say, and Tansu's
+ListOffsets can be off by the records of one batch (``streams/kafka.py``).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from baton.schemas.errors import BatonError
+from baton.schemas.settings import Settings
+from baton.streams.topics import TopicCatalog, TopicSpec
+
+__all__ = [
+    "Check",
+    "KafkaView",
+    "Status",
+    "audit_checks",
+    "changelog_topic",
+    "group_checks",
+    "policy_checks",
+    "sql_endpoint_check",
+    "topic_checks",
+    "webhook_check",
+]
+
+#: Faust names a table's changelog ``<app id>-<table>-changelog``; the worker's table is "runs"
+#: (processors/app.py) and the topic carries no BATON_TOPIC_PREFIX
+_CHANGELOG = "{app_id}-runs-changelog"
+#: Faust creates changelogs compacted: the latest state of each run is all a restart needs
+_CHANGELOG_CONFIG = {"cleanup.policy": "compact"}
+
+
+class Status(StrEnum):
+    OK = "ok"
+    FAIL = "fail"
+    #: nothing to check (e.g. no webhook configured): shown, never a failure
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report: what was checked, what was found, and how to fix it."""
+
+    name: str
+    status: Status
+    detail: str
+    hint: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "check": self.name,
+            "status": str(self.status),
+            "detail": self.detail,
+            "hint": self.hint,
+        }
+
+
+def ok(name: str, detail: str) -> Check:
+    return Check(name, Status.OK, detail)
+
+
+def fail(name: str, detail: str, hint: str) -> Check:
+    return Check(name, Status.FAIL, detail, hint)
+
+
+def changelog_topic(app_id: str) -> str:
+    return _CHANGELOG.format(app_id=app_id)
+
+
+# ------------------------------------------------------------------------------ Kafka
+@dataclass
+class KafkaView:
+    """What the broker said once: topics with partition/replica counts, and their configs."""
+
+    partitions: dict[str, int]
+    replicas: dict[str, int]
+    configs: dict[str, dict[str, str]]
+
+    @classmethod
+    def read(cls, admin: Any, names: list[str], timeout: float) -> KafkaView:
+        """List every topic (never one by name: that may create it) and describe ``names``."""
+        from confluent_kafka.admin import ConfigResource, ResourceType
+
+        metadata = admin.list_topics(timeout=timeout)
+        partitions = {n: len(t.partitions) for n, t in metadata.topics.items() if t.error is None}
+        replicas = {
+            n: min((len(p.replicas) for p in t.partitions.values()), default=0)
+            for n, t in metadata.topics.items()
+            if t.error is None
+        }
+        present = [n for n in names if n in partitions]
+        configs: dict[str, dict[str, str]] = {}
+        if present:
+            futures = admin.describe_configs(
+                [ConfigResource(ResourceType.TOPIC, n) for n in present], request_timeout=timeout
+            )
+            for resource, future in futures.items():
+                try:
+                    entries = future.result(timeout=timeout)
+                except Exception:  # a broker without DescribeConfigs: counts are still checked
+                    continue
+                configs[resource.name] = {k: str(v.value) for k, v in entries.items()}
+        return cls(partitions, replicas, configs)
+
+
+def _expected(catalog: TopicCatalog, app_id: str, partitions: int) -> list[TopicSpec]:
+    changelog = TopicSpec(
+        changelog_topic(app_id),
+        partitions,
+        catalog.replication,
+        _CHANGELOG_CONFIG,
+        "a run's state lives in the changelog partition of its requests partition",
+    )
+    return [*catalog.specs(), changelog]
+
+
+def topic_checks(view: KafkaView, settings: Settings) -> list[Check]:
+    """Every topic of the catalog and the worker's changelog: present, partitions, replicas,
+    cleanup and retention as ``streams/topics.py`` creates them."""
+    catalog = TopicCatalog.from_settings(settings)
+    agreed = _agreed_count(view, catalog)
+    checks = []
+    for spec in _expected(catalog, settings.app_id, settings.partitions):
+        checks.append(_topic_check(view, spec, settings, agreed))
+    return checks
+
+
+def _agreed_count(view: KafkaView, catalog: TopicCatalog) -> int | None:
+    """The one partition count the existing run-keyed topics share, if they share one."""
+    run_keyed = [catalog.requests, catalog.approvals, catalog.decisions, catalog.stops]
+    counts = {view.partitions[n] for n in run_keyed if n in view.partitions}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def _topic_check(view: KafkaView, spec: TopicSpec, settings: Settings, agreed: int | None) -> Check:
+    name = f"topic {spec.name}"
+    if spec.name not in view.partitions:
+        return fail(name, "missing", _create_hint(spec, settings))
+    count, problems = view.partitions[spec.name], []
+    if spec.partitions_reason is not None and count != spec.partitions:
+        problems.append(f"{count} partitions, expected {spec.partitions}")
+    if view.replicas.get(spec.name, 0) < spec.replication:
+        problems.append(f"{view.replicas.get(spec.name, 0)} replicas, expected {spec.replication}")
+    configs = view.configs.get(spec.name)
+    for key, want in spec.config.items():
+        have = None if configs is None else configs.get(key)
+        if configs is not None and have != want:
+            problems.append(f"{key}={have}, expected {want}")
+    if problems:
+        return fail(name, "; ".join(problems), _topic_fix(spec, count, agreed, problems))
+    shown = ", ".join(f"{k}={v}" for k, v in spec.config.items() if k != "min.insync.replicas")
+    unread = "" if configs is not None else " (the broker did not describe its configs)"
+    return ok(name, f"{count} partitions, {shown}{unread}")
+
+
+def _create_hint(spec: TopicSpec, settings: Settings) -> str:
+    if spec.name == changelog_topic(settings.app_id):
+        return (
+            f"the first `baton worker` of BATON_APP_ID={settings.app_id} creates it; is one "
+            "running against this broker with this app id?"
+        )
+    configs = " ".join(f"--config {k}={v}" for k, v in spec.config.items())
+    return (
+        f"`baton worker` creates missing topics at start, or: kafka-topics.sh --create --topic "
+        f"{spec.name} --partitions {spec.partitions} --replication-factor {spec.replication} "
+        f"{configs}"
+    )
+
+
+def _topic_fix(spec: TopicSpec, count: int, agreed: int | None, problems: list[str]) -> str:
+    if any("partitions" in p for p in problems):
+        if agreed is not None and agreed == count and agreed != spec.partitions:
+            return (
+                f"the existing run-keyed topics agree on {agreed} partitions: set "
+                f"BATON_PARTITIONS={agreed} (or --partitions) to match them"
+            )
+        return (
+            f"partition counts cannot be changed in place ({spec.partitions_reason}): recreate "
+            "the topics, or use another BATON_TOPIC_PREFIX"
+        )
+    wrong = " ".join(f"{k}={v}" for k, v in spec.config.items())
+    return (
+        f"kafka-configs.sh --alter --entity-type topics --entity-name {spec.name} "
+        f"--add-config {wrong.replace(' ', ',')}"
+    )
+
+
+def group_checks(
+    admin: Any, consumer: Any, settings: Settings, max_lag: int, timeout: float
+) -> list[Check]:
+    """The workers' consumer group (BATON_APP_ID): someone is in it, and how far behind."""
+    return [
+        _members_check(admin, settings, timeout),
+        _lag_check(admin, consumer, settings, max_lag, timeout),
+    ]
+
+
+def _members_check(admin: Any, settings: Settings, timeout: float) -> Check:
+    from confluent_kafka import ConsumerGroupState
+
+    group, name = settings.app_id, f"workers (group {settings.app_id})"
+    try:
+        found = admin.describe_consumer_groups([group], request_timeout=timeout)[group]
+        description = found.result(timeout=timeout)
+    except Exception as exc:
+        return fail(name, f"cannot describe the group: {_gist(exc)}", _WORKER_HINT.format(group))
+    members, state = description.members, description.state
+    if members:
+        hosts = sorted({f"{m.client_id}@{m.host}" for m in members})
+        return ok(name, f"{len(members)} member(s), {state.name.lower()}: {', '.join(hosts)}")
+    # Tansu answers DescribeGroups without its member list: a stable group is a running one
+    if state in (ConsumerGroupState.STABLE, ConsumerGroupState.COMPLETING_REBALANCING):
+        return ok(name, f"{state.name.lower()} (the broker lists no members; Tansu never does)")
+    if state == ConsumerGroupState.PREPARING_REBALANCING:
+        return ok(name, "rebalancing (a worker joined or left; it settles in a session timeout)")
+    return fail(name, f"no worker in the group ({state.name.lower()})", _WORKER_HINT.format(group))
+
+
+_WORKER_HINT = (
+    "start `baton worker` with BATON_APP_ID={} against this broker (its log says why one exited)"
+)
+
+
+def _lag_check(
+    admin: Any, consumer: Any, settings: Settings, max_lag: int, timeout: float
+) -> Check:
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    catalog = TopicCatalog.from_settings(settings)
+    group, name = settings.app_id, "lag"
+    parts = [
+        TopicPartition(topic, p)
+        for topic in (catalog.requests, catalog.approvals)
+        for p in range(settings.partitions)
+    ]
+    try:
+        request = [ConsumerGroupTopicPartitions(group, parts)]
+        answer = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
+        committed = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in answer.result(timeout=timeout).topic_partitions
+        }
+        behind = {}
+        for tp in parts:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            start = committed.get((tp.topic, tp.partition), -1)
+            behind[(tp.topic, tp.partition)] = max(high - (start if start >= 0 else low), 0)
+    except Exception as exc:
+        return fail(
+            name, f"cannot read offsets of group {group}: {_gist(exc)}", "see `baton doctor -v`"
+        )
+    total = sum(behind.values())
+    (topic, partition), worst = max(behind.items(), key=lambda item: item[1])
+    detail = f"{total} events not yet decided (most on {topic}[{partition}]: {worst})"
+    if total > max_lag:
+        return fail(
+            name,
+            detail + f", over --max-lag {max_lag}",
+            "the workers fall behind: add workers (up to the partition count) or look for a "
+            "stuck one in their logs; `baton doctor` again shows whether it shrinks",
+        )
+    return ok(name, detail if total else "0 events waiting: every committed event is decided")
+
+
+# ------------------------------------------------------------------------------ policy
+def policy_checks(
+    settings: Settings, fold: Callable[..., tuple[Any, str]] | None, timeout: float
+) -> list[Check]:
+    """The policy file is valid; with ``fold`` (the broker answers), which policy the workers
+    use after the control topic's updates."""
+    from baton.cli.options import read_policy
+
+    source = str(settings.policy) if settings.policy else "the seed policy (no BATON_POLICY)"
+    try:
+        policy = read_policy(settings.policy)
+    except BatonError as exc:
+        return [fail("policy file", str(exc), "`baton policy check FILE` names every bad key")]
+    checks = [ok("policy file", f"{source} is valid (version {policy.version})")]
+    if fold is None:
+        return checks
+    notes: list[str] = []
+    try:
+        current, origin = fold(settings, policy, source, timeout, notes.append)
+    except BatonError as exc:
+        return [
+            *checks,
+            fail("policy in force", str(exc), "is a worker running? (it creates gov.control)"),
+        ]
+    refused = sum(1 for line in notes if line.startswith("refused"))
+    detail = f"version {current.version}, from {origin}"
+    if refused:
+        detail += f" ({refused} update(s) refused: `baton policy current` lists them)"
+    return [*checks, ok("policy in force", detail)]
+
+
+# ------------------------------------------------------------------------------ audit
+def audit_checks(settings: Settings) -> Iterator[Check]:
+    """ClickHouse answers at BATON_CLICKHOUSE_DSN and holds every migration, unchanged."""
+    from baton.sinks.clickhouse import connect, parse_dsn
+    from baton.sinks.schema import MIGRATIONS_TABLE, applied_migrations, load_migrations
+
+    label = parse_dsn(settings.clickhouse_dsn).label
+    try:
+        client = connect(
+            settings.clickhouse_dsn,
+            ca_cert=settings.clickhouse_ca,
+            verify=settings.clickhouse_verify,
+        )
+    except BatonError as exc:
+        yield fail(
+            "clickhouse",
+            str(exc),
+            "check BATON_CLICKHOUSE_DSN; `baton sink` creates and migrates the audit",
+        )
+        return
+    try:
+        yield ok("clickhouse", f"{label} answers")
+        try:
+            applied = applied_migrations(client)
+        except Exception as exc:
+            yield fail(
+                "audit schema",
+                f"no {MIGRATIONS_TABLE} in {label} ({_gist(exc)[:120]}): never migrated",
+                "start `baton sink` once against it: it applies the migrations at start",
+            )
+            return
+        shipped = load_migrations()
+        missing = [m for m in shipped if m.version not in applied]
+        changed = [m for m in shipped if m.version in applied and applied[m.version] != m.checksum]
+        if changed:
+            names = ", ".join(f"{m.version:04d}_{m.name}" for m in changed)
+            yield fail(
+                "audit schema",
+                f"{names} applied with another checksum than this release's",
+                "this Baton release and the audit disagree on a released migration: run the "
+                "release that migrated it, or restore the audit from a backup",
+            )
+        elif missing:
+            names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
+            yield fail(
+                "audit schema",
+                f"{len(applied)} of {len(shipped)} migrations applied; missing {names}",
+                "start `baton sink` (this release) once: it applies the missing migrations",
+            )
+        else:
+            latest = shipped[-1]
+            yield ok(
+                "audit schema",
+                f"all {len(shipped)} migrations applied, last {latest.version:04d}_{latest.name}",
+            )
+    finally:
+        client.close()
+
+
+def sql_endpoint_check(settings: Settings) -> Check:
+    """Somebody serves SQL on the audit: a ClickHouse server does; with chDB, the sink must."""
+    from baton.sinks.clickhouse import parse_dsn, read_endpoint
+
+    target = parse_dsn(settings.clickhouse_dsn)
+    name = "sql endpoint"
+    if target.kind == "http":
+        return ok(name, f"the ClickHouse server {target.label} serves SQL (`baton sql --dsn ...`)")
+    if target.chdb_path is None:
+        return fail(
+            name, "an in-memory chDB audit serves nobody", "use chdb:///abs/dir or a server"
+        )
+    endpoint = read_endpoint(target.chdb_path)
+    if endpoint is None:
+        return fail(
+            name,
+            f"no process serves SQL for {target.label}",
+            "`baton sink --sql-port 8123` serves it (baton up does, unless --sql-port off)",
+        )
+    url = parse_dsn(endpoint).label
+    if not _answers_sql(endpoint):
+        return fail(
+            name, f"{url} is registered but does not answer", "restart `baton sink`; see its log"
+        )
+    return ok(name, f"{url} answers (token in {target.chdb_path}/baton-sql-endpoint.json)")
+
+
+def _answers_sql(dsn: str) -> bool:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    parts = urlsplit(dsn)
+    basic = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://{parts.hostname}:{parts.port}/?query=SELECT+1",
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=3) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# ------------------------------------------------------------------------------ alerts
+def webhook_check(settings: Settings, timeout: float) -> Check:
+    """The alerter's webhook: a URL whose host answers (never called: that would post)."""
+    name = "alert webhook"
+    secret = settings.webhook_url.get_secret_value() if settings.webhook_url else ""
+    if not secret:
+        return Check(
+            name,
+            Status.SKIP,
+            "none set: `baton alerts` prints stops on its console only",
+            "set BATON_WEBHOOK_URL to a Slack incoming webhook to post them",
+        )
+    parts = urlsplit(secret)
+    # the path of a Slack webhook is its secret: only scheme and host are ever shown
+    shown = f"{parts.scheme}://{parts.hostname or '?'}/…"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return fail(
+            name,
+            f"{shown} is not an http(s) URL",
+            "BATON_WEBHOOK_URL=https://hooks.slack.com/services/…",
+        )
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        return fail(
+            name,
+            f"{shown} port {port}: {_gist(exc)}",
+            "is the host reachable from here (proxy, DNS)?",
+        )
+    plain = (
+        " (plain http: the URL's secret crosses the network readable)"
+        if parts.scheme == "http"
+        else ""
+    )
+    return ok(name, f"{shown} reachable{plain}")
+
+
+def _gist(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

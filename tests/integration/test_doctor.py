@@ -1,0 +1,202 @@
+"""`baton doctor` against a real healthy stack (Tansu, a worker, the sink on chDB) and broken
+ones: a dead broker port, an unmigrated and a half-migrated audit, a missing topic and a topic
+with the wrong retention."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from baton.processors.probe import wait_until_deciding
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.net import free_port
+from baton.streams.topics import TopicCatalog, ensure_topics
+from tests.stack import SinkProcess, WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 2
+
+
+@dataclass
+class Healthy:
+    env: dict[str, str]
+    catalog: TopicCatalog
+    chdb: Path
+
+
+def doctor(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``baton doctor`` as an operator runs it: a fresh process with only ``env`` set."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    return subprocess.run(
+        [sys.executable, "-m", "baton.cli", "doctor", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """check name -> its line, from the text report."""
+    found = {}
+    for line in result.stdout.splitlines():
+        if line[:1] in "✔✘–" and ": " in line:
+            found[line[2:].split(": ", 1)[0]] = line
+    return found
+
+
+@pytest.fixture(scope="module")
+def healthy(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Healthy]:
+    prefix = f"d{uuid.uuid4().hex[:8]}."
+    workdir = tmp_path_factory.mktemp("doctor")
+    policy = workdir / "policy.yaml"
+    policy.write_text("multi_agent:\n  max_handoffs: 8\n")
+    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS)
+    ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog)
+    worker = WorkerProcess(broker.bootstrap, prefix, workdir, partitions=PARTITIONS, policy=policy)
+    sink = SinkProcess(
+        broker.bootstrap, prefix, workdir / "chdb", workdir / "sink.log", partitions=PARTITIONS
+    )
+    try:
+        conf = {"bootstrap.servers": broker.bootstrap}
+        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        sink.wait_ready()
+        yield Healthy(
+            {
+                "BATON_BOOTSTRAP": broker.bootstrap,
+                "BATON_TOPIC_PREFIX": prefix,
+                "BATON_PARTITIONS": str(PARTITIONS),
+                "BATON_APP_ID": f"baton-{prefix.rstrip('.')}",
+                "BATON_POLICY": str(policy),
+                "BATON_CLICKHOUSE_DSN": sink.dsn,
+            },
+            catalog,
+            workdir / "chdb",
+        )
+    finally:
+        worker.stop()
+        sink.stop()
+
+
+def test_a_healthy_stack_passes_every_check(healthy: Healthy) -> None:
+    result = doctor(healthy.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = lines(result)
+    for spec in healthy.catalog.specs():
+        assert found[f"topic {spec.name}"].startswith("✔"), found
+    control = found[f"topic {healthy.catalog.control}"]
+    assert "1 partitions" in control and "retention.ms=-1" in control
+    changelog = f"topic {healthy.env['BATON_APP_ID']}-runs-changelog"
+    assert "cleanup.policy=compact" in found[changelog]
+    for name in ("broker", "lag", "policy file", "clickhouse", "audit schema", "sql endpoint"):
+        assert found[name].startswith("✔"), found[name]
+    assert found[f"workers (group {healthy.env['BATON_APP_ID']})"].startswith("✔")
+    assert "from " + healthy.env["BATON_POLICY"] in found["policy in force"]
+    assert found["alert webhook"].startswith("–")  # none set: shown, not a failure
+    assert result.stdout.rstrip().endswith("all checks passed")
+
+
+def test_json_report_for_scripts(healthy: Healthy) -> None:
+    result = doctor(healthy.env, "--format", "json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["ok"] is True
+    statuses = {c["check"]: c["status"] for c in report["checks"]}
+    assert statuses["audit schema"] == "ok" and statuses["alert webhook"] == "skip"
+    assert set(statuses.values()) <= {"ok", "skip"}
+
+
+def test_a_dead_broker_is_one_clear_line_within_seconds(healthy: Healthy) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = doctor({**healthy.env, "BATON_BOOTSTRAP": dead})
+    took = time.monotonic() - started
+    assert result.returncode == 1
+    assert took < 10, f"took {took:.1f} s"
+    kafka = [line for line in result.stdout.splitlines() if dead in line]
+    assert len(kafka) == 1 and kafka[0].startswith("✘ broker:"), result.stdout
+    assert "connection refused" in kafka[0] and "fix:" in kafka[0]
+    assert not any(line.startswith(("✔ topic", "✘ topic")) for line in result.stdout.splitlines())
+    assert "%3|" not in result.stderr and "%4|" not in result.stderr, result.stderr
+    # what does not need Kafka is still checked
+    assert lines(result)["audit schema"].startswith("✔")
+
+
+def test_an_unmigrated_audit_is_named_with_the_fix(healthy: Healthy, tmp_path: Path) -> None:
+    empty = tmp_path / "chdb"
+    empty.mkdir()
+    result = doctor({**healthy.env, "BATON_CLICKHOUSE_DSN": f"chdb://{empty}"})
+    assert result.returncode == 1
+    schema = lines(result)["audit schema"]
+    assert schema.startswith("✘") and "never migrated" in schema and "baton sink" in schema
+    assert lines(result)["sql endpoint"].startswith("✘")
+
+
+def test_a_half_migrated_audit_names_the_missing_migrations(
+    healthy: Healthy, tmp_path: Path
+) -> None:
+    half = tmp_path / "chdb"
+    # in a process of its own: chDB keeps a directory locked for as long as its process lives
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from baton.sinks.clickhouse import connect\n"
+            "from baton.sinks.schema import load_migrations, migrate\n"
+            "migrate(connect(sys.argv[1], create=True), 30, load_migrations()[:2])\n",
+            f"chdb://{half}",
+        ],
+        check=True,
+        timeout=60,
+    )
+    result = doctor({**healthy.env, "BATON_CLICKHOUSE_DSN": f"chdb://{half}"})
+    schema = lines(result)["audit schema"]
+    assert result.returncode == 1
+    assert schema.startswith("✘ audit schema: 2 of ") and "missing 0003_" in schema, schema
+
+
+def test_a_missing_topic_and_a_wrong_retention_are_named(broker: EmbeddedBroker) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    prefix = f"x{uuid.uuid4().hex[:8]}."
+    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS)
+    topics = []
+    for spec in catalog.specs():
+        if spec.name == catalog.stops:
+            continue
+        topic = spec.new_topic()
+        if spec.name == catalog.control:  # kill switches must never expire
+            topic = type(topic)(spec.name, 1, 1, config={"retention.ms": "3600000"})
+        topics.append(topic)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for future in admin.create_topics(topics).values():
+        future.result(10)
+    env = {
+        "BATON_BOOTSTRAP": broker.bootstrap,
+        "BATON_TOPIC_PREFIX": prefix,
+        "BATON_PARTITIONS": str(PARTITIONS),
+        "BATON_APP_ID": f"baton-{prefix.rstrip('.')}",
+        "BATON_CLICKHOUSE_DSN": "http://nobody:x@127.0.0.1:1/default",
+    }
+    result = doctor(env)
+    found = lines(result)
+    assert result.returncode == 1
+    stops = found[f"topic {catalog.stops}"]
+    assert stops.startswith("✘") and "missing" in stops and "--partitions 2" in stops
+    control = found[f"topic {catalog.control}"]
+    assert "retention.ms=3600000, expected -1" in control and "kafka-configs.sh" in control
+    assert found[f"topic {catalog.requests}"].startswith("✔")
+    assert found[f"workers (group baton-{prefix.rstrip('.')})"].startswith("✘")
+    assert found["clickhouse"].startswith("✘") and "127.0.0.1:1" in found["clickhouse"]
