@@ -7,7 +7,8 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import click
 
@@ -15,7 +16,17 @@ from baton.schemas.errors import ConfigError, PolicyError
 from baton.schemas.policy import Policy, load_policy, parse_policy
 from baton.schemas.settings import Settings
 
-__all__ = ["MAX_POLICY_BYTES", "build_settings", "read_policy", "setting_options"]
+__all__ = [
+    "AUDIT_CONNECTION",
+    "KAFKA_CONNECTION",
+    "MAX_POLICY_BYTES",
+    "PortOrOff",
+    "build_settings",
+    "click_type",
+    "read_policy",
+    "setting_help",
+    "setting_options",
+]
 
 #: a policy is a YAML document of a few KB; a bigger file is a wrong path, not a policy
 MAX_POLICY_BYTES = 4 * 1024 * 1024
@@ -23,30 +34,104 @@ MAX_POLICY_BYTES = 4 * 1024 * 1024
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: settings every Kafka client reads (connection and security); a command that talks to Kafka
+#: lists them all in its --help
+KAFKA_CONNECTION = (
+    "bootstrap",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_key_password",
+    "connect_timeout_s",
+)
+#: settings every ClickHouse client reads
+AUDIT_CONNECTION = ("clickhouse_dsn", "clickhouse_ca", "clickhouse_verify")
+
+
+def click_type(name: str) -> Any:
+    """The click parameter type of Settings field ``name``: its choices, its range, a path."""
+    info = Settings.model_fields[name]
+    kind = _unwrap_optional(info.annotation)
+    bounds = {type(m).__name__: m for m in info.metadata}
+    if get_origin(kind) is Literal:
+        return click.Choice([str(v) for v in get_args(kind)])
+    if kind is bool:
+        return click.BOOL
+    if kind in (int, float):
+        low = bounds.get("Ge") or bounds.get("Gt")
+        high = bounds.get("Le") or bounds.get("Lt")
+        limits: dict[str, Any] = {
+            "min": getattr(low, "ge", getattr(low, "gt", None)),
+            "max": getattr(high, "le", getattr(high, "lt", None)),
+            "min_open": "Gt" in bounds,
+            "max_open": "Lt" in bounds,
+        }
+        if kind is int:
+            return click.IntRange(**limits)
+        return click.FloatRange(**limits)
+    if kind is Path:
+        return click.Path(path_type=Path)
+    return click.STRING  # str and SecretStr (pydantic wraps the secret)
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    """``X`` for ``X | None``; the annotation itself otherwise."""
+    if get_origin(annotation) in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def setting_help(name: str) -> str:
+    """The --help text of Settings field ``name``: its description, variable and default."""
+    info = Settings.model_fields[name]
+    default = info.default
+    shown = "unset" if default is None else str(default)
+    env = f"BATON_{name.upper()}"
+    return f"{info.description or name.replace('_', ' ')} [env {env}; default {shown}]"
+
+
 def setting_options(*names: str) -> Callable[[F], F]:
-    """Add ``--name`` options for the given Settings fields (env BATON_NAME, shown in --help)."""
+    """Add ``--name`` options for the given Settings fields (env BATON_NAME, shown in --help).
+
+    A name given twice (a group and a command's own list) gets one option."""
 
     def decorate(fn: F) -> F:
-        for name in reversed(names):
-            info = Settings.model_fields[name]
-            default = info.default
-            shown = "unset" if default is None else str(default)
-            env = f"BATON_{name.upper()}"
-            help_text = f"{info.description or name.replace('_', ' ')} [env {env}; default {shown}]"
-            kind: Any = None
-            ann = str(info.annotation)
-            if "Path" in ann:
-                kind = click.Path(path_type=Path)
-            elif "int" in ann and "float" not in ann:
-                kind = int
-            elif "float" in ann:
-                kind = float
+        present = {p.name for p in getattr(fn, "__click_params__", [])}
+        for name in reversed(dict.fromkeys(names)):
+            if name in present:
+                continue
             fn = click.option(
-                f"--{name.replace('_', '-')}", name, type=kind, default=None, help=help_text
+                f"--{name.replace('_', '-')}",
+                name,
+                type=click_type(name),
+                default=None,
+                help=setting_help(name),
             )(fn)
         return fn
 
     return decorate
+
+
+class PortOrOff(click.ParamType):
+    """A TCP port 0-65535 (0: any free one) or ``off`` (None: do not serve)."""
+
+    name = "PORT|off"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text in ("off", "none"):
+            return None
+        if text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535:
+            return int(text)
+        self.fail(f"expected a port 0-65535 (0: a free one) or off, got {str(value)[:40]!r}")
 
 
 def build_settings(**overrides: Any) -> Settings:

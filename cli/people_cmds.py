@@ -16,8 +16,9 @@ from typing import Any
 import click
 
 from baton.cli.audit_cmds import _audit_settings, _client, _dsn_option
-from baton.cli.options import build_settings, setting_options
+from baton.cli.options import setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, shown, signer_options
+from baton.cli.stack_record import stack_settings
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BatonError
 from baton.schemas.events import MAX_TEXT
@@ -170,7 +171,7 @@ def _answer(
             f"{where} expired at {expires:%Y-%m-%d %H:%M:%S} UTC: the worker stops its "
             "handoff (approval_expired); the orchestrator may ask again"
         )
-    settings = build_settings(**opts)
+    settings = stack_settings(opts, data_dir)
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
     with ApproverClient(
         settings=settings, key=key, timeout=timeout, connect_timeout=settings.connect_timeout_s

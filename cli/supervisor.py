@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 from baton.schemas.errors import ChildFailed
 
@@ -31,8 +31,10 @@ __all__ = [
     "CrashHistory",
     "RestartPolicy",
     "Supervisor",
+    "copy_lines",
     "describe_exit",
     "exit_code_for",
+    "without_control",
 ]
 
 
@@ -124,11 +126,13 @@ class Process(Protocol):
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """A child of ``baton up``: its name in messages, its ``baton`` arguments and its log."""
+    """A child of ``baton up``: its name in messages, its ``baton`` arguments and its log;
+    ``echo``: its stdout also goes to the terminal (the alerter's alert lines)."""
 
     name: str
     args: tuple[str, ...]
     log_path: Path
+    echo: bool = False
 
 
 @dataclass
@@ -166,6 +170,23 @@ def tail(path: Path, since: int = 0, lines: int = 20, chars: int = 4000) -> str:
 
 
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def without_control(text: str) -> str:
+    """``text`` without terminal control sequences and control characters (but tabs)."""
+    return _CONTROL.sub("", text)
+
+
+def copy_lines(source: IO[bytes], log_path: Path, echo: Callable[[str], None]) -> None:
+    """Append every line of ``source`` to ``log_path`` and hand it, without control
+    characters, to ``echo``, until ``source`` ends (the child exited)."""
+    with source, open(log_path, "ab") as log:
+        for raw in source:
+            log.write(raw)
+            log.flush()
+            line = without_control(raw.decode("utf-8", errors="replace")).rstrip()
+            if line:
+                echo(line)
 
 
 @dataclass

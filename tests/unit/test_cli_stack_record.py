@@ -1,0 +1,228 @@
+"""The stack record of `baton up` and the one order in which client commands find a stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import pytest
+
+from baton.cli.options import PortOrOff, click_type
+from baton.cli.stack_record import (
+    STACK_FILE,
+    StackNotFound,
+    StackRecord,
+    audit_settings,
+    mark_stopped,
+    read_record,
+    refuse_running_stack,
+    stack_settings,
+    write_record,
+)
+from baton.schemas.errors import AuditUnavailable, BrokerUnavailable, ConfigError
+
+
+@pytest.fixture
+def baton_up() -> Iterator[int]:
+    """The pid of a live process whose command line reads like `baton up`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "baton", "up"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("BATON_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def _record(data_dir: Path, pid: int, **changes: object) -> StackRecord:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fields: dict[str, object] = {
+        "state": "running",
+        "pid": pid,
+        "started_at": datetime.now(UTC),
+        "data_dir": data_dir.resolve(),
+        "app_id": "baton",
+        "bootstrap": "127.0.0.1:19092",
+        "topic_prefix": "stack.",
+        "partitions": 4,
+        "clickhouse_dsn": f"chdb://{data_dir.resolve() / 'chdb'}",
+        "sql_url": "http://127.0.0.1:18123",
+    }
+    record = StackRecord.model_validate(fields | changes)
+    write_record(record)
+    return record
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_record_reads_back_as_written_and_is_replaced_atomically(
+    tmp_path: Path, baton_up: int
+) -> None:
+    record = _record(tmp_path / ".baton", baton_up)
+    assert read_record(tmp_path / ".baton") == record
+    assert record.live()
+    assert [p.name for p in (tmp_path / ".baton").iterdir()] == [STACK_FILE]  # no temp left
+    stopped = mark_stopped(record)
+    assert read_record(tmp_path / ".baton") == stopped
+    assert stopped.state == "stopped" and stopped.stopped_at is not None
+    assert not stopped.live()
+
+
+def test_no_record_is_none_and_a_bad_one_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    assert read_record(tmp_path) is None
+    path = tmp_path / STACK_FILE
+    for text, problem in (
+        ("{not json", "not a `baton up` record"),
+        ('{"state": "running"}', "pid: Field required"),
+        ("x" * 70_000, "over 65536 bytes"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as bad:
+            read_record(tmp_path)
+        assert str(path) in str(bad.value) and problem in str(bad.value)
+    path.unlink()
+    os.mkfifo(path)  # reading a FIFO would block forever
+    with pytest.raises(ConfigError, match="not a regular file"):
+        read_record(tmp_path)
+
+
+@pytest.mark.parametrize("bootstrap", ["host:port", "", "a:99999"])
+def test_a_forged_bootstrap_in_a_record_is_refused(tmp_path: Path, bootstrap: str) -> None:
+    good = _record(tmp_path, 1).model_dump(mode="json")
+    (tmp_path / STACK_FILE).write_text(json.dumps(good | {"bootstrap": bootstrap}))
+    with pytest.raises(ConfigError, match="not a `baton up` record"):
+        read_record(tmp_path)
+
+
+def test_a_live_pid_that_is_not_baton_up_is_not_the_stack(tmp_path: Path) -> None:
+    # this test process is alive but runs pytest: a reused pid must not pass for the stack
+    assert not _record(tmp_path, os.getpid()).live()
+    assert not _record(tmp_path, _dead_pid()).live()
+
+
+def test_a_client_takes_kafka_from_the_record_in_the_current_folder(baton_up: int) -> None:
+    _record(Path(".baton"), baton_up)
+    settings = stack_settings({"bootstrap": None, "topic_prefix": None})
+    assert settings.bootstrap == "127.0.0.1:19092"
+    assert settings.topic_prefix == "stack." and settings.partitions == 4
+
+
+def test_the_flag_then_data_dir_then_variable_then_baton_data_dir(
+    tmp_path: Path, baton_up: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _record(Path(".baton"), baton_up)
+    other = _record(tmp_path / "other", baton_up, bootstrap="127.0.0.1:29092")
+    # an explicit --bootstrap wins over everything
+    assert stack_settings({"bootstrap": "k:1"}, other.data_dir).bootstrap == "k:1"
+    # --data-dir on the command line wins over BATON_BOOTSTRAP
+    monkeypatch.setenv("BATON_BOOTSTRAP", "env:2")
+    assert stack_settings({}, other.data_dir).bootstrap == "127.0.0.1:29092"
+    # BATON_BOOTSTRAP wins over BATON_DATA_DIR and ./.baton
+    monkeypatch.setenv("BATON_DATA_DIR", str(other.data_dir))
+    settings = stack_settings({})
+    assert settings.bootstrap == "env:2" and settings.topic_prefix == ""  # no record used
+    monkeypatch.delenv("BATON_BOOTSTRAP")
+    assert stack_settings({}).bootstrap == "127.0.0.1:29092"
+    monkeypatch.delenv("BATON_DATA_DIR")
+    assert stack_settings({}).bootstrap == "127.0.0.1:19092"
+    # a variable of a companion setting wins over the record's
+    monkeypatch.setenv("BATON_TOPIC_PREFIX", "mine.")
+    assert stack_settings({}).topic_prefix == "mine."
+
+
+def test_no_stack_is_an_error_naming_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(StackNotFound) as kafka:
+        stack_settings({})
+    text = str(kafka.value)
+    assert str(tmp_path / ".baton" / STACK_FILE) in text
+    assert "--data-dir" in text and "--bootstrap" in text and "BATON_BOOTSTRAP" in text
+    with pytest.raises(StackNotFound) as audit:
+        audit_settings(None, None)
+    text = str(audit.value)
+    assert str(tmp_path / ".baton" / "chdb") in text and "--dsn" in text
+    with pytest.raises(StackNotFound, match=str(tmp_path / "nowhere" / STACK_FILE)):
+        stack_settings({}, tmp_path / "nowhere")
+
+
+def test_a_stale_record_is_refused_for_kafka_and_named_for_the_audit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    record = _record(Path(".baton"), _dead_pid())
+    with pytest.raises(BrokerUnavailable) as stale:
+        stack_settings({})
+    assert "is stale" in str(stale.value) and f"pid {record.pid}" in str(stale.value)
+    settings = audit_settings(None, None)
+    assert settings.clickhouse_dsn == record.clickhouse_dsn  # the audit is still on disk
+    assert "is stale" in capsys.readouterr().err
+    mark_stopped(record)
+    with pytest.raises(BrokerUnavailable, match="stopped at"):
+        stack_settings({})
+    assert audit_settings(None, None).clickhouse_dsn == record.clickhouse_dsn
+
+
+def test_the_audit_of_a_stack_without_sql_or_audit_is_a_clear_error(baton_up: int) -> None:
+    _record(Path(".baton"), baton_up, sql_url=None)
+    with pytest.raises(AuditUnavailable, match="serves no SQL"):
+        audit_settings(None, None)
+    _record(Path(".baton"), baton_up, clickhouse_dsn=None)
+    with pytest.raises(AuditUnavailable, match="without its audit"):
+        audit_settings(None, None)
+    # an explicit DSN needs no stack
+    assert audit_settings("chdb:///x", None).clickhouse_dsn == "chdb:///x"
+
+
+def test_a_data_dir_without_a_record_but_with_an_audit_is_queried() -> None:
+    (Path(".baton") / "chdb").mkdir(parents=True)
+    dsn = audit_settings(None, None).clickhouse_dsn
+    assert dsn == f"chdb://{Path('.baton').resolve() / 'chdb'}"
+
+
+def test_a_second_baton_up_on_a_running_data_dir_is_refused(tmp_path: Path, baton_up: int) -> None:
+    _record(tmp_path, baton_up)
+    with pytest.raises(ConfigError, match=f"another `baton up` runs .* pid {baton_up}"):
+        refuse_running_stack(tmp_path)
+    stale = _record(tmp_path, _dead_pid())
+    assert refuse_running_stack(tmp_path) == stale
+
+
+def test_port_or_off() -> None:
+    port = PortOrOff()
+    assert port.convert("0", None, None) == 0
+    assert port.convert("8123", None, None) == 8123
+    assert port.convert("OFF", None, None) is None
+    for bad in ("65536", "-1", "x", "1" * 60, "٣"):
+        with pytest.raises(click.BadParameter, match="expected a port 0-65535"):
+            port.convert(bad, None, None)
+
+
+def test_setting_options_take_click_types_from_the_model() -> None:
+    assert isinstance(click_type("partitions"), click.IntRange)
+    assert click_type("partitions").min == 1
+    session = click_type("session_timeout_s")
+    assert isinstance(session, click.FloatRange) and session.min_open
+    assert isinstance(click_type("security_protocol"), click.Choice)
+    assert "SASL_SSL" in click_type("security_protocol").choices
+    assert isinstance(click_type("sasl_mechanism"), click.Choice)  # Optional[Literal]
+    assert click_type("clickhouse_verify") is click.BOOL
+    assert isinstance(click_type("ssl_cafile"), click.Path)
+    assert click_type("sasl_password") is click.STRING
