@@ -14,6 +14,7 @@ import click
 from clickhouse_connect.driver.client import Client
 
 from baton.cli.options import build_settings, setting_options
+from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
 from baton.schemas.settings import Settings
 from baton.sinks.sql_script import Statement
 
@@ -25,15 +26,7 @@ _OUTPUT = click.Choice(["table", "csv", "json"])
 
 
 def _dsn_option(fn: F) -> F:
-    fn = click.option(
-        "--data-dir",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        envvar="BATON_DATA_DIR",
-        help="the `baton up` data directory to query: its audit in <data-dir>/chdb, through "
-        "the SQL endpoint (DSN and token) registered there while up runs; wins over "
-        "BATON_CLICKHOUSE_DSN [env BATON_DATA_DIR; without either: .baton]",
-    )(fn)
+    fn = data_dir_option(fn)
     return click.option(
         "--dsn",
         "--clickhouse-dsn",
@@ -49,12 +42,11 @@ def _dsn_option(fn: F) -> F:
 def _audit_settings(clickhouse_dsn: str | None, data_dir: Path | None) -> Settings:
     """Settings whose DSN the query commands use: --dsn, else the audit of --data-dir (whose
     SQL endpoint ``connect`` follows with the token registered there), else
-    BATON_CLICKHOUSE_DSN or ``baton up``'s default ``.baton``."""
+    BATON_CLICKHOUSE_DSN, else the stack of BATON_DATA_DIR or ``./.baton``
+    (``baton.cli.stack_record``)."""
     from baton.sinks.clickhouse import parse_dsn
 
-    if clickhouse_dsn is None and data_dir is not None:
-        clickhouse_dsn = f"chdb://{data_dir.expanduser().resolve() / 'chdb'}"
-    settings = build_settings(clickhouse_dsn=clickhouse_dsn)
+    settings = audit_settings(clickhouse_dsn, data_dir)
     target = parse_dsn(settings.clickhouse_dsn)
     if target.chdb_path is not None:
         _check_endpoint_readable(target.chdb_path)
@@ -346,6 +338,16 @@ def trace_cmd(run_id: str, fmt: str, clickhouse_dsn: str | None, data_dir: Path 
     "--storm-window", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="seconds"
 )
 @click.option(
+    "--group",
+    "group_id",
+    default=None,
+    help="Kafka consumer group: alerters in one group share the stops (each announced by "
+    "one of them), alerters in different groups each announce every stop [default: "
+    "APP_ID-alerts; the alerter of `baton up` uses APP_ID-up-alerts, so a `baton alerts` "
+    "next to it also sees every stop]",
+)
+@data_dir_option
+@click.option(
     "--max-age",
     type=click.FloatRange(min=0),
     default=3600.0,
@@ -354,7 +356,13 @@ def trace_cmd(run_id: str, fmt: str, clickhouse_dsn: str | None, data_dir: Path 
 )
 @click.pass_context
 def alerts_group(
-    ctx: click.Context, storm_threshold: int, storm_window: float, max_age: float, **overrides: Any
+    ctx: click.Context,
+    storm_threshold: int,
+    storm_window: float,
+    max_age: float,
+    group_id: str | None,
+    data_dir: Path | None,
+    **overrides: Any,
 ) -> None:
     """Announce every stop from gov.stops (console, and --webhook-url as Slack JSON), once per
     decision, storms folded. `baton alerts check` evaluates SQL alert rules instead."""
@@ -362,7 +370,7 @@ def alerts_group(
         return
     from baton.sinks.alerts import run_alerts
 
-    settings = build_settings(**overrides)
+    settings = stack_settings(overrides, data_dir)
     with _stop_on_signals() as stop:
         alerter = run_alerts(
             settings,
@@ -370,6 +378,7 @@ def alerts_group(
             storm_threshold=storm_threshold,
             storm_window_s=storm_window,
             max_age_s=max_age,
+            group_id=group_id,
             emit=lambda text: click.echo(text),
         )
     if alerter.duplicates:

@@ -16,9 +16,25 @@ from typing import Any
 
 import click
 
-from baton.cli.options import build_settings, read_policy, setting_options
+from baton.cli.options import PortOrOff, build_settings, read_policy, setting_options
 from baton.cli.signer import CommandRefused, current_user, describe, load_key, signer_options
-from baton.cli.supervisor import ChildSpec, RestartPolicy, Supervisor, describe_exit, tail
+from baton.cli.stack_record import (
+    StackRecord,
+    data_dir_option,
+    mark_stopped,
+    refuse_running_stack,
+    stack_settings,
+    update_record,
+    write_record,
+)
+from baton.cli.supervisor import (
+    ChildSpec,
+    RestartPolicy,
+    Supervisor,
+    copy_lines,
+    describe_exit,
+    tail,
+)
 from baton.schemas.decision import Reason
 from baton.schemas.errors import AuditUnavailable, BatonError, BrokerUnavailable, ConfigError
 from baton.schemas.events import MAX_TEXT
@@ -108,12 +124,15 @@ def worker_cmd(**opts: Any) -> None:
         err=True,
     )
     level = logging.getLogger().getEffectiveLevel()
-    Worker(
+    worker = Worker(
         gw.app,
         loglevel=logging.getLevelName(min(level, logging.WARNING)).lower(),
         quiet=True,
         redirect_stdouts=False,
-    ).execute_from_commandline()
+    )
+    if not worker.stdout.isatty():  # its spinner writes cursor escapes into log files
+        worker.spinner = None
+    worker.execute_from_commandline()
 
 
 def _make_data_dir(path: Path) -> None:
@@ -139,16 +158,30 @@ def _spawn(env: dict[str, str]) -> Callable[[ChildSpec], subprocess.Popen[bytes]
     def spawn(spec: ChildSpec) -> subprocess.Popen[bytes]:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(spec.log_path, "ab") as out:  # the child holds its own copy of the fd
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "baton.cli", *spec.args],
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                stdout=subprocess.PIPE if spec.echo else out,
+                stderr=out if spec.echo else subprocess.STDOUT,
                 preexec_fn=kill_when_parent_dies,
             )
+        if spec.echo:  # its stdout (the alert lines) goes to the log and to our stdout
+            assert proc.stdout is not None
+            threading.Thread(
+                target=copy_lines,
+                args=(proc.stdout, spec.log_path, _echo_stdout),
+                name=f"baton-up-{spec.name}-output",
+                daemon=True,
+            ).start()
+        return proc
 
     return spawn
+
+
+def _echo_stdout(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
 
 
 class _Readiness(threading.Thread):
@@ -175,8 +208,8 @@ class _Readiness(threading.Thread):
                 self.settings.partitions,
                 timeout_s=90,
             )
-            if self.sql_port is not None:
-                self.sql_dsn = _wait_for_sql(self.sql_port, self.chdb_dir)
+            if self.sql_port is not None:  # 0: the port the sink picked
+                self.sql_dsn = _wait_for_sql(self.sql_port or None, self.chdb_dir)
             self.took = took
         except BaseException as exc:  # handed to the supervision loop, which raises it
             self.error = exc
@@ -194,12 +227,14 @@ class _Readiness(threading.Thread):
 )
 @click.option(
     "--sql-port",
-    type=int,
-    default=8123,
+    type=PortOrOff(),
+    default="8123",
     show_default=True,
     envvar="BATON_SQL_PORT",
     help="port of the read-only, token-protected SQL endpoint on 127.0.0.1 (ClickHouse HTTP) "
-    "while up runs; the ready line prints its DSN with the token (0: a free port)",
+    "while up runs; the ready line and DATA_DIR/stack.json name it (the token stays in "
+    "DATA_DIR/chdb, mode 0600). 0: a free port; off: no endpoint (the audit is still "
+    "written; query it after up stops)",
 )
 @click.option("--no-audit", is_flag=True, help="do not start the audit sink and the alerter")
 @click.option(
@@ -232,7 +267,7 @@ class _Readiness(threading.Thread):
 def up_cmd(
     port: int | None,
     data_dir: Path,
-    sql_port: int,
+    sql_port: int | None,
     no_audit: bool,
     restart_limit: int,
     restart_window_s: float,
@@ -245,10 +280,22 @@ def up_cmd(
 
     A worker, sink or alerter that exits is restarted (after 1 s, 2 s, 4 s ... by default)
     with one line on stderr; baton up ends when the broker does (exit 4) or when a child
-    keeps failing (with that child's error and exit code)."""
+    keeps failing (with that child's error and exit code).
+
+    The embedded broker keeps everything in memory: a restart of baton up forgets every
+    run's state (spend, handoff counts, owners, stops), pending approvals, kill switches and
+    policy updates; only the audit (DATA_DIR/chdb) and the logs stay. Use a Kafka cluster
+    (docker-compose.yml) to keep governance across restarts.
+
+    While it runs, DATA_DIR/stack.json records the stack (Kafka, SQL endpoint, policy, logs,
+    pids): `baton kill`, `sql`, `trace`, `alerts`, `approvals` ... run in the same folder (or
+    with --data-dir / BATON_DATA_DIR) use it without flags. Stop alerts are printed here and
+    kept in DATA_DIR/logs/alerts.log. The worker, sink and alerter read every BATON_*
+    setting of `baton worker`, `baton sink` and `baton alerts` (see their --help)."""
     from baton.streams.embedded import EmbeddedBroker
 
     data_dir = data_dir.resolve()
+    earlier = refuse_running_stack(data_dir)
     settings = build_settings(**opts)
     policy = read_policy(settings.policy)  # fail before starting anything on a bad policy
     try:
@@ -263,6 +310,7 @@ def up_cmd(
     logs = data_dir / "logs"
     broker = EmbeddedBroker(port=port, log_dir=logs)
     supervisor: Supervisor | None = None
+    record: StackRecord | None = None
     stopping = False
     interruptible = True
 
@@ -285,6 +333,8 @@ def up_cmd(
         broker.start()
         settings = build_settings(**{**opts, "bootstrap": broker.bootstrap})
         catalog = _ensure_topics(settings)
+        _say_what_a_restart_keeps(data_dir, earlier, no_audit, settings, catalog, say)
+        record = write_stack_record(data_dir, settings, broker, no_audit, logs)
         env = {
             **os.environ,
             "BATON_BOOTSTRAP": broker.bootstrap,
@@ -297,14 +347,13 @@ def up_cmd(
             env["BATON_POLICY"] = str(Path(settings.policy).resolve())
         from baton.streams.net import free_port
 
-        sql_port = sql_port or free_port()  # 0: any free port, printed on the ready line
         # a restarted worker keeps this web port: the old process is gone by then
         children = [("worker", ("worker", "--web-port", str(free_port())))]
         if not no_audit:
-            children += _audit_children(sql_port)
+            children += _audit_children(sql_port, settings.app_id)
         supervisor = Supervisor(restart, _spawn(env), say)
         for name, args in children:
-            supervisor.start(ChildSpec(name, args, logs / f"{name}.log"))
+            supervisor.start(ChildSpec(name, args, logs / f"{name}.log", echo=name == "alerts"))
         interruptible = False  # from here on, signals only set `stopping`
 
         say(f"waiting for the worker (policy {policy.version})")
@@ -326,6 +375,7 @@ def up_cmd(
                 announced = True
             elif announced and readiness.sql_dsn:
                 _announce_new_sql_token(readiness, data_dir / "chdb", sql_port)
+            record = _keep_record(record, broker, supervisor, readiness, announced)
             time.sleep(0.2)
         say("stopping")
     except _Interrupted:
@@ -342,6 +392,8 @@ def up_cmd(
             # without a broker a worker's graceful stop only waits for it: a short grace
             supervisor.stop(grace_s=15.0 if broker.running else 3.0)
         broker.stop()
+        if record is not None:
+            mark_stopped(record)
 
 
 def _check_broker(broker: Any) -> None:
@@ -357,10 +409,10 @@ def _check_broker(broker: Any) -> None:
     )
 
 
-def _wait_for_sql(port: int, chdb_dir: Path, timeout_s: float = 90.0) -> str:
+def _wait_for_sql(port: int | None, chdb_dir: Path, timeout_s: float = 90.0) -> str:
     """The sink opens chDB and migrates before it serves SQL: wait until the DSN in its
     endpoint file answers a query (the supervision loop restarts a sink that dies meanwhile);
-    returns the DSN."""
+    returns the DSN. ``port`` None: whichever port the sink picked."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         dsn = _answering_sql_dsn(port, chdb_dir)
@@ -368,14 +420,16 @@ def _wait_for_sql(port: int, chdb_dir: Path, timeout_s: float = 90.0) -> str:
             return dsn
         time.sleep(0.1)
     raise AuditUnavailable(
-        f"the audit sink did not serve SQL on 127.0.0.1:{port} within {timeout_s:g} s; "
+        f"the audit sink did not serve SQL on 127.0.0.1:{port or '(a free port)'} within "
+        f"{timeout_s:g} s; "
         "see its log (logs/sink.log in the data directory)"
     )
 
 
-def _answering_sql_dsn(port: int, chdb_dir: Path, known: str | None = None) -> str | None:
+def _answering_sql_dsn(port: int | None, chdb_dir: Path, known: str | None = None) -> str | None:
     """The DSN registered in ``chdb_dir`` when it is not ``known`` and its token opens the
-    endpoint on ``port`` (a file left by an earlier start names a token nobody serves)."""
+    endpoint on ``port`` (None: any port; a file left by an earlier start names a token
+    nobody serves)."""
     import base64
     import urllib.error
     import urllib.request
@@ -384,12 +438,15 @@ def _answering_sql_dsn(port: int, chdb_dir: Path, known: str | None = None) -> s
     from baton.sinks.clickhouse import read_endpoint
 
     dsn = read_endpoint(chdb_dir)
-    if dsn is None or dsn == known or not dsn.endswith(f":{port}"):
+    if dsn is None or dsn == known or (port is not None and not dsn.endswith(f":{port}")):
         return None
     parts = urlsplit(dsn)
+    if parts.hostname != "127.0.0.1" or parts.port is None:
+        return None  # our sink serves on the loopback only; never send a token elsewhere
     basic = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/?query=SELECT+1", headers={"Authorization": f"Basic {basic}"}
+        f"http://127.0.0.1:{parts.port}/?query=SELECT+1",
+        headers={"Authorization": f"Basic {basic}"},
     )
     try:
         with urllib.request.urlopen(request, timeout=2) as resp:
@@ -398,22 +455,116 @@ def _answering_sql_dsn(port: int, chdb_dir: Path, known: str | None = None) -> s
         return None
 
 
-def _announce_new_sql_token(readiness: _Readiness, chdb_dir: Path, port: int) -> None:
-    """A restarted sink serves SQL with a new token: print its DSN, as the ready line did."""
-    dsn = _answering_sql_dsn(port, chdb_dir, known=readiness.sql_dsn)
+def _announce_new_sql_token(readiness: _Readiness, chdb_dir: Path, port: int | None) -> None:
+    """A restarted sink serves SQL with a new token: print its DSN, as the ready line did
+    (with --sql-port 0, on the new port it picked)."""
+    dsn = _answering_sql_dsn(port or None, chdb_dir, known=readiness.sql_dsn)
     if dsn is not None:
         readiness.sql_dsn = dsn
         click.echo(f"baton up: the SQL endpoint restarted with a new token: sql={dsn}")
         sys.stdout.flush()
 
 
-def _audit_children(sql_port: int) -> list[tuple[str, tuple[str, ...]]]:
-    """The sink (which also serves SQL over chDB) and the alerter, once they exist."""
-    try:
-        from baton.cli import audit_cmds  # noqa: F401
-    except ImportError:
-        return []
-    return [("sink", ("sink", "--sql-port", str(sql_port))), ("alerts", ("alerts",))]
+def _audit_children(sql_port: int | None, app_id: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The sink (which also serves SQL over chDB, unless ``sql_port`` is None) and the
+    alerter, in a consumer group of its own: a `baton alerts` started next to it (group
+    APP_ID-alerts) sees every stop too."""
+    port = "off" if sql_port is None else str(sql_port)
+    alerts = ("alerts", "--group", f"{app_id}-up-alerts")
+    return [("sink", ("sink", "--sql-port", port)), ("alerts", alerts)]
+
+
+def _rebuild_runs_from_audit(
+    settings: Settings, catalog: Any, data_dir: Path, say: Callable[[str], None]
+) -> int | None:
+    """HOOK (issue 13, replay): give the fresh broker the run states of an earlier start,
+    rebuilt from the audit in ``data_dir``/chdb, before the worker decides anything.
+
+    Called with the broker up and the topics created, before any child starts (so chDB is
+    not held yet). Returns how many runs were restored, or None when nothing is rebuilt
+    (then `baton up` warns that the runs start from zero)."""
+    return None
+
+
+def _say_what_a_restart_keeps(
+    data_dir: Path,
+    earlier: StackRecord | None,
+    no_audit: bool,
+    settings: Settings,
+    catalog: Any,
+    say: Callable[[str], None],
+) -> None:
+    """The embedded broker forgets everything when it stops: say so at every start, and
+    loudly when this data dir holds the audit of an earlier start that is not restored."""
+    say(
+        "the embedded Kafka broker keeps everything in memory: when baton up stops, every "
+        "run's state (spend, handoff counts, owners, stops), pending approvals, kill switches "
+        f"and policy updates are gone; the audit in {data_dir / 'chdb'} stays"
+    )
+    audit = data_dir / "chdb"
+    if not audit.is_dir():
+        return
+    restored = None if no_audit else _rebuild_runs_from_audit(settings, catalog, data_dir, say)
+    if restored is not None:
+        say(f"restored {restored} runs' state from the audit in {audit}")
+        return
+    since = f" (last start {earlier.started_at:%Y-%m-%d %H:%M:%S} UTC)" if earlier else ""
+    say(
+        f"WARNING: {audit} holds the audit of an earlier start{since}, but its runs' state "
+        "is NOT restored: every run starts again from zero (a stopped or over-budget run can "
+        "be allowed again, kill switches are lifted). Use a Kafka cluster to keep governance "
+        "across restarts"
+    )
+
+
+def write_stack_record(
+    data_dir: Path, settings: Settings, broker: Any, no_audit: bool, logs: Path
+) -> StackRecord:
+    """Record the starting stack in ``data_dir``/stack.json (client commands find it there)."""
+    from datetime import UTC, datetime
+
+    names = ("worker",) if no_audit else ("worker", "sink", "alerts")
+    record = StackRecord(
+        state="starting",
+        pid=os.getpid(),
+        started_at=datetime.now(UTC),
+        data_dir=data_dir,
+        app_id=settings.app_id,
+        bootstrap=broker.bootstrap,
+        topic_prefix=settings.topic_prefix,
+        partitions=settings.partitions,
+        policy=Path(settings.policy).resolve() if settings.policy else None,
+        clickhouse_dsn=None if no_audit else f"chdb://{data_dir / 'chdb'}",
+        logs={
+            "broker": broker.log_path or logs,
+            **{name: logs / f"{name}.log" for name in names},
+        },
+        pids={"broker": broker.pid or 0},
+    )
+    write_record(record)
+    return record
+
+
+def _keep_record(
+    record: StackRecord | None,
+    broker: Any,
+    supervisor: Supervisor,
+    readiness: _Readiness,
+    announced: bool,
+) -> StackRecord | None:
+    """The record with the current pids, SQL URL and state (written when one changed)."""
+    if record is None:
+        return None
+    pids = {"broker": broker.pid or 0} | {
+        name: proc.pid for name, proc in supervisor.processes().items()
+    }
+    sql_url = None
+    if readiness.sql_dsn:
+        from urllib.parse import urlsplit
+
+        sql_url = f"http://127.0.0.1:{urlsplit(readiness.sql_dsn).port}"
+    state = "running" if announced else "starting"
+    return update_record(record, pids=pids, sql_url=sql_url, state=state)
 
 
 # ---------------------------------------------------------------------------- kill
@@ -432,6 +583,7 @@ def _audit_children(sql_port: int) -> list[tuple[str, tuple[str, ...]]]:
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds to wait")
 @setting_options("bootstrap", "topic_prefix", "partitions")
+@data_dir_option
 def kill_cmd(
     run_id: str | None,
     tenant: str | None,
@@ -442,6 +594,7 @@ def kill_cmd(
     key_file: Path | None,
     wait: bool,
     timeout: float,
+    data_dir: Path | None,
     **opts: Any,
 ) -> None:
     """Publish a kill switch (or its release) for a run, a tenant, or everything, signed as
@@ -458,7 +611,7 @@ def kill_cmd(
             f"at most {MAX_TEXT} characters, got {len(reason)}", param_hint="--reason"
         )
     key = load_key(key_file)
-    settings = build_settings(**opts)
+    settings = stack_settings(opts, data_dir)
     from baton.streams.client import OperatorClient
     from baton.streams.net import check_reachable
 
