@@ -18,12 +18,12 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from baton.schemas.decision import DECISION_ADAPTER, DECISION_FIELDS, Decision, Outcome, Phase
+from baton.schemas.decision import AUDIT_FIELDS, DECISION_ADAPTER, Decision, Outcome, Phase
 from baton.sinks.schema import DATABASE
 
 __all__ = ["PendingApproval", "find_approval", "pending_approvals"]
 
-_COLUMNS = ", ".join(f"d.`{f}`" for f in DECISION_FIELDS)
+_COLUMNS = ", ".join(f"d.`{f}`" for f in AUDIT_FIELDS)
 
 #: approval ids that an answer resolved (refused answers do not count)
 _ANSWERED = f"""
@@ -64,7 +64,7 @@ LIMIT 1
 def _decision(row: Any) -> Decision:
     """An audit row as the Decision the worker made: money as float, times in UTC (the
     columns are DateTime64(6, 'UTC'), which clickhouse-connect may return without a zone)."""
-    doc = dict(zip(DECISION_FIELDS, row, strict=True))
+    doc = dict(zip(AUDIT_FIELDS, row, strict=True))
     for name, value in doc.items():
         if isinstance(value, Decimal):
             doc[name] = float(value)

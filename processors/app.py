@@ -31,6 +31,7 @@ from baton.processors.control import ControlFollower
 from baton.processors.engine import evict, expire_approvals
 from baton.processors.exits import EXIT_DELIVERY_FAILED, exit_without_commit
 from baton.processors.publish import BatchPublisher
+from baton.processors.recorded import policy_in_force
 from baton.processors.state import RunState
 from baton.processors.sweep import DueIndex
 from baton.schemas.policy import Policy
@@ -242,6 +243,10 @@ class GovernanceWorker:
                     self.worker_id,
                     self.control.why_stale(),
                 )
+            # the policy document, recorded before the first decision under it (baton replay)
+            self.publisher.enqueue(
+                policy_in_force(self.control.policy, datetime.now(UTC), self.worker_id)
+            )
             self._ready.set()
             log.info("worker %s ready (policy %s)", self.worker_id, self.control.policy.version)
 
@@ -319,6 +324,7 @@ class GovernanceWorker:
         return SSLCredentials(ctx)
 
     def _on_policy(self, policy: Policy) -> None:
+        self.publisher.enqueue(policy_in_force(policy, datetime.now(UTC), self.worker_id))
         if self._processor is not None:
             self._processor.policy = policy
 

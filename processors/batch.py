@@ -35,6 +35,7 @@ import orjson
 
 from baton.processors.chain import link
 from baton.processors.engine import NO_KILLS, KillSwitches, Origin, decide, refuse
+from baton.processors.recorded import keep_links, publishable
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.events import (
@@ -398,13 +399,17 @@ class BatchProcessor:
                 kills,
                 origin,
             )
+            decisions = publishable(None, decisions, event)
             out.decisions.extend((rec.partition, d) for d in decisions)
             return False
-        new, decisions = decide(state, event, self.policy, now, kills, origin)
+        new, decided = decide(state, event, self.policy, now, kills, origin)
+        # copies to publish: with the input (`baton replay`), a reply from the state flagged
+        decisions = publishable(new, decided, event)
         if new is not state:
             # link only what was decided now: a reply re-emitted from the state is already
-            # linked, and is the very object the state keeps
+            # linked (and its copy flagged reemitted)
             link(new, [d for d in decisions if d.chain_hash is None], self.chain_key)
+            keep_links(decided, decisions)
         if careful and new is not state:
             raw = new.to_bytes()
             if len(raw) > self.run_state_max_bytes:
@@ -454,9 +459,11 @@ class BatchProcessor:
             kills,
             origin,
         )
+        published = publishable(new, decisions, event)
         if new is not None:
-            link(new, decisions, self.chain_key)
-        return new, decisions
+            link(new, published, self.chain_key)
+            keep_links(decisions, published)
+        return new, published
 
     def account(self, key: bytes, size: int | None) -> None:
         """``key``'s run now takes ``size`` encoded bytes (None: it left the table)."""

@@ -20,6 +20,7 @@ import orjson
 from pydantic import TypeAdapter
 
 __all__ = [
+    "AUDIT_FIELDS",
     "CHAIN_FIELDS",
     "DECISION_ADAPTER",
     "DECISION_FIELDS",
@@ -65,6 +66,7 @@ class Reason(StrEnum):
     DELEGATION_DEPTH_EXCEEDED = "delegation_depth_exceeded"
     DELEGATION_CYCLE = "delegation_cycle"
     SHARED_BUDGET_EXCEEDED = "shared_budget_exceeded"
+    STEP_BUDGET_EXCEEDED = "step_budget_exceeded"
     TOOL_NOT_PERMITTED = "tool_not_permitted"
     APPROVAL_DENIED = "approval_denied"
     APPROVAL_EXPIRED = "approval_expired"
@@ -92,12 +94,18 @@ class Reason(StrEnum):
     APPROVAL_GRANTED = "approval_granted"
     # records
     WITHIN_BUDGET = "within_budget"
+    #: a completion by the task's owner with a status in release_ownership_on freed the task
+    OWNERSHIP_RELEASED = "ownership_released"
+    #: an estimate reserved at allow time was released after reservation_ttl_seconds
+    RESERVATION_EXPIRED = "reservation_expired"
     SELF_APPROVAL = "self_approval"
     APPROVER_NOT_PERMITTED = "approver_not_permitted"
     UNKNOWN_APPROVAL = "unknown_approval"
     KILL_SWITCH = "kill_switch"
     KILL_SWITCH_RELEASED = "kill_switch_released"
     POLICY_UPDATED = "policy_updated"
+    #: a worker's policy document, recorded when it starts using it (replay reads it back)
+    POLICY_IN_FORCE = "policy_in_force"
     # client side (SDK), never produced by the engine
     GOVERNANCE_UNAVAILABLE = "governance_unavailable"
 
@@ -169,6 +177,12 @@ class Decision:
     #: the run's first) and this one's, over chain_content(); None: not part of a chain
     chain_prev: str | None = None
     chain_hash: str | None = None
+    #: the event the engine decided, as the worker parsed it (compact JSON; baton.processors.
+    #: recorded): what `baton replay` decides again. None: a timer step (approval expiry)
+    input: str | None = None
+    #: a copy of a decision published before (a retry or redelivery answered from the run's
+    #: state): the client needs it, the audit already has the original and does not store it
+    reemitted: bool = False
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)
@@ -187,10 +201,16 @@ class Decision:
 
 DECISION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Decision))
 
-#: what a decision's chain hash covers: every field but the chain's own
+#: the fields the audit stores (a re-emitted copy is never stored, so its flag is not)
+AUDIT_FIELDS: tuple[str, ...] = tuple(f for f in DECISION_FIELDS if f != "reemitted")
+
+#: what a decision's chain hash covers: every stored field but the chain's own
 CHAIN_FIELDS: tuple[str, ...] = tuple(
-    f for f in DECISION_FIELDS if f not in ("chain_prev", "chain_hash")
+    f for f in AUDIT_FIELDS if f not in ("chain_prev", "chain_hash")
 )
+#: fields from here on were added after chains shipped (0004): covered when set, so rows
+#: linked before they existed (NULL there) still verify
+_CHAIN_LATER = CHAIN_FIELDS.index("input")
 _MONEY_FIELDS = frozenset({"spent_usd", "reserved_usd"})
 _TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
 _MICRO = Decimal("0.000001")
@@ -230,7 +250,7 @@ def chain_content(values: Sequence[Any]) -> bytes:
     bytes). Times as microseconds since the epoch (a time without a zone is UTC, as the
     audit's columns are), money as the audit's Decimal text, enums as their values (orjson
     writes a StrEnum as its value); a missing ``event_time`` is the ``decided_at`` the audit
-    fills in."""
+    fills in; fields added after chains shipped only when set (as a name -> value map)."""
     out = list(values)
     if out[_EVENT_TIME_I] is None:
         out[_EVENT_TIME_I] = out[_DECIDED_AT_I]
@@ -243,6 +263,10 @@ def chain_content(values: Sequence[Any]) -> bytes:
     for i in _MONEY_I:
         v = out[i]
         out[i] = "0.000000" if not v else _money_text(v)
+    later = {CHAIN_FIELDS[i]: out[i] for i in range(_CHAIN_LATER, len(out)) if out[i] is not None}
+    del out[_CHAIN_LATER:]
+    if later:
+        out.append(later)
     return orjson.dumps(out)
 
 

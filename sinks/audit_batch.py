@@ -87,6 +87,8 @@ class AuditBatch:
                     RejectKind.INVALID_RECORD, "empty record (tombstone): expected a Decision"
                 )
             decision = DECISION_ADAPTER.validate_json(value)
+            if decision.reemitted:
+                return  # a copy answered from a run's state: the audit keeps the original
             row = decision_row(decision, self.topic, partition, offset, self.window)
         except ValidationError as exc:
             self.reject(partition, offset, value, RejectKind.INVALID_RECORD, _explain(exc))

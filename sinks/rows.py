@@ -19,7 +19,7 @@ from enum import Enum, StrEnum
 from operator import attrgetter
 from typing import Any, get_args, get_type_hints
 
-from baton.schemas.decision import DECISION_FIELDS, Decision
+from baton.schemas.decision import AUDIT_FIELDS, Decision
 
 __all__ = [
     "DATETIME64_MAX",
@@ -35,7 +35,7 @@ __all__ = [
 
 #: the table's columns the sink writes: every Decision field, then where the copy was read
 DECISION_COLUMNS: tuple[str, ...] = (
-    *DECISION_FIELDS,
+    *AUDIT_FIELDS,
     "audit_topic",
     "audit_partition",
     "audit_offset",
@@ -180,7 +180,7 @@ def _enum_fields() -> frozenset[str]:
     hints = get_type_hints(Decision)
     return frozenset(
         name
-        for name in DECISION_FIELDS
+        for name in AUDIT_FIELDS
         if any(
             isinstance(t, type) and issubclass(t, Enum)
             for t in (hints[name], *get_args(hints[name]))
@@ -189,8 +189,8 @@ def _enum_fields() -> frozenset[str]:
 
 
 # where each kind of field sits in a row: the conversion touches those and copies the rest
-_FIELD_VALUES = attrgetter(*DECISION_FIELDS)
-_AT = {name: i for i, name in enumerate(DECISION_FIELDS)}
+_FIELD_VALUES = attrgetter(*AUDIT_FIELDS)
+_AT = {name: i for i, name in enumerate(AUDIT_FIELDS)}
 _EVENT_TIME, _DECIDED_AT = _AT["event_time"], _AT["decided_at"]
 _OTHER_TIMES = tuple(
     (_AT[name], name) for name in sorted(_TIME_FIELDS - {"event_time", "decided_at"})

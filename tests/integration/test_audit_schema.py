@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from clickhouse_connect.driver.client import Client
 
 from baton.cli.main import _register, cli
-from baton.schemas.decision import DECISION_FIELDS, Decision
+from baton.schemas.decision import AUDIT_FIELDS, Decision
 from baton.schemas.errors import ConfigError
 from baton.sinks.clickhouse import connect
 from baton.sinks.rows import DECISION_COLUMNS, decision_row
@@ -88,7 +88,9 @@ def test_the_table_holds_the_full_decision_record_with_analytics_types(audit: Cl
             "WHERE database = 'governance' AND table = 'decisions'"
         ).result_rows
     )
-    assert set(DECISION_FIELDS) <= types.keys()
+    assert set(AUDIT_FIELDS) <= types.keys()
+    assert "reemitted" not in types  # a re-emitted copy is never stored, its flag neither
+    assert types["input"] == "Nullable(String)"
     for name in ("outcome", "reason", "phase", "tenant"):
         assert types[name] == "LowCardinality(String)", name
     for name in ("owner", "from_agent", "to_agent"):
@@ -328,9 +330,9 @@ def _recent(decisions: list[Decision], years_of_event_time: int = 0) -> list[Dec
 
 
 #: columns a release before 0004 did not have
-_SINCE_0004 = ("request_digest", "chain_prev", "chain_hash")
+_SINCE_0004 = ("request_digest", "chain_prev", "chain_hash", "input")
 _OLD_COLUMNS = [c for c in DECISION_COLUMNS if c not in _SINCE_0004]
-_BEFORE_0004 = "SELECT * EXCEPT (inserted_at, request_digest, chain_prev, chain_hash)"
+_BEFORE_0004 = "SELECT * EXCEPT (inserted_at, request_digest, chain_prev, chain_hash, input)"
 
 
 def _insert_old(client: Client, decisions: list[Decision], first_offset: int = 0) -> None:
@@ -365,7 +367,7 @@ def test_migration_0003_moves_an_old_audit_to_the_decided_at_layout(chdb_dir: Pa
     client = connect(f"chdb://{chdb_dir}")  # reopened, as `baton sink` after an upgrade
     try:
         before = _rows(client, f"{_BEFORE_0004} FROM governance.decisions")
-        assert migrate(client, 3650) == [3, 4]
+        assert migrate(client, 3650) == [3, 4, 5]
         assert _rows(client, f"{_BEFORE_0004} FROM governance.decisions") == before
         assert client.command("SELECT count() FROM governance.decisions FINAL") == len(decisions)
         tables = dict(
@@ -417,7 +419,7 @@ def test_migration_0003_redone_after_a_crash_during_the_copy(chdb_dir: Path) -> 
         client.command(  # the copy got part of the way
             "INSERT INTO governance.decisions_0003 SELECT * FROM governance.decisions LIMIT 7"
         )
-        assert migrate(client, 3650) == [3, 4]
+        assert migrate(client, 3650) == [3, 4, 5]
         assert client.command("SELECT count() FROM governance.decisions") == stored  # not + 7
         assert _ids(client) == {d.decision_id for d in decisions}
         tables = {r[0] for r in client.query("SHOW TABLES FROM governance").result_rows}
@@ -450,7 +452,7 @@ def test_migration_0003_after_a_crash_after_the_exchange_moves_late_rows(
             ],
             column_names=_OLD_COLUMNS,
         )
-        assert migrate(client, 3650) == [3, 4]
+        assert migrate(client, 3650) == [3, 4, 5]
         assert _ids(client) == {d.decision_id for d in decisions + late}
         tables = {r[0] for r in client.query("SHOW TABLES FROM governance").result_rows}
         assert not {"decisions_0003", "decisions_before_0003"} & tables

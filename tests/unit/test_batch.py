@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import orjson
@@ -9,8 +10,8 @@ import pytest
 
 from baton.processors.batch import BatchProcessor, InputRecord, Outputs
 from baton.processors.state import SEEN_LIMIT, RunState
-from baton.schemas.decision import Outcome, Reason
-from baton.schemas.events import ApprovalGranted, HandoffCompleted
+from baton.schemas.decision import Decision, Outcome, Reason, chain_hash, chain_values
+from baton.schemas.events import ApprovalGranted, HandoffCompleted, parse_event
 from baton.schemas.policy import load_policy
 from baton.streams.partitioner import partition_for
 from tests.helpers import handoff
@@ -39,11 +40,29 @@ def test_redelivered_record_and_client_retry(exactly_once: bool) -> None:
         # its decision went out in the transaction that wrote the state: not a second time
         assert again.decisions == [] and proc.redelivered == 1
     else:
-        assert [d for _, d in again.decisions] == [decision]  # the design's re-emission
+        # the design's re-emission: the stored decision, flagged so the audit keeps the
+        # original (the state keeps no input: the published original carries it)
+        assert [d for _, d in again.decisions] == [reemitted(decision)]
 
     retry = proc.process([_record(11)], now)  # the client sent the request again
-    assert [d for _, d in retry.decisions] == [decision] and not retry.changed
+    assert [d for _, d in retry.decisions] == [reemitted(decision)] and not retry.changed
     assert states[b"run_1"].handoff_count == 1
+
+
+def reemitted(decision: Decision) -> Decision:
+    return replace(decision, input=None, reemitted=True)
+
+
+def test_published_decision_carries_its_input_and_the_state_does_not() -> None:
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(load_policy(None), 1, states, worker="w")
+    rec = _record(10)
+    [(_, decision)] = proc.process([rec], datetime.now(UTC)).decisions
+    assert decision.input is not None and not decision.reemitted
+    assert parse_event(decision.input.encode(), b"run_1") == parse_event(rec.value or b"")
+    [stored] = RunState.from_bytes(states[b"run_1"].to_bytes()).replies("h:run_1-h1") or []
+    assert stored.input is None and stored.chain_hash == decision.chain_hash is not None
+    assert decision.chain_hash == chain_hash(b"", "", chain_values(decision))
 
 
 # ------------------------------------------------------------------ one record never stops a batch
@@ -217,7 +236,7 @@ def test_a_reused_request_id_with_another_request_is_refused_not_answered_with_t
     assert d.decision_id != first.decisions[0][1].decision_id
     # the same request again (a retry) still gets its allow
     [(_, retry)] = proc.process([_good("run_a", 1, "t", to="researcher")], NOW).decisions
-    assert retry == first.decisions[0][1]
+    assert retry == reemitted(first.decisions[0][1])
 
 
 # ------------------------------------------------------------------ found by attacking the worker

@@ -1,0 +1,12 @@
+-- Every input the engine decided, stored with its decisions (`baton replay`).
+--
+-- input: the event the worker decided, as it parsed it (compact JSON of the event model,
+-- baton.processors.recorded.input_text). `baton replay` parses it again and decides the run's
+-- history anew under another policy, so every field the engine reads (estimated_usd,
+-- task_kind, tool, ...) is here, including fields added to the events later. NULL on timer
+-- steps (an approval expired by the sweep) and on rows written before this migration. A
+-- policy_in_force control row holds the policy document itself (replay's recorded policy).
+--
+-- ZSTD: a few hundred bytes of JSON per row whose names repeat across rows (agents, tenants,
+-- task ids, field names), the kind of text ZSTD compresses better than the default LZ4.
+ALTER TABLE governance.decisions ADD COLUMN IF NOT EXISTS input Nullable(String) CODEC(ZSTD(3));

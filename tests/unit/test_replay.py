@@ -1,0 +1,217 @@
+"""`baton replay`'s core without Kafka: histories recorded by the worker's own batch step.
+
+A history is decided by ``BatchProcessor`` (which attaches each decision's input and links the
+run's chain, as the worker does) plus the worker's approval sweep; what it publishes, one copy
+per decision id (re-emissions are not stored), in publish order, is what the audit holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.chain import link
+from baton.processors.engine import expire_approvals
+from baton.processors.recorded import policy_document
+from baton.processors.replay import Recorded, label, replay_runs, runs_of
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision
+from baton.schemas.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    HandoffCompleted,
+    HandoffRequested,
+    RunEvent,
+)
+from baton.schemas.policy import Policy
+from tests.unit.test_engine_properties import POLICIES, histories
+from tests.unit.test_engine_support import at, policy_with, seed_policy
+
+pytestmark = pytest.mark.unit
+
+KEY = b"chain-key"
+APPROVALS = "gov.approvals"
+
+
+def record(
+    policy: Policy, timed: list[tuple[RunEvent, datetime]], sweep_every: int = 0
+) -> list[Recorded]:
+    """What the audit holds after a worker decided ``timed`` (and swept every few events)."""
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(policy, 1, states, worker="w", chain_key=KEY)
+    published: list[Decision] = []
+    for offset, (event, now) in enumerate(timed):
+        topic = APPROVALS if type(event) in (ApprovalGranted, ApprovalDenied) else "requests"
+        rec = InputRecord(topic, 0, offset, event.run_id.encode(), event.to_json())
+        out = proc.process([rec], now)
+        assert not out.dead_letters, out.dead_letters
+        published += [d for _, d in out.decisions]
+        if sweep_every and offset % sweep_every == sweep_every - 1:
+            for key, state in list(states.items()):
+                new, expired = expire_approvals(state, policy, now)
+                if expired:
+                    link(new, expired, KEY)
+                    states[key] = new
+                    published += expired
+    seen: set[str] = set()
+    rows = []
+    for d in published:
+        if d.reemitted or d.decision_id in seen:
+            continue
+        seen.add(d.decision_id)
+        rows.append(_row(d))
+    return rows
+
+
+def _row(d: Decision) -> Recorded:
+    assert d.decided_at is not None
+    return Recorded(
+        d.run_id,
+        d.decision_id,
+        d.outcome,
+        d.reason,
+        d.detail,
+        d.policy_version,
+        d.decided_at,
+        d.worker,
+        d.partition,
+        d.offset,
+        d.input,
+        d.chain_prev,
+        d.chain_hash,
+    )
+
+
+def _policies(*policies: Policy) -> dict[str, Policy]:
+    # as replay reads them back from policy_in_force records
+    return {p.version: Policy.model_validate_json(policy_document(p)) for p in policies}
+
+
+@settings(max_examples=150, deadline=None)
+@given(histories(), st.sampled_from([0, 1, 3]))
+def test_replay_under_the_recorded_policy_reproduces_every_recorded_decision(
+    case: tuple, sweep_every: int
+) -> None:
+    name, timed = case
+    policy = POLICIES[name]
+    rows = record(policy, timed, sweep_every)
+    report = replay_runs(runs_of(rows), policy, _policies(policy), KEY)
+    assert report.partial == {}
+    [run] = report.runs
+    assert run.decisions == len(rows)
+    assert run.unfaithful == []
+    assert run.changed == 0 and not report.transitions
+
+
+@settings(max_examples=100, deadline=None)
+@given(histories())
+def test_a_new_policy_changes_exactly_what_recording_under_it_would_have(case: tuple) -> None:
+    name, timed = case
+    recorded_policy, new_policy = POLICIES[name], POLICIES["tight"]
+    rows = record(recorded_policy, timed)
+    report = replay_runs(runs_of(rows), new_policy, _policies(recorded_policy), KEY)
+    [run] = report.runs
+    assert run.unfaithful == []
+    # the reference: the same inputs recorded under the new policy, step by step
+    under_new = _by_step(record(new_policy, timed))
+    changed = 0
+    for step, recorded in _by_step(rows).items():
+        other = under_new.get(step, [])
+        for i, rec in enumerate(recorded):
+            now = label(other[i].outcome, other[i].reason) if i < len(other) else "-"
+            changed += label(rec.outcome, rec.reason) != now
+    assert run.changed == changed
+
+
+def _by_step(rows: list[Recorded]) -> dict[int | None, list[Recorded]]:
+    steps: dict[int | None, list[Recorded]] = {}
+    for r in rows:
+        steps.setdefault(r.offset, []).append(r)
+    return steps
+
+
+def _budget_history(run: str, handoffs: int, cost: float) -> list[tuple[RunEvent, datetime]]:
+    timed: list[tuple[RunEvent, datetime]] = []
+    for i in range(handoffs):
+        timed.append(
+            (
+                HandoffRequested(
+                    request_id=f"{run}-h{i}",
+                    run_id=run,
+                    task_id=f"t{i}",
+                    from_agent="planner",
+                    to_agent="researcher",
+                    estimated_usd=1.0,
+                    event_time=at(10 * i),
+                ),
+                at(10 * i),
+            )
+        )
+        timed.append(
+            (
+                HandoffCompleted(
+                    request_id=f"{run}-h{i}",
+                    run_id=run,
+                    task_id=f"t{i}",
+                    agent="researcher",
+                    cost_usd=cost,
+                    event_time=at(10 * i + 5),
+                ),
+                at(10 * i + 5),
+            )
+        )
+    return timed
+
+
+def test_a_stricter_handoff_budget_stops_the_runs_that_went_past_it() -> None:
+    loose, strict = policy_with(max_handoffs=20), policy_with(max_handoffs=3)
+    rows = record(loose, _budget_history("run_long", 6, 2.5)) + record(
+        loose, _budget_history("run_short", 2, 1.0)
+    )
+    report = replay_runs(runs_of(rows), strict, _policies(loose), KEY)
+    assert [r.run_id for r in report.changed_runs] == ["run_long"]
+    long = report.changed_runs[0]
+    assert long.unfaithful == []
+    assert report.transitions == {"allow → stop:handoff_budget_exceeded": 3}
+    assert long.first_change is not None and long.first_change.step == 7  # the 4th handoff
+    assert long.first_change.request_id == "run_long-h3"
+    # the three stopped handoffs' completions: 3 x $2.50 not spent, 3 x $1 estimates
+    assert long.saved_usd == 7.5 and long.blocked_estimate_usd == 3.0
+
+
+def test_the_same_policy_changes_nothing() -> None:
+    policy = seed_policy()
+    rows = record(policy, _budget_history("run_a", 12, 1.0))
+    report = replay_runs(runs_of(rows), policy, _policies(policy), KEY)
+    assert report.decisions == len(rows) and not report.changed_runs
+    assert report.unfaithful_runs == []
+
+
+def test_a_history_that_does_not_start_in_what_was_read_is_partial_not_replayed() -> None:
+    policy = seed_policy()
+    rows = record(policy, _budget_history("run_a", 4, 1.0))
+    report = replay_runs(runs_of(rows[3:]), policy, _policies(policy), KEY)
+    assert report.runs == [] and "does not start" in report.partial["run_a"]
+
+
+def test_a_run_recorded_without_inputs_or_its_policy_is_partial() -> None:
+    policy = seed_policy()
+    rows = record(policy, _budget_history("run_a", 2, 1.0))
+    no_input = [replace(rows[0], input=None), *rows[1:]]
+    report = replay_runs(runs_of(no_input), policy, _policies(policy), KEY)
+    assert "records no input" in report.partial["run_a"]
+    report = replay_runs(runs_of(rows), policy, {}, KEY)
+    assert f"policy {policy.version} is not in the audit" in report.partial["run_a"]
+
+
+def test_a_wrong_chain_key_shows_as_unfaithful_not_as_a_change() -> None:
+    policy = seed_policy()
+    rows = record(policy, _budget_history("run_a", 2, 1.0))
+    report = replay_runs(runs_of(rows), policy, _policies(policy), b"another key")
+    [run] = report.runs
+    assert run.unfaithful and run.changed == 0
