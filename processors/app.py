@@ -28,7 +28,7 @@ from baton.processors import transport
 from baton.processors.batch import BatchProcessor, InputRecord, Outputs
 from baton.processors.chain import link
 from baton.processors.control import ControlFollower
-from baton.processors.engine import evict, expire_approvals
+from baton.processors.engine import evict, expire_due
 from baton.processors.exits import EXIT_DELIVERY_FAILED, exit_without_commit
 from baton.processors.publish import BatchPublisher
 from baton.processors.recorded import policy_in_force
@@ -546,8 +546,8 @@ class GovernanceWorker:
                 if state is None:
                     continue
                 new = state
-                if state.pending:
-                    new, decisions = expire_approvals(state, proc.policy, now, self.control.kills)
+                if state.pending or state.reserved_due is not None:
+                    new, decisions = expire_due(state, proc.policy, now, self.control.kills)
                     if decisions:
                         link(new, decisions, proc.chain_key)
                     out.decisions.extend((partition, d) for d in decisions)

@@ -10,11 +10,19 @@ Pre-handoff rules, in ARCHITECTURE.md's order, first failure wins:
  3. ownership lock; role map                          -> ownership_conflict / role_not_permitted
  4. multi_agent.max_agents_per_run                    -> agent_limit_exceeded
  5. multi_agent.max_handoffs                          -> handoff_budget_exceeded
- 6. max_delegation_depth; detect_delegation_cycles    -> delegation_depth_exceeded / _cycle
+ 6. max_delegation_depth; detect_delegation_cycles;
+    max_bounces (two agents handing work back and forth) -> delegation_depth_exceeded / _cycle
  7. shared_max_usd, shared_max_tool_calls, max_run_seconds, with
-    reservations of estimated_usd / estimated_tool_calls -> shared_budget_exceeded
- 8. tools.allow / tools.block; require_approval_for   -> tool_not_permitted / approval_required
- 9. allow: the task is locked to to_agent, the estimate reserved.
+    reservations of estimated_usd / estimated_tool_calls -> shared_budget_exceeded;
+    max_steps                                          -> step_budget_exceeded
+ 8. tools.allow / tools.block, roles.<to_agent>.tools over the handoff's tool and tools;
+    require_approval_for                               -> tool_not_permitted / approval_required
+ 9. allow: the task is locked to to_agent, the estimate reserved (for
+    reservation_ttl_seconds, if set).
+Post-handoff: the completion's cost, tool calls and steps count; over a budget, or a tool the
+agent may not use, stops the run; a status in release_ownership_on frees the task.
+Due work (the worker's sweep, or the run's next event): approvals past approval.ttl_seconds
+are stopped (approval_expired), reservations past their TTL released (reservation_expired).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from baton.processors.state import (
     RECENT_REPLIES,
     SEEN_LIMIT,
     PendingApproval,
+    Reservation,
     RunState,
     TaskNode,
 )
@@ -74,6 +83,7 @@ __all__ = [
     "decide",
     "evict",
     "expire_approvals",
+    "expire_due",
     "is_evictable",
     "new_state",
     "next_due",
@@ -88,7 +98,16 @@ __all__ = [
 HARD_MAX_HANDOFFS = 10_000
 
 #: stops that end the run for good (the run stays stopped); other stops refuse one handoff
-STICKY_REASONS = frozenset({Reason.HANDOFF_BUDGET_EXCEEDED, Reason.SHARED_BUDGET_EXCEEDED})
+#: (a completion's stop, whatever its reason, also ends the run: see _post_handoff)
+STICKY_REASONS = frozenset(
+    {
+        Reason.HANDOFF_BUDGET_EXCEEDED,
+        Reason.SHARED_BUDGET_EXCEEDED,
+        Reason.STEP_BUDGET_EXCEEDED,
+    }
+)
+#: money is summed in floats: a total within this of its limit is at the limit, not over it
+BUDGET_TOLERANCE = 1e-9
 #: stops that shadow mode never turns into allows: a kill switch, and the worker's own
 #: limits and protocol refusals (they are not policy to try out)
 NEVER_SHADOWED = frozenset(
@@ -117,6 +136,7 @@ _ALLOW, _STOP, _RECORDED, _APPROVAL_REQUIRED = (
 )
 _PRE_HANDOFF, _POST_HANDOFF = Phase.PRE_HANDOFF, Phase.POST_HANDOFF
 _OK, _WITHIN_BUDGET = Reason.OK, Reason.WITHIN_BUDGET
+_SHARED = Reason.SHARED_BUDGET_EXCEEDED
 #: the phase as plain text for decision_id_for: formatting a StrEnum member in an f-string
 #: runs Enum.__format__ in Python (same text, so the same id)
 _PHASE_TEXT = {phase: phase.value for phase in Phase}
@@ -176,6 +196,12 @@ def request_digest(event: HandoffRequested | HandoffCompleted) -> str:
     fields = dict(event.__dict__)
     del fields["event_time"]
     fields.pop("decide_by", None)
+    # fields added after digests were first kept, left out at their defaults: an event
+    # without them keeps its digest, and so its decision ids and approval id, across versions
+    if fields.get("tools", ()) is None:
+        del fields["tools"]
+    if fields.get("steps") == 0:
+        del fields["steps"]
     h = _DIGEST.copy()
     h.update(orjson.dumps(fields))
     return h.hexdigest()
@@ -228,6 +254,9 @@ def next_due(state: RunState, retention_s: float, tombstone_retention_s: float) 
     for p in state.pending.values():
         if p.expires_at < due:
             due = p.expires_at
+    reserved_due = state.reserved_due
+    if reserved_due is not None and reserved_due < due:
+        due = reserved_due
     return due
 
 
@@ -324,7 +353,12 @@ def decide(
         event.request_id if digest is not None else None,  # type: ignore[union-attr]
         digest,
     )
-    out = _expire(st, ctx) if st.pending else None
+    reserved_due = st.reserved_due
+    out = (
+        _expire(st, ctx)
+        if st.pending or (reserved_due is not None and reserved_due <= now_ts)
+        else None
+    )
     if out and st.has_seen(key):  # the sweep just resolved the approval this event is about
         replies = st.replies(key) or []
         return st, out + [d for d in replies if d not in out]
@@ -505,15 +539,25 @@ def _protocol(
     return d
 
 
-def expire_approvals(
+def expire_due(
     state: RunState, policy: Policy, now: datetime, kills: KillSwitches = NO_KILLS
 ) -> tuple[RunState, list[Decision]]:
-    """Stop every pending approval of the run whose TTL has passed (the worker's timer)."""
-    if not any(p.expires_at <= now.timestamp() for p in state.pending.values()):
+    """The worker's timer: stop every pending approval of the run whose TTL has passed and
+    release every reservation whose TTL has passed. A pure function of (state, now): replay
+    repeats it at the recorded time. ``state`` itself when nothing is due."""
+    now_ts = now.timestamp()
+    due = state.reserved_due
+    if not (due is not None and due <= now_ts) and not any(
+        p.expires_at <= now_ts for p in state.pending.values()
+    ):
         return state, []
     st = state.copy()
-    ctx = _Ctx(_rules_for(policy, st.tenant), now, now.timestamp(), kills, _NO_ORIGIN)
+    ctx = _Ctx(_rules_for(policy, st.tenant), now, now_ts, kills, _NO_ORIGIN)
     return st, _expire(st, ctx)
+
+
+#: the former name of expire_due (it expires reservations too now)
+expire_approvals = expire_due
 
 
 def apply_control(
@@ -731,10 +775,14 @@ class _Rules:
         "fallback_by_reason",
         "limits",
         "max_agents_per_run",
+        "max_bounces",
         "max_delegation_depth",
         "max_handoffs",
         "max_run_seconds",
         "max_signature_age",
+        "max_steps",
+        "release_on",
+        "reservation_ttl",
         "roles",
         "shadow_mode",
         "shared_max_tool_calls",
@@ -757,8 +805,12 @@ class _Rules:
         self.shared_max_usd = limits.shared_max_usd
         self.shared_max_tool_calls = limits.shared_max_tool_calls
         self.max_run_seconds = limits.max_run_seconds
+        self.max_steps = limits.max_steps
+        self.max_bounces = limits.max_bounces
+        self.reservation_ttl = limits.reservation_ttl_seconds
+        self.release_on = frozenset(limits.release_ownership_on)
         self.roles = bool(limits.roles)
-        self.tools_checked = bool(limits.tools.block) or limits.tools.allow is not None
+        self.tools_checked = limits.checks_tools
         self.approval_re = compile_globs(limits.require_approval_for)
         self.ttl_seconds = limits.approval.ttl_seconds
         self.allow_self_approval = limits.approval.allow_self_approval
@@ -770,11 +822,15 @@ class _Rules:
         self.fallback = limits.fallback
         self.fallback_by_reason = dict(limits.fallback_by_reason)
 
-    def needs_approval(self, action: str | None, tool: str | None) -> bool:
+    def needs_approval(
+        self, action: str | None, tool: str | None, tools: list[str] | None = None
+    ) -> bool:
         rx = self.approval_re
         if rx is None:
             return False
-        return bool((action and rx.match(action)) or (tool and rx.match(tool)))
+        if (action and rx.match(action)) or (tool and rx.match(tool)):
+            return True
+        return bool(tools) and any(rx.match(t) for t in tools)  # type: ignore[union-attr]
 
     def fallback_for(self, reason: str) -> Fallback:
         return self.fallback_by_reason.get(reason, self.fallback)
@@ -975,7 +1031,7 @@ def _check(
         )
     # fields read once: attributes of pydantic models are several times slower than locals
     task_id, from_agent, to_agent = req.task_id, req.from_agent, req.to_agent
-    if node is not None and node.owner != to_agent:
+    if node is not None and node.owner != to_agent and node.owner:  # "": released
         return Outcome.STOP, Reason.OWNERSHIP_CONFLICT, f"{task_id} is owned by {node.owner}"
     if rules.roles:
         why = rules.limits.role_permits(from_agent, to_agent, req.task_kind or task_id)
@@ -1007,73 +1063,234 @@ def _check(
         )
     if rules.detect_delegation_cycles and _on_chain(st, req):
         return Outcome.STOP, Reason.DELEGATION_CYCLE, f"{to_agent} is already on the chain"
-    why = _budget_exhausted(st, rules, ctx.now_ts)
+    if rules.max_bounces is not None:
+        why = _bounce_rule(st, req, rules.max_bounces)
+        if why:
+            return Outcome.STOP, Reason.DELEGATION_CYCLE, why
+    exhausted = _budget_exhausted(st, rules, ctx.now_ts)
+    if exhausted:
+        return Outcome.STOP, *exhausted
+    why = _estimate_over(st, req, rules)
     if why:
         return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, why
-    estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
-    max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
-    if estimated_usd is not None and max_usd is not None:
-        total = st.spent_usd + st.reserved_usd + estimated_usd
-        if total > max_usd + 1e-9:
-            return (
-                Outcome.STOP,
-                Reason.SHARED_BUDGET_EXCEEDED,
-                (f"spent+reserved+estimate {total:.4f} > shared_max_usd {max_usd:g}"),
-            )
-    if estimated_calls is not None and max_calls is not None:
-        total_calls = st.tool_calls + st.reserved_tool_calls + estimated_calls
-        if total_calls > max_calls:
-            return (
-                Outcome.STOP,
-                Reason.SHARED_BUDGET_EXCEEDED,
-                f"tool calls with reservations {total_calls} > shared_max_tool_calls {max_calls}",
-            )
-    tool = req.tool
-    if tool is not None and rules.tools_checked and not rules.limits.tool_permitted(tool):
-        return Outcome.STOP, Reason.TOOL_NOT_PERMITTED, f"tool {tool} is not permitted"
-    if gate and rules.needs_approval(req.action, tool):
+    if rules.tools_checked:
+        why = _tool_rule(req, rules)
+        if why:
+            return Outcome.STOP, Reason.TOOL_NOT_PERMITTED, why
+    if gate and rules.needs_approval(req.action, req.tool, req.tools):
         return _APPROVAL_REQUIRED, Reason.APPROVAL_PENDING, None
     return _ALLOW, _OK, None
 
 
-def _budget_exhausted(st: RunState, rules: _Rules, now_ts: float) -> str | None:
+# ---------------------------------------------------------------- budgets: one comparison
+
+
+def _exceeds(total: float, limit: float, *, reaching: bool) -> bool:
+    """The one budget comparison. ``reaching`` (before a handoff: is anything left?) is at
+    or over the limit; otherwise (a cost counted, or an estimate added) strictly over it.
+    Within BUDGET_TOLERANCE of the limit is at it."""
+    if reaching:
+        return total >= limit - BUDGET_TOLERANCE
+    return total > limit + BUDGET_TOLERANCE
+
+
+def _budget_exhausted(st: RunState, rules: _Rules, now_ts: float) -> tuple[Reason, str] | None:
+    """shared_max_usd, shared_max_tool_calls, max_run_seconds -> shared_budget_exceeded;
+    max_steps -> step_budget_exceeded: the run has nothing left for another handoff."""
     max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
-    if max_usd is not None and st.spent_usd >= max_usd:
-        return f"spent {st.spent_usd:.4f} >= shared_max_usd {max_usd:g}"
-    if max_calls is not None and st.tool_calls >= max_calls:
-        return f"tool calls {st.tool_calls} >= shared_max_tool_calls {max_calls}"
+    if max_usd is not None and _exceeds(st.spent_usd, max_usd, reaching=True):
+        return _SHARED, f"spent {st.spent_usd:.4f} >= shared_max_usd {max_usd:g}"
+    if max_calls is not None and _exceeds(st.tool_calls, max_calls, reaching=True):
+        return _SHARED, f"tool calls {st.tool_calls} >= shared_max_tool_calls {max_calls}"
+    max_steps = rules.max_steps
+    if max_steps is not None and _exceeds(st.steps, max_steps, reaching=True):
+        return Reason.STEP_BUDGET_EXCEEDED, f"steps {st.steps} >= max_steps {max_steps}"
     max_seconds = rules.max_run_seconds
     if max_seconds is not None:
         age = now_ts - st.started_at
         if age > max_seconds:
-            return f"run age {age:.0f}s > max_run_seconds {max_seconds:g}"
+            return _SHARED, f"run age {age:.0f}s > max_run_seconds {max_seconds:g}"
     return None
 
 
-def _apply_allow(st: RunState, req: HandoffRequested, depth: int, node: TaskNode | None) -> None:
-    # tasks, agents, reserved and pending are replaced, never changed in place: the state
-    # this one was copied from shares them (RunState.copy)
+def _estimate_over(st: RunState, req: HandoffRequested, rules: _Rules) -> str | None:
+    """shared_max_usd, shared_max_tool_calls with reservations -> shared_budget_exceeded:
+    spent + reserved + this request's estimate would go over (parallel sub-agents cannot
+    oversubscribe the run together)."""
+    estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
+    max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
+    if estimated_usd is not None and max_usd is not None:
+        total = st.spent_usd + st.reserved_usd + estimated_usd
+        if _exceeds(total, max_usd, reaching=False):
+            return f"spent+reserved+estimate {total:.4f} > shared_max_usd {max_usd:g}"
+    if estimated_calls is not None and max_calls is not None:
+        calls = st.tool_calls + st.reserved_tool_calls + estimated_calls
+        if _exceeds(calls, max_calls, reaching=False):
+            return f"tool calls with reservations {calls} > shared_max_tool_calls {max_calls}"
+    return None
+
+
+def _spent_over(st: RunState, rules: _Rules) -> tuple[Reason, str] | None:
+    """shared_max_usd, shared_max_tool_calls -> shared_budget_exceeded; max_steps ->
+    step_budget_exceeded: a completion's cost took the run over a limit."""
+    max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
+    if max_usd is not None and _exceeds(st.spent_usd, max_usd, reaching=False):
+        return _SHARED, f"spent {st.spent_usd:.4f} > shared_max_usd {max_usd:g}"
+    if max_calls is not None and _exceeds(st.tool_calls, max_calls, reaching=False):
+        return _SHARED, f"tool calls {st.tool_calls} > shared_max_tool_calls {max_calls}"
+    max_steps = rules.max_steps
+    if max_steps is not None and _exceeds(st.steps, max_steps, reaching=False):
+        return Reason.STEP_BUDGET_EXCEEDED, f"steps {st.steps} > max_steps {max_steps}"
+    return None
+
+
+# ---------------------------------------------------------------- the rules added in issue 14
+
+
+def _bounce_rule(st: RunState, req: HandoffRequested, max_bounces: int) -> str | None:
+    """max_bounces -> delegation_cycle: from_agent hands work back to the agent that last
+    handed work to it, once too often (task ids and parent links play no part)."""
+    giver, taker = req.from_agent, req.to_agent
+    if giver == taker:
+        return None
+    last = st.bounces.get((giver, taker) if giver < taker else (taker, giver))
+    if last is None or last[0] == giver:
+        return None  # the pair's first handoff, or the same direction as the last
+    bounces = last[1] + 1
+    if bounces > max_bounces:
+        return (
+            f"{taker} and {giver} handed work back and forth {bounces} times > max_bounces "
+            f"{max_bounces}"
+        )
+    return None
+
+
+def _count_bounce(st: RunState, req: HandoffRequested) -> None:
+    """Record an allowed handoff for max_bounces: a change of direction is one bounce."""
+    giver, taker = req.from_agent, req.to_agent
+    if giver == taker:
+        return
+    pair = (giver, taker) if giver < taker else (taker, giver)
+    last = st.bounces.get(pair)
+    bounces = 0 if last is None else last[1] + (last[0] != giver)
+    st.bounces = {**st.bounces, pair: (giver, bounces)}
+
+
+def _tool_rule(req: HandoffRequested, rules: _Rules) -> str | None:
+    """tools.allow / tools.block, roles.<to_agent>.tools -> tool_not_permitted: a tool the
+    handoff names (``tool``, ``tools``) that the receiving agent may not use."""
+    tool, tools = req.tool, req.tools
+    if tool is None and not tools:
+        return None
+    named = ([tool] if tool is not None else []) + (tools or [])
+    return rules.limits.tool_refusal(req.to_agent, named)
+
+
+def _used_tools_rule(done: HandoffCompleted, rules: _Rules) -> str | None:
+    """tools.allow / tools.block, roles.<agent>.tools -> tool_not_permitted: a tool the
+    completion reports that its agent may not use (already used: the run is stopped)."""
+    if not done.tools or not rules.tools_checked:
+        return None
+    return rules.limits.tool_refusal(done.agent, done.tools)
+
+
+def _release_rule(
+    st: RunState, done: HandoffCompleted, node: TaskNode | None, rules: _Rules
+) -> str | None:
+    """release_ownership_on -> ownership_released: a completion by the task's owner with a
+    failure status frees the task for another agent. Only the owner's own report frees it
+    (another agent's report of a failure must not let it take the task over)."""
+    if done.status not in rules.release_on or node is None or not node.owner:
+        return None
+    if node.owner != done.agent:
+        return None
+    st.add_task(done.task_id, node._replace(owner=""))
+    return (
+        f"task {done.task_id} released by {done.agent} (status {done.status} is in "
+        "release_ownership_on): another agent may own it"
+    )
+
+
+def _reservation(req: HandoffRequested, rules: _Rules, now_ts: float) -> Reservation | None:
+    """What an allowed handoff reserves: its estimates, until reservation_ttl_seconds."""
+    estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
+    if not (estimated_usd or estimated_calls):
+        return None
+    ttl = rules.reservation_ttl
+    return Reservation(
+        estimated_usd or 0.0,
+        estimated_calls or 0,
+        now_ts + ttl if ttl is not None else None,
+        req.task_id,
+    )
+
+
+def _expire_reservations(st: RunState, ctx: _Ctx) -> list[Decision]:
+    """reservation_ttl_seconds -> recorded reservation_expired: release every estimate whose
+    TTL passed without a completion (a crashed sub-agent must not hold the run's budget)."""
+    now_ts = ctx.now_ts
+    expired = [
+        (rid, r)
+        for rid, r in st.reserved.items()
+        if r.expires_at is not None and r.expires_at <= now_ts
+    ]
+    if not expired:
+        return []
+    st.set_reserved({rid: r for rid, r in st.reserved.items() if rid not in dict(expired)})
+    out = []
+    for rid, r in expired:
+        node = st.task(r.task_id) if r.task_id is not None else None
+        d = _decision(
+            st,
+            ctx,
+            f"{rid}#reservation_expired",
+            _POST_HANDOFF,
+            _RECORDED,
+            Reason.RESERVATION_EXPIRED,
+            None,
+            owner=(node.owner or None) if node else None,
+            from_agent=node.giver if node else None,
+            to_agent=(node.owner or None) if node else None,
+            task_id=r.task_id,
+            parent_task_id=node.parent if node else None,
+            depth=node.depth if node else 0,
+            detail=(
+                f"released {r.usd:g} USD and {r.tool_calls} tool calls reserved by request "
+                f"{rid}: no completion within reservation_ttl_seconds"
+            ),
+        )
+        d.request_id = rid
+        out.append(d)
+    return out
+
+
+def _apply_allow(
+    st: RunState, req: HandoffRequested, depth: int, node: TaskNode | None, ctx: _Ctx
+) -> None:
+    # tasks, agents, reserved, pending and bounces are replaced, never changed in place: the
+    # state this one was copied from shares them (RunState.copy)
     task_id, from_agent, to_agent = req.task_id, req.from_agent, req.to_agent
     if node is None:
         st.add_task(task_id, TaskNode(to_agent, from_agent, req.parent_task_id, depth))
+    elif not node.owner:  # released: the task keeps its place in the tree, gets an owner
+        st.add_task(task_id, TaskNode(to_agent, from_agent, node.parent, node.depth))
     agents = st.agents
     if from_agent not in agents or to_agent not in agents:
         st.agents = {**agents, from_agent: None, to_agent: None}
     st.handoff_count += 1
-    estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
-    if estimated_usd or estimated_calls:
-        st.set_reserved(
-            {**st.reserved, req.request_id: (estimated_usd or 0.0, estimated_calls or 0)}
-        )
+    rules = ctx.rules
+    if rules.max_bounces is not None:
+        _count_bounce(st, req)
+    if req.estimated_usd or req.estimated_tool_calls:
+        reservation = _reservation(req, rules, ctx.now_ts)
+        st.set_reserved({**st.reserved, req.request_id: reservation})  # type: ignore[dict-item]
 
 
 def _apply_stop(st: RunState, reason: str, ctx: _Ctx) -> None:
     # budget stops on an *estimate* are not sticky: a smaller request may still fit
     rules = ctx.rules
     sticky = reason in STICKY_REASONS and not rules.shadow_mode
-    if sticky and (
-        reason != Reason.SHARED_BUDGET_EXCEEDED or _budget_exhausted(st, rules, ctx.now_ts)
-    ):
+    if sticky and (reason != _SHARED or _budget_exhausted(st, rules, ctx.now_ts)):
         st.stopped = reason
 
 
@@ -1097,12 +1314,13 @@ def _pre_handoff(st: RunState, event: HandoffRequested, ctx: _Ctx) -> list[Decis
             pending = PendingApproval(approval_id, event, expires.timestamp(), ctx.now_ts)
             st.pending = {**st.pending, approval_id: pending}
     if outcome is _ALLOW or shadow_mode:
-        _apply_allow(st, req, depth, node)
-        owner = node.owner if node is not None else req.to_agent  # kept, or the new task's
+        _apply_allow(st, req, depth, node, ctx)
+        # kept, or the new (or released) task's
+        owner = node.owner if node is not None and node.owner else req.to_agent
     else:
         if outcome is _STOP:
             _apply_stop(st, reason, ctx)
-        owner = node.owner if node is not None else None
+        owner = (node.owner or None) if node is not None else None
     d = _decision(
         st,
         ctx,
@@ -1130,6 +1348,9 @@ def _count_cost(st: RunState, done: HandoffCompleted) -> None:
     st.spent_usd = spent if spent < MAX_RUN_USD else MAX_RUN_USD
     calls = st.tool_calls + done.tool_calls
     st.tool_calls = calls if calls < MAX_RUN_COUNT else MAX_RUN_COUNT
+    if done.steps:
+        steps = st.steps + done.steps
+        st.steps = steps if steps < MAX_RUN_COUNT else MAX_RUN_COUNT
 
 
 def _post_handoff(st: RunState, event: HandoffCompleted, ctx: _Ctx) -> list[Decision]:
@@ -1141,19 +1362,24 @@ def _post_handoff(st: RunState, event: HandoffCompleted, ctx: _Ctx) -> list[Deci
     if done.request_id in st.reserved:
         st.set_reserved(_without(st.reserved, done.request_id))
     node = st.task(done.task_id)
-    over = None
-    max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
-    if max_usd is not None and st.spent_usd > max_usd + 1e-9:
-        over = f"spent {st.spent_usd:.4f} > shared_max_usd {max_usd:g}"
-    elif max_calls is not None and st.tool_calls > max_calls:
-        over = f"tool calls {st.tool_calls} > shared_max_tool_calls {max_calls}"
-    if over and st.stopped is None and not st.finished:
-        outcome, reason = Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED
-        _apply_stop(st, reason, ctx)
-    elif over:
-        outcome, reason = Outcome.RECORDED, Reason.SHARED_BUDGET_EXCEEDED
+    refusal = _spent_over(st, rules)
+    if refusal is None:
+        why = _used_tools_rule(done, rules)
+        refusal = (Reason.TOOL_NOT_PERMITTED, why) if why else None
+    released = _release_rule(st, done, node, rules) if rules.release_on else None
+    if refusal is not None and st.stopped is None and not st.finished:
+        outcome, (reason, over) = Outcome.STOP, refusal
+        # a completion's stop ends the run: its cost is spent, its tool used
+        if not rules.shadow_mode:
+            st.stopped = reason
+    elif refusal is not None:
+        outcome, (reason, over) = Outcome.RECORDED, refusal
+    elif released is not None:
+        outcome, reason, over = _RECORDED, Reason.OWNERSHIP_RELEASED, released
     else:
-        outcome, reason = _RECORDED, _WITHIN_BUDGET
+        outcome, reason, over = _RECORDED, _WITHIN_BUDGET, None
+    if released is not None and over is not released:
+        over = f"{over}; {released}"
     return [
         _decision(
             st,
@@ -1163,7 +1389,7 @@ def _post_handoff(st: RunState, event: HandoffCompleted, ctx: _Ctx) -> list[Deci
             outcome,
             reason,
             done.event_time,
-            owner=node.owner if node else done.agent,
+            owner=(node.owner or None) if node else done.agent,
             to_agent=done.agent,
             from_agent=node.giver if node else None,
             task_id=done.task_id,
@@ -1223,7 +1449,7 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
         if outcome == Outcome.ALLOW:
             reason = Reason.APPROVAL_GRANTED
     if outcome == Outcome.ALLOW:
-        _apply_allow(st, req, depth, node)
+        _apply_allow(st, req, depth, node, ctx)
         node = st.task(req.task_id)
     elif outcome == Outcome.STOP:
         _apply_stop(st, reason, ctx)
@@ -1237,7 +1463,7 @@ def _approval(st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: _Ctx) -> 
             reason,
             ev.event_time,
             req,
-            owner=node.owner if node else None,
+            owner=(node.owner or None) if node else None,
             depth=depth,
             approval_id=ev.approval_id,
             approver=ev.approver,
@@ -1333,9 +1559,17 @@ def _finish(st: RunState, ev: RunFinished, ctx: _Ctx) -> list[Decision]:
 
 
 def _expire(st: RunState, ctx: _Ctx) -> list[Decision]:
-    """Resolve every pending approval of ``st`` whose TTL passed as approval_expired."""
-    if not st.pending:
-        return []
+    """Everything due in ``st``: expired approvals, then expired reservations."""
+    out = _expire_approvals(st, ctx) if st.pending else []
+    reserved_due = st.reserved_due
+    if reserved_due is not None and reserved_due <= ctx.now_ts:
+        out += _expire_reservations(st, ctx)
+    return out
+
+
+def _expire_approvals(st: RunState, ctx: _Ctx) -> list[Decision]:
+    """approval.ttl_seconds -> stop approval_expired: every pending approval of ``st`` whose
+    TTL passed without an answer."""
     now_ts = ctx.now_ts
     out: list[Decision] = []
     for approval_id, p in list(st.pending.items()):
@@ -1354,7 +1588,7 @@ def _expire(st: RunState, ctx: _Ctx) -> list[Decision]:
             None,
             req,
             depth=_depth(st, req, node),
-            owner=node.owner if node else None,
+            owner=(node.owner or None) if node else None,
             approval_id=approval_id,
             approval_expires_at=_dt(p.expires_at),
             detail=f"no decision within ttl {ctx.rules.ttl_seconds:g}s",

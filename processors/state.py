@@ -24,6 +24,7 @@ __all__ = [
     "SEEN_LIMIT",
     "STATE_FORMAT",
     "PendingApproval",
+    "Reservation",
     "RunState",
     "TaskNode",
 ]
@@ -42,11 +43,14 @@ TASK_FOLD = 32
 RECENT_REPLIES = 6
 _RECENT_ITEMS = 2 * RECENT_REPLIES  # length of RunState.recent when full
 MAX_PENDING_APPROVALS = 256
-#: format 2 adds the request digests (element 17), the eviction time of a tombstone (18) and
+#: format 3 adds the run's steps (element 20), its agent pairs' bounces (21), and each
+#: reservation's expiry and task (columns 4 and 5 of element 12);
+#: format 2 added the request digests (element 17), the eviction time of a tombstone (18) and
 #: the head of the run's decision hash chain (19);
-#: format 1 states (no digests, never evicted) are still read
-STATE_FORMAT = 2
-_READABLE_FORMATS = frozenset({1, 2})
+#: format 1 and 2 states are still read (without what they lack: no steps counted, no
+#: bounces, reservations that never expire)
+STATE_FORMAT = 3
+_READABLE_FORMATS = frozenset({1, 2, 3})
 
 
 class TaskNode(NamedTuple):
@@ -56,10 +60,22 @@ class TaskNode(NamedTuple):
     frozen dataclass is about three times slower to build (bench/RESULTS.md).
     """
 
+    #: "" once the owner released it (a completion with a status in release_ownership_on):
+    #: the next agent it is handed to owns it (agent names are never empty)
     owner: str
     giver: str
     parent: str | None
     depth: int
+
+
+class Reservation(NamedTuple):
+    """An estimate an allowed handoff holds against the run's shared budget until its
+    completion, or until ``expires_at`` (a POSIX time; None: no reservation_ttl_seconds)."""
+
+    usd: float
+    tool_calls: int
+    expires_at: float | None
+    task_id: str | None
 
 
 @dataclass(slots=True, frozen=True)
@@ -109,8 +125,8 @@ class RunState:
     tasks: dict[str, TaskNode]
     new_tasks: dict[str, TaskNode]
     agents: dict[str, None]  # ordered set
-    #: request_id -> (usd, tool_calls) reserved by an allowed handoff until its completion
-    reserved: dict[str, tuple[float, int]]
+    #: request_id -> what an allowed handoff reserved until its completion (or expiry)
+    reserved: dict[str, Reservation]
     pending: dict[str, PendingApproval]
     #: key -> mark, marks up to the last fold (may still hold marks that fell out of the
     #: window since: has_seen() ignores them, the next fold drops them)
@@ -134,25 +150,33 @@ class RunState:
     evicted_at: float | None
     #: the chain_hash of the run's newest chained decision ("" before the first)
     chain_head: str
+    #: the sum of the ``steps`` its completions reported (multi_agent.max_steps)
+    steps: int
+    #: (agent, agent) in name order -> (who handed to the other last, bounces so far):
+    #: multi_agent.max_bounces; kept only while a policy counts them
+    bounces: dict[tuple[str, str], tuple[str, int]]
+    #: the earliest ``expires_at`` of ``reserved`` (None: none expires), kept by set_reserved
+    reserved_due: float | None
 
     @classmethod
     def new(cls, run_id: str, tenant: str, at: float) -> RunState:
         """A run Baton has not seen before, started at ``at`` (a POSIX timestamp)."""
         return cls(
             run_id, tenant, at, at, 0, 0.0, 0, None, False, {}, {}, {}, {}, {}, {}, {}, 0, (),
-            0.0, 0, {}, None, "",
+            0.0, 0, {}, None, "", 0, {}, None,
         )  # fmt: skip
 
     def tombstone(self, at: float) -> RunState:
         """What eviction keeps of the run: enough that a late event cannot reopen it.
 
-        Tenant, counters, spend, tool calls, the sticky stop and the finished mark survive;
-        the task tree, agents, reservations, approvals, dedup marks and replies do not.
+        Tenant, counters, spend, tool calls, steps, the sticky stop and the finished mark
+        survive; the task tree, agents, reservations, approvals, bounces, dedup marks and
+        replies do not.
         """
         return RunState(
             self.run_id, self.tenant, self.started_at, self.last_event_at, self.handoff_count,
             self.spent_usd, self.tool_calls, self.stopped, self.finished, {}, {}, {}, {}, {},
-            {}, {}, 0, (), 0.0, 0, {}, at, self.chain_head,
+            {}, {}, 0, (), 0.0, 0, {}, at, self.chain_head, self.steps, {}, None,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:
@@ -160,7 +184,9 @@ class RunState:
         return node if node is not None else self.tasks.get(task_id)
 
     def add_task(self, task_id: str, node: TaskNode) -> None:
-        """Add a task not in the tree yet (both dicts are replaced, never changed in place)."""
+        """Add a task, or replace its node (a released task's new owner): both dicts are
+        replaced, never changed in place; a node in ``new_tasks`` hides its old one in
+        ``tasks`` until the merge."""
         added = {**self.new_tasks, task_id: node}
         if len(added) < TASK_FOLD:
             self.new_tasks = added
@@ -168,11 +194,13 @@ class RunState:
             self.tasks = {**self.tasks, **added}
             self.new_tasks = {}
 
-    def set_reserved(self, reserved: dict[str, tuple[float, int]]) -> None:
-        """Replace the reservations (request_id -> (usd, tool_calls)) and their sums."""
+    def set_reserved(self, reserved: dict[str, Reservation]) -> None:
+        """Replace the reservations, their sums and the earliest expiry."""
         self.reserved = reserved
         self.reserved_usd = sum([r[0] for r in reserved.values()], 0.0)
         self.reserved_tool_calls = sum([r[1] for r in reserved.values()])
+        dues = [r[2] for r in reserved.values() if r[2] is not None]
+        self.reserved_due = min(dues) if dues else None
 
     def copy(self) -> RunState:
         """A copy that can change without touching this one.
@@ -206,6 +234,9 @@ class RunState:
         new.digests = self.digests
         new.evicted_at = self.evicted_at
         new.chain_head = self.chain_head
+        new.steps = self.steps
+        new.bounces = self.bounces
+        new.reserved_due = self.reserved_due
         return new
 
     def remember(self, key: str, decisions: list[Decision], digest: str | None = None) -> None:
@@ -307,13 +338,9 @@ class RunState:
             self.tool_calls,
             self.stopped,
             self.finished,
-            [
-                [k, t.owner, t.giver, t.parent, t.depth]
-                for tasks in (self.tasks, self.new_tasks)
-                for k, t in tasks.items()
-            ],
+            self._tasks_to_wire(),
             list(self.agents),
-            [[k, u, c] for k, (u, c) in self.reserved.items()],
+            [[k, *r] for k, r in self.reserved.items()],
             [
                 [p.approval_id, p.request.model_dump(mode="json"), p.expires_at, p.created_at]
                 for p in self.pending.values()
@@ -324,7 +351,23 @@ class RunState:
             [self.digest_of(k) for k in keys],
             self.evicted_at,
             self.chain_head,
+            self.steps,
+            [[a, b, last, n] for (a, b), (last, n) in self.bounces.items()],
         ]
+
+    def _tasks_to_wire(self) -> list[list[Any]]:
+        """The task tree in the order tasks were first added; a replaced node (a released
+        task's new owner, in ``new_tasks``) stands at its task's first place, as it will
+        after the merge."""
+        tasks, added = self.tasks, self.new_tasks
+        if not any(k in tasks for k in added):
+            return [
+                [k, t.owner, t.giver, t.parent, t.depth]
+                for part in (tasks, added)
+                for k, t in part.items()
+            ]
+        merged = {**tasks, **added}
+        return [[k, t.owner, t.giver, t.parent, t.depth] for k, t in merged.items()]
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> RunState:
@@ -355,7 +398,7 @@ class RunState:
             {k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]},
             {},
             dict.fromkeys(w[11]),
-            {k: (u, c) for k, u, c in w[12]},
+            {r[0]: _reservation_from_wire(r) for r in w[12]},
             {
                 p[0]: PendingApproval(
                     p[0], HandoffRequested.model_validate(p[1]), p[2], p[3] if len(p) > 3 else 0.0
@@ -371,6 +414,9 @@ class RunState:
             digests,
             w[18] if len(w) > 18 else None,
             w[19] if len(w) > 19 else "",
+            w[20] if len(w) > 20 else 0,
+            {(a, b): (last, n) for a, b, last, n in w[21]} if len(w) > 21 else {},
+            None,
         )
         if state.reserved:
             state.set_reserved(state.reserved)
@@ -378,6 +424,15 @@ class RunState:
 
 
 _new_state = object.__new__
+
+
+def _reservation_from_wire(row: list[Any]) -> Reservation:
+    """[request_id, usd, tool_calls, expires_at, task_id]; before format 3 the last two are
+    missing (a reservation that never expires)."""
+    if len(row) > 3:
+        return Reservation(row[1], row[2], row[3], row[4])
+    return Reservation(row[1], row[2], None, None)
+
 
 _TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
 _TIME_INDEX = [i for i, f in enumerate(DECISION_FIELDS) if f in _TIME_FIELDS]

@@ -74,6 +74,10 @@ Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Signature = Annotated[str, Field(min_length=1, max_length=128)]
 Digest = Annotated[str, Field(min_length=1, max_length=128)]
 EventTime = Annotated[datetime, AfterValidator(_event_time)]
+#: tools a handoff declares or a completion reports: a handful in practice, bounded here
+#: because they are copied into run state and checked one by one
+MAX_TOOLS = 64
+Tools = Annotated[list[Name], Field(max_length=MAX_TOOLS)]
 
 
 class _Event(BaseModel):
@@ -99,6 +103,12 @@ class HandoffRequested(_Event):
     to_agent: Name
     action: Name | None = Field(default=None, description='e.g. "billing.refund.create"')
     tool: Name | None = None
+    tools: Tools | None = Field(
+        default=None,
+        description="the tools the receiving agent will use (at most 64): each is checked "
+        "against tools and roles.<to_agent>.tools (tool_not_permitted) and against "
+        "require_approval_for",
+    )
     estimated_usd: Money | None = Field(
         default=None, description="Reserved against the shared budget until the completion."
     )
@@ -126,7 +136,19 @@ class HandoffCompleted(_Event):
     agent: Name
     cost_usd: Money = 0.0
     tool_calls: Count = 0
-    status: Name = "ok"
+    status: Name = Field(
+        default="ok",
+        description="a status in the policy's release_ownership_on (default error, cancelled) "
+        "frees the task for another agent",
+    )
+    steps: Count = Field(
+        default=0, description="steps the agent took; counted against the run's max_steps"
+    )
+    tools: Tools | None = Field(
+        default=None,
+        description="the tools the agent used (at most 64): one the policy does not permit "
+        "the agent stops the run (tool_not_permitted)",
+    )
     event_time: EventTime
 
 

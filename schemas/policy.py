@@ -72,6 +72,7 @@ multi_agent:
 
 NonNegInt = Annotated[int, Field(ge=0, strict=True)]
 NonNegNumber = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Globs = list[Annotated[str, Field(min_length=1)]]
 
 
@@ -125,8 +126,36 @@ class ApprovalPolicy(_Strict):
     )
 
 
+class ToolPolicy(_Strict):
+    """Which tools may be used: run-wide (`tools`) or by one agent (`roles.<agent>.tools`)."""
+
+    allow: Globs | None = Field(
+        None,
+        description="globs of tools that may be used; null = all that are not blocked; "
+        "another tool is `stop tool_not_permitted`",
+    )
+    block: Globs = Field(
+        default_factory=list,
+        description="globs of tools that may never be used (wins over allow): "
+        "`stop tool_not_permitted`",
+    )
+
+    def refusal(self, tool: str) -> str | None:
+        """None when ``tool`` may be used, else the list that refuses it: "block" or "allow"."""
+        if self.block and _match_any(self.block, tool):
+            return "block"
+        if self.allow is not None and not _match_any(self.allow, tool):
+            return "allow"
+        return None
+
+    @property
+    def checks(self) -> bool:
+        """True when either list can refuse a tool."""
+        return bool(self.block) or self.allow is not None
+
+
 class RolePolicy(_Strict):
-    """What one agent may own and whom it may delegate to."""
+    """What one agent may own, whom it may delegate to, and which tools it may use."""
 
     may_own: Globs | None = Field(
         None,
@@ -138,20 +167,12 @@ class RolePolicy(_Strict):
         description="globs over agent names this agent may delegate to; null = anyone; "
         "otherwise `stop role_not_permitted`",
     )
-
-
-class ToolPolicy(_Strict):
-    """Which tools a handoff may name (its ``tool`` field)."""
-
-    allow: Globs | None = Field(
+    tools: ToolPolicy | None = Field(
         None,
-        description="globs of tools that may be used; null = all that are not blocked; "
-        "another tool is `stop tool_not_permitted`",
-    )
-    block: Globs = Field(
-        default_factory=list,
-        description="globs of tools that may never be used (wins over allow): "
-        "`stop tool_not_permitted`",
+        description="the tools this agent may use, on top of the run-wide `tools`: a handoff "
+        "to it naming one (`tool`, `tools`) that `block` matches or `allow` does not is `stop "
+        "tool_not_permitted`; so is a completion by it reporting one (`tools`), and the run "
+        "stays stopped",
     )
 
 
@@ -203,11 +224,40 @@ class MultiAgentPolicy(_Strict):
         description="agent name -> what it may own and whom it may delegate to; an agent not "
         "listed is unrestricted",
     )
-    tools: ToolPolicy = Field(default_factory=ToolPolicy, description="tool allow and block lists")
+    tools: ToolPolicy = Field(
+        default_factory=ToolPolicy,
+        description="tool allow and block lists for every agent (a handoff's `tool` and "
+        "`tools`, a completion's `tools`)",
+    )
     detect_delegation_cycles: bool = Field(
         False,
         description="a task handed back to an agent already on its delegation chain "
         "(A -> B -> A) is `stop delegation_cycle`",
+    )
+    max_bounces: NonNegInt | None = Field(
+        None,
+        description="how often two agents may hand work back and forth in a run, whatever "
+        "the task ids (A -> B then B -> A is one bounce); the next bounce is `stop "
+        "delegation_cycle`; null: not counted",
+    )
+    max_steps: NonNegInt | None = Field(
+        None,
+        description="the run's total of the `steps` its completions report; a completion "
+        "that goes over it, and every handoff once it is reached, is `stop "
+        "step_budget_exceeded` (the run stays stopped); null: no limit",
+    )
+    reservation_ttl_seconds: PositiveNumber | None = Field(
+        None,
+        description="an estimate reserved when a handoff is allowed (`estimated_usd`, "
+        "`estimated_tool_calls`) is released this long after if no completion settled it "
+        "(`recorded reservation_expired`); the TTL in force at the allow applies; null: held "
+        "until the completion",
+    )
+    release_ownership_on: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=lambda: ["error", "cancelled"],
+        description="completion statuses that free the task so that another agent may own it "
+        "(`recorded ownership_released`); only a completion by the task's owner frees it; "
+        "[]: a task keeps its first owner",
     )
     fallback: Fallback = Field(
         Fallback.SINGLE_AGENT,
@@ -237,11 +287,28 @@ class MultiAgentPolicy(_Strict):
         return bool((action and rx.match(action)) or (tool and rx.match(tool)))
 
     def tool_permitted(self, tool: str | None) -> bool:
-        if tool is None:
-            return True
-        if self.tools.block and _match_any(self.tools.block, tool):
-            return False
-        return self.tools.allow is None or _match_any(self.tools.allow, tool)
+        return tool is None or self.tools.refusal(tool) is None
+
+    @cached_property
+    def checks_tools(self) -> bool:
+        """True when a tool list (run-wide or an agent's) can refuse a tool."""
+        return self.tools.checks or any(
+            r.tools is not None and r.tools.checks for r in self.roles.values()
+        )
+
+    def tool_refusal(self, agent: str, tools: list[str]) -> str | None:
+        """None when ``agent`` may use every one of ``tools``; else the first refused tool,
+        the agent and the list that refuses it (``tools.block``, ``roles.<agent>.tools.allow``)."""
+        role = self.roles.get(agent)
+        own = role.tools if role is not None else None
+        for tool in tools:
+            which = self.tools.refusal(tool)
+            if which is not None:
+                return f"tool {tool} is not permitted for {agent} (tools.{which})"
+            which = own.refusal(tool) if own is not None else None
+            if which is not None:
+                return f"tool {tool} is not permitted for {agent} (roles.{agent}.tools.{which})"
+        return None
 
     def approver_permitted(self, approver: str) -> bool:
         return _match_any(self.approval.approvers, approver)
@@ -309,12 +376,38 @@ class Policy(BaseModel):
 
     @cached_property
     def version(self) -> str:
-        """Hash of the policy in force; every decision carries it."""
-        canonical = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        """Hash of the policy in force; every decision carries it.
+
+        Keys added after the first release are hashed only when they differ from their
+        default, so a policy keeps its version across upgrades (the audit and replay find a
+        policy by it).
+        """
+        doc = self.model_dump(mode="json")
+        for limits in (doc["multi_agent"], *doc["tenants"].values()):
+            _drop_defaults(limits, _ADDED_LATER)
+            for role in limits["roles"].values():
+                _drop_defaults(role, _ADDED_LATER_ROLE)
+        canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()[:16]
 
     def for_tenant(self, tenant: str) -> MultiAgentPolicy:
         return self.tenants.get(tenant, self.multi_agent)
+
+
+#: multi_agent keys added after policies were first hashed, with their defaults as dumped
+_ADDED_LATER: dict[str, Any] = {
+    "max_bounces": None,
+    "max_steps": None,
+    "reservation_ttl_seconds": None,
+    "release_ownership_on": ["error", "cancelled"],
+}
+_ADDED_LATER_ROLE: dict[str, Any] = {"tools": None}
+
+
+def _drop_defaults(dumped: dict[str, Any], defaults: dict[str, Any]) -> None:
+    for key, default in defaults.items():
+        if dumped.get(key, default) == default:
+            dumped.pop(key, None)
 
 
 # ---------------------------------------------------------------------------- loading

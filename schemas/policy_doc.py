@@ -50,8 +50,9 @@ REASONS: dict[str, tuple[str, str, str]] = {
     Reason.DELEGATION_DEPTH_EXCEEDED: ("stop", "`max_delegation_depth`", "too deep"),
     Reason.DELEGATION_CYCLE: (
         "stop",
-        "`detect_delegation_cycles`",
-        "the task would go back to an agent already on its delegation chain",
+        "`detect_delegation_cycles`, `max_bounces`",
+        "the task would go back to an agent already on its delegation chain, or two agents "
+        "handed work back and forth more than `max_bounces` times",
     ),
     Reason.SHARED_BUDGET_EXCEEDED: (
         "stop",
@@ -59,7 +60,19 @@ REASONS: dict[str, tuple[str, str, str]] = {
         "the run's shared budget (spent + reserved + this estimate) is over a limit, before "
         "a handoff or after a completion; the run stays stopped",
     ),
-    Reason.TOOL_NOT_PERMITTED: ("stop", "`tools`", "the handoff's tool is blocked or not allowed"),
+    Reason.STEP_BUDGET_EXCEEDED: (
+        "stop",
+        "`max_steps`",
+        "the run's reported steps went over `max_steps` (after a completion), or reached it "
+        "(before a handoff); the run stays stopped",
+    ),
+    Reason.TOOL_NOT_PERMITTED: (
+        "stop",
+        "`tools`, `roles.<agent>.tools`",
+        "a tool the handoff names (`tool`, `tools`) is blocked or not allowed for the agent "
+        "receiving it; or a completion reports one its agent may not use (the run stays "
+        "stopped)",
+    ),
     Reason.APPROVAL_DENIED: ("stop", "`require_approval_for`", "an approver denied it"),
     Reason.APPROVAL_EXPIRED: (
         "stop",
@@ -149,6 +162,16 @@ REASONS: dict[str, tuple[str, str, str]] = {
         "recorded",
         "shared budget",
         "a completion reported within the shared budget",
+    ),
+    Reason.OWNERSHIP_RELEASED: (
+        "recorded",
+        "`release_ownership_on`",
+        "the task's owner reported a failure status; the task is free for another agent",
+    ),
+    Reason.RESERVATION_EXPIRED: (
+        "recorded",
+        "`reservation_ttl_seconds`",
+        "an estimate reserved at allow time was released: no completion within the TTL",
     ),
     Reason.SELF_APPROVAL: (
         "recorded",
