@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -115,6 +116,9 @@ def _client(settings: Settings) -> Iterator[Client]:
     "audit_ttl_days",
     "sink_batch_size",
     "sink_batch_timeout_s",
+    "metrics_port",
+    "metrics_host",
+    "log_format",
 )
 @click.option(
     "--sql-host",
@@ -144,15 +148,26 @@ def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any
 
     settings = build_settings(**overrides)
     port = None if sql_port.lower() in ("off", "none", "") else _port(sql_port)
+    from baton.cli.log_format import LogOutput
+    from baton.processors.metrics import SinkMetrics, serve_from_settings
+
+    output = LogOutput(settings.log_format, "sink")
+    output.install()
+    running: list[Any] = []  # the sink, once connected: its stats are the metrics
+    metrics = serve_from_settings(
+        settings, SinkMetrics(lambda: running[0].stats if running else None)
+    )
+    if metrics is not None:
+        output.say(f"audit sink: metrics on {metrics.url}")
 
     from baton.sinks.sql_guard import is_loopback
 
     if port is not None and not is_loopback(sql_host):
-        click.echo(
+        output.say(
             f"audit sink: WARNING: serving SQL on {sql_host}, beyond the loopback interface: "
             "anyone who can reach it and holds the token reads the audit, and the token and "
             "the results cross the network without TLS",
-            err=True,
+            logging.WARNING,
         )
 
     def ready(sink: Any, server: Any) -> None:
@@ -163,11 +178,12 @@ def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any
             if server
             else ""
         )
-        click.echo(f"audit sink: {sink.topic} -> {sink.label}{where}", err=True)
+        running.append(sink)
+        output.say(f"audit sink: {sink.topic} -> {sink.label}{where}")
 
     def report(stats: Any) -> None:
         if stats.rows or stats.last_error:
-            click.echo(f"audit sink: {stats.describe()}", err=True)
+            output.say(f"audit sink: {stats.describe()}")
 
     with _stop_on_signals() as stop:
         stats = run_sink(
@@ -179,10 +195,9 @@ def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any
             on_report=report,
             report_every_s=report_every,
         )
-    click.echo(
+    output.say(
         f"audit sink stopped: {stats.rows} decisions in {stats.batches} batches, "
-        f"{stats.rejected} rejected",
-        err=True,
+        f"{stats.rejected} rejected"
     )
 
 
@@ -326,7 +341,9 @@ def trace_cmd(run_id: str, fmt: str, clickhouse_dsn: str | None, data_dir: Path 
 
 
 @click.group("alerts", invoke_without_command=True)
-@setting_options("bootstrap", "topic_prefix", "webhook_url")
+@setting_options(
+    "bootstrap", "topic_prefix", "webhook_url", "metrics_port", "metrics_host", "log_format"
+)
 @click.option(
     "--storm-threshold",
     type=click.IntRange(min=0),
@@ -368,9 +385,17 @@ def alerts_group(
     decision, storms folded. `baton alerts check` evaluates SQL alert rules instead."""
     if ctx.invoked_subcommand is not None:
         return
+    from baton.cli.log_format import LogOutput
+    from baton.processors.metrics import AlertMetrics, serve_from_settings
     from baton.sinks.alerts import run_alerts
 
     settings = stack_settings(overrides, data_dir)
+    output = LogOutput(settings.log_format, "alerts")
+    output.install()
+    watched = AlertMetrics()
+    metrics = serve_from_settings(settings, watched)
+    if metrics is not None:
+        output.say(f"alerts: metrics on {metrics.url}")
     with _stop_on_signals() as stop:
         alerter = run_alerts(
             settings,
@@ -380,9 +405,10 @@ def alerts_group(
             max_age_s=max_age,
             group_id=group_id,
             emit=lambda text: click.echo(text),
+            on_ready=watched.watch,
         )
     if alerter.duplicates:
-        click.echo(f"alerts: {alerter.duplicates} duplicate stops not announced again", err=True)
+        output.say(f"alerts: {alerter.duplicates} duplicate stops not announced again")
 
 
 @alerts_group.command("check")

@@ -85,6 +85,9 @@ def _ensure_topics(settings: Settings) -> Any:
     "transactional_id",
     "transaction_timeout_ms",
     "worker_data_dir",
+    "metrics_port",
+    "metrics_host",
+    "log_format",
 )
 def worker_cmd(**opts: Any) -> None:
     """Run one governance worker against an existing Kafka cluster (run several to scale out).
@@ -112,23 +115,30 @@ def worker_cmd(**opts: Any) -> None:
     from baton.processors.app import GovernanceWorker
 
     gw = GovernanceWorker(settings, policy)
+    from baton.cli.log_format import LogOutput, logging_config
+    from baton.processors.metrics import serve_from_settings
+
+    output = LogOutput(settings.log_format, "worker")
+    output.install()
+    metrics = serve_from_settings(settings, gw.metrics)
     # The runs table keeps thousands of long-lived objects; with CPython's default GC
     # thresholds, collections scanning them cost ~35 us per event (measured). Freeze what
     # start-up allocated and collect young objects less often.
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    click.echo(
+    output.say(
         f"baton worker {gw.worker_id}: Kafka {settings.bootstrap}, policy {policy.version}, "
-        f"{settings.partitions} partitions",
-        err=True,
+        f"{settings.partitions} partitions" + (f", metrics on {metrics.url}" if metrics else "")
     )
     level = logging.getLogger().getEffectiveLevel()
+    loglevel = logging.getLevelName(min(level, logging.WARNING))
     worker = Worker(
         gw.app,
-        loglevel=logging.getLevelName(min(level, logging.WARNING)).lower(),
+        loglevel=loglevel.lower(),
         quiet=True,
         redirect_stdouts=False,
+        logging_config=logging_config(settings.log_format, "worker", loglevel),
     )
     if not worker.stdout.isatty():  # its spinner writes cursor escapes into log files
         worker.spinner = None
@@ -263,7 +273,15 @@ class _Readiness(threading.Thread):
     help="wait before restarting a child that exited; doubles with each recent exit, "
     f"up to {_MAX_BACKOFF_S:g} s",
 )
-@setting_options("policy", "partitions", "session_timeout_s")
+@click.option(
+    "--metrics-port",
+    default="0",
+    show_default=True,
+    envvar="BATON_METRICS_PORT",
+    help="the worker's Prometheus /metrics port on 127.0.0.1, printed on the ready line "
+    "(0: a free one); the sink and the alerter serve theirs on free ports; off = none",
+)
+@setting_options("policy", "partitions", "session_timeout_s", "log_format")
 def up_cmd(
     port: int | None,
     data_dir: Path,
@@ -272,6 +290,7 @@ def up_cmd(
     restart_limit: int,
     restart_window_s: float,
     restart_backoff_s: float,
+    metrics_port: str,
     **opts: Any,
 ) -> None:
     """Start everything on this machine: embedded Kafka broker, topics, one worker, the
@@ -296,6 +315,7 @@ def up_cmd(
 
     data_dir = data_dir.resolve()
     earlier = refuse_running_stack(data_dir)
+    opts["metrics_port"] = metrics_port
     settings = build_settings(**opts)
     policy = read_policy(settings.policy)  # fail before starting anything on a bad policy
     try:
@@ -323,8 +343,13 @@ def up_cmd(
         if interruptible:  # abort a broker start or topic creation that may take a while
             raise _Interrupted
 
+    from baton.cli.log_format import LogOutput
+
+    output = LogOutput(settings.log_format, "up")
+    output.install()
+
     def say(line: str) -> None:
-        click.echo(f"baton up: {line}", err=True)
+        output.say(f"baton up: {line}")
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -351,6 +376,8 @@ def up_cmd(
         children = [("worker", ("worker", "--web-port", str(free_port())))]
         if not no_audit:
             children += _audit_children(sql_port, settings.app_id)
+        env["BATON_LOG_FORMAT"] = settings.log_format
+        children, metrics_url = _with_metrics_ports(children, settings.metrics_port_number)
         supervisor = Supervisor(restart, _spawn(env), say)
         for name, args in children:
             supervisor.start(ChildSpec(name, args, logs / f"{name}.log", echo=name == "alerts"))
@@ -366,7 +393,8 @@ def up_cmd(
             if not announced and not readiness.is_alive():
                 if readiness.error is not None:
                     raise readiness.error
-                extra = "" if no_audit else f" sql={readiness.sql_dsn}"
+                extra = f" sql={readiness.sql_dsn}" if readiness.sql_dsn else ""
+                extra += f" metrics={metrics_url}" if metrics_url else ""
                 click.echo(
                     f"baton up: ready bootstrap={broker.bootstrap}{extra} "
                     f"(worker answered in {readiness.took:.1f} s; Ctrl-C stops)"
@@ -463,6 +491,26 @@ def _announce_new_sql_token(readiness: _Readiness, chdb_dir: Path, port: int | N
         readiness.sql_dsn = dsn
         click.echo(f"baton up: the SQL endpoint restarted with a new token: sql={dsn}")
         sys.stdout.flush()
+
+
+def _with_metrics_ports(
+    children: list[tuple[str, tuple[str, ...]]], worker_port: int | None
+) -> tuple[list[tuple[str, tuple[str, ...]]], str | None]:
+    """Each child with its own /metrics port (the worker's ``worker_port``, 0 = a free one;
+    the others free ones), and the worker's URL; None: no metrics anywhere. A restarted
+    child keeps its port: the old process is gone by then."""
+    from baton.streams.net import free_port
+
+    if worker_port is None:
+        return [(name, (*args, "--metrics-port", "off")) for name, args in children], None
+    given: list[tuple[str, tuple[str, ...]]] = []
+    url = None
+    for name, args in children:
+        port = worker_port if name == "worker" and worker_port else free_port()
+        if name == "worker":
+            url = f"http://127.0.0.1:{port}/metrics"
+        given.append((name, (*args, "--metrics-port", str(port))))
+    return given, url
 
 
 def _audit_children(sql_port: int | None, app_id: str) -> list[tuple[str, tuple[str, ...]]]:

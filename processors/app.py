@@ -30,6 +30,7 @@ from baton.processors.chain import link
 from baton.processors.control import ControlFollower
 from baton.processors.engine import evict, expire_due
 from baton.processors.exits import EXIT_DELIVERY_FAILED, exit_without_commit
+from baton.processors.metrics import WorkerMetrics
 from baton.processors.publish import BatchPublisher
 from baton.processors.recorded import policy_in_force
 from baton.processors.state import RunState
@@ -178,6 +179,8 @@ class GovernanceWorker:
         self._due = DueIndex(settings.run_retention_s, settings.tombstone_retention_s)
         self._indexed_generation: int | None = None
         self._stats = _BatchStats(self.worker_id)
+        #: counted always (one call per batch); served on /metrics by the CLI when asked
+        self.metrics = WorkerMetrics(self.worker_id)
         self.control.on_policy(self._on_policy)
         self.app.on_partitions_revoked.connect(self._on_revoked_signal)
 
@@ -253,6 +256,10 @@ class GovernanceWorker:
         @app.timer(interval=1.0)
         async def sweep() -> None:
             await self._sweep()
+
+        @app.timer(interval=1.0)
+        async def report_metrics() -> None:
+            self._report_metrics()
 
         # read by processors.transport: the fetch wait, and the fast path's batch handler
         app.conf.baton_fetch_max_wait_ms = s.fetch_max_wait_ms
@@ -362,6 +369,7 @@ class GovernanceWorker:
                     e.message.key,
                     e.message.value,
                     e.message.headers,
+                    e.message.timestamp,
                 )
                 for e in events
             ],
@@ -382,7 +390,7 @@ class GovernanceWorker:
         await self._ready.wait()
         decided = await self._decide_and_publish(
             [
-                InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.headers)
+                InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.headers, m.timestamp)
                 for m in messages
             ],
             generation,
@@ -454,6 +462,7 @@ class GovernanceWorker:
                     due.touch(key, state)
                 t2 = time.perf_counter()
             self._stats.add(len(records), t1 - t0, t2 - t1)
+            self.metrics.batch(records, out, t2 - t0)
             return True
         except Exception:
             # never let a batch whose outputs were not delivered be acknowledged
@@ -572,6 +581,31 @@ class GovernanceWorker:
                 )
             except Exception:
                 exit_without_commit(EXIT_DELIVERY_FAILED, "sweep could not publish; exiting")
+            self.metrics.changelog(out)
+
+    def _report_metrics(self) -> None:
+        """Refresh the gauges: lag per partition (high watermark - decided position), runs."""
+        lag: dict[tuple[str, int], int] = {}
+        consumer = self.app.consumer
+        try:
+            assigned = self.app.assignor.assigned_actives()
+        except Exception:  # not started yet
+            assigned = set()
+        for tp in assigned:
+            decided = self._decided.get((tp.topic, tp.partition))
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # not fetched yet, or revoked meanwhile
+                continue
+            if decided is not None and high is not None:
+                lag[(tp.topic, tp.partition)] = max(high - decided, 0)
+        proc = self._processor
+        self.metrics.set_state(
+            lag,
+            len(proc.states) if proc is not None else 0,
+            proc.state_bytes if proc is not None else 0,
+            self.control.policy.version,
+        )
 
 
 def create_app(settings: Settings, policy: Policy, worker_id: str | None = None) -> faust.App:

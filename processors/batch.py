@@ -123,12 +123,15 @@ class InputRecord:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
+    #: the Kafka timestamp, seconds (the producer's clock): the metrics' decision latency
+    timestamp: float | None = None
 
 
 @dataclass(slots=True)
 class DeadLetter:
     key: bytes | None
     value: bytes  # the JSON envelope: error, where it came from, the original bytes
+    kind: str = ""  # its error_kind, for the metrics (processors/metrics.py)
 
 
 @dataclass(slots=True)
@@ -191,7 +194,7 @@ def dead_letter_record(
     # the dead letter's own Kafka key is capped too: a record with a 1 MB key must not make
     # a dead letter Kafka refuses (that would end the worker on every restart)
     key = rec.key if rec.key is None or len(rec.key) <= MAX_KEY_BYTES else None
-    return DeadLetter(key, orjson.dumps(envelope))
+    return DeadLetter(key, orjson.dumps(envelope), str(kind))
 
 
 def _same_record(decisions: list[Decision], rec: InputRecord) -> bool:

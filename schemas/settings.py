@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from baton.schemas.connections import connection_problems
@@ -158,6 +158,38 @@ class Settings(BaseSettings):
         description="Slack-compatible webhook for stop alerts (a secret: masked when printed; "
         "prefer BATON_WEBHOOK_URL over --webhook-url, which `ps` shows)",
     )
+
+    # --- operations (processors/metrics.py, cli/log_format.py) -------------------------
+    metrics_port: str = Field(
+        "off",
+        description="port of the Prometheus /metrics endpoint of a worker, sink or alerter "
+        "(0 = a free one, printed on start; off = none; `baton up` picks them)",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="address the /metrics endpoint listens on (0.0.0.0 lets a Prometheus in "
+        "another container scrape it)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="stderr log lines as text, or json: one object per line (time, level, "
+        "component, run_id, message)",
+    )
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_port(cls, value: Any) -> str:
+        text = str(value).strip().lower()
+        if text in ("off", "none", ""):
+            return "off"
+        if not (text.isascii() and text.isdigit()) or len(text) > 5 or int(text) > 65535:
+            raise ValueError(f"expected a port 0-65535 or off, got {str(value)[:40]!r}")
+        return str(int(text))
+
+    @property
+    def metrics_port_number(self) -> int | None:
+        """The /metrics port (0: pick one), or None when metrics are off."""
+        return None if self.metrics_port == "off" else int(self.metrics_port)
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka properties shared by every confluent-kafka client we create."""

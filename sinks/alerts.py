@@ -217,6 +217,8 @@ class AlertStats:
 
     duplicates: int = 0
     announced: int = 0
+    #: stops announced inside storm summaries rather than one by one
+    folded: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     posted: int = 0
     post_failed: int = 0
@@ -240,6 +242,7 @@ def run_alerts(
     webhook_attempts: int = 3,
     drain_s: float = 10.0,
     consumer_overrides: dict[str, Any] | None = None,
+    on_ready: Callable[[AlertStats, StopAlerter, Any], None] | None = None,
 ) -> AlertStats:
     """Consume gov.stops and announce each stop until ``stop_event`` is set.
 
@@ -248,7 +251,8 @@ def run_alerts(
     ``webhook_queue`` alerts, ``webhook_attempts`` tries of ``webhook_timeout_s`` each, and
     ``drain_s`` seconds at shutdown to post what is queued. Stops older than ``max_age_s``
     (by decided_at; 0 = any age) are skipped, so a first start does not replay the topic's
-    history as alerts.
+    history as alerts. ``on_ready(stats, alerter, sender_or_None)`` hands the live
+    counters to the metrics (processors/metrics.py).
     """
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -272,6 +276,8 @@ def run_alerts(
         if webhook_url
         else None
     )  # built before anything starts: a bad URL is refused without a consumer to close
+    if on_ready is not None:
+        on_ready(stats, alerter, sender)
     overrides: dict[str, Any] = {"error_cb": lambda err: log.warning("alerts: Kafka: %s", err)}
     session_timeout_s = getattr(settings, "session_timeout_s", None)
     if session_timeout_s:
@@ -314,6 +320,8 @@ def run_alerts(
         for message in messages:
             emit(message.text)
             stats.announced += 1
+            if message.storm:
+                stats.folded += message.stops
             if sender is not None:
                 sender.submit(message.text)  # never blocks; a full queue drops and counts
 
