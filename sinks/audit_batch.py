@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from baton.schemas.decision import DECISION_ADAPTER
 from baton.schemas.errors import AuditUnavailable
 from baton.sinks.clickhouse import RowsRefused, insert_rows
+from baton.sinks.json_rows import shortcut_row
 from baton.sinks.rows import (
     DECISION_COLUMNS,
     REJECTED_COLUMNS,
@@ -81,6 +82,15 @@ class AuditBatch:
                 self.window = DecidedWindow.around(self.clock(), self.ttl_days)
         first, _ = self.ranges.get(partition, (offset, offset))
         self.ranges[partition] = (first, offset)
+        row = (
+            None
+            if value is None
+            else shortcut_row(value, self.topic, partition, offset, self.window)
+        )
+        if row is not None:
+            self.rows.append(row)
+            self.raws.append(value)
+            return
         try:
             if value is None:
                 raise RowRejected(
