@@ -73,6 +73,9 @@ def _register() -> None:
 
     doctor.register(cli)
     tail_cmds.register(cli)
+    from baton.cli import replay_cmds
+
+    replay_cmds.register(cli)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@
     ├── TopicMismatch        an existing topic disagrees with the catalog (names topic and counts)
     ├── AuditUnavailable     ClickHouse cannot be reached or refused a query (names the target)
     ├── CommandRefused       the worker refused a person's answer or command and recorded why
+    ├── ReplayFailed         `baton replay` cannot answer: history not replayable or not exact
     └── ChildFailed          a process `baton up` runs kept failing (exit code from its own)
 
 Bad *events* are not exceptions: they become dead-letter records (see baton.schemas.events).
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigError",
     "MissingExtra",
     "PolicyError",
+    "ReplayFailed",
     "TopicMismatch",
 ]
 
@@ -79,6 +81,13 @@ class CommandRefused(BatonError):
     """The worker refused the answer or command and recorded why (the message says it)."""
 
     exit_code = 6
+
+
+class ReplayFailed(BatonError):
+    """`baton replay` cannot say what a policy would change: nothing in scope could be
+    replayed from its start, or the recorded policy did not reproduce the audit."""
+
+    exit_code = 7
 
 
 class ChildFailed(BatonError):

@@ -1,0 +1,281 @@
+"""``baton replay``: what another policy would have decided over the recorded history.
+
+Reads each run's recorded inputs from the audit (``sinks.replay_source``), decides them again
+with the pure engine under the new policy and under the recorded one (``processors.replay``),
+and prints what would change. Exit 0: nothing changes; 1: something does (a CI gate for
+policy pull requests); 7: replay cannot answer (nothing replayable, or the recorded policy
+did not reproduce the audit); 2, 4, 5: a bad option or policy, Kafka, the audit.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from baton.cli.options import build_settings, read_policy
+from baton.cli.stack_record import audit_settings, data_dir_option
+from baton.processors.replay import ReplayReport, RunOutcome, replay_runs, runs_of
+from baton.schemas.errors import ReplayFailed
+from baton.schemas.policy import Policy
+
+__all__ = ["register", "replay_cmd"]
+
+_AGE = re.compile(r"(\d{1,7})\s*([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+#: changed runs listed in the table (all of them in --format json)
+_SHOWN = 20
+
+
+def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """An ISO time (UTC when it names no zone) or an age before now (90s, 30m, 24h, 7d)."""
+    if value is None:
+        return None
+    text = value.strip()
+    m = _AGE.fullmatch(text)
+    if m:
+        try:
+            return datetime.now(UTC) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        except OverflowError:
+            raise click.BadParameter(f"{text[:60]!r} reaches before year 1") from None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected an ISO time (2026-11-25T09:00:00Z, 2026-11-25) or an age (30m, 24h, 7d; "
+            f"at most 7 digits), got {text[:60]!r}"
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+@click.command("replay")
+@click.option(
+    "--policy",
+    "policy_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the policy to try (YAML); the recorded decisions were made under the policies the "
+    "audit names (policy_version)",
+)
+@click.option(
+    "--since",
+    callback=_time,
+    default=None,
+    help="decisions at or after this time: ISO (UTC unless a zone is given) or an age (24h)",
+)
+@click.option("--from", "from_", callback=_time, default=None, help="same as --since")
+@click.option("--to", callback=_time, default=None, help="decisions before this time (ISO or age)")
+@click.option("--run", "run_id", default=None, help="replay this run only")
+@click.option("--tenant", default=None, help="replay this tenant's runs only")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people, json for tools",
+)
+@click.option(
+    "--dsn",
+    "--clickhouse-dsn",
+    "clickhouse_dsn",
+    default=None,
+    help="the audit: http(s)://user:pass@host:8123/db, chdb:///abs/dir, or `baton up`'s SQL "
+    "endpoint; wins over --data-dir [env BATON_CLICKHOUSE_DSN]",
+)
+@data_dir_option
+def replay_cmd(
+    policy_path: Path,
+    since: datetime | None,
+    from_: datetime | None,
+    to: datetime | None,
+    run_id: str | None,
+    tenant: str | None,
+    fmt: str,
+    clickhouse_dsn: str | None,
+    data_dir: Path | None,
+) -> None:
+    """Decide the recorded history again under --policy and show what would change.
+
+    Every run in scope is replayed from its first recorded decision with the same engine the
+    workers run, under --policy and, in the same pass, under the policy each decision was
+    made under (the proof: zero differences expected). Prints the runs and decisions
+    replayed, how many change and how (allow → stop:handoff_budget_exceeded ×412), the first
+    differing step of each changed run and the spend that would have been saved. Runs whose
+    history starts before the scope (retention, --since) are partial: named, not replayed.
+
+    Exit 0 when nothing changes, 1 when something does, 7 when replay cannot answer. The
+    chain key is BATON_AUDIT_CHAIN_KEY (the workers'): with it every field of every chained
+    decision is checked.
+    """
+    if since is not None and from_ is not None:
+        raise click.UsageError("--since and --from are the same bound: give one")
+    start = since or from_
+    if start is not None and to is not None and to <= start:
+        raise click.UsageError(f"--to {to.isoformat()} is not after --from {start.isoformat()}")
+    new_policy = read_policy(policy_path)
+    settings = audit_settings(clickhouse_dsn, data_dir)
+    key_setting = build_settings().audit_chain_key
+    key = key_setting.get_secret_value().encode() if key_setting else b""
+    scope = _scope(start, to, run_id, tenant)
+    began = time.monotonic()
+    report, policies, refused, label = _replay(settings, scope, new_policy, key)
+    seconds = time.monotonic() - began
+    for line in refused:
+        click.echo(f"baton replay: {line}; not used", err=True)
+    if fmt == "json":
+        click.echo(_json(report, new_policy, policies, seconds))
+    else:
+        click.echo(_table(report, new_policy, str(policy_path), label, seconds))
+    _exit(report)
+
+
+def _scope(
+    start: datetime | None, to: datetime | None, run_id: str | None, tenant: str | None
+) -> Any:
+    from baton.sinks.replay_source import ReplayScope
+
+    return ReplayScope(start, to, run_id, tenant)
+
+
+def _replay(
+    settings: Any, scope: Any, new_policy: Policy, key: bytes
+) -> tuple[ReplayReport, dict[str, Policy], list[str], str]:
+    from baton.sinks.clickhouse import audit_errors, connect, parse_dsn
+    from baton.sinks.replay_source import read_policies, read_runs_rows
+
+    label = parse_dsn(settings.clickhouse_dsn).label
+    client = connect(
+        settings.clickhouse_dsn, ca_cert=settings.clickhouse_ca, verify=settings.clickhouse_verify
+    )
+    try:
+        with audit_errors(label, "reading the recorded decisions"):
+            policies, refused = read_policies(client)
+            rows = read_runs_rows(client, scope)
+            report = replay_runs(runs_of(rows), new_policy, policies, key, _Progress())
+    finally:
+        client.close()
+    return report, policies, refused, label
+
+
+class _Progress:
+    """A line on stderr every few seconds of a long replay (nothing on a short one)."""
+
+    def __init__(self, every_s: float = 2.0) -> None:
+        self.began = self.last = time.monotonic()
+        self.every_s = every_s
+
+    def __call__(self, runs: int, decisions: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = decisions / max(now - self.began, 1e-9)
+        click.echo(
+            f"baton replay: {runs:,} runs, {decisions:,} decisions so far ({rate:,.0f}/s)",
+            err=True,
+        )
+
+
+def _exit(report: ReplayReport) -> None:
+    unfaithful = report.unfaithful_runs
+    if unfaithful:
+        raise ReplayFailed(
+            f"replay under the recorded policies did not reproduce {len(unfaithful)} runs "
+            f"(first: {unfaithful[0].run_id}, shown above): its answer cannot be trusted; "
+            "is BATON_AUDIT_CHAIN_KEY the workers' key?"
+        )
+    if not report.runs and report.partial:
+        raise ReplayFailed(
+            f"none of the {len(report.partial)} runs in scope could be replayed from its "
+            "start (listed above); widen --since, or record inputs first (audit migration 0005)"
+        )
+    sys.exit(1 if report.changed_runs else 0)
+
+
+def _change_line(run: RunOutcome) -> str:
+    c = run.first_change
+    assert c is not None
+    at = f"{c.decided_at:%Y-%m-%d %H:%M:%S}"
+    return f"  {run.run_id}  step {c.step}  {at}  {c.handoff}: {c.recorded} → {c.replayed}"
+
+
+def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds: float) -> str:
+    rate = report.decisions / seconds if seconds > 0 else 0.0
+    lines = [
+        f"replayed {len(report.runs):,} runs, {report.decisions:,} decisions from {label} "
+        f"under {path} (policy {policy.version}) in {seconds:.2f} s ({rate:,.0f} decisions/s)"
+    ]
+    unfaithful = report.unfaithful_runs
+    if unfaithful:
+        lines.append(f"as recorded: NOT reproduced in {len(unfaithful)} runs:")
+        for run in unfaithful[:_SHOWN]:
+            step, was, got = run.unfaithful[0]
+            lines.append(f"  {run.run_id}  step {step}: recorded {was}, replayed {got}")
+    else:
+        lines.append(f"as recorded: all {report.decisions:,} decisions reproduced exactly")
+    changed = report.changed_runs
+    if not changed:
+        lines.append("under the new policy: nothing changes")
+    else:
+        total = sum(r.changed for r in changed)
+        lines.append(f"under the new policy: {len(changed):,} runs change, {total:,} decisions:")
+        width = max(len(t) for t in report.transitions)
+        for transition, n in report.transitions.most_common():
+            lines.append(f"  {transition:<{width}}  ×{n:,}")
+        lines.append(
+            f"spend: ${report.saved_usd:,.2f} reported for handoffs the new policy stops "
+            f"(would have been saved); ${report.blocked_estimate_usd:,.2f} of their estimates"
+        )
+        lines.append("first difference of each changed run:")
+        lines += [_change_line(r) for r in changed[:_SHOWN]]
+        if len(changed) > _SHOWN:
+            lines.append(f"  ... and {len(changed) - _SHOWN:,} more (--format json lists all)")
+    if report.partial:
+        lines.append(f"partial, not replayed: {len(report.partial):,} runs")
+        for run_id, why in list(report.partial.items())[:_SHOWN]:
+            lines.append(f"  {run_id}: {why}")
+    return "\n".join(lines)
+
+
+def _json(report: ReplayReport, policy: Policy, policies: dict[str, Policy], seconds: float) -> str:
+    doc = {
+        "policy_version": policy.version,
+        "recorded_policies": sorted(policies),
+        "runs": len(report.runs),
+        "decisions": report.decisions,
+        "seconds": round(seconds, 3),
+        "faithful": not report.unfaithful_runs,
+        "unfaithful": {r.run_id: r.unfaithful for r in report.unfaithful_runs},
+        "changed_runs": len(report.changed_runs),
+        "changed_decisions": sum(r.changed for r in report.runs),
+        "transitions": dict(report.transitions.most_common()),
+        "saved_usd": round(report.saved_usd, 6),
+        "blocked_estimate_usd": round(report.blocked_estimate_usd, 6),
+        "changes": [
+            {
+                "run_id": r.run_id,
+                "changed": r.changed,
+                "first_step": r.first_change.step if r.first_change else None,
+                "at": r.first_change.decided_at if r.first_change else None,
+                "request_id": r.first_change.request_id if r.first_change else None,
+                "handoff": r.first_change.handoff if r.first_change else None,
+                "recorded": r.first_change.recorded if r.first_change else None,
+                "replayed": r.first_change.replayed if r.first_change else None,
+                "saved_usd": round(r.saved_usd, 6),
+            }
+            for r in report.changed_runs
+        ],
+        "partial": report.partial,
+    }
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(replay_cmd)

@@ -1,0 +1,94 @@
+"""`baton replay` over an audit written by a real worker and a real sink: the recorded policy
+reproduces every decision (exit 0), a stricter one names the runs it would have stopped
+(exit 1); a client retry answered from the run's state leaves one row, the original."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from baton.schemas.events import HandoffRequested
+from tests.helpers import wait_for
+from tests.integration.conftest import TEST_POLICY
+from tests.integration.test_audit_verify import CHAIN_KEY, Audit, _traffic
+from tests.integration.test_audit_verify import audit as audit  # the fixture
+from tests.stack import EventSender
+
+pytestmark = pytest.mark.integration
+
+_BATON = (sys.executable, "-m", "baton.cli")
+
+
+def _replay(a: Audit, policy: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    env["BATON_AUDIT_CHAIN_KEY"] = CHAIN_KEY
+    return subprocess.run(
+        [*_BATON, "replay", "--policy", str(policy), "--dsn", f"chdb://{a.chdb}", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_replay_reproduces_the_audit_and_names_what_a_stricter_policy_stops(
+    audit: Audit, tmp_path: Path
+) -> None:
+    runs = [f"rp{i}" for i in range(6)]
+    _traffic(audit, runs)  # 3 handoffs each, refunds granted (then finished) or expired
+    assert audit.decisions is not None and audit.sink is not None
+    # a client retry of a run's second request, after the run moved on: answered from state
+    first = next(d for d in audit.decisions.for_run("rp1") if d.request_id == "rp1-2")
+    retry = HandoffRequested(
+        request_id="rp1-2",
+        run_id="rp1",
+        task_id="research",
+        parent_task_id="plan",
+        from_agent="planner",
+        to_agent="researcher",
+        event_time=datetime.now(UTC),
+    )
+    EventSender(audit.bootstrap, audit.catalog.requests).send([retry])
+    copies = wait_for(
+        lambda: [d for d in audit.decisions.for_run("rp1") if d.decision_id == first.decision_id][
+            1:
+        ],
+        30,
+        message="the retry's re-emitted decision",
+    )
+    assert copies[0].reemitted and copies[0].input is None and first.input is not None
+    audit.audited_all()
+    rows = audit.sink.query(
+        "SELECT count(), any(input) IS NOT NULL FROM governance.decisions "
+        f"WHERE decision_id = '{first.decision_id}'"
+    )
+    assert rows == [(1, True)]  # the original only: the re-emitted copy is not stored
+
+    same = tmp_path / "same.yaml"
+    same.write_text(TEST_POLICY)
+    done = _replay(audit, same)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "replayed 6 runs" in done.stdout
+    assert "reproduced exactly" in done.stdout and "nothing changes" in done.stdout
+
+    stricter = tmp_path / "stricter.yaml"
+    stricter.write_text(TEST_POLICY.replace("max_handoffs: 8", "max_handoffs: 2"))
+    changed = _replay(audit, stricter, "--format", "json")
+    assert changed.returncode == 1, changed.stdout + changed.stderr
+    report = orjson.loads(changed.stdout)
+    assert report["faithful"] and report["runs"] == 6
+    assert {c["run_id"] for c in report["changes"]} == set(runs)
+    # the third handoff (the refund) of every run: asked for approval, now stopped
+    assert {c["first_step"] for c in report["changes"]} == {5}
+    assert {(c["recorded"], c["replayed"]) for c in report["changes"]} == {
+        ("approval_required:approval_pending", "stop:handoff_budget_exceeded")
+    }
+    one = _replay(audit, stricter, "--run", "rp1")
+    assert one.returncode == 1 and "replayed 1 runs" in one.stdout, one.stdout + one.stderr
+    assert "rp1  step 5" in one.stdout
