@@ -1,11 +1,459 @@
-"""``baton send`` and ``baton tail``: events in and decisions out with nothing but Baton."""
+"""``baton send`` and ``baton tail``: events in and decisions out with nothing but Baton.
+
+``send`` reads events as JSON lines, checks each as the worker will, and publishes it keyed by
+its ``run_id`` with the murmur2 partitioner (every run on its partition, no forwarding hop).
+``tail`` reads gov.decisions, gov.stops or gov.deadletter from a position and prints each
+record as one readable line or one JSON object.
+
+Not guaranteed: ``send`` checks an event's shape, not the policy's view of it (a valid event
+may still be stopped or dead-lettered for its content, e.g. a reused request id); ``tail``
+without ``--follow`` prints what the broker held when it started reading.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
 import click
+import orjson
+
+from baton.cli.options import build_settings, setting_options
+from baton.cli.signer import shown
+from baton.schemas.errors import BatonError, BrokerUnavailable, ConfigError
+from baton.schemas.events import (
+    CONTROL_EVENT_TYPES,
+    MAX_EVENT_BYTES,
+    ApprovalDenied,
+    ApprovalGranted,
+    EventError,
+    parse_event,
+)
+from baton.schemas.settings import Settings
 
 __all__ = ["register"]
 
+_CONTROL_TYPES = {t.model_fields["type"].default for t in CONTROL_EVENT_TYPES}
+#: tail's TOPIC names -> the catalog property holding the topic's full name
+_TAIL_TOPICS = {"decisions": "decisions", "stops": "stops", "deadletter": "deadletter"}
+
+
+class BadLines(BatonError):
+    """Some lines given to ``baton send`` were not events (each was named on stderr)."""
+
+    exit_code = 1
+
+
+def _kafka_settings(opts: dict[str, Any], data_dir: Path | None) -> Settings:
+    """Kafka settings found as every client command finds them (flag, --data-dir, variable,
+    BATON_DATA_DIR, ./.baton's stack record)."""
+    try:
+        from baton.cli.stack_record import stack_settings
+    except ImportError:
+        return build_settings(**opts)
+    return stack_settings(opts, data_dir, kafka=True)  # type: ignore[no-any-return]
+
+
+def _data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="the data dir of the `baton up` to use (its Kafka comes from its stack record) "
+        "[env BATON_DATA_DIR; default: ./.baton when no BATON_BOOTSTRAP]",
+    )(fn)
+
+
+# ------------------------------------------------------------------------------ send
+@dataclass
+class _Sent:
+    """What ``send`` did, for its summary line."""
+
+    per_topic: dict[str, int] = field(default_factory=dict)
+    bad: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failed.append(f"{msg.topic()}: {err.str() if hasattr(err, 'str') else err}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_topic.values())
+
+
+def _open_input(path: str) -> IO[bytes]:
+    """``path`` for reading (``-`` is stdin); a directory or a missing file is a ConfigError."""
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"baton send: {path} is a directory, expected a file of JSON lines")
+        return open(path, "rb")
+    except OSError as exc:
+        raise ConfigError(
+            f"baton send: cannot read {path}: {exc.strerror or exc}; expected a file of JSON "
+            "lines (or - for stdin)"
+        ) from None
+
+
+def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """``(number, line, length)`` of every line, ``line`` None when longer than ``limit``
+    bytes (read on in chunks, never held whole: a line may be a runaway file)."""
+    number = 0
+    while True:
+        chunk = stream.readline(limit + 2)
+        if not chunk:
+            return
+        number += 1
+        length = len(chunk)
+        if len(chunk.rstrip(b"\n")) > limit:
+            while chunk and not chunk.endswith(b"\n"):
+                chunk = stream.readline(1 << 16)
+                length += len(chunk)
+            yield number, None, length
+            continue
+        yield number, chunk.strip(), length
+
+
+def _event_topic(line: bytes, catalog: Any) -> tuple[str, bytes]:
+    """The topic and key of one event line; ``EventError`` when it is not a run event."""
+    try:
+        event = parse_event(line)
+    except EventError:
+        kind = _type_of(line)
+        if kind in _CONTROL_TYPES:
+            raise EventError(
+                "control_event",
+                f"{kind} is a control event: `baton kill` and `baton policy publish` send "
+                "them, signed",
+            ) from None
+        raise
+    topic = catalog.approvals if isinstance(event, ApprovalGranted | ApprovalDenied) else None
+    return topic or catalog.requests, event.run_id.encode()
+
+
+def _type_of(line: bytes) -> str | None:
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+@click.command("send")
+@click.argument("file", default="-")
+@click.option("--dry-run", is_flag=True, help="check every line, send nothing")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=30.0,
+    show_default=True,
+    help="seconds to wait for Kafka to acknowledge the events at the end",
+)
+@_data_dir_option
+@setting_options("bootstrap", "topic_prefix")
+def send_cmd(file: str, dry_run: bool, timeout: float, data_dir: Path | None, **opts: Any) -> None:
+    """Publish events from FILE (JSON lines; - or nothing: stdin), each keyed by its run_id:
+    handoff_requested, handoff_completed and run_finished to gov.handoff.requests,
+    approval_granted and approval_denied to gov.approvals.
+
+    Every line is checked as the worker checks it; a bad one is named on stderr with its
+    line number and not sent (empty lines and lines starting with # are skipped). Exit 0
+    when every line was sent, 1 when some were bad, 4 when Kafka did not take them.
+    """
+    from baton.streams.topics import TopicCatalog
+
+    settings = None if dry_run else _kafka_settings(opts, data_dir)
+    prefix = settings.topic_prefix if settings else build_settings(**opts).topic_prefix
+    catalog = TopicCatalog(prefix=prefix)
+    producer = None if settings is None else _producer(settings)
+    sent = _Sent()
+    stream = _open_input(file)
+    try:
+        for number, line, length in _lines(stream, MAX_EVENT_BYTES):
+            if line is None:
+                _bad(sent, number, f"oversized: {length} bytes, limit is {MAX_EVENT_BYTES}")
+                continue
+            if not line or line.startswith(b"#"):
+                continue
+            try:
+                topic, key = _event_topic(line, catalog)
+            except EventError as exc:
+                _bad(sent, number, f"{exc.kind}: {exc}")
+                continue
+            sent.per_topic[topic] = sent.per_topic.get(topic, 0) + 1
+            if producer is not None:
+                _produce(producer, topic, key, line, sent.delivered)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    if producer is not None:
+        assert settings is not None
+        left = producer.flush(timeout)
+        if left or sent.failed:
+            raise BrokerUnavailable(
+                f"Kafka at {settings.bootstrap} did not take {left + len(sent.failed)} of "
+                f"{sent.total} events within {timeout:g} s"
+                + (f" (first error: {sent.failed[0]})" if sent.failed else "")
+            )
+    click.echo(_summary(sent, dry_run))
+    if sent.bad:
+        raise BadLines(f"{sent.bad} bad line(s) not sent; each is named above")
+
+
+def _bad(sent: _Sent, number: int, problem: str) -> None:
+    sent.bad += 1
+    click.echo(f"baton send: line {number}: {shown(problem[:500])}", err=True)
+
+
+def _producer(settings: Settings) -> Any:
+    from confluent_kafka import Producer
+
+    from baton.streams.kafka import producer_config
+    from baton.streams.net import check_reachable
+
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    return Producer(producer_config(settings.kafka_config()))
+
+
+def _produce(producer: Any, topic: str, key: bytes, value: bytes, done: Any) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, on_delivery=done)
+            break
+        except BufferError:  # the local queue is full: let deliveries drain it
+            producer.poll(0.1)
+    producer.poll(0)
+
+
+def _summary(sent: _Sent, dry_run: bool) -> str:
+    where = ", ".join(f"{n} to {topic}" for topic, n in sorted(sent.per_topic.items()))
+    verb = "valid, not sent (--dry-run)" if dry_run else "sent"
+    return f"{sent.total} event(s) {verb}" + (f": {where}" if where else "")
+
+
+# ------------------------------------------------------------------------------ tail
+@click.command("tail")
+@click.argument("topic", type=click.Choice(list(_TAIL_TOPICS)))
+@click.option("-f", "--follow", is_flag=True, help="keep printing new records until Ctrl-C")
+@click.option("--from-beginning", is_flag=True, help="start at each partition's first record")
+@click.option(
+    "-n",
+    "--lines",
+    "last",
+    type=click.IntRange(min=0, max=100_000),
+    default=10,
+    show_default=True,
+    help="without --from-beginning: the newest N records (N before each partition's end, "
+    "then the newest N of those; --run filters after that)",
+)
+@click.option("--run", "run_id", default=None, help="only the records of this run")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: one readable line per record; json: the record, one object per line",
+)
+@_data_dir_option
+@setting_options("bootstrap", "topic_prefix")
+def tail_cmd(
+    topic: str,
+    follow: bool,
+    from_beginning: bool,
+    last: int,
+    run_id: str | None,
+    fmt: str,
+    data_dir: Path | None,
+    **opts: Any,
+) -> None:
+    """Print the records of TOPIC: decisions (every decision), stops, or deadletter (bad
+    input with the error and its original bytes). Without --follow it prints what is there
+    and exits; with it, it goes on until Ctrl-C."""
+    from baton.streams.topics import TopicCatalog
+
+    settings = _kafka_settings(opts, data_dir)
+    name = getattr(TopicCatalog(prefix=settings.topic_prefix), _TAIL_TOPICS[topic])
+    render = _render_json if fmt == "json" else _render_text
+    dead = _TAIL_TOPICS[topic] == "deadletter"
+    try:
+        for value, partition, offset in _read(settings, name, from_beginning, last, follow):
+            line = render(value, partition, offset, dead, run_id)
+            if line is not None:
+                click.echo(line)
+    except BrokenPipeError:  # `baton tail ... | head`: the reader has what it wanted
+        sys.stderr.close()
+    except KeyboardInterrupt:
+        pass
+
+
+def _read(
+    settings: Settings, topic: str, from_beginning: bool, last: int, follow: bool
+) -> Iterator[tuple[bytes, int, int]]:
+    """``(value, partition, offset)`` from the chosen start; the records already there come
+    oldest first (by their timestamps across partitions), then new ones as they arrive."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    from baton.streams.kafka import consumer_config
+    from baton.streams.net import check_reachable
+
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    consumer = Consumer(
+        consumer_config(settings.kafka_config(), "baton-tail", {"enable.partition.eof": True})
+    )
+    try:
+        parts = _partitions(consumer, settings, topic)
+        starts, ends = [], {}
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=settings.connect_timeout_s, cached=False
+            )
+            start = low if from_beginning else max(low, high - last)
+            starts.append(TopicPartition(topic, p, start))
+            ends[p] = high
+        consumer.assign(starts)
+        backlog, at_end = [], {tp.partition for tp in starts if tp.offset >= ends[tp.partition]}
+        while len(at_end) < len(parts):
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                continue
+            backlog.append((msg.timestamp()[1], msg.partition(), msg.offset(), msg.value()))
+        backlog.sort()
+        if not from_beginning:
+            backlog = backlog[-last:] if last else []
+        for _, partition, offset, value in backlog:
+            yield value or b"", partition, offset
+        if follow:
+            click.echo(f"baton tail: following {topic} (Ctrl-C stops)", err=True)
+        while follow:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                yield msg.value() or b"", msg.partition(), msg.offset()
+    finally:
+        consumer.close()
+
+
+def _partitions(consumer: Any, settings: Settings, topic: str) -> list[int]:
+    """The topic's partitions, from a listing of every topic (asking for one by name would
+    create it on Tansu)."""
+    try:
+        metadata = consumer.list_topics(timeout=settings.connect_timeout_s)
+    except Exception as exc:
+        raise BrokerUnavailable(
+            f"Kafka at {settings.bootstrap} did not list its topics within "
+            f"{settings.connect_timeout_s:g} s ({exc}); is the broker running?"
+        ) from None
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        raise BrokerUnavailable(
+            f"no topic {topic} at {settings.bootstrap}; is BATON_TOPIC_PREFIX right, and has a "
+            "worker started there (it creates the topics)?"
+        )
+    return sorted(found.partitions)
+
+
+def _render_json(
+    value: bytes, partition: int, offset: int, dead: bool, run_id: str | None
+) -> str | None:
+    """The record as one line of JSON (a record that is not JSON: its text under "raw")."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        doc = {"raw": value[:MAX_EVENT_BYTES].decode("utf-8", "replace")}
+    if run_id is not None and _run_of(doc, dead) != run_id:
+        return None
+    return orjson.dumps(doc).decode()
+
+
+def _run_of(doc: Any, dead: bool) -> str | None:
+    if not isinstance(doc, dict):
+        return None
+    value = doc.get("key") if dead else doc.get("run_id")
+    return value if isinstance(value, str) else None
+
+
+def _render_text(
+    value: bytes, partition: int, offset: int, dead: bool, run_id: str | None
+) -> str | None:
+    """One readable line: a decision, or a dead letter; anything else shown escaped."""
+    where = f"[p{partition}@{offset}]"
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        doc = None
+    if run_id is not None and _run_of(doc, dead) != run_id:
+        return None
+    if dead and isinstance(doc, dict):
+        return shown(f"{_dead_line(doc)} {where}")
+    if not dead:
+        from baton.schemas.decision import Decision
+
+        try:
+            return shown(f"{_decision_line(Decision.from_json(value))} {where}")
+        except ValueError:
+            pass
+    return shown(f"(not a Baton record) {value[:300].decode('utf-8', 'replace')} {where}")
+
+
+def _decision_line(d: Any) -> str:
+    """``time run phase outcome reason from -> to task …``: what happened, for a person."""
+    parts = [_time(d.decided_at), d.run_id, str(d.phase), str(d.outcome), str(d.reason)]
+    if d.shadow_outcome:
+        parts.append(f"(shadow: would {d.shadow_outcome})")
+    if d.from_agent or d.to_agent:
+        parts.append(f"{d.from_agent or '?'} -> {d.to_agent or '?'}")
+    for label, item in (
+        ("task", d.task_id),
+        ("action", d.action),
+        ("owner", d.owner),
+        ("fallback", d.fallback),
+        ("approval", d.approval_id),
+        ("approver", d.approver),
+        ("status", d.handoff_status),
+    ):
+        if item:
+            parts.append(f"{label}={item}")
+    if d.spent_usd:
+        parts.append(f"spent=${d.spent_usd:g}")
+    if d.detail:
+        parts.append(f"— {d.detail[:200]}")
+    return " ".join(parts)
+
+
+def _dead_line(doc: dict[str, Any]) -> str:
+    """``time error_kind topic[p]@offset key=…: error | original …``."""
+    original = doc.get("original")
+    if original is None and doc.get("original_b64"):
+        original = f"(binary, {doc.get('original_size')} bytes)"
+    source = f"{doc.get('topic')}[{doc.get('partition')}]@{doc.get('offset')}"
+    return (
+        f"{_time(doc.get('failed_at'))} {doc.get('error_kind')} {source} key={doc.get('key')}: "
+        f"{str(doc.get('error'))[:300]} | original: {str(original)[:160]}"
+    )
+
+
+def _time(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, str):
+        return value[:19].replace("T", " ")
+    return "-"
+
 
 def register(cli: click.Group) -> None:
-    pass
+    cli.add_command(send_cmd)
+    cli.add_command(tail_cmd)
