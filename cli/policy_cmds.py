@@ -15,6 +15,7 @@ from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import PolicyError
 from baton.schemas.export import write_json_schemas
 from baton.schemas.policy import Policy, parse_policy
+from baton.schemas.policy_seed import seed_mapping
 from baton.schemas.settings import Settings
 
 __all__ = ["policy_in_force", "register"]
@@ -46,8 +47,13 @@ def policy_check(file: Path) -> None:
     ):
         value = getattr(limits, key)
         click.echo(f"  {key}: {'unlimited' if value is None else value}")
+    for key in ("max_steps", "max_bounces", "reservation_ttl_seconds"):  # shown when set
+        if getattr(limits, key) is not None:
+            click.echo(f"  {key}: {getattr(limits, key)}")
     if limits.require_approval_for:
         click.echo(f"  require_approval_for: {', '.join(limits.require_approval_for)}")
+    for seed_key, path, _ in seed_mapping(policy):
+        click.echo(f"  {seed_key} -> multi_agent.{'.'.join(path)}")
     if policy.tenants:
         click.echo(f"  tenant overrides: {', '.join(sorted(policy.tenants))}")
     if limits.shadow_mode:

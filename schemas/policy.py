@@ -33,7 +33,6 @@ path, the bad value and the expectation.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import hashlib
 import re
@@ -43,10 +42,19 @@ from typing import Annotated, Any
 
 import orjson
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from baton.schemas.decision import Fallback, Reason
 from baton.schemas.errors import PolicyError
+from baton.schemas.policy_errors import describe, show
+from baton.schemas.policy_seed import (
+    Budgets,
+    Controls,
+    ToolLists,
+    Writes,
+    fold_seed_blocks,
+)
+from baton.schemas.policy_types import Globs, NonNegInt, NonNegNumber, PositiveNumber, StrictModel
 from baton.schemas.signing import SigningKeyError, parse_public_key
 
 __all__ = [
@@ -70,11 +78,6 @@ multi_agent:
     - billing.refund.create
 """
 
-NonNegInt = Annotated[int, Field(ge=0, strict=True)]
-NonNegNumber = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Globs = list[Annotated[str, Field(min_length=1)]]
-
 
 def _public_key(text: str) -> str:
     try:
@@ -91,8 +94,7 @@ PublicKeys = dict[
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
 
 
 class ApprovalPolicy(_Strict):
@@ -373,6 +375,45 @@ class Policy(BaseModel):
         description="true: a run whose tenant is not a key of `tenants` is refused "
         '(`stop unknown_tenant`); tenant names are compared exactly ("acme " is not "acme")',
     )
+    # the seed's OnceOnly-style blocks: loaded onto multi_agent keys (baton.schemas.
+    # policy_seed), kept here for the schema and the docs, left out of the version hash
+    budgets: Budgets | None = Field(
+        None,
+        exclude=True,
+        description="the seed's budgets block, for the whole run: `max_steps`, "
+        "`max_tool_calls`, `max_seconds`, `max_usd` become `multi_agent.max_steps`, "
+        "`shared_max_tool_calls`, `max_run_seconds`, `shared_max_usd`",
+    )
+    policy: ToolLists | None = Field(
+        None,
+        exclude=True,
+        description="the seed's tool lists: `tool_allowlist` and `tool_blocklist` become "
+        "`multi_agent.tools.allow` and `tools.block`",
+    )
+    writes: Writes | None = Field(
+        None,
+        exclude=True,
+        description="the seed's `require_approval`: globs added to "
+        "`multi_agent.require_approval_for` (`true`: every action and tool)",
+    )
+    controls: Controls | None = Field(
+        None,
+        exclude=True,
+        description="the seed's `kill_switch`: must be true (Baton's kill switch cannot be "
+        "turned off by a policy)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_seed_blocks(cls, data: Any) -> Any:
+        # parse_policy folds before it merges tenants; this catches a document validated
+        # directly, so that a seed block is never silently left unenforced
+        if not isinstance(data, dict):
+            return data
+        folded, problems = fold_seed_blocks(data)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return folded
 
     @cached_property
     def version(self) -> str:
@@ -427,9 +468,10 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         doc = {}
     if not isinstance(doc, dict):
         raise PolicyError(
-            [f"<top>: must be a mapping with a multi_agent key, got {_show(doc)}"], source
+            [f"<top>: must be a mapping with a multi_agent key, got {show(doc)}"], source
         )
-    problems: list[str] = []
+    # the seed's blocks fill multi_agent keys first, so that tenants inherit them
+    doc, problems = fold_seed_blocks(doc)
     # tenants are partial overrides: merge each over the defaults before validating, so
     # errors point at tenants.<name>.<key> and a tenant inherits every key it does not set
     raw_tenants = doc.get("tenants") or {}
@@ -447,14 +489,16 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
                 merged_tenants[name] = override
         doc = {**doc, "tenants": merged_tenants}
     try:
-        return Policy.model_validate(doc)
+        policy = Policy.model_validate(doc)
+        if not problems:
+            return policy
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = err["loc"]
             tenant = loc[1] if len(loc) > 2 and loc[0] == "tenants" else None
             if tenant in overrides and not _sets(overrides[tenant], loc[2:]):
                 continue  # a bad multi_agent key: reported once, at multi_agent.<key>
-            problems.append(_describe(err))
+            problems.append(describe(err, Policy))
     raise PolicyError(problems, source)
 
 
@@ -492,118 +536,3 @@ def load_policy(path: str | Path | None) -> Policy:
     except OSError as exc:
         raise PolicyError([f"cannot read policy file: {exc.strerror}"], str(p)) from None
     return parse_policy(text, str(p))
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, (dict, list)):
-        text = orjson.dumps(value).decode()
-        return text if len(text) < 60 else text[:57] + "..."
-    return repr(value) if not isinstance(value, bool) else str(value).lower()
-
-
-_EXPECT: dict[str, str] = {
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "finite_number": "a finite number",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "string_type": "a string",
-    "list_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-    "enum": "one of",
-    "literal_error": "one of",
-    "string_too_short": "a non-empty string",
-}
-
-
-def _describe(err: Any) -> str:
-    loc = tuple(err["loc"])
-    path = ".".join(str(p) for p in loc) or "<top>"
-    kind = err["type"]
-    value = err.get("input")
-    ctx = err.get("ctx") or {}
-    if loc and loc[-1] == "[key]":  # a bad mapping key, e.g. a misspelt fallback_by_reason
-        path = ".".join(str(p) for p in loc[:-1])
-        known = [r.value for r in Reason]
-        hint = difflib.get_close_matches(str(value), known, n=1)
-        tip = f"; did you mean {hint[0]}?" if hint else ""
-        return f"{path}: unknown reason{tip} (known reasons: {', '.join(known)})"
-    if kind == "extra_forbidden":
-        known = _known_keys(loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        tip = f"; did you mean {hint[0]}?" if hint else ""
-        return f"{path}: unknown key{tip} (known keys: {', '.join(sorted(known))})"
-    if kind == "value_error":  # our own validators say what they expect
-        return f"{path}: {err['msg'].removeprefix('Value error, ')}, got {_show(value)}"
-    expected = _expected_for(loc, kind, ctx)
-    return f"{path}: must be {expected}, got {_show(value)}"
-
-
-def _walk(loc: tuple[Any, ...]) -> Any:
-    """The model (or dict value type) that the key path ``loc`` points into."""
-    model: Any = Policy
-    for part in loc:
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            info = model.model_fields.get(str(part))
-            if info is None:
-                return None
-            ann = info.annotation
-            model = ("dict", ann.__args__[1]) if getattr(ann, "__origin__", None) is dict else ann
-        elif isinstance(model, tuple):  # a dict key (tenant name, agent name)
-            model = model[1]
-        else:
-            return None
-    return model[1] if isinstance(model, tuple) else model
-
-
-def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    model = _walk(loc)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
-
-
-def _field(loc: tuple[Any, ...]) -> Any:
-    model = _walk(loc[:-1]) if loc else None
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return model.model_fields.get(str(loc[-1]))
-    return None
-
-
-def _bounds(obj: Any) -> list[tuple[str, Any]]:
-    """ge/gt constraints anywhere in a FieldInfo, its metadata, or Annotated args of a union."""
-    found: list[tuple[str, Any]] = []
-    for attr in ("ge", "gt"):
-        v = getattr(obj, attr, None)
-        if v is not None and not callable(v):
-            found.append((attr, v))
-    for meta in list(getattr(obj, "metadata", ()) or ()) + list(getattr(obj, "__metadata__", ())):
-        found += _bounds(meta)
-    for arg in getattr(obj, "__args__", ()) or ():
-        found += _bounds(arg)
-    ann = getattr(obj, "annotation", None)
-    if ann is not None:
-        found += _bounds(ann)
-    return found
-
-
-def _expected_for(loc: tuple[Any, ...], kind: str, ctx: dict[str, Any]) -> str:
-    if kind in ("enum", "literal_error"):
-        return f"one of {ctx.get('expected', '')}"
-    info = _field(loc)
-    noun = _EXPECT.get(kind)
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        noun = "an integer" if info is not None and "int" in repr(info.annotation) else "a number"
-    if noun in ("an integer", "a number") and info is not None:
-        bounds = _bounds(info)
-        if bounds:
-            attr, v = bounds[0]
-            return f"{noun} {'>=' if attr == 'ge' else '>'} {v:g}"
-    return noun or "valid"
