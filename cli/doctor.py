@@ -25,6 +25,7 @@ from baton.cli.doctor_checks import (
     webhook_check,
 )
 from baton.cli.options import build_settings, setting_options
+from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
 
@@ -57,13 +58,7 @@ _KAFKA_LOG = logging.getLogger("baton.kafka")
     show_default=True,
     help="events the workers may be behind before the lag check fails",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="the data dir of a `baton up` to check (its Kafka, policy and audit come from its "
-    "stack record) [env BATON_DATA_DIR; default: ./.baton when no BATON_BOOTSTRAP]",
-)
+@data_dir_option
 @setting_options(
     "bootstrap",
     "security_protocol",
@@ -141,32 +136,20 @@ def _settings(
     """Settings for the checks, each connection found as client commands find theirs
     (flag, --data-dir, variable, BATON_DATA_DIR, ./.baton); a connection that cannot be
     found is returned as its error, to be reported as a failed check."""
-    resolve = _stack_resolver()
-    if resolve is None:
-        return build_settings(**opts), None, None
     kafka = audit = None
     kafka_error = audit_error = None
+    quiet = {"say": lambda _line: None}
     try:
-        kafka = resolve(opts, data_dir, kafka=True, audit=False, say=lambda _line: None)
+        kafka = stack_settings(opts, data_dir, kafka=True, audit=False, **quiet)
     except BatonError as exc:
         kafka_error = exc
     try:
-        audit = resolve(opts, data_dir, kafka=False, audit=True, say=lambda _line: None)
+        audit = stack_settings(opts, data_dir, kafka=False, audit=True, **quiet)
     except BatonError as exc:
         audit_error = exc
-    settings = kafka or audit or build_settings(**opts)
     if kafka is not None and audit is not None:
-        settings = kafka.model_copy(update={"clickhouse_dsn": audit.clickhouse_dsn})
-    return settings, kafka_error, audit_error
-
-
-def _stack_resolver() -> Any:
-    """``stack_settings`` of cli/stack_record.py (where `baton up` records its stack)."""
-    try:
-        from baton.cli.stack_record import stack_settings
-    except ImportError:
-        return None
-    return stack_settings
+        return kafka.model_copy(update={"clickhouse_dsn": audit.clickhouse_dsn}), None, None
+    return kafka or audit or build_settings(**opts), kafka_error, audit_error
 
 
 def _kafka_checks(

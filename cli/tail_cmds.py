@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ import orjson
 
 from baton.cli.options import build_settings, setting_options
 from baton.cli.signer import shown
+from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import BatonError, BrokerUnavailable, ConfigError
 from baton.schemas.events import (
     CONTROL_EVENT_TYPES,
@@ -53,21 +54,7 @@ class BadLines(BatonError):
 def _kafka_settings(opts: dict[str, Any], data_dir: Path | None) -> Settings:
     """Kafka settings found as every client command finds them (flag, --data-dir, variable,
     BATON_DATA_DIR, ./.baton's stack record)."""
-    try:
-        from baton.cli.stack_record import stack_settings
-    except ImportError:
-        return build_settings(**opts)
-    return stack_settings(opts, data_dir, kafka=True)  # type: ignore[no-any-return]
-
-
-def _data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--data-dir",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        help="the data dir of the `baton up` to use (its Kafka comes from its stack record) "
-        "[env BATON_DATA_DIR; default: ./.baton when no BATON_BOOTSTRAP]",
-    )(fn)
+    return stack_settings(opts, data_dir, kafka=True)
 
 
 # ------------------------------------------------------------------------------ send
@@ -159,7 +146,7 @@ def _type_of(line: bytes) -> str | None:
     show_default=True,
     help="seconds to wait for Kafka to acknowledge the events at the end",
 )
-@_data_dir_option
+@data_dir_option
 @setting_options("bootstrap", "topic_prefix")
 def send_cmd(file: str, dry_run: bool, timeout: float, data_dir: Path | None, **opts: Any) -> None:
     """Publish events from FILE (JSON lines; - or nothing: stdin), each keyed by its run_id:
@@ -265,7 +252,7 @@ def _summary(sent: _Sent, dry_run: bool) -> str:
     show_default=True,
     help="text: one readable line per record; json: the record, one object per line",
 )
-@_data_dir_option
+@data_dir_option
 @setting_options("bootstrap", "topic_prefix")
 def tail_cmd(
     topic: str,
