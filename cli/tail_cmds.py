@@ -245,6 +245,11 @@ def _summary(sent: _Sent, dry_run: bool) -> str:
 )
 @click.option("--run", "run_id", default=None, help="only the records of this run")
 @click.option(
+    "--probes",
+    is_flag=True,
+    help="also the readiness probes' decisions (tenant __baton__, hidden by default)",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["text", "json"]),
@@ -260,6 +265,7 @@ def tail_cmd(
     from_beginning: bool,
     last: int,
     run_id: str | None,
+    probes: bool,
     fmt: str,
     data_dir: Path | None,
     **opts: Any,
@@ -275,9 +281,9 @@ def tail_cmd(
     dead = _TAIL_TOPICS[topic] == "deadletter"
     try:
         for value, partition, offset in _read(settings, name, from_beginning, last, follow):
-            line = render(value, partition, offset, dead, run_id)
-            if line is not None:
-                click.echo(line)
+            doc = _json(value)
+            if _wanted(doc, dead, run_id, probes):
+                click.echo(render(value, doc, f"[p{partition}@{offset}]", dead))
     except BrokenPipeError:  # `baton tail ... | head`: the reader has what it wanted
         sys.stderr.close()
     except KeyboardInterrupt:
@@ -353,37 +359,35 @@ def _partitions(consumer: Any, settings: Settings, topic: str) -> list[int]:
     return sorted(found.partitions)
 
 
-def _render_json(
-    value: bytes, partition: int, offset: int, dead: bool, run_id: str | None
-) -> str | None:
-    """The record as one line of JSON (a record that is not JSON: its text under "raw")."""
+def _json(value: bytes) -> Any:
+    """The record's JSON document, None when it is not JSON."""
     try:
-        doc = orjson.loads(value)
+        return orjson.loads(value)
     except orjson.JSONDecodeError:
-        doc = {"raw": value[:MAX_EVENT_BYTES].decode("utf-8", "replace")}
-    if run_id is not None and _run_of(doc, dead) != run_id:
         return None
+
+
+def _wanted(doc: Any, dead: bool, run_id: str | None, probes: bool) -> bool:
+    """The record passes ``--run`` and is not a readiness probe's (unless ``--probes``)."""
+    from baton.processors.probe import PROBE_TENANT
+
+    record = doc if isinstance(doc, dict) else {}
+    if not probes and not dead and record.get("tenant") == PROBE_TENANT:
+        return False
+    if run_id is None:
+        return True
+    return record.get("key" if dead else "run_id") == run_id
+
+
+def _render_json(value: bytes, doc: Any, where: str, dead: bool) -> str:
+    """The record as one line of JSON (a record that is not JSON: its text under "raw")."""
+    if doc is None:
+        doc = {"raw": value[:MAX_EVENT_BYTES].decode("utf-8", "replace")}
     return orjson.dumps(doc).decode()
 
 
-def _run_of(doc: Any, dead: bool) -> str | None:
-    if not isinstance(doc, dict):
-        return None
-    value = doc.get("key") if dead else doc.get("run_id")
-    return value if isinstance(value, str) else None
-
-
-def _render_text(
-    value: bytes, partition: int, offset: int, dead: bool, run_id: str | None
-) -> str | None:
+def _render_text(value: bytes, doc: Any, where: str, dead: bool) -> str:
     """One readable line: a decision, or a dead letter; anything else shown escaped."""
-    where = f"[p{partition}@{offset}]"
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        doc = None
-    if run_id is not None and _run_of(doc, dead) != run_id:
-        return None
     if dead and isinstance(doc, dict):
         return shown(f"{_dead_line(doc)} {where}")
     if not dead:
