@@ -378,6 +378,8 @@ def up_cmd(
             children += _audit_children(sql_port, settings.app_id)
         env["BATON_LOG_FORMAT"] = settings.log_format
         children, metrics_url = _with_metrics_ports(children, settings.metrics_port_number)
+        if record is not None and metrics_url:  # `baton top` reads it from there
+            record = update_record(record, metrics_url=metrics_url)
         supervisor = Supervisor(restart, _spawn(env), say)
         for name, args in children:
             supervisor.start(ChildSpec(name, args, logs / f"{name}.log", echo=name == "alerts"))

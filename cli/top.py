@@ -253,7 +253,7 @@ def render_frame(
     for view in metrics:
         lines += _metrics_lines(view, previous.get(view.url))
     if not metrics:
-        lines.append("metrics: none (pass --metrics URL, or run `baton up`, which records its)")
+        lines.append("metrics: none (pass --metrics URL; `baton up` records its worker's)")
     return "\n".join(lines)
 
 
@@ -324,7 +324,8 @@ def _frame_audit(
     "clickhouse_dsn",
     default=None,
     help="the audit: http(s)://user:pass@host:8123/db, chdb:///abs/dir, or `baton up`'s "
-    "sql= DSN [env BATON_CLICKHOUSE_DSN; default: the `baton up` found by --data-dir]",
+    "sql= DSN [env BATON_CLICKHOUSE_DSN; default: the `baton up` found by --data-dir; for "
+    "https:// also BATON_CLICKHOUSE_CA and BATON_CLICKHOUSE_VERIFY]",
 )
 @click.option(
     "--data-dir",
