@@ -533,7 +533,9 @@ def _rebuild_runs_from_audit(
     Called with the broker up and the topics created, before any child starts (so chDB is
     not held yet). Returns how many runs were restored, or None when nothing is rebuilt
     (then `baton up` warns that the runs start from zero)."""
-    return None
+    from baton.cli.restore_runs import restore_runs
+
+    return restore_runs(settings, data_dir, say)
 
 
 def _say_what_a_restart_keeps(

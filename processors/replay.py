@@ -45,7 +45,10 @@ __all__ = [
     "Recorded",
     "ReplayReport",
     "RunOutcome",
+    "is_partial",
     "label",
+    "rebuild_run",
+    "replay_run",
     "replay_runs",
     "runs_of",
 ]
@@ -180,7 +183,7 @@ def _steps(run: list[Recorded]) -> list[list[Recorded]]:
     return steps
 
 
-def _partial(run: list[Recorded], policies: dict[str, Policy]) -> str | None:
+def is_partial(run: list[Recorded], policies: dict[str, Policy]) -> str | None:
     """Why ``run`` cannot be replayed from its start (None: it can)."""
     chained = next((r for r in run if r.chain_hash is not None), None)
     if chained is not None and chained.chain_prev != "":
@@ -293,6 +296,25 @@ def replay_run(
     return outcome
 
 
+def rebuild_run(
+    run: list[Recorded], policies: dict[str, Policy], chain_key: bytes
+) -> tuple[RunState | None, bool]:
+    """The state ``run``'s recorded history leaves (under the recorded policies), and whether
+    the replay reproduced every recorded decision (the state is then the worker's)."""
+    replayer = _Replayer(lambda r: policies[r.policy_version], chain_key)
+    faithful = True
+    run_key = run[0].run_id.encode()
+    for recs in _steps(run):
+        text = recs[0].input
+        event = parse_event(text.encode(), run_key) if text is not None else None
+        again = replayer.step(recs, event)
+        if faithful:
+            faithful = len(again) == len(recs) and all(
+                _faithful(rec, d, True) for rec, d in zip(recs, again, strict=True)
+            )
+    return replayer.state, faithful
+
+
 def replay_runs(
     runs: Iterable[list[Recorded]],
     new_policy: Policy,
@@ -305,7 +327,7 @@ def replay_runs(
     report = ReplayReport()
     decisions = 0
     for run in runs:
-        why = _partial(run, policies)
+        why = is_partial(run, policies)
         if why is None:
             try:
                 result = replay_run(run, new_policy, policies, chain_key)

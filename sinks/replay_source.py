@@ -3,9 +3,10 @@
 Rows come from ``governance.decisions FINAL`` (one row per decision: a redelivered copy folds,
 a re-emitted one is never stored) in each run's order: ``decided_at``, then where the sink
 read it (``audit_partition``, ``audit_offset``: a run's decisions share one partition of
-the decisions topic and were published in the order they were made). Control records are
-not run steps. Policies come from the workers' ``policy_in_force`` records; one whose
-document does not hash to the version it claims is not used (a forged or damaged row).
+the decisions topic and were published in the order they were made). The control
+follower's records (kill switches, policy updates) are not run steps. Policies come from the
+workers' ``policy_in_force`` records; one whose document does not hash to the version it
+claims is not used (a forged or damaged row).
 """
 
 from __future__ import annotations
@@ -38,9 +39,17 @@ class ReplayScope:
     until: datetime | None = None
     run_id: str | None = None
     tenant: str | None = None
+    #: only runs with a decision at or after this time, each read whole (restoring live runs)
+    active_since: datetime | None = None
 
     def where(self) -> tuple[str, dict[str, Any]]:
-        clauses = [f"phase != '{Phase.CONTROL.value}'"]
+        # a run's steps; not the control follower's records (kill switches, policy updates:
+        # no input, they belong to no run step) nor the workers' policy documents. A run's
+        # finish is a control-phase decision of the run, with its input: it is a step
+        clauses = [
+            f"NOT (phase = '{Phase.CONTROL.value}' AND input IS NULL)",
+            f"reason != '{Reason.POLICY_IN_FORCE.value}'",
+        ]
         params: dict[str, Any] = {}
         if self.since is not None:
             clauses.append("decided_at >= {since:DateTime64(6, 'UTC')}")
@@ -54,6 +63,12 @@ class ReplayScope:
         if self.tenant is not None:
             clauses.append("tenant = {tenant:String}")
             params["tenant"] = self.tenant
+        if self.active_since is not None:
+            clauses.append(
+                f"run_id IN (SELECT run_id FROM {DATABASE}.decisions "
+                "WHERE decided_at >= {active_since:DateTime64(6, 'UTC')})"
+            )
+            params["active_since"] = self.active_since
         return " AND ".join(clauses), params
 
 

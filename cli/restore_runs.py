@@ -1,0 +1,216 @@
+"""`baton up` on a fresh embedded broker: every live run's state rebuilt from the audit.
+
+The embedded broker keeps nothing across restarts, but the audit in ``<data-dir>/chdb`` does:
+each decision holds the event it was decided from and names its policy (``processors.
+recorded``). Before the worker starts, every run with a decision within the worker's
+retention (``run_retention_s`` + ``tombstone_retention_s``) is replayed under its recorded
+policies (``processors.replay.rebuild_run``), aged as the worker's sweep would age it now
+(``engine.evict``: idle runs become tombstones), and written to the ``runs`` table's changelog
+topic, encoded as the worker writes it (``RunState.to_bytes``, key = run id, partition = the
+run's murmur2 partition). The worker's table recovery reads it before it decides anything.
+
+A run that cannot be replayed from its start (decided before inputs were recorded, history
+trimmed by retention, its policy not recorded) is restored from what its decisions say: its
+counters, spend, sticky stop and finish, without owners or dedup marks. Not restored: kill
+switches and policy updates (the control topic is gone with the broker; re-issue them).
+
+Not guaranteed: a decision the sink had not stored when `baton up` stopped is not in the
+audit, so its effect is not restored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from baton.processors.engine import STICKY_REASONS, evict
+from baton.processors.replay import Recorded, is_partial, rebuild_run, runs_of
+from baton.processors.state import RunState
+from baton.schemas.decision import Reason
+from baton.schemas.policy import Policy
+from baton.schemas.settings import Settings
+from baton.streams.partitioner import partition_for
+
+__all__ = ["restore_runs"]
+
+_STICKY = frozenset({*STICKY_REASONS, Reason.RUN_STATE_LIMIT})
+
+
+def restore_runs(
+    settings: Settings, data_dir: Path, say: Callable[[str], None], now: datetime | None = None
+) -> int | None:
+    """Write the live runs of ``data_dir``'s audit to the changelog; how many (None: no audit
+    table to read, nothing done)."""
+    from baton.sinks.clickhouse import audit_errors, connect
+    from baton.sinks.replay_source import ReplayScope, read_policies, read_runs_rows
+    from baton.sinks.schema import DATABASE
+
+    now = now or datetime.now(UTC)
+    chdb = data_dir / "chdb"
+    client = connect(f"chdb://{chdb}", follow_endpoint=False)
+    try:
+        with audit_errors(f"chdb://{chdb}", "rebuilding run states from the audit"):
+            if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
+                return None
+            policies, refused = read_policies(client)
+            for line in refused:
+                say(f"restore: {line}; not used")
+            window = settings.run_retention_s + settings.tombstone_retention_s
+            scope = ReplayScope(active_since=now - timedelta(seconds=window))
+            states, partial, unfaithful = _rebuild(
+                runs_of(read_runs_rows(client, scope)), policies, settings, now
+            )
+            if partial:
+                states += _from_summaries(client, partial, settings, now)
+    finally:
+        client.close()
+    if unfaithful:
+        say(
+            f"restore: {len(unfaithful)} runs did not replay exactly as recorded (first: "
+            f"{unfaithful[0]}); restored as replayed. Is BATON_AUDIT_CHAIN_KEY the workers'?"
+        )
+    if partial:
+        say(f"restore: {len(partial)} runs restored from their counters only (no inputs)")
+    _write_changelog(settings, states)
+    return len(states)
+
+
+def _rebuild(
+    runs: Iterable[list[Recorded]], policies: dict[str, Policy], settings: Settings, now: datetime
+) -> tuple[list[RunState], list[str], list[str]]:
+    key_setting = settings.audit_chain_key
+    key = key_setting.get_secret_value().encode() if key_setting else b""
+    states: list[RunState] = []
+    partial: list[str] = []
+    unfaithful: list[str] = []
+    for run in runs:
+        if is_partial(run, policies) is not None:
+            partial.append(run[0].run_id)
+            continue
+        try:
+            state, faithful = rebuild_run(run, policies, key)
+        except Exception:  # a recorded input that no longer parses: counters only
+            partial.append(run[0].run_id)
+            continue
+        if not faithful:
+            unfaithful.append(run[0].run_id)
+        aged = _aged(state, settings, now)
+        if aged is not None:
+            states.append(aged)
+    return states, partial, unfaithful
+
+
+def _aged(state: RunState | None, settings: Settings, now: datetime) -> RunState | None:
+    if state is None:
+        return None
+    return evict(state, now, settings.run_retention_s, settings.tombstone_retention_s)
+
+
+_SUMMARY = """
+SELECT run_id, any(tenant), min(decided_at), max(decided_at), max(handoff_count),
+       max(spent_usd), max(tool_calls),
+       argMinIf(reason, decided_at, outcome = 'stop' AND reason IN {sticky:Array(String)}),
+       countIf(reason = 'run_finished') > 0
+FROM {db}.decisions FINAL
+WHERE run_id IN {runs:Array(String)}
+GROUP BY run_id
+"""
+
+
+def _from_summaries(
+    client: Any, run_ids: list[str], settings: Settings, now: datetime
+) -> list[RunState]:
+    """States of runs that cannot be replayed: what their decisions say (counters, stop)."""
+    from baton.sinks.schema import DATABASE
+
+    states: list[RunState] = []
+    for i in range(0, len(run_ids), 1000):
+        rows = client.query(
+            _SUMMARY.replace("{db}", DATABASE),
+            parameters={"runs": run_ids[i : i + 1000], "sticky": sorted(_STICKY)},
+        ).result_rows
+        for run_id, tenant, first, last, handoffs, spent, calls, stop, finished in rows:
+            state = RunState.new(run_id, tenant, first.replace(tzinfo=UTC).timestamp())
+            state.last_event_at = last.replace(tzinfo=UTC).timestamp()
+            state.handoff_count, state.tool_calls = int(handoffs), int(calls)
+            state.spent_usd = float(spent)
+            state.stopped = stop or None
+            state.finished = bool(finished)
+            aged = _aged(state, settings, now)
+            if aged is not None:
+                states.append(aged)
+    return states
+
+
+def _write_changelog(settings: Settings, states: list[RunState]) -> None:
+    """Write ``states`` to the runs table's changelog, each partition's last record alone
+    (Tansu answers ListOffsets with the start of the last batch + 1, and Faust's recovery
+    reads only up to it: see docs/architecture.md)."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from baton.schemas.errors import BrokerUnavailable
+
+    if not states:
+        return
+    topic = f"{settings.app_id}-runs-changelog"
+    config = settings.kafka_config()
+    admin = AdminClient(config)
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                topic,
+                settings.partitions,
+                settings.replication_factor,
+                config={"cleanup.policy": "compact"},
+            )
+        ]
+    )
+    for future in futures.values():
+        try:
+            future.result(settings.connect_timeout_s)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise BrokerUnavailable(f"cannot create {topic}: {exc}") from None
+    producer = Producer({**config, "linger.ms": 5})
+    errors: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    last: dict[int, tuple[bytes, bytes]] = {}
+    for state in states:
+        key = state.run_id.encode()
+        partition = partition_for(key, settings.partitions)
+        if partition in last:
+            _produce(producer, topic, partition, *last[partition], delivered)
+        last[partition] = (key, state.to_bytes())
+    _flush(producer, errors, topic)
+    for partition, (key, value) in last.items():
+        _produce(producer, topic, partition, key, value, delivered)
+        _flush(producer, errors, topic)
+
+
+def _produce(
+    producer: Any, topic: str, partition: int, key: bytes, value: bytes, delivered: Any
+) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
+            break
+        except BufferError:
+            producer.poll(0.1)
+    producer.poll(0)
+
+
+def _flush(producer: Any, errors: list[str], topic: str) -> None:
+    from baton.schemas.errors import BrokerUnavailable
+
+    if producer.flush(30) or errors:
+        raise BrokerUnavailable(
+            f"could not write the restored run states to {topic}: "
+            + ("; ".join(errors[:3]) or "not acknowledged within 30 s")
+        )

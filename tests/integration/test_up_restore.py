@@ -1,0 +1,147 @@
+"""`baton up` restarted on its data dir: the embedded broker is new and empty, and the runs'
+state is rebuilt from the audit before the worker decides. A stopped, over-budget run stays
+stopped; a task keeps its owner."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from tests.helpers import wait_for
+from tests.integration.test_up import _read, _Up
+
+pytestmark = pytest.mark.integration
+
+POLICY = """\
+multi_agent:
+  max_handoffs: 8
+  shared_max_usd: 30
+"""
+
+
+def _send(bootstrap: str, events: list[dict]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    for event in events:
+        producer.produce("gov.handoff.requests", json.dumps(event).encode(), event["run_id"])
+    assert producer.flush(10) == 0
+
+
+def _handoff(run: str, n: int, task: str, to: str) -> dict:
+    return {
+        "type": "handoff_requested",
+        "request_id": f"{run}-h{n}",
+        "run_id": run,
+        "task_id": task,
+        "from_agent": "planner",
+        "to_agent": to,
+        "estimated_usd": 1.5,
+        "event_time": "2026-11-29T10:00:00Z",
+    }
+
+
+def _done(run: str, n: int, task: str, agent: str, cost: float) -> dict:
+    return {
+        "type": "handoff_completed",
+        "request_id": f"{run}-h{n}",
+        "run_id": run,
+        "task_id": task,
+        "agent": agent,
+        "cost_usd": cost,
+        "event_time": "2026-11-29T10:00:01Z",
+    }
+
+
+def _decisions(bootstrap: str, run: str, n: int) -> list[tuple[str, str]]:
+    found = wait_for(
+        lambda: (
+            len(_read(bootstrap, "gov.decisions", run)) >= n
+            and _read(bootstrap, "gov.decisions", run)
+        ),
+        60,
+        message=f"{n} decisions of {run}",
+    )
+    return [(d["outcome"], d["reason"]) for d in found]
+
+
+def _stop(up: _Up) -> None:
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(60) == 0, "\n".join(up.lines[-30:])
+
+
+def _audited(data_dir: Path, run: str, reason: str) -> bool:
+    query = (
+        f"SELECT count() FROM governance.decisions WHERE run_id = '{run}' AND reason = '{reason}'"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "baton.cli",
+            "sql",
+            "--format",
+            "csv",
+            query,
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return out.stdout.strip() not in ("", "0")
+
+
+def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    data_dir = tmp_path / "data"
+    first = _Up(data_dir, "--policy", str(policy))
+    try:
+        bootstrap = first.ready_line().split("bootstrap=")[1].split()[0]
+        _send(
+            bootstrap,
+            [
+                _handoff("over", 1, "t1", "researcher"),
+                _done("over", 1, "t1", "researcher", 40.0),  # $40 of $30: stopped for good
+                _handoff("owned", 1, "t1", "researcher"),  # t1 now belongs to researcher
+            ],
+        )
+        assert _decisions(bootstrap, "over", 2)[1] == ("stop", "shared_budget_exceeded")
+        assert _decisions(bootstrap, "owned", 1) == [("allow", "ok")]
+        wait_for(
+            lambda: (
+                _audited(data_dir, "over", "shared_budget_exceeded")
+                and _audited(data_dir, "owned", "ok")
+            ),
+            60,
+            interval=1,
+            message="the audit to hold both runs",
+        )
+    finally:
+        _stop(first)
+
+    second = _Up(data_dir, "--policy", str(policy))
+    try:
+        bootstrap = second.ready_line().split("bootstrap=")[1].split()[0]
+        # both runs, and the readiness probe's of the first start
+        said = "\n".join(second.lines)
+        restored = re.search(r"restored (\d+) runs' state from the audit", said)
+        assert restored is not None and int(restored[1]) >= 2, said
+        _send(
+            bootstrap,
+            [
+                _handoff("over", 2, "t2", "writer"),  # a new handoff of the stopped run
+                _handoff("owned", 2, "t1", "writer"),  # t1 to someone else than its owner
+            ],
+        )
+        assert _decisions(bootstrap, "over", 1) == [("stop", "shared_budget_exceeded")]
+        assert _decisions(bootstrap, "owned", 1) == [("stop", "ownership_conflict")]
+    finally:
+        _stop(second)
