@@ -18,6 +18,9 @@ runs that exceed ``max_handoffs``, some that would bring in a fifth agent.
 
     baton up                                    # in another terminal: prints bootstrap=HOST:PORT
     python examples/orchestrator.py --bootstrap HOST:PORT --runs 50
+
+It obeys policy.example.yaml (the refunds' approver, finance_lead, is one of its
+``finance_*`` approvers) as well as the seed policy.
 """
 
 from __future__ import annotations
@@ -153,20 +156,17 @@ class Orchestrator:
         await self.delegate(run, "writer", "researcher", "fact_check", parent="draft")
         if rng.random() < 0.2:  # a refund: needs approval under the seed policy
             await self.delegate(run, "planner", "billing_agent", "refund_check")
+            # a task of its own, not a subtask of refund_check: billing_agent owns that one, and
+            # handing billing_agent a subtask of its own task is a delegation cycle
             await self.delegate(
-                run,
-                "planner",
-                "billing_agent",
-                "refund_create",
-                parent="refund_check",
-                action="billing.refund.create",
+                run, "planner", "billing_agent", "refund_create", action="billing.refund.create"
             )
             if rng.random() < 0.5:  # a fifth agent: over max_agents_per_run
                 await self.delegate(run, "writer", "legal_reviewer", "legal_review", parent="draft")
         if run.mode == Fallback.SINGLE_AGENT:
             await self.work(run, "planner", "final_answer")
         else:
-            await self.delegate(run, "planner", "writer", "final_edit", parent="draft")
+            await self.delegate(run, "planner", "writer", "final_edit")  # writer owns draft
         await self.finish(run)
 
     async def finish(self, run: Run) -> None:
