@@ -61,6 +61,7 @@ SELECT run_id, toString(tenant) AS tenant, toFloat64(spent_usd) AS spent_usd, ha
        toString(final_outcome) AS final_outcome, toString(final_reason) AS final_reason
 FROM governance.run_summary
 WHERE last_at >= now64(6) - INTERVAL {window} SECOND
+  AND tenant != '__baton__' AND run_id != '*'  -- readiness probes, control records
 ORDER BY {order} DESC, run_id LIMIT {limit}
 """
 
@@ -174,6 +175,23 @@ def _rate(now: MetricsView, before: MetricsView | None, name: str) -> float | No
     return (b - a) / (now.at - before.at)
 
 
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _lag_text(values: list[tuple[dict[str, str], float]]) -> str:
+    """Total lag and each partition's (summed over the topics: requests and approvals)."""
+    per: dict[int, float] = {}
+    for labels, v in values:
+        try:
+            partition = int(labels.get("partition", "0"))
+        except ValueError:
+            continue
+        per[partition] = per.get(partition, 0.0) + v
+    each = " ".join(f"p{p}={int(v)}" for p, v in sorted(per.items())[:64])
+    return f"{int(sum(per.values()))}" + (f" ({each})" if each else "")
+
+
 def _runs_table(title: str, rows: list[tuple[Any, ...]]) -> list[str]:
     if not rows:
         return [f"{title}: none in the window"]
@@ -198,17 +216,11 @@ def _metrics_lines(view: MetricsView, before: MetricsView | None) -> list[str]:
     latency = view.by_label("baton_decision_latency_seconds_bucket", "le")
     p50, p99 = quantile(latency, 0.5), quantile(latency, 0.99)
     if p50 is not None and p99 is not None:
-        parts.append(f"latency p50 {p50 * 1000:.1f} ms p99 {p99 * 1000:.1f} ms")
+        parts.append(f"latency p50 {_seconds_text(p50)} p99 {_seconds_text(p99)}")
     for metric, label in (("baton_consumer_lag", "worker lag"), ("baton_audit_lag", "audit lag")):
         values = view.samples.get(metric)
         if values is not None:
-            each = " ".join(
-                f"p{lab.get('partition', '?')}={int(v)}"
-                for lab, v in sorted(values, key=lambda s: int(s[0].get("partition", 0)))
-            )
-            parts.append(
-                f"{label} {int(sum(v for _l, v in values))}" + (f" ({each})" if each else "")
-            )
+            parts.append(f"{label} {_lag_text(values)}")
     for metric, label in (
         ("baton_runs_in_memory", "runs in memory"),
         ("baton_dead_letters_total", "dead letters"),
