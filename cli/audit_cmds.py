@@ -36,7 +36,9 @@ def _dsn_option(fn: F) -> F:
         help="ClickHouse: http(s)://user:pass@host:8123/db, chdb:///abs/dir (a directory "
         "another baton process holds is queried through its SQL endpoint), or the endpoint "
         "itself with its token, http://baton:TOKEN@127.0.0.1:8123 (the sql= DSN of `baton "
-        "up`'s ready line); wins over --data-dir [env BATON_CLICKHOUSE_DSN]",
+        "up`'s ready line); wins over --data-dir [env BATON_CLICKHOUSE_DSN; for https:// "
+        "also BATON_CLICKHOUSE_CA, the CA that signed the server's certificate, and "
+        "BATON_CLICKHOUSE_VERIFY=false for a throwaway test server only]",
     )(fn)
 
 
@@ -116,6 +118,9 @@ def _client(settings: Settings) -> Iterator[Client]:
     "audit_ttl_days",
     "sink_batch_size",
     "sink_batch_timeout_s",
+    "app_id",
+    "partitions",
+    "replication_factor",
     "metrics_port",
     "metrics_host",
     "log_format",
@@ -342,7 +347,16 @@ def trace_cmd(run_id: str, fmt: str, clickhouse_dsn: str | None, data_dir: Path 
 
 @click.group("alerts", invoke_without_command=True)
 @setting_options(
-    "bootstrap", "topic_prefix", "webhook_url", "metrics_port", "metrics_host", "log_format"
+    "bootstrap",
+    "topic_prefix",
+    "app_id",
+    "session_timeout_s",
+    "partitions",
+    "replication_factor",
+    "webhook_url",
+    "metrics_port",
+    "metrics_host",
+    "log_format",
 )
 @click.option(
     "--storm-threshold",

@@ -26,6 +26,7 @@ __all__ = [
     "read_policy",
     "setting_help",
     "setting_options",
+    "with_connection_groups",
 ]
 
 #: a policy is a YAML document of a few KB; a bigger file is a wrong path, not a policy
@@ -96,14 +97,31 @@ def setting_help(name: str) -> str:
     return f"{info.description or name.replace('_', ' ')} [env {env}; default {shown}]"
 
 
+def with_connection_groups(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` and, after ``bootstrap``, the rest of ``KAFKA_CONNECTION`` (a Kafka client
+    reads its security settings too); after ``clickhouse_dsn``, the rest of
+    ``AUDIT_CONNECTION``. Each name once."""
+    expanded: list[str] = []
+    for name in names:
+        if name == "bootstrap":
+            expanded += KAFKA_CONNECTION
+        elif name == "clickhouse_dsn":
+            expanded += AUDIT_CONNECTION
+        else:
+            expanded.append(name)
+    return tuple(dict.fromkeys(expanded))
+
+
 def setting_options(*names: str) -> Callable[[F], F]:
-    """Add ``--name`` options for the given Settings fields (env BATON_NAME, shown in --help).
+    """Add ``--name`` options for the given Settings fields (env BATON_NAME, shown in --help);
+    ``bootstrap`` brings the whole Kafka connection group (security, SASL, SSL, timeout) and
+    ``clickhouse_dsn`` the audit connection group (``with_connection_groups``).
 
     A name given twice (a group and a command's own list) gets one option."""
 
     def decorate(fn: F) -> F:
         present = {p.name for p in getattr(fn, "__click_params__", [])}
-        for name in reversed(dict.fromkeys(names)):
+        for name in reversed(with_connection_groups(names)):
             if name in present:
                 continue
             fn = click.option(

@@ -87,7 +87,8 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     "clickhouse_dsn",
     default=None,
     help="the audit: http(s)://user:pass@host:8123/db, chdb:///abs/dir, or `baton up`'s SQL "
-    "endpoint; wins over --data-dir [env BATON_CLICKHOUSE_DSN]",
+    "endpoint; wins over --data-dir [env BATON_CLICKHOUSE_DSN; for https:// also "
+    "BATON_CLICKHOUSE_CA and BATON_CLICKHOUSE_VERIFY]",
 )
 @data_dir_option
 def replay_cmd(

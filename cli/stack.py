@@ -85,6 +85,9 @@ def _ensure_topics(settings: Settings) -> Any:
     "transactional_id",
     "transaction_timeout_ms",
     "worker_data_dir",
+    "batch_timeout_s",
+    "replication_factor",
+    "audit_chain_key",
     "metrics_port",
     "metrics_host",
     "log_format",
@@ -281,7 +284,15 @@ class _Readiness(threading.Thread):
     help="the worker's Prometheus /metrics port on 127.0.0.1, printed on the ready line "
     "(0: a free one); the sink and the alerter serve theirs on free ports; off = none",
 )
-@setting_options("policy", "partitions", "session_timeout_s", "log_format")
+@setting_options(
+    "policy",
+    "partitions",
+    "session_timeout_s",
+    "topic_prefix",
+    "app_id",
+    "replication_factor",
+    "log_format",
+)
 def up_cmd(
     port: int | None,
     data_dir: Path,
@@ -301,10 +312,12 @@ def up_cmd(
     with one line on stderr; baton up ends when the broker does (exit 4) or when a child
     keeps failing (with that child's error and exit code).
 
-    The embedded broker keeps everything in memory: a restart of baton up forgets every
-    run's state (spend, handoff counts, owners, stops), pending approvals, kill switches and
-    policy updates; only the audit (DATA_DIR/chdb) and the logs stay. Use a Kafka cluster
-    (docker-compose.yml) to keep governance across restarts.
+    The embedded broker keeps everything in memory. A start with the data dir of an earlier
+    one rebuilds the runs' state (spend, handoff counts, owners, stops) from its audit
+    (DATA_DIR/chdb) before the worker decides, and says how many runs it restored; kill
+    switches and policy updates are not rebuilt (re-issue them), nor decisions the sink had
+    not stored when up stopped. With --no-audit a restart forgets everything. A Kafka
+    cluster (docker-compose.yml) keeps all of it.
 
     While it runs, DATA_DIR/stack.json records the stack (Kafka, SQL endpoint, policy, logs,
     pids): `baton kill`, `sql`, `trace`, `alerts`, `approvals` ... run in the same folder (or
@@ -365,6 +378,9 @@ def up_cmd(
             "BATON_BOOTSTRAP": broker.bootstrap,
             "BATON_PARTITIONS": str(settings.partitions),
             "BATON_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
+            "BATON_TOPIC_PREFIX": settings.topic_prefix,
+            "BATON_APP_ID": settings.app_id,
+            "BATON_REPLICATION_FACTOR": str(settings.replication_factor),
             "BATON_WORKER_DATA_DIR": str(data_dir / "worker"),
             "BATON_CLICKHOUSE_DSN": f"chdb://{data_dir / 'chdb'}",
         }
@@ -546,14 +562,22 @@ def _say_what_a_restart_keeps(
     catalog: Any,
     say: Callable[[str], None],
 ) -> None:
-    """The embedded broker forgets everything when it stops: say so at every start, and
-    loudly when this data dir holds the audit of an earlier start that is not restored."""
-    say(
-        "the embedded Kafka broker keeps everything in memory: when baton up stops, every "
-        "run's state (spend, handoff counts, owners, stops), pending approvals, kill switches "
-        f"and policy updates are gone; the audit in {data_dir / 'chdb'} stays"
-    )
+    """The embedded broker forgets everything when it stops: say so at every start, what the
+    audit gives back, and loudly when it gives nothing back."""
     audit = data_dir / "chdb"
+    if no_audit:
+        say(
+            "the embedded Kafka broker keeps everything in memory and --no-audit keeps no "
+            "audit: when baton up stops, every run's state (spend, handoff counts, owners, "
+            "stops), pending approvals, kill switches and policy updates are gone"
+        )
+    else:
+        say(
+            "the embedded Kafka broker keeps everything in memory: when baton up stops, its "
+            "topics are gone; a start with this data dir rebuilds the runs' state from the "
+            f"audit in {audit}, but not kill switches or policy updates (re-issue them) nor "
+            "decisions the sink had not stored yet"
+        )
     if not audit.is_dir():
         return
     restored = None if no_audit else _rebuild_runs_from_audit(settings, catalog, data_dir, say)

@@ -1,0 +1,233 @@
+"""Commands find the `baton up` of their folder: a real `baton up` in a temp folder (default
+data dir, --sql-port 0), then `kill`, `sql`, `trace`, `alerts check` and `alerts` with no
+connection flags; an explicit flag wins; a second `up` there is refused; after a clean stop
+the record says stopped; a restart says loudly what it forgets, and --sql-port off."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from baton.streams.net import free_port
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """This process's environment without any BATON_* setting (a user's fresh shell)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    return env | extra
+
+
+def _baton(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "baton.cli", *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+#: Tansu joins a consumer group in about session.timeout / 2
+_FAST = ("--session-timeout-s", "6")
+
+
+class _Up:
+    """`baton up` started in ``folder`` as a user types it (no --data-dir)."""
+
+    def __init__(self, folder: Path, *extra: str) -> None:
+        self.folder = folder
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "baton.cli", "up", *("--partitions", "2"), *_FAST, *extra],
+            cwd=folder,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True).start()
+
+    @staticmethod
+    def _read(stream: object, lines: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            lines.append(line.rstrip())
+
+    def ready_line(self) -> str:
+        return wait_for(
+            lambda: next((ln for ln in self.out if " ready " in ln), None),
+            120,
+            message=lambda: "ready line:\n" + "\n".join(self.err[-20:]),
+        )
+
+    def record(self) -> dict:
+        return json.loads((self.folder / ".baton" / "stack.json").read_text())
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("project")
+
+
+@pytest.fixture(scope="module")
+def up(folder: Path) -> Iterator[_Up]:
+    stack = _Up(folder, "--sql-port", "0")
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _request(bootstrap: str, run: str) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    event = {
+        "type": "handoff_requested",
+        "request_id": f"{run}-r1",
+        "run_id": run,
+        "task_id": "t1",
+        "from_agent": "planner",
+        "to_agent": "researcher",
+        "event_time": "2026-11-29T10:00:00Z",
+    }
+    producer.produce("gov.handoff.requests", json.dumps(event).encode(), run.encode())
+    assert producer.flush(10) == 0
+
+
+def test_the_ready_line_and_the_record_name_the_stack(up: _Up) -> None:
+    line = up.ready_line()
+    bootstrap = line.split("bootstrap=")[1].split()[0]
+    sql = line.split(" sql=")[1].split()[0]
+    port = int(sql.rsplit(":", 1)[1])
+    assert port != 0  # --sql-port 0: the port the sink picked
+    record = wait_for(lambda: up.record()["state"] == "running" and up.record(), 10)
+    assert record["bootstrap"] == bootstrap
+    assert record["sql_url"] == f"http://127.0.0.1:{port}"  # no token in the record
+    assert record["pid"] == up.proc.pid
+    assert set(record["pids"]) == {"broker", "worker", "sink", "alerts"}
+    assert record["clickhouse_dsn"] == f"chdb://{(up.folder / '.baton' / 'chdb').resolve()}"
+    assert any("keeps everything in memory" in ln for ln in up.err), up.err
+
+
+def test_commands_in_its_folder_reach_it_without_flags(up: _Up, tmp_path: Path) -> None:
+    up.ready_line()
+    run = f"run_{uuid.uuid4().hex[:8]}"
+    # `baton alerts` next to `baton up`: its own consumer group, so it sees the stop too
+    alerts = subprocess.Popen(
+        [sys.executable, "-m", "baton.cli", "alerts", "--max-age", "0"],
+        cwd=up.folder,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        killed = _baton("kill", "--run", run, "--reason", "runaway", cwd=up.folder)
+        assert killed.returncode == 0, killed.stderr
+        assert f"kill switch engaged: scope=run target={run} (applied by worker" in killed.stdout
+        _request(up.record()["bootstrap"], run)
+        # the alerter of `baton up` prints the stop on up's own stdout
+        alert = f"🛑 Multi-Agent run {run} stopped: killed"
+        wait_for(lambda: any(alert in ln for ln in up.out), 30, message="up's alert line")
+        assert alert in (up.folder / ".baton" / "logs" / "alerts.log").read_text()
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(alerts.stdout or []), daemon=True).start()
+        wait_for(lambda: any(alert in ln for ln in lines), 30, message="baton alerts' line")
+    finally:
+        alerts.send_signal(signal.SIGTERM)
+        alerts.wait(20)
+
+    query = f"SELECT reason FROM governance.decisions FINAL WHERE run_id = '{run}' ORDER BY reason"
+
+    def audited() -> str | None:
+        out = _baton("sql", "-f", "csv", query, cwd=up.folder)
+        return out.stdout if "killed" in out.stdout else None
+
+    assert (
+        wait_for(audited, 30, interval=0.5, message="the audit") == "reason\nkill_switch\nkilled\n"
+    )
+    trace = _baton("trace", run, cwd=up.folder)
+    assert trace.returncode == 0 and "killed" in trace.stdout, trace.stderr
+    rules = _baton("alerts", "check", cwd=up.folder)
+    assert rules.returncode in (0, 1) and "ERROR" not in rules.stdout, rules.stderr
+    # from another folder: --data-dir, or BATON_DATA_DIR
+    data_dir = str(up.folder / ".baton")
+    by_flag = _baton("sql", "-f", "csv", query, "--data-dir", data_dir, cwd=tmp_path)
+    assert by_flag.stdout == "reason\nkill_switch\nkilled\n", by_flag.stderr
+    by_env = _baton("trace", run, cwd=tmp_path, BATON_DATA_DIR=data_dir)
+    assert "killed" in by_env.stdout, by_env.stderr
+
+
+def test_an_explicit_bootstrap_wins_over_the_record(up: _Up) -> None:
+    up.ready_line()
+    dead = f"127.0.0.1:{free_port()}"
+    for how in ({"args": ("--bootstrap", dead)}, {"env": {"BATON_BOOTSTRAP": dead}}):
+        args = ("kill", "--run", "x", *how.get("args", ()))
+        out = _baton(*args, cwd=up.folder, **how.get("env", {}))
+        assert out.returncode == 4 and f"cannot reach Kafka at {dead}" in out.stderr, out.stderr
+
+
+def test_without_a_stack_the_error_names_what_was_looked_for(tmp_path: Path) -> None:
+    for args in (("kill", "--run", "x"), ("sql", "SELECT 1"), ("trace", "run_1")):
+        out = _baton(*args, cwd=tmp_path, timeout=30)
+        assert out.returncode == 2, out.stderr
+        assert str(tmp_path / ".baton" / "stack.json") in out.stderr
+        assert "--data-dir" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_second_up_on_the_same_data_dir_is_refused(up: _Up) -> None:
+    up.ready_line()
+    second = _baton("up", cwd=up.folder, timeout=30)
+    assert second.returncode == 2, second.stderr
+    assert f"another `baton up` runs with the data dir {up.folder / '.baton'}" in second.stderr
+    assert f"pid {up.proc.pid}" in second.stderr
+
+
+def test_after_a_clean_stop_the_record_says_stopped_and_a_restart_warns(up: _Up) -> None:
+    up.ready_line()
+    assert up.stop() == 0
+    record = up.record()
+    assert record["state"] == "stopped" and record["stopped_at"]
+    killed = _baton("kill", "--run", "x", cwd=up.folder, timeout=30)
+    assert killed.returncode == 4 and "stopped at" in killed.stderr, killed.stderr
+    # the audit outlives the stack: read straight from its directory
+    audit = _baton(
+        "sql", "-f", "csv", "SELECT count() > 0 c FROM governance.decisions", cwd=up.folder
+    )
+    assert audit.stdout == "c\ntrue\n" or audit.stdout == "c\n1\n", audit.stderr
+    # a restart in the same folder says what it forgets; --sql-port off serves no SQL
+    again = _Up(up.folder, "--sql-port", "off")
+    try:
+        line = again.ready_line()
+        assert " sql=" not in line
+        # the runs come back from the audit (the replay work), or it says loudly they do not
+        said = [ln for ln in again.err if "restored" in ln or "NOT restored" in ln]
+        assert said and ("WARNING" in said[0] or " runs' state from the audit" in said[0]), said
+        assert again.record()["sql_url"] is None
+        query = _baton("sql", "SELECT 1", cwd=up.folder)
+        assert query.returncode == 5 and "serves no SQL (--sql-port off)" in query.stderr
+    finally:
+        assert again.stop() == 0

@@ -1,0 +1,114 @@
+"""Every BATON_* setting is in the --help of the commands that read it (the settings model
+against the help text: a new setting without help fails here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from baton.cli import main
+from baton.cli.options import AUDIT_CONNECTION, KAFKA_CONNECTION, with_connection_groups
+from baton.schemas.settings import Settings
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, command in sorted(group.commands.items()):
+        yield (*path, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+
+
+@pytest.fixture(scope="module")
+def commands() -> dict[tuple[str, ...], click.Command]:
+    main._register()
+    found: dict[tuple[str, ...], click.Command] = {}
+    for path in _commands(main.cli):
+        group: click.Command = main.cli
+        for name in path:
+            assert isinstance(group, click.Group)
+            group = group.commands[name]
+        found[path] = group
+    return found
+
+
+@pytest.fixture(scope="module")
+def helps(commands: dict[tuple[str, ...], click.Command]) -> dict[tuple[str, ...], str]:
+    runner = CliRunner()
+    texts = {}
+    for path in commands:
+        result = runner.invoke(main.cli, [*path, "--help"], terminal_width=200)
+        assert result.exit_code == 0, (path, result.output)
+        texts[path] = result.output
+    return texts
+
+
+def _variable(name: str) -> str:
+    return f"BATON_{name.upper()}"
+
+
+def test_every_setting_is_in_the_help_of_some_command(helps: dict[tuple[str, ...], str]) -> None:
+    shown = "\n".join(helps.values())
+    missing = [_variable(n) for n in Settings.model_fields if _variable(n) not in shown]
+    assert not missing, f"settings in no command's --help: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("option", "group"),
+    [("bootstrap", KAFKA_CONNECTION), ("clickhouse_dsn", AUDIT_CONNECTION)],
+    ids=["kafka", "clickhouse"],
+)
+def test_a_client_lists_its_whole_connection_group(
+    commands: dict[tuple[str, ...], click.Command],
+    helps: dict[tuple[str, ...], str],
+    option: str,
+    group: tuple[str, ...],
+) -> None:
+    """A command that connects reads the group's security settings too (SASL, SSL, CA)."""
+    clients = [
+        path
+        for path, command in commands.items()
+        if any(
+            p.name == option and _variable(option) in (getattr(p, "help", "") or "")
+            for p in command.params
+        )
+    ]  # `baton demo --bootstrap` names a `baton up`, not a setting: it reads no variable
+    assert len(clients) >= 3  # the option does find the clients
+    gaps = {
+        " ".join(path): [_variable(n) for n in group if _variable(n) not in helps[path]]
+        for path in clients
+    }
+    assert not {k: v for k, v in gaps.items() if v}, "connection settings missing from --help"
+
+
+@pytest.mark.parametrize(
+    ("command", "settings"),
+    [
+        (
+            ("worker",),
+            ("app_id", "batch_timeout_s", "replication_factor", "audit_chain_key", "policy"),
+        ),
+        (("up",), ("app_id", "topic_prefix", "replication_factor", "policy", "partitions")),
+        (("alerts",), ("app_id", "topic_prefix", "webhook_url", "replication_factor")),
+        (("sink",), ("app_id", "topic_prefix", "audit_ttl_days", "sink_batch_timeout_s")),
+        (("kill",), ("topic_prefix",)),
+        (("audit", "verify"), ("audit_chain_key",)),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) and len(v) <= 2 else None,
+)
+def test_each_command_shows_what_it_reads(
+    helps: dict[tuple[str, ...], str], command: tuple[str, ...], settings: tuple[str, ...]
+) -> None:
+    text = helps[command]
+    missing = [_variable(n) for n in settings if _variable(n) not in text]
+    assert not missing, f"`baton {' '.join(command)} --help` lacks {missing}"
+
+
+def test_the_connection_groups_are_settings() -> None:
+    assert set(KAFKA_CONNECTION + AUDIT_CONNECTION) <= set(Settings.model_fields)
+    assert with_connection_groups(("topic_prefix", "bootstrap", "connect_timeout_s")) == (
+        "topic_prefix",
+        *KAFKA_CONNECTION,
+    )
