@@ -173,6 +173,8 @@ class GovernanceWorker:
         )
         self._processor: BatchProcessor | None = None
         self._lock = asyncio.Lock()
+        #: acknowledgements waiting for their batch's run states to be durable
+        self._acking: set[asyncio.Future[None]] = set()
         self._ready = asyncio.Event()
         self._owned: set[int] = set()
         #: runs by the time the sweep next has work on them (rebuilt when partitions move)
@@ -360,7 +362,7 @@ class GovernanceWorker:
     # ------------------------------------------------------------------ hot path
     async def _process(self, events: Any) -> None:
         """The agent's path (plain kafka:// transport): Faust acks the events after this."""
-        await self._decide_and_publish(
+        durable = await self._decide_and_publish(
             [
                 InputRecord(
                     e.message.topic,
@@ -376,11 +378,16 @@ class GovernanceWorker:
             self.app.consumer_generation_id,
             self._membership() if self.exactly_once else None,
         )
+        if durable is not None:
+            await self._durable_or_exit(durable)
 
     async def _on_fetched_batch(
         self, messages: list[Any], current: Callable[[], bool] | None = None
     ) -> None:
-        """The fast path (baton-kafka:// transport): one batch per fetch, acked here.
+        """The fast path (baton-kafka:// transport): one batch per fetch, acked here once
+        its outputs are durable (the run states may still be in flight when this returns:
+        the transport fetches the next batch meanwhile; Faust waits for the acks before it
+        lets partitions go).
 
         ``current()`` turns False when a seek made the batch stale: it is then dropped
         unacknowledged (its records are fetched again from the seek's position).
@@ -388,7 +395,7 @@ class GovernanceWorker:
         generation = self.app.consumer_generation_id
         membership = self._membership() if self.exactly_once else None
         await self._ready.wait()
-        decided = await self._decide_and_publish(
+        durable = await self._decide_and_publish(
             [
                 InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.headers, m.timestamp)
                 for m in messages
@@ -397,8 +404,32 @@ class GovernanceWorker:
             membership,
             current,
         )
-        if not decided:
+        if durable is None:
             return
+        if durable.done():
+            self._ack(messages, durable)
+        else:
+            acking = asyncio.ensure_future(self._ack_when_durable(messages, durable))
+            self._acking.add(acking)  # a reference until done (the loop keeps only weak ones)
+            acking.add_done_callback(self._acking.discard)
+
+    async def _ack_when_durable(self, messages: list[Any], durable: asyncio.Future[None]) -> None:
+        await self._durable_or_exit(durable)
+        self._ack(messages, durable)
+
+    async def _durable_or_exit(self, durable: asyncio.Future[None]) -> None:
+        try:
+            await durable
+        except Exception:
+            # never let a batch whose run states were not delivered be acknowledged
+            exit_without_commit(
+                EXIT_DELIVERY_FAILED,
+                "worker %s could not write a batch's run states; exiting without committing",
+                self.worker_id,
+            )
+
+    def _ack(self, messages: list[Any], durable: asyncio.Future[None]) -> None:
+        durable.result()  # raises if the batch is not durable: never acknowledged then
         ack = self.app.consumer.ack
         for m in messages:
             ack(m)
@@ -425,8 +456,10 @@ class GovernanceWorker:
         generation: int,
         membership: tuple[str, int, str] | None = None,
         current: Callable[[], bool] | None = None,
-    ) -> bool:
-        """Decide and publish ``records``; False if they went stale before (not decided)."""
+    ) -> asyncio.Future[None] | None:
+        """Decide and publish ``records``; None if they went stale before (not decided),
+        else once their decisions are acknowledged, a future completing once the whole
+        batch (its run states too) is durable: acknowledge the input only then."""
         # never decide on stale kill switches: the batch waits (clients fail closed on their
         # timeout); the follower logs why every few seconds, and ends the process if the
         # control topic stays unreadable (outside the lock, so a revoke is not blocked)
@@ -439,7 +472,7 @@ class GovernanceWorker:
                         self.worker_id,
                         len(records),
                     )
-                    return False
+                    return None
                 t0 = time.perf_counter()
                 out = self.processor.process(records, datetime.now(UTC))
                 t1 = time.perf_counter()
@@ -449,7 +482,7 @@ class GovernanceWorker:
                         tp = (rec.topic, rec.partition)
                         if rec.offset >= offsets.get(tp, -1):
                             offsets[tp] = rec.offset + 1
-                await self.publisher.publish(
+                durable = await self.publisher.publish_decisions_first(
                     out,
                     before_state=lambda: self._still_owner(generation),
                     offsets=[(t, p, o) for (t, p), o in offsets.items()],
@@ -463,7 +496,7 @@ class GovernanceWorker:
                 t2 = time.perf_counter()
             self._stats.add(len(records), t1 - t0, t2 - t1)
             self.metrics.batch(records, out, t2 - t0)
-            return True
+            return durable
         except Exception:
             # never let a batch whose outputs were not delivered be acknowledged
             exit_without_commit(

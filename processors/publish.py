@@ -8,9 +8,10 @@ a record that cannot be delivered raises, and the caller must die without commit
 Two modes:
 
 * at-least-once (default, idempotent producer): decisions first and flushed, then the states
-  that produced them, then the caller acknowledges the batch to Faust, whose committer
-  commits the offsets later. A crash in between redelivers the batch; the engine's dedup
-  marks keep that from counting anything twice.
+  that produced them (flushed while the worker fetches and decides its next batch), then the
+  caller acknowledges the batch to Faust, whose committer commits the offsets later. A
+  crash in between redelivers the batch; the engine's dedup marks keep that from counting
+  anything twice. One flush is on a decision's path, one more before the input is committed.
 * exactly-once (``transactional_id`` given): one Kafka transaction per batch holds its
   decisions, stops, dead letters, forwards, changelog records *and* the input offsets
   (``send_offsets_to_transaction``); consumers reading ``read_committed`` (librdkafka's
@@ -56,6 +57,13 @@ class TransactionFailed(BrokerUnavailable):
 
 #: (topic, partition, next offset to read): the input offsets a transaction commits
 Offsets = Sequence[tuple[str, int, int]]
+
+
+def _done() -> asyncio.Future[None]:
+    """A future that is complete already: nothing left to wait for."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
 
 
 class BatchPublisher:
@@ -215,34 +223,43 @@ class BatchPublisher:
         input offsets committed with the batch's transaction (ignored otherwise: Faust's
         committer commits them after the caller acknowledges the batch).
         """
+        await (await self.publish_decisions_first(out, before_state, offsets, group_metadata))
+
+    async def publish_decisions_first(
+        self,
+        out: Outputs,
+        before_state: Callable[[], None] | None = None,
+        offsets: Offsets = (),
+        group_metadata: Callable[[], bytes] | None = None,
+    ) -> asyncio.Future[None]:
+        """Publish one batch's outputs; return once its decisions are acknowledged, with an
+        awaitable that completes once the whole batch is durable (raising if it is not).
+
+        At-least-once: the decisions (and dead letters, forwards) are flushed; then the run
+        states are handed to librdkafka and flushed *in the background*, so the caller can
+        fetch and decide the next batch meanwhile (it acknowledges this batch's input only
+        when the awaitable completes). The states still go out only after the decisions are
+        acknowledged: a crash can never leave a state that remembers a decision nobody got.
+        Exactly-once: one transaction; the awaitable is already complete.
+        """
         if self.transactional:
             await self._publish_transaction(out, before_state, offsets, group_metadata)
-            return
+            return _done()
         self._produce_queued()
         self._produce_outputs(out)
         await self._flush()
-        if out.changed:
-            if before_state is not None:
-                before_state()
-            # Tansu answers ListOffsets(latest) with the first offset of the partition's last
-            # record batch + 1, and Faust's recovery reads the changelog only up to that
-            # number: records after the first of a final multi-record batch would be lost
-            # on restart. So each partition's last state record goes out alone, after the
-            # others are acknowledged: the last batch then holds exactly one record.
-            # (A transaction's last batch is its commit marker, so exactly-once needs none.)
-            last: dict[int, bytes] = {}
-            for key, (partition, _state) in out.changed.items():
-                last[partition] = key
-            tail = set(last.values())
-            rest = [(k, p, s) for k, (p, s) in out.changed.items() if k not in tail]
-            encoded = out.encoded
-            for key, partition, state in rest:
-                self.produce_state(key, partition, state, encoded.get(key))
-            if rest:
-                await self._flush()
-            for partition, key in last.items():
-                self.produce_state(key, partition, out.changed[key][1], encoded.get(key))
-            await self._flush()
+        if not out.changed:
+            return _done()
+        if before_state is not None:
+            before_state()
+        # One flush for all of them, the last record of a partition included: Tansu answers
+        # ListOffsets(latest) with the first offset of the partition's last record batch + 1,
+        # which made Faust's recovery skip the tail of a batch-written changelog; recovery
+        # now reads to the end a fetch reports (streams.transactions.committed_ends).
+        encoded = out.encoded
+        for key, (partition, state) in out.changed.items():
+            self.produce_state(key, partition, state, encoded.get(key))
+        return asyncio.ensure_future(self._flush())
 
     def _produce_outputs(self, out: Outputs) -> None:
         for dl in out.dead_letters:

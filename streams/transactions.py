@@ -11,7 +11,9 @@ through a librdkafka (confluent-kafka) transactional producer:
 * ``committed_ends``: the offset after the last *committed data record* of some partitions.
   A transaction ends with a commit marker, which takes an offset but is never delivered to a
   consumer. Faust's table recovery reads a changelog until ``end offset - 1`` and would wait
-  forever for a marker; it is given this offset instead.
+  forever for a marker; it is given this offset instead. On Tansu it also corrects an end
+  that ListOffsets reports short (the start of the partition's last record batch + 1), so a
+  changelog may be written in multi-record batches without losing its tail on recovery.
 
 Not guaranteed: Tansu (the embedded broker) does not check the generation, and drops the
 offsets of a transaction that produced no record (every worker batch produces at least one).
@@ -59,6 +61,10 @@ def committed_ends(
     """For each (topic, partition) with end offset ``ends[tp]``: the offset after its last
     committed data record (0 if it has none), read with ``isolation.level=read_committed``.
 
+    ``ends[tp]`` may be short: Tansu's ListOffsets answers the first offset of the last
+    record batch + 1. The partition is read to the end its fetches report (which is right),
+    so records after ``ends[tp]`` in that last batch count too.
+
     Reads back from the end, ``window`` offsets at a time (doubling), so a partition costs one
     short read unless its tail is all markers and aborted records.
     """
@@ -104,8 +110,9 @@ def _last_data_end(
                 if err.code() == KafkaError._PARTITION_EOF:
                     break
                 raise RuntimeError(f"reading {topic}[{partition}]: {err.str()}")
-            if msg.offset() >= end:
-                break
+            # no stop at ``end``: read to the end a fetch reports (right on Tansu, whose
+            # ListOffsets answers the first offset of the last record batch + 1, so a
+            # changelog whose last batch holds several records would lose all but one)
             last = msg.offset()
         else:
             raise TimeoutError(

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
 import orjson
 import pytest
 
-from baton.processors.batch import DeadLetter
-from baton.processors.publish import BatchPublisher
+from baton.processors.batch import BatchProcessor, DeadLetter, InputRecord, Outputs
+from baton.processors.publish import BatchPublisher, DeliveryFailed
+from baton.processors.state import RunState
+from baton.schemas.policy import load_policy
+from tests.helpers import handoff
 
 pytestmark = pytest.mark.unit
 
@@ -23,3 +31,126 @@ def test_a_dead_letter_too_large_for_kafka_is_sent_without_its_original() -> Non
     before = len(publisher._producer)
     publisher.produce_dead_letter(DeadLetter(b"run", huge))  # librdkafka refuses > 1 MB
     assert len(publisher._producer) == before + 1  # the short one is queued instead
+
+
+class _Producer:
+    """librdkafka's producer as the publisher uses it: what was produced, flush by flush.
+
+    A flush of run states waits for ``states_acked`` (the test plays the broker), and fails
+    their delivery when ``fail_states`` is set."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[str, Any]] = []
+        self.flushes: list[list[str]] = []
+        self.states_acked = threading.Event()
+        self.fail_states = False
+
+    def produce(self, topic: str, value: bytes | None, key: bytes, **kw: Any) -> None:
+        self.queued.append((topic, kw["on_delivery"]))
+
+    def flush(self, timeout: float) -> int:
+        queued, self.queued = self.queued, []
+        if any(topic == "c" for topic, _ in queued):
+            assert self.states_acked.wait(5)
+        for topic, on_delivery in queued:
+            failed = self.fail_states and topic == "c"
+            on_delivery(_Error() if failed else None, _Message(topic))
+        self.flushes.append([topic for topic, _ in queued])
+        return 0
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+class _Error:
+    def str(self) -> str:
+        return "Broker: Not enough in-sync replicas"
+
+
+class _Message:
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+
+def _publisher() -> tuple[BatchPublisher, _Producer]:
+    publisher = BatchPublisher(
+        {"bootstrap.servers": "127.0.0.1:1"},
+        decisions_topic="d",
+        stops_topic="s",
+        deadletter_topic="dl",
+        changelog_topic="c",
+    )
+    producer = _Producer()
+    publisher._producer = producer  # type: ignore[assignment]
+    return publisher, producer
+
+
+def _batch(runs: int) -> Outputs:
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(load_policy(None), 1, states, worker="w")
+    records = [
+        InputRecord(
+            "gov.handoff.requests", 0, i, f"run_{i}".encode(), handoff(f"run_{i}", 1, "x").to_json()
+        )
+        for i in range(runs)
+    ]
+    return proc.process(records, datetime.now(UTC))
+
+
+def test_decisions_are_acknowledged_before_any_run_state_is_sent_and_the_states_follow() -> None:
+    publisher, producer = _publisher()
+    out = _batch(3)
+
+    async def scenario() -> None:
+        durable = await publisher.publish_decisions_first(out)
+        # the decisions are out and acknowledged; the states are sent, not yet acknowledged:
+        # the worker fetches its next batch meanwhile and acknowledges this one only later
+        assert producer.flushes == [["d", "d", "d"]]
+        await asyncio.sleep(0.05)
+        assert not durable.done()
+        producer.states_acked.set()
+        await asyncio.wait_for(durable, 5)
+        # all states in one flush, each partition's last one included (no lone tail write)
+        assert producer.flushes == [["d", "d", "d"], ["c", "c", "c"]]
+
+    asyncio.run(scenario())
+
+
+def test_a_state_that_cannot_be_delivered_fails_the_batch_after_its_decisions() -> None:
+    publisher, producer = _publisher()
+    producer.fail_states = True
+    producer.states_acked.set()
+
+    async def scenario() -> None:
+        durable = await publisher.publish_decisions_first(_batch(2))
+        with pytest.raises(DeliveryFailed, match=r"could not deliver 2 records .* c\[0\]"):
+            await durable
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_lost_its_partitions_writes_no_state_after_the_decisions() -> None:
+    publisher, producer = _publisher()
+
+    def expelled() -> None:
+        raise RuntimeError("consumer generation changed from 3 to 4 during a batch")
+
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError, match="generation changed"):
+            await publisher.publish_decisions_first(_batch(2), before_state=expelled)
+
+    asyncio.run(scenario())
+    assert producer.flushes == [["d", "d"]] and producer.queued == []
+
+
+def test_publish_returns_only_once_the_states_are_durable_too() -> None:
+    publisher, producer = _publisher()
+    producer.states_acked.set()
+    asyncio.run(publisher.publish(_batch(2)))
+    assert producer.flushes == [["d", "d"], ["c", "c"]]

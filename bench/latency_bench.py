@@ -1,0 +1,375 @@
+"""Decision latency of one governance worker next to a bare Kafka relay, same broker, same run.
+
+At a steady offered rate (default 2,000 events/s) the bench sends handoff requests and times
+each one from ``produce()`` to the moment its answer is read back:
+
+* **relay**: a plain confluent-kafka process that re-produces every record it reads and
+  flushes once per fetch (no parsing, no state): the floor of any consume -> produce
+  processor on this broker;
+* **baton**: a real ``baton worker`` subprocess: the decision on ``gov.decisions``.
+
+Both use the same fetch wait (``--fetch-wait-ms``, the worker's ``BATON_FETCH_MAX_WAIT_MS``),
+the same producer settings and the same reader, and run in alternating phases (relay, baton,
+relay, baton, ...) of ``--seconds`` each, so the machine's noise falls on both. The reader
+returns a record as soon as it is fetched: ``poll(timeout)`` for the first, then
+``consume(n, 0)`` for what that fetch already brought (``consume(n, t)`` would wait for ``n``
+records or ``t`` seconds and add up to ``t`` to every latency).
+
+    python -m bench.latency_bench                       # 2,000 events/s, 3 rounds of 10 s
+    python -m bench.latency_bench --rate 500 --rounds 2
+    python -m bench.latency_bench --guarantee exactly_once
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from confluent_kafka import OFFSET_END, Consumer, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from baton.schemas.events import HandoffRequested
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.topics import TopicCatalog, ensure_topics
+from bench.passthrough import _ready_producer
+from bench.worker_bench import PARTITIONS, _p50_p99_ms, _start_worker
+
+#: the relay's (and the worker's) producer settings that matter for latency
+_PRODUCER = {
+    "partitioner": "murmur2_random",
+    "linger.ms": 5,
+    "enable.idempotence": True,
+    "acks": "all",
+    "compression.type": "none",
+}
+
+
+def fetched(consumer: Consumer, timeout: float, limit: int = 10_000) -> list[Message]:
+    """The records one fetch brought: wait up to ``timeout`` for the first, take the rest
+    already fetched without waiting (``consume(n, t)`` waits for ``n`` records *or* ``t``)."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(limit, 0)]
+
+
+def _tail_consumer(bootstrap: str, topics: list[str], fetch_wait_ms: int) -> Consumer:
+    """A consumer assigned to the end of every partition of ``topics`` (no group join)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"lat-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": fetch_wait_ms,
+            "log_level": 0,
+        }
+    )
+    tps = []
+    for topic in topics:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        tps += [TopicPartition(topic, p, OFFSET_END) for p in meta.partitions]
+    c.assign(tps)
+    return c
+
+
+def relay(bootstrap: str, src: str, dst: str, fetch_wait_ms: int) -> None:
+    """Re-produce every record of ``src`` to ``dst`` (same key and partition), flushing once
+    per fetch, until stdin closes."""
+    consumer = _tail_consumer(bootstrap, [src], fetch_wait_ms)
+    producer = Producer({"bootstrap.servers": bootstrap, **_PRODUCER})
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    print("relay ready", flush=True)
+    try:
+        while not stop.is_set():
+            batch = fetched(consumer, 0.2)
+            for msg in batch:
+                if msg.error() is None:
+                    producer.produce(dst, msg.value(), msg.key(), partition=msg.partition())
+            if batch:
+                producer.flush(30)
+    finally:
+        consumer.close()
+
+
+def _start_relay(bootstrap: str, src: str, dst: str, fetch_wait_ms: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "bench.latency_bench", "--relay", bootstrap, src, dst]
+    proc = subprocess.Popen(
+        [*cmd, "--fetch-wait-ms", str(fetch_wait_ms)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"relay ready":
+        raise SystemExit("the relay did not start")
+    return proc
+
+
+class Reader:
+    """Reads answers (decisions, relayed requests) and records each one's latency."""
+
+    def __init__(self, bootstrap: str, topics: list[str], fetch_wait_ms: int) -> None:
+        self.sent: dict[str, float] = {}
+        self.got: dict[str, list[float]] = {}
+        #: seconds from a request's event_time to its decision's decided_at (decisions only)
+        self.to_decided: list[float] = []
+        self._consumer = _tail_consumer(bootstrap, topics, fetch_wait_ms)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        sent, got = self.sent, self.got
+        while not self._stop.is_set():
+            batch = fetched(self._consumer, 0.1)
+            now = time.perf_counter()
+            for msg in batch:
+                if msg.error() is not None:
+                    continue
+                doc = orjson.loads(msg.value())
+                t = sent.pop(doc["request_id"], None)
+                if t is None:
+                    continue
+                got.setdefault(msg.topic(), []).append(now - t)
+                if "decided_at" in doc:  # a decision: how much of it was before deciding
+                    decided = datetime.fromisoformat(doc["decided_at"])
+                    before = decided - datetime.fromisoformat(doc["event_time"])
+                    self.to_decided.append(before.total_seconds())
+
+    def wait_answered(self, timeout: float) -> int:
+        """Wait until every request sent so far was answered; the number still unanswered."""
+        deadline = time.monotonic() + timeout
+        while self.sent and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return len(self.sent)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._consumer.close()
+
+
+def _requests(tag: str) -> Iterator[tuple[str, bytes, bytes]]:
+    """(request id, key, value) of handoff requests, four per run, each to a new task."""
+    i = 0
+    while True:
+        run = f"lat-{tag}-{i // 4}"
+        rid = f"{tag}-{i}"
+        event = HandoffRequested(
+            request_id=rid,
+            run_id=run,
+            task_id=f"t{i}",
+            from_agent="planner",
+            to_agent="coder",
+            event_time=datetime.now(UTC),
+        )
+        yield rid, run.encode(), event.to_json()
+        i += 1
+
+
+def offer(
+    producer: Producer, topic: str, reader: Reader, rate: int, seconds: float, tag: str
+) -> int:
+    """Send ``rate`` requests a second for ``seconds`` to ``topic``; the number unanswered."""
+    requests = _requests(tag)
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        target = start + i / rate
+        while (now := time.perf_counter()) < target:
+            time.sleep(min(0.0005, target - now))
+        rid, key, value = next(requests)
+        reader.sent[rid] = time.perf_counter()
+        producer.produce(topic, value, key)
+        producer.poll(0)
+    producer.flush(10)
+    return reader.wait_answered(15)
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _fresh_topics(bootstrap: str, *names: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in names]).values():
+        future.result(10)
+
+
+@contextmanager
+def relay_side(bootstrap: str, args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """A relay process on fresh topics: (where requests go, where answers come from)."""
+    prefix = f"relay{uuid.uuid4().hex[:6]}."
+    src, dst = f"{prefix}in", f"{prefix}out"
+    _fresh_topics(bootstrap, src, dst)
+    proc = _start_relay(bootstrap, src, dst, args.fetch_wait_ms)
+    try:
+        yield src, dst
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(10)
+
+
+@contextmanager
+def baton_side(
+    bootstrap: str, args: argparse.Namespace, workdir: Path, pythonpath: str | None = None
+) -> Iterator[tuple[str, str]]:
+    """A ``baton worker`` process on fresh topics: (requests topic, decisions topic).
+
+    ``pythonpath``: the worker imports Baton from there (another checkout: before/after)."""
+    prefix = f"lat{uuid.uuid4().hex[:6]}."
+    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
+    ensure_topics({"bootstrap.servers": bootstrap}, catalog, timeout=10)
+    os.environ["BATON_FETCH_MAX_WAIT_MS"] = str(args.fetch_wait_ms)
+    (workdir / prefix).mkdir()
+    saved = os.environ.get("PYTHONPATH")
+    if pythonpath is not None:
+        os.environ["PYTHONPATH"] = pythonpath
+    try:
+        worker = _start_worker(bootstrap, prefix, workdir / prefix, args.guarantee)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    log_path = workdir / prefix / f"worker-{args.guarantee}.log"
+    try:
+        _wait_for("the worker", lambda: " ready (policy" in log_path.read_text(), 120)
+        yield catalog.requests, catalog.decisions
+    finally:
+        worker.send_signal(signal.SIGINT)
+        worker.wait(30)
+        for line in log_path.read_text(errors="replace").splitlines():
+            if "events in" in line:  # the worker's own account: batches, decide/publish time
+                print("  " + line.split("] ", 3)[-1], file=sys.stderr)
+
+
+def phase(
+    bootstrap: str, side: AbstractContextManager[tuple[str, str]], args: argparse.Namespace
+) -> tuple[list[float], list[float]]:
+    """Latencies of one phase (fresh topics and process, warm-up, then the offered rate), and
+    for decisions the part up to ``decided_at``."""
+    # fresh topics every phase: on Tansu's memory storage a fetch slows down as a partition's
+    # log grows (the relay alone went from p50 18 to 96 ms over 25 s on one pair of topics)
+    with side as (requests, answers):
+        reader = Reader(bootstrap, [answers], args.fetch_wait_ms)
+        # one producer per phase, its producer id assigned before the clock runs (a fresh
+        # idempotent producer holds its records ~0.5 s: that would be every p99)
+        producer = _ready_producer({"bootstrap.servers": bootstrap, **_PRODUCER, "linger.ms": 0})
+        try:
+            while offer(producer, requests, reader, 200, 1.0, f"warm{uuid.uuid4().hex[:6]}"):
+                reader.sent.clear()  # the worker still joining its group: again
+            reader.got.clear()
+            reader.to_decided.clear()
+            missing = offer(
+                producer, requests, reader, args.rate, args.seconds, uuid.uuid4().hex[:6]
+            )
+            if missing:
+                raise SystemExit(f"{missing} requests unanswered after 15 s")
+            return reader.got.pop(answers, []), reader.to_decided
+        finally:
+            reader.close()
+
+
+def measure(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
+        bootstrap, workdir = broker.bootstrap, Path(tmp)
+        sides = {
+            "relay": lambda: relay_side(bootstrap, args),
+            "baton": lambda: baton_side(bootstrap, args, workdir),
+            "before": lambda: baton_side(bootstrap, args, workdir, args.before_pythonpath),
+        }
+        rounds: dict[str, list[list[float]]] = {side: [] for side in args.sides.split(",")}
+        to_decided: list[float] = []
+        for r in range(args.rounds):
+            for side in rounds:
+                print(f"round {r + 1}: {side} at {args.rate:,}/s ...", file=sys.stderr)
+                latencies, before = phase(bootstrap, sides[side](), args)
+                rounds[side].append(latencies)
+                to_decided += before
+        _report(args, rounds, to_decided)
+
+
+def _report(
+    args: argparse.Namespace, rounds: dict[str, list[list[float]]], to_decided: list[float]
+) -> None:
+    print(
+        f"\nmachine: {platform.node()}, {os.cpu_count()} cores, python "
+        f"{platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    print(
+        f"offered {args.rate:,} events/s, {args.rounds} rounds of {args.seconds:g} s per side "
+        f"(alternating), {PARTITIONS} partitions, fetch wait {args.fetch_wait_ms} ms, "
+        f"worker {args.guarantee}\n"
+    )
+    print(f"| {'side':<36} | {'samples':>7} | {'p50 ms':>7} | {'p99 ms':>7} |")
+    print(f"|{'-' * 38}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
+    pooled = {}
+    for side, samples in rounds.items():
+        every = [s for one in samples for s in one]
+        pooled[side] = _p50_p99_ms(every)
+        per_round = " · ".join(f"{_p50_p99_ms(one)[0]:.1f}" for one in samples)
+        name = {
+            "relay": "bare relay (flush per fetch)",
+            "baton": "baton worker",
+            "before": "baton worker (--before-pythonpath)",
+        }[side]
+        print(
+            f"| {name:<36} | {len(every):>7,} | {pooled[side][0]:>7.1f} | {pooled[side][1]:>7.1f} |"
+        )
+        print(f"|   p50 per round: {per_round:<19} | {'':>7} | {'':>7} | {'':>7} |")
+    if to_decided:
+        p50, p99 = _p50_p99_ms(to_decided)
+        print(f"| {'  of it: produce -> decided_at':<36} | {'':>7} | {p50:>7.1f} | {p99:>7.1f} |")
+    if len(pooled) < 2:
+        return
+    (r50, r99), (b50, b99) = pooled["relay"], pooled["baton"]
+    print(f"\nbaton / relay: p50 {b50 / r50:.2f}x, p99 {b99 / r99:.2f}x (target <= 1.25x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rate", type=int, default=2000, help="events/s offered")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of one phase")
+    ap.add_argument("--rounds", type=int, default=3, help="relay+baton phase pairs")
+    ap.add_argument("--fetch-wait-ms", type=int, default=10)
+    ap.add_argument(
+        "--guarantee", choices=["at_least_once", "exactly_once"], default="at_least_once"
+    )
+    ap.add_argument(
+        "--sides",
+        default="relay,baton",
+        help="which sides, in phase order (relay, baton, before)",
+    )
+    ap.add_argument(
+        "--before-pythonpath",
+        help="side 'before': a worker importing Baton from this PYTHONPATH (paired runs)",
+    )
+    ap.add_argument("--relay", nargs=3, metavar=("BOOTSTRAP", "SRC", "DST"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.relay:
+        relay(*args.relay, args.fetch_wait_ms)
+    else:
+        measure(args)
+
+
+if __name__ == "__main__":
+    main()
