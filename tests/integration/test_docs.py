@@ -36,6 +36,9 @@ CLONE = (".venv", "policy.example.yaml", "docs", "examples", "bench", "schemas")
 COMMAND_TIMEOUT_S = 120
 #: how long a `wait` block's command is re-run until it shows what the docs show
 WAIT_S = 20
+#: DOCS_TEST_SHOW=1 (with pytest -s) prints what every console command printed: the text to
+#: paste into a doc after changing what a command prints
+SHOW = os.environ.get("DOCS_TEST_SHOW") == "1"
 
 
 def doc_files() -> list[Path]:
@@ -190,6 +193,8 @@ class Tour:
         expected_code = _exit_codes(block)
         code, out = self.run(["bash", "-c", self.as_run(command.text)])
         where = f"{block.path.name}:{command.line} `{command.text.splitlines()[0]}`"
+        if SHOW:
+            print(f"\n--- {where} (exit {code})\n{out}", end="")
         if code not in expected_code:
             return f"{where} exited {code}, expected {expected_code}:\n{_tail(out)}"
         expected = tuple(
@@ -226,6 +231,7 @@ def tour(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tour]:
 def test_every_block_of_the_docs_runs_as_written(tour: Tour) -> None:
     started = time.monotonic()
     problems: list[str] = []
+    timings: list[tuple[float, str]] = []
     ran = 0
     for path in doc_files():
         tour.reading(path)
@@ -233,10 +239,13 @@ def test_every_block_of_the_docs_runs_as_written(tour: Tour) -> None:
             if not block.runs or "background" in block.directives:
                 continue
             ran += 1
+            block_started = time.monotonic()
             problems += tour.run_block(block)
+            timings.append((time.monotonic() - block_started, block.where))
     problems += _disagreements(tour)
     took = time.monotonic() - started
-    print(f"docs test: {ran} blocks in {took:.1f} s")
+    slowest = ", ".join(f"{where} {s:.1f} s" for s, where in sorted(timings, reverse=True)[:6])
+    print(f"docs test: {ran} blocks in {took:.1f} s; slowest: {slowest}")
     assert not problems, f"{len(problems)} doc blocks do not do what the docs say:\n\n" + (
         "\n\n".join(problems)
     )
