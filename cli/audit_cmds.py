@@ -206,6 +206,20 @@ def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any
     )
 
 
+def _group_id(value: str | None) -> str | None:
+    """A Kafka consumer group id: 1-249 printable ASCII characters (Kafka's topic-name
+    bound, a sane one for groups), or None for the default."""
+    if value is None:
+        return None
+    if not (0 < len(value) <= 249 and value.isascii() and value.isprintable()):
+        raise click.BadParameter(
+            f"expected 1-249 printable ASCII characters, got {value[:40]!r}"
+            + (f"… ({len(value)} characters)" if len(value) > 40 else ""),
+            param_hint="--group",
+        )
+    return value
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -372,6 +386,7 @@ def trace_cmd(run_id: str, fmt: str, clickhouse_dsn: str | None, data_dir: Path 
     "--group",
     "group_id",
     default=None,
+    callback=lambda _ctx, _param, value: _group_id(value),
     help="Kafka consumer group: alerters in one group share the stops (each announced by "
     "one of them), alerters in different groups each announce every stop [default: "
     "APP_ID-alerts; the alerter of `baton up` uses APP_ID-up-alerts, so a `baton alerts` "

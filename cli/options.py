@@ -88,11 +88,20 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
+#: defaults that depend on the command: a client finds the `baton up` of its data dir
+_DEFAULT_SHOWN = {
+    "bootstrap": "the `baton up` of --data-dir for client commands, 127.0.0.1:9092 for "
+    "worker and sink",
+    "clickhouse_dsn": "the `baton up` of --data-dir for client commands, chdb:.baton/chdb "
+    "for the sink",
+}
+
+
 def setting_help(name: str) -> str:
     """The --help text of Settings field ``name``: its description, variable and default."""
     info = Settings.model_fields[name]
     default = info.default
-    shown = "unset" if default is None else str(default)
+    shown = _DEFAULT_SHOWN.get(name) or ("unset" if default is None else str(default))
     env = f"BATON_{name.upper()}"
     return f"{info.description or name.replace('_', ' ')} [env {env}; default {shown}]"
 

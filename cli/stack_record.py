@@ -138,11 +138,19 @@ def write_record(record: StackRecord) -> Path:
     path = record_path(record.data_dir)
     temp = path.with_name(f".{STACK_FILE}.{os.getpid()}.tmp")
     text = record.model_dump_json(indent=2) + "\n"
-    with open(temp, "w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temp, path)
+    try:
+        # never through a link someone left at the temp name
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the stack record {path}: {exc.strerror or exc}; expected a "
+            "writable data dir (--data-dir)"
+        ) from None
     return path
 
 

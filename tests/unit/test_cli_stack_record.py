@@ -226,3 +226,24 @@ def test_setting_options_take_click_types_from_the_model() -> None:
     assert click_type("clickhouse_verify") is click.BOOL
     assert isinstance(click_type("ssl_cafile"), click.Path)
     assert click_type("sasl_password") is click.STRING
+
+
+def test_a_link_at_the_temp_name_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    (tmp_path / f".{STACK_FILE}.{os.getpid()}.tmp").symlink_to(target)
+    with pytest.raises(ConfigError, match="cannot write the stack record"):
+        _record(tmp_path, 1)
+    assert target.read_text() == "keep"
+
+
+@pytest.mark.parametrize("group", ["", "x" * 250, "bad\x1bgroup", "grüppe"])
+def test_a_bad_alerts_group_is_refused_before_connecting(group: str) -> None:
+    from click.testing import CliRunner
+
+    from baton.cli import main
+
+    main._register()
+    result = CliRunner().invoke(main.cli, ["alerts", "--group", group])
+    assert result.exit_code == 2
+    assert "--group: expected 1-249 printable ASCII characters" in result.output
