@@ -1,0 +1,124 @@
+"""A worker started with exactly docker-compose.yml's environment and command decides a request
+(against the embedded broker instead of the Kafka image: only container addresses, ports and
+paths are replaced), answers the compose health check, and serves the metrics the alert rules
+in deploy/prometheus/alerts.yml name."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from confluent_kafka.admin import AdminClient
+
+from baton.processors.probe import wait_until_deciding
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.net import free_port
+from baton.streams.topics import TopicCatalog
+from tests.helpers import handoff, wait_for
+from tests.stack import Collector, EventSender
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+#: what differs between a container and this machine; every other variable is used as written
+REPLACED = {
+    "BATON_BOOTSTRAP",
+    "BATON_CLICKHOUSE_DSN",
+    "BATON_POLICY",
+    "BATON_WORKER_DATA_DIR",
+    "BATON_WEB_PORT",
+    "BATON_METRICS_PORT",
+}
+
+
+def compose_worker() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["worker-1"]
+
+
+def host_policy(service: dict, inside: str) -> Path:
+    """The repository file the service mounts at ``inside``."""
+    for volume in service["volumes"]:
+        source, target = volume.split(":")[:2]
+        if target == inside:
+            return ROOT / source
+    raise AssertionError(f"no volume provides {inside}")
+
+
+def test_a_worker_with_the_compose_environment_decides_a_request(tmp_path: Path) -> None:
+    service = compose_worker()
+    compose_env = {k: str(v) for k, v in service["environment"].items()}
+    here = {
+        "BATON_BOOTSTRAP": "",  # filled in below
+        "BATON_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'chdb'}",
+        "BATON_POLICY": str(host_policy(service, compose_env["BATON_POLICY"])),
+        "BATON_WORKER_DATA_DIR": str(tmp_path / "worker"),
+        "BATON_WEB_PORT": str(free_port()),
+        "BATON_METRICS_PORT": str(free_port()),
+    }
+    assert set(here) == REPLACED and set(compose_env) >= REPLACED
+    broker = EmbeddedBroker(log_dir=tmp_path / "tansu").start()
+    log = tmp_path / "worker.log"
+    worker = None
+    try:
+        here["BATON_BOOTSTRAP"] = broker.bootstrap
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+        with open(log, "ab") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "baton.cli", *service["command"]],
+                env={**clean, **compose_env, **here},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        catalog = TopicCatalog(prefix=compose_env["BATON_TOPIC_PREFIX"])
+        partitions = int(compose_env["BATON_PARTITIONS"])
+        conf = {"bootstrap.servers": broker.bootstrap}
+        admin = AdminClient(conf)
+        # the worker creates the topics (with the compose file's partition count) at start
+        wait_for(
+            lambda: catalog.decisions in admin.list_topics(timeout=5).topics,
+            60,
+            message=lambda: f"the worker's topics\n{log.read_text()[-4000:]}",
+        )
+        try:
+            wait_until_deciding(conf, catalog.requests, catalog.decisions, partitions, 60)
+        except Exception as exc:
+            raise AssertionError(f"{exc}\n{log.read_text()[-4000:]}") from exc
+
+        run = f"compose_{uuid.uuid4().hex[:6]}"
+        decisions = Collector(broker.bootstrap, catalog.decisions)
+        try:
+            EventSender(broker.bootstrap, catalog.requests).send(
+                [handoff(run, 1, "research", tenant="acme")]
+            )
+            (decision,) = decisions.wait_run(run, 1)
+        finally:
+            decisions.close()
+        assert (decision.outcome, decision.tenant) == ("allow", "acme")
+
+        port = here["BATON_METRICS_PORT"]
+        check = [part.replace(":9100/", f":{port}/") for part in service["healthcheck"]["test"]]
+        assert check[0] == "CMD" and check[1] == "python"
+        assert subprocess.run([sys.executable, *check[2:]], timeout=30).returncode == 0
+
+        served = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        # a family is declared (# TYPE) even before its first sample (no dead letter yet)
+        declared = re.findall(r"^# TYPE (baton_[a-z_]+)", served.decode(), re.M)
+        families = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in declared}
+        rules = (ROOT / "deploy/prometheus/alerts.yml").read_text()
+        for metric in set(re.findall(r"\bbaton_[a-z_]+", rules)):
+            if not metric.startswith(("baton_audit", "baton_alerts")):  # the sink's, alerter's
+                family = re.sub(r"_(total|bucket|sum|count)$", "", metric)
+                assert family in families, f"{metric} is not served by the worker"
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(20)
+        broker.stop()
