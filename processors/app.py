@@ -583,7 +583,12 @@ class GovernanceWorker:
                 try:
                     state = states.get(key)
                 except Exception:
-                    log.error("run %r: stored state cannot be read; left as is", key, exc_info=True)
+                    log.error(
+                        "run %r: stored state cannot be read; left as is",
+                        key,
+                        exc_info=True,
+                        extra={"run_id": key.decode("utf-8", "replace")},  # JSON logs' run_id
+                    )
                     continue
                 if state is None:
                     continue
