@@ -161,14 +161,16 @@ class GovernanceWorker:
             transactional_id=self._transactional_id() if self.exactly_once else None,
             transaction_timeout_ms=settings.transaction_timeout_ms,
         )
+        #: counted always (one call per batch); served on /metrics by the CLI when asked
+        self.metrics = WorkerMetrics(self.worker_id)
         self.control = ControlFollower(
             settings.kafka_config(),
             self.catalog.control,
             policy,
             worker=self.worker_id,
             # sent with the next batch or sweep (within its transaction, under exactly-once)
-            on_decision=self.publisher.enqueue,
-            on_dead_letter=self.publisher.enqueue,
+            on_decision=self._enqueue,
+            on_dead_letter=self._enqueue,
             max_staleness_s=settings.control_max_staleness_s,
         )
         self._processor: BatchProcessor | None = None
@@ -181,8 +183,6 @@ class GovernanceWorker:
         self._due = DueIndex(settings.run_retention_s, settings.tombstone_retention_s)
         self._indexed_generation: int | None = None
         self._stats = _BatchStats(self.worker_id)
-        #: counted always (one call per batch); served on /metrics by the CLI when asked
-        self.metrics = WorkerMetrics(self.worker_id)
         self.control.on_policy(self._on_policy)
         self.app.on_partitions_revoked.connect(self._on_revoked_signal)
 
@@ -249,9 +249,7 @@ class GovernanceWorker:
                     self.control.why_stale(),
                 )
             # the policy document, recorded before the first decision under it (baton replay)
-            self.publisher.enqueue(
-                policy_in_force(self.control.policy, datetime.now(UTC), self.worker_id)
-            )
+            self._enqueue(policy_in_force(self.control.policy, datetime.now(UTC), self.worker_id))
             self._ready.set()
             log.info("worker %s ready (policy %s)", self.worker_id, self.control.policy.version)
 
@@ -332,8 +330,13 @@ class GovernanceWorker:
             )
         return SSLCredentials(ctx)
 
+    def _enqueue(self, record: Any) -> None:
+        """Send a control decision or dead letter with the next publish (and count it)."""
+        self.metrics.queued(record)
+        self.publisher.enqueue(record)
+
     def _on_policy(self, policy: Policy) -> None:
-        self.publisher.enqueue(policy_in_force(policy, datetime.now(UTC), self.worker_id))
+        self._enqueue(policy_in_force(policy, datetime.now(UTC), self.worker_id))
         if self._processor is not None:
             self._processor.policy = policy
 
@@ -619,7 +622,7 @@ class GovernanceWorker:
                 )
             except Exception:
                 exit_without_commit(EXIT_DELIVERY_FAILED, "sweep could not publish; exiting")
-            self.metrics.changelog(out)
+            self.metrics.swept(out)
 
     def _report_metrics(self) -> None:
         """Refresh the gauges: lag per partition (high watermark - decided position), runs."""

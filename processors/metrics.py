@@ -138,20 +138,36 @@ class WorkerMetrics(Collector):
         latency.sum += total
         self._batch_size.observe(n)
         self._batch_seconds.observe(seconds)
-        decisions = self._decisions
-        for _partition, d in out.decisions:
-            key = (d.outcome, d.reason)
-            decisions[key] = decisions.get(key, 0) + 1
-        for letter in out.dead_letters:
-            kind = getattr(letter, "kind", "") or "unknown"
-            self._dead_letters[kind] = self._dead_letters.get(kind, 0) + 1
+        self._count_decisions(d for _partition, d in out.decisions)
+        self._count_dead_letters(out.dead_letters)
         self._forwarded += len(out.forwards)
         self._count_changelog(out)
 
-    def changelog(self, out: Any) -> None:
-        """Count the run states a sweep wrote (a batch's are counted by :meth:`batch`)."""
+    def _count_decisions(self, decided: Iterable[Any]) -> None:
+        decisions = self._decisions
+        for d in decided:
+            key = (d.outcome, d.reason)
+            decisions[key] = decisions.get(key, 0) + 1
+
+    def _count_dead_letters(self, letters: Iterable[Any]) -> None:
+        for letter in letters:
+            kind = getattr(letter, "kind", "") or "unknown"
+            self._dead_letters[kind] = self._dead_letters.get(kind, 0) + 1
+
+    def swept(self, out: Any) -> None:
+        """Count what a sweep published: expiries (decisions) and run states written."""
         with self._lock:
+            self._count_decisions(d for _partition, d in out.decisions)
             self._count_changelog(out)
+
+    def queued(self, record: Any) -> None:
+        """Count a record queued for the next publish: a control decision or dead letter
+        (kill switches, policy updates, the policy in force)."""
+        with self._lock:
+            if hasattr(record, "outcome"):
+                self._count_decisions((record,))
+            else:
+                self._count_dead_letters((record,))
 
     def _count_changelog(self, out: Any) -> None:
         self._changelog_records += len(out.changed)

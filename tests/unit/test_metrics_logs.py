@@ -154,3 +154,21 @@ def test_status_lines_follow_the_format(capsys: pytest.CaptureFixture[str]) -> N
     assert json.loads(lines[0])["message"] == "baton up: ready http://u:***@h/"
     assert lines[1] == "baton up: ready http://u:***@h/"
     assert out == ""  # status lines go to stderr; stdout is the command's output
+
+
+def test_control_records_and_sweep_expiries_are_counted_too() -> None:
+    from tests.audit_support import scenario_decisions
+
+    metrics = WorkerMetrics("w1")
+    decision = scenario_decisions(runs=1)[0]
+    metrics.queued(decision)  # a kill switch or policy record, published with the next batch
+    metrics.queued(DeadLetter(None, b"{}", "unsigned"))
+    swept = Outputs(decisions=[(0, decision)])
+    swept.encoded[b"run"] = b"x" * 10
+    swept.changed[b"run"] = (0, None)
+    metrics.swept(swept)
+    got = samples(metrics)
+    key = ("baton_decisions_total", (("outcome", decision.outcome), ("reason", decision.reason)))
+    assert got[key] == 2
+    assert got[("baton_dead_letters_total", (("kind", "unsigned"),))] == 1
+    assert got[("baton_changelog_bytes_total", ())] == 10
