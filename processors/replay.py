@@ -199,7 +199,7 @@ def is_partial(run: list[Recorded], policies: dict[str, Policy]) -> str | None:
 class _Replayer:
     """Decides one run's steps under one policy (or the recorded ones), like the worker."""
 
-    def __init__(self, policy_of: Callable[[Recorded], Policy], chain_key: bytes) -> None:
+    def __init__(self, policy_of: Callable[[Recorded], Policy], chain_key: bytes | None) -> None:
         self.policy_of = policy_of
         self.chain_key = chain_key
         self.state: RunState | None = None
@@ -230,15 +230,28 @@ class _Replayer:
                 new = new if new is not None else before
             else:
                 new, decided = decide(before, event, policy, now, kills, origin)  # type: ignore[arg-type]
-        # a reply answered again from the state is linked already: not a decision of this step
-        # (the worker's copy of it is flagged reemitted and not in the audit)
-        fresh = [d for d in decided if d.chain_hash is None]
+        # a reply answered again from the state is not a decision of this step (the worker's
+        # copy of it is flagged reemitted and not in the audit): every decision made here is
+        # marked as out already, so the state's copy of it is known when it comes back
+        fresh = [d for d in decided if not d.reemitted]
         for d in fresh:
             d.input = first.input
-        if new is not before and new is not None:
+        if self.chain_key is not None and new is not before and new is not None:
             link(new, fresh, self.chain_key)
+        for d in fresh:
+            d.reemitted = True
         self.state = new
         return fresh
+
+
+def _same_rules(a: Policy, b: Policy, tenant: str) -> bool:
+    """``a`` and ``b`` decide ``tenant``'s runs alike (they may differ for other tenants)."""
+    return (
+        a.for_tenant(tenant) == b.for_tenant(tenant)
+        and (tenant in a.tenants) == (tenant in b.tenants)
+        and a.strict_tenants == b.strict_tenants
+        and a.operators == b.operators
+    )
 
 
 def _faithful(rec: Recorded, d: Decision | None, chained: bool) -> bool:
@@ -261,14 +274,27 @@ def replay_run(
     """Decide ``run`` (a whole recorded history) again, under ``new_policy`` and as recorded."""
     outcome = RunOutcome(run[0].run_id)
     recorded = _Replayer(lambda r: policies[r.policy_version], chain_key)
-    new = _Replayer(lambda r: new_policy, b"")
+    new = _Replayer(lambda r: new_policy, None)
     #: request ids allowed as recorded and stopped under the new policy
     stopped_now: set[str] = set()
+    #: both replays are one while the new policy's rules for the run equal the recorded ones
+    shared = True
+    same: dict[str, bool] = {}
     for n, recs in enumerate(_steps(run), 1):
         text = recs[0].input
         event = parse_event(text.encode(), run[0].run_id.encode()) if text is not None else None
+        before = recorded.state
         as_recorded = recorded.step(recs, event)
-        as_new = new.step(recs, event)
+        if shared:
+            version = recs[0].policy_version
+            if version not in same:
+                state = recorded.state or before
+                same[version] = state is not None and _same_rules(
+                    new_policy, policies[version], state.tenant
+                )
+            if not same[version]:
+                shared, new.state = False, before  # the two part here
+        as_new = as_recorded if shared else new.step(recs, event)
         outcome.decisions += len(recs)
         for i, rec in enumerate(recs):
             again = as_recorded[i] if i < len(as_recorded) else None

@@ -215,3 +215,13 @@ def test_a_wrong_chain_key_shows_as_unfaithful_not_as_a_change() -> None:
     report = replay_runs(runs_of(rows), policy, _policies(policy), b"another key")
     [run] = report.runs
     assert run.unfaithful and run.changed == 0
+
+
+def test_a_policy_that_differs_for_another_tenant_only_changes_nothing_here() -> None:
+    loose = policy_with(max_handoffs=20)
+    rows = record(loose, _budget_history("run_long", 6, 2.5))
+    elsewhere = policy_with(max_handoffs=20, tenants={"other": {"max_handoffs": 1}})
+    here = policy_with(max_handoffs=20, tenants={"default": {"max_handoffs": 1}})
+    assert not replay_runs(runs_of(rows), elsewhere, _policies(loose), KEY).changed_runs
+    changed = replay_runs(runs_of(rows), here, _policies(loose), KEY).transitions
+    assert changed == {"allow → stop:handoff_budget_exceeded": 5}

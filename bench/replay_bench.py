@@ -1,0 +1,152 @@
+"""Recorded decisions per second of `baton replay`, reading included, against its parts.
+
+Records engine_bench's realistic mix (default 30,000 events over 4,000 runs) through the
+worker's batch step (inputs attached, chains linked), stores what it publishes in a fresh chDB
+audit through the sink's own insert path, then measures on that audit, best of three:
+
+* read: ``read_runs_rows`` alone (every row a replay reads, paged by whole runs);
+* replay, other policy: reading + deciding every step twice (a stricter ``max_handoffs``, and
+  the recorded policy as proof) - what `baton replay --policy stricter.yaml` does;
+* replay, tenant-only change: the new policy differs for another tenant only, so each run is
+  decided once (the two replays are one while the rules are equal);
+* decide once: the engine alone on the same steps (the floor of one pass, no reading).
+
+    python -m bench.replay_bench [--runs 4000] [--events 30000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.engine import decide
+from baton.processors.recorded import policy_in_force
+from baton.processors.replay import replay_runs, runs_of
+from baton.schemas.decision import Decision
+from baton.schemas.events import parse_event
+from baton.schemas.policy import DEFAULT_POLICY_YAML, Policy, load_policy, parse_policy
+from baton.sinks.audit_batch import AuditBatch, write_batch
+from baton.sinks.clickhouse import connect
+from baton.sinks.replay_source import ReplayScope, read_policies, read_runs_rows
+from baton.sinks.schema import migrate
+from baton.streams.partitioner import partition_for
+from bench.engine_bench import build_workload
+
+PARTITIONS = 8
+APPROVALS = "gov.approvals"
+KEY = b"bench-chain-key"
+
+
+def record(runs: int, events: int, policy: Policy) -> list[Decision]:
+    """What the worker publishes for the workload, re-emissions left out (the sink drops them)."""
+    proc = BatchProcessor(
+        policy, PARTITIONS, {}, worker="bench", approvals_topic=APPROVALS, chain_key=KEY
+    )
+    start = datetime.now(UTC) - timedelta(hours=1)
+    published: list[Decision] = [policy_in_force(policy, start, "bench")]
+    workload = build_workload(runs)[:events]
+    for b in range(0, len(workload), 1000):
+        recs = []
+        for i, (run, ev, _) in enumerate(workload[b : b + 1000], b):
+            key = run.encode()
+            topic = APPROVALS if ev.type.startswith("approval") else "gov.handoff.requests"
+            recs.append(InputRecord(topic, partition_for(key, PARTITIONS), i, key, ev.to_json()))
+        out = proc.process(recs, start + timedelta(milliseconds=b))
+        published += [d for _, d in out.decisions if not d.reemitted]
+    return published
+
+
+def store(chdb: Path, decisions: list[Decision]) -> None:
+    client = connect(f"chdb://{chdb}", create=True)
+    try:
+        migrate(client, 30)
+        for b in range(0, len(decisions), 10_000):
+            batch = AuditBatch("gov.decisions", ttl_days=30)
+            for i, d in enumerate(decisions[b : b + 10_000], b):
+                batch.add(0, i, d.to_json())
+            assert not batch.rejected, batch.rejected[:1]
+            write_batch(client, batch)
+    finally:
+        client.close()
+
+
+def best(fn: Callable[[], int], passes: int = 3) -> tuple[float, int]:
+    """(seconds of the fastest pass, what it counted)."""
+    fastest, counted = float("inf"), 0
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        counted = fn()
+        fastest = min(fastest, time.perf_counter() - t0)
+    return fastest, counted
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=4000)
+    ap.add_argument("--events", type=int, default=30_000)
+    args = ap.parse_args()
+    gc.set_threshold(100_000, 50, 100)  # as the worker runs (bench/RESULTS.md)
+    recorded = load_policy(None)
+    stricter = parse_policy("multi_agent:\n  max_handoffs: 3\n", "stricter")
+    other_tenant = parse_policy(
+        DEFAULT_POLICY_YAML + "\ntenants:\n  nobody_here:\n    max_handoffs: 1\n", "tenant-only"
+    )
+    decisions = record(args.runs, args.events, recorded)
+    with tempfile.TemporaryDirectory() as tmp:
+        chdb = Path(tmp) / "chdb"
+        store(chdb, decisions)
+        client = connect(f"chdb://{chdb}")
+        try:
+            policies, _ = read_policies(client)
+            rows = list(read_runs_rows(client, ReplayScope()))
+
+            def read() -> int:
+                return sum(1 for _ in read_runs_rows(client, ReplayScope()))
+
+            def replay(policy: Policy) -> Callable[[], int]:
+                def run() -> int:
+                    rows = read_runs_rows(client, ReplayScope())
+                    report = replay_runs(runs_of(rows), policy, policies, KEY)
+                    assert not report.unfaithful_runs and not report.partial
+                    return report.decisions
+
+                return run
+
+            def decide_once() -> int:
+                states: dict[str, object] = {}
+                for row in rows:
+                    if row[10] is None:
+                        continue
+                    ev = parse_event(row[10].encode())
+                    states[row[0]], _ = decide(states.get(row[0]), ev, recorded, row[6])  # type: ignore[arg-type]
+                return len(rows)
+
+            results = [
+                ("read the recorded decisions", best(read)),
+                ("replay, other policy (2 decides/step)", best(replay(stricter))),
+                ("replay, tenant-only change (1 decide)", best(replay(other_tenant))),
+                ("decide once, no reading (engine floor)", best(decide_once)),
+            ]
+        finally:
+            client.close()
+    print(
+        f"# replay_bench: {len(rows):,} recorded decisions ({args.events:,} events, "
+        f"{args.runs:,} runs); {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"load {os.getloadavg()[0]:.1f}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    print("| step | seconds | recorded decisions/s |")
+    print("|---|---|---|")
+    for name, (seconds, counted) in results:
+        print(f"| {name} | {seconds:.2f} | {counted / seconds:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
