@@ -19,14 +19,17 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import click
 import orjson
 
 from baton.schemas.redact import mask_credentials
 
-__all__ = ["JsonFormatter", "LogOutput", "MaskingFormatter", "logging_config"]
+__all__ = ["LOG_OUTPUT_KEY", "JsonFormatter", "LogOutput", "MaskingFormatter", "logging_config"]
 
 Format = Literal["text", "json"]
 
+#: where a command's LogOutput waits in the click context (``Context.meta``) for its error line
+LOG_OUTPUT_KEY = "baton.log_output"
 #: the text format every command used so far (cli/main.py)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: a run id is at most 256 characters; a longer value is not one, and a log line stays short
@@ -101,7 +104,11 @@ class LogOutput:
         self._formatter = JsonFormatter(component) if fmt == "json" else None
 
     def install(self) -> None:
-        """Format every log record of this process (the root logger's handlers) this way."""
+        """Format every log record of this process (the root logger's handlers) this way,
+        and the command's error line (cli/main.py finds this object in the click context)."""
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:
+            ctx.meta[LOG_OUTPUT_KEY] = self
         formatter = self._formatter or MaskingFormatter(TEXT_FORMAT)
         root = logging.getLogger()
         if not root.handlers:

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from baton.cli.log_format import LOG_OUTPUT_KEY
 from baton.schemas.errors import BatonError
 
 __all__ = ["main"]
@@ -23,7 +24,11 @@ class _BatonGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BatonError as exc:
-            click.echo(f"baton: error: {exc}", err=True)
+            output = ctx.meta.get(LOG_OUTPUT_KEY)  # a long-running command's --log-format
+            if output is not None:
+                output.say(f"baton: error: {exc}", logging.ERROR)
+            else:
+                click.echo(f"baton: error: {exc}", err=True)
             sys.exit(exc.exit_code)
 
 

@@ -99,6 +99,10 @@ def worker_cmd(**opts: Any) -> None:
     that dies hands its partitions, and their state from the changelog, to the others.
     """
     settings = build_settings(**opts)
+    from baton.cli.log_format import LogOutput, logging_config
+
+    output = LogOutput(settings.log_format, "worker")  # from here on, errors in this format too
+    output.install()
     if settings.web_port == 0:  # Faust binds its web port even when disabled: give it a free one
         from baton.streams.net import free_port
 
@@ -118,11 +122,8 @@ def worker_cmd(**opts: Any) -> None:
     from baton.processors.app import GovernanceWorker
 
     gw = GovernanceWorker(settings, policy)
-    from baton.cli.log_format import LogOutput, logging_config
     from baton.processors.metrics import serve_from_settings
 
-    output = LogOutput(settings.log_format, "worker")
-    output.install()
     metrics = serve_from_settings(settings, gw.metrics)
     # The runs table keeps thousands of long-lived objects; with CPython's default GC
     # thresholds, collections scanning them cost ~35 us per event (measured). Freeze what
@@ -330,6 +331,10 @@ def up_cmd(
     earlier = refuse_running_stack(data_dir)
     opts["metrics_port"] = metrics_port
     settings = build_settings(**opts)
+    from baton.cli.log_format import LogOutput
+
+    output = LogOutput(settings.log_format, "up")  # from here on, errors in this format too
+    output.install()
     policy = read_policy(settings.policy)  # fail before starting anything on a bad policy
     try:
         restart = RestartPolicy(
@@ -355,11 +360,6 @@ def up_cmd(
         stopping = True
         if interruptible:  # abort a broker start or topic creation that may take a while
             raise _Interrupted
-
-    from baton.cli.log_format import LogOutput
-
-    output = LogOutput(settings.log_format, "up")
-    output.install()
 
     def say(line: str) -> None:
         output.say(f"baton up: {line}")

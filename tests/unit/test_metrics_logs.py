@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 
@@ -172,3 +173,23 @@ def test_control_records_and_sweep_expiries_are_counted_too() -> None:
     assert got[key] == 2
     assert got[("baton_dead_letters_total", (("kind", "unsigned"),))] == 1
     assert got[("baton_changelog_bytes_total", ())] == 10
+
+
+def test_a_long_running_commands_error_is_a_json_line_too(tmp_path: object) -> None:
+    import subprocess
+
+    from baton.streams.net import free_port
+
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    done = subprocess.run(
+        [sys.executable, "-m", "baton.cli", "worker", "--bootstrap", dead, "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+    )
+    assert done.returncode == 4, done.stderr
+    (line,) = done.stderr.splitlines()
+    obj = json.loads(line)
+    assert obj["level"] == "error" and obj["component"] == "worker"
+    assert obj["message"].startswith(f"baton: error: cannot reach Kafka at {dead}")
