@@ -1,7 +1,9 @@
 -- Analyst queries over the Baton audit trail (ClickHouse database `governance`).
 --
--- Run one with `baton sql "..."`, or paste into clickhouse-client. Each query starts with a
--- `-- name:` line; tests/integration/test_audit_schema.py runs every one of them on chDB.
+-- Run them all with `baton sql - < docs/queries.sql` (each result under its name), one with
+-- `baton sql "..."` (its `-- name:` line may come along), or paste into clickhouse-client.
+-- Each query starts with a `-- name:` line; tests/integration/test_audit_schema.py and
+-- tests/integration/test_docs.py run every one of them.
 --
 -- Always read governance.decisions with FINAL (or count uniqExact(decision_id)): Kafka
 -- delivery is at-least-once, and a decision can sit in the table twice until a merge folds

@@ -22,6 +22,8 @@ An HTML comment right before a block changes that, one per line:
   these codes;
 * ``<!-- docs-test: file NAME -->`` — the block is written to NAME in the tour folder (for
   the commands after it);
+* ``<!-- docs-test: output -->`` — the block (any language) is what the python block before
+  it prints, compared as a console command's output;
 * ``<!-- docs-test: wait -->`` — a console command is re-run until it shows its output (for a
   few seconds: the audit sink stores a decision within about a second).
 
@@ -49,7 +51,7 @@ __all__ = [
     "split_commands",
 ]
 
-DIRECTIVES = ("skip", "background", "exit", "file", "wait")
+DIRECTIVES = ("skip", "background", "exit", "file", "wait", "output")
 RUN_LANGUAGES = ("sh", "console", "python", "yaml")
 
 _FENCE_RE = re.compile(r"^(\s*)```\s*([\w+-]*)\s*$")
@@ -79,6 +81,8 @@ class Block:
     def runs(self) -> bool:
         if self.skipped:
             return False
+        if "output" in self.directives:
+            return True
         if self.lang == "yaml":
             return policy_yaml(self.text) or "file" in self.directives
         return self.lang in RUN_LANGUAGES

@@ -64,6 +64,7 @@ class Tour:
         }
         self.bootstrap = ""
         self.token = ""
+        self.snippet_output = ""  # what the last python block printed
         self.approval_id = "apr_…"  # the newest approval id a command printed
         self.up: subprocess.Popen[str] | None = None
         self.up_lines: list[str] = []
@@ -156,10 +157,13 @@ class Tour:
             script = "set -eo pipefail\ntrap 'echo \"failed: $BASH_COMMAND\" >&2' ERR\n"
             code, out = self.run(["bash", "-c", script + self.as_run(block.text)])
             return self._exit(block, code, out, "the block")
+        if "output" in block.directives:
+            return self._printed(block)
         if block.lang == "python":
             snippet = self.folder / f"snippet_{block.path.stem}_{block.line}.py"
             snippet.write_text(self.as_run(block.text))
             code, out = self.run([str(self.folder / ".venv/bin/python"), str(snippet)])
+            self.snippet_output = out
             return self._exit(block, code, out, "the snippet")
         if block.lang == "yaml":
             policy = self.folder / f"policy_{block.path.stem}_{block.line}.yaml"
@@ -167,6 +171,16 @@ class Tour:
             code, out = self.run(["baton", "policy", "check", str(policy)])
             return self._exit(block, code, out, "baton policy check")
         return [f"{block.where}: no way to run a {block.lang!r} block"]
+
+    def _printed(self, block: Block) -> list[str]:
+        """An ``output`` block: what the python block before it printed."""
+        expected = tuple(block.text.rstrip("\n").splitlines())
+        if output_matches(expected, self.snippet_output):
+            return []
+        return [
+            f"{block.where}: the snippet before it printed:\n{_tail(self.snippet_output)}\n"
+            f"--- the docs show:\n{block.text}"
+        ]
 
     def _exit(self, block: Block, code: int, out: str, what: str) -> list[str]:
         expected = _exit_codes(block)
