@@ -53,7 +53,9 @@ def test_every_block_in_a_language_that_runs_is_run_or_skipped_with_a_reason() -
 def test_skips_stay_few() -> None:
     skipped = [b.where for b in _all_blocks() if b.skipped]
     runs = [b.where for b in _all_blocks() if b.runs]
-    assert len(skipped) <= 8 and len(runs) >= 3 * len(skipped), (skipped, len(runs))
+    # a skip is for what cannot run on one machine (root, Apache Kafka, a server): at most a
+    # quarter of the blocks, each with its reason (checked above)
+    assert len(runs) >= 3 * len(skipped), f"{len(skipped)} skipped, {len(runs)} run: {skipped}"
 
 
 def _block(text: str, lang: str = "console", tmp: Path | None = None) -> Block:
