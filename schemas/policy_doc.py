@@ -228,15 +228,25 @@ def render_policy_doc() -> str:
     """The whole of docs/policy.md."""
     parts = [_INTRO.format(seed=DEFAULT_POLICY_YAML.split("\n", 1)[1])]
     parts.append(_section("Top level", "", Policy))
-    for path, model in _nested(MultiAgentPolicy, "multi_agent"):
-        title = f"`{path}`"
-        parts.append(_section(title, path, model))
+    for path, model in sections():
+        parts.append(_section(f"`{path}`", path, model))
     parts.append(
         "Under `tenants.<name>` every key of `multi_agent` may be set again for that tenant;\n"
         "what a tenant does not set it inherits from `multi_agent` (mapping by mapping).\n"
     )
     parts.append(_reasons())
     return "\n".join(parts)
+
+
+def sections() -> list[tuple[str, type[BaseModel]]]:
+    """Every mapping of the policy below the top level, by key path: each model once (a
+    tenant's block is `multi_agent` again), `multi_agent` and its mappings first."""
+    found = _nested(MultiAgentPolicy, "multi_agent")
+    for name, info in Policy.model_fields.items():
+        for sub, suffix in _submodels(info.annotation):
+            if sub is not MultiAgentPolicy:
+                found += _nested(sub, f"{name}{suffix}")
+    return found
 
 
 def _nested(model: type[BaseModel], path: str) -> list[tuple[str, type[BaseModel]]]:
@@ -324,12 +334,16 @@ def _with_bounds(text: str, metadata: Any) -> str:
         for attr, what in (("min_length", "at least"), ("max_length", "at most")):
             length = getattr(meta, attr, None)
             if length is not None and text == "string":
-                text = f"string of {what} {length} characters"
+                text = (
+                    "non-empty string"
+                    if (attr, length) == ("min_length", 1)
+                    else f"string of {what} {length} characters"
+                )
     return text
 
 
 def _plural(noun: str) -> str:
-    return noun + "s" if noun in ("string", "integer", "number") else noun
+    return noun + "s" if noun.endswith(("string", "integer", "number")) else noun
 
 
 def _default(info: FieldInfo) -> str:
@@ -380,7 +394,7 @@ def _reasons() -> str:
 def undocumented_fields() -> list[str]:
     """Policy keys without a Field description (each needs one for the reference)."""
     missing = [f"{n}" for n, i in Policy.model_fields.items() if not i.description]
-    for path, model in _nested(MultiAgentPolicy, "multi_agent"):
+    for path, model in sections():
         missing += [f"{path}.{n}" for n, i in model.model_fields.items() if not i.description]
     return missing
 

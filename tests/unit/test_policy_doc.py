@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from baton.schemas.decision import Reason
-from baton.schemas.policy import DEFAULT_POLICY_YAML, MultiAgentPolicy, Policy, parse_policy
+from baton.schemas.policy import DEFAULT_POLICY_YAML, Policy, parse_policy
 from baton.schemas.policy_doc import (
     REASONS,
     UNDOCUMENTED,
-    _nested,
     render_policy_doc,
+    sections,
     undocumented_fields,
 )
 
@@ -42,11 +42,12 @@ def test_every_reason_is_explained() -> None:
 def test_every_key_of_every_nested_model_is_in_the_reference() -> None:
     text = render_policy_doc()
     keys = [f"`{name}`" for name in Policy.model_fields]
-    for path, model in _nested(MultiAgentPolicy, "multi_agent"):
+    for path, model in sections():
         keys += [f"`{path}.{name}`" for name in model.model_fields]
     assert [k for k in keys if f"| {k} |" not in text] == []
     assert "| `multi_agent.roles.<name>.may_own` |" in text  # a model inside a mapping
     assert "| `multi_agent.approval.ttl_seconds` | number > 0 | `900` |" in text
+    assert "| `budgets.max_steps` |" in text  # a block outside multi_agent is walked too
 
 
 def test_the_seed_block_it_shows_is_the_seed_policy() -> None:
