@@ -355,7 +355,9 @@ def demo_cmd(
                 bold=True,
             )
         )
-        if sql_url and (keep or stack is None):
+        if stack is not None and keep:
+            click.echo(f"Next: {_trace_command(stack.data_dir)}")
+        elif sql_url and stack is None:
             click.echo(f"Next: baton trace --dsn {sql_url} {SEED_RUN}")
         elif stack is not None:
             click.echo(
@@ -368,13 +370,23 @@ def demo_cmd(
                 click.echo(
                     f"The stack keeps running (pid {stack.proc.pid if stack.proc else '?'},"
                     f" data in {stack.data_dir}): bootstrap={stack.bootstrap}"
-                    f" sql={stack.sql_url}; stop it with: kill "
-                    f"{stack.proc.pid if stack.proc else ''}"
+                    f" sql={stack.sql_url}, recorded in {stack.data_dir / 'stack.json'} for the "
+                    f"other commands; stop it with: kill {stack.proc.pid if stack.proc else ''}"
                 )
             else:
                 stack.stop()
                 if temp_dir:
                     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _trace_command(data_dir: Path) -> str:
+    """`baton trace` of the seed run for the kept stack: with no flags when it runs in this
+    folder's .baton (the commands find its stack.json there), else with --data-dir."""
+    from baton.cli.stack_record import is_default_data_dir
+
+    if is_default_data_dir(data_dir):
+        return f"baton trace {SEED_RUN}"
+    return f"baton trace --data-dir {data_dir} {SEED_RUN}"
 
 
 def register(cli: click.Group) -> None:
