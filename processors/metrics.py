@@ -183,8 +183,9 @@ class WorkerMetrics(Collector):
 
     # ------------------------------------------------------------------ scrape
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            yield from self._families()
+        with self._lock:  # built at once: the lock is never held across the server's writes
+            families = list(self._families())
+        yield from families
 
     def _families(self) -> Iterator[Metric]:
         events = CounterMetricFamily(
