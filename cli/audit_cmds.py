@@ -275,7 +275,7 @@ def sql_cmd(query: str, fmt: str, clickhouse_dsn: str | None, data_dir: Path | N
     from baton.sinks.sql_script import ScriptError, split_statements
 
     settings = _audit_settings(clickhouse_dsn, data_dir)
-    text = sys.stdin.read() if query == "-" else query
+    text = _read_script() if query == "-" else query
     source = "stdin" if query == "-" else "the query"
     try:
         statements = split_statements(text)
@@ -295,6 +295,28 @@ def sql_cmd(query: str, fmt: str, clickhouse_dsn: str | None, data_dir: Path | N
                 blank = "\n" if statement.number > 1 else ""
                 click.echo(f"{blank}-- {statement.number}: {statement.name}")
             _run_one(client, settings, statement, len(statements), fmt)
+
+
+#: the most SQL `baton sql -` reads from stdin (a script of queries, not a data file)
+MAX_SCRIPT_BYTES = 16 * 1024 * 1024
+
+
+def _read_script() -> str:
+    """The SQL on stdin, refused past MAX_SCRIPT_BYTES or when it is not UTF-8 text."""
+    data = sys.stdin.buffer.read(MAX_SCRIPT_BYTES + 1)
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise click.BadParameter(
+            f"stdin holds more than {MAX_SCRIPT_BYTES // (1024 * 1024)} MiB; expected a script "
+            "of SQL statements (insert data with a ClickHouse client)",
+            param_hint="QUERY",
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(
+            f"stdin is not UTF-8 text (byte {exc.start}); expected a script of SQL statements",
+            param_hint="QUERY",
+        ) from None
 
 
 def _run_one(

@@ -9,8 +9,15 @@ __all__ = ["ScriptError", "Statement", "split_statements"]
 
 #: a `-- name: x` line names the statement that follows it (docs/queries.sql does this)
 _NAME_RE = re.compile(r"^\s*--\s*name:\s*(\S+)", re.M)
-#: quote character -> how that quoted text ends (strings, "identifiers", `identifiers`)
+#: strings, "identifiers" and `identifiers`: backslash escapes and doubled quotes stay inside
 _QUOTES = frozenset("'\"`")
+#: possessive (Python 3.11): an unclosed quote fails in linear time, without backtracking
+_QUOTED_RE = {q: re.compile(f"{q}(?:[^{q}\\\\]++|\\\\.|{q}{q})*+{q}", re.S) for q in _QUOTES}
+#: where something that is not code may start: a quote, a comment
+_SPECIAL_RE = re.compile(r"['\"`]|--|#[ !]|/\*")
+_COMMENT_MARK_RE = re.compile(r"/\*|\*/")
+#: a run of line comments (each to its line's end) and the blanks between them, read at once
+_LINE_COMMENTS_RE = re.compile(r"(?:(?:--|#[ !])[^\n]*+(?:\n|\Z)\s*+)++")
 
 
 class ScriptError(ValueError):
@@ -45,101 +52,88 @@ def _is_comment(line: str) -> bool:
 def split_statements(script: str) -> list[Statement]:
     """The statements of ``script``, split at each `;` outside strings, quoted names and
     comments; a part that holds only comments and blanks is no statement."""
-    statements: list[Statement] = []
-    start = 0
-    for end in _semicolons(script):
-        _append(statements, script, start, end)
-        start = end + 1
-    _append(statements, script, start, len(script))
-    return statements
-
-
-def _append(statements: list[Statement], script: str, start: int, end: int) -> None:
-    text = script[start:end]
-    if not _has_code(text):
-        return
-    leading = len(text) - len(text.lstrip())
-    line = script.count("\n", 0, start + leading) + 1
-    statements.append(Statement(text.strip(), len(statements) + 1, line))
-
-
-def _has_code(text: str) -> bool:
-    """True unless ``text`` is only whitespace and comments."""
-    return any(kind == "code" and part.strip() for kind, part in _scan(text))
-
-
-def _semicolons(script: str) -> list[int]:
-    """Offsets of the `;` that end statements (those in code, not in quotes or comments)."""
-    found: list[int] = []
+    parts = _Parts(script)
     offset = 0
-    for kind, part in _scan(script):
+    for kind, piece in _scan(script):
         if kind == "code":
-            found.extend(offset + i for i, ch in enumerate(part) if ch == ";")
-        offset += len(part)
-    return found
+            previous = 0
+            semicolon = piece.find(";")
+            while semicolon >= 0:
+                parts.code = parts.code or bool(piece[previous:semicolon].strip())
+                parts.close(offset + semicolon)
+                previous = semicolon + 1
+                semicolon = piece.find(";", previous)
+            parts.code = parts.code or bool(piece[previous:].strip())
+        offset += len(piece)
+    parts.close(len(script))
+    return parts.statements
+
+
+class _Parts:
+    """The statements found so far, and whether the one being read holds any code."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.statements: list[Statement] = []
+        self.start = 0
+        self.line = 1  # the line self.start is on
+        self.code = False
+
+    def close(self, end: int) -> None:
+        """The statement being read ends at ``end`` (a `;` or the script's end)."""
+        text = self.script[self.start : end]
+        if self.code:
+            first = self.line + text.count("\n", 0, len(text) - len(text.lstrip()))
+            self.statements.append(Statement(text.strip(), len(self.statements) + 1, first))
+        self.line += text.count("\n")
+        self.start = end + 1
+        self.code = False
 
 
 def _scan(text: str) -> list[tuple[str, str]]:
     """``text`` cut into ("code" | "quoted" | "comment", part) pieces that add up to it."""
     pieces: list[tuple[str, str]] = []
-    i = code_start = 0
+    i = 0
     n = len(text)
     while i < n:
-        ch = text[i]
-        if ch in _QUOTES:
-            end = _quote_end(text, i)
-        elif text.startswith("--", i) or text.startswith(("# ", "#!"), i):
-            newline = text.find("\n", i)
-            end = n if newline < 0 else newline + 1
-        elif text.startswith("/*", i):
-            end = _block_comment_end(text, i)
-        else:
-            i += 1
-            continue
-        if code_start < i:
-            pieces.append(("code", text[code_start:i]))
-        pieces.append(("quoted" if ch in _QUOTES else "comment", text[i:end]))
-        i = code_start = end
-    if code_start < n:
-        pieces.append(("code", text[code_start:]))
+        special = _SPECIAL_RE.search(text, i)
+        if special is None:
+            break
+        start = special.start()
+        opener = special.group(0)
+        if opener in _QUOTES:
+            end = _quote_end(text, start)
+        elif opener == "/*":
+            end = _block_comment_end(text, start)
+        else:  # --, "# " or "#!": to the end of the line, with the comment lines after it
+            comments = _LINE_COMMENTS_RE.match(text, start)
+            end = comments.end() if comments else n
+        if i < start:
+            pieces.append(("code", text[i:start]))
+        pieces.append(("quoted" if opener in _QUOTES else "comment", text[start:end]))
+        i = end
+    if i < n:
+        pieces.append(("code", text[i:]))
     return pieces
 
 
 def _quote_end(text: str, start: int) -> int:
     """The offset just past the quote opened at ``start`` (backslash escapes and doubled
     quotes stay inside)."""
-    quote = text[start]
-    i = start + 1
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == quote:
-            if text.startswith(quote * 2, i):
-                i += 2
-                continue
-            return i + 1
-        i += 1
-    line = text.count("\n", 0, start) + 1
-    raise ScriptError(f"the quote {quote} opened on line {line} is never closed")
+    match = _QUOTED_RE[text[start]].match(text, start)
+    if match is None:
+        line = text.count("\n", 0, start) + 1
+        raise ScriptError(f"the quote {text[start]} opened on line {line} is never closed")
+    return match.end()
 
 
 def _block_comment_end(text: str, start: int) -> int:
     """The offset just past the /* comment */ opened at ``start`` (nested ones included, as
     ClickHouse reads them)."""
     depth = 0
-    i = start
-    while i < len(text):
-        if text.startswith("/*", i):
-            depth += 1
-            i += 2
-        elif text.startswith("*/", i):
-            depth -= 1
-            i += 2
-            if depth == 0:
-                return i
-        else:
-            i += 1
+    for mark in _COMMENT_MARK_RE.finditer(text, start):
+        depth += 1 if mark.group(0) == "/*" else -1
+        if depth == 0:
+            return mark.end()
     line = text.count("\n", 0, start) + 1
     raise ScriptError(f"the comment /* opened on line {line} is never closed")

@@ -95,3 +95,27 @@ def test_an_empty_or_unsplittable_script_is_refused_before_connecting(
 ) -> None:
     code, output = _sql("--dsn", f"chdb://{tmp_path / 'no-audit'}", *args, stdin=stdin)
     assert code == 2 and expected in output
+
+
+def test_stdin_past_the_limit_or_not_utf8_is_refused(tmp_path: Path) -> None:
+    from baton.cli import audit_cmds
+
+    _register()
+    dsn = f"chdb://{tmp_path / 'no-audit'}"
+    big = b"SELECT 1;" * (audit_cmds.MAX_SCRIPT_BYTES // 9 + 1)
+    result = CliRunner().invoke(cli, ["sql", "--dsn", dsn, "-"], input=big)
+    assert result.exit_code == 2 and "stdin holds more than 16 MiB" in result.output
+    result = CliRunner().invoke(cli, ["sql", "--dsn", dsn, "-"], input=b"SELECT '\xff'")
+    assert result.exit_code == 2 and "stdin is not UTF-8 text (byte 8)" in result.output
+
+
+def test_pathological_scripts_split_in_linear_time() -> None:
+    import time
+
+    started = time.perf_counter()
+    assert len(split_statements("SELECT '" + "x" * 5_000_000 + "'")) == 1
+    assert len(split_statements("SELECT 1 " + "-- c;\n" * 500_000)) == 1
+    with pytest.raises(ScriptError):
+        split_statements("SELECT '" + "\\'" * 1_000_000)
+    assert len(split_statements("/*" * 50_000 + "*/" * 50_000 + " SELECT 1")) == 1
+    assert time.perf_counter() - started < 5
