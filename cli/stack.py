@@ -373,6 +373,13 @@ def up_cmd(
         catalog = _ensure_topics(settings)
         _say_what_a_restart_keeps(data_dir, earlier, no_audit, settings, catalog, say)
         record = write_stack_record(data_dir, settings, broker, no_audit, logs)
+        say(
+            f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, `trace`, "
+            f"`alerts` ... run in {data_dir.parent} (or with --data-dir {data_dir}) use it"
+            if data_dir.name == ".baton"
+            else f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, "
+            f"`trace`, `alerts` ... with --data-dir {data_dir} (or BATON_DATA_DIR) use it"
+        )
         env = {
             **os.environ,
             "BATON_BOOTSTRAP": broker.bootstrap,

@@ -179,14 +179,20 @@ def without_control(text: str) -> str:
 
 def copy_lines(source: IO[bytes], log_path: Path, echo: Callable[[str], None]) -> None:
     """Append every line of ``source`` to ``log_path`` and hand it, without control
-    characters, to ``echo``, until ``source`` ends (the child exited)."""
+    characters, to ``echo``, until ``source`` ends (the child exited). When ``echo`` fails
+    (a closed terminal or pipe), the lines still go to the log: the child never blocks on a
+    full pipe nobody reads."""
+    echoing = True
     with source, open(log_path, "ab") as log:
         for raw in source:
             log.write(raw)
             log.flush()
             line = without_control(raw.decode("utf-8", errors="replace")).rstrip()
-            if line:
-                echo(line)
+            if line and echoing:
+                try:
+                    echo(line)
+                except (OSError, ValueError):  # EPIPE, or a closed stdout
+                    echoing = False
 
 
 @dataclass

@@ -130,6 +130,7 @@ def test_the_ready_line_and_the_record_name_the_stack(up: _Up) -> None:
     assert set(record["pids"]) == {"broker", "worker", "sink", "alerts"}
     assert record["clickhouse_dsn"] == f"chdb://{(up.folder / '.baton' / 'chdb').resolve()}"
     assert any("keeps everything in memory" in ln for ln in up.err), up.err
+    assert any(f"stack recorded in {up.folder / '.baton' / 'stack.json'}" in ln for ln in up.err)
 
 
 def test_commands_in_its_folder_reach_it_without_flags(up: _Up, tmp_path: Path) -> None:
@@ -211,6 +212,9 @@ def test_after_a_clean_stop_the_record_says_stopped_and_a_restart_warns(up: _Up)
     assert up.stop() == 0
     record = up.record()
     assert record["state"] == "stopped" and record["stopped_at"]
+    for name in ("worker", "sink", "alerts"):  # no terminal escapes in the children's logs
+        text = Path(record["logs"][name]).read_text(errors="replace")
+        assert text and "\x1b" not in text, (name, text[:300])
     killed = _baton("kill", "--run", "x", cwd=up.folder, timeout=30)
     assert killed.returncode == 4 and "stopped at" in killed.stderr, killed.stderr
     # the audit outlives the stack: read straight from its directory

@@ -207,3 +207,29 @@ def test_tail_drops_terminal_control_sequences(tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
     log.write_bytes(b"\x1b[?25lstarting\r\n\x1b[?25h\n\x07crashed: \x1b[31mboom\x1b[0m\n")
     assert tail(log) == "starting\ncrashed: boom"
+
+
+def test_copy_lines_logs_every_line_and_echoes_it_without_escapes(tmp_path: Path) -> None:
+    import io
+
+    from baton.cli.supervisor import copy_lines
+
+    log = tmp_path / "alerts.log"
+    source = io.BytesIO(b"\xf0\x9f\x9b\x91 run \x1b[31mred\x1b[0m stopped\n\nsecond\n")
+    shown: list[str] = []
+    copy_lines(source, log, shown.append)
+    assert shown == ["🛑 run red stopped", "second"]
+    assert log.read_bytes() == b"\xf0\x9f\x9b\x91 run \x1b[31mred\x1b[0m stopped\n\nsecond\n"
+
+
+def test_copy_lines_keeps_logging_when_the_terminal_is_gone(tmp_path: Path) -> None:
+    import io
+
+    from baton.cli.supervisor import copy_lines
+
+    def broken(_line: str) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    log = tmp_path / "alerts.log"
+    copy_lines(io.BytesIO(b"a\nb\nc\n"), log, broken)
+    assert log.read_text() == "a\nb\nc\n"
