@@ -38,14 +38,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-from confluent_kafka import OFFSET_END, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from baton.schemas.events import HandoffRequested
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.topics import TopicCatalog, ensure_topics
 from bench.passthrough import _ready_producer
-from bench.worker_bench import PARTITIONS, _p50_p99_ms, _start_worker
+from bench.worker_bench import PARTITIONS, _p50_p99_ms, _start_worker, fetched
 
 #: the relay's (and the worker's) producer settings that matter for latency
 _PRODUCER = {
@@ -55,15 +55,6 @@ _PRODUCER = {
     "acks": "all",
     "compression.type": "none",
 }
-
-
-def fetched(consumer: Consumer, timeout: float, limit: int = 10_000) -> list[Message]:
-    """The records one fetch brought: wait up to ``timeout`` for the first, take the rest
-    already fetched without waiting (``consume(n, t)`` waits for ``n`` records *or* ``t``)."""
-    first = consumer.poll(timeout)
-    if first is None:
-        return []
-    return [first, *consumer.consume(limit, 0)]
 
 
 def _tail_consumer(bootstrap: str, topics: list[str], fetch_wait_ms: int) -> Consumer:
