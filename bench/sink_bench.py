@@ -1,16 +1,29 @@
 """Rows per second of the audit sink (`baton sink` internals) into embedded ClickHouse (chDB).
 
-Produces N decision records (the worker's JSON) to a decisions topic on an embedded broker,
-then runs the real sink (`baton.sinks.sink.run_sink`) against a fresh chDB directory and times
-how long it takes until every row is stored, with the same run's plain consume-only rate of
-the topic as the baseline (the ceiling of any sink reading it).
+Makes N decisions with the worker's own batch step (engine_bench's realistic mix through
+``BatchProcessor``: every field the worker publishes, the recorded input and the hash chain
+included), produces them to an 8-partition decisions topic on an embedded broker, then in
+the same run:
 
-    python -m bench.sink_bench                 # 50,000 decisions
+* reads the topic with a plain confluent-kafka consumer and nothing else (the baseline: the
+  ceiling of any sink reading it);
+* runs the real sink (``run_sink``) into a fresh chDB directory with every view, once per
+  variant, and times it from its partitions' assignment to the last row stored.
+
+Variants: the sink as shipped; then each of its speed-ups taken away alone, to show what
+each is worth (``--variants all``): ``no shortcut`` (every record through pydantic and
+``rows.decision_row``), ``serial`` (no parse/insert overlap), ``table types`` (the insert
+encodes LowCardinality columns in Python, as clickhouse-connect does by default).
+
+    python -m bench.sink_bench                          # 100,000 decisions, the sink as shipped
+    python -m bench.sink_bench --variants all           # and without each speed-up
+    python -m bench.sink_bench --batch-size 20000       # another BATON_SINK_BATCH_SIZE
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -18,35 +31,59 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from baton.processors.engine import decide
+from baton.processors.batch import BatchProcessor, InputRecord
 from baton.schemas.policy import load_policy
 from baton.schemas.settings import Settings
-from baton.sinks.sink import SinkStats, run_sink
+from baton.sinks.sink import AuditSink, SinkStats, run_sink
 from baton.streams.embedded import EmbeddedBroker
+from baton.streams.partitioner import partition_for
 from baton.streams.topics import TopicCatalog, ensure_topics
 from bench.engine_bench import build_workload
 
+PARTITIONS = 8
+APPROVALS = "gov.approvals"
 
-def _decisions(n: int) -> list[tuple[bytes, bytes]]:
-    policy = load_policy(None)
-    table: dict = {}
-    out: list[tuple[bytes, bytes]] = []
+
+def worker_decisions(n: int) -> list[tuple[bytes, bytes]]:
+    """``n`` decisions as the worker publishes them: (key, JSON). One workload, decided again
+    under fresh run ids (``run-`` renamed ``rN-`` in keys and events) until there are ``n``."""
+    proc = BatchProcessor(
+        load_policy(None), PARTITIONS, {}, worker="bench", approvals_topic=APPROVALS
+    )
     now = datetime.now(UTC)
-    for run_id, event, _ in build_workload(max(100, n // 10)):
-        state, ds = decide(table.get(run_id), event, policy, now)
-        table[run_id] = state
-        out.extend((run_id.encode(), d.to_json()) for d in ds)
-        if len(out) >= n:
-            break
+    workload = [
+        (run.encode(), ev.to_json(), ev.type.startswith("approval"))
+        for run, ev, _ in build_workload(max(100, min(n // 6, 4000)))
+    ]
+    out: list[tuple[bytes, bytes]] = []
+    round_ = 0
+    while len(out) < n:
+        fresh = b"r%d-" % round_
+        round_ += 1
+        recs = []
+        for i, (key, value, approval) in enumerate(workload):
+            key = key.replace(b"run-", fresh)
+            topic = APPROVALS if approval else "gov.handoff.requests"
+            recs.append(
+                InputRecord(
+                    topic, partition_for(key, PARTITIONS), i, key, value.replace(b"run-", fresh)
+                )
+            )
+        for i in range(0, len(recs), 1000):
+            produced = proc.process(recs[i : i + 1000], now).decisions
+            out.extend((d.run_id.encode(), d.to_json()) for _, d in produced)
     return out[:n]
 
 
-def _consume_only(bootstrap: str, topic: str, n: int) -> float:
+def consume_only(bootstrap: str, topic: str, n: int) -> float:
+    """Records per second of a bare consumer reading ``n`` records of ``topic`` from the start."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -69,15 +106,95 @@ def _consume_only(bootstrap: str, topic: str, n: int) -> float:
     return got / elapsed if elapsed > 0 else 0.0
 
 
+@contextlib.contextmanager
+def _variant(name: str) -> Iterator[None]:
+    """The sink with one speed-up taken away (bench only: patches module attributes)."""
+    import baton.sinks.audit_batch as audit_batch
+    import baton.sinks.sink as sink
+
+    saved: list[tuple[Any, str, Any]] = []
+
+    def patch(obj: Any, attr: str, value: Any) -> None:
+        saved.append((obj, attr, getattr(obj, attr)))
+        setattr(obj, attr, value)
+
+    if name == "no shortcut":
+        patch(audit_batch, "shortcut_row", lambda *args: None)
+    elif name == "serial":
+        patch(AuditSink, "pipelined", False)
+    elif name == "table types":
+        patch(sink, "insert_types", lambda client, table, columns: None)
+    try:
+        yield
+    finally:
+        for obj, attr, value in reversed(saved):
+            setattr(obj, attr, value)
+
+
+def sink_rate(settings: Settings, n: int) -> tuple[float, SinkStats]:
+    """Rows per second of ``run_sink`` storing ``n`` rows: from its assignment to the last row."""
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+    done_at: list[float] = []
+
+    def report(s: SinkStats) -> None:
+        if s.rows + s.rejected >= n and not done_at:
+            done_at.append(time.perf_counter())
+            stop.set()
+
+    def ready(sink: AuditSink, _server: object) -> None:
+        box["sink"] = sink
+        on_assign = sink._on_assign  # the bench times from the assignment
+
+        def timed(consumer: Any, partitions: list[Any]) -> None:
+            box.setdefault("assigned", time.perf_counter())
+            on_assign(consumer, partitions)
+
+        sink._on_assign = timed  # type: ignore[method-assign]
+
+    def target() -> None:
+        try:
+            run_sink(
+                settings,
+                stop,
+                sql_port=None,
+                on_ready=ready,  # type: ignore[arg-type]
+                on_report=report,
+                report_every_s=0.02,
+            )
+        except BaseException as exc:  # reported below
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(600)
+    stop.set()
+    t.join(60)
+    if "error" in box:
+        raise SystemExit(f"the sink failed: {box['error']!r}")
+    stats: SinkStats = box["sink"].stats
+    if not done_at or "assigned" not in box:
+        raise SystemExit(f"the sink stored {stats.rows} of {n} rows in time")
+    return n / (done_at[0] - box["assigned"]), stats
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--decisions", type=int, default=50_000)
+    ap.add_argument("--decisions", type=int, default=100_000)
+    ap.add_argument("--batch-size", type=int, default=Settings().sink_batch_size)
+    ap.add_argument("--variants", choices=("shipped", "all"), default="shipped")
     args = ap.parse_args()
-    records = _decisions(args.decisions)
+    records = worker_decisions(args.decisions)
     n = len(records)
+    size = sum(len(v) for _, v in records) / n
+    with_input = sum(1 for _, v in records if b'"input":"' in v) / n
+    variants = ["as shipped"]
+    if args.variants == "all":
+        variants += ["no shortcut", "serial", "table types"]
+    results: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
         prefix = f"sb{uuid.uuid4().hex[:6]}."
-        catalog = TopicCatalog(prefix=prefix, partitions=8, replication=1)
+        catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
         ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog, timeout=10)
         p = Producer(
             {
@@ -91,51 +208,46 @@ def main() -> None:
             p.produce(catalog.decisions, value, key)
             p.poll(0)
         assert p.flush(60) == 0
-        base = _consume_only(broker.bootstrap, catalog.decisions, n)
+        base = consume_only(broker.bootstrap, catalog.decisions, n)
+        for i, name in enumerate(variants):
+            settings = Settings(
+                bootstrap=broker.bootstrap,
+                topic_prefix=prefix,
+                partitions=PARTITIONS,
+                clickhouse_dsn=f"chdb://{Path(tmp) / f'chdb{i}'}",
+                session_timeout_s=6,
+                sink_batch_size=args.batch_size,
+                app_id=f"bench{i}",
+            )
+            with _variant(name):
+                rate, stats = sink_rate(settings, n)
+            results.append((name, rate))
+            print(f"{name}: {stats.describe()}", file=sys.stderr)
+    _print_table(n, size, with_input, args.batch_size, base, results)
 
-        settings = Settings(
-            bootstrap=broker.bootstrap,
-            topic_prefix=prefix,
-            partitions=8,
-            clickhouse_dsn=f"chdb://{Path(tmp) / 'chdb'}",
-            session_timeout_s=6,
-        )
-        stop = threading.Event()
-        stats: dict[str, SinkStats] = {}
-        marks: list[tuple[float, int]] = []
 
-        def report(s: SinkStats) -> None:
-            marks.append((time.perf_counter(), s.rows))
-            if s.rows >= n:
-                stop.set()
-
-        def ready(sink: object, _server: object) -> None:
-            stats["sink"] = sink.stats  # type: ignore[attr-defined]
-
-        t = threading.Thread(
-            target=lambda: run_sink(
-                settings, stop, sql_port=None, on_ready=ready, on_report=report, report_every_s=0.2
-            ),
-            daemon=True,
-        )
-        t.start()
-        t.join(300)
-        stop.set()
-    rows = [(t_, r) for t_, r in marks if r > 0]
-    if len(rows) < 2:
-        raise SystemExit(f"the sink stored too little: {marks[-3:]}")
-    (t0, r0), (t1, r1) = rows[0], rows[-1]
-    rate = (r1 - r0) / (t1 - t0) if t1 > t0 else 0.0
+def _print_table(
+    n: int,
+    size: float,
+    with_input: float,
+    batch_size: int,
+    base: float,
+    results: list[tuple[str, float]],
+) -> None:
     print(
         f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-        f"python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        f"python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"load {os.getloadavg()[0]:.1f}"
     )
-    print(f"{n:,} decisions, 8 partitions, chDB with the audit views\n")
-    print(f"| {'variant':<40} | {'rows/s':>9} |")
-    print(f"|{'-' * 42}|{'-' * 11}|")
-    print(f"| {'confluent-kafka consume only (baseline)':<40} | {base:>9,.0f} |")
-    print(f"| {'baton sink into chDB (stored rows)':<40} | {rate:>9,.0f} |")
-    print(f"\nrows stored: {r1:,} of {n:,}", file=sys.stderr)
+    print(
+        f"{n:,} worker decisions ({size:,.0f} bytes on average, {with_input:.0%} with their "
+        f"input), {PARTITIONS} partitions, batches of {batch_size:,}, chDB with every view\n"
+    )
+    print(f"| {'variant':<44} | {'rows/s':>9} |")
+    print(f"|{'-' * 46}|{'-' * 11}|")
+    print(f"| {'confluent-kafka consume only (baseline)':<44} | {base:>9,.0f} |")
+    for name, rate in results:
+        print(f"| {'baton sink, ' + name:<44} | {rate:>9,.0f} |")
 
 
 if __name__ == "__main__":

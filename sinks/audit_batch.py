@@ -179,8 +179,16 @@ def _explain(exc: ValidationError) -> str:
     return "not a Decision: " + "; ".join(problems) + more
 
 
-def write_batch(client: Client, batch: AuditBatch, label: str = "ClickHouse") -> None:
+def write_batch(
+    client: Client,
+    batch: AuditBatch,
+    label: str = "ClickHouse",
+    types: dict[str, tuple[str, ...]] | None = None,
+) -> None:
     """Insert ``batch``: its decisions, then its rejected records.
+
+    ``types``: table -> the column types to encode its rows with (``clickhouse.insert_types``);
+    a table not in it is asked for its types at each insert.
 
     A slice of rows that ClickHouse refuses as data is cut in halves until each refused row
     is alone; that row becomes a rejected record (``refused_by_clickhouse``), the rest is
@@ -199,6 +207,7 @@ def write_batch(client: Client, batch: AuditBatch, label: str = "ClickHouse") ->
                 DECISION_COLUMNS,
                 batch.token(lo, hi),
                 label,
+                (types or {}).get(DECISIONS_TABLE),
             )
         except RowsRefused as exc:
             if hi - lo > 1:
@@ -230,7 +239,15 @@ def write_batch(client: Client, batch: AuditBatch, label: str = "ClickHouse") ->
     if batch.rejected and not batch.rejected_stored:
         token = batch.rejected_token()
         try:
-            insert_rows(client, REJECTED_TABLE, batch.rejected, REJECTED_COLUMNS, token, label)
+            insert_rows(
+                client,
+                REJECTED_TABLE,
+                batch.rejected,
+                REJECTED_COLUMNS,
+                token,
+                label,
+                (types or {}).get(REJECTED_TABLE),
+            )
         except RowsRefused as exc:  # only strings and Kafka's own numbers: never seen
             raise AuditUnavailable(
                 f"ClickHouse at {label} refused the rejected records ({token}): {exc}"

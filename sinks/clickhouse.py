@@ -52,6 +52,7 @@ __all__ = [
     "audit_errors",
     "connect",
     "insert_rows",
+    "insert_types",
     "parse_dsn",
 ]
 
@@ -302,6 +303,40 @@ ROW_DATA_CODES: dict[int, str] = {
 _TOO_MANY_PARTS = 252  # also "too many partitions for a single INSERT block": that one splits
 
 
+def insert_types(client: Client, table: str, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The types to send ``columns`` of ``table`` (``db.name``) as: the table's own, with
+    ``LowCardinality(T)`` sent as ``T`` when the server converts a Native block's types.
+
+    Why: clickhouse-connect builds a LowCardinality column's dictionary in Python, a quarter
+    of its time encoding an audit block; ClickHouse does the same in C++ when it converts the
+    block on insert (``input_format_native_allow_types_conversion``, on by default, probed
+    here so an older server gets the exact types). Passing the types also spares the
+    ``DESCRIBE`` clickhouse-connect runs before every insert without them. Raises
+    ClickHouseError (callers translate it), and AuditUnavailable when the table lacks a
+    column (a schema older than this code: retried, never taken as the rows' fault).
+    """
+    database, name = table.split(".", 1)
+    rows = client.query(
+        "SELECT name, type, (SELECT any(value) FROM system.settings "
+        "WHERE name = 'input_format_native_allow_types_conversion') FROM system.columns "
+        "WHERE database = {db:String} AND table = {t:String}",
+        parameters={"db": database, "t": name},
+    ).result_rows
+    types = {str(column): str(kind) for column, kind, _ in rows}
+    converts = bool(rows) and str(rows[0][2]) in ("1", "true")
+    missing = [c for c in columns if c not in types]
+    if missing:
+        raise AuditUnavailable(
+            f"the audit table {table} has no column {', '.join(missing)}: its schema is older "
+            "than this sink's; restart the sink to migrate it"
+        )
+    return tuple(_plain(types[c]) if converts else types[c] for c in columns)
+
+
+def _plain(kind: str) -> str:
+    return kind[len("LowCardinality(") : -1] if kind.startswith("LowCardinality(") else kind
+
+
 def insert_rows(
     client: Client,
     table: str,
@@ -309,8 +344,11 @@ def insert_rows(
     columns: tuple[str, ...],
     token: str,
     label: str,
+    types: tuple[str, ...] | None = None,
 ) -> None:
     """Insert ``rows`` with ``insert_deduplication_token=token``, failures sorted at the boundary.
+
+    ``types``: the column types to encode with (``insert_types``); None: asked for each insert.
 
     Raises RowsRefused when the data was refused (a value, or a block spanning too many
     partitions), AuditUnavailable for everything else - unreachable, timeouts, a missing
@@ -319,12 +357,14 @@ def insert_rows(
     turned into rejected rows.
     """
     doing = f"inserting {len(rows)} rows into {table} ({token[:200]})"
+    typed = {} if types is None else {"column_type_names": list(types)}
     try:
         client.insert(
             table,
             rows,
             column_names=list(columns),
             settings={"insert_deduplication_token": token},
+            **typed,
         )
     except OperationalError as exc:  # before DatabaseError: it is one
         raise AuditUnavailable(

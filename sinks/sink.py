@@ -29,6 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -45,8 +46,8 @@ from baton.sinks.audit_batch import (
     utc_now,
     write_batch,
 )
-from baton.sinks.clickhouse import audit_errors, connect, parse_dsn
-from baton.sinks.rows import RejectKind
+from baton.sinks.clickhouse import audit_errors, connect, insert_types, parse_dsn
+from baton.sinks.rows import DECISION_COLUMNS, REJECTED_COLUMNS, RejectKind
 from baton.sinks.schema import migrate
 
 __all__ = [
@@ -158,6 +159,10 @@ class AuditSink:
     clickhouse-connect client whose schema is migrated (``run_sink`` does both).
     """
 
+    #: parse the next batch while the last one is written (False: one after the other; the
+    #: bench measures what the overlap is worth)
+    pipelined: bool = True
+
     def __init__(
         self,
         kafka_config: dict[str, str],
@@ -191,6 +196,10 @@ class AuditSink:
         self.stats = SinkStats()
         self._batch = self._new_batch()
         self._carry: list[Any] = []  # read while a batch waited for ClickHouse
+        #: the batch being written and the writer's future (None: its last attempt failed)
+        self._writing: tuple[AuditBatch, Future[None] | None] | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._types: dict[str, tuple[str, ...]] | None = None  # see clickhouse.insert_types
         self._consumer: Any = None
         self._last_report = time.monotonic()
 
@@ -218,21 +227,47 @@ class AuditSink:
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         revoked = {tp.partition for tp in partitions if tp.topic == self.topic}
+        self._settle_revoked(consumer, revoked)
         self._batch.drop_partitions(revoked)
         self._carry = [m for m in self._carry if m.partition() not in revoked]
         for p in revoked:
             self.stats.lag.pop(p, None)
         log.info("audit sink: partitions revoked: %s", sorted(revoked))
 
+    def _settle_revoked(self, consumer: Any, revoked: set[int]) -> None:
+        """Before partitions go: a batch being written finishes; stored, it is committed (its
+        rows are ours); not stored, it forgets the revoked partitions (their new owner reads
+        them again) and waits for its retry."""
+        if self._writing is None:
+            return
+        batch, future = self._writing
+        if future is not None:
+            try:
+                future.result()
+            except AuditUnavailable as exc:
+                self._writing = (batch, None)  # retried by _finish_write
+                self.stats.last_error = str(exc)
+            else:
+                self._writing = None
+                self._committed(consumer, batch)
+                return
+        batch.drop_partitions(revoked)
+
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("audit sink: partitions assigned: %s", sorted(tp.partition for tp in partitions))
 
     def run(self, stop_event: threading.Event) -> None:
         """Consume, batch, insert, commit until ``stop_event`` is set; the batch in hand is
-        flushed on a clean stop (when ClickHouse answers)."""
+        flushed on a clean stop (when ClickHouse answers).
+
+        Pipelined: while one batch is written (ClickHouse works without holding the GIL),
+        the next one is read and parsed. One write at a time, in offset order: batch N+1 is
+        handed to the writer only after batch N is stored and committed.
+        """
         from confluent_kafka import KafkaError
 
         consumer = self._consumer = self._make_consumer()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         try:
             consumer.subscribe(
                 [self.topic],
@@ -245,8 +280,9 @@ class AuditSink:
                     messages, self._carry = self._carry, []
                 else:
                     room = max(1, self.batch_size - len(self._batch))
-                    wait = self._time_left() if self._batch else min(self.batch_timeout_s, 0.5)
-                    messages = consumer.consume(num_messages=min(room, 10_000), timeout=wait)
+                    messages = consumer.consume(
+                        num_messages=min(room, 10_000), timeout=self._wait()
+                    )
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
@@ -257,47 +293,104 @@ class AuditSink:
                             log.warning("audit sink: %s", err)
                         continue
                     self._batch.add(msg.partition(), msg.offset(), msg.value())
+                if self._writing is not None and self._writing_done():
+                    self._finish_write(consumer, stop_event)
                 if self._batch and (len(self._batch) >= self.batch_size or self._time_left() <= 0):
-                    self._flush(consumer, stop_event)
+                    if self._writing is not None:
+                        self._finish_write(consumer, stop_event)
+                    self._start_write()
+                    if not self.pipelined:
+                        self._finish_write(consumer, stop_event)
                 self._report(consumer)
+            if self._writing is not None:
+                self._finish_write(consumer, stop_event)
             if self._batch:
-                self._flush(consumer, stop_event)
+                self._start_write()
+                self._finish_write(consumer, stop_event)
         except _Stopped:
             log.info("audit sink: stopped with an unwritten batch; it is read again on restart")
         finally:
+            self._writer.shutdown(wait=True)  # a write in flight ends (its rows may be stored)
+            self._writing = None
             consumer.close()
             self._consumer = None
+
+    def _wait(self) -> float:
+        """How long the next consume may block: until the batch is due, or the write is done."""
+        wait = self._time_left() if self._batch else min(self.batch_timeout_s, 0.5)
+        return min(wait, 0.005) if self._writing is not None else wait
 
     def _time_left(self) -> float:
         return max(0.0, self._batch.started + self.batch_timeout_s - time.monotonic())
 
-    def _flush(self, consumer: Any, stop_event: threading.Event) -> None:
-        batch = self._batch
+    def _writing_done(self) -> bool:
+        return self._writing is not None and (self._writing[1] is None or self._writing[1].done())
+
+    def _start_write(self) -> None:
+        """Hand the batch in hand to the writer thread; a new batch starts filling."""
+        batch, self._batch = self._batch, self._new_batch()
+        self._writing = (batch, self._writer.submit(self._write, batch))
+
+    def _write(self, batch: AuditBatch) -> None:
+        """One attempt at storing ``batch`` (writer thread); AuditUnavailable: try again."""
+        with audit_errors(self.label, "reading the audit tables' column types"):
+            if self._types is None:
+                self._types = {
+                    table: insert_types(self.client, table, columns)
+                    for table, columns in (
+                        (DECISIONS_TABLE, DECISION_COLUMNS),
+                        (REJECTED_TABLE, REJECTED_COLUMNS),
+                    )
+                }
+        write_batch(self.client, batch, self.label, self._types)
+
+    def _finish_write(self, consumer: Any, stop_event: threading.Event) -> None:
+        """Wait for the batch being written; retry it until stored (consumer paused between
+        attempts, still polled so the group keeps us); then commit its offsets."""
+        assert self._writing is not None
+        batch, future = self._writing
         attempt = 0
         paused: list[Any] = []
-        while batch:
+        error: AuditUnavailable | None = None
+        if future is not None:
             try:
-                write_batch(self.client, batch, self.label)
-                self.stats.last_error = None  # recovered: report the present, not history
-                break
+                future.result()
             except AuditUnavailable as exc:
-                self.stats.retries += 1
-                self.stats.last_error = str(exc)
-                wait = self.backoff(attempt)
-                attempt += 1
-                log.warning(
-                    "audit sink: insert failed (attempt %d), retrying in %.1f s: %s",
-                    attempt,
-                    wait,
-                    exc,
-                )
-                paused = self._wait_paused(consumer, wait, stop_event)
+                error = exc
+        else:
+            error = AuditUnavailable(self.stats.last_error or "the last write failed")
+        while error is not None and batch:
+            self.stats.retries += 1
+            self.stats.last_error = str(error)
+            self._types = None  # a failed insert may have met a changed table: ask again
+            wait = self.backoff(attempt)
+            attempt += 1
+            log.warning(
+                "audit sink: insert failed (attempt %d), retrying in %.1f s: %s",
+                attempt,
+                wait,
+                error,
+            )
+            paused = self._wait_paused(consumer, wait, stop_event)
+            if self._writing is None:  # stored and committed by a revoke during the wait
+                break
+            try:
+                self._write(batch)
+                error = None
+            except AuditUnavailable as exc:
+                error = exc
         if paused:
             # what is assigned now: a rebalance during the wait may have changed it
             consumer.resume(consumer.assignment())
-        if not batch:  # every partition of it was revoked meanwhile
-            self._batch = self._new_batch()
+        if self._writing is None:
             return
+        self._writing = None
+        self.stats.last_error = None  # recovered: report the present, not history
+        if batch:  # else every partition of it was revoked meanwhile
+            self._committed(consumer, batch)
+
+    def _committed(self, consumer: Any, batch: AuditBatch) -> None:
+        """Commit the offsets of a stored ``batch`` and count it."""
         from confluent_kafka import KafkaException, TopicPartition
 
         offsets = [TopicPartition(self.topic, p, o) for p, o in batch.commit_offsets().items()]
@@ -326,7 +419,6 @@ class AuditSink:
             )
         for p, next_offset in batch.commit_offsets().items():
             self.stats.lag[p] = self._lag(consumer, p, next_offset)
-        self._batch = self._new_batch()
 
     def _wait_paused(self, consumer: Any, wait: float, stop_event: threading.Event) -> list[Any]:
         """Sleep ``wait`` s with every partition paused, still polling so the group keeps us."""

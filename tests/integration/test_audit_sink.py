@@ -150,6 +150,9 @@ class FlakyClickHouse:
             raise OperationalError("HTTPConnectionPool(host='ch', port=8123): Connection refused")
         return self.client.insert(*args, **kwargs)
 
+    def query(self, *args: Any, **kwargs: Any) -> Any:  # the sink reads the column types
+        return self.client.query(*args, **kwargs)
+
 
 def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
     from confluent_kafka import Consumer, TopicPartition
