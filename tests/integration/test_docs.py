@@ -5,8 +5,8 @@ One ``baton up`` — the README's own block — runs in a fresh tour folder that
 clone holds (``.venv``, ``policy.example.yaml``, ``docs/``, ``examples/``), and every file's
 blocks run in it in reading order: README.md first, then the pages of docs/. Where a doc
 says ``127.0.0.1:PORT`` (the reader copies it from the ready line) the test writes the
-broker's address; the SQL endpoint gets a free port instead of 8123, written where the docs
-say 127.0.0.1:8123, so a developer's own ``baton up`` does not collide with the test.
+broker's address; the SQL endpoint gets a free port (``--sql-port 0``) instead of 8123, written
+where the docs say 127.0.0.1:8123, so a developer's own ``baton up`` does not collide with it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from baton.streams.net import free_port
 from tests.docs_blocks import Block, Command, extract_blocks, output_matches, split_commands
 from tests.helpers import wait_for
 
@@ -54,12 +53,12 @@ class Tour:
         self.folder = folder
         for name in CLONE:
             (folder / name).symlink_to(ROOT / name)
-        self.sql_port = free_port()
+        self.sql_port = 0  # picked by baton up (--sql-port 0), read from its ready line
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
         self.env = {
             **env,
             "PATH": f"{folder / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-            "BATON_SQL_PORT": str(self.sql_port),
+            "BATON_SQL_PORT": "0",
             "NO_COLOR": "1",
         }
         self.bootstrap = ""
@@ -94,8 +93,9 @@ class Tour:
         )
         match = re.search(r"bootstrap=(\S+)", ready)
         self.bootstrap = match.group(1) if match else ""
-        match = re.search(r"sql=http://baton:([^@\s]+)@", ready)
-        self.token = match.group(1) if match else ""
+        match = re.search(r"sql=http://baton:([^@\s]+)@127\.0\.0\.1:(\d+)", ready)
+        assert match, f"no sql= DSN in the ready line: {ready}"
+        self.token, self.sql_port = match.group(1), int(match.group(2))
 
     def _read_up(self) -> None:
         assert self.up is not None and self.up.stdout is not None
@@ -260,8 +260,11 @@ def test_every_block_of_the_docs_runs_as_written(tour: Tour) -> None:
     took = time.monotonic() - started
     slowest = ", ".join(f"{where} {s:.1f} s" for s, where in sorted(timings, reverse=True)[:6])
     print(f"docs test: {ran} blocks in {took:.1f} s; slowest: {slowest}")
-    assert not problems, f"{len(problems)} doc blocks do not do what the docs say:\n\n" + (
-        "\n\n".join(problems)
+    up = "\n".join(tour.up_lines[-40:])
+    assert not problems, (
+        f"{len(problems)} doc blocks do not do what the docs say:\n\n"
+        + "\n\n".join(problems)
+        + f"\n\n--- baton up (exit {tour.up.poll() if tour.up else None}) printed:\n{up}"
     )
 
 
