@@ -289,3 +289,57 @@ def test_hostile_records_go_to_rejected_and_every_good_decision_is_stored(
         "recursion limit exceeded",
     ):
         assert fragment in errors, fragment
+
+
+# --------------------------------------------------------------------------- rebalance
+
+
+def test_a_second_sink_joining_mid_stream_takes_partitions_and_the_audit_stays_exact(
+    broker: Any, chdb_dir: Path, topic_prefix: str
+) -> None:
+    """Partitions move while batches are being written (the sink writes one batch while it
+    reads the next): the write in flight finishes and is committed before they go, nothing
+    is lost, and the new owner's re-reads fold."""
+    topic = f"{topic_prefix}gov.decisions"
+    create_topic(broker.bootstrap, topic, partitions=4)
+    client = connect(f"chdb://{chdb_dir}", create=True)
+    migrate(client, ttl_days=30)
+    group = f"{topic_prefix}audit"
+    sinks = [
+        AuditSink(
+            {"bootstrap.servers": broker.bootstrap},
+            client,
+            topic,
+            group_id=group,
+            batch_size=30,
+            batch_timeout_s=0.05,
+            consumer_overrides=FAST_GROUP,
+        )
+        for _ in range(2)
+    ]
+    stop = threading.Event()
+    threads = [threading.Thread(target=s.run, args=(stop,), daemon=True) for s in sinks]
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    decisions = scenario_decisions(runs=200, start=start)
+    unique = {d.decision_id for d in decisions}
+    half = len(decisions) // 2
+    try:
+        threads[0].start()
+        sent = produce_decisions(broker.bootstrap, topic, decisions[:half])
+        wait_for(lambda: sinks[0].stats.rows > 0, timeout=30, message="the first sink writing")
+        threads[1].start()  # joins while the first one has batches to write
+        sent += produce_decisions(broker.bootstrap, topic, decisions[half:], duplicate_every=5)
+        wait_for(
+            lambda: _committed(broker.bootstrap, group, topic, 4) == sent,
+            timeout=60,
+            message=lambda: f"every offset committed ({[s.stats.describe() for s in sinks]})",
+        )
+        assert all(s.stats.rows > 0 for s in sinks), "the second sink took no partition"
+        assert _scalar(client, "SELECT count() FROM governance.decisions FINAL") == len(unique)
+        assert _scalar(client, "SELECT count() FROM governance.rejected") == 0
+        assert sum(s.stats.rows for s in sinks) >= sent  # re-reads after the move, never less
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        client.close()
