@@ -83,6 +83,11 @@ def _open_input(path: str) -> IO[bytes]:
         mode = os.stat(path).st_mode
         if stat.S_ISDIR(mode):
             raise ConfigError(f"baton send: {path} is a directory, expected a file of JSON lines")
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # /dev/zero would never end
+            raise ConfigError(
+                f"baton send: {path} is a device or socket, expected a file of JSON lines "
+                "(or a pipe, or - for stdin)"
+            )
         return open(path, "rb")
     except OSError as exc:
         raise ConfigError(
@@ -101,11 +106,11 @@ def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None, i
             return
         number += 1
         length = len(chunk)
-        if len(chunk.rstrip(b"\n")) > limit:
+        if len(chunk.rstrip(b"\r\n")) > limit:
             while chunk and not chunk.endswith(b"\n"):
                 chunk = stream.readline(1 << 16)
                 length += len(chunk)
-            yield number, None, length
+            yield number, None, length - chunk.endswith(b"\n")  # bytes of the line itself
             continue
         yield number, chunk.strip(), length
 

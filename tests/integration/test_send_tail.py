@@ -116,7 +116,7 @@ def test_bad_lines_are_named_by_number_and_the_good_ones_sent(stack: Stack) -> N
     assert errors[0].startswith("baton send: line 3: not_json")
     assert errors[1].startswith("baton send: line 4: control_event: kill_switch is a control")
     assert errors[2].startswith("baton send: line 5: schema") and "task_id" in errors[2]
-    assert errors[3].startswith("baton send: line 6: oversized: 70001 bytes")
+    assert errors[3].startswith("baton send: line 6: oversized: 70000 bytes")
     assert "4 bad line(s) not sent" in errors[-1]
     assert sent.stdout.strip() == f"1 event(s) sent: 1 to {stack.catalog.requests}"
 
