@@ -118,10 +118,14 @@ def mstack(
     )
     try:
         try:
-            wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+            # generous: three processes start at once on a shared, busy machine
+            wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 90)
         except Exception as exc:
             raise AssertionError(f"worker did not start: {exc}\n{worker.log()}") from exc
-        sink.wait_ready()
+        try:
+            sink.wait_ready(90)
+        except Exception as exc:
+            raise AssertionError(f"sink did not start: {exc}\n{sink.log()}") from exc
         yield stack
     finally:
         worker.stop()
