@@ -1240,11 +1240,13 @@ def _expire_reservations(st: RunState, ctx: _Ctx) -> list[Decision]:
     out = []
     for rid, r in expired:
         node = st.task(r.task_id) if r.task_id is not None else None
+        # phase control, not post_handoff: a client waiting for its report's record matches
+        # request_id and phase, and must never take this record for it
         d = _decision(
             st,
             ctx,
             f"{rid}#reservation_expired",
-            _POST_HANDOFF,
+            Phase.CONTROL,
             _RECORDED,
             Reason.RESERVATION_EXPIRED,
             None,

@@ -117,7 +117,7 @@ def test_the_sweep_releases_a_reservation_nobody_completed(rules_stack: Stack) -
     # no further event of the run: only the worker's sweep can release it (TTL 2 s)
     _, expired = rules_stack.decisions.wait_run(run, 2, timeout=20)
     assert (expired.phase, expired.outcome, expired.reason) == (
-        Phase.POST_HANDOFF,
+        Phase.CONTROL,
         Outcome.RECORDED,
         Reason.RESERVATION_EXPIRED,
     )

@@ -31,7 +31,7 @@ def test_a_reservation_blocks_the_budget_until_its_ttl_then_is_released_by_the_s
     swept, [released] = expire_due(run.state, run.policy, at(600))
 
     assert (released.phase, released.outcome, released.reason) == (
-        Phase.POST_HANDOFF,
+        Phase.CONTROL,
         Outcome.RECORDED,
         Reason.RESERVATION_EXPIRED,
     )
@@ -112,3 +112,13 @@ def test_a_format_2_state_reads_with_reservations_that_never_expire() -> None:
     assert expire_due(state, run.policy, at(10**7))[1] == []
     # and it is written back in the current format
     assert RunState.from_bytes(state.to_bytes()) == state
+
+
+def test_a_report_after_the_ttl_is_the_only_post_handoff_record_of_its_request() -> None:
+    # the SDK matches its report's answer by request_id and phase: the expiry, decided just
+    # before it, must not be taken for it (here the report goes over budget: a stop)
+    run = _reserving_run()
+    released, done = run.send(completed("req-1", "search", "search_agent", 11.0, t=700), 700)
+    assert released.reason == Reason.RESERVATION_EXPIRED and released.phase == Phase.CONTROL
+    answers = [d for d in (released, done) if (d.request_id, d.phase) == ("req-1", "post_handoff")]
+    assert answers == [done] and done.outcome == Outcome.STOP
