@@ -11,7 +11,9 @@ audit through the sink's own insert path, then measures on that audit, best of t
   decided once (the two replays are one while the rules are equal);
 * decide once: the engine alone on the same steps (the floor of one pass, no reading).
 
-    python -m bench.replay_bench [--runs 4000] [--events 30000]
+* replay with ``--jobs`` processes (the reading process hands chunks of runs to them);
+
+    python -m bench.replay_bench [--runs 4000] [--events 30000] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.engine import decide
 from baton.processors.recorded import policy_in_force
-from baton.processors.replay import replay_runs, runs_of
+from baton.processors.replay_pool import replay_parallel
 from baton.schemas.decision import Decision
 from baton.schemas.events import parse_event
 from baton.schemas.policy import DEFAULT_POLICY_YAML, Policy, load_policy, parse_policy
@@ -92,6 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=4000)
     ap.add_argument("--events", type=int, default=30_000)
+    ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     gc.set_threshold(100_000, 50, 100)  # as the worker runs (bench/RESULTS.md)
     recorded = load_policy(None)
@@ -111,10 +114,10 @@ def main() -> None:
             def read() -> int:
                 return sum(1 for _ in read_runs_rows(client, ReplayScope()))
 
-            def replay(policy: Policy) -> Callable[[], int]:
+            def replay(policy: Policy, jobs: int = 1) -> Callable[[], int]:
                 def run() -> int:
                     rows = read_runs_rows(client, ReplayScope())
-                    report = replay_runs(runs_of(rows), policy, policies, KEY)
+                    report = replay_parallel(rows, policy, policies, KEY, jobs, serial_rows=0)
                     assert not report.unfaithful_runs and not report.partial
                     return report.decisions
 
@@ -133,6 +136,10 @@ def main() -> None:
                 ("read the recorded decisions", best(read)),
                 ("replay, other policy (2 decides/step)", best(replay(stricter))),
                 ("replay, tenant-only change (1 decide)", best(replay(other_tenant))),
+                (
+                    f"replay, other policy, --jobs {args.jobs}",
+                    best(replay(stricter, args.jobs)),
+                ),
                 ("decide once, no reading (engine floor)", best(decide_once)),
             ]
         finally:

@@ -9,6 +9,7 @@ did not reproduce the audit); 2, 4, 5: a bad option or policy, Kafka, the audit.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -21,7 +22,8 @@ import orjson
 
 from baton.cli.options import build_settings, read_policy
 from baton.cli.stack_record import audit_settings, data_dir_option
-from baton.processors.replay import ReplayReport, RunOutcome, replay_runs, runs_of
+from baton.processors.replay import ReplayReport, RunOutcome
+from baton.processors.replay_pool import replay_parallel
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
 
@@ -72,6 +74,13 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
 @click.option("--from", "from_", callback=_time, default=None, help="same as --since")
 @click.option("--to", callback=_time, default=None, help="decisions before this time (ISO or age)")
 @click.option("--run", "run_id", default=None, help="replay this run only")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=min(os.cpu_count() or 1, 4),
+    show_default=True,
+    help="processes deciding runs in parallel (a replay of fewer than 20,000 decisions uses one)",
+)
 @click.option("--tenant", default=None, help="replay this tenant's runs only")
 @click.option(
     "--format",
@@ -97,6 +106,7 @@ def replay_cmd(
     from_: datetime | None,
     to: datetime | None,
     run_id: str | None,
+    jobs: int,
     tenant: str | None,
     fmt: str,
     clickhouse_dsn: str | None,
@@ -126,7 +136,7 @@ def replay_cmd(
     key = key_setting.get_secret_value().encode() if key_setting else b""
     scope = _scope(start, to, run_id, tenant)
     began = time.monotonic()
-    report, policies, refused, label = _replay(settings, scope, new_policy, key)
+    report, policies, refused, label = _replay(settings, scope, new_policy, key, jobs)
     seconds = time.monotonic() - began
     for line in refused:
         click.echo(f"baton replay: {line}; not used", err=True)
@@ -146,7 +156,7 @@ def _scope(
 
 
 def _replay(
-    settings: Any, scope: Any, new_policy: Policy, key: bytes
+    settings: Any, scope: Any, new_policy: Policy, key: bytes, jobs: int
 ) -> tuple[ReplayReport, dict[str, Policy], list[str], str]:
     from baton.sinks.clickhouse import audit_errors, connect, parse_dsn
     from baton.sinks.replay_source import read_policies, read_runs_rows
@@ -159,7 +169,7 @@ def _replay(
         with audit_errors(label, "reading the recorded decisions"):
             policies, refused = read_policies(client)
             rows = read_runs_rows(client, scope)
-            report = replay_runs(runs_of(rows), new_policy, policies, key, _Progress())
+            report = replay_parallel(rows, new_policy, policies, key, jobs, _Progress())
     finally:
         client.close()
     return report, policies, refused, label
