@@ -183,13 +183,17 @@ def _steps(run: list[Recorded]) -> list[list[Recorded]]:
     return steps
 
 
+#: what the worker's sweep decides (no input: replayed as a timer step, expire_due)
+_TIMER_REASONS = frozenset({Reason.APPROVAL_EXPIRED, Reason.RESERVATION_EXPIRED})
+
+
 def is_partial(run: list[Recorded], policies: dict[str, Policy]) -> str | None:
     """Why ``run`` cannot be replayed from its start (None: it can)."""
     chained = next((r for r in run if r.chain_hash is not None), None)
     if chained is not None and chained.chain_prev != "":
         return "its history does not start in what was read (trimmed by retention or --since)"
     for rec in run:
-        if rec.input is None and rec.reason != Reason.APPROVAL_EXPIRED:
+        if rec.input is None and rec.reason not in _TIMER_REASONS:
             return f"decision {rec.decision_id} records no input (audited before inputs were)"
         if rec.policy_version not in policies:
             return f"policy {rec.policy_version} is not in the audit (no policy_in_force record)"
