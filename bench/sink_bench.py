@@ -18,6 +18,7 @@ encodes LowCardinality columns in Python, as clickhouse-connect does by default)
     python -m bench.sink_bench                          # 100,000 decisions, the sink as shipped
     python -m bench.sink_bench --variants all           # and without each speed-up
     python -m bench.sink_bench --batch-size 20000       # another BATON_SINK_BATCH_SIZE
+    python -m bench.sink_bench --routes                 # insert routes compared, no Kafka
 """
 
 from __future__ import annotations
@@ -178,16 +179,159 @@ def sink_rate(settings: Settings, n: int) -> tuple[float, SinkStats]:
     return n / (done_at[0] - box["assigned"]), stats
 
 
+def insert_routes(
+    records: list[tuple[bytes, bytes]], batch_size: int, tmp: str
+) -> list[tuple[str, float, float]]:
+    """(route, us of CPU per row, us of wall time per row) of storing ``records`` in chDB
+    batch by batch, in this process (no Kafka), best of three passes per route:
+
+    * parse: the sink's parse and checks alone (``AuditBatch.add``), no insert;
+    * native, table types: rows encoded by clickhouse-connect as the table's types;
+    * native, plain types: LowCardinality columns sent as their plain type (the sink);
+    * JSONEachRow as read: each record's bytes with the three audit columns spliced in, parsed
+      by ClickHouse (no check in Python at all: what "do the per-row work in ClickHouse"
+      costs ClickHouse before any check);
+    * Arrow: the sink's rows as an Arrow table (pyarrow builds the columns in C).
+    """
+    from baton.sinks.audit_batch import DECISIONS_TABLE, AuditBatch
+    from baton.sinks.clickhouse import connect, insert_types
+    from baton.sinks.rows import DECISION_COLUMNS
+    from baton.sinks.schema import migrate
+
+    client = connect(f"chdb://{Path(tmp) / 'routes'}", create=True)
+    migrate(client, 365)
+    exact = None  # clickhouse-connect's default: DESCRIBE, then the table's own types
+    plain = insert_types(client, DECISIONS_TABLE, DECISION_COLUMNS)
+    chunks = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
+
+    def batches() -> list[AuditBatch]:
+        out = []
+        for c, chunk in enumerate(chunks):
+            b = AuditBatch("bench", 365)
+            for i, (_, value) in enumerate(chunk):
+                b.add(i % PARTITIONS, c * batch_size + i, value)
+            out.append(b)
+        return out
+
+    ready = batches()
+    tag = iter(range(10**9))
+
+    def native(types: tuple[str, ...] | None) -> None:
+        for b in ready:
+            extra = {} if types is None else {"column_type_names": list(types)}
+            client.insert(
+                DECISIONS_TABLE,
+                b.rows,
+                column_names=list(DECISION_COLUMNS),
+                settings={"insert_deduplication_token": f"r{next(tag)}"},
+                **extra,
+            )
+
+    def json_each_row() -> None:
+        for c, chunk in enumerate(chunks):
+            body = b"\n".join(
+                value[:-1]
+                + b',"audit_topic":"bench","audit_partition":%d,"audit_offset":%d}'
+                % (i % PARTITIONS, c * batch_size + i)
+                for i, (_, value) in enumerate(chunk)
+            )
+            client.raw_insert(
+                DECISIONS_TABLE,
+                list(DECISION_COLUMNS),
+                insert_block=body,
+                fmt="JSONEachRow",
+                settings={
+                    "insert_deduplication_token": f"r{next(tag)}",
+                    "date_time_input_format": "best_effort",
+                    "input_format_skip_unknown_fields": 1,
+                },
+            )
+
+    def arrow() -> None:
+        import pyarrow as pa
+
+        schema = _arrow_schema(client, pa)
+        for b in ready:
+            columns = list(zip(*b.rows, strict=True))
+            table = pa.Table.from_arrays(
+                [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)],
+                schema=schema,
+            )
+            client.insert_arrow(
+                DECISIONS_TABLE, table, settings={"insert_deduplication_token": f"r{next(tag)}"}
+            )
+
+    routes = [
+        ("parse and check (AuditBatch.add)", batches),
+        ("native insert, table types", lambda: native(exact)),
+        ("native insert, plain types (the sink)", lambda: native(plain)),
+        ("JSONEachRow as read, parsed by ClickHouse", json_each_row),
+        ("Arrow table of the rows", arrow),
+    ]
+    out = []
+    for name, route in routes:
+        best = (float("inf"), float("inf"))
+        for _ in range(3):
+            c0, t0 = time.process_time(), time.perf_counter()
+            route()
+            c1, t1 = time.process_time(), time.perf_counter()
+            best = min(best, (c1 - c0, t1 - t0))
+        n = len(records)
+        out.append((name, best[0] / n * 1e6, best[1] / n * 1e6))
+    client.close()
+    return out
+
+
+def _arrow_schema(client: Any, pa: Any) -> Any:
+    """The Arrow schema of the sink's rows, from the table's column types."""
+    from baton.sinks.rows import DECISION_COLUMNS
+
+    types = dict(
+        client.query(
+            "SELECT name, type FROM system.columns WHERE database = 'governance' "
+            "AND table = 'decisions'"
+        ).result_rows
+    )
+    scalar = {
+        "String": pa.string(),
+        "UInt16": pa.uint16(),
+        "UInt32": pa.uint32(),
+        "UInt64": pa.uint64(),
+        "Int32": pa.int32(),
+        "Int64": pa.int64(),
+    }
+
+    def arrow_type(kind: str) -> Any:
+        for wrapper in ("LowCardinality(", "Nullable("):
+            if kind.startswith(wrapper):
+                kind = kind[len(wrapper) : -1]
+        if kind.startswith("DateTime64"):
+            return pa.timestamp("us", tz="UTC")
+        if kind.startswith("Decimal"):
+            return pa.decimal128(18, 6)
+        return scalar[kind]
+
+    return pa.schema([(c, arrow_type(types[c])) for c in DECISION_COLUMNS])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--decisions", type=int, default=100_000)
     ap.add_argument("--batch-size", type=int, default=Settings().sink_batch_size)
     ap.add_argument("--variants", choices=("shipped", "all"), default="shipped")
+    ap.add_argument(
+        "--routes", action="store_true", help="compare insert routes in-process (no Kafka)"
+    )
     args = ap.parse_args()
     records = worker_decisions(args.decisions)
     n = len(records)
     size = sum(len(v) for _, v in records) / n
     with_input = sum(1 for _, v in records if b'"input":"' in v) / n
+    if args.routes:
+        with tempfile.TemporaryDirectory() as tmp:
+            routes = insert_routes(records, args.batch_size, tmp)
+        _print_routes(n, size, with_input, args.batch_size, routes)
+        return
     variants = ["as shipped"]
     if args.variants == "all":
         variants += ["no shortcut", "serial", "table types"]
@@ -226,6 +370,28 @@ def main() -> None:
     _print_table(n, size, with_input, args.batch_size, base, results)
 
 
+def _machine() -> str:
+    return (
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
+
+
+def _print_routes(
+    n: int, size: float, with_input: float, batch_size: int, routes: list[tuple[str, float, float]]
+) -> None:
+    print(f"\n{_machine()}")
+    print(
+        f"{n:,} worker decisions ({size:,.0f} bytes on average, {with_input:.0%} with their "
+        f"input), batches of {batch_size:,}, one chDB engine with every view, best of 3\n"
+    )
+    print(f"| {'route':<44} | {'us CPU/row':>10} | {'us wall/row':>11} |")
+    print(f"|{'-' * 46}|{'-' * 12}|{'-' * 13}|")
+    for name, cpu, wall in routes:
+        print(f"| {name:<44} | {cpu:>10.1f} | {wall:>11.1f} |")
+
+
 def _print_table(
     n: int,
     size: float,
@@ -234,11 +400,7 @@ def _print_table(
     base: float,
     results: list[tuple[str, float]],
 ) -> None:
-    print(
-        f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-        f"python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-        f"load {os.getloadavg()[0]:.1f}"
-    )
+    print(f"\n{_machine()}")
     print(
         f"{n:,} worker decisions ({size:,.0f} bytes on average, {with_input:.0%} with their "
         f"input), {PARTITIONS} partitions, batches of {batch_size:,}, chDB with every view\n"

@@ -343,3 +343,36 @@ def test_a_second_sink_joining_mid_stream_takes_partitions_and_the_audit_stays_e
         for t in threads:
             t.join(30)
         client.close()
+
+
+# --------------------------------------------------------------------------- insert types
+
+
+def test_low_cardinality_columns_are_sent_plain_and_stored_as_the_table_says(
+    chdb_dir: Path,
+) -> None:
+    from baton.sinks.audit_batch import DECISIONS_TABLE, AuditBatch, write_batch
+    from baton.sinks.clickhouse import insert_types
+    from baton.sinks.rows import DECISION_COLUMNS
+
+    client = connect(f"chdb://{chdb_dir}", create=True)
+    try:
+        migrate(client, ttl_days=30)
+        types = insert_types(client, DECISIONS_TABLE, DECISION_COLUMNS)
+        by_name = dict(zip(DECISION_COLUMNS, types, strict=True))
+        assert not any(t.startswith("LowCardinality") for t in types)
+        assert by_name["outcome"] == "String" and by_name["owner"] == "Nullable(String)"
+        assert by_name["decided_at"] == "DateTime64(6, 'UTC')"
+        batch = AuditBatch("t", ttl_days=30)
+        decisions = scenario_decisions(runs=3, start=datetime.now(UTC) - timedelta(minutes=1))
+        for i, d in enumerate(decisions):
+            batch.add(0, i, d.to_json())
+        write_batch(client, batch, types={DECISIONS_TABLE: types})
+        stored = client.query(
+            "SELECT decision_id, outcome, owner, toTypeName(outcome), toTypeName(owner) "
+            "FROM governance.decisions ORDER BY audit_offset"
+        ).result_rows
+        assert [r[:3] for r in stored] == [(d.decision_id, d.outcome, d.owner) for d in decisions]
+        assert stored[0][3:] == ("LowCardinality(String)", "LowCardinality(Nullable(String))")
+    finally:
+        client.close()
