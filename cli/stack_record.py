@@ -20,6 +20,7 @@ stack. A record whose ``baton up`` is gone without marking it stopped (killed, a
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -57,6 +58,8 @@ __all__ = [
 #: ``baton up``'s data dir when none is given, relative to the current folder
 DEFAULT_DATA_DIR = Path(".baton")
 STACK_FILE = "stack.json"
+#: held (flock) by the `baton up` of the data dir for as long as it runs
+LOCK_FILE = "stack.lock"
 #: a record is a few hundred bytes; anything bigger is not one
 _MAX_RECORD_BYTES = 64 * 1024
 
@@ -103,9 +106,15 @@ class StackRecord(BaseModel):
         parse_bootstrap(value)  # a ConfigError naming the entry
         return value
 
-    def live(self) -> bool:
-        """Its ``baton up`` still runs (the pid is alive and is a ``baton up``)."""
-        return self.state != "stopped" and _is_baton_up(self.pid)
+    def live(self, data_dir: Path | None = None) -> bool:
+        """Its ``baton up`` still runs: the pid is alive, is a ``baton up``, and holds the
+        lock of ``data_dir`` (where the record was found; its own ``data_dir`` by default),
+        so neither a reused pid nor a record copied or planted elsewhere passes for it."""
+        return (
+            self.state != "stopped"
+            and _is_baton_up(self.pid)
+            and _lock_held(data_dir or self.data_dir)
+        )
 
     def describe(self) -> str:
         """``baton up pid N (started T)`` for messages."""
@@ -127,6 +136,51 @@ def _is_baton_up(pid: int) -> bool:
     except OSError:
         return True  # no /proc (macOS): the pid is alive, trust it
     return b"up" in args and any(b"baton" in a for a in args)
+
+
+def _lock_held(data_dir: Path) -> bool:
+    """Some process holds ``data_dir``'s stack lock (a running ``baton up`` does)."""
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+#: the stack lock this process holds (``baton up``), open until it exits
+_held_locks: list[int] = []
+
+
+def _take_lock(data_dir: Path) -> bool:
+    """Take ``data_dir``'s stack lock for the life of this process; False when another
+    process holds it."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot lock the data dir {data_dir} ({LOCK_FILE}): {exc.strerror or exc}; "
+            "expected a writable directory (--data-dir)"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _held_locks.append(fd)
+    return True
 
 
 def record_path(data_dir: Path) -> Path:
@@ -247,7 +301,7 @@ def _kafka_from(found: FoundStack) -> StackRecord:
             f"({record.describe()}, Kafka was {record.bootstrap}); start it again with "
             f"`baton up --data-dir {found.data_dir}`, or pass --bootstrap"
         )
-    if not record.live():
+    if not record.live(found.data_dir):
         raise BrokerUnavailable(
             f"the stack record {path} is stale: {record.describe()} is not running (killed or "
             f"crashed without cleaning up; its Kafka {record.bootstrap} is gone with it). Start "
@@ -275,17 +329,20 @@ def _audit_dsn_from(found: FoundStack, say: Callable[[str], None]) -> str:
             f"the stack recorded in {path} ({record.describe()}) runs without its audit "
             "(--no-audit): there is nothing to query; pass --dsn for another audit"
         )
-    if record.state != "stopped" and not record.live():
+    live = record.live(found.data_dir)
+    if record.state != "stopped" and not live:
         say(
             f"warning: the stack record {path} is stale ({record.describe()} is not running); "
             f"reading the audit it left in {found.data_dir / 'chdb'}"
         )
-    elif record.live() and record.sql_url is None:
+    elif live and record.sql_url is None:
         raise AuditUnavailable(
             f"the stack recorded in {path} ({record.describe()}) serves no SQL (--sql-port "
             "off) and holds its audit: query it after it stops, or start it with --sql-port 0"
         )
-    return record.clickhouse_dsn
+    # the audit of a `baton up` is always DATA_DIR/chdb: the record only says that there is
+    # one, so a planted record cannot send queries (or their results) anywhere else
+    return f"chdb://{chdb}"
 
 
 def _warn(line: str) -> None:
@@ -374,16 +431,22 @@ def update_record(record: StackRecord, **changes: Any) -> StackRecord:
 
 
 def refuse_running_stack(data_dir: Path) -> StackRecord | None:
-    """Before ``baton up`` starts in ``data_dir``: a ``ConfigError`` when another ``baton up``
-    runs there; else the earlier record (stopped or stale), if any."""
+    """Before ``baton up`` starts in ``data_dir``: take its stack lock for the life of this
+    process, or raise a ``ConfigError`` naming the ``baton up`` that holds it; return the
+    earlier record (stopped or stale), if any."""
     try:
         earlier = read_record(data_dir)
     except ConfigError:
-        return None  # not a record: the new one replaces it
-    if earlier is not None and earlier.live() and earlier.pid != os.getpid():
+        earlier = None  # not a record: the new one replaces it
+    if not _take_lock(data_dir):
+        who = (
+            f"{earlier.describe()}, Kafka at {earlier.bootstrap}"
+            if earlier is not None
+            else "see its stack.json"
+        )
         raise ConfigError(
-            f"another `baton up` runs with the data dir {data_dir}: {earlier.describe()}, Kafka "
-            f"at {earlier.bootstrap} ({record_path(data_dir)}); use that one, stop it first, "
-            "or give this one another --data-dir"
+            f"another `baton up` runs with the data dir {data_dir} ({who}; it holds "
+            f"{data_dir / LOCK_FILE}); use that one, stop it first, or give this one another "
+            "--data-dir"
         )
     return earlier

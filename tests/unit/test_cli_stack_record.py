@@ -13,8 +13,10 @@ from pathlib import Path
 import click
 import pytest
 
+from baton.cli import stack_record
 from baton.cli.options import PortOrOff, click_type
 from baton.cli.stack_record import (
+    LOCK_FILE,
     STACK_FILE,
     StackNotFound,
     StackRecord,
@@ -28,18 +30,46 @@ from baton.cli.stack_record import (
 from baton.schemas.errors import AuditUnavailable, BrokerUnavailable, ConfigError
 
 
-@pytest.fixture
-def baton_up() -> Iterator[int]:
-    """The pid of a live process whose command line reads like `baton up`."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", "baton", "up"],
-        stdin=subprocess.DEVNULL,
+class Holder:
+    """A live process whose command line reads like `baton up` and that holds the stack lock
+    of every data dir it is given, as a running `baton up` holds its own."""
+
+    _SCRIPT = (
+        "import fcntl, os, sys\n"
+        "for line in sys.stdin:\n"
+        "    fd = os.open(line.strip(), os.O_RDWR | os.O_CREAT)\n"
+        "    fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "    print('locked', flush=True)\n"
     )
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self._SCRIPT, "baton", "up"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.pid = self.proc.pid
+        self.locked: set[Path] = set()
+
+    def lock(self, data_dir: Path) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if data_dir.resolve() in self.locked:  # a second flock of its own would wait forever
+            return
+        self.locked.add(data_dir.resolve())
+        self.proc.stdin.write(f"{data_dir / LOCK_FILE}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "locked"
+
+
+@pytest.fixture
+def baton_up() -> Iterator[Holder]:
+    holder = Holder()
     try:
-        yield proc.pid
+        yield holder
     finally:
-        proc.kill()
-        proc.wait()
+        holder.proc.kill()
+        holder.proc.wait()
 
 
 @pytest.fixture(autouse=True)
@@ -50,8 +80,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def _record(data_dir: Path, pid: int, **changes: object) -> StackRecord:
+def _record(data_dir: Path, pid: int | Holder, **changes: object) -> StackRecord:
     data_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(pid, Holder):
+        pid.lock(data_dir)
+        pid = pid.pid
     fields: dict[str, object] = {
         "state": "running",
         "pid": pid,
@@ -69,6 +102,31 @@ def _record(data_dir: Path, pid: int, **changes: object) -> StackRecord:
     return record
 
 
+def stale_lock_is_ours(data_dir: Path) -> bool:
+    """This process holds ``data_dir``'s lock (another process sees it held)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(data_dir / LOCK_FILE)], capture_output=True, text=True
+    )
+    return probe.stdout.strip() == "held"
+
+
+_PROBE = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+    "try:\n"
+    "    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)\n"
+    "    print('free')\n"
+    "except BlockingIOError:\n"
+    "    print('held')\n"
+)
+
+
+def release_locks() -> None:
+    """Let go of the locks ``refuse_running_stack`` took in this test process."""
+    while stack_record._held_locks:
+        os.close(stack_record._held_locks.pop())
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -76,12 +134,13 @@ def _dead_pid() -> int:
 
 
 def test_a_record_reads_back_as_written_and_is_replaced_atomically(
-    tmp_path: Path, baton_up: int
+    tmp_path: Path, baton_up: Holder
 ) -> None:
     record = _record(tmp_path / ".baton", baton_up)
     assert read_record(tmp_path / ".baton") == record
     assert record.live()
-    assert [p.name for p in (tmp_path / ".baton").iterdir()] == [STACK_FILE]  # no temp left
+    left = sorted(p.name for p in (tmp_path / ".baton").iterdir())
+    assert left == [STACK_FILE, LOCK_FILE]  # no temp file left
     stopped = mark_stopped(record)
     assert read_record(tmp_path / ".baton") == stopped
     assert stopped.state == "stopped" and stopped.stopped_at is not None
@@ -120,7 +179,7 @@ def test_a_live_pid_that_is_not_baton_up_is_not_the_stack(tmp_path: Path) -> Non
     assert not _record(tmp_path, _dead_pid()).live()
 
 
-def test_a_client_takes_kafka_from_the_record_in_the_current_folder(baton_up: int) -> None:
+def test_a_client_takes_kafka_from_the_record_in_the_current_folder(baton_up: Holder) -> None:
     _record(Path(".baton"), baton_up)
     settings = stack_settings({"bootstrap": None, "topic_prefix": None})
     assert settings.bootstrap == "127.0.0.1:19092"
@@ -128,7 +187,7 @@ def test_a_client_takes_kafka_from_the_record_in_the_current_folder(baton_up: in
 
 
 def test_the_flag_then_data_dir_then_variable_then_baton_data_dir(
-    tmp_path: Path, baton_up: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, baton_up: Holder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _record(Path(".baton"), baton_up)
     other = _record(tmp_path / "other", baton_up, bootstrap="127.0.0.1:29092")
@@ -180,7 +239,7 @@ def test_a_stale_record_is_refused_for_kafka_and_named_for_the_audit(
     assert audit_settings(None, None).clickhouse_dsn == record.clickhouse_dsn
 
 
-def test_the_audit_of_a_stack_without_sql_or_audit_is_a_clear_error(baton_up: int) -> None:
+def test_the_audit_of_a_stack_without_sql_or_audit_is_a_clear_error(baton_up: Holder) -> None:
     _record(Path(".baton"), baton_up, sql_url=None)
     with pytest.raises(AuditUnavailable, match="serves no SQL"):
         audit_settings(None, None)
@@ -197,12 +256,20 @@ def test_a_data_dir_without_a_record_but_with_an_audit_is_queried() -> None:
     assert dsn == f"chdb://{Path('.baton').resolve() / 'chdb'}"
 
 
-def test_a_second_baton_up_on_a_running_data_dir_is_refused(tmp_path: Path, baton_up: int) -> None:
+def test_a_second_baton_up_on_a_running_data_dir_is_refused(
+    tmp_path: Path, baton_up: Holder
+) -> None:
     _record(tmp_path, baton_up)
-    with pytest.raises(ConfigError, match=f"another `baton up` runs .* pid {baton_up}"):
+    with pytest.raises(ConfigError, match=f"another `baton up` runs .* pid {baton_up.pid}"):
         refuse_running_stack(tmp_path)
+    baton_up.proc.kill()  # its lock goes with it
+    baton_up.proc.wait()
     stale = _record(tmp_path, _dead_pid())
-    assert refuse_running_stack(tmp_path) == stale
+    try:
+        assert refuse_running_stack(tmp_path) == stale
+        assert stale_lock_is_ours(tmp_path)
+    finally:
+        release_locks()
 
 
 def test_port_or_off() -> None:
@@ -247,3 +314,8 @@ def test_a_bad_alerts_group_is_refused_before_connecting(group: str) -> None:
     result = CliRunner().invoke(main.cli, ["alerts", "--group", group])
     assert result.exit_code == 2
     assert "--group: expected 1-249 printable ASCII characters" in result.output
+
+
+def test_a_record_cannot_send_the_audit_queries_elsewhere(baton_up: Holder) -> None:
+    record = _record(Path(".baton"), baton_up, clickhouse_dsn="http://evil.example:8123")
+    assert audit_settings(None, None).clickhouse_dsn == f"chdb://{record.data_dir / 'chdb'}"
