@@ -77,7 +77,9 @@ def doctor_cmd(fmt: str, timeout: float, max_lag: int, data_dir: Path | None, **
     and which one the workers use), the SQL endpoint and the alert webhook.
 
     One line per check, ✔ or ✘ with how to fix it (– for what is not configured); exit 0
-    when nothing failed, 1 otherwise. Reads only: it creates, commits and writes nothing.
+    when nothing failed, 1 otherwise. It creates, commits and changes nothing; where the
+    broker lists no group members (Tansu), it sends one readiness probe, as `baton up`
+    does (a run_finished of a __probe_ run, tenant __baton__), to see a worker answer.
     """
     checks = list(run_checks(opts, data_dir, timeout, max_lag))
     failed = [c for c in checks if c.status == Status.FAIL]
@@ -203,7 +205,7 @@ def _with_broker(settings: Settings, timeout: float, max_lag: int) -> Iterator[C
         consumer_config(settings.kafka_config(), "baton-doctor", {"logger": _KAFKA_LOG})
     )
     try:
-        yield from group_checks(admin, consumer, settings, max_lag, timeout)
+        yield from group_checks(admin, consumer, settings, view, max_lag, timeout)
     finally:
         consumer.close()
     fold = policy_in_force if catalog.control in view.partitions else None

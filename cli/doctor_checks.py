@@ -1,8 +1,10 @@
 """The checks of ``baton doctor``: each looks at one part of a deployment and returns findings.
 
-Every check is read-only: it lists, describes and reads, and never creates a topic (a topic
-asked for by name is auto-created on Tansu and on Kafka with ``auto.create.topics.enable``,
-so topics are only ever listed all at once), commits an offset or writes a row.
+The checks list, describe and read, and never create a topic (a topic asked for by name is
+auto-created on Tansu and on Kafka with ``auto.create.topics.enable``, so topics are only
+ever listed all at once), commit an offset or write a row. One exception: where the broker
+lists no consumer-group members (Tansu), the workers check sends a readiness probe (a
+``run_finished`` of a ``__probe_`` run, tenant ``__baton__``) and waits for its decision.
 
 Not guaranteed: a check that passes says what the deployment looked like at that moment;
 a worker may die a second later. Lag is what the committed offsets say, and Tansu's
@@ -198,34 +200,55 @@ def _topic_fix(spec: TopicSpec, count: int, agreed: int | None, problems: list[s
 
 
 def group_checks(
-    admin: Any, consumer: Any, settings: Settings, max_lag: int, timeout: float
+    admin: Any, consumer: Any, settings: Settings, view: KafkaView, max_lag: int, timeout: float
 ) -> list[Check]:
     """The workers' consumer group (BATON_APP_ID): someone is in it, and how far behind."""
     return [
-        _members_check(admin, settings, timeout),
-        _lag_check(admin, consumer, settings, max_lag, timeout),
+        _members_check(admin, settings, view, timeout),
+        _lag_check(admin, consumer, settings, view, max_lag, timeout),
     ]
 
 
-def _members_check(admin: Any, settings: Settings, timeout: float) -> Check:
-    from confluent_kafka import ConsumerGroupState
-
+def _members_check(admin: Any, settings: Settings, view: KafkaView, timeout: float) -> Check:
     group, name = settings.app_id, f"workers (group {settings.app_id})"
     try:
         found = admin.describe_consumer_groups([group], request_timeout=timeout)[group]
         description = found.result(timeout=timeout)
     except Exception as exc:
         return fail(name, f"cannot describe the group: {_gist(exc)}", _WORKER_HINT.format(group))
-    members, state = description.members, description.state
-    if members:
-        hosts = sorted({f"{m.client_id}@{m.host}" for m in members})
-        return ok(name, f"{len(members)} member(s), {state.name.lower()}: {', '.join(hosts)}")
-    # Tansu answers DescribeGroups without its member list: a stable group is a running one
-    if state in (ConsumerGroupState.STABLE, ConsumerGroupState.COMPLETING_REBALANCING):
-        return ok(name, f"{state.name.lower()} (the broker lists no members; Tansu never does)")
-    if state == ConsumerGroupState.PREPARING_REBALANCING:
-        return ok(name, "rebalancing (a worker joined or left; it settles in a session timeout)")
-    return fail(name, f"no worker in the group ({state.name.lower()})", _WORKER_HINT.format(group))
+    if description.members:
+        hosts = sorted({f"{m.client_id}@{m.host}" for m in description.members})
+        state = description.state.name.lower()
+        return ok(name, f"{len(hosts)} member(s), {state}: {', '.join(hosts)}")
+    # Tansu lists no members and calls a group "stable" long after its last worker died:
+    # without a member list, only an answer proves a worker decides
+    return _probe_check(settings, view, name, timeout)
+
+
+def _probe_check(settings: Settings, view: KafkaView, name: str, timeout: float) -> Check:
+    """A readiness probe (a run_finished of a ``__probe_`` run, tenant ``__baton__``, as
+    `baton up` sends) must come back as a decision within ``timeout``."""
+    from baton.processors.probe import wait_until_deciding
+
+    catalog = TopicCatalog.from_settings(settings)
+    missing = [t for t in (catalog.requests, catalog.decisions) if t not in view.partitions]
+    if missing:
+        return fail(
+            name,
+            f"no member listed, and no {' or '.join(missing)} to probe a worker through",
+            "see the topic lines above",
+        )
+    try:
+        took = wait_until_deciding(
+            settings.kafka_config(),
+            catalog.requests,
+            catalog.decisions,
+            view.partitions[catalog.requests],  # where the probe's key really goes
+            timeout_s=timeout,
+        )
+    except BatonError as exc:
+        return fail(name, f"no member listed, and {exc}", _WORKER_HINT.format(settings.app_id))
+    return ok(name, f"a worker answered a probe in {took * 1000:.0f} ms (no member list here)")
 
 
 _WORKER_HINT = (
@@ -234,7 +257,7 @@ _WORKER_HINT = (
 
 
 def _lag_check(
-    admin: Any, consumer: Any, settings: Settings, max_lag: int, timeout: float
+    admin: Any, consumer: Any, settings: Settings, view: KafkaView, max_lag: int, timeout: float
 ) -> Check:
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
@@ -243,8 +266,10 @@ def _lag_check(
     parts = [
         TopicPartition(topic, p)
         for topic in (catalog.requests, catalog.approvals)
-        for p in range(settings.partitions)
+        for p in range(view.partitions.get(topic, 0))
     ]
+    if not parts:
+        return fail(name, "no input topic to measure", "see the topic lines above")
     try:
         request = [ConsumerGroupTopicPartitions(group, parts)]
         answer = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]

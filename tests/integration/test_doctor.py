@@ -190,7 +190,7 @@ def test_a_missing_topic_and_a_wrong_retention_are_named(broker: EmbeddedBroker)
         "BATON_APP_ID": f"baton-{prefix.rstrip('.')}",
         "BATON_CLICKHOUSE_DSN": "http://nobody:x@127.0.0.1:1/default",
     }
-    result = doctor(env)
+    result = doctor(env, "--timeout", "2")  # no worker: the probe waits this long
     found = lines(result)
     assert result.returncode == 1
     stops = found[f"topic {catalog.stops}"]
@@ -200,3 +200,31 @@ def test_a_missing_topic_and_a_wrong_retention_are_named(broker: EmbeddedBroker)
     assert found[f"topic {catalog.requests}"].startswith("✔")
     assert found[f"workers (group baton-{prefix.rstrip('.')})"].startswith("✘")
     assert found["clickhouse"].startswith("✘") and "127.0.0.1:1" in found["clickhouse"]
+
+
+def test_a_stack_whose_worker_stopped_fails_the_workers_check(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Tansu calls the group stable long after its last worker left: doctor probes instead."""
+    prefix = f"w{uuid.uuid4().hex[:8]}."
+    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS)
+    ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog)
+    worker = WorkerProcess(broker.bootstrap, prefix, tmp_path, partitions=PARTITIONS)
+    env = {
+        "BATON_BOOTSTRAP": broker.bootstrap,
+        "BATON_TOPIC_PREFIX": prefix,
+        "BATON_PARTITIONS": str(PARTITIONS),
+        "BATON_APP_ID": f"baton-{prefix.rstrip('.')}",
+        "BATON_CLICKHOUSE_DSN": "http://nobody:x@127.0.0.1:1/default",
+    }
+    group = f"workers (group baton-{prefix.rstrip('.')})"
+    try:
+        conf = {"bootstrap.servers": broker.bootstrap}
+        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        running = lines(doctor(env))[group]
+        assert running.startswith("✔") and "answered a probe" in running, running
+    finally:
+        worker.stop()
+    stopped = lines(doctor(env, "--timeout", "3"))[group]
+    assert stopped.startswith("✘") and "no Baton worker answered" in stopped, stopped
+    assert "start `baton worker`" in stopped
