@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import click
 
-from baton.cli.demo_play import SEED_RUN
+from baton.cli.demo_play import SEED_RUN, replay_scene
 from baton.schemas.errors import AuditUnavailable, BatonError
 from baton.schemas.redact import mask_credentials
 
@@ -322,6 +322,10 @@ def demo_cmd(
         click.echo(click.style("── Audit (ClickHouse) ".ljust(78, "─"), bold=True))
         if sql_url:
             problem = _audit_summary(sql_url, demo.prefix, len(demo.seen), demo_started)
+            if problem is None:  # the what-if scene: `baton replay` over what just happened
+                click.echo(click.style("\n── What if (baton replay) ".ljust(78, "─"), bold=True))
+                folder = stack.data_dir if stack is not None else Path(tempfile.gettempdir())
+                problem = replay_scene(sql_url, demo_started, folder)
             if problem:
                 problems.append(problem)
                 click.echo(click.style(f"  ✘ {problem}", fg="red"))
