@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
@@ -22,7 +23,7 @@ from baton.schemas.errors import BatonError
 from baton.schemas.events import HandoffCompleted, HandoffRequested
 from baton.streams.client import ApproverClient, AsyncGovernanceClient, OperatorClient
 
-__all__ = ["SEED_RUN", "Demo", "StopsReader"]
+__all__ = ["SEED_RUN", "Demo", "StopsReader", "replay_scene"]
 
 _STYLE = {
     Outcome.ALLOW: "green",
@@ -339,3 +340,53 @@ class Demo:
             click.echo(f"\r{text}", err=True, nl=final)
         elif final or done:
             click.echo(text, err=True)
+
+
+def replay_scene(dsn: str, since: datetime, folder: Path) -> str | None:
+    """The what-if scene: the demo's recorded history decided again under a stricter
+    max_handoffs (half the recorded one), as `baton replay` does; a problem, or None."""
+    import yaml
+
+    from baton.processors.replay_pool import replay_parallel
+    from baton.schemas.policy import parse_policy
+    from baton.sinks.clickhouse import connect
+    from baton.sinks.replay_source import ReplayScope, read_policies, read_runs_rows
+
+    client = connect(dsn)
+    try:
+        policies, _ = read_policies(client)
+        rows = list(read_runs_rows(client, ReplayScope(since=since)))
+    finally:
+        client.close()
+    versions = Counter(row[5] for row in rows if row[5] in policies)
+    if not versions:
+        return "replay: the audit holds no recorded policy for the demo's decisions"
+    recorded = policies[versions.most_common(1)[0][0]]
+    doc = recorded.model_dump(mode="json")
+    limit = doc["multi_agent"].get("max_handoffs") or 8
+    doc["multi_agent"]["max_handoffs"] = max(1, limit // 2)
+    path = folder / "stricter.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    stricter = parse_policy(path.read_text(), str(path))
+    report = replay_parallel(rows, stricter, policies)
+    stopped = [
+        r for r in report.changed_runs if r.first_change and "stop:" in r.first_change.replayed
+    ]
+    click.echo(f"  baton replay --policy {path} --since {since:%Y-%m-%dT%H:%M:%SZ} --dsn {dsn}")
+    click.echo(
+        f"  replayed {len(report.runs):,} runs, {report.decisions:,} decisions: under the "
+        f"recorded policy every one is reproduced exactly"
+        if not report.unfaithful_runs
+        else f"  {len(report.unfaithful_runs)} runs NOT reproduced under the recorded policy"
+    )
+    click.echo(
+        f"  this stricter policy (max_handoffs {limit} -> {max(1, limit // 2)}) would have "
+        f"stopped {len(stopped):,} runs earlier:"
+    )
+    for transition, n in report.transitions.most_common(3):
+        click.echo(f"    {transition}  ×{n:,}")
+    if report.saved_usd:
+        click.echo(f"  ${report.saved_usd:,.2f} of reported spend would not have been spent")
+    if report.unfaithful_runs:
+        return f"replay: {len(report.unfaithful_runs)} runs not reproduced as recorded"
+    return None
