@@ -485,6 +485,9 @@ def alerts_check(
     from baton.sinks.render import render_table
     from baton.sinks.rules import evaluate_rules, load_rules
 
+    parent = click.get_current_context().parent  # `baton alerts --data-dir DIR check`
+    if data_dir is None and parent is not None:
+        data_dir = parent.params.get("data_dir")
     settings = _audit_settings(clickhouse_dsn, data_dir)
     rules = load_rules(rules_path)
     with _client(settings) as client:

@@ -319,3 +319,15 @@ def test_a_bad_alerts_group_is_refused_before_connecting(group: str) -> None:
 def test_a_record_cannot_send_the_audit_queries_elsewhere(baton_up: Holder) -> None:
     record = _record(Path(".baton"), baton_up, clickhouse_dsn="http://evil.example:8123")
     assert audit_settings(None, None).clickhouse_dsn == f"chdb://{record.data_dir / 'chdb'}"
+
+
+def test_alerts_check_takes_the_data_dir_given_to_alerts(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from baton.cli import main
+
+    main._register()
+    nowhere = tmp_path / "nowhere"
+    result = CliRunner().invoke(main.cli, ["alerts", "--data-dir", str(nowhere), "check"])
+    assert result.exit_code == 2
+    assert str(nowhere / STACK_FILE) in result.output and "(from --data-dir)" in result.output
