@@ -171,16 +171,20 @@ def test_tail_follow_prints_a_stop_as_it_happens(stack: Stack) -> None:
 
 
 def test_tail_shows_a_dead_letter_with_its_error_and_original(stack: Stack) -> None:
-    key = f"run_{uuid.uuid4().hex[:6]}"
-    EventSender(stack.bootstrap, stack.catalog.requests).send_raw(b"{oops", key.encode())
+    """...with what a hostile sender put in it escaped: a key or a payload with terminal
+    control sequences cannot clear or repaint the reader's screen."""
+    key = f"run_{uuid.uuid4().hex[:6]}\x1b[2J"
+    payload = b"{oops \x1b]0;pwned\x07"
+    EventSender(stack.bootstrap, stack.catalog.requests).send_raw(payload, key.encode())
 
     def dead() -> str:
         out = stack.baton("tail", "deadletter", "--from-beginning", "--run", key).stdout
         return out.strip()
 
     line = wait_for(dead, 30, interval=0.5, message="the dead letter")
-    assert f" not_json {stack.catalog.requests}[" in line and f"key={key}" in line
-    assert line.split(" | original: ")[1].startswith("{oops")
+    assert f" not_json {stack.catalog.requests}[" in line
+    assert f"key={key[:-4]}\\x1b[2J" in line and "\x1b" not in line and "\x07" not in line
+    assert line.split(" | original: ")[1].startswith("{oops \\x1b]0;pwned\\x07")
 
 
 def test_a_dead_broker_is_one_line_and_exit_4(stack: Stack) -> None:
