@@ -237,7 +237,8 @@ class _Readiness(threading.Thread):
     default=Path(".baton"),
     show_default=True,
     envvar="BATON_DATA_DIR",
-    help="logs, worker state and the embedded ClickHouse (chDB) live here",
+    help="logs, worker state, the embedded ClickHouse (chDB) and stack.json (the record "
+    "client commands find the stack by) live here",
 )
 @click.option(
     "--sql-port",
@@ -321,8 +322,9 @@ def up_cmd(
     cluster (docker-compose.yml) keeps all of it.
 
     While it runs, DATA_DIR/stack.json records the stack (Kafka, SQL endpoint, policy, logs,
-    pids): `baton kill`, `sql`, `trace`, `alerts`, `approvals` ... run in the same folder (or
-    with --data-dir / BATON_DATA_DIR) use it without flags. Stop alerts are printed here and
+    pids): `baton kill`, `sql`, `trace`, `alerts`, `approvals` ... run where ./.baton is
+    that dir (the default), or given --data-dir DATA_DIR / BATON_DATA_DIR, use it without
+    flags. Stop alerts are printed here and
     kept in DATA_DIR/logs/alerts.log. The worker, sink and alerter read every BATON_*
     setting of `baton worker`, `baton sink` and `baton alerts` (see their --help)."""
     from baton.streams.embedded import EmbeddedBroker
