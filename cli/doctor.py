@@ -25,6 +25,7 @@ from baton.cli.doctor_checks import (
     webhook_check,
 )
 from baton.cli.options import build_settings, setting_options
+from baton.cli.signer import shown
 from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
@@ -100,9 +101,11 @@ def doctor_cmd(fmt: str, timeout: float, max_lag: int, data_dir: Path | None, **
 
 
 def _line(check: Check) -> str:
+    """One line for a terminal: what the broker reports (member client ids and hosts, error
+    texts) is written by others, so control characters are shown escaped."""
     hint = f" — fix: {check.hint}" if check.hint and check.status == Status.FAIL else ""
     hint = hint or (f" ({check.hint})" if check.hint else "")
-    return f"{_MARKS[check.status]} {check.name}: {check.detail}{hint}"
+    return f"{_MARKS[check.status]} {shown(check.name)}: {shown(check.detail)}{shown(hint)}"
 
 
 def run_checks(
