@@ -21,7 +21,7 @@ import click
 import orjson
 
 from baton.cli.options import build_settings, read_policy
-from baton.cli.stack_record import audit_settings, data_dir_option
+from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
 from baton.processors.replay import ReplayReport, RunOutcome
 from baton.processors.replay_pool import replay_parallel
 from baton.schemas.errors import ReplayFailed
@@ -99,6 +99,24 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     "endpoint; wins over --data-dir [env BATON_CLICKHOUSE_DSN; for https:// also "
     "BATON_CLICKHOUSE_CA and BATON_CLICKHOUSE_VERIFY]",
 )
+@click.option(
+    "--from-kafka",
+    is_flag=True,
+    help="replay the request and approval topics' records in the range instead of the audit "
+    "(deployments without one): decided under --baseline, compared with --policy",
+)
+@click.option(
+    "--baseline",
+    "baseline_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="with --from-kafka: the policy the workers ran [default: BATON_POLICY, else the seed]",
+)
+@click.option(
+    "--bootstrap",
+    default=None,
+    help="with --from-kafka: Kafka; wins over --data-dir [env BATON_BOOTSTRAP]",
+)
 @data_dir_option
 def replay_cmd(
     policy_path: Path,
@@ -110,6 +128,9 @@ def replay_cmd(
     tenant: str | None,
     fmt: str,
     clickhouse_dsn: str | None,
+    from_kafka: bool,
+    baseline_path: Path | None,
+    bootstrap: str | None,
     data_dir: Path | None,
 ) -> None:
     """Decide the recorded history again under --policy and show what would change.
@@ -131,12 +152,21 @@ def replay_cmd(
     if start is not None and to is not None and to <= start:
         raise click.UsageError(f"--to {to.isoformat()} is not after --from {start.isoformat()}")
     new_policy = read_policy(policy_path)
-    settings = audit_settings(clickhouse_dsn, data_dir)
-    key_setting = build_settings().audit_chain_key
-    key = key_setting.get_secret_value().encode() if key_setting else b""
-    scope = _scope(start, to, run_id, tenant)
     began = time.monotonic()
-    report, policies, refused, label = _replay(settings, scope, new_policy, key, jobs)
+    if from_kafka:
+        from baton.cli.replay_kafka import replay_from_kafka
+
+        settings = stack_settings({"bootstrap": bootstrap}, data_dir)
+        baseline = read_policy(baseline_path or settings.policy)
+        report = replay_from_kafka(settings, new_policy, baseline, start, to, run_id, tenant)
+        policies, refused = {baseline.version: baseline}, []
+        label = f"Kafka at {settings.bootstrap} (baseline {baseline.version})"
+    else:
+        settings = audit_settings(clickhouse_dsn, data_dir)
+        key_setting = build_settings().audit_chain_key
+        key = key_setting.get_secret_value().encode() if key_setting else b""
+        scope = _scope(start, to, run_id, tenant)
+        report, policies, refused, label = _replay(settings, scope, new_policy, key, jobs)
     seconds = time.monotonic() - began
     for line in refused:
         click.echo(f"baton replay: {line}; not used", err=True)

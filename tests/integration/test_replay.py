@@ -1,6 +1,7 @@
 """`baton replay` over an audit written by a real worker and a real sink: the recorded policy
 reproduces every decision (exit 0), a stricter one names the runs it would have stopped
-(exit 1); a client retry answered from the run's state leaves one row, the original."""
+(exit 1), and so does --from-kafka over the topics; a client retry answered from the run's
+state leaves one row in the audit, the original."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from baton.schemas.events import HandoffRequested
 from tests.helpers import wait_for
-from tests.integration.conftest import TEST_POLICY
+from tests.integration.conftest import PARTITIONS, TEST_POLICY
 from tests.integration.test_audit_verify import CHAIN_KEY, Audit, _traffic
 from tests.integration.test_audit_verify import audit as audit  # the fixture
 from tests.stack import EventSender
@@ -94,3 +95,22 @@ def test_replay_reproduces_the_audit_and_names_what_a_stricter_policy_stops(
     one = _replay(audit, stricter, "--run", "rp1")
     assert one.returncode == 1 and "replayed 1 runs" in one.stdout, one.stdout + one.stderr
     assert "rp1  step 5" in one.stdout
+
+    # the same history from the topics, for a deployment without the audit: decided under
+    # the baseline (the policy the worker ran), compared with the stricter one
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    env.update(BATON_TOPIC_PREFIX=audit.prefix, BATON_PARTITIONS=str(PARTITIONS))
+    options = ["--bootstrap", audit.bootstrap, "--baseline", str(same), "--format", "json"]
+    kafka = subprocess.run(
+        [*_BATON, "replay", "--from-kafka", "--policy", str(stricter), *options],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert kafka.returncode == 1, kafka.stdout + kafka.stderr
+    from_topics = orjson.loads(kafka.stdout)
+    assert {c["run_id"] for c in from_topics["changes"]} == set(runs)
+    assert {(c["first_step"], c["replayed"]) for c in from_topics["changes"]} == {
+        (5, "stop:handoff_budget_exceeded")
+    }

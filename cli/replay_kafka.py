@@ -1,0 +1,163 @@
+"""`baton replay --from-kafka`: a time range of the request and approval topics, without an audit.
+
+Reads ``gov.handoff.requests`` and ``gov.approvals`` from the first record at or after
+``since`` (by record timestamp) to their end when the command started (or ``until``), in each
+partition's order; a run's events are merged across the two topics by timestamp. With no
+recorded decisions to compare with, the events are first decided under a *baseline* policy
+(the one the workers ran: ``--baseline``, else BATON_POLICY or the seed policy) by the
+worker's own batch step, each at its record's timestamp, and that is what the new policy is
+compared with: the same report as a replay of the audit.
+
+Not read: gov.control. Kill switches and policy updates in the range are not applied (the
+audit replay takes them as recorded). A run whose first event in the range is not a handoff
+request (it started before ``since``) is partial, as in the audit replay.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
+from baton.schemas.decision import Decision
+from baton.schemas.events import parse_event
+from baton.schemas.policy import Policy
+from baton.schemas.settings import Settings
+
+__all__ = ["replay_from_kafka"]
+
+_RUN_START = b'"handoff_requested"'
+
+
+def _records(
+    settings: Settings, topics: list[str], since: datetime | None, until: datetime | None
+) -> list[tuple[int, str, InputRecord]]:
+    """(timestamp ms, topic, record) of ``topics`` in the range, read to their end."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    from baton.schemas.errors import BrokerUnavailable
+    from baton.streams.kafka import consumer_config
+
+    consumer = Consumer(
+        consumer_config(
+            settings.kafka_config(),
+            f"baton-replay-{uuid.uuid4().hex[:8]}",
+            {"enable.partition.eof": True, "enable.auto.commit": False},
+        )
+    )
+    try:
+        wanted: list[TopicPartition] = []
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s).topics[topic]
+            if meta.error is not None:
+                raise BrokerUnavailable(f"cannot read {topic}: {meta.error}")
+            start = int(since.timestamp() * 1000) if since is not None else OFFSET_BEGINNING
+            wanted += [TopicPartition(topic, p, start) for p in meta.partitions]
+        if since is not None:
+            wanted = consumer.offsets_for_times(wanted, timeout=settings.connect_timeout_s)
+        open_parts = {(tp.topic, tp.partition) for tp in wanted if tp.offset != -1}
+        consumer.assign([tp for tp in wanted if tp.offset != -1])
+        stop_ms = int(until.timestamp() * 1000) if until is not None else None
+        out: list[tuple[int, str, InputRecord]] = []
+        while open_parts:
+            msg = consumer.poll(settings.connect_timeout_s)
+            if msg is None:
+                raise BrokerUnavailable(
+                    f"no answer from Kafka at {settings.bootstrap} within "
+                    f"{settings.connect_timeout_s:g} s while reading {', '.join(topics)}"
+                )
+            where = (msg.topic(), msg.partition())
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    open_parts.discard(where)
+                    continue
+                raise BrokerUnavailable(f"reading {where[0]}[{where[1]}]: {msg.error()}")
+            ts = msg.timestamp()[1]
+            if stop_ms is not None and ts >= stop_ms:
+                open_parts.discard(where)
+                continue
+            rec = InputRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+            out.append((ts, msg.topic(), rec))
+        return out
+    finally:
+        consumer.close()
+
+
+def _as_recorded(d: Decision) -> Recorded:
+    assert d.decided_at is not None
+    return Recorded(
+        d.run_id,
+        d.decision_id,
+        d.outcome,
+        d.reason,
+        d.detail,
+        d.policy_version,
+        d.decided_at,
+        d.worker,
+        d.partition,
+        d.offset,
+        d.input,
+        d.chain_prev,
+        d.chain_hash,
+    )
+
+
+def _decided(
+    records: list[tuple[int, str, InputRecord]],
+    baseline: Policy,
+    settings: Settings,
+    approvals: str,
+) -> Iterator[Recorded]:
+    """What a worker under ``baseline`` decided for ``records``, as audit rows, run by run."""
+    proc = BatchProcessor(
+        baseline, settings.partitions, {}, worker="replay", approvals_topic=approvals
+    )
+    started: set[str] = set()
+    partial: set[str] = set()
+    rows: list[tuple[str, int, Recorded]] = []
+    for n, (ts, _topic, rec) in enumerate(sorted(records, key=lambda r: r[0])):
+        run = (rec.key or b"").decode("utf-8", "replace")
+        if run not in started:
+            started.add(run)
+            if rec.value is None or _RUN_START not in rec.value:
+                partial.add(run)  # its start is before the range
+        now = datetime.fromtimestamp(ts / 1000, UTC)
+        out = proc.process([rec], now)
+        rows += [(d.run_id, n, _as_recorded(d)) for _, d in out.decisions if not d.reemitted]
+    rows.sort(key=lambda r: (r[0], r[1]))
+    for run, _, row in rows:
+        # a run started before the range: its chain names a predecessor, so it is partial
+        yield replace(row, chain_prev="before the range") if run in partial else row
+
+
+def replay_from_kafka(
+    settings: Settings,
+    new_policy: Policy,
+    baseline: Policy,
+    since: datetime | None,
+    until: datetime | None,
+    run_id: str | None = None,
+    tenant: str | None = None,
+) -> ReplayReport:
+    """The report of ``new_policy`` against ``baseline`` over the topics' range."""
+    from baton.streams.topics import TopicCatalog
+
+    catalog = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions)
+    records = _records(settings, [catalog.requests, catalog.approvals], since, until)
+    if run_id is not None:
+        records = [r for r in records if r[2].key == run_id.encode()]
+    if tenant is not None:
+        records = [r for r in records if _tenant_of(r[2]) == tenant]
+    rows = _decided(records, baseline, settings, catalog.approvals)
+    return replay_runs(runs_of(rows), new_policy, {baseline.version: baseline})
+
+
+def _tenant_of(rec: InputRecord) -> str | None:
+    try:
+        event = parse_event(rec.value or b"")
+    except Exception:
+        return None
+    return getattr(event, "tenant", None)
