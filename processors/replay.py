@@ -363,6 +363,8 @@ def replay_runs(
                 result = replay_run(run, new_policy, policies, chain_key)
             except EventError as exc:
                 why = f"a recorded input does not parse any more: {exc}"
+            except Exception as exc:  # one run's history must not end the replay of all
+                why = f"replay failed: {type(exc).__name__}: {str(exc)[:300]}"
             else:
                 report.runs.append(result)
                 report.transitions.update(result.transitions)
