@@ -770,6 +770,7 @@ class _Rules:
         "allow_self_approval",
         "approval_keys",
         "approval_re",
+        "calls",
         "detect_delegation_cycles",
         "fallback",
         "fallback_by_reason",
@@ -787,8 +788,10 @@ class _Rules:
         "shadow_mode",
         "shared_max_tool_calls",
         "shared_max_usd",
+        "steps",
         "tools_checked",
         "ttl_seconds",
+        "usd",
         "version",
     )
 
@@ -806,6 +809,9 @@ class _Rules:
         self.shared_max_tool_calls = limits.shared_max_tool_calls
         self.max_run_seconds = limits.max_run_seconds
         self.max_steps = limits.max_steps
+        self.usd = _Budget.of(limits.shared_max_usd)
+        self.calls = _Budget.of(limits.shared_max_tool_calls)
+        self.steps = _Budget.of(limits.max_steps)
         self.max_bounces = limits.max_bounces
         self.reservation_ttl = limits.reservation_ttl_seconds
         self.release_on = frozenset(limits.release_ownership_on)
@@ -1070,9 +1076,10 @@ def _check(
     exhausted = _budget_exhausted(st, rules, ctx.now_ts)
     if exhausted:
         return Outcome.STOP, *exhausted
-    why = _estimate_over(st, req, rules)
-    if why:
-        return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, why
+    if req.estimated_usd is not None or req.estimated_tool_calls is not None:
+        why = _estimate_over(st, req, rules)
+        if why:
+            return Outcome.STOP, Reason.SHARED_BUDGET_EXCEEDED, why
     if rules.tools_checked:
         why = _tool_rule(req, rules)
         if why:
@@ -1085,26 +1092,37 @@ def _check(
 # ---------------------------------------------------------------- budgets: one comparison
 
 
-def _exceeds(total: float, limit: float, *, reaching: bool) -> bool:
-    """The one budget comparison. ``reaching`` (before a handoff: is anything left?) is at
-    or over the limit; otherwise (a cost counted, or an estimate added) strictly over it.
-    Within BUDGET_TOLERANCE of the limit is at it."""
-    if reaching:
-        return total >= limit - BUDGET_TOLERANCE
-    return total > limit + BUDGET_TOLERANCE
+class _Budget(NamedTuple):
+    """One budget limit as the two totals the rules compare with (the one budget comparison,
+    computed once per policy): a total >= ``reached`` leaves nothing for another handoff; a
+    total > ``over`` is past the limit (after a cost is counted, or with an estimate added).
+    Within BUDGET_TOLERANCE of the limit is at it; no limit is infinity (never reached)."""
+
+    reached: float
+    over: float
+
+    @classmethod
+    def of(cls, limit: float | None) -> _Budget:
+        if limit is None:
+            return cls(_INF, _INF)
+        return cls(limit - BUDGET_TOLERANCE, limit + BUDGET_TOLERANCE)
+
+
+_INF = float("inf")
 
 
 def _budget_exhausted(st: RunState, rules: _Rules, now_ts: float) -> tuple[Reason, str] | None:
     """shared_max_usd, shared_max_tool_calls, max_run_seconds -> shared_budget_exceeded;
     max_steps -> step_budget_exceeded: the run has nothing left for another handoff."""
-    max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
-    if max_usd is not None and _exceeds(st.spent_usd, max_usd, reaching=True):
-        return _SHARED, f"spent {st.spent_usd:.4f} >= shared_max_usd {max_usd:g}"
-    if max_calls is not None and _exceeds(st.tool_calls, max_calls, reaching=True):
-        return _SHARED, f"tool calls {st.tool_calls} >= shared_max_tool_calls {max_calls}"
-    max_steps = rules.max_steps
-    if max_steps is not None and _exceeds(st.steps, max_steps, reaching=True):
-        return Reason.STEP_BUDGET_EXCEEDED, f"steps {st.steps} >= max_steps {max_steps}"
+    if st.spent_usd >= rules.usd.reached:
+        return _SHARED, f"spent {st.spent_usd:.4f} >= shared_max_usd {rules.shared_max_usd:g}"
+    if st.tool_calls >= rules.calls.reached:
+        return (
+            _SHARED,
+            f"tool calls {st.tool_calls} >= shared_max_tool_calls {rules.shared_max_tool_calls}",
+        )
+    if st.steps >= rules.steps.reached:
+        return Reason.STEP_BUDGET_EXCEEDED, f"steps {st.steps} >= max_steps {rules.max_steps}"
     max_seconds = rules.max_run_seconds
     if max_seconds is not None:
         age = now_ts - st.started_at
@@ -1118,29 +1136,32 @@ def _estimate_over(st: RunState, req: HandoffRequested, rules: _Rules) -> str | 
     spent + reserved + this request's estimate would go over (parallel sub-agents cannot
     oversubscribe the run together)."""
     estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
-    max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
-    if estimated_usd is not None and max_usd is not None:
+    if estimated_usd is not None:
         total = st.spent_usd + st.reserved_usd + estimated_usd
-        if _exceeds(total, max_usd, reaching=False):
-            return f"spent+reserved+estimate {total:.4f} > shared_max_usd {max_usd:g}"
-    if estimated_calls is not None and max_calls is not None:
+        if total > rules.usd.over:
+            return f"spent+reserved+estimate {total:.4f} > shared_max_usd {rules.shared_max_usd:g}"
+    if estimated_calls is not None:
         calls = st.tool_calls + st.reserved_tool_calls + estimated_calls
-        if _exceeds(calls, max_calls, reaching=False):
-            return f"tool calls with reservations {calls} > shared_max_tool_calls {max_calls}"
+        if calls > rules.calls.over:
+            return (
+                f"tool calls with reservations {calls} > shared_max_tool_calls "
+                f"{rules.shared_max_tool_calls}"
+            )
     return None
 
 
 def _spent_over(st: RunState, rules: _Rules) -> tuple[Reason, str] | None:
     """shared_max_usd, shared_max_tool_calls -> shared_budget_exceeded; max_steps ->
     step_budget_exceeded: a completion's cost took the run over a limit."""
-    max_usd, max_calls = rules.shared_max_usd, rules.shared_max_tool_calls
-    if max_usd is not None and _exceeds(st.spent_usd, max_usd, reaching=False):
-        return _SHARED, f"spent {st.spent_usd:.4f} > shared_max_usd {max_usd:g}"
-    if max_calls is not None and _exceeds(st.tool_calls, max_calls, reaching=False):
-        return _SHARED, f"tool calls {st.tool_calls} > shared_max_tool_calls {max_calls}"
-    max_steps = rules.max_steps
-    if max_steps is not None and _exceeds(st.steps, max_steps, reaching=False):
-        return Reason.STEP_BUDGET_EXCEEDED, f"steps {st.steps} > max_steps {max_steps}"
+    if st.spent_usd > rules.usd.over:
+        return _SHARED, f"spent {st.spent_usd:.4f} > shared_max_usd {rules.shared_max_usd:g}"
+    if st.tool_calls > rules.calls.over:
+        return (
+            _SHARED,
+            f"tool calls {st.tool_calls} > shared_max_tool_calls {rules.shared_max_tool_calls}",
+        )
+    if st.steps > rules.steps.over:
+        return Reason.STEP_BUDGET_EXCEEDED, f"steps {st.steps} > max_steps {rules.max_steps}"
     return None
 
 
@@ -1365,10 +1386,10 @@ def _post_handoff(st: RunState, event: HandoffCompleted, ctx: _Ctx) -> list[Deci
         st.set_reserved(_without(st.reserved, done.request_id))
     node = st.task(done.task_id)
     refusal = _spent_over(st, rules)
-    if refusal is None:
+    if refusal is None and done.tools:
         why = _used_tools_rule(done, rules)
         refusal = (Reason.TOOL_NOT_PERMITTED, why) if why else None
-    released = _release_rule(st, done, node, rules) if rules.release_on else None
+    released = _release_rule(st, done, node, rules) if done.status in rules.release_on else None
     if refusal is not None and st.stopped is None and not st.finished:
         outcome, (reason, over) = Outcome.STOP, refusal
         # a completion's stop ends the run: its cost is spent, its tool used
