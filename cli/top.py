@@ -363,8 +363,10 @@ def top_cmd(
     settings = audit_settings(clickhouse_dsn, data_dir)
     urls = [check_metrics_url(u) for u in metrics_urls]
     if not urls:
-        record = find_stack(data_dir).record
-        if record is not None and record.live() and record.metrics_url:
+        found = find_stack(data_dir)
+        record = found.record
+        # live where it was found: a stack.json copied elsewhere does not pass for its stack
+        if record is not None and record.live(found.data_dir) and record.metrics_url:
             urls = [check_metrics_url(record.metrics_url)]
     from baton.sinks.clickhouse import parse_dsn
 
