@@ -363,6 +363,8 @@ def stack_settings(
     taken from its stack's record, in the module docstring's order."""
     env = os.environ if env is None else env
     given = {k: v for k, v in opts.items() if v is not None}
+    # the settings model reads variables whatever their case (BATON_bootstrap too)
+    variables = {k.upper() for k, v in env.items() if v}
     found: FoundStack | None = None
 
     def stack() -> FoundStack:
@@ -375,7 +377,7 @@ def stack_settings(
         """The stack decides this connection (no flag; --data-dir beats the variable)."""
         if setting in given:
             return False
-        return data_dir is not None or not env.get(f"BATON_{setting.upper()}")
+        return data_dir is not None or f"BATON_{setting.upper()}" not in variables
 
     if kafka and from_stack("bootstrap"):
         if stack().record is None:
@@ -383,7 +385,7 @@ def stack_settings(
         record = _kafka_from(stack())
         given["bootstrap"] = record.bootstrap
         for name in _KAFKA_COMPANIONS:
-            if name not in given and not env.get(f"BATON_{name.upper()}"):
+            if name not in given and f"BATON_{name.upper()}" not in variables:
                 value = getattr(record, name)
                 if value is not None:
                     given[name] = value

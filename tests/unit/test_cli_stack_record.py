@@ -331,3 +331,11 @@ def test_alerts_check_takes_the_data_dir_given_to_alerts(tmp_path: Path) -> None
     result = CliRunner().invoke(main.cli, ["alerts", "--data-dir", str(nowhere), "check"])
     assert result.exit_code == 2
     assert str(nowhere / STACK_FILE) in result.output and "(from --data-dir)" in result.output
+
+
+def test_a_variable_in_another_case_still_wins(
+    baton_up: Holder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _record(Path(".baton"), baton_up)
+    monkeypatch.setenv("baton_bootstrap", "lower:3")  # the settings model reads it too
+    assert stack_settings({}).bootstrap == "lower:3"
