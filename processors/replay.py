@@ -71,7 +71,21 @@ REPLAY_COLUMNS: tuple[str, ...] = (
 )
 
 #: refusals of the worker's own, not of its policy: replayed as refusals under both policies
-_WORKER_REFUSALS = frozenset({Reason.WORKER_RUN_LIMIT, Reason.RUN_STATE_LIMIT})
+_WORKER_REFUSALS = frozenset({Reason.WORKER_RUN_LIMIT.value, Reason.RUN_STATE_LIMIT.value})
+# plain strings: an enum member's lookup costs ten times a global's, and these run per step
+_KILLED, _RUN_STATE_LIMIT = Reason.KILLED.value, Reason.RUN_STATE_LIMIT.value
+
+
+def _step_context(recs: list[Recorded]) -> tuple[KillSwitches, Recorded | None]:
+    """What a step was decided with besides its policy: the kill switch its run was under
+    (a stop ``killed`` says so) and a refusal of the worker's own, as recorded."""
+    kills, refusal = NO_KILLS, None
+    for r in recs:
+        if r.reason == _KILLED:
+            kills = KillSwitches(runs=frozenset({r.run_id}))
+        elif r.reason in _WORKER_REFUSALS:
+            refusal = r
+    return kills, refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,15 +222,16 @@ class _Replayer:
         self.chain_key = chain_key
         self.state: RunState | None = None
 
-    def step(self, recs: list[Recorded], event: object | None) -> list[Decision]:
+    def step(
+        self,
+        recs: list[Recorded],
+        event: object | None,
+        kills: KillSwitches,
+        refusal: Recorded | None,
+    ) -> list[Decision]:
         first = recs[0]
         policy = self.policy_of(first)
         now = first.decided_at
-        kills = (
-            KillSwitches(runs=frozenset({first.run_id}))
-            if any(r.reason == Reason.KILLED for r in recs)
-            else NO_KILLS
-        )
         before = self.state
         if event is None:
             if before is None:
@@ -224,9 +239,8 @@ class _Replayer:
             new, decided = expire_approvals(before, policy, now, kills)
         else:
             origin = Origin(first.worker, first.partition, first.offset)
-            refusal = next((r for r in recs if r.reason in _WORKER_REFUSALS), None)
             if refusal is not None:
-                stored = before if refusal.reason == Reason.RUN_STATE_LIMIT else None
+                stored = before if refusal.reason == _RUN_STATE_LIMIT else None
                 reason = Reason(refusal.reason)
                 new, decided = refuse(
                     stored, event, policy, now, reason, refusal.detail or "", kills, origin
@@ -288,7 +302,8 @@ def replay_run(
         text = recs[0].input
         event = parse_event(text.encode(), run[0].run_id.encode()) if text is not None else None
         before = recorded.state
-        as_recorded = recorded.step(recs, event)
+        kills, refusal = _step_context(recs)
+        as_recorded = recorded.step(recs, event, kills, refusal)
         if shared:
             version = recs[0].policy_version
             if version not in same:
@@ -298,7 +313,7 @@ def replay_run(
                 )
             if not same[version]:
                 shared, new.state = False, before  # the two part here
-        as_new = as_recorded if shared else new.step(recs, event)
+        as_new = as_recorded if shared else new.step(recs, event, kills, refusal)
         outcome.decisions += len(recs)
         for i, rec in enumerate(recs):
             again = as_recorded[i] if i < len(as_recorded) else None
@@ -306,6 +321,8 @@ def replay_run(
                 shown = label(again.outcome, again.reason) if again is not None else "-"
                 outcome.unfaithful.append((n, label(rec.outcome, rec.reason), shown))
             other = as_new[i] if i < len(as_new) else None
+            if other is not None and other.outcome == rec.outcome and other.reason == rec.reason:
+                continue
             was = label(rec.outcome, rec.reason)
             now = label(other.outcome, other.reason) if other is not None else "-"
             if was == now:
@@ -337,7 +354,7 @@ def rebuild_run(
     for recs in _steps(run):
         text = recs[0].input
         event = parse_event(text.encode(), run_key) if text is not None else None
-        again = replayer.step(recs, event)
+        again = replayer.step(recs, event, *_step_context(recs))
         if faithful:
             faithful = len(again) == len(recs) and all(
                 _faithful(rec, d, True) for rec, d in zip(recs, again, strict=True)
