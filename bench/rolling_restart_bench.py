@@ -27,9 +27,9 @@ from pathlib import Path
 
 from baton.processors.probe import wait_until_deciding
 from baton.schemas.events import HandoffRequested
-from baton.streams.client import GovernanceClient
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port
+from baton.streams.sdk import GovernanceClient
 from baton.streams.topics import TopicCatalog, ensure_topics
 
 PARTITIONS = 4

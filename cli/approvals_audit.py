@@ -21,7 +21,7 @@ from clickhouse_connect.driver.client import Client
 from baton.schemas.decision import AUDIT_FIELDS, DECISION_ADAPTER, Decision, Outcome, Phase
 from baton.sinks.schema import DATABASE
 
-__all__ = ["PendingApproval", "find_approval", "pending_approvals"]
+__all__ = ["OpenApproval", "find_approval", "pending_approvals"]
 
 _COLUMNS = ", ".join(f"d.`{f}`" for f in AUDIT_FIELDS)
 
@@ -73,7 +73,7 @@ def _decision(row: Any) -> Decision:
     return DECISION_ADAPTER.validate_python(doc)
 
 
-class PendingApproval:
+class OpenApproval:
     """One approval waiting for an answer: its ``approval_required`` decision, and when."""
 
     __slots__ = ("asked", "now")
@@ -93,11 +93,11 @@ class PendingApproval:
         return (expires - self.now).total_seconds() if expires else float("inf")
 
 
-def pending_approvals(client: Client, run_id: str = "", limit: int = 1000) -> list[PendingApproval]:
+def pending_approvals(client: Client, run_id: str = "", limit: int = 1000) -> list[OpenApproval]:
     """The pending approvals, oldest first (of ``run_id`` only when given)."""
     rows = client.query(_PENDING_SQL, parameters={"run_id": run_id, "limit": limit}).result_rows
     now = datetime.now(UTC)
-    return [PendingApproval(_decision(row), now) for row in rows]
+    return [OpenApproval(_decision(row), now) for row in rows]
 
 
 def find_approval(client: Client, approval_id: str) -> tuple[Decision | None, Decision | None]:

@@ -200,12 +200,12 @@ async def _play(
     bootstrap: str, topic_prefix: str | None, timeout: float, runs: int, burst: int
 ) -> Demo:
     from baton.cli.demo_play import Demo, StopsReader
-    from baton.streams.client import ApproverClient, AsyncGovernanceClient, OperatorClient
+    from baton.streams.sdk import ApproverClient, AsyncGovernanceClient, OperatorClient
 
     options: dict[str, Any] = {"topic_prefix": topic_prefix, "timeout": timeout}
     run_prefix = f"demo_{uuid.uuid4().hex[:6]}_"
     async with AsyncGovernanceClient(bootstrap, **options) as gov:
-        catalog = gov.transport.catalog
+        catalog = gov.channel.catalog
         with (
             ApproverClient(bootstrap, **options) as approver,
             OperatorClient(bootstrap, **options) as operator,

@@ -1,6 +1,6 @@
 """The demo's script: plays the seed's scenarios through the client SDK and prints a transcript.
 
-Everything goes through the client SDK (``baton.streams.client``) exactly as an orchestrator
+Everything goes through the client SDK (``baton.streams.sdk``) exactly as an orchestrator
 would use it; each scenario states what Baton must decide and a difference is recorded in
 ``Demo.problems`` (the command exits 1 naming them).
 """
@@ -21,7 +21,7 @@ from baton.cli.demo_stops import SEED_RUN, StopsReader
 from baton.schemas.decision import Decision, Fallback, Outcome, Reason
 from baton.schemas.errors import BatonError
 from baton.schemas.events import HandoffCompleted, HandoffRequested
-from baton.streams.client import ApproverClient, AsyncGovernanceClient, OperatorClient
+from baton.streams.sdk import ApproverClient, AsyncGovernanceClient, OperatorClient
 
 __all__ = ["SEED_RUN", "Demo", "StopsReader", "replay_scene"]
 

@@ -144,8 +144,8 @@ def _answer(
 ) -> None:
     from baton.cli.approvals_audit import find_approval
     from baton.sinks.clickhouse import audit_errors, parse_dsn
-    from baton.streams.client import ApproverClient
     from baton.streams.net import check_reachable
+    from baton.streams.sdk import ApproverClient
 
     key = load_key(key_file)  # before anything else: a bad key file is a usage error
     audit = _audit_settings(clickhouse_dsn, data_dir)

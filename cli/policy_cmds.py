@@ -87,7 +87,7 @@ def policy_publish(
     # the text that is hashed, signed and sent, parsed once more: the file may have changed
     text = file.read_text(encoding="utf-8")
     policy = parse_policy(text, str(file))
-    from baton.streams.client_publishers import MAX_POLICY_UPDATE_BYTES
+    from baton.streams.sdk import MAX_POLICY_UPDATE_BYTES
 
     if len(text.encode()) > MAX_POLICY_UPDATE_BYTES:
         raise PolicyError(
@@ -97,8 +97,8 @@ def policy_publish(
     key = load_key(key_file)
     settings = stack_settings(opts, data_dir)
     from baton.schemas.decision import Reason
-    from baton.streams.client import OperatorClient
     from baton.streams.net import check_reachable
+    from baton.streams.sdk import OperatorClient
 
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
     with OperatorClient(

@@ -697,8 +697,8 @@ def kill_cmd(
         )
     key = load_key(key_file)
     settings = stack_settings(opts, data_dir)
-    from baton.streams.client import OperatorClient
     from baton.streams.net import check_reachable
+    from baton.streams.sdk import OperatorClient
 
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
 

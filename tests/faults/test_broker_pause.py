@@ -15,8 +15,8 @@ import pytest
 
 from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Decision, Outcome
-from baton.streams.client import GovernanceClient
 from baton.streams.embedded import EmbeddedBroker
+from baton.streams.sdk import GovernanceClient
 from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import handoff, wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY

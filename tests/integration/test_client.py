@@ -15,14 +15,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase
 from baton.schemas.errors import BrokerUnavailable, TopicMismatch
 from baton.schemas.events import HandoffCompleted, HandoffRequested, parse_event
-from baton.streams.client import (
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.net import free_port
+from baton.streams.sdk import (
     ApproverClient,
     AsyncGovernanceClient,
     GovernanceClient,
     OperatorClient,
 )
-from baton.streams.embedded import EmbeddedBroker
-from baton.streams.net import free_port
 from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import handoff, wait_for
 
@@ -152,7 +152,7 @@ def test_a_grant_that_arrives_before_the_wait_is_not_lost(
         approver.deny(pending, approver="alice", comment="not this one")
     # the denial is decided and read by the client before anyone waits for it
     wait_for(
-        lambda: gov.transport.parked((run, pending.request_id, "approval")),
+        lambda: gov.channel.waiters.parked((run, pending.request_id, "approval")),
         15,
         message="the denial read by the client",
     )

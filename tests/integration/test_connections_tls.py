@@ -24,9 +24,9 @@ from baton.schemas.decision import Outcome
 from baton.schemas.errors import AuditUnavailable, BrokerUnavailable
 from baton.schemas.settings import Settings
 from baton.sinks.clickhouse import connect
-from baton.streams.client import GovernanceClient
 from baton.streams.kafka import admin_config, consumer_config, producer_config
 from baton.streams.net import free_port
+from baton.streams.sdk import GovernanceClient
 from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import handoff, wait_for
 from tests.stack import WorkerProcess

@@ -27,8 +27,8 @@ from baton.schemas.events import (
 )
 from baton.schemas.policy import parse_policy
 from baton.schemas.signing import approval_payload, load_private_key, sign
-from baton.streams.client import ApproverClient, GovernanceClient, OperatorClient
 from baton.streams.embedded import EmbeddedBroker
+from baton.streams.sdk import ApproverClient, GovernanceClient, OperatorClient
 from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import wait_for
 from tests.stack import Collector, EventSender, SinkProcess, WorkerProcess

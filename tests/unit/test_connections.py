@@ -22,8 +22,8 @@ from baton.schemas.errors import ConfigError
 from baton.schemas.redact import mask_credentials
 from baton.schemas.settings import Settings
 from baton.sinks.clickhouse import parse_dsn
-from baton.streams.client_options import ClientOptions
 from baton.streams.kafka import admin_config, consumer_config, printable_config, producer_config
+from baton.streams.sdk import ClientOptions
 from tests.tls_support import Pki, make_pki, server_context
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""What both client flavours share: options, the transport, request and fail-safe bookkeeping."""
+"""What every SDK client shares: options, a channel, requests built, fail-safe answers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 from baton.schemas.decision import Decision, Fallback, Phase
 from baton.schemas.events import HandoffCompleted, HandoffRequested, RunFinished
 from baton.schemas.settings import Settings
-from baton.streams.client_options import ClientOptions, unanswered_decision
-from baton.streams.client_transport import Transport, WaitKey
+from baton.streams.sdk.channel import RequestChannel
+from baton.streams.sdk.options import ClientOptions, unanswered_decision
+from baton.streams.sdk.waiters import WaitKey
 
 __all__ = ["ClientBase"]
 
@@ -22,7 +23,7 @@ _DECIDE_BY_GRACE_S = 0.0
 
 
 class ClientBase:
-    """Options, the transport and the request -> decision bookkeeping both flavours share."""
+    """Options, the channel and the request -> decision bookkeeping every client shares."""
 
     def __init__(
         self,
@@ -52,7 +53,7 @@ class ClientBase:
             kafka_config=kafka_config,
             client_id=client_id,
         )
-        self.transport = Transport(self.options)
+        self.channel = RequestChannel(self.options)
 
     @property
     def bootstrap(self) -> str:
@@ -68,10 +69,10 @@ class ClientBase:
             decide_by = datetime.now(UTC) + timedelta(seconds=wait_s + _DECIDE_BY_GRACE_S)
             event = event.model_copy(update={"decide_by": decide_by})
         return (
-            self.transport.catalog.requests,
+            self.channel.catalog.requests,
             event.run_id.encode(),
             event.to_json(),
-            self.transport.partition_of(event.run_id),
+            self.channel.partition_of(event.run_id),
             (event.run_id, event.request_id, str(phase)),
             phase,
         )
@@ -114,7 +115,7 @@ class ClientBase:
                 approval_expires_at=event.approval_expires_at,
                 depth=event.depth,
             )
-        error = self.transport.last_delivery_error()
+        error = self.channel.last_delivery_error()
         if error:
             detail = f"{detail}; last Kafka error: {error}"
         return unanswered_decision(
@@ -132,7 +133,7 @@ class ClientBase:
         tries = f" ({attempts} attempts)" if attempts > 1 else ""
         return (
             f"no decision from Baton within {timeout:g} s{tries} "
-            f"(Kafka at {self.bootstrap}, topic {self.transport.catalog.decisions}); "
+            f"(Kafka at {self.bootstrap}, topic {self.channel.catalog.decisions}); "
             "is a worker running?"
         )
 
@@ -149,8 +150,8 @@ class ClientBase:
     def _finish_event(self, run_id: str, tenant: str) -> tuple[str, bytes, bytes, int]:
         event = RunFinished(run_id=run_id, tenant=tenant, event_time=datetime.now(UTC))
         return (
-            self.transport.catalog.requests,
+            self.channel.catalog.requests,
             run_id.encode(),
             event.to_json(),
-            self.transport.partition_of(run_id),
+            self.channel.partition_of(run_id),
         )

@@ -1,4 +1,4 @@
-"""Request/reply over Kafka for the client SDK: one producer, one decision-reading thread, waiters.
+"""Carries one client's requests to Kafka, in order, and its decisions back to their waiters.
 
 How a request finds its decision:
 
@@ -8,9 +8,9 @@ How a request finds its decision:
   consumer group: a group join takes seconds on Tansu and would spread partitions over
   clients) starting from the partition's end offset, read *before* its first request is
   produced, so no decision can slip in between;
-* callers register a waiter under ``(run_id, request_id, phase)`` before they publish; the thread
-  parses only the records whose key is awaited and resolves the waiters (threads through a
-  ``concurrent.futures.Future``, asyncio through one ``call_soon_threadsafe`` per batch).
+* callers register a waiter under ``(run_id, request_id, phase)`` before they publish
+  (``waiters.WaiterBook``); the thread parses only the records whose key is awaited and
+  resolves their waiters.
 
 Order: records of one run leave this client in the order they were submitted, also while
 their partition is still being assigned (they queue behind the assignment, in order), so
@@ -24,28 +24,25 @@ that batch after an assignment (harmless: it only looks for its own request_ids)
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from baton.schemas.decision import DECISION_ADAPTER, Decision, Outcome, Phase
+from baton.schemas.decision import DECISION_ADAPTER, Decision
 from baton.schemas.errors import BrokerUnavailable, TopicMismatch
-from baton.streams.client_options import ClientOptions
 from baton.streams.kafka import consumer_config, producer_config
 from baton.streams.partitioner import partition_for
+from baton.streams.sdk.options import ClientOptions
+from baton.streams.sdk.waiters import Unanswered, Waiter, WaiterBook, WaitKey, resolve
 
-__all__ = ["Transport", "Unanswered", "WaitKey", "Waiter"]
+__all__ = ["RequestChannel"]
 
 log = logging.getLogger("baton.client")
 # librdkafka's own log lines (connection refused, retries...): an SDK must not write to its host
@@ -54,27 +51,6 @@ log = logging.getLogger("baton.client")
 # in the detail of a governance_unavailable decision
 _KAFKA_LOG = logging.getLogger("baton.client.kafka")
 _KAFKA_LOG.addHandler(logging.NullHandler())
-
-WaitKey: TypeAlias = tuple[str, str, str]  # (run_id, request_id, phase)
-
-#: approval decisions nobody waits for yet are kept this long past the approval's expiry
-_PARKED_GRACE_S = 60.0
-_PARKED_MAX = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class Unanswered:
-    """Resolves a waiter that will get no decision (client closed, partition unreadable)."""
-
-    detail: str
-
-
-@dataclass(slots=True, eq=False)
-class Waiter:
-    """One caller waiting for one decision: a thread (``loop`` None) or an asyncio task."""
-
-    future: concurrent.futures.Future[Any] | asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop | None = None
 
 
 @dataclass(slots=True)
@@ -85,27 +61,7 @@ class _Gate:
     queued: list[tuple[str, bytes, bytes, WaitKey | None]] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class _Parked:
-    """An approval this client asked for: its decision is kept until someone waits for it."""
-
-    run_id: str
-    keep_until: float
-    decision: Decision | None = None
-
-
-def _set(future: Any, value: Any) -> None:
-    if not future.done():
-        with contextlib.suppress(concurrent.futures.InvalidStateError, asyncio.InvalidStateError):
-            future.set_result(value)
-
-
-def _resolve_all(items: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, value in items:
-        _set(future, value)
-
-
-class Transport:
+class RequestChannel:
     """The Kafka side of one client; every public client class wraps one of these."""
 
     def __init__(self, options: ClientOptions) -> None:
@@ -121,8 +77,7 @@ class Transport:
         self._closed = False
         self._gates: dict[int, _Gate] = {}
         self._wanted: deque[int] = deque()
-        self._waiters: dict[WaitKey, list[Waiter]] = {}
-        self._parked: dict[WaitKey, _Parked] = {}
+        self.waiters = WaiterBook()
         self._delivery_errors: deque[str] = deque(maxlen=20)
         self.decisions_read = 0
 
@@ -235,10 +190,10 @@ class Transport:
         trigger one.
         """
         if self._producer is None:
-            raise RuntimeError("Transport.submit before connect()")
+            raise RuntimeError("RequestChannel.submit before connect()")
+        if waiter is not None and wait_key is not None:
+            self.waiters.register(wait_key, waiter)
         with self._lock:
-            if waiter is not None and wait_key is not None:
-                self._waiters.setdefault(wait_key, []).append(waiter)
             gate = self._gates.get(decisions_partition)
             if gate is None and not needs_reply:
                 self._produce(topic, key, value)
@@ -254,7 +209,7 @@ class Transport:
     def publish(self, topic: str, key: bytes, value: bytes) -> None:
         """Publish a record that has no decision partition to order behind (the control topic)."""
         if self._producer is None:
-            raise RuntimeError("Transport.publish before connect()")
+            raise RuntimeError("RequestChannel.publish before connect()")
         self._produce(topic, key, value)
 
     def _produce(self, topic: str, key: bytes, value: bytes) -> None:
@@ -283,43 +238,6 @@ class Transport:
             return 0
         return int(self._producer.flush(timeout))
 
-    # ------------------------------------------------------------------ waiting
-    def register(self, wait_key: WaitKey, waiter: Waiter) -> None:
-        """Have ``waiter`` wait for ``wait_key``'s decision too (before publishing: a command
-        the worker answers under one of two names, applied or refused, waits for both)."""
-        with self._lock:
-            self._waiters.setdefault(wait_key, []).append(waiter)
-
-    def unregister(self, wait_key: WaitKey, waiter: Waiter) -> None:
-        with self._lock:
-            waiters = self._waiters.get(wait_key)
-            if waiters and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[wait_key]
-
-    def claim_parked(self, wait_key: WaitKey, waiter: Waiter) -> Decision | None:
-        """A parked approval decision, or None after registering ``waiter`` for it."""
-        with self._lock:
-            parked = self._parked.get(wait_key)
-            if parked is not None and parked.decision is not None:
-                del self._parked[wait_key]
-                return parked.decision
-            self._waiters.setdefault(wait_key, []).append(waiter)
-            return None
-
-    def parked(self, wait_key: WaitKey) -> Decision | None:
-        """The approval decision read for ``wait_key`` that nobody has waited for yet, if any."""
-        with self._lock:
-            slot = self._parked.get(wait_key)
-            return slot.decision if slot is not None else None
-
-    def forget_run(self, run_id: str) -> None:
-        """Drop approval decisions parked for ``run_id`` (the run is finished)."""
-        with self._lock:
-            for key in [k for k, p in self._parked.items() if p.run_id == run_id]:
-                del self._parked[key]
-
     # ------------------------------------------------------------------ the reader thread
     def _run(self) -> None:
         consumer = self._consumer
@@ -337,7 +255,7 @@ class Transport:
                 now = time.monotonic()
                 if now - last_prune > 5.0:
                     last_prune = now
-                    self._prune_parked()
+                    self.waiters.prune_parked()
         except Exception:  # a dead reader would turn every check into a timeout: say why
             log.critical("the Baton client's decision reader crashed", exc_info=True)
             self._fail_everyone("the client's decision reader crashed (see the log)")
@@ -373,13 +291,12 @@ class Transport:
     def _fail_gate(self, partition: int, detail: str) -> None:
         with self._lock:
             gate = self._gates.pop(partition, None)
-            keys = [q[3] for q in gate.queued if q[3] is not None] if gate else []
-            waiters = [w for k in keys for w in self._waiters.pop(k, ())]
-        self._resolve(waiters, Unanswered(detail))
+        keys = [q[3] for q in gate.queued if q[3] is not None] if gate else []
+        unanswered = Unanswered(detail)
+        resolve([(w, unanswered) for w in self.waiters.take_all(keys)])
 
     def _dispatch(self, messages: list[Any]) -> None:
-        waiting = self._waiters
-        parked = self._parked
+        book = self.waiters
         resolved: list[tuple[Waiter, Decision]] = []
         for msg in messages:
             if msg.error() is not None:
@@ -393,7 +310,7 @@ class Transport:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
             # cheap unlocked look first: most records are other runs' (other clients')
-            if key not in waiting and key not in parked:
+            if not book.awaited(key):
                 continue
             try:
                 decision = DECISION_ADAPTER.validate_python(doc)
@@ -406,62 +323,13 @@ class Transport:
                     str(exc).splitlines()[0],
                 )
                 continue
-            with self._lock:
-                waiters = waiting.pop(key, None)
-                if decision.phase == Phase.APPROVAL:
-                    slot = parked.get(key)
-                    if waiters:
-                        parked.pop(key, None)
-                    elif slot is not None and slot.decision is None:
-                        slot.decision = decision
-                elif waiters and decision.outcome == Outcome.APPROVAL_REQUIRED:
-                    # the approver may answer before our caller gets to wait_for_approval
-                    self._park(decision)
-            if waiters:
-                resolved.extend((w, decision) for w in waiters)
+            resolved.extend((w, decision) for w in book.take(key, decision))
         if resolved:
-            self._resolve([w for w, _ in resolved], None, resolved)
-
-    def _park(self, decision: Decision) -> None:
-        expires = decision.approval_expires_at
-        left = (expires - datetime.now(expires.tzinfo)).total_seconds() if expires else 3600.0
-        key = (decision.run_id, decision.request_id, str(Phase.APPROVAL))
-        if key not in self._parked:
-            if len(self._parked) >= _PARKED_MAX:
-                del self._parked[next(iter(self._parked))]
-            self._parked[key] = _Parked(
-                decision.run_id, time.monotonic() + max(left, 0.0) + _PARKED_GRACE_S
-            )
-
-    def _prune_parked(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in [k for k, p in self._parked.items() if p.keep_until < now]:
-                del self._parked[key]
-
-    def _resolve(
-        self,
-        waiters: list[Waiter],
-        value: Any,
-        pairs: list[tuple[Waiter, Decision]] | None = None,
-    ) -> None:
-        """Hand results over: sync futures directly, asyncio ones in one callback per loop."""
-        items = pairs if pairs is not None else [(w, value) for w in waiters]
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = defaultdict(list)
-        for waiter, result in items:
-            if waiter.loop is None:
-                _set(waiter.future, result)
-            else:
-                by_loop[waiter.loop].append((waiter.future, result))
-        for loop, batch in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(_resolve_all, batch)
+            resolve(resolved)
 
     def _fail_everyone(self, detail: str) -> None:
-        with self._lock:
-            waiters = [w for ws in self._waiters.values() for w in ws]
-            self._waiters.clear()
-        self._resolve(waiters, Unanswered(detail))
+        unanswered = Unanswered(detail)
+        resolve([(w, unanswered) for w in self.waiters.take_everyone()])
 
     # ------------------------------------------------------------------ shutdown
     def close(self, timeout: float = 10.0) -> None:

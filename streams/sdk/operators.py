@@ -1,0 +1,160 @@
+"""The operator's client: kill switches, releases and policy updates, signed, on gov.control."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+# the worker names a refused command's record after the whole event: the same function gives
+# the waiter that name, so it cannot drift from the engine's
+from baton.processors.engine import refused_command_id
+from baton.schemas.decision import Decision, Phase
+from baton.schemas.events import KillSwitch, KillSwitchReleased, PolicyUpdated
+from baton.schemas.signing import control_payload, policy_hash
+from baton.streams.sdk.publisher import SignedPublisher
+
+__all__ = ["MAX_POLICY_UPDATE_BYTES", "OperatorClient"]
+
+#: a policy is a few KB; a record must stay well under Kafka's ~1 MB message limit, or the
+#: broker refuses it and no worker ever answers
+MAX_POLICY_UPDATE_BYTES = 512 * 1024
+
+
+class OperatorClient(SignedPublisher):
+    """Kill switches and policy updates on ``gov.control``, like ``baton kill`` and ``baton
+    policy publish``.
+
+    ``OperatorClient(bootstrap, key=…)`` or ``key_file="oncall.key"`` signs every command as the
+    ``operator`` it names (required when the policy lists ``operators``). With ``wait=True``
+    (the default) a call returns the worker's ``control`` record once the command was applied
+    (reason ``kill_switch``, ``kill_switch_released``, ``policy_updated``) or refused (outcome
+    ``recorded``, reason ``control_unsigned``, ``unknown_operator``, ``bad_signature``,
+    ``control_replayed``; nothing changed). With several workers that record comes from the
+    first one; the others follow within a poll.
+    """
+
+    def kill(
+        self,
+        *,
+        run_id: str | None = None,
+        tenant: str | None = None,
+        everything: bool = False,
+        operator: str = "operator",
+        reason: str = "",
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Decision | None:
+        return self._switch(KillSwitch, run_id, tenant, everything, operator, reason, wait, timeout)
+
+    def release(
+        self,
+        *,
+        run_id: str | None = None,
+        tenant: str | None = None,
+        everything: bool = False,
+        operator: str = "operator",
+        reason: str = "",
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Decision | None:
+        return self._switch(
+            KillSwitchReleased, run_id, tenant, everything, operator, reason, wait, timeout
+        )
+
+    def publish_policy(
+        self,
+        policy_yaml: str,
+        *,
+        operator: str = "operator",
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Decision | None:
+        """Publish ``policy_yaml`` to every worker (hot reload), signed with its SHA-256.
+
+        Validate it first (``baton.schemas.policy.parse_policy``): a worker dead-letters a
+        policy it cannot parse, and no record answers it."""
+        size = len(policy_yaml.encode())
+        if size > MAX_POLICY_UPDATE_BYTES:
+            raise ValueError(
+                f"policy_yaml: {size} bytes, at most {MAX_POLICY_UPDATE_BYTES} can be published"
+            )
+        now = datetime.now(UTC)
+        sha = policy_hash(policy_yaml)
+        event = PolicyUpdated(
+            policy_yaml=policy_yaml,
+            operator=operator,
+            policy_sha=sha,
+            signature=self._signature(
+                lambda: control_payload("policy_updated", "global", "*", operator, "", now, sha)
+            ),
+            event_time=now,
+        )
+        parsed = PolicyUpdated.model_validate_json(event.to_json())
+        request_id = f"{event.type}:{sha[:16]}:{parsed.event_time.isoformat()}"
+        return self._command(
+            event, "*", request_id, parsed, f"the policy update {sha[:12]}", wait, timeout
+        )
+
+    def _switch(
+        self,
+        cls: type[KillSwitch] | type[KillSwitchReleased],
+        run_id: str | None,
+        tenant: str | None,
+        everything: bool,
+        operator: str,
+        reason: str,
+        wait: bool,
+        timeout: float | None,
+    ) -> Decision | None:
+        if sum(x is not None and x is not False for x in (run_id, tenant, everything or None)) != 1:
+            raise ValueError("give exactly one of run_id=, tenant=, everything=True")
+        scope: Literal["run", "tenant", "global"] = (
+            "run" if run_id else "tenant" if tenant else "global"
+        )
+        target = run_id or tenant or "*"
+        now = datetime.now(UTC)
+        event_type = cls.model_fields["type"].default
+        event = cls(
+            scope=scope,
+            run_id=run_id,
+            tenant=tenant,
+            operator=operator,
+            reason=reason,
+            signature=self._signature(
+                lambda: control_payload(event_type, scope, target, operator, reason, now)
+            ),
+            event_time=now,
+        )
+        # the worker names its record after the event as it parsed it, and keys it by the
+        # run_id ("*" for a tenant or global switch): wait for exactly that record
+        parsed = cls.model_validate_json(event.to_json())
+        request_id = f"{event.type}:{scope}:{target}:{parsed.event_time.isoformat()}"
+        what = f"the {event.type} for {scope} {target}"
+        return self._command(event, run_id or "*", request_id, parsed, what, wait, timeout)
+
+    def _command(
+        self,
+        event: KillSwitch | KillSwitchReleased | PolicyUpdated,
+        record_run: str,
+        request_id: str,
+        parsed: KillSwitch | KillSwitchReleased | PolicyUpdated,
+        what: str,
+        wait: bool,
+        timeout: float | None,
+    ) -> Decision | None:
+        t = self.channel
+        t.connect()
+        raw = event.to_json()
+        key = (event.target if not isinstance(event, PolicyUpdated) else "*").encode()
+        if not wait:
+            t.publish(t.catalog.control, key, raw)
+            self._confirm(what)
+            return None
+        phase = str(Phase.CONTROL)
+        # applied: the record named after the command; refused: its own name, which adds the
+        # whole event's digest (a forged copy never replaces the real command's record)
+        waits = [
+            (record_run, request_id, phase),
+            (record_run, refused_command_id(request_id, parsed), phase),
+        ]
+        return self._send_and_wait(t.catalog.control, key, raw, record_run, waits, what, timeout)

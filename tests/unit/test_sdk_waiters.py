@@ -1,0 +1,124 @@
+"""The SDK's waiter book: who waits for which decision, approvals parked until someone asks."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from baton.schemas.decision import Decision, Outcome, Phase
+from baton.streams.sdk import waiters as waiters_module
+from baton.streams.sdk.waiters import Unanswered, Waiter, WaiterBook, resolve
+
+pytestmark = pytest.mark.unit
+
+RUN, REQUEST = "run_742", "r1"
+APPROVAL_KEY = (RUN, REQUEST, str(Phase.APPROVAL))
+PRE_KEY = (RUN, REQUEST, str(Phase.PRE_HANDOFF))
+
+
+def _decision(phase: Phase, outcome: Outcome, run: str = RUN, request: str = REQUEST) -> Decision:
+    return Decision(
+        decision_id=f"{run}-{request}-{phase}",
+        request_id=request,
+        run_id=run,
+        tenant="acme",
+        phase=phase,
+        outcome=outcome,
+        reason="approval_pending",
+        approval_id="ap1",
+        approval_expires_at=datetime.now(UTC) + timedelta(minutes=5),
+    )
+
+
+def _waiter() -> Waiter:
+    return Waiter(concurrent.futures.Future())
+
+
+def test_a_decision_goes_to_every_waiter_of_its_key_and_only_once() -> None:
+    book, first, second = WaiterBook(), _waiter(), _waiter()
+    book.register(PRE_KEY, first)
+    book.register(PRE_KEY, second)
+    allow = _decision(Phase.PRE_HANDOFF, Outcome.ALLOW)
+    assert book.take(PRE_KEY, allow) == [first, second]
+    assert book.take(PRE_KEY, allow) == []
+    assert not book.awaited(PRE_KEY)
+
+
+def test_an_approval_answered_before_anyone_waits_is_parked_for_wait_for_approval() -> None:
+    book = WaiterBook()
+    book.register(PRE_KEY, _waiter())
+    book.take(PRE_KEY, _decision(Phase.PRE_HANDOFF, Outcome.APPROVAL_REQUIRED))
+    assert book.awaited(APPROVAL_KEY) and book.parked(APPROVAL_KEY) is None
+    granted = _decision(Phase.APPROVAL, Outcome.ALLOW)
+    assert book.take(APPROVAL_KEY, granted) == []
+    assert book.parked(APPROVAL_KEY) == granted
+    assert book.claim_parked(APPROVAL_KEY, _waiter()) == granted
+    assert not book.awaited(APPROVAL_KEY)
+
+
+def test_an_approval_nobody_asked_for_is_not_parked() -> None:
+    book = WaiterBook()
+    book.take(APPROVAL_KEY, _decision(Phase.APPROVAL, Outcome.ALLOW))
+    assert book.parked(APPROVAL_KEY) is None and not book.awaited(APPROVAL_KEY)
+
+
+def test_claiming_before_the_answer_registers_the_waiter() -> None:
+    book, waiter = WaiterBook(), _waiter()
+    book.register(PRE_KEY, _waiter())
+    book.take(PRE_KEY, _decision(Phase.PRE_HANDOFF, Outcome.APPROVAL_REQUIRED))
+    assert book.claim_parked(APPROVAL_KEY, waiter) is None
+    assert book.take(APPROVAL_KEY, _decision(Phase.APPROVAL, Outcome.STOP)) == [waiter]
+    assert book.parked(APPROVAL_KEY) is None  # answered: nothing left parked
+
+
+def test_finishing_a_run_drops_its_parked_approvals_only() -> None:
+    book = WaiterBook()
+    for run in (RUN, "run_other"):
+        key = (run, REQUEST, str(Phase.PRE_HANDOFF))
+        book.register(key, _waiter())
+        book.take(key, _decision(Phase.PRE_HANDOFF, Outcome.APPROVAL_REQUIRED, run=run))
+    book.forget_run(RUN)
+    assert not book.awaited(APPROVAL_KEY)
+    assert book.awaited(("run_other", REQUEST, str(Phase.APPROVAL)))
+
+
+def test_parked_approvals_are_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(waiters_module, "PARKED_MAX", 3)
+    book = WaiterBook()
+    for i in range(5):
+        key = (RUN, f"r{i}", str(Phase.PRE_HANDOFF))
+        book.register(key, _waiter())
+        book.take(key, _decision(Phase.PRE_HANDOFF, Outcome.APPROVAL_REQUIRED, request=f"r{i}"))
+    kept = [i for i in range(5) if book.awaited((RUN, f"r{i}", str(Phase.APPROVAL)))]
+    assert kept == [2, 3, 4]
+
+
+def test_unregistered_waiters_and_taken_keys_are_gone() -> None:
+    book, waiter, other = WaiterBook(), _waiter(), _waiter()
+    book.register(PRE_KEY, waiter)
+    book.register(APPROVAL_KEY, other)
+    book.unregister(PRE_KEY, waiter)
+    book.unregister(PRE_KEY, waiter)  # twice: harmless
+    assert not book.awaited(PRE_KEY)
+    assert book.take_all([PRE_KEY, APPROVAL_KEY]) == [other]
+    book.register(PRE_KEY, waiter)
+    assert book.take_everyone() == [waiter] and book.take_everyone() == []
+
+
+def test_resolve_answers_threads_at_once_and_each_loop_in_its_own_thread() -> None:
+    thread_waiter = _waiter()
+
+    async def main() -> object:
+        loop = asyncio.get_running_loop()
+        task_waiter = Waiter(loop.create_future(), loop)
+        closed = Unanswered("the Baton client was closed")
+        await asyncio.to_thread(resolve, [(thread_waiter, closed), (task_waiter, closed)])
+        return await asyncio.wait_for(task_waiter.future, 5)
+
+    assert asyncio.run(main()) == Unanswered("the Baton client was closed")
+    assert thread_waiter.future.result(0) == Unanswered("the Baton client was closed")
+    resolve([(thread_waiter, "late")])  # a future already resolved keeps its first answer
+    assert thread_waiter.future.result(0) == Unanswered("the Baton client was closed")
