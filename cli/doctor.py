@@ -15,6 +15,7 @@ from baton.cli.doctor_checks import (
     KafkaView,
     Status,
     audit_checks,
+    audit_lag_check,
     changelog_topic,
     fail,
     group_checks,
@@ -209,6 +210,7 @@ def _with_broker(settings: Settings, timeout: float, max_lag: int) -> Iterator[C
     )
     try:
         yield from group_checks(admin, consumer, settings, view, max_lag, timeout)
+        yield audit_lag_check(admin, consumer, settings, view, max_lag, timeout)
     finally:
         consumer.close()
     fold = policy_in_force if catalog.control in view.partitions else None

@@ -29,6 +29,7 @@ __all__ = [
     "KafkaView",
     "Status",
     "audit_checks",
+    "audit_lag_check",
     "changelog_topic",
     "group_checks",
     "policy_checks",
@@ -259,17 +260,57 @@ _WORKER_HINT = (
 def _lag_check(
     admin: Any, consumer: Any, settings: Settings, view: KafkaView, max_lag: int, timeout: float
 ) -> Check:
+    """Events on the input topics the workers' group has not committed past."""
+    catalog = TopicCatalog.from_settings(settings)
+    name = "lag"
+    behind = _behind(
+        admin, consumer, settings.app_id, [catalog.requests, catalog.approvals], view, timeout
+    )
+    if isinstance(behind, str):
+        return fail(name, behind, "see the topic lines above, or `baton -v doctor`")
+    total, detail = _lag_detail(behind, "events not yet decided")
+    if total > max_lag:
+        return fail(
+            name,
+            detail + f", over --max-lag {max_lag}",
+            "the workers fall behind: add workers (up to the partition count) or look for a "
+            "stuck one in their logs; `baton doctor` again shows whether it shrinks",
+        )
+    return ok(name, detail if total else "0 events waiting: every committed event is decided")
+
+
+def audit_lag_check(
+    admin: Any, consumer: Any, settings: Settings, view: KafkaView, max_lag: int, timeout: float
+) -> Check:
+    """Decisions on gov.decisions the audit sink's group (``<app id>-audit``) has not
+    written yet; a group that never committed while decisions exist is a sink that never ran."""
+    catalog = TopicCatalog.from_settings(settings)
+    group, name = f"{settings.app_id}-audit", "audit lag"
+    behind = _behind(admin, consumer, group, [catalog.decisions], view, timeout)
+    if isinstance(behind, str):
+        return fail(name, behind, "see the topic lines above, or `baton -v doctor`")
+    total, detail = _lag_detail(behind, "decisions not in the audit yet")
+    hint = (
+        f"is `baton sink` running with BATON_APP_ID={settings.app_id} (group {group})? its "
+        "log says why it stopped or what ClickHouse answers"
+    )
+    if total and all(committed < 0 for committed, _ in behind.values()):
+        return fail(name, f"group {group} never committed: {detail}", hint)
+    if total > max_lag:
+        return fail(name, detail + f", over --max-lag {max_lag}", hint)
+    return ok(name, detail if total else "0: every decision is in the audit")
+
+
+def _behind(
+    admin: Any, consumer: Any, group: str, topics: list[str], view: KafkaView, timeout: float
+) -> dict[tuple[str, int], tuple[int, int]] | str:
+    """(topic, partition) -> (committed offset or -1, records behind) for ``group``; a
+    string saying why when it cannot be read."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-    catalog = TopicCatalog.from_settings(settings)
-    group, name = settings.app_id, "lag"
-    parts = [
-        TopicPartition(topic, p)
-        for topic in (catalog.requests, catalog.approvals)
-        for p in range(view.partitions.get(topic, 0))
-    ]
+    parts = [TopicPartition(t, p) for t in topics for p in range(view.partitions.get(t, 0))]
     if not parts:
-        return fail(name, "no input topic to measure", "see the topic lines above")
+        return f"no {' or '.join(topics)} to measure"
     try:
         request = [ConsumerGroupTopicPartitions(group, parts)]
         answer = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
@@ -281,22 +322,16 @@ def _lag_check(
         for tp in parts:
             low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
             start = committed.get((tp.topic, tp.partition), -1)
-            behind[(tp.topic, tp.partition)] = max(high - (start if start >= 0 else low), 0)
+            behind[(tp.topic, tp.partition)] = (start, max(high - max(start, low), 0))
     except Exception as exc:
-        return fail(
-            name, f"cannot read offsets of group {group}: {_gist(exc)}", "see `baton doctor -v`"
-        )
-    total = sum(behind.values())
-    (topic, partition), worst = max(behind.items(), key=lambda item: item[1])
-    detail = f"{total} events not yet decided (most on {topic}[{partition}]: {worst})"
-    if total > max_lag:
-        return fail(
-            name,
-            detail + f", over --max-lag {max_lag}",
-            "the workers fall behind: add workers (up to the partition count) or look for a "
-            "stuck one in their logs; `baton doctor` again shows whether it shrinks",
-        )
-    return ok(name, detail if total else "0 events waiting: every committed event is decided")
+        return f"cannot read the offsets of group {group}: {_gist(exc)}"
+    return behind
+
+
+def _lag_detail(behind: dict[tuple[str, int], tuple[int, int]], what: str) -> tuple[int, str]:
+    total = sum(n for _, n in behind.values())
+    (topic, partition), (_, worst) = max(behind.items(), key=lambda item: item[1][1])
+    return total, f"{total} {what} (most on {topic}[{partition}]: {worst})"
 
 
 # ------------------------------------------------------------------------------ policy

@@ -20,6 +20,7 @@ from baton.processors.probe import wait_until_deciding
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port
 from baton.streams.topics import TopicCatalog, ensure_topics
+from tests.helpers import wait_for
 from tests.stack import SinkProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -73,6 +74,11 @@ def healthy(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) ->
         conf = {"bootstrap.servers": broker.bootstrap}
         wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
         sink.wait_ready()
+        wait_for(
+            lambda: _committed(broker.bootstrap, f"baton-{prefix.rstrip('.')}-audit", catalog),
+            30,
+            message="the sink's first commit",
+        )
         yield Healthy(
             {
                 "BATON_BOOTSTRAP": broker.bootstrap,
@@ -90,6 +96,18 @@ def healthy(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) ->
         sink.stop()
 
 
+def _committed(bootstrap: str, group: str, catalog: TopicCatalog) -> bool:
+    """``group`` has committed an offset on a partition of gov.decisions."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    parts = [TopicPartition(catalog.decisions, p) for p in range(PARTITIONS)]
+    request = [ConsumerGroupTopicPartitions(group, parts)]
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept: its futures die with it
+    answer = admin.list_consumer_group_offsets(request, request_timeout=5)
+    return any(tp.offset >= 0 for tp in answer[group].result(10).topic_partitions)
+
+
 def test_a_healthy_stack_passes_every_check(healthy: Healthy) -> None:
     result = doctor(healthy.env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -100,7 +118,15 @@ def test_a_healthy_stack_passes_every_check(healthy: Healthy) -> None:
     assert "1 partitions" in control and "retention.ms=-1" in control
     changelog = f"topic {healthy.env['BATON_APP_ID']}-runs-changelog"
     assert "cleanup.policy=compact" in found[changelog]
-    for name in ("broker", "lag", "policy file", "clickhouse", "audit schema", "sql endpoint"):
+    for name in (
+        "broker",
+        "lag",
+        "audit lag",
+        "policy file",
+        "clickhouse",
+        "audit schema",
+        "sql endpoint",
+    ):
         assert found[name].startswith("✔"), found[name]
     assert found[f"workers (group {healthy.env['BATON_APP_ID']})"].startswith("✔")
     assert "from " + healthy.env["BATON_POLICY"] in found["policy in force"]
@@ -228,3 +254,6 @@ def test_a_stack_whose_worker_stopped_fails_the_workers_check(
     stopped = lines(doctor(env, "--timeout", "3"))[group]
     assert stopped.startswith("✘") and "no Baton worker answered" in stopped, stopped
     assert "start `baton worker`" in stopped
+    # its decisions (the probes') were never written to an audit: no sink ever ran here
+    audit = lines(doctor(env, "--timeout", "3"))["audit lag"]
+    assert audit.startswith("✘") and "never committed" in audit and "baton sink" in audit
