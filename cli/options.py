@@ -23,6 +23,7 @@ __all__ = [
     "PortOrOff",
     "build_settings",
     "click_type",
+    "group_variables",
     "read_policy",
     "setting_help",
     "setting_options",
@@ -104,6 +105,12 @@ def setting_help(name: str) -> str:
     shown = _DEFAULT_SHOWN.get(name) or ("unset" if default is None else str(default))
     env = f"BATON_{name.upper()}"
     return f"{info.description or name.replace('_', ' ')} [env {env}; default {shown}]"
+
+
+def group_variables(group: tuple[str, ...]) -> str:
+    """``BATON_X, BATON_Y ...`` of a connection group after its first setting, for the help
+    of an option that takes the first one itself (``--bootstrap``, ``--dsn``)."""
+    return ", ".join(f"BATON_{name.upper()}" for name in group[1:])
 
 
 def with_connection_groups(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from typing import Any
 import click
 import orjson
 
-from baton.cli.options import build_settings, read_policy
+from baton.cli.options import KAFKA_CONNECTION, build_settings, group_variables, read_policy
 from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
 from baton.processors.replay import ReplayReport, RunOutcome
 from baton.processors.replay_pool import replay_parallel
@@ -115,7 +115,8 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
 @click.option(
     "--bootstrap",
     default=None,
-    help="with --from-kafka: Kafka; wins over --data-dir [env BATON_BOOTSTRAP]",
+    help="with --from-kafka: Kafka; wins over --data-dir [env BATON_BOOTSTRAP; also read: "
+    f"{group_variables(KAFKA_CONNECTION)}]",
 )
 @data_dir_option
 def replay_cmd(
