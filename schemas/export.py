@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from baton.schemas.decision import DECISION_ADAPTER
+from baton.schemas.decision import DECISION_ADAPTER, Reason
 from baton.schemas.events import CONTROL_EVENT_TYPES, RUN_EVENT_TYPES
 from baton.schemas.policy import Policy
 
@@ -20,7 +20,11 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     for model in (*RUN_EVENT_TYPES, *CONTROL_EVENT_TYPES):
         name = model.model_fields["type"].default
         out[f"{name}.schema.json"] = model.model_json_schema()
-    out["decision.schema.json"] = DECISION_ADAPTER.json_schema()
+    decision = DECISION_ADAPTER.json_schema()
+    # the record holds the reason as text (a stopped run keeps its reason as it was
+    # recorded); the contract is the Reason enum: every reason Baton writes
+    decision["properties"]["reason"]["enum"] = [r.value for r in Reason]
+    out["decision.schema.json"] = decision
     out["policy.schema.json"] = Policy.model_json_schema()
     return out
 

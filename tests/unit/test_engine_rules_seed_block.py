@@ -134,3 +134,19 @@ def test_policy_check_accepts_the_seed_block_and_shows_the_mapping(tmp_path: Pat
     path.write_text("controls: {kill_switch: false}\n")
     refused = CliRunner().invoke(cli, ["policy", "check", str(path)])
     assert refused.exit_code == 2 and "controls.kill_switch" in refused.stderr
+
+
+def test_the_schema_export_carries_every_new_field_and_reason() -> None:
+    from baton.schemas.export import json_schemas
+
+    schemas = json_schemas()
+    policy = schemas["policy.schema.json"]
+    limits = policy["$defs"]["MultiAgentPolicy"]["properties"]
+    for key in ("max_bounces", "max_steps", "reservation_ttl_seconds", "release_ownership_on"):
+        assert limits[key]["description"], key
+    assert "tools" in policy["$defs"]["RolePolicy"]["properties"]
+    assert {"budgets", "policy", "writes", "controls"} <= set(policy["properties"])
+    assert "tools" in schemas["handoff_requested.schema.json"]["properties"]
+    assert {"steps", "tools"} <= set(schemas["handoff_completed.schema.json"]["properties"])
+    reasons = schemas["decision.schema.json"]["properties"]["reason"]["enum"]
+    assert {"step_budget_exceeded", "ownership_released", "reservation_expired"} <= set(reasons)
