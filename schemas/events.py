@@ -299,6 +299,7 @@ _RANGE_ERRORS = frozenset(
         "greater_than_equal",
         "greater_than",
         "string_too_long",
+        "too_long",  # a list past its bound (tools)
         "int_parsing_size",
     }
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from baton.processors.engine import request_digest
@@ -72,3 +73,43 @@ def test_new_fields_at_their_defaults_keep_the_old_digest() -> None:
 
 #: request_digest of the two events above, computed by Baton before `tools` and `steps`
 OLD_DIGESTS = ("5d76e4e46c69acc3", "87ef9972b57160f5")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("steps", 1_000_001),
+        ("steps", -1),
+        ("tools", ["t"] * 65),
+        ("tools", ["x" * 257]),
+    ],
+)
+def test_a_new_field_past_its_bound_is_an_out_of_range_dead_letter(
+    field: str, value: object
+) -> None:
+    from baton.schemas.events import EventError, parse_event
+
+    doc = {
+        "type": "handoff_completed",
+        "request_id": "r",
+        "run_id": "run",
+        "task_id": "t",
+        "agent": "a",
+        "event_time": "2026-03-01T09:00:00Z",
+        field: value,
+    }
+    with pytest.raises(EventError) as caught:
+        parse_event(orjson.dumps(doc), b"run")
+    assert caught.value.kind == "out_of_range", caught.value
+
+
+def test_steps_must_be_an_integer() -> None:
+    from baton.schemas.events import EventError, parse_event
+
+    raw = (
+        b'{"type":"handoff_completed","request_id":"r","run_id":"run","task_id":"t",'
+        b'"agent":"a","steps":"7","event_time":"2026-03-01T09:00:00Z"}'
+    )
+    with pytest.raises(EventError) as caught:
+        parse_event(raw, b"run")
+    assert caught.value.kind == "schema" and "steps" in str(caught.value)
