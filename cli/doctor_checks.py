@@ -268,7 +268,7 @@ def _lag_check(
     )
     if isinstance(behind, str):
         return fail(name, behind, "see the topic lines above, or `baton -v doctor`")
-    total, detail = _lag_detail(behind, "events not yet decided")
+    total, detail = _lag_detail(behind, "event(s) past the workers' committed offsets")
     if total > max_lag:
         return fail(
             name,
@@ -276,7 +276,7 @@ def _lag_check(
             "the workers fall behind: add workers (up to the partition count) or look for a "
             "stuck one in their logs; `baton doctor` again shows whether it shrinks",
         )
-    return ok(name, detail if total else "0 events waiting: every committed event is decided")
+    return ok(name, detail if total else "0: the workers have committed every event")
 
 
 def audit_lag_check(
@@ -289,7 +289,7 @@ def audit_lag_check(
     behind = _behind(admin, consumer, group, [catalog.decisions], view, timeout)
     if isinstance(behind, str):
         return fail(name, behind, "see the topic lines above, or `baton -v doctor`")
-    total, detail = _lag_detail(behind, "decisions not in the audit yet")
+    total, detail = _lag_detail(behind, "decision(s) past the sink's committed offsets")
     hint = (
         f"is `baton sink` running with BATON_APP_ID={settings.app_id} (group {group})? its "
         "log says why it stopped or what ClickHouse answers"
@@ -298,7 +298,7 @@ def audit_lag_check(
         return fail(name, f"group {group} never committed: {detail}", hint)
     if total > max_lag:
         return fail(name, detail + f", over --max-lag {max_lag}", hint)
-    return ok(name, detail if total else "0: every decision is in the audit")
+    return ok(name, detail if total else "0: the sink has committed every decision")
 
 
 def _behind(
