@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from baton.processors.engine import expire_due, next_due
+from baton.processors.engine import decide, expire_due, next_due
 from baton.processors.state import RunState
 from baton.schemas.decision import Outcome, Phase, Reason
 from tests.unit.test_engine_support import Run, at, completed, handoff, policy_with
@@ -122,3 +122,51 @@ def test_a_report_after_the_ttl_is_the_only_post_handoff_record_of_its_request()
     assert released.reason == Reason.RESERVATION_EXPIRED and released.phase == Phase.CONTROL
     answers = [d for d in (released, done) if (d.request_id, d.phase) == ("req-1", "post_handoff")]
     assert answers == [done] and done.outcome == Outcome.STOP
+
+
+#: a run state written by Baton before format 3 (``STATE_FORMAT = 2``, decided by the engine of
+#: commit bf0a738^): a reservation of 4 USD by r1, r2 completed for 1.5 USD
+FORMAT_2_STATE = (
+    b'[2,"run-old","default",1772355600.0,1772355602.0,2,1.5,2,null,false,[["plan","planner","'
+    b'orchestrator",null,1],["search","search_agent","planner","plan",2]],["orchestrator","pla'
+    b'nner","search_agent"],[["r1",4.0,0]],[],["h:r1","h:r2","c:r2"],[["h:r1",[["a8f37681adf2b'
+    b'9a17833c14c6eff2bb3","r1","run-old","default","pre_handoff","allow","ok","planner","orch'
+    b'estrator","planner","plan",null,null,1,1,0.0,0,null,null,null,null,null,"f0db3be5a14f035'
+    b'd","2026-03-01T09:00:00+00:00","2026-03-01T09:00:00+00:00",null,null,null,null,null,4.0,'
+    b'null,null,null,null,null,false]]],["h:r2",[["2c721723eaed4f6ad8792f1240cfd644","r2","run'
+    b'-old","default","pre_handoff","allow","ok","search_agent","planner","search_agent","sear'
+    b'ch","plan",null,2,2,0.0,0,null,null,null,null,null,"f0db3be5a14f035d","2026-03-01T09:00:'
+    b'00+00:00","2026-03-01T09:00:01+00:00",null,null,null,null,null,4.0,null,null,null,null,n'
+    b'ull,false]]],["c:r2",[["3480aa47248b4d1aa8f0ce3f46d5b3da","r2","run-old","default","post'
+    b'_handoff","recorded","within_budget","search_agent","planner","search_agent","search","p'
+    b'lan",null,2,2,1.5,2,"ok",null,null,null,null,"f0db3be5a14f035d","2026-03-01T09:00:00+00:'
+    b'00","2026-03-01T09:00:02+00:00",null,null,null,null,null,4.0,null,null,null,null,null,fa'
+    b'lse]]]],3,["7717f36d76f23dba","8d768d6c771f06eb","3f416e9426d7c108"],null,""]'
+)
+
+
+def test_a_stored_format_2_state_reads_and_decides_on() -> None:
+    state = RunState.from_bytes(FORMAT_2_STATE)
+    assert (state.handoff_count, state.spent_usd, state.reserved_usd, state.steps) == (2, 1.5, 4, 0)
+    assert state.reserved_due is None and state.bounces == {}
+    assert state.task("search") == ("search_agent", "planner", "plan", 2)
+    policy = policy_with(shared_max_usd=10, reservation_ttl_seconds=60)
+    assert expire_due(state, policy, at(10**6))[1] == []  # its reservation has no expiry
+    st, [stop] = decide(
+        state,
+        handoff("r3", "w", "planner", "writer", run_id="run-old", estimated_usd=6),
+        policy,
+        at(3),
+    )
+    assert (stop.reason, stop.detail) == (
+        Reason.SHARED_BUDGET_EXCEEDED,
+        "spent+reserved+estimate 11.5000 > shared_max_usd 10",
+    )
+    st, [released] = decide(
+        st,
+        completed("r2b", "search", "search_agent", status="error", run_id="run-old"),
+        policy,
+        at(4),
+    )
+    assert released.reason == Reason.OWNERSHIP_RELEASED
+    assert RunState.from_bytes(st.to_bytes()) == st and st.to_wire()[0] == 3
