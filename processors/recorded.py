@@ -60,7 +60,7 @@ def input_text(event: BaseModel) -> str:
 
 
 def publishable(
-    new: RunState | None, decisions: list[Decision], event: BaseModel
+    new: RunState | None, decisions: list[Decision], event: BaseModel, text: str | None = None
 ) -> list[Decision]:
     """The copies of ``decisions`` to publish for ``event`` (call before linking the chain).
 
@@ -68,9 +68,8 @@ def publishable(
     without it (see the module docstring) and :func:`keep_links` copies the links back.
     Already published (linked, answered again from the state): a copy flagged
     ``reemitted``. ``new`` None (a run the worker would not take on): the decisions
-    themselves, with the input.
+    themselves, with the input. ``text``: the input as recorded (replay), else made here.
     """
-    text: str | None = None
     out: list[Decision] = []
     for d in decisions:
         if d.chain_hash is not None:

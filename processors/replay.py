@@ -34,6 +34,7 @@ from decimal import Decimal
 
 from baton.processors.chain import link
 from baton.processors.engine import NO_KILLS, KillSwitches, Origin, decide, expire_approvals, refuse
+from baton.processors.recorded import keep_links, publishable
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.events import EventError, HandoffCompleted, HandoffRequested, parse_event
@@ -217,9 +218,13 @@ def is_partial(run: list[Recorded], policies: dict[str, Policy]) -> str | None:
 class _Replayer:
     """Decides one run's steps under one policy (or the recorded ones), like the worker."""
 
-    def __init__(self, policy_of: Callable[[Recorded], Policy], chain_key: bytes | None) -> None:
+    def __init__(
+        self, policy_of: Callable[[Recorded], Policy], chain_key: bytes, with_inputs: bool = True
+    ) -> None:
         self.policy_of = policy_of
         self.chain_key = chain_key
+        #: False: the decisions are not compared field by field (the new policy's replay)
+        self.with_inputs = with_inputs
         self.state: RunState | None = None
 
     def step(
@@ -248,18 +253,21 @@ class _Replayer:
                 new = new if new is not None else before
             else:
                 new, decided = decide(before, event, policy, now, kills, origin)  # type: ignore[arg-type]
-        # a reply answered again from the state is not a decision of this step (the worker's
-        # copy of it is flagged reemitted and not in the audit): every decision made here is
-        # marked as out already, so the state's copy of it is known when it comes back
-        fresh = [d for d in decided if not d.reemitted]
-        for d in fresh:
-            d.input = first.input
-        if self.chain_key is not None and new is not before and new is not None:
-            link(new, fresh, self.chain_key)
-        for d in fresh:
-            d.reemitted = True
         self.state = new
-        return fresh
+        if new is before or new is None:  # nothing kept: nothing to link
+            return [d for d in decided if d.chain_hash is None]
+        if event is None or self.with_inputs is False:
+            # a timer step (the sweep links what it decides as it is), or no proof wanted
+            fresh = [d for d in decided if d.chain_hash is None]
+            link(new, fresh, self.chain_key)
+            return fresh
+        # as the worker's batch step: the published copies carry the input and are what the
+        # chain covers; the state keeps its decisions without it (a restored state is the
+        # worker's, byte for byte); a reply answered again from the state is linked already
+        published = publishable(new, decided, event, first.input)  # type: ignore[arg-type]
+        link(new, [d for d in published if d.chain_hash is None], self.chain_key)
+        keep_links(decided, published)
+        return [d for d in published if not d.reemitted]
 
 
 def _same_rules(a: Policy, b: Policy, tenant: str) -> bool:
@@ -292,7 +300,7 @@ def replay_run(
     """Decide ``run`` (a whole recorded history) again, under ``new_policy`` and as recorded."""
     outcome = RunOutcome(run[0].run_id)
     recorded = _Replayer(lambda r: policies[r.policy_version], chain_key)
-    new = _Replayer(lambda r: new_policy, None)
+    new = _Replayer(lambda r: new_policy, b"", with_inputs=False)
     #: request ids allowed as recorded and stopped under the new policy
     stopped_now: set[str] = set()
     #: both replays are one while the new policy's rules for the run equal the recorded ones

@@ -1,0 +1,148 @@
+"""Run states rebuilt from a chDB audit into a Tansu changelog (what `baton up` does on a fresh
+broker): byte for byte the worker's state when inputs are recorded; counters, spend and the
+sticky stop when they are not (an audit from before migration 0005)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from baton.cli.restore_runs import restore_runs
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.recorded import policy_in_force
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision
+from baton.schemas.events import HandoffCompleted, HandoffRequested
+from baton.schemas.policy import load_policy
+from baton.schemas.settings import Settings
+from baton.sinks.audit_batch import AuditBatch, write_batch
+from baton.sinks.clickhouse import connect
+from baton.sinks.schema import migrate
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.partitioner import partition_for
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+
+
+def _history(now: datetime) -> tuple[dict[bytes, RunState], list[Decision]]:
+    """Two runs through the worker's batch step: one stopped over its $30 budget, one that
+    locked a task to its owner."""
+    policy = load_policy(None)
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(policy, PARTITIONS, states, worker="w")
+    events = [
+        HandoffRequested(
+            request_id="o-1", run_id="over", task_id="t1", from_agent="planner",
+            to_agent="researcher", estimated_usd=2.0, event_time=now,
+        ),
+        HandoffCompleted(
+            request_id="o-1", run_id="over", task_id="t1", agent="researcher", cost_usd=40.0,
+            event_time=now,
+        ),
+        HandoffRequested(
+            request_id="w-1", run_id="owned", task_id="t1", from_agent="planner",
+            to_agent="researcher", task_kind="research", event_time=now,
+        ),
+    ]  # fmt: skip
+    published: list[Decision] = [policy_in_force(policy, now, "w")]
+    for offset, ev in enumerate(events):
+        key = ev.run_id.encode()
+        rec = InputRecord("requests", partition_for(key, PARTITIONS), offset, key, ev.to_json())
+        published += [d for _, d in proc.process([rec], now).decisions]
+    return states, published
+
+
+def _store(chdb: Path, decisions: list[Decision]) -> None:
+    client = connect(f"chdb://{chdb}", create=True)
+    try:
+        migrate(client, 3650)
+        batch = AuditBatch("gov.decisions", ttl_days=3650)
+        for i, d in enumerate(decisions):
+            batch.add(0, i, d.to_json())
+        assert not batch.rejected
+        write_batch(client, batch)
+    finally:
+        client.close()
+
+
+def _changelog(bootstrap: str, topic: str) -> dict[bytes, RunState]:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "log_level": 0,
+         "enable.partition.eof": True}
+    )  # fmt: skip
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    found: dict[bytes, RunState] = {}
+    ends = 0
+    try:
+        while ends < PARTITIONS:
+            msg = consumer.poll(10)
+            assert msg is not None, "the changelog did not answer"
+            if msg.error() is not None:
+                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                ends += 1
+                continue
+            assert msg.partition() == partition_for(msg.key(), PARTITIONS)
+            found[msg.key()] = RunState.from_bytes(msg.value())
+    finally:
+        consumer.close()
+    return found
+
+
+def _settings(broker: EmbeddedBroker) -> Settings:
+    return Settings(
+        bootstrap=broker.bootstrap,
+        partitions=PARTITIONS,
+        app_id=f"restore-{uuid.uuid4().hex[:8]}",
+    )
+
+
+def test_recorded_runs_are_restored_as_the_worker_held_them(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    states, published = _history(now)
+    _store(tmp_path / "chdb", published)
+    settings = _settings(broker)
+    said: list[str] = []
+    assert restore_runs(settings, tmp_path, said.append) == 2
+    restored = _changelog(broker.bootstrap, f"{settings.app_id}-runs-changelog")
+    assert restored.keys() == {b"over", b"owned"}
+    for key, state in states.items():  # exactly the worker's state, dedup marks and all
+        assert restored[key].to_bytes() == state.to_bytes(), key
+    assert restored[b"over"].stopped == "shared_budget_exceeded"
+    assert said == []
+
+
+def test_runs_audited_without_inputs_keep_their_counters_spend_and_stop(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    _, published = _history(now)
+    _store(tmp_path / "chdb", [replace(d, input=None) if d.run_id != "*" else d for d in published])
+    settings = _settings(broker)
+    said: list[str] = []
+    assert restore_runs(settings, tmp_path, said.append) == 2
+    restored = _changelog(broker.bootstrap, f"{settings.app_id}-runs-changelog")
+    over = restored[b"over"]
+    assert (over.stopped, over.spent_usd, over.handoff_count) == ("shared_budget_exceeded", 40.0, 1)
+    assert restored[b"owned"].handoff_count == 1 and restored[b"owned"].stopped is None
+    assert said == ["restore: 2 runs restored from their counters only (no inputs)"]
+
+
+def test_runs_idle_past_the_retention_are_not_restored(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = _settings(broker)
+    long_ago = datetime.now(UTC) - timedelta(
+        seconds=settings.run_retention_s + settings.tombstone_retention_s + 60
+    )
+    _, published = _history(long_ago)
+    _store(tmp_path / "chdb", published)
+    assert restore_runs(settings, tmp_path, lambda line: None) == 0
