@@ -212,13 +212,18 @@ def test_every_mounted_file_of_the_plain_file_exists() -> None:
 
 
 # ------------------------------------------------------------------ health checks
-def test_health_checks_ask_the_endpoints_the_services_serve() -> None:
-    doc = compose()
-    for name, service in baton_services(doc).items():
+@pytest.mark.parametrize("compose_file", COMPOSE_FILES)
+def test_baton_health_checks_ask_their_metrics_endpoint(compose_file: str) -> None:
+    for name, service in baton_services(compose(compose_file)).items():
         test = " ".join(service["healthcheck"]["test"])
         url = re.search(r"http://127\.0\.0\.1:(\d+)(/\S*?)'", test)
         assert url, f"{name}: health check asks no local URL"
         assert url[1] == env(service)["BATON_METRICS_PORT"] and url[2] == "/metrics", name
+        assert env(service)["BATON_METRICS_HOST"] in ("127.0.0.1", "0.0.0.0"), name
+
+
+def test_the_infrastructure_health_checks_ask_real_endpoints() -> None:
+    doc = compose()
     services = doc["services"]
     kafka_ports = {p for _, p in _listeners(env(services["kafka"]), "KAFKA_LISTENERS").values()}
     kafka_check = services["kafka"]["healthcheck"]["test"][1]
