@@ -10,6 +10,7 @@ them the way the worker does, and reports the growth of the process's RSS per ru
 
 * ``decoded``: RunState objects + the worker's per-run index entries;
 * ``encoded``: the same runs as changelog bytes (restored, not yet touched);
+* ``tombstone``: what eviction keeps of a run (``BATON_TOMBSTONE_RETENTION_S``, 30 days);
 
 then times the sweep's due index at that size: popping when nothing is due (the common
 second), popping a full sweep's worth (5,000 runs), and rebuilding it after a rebalance,
@@ -78,8 +79,9 @@ def active_run(run_id: str, policy: object, now: datetime) -> RunState:
     return state
 
 
-def measure(n: int, as_bytes: bool = False) -> dict[str, float]:
-    """RSS growth per run holding ``n`` runs (decoded, or ``as_bytes``), and sweep timings."""
+def measure(n: int, as_bytes: bool = False, tombstones: bool = False) -> dict[str, float]:
+    """RSS growth per run holding ``n`` runs (decoded, ``as_bytes``, or evicted to their
+    ``tombstones``), and sweep timings."""
     policy = load_policy(None)
     now = datetime.now(UTC)
     ids = [f"run-{uuid.UUID(int=i + 1)}" for i in range(n)]
@@ -99,6 +101,8 @@ def measure(n: int, as_bytes: bool = False) -> dict[str, float]:
             gc.collect()
             half = rss_bytes()
         state = active_run(run_id, policy, now)
+        if tombstones:
+            state = state.tombstone(now.timestamp())
         raw = state.to_bytes()
         # a compact copy, as a restored record is (aiokafka's value): orjson's own result
         # keeps its whole growth buffer allocated (a 1.2 KB state held 8 KB of RSS)
@@ -114,7 +118,7 @@ def measure(n: int, as_bytes: bool = False) -> dict[str, float]:
     # the slope over the second half: the first runs also pay for one-off growth (the
     # collector's garbage high-water mark, dicts and the heap growing to their size class)
     per_run = (full - half) / (n - n // 2)
-    if as_bytes:
+    if as_bytes or tombstones:
         return {"runs": n, "per_run": per_run, "changelog_bytes_per_run": encoded_total / n}
 
     # the sweep at this size: nothing due, a full sweep's worth due, a rebuild, one walk
@@ -153,10 +157,11 @@ def main() -> None:
     # a child measuring one size, decoded or as bytes
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--as-bytes", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--tombstones", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     gc.set_threshold(100_000, 50, 100)  # as `baton worker` sets it
     if args.one:
-        print(json.dumps(measure(args.one, args.as_bytes)))
+        print(json.dumps(measure(args.one, args.as_bytes, args.tombstones)))
         return
     print(
         f"machine: {platform.node()}, {os.cpu_count()} cores, python "
@@ -164,20 +169,25 @@ def main() -> None:
     )
     print("each run: one handoff and its completion, decided by the engine\n")
     print(
-        "| runs | RSS/run decoded | RSS/run as bytes | changelog record | sweep, none due "
-        "| sweep, 5,000 due | re-index | walk every run |"
+        "| runs | RSS/run decoded | RSS/run as bytes | changelog record | RSS/tombstone "
+        "| sweep, none due | sweep, 5,000 due | re-index | walk every run |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.runs:
         # each size in a fresh process: freed memory is not given back to the OS, so a second
         # size measured in the same process would start from the first one's high-water mark
         child = [sys.executable, "-m", "bench.memory_bench", "--one", str(n)]
         r = json.loads(subprocess.run(child, check=True, capture_output=True).stdout)
-        child.append("--as-bytes")
-        b = json.loads(subprocess.run(child, check=True, capture_output=True).stdout)
+        b = json.loads(
+            subprocess.run([*child, "--as-bytes"], check=True, capture_output=True).stdout
+        )
+        t = json.loads(
+            subprocess.run([*child, "--tombstones"], check=True, capture_output=True).stdout
+        )
         print(
             f"| {n:,} | {r['per_run']:,.0f} B | {b['per_run']:,.0f} B "
-            f"| {r['changelog_bytes_per_run']:,.0f} B | {r['sweep_idle_ms']:.3f} ms "
+            f"| {r['changelog_bytes_per_run']:,.0f} B | {t['per_run']:,.0f} B "
+            f"| {r['sweep_idle_ms']:.3f} ms "
             f"| {r['sweep_5000_ms']:.1f} ms | {r['rebuild_ms']:,.0f} ms | {r['walk_ms']:,.0f} ms |",
             flush=True,
         )
