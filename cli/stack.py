@@ -590,6 +590,8 @@ def _say_what_a_restart_keeps(
     if not audit.is_dir():
         return
     restored = None if no_audit else _rebuild_runs_from_audit(settings, catalog, data_dir, say)
+    if not no_audit:
+        _name_lost_kill_switches(audit, say)
     if restored is not None:
         say(f"restored {restored} runs' state from the audit in {audit}")
         return
@@ -600,6 +602,25 @@ def _say_what_a_restart_keeps(
         "be allowed again, kill switches are lifted). Use a Kafka cluster to keep governance "
         "across restarts"
     )
+
+
+def _name_lost_kill_switches(audit: Path, say: Callable[[str], None]) -> None:
+    """The kill switches in force before this restart are gone with the old broker: name
+    each (the operator re-issues them), never lift them in silence."""
+    from baton.cli.restart_notice import kill_switches_in_force
+
+    try:
+        lost = kill_switches_in_force(audit)
+    except BatonError as exc:
+        say(f"WARNING: could not read the kill switches of the audit in {audit}: {exc}")
+        return
+    if lost:
+        shown = ", ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
+        say(
+            f"WARNING: {len(lost)} kill switch(es) in force before this restart are NOT in "
+            f"force now (the embedded broker forgot them): {shown}; re-issue each with "
+            "`baton kill --run RUN | --tenant T | --global`"
+        )
 
 
 def write_stack_record(

@@ -209,6 +209,16 @@ def test_a_second_up_on_the_same_data_dir_is_refused(up: _Up) -> None:
 
 def test_after_a_clean_stop_the_record_says_stopped_and_a_restart_warns(up: _Up) -> None:
     up.ready_line()
+    kill = _baton("kill", "--tenant", "acme_h1", "--reason", "before restart", cwd=up.folder)
+    assert kill.returncode == 0, kill.stderr
+    # the audit must hold the kill before the stack stops (the sink stores within ~1 s)
+    held = "SELECT count() FROM governance.decisions WHERE reason = 'kill_switch'"
+    wait_for(
+        lambda: _baton("sql", "-f", "csv", held, cwd=up.folder).stdout.split()[-1] != "0",
+        30,
+        interval=0.5,
+        message="the kill in the audit",
+    )
     assert up.stop() == 0
     record = up.record()
     assert record["state"] == "stopped" and record["stopped_at"]
@@ -230,6 +240,9 @@ def test_after_a_clean_stop_the_record_says_stopped_and_a_restart_warns(up: _Up)
         # the runs come back from the audit (the replay work), or it says loudly they do not
         said = [ln for ln in again.err if "restored" in ln or "NOT restored" in ln]
         assert said and ("WARNING" in said[0] or " runs' state from the audit" in said[0]), said
+        # the kill switches the old broker held are named, never lifted in silence
+        lost = [ln for ln in again.err if "kill switch(es) in force before this restart" in ln]
+        assert lost and "tenant acme_h1" in lost[0], again.err
         assert again.record()["sql_url"] is None
         query = _baton("sql", "SELECT 1", cwd=up.folder)
         assert query.returncode == 5 and "serves no SQL (--sql-port off)" in query.stderr

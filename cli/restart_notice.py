@@ -1,0 +1,58 @@
+"""What a restart of ``baton up`` cannot give back, named: the kill switches in force before it.
+
+The embedded broker forgets its control topic when it stops, so kill switches do not survive
+a restart (the runs' state is rebuilt from the audit, the switches are not). The audit still
+holds every applied kill and release (``control`` records); folding them says which switches
+were engaged, so ``baton up`` can name each one loudly instead of lifting them in silence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from baton.cli.signer import shown
+
+__all__ = ["fold_kill_switches", "kill_switches_in_force"]
+
+#: applied commands only: a refused one carries the reason it was refused
+_APPLIED = ("kill_switch", "kill_switch_released")
+
+
+def fold_kill_switches(records: Iterable[tuple[str, str, str, str]]) -> list[str]:
+    """``run RUN``, ``tenant T`` or ``global`` for every switch whose last applied command
+    (of ``(reason, run_id, tenant, detail)`` control records, oldest first) engaged it."""
+    engaged: dict[tuple[str, str], bool] = {}
+    for reason, run_id, tenant, detail in records:
+        if reason not in _APPLIED:
+            continue
+        scope = detail.split(" ", 1)[0].removeprefix("scope=")
+        target = {"run": run_id, "tenant": tenant}.get(scope, "*")
+        engaged[(scope, target)] = reason == "kill_switch"
+    return [
+        "global" if scope == "global" else f"{scope} {shown(target)}"
+        for (scope, target), on in engaged.items()
+        if on
+    ]
+
+
+def kill_switches_in_force(chdb_dir: Path) -> list[str]:
+    """The kill switches engaged when the audit in ``chdb_dir`` was last written (empty when
+    it holds no audit table yet); opens the directory and closes it again."""
+    from baton.sinks.clickhouse import audit_errors, connect
+    from baton.sinks.schema import DATABASE
+
+    client = connect(f"chdb://{chdb_dir}", follow_endpoint=False)
+    try:
+        with audit_errors(f"chdb://{chdb_dir}", "reading the kill switches of the audit"):
+            if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
+                return []
+            rows = client.query(
+                f"SELECT reason, run_id, tenant, detail FROM {DATABASE}.decisions FINAL "
+                "WHERE phase = 'control' AND reason IN {applied:Array(String)} "
+                "ORDER BY decided_at, `offset`",
+                parameters={"applied": list(_APPLIED)},
+            ).result_rows
+    finally:
+        client.close()
+    return fold_kill_switches((str(a), str(b), str(c), str(d)) for a, b, c, d in rows)
