@@ -317,9 +317,9 @@ def up_cmd(
     The embedded broker keeps everything in memory. A start with the data dir of an earlier
     one rebuilds the runs' state (spend, handoff counts, owners, stops) from its audit
     (DATA_DIR/chdb) before the worker decides, and says how many runs it restored; kill
-    switches and policy updates are not rebuilt (re-issue them), nor decisions the sink had
-    not stored when up stopped. With --no-audit a restart forgets everything. A Kafka
-    cluster (docker-compose.yml) keeps all of it.
+    switches and policy updates are not rebuilt (it names each kill switch it lost: re-issue
+    them), nor decisions the sink had not stored when up stopped. With --no-audit a restart
+    forgets everything. A Kafka cluster (docker-compose.yml) keeps all of it.
 
     While it runs, DATA_DIR/stack.json records the stack (Kafka, SQL endpoint, policy, logs,
     pids): `baton kill`, `sql`, `trace`, `alerts`, `approvals` ... run where ./.baton is
