@@ -1215,12 +1215,13 @@ def _used_tools_rule(done: HandoffCompleted, rules: _Rules) -> str | None:
     return rules.limits.tool_refusal(done.agent, done.tools)
 
 
-def _release_rule(
+def _release_ownership(
     st: RunState, done: HandoffCompleted, node: TaskNode | None, rules: _Rules
 ) -> str | None:
     """release_ownership_on -> ownership_released: a completion by the task's owner with a
-    failure status frees the task for another agent. Only the owner's own report frees it
-    (another agent's report of a failure must not let it take the task over)."""
+    failure status frees the task (in ``st``) for another agent, and says so. Only the
+    owner's own report frees it (another agent's report of a failure must not let it take
+    the task over); the task keeps its parent and depth."""
     if done.status not in rules.release_on or node is None or not node.owner:
         return None
     if node.owner != done.agent:
@@ -1257,7 +1258,8 @@ def _expire_reservations(st: RunState, ctx: _Ctx) -> list[Decision]:
     ]
     if not expired:
         return []
-    st.set_reserved({rid: r for rid, r in st.reserved.items() if rid not in dict(expired)})
+    gone = {rid for rid, _ in expired}
+    st.set_reserved({rid: r for rid, r in st.reserved.items() if rid not in gone})
     out = []
     for rid, r in expired:
         node = st.task(r.task_id) if r.task_id is not None else None
@@ -1389,7 +1391,9 @@ def _post_handoff(st: RunState, event: HandoffCompleted, ctx: _Ctx) -> list[Deci
     if refusal is None and done.tools:
         why = _used_tools_rule(done, rules)
         refusal = (Reason.TOOL_NOT_PERMITTED, why) if why else None
-    released = _release_rule(st, done, node, rules) if done.status in rules.release_on else None
+    released = (
+        _release_ownership(st, done, node, rules) if done.status in rules.release_on else None
+    )
     if refusal is not None and st.stopped is None and not st.finished:
         outcome, (reason, over) = Outcome.STOP, refusal
         # a completion's stop ends the run: its cost is spent, its tool used
