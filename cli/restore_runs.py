@@ -11,8 +11,11 @@ run's murmur2 partition). The worker's table recovery reads it before it decides
 
 A run that cannot be replayed from its start (decided before inputs were recorded, history
 trimmed by retention, its policy not recorded) is restored from what its decisions say: its
-counters, spend, sticky stop and finish, without owners or dedup marks. Not restored: kill
-switches and policy updates (the control topic is gone with the broker; re-issue them).
+counters, spend, sticky stop and finish, without owners or dedup marks. The kill switches
+the workers applied, and the signed releases and policy updates, are re-issued on the fresh
+control topic in their order (the workers verify and apply them again before deciding); an
+unsigned release or policy update is not (anyone who can write gov.decisions could have put
+its record there), so a kill it lifted holds again: fail closed.
 
 Not guaranteed: a decision the sink had not stored when `baton up` stopped is not in the
 audit, so its effect is not restored.
@@ -44,7 +47,12 @@ def restore_runs(
     """Write the live runs of ``data_dir``'s audit to the changelog; how many (None: no audit
     table to read, nothing done)."""
     from baton.sinks.clickhouse import audit_errors, connect
-    from baton.sinks.replay_source import ReplayScope, read_policies, read_runs_rows
+    from baton.sinks.replay_source import (
+        ReplayScope,
+        read_commands,
+        read_policies,
+        read_runs_rows,
+    )
     from baton.sinks.schema import DATABASE
 
     now = now or datetime.now(UTC)
@@ -64,6 +72,7 @@ def restore_runs(
             )
             if partial:
                 states += _from_summaries(client, partial, settings, now)
+            commands = read_commands(client)
     finally:
         client.close()
     if unfaithful:
@@ -74,6 +83,12 @@ def restore_runs(
     if partial:
         say(f"restore: {len(partial)} runs restored from their counters only (no inputs)")
     _write_changelog(settings, states)
+    if commands:
+        sent = _reissue(settings, commands)
+        say(
+            f"restore: re-issued {sent} of {len(commands)} kill switch, release and policy "
+            "commands (releases and policy updates only when signed)"
+        )
     return len(states)
 
 
@@ -192,6 +207,36 @@ def _write_changelog(settings: Settings, states: list[RunState]) -> None:
     for partition, (key, value) in last.items():
         _produce(producer, topic, partition, key, value, delivered)
         _flush(producer, errors, topic)
+
+
+def _reissue(settings: Settings, commands: list[str]) -> int:
+    """The applied control commands again on the fresh control topic, in their order: the
+    workers apply them (and verify their signatures) before deciding, as after any start."""
+    from confluent_kafka import Producer
+
+    from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
+    from baton.streams.topics import TopicCatalog
+
+    topic = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions).control
+    producer = Producer(settings.kafka_config())
+    errors: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    sent = 0
+    for text in commands:
+        event = parse_control_event(text.encode())
+        if not isinstance(event, KillSwitch) and not event.signature:
+            # whoever can write gov.decisions could have put it there: only a command that
+            # can only tighten (a kill) or that a worker verifies (a signed one) is re-issued
+            continue
+        key = event.target if isinstance(event, (KillSwitch, KillSwitchReleased)) else "*"
+        _produce(producer, topic, 0, key.encode(), text.encode(), delivered)
+        sent += 1
+    _flush(producer, errors, topic)
+    return sent
 
 
 def _produce(

@@ -76,6 +76,7 @@ from baton.processors.engine import (
     apply_policy_update,
 )
 from baton.processors.exits import EXIT_CONTROL_LOST, exit_without_commit
+from baton.processors.recorded import input_text
 from baton.schemas.decision import Decision, Reason
 from baton.schemas.errors import ConfigError
 from baton.schemas.events import EventError, KillSwitch, KillSwitchReleased, parse_control_event
@@ -414,6 +415,7 @@ class ControlFollower:
         origin = Origin(self._worker, msg.partition(), msg.offset())
         if isinstance(event, (KillSwitch, KillSwitchReleased)):
             self.kills, record = apply_control(self.kills, event, self.policy, now, origin)
+            record.input = input_text(event)  # `baton up` re-issues it after a restart
             if record.reason in (Reason.KILL_SWITCH, Reason.KILL_SWITCH_RELEASED):
                 log.warning("%s %s %s by %s", event.type, event.scope, event.target, event.operator)
             else:
@@ -442,6 +444,7 @@ class ControlFollower:
                 dead_letter_record(rec, "policy", step.error or "", self._worker, now)
             )
             return
+        step.record.input = input_text(event)
         self._on_decision(step.record)
         if not step.applied:
             log.error(

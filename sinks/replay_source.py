@@ -24,9 +24,23 @@ from baton.schemas.decision import Phase, Reason
 from baton.schemas.policy import Policy
 from baton.sinks.schema import DATABASE
 
-__all__ = ["ReplayScope", "read_policies", "read_runs_rows"]
+__all__ = ["ReplayScope", "read_commands", "read_policies", "read_runs_rows"]
 
 _DECIDED_AT = REPLAY_COLUMNS.index("decided_at")
+#: a record of the control follower (a kill switch, a release, a policy update, applied or
+#: refused: its request id starts with the command's type), not a step of the run it names
+_FOLLOWER_RECORD = (
+    f"phase = '{Phase.CONTROL.value}' AND (input IS NULL OR "
+    "match(request_id, '^(kill_switch|kill_switch_released|policy_updated):'))"
+)
+#: the commands `baton up` re-issues on a fresh broker, in the order they were applied
+_COMMANDS_SQL = f"""
+SELECT input FROM {DATABASE}.decisions FINAL
+WHERE phase = '{Phase.CONTROL.value}' AND input IS NOT NULL
+  AND reason IN ('{Reason.KILL_SWITCH.value}', '{Reason.KILL_SWITCH_RELEASED.value}',
+                 '{Reason.POLICY_UPDATED.value}')
+ORDER BY decided_at, audit_partition, audit_offset
+"""
 #: rows per query: bounds the memory of a long replay (a run is never split: see below)
 _PAGE = 50_000
 
@@ -46,10 +60,7 @@ class ReplayScope:
         # a run's steps; not the control follower's records (kill switches, policy updates:
         # no input, they belong to no run step) nor the workers' policy documents. A run's
         # finish is a control-phase decision of the run, with its input: it is a step
-        clauses = [
-            f"NOT (phase = '{Phase.CONTROL.value}' AND input IS NULL)",
-            f"reason != '{Reason.POLICY_IN_FORCE.value}'",
-        ]
+        clauses = [f"NOT ({_FOLLOWER_RECORD})", f"reason != '{Reason.POLICY_IN_FORCE.value}'"]
         params: dict[str, Any] = {}
         if self.since is not None:
             clauses.append("decided_at >= {since:DateTime64(6, 'UTC')}")
@@ -91,6 +102,11 @@ def read_policies(client: Client) -> tuple[dict[str, Policy], list[str]]:
             continue
         policies[version] = policy
     return policies, refused
+
+
+def read_commands(client: Client) -> list[str]:
+    """The applied kill switches, releases and policy updates, as the events that made them."""
+    return [str(row[0]) for row in client.query(_COMMANDS_SQL).result_rows]
 
 
 def read_runs_rows(client: Client, scope: ReplayScope) -> Iterator[tuple[Any, ...]]:

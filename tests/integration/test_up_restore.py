@@ -1,6 +1,6 @@
 """`baton up` restarted on its data dir: the embedded broker is new and empty, and the runs'
 state is rebuilt from the audit before the worker decides. A stopped, over-budget run stays
-stopped; a task keeps its owner."""
+stopped; a task keeps its owner; a killed run stays killed."""
 
 from __future__ import annotations
 
@@ -56,6 +56,20 @@ def _done(run: str, n: int, task: str, agent: str, cost: float) -> dict:
         "cost_usd": cost,
         "event_time": "2026-11-29T10:00:01Z",
     }
+
+
+def _kill(bootstrap: str, run: str) -> None:
+    kill = {
+        "type": "kill_switch",
+        "scope": "run",
+        "run_id": run,
+        "operator": "oncall",
+        "reason": "runaway",
+        "event_time": "2026-11-29T10:00:02Z",
+    }
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce("gov.control", json.dumps(kill).encode(), run.encode())
+    assert producer.flush(10) == 0
 
 
 def _decisions(bootstrap: str, run: str, n: int) -> list[tuple[str, str]]:
@@ -115,14 +129,16 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path
         )
         assert _decisions(bootstrap, "over", 2)[1] == ("stop", "shared_budget_exceeded")
         assert _decisions(bootstrap, "owned", 1) == [("allow", "ok")]
+        _kill(bootstrap, "killed")
         wait_for(
             lambda: (
                 _audited(data_dir, "over", "shared_budget_exceeded")
                 and _audited(data_dir, "owned", "ok")
+                and _audited(data_dir, "killed", "kill_switch")
             ),
             60,
             interval=1,
-            message="the audit to hold both runs",
+            message="the audit to hold both runs and the kill switch",
         )
     finally:
         _stop(first)
@@ -139,9 +155,12 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path
             [
                 _handoff("over", 2, "t2", "writer"),  # a new handoff of the stopped run
                 _handoff("owned", 2, "t1", "writer"),  # t1 to someone else than its owner
+                _handoff("killed", 1, "t1", "writer"),  # a run killed before the restart
             ],
         )
         assert _decisions(bootstrap, "over", 1) == [("stop", "shared_budget_exceeded")]
         assert _decisions(bootstrap, "owned", 1) == [("stop", "ownership_conflict")]
+        assert ("stop", "killed") in _decisions(bootstrap, "killed", 1)
+        assert any("re-issued 1 of 1 kill switch" in line for line in second.lines)
     finally:
         _stop(second)
