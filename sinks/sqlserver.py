@@ -29,8 +29,10 @@ printed it is what runs, so the check and the engine read the same text. URL par
 set only the output-format settings in ``sql_guard.USER_SETTINGS``.
 
 Served besides: ``database``, ``default_format`` (or the ``X-ClickHouse-Format`` header),
-``param_<name>`` bound parameters, gzip/deflate/lz4/zstd request bodies (size-capped after
-decompression), the response headers clickhouse-connect reads.
+``param_<name>`` bound parameters, plain and lz4 request bodies (``sql_body``: what
+``baton sql``, curl and clickhouse-connect send; size-capped after decoding), chunked bodies
+(clickhouse-connect's inserts), the response headers clickhouse-connect reads. Each request is
+answered by ``sql_http``.
 
 Remaining exposure (what this does not protect):
 - Anyone who can read the chDB directory's endpoint file - the same OS user, root, a backup -
@@ -47,7 +49,8 @@ Remaining exposure (what this does not protect):
 - ``read_only=False`` (a stand-in ClickHouse server for tests) runs anything, writes included,
   for a token holder; no ``baton`` command sets it.
 Not served (a real server has them): sessions (``session_id`` is ignored), compressed
-responses, multipart external data, progress headers, query cancellation.
+responses, request bodies in gzip, deflate, zstd or br (refused, HTTP 415), multipart external
+data, progress headers, query cancellation.
 """
 
 from __future__ import annotations
@@ -55,68 +58,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import secrets
-import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from clickhouse_connect.driver.client import Client
 
 from baton.schemas.errors import AuditUnavailable, ConfigError
 from baton.sinks.clickhouse import ENDPOINT_FILE
-from baton.sinks.sql_body import BodyTooLarge, decode_body
-from baton.sinks.sql_exec import QueryFailed, SqlLimits, execute_any, execute_read
-from baton.sinks.sql_guard import (
-    DENIED_FUNCTIONS,
-    ENDPOINT_USER,
-    Refused,
-    check_browser,
-    check_credentials,
-    denied_functions,
-    is_loopback,
-)
+from baton.sinks.sql_exec import SqlLimits
+from baton.sinks.sql_guard import DENIED_FUNCTIONS, ENDPOINT_USER, denied_functions, is_loopback
+from baton.sinks.sql_http import EndpointConfig, SqlHandler, SqlHttpServer
 
 __all__ = ["SqlLimits", "SqlServer", "serve_sql"]  # SqlLimits lives in sql_exec
 
 log = logging.getLogger(__name__)
-
-
-_MAX_PARAMS = 200
-_QUERY_STRING_RE = re.compile(r"\?[^\s'\"]*")
-_QUERY_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
-_HTTP_STATUS_BY_CODE = {
-    62: 400,
-    46: 400,
-    47: 400,
-    36: 400,
-    73: 400,
-    115: 400,
-    164: 403,
-    60: 404,
-    81: 404,
-    497: 403,
-    516: 401,
-    202: 503,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Config:
-    engine: str
-    token: str
-    port: int
-    loopback_only: bool
-    read_only: bool
-    limits: SqlLimits
-    denied: frozenset[str]
-    slots: threading.BoundedSemaphore
 
 
 @dataclass
@@ -129,7 +88,7 @@ class SqlServer:
     port: int
     engine_path: Path
     token: str = field(repr=False)
-    _httpd: ThreadingHTTPServer = field(repr=False)
+    _httpd: SqlHttpServer = field(repr=False)
     _thread: threading.Thread = field(repr=False)
     user: str = ENDPOINT_USER
 
@@ -196,9 +155,9 @@ def serve_sql(
         # connector added by a newer chDB is refused without a change here
         names = client.query("SELECT name FROM system.table_functions").result_rows
         denied = denied_functions(str(row[0]) for row in names)
-    handler = type("_Handler", (_SqlHandler,), {"timeout": limits.socket_timeout_s})
+    handler = type("_Handler", (SqlHandler,), {"timeout": limits.socket_timeout_s})
     try:
-        httpd = _Server((host, port), handler)
+        httpd = SqlHttpServer((host, port), handler)
     except OSError as exc:
         raise AuditUnavailable(
             f"cannot serve SQL on {host}:{port}: {exc.strerror or exc}; "
@@ -206,7 +165,7 @@ def serve_sql(
         ) from exc
     bound_port = int(httpd.server_address[1])
     # set before the first request is served; the Origin check needs the port actually bound
-    handler.config = config = _Config(
+    handler.config = config = EndpointConfig(
         engine=str(engine_path),
         token=token or secrets.token_urlsafe(32),
         port=bound_port,
@@ -251,228 +210,3 @@ def _write_endpoint(engine_path: Path, record: dict[str, Any]) -> None:
     finally:
         os.close(fd)
     tmp.replace(engine_path / ENDPOINT_FILE)
-
-
-def _too_large(what: str, limit: int | None) -> Refused:
-    return Refused(
-        62,
-        413,
-        "SYNTAX_ERROR",
-        f"Max query size exceeded: the request body ({what[:40]}) is larger than the SQL "
-        f"endpoint's {limit} bytes",
-    )
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # a client that hung up mid-answer, a timed-out idle connection: one line, no traceback
-        log.debug("SQL endpoint: connection from %s ended: %s", client_address[0], _last_error())
-
-
-def _last_error() -> str:
-    exc = sys.exception()
-    return f"{type(exc).__name__}: {exc}"[:300] if exc is not None else "?"
-
-
-class _SqlHandler(BaseHTTPRequestHandler):
-    config: _Config  # set on the subclass serve_sql builds
-    protocol_version = "HTTP/1.1"
-    server_version = "baton-sql"
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        # the path only: a query string may hold the password
-        log.debug("sql %s %s %s %s", self.client_address[0], self.command, self._path(), code)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # http.server's own lines (a malformed request) quote the request line: no query string
-        text = _QUERY_STRING_RE.sub("?…", format % args)
-        log.debug("sql %s %s", self.client_address[0], text[:500])
-
-    def _path(self) -> str:
-        return urlsplit(self.path).path[:200]
-
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        params = self._params(url.query)
-        if params is None or not self._from_a_program():
-            return
-        if url.path in ("/ping", "/") and "query" not in params:
-            self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
-            return
-        if url.path != "/":
-            self._send(404, b"Unknown path: only /, /ping\n", {})
-            return
-        if self._authenticated(params):
-            self._answer(params, b"", get=True)
-
-    def do_POST(self) -> None:
-        url = urlsplit(self.path)
-        params = self._params(url.query)
-        if params is None or not self._from_a_program():
-            return
-        if url.path != "/":
-            self._send(404, b"Unknown path: only /, /ping\n", {}, close=True)
-            return
-        if not self._authenticated(params):
-            return
-        limit = self.config.limits.max_request_bytes if self.config.read_only else None
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or (limit is not None and length > limit):
-            self._refuse(_too_large(self.headers.get("Content-Length", ""), limit))
-            return
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            try:
-                body = self._read_chunked(limit)
-            except ValueError:
-                self._fail(400, 62, "Code: 62. malformed chunked request body", "", close=True)
-                return
-            if body is None:
-                self._refuse(_too_large("chunked", limit))
-                return
-        else:
-            body = self.rfile.read(length) if length else b""
-        if self.headers.get_content_type() == "multipart/form-data":
-            self._error(
-                QueryFailed(
-                    "Code: 48. multipart/form-data (external data) is not "
-                    "supported by the baton SQL endpoint"
-                )
-            )
-            return
-        try:
-            body = decode_body(body, self.headers.get("Content-Encoding"), limit)
-        except BodyTooLarge:
-            self._refuse(_too_large("decompressed", limit))
-            return
-        except Exception as exc:  # any codec failure is the client's bad body
-            self._error(QueryFailed(f"Code: 1002. cannot decode the request body: {exc}"))
-            return
-        self._answer(params, body, get=False)
-
-    def _params(self, query: str) -> dict[str, str] | None:
-        try:
-            return dict(parse_qsl(query, keep_blank_values=True, max_num_fields=_MAX_PARAMS))
-        except ValueError:
-            self._send(
-                400,
-                f"Code: 36. more than {_MAX_PARAMS} URL parameters. (BAD_ARGUMENTS)\n".encode(),
-                {"X-ClickHouse-Exception-Code": "36"},
-                close=True,
-            )
-            return None
-
-    def _from_a_program(self) -> bool:
-        try:
-            check_browser(self.headers, self.config.port, self.config.loopback_only)
-        except Refused as exc:
-            self._refuse(exc)
-            return False
-        return True
-
-    def _authenticated(self, params: dict[str, str]) -> bool:
-        try:
-            check_credentials(self.headers, params, self.config.token)
-        except Refused as exc:
-            self._refuse(exc)
-            return False
-        return True
-
-    def _read_chunked(self, limit: int | None) -> bytes | None:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            size = int(self.rfile.readline(100).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                self.rfile.readline(100)
-                return b"".join(parts)
-            total += size
-            if limit is not None and total > limit:
-                return None
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(100)
-
-    def _answer(self, params: dict[str, str], body: bytes, get: bool) -> None:
-        query_id = params.get("query_id", "")
-        if not _QUERY_ID_RE.match(query_id):  # echoed in a header: no CR/LF, no junk
-            query_id = str(uuid.uuid4())
-        config = self.config
-        if not config.slots.acquire(timeout=config.limits.queue_wait_s):
-            self._error(
-                QueryFailed(
-                    f"Code: 202. Too many simultaneous queries: "
-                    f"{config.limits.max_concurrent_queries} are running and none finished "
-                    f"within {config.limits.queue_wait_s:g} s. (TOO_MANY_SIMULTANEOUS_QUERIES)"
-                ),
-                query_id,
-            )
-            return
-        try:
-            header_format = self.headers.get("X-ClickHouse-Format")
-            if config.read_only:
-                result = execute_read(
-                    config.engine, params, body, header_format, config.limits, config.denied
-                )
-            else:
-                result = execute_any(config.engine, params, body, get, header_format)
-        except Refused as exc:
-            self._refuse(exc, query_id)
-            return
-        except QueryFailed as exc:
-            self._error(exc, query_id)
-            return
-        finally:
-            config.slots.release()
-        headers = {
-            "Content-Type": "text/plain; charset=UTF-8"
-            if result.fmt in (None, "TabSeparated", "TSV", "CSV")
-            else "application/octet-stream",
-            "X-ClickHouse-Query-Id": query_id,
-            "X-ClickHouse-Summary": json.dumps(result.summary),
-            "X-ClickHouse-Timezone": "UTC",
-            "X-ClickHouse-Server-Display-Name": "baton-sql",
-        }
-        if result.fmt:
-            headers["X-ClickHouse-Format"] = result.fmt
-        self._send(200, result.body, headers)
-
-    def _refuse(self, exc: Refused, query_id: str = "") -> None:
-        log.warning(
-            "SQL endpoint refused %s %s from %s: %s",
-            self.command,
-            self._path(),
-            self.client_address[0],
-            str(exc)[:300],
-        )
-        self._fail(exc.status, exc.code, str(exc), query_id, close=True)
-
-    def _error(self, exc: QueryFailed, query_id: str = "") -> None:
-        self._fail(_HTTP_STATUS_BY_CODE.get(exc.code, 500), exc.code, str(exc), query_id)
-
-    def _fail(self, status: int, code: int, text: str, query_id: str, close: bool = False) -> None:
-        self._send(
-            status,
-            (text.rstrip() + "\n").encode(),
-            {
-                "Content-Type": "text/plain; charset=UTF-8",
-                "X-ClickHouse-Exception-Code": str(code),
-                "X-ClickHouse-Query-Id": query_id,
-            },
-            close=close,
-        )
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str], close: bool = False) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        if close:  # the request body may be unread: this connection cannot carry another
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)

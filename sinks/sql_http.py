@@ -1,0 +1,294 @@
+"""Answers one HTTP request of the SQL endpoint: origin, credentials, body, then the result.
+
+The order is the endpoint's promise (``sqlserver``'s docstring): a browser's request for
+another site is refused before anything else, then credentials, then the body's size (raw and
+decoded), then the statement, run by ``sql_exec``. Every refusal is a ClickHouse-style error
+body with ``X-ClickHouse-Exception-Code``; a refusal before the body was read closes the
+connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from baton.sinks.sql_body import BodyTooLarge, UnsupportedEncoding, decode_body
+from baton.sinks.sql_exec import QueryFailed, SqlLimits, execute_any, execute_read
+from baton.sinks.sql_guard import Refused, check_browser, check_credentials
+
+__all__ = ["EndpointConfig", "SqlHandler", "SqlHttpServer"]
+
+# the endpoint's one logger: operators filter on baton.sinks.sqlserver
+log = logging.getLogger("baton.sinks.sqlserver")
+
+_MAX_PARAMS = 200
+_QUERY_STRING_RE = re.compile(r"\?[^\s'\"]*")
+_QUERY_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_HTTP_STATUS_BY_CODE = {
+    62: 400,
+    46: 400,
+    47: 400,
+    36: 400,
+    73: 400,
+    115: 400,
+    164: 403,
+    60: 404,
+    81: 404,
+    497: 403,
+    516: 401,
+    202: 503,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """What every request of one endpoint start is checked and run with."""
+
+    engine: str
+    token: str
+    port: int
+    loopback_only: bool
+    read_only: bool
+    limits: SqlLimits
+    denied: frozenset[str]
+    slots: threading.BoundedSemaphore
+
+
+def _too_large(what: str, limit: int | None) -> Refused:
+    return Refused(
+        62,
+        413,
+        "SYNTAX_ERROR",
+        f"Max query size exceeded: the request body ({what[:40]}) is larger than the SQL "
+        f"endpoint's {limit} bytes",
+    )
+
+
+class SqlHttpServer(ThreadingHTTPServer):
+    """The listening socket; one thread per connection."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that hung up mid-answer, a timed-out idle connection: one line, no traceback
+        log.debug("SQL endpoint: connection from %s ended: %s", client_address[0], _last_error())
+
+
+def _last_error() -> str:
+    exc = sys.exception()
+    return f"{type(exc).__name__}: {exc}"[:300] if exc is not None else "?"
+
+
+class SqlHandler(BaseHTTPRequestHandler):
+    """One connection's requests: GET and POST as ClickHouse's HTTP interface answers them."""
+
+    config: EndpointConfig  # set on the subclass serve_sql builds
+    protocol_version = "HTTP/1.1"
+    server_version = "baton-sql"
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # the path only: a query string may hold the password
+        log.debug("sql %s %s %s %s", self.client_address[0], self.command, self._path(), code)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # http.server's own lines (a malformed request) quote the request line: no query string
+        text = _QUERY_STRING_RE.sub("?…", format % args)
+        log.debug("sql %s %s", self.client_address[0], text[:500])
+
+    def _path(self) -> str:
+        return urlsplit(self.path).path[:200]
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        params = self._params(url.query)
+        if params is None or not self._from_a_program():
+            return
+        if url.path in ("/ping", "/") and "query" not in params:
+            self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            return
+        if url.path != "/":
+            self._send(404, b"Unknown path: only /, /ping\n", {})
+            return
+        if self._authenticated(params):
+            self._answer(params, b"", get=True)
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        params = self._params(url.query)
+        if params is None or not self._from_a_program():
+            return
+        if url.path != "/":
+            self._send(404, b"Unknown path: only /, /ping\n", {}, close=True)
+            return
+        if not self._authenticated(params):
+            return
+        limit = self.config.limits.max_request_bytes if self.config.read_only else None
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or (limit is not None and length > limit):
+            self._refuse(_too_large(self.headers.get("Content-Length", ""), limit))
+            return
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            try:
+                body = self._read_chunked(limit)
+            except ValueError:
+                self._fail(400, 62, "Code: 62. malformed chunked request body", "", close=True)
+                return
+            if body is None:
+                self._refuse(_too_large("chunked", limit))
+                return
+        else:
+            body = self.rfile.read(length) if length else b""
+        if self.headers.get_content_type() == "multipart/form-data":
+            self._error(
+                QueryFailed(
+                    "Code: 48. multipart/form-data (external data) is not "
+                    "supported by the baton SQL endpoint"
+                )
+            )
+            return
+        try:
+            body = decode_body(body, self.headers.get("Content-Encoding"), limit)
+        except BodyTooLarge:
+            self._refuse(_too_large("decompressed", limit))
+            return
+        except UnsupportedEncoding as exc:
+            self._refuse(Refused(48, 415, "NOT_IMPLEMENTED", str(exc)))
+            return
+        except Exception as exc:  # a corrupt lz4 frame is the client's bad body
+            self._error(QueryFailed(f"Code: 1002. cannot decode the request body: {exc}"))
+            return
+        self._answer(params, body, get=False)
+
+    def _params(self, query: str) -> dict[str, str] | None:
+        try:
+            return dict(parse_qsl(query, keep_blank_values=True, max_num_fields=_MAX_PARAMS))
+        except ValueError:
+            self._send(
+                400,
+                f"Code: 36. more than {_MAX_PARAMS} URL parameters. (BAD_ARGUMENTS)\n".encode(),
+                {"X-ClickHouse-Exception-Code": "36"},
+                close=True,
+            )
+            return None
+
+    def _from_a_program(self) -> bool:
+        try:
+            check_browser(self.headers, self.config.port, self.config.loopback_only)
+        except Refused as exc:
+            self._refuse(exc)
+            return False
+        return True
+
+    def _authenticated(self, params: dict[str, str]) -> bool:
+        try:
+            check_credentials(self.headers, params, self.config.token)
+        except Refused as exc:
+            self._refuse(exc)
+            return False
+        return True
+
+    def _read_chunked(self, limit: int | None) -> bytes | None:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            size = int(self.rfile.readline(100).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                self.rfile.readline(100)
+                return b"".join(parts)
+            total += size
+            if limit is not None and total > limit:
+                return None
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(100)
+
+    def _answer(self, params: dict[str, str], body: bytes, get: bool) -> None:
+        query_id = params.get("query_id", "")
+        if not _QUERY_ID_RE.match(query_id):  # echoed in a header: no CR/LF, no junk
+            query_id = str(uuid.uuid4())
+        config = self.config
+        if not config.slots.acquire(timeout=config.limits.queue_wait_s):
+            self._error(
+                QueryFailed(
+                    f"Code: 202. Too many simultaneous queries: "
+                    f"{config.limits.max_concurrent_queries} are running and none finished "
+                    f"within {config.limits.queue_wait_s:g} s. (TOO_MANY_SIMULTANEOUS_QUERIES)"
+                ),
+                query_id,
+            )
+            return
+        try:
+            header_format = self.headers.get("X-ClickHouse-Format")
+            if config.read_only:
+                result = execute_read(
+                    config.engine, params, body, header_format, config.limits, config.denied
+                )
+            else:
+                result = execute_any(config.engine, params, body, get, header_format)
+        except Refused as exc:
+            self._refuse(exc, query_id)
+            return
+        except QueryFailed as exc:
+            self._error(exc, query_id)
+            return
+        finally:
+            config.slots.release()
+        headers = {
+            "Content-Type": "text/plain; charset=UTF-8"
+            if result.fmt in (None, "TabSeparated", "TSV", "CSV")
+            else "application/octet-stream",
+            "X-ClickHouse-Query-Id": query_id,
+            "X-ClickHouse-Summary": json.dumps(result.summary),
+            "X-ClickHouse-Timezone": "UTC",
+            "X-ClickHouse-Server-Display-Name": "baton-sql",
+        }
+        if result.fmt:
+            headers["X-ClickHouse-Format"] = result.fmt
+        self._send(200, result.body, headers)
+
+    def _refuse(self, exc: Refused, query_id: str = "") -> None:
+        log.warning(
+            "SQL endpoint refused %s %s from %s: %s",
+            self.command,
+            self._path(),
+            self.client_address[0],
+            str(exc)[:300],
+        )
+        self._fail(exc.status, exc.code, str(exc), query_id, close=True)
+
+    def _error(self, exc: QueryFailed, query_id: str = "") -> None:
+        self._fail(_HTTP_STATUS_BY_CODE.get(exc.code, 500), exc.code, str(exc), query_id)
+
+    def _fail(self, status: int, code: int, text: str, query_id: str, close: bool = False) -> None:
+        self._send(
+            status,
+            (text.rstrip() + "\n").encode(),
+            {
+                "Content-Type": "text/plain; charset=UTF-8",
+                "X-ClickHouse-Exception-Code": str(code),
+                "X-ClickHouse-Query-Id": query_id,
+            },
+            close=close,
+        )
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str], close: bool = False) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if close:  # the request body may be unread: this connection cannot carry another
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
