@@ -12,18 +12,20 @@ import click
 
 from baton.cli.doctor_checks import (
     Check,
-    KafkaView,
     Status,
     audit_checks,
-    audit_lag_check,
-    changelog_topic,
     fail,
-    group_checks,
     ok,
     policy_checks,
     sql_endpoint_check,
-    topic_checks,
     webhook_check,
+)
+from baton.cli.doctor_kafka import (
+    KafkaView,
+    audit_lag_check,
+    changelog_topic,
+    group_checks,
+    topic_checks,
 )
 from baton.cli.options import build_settings, setting_options
 from baton.cli.signer import shown

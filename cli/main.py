@@ -74,9 +74,10 @@ def _register() -> None:
     from baton.cli import top
 
     top.register(cli)
-    from baton.cli import doctor, tail_cmds
+    from baton.cli import doctor, send_cmds, tail_cmds
 
     doctor.register(cli)
+    send_cmds.register(cli)
     tail_cmds.register(cli)
     from baton.cli import replay_cmds
 

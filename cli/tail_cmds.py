@@ -1,239 +1,34 @@
-"""``baton send`` and ``baton tail``: events in and decisions out with nothing but Baton.
+"""``baton tail``: gov.decisions, gov.stops or gov.deadletter from a position, each record
+as one readable line (what others wrote shown escaped) or one JSON object.
 
-``send`` reads events as JSON lines, checks each as the worker will, and publishes it keyed by
-its ``run_id`` with the murmur2 partitioner (every run on its partition, no forwarding hop).
-``tail`` reads gov.decisions, gov.stops or gov.deadletter from a position and prints each
-record as one readable line or one JSON object.
-
-Not guaranteed: ``send`` checks an event's shape, not the policy's view of it (a valid event
-may still be stopped or dead-lettered for its content, e.g. a reused request id); ``tail``
-without ``--follow`` prints what the broker held when it started reading.
+Not guaranteed: without ``--follow`` it prints what the broker held when it started
+reading; ``-n`` counts records before ``--run`` filters them.
 """
 
 from __future__ import annotations
 
-import os
-import stat
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 import orjson
 
-from baton.cli.options import build_settings, setting_options
+from baton.cli.options import setting_options
 from baton.cli.signer import shown
 from baton.cli.stack_record import data_dir_option, stack_settings
-from baton.schemas.errors import BatonError, BrokerUnavailable, ConfigError
-from baton.schemas.events import (
-    CONTROL_EVENT_TYPES,
-    MAX_EVENT_BYTES,
-    ApprovalDenied,
-    ApprovalGranted,
-    EventError,
-    parse_event,
-)
+from baton.schemas.errors import BrokerUnavailable
+from baton.schemas.events import MAX_EVENT_BYTES
 from baton.schemas.settings import Settings
 
 __all__ = ["register"]
 
-_CONTROL_TYPES = {t.model_fields["type"].default for t in CONTROL_EVENT_TYPES}
 #: tail's TOPIC names -> the catalog property holding the topic's full name
 _TAIL_TOPICS = {"decisions": "decisions", "stops": "stops", "deadletter": "deadletter"}
 
 
-class BadLines(BatonError):
-    """Some lines given to ``baton send`` were not events (each was named on stderr)."""
-
-    exit_code = 1
-
-
-def _kafka_settings(opts: dict[str, Any], data_dir: Path | None) -> Settings:
-    """Kafka settings found as every client command finds them (flag, --data-dir, variable,
-    BATON_DATA_DIR, ./.baton's stack record)."""
-    return stack_settings(opts, data_dir, kafka=True)
-
-
-# ------------------------------------------------------------------------------ send
-@dataclass
-class _Sent:
-    """What ``send`` did, for its summary line."""
-
-    per_topic: dict[str, int] = field(default_factory=dict)
-    bad: int = 0
-    failed: list[str] = field(default_factory=list)
-
-    def delivered(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.failed.append(f"{msg.topic()}: {err.str() if hasattr(err, 'str') else err}")
-
-    @property
-    def total(self) -> int:
-        return sum(self.per_topic.values())
-
-
-def _open_input(path: str) -> IO[bytes]:
-    """``path`` for reading (``-`` is stdin); a directory or a missing file is a ConfigError."""
-    if path == "-":
-        return sys.stdin.buffer
-    try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise ConfigError(f"baton send: {path} is a directory, expected a file of JSON lines")
-        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # /dev/zero would never end
-            raise ConfigError(
-                f"baton send: {path} is a device or socket, expected a file of JSON lines "
-                "(or a pipe, or - for stdin)"
-            )
-        return open(path, "rb")
-    except OSError as exc:
-        raise ConfigError(
-            f"baton send: cannot read {path}: {exc.strerror or exc}; expected a file of JSON "
-            "lines (or - for stdin)"
-        ) from None
-
-
-def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None, int]]:
-    """``(number, line, length)`` of every line, ``line`` None when longer than ``limit``
-    bytes (read on in chunks, never held whole: a line may be a runaway file)."""
-    number = 0
-    while True:
-        chunk = stream.readline(limit + 2)
-        if not chunk:
-            return
-        number += 1
-        length = len(chunk)
-        if len(chunk.rstrip(b"\r\n")) > limit:
-            while chunk and not chunk.endswith(b"\n"):
-                chunk = stream.readline(1 << 16)
-                length += len(chunk)
-            yield number, None, length - chunk.endswith(b"\n")  # bytes of the line itself
-            continue
-        yield number, chunk.strip(), length
-
-
-def _event_topic(line: bytes, catalog: Any) -> tuple[str, bytes]:
-    """The topic and key of one event line; ``EventError`` when it is not a run event."""
-    try:
-        event = parse_event(line)
-    except EventError:
-        kind = _type_of(line)
-        if kind in _CONTROL_TYPES:
-            raise EventError(
-                "control_event",
-                f"{kind} is a control event: `baton kill` and `baton policy publish` send "
-                "them, signed",
-            ) from None
-        raise
-    topic = catalog.approvals if isinstance(event, ApprovalGranted | ApprovalDenied) else None
-    return topic or catalog.requests, event.run_id.encode()
-
-
-def _type_of(line: bytes) -> str | None:
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    kind = doc.get("type") if isinstance(doc, dict) else None
-    return kind if isinstance(kind, str) else None
-
-
-@click.command("send")
-@click.argument("file", default="-")
-@click.option("--dry-run", is_flag=True, help="check every line, send nothing")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1, max=3600),
-    default=30.0,
-    show_default=True,
-    help="seconds to wait for Kafka to acknowledge the events at the end",
-)
-@data_dir_option
-@setting_options("bootstrap", "topic_prefix")
-def send_cmd(file: str, dry_run: bool, timeout: float, data_dir: Path | None, **opts: Any) -> None:
-    """Publish events from FILE (JSON lines; - or nothing: stdin), each keyed by its run_id:
-    handoff_requested, handoff_completed and run_finished to gov.handoff.requests,
-    approval_granted and approval_denied to gov.approvals.
-
-    Every line is checked as the worker checks it; a bad one is named on stderr with its
-    line number and not sent (empty lines and lines starting with # are skipped). Exit 0
-    when every line was sent, 1 when some were bad, 4 when Kafka did not take them.
-    """
-    from baton.streams.topics import TopicCatalog
-
-    settings = None if dry_run else _kafka_settings(opts, data_dir)
-    prefix = settings.topic_prefix if settings else build_settings(**opts).topic_prefix
-    catalog = TopicCatalog(prefix=prefix)
-    producer = None if settings is None else _producer(settings)
-    sent = _Sent()
-    stream = _open_input(file)
-    try:
-        for number, line, length in _lines(stream, MAX_EVENT_BYTES):
-            if line is None:
-                _bad(sent, number, f"oversized: {length} bytes, limit is {MAX_EVENT_BYTES}")
-                continue
-            if not line or line.startswith(b"#"):
-                continue
-            try:
-                topic, key = _event_topic(line, catalog)
-            except EventError as exc:
-                _bad(sent, number, f"{exc.kind}: {exc}")
-                continue
-            sent.per_topic[topic] = sent.per_topic.get(topic, 0) + 1
-            if producer is not None:
-                _produce(producer, topic, key, line, sent.delivered)
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-    if producer is not None:
-        assert settings is not None
-        left = producer.flush(timeout)
-        if left or sent.failed:
-            raise BrokerUnavailable(
-                f"Kafka at {settings.bootstrap} did not take {left + len(sent.failed)} of "
-                f"{sent.total} events within {timeout:g} s"
-                + (f" (first error: {sent.failed[0]})" if sent.failed else "")
-            )
-    click.echo(_summary(sent, dry_run))
-    if sent.bad:
-        raise BadLines(f"{sent.bad} bad line(s) not sent; each is named above")
-
-
-def _bad(sent: _Sent, number: int, problem: str) -> None:
-    sent.bad += 1
-    click.echo(f"baton send: line {number}: {shown(problem[:500])}", err=True)
-
-
-def _producer(settings: Settings) -> Any:
-    from confluent_kafka import Producer
-
-    from baton.streams.kafka import producer_config
-    from baton.streams.net import check_reachable
-
-    check_reachable(settings.bootstrap, settings.connect_timeout_s)
-    return Producer(producer_config(settings.kafka_config()))
-
-
-def _produce(producer: Any, topic: str, key: bytes, value: bytes, done: Any) -> None:
-    while True:
-        try:
-            producer.produce(topic, value, key, on_delivery=done)
-            break
-        except BufferError:  # the local queue is full: let deliveries drain it
-            producer.poll(0.1)
-    producer.poll(0)
-
-
-def _summary(sent: _Sent, dry_run: bool) -> str:
-    where = ", ".join(f"{n} to {topic}" for topic, n in sorted(sent.per_topic.items()))
-    verb = "valid, not sent (--dry-run)" if dry_run else "sent"
-    return f"{sent.total} event(s) {verb}" + (f": {where}" if where else "")
-
-
-# ------------------------------------------------------------------------------ tail
 @click.command("tail")
 @click.argument("topic", type=click.Choice(list(_TAIL_TOPICS)))
 @click.option("-f", "--follow", is_flag=True, help="keep printing new records until Ctrl-C")
@@ -280,7 +75,7 @@ def tail_cmd(
     and exits; with it, it goes on until Ctrl-C."""
     from baton.streams.topics import TopicCatalog
 
-    settings = _kafka_settings(opts, data_dir)
+    settings = stack_settings(opts, data_dir, kafka=True)
     name = getattr(TopicCatalog(prefix=settings.topic_prefix), _TAIL_TOPICS[topic])
     render = _render_json if fmt == "json" else _render_text
     dead = _TAIL_TOPICS[topic] == "deadletter"
@@ -451,5 +246,4 @@ def _time(value: Any) -> str:
 
 
 def register(cli: click.Group) -> None:
-    cli.add_command(send_cmd)
     cli.add_command(tail_cmd)

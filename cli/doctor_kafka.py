@@ -1,0 +1,292 @@
+"""The Kafka checks of ``baton doctor``: topics as the catalog wants them, the workers'
+group, and how far the workers and the audit sink are behind.
+
+They list, describe and read, and never create a topic (a topic asked for by name is
+auto-created on Tansu and on Kafka with ``auto.create.topics.enable``, so topics are only
+ever listed all at once) or commit an offset. One exception: where the broker lists no
+consumer-group members (Tansu), the workers check sends a readiness probe (a
+``run_finished`` of a ``__probe_`` run, tenant ``__baton__``) and waits for its decision.
+
+Not guaranteed: lag is what the committed offsets say (a decided event counts until the
+next commit), and Tansu's ListOffsets can be off by the records of one batch
+(``streams/kafka.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from baton.cli.doctor_checks import Check, fail, gist, ok
+from baton.schemas.errors import BatonError
+from baton.schemas.settings import Settings
+from baton.streams.topics import TopicCatalog, TopicSpec
+
+__all__ = [
+    "KafkaView",
+    "audit_lag_check",
+    "changelog_topic",
+    "group_checks",
+    "topic_checks",
+]
+
+#: Faust names a table's changelog ``<app id>-<table>-changelog``; the worker's table is "runs"
+#: (processors/app.py) and the topic carries no BATON_TOPIC_PREFIX
+_CHANGELOG = "{app_id}-runs-changelog"
+#: Faust creates changelogs compacted: the latest state of each run is all a restart needs
+_CHANGELOG_CONFIG = {"cleanup.policy": "compact"}
+
+
+def changelog_topic(app_id: str) -> str:
+    return _CHANGELOG.format(app_id=app_id)
+
+
+@dataclass
+class KafkaView:
+    """What the broker said once: topics with partition/replica counts, and their configs."""
+
+    partitions: dict[str, int]
+    replicas: dict[str, int]
+    configs: dict[str, dict[str, str]]
+
+    @classmethod
+    def read(cls, admin: Any, names: list[str], timeout: float) -> KafkaView:
+        """List every topic (never one by name: that may create it) and describe ``names``."""
+        from confluent_kafka.admin import ConfigResource, ResourceType
+
+        metadata = admin.list_topics(timeout=timeout)
+        partitions = {n: len(t.partitions) for n, t in metadata.topics.items() if t.error is None}
+        replicas = {
+            n: min((len(p.replicas) for p in t.partitions.values()), default=0)
+            for n, t in metadata.topics.items()
+            if t.error is None
+        }
+        present = [n for n in names if n in partitions]
+        configs: dict[str, dict[str, str]] = {}
+        if present:
+            futures = admin.describe_configs(
+                [ConfigResource(ResourceType.TOPIC, n) for n in present], request_timeout=timeout
+            )
+            for resource, future in futures.items():
+                try:
+                    entries = future.result(timeout=timeout)
+                except Exception:  # a broker without DescribeConfigs: counts are still checked
+                    continue
+                configs[resource.name] = {k: str(v.value) for k, v in entries.items()}
+        return cls(partitions, replicas, configs)
+
+
+def _expected(catalog: TopicCatalog, app_id: str, partitions: int) -> list[TopicSpec]:
+    changelog = TopicSpec(
+        changelog_topic(app_id),
+        partitions,
+        catalog.replication,
+        _CHANGELOG_CONFIG,
+        "a run's state lives in the changelog partition of its requests partition",
+    )
+    return [*catalog.specs(), changelog]
+
+
+def topic_checks(view: KafkaView, settings: Settings) -> list[Check]:
+    """Every topic of the catalog and the worker's changelog: present, partitions, replicas,
+    cleanup and retention as ``streams/topics.py`` creates them."""
+    catalog = TopicCatalog.from_settings(settings)
+    agreed = _agreed_count(view, catalog)
+    checks = []
+    for spec in _expected(catalog, settings.app_id, settings.partitions):
+        checks.append(_topic_check(view, spec, settings, agreed))
+    return checks
+
+
+def _agreed_count(view: KafkaView, catalog: TopicCatalog) -> int | None:
+    """The one partition count the existing run-keyed topics share, if they share one."""
+    run_keyed = [catalog.requests, catalog.approvals, catalog.decisions, catalog.stops]
+    counts = {view.partitions[n] for n in run_keyed if n in view.partitions}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def _topic_check(view: KafkaView, spec: TopicSpec, settings: Settings, agreed: int | None) -> Check:
+    name = f"topic {spec.name}"
+    if spec.name not in view.partitions:
+        return fail(name, "missing", _create_hint(spec, settings))
+    count, problems = view.partitions[spec.name], []
+    if spec.partitions_reason is not None and count != spec.partitions:
+        problems.append(f"{count} partitions, expected {spec.partitions}")
+    if view.replicas.get(spec.name, 0) < spec.replication:
+        problems.append(f"{view.replicas.get(spec.name, 0)} replicas, expected {spec.replication}")
+    configs = view.configs.get(spec.name)
+    for key, want in spec.config.items():
+        have = None if configs is None else configs.get(key)
+        if configs is not None and have != want:
+            problems.append(f"{key}={have}, expected {want}")
+    if problems:
+        return fail(name, "; ".join(problems), _topic_fix(spec, count, agreed, problems))
+    shown = ", ".join(f"{k}={v}" for k, v in spec.config.items() if k != "min.insync.replicas")
+    unread = "" if configs is not None else " (the broker did not describe its configs)"
+    return ok(name, f"{count} partitions, {shown}{unread}")
+
+
+def _create_hint(spec: TopicSpec, settings: Settings) -> str:
+    if spec.name == changelog_topic(settings.app_id):
+        return (
+            f"the first `baton worker` of BATON_APP_ID={settings.app_id} creates it; is one "
+            "running against this broker with this app id?"
+        )
+    configs = " ".join(f"--config {k}={v}" for k, v in spec.config.items())
+    return (
+        f"`baton worker` creates missing topics at start, or: kafka-topics.sh --create --topic "
+        f"{spec.name} --partitions {spec.partitions} --replication-factor {spec.replication} "
+        f"{configs}"
+    )
+
+
+def _topic_fix(spec: TopicSpec, count: int, agreed: int | None, problems: list[str]) -> str:
+    if any("partitions" in p for p in problems):
+        if agreed is not None and agreed == count and agreed != spec.partitions:
+            return (
+                f"the existing run-keyed topics agree on {agreed} partitions: set "
+                f"BATON_PARTITIONS={agreed} (or --partitions) to match them"
+            )
+        return (
+            f"partition counts cannot be changed in place ({spec.partitions_reason}): recreate "
+            "the topics, or use another BATON_TOPIC_PREFIX"
+        )
+    wrong = " ".join(f"{k}={v}" for k, v in spec.config.items())
+    return (
+        f"kafka-configs.sh --alter --entity-type topics --entity-name {spec.name} "
+        f"--add-config {wrong.replace(' ', ',')}"
+    )
+
+
+def group_checks(
+    admin: Any, consumer: Any, settings: Settings, view: KafkaView, max_lag: int, timeout: float
+) -> list[Check]:
+    """The workers' consumer group (BATON_APP_ID): someone is in it, and how far behind."""
+    return [
+        _members_check(admin, settings, view, timeout),
+        _lag_check(admin, consumer, settings, view, max_lag, timeout),
+    ]
+
+
+def _members_check(admin: Any, settings: Settings, view: KafkaView, timeout: float) -> Check:
+    group, name = settings.app_id, f"workers (group {settings.app_id})"
+    try:
+        found = admin.describe_consumer_groups([group], request_timeout=timeout)[group]
+        description = found.result(timeout=timeout)
+    except Exception as exc:
+        return fail(name, f"cannot describe the group: {gist(exc)}", _WORKER_HINT.format(group))
+    if description.members:
+        hosts = sorted({f"{m.client_id}@{m.host}" for m in description.members})
+        state = description.state.name.lower()
+        return ok(name, f"{len(hosts)} member(s), {state}: {', '.join(hosts)}")
+    # Tansu lists no members and calls a group "stable" long after its last worker died:
+    # without a member list, only an answer proves a worker decides
+    return _probe_check(settings, view, name, timeout)
+
+
+def _probe_check(settings: Settings, view: KafkaView, name: str, timeout: float) -> Check:
+    """A readiness probe (a run_finished of a ``__probe_`` run, tenant ``__baton__``, as
+    `baton up` sends) must come back as a decision within ``timeout``."""
+    from baton.processors.probe import wait_until_deciding
+
+    catalog = TopicCatalog.from_settings(settings)
+    missing = [t for t in (catalog.requests, catalog.decisions) if t not in view.partitions]
+    if missing:
+        return fail(
+            name,
+            f"no member listed, and no {' or '.join(missing)} to probe a worker through",
+            "see the topic lines above",
+        )
+    try:
+        took = wait_until_deciding(
+            settings.kafka_config(),
+            catalog.requests,
+            catalog.decisions,
+            view.partitions[catalog.requests],  # where the probe's key really goes
+            timeout_s=timeout,
+        )
+    except BatonError as exc:
+        return fail(name, f"no member listed, and {exc}", _WORKER_HINT.format(settings.app_id))
+    return ok(name, f"a worker answered a probe in {took * 1000:.0f} ms (no member list here)")
+
+
+_WORKER_HINT = (
+    "start `baton worker` with BATON_APP_ID={} against this broker (its log says why one exited)"
+)
+
+
+def _lag_check(
+    admin: Any, consumer: Any, settings: Settings, view: KafkaView, max_lag: int, timeout: float
+) -> Check:
+    """Events on the input topics the workers' group has not committed past."""
+    catalog = TopicCatalog.from_settings(settings)
+    name = "lag"
+    behind = _behind(
+        admin, consumer, settings.app_id, [catalog.requests, catalog.approvals], view, timeout
+    )
+    if isinstance(behind, str):
+        return fail(name, behind, "see the topic lines above, or `baton -v doctor`")
+    total, detail = _lag_detail(behind, "event(s) past the workers' committed offsets")
+    if total > max_lag:
+        return fail(
+            name,
+            detail + f", over --max-lag {max_lag}",
+            "the workers fall behind: add workers (up to the partition count) or look for a "
+            "stuck one in their logs; `baton doctor` again shows whether it shrinks",
+        )
+    return ok(name, detail if total else "0: the workers have committed every event")
+
+
+def audit_lag_check(
+    admin: Any, consumer: Any, settings: Settings, view: KafkaView, max_lag: int, timeout: float
+) -> Check:
+    """Decisions on gov.decisions the audit sink's group (``<app id>-audit``) has not
+    written yet; a group that never committed while decisions exist is a sink that never ran."""
+    catalog = TopicCatalog.from_settings(settings)
+    group, name = f"{settings.app_id}-audit", "audit lag"
+    behind = _behind(admin, consumer, group, [catalog.decisions], view, timeout)
+    if isinstance(behind, str):
+        return fail(name, behind, "see the topic lines above, or `baton -v doctor`")
+    total, detail = _lag_detail(behind, "decision(s) past the sink's committed offsets")
+    hint = (
+        f"is `baton sink` running with BATON_APP_ID={settings.app_id} (group {group})? its "
+        "log says why it stopped or what ClickHouse answers"
+    )
+    if total and all(committed < 0 for committed, _ in behind.values()):
+        return fail(name, f"group {group} never committed: {detail}", hint)
+    if total > max_lag:
+        return fail(name, detail + f", over --max-lag {max_lag}", hint)
+    return ok(name, detail if total else "0: the sink has committed every decision")
+
+
+def _behind(
+    admin: Any, consumer: Any, group: str, topics: list[str], view: KafkaView, timeout: float
+) -> dict[tuple[str, int], tuple[int, int]] | str:
+    """(topic, partition) -> (committed offset or -1, records behind) for ``group``; a
+    string saying why when it cannot be read."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    parts = [TopicPartition(t, p) for t in topics for p in range(view.partitions.get(t, 0))]
+    if not parts:
+        return f"no {' or '.join(topics)} to measure"
+    try:
+        request = [ConsumerGroupTopicPartitions(group, parts)]
+        answer = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
+        committed = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in answer.result(timeout=timeout).topic_partitions
+        }
+        behind = {}
+        for tp in parts:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            start = committed.get((tp.topic, tp.partition), -1)
+            behind[(tp.topic, tp.partition)] = (start, max(high - max(start, low), 0))
+    except Exception as exc:
+        return f"cannot read the offsets of group {group}: {gist(exc)}"
+    return behind
+
+
+def _lag_detail(behind: dict[tuple[str, int], tuple[int, int]], what: str) -> tuple[int, str]:
+    total = sum(n for _, n in behind.values())
+    (topic, partition), (_, worst) = max(behind.items(), key=lambda item: item[1][1])
+    return total, f"{total} {what} (most on {topic}[{partition}]: {worst})"
