@@ -150,3 +150,25 @@ def test_the_schema_export_carries_every_new_field_and_reason() -> None:
     assert {"steps", "tools"} <= set(schemas["handoff_completed.schema.json"]["properties"])
     reasons = schemas["decision.schema.json"]["properties"]["reason"]["enum"]
     assert {"step_budget_exceeded", "ownership_released", "reservation_expired"} <= set(reasons)
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        (None, "180feadbf1d40980"),
+        (
+            "multi_agent: {roles: {a: {may_own: [x]}}}\ntenants: {acme: {max_handoffs: 3}}",
+            "64c7407c8f765b58",
+        ),
+    ],
+)
+def test_a_policy_keeps_its_version_when_keys_are_added_to_the_model(
+    text: str | None, version: str
+) -> None:
+    # the versions Baton computed before max_steps, max_bounces, reservation_ttl_seconds,
+    # release_ownership_on and roles.<agent>.tools existed: the audit and replay find a
+    # policy by its version, so a key added later must not change it (list it in
+    # schemas/policy.py _ADDED_LATER with its default)
+    from baton.schemas.policy import DEFAULT_POLICY_YAML
+
+    assert parse_policy(text if text is not None else DEFAULT_POLICY_YAML).version == version
