@@ -1,21 +1,6 @@
 """The client SDK under the import path the docs use: re-exports ``baton.streams.sdk``."""
 
-from baton.streams.sdk import (
-    MAX_POLICY_UPDATE_BYTES,
-    ApproverClient,
-    AsyncGovernanceClient,
-    ClientOptions,
-    ClientSettings,
-    GovernanceClient,
-    OperatorClient,
-)
+from baton.streams import sdk as _sdk
+from baton.streams.sdk import *  # noqa: F403  (every public name, nothing else)
 
-__all__ = [
-    "MAX_POLICY_UPDATE_BYTES",
-    "ApproverClient",
-    "AsyncGovernanceClient",
-    "ClientOptions",
-    "ClientSettings",
-    "GovernanceClient",
-    "OperatorClient",
-]
+__all__ = _sdk.__all__

@@ -85,36 +85,7 @@ class ClientBase:
         *,
         fail_open: bool | None = None,
     ) -> Decision:
-        if isinstance(event, HandoffRequested):
-            extra: dict[str, Any] = dict(
-                from_agent=event.from_agent,
-                to_agent=event.to_agent,
-                task_id=event.task_id,
-                parent_task_id=event.parent_task_id,
-                action=event.action,
-                tool=event.tool,
-                event_time=event.event_time,
-            )
-        elif isinstance(event, HandoffCompleted):
-            extra = dict(
-                to_agent=event.agent,
-                task_id=event.task_id,
-                tool_calls=event.tool_calls,
-                handoff_status=event.status,
-                event_time=event.event_time,
-            )
-        else:
-            extra = dict(
-                from_agent=event.from_agent,
-                to_agent=event.to_agent,
-                task_id=event.task_id,
-                parent_task_id=event.parent_task_id,
-                action=event.action,
-                tool=event.tool,
-                approval_id=event.approval_id,
-                approval_expires_at=event.approval_expires_at,
-                depth=event.depth,
-            )
+        extra = _echoed_fields(event)
         error = self.channel.last_delivery_error()
         if error:
             detail = f"{detail}; last Kafka error: {error}"
@@ -155,3 +126,29 @@ class ClientBase:
             event.to_json(),
             self.channel.partition_of(run_id),
         )
+
+
+#: what a fail-safe decision repeats of the handoff it answers (a request or its pending approval)
+_HANDOFF_FIELDS = ("from_agent", "to_agent", "task_id", "parent_task_id", "action", "tool")
+
+
+def _echoed_fields(event: HandoffRequested | HandoffCompleted | Decision) -> dict[str, Any]:
+    """The fields of ``event`` a fail-safe decision about it carries, as Baton's would."""
+    if isinstance(event, HandoffCompleted):
+        return dict(
+            to_agent=event.agent,
+            task_id=event.task_id,
+            tool_calls=event.tool_calls,
+            handoff_status=event.status,
+            event_time=event.event_time,
+        )
+    extra: dict[str, Any] = {name: getattr(event, name) for name in _HANDOFF_FIELDS}
+    if isinstance(event, HandoffRequested):
+        extra["event_time"] = event.event_time
+    else:
+        extra.update(
+            approval_id=event.approval_id,
+            approval_expires_at=event.approval_expires_at,
+            depth=event.depth,
+        )
+    return extra

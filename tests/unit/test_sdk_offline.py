@@ -1,4 +1,4 @@
-"""The SDK's waiter book: who waits for which decision, approvals parked until someone asks."""
+"""The SDK without a broker: who waits for which decision, parked approvals, fail-safe answers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from baton.schemas.decision import Decision, Outcome, Phase
+from baton.schemas.events import HandoffCompleted
 from baton.streams.sdk import waiters as waiters_module
+from baton.streams.sdk.base import ClientBase
 from baton.streams.sdk.waiters import Unanswered, Waiter, WaiterBook, resolve
+from tests.helpers import handoff
 
 pytestmark = pytest.mark.unit
 
@@ -122,3 +125,39 @@ def test_resolve_answers_threads_at_once_and_each_loop_in_its_own_thread() -> No
     assert thread_waiter.future.result(0) == Unanswered("the Baton client was closed")
     resolve([(thread_waiter, "late")])  # a future already resolved keeps its first answer
     assert thread_waiter.future.result(0) == Unanswered("the Baton client was closed")
+
+
+def test_a_fail_safe_answer_repeats_what_it_answers() -> None:
+    client = ClientBase("127.0.0.1:1", partitions=4)  # never connects
+    asked = handoff(RUN, 1, "refund_check", parent="triage", action="billing.refund", tool="stripe")
+    stop = client._unanswered(asked, Phase.PRE_HANDOFF, "no worker")
+    assert (stop.outcome, stop.reason, stop.detail) == (
+        Outcome.STOP,
+        "governance_unavailable",
+        "no worker",
+    )
+    assert (stop.from_agent, stop.to_agent, stop.task_id, stop.parent_task_id) == (
+        "planner",
+        "researcher",
+        "refund_check",
+        "triage",
+    )
+    assert (stop.action, stop.tool, stop.event_time) == (
+        "billing.refund",
+        "stripe",
+        asked.event_time,
+    )
+    done = HandoffCompleted(
+        request_id=asked.request_id,
+        run_id=RUN,
+        task_id="refund_check",
+        agent="researcher",
+        tool_calls=3,
+        event_time=asked.event_time,
+    )
+    report = client._unanswered(done, Phase.POST_HANDOFF, "no worker")
+    assert (report.to_agent, report.task_id, report.tool_calls) == ("researcher", "refund_check", 3)
+    pending = _decision(Phase.PRE_HANDOFF, Outcome.APPROVAL_REQUIRED)
+    gate = client._unanswered(pending, Phase.APPROVAL, "no approver", fail_open=False)
+    assert (gate.approval_id, gate.approval_expires_at) == ("ap1", pending.approval_expires_at)
+    assert gate.outcome == Outcome.STOP and gate.phase == Phase.APPROVAL
