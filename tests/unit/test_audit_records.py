@@ -15,7 +15,14 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baton.schemas.decision import AUDIT_FIELDS, DECISION_FIELDS, Decision, Outcome, Phase
+from baton.schemas.decision import (
+    AUDIT_FIELDS,
+    DECISION_ADAPTER,
+    DECISION_FIELDS,
+    Decision,
+    Outcome,
+    Phase,
+)
 from baton.schemas.errors import AuditUnavailable, ConfigError
 from baton.sinks.clickhouse import parse_dsn
 from baton.sinks.query import first_keyword, trailing_format
@@ -374,6 +381,10 @@ def test_a_hostile_record_becomes_one_rejected_row_and_the_batch_goes_on(
 def test_no_record_makes_add_raise(value: bytes) -> None:
     batch = AuditBatch("t", ttl_days=30, clock=lambda: NOW)
     batch.add(0, 0, value)
+    if len(batch) == 0:  # only a valid re-emitted copy is left out: the audit has its original
+        assert DECISION_ADAPTER.validate_json(value).reemitted
+        assert batch.commit_offsets() == {0: 1}
+        return
     assert len(batch) == 1
     if batch.rows:  # a kept row fits every column
         row = dict(zip(DECISION_COLUMNS, batch.rows[0], strict=True))
@@ -699,3 +710,13 @@ def test_chdb_without_the_embedded_extra_names_the_extra(
     monkeypatch.setitem(sys.modules, "chdb", None)  # as if not installed: import fails
     with pytest.raises(MissingExtra, match=r"pip install 'baton\[embedded\]'"):
         connect(f"chdb://{tmp_path}")
+
+
+def test_a_reemitted_copy_is_not_stored_and_its_offset_is_committed() -> None:
+    batch = AuditBatch("t", ttl_days=30, clock=lambda: NOW)
+    original = _decision(decision_id="a")
+    batch.add(0, 7, original.to_json())
+    batch.add(0, 9, replace(original, reemitted=True).to_json())
+    assert [r[0] for r in batch.rows] == ["a"] and batch.rejected == []
+    assert batch.rows[0][-1] == 7  # the original's place in the audit
+    assert batch.commit_offsets() == {0: 10}
