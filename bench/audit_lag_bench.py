@@ -59,7 +59,7 @@ def _cpu_seconds(pid: int) -> float:
 def _start(command: str, env: dict[str, str], log: Path, *extra: str) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115  (the child owns it)
     return subprocess.Popen(
-        [sys.executable, "-m", "baton.cli", command, *extra],
+        [sys.executable, "-m", "baton.cli", "-v", command, *extra],
         env={**os.environ, **env},
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -168,7 +168,13 @@ def worker_rate(
     p = _producer(bootstrap)
     _send(p, events.take(n))
     p.flush(60)
-    _wait_for("the worker to work off the backlog", lambda: _settled(reader), timeout=300)
+    # every event gives a decision or more (a completion's record, a stop): wait for n, then
+    # for the stragglers
+    _wait_for(
+        "the worker to work off the backlog",
+        lambda: len(reader.decided) >= n and _settled(reader),
+        timeout=300,
+    )
     reader.stop.set()
     reader.join()
     times = sorted(datetime.fromisoformat(t) for t in reader.decided)
@@ -295,6 +301,10 @@ def main() -> None:
         try:
             _wait_for(
                 "the sink's SQL endpoint", lambda: (chdb / "baton-sql-endpoint.json").exists()
+            )
+            _wait_for(
+                "the worker to be ready",
+                lambda: " ready (policy" in (Path(tmp) / "w.log").read_text(errors="replace"),
             )
             events = Events(catalog)
             measured = worker_rate(broker.bootstrap, catalog, events, args.backlog)

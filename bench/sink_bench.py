@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -132,15 +133,36 @@ def _variant(name: str) -> Iterator[None]:
             setattr(obj, attr, value)
 
 
-def sink_rate(settings: Settings, n: int) -> tuple[float, SinkStats]:
-    """Rows per second of ``run_sink`` storing ``n`` rows: from its assignment to the last row."""
+def _cpu_seconds(pid: int | None) -> float:
+    """user + system CPU seconds of a process so far (Linux /proc), 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+@dataclass
+class SinkRun:
+    """One timed sink run: records/s, and CPU seconds per record of this process (the sink:
+    its consumer, parser, writer and chDB's threads) and of the broker serving it."""
+
+    rate: float
+    sink_us: float
+    broker_us: float
+    stats: SinkStats
+
+
+def sink_rate(settings: Settings, n: int, to_store: int, broker_pid: int | None) -> SinkRun:
+    """Records per second of ``run_sink`` reading ``n`` records of which it stores ``to_store``
+    rows: from its assignment to the last row stored."""
     stop = threading.Event()
     box: dict[str, Any] = {}
-    done_at: list[float] = []
+    done_at: list[tuple[float, float, float]] = []
 
     def report(s: SinkStats) -> None:
-        if s.rows + s.rejected >= n and not done_at:
-            done_at.append(time.perf_counter())
+        if s.rows + s.rejected >= to_store and not done_at:
+            done_at.append((time.perf_counter(), time.process_time(), _cpu_seconds(broker_pid)))
             stop.set()
 
     def ready(sink: AuditSink, _server: object) -> None:
@@ -148,7 +170,9 @@ def sink_rate(settings: Settings, n: int) -> tuple[float, SinkStats]:
         on_assign = sink._on_assign  # the bench times from the assignment
 
         def timed(consumer: Any, partitions: list[Any]) -> None:
-            box.setdefault("assigned", time.perf_counter())
+            box.setdefault(
+                "assigned", (time.perf_counter(), time.process_time(), _cpu_seconds(broker_pid))
+            )
             on_assign(consumer, partitions)
 
         sink._on_assign = timed  # type: ignore[method-assign]
@@ -175,8 +199,9 @@ def sink_rate(settings: Settings, n: int) -> tuple[float, SinkStats]:
         raise SystemExit(f"the sink failed: {box['error']!r}")
     stats: SinkStats = box["sink"].stats
     if not done_at or "assigned" not in box:
-        raise SystemExit(f"the sink stored {stats.rows} of {n} rows in time")
-    return n / (done_at[0] - box["assigned"]), stats
+        raise SystemExit(f"the sink stored {stats.rows} of {to_store} rows in time")
+    (t0, cpu0, broker0), (t1, cpu1, broker1) = box["assigned"], done_at[0]
+    return SinkRun(n / (t1 - t0), (cpu1 - cpu0) / n * 1e6, (broker1 - broker0) / n * 1e6, stats)
 
 
 def insert_routes(
@@ -325,6 +350,8 @@ def main() -> None:
     args = ap.parse_args()
     records = worker_decisions(args.decisions)
     n = len(records)
+    # re-emitted copies (a redelivered request answered again) are read but not stored
+    to_store = sum(1 for _, v in records if b'"reemitted":true' not in v)
     size = sum(len(v) for _, v in records) / n
     with_input = sum(1 for _, v in records if b'"input":"' in v) / n
     if args.routes:
@@ -335,7 +362,7 @@ def main() -> None:
     variants = ["as shipped"]
     if args.variants == "all":
         variants += ["no shortcut", "serial", "table types"]
-    results: list[tuple[str, float]] = []
+    results: list[tuple[str, SinkRun]] = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
         prefix = f"sb{uuid.uuid4().hex[:6]}."
         catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
@@ -364,9 +391,9 @@ def main() -> None:
                 app_id=f"bench{i}",
             )
             with _variant(name):
-                rate, stats = sink_rate(settings, n)
-            results.append((name, rate))
-            print(f"{name}: {stats.describe()}", file=sys.stderr)
+                run = sink_rate(settings, n, to_store, broker.pid)
+            results.append((name, run))
+            print(f"{name}: {run.stats.describe()}", file=sys.stderr)
     _print_table(n, size, with_input, args.batch_size, base, results)
 
 
@@ -398,18 +425,25 @@ def _print_table(
     with_input: float,
     batch_size: int,
     base: float,
-    results: list[tuple[str, float]],
+    results: list[tuple[str, SinkRun]],
 ) -> None:
     print(f"\n{_machine()}")
     print(
         f"{n:,} worker decisions ({size:,.0f} bytes on average, {with_input:.0%} with their "
         f"input), {PARTITIONS} partitions, batches of {batch_size:,}, chDB with every view\n"
     )
-    print(f"| {'variant':<44} | {'rows/s':>9} |")
-    print(f"|{'-' * 46}|{'-' * 11}|")
-    print(f"| {'confluent-kafka consume only (baseline)':<44} | {base:>9,.0f} |")
-    for name, rate in results:
-        print(f"| {'baton sink, ' + name:<44} | {rate:>9,.0f} |")
+    print(
+        f"| {'variant':<44} | {'rows/s':>9} | {'sink CPU us/row':>15} | {'broker CPU us/row':>17} |"
+    )
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 17}|{'-' * 19}|")
+    print(
+        f"| {'confluent-kafka consume only (baseline)':<44} | {base:>9,.0f} | {'':>15} | {'':>17} |"
+    )
+    for name, run in results:
+        print(
+            f"| {'baton sink, ' + name:<44} | {run.rate:>9,.0f} | {run.sink_us:>15.1f} | "
+            f"{run.broker_us:>17.1f} |"
+        )
 
 
 if __name__ == "__main__":
