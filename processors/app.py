@@ -1,4 +1,4 @@
-r"""The Faust governance app: wires topics, the ``runs`` table and the engine, and nothing more.
+r"""One governance worker process: Faust's fetched batches through the engine to one producer.
 
     gov.handoff.requests + gov.approvals --(batches)--> engine --> gov.decisions, gov.stops
                                                            \--> runs changelog, gov.deadletter
@@ -7,7 +7,9 @@ r"""The Faust governance app: wires topics, the ``runs`` table and the engine, a
 The hot path follows ARCHITECTURE.md ("Hot path: what was measured"): events are taken in
 batches, states are read and written through the table's store, and every output
 (including the changelog) goes through one confluent-kafka producer that is flushed before
-the batch is acknowledged, so offsets are committed only after delivery.
+the batch is acknowledged, so offsets are committed only after delivery. Faust's internals
+are reached only through ``processors/faust_adapter.py``; the app's configuration is in
+``faust_app``, the sweep's step in ``sweep_step``, the membership checks in ``fencing``.
 """
 
 from __future__ import annotations
@@ -17,29 +19,30 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from faust.types import TP
 
-from baton.processors import transport
-from baton.processors.batch import BatchProcessor, InputRecord, Outputs
-from baton.processors.chain import link
+from baton.processors import faust_adapter
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.batch_stats import BatchStats
 from baton.processors.control import ControlFollower
-from baton.processors.engine import evict, expire_due
 from baton.processors.exits import EXIT_DELIVERY_FAILED, exit_without_commit
+from baton.processors.faust_adapter import RunStore, WorkerRuntime
+from baton.processors.faust_app import build_app, runs_table, source_topic
+from baton.processors.fencing import Membership, check_generation, group_metadata
 from baton.processors.metrics import WorkerMetrics
+from baton.processors.progress import caught_up, lag
 from baton.processors.publish import BatchPublisher
 from baton.processors.recorded import policy_in_force
-from baton.processors.state import RunState
 from baton.processors.sweep import DueIndex
+from baton.processors.sweep_step import sweep_due
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
-from baton.streams.partitioner import partition_for
 from baton.streams.topics import TopicCatalog
-from baton.streams.transactions import committed_ends, consumer_group_metadata
+from baton.streams.transactions import committed_ends
 
 __all__ = ["GovernanceWorker", "create_app"]
 
@@ -49,90 +52,9 @@ log = logging.getLogger(__name__)
 _SWEEP_LIMIT = 5000
 
 
-class _TableStates(MutableMapping[bytes, RunState]):
-    """The ``runs`` table's in-memory store, written directly (the changelog is ours to write).
-
-    Faust's memory store remembers each key's partition to drop the keys of revoked
-    partitions after a rebalance; it learns that only from changelog records it reads, so a
-    direct write must record it too, or a worker would keep stale runs it no longer owns.
-    """
-
-    def __init__(self, store: Any, partitions: int) -> None:
-        self._data: dict[bytes, RunState] = store.data
-        self._key_partition: dict[bytes, int] = store._key_partition
-        self._partitions = partitions
-
-    def __getitem__(self, key: bytes) -> RunState:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value  # type: ignore[no-any-return]
-
-    def get(self, key: bytes, default: Any = None) -> Any:
-        value = self._data.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bytes):  # restored from the changelog by Faust's recovery
-            value = self._data[key] = RunState.from_bytes(value)
-        return value
-
-    def __setitem__(self, key: bytes, value: RunState) -> None:
-        if key not in self._data:
-            self._key_partition[key] = partition_for(key, self._partitions)
-        self._data[key] = value
-
-    def encoded_size(self, key: bytes) -> int:
-        """The run's size as its changelog record (no decoding for a restored one)."""
-        value = self._data.get(key)
-        if value is None:
-            return 0
-        return len(value) if isinstance(value, bytes) else len(value.to_bytes())
-
-    def __delitem__(self, key: bytes) -> None:
-        del self._data[key]
-        self._key_partition.pop(key, None)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-class _BatchStats:
-    """Logs, every 10 s of traffic, what the hot path did: events, batches, where time went."""
-
-    def __init__(self, worker_id: str, every_s: float = 10.0) -> None:
-        self.worker_id = worker_id
-        self.every_s = every_s
-        self._reset(time.monotonic())
-
-    def _reset(self, now: float) -> None:
-        self.since = now
-        self.events = self.batches = 0
-        self.decide_s = self.publish_s = 0.0
-
-    def add(self, events: int, decide_s: float, publish_s: float) -> None:
-        self.events += events
-        self.batches += 1
-        self.decide_s += decide_s
-        self.publish_s += publish_s
-        now = time.monotonic()
-        if now - self.since >= self.every_s:
-            span = now - self.since
-            log.info(
-                "worker %s: %d events in %.1f s (%.0f/s), %d batches (avg %.0f), "
-                "decide %.0f%%, publish %.0f%% of the time",
-                self.worker_id,
-                self.events,
-                span,
-                self.events / span,
-                self.batches,
-                self.events / self.batches,
-                100 * self.decide_s / span,
-                100 * self.publish_s / span,
-            )
-            self._reset(now)
+def _record(m: Any) -> InputRecord:
+    """The batch step's view of a Faust message."""
+    return InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.headers, m.timestamp)
 
 
 class GovernanceWorker:
@@ -147,7 +69,7 @@ class GovernanceWorker:
             replication=settings.replication_factor,
         )
         #: (topic, partition) -> fetch position once every record before it was decided and
-        #: published; the transport (processors/transport.py) keeps it up to date
+        #: published; the transport (processors/faust_adapter.py) keeps it up to date
         self._decided: dict[tuple[str, int], int] = {}
         self.app = self._build_app()
         self.changelog_topic = self.runs.changelog_topic.get_topic_name()
@@ -182,54 +104,26 @@ class GovernanceWorker:
         #: runs by the time the sweep next has work on them (rebuilt when partitions move)
         self._due = DueIndex(settings.run_retention_s, settings.tombstone_retention_s)
         self._indexed_generation: int | None = None
-        self._stats = _BatchStats(self.worker_id)
+        self._stats = BatchStats(self.worker_id)
         self.control.on_policy(self._on_policy)
         self.app.on_partitions_revoked.connect(self._on_revoked_signal)
 
     # ------------------------------------------------------------------ wiring
     def _build_app(self) -> faust.App:
         s = self.settings
-        transport.register()
-        servers = ";".join(f"{transport.SCHEME}://{h.strip()}" for h in s.bootstrap.split(","))
-        app = faust.App(
-            s.app_id,
-            broker=servers,
-            store="memory://",
-            autodiscover=False,
-            datadir=str(s.worker_data_dir),
-            web_port=s.web_port,
-            web_enabled=False,
-            topic_partitions=s.partitions,
-            topic_replication_factor=s.replication_factor,
-            topic_disable_leader=True,
-            table_standby_replicas=0,
-            consumer_auto_offset_reset="earliest",
-            broker_session_timeout=s.session_timeout_s,
-            broker_heartbeat_interval=max(s.session_timeout_s / 6, 0.5),
-            broker_rebalance_timeout=max(s.session_timeout_s * 2, 10),
-            stream_recovery_delay=0.0,
-            processing_guarantee="at_least_once",
-            broker_credentials=self._faust_credentials(),
+        runtime = WorkerRuntime(
+            source_topics=frozenset({self.catalog.requests, self.catalog.approvals}),
+            on_batch=self._on_fetched_batch,
+            decided=self._decided,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            # a changelog written under exactly-once (also before a switch back to
+            # at-least-once) ends with a transaction marker, which recovery would wait for
+            committed_ends=self._committed_ends,
+            offsets_in_transactions=s.processing_guarantee == "exactly_once",
         )
-        source = app.topic(
-            self.catalog.requests,
-            self.catalog.approvals,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=s.partitions,
-        )
-        self.runs = app.Table(
-            "runs",
-            default=None,
-            partitions=s.partitions,
-            # raw bytes both ways: the changelog holds RunState.to_bytes(), which we write
-            # ourselves; recovery leaves bytes in the store and _TableStates decodes them lazily
-            key_type=bytes,
-            value_type=bytes,
-            # safe: every event is decided on its key's murmur2 partition (others are forwarded)
-            use_partitioner=True,
-            help="run_id -> RunState (owners, agents, counters, spend, approvals, dedup marks)",
-        )
+        app = build_app(s, runtime)
+        source = source_topic(app, self.catalog, s.partitions)
+        self.runs = runs_table(app, s.partitions)
 
         @app.agent(source, name="govern")
         async def govern(stream: faust.StreamT[bytes]) -> None:
@@ -261,16 +155,6 @@ class GovernanceWorker:
         async def report_metrics() -> None:
             self._report_metrics()
 
-        # read by processors.transport: the fetch wait, and the fast path's batch handler
-        app.conf.baton_fetch_max_wait_ms = s.fetch_max_wait_ms
-        app.baton_source_topics = frozenset({self.catalog.requests, self.catalog.approvals})
-        app.baton_on_batch = self._on_fetched_batch
-        app.baton_decided = self._decided
-        # a changelog written under exactly-once (also before a switch back to at-least-once)
-        # ends with a transaction marker, which Faust's recovery would wait for forever
-        app.conf.baton_committed_ends = self._committed_ends
-        if s.processing_guarantee == "exactly_once":
-            app.conf.baton_offsets_in_transactions = True
         return app
 
     def _transactional_id(self) -> str:
@@ -280,55 +164,16 @@ class GovernanceWorker:
     def _committed_ends(self, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         return committed_ends(self.settings.kafka_config(), ends)
 
-    def _membership(self) -> tuple[str, int, str]:
+    def _membership(self) -> Membership:
         """(group id, generation, member id) of this worker's consumer right now."""
-        coordinator = self.app.consumer._thread._ensure_consumer()._coordinator
-        return coordinator.group_id, coordinator.generation, coordinator.member_id
+        return faust_adapter.membership(self.app)
 
-    def _group_metadata(self, expected: tuple[str, int, str]) -> bytes:
-        """The group metadata for a batch's offset commit (the broker fences a stale one).
-
-        aiokafka resets an expelled member to generation -1 and no member id, and Kafka
-        accepts a transactional offset commit with those *without any check*: so the batch
-        commits only under the membership it was fetched in.
-        """
-        now = self._membership()
-        if now != expected or now[1] < 0 or not now[2]:
-            raise RuntimeError(
-                f"group membership changed during a batch (generation {expected[1]} -> "
-                f"{now[1]}): not committing its transaction"
-            )
-        return consumer_group_metadata(*now)
+    def _group_metadata(self, expected: Membership) -> bytes:
+        """The group metadata for a batch's offset commit, if still ``expected``'s."""
+        return group_metadata(expected, self._membership())
 
     async def _on_revoked_signal(self, sender: Any, revoked: Any = (), **_: Any) -> None:
         await self._on_revoked(revoked)
-
-    def _faust_credentials(self) -> Any:
-        """What Faust's aiokafka connections authenticate with: the same CA, client
-        certificate, key and SASL user as every confluent-kafka client (kafka_config()).
-
-        SASLCredentials sets SASL_SSL exactly when it gets an ssl_context, so the context is
-        passed only with SASL_SSL; the settings refuse a SASL protocol without a mechanism,
-        so a SASL_* protocol never falls through to plain SSL here."""
-        s = self.settings
-        if s.security_protocol == "PLAINTEXT":
-            return None
-        from faust.auth import SASLCredentials, SSLCredentials
-
-        from baton.schemas.connections import client_ssl_context
-
-        ctx = None
-        if "SSL" in s.security_protocol:
-            key_password = s.ssl_key_password.get_secret_value() if s.ssl_key_password else None
-            ctx = client_ssl_context(s.ssl_cafile, s.ssl_certfile, s.ssl_keyfile, key_password)
-        if s.security_protocol.startswith("SASL_"):
-            return SASLCredentials(
-                username=s.sasl_username,
-                password=s.sasl_password.get_secret_value() if s.sasl_password else None,
-                mechanism=s.sasl_mechanism,
-                ssl_context=ctx,
-            )
-        return SSLCredentials(ctx)
 
     def _enqueue(self, record: Any) -> None:
         """Send a control decision or dead letter with the next publish (and count it)."""
@@ -346,7 +191,7 @@ class GovernanceWorker:
             self._processor = BatchProcessor(
                 self.control.policy,
                 self.settings.partitions,
-                _TableStates(self.runs.data, self.settings.partitions),
+                RunStore(self.runs, self.settings.partitions),
                 worker=self.worker_id,
                 kills=lambda: self.control.kills,
                 exactly_once=self.exactly_once,
@@ -366,18 +211,7 @@ class GovernanceWorker:
     async def _process(self, events: Any) -> None:
         """The agent's path (plain kafka:// transport): Faust acks the events after this."""
         durable = await self._decide_and_publish(
-            [
-                InputRecord(
-                    e.message.topic,
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.key,
-                    e.message.value,
-                    e.message.headers,
-                    e.message.timestamp,
-                )
-                for e in events
-            ],
+            [_record(e.message) for e in events],
             self.app.consumer_generation_id,
             self._membership() if self.exactly_once else None,
         )
@@ -399,10 +233,7 @@ class GovernanceWorker:
         membership = self._membership() if self.exactly_once else None
         await self._ready.wait()
         durable = await self._decide_and_publish(
-            [
-                InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.headers, m.timestamp)
-                for m in messages
-            ],
+            [_record(m) for m in messages],
             generation,
             membership,
             current,
@@ -433,31 +264,18 @@ class GovernanceWorker:
 
     def _ack(self, messages: list[Any], durable: asyncio.Future[None]) -> None:
         durable.result()  # raises if the batch is not durable: never acknowledged then
-        ack = self.app.consumer.ack
-        for m in messages:
-            ack(m)
-        monitor = self.app.monitor
-        if monitor is not None:
-            # Faust's stall detector watches stream_inbound_time, which only its streams set:
-            # without this it would report these partitions as "not processing" under lag
-            now = time.monotonic()
-            for tp in {m.tp for m in messages}:
-                monitor.stream_inbound_time[tp] = now
+        faust_adapter.ack_fetched(self.app, messages)
 
     def _still_owner(self, generation: int) -> None:
         # A worker the group expelled while it was stuck in a flush must not write run
         # states: another worker has restored them and moved on. Dying here commits nothing.
-        if self.app.consumer_generation_id != generation:
-            raise RuntimeError(
-                f"consumer generation changed from {generation} to "
-                f"{self.app.consumer_generation_id} during a batch; not writing its states"
-            )
+        check_generation(generation, self.app.consumer_generation_id)
 
     async def _decide_and_publish(
         self,
         records: list[InputRecord],
         generation: int,
-        membership: tuple[str, int, str] | None = None,
+        membership: Membership | None = None,
         current: Callable[[], bool] | None = None,
     ) -> asyncio.Future[None] | None:
         """Decide and publish ``records``; None if they went stale before (not decided),
@@ -509,24 +327,9 @@ class GovernanceWorker:
             )
 
     def _caught_up(self, partition: int) -> bool:
-        """True when every event already in the partition's topics has been decided.
-
-        Eviction and approval expiry use the wall clock; with a backlog waiting (after an
-        outage, or a rebalance) the run's newer events — a grant, another handoff — have
-        not been seen yet, and acting on the clock would expire or forget what they change.
-        Positions, not offsets of decided records, are compared with the high watermark: a
-        transaction's commit marker takes an offset that is never delivered as a record.
-        """
-        consumer = self.app.consumer
-        for topic in (self.catalog.requests, self.catalog.approvals):
-            try:
-                high = consumer.highwater(TP(topic, partition))
-            except Exception:  # not assigned (any more), or not fetched yet
-                return False
-            decided = self._decided.get((topic, partition))
-            if high is None or decided is None or decided < high:
-                return False
-        return True
+        """True when every event already in the partition's source topics was decided."""
+        topics = (self.catalog.requests, self.catalog.approvals)
+        return caught_up(self.app, self._decided, topics, partition)
 
     async def _on_revoked(self, revoked: Any) -> None:
         # wait for a sweep (or batch) in progress before the partitions change hands, and
@@ -542,80 +345,34 @@ class GovernanceWorker:
         if (
             not self._ready.is_set()
             or app.rebalancing
-            or getattr(app, "in_recovery", False)
+            or faust_adapter.in_recovery(app)
             or not app.consumer.flow_active
             or not self.control.is_fresh()
         ):
             return  # the store may hold half-restored states while recovery replays
         now = datetime.now(UTC)
-        now_ts = now.timestamp()
-        proc = self.processor
-        states = proc.states
         active = {
             tp.partition
             for tp in self.app.assignor.assigned_actives()
             if tp.topic == self.catalog.requests
         }
-        out = Outputs()
         generation = app.consumer_generation_id
-        due = self._due
         async with self._lock:
-            if app.rebalancing or getattr(app, "in_recovery", False):
+            if app.rebalancing or faust_adapter.in_recovery(app):
                 return
             if active != self._owned or generation != self._indexed_generation:
-                # an assignment (even of the same partitions: revoked and given back while
-                # sweeps were skipped) came with states restored from the changelog: every
-                # run is due once, looked at _SWEEP_LIMIT a second; sizes from the records
-                self._owned = active
-                self._indexed_generation = generation
-                log.info("worker %s owns partitions %s", self.worker_id, sorted(active))
-                keys = list(states)
-                due.rebuild_keys(keys, now_ts)
-                proc.forget_sizes()
-                for key in keys:
-                    proc.account(key, states.encoded_size(key))  # type: ignore[attr-defined]
-            ready = {p for p in active if self._caught_up(p)}
-            later: list[bytes] = []
-            for key in due.pop_due(now_ts, _SWEEP_LIMIT):
-                partition = partition_for(key, self.settings.partitions)
-                if partition not in active:
-                    continue  # revoked: its new owner indexes it
-                if partition not in ready:
-                    later.append(key)  # a backlog may change it: look again next sweep
-                    continue
-                try:
-                    state = states.get(key)
-                except Exception:
-                    log.error(
-                        "run %r: stored state cannot be read; left as is",
-                        key,
-                        exc_info=True,
-                        extra={"run_id": key.decode("utf-8", "replace")},  # JSON logs' run_id
-                    )
-                    continue
-                if state is None:
-                    continue
-                new = state
-                if state.pending or state.reserved_due is not None:
-                    new, decisions = expire_due(state, proc.policy, now, self.control.kills)
-                    if decisions:
-                        link(new, decisions, proc.chain_key)
-                    out.decisions.extend((partition, d) for d in decisions)
-                kept = evict(
-                    new, now, self.settings.run_retention_s, self.settings.tombstone_retention_s
-                )
-                if kept is None:
-                    del states[key]
-                    out.changed[key] = (partition, None)
-                    proc.account(key, None)
-                elif kept is not state:
-                    states[key] = kept
-                    out.changed[key] = (partition, kept)
-                    out.encoded[key] = raw = kept.to_bytes()
-                    proc.account(key, len(raw))
-                due.touch(key, kept)
-            for key in later:
-                due.push(key, now_ts + 1.0)
+                self._reindex(active, generation, now.timestamp())
+            out = sweep_due(
+                self.processor,
+                self._due,
+                now,
+                active=active,
+                ready={p for p in active if self._caught_up(p)},
+                kills=self.control.kills,
+                run_retention_s=self.settings.run_retention_s,
+                tombstone_retention_s=self.settings.tombstone_retention_s,
+                limit=_SWEEP_LIMIT,
+            )
             try:
                 await self.publisher.publish(
                     out, before_state=lambda: self._still_owner(generation)
@@ -624,25 +381,26 @@ class GovernanceWorker:
                 exit_without_commit(EXIT_DELIVERY_FAILED, "sweep could not publish; exiting")
             self.metrics.swept(out)
 
+    def _reindex(self, active: set[int], generation: int, now_ts: float) -> None:
+        """An assignment (even of the same partitions: revoked and given back while sweeps
+        were skipped) came with states restored from the changelog: every run is due once,
+        looked at _SWEEP_LIMIT a second; sizes from their records."""
+        self._owned = active
+        self._indexed_generation = generation
+        log.info("worker %s owns partitions %s", self.worker_id, sorted(active))
+        proc = self.processor
+        states: RunStore = proc.states  # type: ignore[assignment]
+        keys = list(states)
+        self._due.rebuild_keys(keys, now_ts)
+        proc.forget_sizes()
+        for key in keys:
+            proc.account(key, states.encoded_size(key))
+
     def _report_metrics(self) -> None:
         """Refresh the gauges: lag per partition (high watermark - decided position), runs."""
-        lag: dict[tuple[str, int], int] = {}
-        consumer = self.app.consumer
-        try:
-            assigned = self.app.assignor.assigned_actives()
-        except Exception:  # not started yet
-            assigned = set()
-        for tp in assigned:
-            decided = self._decided.get((tp.topic, tp.partition))
-            try:
-                high = consumer.highwater(tp)
-            except Exception:  # not fetched yet, or revoked meanwhile
-                continue
-            if decided is not None and high is not None:
-                lag[(tp.topic, tp.partition)] = max(high - decided, 0)
         proc = self._processor
         self.metrics.set_state(
-            lag,
+            lag(self.app, self._decided),
             len(proc.states) if proc is not None else 0,
             proc.state_bytes if proc is not None else 0,
             self.control.policy.version,

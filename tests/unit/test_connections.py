@@ -11,13 +11,12 @@ import socket
 import ssl
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from baton.processors.app import GovernanceWorker
+from baton.processors.credentials import faust_credentials
 from baton.schemas.errors import ConfigError
 from baton.schemas.redact import mask_credentials
 from baton.schemas.settings import Settings
@@ -93,8 +92,7 @@ def test_sasl_ssl_with_a_client_certificate_sets_both(pki: Pki) -> None:
 
 # --- the worker's Faust (aiokafka) connections get the same identity --------------------------
 def _faust_credentials(settings: Settings) -> Any:
-    # the method reads only self.settings: no Faust app is built for it
-    return GovernanceWorker._faust_credentials(SimpleNamespace(settings=settings))  # type: ignore[arg-type]
+    return faust_credentials(settings)  # no Faust app is built for it
 
 
 def _handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> str:

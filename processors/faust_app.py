@@ -1,0 +1,71 @@
+"""The Faust app of one worker, configured from the settings: broker, source topic, ``runs`` table.
+
+The worker (``processors/app.py``) adds its agent and timers; everything Faust is told
+here is a setting Baton relies on (no web server, memory store, our own transport).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from baton.processors import faust_adapter
+from baton.processors.credentials import faust_credentials
+from baton.processors.faust_adapter import GovernedApp, WorkerRuntime
+from baton.schemas.settings import Settings
+from baton.streams.topics import TopicCatalog
+
+__all__ = ["build_app", "runs_table", "source_topic"]
+
+
+def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
+    """A Faust app on the ``baton-kafka://`` transport, carrying ``runtime``."""
+    faust_adapter.register()
+    servers = ";".join(f"{faust_adapter.SCHEME}://{h.strip()}" for h in s.bootstrap.split(","))
+    return GovernedApp(
+        runtime,
+        s.app_id,
+        broker=servers,
+        store="memory://",
+        autodiscover=False,
+        datadir=str(s.worker_data_dir),
+        web_port=s.web_port,
+        web_enabled=False,
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        topic_disable_leader=True,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=max(s.session_timeout_s / 6, 0.5),
+        broker_rebalance_timeout=max(s.session_timeout_s * 2, 10),
+        stream_recovery_delay=0.0,
+        processing_guarantee="at_least_once",
+        broker_credentials=faust_credentials(s),
+    )
+
+
+def source_topic(app: GovernedApp, catalog: TopicCatalog, partitions: int) -> Any:
+    """The requests and approvals topics, as raw bytes (the batch step parses them)."""
+    return app.topic(
+        catalog.requests,
+        catalog.approvals,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
+
+
+def runs_table(app: GovernedApp, partitions: int) -> Any:
+    """The ``runs`` table: run_id -> the run state's bytes."""
+    return app.Table(
+        "runs",
+        default=None,
+        partitions=partitions,
+        # raw bytes both ways: the changelog holds RunState.to_bytes(), which we write
+        # ourselves; recovery leaves bytes in the store and RunStore decodes them lazily
+        key_type=bytes,
+        value_type=bytes,
+        # safe: every event is decided on its key's murmur2 partition (others are forwarded)
+        use_partitioner=True,
+        help="run_id -> RunState (owners, agents, counters, spend, approvals, dedup marks)",
+    )

@@ -1,0 +1,56 @@
+"""How far the worker has decided its partitions: the sweep's caught-up test and the lag gauge.
+
+Both compare the fetch positions after fully decided fetches (``WorkerRuntime.decided``,
+kept by the transport) with the high watermarks Faust's consumer knows. Positions, not
+offsets of decided records: a transaction's commit marker takes an offset that is never
+delivered as a record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import faust
+from faust.types import TP
+
+__all__ = ["caught_up", "lag"]
+
+
+def caught_up(
+    app: faust.App, decided: dict[tuple[str, int], int], topics: Iterable[str], partition: int
+) -> bool:
+    """True when every event already in ``partition`` of ``topics`` has been decided.
+
+    Eviction and approval expiry use the wall clock; with a backlog waiting (after an
+    outage, or a rebalance) the run's newer events — a grant, another handoff — have
+    not been seen yet, and acting on the clock would expire or forget what they change.
+    """
+    consumer = app.consumer
+    for topic in topics:
+        try:
+            high = consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned (any more), or not fetched yet
+            return False
+        position = decided.get((topic, partition))
+        if high is None or position is None or position < high:
+            return False
+    return True
+
+
+def lag(app: faust.App, decided: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> high watermark - decided position, for the assigned partitions."""
+    out: dict[tuple[str, int], int] = {}
+    consumer = app.consumer
+    try:
+        assigned = app.assignor.assigned_actives()
+    except Exception:  # not started yet
+        assigned = set()
+    for tp in assigned:
+        position = decided.get((tp.topic, tp.partition))
+        try:
+            high = consumer.highwater(tp)
+        except Exception:  # not fetched yet, or revoked meanwhile
+            continue
+        if position is not None and high is not None:
+            out[(tp.topic, tp.partition)] = max(high - position, 0)
+    return out

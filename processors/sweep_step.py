@@ -1,0 +1,82 @@
+"""One sweep over the runs that are due: approvals and reservations expired, idle runs evicted.
+
+Faust-agnostic (the worker's 1 s timer calls it with the runs its due index pops, and
+publishes the outputs): a run whose partition is not caught up is put back for the next
+sweep, since a backlog may hold the grant or handoff that changes it; a run whose state
+cannot be read is logged and left as it is (one run never stops the sweep).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Set
+from datetime import datetime
+
+from baton.processors.batch import BatchProcessor, Outputs
+from baton.processors.chain import link
+from baton.processors.engine import KillSwitches, evict, expire_due
+from baton.processors.sweep import DueIndex
+from baton.streams.partitioner import partition_for
+
+__all__ = ["sweep_due"]
+
+log = logging.getLogger("baton.processors.app")
+
+
+def sweep_due(
+    proc: BatchProcessor,
+    due: DueIndex,
+    now: datetime,
+    *,
+    active: Set[int],
+    ready: Set[int],
+    kills: KillSwitches,
+    run_retention_s: float,
+    tombstone_retention_s: float,
+    limit: int,
+) -> Outputs:
+    """Expire and evict the due runs of the ``active`` partitions (only the ``ready`` ones
+    now; the others again in 1 s), changing ``proc.states``; return what to publish."""
+    out = Outputs()
+    now_ts = now.timestamp()
+    states = proc.states
+    later: list[bytes] = []
+    for key in due.pop_due(now_ts, limit):
+        partition = partition_for(key, proc.partitions)
+        if partition not in active:
+            continue  # revoked: its new owner indexes it
+        if partition not in ready:
+            later.append(key)  # a backlog may change it: look again next sweep
+            continue
+        try:
+            state = states.get(key)
+        except Exception:
+            log.error(
+                "run %r: stored state cannot be read; left as is",
+                key,
+                exc_info=True,
+                extra={"run_id": key.decode("utf-8", "replace")},  # JSON logs' run_id
+            )
+            continue
+        if state is None:
+            continue
+        new = state
+        if state.pending or state.reserved_due is not None:
+            new, decisions = expire_due(state, proc.policy, now, kills)
+            if decisions:
+                link(new, decisions, proc.chain_key)
+            out.decisions.extend((partition, d) for d in decisions)
+        kept = evict(new, now, run_retention_s, tombstone_retention_s)
+        if kept is None:
+            del states[key]
+            out.changed[key] = (partition, None)
+            proc.account(key, None)
+        elif kept is not state:
+            states[key] = kept
+            out.changed[key] = (partition, kept)
+            out.encoded[key] = raw = kept.to_bytes()
+            proc.account(key, len(raw))
+        due.touch(key, kept)
+    for key in later:
+        due.push(key, now_ts + 1.0)
+    return out
