@@ -1,0 +1,197 @@
+"""The Faust adapter: the upstream code it forks or relies on is pinned; its runtime fails loudly.
+
+An upgrade of faust-streaming or aiokafka that changes any function below fails here, naming
+the function and what in processors/faust_adapter.py to re-check against it; once checked
+(and the fork or override brought up to date), put the new hash in ``PINNED``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import fields
+from typing import Any
+
+import aiokafka.consumer.consumer as aiokafka_consumer
+import aiokafka.consumer.group_coordinator as aiokafka_group
+import aiokafka.consumer.subscription_state as aiokafka_subscription
+import faust
+import pytest
+from faust.stores import memory
+from faust.tables import manager, recovery
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from baton.processors.faust_adapter import (
+    GovernedApp,
+    RunStore,
+    WorkerRuntime,
+    register,
+    runtime_of,
+)
+from baton.processors.faust_app import build_app, runs_table
+from baton.processors.state import RunState
+from baton.schemas.settings import Settings
+from baton.streams.partitioner import partition_for
+
+pytestmark = pytest.mark.unit
+
+_CONSUMER = faust_aiokafka.Consumer
+_THREAD = faust_aiokafka.AIOKafkaConsumerThread
+
+#: (what we reach, the upstream function, its defining qualname, sha256[:16] of its source,
+#:  what to re-check in processors/faust_adapter.py when it changes)
+PINNED: list[tuple[str, Any, str, str, str]] = [
+    # forked or overridden
+    ("Consumer._drain_messages", _CONSUMER._drain_messages, "Consumer._drain_messages",
+     "44a2500309e83c63", "our fork _Consumer._drain_messages: port the upstream change"),
+    ("Consumer._getmany", _CONSUMER._getmany, "ThreadDelegateConsumer._getmany",
+     "f9d47aa9010b5ff2", "_Consumer._getmany (copies the active partitions)"),
+    ("Consumer.perform_seek", _CONSUMER.perform_seek, "Consumer.perform_seek",
+     "0e8c130ff4b0afd8", "_Consumer.perform_seek (seek epoch)"),
+    ("Consumer.seek", _CONSUMER.seek, "Consumer.seek",
+     "b86a9fe05f956b30", "_Consumer.seek (seek epoch)"),
+    ("Consumer._new_consumer_thread", _CONSUMER._new_consumer_thread,
+     "Consumer._new_consumer_thread", "0870ec53dea75083", "_Consumer._new_consumer_thread"),
+    ("Consumer._commit", _CONSUMER._commit, "ThreadDelegateConsumer._commit",
+     "a20eec84e4b2ed50", "_Consumer._commit (commits nothing under exactly-once)"),
+    ("AIOKafkaConsumerThread._create_worker_consumer", _THREAD._create_worker_consumer,
+     "AIOKafkaConsumerThread._create_worker_consumer", "c2701bfc3e6f6cad",
+     "_ConsumerThread._create_worker_consumer (fetch wait, read_committed)"),
+    ("AIOKafkaConsumerThread._highwaters", _THREAD._highwaters,
+     "AIOKafkaConsumerThread._highwaters", "a7f4f97d9f32aca2",
+     "_ConsumerThread._highwaters (committed ends of the changelogs)"),
+    # relied on: private attributes and behaviour the fork and the adapter depend on
+    ("Consumer.ack", _CONSUMER.ack, "Consumer.ack", "5fcf41cf45153475",
+     "ack_fetched and the fork's acknowledgement of batches"),
+    ("Consumer._add_gap", _CONSUMER._add_gap, "Consumer._add_gap", "4df2573ded7c1c2c",
+     "the fork's gap registration"),
+    ("Consumer.track_message", _CONSUMER.track_message, "Consumer.track_message",
+     "217d7f1399a4cd8e", "the fork's track() of batched messages"),
+    ("AIOKafkaConsumerThread._ensure_consumer", _THREAD._ensure_consumer,
+     "AIOKafkaConsumerThread._ensure_consumer", "ff4a4c693b7ec63f", "membership()"),
+    ("AIOKafkaConsumerThread.verify_event_path", _THREAD.verify_event_path,
+     "AIOKafkaConsumerThread.verify_event_path", "b983e7735f647cb3",
+     "ack_fetched (stream_inbound_time for the stall detector)"),
+    ("memory.Store.__post_init__", memory.Store.__post_init__, "Store.__post_init__",
+     "e59c82f3785458b2", "RunStore (data and _key_partition)"),
+    ("memory.Store._create_batch_iterator", memory.Store._create_batch_iterator,
+     "Store._create_batch_iterator", "b082c8bcc0403823", "RunStore (_key_partition)"),
+    ("memory.Store.apply_changelog_batch", memory.Store.apply_changelog_batch,
+     "Store.apply_changelog_batch", "71863e3cd727aac2", "RunStore (restored values)"),
+    ("memory.Store.on_recovery_completed", memory.Store.on_recovery_completed,
+     "Store.on_recovery_completed", "a00bef343e139602",
+     "RunStore (revoked partitions' keys dropped by _key_partition)"),
+    ("Recovery._set_recovery_started", recovery.Recovery._set_recovery_started,
+     "Recovery._set_recovery_started", "bcfebf81ae13fc75", "in_recovery()"),
+    ("Recovery._set_recovery_ended", recovery.Recovery._set_recovery_ended,
+     "Recovery._set_recovery_ended", "84badf3f2cfe0d02", "in_recovery()"),
+    ("TableManager.recovery", manager.TableManager.recovery.fget, "TableManager.recovery",
+     "f0bf5de78b4c3d23", "in_recovery()"),
+    ("aiokafka AIOKafkaConsumer.__init__", aiokafka_consumer.AIOKafkaConsumer.__init__,
+     "AIOKafkaConsumer.__init__", "01506f316191f7c9",
+     "_fetch_max_wait_ms, _isolation_level, _subscription, _coordinator"),
+    ("aiokafka AIOKafkaConsumer.start", aiokafka_consumer.AIOKafkaConsumer.start,
+     "AIOKafkaConsumer.start", "2f1ba70443327538",
+     "_create_worker_consumer's attributes are read here to build the Fetcher"),
+    ("aiokafka Assignment.state_value", aiokafka_subscription.Assignment.state_value,
+     "Assignment.state_value", "183fea82ef48f3e6", "_ConsumerThread.source_positions"),
+    ("aiokafka TopicPartitionState.has_valid_position",
+     aiokafka_subscription.TopicPartitionState.has_valid_position.fget,
+     "TopicPartitionState.has_valid_position", "ebe7c39d949a1f18",
+     "_ConsumerThread.source_positions"),
+    ("aiokafka TopicPartitionState.position",
+     aiokafka_subscription.TopicPartitionState.position.fget,
+     "TopicPartitionState.position", "816b6b289bd14f5c", "_ConsumerThread.source_positions"),
+    ("aiokafka GroupCoordinator.__init__", aiokafka_group.GroupCoordinator.__init__,
+     "GroupCoordinator.__init__", "9e729f077efc4f3a",
+     "membership() (group_id, generation, member_id)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("pin", PINNED, ids=[p[0] for p in PINNED])
+def test_upstream_code_the_adapter_forks_or_relies_on_is_unchanged(pin: Any) -> None:
+    name, function, qualname, pinned, recheck = pin
+    source = inspect.getsource(function)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    where = f"{function.__module__}.{function.__qualname__} ({inspect.getsourcefile(function)})"
+    assert (function.__qualname__, digest) == (qualname, pinned), (
+        f"{name} changed upstream: {where}, source hash {digest}, pinned {pinned} "
+        f"(defined as {qualname}). Re-check processors/faust_adapter.py: {recheck}; "
+        "then update PINNED in tests/unit/test_faust_adapter.py"
+    )
+
+
+def _runtime(**changes: Any) -> WorkerRuntime:
+    async def on_batch(messages: list[Any], current: Any) -> None:
+        return None
+
+    values: dict[str, Any] = {
+        "source_topics": frozenset({"gov.handoff.requests", "gov.approvals"}),
+        "on_batch": on_batch,
+        "decided": {},
+        "fetch_max_wait_ms": 50,
+        "committed_ends": dict,
+        "offsets_in_transactions": False,
+    }
+    return WorkerRuntime(**{**values, **changes})
+
+
+def test_a_runtime_without_every_piece_is_refused_when_built() -> None:
+    for field in fields(WorkerRuntime):
+        values = {f.name: getattr(_runtime(), f.name) for f in fields(WorkerRuntime)}
+        del values[field.name]
+        with pytest.raises(TypeError, match=field.name):
+            WorkerRuntime(**values)
+    with pytest.raises(ValueError, match="source_topics"):
+        _runtime(source_topics=frozenset())
+    with pytest.raises(TypeError, match="on_batch"):
+        _runtime(on_batch=None)
+    with pytest.raises(TypeError, match="committed_ends"):
+        _runtime(committed_ends={})
+
+
+def test_the_transport_refuses_an_app_without_a_runtime() -> None:
+    with pytest.raises(
+        TypeError, match=r"needs a GovernedApp carrying a WorkerRuntime .*, got App"
+    ):
+        runtime_of(faust.App("plain", autodiscover=False))
+    runtime = _runtime()
+    assert runtime_of(GovernedApp(runtime, "governed", autodiscover=False)) is runtime
+
+
+def test_the_consumer_of_a_plain_app_on_the_baton_transport_fails_at_start(tmp_path) -> None:
+    register()
+    app = faust.App("plain", broker="baton-kafka://127.0.0.1:1", datadir=str(tmp_path))
+    with pytest.raises(TypeError, match="needs a GovernedApp"):
+        app.consumer  # noqa: B018 - building the consumer is the start-up step under test
+
+
+def _store(tmp_path: Any, partitions: int = 8) -> tuple[RunStore, Any]:
+    settings = Settings(bootstrap="127.0.0.1:1", worker_data_dir=tmp_path, partitions=partitions)
+    app = build_app(settings, _runtime())
+    table = runs_table(app, partitions)
+    return RunStore(table, partitions), table.data
+
+
+def test_run_store_writes_record_the_partition_faust_drops_revoked_keys_by(tmp_path) -> None:
+    store, faust_store = _store(tmp_path)
+    key = b"run-7"
+    store[key] = RunState.new("run-7", "acme", 1.0e9)
+    assert faust_store._key_partition[key] == partition_for(key, 8)
+    assert faust_store.data[key] is store[key]
+    del store[key]
+    assert key not in faust_store._key_partition and key not in faust_store.data
+    assert store.get(key) is None and len(store) == 0
+
+
+def test_run_store_decodes_a_restored_state_on_first_read_and_sizes_it_without(tmp_path) -> None:
+    store, faust_store = _store(tmp_path)
+    raw = RunState.new("run-7", "acme", 1.0e9).to_bytes()
+    faust_store.data[b"restored"] = raw  # as Faust's changelog recovery leaves it
+    assert store.encoded_size(b"restored") == len(raw)
+    assert isinstance(faust_store.data[b"restored"], bytes)  # not decoded to be measured
+    assert store[b"restored"].tenant == "acme"
+    assert isinstance(faust_store.data[b"restored"], RunState)
+    assert store.encoded_size(b"missing") == 0
+    with pytest.raises(KeyError):
+        store[b"missing"]
