@@ -97,13 +97,19 @@ PublicKeys = dict[
 _Strict = StrictModel
 
 
+#: the longest approval.ttl_seconds, 366 days: the expiry is a time on every approval's
+#: decision, and a TTL of 1e10 s put it past what the audit's DateTime64 holds (1e12 s past
+#: what Python's datetime holds: the approval's handoff raised instead of being decided)
+MAX_APPROVAL_TTL_S = 366 * 86400
+
+
 class ApprovalPolicy(_Strict):
     """Who may answer an ``approval_required`` decision, and for how long it waits."""
 
-    ttl_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+    ttl_seconds: Annotated[float, Field(gt=0, le=MAX_APPROVAL_TTL_S, allow_inf_nan=False)] = Field(
         900.0,
-        description="seconds an approval waits for an answer; none in time, or a grant "
-        "after it, ends in `stop approval_expired`",
+        description="seconds an approval waits for an answer (at most 366 days); none in "
+        "time, or a grant after it, ends in `stop approval_expired`",
     )
     approvers: Globs = Field(
         default_factory=lambda: ["*"],
@@ -491,7 +497,7 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
     try:
         policy = Policy.model_validate(doc)
         if not problems:
-            return policy
+            return _hashable(policy, source)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = err["loc"]
@@ -499,7 +505,29 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
             if tenant in overrides and not _sets(overrides[tenant], loc[2:]):
                 continue  # a bad multi_agent key: reported once, at multi_agent.<key>
             problems.append(describe(err, Policy))
-    raise PolicyError(problems, source)
+    raise PolicyError([_encodable(p) for p in problems], _encodable(source))
+
+
+def _hashable(policy: Policy, source: str) -> Policy:
+    """``policy`` once its version is computed: a policy whose version cannot be (a lone
+    surrogate from a YAML ``"\\ud800"`` escape) is refused here, never left to raise in a
+    worker's control follower, which would exit on it and again on every restart."""
+    try:
+        policy.version  # noqa: B018 - computed (and cached) for its error
+    except (TypeError, ValueError) as exc:
+        raise PolicyError(
+            [
+                f"<policy>: cannot be hashed for its version ({exc}); expected text that is valid "
+                "UTF-8 (no \\ud800-\\udfff escapes) and numbers within 64 bits"
+            ],
+            _encodable(source),
+        ) from None
+    return policy
+
+
+def _encodable(text: str) -> str:
+    """``text`` printable on a UTF-8 stream: lone surrogates shown as ``\\udXXX`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 
 from baton.schemas.decision import Reason
 from baton.schemas.policy import DEFAULT_POLICY_YAML, MultiAgentPolicy, Policy
+from baton.schemas.policy_types import MAX_LIMIT
 
 __all__ = ["REASONS", "UNDOCUMENTED", "render_policy_doc", "undocumented_fields"]
 
@@ -213,8 +214,9 @@ Do not edit: change the model's Field descriptions and regenerate
 A policy is one YAML file: `baton worker --policy FILE` (or `BATON_POLICY`); `baton up --policy
 FILE`; `baton policy check FILE` validates it and names the bad key, value and expectation;
 `baton policy publish FILE` sends it to every worker, signed. Every key is optional, an unknown
-key is an error, and `null` for a `max_*` key means no limit. Without a file Baton enforces the
-seed policy:
+key is an error, and `null` for a `max_*` key means no limit (an integer limit is at most
+2^53 = 9007199254740992; `yes`/`no`/`on`/`off` are booleans in YAML, never numbers). Without a
+file Baton enforces the seed policy:
 
 ```yaml
 {seed}```
@@ -329,8 +331,9 @@ def _with_bounds(text: str, metadata: Any) -> str:
             continue
         for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
             bound = getattr(meta, attr, None)
-            if bound is not None:
-                text = f"{text} {sign} {bound:g}"
+            if bound is not None and not (attr == "le" and bound == MAX_LIMIT):  # in the intro
+                shown = str(bound) if isinstance(bound, int) else f"{bound:g}"
+                text = f"{text}{',' if attr in ('le', 'lt') else ''} {sign} {shown}"
         for attr, what in (("min_length", "at least"), ("max_length", "at most")):
             length = getattr(meta, attr, None)
             if length is not None and text == "string":

@@ -26,7 +26,10 @@ def show(value: Any) -> str:
     if isinstance(value, (dict, list)):
         text = orjson.dumps(value).decode()
         return text if len(text) < 60 else text[:57] + "..."
-    return repr(value) if not isinstance(value, bool) else str(value).lower()
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = repr(value)
+    return text if len(text) < 60 else f"{text[:20]}... ({len(text)} digits)"
 
 
 _EXPECT: dict[str, str] = {
@@ -114,9 +117,10 @@ def _field(root: type[BaseModel], loc: tuple[Any, ...]) -> Any:
 
 
 def _bounds(obj: Any) -> list[tuple[str, Any]]:
-    """ge/gt constraints anywhere in a FieldInfo, its metadata, or Annotated args of a union."""
+    """ge/gt/le/lt constraints anywhere in a FieldInfo, its metadata, or Annotated args of a
+    union."""
     found: list[tuple[str, Any]] = []
-    for attr in ("ge", "gt"):
+    for attr in ("ge", "gt", "le", "lt"):
         v = getattr(obj, attr, None)
         if v is not None and not callable(v):
             found.append((attr, v))
@@ -140,8 +144,19 @@ def _expected_for(
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         noun = "an integer" if info is not None and "int" in repr(info.annotation) else "a number"
     if noun in ("an integer", "a number") and info is not None:
-        bounds = _bounds(info)
-        if bounds:
-            attr, v = bounds[0]
-            return f"{noun} {'>=' if attr == 'ge' else '>'} {v:g}"
+        bounds = dict(reversed(_bounds(info)))  # the first found of each kind
+        # the bound the value broke: the upper one for a value too big, else the lower one
+        # (a text or a negative number: the usual mistakes)
+        sides = ("le", "lt") if kind in ("less_than_equal", "less_than") else ("ge", "gt")
+        for attr in sides:
+            if attr in bounds:
+                return f"{noun} {_SIGN[attr]} {_number(bounds[attr])}"
     return noun or "valid"
+
+
+_SIGN = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _number(bound: Any) -> str:
+    """A bound as a policy author would write it: integers in full, other numbers short."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"

@@ -197,7 +197,9 @@ def _set(base: dict[str, Any], path: tuple[str, ...], value: Any, seed_key: str)
         parent[key] = have + [g for g in value if g not in have]
         return None
     parent[key] = value
-    if current is None or current == [] or current == value:
+    # an empty block list blocks nothing, so the seed's list only adds to it; an empty allow
+    # list allows nothing, and replacing it with the seed's would widen it in silence
+    if current is None or current == value or (current == [] and key == "block"):
         return None
     ours = "multi_agent." + ".".join(path)
     return (

@@ -46,7 +46,7 @@ def test_every_key_of_every_nested_model_is_in_the_reference() -> None:
         keys += [f"`{path}.{name}`" for name in model.model_fields]
     assert [k for k in keys if f"| {k} |" not in text] == []
     assert "| `multi_agent.roles.<name>.may_own` |" in text  # a model inside a mapping
-    assert "| `multi_agent.approval.ttl_seconds` | number > 0 | `900` |" in text
+    assert "| `multi_agent.approval.ttl_seconds` | number > 0, ≤ 31622400 | `900` |" in text
     assert "| `budgets.max_steps` |" in text  # a block outside multi_agent is walked too
 
 
