@@ -109,8 +109,11 @@ class WorkerRuntime:
         if not self.source_topics:
             raise ValueError("WorkerRuntime.source_topics: expected at least one topic, got none")
         for name in ("on_batch", "committed_ends"):
-            if not callable(getattr(self, name)):
-                raise TypeError(f"WorkerRuntime.{name}: expected a callable, got {name!r}")
+            value = getattr(self, name)
+            if not callable(value):
+                raise TypeError(
+                    f"WorkerRuntime.{name}: expected a callable, got {type(value).__name__}"
+                )
 
 
 class GovernedApp(faust.App):
