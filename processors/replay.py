@@ -270,14 +270,25 @@ class _Replayer:
         return [d for d in published if not d.reemitted]
 
 
+#: (version, version, tenant) -> _same_rules: comparing two policies' models costs more than
+#: deciding a run's events; versions hash the whole documents, so they key the answer
+_SAME: dict[tuple[str, str, str], bool] = {}
+
+
 def _same_rules(a: Policy, b: Policy, tenant: str) -> bool:
     """``a`` and ``b`` decide ``tenant``'s runs alike (they may differ for other tenants)."""
-    return (
-        a.for_tenant(tenant) == b.for_tenant(tenant)
-        and (tenant in a.tenants) == (tenant in b.tenants)
-        and a.strict_tenants == b.strict_tenants
-        and a.operators == b.operators
-    )
+    key = (a.version, b.version, tenant)
+    same = _SAME.get(key)
+    if same is None:
+        if len(_SAME) >= 4096:
+            _SAME.clear()
+        same = _SAME[key] = (
+            a.for_tenant(tenant) == b.for_tenant(tenant)
+            and (tenant in a.tenants) == (tenant in b.tenants)
+            and a.strict_tenants == b.strict_tenants
+            and a.operators == b.operators
+        )
+    return same
 
 
 def _faithful(rec: Recorded, d: Decision | None, chained: bool) -> bool:
