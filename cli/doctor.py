@@ -27,7 +27,7 @@ from baton.cli.doctor_kafka import (
     group_checks,
     topic_checks,
 )
-from baton.cli.options import build_settings, setting_options
+from baton.cli.options import build_settings, setting_help, setting_options
 from baton.cli.signer import shown
 from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import BatonError
@@ -74,6 +74,15 @@ _KAFKA_LOG = logging.getLogger("baton.kafka")
     "policy",
     "clickhouse_dsn",
     "webhook_url",
+)
+# --dsn as well, the name the other audit commands and doctor's own hints use (applied
+# before setting_options, which then adds no second --clickhouse-dsn)
+@click.option(
+    "--dsn",
+    "--clickhouse-dsn",
+    "clickhouse_dsn",
+    default=None,
+    help=setting_help("clickhouse_dsn"),
 )
 def doctor_cmd(fmt: str, timeout: float, max_lag: int, data_dir: Path | None, **opts: Any) -> None:
     """Check a deployment: the broker, every topic (partitions, cleanup, retention), the

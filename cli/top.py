@@ -149,7 +149,9 @@ def check_metrics_url(url: str) -> str:
 def quantile(buckets: list[tuple[str, float]], q: float) -> float | None:
     """The ``q`` quantile of a cumulative Prometheus histogram (linear within a bucket)."""
     bounds = sorted(
-        ((math.inf if le == "+Inf" else float(le)), count) for le, count in buckets if le
+        (bound, count)
+        for bound, count in ((_bound(le), count) for le, count in buckets)
+        if bound is not None and math.isfinite(count)
     )
     if not bounds or bounds[-1][1] <= 0:
         return None
@@ -163,6 +165,22 @@ def quantile(buckets: list[tuple[str, float]], q: float) -> float | None:
             return low_bound + (bound - low_bound) * share
         low_bound, low_count = bound, count
     return low_bound
+
+
+def _bound(le: str) -> float | None:
+    """A histogram bucket's upper bound; None for one that is not a number (a page that is
+    not ours)."""
+    try:
+        bound = math.inf if le == "+Inf" else float(le)
+    except ValueError:
+        return None
+    return None if math.isnan(bound) else bound
+
+
+def _count(value: float) -> str:
+    """A sample as a whole number; "?" for NaN or infinity (a page that is not ours), which
+    int() would raise on and end the view."""
+    return str(int(value)) if math.isfinite(value) else "?"
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -188,8 +206,8 @@ def _lag_text(values: list[tuple[dict[str, str], float]]) -> str:
         except ValueError:
             continue
         per[partition] = per.get(partition, 0.0) + v
-    each = " ".join(f"p{p}={int(v)}" for p, v in sorted(per.items())[:64])
-    return f"{int(sum(per.values()))}" + (f" ({each})" if each else "")
+    each = " ".join(f"p{p}={_count(v)}" for p, v in sorted(per.items())[:64])
+    return _count(sum(per.values())) + (f" ({each})" if each else "")
 
 
 def _runs_table(title: str, rows: list[tuple[Any, ...]]) -> list[str]:
@@ -228,7 +246,7 @@ def _metrics_lines(view: MetricsView, before: MetricsView | None) -> list[str]:
     ):
         total = view.total(metric)
         if total is not None:
-            parts.append(f"{label} {int(total)}")
+            parts.append(f"{label} {_count(total)}")
     rows_rate = _rate(view, before, "baton_audit_rows_total")
     if rows_rate is not None:
         parts.append(f"audit {rows_rate:.0f} rows/s")

@@ -371,10 +371,13 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsE
     """Serve ``registry`` on http://host:port/metrics (port 0: a free one) from a thread."""
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:  # a port in use, or a host name that is not this machine's
+    # OSError: a port in use, or a host name that is not this machine's; UnicodeError: a host
+    # name IDNA cannot encode (a label past 63 characters); OverflowError: a port past 65535
+    except (OSError, UnicodeError, OverflowError) as exc:
+        why = getattr(exc, "strerror", None) or exc
         raise ConfigError(
             f"metrics_host/metrics_port (BATON_METRICS_HOST/BATON_METRICS_PORT): cannot listen "
-            f"on {host}:{port}: {exc.strerror or exc}; expected an address of this machine and "
+            f"on {host[:100]!r} port {port}: {why}; expected an address of this machine and "
             "a free port (0 = any, off = no metrics)"
         ) from None
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host

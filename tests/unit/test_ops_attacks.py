@@ -1,0 +1,79 @@
+"""The operations surfaces under hostile input: what others wrote or serve never ends the
+command with a traceback, and never reaches the operator's terminal as control codes."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from baton.cli.main import _register, cli
+from baton.cli.tail_cmds import _render_json
+from baton.cli.top import MetricsView, quantile, render_frame
+from baton.processors.metrics import new_registry, serve_metrics
+from baton.schemas.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("host", ["a" * 300, "bad host name", "127.0.0.1\n"])
+def test_a_metrics_host_that_cannot_be_listened_on_is_one_config_error(host: str) -> None:
+    # a 64+ character label raised UnicodeError (IDNA) past the OSError handler: a traceback
+    with pytest.raises(ConfigError, match="BATON_METRICS_HOST"):
+        serve_metrics(new_registry(), host, 0)
+
+
+def _frame(samples: dict[str, list[tuple[dict[str, str], float]]]) -> str:
+    now = MetricsView("http://w/metrics", time.monotonic(), samples)
+    return render_frame(None, [now], {}, datetime(2026, 3, 1, tzinfo=UTC), "chdb:/x")
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF])
+def test_top_shows_a_sample_that_is_not_a_number_as_a_question_mark(value: float) -> None:
+    # int(nan) raised ValueError and int(inf) OverflowError: one hostile /metrics page
+    # ended `baton top`
+    frame = _frame(
+        {
+            "baton_consumer_lag": [({"topic": "t", "partition": "0"}, value)],
+            "baton_runs_in_memory": [({}, value)],
+            "baton_dead_letters_total": [({"kind": "x"}, value)],
+        }
+    )
+    assert "worker lag ? (p0=?)" in frame
+    assert "runs in memory ?" in frame and "dead letters ?" in frame
+
+
+def test_a_histogram_bucket_that_is_not_a_number_is_left_out() -> None:
+    buckets = [("abc", 1.0), ("NaN", 1.0), ("0.1", 5.0), ("+Inf", 10.0), ("1", NAN)]
+    assert quantile(buckets, 0.5) == pytest.approx(0.1)
+    assert "latency" in _frame(
+        {"baton_decision_latency_seconds_bucket": [({"le": le}, n) for le, n in buckets]}
+    )
+
+
+def test_tail_json_escapes_what_a_terminal_would_obey_and_keeps_the_document() -> None:
+    # orjson escapes C0 controls only: a C1 CSI (U+009B), DEL, bidi overrides and line
+    # separators reached the terminal as they were
+    doc = {"run_id": "r\u009b2J\u202e\x7f\u2028\U000e0041 é 漢 😀", "n": [1, None]}
+    line = _render_json(b"", doc, "[p0@0]", False)
+    assert line.isprintable() and "\\u009b" in line and "\\udb40\\udc41" in line
+    assert orjson.loads(line) == doc
+    raw = _render_json(b"\xff\x1b\xc2\x9b", None, "[p0@0]", False)
+    assert raw.isprintable() and orjson.loads(raw) == {"raw": "\ufffd\x1b\x9b"}
+
+
+def test_doctor_takes_the_dsn_its_own_hints_name(tmp_path: Path) -> None:
+    # its hints said "pass --dsn", and doctor answered "No such option: --dsn"
+    missing = tmp_path / "nothing"
+    _register()
+    result = CliRunner().invoke(
+        cli, ["doctor", "--bootstrap", "127.0.0.1:1", "--dsn", f"chdb://{missing}"]
+    )
+    assert result.exit_code == 1, result.output
+    assert f"no audit at {missing}" in result.output
