@@ -23,6 +23,7 @@ import click
 import orjson
 
 from baton.schemas.redact import mask_credentials
+from baton.sinks.alert_text import clean_field
 
 __all__ = ["LOG_OUTPUT_KEY", "JsonFormatter", "LogOutput", "MaskingFormatter", "logging_config"]
 
@@ -43,7 +44,15 @@ def _clip(text: str, limit: int) -> str:
 
 
 class MaskingFormatter(logging.Formatter):
-    """The text format, with URL passwords and tokens masked."""
+    """The text format, with URL passwords and tokens masked, one line per message."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # names in a message come from records others wrote (an operator's name in a kill
+        # switch): a newline in one forged a whole log line, an escape sequence reached the
+        # terminal of whoever read the log. Shown escaped (\x0a, \x1b, \u202e); a traceback,
+        # added after the message, keeps its lines.
+        text = super().formatMessage(record)
+        return text if text.isprintable() else clean_field(text, _MAX_MESSAGE)
 
     def format(self, record: logging.LogRecord) -> str:
         return mask_credentials(super().format(record))

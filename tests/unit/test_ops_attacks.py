@@ -77,3 +77,24 @@ def test_doctor_takes_the_dsn_its_own_hints_name(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1, result.output
     assert f"no audit at {missing}" in result.output
+
+
+def test_a_forged_name_in_a_text_log_message_stays_on_its_line() -> None:
+    # the worker logs the operator of every kill switch: "eve\n<a fake line>\x1b]0;..." wrote
+    # a forged log line and a terminal title sequence into worker.log
+    import logging
+
+    from baton.cli.log_format import TEXT_FORMAT, MaskingFormatter
+
+    record = logging.LogRecord(
+        "baton.processors.control",
+        logging.WARNING,
+        "",
+        0,
+        "kill_switch run %s by %s",
+        ("run-1", "eve\n2026-01-01 WARNING forged\x1b]0;pwned\x07 http://u:pw@h/x"),
+        None,
+    )
+    line = MaskingFormatter(TEXT_FORMAT).format(record)
+    assert line.isprintable()
+    assert line.endswith("by eve\\x0a2026-01-01 WARNING forged\\x1b]0;pwned\\x07 http://u:***@h/x")
