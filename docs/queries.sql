@@ -66,10 +66,11 @@ FROM
         run_id,
         decided_at,
         spent_usd - lagInFrame(spent_usd, 1, toDecimal64(0, 6)) OVER (
-            PARTITION BY run_id ORDER BY decided_at, audit_partition, audit_offset
+            PARTITION BY tenant, run_id ORDER BY decided_at, audit_partition, audit_offset
             ROWS BETWEEN 1 PRECEDING AND CURRENT ROW
         ) AS increment
     FROM governance.decisions FINAL
+    WHERE tenant NOT IN ('*', '__baton__')  -- operators' control records, readiness probes
 )
 GROUP BY tenant, day
 ORDER BY day DESC, spent_usd DESC;
@@ -96,6 +97,7 @@ ORDER BY tenant;
 -- Runs with the deepest delegation chains (depth 1 = delegated by the orchestrator).
 SELECT tenant, run_id, max_depth, handoffs, spent_usd, final_outcome, first_stop_reason, last_at
 FROM governance.run_summary
+WHERE tenant NOT IN ('*', '__baton__')  -- operators' control records, readiness probes
 ORDER BY max_depth DESC, handoffs DESC, last_at DESC
 LIMIT 20;
 

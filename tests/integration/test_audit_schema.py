@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from clickhouse_connect.driver.client import Client
 
 from baton.cli.main import _register, cli
-from baton.schemas.decision import AUDIT_FIELDS, Decision
+from baton.schemas.decision import AUDIT_FIELDS, Decision, Outcome, Phase, Reason
 from baton.schemas.errors import ConfigError
 from baton.sinks.clickhouse import connect
 from baton.sinks.rows import DECISION_COLUMNS, decision_row
@@ -222,6 +222,27 @@ def test_docs_queries_all_run_and_answer_the_scenario(audit: Client) -> None:
     assert turnaround["acme"]["granted"] + turnaround["globex"]["granted"] == 8
     assert answers["stops_per_minute_last_hour"].result_rows
 
+
+
+def test_daily_spend_is_not_split_by_an_operators_kill_record_on_the_run(audit: Client) -> None:
+    """An operator's kill and release of a run are recorded under tenant '*' with the run's id
+    and no spend: the daily spend must neither charge '*' nor count the run's spend again."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    run = story_run("run_killed_midway", "acme", start=start)
+    kill = replace(
+        run[2],
+        decision_id="kill-run_killed_midway",
+        tenant="*",
+        phase=Phase.CONTROL,
+        outcome=Outcome.RECORDED,
+        reason=Reason.KILL_SWITCH,
+        spent_usd=0.0,
+        decided_at=run[2].decided_at + timedelta(milliseconds=500),
+    )
+    _insert(audit, [*run, kill])
+    sql = dict(_named_queries())["spend_per_tenant_per_day"]
+    spend = {r["tenant"]: r["spent_usd"] for r in audit.query(sql).named_results()}
+    assert spend == {"acme": Decimal("0.6")}
 
 def test_trace_tells_a_runs_story_in_order(audit: Client) -> None:
     _insert(audit, scenario_decisions(runs=3))
