@@ -223,7 +223,6 @@ def test_docs_queries_all_run_and_answer_the_scenario(audit: Client) -> None:
     assert answers["stops_per_minute_last_hour"].result_rows
 
 
-
 def test_daily_spend_is_not_split_by_an_operators_kill_record_on_the_run(audit: Client) -> None:
     """An operator's kill and release of a run are recorded under tenant '*' with the run's id
     and no spend: the daily spend must neither charge '*' nor count the run's spend again."""
@@ -243,6 +242,7 @@ def test_daily_spend_is_not_split_by_an_operators_kill_record_on_the_run(audit: 
     sql = dict(_named_queries())["spend_per_tenant_per_day"]
     spend = {r["tenant"]: r["spent_usd"] for r in audit.query(sql).named_results()}
     assert spend == {"acme": Decimal("0.6")}
+
 
 def test_trace_tells_a_runs_story_in_order(audit: Client) -> None:
     _insert(audit, scenario_decisions(runs=3))
