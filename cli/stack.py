@@ -338,6 +338,8 @@ def up_cmd(
     output = LogOutput(settings.log_format, "up")  # from here on, errors in this format too
     output.install()
     policy = read_policy(settings.policy)  # fail before starting anything on a bad policy
+    if not no_audit:
+        _refuse_busy_sql_port(sql_port)
     try:
         restart = RestartPolicy(
             backoff_s=restart_backoff_s,
@@ -538,6 +540,25 @@ def _with_metrics_ports(
             url = f"http://127.0.0.1:{port}/metrics"
         given.append((name, (*args, "--metrics-port", str(port))))
     return given, url
+
+
+def _refuse_busy_sql_port(port: int | None) -> None:
+    """Fail at once when the SQL endpoint's port is taken, instead of after the sink's
+    restarts (a second `baton up`, or a ClickHouse server, on 8123 is the usual case)."""
+    import socket
+
+    if not port:  # off, or 0: any free port
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the endpoint binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve SQL on 127.0.0.1:{port}: {exc.strerror or exc} "
+                "(another baton up, or a ClickHouse server?); pass --sql-port 0 (any free "
+                "port) or --sql-port off (env BATON_SQL_PORT)"
+            ) from None
 
 
 def _audit_children(sql_port: int | None, app_id: str) -> list[tuple[str, tuple[str, ...]]]:

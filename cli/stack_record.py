@@ -164,6 +164,11 @@ _held_locks: list[int] = []
 def _take_lock(data_dir: Path) -> bool:
     """Take ``data_dir``'s stack lock for the life of this process; False when another
     process holds it."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError(
+            f"the data dir {data_dir} is a file, not a directory; expected a directory "
+            "(--data-dir, env BATON_DATA_DIR) that baton up may create and write"
+        )
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(
@@ -243,13 +248,19 @@ def read_record(data_dir: Path) -> StackRecord | None:
     try:
         return StackRecord.model_validate_json(data)
     except ValidationError as exc:
-        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problem = "; ".join(_validation_problem(e) for e in exc.errors())
     except ConfigError as exc:  # the bootstrap check names the entry
         problem = str(exc)
     raise ConfigError(
         f"stack record {path}: not a `baton up` record ({problem[:500]}); delete it and "
         "start `baton up` again, or point at the stack with --bootstrap / --dsn"
     )
+
+
+def _validation_problem(error: Any) -> str:
+    """``field: message``, or only the message when it concerns the whole file."""
+    where = ".".join(map(str, error["loc"]))
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
 
 
 # ---------------------------------------------------------------------- finding a stack

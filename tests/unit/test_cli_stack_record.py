@@ -339,3 +339,39 @@ def test_a_variable_in_another_case_still_wins(
     _record(Path(".baton"), baton_up)
     monkeypatch.setenv("baton_bootstrap", "lower:3")  # the settings model reads it too
     assert stack_settings({}).bootstrap == "lower:3"
+
+
+def _baton_up(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "baton.cli.main", "up", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("BATON_")},
+    )
+
+
+def test_up_refuses_a_taken_sql_port_before_starting_anything(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _baton_up("--data-dir", str(tmp_path / "d"), "--sql-port", str(port))
+    assert result.returncode == 2, result.stderr
+    assert f"cannot serve SQL on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "--sql-port 0" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "d" / "logs").exists()  # no broker was started
+
+
+def test_up_names_a_data_dir_that_is_a_file_and_a_garbled_record_plainly(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    result = _baton_up("--data-dir", str(afile))
+    assert result.returncode == 2
+    assert f"the data dir {afile} is a file, not a directory" in result.stderr
+    (tmp_path / STACK_FILE).write_text("{not json")
+    with pytest.raises(ConfigError) as bad:
+        read_record(tmp_path)
+    assert "record (Invalid JSON" in str(bad.value)  # no empty field name before it
