@@ -7,6 +7,8 @@ reading; ``-n`` counts records before ``--run`` filters them.
 
 from __future__ import annotations
 
+import collections
+import heapq
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -115,21 +117,11 @@ def _read(
             starts.append(TopicPartition(topic, p, start))
             ends[p] = high
         consumer.assign(starts)
-        backlog, at_end = [], {tp.partition for tp in starts if tp.offset >= ends[tp.partition]}
-        while len(at_end) < len(parts):
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
-                continue
-            backlog.append((msg.timestamp()[1], msg.partition(), msg.offset(), msg.value()))
-        backlog.sort()
-        if not from_beginning:
-            backlog = backlog[-last:] if last else []
-        for _, partition, offset, value in backlog:
-            yield value or b"", partition, offset
+        reading = {tp.partition for tp in starts if tp.offset < ends[tp.partition]}
+        merged = _merged(consumer, topic, reading, KafkaError._PARTITION_EOF)
+        if not from_beginning:  # the newest `last` across partitions: kept, then printed
+            merged = iter(collections.deque(merged, maxlen=last) if last else ())
+        yield from merged
         if follow:
             click.echo(f"baton tail: following {topic} (Ctrl-C stops)", err=True)
         while follow:
@@ -138,6 +130,61 @@ def _read(
                 yield msg.value() or b"", msg.partition(), msg.offset()
     finally:
         consumer.close()
+
+
+#: records held per partition while the others catch up; past it the partition is paused
+_HELD = 10_000
+
+
+def _merged(
+    consumer: Any, topic: str, reading: set[int], eof_code: int
+) -> Iterator[tuple[bytes, int, int]]:
+    """``(value, partition, offset)`` of the records before each partition's end, oldest first
+    by timestamp across partitions: a merge of the partitions as they are read, holding at
+    most about ``_HELD`` records of each (it used to hold the whole topic, and sort it, before
+    printing the first line: ``--from-beginning`` on a busy deployment's decisions ran out of
+    memory). A partition far ahead of the others is paused until they catch up."""
+    from confluent_kafka import TopicPartition
+
+    held: dict[int, collections.deque[tuple[int, int, bytes]]] = {}
+    heads: list[tuple[int, int]] = []  # (timestamp, partition) of each partition's first held
+    waiting = set(reading)  # partitions still read that hold nothing: no head is safe yet
+    paused: set[int] = set()
+    while True:
+        while heads and not waiting:
+            _, p = heapq.heappop(heads)
+            queue = held[p]
+            _, offset, value = queue.popleft()
+            if queue:
+                heapq.heappush(heads, (queue[0][0], p))
+            elif p in reading:
+                waiting.add(p)
+            if p in paused and len(queue) < _HELD // 2:
+                consumer.resume([TopicPartition(topic, p)])
+                paused.discard(p)
+            yield value, p, offset
+        if not reading:
+            return
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        p = msg.partition()
+        if msg.error() is not None:
+            if msg.error().code() == eof_code:
+                reading.discard(p)
+                waiting.discard(p)
+            continue
+        queue = held.setdefault(p, collections.deque())
+        if queue and msg.offset() <= queue[-1][1]:
+            continue  # read again after a resume
+        timestamp = msg.timestamp()[1]
+        if not queue:
+            heapq.heappush(heads, (timestamp, p))
+            waiting.discard(p)
+        queue.append((timestamp, msg.offset(), msg.value() or b""))
+        if len(queue) >= _HELD and p not in paused:
+            consumer.pause([TopicPartition(topic, p)])
+            paused.add(p)
 
 
 def _partitions(consumer: Any, settings: Settings, topic: str) -> list[int]:

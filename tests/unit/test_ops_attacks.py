@@ -98,3 +98,69 @@ def test_a_forged_name_in_a_text_log_message_stays_on_its_line() -> None:
     line = MaskingFormatter(TEXT_FORMAT).format(record)
     assert line.isprintable()
     assert line.endswith("by eve\\x0a2026-01-01 WARNING forged\\x1b]0;pwned\\x07 http://u:***@h/x")
+
+
+class _FakeMessage:
+    def __init__(self, partition: int, offset: int, timestamp: int, eof: bool = False) -> None:
+        self._p, self._o, self._t, self._eof = partition, offset, timestamp, eof
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._t)
+
+    def value(self) -> bytes:
+        return f"{self._p}:{self._o}".encode()
+
+    def error(self) -> object | None:
+        if not self._eof:
+            return None
+        return type("Err", (), {"code": staticmethod(lambda: -191)})()
+
+
+class _FakeConsumer:
+    """Partition 0 is fetched far ahead of partition 1, as a broker may hand them out."""
+
+    def __init__(self, per_partition: int) -> None:
+        self.pending = {p: list(range(per_partition)) for p in (0, 1)}
+        self.paused: set[int] = set()
+        self.max_paused = 0
+
+    def poll(self, timeout: float) -> _FakeMessage | None:
+        for p in (0, 1):  # partition 0 first whenever it may be read
+            if p in self.paused:
+                continue
+            if self.pending[p]:
+                offset = self.pending[p].pop(0)
+                return _FakeMessage(p, offset, timestamp=offset * 2 + p)
+            if self.pending[p] is not None:
+                self.pending[p] = None  # type: ignore[assignment]
+                return _FakeMessage(p, -1, 0, eof=True)
+        return None
+
+    def pause(self, parts: list) -> None:  # type: ignore[type-arg]
+        self.paused |= {tp.partition for tp in parts}
+        self.max_paused = max(self.max_paused, len(self.paused))
+
+    def resume(self, parts: list) -> None:  # type: ignore[type-arg]
+        self.paused -= {tp.partition for tp in parts}
+
+
+def test_tail_merges_partitions_by_time_holding_a_bounded_number_of_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # --from-beginning used to read the whole topic into memory and sort it before the
+    # first line; the merge holds at most about _HELD records of a partition that runs ahead
+    from baton.cli import tail_cmds
+
+    monkeypatch.setattr(tail_cmds, "_HELD", 50)
+    consumer = _FakeConsumer(per_partition=250)
+    out = list(tail_cmds._merged(consumer, "gov.decisions", {0, 1}, -191))
+    assert len(out) == 500
+    times = [offset * 2 + p for _value, p, offset in out]
+    assert times == sorted(times)
+    assert consumer.max_paused == 1  # partition 0 was held back while 1 caught up
