@@ -1,4 +1,5 @@
-"""What a restart of ``baton up`` cannot give back, named: the kill switches in force before it.
+"""What a restart of ``baton up`` cannot give back, named: the kill switches and the policy in
+force before it.
 
 The embedded broker forgets its control topic when it stops, so kill switches do not survive
 a restart (the runs' state is rebuilt from the audit, the switches are not). The audit still
@@ -9,11 +10,18 @@ were engaged, so ``baton up`` can name each one loudly instead of lifting them i
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from baton.cli.signer import shown
 
-__all__ = ["fold_kill_switches", "kill_switches_in_force"]
+__all__ = [
+    "PolicyInForce",
+    "fold_kill_switches",
+    "fold_policy_in_force",
+    "kill_switches_in_force",
+    "policy_in_force",
+]
 
 #: applied commands only: a refused one carries the reason it was refused
 _APPLIED = ("kill_switch", "kill_switch_released")
@@ -56,3 +64,52 @@ def kill_switches_in_force(chdb_dir: Path) -> list[str]:
     finally:
         client.close()
     return fold_kill_switches((str(a), str(b), str(c), str(d)) for a, b, c, d in rows)
+
+
+#: the control records that say which policy the workers used, in the order they did
+_POLICY_RECORDS = ("policy_in_force", "policy_updated")
+
+
+@dataclass(frozen=True)
+class PolicyInForce:
+    """The policy version the workers used last, and who published it (None: the file's)."""
+
+    version: str
+    published_by: str | None
+    at: str
+
+
+def fold_policy_in_force(records: Iterable[tuple[str, str, str, str]]) -> PolicyInForce | None:
+    """The policy of the last of ``(reason, policy_version, approver, decided_at)`` control
+    records (oldest first), with the operator who published that version, if one did."""
+    last: PolicyInForce | None = None
+    publishers: dict[str, str] = {}
+    for reason, version, approver, at in records:
+        if reason not in _POLICY_RECORDS or not version:
+            continue
+        if reason == "policy_updated":
+            publishers[version] = approver
+        last = PolicyInForce(version, publishers.get(version), at)
+    return last
+
+
+def policy_in_force(chdb_dir: Path) -> PolicyInForce | None:
+    """The policy the workers of the audit in ``chdb_dir`` used last (None: none recorded)."""
+    from baton.sinks.clickhouse import audit_errors, connect
+    from baton.sinks.schema import DATABASE
+
+    client = connect(f"chdb://{chdb_dir}", follow_endpoint=False)
+    try:
+        with audit_errors(f"chdb://{chdb_dir}", "reading the policy in force of the audit"):
+            if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
+                return None
+            rows = client.query(
+                f"SELECT reason, policy_version, ifNull(approver, ''), toString(decided_at) "
+                f"FROM {DATABASE}.decisions FINAL "
+                "WHERE phase = 'control' AND reason IN {records:Array(String)} "
+                "ORDER BY decided_at, `offset`",
+                parameters={"records": list(_POLICY_RECORDS)},
+            ).result_rows
+    finally:
+        client.close()
+    return fold_policy_in_force((str(a), str(b), str(c), str(d)) for a, b, c, d in rows)

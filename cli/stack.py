@@ -17,7 +17,14 @@ from typing import Any
 import click
 
 from baton.cli.options import PortOrOff, build_settings, read_policy, setting_options
-from baton.cli.signer import CommandRefused, current_user, describe, load_key, signer_options
+from baton.cli.signer import (
+    CommandRefused,
+    current_user,
+    describe,
+    load_key,
+    shown,
+    signer_options,
+)
 from baton.cli.stack_record import (
     StackRecord,
     data_dir_option,
@@ -376,6 +383,8 @@ def up_cmd(
         settings = build_settings(**{**opts, "bootstrap": broker.bootstrap})
         catalog = _ensure_topics(settings)
         _say_what_a_restart_keeps(data_dir, earlier, no_audit, settings, catalog, say)
+        if not no_audit:
+            _name_a_lost_policy(data_dir / "chdb", policy.version, say)
         record = write_stack_record(data_dir, settings, broker, no_audit, logs)
         say(
             f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, `trace`, "
@@ -625,6 +634,30 @@ def _say_what_a_restart_keeps(
     )
 
 
+def _name_a_lost_policy(audit: Path, version: str, say: Callable[[str], None]) -> None:
+    """A policy published before this restart is gone with the old broker's control topic:
+    when the workers used another policy than this start's, say so (its approver keys and
+    operators may be gone with it), never fall back in silence."""
+    from baton.cli.restart_notice import policy_in_force
+
+    if not audit.is_dir():
+        return
+    try:
+        before = policy_in_force(audit)
+    except BatonError as exc:
+        say(f"WARNING: could not read the policy in force of the audit in {audit}: {exc}")
+        return
+    if before is None or before.version == version:
+        return
+    published = f", published by {shown(before.published_by)}" if before.published_by else ""
+    say(
+        f"WARNING: the policy in force before this restart (version {before.version}"
+        f"{published}, last recorded {before.at[:19]} UTC) is NOT in force now: this start uses "
+        f"policy {version} (--policy / BATON_POLICY, else the seed policy). Re-publish it "
+        "with `baton policy publish FILE`, or start with --policy FILE"
+    )
+
+
 def _name_lost_kill_switches(audit: Path, say: Callable[[str], None]) -> None:
     """The kill switches in force before this restart are gone with the old broker: name
     each (the operator re-issues them), never lift them in silence."""
@@ -636,10 +669,10 @@ def _name_lost_kill_switches(audit: Path, say: Callable[[str], None]) -> None:
         say(f"WARNING: could not read the kill switches of the audit in {audit}: {exc}")
         return
     if lost:
-        shown = ", ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
+        names = ", ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
         say(
             f"WARNING: {len(lost)} kill switch(es) in force before this restart are NOT in "
-            f"force now (the embedded broker forgot them): {shown}; re-issue each with "
+            f"force now (the embedded broker forgot them): {names}; re-issue each with "
             "`baton kill --run RUN | --tenant T | --global`"
         )
 

@@ -1,8 +1,8 @@
-"""Which kill switches a restart of `baton up` loses: the audit's control records, folded."""
+"""Which kill switches and policy a restart of `baton up` loses: the audit's control records."""
 
 from __future__ import annotations
 
-from baton.cli.restart_notice import fold_kill_switches
+from baton.cli.restart_notice import PolicyInForce, fold_kill_switches, fold_policy_in_force
 
 
 def test_the_last_applied_command_of_each_switch_decides() -> None:
@@ -26,3 +26,21 @@ def test_a_run_id_is_shown_without_terminal_escapes() -> None:
 
 def test_no_records_no_switches() -> None:
     assert fold_kill_switches([]) == []
+
+
+def test_the_policy_in_force_is_the_last_recorded_with_who_published_it() -> None:
+    records = [
+        ("policy_in_force", "seed", "", "2026-11-29 10:00:00"),
+        ("policy_updated", "signed", "oncall", "2026-11-29 10:05:00"),
+        ("policy_in_force", "signed", "", "2026-11-29 10:05:00"),
+        ("kill_switch", "signed", "oncall", "2026-11-29 10:06:00"),  # not a policy record
+        ("command_unsigned", "forged", "mallory", "2026-11-29 10:07:00"),  # refused
+    ]
+    assert fold_policy_in_force(records) == PolicyInForce("signed", "oncall", "2026-11-29 10:05:00")
+
+
+def test_a_policy_from_the_file_names_no_publisher_and_no_records_no_policy() -> None:
+    assert fold_policy_in_force([("policy_in_force", "file", "", "t")]) == PolicyInForce(
+        "file", None, "t"
+    )
+    assert fold_policy_in_force([]) is None
