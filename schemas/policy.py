@@ -400,7 +400,7 @@ class Policy(BaseModel):
         None,
         exclude=True,
         description="the seed's `require_approval`: globs added to "
-        "`multi_agent.require_approval_for` (`true`: every action and tool)",
+        "`multi_agent.require_approval_for` (`true`: every action and tool a handoff names)",
     )
     controls: Controls | None = Field(
         None,

@@ -16,7 +16,8 @@ run share one budget, which is what a multi-agent guard adds):
     budgets.max_usd          -> shared_max_usd
     policy.tool_allowlist    -> tools.allow
     policy.tool_blocklist    -> tools.block
-    writes.require_approval  -> added to require_approval_for (true: every action and tool)
+    writes.require_approval  -> added to require_approval_for (true: every action and tool a
+                                handoff names; a handoff naming none is not gated)
     controls.kill_switch     -> nothing to set: Baton's kill switch is always on; false is refused
 
 A seed key fills its multi_agent key; both set to different values is an error naming both
@@ -94,7 +95,9 @@ class Writes(StrictModel):
         False,
         description="globs over a handoff's `action` and tools, added to "
         "`multi_agent.require_approval_for`; `true` means every action and tool (`*`: Baton "
-        "cannot tell a write from a read, so it asks for all; list the writes to narrow it)",
+        "cannot tell a write from a read, so it asks for all; list the writes to narrow it). "
+        "Like every glob there, it gates only a handoff that names an `action`, `tool` or "
+        "`tools`: one that names none is not asked about",
     )
 
     @field_validator("require_approval", mode="wrap")
