@@ -126,3 +126,36 @@ def test_the_seeds_allowlist_does_not_replace_an_empty_allow_list_in_silence() -
     # an empty block list blocks nothing: the seed's list fills it
     merged = parse_policy("policy: {tool_blocklist: [shell.*]}\nmulti_agent: {tools: {block: []}}")
     assert merged.multi_agent.tools.block == ["shell.*"]
+
+
+def _laughs(levels: int) -> str:
+    """A "billion laughs" policy: each level an alias list of ten of the one before."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    lines.append(f"multi_agent: *a{levels - 1}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text", [_laughs(9), "multi_agent: &a [*a]\n"])
+def test_a_policy_of_nested_yaml_aliases_is_refused_before_it_is_expanded(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 528 bytes of aliases expand to 10**9 values: `baton policy check` took 35 s and 8 GB,
+    # and a policy_updated holding it took down every worker that read gov.control
+    monkeypatch.setattr("baton.schemas.policy.MAX_POLICY_VALUES", 10_000)
+    assert "more than 10000 values once its YAML aliases (*name) are expanded" in _problem(text)
+    step = apply_policy_update(
+        load_policy(None),
+        None,
+        parse_control_event(_published(text)),
+        datetime(2026, 3, 1, 9, 1, tzinfo=UTC),
+    )
+    assert step.record is None and "YAML aliases" in (step.error or "")
+
+
+def test_aliases_within_the_bound_still_load() -> None:
+    # the anchor syntax users write for limits shared by tenants
+    written_out = parse_policy("tenants: {a: {max_handoffs: 3}, b: {max_handoffs: 3}}")
+    aliased = parse_policy("tenants:\n  a: &limits {max_handoffs: 3}\n  b: *limits\n")
+    assert aliased.tenants == written_out.tenants
