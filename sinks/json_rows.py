@@ -106,6 +106,32 @@ _TIMES_SEEN: dict[str, datetime] = {}
 _CACHE_MAX = 65_536
 
 
+def _allowed_types() -> tuple[frozenset[type], ...]:
+    """Per field, the types of value that pass its type check without a default filled in."""
+    base = {
+        "str": {str},
+        "enum": {str},
+        "int": {int},
+        "bool": {bool},
+        "float": {float, int},
+        "time": {str},
+        "other": set(),
+    }
+    allowed: list[frozenset[type]] = [frozenset()] * len(DECISION_FIELDS)
+    for kind, entries in _PLAN.items():
+        for i, _, optional, _, _ in entries:
+            types_ = base[kind] | ({type(None)} if optional or kind == "other" else set())
+            allowed[i] = frozenset(types_)
+    return tuple(allowed)
+
+
+_ALLOWED = _allowed_types()
+#: the type of each field's value in records seen to pass every type check: a record with
+#: one of these needs only its values checked (bounded: a flood of odd shapes stops adding)
+_GOOD_SHAPES: set[tuple[type, ...]] = set()
+_SHAPES_MAX = 4096
+
+
 def unknown_fields() -> tuple[str, ...]:
     """Decision fields whose type the shortcut does not know (set: the general path)."""
     return tuple(name for _, name, _, _, _ in _OTHERS)
@@ -126,6 +152,17 @@ def shortcut_row(
     if type(record) is not dict:
         return None
     row = list(map(record.get, _FIELD_NAMES))
+    shape = tuple(map(type, row))
+    if shape in _GOOD_SHAPES:
+        if not _values(row):
+            return None
+    elif not _checked(row, record, shape):
+        return None
+    return _finished(row, topic, partition, offset, window)
+
+
+def _checked(row: list[Any], record: dict[str, Any], shape: tuple[type, ...]) -> bool:
+    """Every field checked (and defaults filled in); a passing shape is remembered."""
     if not (
         _strings(row, record)
         and _enums(row, record)
@@ -135,7 +172,42 @@ def shortcut_row(
         and _times(row, record)
         and _others(row, record)
     ):
-        return None
+        return False
+    if len(_GOOD_SHAPES) < _SHAPES_MAX and all(map(frozenset.__contains__, _ALLOWED, shape)):
+        _GOOD_SHAPES.add(shape)
+    return True
+
+
+def _values(row: list[Any]) -> bool:
+    """The value checks and conversions of a record whose shape passed the type checks:
+    enum members, integer ranges, amounts, times (a None here is an unset optional)."""
+    for i, _, _, _, values in _ENUMS:
+        v = row[i]
+        if v is not None and v not in values:
+            return False
+    for i, _, _, _, bounds in _INTS:
+        v = row[i]
+        if v is not None and bounds is not None and not bounds[0] <= v <= bounds[1]:
+            return False
+    for i, _, _, _, _ in _FLOATS:
+        amount = _amount(row[i])
+        if amount is None:
+            return False
+        row[i] = amount
+    for i, _, _, _, _ in _TIMES:
+        v = row[i]
+        if v is not None:
+            t = _time(v)
+            if t is None:
+                return False
+            row[i] = t
+    return True
+
+
+def _finished(
+    row: list[Any], topic: str, partition: int, offset: int, window: DecidedWindow | None
+) -> list[Any] | None:
+    """The checked values as the row: left-out fields unset, times filled in, window, source."""
     for i, default in _LEFT_OUT:
         if row[i] != default or type(row[i]) is not type(default):
             return None
@@ -212,21 +284,28 @@ def _amounts(row: list[Any], record: dict[str, Any]) -> bool:
             if v is None and (optional or _absent(row, record, i, name, default)):
                 if row[i] is None:
                     continue
-                v = row[i]
             else:
                 return False
-        # 0.0 == -0.0 as keys, but their Decimals differ in sign: zeros bypass the cache
-        amount = _USD.get(v) if v else None
+        amount = _amount(row[i])
         if amount is None:
-            try:
-                amount = usd(v)
-            except RowRejected:
-                return False
-            if len(_USD) >= _CACHE_MAX:
-                _USD.clear()
-            _USD[v] = amount
+            return False
         row[i] = amount
     return True
+
+
+def _amount(v: float | int) -> Decimal | None:
+    """``usd(v)`` (cached), or None when the column cannot hold it."""
+    # 0.0 == -0.0 as keys, but their Decimals differ in sign: zeros bypass the cache
+    amount = _USD.get(v) if v else None
+    if amount is None:
+        try:
+            amount = usd(v)
+        except RowRejected:
+            return None
+        if len(_USD) >= _CACHE_MAX:
+            _USD.clear()
+        _USD[v] = amount
+    return amount
 
 
 def _times(row: list[Any], record: dict[str, Any]) -> bool:
@@ -238,16 +317,24 @@ def _times(row: list[Any], record: dict[str, Any]) -> bool:
             return False
         if type(v) is not str:
             return False
-        t = _TIMES_SEEN.get(v)
+        t = _time(v)
         if t is None:
-            t = _utc_time(v)
-            if t is None:
-                return False
-            if len(_TIMES_SEEN) >= _CACHE_MAX:
-                _TIMES_SEEN.clear()
-            _TIMES_SEEN[v] = t
+            return False
         row[i] = t
     return True
+
+
+def _time(text: str) -> datetime | None:
+    """``_utc_time(text)`` (cached)."""
+    t = _TIMES_SEEN.get(text)
+    if t is None:
+        t = _utc_time(text)
+        if t is None:
+            return None
+        if len(_TIMES_SEEN) >= _CACHE_MAX:
+            _TIMES_SEEN.clear()
+        _TIMES_SEEN[text] = t
+    return t
 
 
 def _utc_time(text: str) -> datetime | None:
