@@ -15,6 +15,7 @@ metrics endpoint that does not answer within 2 s is shown as unreachable for tha
 
 from __future__ import annotations
 
+import http.client
 import math
 import time
 import urllib.error
@@ -128,7 +129,8 @@ def scrape(url: str, timeout_s: float = _SCRAPE_TIMEOUT_S) -> MetricsView:
         for family in text_string_to_metric_families(body.decode("utf-8", "replace")):
             for sample in family.samples:
                 view.samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-    except (OSError, ValueError, urllib.error.URLError) as exc:
+    # HTTPException: a server that does not speak HTTP (BadStatusLine, a line too long)
+    except (OSError, ValueError, urllib.error.URLError, http.client.HTTPException) as exc:
         view.error = clean_field(f"{type(exc).__name__}: {exc}", 200)
     return view
 
@@ -137,8 +139,12 @@ def check_metrics_url(url: str) -> str:
     """``url`` when it is an http(s) URL (urllib would also open file:// and ftp://)."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+        hostname = None
+    if hostname is None or parts.scheme not in ("http", "https"):
         raise ConfigError(
             f"--metrics: expected http://HOST:PORT/metrics (a worker's or sink's endpoint), "
             f"got {clean_field(url, 200)!r}"

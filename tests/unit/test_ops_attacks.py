@@ -164,3 +164,37 @@ def test_tail_merges_partitions_by_time_holding_a_bounded_number_of_records(
     times = [offset * 2 + p for _value, p, offset in out]
     assert times == sorted(times)
     assert consumer.max_paused == 1  # partition 0 was held back while 1 caught up
+
+
+def test_top_shows_a_metrics_server_that_does_not_speak_http_as_unreachable() -> None:
+    # http.client's BadStatusLine is no OSError or ValueError: it ended `baton top`
+    import socket
+    import threading
+
+    from baton.cli.top import scrape
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def garbage() -> None:
+        conn, _ = server.accept()
+        conn.recv(4096)
+        conn.sendall(b"\x1b[2J\x00\xffnot http\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=garbage, daemon=True).start()
+    try:
+        view = scrape(f"http://127.0.0.1:{server.getsockname()[1]}/metrics", timeout_s=5)
+    finally:
+        server.close()
+    assert view.error is not None and view.error.startswith("BadStatusLine")
+    assert view.error.isprintable()
+
+
+def test_top_refuses_a_metrics_url_it_cannot_parse_in_one_line() -> None:
+    from baton.cli.top import check_metrics_url
+
+    with pytest.raises(ConfigError, match="expected http://HOST:PORT/metrics"):
+        check_metrics_url("http://[::1")
+    assert check_metrics_url("http://[::1]:9/metrics") == "http://[::1]:9/metrics"
