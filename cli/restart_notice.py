@@ -72,25 +72,42 @@ _POLICY_RECORDS = ("policy_in_force", "policy_updated")
 
 @dataclass(frozen=True)
 class PolicyInForce:
-    """The policy version the workers used last, and who published it (None: the file's)."""
+    """The policy version the workers used last, who published it (None: the file's), and
+    whether a restart re-issues that publication (signed, its command in the audit)."""
 
     version: str
     published_by: str | None
     at: str
+    reissued: bool = False
 
 
-def fold_policy_in_force(records: Iterable[tuple[str, str, str, str]]) -> PolicyInForce | None:
-    """The policy of the last of ``(reason, policy_version, approver, decided_at)`` control
-    records (oldest first), with the operator who published that version, if one did."""
+def fold_policy_in_force(
+    records: Iterable[tuple[str, str, str, str, str]],
+) -> PolicyInForce | None:
+    """The policy of the last of ``(reason, policy_version, approver, decided_at, input)``
+    control records (oldest first), with the operator who published that version, if one did,
+    and whether `baton up` re-issues it (cli.restore_runs: only a signed command)."""
     last: PolicyInForce | None = None
-    publishers: dict[str, str] = {}
-    for reason, version, approver, at in records:
+    publishers: dict[str, tuple[str, bool]] = {}
+    for reason, version, approver, at, command in records:
         if reason not in _POLICY_RECORDS or not version:
             continue
         if reason == "policy_updated":
-            publishers[version] = approver
-        last = PolicyInForce(version, publishers.get(version), at)
+            publishers[version] = (approver, _signed(command))
+        by, reissued = publishers.get(version, (None, False))
+        last = PolicyInForce(version, by, at, reissued)
     return last
+
+
+def _signed(command: str) -> bool:
+    """The recorded command carries a signature (a restart re-issues it, the workers verify)."""
+    import json
+
+    try:
+        event = json.loads(command) if command else None
+    except ValueError:
+        return False
+    return isinstance(event, dict) and bool(event.get("signature"))
 
 
 def policy_in_force(chdb_dir: Path) -> PolicyInForce | None:
@@ -104,12 +121,12 @@ def policy_in_force(chdb_dir: Path) -> PolicyInForce | None:
             if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
                 return None
             rows = client.query(
-                f"SELECT reason, policy_version, ifNull(approver, ''), toString(decided_at) "
-                f"FROM {DATABASE}.decisions FINAL "
+                "SELECT reason, policy_version, ifNull(approver, ''), toString(decided_at), "
+                f"ifNull(input, '') FROM {DATABASE}.decisions FINAL "
                 "WHERE phase = 'control' AND reason IN {records:Array(String)} "
                 "ORDER BY decided_at, `offset`",
                 parameters={"records": list(_POLICY_RECORDS)},
             ).result_rows
     finally:
         client.close()
-    return fold_policy_in_force((str(a), str(b), str(c), str(d)) for a, b, c, d in rows)
+    return fold_policy_in_force(tuple(str(v) for v in row) for row in rows)  # type: ignore[misc]

@@ -647,8 +647,8 @@ def _name_a_lost_policy(audit: Path, version: str, say: Callable[[str], None]) -
     except BatonError as exc:
         say(f"WARNING: could not read the policy in force of the audit in {audit}: {exc}")
         return
-    if before is None or before.version == version:
-        return
+    if before is None or before.version == version or before.reissued:
+        return  # the same policy, or a signed publication the restore re-issues
     published = f", published by {shown(before.published_by)}" if before.published_by else ""
     say(
         f"WARNING: the policy in force before this restart (version {before.version}"

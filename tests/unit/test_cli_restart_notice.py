@@ -30,17 +30,25 @@ def test_no_records_no_switches() -> None:
 
 def test_the_policy_in_force_is_the_last_recorded_with_who_published_it() -> None:
     records = [
-        ("policy_in_force", "seed", "", "2026-11-29 10:00:00"),
-        ("policy_updated", "signed", "oncall", "2026-11-29 10:05:00"),
-        ("policy_in_force", "signed", "", "2026-11-29 10:05:00"),
-        ("kill_switch", "signed", "oncall", "2026-11-29 10:06:00"),  # not a policy record
-        ("command_unsigned", "forged", "mallory", "2026-11-29 10:07:00"),  # refused
+        ("policy_in_force", "seed", "", "2026-11-29 10:00:00", ""),
+        ("policy_updated", "signed", "oncall", "2026-11-29 10:05:00", '{"signature": "ed"}'),
+        ("policy_in_force", "signed", "", "2026-11-29 10:05:00", ""),
+        ("kill_switch", "signed", "oncall", "2026-11-29 10:06:00", ""),  # not a policy record
+        ("command_unsigned", "forged", "mallory", "2026-11-29 10:07:00", "{}"),  # refused
     ]
-    assert fold_policy_in_force(records) == PolicyInForce("signed", "oncall", "2026-11-29 10:05:00")
+    assert fold_policy_in_force(records) == PolicyInForce(
+        "signed", "oncall", "2026-11-29 10:05:00", reissued=True
+    )
+
+
+def test_an_unsigned_or_unrecorded_publication_is_not_reissued() -> None:
+    for command in ("", "{}", '{"signature": null}', "not json", "[1]"):
+        records = [("policy_updated", "v2", "oncall", "t", command)]
+        assert fold_policy_in_force(records) == PolicyInForce("v2", "oncall", "t", False)
 
 
 def test_a_policy_from_the_file_names_no_publisher_and_no_records_no_policy() -> None:
-    assert fold_policy_in_force([("policy_in_force", "file", "", "t")]) == PolicyInForce(
+    assert fold_policy_in_force([("policy_in_force", "file", "", "t", "")]) == PolicyInForce(
         "file", None, "t"
     )
     assert fold_policy_in_force([]) is None
