@@ -255,7 +255,7 @@ def lag_run(
     # a partition's last records may be re-emitted copies the sink does not store: allow one
     _wait_for(
         "every published decision to be stored",
-        lambda: _settled(reader, 1.0) and poller.missing() <= PARTITIONS,
+        lambda: _settled(reader, 3.0) and poller.missing() <= PARTITIONS,
         timeout=180,
     )
     poller.stop.set()

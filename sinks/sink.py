@@ -520,7 +520,7 @@ def run_sink(
     """
     label = parse_dsn(settings.clickhouse_dsn).label
     # a batch is thousands of young containers (parsed records, rows, clickhouse-connect's
-    # columns): at CPython's default gen-0 threshold (700) the collector ran ~150 times per
+    # columns): at CPython's default gen-0 threshold (700) the collector ran ~50 times per
     # 10,000 rows, ~5 us a row, an eighth of the sink's time (measured: bench/RESULTS.md)
     gc.set_threshold(50_000, 20, 100)
     if topic is None:
