@@ -122,14 +122,19 @@ class AuditBatch:
 
         ClickHouse drops an insert whose token it has seen, whatever its rows: a token must
         name exactly one set of rows. Offsets name records for good, so the token is the
-        readable offset span per partition plus a digest of the exact offsets: a slice left
-        after rejecting rows, or cut at other places after a restart, gets its own token;
-        the same slice retried gets the same one.
+        readable offset span per partition plus a digest of the exact offsets and of the
+        rows' decision ids: a slice left after rejecting rows, or cut at other places after a
+        restart, gets its own token; the same slice retried gets the same one. The ids count
+        because offsets do not name records for good everywhere: the embedded broker of a
+        restarted `baton up` numbers every partition from 0 again, and its new decisions
+        would otherwise carry the tokens of an earlier start's and be dropped unseen.
         """
-        return _token(self.topic, [(r[-2], r[-1]) for r in self.rows[lo:hi]])
+        rows = self.rows[lo:hi]
+        return _token(self.topic, [(r[-2], r[-1]) for r in rows], [r[0] for r in rows])
 
     def rejected_token(self) -> str:
-        return _token(self.topic, [(r[1], r[2]) for r in self.rejected]) + "/rejected"
+        offsets = [(r[1], r[2]) for r in self.rejected]
+        return _token(self.topic, offsets, [r[4] for r in self.rejected]) + "/rejected"
 
     def drop_partitions(self, partitions: set[int]) -> None:
         """Forget revoked partitions: their new owner re-reads them from the last commit."""
@@ -156,13 +161,13 @@ class AuditBatch:
         return {p: last + 1 for p, (_, last) in self.ranges.items()}
 
 
-def _token(topic: str, offsets: list[tuple[int, int]]) -> str:
+def _token(topic: str, offsets: list[tuple[int, int]], contents: list[str]) -> str:
     spans: dict[int, tuple[int, int]] = {}
     digest = hashlib.blake2b(digest_size=8)
-    for partition, offset in offsets:
+    for (partition, offset), content in zip(offsets, contents, strict=True):
         first, _ = spans.get(partition, (offset, offset))
         spans[partition] = (first, offset)
-        digest.update(b"%d:%d," % (partition, offset))
+        digest.update(b"%d:%d:%d:%s," % (partition, offset, len(content), content.encode()))
     readable = ",".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(spans.items()))
     return f"{topic}/{readable}/{digest.hexdigest()}"
 

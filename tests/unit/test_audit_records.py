@@ -285,6 +285,21 @@ def test_a_token_names_exactly_one_set_of_rows() -> None:
     assert len(slices) == 55  # every slice its own token
 
 
+def test_a_restarted_broker_reusing_offsets_gets_new_tokens_for_new_decisions() -> None:
+    """The embedded broker of a restarted `baton up` numbers partitions from 0 again: a new
+    decision at an offset an earlier start used must not carry that start's token (ClickHouse
+    would drop its insert as a repeat); the same decision read again keeps its token."""
+    before, after, again = AuditBatch("t"), AuditBatch("t"), AuditBatch("t")
+    before.add(3, 0, _decision(decision_id="run_K-decision").to_json())
+    after.add(3, 0, _decision(decision_id="run_L-decision").to_json())
+    again.add(3, 0, _decision(decision_id="run_K-decision").to_json())
+    assert before.token() != after.token()
+    assert before.token() == again.token()
+    before.add(3, 1, b"bad")
+    after.add(3, 1, b"worse")
+    assert before.rejected_token() != after.rejected_token()
+
+
 def test_a_record_that_is_not_a_decision_is_kept_as_rejected_with_its_bytes() -> None:
     batch = AuditBatch("gov.decisions")
     batch.add(1, 40, b'{"decision_id": "x"}')
