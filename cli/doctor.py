@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,11 @@ def run_checks(
     if audit_problem is not None:
         yield fail("clickhouse", str(audit_problem), "pass --dsn or BATON_CLICKHOUSE_DSN")
     else:
-        yield from _guarded("clickhouse", lambda: audit_checks(settings))
-        yield from _guarded("sql endpoint", lambda: [sql_endpoint_check(settings)])
+        # a server that takes the connection and never answers held doctor for the client's
+        # 300 s read timeout: the section gets a deadline of its own
+        deadline = 3 * timeout
+        yield from _within("clickhouse", lambda: audit_checks(settings), deadline)
+        yield from _within("sql endpoint", lambda: [sql_endpoint_check(settings)], deadline)
     yield from _guarded("alert webhook", lambda: [webhook_check(settings, timeout)])
 
 
@@ -139,12 +143,32 @@ def _guarded(name: str, checks: Callable[[], Iterable[Check]]) -> Iterator[Check
     hides the report."""
     try:
         yield from checks()
+    except BatonError as exc:  # a setting that is wrong: say which, not "report a bug"
+        yield fail(name, str(exc), "fix the setting it names")
     except Exception as exc:
         yield fail(
             name,
             f"the check itself failed: {type(exc).__name__}: {str(exc)[:300]}",
             "run `baton -vv doctor` and report it with its output",
         )
+
+
+def _within(name: str, checks: Callable[[], Iterable[Check]], seconds: float) -> list[Check]:
+    """The checks of one section, run in a thread and given ``seconds`` in all; past that
+    the section is one failed line (the thread is left to end with the process)."""
+    found: list[Check] = []
+    worker = threading.Thread(target=lambda: found.extend(_guarded(name, checks)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        return [
+            fail(
+                name,
+                f"no answer within {seconds:g} s (the connection was taken, then nothing)",
+                "is it a ClickHouse HTTP port (8123/8443)? raise --timeout for a slow server",
+            )
+        ]
+    return found
 
 
 def _settings(

@@ -198,3 +198,40 @@ def test_top_refuses_a_metrics_url_it_cannot_parse_in_one_line() -> None:
     with pytest.raises(ConfigError, match="expected http://HOST:PORT/metrics"):
         check_metrics_url("http://[::1")
     assert check_metrics_url("http://[::1]:9/metrics") == "http://[::1]:9/metrics"
+
+
+def test_doctor_gives_a_clickhouse_that_never_answers_a_deadline(tmp_path: Path) -> None:
+    # a server that takes the connection and says nothing held doctor for clickhouse-
+    # connect's 300 s read timeout; the section now has 3 x --timeout
+    import socket
+
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(8)
+    port = tarpit.getsockname()[1]
+    _register()
+    started = time.monotonic()
+    args = [
+        "--timeout",
+        "0.5",
+        "--bootstrap",
+        "127.0.0.1:1",
+        "--dsn",
+        f"http://127.0.0.1:{port}/db",
+    ]
+    try:
+        result = CliRunner().invoke(cli, ["doctor", *args])
+    finally:
+        tarpit.close()
+    assert result.exit_code == 1, result.output
+    assert "✘ clickhouse: no answer within 1.5 s" in result.output
+    assert time.monotonic() - started < 30
+
+
+def test_doctor_names_a_wrong_setting_as_one_not_as_a_bug() -> None:
+    _register()
+    result = CliRunner().invoke(
+        cli, ["doctor", "--bootstrap", "127.0.0.1:1", "--dsn", "clickhouse://x"]
+    )
+    assert "got 'clickhouse://x' — fix: fix the setting it names" in result.output
+    assert "report it" not in result.output
