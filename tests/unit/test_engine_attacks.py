@@ -109,3 +109,19 @@ def test_a_redelivered_report_counts_its_steps_once() -> None:
     run.one(completed(allowed.request_id, "t1", "b", steps=6, t=5))  # a retry, stamped anew
     assert run.state is not None and run.state.steps == 6
     assert run.handoff("t2", "a", "c", t=6).outcome == Outcome.ALLOW
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a completion's tools are checked against the role of the agent it names, not of "
+    "the task's owner: billing_agent's report, sent under another agent's name, uses "
+    "shell.exec past roles.billing_agent.tools and is recorded within_budget (check the "
+    "owner's role too, or refuse a report whose agent is not the task's owner)",
+)
+def test_a_report_under_another_agents_name_is_checked_against_the_owners_tools() -> None:
+    run = Run(
+        parse_policy('multi_agent: {roles: {billing_agent: {tools: {allow: ["billing.*"]}}}}')
+    )
+    allowed = run.handoff("t1", "planner", "billing_agent")
+    report = run.one(completed(allowed.request_id, "t1", "someone_else", tools=["shell.exec"], t=1))
+    assert report.reason == Reason.TOOL_NOT_PERMITTED
