@@ -1,10 +1,11 @@
 """What a restart of ``baton up`` cannot give back, named: the kill switches and the policy in
 force before it.
 
-The embedded broker forgets its control topic when it stops, so kill switches do not survive
-a restart (the runs' state is rebuilt from the audit, the switches are not). The audit still
-holds every applied kill and release (``control`` records); folding them says which switches
-were engaged, so ``baton up`` can name each one loudly instead of lifting them in silence.
+The embedded broker forgets its control topic when it stops. `baton up` issues again what the
+audit recorded the command of (cli.restore_runs: every kill, signed releases and policy
+updates); what it cannot (records from before commands were recorded, unsigned policy
+updates) is folded from the audit's ``control`` records here, so ``baton up`` names each one
+loudly instead of lifting a kill switch or dropping a policy in silence.
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ __all__ = [
 _APPLIED = ("kill_switch", "kill_switch_released")
 
 
-def fold_kill_switches(records: Iterable[tuple[str, str, str, str]]) -> list[str]:
+def fold_kill_switches(records: Iterable[tuple[str, ...]]) -> list[str]:
     """``run RUN``, ``tenant T`` or ``global`` for every switch whose last applied command
-    (of ``(reason, run_id, tenant, detail)`` control records, oldest first) engaged it."""
+    (of ``(reason, run_id, tenant, detail[, command])`` control records, oldest first) engaged
+    it, unless that kill's command is recorded: `baton up` re-issues those (cli.restore_runs)."""
     engaged: dict[tuple[str, str], bool] = {}
-    for reason, run_id, tenant, detail in records:
+    for reason, run_id, tenant, detail, *command in records:
         if reason not in _APPLIED:
             continue
         scope = detail.split(" ", 1)[0].removeprefix("scope=")
         target = {"run": run_id, "tenant": tenant}.get(scope, "*")
-        engaged[(scope, target)] = reason == "kill_switch"
+        engaged[(scope, target)] = reason == "kill_switch" and not any(command)
     return [
         "global" if scope == "global" else f"{scope} {shown(target)}"
         for (scope, target), on in engaged.items()
@@ -56,14 +58,15 @@ def kill_switches_in_force(chdb_dir: Path) -> list[str]:
             if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
                 return []
             rows = client.query(
-                f"SELECT reason, run_id, tenant, detail FROM {DATABASE}.decisions FINAL "
+                "SELECT reason, run_id, tenant, detail, ifNull(input, '') "
+                f"FROM {DATABASE}.decisions FINAL "
                 "WHERE phase = 'control' AND reason IN {applied:Array(String)} "
                 "ORDER BY decided_at, `offset`",
                 parameters={"applied": list(_APPLIED)},
             ).result_rows
     finally:
         client.close()
-    return fold_kill_switches((str(a), str(b), str(c), str(d)) for a, b, c, d in rows)
+    return fold_kill_switches(tuple(str(v) for v in row) for row in rows)
 
 
 #: the control records that say which policy the workers used, in the order they did

@@ -323,10 +323,11 @@ def up_cmd(
 
     The embedded broker keeps everything in memory. A start with the data dir of an earlier
     one rebuilds the runs' state (spend, handoff counts, owners, stops) from its audit
-    (DATA_DIR/chdb) before the worker decides, and says how many runs it restored; kill
-    switches and policy updates are not rebuilt (it names each kill switch it lost: re-issue
-    them), nor decisions the sink had not stored when up stopped. With --no-audit a restart
-    forgets everything. A Kafka cluster (docker-compose.yml) keeps all of it.
+    (DATA_DIR/chdb) before the worker decides, and says how many runs it restored; it issues
+    the recorded kill switches, and signed releases and policy updates, again (it names each
+    kill switch and a published policy it cannot: re-issue them), but not decisions the sink
+    had not stored when up stopped. With --no-audit a restart forgets everything. A Kafka
+    cluster (docker-compose.yml) keeps all of it.
 
     While it runs, DATA_DIR/stack.json records the stack (Kafka, SQL endpoint, policy, logs,
     pids): `baton kill`, `sql`, `trace`, `alerts`, `approvals` ... run where ./.baton is
@@ -614,8 +615,8 @@ def _say_what_a_restart_keeps(
         say(
             "the embedded Kafka broker keeps everything in memory: when baton up stops, its "
             "topics are gone; a start with this data dir rebuilds the runs' state from the "
-            f"audit in {audit}, but not kill switches or policy updates (re-issue them) nor "
-            "decisions the sink had not stored yet"
+            f"audit in {audit} and issues its kill switches (and signed releases and policy "
+            "updates) again, but not decisions the sink had not stored yet"
         )
     if not audit.is_dir():
         return

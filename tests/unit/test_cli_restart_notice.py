@@ -19,6 +19,14 @@ def test_the_last_applied_command_of_each_switch_decides() -> None:
     assert fold_kill_switches(records) == ["run run_2", "tenant acme"]
 
 
+def test_a_kill_whose_command_is_recorded_is_reissued_not_lost() -> None:
+    records = [
+        ("kill_switch", "run_1", "*", "scope=run target=run_1 reason=x", '{"type":"kill_switch"}'),
+        ("kill_switch", "run_2", "*", "scope=run target=run_2 reason=x", ""),  # older audit
+    ]
+    assert fold_kill_switches(records) == ["run run_2"]
+
+
 def test_a_run_id_is_shown_without_terminal_escapes() -> None:
     records = [("kill_switch", "run_\x1b[2Jx", "*", "scope=run target=run_\x1b[2Jx reason=")]
     assert fold_kill_switches(records) == ["run run_\\x1b[2Jx"]
