@@ -770,6 +770,7 @@ class _Rules:
         "allow_self_approval",
         "approval_keys",
         "approval_re",
+        "approve_all",
         "calls",
         "detect_delegation_cycles",
         "fallback",
@@ -818,6 +819,8 @@ class _Rules:
         self.roles = bool(limits.roles)
         self.tools_checked = limits.checks_tools
         self.approval_re = compile_globs(limits.require_approval_for)
+        #: "*" (writes.require_approval: true) gates every handoff, also one naming nothing
+        self.approve_all = "*" in limits.require_approval_for
         self.ttl_seconds = limits.approval.ttl_seconds
         self.allow_self_approval = limits.approval.allow_self_approval
         #: approver -> public key (parsed once per policy); empty: names are trusted
@@ -834,6 +837,8 @@ class _Rules:
         rx = self.approval_re
         if rx is None:
             return False
+        if self.approve_all:
+            return True
         if (action and rx.match(action)) or (tool and rx.match(tool)):
             return True
         return bool(tools) and any(rx.match(t) for t in tools)  # type: ignore[union-attr]
@@ -1207,12 +1212,30 @@ def _tool_rule(req: HandoffRequested, rules: _Rules) -> str | None:
     return rules.limits.tool_refusal(req.to_agent, named)
 
 
-def _used_tools_rule(done: HandoffCompleted, rules: _Rules) -> str | None:
+def _used_tools_rule(done: HandoffCompleted, node: TaskNode | None, rules: _Rules) -> str | None:
     """tools.allow / tools.block, roles.<agent>.tools -> tool_not_permitted: a tool the
-    completion reports that its agent may not use (already used: the run is stopped)."""
+    completion reports that its agent, or the task's owner, may not use (already used: the
+    run is stopped). The owner's role counts too: a report sent under another agent's name
+    must not escape the owner's tool list."""
     if not done.tools or not rules.tools_checked:
         return None
-    return rules.limits.tool_refusal(done.agent, done.tools)
+    refusal = rules.limits.tool_refusal(done.agent, done.tools)
+    if refusal is None and node is not None and node.owner and node.owner != done.agent:
+        refusal = rules.limits.tool_refusal(node.owner, done.tools)
+    return refusal
+
+
+def _settle_reservation(st: RunState, done: HandoffCompleted) -> None:
+    """A completion settles the reservation its request holds, only if it reports the task
+    that reservation is for (or the reservation predates task ids): a report naming another
+    task's request id must not free that estimate at no cost and let the run oversubscribe
+    its shared budget. Its cost is counted either way."""
+    held = st.reserved.get(done.request_id)
+    if held is None:
+        return
+    if held.task_id is not None and held.task_id != done.task_id:
+        return
+    st.set_reserved(_without(st.reserved, done.request_id))
 
 
 def _release_ownership(
@@ -1384,12 +1407,11 @@ def _post_handoff(st: RunState, event: HandoffCompleted, ctx: _Ctx) -> list[Deci
     # every reported cost counts, even of a handoff Baton stopped or never saw: money spent
     # is spent, and the shared budget must see it
     _count_cost(st, done)
-    if done.request_id in st.reserved:
-        st.set_reserved(_without(st.reserved, done.request_id))
+    _settle_reservation(st, done)
     node = st.task(done.task_id)
     refusal = _spent_over(st, rules)
     if refusal is None and done.tools:
-        why = _used_tools_rule(done, rules)
+        why = _used_tools_rule(done, node, rules)
         refusal = (Reason.TOOL_NOT_PERMITTED, why) if why else None
     released = (
         _release_ownership(st, done, node, rules) if done.status in rules.release_on else None

@@ -220,9 +220,9 @@ class MultiAgentPolicy(_Strict):
     )
     require_approval_for: Globs = Field(
         default_factory=list,
-        description="globs over a handoff's `action` and `tool`; a match without a valid "
-        "grant is `approval_required` (then `allow approval_granted` or `stop "
-        "approval_denied` / `approval_expired`)",
+        description="globs over a handoff's `action`, `tool` and `tools`; a match without a "
+        "valid grant is `approval_required` (then `allow approval_granted` or `stop "
+        "approval_denied` / `approval_expired`); `*` gates every handoff, one naming none too",
     )
     approval: ApprovalPolicy = Field(
         default_factory=ApprovalPolicy, description="the approval gate: TTL, approvers, keys"
@@ -292,6 +292,8 @@ class MultiAgentPolicy(_Strict):
         rx = self._approval_re
         if rx is None:
             return False
+        if "*" in self.require_approval_for:
+            return True
         return bool((action and rx.match(action)) or (tool and rx.match(tool)))
 
     def tool_permitted(self, tool: str | None) -> bool:
@@ -400,7 +402,7 @@ class Policy(BaseModel):
         None,
         exclude=True,
         description="the seed's `require_approval`: globs added to "
-        "`multi_agent.require_approval_for` (`true`: every action and tool a handoff names)",
+        "`multi_agent.require_approval_for` (`true`: every handoff)",
     )
     controls: Controls | None = Field(
         None,

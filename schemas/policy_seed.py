@@ -16,8 +16,8 @@ run share one budget, which is what a multi-agent guard adds):
     budgets.max_usd          -> shared_max_usd
     policy.tool_allowlist    -> tools.allow
     policy.tool_blocklist    -> tools.block
-    writes.require_approval  -> added to require_approval_for (true: every action and tool a
-                                handoff names; a handoff naming none is not gated)
+    writes.require_approval  -> added to require_approval_for (true: "*", every handoff,
+                                one naming no action or tool too)
     controls.kill_switch     -> nothing to set: Baton's kill switch is always on; false is refused
 
 A seed key fills its multi_agent key; both set to different values is an error naming both
@@ -96,8 +96,8 @@ class Writes(StrictModel):
         description="globs over a handoff's `action` and tools, added to "
         "`multi_agent.require_approval_for`; `true` means every action and tool (`*`: Baton "
         "cannot tell a write from a read, so it asks for all; list the writes to narrow it). "
-        "Like every glob there, it gates only a handoff that names an `action`, `tool` or "
-        "`tools`: one that names none is not asked about",
+        "A `*` among the globs gates every handoff, one that names no `action`, `tool` or "
+        "`tools` too",
     )
 
     @field_validator("require_approval", mode="wrap")

@@ -19,13 +19,6 @@ pytestmark = pytest.mark.unit
 # ---------------------------------------------------------------- reservations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a completion settles the reservation of whatever request_id it names, even one "
-    "reserved for another task by another agent: the reservation is dropped with no cost, "
-    "and the run can oversubscribe its shared budget (Reservation keeps task_id: settle only "
-    "when the completion's task_id matches, else count the cost and keep the reservation)",
-)
 def test_a_report_naming_another_tasks_request_does_not_free_its_reservation() -> None:
     run = Run(policy_with(max_agents_per_run=None, shared_max_usd=10))
     run.handoff("T", "planner", "A", estimated_usd=4)
@@ -52,12 +45,6 @@ def test_a_completion_at_its_reservations_expiry_counts_its_cost_once() -> None:
 # ---------------------------------------------------------------- approvals and tools
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="writes.require_approval: true (documented as every action and tool) becomes "
-    "require_approval_for ['*'], which only matches a handoff's action/tool/tools: a handoff "
-    "that names none is allowed without approval",
-)
 def test_require_approval_true_gates_a_handoff_that_names_no_action() -> None:
     run = Run(parse_policy("writes: {require_approval: true}"))
     asked = run.handoff("t1", "planner", "writer")
@@ -111,13 +98,6 @@ def test_a_redelivered_report_counts_its_steps_once() -> None:
     assert run.handoff("t2", "a", "c", t=6).outcome == Outcome.ALLOW
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a completion's tools are checked against the role of the agent it names, not of "
-    "the task's owner: billing_agent's report, sent under another agent's name, uses "
-    "shell.exec past roles.billing_agent.tools and is recorded within_budget (check the "
-    "owner's role too, or refuse a report whose agent is not the task's owner)",
-)
 def test_a_report_under_another_agents_name_is_checked_against_the_owners_tools() -> None:
     run = Run(
         parse_policy('multi_agent: {roles: {billing_agent: {tools: {allow: ["billing.*"]}}}}')

@@ -60,7 +60,9 @@ def test_require_approval_true_asks_for_every_action_and_tool() -> None:
     assert policy.multi_agent.require_approval_for == ["*"]
     d = Run(policy).handoff("t1", "planner", "writer", action="crm.read")
     assert d.outcome == Outcome.APPROVAL_REQUIRED
-    assert Run(policy).handoff("t1", "planner", "writer").outcome == Outcome.ALLOW  # nothing named
+    # "*" gates every handoff, one naming no action or tool too (fail closed: Baton cannot
+    # tell a write from a read)
+    assert Run(policy).handoff("t1", "planner", "writer").outcome == Outcome.APPROVAL_REQUIRED
 
 
 def test_require_approval_globs_are_added_to_the_multi_agent_ones() -> None:
