@@ -37,7 +37,7 @@ from baton.processors.chain import link
 from baton.processors.engine import NO_KILLS, KillSwitches, Origin, decide, refuse
 from baton.processors.recorded import keep_links, publishable
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, Outcome, Reason
+from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import (
     MAX_EVENT_BYTES,
     ApprovalDenied,
@@ -197,9 +197,20 @@ def dead_letter_record(
     return DeadLetter(key, orjson.dumps(envelope), str(kind))
 
 
-def _same_record(decisions: list[Decision], rec: InputRecord) -> bool:
+def _same_record(decisions: list[Decision], rec: InputRecord, approval: bool) -> bool:
+    """Whether ``decisions`` are this very record's, answered again from the state (Kafka
+    delivered it twice). Only re-emitted copies count: a decision made now without a state
+    change (a refusal such as request_id_reused or tenant_mismatch) carries this record's
+    position too and must be published. The position names no topic, so the phase tells a
+    grant's decision (approvals topic) from a request's at the same partition and offset."""
     partition, offset = rec.partition, rec.offset
-    return all(d.partition == partition and d.offset == offset for d in decisions)
+    return all(
+        d.reemitted
+        and d.partition == partition
+        and d.offset == offset
+        and (d.phase == Phase.APPROVAL) == approval
+        for d in decisions
+    )
 
 
 def _has_header(rec: InputRecord, name: str) -> bool:
@@ -429,7 +440,13 @@ class BatchProcessor:
         if new is not state:
             self.states[key] = new
             out.changed[key] = (rec.partition, new)
-        elif self.exactly_once and decisions and _same_record(decisions, rec):
+        elif (
+            self.exactly_once
+            and decisions
+            and _same_record(
+                decisions, rec, type(event) is ApprovalGranted or type(event) is ApprovalDenied
+            )
+        ):
             # Kafka delivered this very record again (its decisions and the state that
             # remembers them were committed in one transaction, its offset apparently
             # not): they are out already, and re-emitting them would publish them twice.

@@ -305,3 +305,27 @@ def test_the_state_bytes_a_worker_holds_are_bounded_too() -> None:
     [(_, d)] = proc.process([_good("run_b", 1)], NOW).decisions
     assert (d.outcome, d.reason) == (Outcome.STOP, Reason.WORKER_RUN_LIMIT)
     assert b"run_b" not in states
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+def test_a_refusal_made_without_a_state_change_is_published(exactly_once: bool) -> None:
+    # request_id_reused and tenant_mismatch leave the run's state as it was and carry the
+    # record's own partition and offset: under exactly-once they were taken for a Kafka
+    # redelivery and dropped, so the input ended in no decision at all
+    proc = BatchProcessor(load_policy(None), 1, {}, worker="w", exactly_once=exactly_once)
+    now = datetime.now(UTC)
+    proc.process([_record(10)], now)
+    reused = handoff("run_1", 1, "another_task")
+    foreign = handoff("run_1", 2, "x").model_copy(update={"tenant": "other"})
+    out = proc.process(
+        [
+            InputRecord(TOPIC, 0, 11, b"run_1", reused.to_json()),
+            InputRecord(TOPIC, 0, 12, b"run_1", foreign.to_json()),
+        ],
+        now,
+    )
+    assert [(d.offset, d.reason, d.reemitted) for _, d in out.decisions] == [
+        (11, Reason.REQUEST_ID_REUSED, False),
+        (12, Reason.TENANT_MISMATCH, False),
+    ]
+    assert proc.redelivered == 0
