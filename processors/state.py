@@ -9,13 +9,9 @@ its dedup mark are one changelog write). Every collection in it is bounded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from operator import attrgetter
 from typing import Any, NamedTuple
 
-import orjson
-
-from baton.schemas.decision import DECISION_FIELDS, Decision, Fallback, Outcome, Phase
+from baton.schemas.decision import Decision
 from baton.schemas.events import HandoffRequested
 
 __all__ = [
@@ -43,14 +39,14 @@ TASK_FOLD = 32
 RECENT_REPLIES = 6
 _RECENT_ITEMS = 2 * RECENT_REPLIES  # length of RunState.recent when full
 MAX_PENDING_APPROVALS = 256
-#: format 3 adds the run's steps (element 20), its agent pairs' bounces (21), and each
-#: reservation's expiry and task (columns 4 and 5 of element 12);
-#: format 2 added the request digests (element 17), the eviction time of a tombstone (18) and
-#: the head of the run's decision hash chain (19);
-#: format 1 and 2 states are still read (without what they lack: no steps counted, no
+#: format 4: a map with short keys (state_wire.STATE_KEYS), stored replies keyed by column names
+#: (state_wire.REPLY_COLUMNS, or the state's own ``cols``); formats 1-3 were positional lists:
+#: format 3 added the run's steps (element 20), its agent pairs' bounces (21), and each
+#: reservation's expiry and task (columns 4 and 5 of element 12); format 2 the request
+#: digests (17), the eviction time of a tombstone (18) and the head of the run's decision
+#: hash chain (19). Formats 1-3 are still read (without what they lack: no steps counted, no
 #: bounces, reservations that never expire)
-STATE_FORMAT = 3
-_READABLE_FORMATS = frozenset({1, 2, 3})
+STATE_FORMAT = 4
 
 
 class TaskNode(NamedTuple):
@@ -323,174 +319,25 @@ class RunState:
 
     # ------------------------------------------------------------------ serialization
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_wire())
+        """The changelog record of this state (keyed, versioned: processors/state_wire.py)."""
+        return _wire.encode(self)
 
-    def to_wire(self) -> list[Any]:
-        keys = self.seen_keys()
-        return [
-            STATE_FORMAT,
-            self.run_id,
-            self.tenant,
-            self.started_at,
-            self.last_event_at,
-            self.handoff_count,
-            self.spent_usd,
-            self.tool_calls,
-            self.stopped,
-            self.finished,
-            self._tasks_to_wire(),
-            list(self.agents),
-            [[k, *r] for k, r in self.reserved.items()],
-            [
-                [p.approval_id, p.request.model_dump(mode="json"), p.expires_at, p.created_at]
-                for p in self.pending.values()
-            ],
-            keys,
-            _recent_to_wire(self.recent),
-            self.marks,  # added after format 1 shipped: readers without it ignore it
-            [self.digest_of(k) for k in keys],
-            self.evicted_at,
-            self.chain_head,
-            self.steps,
-            [[a, b, last, n] for (a, b), (last, n) in self.bounces.items()],
-        ]
-
-    def _tasks_to_wire(self) -> list[list[Any]]:
-        """The task tree in the order tasks were first added; a replaced node (a released
-        task's new owner, in ``new_tasks``) stands at its task's first place, as it will
-        after the merge."""
-        tasks, added = self.tasks, self.new_tasks
-        if not any(k in tasks for k in added):
-            return [
-                [k, t.owner, t.giver, t.parent, t.depth]
-                for part in (tasks, added)
-                for k, t in part.items()
-            ]
-        merged = {**tasks, **added}
-        return [[k, t.owner, t.giver, t.parent, t.depth] for k, t in merged.items()]
+    def to_wire(self) -> dict[str, Any]:
+        """The map that :meth:`to_bytes` writes."""
+        return _wire.to_wire(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> RunState:
-        return cls.from_wire(orjson.loads(raw))
+        """A state from its changelog record, written in any readable format."""
+        return _wire.decode(raw)
 
     @classmethod
-    def from_wire(cls, w: list[Any]) -> RunState:
-        if w[0] not in _READABLE_FORMATS:
-            raise ValueError(f"run state format {w[0]!r} is not one of {sorted(_READABLE_FORMATS)}")
-        seen, fresh, marks = _marks_from_wire(w[14], w[16] if len(w) > 16 else len(w[14]))
-        digests: dict[str, str] = {}
-        if len(w) > 17:
-            for k, d in zip(w[14], w[17], strict=True):
-                if k in fresh:
-                    fresh[k] = d
-                elif d is not None:
-                    digests[k] = d
-        state = cls(
-            w[1],
-            w[2],
-            w[3],
-            w[4],
-            w[5],
-            w[6],
-            w[7],
-            w[8],
-            w[9],
-            {k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]},
-            {},
-            dict.fromkeys(w[11]),
-            {r[0]: _reservation_from_wire(r) for r in w[12]},
-            {
-                p[0]: PendingApproval(
-                    p[0], HandoffRequested.model_validate(p[1]), p[2], p[3] if len(p) > 3 else 0.0
-                )
-                for p in w[13]
-            },
-            seen,
-            fresh,
-            marks,
-            _recent_from_wire(w[15]),
-            0.0,
-            0,
-            digests,
-            w[18] if len(w) > 18 else None,
-            w[19] if len(w) > 19 else "",
-            w[20] if len(w) > 20 else 0,
-            {(a, b): (last, n) for a, b, last, n in w[21]} if len(w) > 21 else {},
-            None,
-        )
-        if state.reserved:
-            state.set_reserved(state.reserved)
-        return state
+    def from_wire(cls, w: dict[str, Any] | list[Any]) -> RunState:
+        """A state from a decoded record (a format-4 map, or a format 1-3 list)."""
+        return _wire.from_wire(w)
 
 
 _new_state = object.__new__
 
-
-def _reservation_from_wire(row: list[Any]) -> Reservation:
-    """[request_id, usd, tool_calls, expires_at, task_id]; before format 3 the last two are
-    missing (a reservation that never expires)."""
-    if len(row) > 3:
-        return Reservation(row[1], row[2], row[3], row[4])
-    return Reservation(row[1], row[2], None, None)
-
-
-_TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
-_TIME_INDEX = [i for i, f in enumerate(DECISION_FIELDS) if f in _TIME_FIELDS]
-_PHASE_I = DECISION_FIELDS.index("phase")
-_OUTCOME_I = DECISION_FIELDS.index("outcome")
-_SHADOW_I = DECISION_FIELDS.index("shadow_outcome")
-_FALLBACK_I = DECISION_FIELDS.index("fallback")
-# text -> member by dict lookup: calling the enum (Phase("approval")) is several times slower,
-# and the worker restores a run's replies every time it reads the run from the changelog
-_PHASES: dict[str, Phase] = {m.value: m for m in Phase}
-_OUTCOMES: dict[str | None, Outcome | None] = {None: None, **{m.value: m for m in Outcome}}
-_FALLBACKS: dict[str | None, Fallback | None] = {None: None, **{m.value: m for m in Fallback}}
-
-#: a decision's fields as a tuple, in DECISION_FIELDS order (one C call, not 32 getattr)
-_decision_row = attrgetter(*DECISION_FIELDS)
-
-
-def _marks_from_wire(
-    keys: list[str], marks: int
-) -> tuple[dict[str, int], dict[str, str | None], int]:
-    """``seen``, ``fresh`` and ``marks`` from the window's keys (oldest first): the newest
-    ``marks % FRESH_LIMIT`` keys are the ones not folded yet (RunState.remember)."""
-    split = len(keys) - marks % FRESH_LIMIT
-    if split <= 0:  # a run of fewer than FRESH_LIMIT keys: nothing folded yet
-        return {}, dict.fromkeys(keys, None), marks
-    first = marks - len(keys) + 1
-    seen = dict(zip(keys[:split], range(first, first + split), strict=True))
-    return seen, dict.fromkeys(keys[split:], None), marks
-
-
-def _recent_to_wire(recent: tuple[Any, ...]) -> list[Any]:
-    out = []
-    for i in range(0, len(recent), 2):
-        kept = recent[i + 1]
-        if type(kept) is Decision:
-            out.append([recent[i], [_decision_row(kept)]])
-        else:
-            out.append([recent[i], [_decision_row(d) for d in kept]])
-    return out
-
-
-def _recent_from_wire(entries: list[Any]) -> tuple[Any, ...]:
-    recent: list[Any] = []
-    for key, rows in entries:
-        recent.append(key)
-        if len(rows) == 1:
-            recent.append(_decision_from_row(rows[0]))
-        else:
-            recent.append([_decision_from_row(r) for r in rows])
-    return tuple(recent)
-
-
-def _decision_from_row(row: list[Any]) -> Decision:
-    for i in _TIME_INDEX:
-        if row[i] is not None:
-            row[i] = datetime.fromisoformat(row[i])
-    row[_PHASE_I] = _PHASES[row[_PHASE_I]]
-    row[_OUTCOME_I] = _OUTCOMES[row[_OUTCOME_I]]
-    row[_SHADOW_I] = _OUTCOMES[row[_SHADOW_I]]
-    row[_FALLBACK_I] = _FALLBACKS[row[_FALLBACK_I]]
-    return Decision(*row)
+# the wire form reads and writes RunState: imported once RunState exists
+from baton.processors import state_wire as _wire  # noqa: E402

@@ -31,6 +31,7 @@ from tests.unit.test_engine_support import (
     policy_with,
     seed_policy,
 )
+from tests.unit.test_state_format import FORMAT_3_ONE_HANDOFF
 
 pytestmark = pytest.mark.unit
 
@@ -542,7 +543,8 @@ def test_a_format_1_state_reads_as_a_live_run_without_digests() -> None:
     run = Run()
     run.handoff("t1", "planner", "worker")
     assert run.state is not None
-    wire = orjson.loads(run.state.to_bytes())[:17]  # what Baton 0.1 wrote
+    # the same run stored by the format-3 engine, cut to what Baton 0.1 wrote
+    wire = orjson.loads(FORMAT_3_ONE_HANDOFF)[:17]
     wire[0] = 1
     old = RunState.from_wire(wire)
     assert old.evicted_at is None and old.handoff_count == 1

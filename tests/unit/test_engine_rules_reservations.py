@@ -9,6 +9,7 @@ from baton.processors.engine import decide, expire_due, next_due
 from baton.processors.state import RunState
 from baton.schemas.decision import Outcome, Phase, Reason
 from tests.unit.test_engine_support import Run, at, completed, handoff, policy_with
+from tests.unit.test_state_format import FORMAT_3_RESERVING
 
 pytestmark = pytest.mark.unit
 
@@ -102,8 +103,7 @@ def test_expiry_is_the_same_decision_whenever_it_is_replayed() -> None:
 
 def test_a_format_2_state_reads_with_reservations_that_never_expire() -> None:
     run = _reserving_run()
-    assert run.state is not None
-    wire = orjson.loads(run.state.to_bytes())
+    wire = orjson.loads(FORMAT_3_RESERVING)  # the same run, stored by the format-3 engine
     old = wire[:20]  # what format 2 wrote: no steps, no bounces
     old[0] = 2
     old[12] = [row[:3] for row in wire[12]]  # [request_id, usd, tool_calls]
@@ -169,4 +169,4 @@ def test_a_stored_format_2_state_reads_and_decides_on() -> None:
         at(4),
     )
     assert released.reason == Reason.OWNERSHIP_RELEASED
-    assert RunState.from_bytes(st.to_bytes()) == st and st.to_wire()[0] == 3
+    assert RunState.from_bytes(st.to_bytes()) == st and st.to_wire()["v"] == 4

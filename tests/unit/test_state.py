@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+import orjson
 import pytest
 
 from baton.processors.engine import approval_id_for, decide
@@ -99,10 +100,12 @@ def test_state_is_compact() -> None:
 
 def test_state_of_an_unknown_format_is_refused() -> None:
     state, _ = decide(None, handoff("r", "t", "a", "b"), Run().policy, at(0))
-    wire = state.to_wire()
-    wire[0] = 99
+    wire = orjson.loads(state.to_bytes())
+    wire["v"] = 99
     with pytest.raises(ValueError, match="format 99"):
         RunState.from_wire(wire)
+    with pytest.raises(ValueError, match="format 99"):
+        RunState.from_wire([99, *range(21)])
 
 
 def test_copy_shares_nothing_that_decide_changes() -> None:

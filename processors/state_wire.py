@@ -1,0 +1,379 @@
+"""The run state's bytes on the changelog: format 4 written (a map with short keys), 1-4 read.
+
+Format 4 is a JSON map (orjson) whose keys are in ``_KEYS`` (RunState field -> short key);
+a field a reader does not know is ignored, a key it lacks takes the field's empty value, so
+a field added later needs no format bump as long as its empty value means "as before".
+Rows inside it are fixed columns named once here: tasks ``[task_id, *TaskNode]``,
+reservations ``[request_id, *Reservation]``, bounces ``[agent, agent, last giver, count]``,
+pending approvals ``[approval_id, request as JSON, expires_at, created_at]``.
+
+Stored replies (a run's newest decisions, for re-emission) are rows whose columns are
+named: ``REPLY_COLUMNS`` when the state has no ``cols`` key, else the state's own list (a
+writer whose ``Decision`` has other fields than REPLY_COLUMNS writes its column names into
+each state, ~450 bytes, and a reader maps them by name). Naming the columns once per format
+rather than per decision keeps a state as small as the positional form was.
+
+Formats 1-3 (positional lists read back as ``w[1]`` ...) are still read: old changelogs.
+Not guaranteed: a state written by a newer Baton with a reply column this one lacks is
+refused (``ValueError``), never read with the column dropped.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from operator import attrgetter
+from typing import Any
+
+import orjson
+
+from baton.processors.state import (
+    FRESH_LIMIT,
+    STATE_FORMAT,
+    PendingApproval,
+    Reservation,
+    RunState,
+    TaskNode,
+)
+from baton.schemas.decision import DECISION_FIELDS, Decision, Fallback, Outcome, Phase
+from baton.schemas.events import HandoffRequested
+
+__all__ = ["REPLY_COLUMNS", "STATE_KEYS", "decode", "encode", "to_wire"]
+
+_READABLE_FORMATS = frozenset({1, 2, 3, 4})
+
+#: RunState field -> its key in format 4; the fields not listed are derived from these
+#: (``DERIVED``); tests/unit/test_state_format.py fails on a field in neither
+STATE_KEYS: dict[str, str] = {
+    "run_id": "run",
+    "tenant": "tn",
+    "started_at": "t0",
+    "last_event_at": "t",
+    "handoff_count": "hc",
+    "spent_usd": "usd",
+    "tool_calls": "tc",
+    "stopped": "stop",
+    "finished": "fin",
+    "tasks": "tasks",  # with new_tasks merged
+    "agents": "ag",
+    "reserved": "res",
+    "pending": "pend",
+    "seen": "keys",  # the window's keys, oldest first (seen and fresh)
+    "marks": "mk",
+    "digests": "dg",  # one per key in "keys" (fresh's and the folded ones')
+    "recent": "rec",
+    "evicted_at": "ev",
+    "chain_head": "ch",
+    "steps": "st",
+    "bounces": "bn",
+}
+#: RunState fields rebuilt from the keyed ones when read
+DERIVED = frozenset({"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due"})
+
+#: the reply columns of a format-4 state without ``cols``: Decision's fields when format 4
+#: was made, frozen (a new Decision field makes writers add ``cols``; add a format then)
+REPLY_COLUMNS: tuple[str, ...] = (
+    "decision_id", "request_id", "run_id", "tenant", "phase", "outcome", "reason", "owner",
+    "from_agent", "to_agent", "task_id", "parent_task_id", "action", "depth",
+    "handoff_count", "spent_usd", "tool_calls", "handoff_status", "fallback", "approval_id",
+    "approval_expires_at", "approver", "policy_version", "event_time", "decided_at",
+    "worker", "partition", "offset", "shadow_outcome", "tool", "reserved_usd", "detail",
+    "request_digest", "chain_prev", "chain_hash", "input", "reemitted",
+)  # fmt: skip
+#: what this Decision writes: the frozen columns while they are its fields, else its own
+_WRITE_COLUMNS = None if DECISION_FIELDS == REPLY_COLUMNS else list(DECISION_FIELDS)
+_DECISION_FIELD_SET = frozenset(DECISION_FIELDS)
+#: a decision's fields as a tuple, in DECISION_FIELDS order (one C call, not 37 getattr)
+_decision_row = attrgetter(*DECISION_FIELDS)
+
+
+# =========================================================================== writing
+
+
+def encode(state: RunState) -> bytes:
+    """The state's changelog record (format STATE_FORMAT)."""
+    return orjson.dumps(to_wire(state))
+
+
+def to_wire(state: RunState) -> dict[str, Any]:
+    """The state as the map that ``encode`` writes (equal maps: states that decide alike)."""
+    keys = state.seen_keys()
+    wire: dict[str, Any] = {
+        "v": STATE_FORMAT,
+        "run": state.run_id,
+        "tn": state.tenant,
+        "t0": state.started_at,
+        "t": state.last_event_at,
+        "hc": state.handoff_count,
+        "usd": state.spent_usd,
+        "tc": state.tool_calls,
+        "stop": state.stopped,
+        "fin": state.finished,
+        "tasks": _tasks_to_wire(state),
+        "ag": list(state.agents),
+        "res": [[k, *r] for k, r in state.reserved.items()],
+        "pend": [
+            [p.approval_id, p.request.model_dump(mode="json"), p.expires_at, p.created_at]
+            for p in state.pending.values()
+        ],
+        "keys": keys,
+        "mk": state.marks,
+        "dg": [state.digest_of(k) for k in keys],
+        "rec": _recent_to_wire(state.recent),
+        "ev": state.evicted_at,
+        "ch": state.chain_head,
+        "st": state.steps,
+        "bn": [[a, b, last, n] for (a, b), (last, n) in state.bounces.items()],
+    }
+    if _WRITE_COLUMNS is not None and state.recent:
+        wire["cols"] = _WRITE_COLUMNS
+    if state.evicted_at is not None:
+        # a tombstone is kept for weeks and is mostly empty: only what it holds (a reader
+        # takes a missing key as its field's empty value)
+        return {k: v for k, v in wire.items() if v or k in _TOMBSTONE_KEEPS}
+    return wire
+
+
+#: keys a tombstone writes even when falsy (the reader needs them or cannot default them)
+_TOMBSTONE_KEEPS = frozenset({"v", "run", "tn", "t0", "t", "ev"})
+
+
+def _tasks_to_wire(state: RunState) -> list[list[Any]]:
+    """The task tree in the order tasks were first added; a replaced node (a released
+    task's new owner, in ``new_tasks``) stands at its task's first place, as it will
+    after the merge."""
+    tasks, added = state.tasks, state.new_tasks
+    if not any(k in tasks for k in added):
+        return [[k, *t] for part in (tasks, added) for k, t in part.items()]
+    return [[k, *t] for k, t in {**tasks, **added}.items()]
+
+
+def _recent_to_wire(recent: tuple[Any, ...]) -> list[Any]:
+    out = []
+    for i in range(0, len(recent), 2):
+        kept = recent[i + 1]
+        if type(kept) is Decision:
+            out.append([recent[i], [_decision_row(kept)]])
+        else:
+            out.append([recent[i], [_decision_row(d) for d in kept]])
+    return out
+
+
+# =========================================================================== reading
+
+
+def decode(raw: bytes) -> RunState:
+    """A state from its changelog record, any readable format."""
+    return from_wire(orjson.loads(raw))
+
+
+def from_wire(w: dict[str, Any] | list[Any]) -> RunState:
+    """A state from a decoded record: a format-4 map, or a format 1-3 list."""
+    if type(w) is dict:
+        version = w.get("v")
+        if version != 4:
+            raise ValueError(f"run state format {version!r} is not one of {_formats()}")
+        return _from_map(w)
+    if type(w) is not list or not w or w[0] not in _READABLE_FORMATS:
+        head = w[0] if type(w) is list and w else w
+        raise ValueError(f"run state format {head!r} is not one of {_formats()}")
+    return _from_list(w)
+
+
+def _formats() -> list[int]:
+    return sorted(_READABLE_FORMATS)
+
+
+def _from_map(w: dict[str, Any]) -> RunState:
+    keys = w.get("keys", [])
+    seen, fresh, marks = _marks_from_wire(keys, w.get("mk", len(keys)))
+    digests = _digests(keys, w.get("dg"), fresh)
+    cols = w.get("cols")
+    state = RunState(
+        w["run"],
+        w["tn"],
+        w["t0"],
+        w["t"],
+        w.get("hc", 0),
+        w.get("usd", 0.0),
+        w.get("tc", 0),
+        w.get("stop"),
+        w.get("fin", False),
+        {r[0]: TaskNode(*r[1:]) for r in w.get("tasks", ())},
+        {},
+        dict.fromkeys(w.get("ag", ())),
+        {r[0]: Reservation(*r[1:]) for r in w.get("res", ())},
+        {p[0]: _pending_from_wire(p) for p in w.get("pend", ())},
+        seen,
+        fresh,
+        marks,
+        _recent_from_wire(w.get("rec", ()), cols),
+        0.0,
+        0,
+        digests,
+        w.get("ev"),
+        w.get("ch", ""),
+        w.get("st", 0),
+        {(a, b): (last, n) for a, b, last, n in w.get("bn", ())},
+        None,
+    )  # fmt: skip
+    if state.reserved:
+        state.set_reserved(state.reserved)
+    return state
+
+
+def _from_list(w: list[Any]) -> RunState:
+    """Formats 1-3: positional; what a format lacks takes its empty value."""
+    seen, fresh, marks = _marks_from_wire(w[14], w[16] if len(w) > 16 else len(w[14]))
+    digests = _digests(w[14], w[17] if len(w) > 17 else None, fresh)
+    state = RunState(
+        w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9],
+        {k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]},
+        {},
+        dict.fromkeys(w[11]),
+        {r[0]: _old_reservation(r) for r in w[12]},
+        {p[0]: _pending_from_wire(p) for p in w[13]},
+        seen,
+        fresh,
+        marks,
+        _recent_from_wire(w[15], None),
+        0.0,
+        0,
+        digests,
+        w[18] if len(w) > 18 else None,
+        w[19] if len(w) > 19 else "",
+        w[20] if len(w) > 20 else 0,
+        {(a, b): (last, n) for a, b, last, n in w[21]} if len(w) > 21 else {},
+        None,
+    )  # fmt: skip
+    if state.reserved:
+        state.set_reserved(state.reserved)
+    return state
+
+
+def _old_reservation(row: list[Any]) -> Reservation:
+    """[request_id, usd, tool_calls, expires_at, task_id]; before format 3 the last two are
+    missing (a reservation that never expires)."""
+    if len(row) > 3:
+        return Reservation(row[1], row[2], row[3], row[4])
+    return Reservation(row[1], row[2], None, None)
+
+
+def _pending_from_wire(p: list[Any]) -> PendingApproval:
+    created = p[3] if len(p) > 3 else 0.0
+    return PendingApproval(p[0], HandoffRequested.model_validate(p[1]), p[2], created)
+
+
+def _digests(
+    keys: list[str], digests: list[str | None] | None, fresh: dict[str, str | None]
+) -> dict[str, str]:
+    """The folded keys' digests; fresh keys get theirs in ``fresh`` (changed in place)."""
+    out: dict[str, str] = {}
+    if digests is None:
+        return out
+    for k, d in zip(keys, digests, strict=True):
+        if k in fresh:
+            fresh[k] = d
+        elif d is not None:
+            out[k] = d
+    return out
+
+
+def _marks_from_wire(
+    keys: list[str], marks: int
+) -> tuple[dict[str, int], dict[str, str | None], int]:
+    """``seen``, ``fresh`` and ``marks`` from the window's keys (oldest first): the newest
+    ``marks % FRESH_LIMIT`` keys are the ones not folded yet (RunState.remember)."""
+    split = len(keys) - marks % FRESH_LIMIT
+    if split <= 0:  # a run of fewer than FRESH_LIMIT keys: nothing folded yet
+        return {}, dict.fromkeys(keys, None), marks
+    first = marks - len(keys) + 1
+    seen = dict(zip(keys[:split], range(first, first + split), strict=True))
+    return seen, dict.fromkeys(keys[split:], None), marks
+
+
+# ---------------------------------------------------------------- stored replies
+
+_TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
+# text -> member by dict lookup: calling the enum (Phase("approval")) is several times slower,
+# and the worker restores a run's replies every time it reads the run from the changelog
+_PHASES: dict[str, Phase] = {m.value: m for m in Phase}
+_OUTCOMES: dict[str | None, Outcome | None] = {None: None, **{m.value: m for m in Outcome}}
+_FALLBACKS: dict[str | None, Fallback | None] = {None: None, **{m.value: m for m in Fallback}}
+#: column -> text-to-value table for the enum columns
+_ENUMS: dict[str, dict[Any, Any]] = {
+    "phase": _PHASES,
+    "outcome": _OUTCOMES,
+    "shadow_outcome": _OUTCOMES,
+    "fallback": _FALLBACKS,
+}
+
+
+class _Columns:
+    """How to turn rows with the given column names into Decisions (one per column list)."""
+
+    __slots__ = ("enums", "names", "positional", "times")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        unknown = [c for c in names if c not in _DECISION_FIELD_SET]
+        if unknown:
+            raise ValueError(
+                f"run state replies have columns {unknown} that Decision does not have; "
+                "written by a newer Baton?"
+            )
+        #: rows can go to Decision(*row) as they are
+        self.positional = names == DECISION_FIELDS[: len(names)]
+        self.names = names
+        self.times = [i for i, c in enumerate(names) if c in _TIME_FIELDS]
+        self.enums = [(i, _ENUMS[c]) for i, c in enumerate(names) if c in _ENUMS]
+
+    def decision(self, row: list[Any]) -> Decision:
+        if len(row) != len(self.names):
+            raise ValueError(f"run state reply has {len(row)} values for {len(self.names)} columns")
+        for i in self.times:
+            if row[i] is not None:
+                row[i] = datetime.fromisoformat(row[i])
+        for i, table in self.enums:
+            row[i] = table[row[i]]
+        if self.positional:
+            return Decision(*row)
+        return Decision(**dict(zip(self.names, row, strict=True)))
+
+
+_FROZEN_COLUMNS = _Columns(REPLY_COLUMNS)
+#: a reader's column plans by column list (a state's own ``cols``): a few at most
+_PLANS: dict[tuple[str, ...], _Columns] = {REPLY_COLUMNS: _FROZEN_COLUMNS}
+#: formats 1-3 wrote rows in the Decision field order of their day, which the first
+#: columns of REPLY_COLUMNS are (fields were only ever appended)
+_OLD_COLUMNS = _FROZEN_COLUMNS
+
+
+def _plan(cols: list[str] | None) -> _Columns:
+    if cols is None:
+        return _FROZEN_COLUMNS
+    key = tuple(cols)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 16:
+            _PLANS.clear()
+            _PLANS[REPLY_COLUMNS] = _FROZEN_COLUMNS
+        plan = _PLANS[key] = _Columns(key)
+    return plan
+
+
+def _recent_from_wire(entries: list[Any], cols: list[str] | None) -> tuple[Any, ...]:
+    plan = _plan(cols)
+    recent: list[Any] = []
+    for key, rows in entries:
+        recent.append(key)
+        if len(rows) == 1:
+            recent.append(_row_decision(plan, rows[0]))
+        else:
+            recent.append([_row_decision(plan, r) for r in rows])
+    return tuple(recent)
+
+
+def _row_decision(plan: _Columns, row: list[Any]) -> Decision:
+    if len(row) < len(plan.names) and plan is _OLD_COLUMNS:
+        # formats 1-3: a row of an older Decision (fewer fields) takes defaults for the rest
+        return _Columns(REPLY_COLUMNS[: len(row)]).decision(row)
+    return plan.decision(row)
