@@ -17,7 +17,7 @@ from baton.cli.keys_cmds import policy_line
 from baton.cli.main import _register, cli
 from baton.cli.signer import shown
 from baton.cli.verify_cmds import _partial_runs, _query, _since
-from baton.schemas.decision import CHAIN_FIELDS, DECISION_FIELDS, Outcome, Phase
+from baton.schemas.decision import AUDIT_FIELDS, CHAIN_FIELDS, Outcome, Phase
 from baton.schemas.policy import parse_policy
 from baton.schemas.signing import load_private_key, public_key_text
 from baton.sinks.chain_verify import CHAIN_COLUMNS
@@ -181,7 +181,7 @@ def test_runs_whose_oldest_row_is_near_the_retention_horizon_are_partial() -> No
 
 def test_an_audit_row_reads_back_as_the_decision_it_was() -> None:
     now = datetime(2026, 11, 25, 9, tzinfo=UTC)
-    values = {f: None for f in DECISION_FIELDS}
+    values = {f: None for f in AUDIT_FIELDS}
     values.update(
         decision_id="d1",
         request_id="r1",
@@ -202,7 +202,7 @@ def test_an_audit_row_reads_back_as_the_decision_it_was() -> None:
         decided_at=now,
         request_digest="ab" * 8,
     )
-    d = _decision([values[f] for f in DECISION_FIELDS])
+    d = _decision([values[f] for f in AUDIT_FIELDS])  # the audit's columns
     assert (d.phase, d.outcome) == (Phase.PRE_HANDOFF, Outcome.APPROVAL_REQUIRED)
     assert d.spent_usd == 1.25 and d.request_digest == "ab" * 8
 
