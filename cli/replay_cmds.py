@@ -238,6 +238,13 @@ def _exit(report: ReplayReport) -> None:
             f"none of the {len(report.partial)} runs in scope could be replayed from its "
             "start (listed above); widen --since, or record inputs first (audit migration 0005)"
         )
+    if not report.runs:
+        # an empty scope proves nothing: a policy gate with a wrong --since, --run or DSN
+        # must not pass as "nothing changes"
+        raise ReplayFailed(
+            "no recorded run in scope (check --since/--from/--to, --run, --tenant and the "
+            "audit the command reads): nothing was replayed, so nothing is proven"
+        )
     sys.exit(1 if report.changed_runs else 0)
 
 

@@ -95,6 +95,10 @@ def test_replay_reproduces_the_audit_and_names_what_a_stricter_policy_stops(
     one = _replay(audit, stricter, "--run", "rp1")
     assert one.returncode == 1 and "replayed 1 runs" in one.stdout, one.stdout + one.stderr
     assert "rp1  step 5" in one.stdout
+    # an empty scope proves nothing: a policy gate aimed at the wrong run must not pass
+    none = _replay(audit, stricter, "--run", "no_such_run")
+    assert none.returncode == 7, none.stdout + none.stderr
+    assert "no recorded run in scope" in none.stderr + none.stdout
 
     # the same history from the topics, for a deployment without the audit: decided under
     # the baseline (the policy the worker ran), compared with the stricter one
