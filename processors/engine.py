@@ -35,6 +35,7 @@ from typing import NamedTuple, TypeVar
 import orjson
 from pydantic import BaseModel
 
+from baton.processors.dedup_keys import APPROVAL, REFUSED, dedup_key, with_digest
 from baton.processors.state import (
     MAX_PENDING_APPROVALS,
     RECENT_REPLIES,
@@ -76,6 +77,7 @@ __all__ = [
     "KillSwitches",
     "Origin",
     "PolicyStep",
+    "TenantRules",
     "apply_control",
     "apply_policy_update",
     "approval_id_for",
@@ -92,6 +94,7 @@ __all__ = [
     "refused_answer_id",
     "refused_command_id",
     "request_digest",
+    "rules_for",
 ]
 
 #: without a max_handoffs limit, a run still cannot grow its task tree past this
@@ -277,19 +280,11 @@ def decide(
     # the exact type: isinstance() on pydantic models goes through their metaclass's
     # __instancecheck__, slow when it misses; and type(event) is X, not a saved type, so
     # that mypy narrows without cast() calls.
-    approval = False
+    key = dedup_key(event)
+    approval = type(event) is ApprovalGranted or type(event) is ApprovalDenied
     digest = reused = None
-    if type(event) is HandoffRequested:
-        key = "h:" + event.request_id
+    if type(event) is HandoffRequested or type(event) is HandoffCompleted:
         digest = request_digest(event)
-    elif type(event) is HandoffCompleted:
-        key = "c:" + event.request_id
-        digest = request_digest(event)
-    elif type(event) is ApprovalGranted or type(event) is ApprovalDenied:
-        key = "a:" + event.approval_id
-        approval = True
-    else:
-        key = "f:"
     if state is not None:
         # a redelivery or a client retry: re-emit what was decided, change nothing
         if approval:
@@ -314,13 +309,14 @@ def decide(
                 return state, [_protocol(state, event, policy, now, kills, origin, digest)]
             # a cost report under a reused id: money spent is spent, so it counts, under
             # its own key (a redelivery of it is not counted twice) and its own decision id
-            key = f"{key}#{digest}"
+            key = with_digest(key, digest)
             reused = digest
             if state.has_seen(key):
                 return state, _replies(state, key, event, policy, now, kills, origin)
-        elif type(event) is HandoffCompleted and state.has_seen(f"{key}#{digest}"):
+        elif type(event) is HandoffCompleted and state.has_seen(with_digest(key, digest)):  # type: ignore[arg-type]
             # a reused report's copy, after the first report's key left the window
-            return state, _replies(state, f"{key}#{digest}", event, policy, now, kills, origin)
+            own = with_digest(key, digest)  # type: ignore[arg-type]
+            return state, _replies(state, own, event, policy, now, kills, origin)
         if type(event) is HandoffRequested and _holds_request(state, event, digest):
             return state, [_protocol(state, event, policy, now, kills, origin, digest)]
         if event.tenant != state.tenant and type(event) is not HandoffCompleted:
@@ -345,7 +341,7 @@ def decide(
         if now_ts > st.last_event_at:
             st.last_event_at = now_ts
     ctx = _Ctx(
-        _rules_for(policy, st.tenant),
+        rules_for(policy, st.tenant),
         now,
         now_ts,
         kills,
@@ -440,27 +436,17 @@ def refuse(
     """
     keep = state is not None
     st = state.copy() if state is not None else new_state(event.run_id, event.tenant, now)
-    ctx = _Ctx(_rules_for(policy, st.tenant), now, now.timestamp(), kills, origin)
+    ctx = _Ctx(rules_for(policy, st.tenant), now, now.timestamp(), kills, origin)
     if keep and st.stopped is None:
         st.stopped = reason
-    key, digest, phase = "f:", None, Phase.CONTROL
+    key, digest, phase = dedup_key(event), None, Phase.CONTROL
     request_id = f"{st.run_id}:finished"
     req = done = None
     if type(event) is HandoffRequested:
-        key, digest, phase, req = (
-            "h:" + event.request_id,
-            request_digest(event),
-            _PRE_HANDOFF,
-            event,
-        )
+        digest, phase, req = request_digest(event), _PRE_HANDOFF, event
         request_id = event.request_id
     elif type(event) is HandoffCompleted:
-        key, digest, phase, done = (
-            "c:" + event.request_id,
-            request_digest(event),
-            _POST_HANDOFF,
-            event,
-        )
+        digest, phase, done = request_digest(event), _POST_HANDOFF, event
         request_id = event.request_id
         _count_cost(st, event)
     elif type(event) is ApprovalGranted or type(event) is ApprovalDenied:
@@ -501,7 +487,7 @@ def _protocol(
     covers ``why``, so it never replaces another decision's record in the audit; the same
     event again is answered the same way.
     """
-    ctx = _Ctx(_rules_for(policy, state.tenant), now, now.timestamp(), kills, origin)
+    ctx = _Ctx(rules_for(policy, state.tenant), now, now.timestamp(), kills, origin)
     request = type(event) is HandoffRequested
     if type(event) is HandoffRequested or type(event) is HandoffCompleted:
         request_id, phase = event.request_id, (_PRE_HANDOFF if request else _POST_HANDOFF)
@@ -552,7 +538,7 @@ def expire_due(
     ):
         return state, []
     st = state.copy()
-    ctx = _Ctx(_rules_for(policy, st.tenant), now, now_ts, kills, _NO_ORIGIN)
+    ctx = _Ctx(rules_for(policy, st.tenant), now, now_ts, kills, _NO_ORIGIN)
     return st, _expire(st, ctx)
 
 
@@ -758,8 +744,10 @@ def _control_record(
 # =========================================================================== internals
 
 
-class _Rules:
-    """One tenant's limits as plain attributes, compiled once per policy.
+class TenantRules:
+    """One tenant's limits as plain attributes, compiled once per policy: the policy's
+    compiled form, the only place the engine's matching of a limit lives (needs_approval,
+    fallback_for; which tenant's limits a run gets: rules_for).
 
     The engine reads a dozen limits per decision; on a pydantic model each read takes the
     slow attribute path (``BaseModel.__getattr__`` keeps CPython from specialising it), on
@@ -849,15 +837,17 @@ class _Rules:
 
 class _Compiled(NamedTuple):
     policy: Policy  # held so that its id() is not reused while the entry exists
-    default: _Rules
-    tenants: dict[str, _Rules]
+    default: TenantRules
+    tenants: dict[str, TenantRules]
 
 
 #: id(policy) -> its compiled rules; a worker has one policy at a time (a few after reloads)
 _COMPILED: dict[int, _Compiled] = {}
 
 
-def _rules_for(policy: Policy, tenant: str) -> _Rules:
+def rules_for(policy: Policy, tenant: str) -> TenantRules:
+    """The compiled limits ``policy`` applies to ``tenant``'s runs (its own under
+    ``tenants``, else ``multi_agent``); compiled once per policy object."""
     entry = _COMPILED.get(id(policy))
     if entry is None or entry.policy is not policy:
         if len(_COMPILED) >= 8:
@@ -865,8 +855,8 @@ def _rules_for(policy: Policy, tenant: str) -> _Rules:
         version = policy.version
         entry = _Compiled(
             policy,
-            _Rules(policy.multi_agent, version),
-            {name: _Rules(limits, version) for name, limits in policy.tenants.items()},
+            TenantRules(policy.multi_agent, version),
+            {name: TenantRules(limits, version) for name, limits in policy.tenants.items()},
         )
         _COMPILED[id(policy)] = entry
     tenants = entry.tenants
@@ -875,7 +865,7 @@ def _rules_for(policy: Policy, tenant: str) -> _Rules:
 
 @dataclass(slots=True)
 class _Ctx:
-    rules: _Rules
+    rules: TenantRules
     now: datetime
     now_ts: float
     kills: KillSwitches
@@ -909,7 +899,7 @@ def refused_command_id(
 
 
 def _refused_key(ev: ApprovalGranted | ApprovalDenied) -> str:
-    return f"r:{_refused_request_id(ev)}@{ev.event_time.isoformat()}"
+    return f"{REFUSED}{_refused_request_id(ev)}@{ev.event_time.isoformat()}"
 
 
 def _decision(
@@ -1116,7 +1106,7 @@ class _Budget(NamedTuple):
 _INF = float("inf")
 
 
-def _budget_exhausted(st: RunState, rules: _Rules, now_ts: float) -> tuple[Reason, str] | None:
+def _budget_exhausted(st: RunState, rules: TenantRules, now_ts: float) -> tuple[Reason, str] | None:
     """shared_max_usd, shared_max_tool_calls, max_run_seconds -> shared_budget_exceeded;
     max_steps -> step_budget_exceeded: the run has nothing left for another handoff."""
     if st.spent_usd >= rules.usd.reached:
@@ -1136,7 +1126,7 @@ def _budget_exhausted(st: RunState, rules: _Rules, now_ts: float) -> tuple[Reaso
     return None
 
 
-def _estimate_over(st: RunState, req: HandoffRequested, rules: _Rules) -> str | None:
+def _estimate_over(st: RunState, req: HandoffRequested, rules: TenantRules) -> str | None:
     """shared_max_usd, shared_max_tool_calls with reservations -> shared_budget_exceeded:
     spent + reserved + this request's estimate would go over (parallel sub-agents cannot
     oversubscribe the run together)."""
@@ -1155,7 +1145,7 @@ def _estimate_over(st: RunState, req: HandoffRequested, rules: _Rules) -> str | 
     return None
 
 
-def _spent_over(st: RunState, rules: _Rules) -> tuple[Reason, str] | None:
+def _spent_over(st: RunState, rules: TenantRules) -> tuple[Reason, str] | None:
     """shared_max_usd, shared_max_tool_calls -> shared_budget_exceeded; max_steps ->
     step_budget_exceeded: a completion's cost took the run over a limit."""
     if st.spent_usd > rules.usd.over:
@@ -1202,7 +1192,7 @@ def _count_bounce(st: RunState, req: HandoffRequested) -> None:
     st.bounces = {**st.bounces, pair: (giver, bounces)}
 
 
-def _tool_rule(req: HandoffRequested, rules: _Rules) -> str | None:
+def _tool_rule(req: HandoffRequested, rules: TenantRules) -> str | None:
     """tools.allow / tools.block, roles.<to_agent>.tools -> tool_not_permitted: a tool the
     handoff names (``tool``, ``tools``) that the receiving agent may not use."""
     tool, tools = req.tool, req.tools
@@ -1212,7 +1202,9 @@ def _tool_rule(req: HandoffRequested, rules: _Rules) -> str | None:
     return rules.limits.tool_refusal(req.to_agent, named)
 
 
-def _used_tools_rule(done: HandoffCompleted, node: TaskNode | None, rules: _Rules) -> str | None:
+def _used_tools_rule(
+    done: HandoffCompleted, node: TaskNode | None, rules: TenantRules
+) -> str | None:
     """tools.allow / tools.block, roles.<agent>.tools -> tool_not_permitted: a tool the
     completion reports that its agent, or the task's owner, may not use (already used: the
     run is stopped). The owner's role counts too: a report sent under another agent's name
@@ -1239,7 +1231,7 @@ def _settle_reservation(st: RunState, done: HandoffCompleted) -> None:
 
 
 def _release_ownership(
-    st: RunState, done: HandoffCompleted, node: TaskNode | None, rules: _Rules
+    st: RunState, done: HandoffCompleted, node: TaskNode | None, rules: TenantRules
 ) -> str | None:
     """release_ownership_on -> ownership_released: a completion by the task's owner with a
     failure status frees the task (in ``st``) for another agent, and says so. Only the
@@ -1256,7 +1248,7 @@ def _release_ownership(
     )
 
 
-def _reservation(req: HandoffRequested, rules: _Rules, now_ts: float) -> Reservation | None:
+def _reservation(req: HandoffRequested, rules: TenantRules, now_ts: float) -> Reservation | None:
     """What an allowed handoff reserves: its estimates, until reservation_ttl_seconds."""
     estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
     if not (estimated_usd or estimated_calls):
@@ -1644,7 +1636,7 @@ def _expire_approvals(st: RunState, ctx: _Ctx) -> list[Decision]:
         )
         d.request_digest = digest = request_digest(req)
         _id_covers(d, st.run_id, digest)
-        st.remember("a:" + approval_id, [d])
+        st.remember(APPROVAL + approval_id, [d])
         out.append(d)
     return out
 

@@ -283,22 +283,8 @@ class MultiAgentPolicy(_Strict):
         "`shadow_outcome`; kill switches and the worker's own limits still stop",
     )
 
-    # --- compiled matchers (glob lists become one regex each; the engine calls them per event)
-    @cached_property
-    def _approval_re(self) -> re.Pattern[str] | None:
-        return compile_globs(self.require_approval_for)
-
-    def needs_approval(self, action: str | None, tool: str | None) -> bool:
-        rx = self._approval_re
-        if rx is None:
-            return False
-        if "*" in self.require_approval_for:
-            return True
-        return bool((action and rx.match(action)) or (tool and rx.match(tool)))
-
-    def tool_permitted(self, tool: str | None) -> bool:
-        return tool is None or self.tools.refusal(tool) is None
-
+    # the approval gate and the fallback per reason are matched by the policy's compiled
+    # form (baton.processors.engine.TenantRules), not here: one copy, the one the engine runs
     @cached_property
     def checks_tools(self) -> bool:
         """True when a tool list (run-wide or an agent's) can refuse a tool."""
@@ -338,9 +324,6 @@ class MultiAgentPolicy(_Strict):
         if taker and taker.may_own is not None and not _match_any(taker.may_own, task_kind):
             return f"{to_agent} may not own tasks of kind {task_kind}"
         return None
-
-    def fallback_for(self, reason: str) -> Fallback:
-        return self.fallback_by_reason.get(reason, self.fallback)
 
 
 def compile_globs(globs: list[str]) -> re.Pattern[str] | None:
@@ -440,6 +423,8 @@ class Policy(BaseModel):
         return hashlib.sha256(canonical).hexdigest()[:16]
 
     def for_tenant(self, tenant: str) -> MultiAgentPolicy:
+        """The limits document of ``tenant`` (replay compares two policies' with it); the
+        engine selects compiled limits with baton.processors.engine.rules_for."""
         return self.tenants.get(tenant, self.multi_agent)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from baton.processors.engine import rules_for
 from baton.schemas.policy import load_policy
 from baton.schemas.settings import Settings
 from tests.tls_support import Pki, make_pki
@@ -195,5 +196,5 @@ def test_no_secret_is_written_in_the_sasl_variant(compose: str) -> None:
 
 def test_example_policy_is_valid() -> None:
     policy = load_policy(ROOT / "policy.example.yaml")
-    assert policy.for_tenant("acme").max_handoffs == 20
-    assert policy.for_tenant("other").max_handoffs == 8
+    assert rules_for(policy, "acme").max_handoffs == 20
+    assert rules_for(policy, "other").max_handoffs == 8

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from baton.cli.main import _register, cli
+from baton.processors.engine import rules_for
 from baton.schemas.decision import Outcome, Reason
 from baton.schemas.errors import PolicyError
 from baton.schemas.policy import Policy, parse_policy
@@ -74,7 +75,7 @@ def test_require_approval_globs_are_added_to_the_multi_agent_ones() -> None:
 
 def test_tenants_inherit_the_seed_blocks() -> None:
     policy = parse_policy(SEED_STYLE + "tenants: {acme: {max_handoffs: 3}}")
-    acme = policy.for_tenant("acme")
+    acme = rules_for(policy, "acme")
     assert (acme.max_steps, acme.shared_max_usd, acme.max_handoffs) == (10, 30, 3)
 
 

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from baton.cli.main import _register, cli
+from baton.processors.engine import rules_for
 from baton.schemas.decision import Fallback
 from baton.schemas.errors import BatonError, PolicyError
 from baton.schemas.policy import DEFAULT_POLICY_YAML, load_policy, parse_policy
@@ -87,10 +88,13 @@ label: refunds need approval
     )
     assert policy.tenants["acme"].max_handoffs == 20
     assert policy.tenants["acme"].max_run_seconds == 3600  # inherited
-    assert policy.for_tenant("acme").max_handoffs == 20
-    assert policy.for_tenant("globex").max_handoffs == 8
-    assert policy.multi_agent.fallback_for("ownership_conflict") == Fallback.SINGLE_AGENT
-    assert policy.multi_agent.fallback_for("handoff_budget_exceeded") == Fallback.CONSTRAINED
+    # what the engine runs: the policy's compiled form
+    assert rules_for(policy, "acme").max_handoffs == 20
+    assert rules_for(policy, "globex").max_handoffs == 8
+    assert rules_for(policy, "globex").fallback_for("ownership_conflict") == Fallback.SINGLE_AGENT
+    assert rules_for(policy, "acme").fallback_for("handoff_budget_exceeded") == Fallback.CONSTRAINED
+    assert rules_for(policy, "acme").needs_approval(None, "billing.refund.create")
+    assert not rules_for(policy, "acme").needs_approval("billing.refund.read", None)
 
 
 def test_tenant_override_of_one_nested_key_keeps_the_others() -> None:
@@ -106,7 +110,9 @@ def test_tenant_override_of_one_nested_key_keeps_the_others() -> None:
     assert acme.approval.ttl_seconds == 60
     assert acme.approval.approvers == ["finance_*"]
     assert acme.tools.allow == ["search.*", "shell.ls"] and acme.tools.block == ["shell.*"]
-    assert not acme.tool_permitted("shell.ls")
+    assert acme.tool_refusal("any_agent", ["shell.ls"]) == (
+        "tool shell.ls is not permitted for any_agent (tools.block)"
+    )
 
 
 def test_tenant_list_replaces_the_default_list() -> None:
