@@ -24,6 +24,7 @@ audit, so its effect is not restored.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,21 +68,17 @@ def restore_runs(
                 say(f"restore: {line}; not used")
             window = settings.run_retention_s + settings.tombstone_retention_s
             scope = ReplayScope(active_since=now - timedelta(seconds=window))
-            states, partial, unfaithful = _rebuild(
-                runs_of(read_runs_rows(client, scope)), policies, settings, now
-            )
-            if partial:
-                states += _from_summaries(client, partial, settings, now)
+            rebuilt = _rebuild(runs_of(read_runs_rows(client, scope)), policies, settings, now)
+            states = rebuilt.states
+            counted = rebuilt.partial + rebuilt.unverified_counters
+            if counted:
+                states += _from_summaries(
+                    client, counted, settings, now, frozenset(rebuilt.unverified_counters)
+                )
             commands = read_commands(client)
     finally:
         client.close()
-    if unfaithful:
-        say(
-            f"restore: {len(unfaithful)} runs did not replay exactly as recorded (first: "
-            f"{unfaithful[0]}); restored as replayed. Is BATON_AUDIT_CHAIN_KEY the workers'?"
-        )
-    if partial:
-        say(f"restore: {len(partial)} runs restored from their counters only (no inputs)")
+    _say_what_was_not_verified(rebuilt, settings, say)
     _write_changelog(settings, states)
     if commands:
         sent = _reissue(settings, commands)
@@ -92,29 +89,76 @@ def restore_runs(
     return len(states)
 
 
+@dataclass
+class _Rebuilt:
+    """What the replay of the live runs gave: states, and the runs it could not verify."""
+
+    states: list[RunState] = field(default_factory=list)
+    #: recorded before inputs were (no row holds one): restored from their counters
+    partial: list[str] = field(default_factory=list)
+    #: replayed, but not as recorded: restored as replayed, stopped (audit_unverified)
+    unfaithful: list[str] = field(default_factory=list)
+    #: with recorded inputs, yet not replayable (a row without input, a trimmed or forged
+    #: chain start, a policy not in the audit, an input that does not parse), or replayed
+    #: to nothing: restored from their counters, stopped (audit_unverified)
+    unverified_counters: list[str] = field(default_factory=list)
+
+
 def _rebuild(
     runs: Iterable[list[Recorded]], policies: dict[str, Policy], settings: Settings, now: datetime
-) -> tuple[list[RunState], list[str], list[str]]:
+) -> _Rebuilt:
+    """Replay each run; one whose history does not replay exactly is stopped, never reopened
+    (a row forged into gov.decisions, or replacing one in FINAL, must not lower a run's spend
+    or lift its stop: fail closed)."""
     key_setting = settings.audit_chain_key
     key = key_setting.get_secret_value().encode() if key_setting else b""
-    states: list[RunState] = []
-    partial: list[str] = []
-    unfaithful: list[str] = []
+    out = _Rebuilt()
     for run in runs:
+        run_id = run[0].run_id
         if is_partial(run, policies) is not None:
-            partial.append(run[0].run_id)
+            recorded_inputs = any(r.input is not None for r in run)
+            (out.unverified_counters if recorded_inputs else out.partial).append(run_id)
             continue
         try:
             state, faithful = rebuild_run(run, policies, key)
-        except Exception:  # a recorded input that no longer parses: counters only
-            partial.append(run[0].run_id)
+        except Exception:  # a recorded input that no longer parses
+            out.unverified_counters.append(run_id)
             continue
         if not faithful:
-            unfaithful.append(run[0].run_id)
+            if state is None:  # the replay kept nothing: the counters say what is known
+                out.unverified_counters.append(run_id)
+                continue
+            out.unfaithful.append(run_id)
+            if state.stopped is None:
+                state.stopped = Reason.AUDIT_UNVERIFIED
         aged = _aged(state, settings, now)
         if aged is not None:
-            states.append(aged)
-    return states, partial, unfaithful
+            out.states.append(aged)
+    return out
+
+
+def _say_what_was_not_verified(
+    rebuilt: _Rebuilt, settings: Settings, say: Callable[[str], None]
+) -> None:
+    """One line per kind of run the audit could not vouch for, and the missing chain key."""
+    unverified = rebuilt.unfaithful + rebuilt.unverified_counters
+    if unverified:
+        names = ", ".join(unverified[:5]) + (" ..." if len(unverified) > 5 else "")
+        say(
+            f"restore: WARNING: {len(unverified)} runs did not replay exactly as recorded "
+            f"({names}): each is restored STOPPED (audit_unverified), never reopened. Their "
+            "audit rows may be forged or altered (check `baton audit verify --run RUN`), or "
+            "BATON_AUDIT_CHAIN_KEY is not the workers', or another Baton version decided them"
+        )
+    if rebuilt.partial:
+        say(f"restore: {len(rebuilt.partial)} runs restored from their counters only (no inputs)")
+    if settings.audit_chain_key is None and (rebuilt.states or unverified):
+        say(
+            "restore: WARNING: BATON_AUDIT_CHAIN_KEY is not set: a row forged into the audit "
+            "with a correctly computed chain cannot be told from a worker's, so the restored "
+            "states are only as trustworthy as whoever can write gov.decisions and the chDB "
+            "directory"
+        )
 
 
 def _aged(state: RunState | None, settings: Settings, now: datetime) -> RunState | None:
@@ -135,9 +179,14 @@ GROUP BY run_id
 
 
 def _from_summaries(
-    client: Any, run_ids: list[str], settings: Settings, now: datetime
+    client: Any,
+    run_ids: list[str],
+    settings: Settings,
+    now: datetime,
+    unverified: frozenset[str] = frozenset(),
 ) -> list[RunState]:
-    """States of runs that cannot be replayed: what their decisions say (counters, stop)."""
+    """States of runs that cannot be replayed: what their decisions say (counters, stop);
+    those in ``unverified`` stopped (audit_unverified) unless their decisions say a stop."""
     from baton.sinks.schema import DATABASE
 
     states: list[RunState] = []
@@ -151,7 +200,7 @@ def _from_summaries(
             state.last_event_at = last.replace(tzinfo=UTC).timestamp()
             state.handoff_count, state.tool_calls = int(handoffs), int(calls)
             state.spent_usd = float(spent)
-            state.stopped = stop or None
+            state.stopped = stop or (Reason.AUDIT_UNVERIFIED if run_id in unverified else None)
             state.finished = bool(finished)
             aged = _aged(state, settings, now)
             if aged is not None:

@@ -75,6 +75,9 @@ REPLAY_COLUMNS: tuple[str, ...] = (
 _WORKER_REFUSALS = frozenset({Reason.WORKER_RUN_LIMIT.value, Reason.RUN_STATE_LIMIT.value})
 # plain strings: an enum member's lookup costs ten times a global's, and these run per step
 _KILLED, _RUN_STATE_LIMIT = Reason.KILLED.value, Reason.RUN_STATE_LIMIT.value
+#: a run `baton up` restored stopped (its history did not replay as recorded): not policy,
+#: replayed as recorded from the step that first says so
+_AUDIT_UNVERIFIED = Reason.AUDIT_UNVERIFIED.value
 
 
 def _step_context(recs: list[Recorded]) -> tuple[KillSwitches, Recorded | None]:
@@ -237,6 +240,14 @@ class _Replayer:
         first = recs[0]
         policy = self.policy_of(first)
         now = first.decided_at
+        state = self.state
+        if (
+            state is not None
+            and state.stopped is None
+            and any(r.reason == _AUDIT_UNVERIFIED for r in recs)
+        ):
+            self.state = state = state.copy()
+            state.stopped = _AUDIT_UNVERIFIED
         before = self.state
         if event is None:
             if before is None:

@@ -78,6 +78,9 @@ class Reason(StrEnum):
     TENANT_MISMATCH = "tenant_mismatch"
     REPLY_NOT_KEPT = "reply_not_kept"
     REQUEST_EXPIRED = "request_expired"
+    #: `baton up` restored a run whose recorded history did not replay as recorded (forged or
+    #: altered audit rows, another chain key, another engine): stopped for good, fail closed
+    AUDIT_UNVERIFIED = "audit_unverified"
     # identity by signature (issue 12): an approval or control command that does not count
     APPROVAL_UNSIGNED = "approval_unsigned"
     BAD_SIGNATURE = "bad_signature"

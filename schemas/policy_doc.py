@@ -111,6 +111,13 @@ REASONS: dict[str, tuple[str, str, str]] = {
         "worker",
         "read after the request's `decide_by`: the client had already given up",
     ),
+    Reason.AUDIT_UNVERIFIED: (
+        "stop",
+        "`baton up` restart",
+        "the run's recorded history did not replay as recorded when `baton up` restored it "
+        "(forged or altered audit rows, another `BATON_AUDIT_CHAIN_KEY`, another Baton "
+        "version); the run is stopped for good",
+    ),
     Reason.APPROVAL_UNSIGNED: (
         "recorded",
         "`approval.keys`",

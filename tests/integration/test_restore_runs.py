@@ -4,6 +4,7 @@ sticky stop when they are not (an audit from before migration 0005)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -59,12 +60,12 @@ def _history(now: datetime) -> tuple[dict[bytes, RunState], list[Decision]]:
     return states, published
 
 
-def _store(chdb: Path, decisions: list[Decision]) -> None:
+def _store(chdb: Path, decisions: list[Decision], first_offset: int = 0) -> None:
     client = connect(f"chdb://{chdb}", create=True)
     try:
         migrate(client, 3650)
         batch = AuditBatch("gov.decisions", ttl_days=3650)
-        for i, d in enumerate(decisions):
+        for i, d in enumerate(decisions, first_offset):
             batch.add(0, i, d.to_json())
         assert not batch.rejected
         write_batch(client, batch)
@@ -117,7 +118,11 @@ def test_recorded_runs_are_restored_as_the_worker_held_them(
     for key, state in states.items():  # exactly the worker's state, dedup marks and all
         assert restored[key].to_bytes() == state.to_bytes(), key
     assert restored[b"over"].stopped == "shared_budget_exceeded"
-    assert said == []
+    assert said == [
+        "restore: WARNING: BATON_AUDIT_CHAIN_KEY is not set: a row forged into the audit with "
+        "a correctly computed chain cannot be told from a worker's, so the restored states are "
+        "only as trustworthy as whoever can write gov.decisions and the chDB directory"
+    ]
 
 
 def test_runs_audited_without_inputs_keep_their_counters_spend_and_stop(
@@ -133,7 +138,7 @@ def test_runs_audited_without_inputs_keep_their_counters_spend_and_stop(
     over = restored[b"over"]
     assert (over.stopped, over.spent_usd, over.handoff_count) == ("shared_budget_exceeded", 40.0, 1)
     assert restored[b"owned"].handoff_count == 1 and restored[b"owned"].stopped is None
-    assert said == ["restore: 2 runs restored from their counters only (no inputs)"]
+    assert said[0] == "restore: 2 runs restored from their counters only (no inputs)"
 
 
 def test_runs_idle_past_the_retention_are_not_restored(
@@ -146,3 +151,37 @@ def test_runs_idle_past_the_retention_are_not_restored(
     _, published = _history(long_ago)
     _store(tmp_path / "chdb", published)
     assert restore_runs(settings, tmp_path, lambda line: None) == 0
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        pytest.param({"input": None, "chain_prev": None, "chain_hash": None}, id="no input"),
+        pytest.param({"input": '{"cost_usd":0.5}'}, id="another input"),
+    ],
+)
+def test_a_stop_replaced_in_final_by_a_forged_row_restores_the_run_stopped(
+    broker: EmbeddedBroker, tmp_path: Path, forgery: dict
+) -> None:
+    """A writer of gov.decisions sends a copy of the budget stop under its decision id, with
+    no spend and no stop (and no input, or another): the sink stores it after the original,
+    so FINAL keeps the forged copy. The restore cannot verify the run and stops it."""
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    _, published = _history(now)
+    _store(tmp_path / "chdb", published)
+    stop = next(d for d in published if d.reason == "shared_budget_exceeded")
+    text = forgery.get("input")
+    if text is not None:  # the real completion with another cost: parses, decides otherwise
+        real = json.loads(stop.input or "{}")
+        forgery = {"input": json.dumps({**real, **json.loads(text)})}
+    forged = replace(
+        stop, outcome="recorded", reason="within_budget", spent_usd=0.0, fallback=None, **forgery
+    )
+    _store(tmp_path / "chdb", [forged], first_offset=1000)
+    settings = _settings(broker)
+    said: list[str] = []
+    assert restore_runs(settings, tmp_path, said.append) == 2
+    restored = _changelog(broker.bootstrap, f"{settings.app_id}-runs-changelog")
+    assert restored[b"over"].stopped == "audit_unverified"
+    assert restored[b"owned"].stopped is None  # the honest run is restored as it was
+    assert any("1 runs did not replay exactly as recorded (over)" in line for line in said), said
