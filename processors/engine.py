@@ -30,12 +30,18 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 import orjson
 from pydantic import BaseModel
 
 from baton.processors.dedup_keys import APPROVAL, REFUSED, dedup_key, with_digest
+from baton.processors.policy_rules import (
+    BUDGET_TOLERANCE,
+    HARD_MAX_HANDOFFS,
+    TenantRules,
+    rules_for,
+)
 from baton.processors.state import (
     MAX_PENDING_APPROVALS,
     RECENT_REPLIES,
@@ -45,7 +51,7 @@ from baton.processors.state import (
     RunState,
     TaskNode,
 )
-from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
+from baton.schemas.decision import Decision, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.errors import PolicyError
 from baton.schemas.events import (
     MAX_RUN_COUNT,
@@ -60,7 +66,7 @@ from baton.schemas.events import (
     RunEvent,
     RunFinished,
 )
-from baton.schemas.policy import MultiAgentPolicy, Policy, compile_globs, parse_policy
+from baton.schemas.policy import Policy, parse_policy
 from baton.schemas.signing import (
     approval_payload,
     control_payload,
@@ -73,6 +79,8 @@ _M = TypeVar("_M", bound=BaseModel)
 _V = TypeVar("_V")
 
 __all__ = [
+    "BUDGET_TOLERANCE",
+    "HARD_MAX_HANDOFFS",
     "NO_KILLS",
     "KillSwitches",
     "Origin",
@@ -97,8 +105,6 @@ __all__ = [
     "rules_for",
 ]
 
-#: without a max_handoffs limit, a run still cannot grow its task tree past this
-HARD_MAX_HANDOFFS = 10_000
 
 #: stops that end the run for good (the run stays stopped); other stops refuse one handoff
 #: (a completion's stop, whatever its reason, also ends the run: see _post_handoff)
@@ -109,8 +115,6 @@ STICKY_REASONS = frozenset(
         Reason.STEP_BUDGET_EXCEEDED,
     }
 )
-#: money is summed in floats: a total within this of its limit is at the limit, not over it
-BUDGET_TOLERANCE = 1e-9
 #: stops that shadow mode never turns into allows: a kill switch, and the worker's own
 #: limits and protocol refusals (they are not policy to try out)
 NEVER_SHADOWED = frozenset(
@@ -744,125 +748,6 @@ def _control_record(
 # =========================================================================== internals
 
 
-class TenantRules:
-    """One tenant's limits as plain attributes, compiled once per policy: the policy's
-    compiled form, the only place the engine's matching of a limit lives (needs_approval,
-    fallback_for; which tenant's limits a run gets: rules_for).
-
-    The engine reads a dozen limits per decision; on a pydantic model each read takes the
-    slow attribute path (``BaseModel.__getattr__`` keeps CPython from specialising it), on
-    a slotted object it does not (bench/RESULTS.md).
-    """
-
-    __slots__ = (
-        "allow_self_approval",
-        "approval_keys",
-        "approval_re",
-        "approve_all",
-        "calls",
-        "detect_delegation_cycles",
-        "fallback",
-        "fallback_by_reason",
-        "limits",
-        "max_agents_per_run",
-        "max_bounces",
-        "max_delegation_depth",
-        "max_handoffs",
-        "max_run_seconds",
-        "max_signature_age",
-        "max_steps",
-        "release_on",
-        "reservation_ttl",
-        "roles",
-        "shadow_mode",
-        "shared_max_tool_calls",
-        "shared_max_usd",
-        "steps",
-        "tools_checked",
-        "ttl_seconds",
-        "usd",
-        "version",
-    )
-
-    def __init__(self, limits: MultiAgentPolicy, version: str) -> None:
-        self.limits = limits
-        self.version = version
-        self.shadow_mode = limits.shadow_mode
-        self.max_agents_per_run = limits.max_agents_per_run
-        self.max_handoffs = (
-            HARD_MAX_HANDOFFS if limits.max_handoffs is None else limits.max_handoffs
-        )
-        self.max_delegation_depth = limits.max_delegation_depth
-        self.detect_delegation_cycles = limits.detect_delegation_cycles
-        self.shared_max_usd = limits.shared_max_usd
-        self.shared_max_tool_calls = limits.shared_max_tool_calls
-        self.max_run_seconds = limits.max_run_seconds
-        self.max_steps = limits.max_steps
-        self.usd = _Budget.of(limits.shared_max_usd)
-        self.calls = _Budget.of(limits.shared_max_tool_calls)
-        self.steps = _Budget.of(limits.max_steps)
-        self.max_bounces = limits.max_bounces
-        self.reservation_ttl = limits.reservation_ttl_seconds
-        self.release_on = frozenset(limits.release_ownership_on)
-        self.roles = bool(limits.roles)
-        self.tools_checked = limits.checks_tools
-        self.approval_re = compile_globs(limits.require_approval_for)
-        #: "*" (writes.require_approval: true) gates every handoff, also one naming nothing
-        self.approve_all = "*" in limits.require_approval_for
-        self.ttl_seconds = limits.approval.ttl_seconds
-        self.allow_self_approval = limits.approval.allow_self_approval
-        #: approver -> public key (parsed once per policy); empty: names are trusted
-        self.approval_keys = {
-            name: parse_public_key(text) for name, text in limits.approval.keys.items()
-        }
-        self.max_signature_age = limits.approval.max_signature_age_seconds
-        self.fallback = limits.fallback
-        self.fallback_by_reason = dict(limits.fallback_by_reason)
-
-    def needs_approval(
-        self, action: str | None, tool: str | None, tools: list[str] | None = None
-    ) -> bool:
-        rx = self.approval_re
-        if rx is None:
-            return False
-        if self.approve_all:
-            return True
-        if (action and rx.match(action)) or (tool and rx.match(tool)):
-            return True
-        return bool(tools) and any(rx.match(t) for t in tools)  # type: ignore[union-attr]
-
-    def fallback_for(self, reason: str) -> Fallback:
-        return self.fallback_by_reason.get(reason, self.fallback)
-
-
-class _Compiled(NamedTuple):
-    policy: Policy  # held so that its id() is not reused while the entry exists
-    default: TenantRules
-    tenants: dict[str, TenantRules]
-
-
-#: id(policy) -> its compiled rules; a worker has one policy at a time (a few after reloads)
-_COMPILED: dict[int, _Compiled] = {}
-
-
-def rules_for(policy: Policy, tenant: str) -> TenantRules:
-    """The compiled limits ``policy`` applies to ``tenant``'s runs (its own under
-    ``tenants``, else ``multi_agent``); compiled once per policy object."""
-    entry = _COMPILED.get(id(policy))
-    if entry is None or entry.policy is not policy:
-        if len(_COMPILED) >= 8:
-            _COMPILED.clear()
-        version = policy.version
-        entry = _Compiled(
-            policy,
-            TenantRules(policy.multi_agent, version),
-            {name: TenantRules(limits, version) for name, limits in policy.tenants.items()},
-        )
-        _COMPILED[id(policy)] = entry
-    tenants = entry.tenants
-    return tenants.get(tenant, entry.default) if tenants else entry.default
-
-
 @dataclass(slots=True)
 class _Ctx:
     rules: TenantRules
@@ -1085,25 +970,6 @@ def _check(
 
 
 # ---------------------------------------------------------------- budgets: one comparison
-
-
-class _Budget(NamedTuple):
-    """One budget limit as the two totals the rules compare with (the one budget comparison,
-    computed once per policy): a total >= ``reached`` leaves nothing for another handoff; a
-    total > ``over`` is past the limit (after a cost is counted, or with an estimate added).
-    Within BUDGET_TOLERANCE of the limit is at it; no limit is infinity (never reached)."""
-
-    reached: float
-    over: float
-
-    @classmethod
-    def of(cls, limit: float | None) -> _Budget:
-        if limit is None:
-            return cls(_INF, _INF)
-        return cls(limit - BUDGET_TOLERANCE, limit + BUDGET_TOLERANCE)
-
-
-_INF = float("inf")
 
 
 def _budget_exhausted(st: RunState, rules: TenantRules, now_ts: float) -> tuple[Reason, str] | None:

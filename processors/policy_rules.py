@@ -1,0 +1,161 @@
+"""The policy's compiled form: one tenant's limits as plain attributes, built once per policy.
+
+The engine reads a dozen limits per decision; on a pydantic model each read takes the slow
+attribute path (``BaseModel.__getattr__`` keeps CPython 3.11 from specialising it), on a
+slotted object it does not (bench/RESULTS.md). This is also the only place a limit's
+matching lives (the approval gate's globs, the fallback per reason, which tenant's limits a
+run gets), so the tests of the policy exercise what the engine runs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from baton.schemas.decision import Fallback
+from baton.schemas.policy import MultiAgentPolicy, Policy, compile_globs
+from baton.schemas.signing import parse_public_key
+
+__all__ = ["BUDGET_TOLERANCE", "HARD_MAX_HANDOFFS", "Budget", "TenantRules", "rules_for"]
+
+#: without a max_handoffs limit, a run still cannot grow its task tree past this
+HARD_MAX_HANDOFFS = 10_000
+#: money is summed in floats: a total within this of its limit is at the limit, not over it
+BUDGET_TOLERANCE = 1e-9
+
+
+class Budget(NamedTuple):
+    """One budget limit as the two totals the rules compare with (the one budget comparison,
+    computed once per policy): a total >= ``reached`` leaves nothing for another handoff; a
+    total > ``over`` is past the limit (after a cost is counted, or with an estimate added).
+    Within BUDGET_TOLERANCE of the limit is at it; no limit is infinity (never reached)."""
+
+    reached: float
+    over: float
+
+    @classmethod
+    def of(cls, limit: float | None) -> Budget:
+        if limit is None:
+            return cls(_INF, _INF)
+        return cls(limit - BUDGET_TOLERANCE, limit + BUDGET_TOLERANCE)
+
+
+_INF = float("inf")
+
+
+class TenantRules:
+    """One tenant's limits as plain attributes, compiled once per policy: the policy's
+    compiled form, the only place the engine's matching of a limit lives (needs_approval,
+    fallback_for; which tenant's limits a run gets: rules_for).
+
+    The engine reads a dozen limits per decision; on a pydantic model each read takes the
+    slow attribute path (``BaseModel.__getattr__`` keeps CPython from specialising it), on
+    a slotted object it does not (bench/RESULTS.md).
+    """
+
+    __slots__ = (
+        "allow_self_approval",
+        "approval_keys",
+        "approval_re",
+        "approve_all",
+        "calls",
+        "detect_delegation_cycles",
+        "fallback",
+        "fallback_by_reason",
+        "limits",
+        "max_agents_per_run",
+        "max_bounces",
+        "max_delegation_depth",
+        "max_handoffs",
+        "max_run_seconds",
+        "max_signature_age",
+        "max_steps",
+        "release_on",
+        "reservation_ttl",
+        "roles",
+        "shadow_mode",
+        "shared_max_tool_calls",
+        "shared_max_usd",
+        "steps",
+        "tools_checked",
+        "ttl_seconds",
+        "usd",
+        "version",
+    )
+
+    def __init__(self, limits: MultiAgentPolicy, version: str) -> None:
+        self.limits = limits
+        self.version = version
+        self.shadow_mode = limits.shadow_mode
+        self.max_agents_per_run = limits.max_agents_per_run
+        self.max_handoffs = (
+            HARD_MAX_HANDOFFS if limits.max_handoffs is None else limits.max_handoffs
+        )
+        self.max_delegation_depth = limits.max_delegation_depth
+        self.detect_delegation_cycles = limits.detect_delegation_cycles
+        self.shared_max_usd = limits.shared_max_usd
+        self.shared_max_tool_calls = limits.shared_max_tool_calls
+        self.max_run_seconds = limits.max_run_seconds
+        self.max_steps = limits.max_steps
+        self.usd = Budget.of(limits.shared_max_usd)
+        self.calls = Budget.of(limits.shared_max_tool_calls)
+        self.steps = Budget.of(limits.max_steps)
+        self.max_bounces = limits.max_bounces
+        self.reservation_ttl = limits.reservation_ttl_seconds
+        self.release_on = frozenset(limits.release_ownership_on)
+        self.roles = bool(limits.roles)
+        self.tools_checked = limits.checks_tools
+        self.approval_re = compile_globs(limits.require_approval_for)
+        #: "*" (writes.require_approval: true) gates every handoff, also one naming nothing
+        self.approve_all = "*" in limits.require_approval_for
+        self.ttl_seconds = limits.approval.ttl_seconds
+        self.allow_self_approval = limits.approval.allow_self_approval
+        #: approver -> public key (parsed once per policy); empty: names are trusted
+        self.approval_keys = {
+            name: parse_public_key(text) for name, text in limits.approval.keys.items()
+        }
+        self.max_signature_age = limits.approval.max_signature_age_seconds
+        self.fallback = limits.fallback
+        self.fallback_by_reason = dict(limits.fallback_by_reason)
+
+    def needs_approval(
+        self, action: str | None, tool: str | None, tools: list[str] | None = None
+    ) -> bool:
+        rx = self.approval_re
+        if rx is None:
+            return False
+        if self.approve_all:
+            return True
+        if (action and rx.match(action)) or (tool and rx.match(tool)):
+            return True
+        return bool(tools) and any(rx.match(t) for t in tools)  # type: ignore[union-attr]
+
+    def fallback_for(self, reason: str) -> Fallback:
+        return self.fallback_by_reason.get(reason, self.fallback)
+
+
+class _Compiled(NamedTuple):
+    policy: Policy  # held so that its id() is not reused while the entry exists
+    default: TenantRules
+    tenants: dict[str, TenantRules]
+
+
+#: id(policy) -> its compiled rules; a worker has one policy at a time (a few after reloads)
+_COMPILED: dict[int, _Compiled] = {}
+
+
+def rules_for(policy: Policy, tenant: str) -> TenantRules:
+    """The compiled limits ``policy`` applies to ``tenant``'s runs (its own under
+    ``tenants``, else ``multi_agent``); compiled once per policy object."""
+    entry = _COMPILED.get(id(policy))
+    if entry is None or entry.policy is not policy:
+        if len(_COMPILED) >= 8:
+            _COMPILED.clear()
+        version = policy.version
+        entry = _Compiled(
+            policy,
+            TenantRules(policy.multi_agent, version),
+            {name: TenantRules(limits, version) for name, limits in policy.tenants.items()},
+        )
+        _COMPILED[id(policy)] = entry
+    tenants = entry.tenants
+    return tenants.get(tenant, entry.default) if tenants else entry.default
