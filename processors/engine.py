@@ -4,6 +4,12 @@ No I/O, no clock, no randomness: Faust, Kafka and ClickHouse only carry events i
 decisions out. The input state is never modified (a changed copy is returned), so replay,
 what-if and property tests can call it freely.
 
+Where things are: the rule checks that read only the run's state and the limits, one
+function each naming its key, in processors/rule_checks.py; the policy's compiled form
+(TenantRules, rules_for, the budget thresholds) in processors/policy_rules.py; the key a
+decided event is remembered under in processors/dedup_keys.py. This module orders the rules
+(``_check``), applies their outcome to the state and builds the decisions.
+
 Pre-handoff rules, in ARCHITECTURE.md's order, first failure wins:
  1. kill switch (run, tenant, global)                 -> stop killed
  2. sticky stop / finished run                        -> stop <original reason>
