@@ -23,7 +23,7 @@ audit, so its effect is not restored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any
 from baton.processors.engine import STICKY_REASONS, evict
 from baton.processors.replay import Recorded, is_partial, rebuild_run, runs_of
 from baton.processors.state import RunState
-from baton.schemas.decision import Reason
+from baton.schemas.decision import Outcome, Reason
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 from baton.streams.partitioner import partition_for
@@ -79,9 +79,17 @@ def restore_runs(
     finally:
         client.close()
     _say_what_was_not_verified(rebuilt, settings, say)
+    kept = _keep_killed(states, rebuilt.killed, commands)
+    if kept:
+        names = ", ".join(kept[:5]) + (" ..." if len(kept) > 5 else "")
+        say(
+            f"restore: WARNING: {len(kept)} runs stopped last by a kill switch that this "
+            f"restart cannot issue again ({names}; its command is not in the audit) are "
+            "restored STOPPED (audit_unverified), never reopened"
+        )
     _write_changelog(settings, states)
     if commands:
-        sent = _reissue(settings, commands)
+        sent = _reissue(settings, commands, say)
         say(
             f"restore: re-issued {sent} of {len(commands)} kill switch, release and policy "
             "commands (releases and policy updates only when signed)"
@@ -102,6 +110,8 @@ class _Rebuilt:
     #: chain start, a policy not in the audit, an input that does not parse), or replayed
     #: to nothing: restored from their counters, stopped (audit_unverified)
     unverified_counters: list[str] = field(default_factory=list)
+    #: runs whose last answer to a handoff was a kill switch's stop
+    killed: set[str] = field(default_factory=set)
 
 
 def _rebuild(
@@ -115,6 +125,8 @@ def _rebuild(
     out = _Rebuilt()
     for run in runs:
         run_id = run[0].run_id
+        if _ends_killed(run):
+            out.killed.add(run_id)
         if is_partial(run, policies) is not None:
             recorded_inputs = any(r.input is not None for r in run)
             (out.unverified_counters if recorded_inputs else out.partial).append(run_id)
@@ -135,6 +147,58 @@ def _rebuild(
         if aged is not None:
             out.states.append(aged)
     return out
+
+
+def _ends_killed(run: list[Recorded]) -> bool:
+    """The run's last answer to a handoff was a kill switch's stop (no allow after it)."""
+    killed = False
+    for rec in run:
+        if rec.reason == Reason.KILLED:
+            killed = True
+        elif rec.outcome == Outcome.ALLOW:
+            killed = False
+    return killed
+
+
+def _keep_killed(states: list[RunState], killed: set[str], commands: list[str]) -> list[str]:
+    """Stop (audit_unverified) every run that a kill switch stopped last when no re-issued
+    command names its run, its tenant or everything: the kill that stopped it is not in the
+    audit's commands (recorded before commands were, or its record was replaced by a forged
+    one in FINAL), so the fresh broker would not hold it. The runs stopped so, by id."""
+    if not killed:
+        return []
+    scopes = {(scope, target) for scope, target, _ in _parsed(commands, lambda _: None)}
+    stopped: list[str] = []
+    for state in states:
+        if state.run_id not in killed or state.stopped is not None or state.finished:
+            continue
+        named = {("run", state.run_id), ("tenant", state.tenant), ("global", "*")}
+        if not named & scopes:
+            state.stopped = Reason.AUDIT_UNVERIFIED
+            stopped.append(state.run_id)
+    return stopped
+
+
+def _parsed(commands: list[str], refused: Callable[[str], None]) -> Iterator[tuple[str, str, str]]:
+    """``(scope, target, text)`` of each command a restart re-issues: every kill, and the
+    releases and policy updates that are signed (scope ``policy`` for those). A recorded
+    command that does not parse (a forged or damaged row) is named to ``refused``."""
+    from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
+
+    for text in commands:
+        try:
+            event = parse_control_event(text.encode())
+        except Exception as exc:
+            refused(f"{text[:80]!r}: {str(exc)[:200]}")
+            continue
+        if not isinstance(event, KillSwitch) and not event.signature:
+            # whoever can write gov.decisions could have put it there: only a command that
+            # can only tighten (a kill) or that a worker verifies (a signed one) is re-issued
+            continue
+        if isinstance(event, (KillSwitch, KillSwitchReleased)):
+            yield event.scope, event.target, text
+        else:
+            yield "policy", "*", text
 
 
 def _say_what_was_not_verified(
@@ -258,12 +322,11 @@ def _write_changelog(settings: Settings, states: list[RunState]) -> None:
         _flush(producer, errors, topic)
 
 
-def _reissue(settings: Settings, commands: list[str]) -> int:
+def _reissue(settings: Settings, commands: list[str], say: Callable[[str], None]) -> int:
     """The applied control commands again on the fresh control topic, in their order: the
     workers apply them (and verify their signatures) before deciding, as after any start."""
     from confluent_kafka import Producer
 
-    from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
     from baton.streams.topics import TopicCatalog
 
     topic = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions).control
@@ -274,15 +337,12 @@ def _reissue(settings: Settings, commands: list[str]) -> int:
         if err is not None:
             errors.append(str(err))
 
+    def refused(line: str) -> None:
+        say(f"restore: WARNING: a recorded command is not a control event, not re-issued: {line}")
+
     sent = 0
-    for text in commands:
-        event = parse_control_event(text.encode())
-        if not isinstance(event, KillSwitch) and not event.signature:
-            # whoever can write gov.decisions could have put it there: only a command that
-            # can only tighten (a kill) or that a worker verifies (a signed one) is re-issued
-            continue
-        key = event.target if isinstance(event, (KillSwitch, KillSwitchReleased)) else "*"
-        _produce(producer, topic, 0, key.encode(), text.encode(), delivered)
+    for _scope, target, text in _parsed(commands, refused):
+        _produce(producer, topic, 0, target.encode(), text.encode(), delivered)
         sent += 1
     _flush(producer, errors, topic)
     return sent

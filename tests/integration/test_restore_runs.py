@@ -185,3 +185,26 @@ def test_a_stop_replaced_in_final_by_a_forged_row_restores_the_run_stopped(
     assert restored[b"over"].stopped == "audit_unverified"
     assert restored[b"owned"].stopped is None  # the honest run is restored as it was
     assert any("1 runs did not replay exactly as recorded (over)" in line for line in said), said
+
+
+def test_a_forged_command_that_does_not_parse_is_named_and_the_restore_goes_on(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """A control row whose recorded command is not one (forged into gov.decisions): before,
+    the restore re-parsed it unguarded and every start of baton up ended there."""
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    _, published = _history(now)
+    record = published[0]  # the worker's policy_in_force record: a control row of run "*"
+    forged = replace(
+        record,
+        decision_id="f" * 32,
+        request_id="kill_switch:global:*:2026-11-29T10:00:00+00:00",
+        reason="kill_switch",
+        detail="scope=global target=* reason=",
+        input='{"type":"kill_switch","scope":"global"}',
+    )
+    _store(tmp_path / "chdb", [*published, forged])
+    settings = _settings(broker)
+    said: list[str] = []
+    assert restore_runs(settings, tmp_path, said.append) == 2
+    assert any("a recorded command is not a control event" in line for line in said), said

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from baton.cli.restore_runs import _rebuild
+from baton.cli.restore_runs import _ends_killed, _keep_killed, _parsed, _rebuild
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.replay import Recorded, is_partial, rebuild_run, replay_runs, runs_of
 from baton.processors.state import RunState
@@ -228,3 +228,66 @@ def test_a_run_restored_stopped_replays_as_recorded_under_any_policy() -> None:
     [run] = runs_of(rows)
     state, faithful = rebuild_run(run, {policy.version: policy}, KEY.encode())
     assert faithful and state is not None and state.stopped == "audit_unverified"
+
+
+def _run_state(run_id: str, tenant: str = "acme") -> RunState:
+    return RunState.new(run_id, tenant, datetime.now(UTC).timestamp())
+
+
+def _kill_command(scope: str, **target: str) -> str:
+    event = {
+        "type": "kill_switch",
+        "scope": scope,
+        "operator": "oncall",
+        "event_time": "2026-11-29T10:00:00Z",
+        **target,
+    }
+    return orjson.dumps(event).decode()
+
+
+def test_a_run_killed_last_stays_stopped_when_no_command_re_issues_its_kill() -> None:
+    """The kill's control record was replaced in FINAL by a forged release (or recorded
+    before commands were): nothing re-issues it, so the run is restored stopped."""
+    states = [_run_state("killed"), _run_state("other")]
+    assert _keep_killed(states, {"killed"}, []) == ["killed"]
+    assert [s.stopped for s in states] == ["audit_unverified", None]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        _kill_command("run", run_id="killed"),
+        _kill_command("tenant", tenant="acme"),
+        _kill_command("global"),
+    ],
+    ids=["run", "tenant", "global"],
+)
+def test_a_run_whose_kill_is_re_issued_is_not_stopped_for_it(command: str) -> None:
+    states = [_run_state("killed")]
+    assert _keep_killed(states, {"killed"}, [command]) == []
+    assert states[0].stopped is None  # the re-issued kill holds it (and a release lifts it)
+
+
+def test_an_unsigned_release_does_not_count_as_re_issued() -> None:
+    release = orjson.loads(_kill_command("run", run_id="killed"))
+    release["type"] = "kill_switch_released"
+    states = [_run_state("killed")]
+    assert _keep_killed(states, {"killed"}, [orjson.dumps(release).decode()]) == ["killed"]
+
+
+def test_a_recorded_command_that_does_not_parse_is_named_not_raised() -> None:
+    """One forged control row with an input that is not a command must not end every start
+    of baton up (it was re-parsed without a guard)."""
+    refused: list[str] = []
+    good = _kill_command("global")
+    parsed = list(_parsed(["not json", '{"type":"kill_switch"}', good], refused.append))
+    assert [(scope, target) for scope, target, _ in parsed] == [("global", "*")]
+    assert len(refused) == 2 and refused[0].startswith("'not json'")
+
+
+def test_an_allow_after_a_kill_means_the_kill_was_lifted() -> None:
+    now = datetime.now(UTC)
+    rec = Recorded("r", "d1", "stop", "killed", None, "v", now, "w", 0, 0, "{}", None, None)
+    assert _ends_killed([rec])
+    allow = replace(rec, decision_id="d2", outcome="allow", reason="ok")
+    assert not _ends_killed([rec, allow])
