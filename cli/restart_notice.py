@@ -18,6 +18,7 @@ from baton.cli.signer import shown
 
 __all__ = [
     "PolicyInForce",
+    "as_made",
     "fold_kill_switches",
     "fold_policy_in_force",
     "kill_switches_in_force",
@@ -58,15 +59,32 @@ def kill_switches_in_force(chdb_dir: Path) -> list[str]:
             if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
                 return []
             rows = client.query(
-                "SELECT reason, run_id, tenant, detail, ifNull(input, '') "
-                f"FROM {DATABASE}.decisions FINAL "
+                "SELECT reason, run_id, tenant, detail, ifNull(input, ''), decision_id, "
+                f"request_id FROM {DATABASE}.decisions FINAL "
                 "WHERE phase = 'control' AND reason IN {applied:Array(String)} "
                 "ORDER BY decided_at, `offset`",
                 parameters={"applied": list(_APPLIED)},
             ).result_rows
     finally:
         client.close()
-    return fold_kill_switches(tuple(str(v) for v in row) for row in rows)
+    return fold_kill_switches(as_made(tuple(str(v) for v in row)) for row in rows)
+
+
+def as_made(row: tuple[str, ...]) -> tuple[str, ...]:
+    """``(reason, run_id, tenant, detail, command)`` of a ``(..., decision_id, request_id)``
+    control record; one its worker cannot have made (its id is not the one its request id
+    and run give, or its request id names another command) is taken as a kill whose
+    command is lost: a forged release that replaced a kill in FINAL (same id) must not
+    lift it in silence."""
+    from baton.schemas.decision import Phase, decision_id_for
+
+    reason, run_id, tenant, detail, command, decision_id, request_id = row
+    made = decision_id == decision_id_for(run_id, request_id, Phase.CONTROL)
+    if made and request_id.startswith(f"{reason}:"):
+        return reason, run_id, tenant, detail, command
+    # the scope from the columns FINAL keys on (the forger chose the detail)
+    scope = "run" if run_id != "*" else "tenant" if tenant != "*" else "global"
+    return "kill_switch", run_id, tenant, f"scope={scope}", ""
 
 
 #: the control records that say which policy the workers used, in the order they did

@@ -208,3 +208,20 @@ def test_a_forged_command_that_does_not_parse_is_named_and_the_restore_goes_on(
     said: list[str] = []
     assert restore_runs(settings, tmp_path, said.append) == 2
     assert any("a recorded command is not a control event" in line for line in said), said
+
+
+def test_a_forged_release_that_replaced_a_kill_in_final_is_named_as_lost(tmp_path: Path) -> None:
+    """A writer of gov.decisions sends a kill_switch_released record under the kill's
+    decision id: FINAL keeps it instead of the kill. baton up names the kill as lost."""
+    from baton.cli.restart_notice import kill_switches_in_force
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.events import KillSwitch
+
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", event_time=now)
+    _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
+    _store(tmp_path / "chdb", [record])
+    assert kill_switches_in_force(tmp_path / "chdb") == ["tenant acme"]
+    forged = replace(record, reason="kill_switch_released", input=None)
+    _store(tmp_path / "chdb", [forged], first_offset=1000)
+    assert kill_switches_in_force(tmp_path / "chdb") == ["tenant acme"]

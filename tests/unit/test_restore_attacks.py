@@ -291,3 +291,52 @@ def test_an_allow_after_a_kill_means_the_kill_was_lifted() -> None:
     assert _ends_killed([rec])
     allow = replace(rec, decision_id="d2", outcome="allow", reason="ok")
     assert not _ends_killed([rec, allow])
+
+
+def _control_rows(*events: object) -> list[tuple[str, ...]]:
+    """The engine's own control records of ``events``, as kill_switches_in_force reads them."""
+    from baton.processors.engine import NO_KILLS, apply_control
+
+    kills, rows = NO_KILLS, []
+    for ev in events:
+        kills, d = apply_control(kills, ev, load_policy(None), datetime.now(UTC))  # type: ignore[arg-type]
+        rows.append(
+            (str(d.reason), d.run_id, d.tenant, d.detail or "", "", d.decision_id, d.request_id)
+        )
+    return rows
+
+
+def _tenant_kill(kind: type) -> object:
+    return kind(
+        scope="tenant",
+        tenant="acme",
+        operator="oncall",
+        event_time=datetime(2026, 11, 29, tzinfo=UTC),
+    )
+
+
+def test_a_kill_and_its_release_made_by_a_worker_fold_to_nothing() -> None:
+    from baton.cli.restart_notice import as_made, fold_kill_switches
+    from baton.schemas.events import KillSwitch, KillSwitchReleased
+
+    rows = _control_rows(_tenant_kill(KillSwitch), _tenant_kill(KillSwitchReleased))
+    assert fold_kill_switches(as_made(r) for r in rows) == []
+    assert fold_kill_switches(as_made(r) for r in rows[:1]) == ["tenant acme"]
+
+
+@pytest.mark.parametrize("request_id", ["same", "a release's"])
+def test_a_forged_release_replacing_a_kill_in_final_is_named_as_a_lost_kill(
+    request_id: str,
+) -> None:
+    """The forged row keeps the kill's decision id (so FINAL keeps it instead of the kill)
+    and says kill_switch_released, with the kill's request id or a release's: no worker
+    made it, so the kill is named as lost, never lifted in silence."""
+    from baton.cli.restart_notice import as_made, fold_kill_switches
+    from baton.schemas.events import KillSwitch
+
+    [kill] = _control_rows(_tenant_kill(KillSwitch))
+    _, run_id, tenant, _, _, decision_id, req = kill
+    if request_id != "same":
+        req = req.replace("kill_switch:", "kill_switch_released:", 1)
+    forged = ("kill_switch_released", run_id, tenant, "scope=run target=x", "", decision_id, req)
+    assert fold_kill_switches([as_made(forged)]) == ["tenant acme"]
