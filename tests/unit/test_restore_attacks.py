@@ -340,3 +340,22 @@ def test_a_forged_release_replacing_a_kill_in_final_is_named_as_a_lost_kill(
         req = req.replace("kill_switch:", "kill_switch_released:", 1)
     forged = ("kill_switch_released", run_id, tenant, "scope=run target=x", "", decision_id, req)
     assert fold_kill_switches([as_made(forged)]) == ["tenant acme"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (H14, for processors/engine.py's owner): audit_unverified is not in "
+    "NEVER_SHADOWED, so under shadow_mode a run the restore stopped is allowed (stop shadowed)",
+)
+def test_a_run_restored_stopped_is_not_shadowed_into_an_allow() -> None:
+    from baton.processors.engine import decide
+
+    now = datetime.now(UTC)
+    state = _run_state("r", "default")
+    state.stopped = "audit_unverified"
+    handoff = HandoffRequested(
+        request_id="a", run_id="r", task_id="t", from_agent="p", to_agent="q", event_time=now
+    )
+    shadow = parse_policy("multi_agent:\n  shadow_mode: true\n")
+    _, [decision] = decide(state, handoff, shadow, now)
+    assert (decision.outcome, decision.reason) == ("stop", "audit_unverified")
