@@ -39,6 +39,9 @@ from baton.streams.partitioner import partition_for
 
 __all__ = ["restore_runs"]
 
+#: the longest run id an event can carry (schemas.events.Id)
+MAX_RUN_ID = 256
+
 _STICKY = frozenset({*STICKY_REASONS, Reason.RUN_STATE_LIMIT})
 
 
@@ -112,6 +115,8 @@ class _Rebuilt:
     unverified_counters: list[str] = field(default_factory=list)
     #: runs whose last answer to a handoff was a kill switch's stop
     killed: set[str] = field(default_factory=set)
+    #: run ids no event can carry (forged rows): not restored, named
+    impossible: list[str] = field(default_factory=list)
 
 
 def _rebuild(
@@ -125,6 +130,11 @@ def _rebuild(
     out = _Rebuilt()
     for run in runs:
         run_id = run[0].run_id
+        if not 1 <= len(run_id) <= MAX_RUN_ID:
+            # no worker decided it (events' ids are bounded): a forged run would be held by
+            # the worker at whatever size its writer chose
+            out.impossible.append(run_id)
+            continue
         if _ends_killed(run):
             out.killed.add(run_id)
         if is_partial(run, policies) is not None:
@@ -205,6 +215,13 @@ def _say_what_was_not_verified(
     rebuilt: _Rebuilt, settings: Settings, say: Callable[[str], None]
 ) -> None:
     """One line per kind of run the audit could not vouch for, and the missing chain key."""
+    if rebuilt.impossible:
+        shown = rebuilt.impossible[0][:40]
+        say(
+            f"restore: WARNING: {len(rebuilt.impossible)} runs in the audit have ids no event "
+            f"can carry (1 to {MAX_RUN_ID} characters; first: {shown!r}...): forged rows, not "
+            "restored"
+        )
     unverified = rebuilt.unfaithful + rebuilt.unverified_counters
     if unverified:
         names = ", ".join(unverified[:5]) + (" ..." if len(unverified) > 5 else "")

@@ -359,3 +359,25 @@ def test_a_run_restored_stopped_is_not_shadowed_into_an_allow() -> None:
     shadow = parse_policy("multi_agent:\n  shadow_mode: true\n")
     _, [decision] = decide(state, handoff, shadow, now)
     assert (decision.outcome, decision.reason) == ("stop", "audit_unverified")
+
+
+def test_a_run_id_no_event_can_carry_is_not_restored() -> None:
+    """The sink stores a decision with a 100 KB run id; the restore would have handed the
+    worker a run of that size (and any number of them). Ids of events are 1-256 chars."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from baton.cli.restore_runs import MAX_RUN_ID
+    from baton.schemas.events import Id
+
+    TypeAdapter(Id).validate_python("r" * MAX_RUN_ID)  # the bound mirrors the events' own
+    with pytest.raises(ValidationError):
+        TypeAdapter(Id).validate_python("r" * (MAX_RUN_ID + 1))
+    now = datetime.now(UTC)
+    policy, published = _history(now, KEY)
+    huge = "r" * 100_000
+    forged = [replace(d, run_id=huge, input=None) for d in published]
+    rows = [_row(d) for d in published] + [_row(d) for d in forged]
+    rows.sort(key=lambda r: r.run_id)
+    rebuilt = _restore(rows, policy, KEY, now)
+    assert rebuilt.impossible == [huge]
+    assert [s.run_id for s in rebuilt.states] == ["over"] and rebuilt.partial == []
