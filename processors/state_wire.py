@@ -235,7 +235,7 @@ def _from_list(w: list[Any]) -> RunState:
         seen,
         fresh,
         marks,
-        _recent_from_wire(w[15], None),
+        _recent_from_wire(w[15], None, old=True),
         0.0,
         0,
         digests,
@@ -343,8 +343,7 @@ _FROZEN_COLUMNS = _Columns(REPLY_COLUMNS)
 #: a reader's column plans by column list (a state's own ``cols``): a few at most
 _PLANS: dict[tuple[str, ...], _Columns] = {REPLY_COLUMNS: _FROZEN_COLUMNS}
 #: formats 1-3 wrote rows in the Decision field order of their day, which the first
-#: columns of REPLY_COLUMNS are (fields were only ever appended)
-_OLD_COLUMNS = _FROZEN_COLUMNS
+#: columns of REPLY_COLUMNS are (fields were only ever appended): see _old_row_decision
 
 
 def _plan(cols: list[str] | None) -> _Columns:
@@ -360,20 +359,24 @@ def _plan(cols: list[str] | None) -> _Columns:
     return plan
 
 
-def _recent_from_wire(entries: list[Any], cols: list[str] | None) -> tuple[Any, ...]:
+def _recent_from_wire(
+    entries: list[Any], cols: list[str] | None, old: bool = False
+) -> tuple[Any, ...]:
+    """``RunState.recent`` from its rows; ``old``: formats 1-3, whose rows may be shorter
+    (written by an older Decision: the missing trailing fields take their defaults)."""
     plan = _plan(cols)
+    to_decision = _old_row_decision if old else plan.decision
     recent: list[Any] = []
     for key, rows in entries:
         recent.append(key)
         if len(rows) == 1:
-            recent.append(_row_decision(plan, rows[0]))
+            recent.append(to_decision(rows[0]))
         else:
-            recent.append([_row_decision(plan, r) for r in rows])
+            recent.append([to_decision(r) for r in rows])
     return tuple(recent)
 
 
-def _row_decision(plan: _Columns, row: list[Any]) -> Decision:
-    if len(row) < len(plan.names) and plan is _OLD_COLUMNS:
-        # formats 1-3: a row of an older Decision (fewer fields) takes defaults for the rest
+def _old_row_decision(row: list[Any]) -> Decision:
+    if len(row) < len(REPLY_COLUMNS):
         return _Columns(REPLY_COLUMNS[: len(row)]).decision(row)
-    return plan.decision(row)
+    return _FROZEN_COLUMNS.decision(row)
