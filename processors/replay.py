@@ -33,7 +33,15 @@ from datetime import datetime
 from decimal import Decimal
 
 from baton.processors.chain import link
-from baton.processors.engine import NO_KILLS, KillSwitches, Origin, decide, expire_approvals, refuse
+from baton.processors.engine import (
+    NO_KILLS,
+    KillSwitches,
+    Origin,
+    decide,
+    expire_approvals,
+    refuse,
+    rules_for,
+)
 from baton.processors.recorded import keep_links, publishable
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Reason
@@ -294,7 +302,7 @@ def _same_rules(a: Policy, b: Policy, tenant: str) -> bool:
         if len(_SAME) >= 4096:
             _SAME.clear()
         same = _SAME[key] = (
-            a.for_tenant(tenant) == b.for_tenant(tenant)
+            rules_for(a, tenant).limits == rules_for(b, tenant).limits
             and (tenant in a.tenants) == (tenant in b.tenants)
             and a.strict_tenants == b.strict_tenants
             and a.operators == b.operators

@@ -422,11 +422,6 @@ class Policy(BaseModel):
         canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()[:16]
 
-    def for_tenant(self, tenant: str) -> MultiAgentPolicy:
-        """The limits document of ``tenant`` (replay compares two policies' with it); the
-        engine selects compiled limits with baton.processors.engine.rules_for."""
-        return self.tenants.get(tenant, self.multi_agent)
-
 
 #: multi_agent keys added after policies were first hashed, with their defaults as dumped
 _ADDED_LATER: dict[str, Any] = {
