@@ -140,6 +140,7 @@ NEVER_SHADOWED = frozenset(
         Reason.KILLED,
         Reason.RUN_STATE_LIMIT,
         Reason.RUN_EXPIRED,
+        Reason.AUDIT_UNVERIFIED,
         Reason.WORKER_RUN_LIMIT,
         Reason.REQUEST_ID_REUSED,
         Reason.UNKNOWN_TENANT,

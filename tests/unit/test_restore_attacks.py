@@ -342,11 +342,6 @@ def test_a_forged_release_replacing_a_kill_in_final_is_named_as_a_lost_kill(
     assert fold_kill_switches([as_made(forged)]) == ["tenant acme"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (H14, for processors/engine.py's owner): audit_unverified is not in "
-    "NEVER_SHADOWED, so under shadow_mode a run the restore stopped is allowed (stop shadowed)",
-)
 def test_a_run_restored_stopped_is_not_shadowed_into_an_allow() -> None:
     from baton.processors.engine import decide
 
