@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from baton.cli.signer import shown
 
@@ -33,6 +34,15 @@ def fold_kill_switches(records: Iterable[tuple[str, ...]]) -> list[str]:
     """``run RUN``, ``tenant T`` or ``global`` for every switch whose last applied command
     (of ``(reason, run_id, tenant, detail[, command])`` control records, oldest first) engaged
     it, unless that kill's command is recorded: `baton up` re-issues those (cli.restore_runs)."""
+    return [
+        "global" if scope == "global" else f"{scope} {shown(target)}"
+        for scope, target in lost_kill_scopes(records)
+    ]
+
+
+def lost_kill_scopes(records: Iterable[tuple[str, ...]]) -> list[tuple[str, str]]:
+    """``(scope, target)`` of every switch :func:`fold_kill_switches` names (target ``*``
+    for global): engaged last, and no recorded command a restart could issue again."""
     engaged: dict[tuple[str, str], bool] = {}
     for reason, run_id, tenant, detail, *command in records:
         if reason not in _APPLIED:
@@ -40,34 +50,37 @@ def fold_kill_switches(records: Iterable[tuple[str, ...]]) -> list[str]:
         scope = detail.split(" ", 1)[0].removeprefix("scope=")
         target = {"run": run_id, "tenant": tenant}.get(scope, "*")
         engaged[(scope, target)] = reason == "kill_switch" and not any(command)
-    return [
-        "global" if scope == "global" else f"{scope} {shown(target)}"
-        for (scope, target), on in engaged.items()
-        if on
-    ]
+    return [scope_target for scope_target, on in engaged.items() if on]
 
 
 def kill_switches_in_force(chdb_dir: Path) -> list[str]:
     """The kill switches engaged when the audit in ``chdb_dir`` was last written (empty when
     it holds no audit table yet); opens the directory and closes it again."""
     from baton.sinks.clickhouse import audit_errors, connect
-    from baton.sinks.schema import DATABASE
 
     client = connect(f"chdb://{chdb_dir}", follow_endpoint=False)
     try:
         with audit_errors(f"chdb://{chdb_dir}", "reading the kill switches of the audit"):
-            if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
-                return []
-            rows = client.query(
-                "SELECT reason, run_id, tenant, detail, ifNull(input, ''), decision_id, "
-                f"request_id FROM {DATABASE}.decisions FINAL "
-                "WHERE phase = 'control' AND reason IN {applied:Array(String)} "
-                "ORDER BY decided_at, `offset`",
-                parameters={"applied": list(_APPLIED)},
-            ).result_rows
+            return fold_kill_switches(kill_records(client))
     finally:
         client.close()
-    return fold_kill_switches(as_made(tuple(str(v) for v in row)) for row in rows)
+
+
+def kill_records(client: Any) -> list[tuple[str, ...]]:
+    """The audit's applied kill and release records, oldest first, as their workers made
+    them (:func:`as_made`); empty when there is no audit table yet."""
+    from baton.sinks.schema import DATABASE
+
+    if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
+        return []
+    rows = client.query(
+        "SELECT reason, run_id, tenant, detail, ifNull(input, ''), decision_id, "
+        f"request_id FROM {DATABASE}.decisions FINAL "
+        "WHERE phase = 'control' AND reason IN {applied:Array(String)} "
+        "ORDER BY decided_at, `offset`",
+        parameters={"applied": list(_APPLIED)},
+    ).result_rows
+    return [as_made(tuple(str(v) for v in row)) for row in rows]
 
 
 def as_made(row: tuple[str, ...]) -> tuple[str, ...]:

@@ -29,7 +29,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from baton.processors.engine import STICKY_REASONS, evict
+from baton.cli.restart_notice import kill_records, lost_kill_scopes
+from baton.processors.engine import STICKY_REASONS, evict, new_state
 from baton.processors.replay import Recorded, is_partial, rebuild_run, runs_of
 from baton.processors.state import RunState
 from baton.schemas.decision import Outcome, Reason
@@ -79,6 +80,7 @@ def restore_runs(
                     client, counted, settings, now, frozenset(rebuilt.unverified_counters)
                 )
             commands = read_commands(client)
+            lost_kills = lost_kill_scopes(kill_records(client))
     finally:
         client.close()
     _say_what_was_not_verified(rebuilt, settings, say)
@@ -89,6 +91,15 @@ def restore_runs(
             f"restore: WARNING: {len(kept)} runs stopped last by a kill switch that this "
             f"restart cannot issue again ({names}; its command is not in the audit) are "
             "restored STOPPED (audit_unverified), never reopened"
+        )
+    held = _hold_lost_kills(states, lost_kills, now)
+    if held:
+        names = ", ".join(held[:5]) + (" ..." if len(held) > 5 else "")
+        say(
+            f"restore: WARNING: {len(held)} runs under a kill switch this restart cannot issue "
+            f"again ({names}) are restored STOPPED (audit_unverified); a tenant or global "
+            "switch among them covers only the runs the audit holds: re-issue it with "
+            "`baton kill` for new runs"
         )
     _write_changelog(settings, states)
     if commands:
@@ -186,6 +197,34 @@ def _keep_killed(states: list[RunState], killed: set[str], commands: list[str]) 
         if not named & scopes:
             state.stopped = Reason.AUDIT_UNVERIFIED
             stopped.append(state.run_id)
+    return stopped
+
+
+def _hold_lost_kills(
+    states: list[RunState], lost: list[tuple[str, str]], now: datetime
+) -> list[str]:
+    """Stop (audit_unverified) every restored run a lost kill switch covers (one engaged last
+    whose command the audit does not hold, e.g. replaced in FINAL by a forged release): the
+    fresh broker would not hold the switch, and its runs must not reopen. A run-scope switch
+    on a run with no restored state gets a stopped state of its own. The run ids stopped."""
+    if not lost:
+        return []
+    runs = {target for scope, target in lost if scope == "run"}
+    tenants = {target for scope, target in lost if scope == "tenant"}
+    everything = any(scope == "global" for scope, _ in lost)
+    stopped: list[str] = []
+    for state in states:
+        covered = everything or state.run_id in runs or state.tenant in tenants
+        runs.discard(state.run_id)
+        if covered and state.stopped is None and not state.finished:
+            state.stopped = Reason.AUDIT_UNVERIFIED
+            stopped.append(state.run_id)
+    for run_id in sorted(runs):
+        if 1 <= len(run_id) <= MAX_RUN_ID:
+            state = new_state(run_id, "default", now)
+            state.stopped = Reason.AUDIT_UNVERIFIED
+            states.append(state)
+            stopped.append(run_id)
     return stopped
 
 

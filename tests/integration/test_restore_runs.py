@@ -225,3 +225,32 @@ def test_a_forged_release_that_replaced_a_kill_in_final_is_named_as_lost(tmp_pat
     forged = replace(record, reason="kill_switch_released", input=None)
     _store(tmp_path / "chdb", [forged], first_offset=1000)
     assert kill_switches_in_force(tmp_path / "chdb") == ["tenant acme"]
+
+
+def test_runs_under_a_lost_kill_switch_are_restored_stopped(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Kills of run "owned" (which had no stopped handoff) and of run "ghost" (no other row),
+    each replaced in FINAL by a forged release: naming them as lost is not enough, the
+    restore holds them (stopped, audit_unverified) so a handoff after the restart is not
+    allowed."""
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.events import KillSwitch
+
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    _, published = _history(now)
+    kills = []
+    for run in ("owned", "ghost"):
+        kill = KillSwitch(scope="run", run_id=run, operator="oncall", event_time=now)
+        _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
+        kills.append(record)
+    _store(tmp_path / "chdb", [*published, *kills])
+    forged = [replace(k, reason="kill_switch_released", input=None) for k in kills]
+    _store(tmp_path / "chdb", forged, first_offset=1000)
+    settings = _settings(broker)
+    said: list[str] = []
+    assert restore_runs(settings, tmp_path, said.append) == 3
+    restored = _changelog(broker.bootstrap, f"{settings.app_id}-runs-changelog")
+    assert restored[b"owned"].stopped == "audit_unverified"
+    assert restored[b"ghost"].stopped == "audit_unverified"
+    assert any("2 runs under a kill switch this restart cannot issue" in s for s in said), said
