@@ -233,11 +233,12 @@ def test_a_killed_worker_is_restarted_and_decides_again(up: _Up) -> None:
 def test_a_child_that_keeps_failing_ends_up_with_its_error(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    # another program holds the SQL port: every sink start fails to serve SQL (exit 5)
+    # another program takes the SQL port once `baton up` has checked it is free (a port
+    # taken before is refused at once): every sink start fails to serve SQL (exit 5)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = squatter.getsockname()[1]
         started = time.monotonic()
         failing = _Up(
             tmp_path_factory.mktemp("up-failing"),
@@ -248,6 +249,10 @@ def test_a_child_that_keeps_failing_ends_up_with_its_error(
             sql_port=port,
         )
         try:
+            # its broker runs: the port check is behind, the sink not started yet
+            wait_for(lambda: _children_of(failing.proc.pid), 30, message="the broker")
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
             children = wait_for(
                 lambda: len(_children_of(failing.proc.pid)) >= 3 and _children_of(failing.proc.pid),
                 30,
