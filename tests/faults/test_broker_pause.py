@@ -188,8 +188,16 @@ def test_a_paused_broker_fails_clients_closed_and_everything_recovers_alone(
             "SELECT outcome, reason FROM governance.decisions FINAL "
             f"WHERE run_id = '{request.run_id}' AND phase = 'pre_handoff'"
         ),
-        30,
-        message="the late check's decision in the audit",
+        60,  # on a loaded host the rejoin after SIGCONT alone took ~30 s
+        message=lambda: (
+            "the late check's decision in the audit; the run's rows: "
+            + repr(
+                stack.sink.query(
+                    "SELECT phase, outcome, reason, request_id FROM governance.decisions "
+                    f"WHERE run_id = '{request.run_id}'"
+                )
+            )
+        ),
     )
     assert late == [("stop", "request_expired")], late
     for stop in (before, after):
