@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,18 +61,21 @@ class Stack:
         return "\n".join(f"--- {w.log_path.name}\n{w.log()}" for w in self.workers)
 
 
-@pytest.fixture(scope="module", params=["at_least_once", "exactly_once"])
-def stack(
-    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+@contextmanager
+def one_worker_stack(
+    broker: EmbeddedBroker,
+    workdir: Path,
+    policy_yaml: str,
+    prefix_letter: str,
+    guarantee: str = "at_least_once",
 ) -> Iterator[Stack]:
-    """Every test of a module runs against a worker of each processing guarantee (the
-    collectors read ``read_committed``: under exactly-once they see committed batches only)."""
+    """Fresh topics, collectors and one deciding worker under ``policy_yaml``; stopped and
+    closed on exit."""
     import uuid
 
-    prefix = f"m{uuid.uuid4().hex[:8]}."
-    workdir = tmp_path_factory.mktemp("stack")
+    prefix = f"{prefix_letter}{uuid.uuid4().hex[:8]}."
     policy_path = workdir / "policy.yaml"
-    policy_path.write_text(TEST_POLICY)
+    policy_path.write_text(policy_yaml)
     catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
     conf = {"bootstrap.servers": broker.bootstrap}
     ensure_topics(conf, catalog, timeout=10)
@@ -86,7 +90,7 @@ def stack(
         Collector(broker.bootstrap, catalog.deadletter, decisions=False),
         EventSender(broker.bootstrap, catalog.requests),
         policy_path,
-        request.param,
+        guarantee,
     )
     try:
         w = s.add_worker("w1")
@@ -101,3 +105,15 @@ def stack(
         s.decisions.close()
         s.stops.close()
         s.deadletters.close()
+
+
+@pytest.fixture(scope="module", params=["at_least_once", "exactly_once"])
+def stack(
+    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    """Every test of a module runs against a worker of each processing guarantee (the
+    collectors read ``read_committed``: under exactly-once they see committed batches only)."""
+    with one_worker_stack(
+        broker, tmp_path_factory.mktemp("stack"), TEST_POLICY, "m", request.param
+    ) as s:
+        yield s

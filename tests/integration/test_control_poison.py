@@ -12,15 +12,13 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Outcome
 from baton.schemas.policy import DEFAULT_POLICY_YAML
 from baton.streams.embedded import EmbeddedBroker
-from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import handoff, wait_for
-from tests.stack import Collector, EventSender
+from tests.stack import EventSender
 
-from .conftest import PARTITIONS, Stack
+from .conftest import Stack, one_worker_stack
 
 pytestmark = pytest.mark.integration
 
@@ -42,38 +40,8 @@ def poison_stack(
     broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """One worker without `operators` (unsigned policy updates count, as by default)."""
-    prefix = f"p{uuid.uuid4().hex[:8]}."
-    workdir = tmp_path_factory.mktemp("poison")
-    policy_path = workdir / "policy.yaml"
-    policy_path.write_text(DEFAULT_POLICY_YAML)
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
-    s = Stack(
-        broker.bootstrap,
-        prefix,
-        catalog,
-        workdir,
-        [],
-        Collector(broker.bootstrap, catalog.decisions),
-        Collector(broker.bootstrap, catalog.stops),
-        Collector(broker.bootstrap, catalog.deadletter, decisions=False),
-        EventSender(broker.bootstrap, catalog.requests),
-        policy_path,
-    )
-    try:
-        w = s.add_worker("w1")
-        try:
-            wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
-        except Exception as exc:
-            raise AssertionError(f"worker did not start: {exc}\n{w.log()}") from exc
+    with one_worker_stack(broker, tmp_path_factory.mktemp("poison"), DEFAULT_POLICY_YAML, "p") as s:
         yield s
-    finally:
-        for w in s.workers:
-            w.stop()
-        s.decisions.close()
-        s.stops.close()
-        s.deadletters.close()
 
 
 def test_a_policy_update_that_cannot_be_a_policy_is_a_dead_letter_and_the_worker_decides_on(

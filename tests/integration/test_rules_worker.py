@@ -10,15 +10,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Outcome, Phase, Reason
 from baton.schemas.events import HandoffCompleted
 from baton.streams.embedded import EmbeddedBroker
-from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import handoff
-from tests.stack import Collector, EventSender
 
-from .conftest import PARTITIONS, Stack
+from .conftest import Stack, one_worker_stack
 
 pytestmark = pytest.mark.integration
 
@@ -43,38 +40,8 @@ def rules_stack(
 ) -> Iterator[Stack]:
     """One worker (at-least-once: the rules are the engine's, the guarantee is tested
     elsewhere) under RULES_POLICY."""
-    prefix = f"r{uuid.uuid4().hex[:8]}."
-    workdir = tmp_path_factory.mktemp("rules")
-    policy_path = workdir / "policy.yaml"
-    policy_path.write_text(RULES_POLICY)
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
-    s = Stack(
-        broker.bootstrap,
-        prefix,
-        catalog,
-        workdir,
-        [],
-        Collector(broker.bootstrap, catalog.decisions),
-        Collector(broker.bootstrap, catalog.stops),
-        Collector(broker.bootstrap, catalog.deadletter, decisions=False),
-        EventSender(broker.bootstrap, catalog.requests),
-        policy_path,
-    )
-    try:
-        w = s.add_worker("w1")
-        try:
-            wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
-        except Exception as exc:
-            raise AssertionError(f"worker did not start: {exc}\n{w.log()}") from exc
+    with one_worker_stack(broker, tmp_path_factory.mktemp("rules"), RULES_POLICY, "r") as s:
         yield s
-    finally:
-        for w in s.workers:
-            w.stop()
-        s.decisions.close()
-        s.stops.close()
-        s.deadletters.close()
 
 
 def _run() -> str:
