@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
-from baton.schemas.decision import Decision
 from baton.schemas.events import parse_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
@@ -86,25 +85,6 @@ def _records(
         consumer.close()
 
 
-def _as_recorded(d: Decision) -> Recorded:
-    assert d.decided_at is not None
-    return Recorded(
-        d.run_id,
-        d.decision_id,
-        d.outcome,
-        d.reason,
-        d.detail,
-        d.policy_version,
-        d.decided_at,
-        d.worker,
-        d.partition,
-        d.offset,
-        d.input,
-        d.chain_prev,
-        d.chain_hash,
-    )
-
-
 def _decided(
     records: list[tuple[int, str, InputRecord]],
     baseline: Policy,
@@ -126,7 +106,7 @@ def _decided(
                 partial.add(run)  # its start is before the range
         now = datetime.fromtimestamp(ts / 1000, UTC)
         out = proc.process([rec], now)
-        rows += [(d.run_id, n, _as_recorded(d)) for _, d in out.decisions if not d.reemitted]
+        rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
     rows.sort(key=lambda r: (r[0], r[1]))
     for run, _, row in rows:
         # a run started before the range: its chain names a predecessor, so it is partial

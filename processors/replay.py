@@ -118,6 +118,15 @@ class Recorded:
     chain_prev: str | None
     chain_hash: str | None
 
+    @classmethod
+    def of(cls, d: Decision) -> Recorded:
+        """A published decision as its audit row would read back (``decided_at`` set)."""
+        assert d.decided_at is not None
+        return cls(
+            d.run_id, d.decision_id, d.outcome, d.reason, d.detail, d.policy_version,
+            d.decided_at, d.worker, d.partition, d.offset, d.input, d.chain_prev, d.chain_hash,
+        )  # fmt: skip
+
 
 def label(outcome: str, reason: str) -> str:
     """``allow`` for a plain allow, else ``outcome:reason`` (``stop:handoff_budget_exceeded``)."""

@@ -64,27 +64,8 @@ def record(
         if d.reemitted or d.decision_id in seen:
             continue
         seen.add(d.decision_id)
-        rows.append(_row(d))
+        rows.append(Recorded.of(d))
     return rows
-
-
-def _row(d: Decision) -> Recorded:
-    assert d.decided_at is not None
-    return Recorded(
-        d.run_id,
-        d.decision_id,
-        d.outcome,
-        d.reason,
-        d.detail,
-        d.policy_version,
-        d.decided_at,
-        d.worker,
-        d.partition,
-        d.offset,
-        d.input,
-        d.chain_prev,
-        d.chain_hash,
-    )
 
 
 def _policies(*policies: Policy) -> dict[str, Policy]:

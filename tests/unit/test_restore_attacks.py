@@ -57,13 +57,6 @@ def _history(now: datetime, key: str | None) -> tuple[Policy, list[Decision]]:
     return policy, published
 
 
-def _row(d: Decision) -> Recorded:
-    return Recorded(
-        d.run_id, d.decision_id, str(d.outcome), str(d.reason), d.detail, d.policy_version,
-        d.decided_at, d.worker, d.partition, d.offset, d.input, d.chain_prev, d.chain_hash,
-    )  # fmt: skip
-
-
 def _forged_cheap(original: Decision) -> Decision:
     """The completion's row again, its input reporting $0.50, decided by the attacker's own
     worker (no key: the attacker does not hold it): a consistent row of a cheap completion."""
@@ -99,7 +92,7 @@ def _restore(rows: list[Recorded], policy: Policy, key: str | None, now: datetim
 def test_an_honest_history_restores_the_stopped_run() -> None:
     now = datetime.now(UTC)
     policy, published = _history(now, KEY)
-    rebuilt = _restore([_row(d) for d in published], policy, KEY, now)
+    rebuilt = _restore([Recorded.of(d) for d in published], policy, KEY, now)
     assert (rebuilt.partial, rebuilt.unfaithful, rebuilt.unverified_counters) == ([], [], [])
     [state] = rebuilt.states
     assert state.stopped == "shared_budget_exceeded" and state.spent_usd == 40.0
@@ -110,7 +103,7 @@ def test_a_forged_cheaper_completion_is_named_unfaithful_with_the_key() -> None:
     now = datetime.now(UTC)
     policy, published = _history(now, KEY)
     forged = _forged_cheap(published[-1])
-    rows = [_row(d) for d in published[:-1]] + [_row(forged)]
+    rows = [Recorded.of(d) for d in published[:-1]] + [Recorded.of(forged)]
     assert _restore(rows, policy, KEY, now).unfaithful == ["over"]
 
 
@@ -121,7 +114,7 @@ def test_a_forged_unchained_last_row_is_named_unfaithful_with_the_key() -> None:
     now = datetime.now(UTC)
     policy, published = _history(now, KEY)
     forged = replace(_forged_cheap(published[-1]), chain_prev=None, chain_hash=None)
-    rows = [_row(d) for d in published[:-1]] + [_row(forged)]
+    rows = [Recorded.of(d) for d in published[:-1]] + [Recorded.of(forged)]
     assert _restore(rows, policy, KEY, now).unfaithful == ["over"]
 
 
@@ -129,7 +122,7 @@ def test_replay_names_a_forged_unchained_row_unfaithful() -> None:
     now = datetime.now(UTC)
     policy, published = _history(now, KEY)
     forged = replace(_forged_cheap(published[-1]), chain_prev=None, chain_hash=None)
-    rows = [_row(d) for d in published[:-1]] + [_row(forged)]
+    rows = [Recorded.of(d) for d in published[:-1]] + [Recorded.of(forged)]
     report = replay_runs(runs_of(rows), policy, {policy.version: policy}, KEY.encode())
     assert [r.run_id for r in report.unfaithful_runs] == ["over"]
 
@@ -142,7 +135,7 @@ def test_a_forged_cheaper_completion_does_not_lift_the_stop_on_restore(key: str 
     now = datetime.now(UTC)
     policy, published = _history(now, key)
     forged = _forged_cheap(published[-1])
-    rows = [_row(d) for d in published[:-1]] + [_row(forged)]
+    rows = [Recorded.of(d) for d in published[:-1]] + [Recorded.of(forged)]
     rebuilt = _restore(rows, policy, key, now)
     assert rebuilt.unfaithful == ["over"]
     [state] = rebuilt.states
@@ -166,7 +159,7 @@ def test_a_forged_policy_version_on_a_stop_is_named_unfaithful_with_the_key() ->
         rec = InputRecord("requests", d.partition or 0, d.offset or 0, k, raw)
         forged += [x for _, x in proc.process([rec], d.decided_at).decisions]
     assert forged[-1].reason == "within_budget"
-    rows = [_row(published[0]), _row(forged[-1])]
+    rows = [Recorded.of(published[0]), Recorded.of(forged[-1])]
     rebuilt = _rebuild(
         runs_of(rows), {policy.version: policy, lax.version: lax}, _settings(KEY), now
     )
@@ -182,7 +175,7 @@ def test_a_forged_row_without_input_makes_the_run_partial() -> None:
     now = datetime.now(UTC)
     policy, published = _history(now, KEY)
     forged = replace(published[-1], input=None, spent_usd=0.0, chain_prev=None, chain_hash=None)
-    run = [_row(d) for d in published[:-1]] + [_row(forged)]
+    run = [Recorded.of(d) for d in published[:-1]] + [Recorded.of(forged)]
     assert is_partial(run, {policy.version: policy}) is not None
     rebuilt = _restore(run, policy, KEY, now)
     assert rebuilt.unverified_counters == ["over"] and rebuilt.partial == []
@@ -193,7 +186,7 @@ def test_a_run_recorded_before_inputs_is_partial_not_unverified() -> None:
     recorded, not stopped for it."""
     now = datetime.now(UTC)
     policy, published = _history(now, KEY)
-    run = [_row(replace(d, input=None, chain_prev=None, chain_hash=None)) for d in published]
+    run = [Recorded.of(replace(d, input=None, chain_prev=None, chain_hash=None)) for d in published]
     rebuilt = _restore(run, policy, KEY, now)
     assert rebuilt.partial == ["over"] and rebuilt.unverified_counters == []
 
@@ -222,7 +215,7 @@ def test_a_run_restored_stopped_replays_as_recorded_under_any_policy() -> None:
         ("stop", "audit_unverified"),
     ]
     lax = parse_policy("multi_agent:\n  max_handoffs: 100\n")
-    rows = [_row(d) for d in published]
+    rows = [Recorded.of(d) for d in published]
     report = replay_runs(runs_of(rows), lax, {policy.version: policy}, KEY.encode())
     assert (report.partial, report.unfaithful_runs, report.changed_runs) == ({}, [], [])
     [run] = runs_of(rows)
@@ -371,7 +364,7 @@ def test_a_run_id_no_event_can_carry_is_not_restored() -> None:
     policy, published = _history(now, KEY)
     huge = "r" * 100_000
     forged = [replace(d, run_id=huge, input=None) for d in published]
-    rows = [_row(d) for d in published] + [_row(d) for d in forged]
+    rows = [Recorded.of(d) for d in published] + [Recorded.of(d) for d in forged]
     rows.sort(key=lambda r: r.run_id)
     rebuilt = _restore(rows, policy, KEY, now)
     assert rebuilt.impossible == [huge]
