@@ -158,5 +158,6 @@ def test_a_batch_stores_the_same_rows_with_or_without_the_shortcut(
     slow = AuditBatch("t", ttl_days=30, clock=lambda: NOW)
     for i, raw in enumerate(records):
         slow.add(i % 3, i, raw)
-    assert repr(fast.rows) == repr(slow.rows) and fast.raws == slow.raws and fast.rejected == slow.rejected
+    assert repr(fast.rows) == repr(slow.rows)
+    assert fast.raws == slow.raws and fast.rejected == slow.rejected
     assert len(fast.rows) == 49 and fast.token() == slow.token()
