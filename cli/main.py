@@ -60,9 +60,11 @@ def _register() -> None:
     from baton.cli import audit_cmds
 
     audit_cmds.register(cli)
-    from baton.cli import stack
+    from baton.cli import kill_cmd, up, worker_cmd
 
-    stack.register(cli)
+    worker_cmd.register(cli)
+    up.register(cli)
+    kill_cmd.register(cli)
     from baton.cli import demo_cmds
 
     demo_cmds.register(cli)

@@ -13,20 +13,18 @@ from pathlib import Path
 import click
 import pytest
 
-from baton.cli import stack_record
+from baton.cli import stack_file
 from baton.cli.options import PortOrOff, click_type
-from baton.cli.stack_record import (
+from baton.cli.stack_file import (
     LOCK_FILE,
     STACK_FILE,
-    StackNotFound,
     StackRecord,
-    audit_settings,
     mark_stopped,
     read_record,
     refuse_running_stack,
-    stack_settings,
     write_record,
 )
+from baton.cli.stack_record import StackNotFound, audit_settings, stack_settings
 from baton.schemas.errors import AuditUnavailable, BrokerUnavailable, ConfigError
 
 
@@ -123,8 +121,8 @@ _PROBE = (
 
 def release_locks() -> None:
     """Let go of the locks ``refuse_running_stack`` took in this test process."""
-    while stack_record._held_locks:
-        os.close(stack_record._held_locks.pop())
+    while stack_file._held_locks:
+        os.close(stack_file._held_locks.pop())
 
 
 def _dead_pid() -> int:

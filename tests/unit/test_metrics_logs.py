@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from baton.cli.log_format import JsonFormatter, LogOutput, MaskingFormatter
-from baton.cli.stack import _with_metrics_ports
 from baton.cli.top import check_metrics_url, quantile
+from baton.cli.up_children import with_metrics_ports
 from baton.processors.batch import DeadLetter, InputRecord, Outputs
 from baton.processors.metrics import LATENCY_CAP_S, WorkerMetrics
 from baton.schemas.errors import ConfigError
@@ -108,13 +108,13 @@ def test_top_reads_http_endpoints_only(url: str) -> None:
 
 def test_up_gives_every_child_its_own_metrics_port_or_none() -> None:
     children = [("worker", ("worker",)), ("sink", ("sink",)), ("alerts", ("alerts",))]
-    off, url = _with_metrics_ports(children, None)
+    off, url = with_metrics_ports(children, None)
     assert url is None and all(args[-2:] == ("--metrics-port", "off") for _n, args in off)
-    given, url = _with_metrics_ports(children, 9100)
+    given, url = with_metrics_ports(children, 9100)
     assert url == "http://127.0.0.1:9100/metrics"
     ports = [args[-1] for _n, args in given]
     assert ports[0] == "9100" and len(set(ports)) == 3
-    picked, url = _with_metrics_ports(children, 0)
+    picked, url = with_metrics_ports(children, 0)
     assert url is not None and url.endswith(f":{picked[0][1][-1]}/metrics")
 
 

@@ -1,0 +1,259 @@
+"""The record ``baton up`` keeps of its stack: ``stack.json``, read and written safely.
+
+``baton up`` writes ``<data-dir>/stack.json`` (``write_record``, atomically) when its broker
+is up, updates it when it is ready or a child restarts, and marks it stopped on a clean exit.
+It holds ``<data-dir>/stack.lock`` (flock) for as long as it runs, so a record whose
+``baton up`` is gone without marking it stopped (killed, a crash) is told apart as stale
+(``StackRecord.live``). How client commands find and use a record: ``baton.cli.stack_record``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from baton.schemas.errors import ConfigError
+
+__all__ = [
+    "LOCK_FILE",
+    "STACK_FILE",
+    "StackRecord",
+    "mark_stopped",
+    "read_record",
+    "record_path",
+    "refuse_running_stack",
+    "update_record",
+    "write_record",
+]
+
+STACK_FILE = "stack.json"
+#: held (flock) by the `baton up` of the data dir for as long as it runs
+LOCK_FILE = "stack.lock"
+#: a record is a few hundred bytes; anything bigger is not one
+_MAX_RECORD_BYTES = 64 * 1024
+
+
+class StackRecord(BaseModel):
+    """What ``<data-dir>/stack.json`` holds about one ``baton up`` (no secrets: the SQL
+    endpoint's token stays in its own 0600 file, which ``connect`` follows)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    format: Literal[1] = 1
+    state: Literal["starting", "running", "stopped"]
+    pid: int = Field(gt=0, lt=2**31)
+    started_at: datetime
+    stopped_at: datetime | None = None
+    data_dir: Path
+    app_id: str = Field(max_length=256)
+    bootstrap: str = Field(max_length=1024)
+    topic_prefix: str = Field("", max_length=256)
+    partitions: int = Field(ge=1, le=100_000)
+    policy: Path | None = None
+    #: ``chdb:///abs/dir`` of the audit, None with --no-audit
+    clickhouse_dsn: str | None = Field(None, max_length=4096)
+    #: ``http://127.0.0.1:PORT`` of the SQL endpoint (token not included), None when off
+    sql_url: str | None = Field(None, max_length=1024)
+    metrics_url: str | None = Field(None, max_length=1024)
+    logs: dict[str, Path] = Field(default_factory=dict)
+    pids: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        from baton.streams.net import parse_bootstrap
+
+        parse_bootstrap(value)  # a ConfigError naming the entry
+        return value
+
+    def live(self, data_dir: Path | None = None) -> bool:
+        """Its ``baton up`` still runs: the pid is alive, is a ``baton up``, and holds the
+        lock of ``data_dir`` (where the record was found; its own ``data_dir`` by default),
+        so neither a reused pid nor a record copied or planted elsewhere passes for it."""
+        return (
+            self.state != "stopped"
+            and _is_baton_up(self.pid)
+            and _lock_held(data_dir or self.data_dir)
+        )
+
+    def describe(self) -> str:
+        """``baton up pid N (started T)`` for messages."""
+        return f"baton up pid {self.pid} (started {self.started_at:%Y-%m-%d %H:%M:%S} UTC)"
+
+
+def _is_baton_up(pid: int) -> bool:
+    """``pid`` runs and, where /proc tells, runs ``baton ... up`` (a reused pid does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive, its command line is not ours to read
+    except OverflowError:
+        return False
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (macOS): the pid is alive, trust it
+    return b"up" in args and any(b"baton" in a for a in args)
+
+
+def _lock_held(data_dir: Path) -> bool:
+    """Some process holds ``data_dir``'s stack lock (a running ``baton up`` does)."""
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+#: the stack lock this process holds (``baton up``), open until it exits
+_held_locks: list[int] = []
+
+
+def _take_lock(data_dir: Path) -> bool:
+    """Take ``data_dir``'s stack lock for the life of this process; False when another
+    process holds it."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError(
+            f"the data dir {data_dir} is a file, not a directory; expected a directory "
+            "(--data-dir, env BATON_DATA_DIR) that baton up may create and write"
+        )
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot lock the data dir {data_dir} ({LOCK_FILE}): {exc.strerror or exc}; "
+            "expected a writable directory (--data-dir)"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _held_locks.append(fd)
+    return True
+
+
+def record_path(data_dir: Path) -> Path:
+    return data_dir / STACK_FILE
+
+
+def write_record(record: StackRecord) -> Path:
+    """Write ``record`` into its data dir atomically (a reader sees the old or the new one)."""
+    path = record_path(record.data_dir)
+    temp = path.with_name(f".{STACK_FILE}.{os.getpid()}.tmp")
+    text = record.model_dump_json(indent=2) + "\n"
+    try:
+        # never through a link someone left at the temp name
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the stack record {path}: {exc.strerror or exc}; expected a "
+            "writable data dir (--data-dir)"
+        ) from None
+    return path
+
+
+def mark_stopped(record: StackRecord) -> StackRecord:
+    """Record that ``record``'s stack stopped cleanly, unless another stack took the dir."""
+    current = read_record(record.data_dir)
+    if current is not None and current.pid != record.pid:
+        return current
+    stopped = record.model_copy(update={"state": "stopped", "stopped_at": datetime.now(UTC)})
+    write_record(stopped)
+    return stopped
+
+
+def read_record(data_dir: Path) -> StackRecord | None:
+    """The record in ``data_dir``, None when there is none; ``ConfigError`` naming the file
+    when it is not a record (not a regular file, too big, not the format)."""
+    path = record_path(data_dir)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"stack record {path}: cannot read it: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"stack record {path}: not a regular file, expected `baton up`'s JSON")
+    try:
+        with path.open("rb") as f:
+            data = f.read(_MAX_RECORD_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"stack record {path}: cannot read it: {exc.strerror or exc}") from None
+    if len(data) > _MAX_RECORD_BYTES:
+        raise ConfigError(
+            f"stack record {path}: over {_MAX_RECORD_BYTES} bytes, expected `baton up`'s "
+            "JSON of a few hundred"
+        )
+    try:
+        return StackRecord.model_validate_json(data)
+    except ValidationError as exc:
+        problem = "; ".join(_validation_problem(e) for e in exc.errors())
+    except ConfigError as exc:  # the bootstrap check names the entry
+        problem = str(exc)
+    raise ConfigError(
+        f"stack record {path}: not a `baton up` record ({problem[:500]}); delete it and "
+        "start `baton up` again, or point at the stack with --bootstrap / --dsn"
+    )
+
+
+def _validation_problem(error: Any) -> str:
+    """``field: message``, or only the message when it concerns the whole file."""
+    where = ".".join(map(str, error["loc"]))
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
+
+
+def update_record(record: StackRecord, **changes: Any) -> StackRecord:
+    """``record`` with ``changes``, written when they change anything."""
+    updated = record.model_copy(update=changes)
+    if updated != record:
+        write_record(updated)
+    return updated
+
+
+def refuse_running_stack(data_dir: Path) -> StackRecord | None:
+    """Before ``baton up`` starts in ``data_dir``: take its stack lock for the life of this
+    process, or raise a ``ConfigError`` naming the ``baton up`` that holds it; return the
+    earlier record (stopped or stale), if any."""
+    try:
+        earlier = read_record(data_dir)
+    except ConfigError:
+        earlier = None  # not a record: the new one replaces it
+    if not _take_lock(data_dir):
+        who = (
+            f"{earlier.describe()}, Kafka at {earlier.bootstrap}"
+            if earlier is not None
+            else "see its stack.json"
+        )
+        raise ConfigError(
+            f"another `baton up` runs with the data dir {data_dir} ({who}; it holds "
+            f"{data_dir / LOCK_FILE}); use that one, stop it first, or give this one another "
+            "--data-dir"
+        )
+    return earlier

@@ -1,0 +1,353 @@
+"""``baton up``: the whole stack on this machine, supervised until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from baton.cli.options import PortOrOff, build_settings, read_policy, setting_options
+from baton.cli.stack_file import (
+    StackRecord,
+    mark_stopped,
+    refuse_running_stack,
+    update_record,
+    write_record,
+)
+from baton.cli.supervisor import (
+    ChildSpec,
+    RestartPolicy,
+    Supervisor,
+    describe_exit,
+    tail,
+)
+from baton.cli.up_children import audit_children, spawner, with_metrics_ports
+from baton.cli.up_ready import Readiness, announce_new_sql_token
+from baton.cli.up_restart import name_a_lost_policy, say_what_a_restart_keeps
+from baton.cli.worker_cmd import create_topics
+from baton.schemas.errors import BatonError, BrokerUnavailable, ConfigError
+from baton.schemas.settings import Settings
+
+__all__ = ["register", "up_cmd", "write_stack_record"]
+
+
+#: the longest wait before `baton up` restarts a child (unless --restart-backoff-s is longer)
+_MAX_BACKOFF_S = 30.0
+
+
+@click.command("up")
+@click.option("--port", type=int, default=None, help="broker port [default: a free port]")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".baton"),
+    show_default=True,
+    envvar="BATON_DATA_DIR",
+    help="logs, worker state, the embedded ClickHouse (chDB) and stack.json (the record "
+    "client commands find the stack by) live here",
+)
+@click.option(
+    "--sql-port",
+    type=PortOrOff(),
+    default="8123",
+    show_default=True,
+    envvar="BATON_SQL_PORT",
+    help="port of the read-only, token-protected SQL endpoint on 127.0.0.1 (ClickHouse HTTP) "
+    "while up runs; the ready line and DATA_DIR/stack.json name it (the token stays in "
+    "DATA_DIR/chdb, mode 0600). 0: a free port; off: no endpoint (the audit is still "
+    "written; query it after up stops)",
+)
+@click.option("--no-audit", is_flag=True, help="do not start the audit sink and the alerter")
+@click.option(
+    "--restart-limit",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    envvar="BATON_RESTART_LIMIT",
+    help="a child (worker, sink, alerter) that exits this often within --restart-window-s "
+    "stops baton up, with its error and exit code",
+)
+@click.option(
+    "--restart-window-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    envvar="BATON_RESTART_WINDOW_S",
+    help="seconds in which exits of a child are counted",
+)
+@click.option(
+    "--restart-backoff-s",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    default=1.0,
+    show_default=True,
+    envvar="BATON_RESTART_BACKOFF_S",
+    help="wait before restarting a child that exited; doubles with each recent exit, "
+    f"up to {_MAX_BACKOFF_S:g} s",
+)
+@click.option(
+    "--metrics-port",
+    default="0",
+    show_default=True,
+    envvar="BATON_METRICS_PORT",
+    help="the worker's Prometheus /metrics port on 127.0.0.1, printed on the ready line "
+    "(0: a free one); the sink and the alerter serve theirs on free ports; off = none",
+)
+@setting_options(
+    "policy",
+    "partitions",
+    "session_timeout_s",
+    "topic_prefix",
+    "app_id",
+    "replication_factor",
+    "log_format",
+)
+def up_cmd(
+    port: int | None,
+    data_dir: Path,
+    sql_port: int | None,
+    no_audit: bool,
+    restart_limit: int,
+    restart_window_s: float,
+    restart_backoff_s: float,
+    metrics_port: str,
+    **opts: Any,
+) -> None:
+    """Start everything on this machine: embedded Kafka broker, topics, one worker, the
+    ClickHouse audit sink (chDB) and the stop alerter. Prints a line with `ready` and the
+    bootstrap address once it decides, and stops it all on Ctrl-C or SIGTERM.
+
+    A worker, sink or alerter that exits is restarted (after 1 s, 2 s, 4 s ... by default)
+    with one line on stderr; baton up ends when the broker does (exit 4) or when a child
+    keeps failing (with that child's error and exit code).
+
+    The embedded broker keeps everything in memory. A start with the data dir of an earlier
+    one rebuilds the runs' state (spend, handoff counts, owners, stops) from its audit
+    (DATA_DIR/chdb) before the worker decides, and says how many runs it restored; it issues
+    the recorded kill switches, and signed releases and policy updates, again (it names each
+    kill switch and a published policy it cannot: re-issue them), but not decisions the sink
+    had not stored when up stopped. With --no-audit a restart forgets everything. A Kafka
+    cluster (docker-compose.yml) keeps all of it.
+
+    While it runs, DATA_DIR/stack.json records the stack (Kafka, SQL endpoint, policy, logs,
+    pids): `baton kill`, `sql`, `trace`, `alerts`, `approvals` ... run where ./.baton is
+    that dir (the default), or given --data-dir DATA_DIR / BATON_DATA_DIR, use it without
+    flags. Stop alerts are printed here and
+    kept in DATA_DIR/logs/alerts.log. The worker, sink and alerter read every BATON_*
+    setting of `baton worker`, `baton sink` and `baton alerts` (see their --help)."""
+    from baton.streams.embedded import EmbeddedBroker
+
+    data_dir = data_dir.resolve()
+    earlier = refuse_running_stack(data_dir)
+    opts["metrics_port"] = metrics_port
+    settings = build_settings(**opts)
+    from baton.cli.log_format import LogOutput
+
+    output = LogOutput(settings.log_format, "up")  # from here on, errors in this format too
+    output.install()
+    policy = read_policy(settings.policy)  # fail before starting anything on a bad policy
+    if not no_audit:
+        _refuse_busy_sql_port(sql_port)
+    try:
+        restart = RestartPolicy(
+            backoff_s=restart_backoff_s,
+            max_backoff_s=max(_MAX_BACKOFF_S, restart_backoff_s),
+            limit=restart_limit,
+            window_s=restart_window_s,
+        )
+    except ValueError as exc:  # what click's ranges let through, e.g. nan
+        raise ConfigError(f"baton up: {exc}") from None
+    logs = data_dir / "logs"
+    broker = EmbeddedBroker(port=port, log_dir=logs)
+    supervisor: Supervisor | None = None
+    record: StackRecord | None = None
+    stopping = False
+    interruptible = True
+
+    class _Interrupted(Exception):
+        pass
+
+    def _stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if interruptible:  # abort a broker start or topic creation that may take a while
+            raise _Interrupted
+
+    def say(line: str) -> None:
+        output.say(f"baton up: {line}")
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        say(f"starting the embedded Kafka broker (logs in {logs})")
+        broker.start()
+        settings = build_settings(**{**opts, "bootstrap": broker.bootstrap})
+        catalog = create_topics(settings)
+        say_what_a_restart_keeps(data_dir, earlier, no_audit, settings, catalog, say)
+        if not no_audit:
+            name_a_lost_policy(data_dir / "chdb", policy.version, say)
+        record = write_stack_record(data_dir, settings, broker, no_audit, logs)
+        say(
+            f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, `trace`, "
+            f"`alerts` ... run in {data_dir.parent} (or with --data-dir {data_dir}) use it"
+            if data_dir.name == ".baton"
+            else f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, "
+            f"`trace`, `alerts` ... with --data-dir {data_dir} (or BATON_DATA_DIR) use it"
+        )
+        env = {
+            **os.environ,
+            "BATON_BOOTSTRAP": broker.bootstrap,
+            "BATON_PARTITIONS": str(settings.partitions),
+            "BATON_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
+            "BATON_TOPIC_PREFIX": settings.topic_prefix,
+            "BATON_APP_ID": settings.app_id,
+            "BATON_REPLICATION_FACTOR": str(settings.replication_factor),
+            "BATON_WORKER_DATA_DIR": str(data_dir / "worker"),
+            "BATON_CLICKHOUSE_DSN": f"chdb://{data_dir / 'chdb'}",
+        }
+        if settings.policy:
+            env["BATON_POLICY"] = str(Path(settings.policy).resolve())
+        from baton.streams.net import free_port
+
+        # a restarted worker keeps this web port: the old process is gone by then
+        children = [("worker", ("worker", "--web-port", str(free_port())))]
+        if not no_audit:
+            children += audit_children(sql_port, settings.app_id)
+        env["BATON_LOG_FORMAT"] = settings.log_format
+        children, metrics_url = with_metrics_ports(children, settings.metrics_port_number)
+        if record is not None and metrics_url:  # `baton top` reads it from there
+            record = update_record(record, metrics_url=metrics_url)
+        supervisor = Supervisor(restart, spawner(env), say)
+        for name, args in children:
+            supervisor.start(ChildSpec(name, args, logs / f"{name}.log", echo=name == "alerts"))
+        interruptible = False  # from here on, signals only set `stopping`
+
+        say(f"waiting for the worker (policy {policy.version})")
+        readiness = Readiness(settings, catalog, None if no_audit else sql_port, data_dir / "chdb")
+        readiness.start()
+        announced = False
+        while not stopping:
+            _check_broker(broker)
+            supervisor.tick()
+            if not announced and not readiness.is_alive():
+                if readiness.error is not None:
+                    raise readiness.error
+                extra = f" sql={readiness.sql_dsn}" if readiness.sql_dsn else ""
+                extra += f" metrics={metrics_url}" if metrics_url else ""
+                click.echo(
+                    f"baton up: ready bootstrap={broker.bootstrap}{extra} "
+                    f"(worker answered in {readiness.took:.1f} s; Ctrl-C stops)"
+                )
+                sys.stdout.flush()
+                announced = True
+            elif announced and readiness.sql_dsn:
+                announce_new_sql_token(readiness, data_dir / "chdb", sql_port)
+            record = _keep_record(record, broker, supervisor, readiness, announced)
+            time.sleep(0.2)
+        say("stopping")
+    except _Interrupted:
+        say("interrupted during start-up; stopping")
+    except BatonError:
+        if stopping:  # Ctrl-C reaches the broker and the children too: their exits are the stop
+            say("stopping")
+            return
+        say("stopping everything; the reason follows")  # the children may take a while
+        raise
+    finally:
+        interruptible = False
+        if supervisor is not None:
+            # without a broker a worker's graceful stop only waits for it: a short grace
+            supervisor.stop(grace_s=15.0 if broker.running else 3.0)
+        broker.stop()
+        if record is not None:
+            mark_stopped(record)
+
+
+def _check_broker(broker: Any) -> None:
+    """The stack ends with its broker: its topics were in memory, nothing can resume."""
+    code = broker.returncode
+    if code is None:
+        return
+    output = tail(broker.log_path) if broker.log_path else ""
+    raise BrokerUnavailable(
+        f"the embedded Kafka broker on {broker.bootstrap} exited with {describe_exit(code)}; "
+        "its topics were in memory and are gone, so baton up stops everything. "
+        f"Its last output ({broker.log_path}):\n{output or '(none)'}"
+    )
+
+
+def _refuse_busy_sql_port(port: int | None) -> None:
+    """Fail at once when the SQL endpoint's port is taken, instead of after the sink's
+    restarts (a second `baton up`, or a ClickHouse server, on 8123 is the usual case)."""
+    import socket
+
+    if not port:  # off, or 0: any free port
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the endpoint binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve SQL on 127.0.0.1:{port}: {exc.strerror or exc} "
+                "(another baton up, or a ClickHouse server?); pass --sql-port 0 (any free "
+                "port) or --sql-port off (env BATON_SQL_PORT)"
+            ) from None
+
+
+def write_stack_record(
+    data_dir: Path, settings: Settings, broker: Any, no_audit: bool, logs: Path
+) -> StackRecord:
+    """Record the starting stack in ``data_dir``/stack.json (client commands find it there)."""
+    from datetime import UTC, datetime
+
+    names = ("worker",) if no_audit else ("worker", "sink", "alerts")
+    record = StackRecord(
+        state="starting",
+        pid=os.getpid(),
+        started_at=datetime.now(UTC),
+        data_dir=data_dir,
+        app_id=settings.app_id,
+        bootstrap=broker.bootstrap,
+        topic_prefix=settings.topic_prefix,
+        partitions=settings.partitions,
+        policy=Path(settings.policy).resolve() if settings.policy else None,
+        clickhouse_dsn=None if no_audit else f"chdb://{data_dir / 'chdb'}",
+        logs={
+            "broker": broker.log_path or logs,
+            **{name: logs / f"{name}.log" for name in names},
+        },
+        pids={"broker": broker.pid or 0},
+    )
+    write_record(record)
+    return record
+
+
+def _keep_record(
+    record: StackRecord | None,
+    broker: Any,
+    supervisor: Supervisor,
+    readiness: Readiness,
+    announced: bool,
+) -> StackRecord | None:
+    """The record with the current pids, SQL URL and state (written when one changed)."""
+    if record is None:
+        return None
+    pids = {"broker": broker.pid or 0} | {
+        name: proc.pid for name, proc in supervisor.processes().items()
+    }
+    sql_url = None
+    if readiness.sql_dsn:
+        from urllib.parse import urlsplit
+
+        sql_url = f"http://127.0.0.1:{urlsplit(readiness.sql_dsn).port}"
+    state = "running" if announced else "starting"
+    return update_record(record, pids=pids, sql_url=sql_url, state=state)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(up_cmd)

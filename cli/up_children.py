@@ -1,0 +1,78 @@
+"""The children ``baton up`` supervises: their command lines, metrics ports and spawning."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+import click
+
+from baton.cli.supervisor import (
+    ChildSpec,
+    copy_lines,
+)
+
+__all__ = ["audit_children", "spawner", "with_metrics_ports"]
+
+
+def spawner(env: dict[str, str]) -> Callable[[ChildSpec], subprocess.Popen[bytes]]:
+    from baton.streams.embedded import kill_when_parent_dies
+
+    def spawn(spec: ChildSpec) -> subprocess.Popen[bytes]:
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(spec.log_path, "ab") as out:  # the child holds its own copy of the fd
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "baton.cli", *spec.args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if spec.echo else out,
+                stderr=out if spec.echo else subprocess.STDOUT,
+                preexec_fn=kill_when_parent_dies,
+            )
+        if spec.echo:  # its stdout (the alert lines) goes to the log and to our stdout
+            assert proc.stdout is not None
+            threading.Thread(
+                target=copy_lines,
+                args=(proc.stdout, spec.log_path, _echo_stdout),
+                name=f"baton-up-{spec.name}-output",
+                daemon=True,
+            ).start()
+        return proc
+
+    return spawn
+
+
+def _echo_stdout(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
+
+
+def with_metrics_ports(
+    children: list[tuple[str, tuple[str, ...]]], worker_port: int | None
+) -> tuple[list[tuple[str, tuple[str, ...]]], str | None]:
+    """Each child with its own /metrics port (the worker's ``worker_port``, 0 = a free one;
+    the others free ones), and the worker's URL; None: no metrics anywhere. A restarted
+    child keeps its port: the old process is gone by then."""
+    from baton.streams.net import free_port
+
+    if worker_port is None:
+        return [(name, (*args, "--metrics-port", "off")) for name, args in children], None
+    given: list[tuple[str, tuple[str, ...]]] = []
+    url = None
+    for name, args in children:
+        port = worker_port if name == "worker" and worker_port else free_port()
+        if name == "worker":
+            url = f"http://127.0.0.1:{port}/metrics"
+        given.append((name, (*args, "--metrics-port", str(port))))
+    return given, url
+
+
+def audit_children(sql_port: int | None, app_id: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The sink (which also serves SQL over chDB, unless ``sql_port`` is None) and the
+    alerter, in a consumer group of its own: a `baton alerts` started next to it (group
+    APP_ID-alerts) sees every stop too."""
+    port = "off" if sql_port is None else str(sql_port)
+    alerts = ("alerts", "--group", f"{app_id}-up-alerts")
+    return [("sink", ("sink", "--sql-port", port)), ("alerts", alerts)]

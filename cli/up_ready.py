@@ -1,0 +1,103 @@
+"""When the stack ``baton up`` starts is ready: the worker decides and the SQL endpoint answers."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from baton.schemas.errors import AuditUnavailable
+from baton.schemas.settings import Settings
+
+__all__ = ["Readiness", "announce_new_sql_token"]
+
+
+class Readiness(threading.Thread):
+    """Waits, off the supervision loop, until the worker decides and the sink serves SQL."""
+
+    def __init__(
+        self, settings: Settings, catalog: Any, sql_port: int | None, chdb_dir: Path
+    ) -> None:
+        super().__init__(name="baton-up-readiness", daemon=True)
+        self.settings, self.catalog, self.sql_port = settings, catalog, sql_port
+        self.chdb_dir = chdb_dir
+        self.sql_dsn: str | None = None  # with the sink's token, for the ready line
+        self.took: float | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from baton.processors.probe import wait_until_deciding
+
+        try:
+            took = wait_until_deciding(
+                self.settings.kafka_config(),
+                self.catalog.requests,
+                self.catalog.decisions,
+                self.settings.partitions,
+                timeout_s=90,
+            )
+            if self.sql_port is not None:  # 0: the port the sink picked
+                self.sql_dsn = _wait_for_sql(self.sql_port or None, self.chdb_dir)
+            self.took = took
+        except BaseException as exc:  # handed to the supervision loop, which raises it
+            self.error = exc
+
+
+def _wait_for_sql(port: int | None, chdb_dir: Path, timeout_s: float = 90.0) -> str:
+    """The sink opens chDB and migrates before it serves SQL: wait until the DSN in its
+    endpoint file answers a query (the supervision loop restarts a sink that dies meanwhile);
+    returns the DSN. ``port`` None: whichever port the sink picked."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        dsn = _answering_sql_dsn(port, chdb_dir)
+        if dsn is not None:
+            return dsn
+        time.sleep(0.1)
+    raise AuditUnavailable(
+        f"the audit sink did not serve SQL on 127.0.0.1:{port or '(a free port)'} within "
+        f"{timeout_s:g} s; "
+        "see its log (logs/sink.log in the data directory)"
+    )
+
+
+def _answering_sql_dsn(port: int | None, chdb_dir: Path, known: str | None = None) -> str | None:
+    """The DSN registered in ``chdb_dir`` when it is not ``known`` and its token opens the
+    endpoint on ``port`` (None: any port; a file left by an earlier start names a token
+    nobody serves)."""
+    import base64
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from baton.sinks.clickhouse import read_endpoint
+
+    dsn = read_endpoint(chdb_dir)
+    if dsn is None or dsn == known or (port is not None and not dsn.endswith(f":{port}")):
+        return None
+    parts = urlsplit(dsn)
+    if parts.hostname != "127.0.0.1" or parts.port is None:
+        return None  # our sink serves on the loopback only; never send a token elsewhere
+    basic = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{parts.port}/?query=SELECT+1",
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as resp:
+            return dsn if resp.status == 200 else None
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def announce_new_sql_token(readiness: Readiness, chdb_dir: Path, port: int | None) -> None:
+    """A restarted sink serves SQL with a new token: print its DSN, as the ready line did
+    (with --sql-port 0, on the new port it picked)."""
+    dsn = _answering_sql_dsn(port or None, chdb_dir, known=readiness.sql_dsn)
+    if dsn is not None:
+        readiness.sql_dsn = dsn
+        click.echo(f"baton up: the SQL endpoint restarted with a new token: sql={dsn}")
+        sys.stdout.flush()

@@ -1,0 +1,116 @@
+"""What a ``baton up`` start keeps of the earlier one, said at every start (the broker forgets)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from baton.cli.signer import (
+    shown,
+)
+from baton.cli.stack_file import (
+    StackRecord,
+)
+from baton.schemas.errors import BatonError
+from baton.schemas.settings import Settings
+
+__all__ = ["name_a_lost_policy", "say_what_a_restart_keeps"]
+
+
+def _rebuild_runs_from_audit(
+    settings: Settings, catalog: Any, data_dir: Path, say: Callable[[str], None]
+) -> int | None:
+    """HOOK (issue 13, replay): give the fresh broker the run states of an earlier start,
+    rebuilt from the audit in ``data_dir``/chdb, before the worker decides anything.
+
+    Called with the broker up and the topics created, before any child starts (so chDB is
+    not held yet). Returns how many runs were restored, or None when nothing is rebuilt
+    (then `baton up` warns that the runs start from zero)."""
+    from baton.cli.restore_runs import restore_runs
+
+    return restore_runs(settings, data_dir, say)
+
+
+def say_what_a_restart_keeps(
+    data_dir: Path,
+    earlier: StackRecord | None,
+    no_audit: bool,
+    settings: Settings,
+    catalog: Any,
+    say: Callable[[str], None],
+) -> None:
+    """The embedded broker forgets everything when it stops: say so at every start, what the
+    audit gives back, and loudly when it gives nothing back."""
+    audit = data_dir / "chdb"
+    if no_audit:
+        say(
+            "the embedded Kafka broker keeps everything in memory and --no-audit keeps no "
+            "audit: when baton up stops, every run's state (spend, handoff counts, owners, "
+            "stops), pending approvals, kill switches and policy updates are gone"
+        )
+    else:
+        say(
+            "the embedded Kafka broker keeps everything in memory: when baton up stops, its "
+            "topics are gone; a start with this data dir rebuilds the runs' state from the "
+            f"audit in {audit} and issues its kill switches (and signed releases and policy "
+            "updates) again, but not decisions the sink had not stored yet"
+        )
+    if not audit.is_dir():
+        return
+    restored = None if no_audit else _rebuild_runs_from_audit(settings, catalog, data_dir, say)
+    if not no_audit:
+        _name_lost_kill_switches(audit, say)
+    if restored is not None:
+        say(f"restored {restored} runs' state from the audit in {audit}")
+        return
+    since = f" (last start {earlier.started_at:%Y-%m-%d %H:%M:%S} UTC)" if earlier else ""
+    say(
+        f"WARNING: {audit} holds the audit of an earlier start{since}, but its runs' state "
+        "is NOT restored: every run starts again from zero (a stopped or over-budget run can "
+        "be allowed again, kill switches are lifted). Use a Kafka cluster to keep governance "
+        "across restarts"
+    )
+
+
+def name_a_lost_policy(audit: Path, version: str, say: Callable[[str], None]) -> None:
+    """A policy published before this restart is gone with the old broker's control topic:
+    when the workers used another policy than this start's, say so (its approver keys and
+    operators may be gone with it), never fall back in silence."""
+    from baton.cli.restart_notice import policy_in_force
+
+    if not audit.is_dir():
+        return
+    try:
+        before = policy_in_force(audit)
+    except BatonError as exc:
+        say(f"WARNING: could not read the policy in force of the audit in {audit}: {exc}")
+        return
+    if before is None or before.version == version or before.reissued:
+        return  # the same policy, or a signed publication the restore re-issues
+    published = f", published by {shown(before.published_by)}" if before.published_by else ""
+    say(
+        f"WARNING: the policy in force before this restart (version {before.version}"
+        f"{published}, last recorded {before.at[:19]} UTC) is NOT in force now: this start uses "
+        f"policy {version} (--policy / BATON_POLICY, else the seed policy). Re-publish it "
+        "with `baton policy publish FILE`, or start with --policy FILE"
+    )
+
+
+def _name_lost_kill_switches(audit: Path, say: Callable[[str], None]) -> None:
+    """The kill switches in force before this restart are gone with the old broker: name
+    each (the operator re-issues them), never lift them in silence."""
+    from baton.cli.restart_notice import kill_switches_in_force
+
+    try:
+        lost = kill_switches_in_force(audit)
+    except BatonError as exc:
+        say(f"WARNING: could not read the kill switches of the audit in {audit}: {exc}")
+        return
+    if lost:
+        names = ", ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
+        say(
+            f"WARNING: {len(lost)} kill switch(es) in force before this restart are NOT in "
+            f"force now (the embedded broker forgot them): {names}; re-issue each with "
+            "`baton kill --run RUN | --tenant T | --global`"
+        )

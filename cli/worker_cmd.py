@@ -1,0 +1,139 @@
+"""``baton worker``: run one governance worker process against a Kafka cluster."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from baton.cli.options import build_settings, read_policy, setting_options
+from baton.schemas.errors import ConfigError
+from baton.schemas.settings import Settings
+
+__all__ = ["create_topics", "register", "worker_cmd"]
+
+
+def create_topics(settings: Settings) -> Any:
+    from baton.streams.kafka import admin_config
+    from baton.streams.topics import TopicCatalog, ensure_topics
+
+    catalog = TopicCatalog(
+        prefix=settings.topic_prefix,
+        partitions=settings.partitions,
+        replication=settings.replication_factor,
+    )
+    # admin_config routes librdkafka's own log lines to Python logging: without it, an
+    # unreachable broker printed a "Connection refused" line to stderr every 50 ms
+    ensure_topics(
+        admin_config(settings.kafka_config()), catalog, timeout=settings.connect_timeout_s
+    )
+    return catalog
+
+
+# ---------------------------------------------------------------------------- worker
+@click.command("worker")
+@setting_options(
+    "bootstrap",
+    "policy",
+    "web_port",
+    "partitions",
+    "topic_prefix",
+    "app_id",
+    "session_timeout_s",
+    "run_retention_s",
+    "tombstone_retention_s",
+    "run_state_max_bytes",
+    "max_runs",
+    "max_state_bytes",
+    "control_max_staleness_s",
+    "batch_size",
+    "fetch_max_wait_ms",
+    "processing_guarantee",
+    "transactional_id",
+    "transaction_timeout_ms",
+    "worker_data_dir",
+    "batch_timeout_s",
+    "replication_factor",
+    "audit_chain_key",
+    "metrics_port",
+    "metrics_host",
+    "log_format",
+)
+def worker_cmd(**opts: Any) -> None:
+    """Run one governance worker against an existing Kafka cluster (run several to scale out).
+
+    Workers with the same --app-id share the partitions of the run-keyed topics; a worker
+    that dies hands its partitions, and their state from the changelog, to the others.
+    """
+    settings = build_settings(**opts)
+    from baton.cli.log_format import LogOutput, logging_config
+
+    output = LogOutput(settings.log_format, "worker")  # from here on, errors in this format too
+    output.install()
+    if settings.web_port == 0:  # Faust binds its web port even when disabled: give it a free one
+        from baton.streams.net import free_port
+
+        settings = settings.model_copy(update={"web_port": free_port()})
+    policy = read_policy(settings.policy)
+    _make_data_dir(settings.worker_data_dir)
+    from baton.streams.net import check_reachable
+
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    # the worker holds every run's state (thousands of objects each) and allocates a few per
+    # event: at CPython's default gen-0 threshold (700) the collector walked the live runs so
+    # often that it took a third of the batch step (bench/RESULTS.md, 2026-11-29)
+    gc.set_threshold(100_000, 50, 100)
+    create_topics(settings)
+    from faust import Worker
+
+    from baton.processors.app import GovernanceWorker
+
+    gw = GovernanceWorker(settings, policy)
+    from baton.processors.metrics import serve_from_settings
+
+    metrics = serve_from_settings(settings, gw.metrics)
+    # The runs table keeps thousands of long-lived objects; with CPython's default GC
+    # thresholds, collections scanning them cost ~35 us per event (measured). Freeze what
+    # start-up allocated and collect young objects less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    output.say(
+        f"baton worker {gw.worker_id}: Kafka {settings.bootstrap}, policy {policy.version}, "
+        f"{settings.partitions} partitions" + (f", metrics on {metrics.url}" if metrics else "")
+    )
+    level = logging.getLogger().getEffectiveLevel()
+    loglevel = logging.getLevelName(min(level, logging.WARNING))
+    worker = Worker(
+        gw.app,
+        loglevel=loglevel.lower(),
+        quiet=True,
+        redirect_stdouts=False,
+        logging_config=logging_config(settings.log_format, "worker", loglevel),
+    )
+    if not worker.stdout.isatty():  # its spinner writes cursor escapes into log files
+        worker.spinner = None
+    worker.execute_from_commandline()
+
+
+def _make_data_dir(path: Path) -> None:
+    """Faust creates only the last level of its datadir: a fresh directory has no .baton/."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(
+            f"worker_data_dir (BATON_WORKER_DATA_DIR): {path} exists and is not a directory, "
+            "expected a directory (or a path where one can be created)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"worker_data_dir (BATON_WORKER_DATA_DIR): cannot create {path}: "
+            f"{exc.strerror or exc}; expected a writable directory"
+        ) from None
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(worker_cmd)
