@@ -50,36 +50,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
-    IsolationLevel,
     KafkaError,
-    KafkaException,
-    TopicCollection,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
 
-from baton.processors.batch import DeadLetter, InputRecord, dead_letter_record
+from baton.processors.batch import DeadLetter, InputRecord
+from baton.processors.control_apply import ControlInForce, apply_control_record
+from baton.processors.control_probe import ControlProbe, ProbeInFlight
 from baton.processors.control_progress import ControlProgress
-from baton.processors.engine import (
-    NO_KILLS,
-    KillSwitches,
-    Origin,
-    apply_control,
-    apply_policy_update,
-)
+from baton.processors.engine import NO_KILLS, KillSwitches
 from baton.processors.exits import EXIT_CONTROL_LOST, exit_without_commit
-from baton.processors.recorded import input_text
-from baton.schemas.decision import Decision, Reason
+from baton.schemas.decision import Decision
 from baton.schemas.errors import ConfigError
-from baton.schemas.events import EventError, KillSwitch, KillSwitchReleased, parse_control_event
 from baton.schemas.policy import Policy
 
 __all__ = ["DEFAULT_MAX_STALENESS_S", "GIVE_UP_FACTOR", "ControlFollower", "ControlProgress"]
@@ -96,24 +84,6 @@ _CONSUME_BATCH = 500
 _POLL_S = 0.2
 _PROBE_POLL_S = 0.02
 _LOG_EVERY_S = 5.0
-
-
-class _Unreadable(Exception):
-    """The control topic cannot be read as it is (partitions gone)."""
-
-
-@dataclass
-class _ProbeInFlight:
-    at: float  #: monotonic time before the first request left
-    described: Future[Any]
-    lows: dict[int, Future[Any]] | None = None
-    highs: dict[int, Future[Any]] | None = None
-
-
-def _reason(exc: Exception) -> str:
-    """librdkafka's own words for a failure ("Broker: Unknown topic or partition")."""
-    err = exc.args[0] if exc.args else None
-    return err.str() if isinstance(err, KafkaError) else str(exc)
 
 
 def _check_bounds(max_staleness_s: float, give_up_after_s: float) -> None:
@@ -164,7 +134,7 @@ class ControlFollower:
         # several probes per bound; a probe may take up to the bound (it never blocks the
         # reading, and a late answer still counts from the time the probe was sent)
         self._probe_every_s = min(1.0, self.max_staleness_s / 5)
-        self._probe_timeout_s = self.max_staleness_s
+        self._probe = ControlProbe(topic, self.max_staleness_s)
         self._worker = worker
         self._on_decision = on_decision
         self._on_dead_letter = on_dead_letter
@@ -264,17 +234,19 @@ class ControlFollower:
 
     def _follow(self, consumer: Consumer, admin: AdminClient) -> None:
         assigned: list[int] = []
-        probe: _ProbeInFlight | None = None
+        probe: ProbeInFlight | None = None
         next_probe = 0.0
         next_log = time.monotonic() + _LOG_EVERY_S
         was_fresh = warned = False
         while not self._stop.is_set():
             now = time.monotonic()
             if probe is None and now >= next_probe:
-                probe = self._send_probe(admin, now)
+                probe = self._probe.send(admin, now, self.progress)
                 next_probe = now + self._probe_every_s
             elif probe is not None:
-                probe, assigned = self._advance_probe(probe, admin, consumer, assigned)
+                probe, assigned = self._probe.advance(
+                    probe, admin, consumer, assigned, self.progress
+                )
             # poll briefly while a probe is on its way, so its answer is taken up at once
             wait = _PROBE_POLL_S if probe is not None else max(0.0, min(_POLL_S, next_probe - now))
             msgs = consumer.consume(_CONSUME_BATCH, wait)
@@ -313,73 +285,6 @@ class ControlFollower:
             )
             self.caught_up.set()
 
-    def _send_probe(self, admin: AdminClient, at: float) -> _ProbeInFlight:
-        """Ask for the topic's partitions (first step of a probe; ``at`` is before it left)."""
-        topics = TopicCollection([self.topic])
-        described = admin.describe_topics(topics, request_timeout=self._probe_timeout_s)
-        self.progress.sent(at)
-        return _ProbeInFlight(at, described[self.topic])
-
-    def _advance_probe(
-        self, probe: _ProbeInFlight, admin: AdminClient, consumer: Consumer, assigned: list[int]
-    ) -> tuple[_ProbeInFlight | None, list[int]]:
-        """Take up what has come back (never waits): (the probe if still on its way, assignment).
-
-        Step one answered: assign the partitions and ask for their watermarks (read_committed,
-        so the high one is the last stable offset). Step two answered: a probe for
-        ``progress``. Any failure, including a request timeout: no contact, and a new probe.
-        """
-        try:
-            if probe.highs is None:
-                if not probe.described.done():
-                    return probe, assigned
-                parts = sorted(p.id for p in probe.described.result().partitions)
-                if parts != assigned:
-                    assigned = self._assign(consumer, parts, assigned)
-                tps = [TopicPartition(self.topic, p) for p in parts]
-                probe.lows = self._offsets(admin, tps, OffsetSpec.earliest())
-                probe.highs = self._offsets(admin, tps, OffsetSpec.latest())
-                return probe, assigned
-            assert probe.lows is not None
-            if not all(f.done() for f in (*probe.lows.values(), *probe.highs.values())):
-                return probe, assigned
-            ends = {
-                p: (probe.lows[p].result().offset, high.result().offset)
-                for p, high in probe.highs.items()
-            }
-        except (KafkaException, _Unreadable) as exc:
-            step = "topic description" if probe.highs is None else "watermarks"
-            self.progress.failed(time.monotonic(), f"{step}: {_reason(exc)}")
-            return None, assigned
-        self.progress.probed(probe.at, ends)
-        return None, assigned
-
-    def _offsets(
-        self, admin: AdminClient, tps: list[TopicPartition], spec: OffsetSpec
-    ) -> dict[int, Future[Any]]:
-        futures = admin.list_offsets(
-            {tp: spec for tp in tps},
-            isolation_level=IsolationLevel.READ_COMMITTED,
-            request_timeout=self._probe_timeout_s,
-        )
-        return {tp.partition: f for tp, f in futures.items()}
-
-    def _assign(self, consumer: Consumer, parts: list[int], assigned: list[int]) -> list[int]:
-        gone = sorted(set(assigned) - set(parts))
-        if gone:
-            # never seen on Kafka (partitions only grow): the topic was deleted and made
-            # again. Stay stale; giving up restarts the worker onto the new topic.
-            raise _Unreadable(f"topic {self.topic}: partitions {gone} vanished")
-        # partitions already followed go on from their positions, new ones from the start
-        # (a partition with nothing consumed yet has no position: the start too)
-        known = consumer.position([TopicPartition(self.topic, p) for p in assigned])
-        start = {tp.partition: tp.offset for tp in known if tp.offset >= 0}
-        consumer.assign(
-            [TopicPartition(self.topic, p, start.get(p, OFFSET_BEGINNING)) for p in parts]
-        )
-        log.info("control topic %s: following partitions %s", self.topic, parts)
-        return parts
-
     def _on_client_error(self, err: KafkaError) -> None:
         # librdkafka's own errors (all brokers down, authentication, ...): why, for the log
         self.progress.failed(time.monotonic(), err.str(), "client")
@@ -404,65 +309,19 @@ class ControlFollower:
 
     # ------------------------------------------------------------------ control events
     def _apply(self, msg: Any) -> None:
-        now = datetime.now(UTC)
-        raw = msg.value()
-        rec = InputRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), raw)
-        try:
-            event = parse_control_event(raw or b"")
-        except EventError as exc:
-            self._on_dead_letter(dead_letter_record(rec, exc.kind, str(exc), self._worker, now))
-            return
-        origin = Origin(self._worker, msg.partition(), msg.offset())
-        if isinstance(event, (KillSwitch, KillSwitchReleased)):
-            self.kills, record = apply_control(self.kills, event, self.policy, now, origin)
-            record.input = input_text(event)  # `baton up` re-issues it after a restart
-            if record.reason in (Reason.KILL_SWITCH, Reason.KILL_SWITCH_RELEASED):
-                log.warning("%s %s %s by %s", event.type, event.scope, event.target, event.operator)
-            else:
-                log.error(
-                    "refused %s %s %s claiming operator %s: %s (%s)",
-                    event.type,
-                    event.scope,
-                    event.target,
-                    event.operator,
-                    record.reason,
-                    record.detail,
-                )
-            self._on_decision(record)
-            return
-        before = self.policy
-        step = apply_policy_update(
-            before,
-            self._policy_signed_at,
-            event,
-            now,
-            origin,
-            f"policy_updated at offset {msg.offset()}",
+        """One record through ``apply_control_record`` (which never raises), then published."""
+        rec = InputRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+        in_force = ControlInForce(
+            self.kills, self.policy, self._policy_signed_at, self.policy_source
         )
-        if step.record is None:
-            self._on_dead_letter(
-                dead_letter_record(rec, "policy", step.error or "", self._worker, now)
-            )
-            return
-        step.record.input = input_text(event)
-        self._on_decision(step.record)
-        if not step.applied:
-            log.error(
-                "refused policy_updated at offset %d claiming operator %s: %s (%s); "
-                "keeping policy %s",
-                msg.offset(),
-                event.operator,
-                step.record.reason,
-                step.record.detail,
-                before.version,
-            )
-            return
-        log.warning("policy %s -> %s (by %s)", before.version, step.policy.version, event.operator)
-        self._policy_signed_at = step.signed_at
-        self.policy = step.policy
-        self.policy_source = (
-            f"policy_updated at {self.topic}[{msg.partition()}]@{msg.offset()} by "
-            f"{event.operator}{' (signed)' if before.operators else ''}"
-        )
-        for listener in self._policy_listeners:
-            listener(step.policy)
+        applied = apply_control_record(in_force, rec, self._worker, datetime.now(UTC))
+        after = applied.in_force
+        self.kills, self._policy_signed_at = after.kills, after.policy_signed_at
+        self.policy, self.policy_source = after.policy, after.policy_source
+        if applied.dead_letter is not None:
+            self._on_dead_letter(applied.dead_letter)
+        if applied.decision is not None:
+            self._on_decision(applied.decision)
+        if applied.policy_changed:
+            for listener in self._policy_listeners:
+                listener(after.policy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from concurrent.futures import Future
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from baton.processors import control_apply
 from baton.processors.control import ControlFollower
 from baton.processors.control_progress import NO_POSITION, ControlProgress
 from baton.schemas.errors import ConfigError
@@ -350,3 +352,56 @@ def test_a_broker_that_never_answers_makes_it_give_up_naming_why() -> None:
     assert "at kafka-1:9092" in reason
     assert "last probe error" in reason and "topic description: Failed while waiting" in reason
     assert consumer.batches  # the loop ended by giving up, not for want of input
+
+
+# ---------------------------------------------------------------- one record never stops it
+def _policy_update(policy_yaml: str) -> bytes:
+    event = {"type": "policy_updated", "policy_yaml": policy_yaml, "operator": "op"}
+    return json.dumps({**event, "event_time": datetime.now(UTC).isoformat()}).encode()
+
+
+#: policy texts that made the follower raise (and so the worker exit, and its restart read
+#: the same record again: a crash loop). If parse_policy learns to refuse one as a `policy`
+#: dead letter, these tests say so: replace it with another text that raises.
+RAISING_POLICIES = {
+    "nested 5,000 deep": "[" * 5000 + "]" * 5000,  # RecursionError in the YAML composer
+    "an integer of 5,000 digits": "multi_agent:\n  max_handoffs: " + "9" * 5000,  # ValueError
+}
+
+
+@pytest.mark.parametrize("policy_yaml", RAISING_POLICIES.values(), ids=RAISING_POLICIES.keys())
+def test_a_control_record_that_raises_is_one_dead_letter_and_the_follower_goes_on(
+    policy_yaml: str,
+) -> None:
+    decisions: list[Any] = []
+    letters: list[Any] = []
+    f = _follower(on_decision=decisions.append, on_dead_letter=letters.append)
+    before, record = f.policy, _policy_update(policy_yaml)
+    consumer = _FakeConsumer([record, _kill("r1")], batches=[500] * 5)
+    _run(f, consumer, _FakeAdmin(high=2))
+    assert len(letters) == 1, "the record that raised is one dead letter"
+    envelope = json.loads(letters[0].value)
+    assert envelope["error_kind"] == "engine_error", envelope["error"]
+    assert envelope["error"].startswith("control record prod.gov.control[0]@0 could not be applied")
+    assert "Error: " in envelope["error"]  # the exception's type and message
+    assert envelope["original"] == record.decode()
+    assert f.policy is before
+    assert f.kills.runs == frozenset({"r1"}), "the record after it is applied"
+    assert [d.reason for d in decisions] == ["kill_switch"]
+    assert f.caught_up.is_set()
+
+
+def test_any_exception_while_applying_a_kill_switch_is_a_dead_letter_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug in apply_control")
+
+    monkeypatch.setattr(control_apply, "apply_control", broken)
+    letters: list[Any] = []
+    f = _follower(on_dead_letter=letters.append)
+    _run(f, _FakeConsumer([_kill("r1")], batches=[500] * 3), _FakeAdmin(high=1))
+    (letter,) = letters
+    error = json.loads(letter.value)["error"]
+    assert "prod.gov.control[0]@0" in error and "RuntimeError: a bug in apply_control" in error
+    assert not f.kills and f.caught_up.is_set()
