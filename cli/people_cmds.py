@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from baton.cli.audit_cmds import _audit_settings, _client, _dsn_option
+from baton.cli.audit_options import audit_client, dsn_option, query_settings
 from baton.cli.options import setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, shown, signer_options
 from baton.cli.stack_record import stack_settings
@@ -59,7 +59,7 @@ def _duration(seconds: float) -> str:
     help="table for people (age and expiry as 3m04s), CSV or JSON lines (in seconds)",
 )
 @click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
-@_dsn_option
+@dsn_option
 def approvals_cmd(
     run_id: str, fmt: str, limit: int, clickhouse_dsn: str | None, data_dir: Path | None
 ) -> None:
@@ -70,9 +70,9 @@ def approvals_cmd(
     from baton.sinks.clickhouse import audit_errors, parse_dsn
     from baton.sinks.render import render
 
-    settings = _audit_settings(clickhouse_dsn, data_dir)
+    settings = query_settings(clickhouse_dsn, data_dir)
     with (
-        _client(settings) as client,
+        audit_client(settings) as client,
         audit_errors(parse_dsn(settings.clickhouse_dsn).label, "listing pending approvals"),
     ):
         pending = pending_approvals(client, run_id, limit)
@@ -128,7 +128,7 @@ def _answer_options(fn: Any) -> Any:
         help="seconds to wait for the worker's decision",
     )(fn)
     fn = setting_options("bootstrap", "topic_prefix", "partitions")(fn)
-    return _dsn_option(fn)
+    return dsn_option(fn)
 
 
 def _answer(
@@ -148,9 +148,9 @@ def _answer(
     from baton.streams.sdk import ApproverClient
 
     key = load_key(key_file)  # before anything else: a bad key file is a usage error
-    audit = _audit_settings(clickhouse_dsn, data_dir)
+    audit = query_settings(clickhouse_dsn, data_dir)
     label = parse_dsn(audit.clickhouse_dsn).label
-    with _client(audit) as client, audit_errors(label, f"looking up approval {approval_id}"):
+    with audit_client(audit) as client, audit_errors(label, f"looking up approval {approval_id}"):
         asked, answered = find_approval(client, approval_id)
     if asked is None:
         raise BatonError(

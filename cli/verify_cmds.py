@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from baton.cli.audit_cmds import _audit_settings, _client, _dsn_option
+from baton.cli.audit_options import audit_client, dsn_option, query_settings
 from baton.cli.options import build_settings
 from baton.sinks.schema import DATABASE
 
@@ -115,7 +115,7 @@ def audit_group() -> None:
     help="check the runs with a decision at or after this time (ISO, UTC unless a zone is "
     "given) or within this age (30m, 12h, 7d); each run from its first row",
 )
-@_dsn_option
+@dsn_option
 def verify_cmd(
     run_id: str | None, since: datetime | None, clickhouse_dsn: str | None, data_dir: Path | None
 ) -> None:
@@ -126,12 +126,12 @@ def verify_cmd(
     from baton.sinks.chain_verify import verify_chains
     from baton.sinks.clickhouse import audit_errors, parse_dsn
 
-    settings = _audit_settings(clickhouse_dsn, data_dir)
+    settings = query_settings(clickhouse_dsn, data_dir)
     key_setting = build_settings().audit_chain_key
     key = key_setting.get_secret_value().encode() if key_setting else b""
     sql, params = _query(run_id, since)
     label = parse_dsn(settings.clickhouse_dsn).label
-    with _client(settings) as client, audit_errors(label, "reading the decision chains"):
+    with audit_client(settings) as client, audit_errors(label, "reading the decision chains"):
         rows = [_utc(row) for row in client.query(sql, parameters=params).result_rows]
     if run_id is not None and not rows:
         raise BatonError(f"no decisions for run {run_id[:80]!r} in {DATABASE}.decisions at {label}")

@@ -98,11 +98,11 @@ def test_an_empty_or_unsplittable_script_is_refused_before_connecting(
 
 
 def test_stdin_past_the_limit_or_not_utf8_is_refused(tmp_path: Path) -> None:
-    from baton.cli import audit_cmds
+    from baton.cli import query_cmds
 
     _register()
     dsn = f"chdb://{tmp_path / 'no-audit'}"
-    big = b"SELECT 1;" * (audit_cmds.MAX_SCRIPT_BYTES // 9 + 1)
+    big = b"SELECT 1;" * (query_cmds.MAX_SCRIPT_BYTES // 9 + 1)
     result = CliRunner().invoke(cli, ["sql", "--dsn", dsn, "-"], input=big)
     assert result.exit_code == 2 and "stdin holds more than 16 MiB" in result.output
     result = CliRunner().invoke(cli, ["sql", "--dsn", dsn, "-"], input=b"SELECT '\xff'")

@@ -1,0 +1,165 @@
+"""``baton alerts``: announce every stop, or ``check`` the SQL alert rules over the audit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from baton.cli.audit_options import audit_client, dsn_option, query_settings, stop_on_signals
+from baton.cli.options import setting_options
+from baton.cli.stack_record import data_dir_option, stack_settings
+
+__all__ = ["alerts_check", "alerts_group"]
+
+
+def _group_id(value: str | None) -> str | None:
+    """A Kafka consumer group id: 1-249 printable ASCII characters (Kafka's topic-name
+    bound, a sane one for groups), or None for the default."""
+    if value is None:
+        return None
+    if not (0 < len(value) <= 249 and value.isascii() and value.isprintable()):
+        raise click.BadParameter(
+            f"expected 1-249 printable ASCII characters, got {value[:40]!r}"
+            + (f"… ({len(value)} characters)" if len(value) > 40 else ""),
+            param_hint="--group",
+        )
+    return value
+
+
+@click.group("alerts", invoke_without_command=True)
+@setting_options(
+    "bootstrap",
+    "topic_prefix",
+    "app_id",
+    "session_timeout_s",
+    "partitions",
+    "replication_factor",
+    "webhook_url",
+    "metrics_port",
+    "metrics_host",
+    "log_format",
+)
+@click.option(
+    "--storm-threshold",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="this many stops within --storm-window fold into one summary (0 = never)",
+)
+@click.option(
+    "--storm-window", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="seconds"
+)
+@click.option(
+    "--group",
+    "group_id",
+    default=None,
+    callback=lambda _ctx, _param, value: _group_id(value),
+    help="Kafka consumer group: alerters in one group share the stops (each announced by "
+    "one of them), alerters in different groups each announce every stop [default: "
+    "APP_ID-alerts; the alerter of `baton up` uses APP_ID-up-alerts, so a `baton alerts` "
+    "next to it also sees every stop]",
+)
+@data_dir_option
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="skip stops decided longer ago than this many seconds (0 = any age)",
+)
+@click.pass_context
+def alerts_group(
+    ctx: click.Context,
+    storm_threshold: int,
+    storm_window: float,
+    max_age: float,
+    group_id: str | None,
+    data_dir: Path | None,
+    **overrides: Any,
+) -> None:
+    """Announce every stop from gov.stops (console, and --webhook-url as Slack JSON), once per
+    decision, storms folded. `baton alerts check` evaluates SQL alert rules instead."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from baton.cli.log_format import LogOutput
+    from baton.processors.metrics import AlertMetrics, serve_from_settings
+    from baton.sinks.alerts import run_alerts
+
+    settings = stack_settings(overrides, data_dir)
+    output = LogOutput(settings.log_format, "alerts")
+    output.install()
+    watched = AlertMetrics()
+    metrics = serve_from_settings(settings, watched)
+    if metrics is not None:
+        output.say(f"alerts: metrics on {metrics.url}")
+    with stop_on_signals() as stop:
+        alerter = run_alerts(
+            settings,
+            stop,
+            storm_threshold=storm_threshold,
+            storm_window_s=storm_window,
+            max_age_s=max_age,
+            group_id=group_id,
+            emit=lambda text: click.echo(text),
+            on_ready=watched.watch,
+        )
+    if alerter.duplicates:
+        output.say(f"alerts: {alerter.duplicates} duplicate stops not announced again")
+
+
+@alerts_group.command("check")
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML rules (tune built-ins, add your own); built-ins if unset",
+)
+@click.option("--webhook-url", default=None, help="also post fired rules here (Slack JSON)")
+@dsn_option
+def alerts_check(
+    rules_path: Path | None,
+    webhook_url: str | None,
+    clickhouse_dsn: str | None,
+    data_dir: Path | None,
+) -> None:
+    """Evaluate SQL alert rules over the audit; exit 1 when any fired, 0 when none did
+    (2 when a rule is broken)."""
+    from baton.schemas.errors import ConfigError
+    from baton.sinks.alerts import post_webhook
+    from baton.sinks.render import render_table
+    from baton.sinks.rules import evaluate_rules, load_rules
+
+    parent = click.get_current_context().parent  # `baton alerts --data-dir DIR check`
+    if data_dir is None and parent is not None:
+        data_dir = parent.params.get("data_dir")
+    settings = query_settings(clickhouse_dsn, data_dir)
+    rules = load_rules(rules_path)
+    with audit_client(settings) as client:
+        results = evaluate_rules(client, rules)
+    fired = [r for r in results if r.fired]
+    broken = [r for r in results if r.error]
+    for result in results:
+        if result.error:
+            click.echo(f"ERROR  {result.rule.name}: {result.error}")
+        elif result.fired:
+            click.echo(f"FIRED  {result.rule.name}: {result.rule.summary()}")
+            table = render_table(result.columns, result.rows)
+            click.echo("\n".join("         " + line for line in table.splitlines()))
+        else:
+            click.echo(f"ok     {result.rule.name}")
+    if not webhook_url and settings.webhook_url is not None:
+        webhook_url = settings.webhook_url.get_secret_value()
+    if webhook_url and fired:
+        text = "🚨 Baton alert rules fired: " + "; ".join(
+            f"{r.rule.name} ({len(r.rows)}): {r.rule.summary()}" for r in fired
+        )
+        post_webhook(webhook_url, text)
+    if broken:
+        raise ConfigError(
+            f"{len(broken)} alert rule(s) failed: " + ", ".join(r.rule.name for r in broken)
+        )
+    sys.exit(1 if fired else 0)

@@ -1,0 +1,119 @@
+"""``baton sink``: consume gov.decisions into the ClickHouse audit, serving SQL over chDB."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from baton.cli.audit_options import stop_on_signals
+from baton.cli.options import build_settings, setting_options
+
+__all__ = ["sink_cmd"]
+
+
+@click.command("sink")
+@setting_options(
+    "bootstrap",
+    "topic_prefix",
+    "clickhouse_dsn",
+    "audit_ttl_days",
+    "sink_batch_size",
+    "sink_batch_timeout_s",
+    "app_id",
+    "partitions",
+    "replication_factor",
+    "metrics_port",
+    "metrics_host",
+    "log_format",
+)
+@click.option(
+    "--sql-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="with chDB: the address to serve SQL on (read-only ClickHouse HTTP interface subset, "
+    "token required). Beyond the loopback interface the token and results cross the network "
+    "without TLS: a warning says so",
+)
+@click.option(
+    "--sql-port",
+    default="8123",
+    show_default=True,
+    help="with chDB: the SQL port; 0 = any free port, off = do not serve",
+)
+@click.option(
+    "--report-every",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="seconds between status lines (rows, rate, lag per partition) on stderr",
+)
+def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any) -> None:
+    """Consume gov.decisions into ClickHouse governance.decisions (batched, at least once,
+    deduplicated by decision_id); with chDB, also serve SQL for other processes."""
+    from baton.sinks.sink import run_sink
+
+    settings = build_settings(**overrides)
+    port = None if sql_port.lower() in ("off", "none", "") else _port(sql_port)
+    from baton.cli.log_format import LogOutput
+    from baton.processors.metrics import SinkMetrics, serve_from_settings
+
+    output = LogOutput(settings.log_format, "sink")
+    output.install()
+    running: list[Any] = []  # the sink, once connected: its stats are the metrics
+    metrics = serve_from_settings(
+        settings, SinkMetrics(lambda: running[0].stats if running else None)
+    )
+    if metrics is not None:
+        output.say(f"audit sink: metrics on {metrics.url}")
+
+    from baton.sinks.sql_guard import is_loopback
+
+    if port is not None and not is_loopback(sql_host):
+        output.say(
+            f"audit sink: WARNING: serving SQL on {sql_host}, beyond the loopback interface: "
+            "anyone who can reach it and holds the token reads the audit, and the token and "
+            "the results cross the network without TLS",
+            logging.WARNING,
+        )
+
+    def ready(sink: Any, server: Any) -> None:
+        # never the token itself: this line ends up in log files (baton up's logs/sink.log)
+        where = (
+            f"; SQL on {server.url} (user {server.user}, token in "
+            f"{server.engine_path}/baton-sql-endpoint.json)"
+            if server
+            else ""
+        )
+        running.append(sink)
+        output.say(f"audit sink: {sink.topic} -> {sink.label}{where}")
+
+    def report(stats: Any) -> None:
+        if stats.rows or stats.last_error:
+            output.say(f"audit sink: {stats.describe()}")
+
+    with stop_on_signals() as stop:
+        stats = run_sink(
+            settings,
+            stop,
+            sql_host=sql_host,
+            sql_port=port,
+            on_ready=ready,
+            on_report=report,
+            report_every_s=report_every,
+        )
+    output.say(
+        f"audit sink stopped: {stats.rows} decisions in {stats.batches} batches, "
+        f"{stats.rejected} rejected"
+    )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise click.BadParameter(f"expected 0-65535 or off, got {text!r}", param_hint="--sql-port")
+    return port
