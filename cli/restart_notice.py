@@ -2,7 +2,7 @@
 force before it.
 
 The embedded broker forgets its control topic when it stops. `baton up` issues again what the
-audit recorded the command of (cli.restore_runs: every kill, signed releases and policy
+audit recorded the command of (cli.restore_kills: every kill, signed releases and policy
 updates); what it cannot (records from before commands were recorded, unsigned policy
 updates) is folded from the audit's ``control`` records here, so ``baton up`` names each one
 loudly instead of lifting a kill switch or dropping a policy in silence.
@@ -33,7 +33,7 @@ _APPLIED = ("kill_switch", "kill_switch_released")
 def fold_kill_switches(records: Iterable[tuple[str, ...]]) -> list[str]:
     """``run RUN``, ``tenant T`` or ``global`` for every switch whose last applied command
     (of ``(reason, run_id, tenant, detail[, command])`` control records, oldest first) engaged
-    it, unless that kill's command is recorded: `baton up` re-issues those (cli.restore_runs)."""
+    it, unless that kill's command is recorded: `baton up` re-issues those (cli.restore_kills)."""
     return [
         "global" if scope == "global" else f"{scope} {shown(target)}"
         for scope, target in lost_kill_scopes(records)
@@ -120,7 +120,7 @@ def fold_policy_in_force(
 ) -> PolicyInForce | None:
     """The policy of the last of ``(reason, policy_version, approver, decided_at, input)``
     control records (oldest first), with the operator who published that version, if one did,
-    and whether `baton up` re-issues it (cli.restore_runs: only a signed command)."""
+    and whether `baton up` re-issues it (cli.restore_kills: only a signed command)."""
     last: PolicyInForce | None = None
     publishers: dict[str, tuple[str, bool]] = {}
     for reason, version, approver, at, command in records:

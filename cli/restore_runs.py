@@ -23,25 +23,23 @@ audit, so its effect is not restored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from baton.cli.restart_notice import kill_records, lost_kill_scopes
-from baton.processors.engine import STICKY_REASONS, evict, new_state
+from baton.cli.restore_kills import MAX_RUN_ID, ends_killed, hold_lost_kills, keep_killed
+from baton.cli.restore_write import reissue, write_changelog
+from baton.processors.engine import STICKY_REASONS, evict
 from baton.processors.replay import Recorded, is_partial, rebuild_run, runs_of
 from baton.processors.state import RunState
-from baton.schemas.decision import Outcome, Reason
+from baton.schemas.decision import Reason
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
-from baton.streams.partitioner import partition_for
 
 __all__ = ["restore_runs"]
-
-#: the longest run id an event can carry (schemas.events.Id)
-MAX_RUN_ID = 256
 
 _STICKY = frozenset({*STICKY_REASONS, Reason.RUN_STATE_LIMIT})
 
@@ -84,7 +82,7 @@ def restore_runs(
     finally:
         client.close()
     _say_what_was_not_verified(rebuilt, settings, say)
-    kept = _keep_killed(states, rebuilt.killed, commands)
+    kept = keep_killed(states, rebuilt.killed, commands)
     if kept:
         names = ", ".join(kept[:5]) + (" ..." if len(kept) > 5 else "")
         say(
@@ -92,7 +90,7 @@ def restore_runs(
             f"restart cannot issue again ({names}; its command is not in the audit) are "
             "restored STOPPED (audit_unverified), never reopened"
         )
-    held = _hold_lost_kills(states, lost_kills, now)
+    held = hold_lost_kills(states, lost_kills, now)
     if held:
         names = ", ".join(held[:5]) + (" ..." if len(held) > 5 else "")
         say(
@@ -101,9 +99,9 @@ def restore_runs(
             "switch among them covers only the runs the audit holds: re-issue it with "
             "`baton kill` for new runs"
         )
-    _write_changelog(settings, states)
+    write_changelog(settings, states)
     if commands:
-        sent = _reissue(settings, commands, say)
+        sent = reissue(settings, commands, say)
         say(
             f"restore: re-issued {sent} of {len(commands)} kill switch, release and policy "
             "commands (releases and policy updates only when signed)"
@@ -146,7 +144,7 @@ def _rebuild(
             # the worker at whatever size its writer chose
             out.impossible.append(run_id)
             continue
-        if _ends_killed(run):
+        if ends_killed(run):
             out.killed.add(run_id)
         if is_partial(run, policies) is not None:
             recorded_inputs = any(r.input is not None for r in run)
@@ -168,86 +166,6 @@ def _rebuild(
         if aged is not None:
             out.states.append(aged)
     return out
-
-
-def _ends_killed(run: list[Recorded]) -> bool:
-    """The run's last answer to a handoff was a kill switch's stop (no allow after it)."""
-    killed = False
-    for rec in run:
-        if rec.reason == Reason.KILLED:
-            killed = True
-        elif rec.outcome == Outcome.ALLOW:
-            killed = False
-    return killed
-
-
-def _keep_killed(states: list[RunState], killed: set[str], commands: list[str]) -> list[str]:
-    """Stop (audit_unverified) every run that a kill switch stopped last when no re-issued
-    command names its run, its tenant or everything: the kill that stopped it is not in the
-    audit's commands (recorded before commands were, or its record was replaced by a forged
-    one in FINAL), so the fresh broker would not hold it. The runs stopped so, by id."""
-    if not killed:
-        return []
-    scopes = {(scope, target) for scope, target, _ in _parsed(commands, lambda _: None)}
-    stopped: list[str] = []
-    for state in states:
-        if state.run_id not in killed or state.stopped is not None or state.finished:
-            continue
-        named = {("run", state.run_id), ("tenant", state.tenant), ("global", "*")}
-        if not named & scopes:
-            state.stopped = Reason.AUDIT_UNVERIFIED
-            stopped.append(state.run_id)
-    return stopped
-
-
-def _hold_lost_kills(
-    states: list[RunState], lost: list[tuple[str, str]], now: datetime
-) -> list[str]:
-    """Stop (audit_unverified) every restored run a lost kill switch covers (one engaged last
-    whose command the audit does not hold, e.g. replaced in FINAL by a forged release): the
-    fresh broker would not hold the switch, and its runs must not reopen. A run-scope switch
-    on a run with no restored state gets a stopped state of its own. The run ids stopped."""
-    if not lost:
-        return []
-    runs = {target for scope, target in lost if scope == "run"}
-    tenants = {target for scope, target in lost if scope == "tenant"}
-    everything = any(scope == "global" for scope, _ in lost)
-    stopped: list[str] = []
-    for state in states:
-        covered = everything or state.run_id in runs or state.tenant in tenants
-        runs.discard(state.run_id)
-        if covered and state.stopped is None and not state.finished:
-            state.stopped = Reason.AUDIT_UNVERIFIED
-            stopped.append(state.run_id)
-    for run_id in sorted(runs):
-        if 1 <= len(run_id) <= MAX_RUN_ID:
-            state = new_state(run_id, "default", now)
-            state.stopped = Reason.AUDIT_UNVERIFIED
-            states.append(state)
-            stopped.append(run_id)
-    return stopped
-
-
-def _parsed(commands: list[str], refused: Callable[[str], None]) -> Iterator[tuple[str, str, str]]:
-    """``(scope, target, text)`` of each command a restart re-issues: every kill, and the
-    releases and policy updates that are signed (scope ``policy`` for those). A recorded
-    command that does not parse (a forged or damaged row) is named to ``refused``."""
-    from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
-
-    for text in commands:
-        try:
-            event = parse_control_event(text.encode())
-        except Exception as exc:
-            refused(f"{text[:80]!r}: {str(exc)[:200]}")
-            continue
-        if not isinstance(event, KillSwitch) and not event.signature:
-            # whoever can write gov.decisions could have put it there: only a command that
-            # can only tighten (a kill) or that a worker verifies (a signed one) is re-issued
-            continue
-        if isinstance(event, (KillSwitch, KillSwitchReleased)):
-            yield event.scope, event.target, text
-        else:
-            yield "policy", "*", text
 
 
 def _say_what_was_not_verified(
@@ -326,101 +244,3 @@ def _from_summaries(
             if aged is not None:
                 states.append(aged)
     return states
-
-
-def _write_changelog(settings: Settings, states: list[RunState]) -> None:
-    """Write ``states`` to the runs table's changelog, each partition's last record alone
-    (Tansu answers ListOffsets with the start of the last batch + 1, and Faust's recovery
-    reads only up to it: see docs/architecture.md)."""
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    from baton.schemas.errors import BrokerUnavailable
-
-    if not states:
-        return
-    topic = f"{settings.app_id}-runs-changelog"
-    config = settings.kafka_config()
-    admin = AdminClient(config)
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                topic,
-                settings.partitions,
-                settings.replication_factor,
-                config={"cleanup.policy": "compact"},
-            )
-        ]
-    )
-    for future in futures.values():
-        try:
-            future.result(settings.connect_timeout_s)
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise BrokerUnavailable(f"cannot create {topic}: {exc}") from None
-    producer = Producer({**config, "linger.ms": 5})
-    errors: list[str] = []
-
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    last: dict[int, tuple[bytes, bytes]] = {}
-    for state in states:
-        key = state.run_id.encode()
-        partition = partition_for(key, settings.partitions)
-        if partition in last:
-            _produce(producer, topic, partition, *last[partition], delivered)
-        last[partition] = (key, state.to_bytes())
-    _flush(producer, errors, topic)
-    for partition, (key, value) in last.items():
-        _produce(producer, topic, partition, key, value, delivered)
-        _flush(producer, errors, topic)
-
-
-def _reissue(settings: Settings, commands: list[str], say: Callable[[str], None]) -> int:
-    """The applied control commands again on the fresh control topic, in their order: the
-    workers apply them (and verify their signatures) before deciding, as after any start."""
-    from confluent_kafka import Producer
-
-    from baton.streams.topics import TopicCatalog
-
-    topic = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions).control
-    producer = Producer(settings.kafka_config())
-    errors: list[str] = []
-
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    def refused(line: str) -> None:
-        say(f"restore: WARNING: a recorded command is not a control event, not re-issued: {line}")
-
-    sent = 0
-    for _scope, target, text in _parsed(commands, refused):
-        _produce(producer, topic, 0, target.encode(), text.encode(), delivered)
-        sent += 1
-    _flush(producer, errors, topic)
-    return sent
-
-
-def _produce(
-    producer: Any, topic: str, partition: int, key: bytes, value: bytes, delivered: Any
-) -> None:
-    while True:
-        try:
-            producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
-            break
-        except BufferError:
-            producer.poll(0.1)
-    producer.poll(0)
-
-
-def _flush(producer: Any, errors: list[str], topic: str) -> None:
-    from baton.schemas.errors import BrokerUnavailable
-
-    if producer.flush(30) or errors:
-        raise BrokerUnavailable(
-            f"could not write the restored run states to {topic}: "
-            + ("; ".join(errors[:3]) or "not acknowledged within 30 s")
-        )

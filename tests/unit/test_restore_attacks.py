@@ -14,7 +14,8 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from baton.cli.restore_runs import _ends_killed, _keep_killed, _parsed, _rebuild
+from baton.cli.restore_kills import ends_killed, keep_killed, reissued_commands
+from baton.cli.restore_runs import _rebuild
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.replay import Recorded, is_partial, rebuild_run, replay_runs, runs_of
 from baton.processors.state import RunState
@@ -242,7 +243,7 @@ def test_a_run_killed_last_stays_stopped_when_no_command_re_issues_its_kill() ->
     """The kill's control record was replaced in FINAL by a forged release (or recorded
     before commands were): nothing re-issues it, so the run is restored stopped."""
     states = [_run_state("killed"), _run_state("other")]
-    assert _keep_killed(states, {"killed"}, []) == ["killed"]
+    assert keep_killed(states, {"killed"}, []) == ["killed"]
     assert [s.stopped for s in states] == ["audit_unverified", None]
 
 
@@ -257,7 +258,7 @@ def test_a_run_killed_last_stays_stopped_when_no_command_re_issues_its_kill() ->
 )
 def test_a_run_whose_kill_is_re_issued_is_not_stopped_for_it(command: str) -> None:
     states = [_run_state("killed")]
-    assert _keep_killed(states, {"killed"}, [command]) == []
+    assert keep_killed(states, {"killed"}, [command]) == []
     assert states[0].stopped is None  # the re-issued kill holds it (and a release lifts it)
 
 
@@ -265,7 +266,7 @@ def test_an_unsigned_release_does_not_count_as_re_issued() -> None:
     release = orjson.loads(_kill_command("run", run_id="killed"))
     release["type"] = "kill_switch_released"
     states = [_run_state("killed")]
-    assert _keep_killed(states, {"killed"}, [orjson.dumps(release).decode()]) == ["killed"]
+    assert keep_killed(states, {"killed"}, [orjson.dumps(release).decode()]) == ["killed"]
 
 
 def test_a_recorded_command_that_does_not_parse_is_named_not_raised() -> None:
@@ -273,7 +274,7 @@ def test_a_recorded_command_that_does_not_parse_is_named_not_raised() -> None:
     of baton up (it was re-parsed without a guard)."""
     refused: list[str] = []
     good = _kill_command("global")
-    parsed = list(_parsed(["not json", '{"type":"kill_switch"}', good], refused.append))
+    parsed = list(reissued_commands(["not json", '{"type":"kill_switch"}', good], refused.append))
     assert [(scope, target) for scope, target, _ in parsed] == [("global", "*")]
     assert len(refused) == 2 and refused[0].startswith("'not json'")
 
@@ -281,9 +282,9 @@ def test_a_recorded_command_that_does_not_parse_is_named_not_raised() -> None:
 def test_an_allow_after_a_kill_means_the_kill_was_lifted() -> None:
     now = datetime.now(UTC)
     rec = Recorded("r", "d1", "stop", "killed", None, "v", now, "w", 0, 0, "{}", None, None)
-    assert _ends_killed([rec])
+    assert ends_killed([rec])
     allow = replace(rec, decision_id="d2", outcome="allow", reason="ok")
-    assert not _ends_killed([rec, allow])
+    assert not ends_killed([rec, allow])
 
 
 def _control_rows(*events: object) -> list[tuple[str, ...]]:
@@ -354,7 +355,7 @@ def test_a_run_id_no_event_can_carry_is_not_restored() -> None:
     worker a run of that size (and any number of them). Ids of events are 1-256 chars."""
     from pydantic import TypeAdapter, ValidationError
 
-    from baton.cli.restore_runs import MAX_RUN_ID
+    from baton.cli.restore_kills import MAX_RUN_ID
     from baton.schemas.events import Id
 
     TypeAdapter(Id).validate_python("r" * MAX_RUN_ID)  # the bound mirrors the events' own

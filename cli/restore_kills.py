@@ -1,0 +1,105 @@
+"""Kill switches across a ``baton up`` restart: which runs stay stopped, which commands go again.
+
+A restart re-issues every recorded kill and the signed releases and policy updates
+(``reissued_commands``); a run that a kill switch stopped last is kept stopped
+(``audit_unverified``) when no re-issued command covers it (``keep_killed``), and so is every
+run a lost kill switch covers (``hold_lost_kills``). Fail closed: a forged row in the audit
+can keep a run stopped, never reopen it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from baton.processors.engine import new_state
+from baton.processors.replay import Recorded
+from baton.processors.state import RunState
+from baton.schemas.decision import Outcome, Reason
+
+__all__ = ["MAX_RUN_ID", "ends_killed", "hold_lost_kills", "keep_killed", "reissued_commands"]
+
+#: the longest run id an event can carry (schemas.events.Id)
+MAX_RUN_ID = 256
+
+
+def ends_killed(run: list[Recorded]) -> bool:
+    """The run's last answer to a handoff was a kill switch's stop (no allow after it)."""
+    killed = False
+    for rec in run:
+        if rec.reason == Reason.KILLED:
+            killed = True
+        elif rec.outcome == Outcome.ALLOW:
+            killed = False
+    return killed
+
+
+def keep_killed(states: list[RunState], killed: set[str], commands: list[str]) -> list[str]:
+    """Stop (audit_unverified) every run that a kill switch stopped last when no re-issued
+    command names its run, its tenant or everything: the kill that stopped it is not in the
+    audit's commands (recorded before commands were, or its record was replaced by a forged
+    one in FINAL), so the fresh broker would not hold it. The runs stopped so, by id."""
+    if not killed:
+        return []
+    scopes = {(scope, target) for scope, target, _ in reissued_commands(commands, lambda _: None)}
+    stopped: list[str] = []
+    for state in states:
+        if state.run_id not in killed or state.stopped is not None or state.finished:
+            continue
+        named = {("run", state.run_id), ("tenant", state.tenant), ("global", "*")}
+        if not named & scopes:
+            state.stopped = Reason.AUDIT_UNVERIFIED
+            stopped.append(state.run_id)
+    return stopped
+
+
+def hold_lost_kills(
+    states: list[RunState], lost: list[tuple[str, str]], now: datetime
+) -> list[str]:
+    """Stop (audit_unverified) every restored run a lost kill switch covers (one engaged last
+    whose command the audit does not hold, e.g. replaced in FINAL by a forged release): the
+    fresh broker would not hold the switch, and its runs must not reopen. A run-scope switch
+    on a run with no restored state gets a stopped state of its own. The run ids stopped."""
+    if not lost:
+        return []
+    runs = {target for scope, target in lost if scope == "run"}
+    tenants = {target for scope, target in lost if scope == "tenant"}
+    everything = any(scope == "global" for scope, _ in lost)
+    stopped: list[str] = []
+    for state in states:
+        covered = everything or state.run_id in runs or state.tenant in tenants
+        runs.discard(state.run_id)
+        if covered and state.stopped is None and not state.finished:
+            state.stopped = Reason.AUDIT_UNVERIFIED
+            stopped.append(state.run_id)
+    for run_id in sorted(runs):
+        if 1 <= len(run_id) <= MAX_RUN_ID:
+            state = new_state(run_id, "default", now)
+            state.stopped = Reason.AUDIT_UNVERIFIED
+            states.append(state)
+            stopped.append(run_id)
+    return stopped
+
+
+def reissued_commands(
+    commands: list[str], refused: Callable[[str], None]
+) -> Iterator[tuple[str, str, str]]:
+    """``(scope, target, text)`` of each command a restart re-issues: every kill, and the
+    releases and policy updates that are signed (scope ``policy`` for those). A recorded
+    command that does not parse (a forged or damaged row) is named to ``refused``."""
+    from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
+
+    for text in commands:
+        try:
+            event = parse_control_event(text.encode())
+        except Exception as exc:
+            refused(f"{text[:80]!r}: {str(exc)[:200]}")
+            continue
+        if not isinstance(event, KillSwitch) and not event.signature:
+            # whoever can write gov.decisions could have put it there: only a command that
+            # can only tighten (a kill) or that a worker verifies (a signed one) is re-issued
+            continue
+        if isinstance(event, (KillSwitch, KillSwitchReleased)):
+            yield event.scope, event.target, text
+        else:
+            yield "policy", "*", text
