@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from baton.cli.top import read_audit, render_frame
+from baton.cli.top_audit import read_audit
+from baton.cli.top_frame import render_frame
 from baton.processors.batch import DeadLetter, InputRecord, Outputs
 from baton.processors.metrics import AlertMetrics, SinkMetrics, WorkerMetrics
 from baton.sinks.alerts import AlertStats, StopAlerter

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from baton.cli.log_format import JsonFormatter, LogOutput, MaskingFormatter
-from baton.cli.top import check_metrics_url, quantile
+from baton.cli.top_metrics import check_metrics_url, quantile
 from baton.cli.up_children import with_metrics_ports
 from baton.processors.batch import DeadLetter, InputRecord, Outputs
 from baton.processors.metrics import LATENCY_CAP_S, WorkerMetrics

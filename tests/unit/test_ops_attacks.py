@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from baton.cli.main import _register, cli
 from baton.cli.tail_cmds import _render_json
-from baton.cli.top import MetricsView, quantile, render_frame
+from baton.cli.top_frame import render_frame
+from baton.cli.top_metrics import MetricsView, quantile
 from baton.processors.metrics import new_registry, serve_metrics
 from baton.schemas.errors import ConfigError
 
@@ -171,7 +172,7 @@ def test_top_shows_a_metrics_server_that_does_not_speak_http_as_unreachable() ->
     import socket
     import threading
 
-    from baton.cli.top import scrape
+    from baton.cli.top_metrics import scrape
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -193,7 +194,7 @@ def test_top_shows_a_metrics_server_that_does_not_speak_http_as_unreachable() ->
 
 
 def test_top_refuses_a_metrics_url_it_cannot_parse_in_one_line() -> None:
-    from baton.cli.top import check_metrics_url
+    from baton.cli.top_metrics import check_metrics_url
 
     with pytest.raises(ConfigError, match="expected http://HOST:PORT/metrics"):
         check_metrics_url("http://[::1")
