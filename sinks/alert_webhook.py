@@ -8,8 +8,8 @@ post of up to ``max_post_chars``), retries a failed post with exponential backof
 alert is dropped and counted; one log line says so when the backlog starts and one with the
 count when there is room again, and that count is posted with the next batch.
 
-The URL is a secret: for Slack the path *is* the credential. It appears in logs and error
-messages only as :func:`mask_url` shows it (scheme and host), never whole.
+Each post goes through :func:`~baton.sinks.alert_post.deliver` (retries, backoff, the URL
+masked in every log line).
 
 Guarantees: ``submit`` returns at once; ``finished`` counts accepted alerts whose post
 succeeded or was given up, in the order they were accepted (so "finished >= n" means the
@@ -21,142 +21,18 @@ but whose answer was lost is posted again (duplicates are possible).
 
 from __future__ import annotations
 
-import http.client
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-import orjson
+from baton.sinks.alert_post import Post, check_webhook_url, deliver, mask_url, post_once
+from baton.sinks.alert_text import TEXT_MAX, cap_text
 
-from baton.schemas.errors import ConfigError
-from baton.sinks.alert_text import TEXT_MAX, cap_text, slack_escape
-
-__all__ = [
-    "PostOutcome",
-    "WebhookSender",
-    "backoff_delay",
-    "check_webhook_url",
-    "mask_url",
-    "post_once",
-    "post_webhook",
-    "slack_body",
-]
+__all__ = ["WebhookSender"]
 
 log = logging.getLogger(__name__)
-
-#: a post callable: (url, text, timeout in seconds) -> outcome; never raises
-Post = Callable[[str, str, float], "PostOutcome"]
-
-
-@dataclass(frozen=True, slots=True)
-class PostOutcome:
-    """What one POST achieved. ``problem`` is safe to log (never holds the URL)."""
-
-    ok: bool
-    problem: str = ""
-    #: worth another attempt (timeouts, connection errors, 408/425/429, 5xx)
-    retry: bool = True
-    #: seconds the server asked us to wait (``Retry-After``), when it said so
-    retry_after: float | None = None
-
-
-def mask_url(url: str) -> str:
-    """``url`` fit for a log line: scheme and host (and port) kept, user, path and query
-    masked — ``https://hooks.slack.com/services/***``."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return "<webhook URL, not parseable>"
-    if not parts.scheme or not host:
-        return "<webhook URL without scheme or host>"
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None:
-        netloc += f":{port}"
-    masked = f"{parts.scheme}://{netloc}"
-    first, _, rest = parts.path.lstrip("/").partition("/")
-    if first and (rest or parts.query or parts.fragment):
-        masked += f"/{first}/***"  # the first segment (e.g. /services) says which API it is
-    elif first or parts.query or parts.fragment:
-        masked += "/***"
-    return masked
-
-
-def check_webhook_url(url: str) -> None:
-    """Refuse a webhook URL that cannot work, naming it only masked."""
-    try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(
-            f"webhook URL {mask_url(url)}: expected http://… or https://… with a host "
-            f"(--webhook-url / BATON_WEBHOOK_URL)"
-        )
-
-
-def slack_body(text: str) -> bytes:
-    """Slack's incoming-webhook JSON for ``text``: ``{"text": …}``, escaped and capped."""
-    return orjson.dumps({"text": slack_escape(cap_text(text, TEXT_MAX))})
-
-
-def post_once(url: str, text: str, timeout_s: float) -> PostOutcome:
-    """One POST of :func:`slack_body` to ``url``; every failure is an outcome, none raises."""
-    try:
-        request = urllib.request.Request(
-            url, data=slack_body(text), method="POST", headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            if 200 <= response.status < 300:
-                return PostOutcome(ok=True)
-            return PostOutcome(ok=False, problem=f"HTTP {response.status}")
-    except urllib.error.HTTPError as exc:
-        retry_after = _seconds(exc.headers.get("Retry-After") if exc.headers else None)
-        exc.close()
-        # 400 invalid_payload, 403, 404 no_service, 410 channel_is_archived: trying again
-        # cannot help; a timeout, a rate limit or a server error may pass
-        retry = exc.code in (408, 425, 429) or exc.code >= 500
-        return PostOutcome(False, f"HTTP {exc.code}", retry, retry_after)
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        return PostOutcome(False, _scrub(f"{type(exc).__name__}: {reason}", url))
-    except ValueError as exc:  # a URL urllib cannot use; its message quotes the URL
-        return PostOutcome(False, _scrub(f"invalid URL: {exc}", url), retry=False)
-
-
-def backoff_delay(
-    attempt: int, base_s: float, cap_s: float, retry_after: float | None = None
-) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (0-based): ``base_s·2^attempt``,
-    at least what the server asked (``Retry-After``), never more than ``cap_s``."""
-    delay = base_s * 2 ** min(attempt, 30)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return min(delay, cap_s)
-
-
-def post_webhook(url: str, text: str, timeout_s: float = 5.0, attempts: int = 3) -> bool:
-    """POST ``text`` to ``url`` now (blocking: for one-shot commands such as ``baton alerts
-    check``), retried with backoff; False when it never succeeded (logged, never raised)."""
-    return _deliver(
-        post_once,
-        url,
-        text,
-        attempts=attempts,
-        timeout_s=timeout_s,
-        backoff_s=0.5,
-        max_backoff_s=30.0,
-        pause=_sleep,
-        remaining=lambda: None,
-    )
 
 
 class WebhookSender:
@@ -282,7 +158,7 @@ class WebhookSender:
                     f"\n⚠️ {dropped} more alert(s) were not posted here: the webhook was behind "
                     f"(every alert is on the alerter's console)"
                 )
-            ok = _deliver(
+            ok = deliver(
                 self._post,
                 self.url,
                 text,
@@ -326,78 +202,3 @@ class WebhookSender:
                     break
                 self._cond.wait(left)
             return self._deadline is None or self._clock() < self._deadline
-
-
-def _deliver(
-    post: Post,
-    url: str,
-    text: str,
-    *,
-    attempts: int,
-    timeout_s: float,
-    backoff_s: float,
-    max_backoff_s: float,
-    pause: Callable[[float], bool],
-    remaining: Callable[[], float | None],
-) -> bool:
-    """Post ``text`` with up to ``attempts`` tries and backoff between them; True once posted."""
-    masked = mask_url(url)
-    problem = "no attempt made"
-    tried = 0
-    for attempt in range(attempts):
-        left = remaining()
-        if left is not None and left <= 0:
-            problem = "the shutdown deadline passed"
-            break
-        outcome = post(url, text, timeout_s if left is None else min(timeout_s, left))
-        tried += 1
-        if outcome.ok:
-            return True
-        problem = outcome.problem
-        log.warning(
-            "alerts: webhook %s failed (attempt %d of %d): %s", masked, tried, attempts, problem
-        )
-        if not outcome.retry or attempt + 1 == attempts:
-            break
-        delay = backoff_delay(attempt, backoff_s, max_backoff_s, outcome.retry_after)
-        if not pause(delay):
-            problem = f"{problem}; the shutdown deadline passed"
-            break
-    lines = text.count("\n") + 1
-    log.error(
-        "alerts: webhook %s: gave up after %d attempt(s) (%s); %d line(s) not posted "
-        "(they were printed on the console)",
-        masked,
-        tried,
-        problem,
-        lines,
-    )
-    return False
-
-
-def _sleep(delay: float) -> bool:
-    time.sleep(delay)
-    return True
-
-
-def _seconds(header: str | None) -> float | None:
-    """A ``Retry-After`` in seconds (the HTTP-date form is not used by webhooks: ignored)."""
-    try:
-        value = float(header) if header is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and 0 <= value < float("inf") else None
-
-
-def _scrub(message: str, url: str) -> str:
-    """``message`` with ``url`` masked, and any secret part of it (user, password, path,
-    query) seen alone replaced by ``***``."""
-    message = message.replace(url, mask_url(url))
-    try:
-        parts = urlsplit(url)
-        secrets = [parts.path, parts.query, parts.username, parts.password, parts.fragment]
-    except ValueError:
-        return message
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return message

@@ -34,9 +34,10 @@ from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
 from baton.sinks.alert_offsets import CommitPoints
+from baton.sinks.alert_post import post_webhook
 from baton.sinks.alert_records import BadRecord, SkippedRecords, read_stop
 from baton.sinks.alert_text import TEXT_MAX, cap_text, clean_field
-from baton.sinks.alert_webhook import WebhookSender, post_webhook
+from baton.sinks.alert_webhook import WebhookSender
 
 __all__ = [
     "AlertMessage",

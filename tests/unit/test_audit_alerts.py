@@ -15,16 +15,10 @@ import pytest
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.errors import ConfigError
 from baton.sinks.alert_offsets import CommitPoints
+from baton.sinks.alert_post import PostOutcome, backoff_delay, mask_url, post_once, slack_body
 from baton.sinks.alert_records import MAX_RECORD_BYTES, BadRecord, SkippedRecords, read_stop
 from baton.sinks.alert_text import FIELD_MAX, TEXT_MAX, clean_field
-from baton.sinks.alert_webhook import (
-    PostOutcome,
-    WebhookSender,
-    backoff_delay,
-    mask_url,
-    post_once,
-    slack_body,
-)
+from baton.sinks.alert_webhook import WebhookSender
 from baton.sinks.alerts import AlertMessage, StopAlerter, _announce, stop_line
 from tests.helpers import wait_for
 
