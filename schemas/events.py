@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from baton.schemas.names import MAX_NAME, normal_name
+
 __all__ = [
     "ApprovalDenied",
     "ApprovalEvent",
@@ -66,7 +68,9 @@ def _event_time(value: datetime) -> datetime:
 
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
-Name = Annotated[str, Field(min_length=1, max_length=256)]
+#: agents, tools, actions, task kinds, statuses, tenants, approvers, operators: checked and
+#: folded to the one form the policy's keys and globs are folded to (baton.schemas.names)
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(normal_name)]
 Money = Annotated[float, Field(ge=0, le=MAX_USD, allow_inf_nan=False, strict=True)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
@@ -287,7 +291,7 @@ def _explain(exc: ValidationError) -> str:
     for err in exc.errors(include_url=False)[:5]:
         # drop the union tag pydantic puts first, e.g. "handoff_requested.cost_usd"
         loc = ".".join(str(p) for p in err["loc"][1:])
-        parts.append(f"{loc or '<event>'}: {err['msg']}")
+        parts.append(f"{loc or '<event>'}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
@@ -313,14 +317,80 @@ def _out_of_range(error: Any) -> bool:
     return kind in _RANGE_ERRORS or (kind == "value_error" and "out of range" in error["msg"])
 
 
+def _error_kind(errors: list[Any]) -> str:
+    """``schema``, unless every error is a value out of range (``out_of_range``) or a bad
+    name among those (``bad_name``: baton.schemas.names)."""
+    bad_names = [e for e in errors if e["type"] == "value_error" and "bad name" in e["msg"]]
+    if not all(e in bad_names or _out_of_range(e) for e in errors):
+        return "schema"
+    return "bad_name" if bad_names else "out_of_range"
+
+
+class _Overflow(float):
+    """A JSON number no float holds (``1e400``), as the stdlib parser reads it."""
+
+
+def _overflowing_number(raw: bytes, pos: int) -> str:
+    """What to say of an event holding a number no float holds: its field and its text."""
+    import json  # the stdlib parser keeps going where orjson stops, to find the field
+
+    def number(text: str) -> float:
+        value = float(text)
+        return _Overflow(value) if value in (_INF, -_INF) else value
+
+    try:
+        doc = json.loads(
+            raw, parse_float=number, parse_int=lambda t: number(t) if len(t) > 18 else int(t)
+        )
+    except (ValueError, RecursionError):
+        doc = None
+    where = _path_of(doc, "") if doc is not None else None
+    at = where if where else f"the number at char {pos}"
+    kind = doc.get("type") if isinstance(doc, dict) and isinstance(doc.get("type"), str) else None
+    prefix = f"{kind[:64]}: " if kind else ""
+    return (
+        f"{prefix}{at}: number {_number_text(raw, pos)} is out of range (it overflows a 64-bit "
+        f"float; expected a finite number within the field's bounds)"
+    )
+
+
+_INF = float("inf")
+
+
+def _path_of(node: Any, path: str) -> str | None:
+    """The key path of the first _Overflow in a parsed document (``cost_usd``, ``tools[2]``)."""
+    if isinstance(node, _Overflow):
+        return path or "<event>"
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, value in items:
+        found = _path_of(
+            value, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip(".")
+        )
+        if found is not None:
+            return found
+    return None
+
+
+def _number_text(raw: bytes, pos: int) -> str:
+    text = raw[pos : pos + 40].split(b",")[0].split(b"}")[0].split(b"]")[0].strip()
+    return text.decode("ascii", "replace")[:32] or "?"
+
+
 def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None) -> Any:
     if len(raw) > MAX_EVENT_BYTES:
         raise EventError("oversized", f"event is {len(raw)} bytes, limit is {MAX_EVENT_BYTES}")
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        if "exceeds 64-bit range" in str(exc):
-            raise EventError("out_of_range", f"a number is out of range: {exc}") from None
+        if "exceeds 64-bit range" in str(exc) or "is infinity when parsed" in str(exc):
+            # 1e400 is valid JSON that no float holds: a number out of range, not bad JSON
+            raise EventError("out_of_range", _overflowing_number(raw, exc.pos)) from None
         # Python's json module and some JS encoders write NaN/Infinity; say so, since the
         # parser's "unexpected character" does not tell the sender which number is wrong
         if raw[exc.pos : exc.pos + 9].lstrip(b"-").startswith((b"NaN", b"Infinity")):
@@ -339,8 +409,7 @@ def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None) -> Any:
         errors = exc.errors()
         if any(e["type"] == "union_tag_invalid" for e in errors):
             raise EventError("unknown_type", f"unknown event type {kind[:64]!r}") from None
-        error_kind = "out_of_range" if all(_out_of_range(e) for e in errors) else "schema"
-        raise EventError(error_kind, f"{kind}: {_explain(exc)}") from None
+        raise EventError(_error_kind(errors), f"{kind}: {_explain(exc)}") from None
     except ValueError as exc:  # model_post_init checks
         raise EventError("schema", f"{kind}: {exc}") from None
     return event

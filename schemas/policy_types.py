@@ -1,13 +1,24 @@
-"""The value types policy keys share: strict models, bounded non-negative limits, glob lists."""
+"""The value types policy keys share: strict models, bounded non-negative limits, names, globs."""
 
 from __future__ import annotations
 
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-__all__ = ["MAX_LIMIT", "Globs", "NonNegInt", "NonNegNumber", "PositiveNumber", "StrictModel"]
+from baton.schemas.names import MAX_NAME, fold_glob, fold_keys, normal_name
+
+__all__ = [
+    "MAX_LIMIT",
+    "Globs",
+    "Names",
+    "NonNegInt",
+    "NonNegNumber",
+    "PositiveNumber",
+    "StrictModel",
+    "name_keyed",
+]
 
 #: the largest integer limit: 2**53, exact as a float (the engine compares budgets as floats)
 #: and far inside the 64-bit range the policy hash's JSON encoder takes. A bigger one made
@@ -29,7 +40,17 @@ def _a_number(value: Any) -> Any:
 NonNegInt = Annotated[int, Field(ge=0, le=MAX_LIMIT, strict=True)]
 NonNegNumber = Annotated[float, BeforeValidator(_a_number), Field(ge=0, allow_inf_nan=False)]
 PositiveNumber = Annotated[float, BeforeValidator(_a_number), Field(gt=0, allow_inf_nan=False)]
-Globs = list[Annotated[str, Field(min_length=1)]]
+#: globs over names (agents, tools, actions, task kinds, approvers), folded like the names
+#: they match (baton.schemas.names): `Billing.*` blocks `billing.refund`, and the reverse
+Globs = list[Annotated[str, Field(min_length=1), AfterValidator(fold_glob)]]
+#: names the policy lists (release_ownership_on statuses), folded like the events' names
+Names = list[Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(normal_name)]]
+
+
+def name_keyed(what: str) -> BeforeValidator:
+    """A mapping keyed by names (roles: agents; tenants; approval.keys and operators: signers)
+    with its keys folded; two keys that fold to one name are refused, naming both."""
+    return BeforeValidator(lambda mapping: fold_keys(mapping, what))
 
 
 class StrictModel(BaseModel):

@@ -15,6 +15,9 @@ one purpose can never be taken for another, and names every field, so none can b
   signing time, and for a policy update the hash of the policy text.
 
 Fields are joined with 0x1F after each is length-prefixed, so no two payloads encode alike.
+Names (the approver, the operator, a tenant target) are signed in their folded form
+(baton.schemas.names), the form the worker reads them in: ``Finance_Lead`` signs as
+``finance_lead``, so a signer need not fold, and a look-alike name cannot verify.
 Key text is ``ed25519:<base64 of the 32 raw public-key bytes>``; a private key file holds
 ``ed25519-private:<base64 of the 32 raw private-key bytes>`` and one newline.
 """
@@ -33,6 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from baton.schemas.errors import ConfigError
+from baton.schemas.names import fold
 
 __all__ = [
     "PRIVATE_PREFIX",
@@ -156,7 +160,7 @@ def approval_payload(
         run_id,
         request_digest,
         verdict,
-        approver,
+        fold(approver),
         _time(signed_at),
     )
 
@@ -175,8 +179,8 @@ def control_payload(
         "baton-control-v1",
         event_type,
         scope,
-        target,
-        operator,
+        fold(target) if scope == "tenant" else target,  # a run id is an id, never folded
+        fold(operator),
         reason,
         _time(signed_at),
         policy_sha,

@@ -467,7 +467,7 @@ MUTATIONS: dict[str, tuple[str, str, list[str], str]] = {
     "cost_1e308": ("completed", "cost_usd", ["1e308"], "out_of_range"),
     "cost_1e20": ("completed", "cost_usd", ["1e20", "1000000.01"], "out_of_range"),
     "cost_negative": ("completed", "cost_usd", ["-0.01"], "out_of_range"),
-    "cost_1e400": ("completed", "cost_usd", ["1e400"], "not_json"),
+    "cost_1e400": ("completed", "cost_usd", ["1e400"], "out_of_range"),
     "calls_2**63": ("completed", "tool_calls", [str(2**63), "-1", "1000001"], "out_of_range"),
     "calls_2**64": ("completed", "tool_calls", [str(2**64)], "out_of_range"),
     "estimate_1e7": ("handoff", "estimated_usd", ["1e7"], "out_of_range"),

@@ -8,6 +8,7 @@ others pin what was tried and held.
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from baton.schemas.decision import Outcome, Reason
 from baton.schemas.policy import parse_policy
@@ -78,11 +79,15 @@ def test_glob_characters_in_a_tool_name_are_literal(tool: str) -> None:
 # ---------------------------------------------------------------- ownership and steps
 
 
-@pytest.mark.parametrize("variant", ["Billing_agent", "billing_agent ", "billing_agent\u200b"])
+@pytest.mark.parametrize("variant", ["billing_agent ", "billing_agent\u200b", "b\u0456lling_agent"])
 def test_a_look_alike_of_the_owner_cannot_release_its_task(variant: str) -> None:
+    # a space, a zero-width space, a Cyrillic i: no report can carry the look-alike (a
+    # bad_name at the schema boundary); "Billing_agent" is the owner itself (names fold:
+    # tests/unit/test_names.py)
     run = Run(policy_with(max_agents_per_run=None))
     owned = run.handoff("T", "planner", "billing_agent")
-    run.one(completed(owned.request_id, "T", variant, status="error", t=1))
+    with pytest.raises(ValidationError, match="bad name"):
+        completed(owned.request_id, "T", variant, status="error", t=1)
     taken = run.handoff("T", "planner", "thief", t=2)
     assert taken.reason == Reason.OWNERSHIP_CONFLICT
 

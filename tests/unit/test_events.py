@@ -130,7 +130,7 @@ def test_nan_cost_is_refused_and_named() -> None:
 
 def test_infinite_cost_is_refused() -> None:
     assert _kind(_raw(_completed()).replace(b"0.42", b"Infinity")) == "not_json"
-    assert _kind(_raw(_completed()).replace(b"0.42", b"1e999")) == "not_json"
+    assert _kind(_raw(_completed()).replace(b"0.42", b"1e999")) == "out_of_range"
     assert _kind(_raw(_completed(cost_usd="NaN"))) == "schema"
 
 

@@ -143,7 +143,7 @@ def test_a_policy_of_nested_yaml_aliases_is_refused_before_it_is_expanded(
 ) -> None:
     # 528 bytes of aliases expand to 10**9 values: `baton policy check` took 35 s and 8 GB,
     # and a policy_updated holding it took down every worker that read gov.control
-    monkeypatch.setattr("baton.schemas.policy.MAX_POLICY_VALUES", 10_000)
+    monkeypatch.setattr("baton.schemas.policy_load.MAX_POLICY_VALUES", 10_000)
     assert "more than 10000 values once its YAML aliases (*name) are expanded" in _problem(text)
     step = apply_policy_update(
         load_policy(None),

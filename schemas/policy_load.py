@@ -1,0 +1,186 @@
+"""Policy YAML to a validated :class:`Policy`: every problem one line naming its key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from baton.schemas.errors import PolicyError
+from baton.schemas.names import fold, name_problem
+from baton.schemas.policy_document import Policy
+from baton.schemas.policy_errors import describe, show
+from baton.schemas.policy_seed import fold_seed_blocks
+
+__all__ = ["DEFAULT_POLICY_YAML", "MAX_POLICY_VALUES", "load_policy", "parse_policy"]
+
+DEFAULT_POLICY_YAML = """\
+# The seed policy: what Baton enforces when no policy file is given.
+multi_agent:
+  max_agents_per_run: 4
+  max_handoffs: 8
+  max_delegation_depth: 3
+  shared_max_usd: 30
+  shared_max_tool_calls: 120
+  require_approval_for:
+    - billing.refund.create
+"""
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    """Parse and validate policy YAML; raises PolicyError naming every bad key."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PolicyError(
+            [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], source
+        ) from None
+    if doc is None:
+        doc = {}
+    if _expands_past(doc, MAX_POLICY_VALUES):
+        raise PolicyError(
+            [
+                f"<top>: more than {MAX_POLICY_VALUES} values once its YAML aliases (*name) "
+                "are expanded, or an alias that contains itself; expected a policy written "
+                "out (a few hundred values)"
+            ],
+            _encodable(source),
+        )
+    if not isinstance(doc, dict):
+        raise PolicyError(
+            [f"<top>: must be a mapping with a multi_agent key, got {show(doc)}"], source
+        )
+    # the seed's blocks fill multi_agent keys first, so that tenants inherit them
+    doc, problems = fold_seed_blocks(doc)
+    # tenants are partial overrides: merge each over the defaults before validating, so
+    # errors point at tenants.<name>.<key> and a tenant inherits every key it does not set
+    raw_tenants = doc.get("tenants") or {}
+    base = doc.get("multi_agent") or {}
+    merged_tenants: dict[str, Any] = {}
+    overrides: dict[Any, dict[str, Any]] = {}  # tenant -> what the tenant sets itself
+    if isinstance(raw_tenants, dict) and isinstance(base, dict):
+        for raw_name, override in raw_tenants.items():
+            # folded here, as Policy.tenants folds its keys, so that an error's key path
+            # names the tenant as the overrides know it (a bad name is refused there)
+            name = _folded(raw_name)
+            if name in merged_tenants:
+                first = next(n for n in raw_tenants if _folded(n) == name)
+                problems.append(
+                    f"tenants: tenant names {show(first)} and {show(raw_name)} are one name "
+                    f"once folded (NFKC, case: {show(name)}); keep one of them"
+                )
+                continue
+            if isinstance(override, dict):
+                override = override.get("multi_agent", override)
+            if isinstance(override, dict):
+                merged_tenants[name] = _merge(base, override)
+                overrides[name] = override
+            else:
+                merged_tenants[name] = override
+        doc = {**doc, "tenants": merged_tenants}
+    try:
+        policy = Policy.model_validate(doc)
+        if not problems:
+            return _hashable(policy, source)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            loc = err["loc"]
+            tenant = loc[1] if len(loc) > 2 and loc[0] == "tenants" else None
+            if tenant in overrides and not _sets(overrides[tenant], loc[2:]):
+                continue  # a bad multi_agent key: reported once, at multi_agent.<key>
+            problems.append(describe(err, Policy))
+    raise PolicyError([_encodable(p) for p in problems], _encodable(source))
+
+
+#: values (mappings, lists, keys, scalars) a policy may hold with its YAML aliases expanded.
+#: A 528-byte file of nested aliases (a "billion laughs") is 10**9 values: validating and
+#: quoting it took 35 s and 8 GB, and from gov.control it took every worker down, again on
+#: every restart. A real policy holds hundreds; 1,000,000 is checked in about a second.
+MAX_POLICY_VALUES = 1_000_000
+
+
+def _expands_past(doc: Any, limit: int) -> bool:
+    """True when ``doc``, aliases expanded, holds more than ``limit`` values (an alias that
+    contains itself never ends, so it is past any limit). Stops counting at ``limit``."""
+    count, stack = 1, [doc]
+    while stack:
+        node = stack.pop()
+        children: Any = (
+            [*node.keys(), *node.values()]
+            if isinstance(node, dict)
+            else node
+            if isinstance(node, list)
+            else ()
+        )
+        count += len(children)
+        if count > limit:
+            return True
+        stack.extend(children)
+    return False
+
+
+def _hashable(policy: Policy, source: str) -> Policy:
+    """``policy`` once its version is computed: a policy whose version cannot be (a lone
+    surrogate from a YAML ``"\\ud800"`` escape) is refused here, never left to raise in a
+    worker's control follower, which would exit on it and again on every restart."""
+    try:
+        policy.version  # noqa: B018 - computed (and cached) for its error
+    except (TypeError, ValueError) as exc:
+        raise PolicyError(
+            [
+                f"<policy>: cannot be hashed for its version ({exc}); expected text that is valid "
+                "UTF-8 (no \\ud800-\\udfff escapes) and numbers within 64 bits"
+            ],
+            _encodable(source),
+        ) from None
+    return policy
+
+
+def _encodable(text: str) -> str:
+    """``text`` printable on a UTF-8 stream: lone surrogates shown as ``\\udXXX`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _folded(name: Any) -> Any:
+    """A tenant's name folded, or as written when it is no name (Policy refuses it)."""
+    return fold(name) if isinstance(name, str) and name_problem(name) is None else name
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``, mapping by mapping: a tenant that sets approval.ttl_seconds
+    keeps the default approvers, one that sets tools.allow keeps the default block list.
+    Lists and scalars are replaced whole."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _sets(override: Any, path: tuple[Any, ...]) -> bool:
+    """True when the tenant's own ``override`` contains the key path (so an error there is its)."""
+    for part in path:
+        if not isinstance(override, dict):
+            return True  # inside a list or value that the tenant set whole
+        if part not in override:
+            return False
+        override = override[part]
+    return True
+
+
+def load_policy(path: str | Path | None) -> Policy:
+    """The policy in ``path``, or the seed policy when ``path`` is None."""
+    if path is None:
+        return parse_policy(DEFAULT_POLICY_YAML, "seed policy")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([f"cannot read policy file: {exc.strerror}"], str(p)) from None
+    return parse_policy(text, str(p))
