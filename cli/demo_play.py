@@ -342,9 +342,10 @@ class Demo:
             click.echo(text, err=True)
 
 
-def replay_scene(dsn: str, since: datetime, folder: Path) -> str | None:
+def replay_scene(dsn: str, since: datetime, folder: Path, *, commands: bool = True) -> str | None:
     """The what-if scene: the demo's recorded history decided again under a stricter
-    max_handoffs (half the recorded one), as `baton replay` does; a problem, or None."""
+    max_handoffs (half the recorded one), as `baton replay` does; a problem, or None.
+    ``commands``: show the `baton replay` line (only for a stack that stays)."""
     import yaml
 
     from baton.processors.replay_pool import replay_parallel
@@ -372,7 +373,10 @@ def replay_scene(dsn: str, since: datetime, folder: Path) -> str | None:
     stopped = [
         r for r in report.changed_runs if r.first_change and "stop:" in r.first_change.replayed
     ]
-    click.echo(f"  baton replay --policy {path} --since {since:%Y-%m-%dT%H:%M:%SZ} --dsn {dsn}")
+    if commands:
+        click.echo(f"  baton replay --policy {path} --since {since:%Y-%m-%dT%H:%M:%SZ} --dsn {dsn}")
+    else:
+        click.echo("  what `baton replay --policy FILE` says of it:")
     click.echo(
         f"  replayed {len(report.runs):,} runs, {report.decisions:,} decisions: under the "
         f"recorded policy every one is reproduced exactly"

@@ -46,6 +46,9 @@ def test_demo_starts_baton_plays_every_scenario_and_stops_it(tmp_path: Path) -> 
     assert "approval_granted" in out and "by=finance_lead" in out
     assert "800 × allow ok" in out and "200 × stop handoff_budget_exceeded" in out
     assert re.search(r"the sink has all 1,0\d\d decisions of this demo", out)
+    # without --keep no command for the stack that is gone: how to keep it instead
+    assert "baton sql --dsn" not in out and "stricter.yaml" not in out
+    assert "Next:" not in out and "run `baton demo --keep`" in out
     # the stack it started is gone: nothing listens on its bootstrap port any more
     bootstrap = re.search(r"bootstrap=(\S+):(\d+)", out)
     assert bootstrap is not None

@@ -1,0 +1,94 @@
+"""The ``baton up`` a demo starts for itself: started, waited for until it is ready, stopped."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from baton.schemas.errors import BatonError
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["DemoStack"]
+
+_READY = re.compile(r"ready bootstrap=(?P<bootstrap>\S+)(?: sql=(?P<sql>\S+))?")
+
+
+class DemoStack:
+    """``baton up`` as a child process in ``data_dir``: started, parsed, stopped (or kept)."""
+
+    def __init__(self, data_dir: Path, keep: bool) -> None:
+        self.data_dir = data_dir
+        self.keep = keep
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.bootstrap = ""
+        self.sql_url: str | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        from baton.streams.net import free_port
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        out_path, log_path = self.data_dir / "up.out", self.data_dir / "up.log"
+        # the scenarios are the seed's: the stack the demo starts runs the seed policy, on
+        # un-prefixed topics, whatever this shell's BATON_* variables say
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("BATON_POLICY", "BATON_TOPIC_PREFIX", "BATON_BOOTSTRAP")
+        }
+        args = [
+            sys.executable,
+            "-m",
+            "baton.cli",
+            "up",
+            "--data-dir",
+            str(self.data_dir),
+            "--sql-port",
+            str(free_port()),
+        ]
+        kwargs: dict[str, Any] = {}
+        if self.keep:
+            kwargs["start_new_session"] = True  # outlives the demo (and its terminal's Ctrl-C)
+        elif sys.platform.startswith("linux"):
+            from baton.streams.embedded import kill_when_parent_dies
+
+            kwargs["preexec_fn"] = kill_when_parent_dies
+        with open(out_path, "wb") as out, open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=log, **kwargs
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            match = _READY.search(out_path.read_text(errors="replace"))
+            if match:
+                self.bootstrap, self.sql_url = match["bootstrap"], match["sql"]
+                return
+            code = self.proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                self.stop()
+                what = (
+                    f"exited with code {code}"
+                    if code is not None
+                    else f"was not ready after {timeout:g} s"
+                )
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+                raise BatonError(f"`baton up` {what}; its log ({log_path}):\n{tail}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
