@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from baton.cli.sql_probe import sql_endpoint_answers
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
 
@@ -176,29 +177,11 @@ def sql_endpoint_check(settings: Settings) -> Check:
             "`baton sink --sql-port 8123` serves it (baton up does, unless --sql-port off)",
         )
     url = parse_dsn(endpoint).label
-    if not _answers_sql(endpoint):
+    if not sql_endpoint_answers(endpoint, timeout_s=3):
         return fail(
             name, f"{url} is registered but does not answer", "restart `baton sink`; see its log"
         )
     return ok(name, f"{url} answers (token in {target.chdb_path}/baton-sql-endpoint.json)")
-
-
-def _answers_sql(dsn: str) -> bool:
-    import base64
-    import urllib.error
-    import urllib.request
-
-    parts = urlsplit(dsn)
-    basic = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    request = urllib.request.Request(
-        f"http://{parts.hostname}:{parts.port}/?query=SELECT+1",
-        headers={"Authorization": f"Basic {basic}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=3) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 # ------------------------------------------------------------------------------ alerts

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from baton.cli.audit_options import audit_client
+from baton.schemas.settings import Settings
 from baton.sinks.alert_text import clean_field
 
 __all__ = ["AuditView", "audit_reader", "frame_audit", "read_audit"]
@@ -75,16 +77,10 @@ def read_audit(
 
 
 @contextmanager
-def audit_reader(settings: Any) -> Iterator[Callable[[str], list[tuple[Any, ...]]]]:
-    from baton.sinks.clickhouse import connect
-
-    client = connect(
-        settings.clickhouse_dsn, ca_cert=settings.clickhouse_ca, verify=settings.clickhouse_verify
-    )
-    try:
+def audit_reader(settings: Settings) -> Iterator[Callable[[str], list[tuple[Any, ...]]]]:
+    """``query(sql) -> rows`` over the audit client of the other audit commands."""
+    with audit_client(settings) as client:
         yield lambda sql: list(client.query(sql).result_rows)
-    finally:
-        client.close()
 
 
 def frame_audit(query: Callable[[str], list[tuple[Any, ...]]], window: int, runs: int) -> AuditView:

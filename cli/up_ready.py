@@ -68,11 +68,9 @@ def _answering_sql_dsn(port: int | None, chdb_dir: Path, known: str | None = Non
     """The DSN registered in ``chdb_dir`` when it is not ``known`` and its token opens the
     endpoint on ``port`` (None: any port; a file left by an earlier start names a token
     nobody serves)."""
-    import base64
-    import urllib.error
-    import urllib.request
     from urllib.parse import urlsplit
 
+    from baton.cli.sql_probe import sql_endpoint_answers
     from baton.sinks.clickhouse import read_endpoint
 
     dsn = read_endpoint(chdb_dir)
@@ -81,16 +79,7 @@ def _answering_sql_dsn(port: int | None, chdb_dir: Path, known: str | None = Non
     parts = urlsplit(dsn)
     if parts.hostname != "127.0.0.1" or parts.port is None:
         return None  # our sink serves on the loopback only; never send a token elsewhere
-    basic = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{parts.port}/?query=SELECT+1",
-        headers={"Authorization": f"Basic {basic}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=2) as resp:
-            return dsn if resp.status == 200 else None
-    except (urllib.error.URLError, OSError):
-        return None
+    return dsn if sql_endpoint_answers(dsn, timeout_s=2) else None
 
 
 def announce_new_sql_token(readiness: Readiness, chdb_dir: Path, port: int | None) -> None:
