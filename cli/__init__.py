@@ -1,1 +1,1 @@
-"""baton.cli."""
+"""The ``baton`` command line: a module per command or area, registered by ``main``."""

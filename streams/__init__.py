@@ -1,1 +1,1 @@
-"""baton.streams."""
+"""Kafka plumbing: topic catalog, client configs, partitioner, embedded broker, client SDK."""
