@@ -1,14 +1,19 @@
-"""The key under which a run remembers an event it decided (its dedup mark and kept replies).
+"""The identity of an event a run decided: the key it is remembered under, and its digest.
 
-One key per logical event: a handoff and a report by their request id, an approval's answers
-by the approval id (the first resolution wins; every later grant or deny of it gets the same
-answer), a run's finish once. The prefixes keep the kinds apart (a request id may equal an
-approval id) and are part of the stored run state: changing one forgets every mark.
+The key (its dedup mark and kept replies) is one per logical event: a handoff and a report
+by their request id, an approval's answers by the approval id (the first resolution wins;
+every later grant or deny of it gets the same answer), a run's finish once. The prefixes
+keep the kinds apart (a request id may equal an approval id) and are part of the stored run
+state: changing one forgets every mark. The digest (``request_digest``) is what a request id
+stands for: a retry matches it, the same id reused for another request does not.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
+
+import orjson
 
 from baton.schemas.events import (
     ApprovalDenied,
@@ -18,7 +23,16 @@ from baton.schemas.events import (
     RunEvent,
 )
 
-__all__ = ["APPROVAL", "FINISHED", "HANDOFF", "REFUSED", "REPORT", "dedup_key", "with_digest"]
+__all__ = [
+    "APPROVAL",
+    "FINISHED",
+    "HANDOFF",
+    "REFUSED",
+    "REPORT",
+    "dedup_key",
+    "request_digest",
+    "with_digest",
+]
 
 HANDOFF: Final = "h:"
 REPORT: Final = "c:"
@@ -45,3 +59,25 @@ def with_digest(key: str, digest: str) -> str:
     """The key of a report sent again under a used request id with other content: counted
     under its own key (a redelivery of it is still not counted twice)."""
     return f"{key}#{digest}"
+
+
+#: an empty 8-byte BLAKE2b, copied per digest (cheaper than a new one)
+_DIGEST = hashlib.blake2b(digest_size=8)
+
+
+def request_digest(event: HandoffRequested | HandoffCompleted) -> str:
+    """What a request id stands for: every field but the client's timing (``event_time`` and
+    ``decide_by``: a client stamps a retry anew), so a retry matches and the same id reused
+    for another request does not."""
+    fields = dict(event.__dict__)
+    del fields["event_time"]
+    fields.pop("decide_by", None)
+    # fields added after digests were first kept, left out at their defaults: an event
+    # without them keeps its digest, and so its decision ids and approval id, across versions
+    if fields.get("tools", ()) is None:
+        del fields["tools"]
+    if fields.get("steps") == 0:
+        del fields["steps"]
+    h = _DIGEST.copy()
+    h.update(orjson.dumps(fields))
+    return h.hexdigest()

@@ -9,13 +9,20 @@ run gets), so the tests of the policy exercise what the engine runs.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from baton.schemas.decision import Fallback
 from baton.schemas.policy import MultiAgentPolicy, Policy, compile_globs
 from baton.schemas.signing import parse_public_key
 
-__all__ = ["BUDGET_TOLERANCE", "HARD_MAX_HANDOFFS", "Budget", "TenantRules", "rules_for"]
+__all__ = [
+    "BUDGET_TOLERANCE",
+    "HARD_MAX_HANDOFFS",
+    "Budget",
+    "CompiledPolicy",
+    "TenantRules",
+    "rules_for",
+]
 
 #: without a max_handoffs limit, a run still cannot grow its task tree past this
 HARD_MAX_HANDOFFS = 10_000
@@ -133,29 +140,58 @@ class TenantRules:
         return self.fallback_by_reason.get(reason, self.fallback)
 
 
-class _Compiled(NamedTuple):
-    policy: Policy  # held so that its id() is not reused while the entry exists
-    default: TenantRules
-    tenants: dict[str, TenantRules]
+class CompiledPolicy:
+    """A policy's compiled form: the default rules and each tenant's, built once per policy
+    object and kept on it (so it lives and dies with the policy: no module-level cache, no
+    ``id()`` that a new policy could reuse).
+
+    Kept in the policy's instance ``__dict__``, where pydantic keeps ``cached_property``
+    values too (ignored by ``==``, ``model_dump`` and the version hash). A copy of the policy
+    (``model_copy``, pickle for the replay pool) carries no compiled form: ``of`` checks that
+    the form was built for this very object, and the form pickles and copies as nothing (its
+    parsed public keys do not pickle).
+    """
+
+    __slots__ = ("default", "policy", "tenants")
+
+    def __init__(self, policy: Policy) -> None:
+        version = policy.version
+        self.policy = policy
+        self.default = TenantRules(policy.multi_agent, version)
+        self.tenants = {name: TenantRules(lim, version) for name, lim in policy.tenants.items()}
+
+    @classmethod
+    def of(cls, policy: Policy) -> CompiledPolicy:
+        """``policy``'s compiled form, built on first use."""
+        compiled = policy.__dict__.get(_SLOT)
+        if compiled is None or compiled.policy is not policy:
+            compiled = policy.__dict__[_SLOT] = cls(policy)
+        return compiled  # type: ignore[no-any-return]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_nothing, ())
+
+    def __copy__(self) -> None:
+        return None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        return None
 
 
-#: id(policy) -> its compiled rules; a worker has one policy at a time (a few after reloads)
-_COMPILED: dict[int, _Compiled] = {}
+#: the key of a policy's compiled form in its ``__dict__`` (not a field name: pydantic fields
+#: cannot start with an underscore)
+_SLOT = "_baton_compiled_rules"
+
+
+def _nothing() -> None:
+    return None
 
 
 def rules_for(policy: Policy, tenant: str) -> TenantRules:
     """The compiled limits ``policy`` applies to ``tenant``'s runs (its own under
     ``tenants``, else ``multi_agent``); compiled once per policy object."""
-    entry = _COMPILED.get(id(policy))
-    if entry is None or entry.policy is not policy:
-        if len(_COMPILED) >= 8:
-            _COMPILED.clear()
-        version = policy.version
-        entry = _Compiled(
-            policy,
-            TenantRules(policy.multi_agent, version),
-            {name: TenantRules(limits, version) for name, limits in policy.tenants.items()},
-        )
-        _COMPILED[id(policy)] = entry
-    tenants = entry.tenants
-    return tenants.get(tenant, entry.default) if tenants else entry.default
+    compiled = policy.__dict__.get(_SLOT)
+    if compiled is None or compiled.policy is not policy:
+        compiled = CompiledPolicy.of(policy)
+    tenants = compiled.tenants
+    return tenants.get(tenant, compiled.default) if tenants else compiled.default

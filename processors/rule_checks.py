@@ -1,35 +1,176 @@
-"""The policy's limits, one small function each: what a handoff or a report would break.
+"""The policy's rules, one small function each, and the order a handoff meets them in.
 
-Each function names the policy key it enforces and the reason it stops with; the engine
-(processors/engine.py, ``_check`` and ``_post_handoff``) calls them in the order
-docs/policy.md documents. Pure: they read the run's state and the compiled limits
-(processors/policy_rules.py); the two that change a state (``count_bounce``,
-``release_ownership``) say so, and replace the containers they change (RunState.copy
-shares them).
+Each rule names the policy key it enforces and the reason it stops with, and returns
+``(reason, detail)`` when the handoff or report breaks it, else None. ``check_handoff``
+runs the pre-handoff rules in the order docs/policy.md documents (first failure wins);
+the engine (processors/engine.py) calls it and the completion rules. Pure: they read the
+run's state and the compiled limits (processors/policy_rules.py); the two that change a
+state (``count_bounce``, ``release_ownership``) say so, and replace the containers they
+change (RunState.copy shares them).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from baton.processors.engine_control import NO_KILLS, KillSwitches
 from baton.processors.policy_rules import TenantRules
-from baton.processors.state import Reservation, RunState, TaskNode
-from baton.schemas.decision import Reason
+from baton.processors.state import RunState, TaskNode
+from baton.schemas.decision import Outcome, Reason
 from baton.schemas.events import HandoffCompleted, HandoffRequested
 
+if TYPE_CHECKING:
+    from baton.processors.decision_builder import DecisionContext
+
 __all__ = [
+    "Refusal",
+    "agent_limit_rule",
     "bounce_rule",
     "budget_exhausted",
+    "check_handoff",
     "count_bounce",
+    "cycle_rule",
     "depth_of",
+    "depth_rule",
     "estimate_over",
+    "handoff_limit_rule",
+    "killed_rule",
     "on_chain",
+    "ownership_rule",
     "release_ownership",
-    "reservation_for",
+    "request_expired_rule",
+    "role_rule",
+    "run_closed_rule",
+    "run_evicted_rule",
     "spent_over",
     "tool_rule",
     "used_tools_rule",
 ]
 
+#: what a broken rule returns: the reason it stops with and a detail naming the limit
+Refusal = tuple[str, str | None]
+
 _SHARED = Reason.SHARED_BUDGET_EXCEEDED
+_STOP, _ALLOW, _APPROVAL_REQUIRED = Outcome.STOP, Outcome.ALLOW, Outcome.APPROVAL_REQUIRED
+_OK, _APPROVAL_PENDING = Reason.OK, Reason.APPROVAL_PENDING
+
+
+def check_handoff(
+    st: RunState,
+    req: HandoffRequested,
+    ctx: DecisionContext,
+    depth: int,
+    node: TaskNode | None,
+    *,
+    gate: bool,
+) -> tuple[Outcome, str, str | None]:
+    """Rules 1-8 of docs/policy.md for one handoff, in order, first failure wins: the
+    outcome, reason and detail. ``node``: the task's, if it has one; ``depth``: the task's
+    computed depth; ``gate`` False skips the approval gate (the handoff was just granted)."""
+    rules = ctx.rules
+    refusal = (
+        killed_rule(st, ctx.kills)
+        or run_closed_rule(st)
+        or (request_expired_rule(req, ctx.now) if gate else None)
+        or run_evicted_rule(st)
+        or ownership_rule(req, node)
+        or (role_rule(req, rules) if rules.roles else None)
+        or agent_limit_rule(st, req, rules)
+        or handoff_limit_rule(st, rules)
+        or depth_rule(depth, rules)
+        or (cycle_rule(st, req) if rules.detect_delegation_cycles else None)
+        or (bounce_rule(st, req, rules.max_bounces) if rules.max_bounces is not None else None)
+        or budget_exhausted(st, rules, ctx.now_ts)
+        or estimate_over(st, req, rules)
+        or (tool_rule(req, rules) if rules.tools_checked else None)
+    )
+    if refusal:
+        return _STOP, refusal[0], refusal[1]
+    if gate and rules.needs_approval(req.action, req.tool, req.tools):
+        return _APPROVAL_REQUIRED, _APPROVAL_PENDING, None
+    return _ALLOW, _OK, None
+
+
+# ---------------------------------------------------------------- the run itself
+
+
+def killed_rule(st: RunState, kills: KillSwitches) -> Refusal | None:
+    """A kill switch (run, tenant or global, from gov.control) -> killed."""
+    if kills is not NO_KILLS and kills.killed(st.run_id, st.tenant):
+        return Reason.KILLED, None
+    return None
+
+
+def run_closed_rule(st: RunState) -> Refusal | None:
+    """A finished run -> run_finished; a stopped run stays stopped -> its original reason."""
+    if st.finished:
+        return Reason.RUN_FINISHED, None
+    if st.stopped is not None:
+        return st.stopped, "run already stopped"
+    return None
+
+
+def request_expired_rule(req: HandoffRequested, now: datetime) -> Refusal | None:
+    """The request's ``decide_by`` passed -> request_expired: the client gave up waiting and
+    failed closed, so allowing now would lock the task and count a handoff nobody makes."""
+    if req.decide_by is not None and now > req.decide_by:
+        return Reason.REQUEST_EXPIRED, "read after its decide_by: the client gave up"
+    return None
+
+
+def run_evicted_rule(st: RunState) -> Refusal | None:
+    """Only the run's tombstone is left (the worker's run retention) -> run_expired."""
+    if st.evicted_at is not None:
+        return (
+            Reason.RUN_EXPIRED,
+            "the run was idle past the worker's run retention and its task tree was evicted; "
+            "start a new run",
+        )
+    return None
+
+
+# ---------------------------------------------------------------- who may take the task
+
+
+def ownership_rule(req: HandoffRequested, node: TaskNode | None) -> Refusal | None:
+    """The ownership lock -> ownership_conflict: the task is owned by another agent than
+    ``to_agent`` (a released task, owner "", may be taken)."""
+    if node is not None and node.owner != req.to_agent and node.owner:
+        return Reason.OWNERSHIP_CONFLICT, f"{req.task_id} is owned by {node.owner}"
+    return None
+
+
+def role_rule(req: HandoffRequested, rules: TenantRules) -> Refusal | None:
+    """roles.<agent>.may_own / may_delegate_to -> role_not_permitted."""
+    why = rules.limits.role_permits(req.from_agent, req.to_agent, req.task_kind or req.task_id)
+    return (Reason.ROLE_NOT_PERMITTED, why) if why else None
+
+
+def agent_limit_rule(st: RunState, req: HandoffRequested, rules: TenantRules) -> Refusal | None:
+    """multi_agent.max_agents_per_run -> agent_limit_exceeded: the handoff would bring the
+    run's distinct agents past the limit."""
+    max_agents = rules.max_agents_per_run
+    if max_agents is None:
+        return None
+    agents, from_agent, to_agent = st.agents, req.from_agent, req.to_agent
+    new = (from_agent not in agents) + (to_agent not in agents and to_agent != from_agent)
+    if len(agents) + new > max_agents:
+        return (
+            Reason.AGENT_LIMIT_EXCEEDED,
+            f"{len(agents) + new} agents > max_agents_per_run {max_agents}",
+        )
+    return None
+
+
+def handoff_limit_rule(st: RunState, rules: TenantRules) -> Refusal | None:
+    """multi_agent.max_handoffs (HARD_MAX_HANDOFFS without one) -> handoff_budget_exceeded."""
+    if st.handoff_count + 1 > rules.max_handoffs:
+        return (
+            Reason.HANDOFF_BUDGET_EXCEEDED,
+            f"handoff {st.handoff_count + 1} > max_handoffs {rules.max_handoffs}",
+        )
+    return None
 
 
 # ---------------------------------------------------------------- the task tree
@@ -59,10 +200,30 @@ def on_chain(st: RunState, req: HandoffRequested) -> bool:
     return False
 
 
+def depth_rule(depth: int, rules: TenantRules) -> Refusal | None:
+    """multi_agent.max_delegation_depth -> delegation_depth_exceeded (``depth`` computed by
+    depth_of, never the client's)."""
+    max_depth = rules.max_delegation_depth
+    if max_depth is not None and depth > max_depth:
+        return (
+            Reason.DELEGATION_DEPTH_EXCEEDED,
+            f"depth {depth} > max_delegation_depth {max_depth}",
+        )
+    return None
+
+
+def cycle_rule(st: RunState, req: HandoffRequested) -> Refusal | None:
+    """multi_agent.detect_delegation_cycles -> delegation_cycle: the task would go back to an
+    agent already on its delegation chain."""
+    if on_chain(st, req):
+        return Reason.DELEGATION_CYCLE, f"{req.to_agent} is already on the chain"
+    return None
+
+
 # ---------------------------------------------------------------- budgets: one comparison
 
 
-def budget_exhausted(st: RunState, rules: TenantRules, now_ts: float) -> tuple[Reason, str] | None:
+def budget_exhausted(st: RunState, rules: TenantRules, now_ts: float) -> Refusal | None:
     """shared_max_usd, shared_max_tool_calls, max_run_seconds -> shared_budget_exceeded;
     max_steps -> step_budget_exceeded: the run has nothing left for another handoff."""
     if st.spent_usd >= rules.usd.reached:
@@ -82,7 +243,7 @@ def budget_exhausted(st: RunState, rules: TenantRules, now_ts: float) -> tuple[R
     return None
 
 
-def estimate_over(st: RunState, req: HandoffRequested, rules: TenantRules) -> str | None:
+def estimate_over(st: RunState, req: HandoffRequested, rules: TenantRules) -> Refusal | None:
     """shared_max_usd, shared_max_tool_calls with reservations -> shared_budget_exceeded:
     spent + reserved + this request's estimate would go over (parallel sub-agents cannot
     oversubscribe the run together)."""
@@ -90,18 +251,22 @@ def estimate_over(st: RunState, req: HandoffRequested, rules: TenantRules) -> st
     if estimated_usd is not None:
         total = st.spent_usd + st.reserved_usd + estimated_usd
         if total > rules.usd.over:
-            return f"spent+reserved+estimate {total:.4f} > shared_max_usd {rules.shared_max_usd:g}"
+            return (
+                _SHARED,
+                f"spent+reserved+estimate {total:.4f} > shared_max_usd {rules.shared_max_usd:g}",
+            )
     if estimated_calls is not None:
         calls = st.tool_calls + st.reserved_tool_calls + estimated_calls
         if calls > rules.calls.over:
             return (
+                _SHARED,
                 f"tool calls with reservations {calls} > shared_max_tool_calls "
-                f"{rules.shared_max_tool_calls}"
+                f"{rules.shared_max_tool_calls}",
             )
     return None
 
 
-def spent_over(st: RunState, rules: TenantRules) -> tuple[Reason, str] | None:
+def spent_over(st: RunState, rules: TenantRules) -> Refusal | None:
     """shared_max_usd, shared_max_tool_calls -> shared_budget_exceeded; max_steps ->
     step_budget_exceeded: a completion's cost took the run over a limit."""
     if st.spent_usd > rules.usd.over:
@@ -116,10 +281,10 @@ def spent_over(st: RunState, rules: TenantRules) -> tuple[Reason, str] | None:
     return None
 
 
-# ---------------------------------------------------------------- the rules added in issue 14
+# ---------------------------------------------------------------- cycles without task links, tools
 
 
-def bounce_rule(st: RunState, req: HandoffRequested, max_bounces: int) -> str | None:
+def bounce_rule(st: RunState, req: HandoffRequested, max_bounces: int) -> Refusal | None:
     """max_bounces -> delegation_cycle: from_agent hands work back to the agent that last
     handed work to it, once too often (task ids and parent links play no part)."""
     giver, taker = req.from_agent, req.to_agent
@@ -131,8 +296,9 @@ def bounce_rule(st: RunState, req: HandoffRequested, max_bounces: int) -> str | 
     bounces = last[1] + 1
     if bounces > max_bounces:
         return (
+            Reason.DELEGATION_CYCLE,
             f"{taker} and {giver} handed work back and forth {bounces} times > max_bounces "
-            f"{max_bounces}"
+            f"{max_bounces}",
         )
     return None
 
@@ -148,19 +314,20 @@ def count_bounce(st: RunState, req: HandoffRequested) -> None:
     st.bounces = {**st.bounces, pair: (giver, bounces)}
 
 
-def tool_rule(req: HandoffRequested, rules: TenantRules) -> str | None:
+def tool_rule(req: HandoffRequested, rules: TenantRules) -> Refusal | None:
     """tools.allow / tools.block, roles.<to_agent>.tools -> tool_not_permitted: a tool the
     handoff names (``tool``, ``tools``) that the receiving agent may not use."""
     tool, tools = req.tool, req.tools
     if tool is None and not tools:
         return None
     named = ([tool] if tool is not None else []) + (tools or [])
-    return rules.limits.tool_refusal(req.to_agent, named)
+    why = rules.limits.tool_refusal(req.to_agent, named)
+    return (Reason.TOOL_NOT_PERMITTED, why) if why else None
 
 
 def used_tools_rule(
     done: HandoffCompleted, node: TaskNode | None, rules: TenantRules
-) -> str | None:
+) -> Refusal | None:
     """tools.allow / tools.block, roles.<agent>.tools -> tool_not_permitted: a tool the
     completion reports that its agent, or the task's owner, may not use (already used: the
     run is stopped). The owner's role counts too: a report sent under another agent's name
@@ -170,7 +337,7 @@ def used_tools_rule(
     refusal = rules.limits.tool_refusal(done.agent, done.tools)
     if refusal is None and node is not None and node.owner and node.owner != done.agent:
         refusal = rules.limits.tool_refusal(node.owner, done.tools)
-    return refusal
+    return (Reason.TOOL_NOT_PERMITTED, refusal) if refusal else None
 
 
 def release_ownership(
@@ -188,18 +355,4 @@ def release_ownership(
     return (
         f"task {done.task_id} released by {done.agent} (status {done.status} is in "
         "release_ownership_on): another agent may own it"
-    )
-
-
-def reservation_for(req: HandoffRequested, rules: TenantRules, now_ts: float) -> Reservation | None:
-    """What an allowed handoff reserves: its estimates, until reservation_ttl_seconds."""
-    estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
-    if not (estimated_usd or estimated_calls):
-        return None
-    ttl = rules.reservation_ttl
-    return Reservation(
-        estimated_usd or 0.0,
-        estimated_calls or 0,
-        now_ts + ttl if ttl is not None else None,
-        req.task_id,
     )

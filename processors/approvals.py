@@ -1,0 +1,248 @@
+"""The approval flow of a gated handoff: asked (approval id, pending), answered (who may
+grant or deny, and with which signature) and expired (approval.ttl_seconds).
+
+The engine (processors/engine.py) decides when a handoff needs an approval and what a
+usable grant allows; this module says whether an answer counts and builds its records. An
+answer that does not count leaves the approval pending and is recorded under its own key
+and request id, so the real approver's answer still counts and no refusal replaces another
+record in the audit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+from baton.processors.decision_builder import DecisionContext, build_decision, cover_digest
+from baton.processors.dedup_keys import APPROVAL, REFUSED, request_digest
+from baton.processors.rule_checks import depth_of
+from baton.processors.state import MAX_PENDING_APPROVALS, PendingApproval, RunState, TaskNode
+from baton.schemas.decision import Decision, Outcome, Phase, Reason
+from baton.schemas.events import ApprovalDenied, ApprovalGranted, HandoffRequested
+from baton.schemas.signing import approval_payload, verify
+
+__all__ = [
+    "answer_refused",
+    "answered",
+    "approval_id_for",
+    "ask_approval",
+    "expire_pending",
+    "refused_answer_id",
+    "refused_key",
+]
+
+#: how far a signer's clock may run ahead of the worker's
+_CLOCK_SKEW_S = 60.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: an empty 8-byte BLAKE2b, copied per digest (cheaper than a new one)
+_DIGEST = hashlib.blake2b(digest_size=8)
+
+
+def approval_id_for(request: HandoffRequested) -> str:
+    """The approval id of a handoff that needs one: derived from the run, the request id and
+    the request's digest, so it names this request only (an approver signs it, and the same
+    request id reused for another request asks for another approval)."""
+    h = hashlib.blake2b(digest_size=12)
+    h.update(f"{len(request.run_id)}:{request.run_id}\x1f{request.request_id}\x1f".encode())
+    h.update(request_digest(request).encode())
+    return "apr_" + h.hexdigest()
+
+
+def ask_approval(
+    st: RunState, event: HandoffRequested, ctx: DecisionContext
+) -> tuple[str, datetime] | None:
+    """Open an approval for ``event`` in ``st`` (pending until approval.ttl_seconds): its id
+    and expiry, or None when MAX_PENDING_APPROVALS are pending already."""
+    if len(st.pending) >= MAX_PENDING_APPROVALS:
+        return None
+    approval_id = approval_id_for(event)
+    expires = ctx.now + timedelta(seconds=ctx.rules.ttl_seconds)
+    pending = PendingApproval(approval_id, event, expires.timestamp(), ctx.now_ts)
+    st.pending = {**st.pending, approval_id: pending}
+    return approval_id, expires
+
+
+def answer_refused(
+    st: RunState,
+    ev: ApprovalGranted | ApprovalDenied,
+    pending: PendingApproval | None,
+    ctx: DecisionContext,
+) -> Decision | None:
+    """The record refusing an answer that does not count (None: it counts): no such pending
+    approval, a signature that does not hold, the requester or the beneficiary answering,
+    an approver not in approval.approvers. The approval stays pending."""
+    if pending is None:
+        return _rejected(st, ev, ctx, Reason.UNKNOWN_APPROVAL, "no such pending approval")
+    req = pending.request
+    refused = _signature_refused(st, ev, pending, ctx)
+    if refused is not None:
+        return _rejected(st, ev, ctx, *refused)
+    if ev.approver == req.from_agent and not ctx.rules.allow_self_approval:
+        why = f"{ev.approver} requested this handoff and may not approve it"
+        return _rejected(st, ev, ctx, Reason.SELF_APPROVAL, why)
+    if ev.approver == req.to_agent:
+        why = f"{ev.approver} would receive this handoff and may not approve it"
+        return _rejected(st, ev, ctx, Reason.BENEFICIARY_APPROVAL, why)
+    if not ctx.rules.limits.approver_permitted(ev.approver):
+        why = f"{ev.approver} is not in approval.approvers"
+        return _rejected(st, ev, ctx, Reason.APPROVER_NOT_PERMITTED, why)
+    return None
+
+
+def answered(
+    st: RunState,
+    ev: ApprovalGranted | ApprovalDenied,
+    pending: PendingApproval,
+    ctx: DecisionContext,
+    decided: tuple[Outcome, str, str | None],
+    depth: int,
+    node: TaskNode | None,
+) -> Decision:
+    """The approval-phase record of an answer that counted: ``decided`` is the outcome,
+    reason and detail the engine reached for the pending request."""
+    outcome, reason, detail = decided
+    req = pending.request
+    d = build_decision(
+        st,
+        ctx,
+        req.request_id,
+        Phase.APPROVAL,
+        outcome,
+        reason,
+        ev.event_time,
+        req,
+        owner=(node.owner or None) if node else None,
+        depth=depth,
+        approval_id=ev.approval_id,
+        approver=ev.approver,
+        approval_expires_at=_dt(pending.expires_at),
+        detail=detail,
+    )
+    d.request_digest = digest = request_digest(req)
+    cover_digest(d, st.run_id, digest)
+    return d
+
+
+def expire_pending(st: RunState, ctx: DecisionContext) -> list[Decision]:
+    """approval.ttl_seconds -> stop approval_expired: every pending approval of ``st`` whose
+    TTL passed without an answer (each remembered under its approval's key, so a late
+    answer gets this stop)."""
+    now_ts = ctx.now_ts
+    out: list[Decision] = []
+    for approval_id, p in list(st.pending.items()):
+        if p.expires_at > now_ts:
+            continue
+        st.pending = {k: v for k, v in st.pending.items() if k != approval_id}
+        req = p.request
+        node = st.task(req.task_id)
+        d = build_decision(
+            st,
+            ctx,
+            req.request_id,
+            Phase.APPROVAL,
+            Outcome.STOP,
+            Reason.APPROVAL_EXPIRED,
+            None,
+            req,
+            depth=depth_of(st, req, node),
+            owner=(node.owner or None) if node else None,
+            approval_id=approval_id,
+            approval_expires_at=_dt(p.expires_at),
+            detail=f"no decision within ttl {ctx.rules.ttl_seconds:g}s",
+        )
+        d.request_digest = digest = request_digest(req)
+        cover_digest(d, st.run_id, digest)
+        st.remember(APPROVAL + approval_id, [d])
+        out.append(d)
+    return out
+
+
+def refused_answer_id(ev: ApprovalGranted | ApprovalDenied) -> str:
+    """The ``request_id`` of the record that refuses the answer ``ev`` (clients wait on it).
+
+    It holds the whole event's digest: a redelivery repeats it; anything else (a new attempt
+    after the approvers list changed, or the real approver's signed grant after a forgery
+    that named the same approver and time) is another event, decided afresh, with its own
+    decision id (so no refusal replaces another's record in the audit).
+    """
+    h = _DIGEST.copy()
+    h.update(ev.to_json())
+    return f"{ev.type}:{ev.approval_id}:{ev.approver}#{h.hexdigest()}"
+
+
+def refused_key(ev: ApprovalGranted | ApprovalDenied) -> str:
+    """The dedup key of an answer that did not count: its own, so that it does not burn the
+    approval's key (the real approver's answer must still count)."""
+    return f"{REFUSED}{refused_answer_id(ev)}@{ev.event_time.isoformat()}"
+
+
+def _signature_refused(
+    st: RunState,
+    ev: ApprovalGranted | ApprovalDenied,
+    pending: PendingApproval,
+    ctx: DecisionContext,
+) -> tuple[Reason, str] | None:
+    """Why a grant or denial does not count as signed (None: it does, or none is needed).
+
+    With ``approval.keys`` in the policy, only a signature by the named approver's key over
+    this approval, this run, this request's digest, this verdict and the event's time counts.
+    """
+    keys = ctx.rules.approval_keys
+    if not keys:
+        return None
+    if not ev.signature:
+        return Reason.APPROVAL_UNSIGNED, "approval.keys is set: only signed answers count"
+    key = keys.get(ev.approver)
+    if key is None:
+        return Reason.UNKNOWN_APPROVER, f"{ev.approver} has no key in approval.keys"
+    digest = request_digest(pending.request)
+    claimed = ev.request_digest or digest
+    verdict = "deny" if type(ev) is ApprovalDenied else "grant"
+    payload = approval_payload(
+        ev.approval_id, st.run_id, claimed, verdict, ev.approver, ev.event_time
+    )
+    if not verify(key, payload, ev.signature):
+        return Reason.BAD_SIGNATURE, f"the signature is not {ev.approver}'s over this {verdict}"
+    if claimed != digest:
+        return (
+            Reason.SIGNED_FOR_ANOTHER_REQUEST,
+            "signed for another request (its digest differs from the pending request's)",
+        )
+    signed = ev.event_time.timestamp()
+    if pending.created_at and signed < pending.created_at - _CLOCK_SKEW_S:
+        return Reason.SIGNATURE_EXPIRED, "signed before this approval was asked for (a replay)"
+    if signed > ctx.now_ts + _CLOCK_SKEW_S:
+        return Reason.SIGNATURE_EXPIRED, "signed in the future (check the signer's clock)"
+    if ctx.now_ts - signed > ctx.rules.max_signature_age:
+        return (
+            Reason.SIGNATURE_EXPIRED,
+            f"signed {ctx.now_ts - signed:.0f}s ago > approval.max_signature_age_seconds "
+            f"{ctx.rules.max_signature_age:g}",
+        )
+    return None
+
+
+def _rejected(
+    st: RunState,
+    ev: ApprovalGranted | ApprovalDenied,
+    ctx: DecisionContext,
+    reason: str,
+    detail: str,
+) -> Decision:
+    """The record of an answer that did not count: the audit shows who tried."""
+    return build_decision(
+        st,
+        ctx,
+        refused_answer_id(ev),
+        Phase.APPROVAL,
+        Outcome.RECORDED,
+        reason,
+        ev.event_time,
+        approval_id=ev.approval_id,
+        approver=ev.approver,
+        detail=detail,
+    )
+
+
+def _dt(ts: float) -> datetime:
+    return _EPOCH + timedelta(seconds=ts)

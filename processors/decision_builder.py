@@ -1,0 +1,200 @@
+"""The record of one decision, built field by field from the run's state and the event's context.
+
+Every decision the engine makes goes through :func:`build_decision`: it fills the agents,
+task, action and tool from the handoff, the run's counters and spend from its state, the
+policy version and fallback from the compiled rules, and turns a stop into a recorded allow
+in shadow mode. :class:`DecisionContext` is what one ``decide`` call decides in (the rules,
+the clock, the kill switches, where the event was read).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from baton.processors.policy_rules import TenantRules
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision, Outcome, Phase, Reason, decision_id_for
+from baton.schemas.events import HandoffRequested
+
+if TYPE_CHECKING:
+    from baton.processors.engine_control import KillSwitches
+
+__all__ = [
+    "NEVER_SHADOWED",
+    "NO_ORIGIN",
+    "DecisionContext",
+    "Origin",
+    "build_decision",
+    "cover_digest",
+]
+
+#: stops that shadow mode never turns into allows: a kill switch, and the worker's own
+#: limits and protocol refusals (they are not policy to try out)
+NEVER_SHADOWED = frozenset(
+    {
+        Reason.KILLED,
+        Reason.RUN_STATE_LIMIT,
+        Reason.RUN_EXPIRED,
+        Reason.AUDIT_UNVERIFIED,
+        Reason.WORKER_RUN_LIMIT,
+        Reason.REQUEST_ID_REUSED,
+        Reason.UNKNOWN_TENANT,
+        Reason.TENANT_MISMATCH,
+        Reason.REPLY_NOT_KEPT,
+        Reason.REQUEST_EXPIRED,
+    }
+)
+
+# Enum members as module globals: on CPython 3.11 ``Outcome.STOP`` costs about ten times a
+# global lookup, and every decision reads several (bench/RESULTS.md)
+_ALLOW, _STOP, _RECORDED, _APPROVAL_REQUIRED = (
+    Outcome.ALLOW,
+    Outcome.STOP,
+    Outcome.RECORDED,
+    Outcome.APPROVAL_REQUIRED,
+)
+_POST_HANDOFF = Phase.POST_HANDOFF
+#: the phase as plain text for decision_id_for: formatting a StrEnum member in an f-string
+#: runs Enum.__format__ in Python (same text, so the same id)
+_PHASE_TEXT = {phase: phase.value for phase in Phase}
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where the event was read: recorded on its decisions (worker id, partition, offset)."""
+
+    worker: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+NO_ORIGIN = Origin()
+
+
+@dataclass(slots=True)
+class DecisionContext:
+    """What one event is decided in: the run's compiled rules, the clock, the kill switches
+    in force and where the event was read."""
+
+    rules: TenantRules
+    now: datetime
+    now_ts: float
+    kills: KillSwitches
+    origin: Origin
+    #: the event's own request id and its digest: its decisions' ids cover the digest
+    request_id: str | None = None
+    digest: str | None = None
+
+
+def cover_digest(d: Decision, run_id: str, digest: str) -> None:
+    """Give ``d`` the id of its request id and ``digest`` (another request under the same id
+    gets another decision id, so it never replaces this record in the audit)."""
+    d.decision_id = decision_id_for(run_id, f"{d.request_id}#{digest}", _PHASE_TEXT[d.phase])
+
+
+_new_decision = object.__new__
+
+
+def build_decision(
+    st: RunState,
+    ctx: DecisionContext,
+    request_id: str,
+    phase: Phase,
+    outcome: Outcome,
+    reason: str,
+    event_time: datetime | None,
+    req: HandoffRequested | None = None,
+    *,
+    owner: str | None = None,
+    from_agent: str | None = None,
+    to_agent: str | None = None,
+    task_id: str | None = None,
+    parent_task_id: str | None = None,
+    depth: int = 0,
+    handoff_status: str | None = None,
+    approval_id: str | None = None,
+    approval_expires_at: datetime | None = None,
+    approver: str | None = None,
+    detail: str | None = None,
+) -> Decision:
+    """The record of one decision; the agents, task, action and tool come from ``req`` if given.
+
+    Every field of ``Decision`` is set here by name (tests/unit/test_engine_builder.py fails
+    when one is added and not set): slot by slot on a bare instance, which is about twice as
+    fast as calling the dataclass with 32 positional arguments and four times as fast as
+    with keywords (bench/RESULTS.md), and this runs once per decision.
+    """
+    rules = ctx.rules
+    shadow = None
+    if (
+        rules.shadow_mode
+        and (outcome is _STOP or outcome is _APPROVAL_REQUIRED)
+        and reason not in NEVER_SHADOWED
+    ):
+        # shadow (dry-run): record what would have happened, enforce nothing
+        shadow = outcome
+        outcome = _RECORDED if phase is _POST_HANDOFF else _ALLOW
+    action = tool = None
+    if req is not None:
+        from_agent, to_agent, task_id = req.from_agent, req.to_agent, req.task_id
+        parent_task_id, action, tool = req.parent_task_id, req.action, req.tool
+    origin = ctx.origin
+    spent, reserved = st.spent_usd, st.reserved_usd
+    run_id = st.run_id
+    key = f"{request_id}#{ctx.digest}" if request_id == ctx.request_id else request_id
+    d = _new_decision(Decision)
+    d.decision_id = decision_id_for(run_id, key, _PHASE_TEXT[phase])
+    d.request_id = request_id
+    d.run_id = run_id
+    d.tenant = st.tenant
+    d.phase = phase
+    d.outcome = outcome
+    d.reason = reason
+    d.owner = owner
+    d.from_agent = from_agent
+    d.to_agent = to_agent
+    d.task_id = task_id
+    d.parent_task_id = parent_task_id
+    d.action = action
+    d.depth = depth
+    d.handoff_count = st.handoff_count
+    d.spent_usd = (_ROUNDED.get(spent) or _usd(spent)) if spent else 0.0
+    d.tool_calls = st.tool_calls
+    d.handoff_status = handoff_status
+    d.fallback = rules.fallback_for(reason) if (shadow or outcome) is _STOP else None
+    d.approval_id = approval_id
+    d.approval_expires_at = approval_expires_at
+    d.approver = approver
+    d.policy_version = rules.version
+    d.event_time = event_time
+    d.decided_at = ctx.now
+    d.worker = origin.worker
+    d.partition = origin.partition
+    d.offset = origin.offset
+    d.shadow_outcome = shadow
+    d.tool = tool
+    d.reserved_usd = (_ROUNDED.get(reserved) or _usd(reserved)) if reserved else 0.0
+    d.detail = detail
+    d.request_digest = None
+    d.chain_prev = None
+    d.chain_hash = None
+    d.input = None
+    d.reemitted = False
+    return d
+
+
+#: round(usd, 9) of recent amounts: a run's spend is the same on each of its decisions until
+#: the next completion, and round() with digits formats and re-parses the number (~2,000
+#: instructions, two per decision; bench/RESULTS.md)
+_ROUNDED: dict[float, float] = {}
+
+
+def _usd(amount: float) -> float:
+    rounded = _ROUNDED.get(amount)
+    if rounded is None:
+        if len(_ROUNDED) >= 65_536:
+            _ROUNDED.clear()
+        rounded = _ROUNDED[amount] = round(amount, 9)
+    return rounded

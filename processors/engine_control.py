@@ -1,0 +1,257 @@
+"""Operators' commands as the engine applies them: kill switches and policy updates, each
+verified against the policy in force and audited as a record (applied or refused).
+
+Pure like the engine: the workers' control follower (processors/control.py) and
+``baton policy current`` fold the control topic with these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from baton.processors.decision_builder import NO_ORIGIN, Origin
+from baton.schemas.decision import Decision, Outcome, Phase, Reason, decision_id_for
+from baton.schemas.errors import PolicyError
+from baton.schemas.events import KillSwitch, KillSwitchReleased, PolicyUpdated
+from baton.schemas.policy import Policy, parse_policy
+from baton.schemas.signing import control_payload, parse_public_key, policy_hash, verify
+
+__all__ = [
+    "NO_KILLS",
+    "KillSwitches",
+    "PolicyStep",
+    "apply_control",
+    "apply_policy_update",
+    "command_refused",
+    "policy_update_record",
+    "refused_command_id",
+]
+
+#: an empty 8-byte BLAKE2b, copied per digest (cheaper than a new one)
+_DIGEST = hashlib.blake2b(digest_size=8)
+
+
+@dataclass(frozen=True, slots=True)
+class KillSwitches:
+    """The kill switches in force, from gov.control: runs, tenants, or everything."""
+
+    runs: frozenset[str] = frozenset()
+    tenants: frozenset[str] = frozenset()
+    everything: bool = False
+    #: "scope:target" -> event time of the newest signed command applied to it: an older
+    #: one arriving later (a replayed release) is refused
+    latest: tuple[tuple[str, float], ...] = ()
+
+    def killed(self, run_id: str, tenant: str) -> bool:
+        return self.everything or run_id in self.runs or tenant in self.tenants
+
+    def __bool__(self) -> bool:
+        return self.everything or bool(self.runs) or bool(self.tenants)
+
+
+NO_KILLS = KillSwitches()
+
+
+def apply_control(
+    kills: KillSwitches,
+    event: KillSwitch | KillSwitchReleased,
+    policy: Policy,
+    now: datetime,
+    origin: Origin = NO_ORIGIN,
+) -> tuple[KillSwitches, Decision]:
+    """Apply a kill switch (or its release) and return the control record for the audit.
+
+    With ``operators`` in the policy, only a command signed by a listed operator counts, and
+    only if it is newer than the last one applied to the same target (a replayed release
+    cannot lift a later kill). A refused command changes nothing and is recorded with why.
+    """
+    on = isinstance(event, KillSwitch)
+    target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope] or "*"
+    slot = f"{event.scope}:{target}"
+    refused = command_refused(event, policy, dict(kills.latest).get(slot))
+    reason: str = Reason.KILL_SWITCH if on else Reason.KILL_SWITCH_RELEASED
+    detail = f"scope={event.scope} target={target} reason={event.reason}"
+    if refused is not None:
+        reason, why = refused
+        detail = f"{detail}; refused: {why}"
+    else:
+        runs, tenants, everything = set(kills.runs), set(kills.tenants), kills.everything
+        if event.scope == "run":
+            (runs.add if on else runs.discard)(event.run_id or "")
+        elif event.scope == "tenant":
+            (tenants.add if on else tenants.discard)(event.tenant or "")
+        else:
+            everything = on
+        latest = kills.latest
+        if policy.operators:
+            latest = (
+                *((k, t) for k, t in latest if k != slot),
+                (slot, event.event_time.timestamp()),
+            )
+        kills = KillSwitches(frozenset(runs), frozenset(tenants), everything, latest)
+    request_id = f"{event.type}:{event.scope}:{target}:{event.event_time.isoformat()}"
+    if refused is not None:
+        # its own id: a forged copy of a real command must not replace the real one's record
+        request_id = refused_command_id(request_id, event)
+    return kills, _control_record(
+        request_id,
+        event.run_id or "*",
+        event.tenant or "*",
+        reason,
+        event,
+        policy,
+        now,
+        origin,
+        detail,
+    )
+
+
+def command_refused(
+    event: KillSwitch | KillSwitchReleased | PolicyUpdated,
+    policy: Policy,
+    latest: float | None = None,
+) -> tuple[Reason, str] | None:
+    """Why an operator's command does not count under ``policy`` (None: it does).
+
+    Without ``operators`` in the policy every command counts (names are trusted: keep the
+    control topic's ACL tight, docs/security.md). ``latest``: the event time of the newest
+    command applied to the same target; an older one is a replay.
+    """
+    if not policy.operators:
+        return None
+    if not event.signature:
+        return Reason.CONTROL_UNSIGNED, "operators is set: only signed commands count"
+    text = policy.operators.get(event.operator)
+    if text is None:
+        return Reason.UNKNOWN_OPERATOR, f"{event.operator} is not in operators"
+    if type(event) is PolicyUpdated:
+        sha = policy_hash(event.policy_yaml)
+        if event.policy_sha is not None and event.policy_sha != sha:
+            return Reason.BAD_SIGNATURE, "policy_sha is not the hash of policy_yaml"
+        payload = control_payload(
+            event.type, "global", "*", event.operator, "", event.event_time, sha
+        )
+    else:
+        target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope] or "*"
+        payload = control_payload(
+            event.type, event.scope, target, event.operator, event.reason, event.event_time
+        )
+    if not verify(parse_public_key(text), payload, event.signature):
+        return Reason.BAD_SIGNATURE, f"the signature is not {event.operator}'s over this command"
+    if latest is not None and event.event_time.timestamp() <= latest:
+        return (
+            Reason.CONTROL_REPLAYED,
+            "signed no later than a command already applied to the same target (a replay)",
+        )
+    return None
+
+
+def policy_update_record(
+    event: PolicyUpdated,
+    before: Policy,
+    after: Policy | None,
+    now: datetime,
+    origin: Origin = NO_ORIGIN,
+    refused: tuple[str, str] | None = None,
+) -> Decision:
+    """The audit record of a policy update: who, the policy hashes before and after, or why
+    it was refused (``after`` None)."""
+    request_id = (
+        f"{event.type}:{policy_hash(event.policy_yaml)[:16]}:{event.event_time.isoformat()}"
+    )
+    if refused is not None:
+        reason, detail = refused[0], f"refused: {refused[1]}; policy in force {before.version}"
+        request_id = refused_command_id(request_id, event)
+    else:
+        assert after is not None
+        reason, detail = Reason.POLICY_UPDATED, f"policy {before.version} -> {after.version}"
+    return _control_record(
+        request_id, "*", "*", reason, event, after or before, now, origin, detail
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStep:
+    """The policy in force after one ``policy_updated`` event, and what to publish about it."""
+
+    policy: Policy
+    #: event time of the last signed update applied (a later one must be newer)
+    signed_at: float | None
+    #: the audit record (applied or refused); None when the text is not a valid policy
+    record: Decision | None
+    #: why the text is not a valid policy (the event's dead letter)
+    error: str | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.record is not None and self.record.reason == Reason.POLICY_UPDATED
+
+
+def apply_policy_update(
+    policy: Policy,
+    signed_at: float | None,
+    event: PolicyUpdated,
+    now: datetime,
+    origin: Origin = NO_ORIGIN,
+    source: str = "policy_updated",
+) -> PolicyStep:
+    """One policy update, verified against the policy in force (its ``operators``): the
+    workers' control follower and `baton policy current` fold the control topic with it."""
+    refused = command_refused(event, policy, signed_at)
+    if refused is not None:
+        return PolicyStep(
+            policy, signed_at, policy_update_record(event, policy, None, now, origin, refused)
+        )
+    try:
+        new = parse_policy(event.policy_yaml, source)
+    except PolicyError as exc:
+        return PolicyStep(policy, signed_at, None, str(exc))
+    if policy.operators:
+        signed_at = event.event_time.timestamp()
+    return PolicyStep(new, signed_at, policy_update_record(event, policy, new, now, origin))
+
+
+def _event_digest(event: KillSwitch | KillSwitchReleased | PolicyUpdated) -> str:
+    h = _DIGEST.copy()
+    h.update(event.to_json())
+    return h.hexdigest()
+
+
+def _control_record(
+    request_id: str,
+    run_id: str,
+    tenant: str,
+    reason: str,
+    event: KillSwitch | KillSwitchReleased | PolicyUpdated,
+    policy: Policy,
+    now: datetime,
+    origin: Origin,
+    detail: str,
+) -> Decision:
+    return Decision(
+        decision_id=decision_id_for(run_id, request_id, Phase.CONTROL),
+        request_id=request_id,
+        run_id=run_id,
+        tenant=tenant,
+        phase=Phase.CONTROL,
+        outcome=Outcome.RECORDED,
+        reason=reason,
+        approver=event.operator,
+        policy_version=policy.version,
+        event_time=event.event_time,
+        decided_at=now,
+        worker=origin.worker,
+        partition=origin.partition,
+        offset=origin.offset,
+        detail=detail,
+    )
+
+
+def refused_command_id(
+    request_id: str, event: KillSwitch | KillSwitchReleased | PolicyUpdated
+) -> str:
+    """The ``request_id`` of the record that refuses a command whose own would be
+    ``request_id`` (its own id: a forged copy never replaces the real command's record)."""
+    return f"{request_id}:refused:{_event_digest(event)}"
