@@ -5,11 +5,13 @@ r"""One governance worker process: Faust's fetched batches through the engine to
     gov.control --(every worker, ControlFollower thread)--> kill switches, policy
 
 The hot path follows ARCHITECTURE.md ("Hot path: what was measured"): events are taken in
-batches, states are read and written through the table's store, and every output
-(including the changelog) goes through one confluent-kafka producer that is flushed before
-the batch is acknowledged, so offsets are committed only after delivery. Faust's internals
-are reached only through ``processors/faust_adapter.py``; the app's configuration is in
-``faust_app``, the sweep's step in ``sweep_step``, the membership checks in ``fencing``.
+batches (one per fetch), states are read and written through the table's store, and every
+output (including the changelog) goes through one confluent-kafka producer; a batch is
+acknowledged only once its outputs are delivered, so offsets are committed only after
+delivery, while the next batches are already fetched and decided (processors/publish.py).
+Faust's internals are reached only through ``processors/faust_adapter.py``; the app's
+configuration is in ``faust_app``, the sweep's step in ``sweep_step``, the membership
+checks in ``fencing``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -50,6 +53,13 @@ log = logging.getLogger(__name__)
 
 #: runs the 1 s sweep looks at, at most: after a rebalance every restored run is due once
 _SWEEP_LIMIT = 5000
+#: batches decided whose outputs are not yet durable, at most (at-least-once pipelining)
+_MAX_BATCHES_IN_FLIGHT = 16
+#: how long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
+#: The worker's threads hand each other every fetch (Faust's consumer thread, the event
+#: loop, librdkafka's callbacks): at the default, a fetch response waited up to 5 ms per
+#: hand-over behind a batch being decided (bench/RESULTS.md, issue 15)
+_GIL_SWITCH_S = 0.0005
 
 
 def _record(m: Any) -> InputRecord:
@@ -61,6 +71,7 @@ class GovernanceWorker:
     """Everything one worker process holds: the Faust app, its producer, control follower."""
 
     def __init__(self, settings: Settings, policy: Policy, worker_id: str | None = None) -> None:
+        sys.setswitchinterval(_GIL_SWITCH_S)
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.catalog = TopicCatalog(
@@ -68,8 +79,9 @@ class GovernanceWorker:
             partitions=settings.partitions,
             replication=settings.replication_factor,
         )
-        #: (topic, partition) -> fetch position once every record before it was decided and
-        #: published; the transport (processors/faust_adapter.py) keeps it up to date
+        #: (topic, partition) -> fetch position once every record before it was decided (its
+        #: outputs handed to the producer); the transport (processors/faust_adapter.py) keeps
+        #: it up to date
         self._decided: dict[tuple[str, int], int] = {}
         self.app = self._build_app()
         self.changelog_topic = self.runs.changelog_topic.get_topic_name()
@@ -127,9 +139,17 @@ class GovernanceWorker:
 
         @app.agent(source, name="govern")
         async def govern(stream: faust.StreamT[bytes]) -> None:
-            await self._ready.wait()
-            async for events in stream.take_events(s.batch_size, within=s.batch_timeout_s):
-                await self._process(events)
+            # Subscribes the source topics; their messages never reach it: the baton-kafka://
+            # transport hands them to _on_fetched_batch. One that does means that transport is
+            # not in place: no batch of it would be decided, so end here, loudly, uncommitted.
+            async for _event in stream:
+                exit_without_commit(
+                    EXIT_DELIVERY_FAILED,
+                    "worker %s: a source message reached Faust's agent (is the %s:// "
+                    "transport in place?); exiting without committing",
+                    self.worker_id,
+                    faust_adapter.SCHEME,
+                )
 
         @app.task
         async def start_control() -> None:
@@ -208,23 +228,14 @@ class GovernanceWorker:
         return self._processor
 
     # ------------------------------------------------------------------ hot path
-    async def _process(self, events: Any) -> None:
-        """The agent's path (plain kafka:// transport): Faust acks the events after this."""
-        durable = await self._decide_and_publish(
-            [_record(e.message) for e in events],
-            self.app.consumer_generation_id,
-            self._membership() if self.exactly_once else None,
-        )
-        if durable is not None:
-            await self._durable_or_exit(durable)
-
     async def _on_fetched_batch(
         self, messages: list[Any], current: Callable[[], bool] | None = None
     ) -> None:
-        """The fast path (baton-kafka:// transport): one batch per fetch, acked here once
-        its outputs are durable (the run states may still be in flight when this returns:
-        the transport fetches the next batch meanwhile; Faust waits for the acks before it
-        lets partitions go).
+        """One batch per fetch (the baton-kafka:// transport), acked here once its outputs are
+        durable. Returns once its decisions are handed to the producer: the transport fetches
+        and decides the next batch while they, and then the run states, are delivered (at
+        most _MAX_BATCHES_IN_FLIGHT batches; Faust waits for the acks before it lets
+        partitions go).
 
         ``current()`` turns False when a seek made the batch stale: it is then dropped
         unacknowledged (its records are fetched again from the seek's position).
@@ -232,6 +243,8 @@ class GovernanceWorker:
         generation = self.app.consumer_generation_id
         membership = self._membership() if self.exactly_once else None
         await self._ready.wait()
+        while len(self._acking) >= _MAX_BATCHES_IN_FLIGHT:  # the broker is behind: wait
+            await asyncio.wait(self._acking, return_when=asyncio.FIRST_COMPLETED)
         durable = await self._decide_and_publish(
             [_record(m) for m in messages],
             generation,
@@ -279,8 +292,8 @@ class GovernanceWorker:
         current: Callable[[], bool] | None = None,
     ) -> asyncio.Future[None] | None:
         """Decide and publish ``records``; None if they went stale before (not decided),
-        else once their decisions are acknowledged, a future completing once the whole
-        batch (its run states too) is durable: acknowledge the input only then."""
+        else once their decisions are handed to the producer, a future completing once the
+        whole batch (its run states too) is durable: acknowledge the input only then."""
         # never decide on stale kill switches: the batch waits (clients fail closed on their
         # timeout); the follower logs why every few seconds, and ends the process if the
         # control topic stays unreadable (outside the lock, so a revoke is not blocked)

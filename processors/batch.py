@@ -20,34 +20,32 @@ here touches Kafka, so the ordering rules below are checked in one place:
 * an event whose key does not murmur2-hash to the partition it arrived on is forwarded,
   unchanged, to its run's partition and decided there (a producer with another
   partitioner would otherwise split the run's state across workers).
+
+Where a record goes is ``batch_routing``; the records in and out and the dead-letter
+envelope are ``batch_records`` (re-exported here).
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
-from typing import Any
 
-import orjson
-
+from baton.processors.batch_records import (
+    DeadLetter,
+    ErrorKind,
+    InputRecord,
+    Outputs,
+    RecordError,
+    dead_letter_record,
+)
+from baton.processors.batch_routing import FORWARDED_FROM, route
 from baton.processors.chain import link
 from baton.processors.engine import NO_KILLS, KillSwitches, Origin, decide, refuse
 from baton.processors.recorded import keep_links, publishable
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, Outcome, Phase, Reason
-from baton.schemas.events import (
-    MAX_EVENT_BYTES,
-    ApprovalDenied,
-    ApprovalGranted,
-    EventError,
-    RunEvent,
-    parse_event,
-)
+from baton.schemas.decision import Decision, Phase, Reason
+from baton.schemas.events import ApprovalDenied, ApprovalGranted, EventError, RunEvent
 from baton.schemas.policy import Policy
-from baton.streams.partitioner import partition_for
 
 __all__ = [
     "DEFAULT_MAX_RUNS",
@@ -62,9 +60,6 @@ __all__ = [
     "Outputs",
     "dead_letter_record",
 ]
-
-#: header on an event the worker moved to its run's partition: topic/partition/offset
-FORWARDED_FROM = "baton-forwarded-from"
 
 #: a run's encoded state may grow to this by default; well under Kafka's 1 MB message
 #: limit, because a run stopped at the limit still remembers its later events (a bounded
@@ -82,119 +77,6 @@ DEFAULT_MAX_RUNS = 500_000
 #: encoded run state one worker holds before it stops taking on new runs (memory is about
 #: 1.6x this: a decoded state is larger than its bytes)
 DEFAULT_MAX_STATE_BYTES = 4 * 1024**3
-#: a run id is at most 256 characters, 1,024 bytes of UTF-8: a longer key is no run's
-MAX_KEY_BYTES = 1024
-#: headers a forwarded event may carry (ours adds one); more is no orchestrator's
-MAX_HEADER_BYTES = 16 * 1024
-
-
-class ErrorKind(StrEnum):
-    """The ``error_kind`` of a dead letter: a stable code to count and alert on.
-
-    Parse errors keep the kinds :class:`~baton.schemas.events.EventError` gives them
-    (``not_json``, ``schema``, ``unknown_type``, ``oversized``, ``key_mismatch``,
-    ``out_of_range``).
-    """
-
-    EMPTY = "empty"
-    MISSING_KEY = "missing_key"
-    MISROUTED = "misrouted"
-    ROUTING = "routing"
-    STATE_UNREADABLE = "state_unreadable"
-    ENGINE_ERROR = "engine_error"
-    RUN_STATE_LIMIT = "run_state_limit"
-    OUT_OF_RANGE = "out_of_range"
-    WRONG_TOPIC = "wrong_topic"
-
-
-class RecordError(Exception):
-    """One record cannot be decided; ``kind`` names why (its dead letter's ``error_kind``)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        self.kind = kind
-        super().__init__(message)
-
-
-@dataclass(slots=True)
-class InputRecord:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] | None = None
-    #: the Kafka timestamp, seconds (the producer's clock): the metrics' decision latency
-    timestamp: float | None = None
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    key: bytes | None
-    value: bytes  # the JSON envelope: error, where it came from, the original bytes
-    kind: str = ""  # its error_kind, for the metrics (processors/metrics.py)
-
-
-@dataclass(slots=True)
-class Forward:
-    topic: str
-    partition: int
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
-@dataclass(slots=True)
-class Outputs:
-    """What one batch produced, in the order it must be published."""
-
-    decisions: list[tuple[int, Decision]] = field(default_factory=list)  # (partition, decision)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    forwards: list[Forward] = field(default_factory=list)
-    #: run key -> (partition, state or None for a deletion), written after decisions are acked
-    changed: dict[bytes, tuple[int, RunState | None]] = field(default_factory=dict)
-    #: run key -> the encoded state of ``changed`` (the batch measured it against the
-    #: state budget; the publisher writes these bytes instead of encoding again)
-    encoded: dict[bytes, bytes] = field(default_factory=dict)
-
-    @property
-    def stops(self) -> list[tuple[int, Decision]]:
-        return [(p, d) for p, d in self.decisions if d.outcome == Outcome.STOP]
-
-
-def dead_letter_record(
-    rec: InputRecord, kind: str, error: str, worker: str | None, now: datetime
-) -> DeadLetter:
-    """The dead-letter envelope: what was wrong, where it came from, and the original bytes."""
-    raw = rec.value or b""
-    envelope: dict[str, Any] = {
-        "error_kind": kind,
-        "error": error,
-        "topic": rec.topic,
-        "partition": rec.partition,
-        "offset": rec.offset,
-        "key": rec.key[:1024].decode("utf-8", "replace") if rec.key is not None else None,
-        "key_size": len(rec.key) if rec.key is not None else None,
-        "worker": worker,
-        "failed_at": now,
-        "original_size": len(raw),
-    }
-    kept = raw[:MAX_EVENT_BYTES]
-    try:
-        text = kept.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    # JSON escapes a control character in six bytes: text full of them would make the
-    # dead letter several times its input (and past Kafka's message limit), base64 never
-    if text is not None and len(orjson.dumps(text)) <= 2 * len(kept) + 2:
-        envelope["original"] = text
-    else:
-        envelope["original_b64"] = base64.b64encode(kept).decode()
-    if len(raw) > len(kept):
-        envelope["original_truncated"] = True
-    # the dead letter's own Kafka key is capped too: a record with a 1 MB key must not make
-    # a dead letter Kafka refuses (that would end the worker on every restart)
-    key = rec.key if rec.key is None or len(rec.key) <= MAX_KEY_BYTES else None
-    return DeadLetter(key, orjson.dumps(envelope), str(kind))
 
 
 def _same_record(decisions: list[Decision], rec: InputRecord, approval: bool) -> bool:
@@ -211,10 +93,6 @@ def _same_record(decisions: list[Decision], rec: InputRecord, approval: bool) ->
         and (d.phase == Phase.APPROVAL) == approval
         for d in decisions
     )
-
-
-def _has_header(rec: InputRecord, name: str) -> bool:
-    return any(h[0] == name for h in rec.headers or ())
 
 
 class BatchProcessor:
@@ -277,7 +155,7 @@ class BatchProcessor:
         decided: dict[bytes, list[tuple[InputRecord, RunEvent]]] = {}
         for rec in records:
             try:
-                routed = self._route(rec, out, now)
+                routed = route(rec, self.partitions, self.approvals_topic, out)
                 if routed is None:
                     continue
                 key, event = routed
@@ -305,67 +183,6 @@ class BatchProcessor:
         return dead_letter_record(rec, ErrorKind.ENGINE_ERROR, error, self.worker, now)
 
     # ------------------------------------------------------------------ one record's steps
-    def _route(
-        self, rec: InputRecord, out: Outputs, now: datetime
-    ) -> tuple[bytes, RunEvent] | None:
-        """Parse ``rec`` and find its run; None when it was forwarded to its run's partition."""
-        if rec.value is None:
-            raise RecordError(ErrorKind.EMPTY, "empty message (null value)")
-        if rec.key is None:
-            raise RecordError(
-                ErrorKind.MISSING_KEY,
-                "record has no Kafka key; key every event by its run_id "
-                "(kcat: -K with a key separator)",
-            )
-        if len(rec.key) > MAX_KEY_BYTES:
-            raise RecordError(
-                ErrorKind.OUT_OF_RANGE,
-                f"Kafka key of {len(rec.key)} bytes; a run_id (the key) is at most 256 "
-                f"characters ({MAX_KEY_BYTES} bytes)",
-            )
-        event = parse_event(rec.value, rec.key)
-        if self.approvals_topic is not None:
-            approval = type(event) is ApprovalGranted or type(event) is ApprovalDenied
-            if approval != (rec.topic == self.approvals_topic):
-                raise RecordError(
-                    ErrorKind.WRONG_TOPIC,
-                    f"{event.type} on {rec.topic}: approvals belong on {self.approvals_topic}, "
-                    f"every other run event on the requests topic",
-                )
-        key = rec.key
-        home = partition_for(key, self.partitions)
-        if home == rec.partition:
-            return key, event
-        header_bytes = sum(len(h[0]) + len(h[1] or b"") for h in rec.headers or ())
-        if header_bytes > MAX_HEADER_BYTES:
-            raise RecordError(
-                ErrorKind.OUT_OF_RANGE,
-                f"{header_bytes} bytes of headers on a misplaced event (at most "
-                f"{MAX_HEADER_BYTES} are forwarded)",
-            )
-        if _has_header(rec, FORWARDED_FROM):
-            # forwarded once already and still misplaced: the topic's partition count
-            # differs from BATON_PARTITIONS somewhere; bouncing it would never end
-            raise RecordError(
-                ErrorKind.MISROUTED,
-                f"forwarded to partition {rec.partition} but run {event.run_id} hashes to "
-                f"{home} of {self.partitions}: do all workers use the topic's partition count "
-                f"as BATON_PARTITIONS?",
-            )
-        out.forwards.append(
-            Forward(
-                rec.topic,
-                home,
-                key,
-                rec.value,
-                [
-                    *(rec.headers or ()),
-                    (FORWARDED_FROM, f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
-                ],
-            )
-        )
-        return None
-
     def _state(self, key: bytes) -> RunState | None:
         try:
             return self.states.get(key)

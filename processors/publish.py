@@ -2,26 +2,37 @@
 
 Faust's per-message produce path is the worker's bottleneck (ARCHITECTURE.md, "Hot path"),
 so decisions, stops, dead letters, forwards *and* the ``runs`` table's changelog records go
-through one librdkafka producer. ``publish`` returns only when every record is acknowledged;
-a record that cannot be delivered raises, and the caller must die without committing offsets.
+through one librdkafka producer. A record that cannot be delivered fails its batch, and the
+caller must die without committing offsets.
 
 Two modes:
 
-* at-least-once (default, idempotent producer): decisions first and flushed, then the states
-  that produced them (flushed while the worker fetches and decides its next batch), then the
-  caller acknowledges the batch to Faust, whose committer commits the offsets later. A
-  crash in between redelivers the batch; the engine's dedup marks keep that from counting
-  anything twice. One flush is on a decision's path, one more before the input is committed.
+* at-least-once (default, idempotent producer), **pipelined**: a batch's decisions (and dead
+  letters, forwards) are handed to librdkafka and the worker goes on to fetch and decide the
+  next batch at once; each record's delivery report counts it off its step (no flush on a
+  decision's path: a flush waits for every record in flight, the next batches' too). Once
+  every decision of the batch is acknowledged, and the previous batch's states were sent,
+  its run states are sent; once those are acknowledged too (and the previous batch was),
+  the batch is durable and the caller acknowledges its input to Faust, whose committer
+  commits the offsets later. So a state never reaches the changelog before the decisions it
+  remembers, a run's states reach it in batch order, and the input is committed only after
+  both. A crash in between redelivers the batch; the engine's dedup marks keep that from
+  counting anything twice.
 * exactly-once (``transactional_id`` given): one Kafka transaction per batch holds its
   decisions, stops, dead letters, forwards, changelog records *and* the input offsets
   (``send_offsets_to_transaction``); consumers reading ``read_committed`` (librdkafka's
   default) see all of a batch or nothing of it, and a crash leaves no half-written batch.
+
+Delivery reports are served by ``poll(0)`` on the event loop (every ``_POLL_S`` while records
+are in flight), never in another thread: a wait handed to a thread and back cost more than
+the broker's round trip on a busy 2-core host (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -55,8 +66,10 @@ class TransactionFailed(BrokerUnavailable):
     """A batch's transaction could not be committed (it was aborted: nothing of it is visible)."""
 
 
-#: how long a flush may block the event loop before its wait moves to a thread
-_FLUSH_ON_LOOP_S = 0.005
+#: how often the event loop serves delivery reports while records are in flight
+_POLL_S = 0.001
+#: librdkafka's linger.ms for the worker's producer
+_LINGER_MS = 0
 
 #: (topic, partition, next offset to read): the input offsets a transaction commits
 Offsets = Sequence[tuple[str, int, int]]
@@ -67,6 +80,57 @@ def _done() -> asyncio.Future[None]:
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     future.set_result(None)
     return future
+
+
+class _Step:
+    """The records of one step of a batch (its decisions, or its states) until librdkafka
+    has reported each one: ``future`` completes then, or fails naming what was not delivered.
+
+    Counted as produced (``count``) and as reported (``on_delivery``); ``seal`` says no more
+    records join, so an early report cannot complete a step still being produced."""
+
+    __slots__ = ("bootstrap", "count", "errors", "future", "loop", "sealed", "thread")
+
+    def __init__(self, bootstrap: str) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        self.future: asyncio.Future[None] = self.loop.create_future()
+        self.bootstrap = bootstrap
+        self.count = 0
+        self.errors: list[str] = []
+        self.sealed = False
+
+    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+        self.count -= 1
+        if self.sealed and self.count == 0:
+            self._complete()
+
+    def seal(self) -> None:
+        self.sealed = True
+        if self.count == 0:
+            self._complete()
+
+    def _complete(self) -> None:
+        # reports are served on the loop's thread; a flush at shutdown may serve them elsewhere
+        if threading.get_ident() == self.thread:
+            self._resolve()
+        else:
+            self.loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if self.future.done():
+            return
+        if self.errors:
+            self.future.set_exception(
+                DeliveryFailed(
+                    f"could not deliver {len(self.errors)} records to Kafka at "
+                    f"{self.bootstrap}: " + "; ".join(self.errors[:3])
+                )
+            )
+        else:
+            self.future.set_result(None)
 
 
 class BatchPublisher:
@@ -84,7 +148,9 @@ class BatchPublisher:
         conf = {
             # murmur2: must match Faust's partitioner or a run's events split across workers
             "partitioner": "murmur2_random",
-            "linger.ms": 5,
+            # no flush on a decision's path (pipelined): a batch's records are produced in one
+            # go, and waiting up to linger.ms for more would be every decision's latency
+            "linger.ms": _LINGER_MS,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 500000,
             # no compression: records are small and the broker is usually near; (aiokafka,
@@ -121,6 +187,14 @@ class BatchPublisher:
         #: records from other threads (the control follower), sent with the next publish:
         #: a transactional producer accepts records only inside the transaction of a batch
         self._queued: deque[Decision | DeadLetter] = deque()
+        #: at-least-once: the step records produced now count towards (None: flush-based)
+        self._step: _Step | None = None
+        #: steps whose delivery reports are still due (served by _poll on the loop)
+        self._in_flight: set[_Step] = set()
+        self._poll_timer: asyncio.TimerHandle | None = None
+        #: the previous batch's states handed to librdkafka / its whole batch durable
+        self._states_sent: asyncio.Future[None] | None = None
+        self._durable: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ low level
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
@@ -136,7 +210,10 @@ class BatchPublisher:
         headers: Any = None,
     ) -> None:
         produce = self._producer.produce
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        step = self._step
+        kwargs: dict[str, Any] = {
+            "on_delivery": self._on_delivery if step is None else step.on_delivery
+        }
         if partition is not None:
             kwargs["partition"] = partition
         if headers:
@@ -144,6 +221,8 @@ class BatchPublisher:
         while True:
             try:
                 produce(topic, value, key, **kwargs)
+                if step is not None:  # counted once librdkafka took it (a refusal raised)
+                    step.count += 1
                 return
             except BufferError:
                 # local queue full: let librdkafka send, then try again (never drop)
@@ -235,34 +314,89 @@ class BatchPublisher:
         offsets: Offsets = (),
         group_metadata: Callable[[], bytes] | None = None,
     ) -> asyncio.Future[None]:
-        """Publish one batch's outputs; return once its decisions are acknowledged, with an
-        awaitable that completes once the whole batch is durable (raising if it is not).
+        """Publish one batch's outputs; return once its decisions are handed to librdkafka,
+        with an awaitable that completes once the whole batch is durable (raising if it is
+        not): acknowledge the input only then.
 
-        At-least-once: the decisions (and dead letters, forwards) are flushed; then the run
-        states are handed to librdkafka and flushed *in the background*, so the caller can
-        fetch and decide the next batch meanwhile (it acknowledges this batch's input only
-        when the awaitable completes). The states still go out only after the decisions are
-        acknowledged: a crash can never leave a state that remembers a decision nobody got.
-        Exactly-once: one transaction; the awaitable is already complete.
+        At-least-once: the run states are sent once every decision (dead letter, forward) of
+        the batch is acknowledged and the previous batch's states were sent; ``before_state``
+        is called right before (it may raise to keep them unwritten: the worker checks it
+        still owns the partitions). The caller fetches and decides the next batch meanwhile.
+        Exactly-once: one transaction, committed before this returns; the awaitable is
+        complete already.
         """
         if self.transactional:
             await self._publish_transaction(out, before_state, offsets, group_metadata)
             return _done()
-        self._produce_queued()
-        self._produce_outputs(out)
-        await self._flush()
-        if not out.changed:
-            return _done()
-        if before_state is not None:
-            before_state()
-        # One flush for all of them, the last record of a partition included: Tansu answers
-        # ListOffsets(latest) with the first offset of the partition's last record batch + 1,
-        # which made Faust's recovery skip the tail of a batch-written changelog; recovery
-        # now reads to the end a fetch reports (streams.transactions.committed_ends).
-        encoded = out.encoded
-        for key, (partition, state) in out.changed.items():
-            self.produce_state(key, partition, state, encoded.get(key))
-        return asyncio.ensure_future(self._flush())
+        decisions = self._send(self._produce_queued, lambda: self._produce_outputs(out))
+        previous_sent, previous_durable = self._states_sent, self._durable
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        durable = asyncio.ensure_future(
+            self._states_after(decisions, previous_sent, previous_durable, sent, out, before_state)
+        )
+        self._states_sent, self._durable = sent, durable
+        return durable
+
+    def _send(self, *produce: Callable[[], None]) -> asyncio.Future[None]:
+        """Run ``produce`` steps into one ``_Step``: its future completes once librdkafka has
+        acknowledged every record they produced."""
+        step = _Step(self._bootstrap)
+        self._step = step
+        try:
+            for one in produce:
+                one()
+        finally:
+            self._step = None
+        step.seal()
+        if not step.future.done():
+            self._in_flight.add(step)
+            if self._poll_timer is None:
+                self._poll_timer = step.loop.call_later(_POLL_S, self._poll)
+        return step.future
+
+    def _poll(self) -> None:
+        """Serve delivery reports (on the loop's thread) while any step is waiting for them."""
+        self._poll_timer = None
+        self._producer.poll(0)
+        self._in_flight = {step for step in self._in_flight if not step.future.done()}
+        if self._in_flight:
+            self._poll_timer = asyncio.get_running_loop().call_later(_POLL_S, self._poll)
+
+    async def _states_after(
+        self,
+        decisions: asyncio.Future[None],
+        previous_sent: asyncio.Future[None] | None,
+        previous_durable: asyncio.Future[None] | None,
+        sent: asyncio.Future[None],
+        out: Outputs,
+        before_state: Callable[[], None] | None,
+    ) -> None:
+        """The second half of a batch: its states, once its decisions are acknowledged."""
+        try:
+            await decisions
+            if previous_sent is not None:
+                await previous_sent  # a run's states reach the changelog in batch order
+            states = None
+            if out.changed:
+                if before_state is not None:
+                    before_state()
+                encoded = out.encoded
+                states = self._send(
+                    lambda: [
+                        self.produce_state(key, partition, state, encoded.get(key))
+                        for key, (partition, state) in out.changed.items()
+                    ]
+                )
+        except BaseException as exc:
+            # the batches after this one must not send their states either
+            sent.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            sent.exception()  # retrieved: the caller hears of it through its own future
+            raise
+        sent.set_result(None)
+        if states is not None:
+            await states
+        if previous_durable is not None:
+            await previous_durable  # durable in batch order: acknowledged input in order
 
     def _produce_outputs(self, out: Outputs) -> None:
         for dl in out.dead_letters:
@@ -353,14 +487,3 @@ class BatchPublisher:
             self._producer.abort_transaction(30)
         except KafkaException as exc:  # fatal or fenced: the process exits anyway
             log.warning("aborting the transaction failed: %s", exc)
-
-    async def _flush(self) -> None:
-        # Most flushes take about one broker round trip: wait that long right here. Handing
-        # every wait to a thread and back cost ~10 ms a batch on a busy 2-core host (worker
-        # and relay side by side in bench/latency_bench.py), more than the round trip. A
-        # flush still waiting after _FLUSH_ON_LOOP_S goes on in a thread (librdkafka's flush
-        # blocks without the GIL), so the event loop keeps serving Faust meanwhile.
-        if self._producer.flush(_FLUSH_ON_LOOP_S) == 0:
-            self.flush(0)  # raises DeliveryFailed for any record that failed
-            return
-        await asyncio.get_running_loop().run_in_executor(None, self.flush)

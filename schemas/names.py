@@ -66,6 +66,8 @@ def fold(text: str) -> str:
 
 def name_problem(text: str) -> str | None:
     """None when ``text`` may be a name; else what is wrong with it, naming the character."""
+    if not text:
+        return "it is empty"
     if text.isascii():
         if text.isprintable() and " " not in text:
             return None
@@ -87,7 +89,7 @@ def normal_name(text: str) -> str:
     The pydantic validator of every name field: its messages start with "bad name" (an
     event's ``bad_name`` dead letter) or hold "out of range" (``out_of_range``).
     """
-    if text.isascii() and text.isprintable() and " " not in text and len(text) <= MAX_NAME:
+    if text.isascii() and text.isprintable() and " " not in text and 0 < len(text) <= MAX_NAME:
         return text.lower()  # most names: a few passes in C, no Unicode tables
     problem = name_problem(text)
     if problem is not None:
@@ -156,6 +158,6 @@ def _first_invisible(text: str) -> str:
 
 
 def _shown(text: str) -> str:
-    """``text`` quoted with its invisible characters escaped, cut at 80 characters."""
-    shown = ascii(text) if not text.isprintable() else repr(text)
+    """``text`` in double quotes, invisible characters escaped, cut at 80 characters."""
+    shown = '"' + (text if text.isprintable() else ascii(text)[1:-1]) + '"'
     return shown if len(shown) <= 80 else shown[:77] + "..."

@@ -26,7 +26,7 @@ class Policy(BaseModel):
         default_factory=MultiAgentPolicy,
         description="the limits of every tenant (the seed's block)",
     )
-    tenants: Annotated[dict[str, MultiAgentPolicy], name_keyed("tenants: tenant names")] = Field(
+    tenants: Annotated[dict[str, MultiAgentPolicy], name_keyed("tenant names")] = Field(
         default_factory=dict,
         description="tenant name -> keys merged over `multi_agent` for that tenant (mapping "
         "by mapping; lists and values replaced whole); names folded like the events' `tenant`",

@@ -67,7 +67,7 @@ class MultiAgentPolicy(StrictModel):
     approval: ApprovalPolicy = Field(
         default_factory=ApprovalPolicy, description="the approval gate: TTL, approvers, keys"
     )
-    roles: Annotated[dict[str, RolePolicy], name_keyed("roles: agent names")] = Field(
+    roles: Annotated[dict[str, RolePolicy], name_keyed("agent names")] = Field(
         default_factory=dict,
         description="agent name -> what it may own and whom it may delegate to; names match "
         "the events' agent names in their folded form (NFKC, case: `Researcher` is "

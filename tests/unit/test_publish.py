@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,34 +41,39 @@ def test_a_dead_letter_too_large_for_kafka_is_sent_without_its_original() -> Non
 
 
 class _Producer:
-    """librdkafka's producer as the publisher uses it: what was produced, flush by flush.
-
-    A flush of run states waits up to its timeout for ``states_acked`` (the test plays the
-    broker), and fails their delivery when ``fail_states`` is set."""
+    """librdkafka's producer as the publisher uses it, the test playing the broker: records
+    are acknowledged when the publisher polls, decisions at once, run states only once
+    ``states_acked`` is set (failed when ``fail_states`` is)."""
 
     def __init__(self) -> None:
         self.queued: list[tuple[str, Any]] = []
-        self.flushes: list[list[str]] = []
-        self.states_acked = threading.Event()
+        #: every record produced, in order, and which of them were acknowledged
+        self.produced: list[str] = []
+        self.acked: list[str] = []
+        self.states_acked = False
         self.fail_states = False
+        self.polls = 0
 
     def produce(self, topic: str, value: bytes | None, key: bytes, **kw: Any) -> None:
         self.queued.append((topic, kw["on_delivery"]))
-
-    def flush(self, timeout: float) -> int:
-        if not self.queued:
-            return 0
-        if any(topic == "c" for topic, _ in self.queued) and not self.states_acked.wait(timeout):
-            return len(self.queued)  # still waiting for the broker
-        queued, self.queued = self.queued, []
-        for topic, on_delivery in queued:
-            failed = self.fail_states and topic == "c"
-            on_delivery(_Error() if failed else None, _Message(topic))
-        self.flushes.append([topic for topic, _ in queued])
-        return 0
+        self.produced.append(topic)
 
     def poll(self, timeout: float) -> int:
-        return 0
+        self.polls += 1
+        keep, served = [], 0
+        for topic, on_delivery in self.queued:
+            if topic == "c" and not self.states_acked:
+                keep.append((topic, on_delivery))
+                continue
+            failed = self.fail_states and topic == "c"
+            on_delivery(_Error() if failed else None, _Message(topic))
+            self.acked.append(topic)
+            served += 1
+        self.queued = keep
+        return served
+
+    def flush(self, timeout: float) -> int:
+        raise AssertionError("a flush on the at-least-once path")
 
 
 class _Error:
@@ -113,21 +117,33 @@ def _batch(runs: int) -> Outputs:
     return proc.process(records, datetime.now(UTC))
 
 
+async def _until(check: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
+
 def test_decisions_are_acknowledged_before_any_run_state_is_sent_and_the_states_follow() -> None:
     publisher, producer = _publisher()
     out = _batch(3)
 
     async def scenario() -> None:
         durable = await publisher.publish_decisions_first(out)
-        # the decisions are out and acknowledged; the states are sent, not yet acknowledged:
-        # the worker fetches its next batch meanwhile and acknowledges this one only later
-        assert producer.flushes == [["d", "d", "d"]]
-        await asyncio.sleep(0.05)
+        # handed over, not waited for: the worker fetches and decides its next batch now
+        assert producer.produced == ["d", "d", "d"] and producer.acked == []
+        await _until(lambda: producer.acked == ["d", "d", "d"])
+        # the decisions are acknowledged; then the states are sent, not yet acknowledged
+        await _until(lambda: producer.produced == ["d", "d", "d", "c", "c", "c"])
+        await asyncio.sleep(0.02)
         assert not durable.done()
-        producer.states_acked.set()
+        producer.states_acked = True
         await asyncio.wait_for(durable, 5)
-        # all states in one flush, each partition's last one included (no lone tail write)
-        assert producer.flushes == [["d", "d", "d"], ["c", "c", "c"]]
+        assert producer.acked == ["d", "d", "d", "c", "c", "c"]
+        # nothing left in flight: the event loop stops polling the producer
+        polls = producer.polls
+        await asyncio.sleep(0.02)
+        assert producer.polls == polls
 
     asyncio.run(scenario())
 
@@ -135,50 +151,81 @@ def test_decisions_are_acknowledged_before_any_run_state_is_sent_and_the_states_
 def test_a_state_that_cannot_be_delivered_fails_the_batch_after_its_decisions() -> None:
     publisher, producer = _publisher()
     producer.fail_states = True
-    producer.states_acked.set()
+    producer.states_acked = True
 
     async def scenario() -> None:
         durable = await publisher.publish_decisions_first(_batch(2))
         with pytest.raises(DeliveryFailed, match=r"could not deliver 2 records .* c\[0\]"):
-            await durable
+            await asyncio.wait_for(durable, 5)
 
     asyncio.run(scenario())
 
 
 def test_a_worker_that_lost_its_partitions_writes_no_state_after_the_decisions() -> None:
     publisher, producer = _publisher()
+    producer.states_acked = True
 
     def expelled() -> None:
         raise RuntimeError("consumer generation changed from 3 to 4 during a batch")
 
     async def scenario() -> None:
+        durable = await publisher.publish_decisions_first(_batch(2), before_state=expelled)
         with pytest.raises(RuntimeError, match="generation changed"):
-            await publisher.publish_decisions_first(_batch(2), before_state=expelled)
+            await asyncio.wait_for(durable, 5)
+        # and the next batch, decided on top of it, writes none either
+        later = await publisher.publish_decisions_first(_batch(1))
+        with pytest.raises(RuntimeError, match="generation changed"):
+            await asyncio.wait_for(later, 5)
 
     asyncio.run(scenario())
-    assert producer.flushes == [["d", "d"]] and producer.queued == []
+    assert producer.produced == ["d", "d", "d"]
 
 
 def test_publish_returns_only_once_the_states_are_durable_too() -> None:
     publisher, producer = _publisher()
-    producer.states_acked.set()
+    producer.states_acked = True
     asyncio.run(publisher.publish(_batch(2)))
-    assert producer.flushes == [["d", "d"], ["c", "c"]]
+    assert producer.acked == ["d", "d", "c", "c"]
 
 
-def test_a_flush_the_broker_answers_at_once_stays_on_the_event_loop() -> None:
-    # a hand-off to a thread and back cost more than the round trip on a busy host
+def test_batches_in_flight_write_their_states_in_batch_order_and_become_durable_in_order() -> None:
     publisher, producer = _publisher()
-    producer.states_acked.set()
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-
-        def no_thread(*args: Any) -> None:
-            raise AssertionError("flush waited in a thread")
-
-        loop.run_in_executor = no_thread  # type: ignore[method-assign,assignment]
-        await publisher.publish(_batch(2))
+        first = await publisher.publish_decisions_first(_batch(2))
+        # the next batch is handed over while the first one's decisions are unacknowledged
+        assert producer.acked == []
+        second = await publisher.publish_decisions_first(_batch(1))
+        await _until(lambda: producer.produced.count("c") == 3)
+        # the first batch's states went out before the second's (a run's states in order)
+        assert producer.produced == ["d", "d", "d", "c", "c", "c"]
+        assert not first.done() and not second.done()
+        producer.states_acked = True
+        await asyncio.wait_for(second, 5)
+        assert first.done()
 
     asyncio.run(scenario())
-    assert producer.flushes == [["d", "d"], ["c", "c"]]
+
+
+def test_a_batch_with_a_record_librdkafka_refuses_at_once_still_completes() -> None:
+    # a dead letter too large for Kafka raises in produce() and is sent short instead: the
+    # refused record is never counted, so the batch does not wait for its report forever
+    publisher, producer = _publisher()
+    producer.states_acked = True
+    real = producer.produce
+    refused = []
+
+    def produce(topic: str, value: bytes | None, key: bytes, **kw: Any) -> None:
+        if topic == "d" and not refused:
+            refused.append(topic)
+            raise BufferError("queue full")  # retried after a poll, then counted once
+        real(topic, value, key, **kw)
+
+    producer.produce = produce  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        durable = await publisher.publish_decisions_first(_batch(2))
+        await asyncio.wait_for(durable, 5)
+
+    asyncio.run(scenario())
+    assert refused == ["d"] and producer.acked == ["d", "d", "c", "c"]

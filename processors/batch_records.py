@@ -1,0 +1,145 @@
+"""The batch step's records: what one batch takes in and gives out, and the dead-letter envelope.
+
+``InputRecord`` is a Kafka record as the batch step sees it (no Faust, no confluent-kafka
+type); ``Outputs`` is what one batch produced, in the order it must be published
+(processors/publish.py); ``dead_letter_record`` makes the one record a bad input becomes:
+what was wrong (``ErrorKind``), where it came from and the original bytes, itself always
+small enough for Kafka.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision, Outcome
+from baton.schemas.events import MAX_EVENT_BYTES
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "DeadLetter",
+    "ErrorKind",
+    "Forward",
+    "InputRecord",
+    "Outputs",
+    "RecordError",
+    "dead_letter_record",
+]
+
+#: a run id is at most 256 characters, 1,024 bytes of UTF-8: a longer key is no run's
+MAX_KEY_BYTES = 1024
+
+
+class ErrorKind(StrEnum):
+    """The ``error_kind`` of a dead letter: a stable code to count and alert on.
+
+    Parse errors keep the kinds :class:`~baton.schemas.events.EventError` gives them
+    (``not_json``, ``schema``, ``unknown_type``, ``oversized``, ``key_mismatch``,
+    ``out_of_range``).
+    """
+
+    EMPTY = "empty"
+    MISSING_KEY = "missing_key"
+    MISROUTED = "misrouted"
+    ROUTING = "routing"
+    STATE_UNREADABLE = "state_unreadable"
+    ENGINE_ERROR = "engine_error"
+    RUN_STATE_LIMIT = "run_state_limit"
+    OUT_OF_RANGE = "out_of_range"
+    WRONG_TOPIC = "wrong_topic"
+
+
+class RecordError(Exception):
+    """One record cannot be decided; ``kind`` names why (its dead letter's ``error_kind``)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+@dataclass(slots=True)
+class InputRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+    #: the Kafka timestamp, seconds (the producer's clock): the metrics' decision latency
+    timestamp: float | None = None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes  # the JSON envelope: error, where it came from, the original bytes
+    kind: str = ""  # its error_kind, for the metrics (processors/metrics.py)
+
+
+@dataclass(slots=True)
+class Forward:
+    topic: str
+    partition: int
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class Outputs:
+    """What one batch produced, in the order it must be published."""
+
+    decisions: list[tuple[int, Decision]] = field(default_factory=list)  # (partition, decision)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
+    #: run key -> (partition, state or None for a deletion), written after decisions are acked
+    changed: dict[bytes, tuple[int, RunState | None]] = field(default_factory=dict)
+    #: run key -> the encoded state of ``changed`` (the batch measured it against the
+    #: state budget; the publisher writes these bytes instead of encoding again)
+    encoded: dict[bytes, bytes] = field(default_factory=dict)
+
+    @property
+    def stops(self) -> list[tuple[int, Decision]]:
+        return [(p, d) for p, d in self.decisions if d.outcome == Outcome.STOP]
+
+
+def dead_letter_record(
+    rec: InputRecord, kind: str, error: str, worker: str | None, now: datetime
+) -> DeadLetter:
+    """The dead-letter envelope: what was wrong, where it came from, and the original bytes."""
+    raw = rec.value or b""
+    envelope: dict[str, Any] = {
+        "error_kind": kind,
+        "error": error,
+        "topic": rec.topic,
+        "partition": rec.partition,
+        "offset": rec.offset,
+        "key": rec.key[:1024].decode("utf-8", "replace") if rec.key is not None else None,
+        "key_size": len(rec.key) if rec.key is not None else None,
+        "worker": worker,
+        "failed_at": now,
+        "original_size": len(raw),
+    }
+    kept = raw[:MAX_EVENT_BYTES]
+    try:
+        text = kept.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    # JSON escapes a control character in six bytes: text full of them would make the
+    # dead letter several times its input (and past Kafka's message limit), base64 never
+    if text is not None and len(orjson.dumps(text)) <= 2 * len(kept) + 2:
+        envelope["original"] = text
+    else:
+        envelope["original_b64"] = base64.b64encode(kept).decode()
+    if len(raw) > len(kept):
+        envelope["original_truncated"] = True
+    # the dead letter's own Kafka key is capped too: a record with a 1 MB key must not make
+    # a dead letter Kafka refuses (that would end the worker on every restart)
+    key = rec.key if rec.key is None or len(rec.key) <= MAX_KEY_BYTES else None
+    return DeadLetter(key, orjson.dumps(envelope), str(kind))
