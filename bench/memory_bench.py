@@ -33,7 +33,8 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from baton.processors.engine import decide, evict
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.engine import evict
 from baton.processors.state import RunState
 from baton.processors.sweep import DueIndex
 from baton.schemas.events import HandoffCompleted, HandoffRequested
@@ -41,6 +42,7 @@ from baton.schemas.policy import load_policy
 from baton.streams.partitioner import partition_for
 
 PARTITIONS = 8
+REQUESTS = "gov.handoff.requests"
 SWEEP_LIMIT = 5000  # processors/app.py _SWEEP_LIMIT
 
 
@@ -50,78 +52,117 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def active_run(run_id: str, policy: object, now: datetime) -> RunState:
-    """A run after one handoff and its completion, decided by the engine."""
-    handoff = HandoffRequested(
-        request_id=f"{run_id}-r1",
-        run_id=run_id,
-        tenant="acme",
-        task_id="task-1",
-        from_agent="planner",
-        to_agent="coder",
-        action="code.write",
-        estimated_usd=0.5,
-        event_time=now,
-    )
-    state, _ = decide(None, handoff, policy, now)  # type: ignore[arg-type]
-    done = HandoffCompleted(
-        request_id=f"{run_id}-r1",
-        run_id=run_id,
-        tenant="acme",
-        task_id="task-1",
-        agent="coder",
-        cost_usd=0.42,
-        tool_calls=3,
-        status="ok",
-        event_time=now + timedelta(seconds=1),
-    )
-    state, _ = decide(state, done, policy, now + timedelta(seconds=1))  # type: ignore[arg-type]
-    return state
+def _events(run_id: str, long: bool, now: datetime) -> list[tuple[float, bytes]]:
+    """A run's events as the orchestrator sends them, each with its offset in seconds:
+    a handoff and its completion; ``long``: three of each on a task tree two deep (the run
+    then keeps RECENT_REPLIES keys' decisions, the most a run keeps)."""
+    steps = [("task-1", "planner", "coder", None)]
+    if long:
+        steps += [
+            ("task-2", "coder", "tester", "task-1"),
+            ("task-3", "coder", "reviewer", "task-1"),
+        ]
+    out: list[tuple[float, bytes]] = []
+    for i, (task, giver, taker, parent) in enumerate(steps):
+        rid = f"{run_id}-r{i + 1}"
+        t = now + timedelta(seconds=2 * i)
+        handoff = HandoffRequested(
+            request_id=rid, run_id=run_id, tenant="acme", task_id=task, parent_task_id=parent,
+            from_agent=giver, to_agent=taker, action="code.write", estimated_usd=0.5,
+            event_time=t,
+        )  # fmt: skip
+        done = HandoffCompleted(
+            request_id=rid, run_id=run_id, tenant="acme", task_id=task, agent=taker,
+            cost_usd=0.42, tool_calls=3, status="ok", event_time=t + timedelta(seconds=1),
+        )  # fmt: skip
+        out += [(2.0 * i, handoff.to_json()), (2.0 * i + 1, done.to_json())]
+    return out
 
 
-def measure(n: int, as_bytes: bool = False, tombstones: bool = False) -> dict[str, float]:
+def measure(
+    n: int, as_bytes: bool = False, tombstones: bool = False, long: bool = False
+) -> dict[str, float]:
     """RSS growth per run holding ``n`` runs (decoded, ``as_bytes``, or evicted to their
-    ``tombstones``), and sweep timings."""
+    ``tombstones``), and sweep timings.
+
+    The runs are decided by the worker's batch step (``BatchProcessor``: chain links, the
+    worker's name and record positions on every kept decision, as a worker keeps them), in
+    batches of about 2,000 records: one batch holds some runs' handoffs and the previous
+    runs' completions, so each run is written twice, as on a worker.
+    """
     policy = load_policy(None)
     now = datetime.now(UTC)
     ids = [f"run-{uuid.UUID(int=i + 1)}" for i in range(n)]
-    keys = [r.encode() for r in ids]
     gc.collect()
     half = base = rss_bytes()
-    t0 = time.perf_counter()
     # what the worker holds per run: the table's store, Faust's key -> partition map, the
-    # batch step's size map, the sweep's due index
+    # batch step's size map (proc._sizes), the sweep's due index
     store: dict[bytes, RunState | bytes] = {}
+    proc = BatchProcessor(policy, PARTITIONS, store, worker="w-1", chain_key=b"k" * 32)  # type: ignore[arg-type]
     key_partition: dict[bytes, int] = {}
-    sizes: dict[bytes, int] = {}
     due = DueIndex(retention_s=3600.0, tombstone_retention_s=86_400.0)
     encoded_total = 0
-    for i, (run_id, key) in enumerate(zip(ids, keys, strict=True)):
-        if i == n // 2:
+    offsets = [0] * PARTITIONS
+    chunk = 1000 if not long else 300
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    pending: list[InputRecord] = []
+    half_at = n // 2
+    for start in range(0, n + chunk, chunk):
+        if start >= half_at and half == base:
             gc.collect()
             half = rss_bytes()
-        state = active_run(run_id, policy, now)
-        if tombstones:
-            state = state.tombstone(now.timestamp())
-        raw = state.to_bytes()
-        # a compact copy, as a restored record is (aiokafka's value): orjson's own result
-        # keeps its whole growth buffer allocated (a 1.2 KB state held 8 KB of RSS)
-        store[key] = bytes(memoryview(raw)) if as_bytes else state
-        key_partition[key] = partition_for(key, PARTITIONS)
-        sizes[key] = len(raw)
-        encoded_total += len(raw)
-        due.touch(key, state)
-        del state, raw
+        records = pending
+        #: runs whose last event is in this batch: held from now on as they will stay
+        finishing = {r.key for r in records}
+        pending = []
+        for run_id in ids[start : start + chunk]:
+            key = run_id.encode()
+            partition = partition_for(key, PARTITIONS)
+            for j, (_, raw) in enumerate(_events(run_id, long, now)):
+                offsets[partition] += 1
+                rec = InputRecord(REQUESTS, partition, offsets[partition], key, raw)
+                # a run's first event in this batch, the rest in the next one
+                (records if j == 0 else pending).append(rec)
+        if not records:
+            break
+        out = proc.process(records, now)
+        assert not out.dead_letters, out.dead_letters[:1]
+        for key, (partition, state) in out.changed.items():
+            raw = out.encoded[key]
+            if tombstones and key in finishing:
+                state = state.tombstone(now.timestamp())
+                raw = state.to_bytes()
+                store[key] = state
+            if as_bytes and key in finishing:
+                # a compact copy, as a restored record is (aiokafka's value): orjson's own
+                # result keeps its whole growth buffer allocated (1.2 KB held 8 KB of RSS)
+                store[key] = bytes(memoryview(raw))
+            key_partition[key] = partition
+            due.touch(key, state)
+        del out
     build_s = time.perf_counter() - t0
+    build_cpu = time.process_time() - cpu0
+    encoded_total = sum(
+        len(v) if isinstance(v, bytes) else len(v.to_bytes()) for v in store.values()
+    )
     gc.collect()
     full = rss_bytes()
+    assert len(store) == n
     # the slope over the second half: the first runs also pay for one-off growth (the
     # collector's garbage high-water mark, dicts and the heap growing to their size class)
-    per_run = (full - half) / (n - n // 2)
+    per_run = (full - half) / (n - half_at)
+    result = {
+        "runs": n,
+        "per_run": per_run,
+        "changelog_bytes_per_run": encoded_total / n,
+        "build_cpu_us_per_event": build_cpu * 1e6 / (n * len(_events("r", long, now))),
+    }
     if as_bytes or tombstones:
-        return {"runs": n, "per_run": per_run, "changelog_bytes_per_run": encoded_total / n}
+        return result
 
     # the sweep at this size: nothing due, a full sweep's worth due, a rebuild, one walk
+    keys = list(store)
     now_ts = now.timestamp()
     t0 = time.perf_counter()
     idle = sum(1 for _ in due.pop_due(now_ts, SWEEP_LIMIT))
@@ -132,18 +173,16 @@ def measure(n: int, as_bytes: bool = False, tombstones: bool = False) -> dict[st
     popped = sum(1 for _ in due.pop_due(now_ts, SWEEP_LIMIT))
     busy_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    due.rebuild_keys(list(store), now_ts)
+    due.rebuild_keys(keys, now_ts)
     rebuild_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     walked = sum(1 for state in store.values() if evict(state, now, 3600.0, 86_400.0))  # type: ignore[arg-type]
     walk_s = time.perf_counter() - t0
     assert idle == 0 and popped == SWEEP_LIMIT and walked == n
     return {
-        "runs": n,
+        **result,
         "build_s": build_s,
-        "per_run": per_run,
         "rss_growth": full - base,
-        "changelog_bytes_per_run": encoded_total / n,
         "sweep_idle_ms": idle_s * 1000,
         "sweep_5000_ms": busy_s * 1000,
         "rebuild_ms": rebuild_s * 1000,
@@ -151,46 +190,77 @@ def measure(n: int, as_bytes: bool = False, tombstones: bool = False) -> dict[st
     }
 
 
+def _child(n: int, mode: str, long: bool, pythonpath: str | None) -> dict[str, float]:
+    """One measure in a fresh process: freed memory is not given back to the OS, so a second
+    measure in the same process would start from the first one's high-water mark."""
+    cmd = [sys.executable, "-m", "bench.memory_bench", "--one", str(n)]
+    cmd += [f"--{mode}"] if mode else []
+    cmd += ["--long"] if long else []
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    done = subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, nargs="+", default=[100_000, 1_000_000])
-    # a child measuring one size, decoded or as bytes
+    ap.add_argument(
+        "--long-runs",
+        type=int,
+        default=100_000,
+        help="also this many long runs (three handoffs and completions each); 0: none",
+    )
+    ap.add_argument(
+        "--before-pythonpath",
+        help="a directory holding an older baton package (baton/ -> its tree): measured "
+        "in the same run, alternating with this one",
+    )
+    # a child measuring one size
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--as-bytes", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tombstones", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--long", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     gc.set_threshold(100_000, 50, 100)  # as `baton worker` sets it
     if args.one:
-        print(json.dumps(measure(args.one, args.as_bytes, args.tombstones)))
+        print(json.dumps(measure(args.one, args.as_bytes, args.tombstones, args.long)))
         return
     print(
         f"machine: {platform.node()}, {os.cpu_count()} cores, python "
-        f"{platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        f"{platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load "
+        f"{os.getloadavg()[0]:.1f}"
     )
-    print("each run: one handoff and its completion, decided by the engine\n")
     print(
-        "| runs | RSS/run decoded | RSS/run as bytes | changelog record | RSS/tombstone "
-        "| sweep, none due | sweep, 5,000 due | re-index | walk every run |"
+        "runs decided by the worker's batch step; short: a handoff and its completion, "
+        "long: three of each\n"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n in args.runs:
-        # each size in a fresh process: freed memory is not given back to the OS, so a second
-        # size measured in the same process would start from the first one's high-water mark
-        child = [sys.executable, "-m", "bench.memory_bench", "--one", str(n)]
-        r = json.loads(subprocess.run(child, check=True, capture_output=True).stdout)
-        b = json.loads(
-            subprocess.run([*child, "--as-bytes"], check=True, capture_output=True).stdout
-        )
-        t = json.loads(
-            subprocess.run([*child, "--tombstones"], check=True, capture_output=True).stdout
-        )
-        print(
-            f"| {n:,} | {r['per_run']:,.0f} B | {b['per_run']:,.0f} B "
-            f"| {r['changelog_bytes_per_run']:,.0f} B | {t['per_run']:,.0f} B "
-            f"| {r['sweep_idle_ms']:.3f} ms "
-            f"| {r['sweep_5000_ms']:.1f} ms | {r['rebuild_ms']:,.0f} ms | {r['walk_ms']:,.0f} ms |",
-            flush=True,
-        )
+    print(
+        "| runs | run | code | RSS/run decoded | RSS/run as bytes | changelog record "
+        "| RSS/tombstone | batch step CPU µs/event | sweep, none due | sweep, 5,000 due "
+        "| re-index | walk every run |"
+    )
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    sides = [("this", None)]
+    if args.before_pythonpath:
+        sides.insert(0, ("before", args.before_pythonpath))
+    shapes = [(n, False) for n in args.runs]
+    if args.long_runs:
+        shapes.append((args.long_runs, True))
+    for n, long in shapes:
+        for name, path in sides:
+            r = _child(n, "", long, path)
+            b = _child(n, "as-bytes", long, path)
+            t = _child(n, "tombstones", long, path)
+            print(
+                f"| {n:,} | {'long' if long else 'short'} | {name} | {r['per_run']:,.0f} B "
+                f"| {b['per_run']:,.0f} B | {r['changelog_bytes_per_run']:,.0f} B "
+                f"| {t['per_run']:,.0f} B | {r['build_cpu_us_per_event']:.1f} "
+                f"| {r['sweep_idle_ms']:.3f} ms | {r['sweep_5000_ms']:.1f} ms "
+                f"| {r['rebuild_ms']:,.0f} ms | {r['walk_ms']:,.0f} ms |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

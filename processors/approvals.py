@@ -15,13 +15,20 @@ from datetime import UTC, datetime, timedelta
 
 from baton.processors.decision_builder import DecisionContext, build_decision, cover_digest
 from baton.processors.dedup_keys import APPROVAL, REFUSED, request_digest
+from baton.processors.policy_rules import TenantRules
 from baton.processors.rule_checks import depth_of
 from baton.processors.state import MAX_PENDING_APPROVALS, PendingApproval, RunState, TaskNode
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
-from baton.schemas.events import ApprovalDenied, ApprovalGranted, HandoffRequested
+from baton.schemas.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    HandoffCompleted,
+    HandoffRequested,
+)
 from baton.schemas.signing import approval_payload, verify
 
 __all__ = [
+    "MAX_GRANTS",
     "answer_refused",
     "answered",
     "approval_id_for",
@@ -29,8 +36,13 @@ __all__ = [
     "expire_pending",
     "refused_answer_id",
     "refused_key",
+    "remember_grant",
+    "spend_grant",
 ]
 
+#: granted handoffs a run remembers until their completion is reported (the oldest is
+#: forgotten first: its report of a gated tool is then stopped, never let through)
+MAX_GRANTS = MAX_PENDING_APPROVALS
 #: how far a signer's clock may run ahead of the worker's
 _CLOCK_SKEW_S = 60.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -121,6 +133,27 @@ def answered(
     d.request_digest = digest = request_digest(req)
     cover_digest(d, st.run_id, digest)
     return d
+
+
+def remember_grant(st: RunState, req: HandoffRequested, rules: TenantRules) -> None:
+    """Remember what the grant of an allowed handoff covers, until its completion: the task,
+    the agent it went to, and the names it declared (``action``, ``tool``, ``tools``) that
+    require_approval_for matches. A grant covers those names only (one for tool X does not
+    cover tool Y), for this request id only."""
+    declared = (req.action, req.tool, *(req.tools or ()))
+    names = tuple(n for n in declared if n and rules.needs_approval(None, n))
+    grants = st.grants
+    if len(grants) >= MAX_GRANTS:
+        grants = dict(list(grants.items())[len(grants) - MAX_GRANTS + 1 :])
+    st.grants = {**grants, req.request_id: (req.task_id, req.to_agent, names)}
+
+
+def spend_grant(st: RunState, done: HandoffCompleted) -> None:
+    """The completion of a granted handoff (its request id, task and agent) was counted: its
+    grant covers nothing more. A report naming another task or agent spends nothing."""
+    grant = st.grants.get(done.request_id)
+    if grant is not None and (grant[0], grant[1]) == (done.task_id, done.agent):
+        st.grants = {k: g for k, g in st.grants.items() if k != done.request_id}
 
 
 def expire_pending(st: RunState, ctx: DecisionContext) -> list[Decision]:

@@ -40,6 +40,8 @@ from baton.processors.approvals import (
     ask_approval,
     refused_answer_id,
     refused_key,
+    remember_grant,
+    spend_grant,
 )
 from baton.processors.decision_builder import (
     NEVER_SHADOWED,
@@ -82,6 +84,7 @@ from baton.processors.rule_checks import (
     depth_of,
     release_ownership,
     spent_over,
+    ungranted_tool_rule,
     used_tools_rule,
 )
 from baton.processors.state import MAX_PENDING_APPROVALS, RunState, TaskNode
@@ -330,6 +333,10 @@ def _post_handoff(st: RunState, event: HandoffCompleted, ctx: DecisionContext) -
     refusal = spent_over(st, rules)
     if refusal is None and done.tools:
         refusal = used_tools_rule(done, node, rules)
+        if refusal is None and rules.approval_re is not None:
+            refusal = ungranted_tool_rule(st, done, rules)
+    if st.grants:
+        spend_grant(st, done)
     released = release_ownership(st, done, node, rules) if done.status in rules.release_on else None
     if refusal is not None and st.stopped is None and not st.finished:
         outcome, (reason, over) = _STOP, refusal
@@ -387,6 +394,7 @@ def _approval(
             reason = Reason.APPROVAL_GRANTED
     if outcome is _ALLOW:
         _apply_allow(st, req, depth, node, ctx)
+        remember_grant(st, req, ctx.rules)
         node = st.task(req.task_id)
     elif outcome is _STOP:
         _apply_stop(st, reason, ctx)

@@ -45,6 +45,7 @@ __all__ = [
     "run_evicted_rule",
     "spent_over",
     "tool_rule",
+    "ungranted_tool_rule",
     "used_tools_rule",
 ]
 
@@ -338,6 +339,32 @@ def used_tools_rule(
     if refusal is None and node is not None and node.owner and node.owner != done.agent:
         refusal = rules.limits.tool_refusal(node.owner, done.tools)
     return (Reason.TOOL_NOT_PERMITTED, refusal) if refusal else None
+
+
+def ungranted_tool_rule(
+    st: RunState, done: HandoffCompleted, rules: TenantRules
+) -> Refusal | None:
+    """require_approval_for -> tool_not_permitted: a completion reports a tool the approval
+    gate matches that no grant covers: its handoff (this request id, this task, this agent)
+    was not granted, or was granted for other names (already used: the run is stopped)."""
+    grant = st.grants.get(done.request_id)
+    for tool in done.tools or ():
+        if not rules.needs_approval(None, tool):
+            continue
+        if grant is None:
+            why = f"request {done.request_id} was not granted an approval"
+        elif (grant[0], grant[1]) != (done.task_id, done.agent):
+            why = f"request {done.request_id} was granted for task {grant[0]} to {grant[1]}"
+        elif tool not in grant[2]:
+            why = f"the grant of request {done.request_id} is for other tools"
+        else:
+            continue
+        return (
+            Reason.TOOL_NOT_PERMITTED,
+            f"tool {tool} used by {done.agent} on task {done.task_id} needs an approval "
+            f"(require_approval_for): {why}",
+        )
+    return None
 
 
 def release_ownership(

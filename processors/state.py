@@ -8,13 +8,15 @@ its dedup mark are one changelog write). Every collection in it is bounded.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from baton.schemas.decision import Decision
 from baton.schemas.events import HandoffRequested
 
 __all__ = [
+    "EMPTY",
     "MAX_PENDING_APPROVALS",
     "RECENT_REPLIES",
     "SEEN_LIMIT",
@@ -47,6 +49,26 @@ MAX_PENDING_APPROVALS = 256
 #: hash chain (19). Formats 1-3 are still read (without what they lack: no steps counted, no
 #: bounces, reservations that never expire)
 STATE_FORMAT = 4
+
+
+class _FrozenEmpty(dict[Any, Any]):
+    """The one empty container every state shares (an empty dict is 64 bytes, and a run has
+    up to nine of them): any change raises instead of reaching every other run."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("RunState.EMPTY is shared by every state: replace it, never change it")
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
+    __ior__ = _refuse  # type: ignore[assignment]
+
+
+#: the empty value of every container field (``fresh`` included): shared, never changed
+EMPTY: dict[Any, Any] = _FrozenEmpty()
+#: interned names (tenant, agents, tasks) are shared by every run that uses them; CPython
+#: frees an interned string once nothing else holds it, so hostile names do not pile up
+intern = sys.intern
 
 
 class TaskNode(NamedTuple):
@@ -87,10 +109,10 @@ class PendingApproval:
 class RunState:
     """The state of one run.
 
-    ``tasks``, ``new_tasks``, ``agents``, ``reserved``, ``pending``, ``seen`` and ``recent``
-    are replaced, never changed in place (a copy shares them with the state it was made
-    from, and most events change none of them but ``recent``); ``fresh`` is copied with
-    the state.
+    Every container (``tasks``, ``new_tasks``, ``agents``, ``reserved``, ``pending``,
+    ``seen``, ``fresh``, ``digests``, ``bounces``, ``recent``) is replaced, never changed in
+    place: a copy shares them with the state it was made from (most events change few of
+    them), and an empty one is :data:`EMPTY`, shared by every state (it raises on a change).
 
     Dedup marks: the run's n-th remembered key gets mark n (``marks`` counts them); a key
     is seen while its mark is among the newest SEEN_LIMIT. New keys go to ``fresh`` (their
@@ -132,9 +154,12 @@ class RunState:
     fresh: dict[str, str | None]
     marks: int
     #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
-    #: key, replies, ...), replies one Decision or a list of several. A flat tuple because
-    #: these decisions are most of a run's memory, and the engine's speed on many runs is
-    #: bound by memory (bench/RESULTS.md); read it with replies() and recent_keys()
+    #: key, replies, ...), replies one Decision, a list of several, or ``bytes``: their rows
+    #: as the changelog holds them (state_wire.encode turns linked decisions into these;
+    #: a Decision object takes twice their size, and they are read back only for a retry or
+    #: a redelivery). A flat tuple because these decisions are most of a run's memory, and
+    #: the engine's speed on many runs is bound by memory (bench/RESULTS.md); read it with
+    #: replies() and recent_keys()
     recent: tuple[Any, ...]
     reserved_usd: float
     reserved_tool_calls: int
@@ -153,13 +178,17 @@ class RunState:
     bounces: dict[tuple[str, str], tuple[str, int]]
     #: the earliest ``expires_at`` of ``reserved`` (None: none expires), kept by set_reserved
     reserved_due: float | None
+    #: request_id -> (task_id, agent, names) of a granted handoff whose completion is not
+    #: reported yet: the gated names (action, tools) its grant covers (processors/approvals.py)
+    grants: dict[str, tuple[str, str, tuple[str, ...]]]
 
     @classmethod
     def new(cls, run_id: str, tenant: str, at: float) -> RunState:
         """A run Baton has not seen before, started at ``at`` (a POSIX timestamp)."""
+        e = EMPTY
         return cls(
-            run_id, tenant, at, at, 0, 0.0, 0, None, False, {}, {}, {}, {}, {}, {}, {}, 0, (),
-            0.0, 0, {}, None, "", 0, {}, None,
+            run_id, intern(tenant), at, at, 0, 0.0, 0, None, False, e, e, e, e, e, e, e, 0, (),
+            0.0, 0, e, None, "", 0, e, None, e,
         )  # fmt: skip
 
     def tombstone(self, at: float) -> RunState:
@@ -169,10 +198,11 @@ class RunState:
         survive; the task tree, agents, reservations, approvals, bounces, dedup marks and
         replies do not.
         """
+        e = EMPTY
         return RunState(
             self.run_id, self.tenant, self.started_at, self.last_event_at, self.handoff_count,
-            self.spent_usd, self.tool_calls, self.stopped, self.finished, {}, {}, {}, {}, {},
-            {}, {}, 0, (), 0.0, 0, {}, at, self.chain_head, self.steps, {}, None,
+            self.spent_usd, self.tool_calls, self.stopped, self.finished, e, e, e, e, e,
+            e, e, 0, (), 0.0, 0, e, at, self.chain_head, self.steps, e, None, e,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:
@@ -188,11 +218,11 @@ class RunState:
             self.new_tasks = added
         else:
             self.tasks = {**self.tasks, **added}
-            self.new_tasks = {}
+            self.new_tasks = EMPTY
 
     def set_reserved(self, reserved: dict[str, Reservation]) -> None:
         """Replace the reservations, their sums and the earliest expiry."""
-        self.reserved = reserved
+        self.reserved = reserved or EMPTY
         self.reserved_usd = sum([r[0] for r in reserved.values()], 0.0)
         self.reserved_tool_calls = sum([r[1] for r in reserved.values()])
         dues = [r[2] for r in reserved.values() if r[2] is not None]
@@ -201,10 +231,10 @@ class RunState:
     def copy(self) -> RunState:
         """A copy that can change without touching this one.
 
-        Only ``fresh`` is copied: the other containers are replaced when they change, never
-        changed in place, so the two states may share them (a whole copy per event was the
-        engine's largest single cost, bench/RESULTS.md). Built slot by slot: calling
-        ``__init__`` with every field costs a quarter more, and this runs once per event.
+        The containers are replaced when they change, never changed in place, so the two
+        states share them (a whole copy per event was the engine's largest single cost,
+        bench/RESULTS.md). Built slot by slot: calling ``__init__`` with every field costs a
+        quarter more, and this runs once per event.
         """
         new = _new_state(RunState)
         new.run_id = self.run_id
@@ -222,7 +252,7 @@ class RunState:
         new.reserved = self.reserved
         new.pending = self.pending
         new.seen = self.seen
-        new.fresh = dict(self.fresh)
+        new.fresh = self.fresh
         new.marks = self.marks
         new.recent = self.recent
         new.reserved_usd = self.reserved_usd
@@ -233,6 +263,7 @@ class RunState:
         new.steps = self.steps
         new.bounces = self.bounces
         new.reserved_due = self.reserved_due
+        new.grants = self.grants
         return new
 
     def remember(self, key: str, decisions: list[Decision], digest: str | None = None) -> None:
@@ -251,10 +282,12 @@ class RunState:
                 self.recent = (*recent[: i + 1], replies, *recent[i + 2 :])
                 return
         else:
-            fresh = self.fresh
+            # a new dict, not fresh[key] = ...: a copy of this state shares ``fresh``
+            fresh = {**self.fresh, key: digest}
             marks = self.marks = self.marks + 1
-            fresh[key] = digest
-            if not marks % FRESH_LIMIT:
+            if marks % FRESH_LIMIT:
+                self.fresh = fresh
+            else:
                 floor = marks - SEEN_LIMIT
                 seen = {k: m for k, m in self.seen.items() if m > floor}
                 seen.update(zip(fresh, range(marks - len(fresh) + 1, marks + 1), strict=True))
@@ -262,8 +295,8 @@ class RunState:
                 old = self.digests
                 digests = {k: old[k] for k in seen if k in old}
                 digests.update((k, d) for k, d in fresh.items() if d is not None)
-                self.digests = digests
-                self.fresh = {}
+                self.digests = digests or EMPTY
+                self.fresh = EMPTY
         # concatenation, not (*recent, key, replies): the starred form builds a list first
         if len(recent) < _RECENT_ITEMS:
             self.recent = recent + (key, replies)  # noqa: RUF005
@@ -303,7 +336,11 @@ class RunState:
         if i is None:
             return None
         kept = self.recent[i + 1]
-        return [kept] if type(kept) is Decision else list(kept)
+        if type(kept) is Decision:
+            return [kept]
+        if type(kept) is bytes:
+            return _wire.replies_from_rows(kept)
+        return list(kept)
 
     def _recent_index(self, key: str) -> int | None:
         """Where ``key`` stands in ``recent`` (its replies follow it), newest first."""

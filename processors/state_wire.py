@@ -13,6 +13,12 @@ writer whose ``Decision`` has other fields than REPLY_COLUMNS writes its column 
 each state, ~450 bytes, and a reader maps them by name). Naming the columns once per format
 rather than per decision keeps a state as small as the positional form was.
 
+In memory a run keeps its linked replies as those rows' bytes (``RunState.recent``): a
+``Decision`` object with its strings takes about twice as much, and a reply is read back only
+for a retry or a redelivery. ``encode`` turns the linked decisions it writes into their rows
+(spliced into the record as they are, never encoded twice), and ``decode`` keeps the rows it
+reads as bytes once each has been checked by building its ``Decision``.
+
 Formats 1-3 (positional lists read back as ``w[1]`` ...) are still read: old changelogs.
 Not guaranteed: a state written by a newer Baton with a reply column this one lacks is
 refused (``ValueError``), never read with the column dropped.
@@ -27,17 +33,19 @@ from typing import Any
 import orjson
 
 from baton.processors.state import (
+    EMPTY,
     FRESH_LIMIT,
     STATE_FORMAT,
     PendingApproval,
     Reservation,
     RunState,
     TaskNode,
+    intern,
 )
 from baton.schemas.decision import DECISION_FIELDS, Decision, Fallback, Outcome, Phase
 from baton.schemas.events import HandoffRequested
 
-__all__ = ["REPLY_COLUMNS", "STATE_KEYS", "decode", "encode", "to_wire"]
+__all__ = ["REPLY_COLUMNS", "STATE_KEYS", "decode", "encode", "replies_from_rows", "to_wire"]
 
 _READABLE_FORMATS = frozenset({1, 2, 3, 4})
 
@@ -65,6 +73,7 @@ STATE_KEYS: dict[str, str] = {
     "chain_head": "ch",
     "steps": "st",
     "bounces": "bn",
+    "grants": "gr",
 }
 #: RunState fields rebuilt from the keyed ones when read
 DERIVED = frozenset({"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due"})
@@ -90,12 +99,17 @@ _decision_row = attrgetter(*DECISION_FIELDS)
 
 
 def encode(state: RunState) -> bytes:
-    """The state's changelog record (format STATE_FORMAT)."""
-    return orjson.dumps(to_wire(state))
+    """The state's changelog record (format STATE_FORMAT); its linked replies are kept as
+    their rows' bytes from now on (``RunState.recent``)."""
+    return orjson.dumps(_wire_map(state, _recent_rows(state)))
 
 
 def to_wire(state: RunState) -> dict[str, Any]:
     """The state as the map that ``encode`` writes (equal maps: states that decide alike)."""
+    return _wire_map(state, _recent_to_wire(state.recent))
+
+
+def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
     keys = state.seen_keys()
     wire: dict[str, Any] = {
         "v": STATE_FORMAT,
@@ -118,11 +132,12 @@ def to_wire(state: RunState) -> dict[str, Any]:
         "keys": keys,
         "mk": state.marks,
         "dg": [state.digest_of(k) for k in keys],
-        "rec": _recent_to_wire(state.recent),
+        "rec": rec,
         "ev": state.evicted_at,
         "ch": state.chain_head,
         "st": state.steps,
         "bn": [[a, b, last, n] for (a, b), (last, n) in state.bounces.items()],
+        "gr": [[k, g[0], g[1], list(g[2])] for k, g in state.grants.items()],
     }
     if _WRITE_COLUMNS is not None and state.recent:
         wire["cols"] = _WRITE_COLUMNS
@@ -147,15 +162,51 @@ def _tasks_to_wire(state: RunState) -> list[list[Any]]:
     return [[k, *t] for k, t in {**tasks, **added}.items()]
 
 
+def _recent_rows(state: RunState) -> list[Any]:
+    """``rec`` of the record: each key with its rows as an ``orjson.Fragment`` of their bytes;
+    replaces the linked decisions in ``state.recent`` with those bytes.
+
+    Only linked decisions (``chain_hash`` set): the worker links a step's decisions after
+    the engine has remembered them (processors/chain.py), so a decision without its link
+    may still get it, and its bytes would miss it.
+    """
+    held = list(state.recent)
+    changed = False
+    rec = []
+    for i in range(1, len(held), 2):
+        kept = held[i]
+        if type(kept) is not bytes:
+            decisions = [kept] if type(kept) is Decision else kept
+            raw = orjson.dumps([_decision_row(d) for d in decisions])
+            if all(d.chain_hash is not None for d in decisions):
+                # a compact copy: orjson's result keeps its whole growth buffer (4 KB at least)
+                held[i] = kept = bytes(memoryview(raw))
+                changed = True
+            else:
+                kept = raw
+        rec.append([held[i - 1], orjson.Fragment(kept)])
+    if changed:
+        state.recent = tuple(held)
+    return rec
+
+
 def _recent_to_wire(recent: tuple[Any, ...]) -> list[Any]:
+    """``rec`` as plain values (lists, strings, numbers): the same for a reply held as a
+    ``Decision`` and as its rows' bytes."""
     out = []
     for i in range(0, len(recent), 2):
         kept = recent[i + 1]
-        if type(kept) is Decision:
-            out.append([recent[i], [_decision_row(kept)]])
-        else:
-            out.append([recent[i], [_decision_row(d) for d in kept]])
+        if type(kept) is not bytes:
+            decisions = [kept] if type(kept) is Decision else kept
+            kept = orjson.dumps([_decision_row(d) for d in decisions])
+        out.append([recent[i], orjson.loads(kept)])
     return out
+
+
+def replies_from_rows(raw: bytes) -> list[Decision]:
+    """The decisions of a reply held as its rows' bytes (in Decision's field order)."""
+    plan = _HELD_COLUMNS
+    return [plan.decision(row) for row in orjson.loads(raw)]
 
 
 # =========================================================================== reading
@@ -190,7 +241,7 @@ def _from_map(w: dict[str, Any]) -> RunState:
     cols = w.get("cols")
     state = RunState(
         w["run"],
-        w["tn"],
+        intern(w["tn"]),
         w["t0"],
         w["t"],
         w.get("hc", 0),
@@ -198,27 +249,37 @@ def _from_map(w: dict[str, Any]) -> RunState:
         w.get("tc", 0),
         w.get("stop"),
         w.get("fin", False),
-        {r[0]: TaskNode(*r[1:]) for r in w.get("tasks", ())},
-        {},
-        dict.fromkeys(w.get("ag", ())),
-        {r[0]: Reservation(*r[1:]) for r in w.get("res", ())},
-        {p[0]: _pending_from_wire(p) for p in w.get("pend", ())},
-        seen,
-        fresh,
+        _tasks_from_wire(w.get("tasks", ())),
+        EMPTY,
+        dict.fromkeys(map(intern, w.get("ag", ()))) or EMPTY,
+        {r[0]: Reservation(*r[1:]) for r in w.get("res", ())} or EMPTY,
+        {p[0]: _pending_from_wire(p) for p in w.get("pend", ())} or EMPTY,
+        seen or EMPTY,
+        fresh or EMPTY,
         marks,
         _recent_from_wire(w.get("rec", ()), cols),
         0.0,
         0,
-        digests,
+        digests or EMPTY,
         w.get("ev"),
         w.get("ch", ""),
         w.get("st", 0),
-        {(a, b): (last, n) for a, b, last, n in w.get("bn", ())},
+        {(a, b): (last, n) for a, b, last, n in w.get("bn", ())} or EMPTY,
         None,
+        {r[0]: (r[1], r[2], tuple(r[3])) for r in w.get("gr", ())} or EMPTY,
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)
     return state
+
+
+def _tasks_from_wire(rows: Any) -> dict[str, TaskNode]:
+    """The task tree from its rows, names interned (shared by every run that uses them)."""
+    tasks = {
+        intern(task): TaskNode(intern(owner), intern(giver), parent and intern(parent), depth)
+        for task, owner, giver, parent, depth in rows
+    }
+    return tasks or EMPTY
 
 
 def _from_list(w: list[Any]) -> RunState:
@@ -244,6 +305,7 @@ def _from_list(w: list[Any]) -> RunState:
         w[20] if len(w) > 20 else 0,
         {(a, b): (last, n) for a, b, last, n in w[21]} if len(w) > 21 else {},
         None,
+        EMPTY,
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)
@@ -340,10 +402,27 @@ class _Columns:
 
 
 _FROZEN_COLUMNS = _Columns(REPLY_COLUMNS)
+#: the columns of a reply held as bytes in memory: this Decision's fields, in their order
+_HELD_COLUMNS = _FROZEN_COLUMNS if _WRITE_COLUMNS is None else _Columns(DECISION_FIELDS)
+_CHAIN_HASH = DECISION_FIELDS.index("chain_hash")
+
+
+def _linked_row(row: Any) -> bool:
+    return type(row) is list and len(row) == len(DECISION_FIELDS) and row[_CHAIN_HASH] is not None
+
+
 #: a reader's column plans by column list (a state's own ``cols``): a few at most
-_PLANS: dict[tuple[str, ...], _Columns] = {REPLY_COLUMNS: _FROZEN_COLUMNS}
+_PLANS: dict[tuple[str, ...], _Columns] = {}
 #: formats 1-3 wrote rows in the Decision field order of their day, which the first
 #: columns of REPLY_COLUMNS are (fields were only ever appended): see _old_row_decision
+
+
+def _known_plans() -> None:
+    _PLANS[REPLY_COLUMNS] = _FROZEN_COLUMNS
+    _PLANS[DECISION_FIELDS] = _HELD_COLUMNS
+
+
+_known_plans()
 
 
 def _plan(cols: list[str] | None) -> _Columns:
@@ -354,7 +433,7 @@ def _plan(cols: list[str] | None) -> _Columns:
     if plan is None:
         if len(_PLANS) >= 16:
             _PLANS.clear()
-            _PLANS[REPLY_COLUMNS] = _FROZEN_COLUMNS
+            _known_plans()
         plan = _PLANS[key] = _Columns(key)
     return plan
 
@@ -366,10 +445,18 @@ def _recent_from_wire(
     (written by an older Decision: the missing trailing fields take their defaults)."""
     plan = _plan(cols)
     to_decision = _old_row_decision if old else plan.decision
+    hold = plan is _HELD_COLUMNS and not old
     recent: list[Any] = []
     for key, rows in entries:
         recent.append(key)
-        if len(rows) == 1:
+        if hold and all(_linked_row(r) for r in rows):
+            # linked replies stay their rows' bytes, once each row proved a Decision
+            # (a record that does not is unreadable now, not at a retry)
+            raw = bytes(memoryview(orjson.dumps(rows)))
+            for r in rows:
+                to_decision(r)
+            recent.append(raw)
+        elif len(rows) == 1:
             recent.append(to_decision(rows[0]))
         else:
             recent.append([to_decision(r) for r in rows])

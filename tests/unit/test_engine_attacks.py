@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from baton.schemas.decision import Outcome, Reason
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.policy import parse_policy
 from tests.unit.test_engine_support import Run, completed, policy_with
 
@@ -52,20 +53,92 @@ def test_require_approval_true_gates_a_handoff_that_names_no_action() -> None:
     assert asked.outcome == Outcome.APPROVAL_REQUIRED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a completion reporting a tool that require_approval_for matches, on a handoff "
-    "that never asked for (or got) an approval, is recorded within_budget: the gated tool "
-    "was used without a grant and nothing says so (only tool lists are checked on reports)",
-)
+GATED = "multi_agent: {require_approval_for: ['billing.refund.*'], max_agents_per_run: 9}"
+
+
+def _granted(run: Run, task: str = "t1", **fields: object) -> Decision:
+    """A gated handoff planner -> billing_agent, asked and granted by finance_lead."""
+    asked = run.handoff(task, "planner", "billing_agent", **fields)
+    assert asked.outcome == Outcome.APPROVAL_REQUIRED and asked.approval_id is not None
+    (allowed,) = run.grant(asked.approval_id, "finance_lead")
+    assert (allowed.outcome, allowed.reason) == (Outcome.ALLOW, Reason.APPROVAL_GRANTED)
+    return allowed
+
+
+def _report(run: Run, rid: str, *tools: str, task: str = "t1", agent: str = "billing_agent",
+            **fields: object) -> Decision:  # fmt: skip
+    return run.one(completed(rid, task, agent, tools=list(tools), t=run.clock + 1, **fields))
+
+
 def test_a_report_of_an_approval_gated_tool_used_without_a_grant_stops_the_run() -> None:
-    run = Run(parse_policy("multi_agent: {require_approval_for: [billing.refund.create]}"))
+    run = Run(parse_policy(GATED))
     allowed = run.handoff("t1", "planner", "billing_agent")
     assert allowed.outcome == Outcome.ALLOW
-    report = run.one(
-        completed(allowed.request_id, "t1", "billing_agent", tools=["billing.refund.create"], t=1)
-    )
-    assert report.outcome == Outcome.STOP
+    report = _report(run, allowed.request_id, "search.web", "billing.refund.create")
+    assert (report.outcome, report.reason) == (Outcome.STOP, Reason.TOOL_NOT_PERMITTED)
+    assert "billing.refund.create" in (report.detail or "") and "billing_agent" in report.detail
+    assert "was not granted" in report.detail
+    assert run.handoff("t2", "planner", "writer").reason == Reason.TOOL_NOT_PERMITTED  # sticky
+
+
+def test_a_grant_covers_the_gated_tools_its_request_declared_and_no_other() -> None:
+    run = Run(parse_policy(GATED))
+    allowed = _granted(run, tools=["billing.refund.create", "search.web"])
+    ok = _report(run, allowed.request_id, "billing.refund.create", "search.web")
+    assert (ok.outcome, ok.reason) == (Outcome.RECORDED, Reason.WITHIN_BUDGET)
+
+    other = _granted(run, "t2", tool="billing.refund.create")
+    report = _report(run, other.request_id, "billing.refund.void", task="t2")
+    assert (report.outcome, report.reason) == (Outcome.STOP, Reason.TOOL_NOT_PERMITTED)
+    assert "billing.refund.void" in (report.detail or "") and "other tools" in report.detail
+
+
+def test_a_grant_for_an_action_covers_that_name_reported_as_a_tool() -> None:
+    run = Run(parse_policy(GATED))
+    allowed = _granted(run, action="billing.refund.create")
+    assert _report(run, allowed.request_id, "billing.refund.create").outcome == Outcome.RECORDED
+
+
+@pytest.mark.parametrize(
+    ("rid", "task", "agent"),
+    [("other", "t1", "billing_agent"), ("own", "t9", "billing_agent"), ("own", "t1", "mallory")],
+)
+def test_a_grant_does_not_cover_a_report_under_another_request_task_or_agent(
+    rid: str, task: str, agent: str
+) -> None:
+    run = Run(parse_policy(GATED))
+    granted_one = _granted(run, tool="billing.refund.create")
+    plain = run.handoff("t5", "planner", "search_agent")
+    request_id = granted_one.request_id if rid == "own" else plain.request_id
+    report = _report(run, request_id, "billing.refund.create", task=task, agent=agent)
+    assert (report.outcome, report.reason) == (Outcome.STOP, Reason.TOOL_NOT_PERMITTED)
+
+
+def test_a_grant_survives_a_restart_and_its_report_spends_it_once() -> None:
+    run = Run(parse_policy(GATED))
+    allowed = _granted(run, tool="billing.refund.create")
+    assert run.state is not None
+    run.state = RunState.from_bytes(run.state.to_bytes())  # the worker restarted
+    tools = ["billing.refund.create"]
+    report = completed(allowed.request_id, "t1", "billing_agent", 0.5, tools=tools, t=2)
+    first = run.one(report)
+    assert (first.outcome, first.reason) == (Outcome.RECORDED, Reason.WITHIN_BUDGET)
+    assert run.state.grants == {}
+    state = run.state
+    assert run.one(report) == first and run.state.spent_usd == 0.5  # redelivered
+    assert run.state == state
+    # the same request id reused for a second report of the gated tool: one grant, one use
+    again = completed(allowed.request_id, "t1", "billing_agent", 0.7, tools=tools, t=3)
+    assert run.one(again).reason == Reason.TOOL_NOT_PERMITTED
+
+
+def test_shadow_mode_records_an_ungranted_gated_tool_and_enforces_nothing() -> None:
+    run = Run(parse_policy(GATED.replace("}", ", shadow_mode: true}")))
+    allowed = run.handoff("t1", "planner", "billing_agent", tool="billing.refund.create")
+    assert allowed.shadow_outcome == Outcome.APPROVAL_REQUIRED
+    report = _report(run, allowed.request_id, "billing.refund.create")
+    assert (report.outcome, report.shadow_outcome) == (Outcome.RECORDED, Outcome.STOP)
+    assert run.state is not None and run.state.stopped is None
 
 
 @pytest.mark.parametrize("tool", ["search.*", "search.[a]", "crm.rea?", "*"])

@@ -7,8 +7,9 @@ from dataclasses import fields
 import orjson
 import pytest
 
+from baton.processors.chain import link
 from baton.processors.engine import approval_id_for, decide
-from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, TASK_FOLD, RunState
+from baton.processors.state import EMPTY, FRESH_LIMIT, SEEN_LIMIT, TASK_FOLD, RunState
 from baton.schemas.decision import Outcome, Reason
 from baton.schemas.events import parse_event
 from tests.unit.test_engine_support import (
@@ -123,7 +124,10 @@ def test_copy_carries_every_field_and_owns_its_dedup_marks() -> None:
     twin = state.copy()
     for f in fields(RunState):  # a field copy() missed raises AttributeError here
         assert getattr(twin, f.name) == getattr(state, f.name), f.name
-    assert twin.fresh is not state.fresh  # the one container decide changes in place
+    marks = dict(state.fresh)
+    twin.remember("h:only-the-twin", [])  # the copy shares fresh until it changes it
+    assert twin.has_seen("h:only-the-twin") and not state.has_seen("h:only-the-twin")
+    assert state.fresh == marks
 
 
 def test_dedup_marks_round_trip_at_every_fold_position_and_window_edge() -> None:
@@ -207,3 +211,87 @@ def test_a_task_tree_past_several_merges_reads_round_trips_and_stays_pure() -> N
     assert run.one(handoff("again", "t0", "planner", "other")).reason == Reason.OWNERSHIP_CONFLICT
     for earlier, raw in before:
         assert earlier.to_bytes() == raw
+
+
+def _linked_run() -> Run:
+    """A run whose decisions are linked into its chain after each step, as the worker does."""
+    run = Run(policy_with(shared_max_usd=20))
+    for i, (task, giver, taker) in enumerate([("t1", "planner", "coder"), ("t2", "coder", "qa")]):
+        decisions = run.send(handoff(f"r{i}", task, giver, taker, estimated_usd=1.0), i)
+        link(run.state, decisions, b"key")  # type: ignore[arg-type]
+        done = run.send(completed(f"r{i}", task, taker, cost_usd=0.5), i)
+        link(run.state, done, b"key")  # type: ignore[arg-type]
+    return run
+
+
+def test_empty_containers_are_one_shared_object_that_refuses_changes() -> None:
+    containers = ("tasks", "new_tasks", "agents", "reserved", "pending", "seen", "fresh")
+    containers += ("digests", "bounces")
+    run = Run()
+    run.handoff("t1", "planner", "worker")
+    assert run.state is not None
+    tomb = run.state.tombstone(10.0)
+    for state in (RunState.new("run-9", "acme", 0.0), tomb, RunState.from_bytes(tomb.to_bytes())):
+        for name in containers:
+            assert getattr(state, name) is EMPTY, name
+    restored = RunState.from_bytes(run.state.to_bytes())
+    assert restored.reserved is restored.pending is restored.bounces is EMPTY
+    with pytest.raises(TypeError, match="shared by every state"):
+        EMPTY["t1"] = None
+    with pytest.raises(TypeError, match="shared by every state"):
+        EMPTY.update(t1=None)
+    assert not EMPTY
+
+
+def test_linked_replies_are_held_as_their_rows_and_answer_a_redelivery_alike() -> None:
+    run = _linked_run()
+    state = run.state
+    assert state is not None
+    kept = {k: state.replies(k) for k in state.recent_keys()}
+    raw = state.to_bytes()
+    assert all(type(state.recent[i]) is bytes for i in range(1, len(state.recent), 2))
+    restored = RunState.from_bytes(raw)
+    assert all(type(restored.recent[i]) is bytes for i in range(1, len(restored.recent), 2))
+    for held in (state, restored):
+        assert {k: held.replies(k) for k in held.recent_keys()} == kept
+        assert held.to_bytes() == raw
+    # a redelivered completion is answered from the held rows: the same decision, linked
+    again = decide(restored, completed("r1", "t2", "qa", cost_usd=0.5), run.policy, at(5))
+    assert again[0] is restored and again[1] == kept["c:r1"]
+    assert again[1][0].chain_hash is not None and restored.spent_usd == 1.0
+
+
+def test_a_reply_not_linked_yet_stays_a_decision_until_it_is() -> None:
+    # the worker links a step's decisions after the engine remembered them: bytes made
+    # before the link would lose it
+    run = Run()
+    [d] = run.send(handoff("r1", "t1", "planner", "coder"))
+    state = run.state
+    assert state is not None
+    state.to_bytes()
+    assert state.recent[1] is d
+    link(state, [d], b"")
+    state.to_bytes()
+    assert type(state.recent[1]) is bytes and state.replies("h:r1") == [d]
+
+
+def test_decoded_states_share_their_names() -> None:
+    one, two = (_linked_run().state for _ in range(2))
+    assert one is not None and two is not None
+    a, b = RunState.from_bytes(one.to_bytes()), RunState.from_bytes(two.to_bytes())
+    assert a.tenant is b.tenant
+    assert [x is y for x, y in zip(a.agents, b.agents, strict=True)] == [True] * 3
+    node_a, node_b = a.task("t2"), b.task("t2")
+    assert node_a is not None and node_b is not None
+    assert node_a.owner is node_b.owner and node_a.giver is node_b.giver
+    assert node_a.parent is None or node_a.parent is node_b.parent
+
+
+def test_a_held_reply_row_that_is_no_decision_is_refused_when_the_state_is_read() -> None:
+    wire = orjson.loads(_linked_run().state.to_bytes())  # type: ignore[union-attr]
+    wire["rec"][0][1][0][4] = "no_such_phase"
+    with pytest.raises(KeyError):
+        RunState.from_bytes(orjson.dumps(wire))
+    wire["rec"][0][1][0] = wire["rec"][0][1][0][:-1]
+    with pytest.raises(ValueError, match="values for"):
+        RunState.from_bytes(orjson.dumps(wire))

@@ -186,6 +186,7 @@ def _rich_state() -> RunState:
     st.steps = 7
     st.evicted_at = 1772355700.0
     st.chain_head = "c0ffee"
+    st.grants = {"req-4": ("refund", "billing", ("billing.refund.create",))}
     st.add_task("late", st.task("plan")._replace(owner="writer"))  # type: ignore[union-attr]
     return st
 
