@@ -380,6 +380,9 @@ def hostile_runs(data: st.DataObject, nonce: str) -> list[RunScript]:
     for run, what in ((long_id, "long_ids"), (weird, "weird_names")):
         s = RunScript(data, run, "t" * 256 if what == "long_ids" else "<@U123>", what)
         long = "x" * 256 if what == "long_ids" else weird
+        # names may not hold the bidi override or NUL an id may (a bad_name dead letter:
+        # MUTATIONS["agent_look_alike"]); the weirdest a name may be, Slack markup and emoji
+        name = "x" * 256 if what == "long_ids" else f"<!channel>-\U0001f642-{nonce}"
         for rnd in (0, 1, 2):  # drawn in the order they are published (retries look back)
             if rnd == 1:
                 s.approvals(1)
@@ -392,9 +395,9 @@ def hostile_runs(data: st.DataObject, nonce: str) -> list[RunScript]:
                     s.handoff(
                         rnd,
                         task_id=data.draw(st.sampled_from([long, *TASKS])),
-                        from_agent=data.draw(st.sampled_from([long, *AGENTS])),
-                        to_agent=data.draw(st.sampled_from([long, "a" * 255 + "\u00e9"])),
-                        action=data.draw(st.sampled_from([long, "billing.refund.create"])),
+                        from_agent=data.draw(st.sampled_from([name, *AGENTS])),
+                        to_agent=data.draw(st.sampled_from([name, "a" * 255 + "\u00e9"])),
+                        action=data.draw(st.sampled_from([name, "billing.refund.create"])),
                         estimated_usd=data.draw(st.sampled_from([None, 0.0, 1_000_000.0])),
                         estimated_tool_calls=data.draw(st.sampled_from([None, 1_000_000])),
                         event_time=data.draw(
@@ -418,7 +421,7 @@ def hostile_runs(data: st.DataObject, nonce: str) -> list[RunScript]:
                         agent=h.to_agent,
                         cost_usd=1_000_000.0,
                         tool_calls=1_000_000,
-                        status=long,
+                        status=name,
                         event_time=NOW,
                     )
                     s.emit(rnd, event, "huge_cost")
@@ -488,6 +491,12 @@ MUTATIONS: dict[str, tuple[str, str, list[str], str]] = {
     ),
     "task_60KB": ("handoff", "task_id", [orjson.dumps("x" * 60_000).decode()], "out_of_range"),
     "agent_300": ("handoff", "to_agent", [orjson.dumps("a" * 300).decode()], "out_of_range"),
+    "agent_look_alike": (
+        "handoff",
+        "to_agent",
+        [orjson.dumps(n).decode() for n in ("researcher ", "res\u200bearcher", "r\u0435searcher")],
+        "bad_name",
+    ),
     "request_id_300": ("handoff", "request_id", [orjson.dumps("r" * 300).decode()], "out_of_range"),
     "value_70KB": ("handoff", "pad", [orjson.dumps("p" * 70_000).decode()], "oversized"),
     "nested_object_id": ("handoff", "task_id", ['{"a":{"b":[1]}}'], "schema"),
