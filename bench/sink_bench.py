@@ -11,12 +11,15 @@ the same run:
   variant, and times it from its partitions' assignment to the last row stored.
 
 Variants: the sink as shipped; then each of its speed-ups taken away alone, to show what
-each is worth (``--variants all``): ``no shortcut`` (every record through pydantic and
-``rows.decision_row``), ``serial`` (no parse/insert overlap), ``table types`` (the insert
-encodes LowCardinality columns in Python, as clickhouse-connect does by default).
+each is worth (``--variants all``): ``full batches`` (a write starts only with a full batch
+or at the batch timeout, never as soon as the writer is free), ``no shortcut`` (every record
+through pydantic and ``rows.decision_row``), ``serial`` (no parse/insert overlap), ``table
+types`` (the insert encodes LowCardinality columns in Python, as clickhouse-connect does by
+default).
 
     python -m bench.sink_bench                          # 100,000 decisions, the sink as shipped
     python -m bench.sink_bench --variants all           # and without each speed-up
+    python -m bench.sink_bench --variants pipeline --rounds 3   # eager vs full, alternating
     python -m bench.sink_bench --batch-size 20000       # another BATON_SINK_BATCH_SIZE
     python -m bench.sink_bench --routes                 # insert routes compared, no Kafka
 """
@@ -112,7 +115,7 @@ def consume_only(bootstrap: str, topic: str, n: int) -> float:
 def _variant(name: str) -> Iterator[None]:
     """The sink with one speed-up taken away (bench only: patches module attributes)."""
     import baton.sinks.audit_batch as audit_batch
-    import baton.sinks.sink as sink
+    import baton.sinks.sink_loop as sink_loop
 
     saved: list[tuple[Any, str, Any]] = []
 
@@ -125,7 +128,9 @@ def _variant(name: str) -> Iterator[None]:
     elif name == "serial":
         patch(AuditSink, "pipelined", False)
     elif name == "table types":
-        patch(sink, "insert_types", lambda client, table, columns: None)
+        patch(sink_loop, "insert_types", lambda client, table, columns: None)
+    elif name == "full batches":
+        patch(AuditSink, "eager", False)
     try:
         yield
     finally:
@@ -219,7 +224,8 @@ def insert_routes(
     * Arrow: the sink's rows as an Arrow table (pyarrow builds the columns in C).
     """
     from baton.sinks.audit_batch import DECISIONS_TABLE, AuditBatch
-    from baton.sinks.clickhouse import connect, insert_types
+    from baton.sinks.audit_insert import insert_types
+    from baton.sinks.clickhouse import connect
     from baton.sinks.rows import DECISION_COLUMNS
     from baton.sinks.schema import migrate
 
@@ -343,7 +349,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--decisions", type=int, default=100_000)
     ap.add_argument("--batch-size", type=int, default=Settings().sink_batch_size)
-    ap.add_argument("--variants", choices=("shipped", "all"), default="shipped")
+    ap.add_argument("--variants", choices=("shipped", "pipeline", "all"), default="shipped")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="run the variants this many times, alternating"
+    )
     ap.add_argument(
         "--routes", action="store_true", help="compare insert routes in-process (no Kafka)"
     )
@@ -360,8 +369,11 @@ def main() -> None:
         _print_routes(n, size, with_input, args.batch_size, routes)
         return
     variants = ["as shipped"]
-    if args.variants == "all":
-        variants += ["no shortcut", "serial", "table types"]
+    if args.variants == "pipeline":
+        variants += ["full batches"]
+    elif args.variants == "all":
+        variants += ["full batches", "no shortcut", "serial", "table types"]
+    variants *= max(1, args.rounds)
     results: list[tuple[str, SinkRun]] = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
         prefix = f"sb{uuid.uuid4().hex[:6]}."

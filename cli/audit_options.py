@@ -32,7 +32,8 @@ def dsn_option(fn: F) -> F:
         "itself with its token, http://baton:TOKEN@127.0.0.1:8123 (the sql= DSN of `baton "
         "up`'s ready line); wins over --data-dir [env BATON_CLICKHOUSE_DSN; for https:// "
         "also BATON_CLICKHOUSE_CA, the CA that signed the server's certificate, and "
-        "BATON_CLICKHOUSE_VERIFY=false for a throwaway test server only]",
+        "BATON_CLICKHOUSE_VERIFY=false for a throwaway test server only; "
+        "BATON_CLICKHOUSE_TIMEOUT_S (30) bounds the wait for a server's answer]",
     )(fn)
 
 
@@ -93,7 +94,10 @@ def audit_client(settings: Settings) -> Iterator[Client]:
     from baton.sinks.clickhouse import connect
 
     client = connect(
-        settings.clickhouse_dsn, ca_cert=settings.clickhouse_ca, verify=settings.clickhouse_verify
+        settings.clickhouse_dsn,
+        ca_cert=settings.clickhouse_ca,
+        verify=settings.clickhouse_verify,
+        timeout_s=settings.clickhouse_timeout_s,
     )
     try:
         yield client

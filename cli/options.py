@@ -51,7 +51,7 @@ KAFKA_CONNECTION = (
     "connect_timeout_s",
 )
 #: settings every ClickHouse client reads
-AUDIT_CONNECTION = ("clickhouse_dsn", "clickhouse_ca", "clickhouse_verify")
+AUDIT_CONNECTION = ("clickhouse_dsn", "clickhouse_ca", "clickhouse_verify", "clickhouse_timeout_s")
 
 
 def click_type(name: str) -> Any:

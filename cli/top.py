@@ -68,7 +68,7 @@ _CLEAR = "\x1b[H\x1b[2J"
     default=None,
     help="the audit: http(s)://user:pass@host:8123/db, chdb:///abs/dir, or `baton up`'s "
     "sql= DSN [env BATON_CLICKHOUSE_DSN; default: the `baton up` found by --data-dir; for "
-    "https:// also BATON_CLICKHOUSE_CA and BATON_CLICKHOUSE_VERIFY]",
+    "https:// also BATON_CLICKHOUSE_CA and BATON_CLICKHOUSE_VERIFY; BATON_CLICKHOUSE_TIMEOUT_S]",
 )
 @click.option(
     "--data-dir",

@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         description="check the ClickHouse server's TLS certificate and host name (https://); "
         "false only for a throwaway test server",
     )
+    clickhouse_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="give up on a ClickHouse server's answer after this many seconds "
+        "(http(s):// DSNs; the sink then retries)",
+    )
     audit_ttl_days: int = Field(365, ge=1, description="keep audit rows this many days")
     audit_chain_key: SecretStr | None = Field(
         None,

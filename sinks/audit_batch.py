@@ -5,7 +5,7 @@ A batch is what the sink read since its last commit; ``write_batch`` either stor
 (decisions and rejected records) or raises AuditUnavailable having stored a prefix of its
 slices, which it remembers, so the same call resumes. Not guaranteed: a row refused by
 ClickHouse for an error code it does not know as a data error is retried, not rejected
-(``clickhouse.ROW_DATA_CODES``).
+(``audit_insert.ROW_DATA_CODES``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from baton.schemas.decision import DECISION_ADAPTER
 from baton.schemas.errors import AuditUnavailable
-from baton.sinks.clickhouse import RowsRefused, insert_rows
+from baton.sinks.audit_insert import RowsRefused, insert_rows
 from baton.sinks.json_rows import shortcut_row
 from baton.sinks.rows import (
     DECISION_COLUMNS,
@@ -192,7 +192,7 @@ def write_batch(
 ) -> None:
     """Insert ``batch``: its decisions, then its rejected records.
 
-    ``types``: table -> the column types to encode its rows with (``clickhouse.insert_types``);
+    ``types``: table -> the column types to encode its rows with (``audit_insert.insert_types``);
     a table not in it is asked for its types at each insert.
 
     A slice of rows that ClickHouse refuses as data is cut in halves until each refused row

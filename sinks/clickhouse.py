@@ -1,7 +1,7 @@
 """ClickHouse clients from Baton DSNs, with ClickHouse's failures translated at the boundary.
 
-Connection failures become AuditUnavailable (retry later); an insert whose *data* is refused
-becomes RowsRefused (split it, see ``insert_rows``).
+Connection failures become AuditUnavailable (retry later); inserts and their failures are
+``audit_insert``'s.
 
 DSNs:
     ``http://user:pass@host:8123/db``, ``https://…:8443/db``  a ClickHouse server (HTTP interface;
@@ -37,7 +37,6 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import (
     ClickHouseError,
     DatabaseError,
-    DataError,
     OperationalError,
     ProgrammingError,
 )
@@ -46,18 +45,18 @@ from baton.schemas.errors import AuditUnavailable, ConfigError, MissingExtra
 from baton.schemas.redact import mask_credentials
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "ENDPOINT_FILE",
-    "RowsRefused",
     "Target",
     "audit_errors",
     "connect",
-    "insert_rows",
-    "insert_types",
     "parse_dsn",
 ]
 
 #: written into a chDB directory by the process serving SQL for it (``sqlserver.serve_sql``)
 ENDPOINT_FILE = "baton-sql-endpoint.json"
+#: how long an HTTP request to ClickHouse may go unanswered (Settings.clickhouse_timeout_s)
+DEFAULT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +101,12 @@ def connect(
     create: bool = False,
     ca_cert: str | Path | None = None,
     verify: bool = True,
+    timeout_s: float | None = None,
 ) -> Client:
     """A clickhouse-connect client for ``dsn``, checked with one round trip.
+
+    ``timeout_s`` (BATON_CLICKHOUSE_TIMEOUT_S; None: ``DEFAULT_TIMEOUT_S``): how long an HTTP
+    request may go unanswered, the first one included (clickhouse-connect's own is 300 s).
 
     ``ca_cert`` (BATON_CLICKHOUSE_CA) and ``verify`` (BATON_CLICKHOUSE_VERIFY) apply to an
     https:// DSN: the server's certificate must be signed by ``ca_cert`` (the system's CAs when
@@ -116,7 +119,9 @@ def connect(
     """
     target = parse_dsn(dsn)
     if target.kind == "http":
-        return _connect_http(target.dsn, target.label, ca_cert=ca_cert, verify=verify)
+        return _connect_http(
+            target.dsn, target.label, ca_cert=ca_cert, verify=verify, timeout_s=timeout_s
+        )
     if target.chdb_path is not None:
         if create:
             target.chdb_path.mkdir(parents=True, exist_ok=True)
@@ -131,7 +136,9 @@ def connect(
             endpoint = read_endpoint(target.chdb_path) if follow_endpoint else None
             if endpoint is not None:  # its DSN carries the token: labels mask it
                 return _connect_http(
-                    endpoint, f"{parse_dsn(endpoint).label} (serving {target.label})"
+                    endpoint,
+                    f"{parse_dsn(endpoint).label} (serving {target.label})",
+                    timeout_s=timeout_s,
                 )
             raise AuditUnavailable(
                 f"the chDB directory {target.chdb_path} is held by another process ({holder}) "
@@ -153,9 +160,16 @@ def connect(
 
 
 def _connect_http(
-    dsn: str, label: str, *, ca_cert: str | Path | None = None, verify: bool = True
+    dsn: str,
+    label: str,
+    *,
+    ca_cert: str | Path | None = None,
+    verify: bool = True,
+    timeout_s: float | None = None,
 ) -> Client:
     import clickhouse_connect
+
+    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
 
     # clickhouse-connect (1.12) takes TLS from the port, not from the DSN's scheme: without
     # `interface`, https://…:9443 would be spoken as plain HTTP, password included
@@ -167,10 +181,23 @@ def _connect_http(
             tls["ca_cert"] = str(ca_cert)
     try:
         # the DSN carries user, password and database; a short connect timeout so an absent
-        # server is reported in seconds, not after urllib3's default retries
-        return clickhouse_connect.get_client(dsn=dsn, interface=interface, connect_timeout=5, **tls)
+        # server is reported in seconds, not after urllib3's default retries; a read timeout
+        # so a port that accepts and never answers is too (clickhouse-connect waits 300 s)
+        return clickhouse_connect.get_client(
+            dsn=dsn,
+            interface=interface,
+            connect_timeout=5,
+            send_receive_timeout=timeout_s,
+            **tls,
+        )
     except OperationalError as exc:
         gist = _first_line(exc)
+        if "timed out" in gist.lower():
+            raise AuditUnavailable(
+                f"ClickHouse at {label} accepted the connection but did not answer within "
+                f"{timeout_s:g} s (clickhouse_timeout_s, BATON_CLICKHOUSE_TIMEOUT_S); is that "
+                "port a ClickHouse HTTP interface, and is the server overloaded?"
+            ) from exc
         if "CERTIFICATE_VERIFY_FAILED" in gist or "certificate verify failed" in gist:
             raise AuditUnavailable(
                 f"ClickHouse at {label} presented a TLS certificate this client does not "
@@ -264,156 +291,6 @@ def audit_errors(label: str, doing: str) -> Iterator[None]:
         raise AuditUnavailable(
             f"ClickHouse at {label} failed while {doing}: {_first_line(exc)}"
         ) from exc
-
-
-class RowsRefused(Exception):
-    """ClickHouse (the server, or the driver encoding the block) refused an insert's *data*,
-    not the connection: splitting the rows helps. ``row_level``: some row cannot be stored
-    (a value out of range, a violated constraint) - a row refused alone is that row's fault;
-    otherwise the block as a whole was refused (too many partitions) and smaller ones pass.
-
-    Internal to the sink (``write_batch`` turns it into rejected rows or AuditUnavailable),
-    so it is not part of the BatonError tree.
-    """
-
-    def __init__(self, message: str, *, row_level: bool) -> None:
-        super().__init__(message)
-        self.row_level = row_level
-
-
-#: server error codes that blame a value in the block: the block is split to find its row
-ROW_DATA_CODES: dict[int, str] = {
-    6: "CANNOT_PARSE_TEXT",
-    27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
-    38: "CANNOT_PARSE_DATE",
-    41: "CANNOT_PARSE_DATETIME",
-    53: "TYPE_MISMATCH",
-    69: "ARGUMENT_OUT_OF_BOUND",
-    70: "CANNOT_CONVERT_TYPE",
-    72: "CANNOT_PARSE_NUMBER",
-    117: "INCORRECT_DATA",
-    131: "TOO_LARGE_STRING_SIZE",
-    321: "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
-    349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
-    395: "FUNCTION_THROW_IF_VALUE_IS_NON_ZERO",
-    407: "DECIMAL_OVERFLOW",
-    469: "VIOLATED_CONSTRAINT",
-    691: "UNKNOWN_ELEMENT_OF_ENUM",
-}
-_TOO_MANY_PARTS = 252  # also "too many partitions for a single INSERT block": that one splits
-
-
-def insert_types(client: Client, table: str, columns: tuple[str, ...]) -> tuple[str, ...]:
-    """The types to send ``columns`` of ``table`` (``db.name``) as: the table's own, with
-    ``LowCardinality(T)`` sent as ``T`` when the server converts a Native block's types.
-
-    Why: clickhouse-connect builds a LowCardinality column's dictionary in Python, a quarter
-    of its time encoding an audit block; ClickHouse does the same in C++ when it converts the
-    block on insert (``input_format_native_allow_types_conversion``, on by default, probed
-    here so an older server gets the exact types). Passing the types also spares the
-    ``DESCRIBE`` clickhouse-connect runs before every insert without them. Raises
-    ClickHouseError (callers translate it), and AuditUnavailable when the table lacks a
-    column (a schema older than this code: retried, never taken as the rows' fault).
-    """
-    database, name = table.split(".", 1)
-    rows = client.query(
-        "SELECT name, type, (SELECT any(value) FROM system.settings "
-        "WHERE name = 'input_format_native_allow_types_conversion') FROM system.columns "
-        "WHERE database = {db:String} AND table = {t:String}",
-        parameters={"db": database, "t": name},
-    ).result_rows
-    types = {str(column): str(kind) for column, kind, _ in rows}
-    converts = bool(rows) and str(rows[0][2]) in ("1", "true")
-    missing = [c for c in columns if c not in types]
-    if missing:
-        raise AuditUnavailable(
-            f"the audit table {table} has no column {', '.join(missing)}: its schema is older "
-            "than this sink's; restart the sink to migrate it"
-        )
-    return tuple(_plain(types[c]) if converts else types[c] for c in columns)
-
-
-def _plain(kind: str) -> str:
-    return kind[len("LowCardinality(") : -1] if kind.startswith("LowCardinality(") else kind
-
-
-def insert_rows(
-    client: Client,
-    table: str,
-    rows: list[list[object]],
-    columns: tuple[str, ...],
-    token: str,
-    label: str,
-    types: tuple[str, ...] | None = None,
-) -> None:
-    """Insert ``rows`` with ``insert_deduplication_token=token``, failures sorted at the boundary.
-
-    ``types``: the column types to encode with (``insert_types``); None: asked for each insert.
-
-    Raises RowsRefused when the data was refused (a value, or a block spanning too many
-    partitions), AuditUnavailable for everything else - unreachable, timeouts, a missing
-    table, "too many parts" back-pressure - which retrying the same insert later can cure.
-    An unknown server error is taken as the server's, never as the rows': it is retried, not
-    turned into rejected rows.
-    """
-    doing = f"inserting {len(rows)} rows into {table} ({token[:200]})"
-    typed = {} if types is None else {"column_type_names": list(types)}
-    try:
-        client.insert(
-            table,
-            rows,
-            column_names=list(columns),
-            settings={"insert_deduplication_token": token},
-            **typed,
-        )
-    except OperationalError as exc:  # before DatabaseError: it is one
-        raise AuditUnavailable(
-            f"ClickHouse at {label} is unreachable while {doing}: {_first_line(exc)}"
-        ) from exc
-    except DataError as exc:  # the driver could not encode a value of the block
-        raise RowsRefused(f"{_first_line(exc)}", row_level=True) from exc
-    except DatabaseError as exc:
-        code = exc.code if exc.code is not None else _code_of(exc)
-        if code in ROW_DATA_CODES:
-            raise RowsRefused(_first_line(exc), row_level=True) from exc
-        if code == _TOO_MANY_PARTS and "INSERT block" in str(exc):
-            raise RowsRefused(_first_line(exc), row_level=False) from exc
-        raise AuditUnavailable(
-            f"ClickHouse at {label} failed while {doing}: {_first_line(exc)}"
-        ) from exc
-    except ClickHouseError as exc:
-        raise AuditUnavailable(
-            f"ClickHouse at {label} failed while {doing}: {_first_line(exc)}"
-        ) from exc
-    except (ValueError, TypeError, OverflowError, ArithmeticError) as exc:
-        if not _raised_while_encoding(exc):
-            raise AuditUnavailable(
-                f"ClickHouse client for {label} failed while {doing}: {type(exc).__name__}: {exc}"
-            ) from exc
-        # the driver encoding a value it has no check for (NaN into a Decimal raises a bare
-        # ValueError): a row's fault, like DataError
-        raise RowsRefused(f"{type(exc).__name__}: {exc}"[:500], row_level=True) from exc
-
-
-#: where clickhouse-connect turns Python values into column data
-_ENCODING_CODE = ("/clickhouse_connect/datatypes/", "/clickhouse_connect/driverc/")
-
-
-def _raised_while_encoding(exc: BaseException) -> bool:
-    """Whether ``exc`` came out of the driver's value encoding (a row's fault) rather than
-    from anywhere else in the client (the transport, the pool: not the rows' fault)."""
-    tb = exc.__traceback__
-    while tb is not None:
-        path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
-        if any(part in path for part in _ENCODING_CODE):
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def _code_of(exc: BaseException) -> int | None:
-    match = re.search(r"\bCode:\s*(\d+)", str(exc))
-    return int(match.group(1)) if match else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -352,7 +352,7 @@ def test_low_cardinality_columns_are_sent_plain_and_stored_as_the_table_says(
     chdb_dir: Path,
 ) -> None:
     from baton.sinks.audit_batch import DECISIONS_TABLE, AuditBatch, write_batch
-    from baton.sinks.clickhouse import insert_types
+    from baton.sinks.audit_insert import insert_types
     from baton.sinks.rows import DECISION_COLUMNS
 
     client = connect(f"chdb://{chdb_dir}", create=True)

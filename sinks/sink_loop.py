@@ -1,0 +1,355 @@
+"""The audit sink's loop: records read into batches, one batch written at a time, then committed.
+
+The guarantees it keeps (nothing lost, order per partition, the same token on a retry, poison
+records to governance.rejected) are stated in ``baton.sinks.sink``, which starts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from baton.schemas.errors import AuditUnavailable, BatonError
+from baton.sinks.audit_batch import (
+    DECISIONS_TABLE,
+    REJECTED_TABLE,
+    AuditBatch,
+    utc_now,
+    write_batch,
+)
+from baton.sinks.audit_insert import insert_types
+from baton.sinks.clickhouse import audit_errors
+from baton.sinks.rows import DECISION_COLUMNS, REJECTED_COLUMNS, RejectKind
+from baton.sinks.sink_start import audit_consumer
+from baton.sinks.sink_stats import SinkStats
+
+__all__ = ["AuditSink"]
+
+log = logging.getLogger("baton.sinks.sink")
+
+
+class _Stopped(Exception):
+    """The stop event was set while a batch waited for ClickHouse: exit without committing."""
+
+
+class AuditSink:
+    """A confluent-kafka consumer loop feeding ``write_batch``; ``run(stop_event)`` blocks.
+
+    The consumer is created in ``run`` (no I/O in the constructor). ``client`` is an open
+    clickhouse-connect client whose schema is migrated (``run_sink`` does both).
+    """
+
+    #: parse the next batch while the last one is written (False: one after the other; the
+    #: bench measures what the overlap is worth)
+    pipelined: bool = True
+    #: the writer free, hand it what is parsed once that is a quarter of a batch, rather than
+    #: wait for a full one (False: full batches or the timeout only; see ``_due``)
+    eager: bool = True
+
+    def __init__(
+        self,
+        kafka_config: dict[str, str],
+        client: Client,
+        topic: str,
+        *,
+        group_id: str,
+        batch_size: int = 5000,
+        batch_timeout_s: float = 1.0,
+        consumer_overrides: dict[str, Any] | None = None,
+        label: str = "ClickHouse",
+        report_every_s: float = 10.0,
+        on_report: Callable[[SinkStats], None] | None = None,
+        backoff: Callable[[int], float] | None = None,
+        ttl_days: int | None = 365,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.kafka_config = kafka_config
+        self.client = client
+        self.topic = topic
+        self.group_id = group_id
+        self.batch_size = batch_size
+        self.batch_timeout_s = batch_timeout_s
+        self.consumer_overrides = consumer_overrides or {}
+        self.label = label
+        self.report_every_s = report_every_s
+        self.on_report = on_report
+        self.backoff = backoff or (lambda attempt: min(30.0, 0.25 * 2 ** min(attempt, 7)))
+        self.ttl_days = ttl_days
+        self.clock = clock
+        self.stats = SinkStats()
+        self._batch = self._new_batch()
+        self._carry: list[Any] = []  # read while a batch waited for ClickHouse
+        #: the batch being written and the writer's future (None: its last attempt failed)
+        self._writing: tuple[AuditBatch, Future[None] | None] | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._types: dict[str, tuple[str, ...]] | None = None  # see audit_insert.insert_types
+        self._consumer: Any = None
+        self._last_report = time.monotonic()
+
+    def _new_batch(self) -> AuditBatch:
+        return AuditBatch(self.topic, self.ttl_days, self.clock)
+
+    # -- consumer ------------------------------------------------------------------------
+    def _make_consumer(self) -> Any:
+        return audit_consumer(self.kafka_config, self.group_id, self.consumer_overrides)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        revoked = {tp.partition for tp in partitions if tp.topic == self.topic}
+        self._settle_revoked(consumer, revoked)
+        self._batch.drop_partitions(revoked)
+        self._carry = [m for m in self._carry if m.partition() not in revoked]
+        for p in revoked:
+            self.stats.lag.pop(p, None)
+        log.info("audit sink: partitions revoked: %s", sorted(revoked))
+
+    def _settle_revoked(self, consumer: Any, revoked: set[int]) -> None:
+        """Before partitions go: a batch being written finishes; stored, it is committed (its
+        rows are ours); not stored, it forgets the revoked partitions (their new owner reads
+        them again) and waits for its retry."""
+        if self._writing is None:
+            return
+        batch, future = self._writing
+        if future is not None:
+            try:
+                future.result()
+            except AuditUnavailable as exc:
+                self._writing = (batch, None)  # retried by _finish_write
+                self.stats.last_error = str(exc)
+            else:
+                self._writing = None
+                self._committed(consumer, batch)
+                return
+        batch.drop_partitions(revoked)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        log.info("audit sink: partitions assigned: %s", sorted(tp.partition for tp in partitions))
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Consume, batch, insert, commit until ``stop_event`` is set; the batch in hand is
+        flushed on a clean stop (when ClickHouse answers).
+
+        Pipelined: while one batch is written (ClickHouse works without holding the GIL),
+        the next one is read and parsed. One write at a time, in offset order: batch N+1 is
+        handed to the writer only after batch N is stored and committed.
+        """
+        from confluent_kafka import KafkaError
+
+        consumer = self._consumer = self._make_consumer()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        try:
+            consumer.subscribe(
+                [self.topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+            while not stop_event.is_set():
+                if self._carry:
+                    messages, self._carry = self._carry, []
+                else:
+                    messages = consumer.consume(num_messages=self._room(), timeout=self._wait())
+                for msg in messages:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            self.stats.last_error = str(err)
+                            if err.fatal():
+                                raise BatonError(f"audit sink: fatal Kafka error: {err}")
+                            log.warning("audit sink: %s", err)
+                        continue
+                    self._batch.add(msg.partition(), msg.offset(), msg.value())
+                if self._writing is not None and self._writing_done():
+                    self._finish_write(consumer, stop_event)
+                if self._batch and self._due():
+                    if self._writing is not None:
+                        self._finish_write(consumer, stop_event)
+                    self._start_write()
+                    if not self.pipelined:
+                        self._finish_write(consumer, stop_event)
+                self._report(consumer)
+            if self._writing is not None:
+                self._finish_write(consumer, stop_event)
+            if self._batch:
+                self._start_write()
+                self._finish_write(consumer, stop_event)
+        except _Stopped:
+            log.info("audit sink: stopped with an unwritten batch; it is read again on restart")
+        finally:
+            self._writer.shutdown(wait=True)  # a write in flight ends (its rows may be stored)
+            self._writing = None
+            consumer.close()
+            self._consumer = None
+
+    def _due(self) -> bool:
+        """Whether to write the batch in hand now: it is full, or its time is up, or (eager)
+        the writer is free and the batch is worth an insert of its own.
+
+        Why eager: with full batches only, the writer idled while the first batch was parsed
+        and the parser idled while the last one was written - at 20,000 a batch that was half
+        of a 60,000-row backlog's time. A quarter batch keeps inserts big enough for
+        ClickHouse (a part per insert and view) while the writer is never idle with rows
+        waiting; while it writes, the next batch grows to what was parsed meanwhile.
+        """
+        if len(self._batch) >= self.batch_size or self._time_left() <= 0:
+            return True
+        return self.eager and self._writing is None and len(self._batch) >= self._eager_rows()
+
+    def _eager_rows(self) -> int:
+        return max(1, self.batch_size // 4)
+
+    def _room(self) -> int:
+        """How many records the next consume may return: the batch's room, in steps small
+        enough (eager: one quarter batch) that the writer gets its first rows early."""
+        room = max(1, self.batch_size - len(self._batch))
+        return min(room, 10_000, self._eager_rows() if self.eager else 10_000)
+
+    def _wait(self) -> float:
+        """How long the next consume may block: until the batch is due, or the write is done."""
+        wait = self._time_left() if self._batch else min(self.batch_timeout_s, 0.5)
+        return min(wait, 0.005) if self._writing is not None else wait
+
+    def _time_left(self) -> float:
+        return max(0.0, self._batch.started + self.batch_timeout_s - time.monotonic())
+
+    def _writing_done(self) -> bool:
+        return self._writing is not None and (self._writing[1] is None or self._writing[1].done())
+
+    def _start_write(self) -> None:
+        """Hand the batch in hand to the writer thread; a new batch starts filling."""
+        batch, self._batch = self._batch, self._new_batch()
+        self._writing = (batch, self._writer.submit(self._write, batch))
+
+    def _write(self, batch: AuditBatch) -> None:
+        """One attempt at storing ``batch`` (writer thread); AuditUnavailable: try again."""
+        with audit_errors(self.label, "reading the audit tables' column types"):
+            if self._types is None:
+                self._types = {
+                    table: insert_types(self.client, table, columns)
+                    for table, columns in (
+                        (DECISIONS_TABLE, DECISION_COLUMNS),
+                        (REJECTED_TABLE, REJECTED_COLUMNS),
+                    )
+                }
+        write_batch(self.client, batch, self.label, self._types)
+
+    def _finish_write(self, consumer: Any, stop_event: threading.Event) -> None:
+        """Wait for the batch being written; retry it until stored (consumer paused between
+        attempts, still polled so the group keeps us); then commit its offsets."""
+        assert self._writing is not None
+        batch, future = self._writing
+        attempt = 0
+        paused: list[Any] = []
+        error: AuditUnavailable | None = None
+        if future is not None:
+            try:
+                future.result()
+            except AuditUnavailable as exc:
+                error = exc
+        else:
+            error = AuditUnavailable(self.stats.last_error or "the last write failed")
+        while error is not None and batch:
+            self.stats.retries += 1
+            self.stats.last_error = str(error)
+            self._types = None  # a failed insert may have met a changed table: ask again
+            wait = self.backoff(attempt)
+            attempt += 1
+            log.warning(
+                "audit sink: insert failed (attempt %d), retrying in %.1f s: %s",
+                attempt,
+                wait,
+                error,
+            )
+            paused = self._wait_paused(consumer, wait, stop_event)
+            if self._writing is None:  # stored and committed by a revoke during the wait
+                break
+            try:
+                self._write(batch)
+                error = None
+            except AuditUnavailable as exc:
+                error = exc
+        if paused:
+            # what is assigned now: a rebalance during the wait may have changed it
+            consumer.resume(consumer.assignment())
+        if self._writing is None:
+            return
+        self._writing = None
+        self.stats.last_error = None  # recovered: report the present, not history
+        if batch:  # else every partition of it was revoked meanwhile
+            self._committed(consumer, batch)
+
+    def _committed(self, consumer: Any, batch: AuditBatch) -> None:
+        """Commit the offsets of a stored ``batch`` and count it."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = [TopicPartition(self.topic, p, o) for p, o in batch.commit_offsets().items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # e.g. a rebalance took the partitions meanwhile: the new owner re-reads the batch,
+            # whose rows ReplacingMergeTree folds; nothing is lost
+            log.warning("audit sink: commit after insert failed (rows are stored): %s", exc)
+        stored = len(batch.rows) - sum(
+            1 for r in batch.rejected if r[-1] == RejectKind.REFUSED_BY_CLICKHOUSE
+        )
+        self.stats.rows += stored
+        self.stats.rejected += len(batch.rejected)
+        self.stats.batches += 1
+        if batch.rejected:
+            kinds = Counter(r[-1] for r in batch.rejected)
+            log.warning(
+                "audit sink: %d of %d records rejected into %s (%s); first: %s/%s/%s %s",
+                len(batch.rejected),
+                stored + len(batch.rejected),
+                REJECTED_TABLE,
+                ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())),
+                *batch.rejected[0][:3],
+                batch.rejected[0][3][:300],
+            )
+        for p, next_offset in batch.commit_offsets().items():
+            self.stats.lag[p] = self._lag(consumer, p, next_offset)
+
+    def _wait_paused(self, consumer: Any, wait: float, stop_event: threading.Event) -> list[Any]:
+        """Sleep ``wait`` s with every partition paused, still polling so the group keeps us."""
+        deadline = time.monotonic() + wait
+        paused: list[Any] = []
+        while True:
+            if stop_event.is_set():
+                raise _Stopped
+            assignment = consumer.assignment()
+            if assignment:
+                consumer.pause(assignment)
+                paused = assignment
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return paused
+            # paused partitions deliver nothing; a partition assigned meanwhile may: keep it
+            self._carry.extend(consumer.consume(num_messages=1000, timeout=min(0.2, remaining)))
+
+    def _lag(self, consumer: Any, partition: int, next_offset: int) -> int:
+        from confluent_kafka import TopicPartition
+
+        try:
+            _, high = consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), cached=True
+            )
+        except Exception:  # lag is a report, never a reason to stop
+            return self.stats.lag.get(partition, 0)
+        return max(0, int(high) - next_offset) if high >= 0 else 0
+
+    def _report(self, consumer: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_report < self.report_every_s:
+            return
+        self._last_report = now
+        if self.on_report is not None:
+            self.on_report(self.stats)
+        else:
+            log.info("audit sink: %s", self.stats.describe())

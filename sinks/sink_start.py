@@ -1,0 +1,134 @@
+"""What the audit sink needs before it reads: its topics, its consumer, its migrated audit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from baton.schemas.errors import AuditUnavailable, BrokerUnavailable
+from baton.schemas.settings import Settings
+from baton.sinks.clickhouse import audit_errors, connect, parse_dsn
+from baton.sinks.schema import migrate
+
+__all__ = [
+    "audit_consumer",
+    "decisions_topic",
+    "ensure_catalog_topics",
+    "open_audit",
+    "stops_topic",
+]
+
+log = logging.getLogger(__name__)
+
+
+def ensure_catalog_topics(settings: Settings, stop_event: threading.Event) -> None:
+    """Create Baton's topics if missing, retrying while Kafka is unreachable (until stop).
+
+    Subscribing to a missing topic is not harmless: Tansu (and Kafka with auto-creation on)
+    creates it with the broker's default partition count, which then disagrees with the
+    catalog and splits runs across partitions.
+    """
+    from baton.streams.kafka import admin_config
+    from baton.streams.topics import ensure_topics
+
+    attempt = 0
+    while True:
+        try:
+            ensure_topics(
+                admin_config(settings.kafka_config()),
+                _catalog(settings),
+                timeout=settings.connect_timeout_s,
+            )
+            return
+        except BrokerUnavailable as exc:
+            wait = min(30.0, 1.0 * 2 ** min(attempt, 5))
+            attempt += 1
+            log.warning("%s; retrying in %.0f s", exc, wait)
+            if stop_event.wait(wait):
+                raise
+
+
+def decisions_topic(settings: Settings) -> str:
+    """The decisions topic name, with the configured prefix (from the topic catalog)."""
+    return _catalog(settings).decisions
+
+
+def stops_topic(settings: Settings) -> str:
+    """The stops topic name, with the configured prefix (from the topic catalog)."""
+    return _catalog(settings).stops
+
+
+def _catalog(settings: Settings) -> Any:
+    from baton.streams.topics import TopicCatalog
+
+    return TopicCatalog.from_settings(settings)
+
+
+def audit_consumer(
+    kafka_config: dict[str, str], group_id: str, overrides: dict[str, Any] | None = None
+) -> Any:
+    """The sink's confluent-kafka consumer: offsets stored and committed only by the sink."""
+    from confluent_kafka import Consumer
+
+    from baton.streams.kafka import consumer_config
+
+    conf = consumer_config(
+        kafka_config,
+        group_id,
+        {
+            "enable.auto.offset.store": False,
+            # a backlog fills librdkafka's prefetch queue (64 MB, ~60,000 decisions) and
+            # it then waited fetch.queue.backoff.ms (1 s) before fetching again: the sink
+            # starved with a backlog in the broker (measured: consume() returned nothing
+            # for 0.8 s at a time); check again soon instead
+            "fetch.queue.backoff.ms": 20,
+            "error_cb": lambda err: log.warning("audit sink: Kafka: %s", err),
+            **(overrides or {}),
+        },
+    )
+    # offsets are ours to commit, and only after the insert: never auto-commit
+    conf["enable.auto.commit"] = False
+    return Consumer(conf)
+
+
+def open_audit(
+    dsn: str,
+    ttl_days: int,
+    stop_event: threading.Event | None = None,
+    backoff: Callable[[int], float] | None = None,
+    *,
+    ca_cert: str | Path | None = None,
+    verify: bool = True,
+    timeout_s: float | None = None,
+) -> Client:
+    """Connect to ``dsn`` and migrate, retrying while ClickHouse is unreachable (until stop)."""
+    backoff = backoff or (lambda attempt: min(30.0, 0.5 * 2 ** min(attempt, 6)))
+    label = parse_dsn(dsn).label
+    attempt = 0
+    while True:
+        try:
+            # the sink must own a chDB directory, never follow another process's endpoint
+            client = connect(
+                dsn,
+                follow_endpoint=False,
+                create=True,
+                ca_cert=ca_cert,
+                verify=verify,
+                timeout_s=timeout_s,
+            )
+            with audit_errors(label, "migrating the audit schema"):
+                migrate(client, ttl_days)
+            return client
+        except AuditUnavailable as exc:
+            if stop_event is None or parse_dsn(dsn).kind == "chdb":
+                raise
+            wait = backoff(attempt)
+            attempt += 1
+            log.warning("audit sink: %s; retrying in %.1f s", exc, wait)
+            if stop_event.wait(wait):
+                raise

@@ -1,0 +1,54 @@
+"""When the audit sink hands its batch to the writer: full, timed out, or the writer is free."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+
+from baton.sinks.audit_batch import AuditBatch
+from baton.sinks.sink_loop import AuditSink
+
+pytestmark = pytest.mark.unit
+
+
+def _sink(rows: int, *, batch_size: int = 20_000, writing: bool = False) -> AuditSink:
+    """A sink (no consumer, no client: nothing here does I/O) holding ``rows`` parsed rows."""
+    sink = AuditSink({}, None, "gov.decisions", group_id="g", batch_size=batch_size)  # type: ignore[arg-type]
+    sink._batch.rows = [[] for _ in range(rows)]
+    sink._batch.started = time.monotonic()
+    if writing:
+        sink._writing = (AuditBatch("gov.decisions"), Future())
+    return sink
+
+
+def test_a_quarter_batch_goes_to_a_free_writer_at_once() -> None:
+    assert _sink(5_000)._due()
+    assert not _sink(4_999)._due()
+
+
+def test_while_the_writer_works_the_batch_grows_until_full() -> None:
+    assert not _sink(5_000, writing=True)._due()
+    assert not _sink(19_999, writing=True)._due()
+    assert _sink(20_000, writing=True)._due()
+
+
+def test_without_eager_only_a_full_batch_or_the_timeout_is_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(AuditSink, "eager", False)
+    assert not _sink(15_000)._due()
+    assert _sink(20_000)._due()
+    late = _sink(1)
+    late._batch.started -= late.batch_timeout_s
+    assert late._due()
+
+
+def test_a_small_backlog_is_read_in_quarter_batches() -> None:
+    sink: Any = _sink(0)
+    assert sink._room() == 5_000
+    assert _sink(18_000)._room() == 2_000
+    assert _sink(0, batch_size=100_000)._room() == 10_000  # one consume call, bounded
+    assert _sink(0, batch_size=1)._room() == 1
