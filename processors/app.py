@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 #: runs the 1 s sweep looks at, at most: after a rebalance every restored run is due once
 _SWEEP_LIMIT = 5000
 #: batches decided whose outputs are not yet durable, at most (at-least-once pipelining)
-_MAX_BATCHES_IN_FLIGHT = 16
+_MAX_BATCHES_IN_FLIGHT = 64
 #: how long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
 #: The worker's threads hand each other every fetch (Faust's consumer thread, the event
 #: loop, librdkafka's callbacks): at the default, a fetch response waited up to 5 ms per
@@ -387,12 +387,16 @@ class GovernanceWorker:
                 limit=_SWEEP_LIMIT,
             )
             try:
-                await self.publisher.publish(
+                durable = await self.publisher.publish_decisions_first(
                     out, before_state=lambda: self._still_owner(generation)
                 )
             except Exception:
                 exit_without_commit(EXIT_DELIVERY_FAILED, "sweep could not publish; exiting")
             self.metrics.swept(out)
+        try:
+            await durable  # outside the lock: batches go on being decided meanwhile
+        except Exception:
+            exit_without_commit(EXIT_DELIVERY_FAILED, "sweep could not publish; exiting")
 
     def _reindex(self, active: set[int], generation: int, now_ts: float) -> None:
         """An assignment (even of the same partitions: revoked and given back while sweeps

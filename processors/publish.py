@@ -66,8 +66,9 @@ class TransactionFailed(BrokerUnavailable):
     """A batch's transaction could not be committed (it was aborted: nothing of it is visible)."""
 
 
-#: how often the event loop serves delivery reports while records are in flight
-_POLL_S = 0.001
+#: how often the event loop serves delivery reports while records are in flight (they
+#: gate only run states and acknowledgements, never a decision's visibility)
+_POLL_S = 0.002
 #: librdkafka's linger.ms for the worker's producer
 _LINGER_MS = 0
 
@@ -328,6 +329,10 @@ class BatchPublisher:
         if self.transactional:
             await self._publish_transaction(out, before_state, offsets, group_metadata)
             return _done()
+        if not (self._queued or out.decisions or out.dead_letters or out.forwards or out.changed):
+            # nothing to send (an idle sweep): durable once the batch before it is
+            previous = self._durable
+            return previous if previous is not None and not previous.done() else _done()
         decisions = self._send(self._produce_queued, lambda: self._produce_outputs(out))
         previous_sent, previous_durable = self._states_sent, self._durable
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -229,3 +229,19 @@ def test_a_batch_with_a_record_librdkafka_refuses_at_once_still_completes() -> N
 
     asyncio.run(scenario())
     assert refused == ["d"] and producer.acked == ["d", "d", "c", "c"]
+
+
+def test_an_idle_sweep_sends_nothing_and_is_durable_once_the_batch_before_it_is() -> None:
+    publisher, producer = _publisher()
+
+    async def scenario() -> None:
+        idle = await publisher.publish_decisions_first(Outputs())
+        assert idle.done() and producer.produced == []
+        batch = await publisher.publish_decisions_first(_batch(1))
+        after = await publisher.publish_decisions_first(Outputs())
+        assert not after.done() and producer.produced == ["d"]
+        producer.states_acked = True
+        await asyncio.wait_for(after, 5)
+        assert batch.done()
+
+    asyncio.run(scenario())
