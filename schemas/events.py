@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from baton.schemas.json_numbers import overflowing_number
 from baton.schemas.names import MAX_NAME, normal_name
 
 __all__ = [
@@ -326,62 +327,6 @@ def _error_kind(errors: list[Any]) -> str:
     return "bad_name" if bad_names else "out_of_range"
 
 
-class _Overflow(float):
-    """A JSON number no float holds (``1e400``), as the stdlib parser reads it."""
-
-
-def _overflowing_number(raw: bytes, pos: int) -> str:
-    """What to say of an event holding a number no float holds: its field and its text."""
-    import json  # the stdlib parser keeps going where orjson stops, to find the field
-
-    def number(text: str) -> float:
-        value = float(text)
-        return _Overflow(value) if value in (_INF, -_INF) else value
-
-    try:
-        doc = json.loads(
-            raw, parse_float=number, parse_int=lambda t: number(t) if len(t) > 18 else int(t)
-        )
-    except (ValueError, RecursionError):
-        doc = None
-    where = _path_of(doc, "") if doc is not None else None
-    at = where if where else f"the number at char {pos}"
-    kind = doc.get("type") if isinstance(doc, dict) and isinstance(doc.get("type"), str) else None
-    prefix = f"{kind[:64]}: " if kind else ""
-    return (
-        f"{prefix}{at}: number {_number_text(raw, pos)} is out of range (it overflows a 64-bit "
-        f"float; expected a finite number within the field's bounds)"
-    )
-
-
-_INF = float("inf")
-
-
-def _path_of(node: Any, path: str) -> str | None:
-    """The key path of the first _Overflow in a parsed document (``cost_usd``, ``tools[2]``)."""
-    if isinstance(node, _Overflow):
-        return path or "<event>"
-    items = (
-        node.items()
-        if isinstance(node, dict)
-        else enumerate(node)
-        if isinstance(node, list)
-        else ()
-    )
-    for key, value in items:
-        found = _path_of(
-            value, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip(".")
-        )
-        if found is not None:
-            return found
-    return None
-
-
-def _number_text(raw: bytes, pos: int) -> str:
-    text = raw[pos : pos + 40].split(b",")[0].split(b"}")[0].split(b"]")[0].strip()
-    return text.decode("ascii", "replace")[:32] or "?"
-
-
 def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None) -> Any:
     if len(raw) > MAX_EVENT_BYTES:
         raise EventError("oversized", f"event is {len(raw)} bytes, limit is {MAX_EVENT_BYTES}")
@@ -390,7 +335,7 @@ def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None) -> Any:
     except orjson.JSONDecodeError as exc:
         if "exceeds 64-bit range" in str(exc) or "is infinity when parsed" in str(exc):
             # 1e400 is valid JSON that no float holds: a number out of range, not bad JSON
-            raise EventError("out_of_range", _overflowing_number(raw, exc.pos)) from None
+            raise EventError("out_of_range", overflowing_number(raw, exc.pos)) from None
         # Python's json module and some JS encoders write NaN/Infinity; say so, since the
         # parser's "unexpected character" does not tell the sender which number is wrong
         if raw[exc.pos : exc.pos + 9].lstrip(b"-").startswith((b"NaN", b"Infinity")):
