@@ -4,14 +4,18 @@ Records engine_bench's realistic mix (default 30,000 events over 4,000 runs) thr
 worker's batch step (inputs attached, chains linked), stores what it publishes in a fresh chDB
 audit through the sink's own insert path, then measures on that audit, best of three:
 
-* read: ``read_runs_rows`` alone (every row a replay reads, paged by whole runs);
+* read: the pages of every row a replay reads, decoded to rows (``read_pages``, ``page_rows``);
 * replay, other policy: reading + deciding every step twice (a stricter ``max_handoffs``, and
-  the recorded policy as proof) - what `baton replay --policy stricter.yaml` does;
+  the recorded policy as proof) - what `baton replay --policy stricter.yaml --jobs 1` does
+  (``cli.replay_cmds.replay_audit``, the command's own path);
 * replay, tenant-only change: the new policy differs for another tenant only, so each run is
   decided once (the two replays are one while the rules are equal);
+* replay with ``--jobs`` processes (the reading process hands pieces of runs to them, as
+  bytes; the pool starts while the first pieces are replayed in the reading process);
+* replay in memory: the rows read before, one process (the replay's own cost, no reading);
 * decide once: the engine alone on the same steps (the floor of one pass, no reading).
 
-* replay with ``--jobs`` processes (the reading process hands chunks of runs to them);
+CPU seconds are this process's (user + system, chDB's threads included; not the pool's).
 
     python -m bench.replay_bench [--runs 4000] [--events 30000] [--jobs 2]
 """
@@ -28,16 +32,23 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from baton.cli.replay_cmds import replay_audit
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.engine import decide
 from baton.processors.recorded import policy_in_force
-from baton.processors.replay_pool import replay_parallel
+from baton.processors.replay import replay_runs, runs_of
 from baton.schemas.decision import Decision
 from baton.schemas.events import parse_event
 from baton.schemas.policy import DEFAULT_POLICY_YAML, Policy, load_policy, parse_policy
 from baton.sinks.audit_batch import AuditBatch, write_batch
 from baton.sinks.clickhouse import connect
-from baton.sinks.replay_source import ReplayScope, read_policies, read_runs_rows
+from baton.sinks.replay_source import (
+    ReplayScope,
+    page_rows,
+    read_pages,
+    read_policies,
+    read_runs_rows,
+)
 from baton.sinks.schema import migrate
 from baton.streams.partitioner import partition_for
 from bench.engine_bench import build_workload
@@ -80,14 +91,16 @@ def store(chdb: Path, decisions: list[Decision]) -> None:
         client.close()
 
 
-def best(fn: Callable[[], int], passes: int = 3) -> tuple[float, int]:
-    """(seconds of the fastest pass, what it counted)."""
-    fastest, counted = float("inf"), 0
+def best(fn: Callable[[], int], passes: int = 3) -> tuple[float, float, int]:
+    """(seconds of the fastest pass, its CPU seconds in this process, what it counted)."""
+    fastest, cpu, counted = float("inf"), 0.0, 0
     for _ in range(passes):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         counted = fn()
-        fastest = min(fastest, time.perf_counter() - t0)
-    return fastest, counted
+        took = time.perf_counter() - t0
+        if took < fastest:
+            fastest, cpu = took, time.process_time() - c0
+    return fastest, cpu, counted
 
 
 def main() -> None:
@@ -112,16 +125,21 @@ def main() -> None:
             rows = list(read_runs_rows(client, ReplayScope()))
 
             def read() -> int:
-                return sum(1 for _ in read_runs_rows(client, ReplayScope()))
+                pages = read_pages(client, ReplayScope()).pages
+                return sum(1 for page in pages for _ in page_rows(page))
 
             def replay(policy: Policy, jobs: int = 1) -> Callable[[], int]:
                 def run() -> int:
-                    rows = read_runs_rows(client, ReplayScope())
-                    report = replay_parallel(rows, policy, policies, KEY, jobs, serial_rows=0)
+                    report = replay_audit(client, ReplayScope(), policy, policies, KEY, jobs)
                     assert not report.unfaithful_runs and not report.partial
                     return report.decisions
 
                 return run
+
+            def in_memory() -> int:
+                report = replay_runs(runs_of(rows), stricter, policies, KEY)
+                assert not report.unfaithful_runs and not report.partial
+                return report.decisions
 
             def decide_once() -> int:
                 states: dict[str, object] = {}
@@ -140,6 +158,7 @@ def main() -> None:
                     f"replay, other policy, --jobs {args.jobs}",
                     best(replay(stricter, args.jobs)),
                 ),
+                ("replay, other policy, in memory (no reading)", best(in_memory)),
                 ("decide once, no reading (engine floor)", best(decide_once)),
             ]
         finally:
@@ -149,10 +168,10 @@ def main() -> None:
         f"{args.runs:,} runs); {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.1f}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
-    print("| step | seconds | recorded decisions/s |")
-    print("|---|---|---|")
-    for name, (seconds, counted) in results:
-        print(f"| {name} | {seconds:.2f} | {counted / seconds:,.0f} |")
+    print("| step | seconds | CPU s (this process) | recorded decisions/s |")
+    print("|---|---|---|---|")
+    for name, (seconds, cpu, counted) in results:
+        print(f"| {name} | {seconds:.2f} | {cpu:.2f} | {counted / seconds:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,18 @@ import orjson
 from baton.cli.options import KAFKA_CONNECTION, build_settings, group_variables, read_policy
 from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
 from baton.processors.replay import ReplayReport, RunOutcome
-from baton.processors.replay_pool import replay_parallel
+from baton.processors.replay_pool import prefetched, replay_pieces
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
 
-__all__ = ["register", "replay_cmd"]
+__all__ = ["register", "replay_audit", "replay_cmd"]
 
 _AGE = re.compile(r"(\d{1,7})\s*([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 #: changed runs listed in the table (all of them in --format json)
 _SHOWN = 20
+#: rows below which one process replays (starting --jobs processes costs about a second)
+_PARALLEL_ROWS = 20_000
 
 
 def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -97,13 +100,14 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     default=None,
     help="the audit: http(s)://user:pass@host:8123/db, chdb:///abs/dir, or `baton up`'s SQL "
     "endpoint; wins over --data-dir [env BATON_CLICKHOUSE_DSN; for https:// also "
-    "BATON_CLICKHOUSE_CA and BATON_CLICKHOUSE_VERIFY]",
+    "BATON_CLICKHOUSE_CA and BATON_CLICKHOUSE_VERIFY; BATON_CLICKHOUSE_TIMEOUT_S]",
 )
 @click.option(
     "--from-kafka",
     is_flag=True,
     help="replay the request and approval topics' records in the range instead of the audit "
-    "(deployments without one): decided under --baseline, compared with --policy",
+    "(deployments without one): decided under --baseline with the control topic's kill "
+    "switches and policy updates applied in order, compared with --policy",
 )
 @click.option(
     "--baseline",
@@ -159,8 +163,10 @@ def replay_cmd(
 
         settings = stack_settings({"bootstrap": bootstrap}, data_dir)
         baseline = read_policy(baseline_path or settings.policy)
-        report = replay_from_kafka(settings, new_policy, baseline, start, to, run_id, tenant)
-        policies, refused = {baseline.version: baseline}, []
+        report, policies = replay_from_kafka(
+            settings, new_policy, baseline, start, to, run_id, tenant
+        )
+        refused: list[str] = []
         label = f"Kafka at {settings.bootstrap} (baseline {baseline.version})"
     else:
         settings = audit_settings(clickhouse_dsn, data_dir)
@@ -190,7 +196,7 @@ def _replay(
     settings: Any, scope: Any, new_policy: Policy, key: bytes, jobs: int
 ) -> tuple[ReplayReport, dict[str, Policy], list[str], str]:
     from baton.sinks.clickhouse import audit_errors, connect, parse_dsn
-    from baton.sinks.replay_source import read_policies, read_runs_rows
+    from baton.sinks.replay_source import read_policies
 
     label = parse_dsn(settings.clickhouse_dsn).label
     client = connect(
@@ -199,30 +205,69 @@ def _replay(
     try:
         with audit_errors(label, "reading the recorded decisions"):
             policies, refused = read_policies(client)
-            rows = read_runs_rows(client, scope)
-            report = replay_parallel(rows, new_policy, policies, key, jobs, _Progress())
+            report = replay_audit(client, scope, new_policy, policies, key, jobs, _Progress)
     finally:
         client.close()
     return report, policies, refused, label
 
 
-class _Progress:
-    """A line on stderr every few seconds of a long replay (nothing on a short one)."""
+def replay_audit(
+    client: Any,
+    scope: Any,
+    new_policy: Policy,
+    policies: dict[str, Policy],
+    key: bytes,
+    jobs: int,
+    progress: Callable[[int], _Progress] | None = None,
+) -> ReplayReport:
+    """The replay of ``scope``'s runs read from ``client``'s audit, with ``jobs`` processes
+    for a long one; ``progress(total rows)`` makes the progress bar."""
+    from baton.sinks.replay_source import page_rows, read_pages, split_page
 
-    def __init__(self, every_s: float = 2.0) -> None:
-        self.began = self.last = time.monotonic()
-        self.every_s = every_s
+    pages = read_pages(client, scope)
+    if pages.rows < _PARALLEL_ROWS:
+        jobs = 1  # a process pool takes about a second to start
+    # pieces of whole runs: enough of them that every process has work to the end
+    rows = min(max(pages.rows // (jobs * 8), 1_000), 5_000)
+    pieces = (piece for page in prefetched(pages.pages) for piece in split_page(page, rows))
+    bar = progress(pages.rows) if progress is not None else None
+    report = replay_pieces(pieces, page_rows, new_policy, policies, key, jobs, bar)
+    if bar is not None:
+        bar.done()
+    return report
+
+
+class _Progress:
+    """A progress bar on stderr for a replay that takes more than a second: redrawn in place
+    on a terminal, a line every few seconds otherwise (logs); nothing for a short replay."""
+
+    def __init__(self, total: int, after_s: float = 1.0) -> None:
+        self.total = max(total, 1)
+        self.began = time.monotonic()
+        self.last = self.began + after_s
+        self.tty = sys.stderr.isatty()
+        self.shown = False
 
     def __call__(self, runs: int, decisions: int) -> None:
         now = time.monotonic()
-        if now - self.last < self.every_s:
+        if now - self.last < (0.2 if self.tty else 2.0):
             return
-        self.last = now
+        self.last, self.shown = now, True
+        click.echo(self._line(runs, decisions, now), err=True, nl=not self.tty)
+
+    def _line(self, runs: int, decisions: int, now: float) -> str:
+        done = min(decisions / self.total, 1.0)
+        bar = "█" * int(30 * done) + "░" * (30 - int(30 * done))
         rate = decisions / max(now - self.began, 1e-9)
-        click.echo(
-            f"baton replay: {runs:,} runs, {decisions:,} decisions so far ({rate:,.0f}/s)",
-            err=True,
+        text = (
+            f"baton replay: [{bar}] {decisions:,}/~{self.total:,} decisions, "
+            f"{runs:,} runs ({rate:,.0f}/s)"
         )
+        return f"\r{text}" if self.tty else text
+
+    def done(self) -> None:
+        if self.shown and self.tty:
+            click.echo("", err=True)
 
 
 def _exit(report: ReplayReport) -> None:

@@ -2,31 +2,38 @@
 
 Reads ``gov.handoff.requests`` and ``gov.approvals`` from the first record at or after
 ``since`` (by record timestamp) to their end when the command started (or ``until``), in each
-partition's order; a run's events are merged across the two topics by timestamp. With no
-recorded decisions to compare with, the events are first decided under a *baseline* policy
-(the one the workers ran: ``--baseline``, else BATON_POLICY or the seed policy) by the
-worker's own batch step, each at its record's timestamp, and that is what the new policy is
-compared with: the same report as a replay of the audit.
+partition's order, and ``gov.control`` from its start (a kill switch or a policy update made
+before the range is in force in it). With no recorded decisions to compare with, the events
+are first decided as a worker would have decided them (:func:`decide_topics`): in timestamp
+order, each at its record's timestamp, by the worker's own batch step, under a *baseline*
+policy (the one the workers ran: ``--baseline``, else BATON_POLICY or the seed policy), with
+the control records applied in the same order by the control follower's own step
+(``control_apply``: kill switches, releases, policy updates, signatures checked against the
+policy in force). That is what the new policy is compared with: the same report as a replay
+of the audit, where a kill switch's stops are replayed as recorded.
 
-Not read: gov.control. Kill switches and policy updates in the range are not applied (the
-audit replay takes them as recorded). A run whose first event in the range is not a handoff
-request (it started before ``since``) is partial, as in the audit replay.
+Order between topics is by record timestamp; a control record and a run event with the
+same timestamp: the control record first (a kill applies; fail closed). A worker applies
+control records as its follower reads them, so a run event within ``max_staleness_s`` of a
+kill may have been decided before it: such a run shows as a change, never silently. A run
+whose first event in the range is not a handoff request (it started before ``since``) is
+partial, as in the audit replay.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.control_apply import ControlInForce, apply_control_record
+from baton.processors.engine import NO_KILLS
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
 from baton.schemas.events import parse_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
-__all__ = ["replay_from_kafka"]
+__all__ = ["decide_topics", "replay_from_kafka"]
 
 _RUN_START = b'"handoff_requested"'
 
@@ -34,7 +41,8 @@ _RUN_START = b'"handoff_requested"'
 def _records(
     settings: Settings, topics: list[str], since: datetime | None, until: datetime | None
 ) -> list[tuple[int, str, InputRecord]]:
-    """(timestamp ms, topic, record) of ``topics`` in the range, read to their end."""
+    """(timestamp ms, topic, record) of ``topics`` in the range (from ``since``; None: from
+    their start), read to their end."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     from baton.schemas.errors import BrokerUnavailable
@@ -85,32 +93,45 @@ def _records(
         consumer.close()
 
 
-def _decided(
+def decide_topics(
     records: list[tuple[int, str, InputRecord]],
     baseline: Policy,
-    settings: Settings,
+    partitions: int,
     approvals: str,
-) -> Iterator[Recorded]:
-    """What a worker under ``baseline`` decided for ``records``, as audit rows, run by run."""
+    control: str,
+) -> tuple[list[Recorded], dict[str, Policy]]:
+    """What a worker under ``baseline`` decided for ``records`` (run events and ``control``
+    records, merged by timestamp: see the module docstring), as audit rows run by run; and
+    every policy that was in force (version -> policy)."""
+    in_force = ControlInForce(NO_KILLS, baseline, None, "--baseline")
     proc = BatchProcessor(
-        baseline, settings.partitions, {}, worker="replay", approvals_topic=approvals
+        baseline, partitions, {}, "replay", lambda: in_force.kills, approvals_topic=approvals
     )
+    policies = {baseline.version: baseline}
     started: set[str] = set()
     partial: set[str] = set()
     rows: list[tuple[str, int, Recorded]] = []
-    for n, (ts, _topic, rec) in enumerate(sorted(records, key=lambda r: r[0])):
+    ordered = sorted(enumerate(records), key=lambda r: (r[1][0], r[1][1] != control, r[0]))
+    for n, (ts, topic, rec) in ordered:
+        now = datetime.fromtimestamp(ts / 1000, UTC)
+        if topic == control:
+            in_force = apply_control_record(in_force, rec, "replay", now).in_force
+            proc.policy = policies.setdefault(in_force.policy.version, in_force.policy)
+            continue
         run = (rec.key or b"").decode("utf-8", "replace")
         if run not in started:
             started.add(run)
             if rec.value is None or _RUN_START not in rec.value:
                 partial.add(run)  # its start is before the range
-        now = datetime.fromtimestamp(ts / 1000, UTC)
         out = proc.process([rec], now)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
     rows.sort(key=lambda r: (r[0], r[1]))
-    for run, _, row in rows:
-        # a run started before the range: its chain names a predecessor, so it is partial
-        yield replace(row, chain_prev="before the range") if run in partial else row
+    # a run started before the range: its chain names a predecessor, so it is partial
+    recorded = [
+        row._replace(chain_prev="before the range") if run in partial else row
+        for run, _, row in rows
+    ]
+    return recorded, policies
 
 
 def replay_from_kafka(
@@ -121,8 +142,9 @@ def replay_from_kafka(
     until: datetime | None,
     run_id: str | None = None,
     tenant: str | None = None,
-) -> ReplayReport:
-    """The report of ``new_policy`` against ``baseline`` over the topics' range."""
+) -> tuple[ReplayReport, dict[str, Policy]]:
+    """The report of ``new_policy`` against ``baseline`` (and the policy updates on the
+    control topic) over the topics' range; and the policies that were in force."""
     from baton.streams.topics import TopicCatalog
 
     catalog = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions)
@@ -131,8 +153,11 @@ def replay_from_kafka(
         records = [r for r in records if r[2].key == run_id.encode()]
     if tenant is not None:
         records = [r for r in records if _tenant_of(r[2]) == tenant]
-    rows = _decided(records, baseline, settings, catalog.approvals)
-    return replay_runs(runs_of(rows), new_policy, {baseline.version: baseline})
+    records += _records(settings, [catalog.control], None, until)
+    rows, policies = decide_topics(
+        records, baseline, settings.partitions, catalog.approvals, catalog.control
+    )
+    return replay_runs(runs_of(rows), new_policy, policies), policies
 
 
 def _tenant_of(rec: InputRecord) -> str | None:

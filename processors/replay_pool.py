@@ -1,10 +1,17 @@
-"""`baton replay` on several cores: runs are independent, so chunks of them go to processes.
+"""`baton replay` on several cores: runs are independent, so pieces of whole runs go to processes.
 
-The reading process groups rows into runs and hands chunks of whole runs to a pool of
-``jobs`` processes, each running ``replay.replay_runs``; reports are merged in the order the
-chunks were read, so the result equals a replay in one process. A short replay never starts
-the pool (its start-up costs about a second): the first ``serial_rows`` rows are replayed in
-the reading process, and the pool starts only if more follow.
+The reading process hands *pieces* (whole runs each, in whatever form the reader made them:
+the audit's page bytes, or rows) to a pool of ``jobs`` processes; each decodes its piece
+(``decode``, a module-level function) and replays it with ``replay.replay_runs``. Reports are
+merged in the order the pieces were read, so the result equals a replay in one process.
+
+What the hand-off costs is kept small: a piece travels as the bytes it was read as (no
+pickled rows), the policies travel once per process (the pool's initializer), and at most
+``2 * jobs`` pieces are in flight (memory stays bounded however long the replay). The pool
+starts in a thread while the reading process replays the first pieces itself (a process
+pool takes about half a second to start: it must not stand between the audit and the
+first decisions). Reading runs in a thread too (``prefetched``): the audit's query for the
+next page overlaps the replay of this one (chDB and clickhouse-connect release the GIL).
 
 The pool uses the ``forkserver`` start method: the reading process holds a ClickHouse client
 (chDB's engine runs threads), and forking a process with threads is unsafe.
@@ -12,72 +19,171 @@ The pool uses the ``forkserver`` start method: the reading process holds a Click
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import queue
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from multiprocessing.pool import AsyncResult, Pool
+from typing import Any, TypeVar
 
-from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
+from baton.processors.recorded import Recorded
+from baton.processors.replay import ReplayReport, replay_runs, runs_of
 from baton.schemas.policy import Policy
 
-__all__ = ["replay_parallel"]
+__all__ = ["prefetched", "replay_parallel", "replay_pieces"]
 
-#: rows per chunk handed to a process: big enough that pickling is a small share
-_CHUNK_ROWS = 5_000
-
-
-def _merge(into: ReplayReport, part: ReplayReport) -> None:
-    into.runs.extend(part.runs)
-    into.partial.update(part.partial)
-    into.transitions.update(part.transitions)
+_T = TypeVar("_T")
+#: what a pool process replays under, set once by _start
+_job: tuple[Policy, dict[str, Policy], bytes, Callable[[Any], Iterable[Sequence[object]]]]
 
 
-def _chunks(runs: Iterable[list[Recorded]], rows: int) -> Iterator[list[list[Recorded]]]:
-    chunk: list[list[Recorded]] = []
-    size = 0
-    for run in runs:
-        chunk.append(run)
-        size += len(run)
-        if size >= rows:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
+def _start(
+    new_policy: Policy,
+    policies: dict[str, Policy],
+    chain_key: bytes,
+    decode: Callable[[Any], Iterable[Sequence[object]]],
+) -> None:
+    global _job
+    _job = (new_policy, policies, chain_key, decode)
 
 
-def _replay_chunk(task: tuple[list[list[Recorded]], Policy, dict[str, Policy], bytes]) -> Any:
-    runs, new_policy, policies, key = task
-    return replay_runs(runs, new_policy, policies, key)
+def _replay_piece(piece: Any) -> ReplayReport:
+    new_policy, policies, chain_key, decode = _job
+    return replay_runs(runs_of(decode(piece)), new_policy, policies, chain_key)
 
 
-def replay_parallel(
-    rows: Iterable[Sequence[object] | Recorded],
+def _as_rows(piece: list[Sequence[object]]) -> list[Sequence[object]]:
+    return piece
+
+
+def replay_pieces(
+    pieces: Iterable[_T],
+    decode: Callable[[_T], Iterable[Sequence[object]]],
     new_policy: Policy,
     policies: dict[str, Policy],
     chain_key: bytes = b"",
     jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
-    serial_rows: int = 20_000,
+    wait: bool = False,
 ) -> ReplayReport:
-    """``replay_runs`` over ``rows`` (REPLAY_COLUMNS order, run by run) with ``jobs``
-    processes once more than ``serial_rows`` rows came."""
+    """``replay_runs`` over ``pieces`` (each whole runs in order, rows from ``decode(piece)``,
+    a module-level function) with ``jobs`` processes (1: this one only); ``wait``: every
+    piece to the pool (none replayed here while it starts)."""
     report = ReplayReport()
-    chunks = _chunks(runs_of(rows), _CHUNK_ROWS)
-    read = 0
-    for chunk in chunks:
-        _merge(report, replay_runs(chunk, new_policy, policies, chain_key))
-        read += sum(len(run) for run in chunk)
+    decided = 0
+
+    def merge(part: ReplayReport) -> None:
+        nonlocal decided
+        report.merge(part)
+        decided += part.decisions
         if progress is not None:
-            progress(len(report.runs) + len(report.partial), report.decisions)
-        if read >= serial_rows and jobs > 1:
-            break
-    else:
+            progress(len(report.runs) + len(report.partial), decided)
+
+    if jobs <= 1:
+        for piece in pieces:
+            merge(replay_runs(runs_of(decode(piece)), new_policy, policies, chain_key))
         return report
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["baton.processors.replay"])
-    tasks = ((chunk, new_policy, policies, chain_key) for chunk in chunks)
-    with ctx.Pool(jobs) as pool:
-        for part in pool.imap(_replay_chunk, tasks):
-            _merge(report, part)
-            if progress is not None:
-                progress(len(report.runs) + len(report.partial), report.decisions)
+    ctx.set_forkserver_preload(["baton.processors.replay_pool", decode.__module__])
+    started: list[Pool] = []
+    starter = threading.Thread(
+        target=lambda: started.append(
+            ctx.Pool(jobs, _start, (new_policy, policies, chain_key, decode))
+        ),
+        daemon=True,
+    )
+    starter.start()
+    if wait:
+        starter.join()
+    #: in read order: a report replayed here, or one a pool process is working on
+    waiting: deque[ReplayReport | AsyncResult[ReplayReport]] = deque()
+    try:
+        for piece in pieces:
+            if not started:  # the pool is starting: this process replays the piece itself
+                merge(replay_runs(runs_of(decode(piece)), new_policy, policies, chain_key))
+                continue
+            while len(waiting) >= 2 * jobs:
+                _merge_first(waiting, merge)
+            waiting.append(started[0].apply_async(_replay_piece, (piece,)))
+            while waiting and (type(waiting[0]) is ReplayReport or waiting[0].ready()):
+                _merge_first(waiting, merge)
+        while waiting:
+            _merge_first(waiting, merge)
+    finally:
+        starter.join()
+        for pool in started:
+            pool.terminate()
+            pool.join()
     return report
+
+
+def _merge_first(
+    waiting: deque[ReplayReport | AsyncResult[ReplayReport]],
+    merge: Callable[[ReplayReport], None],
+) -> None:
+    first = waiting.popleft()
+    merge(first if type(first) is ReplayReport else first.get())  # type: ignore[union-attr]
+
+
+def _pieces(runs: Iterable[list[Recorded]], rows: int) -> Iterator[list[Recorded]]:
+    piece: list[Recorded] = []
+    for run in runs:
+        piece += run
+        if len(piece) >= rows:
+            yield piece
+            piece = []
+    if piece:
+        yield piece
+
+
+def replay_parallel(
+    rows: Iterable[Sequence[object]],
+    new_policy: Policy,
+    policies: dict[str, Policy],
+    chain_key: bytes = b"",
+    jobs: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    piece_rows: int = 5_000,
+    wait: bool = False,
+) -> ReplayReport:
+    """``replay_runs`` over ``rows`` (REPLAY_COLUMNS order, run by run) with ``jobs``
+    processes, pieces of about ``piece_rows`` rows; rows are pickled to them (a reader of
+    the audit hands bytes: replay_pieces)."""
+    pieces = _pieces(runs_of(rows), piece_rows)
+    return replay_pieces(pieces, _as_rows, new_policy, policies, chain_key, jobs, progress, wait)
+
+
+def prefetched(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
+    """``items``, produced by a thread up to ``depth`` ahead (reading overlaps replaying);
+    an exception in the thread is raised here, where the item would have come."""
+    ahead: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                ahead.put((True, item))
+            ahead.put((False, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            ahead.put((False, exc))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = ahead.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                ahead.get(timeout=0.1)

@@ -7,24 +7,43 @@ the decisions topic and were published in the order they were made). The control
 follower's records (kill switches, policy updates) are not run steps. Policies come from the
 workers' ``policy_in_force`` records; one whose document does not hash to the version it
 claims is not used (a forged or damaged row).
+
+Rows are read as *pages*: whole runs, about 50,000 rows a query (memory holds a page, never
+the audit), in the audit's JSON rows format, and decoded (:func:`page_rows`) where they are
+replayed: the reading process cuts pages into pieces of whole runs (:func:`split_page`) and
+hands the bytes to the `--jobs` processes. A FINAL query scans the table (its key starts with
+the tenant), so pages are few and big, and the pieces handed out are small.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from clickhouse_connect.driver.client import Client
+import orjson
 from pydantic import ValidationError
 
-from baton.processors.replay import REPLAY_COLUMNS
+from baton.processors.recorded import REPLAY_COLUMNS, Recorded
 from baton.schemas.decision import Phase, Reason
+from baton.schemas.errors import AuditUnavailable
 from baton.schemas.policy import Policy
 from baton.sinks.schema import DATABASE
 
-__all__ = ["ReplayScope", "read_commands", "read_policies", "read_runs_rows"]
+if TYPE_CHECKING:  # the replay processes decode pages and need no ClickHouse client
+    from clickhouse_connect.driver.client import Client
+
+__all__ = [
+    "Pages",
+    "ReplayScope",
+    "page_rows",
+    "read_commands",
+    "read_pages",
+    "read_policies",
+    "read_runs_rows",
+    "split_page",
+]
 
 _DECIDED_AT = REPLAY_COLUMNS.index("decided_at")
 #: a record of the control follower (a kill switch, a release, a policy update, applied or
@@ -109,44 +128,121 @@ def read_commands(client: Client) -> list[str]:
     return [str(row[0]) for row in client.query(_COMMANDS_SQL).result_rows]
 
 
-def read_runs_rows(client: Client, scope: ReplayScope) -> Iterator[tuple[Any, ...]]:
+def read_runs_rows(client: Client, scope: ReplayScope) -> Iterator[Recorded]:
     """Every recorded decision in ``scope``, in REPLAY_COLUMNS order, run by run in order.
 
     Paged by run id (a page ends at a run boundary: the runs of each page are read whole),
     so memory holds about one page of rows, never the whole audit.
     """
+    for page in read_pages(client, scope).pages:
+        yield from page_rows(page)
+
+
+@dataclass(frozen=True, slots=True)
+class Pages:
+    """The pages of a scope (raw bytes, whole runs each, see :func:`page_rows`) and about how
+    many rows they hold (counted before ``FINAL`` folds copies: for a progress bar)."""
+
+    rows: int
+    pages: Iterator[bytes]
+
+
+def read_pages(client: Client, scope: ReplayScope, rows_per_page: int = _PAGE) -> Pages:
+    """The rows of ``scope`` as pages of about ``rows_per_page`` rows, each holding whole runs in
+    order, in the audit's own text (JSON rows, decoded by :func:`page_rows` where they are
+    replayed: the reading process hands bytes to `--jobs` processes, never Python objects).
+
+    One query finds where pages end (a running count per run id), one reads each page.
+    """
     where, params = scope.where()
-    columns = ", ".join(f"`{c}`" for c in REPLAY_COLUMNS)
-    after = ""
-    while True:
-        page_where = where + (" AND run_id > {after:String}" if after else "")
-        page_params = {**params, "after": after} if after else params
-        # the runs of this page: whole runs, about _PAGE rows
-        last = client.query(
-            f"SELECT max(run_id) FROM (SELECT run_id FROM {DATABASE}.decisions "
-            f"WHERE {page_where} ORDER BY run_id LIMIT {_PAGE})",
-            parameters=page_params,
-        ).result_rows
-        if not last or not last[0][0]:
-            return
-        upto = last[0][0]
-        rows = client.query(
-            f"SELECT {columns} FROM {DATABASE}.decisions FINAL "
-            f"WHERE {page_where} AND run_id <= {{upto:String}} "
+    bounds = client.query(
+        f"SELECT run_id, upto FROM (SELECT run_id, sum(n) OVER (ORDER BY run_id ROWS "
+        f"UNBOUNDED PRECEDING) AS upto, n FROM (SELECT run_id, count() AS n FROM "
+        f"{DATABASE}.decisions WHERE {where} GROUP BY run_id)) "
+        f"WHERE intDiv(upto, {int(rows_per_page)}) > intDiv(upto - n, {int(rows_per_page)}) "
+        "ORDER BY run_id",
+        parameters=params,
+    ).result_rows
+    total = client.query(
+        f"SELECT count() FROM {DATABASE}.decisions WHERE {where}", parameters=params
+    ).result_rows[0][0]
+    return Pages(int(total), _pages(client, where, params, [str(r[0]) for r in bounds]))
+
+
+def _pages(
+    client: Client, where: str, params: dict[str, Any], bounds: list[str]
+) -> Iterator[bytes]:
+    after: str | None = None
+    for upto in [*bounds, None]:
+        clauses, page_params = [where], dict(params)
+        if after is not None:
+            clauses.append("run_id > {after:String}")
+            page_params["after"] = after
+        if upto is not None:
+            clauses.append("run_id <= {upto:String}")
+            page_params["upto"] = upto
+        page = client.raw_query(
+            f"SELECT {_SELECT} FROM {DATABASE}.decisions FINAL WHERE {' AND '.join(clauses)} "
             "ORDER BY run_id, decided_at, audit_partition, audit_offset",
-            parameters={**page_params, "upto": upto},
-        ).result_rows
-        for row in rows:
-            yield _utc(row)
+            parameters=page_params,
+            settings=_JSON_ROWS,
+            fmt="JSONCompactEachRow",
+        )
+        if page:
+            yield page
         after = upto
 
 
-def _utc(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """decided_at as an aware UTC time (clickhouse-connect returns it without a zone; the
-    engine's clock must be aware)."""
-    at = row[_DECIDED_AT]
-    if at.tzinfo is not None:
-        return row
-    out = list(row)
-    out[_DECIDED_AT] = at.replace(tzinfo=UTC)
-    return tuple(out)
+#: the page's columns: REPLAY_COLUMNS, decided_at as microseconds since the epoch (exact,
+#: and cheaper to read back than a formatted time)
+_SELECT = ", ".join(
+    "toUnixTimestamp64Micro(decided_at)" if c == "decided_at" else f"`{c}`" for c in REPLAY_COLUMNS
+)
+#: text any JSON parser takes: bytes that are not UTF-8 (a forged row) as U+FFFD, not raw
+#: (the row then fails its chain link, named); 64-bit numbers as numbers, not strings
+_JSON_ROWS = {
+    "output_format_json_validate_utf8": 1,
+    "output_format_json_quote_64bit_integers": 0,
+}
+
+
+def split_page(page: bytes, rows: int) -> Iterator[bytes]:
+    """``page`` cut into pieces of about ``rows`` rows (more to end a run: a run is never
+    split), still in the page format: what the reading process hands to one replay process."""
+    lines = page.rstrip(b"\n").split(b"\n")
+    start = 0
+    while start < len(lines):
+        end = start + max(rows, 1)
+        if end < len(lines):
+            run_id = _run_of(lines[end - 1])
+            while end < len(lines) and _run_of(lines[end]) == run_id:
+                end += 1
+        yield b"\n".join(lines[start:end])
+        start = end
+
+
+def _run_of(line: bytes) -> object:
+    return orjson.loads(line)[0]
+
+
+def page_rows(page: bytes) -> Iterator[Recorded]:
+    """A page of :func:`read_pages` as recorded decisions (``decided_at`` an aware UTC time)."""
+    try:
+        rows = orjson.loads(b"[" + page.rstrip(b"\n").replace(b"\n", b",") + b"]")
+    except orjson.JSONDecodeError as exc:
+        raise AuditUnavailable(
+            f"a page of recorded decisions from the audit is not JSON rows ({exc}; it starts "
+            f"{page[:120]!r}); is the audit a ClickHouse server?"
+        ) from None
+    times: dict[int, datetime] = {}
+    for row in rows:
+        micros = row[_DECIDED_AT]
+        at = times.get(micros)
+        if at is None:
+            at = times[micros] = _EPOCH + timedelta(microseconds=micros)
+        row[_DECIDED_AT] = at
+        yield _new_row(Recorded, row)
+
+
+_new_row = tuple.__new__
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

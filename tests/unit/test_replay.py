@@ -7,7 +7,6 @@ per decision id (re-emissions are not stored), in publish order, is what the aud
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -183,7 +182,7 @@ def test_a_history_that_does_not_start_in_what_was_read_is_partial_not_replayed(
 def test_a_run_recorded_without_inputs_or_its_policy_is_partial() -> None:
     policy = seed_policy()
     rows = record(policy, _budget_history("run_a", 2, 1.0))
-    no_input = [replace(rows[0], input=None), *rows[1:]]
+    no_input = [rows[0]._replace(input=None), *rows[1:]]
     report = replay_runs(runs_of(no_input), policy, _policies(policy), KEY)
     assert "records no input" in report.partial["run_a"]
     report = replay_runs(runs_of(rows), policy, {}, KEY)

@@ -283,7 +283,7 @@ def test_an_allow_after_a_kill_means_the_kill_was_lifted() -> None:
     now = datetime.now(UTC)
     rec = Recorded("r", "d1", "stop", "killed", None, "v", now, "w", 0, 0, "{}", None, None)
     assert ends_killed([rec])
-    allow = replace(rec, decision_id="d2", outcome="allow", reason="ok")
+    allow = rec._replace(decision_id="d2", outcome="allow", reason="ok")
     assert not ends_killed([rec, allow])
 
 

@@ -1,0 +1,173 @@
+"""One run's recorded steps decided again under one policy, by the engine call the worker made.
+
+A *step* is one engine call: the recorded decisions of one input record share its position
+and time (``decided_at``, worker, partition, offset, input). :class:`Replayer` decides a
+run's steps in order from its start with the step's recorded time as ``now``: ``decide``,
+``refuse`` for a refusal of the worker's own (``worker_run_limit``, ``run_state_limit``:
+not policy, replayed as recorded), ``expire_approvals`` for a timer step (no input).
+
+The proof replayer (``proof=True``, the recorded policy) links what it decides into the
+run's hash chain as the worker's batch step does: the chain covers each decision with its
+input, the state keeps the decision without it. So a matching ``chain_hash`` proves every
+field equal, and a rebuilt state is the worker's, byte for byte. The what-if replayer only
+marks what it decided (its decisions are compared on outcome and reason, never hashed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from baton.processors.chain import link
+from baton.processors.engine import (
+    NO_KILLS,
+    KillSwitches,
+    Origin,
+    decide,
+    expire_approvals,
+    refuse,
+)
+from baton.processors.recorded import Recorded
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision, Reason
+from baton.schemas.events import RunEvent
+from baton.schemas.policy import Policy
+
+__all__ = ["Replayer", "faithful", "is_partial", "step_context", "steps"]
+
+#: refusals of the worker's own, not of its policy: replayed as refusals under both policies
+_WORKER_REFUSALS = frozenset({Reason.WORKER_RUN_LIMIT.value, Reason.RUN_STATE_LIMIT.value})
+# plain strings: an enum member's lookup costs ten times a global's, and these run per step
+_KILLED, _RUN_STATE_LIMIT = Reason.KILLED.value, Reason.RUN_STATE_LIMIT.value
+#: a run `baton up` restored stopped (its history did not replay as recorded): not policy,
+#: replayed as recorded from the step that first says so
+_AUDIT_UNVERIFIED = Reason.AUDIT_UNVERIFIED.value
+#: what the worker's sweep decides (no input: replayed as a timer step)
+_TIMER_REASONS = frozenset({Reason.APPROVAL_EXPIRED.value, Reason.RESERVATION_EXPIRED.value})
+#: the what-if replayer's mark on a decision it made (in place of a chain link): a reply
+#: answered again from the state is marked already, so it is not taken for a new decision
+_DECIDED_HERE = "replayed"
+
+
+def steps(run: list[Recorded]) -> list[list[Recorded]]:
+    """The run's decisions cut into engine calls (same input record, same time)."""
+    out: list[list[Recorded]] = []
+    last: tuple[object, ...] | None = None
+    for rec in run:
+        where = rec[6:11]  # decided_at, worker, partition, offset, input
+        if where != last:
+            out.append([rec])
+            last = where
+        else:
+            out[-1].append(rec)
+    return out
+
+
+def step_context(recs: list[Recorded]) -> tuple[KillSwitches, Recorded | None]:
+    """What a step was decided with besides its policy: the kill switch its run was under
+    (a stop ``killed`` says so) and a refusal of the worker's own, as recorded."""
+    kills, refusal = NO_KILLS, None
+    for r in recs:
+        if r.reason == _KILLED:
+            kills = KillSwitches(runs=frozenset({r.run_id}))
+        elif r.reason in _WORKER_REFUSALS:
+            refusal = r
+    return kills, refusal
+
+
+def is_partial(run: list[Recorded], policies: dict[str, Policy]) -> str | None:
+    """Why ``run`` cannot be replayed from its start (None: it can)."""
+    chained = next((r for r in run if r.chain_hash is not None), None)
+    if chained is not None and chained.chain_prev != "":
+        return "its history does not start in what was read (trimmed by retention or --since)"
+    for rec in run:
+        if rec.input is None and rec.reason not in _TIMER_REASONS:
+            return f"decision {rec.decision_id} records no input (audited before inputs were)"
+        if rec.policy_version not in policies:
+            return f"policy {rec.policy_version} is not in the audit (no policy_in_force record)"
+    return None
+
+
+def faithful(rec: Recorded, d: Decision | None) -> bool:
+    """``d`` (decided again under the recorded policy) is ``rec``: every field, through the
+    chain hash, for a chained record; id, outcome and reason for one without a link."""
+    if d is None or d.decision_id != rec.decision_id:
+        return False
+    if rec.chain_hash is not None:
+        return d.chain_hash == rec.chain_hash
+    return d.outcome == rec.outcome and d.reason == rec.reason
+
+
+class Replayer:
+    """Decides one run's steps under one policy (or the recorded ones), like the worker."""
+
+    __slots__ = ("chain_key", "policy_of", "proof", "state")
+
+    def __init__(
+        self, policy_of: Callable[[Recorded], Policy], chain_key: bytes, proof: bool = True
+    ) -> None:
+        self.policy_of = policy_of
+        self.chain_key = chain_key
+        #: True: link the chain with the inputs as the worker did (the recorded policy's
+        #: replay, compared field by field); False: the new policy's, compared on outcomes
+        self.proof = proof
+        self.state: RunState | None = None
+
+    def step(
+        self,
+        recs: list[Recorded],
+        event: RunEvent | None,
+        kills: KillSwitches,
+        refusal: Recorded | None,
+    ) -> list[Decision]:
+        """The step's decisions made now (not the replies re-emitted from the state)."""
+        first = recs[0]
+        policy = self.policy_of(first)
+        now = first.decided_at
+        before = self.state
+        if (
+            before is not None
+            and before.stopped is None
+            and any(r.reason == _AUDIT_UNVERIFIED for r in recs)
+        ):
+            self.state = before = before.copy()
+            before.stopped = _AUDIT_UNVERIFIED
+        if event is None:
+            if before is None:
+                return []
+            new, decided = expire_approvals(before, policy, now, kills)
+        elif refusal is not None:
+            stored = before if refusal.reason == _RUN_STATE_LIMIT else None
+            new, decided = refuse(
+                stored,
+                event,
+                policy,
+                now,
+                Reason(refusal.reason),
+                refusal.detail or "",
+                kills,
+                Origin(first.worker, first.partition, first.offset),
+            )
+            new = new if new is not None else before
+        else:
+            origin = Origin(first.worker, first.partition, first.offset)
+            new, decided = decide(before, event, policy, now, kills, origin)
+        self.state = new
+        fresh = [d for d in decided if d.chain_hash is None]
+        if new is before or new is None:  # nothing kept: nothing to link
+            return fresh
+        if not self.proof:
+            for d in fresh:
+                d.chain_hash = _DECIDED_HERE
+        elif event is None:  # a timer step: the sweep links what it decides as it is
+            link(new, fresh, self.chain_key)
+        else:
+            # as the worker's batch step: the published copy (with the input) is what the
+            # chain covers, the state keeps the decision without it; setting the input for
+            # the link is the copy without copying (recorded.publishable, keep_links)
+            text = first.input
+            for d in fresh:
+                d.input = text
+            link(new, fresh, self.chain_key)
+            for d in fresh:
+                d.input = None
+        return fresh

@@ -1,0 +1,84 @@
+"""What `baton replay` hands between reading and replaying: pages of the audit's JSON rows, cut
+into pieces of whole runs, decoded where they are replayed, on one process or several."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from baton.processors.replay import runs_of
+from baton.processors.replay_pool import prefetched, replay_parallel
+from baton.schemas.errors import AuditUnavailable
+from baton.sinks.replay_source import page_rows, split_page
+from tests.unit.test_engine_support import policy_with
+from tests.unit.test_replay import KEY, _budget_history, _policies, record
+
+pytestmark = pytest.mark.unit
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _page(rows: list) -> bytes:
+    """Rows as the audit's query writes them (JSONCompactEachRow, decided_at in µs)."""
+    lines = []
+    for r in rows:
+        row = list(r)
+        row[6] = (r.decided_at - _EPOCH) // timedelta(microseconds=1)
+        lines.append(orjson.dumps(row))
+    return b"\n".join(lines) + b"\n"
+
+
+def _rows(runs: int, handoffs: int) -> list:
+    loose = policy_with(max_handoffs=20)
+    out: list = []
+    for i in range(runs):
+        out += record(loose, _budget_history(f'run-{i:02d}\n"x', handoffs, 1.0))
+    return out
+
+
+def test_a_page_decodes_to_the_rows_it_was_made_of_times_exact_to_the_microsecond() -> None:
+    rows = _rows(3, 2)
+    decoded = list(page_rows(_page(rows)))
+    assert decoded == rows
+    assert all(r.decided_at.tzinfo is not None for r in decoded)
+
+
+def test_pieces_hold_whole_runs_and_together_the_whole_page() -> None:
+    rows = _rows(5, 3)  # 6 rows a run, run ids with a newline and a quote in them
+    page = _page(rows)
+    pieces = list(split_page(page, 4))
+    assert len(pieces) == 5  # 4 rows asked, a run is never cut: one run (6 rows) a piece
+    assert [r for p in pieces for r in page_rows(p)] == rows
+    for piece in pieces:
+        assert len({r.run_id for r in page_rows(piece)}) == 1
+    assert len(list(split_page(page, 10_000))) == 1
+
+
+def test_a_page_that_is_not_json_rows_names_what_it_got() -> None:
+    with pytest.raises(AuditUnavailable, match=r"not JSON rows .*starts b'<html>"):
+        list(page_rows(b"<html>proxy error</html>\n"))
+
+
+def test_several_processes_report_what_one_does_in_the_same_order() -> None:
+    loose, strict = policy_with(max_handoffs=20), policy_with(max_handoffs=3)
+    rows = [r for i in range(30) for r in record(loose, _budget_history(f"r{i:02d}", 5, 1.0))]
+    one = replay_parallel(rows, strict, _policies(loose), KEY, jobs=1)
+    # pieces of 20 rows (2 runs), every one through the pool (none replayed while it starts)
+    two = replay_parallel(rows, strict, _policies(loose), KEY, 2, piece_rows=20, wait=True)
+    assert [r.run_id for r in two.runs] == [r.run_id for r in one.runs]
+    assert two.transitions == one.transitions and two.decisions == one.decisions == len(rows)
+    assert len(list(runs_of(rows))) == len(one.runs) == 30 and not two.unfaithful_runs
+
+
+def test_a_reading_error_is_raised_where_the_page_would_have_come() -> None:
+    def pages() -> Iterator[bytes]:
+        yield b"first"
+        raise AuditUnavailable("chdb:///x: the audit went away")
+
+    got = prefetched(pages())
+    assert next(got) == b"first"
+    with pytest.raises(AuditUnavailable, match="went away"):
+        next(got)
