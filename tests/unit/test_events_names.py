@@ -239,3 +239,11 @@ def test_a_number_no_float_holds_is_out_of_range_naming_its_field(
 def test_nan_and_infinity_literals_stay_not_json() -> None:
     raw = _requested(estimated_usd=1.0).replace(b"1.0", b"Infinity")
     assert _refusal(raw).kind == "not_json"
+
+
+@pytest.mark.parametrize("depth", [10, 900, 990, 5000])
+def test_a_deeply_nested_1e400_is_one_event_error_with_a_bounded_message(depth: int) -> None:
+    raw = b'{"type":"handoff_completed","x":' + b"[" * depth + b"1e400" + b"]" * depth + b"}"
+    error = _refusal(raw)  # never RecursionError: parse_event raises EventError only
+    assert error.kind in ("out_of_range", "not_json")
+    assert len(str(error)) < 400
