@@ -11,7 +11,16 @@ from baton.schemas.decision import DECISION_ADAPTER, Reason
 from baton.schemas.events import CONTROL_EVENT_TYPES, RUN_EVENT_TYPES
 from baton.schemas.policy import Policy
 
-__all__ = ["json_schemas", "write_json_schemas"]
+__all__ = ["NAMES_COMMENT", "json_schemas", "write_json_schemas"]
+
+#: the name rule (baton.schemas.names), which a JSON Schema pattern cannot say: for clients in
+#: other languages, next to the fields it applies to
+NAMES_COMMENT = (
+    "Names (agents, tools, actions, task_kind, status, tenant, approver, operator) hold "
+    "printable characters of one script, no space and no invisible character, else the event "
+    "is a bad_name dead letter; Baton compares and records them folded (NFKC, then case "
+    "folded), at most 256 characters. Ids (run_id, task_id, request_id) are compared exactly."
+)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
@@ -19,7 +28,9 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for model in (*RUN_EVENT_TYPES, *CONTROL_EVENT_TYPES):
         name = model.model_fields["type"].default
-        out[f"{name}.schema.json"] = model.model_json_schema()
+        schema = model.model_json_schema()
+        schema["$comment"] = NAMES_COMMENT
+        out[f"{name}.schema.json"] = schema
     decision = DECISION_ADAPTER.json_schema()
     # the record holds the reason as text (a stopped run keeps its reason as it was
     # recorded); the contract is the Reason enum: every reason Baton writes

@@ -247,3 +247,13 @@ def test_a_deeply_nested_1e400_is_one_event_error_with_a_bounded_message(depth: 
     error = _refusal(raw)  # never RecursionError: parse_event raises EventError only
     assert error.kind in ("out_of_range", "not_json")
     assert len(str(error)) < 400
+
+
+def test_the_exported_event_schemas_state_the_name_rule() -> None:
+    from baton.schemas.export import NAMES_COMMENT, json_schemas
+
+    events = {n: s for n, s in json_schemas().items() if n not in ("decision.schema.json",)}
+    events.pop("policy.schema.json")
+    assert len(events) == 8
+    assert all(schema["$comment"] == NAMES_COMMENT for schema in events.values())
+    assert "bad_name" in NAMES_COMMENT and "NFKC" in NAMES_COMMENT
