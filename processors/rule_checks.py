@@ -286,33 +286,54 @@ def spent_over(st: RunState, rules: TenantRules) -> Refusal | None:
 
 
 def bounce_rule(st: RunState, req: HandoffRequested, max_bounces: int) -> Refusal | None:
-    """max_bounces -> delegation_cycle: from_agent hands work back to the agent that last
-    handed work to it, once too often (task ids and parent links play no part)."""
+    """max_bounces -> delegation_cycle: work goes back to where it came from once too often,
+    task ids and parent links playing no part: from_agent hands work back to the agent that
+    last handed work to it (A -> B -> A), or to the start of a three-agent loop
+    (A -> B -> C -> A). Each such handoff is a bounce of its pair of agents."""
     giver, taker = req.from_agent, req.to_agent
     if giver == taker:
         return None
     last = st.bounces.get((giver, taker) if giver < taker else (taker, giver))
-    if last is None or last[0] == giver:
+    back = last is not None and last[0] != giver
+    via = None if back else _loop_via(st, giver, taker)
+    if not back and via is None:
         return None  # the pair's first handoff, or the same direction as the last
-    bounces = last[1] + 1
-    if bounces > max_bounces:
-        return (
-            Reason.DELEGATION_CYCLE,
-            f"{taker} and {giver} handed work back and forth {bounces} times > max_bounces "
-            f"{max_bounces}",
-        )
-    return None
+    bounces = (last[1] if last is not None else 0) + 1
+    if bounces <= max_bounces:
+        return None
+    if via is None:
+        why = f"{taker} and {giver} handed work back and forth {bounces} times"
+    else:
+        why = f"{giver} closes the loop {taker} -> {via} -> {giver} -> {taker} ({bounces} times)"
+    return Reason.DELEGATION_CYCLE, f"{why} > max_bounces {max_bounces}"
 
 
 def count_bounce(st: RunState, req: HandoffRequested) -> None:
-    """Record an allowed handoff for max_bounces: a change of direction is one bounce."""
+    """Record an allowed handoff for max_bounces (changes ``st``): handing work back, or
+    closing a three-agent loop, is one bounce of the pair."""
     giver, taker = req.from_agent, req.to_agent
     if giver == taker:
         return
     pair = (giver, taker) if giver < taker else (taker, giver)
     last = st.bounces.get(pair)
-    bounces = 0 if last is None else last[1] + (last[0] != giver)
-    st.bounces = {**st.bounces, pair: (giver, bounces)}
+    back = last is not None and last[0] != giver
+    bounced = back or _loop_via(st, giver, taker) is not None
+    st.bounces = {**st.bounces, pair: (giver, (last[1] if last is not None else 0) + bounced)}
+
+
+def _loop_via(st: RunState, giver: str, taker: str) -> str | None:
+    """The agent X that ``taker`` last handed work to and that last handed work to
+    ``giver``: giver -> taker then closes the loop taker -> X -> giver -> taker (None: no
+    such agent). One pass over the run's agents, two lookups each."""
+    bounces = st.bounces
+    for x in st.agents:  # giver and taker themselves never match: no pair of one agent
+        out = bounces.get((taker, x) if taker < x else (x, taker))
+        if out is None or out[0] != taker:
+            continue
+        into = bounces.get((x, giver) if x < giver else (giver, x))
+        if into is not None and into[0] == x:
+            return x
+    return None
 
 
 def tool_rule(req: HandoffRequested, rules: TenantRules) -> Refusal | None:
@@ -341,9 +362,7 @@ def used_tools_rule(
     return (Reason.TOOL_NOT_PERMITTED, refusal) if refusal else None
 
 
-def ungranted_tool_rule(
-    st: RunState, done: HandoffCompleted, rules: TenantRules
-) -> Refusal | None:
+def ungranted_tool_rule(st: RunState, done: HandoffCompleted, rules: TenantRules) -> Refusal | None:
     """require_approval_for -> tool_not_permitted: a completion reports a tool the approval
     gate matches that no grant covers: its handoff (this request id, this task, this agent)
     was not granted, or was granted for other names (already used: the run is stopped)."""

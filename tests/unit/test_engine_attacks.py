@@ -183,3 +183,16 @@ def test_a_report_under_another_agents_name_is_checked_against_the_owners_tools(
     allowed = run.handoff("t1", "planner", "billing_agent")
     report = run.one(completed(allowed.request_id, "t1", "someone_else", tools=["shell.exec"], t=1))
     assert report.reason == Reason.TOOL_NOT_PERMITTED
+
+
+def test_a_grant_forgotten_past_max_grants_stops_its_report_never_passes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("baton.processors.approvals.MAX_GRANTS", 2)
+    run = Run(parse_policy(GATED))
+    first, second, third = (_granted(run, f"t{i}", tool="billing.refund.create") for i in (1, 2, 3))
+    assert run.state is not None and list(run.state.grants) == [second.request_id, third.request_id]
+    ok = _report(run, third.request_id, "billing.refund.create", task="t3")
+    assert ok.reason == Reason.WITHIN_BUDGET
+    forgotten = _report(run, first.request_id, "billing.refund.create")
+    assert (forgotten.outcome, forgotten.reason) == (Outcome.STOP, Reason.TOOL_NOT_PERMITTED)

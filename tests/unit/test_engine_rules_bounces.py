@@ -1,4 +1,5 @@
-"""max_bounces: two agents handing work back and forth are stopped, whatever the task ids."""
+"""max_bounces: work handed back and forth (two agents, or a loop of three) is stopped,
+whatever the task ids."""
 
 from __future__ import annotations
 
@@ -72,3 +73,30 @@ def test_bounces_survive_the_state_round_trip() -> None:
     run.state = RunState.from_bytes(run.state.to_bytes())
     assert run.state.bounces == {("a", "b"): ("b", 1)}
     assert run.handoff("t3", "a", "b").reason == Reason.DELEGATION_CYCLE
+
+
+def test_three_agents_in_a_loop_with_fresh_task_ids_are_stopped_as_a_delegation_cycle() -> None:
+    run = _run(1)
+    for i, (giver, taker) in enumerate([("a", "b"), ("b", "c"), ("c", "a")] * 2):
+        if i < 5:  # a -> b -> c -> a: one bounce of each pair, then the loop again
+            assert run.handoff(f"t{i}", giver, taker).outcome == Outcome.ALLOW, i
+    second = run.handoff("t9", "c", "a")  # the loop closed a second time
+
+    assert (second.outcome, second.reason) == (Outcome.STOP, Reason.DELEGATION_CYCLE)
+    assert "c closes the loop a -> b -> c -> a (2 times) > max_bounces 1" in (second.detail or "")
+
+
+def test_zero_bounces_refuses_the_handoff_that_closes_a_three_agent_loop() -> None:
+    run = _run(0)
+    run.handoff("t1", "a", "b")
+    run.handoff("t2", "b", "c")
+    assert run.handoff("t3", "c", "a").reason == Reason.DELEGATION_CYCLE
+    assert run.handoff("t4", "c", "d").outcome == Outcome.ALLOW  # leaving the loop is fine
+
+
+def test_a_task_tree_fanning_out_is_not_a_loop() -> None:
+    run = _run(0)
+    for i, (giver, taker) in enumerate(
+        [("orchestrator", "planner"), ("planner", "a"), ("planner", "b"), ("a", "b"), ("a", "b")]
+    ):
+        assert run.handoff(f"t{i}", giver, taker).outcome == Outcome.ALLOW, (giver, taker)
