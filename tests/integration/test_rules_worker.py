@@ -8,12 +8,13 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from baton.schemas.decision import Outcome, Phase, Reason
 from baton.schemas.events import HandoffCompleted
 from baton.streams.embedded import EmbeddedBroker
-from tests.helpers import handoff
+from tests.helpers import handoff, wait_for
 
 from .conftest import Stack, one_worker_stack
 
@@ -152,3 +153,39 @@ def test_the_seed_blocks_step_budget_stops_the_run(rules_stack: Stack) -> None:
         "steps 11 > max_steps 10",
     )
     assert (after.outcome, after.reason) == (Outcome.STOP, Reason.STEP_BUDGET_EXCEEDED)
+
+
+def test_a_role_applies_to_every_spelling_and_a_look_alike_is_a_dead_letter(
+    rules_stack: Stack,
+) -> None:
+    # raw JSON, as a client in another language sends it (the SDK would refuse the second)
+    run = _run()
+    shouting = handoff(run, 1, "t1", "planner", "billing_agent", tools=["search.web"])
+    doc = orjson.loads(shouting.to_json())
+    for n, to_agent, tools in (
+        (1, "BILLING_AGENT", ["Shell.Exec"]),
+        (2, "billing_agent\u200b", []),
+    ):
+        value = {**doc, "request_id": f"{run}-h{n}", "to_agent": to_agent, "tools": tools}
+        rules_stack.requests.send_raw(orjson.dumps(value), run.encode())
+    (stopped,) = rules_stack.decisions.wait_run(run, 1)
+    assert (stopped.outcome, stopped.reason, stopped.to_agent) == (
+        Outcome.STOP,
+        Reason.TOOL_NOT_PERMITTED,
+        "billing_agent",
+    )
+    assert stopped.detail == (
+        "tool shell.exec is not permitted for billing_agent (roles.billing_agent.tools.allow)"
+    )
+    dead = wait_for(
+        lambda: [
+            r for r in map(orjson.loads, rules_stack.deadletters.records) if r.get("key") == run
+        ],
+        30,
+        message=f"the look-alike's dead letter for {run}",
+    )
+    assert dead[0]["error_kind"] == "bad_name"
+    assert (
+        "to_agent: bad name" in dead[0]["error"] and "U+200B ZERO WIDTH SPACE" in dead[0]["error"]
+    )
+    assert len(rules_stack.decisions.for_run(run)) == 1  # the look-alike was never decided
