@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from baton.processors.engine import request_digest
 from baton.schemas.decision import Outcome, Reason
 from baton.schemas.errors import PolicyError
+from baton.schemas.events import ApprovalGranted
 from baton.schemas.names import fold
 from baton.schemas.policy import parse_policy
-from tests.unit.test_engine_support import Run
+from baton.schemas.signing import approval_payload, new_private_key, public_key_text, sign
+from tests.unit.test_engine_support import Run, at
 
 pytestmark = pytest.mark.unit
 
@@ -221,3 +226,50 @@ def test_a_tenant_in_another_case_gets_its_tenants_limits() -> None:
     run = Run(policy, tenant="ACME")
     assert run.handoff("t1", "planner", "writer").outcome == Outcome.ALLOW
     assert run.handoff("t2", "planner", "writer").reason == Reason.HANDOFF_BUDGET_EXCEEDED
+
+
+# ------------------------------------------------------------------ signed names
+
+
+def test_a_grant_signed_under_another_spelling_of_the_listed_approver_counts() -> None:
+    # the signer (SDK, `baton approve --as Finance_Lead`) and the worker fold the name alike
+    finance, mallory = new_private_key(), new_private_key()
+    run = Run(
+        parse_policy(
+            "multi_agent:\n  require_approval_for: [refund]\n  approval:\n    keys:\n"
+            f'      Finance_Lead: "{public_key_text(finance)}"\n'
+        )
+    )
+    request = run.handoff("t1", "planner", "billing_agent", action="refund")
+    assert request.approval_id is not None
+    digest = request_digest(run.last)
+
+    def signed(approver: str, key: Any) -> ApprovalGranted:
+        payload = approval_payload(
+            request.approval_id or "", "run-1", digest, "grant", approver, at(5)
+        )
+        return ApprovalGranted(
+            approval_id=request.approval_id or "",
+            run_id="run-1",
+            approver=approver,
+            signature=sign(key, payload),
+            request_digest=digest,
+            event_time=at(5),
+        )
+
+    [forged] = run.send(signed("FINANCE_LEAD", mallory), 5)
+    assert forged.reason == Reason.BAD_SIGNATURE  # the name folds; the key still must match
+    [granted] = run.send(signed("FINANCE_LEAD", finance), 5)
+    assert (granted.outcome, granted.approver) == (Outcome.ALLOW, "finance_lead")
+
+
+def test_the_seed_blocks_tool_lists_fold_too() -> None:
+    policy = parse_policy(
+        "policy: {tool_allowlist: [CRM.*, Shell.*], tool_blocklist: [Shell.Exec]}\n"
+        "writes: {require_approval: [Billing.*]}"
+    )
+    limits = policy.multi_agent
+    assert (limits.tools.allow, limits.tools.block) == (["crm.*", "shell.*"], ["shell.exec"])
+    assert limits.require_approval_for == ["billing.*"]
+    run = Run(policy)
+    assert run.handoff("t1", "p", "b", tool="SHELL.EXEC").reason == Reason.TOOL_NOT_PERMITTED
