@@ -62,7 +62,9 @@ class MultiAgentPolicy(StrictModel):
         default_factory=list,
         description="globs over a handoff's `action`, `tool` and `tools`; a match without a "
         "valid grant is `approval_required` (then `allow approval_granted` or `stop "
-        "approval_denied` / `approval_expired`); `*` gates every handoff, one naming none too",
+        "approval_denied` / `approval_expired`); `*` gates every handoff, one naming none too. "
+        "A completion reporting a matching tool its handoff was not granted for (by name, under "
+        "its own request id, task and agent) is `stop tool_not_permitted`",
     )
     approval: ApprovalPolicy = Field(
         default_factory=ApprovalPolicy, description="the approval gate: TTL, approvers, keys"
@@ -93,7 +95,8 @@ class MultiAgentPolicy(StrictModel):
     max_bounces: NonNegInt | None = Field(
         None,
         description="how often two agents may hand work back and forth in a run, whatever "
-        "the task ids (A -> B then B -> A is one bounce); the next bounce is `stop "
+        "the task ids (A -> B then B -> A is one bounce; so is closing a loop of three, "
+        "A -> B -> C -> A, for the pair that closes it); the next bounce is `stop "
         "delegation_cycle`; null: not counted",
     )
     max_steps: NonNegInt | None = Field(

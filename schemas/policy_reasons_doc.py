@@ -40,7 +40,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
         "stop",
         "`detect_delegation_cycles`, `max_bounces`",
         "the task would go back to an agent already on its delegation chain, or two agents "
-        "handed work back and forth more than `max_bounces` times",
+        "handed work back and forth (or three round a loop) more than `max_bounces` times",
     ),
     Reason.SHARED_BUDGET_EXCEEDED: (
         "stop",
@@ -56,9 +56,10 @@ REASONS: dict[str, tuple[str, str, str]] = {
     ),
     Reason.TOOL_NOT_PERMITTED: (
         "stop",
-        "`tools`, `roles.<agent>.tools`",
+        "`tools`, `roles.<agent>.tools`, `require_approval_for`",
         "a tool the handoff names (`tool`, `tools`) is blocked or not allowed for the agent "
-        "receiving it; or a completion reports one its agent may not use (the run stays "
+        "receiving it; or a completion reports one its agent may not use, or one "
+        "`require_approval_for` matches that its handoff was not granted (the run stays "
         "stopped)",
     ),
     Reason.APPROVAL_DENIED: ("stop", "`require_approval_for`", "an approver denied it"),
