@@ -13,11 +13,11 @@ from baton.cli.signer import (
     current_user,
     describe,
     load_key,
+    shown,
     signer_options,
 )
 from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.decision import Reason
-from baton.schemas.events import MAX_TEXT
 
 __all__ = ["kill_cmd", "register"]
 
@@ -60,10 +60,7 @@ def kill_cmd(
     """
     if len([x for x in (run_id, tenant, everything or None) if x]) != 1:
         raise click.UsageError("give exactly one of --run RUN_ID, --tenant T, --global")
-    if len(reason) > MAX_TEXT:
-        raise click.BadParameter(
-            f"at most {MAX_TEXT} characters, got {len(reason)}", param_hint="--reason"
-        )
+    _check_command(run_id, tenant, signer, reason)
     key = load_key(key_file)
     settings = stack_settings(opts, data_dir)
     from baton.streams.net import check_reachable
@@ -100,6 +97,36 @@ def kill_cmd(
         )
     confirmed = f" (applied by worker {record.worker})" if record is not None else ""
     click.echo(f"kill switch {what}: scope={scope} target={target}{confirmed}")
+
+
+#: the option a field of the kill switch event comes from
+_OPTION_OF = {"run_id": "--run", "tenant": "--tenant", "operator": "--as", "reason": "--reason"}
+
+
+def _check_command(run_id: str | None, tenant: str | None, operator: str, reason: str) -> None:
+    """The event this command will publish, checked before connecting: a value the events'
+    bounds refuse (a 300-character run id, a tenant with a newline) is a usage error naming
+    its option, never a traceback from the SDK."""
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+
+    from baton.schemas.events import KillSwitch
+
+    scope = "run" if run_id is not None else "tenant" if tenant is not None else "global"
+    fields = {"run_id": run_id, "tenant": tenant, "operator": operator, "reason": reason}
+    try:
+        KillSwitch(scope=scope, **fields, event_time=datetime.now(UTC))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        value = fields.get(name)
+        long = str(error["type"]).startswith("string_")  # pydantic's message omits the value
+        got = f", got {shown(value[:60])}{'…' if len(value) > 60 else ''}" if value and long else ""
+        raise click.BadParameter(
+            f"{error['msg']}{got} ({len(value or '')} characters)",
+            param_hint=_OPTION_OF.get(name, "--run/--tenant"),
+        ) from None
 
 
 def register(cli: click.Group) -> None:

@@ -134,3 +134,25 @@ def test_one_listening_address_of_several_is_enough() -> None:
         server.listen()
         port = server.getsockname()[1]
         check_reachable(f"127.0.0.1:{free_port()},127.0.0.1:{port}", timeout_s=5)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--run", "r" * 300, "at most 256 characters, got rrrr"),
+        ("--tenant", "t" * 257, "at most 256 characters, got tttt"),
+        ("--reason", "x" * 1025, "at most 1024 characters"),
+    ],
+)
+def test_a_kill_switch_the_events_refuse_is_a_usage_error_before_connecting(
+    baton: CliRunner, option: str, value: str, expected: str
+) -> None:
+    # a 300-character run id ended `baton kill` in a pydantic traceback from the SDK; and the
+    # check comes first: the dead port below would exit 4, not 2
+    args = ["kill", option, value, "--bootstrap", "127.0.0.1:1", "--no-wait"]
+    if option == "--reason":
+        args.append("--global")
+    result = baton.invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for {option}: " in result.output and expected in result.output
+    assert "Traceback" not in result.output
