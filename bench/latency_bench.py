@@ -330,10 +330,14 @@ def _report(
     if to_decided:
         p50, p99 = _p50_p99_ms(to_decided)
         print(f"| {'  of it: produce -> decided_at':<36} | {'':>7} | {p50:>7.1f} | {p99:>7.1f} |")
-    if len(pooled) < 2:
+    if "relay" not in pooled:
         return
-    (r50, r99), (b50, b99) = pooled["relay"], pooled["baton"]
-    print(f"\nbaton / relay: p50 {b50 / r50:.2f}x, p99 {b99 / r99:.2f}x (target <= 1.25x)")
+    r50, r99 = pooled["relay"]
+    print()
+    for side in ("before", "baton"):
+        if side in pooled:
+            b50, b99 = pooled[side]
+            print(f"{side} / relay: p50 {b50 / r50:.2f}x, p99 {b99 / r99:.2f}x (target <= 1.25x)")
 
 
 def main() -> None:

@@ -25,28 +25,29 @@ Two modes:
 
 Delivery reports are served by ``poll(0)`` on the event loop (every ``_POLL_S`` while records
 are in flight), never in another thread: a wait handed to a thread and back cost more than
-the broker's round trip on a busy 2-core host (bench/RESULTS.md).
+the broker's round trip on a busy 2-core host (bench/RESULTS.md). The counting is
+``publish_delivery``; a transaction's librdkafka calls are ``publish_transaction``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
 
+from baton.processors import publish_transaction as transaction
 from baton.processors.batch import DeadLetter, Outputs
+from baton.processors.publish_delivery import DeliveryFailed, DeliveryStep
+from baton.processors.publish_transaction import Offsets, TransactionFailed, init_transactions
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
-from baton.schemas.errors import BrokerUnavailable
 
-__all__ = ["BatchPublisher", "DeliveryFailed"]
+__all__ = ["BatchPublisher", "DeliveryFailed", "TransactionFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +59,11 @@ _DEAD_LETTER_HEAD = (
 )  # fmt: skip
 
 
-class DeliveryFailed(BrokerUnavailable):
-    """A record could not be delivered within librdkafka's message.timeout.ms."""
-
-
-class TransactionFailed(BrokerUnavailable):
-    """A batch's transaction could not be committed (it was aborted: nothing of it is visible)."""
-
-
 #: how often the event loop serves delivery reports while records are in flight (they
 #: gate only run states and acknowledgements, never a decision's visibility)
 _POLL_S = 0.002
 #: librdkafka's linger.ms for the worker's producer
 _LINGER_MS = 0
-
-#: (topic, partition, next offset to read): the input offsets a transaction commits
-Offsets = Sequence[tuple[str, int, int]]
 
 
 def _done() -> asyncio.Future[None]:
@@ -81,57 +71,6 @@ def _done() -> asyncio.Future[None]:
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     future.set_result(None)
     return future
-
-
-class _Step:
-    """The records of one step of a batch (its decisions, or its states) until librdkafka
-    has reported each one: ``future`` completes then, or fails naming what was not delivered.
-
-    Counted as produced (``count``) and as reported (``on_delivery``); ``seal`` says no more
-    records join, so an early report cannot complete a step still being produced."""
-
-    __slots__ = ("bootstrap", "count", "errors", "future", "loop", "sealed", "thread")
-
-    def __init__(self, bootstrap: str) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.thread = threading.get_ident()
-        self.future: asyncio.Future[None] = self.loop.create_future()
-        self.bootstrap = bootstrap
-        self.count = 0
-        self.errors: list[str] = []
-        self.sealed = False
-
-    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self.errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
-        self.count -= 1
-        if self.sealed and self.count == 0:
-            self._complete()
-
-    def seal(self) -> None:
-        self.sealed = True
-        if self.count == 0:
-            self._complete()
-
-    def _complete(self) -> None:
-        # reports are served on the loop's thread; a flush at shutdown may serve them elsewhere
-        if threading.get_ident() == self.thread:
-            self._resolve()
-        else:
-            self.loop.call_soon_threadsafe(self._resolve)
-
-    def _resolve(self) -> None:
-        if self.future.done():
-            return
-        if self.errors:
-            self.future.set_exception(
-                DeliveryFailed(
-                    f"could not deliver {len(self.errors)} records to Kafka at "
-                    f"{self.bootstrap}: " + "; ".join(self.errors[:3])
-                )
-            )
-        else:
-            self.future.set_result(None)
 
 
 class BatchPublisher:
@@ -189,9 +128,9 @@ class BatchPublisher:
         #: a transactional producer accepts records only inside the transaction of a batch
         self._queued: deque[Decision | DeadLetter] = deque()
         #: at-least-once: the step records produced now count towards (None: flush-based)
-        self._step: _Step | None = None
+        self._step: DeliveryStep | None = None
         #: steps whose delivery reports are still due (served by _poll on the loop)
-        self._in_flight: set[_Step] = set()
+        self._in_flight: set[DeliveryStep] = set()
         self._poll_timer: asyncio.TimerHandle | None = None
         #: the previous batch's states handed to librdkafka / its whole batch durable
         self._states_sent: asyncio.Future[None] | None = None
@@ -343,9 +282,9 @@ class BatchPublisher:
         return durable
 
     def _send(self, *produce: Callable[[], None]) -> asyncio.Future[None]:
-        """Run ``produce`` steps into one ``_Step``: its future completes once librdkafka has
+        """Run ``produce`` steps into one ``DeliveryStep``: its future completes once librdkafka has
         acknowledged every record they produced."""
-        step = _Step(self._bootstrap)
+        step = DeliveryStep(self._bootstrap)
         self._step = step
         try:
             for one in produce:
@@ -424,7 +363,8 @@ class BatchPublisher:
         loop = asyncio.get_running_loop()
         producer = self._producer
         if not self._txn_ready:
-            await loop.run_in_executor(None, self._init_transactions)
+            await loop.run_in_executor(None, init_transactions, producer, self._bootstrap)
+            self._txn_ready = True
         try:
             producer.begin_transaction()
             self._produce_queued()
@@ -434,7 +374,16 @@ class BatchPublisher:
             if before_state is not None:
                 before_state()
             metadata = group_metadata() if offsets and group_metadata is not None else None
-            commit = loop.run_in_executor(None, self._commit, offsets, metadata)
+            commit = loop.run_in_executor(
+                None,
+                transaction.commit,
+                producer,
+                offsets,
+                metadata,
+                self._txn_timeout_s,
+                self._bootstrap,
+                self._errors,
+            )
             try:
                 await asyncio.shield(commit)
             except asyncio.CancelledError:
@@ -445,50 +394,10 @@ class BatchPublisher:
         except asyncio.CancelledError:
             raise  # the commit above either finished or failed on its own: nothing to abort
         except BaseException as exc:
-            await loop.run_in_executor(None, self._abort)
+            await loop.run_in_executor(None, transaction.abort, producer, self._errors)
             if isinstance(exc, KafkaException):
                 raise TransactionFailed(
                     f"transaction with Kafka at {self._bootstrap} failed and was aborted: "
                     f"{exc.args[0].str() if exc.args else exc}"
                 ) from exc
             raise
-
-    def _init_transactions(self) -> None:
-        try:
-            self._producer.init_transactions(30)
-        except KafkaException as exc:
-            raise TransactionFailed(
-                f"cannot start transactions with Kafka at {self._bootstrap}: {exc.args[0].str()}"
-            ) from exc
-        self._txn_ready = True
-
-    def _commit(self, offsets: Offsets, metadata: bytes | None) -> None:
-        producer = self._producer
-        timeout = self._txn_timeout_s
-        if offsets and metadata is not None:
-            producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for t, p, o in offsets], metadata, timeout
-            )
-        deadline = time.monotonic() + 3 * timeout  # a few attempts of `timeout` each
-        while True:
-            try:
-                producer.commit_transaction(timeout)
-                break
-            except KafkaException as exc:
-                # a retriable error (e.g. a timeout) leaves the commit in progress: calling
-                # commit again resumes it; anything else aborts (or is fatal) in the caller
-                err = exc.args[0] if exc.args else None
-                if err is None or not err.retriable() or time.monotonic() > deadline:
-                    raise
-                log.warning("committing a transaction with Kafka at %s: %s; retrying",
-                            self._bootstrap, err.str())  # fmt: skip
-        if self._errors:  # commit fails first if a record failed; belt and braces
-            errors, self._errors = self._errors, []
-            raise DeliveryFailed(f"could not deliver {len(errors)} records: {errors[:3]}")
-
-    def _abort(self) -> None:
-        self._errors.clear()
-        try:
-            self._producer.abort_transaction(30)
-        except KafkaException as exc:  # fatal or fenced: the process exits anyway
-            log.warning("aborting the transaction failed: %s", exc)
