@@ -66,21 +66,7 @@ def fold(text: str) -> str:
 
 def name_problem(text: str) -> str | None:
     """None when ``text`` may be a name; else what is wrong with it, naming the character."""
-    if not text:
-        return "it is empty"
-    if text.isascii():
-        if text.isprintable() and " " not in text:
-            return None
-        return _first_invisible(text)
-    if not text.isprintable() or " " in text:
-        return _first_invisible(text)
-    folded = fold(text)
-    if not folded.isprintable() or " " in folded:
-        return f"it folds (NFKC) to {_shown(folded)}, which holds a space or an invisible character"
-    scripts = {_script(ch) for ch in folded if ch.isalpha()} - {None}
-    if len(scripts) > 1 and not any(scripts <= allowed for allowed in _MIXABLE):
-        return f"it mixes the scripts {', '.join(sorted(s for s in scripts if s))}"
-    return None
+    return _checked(text)[0]
 
 
 def normal_name(text: str) -> str:
@@ -91,19 +77,42 @@ def normal_name(text: str) -> str:
     """
     if text.isascii() and text.isprintable() and " " not in text and 0 < len(text) <= MAX_NAME:
         return text.lower()  # most names: a few passes in C, no Unicode tables
-    problem = name_problem(text)
+    problem, folded = _checked(text)
     if problem is not None:
         raise ValueError(
             f"bad name {_shown(text)}: {problem}; expected printable characters of one "
             "script, no spaces or invisible characters"
         )
-    folded = fold(text)
     if len(folded) > MAX_NAME:
         raise ValueError(
             f"out of range: name {_shown(text)} folds (NFKC) to {len(folded)} characters, "
             f"more than {MAX_NAME}"
         )
     return folded
+
+
+def _checked(text: str) -> tuple[str | None, str]:
+    """(what is wrong with ``text`` as a name or None, ``text`` folded): one fold for both."""
+    if not text:
+        return "it is empty", text
+    if not text.isprintable() or " " in text:
+        return _first_invisible(text), text
+    folded = fold(text)
+    if text.isascii():
+        return None, folded
+    if not folded.isprintable() or " " in folded:
+        return (
+            f"it folds (NFKC) to {_shown(folded)}, which holds a space or an invisible character",
+            folded,
+        )
+    # letters below U+0250 are all Latin: only the others need their script looked up
+    scripts = {_script(ch) for ch in folded if ch >= "\u0250" and ch.isalpha()}
+    if scripts and any(ch < "\u0250" and ch.isalpha() for ch in folded):
+        scripts.add("LATIN")
+    scripts.discard("")
+    if len(scripts) > 1 and not any(scripts <= allowed for allowed in _MIXABLE):
+        return f"it mixes the scripts {', '.join(sorted(scripts))}", folded
+    return None, folded
 
 
 def fold_glob(pattern: str) -> str:
@@ -144,9 +153,20 @@ def fold_keys(mapping: Any, what: str) -> Any:
     return folded
 
 
-def _script(ch: str) -> str | None:
-    word = unicodedata.name(ch, "").split(" ", 1)[0]
-    return _SCRIPT_ALIASES.get(word, word) or None
+def _script(ch: str) -> str:
+    """The script of a letter at or above U+0250, from the first word of its Unicode name
+    ("" when unnamed); remembered, up to 4,096 letters."""
+    script = _SCRIPTS.get(ch)
+    if script is None:
+        word = unicodedata.name(ch, "").split(" ", 1)[0]
+        script = _SCRIPT_ALIASES.get(word, word)
+        if len(_SCRIPTS) >= 4096:
+            _SCRIPTS.clear()
+        _SCRIPTS[ch] = script
+    return script
+
+
+_SCRIPTS: dict[str, str] = {}
 
 
 def _first_invisible(text: str) -> str:
