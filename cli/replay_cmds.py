@@ -238,19 +238,20 @@ def replay_audit(
 
 
 class _Progress:
-    """A progress bar on stderr for a replay that takes more than a second: redrawn in place
-    on a terminal, a line every few seconds otherwise (logs); nothing for a short replay."""
+    """A progress bar on stderr for a long replay: on a terminal redrawn in place from its
+    first second, otherwise (logs) a line every 5 s; nothing for a short replay."""
 
-    def __init__(self, total: int, after_s: float = 1.0) -> None:
+    def __init__(self, total: int) -> None:
         self.total = max(total, 1)
-        self.began = time.monotonic()
-        self.last = self.began + after_s
         self.tty = sys.stderr.isatty()
+        self.every_s = 0.2 if self.tty else 5.0
+        self.began = time.monotonic()
+        self.last = self.began + (1.0 if self.tty else 0.0)
         self.shown = False
 
     def __call__(self, runs: int, decisions: int) -> None:
         now = time.monotonic()
-        if now - self.last < (0.2 if self.tty else 2.0):
+        if now - self.last < self.every_s or decisions >= self.total:
             return
         self.last, self.shown = now, True
         click.echo(self._line(runs, decisions, now), err=True, nl=not self.tty)

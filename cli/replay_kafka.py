@@ -112,7 +112,7 @@ def decide_topics(
     partial: set[str] = set()
     rows: list[tuple[str, int, Recorded]] = []
     ordered = sorted(enumerate(records), key=lambda r: (r[1][0], r[1][1] != control, r[0]))
-    for n, (ts, topic, rec) in ordered:
+    for n, (_, (ts, topic, rec)) in enumerate(ordered):
         now = datetime.fromtimestamp(ts / 1000, UTC)
         if topic == control:
             in_force = apply_control_record(in_force, rec, "replay", now).in_force

@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _DECIDED_AT = REPLAY_COLUMNS.index("decided_at")
+_OFFSET = REPLAY_COLUMNS.index("offset")
 #: a record of the control follower (a kill switch, a release, a policy update, applied or
 #: refused: its request id starts with the command's type), not a step of the run it names
 _FOLLOWER_RECORD = (
@@ -185,7 +186,6 @@ def _pages(
             f"SELECT {_SELECT} FROM {DATABASE}.decisions FINAL WHERE {' AND '.join(clauses)} "
             "ORDER BY run_id, decided_at, audit_partition, audit_offset",
             parameters=page_params,
-            settings=_JSON_ROWS,
             fmt="JSONCompactEachRow",
         )
         if page:
@@ -198,12 +198,6 @@ def _pages(
 _SELECT = ", ".join(
     "toUnixTimestamp64Micro(decided_at)" if c == "decided_at" else f"`{c}`" for c in REPLAY_COLUMNS
 )
-#: text any JSON parser takes: bytes that are not UTF-8 (a forged row) as U+FFFD, not raw
-#: (the row then fails its chain link, named); 64-bit numbers as numbers, not strings
-_JSON_ROWS = {
-    "output_format_json_validate_utf8": 1,
-    "output_format_json_quote_64bit_integers": 0,
-}
 
 
 def split_page(page: bytes, rows: int) -> Iterator[bytes]:
@@ -222,25 +216,41 @@ def split_page(page: bytes, rows: int) -> Iterator[bytes]:
 
 
 def _run_of(line: bytes) -> object:
-    return orjson.loads(line)[0]
+    return _json(line)[0]
+
+
+def _json(text: bytes) -> Any:
+    """``text`` parsed; bytes that are not UTF-8 (only a forged row holds them: no output
+    settings are asked of the server, `baton up`'s SQL endpoint is read-only and refuses
+    any) read as U+FFFD, so that row fails its chain link, named, instead of the page."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:
+            return orjson.loads(text.decode("utf-8", "replace"))
+        except orjson.JSONDecodeError as exc:
+            raise AuditUnavailable(
+                f"a page of recorded decisions from the audit is not JSON rows ({exc}; it "
+                f"starts {text[:120]!r}); is the audit a ClickHouse server?"
+            ) from None
 
 
 def page_rows(page: bytes) -> Iterator[Recorded]:
-    """A page of :func:`read_pages` as recorded decisions (``decided_at`` an aware UTC time)."""
-    try:
-        rows = orjson.loads(b"[" + page.rstrip(b"\n").replace(b"\n", b",") + b"]")
-    except orjson.JSONDecodeError as exc:
-        raise AuditUnavailable(
-            f"a page of recorded decisions from the audit is not JSON rows ({exc}; it starts "
-            f"{page[:120]!r}); is the audit a ClickHouse server?"
-        ) from None
+    """A page of :func:`read_pages` as recorded decisions (``decided_at`` an aware UTC time).
+
+    64-bit numbers may come quoted (``output_format_json_quote_64bit_integers``, on in
+    older servers).
+    """
+    rows = _json(b"[" + page.rstrip(b"\n").replace(b"\n", b",") + b"]")
     times: dict[int, datetime] = {}
     for row in rows:
         micros = row[_DECIDED_AT]
         at = times.get(micros)
         if at is None:
-            at = times[micros] = _EPOCH + timedelta(microseconds=micros)
+            at = times[micros] = _EPOCH + timedelta(microseconds=int(micros))
         row[_DECIDED_AT] = at
+        if type(row[_OFFSET]) is str:
+            row[_OFFSET] = int(row[_OFFSET])
         yield _new_row(Recorded, row)
 
 

@@ -63,3 +63,21 @@ def test_an_audit_that_is_not_there_is_exit_5_not_nothing_changes(
     result = baton.invoke(cli, ["replay", "--policy", str(policy), "--dsn", f"chdb://{missing}"])
     assert result.exit_code == 5, result.output
     assert str(missing) in result.output and "Traceback" not in result.output
+
+
+def test_a_long_replay_draws_a_progress_bar_and_a_short_one_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from baton.cli import replay_cmds
+
+    clock = iter([100.0, 100.5, 106.0, 107.0, 112.0])
+    monkeypatch.setattr(replay_cmds.time, "monotonic", lambda: next(clock))
+    bar = replay_cmds._Progress(total=30_000)  # stderr is not a terminal: a line every 5 s
+    bar(runs=10, decisions=100)  # 0.5 s in: nothing yet
+    bar(runs=500, decisions=15_000)  # 6 s in
+    bar(runs=600, decisions=16_000)  # 1 s after the last line: nothing
+    bar(runs=4_000, decisions=30_000)  # done: the summary says the rest
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "baton replay: [" + "█" * 15 + "░" * 15 + "] 15,000/~30,000 decisions, 500 runs (2,500/s)"
+    ]

@@ -87,3 +87,14 @@ def test_a_forged_control_record_is_not_applied() -> None:
     records = [forged, _request("ra", 0, 10)]
     rows, policies = decide_topics(records, BASELINE, 1, APPROVALS, CONTROL)
     assert _outcomes(rows, "ra") == ["allow:ok"] and list(policies) == [BASELINE.version]
+
+
+def test_records_are_decided_in_timestamp_order_whatever_order_they_were_read_in() -> None:
+    # _records returns the requests topic, then the approvals topic, then gov.control
+    records = [_request("ra", n, 10 * n) for n in range(4)][::-1]
+    rows, policies = decide_topics(records, BASELINE, 1, APPROVALS, CONTROL)
+    assert [r.offset for r in rows] == [0, 1, 2, 3]
+    report = replay_runs(runs_of(rows), policy_with(max_handoffs=2), policies)
+    assert not report.unfaithful_runs and report.transitions == {
+        "allow → stop:handoff_budget_exceeded": 2
+    }

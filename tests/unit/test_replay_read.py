@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from baton.processors.replay import runs_of
+from baton.processors.replay import replay_runs, runs_of
 from baton.processors.replay_pool import prefetched, replay_parallel
 from baton.schemas.errors import AuditUnavailable
 from baton.sinks.replay_source import page_rows, split_page
@@ -31,11 +31,13 @@ def _page(rows: list) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
+_LOOSE = policy_with(max_handoffs=20)
+
+
 def _rows(runs: int, handoffs: int) -> list:
-    loose = policy_with(max_handoffs=20)
     out: list = []
     for i in range(runs):
-        out += record(loose, _budget_history(f'run-{i:02d}\n"x', handoffs, 1.0))
+        out += record(_LOOSE, _budget_history(f'run-{i:02d}\n"x', handoffs, 1.0))
     return out
 
 
@@ -58,8 +60,23 @@ def test_pieces_hold_whole_runs_and_together_the_whole_page() -> None:
 
 
 def test_a_page_that_is_not_json_rows_names_what_it_got() -> None:
-    with pytest.raises(AuditUnavailable, match=r"not JSON rows .*starts b'<html>"):
+    with pytest.raises(AuditUnavailable, match=r"not JSON rows .*starts b'\[<html>"):
         list(page_rows(b"<html>proxy error</html>\n"))
+
+
+def test_a_forged_row_that_is_not_utf8_fails_its_own_run_not_the_page() -> None:
+    rows = _rows(2, 2)
+    page = _page(rows)
+    forged_run = rows[0].run_id.encode()
+    lines = page.split(b"\n")
+    lines[1] = lines[1].replace(b"researcher", b"research\xffr", 1)  # no JSON text holds it
+    assert forged_run.replace(b"\n", b"\\n").replace(b'"', b'\\"') in lines[1]
+    pieces = list(split_page(b"\n".join(lines), 1))
+    decoded = [r for p in pieces for r in page_rows(p)]
+    assert len(pieces) == 2 and "\ufffd" in decoded[1].input
+    report = replay_runs(runs_of(decoded), _LOOSE, _policies(_LOOSE), KEY)
+    assert [r.run_id for r in report.unfaithful_runs] == [rows[0].run_id]
+    assert [r.run_id for r in report.runs if not r.unfaithful] == [rows[-1].run_id]
 
 
 def test_several_processes_report_what_one_does_in_the_same_order() -> None:
