@@ -85,7 +85,8 @@ def alerts_group(
     if ctx.invoked_subcommand is not None:
         return
     from baton.cli.log_format import LogOutput
-    from baton.processors.metrics import AlertMetrics, serve_from_settings
+    from baton.processors.metrics_audit import AlertMetrics
+    from baton.processors.metrics_serve import serve_from_settings
     from baton.sinks.alerts import run_alerts
 
     settings = stack_settings(overrides, data_dir)

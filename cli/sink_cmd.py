@@ -57,7 +57,8 @@ def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any
     settings = build_settings(**overrides)
     port = None if sql_port.lower() in ("off", "none", "") else _port(sql_port)
     from baton.cli.log_format import LogOutput
-    from baton.processors.metrics import SinkMetrics, serve_from_settings
+    from baton.processors.metrics_audit import SinkMetrics
+    from baton.processors.metrics_serve import serve_from_settings
 
     output = LogOutput(settings.log_format, "sink")
     output.install()

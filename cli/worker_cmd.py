@@ -92,7 +92,7 @@ def worker_cmd(**opts: Any) -> None:
     from baton.processors.app import GovernanceWorker
 
     gw = GovernanceWorker(settings, policy)
-    from baton.processors.metrics import serve_from_settings
+    from baton.processors.metrics_serve import serve_from_settings
 
     metrics = serve_from_settings(settings, gw.metrics)
     # The runs table keeps thousands of long-lived objects; with CPython's default GC

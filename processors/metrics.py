@@ -1,11 +1,11 @@
-"""Prometheus metrics of a worker, the audit sink and the alerter, served on ``/metrics``.
+"""Prometheus metrics of a worker: one call per batch, families built only when scraped.
 
 Every name has the ``baton_`` prefix (docs/metrics.md lists them). The worker's hot path
 pays one call per batch (:meth:`WorkerMetrics.batch`): counts are plain integers under one
 lock per batch, turned into Prometheus families only when scraped, so a scrape never
 slows a batch and a batch never takes prometheus-client's per-sample locks. The sink and
-the alerter keep their own counters (``SinkStats``, ``AlertStats``); their collectors read
-those when scraped.
+the alerter keep their own counters (``SinkStats``, ``AlertStats``); their collectors
+(``metrics_audit``) read those when scraped; ``metrics_serve`` serves them all.
 
 Labels are bounded sets only (outcome, reason, dead-letter kind, topic, partition): never a
 run id, tenant or agent name, which a client chooses and could make endless.
@@ -22,17 +22,9 @@ import logging
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    GCCollector,
-    PlatformCollector,
-    ProcessCollector,
-    start_http_server,
-)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -41,20 +33,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from baton.schemas.errors import ConfigError
-from baton.schemas.settings import Settings
-
-__all__ = [
-    "BATCH_BUCKETS",
-    "LATENCY_BUCKETS",
-    "AlertMetrics",
-    "MetricsEndpoint",
-    "SinkMetrics",
-    "WorkerMetrics",
-    "new_registry",
-    "serve_from_settings",
-    "serve_metrics",
-]
+__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "LATENCY_CAP_S", "WorkerMetrics"]
 
 log = logging.getLogger(__name__)
 
@@ -253,141 +232,3 @@ class WorkerMetrics(Collector):
         )
         info.add_metric([self.worker_id, self._policy], 1)
         yield info
-
-
-class SinkMetrics(Collector):
-    """The audit sink's counters (``SinkStats``), read when scraped."""
-
-    def __init__(self, stats: Callable[[], Any]) -> None:
-        self._stats = stats
-
-    def collect(self) -> Iterator[Metric]:
-        stats = self._stats()
-        if stats is None:  # not connected yet
-            return
-        yield CounterMetricFamily(
-            "baton_audit_rows", "decisions written to the audit table", value=stats.rows
-        )
-        yield CounterMetricFamily(
-            "baton_audit_rejected", "records written to governance.rejected", value=stats.rejected
-        )
-        yield CounterMetricFamily(
-            "baton_audit_batches", "inserts into the audit table", value=stats.batches
-        )
-        yield CounterMetricFamily(
-            "baton_audit_retries",
-            "inserts retried after a ClickHouse failure",
-            value=stats.retries,
-        )
-        lag = GaugeMetricFamily(
-            "baton_audit_lag",
-            "decisions on gov.decisions not yet in the audit, per partition",
-            labels=["partition"],
-        )
-        for partition, n in sorted(dict(stats.lag).items()):
-            lag.add_metric([str(partition)], n)
-        yield lag
-        yield GaugeMetricFamily(
-            "baton_audit_failing",
-            "1 while the last insert failed (ClickHouse unreachable or refusing), else 0",
-            value=1 if stats.last_error else 0,
-        )
-
-
-@dataclass
-class _AlertSources:
-    stats: Any
-    alerter: Any
-    sender: Any
-
-
-class AlertMetrics(Collector):
-    """The alerter's counters (``AlertStats``, the storm folder, the webhook sender)."""
-
-    def __init__(self) -> None:
-        self._sources: _AlertSources | None = None
-
-    def watch(self, stats: Any, alerter: Any, sender: Any) -> None:
-        """Called by ``run_alerts`` once its parts exist (its ``on_ready``)."""
-        self._sources = _AlertSources(stats, alerter, sender)
-
-    def collect(self) -> Iterator[Metric]:
-        src = self._sources
-        if src is None:
-            return
-        yield CounterMetricFamily(
-            "baton_alerts_sent",
-            "alert messages announced (one stop, or a storm summary)",
-            value=src.stats.announced,
-        )
-        yield CounterMetricFamily(
-            "baton_alerts_folded",
-            "stops folded into storm summaries",
-            value=getattr(src.stats, "folded", 0),
-        )
-        yield CounterMetricFamily(
-            "baton_alerts_duplicates",
-            "stops seen again (redelivered), not announced again",
-            value=src.alerter.duplicates,
-        )
-        sender = src.sender
-        yield CounterMetricFamily(
-            "baton_alerts_webhook_posted",
-            "alerts the webhook accepted",
-            value=sender.posted if sender else 0,
-        )
-        yield CounterMetricFamily(
-            "baton_alerts_failed",
-            "alerts the webhook did not take: refused after every attempt, or dropped from a "
-            "full queue",
-            value=(sender.failed + sender.dropped) if sender else 0,
-        )
-
-
-def new_registry(*collectors: Collector) -> CollectorRegistry:
-    """A registry of ``collectors`` plus the process' memory, CPU and GC figures."""
-    registry = CollectorRegistry(auto_describe=False)
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    for collector in collectors:
-        registry.register(collector)
-    return registry
-
-
-@dataclass
-class MetricsEndpoint:
-    """A running /metrics HTTP server."""
-
-    url: str
-    _server: Any
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsEndpoint:
-    """Serve ``registry`` on http://host:port/metrics (port 0: a free one) from a thread."""
-    try:
-        server, _thread = start_http_server(port, addr=host, registry=registry)
-    # OSError: a port in use, or a host name that is not this machine's; UnicodeError: a host
-    # name IDNA cannot encode (a label past 63 characters); OverflowError: a port past 65535
-    except (OSError, UnicodeError, OverflowError) as exc:
-        why = getattr(exc, "strerror", None) or exc
-        raise ConfigError(
-            f"metrics_host/metrics_port (BATON_METRICS_HOST/BATON_METRICS_PORT): cannot listen "
-            f"on {host[:100]!r} port {port}: {why}; expected an address of this machine and "
-            "a free port (0 = any, off = no metrics)"
-        ) from None
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    shown = f"[{shown}]" if ":" in shown else shown
-    return MetricsEndpoint(f"http://{shown}:{server.server_port}/metrics", server)
-
-
-def serve_from_settings(settings: Settings, *collectors: Collector) -> MetricsEndpoint | None:
-    """Serve ``collectors`` on the settings' metrics host and port; None when metrics are off."""
-    port = settings.metrics_port_number
-    if port is None:
-        return None
-    return serve_metrics(new_registry(*collectors), settings.metrics_host, port)

@@ -253,7 +253,7 @@ def run_alerts(
     ``drain_s`` seconds at shutdown to post what is queued. Stops older than ``max_age_s``
     (by decided_at; 0 = any age) are skipped, so a first start does not replay the topic's
     history as alerts. ``on_ready(stats, alerter, sender_or_None)`` hands the live
-    counters to the metrics (processors/metrics.py).
+    counters to the metrics (processors/metrics_audit.py).
     """
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 

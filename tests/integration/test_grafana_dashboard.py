@@ -17,7 +17,8 @@ from clickhouse_connect.driver.client import Client
 from baton.cli.top_audit import read_audit
 from baton.cli.top_frame import render_frame
 from baton.processors.batch import DeadLetter, InputRecord, Outputs
-from baton.processors.metrics import AlertMetrics, SinkMetrics, WorkerMetrics
+from baton.processors.metrics import WorkerMetrics
+from baton.processors.metrics_audit import AlertMetrics, SinkMetrics
 from baton.sinks.alerts import AlertStats, StopAlerter
 from baton.sinks.clickhouse import connect
 from baton.sinks.schema import migrate

@@ -15,7 +15,7 @@ from baton.cli.main import _register, cli
 from baton.cli.tail_cmds import _render_json
 from baton.cli.top_frame import render_frame
 from baton.cli.top_metrics import MetricsView, quantile
-from baton.processors.metrics import new_registry, serve_metrics
+from baton.processors.metrics_serve import new_registry, serve_metrics
 from baton.schemas.errors import ConfigError
 
 pytestmark = pytest.mark.unit
