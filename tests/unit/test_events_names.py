@@ -257,3 +257,15 @@ def test_the_exported_event_schemas_state_the_name_rule() -> None:
     assert len(events) == 8
     assert all(schema["$comment"] == NAMES_COMMENT for schema in events.values())
     assert "bad_name" in NAMES_COMMENT and "NFKC" in NAMES_COMMENT
+
+
+WORLD_NAMES = [
+    *("Nguyễn", "Müller", "エージェント", "えーじぇんと", "에이전트", "代理", "agent_日本", "وكيل"),
+    *("एजेंट", "ตัวแทน", "סוכן", "агент", "πράκτορας", "O'Brien", "<@U123>", "agent-1.2"),
+]
+
+
+@pytest.mark.parametrize("name", WORLD_NAMES)
+def test_names_written_in_one_script_of_any_language_are_names(name: str) -> None:
+    # the script rule refuses a mix (a Cyrillic letter in a Latin name), not a language
+    assert normal_name(name) == fold(name)
