@@ -201,6 +201,14 @@ class RunStore(MutableMapping[bytes, RunState]):
             return 0
         return len(value) if isinstance(value, bytes) else len(value.to_bytes())
 
+    def hold_encoded(self, key: bytes) -> None:
+        """Keep an idle run as its changelog record until its next read (the sweep's
+        ``HoldsRecords``): a decoded run takes more than twice the memory."""
+        value = self._data.get(key)
+        if value is not None and not isinstance(value, bytes):
+            # a compact copy: orjson's result keeps its whole growth buffer (4 KB at least)
+            self._data[key] = bytes(memoryview(value.to_bytes()))
+
     def __delitem__(self, key: bytes) -> None:
         del self._data[key]
         self._key_partition.pop(key, None)

@@ -6,6 +6,11 @@ table; this index keeps a heap of (due time, run key) instead. Entries are lazy:
 changed is pushed again with its new due time, and a popped entry whose run is due later
 (or gone) is put back or dropped, so nothing is missed and nothing is acted on early.
 
+It also remembers which runs were decided lately, in the order they were last touched, so
+the sweep can hold the runs idle for HOLD_IDLE_S as their changelog record (``idle_keys``):
+a decoded run takes more than twice the memory of its record, and a run that waits minutes
+for its next event can pay the decoding then (bench/memory_bench.py).
+
 Not guaranteed: the index knows only the runs it was told about. After a rebalance (new
 partitions, states restored from the changelog) the worker rebuilds it from the table.
 """
@@ -18,16 +23,28 @@ from collections.abc import Iterable, Iterator
 from baton.processors.engine import next_due
 from baton.processors.state import RunState
 
-__all__ = ["DueIndex"]
+__all__ = ["HOLD_IDLE_S", "HOLD_LIMIT", "DueIndex"]
+
+#: a run no event has touched for this long is held as its changelog record until its next
+#: event (decoding it then costs ~20-50 us, once per run that waited this long)
+HOLD_IDLE_S = 120.0
+#: runs held per sweep at most: encoding one takes ~15-40 us, on the loop between batches
+HOLD_LIMIT = 1000
 
 
 class DueIndex:
-    def __init__(self, retention_s: float, tombstone_retention_s: float) -> None:
+    def __init__(
+        self, retention_s: float, tombstone_retention_s: float, hold_idle_s: float = HOLD_IDLE_S
+    ) -> None:
         self.retention_s = retention_s
         self.tombstone_retention_s = tombstone_retention_s
+        self.hold_idle_s = hold_idle_s
         self._heap: list[tuple[float, bytes]] = []
         #: key -> the earliest due time pushed for it and not popped yet
         self._due: dict[bytes, float] = {}
+        #: key -> its run's last_event_at, for the runs touched since they were last held,
+        #: least recently touched first (a touch moves its key to the end)
+        self._touched: dict[bytes, float] = {}
 
     def __len__(self) -> int:
         return len(self._due)
@@ -37,9 +54,12 @@ class DueIndex:
 
     def touch(self, key: bytes, state: RunState | None) -> None:
         """``key``'s run changed to ``state`` (None: it left the table)."""
+        touched = self._touched
+        touched.pop(key, None)
         if state is None:
             self._due.pop(key, None)  # its heap entries are dropped when popped
             return
+        touched[key] = state.last_event_at
         self.push(key, self.due_of(state))
 
     def push(self, key: bytes, due: float) -> None:
@@ -55,6 +75,7 @@ class DueIndex:
         self._due = dict.fromkeys(keys, now_ts)
         self._heap = [(now_ts, key) for key in self._due]
         heapq.heapify(self._heap)
+        self._touched = {}  # restored runs are bytes until their next event
 
     def pop_due(self, now_ts: float, limit: int | None = None) -> Iterator[bytes]:
         """Keys whose earliest known due time has come (at most ``limit``); the caller acts on
@@ -68,3 +89,17 @@ class DueIndex:
             del dues[key]
             popped += 1
             yield key
+
+    def idle_keys(self, now_ts: float, limit: int = HOLD_LIMIT) -> list[bytes]:
+        """Up to ``limit`` runs no event has touched for ``hold_idle_s`` (least recently
+        touched first), forgotten here: the caller holds each as its record."""
+        touched = self._touched
+        horizon = now_ts - self.hold_idle_s
+        out: list[bytes] = []
+        for key, last in touched.items():
+            if last > horizon or len(out) >= limit:
+                break
+            out.append(key)
+        for key in out:
+            del touched[key]
+        return out

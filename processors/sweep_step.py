@@ -3,7 +3,9 @@
 Faust-agnostic (the worker's 1 s timer calls it with the runs its due index pops, and
 publishes the outputs): a run whose partition is not caught up is put back for the next
 sweep, since a backlog may hold the grant or handoff that changes it; a run whose state
-cannot be read is logged and left as it is (one run never stops the sweep).
+cannot be read is logged and left as it is (one run never stops the sweep). Then the runs
+idle for ``DueIndex.hold_idle_s`` are held as their changelog record, when the store can
+read records back (the worker's ``RunStore``; a plain dict cannot, and keeps them decoded).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Set
 from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 from baton.processors.batch import BatchProcessor, Outputs
 from baton.processors.chain import link
@@ -18,9 +21,16 @@ from baton.processors.engine import KillSwitches, evict, expire_due
 from baton.processors.sweep import DueIndex
 from baton.streams.partitioner import partition_for
 
-__all__ = ["sweep_due"]
+__all__ = ["HoldsRecords", "sweep_due"]
 
 log = logging.getLogger("baton.processors.app")
+
+
+@runtime_checkable
+class HoldsRecords(Protocol):
+    """A run store that can keep a run as its changelog record and decode it on its next read."""
+
+    def hold_encoded(self, key: bytes) -> None: ...
 
 
 def sweep_due(
@@ -79,4 +89,7 @@ def sweep_due(
         due.touch(key, kept)
     for key in later:
         due.push(key, now_ts + 1.0)
+    if isinstance(states, HoldsRecords):
+        for key in due.idle_keys(now_ts):
+            states.hold_encoded(key)
     return out

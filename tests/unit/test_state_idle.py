@@ -1,0 +1,97 @@
+"""Idle runs held as their changelog record by the sweep, decided on exactly as if decoded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.engine import NO_KILLS
+from baton.processors.faust_adapter import RunStore
+from baton.processors.state import RunState
+from baton.processors.sweep import HOLD_IDLE_S, DueIndex
+from baton.processors.sweep_step import sweep_due
+from baton.streams.partitioner import partition_for
+from tests.helpers import handoff
+from tests.unit.test_engine_support import completed, policy_with
+
+pytestmark = pytest.mark.unit
+
+PARTITIONS = 4
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+TOPIC = "gov.handoff.requests"
+
+
+def _store() -> RunStore:
+    table = SimpleNamespace(data=SimpleNamespace(data={}, _key_partition={}))
+    return RunStore(table, PARTITIONS)
+
+
+def _record(run: str, offset: int, event: Any) -> InputRecord:
+    key = run.encode()
+    return InputRecord(TOPIC, partition_for(key, PARTITIONS), offset, key, event.to_json())
+
+
+class _Worker:
+    """The batch step, the due index and the sweep, as the worker wires them."""
+
+    def __init__(self, states: Any) -> None:
+        self.states = states
+        self.proc = BatchProcessor(policy_with(), PARTITIONS, states, "w-1", chain_key=b"k")
+        self.due = DueIndex(3600.0, 86400.0)
+
+    def decide(self, records: list[InputRecord], at: datetime) -> list[bytes]:
+        out = self.proc.process(records, at)
+        for key, (_partition, state) in out.changed.items():
+            self.due.touch(key, state)
+        return [d.to_json() for _, d in out.decisions]
+
+    def sweep(self, at: datetime) -> None:
+        every = set(range(PARTITIONS))
+        sweep_due(
+            self.proc, self.due, at, active=every, ready=every, kills=NO_KILLS,
+            run_retention_s=3600.0, tombstone_retention_s=86400.0, limit=100,
+        )  # fmt: skip
+
+
+def test_an_idle_run_is_held_as_its_record_and_decided_on_as_if_it_never_was() -> None:
+    held, plain = _Worker(_store()), _Worker({})
+    first = [
+        _record("run_a", 1, handoff("run_a", 1, "research", tenant="default")),
+        _record("run_b", 2, handoff("run_b", 1, "research", tenant="default")),
+    ]
+    later = NOW + timedelta(seconds=HOLD_IDLE_S - 1)
+    again = [_record("run_b", 3, handoff("run_b", 2, "draft", tenant="default"))]
+    for w in (held, plain):
+        assert w.decide(first, NOW)
+        w.sweep(later)
+        w.decide(again, later)
+    data = held.states._data
+    assert not any(type(v) is bytes for v in data.values())  # nothing idle long enough yet
+
+    held.sweep(NOW + timedelta(seconds=HOLD_IDLE_S + 1))
+    assert type(data[b"run_a"]) is bytes and isinstance(data[b"run_b"], RunState)
+    assert RunState.from_bytes(data[b"run_a"]) == plain.states[b"run_a"]
+
+    # its next events: a redelivered handoff (answered from the held replies), a completion
+    at = NOW + timedelta(seconds=HOLD_IDLE_S + 5)
+    done = completed("run_a-h1", "research", "researcher", 0.25, run_id="run_a")
+    events = [first[0], _record("run_a", 4, done)]
+    assert held.decide(events, at) == plain.decide(events, at)
+    assert isinstance(data[b"run_a"], RunState)  # decoded on its read, held again when idle
+    assert held.states[b"run_a"].to_bytes() == plain.states[b"run_a"].to_bytes()
+
+
+def test_holding_takes_the_least_recently_touched_runs_a_bounded_number_at_a_time() -> None:
+    due = DueIndex(3600.0, 86400.0, hold_idle_s=10.0)
+    for i in range(5):
+        due.touch(f"run_{i}".encode(), RunState.new(f"run_{i}", "acme", float(i)))
+    due.touch(b"run_0", RunState.new("run_0", "acme", 4.0))  # touched again: the newest
+    assert due.idle_keys(13.5, limit=2) == [b"run_1", b"run_2"]
+    assert due.idle_keys(13.5) == [b"run_3"]  # run_4 and run_0 touched at 4.0: not yet
+    assert due.idle_keys(100.0) == [b"run_4", b"run_0"]
+    due.touch(b"run_4", None)  # gone from the table: never held
+    assert due.idle_keys(1000.0) == []
