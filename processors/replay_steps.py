@@ -62,16 +62,18 @@ def steps(run: list[Recorded]) -> list[list[Recorded]]:
     return out
 
 
-def step_context(recs: list[Recorded]) -> tuple[KillSwitches, Recorded | None]:
+def step_context(recs: list[Recorded]) -> tuple[KillSwitches, Recorded | None, Origin]:
     """What a step was decided with besides its policy: the kill switch its run was under
-    (a stop ``killed`` says so) and a refusal of the worker's own, as recorded."""
+    (a stop ``killed`` says so), a refusal of the worker's own, and where its input was read
+    (made once for both replays of the step), as recorded."""
     kills, refusal = NO_KILLS, None
     for r in recs:
         if r.reason == _KILLED:
             kills = KillSwitches(runs=frozenset({r.run_id}))
         elif r.reason in _WORKER_REFUSALS:
             refusal = r
-    return kills, refusal
+    first = recs[0]
+    return kills, refusal, Origin(first.worker, first.partition, first.offset)
 
 
 def is_partial(run: list[Recorded], policies: dict[str, Policy]) -> str | None:
@@ -118,6 +120,7 @@ class Replayer:
         event: RunEvent | None,
         kills: KillSwitches,
         refusal: Recorded | None,
+        origin: Origin,
     ) -> list[Decision]:
         """The step's decisions made now (not the replies re-emitted from the state)."""
         first = recs[0]
@@ -145,11 +148,10 @@ class Replayer:
                 Reason(refusal.reason),
                 refusal.detail or "",
                 kills,
-                Origin(first.worker, first.partition, first.offset),
+                origin,
             )
             new = new if new is not None else before
         else:
-            origin = Origin(first.worker, first.partition, first.offset)
             new, decided = decide(before, event, policy, now, kills, origin)
         self.state = new
         fresh = [d for d in decided if d.chain_hash is None]
