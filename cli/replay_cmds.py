@@ -200,7 +200,10 @@ def _replay(
 
     label = parse_dsn(settings.clickhouse_dsn).label
     client = connect(
-        settings.clickhouse_dsn, ca_cert=settings.clickhouse_ca, verify=settings.clickhouse_verify
+        settings.clickhouse_dsn,
+        ca_cert=settings.clickhouse_ca,
+        verify=settings.clickhouse_verify,
+        timeout_s=settings.clickhouse_timeout_s,
     )
     try:
         with audit_errors(label, "reading the recorded decisions"):
