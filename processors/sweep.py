@@ -23,13 +23,11 @@ from collections.abc import Iterable, Iterator
 from baton.processors.engine import next_due
 from baton.processors.state import RunState
 
-__all__ = ["HOLD_IDLE_S", "HOLD_LIMIT", "DueIndex"]
+__all__ = ["HOLD_IDLE_S", "DueIndex"]
 
 #: a run no event has touched for this long is held as its changelog record until its next
 #: event (decoding it then costs ~20-50 us, once per run that waited this long)
 HOLD_IDLE_S = 120.0
-#: runs held per sweep at most: encoding one takes ~15-40 us, on the loop between batches
-HOLD_LIMIT = 1000
 
 
 class DueIndex:
@@ -90,7 +88,7 @@ class DueIndex:
             popped += 1
             yield key
 
-    def idle_keys(self, now_ts: float, limit: int = HOLD_LIMIT) -> list[bytes]:
+    def idle_keys(self, now_ts: float, limit: int) -> list[bytes]:
         """Up to ``limit`` runs no event has touched for ``hold_idle_s`` (least recently
         touched first), forgotten here: the caller holds each as its record."""
         touched = self._touched

@@ -90,6 +90,8 @@ def sweep_due(
     for key in later:
         due.push(key, now_ts + 1.0)
     if isinstance(states, HoldsRecords):
-        for key in due.idle_keys(now_ts):
+        # as many as the sweep may decode (``limit``): after a rebalance it reads every
+        # restored run once, and holding fewer would leave them decoded faster than held
+        for key in due.idle_keys(now_ts, limit):
             states.hold_encoded(key)
     return out

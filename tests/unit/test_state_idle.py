@@ -91,7 +91,19 @@ def test_holding_takes_the_least_recently_touched_runs_a_bounded_number_at_a_tim
         due.touch(f"run_{i}".encode(), RunState.new(f"run_{i}", "acme", float(i)))
     due.touch(b"run_0", RunState.new("run_0", "acme", 4.0))  # touched again: the newest
     assert due.idle_keys(13.5, limit=2) == [b"run_1", b"run_2"]
-    assert due.idle_keys(13.5) == [b"run_3"]  # run_4 and run_0 touched at 4.0: not yet
-    assert due.idle_keys(100.0) == [b"run_4", b"run_0"]
+    assert due.idle_keys(13.5, 10) == [b"run_3"]  # run_4 and run_0 touched at 4.0: not yet
+    assert due.idle_keys(100.0, 10) == [b"run_4", b"run_0"]
     due.touch(b"run_4", None)  # gone from the table: never held
-    assert due.idle_keys(1000.0) == []
+    assert due.idle_keys(1000.0, 10) == []
+
+
+def test_restored_runs_the_sweep_reads_after_a_rebalance_are_held_again_in_the_same_sweep() -> None:
+    w = _Worker(_store())
+    w.decide([_record(f"run_{i}", i, handoff(f"run_{i}", 1, "t")) for i in range(3)], NOW)
+    data = w.states._data
+    for key in list(data):
+        data[key] = data[key].to_bytes()  # restored from the changelog
+    at = NOW + timedelta(seconds=HOLD_IDLE_S + 1)
+    w.due.rebuild_keys(list(data), at.timestamp())  # the new assignment: each due once
+    w.sweep(at)  # reads (decodes) each to see what is due
+    assert all(type(v) is bytes for v in data.values())
