@@ -1,8 +1,9 @@
 """The approval flow of a gated handoff: asked (approval id, pending), answered (who may
 grant or deny, and with which signature) and expired (approval.ttl_seconds).
 
-The engine (processors/engine.py) decides when a handoff needs an approval and what a
-usable grant allows; this module says whether an answer counts and builds its records. An
+The engine (processors/engine.py) decides when a handoff needs an approval; this module
+says whether an answer counts, decides the handoff again on a grant, remembers what the
+grant covers until the handoff's report, and builds the records. An
 answer that does not count leaves the approval pending and is recorded under its own key
 and request id, so the real approver's answer still counts and no refusal replaces another
 record in the audit.
@@ -15,8 +16,9 @@ from datetime import UTC, datetime, timedelta
 
 from baton.processors.decision_builder import DecisionContext, build_decision, cover_digest
 from baton.processors.dedup_keys import APPROVAL, REFUSED, request_digest
+from baton.processors.engine_outcome import apply_allow, apply_stop
 from baton.processors.policy_rules import TenantRules
-from baton.processors.rule_checks import depth_of
+from baton.processors.rule_checks import check_handoff, depth_of
 from baton.processors.state import MAX_PENDING_APPROVALS, PendingApproval, RunState, TaskNode
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import (
@@ -29,6 +31,7 @@ from baton.schemas.signing import approval_payload, verify
 
 __all__ = [
     "MAX_GRANTS",
+    "answer_approval",
     "answer_refused",
     "answered",
     "approval_id_for",
@@ -99,6 +102,36 @@ def answer_refused(
         why = f"{ev.approver} is not in approval.approvers"
         return _rejected(st, ev, ctx, Reason.APPROVER_NOT_PERMITTED, why)
     return None
+
+
+def answer_approval(
+    st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: DecisionContext
+) -> list[Decision]:
+    """An answer to a pending approval: refused (the approval stays pending), a denial
+    (stop), or a grant (the request's rules again, without the gate; an allow remembers
+    what the grant covers until the handoff's report)."""
+    pending = st.pending.get(ev.approval_id)
+    refused = answer_refused(st, ev, pending, ctx)
+    if refused is not None:
+        return [refused]
+    assert pending is not None  # answer_refused refuses an answer to no pending approval
+    st.pending = {k: p for k, p in st.pending.items() if k != ev.approval_id}
+    req = pending.request
+    node = st.task(req.task_id)
+    depth = depth_of(st, req, node)
+    if type(ev) is ApprovalDenied:
+        outcome, reason, detail = Outcome.STOP, Reason.APPROVAL_DENIED, ev.comment
+    else:
+        outcome, reason, detail = check_handoff(st, req, ctx, depth, node, gate=False)
+        if outcome is Outcome.ALLOW:
+            reason = Reason.APPROVAL_GRANTED
+    if outcome is Outcome.ALLOW:
+        apply_allow(st, req, depth, node, ctx)
+        remember_grant(st, req, ctx.rules)
+        node = st.task(req.task_id)
+    elif outcome is Outcome.STOP:
+        apply_stop(st, reason, ctx)
+    return [answered(st, ev, pending, ctx, (outcome, reason, detail), depth, node)]
 
 
 def answered(

@@ -10,11 +10,12 @@ Where things are (processors/, one job each):
  - rule_checks        every rule, one function naming its policy key and reason, and
                       ``check_handoff``: the pre-handoff rules in order
  - policy_rules       the policy's compiled form (TenantRules, rules_for)
- - approvals          approvals asked, answered (signatures, who may), expired
+ - approvals          approvals asked, answered (signatures, who may, the grant), expired
  - engine_budget      costs counted, estimates reserved, settled, expired
  - engine_control     kill switches and policy updates (operators' commands)
  - engine_refusals    answers from the run's memory, protocol refusals, the worker's stops
  - engine_lifecycle   what falls due, eviction to a tombstone
+ - engine_outcome     what an allow or a budget stop does to the run's state
  - decision_builder   the decision record, field by field
  - dedup_keys         the key and digest a decided event is remembered by
 
@@ -34,13 +35,11 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from baton.processors.approvals import (
-    answer_refused,
-    answered,
+    answer_approval,
     approval_id_for,
     ask_approval,
     refused_answer_id,
     refused_key,
-    remember_grant,
     spend_grant,
 )
 from baton.processors.decision_builder import (
@@ -51,7 +50,7 @@ from baton.processors.decision_builder import (
     build_decision,
 )
 from baton.processors.dedup_keys import dedup_key, request_digest
-from baton.processors.engine_budget import count_cost, reserve, settle_reservation
+from baton.processors.engine_budget import count_cost, settle_reservation
 from baton.processors.engine_control import (
     NO_KILLS,
     KillSwitches,
@@ -70,6 +69,7 @@ from baton.processors.engine_lifecycle import (
     new_state,
     next_due,
 )
+from baton.processors.engine_outcome import STICKY_REASONS, apply_allow, apply_stop
 from baton.processors.engine_refusals import answer_known, refuse
 from baton.processors.policy_rules import (
     BUDGET_TOLERANCE,
@@ -78,16 +78,14 @@ from baton.processors.policy_rules import (
     rules_for,
 )
 from baton.processors.rule_checks import (
-    budget_exhausted,
     check_handoff,
-    count_bounce,
     depth_of,
     release_ownership,
     spent_over,
     ungranted_tool_rule,
     used_tools_rule,
 )
-from baton.processors.state import MAX_PENDING_APPROVALS, RunState, TaskNode
+from baton.processors.state import MAX_PENDING_APPROVALS, RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import (
     ApprovalDenied,
@@ -132,16 +130,6 @@ __all__ = [
 #: the former name of expire_due (it expires reservations too now)
 expire_approvals = expire_due
 
-#: stops that end the run for good (the run stays stopped); other stops refuse one handoff
-#: (a completion's stop, whatever its reason, also ends the run: see _post_handoff)
-STICKY_REASONS = frozenset(
-    {
-        Reason.HANDOFF_BUDGET_EXCEEDED,
-        Reason.SHARED_BUDGET_EXCEEDED,
-        Reason.STEP_BUDGET_EXCEEDED,
-    }
-)
-
 # Enum members the hot path uses, as module globals: on CPython 3.11 ``Outcome.STOP`` costs
 # about ten times a global lookup, and a decision touches several (bench/RESULTS.md)
 _ALLOW, _STOP, _RECORDED, _APPROVAL_REQUIRED = (
@@ -152,7 +140,6 @@ _ALLOW, _STOP, _RECORDED, _APPROVAL_REQUIRED = (
 )
 _PRE_HANDOFF, _POST_HANDOFF = Phase.PRE_HANDOFF, Phase.POST_HANDOFF
 _WITHIN_BUDGET = Reason.WITHIN_BUDGET
-_SHARED = Reason.SHARED_BUDGET_EXCEEDED
 
 
 def decide(
@@ -221,7 +208,7 @@ def decide(
     elif type(event) is HandoffCompleted:
         decisions = _post_handoff(st, event, ctx)
     elif type(event) is ApprovalGranted or type(event) is ApprovalDenied:
-        decisions = _approval(st, event, ctx)
+        decisions = answer_approval(st, event, ctx)
         if decisions[0].outcome is _RECORDED:
             # a grant that could not be used leaves the approval pending: it must not burn
             # the approval's key, or the real approver's grant would be taken for a duplicate
@@ -263,12 +250,12 @@ def _pre_handoff(st: RunState, event: HandoffRequested, ctx: DecisionContext) ->
         else:
             approval_id, expires = asked
     if outcome is _ALLOW or shadow_mode:
-        _apply_allow(st, req, depth, node, ctx)
+        apply_allow(st, req, depth, node, ctx)
         # kept, or the new (or released) task's
         owner = node.owner if node is not None and node.owner else req.to_agent
     else:
         if outcome is _STOP:
-            _apply_stop(st, reason, ctx)
+            apply_stop(st, reason, ctx)
         owner = (node.owner or None) if node is not None else None
     d = build_decision(
         st,
@@ -288,38 +275,6 @@ def _pre_handoff(st: RunState, event: HandoffRequested, ctx: DecisionContext) ->
     if approval_id is not None:
         d.request_digest = request_digest(event)  # what the approver signs
     return [d]
-
-
-def _apply_allow(
-    st: RunState, req: HandoffRequested, depth: int, node: TaskNode | None, ctx: DecisionContext
-) -> None:
-    """An allowed handoff: the task locked to ``to_agent``, its agents joined, the handoff
-    counted (and its bounce), its estimate reserved."""
-    # tasks, agents, reserved, pending and bounces are replaced, never changed in place: the
-    # state this one was copied from shares them (RunState.copy)
-    task_id, from_agent, to_agent = req.task_id, req.from_agent, req.to_agent
-    if node is None:
-        st.add_task(task_id, TaskNode(to_agent, from_agent, req.parent_task_id, depth))
-    elif not node.owner:  # released: the task keeps its place in the tree, gets an owner
-        st.add_task(task_id, TaskNode(to_agent, from_agent, node.parent, node.depth))
-    agents = st.agents
-    if from_agent not in agents or to_agent not in agents:
-        st.agents = {**agents, from_agent: None, to_agent: None}
-    st.handoff_count += 1
-    rules = ctx.rules
-    if rules.max_bounces is not None:
-        count_bounce(st, req)
-    if req.estimated_usd or req.estimated_tool_calls:
-        reserve(st, req, rules, ctx.now_ts)
-
-
-def _apply_stop(st: RunState, reason: str, ctx: DecisionContext) -> None:
-    """A stopped handoff: a budget stop ends the run (a stop on an *estimate* does not: a
-    smaller request may still fit); shadow mode ends nothing."""
-    rules = ctx.rules
-    sticky = reason in STICKY_REASONS and not rules.shadow_mode
-    if sticky and (reason != _SHARED or budget_exhausted(st, rules, ctx.now_ts)):
-        st.stopped = reason
 
 
 def _post_handoff(st: RunState, event: HandoffCompleted, ctx: DecisionContext) -> list[Decision]:
@@ -370,35 +325,6 @@ def _post_handoff(st: RunState, event: HandoffCompleted, ctx: DecisionContext) -
             detail=over,
         )
     ]
-
-
-def _approval(
-    st: RunState, ev: ApprovalGranted | ApprovalDenied, ctx: DecisionContext
-) -> list[Decision]:
-    """An answer to a pending approval: refused (the approval stays pending), a denial
-    (stop), or a grant (the request's rules again, without the gate)."""
-    pending = st.pending.get(ev.approval_id)
-    refused = answer_refused(st, ev, pending, ctx)
-    if refused is not None:
-        return [refused]
-    assert pending is not None  # answer_refused refuses an answer to no pending approval
-    st.pending = {k: p for k, p in st.pending.items() if k != ev.approval_id}
-    req = pending.request
-    node = st.task(req.task_id)
-    depth = depth_of(st, req, node)
-    if type(ev) is ApprovalDenied:
-        outcome, reason, detail = _STOP, Reason.APPROVAL_DENIED, ev.comment
-    else:
-        outcome, reason, detail = check_handoff(st, req, ctx, depth, node, gate=False)
-        if outcome is _ALLOW:
-            reason = Reason.APPROVAL_GRANTED
-    if outcome is _ALLOW:
-        _apply_allow(st, req, depth, node, ctx)
-        remember_grant(st, req, ctx.rules)
-        node = st.task(req.task_id)
-    elif outcome is _STOP:
-        _apply_stop(st, reason, ctx)
-    return [answered(st, ev, pending, ctx, (outcome, reason, detail), depth, node)]
 
 
 def _finish(st: RunState, ev: RunFinished, ctx: DecisionContext) -> list[Decision]:

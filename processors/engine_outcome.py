@@ -1,0 +1,62 @@
+"""What an outcome does to the run's state: an allow locks the task, counts the handoff and
+reserves its estimate; a budget stop ends the run.
+
+The engine (processors/engine.py) and the approval flow (processors/approvals.py, after a
+grant) apply their outcomes here. Containers are replaced, never changed in place: the state
+a run's new state was copied from shares them (RunState.copy).
+"""
+
+from __future__ import annotations
+
+from baton.processors.decision_builder import DecisionContext
+from baton.processors.engine_budget import reserve
+from baton.processors.rule_checks import budget_exhausted, count_bounce
+from baton.processors.state import RunState, TaskNode
+from baton.schemas.decision import Reason
+from baton.schemas.events import HandoffRequested
+
+__all__ = ["STICKY_REASONS", "apply_allow", "apply_stop"]
+
+#: stops that end the run for good (the run stays stopped); other stops refuse one handoff
+#: (a completion's stop, whatever its reason, also ends the run: see _post_handoff)
+STICKY_REASONS = frozenset(
+    {
+        Reason.HANDOFF_BUDGET_EXCEEDED,
+        Reason.SHARED_BUDGET_EXCEEDED,
+        Reason.STEP_BUDGET_EXCEEDED,
+    }
+)
+
+_SHARED = Reason.SHARED_BUDGET_EXCEEDED
+
+
+def apply_allow(
+    st: RunState, req: HandoffRequested, depth: int, node: TaskNode | None, ctx: DecisionContext
+) -> None:
+    """An allowed handoff: the task locked to ``to_agent``, its agents joined, the handoff
+    counted (and its bounce), its estimate reserved."""
+    # tasks, agents, reserved, pending and bounces are replaced, never changed in place: the
+    # state this one was copied from shares them (RunState.copy)
+    task_id, from_agent, to_agent = req.task_id, req.from_agent, req.to_agent
+    if node is None:
+        st.add_task(task_id, TaskNode(to_agent, from_agent, req.parent_task_id, depth))
+    elif not node.owner:  # released: the task keeps its place in the tree, gets an owner
+        st.add_task(task_id, TaskNode(to_agent, from_agent, node.parent, node.depth))
+    agents = st.agents
+    if from_agent not in agents or to_agent not in agents:
+        st.agents = {**agents, from_agent: None, to_agent: None}
+    st.handoff_count += 1
+    rules = ctx.rules
+    if rules.max_bounces is not None:
+        count_bounce(st, req)
+    if req.estimated_usd or req.estimated_tool_calls:
+        reserve(st, req, rules, ctx.now_ts)
+
+
+def apply_stop(st: RunState, reason: str, ctx: DecisionContext) -> None:
+    """A stopped handoff: a budget stop ends the run (a stop on an *estimate* does not: a
+    smaller request may still fit); shadow mode ends nothing."""
+    rules = ctx.rules
+    sticky = reason in STICKY_REASONS and not rules.shadow_mode
+    if sticky and (reason != _SHARED or budget_exhausted(st, rules, ctx.now_ts)):
+        st.stopped = reason
