@@ -112,8 +112,8 @@ def replay_run(
         text = recs[0].input
         event = parse_event(text.encode(), run_key) if text is not None else None
         before = recorded.state
-        kills, refusal, origin = step_context(recs)
-        as_recorded = recorded.step(recs, event, kills, refusal, origin)
+        context = step_context(recs)
+        as_recorded = recorded.step(recs, event, context)
         if shared:
             version = recs[0].policy_version
             if version not in same:
@@ -123,7 +123,7 @@ def replay_run(
                 )
             if not same[version]:
                 shared, new.state = False, before  # the two part here
-        as_new = as_recorded if shared else new.step(recs, event, kills, refusal, origin)
+        as_new = as_recorded if shared else new.step(recs, event, context)
         outcome.decisions += len(recs)
         for i, rec in enumerate(recs):
             again = as_recorded[i] if i < len(as_recorded) else None
@@ -164,7 +164,7 @@ def rebuild_run(
     for recs in steps(run):
         text = recs[0].input
         event = parse_event(text.encode(), run_key) if text is not None else None
-        again = replayer.step(recs, event, *step_context(recs))
+        again = replayer.step(recs, event, step_context(recs))
         if reproduced:
             reproduced = len(again) == len(recs) and all(
                 faithful(rec, d) for rec, d in zip(recs, again, strict=True)

@@ -16,6 +16,7 @@ marks what it decided (its decisions are compared on outcome and reason, never h
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from baton.processors.chain import link
 from baton.processors.engine import (
@@ -32,7 +33,7 @@ from baton.schemas.decision import Decision, Reason
 from baton.schemas.events import RunEvent
 from baton.schemas.policy import Policy
 
-__all__ = ["Replayer", "faithful", "is_partial", "step_context", "steps"]
+__all__ = ["Replayer", "StepContext", "faithful", "is_partial", "step_context", "steps"]
 
 #: refusals of the worker's own, not of its policy: replayed as refusals under both policies
 _WORKER_REFUSALS = frozenset({Reason.WORKER_RUN_LIMIT.value, Reason.RUN_STATE_LIMIT.value})
@@ -62,18 +63,34 @@ def steps(run: list[Recorded]) -> list[list[Recorded]]:
     return out
 
 
-def step_context(recs: list[Recorded]) -> tuple[KillSwitches, Recorded | None, Origin]:
-    """What a step was decided with besides its policy: the kill switch its run was under
-    (a stop ``killed`` says so), a refusal of the worker's own, and where its input was read
-    (made once for both replays of the step), as recorded."""
-    kills, refusal = NO_KILLS, None
+class StepContext(NamedTuple):
+    """What a step was decided with besides its policy, as recorded (made once for both
+    replays of the step)."""
+
+    #: the kill switch the run was under (a stop ``killed`` says so)
+    kills: KillSwitches
+    #: a refusal of the worker's own (worker_run_limit, run_state_limit)
+    refusal: Recorded | None
+    #: where its input was read
+    origin: Origin
+    #: `baton up` restored the run stopped here (audit_unverified)
+    unverified: bool
+
+
+def step_context(recs: list[Recorded]) -> StepContext:
+    """The :class:`StepContext` of the step ``recs``."""
+    kills, refusal, unverified = NO_KILLS, None, False
     for r in recs:
-        if r.reason == _KILLED:
+        reason = r.reason
+        if reason == _KILLED:
             kills = KillSwitches(runs=frozenset({r.run_id}))
-        elif r.reason in _WORKER_REFUSALS:
+        elif reason in _WORKER_REFUSALS:
             refusal = r
+        elif reason == _AUDIT_UNVERIFIED:
+            unverified = True
     first = recs[0]
-    return kills, refusal, Origin(first.worker, first.partition, first.offset)
+    origin = Origin(first.worker, first.partition, first.offset)
+    return StepContext(kills, refusal, origin, unverified)
 
 
 def is_partial(run: list[Recorded], policies: dict[str, Policy]) -> str | None:
@@ -118,20 +135,15 @@ class Replayer:
         self,
         recs: list[Recorded],
         event: RunEvent | None,
-        kills: KillSwitches,
-        refusal: Recorded | None,
-        origin: Origin,
+        context: StepContext,
     ) -> list[Decision]:
         """The step's decisions made now (not the replies re-emitted from the state)."""
         first = recs[0]
         policy = self.policy_of(first)
         now = first.decided_at
+        kills, refusal, origin, unverified = context
         before = self.state
-        if (
-            before is not None
-            and before.stopped is None
-            and any(r.reason == _AUDIT_UNVERIFIED for r in recs)
-        ):
+        if unverified and before is not None and before.stopped is None:
             self.state = before = before.copy()
             before.stopped = _AUDIT_UNVERIFIED
         if event is None:
