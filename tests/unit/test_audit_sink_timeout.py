@@ -65,3 +65,25 @@ def test_the_timeout_is_a_setting_with_a_bounded_default() -> None:
     assert Settings(clickhouse_timeout_s=2.5).clickhouse_timeout_s == 2.5
     with pytest.raises(ValueError, match="clickhouse_timeout_s"):
         Settings(clickhouse_timeout_s=0)
+
+
+@pytest.mark.parametrize("command", [["sql", "SELECT 1"], ["top", "--once"]], ids=["sql", "top"])
+def test_baton_sql_and_top_name_a_silent_server_in_one_line(
+    silent_port: int, command: list[str]
+) -> None:
+    from click.testing import CliRunner
+
+    from baton.cli.main import _register, cli
+
+    _register()
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        cli,
+        [*command, "--dsn", f"http://127.0.0.1:{silent_port}/db"],
+        env={"BATON_CLICKHOUSE_TIMEOUT_S": "1"},
+    )
+    assert "Traceback" not in result.output
+    assert result.exit_code != 0, result.output
+    (line,) = [ln for ln in result.stderr.splitlines() if "did not answer" in ln]
+    assert f"127.0.0.1:{silent_port}" in line and "within 1 s" in line
+    assert time.monotonic() - started < 15
