@@ -130,6 +130,20 @@ def test_a_hangul_filler_in_an_agent_name_does_not_escape_its_role() -> None:
     assert decided.reason == Reason.TOOL_NOT_PERMITTED
 
 
+@pytest.mark.parametrize("agent", ["billing_agent", "BILLING_AGENT", "\uff42illing_agent"])
+def test_a_role_applies_to_every_spelling_folding_alike(agent: str) -> None:
+    run = Run(parse_policy("multi_agent: {roles: {billing_agent: {tools: {allow: [billing.*]}}}}"))
+    assert run.handoff("t1", "planner", agent, tool="shell.exec").reason == (
+        Reason.TOOL_NOT_PERMITTED
+    )
+
+
+def test_tenant_limits_apply_to_a_folding_alike_tenant() -> None:
+    run = Run(parse_policy("tenants: {acme: {max_handoffs: 1}}"), tenant="\uff21CME")
+    run.handoff("t1", "planner", "writer")
+    assert run.handoff("t2", "planner", "writer").reason == Reason.HANDOFF_BUDGET_EXCEEDED
+
+
 def test_strict_roles_stops_an_invisible_variant_of_a_listed_agent() -> None:
     policy = parse_policy(
         "multi_agent: {strict_roles: true, roles: {billing_agent: {tools: {allow: [billing.*]}},"
@@ -139,18 +153,26 @@ def test_strict_roles_stops_an_invisible_variant_of_a_listed_agent() -> None:
     assert decided.outcome == Outcome.STOP  # not under roles: strict_roles holds
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="'a<U+2800>' (Braille blank) is a fresh agent: a -> b -> a<U+2800> -> b ... never "
-    "counts as a bounce of the pair a, b (max_bounces 1 allows it)",
-)
-def test_an_invisible_variant_of_an_agent_does_not_reset_max_bounces() -> None:
+def _bounced(giver: str) -> Decision:
+    """a -> b, b -> a, then ``giver`` -> b under max_bounces 1: the third handoff's decision."""
     run = Run(policy_with(max_bounces=1, max_agents_per_run=None, max_handoffs=None))
     run.handoff("t1", "a", "b")
     run.handoff("t2", "b", "a")
-    run.handoff("t3", "a", "b")
-    decided = run.handoff("t4", "b", "a\u2800")
-    assert decided.outcome == Outcome.STOP
+    return run.handoff("t3", giver, "b")
+
+
+@pytest.mark.parametrize("giver", ["a", "A", "\uff41"])
+def test_a_folding_alike_variant_of_an_agent_is_the_same_bounce(giver: str) -> None:
+    assert _bounced(giver).reason == Reason.DELEGATION_CYCLE
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="'a<U+2800>' (Braille blank) is a fresh agent: a -> b, b -> a, a<U+2800> -> b is "
+    "allowed (ok) where a -> b is stopped delegation_cycle under max_bounces 1",
+)
+def test_an_invisible_variant_of_an_agent_does_not_reset_max_bounces() -> None:
+    assert _bounced("a\u2800").reason == Reason.DELEGATION_CYCLE
 
 
 @pytest.mark.xfail(
@@ -284,6 +306,53 @@ def test_a_signature_over_one_approver_does_not_count_for_another_name() -> None
     assert (counted.outcome, counted.approver) == (Outcome.ALLOW, "finance_lead")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a name of nothing visible is a name: to_agent '\\u034f', '\\u3164', '\\u2800', "
+    "'\\ufe0f' or a lone combining acute '\\u0301' is decided, an agent rendered as blank",
+)
+@pytest.mark.parametrize("name", ["\u034f", "\u3164", "\u2800\u2800", "\ufe0f", "\u0301"])
+def test_a_name_with_nothing_visible_is_a_dead_letter(name: str) -> None:
+    raw = json.loads(handoff("r1", "t1", "planner", "b").to_json())
+    raw["to_agent"] = name
+    with pytest.raises(EventError, match="bad name"):
+        parse_event(json.dumps(raw).encode())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="roles keys 'billing_agent' and 'billing_agent<U+034F>' look identical and are both "
+    "kept: which rule a reader sees is a coin toss, the collision fold_keys refuses for "
+    "'Billing_Agent'",
+)
+def test_policy_keys_differing_by_an_invisible_mark_are_refused() -> None:
+    with pytest.raises(ValueError):
+        fold_keys({"billing_agent": {}, f"billing_agent{CGJ}": {}}, "roles")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the script rule looks at letters only: digits of other scripts pass in a Latin "
+    "name; 'billing\\u0660refund' (Arabic-Indic zero, a dot) escapes require_approval_for "
+    "[billing.*]; 'pr\\u0b66c.kill' (Oriya zero, an o) escapes tools.block [proc.*]",
+)
+@pytest.mark.parametrize("tool", ["billing\u0660refund", "billing\u06f0refund", "pr\u0b66c.kill"])
+def test_a_digit_of_another_script_does_not_pass_for_latin(tool: str) -> None:
+    with pytest.raises(ValueError, match="bad name"):
+        normal_name(tool)
+
+
+def test_a_self_approval_under_a_folding_alike_spelling_is_refused() -> None:
+    run = Run(parse_policy("multi_agent: {require_approval_for: ['billing.*']}"))
+    asked = run.handoff("t1", "strasse", "billing_agent", tool="billing.refund")
+    assert asked.approval_id is not None
+    for spelling in ("STRA\u00dfE", "\u017ftrasse", "\uff53trasse"):  # sharp s, long s, fullwidth
+        [answer] = run.grant(asked.approval_id, spelling)
+        assert answer.reason == Reason.SELF_APPROVAL
+    [beneficiary] = run.grant(asked.approval_id, "Billing_Agent")
+    assert beneficiary.reason == Reason.BENEFICIARY_APPROVAL
+
+
 # ============================================================================ 2. grant record
 
 GATED = "multi_agent: {require_approval_for: ['billing.*'], max_agents_per_run: 9}"
@@ -382,6 +451,23 @@ def test_a_redelivered_grant_does_not_give_a_second_use() -> None:
     assert run.state is not None and run.state.grants == {}
     again = _report(run, rid, "billing.refund", cost_usd=0.3)
     assert again.reason == Reason.TOOL_NOT_PERMITTED
+
+
+def test_a_retried_report_stamped_anew_is_the_same_report() -> None:
+    run = Run(parse_policy(GATED))
+    allowed = _granted(run, tool="billing.refund")
+    tools = ["billing.refund"]
+    first = run.one(completed(allowed.request_id, "t1", "billing_agent", 1, tools=tools, t=2))
+    retry = run.one(completed(allowed.request_id, "t1", "billing_agent", 1, tools=tools, t=9))
+    assert retry == first and first.reason == Reason.WITHIN_BUDGET
+    assert run.state is not None and run.state.spent_usd == 1 and run.state.stopped is None
+
+
+def test_a_gated_tool_declared_only_in_the_tools_list_needs_the_approval() -> None:
+    run = Run(parse_policy(GATED))
+    tools = [f"search.t{i}" for i in range(63)] + ["BILLING.Refund"]
+    asked = run.handoff("t1", "planner", "billing_agent", tools=tools)
+    assert asked.outcome == Outcome.APPROVAL_REQUIRED
 
 
 def test_a_state_round_trip_between_two_reports_keeps_one_use_and_idempotence() -> None:
