@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,15 +17,43 @@ from baton.streams.net import free_port as _free_port
 # importable. Importing them would load a second copy of a module next to baton.*, so a
 # session that did it fails here.
 _BARE_PACKAGES = ("schemas", "processors", "streams", "sinks", "cli")
+#: bare packages the xdist workers imported, gathered in the controlling process
+_BARE_IN_WORKERS = pytest.StashKey[set[str]]()
+#: under xdist (-n), the layers' order in which test files are handed out: the slow real
+#: components first, so the many quick unit files fill the gaps at the end instead of one
+#: worker starting a minute-long fault test while the other has nothing left
+_LAYER_ORDER = ("faults", "integration", "unit")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # a plain run keeps pytest's order
+        return
+    items.sort(key=_layer_rank)  # stable: a file's tests keep their order
+
+
+def _layer_rank(item: pytest.Item) -> int:
+    layer = item.path.parent.name
+    return _LAYER_ORDER.index(layer) if layer in _LAYER_ORDER else len(_LAYER_ORDER)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """An xdist worker ended: keep the bare packages it imported (its exit status is not
+    passed on to the controlling process, which decides the run's)."""
+    bare = node.workeroutput.get("bare_packages", []) if hasattr(node, "workeroutput") else []
+    node.config.stash.setdefault(_BARE_IN_WORKERS, set()).update(bare)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    bare = [name for name in _BARE_PACKAGES if name in sys.modules]
+    bare = {name for name in _BARE_PACKAGES if name in sys.modules}
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: tell the controller
+        session.config.workeroutput["bare_packages"] = sorted(bare)
+    bare |= session.config.stash.get(_BARE_IN_WORKERS, set())
     if bare:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         sys.stderr.write(
-            f"\nERROR: bare package(s) imported: {', '.join(bare)}; "
-            f"import them as baton.{bare[0]} instead\n"
+            f"\nERROR: bare package(s) imported: {', '.join(sorted(bare))}; "
+            f"import them as baton.{min(bare)} instead\n"
         )
 
 

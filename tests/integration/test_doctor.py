@@ -251,9 +251,10 @@ def test_a_stack_whose_worker_stopped_fails_the_workers_check(
         assert running.startswith("✔") and "answered a probe" in running, running
     finally:
         worker.stop()
-    stopped = lines(doctor(env, "--timeout", "3"))[group]
+    report = lines(doctor(env, "--timeout", "3"))
+    stopped = report[group]
     assert stopped.startswith("✘") and "no Baton worker answered" in stopped, stopped
     assert "start `baton worker`" in stopped
     # its decisions (the probes') were never written to an audit: no sink ever ran here
-    audit = lines(doctor(env, "--timeout", "3"))["audit lag"]
+    audit = report["audit lag"]
     assert audit.startswith("✘") and "never committed" in audit and "baton sink" in audit

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from baton.streams.net import free_port
 from tests.helpers import wait_for
@@ -106,15 +106,33 @@ def _gone(pids: list[int]) -> bool:
 
 
 def _read(bootstrap: str, topic: str, run: str) -> list[dict]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "log_level": 0})
-    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-    out, deadline = [], time.monotonic() + 3
-    while time.monotonic() < deadline:
-        msg = c.poll(0.2)
-        if msg is not None and not msg.error():
+    """``run``'s records in ``topic`` now: read from the start to the end of every partition
+    (callers poll this until what they wait for is there)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "log_level": 0,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out: list[dict] = []
+        at_end: set[int] = set()
+        deadline = time.monotonic() + 10
+        while len(at_end) < len(parts) and time.monotonic() < deadline:
+            msg = c.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                continue
             out.append(json.loads(msg.value()))
-    c.close()
+    finally:
+        c.close()
     return [d for d in out if d.get("run_id") == run]
 
 
@@ -152,7 +170,7 @@ def test_typed_json_from_a_default_partitioner_client_is_decided(up: _Up) -> Non
         return _read(bootstrap, topic, run)
 
     decisions = wait_for(
-        lambda: len(read("gov.decisions")) >= 2 and read("gov.decisions"), 60, message="decisions"
+        lambda: len(got := read("gov.decisions")) >= 2 and got, 60, message="decisions"
     )
     assert [(d["outcome"], d["reason"]) for d in decisions] == [
         ("allow", "ok"),

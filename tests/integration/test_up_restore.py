@@ -74,10 +74,7 @@ def _kill(bootstrap: str, run: str) -> None:
 
 def _decisions(bootstrap: str, run: str, n: int) -> list[tuple[str, str]]:
     found = wait_for(
-        lambda: (
-            len(_read(bootstrap, "gov.decisions", run)) >= n
-            and _read(bootstrap, "gov.decisions", run)
-        ),
+        lambda: len(read := _read(bootstrap, "gov.decisions", run)) >= n and read,
         60,
         message=f"{n} decisions of {run}",
     )
