@@ -498,6 +498,51 @@ def test_a_completion_redelivered_past_the_dedup_window_stops_the_run() -> None:
     assert late.outcome != Outcome.ALLOW and late.reason == Reason.TOOL_NOT_PERMITTED
 
 
+def _signed_replay(replay_at: float) -> tuple[Decision, Decision]:
+    """One signed grant, its report, 600 filler events of the run (past the 512-key dedup
+    window), then the request, the signed grant and the report again at ``replay_at``:
+    the replayed grant's and report's decisions."""
+    lead = new_private_key()
+    run = Run(
+        parse_policy(
+            "multi_agent:\n  require_approval_for: [refund]\n  max_agents_per_run: null\n"
+            "  max_handoffs: null\n  approval:\n    keys:\n"
+            f'      finance_lead: "{public_key_text(lead)}"\n'
+        )
+    )
+    asked = run.handoff("t1", "planner", "billing_agent", action="refund", tools=["refund"])
+    assert asked.approval_id is not None
+    request = run.last
+    grant = _signed_grant(asked.approval_id, request_digest(request), "finance_lead", lead)
+    assert run.send(grant, 5)[0].reason == Reason.APPROVAL_GRANTED
+    report = completed(request.request_id, "t1", "billing_agent", 1.0, tools=["refund"], t=6)
+    assert run.one(report, 6).reason == Reason.WITHIN_BUDGET
+    for i in range(600):
+        run.one(completed(f"filler-{i}", f"f{i}", "x", t=7), 7)
+    run.send(request, replay_at)  # asked again: the same approval id, pending anew
+    [again] = run.send(grant, replay_at)
+    return again, run.one(report, replay_at + 1)
+
+
+def test_a_signed_grant_replayed_a_minute_later_past_the_dedup_window_is_refused() -> None:
+    again, report = _signed_replay(100)
+    assert again.reason == Reason.SIGNATURE_EXPIRED
+    assert (report.outcome, report.reason) == (Outcome.STOP, Reason.TOOL_NOT_PERMITTED)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="one signed grant, two uses: a run that pushes 600 events past its 512-key dedup "
+    "window within the 60 s clock skew, then replays the request, the signed grant and the "
+    "report, gets approval_granted again and its second report of the gated tool recorded "
+    "within_budget (cost counted twice); the spent approval id should stay refused",
+)
+def test_a_signed_grant_replayed_within_the_clock_skew_past_the_dedup_window_is_refused() -> None:
+    again, report = _signed_replay(20)
+    assert again.outcome != Outcome.ALLOW
+    assert report.reason == Reason.TOOL_NOT_PERMITTED
+
+
 def test_overflowing_max_grants_evicts_the_oldest_whose_report_then_stops() -> None:
     run = Run(policy_with(require_approval_for=["billing.*"], max_agents_per_run=None,
                           max_handoffs=None))  # fmt: skip
