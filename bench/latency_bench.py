@@ -57,6 +57,12 @@ _PRODUCER = {
 }
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process ``pid`` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _tail_consumer(bootstrap: str, topics: list[str], fetch_wait_ms: int) -> Consumer:
     """A consumer assigned to the end of every partition of ``topics`` (no group join)."""
     c = Consumer(
@@ -205,14 +211,15 @@ def _fresh_topics(bootstrap: str, *names: str) -> None:
 
 
 @contextmanager
-def relay_side(bootstrap: str, args: argparse.Namespace) -> Iterator[tuple[str, str]]:
-    """A relay process on fresh topics: (where requests go, where answers come from)."""
+def relay_side(bootstrap: str, args: argparse.Namespace) -> Iterator[tuple[str, str, int]]:
+    """A relay process on fresh topics: (where requests go, where answers come from, its
+    pid)."""
     prefix = f"relay{uuid.uuid4().hex[:6]}."
     src, dst = f"{prefix}in", f"{prefix}out"
     _fresh_topics(bootstrap, src, dst)
     proc = _start_relay(bootstrap, src, dst, args.fetch_wait_ms)
     try:
-        yield src, dst
+        yield src, dst, proc.pid
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
@@ -222,8 +229,8 @@ def relay_side(bootstrap: str, args: argparse.Namespace) -> Iterator[tuple[str, 
 @contextmanager
 def baton_side(
     bootstrap: str, args: argparse.Namespace, workdir: Path, pythonpath: str | None = None
-) -> Iterator[tuple[str, str]]:
-    """A ``baton worker`` process on fresh topics: (requests topic, decisions topic).
+) -> Iterator[tuple[str, str, int]]:
+    """A ``baton worker`` process on fresh topics: (requests topic, decisions topic, pid).
 
     ``pythonpath``: the worker imports Baton from there (another checkout: before/after)."""
     prefix = f"lat{uuid.uuid4().hex[:6]}."
@@ -244,7 +251,7 @@ def baton_side(
     log_path = workdir / prefix / f"worker-{args.guarantee}.log"
     try:
         _wait_for("the worker", lambda: " ready (policy" in log_path.read_text(), 120)
-        yield catalog.requests, catalog.decisions
+        yield catalog.requests, catalog.decisions, worker.pid
     finally:
         worker.send_signal(signal.SIGINT)
         worker.wait(30)
@@ -254,13 +261,17 @@ def baton_side(
 
 
 def phase(
-    bootstrap: str, side: AbstractContextManager[tuple[str, str]], args: argparse.Namespace
-) -> tuple[list[float], list[float]]:
-    """Latencies of one phase (fresh topics and process, warm-up, then the offered rate), and
-    for decisions the part up to ``decided_at``."""
+    bootstrap: str,
+    side: AbstractContextManager[tuple[str, str, int]],
+    args: argparse.Namespace,
+    broker_pid: int | None,
+) -> tuple[list[float], list[float], tuple[float, float]]:
+    """Latencies of one phase (fresh topics and process, warm-up, then the offered rate), for
+    decisions the part up to ``decided_at``, and the CPU seconds the side's process and the
+    broker used while the rate was offered."""
     # fresh topics every phase: on Tansu's memory storage a fetch slows down as a partition's
     # log grows (the relay alone went from p50 18 to 96 ms over 25 s on one pair of topics)
-    with side as (requests, answers):
+    with side as (requests, answers, pid):
         reader = Reader(bootstrap, [answers], args.fetch_wait_ms)
         # one producer per phase, its producer id assigned before the clock runs (a fresh
         # idempotent producer holds its records ~0.5 s: that would be every p99)
@@ -270,12 +281,17 @@ def phase(
                 reader.sent.clear()  # the worker still joining its group: again
             reader.got.clear()
             reader.to_decided.clear()
+            cpu0 = cpu_seconds(pid), cpu_seconds(broker_pid) if broker_pid else 0.0
             missing = offer(
                 producer, requests, reader, args.rate, args.seconds, uuid.uuid4().hex[:6]
             )
+            cpu = (
+                cpu_seconds(pid) - cpu0[0],
+                (cpu_seconds(broker_pid) - cpu0[1]) if broker_pid else 0.0,
+            )
             if missing:
                 raise SystemExit(f"{missing} requests unanswered after 15 s")
-            return reader.got.pop(answers, []), reader.to_decided
+            return reader.got.pop(answers, []), reader.to_decided, cpu
         finally:
             reader.close()
 
@@ -283,24 +299,30 @@ def phase(
 def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
         bootstrap, workdir = broker.bootstrap, Path(tmp)
+        broker_pid = broker._proc.pid if broker._proc is not None else None
         sides = {
             "relay": lambda: relay_side(bootstrap, args),
             "baton": lambda: baton_side(bootstrap, args, workdir),
             "before": lambda: baton_side(bootstrap, args, workdir, args.before_pythonpath),
         }
         rounds: dict[str, list[list[float]]] = {side: [] for side in args.sides.split(",")}
+        cpu: dict[str, list[tuple[float, float]]] = {side: [] for side in rounds}
         to_decided: list[float] = []
         for r in range(args.rounds):
             for side in rounds:
                 print(f"round {r + 1}: {side} at {args.rate:,}/s ...", file=sys.stderr)
-                latencies, before = phase(bootstrap, sides[side](), args)
+                latencies, before, used = phase(bootstrap, sides[side](), args, broker_pid)
                 rounds[side].append(latencies)
+                cpu[side].append(used)
                 to_decided += before
-        _report(args, rounds, to_decided)
+        _report(args, rounds, to_decided, cpu)
 
 
 def _report(
-    args: argparse.Namespace, rounds: dict[str, list[list[float]]], to_decided: list[float]
+    args: argparse.Namespace,
+    rounds: dict[str, list[list[float]]],
+    to_decided: list[float],
+    cpu: dict[str, list[tuple[float, float]]],
 ) -> None:
     print(
         f"\nmachine: {platform.node()}, {os.cpu_count()} cores, python "
@@ -311,8 +333,11 @@ def _report(
         f"(alternating), {PARTITIONS} partitions, fetch wait {args.fetch_wait_ms} ms, "
         f"worker {args.guarantee}\n"
     )
-    print(f"| {'side':<36} | {'samples':>7} | {'p50 ms':>7} | {'p99 ms':>7} |")
-    print(f"|{'-' * 38}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
+    print(
+        f"| {'side':<36} | {'samples':>7} | {'p50 ms':>7} | {'p99 ms':>7} "
+        f"| {'CPU us/event':>12} | {'broker CPU us/event':>19} |"
+    )
+    print(f"|{'-' * 38}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 14}|{'-' * 21}|")
     pooled = {}
     for side, samples in rounds.items():
         every = [s for one in samples for s in one]
@@ -323,13 +348,23 @@ def _report(
             "baton": "baton worker",
             "before": "baton worker (--before-pythonpath)",
         }[side]
+        events = args.rate * args.seconds * len(samples)
+        own = 1e6 * sum(c[0] for c in cpu[side]) / events
+        broker = 1e6 * sum(c[1] for c in cpu[side]) / events
         print(
-            f"| {name:<36} | {len(every):>7,} | {pooled[side][0]:>7.1f} | {pooled[side][1]:>7.1f} |"
+            f"| {name:<36} | {len(every):>7,} | {pooled[side][0]:>7.1f} | {pooled[side][1]:>7.1f} "
+            f"| {own:>12.0f} | {broker:>19.0f} |"
         )
-        print(f"|   p50 per round: {per_round:<19} | {'':>7} | {'':>7} | {'':>7} |")
+        print(
+            f"|   p50 per round: {per_round:<19} | {'':>7} | {'':>7} | {'':>7} | {'':>12} "
+            f"| {'':>19} |"
+        )
     if to_decided:
         p50, p99 = _p50_p99_ms(to_decided)
-        print(f"| {'  of it: produce -> decided_at':<36} | {'':>7} | {p50:>7.1f} | {p99:>7.1f} |")
+        print(
+            f"| {'  of it: produce -> decided_at':<36} | {'':>7} | {p50:>7.1f} | {p99:>7.1f} "
+            f"| {'':>12} | {'':>19} |"
+        )
     if "relay" not in pooled:
         return
     r50, r99 = pooled["relay"]

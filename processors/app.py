@@ -254,29 +254,25 @@ class GovernanceWorker:
         if durable is None:
             return
         if durable.done():
-            self._ack(messages, durable)
+            self._ack_or_exit(messages, durable)
         else:
-            acking = asyncio.ensure_future(self._ack_when_durable(messages, durable))
-            self._acking.add(acking)  # a reference until done (the loop keeps only weak ones)
-            acking.add_done_callback(self._acking.discard)
+            # a callback, not a task per batch: acknowledged the moment it is durable
+            self._acking.add(durable)
+            durable.add_done_callback(lambda done: self._ack_or_exit(messages, done))
 
-    async def _ack_when_durable(self, messages: list[Any], durable: asyncio.Future[None]) -> None:
-        await self._durable_or_exit(durable)
-        self._ack(messages, durable)
-
-    async def _durable_or_exit(self, durable: asyncio.Future[None]) -> None:
-        try:
-            await durable
-        except Exception:
-            # never let a batch whose run states were not delivered be acknowledged
+    def _ack_or_exit(self, messages: list[Any], durable: asyncio.Future[None]) -> None:
+        """Acknowledge a durable batch's messages; never one whose outputs were not delivered
+        (the process ends uncommitted), nor one cancelled by a shutdown (read again later)."""
+        self._acking.discard(durable)
+        if durable.cancelled():
+            return
+        if durable.exception() is not None:
             exit_without_commit(
                 EXIT_DELIVERY_FAILED,
-                "worker %s could not write a batch's run states; exiting without committing",
+                "worker %s could not deliver a batch's outputs (%s); exiting without committing",
                 self.worker_id,
+                durable.exception(),
             )
-
-    def _ack(self, messages: list[Any], durable: asyncio.Future[None]) -> None:
-        durable.result()  # raises if the batch is not durable: never acknowledged then
         faust_adapter.ack_fetched(self.app, messages)
 
     def _still_owner(self, generation: int) -> None:

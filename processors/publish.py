@@ -23,10 +23,11 @@ Two modes:
   (``send_offsets_to_transaction``); consumers reading ``read_committed`` (librdkafka's
   default) see all of a batch or nothing of it, and a crash leaves no half-written batch.
 
-Delivery reports are served by ``poll(0)`` on the event loop (every ``_POLL_S`` while records
-are in flight), never in another thread: a wait handed to a thread and back cost more than
-the broker's round trip on a busy 2-core host (bench/RESULTS.md). The counting is
-``publish_delivery``; a transaction's librdkafka calls are ``publish_transaction``.
+Delivery reports are served by ``poll(0)`` on the event loop (at each batch, and every
+``_POLL_S`` while records are in flight), never in another thread: a wait handed to a
+thread and back cost more than the broker's round trip on a busy 2-core host
+(bench/RESULTS.md). The counting is ``publish_delivery``; a transaction's librdkafka calls
+are ``publish_transaction``.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ _DEAD_LETTER_HEAD = (
 )  # fmt: skip
 
 
-#: how often the event loop serves delivery reports while records are in flight (they
-#: gate only run states and acknowledgements, never a decision's visibility)
-_POLL_S = 0.002
+#: how often the event loop serves delivery reports while records are in flight and no
+#: batch comes (each batch serves them first); they gate only run states and
+#: acknowledgements, never a decision's visibility, and a timer per millisecond or two
+#: cost the worker CPU per event on a busy host
+_POLL_S = 0.01
 #: librdkafka's linger.ms for the worker's producer
 _LINGER_MS = 0
 
@@ -268,6 +271,7 @@ class BatchPublisher:
         if self.transactional:
             await self._publish_transaction(out, before_state, offsets, group_metadata)
             return _done()
+        self._producer.poll(0)  # the reports that came in since the last batch
         if not (self._queued or out.decisions or out.dead_letters or out.forwards or out.changed):
             # nothing to send (an idle sweep): durable once the batch before it is
             previous = self._durable
