@@ -7,6 +7,7 @@ gets through and what should happen instead. The others pin an attack that held.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -612,3 +613,35 @@ def test_max_steps_holds_at_the_largest_count() -> None:
 def test_the_model_refuses_hostile_steps_without_the_wire_too() -> None:
     with pytest.raises(ValidationError):
         completed("r1", "t1", "b", steps=-1)
+
+
+def _parse_cpu(events: list[bytes]) -> float:
+    """CPU seconds per event to parse ``events`` (each three times, the best round)."""
+    rounds = []
+    for _ in range(3):
+        start = time.process_time()
+        for raw in events:
+            parse_event(raw)
+        rounds.append((time.process_time() - start) / len(events))
+    return min(rounds)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CPU amplification on the parse path: a 49 KB completion whose 64 tools are 256 "
+    "distinct Han letters each costs ~8.7 ms of CPU to validate (the script of every letter "
+    "looked up in Python, the 4,096-letter cache cleared 4 times an event; ~3.3 ms with the "
+    "cache warm) against ~0.06 ms for 64 ASCII names of 256 characters: ~115 hostile "
+    "events/s per core stall a partition",
+)
+def test_a_completion_of_64_long_non_ascii_tools_costs_no_more_than_20_ascii_ones() -> None:
+    base = json.loads(completed("r1", "t1", "b").to_json())
+    han = [chr(c) for c in range(0x4E00, 0x9FFF)]
+    hostile = []
+    for k in range(4):
+        letters = han[k * 4096 :] + han[: k * 4096]
+        tools = ["".join(letters[i * 256 : (i + 1) * 256]) for i in range(64)]
+        hostile.append(json.dumps(dict(base, tools=tools), ensure_ascii=False).encode())
+    ascii_tools = [f"t{i}" + "x" * 250 for i in range(64)]
+    plain = [json.dumps(dict(base, tools=ascii_tools)).encode()] * 40
+    assert _parse_cpu(hostile) < 20 * _parse_cpu(plain)
