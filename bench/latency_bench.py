@@ -15,6 +15,10 @@ returns a record as soon as it is fetched: ``poll(timeout)`` for the first, then
 ``consume(n, 0)`` for what that fetch already brought (``consume(n, t)`` would wait for ``n``
 records or ``t`` seconds and add up to ``t`` to every latency).
 
+Each side's row also says the CPU time its process (the relay or the worker) and the broker
+used per event while the rate was offered (from /proc): on a busy host the latency is the
+host's, the CPU per event much less so.
+
     python -m bench.latency_bench                       # 2,000 events/s, 3 rounds of 10 s
     python -m bench.latency_bench --rate 500 --rounds 2
     python -m bench.latency_bench --guarantee exactly_once
@@ -299,6 +303,7 @@ def phase(
 def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
         bootstrap, workdir = broker.bootstrap, Path(tmp)
+        # the broker's pid, for its CPU column (EmbeddedBroker keeps its process private)
         broker_pid = broker._proc.pid if broker._proc is not None else None
         sides = {
             "relay": lambda: relay_side(bootstrap, args),
@@ -307,21 +312,21 @@ def measure(args: argparse.Namespace) -> None:
         }
         rounds: dict[str, list[list[float]]] = {side: [] for side in args.sides.split(",")}
         cpu: dict[str, list[tuple[float, float]]] = {side: [] for side in rounds}
-        to_decided: list[float] = []
+        to_decided: dict[str, list[float]] = {side: [] for side in rounds}
         for r in range(args.rounds):
             for side in rounds:
                 print(f"round {r + 1}: {side} at {args.rate:,}/s ...", file=sys.stderr)
                 latencies, before, used = phase(bootstrap, sides[side](), args, broker_pid)
                 rounds[side].append(latencies)
                 cpu[side].append(used)
-                to_decided += before
+                to_decided[side] += before
         _report(args, rounds, to_decided, cpu)
 
 
 def _report(
     args: argparse.Namespace,
     rounds: dict[str, list[list[float]]],
-    to_decided: list[float],
+    to_decided: dict[str, list[float]],
     cpu: dict[str, list[tuple[float, float]]],
 ) -> None:
     print(
@@ -359,12 +364,12 @@ def _report(
             f"|   p50 per round: {per_round:<19} | {'':>7} | {'':>7} | {'':>7} | {'':>12} "
             f"| {'':>19} |"
         )
-    if to_decided:
-        p50, p99 = _p50_p99_ms(to_decided)
-        print(
-            f"| {'  of it: produce -> decided_at':<36} | {'':>7} | {p50:>7.1f} | {p99:>7.1f} "
-            f"| {'':>12} | {'':>19} |"
-        )
+        if to_decided.get(side):  # a worker side: how much was before its decision
+            p50, p99 = _p50_p99_ms(to_decided[side])
+            print(
+                f"| {'  of it: produce -> decided_at':<36} | {'':>7} | {p50:>7.1f} | {p99:>7.1f} "
+                f"| {'':>12} | {'':>19} |"
+            )
     if "relay" not in pooled:
         return
     r50, r99 = pooled["relay"]
