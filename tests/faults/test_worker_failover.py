@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from baton.processors.probe import wait_until_deciding
-from baton.schemas.decision import Outcome, Phase
+from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.events import HandoffRequested
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.partitioner import partition_for
@@ -95,6 +95,23 @@ def _positions(bootstrap: str, topic: str, group: str) -> str:
         return f"(positions unavailable: {exc})"
     finally:
         c.close()
+
+
+def _committed_past(conf: dict, topic: str, group: str, decided: list[Decision]) -> bool:
+    """``group`` has committed, on every partition, past the last request a decision in
+    ``decided`` answered (a decision names its request's partition and offset)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    need: dict[int, int] = {}
+    for d in decided:
+        if d.partition is not None and d.offset is not None:
+            need[d.partition] = max(need.get(d.partition, 0), d.offset + 1)
+    c = Consumer({**conf, "group.id": group, "log_level": 0})
+    try:
+        committed = c.committed([TopicPartition(topic, p) for p in need], timeout=5)
+    finally:
+        c.close()
+    return bool(need) and all(tp.offset >= need[tp.partition] for tp in committed)
 
 
 def _owned(worker: WorkerProcess) -> set[int] | None:
@@ -253,7 +270,16 @@ def test_restart_after_a_batched_changelog_write_restores_every_run(
         wait_until_deciding(rs.conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
         rs.sender.send(rs.handoffs(1))
         wait_for(lambda: all(decisions.for_run(r) for r in runs), 30, message="first decisions")
-        time.sleep(3.5)  # let Faust commit the offsets: the restart must rely on the changelog
+        # the offsets of every answered request committed: the restart must rely on the changelog
+        wait_for(
+            lambda: _committed_past(rs.conf, catalog.requests, group, list(decisions.records)),
+            30,
+            interval=0.2,
+            message=lambda: (
+                "the first worker's commit: "
+                + _positions(broker.bootstrap, catalog.requests, group)
+            ),
+        )
         first.kill9()
         second = rs.worker("b")
         rs.sender.send(rs.handoffs(2))
