@@ -20,7 +20,7 @@ from baton.schemas.events import ApprovalGranted, EventError, parse_event
 from baton.schemas.names import fold_keys, normal_name
 from baton.schemas.policy import parse_policy
 from baton.schemas.signing import approval_payload, new_private_key, public_key_text, sign
-from tests.unit.test_engine_support import Run, at, completed, handoff, policy_with
+from tests.unit.test_engine_support import Run, at, completed, finished, handoff, policy_with
 
 pytestmark = pytest.mark.unit
 
@@ -439,6 +439,16 @@ def test_a_report_naming_another_agent_does_not_spend_the_owners_grant() -> None
     assert _report(run, allowed.request_id, "billing.refund", cost_usd=0.2).reason == (
         Reason.WITHIN_BUDGET
     )
+
+
+def test_an_ungranted_gated_tool_reported_after_the_run_finished_is_recorded_as_such() -> None:
+    # nothing left to stop: the audit still holds the reason (gov.stops, and so the
+    # alerter, does not see it)
+    run = Run(parse_policy(GATED))
+    allowed = run.handoff("t1", "planner", "billing_agent")
+    run.send(finished(t=1))
+    late = _report(run, allowed.request_id, "billing.refund")
+    assert (late.outcome, late.reason) == (Outcome.RECORDED, Reason.TOOL_NOT_PERMITTED)
 
 
 def test_a_redelivered_grant_does_not_give_a_second_use() -> None:
