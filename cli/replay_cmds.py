@@ -34,6 +34,8 @@ _AGE = re.compile(r"(\d{1,7})\s*([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 #: changed runs listed in the table (all of them in --format json)
 _SHOWN = 20
+#: the CPUs this process may run on (a container's share, not the host's count)
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 #: rows below which one process replays (starting --jobs processes costs about a second)
 _PARALLEL_ROWS = 20_000
 
@@ -80,9 +82,10 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
 @click.option(
     "--jobs",
     type=click.IntRange(1, 64),
-    default=min(os.cpu_count() or 1, 4),
+    default=min(_CPUS, 4),
     show_default=True,
-    help="processes deciding runs in parallel (a replay of fewer than 20,000 decisions uses one)",
+    help="processes deciding runs in parallel: the CPUs this process may use, at most 4 (a "
+    "replay of fewer than 20,000 decisions uses one)",
 )
 @click.option("--tenant", default=None, help="replay this tenant's runs only")
 @click.option(
