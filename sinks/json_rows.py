@@ -89,6 +89,11 @@ _BOOLS = tuple(_PLAN.get("bool", ()))
 _FLOATS = tuple(_PLAN.get("float", ()))
 _TIMES = tuple(_PLAN.get("time", ()))
 _OTHERS = tuple(_PLAN.get("other", ()))
+#: the same, cut to what _values reads for a record of a known shape
+_ENUM_VALUES = tuple((i, values) for i, _, _, _, values in _ENUMS)
+_INT_BOUNDS = tuple((i, b[0], b[1]) for i, _, _, _, b in _INTS if b is not None)
+_FLOAT_AT = tuple(i for i, *_ in _FLOATS)
+_TIME_AT = tuple(i for i, *_ in _TIMES)
 _EVENT_TIME = DECISION_FIELDS.index("event_time")
 _DECIDED_AT = DECISION_FIELDS.index("decided_at")
 _FIELD_NAMES = DECISION_FIELDS
@@ -186,20 +191,20 @@ def _checked(row: list[Any], record: dict[str, Any], shape: tuple[type, ...]) ->
 def _values(row: list[Any]) -> bool:
     """The value checks and conversions of a record whose shape passed the type checks:
     enum members, integer ranges, amounts, times (a None here is an unset optional)."""
-    for i, _, _, _, values in _ENUMS:
+    for i, values in _ENUM_VALUES:
         v = row[i]
         if v is not None and v not in values:
             return False
-    for i, _, _, _, bounds in _INTS:
+    for i, low, high in _INT_BOUNDS:
         v = row[i]
-        if v is not None and bounds is not None and not bounds[0] <= v <= bounds[1]:
+        if v is not None and not low <= v <= high:
             return False
-    for i, _, _, _, _ in _FLOATS:
+    for i in _FLOAT_AT:
         amount = _amount(row[i])
         if amount is None:
             return False
         row[i] = amount
-    for i, _, _, _, _ in _TIMES:
+    for i in _TIME_AT:
         v = row[i]
         if v is not None:
             t = _time(v)
