@@ -12,6 +12,15 @@ Also measured, because the worker writes every changed run state to the changelo
 
     python bench/engine_bench.py                 # the table
     python bench/engine_bench.py --profile       # cProfile of the decide loop, top 25
+
+Before and after a change, in the same run (a git worktree of the commit before it):
+
+    git worktree add --detach /tmp/baton-before COMMIT
+    python -m bench.engine_bench --before-worktree /tmp/baton-before --rounds 3
+
+runs this file's decide measure in fresh processes, alternating the worktree's ``baton`` and
+this checkout's, and prints wall and CPU time per decision of each (CPU time is steadier on
+a shared machine). Run it from the repository root.
 """
 
 from __future__ import annotations
@@ -19,13 +28,20 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import json
+import os
 import platform
 import pstats
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from baton.processors.engine import approval_id_for, decide
 from baton.processors.state import RunState
@@ -192,6 +208,71 @@ def serialize_all(
     return t_dump, t_load, written
 
 
+def measure_decide(runs: int, repeat: int) -> dict[str, float]:
+    """Decisions of one pass and its best wall and CPU seconds, after a warm-up, with GC as
+    the worker runs it."""
+    policy = load_policy(None)
+    workload = build_workload(runs)
+    decide_all(workload, policy)  # warm-up: caches, the policy version hash
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    wall = cpu = float("inf")
+    decisions = 0
+    for _ in range(repeat):
+        gc.collect()
+        t, c = time.perf_counter(), time.process_time()
+        decisions, _ = decide_all(workload, policy)
+        wall = min(wall, time.perf_counter() - t)
+        cpu = min(cpu, time.process_time() - c)
+    return {"decisions": decisions, "wall_s": wall, "cpu_s": cpu}
+
+
+#: the folders that install as baton.* (pyproject.toml's package-dir)
+_PACKAGES = ("cli", "processors", "schemas", "sinks", "streams")
+
+
+def _baton_path(tree: Path, into: Path) -> Path:
+    """A directory holding ``baton`` made of ``tree``'s folders (symlinks): on PYTHONPATH it
+    imports that tree's code instead of the installed checkout's."""
+    (into / "baton").mkdir(parents=True)
+    for name in _PACKAGES:
+        (into / "baton" / name).symlink_to(tree.resolve() / name)
+    return into
+
+
+def compare(before: Path, rounds: int, runs: int, repeat: int) -> None:
+    """This file's decide measure under ``before``'s baton and this checkout's, alternating."""
+    here = Path(__file__).resolve().parent.parent
+    if not (before / "processors" / "engine.py").is_file():
+        raise SystemExit(f"--before-worktree {before}: no processors/engine.py there")
+    rows: list[tuple[int, str, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {
+            "before": _baton_path(before, Path(tmp, "before")),
+            "after": _baton_path(here, Path(tmp, "after")),
+        }
+        for i in range(1, rounds + 1):
+            for label, path in paths.items():
+                env = {**os.environ, "PYTHONPATH": str(path)}
+                cmd = [sys.executable, "-m", "bench.engine_bench", "--json",
+                       "--runs", str(runs), "--repeat", str(repeat)]  # fmt: skip
+                out = subprocess.run(cmd, env=env, cwd=here, check=True, capture_output=True)
+                rows.append((i, label, json.loads(out.stdout.splitlines()[-1])))
+    engines = {label: m["engine"] for _, label, m in rows}
+    print(f"before: {engines['before']}\nafter:  {engines['after']}")
+    print(f"{runs} runs, best of {repeat} per process, {rounds} alternations")
+    print(f"| {'round':>5} | {'baton':<6} | {'decisions':>9} | {'wall dec/s':>10} | "
+          f"{'CPU dec/s':>10} | {'CPU us/dec':>10} |")  # fmt: skip
+    print(f"|{'-' * 7}|{'-' * 8}|{'-' * 11}|{'-' * 12}|{'-' * 12}|{'-' * 12}|")
+    for i, label, m in rows:
+        n = m["decisions"]
+        print(f"| {i:>5} | {label:<6} | {n:>9.0f} | {n / m['wall_s']:>10,.0f} | "
+              f"{n / m['cpu_s']:>10,.0f} | {m['cpu_s'] / n * 1e6:>10.2f} |")  # fmt: skip
+    cpu = {k: statistics.median(m["cpu_s"] for _, lab, m in rows if lab == k) for k in paths}
+    print(f"\nmedian CPU time per pass: after / before = {cpu['after'] / cpu['before']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=4000)
@@ -201,7 +282,21 @@ def main() -> None:
         "--long-runs", type=int, default=200, help="runs of the long-run measure (0: skip it)"
     )
     parser.add_argument("--long-events", type=int, default=1000, help="events per long run")
+    parser.add_argument(
+        "--before-worktree",
+        type=Path,
+        help="a checkout of the commit to compare with: alternate its baton and this one's",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternations (--before-worktree)")
+    parser.add_argument("--json", action="store_true", help="print the decide measure as JSON")
     args = parser.parse_args()
+    if args.before_worktree is not None:
+        compare(args.before_worktree, args.rounds, args.runs, args.repeat)
+        return
+    if args.json:
+        engine = str(Path(sys.modules[decide.__module__].__file__ or "").resolve())
+        print(json.dumps({**measure_decide(args.runs, args.repeat), "engine": engine}))
+        return
 
     policy = load_policy(None)  # the seed policy
     t = time.perf_counter()
