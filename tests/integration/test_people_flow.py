@@ -129,15 +129,20 @@ def people(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
     workdir = tmp_path_factory.mktemp("people")
     keys = workdir / "keys"
     lines = {}
-    for name in PEOPLE:
-        made = subprocess.run(
+    # side by side: each is a Python start-up, the keys are independent
+    making = {
+        name: subprocess.Popen(
             [sys.executable, "-m", "baton.cli", "keys", "new", name, "--dir", str(keys)],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=30,
         )
-        assert made.returncode == 0, made.stderr
-        lines[name] = made.stdout.strip()
+        for name in PEOPLE
+    }
+    for name, proc in making.items():
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        lines[name] = out.strip()
     policy = workdir / "policy.yaml"
     policy.write_text(_policy(lines))
     prefix = f"p{uuid.uuid4().hex[:8]}."
