@@ -205,10 +205,11 @@ def _replies(
 
 
 def _holds_request(state: RunState, event: HandoffRequested, digest: str | None) -> bool:
-    """True when a request id no longer among the dedup marks still holds a reservation, or a
-    pending approval for another request: deciding it anew would overwrite them."""
+    """True when a request id no longer among the dedup marks still holds a reservation, a
+    grant not reported yet, or a pending approval for another request: deciding it anew
+    would overwrite them (or let another request's report use the grant)."""
     rid = event.request_id
-    if rid in state.reserved:
+    if rid in state.reserved or rid in state.grants:
         return True
     for p in state.pending.values():
         if p.request.request_id == rid and request_digest(p.request) != digest:

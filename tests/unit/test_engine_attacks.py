@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from baton.processors.state import RunState
+from baton.processors.state import SEEN_LIMIT, RunState
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.policy import parse_policy
 from tests.unit.test_engine_support import Run, completed, policy_with
@@ -196,3 +196,14 @@ def test_a_grant_forgotten_past_max_grants_stops_its_report_never_passes_it(
     assert ok.reason == Reason.WITHIN_BUDGET
     forgotten = _report(run, first.request_id, "billing.refund.create")
     assert (forgotten.outcome, forgotten.reason) == (Outcome.STOP, Reason.TOOL_NOT_PERMITTED)
+
+
+def test_a_granted_request_id_reused_after_the_dedup_window_is_refused() -> None:
+    run = Run(parse_policy(GATED))
+    allowed = _granted(run, tool="billing.refund.create")
+    for i in range(SEEN_LIMIT + 8):  # the grant's dedup marks leave the window
+        run.handoff(f"other{i}", "planner", "writer")
+    # the same id for another request (no gated tool named): refused, or its report would
+    # use the first request's grant
+    again = run.handoff("t1", "planner", "billing_agent", request_id=allowed.request_id)
+    assert (again.outcome, again.reason) == (Outcome.STOP, Reason.REQUEST_ID_REUSED)
