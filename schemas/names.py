@@ -27,9 +27,20 @@ are not names and are compared exactly, byte for byte.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
+
+from baton.schemas.name_scripts import (
+    BASE,
+    INVISIBLE,
+    STRAY_MARK,
+    SUSPECT,
+    mixed_pair,
+    one_script,
+    script_of,
+)
 
 __all__ = [
     "MAX_NAME",
@@ -43,16 +54,6 @@ __all__ = [
 #: the longest name, before and after folding (NFKC can make one character eighteen)
 MAX_NAME = 256
 
-#: scripts a name may mix: Latin with the ones Chinese, Japanese and Korean names are written
-#: in (Unicode's UTS #39 "highly restrictive" sets); any other mix is refused
-_MIXABLE = (
-    frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
-    frozenset({"LATIN", "HAN", "BOPOMOFO"}),
-    frozenset({"LATIN", "HAN", "HANGUL"}),
-)
-#: the first word of a letter's Unicode name, where it is not the script's own name
-_SCRIPT_ALIASES = {"CJK": "HAN", "KATAKANA-HIRAGANA": "KATAKANA"}
-
 
 def fold(text: str) -> str:
     """``text`` in the normal form names are compared in: NFKC, case folded, NFKC again.
@@ -61,7 +62,10 @@ def fold(text: str) -> str:
     """
     if text.isascii():
         return text.lower()  # the same as the general path for ASCII, ten times faster
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    # the Turkish capital I with dot (U+0130) case folds to i + U+0307 COMBINING DOT ABOVE,
+    # which renders as a plain i: "BİLLING" is "billing", and so is "bi\u0307lling"
+    folded = unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i")
+    return unicodedata.normalize("NFKC", folded)
 
 
 def name_problem(text: str) -> str | None:
@@ -75,13 +79,19 @@ def normal_name(text: str) -> str:
     The pydantic validator of every name field: its messages start with "bad name" (an
     event's ``bad_name`` dead letter) or hold "out of range" (``out_of_range``).
     """
-    if text.isascii() and text.isprintable() and " " not in text and 0 < len(text) <= MAX_NAME:
+    if (
+        text.isascii()
+        and text.isprintable()
+        and " " not in text
+        and 0 < len(text) <= MAX_NAME
+        and (text[0].isalnum() or _ASCII_BASE.search(text))
+    ):
         return text.lower()  # most names: a few passes in C, no Unicode tables
     problem, folded = _checked(text)
     if problem is not None:
         raise ValueError(
             f"bad name {_shown(text)}: {problem}; expected printable characters of one "
-            "script, no spaces or invisible characters"
+            "script, a letter or digit among them, no spaces or invisible characters"
         )
     if len(folded) > MAX_NAME:
         raise ValueError(
@@ -91,28 +101,56 @@ def normal_name(text: str) -> str:
     return folded
 
 
-def _checked(text: str) -> tuple[str | None, str]:
-    """(what is wrong with ``text`` as a name or None, ``text`` folded): one fold for both."""
+def _checked(text: str, glob: bool = False) -> tuple[str | None, str]:
+    """(what is wrong with ``text`` as a name, or a glob, or None; ``text`` folded): one
+    fold for both. A glob (``*``) need not hold a letter or digit."""
     if not text:
         return "it is empty", text
     if not text.isprintable() or " " in text:
         return _first_invisible(text), text
     folded = fold(text)
     if text.isascii():
-        return None, folded
-    if not folded.isprintable() or " " in folded:
-        return (
-            f"it folds (NFKC) to {_shown(folded)}, which holds a space or an invisible character",
-            folded,
-        )
-    # letters below U+0250 are all Latin: only the others need their script looked up
-    scripts = {_script(ch) for ch in folded if ch >= "\u0250" and ch.isalpha()}
-    if scripts and any(ch < "\u0250" and ch.isalpha() for ch in folded):
-        scripts.add("LATIN")
-    scripts.discard("")
-    if len(scripts) > 1 and not any(scripts <= allowed for allowed in _MIXABLE):
-        return f"it mixes the scripts {', '.join(sorted(scripts))}", folded
+        return (None if glob or _ASCII_BASE.search(text) else _NO_BASE), folded
+    if folded != text or SUSPECT.search(text) is not None:
+        problem = _hidden(text, folded)
+        if problem is not None:
+            return problem, folded
+    if not glob and BASE.search(folded) is None:
+        return _NO_BASE, folded
+    if not one_script(folded):
+        return _mixed(folded), folded
     return None, folded
+
+
+_NO_BASE = "it holds no letter or digit"
+
+
+def _hidden(text: str, folded: str) -> str | None:
+    """What in ``text`` (or its fold) shows nothing: an invisible character, or a combining
+    mark with nothing to sit on; None when all shows."""
+    hidden = INVISIBLE.search(text)
+    if hidden is not None:
+        return f"{_described(text, hidden.start())} renders as nothing or a blank"
+    if folded != text and (not folded.isprintable() or " " in folded or INVISIBLE.search(folded)):
+        return f"it folds (NFKC) to {_shown(folded)}, which holds a space or an invisible character"
+    stray = STRAY_MARK.search(folded)
+    if stray is not None:
+        where = _described(folded, stray.start())
+        return f"{where} is a combining mark with no letter or digit to sit on"
+    return None
+
+
+_ASCII_BASE = re.compile("[0-9A-Za-z]")
+
+
+def _mixed(folded: str) -> str:
+    """What mixes scripts in ``folded``: the two characters of no common script."""
+    first, other = mixed_pair(folded)
+    codes = sorted({script_of(folded[first]), script_of(folded[other])})
+    return (
+        f"it mixes the scripts {', '.join(codes)}: {_described(folded, other)} is not of the "
+        f"script of {_described(folded, first)}"
+    )
 
 
 def fold_glob(pattern: str) -> str:
@@ -121,7 +159,7 @@ def fold_glob(pattern: str) -> str:
     A glob holding a space or an invisible character can match no name: refused
     (ValueError), so that a block list with a stray space does not silently block nothing.
     """
-    problem = name_problem(pattern)
+    problem = _checked(pattern, glob=True)[0]
     if problem is not None:
         raise ValueError(
             f"glob {_shown(pattern)} can match no name: {problem}; names hold printable "
@@ -153,28 +191,17 @@ def fold_keys(mapping: Any, what: str) -> Any:
     return folded
 
 
-def _script(ch: str) -> str:
-    """The script of a letter at or above U+0250, from the first word of its Unicode name
-    ("" when unnamed); remembered, up to 4,096 letters."""
-    script = _SCRIPTS.get(ch)
-    if script is None:
-        word = unicodedata.name(ch, "").split(" ", 1)[0]
-        script = _SCRIPT_ALIASES.get(word, word)
-        if len(_SCRIPTS) >= 4096:
-            _SCRIPTS.clear()
-        _SCRIPTS[ch] = script
-    return script
-
-
-_SCRIPTS: dict[str, str] = {}
-
-
 def _first_invisible(text: str) -> str:
     for at, ch in enumerate(text):
         if ch == " " or not ch.isprintable():
-            code = f"U+{ord(ch):04X}"
-            return f"{code} {unicodedata.name(ch, 'control character')} at index {at}"
+            return _described(text, at)
     return "an invisible character"  # not reached: the caller saw one
+
+
+def _described(text: str, at: int) -> str:
+    """The character of ``text`` at ``at`` by code point and Unicode name, and its index."""
+    ch = text[at]
+    return f"U+{ord(ch):04X} {unicodedata.name(ch, 'control character')} at index {at}"
 
 
 def _shown(text: str) -> str:

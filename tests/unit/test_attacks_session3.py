@@ -54,12 +54,6 @@ REFUSED_INVISIBLE = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="invisible printable code points pass the name rule: 'shell<U+034F>.exec' etc. "
-    "is a valid name, folded to itself, that looks like shell.exec and is another name; "
-    "should be a bad_name like U+200B",
-)
 @pytest.mark.parametrize("mark", list(INVISIBLE.values()), ids=list(INVISIBLE))
 def test_an_invisible_printable_character_inside_a_name_is_refused(mark: str) -> None:
     with pytest.raises(ValueError, match="bad name"):
@@ -75,60 +69,37 @@ def test_known_invisible_characters_are_refused(mark: str) -> None:
 CGJ = "\u034f"  # the combining grapheme joiner: one representative of INVISIBLE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="require_approval_for [billing.*] does not gate tool 'bill<U+034F>ing.refund' "
-    "(looks like billing.refund): the handoff is allowed with no approval",
-)
 def test_an_invisible_mark_in_a_tool_does_not_escape_the_approval_gate() -> None:
     run = Run(parse_policy("multi_agent: {require_approval_for: ['billing.*']}"))
-    asked = run.handoff("t1", "planner", "billing_agent", tool=f"bill{CGJ}ing.refund")
-    assert asked.outcome == Outcome.APPROVAL_REQUIRED
+    with pytest.raises(ValueError, match="bad name"):  # refused (H10): never decided
+        run.handoff("t1", "planner", "billing_agent", tool=f"bill{CGJ}ing.refund")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a completion reporting 'bill<U+034F>ing.refund' is not seen as the gated "
-    "billing.refund: recorded within_budget instead of stop tool_not_permitted",
-)
 def test_an_invisible_mark_in_a_reported_tool_does_not_escape_the_grant_record() -> None:
     run = Run(parse_policy("multi_agent: {require_approval_for: ['billing.*']}"))
     allowed = run.handoff("t1", "planner", "billing_agent")
-    report = completed(allowed.request_id, "t1", "billing_agent", tools=[f"bill{CGJ}ing.refund"])
-    assert run.one(report).reason == Reason.TOOL_NOT_PERMITTED
+    with pytest.raises(ValueError, match="bad name"):  # refused (H10): never decided
+        completed(allowed.request_id, "t1", "billing_agent", tools=[f"bill{CGJ}ing.refund"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tools.block [shell.*] does not match 'she<U+034F>ll.exec': allowed",
-)
 def test_an_invisible_mark_in_a_tool_does_not_escape_the_block_list() -> None:
     run = Run(parse_policy("multi_agent: {tools: {block: ['shell.*']}}"))
-    assert run.handoff("t1", "a", "b", tool=f"she{CGJ}ll.exec").reason == Reason.TOOL_NOT_PERMITTED
+    with pytest.raises(ValueError, match="bad name"):  # refused (H10): never decided
+        run.handoff("t1", "a", "b", tool=f"she{CGJ}ll.exec")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="'planner<U+FE0F>' is not 'planner': the requester approves its own handoff "
-    "(approval_granted, allow) with the default approvers ['*']",
-)
 def test_an_invisible_mark_in_the_approver_does_not_pass_self_approval() -> None:
     run = Run(parse_policy("multi_agent: {require_approval_for: ['billing.*']}"))
     asked = run.handoff("t1", "planner", "billing_agent", tool="billing.refund")
     assert asked.approval_id is not None
-    [answer] = run.grant(asked.approval_id, "planner\ufe0f")
-    assert answer.reason == Reason.SELF_APPROVAL
+    with pytest.raises(ValueError, match="bad name"):  # refused (H10): never decided
+        run.grant(asked.approval_id, "planner\ufe0f")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent 'billing_agent<U+3164>' (a Hangul filler: Latin+Hangul is a mixable pair) has "
-    "no role: the role's tools.allow [billing.*] does not apply, shell.exec is allowed",
-)
 def test_a_hangul_filler_in_an_agent_name_does_not_escape_its_role() -> None:
     run = Run(parse_policy("multi_agent: {roles: {billing_agent: {tools: {allow: [billing.*]}}}}"))
-    decided = run.handoff("t1", "planner", "billing_agent\u3164", tool="shell.exec")
-    assert decided.reason == Reason.TOOL_NOT_PERMITTED
+    with pytest.raises(ValueError, match="bad name"):  # refused (H10): never decided
+        run.handoff("t1", "planner", "billing_agent\u3164", tool="shell.exec")
 
 
 @pytest.mark.parametrize("agent", ["billing_agent", "BILLING_AGENT", "\uff42illing_agent"])
@@ -150,8 +121,9 @@ def test_strict_roles_stops_an_invisible_variant_of_a_listed_agent() -> None:
         "multi_agent: {strict_roles: true, roles: {billing_agent: {tools: {allow: [billing.*]}},"
         " planner: {}}}"
     )
-    decided = Run(policy).handoff("t1", "planner", f"billing_agent{CGJ}", tool="shell.exec")
-    assert decided.outcome == Outcome.STOP  # not under roles: strict_roles holds
+    # the name rule refuses the variant before any rule sees it (H10): never decided
+    with pytest.raises(ValueError, match="bad name"):
+        Run(policy).handoff("t1", "planner", f"billing_agent{CGJ}", tool="shell.exec")
 
 
 def _bounced(giver: str) -> Decision:
@@ -167,21 +139,11 @@ def test_a_folding_alike_variant_of_an_agent_is_the_same_bounce(giver: str) -> N
     assert _bounced(giver).reason == Reason.DELEGATION_CYCLE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="'a<U+2800>' (Braille blank) is a fresh agent: a -> b, b -> a, a<U+2800> -> b is "
-    "allowed (ok) where a -> b is stopped delegation_cycle under max_bounces 1",
-)
 def test_an_invisible_variant_of_an_agent_does_not_reset_max_bounces() -> None:
-    assert _bounced("a\u2800").reason == Reason.DELEGATION_CYCLE
+    with pytest.raises(ValueError, match="bad name"):  # refused (H10): never decided
+        _bounced("a\u2800")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Turkish-locale upper case: 'BİLLING.REFUND' (U+0130) folds to 'bi\\u0307lling.refund', "
-    "not billing.refund: not gated by require_approval_for [billing.*] (arguable: the fold is "
-    "Unicode's; a Turkish client uppercasing names gets past the gate)",
-)
 def test_a_turkish_dotted_capital_i_folds_to_the_plain_name() -> None:
     assert normal_name("B\u0130LLING.REFUND") == "billing.refund"
 
@@ -255,21 +217,17 @@ def test_the_decision_records_the_folded_names() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tenant 'acme<U+034F>' is not under tenants: the run gets the default limits, "
-    "escaping acme's max_handoffs 1 (strict_tenants off, the default)",
-)
 def test_an_invisible_mark_in_the_tenant_does_not_escape_its_limits() -> None:
     run = Run(parse_policy("tenants: {acme: {max_handoffs: 1}}"), tenant=f"acme{CGJ}")
-    run.handoff("t1", "planner", "writer")
-    assert run.handoff("t2", "planner", "writer").reason == Reason.HANDOFF_BUDGET_EXCEEDED
+    with pytest.raises(ValueError, match="bad name"):  # refused (H10): never decided
+        run.handoff("t1", "planner", "writer")
 
 
 def test_strict_tenants_stops_an_invisible_variant_of_a_listed_tenant() -> None:
     policy = parse_policy("strict_tenants: true\ntenants: {acme: {max_handoffs: 1}}")
-    decided = Run(policy, tenant=f"acme{CGJ}").handoff("t1", "planner", "writer")
-    assert (decided.outcome, decided.reason) == (Outcome.STOP, Reason.UNKNOWN_TENANT)
+    # the name rule refuses the variant before any rule sees it (H10): never decided
+    with pytest.raises(ValueError, match="bad name"):
+        Run(policy, tenant=f"acme{CGJ}").handoff("t1", "planner", "writer")
 
 
 def _signed_grant(approval_id: str, digest: str, approver: str, key: Any) -> ApprovalGranted:
@@ -307,11 +265,6 @@ def test_a_signature_over_one_approver_does_not_count_for_another_name() -> None
     assert (counted.outcome, counted.approver) == (Outcome.ALLOW, "finance_lead")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a name of nothing visible is a name: to_agent '\\u034f', '\\u3164', '\\u2800', "
-    "'\\ufe0f' or a lone combining acute '\\u0301' is decided, an agent rendered as blank",
-)
 @pytest.mark.parametrize("name", ["\u034f", "\u3164", "\u2800\u2800", "\ufe0f", "\u0301"])
 def test_a_name_with_nothing_visible_is_a_dead_letter(name: str) -> None:
     raw = json.loads(handoff("r1", "t1", "planner", "b").to_json())
@@ -320,23 +273,11 @@ def test_a_name_with_nothing_visible_is_a_dead_letter(name: str) -> None:
         parse_event(json.dumps(raw).encode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="roles keys 'billing_agent' and 'billing_agent<U+034F>' look identical and are both "
-    "kept: which rule a reader sees is a coin toss, the collision fold_keys refuses for "
-    "'Billing_Agent'",
-)
 def test_policy_keys_differing_by_an_invisible_mark_are_refused() -> None:
     with pytest.raises(ValueError):
         fold_keys({"billing_agent": {}, f"billing_agent{CGJ}": {}}, "roles")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the script rule looks at letters only: digits of other scripts pass in a Latin "
-    "name; 'billing\\u0660refund' (Arabic-Indic zero, a dot) escapes require_approval_for "
-    "[billing.*]; 'pr\\u0b66c.kill' (Oriya zero, an o) escapes tools.block [proc.*]",
-)
 @pytest.mark.parametrize("tool", ["billing\u0660refund", "billing\u06f0refund", "pr\u0b66c.kill"])
 def test_a_digit_of_another_script_does_not_pass_for_latin(tool: str) -> None:
     with pytest.raises(ValueError, match="bad name"):
@@ -636,14 +577,6 @@ def _parse_cpu(events: list[bytes]) -> float:
     return min(rounds)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CPU amplification on the parse path: a 49 KB completion whose 64 tools are 256 "
-    "distinct Han letters each costs ~8.7 ms of CPU to validate (the script of every letter "
-    "looked up in Python, the 4,096-letter cache cleared 4 times an event; ~3.3 ms with the "
-    "cache warm) against ~0.06 ms for 64 ASCII names of 256 characters: ~115 hostile "
-    "events/s per core stall a partition",
-)
 def test_a_completion_of_64_long_non_ascii_tools_costs_no_more_than_20_ascii_ones() -> None:
     base = json.loads(completed("r1", "t1", "b").to_json())
     han = [chr(c) for c in range(0x4E00, 0x9FFF)]

@@ -59,8 +59,8 @@ LOOK_ALIKES = {
     "byte order mark": ("\ufeffresearcher", "U+FEFF"),
     "right-to-left override": ("\u202eresearcher", "U+202E RIGHT-TO-LEFT OVERRIDE"),
     "NUL": ("researcher\x00", "U+0000"),
-    "Cyrillic e": ("r\u0435searcher", "mixes the scripts CYRILLIC, LATIN"),
-    "Greek o": ("plann\u03bfr", "mixes the scripts GREEK, LATIN"),
+    "Cyrillic e": ("r\u0435searcher", "mixes the scripts Cyrl, Latn"),
+    "Greek o": ("plann\u03bfr", "mixes the scripts Grek, Latn"),
     "spacing diaeresis": ("researcher\u00a8", "folds (NFKC)"),
 }
 
@@ -168,7 +168,7 @@ def test_a_name_is_refused_or_folded_to_a_fixed_point(text: str) -> None:
 
 @given(st.text(st.characters(codec="ascii", exclude_characters=" "), min_size=1, max_size=30))
 def test_every_case_spelling_of_an_ascii_name_is_one_name(text: str) -> None:
-    if not text.isprintable():
+    if not text.isprintable() or not any(ch.isalnum() for ch in text):
         with pytest.raises(ValueError, match="bad name"):
             normal_name(text)
         return

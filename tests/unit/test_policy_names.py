@@ -182,7 +182,7 @@ def test_two_keys_that_fold_to_one_name_are_refused_naming_both(text: str, said:
     [
         ('multi_agent: {roles: {"researcher ": {}}}', "U+0020 SPACE"),
         ('multi_agent: {roles: {"res\\u200bearcher": {}}}', "U+200B ZERO WIDTH SPACE"),
-        ('multi_agent: {roles: {"r\\u0435searcher": {}}}', "mixes the scripts CYRILLIC, LATIN"),
+        ('multi_agent: {roles: {"r\\u0435searcher": {}}}', "mixes the scripts Cyrl, Latn"),
         ('tenants: {"acme ": {}}', "U+0020 SPACE"),
         ('multi_agent: {tools: {block: ["billing.refund.create "]}}', "can match no name"),
         ('multi_agent: {require_approval_for: ["billing.\\u200brefund"]}', "can match no name"),

@@ -1,0 +1,119 @@
+"""The character rules of a non-ASCII name, as precompiled ``regex`` patterns run in C.
+
+``baton.schemas.names`` says what a name may hold; this module holds the Unicode property
+tests that say it, one pass in C each, so that a name of 256 letters costs the same few
+microseconds whatever its script (a per-letter script lookup in Python cost ~8.5 ms of CPU
+for an event of 64 such names: a hostile client could stall a partition).
+
+* ``INVISIBLE``: a code point that renders as nothing or as a blank and that Python still
+  calls printable: every Default_Ignorable_Code_Point (U+034F, variation selectors,
+  Mongolian free variation selectors, Khmer inherent vowels, ...), the Hangul fillers and
+  the Braille blank U+2800;
+* ``BASE``: a letter or a digit, which every name needs at least one of;
+* ``STRAY_MARK``: a combining mark with no letter, digit or mark before it to sit on;
+* ``one_script``: the script rule over letters *and digits* by their Script_Extensions
+  (UTS #24), so an Arabic-Indic zero ``٠`` (a dot) or an Oriya zero ``୦`` (an ``o``) in a
+  Latin name mixes two scripts; ASCII digits (script Common) go with every script.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import regex
+
+__all__ = ["BASE", "INVISIBLE", "STRAY_MARK", "SUSPECT", "mixed_pair", "one_script", "script_of"]
+
+#: the ISO 15924 codes of Unicode's scripts (Common, Inherited and Unknown left out), the
+#: most written first; a code this ``regex`` does not know (an older Unicode) is skipped
+_CODES_TEXT = (
+    "Latn Hani Cyrl Grek Arab Hang Hira Kana Deva Hebr Thai Bopo Copt Armn Syrc Thaa Nkoo "
+    "Samr Mand Beng Guru Gujr Orya Taml Telu Knda Mlym Sinh Laoo Tibt Mymr Geor Ethi Cher "
+    "Cans Ogam Runr Tglg Hano Buhd Tagb Khmr Mong Limb Tale Talu Bugi Lana Bali Sund Batk "
+    "Lepc Olck Brai Glag Tfng Yiii Lisu Vaii Bamu Sylo Phag Saur Kali Rjng Java Cham Tavt "
+    "Mtei Linb Lyci Cari Ital Goth Perm Ugar Xpeo Dsrt Shaw Osma Osge Elba Aghb Vith Todr "
+    "Lina Cprt Armi Palm Nbat Hatr Phnx Lydi Sidt Mero Merc Khar Sarb Narb Mani Avst Prti "
+    "Phli Phlp Orkh Hung Rohg Gara Yezi Sogo Sogd Ougr Chrs Elym Brah Kthi Sora Cakm Mahj "
+    "Shrd Khoj Mult Sind Gran Tutg Newa Tirh Sidd Modi Takr Ahom Dogr Wara Diak Nand Zanb "
+    "Soyo Pauc Sunu Bhks Marc Gonm Gong Tols Maka Kawi Xsux Pcun Cpmn Egyp Hluw Gukh Mroo "
+    "Tnsa Bass Hmng Krai Medf Berf Miao Tang Nshu Kits Jurc Dupl Sgnw Hmnp Toto Wcho Nagm "
+    "Onao Tayo Mend Adlm Seal Hrkt"
+)
+_SCRIPT_CODES = _CODES_TEXT.split()
+
+#: scripts a name may mix: Latin with the ones Chinese, Japanese and Korean names are written
+#: in (Unicode's UTS #39 "highly restrictive" sets); any other mix is refused
+MIXABLE = (("Latn", "Hani", "Hira", "Kana"), ("Latn", "Hani", "Bopo"), ("Latn", "Hani", "Hang"))
+
+
+def _known(code: str) -> bool:
+    try:
+        regex.compile(rf"\p{{scx={code}}}")
+    except regex.error:
+        return False
+    return True
+
+
+_SCRIPTS = [code for code in _SCRIPT_CODES if _known(code)]
+
+_FILLERS = r"\u115F\u1160\u3164\uFFA0"  # Hangul fillers: letters (Lo) that show nothing
+INVISIBLE = regex.compile(rf"[\p{{Default_Ignorable_Code_Point}}{_FILLERS}\u2800]")
+#: what may hide something, found in one pass: a mark (every printable default-ignorable code
+#: point is a mark but the Hangul fillers), a Hangul filler, the Braille blank
+SUSPECT = regex.compile(rf"[\p{{M}}{_FILLERS}\u2800]")
+BASE = regex.compile(r"[\p{L}\p{N}]")
+STRAY_MARK = regex.compile(r"(?<![\p{L}\p{N}\p{M}])\p{M}")
+
+#: a character the script rule does not count: not a letter or digit, or of every script
+_FREE = r"[^\p{L}\p{N}]\p{scx=Zyyy}\p{scx=Zinh}"
+
+
+def _within(codes: tuple[str, ...]) -> str:
+    """A pattern for the rest of a name, from its first counted character, in ``codes``."""
+    scripts = "".join(rf"\p{{scx={code}}}" for code in codes)
+    return rf"(?=[{scripts}])[{scripts}{_FREE}]*+\Z"
+
+
+# the alternatives are tried in order, each failing at the first counted character unless
+# it is of the alternative's scripts: a name costs one pass per script of that character,
+# one test a character (single scripts first: a mixable set tests several a character)
+_ONE_SCRIPT = regex.compile(
+    rf"(?V1)[{_FREE}]*+(?:\Z|"
+    + "|".join(_within(codes) for codes in (*((code,) for code in _SCRIPTS), *MIXABLE))
+    + ")"
+)
+
+
+_FIRST_SCRIPT = regex.compile("|".join(rf"(\p{{scx={code}}})" for code in _SCRIPTS))
+_COUNTED = regex.compile(rf"(?V1)[^{_FREE}]")
+
+
+def one_script(folded: str) -> bool:
+    """True when the letters and digits of ``folded`` share a script (or a mixable set)."""
+    return _ONE_SCRIPT.match(folded) is not None
+
+
+def mixed_pair(folded: str) -> tuple[int, int]:
+    """The indexes of two characters of ``folded`` that share no script (or mixable set):
+    the first one counted and the first one after it that its scripts do not reach. Call
+    only when ``one_script`` is False."""
+    first = _COUNTED.search(folded)
+    if first is None:  # not reached: a name of no counted character is of one script
+        return 0, 0
+    at = first.start()
+    code = script_of(folded[at])
+    sets = [(code,), *(codes for codes in MIXABLE if code in codes)]
+    reached = max(_reach(codes).match(folded, at).end() for codes in sets)  # type: ignore[union-attr]
+    return at, min(reached, len(folded) - 1)
+
+
+@functools.cache  # one pattern per script or mixable set: at most ~180
+def _reach(codes: tuple[str, ...]) -> regex.Pattern[str]:
+    scripts = "".join(rf"\p{{scx={code}}}" for code in codes)
+    return regex.compile(rf"(?V1)[{scripts}{_FREE}]*+")
+
+
+def script_of(ch: str) -> str:
+    """The ISO 15924 code of a script of ``ch`` ("Zyyy" when it counts for none)."""
+    found = _FIRST_SCRIPT.match(ch)
+    return "Zyyy" if found is None or found.lastindex is None else _SCRIPTS[found.lastindex - 1]
