@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+import regex
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -269,3 +270,65 @@ WORLD_NAMES = [
 def test_names_written_in_one_script_of_any_language_are_names(name: str) -> None:
     # the script rule refuses a mix (a Cyrillic letter in a Latin name), not a language
     assert normal_name(name) == fold(name)
+
+
+def test_no_printable_default_ignorable_code_point_passes_inside_a_name() -> None:
+    # every one of them (CGJ, variation selectors, Mongolian FVS, Khmer inherent vowels,
+    # Hangul fillers, ...), found from Unicode's own property, not a list of ours
+    hidden = regex.findall(r"\p{Default_Ignorable_Code_Point}", "".join(map(chr, range(0x110000))))
+    assert len(hidden) > 4_000  # the property is there (E0000..E0FFF alone is 4,096)
+    for ch in hidden:
+        with pytest.raises(ValueError, match=f"bad name .*U\\+{ord(ch):04X}"):
+            normal_name(f"she{ch}ll.exec")
+
+
+@pytest.mark.parametrize(
+    "name", ["\u3164", "\u115fab", "\u1160", "\uffa0x", "a\u2800", "\u2800\u2800", "\u17b5"]
+)
+def test_hangul_fillers_and_the_braille_blank_are_refused_in_events(name: str) -> None:
+    error = _refusal(_requested(to_agent=name))
+    assert error.kind == "bad_name"
+    assert "renders as nothing or a blank" in str(error)
+
+
+@pytest.mark.parametrize("name", ["\u0301", "_", "-", ".", "*", "\u2192", "\u00b7\u00b7"])
+def test_a_name_of_no_letter_or_digit_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="no letter or digit"):
+        normal_name(name)
+
+
+@pytest.mark.parametrize("name", ["\u0301abc", "_\u0301x", "a.\u0308b", "x-\u20dd"])
+def test_a_combining_mark_with_nothing_to_sit_on_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="combining mark with no letter or digit to sit on"):
+        normal_name(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["billing\u0660refund", "billing\u06f0refund", "pr\u0b66c.kill", "agent\u0967", "\u0430gent1"],
+)
+def test_a_digit_of_another_script_mixes_scripts(name: str) -> None:
+    with pytest.raises(ValueError, match="mixes the scripts"):
+        normal_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["\u0648\u0643\u064a\u0644\u0661", "\u090f\u091c\u0947\u0902\u091f\u0967", "agent_7"]
+)
+def test_digits_of_the_names_own_script_or_ascii_digits_are_allowed(name: str) -> None:
+    assert normal_name(name) == fold(name)
+    assert normal_name("\u0430\u0433\u0435\u043d\u04422") == "\u0430\u0433\u0435\u043d\u04422"
+
+
+@pytest.mark.parametrize(
+    "name", ["B\u0130LLING.REFUND", "bi\u0307lling.refund", "B\u0130lling.Refund"]
+)
+def test_the_turkish_dotted_capital_i_folds_to_a_plain_i(name: str) -> None:
+    assert normal_name(name) == "billing.refund"
+    assert fold(fold(name)) == fold(name)
+
+
+def test_a_refused_mix_names_both_characters() -> None:
+    error = _refusal(_requested(tool="pr\u0b66c.kill"))
+    assert "U+0B66 ORIYA DIGIT ZERO at index 2" in str(error)
+    assert "U+0070 LATIN SMALL LETTER P at index 0" in str(error)

@@ -187,6 +187,11 @@ def test_two_keys_that_fold_to_one_name_are_refused_naming_both(text: str, said:
         ('multi_agent: {tools: {block: ["billing.refund.create "]}}', "can match no name"),
         ('multi_agent: {require_approval_for: ["billing.\\u200brefund"]}', "can match no name"),
         ('multi_agent: {release_ownership_on: ["error "]}', "bad name"),
+        ('multi_agent: {roles: {"billing_agent\\u034f": {}}}', "U+034F COMBINING GRAPHEME JOINER"),
+        ('multi_agent: {roles: {"\\u0301": {}}}', "no letter or digit"),
+        ('tenants: {"acme\\u3164": {}}', "U+3164 HANGUL FILLER"),
+        ('multi_agent: {tools: {block: ["shell\\ufe0f.*"]}}', "can match no name"),
+        ('multi_agent: {require_approval_for: ["billing\\u0660*"]}', "mixes the scripts"),
     ],
 )
 def test_a_policy_name_or_glob_no_event_could_carry_is_refused(text: str, said: str) -> None:
@@ -273,3 +278,16 @@ def test_the_seed_blocks_tool_lists_fold_too() -> None:
     assert limits.require_approval_for == ["billing.*"]
     run = Run(policy)
     assert run.handoff("t1", "p", "b", tool="SHELL.EXEC").reason == Reason.TOOL_NOT_PERMITTED
+
+
+def test_keys_differing_by_an_invisible_mark_are_refused_as_a_bad_key_not_kept_as_two() -> None:
+    problems = _problems(
+        'multi_agent: {roles: {billing_agent: {}, "billing_agent\\u034f": {tools: {allow: []}}}}'
+    )
+    assert "U+034F COMBINING GRAPHEME JOINER" in problems
+
+
+def test_a_glob_of_symbols_only_is_still_a_glob() -> None:
+    # "a letter or digit at least" is a rule of names: "*" matches every name
+    policy = parse_policy("multi_agent: {tools: {block: ['*']}}")
+    assert Run(policy).handoff("t1", "a", "b", tool="crm.read").reason == Reason.TOOL_NOT_PERMITTED
