@@ -43,8 +43,8 @@ __all__ = [
     "spend_grant",
 ]
 
-#: granted handoffs a run remembers until their completion is reported (the oldest is
-#: forgotten first: its report of a gated tool is then stopped, never let through)
+#: granted handoffs a run remembers, reported or not (the oldest is forgotten first: its
+#: report of a gated tool is then stopped, never let through)
 MAX_GRANTS = MAX_PENDING_APPROVALS
 #: how far a signer's clock may run ahead of the worker's
 _CLOCK_SKEW_S = 60.0
@@ -183,10 +183,13 @@ def remember_grant(st: RunState, req: HandoffRequested, rules: TenantRules) -> N
 
 def spend_grant(st: RunState, done: HandoffCompleted) -> None:
     """The completion of a granted handoff (its request id, task and agent) was counted: its
-    grant covers nothing more. A report naming another task or agent spends nothing."""
+    grant covers nothing more. It is kept, covering no name, so that its request id stays
+    taken: the same request and the same signed grant sent again past the dedup window are
+    refused, never granted a second use. A report naming another task or agent spends
+    nothing."""
     grant = st.grants.get(done.request_id)
-    if grant is not None and (grant[0], grant[1]) == (done.task_id, done.agent):
-        st.grants = {k: g for k, g in st.grants.items() if k != done.request_id}
+    if grant is not None and grant[2] and (grant[0], grant[1]) == (done.task_id, done.agent):
+        st.grants = {**st.grants, done.request_id: (grant[0], grant[1], ())}
 
 
 def expire_pending(st: RunState, ctx: DecisionContext) -> list[Decision]:

@@ -375,7 +375,7 @@ def ungranted_tool_rule(st: RunState, done: HandoffCompleted, rules: TenantRules
         elif (grant[0], grant[1]) != (done.task_id, done.agent):
             why = f"request {done.request_id} was granted for task {grant[0]} to {grant[1]}"
         elif tool not in grant[2]:
-            why = f"the grant of request {done.request_id} is for other tools"
+            why = f"the grant of request {done.request_id} is for other tools or used"
         else:
             continue
         return (

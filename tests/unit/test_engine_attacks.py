@@ -123,7 +123,7 @@ def test_a_grant_survives_a_restart_and_its_report_spends_it_once() -> None:
     report = completed(allowed.request_id, "t1", "billing_agent", 0.5, tools=tools, t=2)
     first = run.one(report)
     assert (first.outcome, first.reason) == (Outcome.RECORDED, Reason.WITHIN_BUDGET)
-    assert run.state.grants == {}
+    assert run.state.grants == {allowed.request_id: ("t1", "billing_agent", ())}  # spent
     state = run.state
     assert run.one(report) == first and run.state.spent_usd == 0.5  # redelivered
     assert run.state == state
