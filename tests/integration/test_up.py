@@ -224,7 +224,12 @@ def test_a_killed_worker_is_restarted_and_decides_again(up: _Up) -> None:
         10,
         message="a new worker process",
     )
-    assert f"baton up: restarted the worker (pid {new})" in up.lines
+    # its line is read from up's stdout by a thread: it may come a moment after the process
+    wait_for(
+        lambda: f"baton up: restarted the worker (pid {new})" in up.lines,
+        10,
+        message=lambda: f"the restart line of pid {new}:\n" + "\n".join(up.lines[-10:]),
+    )
 
     run = f"run_{uuid.uuid4().hex[:6]}"
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
