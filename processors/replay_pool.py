@@ -97,34 +97,26 @@ def replay_pieces(
     starter.start()
     if wait:
         starter.join()
-    #: in read order: a report replayed here, or one a pool process is working on
-    waiting: deque[ReplayReport | AsyncResult[ReplayReport]] = deque()
+    #: the pool's reports, in read order (pieces replayed here came before all of them)
+    waiting: deque[AsyncResult[ReplayReport]] = deque()
     try:
         for piece in pieces:
             if not started:  # the pool is starting: this process replays the piece itself
                 merge(replay_runs(runs_of(decode(piece)), new_policy, policies, chain_key))
                 continue
             while len(waiting) >= 2 * jobs:
-                _merge_first(waiting, merge)
+                merge(waiting.popleft().get())
             waiting.append(started[0].apply_async(_replay_piece, (piece,)))
-            while waiting and (type(waiting[0]) is ReplayReport or waiting[0].ready()):
-                _merge_first(waiting, merge)
+            while waiting and waiting[0].ready():
+                merge(waiting.popleft().get())
         while waiting:
-            _merge_first(waiting, merge)
+            merge(waiting.popleft().get())
     finally:
         starter.join()
         for pool in started:
             pool.terminate()
             pool.join()
     return report
-
-
-def _merge_first(
-    waiting: deque[ReplayReport | AsyncResult[ReplayReport]],
-    merge: Callable[[ReplayReport], None],
-) -> None:
-    first = waiting.popleft()
-    merge(first if type(first) is ReplayReport else first.get())  # type: ignore[union-attr]
 
 
 def _pieces(runs: Iterable[list[Recorded]], rows: int) -> Iterator[list[Recorded]]:
