@@ -3,13 +3,18 @@
 Compares, in one process and alternating rounds, validating a handoff whose seven name fields
 are checked and folded (the real ``HandoffRequested``) with the same model whose name fields
 are plain bounded strings (what parsing cost before the rule), for ASCII names and for names
-that take the Unicode path; and ``normal_name`` alone. CPU time (``time.process_time``),
-best of the rounds: ``python -m bench.names_bench [--events N] [--rounds R]``.
+that take the Unicode path; a completion of 64 tools of 256 ASCII characters next to one of
+64 tools of 256 distinct Han letters (the hostile case: at most 20x); and ``normal_name``
+alone. With ``--against OLD_NAMES_PY`` (a ``schemas/names.py`` of another commit, e.g.
+``git show HEAD~2:schemas/names.py > /tmp/names_old.py``), each name list is also folded by that
+version's ``normal_name``, alternating in the same run. CPU time (``time.process_time``), best
+of the rounds: ``python -m bench.names_bench [--events N] [--rounds R] [--against FILE]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -56,6 +61,33 @@ ASCII = ["acme", "Planner", "billing_agent", "billing.refund.create", "stripe.re
 UNICODE = ["ácme", "Plánner", "研究者", "billing.réfund", "ｓｔｒｉｐｅ.refund", "web.search"]
 
 
+def _completion(tools: list[str]) -> bytes:
+    doc = {
+        "type": "handoff_completed",
+        "request_id": "run-1:7",
+        "run_id": "run-1",
+        "task_id": "t7",
+        "agent": "billing_agent",
+        "tools": tools,
+        "event_time": "2026-03-01T09:00:05Z",
+    }
+    return orjson.dumps(doc)
+
+
+_HAN = [chr(c) for c in range(0x4E00, 0x9FFF)]
+ASCII_TOOLS = [f"t{i}" + "x" * 250 for i in range(64)]
+HAN_TOOLS = ["".join(_HAN[i * 256 : (i + 1) * 256]) for i in range(64)]
+
+
+def _load(path: str) -> Callable[[str], str]:
+    """``normal_name`` of the names module at ``path`` (another commit's, for comparison)."""
+    spec = importlib.util.spec_from_file_location("names_against", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.normal_name  # type: ignore[no-any-return]
+
+
 def _cpu_us(fn: Callable[[], object], n: int) -> float:
     start = time.process_time()
     for _ in range(n):
@@ -67,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--against", help="a names.py of another commit, to compare with")
     args = parser.parse_args()
     rows: dict[str, list[float]] = {}
     for label, names in (("ASCII names", ASCII), ("Unicode names", UNICODE)):
@@ -80,14 +113,32 @@ def main() -> None:
         for _ in range(args.rounds):  # alternate, so noise hits every case alike
             for name, fn in cases.items():
                 rows.setdefault(name, []).append(_cpu_us(fn, args.events))
+    completions = {
+        "parse_event completion, 64 ASCII tools x 256": _completion(ASCII_TOOLS),
+        "parse_event completion, 64 Han tools x 256": _completion(HAN_TOOLS),
+    }
+    for _ in range(args.rounds):
+        for name, raw in completions.items():
+            rows.setdefault(name, []).append(
+                _cpu_us(lambda r=raw: parse_event(r), args.events // 20)
+            )
+    if args.against:
+        versions = {"this": normal_name, "against": _load(args.against)}
+        lists = {"6 ASCII names": ASCII, "6 Unicode names": UNICODE, "64 Han tools": HAN_TOOLS}
+        for _ in range(args.rounds):  # alternate the versions, so noise hits both alike
+            for label, names in lists.items():
+                for version, fold_name in versions.items():
+                    rows.setdefault(f"normal_name x {label} ({version})", []).append(
+                        _cpu_us(lambda f=fold_name, ns=names: [f(n) for n in ns], args.events // 20)
+                    )
     for word in ("billing_agent", "Plánner", "研究者"):
         rows[f"normal_name({word!r})"] = [
             _cpu_us(lambda w=word: normal_name(w), args.events * 5) for _ in range(args.rounds)
         ]
-    print(f"{'case':<48} {'best µs':>8} {'median µs':>10}")
+    print(f"{'case':<56} {'best µs':>8} {'median µs':>10}")
     for name, values in rows.items():
         ordered = sorted(values)
-        print(f"{name:<48} {ordered[0]:>8.2f} {ordered[len(ordered) // 2]:>10.2f}")
+        print(f"{name:<56} {ordered[0]:>8.2f} {ordered[len(ordered) // 2]:>10.2f}")
 
 
 if __name__ == "__main__":

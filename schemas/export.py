@@ -17,7 +17,8 @@ __all__ = ["NAMES_COMMENT", "json_schemas", "write_json_schemas"]
 #: other languages, next to the fields it applies to
 NAMES_COMMENT = (
     "Names (agents, tools, actions, task_kind, status, tenant, approver, operator) hold "
-    "printable characters of one script, no space and no invisible character, else the event "
+    "printable characters of one script (digits included; ASCII digits go with any), at least "
+    "one letter or digit, no space and no invisible or blank character, else the event "
     "is a bad_name dead letter; Baton compares and records them folded (NFKC, then case "
     "folded), at most 256 characters. Ids (run_id, task_id, request_id) are compared exactly."
 )

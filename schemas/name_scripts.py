@@ -22,7 +22,16 @@ import functools
 
 import regex
 
-__all__ = ["BASE", "INVISIBLE", "STRAY_MARK", "SUSPECT", "mixed_pair", "one_script", "script_of"]
+__all__ = [
+    "BASE",
+    "INVISIBLE",
+    "STRAY_MARK",
+    "SUSPECT",
+    "mixed_pair",
+    "one_script",
+    "script_of",
+    "shown_in_one_script",
+]
 
 #: the ISO 15924 codes of Unicode's scripts (Common, Inherited and Unknown left out), the
 #: most written first; a code this ``regex`` does not know (an older Unicode) is skipped
@@ -77,15 +86,27 @@ def _within(codes: tuple[str, ...]) -> str:
 # the alternatives are tried in order, each failing at the first counted character unless
 # it is of the alternative's scripts: a name costs one pass per script of that character,
 # one test a character (single scripts first: a mixable set tests several a character)
-_ONE_SCRIPT = regex.compile(
-    rf"(?V1)[{_FREE}]*+(?:\Z|"
+_ONE_SCRIPT_TEXT = (
+    rf"[{_FREE}]*+(?:\Z|"
     + "|".join(_within(codes) for codes in (*((code,) for code in _SCRIPTS), *MIXABLE))
     + ")"
 )
+_ONE_SCRIPT = regex.compile("(?V1)" + _ONE_SCRIPT_TEXT)
 
 
+# every check of a folded name in one call (the call, not the pass, is what a short name
+# costs): nothing suspect, a letter or digit, one script
+_SHOWN = regex.compile(
+    rf"(?sV1)(?!.*?[\p{{M}}{_FILLERS}\u2800])(?=.*?[\p{{L}}\p{{N}}])" + _ONE_SCRIPT_TEXT
+)
 _FIRST_SCRIPT = regex.compile("|".join(rf"(\p{{scx={code}}})" for code in _SCRIPTS))
 _COUNTED = regex.compile(rf"(?V1)[^{_FREE}]")
+
+
+def shown_in_one_script(folded: str) -> bool:
+    """True when ``folded`` has no ``SUSPECT`` character, a letter or digit, and one script:
+    a name, in one call; when False, the other tests say why."""
+    return _SHOWN.match(folded) is not None
 
 
 def one_script(folded: str) -> bool:

@@ -11,14 +11,25 @@ So every name is checked and folded once, where it enters Baton (event fields, p
 and globs), and only the folded form travels on:
 
 * a name holds printable characters only (Python's ``str.isprintable``): no whitespace at
-  all, no control, zero-width, bidi or unassigned code points; a name is refused, never
-  repaired (an event: a ``bad_name`` dead letter; a policy: a load error naming the key);
-* its letters come from one script (Latin, Greek, Cyrillic, ...; Latin may mix with the
-  Chinese, Japanese and Korean scripts as names written in those do), so a Cyrillic ``е``
-  cannot pass for a Latin ``e``;
+  all, no control, zero-width, bidi or unassigned code points, and none that renders as
+  nothing or a blank though Python calls it printable (every Default_Ignorable_Code_Point:
+  U+034F, variation selectors, Mongolian free variation selectors, Khmer inherent vowels;
+  the Hangul fillers; the Braille blank U+2800); a name is refused, never repaired (an
+  event: a ``bad_name`` dead letter; a policy: a load error naming the key);
+* it holds at least one letter or digit, and a combining mark only after a letter, digit or
+  mark (a lone U+0301 is no name); a policy glob need hold no letter (``*``);
+* its letters *and digits* come from one script (Latin, Greek, Cyrillic, ...; Latin may mix
+  with the Chinese, Japanese and Korean scripts as names written in those do), a character
+  counting for every script in its Script_Extensions, so a Cyrillic ``е`` cannot pass for a
+  Latin ``e`` nor an Arabic-Indic zero ``٠`` for a dot; ASCII digits go with every script;
 * it is compared, stored and recorded in its normal form: NFKC, then case folded, then NFKC
   again (``fold``), so ``Billing.Refund.Create`` is ``billing.refund.create`` and
-  ``ｒｅｓｅａｒｃｈｅｒ`` is ``researcher``. A folded name is at most 256 characters.
+  ``ｒｅｓｅａｒｃｈｅｒ`` is ``researcher``; the Turkish capital ``İ`` (U+0130), which case
+  folds to ``i`` + U+0307 COMBINING DOT ABOVE (a plain-looking ``i``), folds to ``i``, so
+  ``BİLLING`` is ``billing``. A folded name is at most 256 characters.
+
+The character tests run in C (``baton.schemas.name_scripts``): a name of 256 letters of any
+script costs a few microseconds, so a flood of long non-ASCII names cannot stall a worker.
 
 Not guaranteed: two different names in one script that look alike (``l`` and ``1``, a
 whole-Cyrillic ``раура``) stay two names; ids (``run_id``, ``task_id``, ``request_id``)
@@ -40,6 +51,7 @@ from baton.schemas.name_scripts import (
     mixed_pair,
     one_script,
     script_of,
+    shown_in_one_script,
 )
 
 __all__ = [
@@ -79,6 +91,9 @@ def normal_name(text: str) -> str:
     The pydantic validator of every name field: its messages start with "bad name" (an
     event's ``bad_name`` dead letter) or hold "out of range" (``out_of_range``).
     """
+    folded = _RECENT.get(text)
+    if folded is not None:
+        return folded  # a name seen lately: one dict look-up (most names repeat)
     if (
         text.isascii()
         and text.isprintable()
@@ -86,7 +101,7 @@ def normal_name(text: str) -> str:
         and 0 < len(text) <= MAX_NAME
         and (text[0].isalnum() or _ASCII_BASE.search(text))
     ):
-        return text.lower()  # most names: a few passes in C, no Unicode tables
+        return _remembered(text, text.lower())  # a few passes in C, no Unicode tables
     problem, folded = _checked(text)
     if problem is not None:
         raise ValueError(
@@ -98,6 +113,21 @@ def normal_name(text: str) -> str:
             f"out of range: name {_shown(text)} folds (NFKC) to {len(folded)} characters, "
             f"more than {MAX_NAME}"
         )
+    return _remembered(text, folded)
+
+
+#: names seen lately -> their normal form; only names that passed, of at most 64 characters,
+#: at most 2,048 of them (~1 MB at worst): a flood of new names only empties it, each name
+#: then costs its checks again (a few microseconds, in C), never more
+_RECENT: dict[str, str] = {}
+_RECENT_MAX, _RECENT_LONGEST = 2048, 64
+
+
+def _remembered(text: str, folded: str) -> str:
+    if len(text) <= _RECENT_LONGEST:
+        if len(_RECENT) >= _RECENT_MAX:
+            _RECENT.clear()
+        _RECENT[text] = folded
     return folded
 
 
@@ -111,10 +141,15 @@ def _checked(text: str, glob: bool = False) -> tuple[str | None, str]:
     folded = fold(text)
     if text.isascii():
         return (None if glob or _ASCII_BASE.search(text) else _NO_BASE), folded
-    if folded != text or SUSPECT.search(text) is not None:
-        problem = _hidden(text, folded)
-        if problem is not None:
-            return problem, folded
+    if folded != text and (not folded.isprintable() or " " in folded):
+        return _folds_to(folded), folded
+    # the common case in one call; every invisible character of ``text`` is one in its fold
+    # (NFKC keeps them), so the fold alone is checked: tests/unit/test_events_names.py
+    if not glob and shown_in_one_script(folded):
+        return None, folded
+    problem = _hidden(text, folded)
+    if problem is not None:
+        return problem, folded
     if not glob and BASE.search(folded) is None:
         return _NO_BASE, folded
     if not one_script(folded):
@@ -127,17 +162,29 @@ _NO_BASE = "it holds no letter or digit"
 
 def _hidden(text: str, folded: str) -> str | None:
     """What in ``text`` (or its fold) shows nothing: an invisible character, or a combining
-    mark with nothing to sit on; None when all shows."""
-    hidden = INVISIBLE.search(text)
+    mark with nothing to sit on; None when all shows. One pass over each in the common case
+    (``SUSPECT`` finds nothing)."""
+    suspect = SUSPECT.search(text) is not None
+    hidden = INVISIBLE.search(text) if suspect else None
     if hidden is not None:
         return f"{_described(text, hidden.start())} renders as nothing or a blank"
-    if folded != text and (not folded.isprintable() or " " in folded or INVISIBLE.search(folded)):
-        return f"it folds (NFKC) to {_shown(folded)}, which holds a space or an invisible character"
-    stray = STRAY_MARK.search(folded)
+    if folded != text:
+        suspect = SUSPECT.search(folded) is not None
+        if (
+            not folded.isprintable()
+            or " " in folded
+            or (suspect and INVISIBLE.search(folded) is not None)
+        ):
+            return _folds_to(folded)
+    stray = STRAY_MARK.search(folded) if suspect else None
     if stray is not None:
         where = _described(folded, stray.start())
         return f"{where} is a combining mark with no letter or digit to sit on"
     return None
+
+
+def _folds_to(folded: str) -> str:
+    return f"it folds (NFKC) to {_shown(folded)}, which holds a space or an invisible character"
 
 
 _ASCII_BASE = re.compile("[0-9A-Za-z]")

@@ -49,9 +49,10 @@ Every decision carries `policy_version`, a hash of the whole policy in force.
 `roles`, `may_delegate_to`), tools and actions (`tools`, `require_approval_for`), task kinds
 (`may_own`), tenants, approvers, operators and statuses are read through NFKC and case folding,
 so `Billing.Refund.Create` is `billing.refund.create` and a fullwidth `Ｒesearcher` is
-`researcher`; globs are folded the same way. A name holds printable characters of one script
-(Latin may mix with Chinese, Japanese and Korean), no space and no invisible character, at most
-256 characters once folded. An event naming anything else is refused before any rule (a
+`researcher`; globs are folded the same way. A name holds printable characters of one script,
+digits included (Latin may mix with Chinese, Japanese and Korean; ASCII digits with any), at
+least one letter or digit, no space and no invisible or blank character, at most 256 characters
+once folded. An event naming anything else is refused before any rule (a
 `bad_name` dead letter: never decided); a policy key or glob holding one is an error, and so
 are two keys that fold to one name. Decisions record the folded names. Ids (`run_id`,
 `task_id`, `request_id`) are not names: they are compared exactly.

@@ -21,6 +21,7 @@ from baton.schemas.events import (
     parse_control_event,
     parse_event,
 )
+from baton.schemas.name_scripts import INVISIBLE
 from baton.schemas.names import MAX_NAME, fold, fold_glob, normal_name
 from baton.schemas.signing import approval_payload, control_payload
 
@@ -332,3 +333,11 @@ def test_a_refused_mix_names_both_characters() -> None:
     error = _refusal(_requested(tool="pr\u0b66c.kill"))
     assert "U+0B66 ORIYA DIGIT ZERO at index 2" in str(error)
     assert "U+0070 LATIN SMALL LETTER P at index 0" in str(error)
+
+
+def test_every_invisible_character_stays_one_in_the_fold() -> None:
+    # names.py checks only a name's fold on its common path: NFKC must keep them all
+    invisible = regex.findall(INVISIBLE.pattern, "".join(map(chr, range(0x110000))))
+    for ch in invisible:
+        folded = fold(f"a{ch}b")
+        assert INVISIBLE.search(folded) or not folded.isprintable(), f"U+{ord(ch):04X}"
