@@ -176,14 +176,18 @@ def _recent_rows(state: RunState) -> list[Any]:
     for i in range(1, len(held), 2):
         kept = held[i]
         if type(kept) is not bytes:
-            decisions = [kept] if type(kept) is Decision else kept
-            raw = orjson.dumps([_decision_row(d) for d in decisions])
-            if all(d.chain_hash is not None for d in decisions):
-                # a compact copy: orjson's result keeps its whole growth buffer (4 KB at least)
-                held[i] = kept = bytes(memoryview(raw))
-                changed = True
+            if type(kept) is Decision:
+                rows = [_decision_row(kept)]
+                linked = kept.chain_hash is not None
             else:
-                kept = raw
+                rows = [_decision_row(d) for d in kept]
+                linked = None not in [d.chain_hash for d in kept]
+            if not linked:
+                rec.append([held[i - 1], rows])  # written with the record, kept as it is
+                continue
+            # a compact copy: orjson's result keeps its whole growth buffer (4 KB at least)
+            held[i] = kept = bytes(memoryview(orjson.dumps(rows)))
+            changed = True
         rec.append([held[i - 1], orjson.Fragment(kept)])
     if changed:
         state.recent = tuple(held)
@@ -274,9 +278,10 @@ def _from_map(w: dict[str, Any]) -> RunState:
 
 
 def _tasks_from_wire(rows: Any) -> dict[str, TaskNode]:
-    """The task tree from its rows, names interned (shared by every run that uses them)."""
+    """The task tree from its rows, agent names interned (shared by every run that uses them;
+    task ids are mostly a run's own)."""
     tasks = {
-        intern(task): TaskNode(intern(owner), intern(giver), parent and intern(parent), depth)
+        task: TaskNode(intern(owner), intern(giver), parent, depth)
         for task, owner, giver, parent, depth in rows
     }
     return tasks or EMPTY
@@ -407,8 +412,15 @@ _HELD_COLUMNS = _FROZEN_COLUMNS if _WRITE_COLUMNS is None else _Columns(DECISION
 _CHAIN_HASH = DECISION_FIELDS.index("chain_hash")
 
 
-def _linked_row(row: Any) -> bool:
-    return type(row) is list and len(row) == len(DECISION_FIELDS) and row[_CHAIN_HASH] is not None
+_ROW_LENGTH = len(DECISION_FIELDS)
+
+
+def _linked_rows(rows: list[Any]) -> bool:
+    """True when every row is a full row with its chain link (held as bytes when read)."""
+    for row in rows:
+        if type(row) is not list or len(row) != _ROW_LENGTH or row[_CHAIN_HASH] is None:
+            return False
+    return True
 
 
 #: a reader's column plans by column list (a state's own ``cols``): a few at most
@@ -449,7 +461,7 @@ def _recent_from_wire(
     recent: list[Any] = []
     for key, rows in entries:
         recent.append(key)
-        if hold and all(_linked_row(r) for r in rows):
+        if hold and _linked_rows(rows):
             # linked replies stay their rows' bytes, once each row proved a Decision
             # (a record that does not is unreadable now, not at a retry)
             raw = bytes(memoryview(orjson.dumps(rows)))
