@@ -190,9 +190,11 @@ def replay_cmd(
 def _scope(
     start: datetime | None, to: datetime | None, run_id: str | None, tenant: str | None
 ) -> Any:
+    from baton.schemas.names import fold
     from baton.sinks.replay_source import ReplayScope
 
-    return ReplayScope(start, to, run_id, tenant)
+    # the audit records tenants in their folded form (schemas/names.py): --tenant ACME is acme
+    return ReplayScope(start, to, run_id, fold(tenant) if tenant is not None else None)
 
 
 def _replay(

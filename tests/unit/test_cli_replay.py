@@ -81,3 +81,11 @@ def test_a_long_replay_draws_a_progress_bar_and_a_short_one_nothing(
     assert lines == [
         "baton replay: [" + "█" * 15 + "░" * 15 + "] 15,000/~30,000 decisions, 500 runs (2,500/s)"
     ]
+
+
+def test_replay_tenant_is_compared_in_the_folded_form_the_audit_records() -> None:
+    from baton.cli.replay_cmds import _scope
+
+    assert _scope(None, None, None, "ACME").tenant == "acme"
+    assert _scope(None, None, None, "ＡＣＭＥ").tenant == "acme"
+    assert _scope(None, None, None, None).tenant is None
