@@ -41,7 +41,7 @@ class ErrorKind(StrEnum):
 
     Parse errors keep the kinds :class:`~baton.schemas.events.EventError` gives them
     (``not_json``, ``schema``, ``unknown_type``, ``oversized``, ``key_mismatch``,
-    ``out_of_range``).
+    ``out_of_range``, ``bad_name``).
     """
 
     EMPTY = "empty"

@@ -176,7 +176,7 @@ def decide(
                 now,
                 Reason.UNKNOWN_TENANT,
                 f"tenant {event.tenant!r} is not under tenants (strict_tenants is on; names are "
-                f"compared exactly)",
+                f"compared in their folded form, NFKC + case fold)",
                 kills,
                 origin,
             )
