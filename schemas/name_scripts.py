@@ -10,10 +10,12 @@ for an event of 64 such names: a hostile client could stall a partition).
   Mongolian free variation selectors, Khmer inherent vowels, ...), the Hangul fillers and
   the Braille blank U+2800;
 * ``BASE``: a letter or a digit, which every name needs at least one of;
-* ``STRAY_MARK``: a combining mark with no letter, digit or mark before it to sit on;
+* ``stray_mark``: a combining mark with no letter, digit or mark before it to sit on;
 * ``one_script``: the script rule over letters *and digits* by their Script_Extensions
   (UTS #24), so an Arabic-Indic zero ``٠`` (a dot) or an Oriya zero ``୦`` (an ``o``) in a
-  Latin name mixes two scripts; ASCII digits (script Common) go with every script.
+  Latin name mixes two scripts; ASCII digits (script Common) go with every script;
+* ``shown_in_one_script``: all of them on an accepted name in as few calls as it takes (a
+  call costs more than a pass on a short name): one without marks, four with.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ import regex
 __all__ = [
     "BASE",
     "INVISIBLE",
-    "STRAY_MARK",
     "SUSPECT",
     "mixed_pair",
     "one_script",
     "script_of",
     "shown_in_one_script",
+    "stray_mark",
 ]
 
 #: the ISO 15924 codes of Unicode's scripts (Common, Inherited and Unknown left out), the
@@ -66,12 +68,14 @@ def _known(code: str) -> bool:
 _SCRIPTS = [code for code in _SCRIPT_CODES if _known(code)]
 
 _FILLERS = r"\u115F\u1160\u3164\uFFA0"  # Hangul fillers: letters (Lo) that show nothing
-INVISIBLE = regex.compile(rf"[\p{{Default_Ignorable_Code_Point}}{_FILLERS}\u2800]")
+_INVISIBLE = rf"[\p{{Default_Ignorable_Code_Point}}{_FILLERS}\u2800]"
+INVISIBLE = regex.compile(_INVISIBLE)
 #: what may hide something, found in one pass: a mark (every printable default-ignorable code
 #: point is a mark but the Hangul fillers), a Hangul filler, the Braille blank
 SUSPECT = regex.compile(rf"[\p{{M}}{_FILLERS}\u2800]")
 BASE = regex.compile(r"[\p{L}\p{N}]")
-STRAY_MARK = regex.compile(r"(?<![\p{L}\p{N}\p{M}])\p{M}")
+_MARK = regex.compile(r"\p{M}")
+_STRAY_AFTER = regex.compile(r"[^\p{L}\p{N}\p{M}]\p{M}")
 
 #: a character the script rule does not count: not a letter or digit, or of every script
 _FREE = r"[^\p{L}\p{N}]\p{scx=Zyyy}\p{scx=Zinh}"
@@ -104,9 +108,27 @@ _COUNTED = regex.compile(rf"(?V1)[^{_FREE}]")
 
 
 def shown_in_one_script(folded: str) -> bool:
-    """True when ``folded`` has no ``SUSPECT`` character, a letter or digit, and one script:
-    a name, in one call; when False, the other tests say why."""
-    return _SHOWN.match(folded) is not None
+    """True when ``folded`` shows (no invisible character, no mark with nothing to sit on),
+    holds a letter or digit and is of one script: a name, in one call (two with marks); when
+    False, the other tests say why."""
+    if _SHOWN.match(folded) is not None:
+        return True
+    # a name with marks (Devanagari, Thai, ...): one search a test, faster than lookaheads
+    return (
+        INVISIBLE.search(folded) is None
+        and stray_mark(folded) is None
+        and BASE.search(folded) is not None
+        and one_script(folded)
+    )
+
+
+def stray_mark(folded: str) -> int | None:
+    """The index of the first combining mark of ``folded`` with no letter, digit or mark
+    before it, or None."""
+    if _MARK.match(folded) is not None:
+        return 0
+    found = _STRAY_AFTER.search(folded)
+    return None if found is None else found.start() + 1
 
 
 def one_script(folded: str) -> bool:

@@ -46,12 +46,12 @@ from typing import Any
 from baton.schemas.name_scripts import (
     BASE,
     INVISIBLE,
-    STRAY_MARK,
     SUSPECT,
     mixed_pair,
     one_script,
     script_of,
     shown_in_one_script,
+    stray_mark,
 )
 
 __all__ = [
@@ -176,9 +176,9 @@ def _hidden(text: str, folded: str) -> str | None:
             or (suspect and INVISIBLE.search(folded) is not None)
         ):
             return _folds_to(folded)
-    stray = STRAY_MARK.search(folded) if suspect else None
+    stray = stray_mark(folded) if suspect else None
     if stray is not None:
-        where = _described(folded, stray.start())
+        where = _described(folded, stray)
         return f"{where} is a combining mark with no letter or digit to sit on"
     return None
 
