@@ -55,7 +55,6 @@ def create_topics(settings: Settings) -> Any:
     "transactional_id",
     "transaction_timeout_ms",
     "worker_data_dir",
-    "batch_timeout_s",
     "replication_factor",
     "audit_chain_key",
     "metrics_port",

@@ -41,6 +41,8 @@ def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
         stream_recovery_delay=0.0,
         processing_guarantee="at_least_once",
         broker_credentials=faust_credentials(s),
+        # a batch is one fetch (WorkerRuntime.on_batch): this bounds it
+        broker_max_poll_records=s.batch_size,
     )
 
 

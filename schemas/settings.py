@@ -123,8 +123,13 @@ class Settings(BaseSettings):
         description="worker fetch wait; Tansu holds every fetch this long, Kafka "
         "answers when data arrives (100-500 is fine there)",
     )
-    batch_size: int = Field(1000, ge=1, description="max events per worker batch")
-    batch_timeout_s: float = Field(0.01, gt=0, description="max wait to fill a worker batch")
+    batch_size: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="max events per worker batch (the records one fetch hands the worker; "
+        "a batch is one fetch, so the fetch wait is how long it fills)",
+    )
 
     # --- audit (ClickHouse) ------------------------------------------------------------
     clickhouse_dsn: str = Field(

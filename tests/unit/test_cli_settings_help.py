@@ -88,7 +88,7 @@ def test_a_client_lists_its_whole_connection_group(
     [
         (
             ("worker",),
-            ("app_id", "batch_timeout_s", "replication_factor", "audit_chain_key", "policy"),
+            ("app_id", "batch_size", "replication_factor", "audit_chain_key", "policy"),
         ),
         (("up",), ("app_id", "topic_prefix", "replication_factor", "policy", "partitions")),
         (("alerts",), ("app_id", "topic_prefix", "webhook_url", "replication_factor")),

@@ -166,6 +166,12 @@ def test_the_consumer_of_a_plain_app_on_the_baton_transport_fails_at_start(tmp_p
         app.consumer  # noqa: B018 - building the consumer is the start-up step under test
 
 
+def test_batch_size_bounds_the_records_one_fetch_hands_the_worker(tmp_path) -> None:
+    # a batch is one fetch (WorkerRuntime.on_batch): BATON_BATCH_SIZE must reach aiokafka
+    settings = Settings(bootstrap="127.0.0.1:1", worker_data_dir=tmp_path, batch_size=250)
+    assert build_app(settings, _runtime()).conf.broker_max_poll_records == 250
+
+
 def _store(tmp_path: Any, partitions: int = 8) -> tuple[RunStore, Any]:
     settings = Settings(bootstrap="127.0.0.1:1", worker_data_dir=tmp_path, partitions=partitions)
     app = build_app(settings, _runtime())
