@@ -120,13 +120,14 @@ def _check_command(run_id: str | None, tenant: str | None, operator: str, reason
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else ""
-        value = fields.get(name)
-        long = str(error["type"]).startswith("string_")  # pydantic's message omits the value
-        got = f", got {shown(value[:60])}{'…' if len(value) > 60 else ''}" if value and long else ""
-        raise click.BadParameter(
-            f"{error['msg']}{got} ({len(value or '')} characters)",
-            param_hint=_OPTION_OF.get(name, "--run/--tenant"),
-        ) from None
+        value = fields.get(name) or ""
+        cut = f"{shown(value[:60])}{'…' if len(value) > 60 else ''}"
+        if error["type"] == "string_too_long":  # pydantic's message omits the value
+            problem = f"at most {error['ctx']['max_length']} characters, got {len(value)}: {cut}"
+        else:
+            problem = f"{error['msg']} ({len(value)} characters)"
+        hint = _OPTION_OF.get(name, "--run/--tenant")
+        raise click.BadParameter(problem, param_hint=hint) from None
 
 
 def register(cli: click.Group) -> None:

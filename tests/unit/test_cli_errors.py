@@ -139,9 +139,9 @@ def test_one_listening_address_of_several_is_enough() -> None:
 @pytest.mark.parametrize(
     ("option", "value", "expected"),
     [
-        ("--run", "r" * 300, "at most 256 characters, got rrrr"),
-        ("--tenant", "t" * 257, "at most 256 characters, got tttt"),
-        ("--reason", "x" * 1025, "at most 1024 characters"),
+        ("--run", "r" * 300, "at most 256 characters, got 300: rrrr"),
+        ("--tenant", "t" * 257, "at most 256 characters, got 257: tttt"),
+        ("--reason", "x" * 1025, "at most 1024 characters, got 1025: xxxx"),
     ],
 )
 def test_a_kill_switch_the_events_refuse_is_a_usage_error_before_connecting(

@@ -74,7 +74,8 @@ def test_keys_new_refuses_a_name_that_is_not_a_plain_file_name(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["yes", "No", "null", "on", "true", "123", "1e3", "~"])
+# ("~", YAML's null, is no name at all: it holds no letter or digit, baton.schemas.names)
+@pytest.mark.parametrize("name", ["yes", "No", "null", "on", "true", "123", "1e3"])
 def test_a_name_yaml_would_read_as_a_bool_or_number_is_quoted(name: str) -> None:
     line = policy_line(name, "ed25519:" + "A" * 43 + "=")
     assert line.startswith(f'"{name}": ')
