@@ -60,6 +60,9 @@ def describe(err: Any, root: type[BaseModel]) -> str:
     kind = err["type"]
     value = err.get("input")
     ctx = err.get("ctx") or {}
+    if loc and loc[-1] == "[key]" and kind == "string_type":  # tenants: {0: ...}
+        path = ".".join(str(p) for p in loc[:-1])
+        return f"{path}: a key must be text (a name), got {show(value)}; quote it"
     if loc and loc[-1] == "[key]":  # a bad mapping key, e.g. a misspelt fallback_by_reason
         path = ".".join(str(p) for p in loc[:-1])
         known = [r.value for r in Reason]

@@ -29,10 +29,31 @@ multi_agent:
 """
 
 
+#: how deep a policy's YAML may nest: a real one is a handful of levels; Python's parser and
+#: validators recurse, and a document 5,000 deep raised RecursionError (a traceback, and on
+#: gov.control a dead letter) instead of naming the problem
+MAX_POLICY_DEPTH = 64
+
+
 def parse_policy(text: str, source: str = "policy") -> Policy:
     """Parse and validate policy YAML; raises PolicyError naming every bad key."""
     try:
+        return _parse_policy(text, source)
+    except RecursionError:
+        raise PolicyError(
+            [
+                f"<top>: nested deeper than {MAX_POLICY_DEPTH} levels; "
+                "expected a policy a few levels deep"
+            ],
+            _encodable(source),
+        ) from None
+
+
+def _parse_policy(text: str, source: str) -> Policy:
+    try:
         doc = yaml.safe_load(text)
+    except ValueError as exc:  # an integer past Python's 4,300 digits of int(str)
+        raise PolicyError([f"<top>: a value YAML cannot read: {str(exc)[:120]}"], source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -50,6 +71,8 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
             ],
             _encodable(source),
         )
+    if _depth_past(doc, MAX_POLICY_DEPTH):
+        raise RecursionError
     if not isinstance(doc, dict):
         raise PolicyError(
             [f"<top>: must be a mapping with a multi_agent key, got {show(doc)}"], source
@@ -93,6 +116,8 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
             if tenant in overrides and not _sets(overrides[tenant], loc[2:]):
                 continue  # a bad multi_agent key: reported once, at multi_agent.<key>
             problems.append(describe(err, Policy))
+        if not problems:  # every error was under a tenant key the overrides do not know as set
+            problems = [describe(err, Policy) for err in exc.errors(include_url=False)]
     raise PolicyError([_encodable(p) for p in problems], _encodable(source))
 
 
@@ -101,6 +126,21 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
 #: quoting it took 35 s and 8 GB, and from gov.control it took every worker down, again on
 #: every restart. A real policy holds hundreds; 1,000,000 is checked in about a second.
 MAX_POLICY_VALUES = 1_000_000
+
+
+def _depth_past(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests deeper than ``limit`` (walked with a stack, never recursing)."""
+    stack = [(doc, 0)]
+    seen: set[int] = set()
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict | list) and id(node) not in seen:
+            seen.add(id(node))
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _expands_past(doc: Any, limit: int) -> bool:

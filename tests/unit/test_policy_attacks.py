@@ -159,3 +159,24 @@ def test_aliases_within_the_bound_still_load() -> None:
     written_out = parse_policy("tenants: {a: {max_handoffs: 3}, b: {max_handoffs: 3}}")
     aliased = parse_policy("tenants:\n  a: &limits {max_handoffs: 3}\n  b: *limits\n")
     assert aliased.tenants == written_out.tenants
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("multi_agent: " + "[" * 5000 + "]" * 5000, "nested deeper than 64 levels"),
+        ("multi_agent: {}\nx: " + "{a: " * 3000 + "1" + "}" * 3000, "nested deeper than 64"),
+        ("multi_agent: {max_handoffs: " + "9" * 5000 + "}", "a value YAML cannot read"),
+        ("tenants: {0: {max_handoffs: 2}}", "tenants.0: a key must be text (a name), got 0"),
+    ],
+    ids=["5000-deep list", "3000-deep map", "5000-digit integer", "integer tenant key"],
+)
+def test_a_policy_no_parser_should_take_is_one_named_problem_not_a_traceback(
+    text: str, says: str
+) -> None:
+    # before: RecursionError / ValueError (a traceback from `baton policy check`, an
+    # engine_error dead letter on gov.control) and "0 problems:" for an integer tenant key
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text)
+    assert says in str(caught.value)
+    assert len(caught.value.problems) == 1
