@@ -1,23 +1,15 @@
 """The run state's bytes on the changelog: format 4 written (a map with short keys), 1-4 read.
 
-Format 4 is a JSON map (orjson) whose keys are in ``_KEYS`` (RunState field -> short key);
+Format 4 is a JSON map (orjson) whose keys are in ``STATE_KEYS`` (RunState field -> short key);
 a field a reader does not know is ignored, a key it lacks takes the field's empty value, so
 a field added later needs no format bump as long as its empty value means "as before".
 Rows inside it are fixed columns named once here: tasks ``[task_id, *TaskNode]``,
 reservations ``[request_id, *Reservation]``, bounces ``[agent, agent, last giver, count]``,
 pending approvals ``[approval_id, request as JSON, expires_at, created_at]``.
 
-Stored replies (a run's newest decisions, for re-emission) are rows whose columns are
-named: ``REPLY_COLUMNS`` when the state has no ``cols`` key, else the state's own list (a
-writer whose ``Decision`` has other fields than REPLY_COLUMNS writes its column names into
-each state, ~450 bytes, and a reader maps them by name). Naming the columns once per format
-rather than per decision keeps a state as small as the positional form was.
-
-In memory a run keeps its linked replies as those rows' bytes (``RunState.recent``): a
-``Decision`` object with its strings takes about twice as much, and a reply is read back only
-for a retry or a redelivery. ``encode`` turns the linked decisions it writes into their rows
-(spliced into the record as they are, never encoded twice), and ``decode`` keeps the rows it
-reads as bytes once each has been checked by building its ``Decision``.
+Stored replies (a run's newest decisions, for re-emission) are rows of named columns,
+written and read by processors/state_replies.py: ``REPLY_COLUMNS`` when the state has no
+``cols`` key, else the state's own list; in memory a linked reply is held as its rows' bytes.
 
 Formats 1-3 (positional lists read back as ``w[1]`` ...) are still read: old changelogs.
 Not guaranteed: a state written by a newer Baton with a reply column this one lacks is
@@ -26,8 +18,6 @@ refused (``ValueError``), never read with the column dropped.
 
 from __future__ import annotations
 
-from datetime import datetime
-from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -42,7 +32,14 @@ from baton.processors.state import (
     TaskNode,
     intern,
 )
-from baton.schemas.decision import DECISION_FIELDS, Decision, Fallback, Outcome, Phase
+from baton.processors.state_replies import (
+    REPLY_COLUMNS,
+    WRITE_COLUMNS,
+    recent_from_wire,
+    recent_rows,
+    recent_to_wire,
+    replies_from_rows,
+)
 from baton.schemas.events import HandoffRequested
 
 __all__ = ["REPLY_COLUMNS", "STATE_KEYS", "decode", "encode", "replies_from_rows", "to_wire"]
@@ -78,22 +75,6 @@ STATE_KEYS: dict[str, str] = {
 #: RunState fields rebuilt from the keyed ones when read
 DERIVED = frozenset({"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due"})
 
-#: the reply columns of a format-4 state without ``cols``: Decision's fields when format 4
-#: was made, frozen (a new Decision field makes writers add ``cols``; add a format then)
-REPLY_COLUMNS: tuple[str, ...] = (
-    "decision_id", "request_id", "run_id", "tenant", "phase", "outcome", "reason", "owner",
-    "from_agent", "to_agent", "task_id", "parent_task_id", "action", "depth",
-    "handoff_count", "spent_usd", "tool_calls", "handoff_status", "fallback", "approval_id",
-    "approval_expires_at", "approver", "policy_version", "event_time", "decided_at",
-    "worker", "partition", "offset", "shadow_outcome", "tool", "reserved_usd", "detail",
-    "request_digest", "chain_prev", "chain_hash", "input", "reemitted",
-)  # fmt: skip
-#: what this Decision writes: the frozen columns while they are its fields, else its own
-_WRITE_COLUMNS = None if DECISION_FIELDS == REPLY_COLUMNS else list(DECISION_FIELDS)
-_DECISION_FIELD_SET = frozenset(DECISION_FIELDS)
-#: a decision's fields as a tuple, in DECISION_FIELDS order (one C call, not 37 getattr)
-_decision_row = attrgetter(*DECISION_FIELDS)
-
 
 # =========================================================================== writing
 
@@ -101,12 +82,12 @@ _decision_row = attrgetter(*DECISION_FIELDS)
 def encode(state: RunState) -> bytes:
     """The state's changelog record (format STATE_FORMAT); its linked replies are kept as
     their rows' bytes from now on (``RunState.recent``)."""
-    return orjson.dumps(_wire_map(state, _recent_rows(state)))
+    return orjson.dumps(_wire_map(state, recent_rows(state)))
 
 
 def to_wire(state: RunState) -> dict[str, Any]:
     """The state as the map that ``encode`` writes (equal maps: states that decide alike)."""
-    return _wire_map(state, _recent_to_wire(state.recent))
+    return _wire_map(state, recent_to_wire(state.recent))
 
 
 def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
@@ -139,8 +120,8 @@ def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
         "bn": [[a, b, last, n] for (a, b), (last, n) in state.bounces.items()],
         "gr": [[k, g[0], g[1], list(g[2])] for k, g in state.grants.items()],
     }
-    if _WRITE_COLUMNS is not None and state.recent:
-        wire["cols"] = _WRITE_COLUMNS
+    if WRITE_COLUMNS is not None and state.recent:
+        wire["cols"] = WRITE_COLUMNS
     if state.evicted_at is not None:
         # a tombstone is kept for weeks and is mostly empty: only what it holds (a reader
         # takes a missing key as its field's empty value)
@@ -160,57 +141,6 @@ def _tasks_to_wire(state: RunState) -> list[list[Any]]:
     if not any(k in tasks for k in added):
         return [[k, *t] for part in (tasks, added) for k, t in part.items()]
     return [[k, *t] for k, t in {**tasks, **added}.items()]
-
-
-def _recent_rows(state: RunState) -> list[Any]:
-    """``rec`` of the record: each key with its rows as an ``orjson.Fragment`` of their bytes;
-    replaces the linked decisions in ``state.recent`` with those bytes.
-
-    Only linked decisions (``chain_hash`` set): the worker links a step's decisions after
-    the engine has remembered them (processors/chain.py), so a decision without its link
-    may still get it, and its bytes would miss it.
-    """
-    held = list(state.recent)
-    changed = False
-    rec = []
-    for i in range(1, len(held), 2):
-        kept = held[i]
-        if type(kept) is not bytes:
-            if type(kept) is Decision:
-                rows = [_decision_row(kept)]
-                linked = kept.chain_hash is not None
-            else:
-                rows = [_decision_row(d) for d in kept]
-                linked = None not in [d.chain_hash for d in kept]
-            if not linked:
-                rec.append([held[i - 1], rows])  # written with the record, kept as it is
-                continue
-            # a compact copy: orjson's result keeps its whole growth buffer (4 KB at least)
-            held[i] = kept = bytes(memoryview(orjson.dumps(rows)))
-            changed = True
-        rec.append([held[i - 1], orjson.Fragment(kept)])
-    if changed:
-        state.recent = tuple(held)
-    return rec
-
-
-def _recent_to_wire(recent: tuple[Any, ...]) -> list[Any]:
-    """``rec`` as plain values (lists, strings, numbers): the same for a reply held as a
-    ``Decision`` and as its rows' bytes."""
-    out = []
-    for i in range(0, len(recent), 2):
-        kept = recent[i + 1]
-        if type(kept) is not bytes:
-            decisions = [kept] if type(kept) is Decision else kept
-            kept = orjson.dumps([_decision_row(d) for d in decisions])
-        out.append([recent[i], orjson.loads(kept)])
-    return out
-
-
-def replies_from_rows(raw: bytes) -> list[Decision]:
-    """The decisions of a reply held as its rows' bytes (in Decision's field order)."""
-    plan = _HELD_COLUMNS
-    return [plan.decision(row) for row in orjson.loads(raw)]
 
 
 # =========================================================================== reading
@@ -261,7 +191,7 @@ def _from_map(w: dict[str, Any]) -> RunState:
         seen or EMPTY,
         fresh or EMPTY,
         marks,
-        _recent_from_wire(w.get("rec", ()), cols),
+        recent_from_wire(w.get("rec", ()), cols),
         0.0,
         0,
         digests or EMPTY,
@@ -301,7 +231,7 @@ def _from_list(w: list[Any]) -> RunState:
         seen,
         fresh,
         marks,
-        _recent_from_wire(w[15], None, old=True),
+        recent_from_wire(w[15], None, old=True),
         0.0,
         0,
         digests,
@@ -356,126 +286,3 @@ def _marks_from_wire(
     first = marks - len(keys) + 1
     seen = dict(zip(keys[:split], range(first, first + split), strict=True))
     return seen, dict.fromkeys(keys[split:], None), marks
-
-
-# ---------------------------------------------------------------- stored replies
-
-_TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
-# text -> member by dict lookup: calling the enum (Phase("approval")) is several times slower,
-# and the worker restores a run's replies every time it reads the run from the changelog
-_PHASES: dict[str, Phase] = {m.value: m for m in Phase}
-_OUTCOMES: dict[str | None, Outcome | None] = {None: None, **{m.value: m for m in Outcome}}
-_FALLBACKS: dict[str | None, Fallback | None] = {None: None, **{m.value: m for m in Fallback}}
-#: column -> text-to-value table for the enum columns
-_ENUMS: dict[str, dict[Any, Any]] = {
-    "phase": _PHASES,
-    "outcome": _OUTCOMES,
-    "shadow_outcome": _OUTCOMES,
-    "fallback": _FALLBACKS,
-}
-
-
-class _Columns:
-    """How to turn rows with the given column names into Decisions (one per column list)."""
-
-    __slots__ = ("enums", "names", "positional", "times")
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        unknown = [c for c in names if c not in _DECISION_FIELD_SET]
-        if unknown:
-            raise ValueError(
-                f"run state replies have columns {unknown} that Decision does not have; "
-                "written by a newer Baton?"
-            )
-        #: rows can go to Decision(*row) as they are
-        self.positional = names == DECISION_FIELDS[: len(names)]
-        self.names = names
-        self.times = [i for i, c in enumerate(names) if c in _TIME_FIELDS]
-        self.enums = [(i, _ENUMS[c]) for i, c in enumerate(names) if c in _ENUMS]
-
-    def decision(self, row: list[Any]) -> Decision:
-        if len(row) != len(self.names):
-            raise ValueError(f"run state reply has {len(row)} values for {len(self.names)} columns")
-        for i in self.times:
-            if row[i] is not None:
-                row[i] = datetime.fromisoformat(row[i])
-        for i, table in self.enums:
-            row[i] = table[row[i]]
-        if self.positional:
-            return Decision(*row)
-        return Decision(**dict(zip(self.names, row, strict=True)))
-
-
-_FROZEN_COLUMNS = _Columns(REPLY_COLUMNS)
-#: the columns of a reply held as bytes in memory: this Decision's fields, in their order
-_HELD_COLUMNS = _FROZEN_COLUMNS if _WRITE_COLUMNS is None else _Columns(DECISION_FIELDS)
-_CHAIN_HASH = DECISION_FIELDS.index("chain_hash")
-
-
-_ROW_LENGTH = len(DECISION_FIELDS)
-
-
-def _linked_rows(rows: list[Any]) -> bool:
-    """True when every row is a full row with its chain link (held as bytes when read)."""
-    for row in rows:
-        if type(row) is not list or len(row) != _ROW_LENGTH or row[_CHAIN_HASH] is None:
-            return False
-    return True
-
-
-#: a reader's column plans by column list (a state's own ``cols``): a few at most
-_PLANS: dict[tuple[str, ...], _Columns] = {}
-#: formats 1-3 wrote rows in the Decision field order of their day, which the first
-#: columns of REPLY_COLUMNS are (fields were only ever appended): see _old_row_decision
-
-
-def _known_plans() -> None:
-    _PLANS[REPLY_COLUMNS] = _FROZEN_COLUMNS
-    _PLANS[DECISION_FIELDS] = _HELD_COLUMNS
-
-
-_known_plans()
-
-
-def _plan(cols: list[str] | None) -> _Columns:
-    if cols is None:
-        return _FROZEN_COLUMNS
-    key = tuple(cols)
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) >= 16:
-            _PLANS.clear()
-            _known_plans()
-        plan = _PLANS[key] = _Columns(key)
-    return plan
-
-
-def _recent_from_wire(
-    entries: list[Any], cols: list[str] | None, old: bool = False
-) -> tuple[Any, ...]:
-    """``RunState.recent`` from its rows; ``old``: formats 1-3, whose rows may be shorter
-    (written by an older Decision: the missing trailing fields take their defaults)."""
-    plan = _plan(cols)
-    to_decision = _old_row_decision if old else plan.decision
-    hold = plan is _HELD_COLUMNS and not old
-    recent: list[Any] = []
-    for key, rows in entries:
-        recent.append(key)
-        if hold and _linked_rows(rows):
-            # linked replies stay their rows' bytes, once each row proved a Decision
-            # (a record that does not is unreadable now, not at a retry)
-            raw = bytes(memoryview(orjson.dumps(rows)))
-            for r in rows:
-                to_decision(r)
-            recent.append(raw)
-        elif len(rows) == 1:
-            recent.append(to_decision(rows[0]))
-        else:
-            recent.append([to_decision(r) for r in rows])
-    return tuple(recent)
-
-
-def _old_row_decision(row: list[Any]) -> Decision:
-    if len(row) < len(REPLY_COLUMNS):
-        return _Columns(REPLY_COLUMNS[: len(row)]).decision(row)
-    return _FROZEN_COLUMNS.decision(row)
