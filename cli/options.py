@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
@@ -13,6 +12,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import click
 
 from baton.schemas.errors import ConfigError, PolicyError
+from baton.schemas.files import FileProblem, read_small_file
 from baton.schemas.policy import Policy, load_policy, parse_policy
 from baton.schemas.settings import Settings
 
@@ -199,19 +199,11 @@ def read_policy(path: str | Path | None) -> Policy:
         return PolicyError([problem], str(p))
 
     try:
-        mode = p.stat().st_mode
-        if stat.S_ISDIR(mode):
-            raise refuse("is a directory, expected a policy YAML file")
-        if not stat.S_ISREG(mode):
-            raise refuse("is not a regular file (a device, FIFO or socket), expected a YAML file")
-        with p.open("rb") as f:
-            data = f.read(MAX_POLICY_BYTES + 1)
-    except OSError as exc:
+        data = read_small_file(p, MAX_POLICY_BYTES)
+    except FileNotFoundError as exc:
         raise refuse(f"cannot read policy file: {exc.strerror or exc}") from None
-    if len(data) > MAX_POLICY_BYTES:
-        raise refuse(
-            f"is larger than {MAX_POLICY_BYTES} bytes, expected a policy YAML file (a few KB)"
-        )
+    except FileProblem as exc:
+        raise refuse(f"{exc}, expected a policy YAML file (a few KB)") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

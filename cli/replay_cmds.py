@@ -200,22 +200,14 @@ def _scope(
 def _replay(
     settings: Any, scope: Any, new_policy: Policy, key: bytes, jobs: int
 ) -> tuple[ReplayReport, dict[str, Policy], list[str], str]:
-    from baton.sinks.clickhouse import audit_errors, connect, parse_dsn
+    from baton.cli.audit_options import audit_client
+    from baton.sinks.clickhouse import audit_errors, parse_dsn
     from baton.sinks.replay_source import read_policies
 
     label = parse_dsn(settings.clickhouse_dsn).label
-    client = connect(
-        settings.clickhouse_dsn,
-        ca_cert=settings.clickhouse_ca,
-        verify=settings.clickhouse_verify,
-        timeout_s=settings.clickhouse_timeout_s,
-    )
-    try:
-        with audit_errors(label, "reading the recorded decisions"):
-            policies, refused = read_policies(client)
-            report = replay_audit(client, scope, new_policy, policies, key, jobs, _Progress)
-    finally:
-        client.close()
+    with audit_client(settings) as client, audit_errors(label, "reading the recorded decisions"):
+        policies, refused = read_policies(client)
+        report = replay_audit(client, scope, new_policy, policies, key, jobs, _Progress)
     return report, policies, refused, label
 
 

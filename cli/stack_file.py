@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from baton.schemas.errors import ConfigError
+from baton.schemas.files import FileProblem, read_small_file
 
 __all__ = [
     "LOCK_FILE",
@@ -194,23 +194,13 @@ def read_record(data_dir: Path) -> StackRecord | None:
     when it is not a record (not a regular file, too big, not the format)."""
     path = record_path(data_dir)
     try:
-        mode = path.stat().st_mode
+        data = read_small_file(path, _MAX_RECORD_BYTES)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise ConfigError(f"stack record {path}: cannot read it: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"stack record {path}: not a regular file, expected `baton up`'s JSON")
-    try:
-        with path.open("rb") as f:
-            data = f.read(_MAX_RECORD_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"stack record {path}: cannot read it: {exc.strerror or exc}") from None
-    if len(data) > _MAX_RECORD_BYTES:
+    except FileProblem as exc:
         raise ConfigError(
-            f"stack record {path}: over {_MAX_RECORD_BYTES} bytes, expected `baton up`'s "
-            "JSON of a few hundred"
-        )
+            f"stack record {path}: {exc}, expected `baton up`'s JSON of a few hundred bytes"
+        ) from None
     try:
         return StackRecord.model_validate_json(data)
     except ValidationError as exc:

@@ -57,7 +57,8 @@ def test_policy_check_of_a_directory_is_one_line(baton: CliRunner, tmp_path: Pat
     code, stderr = _check(baton, tmp_path)
     assert code == 2
     assert (
-        stderr.strip() == f"baton: error: {tmp_path}: is a directory, expected a policy YAML file"
+        stderr.strip()
+        == f"baton: error: {tmp_path}: is a directory, expected a policy YAML file (a few KB)"
     )
 
 

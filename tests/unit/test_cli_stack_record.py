@@ -151,7 +151,7 @@ def test_no_record_is_none_and_a_bad_one_is_an_error_naming_the_file(tmp_path: P
     for text, problem in (
         ("{not json", "not a `baton up` record"),
         ('{"state": "running"}', "pid: Field required"),
-        ("x" * 70_000, "over 65536 bytes"),
+        ("x" * 70_000, "is larger than 65536 bytes"),
     ):
         path.write_text(text)
         with pytest.raises(ConfigError) as bad:
@@ -373,3 +373,22 @@ def test_up_names_a_data_dir_that_is_a_file_and_a_garbled_record_plainly(tmp_pat
     with pytest.raises(ConfigError) as bad:
         read_record(tmp_path)
     assert "record (Invalid JSON" in str(bad.value)  # no empty field name before it
+
+
+def test_small_files_are_checked_on_the_open_file_not_before_it(tmp_path) -> None:
+    # a FIFO opens without blocking and is refused by fstat; a directory, a big file too
+    from baton.schemas.files import FileProblem, read_small_file
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(FileProblem, match=r"is not a regular file \(a FIFO\)"):
+        read_small_file(fifo, 100)
+    with pytest.raises(FileProblem, match="is a directory"):
+        read_small_file(tmp_path, 100)
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(FileProblem, match="is larger than 100 bytes"):
+        read_small_file(big, 100)
+    assert read_small_file(big, 101) == b"x" * 101
+    with pytest.raises(FileNotFoundError):
+        read_small_file(tmp_path / "none", 100)
