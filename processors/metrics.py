@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 #: seconds from producing an event to its decision published (the SDK waits up to 10 s)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-#: events per worker batch (at most batch_size, 1,000 by default)
+#: events per worker batch (at most batch_size, 10,000 by default)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 #: a latency past this (a client clock far behind) counts as this, so one skewed client
 #: cannot make the latency sum, and every average over it, meaningless

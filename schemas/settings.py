@@ -124,11 +124,12 @@ class Settings(BaseSettings):
         "answers when data arrives (100-500 is fine there)",
     )
     batch_size: int = Field(
-        1000,
+        10_000,
         ge=1,
         le=100_000,
         description="max events per worker batch (the records one fetch hands the worker; "
-        "a batch is one fetch, so the fetch wait is how long it fills)",
+        "a batch is one fetch, so the fetch wait is how long it fills; a fetch's bytes "
+        "bound it too, ~1 MB per partition)",
     )
 
     # --- audit (ClickHouse) ------------------------------------------------------------
