@@ -197,56 +197,43 @@ class RunFinished(_Event):
     event_time: EventTime
 
 
-class KillSwitch(_Event):
+class _KillScope(_Event):
+    """What a kill switch and its release share: a scope, its target, who and why, signed."""
+
+    type: Literal["kill_switch", "kill_switch_released"]
+    scope: Literal["run", "tenant", "global"]
+    run_id: Id | None = None
+    tenant: Name | None = None
+    operator: Name
+    reason: Text = ""
+    signature: Signature | None = Field(
+        default=None,
+        description="Ed25519 signature of the operator over baton.schemas.signing."
+        "control_payload; required when the policy lists operators",
+    )
+    event_time: EventTime
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.scope == "run" and not self.run_id:
+            raise ValueError("scope 'run' needs run_id")
+        if self.scope == "tenant" and not self.tenant:
+            raise ValueError("scope 'tenant' needs tenant")
+
+    @property
+    def target(self) -> str:
+        return {"run": self.run_id, "tenant": self.tenant, "global": "*"}[self.scope] or "*"
+
+
+class KillSwitch(_KillScope):
     """An operator stops every handoff of a run, a tenant, or everything (``scope="global"``)."""
 
     type: Literal["kill_switch"] = "kill_switch"
-    scope: Literal["run", "tenant", "global"]
-    run_id: Id | None = None
-    tenant: Name | None = None
-    operator: Name
-    reason: Text = ""
-    signature: Signature | None = Field(
-        default=None,
-        description="Ed25519 signature of the operator over baton.schemas.signing."
-        "control_payload; required when the policy lists operators",
-    )
-    event_time: EventTime
-
-    def model_post_init(self, __context: Any) -> None:
-        if self.scope == "run" and not self.run_id:
-            raise ValueError("scope 'run' needs run_id")
-        if self.scope == "tenant" and not self.tenant:
-            raise ValueError("scope 'tenant' needs tenant")
-
-    @property
-    def target(self) -> str:
-        return {"run": self.run_id, "tenant": self.tenant, "global": "*"}[self.scope] or "*"
 
 
-class KillSwitchReleased(_Event):
+class KillSwitchReleased(_KillScope):
+    """An operator lifts a kill switch of the same scope and target."""
+
     type: Literal["kill_switch_released"] = "kill_switch_released"
-    scope: Literal["run", "tenant", "global"]
-    run_id: Id | None = None
-    tenant: Name | None = None
-    operator: Name
-    reason: Text = ""
-    signature: Signature | None = Field(
-        default=None,
-        description="Ed25519 signature of the operator over baton.schemas.signing."
-        "control_payload; required when the policy lists operators",
-    )
-    event_time: EventTime
-
-    def model_post_init(self, __context: Any) -> None:
-        if self.scope == "run" and not self.run_id:
-            raise ValueError("scope 'run' needs run_id")
-        if self.scope == "tenant" and not self.tenant:
-            raise ValueError("scope 'tenant' needs tenant")
-
-    @property
-    def target(self) -> str:
-        return {"run": self.run_id, "tenant": self.tenant, "global": "*"}[self.scope] or "*"
 
 
 class PolicyUpdated(_Event):
