@@ -84,7 +84,7 @@ def restore_runs(
     _say_what_was_not_verified(rebuilt, settings, say)
     kept = keep_killed(states, rebuilt.killed, commands)
     if kept:
-        names = ", ".join(kept[:5]) + (" ..." if len(kept) > 5 else "")
+        names = _first_names(kept)
         say(
             f"restore: WARNING: {len(kept)} runs stopped last by a kill switch that this "
             f"restart cannot issue again ({names}; its command is not in the audit) are "
@@ -92,7 +92,7 @@ def restore_runs(
         )
     held = hold_lost_kills(states, lost_kills, now)
     if held:
-        names = ", ".join(held[:5]) + (" ..." if len(held) > 5 else "")
+        names = _first_names(held)
         say(
             f"restore: WARNING: {len(held)} runs under a kill switch this restart cannot issue "
             f"again ({names}) are restored STOPPED (audit_unverified); a tenant or global "
@@ -181,7 +181,7 @@ def _say_what_was_not_verified(
         )
     unverified = rebuilt.unfaithful + rebuilt.unverified_counters
     if unverified:
-        names = ", ".join(unverified[:5]) + (" ..." if len(unverified) > 5 else "")
+        names = _first_names(unverified)
         say(
             f"restore: WARNING: {len(unverified)} runs did not replay exactly as recorded "
             f"({names}): each is restored STOPPED (audit_unverified), never reopened. Their "
@@ -197,6 +197,11 @@ def _say_what_was_not_verified(
             "states are only as trustworthy as whoever can write gov.decisions and the chDB "
             "directory"
         )
+
+
+def _first_names(runs: list[str]) -> str:
+    """The first five run ids of a warning, and `...` when there are more."""
+    return ", ".join(runs[:5]) + (" ..." if len(runs) > 5 else "")
 
 
 def _aged(state: RunState | None, settings: Settings, now: datetime) -> RunState | None:
