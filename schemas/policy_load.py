@@ -39,14 +39,18 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
     """Parse and validate policy YAML; raises PolicyError naming every bad key."""
     try:
         return _parse_policy(text, source)
-    except RecursionError:
-        raise PolicyError(
-            [
-                f"<top>: nested deeper than {MAX_POLICY_DEPTH} levels; "
-                "expected a policy a few levels deep"
-            ],
-            _encodable(source),
-        ) from None
+    except RecursionError:  # the YAML parser's own recursion, on a document deeper still
+        raise _too_deep(source) from None
+
+
+def _too_deep(source: str) -> PolicyError:
+    return PolicyError(
+        [
+            f"<top>: nested deeper than {MAX_POLICY_DEPTH} levels; "
+            "expected a policy a few levels deep"
+        ],
+        _encodable(source),
+    )
 
 
 def _parse_policy(text: str, source: str) -> Policy:
@@ -62,7 +66,8 @@ def _parse_policy(text: str, source: str) -> Policy:
         ) from None
     if doc is None:
         doc = {}
-    if _expands_past(doc, MAX_POLICY_VALUES):
+    too_many, deepest = _expanded_size(doc, MAX_POLICY_VALUES)
+    if too_many:
         raise PolicyError(
             [
                 f"<top>: more than {MAX_POLICY_VALUES} values once its YAML aliases (*name) "
@@ -71,8 +76,8 @@ def _parse_policy(text: str, source: str) -> Policy:
             ],
             _encodable(source),
         )
-    if _depth_past(doc, MAX_POLICY_DEPTH):
-        raise RecursionError
+    if deepest > MAX_POLICY_DEPTH:
+        raise _too_deep(source)
     if not isinstance(doc, dict):
         raise PolicyError(
             [f"<top>: must be a mapping with a multi_agent key, got {show(doc)}"], source
@@ -128,27 +133,15 @@ def _parse_policy(text: str, source: str) -> Policy:
 MAX_POLICY_VALUES = 1_000_000
 
 
-def _depth_past(doc: Any, limit: int) -> bool:
-    """Whether ``doc`` nests deeper than ``limit`` (walked with a stack, never recursing)."""
-    stack = [(doc, 0)]
-    seen: set[int] = set()
+def _expanded_size(doc: Any, limit: int) -> tuple[bool, int]:
+    """Whether ``doc``, aliases expanded, holds more than ``limit`` values (an alias that
+    contains itself never ends, so it is past any limit; counting stops there), and how deep
+    it nests. One walk with a stack, never recursing: a document 5,000 deep is measured, not
+    a RecursionError."""
+    count, deepest, stack = 1, 0, [(doc, 0)]
     while stack:
         node, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(node, dict | list) and id(node) not in seen:
-            seen.add(id(node))
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children)
-    return False
-
-
-def _expands_past(doc: Any, limit: int) -> bool:
-    """True when ``doc``, aliases expanded, holds more than ``limit`` values (an alias that
-    contains itself never ends, so it is past any limit). Stops counting at ``limit``."""
-    count, stack = 1, [doc]
-    while stack:
-        node = stack.pop()
+        deepest = max(deepest, depth)
         children: Any = (
             [*node.keys(), *node.values()]
             if isinstance(node, dict)
@@ -158,9 +151,9 @@ def _expands_past(doc: Any, limit: int) -> bool:
         )
         count += len(children)
         if count > limit:
-            return True
-        stack.extend(children)
-    return False
+            return True, deepest
+        stack.extend((child, depth + 1) for child in children)
+    return False, deepest
 
 
 def _hashable(policy: Policy, source: str) -> Policy:
