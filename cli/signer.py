@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from baton.schemas.decision import Decision
 from baton.schemas.errors import CommandRefused
+from baton.schemas.files import kind_of
 from baton.schemas.signing import SigningKeyError, load_private_key
 
 __all__ = ["CommandRefused", "current_user", "describe", "load_key", "shown", "signer_options"]
@@ -95,23 +96,12 @@ def load_key(path: Path | None) -> Ed25519PrivateKey | None:
     except OSError as exc:
         raise SigningKeyError(f"key file {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_KEY_FILE:
-        got = f"{st.st_size} bytes" if stat.S_ISREG(st.st_mode) else f"a {_kind(st.st_mode)}"
+        got = f"{st.st_size} bytes" if stat.S_ISREG(st.st_mode) else f"a {kind_of(st.st_mode)}"
         raise SigningKeyError(
             f"key file {path}: expected a regular file of one line made by `baton keys new`, "
             f"got {got}"
         )
     return load_private_key(path)
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "directory"),
-        (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISSOCK, "socket"),
-    ):
-        if test(mode):
-            return name
-    return "device"
 
 
 def shown(text: object) -> str:

@@ -68,10 +68,8 @@ def kind_of(mode: int) -> str:
     for test, name in (
         (stat.S_ISDIR, "directory"),
         (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
         (stat.S_ISSOCK, "socket"),
     ):
         if test(mode):
             return name
-    return "special file"
+    return "device"
