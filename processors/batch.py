@@ -40,7 +40,14 @@ from baton.processors.batch_records import (
 )
 from baton.processors.batch_routing import FORWARDED_FROM, route
 from baton.processors.chain import link
-from baton.processors.engine import NO_KILLS, KillSwitches, Origin, decide, refuse
+from baton.processors.engine import (
+    NO_KILLS,
+    KillSwitches,
+    Origin,
+    decide,
+    expire_due,
+    refuse,
+)
 from baton.processors.recorded import keep_links, publishable
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Phase, Reason
@@ -84,7 +91,8 @@ def _same_record(decisions: list[Decision], rec: InputRecord, approval: bool) ->
     delivered it twice). Only re-emitted copies count: a decision made now without a state
     change (a refusal such as request_id_reused or tenant_mismatch) carries this record's
     position too and must be published. The position names no topic, so the phase tells a
-    grant's decision (approvals topic) from a request's at the same partition and offset."""
+    grant's decision (approvals topic) from a request's at the same partition and offset: an
+    approval-phase decision holds an approvals-topic position or none (``_expire_first``)."""
     partition, offset = rec.partition, rec.offset
     return all(
         d.reemitted
@@ -93,6 +101,10 @@ def _same_record(decisions: list[Decision], rec: InputRecord, approval: bool) ->
         and (d.phase == Phase.APPROVAL) == approval
         for d in decisions
     )
+
+
+def _answers_approval(event: RunEvent) -> bool:
+    return type(event) is ApprovalGranted or type(event) is ApprovalDenied
 
 
 class BatchProcessor:
@@ -214,6 +226,13 @@ class BatchProcessor:
         that outgrew it in this batch); otherwise the batch measures each run once at its end.
         """
         origin = Origin(self.worker, rec.partition, rec.offset)
+        if (
+            self.exactly_once
+            and state is not None
+            and state.pending
+            and not _answers_approval(event)
+        ):
+            state = self._expire_first(rec, key, state, kills, now, out, careful)
         if state is None and (
             len(self.states) >= self.max_runs or self.state_bytes >= self.max_state_bytes
         ):
@@ -260,9 +279,7 @@ class BatchProcessor:
         elif (
             self.exactly_once
             and decisions
-            and _same_record(
-                decisions, rec, type(event) is ApprovalGranted or type(event) is ApprovalDenied
-            )
+            and _same_record(decisions, rec, _answers_approval(event))
         ):
             # Kafka delivered this very record again (its decisions and the state that
             # remembers them were committed in one transaction, its offset apparently
@@ -274,6 +291,35 @@ class BatchProcessor:
             return True
         out.decisions.extend((rec.partition, d) for d in decisions)
         return True
+
+    def _expire_first(
+        self,
+        rec: InputRecord,
+        key: bytes,
+        state: RunState,
+        kills: KillSwitches,
+        now: datetime,
+        out: Outputs,
+        careful: bool,
+    ) -> RunState:
+        """Under exactly-once, the run's approvals past their TTL expired as the sweep expires
+        them (a timer step: no position, no input) before a run event is decided on the run.
+        Expired lazily by the event, an expiry carried the event's requests-topic position
+        under the approval's key: a late grant at the same partition and offset of the
+        approvals topic was answered with it and taken for a redelivery of the grant
+        (``_same_record``), so it got no decision. An approval's own answer still expires it
+        lazily, at its own position; under at-least-once nothing is dropped as a redelivery,
+        so expiries stay as the engine decides them (with the event's position and input)."""
+        new, decisions = expire_due(state, self.policy, now, kills)
+        if new is state:
+            return state
+        link(new, decisions, self.chain_key)
+        out.decisions.extend((rec.partition, d) for d in decisions)
+        self.states[key] = new
+        out.changed[key] = (rec.partition, new)
+        if careful:
+            out.encoded[key] = new.to_bytes()
+        return new
 
     def _limit(
         self,

@@ -1,0 +1,84 @@
+"""Attacks of the fourth review: costly names, a late grant taken for a redelivery, key files."""
+
+from __future__ import annotations
+
+import pytest
+
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.recorded import policy_document
+from baton.processors.replay import Recorded, replay_runs, runs_of
+from baton.schemas.decision import Decision, Outcome, Phase, Reason
+from baton.schemas.events import RunEvent
+from baton.schemas.policy import Policy
+from tests.unit.test_engine_support import at, granted, handoff, policy_with
+
+pytestmark = pytest.mark.unit
+
+REQUESTS, APPROVALS = "gov.handoff.requests", "gov.approvals"
+REFUND = "billing.refund.create"  # in the seed's require_approval_for
+
+
+# ------------------------------------------------------------------ exactly-once redelivery check
+def _exactly_once() -> BatchProcessor:
+    policy = policy_with(approval={"ttl_seconds": 300})
+    return BatchProcessor(policy, 1, {}, worker="w", exactly_once=True, approvals_topic=APPROVALS)
+
+
+def _on(topic: str, offset: int, event: RunEvent) -> InputRecord:
+    return InputRecord(topic, 0, offset, b"run-1", event.to_json())
+
+
+def _asked(proc: BatchProcessor, published: list[Decision] | None = None) -> str:
+    """A refund handoff at requests offset 1 waits for an approval; its id."""
+    ask = handoff("req-refund", "refund", "planner", "billing_agent", action=REFUND)
+    [(_, asked)] = proc.process([_on(REQUESTS, 1, ask)], at(0)).decisions
+    assert asked.outcome == Outcome.APPROVAL_REQUIRED and asked.approval_id is not None
+    if published is not None:
+        published.append(asked)
+    return asked.approval_id
+
+
+def test_a_late_grant_at_the_offset_of_the_handoff_that_expired_its_approval_is_answered() -> None:
+    # a handoff at requests 0/5, read after the approval's TTL, expired it on the way; a late
+    # grant that happens to sit at approvals 0/5 was answered from the run's memory with that
+    # expiry, which carried 0/5 and the approval phase: taken for a Kafka redelivery of the
+    # grant, it was dropped, and the grant ended in no decision at all
+    proc, published = _exactly_once(), []
+    approval_id = _asked(proc, published)
+    other = handoff("req-other", "lookup", "planner", "search_agent", t=301)
+    first = [d for _, d in proc.process([_on(REQUESTS, 5, other)], at(301)).decisions]
+    expired = [d for d in first if d.reason == Reason.APPROVAL_EXPIRED]
+    assert [d.approval_id for d in expired] == [approval_id]
+
+    late = proc.process([_on(APPROVALS, 5, granted(approval_id, "finance_lead", t=302))], at(302))
+
+    [(_, answer)] = late.decisions
+    assert (answer.phase, answer.outcome, answer.reason) == (
+        Phase.APPROVAL,
+        Outcome.STOP,
+        Reason.APPROVAL_EXPIRED,
+    )
+    assert answer.decision_id == expired[0].decision_id and proc.redelivered == 0
+    # the expiry is a timer step (no position, no input), as the sweep decides one, and
+    # `baton replay` decides the recorded history again exactly
+    assert (expired[0].partition, expired[0].offset, expired[0].input) == (None, None, None)
+    rows = [Recorded.of(d) for d in published + first]
+    document = Policy.model_validate_json(policy_document(proc.policy))
+    report = replay_runs(runs_of(rows), proc.policy, {proc.policy.version: document}, b"")
+    [run] = report.runs
+    assert run.decisions == 3 and run.unfaithful == [] and run.changed == 0
+
+
+def test_redeliveries_around_a_lazy_expiry_are_still_answered_with_nothing() -> None:
+    proc = _exactly_once()
+    approval_id = _asked(proc)
+    # the grant itself comes after the TTL, before the sweep: it expires its approval
+    grant = _on(APPROVALS, 5, granted(approval_id, "finance_lead", t=301))
+    [(_, expiry)] = proc.process([grant], at(301)).decisions
+    assert expiry.reason == Reason.APPROVAL_EXPIRED and (expiry.partition, expiry.offset) == (0, 5)
+    other = _on(REQUESTS, 7, handoff("r2", "lookup", "planner", "search_agent", t=302))
+    assert proc.process([other], at(302)).decisions
+
+    again = proc.process([grant, other], at(303))  # Kafka delivers both records again
+
+    assert again.decisions == [] and proc.redelivered == 2
