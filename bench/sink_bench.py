@@ -22,14 +22,20 @@ default).
     python -m bench.sink_bench --variants pipeline --rounds 3   # eager vs full, alternating
     python -m bench.sink_bench --batch-size 20000       # another BATON_SINK_BATCH_SIZE
     python -m bench.sink_bench --routes                 # insert routes compared, no Kafka
+    python -m bench.sink_bench --against DIR --rounds 3 # and an older tree's sink, alternating
+
+Rates: ``rows/s`` from the sink's partitions' assignment to the commit of its last row;
+``from 1st record`` from its first record read, as the consume-only baseline is timed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -149,49 +155,52 @@ def _cpu_seconds(pid: int | None) -> float:
 
 @dataclass
 class SinkRun:
-    """One timed sink run: records/s, and CPU seconds per record of this process (the sink:
-    its consumer, parser, writer and chDB's threads) and of the broker serving it."""
+    """One timed sink run: records/s from its partitions' assignment and from its first record
+    read (as the consume-only baseline is timed), and CPU seconds per record of the sink's
+    process (its consumer, parser, writer and chDB's threads) and of the broker serving it."""
 
     rate: float
+    rate_from_first: float
     sink_us: float
     broker_us: float
-    stats: SinkStats
+    rows: int
 
 
 def sink_rate(settings: Settings, n: int, to_store: int, broker_pid: int | None) -> SinkRun:
     """Records per second of ``run_sink`` reading ``n`` records of which it stores ``to_store``
-    rows: from its assignment to the last row stored."""
+    rows: from its assignment (and from its first record) to the commit of the last row."""
     stop = threading.Event()
     box: dict[str, Any] = {}
-    done_at: list[tuple[float, float, float]] = []
 
-    def report(s: SinkStats) -> None:
-        if s.rows + s.rejected >= to_store and not done_at:
-            done_at.append((time.perf_counter(), time.process_time(), _cpu_seconds(broker_pid)))
-            stop.set()
+    def mark() -> tuple[float, float, float]:
+        return time.perf_counter(), time.process_time(), _cpu_seconds(broker_pid)
 
     def ready(sink: AuditSink, _server: object) -> None:
         box["sink"] = sink
-        on_assign = sink._on_assign  # the bench times from the assignment
+        on_assign, committed, make_consumer = sink._on_assign, sink._committed, sink._make_consumer
 
-        def timed(consumer: Any, partitions: list[Any]) -> None:
-            box.setdefault(
-                "assigned", (time.perf_counter(), time.process_time(), _cpu_seconds(broker_pid))
-            )
+        def timed_assign(consumer: Any, partitions: list[Any]) -> None:
+            box.setdefault("assigned", mark())
             on_assign(consumer, partitions)
 
-        sink._on_assign = timed  # type: ignore[method-assign]
+        def timed_commit(consumer: Any, batch: Any) -> None:
+            # the end is the commit that completes the rows, not the next status report (the
+            # loop reports at most every report_every_s, and may then sit in a 0.5 s consume)
+            committed(consumer, batch)
+            if sink.stats.rows + sink.stats.rejected >= to_store and "done" not in box:
+                box["done"] = mark()
+                stop.set()
+
+        def first_record_consumer() -> Any:
+            return _FirstRecord(make_consumer(), box)
+
+        sink._on_assign = timed_assign  # type: ignore[method-assign]
+        sink._committed = timed_commit  # type: ignore[method-assign]
+        sink._make_consumer = first_record_consumer  # type: ignore[method-assign]
 
     def target() -> None:
         try:
-            run_sink(
-                settings,
-                stop,
-                sql_port=None,
-                on_ready=ready,  # type: ignore[arg-type]
-                on_report=report,
-                report_every_s=0.02,
-            )
+            run_sink(settings, stop, sql_port=None, on_ready=ready)  # type: ignore[arg-type]
         except BaseException as exc:  # reported below
             box["error"] = exc
 
@@ -203,10 +212,83 @@ def sink_rate(settings: Settings, n: int, to_store: int, broker_pid: int | None)
     if "error" in box:
         raise SystemExit(f"the sink failed: {box['error']!r}")
     stats: SinkStats = box["sink"].stats
-    if not done_at or "assigned" not in box:
+    if "done" not in box or "assigned" not in box:
         raise SystemExit(f"the sink stored {stats.rows} of {to_store} rows in time")
-    (t0, cpu0, broker0), (t1, cpu1, broker1) = box["assigned"], done_at[0]
-    return SinkRun(n / (t1 - t0), (cpu1 - cpu0) / n * 1e6, (broker1 - broker0) / n * 1e6, stats)
+    (t0, cpu0, broker0), (t1, cpu1, broker1) = box["assigned"], box["done"]
+    first = box.get("first", t0)
+    return SinkRun(
+        n / (t1 - t0),
+        n / (t1 - first),
+        (cpu1 - cpu0) / n * 1e6,
+        (broker1 - broker0) / n * 1e6,
+        stats.rows,
+    )
+
+
+class _FirstRecord:
+    """A consumer that notes when its first records arrive (``box["first"]``)."""
+
+    def __init__(self, consumer: Any, box: dict[str, Any]) -> None:
+        self._consumer, self._box = consumer, box
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        got = self._consumer.consume(num_messages=num_messages, timeout=timeout)
+        if got and "first" not in self._box:
+            self._box["first"] = time.perf_counter()
+        return got  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+def sink_rate_in_child(
+    settings: Settings,
+    n: int,
+    to_store: int,
+    broker_pid: int | None,
+    variant: str,
+    pythonpath: str | None,
+) -> SinkRun:
+    """``sink_rate`` in a fresh process (``pythonpath``: the Baton tree it imports), so this
+    code and an older tree run alike, alternating in one run."""
+    job = {
+        "settings": {k: getattr(settings, k) for k in _CHILD_SETTINGS},
+        "n": n,
+        "to_store": to_store,
+        "broker_pid": broker_pid,
+        "variant": variant,
+    }
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [p for p in (pythonpath, str(Path(__file__).resolve().parents[1])) if p]
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.sink_bench", "--child", json.dumps(job)],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=900,
+    )
+    return SinkRun(**json.loads(done.stdout.splitlines()[-1]))
+
+
+#: the settings a bench sink run sets (the rest are defaults or BATON_* in both processes)
+_CHILD_SETTINGS = (
+    "bootstrap",
+    "topic_prefix",
+    "partitions",
+    "clickhouse_dsn",
+    "session_timeout_s",
+    "sink_batch_size",
+    "app_id",
+)
+
+
+def _child(job_text: str) -> None:
+    job = json.loads(job_text)
+    with _variant(job["variant"]):
+        run = sink_rate(Settings(**job["settings"]), job["n"], job["to_store"], job["broker_pid"])
+    print(json.dumps(run.__dict__))
 
 
 def insert_routes(
@@ -356,7 +438,17 @@ def main() -> None:
     ap.add_argument(
         "--routes", action="store_true", help="compare insert routes in-process (no Kafka)"
     )
+    ap.add_argument(
+        "--against",
+        metavar="DIR",
+        help="also run the sink of an older tree (DIR/baton -> its tree), alternating; every "
+        "sink then runs in a fresh process of its own",
+    )
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        _child(args.child)
+        return
     records = worker_decisions(args.decisions)
     n = len(records)
     # re-emitted copies (a redelivered request answered again) are read but not stored
@@ -373,6 +465,8 @@ def main() -> None:
         variants += ["full batches"]
     elif args.variants == "all":
         variants += ["full batches", "no shortcut", "serial", "table types"]
+    if args.against:
+        variants += [f"{name} (before)" for name in variants]
     variants *= max(1, args.rounds)
     results: list[tuple[str, SinkRun]] = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
@@ -402,10 +496,20 @@ def main() -> None:
                 sink_batch_size=args.batch_size,
                 app_id=f"bench{i}",
             )
-            with _variant(name):
-                run = sink_rate(settings, n, to_store, broker.pid)
+            if args.against:
+                variant, before = name.removesuffix(" (before)"), name.endswith(" (before)")
+                run = sink_rate_in_child(
+                    settings, n, to_store, broker.pid, variant, args.against if before else None
+                )
+            else:
+                with _variant(name):
+                    run = sink_rate(settings, n, to_store, broker.pid)
             results.append((name, run))
-            print(f"{name}: {run.stats.describe()}", file=sys.stderr)
+            print(
+                f"{name}: {run.rate:,.0f} rows/s, {run.sink_us:.1f} us CPU/row, "
+                f"load {os.getloadavg()[0]:.1f}",
+                file=sys.stderr,
+            )
     _print_table(n, size, with_input, args.batch_size, base, results)
 
 
@@ -445,16 +549,18 @@ def _print_table(
         f"input), {PARTITIONS} partitions, batches of {batch_size:,}, chDB with every view\n"
     )
     print(
-        f"| {'variant':<44} | {'rows/s':>9} | {'sink CPU us/row':>15} | {'broker CPU us/row':>17} |"
+        f"| {'variant':<44} | {'rows/s':>9} | {'from 1st record':>15} | {'sink CPU us/row':>15} "
+        f"| {'broker CPU us/row':>17} |"
     )
-    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 17}|{'-' * 19}|")
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 17}|{'-' * 17}|{'-' * 19}|")
     print(
-        f"| {'confluent-kafka consume only (baseline)':<44} | {base:>9,.0f} | {'':>15} | {'':>17} |"
+        f"| {'confluent-kafka consume only (baseline)':<44} | {'':>9} | {base:>15,.0f} | "
+        f"{'':>15} | {'':>17} |"
     )
     for name, run in results:
         print(
-            f"| {'baton sink, ' + name:<44} | {run.rate:>9,.0f} | {run.sink_us:>15.1f} | "
-            f"{run.broker_us:>17.1f} |"
+            f"| {'baton sink, ' + name:<44} | {run.rate:>9,.0f} | {run.rate_from_first:>15,.0f} "
+            f"| {run.sink_us:>15.1f} | {run.broker_us:>17.1f} |"
         )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from baton.schemas.settings import Settings
 from baton.sinks.audit_batch import DECISIONS_TABLE, REJECTED_TABLE, AuditBatch, write_batch
+from baton.sinks.audit_insert import load_insert_imports
 from baton.sinks.clickhouse import parse_dsn
 from baton.sinks.sink_loop import AuditSink
 from baton.sinks.sink_start import (
@@ -95,6 +96,7 @@ def run_sink(
         verify=settings.clickhouse_verify,
         timeout_s=settings.clickhouse_timeout_s,
     )
+    load_insert_imports()
     server = None
     try:
         if parse_dsn(settings.clickhouse_dsn).kind == "chdb" and sql_port is not None:

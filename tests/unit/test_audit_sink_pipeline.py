@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from concurrent.futures import Future
 from typing import Any
@@ -52,3 +54,19 @@ def test_a_small_backlog_is_read_in_quarter_batches() -> None:
     assert _sink(18_000)._room() == 2_000
     assert _sink(0, batch_size=100_000)._room() == 10_000  # one consume call, bounded
     assert _sink(0, batch_size=1)._room() == 1
+
+
+def test_the_first_insert_imports_nothing_once_the_sink_has_loaded_its_imports() -> None:
+    """clickhouse-connect's first insert imported pandas (0.3-0.45 s with the GIL held) on the
+    writer thread while the first batch waited; run_sink loads it before reading a record."""
+    probe = (
+        "import sys\n"
+        "from baton.sinks.audit_insert import load_insert_imports\n"
+        "from clickhouse_connect.driver import options\n"
+        "load_insert_imports()\n"
+        "before = set(sys.modules)\n"
+        "options.pd  # what InsertContext.data reads at the first insert\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout[:500]
