@@ -35,14 +35,24 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.engine import evict
+from baton.processors.faust_adapter import RunStore
 from baton.processors.state import RunState
 from baton.processors.sweep import DueIndex
 from baton.schemas.events import HandoffCompleted, HandoffRequested
 from baton.schemas.policy import load_policy
 from baton.streams.partitioner import partition_for
+
+try:
+    from baton.processors.state_held import hold
+except ImportError:  # an older tree (--before-pythonpath): idle runs held as their record
+
+    def hold(record: bytes) -> bytes:
+        return bytes(memoryview(record))  # a compact copy, as the older RunStore made
+
 
 PARTITIONS = 8
 REQUESTS = "gov.handoff.requests"
@@ -82,11 +92,11 @@ def _events(run_id: str, long: bool, now: datetime) -> list[tuple[float, bytes]]
     return out
 
 
-def measure(
-    n: int, as_bytes: bool = False, tombstones: bool = False, long: bool = False
-) -> dict[str, float]:
-    """RSS growth per run holding ``n`` runs (decoded, ``as_bytes``, or evicted to their
-    ``tombstones``), and sweep timings.
+def measure(n: int, mode: str = "decoded", long: bool = False) -> dict[str, float]:
+    """RSS growth per run holding ``n`` runs as ``mode`` says: ``decoded``, ``restored`` (the
+    changelog record, as Faust's recovery leaves it), ``held`` (as the sweep holds an idle
+    run) or ``tombstones`` (what eviction keeps); for ``decoded`` also the sweep's timings
+    and what a held run's next event costs.
 
     The runs are decided by the worker's batch step (``BatchProcessor``: chain links, the
     worker's name and record positions on every kept decision, as a worker keeps them), in
@@ -101,14 +111,15 @@ def measure(
     # what the worker holds per run: the table's store, Faust's key -> partition map, the
     # batch step's size map (proc._sizes), the sweep's due index
     store: dict[bytes, RunState | bytes] = {}
-    proc = BatchProcessor(policy, PARTITIONS, store, worker="w-1", chain_key=b"k" * 32)  # type: ignore[arg-type]
     key_partition: dict[bytes, int] = {}
+    states = RunStore(
+        SimpleNamespace(data=SimpleNamespace(data=store, _key_partition=key_partition)), PARTITIONS
+    )
+    proc = BatchProcessor(policy, PARTITIONS, states, worker="w-1", chain_key=b"k" * 32)
     due = DueIndex(retention_s=3600.0, tombstone_retention_s=86_400.0)
-    encoded_total = 0
     offsets = [0] * PARTITIONS
     chunk = 1000 if not long else 300
     cpu0 = time.process_time()
-    t0 = time.perf_counter()
     pending: list[InputRecord] = []
     half_at = n // 2
     for start in range(0, n + chunk, chunk):
@@ -131,26 +142,25 @@ def measure(
             break
         out = proc.process(records, now)
         assert not out.dead_letters, out.dead_letters[:1]
-        for key, (partition, state) in out.changed.items():
+        for key, (_partition, state) in out.changed.items():
             raw = out.encoded[key]
-            if tombstones and key in finishing:
+            if mode == "tombstones" and key in finishing:
                 state = state.tombstone(now.timestamp())
-                raw = state.to_bytes()
                 store[key] = state
-            if as_bytes and key in finishing:
+            elif mode == "restored" and key in finishing:
                 # a compact copy, as a restored record is (aiokafka's value): orjson's own
                 # result keeps its whole growth buffer allocated (1.2 KB held 8 KB of RSS)
                 store[key] = bytes(memoryview(raw))
-            key_partition[key] = partition
+            elif mode == "held" and key in finishing:
+                store[key] = hold(raw)
             due.touch(key, state)
         del out
-    build_s = time.perf_counter() - t0
     build_cpu = time.process_time() - cpu0
-    if as_bytes and hasattr(due, "idle_keys"):
-        # held by the sweep: the due index forgets them as recently decided (older code
-        # has no such list)
+    if mode in ("restored", "held") and hasattr(due, "idle_keys"):
+        # held by the sweep (restored: re-indexed): the due index forgets them as recently
+        # decided (older code has no such list)
         due.idle_keys(float("inf"), n)
-    encoded_total = sum(
+    stored_total = sum(
         len(v) if isinstance(v, bytes) else len(v.to_bytes()) for v in store.values()
     )
     gc.collect()
@@ -162,13 +172,19 @@ def measure(
     result = {
         "runs": n,
         "per_run": per_run,
-        "changelog_bytes_per_run": encoded_total / n,
+        "stored_bytes_per_run": stored_total / n,
         "build_cpu_us_per_event": build_cpu * 1e6 / (n * len(_events("r", long, now))),
     }
-    if as_bytes or tombstones:
+    if mode != "decoded":
         return result
+    return {**result, **_sweep_times(store, due, now), **_return_costs(proc, states, now)}
 
-    # the sweep at this size: nothing due, a full sweep's worth due, a rebuild, one walk
+
+def _sweep_times(
+    store: dict[bytes, RunState | bytes], due: DueIndex, now: datetime
+) -> dict[str, float]:
+    """The sweep at this size: nothing due, a full sweep's worth due, a rebuild, one walk."""
+    n = len(store)
     keys = list(store)
     now_ts = now.timestamp()
     t0 = time.perf_counter()
@@ -187,9 +203,6 @@ def measure(
     walk_s = time.perf_counter() - t0
     assert idle == 0 and popped == min(SWEEP_LIMIT, n) and walked == n
     return {
-        **result,
-        "build_s": build_s,
-        "rss_growth": full - base,
         "sweep_idle_ms": idle_s * 1000,
         "sweep_5000_ms": busy_s * 1000,
         "rebuild_ms": rebuild_s * 1000,
@@ -197,11 +210,50 @@ def measure(
     }
 
 
+def _next_handoffs(keys: list[bytes], now: datetime) -> list[InputRecord]:
+    """One more handoff for each run (a new task under its first), as its next event."""
+    out = []
+    for i, key in enumerate(keys):
+        run_id = key.decode()
+        event = HandoffRequested(
+            request_id=f"{run_id}-next", run_id=run_id, tenant="acme", task_id="task-9",
+            parent_task_id="task-1", from_agent="coder", to_agent="tester",
+            action="code.write", event_time=now + timedelta(seconds=10),
+        )  # fmt: skip
+        partition = partition_for(key, PARTITIONS)
+        out.append(InputRecord(REQUESTS, partition, 10**9 + i, key, event.to_json()))
+    return out
+
+
+def _return_costs(proc: BatchProcessor, states: RunStore, now: datetime) -> dict[str, float]:
+    """CPU of the batch step per event for runs held idle against runs kept decoded (four
+    alternating sets of runs: held, decoded, held, decoded), and CPU per run to hold one (the
+    sweep's ``RunStore.hold_encoded``: encode and compress)."""
+    size = min(2_500, len(states) // 8)
+    keys = list(states)[-4 * size :]
+    sets = [keys[i * size : (i + 1) * size] for i in range(4)]
+    cpu0 = time.process_time()
+    for key in sets[0] + sets[2]:
+        states.hold_encoded(key)
+    hold_cpu = time.process_time() - cpu0
+    spent = [0.0, 0.0]  # held, decoded
+    for i, batch in enumerate(sets):
+        records = _next_handoffs(batch, now)
+        cpu0 = time.process_time()
+        out = proc.process(records, now)
+        spent[i % 2] += time.process_time() - cpu0
+        assert not out.dead_letters and len(out.decisions) == len(batch), out.dead_letters[:1]
+    return {
+        "hold_us_per_run": hold_cpu * 1e6 / (2 * size),
+        "next_event_held_us": spent[0] * 1e6 / (2 * size),
+        "next_event_decoded_us": spent[1] * 1e6 / (2 * size),
+    }
+
+
 def _child(n: int, mode: str, long: bool, pythonpath: str | None) -> dict[str, float]:
     """One measure in a fresh process: freed memory is not given back to the OS, so a second
     measure in the same process would start from the first one's high-water mark."""
-    cmd = [sys.executable, "-m", "bench.memory_bench", "--one", str(n)]
-    cmd += [f"--{mode}"] if mode else []
+    cmd = [sys.executable, "-m", "bench.memory_bench", "--one", str(n), "--mode", mode]
     cmd += ["--long"] if long else []
     env = dict(os.environ)
     if pythonpath is not None:
@@ -226,13 +278,12 @@ def main() -> None:
     )
     # a child measuring one size
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--as-bytes", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--tombstones", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", default="decoded", help=argparse.SUPPRESS)
     ap.add_argument("--long", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     gc.set_threshold(100_000, 50, 100)  # as `baton worker` sets it
     if args.one:
-        print(json.dumps(measure(args.one, args.as_bytes, args.tombstones, args.long)))
+        print(json.dumps(measure(args.one, args.mode, args.long)))
         return
     print(
         f"machine: {platform.node()}, {os.cpu_count()} cores, python "
@@ -244,31 +295,46 @@ def main() -> None:
         "long: three of each\n"
     )
     print(
-        "| runs | run | code | RSS/run decoded | RSS/run as bytes | changelog record "
-        "| RSS/tombstone | batch step CPU µs/event | sweep, none due | sweep, 5,000 due "
-        "| re-index | walk every run |"
+        "| runs | run | code | RSS/run decoded | RSS/run held idle | RSS/run restored "
+        "| changelog record | held record | RSS/tombstone |"
     )
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
     sides = [("this", None)]
     if args.before_pythonpath:
         sides.insert(0, ("before", args.before_pythonpath))
     shapes = [(n, False) for n in args.runs]
     if args.long_runs:
         shapes.append((args.long_runs, True))
+    timings = []
     for n, long in shapes:
         for name, path in sides:
-            r = _child(n, "", long, path)
-            b = _child(n, "as-bytes", long, path)
-            t = _child(n, "tombstones", long, path)
+            m = {mode: _child(n, mode, long, path) for mode in _MODES}
+            r, h = m["decoded"], m["held"]
             print(
                 f"| {n:,} | {'long' if long else 'short'} | {name} | {r['per_run']:,.0f} B "
-                f"| {b['per_run']:,.0f} B | {r['changelog_bytes_per_run']:,.0f} B "
-                f"| {t['per_run']:,.0f} B | {r['build_cpu_us_per_event']:.1f} "
-                f"| {r['sweep_idle_ms']:.3f} ms | {r['sweep_5000_ms']:.1f} ms "
-                f"| {r['rebuild_ms']:,.0f} ms | {r['walk_ms']:,.0f} ms |",
+                f"| {h['per_run']:,.0f} B | {m['restored']['per_run']:,.0f} B "
+                f"| {r['stored_bytes_per_run']:,.0f} B | {h['stored_bytes_per_run']:,.0f} B "
+                f"| {m['tombstones']['per_run']:,.0f} B |",
                 flush=True,
             )
+            timings.append(
+                f"| {n:,} | {'long' if long else 'short'} | {name} "
+                f"| {r['build_cpu_us_per_event']:.1f} | {r['next_event_decoded_us']:.1f} "
+                f"| {r['next_event_held_us']:.1f} | {r['hold_us_per_run']:.1f} "
+                f"| {r['sweep_idle_ms']:.3f} ms | {r['sweep_5000_ms']:.1f} ms "
+                f"| {r['rebuild_ms']:,.0f} ms | {r['walk_ms']:,.0f} ms |"
+            )
+    print(
+        "\nCPU (process time; µs per event or run) and the sweep's due index (wall clock)\n\n"
+        "| runs | run | code | batch step /event | next event, run decoded | next event, run "
+        "held | hold /run | sweep, none due | sweep, 5,000 due | re-index | walk every run |"
+    )
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(timings))
 
+
+#: each measured in its own process
+_MODES = ("decoded", "held", "restored", "tombstones")
 
 if __name__ == "__main__":
     main()

@@ -62,6 +62,7 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from baton.processors.state import RunState
+from baton.processors.state_held import hold, record_size
 from baton.streams.partitioner import partition_for
 
 __all__ = [
@@ -199,15 +200,14 @@ class RunStore(MutableMapping[bytes, RunState]):
         value = self._data.get(key)
         if value is None:
             return 0
-        return len(value) if isinstance(value, bytes) else len(value.to_bytes())
+        return record_size(value) if isinstance(value, bytes) else len(value.to_bytes())
 
     def hold_encoded(self, key: bytes) -> None:
-        """Keep an idle run as its changelog record until its next read (the sweep's
-        ``HoldsRecords``): a decoded run takes more than twice the memory."""
+        """Keep an idle run as its changelog record, compressed (processors/state_held.py),
+        until its next read (the sweep's ``HoldsRecords``): a fifth of a decoded run's memory."""
         value = self._data.get(key)
         if value is not None and not isinstance(value, bytes):
-            # a compact copy: orjson's result keeps its whole growth buffer (4 KB at least)
-            self._data[key] = bytes(memoryview(value.to_bytes()))
+            self._data[key] = hold(value.to_bytes())
 
     def __delitem__(self, key: bytes) -> None:
         del self._data[key]

@@ -365,7 +365,8 @@ class RunState:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> RunState:
-        """A state from its changelog record, written in any readable format."""
+        """A state from its changelog record, written in any readable format, or from the
+        record's held form (processors/state_held.py)."""
         return _wire.decode(raw)
 
     @classmethod

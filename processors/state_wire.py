@@ -32,6 +32,7 @@ from baton.processors.state import (
     TaskNode,
     intern,
 )
+from baton.processors.state_held import record_of
 from baton.processors.state_replies import (
     REPLY_COLUMNS,
     WRITE_COLUMNS,
@@ -147,8 +148,9 @@ def _tasks_to_wire(state: RunState) -> list[list[Any]]:
 
 
 def decode(raw: bytes) -> RunState:
-    """A state from its changelog record, any readable format."""
-    return from_wire(orjson.loads(raw))
+    """A state from its changelog record, any readable format, or from its held form
+    (processors/state_held.py: an idle run in the worker's memory)."""
+    return from_wire(orjson.loads(record_of(raw)))
 
 
 def from_wire(w: dict[str, Any] | list[Any]) -> RunState:
