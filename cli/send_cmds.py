@@ -8,8 +8,6 @@ still be stopped or dead-lettered for its content, e.g. a reused request id).
 
 from __future__ import annotations
 
-import os
-import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from baton.schemas.events import (
     EventError,
     parse_event,
 )
+from baton.schemas.files import FileProblem, open_stream
 from baton.schemas.settings import Settings
 
 __all__ = ["register"]
@@ -62,23 +61,20 @@ class _Sent:
 
 
 def _open_input(path: str) -> IO[bytes]:
-    """``path`` for reading (``-`` is stdin); a directory or a missing file is a ConfigError."""
+    """``path`` for reading (``-`` is stdin, a FIFO is fine); a directory, device, socket or a
+    missing file is a ConfigError (checked on the open file: ``schemas.files.open_stream``)."""
     if path == "-":
         return sys.stdin.buffer
+    expected = "expected a file of JSON lines (or a pipe, or - for stdin)"
     try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise ConfigError(f"baton send: {path} is a directory, expected a file of JSON lines")
-        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # /dev/zero would never end
-            raise ConfigError(
-                f"baton send: {path} is a device or socket, expected a file of JSON lines "
-                "(or a pipe, or - for stdin)"
-            )
-        return open(path, "rb")
+        return open_stream(path)
+    except FileProblem as exc:
+        if exc.kind is not None:  # /dev/zero would never end
+            raise ConfigError(f"baton send: {path} is a {exc.kind}, {expected}") from None
+        raise ConfigError(f"baton send: {path} {exc}; {expected}") from None
     except OSError as exc:
         raise ConfigError(
-            f"baton send: cannot read {path}: {exc.strerror or exc}; expected a file of JSON "
-            "lines (or - for stdin)"
+            f"baton send: cannot read {path}: {exc.strerror or exc}; {expected}"
         ) from None
 
 

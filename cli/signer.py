@@ -10,7 +10,6 @@ no" (6) from "Kafka or the worker did not answer" (4) and a usage or key problem
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,8 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from baton.schemas.decision import Decision
 from baton.schemas.errors import CommandRefused
-from baton.schemas.files import kind_of
-from baton.schemas.signing import SigningKeyError, load_private_key
+from baton.schemas.signing import load_private_key
 
 __all__ = ["CommandRefused", "current_user", "describe", "load_key", "shown", "signer_options"]
 
@@ -81,27 +79,12 @@ def current_user() -> str:
     return os.environ.get("USER", "operator")
 
 
-#: a key file is one line of ~60 bytes; anything much larger is not one
-_MAX_KEY_FILE = 4096
-
-
 def load_key(path: Path | None) -> Ed25519PrivateKey | None:
     """The private key in ``path`` (None: no key); a key file others can read, or anything
     that is not a key, is a ConfigError naming the file (exit 2). A FIFO, device or huge file
-    is refused from ``stat`` (reading ``--key /dev/stdin`` or a FIFO would block)."""
-    if path is None:
-        return None
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise SigningKeyError(f"key file {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_KEY_FILE:
-        got = f"{st.st_size} bytes" if stat.S_ISREG(st.st_mode) else f"a {kind_of(st.st_mode)}"
-        raise SigningKeyError(
-            f"key file {path}: expected a regular file of one line made by `baton keys new`, "
-            f"got {got}"
-        )
-    return load_private_key(path)
+    is refused from the open file, never read (``load_private_key``: reading ``--key
+    /dev/stdin`` or a FIFO would block)."""
+    return None if path is None else load_private_key(path)
 
 
 def shown(text: object) -> str:

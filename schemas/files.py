@@ -1,9 +1,12 @@
-"""A small file read whole, at most a limit: a regular file only, checked on the open file.
+"""Files a command reads, checked on the open file: small ones whole, input streams as they come.
 
-Policy files, stack records, key files: each is a few KB that a command reads whole. Read
-blindly, a FIFO or ``/dev/zero`` given for one blocks or never ends, and a swapped file
-between a ``stat`` and an ``open`` defeats the check; here the file is opened without
-blocking and its kind and size are checked on the open descriptor (``fstat``).
+Policy files, stack records, key files: each is a few KB that a command reads whole
+(``read_small_file``). Read blindly, a FIFO or ``/dev/zero`` given for one blocks or never
+ends, and a swapped file between a ``stat`` and an ``open`` defeats the check; here the file
+is opened without blocking and its kind and size are checked on the open descriptor
+(``fstat``). ``baton send``'s input (``open_stream``) may be a FIFO on purpose (a writer feeds
+it; opening one waits for its writer), never a device, socket or directory: also checked on
+the open file.
 """
 
 from __future__ import annotations
@@ -11,44 +14,88 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["FileProblem", "read_small_file"]
+__all__ = ["FileProblem", "kind_of", "open_stream", "read_small_file"]
 
 
 class FileProblem(Exception):
-    """Why a file cannot be read as a small regular file: ``str()`` is a phrase to follow its
-    name ("is a directory", "is larger than 65536 bytes", ...)."""
+    """Why a file cannot be read as asked: ``str()`` is a phrase to follow its name ("is a
+    directory", "is larger than 65536 bytes", ...); ``kind`` says what it is when it is not a
+    file of the kind asked ("directory", "FIFO", "socket", "device"), ``size`` how large it
+    is when it is larger than the limit (else None)."""
+
+    def __init__(self, phrase: str, *, kind: str | None = None, size: int | None = None) -> None:
+        super().__init__(phrase)
+        self.kind = kind
+        self.size = size
 
 
-def read_small_file(path: str | Path, limit: int) -> bytes:
+def read_small_file(path: str | Path, limit: int, *, private: bool = False) -> bytes:
     """The bytes of the regular file at ``path``, at most ``limit`` of them.
 
     ``FileNotFoundError`` when there is none (callers decide what absence means);
     ``FileProblem`` when it is a directory, not a regular file, larger than ``limit`` or
-    unreadable.
+    unreadable, or (``private``: a secret such as a private key) when its group or others
+    may read it.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise
     except IsADirectoryError:
-        raise FileProblem("is a directory") from None
+        raise FileProblem("is a directory", kind="directory") from None
     except OSError as exc:
         raise FileProblem(f"cannot be read: {exc.strerror or exc}") from None
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise FileProblem("is a directory")
-        if not stat.S_ISREG(mode):
-            raise FileProblem(f"is not a regular file (a {kind_of(mode)})")
+        info = os.fstat(fd)
+        _check_kind(info.st_mode, fifo=False)
+        if private and info.st_mode & 0o077:
+            raise FileProblem(
+                f"readable by others (mode {info.st_mode & 0o777:o}); chmod 600 {path}"
+            )
         data = _read_upto(fd, limit + 1)
     except OSError as exc:
         raise FileProblem(f"cannot be read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
     if len(data) > limit:
-        raise FileProblem(f"is larger than {limit} bytes")
+        size = max(info.st_size, len(data))
+        raise FileProblem(f"is larger than {limit} bytes", size=size)
     return data
+
+
+def open_stream(path: str | Path) -> BinaryIO:
+    """``path`` open for reading as it comes: a regular file or a FIFO (opening one waits for
+    its writer, on purpose), its kind checked on the open file.
+
+    ``FileNotFoundError`` when there is none; ``FileProblem`` when it is a directory, a device
+    or a socket (``/dev/zero`` would never end), or unreadable.
+    """
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - returned open: the caller closes it
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise FileProblem("is a directory", kind="directory") from None
+    except OSError as exc:
+        raise FileProblem(f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        _check_kind(os.fstat(stream.fileno()).st_mode, fifo=True)
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
+def _check_kind(mode: int, *, fifo: bool) -> None:
+    """FileProblem unless ``mode`` is a regular file's (or, ``fifo``, a FIFO's)."""
+    if stat.S_ISREG(mode) or (fifo and stat.S_ISFIFO(mode)):
+        return
+    kind = kind_of(mode)
+    if kind == "directory":
+        raise FileProblem("is a directory", kind=kind)
+    raise FileProblem(f"is not a regular file (a {kind})", kind=kind)
 
 
 def _read_upto(fd: int, size: int) -> bytes:

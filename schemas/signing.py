@@ -28,7 +28,6 @@ import base64
 import binascii
 import hashlib
 import os
-import stat
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from baton.schemas.errors import ConfigError
+from baton.schemas.files import FileProblem, read_small_file
 from baton.schemas.names import fold
 
 __all__ = [
@@ -107,25 +107,29 @@ def write_private_key(key: Ed25519PrivateKey, path: Path) -> None:
         f.write(private_key_text(key))
 
 
+#: a key file is one line of ~60 bytes; anything much larger is not one
+MAX_KEY_FILE = 4096
+
+
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
-    """Read a key file written by ``baton keys new``; refuses one others can read."""
+    """Read a key file written by ``baton keys new``; refuses one others can read.
+
+    Its kind, size and mode are checked on the open file (``schemas.files``): a FIFO or a
+    device given for it, even one swapped in after a check, is refused, never read."""
     p = Path(path)
     try:
-        info = p.stat()
-        mode = info.st_mode
-        # refused before it is opened: a FIFO or device would block the read forever
-        if not stat.S_ISREG(mode):
-            raise SigningKeyError(f"key file {p}: not a regular file")
-        if info.st_size > 4096:
-            raise SigningKeyError(f"key file {p}: {info.st_size} bytes, not a key file")
-        text = p.read_text(encoding="ascii").strip()
+        data = read_small_file(p, MAX_KEY_FILE, private=True)
+        text = data.decode("ascii").strip()
+    except FileProblem as exc:
+        if exc.kind is None and exc.size is None:  # readable by others, or unreadable
+            raise SigningKeyError(f"key file {p}: {exc}") from None
+        got = f"a {exc.kind}" if exc.kind else f"{exc.size} bytes"
+        raise SigningKeyError(
+            f"key file {p}: expected a regular file of one line made by `baton keys new`, got {got}"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not a key file"
         raise SigningKeyError(f"key file {p}: {reason}") from None
-    if mode & 0o077:
-        raise SigningKeyError(
-            f"key file {p}: readable by others (mode {mode & 0o777:o}); chmod 600 {p}"
-        )
     if not text.startswith(PRIVATE_PREFIX):
         raise SigningKeyError(f"key file {p}: not a Baton private key (made by `baton keys new`)")
     raw = _unb64(text[len(PRIVATE_PREFIX) :], f"key file {p}", 32)

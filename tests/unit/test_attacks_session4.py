@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from pathlib import Path
+
 import pytest
 
+from baton.cli.send_cmds import _open_input
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.recorded import policy_document
 from baton.processors.replay import Recorded, replay_runs, runs_of
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
+from baton.schemas.errors import ConfigError
 from baton.schemas.events import RunEvent
 from baton.schemas.policy import Policy
+from baton.schemas.signing import (
+    SigningKeyError,
+    load_private_key,
+    new_private_key,
+    private_key_text,
+    write_private_key,
+)
 from tests.unit.test_engine_support import at, granted, handoff, policy_with
 
 pytestmark = pytest.mark.unit
@@ -82,3 +95,74 @@ def test_redeliveries_around_a_lazy_expiry_are_still_answered_with_nothing() -> 
     again = proc.process([grant, other], at(303))  # Kafka delivers both records again
 
     assert again.decisions == [] and proc.redelivered == 2
+
+
+# ------------------------------------------------------------------ key files and send's input
+def _key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "oncall.key"
+    write_private_key(new_private_key(), path)
+    return path
+
+
+def test_a_key_file_swapped_for_a_fifo_after_its_check_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the key file is checked, then replaced by a FIFO an attacker feeds a key of theirs
+    # through (here: a stat that still describes the checked file); a check made before the
+    # open let the FIFO's key be read and used
+    checked = _key_file(tmp_path).stat()
+    fifo = tmp_path / "swapped.key"
+    os.mkfifo(fifo, 0o600)
+    feeder = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer: opening it cannot block
+    os.write(feeder, private_key_text(new_private_key()).encode())
+    closer = threading.Timer(0.5, os.close, (feeder,))  # EOF for a reader, if one reads
+    closer.start()
+    monkeypatch.setattr(Path, "stat", lambda self, **_: checked)
+    try:
+        with pytest.raises(SigningKeyError, match=r"expected a regular file .* got a FIFO"):
+            load_private_key(fifo)
+    finally:
+        closer.join()
+
+
+def test_a_key_file_is_named_with_what_is_wrong(tmp_path: Path) -> None:
+    fifo, big, shared = tmp_path / "fifo.key", tmp_path / "big.key", _key_file(tmp_path)
+    os.mkfifo(fifo)
+    big.write_text("x" * 5000)
+    big.chmod(0o600)
+    shared.chmod(0o644)
+    cases = {
+        fifo: "expected a regular file of one line made by `baton keys new`, got a FIFO",
+        Path("/dev/zero"): "got a device",
+        tmp_path: "got a directory",
+        big: "got 5000 bytes",
+        shared: f"readable by others (mode 644); chmod 600 {shared}",
+        tmp_path / "missing.key": "No such file or directory",
+    }
+    for path, message in cases.items():
+        with pytest.raises(SigningKeyError) as caught:
+            load_private_key(path)
+        assert str(caught.value).startswith(f"key file {path}: ") and message in str(caught.value)
+    shared.chmod(0o600)
+    assert load_private_key(shared) is not None
+
+
+def test_send_refuses_a_device_swapped_in_after_a_check_and_still_reads_a_fifo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    regular = tmp_path / "events.jsonl"
+    regular.write_text("{}\n")
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_text('{"a": 1}\n'))  # opens: waits
+    feeder.start()
+    with _open_input(str(fifo)) as stream:
+        assert stream.read() == b'{"a": 1}\n'
+    feeder.join()
+    real_stat = os.stat
+    # /dev/zero swapped in after a check that saw a regular file: reading it never ends
+    monkeypatch.setattr(os, "stat", lambda path, **kw: real_stat(regular, **kw))
+    with pytest.raises(ConfigError, match="/dev/zero is a device, expected a file of JSON"):
+        _open_input("/dev/zero")
+    with pytest.raises(ConfigError, match=f"{tmp_path} is a directory"):
+        _open_input(str(tmp_path))
