@@ -48,12 +48,33 @@ def test_without_eager_only_a_full_batch_or_the_timeout_is_due(
     assert late._due()
 
 
-def test_a_small_backlog_is_read_in_quarter_batches() -> None:
+def test_a_backlog_is_read_in_steps_so_a_free_writer_soon_gets_its_next_batch() -> None:
     sink: Any = _sink(0)
-    assert sink._room() == 5_000
-    assert _sink(18_000)._room() == 2_000
-    assert _sink(0, batch_size=100_000)._room() == 10_000  # one consume call, bounded
+    assert sink._room() == 1_000
+    assert _sink(19_500)._room() == 500
+    assert _sink(0, batch_size=100_000)._room() == 1_000
     assert _sink(0, batch_size=1)._room() == 1
+
+
+def test_at_a_backlogs_end_the_last_rows_go_without_waiting_for_the_timeout() -> None:
+    """The last 4,971-4,997 rows of a 60,000-row backlog waited 0.5-0.6 s for the batch's
+    timeout; read to the end, a twentieth of a batch or more goes at once."""
+    drained = _sink(1_000)
+    drained._drained = True
+    assert drained._due()
+    trickle = _sink(999)
+    trickle._drained = True
+    assert not trickle._due()  # a trickle still waits for the timeout: one insert a second
+    assert not _sink(1_000)._due()  # not drained: the batch grows to a quarter
+    busy = _sink(1_000, writing=True)
+    busy._drained = True
+    assert not busy._due()  # one write at a time
+
+
+def test_a_batch_that_could_go_once_drained_polls_briefly_to_find_out() -> None:
+    assert _sink(1_000)._wait() <= 0.02
+    assert _sink(999)._wait() > 0.5  # until its timeout (1 s), or a quarter batch comes
+    assert _sink(0)._wait() == 0.5
 
 
 def test_the_first_insert_imports_nothing_once_the_sink_has_loaded_its_imports() -> None:
