@@ -7,16 +7,21 @@ every record repeats (the keys, the reply columns' nulls, outcomes, time formats
 a fifth to a quarter of that, for ~10 us to hold and ~3 us more to read back
 (bench/memory_bench.py).
 
-The held form never leaves the process: it is ``HELD_MARK``, the record's length (3 bytes)
-and the deflate stream, so the dictionary can change with any release. A record read from
-the changelog is JSON, whose first byte is never ``HELD_MARK``; :func:`record_of` still
-takes a forged one only within ``MAX_RECORD`` bytes, stated and produced exactly.
+The held form never leaves the process: ``HELD_MARK``, a tag drawn when the process
+starts (4 random bytes), the record's length (3 bytes) and the deflate stream, so the
+dictionary can change with any release. A record read from the changelog is JSON, whose
+first byte is never ``HELD_MARK``: one that claims to be held without this process's tag is
+refused before anything is inflated (a writer of the changelog cannot plant a held record),
+and a held record inflates only to the length it states, at most ``MAX_RECORD``, exactly.
+So a held record was written by this process from a state it had read: its reply rows were
+checked then, and are not checked again when it is read back (``state_wire.decode``).
 Not guaranteed: that a held record is smaller than the plain one (a run of random text
 is not); the sweep holds it either way.
 """
 
 from __future__ import annotations
 
+import secrets
 import zlib
 from typing import Any
 
@@ -31,7 +36,9 @@ HELD_MARK = 0
 #: no state record may pass 900,000 bytes (settings.run_state_max_bytes); a held one stating
 #: more is refused before anything is inflated
 MAX_RECORD = 1 << 20
-_HEADER = 4
+#: this process's held records, and only they, carry it
+_TAG = secrets.token_bytes(4)
+_HEADER = 8  # mark, tag, length
 _WBITS = (
     -12
 )  # raw deflate (no zlib header or checksum: the record never leaves memory), 4 KB window
@@ -79,8 +86,11 @@ def hold(record: bytes) -> bytes:
     if len(record) > MAX_RECORD:
         return bytes(memoryview(record))  # orjson's result keeps its whole growth buffer
     packer = zlib.compressobj(1, zlib.DEFLATED, _WBITS, 8, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
-    head = bytes((HELD_MARK, *len(record).to_bytes(3, "big")))
-    return head + packer.compress(record) + packer.flush()
+    return _header(len(record)) + packer.compress(record) + packer.flush()
+
+
+def _header(size: int) -> bytes:
+    return bytes((HELD_MARK, *_TAG, *size.to_bytes(3, "big")))
 
 
 def is_held(raw: bytes) -> bool:
@@ -89,18 +99,23 @@ def is_held(raw: bytes) -> bool:
 
 def record_size(raw: bytes) -> int:
     """The length of the record ``raw`` is, held or not (no inflating)."""
-    return int.from_bytes(raw[1:_HEADER], "big") if is_held(raw) else len(raw)
+    return int.from_bytes(raw[5:_HEADER], "big") if is_held(raw) else len(raw)
 
 
 def record_of(raw: bytes) -> bytes:
     """The changelog record of ``raw``: itself, or the record it holds (inflated, checked)."""
     if not is_held(raw):
         return raw
+    if raw[1:5] != _TAG:
+        raise ValueError(
+            f"run state of {len(raw)} bytes starts with byte {HELD_MARK} but was not held by "
+            "this process: expected a JSON record"
+        )
     size = record_size(raw)
     if len(raw) < _HEADER or size > MAX_RECORD:
         raise ValueError(
             f"held run state of {len(raw)} bytes states a record of {size} bytes: "
-            f"expected a 4-byte header and at most {MAX_RECORD} bytes"
+            f"expected an {_HEADER}-byte header and at most {MAX_RECORD} bytes"
         )
     unpacker = zlib.decompressobj(_WBITS, _ZDICT)
     try:

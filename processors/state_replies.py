@@ -193,10 +193,11 @@ def _plan(cols: list[str] | None) -> _Columns:
 
 
 def recent_from_wire(
-    entries: list[Any], cols: list[str] | None, old: bool = False
+    entries: list[Any], cols: list[str] | None, old: bool = False, checked: bool = False
 ) -> tuple[Any, ...]:
     """``RunState.recent`` from its rows; ``old``: formats 1-3, whose rows may be shorter
-    (written by an older Decision: the missing trailing fields take their defaults)."""
+    (written by an older Decision: the missing trailing fields take their defaults);
+    ``checked``: linked rows known to be decisions are held without building them again."""
     plan = _plan(cols)
     to_decision = old_row_decision if old else plan.decision
     hold = plan is _HELD_COLUMNS and not old
@@ -207,8 +208,9 @@ def recent_from_wire(
             # linked replies stay their rows' bytes, once each row proved a Decision
             # (a record that does not is unreadable now, not at a retry)
             raw = bytes(memoryview(orjson.dumps(rows)))
-            for r in rows:
-                to_decision(r)
+            if not checked:
+                for r in rows:
+                    to_decision(r)
             recent.append(raw)
         elif len(rows) == 1:
             recent.append(to_decision(rows[0]))

@@ -32,7 +32,7 @@ from baton.processors.state import (
     TaskNode,
     intern,
 )
-from baton.processors.state_held import record_of
+from baton.processors.state_held import is_held, record_of
 from baton.processors.state_replies import (
     REPLY_COLUMNS,
     WRITE_COLUMNS,
@@ -149,17 +149,21 @@ def _tasks_to_wire(state: RunState) -> list[list[Any]]:
 
 def decode(raw: bytes) -> RunState:
     """A state from its changelog record, any readable format, or from its held form
-    (processors/state_held.py: an idle run in the worker's memory)."""
-    return from_wire(orjson.loads(record_of(raw)))
+    (processors/state_held.py: an idle run in the worker's memory, whose reply rows this
+    process checked when it first read them)."""
+    if is_held(raw):
+        return from_wire(orjson.loads(record_of(raw)), rows_checked=True)
+    return from_wire(orjson.loads(raw))
 
 
-def from_wire(w: dict[str, Any] | list[Any]) -> RunState:
-    """A state from a decoded record: a format-4 map, or a format 1-3 list."""
+def from_wire(w: dict[str, Any] | list[Any], rows_checked: bool = False) -> RunState:
+    """A state from a decoded record: a format-4 map, or a format 1-3 list; ``rows_checked``:
+    its reply rows are known to be decisions (a held record), not checked again."""
     if type(w) is dict:
         version = w.get("v")
         if version != 4:
             raise ValueError(f"run state format {version!r} is not one of {_formats()}")
-        return _from_map(w)
+        return _from_map(w, rows_checked)
     if type(w) is not list or not w or w[0] not in _READABLE_FORMATS:
         head = w[0] if type(w) is list and w else w
         raise ValueError(f"run state format {head!r} is not one of {_formats()}")
@@ -170,7 +174,7 @@ def _formats() -> list[int]:
     return sorted(_READABLE_FORMATS)
 
 
-def _from_map(w: dict[str, Any]) -> RunState:
+def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
     keys = w.get("keys", [])
     seen, fresh, marks = _marks_from_wire(keys, w.get("mk", len(keys)))
     digests = _digests(keys, w.get("dg"), fresh)
@@ -193,7 +197,7 @@ def _from_map(w: dict[str, Any]) -> RunState:
         seen or EMPTY,
         fresh or EMPTY,
         marks,
-        recent_from_wire(w.get("rec", ()), cols),
+        recent_from_wire(w.get("rec", ()), cols, checked=rows_checked),
         0.0,
         0,
         digests or EMPTY,

@@ -7,7 +7,14 @@ import zlib
 import pytest
 
 from baton.processors.state import RunState
-from baton.processors.state_held import MAX_RECORD, hold, is_held, record_of, record_size
+from baton.processors.state_held import (
+    MAX_RECORD,
+    _header,  # forged held records, with this process's tag
+    hold,
+    is_held,
+    record_of,
+    record_size,
+)
 from tests.helpers import handoff
 from tests.unit.test_engine_support import completed
 from tests.unit.test_state import _busy_run
@@ -29,7 +36,7 @@ def _records() -> list[bytes]:
     ]
 
 
-@pytest.mark.parametrize("record", _records())
+@pytest.mark.parametrize("record", _records(), ids=["busy", "tombstone", "format3", "format3_one"])
 def test_a_held_record_reads_back_byte_for_byte_and_as_the_same_state(record: bytes) -> None:
     held = hold(record)
     assert is_held(held) and not is_held(record)
@@ -52,8 +59,16 @@ def test_a_worker_run_held_takes_under_a_third_of_its_record() -> None:
     assert w.states[b"run_a"].to_bytes() == record
 
 
+def test_a_record_claiming_to_be_held_by_another_process_is_refused_uninflated() -> None:
+    """A writer of the changelog cannot plant a held record (whose rows are not checked)."""
+    held = hold(_records()[0])
+    planted = held[:1] + bytes(b ^ 0xFF for b in held[1:5]) + held[5:]
+    with pytest.raises(ValueError, match="was not held by this process: expected a JSON"):
+        RunState.from_bytes(planted)
+
+
 def test_a_held_record_stating_more_than_any_record_may_hold_is_refused_unread() -> None:
-    forged = bytes((0, 0xFF, 0xFF, 0xFF)) + b"\x00" * 10
+    forged = _header(0xFFFFFF) + b"\x00" * 10
     with pytest.raises(ValueError, match=f"record of {0xFFFFFF} bytes.*at most {MAX_RECORD}"):
         record_of(forged)
     huge = b"{" + b" " * MAX_RECORD + b"}"
@@ -62,7 +77,7 @@ def test_a_held_record_stating_more_than_any_record_may_hold_is_refused_unread()
 
 def _forged(stated: int, payload: bytes, tail: bytes = b"") -> bytes:
     packer = zlib.compressobj(1, zlib.DEFLATED, -12)
-    return bytes((0, *stated.to_bytes(3, "big"))) + packer.compress(payload) + packer.flush() + tail
+    return _header(stated) + packer.compress(payload) + packer.flush() + tail
 
 
 @pytest.mark.parametrize(
@@ -73,9 +88,10 @@ def _forged(stated: int, payload: bytes, tail: bytes = b"") -> bytes:
         (_forged(5000, b"{}"), "inflates to 2\\+ bytes, not the 5000"),
         (_forged(2, b"{}", tail=b"extra"), "not the 2"),
         (_forged(2, b"{}")[:-2], "not the 2"),
-        (b"\x00\x00\x00\x02\xff\xff", "does not inflate"),
-        (b"\x00\x01", "expected a 4-byte header"),
+        (_header(2) + b"\xff\xff", "does not inflate"),
+        (_header(2)[:6], "expected an 8-byte header"),
     ],
+    ids=["bomb", "short", "trailing", "truncated", "not_deflate", "no_header"],
 )
 def test_a_held_record_that_is_not_what_it_states_is_refused(raw: bytes, expected: str) -> None:
     with pytest.raises(ValueError, match=expected):
