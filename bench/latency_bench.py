@@ -93,17 +93,26 @@ def relay(bootstrap: str, src: str, dst: str, fetch_wait_ms: int) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, **_PRODUCER})
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    # bench/latency_stages.py: one line per fetch (its records, fetched and flushed when)
+    stages = open(os.environ["BENCH_STAGES"], "a") if os.environ.get("BENCH_STAGES") else None  # noqa: SIM115
     print("relay ready", flush=True)
     try:
         while not stop.is_set():
             batch = fetched(consumer, 0.2)
+            got = time.perf_counter()
             for msg in batch:
                 if msg.error() is None:
                     producer.produce(dst, msg.value(), msg.key(), partition=msg.partition())
             if batch:
                 producer.flush(30)
+                if stages is not None:
+                    recs = [[m.partition(), m.offset()] for m in batch if m.error() is None]
+                    doc = {"got": got, "flushed": time.perf_counter(), "recs": recs}
+                    stages.write(orjson.dumps(doc).decode() + "\n")
     finally:
         consumer.close()
+        if stages is not None:
+            stages.close()
 
 
 def _start_relay(bootstrap: str, src: str, dst: str, fetch_wait_ms: int) -> subprocess.Popen:
@@ -128,6 +137,8 @@ class Reader:
         self.got: dict[str, list[float]] = {}
         #: seconds from a request's event_time to its decision's decided_at (decisions only)
         self.to_decided: list[float] = []
+        #: request id -> when its answer was read (bench/latency_stages.py sets it)
+        self.received: dict[str, float] | None = None
         self._consumer = _tail_consumer(bootstrap, topics, fetch_wait_ms)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -146,6 +157,8 @@ class Reader:
                 if t is None:
                     continue
                 got.setdefault(msg.topic(), []).append(now - t)
+                if self.received is not None:
+                    self.received[doc["request_id"]] = now
                 if "decided_at" in doc:  # a decision: how much of it was before deciding
                     decided = datetime.fromisoformat(doc["decided_at"])
                     before = decided - datetime.fromisoformat(doc["event_time"])

@@ -1,0 +1,367 @@
+"""Where a decision's milliseconds go: per-stage timestamps of sampled requests, worker and relay.
+
+Runs the latency bench's phases (a bare relay, a ``baton worker``) with timestamps at every
+stage a request passes, all on the host's monotonic clock (``time.perf_counter`` is
+CLOCK_MONOTONIC on Linux, the same in every process):
+
+    client produce -> client's delivery report (the broker appended it; Tansu has no
+    LogAppendTime) -> worker: fetch sent / answered (aiokafka's fetcher, consumer thread)
+    -> records returned by aiokafka's getmany (consumer thread) -> batch handed to the
+    worker (event loop) -> decided -> decisions handed to librdkafka -> decisions
+    acknowledged -> batch durable (states acknowledged) -> reader receives the decision
+
+The worker is traced by a ``sitecustomize`` on its ``PYTHONPATH`` that calls ``install``:
+it wraps aiokafka's and Baton's functions in this process only (nothing in the library
+changes). The relay stamps its fetch and flush itself when ``BENCH_STAGES`` is set.
+
+    python -m bench.latency_stages --seconds 8 --rate 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+now = time.perf_counter
+
+_SITE = """import os, sys
+sys.path.insert(0, {root!r})
+if os.environ.get("BENCH_STAGES"):
+    from bench.latency_stages import install
+    install(os.environ["BENCH_STAGES"])
+"""
+
+
+def install(path: str) -> None:
+    """Trace this worker process: append one JSON line per fetch, getmany and batch to ``path``."""
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the process's life
+    if os.environ.get("BENCH_PROFILE"):
+        _profile_threads(os.environ["BENCH_PROFILE"])
+
+    def emit(doc: dict[str, Any]) -> None:
+        out.write(orjson.dumps(doc).decode() + "\n")
+
+    from aiokafka.consumer import fetcher as fetcher_mod
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    from baton.processors import app as app_mod
+    from baton.processors import batch as batch_mod
+    from baton.processors import publish as publish_mod
+
+    proc_fetch = fetcher_mod.Fetcher._proc_fetch_request
+
+    async def traced_fetch(self: Any, assignment: Any, node_id: Any, request: Any) -> Any:
+        t0 = now()
+        result = await proc_fetch(self, assignment, node_id, request)
+        tps = [[t, p, o] for t, parts in request.topics for p, o, _ in parts]
+        emit({"k": "fetch", "t0": t0, "t1": now(), "tps": tps})
+        return result
+
+    fetcher_mod.Fetcher._proc_fetch_request = traced_fetch
+
+    fetch_records = faust_aiokafka.AIOKafkaConsumerThread._fetch_records
+
+    async def traced_records(self: Any, *args: Any, **kwargs: Any) -> Any:
+        records = await fetch_records(self, *args, **kwargs)
+        if records:
+            ranges = [
+                [tp.topic, tp.partition, rs[0].offset, rs[-1].offset] for tp, rs in records.items()
+            ]
+            emit({"k": "got", "t": now(), "ranges": ranges})
+        return records
+
+    faust_aiokafka.AIOKafkaConsumerThread._fetch_records = traced_records
+
+    state: dict[str, Any] = {"cur": None, "pub": None}
+    on_batch = app_mod.GovernanceWorker._on_fetched_batch
+
+    async def traced_batch(self: Any, messages: list[Any], current: Any = None) -> None:
+        rec = {
+            "k": "batch",
+            "in": now(),
+            "recs": [[m.topic, m.partition, m.offset] for m in messages],
+        }
+        state["cur"] = rec
+        await on_batch(self, messages, current)
+        rec["returned"] = now()
+
+    app_mod.GovernanceWorker._on_fetched_batch = traced_batch
+
+    decide_and_publish = app_mod.GovernanceWorker._decide_and_publish
+
+    async def traced_dp(self: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
+        rec = state["cur"] or {"k": "batch", "recs": []}
+        rec["dp"] = now()
+        durable = await decide_and_publish(self, records, *args, **kwargs)
+        rec["handed"] = now()
+        if durable is None:
+            return durable
+
+        def done(_f: Any) -> None:
+            rec["durable"] = now()
+            emit(rec)
+
+        durable.add_done_callback(done)
+        return durable
+
+    app_mod.GovernanceWorker._decide_and_publish = traced_dp
+
+    process = batch_mod.BatchProcessor.process
+
+    def traced_process(self: Any, records: Any, when: Any) -> Any:
+        rec = state["cur"]
+        if rec is not None:
+            rec["decide0"] = now()
+        result = process(self, records, when)
+        if rec is not None:
+            rec["decided"] = now()
+        return result
+
+    batch_mod.BatchProcessor.process = traced_process
+
+    publish_first = publish_mod.BatchPublisher.publish_decisions_first
+
+    async def traced_publish(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state["pub"] = state["cur"]
+        try:
+            return await publish_first(self, *args, **kwargs)
+        finally:
+            state["pub"] = None
+
+    publish_mod.BatchPublisher.publish_decisions_first = traced_publish
+
+    send = getattr(publish_mod.BatchPublisher, "_send", None)
+    if send is not None:
+
+        def traced_send(self: Any, *produce: Any) -> Any:
+            future = send(self, *produce)
+            rec = state["pub"]
+            if rec is not None and "dec_sent" not in rec:
+                rec["dec_sent"] = now()
+                if os.environ.get("BENCH_STAGES_FLUSH"):  # experiment: wait for the acks here
+                    self._producer.flush(30)
+                    rec["flushed"] = now()
+                future.add_done_callback(lambda _f: rec.__setitem__("acked", now()))
+            return future
+
+        publish_mod.BatchPublisher._send = traced_send
+
+
+def _profile_threads(prefix: str) -> None:
+    """cProfile every thread of this process; each thread's stats to PREFIX.<name> at exit."""
+    import atexit
+    import cProfile
+    import threading
+
+    profiles: dict[str, cProfile.Profile] = {}
+    main = profiles["main"] = cProfile.Profile()
+    main.enable()
+    run = threading.Thread.run
+
+    def profiled_run(self: threading.Thread) -> None:
+        prof = profiles[self.name] = cProfile.Profile()
+        prof.enable()
+        try:
+            run(self)
+        finally:
+            prof.disable()
+            prof.dump_stats(f"{prefix}.{self.name}")
+
+    threading.Thread.run = profiled_run  # type: ignore[method-assign]
+
+    def dump() -> None:
+        main.disable()
+        main.dump_stats(f"{prefix}.main")
+        for name, prof in list(profiles.items()):
+            if name != "main":
+                prof.dump_stats(f"{prefix}.{name}")
+
+    atexit.register(dump)
+
+
+# ---------------------------------------------------------------------------- analysis
+def _worker_stages(path: Path) -> dict[tuple[str, int, int], dict[str, float]]:
+    """(topic, partition, offset) -> stage -> time, from a worker's trace."""
+    fetches: dict[tuple[str, int], list[tuple[int, float, float]]] = defaultdict(list)
+    got: dict[tuple[str, int], list[tuple[int, int, float]]] = defaultdict(list)
+    batches = []
+    for line in path.read_text().splitlines():
+        doc = orjson.loads(line)
+        if doc["k"] == "fetch":
+            for t, p, o in doc["tps"]:
+                fetches[(t, p)].append((o, doc["t0"], doc["t1"]))
+        elif doc["k"] == "got":
+            for t, p, first, last in doc["ranges"]:
+                got[(t, p)].append((first, last, doc["t"]))
+        else:
+            batches.append(doc)
+    stages: dict[tuple[str, int, int], dict[str, float]] = {}
+    for b in batches:
+        for t, p, o in b["recs"]:
+            s = {
+                k: b[k]
+                for k in ("in", "dp", "decide0", "decided", "flushed", "handed", "acked", "durable")
+                if k in b
+            }
+            for first, last, tg in got[(t, p)]:
+                if first <= o <= last:
+                    s["getmany"] = tg
+                    break
+            covering = [
+                f for f in fetches[(t, p)] if f[0] <= o and f[2] <= s.get("getmany", b["in"])
+            ]
+            if covering:
+                s["fetch_sent"], s["fetch_answered"] = covering[-1][1], covering[-1][2]
+            stages[(t, p, o)] = s
+    return stages
+
+
+def _relay_stages(path: Path) -> dict[tuple[int, int], dict[str, float]]:
+    out = {}
+    for line in path.read_text().splitlines():
+        doc = orjson.loads(line)
+        for p, o in doc["recs"]:
+            out[(p, o)] = {"relay_got": doc["got"], "relay_flushed": doc["flushed"]}
+    return out
+
+
+_WORKER_ORDER = [
+    ("client_ack", "client's delivery report (broker appended)"),
+    ("fetch_sent", "worker: the fetch that brought it sent"),
+    ("fetch_answered", "worker: that fetch answered (aiokafka parsed)"),
+    ("getmany", "worker: returned by getmany (consumer thread)"),
+    ("in", "worker: batch handed to the worker (event loop)"),
+    ("decide0", "worker: deciding starts"),
+    ("decided", "worker: decided"),
+    ("flushed", "worker: decisions flushed (experiment)"),
+    ("handed", "worker: decisions handed to librdkafka"),
+    ("acked", "worker: decisions acknowledged"),
+    ("durable", "worker: batch durable (states acknowledged)"),
+    ("received", "reader received the decision"),
+]
+_RELAY_ORDER = [
+    ("client_ack", "client's delivery report (broker appended)"),
+    ("relay_got", "relay: fetched"),
+    ("relay_flushed", "relay: flushed (re-produced, acknowledged)"),
+    ("received", "reader received the copy"),
+]
+
+
+def _table(title: str, rows: list[dict[str, float]], order: list[tuple[str, str]]) -> None:
+    print(f"\n{title}: {len(rows):,} requests; ms after the client's produce()")
+    print(f"| {'stage':<50} | {'p50':>6} | {'p90':>6} | {'p99':>6} | {'step p50':>8} |")
+    print(f"|{'-' * 52}|{'-' * 8}|{'-' * 8}|{'-' * 8}|{'-' * 10}|")
+    prev = "sent"
+    for key, name in order:
+        have = [r for r in rows if key in r and prev in r]
+        if len(have) < 20:
+            continue
+        since = sorted((r[key] - r["sent"]) * 1e3 for r in have)
+        step = sorted((r[key] - r[prev]) * 1e3 for r in have)
+        q = statistics.quantiles(since, n=100)
+        print(
+            f"| {name:<50} | {q[49]:>6.1f} | {q[89]:>6.1f} | {q[98]:>6.1f} "
+            f"| {statistics.median(step):>8.1f} |"
+        )
+        prev = key
+
+
+# ---------------------------------------------------------------------------- the run
+def _traced_phase(bootstrap: str, side: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One phase of the latency bench, keeping every request's times and input position."""
+    from bench import latency_bench as lb
+
+    with side as (requests, answers, _pid):
+        reader = lb.Reader(bootstrap, [answers], args.fetch_wait_ms)
+        producer = lb._ready_producer(
+            {"bootstrap.servers": bootstrap, **lb._PRODUCER, "linger.ms": 0}
+        )
+        try:
+            while lb.offer(producer, requests, reader, 200, 1.0, f"warm{uuid.uuid4().hex[:6]}"):
+                reader.sent.clear()
+            reader.received = {}
+            rows: dict[str, dict[str, Any]] = {}
+            start = now()
+            gen = lb._requests(uuid.uuid4().hex[:6])
+            for i in range(int(args.rate * args.seconds)):
+                target = start + i / args.rate
+                while (t := now()) < target:
+                    time.sleep(min(0.0005, target - t))
+                rid, key, value = next(gen)
+                row = rows[rid] = {"topic": requests, "sent": now()}
+                reader.sent[rid] = row["sent"]
+
+                def acked(err: Any, msg: Any, row: dict[str, Any] = row) -> None:
+                    row.update(client_ack=now(), partition=msg.partition(), offset=msg.offset())
+
+                producer.produce(requests, value, key, on_delivery=acked)
+                producer.poll(0)
+            producer.flush(10)
+            reader.wait_answered(15)
+            for rid, row in rows.items():
+                if rid in reader.received:
+                    row["received"] = reader.received[rid]
+            return [r for r in rows.values() if "received" in r and "offset" in r]
+        finally:
+            reader.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rate", type=int, default=2000)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--fetch-wait-ms", type=int, default=10)
+    ap.add_argument("--guarantee", default="at_least_once")
+    ap.add_argument("--sides", default="relay,baton")
+    args = ap.parse_args()
+
+    from baton.streams.embedded import EmbeddedBroker
+    from bench import latency_bench as lb
+
+    root = str(Path(__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
+        site = Path(tmp) / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(_SITE.format(root=root))
+        os.environ["PYTHONPATH"] = str(site)
+        for r in range(args.rounds):
+            for side in args.sides.split(","):
+                trace = Path(tmp) / f"{side.replace('/', '_')}-{r}-{uuid.uuid4().hex[:6]}.jsonl"
+                os.environ["BENCH_STAGES"] = str(trace)
+                # "baton:DIR": a worker importing Baton from DIR (another checkout)
+                other = side.split(":", 1)[1] if ":" in side else None
+                path = f"{other}:{site}" if other else None
+                ctx = (
+                    lb.relay_side(broker.bootstrap, args)
+                    if side == "relay"
+                    else lb.baton_side(broker.bootstrap, args, Path(tmp), path)
+                )
+                print(f"round {r + 1}: {side} ...", file=sys.stderr)
+                rows = _traced_phase(broker.bootstrap, ctx, args)
+                os.environ.pop("BENCH_STAGES")
+                if side == "relay":
+                    by_input = _relay_stages(trace)
+                    for row in rows:
+                        row.update(by_input.get((row["partition"], row["offset"]), {}))
+                    _table(f"round {r + 1}, bare relay", rows, _RELAY_ORDER)
+                else:
+                    by_input = _worker_stages(trace)
+                    for row in rows:
+                        key = (row["topic"], row["partition"], row["offset"])
+                        row.update(by_input.get(key, {}))
+                    _table(f"round {r + 1}, {side}", rows, _WORKER_ORDER)
+
+
+if __name__ == "__main__":
+    main()
