@@ -6,6 +6,7 @@ records to governance.rejected) are stated in ``baton.sinks.sink``, which starts
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -153,6 +154,8 @@ class AuditSink:
 
         consumer = self._consumer = self._make_consumer()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        with contextlib.suppress(AuditUnavailable):  # else the first write asks again
+            self._load_types()  # before any record: two queries the first batch need not wait for
         try:
             consumer.subscribe(
                 [self.topic],
@@ -259,6 +262,12 @@ class AuditSink:
 
     def _write(self, batch: AuditBatch) -> None:
         """One attempt at storing ``batch`` (writer thread); AuditUnavailable: try again."""
+        self._load_types()
+        write_batch(self.client, batch, self.label, self._types)
+
+    def _load_types(self) -> None:
+        """The audit tables' column types to insert with, when not known yet (see
+        ``audit_insert.insert_types``); AuditUnavailable when ClickHouse does not answer."""
         with audit_errors(self.label, "reading the audit tables' column types"):
             if self._types is None:
                 self._types = {
@@ -268,7 +277,6 @@ class AuditSink:
                         (REJECTED_TABLE, REJECTED_COLUMNS),
                     )
                 }
-        write_batch(self.client, batch, self.label, self._types)
 
     def _finish_write(self, consumer: Any, stop_event: threading.Event) -> None:
         """Wait for the batch being written; retry it until stored (consumer paused between
