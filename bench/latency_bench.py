@@ -90,11 +90,17 @@ def relay(bootstrap: str, src: str, dst: str, fetch_wait_ms: int) -> None:
     """Re-produce every record of ``src`` to ``dst`` (same key and partition), flushing once
     per fetch, until stdin closes."""
     consumer = _tail_consumer(bootstrap, [src], fetch_wait_ms)
-    producer = Producer({"bootstrap.servers": bootstrap, **_PRODUCER})
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     # bench/latency_stages.py: one line per fetch (its records, fetched and flushed when)
     stages = open(os.environ["BENCH_STAGES"], "a") if os.environ.get("BENCH_STAGES") else None  # noqa: SIM115
+    extra: dict = {}
+    if stages is not None:
+        from bench.latency_stages import _stats_writer
+
+        write = lambda doc: stages.write(orjson.dumps(doc).decode() + "\n")  # noqa: E731
+        extra = {"statistics.interval.ms": 1000, "stats_cb": _stats_writer(write)}
+    producer = Producer({"bootstrap.servers": bootstrap, **_PRODUCER, **extra})
     print("relay ready", flush=True)
     try:
         while not stop.is_set():

@@ -140,6 +140,16 @@ def install(path: str) -> None:
 
     publish_mod.BatchPublisher.publish_decisions_first = traced_publish
 
+    real_producer = publish_mod.Producer
+
+    def stats_producer(conf: dict[str, Any]) -> Any:
+        # librdkafka's own account of its produce path: queue, socket and broker round trip
+        return real_producer(
+            {**conf, "statistics.interval.ms": 1000, "stats_cb": _stats_writer(emit)}
+        )
+
+    publish_mod.Producer = stats_producer
+
     send = getattr(publish_mod.BatchPublisher, "_send", None)
     if send is not None:
 
@@ -189,6 +199,49 @@ def _profile_threads(prefix: str) -> None:
     atexit.register(dump)
 
 
+def _stats_writer(emit: Any) -> Any:
+    """A librdkafka stats callback keeping what the produce path's latency is made of."""
+
+    def on_stats(raw: str) -> None:
+        doc = orjson.loads(raw)
+        for b in doc["brokers"].values():
+            if b.get("req", {}).get("Produce"):
+                emit(
+                    {
+                        "k": "stats",
+                        "name": doc.get("name", "?"),
+                        "t": now(),
+                        "produce_requests": b["req"]["Produce"],
+                        "msgs": doc.get("txmsgs", 0),
+                        **{f"{m}_us": b[m] for m in ("int_latency", "outbuf_latency", "rtt")},
+                    }
+                )
+
+    return on_stats
+
+
+def _print_stats(path: Path, seconds: float) -> None:
+    """Each producer's requests per second and its latencies (librdkafka stats, last window)."""
+    by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        doc = orjson.loads(line)
+        if doc.get("k") == "stats":
+            by_name[doc["name"]].append(doc)
+    for name, rows in by_name.items():
+        if len(rows) < 3:
+            continue
+        a, b = rows[max(0, len(rows) - 1 - int(seconds))], rows[-1]
+        span = b["t"] - a["t"]
+        reqs, msgs = b["produce_requests"] - a["produce_requests"], b["msgs"] - a["msgs"]
+        print(
+            f"  {name}: {reqs / span:,.0f} produce requests/s, "
+            f"{msgs / max(reqs, 1):.1f} records each"
+        )
+        for m in ("int_latency", "outbuf_latency", "rtt"):
+            w = b[f"{m}_us"]
+            print(f"    {m:<15} p50 {w['p50'] / 1e3:6.2f} ms  p99 {w['p99'] / 1e3:6.2f} ms")
+
+
 # ---------------------------------------------------------------------------- analysis
 def _worker_stages(path: Path) -> dict[tuple[str, int, int], dict[str, float]]:
     """(topic, partition, offset) -> stage -> time, from a worker's trace."""
@@ -203,7 +256,7 @@ def _worker_stages(path: Path) -> dict[tuple[str, int, int], dict[str, float]]:
         elif doc["k"] == "got":
             for t, p, first, last in doc["ranges"]:
                 got[(t, p)].append((first, last, doc["t"]))
-        else:
+        elif doc["k"] == "batch":
             batches.append(doc)
     stages: dict[tuple[str, int, int], dict[str, float]] = {}
     for b in batches:
@@ -230,6 +283,8 @@ def _relay_stages(path: Path) -> dict[tuple[int, int], dict[str, float]]:
     out = {}
     for line in path.read_text().splitlines():
         doc = orjson.loads(line)
+        if "k" in doc:  # the producer's statistics
+            continue
         for p, o in doc["recs"]:
             out[(p, o)] = {"relay_got": doc["got"], "relay_flushed": doc["flushed"]}
     return out
@@ -361,6 +416,7 @@ def main() -> None:
                         key = (row["topic"], row["partition"], row["offset"])
                         row.update(by_input.get(key, {}))
                     _table(f"round {r + 1}, {side}", rows, _WORKER_ORDER)
+                _print_stats(trace, args.seconds)
 
 
 if __name__ == "__main__":
