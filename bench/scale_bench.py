@@ -4,7 +4,9 @@ Each phase makes fresh topics, starts the workers, waits until the group has set
 worker logged its share of the partitions), then produces the backlog at once and measures
 the span of ``decided_at`` over every decision of it (both workers' clocks are this host's).
 Phases alternate (1, 2, 1, 2, ...) so the machine's noise falls on both; CPU is the workers'
-user + system time per event.
+user + system time per event, next to the broker's, and the cores the workers, the broker and
+this process (it produces the backlog and reads the decisions) kept busy meanwhile: on a host
+with few cores that sum says whether a second worker had a core to run on.
 
     python -m bench.scale_bench                    # 60,000 events over 8,000 runs, 2 rounds
     python -m bench.scale_bench --workers 1 2 4 --rounds 1
@@ -61,6 +63,13 @@ def _settled(logs: list[Path]) -> bool:
     return union == set(range(PARTITIONS)) and all(len(o) >= share for o in owned)  # type: ignore[arg-type]
 
 
+def _host_busy_seconds() -> float:
+    """CPU seconds every core of the host has spent busy so far (Linux /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def phase(broker: EmbeddedBroker, workdir: Path, workers: int, items: list, expected: int) -> dict:
     prefix = f"scale{uuid.uuid4().hex[:6]}."
     catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
@@ -79,6 +88,10 @@ def phase(broker: EmbeddedBroker, workdir: Path, workers: int, items: list, expe
                 raise SystemExit(f"{workers} workers did not settle: {[_owned(p) for p in logs]}")
             time.sleep(0.2)
         cpu0 = sum(_cpu_seconds(p.pid) for p in procs)
+        # the host's other CPU users while the backlog is decided: the broker, this process
+        # (it produces the backlog and reads the decisions)
+        broker0, own0, t0 = _cpu_seconds(broker.pid or 0), time.process_time(), time.monotonic()
+        host0 = _host_busy_seconds()
         _produce(broker.bootstrap, catalog.requests, [(k, v) for k, v, a in items if not a])
         _produce(broker.bootstrap, catalog.approvals, [(k, v) for k, v, a in items if a])
         seen, first, last = 0, None, None
@@ -93,7 +106,11 @@ def phase(broker: EmbeddedBroker, workdir: Path, workers: int, items: list, expe
                 first = decided if first is None or decided < first else first
                 last = decided if last is None or decided > last else last
                 seen += 1
+        wall = time.monotonic() - t0
         cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu0
+        broker_cpu = _cpu_seconds(broker.pid or 0) - broker0
+        own_cpu = time.process_time() - own0
+        host_cpu = _host_busy_seconds() - host0
     finally:
         for p in procs:
             p.send_signal(signal.SIGINT)
@@ -103,7 +120,13 @@ def phase(broker: EmbeddedBroker, workdir: Path, workers: int, items: list, expe
     if seen < expected or first is None or last is None:
         raise SystemExit(f"{workers} workers: only {seen} of {expected} decisions arrived")
     span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
-    return {"events_per_s": len(items) / span, "cpu_us": cpu / len(items) * 1e6}
+    return {
+        "events_per_s": len(items) / span,
+        "cpu_us": cpu / len(items) * 1e6,
+        "broker_us": broker_cpu / len(items) * 1e6,
+        # cores busy from the backlog's produce to its last decision read
+        "cores": (cpu / wall, broker_cpu / wall, own_cpu / wall, host_cpu / wall),
+    }
 
 
 def main() -> None:
@@ -133,16 +156,25 @@ def main() -> None:
         f"{len(items):,} events over {args.runs:,} runs, {PARTITIONS} partitions, one group; "
         f"{args.rounds} rounds, alternating\n"
     )
-    print("| workers | events/s per round | best | CPU µs/event | vs 1 worker (best) |")
-    print("|---:|---|---:|---:|---:|")
+    print(
+        "| workers | events/s per round | best | CPU µs/event | broker CPU µs/event "
+        "| cores busy: workers + broker + bench (whole host) | vs 1 worker (best) |"
+    )
+    print("|---:|---|---:|---:|---:|---|---:|")
     one = max(x["events_per_s"] for x in results[args.workers[0]])
     for k, rows in results.items():
         rates = [x["events_per_s"] for x in rows]
         cpu = min(x["cpu_us"] for x in rows)
+        broker = min(x["broker_us"] for x in rows)
+        cores = " · ".join("{:.2f} + {:.2f} + {:.2f} ({:.2f})".format(*x["cores"]) for x in rows)
         print(
             f"| {k} | {' · '.join(f'{x:,.0f}' for x in rates)} | {max(rates):,.0f} "
-            f"| {cpu:.0f} | {max(rates) / one:.2f}x |"
+            f"| {cpu:.0f} | {broker:.0f} | {cores} | {max(rates) / one:.2f}x |"
         )
+    print(
+        f"\n{os.cpu_count()} cores on this host: when the whole host's busy cores come near it, "
+        "a second worker can only take CPU time from the first (and from the broker)."
+    )
 
 
 if __name__ == "__main__":
