@@ -8,13 +8,23 @@ that newer clients keep working against an older Baton.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from baton.schemas.json_numbers import overflowing_number
-from baton.schemas.names import MAX_NAME, normal_name
+from baton.schemas.names import MAX_NAME, EventNameRefused, fold_event_names
 
 __all__ = [
     "ApprovalDenied",
@@ -55,6 +65,22 @@ MAX_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 MAX_TEXT = 1024
 
 
+def _name_shape(annotation: Any, metadata: list[Any]) -> str | None:
+    """What a field of this type and metadata holds: "name" (``Name``, ``Name | None``),
+    "list" (a list of names: ``Tools``) or neither (None)."""
+    if any(m is _NAME for m in metadata):
+        return "name"
+    if get_origin(annotation) is Annotated:
+        inner, *more = get_args(annotation)
+        return _name_shape(inner, more)
+    if get_origin(annotation) is list:
+        return "list" if _name_shape(get_args(annotation)[0], []) == "name" else None
+    if get_origin(annotation) in (Union, UnionType):
+        shapes = {_name_shape(arg, []) for arg in get_args(annotation)} - {None}
+        return shapes.pop() if len(shapes) == 1 else None
+    return None
+
+
 def _event_time(value: datetime) -> datetime:
     # a time without a zone is taken as UTC (some encoders drop the "Z"); the range keeps
     # the audit's DateTime64 column and partitioning sane
@@ -69,9 +95,17 @@ def _event_time(value: datetime) -> datetime:
 
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _NameMark:
+    """Marks a field type as a name: ``_Event`` checks and folds every field it marks."""
+
+
+_NAME = _NameMark()
 #: agents, tools, actions, task kinds, statuses, tenants, approvers, operators: checked and
-#: folded to the one form the policy's keys and globs are folded to (baton.schemas.names)
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(normal_name)]
+#: folded, all names of an event in one pass before its fields are validated (``_Event``), to
+#: the one form the policy's keys and globs are folded to (baton.schemas.names)
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), _NAME]
 Money = Annotated[float, Field(ge=0, le=MAX_USD, allow_inf_nan=False, strict=True)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
@@ -87,6 +121,36 @@ Tools = Annotated[list[Name], Field(max_length=MAX_TOOLS)]
 
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=False)
+
+    #: the fields holding a name, and those holding a list of names (``_NAME``), per class
+    _names: ClassVar[tuple[str, ...]] = ()
+    _name_lists: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        shapes = {
+            f: _name_shape(info.annotation, info.metadata) for f, info in cls.model_fields.items()
+        }
+        cls._names = tuple(f for f, shape in shapes.items() if shape == "name")
+        cls._name_lists = tuple(f for f, shape in shapes.items() if shape == "list")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_names(cls, data: Any) -> Any:
+        """Every name of the event checked and folded in one pass: the first bad one, or the
+        event's non-ASCII names past their budget, is the event's one error (named by its
+        field), so a record of many hostile names costs one refusal, not one per name."""
+        if type(data) is not dict:
+            return data
+        try:
+            return fold_event_names(data, cls._names, cls._name_lists, MAX_TOOLS)
+        except EventNameRefused as exc:
+            error = PydanticCustomError(
+                "value_error", "Value error, {reason}", {"reason": str(exc)}
+            )
+            detail = InitErrorDetails(type=error, loc=exc.loc, input=exc.name)
+            raise ValidationError.from_exception_data(cls.__name__, [detail]) from None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json", exclude_none=True))

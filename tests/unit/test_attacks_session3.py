@@ -6,6 +6,7 @@ gets through and what should happen instead. The others pin an attack that held.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -561,12 +562,14 @@ def test_the_model_refuses_hostile_steps_without_the_wire_too() -> None:
 
 
 def _parse_cpu(events: list[bytes]) -> float:
-    """CPU seconds per event to parse ``events`` (each three times, the best round)."""
+    """CPU seconds per event to parse ``events`` (each three times, the best round); a
+    refused event (names past their budget per event) counts like a parsed one."""
     rounds = []
     for _ in range(3):
         start = time.process_time()
         for raw in events:
-            parse_event(raw)
+            with contextlib.suppress(EventError):
+                parse_event(raw)
         rounds.append((time.process_time() - start) / len(events))
     return min(rounds)
 

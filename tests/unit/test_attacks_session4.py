@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from baton.cli.send_cmds import _open_input
 from baton.processors.batch import BatchProcessor, InputRecord
@@ -14,7 +19,8 @@ from baton.processors.recorded import policy_document
 from baton.processors.replay import Recorded, replay_runs, runs_of
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.errors import ConfigError
-from baton.schemas.events import RunEvent
+from baton.schemas.events import EventError, HandoffCompleted, RunEvent, parse_event
+from baton.schemas.names import MAX_EVENT_NAME_CHARS, fold
 from baton.schemas.policy import Policy
 from baton.schemas.signing import (
     SigningKeyError,
@@ -166,3 +172,123 @@ def test_send_refuses_a_device_swapped_in_after_a_check_and_still_reads_a_fifo(
         _open_input("/dev/zero")
     with pytest.raises(ConfigError, match=f"{tmp_path} is a directory"):
         _open_input(str(tmp_path))
+
+
+# ------------------------------------------------------------------ names that cost CPU
+_HAN = [chr(c) for c in range(0x4E00, 0x9FFF)]
+
+
+def _han(i: int, length: int) -> str:
+    return "".join(_HAN[(i * length + k) % len(_HAN)] for k in range(length))
+
+
+def _completion(tools: list[str], **fields: str) -> bytes:
+    doc = {
+        "type": "handoff_completed",
+        "request_id": "r1",
+        "run_id": "run-1",
+        "task_id": "t1",
+        "agent": "billing_agent",
+        "tools": tools,
+        "event_time": "2026-03-01T09:00:05Z",
+        **fields,
+    }
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+def _refusal(raw: bytes) -> EventError:
+    with pytest.raises(EventError) as caught:
+        parse_event(raw)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("names", "folded"),
+    [
+        (["アクメ", "企画担当", "研究者", "検索"], ["アクメ", "企画担当", "研究者", "検索"]),
+        (
+            ["Акме", "Планировщик", "исследователь", "поиск"],
+            ["акме", "планировщик", "исследователь", "поиск"],
+        ),
+        (["شركة", "مخطط", "وكيل١", "بحث"], ["شركة", "مخطط", "وكيل١", "بحث"]),
+        (["कंपनी", "योजनाकार", "एजेंट१", "खोज"], ["कंपनी", "योजनाकार", "एजेंट१", "खोज"]),
+        (["研究チーム", "한국어에이전트", "注音ㄅㄆ", "研究者researcher"], None),
+    ],
+    ids=["japanese", "cyrillic", "arabic", "devanagari", "cjk-mixes"],
+)
+def test_names_of_other_scripts_with_their_marks_still_pass(
+    names: list[str], folded: list[str] | None
+) -> None:
+    tenant, agent, status, tool = names
+    event = parse_event(_completion([tool, tool + "2"], tenant=tenant, agent=agent, status=status))
+    assert isinstance(event, HandoffCompleted)
+    got = [event.tenant, event.agent, event.status, event.tools[0] if event.tools else ""]
+    assert got == (folded or [fold(n) for n in names])
+
+
+def test_an_event_past_its_budget_of_non_ascii_name_characters_is_a_bad_name_naming_both() -> None:
+    at_budget = [_han(i, 256) for i in range(MAX_EVENT_NAME_CHARS // 256)]
+    assert parse_event(_completion(at_budget)).tools == at_budget  # type: ignore[union-attr]
+    error = _refusal(_completion([*at_budget, "研"]))
+    assert error.kind == "bad_name"
+    assert f"tools.4: bad name: this name takes the event past {MAX_EVENT_NAME_CHARS}" in str(error)
+    # single fields count too, and a name seen lately (memoised) counts like any other
+    seen = [_han(i, 60) for i in range(18)]
+    for name in seen:
+        parse_event(_completion([name]))
+    error = _refusal(_completion(seen[:17], agent=seen[17]))
+    assert error.kind == "bad_name" and "tools.16: bad name: this name takes" in str(error)
+    # the SDK's models hold the same budget
+    with pytest.raises(ValidationError, match="bad name: this name takes the event past"):
+        HandoffCompleted(
+            request_id="r",
+            run_id="x",
+            task_id="t",
+            agent="a",
+            tools=[*at_budget, "研"],
+            event_time="2026-03-01T09:00:05Z",
+        )
+
+
+def test_an_event_of_many_bad_names_is_one_refusal_naming_the_first() -> None:
+    error = _refusal(_completion([f"研究者я{i}" for i in range(64)], agent="bad agent"))
+    assert error.kind == "bad_name"
+    assert str(error).startswith('handoff_completed: agent: bad name "bad agent"')
+    assert str(error).count("bad name") == 1
+
+
+def _parse_cpu(events: list[bytes]) -> float:
+    """CPU seconds per event to parse ``events`` (refused or not), the best of three rounds."""
+    rounds = []
+    for _ in range(3):
+        start = time.process_time()
+        for raw in events:
+            with contextlib.suppress(EventError):
+                parse_event(raw)
+        rounds.append((time.process_time() - start) / len(events))
+    return min(rounds)
+
+
+def test_no_shape_of_hostile_names_costs_more_than_8_ascii_events_of_their_size() -> None:
+    # they cost 25-60x before the budget and the one refusal per event (bench/RESULTS.md):
+    # CPython's NFKC takes its slow path on a name holding a composing mark, and each refusal
+    # runs every script rule to say why
+    def tools64(make: Callable[[int, int], str]) -> list[bytes]:
+        return [_completion([make(i + 64 * k, 256) for i in range(64)]) for k in range(3)]
+
+    hostile = {
+        "cyrillic at the end": tools64(lambda i, n: _han(i, n - 1) + "я"),
+        "leading U+0301": tools64(lambda i, n: "\u0301" + _han(i, n - 1)),
+        "a composing mark": tools64(lambda i, n: "a\u0301" + _han(i, n - 2)),
+        "short, mixed scripts": tools64(lambda i, n: f"研究者я{i}"),
+        "ASCII with a space": tools64(lambda i, n: f"tool {i}"),
+        "the budget of marked names, the last refused": [
+            _completion(
+                ["a\u0301" + _han(i + 4 * k, 253) + ("я" if i == 3 else "a") for i in range(4)]
+            )
+            for k in range(3)
+        ],
+    }
+    plain = _parse_cpu([_completion([f"t{i}." + "x" * 250 for i in range(64)])] * 40)
+    costs = {name: _parse_cpu(events * 10) / plain for name, events in hostile.items()}
+    assert max(costs.values()) < 8, costs
