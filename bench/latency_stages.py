@@ -1,4 +1,4 @@
-"""Where a decision's milliseconds go: per-stage timestamps of sampled requests, worker and relay.
+"""Where a decision's milliseconds go: per-stage timestamps of every request, worker and relay.
 
 Runs the latency bench's phases (a bare relay, a ``baton worker``) with timestamps at every
 stage a request passes, all on the host's monotonic clock (``time.perf_counter`` is
@@ -12,9 +12,15 @@ CLOCK_MONOTONIC on Linux, the same in every process):
 
 The worker is traced by a ``sitecustomize`` on its ``PYTHONPATH`` that calls ``install``:
 it wraps aiokafka's and Baton's functions in this process only (nothing in the library
-changes). The relay stamps its fetch and flush itself when ``BENCH_STAGES`` is set.
+changes). The relay stamps its fetch and flush itself when ``BENCH_STAGES`` is set. Both
+sides' producers also report librdkafka's statistics (requests/s, queue wait, round trip).
 
     python -m bench.latency_stages --seconds 8 --rate 2000
+    python -m bench.latency_stages --sides relay,baton,baton:DIR    # DIR/baton: another checkout
+    BENCH_PROFILE=/tmp/prof python -m bench.latency_stages --sides baton  # + cProfile per thread
+    BENCH_STAGES_FLUSH=1 python -m bench.latency_stages   # experiment: flush the decisions
+
+Every request of the phase is kept (no sampling): a phase of 16,000 requests writes ~2 MB.
 """
 
 from __future__ import annotations
@@ -378,7 +384,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--fetch-wait-ms", type=int, default=10)
     ap.add_argument("--guarantee", default="at_least_once")
-    ap.add_argument("--sides", default="relay,baton")
+    ap.add_argument(
+        "--sides", default="relay,baton", help="relay, baton, baton:DIR (Baton from DIR/baton)"
+    )
     args = ap.parse_args()
 
     from baton.streams.embedded import EmbeddedBroker
