@@ -8,7 +8,8 @@ the same run:
 * reads the topic with a plain confluent-kafka consumer and nothing else (the baseline: the
   ceiling of any sink reading it);
 * runs the real sink (``run_sink``) into a fresh chDB directory with every view, once per
-  variant, and times it from its partitions' assignment to the last row stored.
+  variant, each in a fresh process, and times it from its partitions' assignment to the
+  commit of its last row.
 
 Variants: the sink as shipped; then each of its speed-ups taken away alone, to show what
 each is worth (``--variants all``): ``full batches`` (a write starts only with a full batch
@@ -23,6 +24,7 @@ default).
     python -m bench.sink_bench --batch-size 20000       # another BATON_SINK_BATCH_SIZE
     python -m bench.sink_bench --routes                 # insert routes compared, no Kafka
     python -m bench.sink_bench --against DIR --rounds 3 # and an older tree's sink, alternating
+    python -m bench.sink_timeline                       # where one run's wall time goes
 
 Rates: ``rows/s`` from the sink's partitions' assignment to the commit of its last row;
 ``from 1st record`` from its first record read, as the consume-only baseline is timed.
@@ -441,8 +443,7 @@ def main() -> None:
     ap.add_argument(
         "--against",
         metavar="DIR",
-        help="also run the sink of an older tree (DIR/baton -> its tree), alternating; every "
-        "sink then runs in a fresh process of its own",
+        help="also run the sink of an older tree (DIR/baton -> its tree), alternating",
     )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -496,14 +497,13 @@ def main() -> None:
                 sink_batch_size=args.batch_size,
                 app_id=f"bench{i}",
             )
-            if args.against:
-                variant, before = name.removesuffix(" (before)"), name.endswith(" (before)")
-                run = sink_rate_in_child(
-                    settings, n, to_store, broker.pid, variant, args.against if before else None
-                )
-            else:
-                with _variant(name):
-                    run = sink_rate(settings, n, to_store, broker.pid)
+            # each sink in a fresh process: one after another in this process, the later
+            # runs found the parse's caches (times, amounts, shapes) warm with these very
+            # records and the first paid the process's first-use costs
+            variant, before = name.removesuffix(" (before)"), name.endswith(" (before)")
+            run = sink_rate_in_child(
+                settings, n, to_store, broker.pid, variant, args.against if before else None
+            )
             results.append((name, run))
             print(
                 f"{name}: {run.rate:,.0f} rows/s, {run.sink_us:.1f} us CPU/row, "
