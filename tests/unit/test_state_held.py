@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 
+import orjson
 import pytest
 
 from baton.processors.state import RunState
@@ -65,6 +66,18 @@ def test_a_record_claiming_to_be_held_by_another_process_is_refused_uninflated()
     planted = held[:1] + bytes(b ^ 0xFF for b in held[1:5]) + held[5:]
     with pytest.raises(ValueError, match="was not held by this process: expected a JSON"):
         RunState.from_bytes(planted)
+
+
+def test_a_planted_held_record_refuses_its_runs_events_as_unreadable_not_as_a_new_run() -> None:
+    w = _Worker(_store())
+    w.decide([_record("run_a", 1, handoff("run_a", 1, "research", tenant="default"))], NOW)
+    w.states.hold_encoded(b"run_a")
+    held = w.states._data[b"run_a"]
+    planted = held[:1] + bytes(b ^ 0xFF for b in held[1:5]) + held[5:]  # another tag
+    w.states._data[b"run_a"] = planted  # as Faust's recovery would restore it
+    out = w.proc.process([_record("run_a", 2, handoff("run_a", 2, "draft", tenant="default"))], NOW)
+    assert not out.decisions
+    assert [orjson.loads(d.value)["error_kind"] for d in out.dead_letters] == ["state_unreadable"]
 
 
 def test_a_held_record_stating_more_than_any_record_may_hold_is_refused_unread() -> None:
