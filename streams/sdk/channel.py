@@ -81,6 +81,8 @@ class RequestChannel:
         self._gates: dict[int, _Gate] = {}
         self._wanted: deque[int] = deque()
         self.waiters = WaiterBook()
+        #: the reader thread has returned (it no longer calls the consumer)
+        self._reader_done = False
         self._delivery_errors: deque[str] = deque(maxlen=20)
         self.decisions_read = 0
 
@@ -263,6 +265,8 @@ class RequestChannel:
             log.critical("the Baton client's decision reader crashed", exc_info=True)
             self._fail_everyone("the client's decision reader crashed (see the log)")
             raise
+        finally:
+            self._close_consumer(by_reader=True)
 
     def _assign_wanted(self, consumer: Consumer) -> None:
         topic = self.catalog.decisions
@@ -349,19 +353,47 @@ class RequestChannel:
 
     # ------------------------------------------------------------------ shutdown
     def close(self, timeout: float = 10.0) -> None:
-        """Deliver what was published (up to ``timeout``), answer pending waiters, stop."""
+        """Deliver what was published (up to ``timeout``), answer pending waiters, stop.
+
+        Records still queued behind a decisions partition's assignment are handed to
+        librdkafka first (nobody will wait for their decisions: their waiters are answered
+        fail-closed), so the flush delivers them too. A reader stuck in a read (a frozen
+        broker) is not waited for past ``timeout``: it closes the consumer when its call
+        returns (closing it under the call blocked for the call's whole timeout and crashed
+        the reader)."""
         with self._connect_lock:
             if self._closed:
                 return
             self._closed = True
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._hand_over_queued()
         left = self.flush(timeout)
         if left:
             log.warning(
                 "closing with %d records not delivered to Kafka at %s", left, self.options.bootstrap
             )
-        self._stopping.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
         self._fail_everyone("the Baton client was closed")
-        if self._consumer is not None:
-            self._consumer.close()
+        self._close_consumer(by_reader=False)
+
+    def _hand_over_queued(self) -> None:
+        """Hand every record queued behind an assignment to librdkafka, in order (closing)."""
+        with self._lock:
+            for gate in self._gates.values():
+                for topic, key, value, _wait_key in gate.queued:
+                    self._produce(topic, key, value)
+                gate.queued.clear()
+
+    def _close_consumer(self, *, by_reader: bool) -> None:
+        """Close the consumer once both the reader has ended and the channel is closed; whoever
+        comes second closes it (never under a reader's call)."""
+        with self._lock:
+            if by_reader:
+                self._reader_done = True
+            if not (self._reader_done or self._thread is None) or not self._closed:
+                return
+            consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close()

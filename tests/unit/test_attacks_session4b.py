@@ -1,0 +1,156 @@
+"""Attacks of the fourth review's second half: held runs, the SDK's close, names, the batch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import tracemalloc
+import zlib
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from baton.processors.state_held import _header, record_of
+from baton.processors.sweep import HOLD_IDLE_S
+from baton.streams.sdk.channel import RequestChannel
+from baton.streams.sdk.options import ClientOptions
+from tests.helpers import handoff
+from tests.unit.test_state_idle import NOW, _record, _store, _Worker
+
+pytestmark = pytest.mark.unit
+
+
+# ------------------------------------------------------------------ (a) held runs
+def test_a_held_record_stating_no_length_is_refused_without_inflating_it() -> None:
+    """``decompress(data, 0)`` means no limit: a held record stating 0 bytes inflated all of
+    a bomb (194 KB -> 200 MB, 450 MB peak) before it was refused."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -12)
+    bomb = _header(0) + packer.compress(b"\x00" * 20_000_000) + packer.flush()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="held run state"):
+            record_of(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, f"inflated {peak} bytes of a record stating 0"
+
+
+def test_a_planted_record_that_looks_held_counts_its_own_bytes_in_the_state_budget() -> None:
+    """A changelog record starting with byte 0 (not held by this process: refused when read)
+    was counted at the length its bytes 5-7 state: 8 bytes planted counted 16,777,215, so 256
+    such records fill the default 4 GiB max_state_bytes and every new run is refused."""
+    w = _Worker(_store())
+    planted = b"\x00" + os.urandom(4) + b"\xff\xff\xff"
+    w.states._data[b"run_x"] = planted  # restored from the changelog by Faust's recovery
+    assert w.states.encoded_size(b"run_x") <= len(planted)
+
+
+def test_a_held_run_read_without_a_change_is_held_again_once_idle() -> None:
+    """A client retry answered from the state (or any refusal that changes nothing) decoded
+    a held run and left it decoded until its next change: the sweep forgot it."""
+    w = _Worker(_store())
+    event = handoff("run_a", 1, "research", tenant="default")
+    w.decide([_record("run_a", 1, event)], NOW)
+    w.sweep(NOW + timedelta(seconds=HOLD_IDLE_S + 1))
+    assert type(w.states._data[b"run_a"]) is bytes
+    at = NOW + timedelta(seconds=HOLD_IDLE_S + 2)
+    assert w.decide([_record("run_a", 7, event)], at)  # the retry: answered from the state
+    w.sweep(at + timedelta(seconds=2 * HOLD_IDLE_S))
+    assert type(w.states._data[b"run_a"]) is bytes
+
+
+# ------------------------------------------------------------------ (b) the SDK's close
+class _SlowConsumer:
+    """A consumer whose end-offset read blocks until released (a frozen broker)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.in_call = 0
+        self.closed = False
+        self.closed_during_call = False
+
+    def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
+        self._enter()
+        try:
+            self.release.wait(10)
+            return 0, 0
+        finally:
+            self.in_call -= 1
+
+    def incremental_assign(self, partitions: Any) -> None:
+        self._enter()
+        self.in_call -= 1
+
+    def consume(self, n: int, timeout: float) -> list[Any]:
+        self._enter()
+        try:
+            time.sleep(0.01)
+            return []
+        finally:
+            self.in_call -= 1
+
+    def close(self) -> None:
+        self.closed_during_call = self.closed_during_call or self.in_call > 0
+        self.closed = True
+
+    def _enter(self) -> None:
+        if self.closed:
+            raise RuntimeError("Consumer closed")
+        self.in_call += 1
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.produced: list[bytes] = []
+        self.flushed: list[bytes] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any = None) -> None:
+        self.produced.append(value)
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self.flushed = list(self.produced)
+        return 0
+
+
+def test_close_delivers_records_queued_behind_a_pending_read_and_never_closes_it_under_the_reader(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """close() flushed librdkafka before the records queued behind a stuck end-offset read
+    were handed to it (a finish() or report() left undelivered, with no warning), then closed
+    the consumer under the reader's call (close(timeout=1) took the read's full 20 s on a
+    frozen Tansu, and the reader crashed with 'Consumer closed' on the host's stderr)."""
+    options = ClientOptions.resolve("127.0.0.1:9", partitions=4, timeout=0.2)
+    channel = RequestChannel(options)
+    consumer, producer = _SlowConsumer(), _Producer()
+    channel._consumer, channel._producer = consumer, producer  # type: ignore[assignment]
+    channel._thread = threading.Thread(target=channel._run, daemon=True)
+    channel._thread.start()
+    try:
+        channel.submit("req", b"run-1", b"check", decisions_partition=1, wait_key=None)
+        channel.submit("req", b"run-1", b"finish", decisions_partition=1, needs_reply=False)
+        deadline = time.monotonic() + 5
+        while consumer.in_call == 0 or not channel._gates:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with caplog.at_level(logging.WARNING, logger="baton.client"):
+            started = time.monotonic()
+            channel.close(timeout=0.3)
+            took = time.monotonic() - started
+            assert producer.flushed == [b"check", b"finish"]  # handed over before the flush
+            assert took < 2.0
+            assert not consumer.closed_during_call
+            consumer.release.set()
+            channel._thread.join(5)
+        assert not channel._thread.is_alive()
+        assert consumer.closed  # by the reader once its call returned
+        assert producer.produced == [b"check", b"finish"]  # and never handed twice
+        assert "crashed" not in caplog.text
+    finally:
+        consumer.release.set()
