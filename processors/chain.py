@@ -26,14 +26,23 @@ from baton.schemas.decision import Decision, chain_hash, chain_values
 __all__ = ["link"]
 
 
-def link(state: RunState, decisions: Iterable[Decision], key: bytes = b"") -> None:
+def link(
+    state: RunState, decisions: Iterable[Decision], key: bytes = b"", input: str | None = None
+) -> None:
     """Chain ``decisions`` (in order) onto ``state``'s head and move the head past them.
 
     ``state`` must be the new state that remembers these decisions (not one shared with
-    an older state): the head is written in place.
+    an older state): the head is written in place. ``input``: hash each decision as its
+    published copy holding that input (``Decision.input``) while it keeps its own (replay:
+    the copy the worker published, without copying).
     """
     head = state.chain_head
     for d in decisions:
         d.chain_prev = head
-        d.chain_hash = head = chain_hash(key, head, chain_values(d))
+        if input is None:
+            d.chain_hash = head = chain_hash(key, head, chain_values(d))
+        else:
+            kept, d.input = d.input, input
+            d.chain_hash = head = chain_hash(key, head, chain_values(d))
+            d.input = kept
     state.chain_head = head

@@ -31,8 +31,14 @@ from baton.processors.recorded import REPLAY_COLUMNS, Recorded
 from baton.processors.replay_report import Change, ReplayReport, RunOutcome, label, usd
 from baton.processors.replay_steps import Replayer, faithful, is_partial, step_context, steps
 from baton.processors.state import RunState
-from baton.schemas.decision import Outcome
-from baton.schemas.events import EventError, HandoffCompleted, HandoffRequested, parse_event
+from baton.schemas.decision import Decision, Outcome
+from baton.schemas.events import (
+    EventError,
+    HandoffCompleted,
+    HandoffRequested,
+    RunEvent,
+    parse_event,
+)
 from baton.schemas.policy import Policy
 
 __all__ = [
@@ -101,21 +107,24 @@ def replay_run(
     """Decide ``run`` (a whole recorded history) again, under ``new_policy`` and as recorded."""
     outcome = RunOutcome(run[0].run_id)
     run_key = outcome.run_id.encode()
-    recorded = Replayer(lambda r: policies[r.policy_version], chain_key)
-    new = Replayer(lambda r: new_policy, b"", proof=False)
+    recorded = Replayer(chain_key)
+    new = Replayer(b"", proof=False)
     #: request ids allowed as recorded and stopped under the new policy
     stopped_now: set[str] = set()
     #: both replays are one while the new policy's rules for the run equal the recorded ones
     shared = True
     same: dict[str, bool] = {}
-    for n, recs in enumerate(steps(run), 1):
-        text = recs[0].input
+    n = 0
+    for recs in steps(run):
+        n += 1
+        first = recs[0]
+        text = first.input
         event = parse_event(text.encode(), run_key) if text is not None else None
         before = recorded.state
         context = step_context(recs)
-        as_recorded = recorded.step(recs, event, context)
+        version = first.policy_version
+        as_recorded = recorded.step(recs, event, context, policies[version])
         if shared:
-            version = recs[0].policy_version
             if version not in same:
                 state = recorded.state or before
                 same[version] = state is not None and _same_rules(
@@ -123,34 +132,55 @@ def replay_run(
                 )
             if not same[version]:
                 shared, new.state = False, before  # the two part here
-        as_new = as_recorded if shared else new.step(recs, event, context)
+        as_new = as_recorded if shared else new.step(recs, event, context, new_policy)
         outcome.decisions += len(recs)
-        for i, rec in enumerate(recs):
-            again = as_recorded[i] if i < len(as_recorded) else None
-            if not faithful(rec, again):
-                shown = label(again.outcome, again.reason) if again is not None else "-"
-                outcome.unfaithful.append((n, label(rec.outcome, rec.reason), shown))
-            other = as_new[i] if i < len(as_new) else None
-            if other is not None and other.outcome == rec.outcome and other.reason == rec.reason:
-                continue
-            was = label(rec.outcome, rec.reason)
-            now = label(other.outcome, other.reason) if other is not None else "-"
-            if was == now:
-                continue
-            outcome.changed += 1
-            outcome.transitions[f"{was} → {now}"] += 1
-            if outcome.first_change is None:
-                request_id = getattr(event, "request_id", None)
-                outcome.first_change = Change(
-                    n, rec.decided_at, request_id, _handoff(event), was, now
-                )
-            stops = other is None or other.outcome == Outcome.STOP
-            if type(event) is HandoffRequested and rec.outcome == Outcome.ALLOW and stops:
-                stopped_now.add(event.request_id)
-                outcome.blocked_estimate_usd += event.estimated_usd or 0.0
         if type(event) is HandoffCompleted and event.request_id in stopped_now:
-            outcome.saved_usd += event.cost_usd
+            outcome.saved_usd += event.cost_usd  # (stopped_now grows on requests only)
+        if len(recs) == 1 == len(as_recorded) == len(as_new):
+            # most steps: one decision, reproduced, the same outcome under the new policy
+            other = as_new[0]
+            if (
+                other.outcome == first.outcome
+                and other.reason == first.reason
+                and faithful(first, as_recorded[0])
+            ):
+                continue
+        _compare(outcome, n, recs, as_recorded, as_new, event, stopped_now)
     return outcome
+
+
+def _compare(
+    outcome: RunOutcome,
+    n: int,
+    recs: list[Recorded],
+    as_recorded: list[Decision],
+    as_new: list[Decision],
+    event: RunEvent | None,
+    stopped_now: set[str],
+) -> None:
+    """Count step ``n``'s decisions that the proof did not reproduce, and those the new
+    policy changes (the first change of the run is kept with its handoff)."""
+    for i, rec in enumerate(recs):
+        again = as_recorded[i] if i < len(as_recorded) else None
+        if not faithful(rec, again):
+            shown = label(again.outcome, again.reason) if again is not None else "-"
+            outcome.unfaithful.append((n, label(rec.outcome, rec.reason), shown))
+        other = as_new[i] if i < len(as_new) else None
+        if other is not None and other.outcome == rec.outcome and other.reason == rec.reason:
+            continue
+        was = label(rec.outcome, rec.reason)
+        now = label(other.outcome, other.reason) if other is not None else "-"
+        if was == now:
+            continue
+        outcome.changed += 1
+        outcome.transitions[f"{was} → {now}"] += 1
+        if outcome.first_change is None:
+            request_id = getattr(event, "request_id", None)
+            outcome.first_change = Change(n, rec.decided_at, request_id, _handoff(event), was, now)
+        stops = other is None or other.outcome == Outcome.STOP
+        if type(event) is HandoffRequested and rec.outcome == Outcome.ALLOW and stops:
+            stopped_now.add(event.request_id)
+            outcome.blocked_estimate_usd += event.estimated_usd or 0.0
 
 
 def rebuild_run(
@@ -158,13 +188,15 @@ def rebuild_run(
 ) -> tuple[RunState | None, bool]:
     """The state ``run``'s recorded history leaves (under the recorded policies), and whether
     the replay reproduced every recorded decision (the state is then the worker's)."""
-    replayer = Replayer(lambda r: policies[r.policy_version], chain_key)
+    replayer = Replayer(chain_key)
     reproduced = True
     run_key = run[0].run_id.encode()
     for recs in steps(run):
-        text = recs[0].input
+        first = recs[0]
+        text = first.input
         event = parse_event(text.encode(), run_key) if text is not None else None
-        again = replayer.step(recs, event, step_context(recs))
+        context = step_context(recs)
+        again = replayer.step(recs, event, context, policies[first.policy_version])
         if reproduced:
             reproduced = len(again) == len(recs) and all(
                 faithful(rec, d) for rec, d in zip(recs, again, strict=True)

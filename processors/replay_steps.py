@@ -15,7 +15,6 @@ marks what it decided (its decisions are compared on outcome and reason, never h
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 from baton.processors.chain import link
@@ -44,9 +43,14 @@ _KILLED, _RUN_STATE_LIMIT = Reason.KILLED.value, Reason.RUN_STATE_LIMIT.value
 _AUDIT_UNVERIFIED = Reason.AUDIT_UNVERIFIED.value
 #: what the worker's sweep decides (no input: replayed as a timer step)
 _TIMER_REASONS = frozenset({Reason.APPROVAL_EXPIRED.value, Reason.RESERVATION_EXPIRED.value})
+#: the reasons step_context looks for (a step with none of them is decided plainly)
+_NOT_POLICY = _WORKER_REFUSALS | {_KILLED, _AUDIT_UNVERIFIED}
 #: the what-if replayer's mark on a decision it made (in place of a chain link): a reply
 #: answered again from the state is marked already, so it is not taken for a new decision
 _DECIDED_HERE = "replayed"
+
+
+_new_origin = _new_context = tuple.__new__
 
 
 def steps(run: list[Recorded]) -> list[list[Recorded]]:
@@ -79,6 +83,10 @@ class StepContext(NamedTuple):
 
 def step_context(recs: list[Recorded]) -> StepContext:
     """The :class:`StepContext` of the step ``recs``."""
+    first = recs[0]
+    origin = _new_origin(Origin, (first.worker, first.partition, first.offset))
+    if len(recs) == 1 and first.reason not in _NOT_POLICY:  # most steps: one plain decision
+        return _new_context(StepContext, (NO_KILLS, None, origin, False))
     kills, refusal, unverified = NO_KILLS, None, False
     for r in recs:
         reason = r.reason
@@ -88,8 +96,6 @@ def step_context(recs: list[Recorded]) -> StepContext:
             refusal = r
         elif reason == _AUDIT_UNVERIFIED:
             unverified = True
-    first = recs[0]
-    origin = Origin(first.worker, first.partition, first.offset)
     return StepContext(kills, refusal, origin, unverified)
 
 
@@ -117,14 +123,11 @@ def faithful(rec: Recorded, d: Decision | None) -> bool:
 
 
 class Replayer:
-    """Decides one run's steps under one policy (or the recorded ones), like the worker."""
+    """Decides one run's steps in order, like the worker (under the policy each step names)."""
 
-    __slots__ = ("chain_key", "policy_of", "proof", "state")
+    __slots__ = ("chain_key", "proof", "state")
 
-    def __init__(
-        self, policy_of: Callable[[Recorded], Policy], chain_key: bytes, proof: bool = True
-    ) -> None:
-        self.policy_of = policy_of
+    def __init__(self, chain_key: bytes, proof: bool = True) -> None:
         self.chain_key = chain_key
         #: True: link the chain with the inputs as the worker did (the recorded policy's
         #: replay, compared field by field); False: the new policy's, compared on outcomes
@@ -136,10 +139,10 @@ class Replayer:
         recs: list[Recorded],
         event: RunEvent | None,
         context: StepContext,
+        policy: Policy,
     ) -> list[Decision]:
         """The step's decisions made now (not the replies re-emitted from the state)."""
         first = recs[0]
-        policy = self.policy_of(first)
         now = first.decided_at
         kills, refusal, origin, unverified = context
         before = self.state
@@ -166,8 +169,11 @@ class Replayer:
         else:
             new, decided = decide(before, event, policy, now, kills, origin)
         self.state = new
-        fresh = [d for d in decided if d.chain_hash is None]
-        if new is before or new is None:  # nothing kept: nothing to link
+        if len(decided) == 1:  # most steps: one decision (a list comprehension costs a frame)
+            fresh = decided if decided[0].chain_hash is None else []
+        else:
+            fresh = [d for d in decided if d.chain_hash is None]
+        if not fresh or new is before or new is None:  # nothing kept: nothing to link
             return fresh
         if not self.proof:
             for d in fresh:
@@ -176,12 +182,7 @@ class Replayer:
             link(new, fresh, self.chain_key)
         else:
             # as the worker's batch step: the published copy (with the input) is what the
-            # chain covers, the state keeps the decision without it; setting the input for
-            # the link is the copy without copying (recorded.publishable, keep_links)
-            text = first.input
-            for d in fresh:
-                d.input = text
-            link(new, fresh, self.chain_key)
-            for d in fresh:
-                d.input = None
+            # chain covers, the state keeps the decision without it (recorded.publishable,
+            # keep_links): the input is set for the link only
+            link(new, fresh, self.chain_key, first.input)
         return fresh
