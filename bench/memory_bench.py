@@ -10,16 +10,21 @@ three of each for long runs: owner, agents, task tree, dedup marks, the kept rep
 spend; decided by the worker's batch step, which links them into the run's chain), holds
 them the way the worker does, and reports the growth of the process's RSS per run:
 
-* ``decoded``: RunState objects + the worker's per-run index entries;
-* ``as bytes``: the same runs as changelog bytes (restored, or held idle by the sweep);
+* ``decoded``: RunState objects + the worker's per-run index entries (a run an event, or the
+  sweep, touched in the last ``sweep.HOLD_IDLE_S``);
+* ``held``: the same runs as the sweep holds them idle (``RunStore.hold_encoded``: the record
+  compressed, processors/state_held.py; an older tree's own way with --before-pythonpath);
+* ``restored``: as the changelog record's bytes (after a rebalance, until the sweep reads it);
 * ``tombstone``: what eviction keeps of a run (``BATON_TOMBSTONE_RETENTION_S``, 30 days);
 
-then times the sweep's due index at that size: popping when nothing is due (the common
-second), popping a full sweep's worth (5,000 runs), and rebuilding it after a rebalance,
-next to one walk over every run (what a sweep without the index would do each second).
+then the CPU of the batch step for a held run's next event against a decoded run's, of a
+hold, and of the worker's sweep step at that size (nothing due, 5,000 runs due, 5,000 idle
+runs to hold), next to one walk over every run (what a sweep without its due index would do
+each second) and the re-index after a rebalance.
 
     python -m bench.memory_bench                      # 100,000 and 1,000,000 runs
     python -m bench.memory_bench --runs 100000
+    python -m bench.memory_bench --runs 1000000 --long-runs 0 --modes held
     python -m bench.memory_bench --before-pythonpath DIR   # DIR/baton: an older tree, same run
 """
 
@@ -47,14 +52,6 @@ from baton.processors.sweep_step import sweep_due
 from baton.schemas.events import HandoffCompleted, HandoffRequested
 from baton.schemas.policy import load_policy
 from baton.streams.partitioner import partition_for
-
-try:
-    from baton.processors.state_held import hold
-except ImportError:  # an older tree (--before-pythonpath): idle runs held as their record
-
-    def hold(record: bytes) -> bytes:
-        return bytes(memoryview(record))  # a compact copy, as the older RunStore made
-
 
 PARTITIONS = 8
 REQUESTS = "gov.handoff.requests"
@@ -154,7 +151,7 @@ def measure(n: int, mode: str = "decoded", long: bool = False) -> dict[str, floa
                 # result keeps its whole growth buffer allocated (1.2 KB held 8 KB of RSS)
                 store[key] = bytes(memoryview(raw))
             elif mode == "held" and key in finishing:
-                store[key] = hold(raw)
+                states.hold_encoded(key)  # as the sweep does, with the tree's own RunStore
             due.touch(key, state)
         del out
     build_cpu = time.process_time() - cpu0
@@ -298,6 +295,14 @@ def main() -> None:
         help="also this many long runs (three handoffs and completions each); 0: none",
     )
     ap.add_argument(
+        "--modes",
+        nargs="+",
+        choices=_MODES,
+        default=list(_MODES),
+        help="what to measure (decoded always): decoded, held (idle, as the sweep holds "
+        "it), restored (as Faust's recovery leaves it), tombstones",
+    )
+    ap.add_argument(
         "--before-pythonpath",
         help="a directory holding an older baton package (baton/ -> its tree): measured "
         "in the same run, alternating with this one",
@@ -307,6 +312,7 @@ def main() -> None:
     ap.add_argument("--mode", default="decoded", help=argparse.SUPPRESS)
     ap.add_argument("--long", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.modes = ["decoded", *(m for m in args.modes if m != "decoded")]
     gc.set_threshold(100_000, 50, 100)  # as `baton worker` sets it
     if args.one:
         print(json.dumps(measure(args.one, args.mode, args.long)))
@@ -334,13 +340,13 @@ def main() -> None:
     timings = []
     for n, long in shapes:
         for name, path in sides:
-            m = {mode: _child(n, mode, long, path) for mode in _MODES}
-            r, h = m["decoded"], m["held"]
+            m = {mode: _child(n, mode, long, path) for mode in args.modes}
+            r = m["decoded"]
             print(
-                f"| {n:,} | {'long' if long else 'short'} | {name} | {r['per_run']:,.0f} B "
-                f"| {h['per_run']:,.0f} B | {m['restored']['per_run']:,.0f} B "
-                f"| {r['stored_bytes_per_run']:,.0f} B | {h['stored_bytes_per_run']:,.0f} B "
-                f"| {m['tombstones']['per_run']:,.0f} B |",
+                f"| {n:,} | {'long' if long else 'short'} | {name} | {_b(m, 'decoded')} "
+                f"| {_b(m, 'held')} | {_b(m, 'restored')} "
+                f"| {r['stored_bytes_per_run']:,.0f} B | {_b(m, 'held', 'stored_bytes_per_run')} "
+                f"| {_b(m, 'tombstones')} |",
                 flush=True,
             )
             timings.append(
@@ -364,6 +370,11 @@ def main() -> None:
 
 #: each measured in its own process
 _MODES = ("decoded", "held", "restored", "tombstones")
+
+
+def _b(measured: dict[str, dict[str, float]], mode: str, key: str = "per_run") -> str:
+    return f"{measured[mode][key]:,.0f} B" if mode in measured else "-"
+
 
 if __name__ == "__main__":
     main()
