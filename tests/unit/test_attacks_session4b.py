@@ -7,14 +7,19 @@ import os
 import threading
 import time
 import tracemalloc
+import unicodedata
 import zlib
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
 from baton.processors.state_held import _header, record_of
 from baton.processors.sweep import HOLD_IDLE_S
+from baton.schemas import names
+from baton.schemas.events import EventError, parse_event
 from baton.streams.sdk.channel import RequestChannel
 from baton.streams.sdk.options import ClientOptions
 from tests.helpers import handoff
@@ -154,3 +159,48 @@ def test_close_delivers_records_queued_behind_a_pending_read_and_never_closes_it
         assert "crashed" not in caplog.text
     finally:
         consumer.release.set()
+
+
+# ------------------------------------------------------------------ (d) names
+def _completion(tools: list[str]) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "handoff_completed", "request_id": "r1", "run_id": "run-1", "task_id": "t1",
+            "agent": "researcher", "cost_usd": 0.1, "tool_calls": 1, "status": "ok",
+            "event_time": "2026-11-29T12:00:00Z", "tools": tools,
+        }
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("char", ["\ufdfa", "\u332b"], ids=["U+FDFA", "U+332B"])
+def test_a_name_that_expands_past_its_length_is_refused_before_it_is_folded_whole(
+    char: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFKC writes up to 18 characters for one (U+FDFA; U+332B SQUARE PAASENTO 5), at ~0.05
+    us each: 256 of them in one tool (within the 1,024-character budget) were folded whole,
+    4,608 characters, before the name was refused as too long (~4x the 64-ASCII-tools
+    completion, 7x after three costly names)."""
+    written: list[int] = []
+
+    def normalize(form: str, text: str) -> str:
+        out = unicodedata.normalize(form, text)
+        written.append(len(out))
+        return out
+
+    monkeypatch.setattr(
+        names, "unicodedata", SimpleNamespace(**{**vars(unicodedata), "normalize": normalize})
+    )
+    names._RECENT.clear()
+    with pytest.raises(EventError) as refused:
+        parse_event(_completion([char * 256]))
+    assert refused.value.kind == "out_of_range" and "tools.0" in str(refused.value)
+    assert sum(written) <= 4 * names.MAX_NAME, written
+
+
+def test_a_long_name_whose_fold_is_shorter_than_its_nfkc_form_is_still_a_name() -> None:
+    """U+0132 LATIN CAPITAL LIGATURE IJ + U+030C: NFKC "IJ" + caron (3), folded "i" + U+01F0
+    (2): 256 characters whose NFKC form is 384 fold to 256, a name (no false refusal)."""
+    name = "\u0132\u030c" * 128
+    names._RECENT.clear()
+    event = parse_event(_completion([name]))
+    assert event.tools == ["i\u01f0" * 128]

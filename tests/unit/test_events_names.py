@@ -139,7 +139,7 @@ def test_a_name_that_folds_past_256_characters_is_out_of_range() -> None:
     # U+337F (a square "株式会社") is one character that NFKC makes four
     error = _refusal(_requested(to_agent="\u337f" * 100))
     assert error.kind == "out_of_range"
-    assert "folds (NFKC) to 400 characters, more than 256" in str(error)
+    assert "folds (NFKC) to more than 256 characters (its first 100 to 400)" in str(error)
 
 
 def test_a_control_event_names_are_checked_too() -> None:
