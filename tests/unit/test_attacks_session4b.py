@@ -9,23 +9,34 @@ import time
 import tracemalloc
 import unicodedata
 import zlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.engine import evict
+from baton.processors.recorded import policy_document
+from baton.processors.replay import Recorded, replay_runs, runs_of
+from baton.processors.state import RunState
 from baton.processors.state_held import _header, record_of
 from baton.processors.sweep import HOLD_IDLE_S
 from baton.schemas import names
+from baton.schemas.decision import Decision
 from baton.schemas.events import EventError, parse_event
+from baton.schemas.policy import Policy
 from baton.streams.sdk.channel import RequestChannel
 from baton.streams.sdk.options import ClientOptions
 from tests.helpers import handoff
+from tests.unit.test_engine_support import at, seed_policy
+from tests.unit.test_engine_support import handoff as unit_handoff
 from tests.unit.test_state_idle import NOW, _record, _store, _Worker
 
 pytestmark = pytest.mark.unit
+
+REPLAY_KEY = b"chain-key"
 
 
 # ------------------------------------------------------------------ (a) held runs
@@ -204,3 +215,69 @@ def test_a_long_name_whose_fold_is_shorter_than_its_nfkc_form_is_still_a_name() 
     names._RECENT.clear()
     event = parse_event(_completion([name]))
     assert event.tools == ["i\u01f0" * 128]
+
+
+# ------------------------------------------------------------------ (e) replay faithfulness
+def _recorded_with_sweeps(
+    timed: list[tuple[Any, datetime, tuple[float, ...]]],
+) -> tuple[Policy, list[Recorded]]:
+    """What the audit holds after the worker's batch step decided ``timed``; the third item:
+    the times (seconds) the worker's sweep ran before the event (``evict``: run retention
+    1 h, tombstones kept 1 day)."""
+    policy = seed_policy()
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(policy, 1, states, worker="w", chain_key=REPLAY_KEY)
+    published: list[Decision] = []
+    for offset, (event, now, sweeps) in enumerate(timed):
+        for sweep_at in sweeps:
+            for key, state in list(states.items()):
+                kept = evict(state, at(sweep_at), 3600.0, 86400.0)
+                if kept is None:
+                    del states[key]
+                else:
+                    states[key] = kept
+        rec = InputRecord("requests", 0, offset, event.run_id.encode(), event.to_json())
+        published += [d for _, d in proc.process([rec], now).decisions]
+    rows = [Recorded.of(d) for d in published if not d.reemitted]
+    return policy, rows
+
+
+def _replayed(policy: Policy, rows: list[Recorded]) -> list[tuple[int, str, str]]:
+    policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
+    report = replay_runs(runs_of(rows), policy, policies, REPLAY_KEY)
+    assert report.partial == {}
+    return [u for run in report.runs for u in run.unfaithful]
+
+
+def test_a_late_handoff_to_a_run_the_sweep_evicted_replays_as_recorded() -> None:
+    """The sweep turns a run idle past BATON_RUN_RETENTION_S (1 h) into a tombstone and
+    records nothing; its next handoff is stopped run_expired. Replay under the recorded
+    policy decided that handoff on the live run (allow): 'not exact', exit 7, for any
+    audit holding a run touched after an hour idle."""
+    policy, rows = _recorded_with_sweeps(
+        [
+            (unit_handoff("h1", "t1", "planner", "researcher", t=0), at(0), ()),
+            (unit_handoff("h2", "t2", "planner", "researcher", t=3700), at(3700), (3650.0,)),
+        ]
+    )
+    assert [r.reason for r in rows] == ["ok", "run_expired"]
+    assert _replayed(policy, rows) == []
+
+
+def test_a_run_id_new_again_after_its_tombstone_was_forgotten_replays_as_recorded() -> None:
+    """A tombstone is forgotten after BATON_TOMBSTONE_RETENTION_S and "its run id is then new
+    again": the worker decided the id's next handoff as a new run's; replay (and `baton up`'s
+    restore, which then restores the live run STOPPED audit_unverified) decided it on the
+    old run's state (request_id_reused)."""
+    policy, rows = _recorded_with_sweeps(
+        [
+            (unit_handoff("h1", "t1", "planner", "researcher", t=0), at(0), ()),
+            (
+                unit_handoff("h1", "t1", "planner", "coder", t=200_000),
+                at(200_000),
+                (100_000.0, 190_000.0),
+            ),
+        ]
+    )
+    assert [r.reason for r in rows] == ["ok", "ok"]
+    assert _replayed(policy, rows) == []
