@@ -265,8 +265,15 @@ def chain_content(values: Sequence[Any]) -> bytes:
             out[i] = (v - _EPOCH) // _US
     for i in _MONEY_I:
         v = out[i]
-        out[i] = "0.000000" if not v else _money_text(v)
-    later = {CHAIN_FIELDS[i]: out[i] for i in range(_CHAIN_LATER, len(out)) if out[i] is not None}
+        # the float cache inline (a Decimal, from an audit row, is never looked up there)
+        out[i] = "0.000000" if not v else (type(v) is float and _USD_TEXT.get(v)) or _money_text(v)
+    later = None  # (a loop: a dict comprehension costs a frame, and this runs per link)
+    for i in range(_CHAIN_LATER, len(out)):
+        v = out[i]
+        if v is not None:
+            if later is None:
+                later = {}
+            later[CHAIN_FIELDS[i]] = v
     del out[_CHAIN_LATER:]
     if later:
         out.append(later)
