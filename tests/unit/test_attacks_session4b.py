@@ -17,14 +17,14 @@ import orjson
 import pytest
 
 from baton.processors.batch import BatchProcessor, InputRecord
-from baton.processors.engine import evict
+from baton.processors.engine import decide, evict
 from baton.processors.recorded import policy_document
 from baton.processors.replay import Recorded, replay_runs, runs_of
 from baton.processors.state import RunState
 from baton.processors.state_held import _header, record_of
 from baton.processors.sweep import HOLD_IDLE_S
 from baton.schemas import names
-from baton.schemas.decision import Decision
+from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.events import EventError, parse_event
 from baton.schemas.policy import Policy
 from baton.streams.sdk.channel import RequestChannel
@@ -281,3 +281,22 @@ def test_a_run_id_new_again_after_its_tombstone_was_forgotten_replays_as_recorde
     )
     assert [r.reason for r in rows] == ["ok", "ok"]
     assert _replayed(policy, rows) == []
+
+
+# ------------------------------------------------------------------ (b) retry after failing closed
+def test_a_check_retried_under_its_request_id_after_it_expired_is_answered_from_memory() -> None:
+    """The SDK hands a check queued behind a failed assignment to Kafka after answering its
+    caller governance_unavailable; read after its decide_by it is stopped request_expired.
+    A later call with the same request id (a new decide_by) gets that stop again from the
+    run's record, counts nothing, and a new request id is decided afresh (docs/client.md)."""
+    policy = seed_policy()
+    state, _ = decide(None, unit_handoff("h0", "t0", "planner", "researcher"), policy, at(0))
+    late = unit_handoff("h1", "t1", "planner", "researcher", decide_by=at(5))
+    state, expired = decide(state, late, policy, at(20))
+    assert [d.reason for d in expired] == [Reason.REQUEST_EXPIRED]
+    retried = late.model_copy(update={"decide_by": at(60)})
+    again, answer = decide(state, retried, policy, at(21))
+    assert again is state and [d.decision_id for d in answer] == [expired[0].decision_id]
+    assert state.handoff_count == 1 and state.task("t1") is None
+    fresh = unit_handoff("h2", "t1", "planner", "researcher", decide_by=at(60))
+    assert [d.outcome for d in decide(state, fresh, policy, at(22))[1]] == [Outcome.ALLOW]
