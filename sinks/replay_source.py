@@ -149,25 +149,43 @@ class Pages:
 
 
 def read_pages(client: Client, scope: ReplayScope, rows_per_page: int = _PAGE) -> Pages:
-    """The rows of ``scope`` as pages of about ``rows_per_page`` rows, each holding whole runs in
-    order, in the audit's own text (JSON rows, decoded by :func:`page_rows` where they are
-    replayed: the reading process hands bytes to `--jobs` processes, never Python objects).
+    """The rows of ``scope`` as pages of up to about ``rows_per_page`` rows, each holding whole
+    runs in order, in the audit's own text (JSON rows, decoded by :func:`page_rows` where
+    they are replayed: the reading process hands bytes to `--jobs` processes, never Python
+    objects).
 
-    One query finds where pages end (a running count per run id), one reads each page.
+    One query finds where pages may end (a running count per run id, every tenth of a
+    page), one reads each page. The first pages are small and grow (a tenth, a fifth, ...
+    of ``rows_per_page``): replay starts on the first rows while the rest are read, and the
+    pages after them are few (each is a scan of the table).
     """
     where, params = scope.where()
+    step = max(int(rows_per_page) // 10, 1)
     bounds = client.query(
         f"SELECT run_id, upto FROM (SELECT run_id, sum(n) OVER (ORDER BY run_id ROWS "
         f"UNBOUNDED PRECEDING) AS upto, n FROM (SELECT run_id, count() AS n FROM "
         f"{DATABASE}.decisions WHERE {where} GROUP BY run_id)) "
-        f"WHERE intDiv(upto, {int(rows_per_page)}) > intDiv(upto - n, {int(rows_per_page)}) "
+        f"WHERE intDiv(upto, {step}) > intDiv(upto - n, {step}) "
         "ORDER BY run_id",
         parameters=params,
     ).result_rows
     total = client.query(
         f"SELECT count() FROM {DATABASE}.decisions WHERE {where}", parameters=params
     ).result_rows[0][0]
-    return Pages(int(total), _pages(client, where, params, [str(r[0]) for r in bounds]))
+    ends = _growing([(str(run_id), int(upto)) for run_id, upto in bounds], step, rows_per_page)
+    return Pages(int(total), _pages(client, where, params, ends))
+
+
+def _growing(bounds: list[tuple[str, int]], first: int, most: int) -> list[str]:
+    """The run ids that end pages: ``bounds`` (run id, rows up to it) thinned so that pages
+    hold about ``first`` rows, then twice as many each, up to ``most``."""
+    ends: list[str] = []
+    size, last = first, 0
+    for run_id, upto in bounds:
+        if upto - last >= size:
+            ends.append(run_id)
+            size, last = min(size * 2, most), upto
+    return ends
 
 
 def _pages(

@@ -12,7 +12,7 @@ import pytest
 from baton.processors.replay import replay_runs, runs_of
 from baton.processors.replay_pool import prefetched, replay_parallel
 from baton.schemas.errors import AuditUnavailable
-from baton.sinks.replay_source import page_rows, split_page
+from baton.sinks.replay_source import _growing, page_rows, split_page
 from tests.unit.test_engine_support import policy_with
 from tests.unit.test_replay import KEY, _budget_history, _policies, record
 
@@ -57,6 +57,22 @@ def test_pieces_hold_whole_runs_and_together_the_whole_page() -> None:
     for piece in pieces:
         assert len({r.run_id for r in page_rows(piece)}) == 1
     assert len(list(split_page(page, 10_000))) == 1
+
+
+def test_pages_start_small_and_grow_to_their_size_so_replay_starts_before_reading_ends() -> None:
+    # where pages may end: every 10 rows (a run of 25 rows crosses two marks at once)
+    bounds = [("a", 10), ("b", 20), ("c", 45), ("d", 50), ("e", 60), ("f", 70), ("g", 80)]
+    bounds += [(f"h{i:03d}", 80 + 10 * i) for i in range(1, 30)]
+    ends = _growing(bounds, 10, 40)
+    sizes, last = [], 0
+    for end in ends:
+        upto = dict(bounds)[end]
+        sizes.append(upto - last)
+        last = upto
+    # 10, then 20 asked (a run ending at 45 makes it 35), then 40 asked (marks every 10: 45)
+    assert sizes[:3] == [10, 35, 45]
+    assert all(40 <= size < 50 for size in sizes[2:])
+    assert _growing([], 10, 40) == []
 
 
 def test_a_page_that_is_not_json_rows_names_what_it_got() -> None:
