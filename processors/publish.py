@@ -11,15 +11,13 @@ Two modes:
   letters, forwards) are handed to librdkafka and the worker goes on to fetch and decide the
   next batch at once; each record's delivery report counts it off its step (no flush on a
   decision's path: a flush waits for every record in flight, the next batches' too). Once
-  every decision of the batch (and of the batches before it) is acknowledged, its run
-  states join the **group commit** (``publish_states``): one state send in flight at a time,
-  the batches that join meanwhile sent together, newest state per run. Once the send
-  covering the batch is acknowledged (and the previous batch was durable), the batch is
-  durable and the caller acknowledges its input to Faust, whose committer commits the
-  offsets later. So a state never reaches the changelog before the decisions it remembers,
-  a run's states reach it in batch order, and the input is committed only after both. A
-  crash in between redelivers the batch; the engine's dedup marks keep that from counting
-  anything twice.
+  every decision of the batch is acknowledged, and the previous batch's states were sent,
+  its run states are sent; once those are acknowledged too (and the previous batch was),
+  the batch is durable and the caller acknowledges its input to Faust, whose committer
+  commits the offsets later. So a state never reaches the changelog before the decisions it
+  remembers, a run's states reach it in batch order, and the input is committed only after
+  both. A crash in between redelivers the batch; the engine's dedup marks keep that from
+  counting anything twice.
 * exactly-once (``transactional_id`` given): one Kafka transaction per batch holds its
   decisions, stops, dead letters, forwards, changelog records *and* the input offsets
   (``send_offsets_to_transaction``); consumers reading ``read_committed`` (librdkafka's
@@ -46,7 +44,6 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from baton.processors import publish_transaction as transaction
 from baton.processors.batch import DeadLetter, Outputs
 from baton.processors.publish_delivery import DeliveryFailed, DeliveryStep
-from baton.processors.publish_states import StateGroupCommit
 from baton.processors.publish_transaction import Offsets, TransactionFailed, init_transactions
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
@@ -138,9 +135,9 @@ class BatchPublisher:
         #: steps whose delivery reports are still due (served by _poll on the loop)
         self._in_flight: set[DeliveryStep] = set()
         self._poll_timer: asyncio.TimerHandle | None = None
-        #: the previous batch durable (its states too); the states' group commit
+        #: the previous batch's states handed to librdkafka / its whole batch durable
+        self._states_sent: asyncio.Future[None] | None = None
         self._durable: asyncio.Future[None] | None = None
-        self.states = StateGroupCommit(self._send, self.produce_state)
 
     # ------------------------------------------------------------------ low level
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
@@ -264,11 +261,10 @@ class BatchPublisher:
         with an awaitable that completes once the whole batch is durable (raising if it is
         not): acknowledge the input only then.
 
-        At-least-once: the run states join the group commit once every decision (dead
-        letter, forward) of the batch and of the batches before it is acknowledged;
-        ``before_state`` is called right before the send that carries them (it may raise to
-        keep them unwritten: the worker checks it still owns the partitions). The caller
-        fetches and decides the next batch meanwhile.
+        At-least-once: the run states are sent once every decision (dead letter, forward) of
+        the batch is acknowledged and the previous batch's states were sent; ``before_state``
+        is called right before (it may raise to keep them unwritten: the worker checks it
+        still owns the partitions). The caller fetches and decides the next batch meanwhile.
         Exactly-once: one transaction, committed before this returns; the awaitable is
         complete already.
         """
@@ -281,9 +277,12 @@ class BatchPublisher:
             previous = self._durable
             return previous if previous is not None and not previous.done() else _done()
         decisions = self._send(self._produce_queued, lambda: self._produce_outputs(out))
-        covering = self.states.add(decisions, out, before_state)
-        durable = asyncio.ensure_future(self._durable_after(covering, self._durable))
-        self._durable = durable
+        previous_sent, previous_durable = self._states_sent, self._durable
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        durable = asyncio.ensure_future(
+            self._states_after(decisions, previous_sent, previous_durable, sent, out, before_state)
+        )
+        self._states_sent, self._durable = sent, durable
         return durable
 
     def _send(self, *produce: Callable[[], None]) -> asyncio.Future[None]:
@@ -311,15 +310,41 @@ class BatchPublisher:
         if self._in_flight:
             self._poll_timer = asyncio.get_running_loop().call_later(_POLL_S, self._poll)
 
-    @staticmethod
-    async def _durable_after(
-        covering: asyncio.Future[None], previous_durable: asyncio.Future[None] | None
+    async def _states_after(
+        self,
+        decisions: asyncio.Future[None],
+        previous_sent: asyncio.Future[None] | None,
+        previous_durable: asyncio.Future[None] | None,
+        sent: asyncio.Future[None],
+        out: Outputs,
+        before_state: Callable[[], None] | None,
     ) -> None:
-        """A batch is durable once the state send covering it is acknowledged (after its
-        decisions), and the batch before it is durable: acknowledged input in order."""
-        await covering
+        """The second half of a batch: its states, once its decisions are acknowledged."""
+        try:
+            await decisions
+            if previous_sent is not None:
+                await previous_sent  # a run's states reach the changelog in batch order
+            states = None
+            if out.changed:
+                if before_state is not None:
+                    before_state()
+                encoded = out.encoded
+                states = self._send(
+                    lambda: [
+                        self.produce_state(key, partition, state, encoded.get(key))
+                        for key, (partition, state) in out.changed.items()
+                    ]
+                )
+        except BaseException as exc:
+            # the batches after this one must not send their states either
+            sent.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            sent.exception()  # retrieved: the caller hears of it through its own future
+            raise
+        sent.set_result(None)
+        if states is not None:
+            await states
         if previous_durable is not None:
-            await previous_durable
+            await previous_durable  # durable in batch order: acknowledged input in order
 
     def _produce_outputs(self, out: Outputs) -> None:
         for dl in out.dead_letters:

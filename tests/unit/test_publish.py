@@ -43,38 +43,31 @@ def test_a_dead_letter_too_large_for_kafka_is_sent_without_its_original() -> Non
 class _Producer:
     """librdkafka's producer as the publisher uses it, the test playing the broker: records
     are acknowledged when the publisher polls, decisions at once, run states only once
-    ``states_acked`` is set, or as many as ``state_acks`` allows (failed when ``fail_states``
-    is). ``changelog`` holds the state records acknowledged, in order."""
+    ``states_acked`` is set (failed when ``fail_states`` is)."""
 
     def __init__(self) -> None:
-        self.queued: list[tuple[str, Any, bytes, bytes | None]] = []
+        self.queued: list[tuple[str, Any]] = []
         #: every record produced, in order, and which of them were acknowledged
         self.produced: list[str] = []
         self.acked: list[str] = []
-        self.changelog: list[tuple[bytes, bytes | None]] = []
         self.states_acked = False
-        self.state_acks = 0
         self.fail_states = False
         self.polls = 0
 
     def produce(self, topic: str, value: bytes | None, key: bytes, **kw: Any) -> None:
-        self.queued.append((topic, kw["on_delivery"], key, value))
+        self.queued.append((topic, kw["on_delivery"]))
         self.produced.append(topic)
 
     def poll(self, timeout: float) -> int:
         self.polls += 1
         keep, served = [], 0
-        for topic, on_delivery, key, value in self.queued:
+        for topic, on_delivery in self.queued:
             if topic == "c" and not self.states_acked:
-                if self.state_acks <= 0:
-                    keep.append((topic, on_delivery, key, value))
-                    continue
-                self.state_acks -= 1
+                keep.append((topic, on_delivery))
+                continue
             failed = self.fail_states and topic == "c"
             on_delivery(_Error() if failed else None, _Message(topic))
             self.acked.append(topic)
-            if topic == "c" and not failed:
-                self.changelog.append((key, value))
             served += 1
         self.queued = keep
         return served
@@ -203,136 +196,15 @@ def test_batches_in_flight_write_their_states_in_batch_order_and_become_durable_
         # the next batch is handed over while the first one's decisions are unacknowledged
         assert producer.acked == []
         second = await publisher.publish_decisions_first(_batch(1))
-        await _until(lambda: producer.produced.count("c") == 2)
-        await asyncio.sleep(0.02)
-        # the first batch's states are in flight: the second batch's wait for their ack
-        assert producer.produced == ["d", "d", "d", "c", "c"]
-        assert not first.done() and not second.done()
-        producer.state_acks = 2
-        await asyncio.wait_for(first, 5)
         await _until(lambda: producer.produced.count("c") == 3)
-        assert not second.done()
+        # the first batch's states went out before the second's (a run's states in order)
+        assert producer.produced == ["d", "d", "d", "c", "c", "c"]
+        assert not first.done() and not second.done()
         producer.states_acked = True
         await asyncio.wait_for(second, 5)
+        assert first.done()
 
     asyncio.run(scenario())
-    # run_0's states in batch order: the first batch's (1 handoff) before the second's
-    assert [k for k, _ in producer.changelog] == [b"run_0", b"run_1", b"run_0"]
-
-
-class _Runs:
-    """A worker's engine over a few runs: batches of handoffs numbered per run, and the same
-    records again after a crash (what Kafka redelivers) from states restored from a changelog."""
-
-    def __init__(self, states: dict[bytes, RunState] | None = None) -> None:
-        self.states: dict[bytes, RunState] = {} if states is None else states
-        self.proc = BatchProcessor(load_policy(None), 1, self.states, worker="w")
-
-    def decide(self, batch: list[tuple[str, int]]) -> Outputs:
-        records = [_handoff_record(run, n) for run, n in batch]
-        return self.proc.process(records, _NOW)
-
-
-_NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-
-
-def _handoff_record(run: str, n: int) -> InputRecord:
-    event = handoff(run, n, "x", event_time=_NOW)
-    return InputRecord("gov.handoff.requests", 0, n, run.encode(), event.to_json())
-
-
-def _handoffs(value: bytes | None) -> int:
-    assert value is not None
-    return RunState.from_bytes(value).handoff_count
-
-
-def test_states_of_batches_acked_while_a_state_send_is_in_flight_go_in_one_send_in_order() -> None:
-    publisher, producer = _publisher()
-    runs = _Runs()
-
-    async def scenario() -> None:
-        first = await publisher.publish_decisions_first(runs.decide([("r", 1), ("q", 1)]))
-        await _until(lambda: producer.produced.count("c") == 2)  # first batch's send in flight
-        later = [
-            await publisher.publish_decisions_first(runs.decide([("r", 2)])),
-            await publisher.publish_decisions_first(runs.decide([("r", 3), ("q", 2)])),
-            await publisher.publish_decisions_first(runs.decide([("r", 4)])),
-        ]
-        await _until(lambda: producer.acked.count("d") == 6)
-        await asyncio.sleep(0.03)
-        # decisions acknowledged, states waiting: no second send while one is in flight, and
-        # no batch is durable (its input unacknowledged) before the send covering it is acked
-        assert producer.produced.count("c") == 2 and publisher.states.sends == 1
-        assert not first.done() and not any(f.done() for f in later)
-        producer.state_acks = 2
-        await asyncio.wait_for(first, 5)
-        assert not any(f.done() for f in later)
-        # the three batches that waited: one send, the newest state of each run
-        await _until(lambda: producer.produced.count("c") == 4)
-        assert publisher.states.sends == 2 and publisher.states.batches == 4
-        producer.states_acked = True
-        await asyncio.wait_for(asyncio.gather(*later), 5)
-
-    asyncio.run(scenario())
-    # each run's states reached the changelog in batch order, the newest last
-    assert [_handoffs(v) for k, v in producer.changelog if k == b"r"] == [1, 4]
-    assert [_handoffs(v) for k, v in producer.changelog if k == b"q"] == [1, 2]
-
-
-def test_a_crash_before_the_coalesced_state_is_acked_redelivers_and_counts_nothing_twice() -> None:
-    publisher, producer = _publisher()
-    runs = _Runs()
-    batches = [[("r", 1)], [("r", 2), ("q", 1)], [("r", 3)]]
-    acknowledged: list[int] = []  # batches whose input the worker acknowledged to Faust
-
-    async def scenario() -> None:
-        durable = []
-        for i, batch in enumerate(batches):
-            done = await publisher.publish_decisions_first(runs.decide(batch))
-            done.add_done_callback(lambda f, i=i: f.exception() or acknowledged.append(i))
-            durable.append(done)
-            if i == 0:
-                await _until(lambda: producer.produced.count("c") == 1)
-                producer.state_acks = 1
-                await asyncio.wait_for(done, 5)
-        await _until(lambda: producer.acked.count("d") == 4)
-        await _until(lambda: producer.produced.count("c") == 3)  # the coalesced send
-        await asyncio.sleep(0.03)
-        # the decisions of batches 2 and 3 are on the topic, their coalesced states are not
-
-    asyncio.run(scenario())  # kill -9 here: the coalesced send was never acknowledged
-    assert acknowledged == [0]
-    # the restart restores the changelog's states and Kafka redelivers batches 2 and 3
-    restored = {k: RunState.from_bytes(v) for k, v in producer.changelog if v is not None}
-    assert {k: s.handoff_count for k, s in restored.items()} == {b"r": 1}
-    again = _Runs(restored)
-    for batch in batches[1:]:
-        again.decide(batch)
-    # nothing counted twice, nothing lost: each run counts each of its handoffs once
-    assert {k: s.handoff_count for k, s in again.states.items()} == {b"r": 3, b"q": 1}
-    assert {k: s.handoff_count for k, s in runs.states.items()} == {b"r": 3, b"q": 1}
-
-
-def test_a_state_send_that_fails_fails_every_batch_it_covers_and_every_later_one() -> None:
-    publisher, producer = _publisher()
-    runs = _Runs()
-
-    async def scenario() -> None:
-        first = await publisher.publish_decisions_first(runs.decide([("r", 1)]))
-        await _until(lambda: producer.produced.count("c") == 1)
-        second = await publisher.publish_decisions_first(runs.decide([("r", 2)]))
-        await _until(lambda: producer.acked.count("d") == 2)
-        producer.fail_states = producer.states_acked = True
-        for durable in (first, second):
-            with pytest.raises(DeliveryFailed, match=r"could not deliver 1 records .* c\[0\]"):
-                await asyncio.wait_for(durable, 5)
-        third = await publisher.publish_decisions_first(runs.decide([("r", 3)]))
-        with pytest.raises(DeliveryFailed):
-            await asyncio.wait_for(third, 5)
-
-    asyncio.run(scenario())
-    # the waiting batch's state and the later one's were never sent after the failure
-    assert producer.produced.count("c") == 1
 
 
 def test_a_batch_with_a_record_librdkafka_refuses_at_once_still_completes() -> None:
