@@ -9,7 +9,8 @@ import time
 import tracemalloc
 import unicodedata
 import zlib
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,6 +28,10 @@ from baton.schemas import names
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.events import EventError, parse_event
 from baton.schemas.policy import Policy
+from baton.sinks.audit_batch import AuditBatch, write_batch
+from baton.sinks.clickhouse import connect
+from baton.sinks.replay_source import ReplayScope, page_rows, read_pages
+from baton.sinks.schema import migrate
 from baton.streams.sdk.channel import RequestChannel
 from baton.streams.sdk.options import ClientOptions
 from tests.helpers import handoff
@@ -300,3 +305,35 @@ def test_a_check_retried_under_its_request_id_after_it_expired_is_answered_from_
     assert state.handoff_count == 1 and state.task("t1") is None
     fresh = unit_handoff("h2", "t1", "planner", "researcher", decide_by=at(60))
     assert [d.outcome for d in decide(state, fresh, policy, at(22))[1]] == [Outcome.ALLOW]
+
+
+def test_a_run_decided_across_a_worker_clock_step_back_is_read_in_its_order(
+    tmp_path: Path,
+) -> None:
+    """The audit gives replay (and `baton up`'s restore) a run's rows by ``decided_at``
+    first: a worker whose clock stepped back a second (NTP, a resumed VM) between two
+    batches of one run had them read in the wrong order, and the run was reported partial,
+    "its history does not start in what was read (trimmed by retention or --since)", never
+    replayed (restore: restored STOPPED audit_unverified), though every row is there and
+    its chain says its order."""
+    policy = seed_policy()
+    proc = BatchProcessor(policy, 1, {}, worker="w", chain_key=REPLAY_KEY)
+    base = datetime.now(UTC) - timedelta(hours=1)
+    published: list[Decision] = []
+    for offset, (to_agent, now) in enumerate(
+        [("researcher", base + timedelta(seconds=10)), ("coder", base + timedelta(seconds=9))]
+    ):
+        event = unit_handoff(f"h{offset}", "t1", "planner", to_agent, run_id="r")
+        raw = event.model_copy(update={"event_time": now}).to_json()
+        published += [
+            d for _, d in proc.process([InputRecord("req", 0, offset, b"r", raw)], now).decisions
+        ]
+    assert [d.reason for d in published] == [Reason.OK, Reason.OWNERSHIP_CONFLICT]
+    client = connect(f"chdb://{tmp_path}/chdb", create=True)
+    migrate(client, 365)
+    batch = AuditBatch("gov.decisions", 365)
+    for offset, decision in enumerate(published):
+        batch.add(0, offset, decision.to_json())
+    write_batch(client, batch, "chdb")
+    rows = [r for page in read_pages(client, ReplayScope()).pages for r in page_rows(page)]
+    assert _replayed(policy, rows) == []
