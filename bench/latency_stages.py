@@ -19,6 +19,7 @@ sides' producers also report librdkafka's statistics (requests/s, queue wait, ro
     python -m bench.latency_stages --sides relay,baton,baton:DIR    # DIR/baton: another checkout
     BENCH_PROFILE=/tmp/prof python -m bench.latency_stages --sides baton  # + cProfile per thread
     BENCH_STAGES_FLUSH=1 python -m bench.latency_stages   # experiment: flush the decisions
+    BENCH_PRODUCER_CONF='{"linger.ms": 2}' python -m bench.latency_stages  # worker's producer
 
 Every request of the phase is kept (no sampling): a phase of 16,000 requests writes ~2 MB.
 """
@@ -150,8 +151,10 @@ def install(path: str) -> None:
 
     def stats_producer(conf: dict[str, Any]) -> Any:
         # librdkafka's own account of its produce path: queue, socket and broker round trip
+        # BENCH_PRODUCER_CONF='{"linger.ms": 2}': an experiment on the worker's producer
+        extra = orjson.loads(os.environ.get("BENCH_PRODUCER_CONF", "{}"))
         return real_producer(
-            {**conf, "statistics.interval.ms": 1000, "stats_cb": _stats_writer(emit)}
+            {**conf, **extra, "statistics.interval.ms": 1000, "stats_cb": _stats_writer(emit)}
         )
 
     publish_mod.Producer = stats_producer
@@ -171,6 +174,19 @@ def install(path: str) -> None:
             return future
 
         publish_mod.BatchPublisher._send = traced_send
+
+    # the run states' group commit, in a checkout that has it (branch h8-group-commit)
+    group_commit = getattr(publish_mod, "StateGroupCommit", None)
+    if group_commit is not None:
+        flush = group_commit._flush
+
+        def traced_flush(self: Any) -> None:
+            sends = self.sends
+            flush(self)
+            if self.sends != sends:
+                emit({"k": "states", "t": now(), "sends": self.sends, "batches": self.batches})
+
+        group_commit._flush = traced_flush
 
 
 def _profile_threads(prefix: str) -> None:
@@ -229,19 +245,34 @@ def _stats_writer(emit: Any) -> Any:
 def _print_stats(path: Path, seconds: float) -> None:
     """Each producer's requests per second and its latencies (librdkafka stats, last window)."""
     by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    states: dict[str, Any] = {}
+    batch_times: list[float] = []
     for line in path.read_text().splitlines():
         doc = orjson.loads(line)
         if doc.get("k") == "stats":
             by_name[doc["name"]].append(doc)
+        elif doc.get("k") == "states":
+            states = doc
+        elif doc.get("k") == "batch" and "in" in doc:
+            batch_times.append(doc["in"])
+    if states:  # the run states' group commit (processors/publish_states.py)
+        print(
+            f"  run states: {states['sends']:,} sends for {states['batches']:,} batches "
+            f"({states['batches'] / max(states['sends'], 1):.2f} batches a send)"
+        )
     for name, rows in by_name.items():
         if len(rows) < 3:
             continue
         a, b = rows[max(0, len(rows) - 1 - int(seconds))], rows[-1]
         span = b["t"] - a["t"]
         reqs, msgs = b["produce_requests"] - a["produce_requests"], b["msgs"] - a["msgs"]
+        batches = sum(a["t"] <= t < b["t"] for t in batch_times)
+        per_batch = (
+            f", {reqs / batches:.1f} a batch ({batches / span:,.0f} batches/s)" if batches else ""
+        )
         print(
             f"  {name}: {reqs / span:,.0f} produce requests/s, "
-            f"{msgs / max(reqs, 1):.1f} records each"
+            f"{msgs / max(reqs, 1):.1f} records each" + per_batch
         )
         for m in ("int_latency", "outbuf_latency", "rtt"):
             w = b[f"{m}_us"]
