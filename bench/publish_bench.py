@@ -101,7 +101,10 @@ def _phase(args: argparse.Namespace) -> dict[str, Any]:
                         raw,
                     )
                 )
-            return proc.process(records, datetime.now(UTC))
+            out = proc.process(records, datetime.now(UTC))
+            if args.no_states:  # the experiment: what the run states' sends cost in requests
+                out.changed, out.encoded = {}, {}
+            return out
 
         async def drive() -> list[float]:
             loop = asyncio.get_running_loop()
@@ -178,10 +181,12 @@ def main() -> None:
     ap.add_argument(
         "--sides",
         default="baton,before",
-        help="baton, before (needs --before-pythonpath), dir:DIR (Baton from DIR/baton), or "
-        'conf:JSON (this checkout, producer properties added, e.g. conf:{"linger.ms":2})',
+        help="baton, before (needs --before-pythonpath), dir:DIR (Baton from DIR/baton), "
+        'conf:JSON (this checkout, producer properties added, e.g. conf:{"linger.ms":2}), '
+        "nostates (this checkout writing no run states: what they cost in requests)",
     )
     ap.add_argument("--producer-conf", default="{}", help=argparse.SUPPRESS)
+    ap.add_argument("--no-states", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--phase", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
@@ -202,11 +207,14 @@ def main() -> None:
             cmd += ["--events", str(args.events), "--runs", str(args.runs)]
             if side.startswith("conf:"):
                 cmd += ["--producer-conf", side[5:]]
+            if side == "nostates":
+                cmd += ["--no-states"]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             rows.append((r + 1, side, orjson.loads(done.stdout.strip().splitlines()[-1])))
             print(f"round {r + 1}: {side} done", file=sys.stderr)
     print(
-        "| round | side   | requests/s | records each | requests a batch | queue p50 ms "
+        "| round | side   | reader p50 ms | reader p99 ms | requests/s | records each "
+        "| requests a batch | queue p50 ms "
         "| rtt p50 ms | durable p50 ms | durable p99 ms | CPU s | batches a state send |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
