@@ -114,7 +114,10 @@ def measure(n: int, mode: str = "decoded", long: bool = False) -> dict[str, floa
     states = RunStore(
         SimpleNamespace(data=SimpleNamespace(data=store, _key_partition=key_partition)), PARTITIONS
     )
-    proc = BatchProcessor(policy, PARTITIONS, states, worker="w-1", chain_key=b"k" * 32)
+    # max_runs: the worker's own limit (500,000 by default) would stop the runs past it
+    proc = BatchProcessor(
+        policy, PARTITIONS, states, worker="w-1", chain_key=b"k" * 32, max_runs=n + 1
+    )
     due = DueIndex(retention_s=3600.0, tombstone_retention_s=86_400.0)
     offsets = [0] * PARTITIONS
     chunk = 1000 if not long else 300
