@@ -70,12 +70,14 @@ def check_handoff(
     outcome, reason and detail. ``node``: the task's, if it has one; ``depth``: the task's
     computed depth; ``gate`` False skips the approval gate (the handoff was just granted)."""
     rules = ctx.rules
+    # a rule that cannot apply is not called (a call costs more than most rules' checks):
+    # no kill switch, a run neither closed nor evicted, no decide_by, a new task, no estimate
     refusal = (
-        killed_rule(st, ctx.kills)
-        or run_closed_rule(st)
-        or (request_expired_rule(req, ctx.now) if gate else None)
-        or run_evicted_rule(st)
-        or ownership_rule(req, node)
+        (killed_rule(st, ctx.kills) if ctx.kills is not NO_KILLS else None)
+        or (run_closed_rule(st) if st.finished or st.stopped is not None else None)
+        or (request_expired_rule(req, ctx.now) if gate and req.decide_by is not None else None)
+        or (run_evicted_rule(st) if st.evicted_at is not None else None)
+        or (ownership_rule(req, node) if node is not None else None)
         or (role_rule(req, rules) if rules.roles else None)
         or agent_limit_rule(st, req, rules)
         or handoff_limit_rule(st, rules)
@@ -83,7 +85,11 @@ def check_handoff(
         or (cycle_rule(st, req) if rules.detect_delegation_cycles else None)
         or (bounce_rule(st, req, rules.max_bounces) if rules.max_bounces is not None else None)
         or budget_exhausted(st, rules, ctx.now_ts)
-        or estimate_over(st, req, rules)
+        or (
+            estimate_over(st, req, rules)
+            if req.estimated_usd is not None or req.estimated_tool_calls is not None
+            else None
+        )
         or (tool_rule(req, rules) if rules.tools_checked else None)
     )
     if refusal:
