@@ -29,7 +29,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from baton.processors.engine import rules_for
 from baton.processors.recorded import REPLAY_COLUMNS, Recorded
 from baton.processors.replay_report import Change, ReplayReport, RunOutcome, label, usd
-from baton.processors.replay_steps import Replayer, faithful, is_partial, step_context, steps
+from baton.processors.replay_steps import (
+    Replayer,
+    faithful,
+    is_partial,
+    new_chain,
+    step_context,
+    steps,
+)
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.events import (
@@ -115,6 +122,7 @@ def replay_run(
     shared = True
     same: dict[str, bool] = {}
     n = 0
+    chained = False
     for recs in steps(run):
         n += 1
         first = recs[0]
@@ -122,6 +130,9 @@ def replay_run(
         event = parse_event(text.encode(), run_key) if text is not None else None
         before = recorded.state
         context = step_context(recs)
+        if chained and new_chain(recs, chained):
+            context = context._replace(anew=True)
+        chained = chained or any(r.chain_hash is not None for r in recs)
         version = first.policy_version
         as_recorded = recorded.step(recs, event, context, policies[version])
         if shared:
@@ -190,12 +201,16 @@ def rebuild_run(
     the replay reproduced every recorded decision (the state is then the worker's)."""
     replayer = Replayer(chain_key)
     reproduced = True
+    chained = False
     run_key = run[0].run_id.encode()
     for recs in steps(run):
         first = recs[0]
         text = first.input
         event = parse_event(text.encode(), run_key) if text is not None else None
         context = step_context(recs)
+        if chained and new_chain(recs, chained):
+            context = context._replace(anew=True)
+        chained = chained or any(r.chain_hash is not None for r in recs)
         again = replayer.step(recs, event, context, policies[first.policy_version])
         if reproduced:
             reproduced = len(again) == len(recs) and all(

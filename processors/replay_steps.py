@@ -32,7 +32,15 @@ from baton.schemas.decision import Decision, Reason
 from baton.schemas.events import RunEvent
 from baton.schemas.policy import Policy
 
-__all__ = ["Replayer", "StepContext", "faithful", "is_partial", "step_context", "steps"]
+__all__ = [
+    "Replayer",
+    "StepContext",
+    "faithful",
+    "is_partial",
+    "new_chain",
+    "step_context",
+    "steps",
+]
 
 #: refusals of the worker's own, not of its policy: replayed as refusals under both policies
 _WORKER_REFUSALS = frozenset({Reason.WORKER_RUN_LIMIT.value, Reason.RUN_STATE_LIMIT.value})
@@ -44,7 +52,8 @@ _AUDIT_UNVERIFIED = Reason.AUDIT_UNVERIFIED.value
 #: what the worker's sweep decides (no input: replayed as a timer step)
 _TIMER_REASONS = frozenset({Reason.APPROVAL_EXPIRED.value, Reason.RESERVATION_EXPIRED.value})
 #: the reasons step_context looks for (a step with none of them is decided plainly)
-_NOT_POLICY = _WORKER_REFUSALS | {_KILLED, _AUDIT_UNVERIFIED}
+_RUN_EXPIRED = Reason.RUN_EXPIRED.value
+_NOT_POLICY = _WORKER_REFUSALS | {_KILLED, _AUDIT_UNVERIFIED, _RUN_EXPIRED}
 #: the what-if replayer's mark on a decision it made (in place of a chain link): a reply
 #: answered again from the state is marked already, so it is not taken for a new decision
 _DECIDED_HERE = "replayed"
@@ -79,6 +88,12 @@ class StepContext(NamedTuple):
     origin: Origin
     #: `baton up` restored the run stopped here (audit_unverified)
     unverified: bool
+    #: the worker's sweep had evicted the run to its tombstone (a stop run_expired): the
+    #: worker's run retention, not policy, and recorded by nothing else
+    evicted: bool = False
+    #: the step starts a new chain after the run had one: the worker had forgotten the run's
+    #: tombstone (its retention) and decided the run id as a new run's (see new_chain)
+    anew: bool = False
 
 
 def step_context(recs: list[Recorded]) -> StepContext:
@@ -86,8 +101,8 @@ def step_context(recs: list[Recorded]) -> StepContext:
     first = recs[0]
     origin = _new_origin(Origin, (first.worker, first.partition, first.offset))
     if len(recs) == 1 and first.reason not in _NOT_POLICY:  # most steps: one plain decision
-        return _new_context(StepContext, (NO_KILLS, None, origin, False))
-    kills, refusal, unverified = NO_KILLS, None, False
+        return _new_context(StepContext, (NO_KILLS, None, origin, False, False, False))
+    kills, refusal, unverified, evicted = NO_KILLS, None, False, False
     for r in recs:
         reason = r.reason
         if reason == _KILLED:
@@ -96,7 +111,9 @@ def step_context(recs: list[Recorded]) -> StepContext:
             refusal = r
         elif reason == _AUDIT_UNVERIFIED:
             unverified = True
-    return StepContext(kills, refusal, origin, unverified)
+        elif reason == _RUN_EXPIRED:
+            evicted = True
+    return StepContext(kills, refusal, origin, unverified, evicted)
 
 
 def is_partial(run: list[Recorded], policies: dict[str, Policy]) -> str | None:
@@ -122,6 +139,12 @@ def faithful(rec: Recorded, d: Decision | None) -> bool:
     return d.outcome == rec.outcome and d.reason == rec.reason
 
 
+def new_chain(recs: list[Recorded], chained: bool) -> bool:
+    """The step ``recs`` starts a new chain although the run's earlier steps (``chained``:
+    one of them was linked) had one: the worker decided it on a new run's state."""
+    return chained and recs[0].chain_prev == ""
+
+
 class Replayer:
     """Decides one run's steps in order, like the worker (under the policy each step names)."""
 
@@ -144,8 +167,12 @@ class Replayer:
         """The step's decisions made now (not the replies re-emitted from the state)."""
         first = recs[0]
         now = first.decided_at
-        kills, refusal, origin, unverified = context
+        kills, refusal, origin, unverified, evicted, anew = context
         before = self.state
+        if anew:
+            self.state = before = None
+        if evicted and before is not None and before.evicted_at is None:
+            self.state = before = before.tombstone(now.timestamp())
         if unverified and before is not None and before.stopped is None:
             self.state = before = before.copy()
             before.stopped = _AUDIT_UNVERIFIED
