@@ -36,6 +36,7 @@ from baton.streams.sdk.channel import RequestChannel
 from baton.streams.sdk.options import ClientOptions
 from tests.helpers import handoff
 from tests.unit.test_engine_support import at, seed_policy
+from tests.unit.test_engine_support import completed as unit_completed
 from tests.unit.test_engine_support import handoff as unit_handoff
 from tests.unit.test_state_idle import NOW, _record, _store, _Worker
 
@@ -266,6 +267,21 @@ def test_a_late_handoff_to_a_run_the_sweep_evicted_replays_as_recorded() -> None
         ]
     )
     assert [r.reason for r in rows] == ["ok", "run_expired"]
+    assert _replayed(policy, rows) == []
+
+
+def test_a_late_cost_report_to_a_run_the_sweep_evicted_replays_as_recorded() -> None:
+    """A tombstone still counts a late cost ("a later cost still counts"), decided on what
+    eviction kept (no task tree, no reservation): replay decided the report on the live run
+    (same outcome, other fields: its chain did not match), 'not reproduced', exit 7; replay
+    tombstones the run only at a step recorded stop run_expired, and a report is none."""
+    policy, rows = _recorded_with_sweeps(
+        [
+            (unit_handoff("h1", "t1", "planner", "researcher", t=0), at(0), ()),
+            (unit_completed("h1", "t1", "researcher", 0.5, t=3700), at(3700), (3650.0,)),
+        ]
+    )
+    assert [r.reason for r in rows] == ["ok", "within_budget"]
     assert _replayed(policy, rows) == []
 
 
