@@ -175,6 +175,8 @@ class RunStore(MutableMapping[bytes, RunState]):
         self._data: dict[bytes, RunState | bytes] = store.data
         self._key_partition: dict[bytes, int] = store._key_partition
         self._partitions = partitions
+        #: keys decoded from bytes since the sweep last took them (``take_revived``)
+        self._revived: list[bytes] = []
 
     def __getitem__(self, key: bytes) -> RunState:
         value = self.get(key)
@@ -186,8 +188,9 @@ class RunStore(MutableMapping[bytes, RunState]):
         value = self._data.get(key)
         if value is None:
             return default
-        if isinstance(value, bytes):  # restored from the changelog by Faust's recovery
+        if isinstance(value, bytes):  # held by the sweep, or restored by Faust's recovery
             value = self._data[key] = RunState.from_bytes(value)
+            self._revived.append(key)
         return value
 
     def __setitem__(self, key: bytes, value: RunState) -> None:
@@ -208,6 +211,12 @@ class RunStore(MutableMapping[bytes, RunState]):
         value = self._data.get(key)
         if value is not None and not isinstance(value, bytes):
             self._data[key] = hold(value.to_bytes())
+
+    def take_revived(self) -> list[bytes]:
+        """The keys decoded from bytes since the last call: a run read without a change
+        (a retry answered from its state, a refusal) is idle again from its last event."""
+        revived, self._revived = self._revived, []
+        return revived
 
     def __delitem__(self, key: bytes) -> None:
         del self._data[key]

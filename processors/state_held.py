@@ -36,6 +36,8 @@ HELD_MARK = 0
 #: no state record may pass 900,000 bytes (settings.run_state_max_bytes); a held one stating
 #: more is refused before anything is inflated
 MAX_RECORD = 1 << 20
+#: the shortest record there is (``{}``): a held one stating less is refused uninflated
+_MIN_RECORD = 2
 #: this process's held records, and only they, carry it
 _TAG = secrets.token_bytes(4)
 _HEADER = 8  # mark, tag, length
@@ -102,8 +104,12 @@ def is_held(raw: bytes) -> bool:
 
 
 def record_size(raw: bytes) -> int:
-    """The length of the record ``raw`` is, held or not (no inflating)."""
-    return int.from_bytes(raw[5:_HEADER], "big") if is_held(raw) else len(raw)
+    """The length of the record ``raw`` is, held or not (no inflating). Only this process's
+    held records are taken at their word: a planted one (another tag, refused when read)
+    counts its own bytes, so it cannot fill the state budget with lengths it claims."""
+    if is_held(raw) and raw[1:5] == _TAG and len(raw) >= _HEADER:
+        return int.from_bytes(raw[5:_HEADER], "big")
+    return len(raw)
 
 
 def record_of(raw: bytes) -> bytes:
@@ -116,10 +122,12 @@ def record_of(raw: bytes) -> bytes:
             "this process: expected a JSON record"
         )
     size = record_size(raw)
-    if len(raw) < _HEADER or size > MAX_RECORD:
+    # ``decompress(data, 0)`` means no limit: a record stating 0 bytes is refused here
+    if len(raw) < _HEADER or not _MIN_RECORD <= size <= MAX_RECORD:
         raise ValueError(
             f"held run state of {len(raw)} bytes states a record of {size} bytes: "
-            f"expected an {_HEADER}-byte header and at most {MAX_RECORD} bytes"
+            f"expected an {_HEADER}-byte header and at least {_MIN_RECORD}, "
+            f"at most {MAX_RECORD} bytes"
         )
     unpacker = zlib.decompressobj(_WBITS, _ZDICT)
     try:

@@ -32,6 +32,8 @@ class HoldsRecords(Protocol):
 
     def hold_encoded(self, key: bytes) -> None: ...
 
+    def take_revived(self) -> list[bytes]: ...
+
 
 def sweep_due(
     proc: BatchProcessor,
@@ -90,8 +92,18 @@ def sweep_due(
     for key in later:
         due.push(key, now_ts + 1.0)
     if isinstance(states, HoldsRecords):
+        _note_revived(states, due)
         # as many as the sweep may decode (``limit``): after a rebalance it reads every
         # restored run once, and holding fewer would leave them decoded faster than held
         for key in due.idle_keys(now_ts, limit):
             states.hold_encoded(key)
     return out
+
+
+def _note_revived(states: HoldsRecords, due: DueIndex) -> None:
+    """Index the runs decoded since the last sweep and not changed (a changed run was
+    touched with its new state): otherwise a held run read once stays decoded for good."""
+    for key in states.take_revived():
+        state = states.get(key)  # type: ignore[attr-defined]
+        if state is not None and due.untouched(key):
+            due.touch(key, state)
