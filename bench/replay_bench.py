@@ -5,6 +5,9 @@ worker's batch step (inputs attached, chains linked), stores what it publishes i
 audit through the sink's own insert path, then measures on that audit, best of three:
 
 * read: the pages of every row a replay reads, decoded to rows (``read_pages``, ``page_rows``);
+* chain order: each run's rows checked against their hash chain (``in_chain_order``), as
+  read (in order: what every replay pays) and read backwards (each run reordered: what a
+  worker clock stepping back costs the runs it touched);
 * replay, other policy: reading + deciding every step twice (a stricter ``max_handoffs``, and
   the recorded policy as proof) - what `baton replay --policy stricter.yaml --jobs 1` does
   (``cli.replay_cmds.replay_audit``, the command's own path);
@@ -36,7 +39,7 @@ from baton.cli.replay_cmds import replay_audit
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.engine import decide
 from baton.processors.recorded import policy_in_force
-from baton.processors.replay import replay_runs, runs_of
+from baton.processors.replay import Recorded, in_chain_order, replay_runs, runs_of
 from baton.schemas.decision import Decision
 from baton.schemas.events import parse_event
 from baton.schemas.policy import DEFAULT_POLICY_YAML, Policy, load_policy, parse_policy
@@ -141,6 +144,22 @@ def main() -> None:
                 assert not report.unfaithful_runs and not report.partial
                 return report.decisions
 
+            runs = list(runs_of(rows))
+            #: every run read backwards: its chain disagrees, so each is reordered (the slow
+            #: path a worker clock stepping back sends a run down)
+            backwards = [run[::-1] for run in runs]
+
+            def chain_order(read: list[list[Recorded]]) -> Callable[[], int]:
+                def check() -> int:
+                    done = 0
+                    for run in read:
+                        ordered, broken = in_chain_order(run)
+                        assert broken is None
+                        done += len(ordered)
+                    return done
+
+                return check
+
             def decide_once() -> int:
                 states: dict[str, object] = {}
                 for row in rows:
@@ -152,6 +171,8 @@ def main() -> None:
 
             results = [
                 ("read the recorded decisions", best(read)),
+                ("chain order: each run as read, in order (the check)", best(chain_order(runs))),
+                ("chain order: each run read backwards (reordered)", best(chain_order(backwards))),
                 ("replay, other policy (2 decides/step)", best(replay(stricter))),
                 ("replay, tenant-only change (1 decide)", best(replay(other_tenant))),
                 (

@@ -279,6 +279,12 @@ def _exit(report: ReplayReport) -> None:
             f"(first: {unfaithful[0].run_id}, shown above): its answer cannot be trusted; "
             "is BATON_AUDIT_CHAIN_KEY the workers' key?"
         )
+    if report.broken:
+        raise ReplayFailed(
+            f"the decision chains of {len(report.broken)} runs are broken (first: "
+            f"{report.broken[0]}, listed above as partial): rows were deleted, inserted or "
+            "altered in the audit, so its answer cannot be trusted; check `baton audit verify`"
+        )
     if not report.runs and report.partial:
         raise ReplayFailed(
             f"none of the {len(report.partial)} runs in scope could be replayed from its "
@@ -368,6 +374,7 @@ def _json(report: ReplayReport, policy: Policy, policies: dict[str, Policy], sec
             for r in report.changed_runs
         ],
         "partial": report.partial,
+        "broken": report.broken,
     }
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
 

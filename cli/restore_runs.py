@@ -33,7 +33,7 @@ from baton.cli.restart_notice import kill_records, lost_kill_scopes
 from baton.cli.restore_kills import MAX_RUN_ID, ends_killed, hold_lost_kills, keep_killed
 from baton.cli.restore_write import reissue, write_changelog
 from baton.processors.engine import STICKY_REASONS, evict
-from baton.processors.replay import Recorded, is_partial, rebuild_run, runs_of
+from baton.processors.replay import Recorded, in_chain_order, is_partial, rebuild_run, runs_of
 from baton.processors.state import RunState
 from baton.schemas.decision import Reason
 from baton.schemas.policy import Policy
@@ -126,6 +126,8 @@ class _Rebuilt:
     killed: set[str] = field(default_factory=set)
     #: run ids no event can carry (forged rows): not restored, named
     impossible: list[str] = field(default_factory=list)
+    #: "run: why" of runs whose decision chain is broken (a gap, a fork: restored stopped)
+    broken: list[str] = field(default_factory=list)
 
 
 def _rebuild(
@@ -144,6 +146,11 @@ def _rebuild(
             # the worker at whatever size its writer chose
             out.impossible.append(run_id)
             continue
+        # a gap or a fork: left in the read order, never put in a guessed one, and restored
+        # stopped (its replay cannot reproduce every hash of a broken chain)
+        run, broken = in_chain_order(run)
+        if broken is not None:
+            out.broken.append(f"{run_id}: {broken}")
         if ends_killed(run):
             out.killed.add(run_id)
         if is_partial(run, policies) is not None:
@@ -155,7 +162,7 @@ def _rebuild(
         except Exception:  # a recorded input that no longer parses
             out.unverified_counters.append(run_id)
             continue
-        if not faithful:
+        if not faithful or broken is not None:
             if state is None:  # the replay kept nothing: the counters say what is known
                 out.unverified_counters.append(run_id)
                 continue
@@ -187,6 +194,12 @@ def _say_what_was_not_verified(
             f"({names}): each is restored STOPPED (audit_unverified), never reopened. Their "
             "audit rows may be forged or altered (check `baton audit verify --run RUN`), or "
             "BATON_AUDIT_CHAIN_KEY is not the workers', or another Baton version decided them"
+        )
+    if rebuilt.broken:
+        say(
+            f"restore: WARNING: the decision chains of {len(rebuilt.broken)} runs are broken "
+            f"(first: {rebuilt.broken[0]}): rows were deleted, inserted or altered; each is "
+            "restored STOPPED (audit_unverified)"
         )
     if rebuilt.partial:
         say(f"restore: {len(rebuilt.partial)} runs restored from their counters only (no inputs)")

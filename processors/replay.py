@@ -1,7 +1,9 @@
 """Recorded history decided again with the pure engine, under a new policy and the recorded one.
 
-Input: each run's recorded decisions in the order they were made (:class:`Recorded`, one per
-audit row: the event the engine read is in ``input``, see ``processors.recorded``). They are
+Input: each run's recorded decisions (:class:`Recorded`, one per audit row: the event the
+engine read is in ``input``, see ``processors.recorded``), put in the order they were made by
+their hash chain where the read order (the worker's clock) disagrees with it
+(``processors.replay_order``). They are
 cut into *steps* (one engine call each) and each step is decided twice from the run's start
 by ``processors.replay_steps`` (the engine call the worker made, at the recorded time):
 
@@ -16,10 +18,12 @@ its run killed under both policies (they are replayed as recorded). Inputs are r
 recorded: after a run's first difference its later steps say what the new policy would have
 answered to the same requests (an orchestrator told ``stop`` may have sent others).
 
-Not replayed: runs whose history does not start in what was read (trimmed by retention, or
-started before ``--since``: their first chained decision names a predecessor) and runs with a
-decision that records no input (written before inputs were recorded): reported as partial,
-never decided from the middle.
+Not replayed: runs whose chain is broken (a gap, a fork: a row deleted, inserted or
+altered; also listed in ``ReplayReport.broken``: the report cannot be trusted), runs whose
+history does not start in what was read (trimmed by retention, or started before
+``--since``: their first chained decision names a predecessor) and runs with a decision that
+records no input (written before inputs were recorded): reported as partial, never decided
+from the middle.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from baton.processors.engine import rules_for
 from baton.processors.recorded import REPLAY_COLUMNS, Recorded
+from baton.processors.replay_order import in_chain_order
 from baton.processors.replay_report import Change, ReplayReport, RunOutcome, label, usd
 from baton.processors.replay_steps import (
     Replayer,
@@ -54,6 +59,7 @@ __all__ = [
     "Recorded",
     "ReplayReport",
     "RunOutcome",
+    "in_chain_order",
     "is_partial",
     "label",
     "rebuild_run",
@@ -229,11 +235,16 @@ def replay_runs(
     """Replay every run of ``runs`` (see the module docstring); ``progress(runs, decisions)``
     is called every 1,000 runs. A run whose history cannot be replayed is partial, named
     with the reason (a recorded input that does not parse, a row that breaks the engine):
-    one hostile row in the audit never ends the replay of the others."""
+    one hostile row in the audit never ends the replay of the others; a run whose chain is
+    broken is partial and also listed in ``report.broken``."""
     report = ReplayReport()
     decisions = 0
     for run in runs:
-        why = is_partial(run, policies)
+        run, why = in_chain_order(run)
+        if why is not None:
+            report.broken.append(run[0].run_id)
+        else:
+            why = is_partial(run, policies)
         if why is None:
             try:
                 result = replay_run(run, new_policy, policies, chain_key)

@@ -60,6 +60,8 @@ class ReplayReport:
     partial: dict[str, str] = field(default_factory=dict)
     #: "recorded → replayed" -> how many decisions, over every run
     transitions: Counter[str] = field(default_factory=Counter)
+    #: partial runs whose decision chain is broken (a gap, a fork): the audit was altered
+    broken: list[str] = field(default_factory=list)
 
     @property
     def decisions(self) -> int:
@@ -85,4 +87,5 @@ class ReplayReport:
         """Append ``part`` (the runs read after this report's)."""
         self.runs.extend(part.runs)
         self.partial.update(part.partial)
+        self.broken.extend(part.broken)
         self.transitions.update(part.transitions)
