@@ -35,6 +35,7 @@ from baton.processors.recorded import REPLAY_COLUMNS, Recorded
 from baton.processors.replay_order import in_chain_order
 from baton.processors.replay_report import Change, ReplayReport, RunOutcome, label, usd
 from baton.processors.replay_steps import (
+    RUN_RETENTION_S,
     Replayer,
     faithful,
     is_partial,
@@ -115,13 +116,18 @@ def _handoff(event: object | None) -> str:
 
 
 def replay_run(
-    run: list[Recorded], new_policy: Policy, policies: dict[str, Policy], chain_key: bytes
+    run: list[Recorded],
+    new_policy: Policy,
+    policies: dict[str, Policy],
+    chain_key: bytes,
+    retention_s: float = RUN_RETENTION_S,
 ) -> RunOutcome:
-    """Decide ``run`` (a whole recorded history) again, under ``new_policy`` and as recorded."""
+    """Decide ``run`` (a whole recorded history) again, under ``new_policy`` and as recorded
+    (``retention_s``: the workers' run retention, see ``replay_steps.Replayer``)."""
     outcome = RunOutcome(run[0].run_id)
     run_key = outcome.run_id.encode()
-    recorded = Replayer(chain_key)
-    new = Replayer(b"", proof=False)
+    recorded = Replayer(chain_key, retention_s=retention_s)
+    new = Replayer(b"", proof=False, retention_s=retention_s)
     #: request ids allowed as recorded and stopped under the new policy
     stopped_now: set[str] = set()
     #: both replays are one while the new policy's rules for the run equal the recorded ones
@@ -141,6 +147,8 @@ def replay_run(
         chained = chained or any(r.chain_hash is not None for r in recs)
         version = first.policy_version
         as_recorded = recorded.step(recs, event, context, policies[version])
+        if recorded.evicted:  # the worker's sweep, not policy: the new policy's replay too
+            context = context._replace(evicted=True)
         if shared:
             if version not in same:
                 state = recorded.state or before
@@ -201,11 +209,14 @@ def _compare(
 
 
 def rebuild_run(
-    run: list[Recorded], policies: dict[str, Policy], chain_key: bytes
+    run: list[Recorded],
+    policies: dict[str, Policy],
+    chain_key: bytes,
+    retention_s: float = RUN_RETENTION_S,
 ) -> tuple[RunState | None, bool]:
     """The state ``run``'s recorded history leaves (under the recorded policies), and whether
     the replay reproduced every recorded decision (the state is then the worker's)."""
-    replayer = Replayer(chain_key)
+    replayer = Replayer(chain_key, retention_s=retention_s)
     reproduced = True
     chained = False
     run_key = run[0].run_id.encode()
@@ -231,6 +242,7 @@ def replay_runs(
     policies: dict[str, Policy],
     chain_key: bytes = b"",
     progress: Callable[[int, int], None] | None = None,
+    retention_s: float = RUN_RETENTION_S,
 ) -> ReplayReport:
     """Replay every run of ``runs`` (see the module docstring); ``progress(runs, decisions)``
     is called every 1,000 runs. A run whose history cannot be replayed is partial, named
@@ -247,7 +259,7 @@ def replay_runs(
             why = is_partial(run, policies)
         if why is None:
             try:
-                result = replay_run(run, new_policy, policies, chain_key)
+                result = replay_run(run, new_policy, policies, chain_key, retention_s)
             except EventError as exc:
                 why = f"a recorded input does not parse any more: {exc}"
             except Exception as exc:  # one run's history must not end the replay of all

@@ -54,6 +54,9 @@ _TIMER_REASONS = frozenset({Reason.APPROVAL_EXPIRED.value, Reason.RESERVATION_EX
 #: the reasons step_context looks for (a step with none of them is decided plainly)
 _RUN_EXPIRED = Reason.RUN_EXPIRED.value
 _NOT_POLICY = _WORKER_REFUSALS | {_KILLED, _AUDIT_UNVERIFIED, _RUN_EXPIRED}
+#: the workers' default run retention (schemas.settings ``run_retention_s``; a test keeps
+#: them equal): `baton replay` and `baton up`'s restore pass the workers' own setting
+RUN_RETENTION_S = 3600.0
 #: the what-if replayer's mark on a decision it made (in place of a chain link): a reply
 #: answered again from the state is marked already, so it is not taken for a new decision
 _DECIDED_HERE = "replayed"
@@ -148,14 +151,21 @@ def new_chain(recs: list[Recorded], chained: bool) -> bool:
 class Replayer:
     """Decides one run's steps in order, like the worker (under the policy each step names)."""
 
-    __slots__ = ("chain_key", "proof", "state")
+    __slots__ = ("chain_key", "evicted", "proof", "retention_s", "state")
 
-    def __init__(self, chain_key: bytes, proof: bool = True) -> None:
+    def __init__(
+        self, chain_key: bytes, proof: bool = True, retention_s: float = RUN_RETENTION_S
+    ) -> None:
         self.chain_key = chain_key
         #: True: link the chain with the inputs as the worker did (the recorded policy's
         #: replay, compared field by field); False: the new policy's, compared on outcomes
         self.proof = proof
+        #: the workers' run retention (BATON_RUN_RETENTION_S): when their sweep evicts
+        self.retention_s = retention_s
         self.state: RunState | None = None
+        #: the last step was decided on the tombstone this replayer made of the run before
+        #: it (the proof's finding; the new policy's replay is told through the context)
+        self.evicted = False
 
     def step(
         self,
@@ -165,14 +175,62 @@ class Replayer:
         policy: Policy,
     ) -> list[Decision]:
         """The step's decisions made now (not the replies re-emitted from the state)."""
+        before = None if context.anew else self.state
+        self.evicted = False
+        if before is None or before.evicted_at is not None or event is None:
+            return self._decide(recs, event, context, policy, before)
+        if self.proof and context.refusal is None and (context.evicted or not before.pending):
+            return self._swept(recs, event, context, policy, before)
+        if context.evicted:  # the proof found the run evicted here: so was it under any policy
+            self.evicted = True
+            before = _tombstone(before, recs[0].decided_at.timestamp(), self.retention_s)
+        return self._decide(recs, event, context, policy, before)
+
+    def _swept(
+        self,
+        recs: list[Recorded],
+        event: RunEvent,
+        context: StepContext,
+        policy: Policy,
+        live: RunState,
+    ) -> list[Decision]:
+        """The step decided on what the worker's sweep left of ``live`` (no approval
+        pending, so the sweep may have evicted it): its tombstone when the run was due
+        (idle for the retention) or a stop run_expired says so, else the live run; the
+        other one when only the other reproduces the recorded decisions. Their chain
+        hashes cover every field, so a match is the worker's own state: a worker that was
+        down or behind past the due time decided on the live run, one with a shorter
+        retention evicted earlier. When both match, or neither, the first stands: a later
+        step the worker decided on the other state then shows as not reproduced."""
+        now_ts = recs[0].decided_at.timestamp()
+        due = context.evicted or now_ts - live.last_event_at >= self.retention_s
+        first = _tombstone(live, now_ts, self.retention_s) if due else live
+        fresh = self._decide(recs, event, context, policy, first)
+        if _reproduces(recs, fresh):
+            self.evicted = due
+            return fresh
+        kept = self.state
+        other = live if due else _tombstone(live, now_ts, self.retention_s)
+        again = self._decide(recs, event, context, policy, other)
+        if _reproduces(recs, again):
+            self.evicted = not due
+            return again
+        self.state, self.evicted = kept, due
+        return fresh
+
+    def _decide(
+        self,
+        recs: list[Recorded],
+        event: RunEvent | None,
+        context: StepContext,
+        policy: Policy,
+        before: RunState | None,
+    ) -> list[Decision]:
+        """The step's decisions made on ``before`` (which becomes ``self.state``'s past)."""
         first = recs[0]
         now = first.decided_at
-        kills, refusal, origin, unverified, evicted, anew = context
-        before = self.state
-        if anew:
-            self.state = before = None
-        if evicted and before is not None and before.evicted_at is None:
-            self.state = before = before.tombstone(now.timestamp())
+        kills, refusal, origin, unverified, _, _ = context
+        self.state = before
         if unverified and before is not None and before.stopped is None:
             self.state = before = before.copy()
             before.stopped = _AUDIT_UNVERIFIED
@@ -213,3 +271,14 @@ class Replayer:
             # keep_links): the input is set for the link only
             link(new, fresh, self.chain_key, first.input)
         return fresh
+
+
+def _reproduces(recs: list[Recorded], decided: list[Decision]) -> bool:
+    """``decided`` is the step ``recs`` as recorded (see :func:`faithful`)."""
+    return len(decided) == len(recs) and all(map(faithful, recs, decided))
+
+
+def _tombstone(live: RunState, now_ts: float, retention_s: float) -> RunState:
+    """``live`` as the sweep evicted it before ``now_ts``: at its due time (the sweep runs
+    every second; the worker's exact time is not recorded), or now if that is earlier."""
+    return live.tombstone(min(live.last_event_at + retention_s, now_ts))

@@ -1,0 +1,53 @@
+"""Replay of runs the worker's sweep evicted: the eviction found from the time and the chain."""
+
+from __future__ import annotations
+
+import pytest
+
+from baton.processors.replay_steps import RUN_RETENTION_S
+from baton.schemas.settings import Settings
+from tests.unit.test_attacks_session4b import _recorded_with_sweeps, _replayed
+from tests.unit.test_engine_support import at, completed, finished, handoff
+
+pytestmark = pytest.mark.unit
+
+
+def test_replay_assumes_the_workers_default_run_retention() -> None:
+    assert Settings.model_fields["run_retention_s"].default == RUN_RETENTION_S
+
+
+def test_a_cost_reported_past_the_due_time_to_a_worker_that_had_not_swept_replays_live() -> None:
+    """A worker down or behind past the run's due time decided the late report on the live
+    run (its sweep waits for the backlog): the tombstone the time suggests does not give the
+    recorded hash, the live run does, and that is what replay takes."""
+    policy, rows = _recorded_with_sweeps(
+        [
+            (handoff("h1", "t1", "planner", "researcher", t=0), at(0), ()),
+            (completed("h1", "t1", "researcher", 0.5, t=3700), at(3700), ()),
+        ]
+    )
+    assert [r.reason for r in rows] == ["ok", "within_budget"]
+    assert _replayed(policy, rows) == []
+
+
+def test_a_handoff_to_a_finished_run_answered_alike_either_way_is_settled_by_the_next_step() -> (
+    None
+):
+    """Past the due time a handoff to a finished run is stopped run_finished the same on the
+    live run and on its tombstone: the history cannot tell them apart there, and replay takes
+    the tombstone (the run was due). Where the worker had swept, that is exact; where it had
+    not (down, behind), the next step it decided on the live run (a report of the task the
+    tombstone forgot) shows as not reproduced: a wrong guess is a difference, never a
+    silent pass."""
+    timed = [
+        (handoff("h1", "t1", "planner", "researcher", t=0), at(0), ()),
+        (finished(t=10), at(10), ()),
+        (handoff("h2", "t9", "planner", "coder", t=4000), at(4000), ()),
+        (completed("h1", "t1", "researcher", 0.5, t=4020), at(4020), ()),
+    ]
+    policy, rows = _recorded_with_sweeps([*timed[:2], (*timed[2][:2], (3650.0,)), timed[3]])
+    assert [r.reason for r in rows][2:] == ["run_finished", "within_budget"]
+    assert _replayed(policy, rows) == []
+    policy, rows = _recorded_with_sweeps(timed)  # no sweep ran: the worker kept the run
+    assert [r.reason for r in rows][2:] == ["run_finished", "within_budget"]
+    assert _replayed(policy, rows) == [(4, "recorded:within_budget", "recorded:within_budget")]
