@@ -25,6 +25,7 @@ from baton.cli.options import KAFKA_CONNECTION, build_settings, group_variables,
 from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
 from baton.processors.replay import ReplayReport, RunOutcome
 from baton.processors.replay_pool import prefetched, replay_pieces
+from baton.processors.replay_steps import RUN_RETENTION_S
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
 
@@ -173,10 +174,13 @@ def replay_cmd(
         label = f"Kafka at {settings.bootstrap} (baseline {baseline.version})"
     else:
         settings = audit_settings(clickhouse_dsn, data_dir)
-        key_setting = build_settings().audit_chain_key
+        workers = build_settings()  # the workers' chain key and run retention
+        key_setting = workers.audit_chain_key
         key = key_setting.get_secret_value().encode() if key_setting else b""
         scope = _scope(start, to, run_id, tenant)
-        report, policies, refused, label = _replay(settings, scope, new_policy, key, jobs)
+        report, policies, refused, label = _replay(
+            settings, scope, new_policy, key, jobs, workers.run_retention_s
+        )
     seconds = time.monotonic() - began
     for line in refused:
         click.echo(f"baton replay: {line}; not used", err=True)
@@ -198,7 +202,7 @@ def _scope(
 
 
 def _replay(
-    settings: Any, scope: Any, new_policy: Policy, key: bytes, jobs: int
+    settings: Any, scope: Any, new_policy: Policy, key: bytes, jobs: int, retention_s: float
 ) -> tuple[ReplayReport, dict[str, Policy], list[str], str]:
     from baton.cli.audit_options import audit_client
     from baton.sinks.clickhouse import audit_errors, parse_dsn
@@ -207,7 +211,9 @@ def _replay(
     label = parse_dsn(settings.clickhouse_dsn).label
     with audit_client(settings) as client, audit_errors(label, "reading the recorded decisions"):
         policies, refused = read_policies(client)
-        report = replay_audit(client, scope, new_policy, policies, key, jobs, _Progress)
+        report = replay_audit(
+            client, scope, new_policy, policies, key, jobs, _Progress, retention_s
+        )
     return report, policies, refused, label
 
 
@@ -219,9 +225,11 @@ def replay_audit(
     key: bytes,
     jobs: int,
     progress: Callable[[int], _Progress] | None = None,
+    retention_s: float = RUN_RETENTION_S,
 ) -> ReplayReport:
     """The replay of ``scope``'s runs read from ``client``'s audit, with ``jobs`` processes
-    for a long one; ``progress(total rows)`` makes the progress bar."""
+    for a long one; ``progress(total rows)`` makes the progress bar; ``retention_s``: the
+    workers' run retention (when their sweep evicted an idle run)."""
     from baton.sinks.replay_source import page_rows, read_pages, split_page
 
     pages = read_pages(client, scope)
@@ -231,7 +239,9 @@ def replay_audit(
     rows = min(max(pages.rows // (jobs * 8), 1_000), 5_000)
     pieces = (piece for page in prefetched(pages.pages) for piece in split_page(page, rows))
     bar = progress(pages.rows) if progress is not None else None
-    report = replay_pieces(pieces, page_rows, new_policy, policies, key, jobs, bar)
+    report = replay_pieces(
+        pieces, page_rows, new_policy, policies, key, jobs, bar, retention_s=retention_s
+    )
     if bar is not None:
         bar.done()
     return report

@@ -22,6 +22,7 @@ partial, as in the audit replay.
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 
@@ -157,7 +158,8 @@ def replay_from_kafka(
     rows, policies = decide_topics(
         records, baseline, settings.partitions, catalog.approvals, catalog.control
     )
-    return replay_runs(runs_of(rows), new_policy, policies), policies
+    # decided here by the batch step alone: no sweep evicted a run, whatever its idle time
+    return replay_runs(runs_of(rows), new_policy, policies, retention_s=math.inf), policies
 
 
 def _tenant_of(rec: InputRecord) -> str | None:

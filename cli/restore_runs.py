@@ -158,7 +158,7 @@ def _rebuild(
             (out.unverified_counters if recorded_inputs else out.partial).append(run_id)
             continue
         try:
-            state, faithful = rebuild_run(run, policies, key)
+            state, faithful = rebuild_run(run, policies, key, settings.run_retention_s)
         except Exception:  # a recorded input that no longer parses
             out.unverified_counters.append(run_id)
             continue

@@ -30,13 +30,14 @@ from typing import Any, TypeVar
 
 from baton.processors.recorded import Recorded
 from baton.processors.replay import ReplayReport, replay_runs, runs_of
+from baton.processors.replay_steps import RUN_RETENTION_S
 from baton.schemas.policy import Policy
 
 __all__ = ["prefetched", "replay_parallel", "replay_pieces"]
 
 _T = TypeVar("_T")
 #: what a pool process replays under, set once by _start
-_job: tuple[Policy, dict[str, Policy], bytes, Callable[[Any], Iterable[Sequence[object]]]]
+_job: tuple[Policy, dict[str, Policy], bytes, Callable[[Any], Iterable[Sequence[object]]], float]
 
 
 def _start(
@@ -44,14 +45,17 @@ def _start(
     policies: dict[str, Policy],
     chain_key: bytes,
     decode: Callable[[Any], Iterable[Sequence[object]]],
+    retention_s: float = RUN_RETENTION_S,
 ) -> None:
     global _job
-    _job = (new_policy, policies, chain_key, decode)
+    _job = (new_policy, policies, chain_key, decode, retention_s)
 
 
 def _replay_piece(piece: Any) -> ReplayReport:
-    new_policy, policies, chain_key, decode = _job
-    return replay_runs(runs_of(decode(piece)), new_policy, policies, chain_key)
+    new_policy, policies, chain_key, decode, retention_s = _job
+    return replay_runs(
+        runs_of(decode(piece)), new_policy, policies, chain_key, retention_s=retention_s
+    )
 
 
 def _as_rows(piece: list[Sequence[object]]) -> list[Sequence[object]]:
@@ -67,12 +71,14 @@ def replay_pieces(
     jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
     wait: bool = False,
+    retention_s: float = RUN_RETENTION_S,
 ) -> ReplayReport:
     """``replay_runs`` over ``pieces`` (each whole runs in order, rows from ``decode(piece)``,
     a module-level function) with ``jobs`` processes (1: this one only); ``wait``: every
     piece to the pool (none replayed here while it starts)."""
     report = ReplayReport()
     decided = 0
+    job = (new_policy, policies, chain_key)
 
     def merge(part: ReplayReport) -> None:
         nonlocal decided
@@ -83,15 +89,13 @@ def replay_pieces(
 
     if jobs <= 1:
         for piece in pieces:
-            merge(replay_runs(runs_of(decode(piece)), new_policy, policies, chain_key))
+            merge(replay_runs(runs_of(decode(piece)), *job, retention_s=retention_s))
         return report
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["baton.processors.replay_pool", decode.__module__])
     started: list[Pool] = []
     starter = threading.Thread(
-        target=lambda: started.append(
-            ctx.Pool(jobs, _start, (new_policy, policies, chain_key, decode))
-        ),
+        target=lambda: started.append(ctx.Pool(jobs, _start, (*job, decode, retention_s))),
         daemon=True,
     )
     starter.start()
@@ -102,7 +106,7 @@ def replay_pieces(
     try:
         for piece in pieces:
             if not started:  # the pool is starting: this process replays the piece itself
-                merge(replay_runs(runs_of(decode(piece)), new_policy, policies, chain_key))
+                merge(replay_runs(runs_of(decode(piece)), *job, retention_s=retention_s))
                 continue
             while len(waiting) >= 2 * jobs:
                 merge(waiting.popleft().get())

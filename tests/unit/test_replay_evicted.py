@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from baton.cli.replay_kafka import decide_topics
+from baton.processors.batch import InputRecord
+from baton.processors.replay import replay_runs, runs_of
 from baton.processors.replay_steps import RUN_RETENTION_S
 from baton.schemas.settings import Settings
 from tests.unit.test_attacks_session4b import _recorded_with_sweeps, _replayed
-from tests.unit.test_engine_support import at, completed, finished, handoff
+from tests.unit.test_engine_support import at, completed, finished, handoff, seed_policy
 
 pytestmark = pytest.mark.unit
 
@@ -51,3 +56,28 @@ def test_a_handoff_to_a_finished_run_answered_alike_either_way_is_settled_by_the
     policy, rows = _recorded_with_sweeps(timed)  # no sweep ran: the worker kept the run
     assert [r.reason for r in rows][2:] == ["run_finished", "within_budget"]
     assert _replayed(policy, rows) == [(4, "recorded:within_budget", "recorded:within_budget")]
+
+
+def test_history_read_from_kafka_is_replayed_without_evictions() -> None:
+    """`--from-kafka` decides the topics' events by the batch step alone (no sweep): a run
+    idle past the retention was never evicted there, so its replay evicts nothing either
+    (with the retention, the handoff to the finished run below would be taken as the
+    tombstone's and the report after it 'not reproduced')."""
+    timed = [
+        handoff("h1", "t1", "planner", "researcher", t=0),
+        finished(t=10),
+        handoff("h2", "t9", "planner", "coder", t=4000),
+        completed("h1", "t1", "researcher", 0.5, t=4020),
+    ]
+    policy = seed_policy()
+    records = [
+        (int(event.event_time.timestamp() * 1000), "requests", _record(n, event))
+        for n, event in enumerate(timed)
+    ]
+    rows, policies = decide_topics(records, policy, 1, "approvals", "control")
+    assert replay_runs(runs_of(rows), policy, policies, retention_s=math.inf).unfaithful_runs == []
+    assert replay_runs(runs_of(rows), policy, policies).unfaithful_runs != []
+
+
+def _record(offset: int, event: object) -> InputRecord:
+    return InputRecord("requests", 0, offset, b"run-1", event.to_json())  # type: ignore[attr-defined]
