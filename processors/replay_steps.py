@@ -179,12 +179,29 @@ class Replayer:
         self.evicted = False
         if before is None or before.evicted_at is not None or event is None:
             return self._decide(recs, event, context, policy, before)
-        if self.proof and context.refusal is None and (context.evicted or not before.pending):
-            return self._swept(recs, event, context, policy, before)
-        if context.evicted:  # the proof found the run evicted here: so was it under any policy
-            self.evicted = True
-            before = _tombstone(before, recs[0].decided_at.timestamp(), self.retention_s)
-        return self._decide(recs, event, context, policy, before)
+        if not self.proof or context.refusal is not None:
+            if context.evicted:  # the proof found the run evicted here: under any policy
+                self.evicted = True
+                before = _tombstone(before, recs[0].decided_at.timestamp(), self.retention_s)
+            return self._decide(recs, event, context, policy, before)
+        if context.evicted:  # a stop run_expired: only a tombstone gives it
+            return self._swept(recs, event, context, policy, before, None, None)
+        fresh = self._decide(recs, event, context, policy, before)
+        if before.pending:  # an approval pending keeps a run from the sweep
+            return fresh
+        # most steps: not due, reproduced (one decision: a call of _reproduces costs more)
+        new = self.state
+        if new is not None and new.last_event_at > before.last_event_at:
+            now_ts = new.last_event_at  # the engine's now (timestamp() costs more)
+        else:
+            now_ts = recs[0].decided_at.timestamp()
+        if now_ts - before.last_event_at < self.retention_s and (
+            faithful(recs[0], fresh[0])
+            if len(recs) == 1 == len(fresh)
+            else _reproduces(recs, fresh)
+        ):
+            return fresh
+        return self._swept(recs, event, context, policy, before, fresh, now_ts)
 
     def _swept(
         self,
@@ -193,6 +210,8 @@ class Replayer:
         context: StepContext,
         policy: Policy,
         live: RunState,
+        live_fresh: list[Decision] | None,
+        now_ts: float | None,
     ) -> list[Decision]:
         """The step decided on what the worker's sweep left of ``live`` (no approval
         pending, so the sweep may have evicted it): its tombstone when the run was due
@@ -201,22 +220,31 @@ class Replayer:
         hashes cover every field, so a match is the worker's own state: a worker that was
         down or behind past the due time decided on the live run, one with a shorter
         retention evicted earlier. When both match, or neither, the first stands: a later
-        step the worker decided on the other state then shows as not reproduced."""
-        now_ts = recs[0].decided_at.timestamp()
-        due = context.evicted or now_ts - live.last_event_at >= self.retention_s
-        first = _tombstone(live, now_ts, self.retention_s) if due else live
-        fresh = self._decide(recs, event, context, policy, first)
-        if _reproduces(recs, fresh):
-            self.evicted = due
-            return fresh
-        kept = self.state
-        other = live if due else _tombstone(live, now_ts, self.retention_s)
-        again = self._decide(recs, event, context, policy, other)
-        if _reproduces(recs, again):
-            self.evicted = not due
-            return again
-        self.state, self.evicted = kept, due
-        return fresh
+        step the worker decided on the other state then shows as not reproduced.
+        ``live_fresh``: the step decided on ``live`` already (``self.state`` its result),
+        at ``now_ts``; None: not yet (a stop run_expired)."""
+        if live_fresh is None or now_ts is None:
+            now_ts = recs[0].decided_at.timestamp()
+            due = True
+            live_state = None
+        else:
+            due = now_ts - live.last_event_at >= self.retention_s
+            live_state = self.state
+        tomb_fresh = self._decide(
+            recs, event, context, policy, _tombstone(live, now_ts, self.retention_s)
+        )
+        if _reproduces(recs, tomb_fresh):
+            self.evicted = True
+            return tomb_fresh
+        tomb_state = self.state
+        if live_fresh is None:
+            live_fresh = self._decide(recs, event, context, policy, live)
+            live_state = self.state
+        if not due or _reproduces(recs, live_fresh):
+            self.state = live_state
+            return live_fresh
+        self.state, self.evicted = tomb_state, True
+        return tomb_fresh
 
     def _decide(
         self,
@@ -275,7 +303,11 @@ class Replayer:
 
 def _reproduces(recs: list[Recorded], decided: list[Decision]) -> bool:
     """``decided`` is the step ``recs`` as recorded (see :func:`faithful`)."""
-    return len(decided) == len(recs) and all(map(faithful, recs, decided))
+    if len(decided) != len(recs):
+        return False
+    if len(recs) == 1:  # most steps (map and all cost more than the comparison)
+        return faithful(recs[0], decided[0])
+    return all(map(faithful, recs, decided))
 
 
 def _tombstone(live: RunState, now_ts: float, retention_s: float) -> RunState:
