@@ -6,6 +6,11 @@ run's steps in order from its start with the step's recorded time as ``now``: ``
 ``refuse`` for a refusal of the worker's own (``worker_run_limit``, ``run_state_limit``:
 not policy, replayed as recorded), ``expire_approvals`` for a timer step (no input).
 
+The worker's sweep evicts a run idle for its run retention (no approval pending) to a
+tombstone and records nothing: the proof replayer decides a step after the run was due on
+its tombstone, and on the live run when only that reproduces the recorded decisions (a
+worker down or behind); the new policy's replayer evicts where the proof did.
+
 The proof replayer (``proof=True``, the recorded policy) links what it decides into the
 run's hash chain as the worker's batch step does: the chain covers each decision with its
 input, the state keeps the decision without it. So a matching ``chain_hash`` proves every
