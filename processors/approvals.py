@@ -164,7 +164,7 @@ def answered(
         detail=detail,
     )
     d.request_digest = digest = request_digest(req)
-    cover_digest(d, st.run_id, digest)
+    cover_digest(d, st, ctx, digest)
     return d
 
 
@@ -220,7 +220,7 @@ def expire_pending(st: RunState, ctx: DecisionContext) -> list[Decision]:
             detail=f"no decision within ttl {ctx.rules.ttl_seconds:g}s",
         )
         d.request_digest = digest = request_digest(req)
-        cover_digest(d, st.run_id, digest)
+        cover_digest(d, st, ctx, digest)
         st.remember(APPROVAL + approval_id, [d])
         out.append(d)
     return out

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 from baton.processors.policy_rules import TenantRules
-from baton.processors.state import RunState
+from baton.processors.state import SEEN_LIMIT, RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.events import HandoffRequested
 
@@ -22,12 +22,15 @@ if TYPE_CHECKING:
     from baton.processors.engine_control import KillSwitches
 
 __all__ = [
+    "FORGETFUL_MARK",
     "NEVER_SHADOWED",
     "NO_ORIGIN",
+    "TOMBSTONE_MARK",
     "DecisionContext",
     "Origin",
     "build_decision",
     "cover_digest",
+    "id_phase",
 ]
 
 #: stops that shadow mode never turns into allows: a kill switch, and the worker's own
@@ -90,10 +93,38 @@ class DecisionContext:
     digest: str | None = None
 
 
-def cover_digest(d: Decision, run_id: str, digest: str) -> None:
+#: the mark on the phase of a decision made on a run's tombstone, before its input's position
+TOMBSTONE_MARK = "@tombstone:"
+#: the same for a run that has forgotten dedup marks (more than SEEN_LIMIT keys decided)
+FORGETFUL_MARK = "@forgetful:"
+
+
+def id_phase(st: RunState, phase: Phase, origin: Origin) -> str:
+    """The phase text a decision of ``st`` is identified by: the phase's own word while the
+    run remembers every key it decided; on a tombstone, or on a run past SEEN_LIMIT keys,
+    the word, a mark and the input's partition and offset.
+
+    A run that forgot a key (a tombstone keeps none, a long run the newest SEEN_LIMIT) decides
+    a request sent again (a copied record, a retry) anew: under the first decision's id its
+    stop replaced that allow in the audit (a ReplacingMergeTree on decision_id). The phase
+    comes last in decision_id_for's text and a plain phase is a fixed word, so no decision of
+    a run that remembers can have a marked id, whatever its key; a redelivery of the record
+    (same partition and offset) gets the same id again, as the sink's dedup needs.
+    """
+    text = _PHASE_TEXT[phase]
+    if st.evicted_at is not None:
+        return f"{text}{TOMBSTONE_MARK}{origin.partition}:{origin.offset}"
+    if st.marks > SEEN_LIMIT:
+        return f"{text}{FORGETFUL_MARK}{origin.partition}:{origin.offset}"
+    return text
+
+
+def cover_digest(d: Decision, st: RunState, ctx: DecisionContext, digest: str) -> None:
     """Give ``d`` the id of its request id and ``digest`` (another request under the same id
     gets another decision id, so it never replaces this record in the audit)."""
-    d.decision_id = decision_id_for(run_id, f"{d.request_id}#{digest}", _PHASE_TEXT[d.phase])
+    d.decision_id = decision_id_for(
+        st.run_id, f"{d.request_id}#{digest}", id_phase(st, d.phase, ctx.origin)
+    )
 
 
 _new_decision = object.__new__
@@ -147,7 +178,11 @@ def build_decision(
     run_id = st.run_id
     key = f"{request_id}#{ctx.digest}" if request_id == ctx.request_id else request_id
     d = _new_decision(Decision)
-    d.decision_id = _decision_id(run_id, key, _PHASE_TEXT[phase])
+    if st.evicted_at is None and st.marks <= SEEN_LIMIT:  # id_phase, inline: per decision
+        phase_text = _PHASE_TEXT[phase]
+    else:
+        phase_text = id_phase(st, phase, origin)
+    d.decision_id = _decision_id(run_id, key, phase_text)
     d.request_id = request_id
     d.run_id = run_id
     d.tenant = st.tenant

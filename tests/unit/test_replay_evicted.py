@@ -35,34 +35,35 @@ def test_a_cost_reported_past_the_due_time_to_a_worker_that_had_not_swept_replay
     assert _replayed(policy, rows) == []
 
 
-def test_a_handoff_to_a_finished_run_answered_alike_either_way_is_settled_by_the_next_step() -> (
+def test_a_handoff_to_a_finished_run_past_the_due_time_replays_on_the_state_it_was_decided_on() -> (
     None
 ):
     """Past the due time a handoff to a finished run is stopped run_finished the same on the
-    live run and on its tombstone: the history cannot tell them apart there, and replay takes
-    the tombstone (the run was due). Where the worker had swept, that is exact; where it had
-    not (down, behind), the next step it decided on the live run (a report of the task the
-    tombstone forgot) shows as not reproduced: a wrong guess is a difference, never a
-    silent pass."""
+    live run and on its tombstone, but under another decision id (a tombstone's covers the
+    input's position, so a copied request never replaces its live decision in the audit):
+    the recorded id tells replay which state the worker decided it on, whether the worker had
+    swept (the tombstone) or not (down or behind: the live run, which still knows the task
+    the later report names)."""
     timed = [
         (handoff("h1", "t1", "planner", "researcher", t=0), at(0), ()),
         (finished(t=10), at(10), ()),
         (handoff("h2", "t9", "planner", "coder", t=4000), at(4000), ()),
         (completed("h1", "t1", "researcher", 0.5, t=4020), at(4020), ()),
     ]
-    policy, rows = _recorded_with_sweeps([*timed[:2], (*timed[2][:2], (3650.0,)), timed[3]])
-    assert [r.reason for r in rows][2:] == ["run_finished", "within_budget"]
-    assert _replayed(policy, rows) == []
-    policy, rows = _recorded_with_sweeps(timed)  # no sweep ran: the worker kept the run
-    assert [r.reason for r in rows][2:] == ["run_finished", "within_budget"]
-    assert _replayed(policy, rows) == [(4, "recorded:within_budget", "recorded:within_budget")]
+    policy, swept = _recorded_with_sweeps([*timed[:2], (*timed[2][:2], (3650.0,)), timed[3]])
+    assert [r.reason for r in swept][2:] == ["run_finished", "within_budget"]
+    assert _replayed(policy, swept) == []
+    policy, kept = _recorded_with_sweeps(timed)  # no sweep ran: the worker kept the run
+    assert [r.reason for r in kept][2:] == ["run_finished", "within_budget"]
+    assert swept[2].decision_id != kept[2].decision_id
+    assert _replayed(policy, kept) == []
 
 
 def test_history_read_from_kafka_is_replayed_without_evictions() -> None:
     """`--from-kafka` decides the topics' events by the batch step alone (no sweep): a run
-    idle past the retention was never evicted there, so its replay evicts nothing either
-    (with the retention, the handoff to the finished run below would be taken as the
-    tombstone's and the report after it 'not reproduced')."""
+    idle past the retention was never evicted there, so its replay evicts nothing either;
+    with the retention the decision ids (a tombstone's cover a tombstone mark) still tell
+    the live run's decisions from a tombstone's, so the replay is exact both ways."""
     timed = [
         handoff("h1", "t1", "planner", "researcher", t=0),
         finished(t=10),
@@ -76,7 +77,7 @@ def test_history_read_from_kafka_is_replayed_without_evictions() -> None:
     ]
     rows, policies = decide_topics(records, policy, 1, "approvals", "control")
     assert replay_runs(runs_of(rows), policy, policies, retention_s=math.inf).unfaithful_runs == []
-    assert replay_runs(runs_of(rows), policy, policies).unfaithful_runs != []
+    assert replay_runs(runs_of(rows), policy, policies).unfaithful_runs == []
 
 
 def _record(offset: int, event: object) -> InputRecord:
