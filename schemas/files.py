@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
+
+_Opened = TypeVar("_Opened")
 
 __all__ = ["FileProblem", "kind_of", "open_stream", "read_small_file"]
 
@@ -39,14 +42,7 @@ def read_small_file(path: str | Path, limit: int, *, private: bool = False) -> b
     unreadable, or (``private``: a secret such as a private key) when its group or others
     may read it.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError:
-        raise FileProblem("is a directory", kind="directory") from None
-    except OSError as exc:
-        raise FileProblem(f"cannot be read: {exc.strerror or exc}") from None
+    fd = _opened(lambda: os.open(path, os.O_RDONLY | os.O_NONBLOCK))
     try:
         info = os.fstat(fd)
         _check_kind(info.st_mode, fifo=False)
@@ -72,14 +68,7 @@ def open_stream(path: str | Path) -> BinaryIO:
     ``FileNotFoundError`` when there is none; ``FileProblem`` when it is a directory, a device
     or a socket (``/dev/zero`` would never end), or unreadable.
     """
-    try:
-        stream = open(path, "rb")  # noqa: SIM115 - returned open: the caller closes it
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError:
-        raise FileProblem("is a directory", kind="directory") from None
-    except OSError as exc:
-        raise FileProblem(f"cannot be read: {exc.strerror or exc}") from None
+    stream = _opened(lambda: open(path, "rb"))  # noqa: SIM115 - the caller closes it
     try:
         _check_kind(os.fstat(stream.fileno()).st_mode, fifo=True)
     except BaseException:
@@ -120,3 +109,16 @@ def kind_of(mode: int) -> str:
         if test(mode):
             return name
     return "device"
+
+
+def _opened(opener: Callable[[], _Opened]) -> _Opened:
+    """What ``opener`` opened; ``FileNotFoundError`` as it is, any other failure to open a
+    ``FileProblem`` saying why."""
+    try:
+        return opener()
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise FileProblem("is a directory", kind="directory") from None
+    except OSError as exc:
+        raise FileProblem(f"cannot be read: {exc.strerror or exc}") from None
