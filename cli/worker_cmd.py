@@ -45,6 +45,7 @@ def create_topics(settings: Settings) -> Any:
     "session_timeout_s",
     "run_retention_s",
     "tombstone_retention_s",
+    "hold_idle_s",
     "run_state_max_bytes",
     "max_runs",
     "max_state_bytes",

@@ -114,7 +114,9 @@ class GovernanceWorker:
         self._ready = asyncio.Event()
         self._owned: set[int] = set()
         #: runs by the time the sweep next has work on them (rebuilt when partitions move)
-        self._due = DueIndex(settings.run_retention_s, settings.tombstone_retention_s)
+        self._due = DueIndex(
+            settings.run_retention_s, settings.tombstone_retention_s, settings.hold_idle_s
+        )
         self._indexed_generation: int | None = None
         self._stats = BatchStats(self.worker_id)
         self.control.on_policy(self._on_policy)

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="forget an evicted run's tombstone (tenant, counters, spend, stop) after "
         "this many seconds; its run id is then new again",
     )
+    hold_idle_s: float = Field(
+        30.0,
+        gt=0,
+        description="keep a run no event touched for this many seconds compressed in memory "
+        "(~0.9 KB instead of ~3.3 KB decoded); its next event decodes it (~30 us more)",
+    )
     run_state_max_bytes: int = Field(
         256 * 1024,
         ge=4096,

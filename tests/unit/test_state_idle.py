@@ -107,3 +107,21 @@ def test_restored_runs_the_sweep_reads_after_a_rebalance_are_held_again_in_the_s
     w.due.rebuild_keys(list(data), at.timestamp())  # the new assignment: each due once
     w.sweep(at)  # reads (decodes) each to see what is due
     assert all(type(v) is bytes for v in data.values())
+
+
+def test_the_hold_time_is_a_setting_the_sweep_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BATON_HOLD_IDLE_S sets how long a run waits decoded; the worker gives it to its index."""
+    from baton.schemas.settings import Settings
+
+    monkeypatch.setenv("BATON_HOLD_IDLE_S", "5")
+    assert Settings().hold_idle_s == 5.0
+    w = _Worker(_store())
+    w.due = DueIndex(3600.0, 86400.0, Settings().hold_idle_s)
+    w.decide([_record("run_a", 1, handoff("run_a", 1, "research", tenant="default"))], NOW)
+    w.sweep(NOW + timedelta(seconds=4))
+    assert isinstance(w.states._data[b"run_a"], RunState)
+    w.sweep(NOW + timedelta(seconds=6))
+    assert type(w.states._data[b"run_a"]) is bytes
+    monkeypatch.setenv("BATON_HOLD_IDLE_S", "0")
+    with pytest.raises(ValueError, match="hold_idle_s"):
+        Settings()
