@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.engine import Origin, decide, evict
-from baton.processors.recorded import policy_document
-from baton.processors.replay import Recorded, replay_runs, runs_of
 from baton.processors.state import SEEN_LIMIT, RunState
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.events import RunEvent
-from baton.schemas.policy import Policy
+from tests.unit.test_attacks_session4b import _recorded_with_sweeps, _replayed
 from tests.unit.test_engine_support import at, completed, finished, handoff, seed_policy
 
 pytestmark = pytest.mark.unit
-
-REPLAY_KEY = b"tombstone-ids-chain-key-32-bytes"
 
 
 def _tombstone_of(events: list[RunEvent]) -> tuple[RunState, dict[str, Decision]]:
@@ -65,42 +60,22 @@ def test_a_redelivered_record_on_the_tombstone_gets_the_same_id_again() -> None:
     assert other_partition[0].decision_id != first[0].decision_id
 
 
-def _recorded(timed: list[tuple[RunEvent, float, tuple[float, ...]]]) -> tuple[Policy, list]:
-    """The audit after the worker's batch step decided ``timed`` (event, time, the sweeps
-    before it: run retention 1 h)."""
-    policy = seed_policy()
-    states: dict[bytes, RunState] = {}
-    proc = BatchProcessor(policy, 1, states, worker="w", chain_key=REPLAY_KEY)
-    published: list[Decision] = []
-    for offset, (event, now, sweeps) in enumerate(timed):
-        for sweep_at in sweeps:
-            for key, state in list(states.items()):
-                kept = evict(state, at(sweep_at), 3600.0, 86400.0)
-                states[key] = kept  # type: ignore[assignment]
-        rec = InputRecord("requests", 0, offset, event.run_id.encode(), event.to_json())
-        published += [d for _, d in proc.process([rec], at(now)).decisions]
-    return policy, [Recorded.of(d) for d in published if not d.reemitted]
-
-
 def test_the_audit_keeps_every_decision_and_replays_as_recorded() -> None:
     """/tmp/h10/dup.py: the request, its run's finish, then the request copied twice after
     the sweep evicted the run. Every decision keeps its own id, and the chain replays."""
     request = handoff("h1", "t1", "planner", "researcher")
-    policy, rows = _recorded(
+    policy, rows = _recorded_with_sweeps(
         [
-            (request, 0, ()),
-            (finished(t=10), 10, ()),
-            (request, 3700, (3650.0,)),
-            (request, 3800, ()),
+            (request, at(0), ()),
+            (finished(t=10), at(10), ()),
+            (request, at(3700), (3650.0,)),
+            (request, at(3800), ()),
         ]
     )
     ids = [r.decision_id for r in rows]
     assert len(set(ids)) == len(ids) == 3  # the second copy is answered from the tombstone
     assert [r.reason for r in rows] == ["ok", "run_finished", "run_finished"]
-    policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
-    report = replay_runs(runs_of(rows), policy, policies, REPLAY_KEY)
-    assert report.partial == {}
-    assert [u for run in report.runs for u in run.unfaithful] == []
+    assert _replayed(policy, rows) == []  # nothing partial, nothing unfaithful
 
 
 def test_a_request_copied_after_it_left_a_long_runs_dedup_window_gets_an_id_of_its_own() -> None:
