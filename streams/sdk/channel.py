@@ -291,8 +291,7 @@ class RequestChannel:
                 continue
             with self._lock:
                 gate = self._gates[partition]
-                for q_topic, key, value, _wait_key in gate.queued:
-                    self._produce(q_topic, key, value)
+                self._produce_queued(gate.queued)
                 gate.queued.clear()
                 gate.ready = True
 
@@ -309,8 +308,7 @@ class RequestChannel:
         with self._lock:
             gate = self._gates.pop(partition, None)
             queued = gate.queued if gate is not None else []
-            for topic, key, value, _wait_key in queued:
-                self._produce(topic, key, value)
+            self._produce_queued(queued)
         keys = [q[3] for q in queued if q[3] is not None]
         unanswered = Unanswered(detail)
         resolve([(w, unanswered) for w in self.waiters.take_all(keys)])
@@ -382,9 +380,13 @@ class RequestChannel:
         """Hand every record queued behind an assignment to librdkafka, in order (closing)."""
         with self._lock:
             for gate in self._gates.values():
-                for topic, key, value, _wait_key in gate.queued:
-                    self._produce(topic, key, value)
+                self._produce_queued(gate.queued)
                 gate.queued.clear()
+
+    def _produce_queued(self, queued: list[tuple[str, bytes, bytes, WaitKey | None]]) -> None:
+        """Hand records queued behind an assignment to librdkafka, in order (under _lock)."""
+        for topic, key, value, _wait_key in queued:
+            self._produce(topic, key, value)
 
     def _close_consumer(self, *, by_reader: bool) -> None:
         """Close the consumer once both the reader has ended and the channel is closed; whoever
