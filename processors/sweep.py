@@ -63,10 +63,6 @@ class DueIndex:
         touched[key] = state.last_event_at
         self.push(key, self.due_of(state))
 
-    def untouched(self, key: bytes) -> bool:
-        """Whether ``key`` is not among the runs waiting to be held once idle."""
-        return key not in self._touched
-
     def push(self, key: bytes, due: float) -> None:
         known = self._due.get(key)
         if known is None or due < known:

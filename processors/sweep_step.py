@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Set
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from baton.processors.batch import BatchProcessor, Outputs
 from baton.processors.chain import link
@@ -33,6 +33,8 @@ class HoldsRecords(Protocol):
     def hold_encoded(self, key: bytes) -> None: ...
 
     def take_revived(self) -> list[bytes]: ...
+
+    def get(self, key: bytes, default: Any = None) -> Any: ...
 
 
 def sweep_due(
@@ -101,9 +103,9 @@ def sweep_due(
 
 
 def _note_revived(states: HoldsRecords, due: DueIndex) -> None:
-    """Index the runs decoded since the last sweep and not changed (a changed run was
-    touched with its new state): otherwise a held run read once stays decoded for good."""
+    """Index the runs decoded since the last sweep (a changed one again, with the state it
+    was touched with): otherwise a held run read without a change stays decoded for good."""
     for key in states.take_revived():
-        state = states.get(key)  # type: ignore[attr-defined]
-        if state is not None and due.untouched(key):
+        state = states.get(key)
+        if state is not None:
             due.touch(key, state)
