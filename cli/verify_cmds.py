@@ -1,8 +1,9 @@
 """``baton audit verify``: recompute the runs' decision hash chains from ClickHouse.
 
-Reads ``CHAIN_COLUMNS`` of ``governance.decisions FINAL`` (one row per decision), walks each
-run's chain with ``baton.sinks.chain_verify.verify_chains`` and the key the workers chained
-with (``BATON_AUDIT_CHAIN_KEY``, from the environment only: never an argument, which ``ps``
+Reads ``CHAIN_COLUMNS`` of ``governance.decisions FINAL`` (one row per decision; a run's rows
+in replay's read order: ``decided_at``, then the sink's position), walks each run's chain
+with ``baton.sinks.chain_verify.verify_chains`` and the key the workers chained with
+(``BATON_AUDIT_CHAIN_KEY``, from the environment only: never an argument, which ``ps``
 shows), and names every run whose rows were deleted, altered or inserted out of band.
 
 ``--since T`` checks the runs that have a decision at or after T, each from its first row (a
@@ -73,6 +74,9 @@ def _query(run_id: str | None, since: datetime | None) -> tuple[str, dict[str, A
     sql = f"SELECT {_columns()} FROM {DATABASE}.decisions FINAL"
     if where:
         sql += " WHERE " + " AND ".join(where)
+    # replay's read order (sinks/replay_source.py): the chain walk judges a run's later
+    # chain start by where it was read, so both commands must read a run alike
+    sql += " ORDER BY run_id, decided_at, audit_partition, audit_offset"
     return sql, params
 
 

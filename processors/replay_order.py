@@ -18,96 +18,58 @@ disagree, puts the linked rows in their chain's order:
   linked row it followed in the read (it moves with it); those read before any linked row
   stay first. Deterministic, and exact when the clock did not step back around them.
 
-Never reordered into what the chain does not say: a gap (a row names a link no row of the
-run holds, after the run's chain started in what was read), a fork (two rows name one
-predecessor), interleaved chains, or linked rows no walk from a start reaches (a cycle)
-make the run *broken*: returned in the read order with the reason, not to be replayed.
-A run whose chain starts before what was read (retention, ``--since``: no row starts a
-chain) is returned as read: ``replay_steps.is_partial`` names it. One that holds a start
-and a row whose link is missing is broken, even if that row was read first (a row deleted
-and a clock step back look alike; so, rarely, does a ``--since`` that cuts into the old
-chain of a run id that came back: fail closed).
+Never reordered into what the chain does not say: the links are walked by
+:func:`baton.processors.chain_links.walk_links`, the walk ``baton audit verify`` makes too
+(a gap, a fork, interleaved chains or a loop make the run *broken*: returned in the read
+order with the reason, not to be replayed). A run whose chain starts before what was read
+(retention, ``--since``: no row starts a chain, one link alone is missing) is returned as
+read: ``replay_steps.is_partial`` names it. One that holds a start and a row whose link is
+missing is broken, even if that row was read first (a row deleted and a clock step back look
+alike; so, rarely, does a ``--since`` that cuts into the old chain of a run id that came
+back: fail closed).
 """
 
 from __future__ import annotations
 
-from itertools import pairwise
-
+from baton.processors.chain_links import Link, walk_links
 from baton.processors.recorded import Recorded
 
 __all__ = ["in_chain_order"]
 
 _PREV, _HASH = Recorded._fields.index("chain_prev"), Recorded._fields.index("chain_hash")
+#: what replay says of a run whose links give no order
+BROKEN = "its chain of decisions is broken: "
 
 
 def in_chain_order(run: list[Recorded]) -> tuple[list[Recorded], str | None]:
     """``run``'s rows in their chain's order, and why the chain cannot give one (None: it
     does; the rows are then ``run`` itself when the read order already follows it)."""
     head: str | None = None
+    hashes: set[str] = set()
     for rec in run:
         link = rec[_HASH]
         if link is None:
             continue
         prev = rec[_PREV] or ""
-        if prev != head and prev != "":
+        if (prev != head and prev != "") or link in hashes:
             return _reordered(run)
+        hashes.add(link)
         head = link
     return run, None
 
 
 def _reordered(run: list[Recorded]) -> tuple[list[Recorded], str | None]:
     """The slow path of :func:`in_chain_order`: the read order disagrees with the links."""
-    linked = [(i, rec) for i, rec in enumerate(run) if rec[_HASH] is not None]
-    hashes = {rec[_HASH] for _, rec in linked}
-    children: dict[str, list[tuple[int, Recorded]]] = {}
-    starts: list[tuple[int, Recorded]] = []
-    missing: list[Recorded] = []
-    for i, rec in linked:
-        prev = rec[_PREV] or ""
-        if prev == "":
-            starts.append((i, rec))
-        elif prev not in hashes:
-            missing.append(rec)
-        else:
-            children.setdefault(prev, []).append((i, rec))
-    if not starts:
+    at = [i for i, rec in enumerate(run) if rec[_HASH] is not None]
+    walk = walk_links(
+        [Link(run[i].decision_id, run[i][_PREV] or "", run[i][_HASH]) for i in at],
+        may_start_before=True,
+    )
+    if walk.broken is not None:
+        return run, BROKEN + walk.broken.detail
+    if walk.starts_before:
         return run, None  # the chain starts before what was read: is_partial names it
-    if missing:
-        rec = missing[0]
-        return run, (
-            f"its chain of decisions is broken: decision {rec.decision_id} follows a link "
-            f"({(rec[_PREV] or '')[:16]}...) that no row of the run holds (a row deleted or "
-            "altered)"
-        )
-    for prev, after in children.items():
-        if len(after) > 1:
-            ids = " and ".join(rec.decision_id for _, rec in after)
-            return run, (
-                f"its chain of decisions is broken: decisions {ids} both follow the link "
-                f"{prev[:16]}... (a row inserted or altered)"
-            )
-    chains: list[list[tuple[int, Recorded]]] = []
-    for start in starts:
-        chain = [start]
-        nxt = children.get(start[1][_HASH])
-        while nxt is not None and len(chain) <= len(linked):
-            chain.append(nxt[0])
-            nxt = children.get(nxt[0][1][_HASH])
-        chains.append(chain)
-    reached = sum(len(c) for c in chains)
-    if reached != len(linked):
-        return run, (
-            f"its chain of decisions is broken: {len(linked)} rows are linked, {reached} are "
-            "reached from the run's start (rows that link to each other in a loop: altered)"
-        )
-    for before, after in pairwise(chains):
-        if max(i for i, _ in before) > min(i for i, _ in after):
-            return run, (
-                f"its chain of decisions is broken: decision {after[0][1].decision_id} starts "
-                f"a new chain amid the one begun by {before[0][1].decision_id} (a row "
-                "inserted or altered)"
-            )
-    return _with_unlinked(run, [i for chain in chains for i, _ in chain]), None
+    return _with_unlinked(run, [at[i] for i in walk.order]), None
 
 
 def _with_unlinked(run: list[Recorded], order: list[int]) -> list[Recorded]:

@@ -1,16 +1,21 @@
 """Checks the runs' decision hash chains in the audit: which runs lost, changed or gained rows.
 
 The worker links every decision that changes a run's state to the one before it
-(``baton.processors.chain``); this module walks those links in rows read back from
-ClickHouse (``FINAL``, one row per ``decision_id``) and names every run whose chain does
-not hold, with what is wrong:
+(``baton.processors.chain``); this module rehashes every row read back from ClickHouse
+(``FINAL``, one row per ``decision_id``, each run's rows in the audit's read order:
+``decided_at``, then where the sink read them, as ``baton replay`` reads them) and walks
+their links with ``baton.processors.chain_links.walk_links``, the walk replay makes: the same
+rows get the same answer from both. It names every run whose chain does not hold:
 
 * ``altered``: a row's ``chain_hash`` is not the hash of its own content and link (a
   column was changed after the worker wrote it);
-* ``missing``: a row names a predecessor that is not in the audit (a row was deleted, or
-  trimmed by retention: ``partial`` runs start past the retention horizon);
+* ``missing``: a row names a predecessor that is not in the audit (a row was deleted; a run
+  whose oldest row is near the retention horizon, ``partial``, may begin with one);
 * ``forked``: two rows name the same predecessor (a row was inserted out of band);
-* ``unlinked``: a chained row that no walk from the run's first decision reaches.
+* ``interleaved``: a chain starts amid another (a start inserted), while a later start, read
+  after the run's chain before it ended, is the run id's next life (decided as a new run once
+  the worker forgot its tombstone), not a fork;
+* ``unlinked``: chained rows that no walk from the run's first decision reaches (a loop).
 
 Not detected: rows deleted from the *end* of a run (the audit alone cannot know the run's
 head; the worker's state does), and, without ``BATON_AUDIT_CHAIN_KEY``, a forged row that
@@ -24,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from baton.processors.chain_links import Link, walk_links
 from baton.schemas.decision import CHAIN_FIELDS, chain_hash
 
 __all__ = ["CHAIN_COLUMNS", "RunChain", "verify_chains"]
@@ -54,7 +60,8 @@ class RunChain:
 def verify_chains(
     rows: Iterable[Sequence[Any]], key: bytes = b"", *, partial: frozenset[str] = frozenset()
 ) -> list[RunChain]:
-    """Verify the chains in ``rows`` (CHAIN_COLUMNS order); one RunChain per run, sorted.
+    """Verify the chains in ``rows`` (CHAIN_COLUMNS order; a run's rows in the audit's read
+    order); one RunChain per run, sorted.
 
     ``partial``: runs known to start before the retention horizon; their first link may
     point at a row that was expired, which is then not reported as missing.
@@ -72,38 +79,10 @@ def verify_chains(
 
 def _verify_run(run_id: str, rows: list[Sequence[Any]], key: bytes, partial: bool) -> RunChain:
     verdict = RunChain(run_id, len(rows))
-    by_hash: dict[str, Sequence[Any]] = {}
-    children: dict[str, list[Sequence[Any]]] = defaultdict(list)
     for row in rows:
-        decision_id, prev, stored = row[1], row[2] or "", row[3]
-        content = row[4:]
-        if chain_hash(key, prev, content) != stored:
-            verdict.problems.append(
-                f"altered: decision {decision_id} does not hash to its chain_hash"
-            )
-        by_hash[stored] = row
-        children[prev].append(row)
-    for prev, rows_after in children.items():
-        if len(rows_after) > 1:
-            ids = ", ".join(sorted(str(r[1]) for r in rows_after))
-            verdict.problems.append(f"forked: decisions {ids} all follow {prev or 'the start'}")
-        if prev and prev not in by_hash and not partial:
-            ids = ", ".join(sorted(str(r[1]) for r in rows_after))
-            verdict.problems.append(
-                f"missing: decision {ids} follows {prev}, which is not in the audit"
-            )
-    # every row must be reachable from a start ("" or, for a partial run, a missing link)
-    starts = [""] if not partial else ["", *(p for p in children if p and p not in by_hash)]
-    seen: set[str] = set()
-    todo = list(starts)
-    while todo:
-        head = todo.pop()
-        for row in children.get(head, ()):
-            if row[3] not in seen:
-                seen.add(row[3])
-                todo.append(row[3])
-    unreached = [r for r in rows if r[3] not in seen]
-    if unreached and not any(p.startswith("missing") for p in verdict.problems):
-        ids = ", ".join(sorted(str(r[1]) for r in unreached))
-        verdict.problems.append(f"unlinked: decisions {ids} are not reached from the run's start")
+        if chain_hash(key, row[2] or "", row[4:]) != row[3]:
+            verdict.problems.append(f"altered: decision {row[1]} does not hash to its chain_hash")
+    walk = walk_links([Link(str(r[1]), r[2] or "", r[3]) for r in rows], may_start_before=partial)
+    if walk.broken is not None:
+        verdict.problems.append(str(walk.broken))
     return verdict
