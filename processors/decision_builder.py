@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, NamedTuple
 from baton.processors.policy_rules import TenantRules
 from baton.processors.state import SEEN_LIMIT, RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason, decision_id_for
-from baton.schemas.events import HandoffRequested
+from baton.schemas.events import ApprovalDenied, ApprovalGranted, HandoffRequested, RunEvent
 
 if TYPE_CHECKING:
     from baton.processors.engine_control import KillSwitches
 
 __all__ = [
     "FORGETFUL_MARK",
+    "LIFE_MARK",
     "NEVER_SHADOWED",
     "NO_ORIGIN",
     "TOMBSTONE_MARK",
@@ -31,6 +32,7 @@ __all__ = [
     "build_decision",
     "cover_digest",
     "id_phase",
+    "life_of",
 ]
 
 #: stops that shadow mode never turns into allows: a kill switch, and the worker's own
@@ -93,25 +95,51 @@ class DecisionContext:
     digest: str | None = None
 
 
+#: the mark on the phase of every decision of a run's life, before where the life began
+LIFE_MARK = "@life:"
 #: the mark on the phase of a decision made on a run's tombstone, before its input's position
 TOMBSTONE_MARK = "@tombstone:"
 #: the same for a run that has forgotten dedup marks (more than SEEN_LIMIT keys decided)
 FORGETFUL_MARK = "@forgetful:"
 
 
+def life_of(event: RunEvent, origin: Origin) -> str:
+    """Where a new run's life begins: the event's topic (``a`` for gov.approvals, ``r`` for
+    the requests topic: each has its own offsets) and its partition and offset; "" without a
+    position (a pure engine call).
+
+    A run id is new again once the worker forgot its tombstone (BATON_TOMBSTONE_RETENTION_S;
+    the audit keeps the run's rows far longer): a copy of the old life's first request was
+    then decided on a fresh state under the old allow's id, and replaced it in the audit (a
+    ReplacingMergeTree on decision_id). Every id of a life covers this mark. The input's
+    position, not the time: a redelivery of the event (a crash before the state write) gives
+    the same mark, so the same ids.
+    """
+    if origin.partition is None:
+        return ""
+    kind = type(event)
+    topic = "a" if kind is ApprovalGranted or kind is ApprovalDenied else "r"
+    return f"{topic}{origin.partition}:{origin.offset}"
+
+
 def id_phase(st: RunState, phase: Phase, origin: Origin) -> str:
-    """The phase text a decision of ``st`` is identified by: the phase's own word while the
-    run remembers every key it decided; on a tombstone, or on a run past SEEN_LIMIT keys,
-    the word, a mark and the input's partition and offset.
+    """The phase text a decision of ``st`` is identified by: the phase's own word, then the
+    run's life mark (:func:`life_of`; none for a run begun before lives were marked); on a
+    tombstone, or on a run past SEEN_LIMIT keys, also a mark and the input's partition and
+    offset.
 
     A run that forgot a key (a tombstone keeps none, a long run the newest SEEN_LIMIT) decides
     a request sent again (a copied record, a retry) anew: under the first decision's id its
     stop replaced that allow in the audit (a ReplacingMergeTree on decision_id). The phase
-    comes last in decision_id_for's text and a plain phase is a fixed word, so no decision of
-    a run that remembers can have a marked id, whatever its key; a redelivery of the record
-    (same partition and offset) gets the same id again, as the sink's dedup needs.
+    comes last in decision_id_for's text: a fixed word, then marks of fixed forms (the life,
+    then a tombstone's or forgetful run's position), none holding the separator, so no
+    decision of a run that remembers can have a tombstone's id, nor one life another's,
+    whatever their keys; a redelivery of the record (same partition and offset) gets the same
+    id again, as the sink's dedup needs.
     """
     text = _PHASE_TEXT[phase]
+    if st.life:
+        text = f"{text}{LIFE_MARK}{st.life}"
     if st.evicted_at is not None:
         return f"{text}{TOMBSTONE_MARK}{origin.partition}:{origin.offset}"
     if st.marks > SEEN_LIMIT:
@@ -179,7 +207,8 @@ def build_decision(
     key = f"{request_id}#{ctx.digest}" if request_id == ctx.request_id else request_id
     d = _new_decision(Decision)
     if st.evicted_at is None and st.marks <= SEEN_LIMIT:  # id_phase, inline: per decision
-        phase_text = _PHASE_TEXT[phase]
+        life = st.life
+        phase_text = f"{_PHASE_TEXT[phase]}{LIFE_MARK}{life}" if life else _PHASE_TEXT[phase]
     else:
         phase_text = id_phase(st, phase, origin)
     d.decision_id = _decision_id(run_id, key, phase_text)

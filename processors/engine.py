@@ -48,6 +48,7 @@ from baton.processors.decision_builder import (
     DecisionContext,
     Origin,
     build_decision,
+    life_of,
 )
 from baton.processors.dedup_keys import dedup_key, request_digest
 from baton.processors.engine_budget import count_cost, settle_reservation
@@ -154,8 +155,11 @@ def decide(
     now: datetime,
     kills: KillSwitches = NO_KILLS,
     origin: Origin = NO_ORIGIN,
+    life: str | None = None,
 ) -> tuple[RunState, list[Decision]]:
-    """Decide one run event. ``state`` is None for a run Baton has not seen yet."""
+    """Decide one run event. ``state`` is None for a run Baton has not seen yet: its life
+    begins at ``origin`` (``life_of``), or is ``life`` when given ("": a run recorded before
+    lives were marked, replayed as it was decided)."""
     # One dedup key per logical event; approvals share one key per approval_id, so the first
     # resolution wins and every later grant/deny of it gets the same answer. Dispatch is on
     # the exact type: isinstance() on pydantic models goes through their metaclass's
@@ -189,7 +193,9 @@ def decide(
                 kills,
                 origin,
             )
-        st = new_state(event.run_id, event.tenant, now)
+        st = new_state(
+            event.run_id, event.tenant, now, life_of(event, origin) if life is None else life
+        )
     else:
         st = state.copy()
         if now_ts > st.last_event_at:

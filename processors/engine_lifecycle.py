@@ -21,9 +21,10 @@ from baton.schemas.policy import Policy
 __all__ = ["evict", "expire", "expire_due", "is_evictable", "new_state", "next_due"]
 
 
-def new_state(run_id: str, tenant: str, now: datetime) -> RunState:
-    """The state of a run Baton has not seen before, started at ``now``."""
-    return RunState.new(run_id, tenant, now.timestamp())
+def new_state(run_id: str, tenant: str, now: datetime, life: str = "") -> RunState:
+    """The state of a run Baton has not seen before, started at ``now``; ``life``: where this
+    life of the run id began (decision_builder.life_of)."""
+    return RunState.new(run_id, tenant, now.timestamp(), life)
 
 
 def is_evictable(state: RunState, now: datetime, retention_s: float) -> bool:

@@ -20,6 +20,7 @@ marks what it decided (its decisions are compared on outcome and reason, never h
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import NamedTuple
 
 from baton.processors.chain import link
@@ -286,6 +287,8 @@ class Replayer:
             new = new if new is not None else before
         else:
             new, decided = decide(before, event, policy, now, kills, origin)
+            if before is None and decided and decided[0].decision_id != first.decision_id:
+                new, decided = _without_life(recs, event, policy, now, context, new, decided)
         self.state = new
         if len(decided) == 1:  # most steps: one decision (a list comprehension costs a frame)
             fresh = decided if decided[0].chain_hash is None else []
@@ -304,6 +307,24 @@ class Replayer:
             # keep_links): the input is set for the link only
             link(new, fresh, self.chain_key, first.input)
         return fresh
+
+
+def _without_life(
+    recs: list[Recorded],
+    event: RunEvent,
+    policy: Policy,
+    now: datetime,
+    context: StepContext,
+    new: RunState,
+    decided: list[Decision],
+) -> tuple[RunState, list[Decision]]:
+    """A new run's first step whose recorded id is not its life's: decided as a worker from
+    before lives were marked decided it (decision_builder.life_of), when that gives the
+    recorded id; else as decided (then not reproduced, never guessed)."""
+    old_new, old = decide(None, event, policy, now, context.kills, context.origin, life="")
+    if old and old[0].decision_id == recs[0].decision_id:
+        return old_new, old
+    return new, decided
 
 
 def _reproduces(recs: list[Recorded], decided: list[Decision]) -> bool:

@@ -181,28 +181,32 @@ class RunState:
     #: request_id -> (task_id, agent, names) of a granted handoff whose completion is not
     #: reported yet: the gated names (action, tools) its grant covers (processors/approvals.py)
     grants: dict[str, tuple[str, str, tuple[str, ...]]]
+    #: where this life of the run id began (decision_builder.life_of: the topic's letter and
+    #: the partition and offset of the event that made the state), in every id of the life;
+    #: "" for a run begun before lives were marked (its ids keep their old form)
+    life: str
 
     @classmethod
-    def new(cls, run_id: str, tenant: str, at: float) -> RunState:
+    def new(cls, run_id: str, tenant: str, at: float, life: str = "") -> RunState:
         """A run Baton has not seen before, started at ``at`` (a POSIX timestamp)."""
         e = EMPTY
         return cls(
             run_id, intern(tenant), at, at, 0, 0.0, 0, None, False, e, e, e, e, e, e, e, 0, (),
-            0.0, 0, e, None, "", 0, e, None, e,
+            0.0, 0, e, None, "", 0, e, None, e, life,
         )  # fmt: skip
 
     def tombstone(self, at: float) -> RunState:
         """What eviction keeps of the run: enough that a late event cannot reopen it.
 
-        Tenant, counters, spend, tool calls, steps, the sticky stop and the finished mark
-        survive; the task tree, agents, reservations, approvals, bounces, dedup marks and
+        Tenant, counters, spend, tool calls, steps, the sticky stop, the finished mark and
+        the life survive; the task tree, agents, reservations, approvals, bounces, dedup marks and
         replies do not.
         """
         e = EMPTY
         return RunState(
             self.run_id, self.tenant, self.started_at, self.last_event_at, self.handoff_count,
             self.spent_usd, self.tool_calls, self.stopped, self.finished, e, e, e, e, e,
-            e, e, 0, (), 0.0, 0, e, at, self.chain_head, self.steps, e, None, e,
+            e, e, 0, (), 0.0, 0, e, at, self.chain_head, self.steps, e, None, e, self.life,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:
@@ -264,6 +268,7 @@ class RunState:
         new.bounces = self.bounces
         new.reserved_due = self.reserved_due
         new.grants = self.grants
+        new.life = self.life
         return new
 
     def remember(self, key: str, decisions: list[Decision], digest: str | None = None) -> None:

@@ -18,6 +18,7 @@ refused (``ValueError``), never read with the column dropped.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -72,6 +73,7 @@ STATE_KEYS: dict[str, str] = {
     "steps": "st",
     "bounces": "bn",
     "grants": "gr",
+    "life": "lf",  # written only when set: "" (a run begun before lives) is its absence
 }
 #: RunState fields rebuilt from the keyed ones when read
 DERIVED = frozenset({"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due"})
@@ -121,6 +123,8 @@ def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
         "bn": [[a, b, last, n] for (a, b), (last, n) in state.bounces.items()],
         "gr": [[k, g[0], g[1], list(g[2])] for k, g in state.grants.items()],
     }
+    if state.life:
+        wire["lf"] = state.life
     if WRITE_COLUMNS is not None and state.recent:
         wire["cols"] = WRITE_COLUMNS
     if state.evicted_at is not None:
@@ -207,10 +211,25 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         {(a, b): (last, n) for a, b, last, n in w.get("bn", ())} or EMPTY,
         None,
         {r[0]: (r[1], r[2], tuple(r[3])) for r in w.get("gr", ())} or EMPTY,
+        _life(w.get("lf", "")),
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)
     return state
+
+
+def _life(life: Any) -> str:
+    """The stored life mark (decision_builder.life_of), or a ValueError: it goes into every
+    decision id of the run, so a forged one is refused, never decided on."""
+    if life == "" or (type(life) is str and _LIFE.fullmatch(life)):
+        return life
+    raise ValueError(
+        f"run state key lf: expected a life mark (r or a, partition, ':', offset: r0:17), "
+        f"got {str(life)[:60]!r}"
+    )
+
+
+_LIFE = re.compile(r"[ar][0-9]{1,10}:[0-9]{1,20}")
 
 
 def _tasks_from_wire(rows: Any) -> dict[str, TaskNode]:
@@ -247,6 +266,7 @@ def _from_list(w: list[Any]) -> RunState:
         {(a, b): (last, n) for a, b, last, n in w[21]} if len(w) > 21 else {},
         None,
         EMPTY,
+        "",
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)

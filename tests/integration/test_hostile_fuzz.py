@@ -39,7 +39,7 @@ from hypothesis import Phase as Stage
 from hypothesis import strategies as st
 
 from baton.processors.batch import FORWARDED_FROM
-from baton.processors.engine import approval_id_for, decide
+from baton.processors.engine import Origin, approval_id_for, decide
 from baton.processors.probe import wait_until_deciding
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Phase
@@ -354,7 +354,9 @@ def replay_offline(script: RunScript) -> tuple[list[tuple[str, str, str, str]], 
     for rec in (r for rnd in script.rounds for r in sorted(rnd, key=_landed)):
         assert rec.value is not None
         event = parse_event(rec.value, rec.key)
-        state, decisions = decide(state, event, POLICY, NOW)
+        # where the worker read it: a run's first event marks every id of its life
+        origin = Origin(None, *_landed(rec))
+        state, decisions = decide(state, event, POLICY, NOW, origin=origin)
         out.extend(_summary(d) for d in decisions)
     assert state is not None
     return out, state

@@ -188,6 +188,8 @@ def _rich_state() -> RunState:
     st.chain_head = "c0ffee"
     st.grants = {"req-4": ("refund", "billing", ("billing.refund.create",))}
     st.add_task("late", st.task("plan")._replace(owner="writer"))  # type: ignore[union-attr]
+    if hasattr(st, "life"):  # H5's field (processors/state.py), while it is uncommitted
+        st.life = "r0:17"
     return st
 
 

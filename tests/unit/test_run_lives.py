@@ -1,0 +1,178 @@
+"""Every id of a run's life covers where that life began: a request copied after the worker
+forgot the run's tombstone never takes (and so never replaces in the audit) an id of the run's
+earlier life; a redelivery gets the same ids; an audit recorded before lives were marked still
+replays as recorded."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from baton.processors import engine
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.engine import Origin, decide, evict
+from baton.processors.recorded import policy_document
+from baton.processors.replay import Recorded, replay_runs
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision, Outcome
+from baton.schemas.events import RunEvent
+from baton.schemas.policy import Policy
+from baton.sinks.chain_verify import verify_chains
+from tests.unit.test_chain import _row
+from tests.unit.test_engine_support import at, completed, finished, handoff, seed_policy
+
+pytestmark = pytest.mark.unit
+
+KEY = b"lives-key"
+RUN = "run-1"
+#: past the run retention (1 h) and the tombstone retention (here 1 day): the id is new again
+LATER = 3 * 86_400.0
+
+
+def _decided(steps: list[tuple[RunEvent, float, bool]]) -> list[Decision]:
+    """What the worker's batch step published for ``steps`` (event, seconds, the sweep
+    forgot the run before it: evicted, then its tombstone dropped), at offsets 10, 11, ..."""
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(seed_policy(), 1, states, worker="w", chain_key=KEY)
+    published: list[Decision] = []
+    for offset, (event, seconds, forgotten) in enumerate(steps, start=10):
+        if forgotten:
+            _forget(states, at(seconds))
+        raw = event.model_copy(update={"event_time": at(seconds)}).to_json()
+        out = proc.process([InputRecord("requests", 0, offset, RUN.encode(), raw)], at(seconds))
+        published += [d for _, d in out.decisions if not d.reemitted]
+    return published
+
+
+def _forget(states: dict[bytes, RunState], now: datetime) -> None:
+    """The sweep forgot the run: evicted to its tombstone, and the tombstone dropped when its
+    retention (here 1 day) passed."""
+    for key, state in list(states.items()):
+        tomb = evict(state, now - timedelta(days=2), 3600.0, 86400.0)
+        assert tomb is not None and tomb.evicted_at is not None
+        assert evict(tomb, now, 3600.0, 86400.0) is None
+        del states[key]
+
+
+def _replayed(rows: list[Recorded]) -> list[tuple[int, str, str]]:
+    policy = seed_policy()
+    policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
+    report = replay_runs([rows], policy, policies, KEY)
+    assert report.partial == {} and report.broken == []
+    return [u for run in report.runs for u in run.unfaithful]
+
+
+def _story() -> list[tuple[RunEvent, float, bool]]:
+    """A handoff, its report, the run's finish; a month later the first request copied."""
+    request = handoff("h1", "t1", "planner", "researcher")
+    return [
+        (request, 0, False),
+        (completed("h1", "t1", "researcher", 0.5), 1, False),
+        (finished(), 2, False),
+        (request, LATER, True),
+    ]
+
+
+def test_a_first_request_copied_after_the_tombstone_was_forgotten_gets_an_id_of_its_own() -> None:
+    """The attack review's finding: decided on a fresh state, the copy was allowed under the
+    original allow's id, and the audit (a ReplacingMergeTree on decision_id) kept one of the
+    two: one record erased an audit row."""
+    decisions = _decided(_story())
+    first, copy = decisions[0], decisions[-1]
+    assert (first.outcome, copy.outcome) == (Outcome.ALLOW, Outcome.ALLOW)
+    assert copy.chain_prev == "" and copy.request_id == first.request_id
+    assert copy.decision_id != first.decision_id
+    assert len({d.decision_id for d in decisions}) == len(decisions)
+
+
+def test_a_redelivered_first_event_gets_the_same_ids_and_another_position_does_not() -> None:
+    """A crash before the state write: the event comes again from the same partition and
+    offset, to a run with no state, and must keep its ids (the sink dedups on them)."""
+    policy, request = seed_policy(), handoff("h1", "t1", "planner", "researcher")
+    state, first = decide(None, request, policy, at(0), origin=Origin("w1", 0, 7))
+    _, again = decide(None, request, policy, at(30), origin=Origin("w2", 0, 7))
+    _, elsewhere = decide(None, request, policy, at(30), origin=Origin("w1", 0, 8))
+    _, other_partition = decide(None, request, policy, at(30), origin=Origin("w1", 1, 7))
+    assert [d.decision_id for d in again] == [d.decision_id for d in first]
+    assert elsewhere[0].decision_id != first[0].decision_id
+    assert other_partition[0].decision_id != first[0].decision_id
+    # the life is the run's: its next events keep it, across the state's bytes too
+    report = completed("h1", "t1", "researcher", 0.5)
+    restored = RunState.from_bytes(state.to_bytes())
+    _, a = decide(state, report, policy, at(1), origin=Origin("w1", 0, 9))
+    _, b = decide(restored, report, policy, at(99), origin=Origin("w2", 0, 9))
+    assert [d.decision_id for d in a] == [d.decision_id for d in b]
+
+
+def test_an_approval_starting_a_life_is_not_taken_for_a_request_at_the_same_position() -> None:
+    """The requests and approvals topics have their own offsets: a life begun by a stray
+    grant at approvals 0:7 is another life than one begun by a request at requests 0:7."""
+    from baton.schemas.events import ApprovalGranted
+
+    grant = ApprovalGranted(approval_id="apr_x", run_id=RUN, approver="alice", event_time=at(0))  # type: ignore[call-arg]
+    policy, request = seed_policy(), handoff("h1", "t1", "planner", "researcher")
+    by_grant, _ = decide(None, grant, policy, at(0), origin=Origin("w", 0, 7))
+    by_request, _ = decide(None, request, policy, at(0), origin=Origin("w", 0, 7))
+    assert by_grant.life != by_request.life
+
+
+def test_the_audit_keeps_both_lives_and_replays_them_as_recorded() -> None:
+    decisions = _decided(_story())
+    assert _replayed([Recorded.of(d) for d in decisions]) == []
+
+
+def test_an_audit_recorded_before_lives_were_marked_replays_as_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The old worker gave a new run no life (a state read without one decides so too):
+    its ids are the old ones, and replay reproduces them, in both of the run's lives (the
+    second one old-style as well, or decided by this version: marked)."""
+    old = _decided_without_lives(monkeypatch, _story())
+    new_worker = _decided(_story())
+    assert [d.decision_id for d in old] != [d.decision_id for d in new_worker]
+    assert old[0].decision_id == old[-1].decision_id  # the flaw this version closes
+    assert _replayed([Recorded.of(d) for d in old[:-1]]) == []
+    # a life begun before the upgrade and the next one after it
+    mixed = [*old[:-1], new_worker[-1]]
+    assert _replayed([Recorded.of(d) for d in mixed]) == []
+
+
+def test_a_first_event_decided_again_across_the_upgrade_keeps_both_rows_and_both_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The old worker published a run's first decision and died before its state write; the
+    new one decides the redelivered event (same offset) on no state: a marked id, so the audit
+    keeps both rows, each a chain start, and replay and verify take the second as the run's
+    next life."""
+    request = handoff("h1", "t1", "planner", "researcher")
+    before = _decided_without_lives(monkeypatch, [(request, 0, False)])
+    after = _decided([(request, 5, False), (completed("h1", "t1", "researcher", 0.5), 6, False)])
+    assert before[0].offset == after[0].offset
+    assert before[0].decision_id != after[0].decision_id
+    audit = [*before, *after]
+    assert _replayed([Recorded.of(d) for d in audit]) == []
+    assert verify_chains([_row(d) for d in audit], KEY)[0].problems == []
+
+
+def test_a_state_written_before_lives_were_marked_keeps_its_old_ids() -> None:
+    """A run alive across the upgrade: its stored state has no life, and its later decisions
+    keep the old form, so a redelivery straddling the upgrade keeps its id."""
+    policy = seed_policy()
+    state, _ = decide(None, handoff("h1", "t1", "planner", "researcher"), policy, at(0))
+    assert state.life == ""
+    wire = state.to_wire()
+    assert "lf" not in wire or not wire["lf"]
+    report = completed("h1", "t1", "researcher", 0.5)
+    _, a = decide(state, report, policy, at(1), origin=Origin("w", 0, 9))
+    _, b = decide(state, report, policy, at(1))
+    assert a[0].decision_id == b[0].decision_id
+
+
+def _decided_without_lives(
+    monkeypatch: pytest.MonkeyPatch, steps: list[tuple[RunEvent, float, bool]]
+) -> list[Decision]:
+    """``_decided`` by a worker of the version before lives: no new run gets one."""
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "life_of", lambda event, origin: "")
+        return _decided(steps)
