@@ -21,6 +21,7 @@ __all__ = ["sink_cmd"]
     "audit_ttl_days",
     "sink_batch_size",
     "sink_batch_timeout_s",
+    "sink_parse_processes",
     "app_id",
     "partitions",
     "replication_factor",

@@ -174,6 +174,14 @@ class Settings(BaseSettings):
         "writer is free); ~3 KB of memory a decision, twice: one batch filling, one in flight",
     )
     sink_batch_timeout_s: float = Field(1.0, gt=0)
+    sink_parse_processes: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="processes that parse and encode the sink's records beside the one that "
+        "reads Kafka and writes ClickHouse (chDB opens a directory in one process only); 0: "
+        "the sink's own process parses",
+    )
 
     # --- alerts ------------------------------------------------------------------------
     webhook_url: SecretStr | None = Field(

@@ -14,16 +14,17 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clickhouse_connect.driver.client import Client
 from pydantic import ValidationError
 
 from baton.schemas.decision import DECISION_ADAPTER
 from baton.schemas.errors import AuditUnavailable
-from baton.sinks.audit_insert import RowsRefused, insert_rows
+from baton.sinks.audit_insert import RowsRefused, insert_native, insert_rows
 from baton.sinks.json_rows import shortcut_row
 from baton.sinks.rows import (
     DECISION_COLUMNS,
@@ -35,7 +36,20 @@ from baton.sinks.rows import (
 )
 from baton.sinks.schema import DATABASE
 
-__all__ = ["DECISIONS_TABLE", "REJECTED_TABLE", "AuditBatch", "utc_now", "write_batch"]
+if TYPE_CHECKING:
+    from baton.sinks.sink_parse import ParsedChunk, ParseProcesses
+
+#: (partition, offset, value) as the consumer read it
+Record = tuple[int, int, bytes | None]
+
+__all__ = [
+    "DECISIONS_TABLE",
+    "REJECTED_TABLE",
+    "AuditBatch",
+    "token_material",
+    "utc_now",
+    "write_batch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +84,80 @@ class AuditBatch:
     #: write_batch so a retry resumes with the same slices and tokens
     todo: list[tuple[int, int]] | None = None
     rejected_stored: bool = False
+    #: records handed to parse processes (``defer``), in order: None when every record was
+    #: parsed here; kept to parse them here after all (``materialize``)
+    deferred: list[Record] | None = None
+    #: records deferred and not sent yet (the next chunk)
+    unsent: list[Record] = field(default_factory=list)
+    #: the sent chunks' results, in order, and the column types they were encoded with
+    chunks: list[Future[ParsedChunk]] = field(default_factory=list)
+    chunk_types: tuple[str, ...] | None = None
+    #: rows stored through the chunks' Native blocks (None: not stored that way)
+    encoded_rows: int | None = None
 
     def __len__(self) -> int:
+        """Records held: rows and rejected ones, or every record deferred."""
+        if self.deferred is not None:
+            return len(self.deferred)
         return len(self.rows) + len(self.rejected)
 
     def add(self, partition: int, offset: int, value: bytes | None) -> None:
-        """Parse one record; anything that keeps it from being a row makes it a rejected row."""
+        """Parse one record; anything that keeps it from being a row makes it a rejected row.
+        A batch holding deferred records parses them here first (one batch, one path)."""
+        self.materialize()
+        self._note(partition, offset)
+        self._parse(partition, offset, value)
+
+    def defer(self, partition: int, offset: int, value: bytes | None) -> None:
+        """Keep one record for a parse process (``send``); ``write_batch`` stores its row.
+        A batch that holds rows parsed here already parses this one here too."""
+        self._note(partition, offset)
+        if self.deferred is None and (self.rows or self.rejected):
+            self._parse(partition, offset, value)  # one batch, one path
+            return
+        if self.deferred is None:
+            self.deferred = []
+        record = (partition, offset, value)
+        self.deferred.append(record)
+        self.unsent.append(record)
+
+    def send(self, parsers: ParseProcesses, types: tuple[str, ...]) -> None:
+        """Hand the records deferred since the last call to ``parsers`` as one chunk."""
+        if not self.unsent:
+            return
+        if self.chunk_types not in (None, types):
+            self.materialize()  # never one block of two layouts
+            return
+        self.chunk_types = types
+        self.chunks.append(parsers.submit(self.window, types, self.unsent))
+        self.unsent = []
+
+    def materialize(self) -> None:
+        """Parse the deferred records here, as ``add`` would have (a parse process failed,
+        ClickHouse refused the block, partitions were revoked): the batch is then the row
+        path's, from its first slice."""
+        if self.deferred is None:
+            return
+        records, self.deferred = self.deferred, None
+        self.unsent, self.chunks, self.chunk_types, self.encoded_rows = [], [], None, None
+        self.rows, self.raws, self.rejected = [], [], []
+        self.todo, self.rejected_stored = None, False
+        for partition, offset, value in records:
+            self._parse(partition, offset, value)
+
+    def stored_rows(self) -> int:
+        """Rows this batch holds for governance.decisions (refused ones included)."""
+        return len(self.rows) if self.encoded_rows is None else self.encoded_rows
+
+    def _note(self, partition: int, offset: int) -> None:
         if not self.ranges:
             self.started = time.monotonic()
             if self.ttl_days is not None:
                 self.window = DecidedWindow.around(self.clock(), self.ttl_days)
         first, _ = self.ranges.get(partition, (offset, offset))
         self.ranges[partition] = (first, offset)
+
+    def _parse(self, partition: int, offset: int, value: bytes | None) -> None:
         row = (
             None
             if value is None
@@ -129,17 +205,27 @@ class AuditBatch:
         restarted `baton up` numbers every partition from 0 again, and its new decisions
         would otherwise carry the tokens of an earlier start's and be dropped unseen.
         """
-        rows = self.rows[lo:hi]
-        return _token(self.topic, [(r[-2], r[-1]) for r in rows], [r[0] for r in rows])
+        spans, material = token_material(self.rows[lo:hi])
+        return _token_text(self.topic, spans, [material])
+
+    def chunks_token(self, chunks: list[ParsedChunk]) -> str:
+        """``token()`` of the rows the chunks hold, from what each chunk made of its own."""
+        spans: dict[int, tuple[int, int]] = {}
+        for chunk in chunks:
+            for partition, (first, last) in chunk.spans.items():
+                spans[partition] = (spans.get(partition, (first, last))[0], last)
+        return _token_text(self.topic, spans, [chunk.material for chunk in chunks])
 
     def rejected_token(self) -> str:
         offsets = [(r[1], r[2]) for r in self.rejected]
-        return _token(self.topic, offsets, [r[4] for r in self.rejected]) + "/rejected"
+        spans, material = _material(offsets, [r[4] for r in self.rejected])
+        return _token_text(self.topic, spans, [material]) + "/rejected"
 
     def drop_partitions(self, partitions: set[int]) -> None:
         """Forget revoked partitions: their new owner re-reads them from the last commit."""
         if not partitions & self.ranges.keys():
             return
+        self.materialize()
         # audit_partition: second-to-last column of a decision row, second of a rejected row;
         # rows ClickHouse refused already have their rejected row: not tried again
         refused = {(r[1], r[2]) for r in self.rejected if r[-1] == RejectKind.REFUSED_BY_CLICKHOUSE}
@@ -161,13 +247,28 @@ class AuditBatch:
         return {p: last + 1 for p, (_, last) in self.ranges.items()}
 
 
-def _token(topic: str, offsets: list[tuple[int, int]], contents: list[str]) -> str:
+def token_material(rows: list[list[Any]]) -> tuple[dict[int, tuple[int, int]], bytes]:
+    """What the dedup token of ``rows`` is made of: partition -> (first, last) offset, and
+    the bytes its digest covers (the rows' offsets and decision ids, in order)."""
+    return _material([(r[-2], r[-1]) for r in rows], [r[0] for r in rows])
+
+
+def _material(
+    offsets: list[tuple[int, int]], contents: list[str]
+) -> tuple[dict[int, tuple[int, int]], bytes]:
     spans: dict[int, tuple[int, int]] = {}
-    digest = hashlib.blake2b(digest_size=8)
+    parts = []
     for (partition, offset), content in zip(offsets, contents, strict=True):
         first, _ = spans.get(partition, (offset, offset))
         spans[partition] = (first, offset)
-        digest.update(b"%d:%d:%d:%s," % (partition, offset, len(content), content.encode()))
+        parts.append(b"%d:%d:%d:%s," % (partition, offset, len(content), content.encode()))
+    return spans, b"".join(parts)
+
+
+def _token_text(topic: str, spans: dict[int, tuple[int, int]], material: list[bytes]) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for part in material:  # one digest over the parts as if they were one
+        digest.update(part)
     readable = ",".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(spans.items()))
     return f"{topic}/{readable}/{digest.hexdigest()}"
 
@@ -200,6 +301,8 @@ def write_batch(
     stored, in offset order. Raises AuditUnavailable when ClickHouse is unreachable or fails
     otherwise; the batch remembers which slices are stored, so calling again resumes.
     """
+    if batch.deferred is not None and batch.todo is None:
+        _write_chunks(client, batch, label, (types or {}).get(DECISIONS_TABLE))
     if batch.todo is None:
         batch.todo = [(0, len(batch.rows))] if batch.rows else []
     while batch.todo:
@@ -258,3 +361,43 @@ def write_batch(
                 f"ClickHouse at {label} refused the rejected records ({token}): {exc}"
             ) from exc
         batch.rejected_stored = True
+
+
+def _write_chunks(
+    client: Client, batch: AuditBatch, label: str, types: tuple[str, ...] | None
+) -> None:
+    """Store a deferred batch's rows as its parse processes encoded them, in one insert
+    under the token its rows would have (``AuditBatch.token``), and take its rejected
+    records; a chunk that did not come back, types changed since it was encoded, or a block
+    ClickHouse refuses as data: the batch is parsed here (``materialize``) and the row path
+    goes on from its first slice. AuditUnavailable: the same insert is tried again."""
+    if batch.unsent or types is None or types != batch.chunk_types:
+        batch.materialize()
+        return
+    try:
+        chunks = [future.result() for future in batch.chunks]
+    except Exception as exc:  # a parse process died or failed: parse here
+        log.warning("audit sink: parsing a batch here (%s)", exc)
+        batch.materialize()
+        return
+    if any(chunk.native is None for chunk in chunks):
+        batch.materialize()  # the row path finds the value the driver cannot encode
+        return
+    rows = sum(chunk.rows for chunk in chunks)
+    if rows:
+        try:
+            insert_native(
+                client,
+                DECISIONS_TABLE,
+                DECISION_COLUMNS,
+                b"".join(chunk.native for chunk in chunks),  # type: ignore[misc]
+                rows,
+                batch.chunks_token(chunks),
+                label,
+            )
+        except RowsRefused:
+            batch.materialize()  # halving finds the row, under the same tokens
+            return
+    batch.encoded_rows = rows
+    batch.rejected = [r for chunk in chunks for r in chunk.rejected]
+    batch.todo = []

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import (
@@ -29,9 +30,11 @@ from baton.sinks.clickhouse import _first_line
 __all__ = [
     "ROW_DATA_CODES",
     "RowsRefused",
+    "insert_native",
     "insert_rows",
     "insert_types",
     "load_insert_imports",
+    "native_block",
     "times_as_ticks",
 ]
 
@@ -187,7 +190,7 @@ def insert_rows(
     typed = {} if types is None else {"column_type_names": list(types)}
     if types is not None:
         times_as_ticks(rows, types)
-    try:
+    with _failures_sorted(label, doing):
         client.insert(
             table,
             rows,
@@ -195,6 +198,65 @@ def insert_rows(
             settings={"insert_deduplication_token": token},
             **typed,
         )
+
+
+def native_block(
+    rows: list[list[object]], columns: tuple[str, ...], types: tuple[str, ...]
+) -> bytes | None:
+    """The Native block ``client.insert(rows, column_type_names=types)`` sends (times as ticks
+    first), built here so another process can build it; None when the driver cannot encode a
+    value (the row path's insert then finds the row: ``insert_rows``)."""
+    from clickhouse_connect.driver.insert import InsertContext
+    from clickhouse_connect.driver.transform import NativeTransform
+
+    if not rows:
+        return b""
+    times_as_ticks(rows, types)
+    context = InsertContext("t", list(columns), _driver_types(types), rows)
+    try:
+        chunks = list(NativeTransform.build_insert(context))
+    except Exception:  # the driver names the problem when the row path inserts the rows
+        return None
+    if context.insert_exception is not None:
+        return None
+    first = chunks[0]
+    chunks[0] = first[first.index(b"\n") + 1 :]  # the statement the HTTP body starts with
+    return b"".join(chunks)
+
+
+def _driver_types(types: tuple[str, ...]) -> list[Any]:
+    from clickhouse_connect.datatypes.registry import get_from_name
+
+    return [get_from_name(kind) for kind in types]
+
+
+def insert_native(
+    client: Client,
+    table: str,
+    columns: tuple[str, ...],
+    block: bytes,
+    rows: int,
+    token: str,
+    label: str,
+) -> None:
+    """Insert a Native ``block`` of ``rows`` rows (``native_block``) with
+    ``insert_deduplication_token=token``; failures sorted as ``insert_rows`` sorts them."""
+    doing = f"inserting {rows} rows into {table} ({token[:200]})"
+    with _failures_sorted(label, doing):
+        client.raw_insert(
+            table,
+            list(columns),
+            insert_block=block,
+            settings={"insert_deduplication_token": token},
+            fmt="Native",
+        )
+
+
+@contextlib.contextmanager
+def _failures_sorted(label: str, doing: str) -> Iterator[None]:
+    """Refused data as RowsRefused, everything else as AuditUnavailable (see ``insert_rows``)."""
+    try:
+        yield
     except OperationalError as exc:  # before DatabaseError: it is one
         raise AuditUnavailable(
             f"ClickHouse at {label} is unreachable while {doing}: {_first_line(exc)}"

@@ -13,7 +13,11 @@ Guarantees (with ``FINAL`` or the views, the audit is exact):
   refuses (found by splitting the insert in halves until it is alone) - goes to
   ``governance.rejected`` with its bytes, error and ``error_kind``, and the batch goes on.
   Only ClickHouse failing as a server (unreachable, timeouts, a missing table) holds the
-  sink, which then retries.
+  sink, which then retries;
+- the same rows whoever parses: records are parsed and encoded in ``sink_parse_processes``
+  helper processes (chDB opens a directory in one process only: this one reads, writes and
+  commits), with the in-process code; a helper that dies, a block ClickHouse refuses or a
+  revoke makes the sink parse that batch itself.
 
 Not guaranteed: plain ``count()`` without ``FINAL`` may count a duplicate until a merge; the
 token does not catch a re-read after a crash (the batch boundaries differ then); ``close()``
@@ -120,6 +124,7 @@ def run_sink(
             report_every_s=report_every_s,
             on_report=on_report,
             ttl_days=settings.audit_ttl_days,
+            parse_processes=settings.sink_parse_processes,
         )
         if on_ready is not None:
             on_ready(sink, server)

@@ -29,6 +29,7 @@ from baton.sinks.audit_batch import (
 from baton.sinks.audit_insert import insert_types
 from baton.sinks.clickhouse import audit_errors
 from baton.sinks.rows import DECISION_COLUMNS, REJECTED_COLUMNS, RejectKind
+from baton.sinks.sink_parse import ParseProcesses
 from baton.sinks.sink_start import audit_consumer
 from baton.sinks.sink_stats import SinkStats
 
@@ -78,6 +79,7 @@ class AuditSink:
         backoff: Callable[[int], float] | None = None,
         ttl_days: int | None = 365,
         clock: Callable[[], datetime] = utc_now,
+        parse_processes: int = 0,
     ) -> None:
         self.kafka_config = kafka_config
         self.client = client
@@ -92,6 +94,9 @@ class AuditSink:
         self.backoff = backoff or (lambda attempt: min(30.0, 0.25 * 2 ** min(attempt, 7)))
         self.ttl_days = ttl_days
         self.clock = clock
+        #: processes that parse and encode the records (0: this process does; see sink_parse)
+        self.parse_processes = parse_processes
+        self._parsers: ParseProcesses | None = None
         self.stats = SinkStats()
         self._batch = self._new_batch()
         self._carry: list[Any] = []  # read while a batch waited for ClickHouse
@@ -156,6 +161,9 @@ class AuditSink:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         with contextlib.suppress(AuditUnavailable):  # else the first write asks again
             self._load_types()  # before any record: two queries the first batch need not wait for
+        if self.parse_processes > 0:
+            self._parsers = ParseProcesses(self.parse_processes, self.topic)
+            self._parsers.start()  # they import while the group assigns partitions
         try:
             consumer.subscribe(
                 [self.topic],
@@ -178,7 +186,8 @@ class AuditSink:
                                 raise BatonError(f"audit sink: fatal Kafka error: {err}")
                             log.warning("audit sink: %s", err)
                         continue
-                    self._batch.add(msg.partition(), msg.offset(), msg.value())
+                    self._take(msg.partition(), msg.offset(), msg.value())
+                self._send_chunk()
                 if self._writing is not None and self._writing_done():
                     self._finish_write(consumer, stop_event)
                 if self._batch and self._due():
@@ -200,6 +209,34 @@ class AuditSink:
             self._writing = None
             consumer.close()
             self._consumer = None
+            if self._parsers is not None:
+                self._parsers.close()
+                self._parsers = None
+
+    def _parsing_elsewhere(self) -> bool:
+        return self._parsers is not None and self._parsers.alive and self._types is not None
+
+    def _take(self, partition: int, offset: int, value: bytes | None) -> None:
+        """One record into the batch: kept for a parse process, or parsed here."""
+        if self._parsing_elsewhere():
+            self._batch.defer(partition, offset, value)
+        else:
+            self._batch.add(partition, offset, value)
+
+    def _send_chunk(self) -> None:
+        """The records kept since the last call to a parse process, as one chunk (parsed here
+        when the parse processes or the column types are gone meanwhile)."""
+        if not self._batch.unsent:
+            return
+        if self._parsing_elsewhere():
+            assert self._parsers is not None and self._types is not None
+            self._batch.send(self._parsers, self._types[DECISIONS_TABLE])
+        else:
+            self._batch.materialize()
+
+    def helper_pids(self) -> list[int]:
+        """The parse processes' ids (benches add their CPU to the sink's)."""
+        return self._parsers.pids() if self._parsers is not None else []
 
     def _due(self) -> bool:
         """Whether to write the batch in hand now: it is full, or its time is up, or (eager)
@@ -257,6 +294,7 @@ class AuditSink:
 
     def _start_write(self) -> None:
         """Hand the batch in hand to the writer thread; a new batch starts filling."""
+        self._send_chunk()
         batch, self._batch = self._batch, self._new_batch()
         self._writing = (batch, self._writer.submit(self._write, batch))
 
@@ -334,7 +372,7 @@ class AuditSink:
             # e.g. a rebalance took the partitions meanwhile: the new owner re-reads the batch,
             # whose rows ReplacingMergeTree folds; nothing is lost
             log.warning("audit sink: commit after insert failed (rows are stored): %s", exc)
-        stored = len(batch.rows) - sum(
+        stored = batch.stored_rows() - sum(
             1 for r in batch.rejected if r[-1] == RejectKind.REFUSED_BY_CLICKHOUSE
         )
         self.stats.rows += stored
