@@ -176,3 +176,14 @@ def _decided_without_lives(
     with monkeypatch.context() as patched:
         patched.setattr(engine, "life_of", lambda event, origin: "")
         return _decided(steps)
+
+
+@pytest.mark.parametrize("forged", ["r0:1@tombstone:0:1", "x0:1", 17, ["r0:1"], "r0:" + "9" * 40])
+def test_a_stored_life_mark_of_another_form_is_refused_never_decided_on(forged: object) -> None:
+    """It goes into every id of the run: a changelog record holding a forged one does not
+    decode (the run's events become state_unreadable dead letters)."""
+    state, _ = decide(None, handoff("h1", "t1", "planner", "researcher"), seed_policy(), at(0))
+    wire = state.to_wire()
+    wire["lf"] = forged
+    with pytest.raises(ValueError, match=r"run state key lf: expected a life mark .* got "):
+        RunState.from_wire(wire)
