@@ -44,7 +44,7 @@ def apply_allow(
         st.add_task(task_id, TaskNode(to_agent, from_agent, node.parent, node.depth))
     agents = st.agents
     if from_agent not in agents or to_agent not in agents:
-        st.agents = {**agents, from_agent: None, to_agent: None}
+        st.agents = st.joined(from_agent, to_agent)
     st.handoff_count += 1
     rules = ctx.rules
     if rules.max_bounces is not None:

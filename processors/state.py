@@ -64,7 +64,7 @@ class _FrozenEmpty(dict[Any, Any]):
     __ior__ = _refuse  # type: ignore[assignment]
 
 
-#: the empty value of every container field (``fresh`` included): shared, never changed
+#: the empty value of every dict field: shared, never changed (the tuples have ``()``)
 EMPTY: dict[Any, Any] = _FrozenEmpty()
 #: interned names (tenant, agents, tasks) are shared by every run that uses them; CPython
 #: frees an interned string once nothing else holds it, so hostile names do not pile up
@@ -112,11 +112,12 @@ class RunState:
     Every container (``tasks``, ``new_tasks``, ``agents``, ``reserved``, ``pending``,
     ``seen``, ``fresh``, ``digests``, ``bounces``, ``recent``) is replaced, never changed in
     place: a copy shares them with the state it was made from (most events change few of
-    them), and an empty one is :data:`EMPTY`, shared by every state (it raises on a change).
+    them), and an empty one is :data:`EMPTY` (``()`` for the tuples), shared by every state
+    (it raises on a change).
 
     Dedup marks: the run's n-th remembered key gets mark n (``marks`` counts them); a key
     is seen while its mark is among the newest SEEN_LIMIT. New keys go to ``fresh`` (their
-    marks are implied: the last ``len(fresh)``), which is folded into ``seen`` (dropping
+    marks are implied: the last ``len(fresh) // 2``), which is folded into ``seen`` (dropping
     marks that fell out of the window) whenever ``marks`` reaches a multiple of
     FRESH_LIMIT, so the split follows from ``marks`` alone and a state restored from its
     wire form is the same state.
@@ -142,7 +143,9 @@ class RunState:
     #: the tasks added since the last merge into ``tasks`` (fewer than TASK_FOLD)
     tasks: dict[str, TaskNode]
     new_tasks: dict[str, TaskNode]
-    agents: dict[str, None]  # ordered set
+    #: the run's agents in the order they joined (a set as a tuple: a dict of two names
+    #: takes 184 bytes, a tuple 56; read with ``in``, ``len`` and iteration, grown by joined())
+    agents: tuple[str, ...]
     #: request_id -> what an allowed handoff reserved until its completion (or expiry)
     reserved: dict[str, Reservation]
     pending: dict[str, PendingApproval]
@@ -150,8 +153,11 @@ class RunState:
     #: window since: has_seen() ignores them, the next fold drops them)
     seen: dict[str, int]
     #: keys since the last fold, oldest first (fewer than FRESH_LIMIT, all in the window),
-    #: each with the digest of the request it was decided for (None for keys without one)
-    fresh: dict[str, str | None]
+    #: each followed by the digest of the request it was decided for (None for keys without
+    #: one), flat: (key, digest, key, digest, ...). ``key in fresh`` is the dedup test: a
+    #: key always has its kind's prefix with a colon (processors/dedup_keys.py), which a
+    #: digest (hex) never has. A flat tuple: a dict of two keys takes 184 bytes, this 88
+    fresh: tuple[str | None, ...]
     marks: int
     #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
     #: key, replies, ...), replies one Decision, a list of several, or ``bytes``: their rows
@@ -191,7 +197,7 @@ class RunState:
         """A run Baton has not seen before, started at ``at`` (a POSIX timestamp)."""
         e = EMPTY
         return cls(
-            run_id, intern(tenant), at, at, 0, 0.0, 0, None, False, e, e, e, e, e, e, e, 0, (),
+            run_id, intern(tenant), at, at, 0, 0.0, 0, None, False, e, e, (), e, e, e, (), 0, (),
             0.0, 0, e, None, "", 0, e, None, e, life,
         )  # fmt: skip
 
@@ -205,8 +211,8 @@ class RunState:
         e = EMPTY
         return RunState(
             self.run_id, self.tenant, self.started_at, self.last_event_at, self.handoff_count,
-            self.spent_usd, self.tool_calls, self.stopped, self.finished, e, e, e, e, e,
-            e, e, 0, (), 0.0, 0, e, at, self.chain_head, self.steps, e, None, e, self.life,
+            self.spent_usd, self.tool_calls, self.stopped, self.finished, e, e, (), e, e,
+            e, (), 0, (), 0.0, 0, e, at, self.chain_head, self.steps, e, None, e, self.life,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:
@@ -216,7 +222,10 @@ class RunState:
     def add_task(self, task_id: str, node: TaskNode) -> None:
         """Add a task, or replace its node (a released task's new owner): both dicts are
         replaced, never changed in place; a node in ``new_tasks`` hides its old one in
-        ``tasks`` until the merge."""
+        ``tasks`` until the merge. The node's agent names are interned (an event's own
+        copies would stay with the run for its life)."""
+        owner, giver = node[0], node[1]
+        node = _node(TaskNode, (intern(owner), intern(giver), node[2], node[3]))
         added = {**self.new_tasks, task_id: node}
         if len(added) < TASK_FOLD:
             self.new_tasks = added
@@ -227,7 +236,8 @@ class RunState:
     def set_reserved(self, reserved: dict[str, Reservation]) -> None:
         """Replace the reservations, their sums and the earliest expiry."""
         self.reserved = reserved or EMPTY
-        self.reserved_usd = sum([r[0] for r in reserved.values()], 0.0)
+        # 0.0 itself when none: sum() makes a new float (24 bytes a run) even of nothing
+        self.reserved_usd = sum([r[0] for r in reserved.values()], 0.0) if reserved else 0.0
         self.reserved_tool_calls = sum([r[1] for r in reserved.values()])
         dues = [r[2] for r in reserved.values() if r[2] is not None]
         self.reserved_due = min(dues) if dues else None
@@ -287,21 +297,24 @@ class RunState:
                 self.recent = (*recent[: i + 1], replies, *recent[i + 2 :])
                 return
         else:
-            # a new dict, not fresh[key] = ...: a copy of this state shares ``fresh``
-            fresh = {**self.fresh, key: digest}
+            # concatenation, not (*fresh, key, digest): the starred form builds a list first
+            fresh = self.fresh + (key, digest)  # noqa: RUF005
             marks = self.marks = self.marks + 1
             if marks % FRESH_LIMIT:
                 self.fresh = fresh
             else:
                 floor = marks - SEEN_LIMIT
                 seen = {k: m for k, m in self.seen.items() if m > floor}
-                seen.update(zip(fresh, range(marks - len(fresh) + 1, marks + 1), strict=True))
+                keys: tuple[str, ...] = fresh[::2]  # type: ignore[assignment]
+                seen.update(zip(keys, range(marks - len(keys) + 1, marks + 1), strict=True))
                 self.seen = seen
                 old = self.digests
                 digests = {k: old[k] for k in seen if k in old}
-                digests.update((k, d) for k, d in fresh.items() if d is not None)
+                digests.update(
+                    (k, d) for k, d in zip(keys, fresh[1::2], strict=True) if d is not None
+                )
                 self.digests = digests or EMPTY
-                self.fresh = EMPTY
+                self.fresh = ()
         # concatenation, not (*recent, key, replies): the starred form builds a list first
         if len(recent) < _RECENT_ITEMS:
             self.recent = recent + (key, replies)  # noqa: RUF005
@@ -317,14 +330,27 @@ class RunState:
 
     def digest_of(self, key: str) -> str | None:
         """The digest of the request ``key`` was decided for (None if it had none)."""
-        if key in self.fresh:
-            return self.fresh[key]
+        fresh = self.fresh
+        if key in fresh:
+            return fresh[fresh.index(key) + 1]
         return self.digests.get(key)
+
+    def folded_keys(self) -> list[str]:
+        """The window's keys folded into ``seen``, oldest first."""
+        floor = self.marks - SEEN_LIMIT
+        return [k for k, m in self.seen.items() if m > floor]
 
     def seen_keys(self) -> list[str]:
         """The run's newest SEEN_LIMIT decided keys, oldest first."""
-        floor = self.marks - SEEN_LIMIT
-        return [k for k, m in self.seen.items() if m > floor] + list(self.fresh)
+        return self.folded_keys() + list(self.fresh[::2])  # type: ignore[arg-type]
+
+    def joined(self, *agents: str) -> tuple[str, ...]:
+        """The run's agents with ``agents`` added, each once, in the order they joined."""
+        known = self.agents
+        for agent in agents:
+            if agent not in known:
+                known = (*known, intern(agent))
+        return known
 
     def __eq__(self, other: object) -> bool:
         # equal when they would decide alike: the same wire form (which leaves out the
@@ -344,7 +370,7 @@ class RunState:
         if type(kept) is Decision:
             return [kept]
         if type(kept) is bytes:
-            return _wire.replies_from_rows(kept)
+            return _wire.replies_from_rows(kept, self.run_id)
         return list(kept)
 
     def _recent_index(self, key: str) -> int | None:
@@ -381,6 +407,8 @@ class RunState:
 
 
 _new_state = object.__new__
+#: a TaskNode from its four values, without NamedTuple's __new__ (a Python function)
+_node = tuple.__new__
 
 # the wire form reads and writes RunState: imported once RunState exists
 from baton.processors import state_wire as _wire  # noqa: E402

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import secrets
 import zlib
-from typing import Any
 
 import orjson
 
-from baton.processors.state_replies import REPLY_COLUMNS
+from baton.processors.state_replies import typical_reply as _typical_reply
 
 __all__ = ["HELD_MARK", "MAX_RECORD", "hold", "is_held", "record_of", "record_size"]
 
@@ -44,21 +43,6 @@ _HEADER = 8  # mark, tag, length
 _WBITS = (
     -12
 )  # raw deflate (no zlib header or checksum: the record never leaves memory), 4 KB window
-
-
-def _typical_reply(phase: str, outcome: str, reason: str) -> list[Any]:
-    """A stored reply row with the values most rows hold (ids are placeholders)."""
-    typical: dict[str, Any] = {
-        "decision_id": "0" * 32, "request_id": "req-1", "run_id": "run-1", "tenant": "default",
-        "phase": phase, "outcome": outcome, "reason": reason, "owner": "agent",
-        "from_agent": "agent", "to_agent": "agent", "task_id": "task-1", "depth": 1,
-        "handoff_count": 1, "spent_usd": 0.0, "tool_calls": 0, "policy_version": "0" * 16,
-        "event_time": "2026-01-01T00:00:00.000000+00:00",
-        "decided_at": "2026-01-01T00:00:00.000000+00:00", "worker": "worker-1",
-        "partition": 0, "offset": 0, "reserved_usd": 0.0, "chain_prev": "0" * 32,
-        "chain_hash": "0" * 32, "reemitted": False,
-    }  # fmt: skip
-    return [typical.get(c) for c in REPLY_COLUMNS]
 
 
 def _dictionary() -> bytes:

@@ -90,11 +90,13 @@ def encode(state: RunState) -> bytes:
 
 def to_wire(state: RunState) -> dict[str, Any]:
     """The state as the map that ``encode`` writes (equal maps: states that decide alike)."""
-    return _wire_map(state, recent_to_wire(state.recent))
+    return _wire_map(state, recent_to_wire(state.recent, state.run_id))
 
 
 def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
-    keys = state.seen_keys()
+    folded, fresh = state.folded_keys(), state.fresh
+    keys = folded + list(fresh[::2])  # state.seen_keys()
+    digests = state.digests
     wire: dict[str, Any] = {
         "v": STATE_FORMAT,
         "run": state.run_id,
@@ -115,7 +117,7 @@ def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
         ],
         "keys": keys,
         "mk": state.marks,
-        "dg": [state.digest_of(k) for k in keys],
+        "dg": [digests.get(k) for k in folded] + list(fresh[1::2]),
         "rec": rec,
         "ev": state.evicted_at,
         "ch": state.chain_head,
@@ -180,8 +182,8 @@ def _formats() -> list[int]:
 
 def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
     keys = w.get("keys", [])
-    seen, fresh, marks = _marks_from_wire(keys, w.get("mk", len(keys)))
-    digests = _digests(keys, w.get("dg"), fresh)
+    marks = w.get("mk", len(keys))
+    seen, fresh, digests = _marks_from_wire(keys, marks, w.get("dg"))
     cols = w.get("cols")
     state = RunState(
         w["run"],
@@ -195,11 +197,11 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         w.get("fin", False),
         _tasks_from_wire(w.get("tasks", ())),
         EMPTY,
-        dict.fromkeys(map(intern, w.get("ag", ()))) or EMPTY,
+        tuple(dict.fromkeys(map(intern, w.get("ag", ())))),
         {r[0]: Reservation(*r[1:]) for r in w.get("res", ())} or EMPTY,
         {p[0]: _pending_from_wire(p) for p in w.get("pend", ())} or EMPTY,
         seen or EMPTY,
-        fresh or EMPTY,
+        fresh,
         marks,
         recent_from_wire(w.get("rec", ()), cols, checked=rows_checked),
         0.0,
@@ -244,13 +246,13 @@ def _tasks_from_wire(rows: Any) -> dict[str, TaskNode]:
 
 def _from_list(w: list[Any]) -> RunState:
     """Formats 1-3: positional; what a format lacks takes its empty value."""
-    seen, fresh, marks = _marks_from_wire(w[14], w[16] if len(w) > 16 else len(w[14]))
-    digests = _digests(w[14], w[17] if len(w) > 17 else None, fresh)
+    marks = w[16] if len(w) > 16 else len(w[14])
+    seen, fresh, digests = _marks_from_wire(w[14], marks, w[17] if len(w) > 17 else None)
     state = RunState(
         w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9],
         {k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]},
         {},
-        dict.fromkeys(w[11]),
+        tuple(dict.fromkeys(w[11])),
         {r[0]: _old_reservation(r) for r in w[12]},
         {p[0]: _pending_from_wire(p) for p in w[13]},
         seen,
@@ -286,29 +288,27 @@ def _pending_from_wire(p: list[Any]) -> PendingApproval:
     return PendingApproval(p[0], HandoffRequested.model_validate(p[1]), p[2], created)
 
 
-def _digests(
-    keys: list[str], digests: list[str | None] | None, fresh: dict[str, str | None]
-) -> dict[str, str]:
-    """The folded keys' digests; fresh keys get theirs in ``fresh`` (changed in place)."""
-    out: dict[str, str] = {}
-    if digests is None:
-        return out
-    for k, d in zip(keys, digests, strict=True):
-        if k in fresh:
-            fresh[k] = d
-        elif d is not None:
-            out[k] = d
-    return out
-
-
 def _marks_from_wire(
-    keys: list[str], marks: int
-) -> tuple[dict[str, int], dict[str, str | None], int]:
-    """``seen``, ``fresh`` and ``marks`` from the window's keys (oldest first): the newest
-    ``marks % FRESH_LIMIT`` keys are the ones not folded yet (RunState.remember)."""
-    split = len(keys) - marks % FRESH_LIMIT
-    if split <= 0:  # a run of fewer than FRESH_LIMIT keys: nothing folded yet
-        return {}, dict.fromkeys(keys, None), marks
+    keys: list[str], marks: int, digests: list[str | None] | None
+) -> tuple[dict[str, int], tuple[str | None, ...], dict[str, str]]:
+    """``seen``, ``fresh`` and ``digests`` from the window's keys (oldest first) and their
+    digests (one each; None: a format without them): the newest ``marks % FRESH_LIMIT`` keys
+    are the ones not folded yet (RunState.remember)."""
+    if digests is None:
+        digests = [None] * len(keys)
+    elif len(digests) != len(keys):
+        raise ValueError(
+            f"run state has {len(digests)} request digests for {len(keys)} keys: expected one "
+            "for each key"
+        )
+    split = max(len(keys) - marks % FRESH_LIMIT, 0)  # none folded in a run of fewer keys
+    for d in digests[split:]:
+        if d is not None and (type(d) is not str or ":" in d):
+            # RunState.fresh holds keys and digests side by side: a digest must never
+            # read as a key (every key has its kind's prefix with a colon)
+            raise ValueError(f"run state request digest {str(d)[:60]!r}: expected hex or null")
+    fresh = tuple(x for pair in zip(keys[split:], digests[split:], strict=True) for x in pair)
     first = marks - len(keys) + 1
     seen = dict(zip(keys[:split], range(first, first + split), strict=True))
-    return seen, dict.fromkeys(keys[split:], None), marks
+    folded = {k: d for k, d in zip(keys[:split], digests[:split], strict=True) if d is not None}
+    return seen, fresh, folded

@@ -188,8 +188,7 @@ def _rich_state() -> RunState:
     st.chain_head = "c0ffee"
     st.grants = {"req-4": ("refund", "billing", ("billing.refund.create",))}
     st.add_task("late", st.task("plan")._replace(owner="writer"))  # type: ignore[union-attr]
-    if hasattr(st, "life"):  # H5's field (processors/state.py), while it is uncommitted
-        st.life = "r0:17"
+    st.life = "r0:17"
     return st
 
 
@@ -200,6 +199,8 @@ _VIEWS = {
     "seen": lambda s: s.seen_keys(),
     "fresh": lambda s: [s.digest_of(k) for k in s.seen_keys()],
     "digests": lambda s: [s.digest_of(k) for k in s.seen_keys()],
+    # a reply is held packed once its state was written, as JSON when read back
+    "recent": lambda s: [(k, s.replies(k)) for k in s.recent_keys()],
 }
 
 

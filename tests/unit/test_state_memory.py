@@ -1,0 +1,110 @@
+"""A decoded run is held compactly (issue 15 item 3) and decides exactly as before."""
+
+from __future__ import annotations
+
+import sys
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from baton.processors.chain import link
+from baton.processors.engine import decide
+from baton.processors.state import RunState
+from baton.processors.state_replies import pack, unpack
+from baton.schemas.events import parse_event
+from tests.unit.test_engine_support import Run, at, completed, handoff, policy_with
+
+pytestmark = pytest.mark.unit
+
+
+def _parsed_run(run_id: str) -> RunState:
+    """A run decided from events parsed from the wire (each event its own strings)."""
+    state = None
+    policy = policy_with()
+    for i, (giver, taker) in enumerate([("planner", "coder"), ("coder", "tester")]):
+        raw = orjson.dumps(
+            {
+                "type": "handoff_requested", "request_id": f"{run_id}-r{i}", "run_id": run_id,
+                "task_id": f"t{i}", "from_agent": giver, "to_agent": taker,
+                "event_time": "2026-03-01T09:00:00Z",
+            }
+        )  # fmt: skip
+        state, decisions = decide(state, parse_event(raw, run_id.encode()), policy, at(i))
+        link(state, decisions, b"key")
+    assert state is not None
+    state.to_bytes()  # as the batch step writes it: its linked replies packed
+    return state
+
+
+def test_live_runs_share_their_agent_names_not_each_events_copies() -> None:
+    one, two = _parsed_run("run-a"), _parsed_run("run-b")
+    assert [x is y for x, y in zip(one.agents, two.agents, strict=True)] == [True] * 3
+    node_a, node_b = one.task("t1"), two.task("t1")
+    assert node_a is not None and node_b is not None
+    assert node_a.owner is node_b.owner is two.agents[2]
+    assert node_a.giver is node_b.giver is two.agents[1]
+
+
+def test_a_decoded_run_holds_its_marks_agents_and_replies_compactly() -> None:
+    state = _parsed_run("run-00000000-0000-0000-0000-0000000003e9")
+    # two dedup marks as one flat tuple (a dict of two keys is 184 bytes)
+    assert state.fresh[::2] == ("h:run-00000000-0000-0000-0000-0000000003e9-r0", state.fresh[2])
+    assert sys.getsizeof(state.fresh) <= 88 and sys.getsizeof(state.agents) <= 64
+    for key in state.recent_keys():
+        held = state.recent[state.recent.index(key) + 1]
+        rows = orjson.dumps([orjson.loads(d.to_json()) for d in state.replies(key) or ()])
+        # packed: well under the rows' JSON (~460 bytes a decision)
+        assert type(held) is bytes and held[0] == 0 and len(held) < 0.7 * len(rows)
+
+
+def test_packed_replies_answer_a_retry_with_the_decision_made() -> None:
+    run = Run(policy_with(shared_max_usd=20))
+    first = run.send(handoff("r1", "t1", "planner", "coder", estimated_usd=1.0))
+    link(run.state, first, b"key")  # type: ignore[arg-type]
+    state = run.state
+    assert state is not None
+    raw = state.to_bytes()
+    assert state.recent[1][0] == 0  # packed
+    for held in (state, RunState.from_bytes(raw)):  # packed, and as read from its record
+        again, answer = decide(held, handoff("r1", "t1", "planner", "coder", estimated_usd=1.0),
+                               run.policy, at(3))  # fmt: skip
+        assert again is held and answer == first and answer[0].to_json() == first[0].to_json()
+        assert held.to_bytes() == raw
+
+
+@given(
+    texts=st.lists(st.text(max_size=40), max_size=6),
+    run_id=st.text(max_size=30),
+)
+def test_packing_gives_back_the_exact_rows_whatever_the_run_id_and_text(
+    texts: list[str], run_id: str
+) -> None:
+    # the run id stands in the packed rows as a byte JSON text never holds: the swap is
+    # exact even when the id is a single character, a quote, or inside other text
+    raw = orjson.dumps([[run_id, *texts, f"x{run_id}y{run_id}", "\x01"]])
+    packed = pack(raw, run_id)
+    assert packed[0] == 0 and unpack(packed, run_id) == raw
+    assert unpack(raw, run_id) is raw  # rows not packed are their JSON
+
+
+def test_a_record_whose_digest_would_read_as_a_key_is_refused() -> None:
+    state = _parsed_run("run-x")
+    wire = orjson.loads(state.to_bytes())
+    wire["dg"][-1] = "h:run-x-r9"  # beside the keys in ``fresh``, it would mark r9 as seen
+    with pytest.raises(ValueError, match="request digest 'h:run-x-r9': expected hex or null"):
+        RunState.from_bytes(orjson.dumps(wire))
+    wire["dg"] = wire["dg"][:1]
+    with pytest.raises(ValueError, match="1 request digests for 2 keys"):
+        RunState.from_bytes(orjson.dumps(wire))
+
+
+def test_an_agent_joins_once_in_the_order_it_came() -> None:
+    state = RunState.new("run-1", "acme", 0.0)
+    state.agents = state.joined("planner", "planner")
+    state.agents = state.joined("coder", "planner", "tester")
+    assert state.agents == ("planner", "coder", "tester")
+    assert RunState.from_bytes(state.to_bytes()).agents == state.agents
+    decided = completed("r1", "t1", "coder", cost_usd=0.1)
+    assert decide(state, decided, policy_with(), at(1))[0].agents == state.agents
