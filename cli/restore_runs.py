@@ -34,7 +34,7 @@ from baton.cli.restore_kills import MAX_RUN_ID, ends_killed, hold_lost_kills, ke
 from baton.cli.restore_write import reissue, write_changelog
 from baton.processors.engine import STICKY_REASONS, evict
 from baton.processors.replay import Recorded, in_chain_order, is_partial, rebuild_run, runs_of
-from baton.processors.state import RunState
+from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
 from baton.schemas.decision import Reason
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
@@ -253,6 +253,11 @@ def _from_summaries(
         ).result_rows
         for run_id, tenant, first, last, handoffs, spent, calls, stop, finished in rows:
             state = RunState.new(run_id, tenant, first.replace(tzinfo=UTC).timestamp())
+            # it has forgotten every key it decided, as a long run past its window has: its
+            # ids then carry the input's position (decision_builder.id_phase), so a copy of
+            # an old request never takes (and replaces in the audit) a recorded id. A
+            # multiple of FRESH_LIMIT: no key is pending a fold (RunState.remember)
+            state.marks = SEEN_LIMIT + FRESH_LIMIT
             state.last_event_at = last.replace(tzinfo=UTC).timestamp()
             state.handoff_count, state.tool_calls = int(handoffs), int(calls)
             state.spent_usd = float(spent)

@@ -6,6 +6,7 @@ replays as recorded."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,35 @@ def test_a_stored_life_mark_of_another_form_is_refused_never_decided_on(forged: 
     wire["lf"] = forged
     with pytest.raises(ValueError, match=r"run state key lf: expected a life mark .* got "):
         RunState.from_wire(wire)
+
+
+def test_a_run_restored_from_its_counters_never_gives_a_copy_an_id_it_decided_before(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`baton up` restores a run it cannot replay (partial, broken) from its counters: no
+    dedup marks, no life. A copy of one of its requests decided on that state took the
+    original's id (an audit recorded before lives, or a run restored twice) and replaced it in
+    the audit; the restored state has forgotten every key, so its ids carry the input's
+    position, as a long run's past its window do."""
+    from baton.cli.restore_runs import _from_summaries
+    from baton.schemas.settings import Settings
+    from baton.sinks.audit_batch import AuditBatch, write_batch
+    from baton.sinks.clickhouse import connect
+    from baton.sinks.schema import migrate
+
+    request = handoff("h1", "t1", "planner", "researcher", t=LATER)
+    recorded = _decided_without_lives(
+        monkeypatch,
+        [(request, LATER, False), (completed("h1", "t1", "researcher", 0.5), LATER + 1, False)],
+    )
+    client = connect(f"chdb://{tmp_path}/chdb", create=True)
+    migrate(client, 365)
+    batch = AuditBatch("gov.decisions", 365)
+    for offset, decision in enumerate(recorded):
+        batch.add(0, offset, decision.to_json())
+    write_batch(client, batch, "chdb")
+    (state,) = _from_summaries(client, [RUN], Settings(partitions=1), at(LATER + 60))
+    _, copy = decide(state, request, seed_policy(), at(LATER + 61), origin=Origin("w", 0, 99))
+    _, again = decide(state, request, seed_policy(), at(LATER + 62), origin=Origin("w2", 0, 99))
+    assert copy[0].decision_id != recorded[0].decision_id
+    assert again[0].decision_id == copy[0].decision_id  # a redelivery keeps it
