@@ -170,6 +170,8 @@ class SinkRun:
     sink_us: float
     broker_us: float
     rows: int
+    #: of sink_us, the parse processes' share (sink_parse)
+    parse_us: float = 0.0
 
 
 def sink_rate(settings: Settings, n: int, to_store: int, broker_pid: int | None) -> SinkRun:
@@ -178,11 +180,16 @@ def sink_rate(settings: Settings, n: int, to_store: int, broker_pid: int | None)
     stop = threading.Event()
     box: dict[str, Any] = {}
 
-    def mark() -> tuple[float, float, float]:
+    def mark() -> tuple[float, float, float, float]:
         # the sink's CPU: its own process and its parse processes (sink_parse)
         helpers = getattr(box.get("sink"), "helper_pids", list)()
-        cpu = time.process_time() + sum(_cpu_seconds(pid) for pid in helpers)
-        return time.perf_counter(), cpu, _cpu_seconds(broker_pid)
+        helper_cpu = sum(_cpu_seconds(pid) for pid in helpers)
+        return (
+            time.perf_counter(),
+            time.process_time() + helper_cpu,
+            _cpu_seconds(broker_pid),
+            helper_cpu,
+        )
 
     def ready(sink: AuditSink, _server: object) -> None:
         box["sink"] = sink
@@ -223,7 +230,7 @@ def sink_rate(settings: Settings, n: int, to_store: int, broker_pid: int | None)
     stats: SinkStats = box["sink"].stats
     if "done" not in box or "assigned" not in box:
         raise SystemExit(f"the sink stored {stats.rows} of {to_store} rows in time")
-    (t0, cpu0, broker0), (t1, cpu1, broker1) = box["assigned"], box["done"]
+    (t0, cpu0, broker0, helper0), (t1, cpu1, broker1, helper1) = box["assigned"], box["done"]
     first = box.get("first", t0)
     return SinkRun(
         n / (t1 - t0),
@@ -231,6 +238,7 @@ def sink_rate(settings: Settings, n: int, to_store: int, broker_pid: int | None)
         (cpu1 - cpu0) / n * 1e6,
         (broker1 - broker0) / n * 1e6,
         stats.rows,
+        (helper1 - helper0) / n * 1e6,
     )
 
 
@@ -561,17 +569,17 @@ def _print_table(
     )
     print(
         f"| {'variant':<44} | {'rows/s':>9} | {'from 1st record':>15} | {'sink CPU us/row':>15} "
-        f"| {'broker CPU us/row':>17} |"
+        f"| {'of which parse processes':>24} | {'broker CPU us/row':>17} |"
     )
-    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 17}|{'-' * 17}|{'-' * 19}|")
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 17}|{'-' * 17}|{'-' * 26}|{'-' * 19}|")
     print(
         f"| {'confluent-kafka consume only (baseline)':<44} | {'':>9} | {base:>15,.0f} | "
-        f"{'':>15} | {'':>17} |"
+        f"{'':>15} | {'':>24} | {'':>17} |"
     )
     for name, run in results:
         print(
             f"| {'baton sink, ' + name:<44} | {run.rate:>9,.0f} | {run.rate_from_first:>15,.0f} "
-            f"| {run.sink_us:>15.1f} | {run.broker_us:>17.1f} |"
+            f"| {run.sink_us:>15.1f} | {run.parse_us:>24.1f} | {run.broker_us:>17.1f} |"
         )
 
 

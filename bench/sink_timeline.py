@@ -6,8 +6,9 @@ with its stages timed on one monotonic clock (bench only: module attributes are 
 
 * the main thread's reading steps: each ``consume()`` call, and the parse and loop work
   between two calls;
-* each write on the writer thread, split into chDB running the INSERT (GIL released) and the
-  Python around it (the dedup token, clickhouse-connect building the Native block);
+* each write on the writer thread, split into chDB running the INSERT (GIL released), the
+  wait for the parse process's chunks (``sink_parse``), and the Python around it (the dedup
+  token; clickhouse-connect building the Native block when this process parses);
 * the garbage collector's passes, on whichever thread.
 
 Prints one line per write (rows, when it started and ended, its chDB and Python parts, how
@@ -16,6 +17,7 @@ first record to first write, the writer's idle time between writes, last write t
 
     python -m bench.sink_timeline                         # 60,000 decisions, batches of 20,000
     python -m bench.sink_timeline --decisions 200000 --batch-size 20000
+    BATON_SINK_PARSE_PROCESSES=0 python -m bench.sink_timeline   # parsed in the sink's process
 """
 
 from __future__ import annotations
@@ -65,7 +67,15 @@ def timed_sink(spans: list[Span]) -> Iterator[None]:
             try:
                 return original(client, batch, *args)
             finally:
-                note("write", start, len(batch.rows))
+                note("write", start, batch.stored_rows())
+
+        return timed
+
+    def send(original: Any) -> Any:
+        def timed(self: Any, *args: Any) -> Any:
+            chunks = len(self.chunks)
+            original(self, *args)
+            self.chunks[chunks:] = [_TimedResult(f, note) for f in self.chunks[chunks:]]
 
         return timed
 
@@ -95,7 +105,7 @@ def timed_sink(spans: list[Span]) -> Iterator[None]:
             try:
                 return original(self, consumer_, batch)
             finally:
-                note("commit", start, len(batch.rows))
+                note("commit", start, batch.stored_rows())
 
         return timed
 
@@ -108,6 +118,7 @@ def timed_sink(spans: list[Span]) -> Iterator[None]:
             note(f"gc gen {info['generation']}", collecting.pop(threading.get_ident()))
 
     patch(sink_loop, "write_batch", write_batch)
+    patch(sink_loop.AuditBatch, "send", send)
     patch(chdb_backend.ChdbBackend, "_run", chdb_run)
     patch(sink_loop, "audit_consumer", consumer)
     patch(sink_loop.AuditSink, "_on_assign", on_assign)
@@ -119,6 +130,23 @@ def timed_sink(spans: list[Span]) -> Iterator[None]:
         gc.callbacks.remove(on_gc)
         for obj, attr, original in reversed(saved):
             setattr(obj, attr, original)
+
+
+class _TimedResult:
+    """A parse process's future whose ``result()`` waits are noted (the writer waiting)."""
+
+    def __init__(self, future: Any, note: Any) -> None:
+        self._future, self._note = future, note
+
+    def result(self, timeout: float | None = None) -> Any:
+        start = time.perf_counter()
+        try:
+            return self._future.result(timeout)
+        finally:
+            self._note("parse wait", start)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._future, name)
 
 
 class _TimedConsumer:
@@ -146,16 +174,21 @@ def report(spans: list[Span]) -> None:
     writes = [s for s in spans if s[1] == "write"]
     inserts = [s for s in spans if s[1] == "chdb insert"]
     first_record = next(s[3] for s in reads if s[4])
-    print("| write | rows | start ms | end ms | chDB ms | Python ms | writer idle before, ms |")
-    print("|---|---|---|---|---|---|---|")
+    waits = [s for s in spans if s[1] == "parse wait"]
+    print(
+        "| write | rows | start ms | end ms | chDB ms | waiting for parse ms | Python ms "
+        "| writer idle before, ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     idle, previous_end = 0.0, first_record
     for i, (_, _, start, end, rows) in enumerate(writes, 1):
         chdb = sum(e - s for _, _, s, e, _ in inserts if start <= s and e <= end)
+        wait = sum(e - s for _, _, s, e, _ in waits if start <= s and e <= end)
         gap = start - previous_end
         idle += gap if i > 1 else 0.0
         print(
             f"| {i} | {rows:,} | {ms(start):,.0f} | {ms(end):,.0f} | {chdb * 1e3:,.0f} | "
-            f"{(end - start - chdb) * 1e3:,.0f} | {gap * 1e3:,.0f} |"
+            f"{wait * 1e3:,.0f} | {(end - start - chdb - wait) * 1e3:,.0f} | {gap * 1e3:,.0f} |"
         )
         previous_end = end
     commits = [s for s in spans if s[1] == "commit"]

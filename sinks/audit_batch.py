@@ -363,6 +363,11 @@ def write_batch(
         batch.rejected_stored = True
 
 
+#: longest wait for one chunk from a parse process (it parses ~1,000 records in ~15 ms): past
+#: it the batch is parsed here, so a parse process that hangs cannot hold the audit
+_CHUNK_WAIT_S = 60.0
+
+
 def _write_chunks(
     client: Client, batch: AuditBatch, label: str, types: tuple[str, ...] | None
 ) -> None:
@@ -375,8 +380,8 @@ def _write_chunks(
         batch.materialize()
         return
     try:
-        chunks = [future.result() for future in batch.chunks]
-    except Exception as exc:  # a parse process died or failed: parse here
+        chunks = [future.result(_CHUNK_WAIT_S) for future in batch.chunks]
+    except Exception as exc:  # a parse process died, failed or hangs: parse here
         log.warning("audit sink: parsing a batch here (%s)", exc)
         batch.materialize()
         return

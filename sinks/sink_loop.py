@@ -161,9 +161,7 @@ class AuditSink:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         with contextlib.suppress(AuditUnavailable):  # else the first write asks again
             self._load_types()  # before any record: two queries the first batch need not wait for
-        if self.parse_processes > 0:
-            self._parsers = ParseProcesses(self.parse_processes, self.topic)
-            self._parsers.start()  # they import while the group assigns partitions
+        self._start_parsers()
         try:
             consumer.subscribe(
                 [self.topic],
@@ -212,6 +210,20 @@ class AuditSink:
             if self._parsers is not None:
                 self._parsers.close()
                 self._parsers = None
+
+    def _start_parsers(self) -> None:
+        """Launch the parse processes (they import while the group assigns partitions); one
+        that cannot start leaves the parsing to this process, with a warning."""
+        if self.parse_processes <= 0:
+            return
+        parsers = ParseProcesses(self.parse_processes, self.topic)
+        try:
+            parsers.start()
+        except OSError as exc:
+            log.warning("audit sink: cannot start a parse process (%s); parsing here", exc)
+            parsers.close()
+            return
+        self._parsers = parsers
 
     def _parsing_elsewhere(self) -> bool:
         return self._parsers is not None and self._parsers.alive and self._types is not None

@@ -244,3 +244,21 @@ def test_a_record_parsed_here_after_deferred_ones_takes_them_along(
     assert not client.blocks
     expected = _local([*records, records[0]])
     assert client.stored[DECISIONS_TABLE] == _as_sent(expected.rows)
+
+
+def test_a_parse_process_running_other_code_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another checkout on the helper's path would parse and reject by other rules."""
+    import baton.sinks.sink_parse as sink_parse
+
+    monkeypatch.setattr(sink_parse, "_same_code", lambda: ("/elsewhere/sink_parse.py", "x"))
+    records = [r for r in _records() if b'"evil"' not in (r[2] or b"")]
+    processes = ParseProcesses(1, "gov.decisions")
+    processes.start()
+    try:
+        wait_for(lambda: not processes.alive, timeout=20, message="the mismatch is noticed")
+        batch, client = _deferred(records, processes), FakeClickHouse()
+        write_batch(client, batch, types=TYPES)  # type: ignore[arg-type]
+    finally:
+        processes.close()
+    assert not client.blocks
+    assert client.stored[DECISIONS_TABLE] == _as_sent(_local(records).rows)
