@@ -220,3 +220,22 @@ def test_a_run_restored_from_its_counters_never_gives_a_copy_an_id_it_decided_be
     _, again = decide(state, request, seed_policy(), at(LATER + 62), origin=Origin("w2", 0, 99))
     assert copy[0].decision_id != recorded[0].decision_id
     assert again[0].decision_id == copy[0].decision_id  # a redelivery keeps it
+
+
+def test_a_late_event_decided_on_a_lost_tombstone_is_decided_again_on_the_live_run() -> None:
+    """docs/guarantees.md, Not guaranteed: worker A's sweep evicted the idle run and A
+    stopped its late handoff on the tombstone, then died before writing either state; the
+    next owner decides the redelivered handoff on the run's last written (live) state. Same
+    position, two ids: nothing in the state that was written can tell it was decided."""
+    policy = seed_policy()
+    live, _ = decide(
+        None, handoff("h1", "t1", "planner", "researcher"), policy, at(0), origin=Origin("A", 0, 1)
+    )
+    late = handoff("h2", "t2", "planner", "researcher")
+    tomb = evict(live, at(3700), 3600.0, 86400.0)
+    assert tomb is not None
+    _, by_a = decide(tomb, late, policy, at(3701), origin=Origin("A", 0, 2))
+    _, by_b = decide(live, late, policy, at(3712), origin=Origin("B", 0, 2))
+    assert (by_a[0].outcome, by_a[0].reason) == (Outcome.STOP, "run_expired")
+    assert by_b[0].outcome is Outcome.ALLOW
+    assert by_a[0].decision_id != by_b[0].decision_id
