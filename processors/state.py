@@ -253,11 +253,15 @@ class RunState:
     def add_task(self, task_id: str, node: TaskNode) -> None:
         """Add a task, or replace its node (a released task's new owner): both dicts are
         replaced, never changed in place; a node in ``new_tasks`` hides its old one in
-        ``tasks`` until the merge. The node's agent names are interned (an event's own
-        copies would stay with the run for its life)."""
-        owner, giver = node[0], node[1]
-        node = _node(TaskNode, (intern(owner), intern(giver), node[2], node[3]))
-        added = self.new_tasks.with_task(task_id, node)
+        ``tasks`` until the merge. The node's agent names are interned and its parent is the
+        parent's own id when it is among the new tasks (the event's copies would stay with
+        the run for its life)."""
+        owner, giver, parent = node[0], node[1], node[2]
+        added = self.new_tasks
+        if parent is not None and parent in added:
+            parent = added[added.index(parent)]  # the tree's own copy of the id
+        node = _node(TaskNode, (intern(owner), intern(giver), parent, node[3]))
+        added = added.with_task(task_id, node)
         if len(added) < 2 * TASK_FOLD:
             self.new_tasks = added
         else:

@@ -28,7 +28,7 @@ def _parsed_run(run_id: str) -> RunState:
             {
                 "type": "handoff_requested", "request_id": f"{run_id}-r{i}", "run_id": run_id,
                 "task_id": f"t{i}", "from_agent": giver, "to_agent": taker,
-                "event_time": "2026-03-01T09:00:00Z",
+                "parent_task_id": f"t{i - 1}" if i else None, "event_time": "2026-03-01T09:00:00Z",
             }
         )  # fmt: skip
         state, decisions = decide(state, parse_event(raw, run_id.encode()), policy, at(i))
@@ -45,6 +45,8 @@ def test_live_runs_share_their_agent_names_not_each_events_copies() -> None:
     assert node_a is not None and node_b is not None
     assert node_a.owner is node_b.owner is two.agents[2]
     assert node_a.giver is node_b.giver is two.agents[1]
+    # a child task names its parent by the tree's own id, not its event's copy of it
+    assert node_a.parent == "t0" and node_a.parent is one.new_tasks[0]
 
 
 def test_a_decoded_run_holds_its_marks_agents_and_replies_compactly() -> None:
