@@ -121,6 +121,19 @@ class AuditBatch:
         self.deferred.append(record)
         self.unsent.append(record)
 
+    def defer_chunk(self, records: list[Record]) -> None:
+        """``defer`` each of ``records`` (what one consume returned)."""
+        if self.deferred is None and (self.rows or self.rejected):
+            for record in records:
+                self.add(*record)
+            return
+        if self.deferred is None:
+            self.deferred = []
+        for partition, offset, _ in records:
+            self._note(partition, offset)
+        self.deferred.extend(records)
+        self.unsent.extend(records)
+
     def send(self, parsers: ParseProcesses, types: tuple[str, ...]) -> None:
         """Hand the records deferred since the last call to ``parsers`` as one chunk."""
         if not self.unsent:

@@ -175,6 +175,7 @@ class AuditSink:
                 else:
                     messages = consumer.consume(num_messages=self._room(), timeout=self._wait())
                     self._drained = not messages
+                records = []
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
@@ -184,8 +185,8 @@ class AuditSink:
                                 raise BatonError(f"audit sink: fatal Kafka error: {err}")
                             log.warning("audit sink: %s", err)
                         continue
-                    self._take(msg.partition(), msg.offset(), msg.value())
-                self._send_chunk()
+                    records.append((msg.partition(), msg.offset(), msg.value()))
+                self._take(records)
                 if self._writing is not None and self._writing_done():
                     self._finish_write(consumer, stop_event)
                 if self._batch and self._due():
@@ -228,12 +229,14 @@ class AuditSink:
     def _parsing_elsewhere(self) -> bool:
         return self._parsers is not None and self._parsers.alive and self._types is not None
 
-    def _take(self, partition: int, offset: int, value: bytes | None) -> None:
-        """One record into the batch: kept for a parse process, or parsed here."""
-        if self._parsing_elsewhere():
-            self._batch.defer(partition, offset, value)
+    def _take(self, records: list[tuple[int, int, bytes | None]]) -> None:
+        """Records read into the batch: one chunk for a parse process, or parsed here."""
+        if records and self._parsing_elsewhere():
+            self._batch.defer_chunk(records)
         else:
-            self._batch.add(partition, offset, value)
+            for partition, offset, value in records:
+                self._batch.add(partition, offset, value)
+        self._send_chunk()
 
     def _send_chunk(self) -> None:
         """The records kept since the last call to a parse process, as one chunk (parsed here

@@ -83,11 +83,15 @@ def _local(records: list[tuple[int, int, bytes | None]]) -> AuditBatch:
 def _deferred(
     records: list[tuple[int, int, bytes | None]], parsers: ParseProcesses, step: int = 7
 ) -> AuditBatch:
+    """The records deferred as the sink defers them (a consume's records at a time), sent in
+    chunks of ``step``; the last chunk one record at a time."""
     batch = AuditBatch("gov.decisions", 365, lambda: NOW)
-    for i, (partition, offset, value) in enumerate(records, 1):
-        batch.defer(partition, offset, value)
-        if i % step == 0:
-            batch.send(parsers, TYPES[DECISIONS_TABLE])
+    last = len(records) - len(records) % step
+    for i in range(0, last, step):
+        batch.defer_chunk(records[i : i + step])
+        batch.send(parsers, TYPES[DECISIONS_TABLE])
+    for record in records[last:]:
+        batch.defer(*record)
     batch.send(parsers, TYPES[DECISIONS_TABLE])
     return batch
 
@@ -240,9 +244,10 @@ def test_a_record_parsed_here_after_deferred_ones_takes_them_along(
     for partition, offset, value in records[-5:]:
         batch.add(partition, offset, value)
     batch.defer(*records[0])  # and a later deferral stays here too
+    batch.defer_chunk([records[1]])
     write_batch(client, batch, types=TYPES)  # type: ignore[arg-type]
     assert not client.blocks
-    expected = _local([*records, records[0]])
+    expected = _local([*records, records[0], records[1]])
     assert client.stored[DECISIONS_TABLE] == _as_sent(expected.rows)
 
 
