@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import NamedTuple
 
-__all__ = ["ChainBreak", "Link", "Walk", "walk_links"]
+__all__ = ["ChainBreak", "Link", "Walk", "shown_id", "walk_links"]
 
 
 class Link(NamedTuple):
@@ -92,7 +92,9 @@ def walk_links(links: Sequence[Link], *, may_start_before: bool) -> Walk:
 def _fork(links: Sequence[Link], children: dict[str, list[int]]) -> ChainBreak | None:
     for prev, after in children.items():
         if len(after) > 1:
-            ids = " and ".join(links[i].decision_id for i in after)
+            ids = " and ".join(_id(links, i) for i in after[:2])
+            if len(after) > 2:
+                ids += f" (and {len(after) - 2} more)"
             return ChainBreak(
                 "forked",
                 f"decisions {ids} both follow the link {prev[:16]}... (a row inserted or altered)",
@@ -109,10 +111,11 @@ def _gap(
     # with a start in the read, the first missing link is a gap even when read first (a row
     # deleted and a clock step back look alike); without one, the first may be the history's
     # beginning and the next is the gap
-    link = links[missing[1] if may_start_before and not starts else missing[0]]
+    at = missing[1] if may_start_before and not starts else missing[0]
+    link = links[at]
     return ChainBreak(
         "missing",
-        f"decision {link.decision_id} follows a link ({link.prev[:16]}...) that no row of the "
+        f"decision {_id(links, at)} follows a link ({link.prev[:16]}...) that no row of the "
         "run holds (a row deleted or altered)",
     )
 
@@ -148,7 +151,18 @@ def _interleaved(links: Sequence[Link], chains: list[list[int]]) -> ChainBreak |
         if begin < end:
             return ChainBreak(
                 "interleaved",
-                f"decision {links[other].decision_id} starts a new chain amid the one begun by "
-                f"{links[head].decision_id} (a row inserted or altered)",
+                f"decision {_id(links, other)} starts a new chain amid the one begun by "
+                f"{_id(links, head)} (a row inserted or altered)",
             )
     return None
+
+
+def _id(links: Sequence[Link], i: int) -> str:
+    return shown_id(links[i].decision_id)
+
+
+def shown_id(decision_id: str) -> str:
+    """A decision id as a message shows it: a forged one may be any text, so cut and escaped
+    (a worker's is 32 hex digits)."""
+    shown = decision_id[:64].encode("unicode_escape").decode("ascii")
+    return shown if len(decision_id) <= 64 else shown + "..."

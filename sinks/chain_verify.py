@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from baton.processors.chain_links import Link, walk_links
+from baton.processors.chain_links import Link, shown_id, walk_links
 from baton.schemas.decision import CHAIN_FIELDS, chain_hash
 
 __all__ = ["CHAIN_COLUMNS", "RunChain", "verify_chains"]
@@ -81,7 +81,9 @@ def _verify_run(run_id: str, rows: list[Sequence[Any]], key: bytes, partial: boo
     verdict = RunChain(run_id, len(rows))
     for row in rows:
         if chain_hash(key, row[2] or "", row[4:]) != row[3]:
-            verdict.problems.append(f"altered: decision {row[1]} does not hash to its chain_hash")
+            verdict.problems.append(
+                f"altered: decision {shown_id(str(row[1]))} does not hash to its chain_hash"
+            )
     walk = walk_links([Link(str(r[1]), r[2] or "", r[3]) for r in rows], may_start_before=partial)
     if walk.broken is not None:
         verdict.problems.append(str(walk.broken))

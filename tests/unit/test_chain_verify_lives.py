@@ -209,3 +209,17 @@ def _copy(d: Decision, **changes: Any) -> Decision:
     for name, value in changes.items():
         setattr(copy, name, value)
     return copy
+
+
+def test_a_thousand_forged_rows_on_one_link_make_one_short_line_naming_them() -> None:
+    """Rows written by someone who can write the audit: ids of any text and length, as many
+    as they like. The verdict stays one bounded line, control characters escaped."""
+    decisions = _two_lives()
+    forged = [_copy(decisions[4], decision_id=f"\x1b[2J{'x' * 70_000}-{n}") for n in range(1_000)]
+    why, problems = _both([*decisions, *forged])
+    assert why is not None and "(and 999 more)" in why and "\x1b" not in why
+    assert len(why) < 400
+    forked = next(p for p in problems if p.startswith("forked:"))
+    assert len(forked) < 400 and "\\x1b[2J" in forked
+    altered = [p for p in problems if p.startswith("altered:")]
+    assert len(altered) == 1_000 and all(len(p) < 200 for p in altered)
