@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.chain import link
 from baton.processors.engine import decide
+from baton.processors.faust_adapter import RunStore
 from baton.processors.state import RunState
 from baton.processors.state_replies import pack, unpack
 from baton.schemas.events import parse_event
+from baton.streams.partitioner import partition_for
 from tests.unit.test_engine_support import Run, at, completed, handoff, policy_with
 
 pytestmark = pytest.mark.unit
@@ -97,9 +101,19 @@ def test_a_record_whose_digest_would_read_as_a_key_is_refused() -> None:
     wire["dg"][-1] = "h:run-x-r9"  # beside the keys in ``fresh``, it would mark r9 as seen
     with pytest.raises(ValueError, match="request digest 'h:run-x-r9': expected hex or null"):
         RunState.from_bytes(orjson.dumps(wire))
+    forged = orjson.dumps(wire)
     wire["dg"] = wire["dg"][:1]
     with pytest.raises(ValueError, match="1 request digests for 2 keys"):
         RunState.from_bytes(orjson.dumps(wire))
+    # in the worker: the run's events are dead letters, never decided on that state
+    table = SimpleNamespace(data=SimpleNamespace(data={b"run-x": forged}, _key_partition={}))
+    proc = BatchProcessor(policy_with(), 4, RunStore(table, 4), worker="w")
+    retry = handoff("run-x-r9", "t9", "planner", "coder", run_id="run-x")
+    record = InputRecord("gov.handoff.requests", partition_for(b"run-x", 4), 7, b"run-x",
+                         retry.to_json())  # fmt: skip
+    out = proc.process([record], at(5))
+    assert not out.decisions and [d.kind for d in out.dead_letters] == ["state_unreadable"]
+    assert b"request digest" in out.dead_letters[0].value
 
 
 def test_an_agent_joins_once_in_the_order_it_came() -> None:
