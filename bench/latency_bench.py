@@ -22,6 +22,13 @@ host's, the CPU per event much less so.
     python -m bench.latency_bench                       # 2,000 events/s, 3 rounds of 10 s
     python -m bench.latency_bench --rate 500 --rounds 2
     python -m bench.latency_bench --guarantee exactly_once
+    python -m bench.latency_bench --sides relay,before,baton,baton:DIR --before-pythonpath B
+        # B/baton and DIR/baton: other checkouts (variants) in the same run, alternating
+
+Experiments on the relay (the figures in bench/RESULTS.md, 2026-11-29 night):
+``BENCH_RELAY_BURN_US=180`` makes it spend that much CPU a record before re-producing it
+(Baton's worker spends ~200 us an event); ``BENCH_RELAY_PAD_TO=1150`` pads its copies to a
+decision's size.
 """
 
 from __future__ import annotations
@@ -101,14 +108,26 @@ def relay(bootstrap: str, src: str, dst: str, fetch_wait_ms: int) -> None:
         write = lambda doc: stages.write(orjson.dumps(doc).decode() + "\n")  # noqa: E731
         extra = {"statistics.interval.ms": 1000, "stats_cb": _stats_writer(write)}
     producer = Producer({"bootstrap.servers": bootstrap, **_PRODUCER, **extra})
+    # experiment: the relay spends this much CPU a record before re-producing it (Baton's
+    # worker spends ~200 us an event: is the host's CPU what separates the two?)
+    burn_s = float(os.environ.get("BENCH_RELAY_BURN_US", "0")) / 1e6
+    # experiment: the relay's copies padded to this many bytes (a decision is ~1.1 KB)
+    pad = int(os.environ.get("BENCH_RELAY_PAD_TO", "0"))
     print("relay ready", flush=True)
     try:
         while not stop.is_set():
             batch = fetched(consumer, 0.2)
             got = time.perf_counter()
+            if burn_s:
+                until = time.thread_time() + burn_s * len(batch)
+                while time.thread_time() < until:
+                    pass
             for msg in batch:
                 if msg.error() is None:
-                    producer.produce(dst, msg.value(), msg.key(), partition=msg.partition())
+                    value = msg.value()
+                    if pad > len(value):  # a JSON object stays one: a field of filler
+                        value = value[:-1] + b',"pad":"' + b"x" * (pad - len(value) - 9) + b'"}'
+                    producer.produce(dst, value, msg.key(), partition=msg.partition())
             if batch:
                 producer.flush(30)
                 if stages is not None:
@@ -329,6 +348,10 @@ def measure(args: argparse.Namespace) -> None:
             "baton": lambda: baton_side(bootstrap, args, workdir),
             "before": lambda: baton_side(bootstrap, args, workdir, args.before_pythonpath),
         }
+        for side in args.sides.split(","):
+            if side.startswith("baton:"):  # a worker importing Baton from another checkout
+                path = side.split(":", 1)[1]
+                sides[side] = lambda path=path: baton_side(bootstrap, args, workdir, path)
         rounds: dict[str, list[list[float]]] = {side: [] for side in args.sides.split(",")}
         cpu: dict[str, list[tuple[float, float]]] = {side: [] for side in rounds}
         to_decided: dict[str, list[float]] = {side: [] for side in rounds}
@@ -371,7 +394,7 @@ def _report(
             "relay": "bare relay (flush per fetch)",
             "baton": "baton worker",
             "before": "baton worker (--before-pythonpath)",
-        }[side]
+        }.get(side, f"baton worker from {side.split(':', 1)[-1]}"[:36])
         events = args.rate * args.seconds * len(samples)
         own = 1e6 * sum(c[0] for c in cpu[side]) / events
         broker = 1e6 * sum(c[1] for c in cpu[side]) / events
@@ -393,8 +416,8 @@ def _report(
         return
     r50, r99 = pooled["relay"]
     print()
-    for side in ("before", "baton"):
-        if side in pooled:
+    for side in pooled:
+        if side != "relay":
             b50, b99 = pooled[side]
             print(f"{side} / relay: p50 {b50 / r50:.2f}x, p99 {b99 / r99:.2f}x (target <= 1.25x)")
 
@@ -411,7 +434,8 @@ def main() -> None:
     ap.add_argument(
         "--sides",
         default="relay,baton",
-        help="which sides, in phase order (relay, baton, before)",
+        help="which sides, in phase order (relay, baton, before, baton:DIR for a worker "
+        "importing Baton from DIR/baton)",
     )
     ap.add_argument(
         "--before-pythonpath",

@@ -13,7 +13,9 @@ CLOCK_MONOTONIC on Linux, the same in every process):
 The worker is traced by a ``sitecustomize`` on its ``PYTHONPATH`` that calls ``install``:
 it wraps aiokafka's and Baton's functions in this process only (nothing in the library
 changes). The relay stamps its fetch and flush itself when ``BENCH_STAGES`` is set. Both
-sides' producers also report librdkafka's statistics (requests/s, queue wait, round trip).
+sides' producers also report librdkafka's statistics (requests/s, queue wait, round trip), and
+the worker's fetches are counted (a second, partitions each, answered when, held the whole
+fetch wait: Tansu answers at once when records are there, else after the whole wait).
 
     python -m bench.latency_stages --seconds 8 --rate 2000
     python -m bench.latency_stages --sides relay,baton,baton:DIR    # DIR/baton: another checkout
@@ -242,11 +244,29 @@ def _stats_writer(emit: Any) -> Any:
     return on_stats
 
 
-def _print_stats(path: Path, seconds: float) -> None:
+def _print_fetches(fetches: list[dict[str, Any]], wait_ms: int) -> None:
+    """The worker's fetches (aiokafka): how many a second, how wide, how long Tansu held them
+    (Tansu answers at once when data is there, else after the whole fetch wait)."""
+    if len(fetches) < 20:
+        return
+    fetches = fetches[len(fetches) // 4 :]  # past the warm-up
+    span = fetches[-1]["t1"] - fetches[0]["t0"]
+    took = sorted((f["t1"] - f["t0"]) * 1e3 for f in fetches)
+    held = sum(t >= wait_ms for t in took) / len(took)
+    q = statistics.quantiles(took, n=10)
+    print(
+        f"  worker fetches: {len(fetches) / span:,.0f}/s, "
+        f"{statistics.mean(len(f['tps']) for f in fetches):.1f} partitions each, "
+        f"answered p50 {q[4]:.1f} ms p90 {q[8]:.1f} ms, {held:.0%} held the whole wait"
+    )
+
+
+def _print_stats(path: Path, seconds: float, wait_ms: int = 10) -> None:
     """Each producer's requests per second and its latencies (librdkafka stats, last window)."""
     by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
     states: dict[str, Any] = {}
     batch_times: list[float] = []
+    fetches: list[dict[str, Any]] = []
     for line in path.read_text().splitlines():
         doc = orjson.loads(line)
         if doc.get("k") == "stats":
@@ -255,6 +275,9 @@ def _print_stats(path: Path, seconds: float) -> None:
             states = doc
         elif doc.get("k") == "batch" and "in" in doc:
             batch_times.append(doc["in"])
+        elif doc.get("k") == "fetch":
+            fetches.append(doc)
+    _print_fetches(fetches, wait_ms)
     if states:  # the run states' group commit (processors/publish_states.py)
         print(
             f"  run states: {states['sends']:,} sends for {states['batches']:,} batches "
@@ -455,7 +478,7 @@ def main() -> None:
                         key = (row["topic"], row["partition"], row["offset"])
                         row.update(by_input.get(key, {}))
                     _table(f"round {r + 1}, {side}", rows, _WORKER_ORDER)
-                _print_stats(trace, args.seconds)
+                _print_stats(trace, args.seconds, args.fetch_wait_ms)
 
 
 if __name__ == "__main__":
