@@ -126,6 +126,7 @@ def verify_cmd(
     """Recompute every run's decision hash chain from the audit; print one line per run whose
     rows were deleted, altered or inserted out of band, and a summary. Exit 1 when any run
     fails, 0 when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the workers')."""
+    from baton.processors.chain_links import shown_id
     from baton.schemas.errors import BatonError
     from baton.sinks.chain_verify import verify_chains
     from baton.sinks.clickhouse import audit_errors, parse_dsn
@@ -146,7 +147,8 @@ def verify_cmd(
     for v in failed:
         shown = "; ".join(v.problems[:_SHOWN])
         more = f" (+{len(v.problems) - _SHOWN} more)" if len(v.problems) > _SHOWN else ""
-        click.echo(f"FAIL {v.run_id} ({v.rows} chained rows): {shown}{more}")
+        # a row's run id is the writer's text: cut and escaped as the rows' ids are
+        click.echo(f"FAIL {shown_id(v.run_id)} ({v.rows} chained rows): {shown}{more}")
     chained = sum(v.rows for v in verdicts)
     summary = (
         f"audit verify: {len(verdicts)} runs, {chained} chained rows of {len(rows)} read "

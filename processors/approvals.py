@@ -53,13 +53,17 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DIGEST = hashlib.blake2b(digest_size=8)
 
 
-def approval_id_for(request: HandoffRequested) -> str:
-    """The approval id of a handoff that needs one: derived from the run, the request id and
-    the request's digest, so it names this request only (an approver signs it, and the same
-    request id reused for another request asks for another approval)."""
+def approval_id_for(request: HandoffRequested, life: str = "") -> str:
+    """The approval id of a handoff that needs one: derived from the run, the request id,
+    the request's digest and the run's life (RunState.life), so it names this request of
+    this life only (an approver signs it; the same request id reused for another request, or
+    the request copied into a later life of the run id, asks for another approval). A run
+    begun before lives were marked (``life`` "") keeps the ids it had."""
     h = hashlib.blake2b(digest_size=12)
     h.update(f"{len(request.run_id)}:{request.run_id}\x1f{request.request_id}\x1f".encode())
     h.update(request_digest(request).encode())
+    if life:  # after the fixed-length hex digest: no unmarked id's text can end like this
+        h.update(f"\x1f@life:{life}".encode())
     return "apr_" + h.hexdigest()
 
 
@@ -70,7 +74,7 @@ def ask_approval(
     and expiry, or None when MAX_PENDING_APPROVALS are pending already."""
     if len(st.pending) >= MAX_PENDING_APPROVALS:
         return None
-    approval_id = approval_id_for(event)
+    approval_id = approval_id_for(event, st.life)
     expires = ctx.now + timedelta(seconds=ctx.rules.ttl_seconds)
     pending = PendingApproval(approval_id, event, expires.timestamp(), ctx.now_ts)
     st.pending = {**st.pending, approval_id: pending}

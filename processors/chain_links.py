@@ -162,7 +162,7 @@ def _id(links: Sequence[Link], i: int) -> str:
 
 
 def shown_id(decision_id: str) -> str:
-    """A decision id as a message shows it: a forged one may be any text, so cut and escaped
-    (a worker's is 32 hex digits)."""
+    """An id from the audit (a decision's, a run's) as a message shows it: a forged one may
+    be any text, so cut and escaped (a worker's decision id is 32 hex digits)."""
     shown = decision_id[:64].encode("unicode_escape").decode("ascii")
     return shown if len(decision_id) <= 64 else shown + "..."

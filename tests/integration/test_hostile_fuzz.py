@@ -200,6 +200,8 @@ class RunScript:
         #: those answered again from the run's record (not a request_id_reused refusal,
         #: which is made anew, at the retry's own offset)
         self.kept: set[int] = set()
+        #: the answers on gov.approvals and the request each answers (name_approvals)
+        self.answers: list[tuple[Rec, HandoffRequested]] = []
         self.n = 0
 
     def draw(self, strategy: st.SearchStrategy[Any]) -> Any:
@@ -313,8 +315,12 @@ class RunScript:
                 event_time=NOW,
             )
             rec = self.emit(rnd, event, f"approval_{how}", APPROVALS)
+            self.answers.append((rec, h))
             if how == "twice":
-                self.rounds[rnd].append(replace(rec, what=f"{self.what}:again", repeats=rec))
+                self.rounds[rnd].append(
+                    again := replace(rec, what=f"{self.what}:again", repeats=rec)
+                )
+                self.answers.append((again, h))
         if self.draw(st.booleans()):  # a grant for an approval nobody asked for
             event = ApprovalGranted(
                 approval_id=f"apr_nothing-{self.run[:200]}",
@@ -324,6 +330,16 @@ class RunScript:
                 event_time=NOW,
             )
             self.emit(rnd, event, "approval_unknown", APPROVALS)
+
+    def name_approvals(self) -> None:
+        """Once round 0 landed: the answers name the approval ids of the run's life (an
+        approval id covers where the life began, decision_builder.life_of)."""
+        _, state = replay_offline(self, rounds=1)
+        for rec, request in self.answers:
+            assert rec.value is not None
+            event = parse_event(rec.value, rec.key)
+            named = approval_id_for(request, state.life)
+            rec.value = event.model_copy(update={"approval_id": named}).to_json()
 
     def ops(self, rnd: int, count: int) -> None:
         for _ in range(count):
@@ -347,11 +363,13 @@ def good_run(data: st.DataObject, run: str) -> RunScript:
     return script
 
 
-def replay_offline(script: RunScript) -> tuple[list[tuple[str, str, str, str]], RunState]:
-    """The run's events, as published, through the pure engine."""
+def replay_offline(
+    script: RunScript, rounds: int = 3
+) -> tuple[list[tuple[str, str, str, str]], RunState]:
+    """The run's events, as published (its first ``rounds``), through the pure engine."""
     state: RunState | None = None
     out: list[tuple[str, str, str, str]] = []
-    for rec in (r for rnd in script.rounds for r in sorted(rnd, key=_landed)):
+    for rec in (r for rnd in script.rounds[:rounds] for r in sorted(rnd, key=_landed)):
         assert rec.value is not None
         event = parse_event(rec.value, rec.key)
         # where the worker read it: a run's first event marks every id of its life
@@ -926,6 +944,9 @@ def test_hostile_records_never_stop_or_fool_governance(
     runs |= {r.run for rnd_ in junk_rounds for r in rnd_ if r.run}
     records: list[Rec] = []
     for n in range(3):
+        if n == 1:
+            for script in good:
+                script.name_approvals()
         batch = interleave(rnd, [s.rounds[n] for s in good + hostile] + [junk_rounds[n]])
         publish(stack, batch)
         records += batch

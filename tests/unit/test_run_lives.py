@@ -5,8 +5,10 @@ replays as recorded."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,11 +19,18 @@ from baton.processors.recorded import policy_document
 from baton.processors.replay import Recorded, replay_runs
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
-from baton.schemas.events import RunEvent
+from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent
 from baton.schemas.policy import Policy
 from baton.sinks.chain_verify import verify_chains
 from tests.unit.test_chain import _row
-from tests.unit.test_engine_support import at, completed, finished, handoff, seed_policy
+from tests.unit.test_engine_support import (
+    at,
+    completed,
+    finished,
+    granted,
+    handoff,
+    seed_policy,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -31,17 +40,24 @@ RUN = "run-1"
 LATER = 3 * 86_400.0
 
 
-def _decided(steps: list[tuple[RunEvent, float, bool]]) -> list[Decision]:
-    """What the worker's batch step published for ``steps`` (event, seconds, the sweep
-    forgot the run before it: evicted, then its tombstone dropped), at offsets 10, 11, ..."""
+def _decided(
+    steps: list[tuple[RunEvent, float, bool]], clock: Callable[[float], datetime] = at
+) -> list[Decision]:
+    """What the worker's batch step published for ``steps`` (event, seconds on ``clock``,
+    the sweep forgot the run before it: evicted, then its tombstone dropped), at offsets
+    10, 11, ... of its topic (approvals on ``approvals``)."""
     states: dict[bytes, RunState] = {}
-    proc = BatchProcessor(seed_policy(), 1, states, worker="w", chain_key=KEY)
+    proc = BatchProcessor(
+        seed_policy(), 1, states, worker="w", chain_key=KEY, approvals_topic="approvals"
+    )
     published: list[Decision] = []
     for offset, (event, seconds, forgotten) in enumerate(steps, start=10):
         if forgotten:
-            _forget(states, at(seconds))
-        raw = event.model_copy(update={"event_time": at(seconds)}).to_json()
-        out = proc.process([InputRecord("requests", 0, offset, RUN.encode(), raw)], at(seconds))
+            _forget(states, clock(seconds))
+        raw = event.model_copy(update={"event_time": clock(seconds)}).to_json()
+        topic = "approvals" if isinstance(event, ApprovalGranted | ApprovalDenied) else "requests"
+        record = InputRecord(topic, 0, offset, RUN.encode(), raw)
+        out = proc.process([record], clock(seconds))
         published += [d for _, d in out.decisions if not d.reemitted]
     return published
 
@@ -239,3 +255,68 @@ def test_a_late_event_decided_on_a_lost_tombstone_is_decided_again_on_the_live_r
     assert (by_a[0].outcome, by_a[0].reason) == (Outcome.STOP, "run_expired")
     assert by_b[0].outcome is Outcome.ALLOW
     assert by_a[0].decision_id != by_b[0].decision_id
+
+
+def test_a_gated_request_copied_into_a_later_life_asks_for_an_approval_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """The approval id covered the run, the request id and its digest, not the life: the
+    copy asked again under the first life's approval id, `baton approvals` showed it
+    answered by the first life's grant (never pending), and a copy of that old grant was
+    taken as its answer. Now the life's approval is pending and the old grant unknown."""
+    from baton.cli.approvals_audit import find_approval, pending_approvals
+
+    start = datetime.now(UTC) - timedelta(seconds=LATER + 60)
+
+    def clock(seconds: float) -> datetime:
+        return start + timedelta(seconds=seconds)
+
+    refund = handoff("h1", "t1", "planner", "billing_agent", action="billing.refund.create")
+    first_ask = _decided([(refund, 0, False)], clock)[0]
+    grant = granted(first_ask.approval_id or "", "finance_lead")
+    story = [
+        (refund, 0, False),
+        (grant, 60, False),
+        (finished(), 120, False),
+        (refund, LATER, True),
+        (grant, LATER + 1, False),
+    ]
+    decisions = _decided(story, clock)
+    asked, answer, copy, old_grant = decisions[0], decisions[1], decisions[-2], decisions[-1]
+    assert (answer.outcome, answer.approval_id) == (Outcome.ALLOW, asked.approval_id)
+    assert copy.outcome is Outcome.APPROVAL_REQUIRED and copy.approval_id is not None
+    assert copy.approval_id != asked.approval_id
+    assert (old_grant.outcome, old_grant.reason) == (Outcome.RECORDED, "unknown_approval")
+    client = _audit(tmp_path, decisions)
+    assert find_approval(client, copy.approval_id)[1] is None
+    assert [a.asked.approval_id for a in pending_approvals(client, RUN)] == [copy.approval_id]
+    assert _replayed([Recorded.of(d) for d in decisions]) == []
+
+
+def test_a_state_written_before_lives_were_marked_keeps_its_old_approval_ids() -> None:
+    """A run alive across the upgrade (no life): its approvals keep the id an approver may
+    be about to sign."""
+    from baton.processors.approvals import approval_id_for
+
+    policy = seed_policy()
+    state, _ = decide(None, handoff("h0", "t0", "planner", "researcher"), policy, at(0))
+    refund = handoff("h1", "t1", "planner", "billing_agent", action="billing.refund.create")
+    _, (d,) = decide(state, refund, policy, at(1), origin=Origin("w", 0, 9))
+    assert d.approval_id == approval_id_for(refund)
+    marked, _ = decide(None, refund, policy, at(1), origin=Origin("w", 0, 9))
+    assert approval_id_for(refund, marked.life) not in ("", d.approval_id)
+
+
+def _audit(tmp_path: Path, decisions: list[Decision]) -> Any:
+    """A chDB audit holding ``decisions``, as the sink writes them."""
+    from baton.sinks.audit_batch import AuditBatch, write_batch
+    from baton.sinks.clickhouse import connect
+    from baton.sinks.schema import migrate
+
+    client = connect(f"chdb://{tmp_path}/chdb", create=True)
+    migrate(client, 365)
+    batch = AuditBatch("gov.decisions", 365)
+    for offset, decision in enumerate(decisions):
+        batch.add(0, offset, decision.to_json())
+    write_batch(client, batch, "chdb")
+    return client

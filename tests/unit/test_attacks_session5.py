@@ -1,0 +1,82 @@
+"""The fifth session's attack review of run lives (decision and approval ids that cover where a
+run's life began, the one chain walker of `baton audit verify` and `baton replay`): each test
+is an attack that broke something, fixed, or one that held and is pinned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from baton.cli.verify_cmds import audit_group
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision
+from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent
+from baton.sinks.audit_batch import AuditBatch, write_batch
+from baton.sinks.clickhouse import connect
+from baton.sinks.schema import migrate
+from tests.unit.test_engine_support import at, handoff, seed_policy
+
+pytestmark = pytest.mark.unit
+
+KEY = b"session5-key"
+RUN = "run-1"
+
+
+def _decided(steps: list[tuple[RunEvent, float]], run: str = RUN) -> list[Decision]:
+    """What the worker's batch step published for ``steps`` (event, seconds), each read at
+    the next offset of its topic (10, 11, ...)."""
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(
+        seed_policy(), 1, states, worker="w", chain_key=KEY, approvals_topic="approvals"
+    )
+    published: list[Decision] = []
+    for offset, (event, seconds) in enumerate(steps, start=10):
+        raw = event.model_copy(update={"event_time": at(seconds)}).to_json()
+        topic = "approvals" if isinstance(event, ApprovalGranted | ApprovalDenied) else "requests"
+        out = proc.process([InputRecord(topic, 0, offset, run.encode(), raw)], at(seconds))
+        published += [d for _, d in out.decisions if not d.reemitted]
+    return published
+
+
+def _audit(chdb: Path, decisions: list[Decision]) -> Any:
+    """A chDB audit holding ``decisions``, as the sink writes them."""
+    client = connect(f"chdb://{chdb}", create=True)
+    migrate(client, 365)
+    batch = AuditBatch("gov.decisions", 365)
+    for offset, decision in enumerate(decisions):
+        batch.add(0, offset, decision.to_json())
+    write_batch(client, batch, "chdb")
+    return client
+
+
+def test_a_forged_run_id_in_the_audit_is_shown_cut_and_escaped_on_its_fail_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who can write governance.decisions inserts a row whose run id is a terminal
+    escape and 70 KB: `baton audit verify` printed it uncut on its FAIL line (a screen
+    cleared, a multi-megabyte line); now it is cut to 64 characters and escaped, as the
+    decision ids on the verdict lines are."""
+    decisions = _decided([(handoff("h1", "t1", "planner", "researcher"), 0)])
+    forged_run = "\x1b[2J" + "x" * 70_000
+    forged = Decision.from_json(decisions[0].to_json())
+    forged.run_id, forged.chain_prev = forged_run, "f" * 64  # follows a row that is not there
+    chdb = tmp_path / "chdb"
+    client = _audit(chdb, decisions)
+    columns = client.query("SELECT * FROM governance.decisions LIMIT 1")
+    row = list(columns.result_rows[0])
+    names = list(columns.column_names)
+    row[names.index("run_id")] = forged_run
+    row[names.index("decision_id")] = "d" * 32
+    row[names.index("chain_prev")] = "f" * 64
+    client.insert("governance.decisions", [row], column_names=names)
+    client.close()
+    monkeypatch.setenv("BATON_AUDIT_CHAIN_KEY", KEY.decode())
+    result = CliRunner().invoke(audit_group, ["verify", "--dsn", f"chdb://{chdb}"])
+    assert result.exit_code == 1, result.output
+    (fail,) = [line for line in result.output.splitlines() if line.startswith("FAIL ")]
+    assert "\x1b" not in fail and len(fail) < 400, fail[:300]
+    assert fail.startswith("FAIL \\x1b[2Jxxx") and "x..." in fail, fail[:300]
