@@ -224,6 +224,7 @@ def serve(topic: str, inbox: BinaryIO, outbox: BinaryIO) -> None:
     the inbox closes."""
     gc.set_threshold(50_000, 20, 100)  # as run_sink: a chunk is thousands of young objects
     _warm_up()
+    gc.freeze()  # the imported modules' objects: never scanned again by a full collection
     _write_message(outbox, pickle.dumps(_same_code(), protocol=5))
     while (message := _read_message(inbox)) is not None:
         window, types, records = pickle.loads(message)
