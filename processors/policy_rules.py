@@ -49,6 +49,10 @@ class Budget(NamedTuple):
 _INF = float("inf")
 
 
+def _cap(limit: float | None) -> float:
+    return _INF if limit is None else limit
+
+
 class TenantRules:
     """One tenant's limits as plain attributes, compiled once per policy: the policy's
     compiled form, the only place the engine's matching of a limit lives (needs_approval,
@@ -60,11 +64,13 @@ class TenantRules:
     """
 
     __slots__ = (
+        "agents_cap",
         "allow_self_approval",
         "approval_keys",
         "approval_re",
         "approve_all",
         "calls",
+        "depth_cap",
         "detect_delegation_cycles",
         "fallback",
         "fallback_by_reason",
@@ -79,6 +85,7 @@ class TenantRules:
         "release_on",
         "reservation_ttl",
         "roles",
+        "seconds_cap",
         "shadow_mode",
         "shared_max_tool_calls",
         "shared_max_usd",
@@ -103,6 +110,11 @@ class TenantRules:
         self.shared_max_tool_calls = limits.shared_max_tool_calls
         self.max_run_seconds = limits.max_run_seconds
         self.max_steps = limits.max_steps
+        #: the limits above as the numbers the rules compare with (no limit: infinity, never
+        #: passed); compared only, never computed with (the replay's RulesWatch relies on it)
+        self.agents_cap = _cap(limits.max_agents_per_run)
+        self.depth_cap = _cap(limits.max_delegation_depth)
+        self.seconds_cap = _cap(limits.max_run_seconds)
         self.usd = Budget.of(limits.shared_max_usd)
         self.calls = Budget.of(limits.shared_max_tool_calls)
         self.steps = Budget.of(limits.max_steps)

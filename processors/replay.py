@@ -30,10 +30,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from baton.processors.engine import rules_for
 from baton.processors.recorded import REPLAY_COLUMNS, Recorded
 from baton.processors.replay_order import in_chain_order
 from baton.processors.replay_report import Change, ReplayReport, RunOutcome, label, usd
+from baton.processors.replay_share import Watch, watched_policy
 from baton.processors.replay_steps import (
     RUN_RETENTION_S,
     Replayer,
@@ -88,25 +88,19 @@ def runs_of(rows: Iterable[Sequence[object]]) -> Iterator[list[Recorded]]:
         yield run
 
 
-#: (version, version, tenant) -> _same_rules: comparing two policies' models costs more than
-#: deciding a run's events; versions hash the whole documents, so they key the answer
-_SAME: dict[tuple[str, str, str], bool] = {}
+#: (recorded version, new version) -> watched_policy: watching costs more than deciding a
+#: run's events; versions hash the whole documents, so they key the answer
+_WATCHED: dict[tuple[str, str], tuple[Policy, Watch] | None] = {}
 
 
-def _same_rules(a: Policy, b: Policy, tenant: str) -> bool:
-    """``a`` and ``b`` decide ``tenant``'s runs alike (they may differ for other tenants)."""
-    key = (a.version, b.version, tenant)
-    same = _SAME.get(key)
-    if same is None:
-        if len(_SAME) >= 4096:
-            _SAME.clear()
-        same = _SAME[key] = (
-            rules_for(a, tenant).limits == rules_for(b, tenant).limits
-            and (tenant in a.tenants) == (tenant in b.tenants)
-            and a.strict_tenants == b.strict_tenants
-            and a.operators == b.operators
-        )
-    return same
+def _watched(recorded: Policy, new: Policy) -> tuple[Policy, Watch] | None:
+    """``replay_share.watched_policy(recorded, new)``, made once per pair of versions."""
+    key = (recorded.version, new.version)
+    if key not in _WATCHED:
+        if len(_WATCHED) >= 1024:
+            _WATCHED.clear()
+        _WATCHED[key] = watched_policy(recorded, new)
+    return _WATCHED[key]
 
 
 def _handoff(event: object | None) -> str:
@@ -130,9 +124,10 @@ def replay_run(
     new = Replayer(b"", proof=False, retention_s=retention_s)
     #: request ids allowed as recorded and stopped under the new policy
     stopped_now: set[str] = set()
-    #: both replays are one while the new policy's rules for the run equal the recorded ones
+    #: both replays are one while no rule the new policy sets otherwise could tell them
+    #: apart (processors.replay_share): the proof's decide answers for both
     shared = True
-    same: dict[str, bool] = {}
+    watch = None
     n = 0
     chained = False
     for recs in steps(run):
@@ -145,18 +140,19 @@ def replay_run(
         if chained and new_chain(recs, chained):
             context = context._replace(anew=True)
         chained = chained or any(r.chain_hash is not None for r in recs)
-        version = first.policy_version
-        as_recorded = recorded.step(recs, event, context, policies[version])
+        policy = policies[first.policy_version]
+        if shared:
+            watching = _watched(policy, new_policy)
+            if watching is None:
+                shared, new.state = False, before  # the two part here
+            else:
+                policy, watch = watching
+                watch.diverged = False
+        as_recorded = recorded.step(recs, event, context, policy)
         if recorded.evicted:  # the worker's sweep, not policy: the new policy's replay too
             context = context._replace(evicted=True)
-        if shared:
-            if version not in same:
-                state = recorded.state or before
-                same[version] = state is not None and _same_rules(
-                    new_policy, policies[version], state.tenant
-                )
-            if not same[version]:
-                shared, new.state = False, before  # the two part here
+        if shared and watch.diverged:  # type: ignore[union-attr]
+            shared, new.state = False, before  # the two part here
         as_new = as_recorded if shared else new.step(recs, event, context, new_policy)
         outcome.decisions += len(recs)
         if type(event) is HandoffCompleted and event.request_id in stopped_now:

@@ -157,15 +157,12 @@ def role_rule(req: HandoffRequested, rules: TenantRules) -> Refusal | None:
 def agent_limit_rule(st: RunState, req: HandoffRequested, rules: TenantRules) -> Refusal | None:
     """multi_agent.max_agents_per_run -> agent_limit_exceeded: the handoff would bring the
     run's distinct agents past the limit."""
-    max_agents = rules.max_agents_per_run
-    if max_agents is None:
-        return None
     agents, from_agent, to_agent = st.agents, req.from_agent, req.to_agent
     new = (from_agent not in agents) + (to_agent not in agents and to_agent != from_agent)
-    if len(agents) + new > max_agents:
+    if len(agents) + new > rules.agents_cap:
         return (
             Reason.AGENT_LIMIT_EXCEEDED,
-            f"{len(agents) + new} agents > max_agents_per_run {max_agents}",
+            f"{len(agents) + new} agents > max_agents_per_run {rules.max_agents_per_run}",
         )
     return None
 
@@ -210,11 +207,10 @@ def on_chain(st: RunState, req: HandoffRequested) -> bool:
 def depth_rule(depth: int, rules: TenantRules) -> Refusal | None:
     """multi_agent.max_delegation_depth -> delegation_depth_exceeded (``depth`` computed by
     depth_of, never the client's)."""
-    max_depth = rules.max_delegation_depth
-    if max_depth is not None and depth > max_depth:
+    if depth > rules.depth_cap:
         return (
             Reason.DELEGATION_DEPTH_EXCEEDED,
-            f"depth {depth} > max_delegation_depth {max_depth}",
+            f"depth {depth} > max_delegation_depth {rules.max_delegation_depth}",
         )
     return None
 
@@ -242,11 +238,9 @@ def budget_exhausted(st: RunState, rules: TenantRules, now_ts: float) -> Refusal
         )
     if st.steps >= rules.steps.reached:
         return Reason.STEP_BUDGET_EXCEEDED, f"steps {st.steps} >= max_steps {rules.max_steps}"
-    max_seconds = rules.max_run_seconds
-    if max_seconds is not None:
-        age = now_ts - st.started_at
-        if age > max_seconds:
-            return _SHARED, f"run age {age:.0f}s > max_run_seconds {max_seconds:g}"
+    age = now_ts - st.started_at
+    if age > rules.seconds_cap:
+        return _SHARED, f"run age {age:.0f}s > max_run_seconds {rules.max_run_seconds:g}"
     return None
 
 
