@@ -14,7 +14,12 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 
-from baton.processors.decision_builder import DecisionContext, build_decision, cover_digest
+from baton.processors.decision_builder import (
+    DecisionContext,
+    approval_mark,
+    build_decision,
+    cover_digest,
+)
 from baton.processors.dedup_keys import APPROVAL, REFUSED, request_digest
 from baton.processors.engine_outcome import apply_allow, apply_stop
 from baton.processors.policy_rules import TenantRules
@@ -55,10 +60,11 @@ _DIGEST = hashlib.blake2b(digest_size=8)
 
 def approval_id_for(request: HandoffRequested, life: str = "") -> str:
     """The approval id of a handoff that needs one: derived from the run, the request id,
-    the request's digest and the run's life (RunState.life), so it names this request of
-    this life only (an approver signs it; the same request id reused for another request, or
-    the request copied into a later life of the run id, asks for another approval). A run
-    begun before lives were marked (``life`` "") keeps the ids it had."""
+    the request's digest and ``life`` (decision_builder.approval_mark: the run's life, and
+    a forgetful run's input position), so it names this request of this life only (an
+    approver signs it; the same request id reused for another request, or the request
+    copied into a later life of the run id or past a long run's window, asks for another
+    approval). A run begun before lives were marked (``life`` "") keeps the ids it had."""
     h = hashlib.blake2b(digest_size=12)
     h.update(f"{len(request.run_id)}:{request.run_id}\x1f{request.request_id}\x1f".encode())
     h.update(request_digest(request).encode())
@@ -74,7 +80,7 @@ def ask_approval(
     and expiry, or None when MAX_PENDING_APPROVALS are pending already."""
     if len(st.pending) >= MAX_PENDING_APPROVALS:
         return None
-    approval_id = approval_id_for(event, st.life)
+    approval_id = approval_id_for(event, approval_mark(st, ctx.origin))
     expires = ctx.now + timedelta(seconds=ctx.rules.ttl_seconds)
     pending = PendingApproval(approval_id, event, expires.timestamp(), ctx.now_ts)
     st.pending = {**st.pending, approval_id: pending}

@@ -29,6 +29,7 @@ __all__ = [
     "TOMBSTONE_MARK",
     "DecisionContext",
     "Origin",
+    "approval_mark",
     "build_decision",
     "cover_digest",
     "id_phase",
@@ -120,6 +121,19 @@ def life_of(event: RunEvent, origin: Origin) -> str:
     kind = type(event)
     topic = "a" if kind is ApprovalGranted or kind is ApprovalDenied else "r"
     return f"{topic}{origin.partition}:{origin.offset}"
+
+
+def approval_mark(st: RunState, origin: Origin) -> str:
+    """What an approval id asked on ``st`` covers besides its request (approvals.
+    approval_id_for): the run's life, and on a run past SEEN_LIMIT keys the input's position
+    too, as its decision ids do (a copy of a request the run forgot, denied before, asked
+    again under the denied approval's id: `baton approvals` took it as answered). "" for a
+    run begun before lives were marked: its approval ids keep their old form, so an audit
+    recorded before replays as it was."""
+    life = st.life
+    if not life or st.marks <= SEEN_LIMIT:
+        return life
+    return f"{life}{FORGETFUL_MARK}{origin.partition}:{origin.offset}"
 
 
 def id_phase(st: RunState, phase: Phase, origin: Origin) -> str:

@@ -12,13 +12,14 @@ from click.testing import CliRunner
 
 from baton.cli.verify_cmds import audit_group
 from baton.processors.batch import BatchProcessor, InputRecord
-from baton.processors.state import RunState
-from baton.schemas.decision import Decision
+from baton.processors.engine import Origin, decide
+from baton.processors.state import SEEN_LIMIT, RunState
+from baton.schemas.decision import Decision, Outcome
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent
 from baton.sinks.audit_batch import AuditBatch, write_batch
 from baton.sinks.clickhouse import connect
 from baton.sinks.schema import migrate
-from tests.unit.test_engine_support import at, handoff, seed_policy
+from tests.unit.test_engine_support import at, completed, denied, handoff, seed_policy
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +81,26 @@ def test_a_forged_run_id_in_the_audit_is_shown_cut_and_escaped_on_its_fail_line(
     (fail,) = [line for line in result.output.splitlines() if line.startswith("FAIL ")]
     assert "\x1b" not in fail and len(fail) < 400, fail[:300]
     assert fail.startswith("FAIL \\x1b[2Jxxx") and "x..." in fail, fail[:300]
+
+
+def test_a_denied_request_copied_past_a_long_runs_window_asks_for_an_approval_of_its_own() -> None:
+    """A denial does not end a run; past SEEN_LIMIT keys the run forgets the denied request,
+    and a copy of it is decided anew: it asked again under the denied approval's id, so
+    `baton approvals` took it as answered (the denial) and never listed it. Its approval id
+    now carries the input's position, as the decision ids of such a run do; a redelivery
+    (same position) keeps it."""
+    policy = seed_policy()
+    refund = handoff("h1", "t1", "planner", "billing_agent", action="billing.refund.create")
+    state, (asked,) = decide(None, refund, policy, at(0), origin=Origin("w", 0, 0))
+    denial = denied(asked.approval_id or "", "finance_lead", t=1)
+    state, (no,) = decide(state, denial, policy, at(1), origin=Origin("w", 0, 1))
+    assert (no.outcome, no.reason) == (Outcome.STOP, "approval_denied") and state.stopped is None
+    for n in range(2, SEEN_LIMIT + 3):
+        report = completed(f"c{n}", "t1", "researcher", t=n)
+        state, _ = decide(state, report, policy, at(n), origin=Origin("w", 0, n))
+    assert not state.has_seen("h:h1")
+    _, (copy,) = decide(state, refund, policy, at(9000), origin=Origin("w", 0, 9000))
+    _, (again,) = decide(state, refund, policy, at(9001), origin=Origin("w2", 0, 9000))
+    assert copy.outcome is Outcome.APPROVAL_REQUIRED
+    assert copy.approval_id != asked.approval_id
+    assert again.approval_id == copy.approval_id
