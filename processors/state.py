@@ -18,11 +18,9 @@ from baton.schemas.events import HandoffRequested
 __all__ = [
     "EMPTY",
     "MAX_PENDING_APPROVALS",
-    "NO_NEW_TASKS",
     "RECENT_REPLIES",
     "SEEN_LIMIT",
     "STATE_FORMAT",
-    "NewTasks",
     "PendingApproval",
     "Reservation",
     "RunState",
@@ -98,34 +96,6 @@ class Reservation(NamedTuple):
     task_id: str | None
 
 
-class NewTasks(tuple):  # type: ignore[type-arg]
-    """The tasks added since the last merge into ``RunState.tasks``, flat: (task_id, node,
-    task_id, node, ...), in the order they were added. Read as the dict it stands for is
-    (``get``); a dict of one task takes 184 bytes, this 72. A task id never equals a node (a
-    tuple), so ``task_id in new_tasks`` finds ids only."""
-
-    __slots__ = ()
-
-    def get(self, task_id: str, default: None = None) -> TaskNode | None:
-        if task_id in self:
-            return self[self.index(task_id) + 1]  # type: ignore[no-any-return]
-        return default
-
-    def items(self) -> zip[tuple[str, TaskNode]]:
-        return zip(self[::2], self[1::2], strict=True)
-
-    def with_task(self, task_id: str, node: TaskNode) -> NewTasks:
-        """These tasks with ``node`` for ``task_id``: in its place if the task is here."""
-        if task_id in self:
-            i = self.index(task_id) + 1
-            return NewTasks((*self[:i], node, *self[i + 1 :]))
-        return NewTasks((*self, task_id, node))
-
-
-#: the empty ``new_tasks`` of every state
-NO_NEW_TASKS = NewTasks()
-
-
 @dataclass(slots=True, frozen=True)
 class PendingApproval:
     approval_id: str
@@ -172,7 +142,7 @@ class RunState:
     #: the task tree: read it with task(), add to it with add_task(); ``new_tasks`` holds
     #: the tasks added since the last merge into ``tasks`` (fewer than TASK_FOLD)
     tasks: dict[str, TaskNode]
-    new_tasks: NewTasks
+    new_tasks: dict[str, TaskNode]
     #: the run's agents in the order they joined (a set as a tuple: a dict of two names
     #: takes 184 bytes, a tuple 56; read with ``in``, ``len`` and iteration, grown by joined())
     agents: tuple[str, ...]
@@ -227,8 +197,8 @@ class RunState:
         """A run Baton has not seen before, started at ``at`` (a POSIX timestamp)."""
         e = EMPTY
         return cls(
-            run_id, intern(tenant), at, at, 0, 0.0, 0, None, False, e, NO_NEW_TASKS, (), e, e, e,
-            (), 0, (),
+            run_id, intern(tenant), at, at, 0, 0.0, 0, None, False, e, e, (), e, e, e, (), 0,
+            (),
             0.0, 0, e, None, "", 0, e, None, e, life,
         )  # fmt: skip
 
@@ -242,7 +212,7 @@ class RunState:
         e = EMPTY
         return RunState(
             self.run_id, self.tenant, self.started_at, self.last_event_at, self.handoff_count,
-            self.spent_usd, self.tool_calls, self.stopped, self.finished, e, NO_NEW_TASKS, (), e, e,
+            self.spent_usd, self.tool_calls, self.stopped, self.finished, e, e, (), e, e,
             e, (), 0, (), 0.0, 0, e, at, self.chain_head, self.steps, e, None, e, self.life,
         )  # fmt: skip
 
@@ -253,20 +223,15 @@ class RunState:
     def add_task(self, task_id: str, node: TaskNode) -> None:
         """Add a task, or replace its node (a released task's new owner): both dicts are
         replaced, never changed in place; a node in ``new_tasks`` hides its old one in
-        ``tasks`` until the merge. The node's agent names are interned and its parent is the
-        parent's own id when it is among the new tasks (the event's copies would stay with
-        the run for its life)."""
-        owner, giver, parent = node[0], node[1], node[2]
-        added = self.new_tasks
-        if parent is not None and parent in added:
-            parent = added[added.index(parent)]  # the tree's own copy of the id
-        node = _node(TaskNode, (intern(owner), intern(giver), parent, node[3]))
-        added = added.with_task(task_id, node)
-        if len(added) < 2 * TASK_FOLD:
+        ``tasks`` until the merge. The node's agent names are interned (an event's own
+        copies would stay with the run for its life)."""
+        node = _node(TaskNode, (intern(node[0]), intern(node[1]), node[2], node[3]))
+        added = {**self.new_tasks, task_id: node}
+        if len(added) < TASK_FOLD:
             self.new_tasks = added
         else:
-            self.tasks = {**self.tasks, **dict(added.items())}
-            self.new_tasks = NO_NEW_TASKS
+            self.tasks = {**self.tasks, **added}
+            self.new_tasks = EMPTY
 
     def set_reserved(self, reserved: dict[str, Reservation]) -> None:
         """Replace the reservations, their sums and the earliest expiry."""

@@ -26,7 +26,6 @@ import orjson
 from baton.processors.state import (
     EMPTY,
     FRESH_LIMIT,
-    NO_NEW_TASKS,
     STATE_FORMAT,
     PendingApproval,
     Reservation,
@@ -146,9 +145,9 @@ def _tasks_to_wire(state: RunState) -> list[list[Any]]:
     task's new owner, in ``new_tasks``) stands at its task's first place, as it will
     after the merge."""
     tasks, added = state.tasks, state.new_tasks
-    if not any(k in tasks for k in added[::2]):
-        return [[k, *t] for part in (tasks.items(), added.items()) for k, t in part]
-    return [[k, *t] for k, t in {**tasks, **dict(added.items())}.items()]
+    if not any(k in tasks for k in added):
+        return [[k, *t] for part in (tasks, added) for k, t in part.items()]
+    return [[k, *t] for k, t in {**tasks, **added}.items()]
 
 
 # =========================================================================== reading
@@ -197,7 +196,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         w.get("stop"),
         w.get("fin", False),
         _tasks_from_wire(w.get("tasks", ())),
-        NO_NEW_TASKS,
+        EMPTY,
         tuple(dict.fromkeys(map(intern, w.get("ag", ())))),
         {r[0]: Reservation(*r[1:]) for r in w.get("res", ())} or EMPTY,
         {p[0]: _pending_from_wire(p) for p in w.get("pend", ())} or EMPTY,
@@ -252,7 +251,7 @@ def _from_list(w: list[Any]) -> RunState:
     state = RunState(
         w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9],
         {k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]},
-        NO_NEW_TASKS,
+        {},
         tuple(dict.fromkeys(w[11])),
         {r[0]: _old_reservation(r) for r in w[12]},
         {p[0]: _pending_from_wire(p) for p in w[13]},

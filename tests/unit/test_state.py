@@ -9,14 +9,7 @@ import pytest
 
 from baton.processors.chain import link
 from baton.processors.engine import decide
-from baton.processors.state import (
-    EMPTY,
-    FRESH_LIMIT,
-    NO_NEW_TASKS,
-    SEEN_LIMIT,
-    TASK_FOLD,
-    RunState,
-)
+from baton.processors.state import EMPTY, FRESH_LIMIT, SEEN_LIMIT, TASK_FOLD, RunState
 from baton.schemas.decision import Outcome, Reason
 from baton.schemas.events import parse_event
 from tests.unit.test_engine_support import (
@@ -182,7 +175,7 @@ def test_a_key_remembered_again_inside_the_window_keeps_its_one_mark() -> None:
 
 
 def test_a_task_tree_past_several_merges_reads_round_trips_and_stays_pure() -> None:
-    # new tasks go to a small tuple merged into the shared dict every TASK_FOLD tasks
+    # new tasks go to a small dict merged into the shared one every TASK_FOLD tasks
     run = Run(policy_with(max_handoffs=None, max_delegation_depth=None, max_agents_per_run=None))
     before: list[tuple[RunState, bytes]] = []
     for i in range(3 * TASK_FOLD + 1):
@@ -192,9 +185,7 @@ def test_a_task_tree_past_several_merges_reads_round_trips_and_stays_pure() -> N
         d = run.one(handoff(f"r{i}", f"t{i}", "planner", f"agent{i % 3}", parent_task_id=parent))
         assert d.outcome == Outcome.ALLOW and d.depth == i + 1
     state = run.state
-    assert (
-        state is not None and len(state.new_tasks) == 2
-    )  # one (id, node); merged at 32, 64 and 96 tasks
+    assert state is not None and len(state.new_tasks) == 1  # merged at 32, 64 and 96 tasks
     for i in range(3 * TASK_FOLD + 1):
         node = state.task(f"t{i}")
         assert node is not None and node.owner == f"agent{i % 3}" and node.depth == i + 1
@@ -218,7 +209,7 @@ def _linked_run() -> Run:
 
 
 def test_empty_containers_are_one_shared_object_that_refuses_changes() -> None:
-    containers = ("tasks", "reserved", "pending", "seen", "digests", "bounces")
+    containers = ("tasks", "new_tasks", "reserved", "pending", "seen", "digests", "bounces")
     run = Run()
     run.handoff("t1", "planner", "worker")
     assert run.state is not None
@@ -227,7 +218,6 @@ def test_empty_containers_are_one_shared_object_that_refuses_changes() -> None:
         for name in containers:
             assert getattr(state, name) is EMPTY, name
         assert state.agents is state.fresh and not state.agents  # the one empty tuple
-        assert state.new_tasks is NO_NEW_TASKS
     restored = RunState.from_bytes(run.state.to_bytes())
     assert restored.reserved is restored.pending is restored.bounces is EMPTY
     with pytest.raises(TypeError, match="shared by every state"):

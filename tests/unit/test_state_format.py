@@ -194,7 +194,7 @@ def _rich_state() -> RunState:
 
 #: RunState fields whose restored layout may differ (same meaning): compared through these
 _VIEWS = {
-    "tasks": lambda s: {k: s.task(k) for k in [*s.tasks, *s.new_tasks[::2]]},
+    "tasks": lambda s: {k: s.task(k) for k in {**s.tasks, **s.new_tasks}},
     "new_tasks": lambda s: None,
     "seen": lambda s: s.seen_keys(),
     "fresh": lambda s: [s.digest_of(k) for k in s.seen_keys()],
