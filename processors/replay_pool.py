@@ -1,13 +1,15 @@
 """`baton replay` on several cores: runs are independent, so pieces of whole runs go to processes.
 
-The reading process hands *pieces* (whole runs each, in whatever form the reader made them:
-the audit's page bytes, or rows) to a pool of ``jobs`` processes; each decodes its piece
-(``decode``, a module-level function) and replays it with ``replay.replay_runs``. Reports are
-merged in the order the pieces were read, so the result equals a replay in one process.
+The reading process replays *pieces* (whole runs each, in whatever form the reader made them:
+the audit's page bytes, or rows) itself and hands them to a pool of ``jobs - 1`` processes
+while the pool has room (two pieces in flight per process), so every one of the ``jobs``
+processes decides and none waits; a pool process decodes its piece (``decode``, a
+module-level function) and replays it with ``replay.replay_runs``. Reports are merged in the
+order the pieces were read, so the result equals a replay in one process.
 
 What the hand-off costs is kept small: a piece travels as the bytes it was read as (no
 pickled rows), the policies travel once per process (the pool's initializer), and at most
-``2 * jobs`` pieces are in flight (memory stays bounded however long the replay). The pool
+``2 * (jobs - 1)`` pieces are in the pool (memory stays bounded however long the replay). The pool
 starts in a thread while the reading process replays the first pieces itself (a process
 pool takes about half a second to start: it must not stand between the audit and the
 first decisions). Reading runs in a thread too (``prefetched``): the audit's query for the
@@ -74,11 +76,14 @@ def replay_pieces(
     retention_s: float = RUN_RETENTION_S,
 ) -> ReplayReport:
     """``replay_runs`` over ``pieces`` (each whole runs in order, rows from ``decode(piece)``,
-    a module-level function) with ``jobs`` processes (1: this one only); ``wait``: every
-    piece to the pool (none replayed here while it starts)."""
+    a module-level function) in ``jobs`` processes: this one and a pool of ``jobs - 1``
+    (1: this one only); ``wait``: the pool started before any piece is replayed."""
     report = ReplayReport()
     decided = 0
     job = (new_policy, policies, chain_key)
+
+    def here(piece: _T) -> ReplayReport:
+        return replay_runs(runs_of(decode(piece)), *job, retention_s=retention_s)
 
     def merge(part: ReplayReport) -> None:
         nonlocal decided
@@ -89,32 +94,47 @@ def replay_pieces(
 
     if jobs <= 1:
         for piece in pieces:
-            merge(replay_runs(runs_of(decode(piece)), *job, retention_s=retention_s))
+            merge(here(piece))
         return report
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["baton.processors.replay_pool", decode.__module__])
     started: list[Pool] = []
     starter = threading.Thread(
-        target=lambda: started.append(ctx.Pool(jobs, _start, (*job, decode, retention_s))),
+        target=lambda: started.append(ctx.Pool(jobs - 1, _start, (*job, decode, retention_s))),
         daemon=True,
     )
     starter.start()
     if wait:
         starter.join()
-    #: the pool's reports, in read order (pieces replayed here came before all of them)
-    waiting: deque[AsyncResult[ReplayReport]] = deque()
+    #: every piece's report in read order: done (replayed here) or still in the pool
+    waiting: deque[ReplayReport | AsyncResult[ReplayReport]] = deque()
+    in_pool = 0  # pieces handed to the pool and not merged yet
+    #: pieces in flight per pool process: one replayed, one queued behind it
+    most = 2 * (jobs - 1)
+
+    def merge_ready(block: bool) -> None:
+        nonlocal in_pool
+        while waiting:
+            first = waiting[0]
+            if type(first) is ReplayReport:
+                merge(waiting.popleft())  # type: ignore[arg-type]
+            elif block or first.ready():  # type: ignore[union-attr]
+                merge(waiting.popleft().get())  # type: ignore[union-attr]
+                in_pool -= 1
+            else:
+                return
+
     try:
         for piece in pieces:
-            if not started:  # the pool is starting: this process replays the piece itself
-                merge(replay_runs(runs_of(decode(piece)), *job, retention_s=retention_s))
-                continue
-            while len(waiting) >= 2 * jobs:
-                merge(waiting.popleft().get())
-            waiting.append(started[0].apply_async(_replay_piece, (piece,)))
-            while waiting and waiting[0].ready():
-                merge(waiting.popleft().get())
-        while waiting:
-            merge(waiting.popleft().get())
+            # the pool takes a piece while it has room, and this process replays the rest:
+            # every process decides, none waits for another (pieces are whole runs, small)
+            if started and in_pool < most:
+                waiting.append(started[0].apply_async(_replay_piece, (piece,)))
+                in_pool += 1
+            else:
+                waiting.append(here(piece))
+            merge_ready(block=False)
+        merge_ready(block=True)
     finally:
         starter.join()
         for pool in started:

@@ -99,7 +99,7 @@ def test_several_processes_report_what_one_does_in_the_same_order() -> None:
     loose, strict = policy_with(max_handoffs=20), policy_with(max_handoffs=3)
     rows = [r for i in range(30) for r in record(loose, _budget_history(f"r{i:02d}", 5, 1.0))]
     one = replay_parallel(rows, strict, _policies(loose), KEY, jobs=1)
-    # pieces of 20 rows (2 runs), every one through the pool (none replayed while it starts)
+    # pieces of 20 rows (2 runs) shared by this process and a pool of one, once it started
     two = replay_parallel(rows, strict, _policies(loose), KEY, 2, piece_rows=20, wait=True)
     assert [r.run_id for r in two.runs] == [r.run_id for r in one.runs]
     assert two.transitions == one.transitions and two.decisions == one.decisions == len(rows)
