@@ -18,8 +18,10 @@ rows get the same answer from both. It names every run whose chain does not hold
 * ``unlinked``: chained rows that no walk from the run's first decision reaches (a loop).
 
 Not detected: rows deleted from the *end* of a run (the audit alone cannot know the run's
-head; the worker's state does), and, without ``BATON_AUDIT_CHAIN_KEY``, a forged row that
-its author linked correctly at the end of a run.
+head; the worker's state does), or from the end of any of its lives, or a whole earlier life
+(a later life's chain starts from ``""`` and cannot name the one before); and, without
+``BATON_AUDIT_CHAIN_KEY``, a forged row that its author linked correctly at the end of a run,
+or a forged earlier life chained from ``""`` before the run's first row.
 """
 
 from __future__ import annotations

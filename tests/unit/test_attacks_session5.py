@@ -104,3 +104,42 @@ def test_a_denied_request_copied_past_a_long_runs_window_asks_for_an_approval_of
     assert copy.outcome is Outcome.APPROVAL_REQUIRED
     assert copy.approval_id != asked.approval_id
     assert again.approval_id == copy.approval_id
+
+
+def test_a_late_event_decided_again_after_a_lost_tombstone_is_named_forked_never_passed() -> None:
+    """docs/guarantees.md, Not guaranteed: worker A's sweep evicted the idle run, A stopped
+    its late handoff on the tombstone and died before writing either state; worker B decided
+    the redelivered handoff on the live run. Both decisions follow the run's head: a fork
+    that no walk can tell from a row inserted, so verify fails the run and replay calls it
+    broken (and `baton up` restores it stopped): a false alarm, fail closed, never a pass."""
+    from baton.processors.engine import evict
+    from baton.processors.recorded import policy_document
+    from baton.processors.replay import Recorded, replay_runs, runs_of
+    from baton.schemas.policy import Policy
+    from baton.sinks.chain_verify import verify_chains
+    from tests.unit.test_chain import _row
+
+    policy = seed_policy()
+    late = handoff("h2", "t2", "planner", "researcher")
+
+    def record(event: RunEvent, offset: int, seconds: float) -> InputRecord:
+        raw = event.model_copy(update={"event_time": at(seconds)}).to_json()
+        return InputRecord("requests", 0, offset, RUN.encode(), raw)
+
+    states: dict[bytes, RunState] = {}
+    a = BatchProcessor(policy, 1, states, worker="a", chain_key=KEY)
+    first = record(handoff("h1", "t1", "planner", "researcher"), 0, 0)
+    published = [d for _, d in a.process([first], at(0)).decisions]
+    written = dict(states)
+    tomb = evict(states[RUN.encode()], at(3700), 3600.0, 86400.0)
+    assert tomb is not None
+    states[RUN.encode()] = tomb
+    published += [d for _, d in a.process([record(late, 1, 3701)], at(3701)).decisions]
+    b = BatchProcessor(policy, 1, dict(written), worker="b", chain_key=KEY)
+    published += [d for _, d in b.process([record(late, 1, 3712)], at(3712)).decisions]
+    assert [d.reason for d in published] == ["ok", "run_expired", "ok"]
+    (verdict,) = verify_chains([_row(d) for d in published], KEY)
+    assert [p.split(":")[0] for p in verdict.problems] == ["forked"]
+    policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
+    report = replay_runs(runs_of([Recorded.of(d) for d in published]), policy, policies, KEY)
+    assert report.broken == [RUN] and "both follow the link" in report.partial[RUN]
