@@ -124,6 +124,8 @@ class _ParseProcess:
             stdout=subprocess.PIPE,
             env=dict(os.environ),
         )
+        for pipe in (self.process.stdin, self.process.stdout):
+            _widen(pipe)
         self.alive = True
         self._closing = False
         self._pending: deque[Future[ParsedChunk]] = deque()
@@ -199,6 +201,22 @@ class _ParseProcess:
             thread.join(timeout=5)
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+
+#: a pipe's buffer, asked for: a chunk of 1,000 records is ~1.1 MB, which Linux's default
+#: 64 KiB pipe passed in 17 writes, each waiting for the other side to read
+_PIPE_BYTES = 1 << 20
+
+
+def _widen(pipe: Any) -> None:
+    """Ask for a bigger buffer on ``pipe`` (Linux; elsewhere, or refused: as it is)."""
+    import fcntl
+
+    setter = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if pipe is None or setter is None:
+        return
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(pipe.fileno(), setter, _PIPE_BYTES)
 
 
 def _write_message(stream: BinaryIO, message: bytes) -> None:
