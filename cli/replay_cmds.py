@@ -22,7 +22,9 @@ import click
 import orjson
 
 from baton.cli.options import KAFKA_CONNECTION, build_settings, group_variables, read_policy
+from baton.cli.signer import shown
 from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
+from baton.processors.chain_links import shown_id
 from baton.processors.replay import ReplayReport, RunOutcome
 from baton.processors.replay_pool import prefetched, replay_pieces
 from baton.processors.replay_steps import RUN_RETENTION_S
@@ -35,6 +37,8 @@ _AGE = re.compile(r"(\d{1,7})\s*([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 #: changed runs listed in the table (all of them in --format json)
 _SHOWN = 20
+#: a partial run's reason as shown (it may quote a forged row's decision id: any length)
+_WHY_CHARS = 400
 #: the CPUs this process may run on (a container's share, not the host's count)
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 #: rows below which one process replays (starting --jobs processes costs about a second)
@@ -286,13 +290,15 @@ def _exit(report: ReplayReport) -> None:
     if unfaithful:
         raise ReplayFailed(
             f"replay under the recorded policies did not reproduce {len(unfaithful)} runs "
-            f"(first: {unfaithful[0].run_id}, shown above): its answer cannot be trusted; "
+            f"(first: {shown_id(unfaithful[0].run_id)}, shown above): its answer cannot be "
+            "trusted; "
             "is BATON_AUDIT_CHAIN_KEY the workers' key?"
         )
     if report.broken:
         raise ReplayFailed(
             f"the decision chains of {len(report.broken)} runs are broken (first: "
-            f"{report.broken[0]}, listed above as partial): rows were deleted, inserted or "
+            f"{shown_id(report.broken[0])}, listed above as partial): rows were deleted, "
+            "inserted or "
             "altered in the audit, so its answer cannot be trusted; check `baton audit verify`"
         )
     if not report.runs and report.partial:
@@ -314,7 +320,8 @@ def _change_line(run: RunOutcome) -> str:
     c = run.first_change
     assert c is not None
     at = f"{c.decided_at:%Y-%m-%d %H:%M:%S}"
-    return f"  {run.run_id}  step {c.step}  {at}  {c.handoff}: {c.recorded} → {c.replayed}"
+    handoff = shown(c.handoff)
+    return f"  {shown_id(run.run_id)}  step {c.step}  {at}  {handoff}: {c.recorded} → {c.replayed}"
 
 
 def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds: float) -> str:
@@ -328,7 +335,7 @@ def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds:
         lines.append(f"as recorded: NOT reproduced in {len(unfaithful)} runs:")
         for run in unfaithful[:_SHOWN]:
             step, was, got = run.unfaithful[0]
-            lines.append(f"  {run.run_id}  step {step}: recorded {was}, replayed {got}")
+            lines.append(f"  {shown_id(run.run_id)}  step {step}: recorded {was}, replayed {got}")
     else:
         lines.append(f"as recorded: all {report.decisions:,} decisions reproduced exactly")
     changed = report.changed_runs
@@ -351,7 +358,7 @@ def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds:
     if report.partial:
         lines.append(f"partial, not replayed: {len(report.partial):,} runs")
         for run_id, why in list(report.partial.items())[:_SHOWN]:
-            lines.append(f"  {run_id}: {why}")
+            lines.append(f"  {shown_id(run_id)}: {shown(why[:_WHY_CHARS])}")
     return "\n".join(lines)
 
 

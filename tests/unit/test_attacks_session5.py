@@ -143,3 +143,38 @@ def test_a_late_event_decided_again_after_a_lost_tombstone_is_named_forked_never
     policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
     report = replay_runs(runs_of([Recorded.of(d) for d in published]), policy, policies, KEY)
     assert report.broken == [RUN] and "both follow the link" in report.partial[RUN]
+
+
+def test_a_run_id_with_terminal_escapes_is_shown_escaped_by_baton_replay() -> None:
+    """A run id is an id, not a name: any printable-or-not text up to 256 characters, so an
+    orchestrator may name a run `\\x1b]0;...\\x07` (a terminal title, a screen clear, OSC 52
+    writes the clipboard). `baton replay`'s report printed it raw in its changed, not
+    reproduced and partial lines; `baton audit verify`, `tail` and `top` escape it."""
+    from baton.cli.replay_cmds import _exit, _table
+    from baton.processors.recorded import policy_document
+    from baton.processors.replay import Recorded, replay_runs
+    from baton.schemas.errors import ReplayFailed
+    from baton.schemas.policy import Policy
+    from tests.unit.test_engine_support import policy_with
+
+    run = "run-\x1b[2J\x1b]0;owned\x07"
+    task = "t\x1b[8m"
+    steps: list[tuple[RunEvent, float]] = [
+        (handoff("h1", task, "planner", "researcher", run_id=run), 0),
+        (handoff("h2", "t2", "planner", "coder", run_id=run), 1),
+    ]
+    rows = [Recorded.of(d) for d in _decided(steps, run=run)]
+    recorded = seed_policy()
+    policies = {recorded.version: Policy.model_validate_json(policy_document(recorded))}
+    stricter = policy_with(max_handoffs=1)
+    changed = replay_runs([rows], stricter, policies, KEY)
+    partial = replay_runs([rows[1:]], stricter, policies, KEY)
+    unfaithful = replay_runs([rows], stricter, policies, b"another key")
+    assert changed.changed_runs and partial.partial and unfaithful.unfaithful_runs
+    for report in (changed, partial, unfaithful):
+        text = _table(report, stricter, "p.yaml", "chdb", 1.0)
+        assert "\x1b" not in text and "\x07" not in text, text
+        assert "run-\\x1b[2J" in text, text
+    with pytest.raises(ReplayFailed) as failed:
+        _exit(unfaithful)
+    assert "\x1b" not in str(failed.value) and "run-\\x1b[2J" in str(failed.value)
