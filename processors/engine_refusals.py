@@ -12,7 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from baton.processors.approvals import refused_answer_id, refused_key
-from baton.processors.decision_builder import NO_ORIGIN, DecisionContext, Origin, build_decision
+from baton.processors.decision_builder import (
+    NO_ORIGIN,
+    DecisionContext,
+    Origin,
+    build_decision,
+    life_of,
+)
 from baton.processors.dedup_keys import dedup_key, request_digest, with_digest
 from baton.processors.engine_budget import count_cost
 from baton.processors.engine_control import NO_KILLS, KillSwitches
@@ -41,6 +47,7 @@ def refuse(
     detail: str,
     kills: KillSwitches = NO_KILLS,
     origin: Origin = NO_ORIGIN,
+    life: str | None = None,
 ) -> tuple[RunState | None, list[Decision]]:
     """Stop ``event``'s run for a reason of the worker's, not of the policy: the run's state
     would outgrow ``run_state_limit``, or the worker holds too many runs (``worker_run_limit``).
@@ -49,9 +56,17 @@ def refuse(
     on: the decision is made, nothing is kept). A kept run is stopped for good with ``reason``
     (the event is remembered like any other, so a retry gets the same stop); a reported cost
     still counts. Pure, like ``engine.decide``.
+
+    A run not kept is refused on a state whose life begins at ``origin`` (``life``: as
+    ``decide``'s), so the refusal's id covers the input's position: two requests under one
+    request id, refused at two positions, never share an audit row.
     """
     keep = state is not None
-    st = state.copy() if state is not None else new_state(event.run_id, event.tenant, now)
+    if state is not None:
+        st = state.copy()
+    else:
+        begun = life_of(event, origin) if life is None else life
+        st = new_state(event.run_id, event.tenant, now, begun)
     ctx = DecisionContext(rules_for(policy, st.tenant), now, now.timestamp(), kills, origin)
     if keep and st.stopped is None:
         st.stopped = reason

@@ -274,16 +274,11 @@ class Replayer:
             new, decided = expire_approvals(before, policy, now, kills)
         elif refusal is not None:
             stored = before if refusal.reason == _RUN_STATE_LIMIT else None
-            new, decided = refuse(
-                stored,
-                event,
-                policy,
-                now,
-                Reason(refusal.reason),
-                refusal.detail or "",
-                kills,
-                origin,
-            )
+            reason, detail = Reason(refusal.reason), refusal.detail or ""
+            new, decided = refuse(stored, event, policy, now, reason, detail, kills, origin)
+            if stored is None and decided and decided[0].decision_id != first.decision_id:
+                # refused before lives were marked (engine_refusals.refuse): unmarked
+                new, decided = refuse(None, event, policy, now, reason, detail, kills, origin, "")
             new = new if new is not None else before
         else:
             new, decided = decide(before, event, policy, now, kills, origin)

@@ -178,3 +178,47 @@ def test_a_run_id_with_terminal_escapes_is_shown_escaped_by_baton_replay() -> No
     with pytest.raises(ReplayFailed) as failed:
         _exit(unfaithful)
     assert "\x1b" not in str(failed.value) and "run-\\x1b[2J" in str(failed.value)
+
+
+def test_requests_refused_by_a_full_worker_never_share_an_audit_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full worker refuses a new run's events (worker_run_limit) without keeping a state:
+    the refusal's id covered the run, the request id and the phase only, so a second request
+    under that id (another agent: anyone's copy, or an attacker reusing a victim's id) got
+    the same id and replaced the first refusal in the audit. It now covers the input's
+    position, as a life does; a redelivery keeps it, and replay reproduces both."""
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(seed_policy(), 1, states, worker="w", chain_key=KEY, max_runs=1)
+    taken = handoff("h0", "t0", "planner", "researcher", run_id="run-a").to_json()
+    proc.process([InputRecord("requests", 0, 1, b"run-a", taken)], at(0))
+    victim = handoff("h1", "t1", "planner", "researcher", run_id="run-b")
+    forged = victim.model_copy(update={"to_agent": "billing_agent"})
+
+    def refused(event: RunEvent, offset: int) -> Decision:
+        rec = InputRecord("requests", 0, offset, b"run-b", event.to_json())
+        ((_, d),) = proc.process([rec], at(offset)).decisions
+        assert d.reason == "worker_run_limit" and b"run-b" not in states
+        return d
+
+    first, copy, again = refused(victim, 2), refused(forged, 3), refused(victim, 2)
+    assert first.decision_id != copy.decision_id
+    assert again.decision_id == first.decision_id
+    from baton.processors.recorded import policy_document
+    from baton.processors.replay import Recorded, replay_runs
+    from baton.schemas.policy import Policy
+
+    policy = seed_policy()
+    policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
+    rows = [Recorded.of(d) for d in (first, copy)]
+    report = replay_runs([rows], policy, policies, KEY)
+    assert report.partial == {} and [u for r in report.runs for u in r.unfaithful] == []
+    # a refusal recorded before lives were marked (unmarked id) replays as recorded too
+    from baton.processors import engine_refusals
+
+    monkeypatch.setattr(engine_refusals, "life_of", lambda event, origin: "")
+    old = refused(victim, 4)
+    assert old.decision_id not in (first.decision_id, copy.decision_id)
+    monkeypatch.undo()
+    report = replay_runs([[Recorded.of(old)]], policy, policies, KEY)
+    assert report.partial == {} and [u for r in report.runs for u in r.unfaithful] == []
