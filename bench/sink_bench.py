@@ -11,15 +11,18 @@ the same run:
   variant, each in a fresh process, and times it from its partitions' assignment to the
   commit of its last row.
 
-Variants: the sink as shipped; then each of its speed-ups taken away alone, to show what
-each is worth (``--variants all``): ``full batches`` (a write starts only with a full batch
-or at the batch timeout, never as soon as the writer is free), ``no shortcut`` (every record
-through pydantic and ``rows.decision_row``), ``serial`` (no parse/insert overlap), ``table
-types`` (the insert encodes LowCardinality columns in Python, as clickhouse-connect does by
-default).
+Variants: the sink as shipped (one parse process beside it, ``sinks/sink_parse.py``); with
+``--variants processes`` also ``one process`` (parsed in the sink's own process, as before
+the parse processes) and ``two parse processes``; then each of its speed-ups taken away
+alone, to show what each is worth (``--variants all``): ``full batches`` (a write starts
+only with a full batch or at the batch timeout, never as soon as the writer is free), ``no
+shortcut`` (every record through pydantic and ``rows.decision_row``, in one process),
+``serial`` (no parse/insert overlap), ``table types`` (the insert encodes LowCardinality
+columns in Python, as clickhouse-connect does by default; in one process).
 
     python -m bench.sink_bench                          # 100,000 decisions, the sink as shipped
     python -m bench.sink_bench --variants all           # and without each speed-up
+    python -m bench.sink_bench --variants processes --rounds 3  # 1, 0 and 2 parse processes
     python -m bench.sink_bench --variants pipeline --rounds 3   # eager vs full, alternating
     python -m bench.sink_bench --batch-size 20000       # another BATON_SINK_BATCH_SIZE
     python -m bench.sink_bench --routes                 # insert routes compared, no Kafka
@@ -136,12 +139,15 @@ def _variant(name: str) -> Iterator[None]:
         os.environ["BATON_SINK_PARSE_PROCESSES"] = "0"
     elif name == "serial":
         patch(AuditSink, "pipelined", False)
-    elif name == "table types":
+    elif name == "table types":  # no types: the sink parses in its own process
         patch(sink_loop, "insert_types", lambda client, table, columns: None)
+        os.environ["BATON_SINK_PARSE_PROCESSES"] = "0"
     elif name == "full batches":
         patch(AuditSink, "eager", False)
     elif name == "one process":
         os.environ["BATON_SINK_PARSE_PROCESSES"] = "0"
+    elif name == "two parse processes":
+        os.environ["BATON_SINK_PARSE_PROCESSES"] = "2"
     try:
         yield
     finally:
@@ -482,7 +488,7 @@ def main() -> None:
     if args.variants == "pipeline":
         variants += ["full batches"]
     elif args.variants == "processes":
-        variants += ["one process"]
+        variants += ["one process", "two parse processes"]
     elif args.variants == "all":
         variants += ["one process", "full batches", "no shortcut", "serial", "table types"]
     if args.against:
