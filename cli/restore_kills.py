@@ -14,7 +14,7 @@ from datetime import datetime
 
 from baton.processors.engine import new_state
 from baton.processors.replay import Recorded
-from baton.processors.state import RunState
+from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
 from baton.schemas.decision import Outcome, Reason
 
 __all__ = ["MAX_RUN_ID", "ends_killed", "hold_lost_kills", "keep_killed", "reissued_commands"]
@@ -76,6 +76,9 @@ def hold_lost_kills(
         if 1 <= len(run_id) <= MAX_RUN_ID:
             state = new_state(run_id, "default", now)
             state.stopped = Reason.AUDIT_UNVERIFIED
+            # no history: every key forgotten, so its ids carry the input's position and a
+            # copy of an old request never takes a recorded id (as restore_runs' counters)
+            state.marks = SEEN_LIMIT + FRESH_LIMIT
             states.append(state)
             stopped.append(run_id)
     return stopped

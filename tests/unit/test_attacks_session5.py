@@ -222,3 +222,22 @@ def test_requests_refused_by_a_full_worker_never_share_an_audit_row(
     monkeypatch.undo()
     report = replay_runs([[Recorded.of(old)]], policy, policies, KEY)
     assert report.partial == {} and [u for r in report.runs for u in r.unfaithful] == []
+
+
+def test_a_run_a_lost_kill_holds_on_restart_never_gives_a_copy_a_recorded_id() -> None:
+    """`baton up` gives a run that a lost kill switch names, and that it did not restore (its
+    history forgotten), a stopped state of its own: no life, no dedup marks. A copy of one of
+    the run's requests recorded before lives were marked was stopped under the recorded
+    allow's id and replaced it in the audit; that state has forgotten every key now, so its
+    ids carry the input's position (as a run restored from its counters)."""
+    from baton.cli.restore_kills import hold_lost_kills
+
+    policy, request = seed_policy(), handoff("h1", "t1", "planner", "researcher")
+    _, (recorded,) = decide(None, request, policy, at(0))  # a worker before lives: unmarked
+    states: list[RunState] = []
+    assert hold_lost_kills(states, [("run", RUN)], at(86_400 * 60)) == [RUN]
+    (held,) = states
+    _, (copy,) = decide(held, request, policy, at(86_400 * 60 + 1), origin=Origin("w", 0, 3))
+    _, (again,) = decide(held, request, policy, at(86_400 * 60 + 2), origin=Origin("v", 0, 3))
+    assert copy.outcome is Outcome.STOP and copy.decision_id != recorded.decision_id
+    assert again.decision_id == copy.decision_id
