@@ -241,3 +241,33 @@ def test_a_run_a_lost_kill_holds_on_restart_never_gives_a_copy_a_recorded_id() -
     _, (again,) = decide(held, request, policy, at(86_400 * 60 + 2), origin=Origin("v", 0, 3))
     assert copy.outcome is Outcome.STOP and copy.decision_id != recorded.decision_id
     assert again.decision_id == copy.decision_id
+
+
+def test_a_first_event_decided_again_across_the_upgrade_by_a_clock_behind_is_named_interleaved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/guarantees.md, Not guaranteed: a worker from before lives published a run's first
+    decision and died before its state write; the new worker, whose clock is 5 s behind,
+    decides the redelivered event (a marked id) and the run goes on. Read by decided_at the
+    old one-row chain sits amid the new one: verify and replay refuse the run (fail closed),
+    never pass a start amid a chain."""
+    from baton.processors import engine
+    from baton.processors.recorded import policy_document
+    from baton.processors.replay import Recorded, replay_runs, runs_of
+    from baton.schemas.policy import Policy
+    from baton.sinks.chain_verify import verify_chains
+    from tests.unit.test_chain import _row
+
+    request = handoff("h1", "t1", "planner", "researcher")
+    with monkeypatch.context() as old_worker:
+        old_worker.setattr(engine, "life_of", lambda event, origin: "")
+        before = _decided([(request, 10)])
+    after = _decided([(request, 5), (handoff("h2", "t2", "planner", "researcher"), 12)])
+    rows = sorted([*before, *after], key=lambda d: d.decided_at)
+    assert [d.chain_prev == "" for d in rows] == [True, True, False]
+    (verdict,) = verify_chains([_row(d) for d in rows], KEY)
+    assert [p.split(":")[0] for p in verdict.problems] == ["interleaved"]
+    policy = seed_policy()
+    policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
+    report = replay_runs(runs_of([Recorded.of(d) for d in rows]), policy, policies, KEY)
+    assert report.broken == [RUN]
