@@ -97,7 +97,7 @@ def _fork(links: Sequence[Link], children: dict[str, list[int]]) -> ChainBreak |
                 ids += f" (and {len(after) - 2} more)"
             return ChainBreak(
                 "forked",
-                f"decisions {ids} both follow the link {prev[:16]}... (a row inserted or altered)",
+                f"decisions {ids} both follow the link {_link(prev)} (a row inserted or altered)",
             )
     return None
 
@@ -115,7 +115,7 @@ def _gap(
     link = links[at]
     return ChainBreak(
         "missing",
-        f"decision {_id(links, at)} follows a link ({link.prev[:16]}...) that no row of the "
+        f"decision {_id(links, at)} follows a link ({_link(link.prev)}) that no row of the "
         "run holds (a row deleted or altered)",
     )
 
@@ -159,6 +159,12 @@ def _interleaved(links: Sequence[Link], chains: list[list[int]]) -> ChainBreak |
 
 def _id(links: Sequence[Link], i: int) -> str:
     return shown_id(links[i].decision_id)
+
+
+def _link(chain_hash: str) -> str:
+    """A row's link as a message quotes it: its first 16 characters, escaped (a forged row's
+    may be any text)."""
+    return shown_id(chain_hash[:16]) + "..."
 
 
 def shown_id(decision_id: str) -> str:

@@ -271,3 +271,21 @@ def test_a_first_event_decided_again_across_the_upgrade_by_a_clock_behind_is_nam
     policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
     report = replay_runs(runs_of([Recorded.of(d) for d in rows]), policy, policies, KEY)
     assert report.broken == [RUN]
+
+
+def test_a_forged_link_with_terminal_escapes_is_shown_escaped_by_verify() -> None:
+    """A row written out of band may name any text as its chain_prev: its first 16
+    characters were quoted raw in the missing and forked verdicts (a screen clear in 16)."""
+    from baton.sinks.chain_verify import verify_chains
+    from tests.unit.test_chain import _row
+
+    decisions = _decided([(handoff("h1", "t1", "planner", "researcher"), 0)])
+    forged = Decision.from_json(decisions[0].to_json())
+    forged.decision_id, forged.chain_prev = "d" * 32, "\x1b[2J\x1b]0;x\x07" + "f" * 60
+    twin = Decision.from_json(forged.to_json())
+    twin.decision_id = "e" * 32
+    for rows in ([decisions[0], forged], [decisions[0], forged, twin]):
+        (verdict,) = verify_chains([_row(d) for d in rows], KEY)
+        shown = [p for p in verdict.problems if p.startswith(("missing", "forked"))]
+        assert shown and all("\x1b" not in p and "\x07" not in p for p in shown), shown
+        assert all("\\x1b[2J" in p for p in shown), shown
