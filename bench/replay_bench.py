@@ -11,10 +11,14 @@ audit through the sink's own insert path, then measures on that audit, best of t
 * replay, other policy: reading + deciding every step twice (a stricter ``max_handoffs``, and
   the recorded policy as proof) - what `baton replay --policy stricter.yaml --jobs 1` does
   (``cli.replay_cmds.replay_audit``, the command's own path);
+* replay, one limit changed: docs/replay.md's stricter.yaml (the seed with ``max_handoffs``
+  4): the proof's decide answers for the new policy until a run's first step the changed
+  limit could decide otherwise (processors/replay_share.py), then both decide;
 * replay, tenant-only change: the new policy differs for another tenant only, so each run is
   decided once (the two replays are one while the rules are equal);
-* replay with ``--jobs`` processes (the reading process hands pieces of runs to them, as
-  bytes; the pool starts while the first pieces are replayed in the reading process);
+* replay with ``--jobs`` processes (the reading process replays pieces of runs and hands
+  others, as bytes, to a pool of jobs - 1; the pool starts while the first pieces are
+  replayed in the reading process);
 * replay in memory: the rows read before, one process (the replay's own cost, no reading);
 * decide once: the engine alone on the same steps (the floor of one pass, no reading).
 
@@ -115,6 +119,9 @@ def main() -> None:
     gc.set_threshold(100_000, 50, 100)  # as the worker runs (bench/RESULTS.md)
     recorded = load_policy(None)
     stricter = parse_policy("multi_agent:\n  max_handoffs: 3\n", "stricter")
+    one_limit = parse_policy(
+        DEFAULT_POLICY_YAML.replace("max_handoffs: 8", "max_handoffs: 4"), "stricter.yaml"
+    )
     other_tenant = parse_policy(
         DEFAULT_POLICY_YAML + "\ntenants:\n  nobody_here:\n    max_handoffs: 1\n", "tenant-only"
     )
@@ -173,7 +180,11 @@ def main() -> None:
                 ("read the recorded decisions", best(read)),
                 ("chain order: each run as read, in order (the check)", best(chain_order(runs))),
                 ("chain order: each run read backwards (reordered)", best(chain_order(backwards))),
-                ("replay, other policy (2 decides/step)", best(replay(stricter))),
+                (
+                    "replay, other policy (2 decides/step from its first change)",
+                    best(replay(stricter)),
+                ),
+                ("replay, one limit changed (max_handoffs 8 -> 4)", best(replay(one_limit))),
                 ("replay, tenant-only change (1 decide)", best(replay(other_tenant))),
                 (
                     f"replay, other policy, --jobs {args.jobs}",
