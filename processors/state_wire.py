@@ -95,7 +95,7 @@ def to_wire(state: RunState) -> dict[str, Any]:
 
 def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
     folded, fresh = state.folded_keys(), state.fresh
-    keys = folded + list(fresh[::2])  # state.seen_keys()
+    keys = folded + list(fresh)  # state.seen_keys()
     digests = state.digests
     wire: dict[str, Any] = {
         "v": STATE_FORMAT,
@@ -117,7 +117,7 @@ def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
         ],
         "keys": keys,
         "mk": state.marks,
-        "dg": [digests.get(k) for k in folded] + list(fresh[1::2]),
+        "dg": [digests.get(k) for k in folded] + list(fresh.values()),
         "rec": rec,
         "ev": state.evicted_at,
         "ch": state.chain_head,
@@ -197,11 +197,11 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         w.get("fin", False),
         _tasks_from_wire(w.get("tasks", ())),
         EMPTY,
-        tuple(dict.fromkeys(map(intern, w.get("ag", ())))),
+        dict.fromkeys(map(intern, w.get("ag", ()))) or EMPTY,
         {r[0]: Reservation(*r[1:]) for r in w.get("res", ())} or EMPTY,
         {p[0]: _pending_from_wire(p) for p in w.get("pend", ())} or EMPTY,
         seen or EMPTY,
-        fresh,
+        fresh or EMPTY,
         marks,
         recent_from_wire(w.get("rec", ()), cols, checked=rows_checked),
         0.0,
@@ -252,7 +252,7 @@ def _from_list(w: list[Any]) -> RunState:
         w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9],
         {k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]},
         {},
-        tuple(dict.fromkeys(w[11])),
+        dict.fromkeys(w[11]),
         {r[0]: _old_reservation(r) for r in w[12]},
         {p[0]: _pending_from_wire(p) for p in w[13]},
         seen,
@@ -290,7 +290,7 @@ def _pending_from_wire(p: list[Any]) -> PendingApproval:
 
 def _marks_from_wire(
     keys: list[str], marks: int, digests: list[str | None] | None
-) -> tuple[dict[str, int], tuple[str | None, ...], dict[str, str]]:
+) -> tuple[dict[str, int], dict[str, str | None], dict[str, str]]:
     """``seen``, ``fresh`` and ``digests`` from the window's keys (oldest first) and their
     digests (one each; None: a format without them): the newest ``marks % FRESH_LIMIT`` keys
     are the ones not folded yet (RunState.remember)."""
@@ -302,12 +302,7 @@ def _marks_from_wire(
             "for each key"
         )
     split = max(len(keys) - marks % FRESH_LIMIT, 0)  # none folded in a run of fewer keys
-    for d in digests[split:]:
-        if d is not None and (type(d) is not str or ":" in d):
-            # RunState.fresh holds keys and digests side by side: a digest must never
-            # read as a key (every key has its kind's prefix with a colon)
-            raise ValueError(f"run state request digest {str(d)[:60]!r}: expected hex or null")
-    fresh = tuple(x for pair in zip(keys[split:], digests[split:], strict=True) for x in pair)
+    fresh = dict(zip(keys[split:], digests[split:], strict=True))
     first = marks - len(keys) + 1
     seen = dict(zip(keys[:split], range(first, first + split), strict=True))
     folded = {k: d for k, d in zip(keys[:split], digests[:split], strict=True) if d is not None}
