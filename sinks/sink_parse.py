@@ -38,6 +38,7 @@ from typing import Any, BinaryIO
 
 from baton.sinks.audit_batch import AuditBatch, token_material
 from baton.sinks.audit_insert import native_block
+from baton.sinks.json_rows import shortcut_row
 from baton.sinks.rows import DECISION_COLUMNS, DecidedWindow
 
 __all__ = ["ParseProcesses", "ParsedChunk", "parse_chunk"]
@@ -66,11 +67,21 @@ class ParsedChunk:
 def parse_chunk(
     topic: str, window: DecidedWindow | None, types: tuple[str, ...], records: list[Record]
 ) -> ParsedChunk:
-    """The rows of ``records`` as ``AuditBatch.add`` makes them, encoded with ``types``."""
+    """The rows of ``records`` as ``AuditBatch.add`` makes them, encoded with ``types``.
+
+    A record in the worker's shape is its ``shortcut_row`` straight away (what ``add`` does
+    first, without the batch's bookkeeping: the offsets are the sink's, the raw bytes only a
+    rejected record needs); any other takes ``add``, which rejects or keeps it as the sink
+    would."""
     batch = AuditBatch(topic)
     batch.window = window  # the sink's batch fixed it at its first record
+    rows = batch.rows
     for partition, offset, value in records:
-        batch.add(partition, offset, value)
+        row = None if value is None else shortcut_row(value, topic, partition, offset, window)
+        if row is None:
+            batch.add(partition, offset, value)
+        else:
+            rows.append(row)
     spans, material = token_material(batch.rows)
     native = native_block(batch.rows, DECISION_COLUMNS, types)
     return ParsedChunk(native, len(batch.rows), material, spans, batch.rejected)
