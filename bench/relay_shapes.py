@@ -11,7 +11,9 @@ process per phase, phases alternating):
 * ``pipe+states``: the same, plus one 1.4 KB "run state" per two records to another topic
   through the same producer (the worker at 2,000 events/s writes ~0.3-0.5 a record);
 * ``pipe+states2``: the states through a second producer (its own connection);
-* ``flush+states``: a flush per fetch, then the states, not waited for.
+* ``flush+states``: a flush per fetch, then the states, not waited for;
+* ``gated``: no flush, but one send in flight: what is fetched while it is in flight is held
+  and sent together once it is acknowledged (the relay keeps fetching meanwhile).
 
 What it separates: the cost of the publishing shape on the broker (pipelining, states, one
 connection or two) from Faust's receive path and the engine, which the latency bench's worker
@@ -36,7 +38,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-SHAPES = ("flush", "pipe", "pipe+states", "pipe+states2", "flush+states")
+SHAPES = ("flush", "pipe", "pipe+states", "pipe+states2", "flush+states", "gated")
 _STATE = b"s" * 1400
 
 
@@ -60,11 +62,29 @@ async def _relay(bootstrap: str, src: str, dst: str, shape: str) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, **_PRODUCER})
     states = Producer({"bootstrap.servers": bootstrap, **_PRODUCER})
     state_producer = states if shape == "pipe+states2" else producer
+    in_flight = [0]  # gated: records of the send in flight not yet acknowledged
+    held: list = []
+
+    def acked(err: object, msg: object) -> None:
+        in_flight[0] -= 1
+
     print("relay ready", flush=True)
     try:
         while not stop.is_set():
-            fetched = await consumer.getmany(timeout_ms=200)
+            wait_ms = 1 if held else 200  # gated: come back soon to send what is held
+            fetched = await consumer.getmany(timeout_ms=wait_ms)
             records = [m for batch in fetched.values() for m in batch]
+            if shape == "gated":
+                producer.poll(0)
+                held += records
+                if held and not in_flight[0]:
+                    records, held = held, []
+                    in_flight[0] = len(records)
+                    for m in records:
+                        producer.produce(
+                            dst, m.value, m.key, partition=m.partition, on_delivery=acked
+                        )
+                continue
             for m in records:
                 producer.produce(dst, m.value, m.key, partition=m.partition)
             if records and shape.startswith("flush"):
