@@ -15,7 +15,8 @@ named with its rows (a row deleted, inserted or altered; fail closed):
 
 * ``missing``: a row names a link no row of the run holds (a gap). The history may start
   before what was read (``may_start_before``: the audit's retention, ``--since``) only when
-  no row starts a chain and one link alone is missing: where what was read begins;
+  one link alone is missing, read before any chain start: where what was read begins (a run
+  id's earlier life that retention is expiring, its later lives a day or more after it);
 * ``forked``: two rows name one predecessor;
 * ``interleaved``: a chain starts, or goes on, amid another (two chains whose rows mix in the
   read order: a start forged into a run, never a new life);
@@ -31,15 +32,25 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import NamedTuple
 
-__all__ = ["ChainBreak", "Link", "Walk", "shown_id", "walk_links"]
+__all__ = ["NEW_LIFE_AFTER_S", "ChainBreak", "Link", "Walk", "shown_id", "walk_links"]
 
 
 class Link(NamedTuple):
-    """A linked row as the walk needs it: its id (for messages) and its two links."""
+    """A linked row as the walk needs it: its id (for messages), its two links and when it
+    was decided (POSIX seconds; 0: not known, then no missing link is taken for where a
+    history read from its middle begins while a later life follows)."""
 
     decision_id: str
     prev: str
     hash: str
+    at: float = 0.0
+
+
+#: the least time between a run id's chain read from its middle and a later life's start:
+#: a worker forgets a run's tombstone after BATON_RUN_RETENTION_S + BATON_TOMBSTONE_RETENTION_S
+#: (1 h + 30 days by default); a clock step back is seconds to minutes (a row deleted then
+#: looks alike, and is refused)
+NEW_LIFE_AFTER_S = 86_400.0
 
 
 class ChainBreak(NamedTuple):
@@ -105,19 +116,32 @@ def _fork(links: Sequence[Link], children: dict[str, list[int]]) -> ChainBreak |
 def _gap(
     links: Sequence[Link], starts: list[int], missing: list[int], may_start_before: bool
 ) -> ChainBreak | None:
-    """A missing link, unless it is where a history read from its middle begins."""
-    if not missing or (may_start_before and not starts and len(missing) == 1):
+    """A missing link, unless it is where a history read from its middle begins: the one
+    missing link, read before any chain start (``may_start_before``).
+
+    Retention expires a run oldest row first, so while it eats a run id's earlier life the
+    oldest surviving row names a link no row holds, and a later life starts a chain: that
+    chain must then end before the next begins (``_interleaved``). Read after a start, a
+    missing link is a gap (a row deleted; a clock step back may look alike: fail closed).
+    """
+    begins = may_start_before and (not starts or _life_before(links, missing, starts[0]))
+    if not missing or (begins and len(missing) == 1):
         return None
-    # with a start in the read, the first missing link is a gap even when read first (a row
-    # deleted and a clock step back look alike); without one, the first may be the history's
-    # beginning and the next is the gap
-    at = missing[1] if may_start_before and not starts else missing[0]
+    at = missing[1] if begins else missing[0]
     link = links[at]
     return ChainBreak(
         "missing",
         f"decision {_id(links, at)} follows a link ({_link(link.prev)}) that no row of the "
         "run holds (a row deleted or altered)",
     )
+
+
+def _life_before(links: Sequence[Link], missing: list[int], start: int) -> bool:
+    """The first missing link is read before the first chain start, and every row read
+    before that start was decided NEW_LIFE_AFTER_S or more before it: an earlier life."""
+    if not missing or missing[0] > start:
+        return False
+    return links[start].at - max(link.at for link in links[:start]) >= NEW_LIFE_AFTER_S
 
 
 def _chain(

@@ -23,10 +23,10 @@ Never reordered into what the chain does not say: the links are walked by
 (a gap, a fork, interleaved chains or a loop make the run *broken*: returned in the read
 order with the reason, not to be replayed). A run whose chain starts before what was read
 (retention, ``--since``: no row starts a chain, one link alone is missing) is returned as
-read: ``replay_steps.is_partial`` names it. One that holds a start and a row whose link is
-missing is broken, even if that row was read first (a row deleted and a clock step back look
-alike; so, rarely, does a ``--since`` that cuts into the old chain of a run id that came
-back: fail closed).
+read, or, when later lives follow that first chain (retention expiring a run id's earlier
+life, a ``--since`` cutting into it), in their chains' order: ``replay_steps.is_partial`` names
+it. One whose missing link is read after a chain start is broken (a row deleted and a clock
+step back look alike: fail closed).
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ def _reordered(run: list[Recorded]) -> tuple[list[Recorded], str | None]:
     """The slow path of :func:`in_chain_order`: the read order disagrees with the links."""
     at = [i for i, rec in enumerate(run) if rec[_HASH] is not None]
     walk = walk_links(
-        [Link(run[i].decision_id, run[i][_PREV] or "", run[i][_HASH]) for i in at],
+        [
+            Link(run[i].decision_id, run[i][_PREV] or "", run[i][_HASH], _seconds(run[i]))
+            for i in at
+        ],
         may_start_before=True,
     )
     if walk.broken is not None:
@@ -70,6 +73,11 @@ def _reordered(run: list[Recorded]) -> tuple[list[Recorded], str | None]:
     if walk.starts_before:
         return run, None  # the chain starts before what was read: is_partial names it
     return _with_unlinked(run, [at[i] for i in walk.order]), None
+
+
+def _seconds(rec: Recorded) -> float:
+    at = rec.decided_at
+    return at.timestamp() if at is not None else 0.0
 
 
 def _with_unlinked(run: list[Recorded], order: list[int]) -> list[Recorded]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from baton.processors.chain_links import Link, shown_id, walk_links
@@ -59,6 +60,14 @@ class RunChain:
         return not self.problems
 
 
+#: where a row's decided_at is (a datetime; the walk compares lives' times)
+_AT = 4 + CHAIN_FIELDS.index("decided_at")
+
+
+def _seconds(at: Any) -> float:
+    return at.timestamp() if isinstance(at, datetime) else 0.0
+
+
 def verify_chains(
     rows: Iterable[Sequence[Any]], key: bytes = b"", *, partial: frozenset[str] = frozenset()
 ) -> list[RunChain]:
@@ -86,7 +95,8 @@ def _verify_run(run_id: str, rows: list[Sequence[Any]], key: bytes, partial: boo
             verdict.problems.append(
                 f"altered: decision {shown_id(str(row[1]))} does not hash to its chain_hash"
             )
-    walk = walk_links([Link(str(r[1]), r[2] or "", r[3]) for r in rows], may_start_before=partial)
+    links = [Link(str(r[1]), r[2] or "", r[3], _seconds(r[_AT])) for r in rows]
+    walk = walk_links(links, may_start_before=partial)
     if walk.broken is not None:
         verdict.problems.append(str(walk.broken))
     return verdict

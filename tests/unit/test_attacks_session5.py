@@ -289,3 +289,34 @@ def test_a_forged_link_with_terminal_escapes_is_shown_escaped_by_verify() -> Non
         shown = [p for p in verdict.problems if p.startswith(("missing", "forked"))]
         assert shown and all("\x1b" not in p and "\x07" not in p for p in shown), shown
         assert all("\\x1b[2J" in p for p in shown), shown
+
+
+def test_an_earlier_life_retention_is_expiring_is_partial_not_broken() -> None:
+    """The audit's TTL expires a run's rows oldest first: while it eats a run id's earlier
+    life, that life's oldest surviving row names a link no row holds, and a later life starts
+    a chain. Verify failed the run (`missing`) though it checks runs near the horizon as
+    partial, and replay called it broken (a `baton up` restart restored it stopped): every run
+    id with two lives went through this. Now a missing link read before any start, whose
+    chain ends before the next begins, is where a partial history begins: verify passes such
+    a run (partial only), replay lists it partial; without the horizon it is still missing."""
+    from baton.processors.replay import Recorded, in_chain_order
+    from baton.sinks.chain_verify import verify_chains
+    from tests.unit.test_chain import _row
+    from tests.unit.test_chain_verify_lives import _two_lives
+
+    lives = _two_lives()
+    trimmed = [_row(d) for d in lives[1:]]
+    (near,) = verify_chains(trimmed, b"lives-key", partial=frozenset({RUN}))
+    assert near.problems == []
+    (whole,) = verify_chains(trimmed, b"lives-key")
+    assert [p.split(":")[0] for p in whole.problems] == ["missing"]
+    rows, why = in_chain_order([Recorded.of(d) for d in lives[1:]])
+    assert why is None and [r.decision_id for r in rows] == [d.decision_id for d in lives[1:]]
+    # the trimmed chain read amid the later one (a row deleted, a start inserted) is refused
+    mixed = [_row(d) for d in (lives[1], lives[3], lives[2], lives[4])]
+    (verdict,) = verify_chains(mixed, b"lives-key", partial=frozenset({RUN}))
+    assert [p.split(":")[0] for p in verdict.problems] == ["interleaved"]
+    # a second missing link is a gap, horizon or not (here the later life's start deleted)
+    cut = [_row(d) for d in (lives[1], lives[2], lives[4])]
+    (gap,) = verify_chains(cut, b"lives-key", partial=frozenset({RUN}))
+    assert [p.split(":")[0] for p in gap.problems] == ["missing"]
