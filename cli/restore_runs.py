@@ -34,6 +34,7 @@ from baton.cli.restore_kills import MAX_RUN_ID, ends_killed, hold_lost_kills, ke
 from baton.cli.restore_write import reissue, write_changelog
 from baton.processors.engine import STICKY_REASONS, evict
 from baton.processors.replay import Recorded, in_chain_order, is_partial, rebuild_run, runs_of
+from baton.processors.replay_order import from_first_start
 from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
 from baton.schemas.decision import Reason
 from baton.schemas.policy import Policy
@@ -151,6 +152,8 @@ def _rebuild(
         run, broken = in_chain_order(run)
         if broken is not None:
             out.broken.append(f"{run_id}: {broken}")
+        else:  # an earlier life that retention is expiring: rebuilt from the later one
+            run = from_first_start(run)
         if ends_killed(run):
             out.killed.add(run_id)
         if is_partial(run, policies) is not None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from baton.processors.chain_links import Link, walk_links
 from baton.processors.recorded import Recorded
 
-__all__ = ["in_chain_order"]
+__all__ = ["from_first_start", "in_chain_order"]
 
 _PREV, _HASH = Recorded._fields.index("chain_prev"), Recorded._fields.index("chain_hash")
 #: what replay says of a run whose links give no order
@@ -56,6 +56,20 @@ def in_chain_order(run: list[Recorded]) -> tuple[list[Recorded], str | None]:
         hashes.add(link)
         head = link
     return run, None
+
+
+def from_first_start(run: list[Recorded]) -> list[Recorded]:
+    """``run`` (in chain order) from its first chain start, when what was read begins amid an
+    earlier life that a later one follows (retention expiring it: ``walk_links``); else
+    ``run``. Rebuilding a run's state needs its current life only: a new life is decided on a
+    fresh state, and an earlier life read from its middle cannot be rebuilt."""
+    first = next((rec for rec in run if rec[_HASH] is not None), None)
+    if first is None or (first[_PREV] or "") == "":
+        return run
+    start = next(
+        (i for i, rec in enumerate(run) if rec[_HASH] is not None and not rec[_PREV]), None
+    )
+    return run if start is None else run[start:]
 
 
 def _reordered(run: list[Recorded]) -> tuple[list[Recorded], str | None]:

@@ -320,3 +320,32 @@ def test_an_earlier_life_retention_is_expiring_is_partial_not_broken() -> None:
     cut = [_row(d) for d in (lives[1], lives[2], lives[4])]
     (gap,) = verify_chains(cut, b"lives-key", partial=frozenset({RUN}))
     assert [p.split(":")[0] for p in gap.problems] == ["missing"]
+
+
+def test_a_restart_restores_the_later_life_of_a_run_whose_earlier_one_retention_trimmed() -> None:
+    """`baton up` rebuilds a run from its first row: with its earlier life's start expired by
+    retention that row is no start, and the run was restored from its counters, STOPPED
+    (audit_unverified), though its current life is whole in the audit. The earlier life holds
+    nothing the later one was decided on (a new life starts on a fresh state): the run is
+    rebuilt from the later life's start, as the worker held it."""
+    from pydantic import SecretStr
+
+    from baton.cli.restore_runs import _rebuild
+    from baton.processors.recorded import policy_document
+    from baton.processors.replay import Recorded
+    from baton.schemas.policy import Policy
+    from baton.schemas.settings import Settings
+    from tests.unit.test_chain_verify_lives import _two_lives
+
+    lives = _two_lives()
+    policy = seed_policy()
+    policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
+    settings = Settings(partitions=1, audit_chain_key=SecretStr("lives-key"))
+    now = lives[-1].decided_at
+    assert now is not None
+    rebuilt = _rebuild([[Recorded.of(d) for d in lives[1:]]], policies, settings, now)
+    assert rebuilt.unverified_counters == [] and rebuilt.broken == [] and rebuilt.unfaithful == []
+    (state,) = rebuilt.states
+    whole = _rebuild([[Recorded.of(d) for d in lives]], policies, settings, now)
+    assert state.stopped is None and state.to_bytes() == whole.states[0].to_bytes()
+    assert state.life == f"r0:{lives[3].offset}"
