@@ -14,7 +14,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,7 @@ from baton.sinks.rows import (
 from baton.sinks.schema import DATABASE
 
 if TYPE_CHECKING:
-    from baton.sinks.sink_parse import ParsedChunk, ParseProcesses
+    from baton.sinks.sink_parse import ChunkFuture, ParsedChunk, ParseProcesses
 
 #: (partition, offset, value) as the consumer read it
 Record = tuple[int, int, bytes | None]
@@ -90,7 +89,7 @@ class AuditBatch:
     #: records deferred and not sent yet (the next chunk)
     unsent: list[Record] = field(default_factory=list)
     #: the sent chunks' results, in order, and the column types they were encoded with
-    chunks: list[Future[ParsedChunk]] = field(default_factory=list)
+    chunks: list[ChunkFuture] = field(default_factory=list)
     chunk_types: tuple[str, ...] | None = None
     #: rows stored through the chunks' Native blocks (None: not stored that way)
     encoded_rows: int | None = None
@@ -395,7 +394,9 @@ def _write_chunks(
     try:
         chunks = [future.result(_CHUNK_WAIT_S) for future in batch.chunks]
     except Exception as exc:  # a parse process died, failed or hangs: parse here
-        log.warning("audit sink: parsing a batch here (%s)", exc)
+        log.warning("audit sink: parsing a batch here (%s)", exc or type(exc).__name__)
+        for future in batch.chunks:
+            future.abandon()  # a hung process is killed: not waited for again
         batch.materialize()
         return
     if any(chunk.native is None for chunk in chunks):

@@ -14,8 +14,9 @@ parse.
 Guarantees: a chunk's rows, rejected records and token are those ``AuditBatch.add`` gives for
 the same records (``tests/unit/test_audit_sink_parse.py``); results come back in the order
 the chunks went out. Not guaranteed: that a chunk comes back at all - a parse process that
-dies fails its pending chunks, and the sink parses those records itself (``AuditBatch``
-materialises them), then parses in-process from there on. A parse process reads only what
+dies fails its pending chunks, one that does not answer within 60 s is killed, and the sink
+parses those records itself (``AuditBatch`` materialises them), then parses in-process from
+there on. A parse process reads only what
 its parent writes to its stdin and exits when that closes (its parent died or stopped).
 """
 
@@ -41,7 +42,7 @@ from baton.sinks.audit_insert import native_block
 from baton.sinks.json_rows import shortcut_row
 from baton.sinks.rows import DECISION_COLUMNS, DecidedWindow
 
-__all__ = ["ParseProcesses", "ParsedChunk", "parse_chunk"]
+__all__ = ["ChunkFuture", "ParseProcesses", "ParsedChunk", "parse_chunk"]
 
 log = logging.getLogger("baton.sinks.sink")
 
@@ -87,6 +88,20 @@ def parse_chunk(
     return ParsedChunk(native, len(batch.rows), material, spans, batch.rejected)
 
 
+class ChunkFuture(Future[ParsedChunk]):
+    """A chunk's result to come from one parse process; ``abandon`` when it is overdue."""
+
+    def __init__(self, child: _ParseProcess) -> None:
+        super().__init__()
+        self._child = child
+
+    def abandon(self) -> None:
+        """Not come back in time: its process is hung, so it is killed (its pending chunks
+        fail, and the sink parses in-process from then on). Done already: nothing."""
+        if not self.done():
+            self._child.kill()
+
+
 class ParseProcesses:
     """``count`` parse processes fed in turn; ``submit`` returns the chunk's future.
 
@@ -114,7 +129,7 @@ class ParseProcesses:
 
     def submit(
         self, window: DecidedWindow | None, types: tuple[str, ...], records: list[Record]
-    ) -> Future[ParsedChunk]:
+    ) -> ChunkFuture:
         child = self._children[self._turn % len(self._children)]
         self._turn += 1
         return child.submit(window, types, records)
@@ -139,7 +154,7 @@ class _ParseProcess:
             _widen(pipe)
         self.alive = True
         self._closing = False
-        self._pending: deque[Future[ParsedChunk]] = deque()
+        self._pending: deque[ChunkFuture] = deque()
         self._lock = threading.Lock()
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         name = f"audit-parse-{index}"
@@ -152,8 +167,8 @@ class _ParseProcess:
 
     def submit(
         self, window: DecidedWindow | None, types: tuple[str, ...], records: list[Record]
-    ) -> Future[ParsedChunk]:
-        future: Future[ParsedChunk] = Future()
+    ) -> ChunkFuture:
+        future = ChunkFuture(self)
         with self._lock:
             if not self.alive:
                 future.set_exception(RuntimeError("the parse process has exited"))
@@ -199,6 +214,11 @@ class _ParseProcess:
             future.set_exception(RuntimeError(error))
         if not self._closing or pending:
             log.warning("audit sink: %s; the sink parses its records itself", error)
+
+    def kill(self) -> None:
+        log.warning("audit sink: a parse process did not answer in time; killed")
+        with contextlib.suppress(OSError):
+            self.process.kill()
 
     def close(self) -> None:
         self._closing = True

@@ -267,3 +267,23 @@ def test_a_parse_process_running_other_code_is_not_used(monkeypatch: pytest.Monk
         processes.close()
     assert not client.blocks
     assert client.stored[DECISIONS_TABLE] == _as_sent(_local(records).rows)
+
+
+def test_a_hung_parse_process_is_killed_and_its_batch_parsed_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import baton.sinks.audit_batch as audit_batch
+
+    monkeypatch.setattr(audit_batch, "_CHUNK_WAIT_S", 0.5)
+    records = [r for r in _records() if b'"evil"' not in (r[2] or b"")]
+    processes = ParseProcesses(1, "gov.decisions")
+    processes.start()
+    try:
+        os.kill(processes.pids()[0], signal.SIGSTOP)  # alive, never answering
+        batch, client = _deferred(records, processes), FakeClickHouse()
+        write_batch(client, batch, types=TYPES)  # type: ignore[arg-type]
+        wait_for(lambda: not processes.alive, timeout=10, message="the hung process is gone")
+    finally:
+        processes.close()
+    assert not client.blocks
+    assert client.stored[DECISIONS_TABLE] == _as_sent(_local(records).rows)
