@@ -8,6 +8,8 @@ a run's new state was copied from shares them (RunState.copy).
 
 from __future__ import annotations
 
+from sys import intern
+
 from baton.processors.decision_builder import DecisionContext
 from baton.processors.engine_budget import reserve
 from baton.processors.rule_checks import budget_exhausted, count_bounce
@@ -37,14 +39,16 @@ def apply_allow(
     counted (and its bounce), its estimate reserved."""
     # tasks, agents, reserved, pending and bounces are replaced, never changed in place: the
     # state this one was copied from shares them (RunState.copy)
-    task_id, from_agent, to_agent = req.task_id, req.from_agent, req.to_agent
+    # the names interned: the task node and the agents keep them for the run's life, and an
+    # event's own copies would be each run's (~55 bytes a name)
+    task_id, from_agent, to_agent = req.task_id, intern(req.from_agent), intern(req.to_agent)
     if node is None:
         st.add_task(task_id, TaskNode(to_agent, from_agent, req.parent_task_id, depth))
     elif not node.owner:  # released: the task keeps its place in the tree, gets an owner
         st.add_task(task_id, TaskNode(to_agent, from_agent, node.parent, node.depth))
     agents = st.agents
     if from_agent not in agents or to_agent not in agents:
-        st.agents = st.joined(from_agent, to_agent)
+        st.agents = {**agents, from_agent: None, to_agent: None}
     st.handoff_count += 1
     rules = ctx.rules
     if rules.max_bounces is not None:

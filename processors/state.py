@@ -142,7 +142,7 @@ class RunState:
     #: the tasks added since the last merge into ``tasks`` (fewer than TASK_FOLD)
     tasks: dict[str, TaskNode]
     new_tasks: dict[str, TaskNode]
-    #: an ordered set, its names interned (joined()); a dict, not a tuple: the rules look a
+    #: an ordered set, its names interned (apply_allow); a dict, not a tuple: the rules look a
     #: handoff's two agents up in it, and a scan of a tuple cost decide ~2 % (callgrind)
     agents: dict[str, None]
     #: request_id -> what an allowed handoff reserved until its completion (or expiry)
@@ -221,9 +221,7 @@ class RunState:
     def add_task(self, task_id: str, node: TaskNode) -> None:
         """Add a task, or replace its node (a released task's new owner): both dicts are
         replaced, never changed in place; a node in ``new_tasks`` hides its old one in
-        ``tasks`` until the merge. The node's agent names are interned (an event's own
-        copies would stay with the run for its life)."""
-        node = _node(TaskNode, (intern(node[0]), intern(node[1]), node[2], node[3]))
+        ``tasks`` until the merge."""
         added = {**self.new_tasks, task_id: node}
         if len(added) < TASK_FOLD:
             self.new_tasks = added
@@ -338,11 +336,6 @@ class RunState:
         """The run's newest SEEN_LIMIT decided keys, oldest first."""
         return self.folded_keys() + list(self.fresh)
 
-    def joined(self, *agents: str) -> dict[str, None]:
-        """The run's agents with ``agents`` added (interned: an event's own copies of the
-        names would stay with the run), each once, in the order they joined."""
-        return {**self.agents, **dict.fromkeys(map(intern, agents))}
-
     def __eq__(self, other: object) -> bool:
         # equal when they would decide alike: the same wire form (which leaves out the
         # marks that fell out of the window but were not folded away yet)
@@ -398,8 +391,6 @@ class RunState:
 
 
 _new_state = object.__new__
-#: a TaskNode from its four values, without NamedTuple's __new__ (a Python function)
-_node = tuple.__new__
 
 # the wire form reads and writes RunState: imported once RunState exists
 from baton.processors import state_wire as _wire  # noqa: E402

@@ -17,7 +17,7 @@ from baton.processors.state import RunState
 from baton.processors.state_replies import pack, unpack
 from baton.schemas.events import parse_event
 from baton.streams.partitioner import partition_for
-from tests.unit.test_engine_support import Run, at, completed, handoff, policy_with
+from tests.unit.test_engine_support import Run, at, handoff, policy_with
 
 pytestmark = pytest.mark.unit
 
@@ -107,13 +107,3 @@ def test_a_record_whose_digests_do_not_go_with_its_keys_is_refused() -> None:
     out = proc.process([record], at(5))
     assert not out.decisions and [d.kind for d in out.dead_letters] == ["state_unreadable"]
     assert b"request digests" in out.dead_letters[0].value
-
-
-def test_an_agent_joins_once_in_the_order_it_came() -> None:
-    state = RunState.new("run-1", "acme", 0.0)
-    state.agents = state.joined("planner", "planner")
-    state.agents = state.joined("coder", "planner", "tester")
-    assert list(state.agents) == ["planner", "coder", "tester"]
-    assert RunState.from_bytes(state.to_bytes()).agents == state.agents
-    decided = completed("r1", "t1", "coder", cost_usd=0.1)
-    assert decide(state, decided, policy_with(), at(1))[0].agents == state.agents
