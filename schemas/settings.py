@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from baton.schemas.connections import connection_problems
 from baton.schemas.errors import ConfigError
 from baton.schemas.redact import mask_credentials
+from baton.sinks.schema import MAX_AUDIT_TTL_DAYS
 
 __all__ = ["Settings"]
 
@@ -160,7 +161,14 @@ class Settings(BaseSettings):
         description="give up on a ClickHouse server's answer after this many seconds "
         "(http(s):// DSNs; the sink then retries)",
     )
-    audit_ttl_days: int = Field(365, ge=1, description="keep audit rows this many days")
+    audit_ttl_days: int = Field(
+        365,
+        ge=1,
+        le=MAX_AUDIT_TTL_DAYS,
+        description="keep audit rows this many days (at most 20,000: ClickHouse reckons a "
+        "TTL in DateTime, whose last second is in 2106, and a TTL past it wraps to the past "
+        "and drops every row at insert)",
+    )
     audit_chain_key: SecretStr | None = Field(
         None,
         description="secret key of the runs' decision hash chains (the same on every worker "

@@ -28,11 +28,19 @@ from typing import TYPE_CHECKING
 
 from baton.schemas.errors import ConfigError
 
+#: the longest audit retention: ClickHouse evaluates ``decided_at + INTERVAL n DAY`` of a TTL
+#: as a DateTime (last second 2106-02-07); past it the date wraps into the past and every
+#: row expires as it is inserted (36,500 days kept nothing). 20,000 days (~54 years) holds
+#: for rows decided until 2051
+MAX_AUDIT_TTL_DAYS = 20_000
+
+
 if TYPE_CHECKING:  # the driver's import costs 57-190 ms a replay --jobs process
     from clickhouse_connect.driver.client import Client
 
 __all__ = [
     "DATABASE",
+    "MAX_AUDIT_TTL_DAYS",
     "MIGRATIONS_TABLE",
     "TTL_TABLES",
     "Migration",
@@ -113,8 +121,11 @@ def migrate(client: Client, ttl_days: int, migrations: list[Migration] | None = 
 
     Raises ConfigError when an applied migration's file changed (migrations are immutable).
     """
-    if ttl_days < 1:
-        raise ConfigError(f"audit_ttl_days (BATON_AUDIT_TTL_DAYS): must be >= 1, got {ttl_days}")
+    if not 1 <= ttl_days <= MAX_AUDIT_TTL_DAYS:
+        raise ConfigError(
+            f"audit_ttl_days (BATON_AUDIT_TTL_DAYS): must be from 1 to {MAX_AUDIT_TTL_DAYS:,} "
+            f"(a ClickHouse TTL past 2106 wraps and drops every row), got {ttl_days}"
+        )
     client.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
     client.command(
         f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE}
