@@ -16,8 +16,10 @@ the same records (``tests/unit/test_audit_sink_parse.py``); results come back in
 the chunks went out. Not guaranteed: that a chunk comes back at all - a parse process that
 dies fails its pending chunks, one that does not answer within 60 s is killed, and the sink
 parses those records itself (``AuditBatch`` materialises them), then parses in-process from
-there on. A parse process reads only what
-its parent writes to its stdin and exits when that closes (its parent died or stopped).
+there on. A parse process reads only what its parent writes to its stdin and exits when
+that closes (its parent died or stopped). Chunks and results cross the pipes as pickles: a
+helper is trusted as the sink is (the same code on the same records: a record that could
+take over one could have taken over the other), and no other process holds those pipes.
 """
 
 from __future__ import annotations
