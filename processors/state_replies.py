@@ -5,7 +5,7 @@ with the same decision. On the changelog (format 4, processors/state_wire.py) th
 whose columns are ``REPLY_COLUMNS`` (Decision's fields when format 4 was made, frozen), or
 the state's own ``cols`` when this Decision has other fields. In memory a linked reply is
 held as its rows' bytes, packed once the state is written (``pack``: lz4 with a dictionary
-of typical rows, ~260 bytes a decision against ~460 as JSON and ~1.1 KB as a ``Decision``),
+of typical rows, ~270 bytes a decision against ~460 as JSON and ~1.1 KB as a ``Decision``),
 turned back into decisions only when a retry or redelivery needs them. Formats 1-3 wrote
 rows in the Decision field order of their day, a prefix of REPLY_COLUMNS
 (``old_row_decision``).
@@ -83,13 +83,13 @@ def recent_rows(state: RunState) -> list[Any]:
                 rec.append([held[i - 1], rows])  # written with the record, kept as it is
                 continue
             raw = orjson.dumps(rows)
-            held[i] = pack(raw, state.run_id)
+            held[i] = pack(raw)
             changed = True
         elif kept[0] == _PACKED:
-            raw = unpack(kept, state.run_id)
+            raw = unpack(kept)
         else:  # the JSON a decoded record held: packed from now on
             raw = kept
-            held[i] = pack(raw, state.run_id)
+            held[i] = pack(raw)
             changed = True
         rec.append([held[i - 1], orjson.Fragment(raw)])
     if changed:
@@ -97,33 +97,30 @@ def recent_rows(state: RunState) -> list[Any]:
     return rec
 
 
-def recent_to_wire(recent: tuple[Any, ...], run_id: str) -> list[Any]:
+def recent_to_wire(recent: tuple[Any, ...]) -> list[Any]:
     """``rec`` as plain values (lists, strings, numbers): the same for a reply held as a
-    ``Decision``, as its rows' bytes and packed (by run ``run_id``)."""
+    ``Decision``, as its rows' bytes and packed."""
     out = []
     for i in range(0, len(recent), 2):
         kept = recent[i + 1]
         if type(kept) is not bytes:
             decisions = [kept] if type(kept) is Decision else kept
             kept = orjson.dumps([_decision_row(d) for d in decisions])
-        out.append([recent[i], orjson.loads(unpack(kept, run_id))])
+        out.append([recent[i], orjson.loads(unpack(kept))])
     return out
 
 
-def replies_from_rows(raw: bytes, run_id: str) -> list[Decision]:
-    """The decisions of a reply held as its rows' bytes, packed (by run ``run_id``) or not
-    (in Decision's field order)."""
+def replies_from_rows(raw: bytes) -> list[Decision]:
+    """The decisions of a reply held as its rows' bytes, packed or not (in Decision's field
+    order)."""
     plan = _HELD_COLUMNS
-    return [plan.decision(row) for row in orjson.loads(unpack(raw, run_id))]
+    return [plan.decision(row) for row in orjson.loads(unpack(raw))]
 
 
 # ---------------------------------------------------------------- packed in memory
 
 #: the first byte of a packed reply (its rows' JSON starts with ``[``)
 _PACKED = 0
-#: stands for the run's id in a packed reply (every row names it, most request ids too); a
-#: control character, which JSON text never holds unescaped, so the swap is exact both ways
-_RUN_ID = b"\x01"
 
 
 def typical_reply(phase: str, outcome: str, reason: str) -> list[Any]:
@@ -141,39 +138,32 @@ def typical_reply(phase: str, outcome: str, reason: str) -> list[Any]:
     return [typical.get(c) for c in REPLY_COLUMNS]
 
 
-#: what reply rows repeat (columns' nulls, phases, outcomes, time formats), most common last:
-#: built from literals here, never from traffic. lz4 rather than deflate: a fourth of the
-#: CPU (~1.5 us to pack a decision, ~0.6 us to unpack it at each write of the run), for
-#: ~260 bytes a decision where deflate made ~180 (bench/RESULTS.md)
+#: what reply rows repeat (columns' nulls, phases, outcomes, time formats): built from
+#: literals here, never from traffic. Two rows: lz4 hashes its dictionary at every call, and
+#: five rows (1.9 KB) packed no smaller. lz4 rather than deflate: a fourth of the CPU (~1 us
+#: to pack a decision, ~0.4 us to unpack it at each write of the run) for ~270 bytes a
+#: decision where deflate made ~180 (bench/RESULTS.md)
 _DICTIONARY = b"".join(
     orjson.dumps([typical_reply(*kind)])
-    for kind in (
-        ("pre_handoff", "stop", "handoff_budget_exceeded"),
-        ("approval", "allow", "approval_granted"),
-        ("pre_handoff", "approval_required", "approval_required"),
-        ("post_handoff", "recorded", "within_budget"),
-        ("pre_handoff", "allow", "ok"),
-    )
+    for kind in (("post_handoff", "recorded", "within_budget"), ("pre_handoff", "allow", "ok"))
 )
 _PACKED_HEAD = bytes((_PACKED,))
 
 
-def pack(raw: bytes, run_id: str) -> bytes:
-    """A reply's rows (JSON) as run ``run_id`` keeps them in memory: ``_PACKED``, then lz4
-    (the length first) of the rows with the run's id as ``_RUN_ID``."""
-    if len(run_id) > 1:
-        raw = raw.replace(run_id.encode(), _RUN_ID)
+def pack(raw: bytes) -> bytes:
+    """A reply's rows (JSON) as a run keeps them in memory: ``_PACKED``, then lz4 (the
+    length first). The run's id is left in (two of a row's columns name it, and most request
+    ids): swapping it for a byte saved ~20 bytes a decision for ~0.3 us at each pack and
+    unpack."""
     return _PACKED_HEAD + lz4.block.compress(raw, store_size=True, dict=_DICTIONARY)
 
 
-def unpack(held: bytes, run_id: str) -> bytes:
-    """The rows' JSON of a reply run ``run_id`` holds, packed or not. Packed replies are
-    made only by ``pack`` in this process, never read from the changelog (whose rows are
-    JSON)."""
+def unpack(held: bytes) -> bytes:
+    """The rows' JSON of a reply held packed or not. Packed replies are made only by
+    ``pack`` in this process, never read from the changelog (whose rows are JSON)."""
     if held[0] != _PACKED:
         return held
-    raw: bytes = lz4.block.decompress(memoryview(held)[1:], dict=_DICTIONARY)
-    return raw.replace(_RUN_ID, run_id.encode()) if len(run_id) > 1 else raw
+    return lz4.block.decompress(memoryview(held)[1:], dict=_DICTIONARY)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------- stored replies

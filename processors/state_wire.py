@@ -90,7 +90,7 @@ def encode(state: RunState) -> bytes:
 
 def to_wire(state: RunState) -> dict[str, Any]:
     """The state as the map that ``encode`` writes (equal maps: states that decide alike)."""
-    return _wire_map(state, recent_to_wire(state.recent, state.run_id))
+    return _wire_map(state, recent_to_wire(state.recent))
 
 
 def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
