@@ -118,6 +118,26 @@ def test_the_engine_compares_the_watched_limits_and_does_nothing_else_with_them(
     assert reads >= 10  # the rules are found at all
 
 
+def test_the_engine_reads_a_policy_only_through_its_compiled_rules() -> None:
+    """The premise of sharing: what the engine reads of a policy besides ``rules_for`` (which
+    the watch covers) is what ``watched_policy`` requires the two policies to agree on."""
+    root = Path(__file__).resolve().parents[2] / "processors"
+    decide_path = [
+        *root.glob("engine*.py"),
+        *(root / f"{name}.py" for name in ("approvals", "rule_checks", "decision_builder")),
+        root / "dedup_keys.py",
+    ]
+    read = set()
+    for path in decide_path:
+        for node in ast.walk(ast.parse(path.read_text())):
+            base = node.value if isinstance(node, ast.Attribute) else None
+            if isinstance(base, ast.Name) and base.id == "policy":
+                read.add(node.attr)  # type: ignore[union-attr]
+    # strict_tenants, tenants, operators: compared by watched_policy; version: control records
+    assert read <= {"strict_tenants", "tenants", "operators", "version"}, read
+    assert "strict_tenants" in read  # the scan sees the engine
+
+
 def _separately() -> mock._patch:  # type: ignore[type-arg]
     # no watched policy: the two replays part at a run's first step (two decides a step)
     return mock.patch.object(replay, "_watched", lambda recorded, new: None)
