@@ -37,6 +37,7 @@ from baton.processors import replay, replay_share, rule_checks
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.chain import link
 from baton.processors.engine import NO_KILLS, KillSwitches, evict, expire_approvals
+from baton.processors.policy_rules import rules_for
 from baton.processors.recorded import Recorded
 from baton.processors.replay import ReplayReport, replay_runs, runs_of
 from baton.processors.replay_pool import replay_parallel
@@ -611,3 +612,21 @@ def test_a_forgotten_run_refused_as_a_new_run_of_an_unknown_tenant_replays_as_re
     report = replay_runs(runs_of(rows), policy, _policies(policy), KEY)
     assert report.partial == {}
     assert [r.unfaithful for r in report.runs] == [[]]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="H7 break (latent): a watched rules method (replay_share._both) takes positional "
+    "arguments only; an engine call by keyword (needs_approval(..., tools=...)), which "
+    "TenantRules takes, raises, and the run becomes partial: not replayed, exit 0 if others were",
+)
+def test_a_watched_rules_method_takes_the_arguments_the_plain_one_takes() -> None:
+    recorded, new = (
+        policy_with(require_approval_for=["billing.*"]),
+        policy_with(require_approval_for=["crm.*"]),
+    )
+    watched, watch = replay_share.watched_policy(recorded, new)  # type: ignore[misc]
+    plain = rules_for(recorded, "acme").needs_approval(None, "crm.read", tools=["crm.read"])
+    assert rules_for(watched, "acme").needs_approval(None, "crm.read", tools=["crm.read"]) is plain
+    assert watch.diverged
