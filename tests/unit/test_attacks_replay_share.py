@@ -54,7 +54,7 @@ from baton.schemas.events import (
 )
 from baton.schemas.policy import Policy, parse_policy
 from tests.unit.test_engine_support import at, handoff, policy_with
-from tests.unit.test_replay import KEY, _policies
+from tests.unit.test_replay import KEY, _budget_history, _policies, record
 
 pytestmark = pytest.mark.unit
 
@@ -630,3 +630,77 @@ def test_a_watched_rules_method_takes_the_arguments_the_plain_one_takes() -> Non
     plain = rules_for(recorded, "acme").needs_approval(None, "crm.read", tools=["crm.read"])
     assert rules_for(watched, "acme").needs_approval(None, "crm.read", tools=["crm.read"]) is plain
     assert watch.diverged
+
+
+# ------------------------------------------------------------------ the gate on a tampered audit
+def _gate(rows: list[Recorded]) -> int:
+    """`baton replay`'s exit code for ``rows`` under a stricter handoff limit."""
+    from baton.cli.replay_cmds import _exit
+    from baton.schemas.errors import ReplayFailed
+
+    loose, strict = policy_with(max_handoffs=20), policy_with(max_handoffs=3)
+    report = replay_runs(runs_of(rows), strict, _policies(loose), KEY)
+    try:
+        _exit(report)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except ReplayFailed:
+        return 7
+    raise AssertionError("_exit returned")  # pragma: no cover
+
+
+def _victim_and_bystander() -> tuple[list[Recorded], list[Recorded]]:
+    """A run of 5 handoffs (stopped from the 4th under max_handoffs 3) and one of 2 (not)."""
+    loose = policy_with(max_handoffs=20)
+    victim = record(loose, _budget_history("a-victim", 5, 1.0))
+    bystander = record(loose, _budget_history("b-bystander", 2, 1.0))
+    assert _gate(victim + bystander) == 1
+    return victim, bystander
+
+
+_ALTERED_HELD = {
+    "outcome": lambda r: r._replace(outcome="stop", reason="handoff_budget_exceeded"),
+    "detail": lambda r: r._replace(detail="forged"),
+    "chain_hash": lambda r: r._replace(chain_hash="0" * 32),
+    "decided_at far on": lambda r: r._replace(decided_at=r.decided_at.replace(year=9999)),
+    "input's cost": lambda r: r._replace(input=r.input.replace('"cost_usd":1.0', '"cost_usd":0.5')),
+}
+
+
+@pytest.mark.parametrize("alter", sorted(_ALTERED_HELD))
+def test_a_row_altered_amid_a_changing_run_never_lets_the_gate_pass(alter: str) -> None:
+    victim, bystander = _victim_and_bystander()
+    altered = _ALTERED_HELD[alter](victim[-3])
+    assert altered != victim[-3]
+    victim[-3] = altered
+    assert _gate(victim + bystander) != 0
+
+
+_ALTERED_HIDDEN = {
+    "input not parsing": lambda r: r._replace(input='{"type":"handoff_requested"}'),
+    "input naming another run": lambda r: r._replace(
+        input=r.input.replace('"run_id":"a-victim"', '"run_id":"zzz"')
+    ),
+    "input removed": lambda r: r._replace(input=None),
+    "policy_version unknown": lambda r: r._replace(policy_version="deadbeefdeadbeef"),
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="H7 break (fail open on a tampered audit): a row altered amid a run whose chain "
+    "starts in what was read, in a field replay reads before the proof decides (input, "
+    "policy_version), makes the run 'partial', and `baton replay` exits 0 when the other runs "
+    "do not change: the run the new policy stops is hidden from the gate (guarantees.md: "
+    "altered rows exit 7, never 'nothing changes')",
+)
+@pytest.mark.parametrize("alter", sorted(_ALTERED_HIDDEN))
+def test_a_row_altered_where_replay_reads_before_the_proof_never_lets_the_gate_pass(
+    alter: str,
+) -> None:
+    victim, bystander = _victim_and_bystander()
+    altered = _ALTERED_HIDDEN[alter](victim[-2])
+    assert altered != victim[-2]
+    victim[-2] = altered
+    assert _gate(victim + bystander) != 0
