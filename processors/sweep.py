@@ -8,7 +8,7 @@ changed is pushed again with its new due time, and a popped entry whose run is d
 
 It also remembers which runs were decided lately, in the order they were last touched, so
 the sweep can hold the runs idle for HOLD_IDLE_S as their changelog record (``idle_keys``):
-a decoded run takes more than three times the memory of its held record, and a run that
+a decoded run takes about three times the memory of its held record, and a run that
 waits that long for its next event can pay the decoding then (bench/memory_bench.py).
 
 Not guaranteed: the index knows only the runs it was told about. After a rebalance (new
@@ -26,7 +26,7 @@ from baton.processors.state import RunState
 __all__ = ["HOLD_IDLE_S", "DueIndex"]
 
 #: a run no event has touched for this long is held as its changelog record, compressed
-#: (processors/state_held.py: ~0.9 KB a short run with its index entries, against ~3.2 KB
+#: (processors/state_held.py: ~0.95 KB a short run with its index entries, against ~2.8 KB
 #: decoded), until its next event; holding costs ~20 us a run and the return ~20 us more than
 #: a decoded run's event (bench/memory_bench.py). 120 s until 2026-11-29: a worker at 20k
 #: events/s may touch 2.4M runs in 120 s, so most of its runs were never held
