@@ -60,17 +60,17 @@ class Watch:
 _NEVER = Watch()
 
 
-class Dual(float):
-    """A limit of the recorded policy (its float value, and ``recorded``) that knows the
-    new policy's (``new``): comparisons answer as the recorded limit and mark ``watch``
-    when the new one answers otherwise; every other use marks it."""
+class Dual:
+    """A limit of the recorded policy (``recorded``) that knows the new policy's (``new``):
+    comparisons answer as the recorded limit and mark ``watch`` when the new one answers
+    otherwise; every other use marks it. Not a number's subclass: C code that reads a
+    float's or an int's value directly (``timedelta(seconds=...)``) would read it unmarked;
+    a Dual is converted through ``__float__``/``__int__``/``__index__`` (marked) or refused."""
 
     __slots__ = ("new", "recorded", "watch")
 
-    def __new__(cls, recorded: float, new: float, watch: Watch) -> Dual:
-        self = super().__new__(cls, recorded)
+    def __init__(self, recorded: float, new: float, watch: Watch) -> None:
         self.recorded, self.new, self.watch = recorded, new, watch
-        return self
 
 
 def _compare(op: Callable[[Any, Any], bool]) -> Callable[[Dual, Any], bool]:
@@ -86,7 +86,12 @@ def _compare(op: Callable[[Any, Any], bool]) -> Callable[[Dual, Any], bool]:
 def _any_use(name: str) -> Callable[..., Any]:
     def use(self: Dual, *args: Any) -> Any:
         self.watch.diverged = True
-        return getattr(self.recorded, name)(*args)
+        number = self.recorded
+        if name == "__index__":
+            return operator.index(number)  # (a float limit is no index: TypeError, as itself)
+        if not hasattr(number, name):  # an int limit asked a float's method
+            number = float(number)
+        return getattr(number, name)(*args)
 
     return use
 
@@ -113,6 +118,7 @@ for _name in [
     "__floordiv__",
     "__format__",
     "__hash__",
+    "__index__",
     "__int__",
     "__mod__",
     "__mul__",
@@ -133,6 +139,9 @@ for _name in [
     "__sub__",
     "__truediv__",
     "__trunc__",
+    "as_integer_ratio",
+    "conjugate",
+    "is_integer",
 ]:
     setattr(Dual, _name, _any_use(_name))
 # (a Dual does not pickle or copy as itself: it exists within one replay step's decide)
@@ -151,9 +160,9 @@ def _read_marks(name: str) -> property:
 
 
 def _both(name: str) -> Callable[..., Any]:
-    def answer(self: Any, *args: Any) -> Any:
-        was = getattr(self._recorded, name)(*args)
-        if was != getattr(self._new, name)(*args):
+    def answer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        was = getattr(self._recorded, name)(*args, **kwargs)
+        if was != getattr(self._new, name)(*args, **kwargs):
             self._watch.diverged = True
         return was
 
