@@ -36,6 +36,7 @@ from baton.processors.replay_report import Change, ReplayReport, RunOutcome, lab
 from baton.processors.replay_share import Watch, watched_policy
 from baton.processors.replay_steps import (
     RUN_RETENTION_S,
+    TRIMMED,
     Replayer,
     faithful,
     is_partial,
@@ -232,6 +233,10 @@ def rebuild_run(
     return replayer.state, reproduced
 
 
+def _chained(run: list[Recorded]) -> bool:
+    return any(r.chain_hash is not None for r in run)
+
+
 def replay_runs(
     runs: Iterable[list[Recorded]],
     new_policy: Policy,
@@ -244,7 +249,8 @@ def replay_runs(
     is called every 1,000 runs. A run whose history cannot be replayed is partial, named
     with the reason (a recorded input that does not parse, a row that breaks the engine):
     one hostile row in the audit never ends the replay of the others; a run whose chain is
-    broken is partial and also listed in ``report.broken``."""
+    broken is partial and also listed in ``report.broken``, and so is a chained run that is
+    partial for any reason but a history trimmed before what was read (its rows altered)."""
     report = ReplayReport()
     decisions = 0
     for run in runs:
@@ -266,6 +272,11 @@ def replay_runs(
                 decisions += result.decisions
         if why is not None:
             report.partial[run[0].run_id] = why
+            if why is not TRIMMED and report.broken[-1:] != [run[0].run_id] and _chained(run):
+                # its chain starts in what was read, yet a row cannot be decided from it (an
+                # input that does not parse or names another run, an input or policy missing):
+                # rows were altered; a gate must not pass by the run's absence (exit 7)
+                report.broken.append(run[0].run_id)
         if progress is not None and (len(report.runs) + len(report.partial)) % 1000 == 0:
             progress(len(report.runs) + len(report.partial), decisions)
     return report

@@ -39,6 +39,7 @@ from baton.schemas.events import RunEvent
 from baton.schemas.policy import Policy
 
 __all__ = [
+    "TRIMMED",
     "Replayer",
     "StepContext",
     "faithful",
@@ -125,11 +126,16 @@ def step_context(recs: list[Recorded]) -> StepContext:
     return StepContext(kills, refusal, origin, unverified, evicted)
 
 
+#: why a run whose first chained decision names a predecessor is partial (the only reason a
+#: chained run read from its chain's start may be partial without its rows being altered)
+TRIMMED = "its history does not start in what was read (trimmed by retention or --since)"
+
+
 def is_partial(run: list[Recorded], policies: dict[str, Policy]) -> str | None:
     """Why ``run`` cannot be replayed from its start (None: it can)."""
     chained = next((r for r in run if r.chain_hash is not None), None)
     if chained is not None and chained.chain_prev != "":
-        return "its history does not start in what was read (trimmed by retention or --since)"
+        return TRIMMED
     for rec in run:
         if rec.input is None and rec.reason not in _TIMER_REASONS:
             return f"decision {rec.decision_id} records no input (audited before inputs were)"

@@ -679,15 +679,7 @@ _ALTERED_HIDDEN = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="H7 break (fail open on a tampered audit): a row altered amid a run whose chain "
-    "starts in what was read, in a field replay reads before the proof decides (input, "
-    "policy_version), makes the run 'partial', and `baton replay` exits 0 when the other runs "
-    "do not change: the run the new policy stops is hidden from the gate (guarantees.md: "
-    "altered rows exit 7, never 'nothing changes')",
-)
+# (fixed by H1: such a run is listed with the broken chains, exit 7)
 @pytest.mark.parametrize("alter", sorted(_ALTERED_HIDDEN))
 def test_a_row_altered_where_replay_reads_before_the_proof_never_lets_the_gate_pass(
     alter: str,

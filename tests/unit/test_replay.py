@@ -185,8 +185,14 @@ def test_a_run_recorded_without_inputs_or_its_policy_is_partial() -> None:
     no_input = [rows[0]._replace(input=None), *rows[1:]]
     report = replay_runs(runs_of(no_input), policy, _policies(policy), KEY)
     assert "records no input" in report.partial["run_a"]
+    # its chain starts in what was read: a row lost its input there (exit 7, never a pass)
+    assert report.broken == ["run_a"]
     report = replay_runs(runs_of(rows), policy, {}, KEY)
     assert f"policy {policy.version} is not in the audit" in report.partial["run_a"]
+    assert report.broken == ["run_a"]
+    unchained = [r._replace(chain_prev=None, chain_hash=None, input=None) for r in rows]
+    report = replay_runs(runs_of(unchained), policy, _policies(policy), KEY)
+    assert "records no input" in report.partial["run_a"] and report.broken == []  # pre-0005
 
 
 def test_a_wrong_chain_key_shows_as_unfaithful_not_as_a_change() -> None:
