@@ -548,12 +548,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="H7 break: a multiprocessing.Pool process that dies (OOM kill, segfault) loses its "
-    "piece and AsyncResult.get() waits for it forever: `baton replay --jobs N` hangs",
-)
+# (fixed by H1: the pool is a ProcessPoolExecutor, a dead process fails the replay)
 def test_a_replay_pool_process_dying_fails_the_replay_instead_of_hanging(tmp_path: Any) -> None:
     (tmp_path / "h7_dying.py").write_text(_DYING)
     root = Path(__file__).resolve().parents[2]
@@ -688,4 +683,34 @@ def test_a_row_altered_where_replay_reads_before_the_proof_never_lets_the_gate_p
     altered = _ALTERED_HIDDEN[alter](victim[-2])
     assert altered != victim[-2]
     victim[-2] = altered
+    assert _gate(victim + bystander) != 0
+
+
+def _later(timed: list[tuple[RunEvent, Any]], seconds: float) -> list[tuple[RunEvent, Any]]:
+    shift = timedelta(seconds=seconds)
+    return [
+        (e.model_copy(update={"event_time": e.event_time + shift}), t + shift) for e, t in timed
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="H7 break (fail open on a tampered audit): a changing run's first rows deleted, or "
+    "its first row's chain_prev altered, reads as a history trimmed by retention ('partial', "
+    "exit 0 when the other runs do not change) although the audit holds whole histories "
+    "older than the run's first row, so retention cannot have trimmed it (and no --since did)",
+)
+@pytest.mark.parametrize("how", ["first rows deleted", "first link altered"])
+def test_a_changing_run_cut_at_its_start_amid_older_whole_histories_never_passes_the_gate(
+    how: str,
+) -> None:
+    loose = policy_with(max_handoffs=20)
+    bystander = record(loose, _budget_history("b-bystander", 2, 1.0))  # from T0, whole
+    victim = record(loose, _later(_budget_history("a-victim", 5, 1.0), 3600.0))
+    assert _gate(victim + bystander) == 1
+    if how == "first rows deleted":
+        victim = victim[2:]
+    else:
+        victim[0] = victim[0]._replace(chain_prev="f" * 32)
     assert _gate(victim + bystander) != 0
