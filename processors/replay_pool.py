@@ -15,6 +15,10 @@ pool takes about half a second to start: it must not stand between the audit and
 first decisions). Reading runs in a thread too (``prefetched``): the audit's query for the
 next page overlaps the replay of this one (chDB and clickhouse-connect release the GIL).
 
+A pool process that dies (the OOM killer, a crash) fails the replay (``ReplayFailed``,
+exit 7) rather than leaving it waiting for the lost piece: the pool is a
+``ProcessPoolExecutor``, which says so, not a ``multiprocessing.Pool``, which does not.
+
 The pool uses the ``forkserver`` start method: the reading process holds a ClickHouse client
 (chDB's engine runs threads), and forking a process with threads is unsafe.
 """
@@ -27,12 +31,14 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from multiprocessing.pool import AsyncResult, Pool
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from baton.processors.recorded import Recorded
 from baton.processors.replay import ReplayReport, replay_runs, runs_of
 from baton.processors.replay_steps import RUN_RETENTION_S
+from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
 
 __all__ = ["prefetched", "replay_parallel", "replay_pieces"]
@@ -98,16 +104,20 @@ def replay_pieces(
         return report
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["baton.processors.replay_pool", decode.__module__])
-    started: list[Pool] = []
-    starter = threading.Thread(
-        target=lambda: started.append(ctx.Pool(jobs - 1, _start, (*job, decode, retention_s))),
-        daemon=True,
-    )
+    started: list[ProcessPoolExecutor] = []
+
+    def start() -> None:
+        pool = ProcessPoolExecutor(jobs - 1, ctx, _start, (*job, decode, retention_s))
+        with contextlib.suppress(BrokenProcessPool):  # (seen at the first piece's result)
+            pool.submit(int).result()  # its processes started and initialised
+        started.append(pool)
+
+    starter = threading.Thread(target=start, daemon=True)
     starter.start()
     if wait:
         starter.join()
     #: every piece's report in read order: done (replayed here) or still in the pool
-    waiting: deque[ReplayReport | AsyncResult[ReplayReport]] = deque()
+    waiting: deque[ReplayReport | Future[ReplayReport]] = deque()
     in_pool = 0  # pieces handed to the pool and not merged yet
     #: pieces in flight per pool process: one replayed, one queued behind it
     most = 2 * (jobs - 1)
@@ -118,8 +128,8 @@ def replay_pieces(
             first = waiting[0]
             if type(first) is ReplayReport:
                 merge(waiting.popleft())  # type: ignore[arg-type]
-            elif block or first.ready():  # type: ignore[union-attr]
-                merge(waiting.popleft().get())  # type: ignore[union-attr]
+            elif block or first.done():  # type: ignore[union-attr]
+                merge(waiting.popleft().result())  # type: ignore[union-attr]
                 in_pool -= 1
             else:
                 return
@@ -129,17 +139,23 @@ def replay_pieces(
             # the pool takes a piece while it has room, and this process replays the rest:
             # every process decides, none waits for another (pieces are whole runs, small)
             if started and in_pool < most:
-                waiting.append(started[0].apply_async(_replay_piece, (piece,)))
+                waiting.append(started[0].submit(_replay_piece, piece))
                 in_pool += 1
             else:
                 waiting.append(here(piece))
             merge_ready(block=False)
         merge_ready(block=True)
+    except BrokenProcessPool:
+        # a pool process died (the OOM killer, a crash): its piece is lost, so the replay
+        # fails; a multiprocessing.Pool lost the piece and waited for it for ever
+        raise ReplayFailed(
+            "a `--jobs` replay process ended before its piece was replayed (killed: out of "
+            "memory?); replay again, with fewer --jobs or --jobs 1"
+        ) from None
     finally:
         starter.join()
         for pool in started:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
     return report
 
 
