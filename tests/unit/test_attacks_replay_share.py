@@ -714,3 +714,20 @@ def test_a_changing_run_cut_at_its_start_amid_older_whole_histories_never_passes
     else:
         victim[0] = victim[0]._replace(chain_prev="f" * 32)
     assert _gate(victim + bystander) != 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="H7 break (fail open on a tampered audit; bypasses 0daaf3a): with every row of the "
+    "run stripped of its chain fields (chain_prev, chain_hash NULL: 'an audit older than "
+    "chains'), a row altered where replay reads before the proof (input, policy_version) "
+    "makes the run partial only, and the gate exits 0 when the other runs do not change",
+)
+@pytest.mark.parametrize("alter", sorted(_ALTERED_HIDDEN))
+def test_a_run_stripped_of_its_chain_and_altered_never_lets_the_gate_pass(alter: str) -> None:
+    victim, bystander = _victim_and_bystander()
+    victim = [r._replace(chain_prev=None, chain_hash=None) for r in victim]
+    assert _gate(victim + bystander) == 1  # unchained rows are still decided (id, outcome)
+    victim[-2] = _ALTERED_HIDDEN[alter](victim[-2])
+    assert _gate(victim + bystander) != 0
