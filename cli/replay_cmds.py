@@ -234,7 +234,8 @@ def replay_audit(
     """The replay of ``scope``'s runs read from ``client``'s audit, with ``jobs`` processes
     for a long one; ``progress(total rows)`` makes the progress bar; ``retention_s``: the
     workers' run retention (when their sweep evicted an idle run)."""
-    from baton.sinks.replay_source import page_rows, read_pages, split_page
+    from baton.processors.replay_trimmed import judge_trimmed
+    from baton.sinks.replay_source import held_links, page_rows, read_pages, split_page
 
     pages = read_pages(client, scope)
     if pages.rows < _PARALLEL_ROWS:
@@ -244,10 +245,22 @@ def replay_audit(
     pieces = (piece for page in prefetched(pages.pages) for piece in split_page(page, rows))
     bar = progress(pages.rows) if progress is not None else None
     report = replay_pieces(
-        pieces, page_rows, new_policy, policies, key, jobs, bar, retention_s=retention_s
+        pieces,
+        page_rows,
+        new_policy,
+        policies,
+        key,
+        jobs,
+        bar,
+        retention_s=retention_s,
+        judge=False,
     )
     if bar is not None:
         bar.done()
+    # a run read as trimmed that retention cannot have trimmed is broken (exit 7), unless the
+    # read's lower bound cut it: the audit then holds the row its first link names
+    bounded = scope.since is not None
+    judge_trimmed(report, (lambda links: held_links(client, links)) if bounded else None)
     return report
 
 
@@ -296,10 +309,11 @@ def _exit(report: ReplayReport) -> None:
         )
     if report.broken:
         raise ReplayFailed(
-            f"the decision chains of {len(report.broken)} runs are broken (first: "
-            f"{shown_id(report.broken[0])}, listed above as partial): rows were deleted, "
-            "inserted or "
-            "altered in the audit, so its answer cannot be trusted; check `baton audit verify`"
+            f"{len(report.broken)} runs are broken or cannot be decided (first: "
+            f"{shown_id(report.broken[0])}, listed above as partial with why): rows were "
+            "deleted, inserted or altered in the audit (or recorded before replay can decide "
+            "them: no input, a policy record expired), so its answer cannot be trusted; check "
+            "`baton audit verify`, or narrow --since to history replay can decide"
         )
     if not report.runs and report.partial:
         raise ReplayFailed(

@@ -159,7 +159,9 @@ def replay_from_kafka(
         records, baseline, settings.partitions, catalog.approvals, catalog.control
     )
     # decided here by the batch step alone: no sweep evicted a run, whatever its idle time
-    return replay_runs(runs_of(rows), new_policy, policies, retention_s=math.inf), policies
+    # a run's start before the range is known (decide_topics): cut by the range, not judged
+    report = replay_runs(runs_of(rows), new_policy, policies, retention_s=math.inf, judge=False)
+    return report, policies
 
 
 def _tenant_of(rec: InputRecord) -> str | None:

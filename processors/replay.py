@@ -29,6 +29,7 @@ from the middle.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 
 from baton.processors.recorded import REPLAY_COLUMNS, Recorded
 from baton.processors.replay_order import in_chain_order
@@ -44,6 +45,7 @@ from baton.processors.replay_steps import (
     step_context,
     steps,
 )
+from baton.processors.replay_trimmed import judge_trimmed
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.events import (
@@ -152,6 +154,8 @@ def replay_run(
         as_recorded = recorded.step(recs, event, context, policy)
         if recorded.evicted:  # the worker's sweep, not policy: the new policy's replay too
             context = context._replace(evicted=True)
+        elif recorded.forgotten:  # so is its forgetting of the run's tombstone
+            context = context._replace(anew=True)
         if shared and watch.diverged:  # type: ignore[union-attr]
             shared, new.state = False, before  # the two part here
         as_new = as_recorded if shared else new.step(recs, event, context, new_policy)
@@ -233,8 +237,10 @@ def rebuild_run(
     return replayer.state, reproduced
 
 
-def _chained(run: list[Recorded]) -> bool:
-    return any(r.chain_hash is not None for r in run)
+def _trimmed(run: list[Recorded]) -> tuple[datetime, str]:
+    """A run read as trimmed: its first row's decided_at and the link its chain starts at."""
+    head = next(r for r in run if r.chain_hash is not None)
+    return min(r.decided_at for r in run), head.chain_prev or ""
 
 
 def replay_runs(
@@ -244,16 +250,22 @@ def replay_runs(
     chain_key: bytes = b"",
     progress: Callable[[int, int], None] | None = None,
     retention_s: float = RUN_RETENTION_S,
+    judge: bool = True,
 ) -> ReplayReport:
     """Replay every run of ``runs`` (see the module docstring); ``progress(runs, decisions)``
     is called every 1,000 runs. A run whose history cannot be replayed is partial, named
     with the reason (a recorded input that does not parse, a row that breaks the engine):
-    one hostile row in the audit never ends the replay of the others; a run whose chain is
-    broken is partial and also listed in ``report.broken``, and so is a chained run that is
-    partial for any reason but a history trimmed before what was read (its rows altered)."""
+    one hostile row in the audit never ends the replay of the others. A partial run is also
+    listed in ``report.broken`` (exit 7: a gate never passes by a run's absence) unless its
+    history was trimmed before what was read, and retention or the read's bound could have
+    trimmed it (``processors.replay_trimmed``; ``judge`` False: the caller judges, for a
+    piece of a longer read or a read with a lower time bound)."""
     report = ReplayReport()
     decisions = 0
     for run in runs:
+        read_first = run[0].decided_at  # runs are read by time: its oldest row
+        if report.oldest is None or read_first < report.oldest:
+            report.oldest = read_first
         run, why = in_chain_order(run)
         if why is not None:
             report.broken.append(run[0].run_id)
@@ -271,12 +283,19 @@ def replay_runs(
                 report.transitions.update(result.transitions)
                 decisions += result.decisions
         if why is not None:
-            report.partial[run[0].run_id] = why
-            if why is not TRIMMED and report.broken[-1:] != [run[0].run_id] and _chained(run):
-                # its chain starts in what was read, yet a row cannot be decided from it (an
-                # input that does not parse or names another run, an input or policy missing):
-                # rows were altered; a gate must not pass by the run's absence (exit 7)
-                report.broken.append(run[0].run_id)
+            run_id = run[0].run_id
+            report.partial[run_id] = why
+            if why is TRIMMED:
+                report.trimmed[run_id] = _trimmed(run)
+            elif report.broken[-1:] != [run_id]:
+                # a row cannot be decided (an input that does not parse or names another run,
+                # an input or a policy missing): rows altered, or stripped of their chain
+                # fields first, or recorded before replay could decide them (an audit older
+                # than inputs, a policy record expired); a gate must not pass by the run's
+                # absence, so exit 7 (fail closed), the reason named in the partial list
+                report.broken.append(run_id)
         if progress is not None and (len(report.runs) + len(report.partial)) % 1000 == 0:
             progress(len(report.runs) + len(report.partial), decisions)
+    if judge:
+        judge_trimmed(report)
     return report

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from baton.processors.recorded import Recorded
 from baton.processors.replay import ReplayReport, replay_runs, runs_of
 from baton.processors.replay_steps import RUN_RETENTION_S
+from baton.processors.replay_trimmed import judge_trimmed
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
 
@@ -62,7 +63,12 @@ def _start(
 def _replay_piece(piece: Any) -> ReplayReport:
     new_policy, policies, chain_key, decode, retention_s = _job
     return replay_runs(
-        runs_of(decode(piece)), new_policy, policies, chain_key, retention_s=retention_s
+        runs_of(decode(piece)),
+        new_policy,
+        policies,
+        chain_key,
+        retention_s=retention_s,
+        judge=False,
     )
 
 
@@ -80,16 +86,39 @@ def replay_pieces(
     progress: Callable[[int, int], None] | None = None,
     wait: bool = False,
     retention_s: float = RUN_RETENTION_S,
+    judge: bool = True,
 ) -> ReplayReport:
     """``replay_runs`` over ``pieces`` (each whole runs in order, rows from ``decode(piece)``,
     a module-level function) in ``jobs`` processes: this one and a pool of ``jobs - 1``
-    (1: this one only); ``wait``: the pool started before any piece is replayed."""
+    (1: this one only); ``wait``: the pool started before any piece is replayed. The runs
+    read as trimmed are judged over all pieces (``replay_trimmed``; ``judge`` False: by the
+    caller, for a read with a lower time bound)."""
+    report = _replay_pieces(
+        pieces, decode, new_policy, policies, chain_key, jobs, progress, wait, retention_s
+    )
+    if judge:
+        judge_trimmed(report)
+    return report
+
+
+def _replay_pieces(
+    pieces: Iterable[_T],
+    decode: Callable[[_T], Iterable[Sequence[object]]],
+    new_policy: Policy,
+    policies: dict[str, Policy],
+    chain_key: bytes,
+    jobs: int,
+    progress: Callable[[int, int], None] | None,
+    wait: bool,
+    retention_s: float,
+) -> ReplayReport:
+    """``replay_pieces``' replay, the runs read as trimmed not judged."""
     report = ReplayReport()
     decided = 0
     job = (new_policy, policies, chain_key)
 
     def here(piece: _T) -> ReplayReport:
-        return replay_runs(runs_of(decode(piece)), *job, retention_s=retention_s)
+        return replay_runs(runs_of(decode(piece)), *job, retention_s=retention_s, judge=False)
 
     def merge(part: ReplayReport) -> None:
         nonlocal decided

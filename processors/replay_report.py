@@ -62,6 +62,11 @@ class ReplayReport:
     transitions: Counter[str] = field(default_factory=Counter)
     #: partial runs whose decision chain is broken (a gap, a fork): the audit was altered
     broken: list[str] = field(default_factory=list)
+    #: the earliest decided_at of the rows read (None: none read)
+    oldest: datetime | None = None
+    #: partial runs read as trimmed before what was read: run id -> (their first row's
+    #: decided_at, the link it names); processors.replay_trimmed judges them
+    trimmed: dict[str, tuple[datetime, str]] = field(default_factory=dict)
 
     @property
     def decisions(self) -> int:
@@ -89,3 +94,6 @@ class ReplayReport:
         self.partial.update(part.partial)
         self.broken.extend(part.broken)
         self.transitions.update(part.transitions)
+        self.trimmed.update(part.trimmed)
+        if part.oldest is not None and (self.oldest is None or part.oldest < self.oldest):
+            self.oldest = part.oldest

@@ -163,7 +163,7 @@ def new_chain(recs: list[Recorded], chained: bool) -> bool:
 class Replayer:
     """Decides one run's steps in order, like the worker (under the policy each step names)."""
 
-    __slots__ = ("chain_key", "evicted", "proof", "retention_s", "state")
+    __slots__ = ("chain_key", "evicted", "forgotten", "proof", "retention_s", "state")
 
     def __init__(
         self, chain_key: bytes, proof: bool = True, retention_s: float = RUN_RETENTION_S
@@ -178,6 +178,10 @@ class Replayer:
         #: the last step was decided on the tombstone this replayer made of the run before
         #: it (the proof's finding; the new policy's replay is told through the context)
         self.evicted = False
+        #: the last step was decided on no state: the worker had forgotten the run's
+        #: tombstone and refused the run id as a new run's, linking nothing (the proof's
+        #: finding, told to the new policy's replay as ``StepContext.anew``)
+        self.forgotten = False
 
     def step(
         self,
@@ -188,9 +192,12 @@ class Replayer:
     ) -> list[Decision]:
         """The step's decisions made now (not the replies re-emitted from the state)."""
         before = None if context.anew else self.state
-        self.evicted = False
-        if before is None or before.evicted_at is not None or event is None:
+        self.evicted = self.forgotten = False
+        if before is None or event is None:
             return self._decide(recs, event, context, policy, before)
+        if before.evicted_at is not None:
+            fresh = self._decide(recs, event, context, policy, before)
+            return self._or_forgotten(recs, event, context, policy, before, fresh)
         if not self.proof or context.refusal is not None:
             if context.evicted:  # the proof found the run evicted here: under any policy
                 self.evicted = True
@@ -256,7 +263,33 @@ class Replayer:
             self.state = live_state
             return live_fresh
         self.state, self.evicted = tomb_state, True
-        return tomb_fresh
+        return self._or_forgotten(recs, event, context, policy, live, tomb_fresh)
+
+    def _or_forgotten(
+        self,
+        recs: list[Recorded],
+        event: RunEvent,
+        context: StepContext,
+        policy: Policy,
+        before: RunState,
+        fresh: list[Decision],
+    ) -> list[Decision]:
+        """``fresh`` (the step decided on what the run left, ``self.state`` its result), or
+        the step decided on no state when only that reproduces an unlinked recorded step:
+        the worker had forgotten the run's tombstone (BATON_TOMBSTONE_RETENTION_S) and
+        refused the run id as a new run's (``unknown_tenant``: a refusal links nothing, so
+        no new chain says so). Linked steps are left to ``new_chain``; the proof only."""
+        if not self.proof or any(r.chain_hash is not None for r in recs):
+            return fresh
+        if _reproduces(recs, fresh):
+            return fresh
+        kept, evicted = self.state, self.evicted
+        again = self._decide(recs, event, context, policy, None)
+        if _reproduces(recs, again):
+            self.forgotten, self.evicted = True, False
+            return again
+        self.state, self.evicted = kept, evicted
+        return fresh
 
     def _decide(
         self,

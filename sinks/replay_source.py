@@ -17,7 +17,7 @@ the tenant), so pages are few and big, and the pieces handed out are small.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the replay processes decode pages and need no ClickHouse cl
 __all__ = [
     "Pages",
     "ReplayScope",
+    "held_links",
     "page_rows",
     "read_commands",
     "read_pages",
@@ -122,6 +123,22 @@ def read_policies(client: Client) -> tuple[dict[str, Policy], list[str]]:
             continue
         policies[version] = policy
     return policies, refused
+
+
+def held_links(client: Client, links: Mapping[str, tuple[datetime, str]]) -> set[str]:
+    """The run ids of ``links`` (run id -> (its first row read's time, the link it names))
+    whose named link a row of the same run in the audit holds: a history cut by the read's
+    lower bound, not by deleted rows (``processors.replay_trimmed``)."""
+    pairs = [(run_id, link) for run_id, (_, link) in links.items() if link]
+    held: set[str] = set()
+    for at in range(0, len(pairs), 1_000):
+        rows = client.query(
+            f"SELECT DISTINCT run_id FROM {DATABASE}.decisions "
+            "WHERE has({pairs:Array(Tuple(String, String))}, (run_id, chain_hash))",
+            parameters={"pairs": pairs[at : at + 1_000]},
+        ).result_rows
+        held.update(str(row[0]) for row in rows)
+    return held
 
 
 def read_commands(client: Client) -> list[str]:

@@ -190,9 +190,11 @@ def test_a_run_recorded_without_inputs_or_its_policy_is_partial() -> None:
     report = replay_runs(runs_of(rows), policy, {}, KEY)
     assert f"policy {policy.version} is not in the audit" in report.partial["run_a"]
     assert report.broken == ["run_a"]
+    # without a chain too (an audit older than inputs, or one stripped of its chain fields to
+    # look so): it cannot be decided, so a gate must not pass by its absence (exit 7, named)
     unchained = [r._replace(chain_prev=None, chain_hash=None, input=None) for r in rows]
     report = replay_runs(runs_of(unchained), policy, _policies(policy), KEY)
-    assert "records no input" in report.partial["run_a"] and report.broken == []  # pre-0005
+    assert "records no input" in report.partial["run_a"] and report.broken == ["run_a"]
 
 
 def test_a_wrong_chain_key_shows_as_unfaithful_not_as_a_change() -> None:

@@ -166,6 +166,8 @@ def test_a_replay_with_a_broken_chain_exits_7_though_other_runs_replayed() -> No
     policy, rows = _decided([("h0", "researcher", 10), ("h1", "coder", 9), ("h2", "coder", 8)])
     report = _replay(policy, _by_time([rows[0], rows[2]]))
     report.runs.append(RunOutcome("other"))
-    with pytest.raises(ReplayFailed, match=r"chains of 1 runs are broken \(first: r,") as failed:
+    with pytest.raises(
+        ReplayFailed, match=r"1 runs are broken or cannot be decided \(first: r,"
+    ) as failed:
         _exit(report)
     assert failed.value.exit_code == 7

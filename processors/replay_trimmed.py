@@ -1,0 +1,70 @@
+"""Which runs a replay read as trimmed by the audit's retention cannot have been trimmed by it.
+
+A run whose first chained decision names a predecessor no row read holds is *partial*: its
+history starts before what was read. Two things cut a history so, and leave it honest: the
+audit's retention (a TTL on ``decided_at``: it deletes the oldest rows first, table-wide)
+and the read's own lower bound (``--since``/``--from``). Anything else is rows deleted at
+the run's start, or its first link altered: a run the new policy changes that hides as
+"partial" would let the gate exit 0 (fail open).
+
+So a run read as trimmed whose first row was decided more than :data:`TRIMMED_MARGIN_S`
+after the oldest row read is listed with the broken chains (exit 7): retention would have
+deleted that older row before any of the run's. With a lower bound on the read, such a run
+is cut by the bound when the audit holds the row its first link names (the caller asks the
+audit, ``sinks.replay_source.held_links``). The margin is `baton audit verify`'s for a run
+id's lives (``chain_links.NEW_LIFE_AFTER_S``, a day): ClickHouse applies a TTL at merges,
+so expired rows outlive their time by hours, never by a day. A false alarm remains
+possible and is named: a run whose trimmed history ended more than a day before a late
+event decided on its tombstone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from baton.processors.chain_links import NEW_LIFE_AFTER_S
+from baton.processors.replay_report import ReplayReport
+
+__all__ = ["TRIMMED_MARGIN_S", "HeldLinks", "judge_trimmed"]
+
+#: how much newer than the oldest row read a run's first row may be and still have been
+#: trimmed by retention
+TRIMMED_MARGIN_S = NEW_LIFE_AFTER_S
+
+#: run id -> (its first row's decided_at, the link it names) -> the run ids whose named
+#: link the audit holds (outside what was read: cut by the read's lower bound)
+HeldLinks = Callable[[Mapping[str, tuple[datetime, str]]], set[str]]
+
+
+def judge_trimmed(report: ReplayReport, held: HeldLinks | None = None) -> None:
+    """Move the runs of ``report.trimmed`` that retention cannot have trimmed to
+    ``report.broken``, each with its reason in ``report.partial``; ``held``: the read had a
+    lower time bound, and a run whose named link it says the audit holds was cut by it."""
+    oldest = report.oldest
+    if oldest is None or not report.trimmed:
+        return
+    suspects = {
+        run_id: seen
+        for run_id, seen in report.trimmed.items()
+        if (seen[0] - oldest).total_seconds() > TRIMMED_MARGIN_S
+    }
+    if held is not None and suspects:
+        for run_id in held(suspects):
+            suspects.pop(run_id, None)
+    for run_id, (first_at, _) in suspects.items():
+        del report.trimmed[run_id]
+        report.partial[run_id] = _why(first_at, oldest)
+        report.broken.append(run_id)
+
+
+def _why(first_at: datetime, oldest: datetime) -> str:
+    days = (first_at - oldest).total_seconds() / 86_400
+    return (
+        f"cut at its start: its first row (decided {first_at:%Y-%m-%d %H:%M:%S}) names a "
+        f"link no row holds, yet the audit holds a row decided {days:,.1f} days before it "
+        f"({oldest:%Y-%m-%d %H:%M:%S}); retention deletes the oldest rows first, so it did "
+        "not trim this run, nor did --since: its first rows were deleted or its first link "
+        "altered (or, rarely, a late event came more than a day after a run whose earlier "
+        "rows retention deleted)"
+    )
