@@ -53,6 +53,7 @@ from baton.schemas.events import (
     RunFinished,
 )
 from baton.schemas.policy import Policy, load_policy
+from baton.streams.partitioner import partition_for
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 SPECIALISTS = ["billing_agent", "search_agent", "support_agent", "writer_agent", "shipping_agent"]
@@ -128,8 +129,23 @@ def _run_script(rng: random.Random, run_id: str) -> list[RunEvent]:
     return out
 
 
-def build_workload(runs: int, seed: int = 7) -> list[tuple[str, RunEvent, datetime]]:
-    """Every run's events, interleaved at random but in order within a run (one partition)."""
+#: how the events of build_workload are read, for the approval ids its grants name: None,
+#: by a pure ``decide`` without an input position (ids unmarked); "global": by the batch step,
+#: event i read at offset i of its run's partition (replay_bench, batch_bench); "topic": by a
+#: worker from fresh topics the workload was produced to in order (worker_bench: a topic
+#: partition's offsets count its own records from 0)
+POSITIONS = (None, "global", "topic")
+
+
+def build_workload(
+    runs: int, seed: int = 7, positions: str | None = None, partitions: int = 8
+) -> list[tuple[str, RunEvent, datetime]]:
+    """Every run's events, interleaved at random but in order within a run (one partition).
+
+    A grant names the approval id its refund is asked under when the events are read as
+    ``positions`` says (see POSITIONS; ``partitions``: the topics' partition count): the
+    batch step marks an approval id with the run's life, where its first event was read
+    (decision_builder.approval_mark), so an unmarked id would be ``unknown_approval``."""
     rng = random.Random(seed)
     scripts = [_run_script(rng, f"run-{i:05d}") for i in range(runs)]
     cursors = [0] * runs
@@ -146,6 +162,42 @@ def build_workload(runs: int, seed: int = 7) -> list[tuple[str, RunEvent, dateti
             live.pop()
         now += timedelta(microseconds=500)
         out.append((event.run_id, event, now))
+    if positions is None:
+        return out
+    if positions not in POSITIONS:
+        raise ValueError(f"positions: expected one of {POSITIONS}, got {positions!r}")
+    return _grants_marked(out, _lives(out, positions, partitions))
+
+
+def _lives(
+    workload: list[tuple[str, RunEvent, datetime]], positions: str, partitions: int
+) -> dict[str, str]:
+    """run id -> its life mark (decision_builder.life_of): where its first event is read."""
+    lives: dict[str, str] = {}
+    counts: Counter[tuple[bool, int]] = Counter()
+    for i, (run_id, event, _) in enumerate(workload):
+        partition = partition_for(run_id.encode(), partitions)
+        approval = type(event) is ApprovalGranted
+        offset = i if positions == "global" else counts[approval, partition]
+        counts[approval, partition] += 1
+        if run_id not in lives:
+            lives[run_id] = f"{'a' if approval else 'r'}{partition}:{offset}"
+    return lives
+
+
+def _grants_marked(
+    workload: list[tuple[str, RunEvent, datetime]], lives: dict[str, str]
+) -> list[tuple[str, RunEvent, datetime]]:
+    """``workload`` with each grant naming its refund's approval id in the run's life."""
+    refunds: dict[str, HandoffRequested] = {}
+    out = []
+    for run_id, event, now in workload:
+        if type(event) is HandoffRequested and event.action == "billing.refund.create":
+            refunds[run_id] = event
+        elif type(event) is ApprovalGranted:
+            marked = approval_id_for(refunds[run_id], lives[run_id])
+            event = event.model_copy(update={"approval_id": marked})
+        out.append((run_id, event, now))
     return out
 
 

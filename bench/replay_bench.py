@@ -72,7 +72,7 @@ def record(runs: int, events: int, policy: Policy) -> list[Decision]:
     )
     start = datetime.now(UTC) - timedelta(hours=1)
     published: list[Decision] = [policy_in_force(policy, start, "bench")]
-    workload = build_workload(runs)[:events]
+    workload = build_workload(runs, positions="global")[:events]  # grants as asked
     for b in range(0, len(workload), 1000):
         recs = []
         for i, (run, ev, _) in enumerate(workload[b : b + 1000], b):

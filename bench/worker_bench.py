@@ -341,7 +341,7 @@ def main() -> None:
     args = ap.parse_args()
     guarantees = GUARANTEES if args.guarantee == "both" else (args.guarantee,)
 
-    workload = build_workload(args.runs)
+    workload = build_workload(args.runs, positions="topic", partitions=PARTITIONS)
     items = [
         (run_id.encode(), ev.to_json(), isinstance(ev, (ApprovalGranted, ApprovalDenied)))
         for run_id, ev, _ in workload
