@@ -183,12 +183,12 @@ class Settings(BaseSettings):
     )
     sink_batch_timeout_s: float = Field(1.0, gt=0)
     sink_parse_processes: int = Field(
-        1,
+        2,
         ge=0,
         le=16,
         description="processes that parse and encode the sink's records beside the one that "
-        "reads Kafka and writes ClickHouse (chDB opens a directory in one process only); 0: "
-        "the sink's own process parses",
+        "reads Kafka and writes ClickHouse (chDB opens a directory in one process only; ~120 MB "
+        "each); 0: the sink's own process parses",
     )
 
     # --- alerts ------------------------------------------------------------------------

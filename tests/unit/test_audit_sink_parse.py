@@ -287,3 +287,22 @@ def test_a_hung_parse_process_is_killed_and_its_batch_parsed_here(
         processes.close()
     assert not client.blocks
     assert client.stored[DECISIONS_TABLE] == _as_sent(_local(records).rows)
+
+
+def test_two_parse_processes_store_the_rows_in_order_under_the_rows_token() -> None:
+    """Chunks alternate between the processes; the block keeps the records' order."""
+    records = [r for r in _records() if b'"evil"' not in (r[2] or b"")]
+    processes = ParseProcesses(2, "gov.decisions")
+    processes.start()
+    try:
+        batch, client = _deferred(records, processes, step=3), FakeClickHouse()
+        write_batch(client, batch, types=TYPES)  # type: ignore[arg-type]
+    finally:
+        processes.close()
+    local = _local(records)
+    assert [token for token, _ in client.blocks] == [local.token()]
+    assert client.blocks[0][1] == b"".join(
+        native_block(_local(records[i : i + 3]).rows, DECISION_COLUMNS, TYPES[DECISIONS_TABLE])
+        or b""
+        for i in range(0, len(records), 3)
+    )
