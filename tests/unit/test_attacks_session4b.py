@@ -28,12 +28,10 @@ from baton.schemas import names
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.events import EventError, parse_event
 from baton.schemas.policy import Policy
-from baton.sinks.audit_batch import AuditBatch, write_batch
-from baton.sinks.clickhouse import connect
 from baton.sinks.replay_source import ReplayScope, page_rows, read_pages
-from baton.sinks.schema import migrate
 from baton.streams.sdk.channel import RequestChannel
 from baton.streams.sdk.options import ClientOptions
+from tests.chdb_audit import chdb_audit
 from tests.helpers import handoff
 from tests.unit.test_engine_support import at, seed_policy
 from tests.unit.test_engine_support import completed as unit_completed
@@ -345,11 +343,6 @@ def test_a_run_decided_across_a_worker_clock_step_back_is_read_in_its_order(
             d for _, d in proc.process([InputRecord("req", 0, offset, b"r", raw)], now).decisions
         ]
     assert [d.reason for d in published] == [Reason.OK, Reason.OWNERSHIP_CONFLICT]
-    client = connect(f"chdb://{tmp_path}/chdb", create=True)
-    migrate(client, 365)
-    batch = AuditBatch("gov.decisions", 365)
-    for offset, decision in enumerate(published):
-        batch.add(0, offset, decision.to_json())
-    write_batch(client, batch, "chdb")
+    client = chdb_audit(tmp_path / "chdb", published)
     rows = [r for page in read_pages(client, ReplayScope()).pages for r in page_rows(page)]
     assert _replayed(policy, rows) == []

@@ -16,9 +16,7 @@ from baton.processors.engine import Origin, decide
 from baton.processors.state import SEEN_LIMIT, RunState
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent
-from baton.sinks.audit_batch import AuditBatch, write_batch
-from baton.sinks.clickhouse import connect
-from baton.sinks.schema import migrate
+from tests.chdb_audit import chdb_audit
 from tests.unit.test_engine_support import at, completed, denied, handoff, seed_policy
 
 pytestmark = pytest.mark.unit
@@ -45,13 +43,7 @@ def _decided(steps: list[tuple[RunEvent, float]], run: str = RUN) -> list[Decisi
 
 def _audit(chdb: Path, decisions: list[Decision]) -> Any:
     """A chDB audit holding ``decisions``, as the sink writes them."""
-    client = connect(f"chdb://{chdb}", create=True)
-    migrate(client, 365)
-    batch = AuditBatch("gov.decisions", 365)
-    for offset, decision in enumerate(decisions):
-        batch.add(0, offset, decision.to_json())
-    write_batch(client, batch, "chdb")
-    return client
+    return chdb_audit(chdb, decisions)
 
 
 def test_a_forged_run_id_in_the_audit_is_shown_cut_and_escaped_on_its_fail_line(

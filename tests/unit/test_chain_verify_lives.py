@@ -18,11 +18,9 @@ from baton.processors.state import RunState
 from baton.schemas.decision import Decision
 from baton.schemas.events import RunEvent
 from baton.schemas.policy import Policy
-from baton.sinks.audit_batch import AuditBatch, write_batch
 from baton.sinks.chain_verify import RunChain, verify_chains
-from baton.sinks.clickhouse import connect
 from baton.sinks.replay_source import ReplayScope, page_rows, read_pages
-from baton.sinks.schema import migrate
+from tests.chdb_audit import chdb_audit
 from tests.unit.test_chain import _row
 from tests.unit.test_engine_support import at, handoff, seed_policy
 
@@ -192,12 +190,7 @@ def test_verify_reads_a_run_from_chdb_in_replays_order_and_both_pass_two_lives(
     """The verify command's own query on a real audit: a run's rows by decided_at (the
     second life's rows come back after the first's whatever their ids), as replay reads."""
     decisions = _two_lives()
-    client = connect(f"chdb://{tmp_path}/chdb", create=True)
-    migrate(client, 365)
-    batch = AuditBatch("gov.decisions", 365)
-    for offset, decision in enumerate(decisions):
-        batch.add(0, offset, decision.to_json())
-    write_batch(client, batch, "chdb")
+    client = chdb_audit(tmp_path / "chdb", decisions)
     sql, params = _query(None, None)
     rows = [_utc(r) for r in client.query(sql, parameters=params).result_rows]
     assert [r[1] for r in rows] == [d.decision_id for d in decisions]

@@ -16,10 +16,8 @@ from baton.processors.replay_trimmed import TRIMMED_MARGIN_S
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision
 from baton.schemas.events import RunEvent
-from baton.sinks.audit_batch import AuditBatch, write_batch
-from baton.sinks.clickhouse import connect
 from baton.sinks.replay_source import ReplayScope
-from baton.sinks.schema import migrate
+from tests.chdb_audit import chdb_audit
 from tests.unit.test_engine_support import policy_with
 from tests.unit.test_replay import KEY, _budget_history, _policies, record
 
@@ -74,13 +72,7 @@ def _decided(timed: list[tuple[RunEvent, datetime]]) -> list[Decision]:
 
 
 def _audit(chdb: Path, decisions: list[Decision]) -> object:
-    client = connect(f"chdb://{chdb}", create=True)
-    migrate(client, 20_000)
-    batch = AuditBatch("gov.decisions", 20_000)
-    for offset, decision in enumerate(decisions):
-        batch.add(0, offset, decision.to_json())
-    write_batch(client, batch, "chdb")
-    return client
+    return chdb_audit(chdb, decisions, ttl_days=20_000)
 
 
 def test_a_run_cut_by_since_is_partial_and_rows_deleted_after_since_are_broken(

@@ -22,6 +22,7 @@ from baton.schemas.decision import Decision, Outcome
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent
 from baton.schemas.policy import Policy
 from baton.sinks.chain_verify import verify_chains
+from tests.chdb_audit import chdb_audit
 from tests.unit.test_chain import _row
 from tests.unit.test_engine_support import (
     at,
@@ -216,21 +217,13 @@ def test_a_run_restored_from_its_counters_never_gives_a_copy_an_id_it_decided_be
     position, as a long run's past its window do."""
     from baton.cli.restore_runs import _from_summaries
     from baton.schemas.settings import Settings
-    from baton.sinks.audit_batch import AuditBatch, write_batch
-    from baton.sinks.clickhouse import connect
-    from baton.sinks.schema import migrate
 
     request = handoff("h1", "t1", "planner", "researcher", t=LATER)
     recorded = _decided_without_lives(
         monkeypatch,
         [(request, LATER, False), (completed("h1", "t1", "researcher", 0.5), LATER + 1, False)],
     )
-    client = connect(f"chdb://{tmp_path}/chdb", create=True)
-    migrate(client, 365)
-    batch = AuditBatch("gov.decisions", 365)
-    for offset, decision in enumerate(recorded):
-        batch.add(0, offset, decision.to_json())
-    write_batch(client, batch, "chdb")
+    client = chdb_audit(tmp_path / "chdb", recorded)
     (state,) = _from_summaries(client, [RUN], Settings(partitions=1), at(LATER + 60))
     _, copy = decide(state, request, seed_policy(), at(LATER + 61), origin=Origin("w", 0, 99))
     _, again = decide(state, request, seed_policy(), at(LATER + 62), origin=Origin("w2", 0, 99))
@@ -309,14 +302,4 @@ def test_a_state_written_before_lives_were_marked_keeps_its_old_approval_ids() -
 
 def _audit(tmp_path: Path, decisions: list[Decision]) -> Any:
     """A chDB audit holding ``decisions``, as the sink writes them."""
-    from baton.sinks.audit_batch import AuditBatch, write_batch
-    from baton.sinks.clickhouse import connect
-    from baton.sinks.schema import migrate
-
-    client = connect(f"chdb://{tmp_path}/chdb", create=True)
-    migrate(client, 365)
-    batch = AuditBatch("gov.decisions", 365)
-    for offset, decision in enumerate(decisions):
-        batch.add(0, offset, decision.to_json())
-    write_batch(client, batch, "chdb")
-    return client
+    return chdb_audit(tmp_path / "chdb", decisions)
