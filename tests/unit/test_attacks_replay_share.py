@@ -52,6 +52,7 @@ from baton.schemas.events import (
     RunFinished,
 )
 from baton.schemas.policy import Policy, parse_policy
+from tests.unit.test_attacks_session4b import _recorded_with_sweeps
 from tests.unit.test_engine_support import at, handoff, policy_with
 from tests.unit.test_replay import KEY, _budget_history, _policies, record
 
@@ -578,25 +579,16 @@ def test_a_forgotten_run_refused_as_a_new_run_of_an_unknown_tenant_replays_as_re
     policy = Policy.model_validate(
         {"tenants": {"acme": {"max_handoffs": 5}}, "strict_tenants": True}
     )
-    states: dict[bytes, RunState] = {}
-    proc = BatchProcessor(policy, 1, states, worker="w", chain_key=KEY)
-    published: list[Decision] = []
-    story = [
-        (handoff("h1", "t1", "planner", "writer", tenant="acme", t=0), ()),
-        # evicted after an hour idle, the tombstone forgotten a day later: the id is new again
-        (handoff("h2", "t2", "planner", "writer", tenant="zeta", t=100_000), (3700, 99_000)),
-    ]
-    for offset, (event, sweeps) in enumerate(story):
-        for sweep_at in sweeps:
-            for key, state in list(states.items()):
-                kept = evict(state, at(sweep_at), 3600.0, 86400.0)
-                if kept is None:
-                    del states[key]
-                else:
-                    states[key] = kept
-        rec = InputRecord("requests", 0, offset, event.run_id.encode(), event.to_json())
-        published += [d for _, d in proc.process([rec], event.event_time).decisions]
-    rows = [Recorded.of(d) for d in published]
+    first = handoff("h1", "t1", "planner", "writer", tenant="acme", t=0)
+    later = handoff("h2", "t2", "planner", "writer", tenant="zeta", t=100_000)
+    _, rows = _recorded_with_sweeps(
+        [
+            (first, first.event_time, ()),
+            # evicted after an hour idle, the tombstone forgotten a day later: the id is new
+            (later, later.event_time, (3700, 99_000)),
+        ],
+        policy,
+    )
     assert [r.reason for r in rows] == ["ok", "unknown_tenant"] and rows[1].chain_hash is None
     report = replay_runs(runs_of(rows), policy, _policies(policy), KEY)
     assert report.partial == {}

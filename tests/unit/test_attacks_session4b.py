@@ -223,12 +223,12 @@ def test_a_long_name_whose_fold_is_shorter_than_its_nfkc_form_is_still_a_name() 
 
 # ------------------------------------------------------------------ (e) replay faithfulness
 def _recorded_with_sweeps(
-    timed: list[tuple[Any, datetime, tuple[float, ...]]],
+    timed: list[tuple[Any, datetime, tuple[float, ...]]], policy: Policy | None = None
 ) -> tuple[Policy, list[Recorded]]:
-    """What the audit holds after the worker's batch step decided ``timed``; the third item:
-    the times (seconds) the worker's sweep ran before the event (``evict``: run retention
-    1 h, tombstones kept 1 day)."""
-    policy = seed_policy()
+    """What the audit holds after the worker's batch step decided ``timed`` under ``policy``
+    (the seed's by default); the third item: the times (seconds) the worker's sweep ran
+    before the event (``evict``: run retention 1 h, tombstones kept 1 day)."""
+    policy = policy or seed_policy()
     states: dict[bytes, RunState] = {}
     proc = BatchProcessor(policy, 1, states, worker="w", chain_key=REPLAY_KEY)
     published: list[Decision] = []
