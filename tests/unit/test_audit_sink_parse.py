@@ -7,6 +7,7 @@ import copy
 import os
 import re
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -219,17 +220,31 @@ def test_new_column_types_since_encoding_make_the_batch_parse_here(
     assert len(client.stored[DECISIONS_TABLE]) == len(_local(records).rows)
 
 
-def test_a_parse_process_that_dies_leaves_its_records_to_the_sink() -> None:
-    records = [r for r in _records() if b'"evil"' not in (r[2] or b"")]
+def _written_after_losing_the_helper(
+    records: list[tuple[int, int, bytes | None]],
+    lose: Callable[[list[int]], object],
+    timeout: float,
+    noticed: str,
+) -> FakeClickHouse:
+    """``records`` written through one parse process that ``lose(pids)`` (or its own start)
+    took away: once the sink has noticed (``noticed`` within ``timeout`` s)."""
     processes = ParseProcesses(1, "gov.decisions")
     processes.start()
     try:
-        os.kill(processes.pids()[0], signal.SIGKILL)
-        wait_for(lambda: not processes.alive, timeout=10, message="the death is noticed")
+        lose(processes.pids())
+        wait_for(lambda: not processes.alive, timeout=timeout, message=noticed)
         batch, client = _deferred(records, processes), FakeClickHouse()
         write_batch(client, batch, types=TYPES)  # type: ignore[arg-type]
     finally:
         processes.close()
+    return client
+
+
+def test_a_parse_process_that_dies_leaves_its_records_to_the_sink() -> None:
+    records = [r for r in _records() if b'"evil"' not in (r[2] or b"")]
+    client = _written_after_losing_the_helper(
+        records, lambda pids: os.kill(pids[0], signal.SIGKILL), 10, "the death is noticed"
+    )
     assert not client.blocks
     assert client.stored[DECISIONS_TABLE] == _as_sent(_local(records).rows)
 
@@ -257,14 +272,9 @@ def test_a_parse_process_running_other_code_is_not_used(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(sink_parse, "_same_code", lambda: ("/elsewhere/sink_parse.py", "x"))
     records = [r for r in _records() if b'"evil"' not in (r[2] or b"")]
-    processes = ParseProcesses(1, "gov.decisions")
-    processes.start()
-    try:
-        wait_for(lambda: not processes.alive, timeout=20, message="the mismatch is noticed")
-        batch, client = _deferred(records, processes), FakeClickHouse()
-        write_batch(client, batch, types=TYPES)  # type: ignore[arg-type]
-    finally:
-        processes.close()
+    client = _written_after_losing_the_helper(
+        records, lambda pids: None, 20, "the mismatch is noticed"
+    )
     assert not client.blocks
     assert client.stored[DECISIONS_TABLE] == _as_sent(_local(records).rows)
 
