@@ -12,6 +12,7 @@ comparison is not drowned by a busy host's fetch timing.
 
     python -m bench.publish_bench --seconds 8 --rounds 3 --before-pythonpath DIR
     python -m bench.publish_bench --sides 'baton,conf:{"linger.ms":2}'
+    python -m bench.publish_bench --sides baton,aiokafka --rounds 3
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def _phase(args: argparse.Namespace) -> dict[str, Any]:
 
     from baton.processors.batch import BatchProcessor, InputRecord
     from baton.processors.publish import BatchPublisher
+    from baton.processors.publish_aiokafka import AiokafkaPublisher
     from baton.schemas.policy import load_policy
     from baton.streams.embedded import EmbeddedBroker
     from baton.streams.partitioner import partition_for
@@ -66,18 +68,28 @@ def _phase(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
 
-        publisher = BatchPublisher(
-            {
-                "bootstrap.servers": broker.bootstrap,
-                "statistics.interval.ms": 1000,
-                "stats_cb": on_stats,
-                **orjson.loads(args.producer_conf),
-            },
-            decisions_topic="d",
-            stops_topic="s",
-            deadletter_topic="dl",
-            changelog_topic="c",
-        )
+        aio = _AioCounts() if args.producer == "aiokafka" else None
+        if aio is not None:
+            publisher: Any = AiokafkaPublisher(
+                {"bootstrap_servers": broker.bootstrap, **orjson.loads(args.producer_conf)},
+                decisions_topic="d",
+                stops_topic="s",
+                deadletter_topic="dl",
+                changelog_topic="c",
+            )
+        else:
+            publisher = BatchPublisher(
+                {
+                    "bootstrap.servers": broker.bootstrap,
+                    "statistics.interval.ms": 1000,
+                    "stats_cb": on_stats,
+                    **orjson.loads(args.producer_conf),
+                },
+                decisions_topic="d",
+                stops_topic="s",
+                deadletter_topic="dl",
+                changelog_topic="c",
+            )
         stop = threading.Event()
         seen_ms: list[float] = []
         reader = threading.Thread(target=_tail, args=(broker.bootstrap, stop, seen_ms), daemon=True)
@@ -110,6 +122,8 @@ def _phase(args: argparse.Namespace) -> dict[str, Any]:
             loop = asyncio.get_running_loop()
             durable_ms: list[float] = []
             start = loop.time()
+            if aio is not None:
+                aio.sample(stats)
             i = 0
             while loop.time() - start < args.seconds:
                 out = batch(i)
@@ -119,12 +133,15 @@ def _phase(args: argparse.Namespace) -> dict[str, Any]:
                 i += 1
                 await asyncio.sleep(max(0.0, start + i * args.every_ms / 1e3 - loop.time()))
             await done
+            if aio is not None:
+                await publisher.stop()
             return durable_ms
 
         t_start = time.monotonic()
         durable = asyncio.run(drive())
         t_end = time.monotonic()
-        publisher._producer.flush(10)
+        if aio is None:
+            publisher._producer.flush(10)
         stop.set()
         reader.join(5)
     window = [s for s in stats if t_start + 1 <= s["t"] <= t_end]
@@ -152,6 +169,37 @@ def _phase(args: argparse.Namespace) -> dict[str, Any]:
         )
         or 1.0,
     }
+
+
+class _AioCounts:
+    """aiokafka's produce requests (its sender's calls), counted as librdkafka's statistics
+    count them, sampled every second into the same rows."""
+
+    def __init__(self) -> None:
+        from aiokafka.producer import sender
+
+        self.requests = 0
+        self.msgs = 0
+        self.rtts: list[float] = []
+        real = sender.Sender._send_produce_req
+
+        async def counted(sender_self: Any, node_id: int, batches: dict[Any, Any]) -> None:
+            self.requests += 1
+            self.msgs += sum(b.record_count for b in batches.values())
+            t0 = time.monotonic()
+            await real(sender_self, node_id, batches)
+            self.rtts.append(time.monotonic() - t0)
+
+        sender.Sender._send_produce_req = counted  # type: ignore[method-assign]
+
+    def sample(self, stats: list[dict[str, Any]]) -> None:
+        rtts, self.rtts = self.rtts, []
+        rtt_us = statistics.median(rtts) * 1e6 if rtts else 0
+        stats.append(
+            {"t": time.monotonic(), "requests": self.requests, "msgs": self.msgs,
+             "rtt": rtt_us, "queue": 0}
+        )  # fmt: skip
+        asyncio.get_running_loop().call_later(1.0, self.sample, stats)
 
 
 def _tail(bootstrap: str, stop: threading.Event, seen_ms: list[float]) -> None:
@@ -183,9 +231,11 @@ def main() -> None:
         default="baton,before",
         help="baton, before (needs --before-pythonpath), dir:DIR (Baton from DIR/baton), "
         'conf:JSON (this checkout, producer properties added, e.g. conf:{"linger.ms":2}), '
-        "nostates (this checkout writing no run states: what they cost in requests)",
+        "nostates (this checkout writing no run states: what they cost in requests), "
+        "aiokafka (this checkout's aiokafka publisher: one request a broker at a time)",
     )
     ap.add_argument("--producer-conf", default="{}", help=argparse.SUPPRESS)
+    ap.add_argument("--producer", default="librdkafka", help=argparse.SUPPRESS)
     ap.add_argument("--no-states", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--phase", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -209,6 +259,10 @@ def main() -> None:
                 cmd += ["--producer-conf", side[5:]]
             if side == "nostates":
                 cmd += ["--no-states"]
+            if side.startswith("aiokafka"):
+                cmd += ["--producer", "aiokafka"]
+            if side.startswith("aiokafka:"):
+                cmd += ["--producer-conf", side[9:]]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             rows.append((r + 1, side, orjson.loads(done.stdout.strip().splitlines()[-1])))
             print(f"round {r + 1}: {side} done", file=sys.stderr)

@@ -53,6 +53,7 @@ def create_topics(settings: Settings) -> Any:
     "batch_size",
     "fetch_max_wait_ms",
     "processing_guarantee",
+    "worker_producer",
     "transactional_id",
     "transaction_timeout_ms",
     "worker_data_dir",

@@ -38,10 +38,11 @@ from baton.processors.faust_app import build_app, runs_table, source_topic
 from baton.processors.fencing import Membership, check_generation, group_metadata
 from baton.processors.metrics import WorkerMetrics
 from baton.processors.progress import caught_up, lag
-from baton.processors.publish import BatchPublisher
+from baton.processors.publish_select import worker_publisher
 from baton.processors.recorded import policy_in_force
 from baton.processors.sweep import DueIndex
 from baton.processors.sweep_step import sweep_due
+from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 from baton.streams.topics import TopicCatalog
@@ -86,14 +87,13 @@ class GovernanceWorker:
         self.app = self._build_app()
         self.changelog_topic = self.runs.changelog_topic.get_topic_name()
         self.exactly_once = settings.processing_guarantee == "exactly_once"
-        self.publisher = BatchPublisher(
-            settings.kafka_config(),
+        self.publisher = worker_publisher(
+            settings,
             decisions_topic=self.catalog.decisions,
             stops_topic=self.catalog.stops,
             deadletter_topic=self.catalog.deadletter,
             changelog_topic=self.changelog_topic,
             transactional_id=self._transactional_id() if self.exactly_once else None,
-            transaction_timeout_ms=settings.transaction_timeout_ms,
         )
         #: counted always (one call per batch); served on /metrics by the CLI when asked
         self.metrics = WorkerMetrics(self.worker_id)
@@ -156,6 +156,10 @@ class GovernanceWorker:
         @app.task
         async def start_control() -> None:
             self.control.start()
+            try:  # the producer connects (gets its producer id) while control is read
+                await self.publisher.start()
+            except BrokerUnavailable as exc:
+                exit_without_commit(EXIT_DELIVERY_FAILED, "worker %s: %s", self.worker_id, exc)
             loop = asyncio.get_running_loop()
             # never decide before every kill switch is known: a missed global kill fails open
             while not await loop.run_in_executor(None, self.control.caught_up.wait, 10.0):

@@ -139,6 +139,10 @@ class BatchPublisher:
         self._states_sent: asyncio.Future[None] | None = None
         self._durable: asyncio.Future[None] | None = None
 
+    async def start(self) -> None:
+        """Nothing to start: librdkafka connects in the background (the same call as the
+        aiokafka publisher's, which connects on the worker's loop)."""
+
     # ------------------------------------------------------------------ low level
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         description="at_least_once: redeliveries are deduplicated by request_id; exactly_once: "
         "one Kafka transaction per batch (decisions, states, offsets), read them read_committed",
     )
+    worker_producer: Literal["aiokafka", "librdkafka"] = Field(
+        "aiokafka",
+        description="at_least_once: the worker's producer; aiokafka sends a batch's records "
+        "in one request per broker, librdkafka one per partition (exactly_once: librdkafka)",
+    )
     transactional_id: str | None = Field(
         None,
         description="exactly_once: this worker's transactional.id (default APP_ID-HOST-PID); "

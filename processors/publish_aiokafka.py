@@ -1,0 +1,327 @@
+"""Publishes one batch's outputs with aiokafka's producer: one produce request per batch and step.
+
+librdkafka (processors/publish.py) sends one ProduceRequest per partition: a batch's decisions
+over 8 partitions and its run states over 8 more are 16 requests, at most 5 in flight per
+connection under idempotence, and each waits its turn in librdkafka's queue (bench/RESULTS.md,
+issue 15). aiokafka drains its accumulator by broker (``Sender.drain_by_nodes``): every
+partition ready for a broker goes in one request, one request in flight per broker, and
+whatever came meanwhile rides in the next. On the embedded one-node Tansu a batch's decisions
+are one request and its states (with the next batch's decisions) one more.
+
+The same guarantees as the librdkafka publisher's at-least-once mode (its docstring): a
+batch's decisions are handed over and the worker decides the next batch meanwhile; its run
+states are sent once every decision (dead letter, forward) of the batch is acknowledged and
+the previous batch's states were sent; the batch is durable (its input acknowledged to Faust)
+once its states are acknowledged too, in batch order. A record not delivered within
+``request_timeout_ms`` fails its batch and every later one (the worker exits uncommitted).
+A full accumulator makes ``send`` wait for room (never a drop); a record too large for Kafka
+is refused before it is queued. Exactly-once (transactions) is not offered here: it stays on
+librdkafka.
+
+Not guaranteed: records queued when the process stops are not flushed (their batches were
+never acknowledged, so they are fetched and decided again; the engine's dedup marks keep
+that from counting twice). aiokafka runs on the worker's event loop: its request encoding
+and response handling are the worker's CPU, not a librdkafka thread's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from baton.processors.batch import DeadLetter, Outputs
+from baton.processors.publish_delivery import DeliveryFailed
+from baton.processors.publish_transaction import Offsets
+from baton.schemas.decision import Decision, Outcome
+from baton.schemas.errors import BrokerUnavailable
+
+__all__ = ["AiokafkaPublisher", "DeliveryFailed"]
+
+log = logging.getLogger(__name__)
+
+#: what a dead letter keeps when it is too large for Kafka (as processors/publish.py)
+_DEAD_LETTER_HEAD = (
+    "error_kind", "error", "topic", "partition", "offset", "key_size", "worker", "failed_at",
+    "original_size",
+)  # fmt: skip
+
+#: the largest record Kafka takes by default (message.max.bytes), as librdkafka refuses it
+MAX_RECORD_BYTES = 1_000_000
+
+_PRODUCER_DEFAULTS: dict[str, Any] = {
+    # idempotence keeps a retried request from duplicating or reordering a run's records
+    "enable_idempotence": True,
+    "acks": "all",
+    # no wait for more records: the batch's records are queued in one go
+    "linger_ms": 0,
+    # one partition's records of a big batch in one record batch: a full one makes send()
+    # wait for the request in flight, which would serialise the worker behind the broker
+    "max_batch_size": 1_048_576,
+    "max_request_size": MAX_RECORD_BYTES,
+    # a record undeliverable this long ends the worker (exit 75, nothing committed); the
+    # same 60 s as the librdkafka publisher's message.timeout.ms
+    "request_timeout_ms": 60_000,
+    "compression_type": None,
+}
+
+
+def _done() -> asyncio.Future[None]:
+    """A future that is complete already: nothing left to wait for."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+class _Step:
+    """The records of one step of a batch (its decisions, or its states) until aiokafka has
+    answered for each: ``future`` completes then, or fails naming what was not delivered."""
+
+    __slots__ = ("bootstrap", "count", "errors", "future", "sealed")
+
+    def __init__(self, bootstrap: str) -> None:
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.bootstrap = bootstrap
+        self.count = 0
+        self.errors: list[str] = []
+        self.sealed = False
+
+    def add(self, record: asyncio.Future[Any], where: str) -> None:
+        self.count += 1
+        record.add_done_callback(lambda f: self._answered(f, where))
+
+    def _answered(self, record: asyncio.Future[Any], where: str) -> None:
+        if record.cancelled():
+            self.errors.append(f"{where}: cancelled")
+        elif record.exception() is not None:
+            self.errors.append(f"{where}: {record.exception()!r}")
+        self.count -= 1
+        if self.sealed and self.count == 0:
+            self._resolve()
+
+    def seal(self) -> None:
+        self.sealed = True
+        if self.count == 0:
+            self._resolve()
+
+    def _resolve(self) -> None:
+        if self.future.done():
+            return
+        if self.errors:
+            self.future.set_exception(
+                DeliveryFailed(
+                    f"could not deliver {len(self.errors)} records to Kafka at "
+                    f"{self.bootstrap}: " + "; ".join(self.errors[:3])
+                )
+            )
+        else:
+            self.future.set_result(None)
+
+
+class AiokafkaPublisher:
+    """The at-least-once publisher on aiokafka (see the module docstring); started on the
+    worker's loop at its first batch."""
+
+    transactional = False
+
+    def __init__(
+        self,
+        client_options: dict[str, Any],
+        *,
+        decisions_topic: str,
+        stops_topic: str,
+        deadletter_topic: str,
+        changelog_topic: str,
+    ) -> None:
+        """``client_options`` are ``AIOKafkaProducer`` keyword arguments (bootstrap_servers,
+        security); no connection is made until the first publish (on the worker's loop)."""
+        self._options = {**_PRODUCER_DEFAULTS, **client_options}
+        self._bootstrap = str(self._options.get("bootstrap_servers", "?"))
+        self._producer: Any = None
+        self.decisions_topic = decisions_topic
+        self.stops_topic = stops_topic
+        self.deadletter_topic = deadletter_topic
+        self.changelog_topic = changelog_topic
+        #: records from other threads (the control follower), sent with the next publish
+        self._queued: deque[Decision | DeadLetter] = deque()
+        #: the previous batch's states handed to aiokafka / its whole batch durable
+        self._states_sent: asyncio.Future[None] | None = None
+        self._durable: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------------ connection
+    async def start(self) -> None:
+        """Connect and get a producer id; raise ``BrokerUnavailable`` naming the address."""
+        if self._producer is not None:
+            return
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.errors import KafkaError
+
+        from baton.processors import publish_pid
+
+        publish_pid.install()  # Tansu answers aiokafka's own InitProducerId v0 with an error
+        producer = AIOKafkaProducer(**self._options)
+        try:
+            await producer.start()
+        except (KafkaError, OSError) as exc:
+            await producer.stop()
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {self._bootstrap} for the worker's producer "
+                f"({exc!r}); is the broker running and the address right?"
+            ) from exc
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Deliver what is queued and close the connections."""
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    # ------------------------------------------------------------------ records
+    async def _send(
+        self,
+        step: _Step,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int | None = None,
+        headers: Any = None,
+    ) -> None:
+        # a full accumulator makes send() wait for room (never a drop); a record still not
+        # queued after request_timeout_ms raises KafkaTimeoutError and fails the batch
+        record = await self._producer.send(topic, value, key, partition, headers=headers)
+        step.add(record, f"{topic}[{partition if partition is not None else 'key'}]")
+
+    async def _produce_decision(self, step: _Step, partition: int | None, d: Decision) -> None:
+        raw = d.to_json()
+        key = d.run_id.encode()
+        await self._send(step, self.decisions_topic, raw, key, partition)
+        if d.outcome == Outcome.STOP:
+            await self._send(step, self.stops_topic, raw, key, partition)
+
+    async def _produce_dead_letter(self, step: _Step, dl: DeadLetter) -> None:
+        from aiokafka.errors import MessageSizeTooLargeError
+
+        try:
+            await self._send(step, self.deadletter_topic, dl.value, dl.key)
+        except MessageSizeTooLargeError:
+            # belt and braces (dead letters are capped when made): one record too big for
+            # Kafka must not end the worker on every restart; keep what was wrong and where
+            log.error(
+                "dead letter of %d bytes too large for Kafka; sent without the original",
+                len(dl.value),
+            )
+            doc = orjson.loads(dl.value)
+            short = {k: doc.get(k) for k in _DEAD_LETTER_HEAD}
+            short["original_dropped"] = "too large for Kafka"
+            await self._send(step, self.deadletter_topic, orjson.dumps(short), None)
+
+    def enqueue(self, record: Decision | DeadLetter) -> None:
+        """Send ``record`` with the next publish (thread-safe; the sweep publishes every second)."""
+        self._queued.append(record)
+
+    async def _produce_queued(self, step: _Step) -> None:
+        queued = self._queued
+        while queued:
+            record = queued.popleft()
+            if isinstance(record, Decision):
+                await self._produce_decision(step, None, record)
+            else:
+                await self._produce_dead_letter(step, record)
+
+    async def _produce_outputs(self, step: _Step, out: Outputs) -> None:
+        for dl in out.dead_letters:
+            await self._produce_dead_letter(step, dl)
+        for fw in out.forwards:
+            await self._send(step, fw.topic, fw.value, fw.key, fw.partition, fw.headers)
+        for partition, d in out.decisions:
+            await self._produce_decision(step, partition, d)
+
+    async def _produce_states(self, step: _Step, out: Outputs) -> None:
+        encoded = out.encoded
+        for key, (partition, state) in out.changed.items():
+            value = None
+            if state is not None:
+                value = encoded.get(key) or state.to_bytes()
+            await self._send(step, self.changelog_topic, value, key, partition)
+
+    # ------------------------------------------------------------------ one batch
+    async def publish(
+        self,
+        out: Outputs,
+        before_state: Callable[[], None] | None = None,
+        offsets: Offsets = (),
+        group_metadata: Callable[[], bytes] | None = None,
+    ) -> None:
+        """Publish one batch's outputs; return once they are durable, raise if they are not."""
+        await (await self.publish_decisions_first(out, before_state, offsets, group_metadata))
+
+    async def publish_decisions_first(
+        self,
+        out: Outputs,
+        before_state: Callable[[], None] | None = None,
+        offsets: Offsets = (),
+        group_metadata: Callable[[], bytes] | None = None,
+    ) -> asyncio.Future[None]:
+        """Publish one batch's outputs; return once its decisions are handed to aiokafka, with
+        an awaitable that completes once the whole batch is durable (raising if it is not):
+        acknowledge the input only then. ``offsets``/``group_metadata`` are exactly-once's
+        and ignored (Faust's committer commits after the acknowledgement)."""
+        await self.start()
+        if not (self._queued or out.decisions or out.dead_letters or out.forwards or out.changed):
+            previous = self._durable  # an idle sweep: durable once the batch before it is
+            return previous if previous is not None and not previous.done() else _done()
+        decisions = await self._step_of(
+            self._produce_queued, lambda step: self._produce_outputs(step, out)
+        )
+        previous_sent, previous_durable = self._states_sent, self._durable
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        durable = asyncio.ensure_future(
+            self._states_after(decisions, previous_sent, previous_durable, sent, out, before_state)
+        )
+        self._states_sent, self._durable = sent, durable
+        return durable
+
+    async def _step_of(self, *produce: Callable[[_Step], Any]) -> asyncio.Future[None]:
+        """Run ``produce`` steps into one ``_Step``: its future completes once aiokafka has
+        acknowledged every record they queued; a record aiokafka refused raises here."""
+        step = _Step(self._bootstrap)
+        try:
+            for one in produce:
+                await one(step)
+        finally:
+            step.seal()
+        return step.future
+
+    async def _states_after(
+        self,
+        decisions: asyncio.Future[None],
+        previous_sent: asyncio.Future[None] | None,
+        previous_durable: asyncio.Future[None] | None,
+        sent: asyncio.Future[None],
+        out: Outputs,
+        before_state: Callable[[], None] | None,
+    ) -> None:
+        """The second half of a batch: its states, once its decisions are acknowledged."""
+        try:
+            await decisions
+            if previous_sent is not None:
+                await previous_sent  # a run's states reach the changelog in batch order
+            states = None
+            if out.changed:
+                if before_state is not None:
+                    before_state()
+                states = await self._step_of(lambda step: self._produce_states(step, out))
+        except BaseException as exc:
+            # the batches after this one must not send their states either
+            sent.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            sent.exception()  # retrieved: the caller hears of it through its own future
+            raise
+        sent.set_result(None)
+        if states is not None:
+            await states
+        if previous_durable is not None:
+            await previous_durable  # durable in batch order: acknowledged input in order
