@@ -1,0 +1,277 @@
+"""The aiokafka publisher without a broker: the at-least-once order of decisions, run states and
+acknowledgements, failed deliveries and a full producer, the test playing aiokafka's producer."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from pydantic import SecretStr
+
+from baton.processors.batch import BatchProcessor, DeadLetter, InputRecord, Outputs
+from baton.processors.batch_records import Forward
+from baton.processors.publish import BatchPublisher
+from baton.processors.publish_aiokafka import AiokafkaPublisher, DeliveryFailed
+from baton.processors.publish_select import aiokafka_options, worker_publisher
+from baton.processors.state import RunState
+from baton.schemas.decision import Outcome
+from baton.schemas.policy import load_policy
+from baton.schemas.settings import Settings
+from tests.helpers import handoff
+
+pytestmark = pytest.mark.unit
+
+
+class _Producer:
+    """aiokafka's producer as the publisher uses it: ``send`` queues a record and returns its
+    future; the test answers the futures (``ack``/``fail``) as the broker would, and may make
+    ``send`` wait for room (``full``)."""
+
+    def __init__(self) -> None:
+        #: (topic, value, key, partition, headers, future) in the order sent
+        self.sent: list[tuple[str, Any, Any, Any, Any, asyncio.Future[Any]]] = []
+        self.room = asyncio.Event()
+        self.room.set()
+        self.too_large = 1_000_000
+
+    @property
+    def topics(self) -> list[str]:
+        return [s[0] for s in self.sent]
+
+    async def send(
+        self, topic: str, value: Any, key: Any, partition: Any, headers: Any = None
+    ) -> asyncio.Future[Any]:
+        await self.room.wait()  # aiokafka's accumulator full: wait for the sender to drain it
+        if value is not None and len(value) > self.too_large:
+            raise MessageSizeTooLargeError("the message is too large")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, value, key, partition, headers, future))
+        return future
+
+    def ack(self, topic: str) -> None:
+        for s in self.sent:
+            if s[0] == topic and not s[5].done():
+                s[5].set_result(None)
+
+    def fail(self, topic: str) -> None:
+        for s in self.sent:
+            if s[0] == topic and not s[5].done():
+                s[5].set_exception(KafkaTimeoutError())
+
+
+def _publisher() -> tuple[AiokafkaPublisher, _Producer]:
+    publisher = AiokafkaPublisher(
+        {"bootstrap_servers": "127.0.0.1:1"},
+        decisions_topic="d",
+        stops_topic="s",
+        deadletter_topic="dl",
+        changelog_topic="c",
+    )
+    producer = _Producer()
+    publisher._producer = producer  # started already: no connection in a unit test
+    return publisher, producer
+
+
+def _batch(runs: int, first: int = 0) -> Outputs:
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(load_policy(None), 1, states, worker="w")
+    records = [
+        InputRecord(
+            "gov.handoff.requests", 0, i, f"run_{i}".encode(), handoff(f"run_{i}", 1, "x").to_json()
+        )
+        for i in range(first, first + runs)
+    ]
+    return proc.process(records, datetime.now(UTC))
+
+
+async def _until(check: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
+
+def test_states_are_sent_only_once_the_batch_decisions_are_acknowledged() -> None:
+    async def scenario() -> None:
+        publisher, producer = _publisher()
+        durable = await publisher.publish_decisions_first(_batch(3))
+        # handed over, not waited for: the worker fetches and decides its next batch now
+        assert producer.topics == ["d", "d", "d"]
+        await asyncio.sleep(0.01)
+        assert producer.topics == ["d", "d", "d"], "a state before its decisions were acked"
+        producer.ack("d")
+        await _until(lambda: producer.topics == ["d", "d", "d", "c", "c", "c"])
+        # the states carry the batch's encoded bytes, on the run's partition
+        assert all(s[1] and s[3] == 0 for s in producer.sent[3:])
+        await asyncio.sleep(0.01)
+        assert not durable.done(), "durable before its states were acknowledged"
+        producer.ack("c")
+        await asyncio.wait_for(durable, 5)
+
+    asyncio.run(scenario())
+
+
+def test_states_wait_for_the_previous_batch_states_and_durable_goes_in_batch_order() -> None:
+    async def scenario() -> None:
+        publisher, producer = _publisher()
+        first = await publisher.publish_decisions_first(_batch(2))
+        second = await publisher.publish_decisions_first(_batch(1, first=5))
+        # the second batch's decision acknowledged before the first's: its state waits
+        producer.sent[2][5].set_result(None)
+        await asyncio.sleep(0.01)
+        assert "c" not in producer.topics
+        producer.ack("d")
+        await _until(lambda: producer.topics.count("c") == 3)
+        # the first batch's states went out before the second's (a run's states in order)
+        assert [s[2] for s in producer.sent[3:]] == [b"run_0", b"run_1", b"run_5"]
+        producer.sent[5][5].set_result(None)  # the second batch's state, acknowledged first
+        await asyncio.sleep(0.01)
+        assert not second.done(), "a batch durable before the batch before it"
+        producer.ack("c")
+        await asyncio.wait_for(second, 5)
+        assert first.done()
+
+    asyncio.run(scenario())
+
+
+def test_a_decision_not_delivered_fails_its_batch_and_every_later_one_without_states() -> None:
+    async def scenario() -> None:
+        publisher, producer = _publisher()
+        durable = await publisher.publish_decisions_first(_batch(2))
+        later = await publisher.publish_decisions_first(_batch(1, first=5))
+        producer.fail("d")
+        with pytest.raises(DeliveryFailed, match=r"could not deliver .* at 127\.0\.0\.1:1: d\[0\]"):
+            await asyncio.wait_for(durable, 5)
+        with pytest.raises(DeliveryFailed):
+            await asyncio.wait_for(later, 5)
+        assert "c" not in producer.topics  # no state remembers an undelivered decision
+
+    asyncio.run(scenario())
+
+
+def test_a_state_not_delivered_fails_the_batch() -> None:
+    async def scenario() -> None:
+        publisher, producer = _publisher()
+        durable = await publisher.publish_decisions_first(_batch(2))
+        producer.ack("d")
+        await _until(lambda: "c" in producer.topics)
+        producer.fail("c")
+        with pytest.raises(DeliveryFailed, match=r"could not deliver 2 records .* c\[0\]"):
+            await asyncio.wait_for(durable, 5)
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_lost_its_partitions_writes_no_state() -> None:
+    def expelled() -> None:
+        raise RuntimeError("consumer generation changed from 3 to 4 during a batch")
+
+    async def scenario() -> None:
+        publisher, producer = _publisher()
+        durable = await publisher.publish_decisions_first(_batch(2), before_state=expelled)
+        producer.ack("d")
+        with pytest.raises(RuntimeError, match="generation changed"):
+            await asyncio.wait_for(durable, 5)
+        later = await publisher.publish_decisions_first(_batch(1, first=5))
+        producer.ack("d")
+        with pytest.raises(RuntimeError, match="generation changed"):
+            await asyncio.wait_for(later, 5)
+        assert producer.topics == ["d", "d", "d"]
+
+    asyncio.run(scenario())
+
+
+def test_a_full_producer_makes_publish_wait_and_drops_nothing() -> None:
+    async def scenario() -> None:
+        publisher, producer = _publisher()
+        producer.room.clear()
+        publishing = asyncio.ensure_future(publisher.publish_decisions_first(_batch(3)))
+        await asyncio.sleep(0.02)
+        assert not publishing.done() and producer.sent == []
+        producer.room.set()
+        durable = await asyncio.wait_for(publishing, 5)
+        assert producer.topics == ["d", "d", "d"]
+        producer.ack("d")
+        await _until(lambda: producer.topics.count("c") == 3)
+        producer.ack("c")
+        await asyncio.wait_for(durable, 5)
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_letter_too_large_for_kafka_is_sent_without_its_original() -> None:
+    async def scenario() -> None:
+        publisher, producer = _publisher()
+        huge = orjson.dumps({"error_kind": "schema", "error": "x", "original": "y" * 2_000_000})
+        out = Outputs(dead_letters=[DeadLetter(b"run", huge)])
+        durable = await publisher.publish_decisions_first(out)
+        [(topic, value, key, _p, _h, _f)] = producer.sent
+        short = orjson.loads(value)
+        assert topic == "dl" and key is None
+        assert short["error_kind"] == "schema"
+        assert short["original_dropped"] == "too large for Kafka"
+        producer.ack("dl")
+        await asyncio.wait_for(durable, 5)
+
+    asyncio.run(scenario())
+
+
+def test_stops_control_records_and_forwards_reach_their_topics() -> None:
+    async def scenario() -> None:
+        publisher, producer = _publisher()
+        stop_batch = _batch(1)
+        [(_, decision)] = stop_batch.decisions
+        stopped = dataclasses.replace(decision, outcome=Outcome.STOP)
+        publisher.enqueue(stopped)  # the control follower's record, from its thread
+        out = Outputs(
+            forwards=[Forward("src", 3, b"run_9", b"{}", [("baton-forwarded", b"1")])],
+            decisions=[(0, stopped)],
+        )
+        durable = await publisher.publish_decisions_first(out)
+        # the queued one first, on its key's partition (None: aiokafka's murmur2, as Faust's)
+        assert [(s[0], s[3]) for s in producer.sent] == [
+            ("d", None), ("s", None), ("src", 3), ("d", 0), ("s", 0),
+        ]  # fmt: skip
+        assert producer.sent[2][4] == [("baton-forwarded", b"1")]
+        for topic in ("d", "s", "src"):
+            producer.ack(topic)
+        await asyncio.wait_for(durable, 5)
+
+    asyncio.run(scenario())
+
+
+def test_the_producer_options_carry_the_same_sasl_and_tls_settings_as_librdkafka(
+    tmp_path: Any,
+) -> None:
+    s = Settings(
+        bootstrap="a:9093, b:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="baton",
+        sasl_password=SecretStr("pw"),
+    )
+    options = aiokafka_options(s)
+    assert options["bootstrap_servers"] == ["a:9093", "b:9093"]
+    assert options["security_protocol"] == "SASL_SSL" and options["ssl_context"] is not None
+    assert (options["sasl_mechanism"], options["sasl_plain_username"]) == ("SCRAM-SHA-512", "baton")
+    assert options["sasl_plain_password"] == "pw"
+    assert "ssl_context" not in aiokafka_options(Settings(bootstrap="a:9092"))
+
+
+def test_exactly_once_stays_on_librdkafka_and_at_least_once_takes_the_setting() -> None:
+    topics = {
+        "decisions_topic": "d",
+        "stops_topic": "s",
+        "deadletter_topic": "dl",
+        "changelog_topic": "c",
+    }
+    s = Settings(bootstrap="127.0.0.1:1")
+    assert isinstance(worker_publisher(s, **topics, transactional_id=None), AiokafkaPublisher)
+    assert isinstance(worker_publisher(s, **topics, transactional_id="t"), BatchPublisher)
+    old = s.model_copy(update={"worker_producer": "librdkafka"})
+    assert isinstance(worker_publisher(old, **topics, transactional_id=None), BatchPublisher)
