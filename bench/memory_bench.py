@@ -161,7 +161,10 @@ def measure(n: int, mode: str = "decoded", long: bool = False) -> dict[str, floa
     if mode in ("restored", "held") and hasattr(due, "idle_keys"):
         # held by the sweep (restored: re-indexed): the due index forgets them as recently
         # decided (older code has no such list)
-        due.idle_keys(float("inf"), n)
+        try:  # session 6: the index asks the store which runs are still decoded
+            due.idle_keys(float("inf"), n, states.idle_since)
+        except TypeError:
+            due.idle_keys(float("inf"), n)
     stored_total = sum(
         len(v) if isinstance(v, bytes) else len(v.to_bytes()) for v in store.values()
     )

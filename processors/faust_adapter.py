@@ -212,6 +212,14 @@ class RunStore(MutableMapping[bytes, RunState]):
         if value is not None and not isinstance(value, bytes):
             self._data[key] = hold(value.to_bytes())
 
+    def idle_since(self, key: bytes) -> float | None:
+        """The run's last event while it is decoded; None when it is held or gone (the
+        sweep's due index asks before holding a run it saw touched)."""
+        value = self._data.get(key)
+        if value is None or isinstance(value, bytes):
+            return None
+        return value.last_event_at  # type: ignore[no-any-return]
+
     def take_revived(self) -> list[bytes]:
         """The keys decoded from bytes since the last call: a run read without a change
         (a retry answered from its state, a refusal) is idle again from its last event."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple, NoReturn
 
 from baton.schemas.decision import Decision
@@ -25,6 +26,7 @@ __all__ = [
     "Reservation",
     "RunState",
     "TaskNode",
+    "shared",
 ]
 
 #: request keys remembered for dedup; a redelivery older than this many later events of
@@ -66,6 +68,52 @@ class _FrozenEmpty(dict[Any, Any]):
 
 #: the empty value of every container field (``fresh`` included): shared, never changed
 EMPTY: dict[Any, Any] = _FrozenEmpty()
+
+
+class _Shared(dict[Any, Any]):
+    """A small container that equal runs share (the same agents, the same new tasks): any
+    change raises, as for EMPTY, since it reaches every run that holds it."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a shared RunState container is held by many runs: replace it")
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
+    __ior__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy rebuild it through dict's constructor (not __setitem__)
+        return (_Shared, (dict(self),))
+
+
+#: shared containers by content (their items, flat, in order); cleared when full, like the
+#: partitioner's cache: the runs keep the copies they hold, so a clear costs one more copy
+#: of each common container, and hostile names cannot grow it
+_SHARED: dict[tuple[Any, ...], _Shared] = {}
+_SHARED_MAX = 4096
+#: only containers this small are shared (a key tuple of at most 2 x this many items)
+SHARED_MAX_ITEMS = 8
+
+
+def shared(container: dict[Any, Any]) -> dict[Any, Any]:
+    """The copy of a small ``container`` that every run with the same items (in the same
+    order) holds: a run's agents dict is ~200 bytes, and most runs of one orchestrator name
+    the same agents (and often the same task ids). EMPTY, a shared one and a large one are
+    returned as they are. Containers are replaced, never changed in place (RunState), so
+    sharing them changes nothing a run can see."""
+    if type(container) is not dict or len(container) > SHARED_MAX_ITEMS:
+        return container
+    key = tuple(_flat(container.items()))
+    hit = _SHARED.get(key)
+    if hit is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        hit = _SHARED[key] = _Shared(container)
+    return hit
+
+
+_flat = chain.from_iterable
 #: interned names (tenant, agents, tasks) are shared by every run that uses them; CPython
 #: frees an interned string once nothing else holds it, so hostile names do not pile up
 intern = sys.intern

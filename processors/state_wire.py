@@ -32,6 +32,7 @@ from baton.processors.state import (
     RunState,
     TaskNode,
     intern,
+    shared,
 )
 from baton.processors.state_held import is_held, record_of
 from baton.processors.state_replies import (
@@ -84,7 +85,11 @@ DERIVED = frozenset({"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls"
 
 def encode(state: RunState) -> bytes:
     """The state's changelog record (format STATE_FORMAT); its linked replies are kept as
-    their rows' bytes from now on (``RunState.recent``)."""
+    their rows' bytes from now on (``RunState.recent``), its small task and agent dicts as
+    the copies equal runs share (``state.shared``)."""
+    state.agents = shared(state.agents)
+    state.new_tasks = shared(state.new_tasks)
+    state.tasks = shared(state.tasks)
     return orjson.dumps(_wire_map(state, recent_rows(state)))
 
 
@@ -197,7 +202,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         w.get("fin", False),
         _tasks_from_wire(w.get("tasks", ())),
         EMPTY,
-        dict.fromkeys(map(intern, w.get("ag", ()))) or EMPTY,
+        shared(dict.fromkeys(map(intern, w.get("ag", ())))) or EMPTY,
         {r[0]: Reservation(*r[1:]) for r in w.get("res", ())} or EMPTY,
         {p[0]: _pending_from_wire(p) for p in w.get("pend", ())} or EMPTY,
         seen or EMPTY,
@@ -241,7 +246,7 @@ def _tasks_from_wire(rows: Any) -> dict[str, TaskNode]:
         task: TaskNode(intern(owner), intern(giver), parent, depth)
         for task, owner, giver, parent, depth in rows
     }
-    return tasks or EMPTY
+    return shared(tasks) or EMPTY
 
 
 def _from_list(w: list[Any]) -> RunState:

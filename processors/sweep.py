@@ -2,14 +2,22 @@
 
 The sweep expires approvals, turns idle runs into tombstones and forgets old tombstones
 (``engine.evict``). Walking and decoding every run each second made its cost grow with the
-table; this index keeps a heap of (due time, run key) instead. Entries are lazy: a run that
-changed is pushed again with its new due time, and a popped entry whose run is due later
-(or gone) is put back or dropped, so nothing is missed and nothing is acted on early.
+table; this index keeps the runs in per-second buckets of their due times instead (a due
+time rounded up to its second: a run is never looked at before it is due, and at most a
+second after). Entries are lazy: a run that changed is put in an earlier bucket when its
+due time moved earlier, and a popped run whose due time has not come (it had an event
+since) is looked at by the caller and indexed again, so nothing is missed and nothing is
+acted on early.
 
-It also remembers which runs were decided lately, in the order they were last touched, so
-the sweep can hold the runs idle for HOLD_IDLE_S as their changelog record (``idle_keys``):
-a decoded run takes about three times the memory of its held record, and a run that
-waits that long for its next event can pay the decoding then (bench/memory_bench.py).
+It also remembers which runs were decided lately, in per-second buckets of their last
+event, so the sweep can hold the runs idle for HOLD_IDLE_S as their changelog record
+(``idle_keys``): a decoded run takes about three times the memory of its held record, and
+a run that waits that long for its next event can pay the decoding then
+(bench/memory_bench.py).
+
+Buckets rather than a heap entry and a dict entry a run (session 6): the index holds one dict
+entry a run and one list slot a bucket it is in, ~50 bytes against ~240 (a heap tuple, a due
+float, the touched map's entry and float), for every run a worker holds.
 
 Not guaranteed: the index knows only the runs it was told about. After a rebalance (new
 partitions, states restored from the changelog) the worker rebuilds it from the table.
@@ -18,7 +26,8 @@ partitions, states restored from the changelog) the worker rebuilds it from the 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from math import ceil
 
 from baton.processors.engine import next_due
 from baton.processors.state import RunState
@@ -33,6 +42,17 @@ __all__ = ["HOLD_IDLE_S", "DueIndex"]
 HOLD_IDLE_S = 30.0
 
 
+class _Bucket(list[bytes]):
+    """The runs due in one second (a list: a run is one slot); the runs' dict entries point
+    at it, so a run whose entry is another bucket (or none) was moved or left the table."""
+
+    __slots__ = ("second",)
+
+    def __init__(self, second: int, keys: Iterable[bytes] = ()) -> None:
+        super().__init__(keys)
+        self.second = second
+
+
 class DueIndex:
     def __init__(
         self, retention_s: float, tombstone_retention_s: float, hold_idle_s: float = HOLD_IDLE_S
@@ -40,12 +60,15 @@ class DueIndex:
         self.retention_s = retention_s
         self.tombstone_retention_s = tombstone_retention_s
         self.hold_idle_s = hold_idle_s
-        self._heap: list[tuple[float, bytes]] = []
-        #: key -> the earliest due time pushed for it and not popped yet
-        self._due: dict[bytes, float] = {}
-        #: key -> its run's last_event_at, for the runs touched since they were last held,
-        #: least recently touched first (a touch moves its key to the end)
-        self._touched: dict[bytes, float] = {}
+        #: key -> the bucket of the earliest due time put in for it and not popped yet
+        self._due: dict[bytes, _Bucket] = {}
+        #: second -> its bucket, and the seconds that have one (a heap: the earliest first)
+        self._buckets: dict[int, _Bucket] = {}
+        self._seconds: list[int] = []
+        #: second of a last event -> the runs touched with it since they were last held, in
+        #: the order they were touched (a run touched again is in two buckets: the caller's
+        #: ``idle_since`` tells the current one)
+        self._touched: dict[int, list[bytes]] = {}
 
     def __len__(self) -> int:
         return len(self._due)
@@ -55,52 +78,100 @@ class DueIndex:
 
     def touch(self, key: bytes, state: RunState | None) -> None:
         """``key``'s run changed to ``state`` (None: it left the table)."""
-        touched = self._touched
-        touched.pop(key, None)
         if state is None:
-            self._due.pop(key, None)  # its heap entries are dropped when popped
+            self._due.pop(key, None)  # its bucket slots are dropped when popped
             return
-        touched[key] = state.last_event_at
+        second = _second(state.last_event_at)
+        touched = self._touched.get(second)
+        if touched is None:
+            self._touched[second] = [key]
+        elif touched[-1] is not key:
+            touched.append(key)
         self.push(key, self.due_of(state))
 
     def push(self, key: bytes, due: float) -> None:
+        """Index ``key`` as due at ``due`` (a POSIX time), unless it is due earlier already."""
+        second = _second(due)
         known = self._due.get(key)
-        if known is None or due < known:
-            self._due[key] = due
-            heapq.heappush(self._heap, (due, key))
+        if known is None or second < known.second:
+            bucket = self._buckets.get(second)
+            if bucket is None:
+                bucket = self._buckets[second] = _Bucket(second)
+                heapq.heappush(self._seconds, second)
+            bucket.append(key)
+            self._due[key] = bucket
 
     def rebuild_keys(self, keys: Iterable[bytes], now_ts: float) -> None:
         """Index ``keys`` as due now, without reading their states: after a rebalance the
         sweep then looks at them ``limit`` at a time (decoding every restored run at once
         would stall the worker for seconds on a big table)."""
-        self._due = dict.fromkeys(keys, now_ts)
-        self._heap = [(now_ts, key) for key in self._due]
-        heapq.heapify(self._heap)
+        second = _second(now_ts)
+        bucket = _Bucket(second, keys)
+        self._due = dict.fromkeys(bucket, bucket)
+        self._buckets = {second: bucket}
+        self._seconds = [second]
         self._touched = {}  # restored runs are bytes until their next event
 
     def pop_due(self, now_ts: float, limit: int | None = None) -> Iterator[bytes]:
         """Keys whose earliest known due time has come (at most ``limit``); the caller acts on
         each and then calls :meth:`touch` with the run's new state (or :meth:`push`)."""
-        heap, dues = self._heap, self._due
+        seconds, buckets, dues = self._seconds, self._buckets, self._due
         popped = 0
-        while heap and heap[0][0] <= now_ts and (limit is None or popped < limit):
-            due, key = heapq.heappop(heap)
-            if dues.get(key) != due:
-                continue  # superseded by an earlier push, or the run left the table
-            del dues[key]
-            popped += 1
-            yield key
+        while seconds and seconds[0] <= now_ts and (limit is None or popped < limit):
+            second = heapq.heappop(seconds)
+            bucket = buckets.pop(second)
+            for i, key in enumerate(bucket):
+                if limit is not None and popped >= limit:
+                    self._put_back(second, bucket[i:])
+                    return
+                if dues.get(key) is not bucket:
+                    continue  # moved to an earlier bucket, or the run left the table
+                del dues[key]
+                popped += 1
+                yield key
 
-    def idle_keys(self, now_ts: float, limit: int) -> list[bytes]:
-        """Up to ``limit`` runs no event has touched for ``hold_idle_s`` (least recently
-        touched first), forgotten here: the caller holds each as its record."""
-        touched = self._touched
+    def _put_back(self, second: int, keys: list[bytes]) -> None:
+        """The keys of a bucket a limited pop did not reach: due still, first next time."""
+        dues = self._due
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = _Bucket(second)
+            heapq.heappush(self._seconds, second)
+        for key in keys:
+            if key in dues and dues[key].second == second:
+                bucket.append(key)
+                dues[key] = bucket
+
+    def idle_keys(
+        self, now_ts: float, limit: int, idle_since: Callable[[bytes], float | None]
+    ) -> list[bytes]:
+        """Up to ``limit`` runs no event has touched for ``hold_idle_s`` (the longest idle
+        first), forgotten here: the caller holds each as its record. ``idle_since(key)`` is
+        the run's last event as its decoded state says, None when it is not decoded (held
+        already, or gone): a run touched again since is left for its newer bucket."""
         horizon = now_ts - self.hold_idle_s
-        out: list[bytes] = []
-        for key, last in touched.items():
-            if last > horizon or len(out) >= limit:
-                break
-            out.append(key)
-        for key in out:
-            del touched[key]
-        return out
+        touched = self._touched
+        out: dict[bytes, None] = {}  # a run touched twice in one second is in it twice
+        for second in sorted(s for s in touched if s <= horizon):
+            keys = touched.pop(second)
+            for i, key in enumerate(keys):
+                if len(out) >= limit:
+                    touched[second] = keys[i:]
+                    return list(out)
+                last = idle_since(key)
+                if last is not None and _second(last) == second:
+                    out[key] = None
+        return list(out)
+
+
+#: a time past any real one: one bucket at each end (a restored state's times are whatever
+#: its record says: infinity, NaN or 1e300 must not break the index)
+_FAR = 2.0**62
+_FAR_SECOND = 2**62
+
+
+def _second(t: float) -> int:
+    """The bucket of time ``t``: its second rounded up (never early), clamped; NaN: never."""
+    if -_FAR < t < _FAR:
+        return ceil(t)
+    return -_FAR_SECOND if t <= -_FAR else _FAR_SECOND

@@ -34,6 +34,8 @@ class HoldsRecords(Protocol):
 
     def take_revived(self) -> list[bytes]: ...
 
+    def idle_since(self, key: bytes) -> float | None: ...
+
     def get(self, key: bytes, default: Any = None) -> Any: ...
 
 
@@ -97,7 +99,7 @@ def sweep_due(
         _note_revived(states, due)
         # as many as the sweep may decode (``limit``): after a rebalance it reads every
         # restored run once, and holding fewer would leave them decoded faster than held
-        for key in due.idle_keys(now_ts, limit):
+        for key in due.idle_keys(now_ts, limit, states.idle_since):
             states.hold_encoded(key)
     return out
 

@@ -87,14 +87,41 @@ def test_an_idle_run_is_held_as_its_record_and_decided_on_as_if_it_never_was() -
 
 def test_holding_takes_the_least_recently_touched_runs_a_bounded_number_at_a_time() -> None:
     due = DueIndex(3600.0, 86400.0, hold_idle_s=10.0)
+    decoded: dict[bytes, RunState] = {}  # the store's decoded runs (held ones are bytes)
+
+    def touch(i: int, at: float) -> None:
+        key = f"run_{i}".encode()
+        decoded[key] = RunState.new(f"run_{i}", "acme", at)
+        due.touch(key, decoded[key])
+
+    def idle_since(key: bytes) -> float | None:
+        state = decoded.get(key)
+        return None if state is None else state.last_event_at
+
     for i in range(5):
-        due.touch(f"run_{i}".encode(), RunState.new(f"run_{i}", "acme", float(i)))
-    due.touch(b"run_0", RunState.new("run_0", "acme", 4.0))  # touched again: the newest
-    assert due.idle_keys(13.5, limit=2) == [b"run_1", b"run_2"]
-    assert due.idle_keys(13.5, 10) == [b"run_3"]  # run_4 and run_0 touched at 4.0: not yet
-    assert due.idle_keys(100.0, 10) == [b"run_4", b"run_0"]
-    due.touch(b"run_4", None)  # gone from the table: never held
-    assert due.idle_keys(1000.0, 10) == []
+        touch(i, float(i))
+    touch(0, 4.0)  # touched again: the newest (its first bucket is stale now)
+    assert due.idle_keys(13.5, 2, idle_since) == [b"run_1", b"run_2"]
+    assert due.idle_keys(13.5, 10, idle_since) == [b"run_3"]  # run_4, run_0 at 4.0: not yet
+    del decoded[b"run_4"]  # held since, or gone from the table: never held (again)
+    assert due.idle_keys(100.0, 10, idle_since) == [b"run_0"]
+    assert due.idle_keys(1000.0, 10, idle_since) == []
+    touch(5, 20.5)  # idle from its second rounded up: never held early
+    assert due.idle_keys(30.9, 10, idle_since) == []
+    assert due.idle_keys(31.0, 10, idle_since) == [b"run_5"]
+
+
+def test_the_index_takes_a_restored_runs_times_whatever_they_are() -> None:
+    """A state read from the changelog carries the times its record says: infinite, NaN
+    or far-off ones are indexed (never due, or due now), never an exception in the sweep."""
+    due = DueIndex(3600.0, 86400.0, hold_idle_s=10.0)
+    weird = {b"inf": float("inf"), b"nan": float("nan"), b"past": -1e300, b"far": 1e300}
+    for key, t in weird.items():
+        due.touch(key, RunState.new(key.decode(), "acme", t))
+    assert len(due) == 4
+    assert list(due.pop_due(0.0)) == [b"past"]  # due long ago: looked at now
+    assert list(due.pop_due(1e18)) == []  # the others are never due
+    assert due.idle_keys(1e18, 10, lambda k: weird.get(k)) == [b"past"]
 
 
 def test_restored_runs_the_sweep_reads_after_a_rebalance_are_held_again_in_the_same_sweep() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from types import SimpleNamespace
 
 import orjson
@@ -50,6 +52,42 @@ def test_live_runs_share_their_agent_names_not_each_events_copies() -> None:
     assert node_a.owner is node_b.owner is agents[2]
     assert node_a.giver is node_b.giver is agents[1]
     assert node_a.parent == "t0"
+
+
+def test_runs_with_the_same_agents_and_tasks_share_one_frozen_dict_each() -> None:
+    one, two = _parsed_run("run-a"), _parsed_run("run-b")
+    assert one.agents is two.agents and one.new_tasks is two.new_tasks
+    with pytest.raises(TypeError, match="held by many runs"):
+        one.agents["intruder"] = None  # type: ignore[index]
+    with pytest.raises(TypeError, match="held by many runs"):
+        one.new_tasks.pop("t1")
+    # a run that goes on gets dicts of its own; the other run is left as it was
+    run = Run(policy_with(), run_id="run-a")
+    run.state = one
+    run.handoff("t2", "tester", "reviewer", parent_task_id="t1", t=5)
+    assert run.state is not None and "reviewer" in run.state.agents
+    assert "reviewer" not in two.agents
+    assert two.task("t2") is None and list(two.agents) == ["planner", "coder", "tester"]
+    # copied and pickled runs read back alike (not through the refused __setitem__)
+    for again in (copy.deepcopy(two), pickle.loads(pickle.dumps(two))):
+        assert again.to_bytes() == two.to_bytes() and again.agents == two.agents
+
+
+def test_a_run_read_back_from_its_record_shares_its_agents_and_small_task_tree() -> None:
+    one, two = _parsed_run("run-a"), _parsed_run("run-b")
+    a, b = RunState.from_bytes(one.to_bytes()), RunState.from_bytes(two.to_bytes())
+    assert a.agents is b.agents is one.agents
+    assert a.tasks is b.tasks and a == one
+
+
+def test_unique_names_never_grow_the_shared_cache_past_its_bound() -> None:
+    from baton.processors import state as state_module
+
+    for i in range(state_module._SHARED_MAX + 10):
+        state_module.shared({f"agent-{i}": None})
+    assert len(state_module._SHARED) <= state_module._SHARED_MAX
+    big = {f"t{i}": None for i in range(state_module.SHARED_MAX_ITEMS + 1)}
+    assert state_module.shared(big) is big  # large containers are a run's own
 
 
 def test_a_decoded_run_holds_its_kept_replies_packed() -> None:

@@ -122,3 +122,17 @@ def test_a_batch_fetched_in_an_older_generation_writes_no_state() -> None:
     check_generation(7, 7)
     with pytest.raises(RuntimeError, match="generation changed from 7 to 8"):
         check_generation(7, 8)
+
+
+def test_a_limited_pop_leaves_the_rest_of_a_second_due_for_the_next_sweep() -> None:
+    due = DueIndex(RETENTION_S, TOMBSTONE_S)
+    keys = [f"run_{i}".encode() for i in range(10)]
+    for key in keys:
+        due.push(key, 100.25)  # one second's bucket: due at 101 (never early)
+    assert list(due.pop_due(100.9)) == []
+    due.push(keys[4], 50.0)  # due earlier now: its old slot is stale
+    assert list(due.pop_due(101.0, limit=3)) == [keys[4], *keys[:2]]
+    assert list(due.pop_due(101.0, limit=3)) == keys[2:4] + keys[5:6]
+    due.touch(keys[6], None)  # left the table: never popped
+    assert list(due.pop_due(101.0)) == keys[7:]
+    assert len(due) == 0
