@@ -17,6 +17,8 @@ decision, p50/p99.
     python -m bench.worker_bench                 # 30,000 events over 4,000 runs, both guarantees
     python -m bench.worker_bench --guarantee exactly_once
     python -m bench.worker_bench --events 60000 --rate 2000
+    python -m bench.worker_bench --guarantee at_least_once \
+        --producers aiokafka,librdkafka,aiokafka,librdkafka   # BATON_WORKER_PRODUCER, alternating
 """
 
 from __future__ import annotations
@@ -338,6 +340,12 @@ def main() -> None:
         default="both",
         help="processing guarantee of the measured worker (default: both, one after the other)",
     )
+    ap.add_argument(
+        "--producers",
+        default="",
+        help="at_least_once: one worker per BATON_WORKER_PRODUCER listed, in this order "
+        "(e.g. aiokafka,librdkafka,aiokafka,librdkafka); default: the setting's default",
+    )
     args = ap.parse_args()
     guarantees = GUARANTEES if args.guarantee == "both" else (args.guarantee,)
 
@@ -362,7 +370,13 @@ def main() -> None:
         requests = sum(1 for *_, approval in items if not approval)
         base = passthrough(broker.bootstrap, catalog.requests, out_topic, requests)
         for guarantee in guarantees:
-            results[guarantee] = run_worker(broker, workdir, items, workload, guarantee, args)
+            producers = args.producers.split(",") if guarantee == "at_least_once" else []
+            for i, producer in enumerate(producers or [""]):
+                if producer:
+                    os.environ["BATON_WORKER_PRODUCER"] = producer
+                name = f"{guarantee}, {producer} #{i + 1}" if producer else guarantee
+                results[name] = run_worker(broker, workdir, items, workload, guarantee, args)
+                os.environ.pop("BATON_WORKER_PRODUCER", None)
 
     rows = [("confluent-kafka passthrough (baseline)", f"{base:,.0f}", "", "", "")]
     for guarantee, (worker_eps, _seen, cpu, lat, _inside) in results.items():

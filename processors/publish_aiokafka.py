@@ -13,7 +13,8 @@ batch's decisions are handed over and the worker decides the next batch meanwhil
 states are sent once every decision (dead letter, forward) of the batch is acknowledged and
 the previous batch's states were sent; the batch is durable (its input acknowledged to Faust)
 once its states are acknowledged too, in batch order. A record not delivered within
-``request_timeout_ms`` fails its batch and every later one (the worker exits uncommitted).
+``request_timeout_ms`` fails its batch and every later one (the worker exits uncommitted):
+counted here, since an idempotent aiokafka producer retries a record forever.
 A full accumulator makes ``send`` wait for room (never a drop); a record too large for Kafka
 is refused before it is queued. Exactly-once (transactions) is not offered here: it stays on
 librdkafka.
@@ -79,26 +80,37 @@ def _done() -> asyncio.Future[None]:
 
 class _Step:
     """The records of one step of a batch (its decisions, or its states) until aiokafka has
-    answered for each: ``future`` completes then, or fails naming what was not delivered."""
+    answered for each: ``future`` completes then, or fails naming what was not delivered,
+    or what was still unanswered ``timeout_s`` after the step was sealed (an idempotent
+    aiokafka producer retries a record forever: it never expires one itself)."""
 
-    __slots__ = ("bootstrap", "count", "errors", "future", "sealed")
+    __slots__ = (
+        "bootstrap", "count", "errors", "failed", "first", "future", "sealed", "timeout_s", "timer",
+    )  # fmt: skip
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, timeout_s: float) -> None:
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
         self.count = 0
         self.errors: list[str] = []
+        self.failed = 0
+        #: where the step's first record went (named when records are never answered)
+        self.first = ""
         self.sealed = False
+        self.timer: asyncio.TimerHandle | None = None
 
     def add(self, record: asyncio.Future[Any], where: str) -> None:
+        if not self.count:
+            self.first = where
         self.count += 1
         record.add_done_callback(lambda f: self._answered(f, where))
 
     def _answered(self, record: asyncio.Future[Any], where: str) -> None:
-        if record.cancelled():
-            self.errors.append(f"{where}: cancelled")
-        elif record.exception() is not None:
-            self.errors.append(f"{where}: {record.exception()!r}")
+        if record.cancelled() or record.exception() is not None:
+            self.failed += 1
+            why = "cancelled" if record.cancelled() else repr(record.exception())
+            self.errors.append(f"{where}: {why}")
         self.count -= 1
         if self.sealed and self.count == 0:
             self._resolve()
@@ -107,14 +119,26 @@ class _Step:
         self.sealed = True
         if self.count == 0:
             self._resolve()
+        else:
+            self.timer = self.future.get_loop().call_later(self.timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        self.failed += self.count
+        self.errors.append(
+            f"{self.count} records (the first to {self.first}) not acknowledged within "
+            f"{self.timeout_s:g} s (request_timeout_ms)"
+        )
+        self._resolve()
 
     def _resolve(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         if self.future.done():
             return
         if self.errors:
             self.future.set_exception(
                 DeliveryFailed(
-                    f"could not deliver {len(self.errors)} records to Kafka at "
+                    f"could not deliver {self.failed} records to Kafka at "
                     f"{self.bootstrap}: " + "; ".join(self.errors[:3])
                 )
             )
@@ -174,11 +198,19 @@ class AiokafkaPublisher:
             ) from exc
         self._producer = producer
 
-    async def stop(self) -> None:
-        """Deliver what is queued and close the connections."""
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued (for at most ``timeout_s``: aiokafka would retry forever
+        while the broker is away) and close the connections."""
         if self._producer is not None:
             producer, self._producer = self._producer, None
-            await producer.stop()
+            try:
+                await asyncio.wait_for(producer.stop(), timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "producer to Kafka at %s stopped with records undelivered after %g s",
+                    self._bootstrap,
+                    timeout_s,
+                )
 
     # ------------------------------------------------------------------ records
     async def _send(
@@ -288,7 +320,7 @@ class AiokafkaPublisher:
     async def _step_of(self, *produce: Callable[[_Step], Any]) -> asyncio.Future[None]:
         """Run ``produce`` steps into one ``_Step``: its future completes once aiokafka has
         acknowledged every record they queued; a record aiokafka refused raises here."""
-        step = _Step(self._bootstrap)
+        step = _Step(self._bootstrap, self._options["request_timeout_ms"] / 1000)
         try:
             for one in produce:
                 await one(step)
