@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -40,8 +41,9 @@ from baton.processors.publish_delivery import DeliveryFailed
 from baton.processors.publish_transaction import Offsets
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BrokerUnavailable
+from baton.streams.partitioner import partition_for
 
-__all__ = ["AiokafkaPublisher", "DeliveryFailed"]
+__all__ = ["AiokafkaPublisher", "DeliveryFailed", "RecordTooLarge"]
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +62,19 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     # no wait for more records: the batch's records are queued in one go
     "linger_ms": 0,
-    # one partition's records of a big batch in one record batch: a full one makes send()
-    # wait for the request in flight, which would serialise the worker behind the broker
-    "max_batch_size": 1_048_576,
+    # one partition's records of a big batch in one record batch (librdkafka's batch.size):
+    # a second one for a partition waits for the first to be sent
+    "max_batch_size": 1_000_000,
     "max_request_size": MAX_RECORD_BYTES,
     # a record undeliverable this long ends the worker (exit 75, nothing committed); the
     # same 60 s as the librdkafka publisher's message.timeout.ms
     "request_timeout_ms": 60_000,
     "compression_type": None,
 }
+
+
+class RecordTooLarge(DeliveryFailed):
+    """A record larger than Kafka takes: refused before it is queued."""
 
 
 def _done() -> asyncio.Future[None]:
@@ -85,7 +91,8 @@ class _Step:
     aiokafka producer retries a record forever: it never expires one itself)."""
 
     __slots__ = (
-        "bootstrap", "count", "errors", "failed", "first", "future", "sealed", "timeout_s", "timer",
+        "bootstrap", "count", "errors", "failed", "first", "future", "records", "sealed",
+        "timeout_s", "timer",
     )  # fmt: skip
 
     def __init__(self, bootstrap: str, timeout_s: float) -> None:
@@ -99,19 +106,22 @@ class _Step:
         self.first = ""
         self.sealed = False
         self.timer: asyncio.TimerHandle | None = None
+        #: (topic, partition) -> its records (key, value, headers) until handed over
+        self.records: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Any]]] = {}
 
-    def add(self, record: asyncio.Future[Any], where: str) -> None:
+    def add(self, batch: asyncio.Future[Any], where: str, records: int) -> None:
+        """Count ``records`` in (one record batch of aiokafka's, answered by ``batch``)."""
         if not self.count:
             self.first = where
-        self.count += 1
-        record.add_done_callback(lambda f: self._answered(f, where))
+        self.count += records
+        batch.add_done_callback(lambda f: self._answered(f, where, records))
 
-    def _answered(self, record: asyncio.Future[Any], where: str) -> None:
-        if record.cancelled() or record.exception() is not None:
-            self.failed += 1
-            why = "cancelled" if record.cancelled() else repr(record.exception())
+    def _answered(self, batch: asyncio.Future[Any], where: str, records: int) -> None:
+        if batch.cancelled() or batch.exception() is not None:
+            self.failed += records
+            why = "cancelled" if batch.cancelled() else repr(batch.exception())
             self.errors.append(f"{where}: {why}")
-        self.count -= 1
+        self.count -= records
         if self.sealed and self.count == 0:
             self._resolve()
 
@@ -166,6 +176,8 @@ class AiokafkaPublisher:
         self._options = {**_PRODUCER_DEFAULTS, **client_options}
         self._bootstrap = str(self._options.get("bootstrap_servers", "?"))
         self._producer: Any = None
+        #: partitions of the topics records without a partition go to (from the broker)
+        self._partitions: dict[str, int] = {}
         self.decisions_topic = decisions_topic
         self.stops_topic = stops_topic
         self.deadletter_topic = deadletter_topic
@@ -188,13 +200,16 @@ class AiokafkaPublisher:
 
         publish_pid.install()  # Tansu answers aiokafka's own InitProducerId v0 with an error
         producer = AIOKafkaProducer(**self._options)
+        topics = (self.decisions_topic, self.stops_topic, self.deadletter_topic)
         try:
             await producer.start()
+            self._partitions = {t: len(await producer.partitions_for(t)) for t in topics}
         except (KafkaError, OSError) as exc:
             await producer.stop()
             raise BrokerUnavailable(
-                f"cannot reach Kafka at {self._bootstrap} for the worker's producer "
-                f"({exc!r}); is the broker running and the address right?"
+                f"cannot reach Kafka at {self._bootstrap} for the worker's producer, or "
+                f"read its topics {', '.join(topics)} ({exc!r}); is the broker running, the "
+                "address right and are the topics created?"
             ) from exc
         self._producer = producer
 
@@ -213,7 +228,7 @@ class AiokafkaPublisher:
                 )
 
     # ------------------------------------------------------------------ records
-    async def _send(
+    def _put(
         self,
         step: _Step,
         topic: str,
@@ -222,24 +237,39 @@ class AiokafkaPublisher:
         partition: int | None = None,
         headers: Any = None,
     ) -> None:
-        # a full accumulator makes send() wait for room (never a drop); a record still not
-        # queued after request_timeout_ms raises KafkaTimeoutError and fails the batch
-        record = await self._producer.send(topic, value, key, partition, headers=headers)
-        step.add(record, f"{topic}[{partition if partition is not None else 'key'}]")
+        """Add one record to ``step``, on ``partition`` or its key's murmur2 partition."""
+        size = len(value or b"") + len(key or b"")
+        if size > MAX_RECORD_BYTES:
+            # refused here, as librdkafka refuses it in produce(): in a record batch the
+            # broker would refuse the whole batch, and the worker would end on every restart
+            raise RecordTooLarge(
+                f"a record of {size} bytes for {topic} is larger than Kafka takes "
+                f"({MAX_RECORD_BYTES} bytes, message.max.bytes)"
+            )
+        if partition is None:
+            partition = self._partition(topic, key)
+        records = step.records.get((topic, partition))
+        if records is None:
+            records = step.records[(topic, partition)] = []
+        records.append((key, value, headers))
 
-    async def _produce_decision(self, step: _Step, partition: int | None, d: Decision) -> None:
+    def _partition(self, topic: str, key: bytes | None) -> int:
+        """The partition Faust (aiokafka's default partitioner) gives ``key``: murmur2, or
+        any partition for no key."""
+        count = self._partitions[topic]
+        return random.randrange(count) if key is None else partition_for(key, count)
+
+    def _produce_decision(self, step: _Step, partition: int | None, d: Decision) -> None:
         raw = d.to_json()
         key = d.run_id.encode()
-        await self._send(step, self.decisions_topic, raw, key, partition)
+        self._put(step, self.decisions_topic, raw, key, partition)
         if d.outcome == Outcome.STOP:
-            await self._send(step, self.stops_topic, raw, key, partition)
+            self._put(step, self.stops_topic, raw, key, partition)
 
-    async def _produce_dead_letter(self, step: _Step, dl: DeadLetter) -> None:
-        from aiokafka.errors import MessageSizeTooLargeError
-
+    def _produce_dead_letter(self, step: _Step, dl: DeadLetter) -> None:
         try:
-            await self._send(step, self.deadletter_topic, dl.value, dl.key)
-        except MessageSizeTooLargeError:
+            self._put(step, self.deadletter_topic, dl.value, dl.key)
+        except RecordTooLarge:
             # belt and braces (dead letters are capped when made): one record too big for
             # Kafka must not end the worker on every restart; keep what was wrong and where
             log.error(
@@ -249,36 +279,57 @@ class AiokafkaPublisher:
             doc = orjson.loads(dl.value)
             short = {k: doc.get(k) for k in _DEAD_LETTER_HEAD}
             short["original_dropped"] = "too large for Kafka"
-            await self._send(step, self.deadletter_topic, orjson.dumps(short), None)
+            self._put(step, self.deadletter_topic, orjson.dumps(short), None)
 
     def enqueue(self, record: Decision | DeadLetter) -> None:
         """Send ``record`` with the next publish (thread-safe; the sweep publishes every second)."""
         self._queued.append(record)
 
-    async def _produce_queued(self, step: _Step) -> None:
+    def _produce_queued(self, step: _Step) -> None:
         queued = self._queued
         while queued:
             record = queued.popleft()
             if isinstance(record, Decision):
-                await self._produce_decision(step, None, record)
+                self._produce_decision(step, None, record)
             else:
-                await self._produce_dead_letter(step, record)
+                self._produce_dead_letter(step, record)
 
-    async def _produce_outputs(self, step: _Step, out: Outputs) -> None:
+    def _produce_outputs(self, step: _Step, out: Outputs) -> None:
         for dl in out.dead_letters:
-            await self._produce_dead_letter(step, dl)
+            self._produce_dead_letter(step, dl)
         for fw in out.forwards:
-            await self._send(step, fw.topic, fw.value, fw.key, fw.partition, fw.headers)
+            self._put(step, fw.topic, fw.value, fw.key, fw.partition, fw.headers)
         for partition, d in out.decisions:
-            await self._produce_decision(step, partition, d)
+            self._produce_decision(step, partition, d)
 
-    async def _produce_states(self, step: _Step, out: Outputs) -> None:
+    def _produce_states(self, step: _Step, out: Outputs) -> None:
         encoded = out.encoded
+        put, topic = self._put, self.changelog_topic
         for key, (partition, state) in out.changed.items():
             value = None
             if state is not None:
                 value = encoded.get(key) or state.to_bytes()
-            await self._send(step, self.changelog_topic, value, key, partition)
+            put(step, topic, value, key, partition)
+
+    async def _hand_over(self, step: _Step) -> None:
+        """Give aiokafka the step's records, one record batch per partition (a future per
+        batch, not per record); all partitions ready for a broker go in one request."""
+        producer = self._producer
+        for (topic, partition), records in step.records.items():
+            where = f"{topic}[{partition}]"
+            batch, count = producer.create_batch(), 0
+            for key, value, headers in records:
+                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    # full (max_batch_size): this one goes, the rest start a new one
+                    sent = await producer.send_batch(batch, topic, partition=partition)
+                    step.add(sent, where, count)
+                    batch, count = producer.create_batch(), 0
+                    batch.append(timestamp=None, key=key, value=value, headers=headers)
+                count += 1
+            # a partition whose previous batch is still queued waits for it to go (room in
+            # aiokafka's accumulator: never a drop); KafkaTimeoutError after request_timeout_ms
+            step.add(await producer.send_batch(batch, topic, partition=partition), where, count)
+        step.records = {}
 
     # ------------------------------------------------------------------ one batch
     async def publish(
@@ -317,13 +368,14 @@ class AiokafkaPublisher:
         self._states_sent, self._durable = sent, durable
         return durable
 
-    async def _step_of(self, *produce: Callable[[_Step], Any]) -> asyncio.Future[None]:
-        """Run ``produce`` steps into one ``_Step``: its future completes once aiokafka has
-        acknowledged every record they queued; a record aiokafka refused raises here."""
+    async def _step_of(self, *produce: Callable[[_Step], None]) -> asyncio.Future[None]:
+        """Run ``produce`` steps into one ``_Step`` and hand its records to aiokafka: its future
+        completes once aiokafka has acknowledged every one; a record refused raises here."""
         step = _Step(self._bootstrap, self._options["request_timeout_ms"] / 1000)
         try:
             for one in produce:
-                await one(step)
+                one(step)
+            await self._hand_over(step)
         finally:
             step.seal()
         return step.future

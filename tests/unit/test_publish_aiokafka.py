@@ -10,47 +10,67 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaTimeoutError
 from pydantic import SecretStr
 
 from baton.processors.batch import BatchProcessor, DeadLetter, InputRecord, Outputs
 from baton.processors.batch_records import Forward
 from baton.processors.publish import BatchPublisher
-from baton.processors.publish_aiokafka import AiokafkaPublisher, DeliveryFailed
+from baton.processors.publish_aiokafka import AiokafkaPublisher, DeliveryFailed, RecordTooLarge
 from baton.processors.publish_select import aiokafka_options, worker_publisher
 from baton.processors.state import RunState
 from baton.schemas.decision import Outcome
 from baton.schemas.policy import load_policy
 from baton.schemas.settings import Settings
+from baton.streams.partitioner import partition_for
 from tests.helpers import handoff
 
 pytestmark = pytest.mark.unit
 
 
+class _Batch:
+    """aiokafka's BatchBuilder as the publisher fills it (``size`` records at most)."""
+
+    def __init__(self, size: int) -> None:
+        self.records: list[tuple[Any, Any, Any]] = []
+        self.size = size
+
+    def append(self, *, timestamp: Any, key: Any, value: Any, headers: Any) -> Any:
+        if len(self.records) >= self.size:
+            return None
+        self.records.append((key, value, headers))
+        return object()
+
+
 class _Producer:
-    """aiokafka's producer as the publisher uses it: ``send`` queues a record and returns its
-    future; the test answers the futures (``ack``/``fail``) as the broker would, and may make
-    ``send`` wait for room (``full``)."""
+    """aiokafka's producer as the publisher uses it: ``send_batch`` queues a partition's record
+    batch and returns its future; the test answers the futures (``ack``/``fail``) as the
+    broker would, and may make ``send_batch`` wait for room (``full``)."""
 
     def __init__(self) -> None:
-        #: (topic, value, key, partition, headers, future) in the order sent
+        #: (topic, value, key, partition, headers, future) per record, in the order sent
         self.sent: list[tuple[str, Any, Any, Any, Any, asyncio.Future[Any]]] = []
+        self.batches = 0
+        self.batch_size = 10_000
         self.room = asyncio.Event()
         self.room.set()
-        self.too_large = 1_000_000
 
     @property
     def topics(self) -> list[str]:
         return [s[0] for s in self.sent]
 
-    async def send(
-        self, topic: str, value: Any, key: Any, partition: Any, headers: Any = None
-    ) -> asyncio.Future[Any]:
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(8))
+
+    def create_batch(self) -> _Batch:
+        return _Batch(self.batch_size)
+
+    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> Any:
         await self.room.wait()  # aiokafka's accumulator full: wait for the sender to drain it
-        if value is not None and len(value) > self.too_large:
-            raise MessageSizeTooLargeError("the message is too large")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.sent.append((topic, value, key, partition, headers, future))
+        self.batches += 1
+        for key, value, headers in batch.records:
+            self.sent.append((topic, value, key, partition, headers, future))
         return future
 
     def ack(self, topic: str) -> None:
@@ -74,6 +94,7 @@ def _publisher() -> tuple[AiokafkaPublisher, _Producer]:
     )
     producer = _Producer()
     publisher._producer = producer  # started already: no connection in a unit test
+    publisher._partitions = {"d": 8, "s": 8, "dl": 8}
     return publisher, producer
 
 
@@ -233,9 +254,10 @@ def test_stops_control_records_and_forwards_reach_their_topics() -> None:
             decisions=[(0, stopped)],
         )
         durable = await publisher.publish_decisions_first(out)
-        # the queued one first, on its key's partition (None: aiokafka's murmur2, as Faust's)
+        # the queued one first, on its key's murmur2 partition (as Faust's), then the batch's
+        mine = partition_for(stopped.run_id.encode(), 8)
         assert [(s[0], s[3]) for s in producer.sent] == [
-            ("d", None), ("s", None), ("src", 3), ("d", 0), ("s", 0),
+            ("d", mine), ("s", mine), ("src", 3), ("d", 0), ("s", 0),
         ]  # fmt: skip
         assert producer.sent[2][4] == [("baton-forwarded", b"1")]
         for topic in ("d", "s", "src"):
@@ -275,3 +297,32 @@ def test_exactly_once_stays_on_librdkafka_and_at_least_once_takes_the_setting() 
     assert isinstance(worker_publisher(s, **topics, transactional_id="t"), BatchPublisher)
     old = s.model_copy(update={"worker_producer": "librdkafka"})
     assert isinstance(worker_publisher(old, **topics, transactional_id=None), BatchPublisher)
+
+
+def test_a_partition_with_more_records_than_a_record_batch_holds_goes_in_several() -> None:
+    async def scenario() -> None:
+        publisher, producer = _publisher()
+        producer.batch_size = 2
+        durable = await publisher.publish_decisions_first(_batch(5))
+        assert producer.topics == ["d"] * 5 and producer.batches == 3
+        assert [s[2] for s in producer.sent] == [f"run_{i}".encode() for i in range(5)]
+        producer.ack("d")
+        await _until(lambda: producer.topics.count("c") == 5)
+        producer.ack("c")
+        await asyncio.wait_for(durable, 5)
+
+    asyncio.run(scenario())
+
+
+def test_a_decision_larger_than_kafka_takes_fails_the_batch_before_anything_is_sent() -> None:
+    async def scenario() -> None:
+        publisher, producer = _publisher()
+        out = _batch(2)
+        partition, decision = out.decisions[1]
+        huge = dataclasses.replace(decision, run_id="r" * 1_000_001)
+        out.decisions[1] = (partition, huge)
+        with pytest.raises(RecordTooLarge, match=r"record of \d+ bytes for d is larger than"):
+            await publisher.publish_decisions_first(out)
+        assert producer.sent == []
+
+    asyncio.run(scenario())
