@@ -402,7 +402,7 @@ class RunState:
         if type(kept) is Decision:
             return [kept]
         if type(kept) is bytes:
-            return _wire.replies_from_rows(kept)
+            return _wire.replies_from_rows(kept, key)
         return list(kept)
 
     def _recent_index(self, key: str) -> int | None:

@@ -59,68 +59,97 @@ _DECISION_FIELD_SET = frozenset(DECISION_FIELDS)
 _decision_row = attrgetter(*DECISION_FIELDS)
 
 
-def recent_rows(state: RunState) -> list[Any]:
-    """``rec`` of the record: each key with its rows as an ``orjson.Fragment`` of their bytes;
-    replaces the linked decisions in ``state.recent`` with those bytes, packed.
+def recent_rows(state: RunState) -> Any:
+    """``rec`` of the record (``[[key, rows], ...]`` as one ``orjson.Fragment``, or ``[]``
+    when the run keeps none); replaces the linked decisions in ``state.recent`` with one
+    bundle of every linked reply's rows, packed (each linked slot holds it).
 
     Only linked decisions (``chain_hash`` set): the worker links a step's decisions after
     the engine has remembered them (processors/chain.py), so a decision without its link
     may still get it, and its bytes would miss it.
     """
-    held = list(state.recent)
-    changed = False
-    rec = []
+    held = state.recent
+    if not held:
+        return []
+    if _bundled_alone(held):  # nothing new since it was packed
+        return orjson.Fragment(_bundle_json(held[1]))
+    parts: list[bytes] = []
+    linked: list[int] = []
+    opened: dict[int, list[bytes]] = {}  # a bundle's entries, unpacked once a call
     for i in range(1, len(held), 2):
-        kept = held[i]
-        if type(kept) is not bytes:
+        key, kept = held[i - 1], held[i]
+        if type(kept) is bytes:
+            if kept[0] == _BUNDLE:
+                entries = opened.get(id(kept))
+                if entries is None:
+                    entries = opened[id(kept)] = _bundle_entries(kept)
+                part = _entry_of(entries, key)
+            else:  # its rows' JSON as a decoded record held them (or packed alone)
+                part = b"".join((b"[", orjson.dumps(key), b",", unpack(kept), b"]"))
+            linked.append(i)
+        else:
             if type(kept) is Decision:
                 rows = [_decision_row(kept)]
-                linked = kept.chain_hash is not None
+                is_linked = kept.chain_hash is not None
             else:
                 rows = [_decision_row(d) for d in kept]
-                linked = None not in [d.chain_hash for d in kept]
-            if not linked:
-                rec.append([held[i - 1], rows])  # written with the record, kept as it is
-                continue
-            raw = orjson.dumps(rows)
-            held[i] = pack(raw)
-            changed = True
-        elif kept[0] == _PACKED:
-            raw = unpack(kept)
-        else:  # the JSON a decoded record held: packed from now on
-            raw = kept
-            held[i] = pack(raw)
-            changed = True
-        rec.append([held[i - 1], orjson.Fragment(raw)])
-    if changed:
-        state.recent = tuple(held)
-    return rec
+                is_linked = None not in [d.chain_hash for d in kept]
+            part = orjson.dumps([key, rows])
+            if is_linked:  # else written with the record, kept as it is
+                linked.append(i)
+        parts.append(part)
+    if linked:
+        bundle = _bundle([parts[i // 2] for i in linked])
+        recent = list(held)
+        for i in linked:
+            recent[i] = bundle
+        state.recent = tuple(recent)
+    return orjson.Fragment(b"".join((b"[", b",".join(parts), b"]")))
+
+
+def _bundled_alone(held: tuple[Any, ...]) -> bool:
+    """True when every kept reply is in one bundle that holds nothing else."""
+    kept = held[1]
+    if type(kept) is not bytes or kept[0] != _BUNDLE or kept[1] * 2 != len(held):
+        return False
+    return all(held[i] is kept for i in range(3, len(held), 2))
 
 
 def recent_to_wire(recent: tuple[Any, ...]) -> list[Any]:
     """``rec`` as plain values (lists, strings, numbers): the same for a reply held as a
-    ``Decision``, as its rows' bytes and packed."""
+    ``Decision``, as its rows' bytes, packed alone or in a bundle."""
     out = []
     for i in range(0, len(recent), 2):
         kept = recent[i + 1]
         if type(kept) is not bytes:
             decisions = [kept] if type(kept) is Decision else kept
             kept = orjson.dumps([_decision_row(d) for d in decisions])
-        out.append([recent[i], orjson.loads(unpack(kept))])
+        out.append([recent[i], orjson.loads(held_rows(kept, recent[i]))])
     return out
 
 
-def replies_from_rows(raw: bytes) -> list[Decision]:
-    """The decisions of a reply held as its rows' bytes, packed or not (in Decision's field
-    order)."""
+def replies_from_rows(raw: bytes, key: str = "") -> list[Decision]:
+    """The decisions of a reply held as its rows' bytes, packed or not, or of ``key`` in a
+    bundle (in Decision's field order)."""
     plan = _HELD_COLUMNS
-    return [plan.decision(row) for row in orjson.loads(unpack(raw))]
+    return [plan.decision(row) for row in orjson.loads(held_rows(raw, key))]
+
+
+def held_rows(held: bytes, key: str) -> bytes:
+    """The rows' JSON of ``key``'s reply held as bytes: its rows, packed alone or not, or
+    its entry of a bundle."""
+    if held[0] != _BUNDLE:
+        return unpack(held)
+    entry = _entry_of(_bundle_entries(held), key)
+    return entry[len(_entry_head(key)) : -1]
 
 
 # ---------------------------------------------------------------- packed in memory
 
 #: the first byte of a packed reply (its rows' JSON starts with ``[``)
 _PACKED = 0
+#: the first byte of a run's linked replies packed together (``_bundle``)
+_BUNDLE = 1
 
 
 def typical_reply(phase: str, outcome: str, reason: str) -> list[Any]:
@@ -164,6 +193,55 @@ def unpack(held: bytes) -> bytes:
     if held[0] != _PACKED:
         return held
     return lz4.block.decompress(memoryview(held)[1:], dict=_DICTIONARY)  # type: ignore[no-any-return]
+
+
+#: a bundle: _BUNDLE, the number of entries, each entry's length (3 bytes), then the lz4
+#: of ``[entry,entry,...]``, an entry being ``[key,rows]`` as the record writes it
+_LENGTH = 3
+
+
+def _bundle(entries: list[bytes]) -> bytes:
+    """A run's linked replies as one packed bytes: the second reply of a run repeats most of
+    the first (run id, tenant, agents, times, the chain link it follows), which packing each
+    alone cannot use; ~35 % smaller for a short run's two, one bytes object not two."""
+    if len(entries) > 255:
+        raise ValueError(f"a run keeps at most 255 replies in a bundle, got {len(entries)}")
+    head = bytearray((_BUNDLE, len(entries)))
+    for entry in entries:
+        head += len(entry).to_bytes(_LENGTH, "big")
+    json = b"".join((b"[", b",".join(entries), b"]"))
+    return bytes(head) + lz4.block.compress(json, store_size=True, dict=_DICTIONARY)
+
+
+def _bundle_json(bundle: bytes) -> bytes:
+    """``[entry,entry,...]``: the record's ``rec`` when the bundle is all the run keeps."""
+    start = 2 + _LENGTH * bundle[1]
+    return lz4.block.decompress(memoryview(bundle)[start:], dict=_DICTIONARY)  # type: ignore[no-any-return]
+
+
+def _bundle_entries(bundle: bytes) -> list[bytes]:
+    """The entries of a bundle (``[key,rows]`` each)."""
+    json = _bundle_json(bundle)
+    entries = []
+    at = 1  # past "["
+    for i in range(bundle[1]):
+        size = int.from_bytes(bundle[2 + _LENGTH * i : 2 + _LENGTH * (i + 1)], "big")
+        entries.append(json[at : at + size])
+        at += size + 1  # and the "," or "]"
+    return entries
+
+
+def _entry_head(key: str) -> bytes:
+    return b"".join((b"[", orjson.dumps(key), b","))
+
+
+def _entry_of(entries: list[bytes], key: str) -> bytes:
+    """``key``'s entry of a bundle (a run's keys are distinct: one at most)."""
+    head = _entry_head(key)
+    for entry in entries:
+        if entry.startswith(head):
+            return entry
+    raise ValueError(f"run state: reply {key[:80]!r} is not in its bundle of {len(entries)}")
 
 
 # ---------------------------------------------------------------- stored replies

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import pytest
@@ -90,13 +91,61 @@ def test_unique_names_never_grow_the_shared_cache_past_its_bound() -> None:
     assert state_module.shared(big) is big  # large containers are a run's own
 
 
-def test_a_decoded_run_holds_its_kept_replies_packed() -> None:
+def test_a_decoded_run_holds_its_kept_replies_packed_in_one_bundle() -> None:
     state = _parsed_run("run-00000000-0000-0000-0000-0000000003e9")
-    for key in state.recent_keys():
-        held = state.recent[state.recent.index(key) + 1]
-        rows = orjson.dumps([orjson.loads(d.to_json()) for d in state.replies(key) or ()])
-        # packed: well under the rows' JSON (~460 bytes a decision)
-        assert type(held) is bytes and held[0] == 0 and len(held) < 0.7 * len(rows)
+    keys = state.recent_keys()
+    bundle = state.recent[1]
+    assert type(bundle) is bytes and bundle[0] == 1  # every linked slot holds the one bundle
+    assert all(state.recent[i] is bundle for i in range(1, len(state.recent), 2))
+    rows = b"".join(
+        orjson.dumps([orjson.loads(d.to_json()) for d in state.replies(k) or ()]) for k in keys
+    )
+    # packed: well under the rows' JSON (~460 bytes a decision)
+    assert len(bundle) < 0.6 * len(rows)
+
+
+def test_a_long_run_written_each_step_keeps_its_replies_and_the_record_of_one_never_written() -> (
+    None
+):
+    """The bundle is rebuilt at each write (a new reply, the oldest dropped past
+    RECENT_REPLIES): every kept key answers with its own decisions, and the record is the
+    same bytes as a run's whose decisions were never bundled."""
+    written, plain = Run(policy_with(), run_id="run-w"), Run(policy_with(), run_id="run-w")
+    made: dict[str, list[Any]] = {}
+    for i in range(9):
+        for run in (written, plain):
+            event = handoff(f"r{i}", f"t{i}", "planner", f"coder{i % 3}", run_id="run-w", t=i)
+            decisions = run.send(event, t=i)
+            link(run.state, decisions, b"key")  # type: ignore[arg-type]
+        made[f"h:r{i}"] = decisions
+        assert written.state is not None and plain.state is not None
+        raw = written.state.to_bytes()
+        for key in written.state.recent_keys():
+            assert written.state.replies(key) == made[key]
+    assert plain.state is not None and written.state is not None
+    assert written.state.to_bytes() == raw == plain.state.to_bytes()
+    assert RunState.from_bytes(raw) == written.state == plain.state
+
+
+@given(
+    entries=st.lists(
+        st.tuples(st.text(max_size=30), st.lists(st.text(max_size=40), max_size=4)),
+        min_size=1,
+        max_size=6,
+        unique_by=lambda e: e[0],
+    )
+)
+def test_a_bundle_gives_back_each_keys_exact_rows(entries: list[tuple[str, list[str]]]) -> None:
+    """Keys and texts with quotes, commas, brackets, NULs and any Unicode: each key's rows
+    come back byte for byte, and the record's ``rec`` is the plain JSON of them all."""
+    from baton.processors.state_replies import _bundle, _bundle_entries, _bundle_json, held_rows
+
+    parts = [orjson.dumps([key, [[*texts, "run-1"]]]) for key, texts in entries]
+    bundle = _bundle(parts)
+    assert _bundle_entries(bundle) == parts
+    assert orjson.loads(_bundle_json(bundle)) == [orjson.loads(p) for p in parts]
+    for (key, texts), _part in zip(entries, parts, strict=True):
+        assert held_rows(bundle, key) == orjson.dumps([[*texts, "run-1"]])
 
 
 def test_packed_replies_answer_a_retry_with_the_decision_made() -> None:
@@ -106,7 +155,7 @@ def test_packed_replies_answer_a_retry_with_the_decision_made() -> None:
     state = run.state
     assert state is not None
     raw = state.to_bytes()
-    assert state.recent[1][0] == 0  # packed
+    assert state.recent[1][0] == 1  # packed, in the run's bundle
     for held in (state, RunState.from_bytes(raw)):  # packed, and as read from its record
         again, answer = decide(held, handoff("r1", "t1", "planner", "coder", estimated_usd=1.0),
                                run.policy, at(3))  # fmt: skip
