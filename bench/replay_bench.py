@@ -24,7 +24,16 @@ audit through the sink's own insert path, then measures on that audit, best of t
 
 CPU seconds are this process's (user + system, chDB's threads included; not the pool's).
 
-    python -m bench.replay_bench [--runs 4000] [--events 30000] [--jobs 2]
+``--events`` sets the history's size (runs: one per 7.5 events unless ``--runs`` is given):
+the 50k/s target is for replays of an hour or a day of traffic, where a pool's start is paid
+once; the default 30,000 is the small-history figure, never to be hidden. ``--against DIR``
+runs the whole bench (recording included) alternately with this tree and with DIR (a folder
+holding a ``baton`` package, e.g. a worktree of the start commit's cli, processors, schemas,
+sinks and streams symlinked under DIR/baton) on PYTHONPATH, ``--rounds`` times each, and
+prints the rates side by side (the host's load moves more than a change: same run, alternating).
+
+    python -m bench.replay_bench [--events 30000] [--runs 4000] [--jobs 2]
+    python -m bench.replay_bench --events 120000 --against /tmp/start --rounds 2
 """
 
 from __future__ import annotations
@@ -33,11 +42,17 @@ import argparse
 import gc
 import os
 import platform
+import re
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import orjson
 
 from baton.cli.replay_cmds import replay_audit
 from baton.processors.batch import BatchProcessor, InputRecord
@@ -110,12 +125,46 @@ def best(fn: Callable[[], int], passes: int = 3) -> tuple[float, float, int]:
     return fastest, cpu, counted
 
 
+def command(chdb: Path, policy: Path, jobs: int, passes: int = 3) -> tuple[float, float, int]:
+    """`baton replay` itself on the audit, best of ``passes``: (the seconds it prints, from
+    opening the audit to the report; the CPU seconds of its processes, the pool's included
+    when it forks them, interpreter start and imports too; the decisions it replayed)."""
+    argv = [sys.executable, "-c", "from baton.cli.main import main; main()", "replay"]
+    argv += ["--policy", str(policy), "--dsn", f"chdb://{chdb}", "--jobs", str(jobs)]
+    env = {**os.environ, "BATON_AUDIT_CHAIN_KEY": KEY.decode()}
+    fastest, cpu, counted = float("inf"), 0.0, 0
+    for _ in range(passes):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = subprocess.run([*argv, "--format", "json"], env=env, capture_output=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if out.returncode not in (0, 1):
+            raise SystemExit(f"baton replay exited {out.returncode}: {out.stderr[-2000:]!r}")
+        report = orjson.loads(out.stdout)
+        assert report["faithful"] and not report["partial"], report["partial"]
+        if report["seconds"] < fastest:
+            fastest, counted = report["seconds"], report["decisions"]
+            cpu = sum(getattr(after, f) - getattr(before, f) for f in ("ru_utime", "ru_stime"))
+    return fastest, cpu, counted
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=4000)
+    ap.add_argument("--runs", type=int, default=None, help="default: one per 7.5 events")
     ap.add_argument("--events", type=int, default=30_000)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--against", default=None, help="a folder holding another `baton` package")
+    ap.add_argument("--rounds", type=int, default=2, help="with --against: runs of each side")
     args = ap.parse_args()
+    if args.runs is None:
+        args.runs = max(args.events * 2 // 15, 1)
+    if args.against is not None:
+        alternate(args)
+        return
+    measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """The bench in this process: record, store, measure, print the table."""
     gc.set_threshold(100_000, 50, 100)  # as the worker runs (bench/RESULTS.md)
     recorded = load_policy(None)
     stricter = parse_policy("multi_agent:\n  max_handoffs: 3\n", "stricter")
@@ -195,6 +244,11 @@ def main() -> None:
             ]
         finally:
             client.close()
+        policy_file = Path(tmp) / "stricter.yaml"
+        policy_file.write_text("multi_agent:\n  max_handoffs: 3\n")
+        for jobs in (1, args.jobs):
+            name = f"`baton replay --jobs {jobs}`, other policy (the seconds it prints)"
+            results.append((name, command(chdb, policy_file, jobs)))
     print(
         f"# replay_bench: {len(rows):,} recorded decisions ({args.events:,} events, "
         f"{args.runs:,} runs); {platform.python_version()}, {os.cpu_count()} CPUs, "
@@ -204,6 +258,43 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, (seconds, cpu, counted) in results:
         print(f"| {name} | {seconds:.2f} | {cpu:.2f} | {counted / seconds:,.0f} |")
+
+
+_ROW = re.compile(r"^\| (.+?) \| [\d.]+ \| [\d.]+ \| ([\d,]+) \|$")
+
+
+def alternate(args: argparse.Namespace) -> None:
+    """The bench run ``args.rounds`` times with this tree and with ``args.against`` in turn,
+    each in its own process; their rates side by side."""
+    here = str(Path(__file__).resolve().parents[1])
+    sides = {"this": here, "against": f"{Path(args.against).resolve()}{os.pathsep}{here}"}
+    argv = [sys.executable, "-m", "bench.replay_bench", "--events", str(args.events)]
+    argv += ["--runs", str(args.runs), "--jobs", str(args.jobs)]
+    columns: list[str] = []
+    rates: dict[str, list[str]] = {}
+    for n in range(1, args.rounds + 1):
+        for side, path in sides.items():
+            env = {**os.environ, "PYTHONPATH": path}
+            out = subprocess.run(argv, env=env, cwd=here, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"the bench with {side} ({path}) failed:\n{out.stderr[-2000:]}")
+            lines = out.stdout.splitlines()
+            columns.append(f"{side} {n} (load {_load(lines[0])})")
+            for line in lines:
+                m = _ROW.match(line)
+                if m:
+                    rates.setdefault(m.group(1), []).append(m.group(2))
+            print(f"# {side} round {n}: {lines[0]}", flush=True)
+    print(f"# against = {args.against}")
+    print("| step: recorded decisions/s | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for name, row in rates.items():
+        print(f"| {name} | " + " | ".join(row) + " |")
+
+
+def _load(header: str) -> str:
+    m = re.search(r"load ([\d.]+)", header)
+    return m.group(1) if m else "?"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from baton.cli.signer import shown
 from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
 from baton.processors.chain_links import shown_id
 from baton.processors.replay import ReplayReport, RunOutcome
-from baton.processors.replay_pool import prefetched, replay_pieces
+from baton.processors.replay_pool import prefetched, replay_pieces, start_pool
 from baton.processors.replay_steps import RUN_RETENTION_S
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
@@ -213,11 +213,21 @@ def _replay(
     from baton.sinks.replay_source import read_policies
 
     label = parse_dsn(settings.clickhouse_dsn).label
-    with audit_client(settings) as client, audit_errors(label, "reading the recorded decisions"):
-        policies, refused = read_policies(client)
-        report = replay_audit(
-            client, scope, new_policy, policies, key, jobs, _Progress, retention_s
-        )
+    # the --jobs pool is forked before the audit's client (chDB runs threads) opens: ready in
+    # milliseconds, where a forkserver's fresh interpreter takes ~0.4 s (replay_pool)
+    pool = start_pool(jobs - 1)
+    try:
+        with (
+            audit_client(settings) as client,
+            audit_errors(label, "reading the recorded decisions"),
+        ):
+            policies, refused = read_policies(client)
+            report = replay_audit(
+                client, scope, new_policy, policies, key, jobs, _Progress, retention_s, pool
+            )
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return report, policies, refused, label
 
 
@@ -230,10 +240,13 @@ def replay_audit(
     jobs: int,
     progress: Callable[[int], _Progress] | None = None,
     retention_s: float = RUN_RETENTION_S,
+    pool: Any = None,
 ) -> ReplayReport:
     """The replay of ``scope``'s runs read from ``client``'s audit, with ``jobs`` processes
     for a long one; ``progress(total rows)`` makes the progress bar; ``retention_s``: the
-    workers' run retention (when their sweep evicted an idle run)."""
+    workers' run retention (when their sweep evicted an idle run); ``pool``: the pool of
+    ``jobs - 1`` processes, started already (``replay_pool.start_pool``), else one is
+    started for a long replay."""
     from baton.processors.replay_trimmed import judge_trimmed
     from baton.sinks.replay_source import held_links, page_rows, read_pages, split_page
 
@@ -254,6 +267,7 @@ def replay_audit(
         bar,
         retention_s=retention_s,
         judge=False,
+        pool=pool if jobs > 1 else None,
     )
     if bar is not None:
         bar.done()

@@ -8,25 +8,33 @@ module-level function) and replays it with ``replay.replay_runs``. Reports are m
 order the pieces were read, so the result equals a replay in one process.
 
 What the hand-off costs is kept small: a piece travels as the bytes it was read as (no
-pickled rows), the policies travel once per process (the pool's initializer), and at most
-``2 * (jobs - 1)`` pieces are in the pool (memory stays bounded however long the replay). The pool
-starts in a thread while the reading process replays the first pieces itself (a process
-pool takes about half a second to start: it must not stand between the audit and the
-first decisions). Reading runs in a thread too (``prefetched``): the audit's query for the
-next page overlaps the replay of this one (chDB and clickhouse-connect release the GIL).
+pickled rows), with the job (the policies, the chain key, ``decode``: about 1.5 KB pickled
+once) that a pool process unpickles once, and at most ``2 * (jobs - 1)`` pieces are in the
+pool (memory stays bounded however long the replay). Reading runs in a thread
+(``prefetched``): the audit's query for the next page overlaps the replay of this one (chDB
+and clickhouse-connect release the GIL).
+
+How the pool starts. Forking a process that runs other threads is unsafe (a lock another
+thread holds stays held in the child for ever), and the reading process holds a ClickHouse
+client (chDB's engine runs threads). So :func:`start_pool` forks the pool's processes only
+while the calling process runs one thread (``/proc/self/task``): `baton replay` starts it
+before it opens the audit, and the processes are ready in milliseconds with baton already
+imported. Otherwise (a caller with threads, or no ``/proc``) the pool uses the
+``forkserver`` start method, started in a thread while the reading process replays the
+first pieces itself (a fresh interpreter importing baton: about 0.4 s that must not stand
+between the audit and the first decisions).
 
 A pool process that dies (the OOM killer, a crash) fails the replay (``ReplayFailed``,
 exit 7) rather than leaving it waiting for the lost piece: the pool is a
 ``ProcessPoolExecutor``, which says so, not a ``multiprocessing.Pool``, which does not.
-
-The pool uses the ``forkserver`` start method: the reading process holds a ClickHouse client
-(chDB's engine runs threads), and forking a process with threads is unsafe.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import pickle
 import queue
 import threading
 from collections import deque
@@ -42,26 +50,20 @@ from baton.processors.replay_trimmed import judge_trimmed
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
 
-__all__ = ["prefetched", "replay_parallel", "replay_pieces"]
+__all__ = ["prefetched", "replay_parallel", "replay_pieces", "start_pool"]
 
 _T = TypeVar("_T")
-#: what a pool process replays under, set once by _start
-_job: tuple[Policy, dict[str, Policy], bytes, Callable[[Any], Iterable[Sequence[object]]], float]
+_Job = tuple[Policy, dict[str, Policy], bytes, Callable[[Any], Iterable[Sequence[object]]], float]
+#: the pickled job a pool process replays under, and the job: unpickled once per process
+#: (the policies' compiled rules are made once, not once a piece)
+_job: tuple[bytes, _Job] | None = None
 
 
-def _start(
-    new_policy: Policy,
-    policies: dict[str, Policy],
-    chain_key: bytes,
-    decode: Callable[[Any], Iterable[Sequence[object]]],
-    retention_s: float = RUN_RETENTION_S,
-) -> None:
+def _replay_piece(job: bytes, piece: Any) -> ReplayReport:
     global _job
-    _job = (new_policy, policies, chain_key, decode, retention_s)
-
-
-def _replay_piece(piece: Any) -> ReplayReport:
-    new_policy, policies, chain_key, decode, retention_s = _job
+    if _job is None or _job[0] != job:
+        _job = (job, pickle.loads(job))
+    new_policy, policies, chain_key, decode, retention_s = _job[1]
     return replay_runs(
         runs_of(decode(piece)),
         new_policy,
@@ -76,6 +78,25 @@ def _as_rows(piece: list[Sequence[object]]) -> list[Sequence[object]]:
     return piece
 
 
+def _one_thread() -> bool:
+    """This process runs one thread (False when it cannot tell: no ``/proc``)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def start_pool(processes: int) -> ProcessPoolExecutor | None:
+    """A pool of ``processes`` forked now when this process runs one thread (call it before
+    opening the audit: see the module docstring), else None (``replay_pieces`` then starts
+    a forkserver pool of its own). The caller shuts it down."""
+    if processes < 1 or not _one_thread():
+        return None
+    pool = ProcessPoolExecutor(processes, multiprocessing.get_context("fork"))
+    pool.submit(int)  # every process forked now, in this thread, before any other starts
+    return pool
+
+
 def replay_pieces(
     pieces: Iterable[_T],
     decode: Callable[[_T], Iterable[Sequence[object]]],
@@ -87,14 +108,16 @@ def replay_pieces(
     wait: bool = False,
     retention_s: float = RUN_RETENTION_S,
     judge: bool = True,
+    pool: ProcessPoolExecutor | None = None,
 ) -> ReplayReport:
     """``replay_runs`` over ``pieces`` (each whole runs in order, rows from ``decode(piece)``,
     a module-level function) in ``jobs`` processes: this one and a pool of ``jobs - 1``
-    (1: this one only); ``wait``: the pool started before any piece is replayed. The runs
-    read as trimmed are judged over all pieces (``replay_trimmed``; ``judge`` False: by the
-    caller, for a read with a lower time bound)."""
+    (1: this one only); ``pool``: that pool, started already (:func:`start_pool`; the
+    caller shuts it down), else one is started here; ``wait``: the pool started before any
+    piece is replayed. The runs read as trimmed are judged over all pieces
+    (``replay_trimmed``; ``judge`` False: by the caller, for a read with a lower time bound)."""
     report = _replay_pieces(
-        pieces, decode, new_policy, policies, chain_key, jobs, progress, wait, retention_s
+        pieces, decode, new_policy, policies, chain_key, jobs, progress, wait, retention_s, pool
     )
     if judge:
         judge_trimmed(report)
@@ -111,6 +134,7 @@ def _replay_pieces(
     progress: Callable[[int, int], None] | None,
     wait: bool,
     retention_s: float,
+    pool: ProcessPoolExecutor | None = None,
 ) -> ReplayReport:
     """``replay_pieces``' replay, the runs read as trimmed not judged."""
     report = ReplayReport()
@@ -131,20 +155,24 @@ def _replay_pieces(
         for piece in pieces:
             merge(here(piece))
         return report
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["baton.processors.replay_pool", decode.__module__])
-    started: list[ProcessPoolExecutor] = []
+    pickled = pickle.dumps((*job, decode, retention_s))
+    started: list[ProcessPoolExecutor] = [pool] if pool is not None else []
+    owned: list[ProcessPoolExecutor] = []  # started here: shut down here
 
     def start() -> None:
-        pool = ProcessPoolExecutor(jobs - 1, ctx, _start, (*job, decode, retention_s))
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["baton.processors.replay_pool", decode.__module__])
+        pool = ProcessPoolExecutor(jobs - 1, ctx)
         with contextlib.suppress(BrokenProcessPool):  # (seen at the first piece's result)
-            pool.submit(int).result()  # its processes started and initialised
+            pool.submit(int).result()  # its processes started
+        owned.append(pool)
         started.append(pool)
 
     starter = threading.Thread(target=start, daemon=True)
-    starter.start()
-    if wait:
-        starter.join()
+    if pool is None:
+        starter.start()
+        if wait:
+            starter.join()
     #: every piece's report in read order: done (replayed here) or still in the pool
     waiting: deque[ReplayReport | Future[ReplayReport]] = deque()
     in_pool = 0  # pieces handed to the pool and not merged yet
@@ -168,7 +196,7 @@ def _replay_pieces(
             # the pool takes a piece while it has room, and this process replays the rest:
             # every process decides, none waits for another (pieces are whole runs, small)
             if started and in_pool < most:
-                waiting.append(started[0].submit(_replay_piece, piece))
+                waiting.append(started[0].submit(_replay_piece, pickled, piece))
                 in_pool += 1
             else:
                 waiting.append(here(piece))
@@ -182,9 +210,10 @@ def _replay_pieces(
             "memory?); replay again, with fewer --jobs or --jobs 1"
         ) from None
     finally:
-        starter.join()
-        for pool in started:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if starter.is_alive():
+            starter.join()
+        for mine in owned:
+            mine.shutdown(wait=True, cancel_futures=True)
     return report
 
 

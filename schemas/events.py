@@ -335,6 +335,14 @@ RUN_EVENT_TYPES: tuple[type[_Event], ...] = (
     RunFinished,
 )
 CONTROL_EVENT_TYPES: tuple[type[_Event], ...] = (KillSwitch, KillSwitchReleased, PolicyUpdated)
+#: a run event's type -> its model's own validator: an event the model accepts is the event
+#: the union gives (the union's tag picks that model, and validates with the same schema),
+#: without the union's dispatch and TypeAdapter's Python wrapper (~0.4 us of ~4.5 a parse,
+#: on every event a worker decides and every step `baton replay` decides); one it refuses
+#: is validated by the union again, so a refusal is the union's own, named as before
+_RUN_MODELS = {
+    cls.model_fields["type"].default: cls.__pydantic_validator__ for cls in RUN_EVENT_TYPES
+}
 
 
 class EventError(ValueError):
@@ -385,7 +393,9 @@ def _error_kind(errors: list[Any]) -> str:
     return "bad_name" if bad_names else "out_of_range"
 
 
-def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None) -> Any:
+def _parse(
+    raw: bytes, adapter: TypeAdapter[Any], key: bytes | None, models: dict[str, Any] | None = None
+) -> Any:
     if len(raw) > MAX_EVENT_BYTES:
         raise EventError("oversized", f"event is {len(raw)} bytes, limit is {MAX_EVENT_BYTES}")
     try:
@@ -406,6 +416,12 @@ def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None) -> Any:
     kind = doc.get("type")
     if not isinstance(kind, str):
         raise EventError("schema", "missing string field 'type'")
+    model = models.get(kind) if models is not None else None
+    if model is not None:
+        try:
+            return model.validate_python(doc)
+        except ValueError:  # (ValidationError too) the union's own refusal follows
+            pass
     try:
         event = adapter.validate_python(doc)
     except ValidationError as exc:
@@ -424,7 +440,7 @@ def parse_event(raw: bytes, key: bytes | None = None) -> RunEvent:
     Raises :class:`EventError` (never anything else) on bad input. Numbers are checked for
     NaN/Infinity (JSON has none, but some encoders emit them) and negative money.
     """
-    event = _parse(raw, _RUN_EVENT, key)
+    event = _parse(raw, _RUN_EVENT, key, _RUN_MODELS)
     # bytes compared, not text: a key that is not UTF-8 must not match a run_id holding
     # the replacement character it would decode to
     if key is not None and key != event.run_id.encode():

@@ -3,14 +3,19 @@ into pieces of whole runs, decoded where they are replayed, on one process or se
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
 
 from baton.processors.replay import replay_runs, runs_of
-from baton.processors.replay_pool import prefetched, replay_parallel
+from baton.processors.replay_pool import prefetched, replay_parallel, replay_pieces, start_pool
 from baton.schemas.errors import AuditUnavailable
 from baton.sinks.replay_source import _growing, page_rows, split_page
 from tests.unit.test_engine_support import policy_with
@@ -104,6 +109,65 @@ def test_several_processes_report_what_one_does_in_the_same_order() -> None:
     assert [r.run_id for r in two.runs] == [r.run_id for r in one.runs]
     assert two.transitions == one.transitions and two.decisions == one.decisions == len(rows)
     assert len(list(runs_of(rows))) == len(one.runs) == 30 and not two.unfaithful_runs
+
+
+_FORKED = """
+import os
+
+from baton.processors.replay_pool import replay_pieces, start_pool
+from baton.sinks.replay_source import page_rows
+from tests.unit.test_engine_support import policy_with
+from tests.unit.test_replay import KEY, _budget_history, _policies, record
+from tests.unit.test_replay_read import _page
+
+loose, strict = policy_with(max_handoffs=20), policy_with(max_handoffs=3)
+rows = [r for i in range(12) for r in record(loose, _budget_history(f"r{i:02d}", 5, 1.0))]
+pieces = [_page(rows[at : at + 10]) for at in range(0, len(rows), 10)]
+print("before the fork", flush=False)  # unflushed: no child may write it again
+pool = start_pool(1)
+assert pool is not None and pool._mp_context.get_start_method() == "fork"
+children = list(pool._processes)
+try:
+    one = replay_pieces(pieces, page_rows, strict, _policies(loose), KEY, jobs=1)
+    two = replay_pieces(pieces, page_rows, strict, _policies(loose), KEY, jobs=2, pool=pool)
+finally:
+    pool.shutdown(wait=True)
+assert [r.run_id for r in two.runs] == [r.run_id for r in one.runs], "order"
+assert two.transitions == one.transitions and two.decisions == one.decisions == len(rows)
+assert len(children) == 1 and children[0] != os.getpid()
+print("same report", len(one.runs), "runs")
+"""
+
+
+def test_the_command_s_pool_is_forked_before_the_audit_opens_and_reports_as_one_process() -> None:
+    # `baton replay` forks its pool while it runs one thread (before chDB's threads start):
+    # ready in milliseconds; the report is the one process's, in order; a line the parent
+    # wrote before the fork is written once
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-c", _FORKED], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["before the fork", "same report 12 runs"]
+
+
+def test_no_pool_is_forked_from_a_process_running_other_threads() -> None:
+    # forking copies a lock another thread holds, held for ever in the child: with a second
+    # thread running (chDB's, here a waiting one) start_pool declines, and replay_pieces
+    # starts a forkserver pool of its own
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, daemon=True)
+    other.start()
+    try:
+        assert start_pool(1) is None
+        rows = [r for i in range(4) for r in record(_LOOSE, _budget_history(f"t{i}", 3, 1.0))]
+        pieces = [_page(rows[:6]), _page(rows[6:])]
+        report = replay_pieces(pieces, page_rows, _LOOSE, _policies(_LOOSE), KEY, 2, wait=True)
+        assert report.decisions == len(rows) and len(report.runs) == 4
+    finally:
+        release.set()
+    assert start_pool(0) is None
 
 
 def test_a_reading_error_is_raised_where_the_page_would_have_come() -> None:
