@@ -177,6 +177,8 @@ def install(path: str) -> None:
 
         publish_mod.BatchPublisher._send = traced_send
 
+    _trace_aiokafka_publisher(state, emit)
+
     # the run states' group commit, in a checkout that has it (branch h8-group-commit)
     group_commit = getattr(publish_mod, "StateGroupCommit", None)
     if group_commit is not None:
@@ -189,6 +191,50 @@ def install(path: str) -> None:
                 emit({"k": "states", "t": now(), "sends": self.sends, "batches": self.batches})
 
         group_commit._flush = traced_flush
+
+
+def _trace_aiokafka_publisher(state: dict[str, Any], emit: Any) -> None:
+    """The aiokafka publisher (BATON_WORKER_PRODUCER=aiokafka), in a checkout that has it: when
+    a batch's decisions are acknowledged, and its sender's produce requests (a line a second)."""
+    try:
+        from aiokafka.producer import sender as sender_mod
+
+        from baton.processors import publish_aiokafka as aio_mod
+    except ImportError:
+        return
+    publish_first = aio_mod.AiokafkaPublisher.publish_decisions_first
+
+    async def traced_publish(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state["pub"] = state["cur"]
+        try:
+            return await publish_first(self, *args, **kwargs)
+        finally:
+            state["pub"] = None
+
+    aio_mod.AiokafkaPublisher.publish_decisions_first = traced_publish
+    step_of = aio_mod.AiokafkaPublisher._step_of
+
+    async def traced_step_of(self: Any, *produce: Any) -> Any:
+        future = await step_of(self, *produce)
+        rec = state["pub"]
+        if rec is not None and "acked" not in rec:
+            future.add_done_callback(lambda _f: rec.__setitem__("acked", now()))
+        return future
+
+    aio_mod.AiokafkaPublisher._step_of = traced_step_of
+    counts = {"requests": 0, "msgs": 0, "last": now()}
+    send_req = sender_mod.Sender._send_produce_req
+
+    async def counted(self: Any, node_id: int, batches: dict[Any, Any]) -> None:
+        counts["requests"] += 1
+        counts["msgs"] += sum(b.record_count for b in batches.values())
+        t0 = now()
+        await send_req(self, node_id, batches)
+        if t0 - counts["last"] >= 1.0:
+            counts["last"] = t0
+            emit({"k": "aiostats", "t": t0, "requests": counts["requests"], "msgs": counts["msgs"]})
+
+    sender_mod.Sender._send_produce_req = counted
 
 
 def _profile_threads(prefix: str) -> None:
@@ -278,6 +324,14 @@ def _print_stats(path: Path, seconds: float, wait_ms: int = 10) -> None:
         elif doc.get("k") == "fetch":
             fetches.append(doc)
     _print_fetches(fetches, wait_ms)
+    aio = [orjson.loads(line) for line in path.read_text().splitlines() if '"aiostats"' in line]
+    if len(aio) >= 3:
+        a, b = aio[max(0, len(aio) - 1 - int(seconds))], aio[-1]
+        reqs = b["requests"] - a["requests"]
+        print(
+            f"  aiokafka producer: {reqs / (b['t'] - a['t']):,.0f} produce requests/s, "
+            f"{(b['msgs'] - a['msgs']) / max(reqs, 1):.1f} records each"
+        )
     if states:  # the run states' group commit (processors/publish_states.py)
         print(
             f"  run states: {states['sends']:,} sends for {states['batches']:,} batches "
@@ -359,7 +413,7 @@ _WORKER_ORDER = [
     ("decide0", "worker: deciding starts"),
     ("decided", "worker: decided"),
     ("flushed", "worker: decisions flushed (experiment)"),
-    ("handed", "worker: decisions handed to librdkafka"),
+    ("handed", "worker: decisions handed to the producer"),
     ("acked", "worker: decisions acknowledged"),
     ("durable", "worker: batch durable (states acknowledged)"),
     ("received", "reader received the decision"),
