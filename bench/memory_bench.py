@@ -4,7 +4,8 @@ A worker keeps every run it owns in memory: as a decoded ``RunState`` once it ha
 event of the run since it started, as the changelog record's bytes while a run restored
 after a rebalance has not been touched yet, or once the sweep holds it idle (no event for
 ``sweep.HOLD_IDLE_S``). Per run it also keeps an entry in Faust's key -> partition map, in
-the sweep's due index (a heap entry and a dict entry) and in the batch step's size map.
+the sweep's due index (a dict entry and a slot in its bucket of a second) and in the batch
+step's size map.
 This bench builds N active runs with the real engine (a handoff and its completion each, or
 three of each for long runs: owner, agents, task tree, dedup marks, the kept replies,
 spend; decided by the worker's batch step, which links them into the run's chain), holds
@@ -26,6 +27,7 @@ each second) and the re-index after a rebalance.
     python -m bench.memory_bench --runs 100000
     python -m bench.memory_bench --runs 1000000 --long-runs 0 --modes held
     python -m bench.memory_bench --before-pythonpath DIR   # DIR/baton: an older tree, same run
+    python -m bench.memory_bench --runs 100000 --own-task-ids   # no two runs' task ids alike
 """
 
 from __future__ import annotations
@@ -64,16 +66,18 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _events(run_id: str, long: bool, now: datetime) -> list[tuple[float, bytes]]:
+def _events(
+    run_id: str, long: bool, now: datetime, own_tasks: bool = False
+) -> list[tuple[float, bytes]]:
     """A run's events as the orchestrator sends them, each with its offset in seconds:
     a handoff and its completion; ``long``: three of each on a task tree two deep (the run
-    then keeps RECENT_REPLIES keys' decisions, the most a run keeps)."""
-    steps = [("task-1", "planner", "coder", None)]
+    then keeps RECENT_REPLIES keys' decisions, the most a run keeps). Every run names the
+    same agents and, unless ``own_tasks``, the same task ids (runs then share their agent
+    and task dicts, ``state.shared``); ``own_tasks``: task ids of the run's own."""
+    t1, t2, t3 = (f"{run_id[-12:]}-task-{i}" if own_tasks else f"task-{i}" for i in (1, 2, 3))
+    steps = [(t1, "planner", "coder", None)]
     if long:
-        steps += [
-            ("task-2", "coder", "tester", "task-1"),
-            ("task-3", "coder", "reviewer", "task-1"),
-        ]
+        steps += [(t2, "coder", "tester", t1), (t3, "coder", "reviewer", t1)]
     out: list[tuple[float, bytes]] = []
     for i, (task, giver, taker, parent) in enumerate(steps):
         rid = f"{run_id}-r{i + 1}"
@@ -91,7 +95,9 @@ def _events(run_id: str, long: bool, now: datetime) -> list[tuple[float, bytes]]
     return out
 
 
-def measure(n: int, mode: str = "decoded", long: bool = False) -> dict[str, float]:
+def measure(
+    n: int, mode: str = "decoded", long: bool = False, own_tasks: bool = False
+) -> dict[str, float]:
     """RSS growth per run holding ``n`` runs as ``mode`` says: ``decoded``, ``restored`` (the
     changelog record, as Faust's recovery leaves it), ``held`` (as the sweep holds an idle
     run) or ``tombstones`` (what eviction keeps); for ``decoded`` also the sweep's timings
@@ -135,7 +141,7 @@ def measure(n: int, mode: str = "decoded", long: bool = False) -> dict[str, floa
         for run_id in ids[start : start + chunk]:
             key = run_id.encode()
             partition = partition_for(key, PARTITIONS)
-            for j, (_, raw) in enumerate(_events(run_id, long, now)):
+            for j, (_, raw) in enumerate(_events(run_id, long, now, own_tasks)):
                 offsets[partition] += 1
                 rec = InputRecord(REQUESTS, partition, offsets[partition], key, raw)
                 # a run's first event in this batch, the rest in the next one
@@ -279,11 +285,14 @@ def _return_costs(proc: BatchProcessor, states: RunStore, now: datetime) -> dict
     }
 
 
-def _child(n: int, mode: str, long: bool, pythonpath: str | None) -> dict[str, float]:
+def _child(
+    n: int, mode: str, long: bool, pythonpath: str | None, own_tasks: bool = False
+) -> dict[str, float]:
     """One measure in a fresh process: freed memory is not given back to the OS, so a second
     measure in the same process would start from the first one's high-water mark."""
     cmd = [sys.executable, "-m", "bench.memory_bench", "--one", str(n), "--mode", mode]
     cmd += ["--long"] if long else []
+    cmd += ["--own-task-ids"] if own_tasks else []
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
@@ -313,6 +322,12 @@ def main() -> None:
         help="a directory holding an older baton package (baton/ -> its tree): measured "
         "in the same run, alternating with this one",
     )
+    ap.add_argument(
+        "--own-task-ids",
+        action="store_true",
+        help="every run names task ids of its own (default: the same ids in every run, "
+        "whose task dicts runs then share)",
+    )
     # a child measuring one size
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="decoded", help=argparse.SUPPRESS)
@@ -321,7 +336,7 @@ def main() -> None:
     args.modes = ["decoded", *(m for m in args.modes if m != "decoded")]
     gc.set_threshold(100_000, 50, 100)  # as `baton worker` sets it
     if args.one:
-        print(json.dumps(measure(args.one, args.mode, args.long)))
+        print(json.dumps(measure(args.one, args.mode, args.long, args.own_task_ids)))
         return
     print(
         f"machine: {platform.node()}, {os.cpu_count()} cores, python "
@@ -346,17 +361,18 @@ def main() -> None:
     timings = []
     for n, long in shapes:
         for name, path in sides:
-            m = {mode: _child(n, mode, long, path) for mode in args.modes}
+            m = {mode: _child(n, mode, long, path, args.own_task_ids) for mode in args.modes}
+            shape = ("long" if long else "short") + (", own task ids" if args.own_task_ids else "")
             r = m["decoded"]
             print(
-                f"| {n:,} | {'long' if long else 'short'} | {name} | {_b(m, 'decoded')} "
+                f"| {n:,} | {shape} | {name} | {_b(m, 'decoded')} "
                 f"| {_b(m, 'held')} | {_b(m, 'restored')} "
                 f"| {r['stored_bytes_per_run']:,.0f} B | {_b(m, 'held', 'stored_bytes_per_run')} "
                 f"| {_b(m, 'tombstones')} |",
                 flush=True,
             )
             timings.append(
-                f"| {n:,} | {'long' if long else 'short'} | {name} "
+                f"| {n:,} | {shape} | {name} "
                 f"| {r['build_cpu_us_per_event']:.1f} | {r['next_event_decoded_us']:.1f} "
                 f"| {r['next_event_held_us']:.1f} | {r['hold_us_per_run']:.1f} "
                 f"| {r['sweep_idle_ms']:.3f} ms | {r['sweep_5000_ms']:.1f} ms "
