@@ -41,8 +41,10 @@ _SHOWN = 20
 _WHY_CHARS = 400
 #: the CPUs this process may run on (a container's share, not the host's count)
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-#: rows below which one process replays (starting --jobs processes costs about a second)
+#: rows below which one process replays: a forkserver pool (the caller runs threads) takes
+#: ~0.4 s of a CPU to start; the command's own pool, forked before the audit opens, ~6 ms
 _PARALLEL_ROWS = 20_000
+_FORKED_PARALLEL_ROWS = 5_000
 
 
 def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -90,7 +92,7 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     default=min(_CPUS, 4),
     show_default=True,
     help="processes deciding runs in parallel: the CPUs this process may use, at most 4 (a "
-    "replay of fewer than 20,000 decisions uses one)",
+    "replay of fewer than 5,000 decisions uses one)",
 )
 @click.option("--tenant", default=None, help="replay this tenant's runs only")
 @click.option(
@@ -251,10 +253,12 @@ def replay_audit(
     from baton.sinks.replay_source import held_links, page_rows, read_pages, split_page
 
     pages = read_pages(client, scope)
-    if pages.rows < _PARALLEL_ROWS:
-        jobs = 1  # a process pool takes about a second to start
-    # pieces of whole runs: enough of them that every process has work to the end
-    rows = min(max(pages.rows // (jobs * 8), 1_000), 5_000)
+    if pages.rows < (_PARALLEL_ROWS if pool is None else _FORKED_PARALLEL_ROWS):
+        jobs = 1  # starting a pool would cost more than it saves
+    # pieces of whole runs: enough of them that every process has work to the end; small
+    # enough that the reading process, done, waits little for the pool's last two (at most
+    # 2,500 rows: ~0.1 s each at 25k decisions/s)
+    rows = min(max(pages.rows // (jobs * 16), 1_000), 2_500)
     pieces = (piece for page in prefetched(pages.pages) for piece in split_page(page, rows))
     bar = progress(pages.rows) if progress is not None else None
     report = replay_pieces(

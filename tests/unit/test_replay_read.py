@@ -9,10 +9,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from baton.processors.replay import replay_runs, runs_of
 from baton.processors.replay_pool import prefetched, replay_parallel, replay_pieces, start_pool
@@ -62,6 +65,30 @@ def test_pieces_hold_whole_runs_and_together_the_whole_page() -> None:
     for piece in pieces:
         assert len({r.run_id for r in page_rows(piece)}) == 1
     assert len(list(split_page(page, 10_000))) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 6), st.integers(0, 80)), min_size=1, max_size=12),
+    st.integers(1, 9),
+)
+def test_a_page_cut_anywhere_by_bytes_gives_whole_runs_in_order(
+    runs: list[tuple[int, int]], rows: int
+) -> None:
+    # runs of 1-6 rows of any length: every piece ends a run, and the pieces are the page
+    lines = [
+        orjson.dumps([f"r{i}", "x" * (pad * (j + 1)), j])
+        for i, (n, pad) in enumerate(runs)
+        for j in range(n)
+    ]
+    page = b"\n".join(lines) + b"\n"
+    pieces = list(split_page(page, rows))
+    assert b"\n".join(pieces) + b"\n" == page
+    seen = [[orjson.loads(line)[0] for line in piece.split(b"\n")] for piece in pieces]
+    assert all(a[-1] != b[0] for a, b in pairwise(seen))  # no run cut
+    if rows >= len(lines):  # the page's rows asked: one piece
+        assert len(pieces) == 1
+    assert list(split_page(b"\n\n", rows)) == []
 
 
 def test_pages_start_small_and_grow_to_their_size_so_replay_starts_before_reading_ends() -> None:
@@ -150,6 +177,30 @@ def test_the_command_s_pool_is_forked_before_the_audit_opens_and_reports_as_one_
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.splitlines() == ["before the fork", "same report 12 runs"]
+
+
+def test_the_command_with_two_jobs_reports_what_one_job_does(tmp_path: Path) -> None:
+    # 5,000 recorded decisions or more: `baton replay --jobs 2` replays them in two
+    # processes (its pool forked before the audit opens) and reports what --jobs 1 does
+    from bench.replay_bench import KEY as BENCH_KEY
+    from bench.replay_bench import record as bench_record
+    from tests.chdb_audit import chdb_audit
+
+    decisions = bench_record(800, 6_000, policy_with(max_handoffs=20))
+    chdb_audit(tmp_path / "chdb", decisions).close()
+    (tmp_path / "stricter.yaml").write_text("multi_agent:\n  max_handoffs: 3\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "BATON_AUDIT_CHAIN_KEY": BENCH_KEY.decode()}
+    reports = []
+    for jobs in ("1", "2"):
+        argv = ["replay", "--policy", str(tmp_path / "stricter.yaml"), "--jobs", jobs]
+        argv += ["--dsn", f"chdb://{tmp_path / 'chdb'}", "--format", "json"]
+        code = "from baton.cli.main import main; main()"
+        out = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True)
+        assert out.returncode == 1, out.stderr[-2000:]  # (the stricter policy changes runs)
+        reports.append(orjson.loads(out.stdout))
+    one, two = ({k: v for k, v in r.items() if k != "seconds"} for r in reports)
+    assert two == one and one["faithful"] and one["decisions"] >= 5_000 and not one["partial"]
 
 
 def test_no_pool_is_forked_from_a_process_running_other_threads() -> None:
