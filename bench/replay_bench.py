@@ -154,6 +154,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--against", default=None, help="a folder holding another `baton` package")
     ap.add_argument("--rounds", type=int, default=2, help="with --against: runs of each side")
+    ap.add_argument(
+        "--this", default=None, help="with --against: a folder holding this side's `baton`"
+    )
     args = ap.parse_args()
     if args.runs is None:
         args.runs = max(args.events * 2 // 15, 1)
@@ -267,7 +270,8 @@ def alternate(args: argparse.Namespace) -> None:
     """The bench run ``args.rounds`` times with this tree and with ``args.against`` in turn,
     each in its own process; their rates side by side."""
     here = str(Path(__file__).resolve().parents[1])
-    sides = {"this": here, "against": f"{Path(args.against).resolve()}{os.pathsep}{here}"}
+    this = f"{Path(args.this).resolve()}{os.pathsep}{here}" if args.this else here
+    sides = {"this": this, "against": f"{Path(args.against).resolve()}{os.pathsep}{here}"}
     argv = [sys.executable, "-m", "bench.replay_bench", "--events", str(args.events)]
     argv += ["--runs", str(args.runs), "--jobs", str(args.jobs)]
     columns: list[str] = []
@@ -285,7 +289,7 @@ def alternate(args: argparse.Namespace) -> None:
                 if m:
                     rates.setdefault(m.group(1), []).append(m.group(2))
             print(f"# {side} round {n}: {lines[0]}", flush=True)
-    print(f"# against = {args.against}")
+    print(f"# this = {args.this or 'the baton package on PYTHONPATH'}, against = {args.against}")
     print("| step: recorded decisions/s | " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for name, row in rates.items():
