@@ -131,6 +131,7 @@ def replay_run(
     #: apart (processors.replay_share): the proof's decide answers for both
     shared = True
     watch = None
+    watched_for, watching = None, None  # the last policy a step named, and _watched of it
     n = 0
     chained = False
     for recs in steps(run):
@@ -145,7 +146,8 @@ def replay_run(
         chained = chained or any(r.chain_hash is not None for r in recs)
         policy = policies[first.policy_version]
         if shared:
-            watching = _watched(policy, new_policy)
+            if policy is not watched_for:  # (a run's steps name one policy, nearly always)
+                watched_for, watching = policy, _watched(policy, new_policy)
             if watching is None:
                 shared, new.state = False, before  # the two part here
             else:

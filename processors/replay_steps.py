@@ -70,6 +70,9 @@ _DECIDED_HERE = "replayed"
 
 
 _new_origin = _new_context = tuple.__new__
+#: a recorded row's Origin fields (worker, partition, offset): one slice, not three lookups
+_ORIGIN = slice(Recorded._fields.index("worker"), Recorded._fields.index("offset") + 1)
+assert Recorded._fields[_ORIGIN] == Origin._fields
 
 
 def steps(run: list[Recorded]) -> list[list[Recorded]]:
@@ -109,7 +112,7 @@ class StepContext(NamedTuple):
 def step_context(recs: list[Recorded]) -> StepContext:
     """The :class:`StepContext` of the step ``recs``."""
     first = recs[0]
-    origin = _new_origin(Origin, (first.worker, first.partition, first.offset))
+    origin = _new_origin(Origin, first[_ORIGIN])
     if len(recs) == 1 and first.reason not in _NOT_POLICY:  # most steps: one plain decision
         return _new_context(StepContext, (NO_KILLS, None, origin, False, False, False))
     kills, refusal, unverified, evicted = NO_KILLS, None, False, False
