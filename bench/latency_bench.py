@@ -24,6 +24,8 @@ host's, the CPU per event much less so.
     python -m bench.latency_bench --guarantee exactly_once
     python -m bench.latency_bench --sides relay,before,baton,baton:DIR --before-pythonpath B
         # B/baton and DIR/baton: other checkouts (variants) in the same run, alternating
+    python -m bench.latency_bench --sides relay,producer:librdkafka,producer:aiokafka
+        # this checkout's worker with each BATON_WORKER_PRODUCER, alternating
 
 Experiments on the relay (the figures in bench/RESULTS.md, 2026-11-29 night):
 ``BENCH_RELAY_BURN_US=180`` makes it spend that much CPU a record before re-producing it
@@ -270,11 +272,16 @@ def relay_side(bootstrap: str, args: argparse.Namespace) -> Iterator[tuple[str, 
 
 @contextmanager
 def baton_side(
-    bootstrap: str, args: argparse.Namespace, workdir: Path, pythonpath: str | None = None
+    bootstrap: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    pythonpath: str | None = None,
+    producer: str | None = None,
 ) -> Iterator[tuple[str, str, int]]:
     """A ``baton worker`` process on fresh topics: (requests topic, decisions topic, pid).
 
-    ``pythonpath``: the worker imports Baton from there (another checkout: before/after)."""
+    ``pythonpath``: the worker imports Baton from there (another checkout: before/after);
+    ``producer``: its BATON_WORKER_PRODUCER (aiokafka, librdkafka)."""
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
     ensure_topics({"bootstrap.servers": bootstrap}, catalog, timeout=10)
@@ -283,9 +290,12 @@ def baton_side(
     saved = os.environ.get("PYTHONPATH")
     if pythonpath is not None:
         os.environ["PYTHONPATH"] = pythonpath
+    if producer is not None:
+        os.environ["BATON_WORKER_PRODUCER"] = producer
     try:
         worker = _start_worker(bootstrap, prefix, workdir / prefix, args.guarantee)
     finally:
+        os.environ.pop("BATON_WORKER_PRODUCER", None)
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -352,6 +362,9 @@ def measure(args: argparse.Namespace) -> None:
             if side.startswith("baton:"):  # a worker importing Baton from another checkout
                 path = side.split(":", 1)[1]
                 sides[side] = lambda path=path: baton_side(bootstrap, args, workdir, path)
+            if side.startswith("producer:"):  # this checkout, BATON_WORKER_PRODUCER=NAME
+                name = side.split(":", 1)[1]
+                sides[side] = lambda name=name: baton_side(bootstrap, args, workdir, None, name)
         rounds: dict[str, list[list[float]]] = {side: [] for side in args.sides.split(",")}
         cpu: dict[str, list[tuple[float, float]]] = {side: [] for side in rounds}
         to_decided: dict[str, list[float]] = {side: [] for side in rounds}
@@ -394,7 +407,8 @@ def _report(
             "relay": "bare relay (flush per fetch)",
             "baton": "baton worker",
             "before": "baton worker (--before-pythonpath)",
-        }.get(side, f"baton worker from {side.split(':', 1)[-1]}"[:36])
+        }.get(side, f"baton worker, {side}"[:36] if side.startswith("producer:") else None)
+        name = name or f"baton worker from {side.split(':', 1)[-1]}"[:36]
         events = args.rate * args.seconds * len(samples)
         own = 1e6 * sum(c[0] for c in cpu[side]) / events
         broker = 1e6 * sum(c[1] for c in cpu[side]) / events
