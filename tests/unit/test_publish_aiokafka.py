@@ -326,3 +326,23 @@ def test_a_decision_larger_than_kafka_takes_fails_the_batch_before_anything_is_s
         assert producer.sent == []
 
     asyncio.run(scenario())
+
+
+def test_the_producer_id_request_offers_v3_to_a_broker_that_has_it_and_v0_to_one_that_not() -> None:
+    import inspect
+
+    from aiokafka.producer import sender
+    from aiokafka.protocol.transaction import InitProducerIdRequest_v0
+
+    from baton.processors import publish_pid
+
+    request = publish_pid.InitProducerIdRequest(None, 60_000)
+    v3 = request.prepare({22: (0, 4)})  # Tansu, Apache Kafka 3.x
+    assert isinstance(v3, publish_pid.InitProducerIdRequest_v3)
+    # a new producer: id -1, epoch -1 (Tansu refuses a request without them)
+    assert v3.encode()[-11:] == b"\xff" * 10 + b"\x00"
+    assert isinstance(request.prepare({22: (0, 2)}), InitProducerIdRequest_v0)
+    publish_pid.install()
+    assert sender.InitProducerIdRequest is publish_pid.InitProducerIdRequest
+    # pinned upstream: aiokafka's sender builds the request by that module name
+    assert "InitProducerIdRequest(" in inspect.getsource(sender.InitPIDHandler.create_request)
