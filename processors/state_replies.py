@@ -71,8 +71,54 @@ def recent_rows(state: RunState) -> Any:
     held = state.recent
     if not held:
         return []
-    if _bundled_alone(held):  # nothing new since it was packed
-        return orjson.Fragment(_bundle_json(held[1]))
+    first = held[1]
+    if type(first) is bytes and first[0] == _BUNDLE and _leads(held, first):
+        appended = _appended(state, first)
+        if appended is not None:
+            return appended
+    return _rebuilt(state, held)
+
+
+def _leads(held: tuple[Any, ...], bundle: bytes) -> bool:
+    """True when the bundle holds the first kept replies, in order, and no other."""
+    n = 2 * bundle[1]
+    return len(held) >= n and all(held[i] is bundle for i in range(3, n, 2))
+
+
+def _appended(state: RunState, bundle: bytes) -> Any:
+    """``rec`` when the replies kept since the bundle was packed are linked decisions after
+    it (a run's usual write: its new step's replies): the bundle with them appended, and
+    ``state.recent`` holding that; None when another case (a reply dropped, replaced, not
+    linked yet) needs the whole rebuild."""
+    held = state.recent
+    n = bundle[1]
+    parts = []
+    for i in range(2 * n, len(held), 2):
+        kept = held[i + 1]
+        if type(kept) is Decision:
+            if kept.chain_hash is None:
+                return None
+            rows = [_decision_row(kept)]
+        elif type(kept) is list and None not in [d.chain_hash for d in kept]:
+            rows = [_decision_row(d) for d in kept]
+        else:
+            return None
+        parts.append(orjson.dumps([held[i], rows]))
+    json = _bundle_json(bundle)
+    if not parts:  # nothing new since it was packed
+        return orjson.Fragment(json)
+    json = b"".join((json[:-1], b",", b",".join(parts), b"]"))
+    lengths = b"".join([len(p).to_bytes(_LENGTH, "big") for p in parts])
+    head = b"".join((bytes((_BUNDLE, n + len(parts))), bundle[2 : 2 + _LENGTH * n], lengths))
+    packed = head + lz4.block.compress(json, store_size=True, dict=_DICTIONARY)
+    recent = list(held)
+    recent[1::2] = [packed] * (len(held) // 2)
+    state.recent = tuple(recent)
+    return orjson.Fragment(json)
+
+
+def _rebuilt(state: RunState, held: tuple[Any, ...]) -> Any:
+    """``rec`` of any kept replies, their linked ones packed in a new bundle."""
     parts: list[bytes] = []
     linked: list[int] = []
     opened: dict[int, list[bytes]] = {}  # a bundle's entries, unpacked once a call
@@ -105,14 +151,6 @@ def recent_rows(state: RunState) -> Any:
             recent[i] = bundle
         state.recent = tuple(recent)
     return orjson.Fragment(b"".join((b"[", b",".join(parts), b"]")))
-
-
-def _bundled_alone(held: tuple[Any, ...]) -> bool:
-    """True when every kept reply is in one bundle that holds nothing else."""
-    kept = held[1]
-    if type(kept) is not bytes or kept[0] != _BUNDLE or kept[1] * 2 != len(held):
-        return False
-    return all(held[i] is kept for i in range(3, len(held), 2))
 
 
 def recent_to_wire(recent: tuple[Any, ...]) -> list[Any]:

@@ -87,9 +87,12 @@ def encode(state: RunState) -> bytes:
     """The state's changelog record (format STATE_FORMAT); its linked replies are kept as
     their rows' bytes from now on (``RunState.recent``), its small task and agent dicts as
     the copies equal runs share (``state.shared``)."""
-    state.agents = shared(state.agents)
-    state.new_tasks = shared(state.new_tasks)
-    state.tasks = shared(state.tasks)
+    if type(state.agents) is dict:  # not shared yet (EMPTY and shared ones are not dicts)
+        state.agents = shared(state.agents)
+    if type(state.new_tasks) is dict:
+        state.new_tasks = shared(state.new_tasks)
+    if type(state.tasks) is dict:
+        state.tasks = shared(state.tasks)
     return orjson.dumps(_wire_map(state, recent_rows(state)))
 
 
