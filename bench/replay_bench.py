@@ -20,7 +20,14 @@ audit through the sink's own insert path, then measures on that audit, best of t
   others, as bytes, to a pool of jobs - 1; the pool starts while the first pieces are
   replayed in the reading process);
 * replay in memory: the rows read before, one process (the replay's own cost, no reading);
-* decide once: the engine alone on the same steps (the floor of one pass, no reading).
+* decide once: the engine alone on the same steps (the floor of one pass, no reading);
+* `baton replay --jobs 1` and ``--jobs N`` themselves, each a fresh process on the same audit
+  (this process closes it first: chDB opens a directory in one process at a time), the rate
+  from the seconds the command prints (from opening the audit, ~0.3 s of chDB's start, to
+  its report; not the interpreter's start): the command's ``--jobs`` pool is forked before
+  the audit opens, where the row above starts a forkserver (this process runs chDB's
+  threads). Their CPU column is the command's processes together, the interpreter's start
+  and imports included.
 
 CPU seconds are this process's (user + system, chDB's threads included; not the pool's).
 
