@@ -72,44 +72,65 @@ def recent_rows(state: RunState) -> Any:
     if not held:
         return []
     first = held[1]
-    if type(first) is bytes and first[0] == _BUNDLE and _leads(held, first):
-        appended = _appended(state, first)
+    if type(first) is bytes and first[0] == _BUNDLE:
+        kept = _leads(held, first)
+        appended = _appended(state, first, kept) if kept else None
         if appended is not None:
             return appended
     return _rebuilt(state, held)
 
 
-def _leads(held: tuple[Any, ...], bundle: bytes) -> bool:
-    """True when the bundle holds the first kept replies, in order, and no other."""
-    n = 2 * bundle[1]
-    return len(held) >= n and all(held[i] is bundle for i in range(3, n, 2))
+def _leads(held: tuple[Any, ...], bundle: bytes) -> int:
+    """How many of the first kept replies the bundle holds (its newest ones, in order: the
+    run drops its oldest replies first), 0 when it holds another one too (a reply replaced
+    since, or dropped out of order)."""
+    n = bundle[1]
+    kept = 1
+    while kept < n and 2 * kept + 1 < len(held) and held[2 * kept + 1] is bundle:
+        kept += 1
+    return kept if bundle not in held[2 * kept + 1 :: 2] else 0
 
 
-def _appended(state: RunState, bundle: bytes) -> Any:
+def _appended(state: RunState, bundle: bytes, kept: int) -> Any:
     """``rec`` when the replies kept since the bundle was packed are linked decisions after
-    it (a run's usual write: its new step's replies): the bundle with them appended, and
-    ``state.recent`` holding that; None when another case (a reply dropped, replaced, not
-    linked yet) needs the whole rebuild."""
+    the ``kept`` newest of it (a run's usual write: its new step's replies, its oldest
+    dropped past RECENT_REPLIES): the bundle's kept entries with them appended, and
+    ``state.recent`` holding that; None when another case (a reply not linked yet, a
+    decoded record's rows) needs the whole rebuild."""
     held = state.recent
     n = bundle[1]
     parts = []
-    for i in range(2 * n, len(held), 2):
-        kept = held[i + 1]
-        if type(kept) is Decision:
-            if kept.chain_hash is None:
+    for i in range(2 * kept, len(held), 2):
+        reply = held[i + 1]
+        if type(reply) is Decision:
+            if reply.chain_hash is None:
                 return None
-            rows = [_decision_row(kept)]
-        elif type(kept) is list and None not in [d.chain_hash for d in kept]:
-            rows = [_decision_row(d) for d in kept]
+            rows = [_decision_row(reply)]
+        elif type(reply) is list and None not in [d.chain_hash for d in reply]:
+            rows = [_decision_row(d) for d in reply]
         else:
             return None
         parts.append(orjson.dumps([held[i], rows]))
     json = _bundle_json(bundle)
-    if not parts:  # nothing new since it was packed
+    if not parts and kept == n:  # nothing new since it was packed
         return orjson.Fragment(json)
-    json = b"".join((json[:-1], b",", b",".join(parts), b"]"))
+    dropped = n - kept
+    if dropped:  # past its entries' lengths and commas, after the "["
+        lengths = bundle[2 : 2 + _LENGTH * n]
+        skip = dropped + sum(
+            int.from_bytes(lengths[j : j + _LENGTH], "big")
+            for j in range(0, _LENGTH * dropped, _LENGTH)
+        )
+        # its first kept entry must be the run's oldest kept key: the newest entry replaced
+        # (a key remembered again) looks like the oldest dropped until the keys are compared
+        if not json.startswith(_entry_head(held[0]), 1 + skip):
+            return None
+        json = b"[" + json[1 + skip :]
+    if parts:
+        json = b"".join((json[:-1], b",", b",".join(parts), b"]"))
     lengths = b"".join([len(p).to_bytes(_LENGTH, "big") for p in parts])
-    head = b"".join((bytes((_BUNDLE, n + len(parts))), bundle[2 : 2 + _LENGTH * n], lengths))
+    old = bundle[2 + _LENGTH * dropped : 2 + _LENGTH * n]
+    head = b"".join((bytes((_BUNDLE, kept + len(parts))), old, lengths))
     packed = head + lz4.block.compress(json, store_size=True, dict=_DICTIONARY)
     recent = list(held)
     recent[1::2] = [packed] * (len(held) // 2)

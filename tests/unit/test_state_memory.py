@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 from types import SimpleNamespace
 from typing import Any
@@ -187,3 +188,24 @@ def test_a_record_whose_digests_do_not_go_with_its_keys_is_refused() -> None:
     out = proc.process([record], at(5))
     assert not out.decisions and [d.kind for d in out.dead_letters] == ["state_unreadable"]
     assert b"request digests" in out.dead_letters[0].value
+
+
+def test_a_key_remembered_again_replaces_its_entry_of_the_bundle_not_the_oldest() -> None:
+    """remember() puts a kept key's new replies at its place (an approval re-opened): the
+    newest entry replaced must not be taken for the oldest dropped."""
+    run = Run(policy_with(), run_id="run-r")
+    for i in range(3):
+        decisions = run.send(handoff(f"r{i}", f"t{i}", "planner", "coder", run_id="run-r"))
+        link(run.state, decisions, b"key")  # type: ignore[arg-type]
+    state = run.state
+    assert state is not None
+    state.to_bytes()
+    newest = state.replies("h:r2")
+    assert newest is not None and state.recent[5][0] == 1  # bundled
+    again = dataclasses.replace(newest[0], reason="approval_expired")
+    state.remember("h:r2", [again])
+    raw = state.to_bytes()
+    assert state.replies("h:r2") == [again] and state.replies("h:r0") is not None
+    assert [k for k, _ in orjson.loads(raw)["rec"]] == ["h:r0", "h:r1", "h:r2"]
+    assert orjson.loads(raw)["rec"][2][1][0][6] == "approval_expired"
+    assert RunState.from_bytes(raw) == state
