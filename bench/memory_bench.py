@@ -167,9 +167,9 @@ def measure(
     if mode in ("restored", "held") and hasattr(due, "idle_keys"):
         # held by the sweep (restored: re-indexed): the due index forgets them as recently
         # decided (older code has no such list)
-        try:  # session 6: the index asks the store which runs are still decoded
+        if hasattr(states, "idle_since"):  # session 6: the store tells which are decoded
             due.idle_keys(float("inf"), n, states.idle_since)
-        except TypeError:
+        else:
             due.idle_keys(float("inf"), n)
     stored_total = sum(
         len(v) if isinstance(v, bytes) else len(v.to_bytes()) for v in store.values()
