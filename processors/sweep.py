@@ -16,8 +16,9 @@ a run that waits that long for its next event can pay the decoding then
 (bench/memory_bench.py).
 
 Buckets rather than a heap entry and a dict entry a run (session 6): the index holds one dict
-entry a run and one list slot a bucket it is in, ~50 bytes against ~240 (a heap tuple, a due
-float, the touched map's entry and float), for every run a worker holds.
+entry a run and one list slot a bucket it is in, where a heap tuple, a due float and the
+touched map's entry and float took ~110 bytes more a run (bench/memory_bench.py), for every
+run a worker holds.
 
 Not guaranteed: the index knows only the runs it was told about. After a rebalance (new
 partitions, states restored from the changelog) the worker rebuilds it from the table.
