@@ -3,11 +3,12 @@
 A run keeps its newest decisions (``RunState.recent``) to answer a retry or a redelivery
 with the same decision. On the changelog (format 4, processors/state_wire.py) they are rows
 whose columns are ``REPLY_COLUMNS`` (Decision's fields when format 4 was made, frozen), or
-the state's own ``cols`` when this Decision has other fields. In memory a linked reply is
-held as its rows' bytes, packed once the state is written (``pack``: lz4 with a dictionary
-of typical rows, ~270 bytes a decision against ~460 as JSON and ~1.1 KB as a ``Decision``),
-turned back into decisions only when a retry or redelivery needs them. Formats 1-3 wrote
-rows in the Decision field order of their day, a prefix of REPLY_COLUMNS
+the state's own ``cols`` when this Decision has other fields. In memory a run's linked
+replies are held as one bundle of their rows' bytes once the state is written (``_bundle``:
+lz4 with a dictionary of typical rows; a short run's two decisions ~400 bytes against ~530
+packed one by one, ~920 as JSON and ~2.2 KB as ``Decision`` objects), appended to at each
+write and turned back into decisions only when a retry or redelivery needs them. Formats
+1-3 wrote rows in the Decision field order of their day, a prefix of REPLY_COLUMNS
 (``old_row_decision``).
 
 Not guaranteed: that a packed reply is smaller than its JSON (a reply of random text is
