@@ -105,7 +105,10 @@ def shared(container: dict[Any, Any]) -> dict[Any, Any]:
     if type(container) is not dict or len(container) > SHARED_MAX_ITEMS:
         return container
     key = tuple(_flat(container.items()))
-    hit = _SHARED.get(key)
+    try:
+        hit = _SHARED.get(key)
+    except TypeError:  # a value no dict can key (a record's odd task parent): its own
+        return container
     if hit is None:
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.clear()

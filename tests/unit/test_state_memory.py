@@ -209,3 +209,12 @@ def test_a_key_remembered_again_replaces_its_entry_of_the_bundle_not_the_oldest(
     assert [k for k, _ in orjson.loads(raw)["rec"]] == ["h:r0", "h:r1", "h:r2"]
     assert orjson.loads(raw)["rec"][2][1][0][6] == "approval_expired"
     assert RunState.from_bytes(raw) == state
+
+
+def test_a_record_with_an_unhashable_task_field_reads_as_before_unshared() -> None:
+    """A record's task parent is whatever its writer put there; sharing keys dicts by their
+    items, and one that cannot be a key stays the run's own (read as before)."""
+    wire = orjson.loads(_parsed_run("run-odd").to_bytes())
+    wire["tasks"][1][3] = ["not", "a", "task id"]
+    state = RunState.from_wire(wire)
+    assert state.task("t1") is not None and state.task("t1").parent == ["not", "a", "task id"]  # type: ignore[union-attr]
