@@ -143,3 +143,20 @@ def dead_letter_record(
     # a dead letter Kafka refuses (that would end the worker on every restart)
     key = rec.key if rec.key is None or len(rec.key) <= MAX_KEY_BYTES else None
     return DeadLetter(key, orjson.dumps(envelope), str(kind))
+
+
+#: what a dead letter keeps when it is too large for Kafka
+_DEAD_LETTER_HEAD = (
+    "error_kind", "error", "topic", "partition", "offset", "key_size", "worker", "failed_at",
+    "original_size",
+)  # fmt: skip
+
+
+def dead_letter_without_original(value: bytes) -> bytes:
+    """A dead letter too large for Kafka, kept to what was wrong and where (belt and braces:
+    dead letters are capped when made; one Kafka refuses must not end the worker on every
+    restart)."""
+    doc = orjson.loads(value)
+    short = {k: doc.get(k) for k in _DEAD_LETTER_HEAD}
+    short["original_dropped"] = "too large for Kafka"
+    return orjson.dumps(short)

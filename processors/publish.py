@@ -38,12 +38,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from baton.processors import publish_transaction as transaction
 from baton.processors.batch import DeadLetter, Outputs
+from baton.processors.batch_records import dead_letter_without_original
 from baton.processors.publish_delivery import DeliveryFailed, DeliveryStep
+from baton.processors.publish_order import PipelinedOrder, done_future
 from baton.processors.publish_transaction import Offsets, TransactionFailed, init_transactions
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
@@ -51,13 +52,6 @@ from baton.schemas.decision import Decision, Outcome
 __all__ = ["BatchPublisher", "DeliveryFailed", "TransactionFailed"]
 
 log = logging.getLogger(__name__)
-
-
-#: what a dead letter keeps when it is too large for Kafka
-_DEAD_LETTER_HEAD = (
-    "error_kind", "error", "topic", "partition", "offset", "key_size", "worker", "failed_at",
-    "original_size",
-)  # fmt: skip
 
 
 #: how often the event loop serves delivery reports while records are in flight and no
@@ -69,14 +63,7 @@ _POLL_S = 0.01
 _LINGER_MS = 0
 
 
-def _done() -> asyncio.Future[None]:
-    """A future that is complete already: nothing left to wait for."""
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_result(None)
-    return future
-
-
-class BatchPublisher:
+class BatchPublisher(PipelinedOrder):
     def __init__(
         self,
         producer_conf: dict[str, Any],
@@ -88,6 +75,7 @@ class BatchPublisher:
         transactional_id: str | None = None,
         transaction_timeout_ms: int = 10_000,
     ) -> None:
+        super().__init__()
         conf = {
             # murmur2: must match Faust's partitioner or a run's events split across workers
             "partitioner": "murmur2_random",
@@ -135,9 +123,6 @@ class BatchPublisher:
         #: steps whose delivery reports are still due (served by _poll on the loop)
         self._in_flight: set[DeliveryStep] = set()
         self._poll_timer: asyncio.TimerHandle | None = None
-        #: the previous batch's states handed to librdkafka / its whole batch durable
-        self._states_sent: asyncio.Future[None] | None = None
-        self._durable: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Nothing to start: librdkafka connects in the background (the same call as the
@@ -188,16 +173,11 @@ class BatchPublisher:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
                 raise
-            # belt and braces (dead letters are capped when made): one record too big for
-            # Kafka must not end the worker on every restart; keep what was wrong and where
             log.error(
                 "dead letter of %d bytes too large for Kafka; sent without the original",
                 len(dl.value),
             )
-            doc = orjson.loads(dl.value)
-            short = {k: doc.get(k) for k in _DEAD_LETTER_HEAD}
-            short["original_dropped"] = "too large for Kafka"
-            self._produce(self.deadletter_topic, orjson.dumps(short), None)
+            self._produce(self.deadletter_topic, dead_letter_without_original(dl.value), None)
 
     def enqueue(self, record: Decision | DeadLetter) -> None:
         """Send ``record`` with the next publish (thread-safe; the sweep publishes every second)."""
@@ -274,20 +254,21 @@ class BatchPublisher:
         """
         if self.transactional:
             await self._publish_transaction(out, before_state, offsets, group_metadata)
-            return _done()
+            return done_future()
         self._producer.poll(0)  # the reports that came in since the last batch
-        if not (self._queued or out.decisions or out.dead_letters or out.forwards or out.changed):
-            # nothing to send (an idle sweep): durable once the batch before it is
-            previous = self._durable
-            return previous if previous is not None and not previous.done() else _done()
-        decisions = self._send(self._produce_queued, lambda: self._produce_outputs(out))
-        previous_sent, previous_durable = self._states_sent, self._durable
-        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        durable = asyncio.ensure_future(
-            self._states_after(decisions, previous_sent, previous_durable, sent, out, before_state)
+        return await self._in_order(out, before_state)
+
+    async def _decisions_step(self, out: Outputs) -> asyncio.Future[None]:
+        return self._send(self._produce_queued, lambda: self._produce_outputs(out))
+
+    async def _states_step(self, out: Outputs) -> asyncio.Future[None]:
+        encoded = out.encoded
+        return self._send(
+            lambda: [
+                self.produce_state(key, partition, state, encoded.get(key))
+                for key, (partition, state) in out.changed.items()
+            ]
         )
-        self._states_sent, self._durable = sent, durable
-        return durable
 
     def _send(self, *produce: Callable[[], None]) -> asyncio.Future[None]:
         """Run ``produce`` steps into one ``DeliveryStep``: its future completes once librdkafka has
@@ -313,42 +294,6 @@ class BatchPublisher:
         self._in_flight = {step for step in self._in_flight if not step.future.done()}
         if self._in_flight:
             self._poll_timer = asyncio.get_running_loop().call_later(_POLL_S, self._poll)
-
-    async def _states_after(
-        self,
-        decisions: asyncio.Future[None],
-        previous_sent: asyncio.Future[None] | None,
-        previous_durable: asyncio.Future[None] | None,
-        sent: asyncio.Future[None],
-        out: Outputs,
-        before_state: Callable[[], None] | None,
-    ) -> None:
-        """The second half of a batch: its states, once its decisions are acknowledged."""
-        try:
-            await decisions
-            if previous_sent is not None:
-                await previous_sent  # a run's states reach the changelog in batch order
-            states = None
-            if out.changed:
-                if before_state is not None:
-                    before_state()
-                encoded = out.encoded
-                states = self._send(
-                    lambda: [
-                        self.produce_state(key, partition, state, encoded.get(key))
-                        for key, (partition, state) in out.changed.items()
-                    ]
-                )
-        except BaseException as exc:
-            # the batches after this one must not send their states either
-            sent.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
-            sent.exception()  # retrieved: the caller hears of it through its own future
-            raise
-        sent.set_result(None)
-        if states is not None:
-            await states
-        if previous_durable is not None:
-            await previous_durable  # durable in batch order: acknowledged input in order
 
     def _produce_outputs(self, out: Outputs) -> None:
         for dl in out.dead_letters:

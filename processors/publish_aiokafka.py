@@ -15,9 +15,10 @@ the previous batch's states were sent; the batch is durable (its input acknowled
 once its states are acknowledged too, in batch order. A record not delivered within
 ``request_timeout_ms`` fails its batch and every later one (the worker exits uncommitted):
 counted here, since an idempotent aiokafka producer retries a record forever.
-A full accumulator makes ``send`` wait for room (never a drop); a record too large for Kafka
-is refused before it is queued. Exactly-once (transactions) is not offered here: it stays on
-librdkafka.
+The order itself is ``publish_order``'s, shared with the librdkafka publisher. A partition
+whose previous record batch is still queued makes ``send_batch`` wait for it to go (never a
+drop); a record too large for Kafka is refused before it is queued. Exactly-once
+(transactions) is not offered here: it stays on librdkafka.
 
 Not guaranteed: records queued when the process stops are not flushed (their batches were
 never acknowledged, so they are fetched and decided again; the engine's dedup marks keep
@@ -34,10 +35,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from baton.processors.batch import DeadLetter, Outputs
+from baton.processors.batch_records import dead_letter_without_original
 from baton.processors.publish_delivery import DeliveryFailed
+from baton.processors.publish_order import PipelinedOrder
 from baton.processors.publish_transaction import Offsets
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BrokerUnavailable
@@ -46,12 +47,6 @@ from baton.streams.partitioner import partition_for
 __all__ = ["AiokafkaPublisher", "DeliveryFailed", "RecordTooLarge"]
 
 log = logging.getLogger(__name__)
-
-#: what a dead letter keeps when it is too large for Kafka (as processors/publish.py)
-_DEAD_LETTER_HEAD = (
-    "error_kind", "error", "topic", "partition", "offset", "key_size", "worker", "failed_at",
-    "original_size",
-)  # fmt: skip
 
 #: the largest record Kafka takes by default (message.max.bytes), as librdkafka refuses it
 MAX_RECORD_BYTES = 1_000_000
@@ -75,13 +70,6 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
 
 class RecordTooLarge(DeliveryFailed):
     """A record larger than Kafka takes: refused before it is queued."""
-
-
-def _done() -> asyncio.Future[None]:
-    """A future that is complete already: nothing left to wait for."""
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_result(None)
-    return future
 
 
 class _Step:
@@ -156,7 +144,7 @@ class _Step:
             self.future.set_result(None)
 
 
-class AiokafkaPublisher:
+class AiokafkaPublisher(PipelinedOrder):
     """The at-least-once publisher on aiokafka (see the module docstring); started on the
     worker's loop at its first batch."""
 
@@ -173,6 +161,7 @@ class AiokafkaPublisher:
     ) -> None:
         """``client_options`` are ``AIOKafkaProducer`` keyword arguments (bootstrap_servers,
         security); no connection is made until the first publish (on the worker's loop)."""
+        super().__init__()
         self._options = {**_PRODUCER_DEFAULTS, **client_options}
         self._bootstrap = str(self._options.get("bootstrap_servers", "?"))
         self._producer: Any = None
@@ -184,9 +173,6 @@ class AiokafkaPublisher:
         self.changelog_topic = changelog_topic
         #: records from other threads (the control follower), sent with the next publish
         self._queued: deque[Decision | DeadLetter] = deque()
-        #: the previous batch's states handed to aiokafka / its whole batch durable
-        self._states_sent: asyncio.Future[None] | None = None
-        self._durable: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ connection
     async def start(self) -> None:
@@ -270,16 +256,11 @@ class AiokafkaPublisher:
         try:
             self._put(step, self.deadletter_topic, dl.value, dl.key)
         except RecordTooLarge:
-            # belt and braces (dead letters are capped when made): one record too big for
-            # Kafka must not end the worker on every restart; keep what was wrong and where
             log.error(
                 "dead letter of %d bytes too large for Kafka; sent without the original",
                 len(dl.value),
             )
-            doc = orjson.loads(dl.value)
-            short = {k: doc.get(k) for k in _DEAD_LETTER_HEAD}
-            short["original_dropped"] = "too large for Kafka"
-            self._put(step, self.deadletter_topic, orjson.dumps(short), None)
+            self._put(step, self.deadletter_topic, dead_letter_without_original(dl.value), None)
 
     def enqueue(self, record: Decision | DeadLetter) -> None:
         """Send ``record`` with the next publish (thread-safe; the sweep publishes every second)."""
@@ -354,19 +335,15 @@ class AiokafkaPublisher:
         acknowledge the input only then. ``offsets``/``group_metadata`` are exactly-once's
         and ignored (Faust's committer commits after the acknowledgement)."""
         await self.start()
-        if not (self._queued or out.decisions or out.dead_letters or out.forwards or out.changed):
-            previous = self._durable  # an idle sweep: durable once the batch before it is
-            return previous if previous is not None and not previous.done() else _done()
-        decisions = await self._step_of(
+        return await self._in_order(out, before_state)
+
+    async def _decisions_step(self, out: Outputs) -> asyncio.Future[None]:
+        return await self._step_of(
             self._produce_queued, lambda step: self._produce_outputs(step, out)
         )
-        previous_sent, previous_durable = self._states_sent, self._durable
-        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        durable = asyncio.ensure_future(
-            self._states_after(decisions, previous_sent, previous_durable, sent, out, before_state)
-        )
-        self._states_sent, self._durable = sent, durable
-        return durable
+
+    async def _states_step(self, out: Outputs) -> asyncio.Future[None]:
+        return await self._step_of(lambda step: self._produce_states(step, out))
 
     async def _step_of(self, *produce: Callable[[_Step], None]) -> asyncio.Future[None]:
         """Run ``produce`` steps into one ``_Step`` and hand its records to aiokafka: its future
@@ -379,33 +356,3 @@ class AiokafkaPublisher:
         finally:
             step.seal()
         return step.future
-
-    async def _states_after(
-        self,
-        decisions: asyncio.Future[None],
-        previous_sent: asyncio.Future[None] | None,
-        previous_durable: asyncio.Future[None] | None,
-        sent: asyncio.Future[None],
-        out: Outputs,
-        before_state: Callable[[], None] | None,
-    ) -> None:
-        """The second half of a batch: its states, once its decisions are acknowledged."""
-        try:
-            await decisions
-            if previous_sent is not None:
-                await previous_sent  # a run's states reach the changelog in batch order
-            states = None
-            if out.changed:
-                if before_state is not None:
-                    before_state()
-                states = await self._step_of(lambda step: self._produce_states(step, out))
-        except BaseException as exc:
-            # the batches after this one must not send their states either
-            sent.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
-            sent.exception()  # retrieved: the caller hears of it through its own future
-            raise
-        sent.set_result(None)
-        if states is not None:
-            await states
-        if previous_durable is not None:
-            await previous_durable  # durable in batch order: acknowledged input in order

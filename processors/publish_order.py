@@ -1,0 +1,94 @@
+"""The at-least-once order of publishing batches: decisions, then run states, durable in order.
+
+Both at-least-once publishers (librdkafka's, processors/publish.py, and aiokafka's,
+processors/publish_aiokafka.py) keep this order, here once: a batch's decisions (dead
+letters, forwards, queued control records) are handed to the producer and the caller goes on
+to decide the next batch; once every one of them is acknowledged, and the previous batch's
+states were sent, ``before_state`` is called (it may raise: the worker checks it still owns
+the partitions) and the batch's run states are sent; once they are acknowledged too, and the
+previous batch is durable, the batch is durable and its input may be acknowledged. So a state
+never reaches the changelog before the decisions it remembers, a run's states reach it in
+batch order, and once a batch fails no later batch writes its states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from baton.processors.batch import Outputs
+
+__all__ = ["PipelinedOrder", "done_future"]
+
+
+def done_future() -> asyncio.Future[None]:
+    """A future that is complete already: nothing left to wait for."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+class PipelinedOrder:
+    """The order above, for a publisher that hands a batch's decisions and its states to
+    its producer (``_decisions_step``, ``_states_step``: each a future completing once all
+    its records are acknowledged, or failing)."""
+
+    _queued: Any  # records from other threads, sent with the next batch
+
+    def __init__(self) -> None:
+        #: the previous batch's states handed to the producer / its whole batch durable
+        self._states_sent: asyncio.Future[None] | None = None
+        self._durable: asyncio.Future[None] | None = None
+
+    async def _decisions_step(self, out: Outputs) -> asyncio.Future[None]:
+        raise NotImplementedError
+
+    async def _states_step(self, out: Outputs) -> asyncio.Future[None]:
+        raise NotImplementedError
+
+    async def _in_order(
+        self, out: Outputs, before_state: Callable[[], None] | None
+    ) -> asyncio.Future[None]:
+        """Hand ``out``'s decisions over and return the future of the whole batch durable."""
+        if not (self._queued or out.decisions or out.dead_letters or out.forwards or out.changed):
+            previous = self._durable  # an idle sweep: durable once the batch before it is
+            return previous if previous is not None and not previous.done() else done_future()
+        decisions = await self._decisions_step(out)
+        previous_sent, previous_durable = self._states_sent, self._durable
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        durable = asyncio.ensure_future(
+            self._states_after(decisions, previous_sent, previous_durable, sent, out, before_state)
+        )
+        self._states_sent, self._durable = sent, durable
+        return durable
+
+    async def _states_after(
+        self,
+        decisions: asyncio.Future[None],
+        previous_sent: asyncio.Future[None] | None,
+        previous_durable: asyncio.Future[None] | None,
+        sent: asyncio.Future[None],
+        out: Outputs,
+        before_state: Callable[[], None] | None,
+    ) -> None:
+        """The second half of a batch: its states, once its decisions are acknowledged."""
+        try:
+            await decisions
+            if previous_sent is not None:
+                await previous_sent  # a run's states reach the changelog in batch order
+            states = None
+            if out.changed:
+                if before_state is not None:
+                    before_state()
+                states = await self._states_step(out)
+        except BaseException as exc:
+            # the batches after this one must not send their states either
+            sent.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            sent.exception()  # retrieved: the caller hears of it through its own future
+            raise
+        sent.set_result(None)
+        if states is not None:
+            await states
+        if previous_durable is not None:
+            await previous_durable  # durable in batch order: acknowledged input in order
