@@ -225,6 +225,26 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)
+    return _timed(state)
+
+
+def _timed(state: RunState) -> RunState:
+    """``state`` when every time the sweep computes with is a number, else a ValueError: the
+    sweep does arithmetic on them outside any one record's step, so a record holding text
+    there would end the worker's timer (and the worker) at every restart."""
+    times = [state.started_at, state.last_event_at]
+    maybe = [state.evicted_at]  # None: not evicted, or a reservation that never expires
+    for p in state.pending.values():
+        times += (p.expires_at, p.created_at)
+    for r in state.reserved.values():
+        maybe.append(r.expires_at)
+    bad = [t for t in times if type(t) is not float and type(t) is not int]
+    bad += [t for t in maybe if t is not None and type(t) is not float and type(t) is not int]
+    if bad:
+        raise ValueError(
+            f"run state of {str(state.run_id)[:80]!r}: a time (t0, t, ev, an approval's or a "
+            f"reservation's expiry) is {str(bad[0])[:40]!r}: expected a number of seconds"
+        )
     return state
 
 
@@ -249,7 +269,20 @@ def _tasks_from_wire(rows: Any) -> dict[str, TaskNode]:
         task: TaskNode(intern(owner), intern(giver), parent, depth)
         for task, owner, giver, parent, depth in rows
     }
-    return shared(tasks) or EMPTY
+    return shared(_depths_checked(tasks)) or EMPTY
+
+
+def _depths_checked(tasks: dict[str, TaskNode]) -> dict[str, TaskNode]:
+    """``tasks`` when every depth is an int, else a ValueError: equal runs share one task
+    dict, found by its items, and ``1.0 == True == 1``, so another type here would be
+    written into every run that shares it (its records and decisions), not this run's only."""
+    for task, node in tasks.items():
+        if type(node.depth) is not int:
+            raise ValueError(
+                f"run state: task {task[:80]!r} has depth {str(node.depth)[:40]!r}: expected "
+                "an integer"
+            )
+    return tasks
 
 
 def _from_list(w: list[Any]) -> RunState:
@@ -258,7 +291,7 @@ def _from_list(w: list[Any]) -> RunState:
     seen, fresh, digests = _marks_from_wire(w[14], marks, w[17] if len(w) > 17 else None)
     state = RunState(
         w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9],
-        {k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]},
+        _depths_checked({k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]}),
         {},
         dict.fromkeys(w[11]),
         {r[0]: _old_reservation(r) for r in w[12]},
@@ -280,7 +313,7 @@ def _from_list(w: list[Any]) -> RunState:
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)
-    return state
+    return _timed(state)
 
 
 def _old_reservation(row: list[Any]) -> Reservation:

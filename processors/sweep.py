@@ -54,6 +54,31 @@ class _Bucket(list[bytes]):
         self.second = second
 
 
+class _Touched(list[bytes]):
+    """The runs touched with one second as their last event, in the order they were touched.
+    A run is touched by every batch that changes it, each time with that batch's own key
+    bytes: the list drops repeats whenever it doubles (``room``), so a run whose last event
+    stays in one second (a clock stepped back behind it) is in it about once, not once a
+    batch until the clock catches up."""
+
+    __slots__ = ("room",)
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__((key,))
+        self.room = _TOUCHED_ROOM
+
+    def add(self, key: bytes) -> None:
+        if self[-1] != key:
+            self.append(key)
+            if len(self) >= self.room:
+                self[:] = dict.fromkeys(self)
+                self.room = 2 * len(self) + _TOUCHED_ROOM
+
+
+#: a second's touched list is first cleared of repeats at this length
+_TOUCHED_ROOM = 64
+
+
 class DueIndex:
     def __init__(
         self, retention_s: float, tombstone_retention_s: float, hold_idle_s: float = HOLD_IDLE_S
@@ -69,7 +94,7 @@ class DueIndex:
         #: second of a last event -> the runs touched with it since they were last held, in
         #: the order they were touched (a run touched again is in two buckets: the caller's
         #: ``idle_since`` tells the current one)
-        self._touched: dict[int, list[bytes]] = {}
+        self._touched: dict[int, _Touched] = {}
 
     def __len__(self) -> int:
         return len(self._due)
@@ -85,9 +110,9 @@ class DueIndex:
         second = _second(state.last_event_at)
         touched = self._touched.get(second)
         if touched is None:
-            self._touched[second] = [key]
-        elif touched[-1] is not key:
-            touched.append(key)
+            self._touched[second] = _Touched(key)
+        else:
+            touched.add(key)
         self.push(key, self.due_of(state))
 
     def push(self, key: bytes, due: float) -> None:
@@ -123,25 +148,35 @@ class DueIndex:
             bucket = buckets.pop(second)
             for i, key in enumerate(bucket):
                 if limit is not None and popped >= limit:
-                    self._put_back(second, bucket[i:])
+                    self._put_back(bucket, i)
                     return
                 if dues.get(key) is not bucket:
                     continue  # moved to an earlier bucket, or the run left the table
                 del dues[key]
                 popped += 1
-                yield key
+                try:
+                    yield key
+                except GeneratorExit:  # the caller stopped early (an exception): the rest stays
+                    self._put_back(bucket, i + 1)
+                    raise
 
-    def _put_back(self, second: int, keys: list[bytes]) -> None:
-        """The keys of a bucket a limited pop did not reach: due still, first next time."""
-        dues = self._due
-        bucket = self._buckets.get(second)
-        if bucket is None:
-            bucket = self._buckets[second] = _Bucket(second)
+    def _put_back(self, bucket: _Bucket, reached: int) -> None:
+        """The keys of a bucket a limited pop did not reach (from ``reached`` on): due still,
+        first next time. They stay in their bucket, whose index entries point at it already:
+        moving them cost a dict write each, and a restored table of a million runs is one
+        bucket that the sweep takes 5,000 a second."""
+        del bucket[:reached]
+        second = bucket.second
+        newer = self._buckets.get(second)  # a push into this second while it was popped
+        if newer is None:
             heapq.heappush(self._seconds, second)
-        for key in keys:
-            if key in dues and dues[key].second == second:
-                bucket.append(key)
-                dues[key] = bucket
+        else:
+            dues = self._due
+            for key in newer:
+                if dues.get(key) is newer:
+                    bucket.append(key)
+                    dues[key] = bucket
+        self._buckets[second] = bucket
 
     def idle_keys(
         self, now_ts: float, limit: int, idle_since: Callable[[bytes], float | None]
@@ -152,12 +187,13 @@ class DueIndex:
         already, or gone): a run touched again since is left for its newer bucket."""
         horizon = now_ts - self.hold_idle_s
         touched = self._touched
-        out: dict[bytes, None] = {}  # a run touched twice in one second is in it twice
+        out: dict[bytes, None] = {}  # a run touched in one second may be in it twice
         for second in sorted(s for s in touched if s <= horizon):
             keys = touched.pop(second)
             for i, key in enumerate(keys):
                 if len(out) >= limit:
-                    touched[second] = keys[i:]
+                    del keys[:i]
+                    touched[second] = keys
                     return list(out)
                 last = idle_since(key)
                 if last is not None and _second(last) == second:
