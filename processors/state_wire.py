@@ -228,10 +228,21 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
     return _timed(state)
 
 
+_NUMBERS = frozenset({float, int})
+
+
 def _timed(state: RunState) -> RunState:
     """``state`` when every time the sweep computes with is a number, else a ValueError: the
     sweep does arithmetic on them outside any one record's step, so a record holding text
     there would end the worker's timer (and the worker) at every restart."""
+    if (
+        type(state.started_at) in _NUMBERS
+        and type(state.last_event_at) in _NUMBERS
+        and state.evicted_at is None
+        and not state.pending
+        and not state.reserved
+    ):
+        return state  # a live run's usual record
     times = [state.started_at, state.last_event_at]
     maybe = [state.evicted_at]  # None: not evicted, or a reservation that never expires
     for p in state.pending.values():
