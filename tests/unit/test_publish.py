@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 
-from baton.processors.batch import BatchProcessor, DeadLetter, InputRecord, Outputs
+from baton.processors.batch import DeadLetter, Outputs
 from baton.processors.publish import BatchPublisher, DeliveryFailed
-from baton.processors.state import RunState
-from baton.schemas.policy import load_policy
-from tests.helpers import handoff
+from tests.unit.publish_support import decided_batch, until
 
 pytestmark = pytest.mark.unit
 
@@ -105,36 +102,17 @@ def _publisher() -> tuple[BatchPublisher, _Producer]:
     return publisher, producer
 
 
-def _batch(runs: int) -> Outputs:
-    states: dict[bytes, RunState] = {}
-    proc = BatchProcessor(load_policy(None), 1, states, worker="w")
-    records = [
-        InputRecord(
-            "gov.handoff.requests", 0, i, f"run_{i}".encode(), handoff(f"run_{i}", 1, "x").to_json()
-        )
-        for i in range(runs)
-    ]
-    return proc.process(records, datetime.now(UTC))
-
-
-async def _until(check: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.001)
-
-
 def test_decisions_are_acknowledged_before_any_run_state_is_sent_and_the_states_follow() -> None:
     publisher, producer = _publisher()
-    out = _batch(3)
+    out = decided_batch(3)
 
     async def scenario() -> None:
         durable = await publisher.publish_decisions_first(out)
         # handed over, not waited for: the worker fetches and decides its next batch now
         assert producer.produced == ["d", "d", "d"] and producer.acked == []
-        await _until(lambda: producer.acked == ["d", "d", "d"])
+        await until(lambda: producer.acked == ["d", "d", "d"])
         # the decisions are acknowledged; then the states are sent, not yet acknowledged
-        await _until(lambda: producer.produced == ["d", "d", "d", "c", "c", "c"])
+        await until(lambda: producer.produced == ["d", "d", "d", "c", "c", "c"])
         await asyncio.sleep(0.02)
         assert not durable.done()
         producer.states_acked = True
@@ -154,7 +132,7 @@ def test_a_state_that_cannot_be_delivered_fails_the_batch_after_its_decisions() 
     producer.states_acked = True
 
     async def scenario() -> None:
-        durable = await publisher.publish_decisions_first(_batch(2))
+        durable = await publisher.publish_decisions_first(decided_batch(2))
         with pytest.raises(DeliveryFailed, match=r"could not deliver 2 records .* c\[0\]"):
             await asyncio.wait_for(durable, 5)
 
@@ -169,11 +147,11 @@ def test_a_worker_that_lost_its_partitions_writes_no_state_after_the_decisions()
         raise RuntimeError("consumer generation changed from 3 to 4 during a batch")
 
     async def scenario() -> None:
-        durable = await publisher.publish_decisions_first(_batch(2), before_state=expelled)
+        durable = await publisher.publish_decisions_first(decided_batch(2), before_state=expelled)
         with pytest.raises(RuntimeError, match="generation changed"):
             await asyncio.wait_for(durable, 5)
         # and the next batch, decided on top of it, writes none either
-        later = await publisher.publish_decisions_first(_batch(1))
+        later = await publisher.publish_decisions_first(decided_batch(1))
         with pytest.raises(RuntimeError, match="generation changed"):
             await asyncio.wait_for(later, 5)
 
@@ -184,7 +162,7 @@ def test_a_worker_that_lost_its_partitions_writes_no_state_after_the_decisions()
 def test_publish_returns_only_once_the_states_are_durable_too() -> None:
     publisher, producer = _publisher()
     producer.states_acked = True
-    asyncio.run(publisher.publish(_batch(2)))
+    asyncio.run(publisher.publish(decided_batch(2)))
     assert producer.acked == ["d", "d", "c", "c"]
 
 
@@ -192,11 +170,11 @@ def test_batches_in_flight_write_their_states_in_batch_order_and_become_durable_
     publisher, producer = _publisher()
 
     async def scenario() -> None:
-        first = await publisher.publish_decisions_first(_batch(2))
+        first = await publisher.publish_decisions_first(decided_batch(2))
         # the next batch is handed over while the first one's decisions are unacknowledged
         assert producer.acked == []
-        second = await publisher.publish_decisions_first(_batch(1))
-        await _until(lambda: producer.produced.count("c") == 3)
+        second = await publisher.publish_decisions_first(decided_batch(1))
+        await until(lambda: producer.produced.count("c") == 3)
         # the first batch's states went out before the second's (a run's states in order)
         assert producer.produced == ["d", "d", "d", "c", "c", "c"]
         assert not first.done() and not second.done()
@@ -224,7 +202,7 @@ def test_a_batch_with_a_record_librdkafka_refuses_at_once_still_completes() -> N
     producer.produce = produce  # type: ignore[method-assign]
 
     async def scenario() -> None:
-        durable = await publisher.publish_decisions_first(_batch(2))
+        durable = await publisher.publish_decisions_first(decided_batch(2))
         await asyncio.wait_for(durable, 5)
 
     asyncio.run(scenario())
@@ -237,7 +215,7 @@ def test_an_idle_sweep_sends_nothing_and_is_durable_once_the_batch_before_it_is(
     async def scenario() -> None:
         idle = await publisher.publish_decisions_first(Outputs())
         assert idle.done() and producer.produced == []
-        batch = await publisher.publish_decisions_first(_batch(1))
+        batch = await publisher.publish_decisions_first(decided_batch(1))
         after = await publisher.publish_decisions_first(Outputs())
         assert not after.done() and producer.produced == ["d"]
         producer.states_acked = True

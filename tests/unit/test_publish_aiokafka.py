@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -13,17 +12,15 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 from pydantic import SecretStr
 
-from baton.processors.batch import BatchProcessor, DeadLetter, InputRecord, Outputs
+from baton.processors.batch import DeadLetter, Outputs
 from baton.processors.batch_records import Forward
 from baton.processors.publish import BatchPublisher
 from baton.processors.publish_aiokafka import AiokafkaPublisher, DeliveryFailed, RecordTooLarge
 from baton.processors.publish_select import aiokafka_options, worker_publisher
-from baton.processors.state import RunState
 from baton.schemas.decision import Outcome
-from baton.schemas.policy import load_policy
 from baton.schemas.settings import Settings
 from baton.streams.partitioner import partition_for
-from tests.helpers import handoff
+from tests.unit.publish_support import decided_batch, until
 
 pytestmark = pytest.mark.unit
 
@@ -98,35 +95,16 @@ def _publisher() -> tuple[AiokafkaPublisher, _Producer]:
     return publisher, producer
 
 
-def _batch(runs: int, first: int = 0) -> Outputs:
-    states: dict[bytes, RunState] = {}
-    proc = BatchProcessor(load_policy(None), 1, states, worker="w")
-    records = [
-        InputRecord(
-            "gov.handoff.requests", 0, i, f"run_{i}".encode(), handoff(f"run_{i}", 1, "x").to_json()
-        )
-        for i in range(first, first + runs)
-    ]
-    return proc.process(records, datetime.now(UTC))
-
-
-async def _until(check: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.001)
-
-
 def test_states_are_sent_only_once_the_batch_decisions_are_acknowledged() -> None:
     async def scenario() -> None:
         publisher, producer = _publisher()
-        durable = await publisher.publish_decisions_first(_batch(3))
+        durable = await publisher.publish_decisions_first(decided_batch(3))
         # handed over, not waited for: the worker fetches and decides its next batch now
         assert producer.topics == ["d", "d", "d"]
         await asyncio.sleep(0.01)
         assert producer.topics == ["d", "d", "d"], "a state before its decisions were acked"
         producer.ack("d")
-        await _until(lambda: producer.topics == ["d", "d", "d", "c", "c", "c"])
+        await until(lambda: producer.topics == ["d", "d", "d", "c", "c", "c"])
         # the states carry the batch's encoded bytes, on the run's partition
         assert all(s[1] and s[3] == 0 for s in producer.sent[3:])
         await asyncio.sleep(0.01)
@@ -140,14 +118,14 @@ def test_states_are_sent_only_once_the_batch_decisions_are_acknowledged() -> Non
 def test_states_wait_for_the_previous_batch_states_and_durable_goes_in_batch_order() -> None:
     async def scenario() -> None:
         publisher, producer = _publisher()
-        first = await publisher.publish_decisions_first(_batch(2))
-        second = await publisher.publish_decisions_first(_batch(1, first=5))
+        first = await publisher.publish_decisions_first(decided_batch(2))
+        second = await publisher.publish_decisions_first(decided_batch(1, first=5))
         # the second batch's decision acknowledged before the first's: its state waits
         producer.sent[2][5].set_result(None)
         await asyncio.sleep(0.01)
         assert "c" not in producer.topics
         producer.ack("d")
-        await _until(lambda: producer.topics.count("c") == 3)
+        await until(lambda: producer.topics.count("c") == 3)
         # the first batch's states went out before the second's (a run's states in order)
         assert [s[2] for s in producer.sent[3:]] == [b"run_0", b"run_1", b"run_5"]
         producer.sent[5][5].set_result(None)  # the second batch's state, acknowledged first
@@ -163,8 +141,8 @@ def test_states_wait_for_the_previous_batch_states_and_durable_goes_in_batch_ord
 def test_a_decision_not_delivered_fails_its_batch_and_every_later_one_without_states() -> None:
     async def scenario() -> None:
         publisher, producer = _publisher()
-        durable = await publisher.publish_decisions_first(_batch(2))
-        later = await publisher.publish_decisions_first(_batch(1, first=5))
+        durable = await publisher.publish_decisions_first(decided_batch(2))
+        later = await publisher.publish_decisions_first(decided_batch(1, first=5))
         producer.fail("d")
         with pytest.raises(DeliveryFailed, match=r"could not deliver .* at 127\.0\.0\.1:1: d\[0\]"):
             await asyncio.wait_for(durable, 5)
@@ -178,9 +156,9 @@ def test_a_decision_not_delivered_fails_its_batch_and_every_later_one_without_st
 def test_a_state_not_delivered_fails_the_batch() -> None:
     async def scenario() -> None:
         publisher, producer = _publisher()
-        durable = await publisher.publish_decisions_first(_batch(2))
+        durable = await publisher.publish_decisions_first(decided_batch(2))
         producer.ack("d")
-        await _until(lambda: "c" in producer.topics)
+        await until(lambda: "c" in producer.topics)
         producer.fail("c")
         with pytest.raises(DeliveryFailed, match=r"could not deliver 2 records .* c\[0\]"):
             await asyncio.wait_for(durable, 5)
@@ -194,11 +172,11 @@ def test_a_worker_that_lost_its_partitions_writes_no_state() -> None:
 
     async def scenario() -> None:
         publisher, producer = _publisher()
-        durable = await publisher.publish_decisions_first(_batch(2), before_state=expelled)
+        durable = await publisher.publish_decisions_first(decided_batch(2), before_state=expelled)
         producer.ack("d")
         with pytest.raises(RuntimeError, match="generation changed"):
             await asyncio.wait_for(durable, 5)
-        later = await publisher.publish_decisions_first(_batch(1, first=5))
+        later = await publisher.publish_decisions_first(decided_batch(1, first=5))
         producer.ack("d")
         with pytest.raises(RuntimeError, match="generation changed"):
             await asyncio.wait_for(later, 5)
@@ -211,14 +189,14 @@ def test_a_full_producer_makes_publish_wait_and_drops_nothing() -> None:
     async def scenario() -> None:
         publisher, producer = _publisher()
         producer.room.clear()
-        publishing = asyncio.ensure_future(publisher.publish_decisions_first(_batch(3)))
+        publishing = asyncio.ensure_future(publisher.publish_decisions_first(decided_batch(3)))
         await asyncio.sleep(0.02)
         assert not publishing.done() and producer.sent == []
         producer.room.set()
         durable = await asyncio.wait_for(publishing, 5)
         assert producer.topics == ["d", "d", "d"]
         producer.ack("d")
-        await _until(lambda: producer.topics.count("c") == 3)
+        await until(lambda: producer.topics.count("c") == 3)
         producer.ack("c")
         await asyncio.wait_for(durable, 5)
 
@@ -245,7 +223,7 @@ def test_a_dead_letter_too_large_for_kafka_is_sent_without_its_original() -> Non
 def test_stops_control_records_and_forwards_reach_their_topics() -> None:
     async def scenario() -> None:
         publisher, producer = _publisher()
-        stop_batch = _batch(1)
+        stop_batch = decided_batch(1)
         [(_, decision)] = stop_batch.decisions
         stopped = dataclasses.replace(decision, outcome=Outcome.STOP)
         publisher.enqueue(stopped)  # the control follower's record, from its thread
@@ -303,11 +281,11 @@ def test_a_partition_with_more_records_than_a_record_batch_holds_goes_in_several
     async def scenario() -> None:
         publisher, producer = _publisher()
         producer.batch_size = 2
-        durable = await publisher.publish_decisions_first(_batch(5))
+        durable = await publisher.publish_decisions_first(decided_batch(5))
         assert producer.topics == ["d"] * 5 and producer.batches == 3
         assert [s[2] for s in producer.sent] == [f"run_{i}".encode() for i in range(5)]
         producer.ack("d")
-        await _until(lambda: producer.topics.count("c") == 5)
+        await until(lambda: producer.topics.count("c") == 5)
         producer.ack("c")
         await asyncio.wait_for(durable, 5)
 
@@ -317,7 +295,7 @@ def test_a_partition_with_more_records_than_a_record_batch_holds_goes_in_several
 def test_a_decision_larger_than_kafka_takes_fails_the_batch_before_anything_is_sent() -> None:
     async def scenario() -> None:
         publisher, producer = _publisher()
-        out = _batch(2)
+        out = decided_batch(2)
         partition, decision = out.decisions[1]
         huge = dataclasses.replace(decision, run_id="r" * 1_000_001)
         out.decisions[1] = (partition, huge)
