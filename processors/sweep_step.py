@@ -18,7 +18,9 @@ from typing import Any, Protocol, runtime_checkable
 from baton.processors.batch import BatchProcessor, Outputs
 from baton.processors.chain import link
 from baton.processors.engine import KillSwitches, evict, expire_due
+from baton.processors.state import RunState
 from baton.processors.sweep import DueIndex
+from baton.schemas.decision import Decision
 from baton.streams.partitioner import partition_for
 
 __all__ = ["HoldsRecords", "sweep_due"]
@@ -76,21 +78,29 @@ def sweep_due(
             continue
         if state is None:
             continue
-        new = state
-        if state.pending or state.reserved_due is not None:
-            new, decisions = expire_due(state, proc.policy, now, kills)
-            if decisions:
-                link(new, decisions, proc.chain_key)
-            out.decisions.extend((partition, d) for d in decisions)
-        kept = evict(new, now, run_retention_s, tombstone_retention_s)
+        try:
+            decisions, kept, raw = _swept(
+                proc, state, now, kills, run_retention_s, tombstone_retention_s
+            )
+        except Exception:
+            # a record whose values the engine cannot compute with (a writer of the
+            # changelog): this run only, never the sweep (a raise here ended the worker)
+            log.error(
+                "run %r: stored state cannot be swept; left as is",
+                key,
+                exc_info=True,
+                extra={"run_id": key.decode("utf-8", "replace")},
+            )
+            continue
+        out.decisions.extend((partition, d) for d in decisions)
         if kept is None:
             del states[key]
             out.changed[key] = (partition, None)
             proc.account(key, None)
-        elif kept is not state:
+        elif raw is not None:
             states[key] = kept
             out.changed[key] = (partition, kept)
-            out.encoded[key] = raw = kept.to_bytes()
+            out.encoded[key] = raw
             proc.account(key, len(raw))
         due.touch(key, kept)
     for key in later:
@@ -102,6 +112,27 @@ def sweep_due(
         for key in due.idle_keys(now_ts, limit, states.idle_since):
             states.hold_encoded(key)
     return out
+
+
+def _swept(
+    proc: BatchProcessor,
+    state: RunState,
+    now: datetime,
+    kills: KillSwitches,
+    run_retention_s: float,
+    tombstone_retention_s: float,
+) -> tuple[list[Decision], RunState | None, bytes | None]:
+    """What the sweep makes of one due run, nothing changed yet: the decisions of what
+    expired (linked), the state to keep (None: forget the run) and its record (None: the
+    state did not change)."""
+    new, decisions = state, []
+    if state.pending or state.reserved_due is not None:
+        new, decisions = expire_due(state, proc.policy, now, kills)
+        if decisions:
+            link(new, decisions, proc.chain_key)
+    kept = evict(new, now, run_retention_s, tombstone_retention_s)
+    raw = kept.to_bytes() if kept is not None and kept is not state else None
+    return decisions, kept, raw
 
 
 def _note_revived(states: HoldsRecords, due: DueIndex) -> None:

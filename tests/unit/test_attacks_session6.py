@@ -272,3 +272,36 @@ def test_a_forged_record_whose_times_are_not_numbers_never_stops_the_sweep(
         assert "stored state cannot be read" in caplog.text
         refused = proc.process([_record("run-bad", 9, handoff("run-bad", 9, "t9"))], NOW)
         assert [d.kind for d in refused.dead_letters] == ["state_unreadable"], forged
+
+
+def test_a_forged_record_whose_approval_falls_due_never_stops_the_sweep(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run whose approval the sweep expires: a chain head, run id or spend of another type
+    in its record (the expiry links and builds decisions from them) raised out of the sweep
+    (AttributeError, TypeError), ending the worker at every restart. The sweep now works out
+    a run's expiry and eviction before it changes anything, and a run it cannot work out is
+    logged and left as it is; a good run's approval beside it still expires."""
+    policy = policy_with(require_approval_for=["billing.*"])
+    asked = BatchProcessor(policy, PARTITIONS, {}, chain_key=b"k")
+    gated = {"action": "billing.refund.create", "event_time": NOW}
+    asked.process(
+        [
+            _record("run-bad", 0, handoff("run-bad", 1, "t", **gated)),
+            _record("run-good", 1, handoff("run-good", 1, "t", **gated)),
+        ],
+        NOW,
+    )
+    wire = orjson.loads(asked.states[b"run-bad"].to_bytes())
+    good = asked.states[b"run-good"].to_bytes()
+    for field, value in [("ch", 5), ("ch", None), ("run", None), ("run", 7), ("usd", "x")]:
+        store = _store()
+        store._data[b"run-good"] = good
+        store._data[b"run-bad"] = orjson.dumps({**wire, field: value})
+        proc = BatchProcessor(policy, PARTITIONS, store, worker="w", chain_key=b"k")
+        due = DueIndex(3600.0, 86400.0)
+        due.rebuild_keys(list(store), NOW.timestamp())
+        with caplog.at_level(logging.ERROR, logger="baton.processors.app"):
+            out = _sweep(proc, due, NOW + timedelta(days=1))
+        assert [d.run_id for _, d in out.decisions] == ["run-good"], (field, value)
+        assert "cannot be swept" in caplog.text or "cannot be read" in caplog.text
