@@ -270,7 +270,7 @@ def measure(args: argparse.Namespace) -> None:
         print(f"| {name} | {seconds:.2f} | {cpu:.2f} | {counted / seconds:,.0f} |")
 
 
-_ROW = re.compile(r"^\| (.+?) \| [\d.]+ \| [\d.]+ \| ([\d,]+) \|$")
+_ROW = re.compile(r"^\| (.+?) \| ([\d.]+) \| ([\d.]+) \| ([\d,]+) \|$")
 
 
 def alternate(args: argparse.Namespace) -> None:
@@ -283,6 +283,9 @@ def alternate(args: argparse.Namespace) -> None:
     argv += ["--runs", str(args.runs), "--jobs", str(args.jobs)]
     columns: list[str] = []
     rates: dict[str, list[str]] = {}
+    #: CPU microseconds a recorded decision (the bench's process; the command's processes):
+    #: steadier than rates on a loaded host, where a pass waits for a core
+    cpu: dict[str, list[str]] = {}
     for n in range(1, args.rounds + 1):
         for side, path in sides.items():
             env = {**os.environ, "PYTHONPATH": path}
@@ -294,12 +297,20 @@ def alternate(args: argparse.Namespace) -> None:
             for line in lines:
                 m = _ROW.match(line)
                 if m:
-                    rates.setdefault(m.group(1), []).append(m.group(2))
+                    name, seconds, cpu_s, rate = m.groups()
+                    rates.setdefault(name, []).append(rate)
+                    decisions = float(rate.replace(",", "")) * float(seconds)
+                    shown = f"{float(cpu_s) / decisions * 1e6:.1f}" if decisions else "-"
+                    cpu.setdefault(name, []).append(shown)
             print(f"# {side} round {n}: {lines[0]}", flush=True)
     print(f"# this = {args.this or 'the baton package on PYTHONPATH'}, against = {args.against}")
     print("| step: recorded decisions/s | " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for name, row in rates.items():
+        print(f"| {name} | " + " | ".join(row) + " |")
+    print("\n| step: CPU us a recorded decision | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for name, row in cpu.items():
         print(f"| {name} | " + " | ".join(row) + " |")
 
 
