@@ -32,10 +32,12 @@ exit 7) rather than leaving it waiting for the lost piece: the pool is a
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import pickle
 import queue
+import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -86,13 +88,31 @@ def _one_thread() -> bool:
         return False
 
 
+#: prctl's option: the signal a process gets when the thread that forked it ends (Linux)
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with(reader: int) -> None:
+    """A forked pool process's start: it ends with the process that forked it (``reader``).
+
+    A reading process killed (kill -9, the OOM killer, SIGTERM from ``timeout`` or a CI
+    runner) shuts no pool down: its forked processes waited for work for ever, holding the
+    command's stdout and stderr open (a CI step reading them never ended). Linux only
+    (prctl); elsewhere they outlive it as before."""
+    with contextlib.suppress(OSError, AttributeError):  # (no libc prctl: not Linux)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != reader:  # the reader ended before the signal was asked for
+        os._exit(1)
+
+
 def start_pool(processes: int) -> ProcessPoolExecutor | None:
     """A pool of ``processes`` forked now when this process runs one thread (call it before
     opening the audit: see the module docstring), else None (``replay_pieces`` then starts
     a forkserver pool of its own). The caller shuts it down."""
     if processes < 1 or not _one_thread():
         return None
-    pool = ProcessPoolExecutor(processes, multiprocessing.get_context("fork"))
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(processes, context, _end_with, (os.getpid(),))
     pool.submit(int)  # every process forked now, in this thread, before any other starts
     return pool
 
