@@ -1,0 +1,135 @@
+"""The sixth session's attack review of replay's faster steps (the watched rules asked once per
+policy a run names, a step's Origin one slice of its row, parse_event by type): the replay of
+random histories and policy pairs, with policies updated, rolled back and forged mid-run,
+reports field for field what the session's start (5676c40) reports, run in a subprocess on
+that commit's own packages."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from baton.processors.recorded import policy_document
+from baton.processors.replay import Recorded
+from tests.unit.test_attacks_replay_share import _case
+
+pytestmark = pytest.mark.unit
+
+START = "5676c40"
+REPO = Path(__file__).resolve().parents[2]
+#: replay each case (rows as tuples, policies as their documents) and write the report's repr:
+#: every run's outcome (a dataclass: every field), partial and why, broken, transitions, ...
+RUNNER = """
+import pickle, sys
+from baton.processors.replay import Recorded, replay_runs, runs_of
+from baton.schemas.policy import Policy
+
+out = []
+for rows, new, policies in pickle.load(sys.stdin.buffer):
+    load = Policy.model_validate_json
+    report = replay_runs(
+        runs_of([Recorded(*row) for row in rows]), load(new),
+        {version: load(doc) for version, doc in policies.items()}, b"chain-key",
+    )
+    out.append(repr(report))
+pickle.dump(out, sys.stdout.buffer)
+"""
+
+_Case = tuple[list[tuple[Any, ...]], str, dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def start_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The start commit's packages as a ``baton`` package of their own, for PYTHONPATH."""
+    root = tmp_path_factory.mktemp("start")
+    (root / "baton").mkdir()
+    (root / "baton" / "__init__.py").write_text("")
+    folders = ["cli", "processors", "schemas", "sinks", "streams"]
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", START, *folders], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        pytest.skip(f"commit {START} not in this clone: {archive.stderr.decode()[:200]}")
+    subprocess.run(["tar", "-x", "-C", str(root / "baton")], input=archive.stdout, check=True)
+    return root
+
+
+def _flipped(rng: random.Random, rows: list[Recorded], versions: list[str]) -> list[Recorded]:
+    """Rows whose policy_version is switched among ``versions`` here and there: a policy
+    rolled back and forth mid-run (A, B, A), or a forged row naming another policy."""
+    return [
+        r._replace(policy_version=rng.choice(versions)) if rng.random() < 0.2 else r for r in rows
+    ]
+
+
+#: a row an attacker with write access to the audit alters (or deletes: None)
+_ALTER = [
+    lambda r: r._replace(input='{"type":"handoff_requested"}'),
+    lambda r: r._replace(input=None),
+    lambda r: r._replace(policy_version="deadbeefdeadbeef"),
+    lambda r: r._replace(chain_hash="0" * 32),
+    lambda r: r._replace(outcome="stop", reason="handoff_budget_exceeded"),
+    lambda r: None,
+]
+
+
+def _altered(rng: random.Random, rows: list[Recorded]) -> list[Recorded]:
+    at = rng.randrange(len(rows))
+    alter = rng.choice(_ALTER)(rows[at])
+    return [*rows[:at], *([alter] if alter is not None else []), *rows[at + 1 :]]
+
+
+def _cases(seeds: range) -> list[_Case]:
+    cases: list[_Case] = []
+    for seed in seeds:
+        rows, new, policies = _case(seed)
+        docs = {version: policy_document(p) for version, p in policies.items()}
+        cases.append(([tuple(r) for r in rows], policy_document(new), docs))
+        versions = [*policies, new.version]  # (the new one recorded: a forged row's claim)
+        docs = {**docs, new.version: policy_document(new)}
+        flipped = _flipped(random.Random(seed), rows, versions)
+        cases.append(([tuple(r) for r in flipped], policy_document(new), docs))
+        altered = _altered(random.Random(seed), rows)
+        cases.append(([tuple(r) for r in altered], policy_document(new), docs))
+    return cases
+
+
+def _reports(cases: list[_Case], pythonpath: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER],
+        input=pickle.dumps(cases),
+        capture_output=True,
+        env={"PYTHONPATH": pythonpath},
+        cwd="/",
+        check=False,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return pickle.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_replays_of_random_histories_and_policies_report_what_the_start_reported(
+    start_tree: Path,
+) -> None:
+    probe = "import baton.processors.replay_steps as s; print(hasattr(s, '_ORIGIN'))"
+    sides = [
+        subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, env=env, cwd="/", check=True
+        ).stdout.strip()
+        for env in ({"PYTHONPATH": str(start_tree)}, {"PYTHONPATH": str(REPO)})
+    ]
+    assert sides == [b"False", b"True"]  # two different trees are compared
+    cases = _cases(range(60))
+    before, now = _reports(cases, str(start_tree)), _reports(cases, str(REPO))
+    differ = [i for i, (b, n) in enumerate(zip(before, now, strict=True)) if b != n]
+    assert not differ, f"cases {differ} differ; first:\n{before[differ[0]]}\n{now[differ[0]]}"
+    # the cases reach changed, unfaithful, partial and broken runs
+    for reached in (r"changed=[1-9]", r"unfaithful=\[\(", r"partial=\{'", r"broken=\['"):
+        assert any(re.search(reached, r) for r in now), reached
