@@ -336,8 +336,8 @@ RUN_EVENT_TYPES: tuple[type[_Event], ...] = (
 )
 CONTROL_EVENT_TYPES: tuple[type[_Event], ...] = (KillSwitch, KillSwitchReleased, PolicyUpdated)
 #: a run event's type -> its model's validator, the schema the union's tag picks, without the
-#: union's dispatch and TypeAdapter's wrapper (~0.4 us of ~4.5 a parse); a refusal is the
-#: union's own (it validates again), so its kind and words are as before
+#: union's dispatch and TypeAdapter's wrapper (~0.4 us of ~4.5 a parse); a refusal is worded
+#: as the union's (its field names without the tag), validated once
 _RUN_MODELS = {c.model_fields["type"].default: c.__pydantic_validator__ for c in RUN_EVENT_TYPES}
 
 
@@ -349,11 +349,11 @@ class EventError(ValueError):
         super().__init__(message)
 
 
-def _explain(exc: ValidationError) -> str:
+def _explain(exc: ValidationError, tagged: bool = True) -> str:
     parts = []
     for err in exc.errors(include_url=False)[:5]:
         # drop the union tag pydantic puts first, e.g. "handoff_requested.cost_usd"
-        loc = ".".join(str(p) for p in err["loc"][1:])
+        loc = ".".join(str(p) for p in err["loc"][int(tagged) :])
         parts.append(f"{loc or '<event>'}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
@@ -410,21 +410,18 @@ def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None, models: Any
     kind = doc.get("type")
     if not isinstance(kind, str):
         raise EventError("schema", "missing string field 'type'")
-    if models is not None and (model := models.get(kind)) is not None:
-        try:
-            return model.validate_python(doc)
-        except ValueError:  # (ValidationError too) the union's words follow
-            pass
+    model = adapter if models is None else models.get(kind, adapter)
     try:
-        event = adapter.validate_python(doc)
+        return model.validate_python(doc)
     except ValidationError as exc:
         errors = exc.errors()
         if any(e["type"] == "union_tag_invalid" for e in errors):
             raise EventError("unknown_type", f"unknown event type {kind[:64]!r}") from None
-        raise EventError(_error_kind(errors), f"{kind}: {_explain(exc)}") from None
+        # validated once: the union's refusal in its words, without its tag in the field names
+        tagged = model is adapter
+        raise EventError(_error_kind(errors), f"{kind}: {_explain(exc, tagged)}") from None
     except ValueError as exc:  # model_post_init checks
         raise EventError("schema", f"{kind}: {exc}") from None
-    return event
 
 
 def parse_event(raw: bytes, key: bytes | None = None) -> RunEvent:
