@@ -113,7 +113,16 @@ def start_pool(processes: int) -> ProcessPoolExecutor | None:
         return None
     context = multiprocessing.get_context("fork")
     pool = ProcessPoolExecutor(processes, context, _end_with, (os.getpid(),))
-    pool.submit(int)  # every process forked now, in this thread, before any other starts
+    try:
+        pool.submit(int)  # every process forked now, in this thread, before any other starts
+    except OSError:
+        # no process to fork (a container's pids limit, EAGAIN): the replay goes on in this
+        # process, as when a forkserver pool cannot start, not a traceback and exit 1 (the
+        # code of "the policy changes runs"); the processes forked before it are ended
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        return None
     return pool
 
 
