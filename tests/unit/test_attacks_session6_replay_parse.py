@@ -137,6 +137,13 @@ HAND: list[tuple[bytes, bytes | None]] = [
          + b"[" * depth + b"]" * depth + b"}", None)
         for depth in (100, 1023, 1024, 5000)
     ],
+    *[  # nested where a name, a number, a time or the type is read
+        (b'{"type":"handoff_requested","request_id":"r","run_id":"r","task_id":"t",'
+         b'"from_agent":"p","to_agent":"c","event_time":"2026-03-01T09:00:00Z","'
+         + field + b'":' + opened * 1020 + b"1" + closed * 1020 + b"}", None)
+        for field in (b"tools", b"to_agent", b"estimated_usd", b"decide_by", b"type")
+        for opened, closed in ((b"[", b"]"), (b'{"a":', b"}"))
+    ],
     (b'{"type":"run_finished","run_id":"r","event_time":"2026-03-01T09:00:00Z","x":"'
      + b"y" * 66_000 + b'"}', None),
 ]  # fmt: skip
