@@ -177,6 +177,40 @@ def _hostile(rng: random.Random) -> list[tuple[bytes, bytes | None]]:
     return [(r, rng.choice(KEYS)) for r in out]
 
 
+#: names that fold, refuse, expand (NFKC) or pass the event's non-ASCII budget, and values
+#: that are no names: where the model's refusal must be worded as the union's
+NAMES: list[Any] = [
+    "coder", "CODER", "Ｃｏｄｅｒ", "cod\u200ber", "pаypal", "İ", "ǅ", "ß", "ﷺ" * 14, "ﷺ" * 15,
+    "я" * 200, "я" * 256, "я" * 257, "x" * 257, "a b", "\x00", "a\x7f", "", "ア" * 100,
+    "㌀" * 60, "e\u0301" * 50, "\ud800", "中a", "ωmega", "ﬀ" * 130, "🙂", "a*", None, 7, [],
+]  # fmt: skip
+NAME_FIELDS = {
+    "handoff_requested": ["tenant", "task_kind", "from_agent", "to_agent", "action", "tool"],
+    "handoff_completed": ["tenant", "agent", "status"],
+    "approval_granted": ["tenant", "approver"],
+    "approval_denied": ["tenant", "approver"],
+    "run_finished": ["tenant"],
+}
+
+
+def _named(rng: random.Random) -> tuple[bytes, bytes | None]:
+    """A valid event with hostile names in its name fields and tools, maybe a bad field."""
+    kind = rng.choice(sorted(BASES))
+    doc = dict(BASES[kind])
+    fields = NAME_FIELDS[kind] + (["tools"] if kind.startswith("handoff") else [])
+    for _ in range(rng.randint(1, 6)):
+        field = rng.choice(fields)
+        if field == "tools":
+            doc[field] = [rng.choice(NAMES) for _ in range(rng.choice([1, 3, 10, 64, 65]))]
+        else:
+            doc[field] = rng.choice(NAMES)
+    if rng.random() < 0.3:
+        doc[rng.choice(["event_time", "cost_usd", "tool_calls", "run_id", "comment"])] = rng.choice(
+            [-1, "x", None, 1e7, "2300-01-01T00:00:00Z", "y" * 2000, [1]]
+        )
+    return _dumps(doc), rng.choice([None, b"run-1"])
+
+
 @pytest.fixture(scope="module")
 def start_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The start commit's schemas as a ``baton`` package of their own (schemas import nothing
@@ -258,3 +292,12 @@ def test_hypothesis_drawn_hostile_batches_parse_as_at_the_start(
     start_tree: Path, rng: random.Random, size: int
 ) -> None:
     _assert_same([case for _ in range(size) for case in _hostile(rng)], start_tree)
+
+
+def test_hostile_names_are_refused_in_the_same_kind_and_words_as_at_the_start(
+    start_tree: Path,
+) -> None:
+    rng = random.Random(1130)
+    results = _assert_same([_named(rng) for _ in range(1_500)], start_tree)
+    assert sum(r[:2] == ("refused", "bad_name") for r in results) > 500
+    assert any(r[:2] == ("refused", "out_of_range") for r in results)
