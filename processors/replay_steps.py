@@ -149,11 +149,16 @@ def is_partial(run: list[Recorded], policies: dict[str, Policy]) -> str | None:
 
 def faithful(rec: Recorded, d: Decision | None) -> bool:
     """``d`` (decided again under the recorded policy) is ``rec``: every field, through the
-    chain hash, for a chained record; id, outcome and reason for one without a link."""
+    chain hash, for a chained record; id, outcome and reason for one without a link.
+
+    A chained row's outcome and reason are compared too: the hash proves ``d`` is what the
+    worker published, but the report reads the row's own columns (``was`` of a change), and a
+    row altered there and not re-linked would otherwise pass as faithful and move the gate
+    (a stop written over an allow the new policy also stops: "unchanged", exit 0)."""
     if d is None or d.decision_id != rec.decision_id:
         return False
-    if rec.chain_hash is not None:
-        return d.chain_hash == rec.chain_hash
+    if rec.chain_hash is not None and d.chain_hash != rec.chain_hash:
+        return False
     return d.outcome == rec.outcome and d.reason == rec.reason
 
 

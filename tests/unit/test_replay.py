@@ -213,3 +213,24 @@ def test_a_policy_that_differs_for_another_tenant_only_changes_nothing_here() ->
     assert not replay_runs(runs_of(rows), elsewhere, _policies(loose), KEY).changed_runs
     changed = replay_runs(runs_of(rows), here, _policies(loose), KEY).transitions
     assert changed == {"allow → stop:handoff_budget_exceeded": 5}
+
+
+def test_a_row_whose_outcome_was_altered_but_not_relinked_is_unfaithful_not_a_change() -> None:
+    # the chain hash proves the decision decided again is the one the worker published; the
+    # report compares the new policy with the row's own outcome, so a row altered there (an
+    # allow rewritten to the stop the new policy gives) must not make the gate pass
+    loose, strict = policy_with(max_handoffs=20), policy_with(max_handoffs=3)
+    rows = record(loose, _budget_history("run_long", 6, 2.5))
+    report = replay_runs(runs_of(rows), strict, _policies(loose), KEY)
+    assert report.transitions == {"allow → stop:handoff_budget_exceeded": 3}
+    forged = [
+        r._replace(outcome="stop", reason="handoff_budget_exceeded")
+        if r.input and '"run_long-h3"' in r.input and r.outcome == "allow"
+        else r
+        for r in rows
+    ]
+    assert forged != rows
+    report = replay_runs(runs_of(forged), strict, _policies(loose), KEY)
+    [run] = report.runs
+    assert report.unfaithful_runs == [run]
+    assert run.unfaithful[0][1:] == ("stop:handoff_budget_exceeded", "allow")
