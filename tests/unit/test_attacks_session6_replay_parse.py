@@ -18,11 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_events_fast import BASES, WHEN  # one valid event of each run type
+
 pytestmark = pytest.mark.unit
 
 START = "5676c40"
 REPO = Path(__file__).resolve().parents[2]
-WHEN = "2026-03-01T09:00:00+00:00"
 #: parse each case, in order, in one process: the event's class, repr, dump, value types, set
 #: fields and JSON, or the refusal's kind and words, or any other exception (a bug either side)
 RUNNER = """
@@ -41,45 +42,6 @@ def one(raw, key):
 cases = pickle.load(sys.stdin.buffer)
 pickle.dump([one(raw, key) for raw, key in cases], sys.stdout.buffer)
 """
-BASES: dict[str, dict[str, Any]] = {
-    "handoff_requested": {
-        "type": "handoff_requested",
-        "request_id": "r-1",
-        "run_id": "run-1",
-        "task_id": "t1",
-        "from_agent": "planner",
-        "to_agent": "coder",
-        "estimated_usd": 3.0,
-        "tools": ["search"],
-        "event_time": WHEN,
-    },
-    "handoff_completed": {
-        "type": "handoff_completed",
-        "request_id": "r-1",
-        "run_id": "run-1",
-        "task_id": "t1",
-        "agent": "coder",
-        "cost_usd": 1.25,
-        "tool_calls": 3,
-        "event_time": WHEN,
-    },
-    "approval_granted": {
-        "type": "approval_granted",
-        "approval_id": "a-1",
-        "run_id": "run-1",
-        "approver": "alice",
-        "event_time": WHEN,
-    },
-    "approval_denied": {
-        "type": "approval_denied",
-        "approval_id": "a-1",
-        "run_id": "run-1",
-        "approver": "alice",
-        "comment": "no",
-        "event_time": WHEN,
-    },
-    "run_finished": {"type": "run_finished", "run_id": "run-1", "event_time": WHEN},
-}
 FIELDS = sorted(
     {f for base in BASES.values() for f in base}
     | {"tenant", "steps", "decide_by", "status", "parent_task_id", "task_kind", "action"}
