@@ -218,22 +218,6 @@ class BatchPublisher(PipelinedOrder):
             )
 
     # ------------------------------------------------------------------ one batch
-    async def publish(
-        self,
-        out: Outputs,
-        before_state: Callable[[], None] | None = None,
-        offsets: Offsets = (),
-        group_metadata: Callable[[], bytes] | None = None,
-    ) -> None:
-        """Publish one batch's outputs; return once they are durable, raise if they are not.
-
-        ``before_state`` may raise to keep the states unwritten (the worker checks it still
-        owns the partitions). ``offsets`` and ``group_metadata`` are for exactly-once: the
-        input offsets committed with the batch's transaction (ignored otherwise: Faust's
-        committer commits them after the caller acknowledges the batch).
-        """
-        await (await self.publish_decisions_first(out, before_state, offsets, group_metadata))
-
     async def publish_decisions_first(
         self,
         out: Outputs,

@@ -313,16 +313,6 @@ class AiokafkaPublisher(PipelinedOrder):
         step.records = {}
 
     # ------------------------------------------------------------------ one batch
-    async def publish(
-        self,
-        out: Outputs,
-        before_state: Callable[[], None] | None = None,
-        offsets: Offsets = (),
-        group_metadata: Callable[[], bytes] | None = None,
-    ) -> None:
-        """Publish one batch's outputs; return once they are durable, raise if they are not."""
-        await (await self.publish_decisions_first(out, before_state, offsets, group_metadata))
-
     async def publish_decisions_first(
         self,
         out: Outputs,

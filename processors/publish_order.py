@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from baton.processors.batch import Outputs
+from baton.processors.publish_transaction import Offsets
 
 __all__ = ["PipelinedOrder", "done_future"]
 
@@ -40,6 +41,34 @@ class PipelinedOrder:
         #: the previous batch's states handed to the producer / its whole batch durable
         self._states_sent: asyncio.Future[None] | None = None
         self._durable: asyncio.Future[None] | None = None
+        #: one batch's hand-over at a time: a producer may yield while taking a batch's
+        #: decisions, and a second caller must not slip its batch in between (out of order)
+        self._handing = asyncio.Lock()
+
+    async def publish(
+        self,
+        out: Outputs,
+        before_state: Callable[[], None] | None = None,
+        offsets: Offsets = (),
+        group_metadata: Callable[[], bytes] | None = None,
+    ) -> None:
+        """Publish one batch's outputs; return once they are durable, raise if they are not.
+
+        ``before_state`` may raise to keep the states unwritten (the worker checks it still
+        owns the partitions). ``offsets`` and ``group_metadata`` are for exactly-once: the
+        input offsets committed with the batch's transaction (ignored otherwise: Faust's
+        committer commits them after the caller acknowledges the batch).
+        """
+        await (await self.publish_decisions_first(out, before_state, offsets, group_metadata))
+
+    async def publish_decisions_first(
+        self,
+        out: Outputs,
+        before_state: Callable[[], None] | None = None,
+        offsets: Offsets = (),
+        group_metadata: Callable[[], bytes] | None = None,
+    ) -> asyncio.Future[None]:
+        raise NotImplementedError
 
     async def _decisions_step(self, out: Outputs) -> asyncio.Future[None]:
         raise NotImplementedError
@@ -54,13 +83,16 @@ class PipelinedOrder:
         if not (self._queued or out.decisions or out.dead_letters or out.forwards or out.changed):
             previous = self._durable  # an idle sweep: durable once the batch before it is
             return previous if previous is not None and not previous.done() else done_future()
-        decisions = await self._decisions_step(out)
-        previous_sent, previous_durable = self._states_sent, self._durable
-        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        durable = asyncio.ensure_future(
-            self._states_after(decisions, previous_sent, previous_durable, sent, out, before_state)
-        )
-        self._states_sent, self._durable = sent, durable
+        async with self._handing:
+            decisions = await self._decisions_step(out)
+            previous_sent, previous_durable = self._states_sent, self._durable
+            sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            durable = asyncio.ensure_future(
+                self._states_after(
+                    decisions, previous_sent, previous_durable, sent, out, before_state
+                )
+            )
+            self._states_sent, self._durable = sent, durable
         return durable
 
     async def _states_after(
