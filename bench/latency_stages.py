@@ -138,16 +138,7 @@ def install(path: str) -> None:
 
     batch_mod.BatchProcessor.process = traced_process
 
-    publish_first = publish_mod.BatchPublisher.publish_decisions_first
-
-    async def traced_publish(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state["pub"] = state["cur"]
-        try:
-            return await publish_first(self, *args, **kwargs)
-        finally:
-            state["pub"] = None
-
-    publish_mod.BatchPublisher.publish_decisions_first = traced_publish
+    _trace_publish(publish_mod.BatchPublisher, state)
 
     real_producer = publish_mod.Producer
 
@@ -193,6 +184,20 @@ def install(path: str) -> None:
         group_commit._flush = traced_flush
 
 
+def _trace_publish(publisher: Any, state: dict[str, Any]) -> None:
+    """Mark the batch being handed to ``publisher``'s producer while its decisions go out."""
+    publish_first = publisher.publish_decisions_first
+
+    async def traced_publish(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state["pub"] = state["cur"]
+        try:
+            return await publish_first(self, *args, **kwargs)
+        finally:
+            state["pub"] = None
+
+    publisher.publish_decisions_first = traced_publish
+
+
 def _trace_aiokafka_publisher(state: dict[str, Any], emit: Any) -> None:
     """The aiokafka publisher (BATON_WORKER_PRODUCER=aiokafka), in a checkout that has it: when
     a batch's decisions are acknowledged, and its sender's produce requests (a line a second)."""
@@ -202,16 +207,7 @@ def _trace_aiokafka_publisher(state: dict[str, Any], emit: Any) -> None:
         from baton.processors import publish_aiokafka as aio_mod
     except ImportError:
         return
-    publish_first = aio_mod.AiokafkaPublisher.publish_decisions_first
-
-    async def traced_publish(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state["pub"] = state["cur"]
-        try:
-            return await publish_first(self, *args, **kwargs)
-        finally:
-            state["pub"] = None
-
-    aio_mod.AiokafkaPublisher.publish_decisions_first = traced_publish
+    _trace_publish(aio_mod.AiokafkaPublisher, state)
     step_of = aio_mod.AiokafkaPublisher._step_of
 
     async def traced_step_of(self: Any, *produce: Any) -> Any:
