@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -115,16 +116,11 @@ def _cpu_seconds(pid: int) -> float:
 
 def _count_until(
     c: Consumer, n: int, timeout: float, pid: int, log_path: Path
-) -> tuple[int, float, float]:
-    """Read until n decisions arrived: (count, decide-time span in s, worker CPU s spent).
-
-    The span runs from the first to the last ``decided_at`` (the worker's clock, stamped when
-    it decides), so it is the same measure whether decisions become visible as they are
-    produced (at-least-once) or at each transaction's commit (exactly-once). CPU is counted
-    from the moment the worker logs "ready" (it starts on the waiting backlog right then).
-    """
+) -> tuple[Counter[str], float]:
+    """Read until n decisions arrived: (decisions by ``decided_at``, worker CPU s spent since
+    the worker logged "ready": it starts on the waiting backlog right then)."""
     seen = 0
-    first = last = None
+    stamps: Counter[str] = Counter()
     cpu0 = None
     deadline = time.monotonic() + timeout
     while seen < n and time.monotonic() < deadline:
@@ -135,17 +131,30 @@ def _count_until(
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     raise RuntimeError(msg.error())
                 continue
-            decided = orjson.loads(msg.value())["decided_at"]
-            first = decided if first is None or decided < first else first
-            last = decided if last is None or decided > last else last
+            stamps[orjson.loads(msg.value())["decided_at"]] += 1
             seen += 1
-    cpu = _cpu_seconds(pid) - (cpu0 or 0.0)
-    span = (
-        (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
-        if first and last
-        else 0.0
+    return stamps, _cpu_seconds(pid) - (cpu0 or 0.0)
+
+
+def backlog_rate(stamps: Counter[str], events: int) -> float:
+    """Events/s of a backlog whose decisions carry ``stamps`` (decisions by ``decided_at``);
+    NaN when it was decided in one batch (too small a backlog to measure).
+
+    The worker stamps ``decided_at`` once per batch, before deciding it (processors/app.py),
+    so the span from the first to the last stamp holds every batch but the last: the rate is
+    the decisions stamped before it over the span, in events. (The whole backlog over the span
+    read three batches of 10,000 1.5x too fast: issue 15's "dip", bench/RESULTS.md H8.)
+    """
+    when = {stamp: datetime.fromisoformat(stamp) for stamp in stamps}
+    first, last = min(stamps, key=when.__getitem__), max(stamps, key=when.__getitem__)
+    span = (when[last] - when[first]).total_seconds()
+    seen = sum(stamps.values())
+    print(
+        f"  {seen:,} decisions in {len(stamps)} batches over {span:.2f} s; the last batch "
+        f"({stamps[last]:,}) is outside the span",
+        file=sys.stderr,
     )
-    return seen, span, cpu
+    return (seen - stamps[last]) / span * events / seen if span > 0 else float("nan")
 
 
 def passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
@@ -309,10 +318,10 @@ def run_worker(
     try:
         # every event yields at least one decision; count decisions of the backlog only
         expected = _expected_decisions(workload[: args.events])
-        seen, span, cpu = _count_until(decisions, expected, 300, worker.pid, log_path)
-        # no span: the whole backlog was decided in one batch (one decided_at); too small a
-        # backlog to measure throughput, reported as such rather than as 0 events/s
-        worker_eps = n / span if span > 0 else float("nan")
+        stamps, cpu = _count_until(decisions, expected, 300, worker.pid, log_path)
+        seen = sum(stamps.values())
+        # one batch: too small a backlog to measure, reported as such rather than as 0/s
+        worker_eps = backlog_rate(stamps, n) if stamps else float("nan")
         lat, inside = latency(broker.bootstrap, catalog, args.rate, args.seconds)
     finally:
         # SIGINT: py-spy (BENCH_PYSPY) writes its profile on it; a worker stops on it
