@@ -9,10 +9,10 @@ noisy: compare the ratio, not absolute numbers):
   realistic mix: task trees, completions, approvals, conflicts, redeliveries) and
   publishing every decision plus its changelog record.
 
-Throughput is measured over the span of ``decided_at`` of a backlog produced before the
-worker starts (the same measure under both processing guarantees). Latency is measured
-afterwards at a moderate, steady rate: the time from producing a handoff to reading its
-decision, p50/p99.
+Throughput is measured over the span of ``decided_at`` (one stamp a batch) of a backlog
+produced before the worker starts, counting the batches inside it (``backlog_rate``).
+Latency is measured afterwards at a moderate, steady rate: the time from producing a handoff
+to reading its decision, p50/p99.
 
     python -m bench.worker_bench                 # 30,000 events over 4,000 runs, both guarantees
     python -m bench.worker_bench --guarantee exactly_once
