@@ -231,12 +231,13 @@ def _replay_pieces(
                 waiting.append(here(piece))
             merge_ready(block=False)
         merge_ready(block=True)
-    except BrokenProcessPool:
-        # a pool process died (the OOM killer, a crash): its piece is lost, so the replay
-        # fails; a multiprocessing.Pool lost the piece and waited for it for ever
+    except BrokenProcessPool as exc:
+        # a pool process died (the OOM killer, a crash) or its answer did not load: its piece
+        # is lost, so the replay fails; a multiprocessing.Pool lost it and waited for ever
         raise ReplayFailed(
-            "a `--jobs` replay process ended before its piece was replayed (killed: out of "
-            "memory?); replay again, with fewer --jobs or --jobs 1"
+            f"a `--jobs` replay process failed before its piece was replayed ({_why(exc)}): "
+            "killed (out of memory?) or its answer could not be read back; replay again, "
+            "with fewer --jobs or --jobs 1"
         ) from None
     finally:
         if starter.is_alive():
@@ -244,6 +245,13 @@ def _replay_pieces(
         for mine in owned:
             mine.shutdown(wait=True, cancel_futures=True)
     return report
+
+
+def _why(exc: BrokenProcessPool) -> str:
+    """What the pool said, and the last line of the pool process's own error if it sent one."""
+    lines = [line.strip() for line in str(exc.__cause__ or "").splitlines()]
+    cause = [line for line in lines if line.strip("'\"")]  # (a remote traceback's quotes)
+    return f"{exc}; {cause[-1][:200]}" if cause else str(exc)
 
 
 def _pieces(runs: Iterable[list[Recorded]], rows: int) -> Iterator[list[Recorded]]:

@@ -135,6 +135,7 @@ def test_an_exception_whose_pickle_does_not_load_fails_the_replay_closed(
     # ReplayFailed, exit 7, whose words guess at memory; never a replay that goes on)
     code, out = _run(tmp_path, "UNPICKLABLE")
     assert code == 3 and "raised ReplayFailed" in out, out
+    assert "could not be read back" in out and "TypeError" in out, out  # the pool's own reason
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
