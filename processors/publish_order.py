@@ -14,6 +14,7 @@ batch order, and once a batch fails no later batch writes its states.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ def done_future() -> asyncio.Future[None]:
     return future
 
 
-class PipelinedOrder:
+class PipelinedOrder(ABC):
     """The order above, for a publisher that hands a batch's decisions and its states to
     its producer (``_decisions_step``, ``_states_step``: each a future completing once all
     its records are acknowledged, or failing)."""
@@ -61,6 +62,7 @@ class PipelinedOrder:
         """
         await (await self.publish_decisions_first(out, before_state, offsets, group_metadata))
 
+    @abstractmethod
     async def publish_decisions_first(
         self,
         out: Outputs,
@@ -68,13 +70,15 @@ class PipelinedOrder:
         offsets: Offsets = (),
         group_metadata: Callable[[], bytes] | None = None,
     ) -> asyncio.Future[None]:
-        raise NotImplementedError
+        """Hand the batch's decisions over; the future: the whole batch durable."""
 
+    @abstractmethod
     async def _decisions_step(self, out: Outputs) -> asyncio.Future[None]:
-        raise NotImplementedError
+        """Hand ``out``'s decisions (dead letters, forwards, queued records) to the producer."""
 
+    @abstractmethod
     async def _states_step(self, out: Outputs) -> asyncio.Future[None]:
-        raise NotImplementedError
+        """Hand ``out``'s run states to the producer."""
 
     async def _in_order(
         self, out: Outputs, before_state: Callable[[], None] | None
