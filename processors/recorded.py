@@ -24,15 +24,22 @@ chain hash covers it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel
 
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, Outcome, Phase, Reason, decision_id_for
+from baton.schemas.decision import (
+    DECISION_FIELDS,
+    Decision,
+    Outcome,
+    Phase,
+    Reason,
+    decision_id_for,
+)
 from baton.schemas.policy import Policy
 
 __all__ = [
@@ -99,6 +106,17 @@ def input_text(event: BaseModel) -> str:
     return orjson.dumps(fields, default=_model).decode()
 
 
+#: every field of a Decision in __init__'s order (one C call): a copy made through the
+#: constructor costs a fifth of dataclasses.replace, which looks each field up by name (the
+#: worker copies every decision it publishes)
+_DECISION_VALUES = attrgetter(*DECISION_FIELDS)
+
+
+def _copy(d: Decision) -> Decision:
+    """A shallow copy of ``d`` (every field, as ``dataclasses.replace`` with no change)."""
+    return Decision(*_DECISION_VALUES(d))
+
+
 def publishable(
     new: RunState | None, decisions: list[Decision], event: BaseModel, text: str | None = None
 ) -> list[Decision]:
@@ -113,7 +131,9 @@ def publishable(
     out: list[Decision] = []
     for d in decisions:
         if d.chain_hash is not None:
-            out.append(replace(d, reemitted=True))
+            copy = _copy(d)
+            copy.reemitted = True
+            out.append(copy)
             continue
         if text is None:
             text = input_text(event)
@@ -121,7 +141,9 @@ def publishable(
             d.input = text
             out.append(d)
         else:
-            out.append(replace(d, input=text))
+            copy = _copy(d)
+            copy.input = text
+            out.append(copy)
     return out
 
 
