@@ -157,6 +157,29 @@ def backlog_rate(stamps: Counter[str], events: int) -> float:
     return (seen - stamps[last]) / span * events / seen if span > 0 else float("nan")
 
 
+def makespan_rate(stamps: dict[str, Counter[str]], events: int) -> float:
+    """Events/s of a backlog several workers decided together (``stamps``: each worker's
+    decisions by ``decided_at``): the events over the span from the first batch's stamp to the
+    end of the last one, each worker's last batch lasting what its own rate says (a stamp is
+    taken before its batch is decided, see :func:`backlog_rate`); NaN when a worker decided
+    its share in one batch. The span of the stamps alone leaves the last batches out: with
+    two workers taking three 10,000-event batches each it read up to 1.5x high."""
+    first, end = None, None
+    for mine in stamps.values():
+        rate = backlog_rate(mine, sum(mine.values()))  # this worker's decisions/s
+        if math.isnan(rate):  # one batch
+            return float("nan")
+        when = {stamp: datetime.fromisoformat(stamp) for stamp in mine}
+        last = max(mine, key=when.__getitem__)
+        start = min(when.values())
+        done = when[last].timestamp() + mine[last] / rate
+        first = start.timestamp() if first is None else min(first, start.timestamp())
+        end = done if end is None else max(end, done)
+    if first is None or end is None or end <= first:
+        return float("nan")
+    return events / (end - first)
+
+
 def passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
     """Events/s of a plain consume -> produce loop over n pre-produced events."""
     c = _consumer(bootstrap, src)

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from bench.worker_bench import backlog_rate
+from bench.worker_bench import backlog_rate, makespan_rate
 
 pytestmark = pytest.mark.unit
 
@@ -35,3 +35,20 @@ def test_more_decisions_than_events_scale_back_to_events() -> None:
 
 def test_a_backlog_decided_in_one_batch_has_no_rate() -> None:
     assert math.isnan(backlog_rate(_stamps(("00.0", 30_000)), 30_000))
+
+
+def test_two_workers_of_three_batches_each_read_their_sum_not_half_again() -> None:
+    # each worker 10k events a second; stamps alone spanned 2 s for 60k events: 30k/s
+    a = _stamps(("00.0", 10_000), ("01.0", 10_000), ("02.0", 10_000))
+    b = _stamps(("00.1", 10_000), ("01.1", 10_000), ("02.1", 10_000))
+    assert makespan_rate({"a": a, "b": b}, 60_000) == pytest.approx(60_000 / 3.1)
+
+
+def test_one_worker_alone_reads_as_its_backlog_rate() -> None:
+    a = _stamps(("00.0", 10_000), ("01.0", 10_000), ("02.0", 10_000))
+    assert makespan_rate({"a": a}, 30_000) == pytest.approx(backlog_rate(a, 30_000))
+
+
+def test_a_worker_that_decided_its_share_in_one_batch_gives_no_rate() -> None:
+    a = _stamps(("00.0", 10_000), ("01.0", 10_000))
+    assert math.isnan(makespan_rate({"a": a, "b": _stamps(("00.5", 5_000))}, 25_000))
