@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
+from baton.processors.state_compact import EMPTY, compact_digest, digest_hex, shared
 from baton.schemas.decision import Decision
 from baton.schemas.events import HandoffRequested
 
@@ -25,6 +26,7 @@ __all__ = [
     "Reservation",
     "RunState",
     "TaskNode",
+    "compact_digest",
     "shared",
 ]
 
@@ -50,69 +52,6 @@ MAX_PENDING_APPROVALS = 256
 #: hash chain (19). Formats 1-3 are still read (without what they lack: no steps counted, no
 #: bounces, reservations that never expire)
 STATE_FORMAT = 4
-
-
-class _FrozenEmpty(dict[Any, Any]):
-    """The one empty container every state shares (an empty dict is 64 bytes, and a run has
-    up to nine of them): any change raises instead of reaching every other run."""
-
-    __slots__ = ()
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError("RunState.EMPTY is shared by every state: replace it, never change it")
-
-    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
-    __ior__ = _refuse  # type: ignore[assignment]
-
-
-#: the empty value of every container field (``fresh`` included): shared, never changed
-EMPTY: dict[Any, Any] = _FrozenEmpty()
-
-
-class _Shared(dict[Any, Any]):
-    """A small container that equal runs share (the same agents, the same new tasks): any
-    change raises, as for EMPTY, since it reaches every run that holds it."""
-
-    __slots__ = ()
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError("a shared RunState container is held by many runs: replace it")
-
-    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
-    __ior__ = _refuse  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # pickle and copy rebuild it through dict's constructor (not __setitem__)
-        return (_Shared, (dict(self),))
-
-
-#: shared containers by content (their items, in order); cleared when full, like the
-#: partitioner's cache: the runs keep the copies they hold, so a clear costs one more copy
-#: of each common container, and hostile names cannot grow it
-_SHARED: dict[tuple[Any, ...], _Shared] = {}
-_SHARED_MAX = 4096
-#: only containers this small are shared (a key tuple of at most this many items)
-SHARED_MAX_ITEMS = 8
-
-
-def shared(container: dict[Any, Any]) -> dict[Any, Any]:
-    """The copy of a small ``container`` that every run with the same items (in the same
-    order) holds: a run's agents dict is ~200 bytes, and most runs of one orchestrator name
-    the same agents (and often the same task ids). EMPTY, a shared one and a large one are
-    returned as they are. Containers are replaced, never changed in place (RunState), so
-    sharing them changes nothing a run can see."""
-    if type(container) is not dict or len(container) > SHARED_MAX_ITEMS:
-        return container
-    key = tuple(container.items())  # (twice as fast as one flat tuple of them)
-    try:
-        hit = _SHARED.get(key)
-    except TypeError:  # a value no dict can key (a record's odd task parent): its own
-        return container
-    if hit is None:
-        if len(_SHARED) >= _SHARED_MAX:
-            _SHARED.clear()
-        hit = _SHARED[key] = _Shared(container)
-    return hit
 
 
 #: interned names (tenant, agents, tasks) are shared by every run that uses them; CPython
@@ -201,10 +140,11 @@ class RunState:
     #: window since: has_seen() ignores them, the next fold drops them)
     seen: dict[str, int]
     #: keys since the last fold, oldest first (fewer than FRESH_LIMIT, all in the window),
-    #: each with the digest of the request it was decided for (None for keys without one).
+    #: each with the digest of the request it was decided for (None for keys without one;
+    #: its 8 bytes when it is the engine's 16 hex digits: 48 bytes of memory, not 80).
     #: A dict, not a flat tuple (88 bytes for two keys against 184): every event looks its
     #: key up here, and scans of tuples here and in ``agents`` cost decide +5 % (callgrind)
-    fresh: dict[str, str | None]
+    fresh: dict[str, str | bytes | None]
     marks: int
     #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
     #: key, replies, ...), replies one Decision, a list of several, or ``bytes``: their rows
@@ -343,7 +283,7 @@ class RunState:
                 return
         else:
             # a new dict, not fresh[key] = ...: a copy of this state shares ``fresh``
-            fresh = {**self.fresh, key: digest}
+            fresh = {**self.fresh, key: compact_digest(digest)}
             marks = self.marks = self.marks + 1
             if marks % FRESH_LIMIT:
                 self.fresh = fresh
@@ -354,7 +294,7 @@ class RunState:
                 self.seen = seen
                 old = self.digests
                 digests = {k: old[k] for k in seen if k in old}
-                digests.update((k, d) for k, d in fresh.items() if d is not None)
+                digests.update((k, digest_hex(d)) for k, d in fresh.items() if d is not None)
                 self.digests = digests or EMPTY
                 self.fresh = EMPTY
         # concatenation, not (*recent, key, replies): the starred form builds a list first
@@ -373,8 +313,12 @@ class RunState:
     def digest_of(self, key: str) -> str | None:
         """The digest of the request ``key`` was decided for (None if it had none)."""
         if key in self.fresh:
-            return self.fresh[key]
+            return digest_hex(self.fresh[key])
         return self.digests.get(key)
+
+    def fresh_digests(self) -> list[str | None]:
+        """The digests of ``fresh``'s keys, in their order, as the engine made them."""
+        return [digest_hex(d) for d in self.fresh.values()]
 
     def folded_keys(self) -> list[str]:
         """The window's keys folded into ``seen``, oldest first."""
@@ -440,6 +384,5 @@ class RunState:
 
 
 _new_state = object.__new__
-
 # the wire form reads and writes RunState: imported once RunState exists
 from baton.processors import state_wire as _wire  # noqa: E402

@@ -31,6 +31,7 @@ from baton.processors.state import (
     Reservation,
     RunState,
     TaskNode,
+    compact_digest,
     intern,
     shared,
 )
@@ -125,7 +126,7 @@ def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
         ],
         "keys": keys,
         "mk": state.marks,
-        "dg": [digests.get(k) for k in folded] + list(fresh.values()),
+        "dg": [digests.get(k) for k in folded] + state.fresh_digests(),
         "rec": rec,
         "ev": state.evicted_at,
         "ch": state.chain_head,
@@ -354,7 +355,7 @@ def _marks_from_wire(
             "for each key"
         )
     split = max(len(keys) - marks % FRESH_LIMIT, 0)  # none folded in a run of fewer keys
-    fresh = dict(zip(keys[split:], digests[split:], strict=True))
+    fresh = dict(zip(keys[split:], map(compact_digest, digests[split:]), strict=True))
     first = marks - len(keys) + 1
     seen = dict(zip(keys[:split], range(first, first + split), strict=True))
     folded = {k: d for k, d in zip(keys[:split], digests[:split], strict=True) if d is not None}

@@ -83,7 +83,7 @@ def test_a_run_read_back_from_its_record_shares_its_agents_and_small_task_tree()
 
 
 def test_unique_names_never_grow_the_shared_cache_past_its_bound() -> None:
-    from baton.processors import state as state_module
+    from baton.processors import state_compact as state_module
 
     for i in range(state_module._SHARED_MAX + 10):
         state_module.shared({f"agent-{i}": None})

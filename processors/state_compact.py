@@ -1,0 +1,100 @@
+"""How a run's state is held small in memory: containers shared by the runs that hold them.
+
+Every empty container of every state is one frozen ``EMPTY``; small dicts equal runs hold
+(the same agents, often the same task ids) are one frozen copy found by content
+(``shared``); a request digest the engine made is held as its 8 bytes (``compact_digest``).
+None of it changes a record's bytes or a decision: the wire form and the engine see plain
+dicts and the digests' text. Not guaranteed: that a run shares anything (a run whose names
+are its own holds its own copies).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+__all__ = ["EMPTY", "SHARED_MAX_ITEMS", "compact_digest", "digest_hex", "shared"]
+
+
+class _Frozen(dict[Any, Any]):
+    """A container many states hold: any change raises instead of reaching all of them."""
+
+    __slots__ = ()
+    _refusal = "a shared RunState container is held by many runs: replace it"
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(self._refusal)
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
+    __ior__ = _refuse  # type: ignore[assignment]
+
+
+class _FrozenEmpty(_Frozen):
+    """The one empty container every state shares (an empty dict is 64 bytes, and a run has
+    up to nine of them)."""
+
+    __slots__ = ()
+    _refusal = "RunState.EMPTY is shared by every state: replace it, never change it"
+
+
+#: the empty value of every container field (``fresh`` included): shared, never changed
+EMPTY: dict[Any, Any] = _FrozenEmpty()
+
+
+class _Shared(_Frozen):
+    """A small container that equal runs share (the same agents, the same new tasks)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy rebuild it through dict's constructor (not __setitem__)
+        return (_Shared, (dict(self),))
+
+
+#: shared containers by content (their items, in order); cleared when full, like the
+#: partitioner's cache: the runs keep the copies they hold, so a clear costs one more copy
+#: of each common container, and hostile names cannot grow it
+_SHARED: dict[tuple[Any, ...], _Shared] = {}
+_SHARED_MAX = 4096
+#: only containers this small are shared (a key tuple of at most this many items)
+SHARED_MAX_ITEMS = 8
+
+
+def shared(container: dict[Any, Any]) -> dict[Any, Any]:
+    """The copy of a small ``container`` that every run with the same items (in the same
+    order) holds: a run's agents dict is ~200 bytes, and most runs of one orchestrator name
+    the same agents (and often the same task ids). EMPTY, a shared one and a large one are
+    returned as they are. Containers are replaced, never changed in place (RunState), so
+    sharing them changes nothing a run can see."""
+    if type(container) is not dict or len(container) > SHARED_MAX_ITEMS:
+        return container
+    key = tuple(container.items())  # (twice as fast as one flat tuple of them)
+    try:
+        hit = _SHARED.get(key)
+    except TypeError:  # a value no dict can key (a record's odd task parent): its own
+        return container
+    if hit is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        hit = _SHARED[key] = _Shared(container)
+    return hit
+
+
+_from_hex = bytes.fromhex
+
+
+def compact_digest(digest: Any) -> Any:
+    """A request digest as ``fresh`` holds it: the engine's 16 lowercase hex digits as their
+    8 bytes, anything else (None, a record's odd value) as it is; ``digest_hex`` gives it back."""
+    if type(digest) is str and len(digest) == 16:
+        try:
+            raw = _from_hex(digest)
+        except ValueError:
+            return digest
+        if raw.hex() == digest:  # fromhex also takes capitals and spaces
+            return raw
+    return digest
+
+
+def digest_hex(digest: Any) -> Any:
+    """The digest ``compact_digest`` was given."""
+    return digest.hex() if type(digest) is bytes else digest
