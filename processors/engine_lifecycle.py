@@ -66,10 +66,10 @@ def next_due(state: RunState, retention_s: float, tombstone_retention_s: float) 
     run to turn into a tombstone, or the tombstone to forget."""
     if state.evicted_at is not None:
         return max(state.evicted_at, state.last_event_at) + tombstone_retention_s
-    due = state.last_event_at + retention_s
-    for p in state.pending.values():
-        if p.expires_at < due:
-            due = p.expires_at
+    if state.pending:  # it cannot leave while an approval waits: the first expiry is next
+        due = min([p.expires_at for p in state.pending.values()])
+    else:
+        due = state.last_event_at + retention_s
     reserved_due = state.reserved_due
     if reserved_due is not None and reserved_due < due:
         due = reserved_due

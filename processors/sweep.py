@@ -32,8 +32,9 @@ from math import ceil
 
 from baton.processors.engine import next_due
 from baton.processors.state import RunState
+from baton.schemas.policy import MAX_APPROVAL_TTL_S
 
-__all__ = ["HOLD_IDLE_S", "DueIndex"]
+__all__ = ["HOLD_IDLE_S", "MAX_AHEAD_S", "DueIndex", "latest_trusted"]
 
 #: a run no event has touched for this long is held as its changelog record, compressed
 #: (processors/state_held.py: ~0.95 KB a short run with its index entries, against ~2.8 KB
@@ -41,6 +42,19 @@ __all__ = ["HOLD_IDLE_S", "DueIndex"]
 #: a decoded run's event (bench/memory_bench.py). 120 s until 2026-11-29: a worker at 20k
 #: events/s may touch 2.4M runs in 120 s, so most of its runs were never held
 HOLD_IDLE_S = 30.0
+
+#: a run's start, last event or eviction more than this past the worker's clock is a time it
+#: cannot trust (no worker stamps one: a changelog writer's, or a clock far off): the sweep
+#: sets it to its clock's now (sweep_step.py), else the run would never fall due and stay for
+#: good (last event 1e300). A time far in the past needs nothing: the run falls due at once
+MAX_AHEAD_S = 3600.0
+
+
+def latest_trusted(now_ts: float) -> tuple[float, float]:
+    """The latest start, last event or eviction, and the latest approval expiry, that the
+    sweep takes at their word at ``now_ts`` (an approval expires at most
+    MAX_APPROVAL_TTL_S after it was asked)."""
+    return now_ts + MAX_AHEAD_S, now_ts + MAX_AHEAD_S + MAX_APPROVAL_TTL_S
 
 
 class _Bucket(list[bytes]):
@@ -94,6 +108,15 @@ class DueIndex:
         #: the order they were touched (a run touched again is in two buckets: the caller's
         #: ``idle_since`` tells the current one)
         self._touched: dict[int, _Touched] = {}
+        #: the latest sweep's time, and what a run's times and due time may be at most then
+        #: (``latest_trusted``): a run past them is due at that time, for the sweep to fix.
+        #: Unbounded until the first sweep or rebuild tells the clock
+        self._now = self._ahead = self._latest_due = float("inf")
+
+    def _clock(self, now_ts: float) -> None:
+        """The sweep's clock is at ``now_ts`` (its times bound what a run may say)."""
+        self._now = now_ts
+        self._ahead, self._latest_due = latest_trusted(now_ts)
 
     def __len__(self) -> int:
         return len(self._due)
@@ -106,6 +129,18 @@ class DueIndex:
         if state is None:
             self._due.pop(key, None)  # its bucket slots are dropped when popped
             return
+        due = self.due_of(state)
+        ahead = self._ahead
+        if not (
+            due <= self._latest_due
+            and state.last_event_at <= ahead
+            and state.started_at <= ahead
+            and (state.evicted_at is None or state.evicted_at <= ahead)
+        ):
+            # a time past the clock (or NaN): due at the latest sweep's time, never in the
+            # touched lists (its second would be one no sweep reaches)
+            self.push(key, self._now)
+            return
         second = _second(state.last_event_at)
         touched = self._touched.get(second)
         if touched is None:
@@ -114,7 +149,7 @@ class DueIndex:
             touched.append(key)
             if len(touched) >= touched.room:
                 touched.compact()
-        self.push(key, self.due_of(state))
+        self.push(key, due)
 
     def push(self, key: bytes, due: float) -> None:
         """Index ``key`` as due at ``due`` (a POSIX time), unless it is due earlier already."""
@@ -132,6 +167,7 @@ class DueIndex:
         """Index ``keys`` as due now, without reading their states: after a rebalance the
         sweep then looks at them ``limit`` at a time (decoding every restored run at once
         would stall the worker for seconds on a big table)."""
+        self._clock(now_ts)
         second = _second(now_ts)
         bucket = _Bucket(second, keys)
         self._due = dict.fromkeys(bucket, bucket)
@@ -142,6 +178,7 @@ class DueIndex:
     def pop_due(self, now_ts: float, limit: int | None = None) -> Iterator[bytes]:
         """Keys whose earliest known due time has come (at most ``limit``); the caller acts on
         each and then calls :meth:`touch` with the run's new state (or :meth:`push`)."""
+        self._clock(now_ts)
         seconds, buckets, dues = self._seconds, self._buckets, self._due
         popped = 0
         while seconds and seconds[0] <= now_ts and (limit is None or popped < limit):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Set
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,7 +20,7 @@ from baton.processors.batch import BatchProcessor, Outputs
 from baton.processors.chain import link
 from baton.processors.engine import KillSwitches, evict, expire_due
 from baton.processors.state import RunState
-from baton.processors.sweep import DueIndex
+from baton.processors.sweep import DueIndex, latest_trusted
 from baton.schemas.decision import Decision
 from baton.streams.partitioner import partition_for
 
@@ -125,14 +126,49 @@ def _swept(
     """What the sweep makes of one due run, nothing changed yet: the decisions of what
     expired (linked), the state to keep (None: forget the run) and its record (None: the
     state did not change)."""
-    new, decisions = state, []
-    if state.pending or state.reserved_due is not None:
-        new, decisions = expire_due(state, proc.policy, now, kills)
+    new, decisions = _clock_bounded(state, now.timestamp()), []
+    if new.pending or new.reserved_due is not None:
+        new, decisions = expire_due(new, proc.policy, now, kills)
         if decisions:
             link(new, decisions, proc.chain_key)
     kept = evict(new, now, run_retention_s, tombstone_retention_s)
     raw = kept.to_bytes() if kept is not None and kept is not state else None
     return decisions, kept, raw
+
+
+def _clock_bounded(state: RunState, now_ts: float) -> RunState:
+    """``state``, or a copy whose times past what the worker's clock allows are ``now_ts``
+    (sweep.MAX_AHEAD_S): its start, last event and eviction (the run then ages and leaves
+    like any), and an approval expiring later than any TTL allows (expired now: stopped
+    ``approval_expired``, fail closed). Only a changelog writer's record (or a clock far off)
+    holds such times; the record is written again with the worker's."""
+    ahead, latest = latest_trusted(now_ts)
+    ev = state.evicted_at
+    if (
+        state.started_at <= ahead
+        and state.last_event_at <= ahead
+        and (ev is None or ev <= ahead)
+        and all(p.expires_at <= latest for p in state.pending.values())
+    ):
+        return state
+    log.warning(
+        "run %r: stored times past the worker's clock (start %r, last event %r, evicted %r); "
+        "set to now",
+        str(state.run_id)[:80],
+        state.started_at,
+        state.last_event_at,
+        ev,
+        extra={"run_id": str(state.run_id)[:200]},
+    )
+    new = state.copy()
+    new.started_at = state.started_at if state.started_at <= ahead else now_ts
+    new.last_event_at = state.last_event_at if state.last_event_at <= ahead else now_ts
+    new.evicted_at = ev if ev is None or ev <= ahead else now_ts
+    new.pending = {
+        k: p if p.expires_at <= latest else replace(p, expires_at=now_ts)
+        for k, p in state.pending.items()
+    } or state.pending
+    return new
 
 
 def _note_revived(states: HoldsRecords, due: DueIndex) -> None:
