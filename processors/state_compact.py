@@ -10,9 +10,12 @@ are its own holds its own copies).
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
-__all__ = ["EMPTY", "SHARED_MAX_ITEMS", "compact_digest", "digest_hex", "shared"]
+__all__ = ["EMPTY", "SHARED_MAX_ITEMS", "compact_digest", "digest_hex", "shared", "shared_node"]
+
+T = TypeVar("T")
 
 
 class _Frozen(dict[Any, Any]):
@@ -59,12 +62,13 @@ _SHARED_MAX = 4096
 SHARED_MAX_ITEMS = 8
 
 
-def shared(container: dict[Any, Any]) -> dict[Any, Any]:
+def shared(container: dict[Any, Any], same: Callable[[Any], Any] | None = None) -> dict[Any, Any]:
     """The copy of a small ``container`` that every run with the same items (in the same
     order) holds: a run's agents dict is ~200 bytes, and most runs of one orchestrator name
     the same agents (and often the same task ids). EMPTY, a shared one and a large one are
     returned as they are. Containers are replaced, never changed in place (RunState), so
-    sharing them changes nothing a run can see."""
+    sharing them changes nothing a run can see. ``same``: what a new copy holds for each of
+    its values (``shared_node``: equal task nodes of runs whose task ids are their own)."""
     if type(container) is not dict or len(container) > SHARED_MAX_ITEMS:
         return container
     key = tuple(container.items())  # (twice as fast as one flat tuple of them)
@@ -75,8 +79,35 @@ def shared(container: dict[Any, Any]) -> dict[Any, Any]:
     if hit is None:
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.clear()
+        if same is not None:
+            container = {k: same(v) for k, v in container.items()}
         hit = _SHARED[key] = _Shared(container)
     return hit
+
+
+#: task nodes by content, bounded like _SHARED
+_NODES: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
+def shared_node(node: T) -> T:
+    """``node`` (a task node: owner, giver, parent, depth), or the equal one other runs hold:
+    task ids are often a run's own (a fresh uuid a task), its node's values rarely are (~80
+    bytes a task). Only a node of plain strings and an int depth: ``1.0 == 1`` and a parent
+    of another type would otherwise reach other runs' records through an equal node."""
+    owner, giver, parent, depth = node  # type: ignore[misc]
+    if (
+        type(owner) is not str
+        or type(giver) is not str
+        or (parent is not None and type(parent) is not str)
+        or type(depth) is not int
+    ):
+        return node
+    hit = _NODES.get(node)  # type: ignore[call-overload]
+    if hit is None:
+        if len(_NODES) >= _SHARED_MAX:
+            _NODES.clear()
+        hit = _NODES[node] = node  # type: ignore[index]
+    return hit  # type: ignore[return-value]
 
 
 _from_hex = bytes.fromhex

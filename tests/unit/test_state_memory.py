@@ -17,7 +17,7 @@ from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.chain import link
 from baton.processors.engine import decide
 from baton.processors.faust_adapter import RunStore
-from baton.processors.state import RunState
+from baton.processors.state import RunState, TaskNode
 from baton.processors.state_replies import pack, unpack
 from baton.schemas.events import parse_event
 from baton.streams.partitioner import partition_for
@@ -80,6 +80,40 @@ def test_a_run_read_back_from_its_record_shares_its_agents_and_small_task_tree()
     a, b = RunState.from_bytes(one.to_bytes()), RunState.from_bytes(two.to_bytes())
     assert a.agents is b.agents is one.agents
     assert a.tasks is b.tasks and a == one
+
+
+def test_runs_whose_task_ids_are_their_own_share_equal_task_nodes() -> None:
+    """A fresh uuid a task: the task dicts differ, their nodes (owner, giver, parent, depth)
+    do not, and the runs hold one node between them once written or read back."""
+
+    def own(run_id: str) -> RunState:
+        run = Run(policy_with(), run_id=run_id)
+        run.handoff(f"{run_id}-root", "planner", "coder")
+        assert run.state is not None
+        run.state.to_bytes()
+        return run.state
+
+    one, two = own("run-a"), own("run-b")
+    assert one.new_tasks is not two.new_tasks
+    assert one.task("run-a-root") is two.task("run-b-root")
+    back = RunState.from_bytes(two.to_bytes())
+    assert back.task("run-b-root") is one.task("run-a-root")
+    assert back == two
+
+
+def test_a_forged_node_of_other_types_is_never_shared_with_another_run() -> None:
+    """``1.0 == 1`` and a numeric parent equal to another run's: a node that is not plain
+    strings and an int depth stays its run's own, so no record but its own holds its values."""
+    from baton.processors.state_compact import shared_node
+
+    plain = shared_node(TaskNode("coder", "planner", 7, 1))  # a record's numeric parent
+    assert shared_node(TaskNode("coder", "planner", 7.0, 1)) is not plain
+    assert shared_node(TaskNode("coder", "planner", None, True)).depth is True
+    one = shared_node(TaskNode("coder", "planner", None, 1))
+    assert shared_node(TaskNode("coder", "planner", None, 1)) is one
+    wire = orjson.loads(_parsed_run("run-c").to_bytes())
+    wire["tasks"][0][3] = 1.0  # a parent of another type than the other runs'
+    assert orjson.loads(RunState.from_bytes(orjson.dumps(wire)).to_bytes())["tasks"][0][3] == 1.0
 
 
 def test_unique_names_never_grow_the_shared_cache_past_its_bound() -> None:
