@@ -33,7 +33,14 @@ from datetime import datetime
 
 from baton.processors.recorded import REPLAY_COLUMNS, Recorded
 from baton.processors.replay_order import in_chain_order
-from baton.processors.replay_report import Change, ReplayReport, RunOutcome, label, usd
+from baton.processors.replay_report import (
+    Change,
+    ReplayReport,
+    RunOutcome,
+    label,
+    new_run,
+    usd,
+)
 from baton.processors.replay_share import Watch, watched_policy
 from baton.processors.replay_steps import (
     RUN_RETENTION_S,
@@ -121,7 +128,7 @@ def replay_run(
 ) -> RunOutcome:
     """Decide ``run`` (a whole recorded history) again, under ``new_policy`` and as recorded
     (``retention_s``: the workers' run retention, see ``replay_steps.Replayer``)."""
-    outcome = RunOutcome(run[0].run_id)
+    outcome = new_run(run[0].run_id)
     run_key = outcome.run_id.encode()
     recorded = Replayer(chain_key, retention_s=retention_s)
     new = Replayer(b"", proof=False, retention_s=retention_s)
@@ -141,9 +148,11 @@ def replay_run(
         event = parse_event(text.encode(), run_key) if text is not None else None
         before = recorded.state
         context = step_context(recs)
-        if chained and new_chain(recs, chained):
-            context = context._replace(anew=True)
-        chained = chained or any(r.chain_hash is not None for r in recs)
+        if chained:
+            if first.chain_prev == "":  # new_chain, inline (every step of a chained run)
+                context = context._replace(anew=True)
+        else:
+            chained = any(r.chain_hash is not None for r in recs)
         policy = policies[first.policy_version]
         if shared:
             if policy is not watched_for:  # (a run's steps name one policy, nearly always)
@@ -282,7 +291,8 @@ def replay_runs(
                 why = f"replay failed: {type(exc).__name__}: {str(exc)[:300]}"
             else:
                 report.runs.append(result)
-                report.transitions.update(result.transitions)
+                if result.transitions:  # (most runs change nothing: Counter.update is Python)
+                    report.transitions.update(result.transitions)
                 decisions += result.decisions
         if why is not None:
             run_id = run[0].run_id

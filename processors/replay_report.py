@@ -6,10 +6,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from baton.schemas.decision import Outcome, Reason
 
-__all__ = ["Change", "ReplayReport", "RunOutcome", "label", "usd"]
+__all__ = ["Change", "ReplayReport", "RunOutcome", "label", "new_run", "usd"]
 
 
 def label(outcome: str, reason: str) -> str:
@@ -88,6 +89,33 @@ class ReplayReport:
     def blocked_estimate_usd(self) -> float:
         return sum(r.blocked_estimate_usd for r in self.runs)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # a `--jobs` process sends its piece's report back pickled: slotted dataclasses
+        # pickle through fields() per object in Python, which cost more than a tenth of the
+        # piece's replay (a RunOutcome, a Counter and a Change a run); its runs go as plain
+        # tuples, rebuilt in one loop (_report)
+        runs = [
+            (
+                r.run_id,
+                r.decisions,
+                r.changed,
+                _change_values(r.first_change),
+                r.unfaithful,
+                r.saved_usd,
+                r.blocked_estimate_usd,
+                dict(r.transitions) if r.transitions else None,
+            )
+            for r in self.runs
+        ]
+        return _report, (
+            runs,
+            self.partial,
+            dict(self.transitions),
+            self.broken,
+            self.oldest,
+            self.trimmed,
+        )
+
     def merge(self, part: ReplayReport) -> None:
         """Append ``part`` (the runs read after this report's)."""
         self.runs.extend(part.runs)
@@ -97,3 +125,60 @@ class ReplayReport:
         self.trimmed.update(part.trimmed)
         if part.oldest is not None and (self.oldest is None or part.oldest < self.oldest):
             self.oldest = part.oldest
+
+
+def _change_values(change: Change | None) -> tuple[Any, ...] | None:
+    if change is None:
+        return None
+    return (
+        change.step,
+        change.decided_at,
+        change.request_id,
+        change.handoff,
+        change.recorded,
+        change.replayed,
+    )
+
+
+def _report(
+    runs: list[tuple[Any, ...]],
+    partial: dict[str, str],
+    transitions: dict[str, int],
+    broken: list[str],
+    oldest: datetime | None,
+    trimmed: dict[str, tuple[datetime, str]],
+) -> ReplayReport:
+    """A :class:`ReplayReport` from its pickled form (``ReplayReport.__reduce__``)."""
+    report = ReplayReport([], partial, _counter(transitions), broken, oldest, trimmed)
+    out = report.runs
+    for run_id, decisions, changed, change, unfaithful, saved, blocked, counts in runs:
+        # slot by slot on a bare instance: the dataclass's __init__ and Counter's cost
+        # several times more, once a run (the reading process rebuilds every pool piece's)
+        run = _new(RunOutcome)
+        run.run_id, run.decisions, run.changed = run_id, decisions, changed
+        run.first_change = Change(*change) if change is not None else None
+        run.unfaithful, run.saved_usd, run.blocked_estimate_usd = unfaithful, saved, blocked
+        run.transitions = _counter(counts)
+        out.append(run)
+    return report
+
+
+_new = object.__new__
+
+
+def new_run(run_id: str) -> RunOutcome:
+    """``RunOutcome(run_id)``, made as _report makes runs (replay makes one a run)."""
+    run = _new(RunOutcome)
+    run.run_id, run.decisions, run.changed, run.first_change = run_id, 0, 0, None
+    run.unfaithful, run.saved_usd, run.blocked_estimate_usd = [], 0.0, 0.0
+    run.transitions = _counter(None)
+    return run
+
+
+def _counter(counts: dict[str, int] | None) -> Counter[str]:
+    """A Counter of ``counts`` without Counter's __init__ and update (Python code): a dict
+    subclass made empty, filled as a dict (the same object Counter(counts) gives)."""
+    made: Counter[str] = dict.__new__(Counter)
+    if counts:
+        dict.update(made, counts)
+    return made
