@@ -1,0 +1,93 @@
+"""The seventh session's replay changes against the session's start (36e8750), run on that
+commit's own packages in a subprocess: random histories and policy pairs (policies rolled
+back and forged mid-run, rows altered or deleted) report field for field what the start
+reported, both as replayed and as a `--jobs` process hands a report back (pickled: its runs
+now travel as plain tuples); and `baton replay`'s collector settings are put back after it."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from baton.cli.replay_cmds import _collecting_rarely
+from tests.unit.test_attacks_session6_replay_diff import REPO, _Case, _cases
+
+pytestmark = pytest.mark.unit
+
+START = "36e8750"
+#: each case's report as its repr (every run's outcome: a dataclass, every field), and, with
+#: "pickled", the repr of the report after a pickle round trip (what the reader merges)
+RUNNER = """
+import pickle, sys
+from baton.processors.replay import Recorded, replay_runs, runs_of
+from baton.schemas.policy import Policy
+
+cases, pickled = pickle.load(sys.stdin.buffer)
+out = []
+for rows, new, policies in cases:
+    load = Policy.model_validate_json
+    report = replay_runs(
+        runs_of([Recorded(*row) for row in rows]), load(new),
+        {version: load(doc) for version, doc in policies.items()}, b"chain-key", judge=False,
+    )
+    out.append(repr(pickle.loads(pickle.dumps(report)) if pickled else report))
+pickle.dump(out, sys.stdout.buffer)
+"""
+
+
+@pytest.fixture(scope="module")
+def start_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The start commit's packages as a ``baton`` package of their own, for PYTHONPATH."""
+    root = tmp_path_factory.mktemp("start7")
+    (root / "baton").mkdir()
+    (root / "baton" / "__init__.py").write_text("")
+    folders = ["cli", "processors", "schemas", "sinks", "streams"]
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", START, *folders], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        pytest.skip(f"commit {START} not in this clone: {archive.stderr.decode()[:200]}")
+    subprocess.run(["tar", "-x", "-C", str(root / "baton")], input=archive.stdout, check=True)
+    return root
+
+
+def _reports(cases: list[_Case], pythonpath: str, pickled: bool) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER],
+        input=pickle.dumps((cases, pickled)),
+        capture_output=True,
+        env={"PYTHONPATH": pythonpath},
+        cwd="/",
+        check=False,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return pickle.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_replays_and_pool_reports_of_random_histories_are_the_starts(start_tree: Path) -> None:
+    cases = _cases(range(60, 110))
+    before = _reports(cases, str(start_tree), pickled=False)
+    for pickled in (False, True):
+        now = _reports(cases, str(REPO), pickled)
+        differ = [i for i, (b, n) in enumerate(zip(before, now, strict=True)) if b != n]
+        assert not differ, f"pickled={pickled}: cases {differ} differ; first:\n{before[differ[0]]}"
+    # the cases reach changed, unfaithful, partial and broken runs and a first change each
+    for reached in ("changed=1", "unfaithful=[(", "partial={'", "broken=['", "Change(step="):
+        assert any(reached in r for r in before), reached
+
+
+def test_the_commands_collector_settings_are_put_back_after_a_replay() -> None:
+    was = gc.get_threshold()
+    with _collecting_rarely():
+        assert gc.get_threshold() == (50_000, 20, 100)
+        assert gc.get_freeze_count() > 0  # the objects made before: never walked again
+    assert gc.get_threshold() == was and gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError), _collecting_rarely():
+        raise RuntimeError("a replay that fails")
+    assert gc.get_threshold() == was and gc.get_freeze_count() == 0
