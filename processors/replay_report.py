@@ -13,9 +13,17 @@ from baton.schemas.decision import Outcome, Reason
 __all__ = ["Change", "ReplayReport", "RunOutcome", "label", "new_run", "usd"]
 
 
+#: as plain strings: an enum member's lookup costs ten times a global's (label runs per change)
+_ALLOW, _OK = Outcome.ALLOW.value, Reason.OK.value
+
+
 def label(outcome: str, reason: str) -> str:
     """``allow`` for a plain allow, else ``outcome:reason`` (``stop:handoff_budget_exceeded``)."""
-    return "allow" if outcome == Outcome.ALLOW and reason == Reason.OK else f"{outcome}:{reason}"
+    if outcome == _ALLOW and reason == _OK:
+        return "allow"
+    # joined, not an f-string: an f-string formats an enum member through Enum.__format__
+    # (Python code); join reads a str subclass's text in C (the same text: its value)
+    return ":".join((outcome, reason))
 
 
 def usd(amount: float) -> str:
