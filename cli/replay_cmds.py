@@ -9,13 +9,11 @@ did not reproduce the audit); 2, 4, 5: a bad option or policy, Kafka, the audit.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,12 @@ from baton.cli.signer import shown
 from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
 from baton.processors.chain_links import shown_id
 from baton.processors.replay import ReplayReport, RunOutcome
-from baton.processors.replay_pool import prefetched, replay_pieces, start_pool
+from baton.processors.replay_pool import (
+    collecting_rarely,
+    prefetched,
+    replay_pieces,
+    start_pool,
+)
 from baton.processors.replay_steps import RUN_RETENTION_S
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
@@ -217,7 +220,7 @@ def _replay(
     from baton.sinks.replay_source import read_policies
 
     label = parse_dsn(settings.clickhouse_dsn).label
-    with _collecting_rarely():
+    with collecting_rarely():
         # the --jobs pool is forked before the audit's client (chDB runs threads) opens:
         # ready in milliseconds, where a forkserver's fresh interpreter takes ~0.4 s
         # (replay_pool); it inherits the collector's settings
@@ -235,24 +238,6 @@ def _replay(
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
     return report, policies, refused, label
-
-
-@contextlib.contextmanager
-def _collecting_rarely() -> Iterator[None]:
-    """The collector as the worker runs it, for the replay: the objects made so far (the
-    imported modules') frozen, young objects collected every 50,000 allocations. A replay
-    makes a few short-lived containers a decision; at the default thresholds the collector
-    took ~2.5 % of the command's CPU, its full collections walking every module's objects.
-    Put back as it was after (a caller in the same process: tests, `baton demo`)."""
-    thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
 
 
 def replay_audit(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from baton.cli.replay_cmds import _collecting_rarely
+from baton.processors.replay_pool import collecting_rarely
 from tests.unit.test_attacks_session6_replay_diff import REPO, _Case, _cases
 
 pytestmark = pytest.mark.unit
@@ -84,10 +84,10 @@ def test_replays_and_pool_reports_of_random_histories_are_the_starts(start_tree:
 
 def test_the_commands_collector_settings_are_put_back_after_a_replay() -> None:
     was = gc.get_threshold()
-    with _collecting_rarely():
+    with collecting_rarely():
         assert gc.get_threshold() == (50_000, 20, 100)
         assert gc.get_freeze_count() > 0  # the objects made before: never walked again
     assert gc.get_threshold() == was and gc.get_freeze_count() == 0
-    with pytest.raises(RuntimeError), _collecting_rarely():
+    with pytest.raises(RuntimeError), collecting_rarely():
         raise RuntimeError("a replay that fails")
     assert gc.get_threshold() == was and gc.get_freeze_count() == 0
