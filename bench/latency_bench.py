@@ -26,6 +26,8 @@ host's, the CPU per event much less so.
         # B/baton and DIR/baton: other checkouts (variants) in the same run, alternating
     python -m bench.latency_bench --sides relay,producer:librdkafka,producer:aiokafka
         # this checkout's worker with each BATON_WORKER_PRODUCER, alternating
+    python -m bench.latency_bench --sides relay,baton,env:BATON_CONSUMER_LOOP=inline
+        # this checkout's worker, and the same with one setting changed
 
 Experiments on the relay (the figures in bench/RESULTS.md, 2026-11-29 night):
 ``BENCH_RELAY_BURN_US=180`` makes it spend that much CPU a record before re-producing it
@@ -277,11 +279,13 @@ def baton_side(
     workdir: Path,
     pythonpath: str | None = None,
     producer: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, str, int]]:
     """A ``baton worker`` process on fresh topics: (requests topic, decisions topic, pid).
 
     ``pythonpath``: the worker imports Baton from there (another checkout: before/after);
-    ``producer``: its BATON_WORKER_PRODUCER (aiokafka, librdkafka)."""
+    ``producer``: its BATON_WORKER_PRODUCER (aiokafka, librdkafka); ``env``: more of its
+    environment (a setting's variant, e.g. BATON_CONSUMER_LOOP=inline)."""
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
     ensure_topics({"bootstrap.servers": bootstrap}, catalog, timeout=10)
@@ -292,10 +296,13 @@ def baton_side(
         os.environ["PYTHONPATH"] = pythonpath
     if producer is not None:
         os.environ["BATON_WORKER_PRODUCER"] = producer
+    os.environ.update(env or {})
     try:
         worker = _start_worker(bootstrap, prefix, workdir / prefix, args.guarantee)
     finally:
         os.environ.pop("BATON_WORKER_PRODUCER", None)
+        for name in env or {}:
+            os.environ.pop(name, None)
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -365,6 +372,11 @@ def measure(args: argparse.Namespace) -> None:
             if side.startswith("producer:"):  # this checkout, BATON_WORKER_PRODUCER=NAME
                 name = side.split(":", 1)[1]
                 sides[side] = lambda name=name: baton_side(bootstrap, args, workdir, None, name)
+            if side.startswith("env:"):  # this checkout's worker with NAME=VALUE set
+                name, _, value = side.split(":", 1)[1].partition("=")
+                sides[side] = lambda env={name: value}: baton_side(
+                    bootstrap, args, workdir, env=env
+                )
         rounds: dict[str, list[list[float]]] = {side: [] for side in args.sides.split(",")}
         cpu: dict[str, list[tuple[float, float]]] = {side: [] for side in rounds}
         to_decided: dict[str, list[float]] = {side: [] for side in rounds}

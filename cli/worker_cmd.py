@@ -54,6 +54,7 @@ def create_topics(settings: Settings) -> Any:
     "fetch_max_wait_ms",
     "processing_guarantee",
     "worker_producer",
+    "consumer_loop",
     "transactional_id",
     "transaction_timeout_ms",
     "worker_data_dir",

@@ -134,6 +134,7 @@ class GovernanceWorker:
             # at-least-once) ends with a transaction marker, which recovery would wait for
             committed_ends=self._committed_ends,
             offsets_in_transactions=s.processing_guarantee == "exactly_once",
+            inline_consumer=s.consumer_loop == "inline",
         )
         app = build_app(s, runtime)
         source = source_topic(app, self.catalog, s.partitions)

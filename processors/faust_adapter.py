@@ -20,7 +20,10 @@ Faust ``faust.transport.consumer.Consumer`` (``faust_aiokafka.Consumer`` subclas
     set as "every partition" and would hand out records of paused partitions).
   * ``perform_seek``, ``seek`` — wrapped: count seeks, so a batch fetched before a seek is
     dropped unacknowledged (Faust's post-recovery seek rewinds what it fetched).
-  * ``_new_consumer_thread`` — replaced: our consumer thread below.
+  * ``_new_consumer_thread`` — replaced: our consumer thread below; with
+    ``BATON_CONSUMER_LOOP=inline`` its service runs as a task on the worker's loop
+    (processors/faust_inline.py: mode's ``ServiceThread`` given the parent loop and a worker
+    that makes a task, not a thread; its end-of-thread sweep of the loop's tasks skipped).
   * ``_commit`` — wrapped: under exactly-once each batch's transaction commits its offsets,
     so Faust's background committer commits nothing (a late commit would move the group's
     offset back); it notes ``_thread.tp_last_committed_at`` for Faust's stall detector.
@@ -61,6 +64,7 @@ from faust.transport import drivers
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from baton.processors.faust_inline import inline_stop, inline_thread_options
 from baton.processors.state import RunState
 from baton.processors.state_held import hold, record_size
 from baton.streams.partitioner import partition_for
@@ -105,6 +109,9 @@ class WorkerRuntime:
     committed_ends: CommittedEnds
     #: exactly-once: offsets are committed by each batch's transaction, not by Faust
     offsets_in_transactions: bool
+    #: run Faust's consumer on the worker's event loop, not in a thread of its own
+    #: (BATON_CONSUMER_LOOP=inline; processors/faust_inline.py)
+    inline_consumer: bool
 
     def __post_init__(self) -> None:
         if not self.source_topics:
@@ -275,6 +282,17 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return out
 
 
+class _InlineConsumerThread(_ConsumerThread):
+    """Our consumer thread's service run as a task on the worker's loop (faust_inline)."""
+
+    async def _gather_remaining_tasks(self) -> None:
+        """Nothing: mode would cancel every task of this loop, the worker's own."""
+
+    async def stop(self) -> None:
+        await super().stop()
+        await inline_stop(self)
+
+
 class _Consumer(faust_aiokafka.Consumer):
     #: bumped by every seek: a batch fetched before a seek is stale (see _drain_messages).
     #: Faust's ``_read_offset`` means "last record read" after a record but "next record to
@@ -306,6 +324,9 @@ class _Consumer(faust_aiokafka.Consumer):
         await super().seek(partition, offset)
 
     def _new_consumer_thread(self) -> _ConsumerThread:
+        if self.runtime.inline_consumer:
+            options = inline_thread_options(self.loop)
+            return _InlineConsumerThread(self, beacon=self.beacon, **options)
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _commit(self, offsets: Any) -> bool:

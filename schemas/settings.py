@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         description="at_least_once: the worker's producer; aiokafka sends a batch's records "
         "in one request per broker, librdkafka one per partition (exactly_once: librdkafka)",
     )
+    consumer_loop: Literal["thread", "inline"] = Field(
+        "thread",
+        description="where the worker's Kafka consumer runs: Faust's own thread, or inline on "
+        "the worker's event loop (no thread hop a fetch: less CPU at small batches)",
+    )
     transactional_id: str | None = Field(
         None,
         description="exactly_once: this worker's transactional.id (default APP_ID-HOST-PID); "

@@ -20,6 +20,7 @@ import pytest
 from faust.stores import memory
 from faust.tables import manager, recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode import threads
 
 from baton.processors.faust_adapter import (
     GovernedApp,
@@ -105,6 +106,22 @@ PINNED: list[tuple[str, Any, str, str, str]] = [
     ("aiokafka GroupCoordinator.__init__", aiokafka_group.GroupCoordinator.__init__,
      "GroupCoordinator.__init__", "9e729f077efc4f3a",
      "membership() (group_id, generation, member_id)"),
+    # BATON_CONSUMER_LOOP=inline (processors/faust_inline.py): mode's thread service run
+    # as a task on the parent loop
+    ("mode ServiceThread.__init__", threads.ServiceThread.__init__, "ServiceThread.__init__",
+     "82979878990cdff5", "faust_inline: thread_loop and Worker are taken as given"),
+    ("mode ServiceThread.start", threads.ServiceThread.start, "ServiceThread.start",
+     "f11841038a033a05", "faust_inline.InlineWorker (start(), then _thread_running awaited)"),
+    ("mode ServiceThread.stop", threads.ServiceThread.stop, "ServiceThread.stop",
+     "32d026539c3665b2", "_InlineConsumerThread.stop and InlineWorker.stop (no join)"),
+    ("mode ServiceThread._serve", threads.ServiceThread._serve, "ServiceThread._serve",
+     "67809eae09573ac7", "InlineWorker's task; _gather_remaining_tasks skipped"),
+    ("mode ServiceThread._gather_remaining_tasks",
+     threads.ServiceThread._gather_remaining_tasks,
+     "ServiceThread._gather_remaining_tasks", "6f65b92dd1012485",
+     "_InlineConsumerThread._gather_remaining_tasks (would cancel the worker's tasks)"),
+    ("mode WorkerThread.run", threads.WorkerThread.run, "WorkerThread.run",
+     "1b649242a70c4df3", "InlineWorker stands in for WorkerThread"),
 ]  # fmt: skip
 
 
@@ -132,6 +149,7 @@ def _runtime(**changes: Any) -> WorkerRuntime:
         "fetch_max_wait_ms": 50,
         "committed_ends": dict,
         "offsets_in_transactions": False,
+        "inline_consumer": False,
     }
     return WorkerRuntime(**{**values, **changes})
 

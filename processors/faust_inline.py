@@ -1,0 +1,64 @@
+"""Faust's Kafka consumer run on the worker's own event loop instead of a thread of its own.
+
+Faust runs aiokafka's consumer in a ``ServiceThread`` (mode): a second thread with a second
+event loop, reached through method queues. Every fetch is a round trip between the two
+loops (a self-pipe write each way) and the two threads take turns at the GIL. At a steady
+rate of small fetches that costs more CPU than deciding: at 1,000 events/s the consumer
+thread used ~15 % of a core, most of it outside Python (docs/performance.md). With
+``BATON_CONSUMER_LOOP=inline`` the same service runs as a task on the worker's loop: the
+same aiokafka consumer and Faust code, the calls between them plain awaits.
+
+What changes for the thread's service (mode.threads.ServiceThread), and why:
+  * ``Worker`` — :class:`InlineWorker` runs ``_serve()`` as a task on the parent loop where
+    mode's ``WorkerThread`` would start a thread running a loop of its own.
+  * ``thread_loop`` — the parent loop itself (mode's thread-safe calls work on it as on any).
+  * ``_gather_remaining_tasks`` — nothing: mode cancels every task of the thread's loop when
+    the thread's service ends, which here would be the worker's own tasks. aiokafka's tasks
+    are ended by its consumer's ``stop()`` (``on_thread_stop``), which runs before.
+  * ``stop`` — waits for ``_serve()`` to end (the consumer stopped, the group left), as
+    mode's ``WorkerThread.stop()`` joins the thread.
+
+The trade: while the worker decides a batch (milliseconds; up to ~1 s for 10,000 events)
+nothing is fetched and heartbeats wait (aiokafka heartbeats every 3 s, Faust's session
+timeout is 60 s); with a thread, the next fetch could arrive meanwhile, though Python code
+of the two threads never ran at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+__all__ = ["InlineWorker", "inline_stop", "inline_thread_options"]
+
+
+class InlineWorker:
+    """Stands in for mode's ``WorkerThread``: the service's ``_serve()`` as a task."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = self.service.parent_loop.create_task(
+            self.service._serve(), name=f"inline {self.service.label}"
+        )
+
+    def stop(self) -> None:
+        """Nothing to join: :func:`inline_stop` awaits the task."""
+
+    def is_alive(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
+def inline_thread_options(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    """The keyword arguments that make a ``ServiceThread`` run on ``loop`` (the parent's)."""
+    return {"loop": loop, "thread_loop": loop, "Worker": InlineWorker}
+
+
+async def inline_stop(service: Any) -> None:
+    """After mode's ``ServiceThread.stop()``: wait until the service's ``_serve()`` ended."""
+    worker = service._thread
+    task = worker.task if isinstance(worker, InlineWorker) else None
+    if task is not None and not task.done():
+        await asyncio.wait({task})
