@@ -17,7 +17,9 @@ Faust ``faust.transport.consumer.Consumer`` (``faust_aiokafka.Consumer`` subclas
     and the fetcher's ``_stopped`` as Faust's loop does.
   * ``_getmany`` — replaced: passes a *copy* of the active partitions (table recovery
     empties Faust's live set while the consumer thread reads it; aiokafka reads an empty
-    set as "every partition" and would hand out records of paused partitions).
+    set as "every partition" and would hand out records of paused partitions); inline, it
+    calls ``AIOKafkaConsumerThread._fetch_records`` itself, as the thread's ``getmany``
+    would through mode's method queue.
   * ``perform_seek``, ``seek`` — wrapped: count seeks, so a batch fetched before a seek is
     dropped unacknowledged (Faust's post-recovery seek rewinds what it fetched).
   * ``_new_consumer_thread`` — replaced: our consumer thread below; with
@@ -313,7 +315,15 @@ class _Consumer(faust_aiokafka.Consumer):
         # aiokafka reads an empty set as "every partition": it would hand out, and move its
         # position past, records of paused source partitions that Faust then drops.
         partitions = set(active_partitions) if active_partitions is not None else None
-        return await self._thread.getmany(partitions, timeout)
+        thread = self._thread
+        if isinstance(thread, _InlineConsumerThread):
+            # on this loop already: the fetch itself, not a round through mode's method queue
+            # (what AIOKafkaConsumerThread.getmany enqueues)
+            consumer = thread._ensure_consumer()
+            return await thread._fetch_records(
+                consumer, partitions, timeout=timeout, max_records=consumer._max_poll_records
+            )
+        return await thread.getmany(partitions, timeout)
 
     async def perform_seek(self) -> None:
         self._seek_epoch += 1

@@ -122,6 +122,11 @@ PINNED: list[tuple[str, Any, str, str, str]] = [
      "_InlineConsumerThread._gather_remaining_tasks (would cancel the worker's tasks)"),
     ("mode WorkerThread.run", threads.WorkerThread.run, "WorkerThread.run",
      "1b649242a70c4df3", "InlineWorker stands in for WorkerThread"),
+    ("AIOKafkaConsumerThread.getmany", _THREAD.getmany, "AIOKafkaConsumerThread.getmany",
+     "26fc5fc9f3b667e1", "_Consumer._getmany's inline path does what it enqueues"),
+    ("AIOKafkaConsumerThread._fetch_records", _THREAD._fetch_records,
+     "AIOKafkaConsumerThread._fetch_records", "39a2c6c79fc1455a",
+     "_Consumer._getmany's inline path calls it directly"),
 ]  # fmt: skip
 
 
