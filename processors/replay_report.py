@@ -23,7 +23,10 @@ def label(outcome: str, reason: str) -> str:
         return "allow"
     # joined, not an f-string: an f-string formats an enum member through Enum.__format__
     # (Python code); join reads a str subclass's text in C (the same text: its value)
-    return ":".join((outcome, reason))
+    try:
+        return ":".join((outcome, reason))
+    except TypeError:  # a row read from a forged audit server may hold a number or null
+        return f"{outcome}:{reason}"
 
 
 def usd(amount: float) -> str:

@@ -82,6 +82,23 @@ def test_replays_and_pool_reports_of_random_histories_are_the_starts(start_tree:
         assert any(reached in r for r in before), reached
 
 
+def test_rows_of_a_forged_server_with_numbers_for_words_report_as_the_start(
+    start_tree: Path,
+) -> None:
+    # an audit endpoint that is not ClickHouse may answer anything JSON: an outcome or a
+    # reason that is a number or null reaches the report's labels (now joined, not formatted)
+    cases = []
+    for rows, new, docs in _cases(range(3)):
+        for value in (5, None, 1.5):
+            at = len(rows) // 2
+            forged = list(rows[at])
+            forged[2], forged[3] = value, value  # outcome, reason
+            cases.append(([*rows[:at], tuple(forged), *rows[at + 1 :]], new, docs))
+    before = _reports(cases, str(start_tree), pickled=False)
+    assert before == _reports(cases, str(REPO), pickled=True)
+    assert any("'5:5'" in r or "5:5" in r for r in before)
+
+
 def test_the_commands_collector_settings_are_put_back_after_a_replay() -> None:
     was = gc.get_threshold()
     with collecting_rarely():
