@@ -80,7 +80,7 @@ def shared(container: dict[Any, Any], same: Callable[[Any], Any] | None = None) 
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.clear()
         if same is not None:
-            container = {k: same(v) for k, v in container.items()}
+            container = dict(zip(container, map(same, container.values()), strict=True))
         hit = _SHARED[key] = _Shared(container)
     return hit
 
