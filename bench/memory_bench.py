@@ -6,6 +6,8 @@ after a rebalance has not been touched yet, or once the sweep holds it idle (no 
 ``sweep.HOLD_IDLE_S``). Per run it also keeps an entry in Faust's key -> partition map, in
 the sweep's due index (a dict entry and a slot in its bucket of a second) and in the batch
 step's size map.
+The process fixes glibc's malloc thresholds as `baton worker` does (processors/allocator.py;
+an older tree without it, with glibc's dynamic ones, as its worker ran).
 This bench builds N active runs with the real engine (a handoff and its completion each, or
 three of each for long runs: owner, agents, task tree, dedup marks, the kept replies,
 spend; decided by the worker's batch step, which links them into the run's chain), holds
@@ -293,6 +295,12 @@ def _child(
     cmd = [sys.executable, "-m", "bench.memory_bench", "--one", str(n), "--mode", mode]
     cmd += ["--long"] if long else []
     cmd += ["--own-task-ids"] if own_tasks else []
+    if pythonpath is not None and not os.path.exists(
+        os.path.join(pythonpath, "baton", "processors", "allocator.py")
+    ):
+        # an older tree's worker left glibc's thresholds alone (the import below would find
+        # this checkout's module through its editable install)
+        cmd += ["--glibc-default"]
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
@@ -332,9 +340,12 @@ def main() -> None:
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="decoded", help=argparse.SUPPRESS)
     ap.add_argument("--long", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--glibc-default", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.modes = ["decoded", *(m for m in args.modes if m != "decoded")]
     gc.set_threshold(100_000, 50, 100)  # as `baton worker` sets it
+    if not args.glibc_default:
+        _allocator_as_the_worker_sets_it()
     if args.one:
         print(json.dumps(measure(args.one, args.mode, args.long, args.own_task_ids)))
         return
@@ -388,6 +399,16 @@ def main() -> None:
     )
     print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(timings))
+
+
+def _allocator_as_the_worker_sets_it() -> None:
+    """glibc's thresholds as this tree's `baton worker` fixes them (processors/allocator.py);
+    an older tree (``--before-pythonpath``) without the module: as its worker left them."""
+    try:
+        from baton.processors.allocator import keep_heap_compact
+    except ImportError:
+        return
+    keep_heap_compact()
 
 
 #: each measured in its own process

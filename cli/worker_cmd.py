@@ -88,6 +88,10 @@ def worker_cmd(**opts: Any) -> None:
     # event: at CPython's default gen-0 threshold (700) the collector walked the live runs so
     # often that it took a third of the batch step (bench/RESULTS.md, 2026-11-29)
     gc.set_threshold(100_000, 50, 100)
+    # glibc kept ~280 B a run of freed heap between the runs table's blocks (allocator.py)
+    from baton.processors.allocator import keep_heap_compact
+
+    keep_heap_compact()
     create_topics(settings)
     from faust import Worker
 
