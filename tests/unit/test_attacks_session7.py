@@ -1,0 +1,106 @@
+"""Attacks on session 7's changes that need no broker: the worker's published copies of
+decisions (95ff62c) and the scale bench's makespan rate (cb15850)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from pydantic import BaseModel
+
+from baton.processors.recorded import keep_links, publishable
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision, Outcome, Phase
+from bench.worker_bench import makespan_rate
+
+pytestmark = pytest.mark.unit
+
+WHEN = datetime(2026, 11, 30, 5, 0, tzinfo=UTC)
+
+
+class _Event(BaseModel):
+    type: str = "handoff_requested"
+    run_id: str = "r1"
+
+
+def _decision() -> Decision:
+    d = Decision("d1", "q1", "r1", "t1", Phase.PRE_HANDOFF, Outcome.ALLOW, "ok")
+    d.decided_at, d.task_id, d.handoff_count = WHEN, "t", 3
+    return d
+
+
+def test_a_published_copy_and_the_stored_decision_change_apart() -> None:
+    """A later change to the published copy (the chain link, the worker's fields) never
+    shows in the decision the state keeps, nor the reverse, except the links keep_links
+    copies back on purpose."""
+    stored = _decision()
+    [copy] = publishable(RunState.new("r1", "t1", WHEN.timestamp()), [stored], _Event(), "{}")
+    assert copy is not stored and copy == replace(stored, input="{}")
+    copy.partition, copy.offset, copy.worker = 3, 99, "w9"
+    copy.chain_prev, copy.chain_hash = "", "h1"
+    assert (stored.partition, stored.offset, stored.worker) == (None, None, None)
+    assert (stored.input, stored.chain_hash) == (None, None)
+    keep_links([stored], [copy])
+    assert (stored.chain_prev, stored.chain_hash, stored.input) == ("", "h1", None)
+    stored.handoff_count = 7
+    assert copy.handoff_count == 3
+
+
+def test_a_reemitted_copy_leaves_the_stored_reply_unflagged_and_linked() -> None:
+    stored = _decision()
+    stored.chain_prev, stored.chain_hash = "", "h1"
+    [copy] = publishable(RunState.new("r1", "t1", WHEN.timestamp()), [stored], _Event(), "{}")
+    assert copy.reemitted and not stored.reemitted
+    assert copy == replace(stored, reemitted=True)
+    keep_links([stored], [copy])  # a re-emitted copy gives no links back
+    assert (stored.chain_prev, stored.chain_hash) == ("", "h1")
+
+
+def _stamps(zone: timezone, *batches: tuple[float, int]) -> Counter[str]:
+    """Decisions by decided_at: ``n`` decisions stamped ``sec`` seconds past 04:00 UTC,
+    written in ``zone``."""
+    start = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
+    return Counter(
+        {(start + timedelta(seconds=sec)).astimezone(zone).isoformat(): n for sec, n in batches}
+    )
+
+
+def test_the_makespan_reads_the_same_whatever_zone_the_stamps_are_written_in() -> None:
+    utc = makespan_rate(
+        {
+            "a": _stamps(UTC, (0.0, 10_000), (1.0, 10_000), (2.0, 10_000)),
+            "b": _stamps(UTC, (0.1, 10_000), (1.1, 10_000), (2.1, 10_000)),
+        },
+        60_000,
+    )
+    zoned = makespan_rate(
+        {
+            "a": _stamps(timezone(timedelta(hours=1)), (0.0, 10_000), (1.0, 10_000), (2.0, 10_000)),
+            "b": _stamps(
+                timezone(timedelta(hours=-7)), (0.1, 10_000), (1.1, 10_000), (2.1, 10_000)
+            ),
+        },
+        60_000,
+    )
+    assert zoned == pytest.approx(utc) == pytest.approx(60_000 / 3.1)
+
+
+def test_workers_that_never_overlap_read_as_the_whole_makespan() -> None:
+    # a decided its share from 0 s to 3 s, b from 10 s to 13 s: 60,000 events in 13 s
+    a = _stamps(UTC, (0.0, 10_000), (1.0, 10_000), (2.0, 10_000))
+    b = _stamps(UTC, (10.0, 10_000), (11.0, 10_000), (12.0, 10_000))
+    assert makespan_rate({"a": a, "b": b}, 60_000) == pytest.approx(60_000 / 13)
+
+
+def test_a_slow_worker_s_last_batch_sets_the_end() -> None:
+    # b decides 5,000 a second: its last batch of 5,000 ends at 2.0 + 1.0 s, after a's
+    a = _stamps(UTC, (0.0, 10_000), (1.0, 10_000), (2.0, 10_000))
+    b = _stamps(UTC, (0.0, 5_000), (1.0, 5_000), (2.0, 5_000))
+    assert makespan_rate({"a": a, "b": b}, 45_000) == pytest.approx(45_000 / 3.0)
+
+
+def test_no_workers_give_no_rate() -> None:
+    assert math.isnan(makespan_rate({}, 10))
