@@ -1,5 +1,6 @@
 """Attacks on session 7's changes that need no broker: the worker's published copies of
-decisions (95ff62c) and the scale bench's makespan rate (cb15850)."""
+decisions (95ff62c), the scale bench's makespan rate (cb15850), and a hostile batch that
+holds the loop (what an inline consumer's heartbeats wait for, 055ff80)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import BaseModel
 
+from baton.processors.batch import BatchProcessor
 from baton.processors.recorded import keep_links, publishable
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, Outcome, Phase
+from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from bench.worker_bench import makespan_rate
+from tests.unit.test_batch import NOW, _good
+from tests.unit.test_engine_support import policy_with
 
 pytestmark = pytest.mark.unit
 
@@ -104,3 +108,48 @@ def test_a_slow_worker_s_last_batch_sets_the_end() -> None:
 
 def test_no_workers_give_no_rate() -> None:
     assert math.isnan(makespan_rate({}, 10))
+
+
+def _over_budget_run(limit: int) -> tuple[BatchProcessor, dict[bytes, RunState], int]:
+    """A processor holding run_b stopped at its state budget (run_state_limit), its state
+    past the budget by its bounded window, and the next handoff number."""
+    policy = policy_with(max_handoffs=None, max_agents_per_run=None, max_delegation_depth=None)
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(policy, 4, states, worker="w", run_state_max_bytes=limit)
+    n = 0
+    while states.get(b"run_b") is None or states[b"run_b"].stopped is None:
+        names = [
+            (f"task-{n + i:05d}-" + "x" * 200, f"agent-{n + i}" + "y" * 200) for i in range(50)
+        ]
+        proc.process([_good("run_b", n + i, t, to=a) for i, (t, a) in enumerate(names)], NOW)
+        n += 50
+    proc.process([_good("run_b", n + i) for i in range(200)], NOW)  # the window fills up
+    return proc, states, n + 200
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="processors/batch.py (lead): a run stopped at its state budget stays past it by "
+    "its bounded window, so every later batch of its events takes the careful path and "
+    "encodes its whole state once per event (256 KiB budget: 10,000 such events held the "
+    "loop 3.9 s against ~0.4 s; with BATON_CONSUMER_LOOP=inline the heartbeats wait that "
+    "long): the run cannot be stopped again, one encoding a batch would do",
+)
+def test_events_of_a_run_stopped_at_its_state_budget_encode_its_state_once_a_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proc, states, n = _over_budget_run(8192)
+    assert states[b"run_b"].stopped == Reason.RUN_STATE_LIMIT
+    assert len(states[b"run_b"].to_bytes()) > 8192  # past the budget by its window
+    encodes = 0
+    real = RunState.to_bytes
+
+    def counted(state: RunState) -> bytes:
+        nonlocal encodes
+        encodes += 1
+        return real(state)
+
+    monkeypatch.setattr(RunState, "to_bytes", counted)
+    out = proc.process([_good("run_b", n + i) for i in range(300)], NOW)
+    assert [d.reason for _, d in out.decisions] == [Reason.RUN_STATE_LIMIT] * 300
+    assert encodes <= 2, f"{encodes} encodings of the run's state for one batch of 300 events"
