@@ -116,6 +116,30 @@ def test_a_forged_node_of_other_types_is_never_shared_with_another_run() -> None
     assert orjson.loads(RunState.from_bytes(orjson.dumps(wire)).to_bytes())["tasks"][0][3] == 1.0
 
 
+def test_a_fresh_digest_is_held_as_its_bytes_and_written_back_as_its_text() -> None:
+    state = _parsed_run("run-d")
+    held = list(state.fresh.values())
+    assert held and all(type(d) is bytes and len(d) == 8 for d in held)
+    wire = orjson.loads(state.to_bytes())
+    assert wire["dg"] == [d.hex() for d in held]
+    key = next(iter(state.fresh))
+    assert state.digest_of(key) == held[0].hex()
+
+
+@pytest.mark.parametrize(
+    "odd", ["ABCDEF0123456789", "abcdef01 234567", "0x0123456789abc", "abcdef012345678g", 7, ""]
+)
+def test_a_records_odd_digest_is_kept_as_it_was_written(odd: object) -> None:
+    """Capitals, a space, a prefix, a non-hex letter, a number: held as written, so the
+    record written back is the same bytes (only the engine's own form is packed)."""
+    wire = orjson.loads(_parsed_run("run-e").to_bytes())
+    wire["dg"][-1] = odd
+    raw = orjson.dumps(wire)
+    state = RunState.from_bytes(raw)
+    assert state.to_bytes() == raw
+    assert state.digest_of(wire["keys"][-1]) == odd
+
+
 def test_unique_names_never_grow_the_shared_cache_past_its_bound() -> None:
     from baton.processors import state_compact as state_module
 
