@@ -118,6 +118,7 @@ class GovernanceWorker:
             settings.run_retention_s, settings.tombstone_retention_s, settings.hold_idle_s
         )
         self._indexed_generation: int | None = None
+        self.inline_consumer = settings.consumer_loop == "inline"
         self._stats = BatchStats(self.worker_id)
         self.control.on_policy(self._on_policy)
         self.app.on_partitions_revoked.connect(self._on_revoked_signal)
@@ -282,6 +283,13 @@ class GovernanceWorker:
             )
         faust_adapter.ack_fetched(self.app, messages)
 
+    def _heartbeats_waited(self, blocked_s: float) -> None:
+        """Raise if, inline, the batch step held the loop past 2/3 of the session: the
+        heartbeats waited, the group may have moved the partitions and the generation not
+        yet say so (``_still_owner`` cannot tell). Dying commits nothing (the owner redoes it)."""
+        if self.inline_consumer and blocked_s > self.settings.session_timeout_s * 2 / 3:
+            raise RuntimeError(f"inline, the batch step held the loop {blocked_s:.1f} s")
+
     def _still_owner(self, generation: int) -> None:
         # A worker the group expelled while it was stuck in a flush must not write run
         # states: another worker has restored them and moved on. Dying here commits nothing.
@@ -313,6 +321,7 @@ class GovernanceWorker:
                 t0 = time.perf_counter()
                 out = self.processor.process(records, datetime.now(UTC))
                 t1 = time.perf_counter()
+                self._heartbeats_waited(t1 - t0)
                 offsets: dict[tuple[str, int], int] = {}
                 if self.exactly_once:
                     for rec in records:
