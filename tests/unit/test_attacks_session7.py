@@ -5,8 +5,9 @@ holds the loop (what an inline consumer's heartbeats wait for, 055ff80)."""
 from __future__ import annotations
 
 import math
+import pickle
 from collections import Counter
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 
 from baton.processors.batch import BatchProcessor
 from baton.processors.recorded import keep_links, publishable
+from baton.processors.replay_report import Change, ReplayReport, RunOutcome
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from bench.worker_bench import makespan_rate
@@ -127,14 +129,6 @@ def _over_budget_run(limit: int) -> tuple[BatchProcessor, dict[bytes, RunState],
     return proc, states, n + 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="processors/batch.py (lead): a run stopped at its state budget stays past it by "
-    "its bounded window, so every later batch of its events takes the careful path and "
-    "encodes its whole state twice an event (256 KiB budget: 10,000 such events held the "
-    "loop 3.9 s against ~0.4 s; with BATON_CONSUMER_LOOP=inline the heartbeats wait that "
-    "long): the run cannot be stopped again, one encoding a batch would do",
-)
 def test_events_of_a_run_stopped_at_its_state_budget_encode_its_state_once_a_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -153,3 +147,30 @@ def test_events_of_a_run_stopped_at_its_state_budget_encode_its_state_once_a_bat
     out = proc.process([_good("run_b", n + i) for i in range(300)], NOW)
     assert [d.reason for _, d in out.decisions] == [Reason.RUN_STATE_LIMIT] * 300
     assert encodes <= 2, f"{encodes} encodings of the run's state for one batch of 300 events"
+
+
+def test_a_replay_report_keeps_every_field_through_a_jobs_pickle() -> None:
+    """cac9b48 pickles a `--jobs` piece's report as plain tuples, field by field: a field
+    set away from its default (one added later too) must come back, or a piece's unfaithful
+    steps or partial runs would read as a faithful replay."""
+    change = Change(3, WHEN, "q3", "a -> b", "allow", "stop:killed")
+    run_values = {
+        "run_id": "r1", "decisions": 9, "changed": 2, "first_change": change,
+        "unfaithful": [(3, "allow", "stop:killed")], "saved_usd": 1.25,
+        "blocked_estimate_usd": 0.5, "transitions": Counter({"allow -> stop": 2}),
+    }  # fmt: skip
+    run = RunOutcome("r1")
+    for f in fields(RunOutcome):
+        assert f.name in run_values, f"a new RunOutcome field needs a value here: {f.name}"
+        setattr(run, f.name, run_values[f.name])
+    report_values = {
+        "runs": [run], "partial": {"r2": "no input"}, "transitions": Counter({"x": 1}),
+        "broken": ["r2"], "oldest": WHEN, "trimmed": {"r3": (WHEN, "h0")},
+    }  # fmt: skip
+    report = ReplayReport()
+    for f in fields(ReplayReport):
+        assert f.name in report_values, f"a new ReplayReport field needs a value here: {f.name}"
+        setattr(report, f.name, report_values[f.name])
+    back = pickle.loads(pickle.dumps(report))
+    assert back == report
+    assert back.unfaithful_runs == [run] and back.partial == {"r2": "no input"}
