@@ -10,10 +10,9 @@ are its own holds its own copies).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-__all__ = ["EMPTY", "SHARED_MAX_ITEMS", "compact_digest", "digest_hex", "shared", "shared_node"]
+__all__ = ["EMPTY", "SHARED_MAX_ITEMS", "compact_digest", "digest_hex", "shared", "shared_tasks"]
 
 T = TypeVar("T")
 
@@ -62,52 +61,68 @@ _SHARED_MAX = 4096
 SHARED_MAX_ITEMS = 8
 
 
-def shared(container: dict[Any, Any], same: Callable[[Any], Any] | None = None) -> dict[Any, Any]:
+def shared(container: dict[Any, Any]) -> dict[Any, Any]:
     """The copy of a small ``container`` that every run with the same items (in the same
     order) holds: a run's agents dict is ~200 bytes, and most runs of one orchestrator name
     the same agents (and often the same task ids). EMPTY, a shared one and a large one are
     returned as they are. Containers are replaced, never changed in place (RunState), so
-    sharing them changes nothing a run can see. ``same``: what a new copy holds for each of
-    its values (``shared_node``: equal task nodes of runs whose task ids are their own)."""
-    if type(container) is not dict or len(container) > SHARED_MAX_ITEMS:
+    sharing them changes nothing a run can see."""
+    found = _lookup(container)
+    if found is None:
         return container
+    key, hit = found
+    return hit if hit is not None else _remember(key, container)
+
+
+def shared_tasks(tasks: dict[str, T]) -> dict[str, T]:
+    """``shared`` for a task dict, whose new copy also holds the nodes (owner, giver, parent,
+    depth) equal runs hold: task ids are often a run's own (a fresh uuid a task), their nodes
+    rarely are (~80 bytes a task). Only a node of text names, a text or no parent and an int
+    depth is shared: a record's values may be numbers, and ``1 == 1.0 == True`` would put one
+    run's value into another run's record."""
+    found = _lookup(tasks)
+    if found is None:
+        return tasks
+    key, hit = found
+    if hit is not None:
+        return hit
+    nodes = _NODES
+    if len(nodes) >= _SHARED_MAX:
+        nodes.clear()
+    # checked inline: a Python call a node cost the batch step ~2k instructions (callgrind)
+    copy = {
+        k: nodes.setdefault(n, n)  # type: ignore[call-overload]
+        if type(n[0]) is str  # type: ignore[index]
+        and type(n[1]) is str  # type: ignore[index]
+        and (n[2] is None or type(n[2]) is str)  # type: ignore[index]
+        and type(n[3]) is int  # type: ignore[index]
+        else n
+        for k, n in tasks.items()
+    }
+    return _remember(key, copy)  # type: ignore[return-value]
+
+
+def _lookup(container: dict[Any, Any]) -> tuple[tuple[Any, ...], _Shared | None] | None:
+    """``container``'s cache key and its shared copy (None: none yet); None when it is not
+    shared (EMPTY, a shared one, a large one, a value no dict can key)."""
+    if type(container) is not dict or len(container) > SHARED_MAX_ITEMS:
+        return None
     key = tuple(container.items())  # (twice as fast as one flat tuple of them)
     try:
-        hit = _SHARED.get(key)
+        return key, _SHARED.get(key)
     except TypeError:  # a value no dict can key (a record's odd task parent): its own
-        return container
-    if hit is None:
-        if len(_SHARED) >= _SHARED_MAX:
-            _SHARED.clear()
-        if same is not None:
-            container = dict(zip(container, map(same, container.values()), strict=True))
-        hit = _SHARED[key] = _Shared(container)
+        return None
+
+
+def _remember(key: tuple[Any, ...], container: dict[Any, Any]) -> _Shared:
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    hit = _SHARED[key] = _Shared(container)
     return hit
 
 
 #: task nodes by content, bounded like _SHARED
-_NODES: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-
-
-def shared_node(node: T) -> T:
-    """``node`` (a task node: owner, giver, parent, depth), or the equal one other runs hold:
-    task ids are often a run's own (a fresh uuid a task), its node's values rarely are (~80
-    bytes a task). Only a node of plain strings and an int depth: ``1.0 == 1`` and a parent
-    of another type would otherwise reach other runs' records through an equal node."""
-    owner, giver, parent, depth = node  # type: ignore[misc]
-    if (
-        type(owner) is not str
-        or type(giver) is not str
-        or (parent is not None and type(parent) is not str)
-        or type(depth) is not int
-    ):
-        return node
-    hit = _NODES.get(node)  # type: ignore[call-overload]
-    if hit is None:
-        if len(_NODES) >= _SHARED_MAX:
-            _NODES.clear()
-        hit = _NODES[node] = node  # type: ignore[index]
-    return hit  # type: ignore[return-value]
+_NODES: dict[Any, Any] = {}
 
 
 _from_hex = bytes.fromhex

@@ -104,13 +104,18 @@ def test_runs_whose_task_ids_are_their_own_share_equal_task_nodes() -> None:
 def test_a_forged_node_of_other_types_is_never_shared_with_another_run() -> None:
     """``1.0 == 1`` and a numeric parent equal to another run's: a node that is not plain
     strings and an int depth stays its run's own, so no record but its own holds its values."""
-    from baton.processors.state_compact import shared_node
+    from baton.processors.state_compact import shared_tasks
 
-    plain = shared_node(TaskNode("coder", "planner", 7, 1))  # a record's numeric parent
-    assert shared_node(TaskNode("coder", "planner", 7.0, 1)) is not plain
-    assert shared_node(TaskNode("coder", "planner", None, True)).depth is True
-    one = shared_node(TaskNode("coder", "planner", None, 1))
-    assert shared_node(TaskNode("coder", "planner", None, 1)) is one
+    def node(n: TaskNode, task: str = "t") -> TaskNode:
+        return shared_tasks({task: n})[task]
+
+    seven = node(TaskNode("coder", "planner", 7, 1), "a")  # a record's numeric parent
+    assert node(TaskNode("coder", "planner", 7.0, 1), "b").parent == 7.0
+    assert node(TaskNode("coder", "planner", None, True), "c").depth is True
+    assert node(TaskNode(1, "planner", None, 1), "d").owner == 1
+    assert node(TaskNode(1.0, "planner", None, 1), "e").owner == 1.0
+    one = node(TaskNode("coder", "planner", None, 1), "f")
+    assert node(TaskNode("coder", "planner", None, 1), "g") is one and seven.parent == 7
     wire = orjson.loads(_parsed_run("run-c").to_bytes())
     wire["tasks"][0][3] = 1.0  # a parent of another type than the other runs'
     assert orjson.loads(RunState.from_bytes(orjson.dumps(wire)).to_bytes())["tasks"][0][3] == 1.0
