@@ -27,7 +27,7 @@ envelope are ``batch_records`` (re-exported here).
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from datetime import datetime
 
 from baton.processors.batch_records import (
@@ -36,7 +36,9 @@ from baton.processors.batch_records import (
     InputRecord,
     Outputs,
     RecordError,
+    answers_approval,
     dead_letter_record,
+    same_record,
 )
 from baton.processors.batch_routing import FORWARDED_FROM, route
 from baton.processors.chain import link
@@ -50,8 +52,8 @@ from baton.processors.engine import (
 )
 from baton.processors.recorded import keep_links, publishable
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, Phase, Reason
-from baton.schemas.events import ApprovalDenied, ApprovalGranted, EventError, RunEvent
+from baton.schemas.decision import Decision, Reason
+from baton.schemas.events import EventError, RunEvent
 from baton.schemas.policy import Policy
 
 __all__ = [
@@ -84,27 +86,6 @@ DEFAULT_MAX_RUNS = 500_000
 #: encoded run state one worker holds before it stops taking on new runs (memory is about
 #: 1.6x this: a decoded state is larger than its bytes)
 DEFAULT_MAX_STATE_BYTES = 4 * 1024**3
-
-
-def _same_record(decisions: list[Decision], rec: InputRecord, approval: bool) -> bool:
-    """Whether ``decisions`` are this very record's, answered again from the state (Kafka
-    delivered it twice). Only re-emitted copies count: a decision made now without a state
-    change (a refusal such as request_id_reused or tenant_mismatch) carries this record's
-    position too and must be published. The position names no topic, so the phase tells a
-    grant's decision (approvals topic) from a request's at the same partition and offset: an
-    approval-phase decision holds an approvals-topic position or none (``_expire_first``)."""
-    partition, offset = rec.partition, rec.offset
-    return all(
-        d.reemitted
-        and d.partition == partition
-        and d.offset == offset
-        and (d.phase == Phase.APPROVAL) == approval
-        for d in decisions
-    )
-
-
-def _answers_approval(event: RunEvent) -> bool:
-    return type(event) is ApprovalGranted or type(event) is ApprovalDenied
 
 
 class BatchProcessor:
@@ -156,6 +137,9 @@ class BatchProcessor:
         self.redelivered = 0
         #: runs stopped because their state reached the budget, new runs turned away
         self.state_limited = 0
+        #: a run stopped at its state budget is refused again without measuring each event
+        #: (False while a batch of its events is redone measured: past the hard limit)
+        self._unmeasured = True
         self.run_limited = 0
 
     def process(self, records: list[InputRecord], now: datetime) -> Outputs:
@@ -230,7 +214,7 @@ class BatchProcessor:
             self.exactly_once
             and state is not None
             and state.pending
-            and not _answers_approval(event)
+            and not answers_approval(event)
         ):
             state = self._expire_first(rec, key, state, kills, now, out, careful)
         if state is None and (
@@ -252,6 +236,21 @@ class BatchProcessor:
             decisions = publishable(None, decisions, event)
             out.decisions.extend((rec.partition, d) for d in decisions)
             return False
+        if (
+            careful
+            and self._unmeasured
+            and state is not None
+            and state.stopped == Reason.RUN_STATE_LIMIT
+        ):
+            # stopped at its budget before this event, and past it by its bounded window: the
+            # event is refused again (as the budget would refuse it), measured once with the
+            # batch's last (_check_sizes), not encoded once to decide and once to refuse
+            new, decisions = self._limit(state, event, None, kills, now, origin)
+            self.states[key] = new
+            out.changed[key] = (rec.partition, new)
+            out.encoded.pop(key, None)
+            out.decisions.extend((rec.partition, d) for d in decisions)
+            return True
         new, decided = decide(state, event, self.policy, now, kills, origin)
         # copies to publish: with the input (`baton replay`), a reply from the state flagged
         decisions = publishable(new, decided, event)
@@ -277,9 +276,7 @@ class BatchProcessor:
             self.states[key] = new
             out.changed[key] = (rec.partition, new)
         elif (
-            self.exactly_once
-            and decisions
-            and _same_record(decisions, rec, _answers_approval(event))
+            self.exactly_once and decisions and same_record(decisions, rec, answers_approval(event))
         ):
             # Kafka delivered this very record again (its decisions and the state that
             # remembers them were committed in one transaction, its offset apparently
@@ -307,7 +304,7 @@ class BatchProcessor:
         Expired lazily by the event, an expiry carried the event's requests-topic position
         under the approval's key: a late grant at the same partition and offset of the
         approvals topic was answered with it and taken for a redelivery of the grant
-        (``_same_record``), so it got no decision. An approval's own answer still expires it
+        (``same_record``), so it got no decision. An approval's own answer still expires it
         lazily, at its own position; under at-least-once nothing is dropped as a redelivery,
         so expiries stay as the engine decides them (with the event's position and input)."""
         new, decisions = expire_due(state, self.policy, now, kills)
@@ -325,22 +322,22 @@ class BatchProcessor:
         self,
         state: RunState | None,
         event: RunEvent,
-        size: int,
+        size: int | None,
         kills: KillSwitches,
         now: datetime,
         origin: Origin,
     ) -> tuple[RunState | None, list[Decision]]:
+        """``event`` refused for the run's state budget: it would grow the state to ``size``
+        bytes (None: the run was stopped at its budget by an earlier event)."""
         self.state_limited += 1
+        budget = f"run_state_max_bytes {self.run_state_max_bytes}"
+        detail = (
+            f"the run was stopped at its state budget ({budget}); the run is stopped"
+            if size is None
+            else f"the run's state would grow to {size} bytes ({budget}); the run is stopped"
+        )
         new, decisions = refuse(
-            state,
-            event,
-            self.policy,
-            now,
-            Reason.RUN_STATE_LIMIT,
-            f"the run's state would grow to {size} bytes (run_state_max_bytes "
-            f"{self.run_state_max_bytes}); the run is stopped",
-            kills,
-            origin,
+            state, event, self.policy, now, Reason.RUN_STATE_LIMIT, detail, kills, origin
         )
         published = publishable(new, decisions, event)
         if new is not None:
@@ -399,9 +396,41 @@ class BatchProcessor:
                 self.states[key] = previous
         out.decisions = [(p, d) for p, d in out.decisions if d.run_id.encode() not in redo]
         for key in over:
-            for rec, event in decided.get(key, ()):
-                try:
-                    state = self.states.get(key)
-                    self._decide(rec, key, event, state, kills, now, out, careful=True)
-                except Exception as exc:
-                    out.dead_letters.append(self._refused(rec, exc, now))
+            self._redo(key, before.get(key), decided.get(key, ()), kills, now, out)
+
+    def _redo(
+        self,
+        key: bytes,
+        previous: RunState | None,
+        events: Sequence[tuple[InputRecord, RunEvent]],
+        kills: KillSwitches,
+        now: datetime,
+        out: Outputs,
+    ) -> None:
+        """Decide a run's events of the batch again, one by one, each measured; a run already
+        stopped at its budget is refused unmeasured and encoded once at the end, unless
+        that passes the hard limit: then event by event, measured, as any other."""
+        mark = len(out.decisions), len(out.dead_letters)
+        for rec, event in events:
+            try:
+                state = self.states.get(key)
+                self._decide(rec, key, event, state, kills, now, out, careful=True)
+            except Exception as exc:
+                out.dead_letters.append(self._refused(rec, exc, now))
+        changed = out.changed.get(key)
+        if changed is None or key in out.encoded or changed[1] is None:
+            return
+        raw = changed[1].to_bytes()
+        if len(raw) <= HARD_STATE_MAX_BYTES or not self._unmeasured:
+            out.encoded[key] = raw
+            return
+        del out.changed[key], out.decisions[mark[0] :], out.dead_letters[mark[1] :]
+        if previous is None:
+            self.states.pop(key, None)
+        else:
+            self.states[key] = previous
+        self._unmeasured = False
+        try:
+            self._redo(key, previous, events, kills, now, out)
+        finally:
+            self._unmeasured = True

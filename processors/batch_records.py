@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, Outcome
-from baton.schemas.events import MAX_EVENT_BYTES
+from baton.schemas.decision import Decision, Outcome, Phase
+from baton.schemas.events import MAX_EVENT_BYTES, ApprovalDenied, ApprovalGranted, RunEvent
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -29,7 +29,9 @@ __all__ = [
     "InputRecord",
     "Outputs",
     "RecordError",
+    "answers_approval",
     "dead_letter_record",
+    "same_record",
 ]
 
 #: a run id is at most 256 characters, 1,024 bytes of UTF-8: a longer key is no run's
@@ -160,3 +162,25 @@ def dead_letter_without_original(value: bytes) -> bytes:
     short = {k: doc.get(k) for k in _DEAD_LETTER_HEAD}
     short["original_dropped"] = "too large for Kafka"
     return orjson.dumps(short)
+
+
+def same_record(decisions: list[Decision], rec: InputRecord, approval: bool) -> bool:
+    """Whether ``decisions`` are this very record's, answered again from the state (Kafka
+    delivered it twice). Only re-emitted copies count: a decision made now without a state
+    change (a refusal such as request_id_reused or tenant_mismatch) carries this record's
+    position too and must be published. The position names no topic, so the phase tells a
+    grant's decision (approvals topic) from a request's at the same partition and offset: an
+    approval-phase decision holds an approvals-topic position or none (``_expire_first``)."""
+    partition, offset = rec.partition, rec.offset
+    return all(
+        d.reemitted
+        and d.partition == partition
+        and d.offset == offset
+        and (d.phase == Phase.APPROVAL) == approval
+        for d in decisions
+    )
+
+
+def answers_approval(event: RunEvent) -> bool:
+    """The event answers an approval (a grant or a denial)."""
+    return type(event) is ApprovalGranted or type(event) is ApprovalDenied

@@ -211,8 +211,35 @@ def test_a_run_that_would_outgrow_its_state_budget_is_stopped_and_stays_writable
     assert [d.reason for _, d in out.decisions if d.run_id == "run_a"] == [Reason.OK, Reason.OK]
     # and the same events one per batch decide the same way (the slow path is exact)
     one_by_one = BatchProcessor(policy, 4, {}, worker="w", run_state_max_bytes=8192)
-    again = [d.reason for r in records for _, d in one_by_one.process([r], NOW).decisions]
-    assert again == reasons
+    again = [d for r in records for _, d in one_by_one.process([r], NOW).decisions]
+    assert [(d.reason, d.detail) for d in again] == [(d.reason, d.detail) for d in mine]
+    # the event that stopped it names the size it would have grown to; the later ones, the
+    # run already stopped at its budget, are refused without measuring each (one encoding)
+    assert "would grow to" in (mine[first_stop].detail or "")
+    later = [d.detail or "" for d in mine[first_stop + 1 :]]
+    assert later and all("was stopped at its state budget" in text for text in later)
+
+
+def test_a_run_stopped_at_its_state_budget_replays_as_recorded() -> None:
+    """The refusals of a run stopped at its budget, made without measuring each event, are
+    what `baton replay` decides again under the recorded policy (chained, same ids)."""
+    from baton.processors.recorded import policy_document
+    from baton.processors.replay import Recorded, replay_runs, runs_of
+    from baton.schemas.policy import Policy
+
+    policy = policy_with(max_handoffs=None, max_agents_per_run=None, max_delegation_depth=None)
+    proc = BatchProcessor(policy, 4, {}, worker="w", run_state_max_bytes=8192, chain_key=b"k")
+    names = [(f"task-{i:03d}-" + "x" * 200, f"agent-{i}" + "y" * 200) for i in range(120)]
+    records = [_good("run_b", i, t, to=a) for i, (t, a) in enumerate(names)]
+    published = []
+    for b in range(0, 120, 30):  # batches: the stop falls inside one, later ones all refused
+        published += [d for _, d in proc.process(records[b : b + 30], NOW).decisions]
+    rows = [Recorded.of(d) for d in published if not d.reemitted]
+    assert sum(r.reason == Reason.RUN_STATE_LIMIT for r in rows) > 60
+    policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
+    report = replay_runs(runs_of(rows), policy, policies, b"k")
+    assert report.partial == {} and report.runs[0].unfaithful == []
+    assert report.runs[0].decisions == len(rows) and report.runs[0].changed == 0
 
 
 def test_a_worker_full_of_runs_stops_new_runs_without_keeping_them() -> None:
