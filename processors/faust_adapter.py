@@ -290,6 +290,9 @@ class _InlineConsumerThread(_ConsumerThread):
     async def _gather_remaining_tasks(self) -> None:
         """Nothing: mode would cancel every task of this loop, the worker's own."""
 
+    async def _keepalive2(self) -> None:
+        """Nothing: no thread whose loop could stop answering (see faust_inline)."""
+
     async def stop(self) -> None:
         await super().stop()
         await inline_stop(self)

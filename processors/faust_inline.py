@@ -18,10 +18,18 @@ What changes for the thread's service (mode.threads.ServiceThread), and why:
   * ``stop`` — waits for ``_serve()`` to end (the consumer stopped, the group left), as
     mode's ``WorkerThread.stop()`` joins the thread.
 
-The trade: while the worker decides a batch (milliseconds; up to ~1 s for 10,000 events)
-nothing is fetched and heartbeats wait (aiokafka heartbeats every 3 s, Faust's session
-timeout is 60 s); with a thread, the next fetch could arrive meanwhile, though Python code
-of the two threads never ran at once.
+  * ``_keepalive2`` — nothing: mode's check that the thread's loop still runs (an ERROR
+    "Thread keepalive is not responding" after any batch step longer than 3 s) has no thread
+    to check; the loop it would check is the worker's own.
+
+The trade: while the worker decides a batch (milliseconds; ~1 s for 10,000 events) nothing
+is fetched and the group's heartbeats wait (BATON_SESSION_TIMEOUT_S, 10 s by default); with a
+thread, the next fetch could arrive meanwhile, though Python code of the two threads never
+ran at once. A batch step that holds the loop past 2/3 of the session timeout may have lost
+the partitions without the generation saying so yet: the worker then publishes nothing of it
+and exits uncommitted (``GovernanceWorker._heartbeats_waited``), so a batch that is always
+that slow stops every inline worker in turn, where the consumer thread would carry on: give
+inline workers a session timeout well above their slowest batch step.
 """
 
 from __future__ import annotations

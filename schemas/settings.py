@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     consumer_loop: Literal["thread", "inline"] = Field(
         "thread",
         description="where the worker's Kafka consumer runs: Faust's own thread, or inline on "
-        "the worker's event loop (no thread hop a fetch: less CPU at small batches)",
+        "the worker's event loop (no thread hop a fetch: less CPU at small batches; a batch "
+        "step holding the loop past 2/3 of the session timeout then ends the worker "
+        "uncommitted: set the session timeout well above the slowest batch)",
     )
     transactional_id: str | None = Field(
         None,
