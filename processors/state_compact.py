@@ -77,9 +77,10 @@ def shared(container: dict[Any, Any]) -> dict[Any, Any]:
 def shared_tasks(tasks: dict[str, T]) -> dict[str, T]:
     """``shared`` for a task dict, whose new copy also holds the nodes (owner, giver, parent,
     depth) equal runs hold: task ids are often a run's own (a fresh uuid a task), their nodes
-    rarely are (~80 bytes a task). Only a node of text names, a text or no parent and an int
-    depth is shared: a record's values may be numbers, and ``1 == 1.0 == True`` would put one
-    run's value into another run's record."""
+    rarely are (~80 bytes a task). Only a node with a text or no parent is shared: a record's
+    parent may be a number, and ``1 == 1.0 == True`` would put one run's value into another
+    run's record. Names are text and depths ints wherever a node is made (the engine;
+    state_wire refuses a record with other ones)."""
     found = _lookup(tasks)
     if found is None:
         return tasks
@@ -89,14 +90,9 @@ def shared_tasks(tasks: dict[str, T]) -> dict[str, T]:
     nodes = _NODES
     if len(nodes) >= _SHARED_MAX:
         nodes.clear()
-    # checked inline: a Python call a node cost the batch step ~2k instructions (callgrind)
+    # inline: a Python call a node cost the batch step ~2k instructions (callgrind)
     copy = {
-        k: nodes.setdefault(n, n)  # type: ignore[call-overload]
-        if type(n[0]) is str  # type: ignore[index]
-        and type(n[1]) is str  # type: ignore[index]
-        and (n[2] is None or type(n[2]) is str)  # type: ignore[index]
-        and type(n[3]) is int  # type: ignore[index]
-        else n
+        k: nodes.setdefault(n, n) if n[2] is None or type(n[2]) is str else n  # type: ignore[index]
         for k, n in tasks.items()
     }
     return _remember(key, copy)  # type: ignore[return-value]

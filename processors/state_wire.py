@@ -304,7 +304,8 @@ def _from_list(w: list[Any]) -> RunState:
     seen, fresh, digests = _marks_from_wire(w[14], marks, w[17] if len(w) > 17 else None)
     state = RunState(
         w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9],
-        _depths_checked({k: TaskNode(o, g, p, d) for k, o, g, p, d in w[10]}),
+        # names interned as format 4's are: a name that is not text makes the record unreadable
+        _depths_checked({k: TaskNode(intern(o), intern(g), p, d) for k, o, g, p, d in w[10]}),
         {},
         dict.fromkeys(w[11]),
         {r[0]: _old_reservation(r) for r in w[12]},
