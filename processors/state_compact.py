@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn, TypeVar
 
-__all__ = ["EMPTY", "SHARED_MAX_ITEMS", "compact_digest", "digest_hex", "shared", "shared_tasks"]
+__all__ = ["EMPTY", "SHARED_MAX_ITEMS", "compact_digest", "digest_hex", "shared"]
 
 T = TypeVar("T")
 
@@ -61,60 +61,43 @@ _SHARED_MAX = 4096
 SHARED_MAX_ITEMS = 8
 
 
-def shared(container: dict[Any, Any]) -> dict[Any, Any]:
+def shared(container: dict[Any, Any], nodes: bool = False) -> dict[Any, Any]:
     """The copy of a small ``container`` that every run with the same items (in the same
     order) holds: a run's agents dict is ~200 bytes, and most runs of one orchestrator name
     the same agents (and often the same task ids). EMPTY, a shared one and a large one are
     returned as they are. Containers are replaced, never changed in place (RunState), so
-    sharing them changes nothing a run can see."""
-    found = _lookup(container)
-    if found is None:
-        return container
-    key, hit = found
-    return hit if hit is not None else _remember(key, container)
-
-
-def shared_tasks(tasks: dict[str, T]) -> dict[str, T]:
-    """``shared`` for a task dict, whose new copy also holds the nodes (owner, giver, parent,
-    depth) equal runs hold: task ids are often a run's own (a fresh uuid a task), their nodes
-    rarely are (~80 bytes a task). Only a node with a text or no parent is shared: a record's
-    parent may be a number, and ``1 == 1.0 == True`` would put one run's value into another
-    run's record. Names are text and depths ints wherever a node is made (the engine;
-    state_wire refuses a record with other ones)."""
-    found = _lookup(tasks)
-    if found is None:
-        return tasks
-    key, hit = found
-    if hit is not None:
-        return hit
-    nodes = _NODES
-    if len(nodes) >= _SHARED_MAX:
-        nodes.clear()
-    # inline: a Python call a node cost the batch step ~2k instructions (callgrind)
-    copy = {
-        k: nodes.setdefault(n, n) if n[2] is None or type(n[2]) is str else n  # type: ignore[index]
-        for k, n in tasks.items()
-    }
-    return _remember(key, copy)  # type: ignore[return-value]
-
-
-def _lookup(container: dict[Any, Any]) -> tuple[tuple[Any, ...], _Shared | None] | None:
-    """``container``'s cache key and its shared copy (None: none yet); None when it is not
-    shared (EMPTY, a shared one, a large one, a value no dict can key)."""
+    sharing them changes nothing a run can see. ``nodes``: a task dict, whose new copy also
+    holds the task nodes equal runs hold (``_with_shared_nodes``)."""
     if type(container) is not dict or len(container) > SHARED_MAX_ITEMS:
-        return None
+        return container
     key = tuple(container.items())  # (twice as fast as one flat tuple of them)
     try:
-        return key, _SHARED.get(key)
+        hit = _SHARED.get(key)
     except TypeError:  # a value no dict can key (a record's odd task parent): its own
-        return None
-
-
-def _remember(key: tuple[Any, ...], container: dict[Any, Any]) -> _Shared:
-    if len(_SHARED) >= _SHARED_MAX:
-        _SHARED.clear()
-    hit = _SHARED[key] = _Shared(container)
+        return container
+    if hit is None:
+        if nodes:
+            container = _with_shared_nodes(container)
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        hit = _SHARED[key] = _Shared(container)
     return hit
+
+
+def _with_shared_nodes(tasks: dict[str, T]) -> dict[str, T]:
+    """``tasks`` with the nodes (owner, giver, parent, depth) other runs hold: task ids are
+    often a run's own (a fresh uuid a task), their nodes rarely are (~80 bytes a task). Only
+    a node with a text or no parent is shared: a record's parent may be a number, and
+    ``1 == 1.0 == True`` would put one run's value into another run's record. Names are text
+    and depths ints wherever a node is made (the engine; state_wire refuses other ones)."""
+    cache = _NODES
+    if len(cache) >= _SHARED_MAX:
+        cache.clear()
+    # inline: a Python call a node cost the batch step ~2k instructions (callgrind)
+    return {
+        k: cache.setdefault(n, n) if n[2] is None or type(n[2]) is str else n  # type: ignore[index]
+        for k, n in tasks.items()
+    }
 
 
 #: task nodes by content, bounded like _SHARED

@@ -35,7 +35,6 @@ from baton.processors.state import (
     intern,
     shared,
 )
-from baton.processors.state_compact import shared_tasks
 from baton.processors.state_held import is_held, record_of
 from baton.processors.state_replies import (
     REPLY_COLUMNS,
@@ -92,9 +91,9 @@ def encode(state: RunState) -> bytes:
     if type(state.agents) is dict:  # not shared yet (EMPTY and shared ones are not dicts)
         state.agents = shared(state.agents)
     if type(state.new_tasks) is dict:
-        state.new_tasks = shared_tasks(state.new_tasks)
+        state.new_tasks = shared(state.new_tasks, nodes=True)
     if type(state.tasks) is dict:
-        state.tasks = shared_tasks(state.tasks)
+        state.tasks = shared(state.tasks, nodes=True)
     return orjson.dumps(_wire_map(state, recent_rows(state)))
 
 
@@ -282,7 +281,7 @@ def _tasks_from_wire(rows: Any) -> dict[str, TaskNode]:
         task: TaskNode(intern(owner), intern(giver), parent, depth)
         for task, owner, giver, parent, depth in rows
     }
-    return shared_tasks(_depths_checked(tasks)) or EMPTY
+    return shared(_depths_checked(tasks), nodes=True) or EMPTY
 
 
 def _depths_checked(tasks: dict[str, TaskNode]) -> dict[str, TaskNode]:

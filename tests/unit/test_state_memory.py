@@ -105,10 +105,10 @@ def test_a_forged_node_of_other_types_is_never_shared_with_another_run() -> None
     """``1.0 == 1`` and a numeric parent equal to another run's: a node with such a parent
     stays its run's own, so no record but its own holds its values; a record whose names are
     not text is unreadable in every format (its depths: test_state_format)."""
-    from baton.processors.state_compact import shared_tasks
+    from baton.processors.state_compact import shared
 
     def node(n: TaskNode, task: str = "t") -> TaskNode:
-        return shared_tasks({task: n})[task]
+        return shared({task: n}, nodes=True)[task]
 
     seven = node(TaskNode("coder", "planner", 7, 1), "a")  # a record's numeric parent
     assert node(TaskNode("coder", "planner", 7.0, 1), "b").parent == 7.0
