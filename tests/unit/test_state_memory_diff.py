@@ -1,5 +1,5 @@
-"""The seventh session's memory changes (a request digest held as its 8 bytes, the state's
-shared containers in their own module, the sweep's clock bound) change no byte: the batch step
+"""The seventh session's memory changes (a request digest held as its 8 bytes, equal task
+nodes shared, the shared containers in their own module) change no byte: the batch step
 over engine_bench's mix, with redeliveries, requests reusing an id with other content, runs
 held idle and read back from their records, publishes the same decisions, dead letters and
 run-state records as the session's start (36e8750), run in a subprocess on that commit's own
