@@ -18,6 +18,7 @@ import pytest
 
 from baton.processors.recorded import policy_document
 from baton.processors.replay import Recorded
+from tests.commit_tree import commit_tree
 from tests.unit.test_attacks_replay_share import _case
 
 pytestmark = pytest.mark.unit
@@ -48,17 +49,7 @@ _Case = tuple[list[tuple[Any, ...]], str, dict[str, str]]
 @pytest.fixture(scope="module")
 def start_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The start commit's packages as a ``baton`` package of their own, for PYTHONPATH."""
-    root = tmp_path_factory.mktemp("start")
-    (root / "baton").mkdir()
-    (root / "baton" / "__init__.py").write_text("")
-    folders = ["cli", "processors", "schemas", "sinks", "streams"]
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", START, *folders], capture_output=True, check=False
-    )
-    if archive.returncode != 0:
-        pytest.skip(f"commit {START} not in this clone: {archive.stderr.decode()[:200]}")
-    subprocess.run(["tar", "-x", "-C", str(root / "baton")], input=archive.stdout, check=True)
-    return root
+    return commit_tree(tmp_path_factory.mktemp("start"), START)
 
 
 def _flipped(rng: random.Random, rows: list[Recorded], versions: list[str]) -> list[Recorded]:

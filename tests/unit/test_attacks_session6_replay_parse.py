@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.commit_tree import commit_tree
 from tests.unit.test_events_fast import BASES, WHEN  # one valid event of each run type
 
 pytestmark = pytest.mark.unit
@@ -177,16 +178,7 @@ def _named(rng: random.Random) -> tuple[bytes, bytes | None]:
 def start_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The start commit's schemas as a ``baton`` package of their own (schemas import nothing
     else of ours), for PYTHONPATH."""
-    root = tmp_path_factory.mktemp("start")
-    (root / "baton").mkdir()
-    (root / "baton" / "__init__.py").write_text("")
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", START, "schemas"], capture_output=True, check=False
-    )
-    if archive.returncode != 0:
-        pytest.skip(f"commit {START} not in this clone: {archive.stderr.decode()[:200]}")
-    subprocess.run(["tar", "-x", "-C", str(root / "baton")], input=archive.stdout, check=True)
-    return root
+    return commit_tree(tmp_path_factory.mktemp("start"), START, ("schemas",))
 
 
 def _parsed(cases: list[tuple[bytes, bytes | None]], pythonpath: str | None) -> list[Any]:

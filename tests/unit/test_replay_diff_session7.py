@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from baton.processors.replay_pool import collecting_rarely
+from tests.commit_tree import commit_tree
 from tests.unit.test_attacks_session6_replay_diff import REPO, _Case, _cases
 
 pytestmark = pytest.mark.unit
@@ -43,17 +44,7 @@ pickle.dump(out, sys.stdout.buffer)
 @pytest.fixture(scope="module")
 def start_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The start commit's packages as a ``baton`` package of their own, for PYTHONPATH."""
-    root = tmp_path_factory.mktemp("start7")
-    (root / "baton").mkdir()
-    (root / "baton" / "__init__.py").write_text("")
-    folders = ["cli", "processors", "schemas", "sinks", "streams"]
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", START, *folders], capture_output=True, check=False
-    )
-    if archive.returncode != 0:
-        pytest.skip(f"commit {START} not in this clone: {archive.stderr.decode()[:200]}")
-    subprocess.run(["tar", "-x", "-C", str(root / "baton")], input=archive.stdout, check=True)
-    return root
+    return commit_tree(tmp_path_factory.mktemp("start7"), START)
 
 
 def _reports(cases: list[_Case], pythonpath: str, pickled: bool) -> list[str]:

@@ -18,6 +18,7 @@ import pytest
 
 from baton.schemas.events import HandoffCompleted, HandoffRequested
 from bench.engine_bench import build_workload
+from tests.commit_tree import commit_tree
 
 pytestmark = pytest.mark.unit
 
@@ -67,17 +68,7 @@ Batches = list[list[tuple[str, int, int, bytes, bytes]]]
 @pytest.fixture(scope="module")
 def start_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The start commit's packages as a ``baton`` package of their own, for PYTHONPATH."""
-    root = tmp_path_factory.mktemp("start")
-    (root / "baton").mkdir()
-    (root / "baton" / "__init__.py").write_text("")
-    folders = ["cli", "processors", "schemas", "sinks", "streams"]
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", START, *folders], capture_output=True, check=False
-    )
-    if archive.returncode != 0:
-        pytest.skip(f"commit {START} not in this clone: {archive.stderr.decode()[:200]}")
-    subprocess.run(["tar", "-x", "-C", str(root / "baton")], input=archive.stdout, check=True)
-    return root
+    return commit_tree(tmp_path_factory.mktemp("start"), START)
 
 
 def _batches(seed: int) -> Batches:
