@@ -7,12 +7,15 @@ two give the same bytes.
 
 from __future__ import annotations
 
+import pickle
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-__all__ = ["REPO", "SOURCE_FOLDERS", "commit_tree"]
+__all__ = ["REPO", "SOURCE_FOLDERS", "commit_tree", "run_pickled"]
 
 #: this checkout (the git repository the commits are read from)
 REPO = Path(__file__).resolve().parents[1]
@@ -32,3 +35,22 @@ def commit_tree(root: Path, commit: str, folders: tuple[str, ...] = SOURCE_FOLDE
         pytest.skip(f"commit {commit} not in this clone: {archive.stderr.decode()[:200]}")
     subprocess.run(["tar", "-x", "-C", str(root / "baton")], input=archive.stdout, check=True)
     return root
+
+
+def run_pickled(
+    runner: str, payload: object, env: dict[str, str], cwd: Path | str = "/", timeout: float = 240
+) -> Any:
+    """What ``runner`` (a Python program reading a pickle on stdin and writing one to stdout)
+    answers ``payload`` with, in a fresh interpreter with ``env`` (its PYTHONPATH picks the
+    tree); the runner's failure fails the test with its stderr's tail."""
+    done = subprocess.run(
+        [sys.executable, "-c", runner],
+        input=pickle.dumps(payload),
+        capture_output=True,
+        env=env,
+        cwd=cwd,
+        check=False,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return pickle.loads(done.stdout)

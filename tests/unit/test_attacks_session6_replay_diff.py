@@ -6,7 +6,6 @@ that commit's own packages."""
 
 from __future__ import annotations
 
-import pickle
 import random
 import re
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from baton.processors.recorded import policy_document
 from baton.processors.replay import Recorded
-from tests.commit_tree import commit_tree
+from tests.commit_tree import commit_tree, run_pickled
 from tests.unit.test_attacks_replay_share import _case
 
 pytestmark = pytest.mark.unit
@@ -103,17 +102,7 @@ def _cases(seeds: range, forged: set[int] | None = None) -> list[_Case]:
 
 
 def _reports(cases: list[_Case], pythonpath: str) -> list[str]:
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER],
-        input=pickle.dumps(cases),
-        capture_output=True,
-        env={"PYTHONPATH": pythonpath},
-        cwd="/",
-        check=False,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    return pickle.loads(done.stdout)  # type: ignore[no-any-return]
+    return run_pickled(RUNNER, cases, {"PYTHONPATH": pythonpath})  # type: ignore[no-any-return]
 
 
 def test_replays_of_random_histories_and_policies_report_what_the_start_reported(

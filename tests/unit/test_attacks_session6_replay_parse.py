@@ -7,7 +7,6 @@ as a worker reads them)."""
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.commit_tree import commit_tree
+from tests.commit_tree import commit_tree, run_pickled
 from tests.unit.test_events_fast import BASES, WHEN  # one valid event of each run type
 
 pytestmark = pytest.mark.unit
@@ -183,17 +182,7 @@ def start_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _parsed(cases: list[tuple[bytes, bytes | None]], pythonpath: str | None) -> list[Any]:
     env = {"PYTHONPATH": pythonpath} if pythonpath else {}
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER],
-        input=pickle.dumps(cases),
-        capture_output=True,
-        env=env,
-        cwd="/",
-        check=False,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    return pickle.loads(done.stdout)  # type: ignore[no-any-return]
+    return run_pickled(RUNNER, cases, env, timeout=120)  # type: ignore[no-any-return]
 
 
 def _assert_same(cases: list[tuple[bytes, bytes | None]], start: Path) -> list[Any]:

@@ -7,15 +7,12 @@ now travel as plain tuples); and `baton replay`'s collector settings are put bac
 from __future__ import annotations
 
 import gc
-import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from baton.processors.replay_pool import collecting_rarely
-from tests.commit_tree import commit_tree
+from tests.commit_tree import commit_tree, run_pickled
 from tests.unit.test_attacks_session6_replay_diff import REPO, _Case, _cases
 
 pytestmark = pytest.mark.unit
@@ -48,17 +45,7 @@ def start_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _reports(cases: list[_Case], pythonpath: str, pickled: bool) -> list[str]:
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER],
-        input=pickle.dumps((cases, pickled)),
-        capture_output=True,
-        env={"PYTHONPATH": pythonpath},
-        cwd="/",
-        check=False,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    return pickle.loads(done.stdout)  # type: ignore[no-any-return]
+    return run_pickled(RUNNER, (cases, pickled), {"PYTHONPATH": pythonpath})  # type: ignore[no-any-return]
 
 
 def test_replays_and_pool_reports_of_random_histories_are_the_starts(start_tree: Path) -> None:

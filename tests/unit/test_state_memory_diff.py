@@ -7,10 +7,7 @@ packages."""
 
 from __future__ import annotations
 
-import pickle
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -18,7 +15,7 @@ import pytest
 
 from baton.schemas.events import HandoffCompleted, HandoffRequested
 from bench.engine_bench import build_workload
-from tests.commit_tree import commit_tree
+from tests.commit_tree import commit_tree, run_pickled
 
 pytestmark = pytest.mark.unit
 
@@ -107,17 +104,7 @@ def _published(batches: Batches, pythonpath: str | None) -> list[object]:
     env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER],
-        input=pickle.dumps(batches),
-        capture_output=True,
-        env=env,
-        cwd=REPO,
-        check=False,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    return pickle.loads(done.stdout)  # type: ignore[no-any-return]
+    return run_pickled(RUNNER, batches, env, cwd=REPO, timeout=600)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("seed", [7, 11])
