@@ -236,21 +236,6 @@ class BatchProcessor:
             decisions = publishable(None, decisions, event)
             out.decisions.extend((rec.partition, d) for d in decisions)
             return False
-        if (
-            careful
-            and self._unmeasured
-            and state is not None
-            and state.stopped == Reason.RUN_STATE_LIMIT
-        ):
-            # stopped at its budget before this event, and past it by its bounded window: the
-            # event is refused again (as the budget would refuse it), measured once with the
-            # batch's last (_check_sizes), not encoded once to decide and once to refuse
-            new, decisions = self._limit(state, event, None, kills, now, origin)
-            self.states[key] = new
-            out.changed[key] = (rec.partition, new)
-            out.encoded.pop(key, None)
-            out.decisions.extend((rec.partition, d) for d in decisions)
-            return True
         new, decided = decide(state, event, self.policy, now, kills, origin)
         # copies to publish: with the input (`baton replay`), a reply from the state flagged
         decisions = publishable(new, decided, event)
@@ -259,7 +244,12 @@ class BatchProcessor:
             # linked (and its copy flagged reemitted)
             link(new, [d for d in decisions if d.chain_hash is None], self.chain_key)
             keep_links(decided, decisions)
-        if careful and new is not state:
+        if careful and new is not state and self._refused_unmeasured(state):
+            # stopped at its budget before this event (a retry was answered above, from its
+            # memory): refused again unmeasured, the run encoded once with the batch's last
+            new, decisions = self._limit(state, event, None, kills, now, origin)
+            out.encoded.pop(key, None)
+        elif careful and new is not state:
             raw = new.to_bytes()
             if len(raw) > self.run_state_max_bytes:
                 limited, decisions = self._limit(state, event, len(raw), kills, now, origin)
@@ -397,6 +387,11 @@ class BatchProcessor:
         out.decisions = [(p, d) for p, d in out.decisions if d.run_id.encode() not in redo]
         for key in over:
             self._redo(key, before.get(key), decided.get(key, ()), kills, now, out)
+
+    def _refused_unmeasured(self, state: RunState | None) -> bool:
+        """``state``'s run was stopped at its state budget, and past it by its bounded window:
+        its next events are refused without measuring each (see ``_redo``)."""
+        return self._unmeasured and state is not None and state.stopped == Reason.RUN_STATE_LIMIT
 
     def _redo(
         self,

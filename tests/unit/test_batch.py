@@ -356,3 +356,27 @@ def test_a_refusal_made_without_a_state_change_is_published(exactly_once: bool) 
         (12, Reason.TENANT_MISMATCH, False),
     ]
     assert proc.redelivered == 0
+
+
+def test_a_retried_report_on_a_run_stopped_at_its_budget_counts_its_cost_once() -> None:
+    """A run stopped at its state budget refuses its events without measuring each; a retry
+    (or a redelivery) of a cost report it refused is answered from its memory, not counted
+    again (refusing it anew would count the cost twice)."""
+    from tests.unit.test_attacks_session7 import _over_budget_run
+
+    proc, states, _ = _over_budget_run(8192)
+    report = HandoffCompleted(
+        request_id="run_b-report-1", run_id="run_b", task_id="t", agent="researcher",
+        cost_usd=1.5, tool_calls=2, event_time=NOW,
+    )  # fmt: skip
+    key = b"run_b"
+    raw = report.to_json()
+    spent, calls = states[key].spent_usd, states[key].tool_calls
+    records = [InputRecord(TOPIC, partition_for(key, 4), 900_000 + i, key, raw) for i in range(3)]
+    out = proc.process(records[:2], NOW)  # the report and its retry in one batch
+    out2 = proc.process(records[2:], NOW)  # and once more in the next
+    assert states[key].spent_usd == pytest.approx(spent + 1.5)
+    assert states[key].tool_calls == calls + 2
+    answers = [d for _, d in out.decisions + out2.decisions]
+    assert len({d.decision_id for d in answers}) == 1, [(d.reason, d.detail) for d in answers]
+    assert all(d.reason == Reason.RUN_STATE_LIMIT for d in answers)
