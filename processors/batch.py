@@ -88,6 +88,12 @@ DEFAULT_MAX_RUNS = 500_000
 DEFAULT_MAX_STATE_BYTES = 4 * 1024**3
 
 
+def _stopped_at_budget(state: RunState | None) -> bool:
+    """``state``'s run was stopped at its state budget (and stays past it by its bounded
+    window): its next events are refused without measuring each (``BatchProcessor._redo``)."""
+    return state is not None and state.stopped == Reason.RUN_STATE_LIMIT
+
+
 class BatchProcessor:
     """Decides batches of run events against a state mapping (the Faust table's store)."""
 
@@ -137,9 +143,6 @@ class BatchProcessor:
         self.redelivered = 0
         #: runs stopped because their state reached the budget, new runs turned away
         self.state_limited = 0
-        #: a run stopped at its state budget is refused again without measuring each event
-        #: (False while a batch of its events is redone measured: past the hard limit)
-        self._unmeasured = True
         self.run_limited = 0
 
     def process(self, records: list[InputRecord], now: datetime) -> Outputs:
@@ -203,11 +206,13 @@ class BatchProcessor:
         out: Outputs,
         *,
         careful: bool,
+        unmeasured: bool = True,
     ) -> bool:
         """Decide one event into ``out``; True when the engine decided it (state may change).
 
         ``careful``: measure the new state against the budget now (the slow path for a run
         that outgrew it in this batch); otherwise the batch measures each run once at its end.
+        ``unmeasured``: a careful run already stopped at its budget is refused without it.
         """
         origin = Origin(self.worker, rec.partition, rec.offset)
         if (
@@ -244,7 +249,7 @@ class BatchProcessor:
             # linked (and its copy flagged reemitted)
             link(new, [d for d in decisions if d.chain_hash is None], self.chain_key)
             keep_links(decided, decisions)
-        if careful and new is not state and self._refused_unmeasured(state):
+        if careful and unmeasured and new is not state and _stopped_at_budget(state):
             # stopped at its budget before this event (a retry was answered above, from its
             # memory): refused again unmeasured, the run encoded once with the batch's last
             new, decisions = self._limit(state, event, None, kills, now, origin)
@@ -379,19 +384,10 @@ class BatchProcessor:
         redo = set(over)
         for key in over:
             del out.changed[key]
-            previous = before.get(key)
-            if previous is None:
-                self.states.pop(key, None)
-            else:
-                self.states[key] = previous
+            self._put_back(key, before.get(key))
         out.decisions = [(p, d) for p, d in out.decisions if d.run_id.encode() not in redo]
         for key in over:
             self._redo(key, before.get(key), decided.get(key, ()), kills, now, out)
-
-    def _refused_unmeasured(self, state: RunState | None) -> bool:
-        """``state``'s run was stopped at its state budget, and past it by its bounded window:
-        its next events are refused without measuring each (see ``_redo``)."""
-        return self._unmeasured and state is not None and state.stopped == Reason.RUN_STATE_LIMIT
 
     def _redo(
         self,
@@ -401,31 +397,34 @@ class BatchProcessor:
         kills: KillSwitches,
         now: datetime,
         out: Outputs,
+        unmeasured: bool = True,
     ) -> None:
         """Decide a run's events of the batch again, one by one, each measured; a run already
         stopped at its budget is refused unmeasured and encoded once at the end, unless
-        that passes the hard limit: then event by event, measured, as any other."""
+        that passes the hard limit: then again (``unmeasured`` False) measured, as any other."""
         mark = len(out.decisions), len(out.dead_letters)
         for rec, event in events:
             try:
                 state = self.states.get(key)
-                self._decide(rec, key, event, state, kills, now, out, careful=True)
+                self._decide(
+                    rec, key, event, state, kills, now, out, careful=True, unmeasured=unmeasured
+                )
             except Exception as exc:
                 out.dead_letters.append(self._refused(rec, exc, now))
         changed = out.changed.get(key)
         if changed is None or key in out.encoded or changed[1] is None:
             return
         raw = changed[1].to_bytes()
-        if len(raw) <= HARD_STATE_MAX_BYTES or not self._unmeasured:
+        if len(raw) <= HARD_STATE_MAX_BYTES or not unmeasured:
             out.encoded[key] = raw
             return
         del out.changed[key], out.decisions[mark[0] :], out.dead_letters[mark[1] :]
+        self._put_back(key, previous)
+        self._redo(key, previous, events, kills, now, out, unmeasured=False)
+
+    def _put_back(self, key: bytes, previous: RunState | None) -> None:
+        """The run ``key`` as it was before the batch (``previous``; None: not held)."""
         if previous is None:
             self.states.pop(key, None)
         else:
             self.states[key] = previous
-        self._unmeasured = False
-        try:
-            self._redo(key, previous, events, kills, now, out)
-        finally:
-            self._unmeasured = True
