@@ -118,7 +118,6 @@ class GovernanceWorker:
             settings.run_retention_s, settings.tombstone_retention_s, settings.hold_idle_s
         )
         self._indexed_generation: int | None = None
-        self.inline_consumer = settings.consumer_loop == "inline"
         self._stats = BatchStats(self.worker_id)
         self.control.on_policy(self._on_policy)
         self.app.on_partitions_revoked.connect(self._on_revoked_signal)
@@ -287,7 +286,8 @@ class GovernanceWorker:
         """Raise if, inline, the batch step held the loop past 2/3 of the session: the
         heartbeats waited, the group may have moved the partitions and the generation not
         yet say so (``_still_owner`` cannot tell). Dying commits nothing (the owner redoes it)."""
-        if self.inline_consumer and blocked_s > self.settings.session_timeout_s * 2 / 3:
+        inline = self.settings.consumer_loop == "inline"
+        if inline and blocked_s > self.settings.session_timeout_s * 2 / 3:
             raise RuntimeError(f"inline, the batch step held the loop {blocked_s:.1f} s")
 
     def _still_owner(self, generation: int) -> None:

@@ -17,15 +17,15 @@ Faust ``faust.transport.consumer.Consumer`` (``faust_aiokafka.Consumer`` subclas
     and the fetcher's ``_stopped`` as Faust's loop does.
   * ``_getmany`` — replaced: passes a *copy* of the active partitions (table recovery
     empties Faust's live set while the consumer thread reads it; aiokafka reads an empty
-    set as "every partition" and would hand out records of paused partitions); inline, it
-    calls ``AIOKafkaConsumerThread._fetch_records`` itself, as the thread's ``getmany``
-    would through mode's method queue.
+    set as "every partition" and would hand out records of paused partitions).
   * ``perform_seek``, ``seek`` — wrapped: count seeks, so a batch fetched before a seek is
     dropped unacknowledged (Faust's post-recovery seek rewinds what it fetched).
   * ``_new_consumer_thread`` — replaced: our consumer thread below; with
     ``BATON_CONSUMER_LOOP=inline`` its service runs as a task on the worker's loop
     (processors/faust_inline.py: mode's ``ServiceThread`` given the parent loop and a worker
-    that makes a task, not a thread; its end-of-thread sweep of the loop's tasks skipped).
+    that makes a task, not a thread; its end-of-thread sweep of the loop's tasks skipped;
+    its ``getmany`` calls ``AIOKafkaConsumerThread._fetch_records`` itself, as the thread's
+    would through mode's method queue).
   * ``_commit`` — wrapped: under exactly-once each batch's transaction commits its offsets,
     so Faust's background committer commits nothing (a late commit would move the group's
     offset back); it notes ``_thread.tp_last_committed_at`` for Faust's stall detector.
@@ -66,7 +66,7 @@ from faust.transport import drivers
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from baton.processors.faust_inline import inline_stop, inline_thread_options
+from baton.processors.faust_inline import inline_thread_options
 from baton.processors.state import RunState
 from baton.processors.state_held import hold, record_size
 from baton.streams.partitioner import partition_for
@@ -293,9 +293,18 @@ class _InlineConsumerThread(_ConsumerThread):
     async def _keepalive2(self) -> None:
         """Nothing: no thread whose loop could stop answering (see faust_inline)."""
 
+    async def getmany(self, active_partitions: Any, timeout: float) -> Any:
+        """The fetch itself: on this loop already, not a round through mode's method queue
+        (what ``AIOKafkaConsumerThread.getmany`` enqueues ``_fetch_records`` on)."""
+        consumer = self._ensure_consumer()
+        return await self._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=consumer._max_poll_records
+        )
+
     async def stop(self) -> None:
         await super().stop()
-        await inline_stop(self)
+        if self._thread is not None:
+            await self._thread.wait()
 
 
 class _Consumer(faust_aiokafka.Consumer):
@@ -318,15 +327,7 @@ class _Consumer(faust_aiokafka.Consumer):
         # aiokafka reads an empty set as "every partition": it would hand out, and move its
         # position past, records of paused source partitions that Faust then drops.
         partitions = set(active_partitions) if active_partitions is not None else None
-        thread = self._thread
-        if isinstance(thread, _InlineConsumerThread):
-            # on this loop already: the fetch itself, not a round through mode's method queue
-            # (what AIOKafkaConsumerThread.getmany enqueues)
-            consumer = thread._ensure_consumer()
-            return await thread._fetch_records(
-                consumer, partitions, timeout=timeout, max_records=consumer._max_poll_records
-            )
-        return await thread.getmany(partitions, timeout)
+        return await self._thread.getmany(partitions, timeout)
 
     async def perform_seek(self) -> None:
         self._seek_epoch += 1

@@ -15,6 +15,8 @@ What changes for the thread's service (mode.threads.ServiceThread), and why:
   * ``_gather_remaining_tasks`` — nothing: mode cancels every task of the thread's loop when
     the thread's service ends, which here would be the worker's own tasks. aiokafka's tasks
     are ended by its consumer's ``stop()`` (``on_thread_stop``), which runs before.
+  * ``getmany`` — calls ``_fetch_records`` itself, where the thread's enqueues it on mode's
+    method queue for the thread's loop to run.
   * ``stop`` — waits for ``_serve()`` to end (the consumer stopped, the group left), as
     mode's ``WorkerThread.stop()`` joins the thread.
 
@@ -37,7 +39,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["InlineWorker", "inline_stop", "inline_thread_options"]
+__all__ = ["InlineWorker", "inline_thread_options"]
 
 
 class InlineWorker:
@@ -53,7 +55,12 @@ class InlineWorker:
         )
 
     def stop(self) -> None:
-        """Nothing to join: :func:`inline_stop` awaits the task."""
+        """Nothing to join: the service's ``stop`` awaits :meth:`wait` instead."""
+
+    async def wait(self) -> None:
+        """Until the service's ``_serve()`` has ended (mode's ``WorkerThread.stop`` joins)."""
+        if self.task is not None and not self.task.done():
+            await asyncio.wait({self.task})
 
     def is_alive(self) -> bool:
         return self.task is not None and not self.task.done()
@@ -62,11 +69,3 @@ class InlineWorker:
 def inline_thread_options(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
     """The keyword arguments that make a ``ServiceThread`` run on ``loop`` (the parent's)."""
     return {"loop": loop, "thread_loop": loop, "Worker": InlineWorker}
-
-
-async def inline_stop(service: Any) -> None:
-    """After mode's ``ServiceThread.stop()``: wait until the service's ``_serve()`` ended."""
-    worker = service._thread
-    task = worker.task if isinstance(worker, InlineWorker) else None
-    if task is not None and not task.done():
-        await asyncio.wait({task})

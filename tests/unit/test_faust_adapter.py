@@ -126,10 +126,10 @@ PINNED: list[tuple[str, Any, str, str, str]] = [
      "ServiceThread._keepalive2", "3bc84ca2133f05b0",
      "_InlineConsumerThread._keepalive2 (nothing: no thread to check)"),
     ("AIOKafkaConsumerThread.getmany", _THREAD.getmany, "AIOKafkaConsumerThread.getmany",
-     "26fc5fc9f3b667e1", "_Consumer._getmany's inline path does what it enqueues"),
+     "26fc5fc9f3b667e1", "_InlineConsumerThread.getmany does what it enqueues"),
     ("AIOKafkaConsumerThread._fetch_records", _THREAD._fetch_records,
      "AIOKafkaConsumerThread._fetch_records", "39a2c6c79fc1455a",
-     "_Consumer._getmany's inline path calls it directly"),
+     "_InlineConsumerThread.getmany calls it directly"),
 ]  # fmt: skip
 
 
