@@ -273,40 +273,42 @@ def relay_side(bootstrap: str, args: argparse.Namespace) -> Iterator[tuple[str, 
 
 
 @contextmanager
+def _environ(extra: dict[str, str]) -> Iterator[None]:
+    """This process's environment with ``extra`` set (what a child started meanwhile gets),
+    as it was again afterwards."""
+    saved = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
 def baton_side(
     bootstrap: str,
     args: argparse.Namespace,
     workdir: Path,
     pythonpath: str | None = None,
-    producer: str | None = None,
     env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, str, int]]:
     """A ``baton worker`` process on fresh topics: (requests topic, decisions topic, pid).
 
     ``pythonpath``: the worker imports Baton from there (another checkout: before/after);
-    ``producer``: its BATON_WORKER_PRODUCER (aiokafka, librdkafka); ``env``: more of its
-    environment (a setting's variant, e.g. BATON_CONSUMER_LOOP=inline)."""
+    ``env``: more of its environment (a setting's variant, e.g. BATON_WORKER_PRODUCER=
+    librdkafka or BATON_CONSUMER_LOOP=inline)."""
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
     ensure_topics({"bootstrap.servers": bootstrap}, catalog, timeout=10)
     os.environ["BATON_FETCH_MAX_WAIT_MS"] = str(args.fetch_wait_ms)
     (workdir / prefix).mkdir()
-    saved = os.environ.get("PYTHONPATH")
-    if pythonpath is not None:
-        os.environ["PYTHONPATH"] = pythonpath
-    if producer is not None:
-        os.environ["BATON_WORKER_PRODUCER"] = producer
-    os.environ.update(env or {})
-    try:
+    extra = {**(env or {}), **({"PYTHONPATH": pythonpath} if pythonpath is not None else {})}
+    with _environ(extra):
         worker = _start_worker(bootstrap, prefix, workdir / prefix, args.guarantee)
-    finally:
-        os.environ.pop("BATON_WORKER_PRODUCER", None)
-        for name in env or {}:
-            os.environ.pop(name, None)
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
     log_path = workdir / prefix / f"worker-{args.guarantee}.log"
     try:
         _wait_for("the worker", lambda: " ready (policy" in log_path.read_text(), 120)
@@ -369,14 +371,14 @@ def measure(args: argparse.Namespace) -> None:
             if side.startswith("baton:"):  # a worker importing Baton from another checkout
                 path = side.split(":", 1)[1]
                 sides[side] = lambda path=path: baton_side(bootstrap, args, workdir, path)
+            env = None
             if side.startswith("producer:"):  # this checkout, BATON_WORKER_PRODUCER=NAME
-                name = side.split(":", 1)[1]
-                sides[side] = lambda name=name: baton_side(bootstrap, args, workdir, None, name)
+                env = {"BATON_WORKER_PRODUCER": side.split(":", 1)[1]}
             if side.startswith("env:"):  # this checkout's worker with NAME=VALUE set
                 name, _, value = side.split(":", 1)[1].partition("=")
-                sides[side] = lambda env={name: value}: baton_side(
-                    bootstrap, args, workdir, env=env
-                )
+                env = {name: value}
+            if env is not None:
+                sides[side] = lambda env=env: baton_side(bootstrap, args, workdir, env=env)
         rounds: dict[str, list[list[float]]] = {side: [] for side in args.sides.split(",")}
         cpu: dict[str, list[tuple[float, float]]] = {side: [] for side in rounds}
         to_decided: dict[str, list[float]] = {side: [] for side in rounds}
