@@ -30,6 +30,7 @@ each second) and the re-index after a rebalance.
     python -m bench.memory_bench --runs 1000000 --long-runs 0 --modes held
     python -m bench.memory_bench --before-pythonpath DIR   # DIR/baton: an older tree, same run
     python -m bench.memory_bench --runs 100000 --own-task-ids   # no two runs' task ids alike
+    python -m bench.memory_bench --runs 100000 --record-keys    # a key object a record
 """
 
 from __future__ import annotations
@@ -98,7 +99,11 @@ def _events(
 
 
 def measure(
-    n: int, mode: str = "decoded", long: bool = False, own_tasks: bool = False
+    n: int,
+    mode: str = "decoded",
+    long: bool = False,
+    own_tasks: bool = False,
+    record_keys: bool = False,
 ) -> dict[str, float]:
     """RSS growth per run holding ``n`` runs as ``mode`` says: ``decoded``, ``restored`` (the
     changelog record, as Faust's recovery leaves it), ``held`` (as the sweep holds an idle
@@ -108,7 +113,8 @@ def measure(
     The runs are decided by the worker's batch step (``BatchProcessor``: chain links, the
     worker's name and record positions on every kept decision, as a worker keeps them), in
     batches of about 2,000 records: one batch holds some runs' handoffs and the previous
-    runs' completions, so each run is written twice, as on a worker.
+    runs' completions, so each run is written twice, as on a worker. ``record_keys``: every
+    record its own key bytes, as the consumer gives them (else a run's records share one).
     """
     policy = load_policy(None)
     now = datetime.now(UTC)
@@ -145,7 +151,8 @@ def measure(
             partition = partition_for(key, PARTITIONS)
             for j, (_, raw) in enumerate(_events(run_id, long, now, own_tasks)):
                 offsets[partition] += 1
-                rec = InputRecord(REQUESTS, partition, offsets[partition], key, raw)
+                own = run_id.encode() if record_keys else key
+                rec = InputRecord(REQUESTS, partition, offsets[partition], own, raw)
                 # a run's first event in this batch, the rest in the next one
                 (records if j == 0 else pending).append(rec)
         if not records:
@@ -288,13 +295,19 @@ def _return_costs(proc: BatchProcessor, states: RunStore, now: datetime) -> dict
 
 
 def _child(
-    n: int, mode: str, long: bool, pythonpath: str | None, own_tasks: bool = False
+    n: int,
+    mode: str,
+    long: bool,
+    pythonpath: str | None,
+    own_tasks: bool = False,
+    record_keys: bool = False,
 ) -> dict[str, float]:
     """One measure in a fresh process: freed memory is not given back to the OS, so a second
     measure in the same process would start from the first one's high-water mark."""
     cmd = [sys.executable, "-m", "bench.memory_bench", "--one", str(n), "--mode", mode]
     cmd += ["--long"] if long else []
     cmd += ["--own-task-ids"] if own_tasks else []
+    cmd += ["--record-keys"] if record_keys else []
     if pythonpath is not None and not os.path.exists(
         os.path.join(pythonpath, "baton", "processors", "allocator.py")
     ):
@@ -336,6 +349,12 @@ def main() -> None:
         help="every run names task ids of its own (default: the same ids in every run, "
         "whose task dicts runs then share)",
     )
+    ap.add_argument(
+        "--record-keys",
+        action="store_true",
+        help="every record its own key bytes, as the consumer gives them (default: a run's "
+        "records share one; the sweep's touched lists kept a batch's copy until session 8)",
+    )
     # a child measuring one size
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="decoded", help=argparse.SUPPRESS)
@@ -347,7 +366,8 @@ def main() -> None:
     if not args.glibc_default:
         _allocator_as_the_worker_sets_it()
     if args.one:
-        print(json.dumps(measure(args.one, args.mode, args.long, args.own_task_ids)))
+        measured = measure(args.one, args.mode, args.long, args.own_task_ids, args.record_keys)
+        print(json.dumps(measured))
         return
     print(
         f"machine: {platform.node()}, {os.cpu_count()} cores, python "
@@ -372,8 +392,12 @@ def main() -> None:
     timings = []
     for n, long in shapes:
         for name, path in sides:
-            m = {mode: _child(n, mode, long, path, args.own_task_ids) for mode in args.modes}
+            m = {
+                mode: _child(n, mode, long, path, args.own_task_ids, args.record_keys)
+                for mode in args.modes
+            }
             shape = ("long" if long else "short") + (", own task ids" if args.own_task_ids else "")
+            shape += ", a key a record" if args.record_keys else ""
             r = m["decoded"]
             print(
                 f"| {n:,} | {shape} | {name} | {_b(m, 'decoded')} "

@@ -12,7 +12,15 @@ import sys
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from baton.processors.state_compact import EMPTY, compact_digest, digest_hex, shared
+from baton.processors.state_compact import (
+    EMPTY,
+    OneTask,
+    compact_digest,
+    fresh_added,
+    fresh_digest,
+    fresh_digest_list,
+    shared,
+)
 from baton.schemas.decision import Decision
 from baton.schemas.events import HandoffRequested
 
@@ -104,7 +112,7 @@ class RunState:
 
     Dedup marks: the run's n-th remembered key gets mark n (``marks`` counts them); a key
     is seen while its mark is among the newest SEEN_LIMIT. New keys go to ``fresh`` (their
-    marks are implied: the last ``len(fresh)``), which is folded into ``seen`` (dropping
+    marks are implied: the last ``len(fresh_keys())``), which is folded into ``seen`` (dropping
     marks that fell out of the window) whenever ``marks`` reaches a multiple of
     FRESH_LIMIT, so the split follows from ``marks`` alone and a state restored from its
     wire form is the same state.
@@ -127,11 +135,13 @@ class RunState:
     stopped: str | None
     finished: bool
     #: the task tree: read it with task(), add to it with add_task(); ``new_tasks`` holds
-    #: the tasks added since the last merge into ``tasks`` (fewer than TASK_FOLD)
+    #: the tasks added since the last merge into ``tasks`` (fewer than TASK_FOLD). Each is a
+    #: dict, or once written a dict of one task is a ``state_compact.OneTask`` (read alike)
     tasks: dict[str, TaskNode]
     new_tasks: dict[str, TaskNode]
     #: an ordered set, its names interned (apply_allow); a dict, not a tuple: the rules look a
-    #: handoff's two agents up in it (tuples here and in ``fresh``: decide +5 %, callgrind)
+    #: handoff's two agents up in it (tuples here and in an older ``fresh`` that also looked
+    #: digests up by key: decide +5 %, callgrind)
     agents: dict[str, None]
     #: request_id -> what an allowed handoff reserved until its completion (or expiry)
     reserved: dict[str, Reservation]
@@ -140,11 +150,12 @@ class RunState:
     #: window since: has_seen() ignores them, the next fold drops them)
     seen: dict[str, int]
     #: keys since the last fold, oldest first (fewer than FRESH_LIMIT, all in the window),
-    #: each with the digest of the request it was decided for (None for keys without one;
-    #: its 8 bytes when it is the engine's 16 hex digits: 48 bytes of memory, not 80).
-    #: A dict, not a flat tuple (88 bytes for two keys against 184): every event looks its
-    #: key up here, and scans of tuples here and in ``agents`` cost decide +5 % (callgrind)
-    fresh: dict[str, str | bytes | None]
+    #: each with the digest of the request it was decided for (None for keys without one),
+    #: as one flat tuple (state_compact.fresh_added): the keys, then their digests together
+    #: (the engine's 16 hex digits as 8 bytes each, joined; a tuple of them when one is not),
+    #: EMPTY when there are none. ``key in fresh`` is the engine's test (the digests are never
+    #: text there); a dict and its digests took 280 bytes for a short run's two keys, this 128
+    fresh: Any
     marks: int
     #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
     #: key, replies, ...), replies one Decision, a list of several, or ``bytes``: their rows
@@ -211,7 +222,8 @@ class RunState:
         """Add a task, or replace its node (a released task's new owner): both dicts are
         replaced, never changed in place; a node in ``new_tasks`` hides its old one in
         ``tasks`` until the merge."""
-        added = {**self.new_tasks, task_id: node}
+        held = self.new_tasks
+        added = {**(held.as_dict() if type(held) is OneTask else held), task_id: node}
         if len(added) < TASK_FOLD:
             self.new_tasks = added
         else:
@@ -282,19 +294,21 @@ class RunState:
                 self.recent = (*recent[: i + 1], replies, *recent[i + 2 :])
                 return
         else:
-            # a new dict, not fresh[key] = ...: a copy of this state shares ``fresh``
-            fresh = {**self.fresh, key: compact_digest(digest)}
+            # a new tuple, never changed in place: a copy of this state shares ``fresh``
+            fresh = fresh_added(self.fresh, key, compact_digest(digest))
             marks = self.marks = self.marks + 1
             if marks % FRESH_LIMIT:
                 self.fresh = fresh
             else:
+                keys = fresh[:-1]
                 floor = marks - SEEN_LIMIT
                 seen = {k: m for k, m in self.seen.items() if m > floor}
-                seen.update(zip(fresh, range(marks - len(fresh) + 1, marks + 1), strict=True))
+                seen.update(zip(keys, range(marks - len(keys) + 1, marks + 1), strict=True))
                 self.seen = seen
                 old = self.digests
                 digests = {k: old[k] for k in seen if k in old}
-                digests.update((k, digest_hex(d)) for k, d in fresh.items() if d is not None)
+                made = fresh_digest_list(fresh)
+                digests.update((k, d) for k, d in zip(keys, made, strict=True) if d is not None)
                 self.digests = digests or EMPTY
                 self.fresh = EMPTY
         # concatenation, not (*recent, key, replies): the starred form builds a list first
@@ -312,14 +326,18 @@ class RunState:
 
     def digest_of(self, key: str) -> str | None:
         """The digest of the request ``key`` was decided for (None if it had none)."""
-        if key in self.fresh:
-            return digest_hex(self.fresh[key])
+        fresh = self.fresh
+        if key in fresh:
+            return fresh_digest(fresh, fresh.index(key))
         return self.digests.get(key)
+
+    def fresh_keys(self) -> list[str]:
+        """The keys decided since the last fold, oldest first."""
+        return list(self.fresh[:-1]) if self.fresh else []
 
     def fresh_digests(self) -> list[str | None]:
         """The digests of ``fresh``'s keys, in their order, as the engine made them."""
-        # (inline, not digest_hex per digest: a call each costs more than the conversion)
-        return [d.hex() if type(d) is bytes else d for d in self.fresh.values()]
+        return fresh_digest_list(self.fresh)
 
     def folded_keys(self) -> list[str]:
         """The window's keys folded into ``seen``, oldest first."""
@@ -328,7 +346,7 @@ class RunState:
 
     def seen_keys(self) -> list[str]:
         """The run's newest SEEN_LIMIT decided keys, oldest first."""
-        return self.folded_keys() + list(self.fresh)
+        return self.folded_keys() + self.fresh_keys()
 
     def __eq__(self, other: object) -> bool:
         # equal when they would decide alike: the same wire form (which leaves out the

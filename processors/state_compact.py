@@ -2,7 +2,8 @@
 
 Every empty container of every state is one frozen ``EMPTY``; small dicts equal runs hold
 (the same agents, often the same task ids) are one frozen copy found by content
-(``shared``); a request digest the engine made is held as its 8 bytes (``compact_digest``).
+(``shared``); a request digest the engine made is held as its 8 bytes (``compact_digest``),
+and a run's newest dedup keys with their digests as one flat tuple (``fresh_added``).
 None of it changes a record's bytes or a decision: the wire form and the engine see plain
 dicts and the digests' text. Not guaranteed: that a run shares anything (a run whose names
 are its own holds its own copies).
@@ -10,9 +11,21 @@ are its own holds its own copies).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn, TypeVar
 
-__all__ = ["EMPTY", "SHARED_MAX_ITEMS", "compact_digest", "digest_hex", "shared"]
+__all__ = [
+    "EMPTY",
+    "SHARED_MAX_ITEMS",
+    "OneTask",
+    "compact_digest",
+    "digest_hex",
+    "fresh_added",
+    "fresh_digest",
+    "fresh_digest_list",
+    "fresh_of",
+    "shared",
+]
 
 T = TypeVar("T")
 
@@ -80,8 +93,58 @@ def shared(container: dict[Any, Any], nodes: bool = False) -> dict[Any, Any]:
             container = _with_shared_nodes(container)
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.clear()
-        hit = _SHARED[key] = _Shared(container)
+        hit = _SHARED[key] = _one_task(container) or _Shared(container)
     return hit
+
+
+def _one_task(tasks: dict[Any, Any]) -> OneTask | None:
+    """``tasks`` as a OneTask when it holds one task whose id is text, else None."""
+    if len(tasks) == 1:
+        for task, node in tasks.items():
+            if type(task) is str:
+                return OneTask(task, node)
+    return None
+
+
+class OneTask(Mapping[str, Any]):
+    """A task dict of one task, as a run holds it once written: 48 bytes where a dict of one
+    is 192 (a run whose task ids are its own, a fresh uuid a task, holds its own; runs naming
+    the same task share one, as ``shared`` finds it). Read like that dict (``get``, ``in``,
+    iteration, ``items``, equal to it); nothing changes it: RunState replaces its task
+    dicts (``as_dict`` for the new one)."""
+
+    __slots__ = ("node", "task")
+
+    def __init__(self, task: str, node: Any) -> None:
+        self.task = task
+        self.node = node
+
+    def get(self, key: Any, default: Any = None) -> Any:  # the engine's lookup
+        return self.node if key is self.task or key == self.task else default
+
+    def __getitem__(self, key: Any) -> Any:
+        if key is self.task or key == self.task:
+            return self.node
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key is self.task or key == self.task
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.task,))
+
+    def __len__(self) -> int:
+        return 1
+
+    def items(self) -> tuple[tuple[str, Any]]:  # type: ignore[override]
+        return ((self.task, self.node),)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The dict it stands for (a new one, to build the run's next task dict from)."""
+        return {self.task: self.node}
+
+    def __repr__(self) -> str:
+        return f"OneTask({self.task!r}: {self.node!r})"
 
 
 def _with_shared_nodes(tasks: dict[str, T]) -> dict[str, T]:
@@ -123,3 +186,56 @@ def compact_digest(digest: Any) -> Any:
 def digest_hex(digest: Any) -> Any:
     """The digest ``compact_digest`` was given."""
     return digest.hex() if type(digest) is bytes else digest
+
+
+# ---------------------------------------------------------------- RunState.fresh
+
+_DIGEST = 8  # bytes of a digest compact_digest made
+
+
+def fresh_added(fresh: Any, key: str, digest: Any) -> tuple[Any, ...]:
+    """``fresh`` (a tuple made here, or EMPTY) with ``key`` and its digest (as
+    ``compact_digest`` holds it) appended: ``(key, ..., key, digests)``, the digests one
+    bytes of 8 a key while every one is the engine's, else a tuple of them as they are
+    (None, a record's odd text). A dict of two keys and their digests took 280 bytes, this
+    128; the keys stay the tuple's first items, so ``key in fresh`` is C's scan of them (and
+    of the digests, never text while they are bytes: a record's odd text keeps them a tuple,
+    which no key equals)."""
+    if not fresh:
+        return (key, digest) if type(digest) is bytes else (key, (digest,))
+    digests = fresh[-1]
+    if type(digests) is bytes:
+        if type(digest) is bytes:
+            return fresh[:-1] + (key, digests + digest)  # noqa: RUF005 (no list built)
+        digests = _split(digests)
+    return fresh[:-1] + (key, (*digests, digest))  # noqa: RUF005
+
+
+def fresh_of(marks: dict[str, Any]) -> Any:
+    """``fresh`` holding ``marks`` (key -> digest as ``compact_digest`` holds it), in order."""
+    fresh: Any = EMPTY
+    for key, digest in marks.items():
+        fresh = fresh_added(fresh, key, digest)
+    return fresh
+
+
+def fresh_digest(fresh: tuple[Any, ...], i: int) -> Any:
+    """The digest of ``fresh``'s ``i``-th key, as the engine made it (its hex text)."""
+    digests = fresh[-1]
+    if type(digests) is bytes:
+        return digests[_DIGEST * i : _DIGEST * (i + 1)].hex()
+    return digest_hex(digests[i])
+
+
+def fresh_digest_list(fresh: Any) -> list[Any]:
+    """The digests of ``fresh``'s keys, in their order, as the engine made them."""
+    if not fresh:
+        return []
+    digests = fresh[-1]
+    if type(digests) is bytes:
+        return [digests[i : i + _DIGEST].hex() for i in range(0, len(digests), _DIGEST)]
+    return [digest_hex(d) for d in digests]
+
+
+def _split(digests: bytes) -> tuple[bytes, ...]:
+    return tuple(digests[i : i + _DIGEST] for i in range(0, len(digests), _DIGEST))

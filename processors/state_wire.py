@@ -35,6 +35,7 @@ from baton.processors.state import (
     intern,
     shared,
 )
+from baton.processors.state_compact import fresh_of
 from baton.processors.state_held import is_held, record_of
 from baton.processors.state_replies import (
     REPLY_COLUMNS,
@@ -103,8 +104,8 @@ def to_wire(state: RunState) -> dict[str, Any]:
 
 
 def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
-    folded, fresh = state.folded_keys(), state.fresh
-    keys = folded + list(fresh)  # state.seen_keys()
+    folded = state.folded_keys()
+    keys = folded + state.fresh_keys()  # state.seen_keys()
     digests = state.digests
     wire: dict[str, Any] = {
         "v": STATE_FORMAT,
@@ -344,7 +345,7 @@ def _pending_from_wire(p: list[Any]) -> PendingApproval:
 
 def _marks_from_wire(
     keys: list[str], marks: int, digests: list[str | None] | None
-) -> tuple[dict[str, int], dict[str, str | None], dict[str, str]]:
+) -> tuple[dict[str, int], Any, dict[str, str]]:
     """``seen``, ``fresh`` and ``digests`` from the window's keys (oldest first) and their
     digests (one each; None: a format without them): the newest ``marks % FRESH_LIMIT`` keys
     are the ones not folded yet (RunState.remember)."""
@@ -356,7 +357,8 @@ def _marks_from_wire(
             "for each key"
         )
     split = max(len(keys) - marks % FRESH_LIMIT, 0)  # none folded in a run of fewer keys
-    fresh = dict(zip(keys[split:], map(compact_digest, digests[split:]), strict=True))
+    # through a dict: a record's repeated key is one mark, an unhashable one unreadable
+    fresh = fresh_of(dict(zip(keys[split:], map(compact_digest, digests[split:]), strict=True)))
     first = marks - len(keys) + 1
     seen = dict(zip(keys[:split], range(first, first + split), strict=True))
     folded = {k: d for k, d in zip(keys[:split], digests[:split], strict=True) if d is not None}

@@ -68,17 +68,17 @@ class _Bucket(list[bytes]):
         self.second = second
 
 
-class _Touched(list[bytes]):
-    """The runs touched with one second as their last event, in the order they were touched.
-    A run is touched by every batch that changes it, each time with that batch's own key
-    bytes: the list drops its repeats at ``room`` slots (1,024, then twice what was left and
-    1,024), so a run whose last event stays in one second (a clock stepped back behind it)
-    takes a bounded part of it, not a slot and a key a batch until the clock catches up."""
+class _Touched(list[str | bytes]):
+    """The runs touched with one second as their last event, in the order they were touched,
+    each by its run id (``_touch_name``). A run is touched by every batch that changes it:
+    the list drops its repeats at ``room`` slots (1,024, then twice what was left and 1,024),
+    so a run whose last event stays in one second (a clock stepped back behind it) takes a
+    bounded part of it, not a slot a batch until the clock catches up."""
 
     __slots__ = ("room",)
 
-    def __init__(self, key: bytes) -> None:
-        super().__init__((key,))
+    def __init__(self, name: str | bytes) -> None:
+        super().__init__((name,))
         self.room = _TOUCHED_ROOM
 
     def compact(self) -> None:
@@ -142,11 +142,12 @@ class DueIndex:
             self.push(key, self._now)
             return
         second = _second(state.last_event_at)
+        name = _touch_name(key, state)
         touched = self._touched.get(second)
         if touched is None:
-            self._touched[second] = _Touched(key)
-        elif touched[-1] is not key:
-            touched.append(key)
+            self._touched[second] = _Touched(name)
+        elif touched[-1] is not name:
+            touched.append(name)
             if len(touched) >= touched.room:
                 touched.compact()
         self.push(key, due)
@@ -227,16 +228,28 @@ class DueIndex:
         touched = self._touched
         out: dict[bytes, None] = {}  # a run touched in one second may be in it twice
         for second in sorted(s for s in touched if s <= horizon):
-            keys = touched.pop(second)
-            for i, key in enumerate(keys):
+            names = touched.pop(second)
+            for i, name in enumerate(names):
                 if len(out) >= limit:
-                    del keys[:i]
-                    touched[second] = keys
+                    del names[:i]
+                    touched[second] = names
                     return list(out)
+                key = name if type(name) is bytes else name.encode("utf-8", "surrogatepass")
                 last = idle_since(key)
                 if last is not None and _second(last) == second:
                     out[key] = None
         return list(out)
+
+
+def _touch_name(key: bytes, state: RunState) -> str | bytes:
+    """What a touched list holds for the run: its id, which its state holds already, where
+    the batch's own key bytes (a new object a record, from the consumer) kept a copy of the
+    key a batch alive for hold_idle_s (~80 bytes a run touched by a second batch); the key
+    when the id is not text (a changelog writer's record). Its key is its id's UTF-8 bytes
+    (the batch step refuses an event whose key is not); a forged record's id that is another
+    run's only lets that run be held once idle, as it would be (``idle_keys`` asks)."""
+    name = state.run_id
+    return name if type(name) is str else key
 
 
 #: a time past any real one: one bucket at each end (a restored state's times are whatever

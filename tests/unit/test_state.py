@@ -123,10 +123,10 @@ def test_copy_carries_every_field_and_owns_its_dedup_marks() -> None:
     twin = state.copy()
     for f in fields(RunState):  # a field copy() missed raises AttributeError here
         assert getattr(twin, f.name) == getattr(state, f.name), f.name
-    marks = dict(state.fresh)
+    marks = (state.fresh_keys(), state.fresh_digests())
     twin.remember("h:only-the-twin", [])  # the copy shares fresh until it changes it
     assert twin.has_seen("h:only-the-twin") and not state.has_seen("h:only-the-twin")
-    assert state.fresh == marks
+    assert (state.fresh_keys(), state.fresh_digests()) == marks
 
 
 def test_dedup_marks_round_trip_at_every_fold_position_and_window_edge() -> None:
@@ -142,7 +142,7 @@ def test_dedup_marks_round_trip_at_every_fold_position_and_window_edge() -> None
         assert state is not None
         restored = RunState.from_bytes(state.to_bytes())
         assert restored == state and restored.marks == state.marks == i + 1
-        assert restored.fresh == state.fresh and len(state.fresh) == (i + 1) % FRESH_LIMIT
+        assert restored.fresh == state.fresh and len(state.fresh_keys()) == (i + 1) % FRESH_LIMIT
         for back in (0, 1, FRESH_LIMIT, SEEN_LIMIT - 1, SEEN_LIMIT, SEEN_LIMIT + 1):
             if back <= i:
                 key = keys[i - back]

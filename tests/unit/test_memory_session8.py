@@ -1,0 +1,119 @@
+"""What a decoded run holds since the eighth session: its newest dedup keys and their digests
+as one flat tuple, a task dict of one task as a ``OneTask``, the sweep's touched lists by run
+id (not each batch's key bytes), the size map's ints shared; each read as before."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import tracemalloc
+
+import pytest
+
+from baton.processors import batch
+from baton.processors.state import FRESH_LIMIT, RunState, TaskNode
+from baton.processors.state_compact import EMPTY, OneTask, fresh_added, shared
+from baton.processors.sweep import DueIndex
+
+pytestmark = pytest.mark.unit
+
+DIGEST = "0123456789abcdef"
+
+
+def test_fresh_keys_hold_their_digests_as_one_bytes_until_one_is_not_the_engines() -> None:
+    state = RunState.new("run-f", "acme", 0.0)
+    state.remember("h:a", [], DIGEST)
+    state.remember("c:a", [], "fedcba9876543210")
+    assert state.fresh == ("h:a", "c:a", bytes.fromhex(DIGEST + "fedcba9876543210"))
+    state.remember("p:x", [])  # an approval's key: no digest
+    state.remember("h:b", [], "ABCDEF0123456789")  # a record's capitals: kept as text
+    assert state.fresh_keys() == ["h:a", "c:a", "p:x", "h:b"]
+    assert state.fresh_digests() == [DIGEST, "fedcba9876543210", None, "ABCDEF0123456789"]
+    assert state.digest_of("c:a") == "fedcba9876543210" and state.digest_of("p:x") is None
+    # a digest whose text is a key is never taken for that key
+    state.remember("h:c", [], "h:zz")
+    assert not state.has_seen("h:zz") and state.has_seen("h:c")
+    back = RunState.from_bytes(state.to_bytes())
+    assert back == state and back.fresh_digests() == state.fresh_digests()
+
+
+def test_fresh_is_folded_into_seen_at_its_limit_with_every_digest() -> None:
+    state = RunState.new("run-g", "acme", 0.0)
+    for i in range(FRESH_LIMIT + 3):
+        state.remember(f"h:{i}", [], f"{i:016x}" if i % 5 else None)
+    assert state.fresh_keys() == [f"h:{i}" for i in range(FRESH_LIMIT, FRESH_LIMIT + 3)]
+    assert state.digest_of("h:7") == f"{7:016x}" and state.digest_of("h:5") is None
+    assert all(state.has_seen(f"h:{i}") for i in range(FRESH_LIMIT + 3))
+    assert fresh_added(EMPTY, "k", None) == ("k", (None,))
+
+
+def test_a_one_task_dict_reads_like_the_dict_and_refuses_changes() -> None:
+    node = TaskNode("coder", "planner", None, 1)
+    one = shared({"0b7c1e2a-task": node}, nodes=True)
+    assert type(one) is OneTask and one is shared({"0b7c1e2a-task": node}, nodes=True)
+    assert one.get("0b7c1e2a-task") is node and one.get("other") is None
+    assert "0b7c1e2a-task" in one and "other" not in one and len(one) == 1
+    assert one == {"0b7c1e2a-task": node} and {**one} == {"0b7c1e2a-task": node}
+    assert list(one) == ["0b7c1e2a-task"] and one["0b7c1e2a-task"] is node
+    with pytest.raises(KeyError):
+        one["other"]
+    with pytest.raises(TypeError):
+        one["other"] = node  # type: ignore[index]
+    for again in (copy.deepcopy(one), pickle.loads(pickle.dumps(one))):
+        assert again == one
+    # a task id that is not text (a changelog writer's) stays a dict: 1 == 1.0 == True
+    assert type(shared({1: node}, nodes=True)) is not OneTask
+
+
+def test_a_run_adds_a_task_to_its_one_task_dict_as_to_any() -> None:
+    state = RunState.new("run-t", "acme", 0.0)
+    state.add_task("own-1", TaskNode("coder", "planner", None, 1))
+    state.to_bytes()  # written: its dict of one held as a OneTask
+    assert type(state.new_tasks) is OneTask
+    state.add_task("own-2", TaskNode("tester", "coder", "own-1", 2))
+    assert type(state.new_tasks) is dict and list(state.new_tasks) == ["own-1", "own-2"]
+    assert state.task("own-1") == TaskNode("coder", "planner", None, 1)
+
+
+def test_touched_lists_keep_no_copy_of_each_batchs_key_bytes() -> None:
+    """The consumer gives every record its own key bytes: a run touched by a second batch
+    kept that batch's copy (~80 bytes) until the sweep held it, for every run it holds."""
+    due = DueIndex(3600.0, 86400.0, hold_idle_s=10.0)
+    states = {
+        f"run-{i:036d}".encode(): RunState.new(f"run-{i:036d}", "acme", 5.0) for i in range(2000)
+    }
+    for key, state in states.items():
+        due.touch(key, state)
+    later = {key: RunState.new(s.run_id, "acme", 6.0) for key, s in states.items()}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key, state in later.items():
+            due.touch(bytes(bytearray(key)), state)  # the second batch's own key bytes
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 40 * len(later), f"{grown / len(later):.0f} bytes a run"
+    # the runs are still held once idle, by keys equal to the table's
+    idle = due.idle_keys(100.0, 10_000, lambda key: later[key].last_event_at)
+    assert idle == list(states)
+
+
+def test_a_forged_record_whose_run_id_is_not_text_is_touched_by_its_key() -> None:
+    due = DueIndex(3600.0, 86400.0, hold_idle_s=10.0)
+    odd = RunState.new("x", "acme", 5.0)
+    odd.run_id = 7  # type: ignore[assignment]
+    due.touch(b"run-odd", odd)
+    assert due.idle_keys(100.0, 10, lambda key: 5.0) == [b"run-odd"]
+
+
+def test_runs_of_one_record_size_share_its_int_in_the_size_map() -> None:
+    proc = batch.BatchProcessor.__new__(batch.BatchProcessor)
+    proc._sizes, proc.state_bytes = {}, 0
+    for i in range(3):
+        proc.account(f"run-{i}".encode(), int("1481"))  # a new int object each
+    sizes = list(proc._sizes.values())
+    assert sizes[0] is sizes[1] is sizes[2] and proc.state_bytes == 3 * 1481
+    proc.account(b"run-big", 100_000)
+    proc.account(b"run-0", None)
+    assert proc.state_bytes == 2 * 1481 + 100_000
