@@ -17,7 +17,7 @@ from baton.schemas.events import HandoffRequested
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.partitioner import partition_for
 from baton.streams.topics import TopicCatalog, ensure_topics
-from tests.helpers import start_rounds, wait_for
+from tests.helpers import handoff_round, start_rounds, wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY
 from tests.stack import Collector, EventSender, WorkerProcess
 
@@ -334,6 +334,69 @@ def test_exactly_once_restart_publishes_every_decision_once(
                     f"{decisions.positions[run]}\n{second.log()}"
                 )
             assert [d.handoff_count for d in got] == [1, 2], run
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        decisions.close()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"BATON_CONSUMER_LOOP": "inline"}, {"BATON_PROCESSING_GUARANTEE": "exactly_once"}],
+    ids=["thread", "inline", "exactly_once"],
+)
+def test_sigterm_in_the_middle_of_a_backlog_loses_and_double_counts_nothing(
+    broker: EmbeddedBroker, tmp_path, env: dict[str, str]
+) -> None:
+    """The stop every rolling deploy sends: SIGTERM while the worker works through a backlog
+    (big batches in flight, their states and offsets not yet written). It exits cleanly, and
+    it and its successor answer every request once and count every completion once: a
+    graceful stop commits only what was made durable, as a kill -9 relies on."""
+    rounds, cost = 6, 0.5
+    rs = _Restart(broker, tmp_path, "st", 2000, env)
+    decisions, runs, catalog = rs.decisions, rs.runs, rs.catalog
+    first = rs.worker("a")
+    second = None
+    try:
+        wait_until_deciding(rs.conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        for i in range(1, rounds + 1):  # 24,000 events at once: a backlog of big batches
+            rs.sender.send(handoff_round(runs, i, cost, rs.now))
+        wait_for(lambda: len(decisions.records) > 1000, 30, message="the backlog to be decided")
+        first.stop()  # SIGTERM in the middle of it
+        assert first.proc.returncode == 0, first.log()
+        second = rs.worker("b")
+        want = 2 * rounds
+
+        def answered() -> int:
+            return sum(len({d.decision_id for d in decisions.for_run(r)}) >= want for r in runs)
+
+        wait_for(
+            lambda: answered() == len(runs),
+            120,
+            interval=0.5,
+            message=lambda: f"{answered()} of {len(runs)} runs answered\n" + second.log()[-2500:],
+        )
+        assert "Traceback" not in first.log(), first.log()
+        # the premise: the stop came in the middle (the successor answered part of the backlog)
+        assert len({d.worker for d in decisions.records}) == 2, "the stop came after the backlog"
+        for run in runs:
+            got = decisions.for_run(run)
+            answers: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+            for d in got:
+                answers[d.request_id, d.phase].add((d.decision_id, d.outcome))
+            # one answer per request and phase, however often it was redelivered
+            assert len(answers) == want and all(len(a) == 1 for a in answers.values()), (
+                run,
+                sorted(answers.items()),
+            )
+            assert all(d.outcome == Outcome.ALLOW for d in got if d.phase == Phase.PRE_HANDOFF)
+            assert max(d.handoff_count for d in got) == rounds, run
+            # each completion's cost counted once, across the stop
+            posts = [d for d in got if d.phase == Phase.POST_HANDOFF]
+            assert max(d.spent_usd for d in posts) == pytest.approx(rounds * cost), run
+            if env.get("BATON_PROCESSING_GUARANTEE") == "exactly_once":
+                assert len(got) == want, (run, len(got), "published more than once")
     finally:
         first.stop()
         if second is not None:
