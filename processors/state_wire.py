@@ -155,6 +155,8 @@ def _tasks_to_wire(state: RunState) -> list[list[Any]]:
     task's new owner, in ``new_tasks``) stands at its task's first place, as it will
     after the merge."""
     tasks, added = state.tasks, state.new_tasks
+    if not tasks:  # most runs (fewer than TASK_FOLD tasks): no generator over a OneTask
+        return [[k, *t] for k, t in added.items()]
     if not any(k in tasks for k in added):
         return [[k, *t] for part in (tasks, added) for k, t in part.items()]
     return [[k, *t] for k, t in {**tasks, **added}.items()]

@@ -70,10 +70,16 @@ class _Bucket(list[bytes]):
 
 class _Touched(list[str | bytes]):
     """The runs touched with one second as their last event, in the order they were touched,
-    each by its run id (``_touch_name``). A run is touched by every batch that changes it:
-    the list drops its repeats at ``room`` slots (1,024, then twice what was left and 1,024),
-    so a run whose last event stays in one second (a clock stepped back behind it) takes a
-    bounded part of it, not a slot a batch until the clock catches up."""
+    each by its run id, which its state holds already: the batch's own key bytes (a new
+    object a record, from the consumer) kept a copy of the key a batch alive for
+    hold_idle_s (~80 bytes a run touched by a second batch). A run's key is its id's UTF-8
+    bytes (the batch step refuses an event whose key is not); a changelog writer's record
+    whose id is not text is touched by its key, and one whose id is another run's only lets
+    that run be held once idle, as it would be (``idle_keys`` asks the store).
+    A run is touched by every batch that changes it: the list drops its repeats at ``room``
+    slots (1,024, then twice what was left and 1,024), so a run whose last event stays in one
+    second (a clock stepped back behind it) takes a bounded part of it, not a slot a batch
+    until the clock catches up."""
 
     __slots__ = ("room",)
 
@@ -142,7 +148,9 @@ class DueIndex:
             self.push(key, self._now)
             return
         second = _second(state.last_event_at)
-        name = _touch_name(key, state)
+        name = state.run_id  # what the touched lists hold (_Touched)
+        if type(name) is not str:
+            name = key
         touched = self._touched.get(second)
         if touched is None:
             self._touched[second] = _Touched(name)
@@ -239,17 +247,6 @@ class DueIndex:
                 if last is not None and _second(last) == second:
                     out[key] = None
         return list(out)
-
-
-def _touch_name(key: bytes, state: RunState) -> str | bytes:
-    """What a touched list holds for the run: its id, which its state holds already, where
-    the batch's own key bytes (a new object a record, from the consumer) kept a copy of the
-    key a batch alive for hold_idle_s (~80 bytes a run touched by a second batch); the key
-    when the id is not text (a changelog writer's record). Its key is its id's UTF-8 bytes
-    (the batch step refuses an event whose key is not); a forged record's id that is another
-    run's only lets that run be held once idle, as it would be (``idle_keys`` asks)."""
-    name = state.run_id
-    return name if type(name) is str else key
 
 
 #: a time past any real one: one bucket at each end (a restored state's times are whatever
