@@ -83,6 +83,8 @@ def shared(container: dict[Any, Any], nodes: bool = False) -> dict[Any, Any]:
     holds the task nodes equal runs hold (``_with_shared_nodes``)."""
     if type(container) is not dict or len(container) > SHARED_MAX_ITEMS:
         return container
+    if nodes and not _text_parents(container):
+        return container
     key = tuple(container.items())  # (twice as fast as one flat tuple of them)
     try:
         hit = _SHARED.get(key)
@@ -95,6 +97,17 @@ def shared(container: dict[Any, Any], nodes: bool = False) -> dict[Any, Any]:
             _SHARED.clear()
         hit = _SHARED[key] = _one_task(container) or _Shared(container)
     return hit
+
+
+def _text_parents(tasks: dict[Any, Any]) -> bool:
+    """True when every node's parent is text or None (as the engine makes them): a record's
+    parent may be a number, and ``1 == 1.0 == True`` would give one run's value to another
+    run whose record wrote the other one (its record's bytes changed by another record)."""
+    for node in tasks.values():
+        parent = node[2]
+        if parent is not None and type(parent) is not str:
+            return False
+    return True
 
 
 def _one_task(tasks: dict[Any, Any]) -> OneTask | None:
@@ -149,18 +162,15 @@ class OneTask(Mapping[str, Any]):
 
 def _with_shared_nodes(tasks: dict[str, T]) -> dict[str, T]:
     """``tasks`` with the nodes (owner, giver, parent, depth) other runs hold: task ids are
-    often a run's own (a fresh uuid a task), their nodes rarely are (~80 bytes a task). Only
-    a node with a text or no parent is shared: a record's parent may be a number, and
-    ``1 == 1.0 == True`` would put one run's value into another run's record. Names are text
-    and depths ints wherever a node is made (the engine; state_wire refuses other ones)."""
+    often a run's own (a fresh uuid a task), their nodes rarely are (~80 bytes a task). Every
+    parent is text or None (``shared`` shares no other dict: ``1 == 1.0 == True`` would put
+    one run's value into another run's record); names are text and depths ints wherever a
+    node is made (the engine; state_wire refuses other ones)."""
     cache = _NODES
     if len(cache) >= _SHARED_MAX:
         cache.clear()
     # inline: a Python call a node cost the batch step ~2k instructions (callgrind)
-    return {
-        k: cache.setdefault(n, n) if n[2] is None or type(n[2]) is str else n  # type: ignore[index]
-        for k, n in tasks.items()
-    }
+    return {k: cache.setdefault(n, n) for k, n in tasks.items()}
 
 
 #: task nodes by content, bounded like _SHARED

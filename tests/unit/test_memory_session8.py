@@ -117,3 +117,14 @@ def test_runs_of_one_record_size_share_its_int_in_the_size_map() -> None:
     proc.account(b"run-big", 100_000)
     proc.account(b"run-0", None)
     assert proc.state_bytes == 2 * 1481 + 100_000
+
+
+def test_a_records_numeric_parent_is_never_another_records_equal_one() -> None:
+    """Two changelog records name one task with parents 1 and 1.0 (equal, of other types):
+    each run writes back its own record's value (2e17856 shared the first run's dict with
+    the second, rewriting its record with 1)."""
+    node = TaskNode("coder", "planner", 1, 1)
+    first = shared({"t": node}, nodes=True)
+    second = shared({"t": TaskNode("coder", "planner", 1.0, 1)}, nodes=True)
+    assert first is not second and type(second["t"].parent) is float
+    assert shared({"t": TaskNode("coder", "planner", True, 1)}, nodes=True)["t"].parent is True
