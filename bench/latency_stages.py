@@ -14,8 +14,10 @@ The worker is traced by a ``sitecustomize`` on its ``PYTHONPATH`` that calls ``i
 it wraps aiokafka's and Baton's functions in this process only (nothing in the library
 changes). The relay stamps its fetch and flush itself when ``BENCH_STAGES`` is set. Both
 sides' producers also report librdkafka's statistics (requests/s, queue wait, round trip), and
-the worker's fetches are counted (a second, partitions each, answered when, held the whole
-fetch wait: Tansu answers at once when records are there, else after the whole wait).
+the worker's fetches are counted (a second, partitions each, answered when, answered only at
+the fetch wait's end: Tansu answers at once when records are there, else at its next look, at
+W/2, 3W/4, ... of the wait W once records came, or at its end; ``bench.tansu_fetch
+--hold-probe``).
 
     python -m bench.latency_stages --seconds 8 --rate 2000
     python -m bench.latency_stages --sides relay,baton,baton:DIR    # DIR/baton: another checkout
@@ -288,7 +290,8 @@ def _stats_writer(emit: Any) -> Any:
 
 def _print_fetches(fetches: list[dict[str, Any]], wait_ms: int) -> None:
     """The worker's fetches (aiokafka): how many a second, how wide, how long Tansu held them
-    (Tansu answers at once when data is there, else after the whole fetch wait)."""
+    (Tansu answers at once when data is there, else at its next look: W/2, 3W/4, ... of the
+    wait W, or its end)."""
     if len(fetches) < 20:
         return
     fetches = fetches[len(fetches) // 4 :]  # past the warm-up
@@ -299,7 +302,7 @@ def _print_fetches(fetches: list[dict[str, Any]], wait_ms: int) -> None:
     print(
         f"  worker fetches: {len(fetches) / span:,.0f}/s, "
         f"{statistics.mean(len(f['tps']) for f in fetches):.1f} partitions each, "
-        f"answered p50 {q[4]:.1f} ms p90 {q[8]:.1f} ms, {held:.0%} held the whole wait"
+        f"answered p50 {q[4]:.1f} ms p90 {q[8]:.1f} ms, {held:.0%} answered at the wait's end"
     )
 
 
