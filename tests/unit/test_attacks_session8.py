@@ -1,0 +1,81 @@
+"""Attacks on the eighth session's changes (a run's memory layout: shared task and agent dicts,
+a task dict of one task as a ``OneTask``, the fresh dedup keys as one flat tuple): a run's
+record, decoded and written back, keeps its own bytes whatever other runs' records were read
+before it, in the same worker (``1 == 1.0 == True`` must never let one record's value stand
+in for another's)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import orjson
+import pytest
+
+from baton.processors.state import RunState
+
+pytestmark = pytest.mark.unit
+
+#: a format-4 record of one handoff t1 planner -> coder (to edit as a changelog writer could)
+FORMAT_4 = {
+    "v": 4, "run": "run-a", "tn": "acme", "t0": 0.0, "t": 0.0, "hc": 1,
+    "tasks": [["t1", "coder", "planner", None, 1]], "ag": ["planner", "coder"],
+    "keys": ["h:r0"], "mk": 1, "dg": ["0123456789abcdef"],
+}  # fmt: skip
+
+#: format 3 (positional), as test_state_format's FORMAT_3_ONE_HANDOFF without its replies
+FORMAT_3 = [
+    3, "run-a", "default", 1772355600.0, 1772355600.0, 1, 0.0, 0, None, False,
+    [["t1", "worker", "planner", None, 1]], ["planner", "worker"], [], [], ["h:req-1"], [], 1,
+    ["27933a633ae2139b"], None, "", 0, [],
+]  # fmt: skip
+
+
+def _written_back(record: Any) -> Any:
+    """The record as a worker writes it back after reading it (decoded, encoded)."""
+    return orjson.loads(RunState.from_bytes(orjson.dumps(record)).to_bytes())
+
+
+def _format_4_with_task_id(run: str, task_id: object, owner: str) -> dict[str, Any]:
+    return {**FORMAT_4, "run": run, "tasks": [[task_id, owner, "planner", None, 1]]}
+
+
+#: the shared dicts outlive a test: each case names agents of its own, so no case's record
+#: finds one an earlier case made
+_NOT_TEXT = "found at 2e17856: shared dicts are found by their items, and (1, x) == (1.0, x)"
+
+
+@pytest.mark.xfail(strict=True, reason=_NOT_TEXT)
+@pytest.mark.parametrize("first, then", [(1, 1.0), (1.0, True), (True, 1), (0, False)])
+def test_a_task_id_that_is_not_text_is_written_back_as_its_own_record_holds_it(
+    first: object, then: object
+) -> None:
+    # one record's task id 1, another's 1.0 (equal as dict keys): the second is written back
+    # with its own 1.0, never the 1 of a record read before it (found at 2e17856: the shared
+    # task dicts were found by their items, and (1, node) == (1.0, node))
+    owner = f"coder-{first!r}-{then!r}"
+    _written_back(_format_4_with_task_id("run-first", first, owner))
+    back = _written_back(_format_4_with_task_id("run-then", then, owner))
+    assert orjson.dumps(back["tasks"]) == orjson.dumps([[then, owner, "planner", None, 1]])
+
+
+@pytest.mark.xfail(strict=True, reason=_NOT_TEXT)
+@pytest.mark.parametrize("first, then", [(1, 1.0), (1.0, True), (True, 1)])
+def test_a_format_3_agent_name_that_is_not_text_is_never_written_as_another_records(
+    first: object, then: object
+) -> None:
+    # format 4 refuses such a name (interned); format 3 took the agents as they were, and
+    # the shared agent dict of a record read before it gave its 1 to this record's 1.0
+    def record(run: str, agent: object) -> list[Any]:
+        w = list(FORMAT_3)
+        w[1], w[11] = run, [agent, f"planner-{first!r}-{then!r}"]
+        return w
+
+    # refused (TypeError, ValueError): the run's events are dead letters until it is repaired
+    with contextlib.suppress(TypeError, ValueError):
+        _written_back(record("run-first", first))
+    try:
+        back = _written_back(record("run-then", then))
+    except (TypeError, ValueError):
+        return
+    assert orjson.dumps(back["ag"][0]) == orjson.dumps(then)
