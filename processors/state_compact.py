@@ -83,7 +83,7 @@ def shared(container: dict[Any, Any], nodes: bool = False) -> dict[Any, Any]:
     holds the task nodes equal runs hold (``_with_shared_nodes``)."""
     if type(container) is not dict or len(container) > SHARED_MAX_ITEMS:
         return container
-    if nodes and not _text_parents(container):
+    if nodes and not _text_ids_and_parents(container):
         return container
     key = tuple(container.items())  # (twice as fast as one flat tuple of them)
     try:
@@ -99,13 +99,14 @@ def shared(container: dict[Any, Any], nodes: bool = False) -> dict[Any, Any]:
     return hit
 
 
-def _text_parents(tasks: dict[Any, Any]) -> bool:
-    """True when every node's parent is text or None (as the engine makes them): a record's
-    parent may be a number, and ``1 == 1.0 == True`` would give one run's value to another
-    run whose record wrote the other one (its record's bytes changed by another record)."""
-    for node in tasks.values():
+def _text_ids_and_parents(tasks: dict[Any, Any]) -> bool:
+    """True when every task id is text and every node's parent text or None (as the engine
+    makes them): a record's may be a number, and ``1 == 1.0 == True`` would give one run's
+    value to another run whose record wrote the other one (its record's bytes changed by
+    another record; tests/unit/test_attacks_session8.py)."""
+    for task, node in tasks.items():
         parent = node[2]
-        if parent is not None and type(parent) is not str:
+        if type(task) is not str or (parent is not None and type(parent) is not str):
             return False
     return True
 

@@ -309,7 +309,7 @@ def _from_list(w: list[Any]) -> RunState:
         # names interned as format 4's are: a name that is not text makes the record unreadable
         _depths_checked({k: TaskNode(intern(o), intern(g), p, d) for k, o, g, p, d in w[10]}),
         {},
-        dict.fromkeys(w[11]),
+        dict.fromkeys(map(intern, w[11])),  # shared when written: text only, as format 4's
         {r[0]: _old_reservation(r) for r in w[12]},
         {p[0]: _pending_from_wire(p) for p in w[13]},
         seen,
