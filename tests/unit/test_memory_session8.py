@@ -48,7 +48,9 @@ def test_fresh_is_folded_into_seen_at_its_limit_with_every_digest() -> None:
 
 
 def test_a_one_task_dict_reads_like_the_dict_and_refuses_changes() -> None:
-    node = TaskNode("coder", "planner", None, 1)
+    # an owner no other test names: the shared nodes outlive a test, and an equal node made
+    # earlier in the process (TaskNode("coder", "planner", None, 1)) would be the one held
+    node = TaskNode("one-task-owner", "planner", None, 1)
     one = shared({"0b7c1e2a-task": node}, nodes=True)
     assert type(one) is OneTask and one is shared({"0b7c1e2a-task": node}, nodes=True)
     assert one.get("0b7c1e2a-task") is node and one.get("other") is None
