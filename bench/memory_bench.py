@@ -169,17 +169,18 @@ def measure(
                 # result keeps its whole growth buffer allocated (1.2 KB held 8 KB of RSS)
                 store[key] = bytes(memoryview(raw))
             elif mode == "held" and key in finishing:
-                states.hold_encoded(key)  # as the sweep does, with the tree's own RunStore
+                # as the sweep does, with the tree's own RunStore: held as its touched entry
+                # is taken (below), its due entry kept
+                states.hold_encoded(key)
+                due.push(key, due.due_of(state))
+                continue
             due.touch(key, state)
+        if mode == "held":  # the sweep's pop of the touched lists (those still decoded wait)
+            due.idle_keys(float("inf"), n, states.idle_since)
         del out
     build_cpu = time.process_time() - cpu0
-    if mode in ("restored", "held") and hasattr(due, "idle_keys"):
-        # held by the sweep (restored: re-indexed): the due index forgets them as recently
-        # decided (older code has no such list)
-        if hasattr(states, "idle_since"):  # session 6: the store tells which are decoded
-            due.idle_keys(float("inf"), n, states.idle_since)
-        else:
-            due.idle_keys(float("inf"), n)
+    if mode == "restored":  # re-indexed: the due index forgets them as recently decided
+        due.idle_keys(float("inf"), n, states.idle_since)
     stored_total = sum(
         len(v) if isinstance(v, bytes) else len(v.to_bytes()) for v in store.values()
     )
