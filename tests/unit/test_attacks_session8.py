@@ -64,3 +64,33 @@ def test_a_format_3_agent_name_that_is_not_text_makes_the_record_unreadable(agen
         RunState.from_bytes(orjson.dumps(w))
     w[11] = ["planner", "worker"]
     assert _written_back(w)["ag"] == ["planner", "worker"]
+
+
+def test_a_format_3_record_with_an_agent_that_is_not_text_stops_its_runs_events() -> None:
+    # fail closed: the run's next handoff is a dead letter naming the unreadable state, never
+    # decided as a new run (which would forget its stop and spend)
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from baton.processors.batch import BatchProcessor, InputRecord
+    from baton.processors.faust_adapter import RunStore
+    from baton.schemas.policy_load import parse_policy
+    from baton.streams.partitioner import partition_for
+
+    w = list(FORMAT_3)
+    w[11] = [1.0, "planner"]
+    key = b"run-a"
+    store: dict[bytes, Any] = {key: orjson.dumps(w)}
+    table = SimpleNamespace(data=SimpleNamespace(data=store, _key_partition={}))
+    proc = BatchProcessor(
+        parse_policy("multi_agent:\n  max_handoffs: 8\n"), 8, RunStore(table, 8), worker="w-1",
+        chain_key=b"k" * 32, approvals_topic="gov.approvals",
+    )  # fmt: skip
+    doc = {"type": "handoff_requested", "request_id": "req-2", "run_id": "run-a",
+           "task_id": "t2", "from_agent": "planner", "to_agent": "worker",
+           "event_time": "2026-11-30T08:00:00Z"}  # fmt: skip
+    rec = InputRecord("gov.handoff.requests", partition_for(key, 8), 7, key, orjson.dumps(doc))
+    out = proc.process([rec], datetime(2026, 11, 30, 8, 0, tzinfo=UTC))
+    assert out.decisions == [] and out.encoded == {}
+    [dead] = out.dead_letters
+    assert b"state_unreadable" in dead.value
