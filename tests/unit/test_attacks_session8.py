@@ -6,12 +6,16 @@ in for another's)."""
 
 from __future__ import annotations
 
+import random
+import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from baton.processors.state import RunState
+from tests.commit_tree import REPO, commit_tree, run_pickled
 
 pytestmark = pytest.mark.unit
 
@@ -94,3 +98,101 @@ def test_a_format_3_record_with_an_agent_that_is_not_text_stops_its_runs_events(
     assert out.decisions == [] and out.encoded == {}
     [dead] = out.dead_letters
     assert b"state_unreadable" in dead.value
+
+
+#: RunState's own steps over pickled ops, one output each (hashed bytes for records): the
+#: dedup marks at and across FRESH_LIMIT with every kind of digest, tasks past TASK_FOLD with
+#: released and replaced ones, copies, records written and read back, and forged records
+STATE_OPS_RUNNER = """
+import hashlib, pickle, sys
+from baton.processors.state import RunState, TaskNode
+ops, states, out = pickle.load(sys.stdin.buffer), {}, []
+def record(s):
+    return hashlib.sha256(s.to_bytes()).hexdigest()
+for op in ops:
+    kind, run = op[0], op[1]
+    try:
+        if kind == "new":
+            states[run] = RunState.new(run, "acme", 0.0)
+        elif kind == "remember":
+            states[run].remember(op[2], [], op[3])
+        elif kind == "task":
+            states[run].add_task(op[2], TaskNode(*op[3]))
+        elif kind == "copy":
+            states[op[2]] = states[run].copy()
+        elif kind == "read":
+            states[run] = RunState.from_bytes(states[run].to_bytes() if op[2] is None else op[2])
+        s = states[run]
+        probe = op[-1] if kind == "probe" else None
+        out.append((record(s), s.seen_keys(), s.has_seen(probe), s.digest_of(probe),
+                    s.task(probe)))
+    except Exception as exc:
+        out.append(type(exc).__name__)
+pickle.dump(out, sys.stdout.buffer)
+"""
+
+
+def _digest(rng: random.Random) -> object:
+    """A request digest as the engine makes it, or as a changelog writer could."""
+    if rng.random() < 0.92:  # most: a run's fresh keys then hold theirs as one bytes
+        return f"{rng.getrandbits(64):016x}"
+    return rng.choice(
+        [None, f"{rng.getrandbits(64):016X}", "0123456789abcdeg", "01 23 45 67 89ab", "h:r1", ""]
+    )
+
+
+def _forged_record(rng: random.Random, keys: list[str], task_ids: list[str]) -> bytes:
+    """A format-4 record whose marks disagree with its keys, its keys repeated, its digests
+    odd (text ids and parents only: the cases above cover the others)."""
+    n = rng.randint(0, 70)
+    window = [rng.choice(keys) for _ in range(n)]
+    digests = [
+        _digest(rng) if rng.random() < 0.9 else rng.choice([7, 1.5, [1], True]) for _ in window
+    ]
+    marks = rng.choice([n, n + rng.randint(0, 40), 31, 32, 33, 0, -1, 2**40, 511, 512, 513])
+    tasks = [
+        [rng.choice(task_ids), "a", "b", rng.choice([None, "t1"]), rng.randint(0, 3)]
+        for _ in range(rng.choice([0, 1, 1, 2, 9]))
+    ]
+    return orjson.dumps({"v": 4, "run": "run-forged", "tn": "acme", "t0": 0.0, "t": 0.0,
+                         "keys": window, "mk": marks, "dg": digests, "tasks": tasks})  # fmt: skip
+
+
+def _state_ops(seed: int, steps: int) -> list[tuple[object, ...]]:
+    rng = random.Random(seed)
+    keys = [f"h:r{i}" for i in range(60)] + ["c:x", "é", "タスク", "x" * 60_000, ""]
+    task_ids = [f"t{i}" for i in range(50)] + ["", "é", "x" * 60_000, str(uuid.UUID(int=seed))]
+    runs = [f"run-{i}" for i in range(4)]
+    ops: list[tuple[object, ...]] = [("new", run) for run in runs]
+    recent: list[str] = keys[:1]  # the keys remembered last (probed most)
+    for _ in range(steps):
+        run, c = rng.choice(runs), rng.random()
+        if c < 0.45:
+            recent = [*recent[-40:], rng.choice(keys)]
+            ops.append(("remember", run, recent[-1], _digest(rng)))
+        elif c < 0.62:
+            node = (rng.choice(["a", "b", ""]), "p", rng.choice([None, "t1"]), rng.randint(0, 5))
+            ops.append(("task", run, rng.choice(task_ids), node))
+        elif c < 0.8:
+            ops.append(("probe", run, rng.choice([*recent, *recent, *keys, *task_ids])))
+        elif c < 0.9:
+            ops.append(("read", run, None))
+        elif c < 0.95:
+            ops.append(("copy", run, rng.choice(runs)))
+        else:
+            ops.append(("read", run, _forged_record(rng, keys, task_ids)))
+    return ops
+
+
+def test_run_states_step_by_step_give_the_start_commits_records_and_answers(
+    tmp_path: Path,
+) -> None:
+    start = commit_tree(tmp_path, "2e17856")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
+    for seed in (1, 7):
+        ops = _state_ops(seed, 3000)
+        now = run_pickled(STATE_OPS_RUNNER, ops, env, cwd=REPO)
+        then = run_pickled(STATE_OPS_RUNNER, ops, {**env, "PYTHONPATH": str(start)}, cwd=REPO)
+        assert sum(type(o) is tuple and o[2] for o in now) > 100  # keys were seen again
+        for i, (mine, theirs) in enumerate(zip(now, then, strict=True)):
+            assert mine == theirs, f"seed {seed}, step {i}: {str(ops[i])[:300]}"
