@@ -66,7 +66,7 @@ from faust.transport import drivers
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from baton.processors.faust_inline import inline_thread_options
+from baton.processors.faust_inline import inline_thread_options, let_the_next_fetch_go
 from baton.processors.state import RunState
 from baton.processors.state_held import hold, record_size
 from baton.streams.partitioner import partition_for
@@ -297,9 +297,12 @@ class _InlineConsumerThread(_ConsumerThread):
         """The fetch itself: on this loop already, not a round through mode's method queue
         (what ``AIOKafkaConsumerThread.getmany`` enqueues ``_fetch_records`` on)."""
         consumer = self._ensure_consumer()
-        return await self._fetch_records(
+        records = await self._fetch_records(
             consumer, active_partitions, timeout=timeout, max_records=consumer._max_poll_records
         )
+        if records:
+            await let_the_next_fetch_go()  # in flight while these are decided (faust_inline)
+        return records
 
     async def stop(self) -> None:
         await super().stop()

@@ -7,11 +7,13 @@ runs from the changelog: nothing counted twice."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
 import pytest
 
+from baton.processors.faust_inline import let_the_next_fetch_go
 from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Decision, Outcome
 from baton.streams.embedded import EmbeddedBroker
@@ -89,3 +91,46 @@ def test_an_inline_consumer_decides_rebalances_and_stops_cleanly(
         for w in workers:
             w.stop()
         decisions.close()
+
+
+async def _fetches_on_the_wire(broker: EmbeddedBroker, topic: str) -> tuple[bool, bool]:
+    """(a FetchRequest written right after getmany handed records out, one written after
+    let_the_next_fetch_go): what the inline consumer's getmany does before a batch."""
+    from aiokafka import AIOKafkaConsumer
+    from confluent_kafka import Producer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=broker.bootstrap, group_id=None,
+        auto_offset_reset="earliest", fetch_max_wait_ms=10,
+    )  # fmt: skip
+    await consumer.start()
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+
+    def fetch_written() -> bool:
+        # aiokafka keeps each request written to a connection until its answer is read
+        conns = consumer._client._conns.values()
+        return any(type(r).__name__.startswith("FetchRequest") for c in conns for _, r, _ in c._requests)
+
+    try:
+        records: dict = {}
+        while not records:
+            producer.produce(topic, b"x", partition=0)
+            producer.flush(10)
+            records = await consumer.getmany(timeout_ms=5000)
+        at_once = fetch_written()
+        await let_the_next_fetch_go()
+        return at_once, fetch_written()
+    finally:
+        await consumer.stop()
+
+
+def test_an_inline_fetch_has_the_next_fetch_on_the_wire_before_its_batch_is_decided(
+    broker: EmbeddedBroker,
+) -> None:
+    """Inline, the worker decides a fetch's batch on the loop aiokafka fetches on: unless it
+    yields first, the next fetch goes out only once the batch is decided and published."""
+    topic = f"nf{uuid.uuid4().hex[:8]}"
+    ensure = TopicCatalog(prefix=f"{topic}.", partitions=1, replication=1)
+    ensure_topics({"bootstrap.servers": broker.bootstrap}, ensure, timeout=10)
+    at_once, after_yielding = asyncio.run(_fetches_on_the_wire(broker, ensure.requests))
+    assert (at_once, after_yielding) == (False, True)
