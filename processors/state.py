@@ -16,9 +16,11 @@ from baton.processors.state_compact import (
     EMPTY,
     OneTask,
     compact_digest,
-    fresh_added,
+    digest_hex,
     fresh_digest,
     fresh_digest_list,
+    fresh_of,
+    fresh_thawed,
     shared,
 )
 from baton.schemas.decision import Decision
@@ -140,8 +142,8 @@ class RunState:
     tasks: dict[str, TaskNode]
     new_tasks: dict[str, TaskNode]
     #: an ordered set, its names interned (apply_allow); a dict, not a tuple: the rules look a
-    #: handoff's two agents up in it (tuples here and in an older ``fresh`` that also looked
-    #: digests up by key: decide +5 %, callgrind)
+    #: handoff's two agents up in it (tuples here and in ``fresh`` while the engine adds to it:
+    #: decide +5 %, callgrind)
     agents: dict[str, None]
     #: request_id -> what an allowed handoff reserved until its completion (or expiry)
     reserved: dict[str, Reservation]
@@ -150,11 +152,12 @@ class RunState:
     #: window since: has_seen() ignores them, the next fold drops them)
     seen: dict[str, int]
     #: keys since the last fold, oldest first (fewer than FRESH_LIMIT, all in the window),
-    #: each with the digest of the request it was decided for (None for keys without one),
-    #: as one flat tuple (state_compact.fresh_added): the keys, then their digests together
-    #: (the engine's 16 hex digits as 8 bytes each, joined; a tuple of them when one is not),
-    #: EMPTY when there are none. ``key in fresh`` is the engine's test (the digests are never
-    #: text there); a dict and its digests took 280 bytes for a short run's two keys, this 128
+    #: each with the digest of the request it was decided for (None for keys without one;
+    #: its 8 bytes when it is the engine's 16 hex digits: 48 bytes of memory, not 80). A dict
+    #: while the engine adds to it; once the state is written or read, at rest, one flat
+    #: tuple (state_compact.fresh_of: the keys, then their digests joined; 128 bytes for a
+    #: short run's two keys where the dict and its digests took 280). ``key in fresh`` is the
+    #: engine's test in either form; read the rest with fresh_keys(), digest_of()
     fresh: Any
     marks: int
     #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
@@ -294,21 +297,22 @@ class RunState:
                 self.recent = (*recent[: i + 1], replies, *recent[i + 2 :])
                 return
         else:
-            # a new tuple, never changed in place: a copy of this state shares ``fresh``
-            fresh = fresh_added(self.fresh, key, compact_digest(digest))
+            held = self.fresh
+            if type(held) is tuple:  # at rest since the state was written or read
+                held = fresh_thawed(held)
+            # a new dict, not fresh[key] = ...: a copy of this state shares ``fresh``
+            fresh = {**held, key: compact_digest(digest)}
             marks = self.marks = self.marks + 1
             if marks % FRESH_LIMIT:
                 self.fresh = fresh
             else:
-                keys = fresh[:-1]
                 floor = marks - SEEN_LIMIT
                 seen = {k: m for k, m in self.seen.items() if m > floor}
-                seen.update(zip(keys, range(marks - len(keys) + 1, marks + 1), strict=True))
+                seen.update(zip(fresh, range(marks - len(fresh) + 1, marks + 1), strict=True))
                 self.seen = seen
                 old = self.digests
                 digests = {k: old[k] for k in seen if k in old}
-                made = fresh_digest_list(fresh)
-                digests.update((k, d) for k, d in zip(keys, made, strict=True) if d is not None)
+                digests.update((k, digest_hex(d)) for k, d in fresh.items() if d is not None)
                 self.digests = digests or EMPTY
                 self.fresh = EMPTY
         # concatenation, not (*recent, key, replies): the starred form builds a list first
@@ -328,12 +332,18 @@ class RunState:
         """The digest of the request ``key`` was decided for (None if it had none)."""
         fresh = self.fresh
         if key in fresh:
-            return fresh_digest(fresh, fresh.index(key))
+            return fresh_digest(fresh, key)
         return self.digests.get(key)
 
     def fresh_keys(self) -> list[str]:
         """The keys decided since the last fold, oldest first."""
-        return list(self.fresh[:-1]) if self.fresh else []
+        fresh = self.fresh
+        return list(fresh[:-1]) if type(fresh) is tuple else list(fresh)
+
+    def rest_fresh(self) -> None:
+        """``fresh`` in its form at rest (state_compact.fresh_of), as the state is written."""
+        if type(self.fresh) is dict:
+            self.fresh = fresh_of(self.fresh)
 
     def fresh_digests(self) -> list[str | None]:
         """The digests of ``fresh``'s keys, in their order, as the engine made them."""

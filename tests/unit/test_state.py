@@ -142,7 +142,9 @@ def test_dedup_marks_round_trip_at_every_fold_position_and_window_edge() -> None
         assert state is not None
         restored = RunState.from_bytes(state.to_bytes())
         assert restored == state and restored.marks == state.marks == i + 1
-        assert restored.fresh == state.fresh and len(state.fresh_keys()) == (i + 1) % FRESH_LIMIT
+        assert restored.fresh_keys() == state.fresh_keys()
+        assert restored.fresh_digests() == state.fresh_digests()
+        assert len(state.fresh_keys()) == (i + 1) % FRESH_LIMIT
         for back in (0, 1, FRESH_LIMIT, SEEN_LIMIT - 1, SEEN_LIMIT, SEEN_LIMIT + 1):
             if back <= i:
                 key = keys[i - back]
