@@ -108,8 +108,9 @@ async def _fetches_on_the_wire(broker: EmbeddedBroker, topic: str) -> tuple[bool
 
     def fetch_written() -> bool:
         # aiokafka keeps each request written to a connection until its answer is read
-        conns = consumer._client._conns.values()
-        return any(type(r).__name__.startswith("FetchRequest") for c in conns for _, r, _ in c._requests)
+        # (as the request's versioned struct: FetchRequest_v11 on Tansu)
+        written = (r for c in consumer._client._conns.values() for _, r, _ in c._requests)
+        return any(type(r).__name__.startswith("FetchRequest") for r in written)
 
     try:
         records: dict = {}
