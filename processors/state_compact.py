@@ -3,7 +3,7 @@
 Every empty container of every state is one frozen ``EMPTY``; small dicts equal runs hold
 (the same agents, often the same task ids) are one frozen copy found by content
 (``shared``); a request digest the engine made is held as its 8 bytes (``compact_digest``),
-and a run's newest dedup keys with their digests as one flat tuple once written (``fresh_of``).
+and a run's few newest dedup keys with their digests as one flat tuple (``fresh_added``).
 None of it changes a record's bytes or a decision: the wire form and the engine see plain
 dicts and the digests' text. Not guaranteed: that a run shares anything (a run whose names
 are its own holds its own copies).
@@ -16,10 +16,12 @@ from typing import Any, NoReturn, TypeVar
 
 __all__ = [
     "EMPTY",
+    "FRESH_TUPLE_MAX",
     "SHARED_MAX_ITEMS",
     "OneTask",
     "compact_digest",
     "digest_hex",
+    "fresh_added",
     "fresh_digest",
     "fresh_digest_list",
     "fresh_of",
@@ -202,35 +204,54 @@ def digest_hex(digest: Any) -> Any:
 # ---------------------------------------------------------------- RunState.fresh
 
 _DIGEST = 8  # bytes of a digest compact_digest made
+#: a run's fresh keys are one flat tuple up to this many (a long run's RECENT_REPLIES), a
+#: dict past it: ``key in fresh`` scans a tuple at every event, which cost the pure decide
+#: +5.1 % instructions on engine_bench's runs of 10 to 26 events held as tuples throughout
+#: (callgrind); freezing a dict at each write and thawing it at the next key cost the batch
+#: step ~+2.5 % instead
+FRESH_TUPLE_MAX = 6
+
+
+def fresh_added(fresh: Any, key: str, digest: Any) -> Any:
+    """``fresh`` (EMPTY, a tuple made here or a dict) with ``key`` and its digest (as
+    ``compact_digest`` holds it) added: ``(key, ..., key, digests)`` while it holds at most
+    FRESH_TUPLE_MAX keys, the digests one bytes of 8 a key while every one is the engine's,
+    else a tuple of them as they are (None, a record's odd text); past that a dict. A dict of
+    two keys and their digests took 280 bytes, the tuple 128. The keys are the tuple's first
+    items, so ``key in fresh`` is C's scan of them and of the digests, never text while they
+    are bytes (a record's odd text keeps them a tuple, which no key equals)."""
+    if type(fresh) is not tuple:
+        if not fresh:
+            return (key, digest) if type(digest) is bytes else (key, (digest,))
+        return {**fresh, key: digest}
+    if len(fresh) > FRESH_TUPLE_MAX:
+        return {**fresh_thawed(fresh), key: digest}
+    digests = fresh[-1]
+    if type(digests) is bytes:
+        if type(digest) is bytes:
+            return fresh[:-1] + (key, digests + digest)  # noqa: RUF005 (no list built)
+        digests = _split(digests)
+    return fresh[:-1] + (key, (*digests, digest))  # noqa: RUF005
 
 
 def fresh_of(marks: dict[str, Any]) -> Any:
-    """``fresh`` at rest (a written or read state): ``(key, ..., key, digests)``, the digests
-    one bytes of 8 a key while every one is the engine's (``compact_digest``), else a tuple
-    of them as they are (None, a record's odd text); EMPTY for none. A dict of two keys and
-    their digests took 280 bytes, this 128. The keys stay the tuple's first items, so
-    ``key in fresh`` is C's scan of them and of the digests, which are never text while
-    they are bytes (a record's odd text keeps them a tuple, which no key equals)."""
-    if not marks:
-        return EMPTY
-    digests = tuple(marks.values())
-    for digest in digests:
-        if type(digest) is not bytes:
-            return (*marks, digests)
-    return (*marks, b"".join(digests))
+    """``fresh`` holding ``marks`` (key -> digest as ``compact_digest`` holds it), in order:
+    a record's, read."""
+    if len(marks) > FRESH_TUPLE_MAX:
+        return marks
+    fresh: Any = EMPTY
+    for key, digest in marks.items():
+        fresh = fresh_added(fresh, key, digest)
+    return fresh
 
 
 def fresh_thawed(fresh: tuple[Any, ...]) -> dict[str, Any]:
-    """The dict ``fresh_of`` was given (a run's next event adds its key to a dict: a scan of
-    the tuple per event cost decide +5 % on runs of 10 to 30 events, callgrind)."""
-    digests = fresh[-1]
-    if type(digests) is bytes:
-        digests = [digests[i : i + _DIGEST] for i in range(0, len(digests), _DIGEST)]
-    return dict(zip(fresh[:-1], digests, strict=True))
+    """The keys and digests of a tuple ``fresh`` as a dict."""
+    return dict(zip(fresh[:-1], _split(fresh[-1]), strict=True))
 
 
 def fresh_digest(fresh: Any, key: str) -> Any:
-    """The digest of ``key`` (one of ``fresh``'s, at rest or not), as the engine made it."""
+    """The digest of ``key`` (one of ``fresh``'s), as the engine made it (its hex text)."""
     if type(fresh) is not tuple:
         return digest_hex(fresh[key])
     i = fresh.index(key)
@@ -241,8 +262,7 @@ def fresh_digest(fresh: Any, key: str) -> Any:
 
 
 def fresh_digest_list(fresh: Any) -> list[Any]:
-    """The digests of ``fresh``'s keys (at rest or not), in their order, as the engine made
-    them."""
+    """The digests of ``fresh``'s keys, in their order, as the engine made them."""
     if type(fresh) is not tuple:
         # (inline, not digest_hex per digest: a call each costs more than the conversion)
         return [d.hex() if type(d) is bytes else d for d in fresh.values()]
@@ -250,3 +270,10 @@ def fresh_digest_list(fresh: Any) -> list[Any]:
     if type(digests) is bytes:
         return [digests[i : i + _DIGEST].hex() for i in range(0, len(digests), _DIGEST)]
     return [digest_hex(d) for d in digests]
+
+
+def _split(digests: Any) -> Any:
+    """A tuple fresh's digests one each (a tuple of them stays as it is)."""
+    if type(digests) is not bytes:
+        return digests
+    return tuple(digests[i : i + _DIGEST] for i in range(0, len(digests), _DIGEST))

@@ -1,5 +1,5 @@
 """What a decoded run holds since the eighth session: its newest dedup keys and their digests
-as one flat tuple once written, a task dict of one task as a ``OneTask``, the sweep's touched
+as one flat tuple while they are few, a task dict of one task as a ``OneTask``, the sweep's touched
 lists by run id (not each batch's key bytes), the size map's ints shared; each read as
 before."""
 
@@ -13,7 +13,7 @@ import pytest
 
 from baton.processors import batch
 from baton.processors.state import FRESH_LIMIT, RunState, TaskNode
-from baton.processors.state_compact import EMPTY, OneTask, fresh_of, shared
+from baton.processors.state_compact import EMPTY, FRESH_TUPLE_MAX, OneTask, fresh_of, shared
 from baton.processors.sweep import DueIndex
 
 pytestmark = pytest.mark.unit
@@ -21,39 +21,53 @@ pytestmark = pytest.mark.unit
 DIGEST = "0123456789abcdef"
 
 
-def test_fresh_keys_at_rest_hold_their_digests_as_one_bytes_unless_one_is_not_the_engines() -> None:
+def test_a_runs_few_fresh_keys_hold_their_digests_as_one_bytes_in_one_tuple() -> None:
     state = RunState.new("run-f", "acme", 0.0)
     state.remember("h:a", [], DIGEST)
     state.remember("c:a", [], "fedcba9876543210")
-    assert type(state.fresh) is dict  # the engine adds to a dict
-    state.to_bytes()  # written: at rest
     assert state.fresh == ("h:a", "c:a", bytes.fromhex(DIGEST + "fedcba9876543210"))
     assert state.has_seen("c:a") and state.digest_of("c:a") == "fedcba9876543210"
     state.remember("p:x", [])  # an approval's key: no digest
     state.remember("h:b", [], "ABCDEF0123456789")  # a record's capitals: kept as text
     state.remember("h:c", [], "h:zz")  # a digest whose text is a key
-    for _ in range(2):  # as the engine holds it, then at rest (a tuple of the digests)
-        assert state.fresh_keys() == ["h:a", "c:a", "p:x", "h:b", "h:c"]
-        assert state.fresh_digests() == [
+    assert type(state.fresh) is tuple and type(state.fresh[-1]) is tuple
+    for _ in range(2):  # a tuple, then a dict past FRESH_TUPLE_MAX keys
+        keys = state.fresh_keys()
+        assert keys[:5] == ["h:a", "c:a", "p:x", "h:b", "h:c"]
+        assert state.fresh_digests()[:5] == [
             DIGEST, "fedcba9876543210", None, "ABCDEF0123456789", "h:zz"
         ]  # fmt: skip
         assert state.digest_of("c:a") == "fedcba9876543210" and state.digest_of("p:x") is None
         assert not state.has_seen("h:zz") and state.has_seen("h:c")
         back = RunState.from_bytes(state.to_bytes())
-        assert type(state.fresh) is type(back.fresh) is tuple
         assert back == state and back.fresh == state.fresh
+        state.remember("h:d", [], DIGEST)
+        state.remember("h:e", [], DIGEST)
+    assert type(state.fresh) is dict and len(state.fresh) == FRESH_TUPLE_MAX + 1
 
 
 def test_fresh_is_folded_into_seen_at_its_limit_with_every_digest() -> None:
     state = RunState.new("run-g", "acme", 0.0)
     for i in range(FRESH_LIMIT + 3):
         state.remember(f"h:{i}", [], f"{i:016x}" if i % 5 else None)
-        if i % 7 == 0:
-            state.to_bytes()  # at rest now and then, as a worker writes it
     assert state.fresh_keys() == [f"h:{i}" for i in range(FRESH_LIMIT, FRESH_LIMIT + 3)]
     assert state.digest_of("h:7") == f"{7:016x}" and state.digest_of("h:5") is None
     assert all(state.has_seen(f"h:{i}") for i in range(FRESH_LIMIT + 3))
     assert fresh_of({"k": None}) == ("k", (None,)) and fresh_of({}) is EMPTY
+
+
+def test_a_record_of_few_keys_under_a_high_mark_count_folds_them() -> None:
+    """A changelog writer's record: three keys, 31 marks; the next key is the 32nd mark."""
+    state = RunState.new("run-h", "acme", 0.0)
+    for key in ("h:a", "c:a", "h:b"):
+        state.remember(key, [], DIGEST)
+    wire = state.to_wire()
+    wire["mk"] = 31
+    forged = RunState.from_wire(wire)
+    assert type(forged.fresh) is tuple
+    forged.remember("c:b", [], DIGEST)  # folded: a tuple's keys and digests into seen
+    assert forged.fresh is EMPTY and forged.seen_keys() == ["h:a", "c:a", "h:b", "c:b"]
+    assert forged.digest_of("h:b") == DIGEST
 
 
 def test_a_one_task_dict_reads_like_the_dict_and_refuses_changes() -> None:
