@@ -14,12 +14,14 @@ from typing import Any, NamedTuple
 
 from baton.processors.state_compact import (
     EMPTY,
+    FRESH_TUPLE_MAX,
     OneTask,
     compact_digest,
     digest_hex,
     fresh_added,
     fresh_digest,
     fresh_digest_list,
+    fresh_of,
     fresh_thawed,
     shared,
 )
@@ -142,8 +144,8 @@ class RunState:
     tasks: dict[str, TaskNode]
     new_tasks: dict[str, TaskNode]
     #: an ordered set, its names interned (apply_allow); a dict, not a tuple: the rules look a
-    #: handoff's two agents up in it (tuples here and in ``fresh`` of any length: decide +5 %,
-    #: callgrind)
+    #: handoff's two agents up in it (tuples here and in ``fresh`` as the engine makes it:
+    #: decide +4-5 %, callgrind)
     agents: dict[str, None]
     #: request_id -> what an allowed handoff reserved until its completion (or expiry)
     reserved: dict[str, Reservation]
@@ -153,11 +155,12 @@ class RunState:
     seen: dict[str, int]
     #: keys since the last fold, oldest first (fewer than FRESH_LIMIT, all in the window),
     #: each with the digest of the request it was decided for (None for keys without one;
-    #: its 8 bytes when it is the engine's 16 hex digits: 48 bytes of memory, not 80). Up to
-    #: FRESH_TUPLE_MAX keys one flat tuple (state_compact.fresh_added: the keys, then their
-    #: digests joined; 128 bytes for a short run's two keys where a dict and its digests
-    #: took 280), a dict past it. ``key in fresh`` is the engine's test in either form; read
-    #: the rest with fresh_keys(), digest_of()
+    #: its 8 bytes when it is the engine's 16 hex digits: 48 bytes of memory, not 80). A dict
+    #: as the engine makes it; once the state is written or read, up to FRESH_TUPLE_MAX keys
+    #: one flat tuple (state_compact.fresh_of: the keys, then their digests joined; 128 bytes
+    #: for a short run's two keys where the dict and its digests took 280), added to as a
+    #: tuple (fresh_added) until past it. ``key in fresh`` is the engine's test in either
+    #: form; read the rest with fresh_keys(), digest_of()
     fresh: Any
     marks: int
     #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
@@ -298,7 +301,11 @@ class RunState:
                 return
         else:
             # a new tuple or dict, never changed in place: a copy of this state shares it
-            fresh = fresh_added(self.fresh, key, compact_digest(digest))
+            held = self.fresh
+            if type(held) is tuple:  # at rest since the state was written or read
+                fresh = fresh_added(held, key, compact_digest(digest))
+            else:  # as the engine makes it (a state never written: replay, what-if)
+                fresh = {**held, key: compact_digest(digest)}
             marks = self.marks = self.marks + 1
             if marks % FRESH_LIMIT:
                 self.fresh = fresh
@@ -338,6 +345,12 @@ class RunState:
         """The keys decided since the last fold, oldest first."""
         fresh = self.fresh
         return list(fresh[:-1]) if type(fresh) is tuple else list(fresh)
+
+    def rest_fresh(self) -> None:
+        """``fresh`` as a written state holds it: one tuple of its few keys (fresh_of)."""
+        fresh = self.fresh
+        if type(fresh) is dict and len(fresh) <= FRESH_TUPLE_MAX:
+            self.fresh = fresh_of(fresh)
 
     def fresh_digests(self) -> list[str | None]:
         """The digests of ``fresh``'s keys, in their order, as the engine made them."""

@@ -204,11 +204,11 @@ def digest_hex(digest: Any) -> Any:
 # ---------------------------------------------------------------- RunState.fresh
 
 _DIGEST = 8  # bytes of a digest compact_digest made
-#: a run's fresh keys are one flat tuple up to this many (a long run's RECENT_REPLIES), a
-#: dict past it: ``key in fresh`` scans a tuple at every event, which cost the pure decide
-#: +5.1 % instructions on engine_bench's runs of 10 to 26 events held as tuples throughout
-#: (callgrind); freezing a dict at each write and thawing it at the next key cost the batch
-#: step ~+2.5 % instead
+#: a written run's fresh keys are one flat tuple up to this many (a long run's
+#: RECENT_REPLIES), a dict past it, and a dict in a state never written (the engine's own:
+#: replay, what-if): tuples as the engine makes them cost the pure decide +4-5 %
+#: instructions (callgrind, engine_bench's runs of 10 to 26 events), and thawing the tuple
+#: back into a dict at each run's next key cost the batch step ~+2.5 %
 FRESH_TUPLE_MAX = 6
 
 
@@ -235,8 +235,8 @@ def fresh_added(fresh: Any, key: str, digest: Any) -> Any:
 
 
 def fresh_of(marks: dict[str, Any]) -> Any:
-    """``fresh`` holding ``marks`` (key -> digest as ``compact_digest`` holds it), in order:
-    a record's, read."""
+    """``fresh`` holding ``marks`` (key -> digest as ``compact_digest`` holds it), in order,
+    as a written or read state holds it."""
     if len(marks) > FRESH_TUPLE_MAX:
         return marks
     fresh: Any = EMPTY

@@ -88,13 +88,14 @@ DERIVED = frozenset({"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls"
 def encode(state: RunState) -> bytes:
     """The state's changelog record (format STATE_FORMAT); its linked replies are kept as
     their rows' bytes from now on (``RunState.recent``), its small task and agent dicts as
-    the copies equal runs share (``state.shared``)."""
+    the copies equal runs share (``state.shared``), its few fresh keys one tuple."""
     if type(state.agents) is dict:  # not shared yet (EMPTY and shared ones are not dicts)
         state.agents = shared(state.agents)
     if type(state.new_tasks) is dict:
         state.new_tasks = shared(state.new_tasks, nodes=True)
     if type(state.tasks) is dict:
         state.tasks = shared(state.tasks, nodes=True)
+    state.rest_fresh()
     return orjson.dumps(_wire_map(state, recent_rows(state)))
 
 

@@ -25,6 +25,8 @@ def test_a_runs_few_fresh_keys_hold_their_digests_as_one_bytes_in_one_tuple() ->
     state = RunState.new("run-f", "acme", 0.0)
     state.remember("h:a", [], DIGEST)
     state.remember("c:a", [], "fedcba9876543210")
+    assert type(state.fresh) is dict  # as the engine makes it (replay never writes)
+    state.to_bytes()  # written: one tuple from now on
     assert state.fresh == ("h:a", "c:a", bytes.fromhex(DIGEST + "fedcba9876543210"))
     assert state.has_seen("c:a") and state.digest_of("c:a") == "fedcba9876543210"
     state.remember("p:x", [])  # an approval's key: no digest
