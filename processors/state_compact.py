@@ -204,12 +204,13 @@ def digest_hex(digest: Any) -> Any:
 # ---------------------------------------------------------------- RunState.fresh
 
 _DIGEST = 8  # bytes of a digest compact_digest made
-#: a written run's fresh keys are one flat tuple up to this many (a long run's
-#: RECENT_REPLIES), a dict past it, and a dict in a state never written (the engine's own:
-#: replay, what-if): tuples as the engine makes them cost the pure decide +4-5 %
-#: instructions (callgrind, engine_bench's runs of 10 to 26 events), and thawing the tuple
-#: back into a dict at each run's next key cost the batch step ~+2.5 %
-FRESH_TUPLE_MAX = 6
+#: a written run's fresh keys are one flat tuple up to this many: every key ``fresh`` holds
+#: (state.FRESH_LIMIT - 1; a record's more, from a writer of the changelog, a dict). A state
+#: the engine makes keeps its dict until written (replay, what-if never write): tuples as
+#: the engine makes them cost the pure decide +4.1 % instructions (callgrind, engine_bench's
+#: runs of 10 to 26 events), a tuple turned back into a dict at its seventh key cost a long
+#: run's next event +5.8 %, and at every run's next key the batch step ~+2.5 %
+FRESH_TUPLE_MAX = 31
 
 
 def fresh_added(fresh: Any, key: str, digest: Any) -> Any:
@@ -276,4 +277,4 @@ def _split(digests: Any) -> Any:
     """A tuple fresh's digests one each (a tuple of them stays as it is)."""
     if type(digests) is not bytes:
         return digests
-    return tuple(digests[i : i + _DIGEST] for i in range(0, len(digests), _DIGEST))
+    return tuple([digests[i : i + _DIGEST] for i in range(0, len(digests), _DIGEST)])

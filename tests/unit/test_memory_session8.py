@@ -33,7 +33,7 @@ def test_a_runs_few_fresh_keys_hold_their_digests_as_one_bytes_in_one_tuple() ->
     state.remember("h:b", [], "ABCDEF0123456789")  # a record's capitals: kept as text
     state.remember("h:c", [], "h:zz")  # a digest whose text is a key
     assert type(state.fresh) is tuple and type(state.fresh[-1]) is tuple
-    for _ in range(2):  # a tuple, then a dict past FRESH_TUPLE_MAX keys
+    for _ in range(2):
         keys = state.fresh_keys()
         assert keys[:5] == ["h:a", "c:a", "p:x", "h:b", "h:c"]
         assert state.fresh_digests()[:5] == [
@@ -45,7 +45,8 @@ def test_a_runs_few_fresh_keys_hold_their_digests_as_one_bytes_in_one_tuple() ->
         assert back == state and back.fresh == state.fresh
         state.remember("h:d", [], DIGEST)
         state.remember("h:e", [], DIGEST)
-    assert type(state.fresh) is dict and len(state.fresh) == FRESH_TUPLE_MAX + 1
+    assert type(state.fresh) is tuple and len(state.fresh_keys()) == 7
+    assert FRESH_TUPLE_MAX == FRESH_LIMIT - 1  # every key fresh holds: tuples once written
 
 
 def test_fresh_is_folded_into_seen_at_its_limit_with_every_digest() -> None:
