@@ -175,7 +175,7 @@ def measure(
                 due.push(key, due.due_of(state))
                 continue
             due.touch(key, state)
-        if mode == "held":  # the sweep's pop of the touched lists (those still decoded wait)
+        if mode == "held":  # the sweep pops every touched list (its answer unused)
             due.idle_keys(float("inf"), n, states.idle_since)
         del out
     build_cpu = time.process_time() - cpu0
