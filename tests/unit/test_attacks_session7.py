@@ -11,7 +11,6 @@ from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from pydantic import BaseModel
 
 from baton.processors.batch import BatchProcessor
 from baton.processors.recorded import keep_links, publishable
@@ -21,15 +20,9 @@ from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from bench.worker_bench import makespan_rate
 from tests.unit.test_batch import NOW, _good
 from tests.unit.test_engine_support import policy_with
+from tests.unit.test_recorded_copy import WHEN, _Event
 
 pytestmark = pytest.mark.unit
-
-WHEN = datetime(2026, 11, 30, 5, 0, tzinfo=UTC)
-
-
-class _Event(BaseModel):
-    type: str = "handoff_requested"
-    run_id: str = "r1"
 
 
 def _decision() -> Decision:
