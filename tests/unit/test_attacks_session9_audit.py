@@ -1,0 +1,188 @@
+"""Session 9's attacks on the audit side: what `baton trace`, `baton sql` and `baton replay
+--from-kafka` do with ids, times and histories a client (or a writer of the topics) picks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from baton.cli.query_cmds import sql_cmd, trace_cmd
+from baton.cli.replay_kafka import decide_topics
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.replay import replay_runs, runs_of
+from baton.schemas.decision import Decision
+from baton.schemas.events import RunEvent
+from tests.chdb_audit import chdb_audit
+from tests.unit.test_engine_support import at, handoff, policy_with, seed_policy
+
+pytestmark = pytest.mark.unit
+
+REQUESTS, APPROVALS, CONTROL = "gov.handoff.requests", "gov.approvals", "gov.control"
+#: an id a client may send (ids are not names: control characters pass the worker): it
+#: clears the screen, starts a line of its own and links a text to a URL of its choice
+HOSTILE_RUN = "run\x1b[2J\nSTOPPED at step 1: fake"
+HOSTILE_TASK = "t\x1b]8;;http://evil.example/\x07click\x1b]8;;\x07\u202e"
+
+
+def _published(events: list[RunEvent], run: str) -> list[Decision]:
+    """What the worker's batch step published for ``events`` (one a second, offsets 0, 1, ...)."""
+    proc = BatchProcessor(seed_policy(), 1, {}, worker="w", approvals_topic=APPROVALS)
+    out: list[Decision] = []
+    for offset, event in enumerate(events):
+        raw = event.model_copy(update={"event_time": at(offset)}).to_json()
+        batch = proc.process([InputRecord(REQUESTS, 0, offset, run.encode(), raw)], at(offset))
+        out += [d for _, d in batch.decisions if not d.reemitted]
+    return out
+
+
+def _hostile_audit(tmp_path: Path) -> Path:
+    """A chDB audit holding the worker's decisions of a run whose ids carry terminal escapes."""
+    events: list[RunEvent] = [
+        handoff("h1", HOSTILE_TASK, "planner", "researcher", run_id=HOSTILE_RUN),
+        handoff("h2", HOSTILE_TASK, "planner", "billing_agent", run_id=HOSTILE_RUN),
+    ]
+    decisions = _published(events, HOSTILE_RUN)
+    assert [d.run_id for d in decisions] == [HOSTILE_RUN] * 2  # the worker took them
+    chdb = tmp_path / "chdb"
+    chdb_audit(chdb, decisions).close()
+    return chdb
+
+
+def _no_terminal_control(text: str) -> bool:
+    """Whether every line of ``text`` holds only printable characters."""
+    return all(line.isprintable() for line in text.splitlines())
+
+
+@pytest.mark.xfail(
+    strict=True, reason="baton trace prints the audit's ids raw (terminal escapes, newlines)"
+)
+def test_baton_trace_shows_a_clients_ids_escaped_never_as_terminal_controls(
+    tmp_path: Path,
+) -> None:
+    """A run id or task id holding ESC, a newline or a bidi override (a client sends them;
+    the worker takes any id) reached the terminal raw in `baton trace`: its heading and
+    table cleared the screen, forged a "STOPPED" line and hid a link. Now every value from
+    the audit is shown escaped, as `baton replay`, `baton audit verify`, `baton tail`,
+    `baton approvals` and the alerter show them."""
+    chdb = _hostile_audit(tmp_path)
+    result = CliRunner().invoke(trace_cmd, [HOSTILE_RUN, "--dsn", f"chdb://{chdb}"])
+    assert result.exit_code == 0, result.output
+    assert _no_terminal_control(result.output), repr(result.output[:600])
+    assert "\\x1b[2J\\nSTOPPED at step 1: fake" in result.output
+    assert "\\x1b]8;;http://evil.example/\\x07click" in result.output
+    stories = [line for line in result.output.splitlines() if line.startswith("STOPPED at")]
+    assert len(stories) <= 1, stories  # the run's own story line, never a forged one
+
+
+@pytest.mark.xfail(strict=True, reason="the similar-run-ids hint quotes other runs' ids raw")
+def test_baton_trace_of_a_run_it_cannot_find_shows_similar_ids_escaped(tmp_path: Path) -> None:
+    """The "similar run ids" hint of a run id not in the audit quotes other runs' ids."""
+    chdb = _hostile_audit(tmp_path)
+    result = CliRunner().invoke(trace_cmd, ["run", "--dsn", f"chdb://{chdb}"])
+    message = str(result.exception)  # a BatonError: the CLI's main prints it as one line
+    assert "similar run ids" in message, message
+    assert _no_terminal_control(message), repr(message[:600])
+
+
+@pytest.mark.xfail(strict=True, reason="render_table prints cells raw")
+def test_baton_sql_tables_show_a_clients_ids_escaped(tmp_path: Path) -> None:
+    """`baton sql`'s aligned table (and `baton alerts check`'s, the same renderer) printed a
+    cell's ESC and newline raw: one run id repainted the screen and broke the table's rows.
+    CSV and JSON stay the stored text (CSV quotes, JSON escapes)."""
+    chdb = _hostile_audit(tmp_path)
+    query = "SELECT run_id, task_id FROM governance.decisions FINAL ORDER BY decided_at"
+    result = CliRunner().invoke(sql_cmd, [query, "--dsn", f"chdb://{chdb}"])
+    assert result.exit_code == 0, result.output
+    assert _no_terminal_control(result.output), repr(result.output[:600])
+    assert result.output.rstrip().endswith("(2 rows)")
+    assert len(result.output.strip().splitlines()) == 2 + 2 + 1  # header, rule, rows, count
+    csv = CliRunner().invoke(sql_cmd, [query, "-f", "csv", "--dsn", f"chdb://{chdb}"])
+    assert csv.exit_code == 0 and HOSTILE_RUN.replace("\n", "") in csv.output.replace("\n", "")
+
+
+def _ms(seconds: float) -> int:
+    return int(at(seconds).timestamp() * 1000)
+
+
+def _request(run: str, n: int, timestamp_ms: int) -> tuple[int, str, InputRecord]:
+    event = handoff(f"{run}-h{n}", f"t{n}", "planner", "researcher", run_id=run)
+    return timestamp_ms, REQUESTS, InputRecord(REQUESTS, 0, n, run.encode(), event.to_json())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="decide_topics: datetime.fromtimestamp raises on a record timestamp past year 9999",
+)
+def test_a_record_timestamp_past_datetimes_range_makes_its_run_partial_not_a_crash() -> None:
+    """Kafka takes any int64 as a record's timestamp (a producer sets it: librdkafka's
+    `timestamp=`); `baton replay --from-kafka` decided each record at its timestamp and
+    ended with a traceback (``ValueError: year 33658 is out of range``) on one record of
+    10**15 ms, replaying nothing. When it was decided cannot be known: its run is partial
+    (never judged, never "no change"), the other runs are replayed."""
+    hostile = [_request("rx", n, 10**15) for n in range(2)]
+    records = [*(_request("ra", n, _ms(n)) for n in range(3)), *hostile]
+    rows, policies = decide_topics(records, policy_with(max_handoffs=20), 1, APPROVALS, CONTROL)
+    report = replay_runs(runs_of(rows), policy_with(max_handoffs=2), policies, judge=False)
+    assert [r.run_id for r in report.changed_runs] == ["ra"]
+    assert "rx" in report.partial and not report.unfaithful_runs
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fromtimestamp raises on a control record stamped past year 9999",
+)
+def test_a_control_record_timestamp_past_datetimes_range_is_no_crash() -> None:
+    """A kill switch stamped 10**15 ms sorts after every run event: applying it or not
+    changes no decision in the range; it must not end the replay."""
+    from baton.schemas.events import KillSwitch
+
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(0))
+    control = (10**15, CONTROL, InputRecord(CONTROL, 0, 0, None, kill.to_json()))
+    records = [_request("ra", 0, _ms(0)), control]
+    rows, _ = decide_topics(records, policy_with(max_handoffs=20), 1, APPROVALS, CONTROL)
+    assert [(r.run_id, r.outcome) for r in rows] == [("ra", "allow")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a run begun before --since is replayed from zero",
+)
+def test_a_run_begun_before_the_range_is_partial_though_its_first_record_in_it_is_a_request() -> (
+    None
+):
+    """`--from-kafka --since T` took a run whose first record in the range was a handoff
+    request for a run that began there: a run with three handoffs before T and three after
+    was replayed from zero, so `max_handoffs: 4` (which stops its fifth) showed no change,
+    and the report did not call it partial: a policy gate passed on what it never checked.
+    The runs with a record before T are now partial (``started_before``)."""
+    before = [_request("ra", n, _ms(n)) for n in range(3)]
+    in_range = [_request("ra", n, _ms(n)) for n in range(3, 6)]
+    rows, policies = decide_topics(
+        in_range,
+        policy_with(max_handoffs=20),
+        1,
+        APPROVALS,
+        CONTROL,
+        started_before={(rec.key or b"").decode() for _, _, rec in before},
+    )
+    report = replay_runs(runs_of(rows), policy_with(max_handoffs=4), policies, judge=False)
+    assert "ra" in report.partial and not report.changed_runs
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason='a run\'s start is found by the bytes "handoff_requested" anywhere in its first record',
+)
+def test_a_run_whose_first_record_in_the_range_only_names_a_request_is_partial() -> None:
+    """A run's first record in the range was taken as its start when its bytes held
+    ``"handoff_requested"`` anywhere: a completion whose task id is that text began a run
+    in the replay. Its type is read now."""
+    from tests.unit.test_engine_support import completed
+
+    done = completed("c1", "handoff_requested", "researcher", run_id="rc")
+    record = (_ms(0), REQUESTS, InputRecord(REQUESTS, 0, 0, b"rc", done.to_json()))
+    rows, policies = decide_topics([record], policy_with(max_handoffs=20), 1, APPROVALS, CONTROL)
+    report = replay_runs(runs_of(rows), policy_with(max_handoffs=4), policies, judge=False)
+    assert "rc" in report.partial
