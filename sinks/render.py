@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["cell", "render", "render_table"]
+__all__ = ["cell", "render", "render_table", "shown"]
 
 
 def cell(value: Any) -> str:
@@ -27,11 +27,22 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+def shown(text: str) -> str:
+    """``text`` as printable characters only: a control or format character (ESC, a newline,
+    a bidi override) as its escape. Ids in the audit come from clients (a run id may hold
+    any character) or from a writer of the table: printed raw, one clears the terminal,
+    starts a forged line of a table or hides a link."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def render_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[str] = ()
 ) -> str:
-    """An aligned table with a header rule; numbers (and the ``right`` columns) right-aligned."""
-    texts = [[cell(v) for v in row] for row in rows]
+    """An aligned table with a header rule; numbers (and the ``right`` columns) right-aligned;
+    every cell :func:`shown` (one row, one line)."""
+    texts = [[shown(cell(v)) for v in row] for row in rows]
     widths = [len(c) for c in columns]
     for row in texts:
         for i, text in enumerate(row):

@@ -10,7 +10,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from baton.schemas.errors import BatonError
-from baton.sinks.render import cell, render_table
+from baton.sinks.render import cell, render_table, shown
 from baton.sinks.schema import DATABASE
 
 __all__ = ["TRACE_COLUMNS", "format_trace", "load_trace"]
@@ -64,12 +64,19 @@ def load_trace(client: Client, run_id: str) -> list[dict[str, Any]]:
             "WHERE positionCaseInsensitive(run_id, {q:String}) > 0 LIMIT 5",
             parameters={"q": run_id[:12]},
         ).result_rows
-        hint = f"; similar run ids: {', '.join(r[0] for r in similar)}" if similar else ""
+        hint = (
+            f"; similar run ids: {', '.join(_shown_id(r[0]) for r in similar)}" if similar else ""
+        )
         raise BatonError(
             f"no decisions for run {run_id!r} in {DATABASE}.decisions (is the audit sink "
             f"running, and has it caught up?){hint}"
         )
     return steps
+
+
+def _shown_id(run_id: str) -> str:
+    """Another run's id in a message: escaped and cut (a forged row's may be 70 KB)."""
+    return shown(run_id[:64]) + ("..." if len(run_id) > 64 else "")
 
 
 def _usd(value: Decimal | float) -> str:
@@ -184,4 +191,4 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
     table = render_table(
         [columns[i] for i in keep], [[r[i] for i in keep] for r in rows], right=("spent_usd",)
     )
-    return "\n".join(lines) + "\n" + table
+    return "\n".join(shown(line) for line in lines) + "\n" + table
