@@ -31,6 +31,8 @@ __all__ = [
 
 #: an empty 8-byte BLAKE2b, copied per digest (cheaper than a new one)
 _DIGEST = hashlib.blake2b(digest_size=8)
+#: how far an operator's clock may run ahead of the worker's (as for approvers' signatures)
+CONTROL_CLOCK_SKEW_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,7 @@ def apply_control(
     on = isinstance(event, KillSwitch)
     target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope] or "*"
     slot = f"{event.scope}:{target}"
-    refused = command_refused(event, policy, dict(kills.latest).get(slot))
+    refused = command_refused(event, policy, dict(kills.latest).get(slot), now)
     reason: str = Reason.KILL_SWITCH if on else Reason.KILL_SWITCH_RELEASED
     detail = f"scope={event.scope} target={target} reason={event.reason}"
     if refused is not None:
@@ -112,12 +114,16 @@ def command_refused(
     event: KillSwitch | KillSwitchReleased | PolicyUpdated,
     policy: Policy,
     latest: float | None = None,
+    now: datetime | None = None,
 ) -> tuple[Reason, str] | None:
     """Why an operator's command does not count under ``policy`` (None: it does).
 
     Without ``operators`` in the policy every command counts (names are trusted: keep the
     control topic's ACL tight, docs/security.md). ``latest``: the event time of the newest
-    command applied to the same target; an older one is a replay.
+    command applied to the same target; an older one is a replay. ``now``: the worker's
+    clock; a command signed more than CONTROL_CLOCK_SKEW_S after it is refused. Applied, its
+    time would become ``latest``, and every command the operators sign before that time (a
+    kill after a release signed on a clock a year ahead) would be refused as a replay.
     """
     if not policy.operators:
         return None
@@ -140,6 +146,8 @@ def command_refused(
         )
     if not verify(parse_public_key(text), payload, event.signature):
         return Reason.BAD_SIGNATURE, f"the signature is not {event.operator}'s over this command"
+    if now is not None and event.event_time.timestamp() > now.timestamp() + CONTROL_CLOCK_SKEW_S:
+        return Reason.SIGNATURE_EXPIRED, "signed in the future (check the operator's clock)"
     if latest is not None and event.event_time.timestamp() <= latest:
         return (
             Reason.CONTROL_REPLAYED,
@@ -199,7 +207,7 @@ def apply_policy_update(
 ) -> PolicyStep:
     """One policy update, verified against the policy in force (its ``operators``): the
     workers' control follower and `baton policy current` fold the control topic with it."""
-    refused = command_refused(event, policy, signed_at)
+    refused = command_refused(event, policy, signed_at, now)
     if refused is not None:
         return PolicyStep(
             policy, signed_at, policy_update_record(event, policy, None, now, origin, refused)

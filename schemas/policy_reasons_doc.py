@@ -124,8 +124,9 @@ REASONS: dict[str, tuple[str, str, str]] = {
     ),
     Reason.SIGNATURE_EXPIRED: (
         "recorded",
-        "`approval.max_signature_age_seconds`",
-        "the signature is older than allowed",
+        "`approval.max_signature_age_seconds`, `operators`",
+        "the signature is older than allowed, or signed more than 60 s ahead of the worker's "
+        "clock (a grant, or an operator's command)",
     ),
     Reason.BENEFICIARY_APPROVAL: (
         "recorded",

@@ -125,10 +125,11 @@ class OperatorClient(SignedPublisher):
             ),
             event_time=now,
         )
-        # the worker names its record after the event as it parsed it, and keys it by the
-        # run_id ("*" for a tenant or global switch): wait for exactly that record
+        # the worker names its record after the event as it parsed it (a tenant folded:
+        # "ACME" is acme), and keys it by the run_id ("*" for a tenant or global switch):
+        # wait for exactly that record
         parsed = cls.model_validate_json(event.to_json())
-        request_id = f"{event.type}:{scope}:{target}:{parsed.event_time.isoformat()}"
+        request_id = f"{event.type}:{scope}:{parsed.target}:{parsed.event_time.isoformat()}"
         what = f"the {event.type} for {scope} {target}"
         return self._command(event, run_id or "*", request_id, parsed, what, wait, timeout)
 
