@@ -1,49 +1,63 @@
 """`baton replay --from-kafka`: a time range of the request and approval topics, without an audit.
 
-Reads ``gov.handoff.requests`` and ``gov.approvals`` from the first record at or after
-``since`` (by record timestamp) to their end when the command started (or ``until``), in each
-partition's order, and ``gov.control`` from its start (a kill switch or a policy update made
-before the range is in force in it). With no recorded decisions to compare with, the events
-are first decided as a worker would have decided them (:func:`decide_topics`): in timestamp
-order, each at its record's timestamp, by the worker's own batch step, under a *baseline*
-policy (the one the workers ran: ``--baseline``, else BATON_POLICY or the seed policy), with
-the control records applied in the same order by the control follower's own step
-(``control_apply``: kill switches, releases, policy updates, signatures checked against the
-policy in force). That is what the new policy is compared with: the same report as a replay
-of the audit, where a kill switch's stops are replayed as recorded.
+Reads ``gov.handoff.requests`` and ``gov.approvals`` from their start to their end when the
+command started, in each partition's order, and keeps the records stamped in the range
+(``since`` to ``until``, by record timestamp) and the keys of those stamped before it (their
+runs began before the range); and ``gov.control`` from its start (a kill switch or a policy
+update made before the range is in force in it). Timestamps are the producer's (any int64):
+a record is placed by its own stamp, never ends the read of its partition early.
+
+With no recorded decisions to compare with, the events are first decided as a worker would
+have decided them (:func:`decide_topics`): in timestamp order, each at its record's
+timestamp, by the worker's own batch step, under a *baseline* policy (the one the workers
+ran: ``--baseline``, else BATON_POLICY or the seed policy), with the control records applied
+in the same order by the control follower's own step (``control_apply``: kill switches,
+releases, policy updates, signatures checked against the policy in force). That is what the
+new policy is compared with: the same report as a replay of the audit, where a kill switch's
+stops are replayed as recorded.
 
 Order between topics is by record timestamp; a control record and a run event with the
 same timestamp: the control record first (a kill applies; fail closed). A worker applies
 control records as its follower reads them, so a run event within ``max_staleness_s`` of a
 kill may have been decided before it: such a run shows as a change, never silently. A run
-whose first event in the range is not a handoff request (it started before ``since``) is
-partial, as in the audit replay.
+with a record stamped before ``since``, or whose first event in the range is not a handoff
+request, is partial, as in the audit replay (a run begun before the range replayed from its
+first request in it would be judged on a history it lacks). A run with a record stamped past
+``_LATEST`` (or before the epoch) is partial too: when it was decided is unknown.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.engine import NO_KILLS
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
-from baton.schemas.events import parse_event
+from baton.schemas.events import HandoffRequested, parse_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
 __all__ = ["decide_topics", "replay_from_kafka"]
 
-_RUN_START = b'"handoff_requested"'
+#: the latest record timestamp decided at (event_time's own bound): a later stamp (a producer
+#: sets any int64; past year 9999 no datetime holds it), or one before -1 (no timestamp),
+#: is decided at the bound and its run is partial
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+_LATEST_MS = int(_LATEST.timestamp() * 1000)
 
 
 def _records(
     settings: Settings, topics: list[str], since: datetime | None, until: datetime | None
-) -> list[tuple[int, str, InputRecord]]:
-    """(timestamp ms, topic, record) of ``topics`` in the range (from ``since``; None: from
-    their start), read to their end."""
+) -> tuple[list[tuple[int, str, InputRecord]], set[str]]:
+    """(timestamp ms, topic, record) of ``topics`` stamped in the range (``since`` to ``until``;
+    None: no bound), and the keys of the records stamped before ``since``. Every partition is
+    read from its start to its end: stamps are the producer's, in no order a read could stop
+    at (a record stamped past ``until`` amid a partition ended its read, and the records after
+    it in the range were never replayed)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     from baton.schemas.errors import BrokerUnavailable
@@ -62,14 +76,13 @@ def _records(
             meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s).topics[topic]
             if meta.error is not None:
                 raise BrokerUnavailable(f"cannot read {topic}: {meta.error}")
-            start = int(since.timestamp() * 1000) if since is not None else OFFSET_BEGINNING
-            wanted += [TopicPartition(topic, p, start) for p in meta.partitions]
-        if since is not None:
-            wanted = consumer.offsets_for_times(wanted, timeout=settings.connect_timeout_s)
-        open_parts = {(tp.topic, tp.partition) for tp in wanted if tp.offset != -1}
-        consumer.assign([tp for tp in wanted if tp.offset != -1])
+            wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+        open_parts = {(tp.topic, tp.partition) for tp in wanted}
+        consumer.assign(wanted)
+        start_ms = int(since.timestamp() * 1000) if since is not None else None
         stop_ms = int(until.timestamp() * 1000) if until is not None else None
         out: list[tuple[int, str, InputRecord]] = []
+        before: set[str] = set()
         while open_parts:
             msg = consumer.poll(settings.connect_timeout_s)
             if msg is None:
@@ -84,14 +97,31 @@ def _records(
                     continue
                 raise BrokerUnavailable(f"reading {where[0]}[{where[1]}]: {msg.error()}")
             ts = msg.timestamp()[1]
-            if stop_ms is not None and ts >= stop_ms:
-                open_parts.discard(where)
-                continue
-            rec = InputRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
-            out.append((ts, msg.topic(), rec))
-        return out
+            if start_ms is not None and ts < start_ms:
+                before.add(_run_of(msg.key()))
+            elif stop_ms is None or ts < stop_ms:
+                rec = InputRecord(
+                    msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()
+                )
+                out.append((ts, msg.topic(), rec))
+        return out, before
     finally:
         consumer.close()
+
+
+def _run_of(key: bytes | None) -> str:
+    """The run a record's key names (a key that is not UTF-8: its run is a dead letter)."""
+    return (key or b"").decode("utf-8", "replace")
+
+
+def _begins_a_run(value: bytes | None) -> bool | None:
+    """Whether a record is a handoff request (a run's first event); None when it is no run
+    event at all (a dead letter: it leaves the run unbegun)."""
+    try:
+        event = parse_event(value or b"")
+    except Exception:
+        return None
+    return isinstance(event, HandoffRequested)
 
 
 def decide_topics(
@@ -100,29 +130,35 @@ def decide_topics(
     partitions: int,
     approvals: str,
     control: str,
+    started_before: Collection[str] = (),
 ) -> tuple[list[Recorded], dict[str, Policy]]:
     """What a worker under ``baseline`` decided for ``records`` (run events and ``control``
     records, merged by timestamp: see the module docstring), as audit rows run by run; and
-    every policy that was in force (version -> policy)."""
+    every policy that was in force (version -> policy). ``started_before``: the runs with a
+    record before the range (partial)."""
     in_force = ControlInForce(NO_KILLS, baseline, None, "--baseline")
     proc = BatchProcessor(
         baseline, partitions, {}, "replay", lambda: in_force.kills, approvals_topic=approvals
     )
     policies = {baseline.version: baseline}
     started: set[str] = set()
-    partial: set[str] = set()
+    partial: set[str] = set(started_before)
     rows: list[tuple[str, int, Recorded]] = []
     ordered = sorted(enumerate(records), key=lambda r: (r[1][0], r[1][1] != control, r[0]))
     for n, (_, (ts, topic, rec)) in enumerate(ordered):
+        run = _run_of(rec.key)
+        if not -1 <= ts < _LATEST_MS:  # when it was decided is unknown: decided at the bound
+            ts = min(max(ts, -1), _LATEST_MS)
+            if topic != control:
+                partial.add(run)
         now = datetime.fromtimestamp(ts / 1000, UTC)
         if topic == control:
             in_force = apply_control_record(in_force, rec, "replay", now).in_force
             proc.policy = policies.setdefault(in_force.policy.version, in_force.policy)
             continue
-        run = (rec.key or b"").decode("utf-8", "replace")
-        if run not in started:
+        if run not in started and (begins := _begins_a_run(rec.value)) is not None:
             started.add(run)
-            if rec.value is None or _RUN_START not in rec.value:
+            if not begins:
                 partial.add(run)  # its start is before the range
         out = proc.process([rec], now)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
@@ -149,14 +185,14 @@ def replay_from_kafka(
     from baton.streams.topics import TopicCatalog
 
     catalog = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions)
-    records = _records(settings, [catalog.requests, catalog.approvals], since, until)
+    records, before = _records(settings, [catalog.requests, catalog.approvals], since, until)
     if run_id is not None:
         records = [r for r in records if r[2].key == run_id.encode()]
     if tenant is not None:
         records = [r for r in records if _tenant_of(r[2]) == tenant]
-    records += _records(settings, [catalog.control], None, until)
+    records += _records(settings, [catalog.control], None, until)[0]
     rows, policies = decide_topics(
-        records, baseline, settings.partitions, catalog.approvals, catalog.control
+        records, baseline, settings.partitions, catalog.approvals, catalog.control, before
     )
     # decided here by the batch step alone: no sweep evicted a run, whatever its idle time
     # a run's start before the range is known (decide_topics): cut by the range, not judged
