@@ -163,12 +163,24 @@ def decide_topics(
         out = proc.process([rec], now)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
     rows.sort(key=lambda r: (r[0], r[1]))
-    # a run started before the range: its chain names a predecessor, so it is partial
-    recorded = [
-        row._replace(chain_prev="before the range") if run in partial else row
-        for run, _, row in rows
-    ]
-    return recorded, policies
+    return _cut_at_the_range(rows, partial), policies
+
+
+def _cut_at_the_range(rows: list[tuple[str, int, Recorded]], partial: set[str]) -> list[Recorded]:
+    """``rows`` (run by run, in order) with the chain start of each ``partial`` run naming a
+    link before the range (a run without a chain start: its first row): replay calls the run
+    partial (cut by the range). Only its first start: every row of it naming that link was
+    a fork, and the run "broken" as if rows of an audit had been inserted."""
+    recorded = [row for _, _, row in rows]
+    first: dict[str, int] = {}  # run -> where its chain starts (else its first row)
+    for i, (run, _, row) in enumerate(rows):
+        if run not in partial:
+            continue
+        if run not in first or (row.chain_prev == "" and recorded[first[run]].chain_prev != ""):
+            first[run] = i
+    for i in first.values():
+        recorded[i] = recorded[i]._replace(chain_prev="before the range")
+    return recorded
 
 
 def replay_from_kafka(

@@ -152,6 +152,9 @@ def test_a_run_begun_before_the_range_is_partial_though_its_first_record_in_it_i
     )
     report = replay_runs(runs_of(rows), policy_with(max_handoffs=4), policies, judge=False)
     assert "ra" in report.partial and not report.changed_runs
+    # cut by the range, not "broken": each of its rows named the link before the range, a
+    # fork, and the report blamed rows inserted into an audit there is none of (exit 7)
+    assert "ra" not in report.broken, report.partial["ra"]
 
 
 def test_a_run_whose_first_record_in_the_range_only_names_a_request_is_partial() -> None:

@@ -1,0 +1,109 @@
+"""Session 9's attacks on `baton replay --from-kafka` through a real Tansu broker: record
+timestamps are the producer's (any int64), and a run's history may begin before `--since`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.topics import TopicCatalog, ensure_topics
+from tests.unit.test_engine_support import handoff
+
+pytestmark = pytest.mark.integration
+
+_BATON = (sys.executable, "-m", "baton.cli")
+PREFIX = "s9audit"
+STRICTER = "multi_agent:\n  max_handoffs: 4\n"
+BASELINE = "multi_agent:\n  max_handoffs: 20\n"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(log_dir=tmp_path_factory.mktemp("tansu")) as running:
+        yield running
+
+
+def _produce(bootstrap: str, records: list[tuple[str, int, int]]) -> None:
+    """(run, handoff number, timestamp ms) as handoff requests, in this order, partition 0."""
+    catalog = TopicCatalog(prefix=PREFIX, partitions=1, replication=1)
+    ensure_topics({"bootstrap.servers": bootstrap}, catalog, timeout=10)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for run, n, stamp in records:
+        event = handoff(f"{run}-h{n}", f"t{n}", "planner", "researcher", run_id=run)
+        producer.produce(
+            catalog.requests, key=run.encode(), value=event.to_json(), partition=0, timestamp=stamp
+        )
+    assert producer.flush(10) == 0
+
+
+def _replay(bootstrap: str, workdir: Path, *bounds: str) -> subprocess.CompletedProcess[str]:
+    (workdir / "stricter.yaml").write_text(STRICTER)
+    (workdir / "baseline.yaml").write_text(BASELINE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    env.update(BATON_TOPIC_PREFIX=PREFIX, BATON_PARTITIONS="1")
+    return subprocess.run(
+        [
+            *_BATON,
+            "replay",
+            "--from-kafka",
+            "--bootstrap",
+            bootstrap,
+            "--policy",
+            str(workdir / "stricter.yaml"),
+            "--baseline",
+            str(workdir / "baseline.yaml"),
+            "--format",
+            "json",
+            *bounds,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_hostile_record_timestamps_and_a_run_begun_before_since(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """One partition holds: run ra, six handoffs, three stamped before --since and three in
+    the range (max_handoffs 4 stops its fifth: a change the range alone cannot show); run rx,
+    one handoff stamped 10**15 ms (year 33658: the replay ended with a ValueError); a record
+    stamped past --to amid the partition (it ended the partition's read, so run rb's five
+    handoffs after it, a change, were never replayed). Now: ra is partial (cut by the range,
+    not broken), rb is a change (exit 1); without --to, rx is partial, and no traceback."""
+    now = datetime.now(UTC)
+    since, until = now - timedelta(minutes=30), now + timedelta(minutes=30)
+
+    def ms(at: datetime) -> int:
+        return int(at.timestamp() * 1000)
+
+    records = [("ra", n, ms(since - timedelta(minutes=10 - n))) for n in range(3)]
+    records += [("ra", n, ms(since + timedelta(minutes=n))) for n in range(3, 6)]
+    records += [("rx", 0, 10**15), ("rz", 0, ms(until + timedelta(days=1)))]
+    records += [("rb", n, ms(since + timedelta(minutes=10 + n))) for n in range(5)]
+    _produce(broker.bootstrap, records)
+
+    bounded = _replay(
+        broker.bootstrap, tmp_path, "--since", since.isoformat(), "--to", until.isoformat()
+    )
+    assert bounded.returncode == 1, bounded.stdout + bounded.stderr
+    report = orjson.loads(bounded.stdout)
+    assert [c["run_id"] for c in report["changes"]] == ["rb"], report
+    assert "ra" in report["partial"] and not report["broken"], report
+    assert not {"rx", "rz"} & set(report["partial"]) and report["faithful"], report
+
+    open_ended = _replay(broker.bootstrap, tmp_path, "--since", since.isoformat())
+    assert "Traceback" not in open_ended.stderr, open_ended.stderr[-2000:]
+    report = orjson.loads(open_ended.stdout)
+    assert {"ra", "rx"} <= set(report["partial"]) and not report["broken"], report
+    assert [c["run_id"] for c in report["changes"]] == ["rb"], report
