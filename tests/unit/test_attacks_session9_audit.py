@@ -168,3 +168,38 @@ def test_a_run_whose_first_record_in_the_range_only_names_a_request_is_partial()
     rows, policies = decide_topics([record], policy_with(max_handoffs=20), 1, APPROVALS, CONTROL)
     report = replay_runs(runs_of(rows), policy_with(max_handoffs=4), policies, judge=False)
     assert "rc" in report.partial
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the sink drops every record flagged reemitted unread: a forged one leaves no trace",
+)
+def test_a_forged_answer_flagged_reemitted_leaves_a_trace_in_the_audit(tmp_path: Path) -> None:
+    """A writer of gov.decisions answers a client's pending request with a forged allow
+    flagged ``reemitted``: the client SDK takes it (it matches on run, request and phase),
+    and the sink drops it as a copy of a stored decision without looking, so neither
+    governance.decisions nor governance.rejected holds it and `baton audit verify` cannot
+    name it. Unflagged, the same forgery is stored and verify fails its run. Wanted: a
+    record flagged reemitted whose decision the audit does not hold is kept (stored or
+    rejected); a real copy of a stored decision still folds away."""
+    from baton.sinks.audit_batch import AuditBatch, write_batch
+
+    (allow,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="rr")], "rr")
+    chdb = tmp_path / "chdb"
+    client = chdb_audit(chdb, [allow])
+    forged = Decision.from_json(allow.to_json())
+    forged.decision_id, forged.request_id, forged.reemitted = "f" * 32, "h2", True
+    copy = Decision.from_json(allow.to_json())
+    copy.reemitted = True
+    batch = AuditBatch("gov.decisions", 365)
+    batch.add(0, 1, forged.to_json())
+    batch.add(0, 2, copy.to_json())
+    write_batch(client, batch, "chdb")
+    kept = {
+        int(row[0])
+        for table in ("decisions", "rejected")
+        for row in client.query(f"SELECT audit_offset FROM governance.{table}").result_rows
+    }
+    client.close()
+    assert 2 not in kept  # the worker's copy: the audit keeps the original
+    assert 1 in kept, kept
