@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +13,7 @@ from baton.streams.sdk.channel import RequestChannel
 from baton.streams.sdk.options import ClientOptions, unanswered_decision
 from baton.streams.sdk.waiters import WaitKey
 
-__all__ = ["ClientBase"]
+__all__ = ["ClientBase", "answers_approval", "answers_request"]
 
 #: an approval's expiry is enforced by the worker's sweep (every second): wait a bit past it
 _EXPIRY_GRACE_S = 5.0
@@ -130,6 +130,36 @@ class ClientBase:
 
 #: what a fail-safe decision repeats of the handoff it answers (a request or its pending approval)
 _HANDOFF_FIELDS = ("from_agent", "to_agent", "task_id", "parent_task_id", "action", "tool")
+
+
+def answers_request(event: HandoffRequested | HandoffCompleted) -> Callable[[Decision], bool]:
+    """Whether a decision under ``event``'s run, request id and phase answers ``event``: none
+    of the fields the worker repeats of a request (the agents, task, action, tool; a report's
+    agent, task and status) names another value. A field the decision leaves empty (a
+    protocol refusal of a report) says nothing. Not covered: another request that differs
+    only in what no decision repeats (``tools``, estimates, ``task_kind``)."""
+    if isinstance(event, HandoffCompleted):
+        expected = {"to_agent": event.agent, "task_id": event.task_id}
+        expected["handoff_status"] = event.status
+    else:
+        expected = {name: getattr(event, name) for name in _HANDOFF_FIELDS}
+    pairs = tuple(expected.items())
+
+    def answers(decision: Decision) -> bool:
+        for name, value in pairs:
+            said = getattr(decision, name)
+            if said is not None and said != value:
+                return False
+        return True
+
+    return answers
+
+
+def answers_approval(asked: Decision) -> Callable[[Decision], bool]:
+    """Whether an approval-phase decision answers the approval ``asked`` opened (another
+    request under the same run and request id opened another approval)."""
+    approval_id = asked.approval_id
+    return lambda decision: decision.approval_id in (None, approval_id)
 
 
 def _echoed_fields(event: HandoffRequested | HandoffCompleted | Decision) -> dict[str, Any]:

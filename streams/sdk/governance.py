@@ -7,7 +7,7 @@ from typing import Any
 
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.events import HandoffCompleted, HandoffRequested
-from baton.streams.sdk.base import ClientBase
+from baton.streams.sdk.base import ClientBase, answers_approval, answers_request
 from baton.streams.sdk.waiters import Unanswered, Waiter
 
 __all__ = ["GovernanceClient"]
@@ -87,7 +87,7 @@ class GovernanceClient(ClientBase):
             event, timeout * (retries + 1)
         )
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        waiter = Waiter(future)
+        waiter = Waiter(future, answers=answers_request(event))
         t = self.channel
         t.submit(topic, key, value, decisions_partition=partition, wait_key=wait_key, waiter=waiter)
         try:
@@ -118,7 +118,7 @@ class GovernanceClient(ClientBase):
         self.connect()
         wait = self._approval_wait(decision, timeout)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        waiter = Waiter(future)
+        waiter = Waiter(future, answers=answers_approval(decision))
         wait_key = (decision.run_id, decision.request_id, str(Phase.APPROVAL))
         parked = self.channel.waiters.claim_parked(wait_key, waiter)
         if parked is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.events import HandoffCompleted, HandoffRequested
-from baton.streams.sdk.base import ClientBase
+from baton.streams.sdk.base import ClientBase, answers_approval, answers_request
 from baton.streams.sdk.waiters import Unanswered, Waiter
 
 __all__ = ["AsyncGovernanceClient"]
@@ -94,7 +94,7 @@ class AsyncGovernanceClient(ClientBase):
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        waiter = Waiter(future, loop)
+        waiter = Waiter(future, loop, answers_request(event))
         t = self.channel
         # submitted synchronously, before the first await: requests leave in call order
         t.submit(topic, key, value, decisions_partition=partition, wait_key=wait_key, waiter=waiter)
@@ -122,7 +122,7 @@ class AsyncGovernanceClient(ClientBase):
         wait = self._approval_wait(decision, timeout)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        waiter = Waiter(future, loop)
+        waiter = Waiter(future, loop, answers_approval(decision))
         wait_key = (decision.run_id, decision.request_id, str(Phase.APPROVAL))
         parked = self.channel.waiters.claim_parked(wait_key, waiter)
         if parked is not None:

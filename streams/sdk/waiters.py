@@ -17,6 +17,7 @@ import contextlib
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -41,10 +42,17 @@ class Unanswered:
 
 @dataclass(slots=True, eq=False)
 class Waiter:
-    """One caller waiting for one decision: a thread (``loop`` None) or an asyncio task."""
+    """One caller waiting for one decision: a thread (``loop`` None) or an asyncio task.
+
+    ``answers``: whether a decision under the waiter's key answers *its* request (None: any
+    does). A run and request id do not name one request: another client's request under the
+    same ids (a careless counter, or a writer of the requests topic racing a predictable id)
+    is decided first and its allow published under the same key; the worker refuses the
+    second as ``request_id_reused``, but its waiter had taken the first one's allow."""
 
     future: concurrent.futures.Future[Any] | asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop | None = None
+    answers: Callable[[Decision], bool] | None = None
 
 
 @dataclass(slots=True)
@@ -54,6 +62,9 @@ class _Parked:
     run_id: str
     keep_until: float
     decision: Decision | None = None
+    #: the approval asked for: an approval-phase decision of another approval under the same
+    #: run and request id (another client's request) is not parked for this one
+    approval_id: str | None = None
 
 
 def _set(future: Any, value: Any) -> None:
@@ -130,17 +141,30 @@ class WaiterBook:
     def take(self, wait_key: WaitKey, decision: Decision) -> list[Waiter]:
         """The waiters ``decision`` answers, removed; parks an approval nobody waits for yet."""
         with self._lock:
-            waiters = self._waiters.pop(wait_key, None) or []
+            waiters = self._answered(wait_key, decision)
             if decision.phase == Phase.APPROVAL:
                 slot = self._parked.get(wait_key)
                 if waiters:
                     self._parked.pop(wait_key, None)
-                elif slot is not None and slot.decision is None:
+                elif (
+                    slot is not None
+                    and slot.decision is None
+                    and slot.approval_id in (None, decision.approval_id)
+                ):
                     slot.decision = decision
             elif waiters and decision.outcome == Outcome.APPROVAL_REQUIRED:
                 # the approver may answer before our caller gets to wait_for_approval
                 self._park(decision)
             return waiters
+
+    def _answered(self, wait_key: WaitKey, decision: Decision) -> list[Waiter]:
+        """The waiters of ``wait_key`` that ``decision`` answers, removed (under the lock);
+        the others wait on for their own request's decision."""
+        waiters = self._waiters.pop(wait_key, None) or []
+        mine = [w for w in waiters if w.answers is None or w.answers(decision)]
+        if len(mine) < len(waiters):
+            self._waiters[wait_key] = [w for w in waiters if w not in mine]
+        return mine
 
     def take_all(self, wait_keys: list[WaitKey]) -> list[Waiter]:
         """The waiters of ``wait_keys``, removed (their requests will get no decision)."""
@@ -169,5 +193,7 @@ class WaiterBook:
             if len(self._parked) >= PARKED_MAX:
                 del self._parked[next(iter(self._parked))]
             self._parked[key] = _Parked(
-                decision.run_id, time.monotonic() + max(left, 0.0) + PARKED_GRACE_S
+                decision.run_id,
+                time.monotonic() + max(left, 0.0) + PARKED_GRACE_S,
+                approval_id=decision.approval_id,
             )

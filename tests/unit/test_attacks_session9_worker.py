@@ -4,6 +4,8 @@ client waiting for the worker's record of a tenant's kill switch, and what held.
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -11,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from baton.processors.engine import NO_KILLS, KillSwitches, apply_control, apply_policy_update
-from baton.schemas.decision import Reason
-from baton.schemas.events import KillSwitch, KillSwitchReleased, PolicyUpdated
+from baton.schemas.decision import Decision, Outcome, Phase, Reason
+from baton.schemas.events import HandoffRequested, KillSwitch, KillSwitchReleased, PolicyUpdated
 from baton.schemas.policy import Policy, parse_policy
 from baton.schemas.signing import (
     control_payload,
@@ -21,8 +23,12 @@ from baton.schemas.signing import (
     public_key_text,
     sign,
 )
+from baton.streams.sdk import GovernanceClient
+from baton.streams.sdk.base import answers_approval, answers_request
 from baton.streams.sdk.operators import OperatorClient
-from tests.unit.test_engine_support import at
+from baton.streams.sdk.waiters import Waiter, WaiterBook
+from tests.helpers import wait_for
+from tests.unit.test_engine_support import Run, at, completed, granted, handoff, policy_with
 
 pytestmark = pytest.mark.unit
 
@@ -205,3 +211,118 @@ def test_the_operator_client_waits_for_the_record_the_worker_publishes(switch: A
     _, record = apply_control(NO_KILLS, parsed, _ops_policy(), parsed.event_time)
     assert record.reason == Reason.KILL_SWITCH
     assert request_id == record.request_id
+
+
+# ------------------------------------------------------------------ one request id, two requests
+
+REFUND = "billing.refund.create"
+GATED = policy_with(require_approval_for=[REFUND])
+
+
+class _Message:
+    """A decision as the client's reader gets it from gov.decisions."""
+
+    def __init__(self, decision: Decision) -> None:
+        self._value = decision.to_json()
+
+    def error(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+    def topic(self) -> str:
+        return "gov.decisions"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 0
+
+
+def _offline_client() -> GovernanceClient:
+    """A client whose requests go nowhere: the test hands its reader the decisions."""
+    client = GovernanceClient("127.0.0.1:1", timeout=10)
+    channel = client.channel
+    channel.connect = lambda: None  # type: ignore[method-assign]
+
+    def submit(*_: Any, wait_key: Any = None, waiter: Any = None, **__: Any) -> None:
+        if waiter is not None and wait_key is not None:
+            channel.waiters.register(wait_key, waiter)
+
+    channel.submit = submit  # type: ignore[method-assign]
+    return client
+
+
+def _checked_while_read(
+    client: GovernanceClient, event: HandoffRequested, read: list[Decision]
+) -> Decision:
+    """``client.check(event)``, while its reader reads ``read`` (in order)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(client.check, event)
+        key = (event.run_id, event.request_id, str(Phase.PRE_HANDOFF))
+        wait_for(lambda: client.channel.waiters.awaited(key), 5, message="the check's waiter")
+        client.channel._dispatch([_Message(d) for d in read])
+        return answer.result(10)
+
+
+def test_a_check_never_takes_the_allow_of_another_request_under_its_run_and_request_id() -> None:
+    """Two requests under one run and request id (another orchestrator's counter, or a writer
+    of the requests topic racing a predictable id): the worker allows the first and refuses
+    the second (`request_id_reused`), but the second's client took the first's allow, read
+    first under the same key, and handed a refund over ungated."""
+    run = Run(GATED, run_id="run-9")
+    benign = handoff("h1", "t1", "planner", "researcher", run_id="run-9")
+    refund = handoff("h1", "refund", "planner", "billing_agent", run_id="run-9", action=REFUND)
+    allowed, refused = run.one(benign), run.one(refund)
+    assert allowed.outcome == Outcome.ALLOW
+    assert (refused.outcome, refused.reason) == (Outcome.STOP, Reason.REQUEST_ID_REUSED)
+    answer = _checked_while_read(_offline_client(), refund, [allowed, refused])
+    assert (answer.outcome, answer.reason) == (Outcome.STOP, Reason.REQUEST_ID_REUSED)
+    assert answer.decision_id == refused.decision_id
+
+
+def test_a_check_still_takes_its_own_decision_and_a_refusal_that_repeats_nothing() -> None:
+    run = Run(GATED, run_id="run-9")
+    own = handoff("h1", "t1", "planner", "researcher", run_id="run-9", tenant="acme")
+    decided = run.one(own)
+    assert _checked_while_read(_offline_client(), own, [decided]) == decided
+    # another tenant's event: the refusal names the run's tenant, and still answers it
+    other = own.model_copy(update={"tenant": "beta", "request_id": "h2"})
+    mismatch = run.one(other)
+    assert mismatch.reason == Reason.TENANT_MISMATCH
+    assert _checked_while_read(_offline_client(), other, [mismatch]) == mismatch
+    # a report's protocol refusal repeats no field of it: it is its answer
+    reused = Decision(
+        decision_id="d1",
+        request_id="h1",
+        run_id="run-9",
+        tenant="acme",
+        phase=Phase.POST_HANDOFF,
+        outcome=Outcome.RECORDED,
+        reason=Reason.REPLY_NOT_KEPT,
+    )
+    report = completed("h1", "t1", "researcher", run_id="run-9", tenant="acme")
+    assert answers_request(report)(reused)
+
+
+def test_an_approval_answer_of_another_request_is_not_parked_for_this_one() -> None:
+    """The approval answer of another request under the same run and request id (another
+    approval id) was parked for this request's ``wait_for_approval``, which returned it."""
+    run = Run(GATED, run_id="run-9")
+    first = handoff("h1", "refund", "planner", "billing_agent", run_id="run-9", action=REFUND)
+    asked = run.one(first)
+    assert asked.outcome == Outcome.APPROVAL_REQUIRED
+    granted_first = run.one(granted(asked.approval_id or "", "finance_lead", run_id="run-9"))
+    ours = dataclasses.replace(asked, approval_id="apr_ours", decision_id="d-ours")
+    book = WaiterBook()
+    key = (ours.run_id, ours.request_id, str(Phase.PRE_HANDOFF))
+    book.register(key, Waiter(concurrent.futures.Future()))
+    book.take(key, ours)  # our approval_required: its approval's answer is parked for us
+    approval_key = (ours.run_id, ours.request_id, str(Phase.APPROVAL))
+    book.take(approval_key, granted_first)
+    assert book.parked(approval_key) is None
+    waiter = Waiter(concurrent.futures.Future(), answers=answers_approval(ours))
+    assert book.claim_parked(approval_key, waiter) is None
+    assert book.take(approval_key, granted_first) == []
