@@ -44,6 +44,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _SHOWN = 20
 #: a partial run's reason as shown (it may quote a forged row's decision id: any length)
 _WHY_CHARS = 400
+_OUTCOME_CHARS = 120  # of an outcome:reason shown (the engine's are under 60)
 #: the CPUs this process may run on (a container's share, not the host's count)
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 #: rows below which one process replays: a forkserver pool (the caller runs threads) takes
@@ -360,7 +361,13 @@ def _change_line(run: RunOutcome) -> str:
     assert c is not None
     at = f"{c.decided_at:%Y-%m-%d %H:%M:%S}"
     handoff = shown(c.handoff)
-    return f"  {shown_id(run.run_id)}  step {c.step}  {at}  {handoff}: {c.recorded} → {c.replayed}"
+    was, got = _outcome(c.recorded), _outcome(c.replayed)
+    return f"  {shown_id(run.run_id)}  step {c.step}  {at}  {handoff}: {was} → {got}"
+
+
+def _outcome(text: str) -> str:
+    """An ``outcome:reason`` cut and escaped (a forged audit row's reason may be any text)."""
+    return shown(text[:_OUTCOME_CHARS]) + ("..." if len(text) > _OUTCOME_CHARS else "")
 
 
 def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds: float) -> str:
@@ -374,6 +381,7 @@ def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds:
         lines.append(f"as recorded: NOT reproduced in {len(unfaithful)} runs:")
         for run in unfaithful[:_SHOWN]:
             step, was, got = run.unfaithful[0]
+            was, got = _outcome(was), _outcome(got)
             lines.append(f"  {shown_id(run.run_id)}  step {step}: recorded {was}, replayed {got}")
     else:
         lines.append(f"as recorded: all {report.decisions:,} decisions reproduced exactly")
@@ -383,8 +391,9 @@ def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds:
     else:
         total = sum(r.changed for r in changed)
         lines.append(f"under the new policy: {len(changed):,} runs change, {total:,} decisions:")
-        width = max(len(t) for t in report.transitions)
-        for transition, n in report.transitions.most_common():
+        transitions = [(_outcome(t), n) for t, n in report.transitions.most_common()]
+        width = max(len(t) for t, _ in transitions)
+        for transition, n in transitions:
             lines.append(f"  {transition:<{width}}  ×{n:,}")
         lines.append(
             f"spend: ${report.saved_usd:,.2f} reported for handoffs the new policy stops "

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import ValidationError
 
+from baton.processors.chain_links import shown_id
 from baton.processors.recorded import REPLAY_COLUMNS, Recorded
 from baton.schemas.decision import Phase, Reason
 from baton.schemas.errors import AuditUnavailable
@@ -116,10 +117,13 @@ def read_policies(client: Client) -> tuple[dict[str, Policy], list[str]]:
         try:
             policy = Policy.model_validate_json(document or "")
         except ValidationError as exc:
-            refused.append(f"policy {version}: its record is not a policy document ({exc})")
+            problem = str(exc).replace("\n", " ")[:400].encode("unicode_escape").decode()
+            refused.append(
+                f"policy {shown_id(version)}: its record is not a policy document ({problem})"
+            )
             continue
         if policy.version != version:
-            refused.append(f"policy {version}: its document hashes to {policy.version}")
+            refused.append(f"policy {shown_id(version)}: its document hashes to {policy.version}")
             continue
         policies[version] = policy
     return policies, refused

@@ -203,3 +203,40 @@ def test_a_forged_answer_flagged_reemitted_leaves_a_trace_in_the_audit(tmp_path:
     client.close()
     assert 2 not in kept  # the worker's copy: the audit keeps the original
     assert 1 in kept, kept
+
+
+def test_baton_replay_shows_a_forged_rows_reason_escaped_and_cut() -> None:
+    """A row altered in the audit (its reason any text: a screen clear, a newline and a
+    line saying every decision was reproduced) is not reproduced, and `baton replay`
+    printed its recorded outcome:reason raw on the not-reproduced line, in the transitions
+    and on the run's first-difference line. Now escaped and cut to 120 characters."""
+    from baton.cli.replay_cmds import _table
+    from tests.unit.test_replay import KEY, _budget_history, _policies, record
+
+    loose, strict = policy_with(max_handoffs=20), policy_with(max_handoffs=3)
+    rows = record(loose, _budget_history("run_long", 6, 2.5))
+    lie = "ok\x1b[2J\nas recorded: all 6 decisions reproduced exactly" + "x" * 70_000
+    forged = [r._replace(reason=lie) if i == 1 else r for i, r in enumerate(rows)]
+    report = replay_runs(runs_of(forged), strict, _policies(loose), KEY)
+    assert report.unfaithful_runs
+    text = _table(report, strict, "p.yaml", "chdb", 1.0)
+    assert _no_terminal_control(text), repr(text[:800])
+    assert not any(line.startswith("as recorded: all") for line in text.splitlines())
+    assert max(len(line) for line in text.splitlines()) < 600
+
+
+def test_a_forged_policy_record_is_named_escaped(tmp_path: Path) -> None:
+    """A forged ``policy_in_force`` row's version is any text; the line that refuses it
+    (printed by `baton replay` on stderr) showed it raw."""
+    from baton.sinks.replay_source import read_policies
+
+    (allow,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="rp")], "rp")
+    forged = Decision.from_json(allow.to_json())
+    forged.phase, forged.reason = "control", "policy_in_force"
+    forged.decision_id, forged.policy_version = "p" * 32, "v\x1b[2J\nFAKE"
+    forged.input = "\x1b]0;title\x07 not json"
+    client = chdb_audit(tmp_path / "chdb", [forged])
+    policies, refused = read_policies(client)
+    client.close()
+    assert not policies and len(refused) == 1
+    assert _no_terminal_control(refused[0]), repr(refused[0])
