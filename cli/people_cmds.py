@@ -22,6 +22,7 @@ from baton.cli.stack_record import stack_settings
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BatonError
 from baton.schemas.events import MAX_TEXT
+from baton.schemas.names import fold
 
 __all__ = ["register"]
 
@@ -179,12 +180,15 @@ def _answer(
         answer = approver.grant if verdict == "grant" else approver.deny
         decision = answer(asked, approver=signer, comment=comment, wait=True, timeout=timeout)
     assert decision is not None
-    _report(where, verdict, asked, decision)
+    _report(where, verdict, asked, decision, signer)
 
 
-def _report(where: str, verdict: str, asked: Decision, decision: Decision) -> None:
+def _report(where: str, verdict: str, asked: Decision, decision: Decision, signer: str) -> None:
     click.echo(f"{where}, request digest {asked.request_digest}:")
     click.echo(f"  {describe(decision)}")
+    if decision.outcome != Outcome.RECORDED and decision.approver != fold(signer):
+        # the approval was answered first by someone else: this answer did not count
+        raise CommandRefused(f"{where} was resolved before this {verdict}: {describe(decision)}")
     if decision.outcome == Outcome.RECORDED:
         raise CommandRefused(
             f"the worker refused this {verdict} ({decision.reason}): {decision.detail}; "

@@ -27,8 +27,9 @@ class ApproverClient(SignedPublisher):
     worker's ``approval``-phase record of it: ``allow approval_granted`` / ``stop
     approval_denied`` when it counted, ``recorded`` with the reason when it was refused
     (unsigned, bad signature, unknown approver, self or beneficiary approval, no such pending
-    approval …; the approval then stays pending). The orchestrator's ``wait_for_approval`` gets
-    the decision either way.
+    approval …; the approval then stays pending). An answer to an approval answered already
+    returns the record of the answer that counted: its ``approver`` (and ``event_time``) are
+    not this answer's. The orchestrator's ``wait_for_approval`` gets the decision either way.
     """
 
     def grant(
@@ -90,11 +91,11 @@ class ApproverClient(SignedPublisher):
         ]
 
         def ours(d: Decision) -> bool:
-            # the handoff's approval record names who answered it and when: another
-            # approver's answer may have resolved it first (ours is then refused: wait on)
-            return d.request_id != request_id or (
-                d.approver == parsed.approver and d.event_time == parsed.event_time
-            )
+            # the first answer of an approval wins: an answer after it is answered with that
+            # record (another approver's, or ours of earlier), never with a refusal, so that
+            # record is this answer's (returned: its approver and time say whose it was);
+            # another request's approval under the same run and request id is not
+            return d.request_id != request_id or d.approval_id == parsed.approval_id
 
         return self._send_and_wait(
             t.catalog.approvals,

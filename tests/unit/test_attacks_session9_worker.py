@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from baton.cli.people_cmds import _report
+from baton.cli.signer import CommandRefused
 from baton.processors.engine import NO_KILLS, KillSwitches, apply_control, apply_policy_update
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import HandoffRequested, KillSwitch, KillSwitchReleased, PolicyUpdated
@@ -23,12 +25,20 @@ from baton.schemas.signing import (
     public_key_text,
     sign,
 )
-from baton.streams.sdk import GovernanceClient
+from baton.streams.sdk import ApproverClient, GovernanceClient
 from baton.streams.sdk.base import answers_approval, answers_request
 from baton.streams.sdk.operators import OperatorClient
 from baton.streams.sdk.waiters import Waiter, WaiterBook
 from tests.helpers import wait_for
-from tests.unit.test_engine_support import Run, at, completed, granted, handoff, policy_with
+from tests.unit.test_engine_support import (
+    Run,
+    at,
+    completed,
+    denied,
+    granted,
+    handoff,
+    policy_with,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -326,3 +336,68 @@ def test_an_approval_answer_of_another_request_is_not_parked_for_this_one() -> N
     waiter = Waiter(concurrent.futures.Future(), answers=answers_approval(ours))
     assert book.claim_parked(approval_key, waiter) is None
     assert book.take(approval_key, granted_first) == []
+
+
+# ------------------------------------------------------------------ an approval answered already
+
+
+def _offline_approver() -> ApproverClient:
+    """An approver client whose answers go nowhere: the test hands its reader the records."""
+    client = ApproverClient("127.0.0.1:1", timeout=3)
+    channel = client.channel
+    channel.connect = lambda: None  # type: ignore[method-assign]
+    channel.flush = lambda timeout: 0  # type: ignore[method-assign]
+
+    def submit(*_: Any, wait_key: Any = None, waiter: Any = None, **__: Any) -> None:
+        if waiter is not None and wait_key is not None:
+            channel.waiters.register(wait_key, waiter)
+
+    channel.submit = submit  # type: ignore[method-assign]
+    return client
+
+
+def _answered_while_read(
+    answer: Any, asked: Decision, approver: str, read: list[Decision]
+) -> Decision:
+    """``answer(asked, approver=…, wait=True)`` while the reader reads ``read``."""
+    client = answer.__self__
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(answer, asked, approver=approver, wait=True, timeout=3)
+        key = (asked.run_id, asked.request_id, str(Phase.APPROVAL))
+        wait_for(lambda: client.channel.waiters.awaited(key), 5, message="the answer's waiter")
+        client.channel._dispatch([_Message(d) for d in read])
+        return future.result(10)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("late", ["after_another_approver", "after_its_ttl"])
+def test_an_answer_to_an_approval_resolved_already_gets_the_record_that_resolved_it(
+    late: str,
+) -> None:
+    """The worker answers a grant or denial of a resolved approval with the record that
+    resolved it (another approver's grant, the expiry): the client waited for a record naming
+    its own approver, got none, and said no worker had answered (`baton approve`/`deny`:
+    exit 4, "is a worker running?"), while the answer had been read and did not count."""
+    run = Run(GATED, run_id="run-9")
+    refund = handoff("h1", "refund", "planner", "billing_agent", run_id="run-9", action=REFUND)
+    asked = run.one(refund)
+    if late == "after_another_approver":
+        resolved = run.one(granted(asked.approval_id or "", "finance_lead", run_id="run-9", t=1), 1)
+        again = run.one(denied(asked.approval_id or "", "cfo", run_id="run-9", t=2), 2)
+    else:
+        again = run.one(denied(asked.approval_id or "", "cfo", run_id="run-9", t=2000), 2000)
+        resolved = again
+        assert resolved.reason == Reason.APPROVAL_EXPIRED
+    assert again == resolved  # the worker's answer to cfo's denial
+    got = _answered_while_read(_offline_approver().deny, asked, "cfo", [again])
+    assert got.decision_id == resolved.decision_id and got.approver != "cfo"
+
+
+def test_the_command_line_says_an_answer_did_not_count_when_another_resolved_it() -> None:
+    run = Run(GATED, run_id="run-9")
+    asked = run.one(
+        handoff("h1", "refund", "planner", "billing_agent", run_id="run-9", action=REFUND)
+    )
+    resolved = run.one(granted(asked.approval_id or "", "finance_lead", run_id="run-9", t=1), 1)
+    with pytest.raises(CommandRefused, match="resolved before this deny"):
+        _report("approval", "deny", asked, resolved, "CFO")
+    _report("approval", "grant", asked, resolved, "Finance_Lead")  # its own: counted
