@@ -15,12 +15,40 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Decision
 from baton.schemas.events import _Event
 from baton.streams.net import free_port
+from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import wait_for
 
-__all__ = ["BatonProcess", "Collector", "EventSender", "SinkProcess", "WorkerProcess"]
+__all__ = [
+    "BatonProcess",
+    "Collector",
+    "EventSender",
+    "SinkProcess",
+    "WorkerProcess",
+    "fresh_topics",
+    "wait_deciding",
+]
+
+
+def fresh_topics(bootstrap: str, prefix: str, partitions: int) -> TopicCatalog:
+    """A test's own topics under ``prefix`` (``partitions`` each), created on the broker."""
+    catalog = TopicCatalog(prefix=prefix, partitions=partitions, replication=1)
+    ensure_topics({"bootstrap.servers": bootstrap}, catalog, timeout=10)
+    return catalog
+
+
+def wait_deciding(bootstrap: str, catalog: TopicCatalog, timeout: float = 60.0) -> None:
+    """Return once a worker decides on every partition of ``catalog``'s requests topic."""
+    wait_until_deciding(
+        {"bootstrap.servers": bootstrap},
+        catalog.requests,
+        catalog.decisions,
+        catalog.partitions,
+        timeout,
+    )
 
 
 class WorkerProcess:

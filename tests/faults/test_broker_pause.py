@@ -13,14 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Decision, Outcome
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.sdk import GovernanceClient
-from baton.streams.topics import TopicCatalog, ensure_topics
+from baton.streams.topics import TopicCatalog
 from tests.helpers import handoff, wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY
-from tests.stack import BatonProcess, Collector, SinkProcess, WorkerProcess
+from tests.stack import (
+    BatonProcess,
+    Collector,
+    SinkProcess,
+    WorkerProcess,
+    fresh_topics,
+    wait_deciding,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -56,9 +62,7 @@ def pausable(tmp_path: Path) -> Iterator[PausableStack]:
     try:
         prefix = f"p{uuid.uuid4().hex[:8]}."
         (tmp_path / "policy.yaml").write_text(TEST_POLICY)
-        catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-        conf = {"bootstrap.servers": broker.bootstrap}
-        ensure_topics(conf, catalog, timeout=10)
+        catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
         env = {
             "BATON_BOOTSTRAP": broker.bootstrap,
             "BATON_TOPIC_PREFIX": prefix,
@@ -81,7 +85,7 @@ def pausable(tmp_path: Path) -> Iterator[PausableStack]:
         alerts = BatonProcess(["alerts", "--storm-threshold", "0"], env, tmp_path / "alerts.log")
         started.append(alerts)
         try:
-            wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+            wait_deciding(broker.bootstrap, catalog)
         except Exception as exc:
             raise AssertionError(f"worker did not start: {exc}\n{worker.log()}") from exc
         sink.wait_ready()
@@ -243,8 +247,7 @@ def test_a_check_whose_partition_cannot_be_assigned_in_a_pause_still_reaches_kaf
     dropped: a check that vanished, never reaching Baton nor its audit."""
     with EmbeddedBroker(log_dir=tmp_path) as broker:
         prefix = f"g{uuid.uuid4().hex[:8]}."
-        catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-        ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog, timeout=10)
+        catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
         pid = broker.pid
         assert pid is not None
         request = handoff(f"run_gate_{uuid.uuid4().hex[:6]}", 1, "t", "planner", "researcher")

@@ -11,15 +11,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.events import HandoffRequested
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.partitioner import partition_for
-from baton.streams.topics import TopicCatalog, ensure_topics
+from baton.streams.topics import TopicCatalog
 from tests.helpers import handoff_round, start_rounds, wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY
-from tests.stack import Collector, EventSender, WorkerProcess
+from tests.stack import Collector, EventSender, WorkerProcess, fresh_topics, wait_deciding
 
 pytestmark = pytest.mark.faults
 
@@ -34,9 +33,7 @@ def two_workers(
     guarantee = {"BATON_PROCESSING_GUARANTEE": request.param}
     prefix = f"f{uuid.uuid4().hex[:8]}."
     (tmp_path / "policy.yaml").write_text(TEST_POLICY)
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     workers = [
         WorkerProcess(
             broker.bootstrap,
@@ -49,7 +46,7 @@ def two_workers(
         )
     ]
     try:
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        wait_deciding(broker.bootstrap, catalog)
         workers.append(
             WorkerProcess(
                 broker.bootstrap,
@@ -71,7 +68,7 @@ def two_workers(
             interval=0.2,
             message=lambda: "w2 to join: " + workers[1].log()[-2000:],
         )
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        wait_deciding(broker.bootstrap, catalog)
         yield workers, catalog, broker.bootstrap, request.param
     finally:
         for w in workers:
@@ -97,7 +94,7 @@ def _positions(bootstrap: str, topic: str, group: str) -> str:
         c.close()
 
 
-def _committed_past(conf: dict, topic: str, group: str, decided: list[Decision]) -> bool:
+def _committed_past(bootstrap: str, topic: str, group: str, decided: list[Decision]) -> bool:
     """``group`` has committed, on every partition, past the last request a decision in
     ``decided`` answered (a decision names its request's partition and offset)."""
     from confluent_kafka import Consumer, TopicPartition
@@ -106,7 +103,7 @@ def _committed_past(conf: dict, topic: str, group: str, decided: list[Decision])
     for d in decided:
         if d.partition is not None and d.offset is not None:
             need[d.partition] = max(need.get(d.partition, 0), d.offset + 1)
-    c = Consumer({**conf, "group.id": group, "log_level": 0})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 0})
     try:
         committed = c.committed([TopicPartition(topic, p) for p in need], timeout=5)
     finally:
@@ -222,9 +219,7 @@ class _Restart:
         self.broker, self.tmp_path, self.env = broker, tmp_path, env
         self.prefix = f"{tag}{uuid.uuid4().hex[:8]}."
         (tmp_path / "policy.yaml").write_text(TEST_POLICY)
-        self.catalog = TopicCatalog(prefix=self.prefix, partitions=PARTITIONS, replication=1)
-        self.conf = {"bootstrap.servers": broker.bootstrap}
-        ensure_topics(self.conf, self.catalog, timeout=10)
+        self.catalog = fresh_topics(broker.bootstrap, self.prefix, PARTITIONS)
         self.decisions = Collector(broker.bootstrap, self.catalog.decisions)
         self.sender = EventSender(broker.bootstrap, self.catalog.requests)
         self.now = datetime.now(UTC)
@@ -267,12 +262,14 @@ def test_restart_after_a_batched_changelog_write_restores_every_run(
     first = rs.worker("a")
     second = None
     try:
-        wait_until_deciding(rs.conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        wait_deciding(rs.broker.bootstrap, catalog)
         rs.sender.send(rs.handoffs(1))
         wait_for(lambda: all(decisions.for_run(r) for r in runs), 30, message="first decisions")
         # the offsets of every answered request committed: the restart must rely on the changelog
         wait_for(
-            lambda: _committed_past(rs.conf, catalog.requests, group, list(decisions.records)),
+            lambda: _committed_past(
+                rs.broker.bootstrap, catalog.requests, group, list(decisions.records)
+            ),
             30,
             interval=0.2,
             message=lambda: (
@@ -313,7 +310,7 @@ def test_exactly_once_restart_publishes_every_decision_once(
     first = rs.worker("a")
     second = None
     try:
-        wait_until_deciding(rs.conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        wait_deciding(rs.broker.bootstrap, catalog)
         rs.sender.send(rs.handoffs(1))
         wait_for(lambda: all(decisions.for_run(r) for r in runs), 30, message="first decisions")
         first.kill9()  # no grace: the offsets went with the decisions' transactions
@@ -359,7 +356,7 @@ def test_sigterm_in_the_middle_of_a_backlog_loses_and_double_counts_nothing(
     first = rs.worker("a")
     second = None
     try:
-        wait_until_deciding(rs.conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        wait_deciding(rs.broker.bootstrap, catalog)
         for i in range(1, rounds + 1):  # 24,000 events at once: a backlog of big batches
             rs.sender.send(handoff_round(runs, i, cost, rs.now))
         wait_for(lambda: len(decisions.records) > 1000, 30, message="the backlog to be decided")

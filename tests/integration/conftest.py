@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from baton.processors.probe import wait_until_deciding
 from baton.streams.embedded import EmbeddedBroker
-from baton.streams.topics import TopicCatalog, ensure_topics
-from tests.stack import Collector, EventSender, WorkerProcess
+from baton.streams.topics import TopicCatalog
+from tests.stack import Collector, EventSender, WorkerProcess, fresh_topics, wait_deciding
 
 PARTITIONS = 4
 
@@ -76,9 +75,7 @@ def one_worker_stack(
     prefix = f"{prefix_letter}{uuid.uuid4().hex[:8]}."
     policy_path = workdir / "policy.yaml"
     policy_path.write_text(policy_yaml)
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     s = Stack(
         broker.bootstrap,
         prefix,
@@ -95,7 +92,7 @@ def one_worker_stack(
     try:
         w = s.add_worker("w1")
         try:
-            wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+            wait_deciding(broker.bootstrap, catalog)
         except Exception as exc:
             raise AssertionError(f"worker did not start: {exc}\n{w.log()}") from exc
         yield s

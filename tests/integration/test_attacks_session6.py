@@ -11,13 +11,11 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from baton.processors.probe import wait_until_deciding
 from baton.processors.state import RunState
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.partitioner import partition_for
-from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import handoff, wait_for
-from tests.stack import Collector, EventSender, WorkerProcess
+from tests.stack import Collector, EventSender, WorkerProcess, fresh_topics, wait_deciding
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +42,7 @@ def test_a_worker_restoring_a_forged_state_with_a_text_time_keeps_deciding(
     and the sweep's arithmetic on it crashed the worker ("We experienced a crash", every
     restart again: no run of any tenant was decided). Now the worker logs the run as
     unreadable, decides the other runs, and the forged run's events are dead letters."""
-    catalog = TopicCatalog(prefix=topic_prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, topic_prefix, PARTITIONS)
     wire = orjson.loads(RunState.new("forged-run", "default", time.time()).to_bytes())
     wire["t"] = "soon"
     _forge_changelog(broker.bootstrap, topic_prefix, b"forged-run", orjson.dumps(wire))
@@ -54,7 +50,7 @@ def test_a_worker_restoring_a_forged_state_with_a_text_time_keeps_deciding(
     dead = Collector(broker.bootstrap, catalog.deadletter, decisions=False)
     worker = WorkerProcess(broker.bootstrap, topic_prefix, tmp_path, partitions=PARTITIONS)
     try:
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 90)
+        wait_deciding(broker.bootstrap, catalog, 90)
         wait_for(lambda: "stored state cannot be read" in worker.log(), 30, message="the log")
         EventSender(broker.bootstrap, catalog.requests).send(
             [handoff("forged-run", 1, "t1"), handoff("good-run", 1, "t1")]

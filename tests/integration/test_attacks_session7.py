@@ -22,14 +22,12 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from baton.processors.probe import wait_until_deciding
 from baton.processors.state import RunState
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.partitioner import partition_for
-from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import handoff, wait_for
 from tests.integration.conftest import PARTITIONS
-from tests.stack import Collector, EventSender, WorkerProcess
+from tests.stack import Collector, EventSender, WorkerProcess, fresh_topics, wait_deciding
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -112,9 +110,7 @@ def test_a_worker_whose_batch_outlasts_its_session_writes_no_stale_run_state(
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(SLOW_BATCH)
     prefix = f"at{uuid.uuid4().hex[:8]}."
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     decisions = Collector(broker.bootstrap, catalog.decisions)
@@ -146,7 +142,7 @@ def test_a_worker_whose_batch_outlasts_its_session_writes_no_stale_run_state(
         )
 
     try:
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        wait_deciding(broker.bootstrap, catalog)
         w2 = worker("w2", {})
         workers.append(w2)
 

@@ -25,11 +25,11 @@ from baton.schemas.decision import Decision, Outcome
 from baton.schemas.events import ApprovalGranted, HandoffCompleted, HandoffRequested, RunFinished
 from baton.schemas.policy import parse_policy
 from baton.streams.embedded import EmbeddedBroker
-from baton.streams.topics import TopicCatalog, ensure_topics
+from baton.streams.topics import TopicCatalog
 from tests.audit_support import produce_decisions
 from tests.helpers import start_rounds, wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY
-from tests.stack import Collector, EventSender, SinkProcess, WorkerProcess
+from tests.stack import Collector, EventSender, SinkProcess, WorkerProcess, fresh_topics
 
 pytestmark = pytest.mark.integration
 
@@ -94,8 +94,7 @@ def audit(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Audit]:
     prefix = f"v{uuid.uuid4().hex[:8]}."
     (tmp_path / "policy.yaml").write_text(TEST_POLICY)  # refunds need approval, ttl 3 s
     (tmp_path / "chdb").mkdir()
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     a = Audit(broker.bootstrap, prefix, tmp_path, catalog)
     try:
         a.add_worker("w1")

@@ -23,8 +23,9 @@ from baton.streams.sdk import (
     GovernanceClient,
     OperatorClient,
 )
-from baton.streams.topics import TopicCatalog, ensure_topics
+from baton.streams.topics import TopicCatalog
 from tests.helpers import handoff, wait_for
+from tests.stack import fresh_topics
 
 from .conftest import PARTITIONS, Stack
 
@@ -44,8 +45,7 @@ def gov(stack: Stack) -> Iterator[GovernanceClient]:
 @pytest.fixture(scope="module")
 def idle(broker: EmbeddedBroker) -> TopicCatalog:
     """Baton's topics on the broker, but no worker deciding them."""
-    catalog = TopicCatalog(prefix=f"idle{uuid.uuid4().hex[:6]}.", partitions=PARTITIONS)
-    ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, f"idle{uuid.uuid4().hex[:6]}.", PARTITIONS)
     return catalog
 
 

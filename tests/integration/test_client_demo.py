@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from baton.streams.embedded import EmbeddedBroker
-from baton.streams.topics import TopicCatalog, ensure_topics
+from tests.stack import fresh_topics
 
 pytestmark = pytest.mark.integration
 
@@ -59,8 +59,7 @@ def test_demo_starts_baton_plays_every_scenario_and_stops_it(tmp_path: Path) -> 
 
 @pytest.mark.timeout(120)
 def test_demo_exits_1_naming_what_differed_when_nothing_decides(broker: EmbeddedBroker) -> None:
-    catalog = TopicCatalog(prefix=f"nodemo{uuid.uuid4().hex[:6]}.", partitions=4)
-    ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, f"nodemo{uuid.uuid4().hex[:6]}.", 4)
     result = _demo(
         "--bootstrap",
         broker.bootstrap,

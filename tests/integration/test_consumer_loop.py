@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from baton.processors.faust_inline import let_the_next_fetch_go
-from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Decision, Outcome
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import handoff, wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY
-from tests.stack import Collector, EventSender, WorkerProcess
+from tests.stack import Collector, EventSender, WorkerProcess, fresh_topics, wait_deciding
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +30,7 @@ def test_an_inline_consumer_decides_rebalances_and_stops_cleanly(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     prefix = f"cl{uuid.uuid4().hex[:8]}."
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     policy = tmp_path / "policy.yaml"
     policy.write_text(TEST_POLICY)
     decisions = Collector(broker.bootstrap, catalog.decisions)
@@ -48,7 +45,7 @@ def test_an_inline_consumer_decides_rebalances_and_stops_cleanly(
     first = worker("w1", INLINE)
     workers = [first]
     try:
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        wait_deciding(broker.bootstrap, catalog)
         runs = [f"inline-{i}" for i in range(8)]
 
         def answers(run: str) -> dict[str, Decision]:

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from baton.processors.probe import wait_until_deciding
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port
-from baton.streams.topics import TopicCatalog, ensure_topics
+from baton.streams.topics import TopicCatalog
 from tests.helpers import wait_for
-from tests.stack import SinkProcess, WorkerProcess
+from tests.stack import SinkProcess, WorkerProcess, fresh_topics, wait_deciding
 
 pytestmark = pytest.mark.integration
 
@@ -64,15 +63,13 @@ def healthy(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) ->
     workdir = tmp_path_factory.mktemp("doctor")
     policy = workdir / "policy.yaml"
     policy.write_text("multi_agent:\n  max_handoffs: 8\n")
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS)
-    ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog)
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     worker = WorkerProcess(broker.bootstrap, prefix, workdir, partitions=PARTITIONS, policy=policy)
     sink = SinkProcess(
         broker.bootstrap, prefix, workdir / "chdb", workdir / "sink.log", partitions=PARTITIONS
     )
     try:
-        conf = {"bootstrap.servers": broker.bootstrap}
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        wait_deciding(broker.bootstrap, catalog)
         sink.wait_ready()
         wait_for(
             lambda: _committed(broker.bootstrap, f"baton-{prefix.rstrip('.')}-audit", catalog),
@@ -233,8 +230,7 @@ def test_a_stack_whose_worker_stopped_fails_the_workers_check(
 ) -> None:
     """Tansu calls the group stable long after its last worker left: doctor probes instead."""
     prefix = f"w{uuid.uuid4().hex[:8]}."
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS)
-    ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog)
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     worker = WorkerProcess(broker.bootstrap, prefix, tmp_path, partitions=PARTITIONS)
     env = {
         "BATON_BOOTSTRAP": broker.bootstrap,
@@ -245,8 +241,7 @@ def test_a_stack_whose_worker_stopped_fails_the_workers_check(
     }
     group = f"workers (group baton-{prefix.rstrip('.')})"
     try:
-        conf = {"bootstrap.servers": broker.bootstrap}
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        wait_deciding(broker.bootstrap, catalog)
         running = lines(doctor(env))[group]
         assert running.startswith("✔") and "answered a probe" in running, running
     finally:

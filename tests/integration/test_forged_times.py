@@ -13,14 +13,12 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from baton.processors.probe import wait_until_deciding
 from baton.processors.state import RunState
 from baton.schemas.decision import Outcome
 from baton.streams.embedded import EmbeddedBroker
-from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import handoff, wait_for
 from tests.integration.test_attacks_session6 import PARTITIONS, _forge_changelog
-from tests.stack import Collector, EventSender, WorkerProcess
+from tests.stack import Collector, EventSender, WorkerProcess, fresh_topics, wait_deciding
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +26,7 @@ pytestmark = pytest.mark.integration
 def test_a_restored_run_whose_last_event_is_at_1e300_keeps_its_stop_and_is_evicted(
     broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
 ) -> None:
-    catalog = TopicCatalog(prefix=topic_prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, topic_prefix, PARTITIONS)
     start = time.time()
     wire = orjson.loads(RunState.new("forged-run", "default", start).to_bytes())
     wire.update(t=1e300, stop="handoff_budget_exceeded", usd=3.5)
@@ -45,7 +41,7 @@ def test_a_restored_run_whose_last_event_is_at_1e300_keeps_its_stop_and_is_evict
         broker.bootstrap, topic_prefix, tmp_path, partitions=PARTITIONS, extra_env=retention
     )
     try:
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 90)
+        wait_deciding(broker.bootstrap, catalog, 90)
 
         def states() -> list[dict[str, Any] | None]:
             """The forged run's records so far (the readiness probe's runs are there too)."""

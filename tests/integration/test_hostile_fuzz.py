@@ -40,7 +40,6 @@ from hypothesis import strategies as st
 
 from baton.processors.batch import FORWARDED_FROM
 from baton.processors.engine import Origin, approval_id_for, decide
-from baton.processors.probe import wait_until_deciding
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.events import (
@@ -55,9 +54,9 @@ from baton.schemas.events import (
 from baton.schemas.policy import parse_policy
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.partitioner import partition_for
-from baton.streams.topics import TopicCatalog, ensure_topics
+from baton.streams.topics import TopicCatalog
 from tests.helpers import wait_for
-from tests.stack import Collector, SinkProcess, WorkerProcess
+from tests.stack import Collector, SinkProcess, WorkerProcess, fresh_topics, wait_deciding
 
 pytestmark = pytest.mark.integration
 
@@ -717,9 +716,7 @@ def fuzz_stack(
     prefix = f"z{uuid.uuid4().hex[:8]}."
     workdir = tmp_path_factory.mktemp("fuzz")
     (workdir / "policy.yaml").write_text(FUZZ_POLICY)
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     worker = WorkerProcess(
         broker.bootstrap,
         prefix,
@@ -738,7 +735,7 @@ def fuzz_stack(
             ForwardWatcher(broker.bootstrap, [catalog.requests, catalog.approvals]),
         ]
         try:
-            wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+            wait_deciding(broker.bootstrap, catalog)
         except Exception as exc:
             raise AssertionError(f"worker did not start: {exc}\n{worker.log()}") from exc
         sink.wait_ready()

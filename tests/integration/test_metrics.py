@@ -15,12 +15,19 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from baton.processors.probe import wait_until_deciding
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port
-from baton.streams.topics import TopicCatalog, ensure_topics
+from baton.streams.topics import TopicCatalog
 from tests.helpers import handoff, wait_for
-from tests.stack import BatonProcess, Collector, EventSender, SinkProcess, WorkerProcess
+from tests.stack import (
+    BatonProcess,
+    Collector,
+    EventSender,
+    SinkProcess,
+    WorkerProcess,
+    fresh_topics,
+    wait_deciding,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,9 +77,7 @@ def mstack(
     workdir = tmp_path_factory.mktemp("metrics")
     policy = workdir / "policy.yaml"
     policy.write_text(POLICY)
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     ports = [free_port() for _ in range(3)]
     common = {"BATON_LOG_FORMAT": "json"}
     worker = WorkerProcess(
@@ -119,7 +124,7 @@ def mstack(
     try:
         try:
             # generous: three processes start at once on a shared, busy machine
-            wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 90)
+            wait_deciding(broker.bootstrap, catalog, 90)
         except Exception as exc:
             raise AssertionError(f"worker did not start: {exc}\n{worker.log()}") from exc
         try:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import (
     ApprovalGranted,
@@ -29,9 +28,16 @@ from baton.schemas.policy import parse_policy
 from baton.schemas.signing import approval_payload, load_private_key, sign
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.sdk import ApproverClient, GovernanceClient, OperatorClient
-from baton.streams.topics import TopicCatalog, ensure_topics
+from baton.streams.topics import TopicCatalog
 from tests.helpers import wait_for
-from tests.stack import Collector, EventSender, SinkProcess, WorkerProcess
+from tests.stack import (
+    Collector,
+    EventSender,
+    SinkProcess,
+    WorkerProcess,
+    fresh_topics,
+    wait_deciding,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -146,9 +152,7 @@ def people(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
     policy = workdir / "policy.yaml"
     policy.write_text(_policy(lines))
     prefix = f"p{uuid.uuid4().hex[:8]}."
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
-    conf = {"bootstrap.servers": broker.bootstrap}
-    ensure_topics(conf, catalog, timeout=10)
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     (workdir / "chdb").mkdir()
     env = {
         "BATON_BOOTSTRAP": broker.bootstrap,
@@ -164,7 +168,7 @@ def people(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     decisions = Collector(broker.bootstrap, catalog.decisions)
     try:
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        wait_deciding(broker.bootstrap, catalog)
         sink.wait_ready()
         yield People(
             broker.bootstrap, prefix, workdir, keys, lines, catalog, worker, sink, decisions, env

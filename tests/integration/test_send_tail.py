@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from baton.processors.probe import wait_until_deciding
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port
 from baton.streams.partitioner import partition_for
-from baton.streams.topics import TopicCatalog, ensure_topics
+from baton.streams.topics import TopicCatalog
 from tests.helpers import wait_for
-from tests.stack import EventSender, WorkerProcess
+from tests.stack import EventSender, WorkerProcess, fresh_topics, wait_deciding
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +63,10 @@ class Stack:
 def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prefix = f"s{uuid.uuid4().hex[:8]}."
     workdir = tmp_path_factory.mktemp("send")
-    catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS)
-    ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog)
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     worker = WorkerProcess(broker.bootstrap, prefix, workdir, partitions=PARTITIONS)
     try:
-        conf = {"bootstrap.servers": broker.bootstrap}
-        wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
+        wait_deciding(broker.bootstrap, catalog)
         env = {"BATON_BOOTSTRAP": broker.bootstrap, "BATON_TOPIC_PREFIX": prefix}
         yield Stack(env, catalog, broker.bootstrap)
     finally:
