@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from baton.cli.people_cmds import _report
 from baton.cli.signer import CommandRefused
@@ -58,9 +60,10 @@ def _switch(
     scope: str = "global",
     run_id: str | None = None,
     tenant: str | None = None,
-    key: Ed25519PrivateKey = ONCALL,
+    key: Ed25519PrivateKey | None = ONCALL,
 ) -> KillSwitch | KillSwitchReleased:
-    """A command signed by oncall at test time ``t`` (its event_time is its signing time)."""
+    """A command signed by oncall at test time ``t`` (its event_time is its signing time);
+    ``key`` None: unsigned."""
     when = at(t)
     target = run_id or tenant or "*"
     event_type = cls.model_fields["type"].default
@@ -71,7 +74,7 @@ def _switch(
         tenant=tenant,
         operator="oncall",
         reason="runaway",
-        signature=sign(key, payload),
+        signature=sign(key, payload) if key is not None else None,
         event_time=when,
     )
 
@@ -401,3 +404,58 @@ def test_the_command_line_says_an_answer_did_not_count_when_another_resolved_it(
     with pytest.raises(CommandRefused, match="resolved before this deny"):
         _report("approval", "deny", asked, resolved, "CFO")
     _report("approval", "grant", asked, resolved, "Finance_Lead")  # its own: counted
+
+
+# ------------------------------------------------------------------ the control fold, at random
+
+MALLORY = new_private_key()
+SLOTS = [("global", None, None), ("tenant", None, "acme"), ("run", "run-1", None)]
+_command = st.tuples(
+    st.sampled_from([KillSwitch, KillSwitchReleased]),
+    st.sampled_from(SLOTS),
+    st.sampled_from(["oncall", "mallory", "unsigned"]),
+    st.integers(-3600, 120),  # signed this many seconds from the worker's clock
+    st.integers(0, 600),  # the worker's clock advances this much first
+    st.booleans(),  # send an earlier command again instead (a replay), when there is one
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_command, max_size=25))
+def test_the_kill_switches_follow_the_signed_commands_in_order_never_a_replay_or_forgery(
+    steps: list[Any],
+) -> None:
+    """Folding any mix of signed, forged, unsigned, replayed and early or late commands: a
+    command counts only when oncall signed it, no more than 60 s ahead of the worker's clock,
+    later than the last command applied to its target; a kill holds until such a release."""
+    policy = _ops_policy()
+    kills, now, sent = NO_KILLS, 0, []
+    latest: dict[tuple[str, str], float] = {}
+    on: dict[tuple[str, str], bool] = {}
+    for cls, (scope, run_id, tenant), signer, ahead, advance, replay in steps:
+        now += advance
+        if replay and sent:
+            command = sent[len(sent) // 2]
+        else:
+            key = {"oncall": ONCALL, "mallory": MALLORY}.get(signer)
+            command = _switch(cls, now + ahead, scope=scope, run_id=run_id, tenant=tenant, key=key)
+            sent.append(command)
+        slot = (command.scope, command.target)
+        signed = command.event_time.timestamp() - at(0).timestamp()
+        counts = (
+            command.signature is not None
+            and command.signature == _switch(
+                type(command), signed, scope=command.scope, run_id=command.run_id,
+                tenant=command.tenant,
+            ).signature
+            and signed <= now + 60
+            and (slot not in latest or signed > latest[slot])
+        )  # fmt: skip
+        kills, record = apply_control(kills, command, policy, at(now))
+        applied = record.reason in (Reason.KILL_SWITCH, Reason.KILL_SWITCH_RELEASED)
+        assert applied == counts, (command, record.reason, record.detail)
+        if counts:
+            latest[slot], on[slot] = signed, type(command) is KillSwitch
+    assert kills.everything == on.get(("global", "*"), False)
+    assert ("acme" in kills.tenants) == on.get(("tenant", "acme"), False)
+    assert ("run-1" in kills.runs) == on.get(("run", "run-1"), False)
