@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from baton.schemas.decision import DECISION_ADAPTER
 from baton.schemas.errors import AuditUnavailable
+from baton.sinks.audit_copies import Copy, unheld_copies
 from baton.sinks.audit_insert import RowsRefused, insert_native, insert_rows
 from baton.sinks.json_rows import shortcut_row
 from baton.sinks.rows import (
@@ -93,12 +94,14 @@ class AuditBatch:
     chunk_types: tuple[str, ...] | None = None
     #: rows stored through the chunks' Native blocks (None: not stored that way)
     encoded_rows: int | None = None
+    #: records flagged reemitted, not stored: looked up once the rows are (``audit_copies``)
+    copies: list[Copy] = field(default_factory=list)
 
     def __len__(self) -> int:
-        """Records held: rows and rejected ones, or every record deferred."""
+        """Records held: rows, rejected ones and copies, or every record deferred."""
         if self.deferred is not None:
             return len(self.deferred)
-        return len(self.rows) + len(self.rejected)
+        return len(self.rows) + len(self.rejected) + len(self.copies)
 
     def add(self, partition: int, offset: int, value: bytes | None) -> None:
         """Parse one record; anything that keeps it from being a row makes it a rejected row.
@@ -152,7 +155,7 @@ class AuditBatch:
             return
         records, self.deferred = self.deferred, None
         self.unsent, self.chunks, self.chunk_types, self.encoded_rows = [], [], None, None
-        self.rows, self.raws, self.rejected = [], [], []
+        self.rows, self.raws, self.rejected, self.copies = [], [], [], []
         self.todo, self.rejected_stored = None, False
         for partition, offset, value in records:
             self._parse(partition, offset, value)
@@ -185,8 +188,11 @@ class AuditBatch:
                     RejectKind.INVALID_RECORD, "empty record (tombstone): expected a Decision"
                 )
             decision = DECISION_ADAPTER.validate_json(value)
-            if decision.reemitted:
-                return  # a copy answered from a run's state: the audit keeps the original
+            if decision.reemitted:  # a copy answered from a run's state: the audit keeps
+                # the original; one that names no stored decision is kept (audit_copies)
+                where = (partition, offset, value, decision.tenant, decision.run_id)
+                self.copies.append((*where, decision.decision_id))
+                return
             row = decision_row(decision, self.topic, partition, offset, self.window)
         except ValidationError as exc:
             self.reject(partition, offset, value, RejectKind.INVALID_RECORD, _explain(exc))
@@ -249,6 +255,7 @@ class AuditBatch:
         self.rows = [self.rows[i] for i in kept]
         self.raws = [self.raws[i] for i in kept]
         self.rejected = [r for r in self.rejected if r[1] not in partitions]
+        self.copies = [c for c in self.copies if c[0] not in partitions]
         self.ranges = {p: span for p, span in self.ranges.items() if p not in partitions}
         # what was stored stays stored (the new owner's copies fold); the rest starts over
         self.todo = None
@@ -356,6 +363,7 @@ def write_batch(
                 f"ClickHouse refused the row: {exc}",
             )
         batch.todo.pop()
+    _reject_unheld_copies(client, batch, label)
     if batch.rejected and not batch.rejected_stored:
         token = batch.rejected_token()
         try:
@@ -373,6 +381,14 @@ def write_batch(
                 f"ClickHouse at {label} refused the rejected records ({token}): {exc}"
             ) from exc
         batch.rejected_stored = True
+
+
+def _reject_unheld_copies(client: Client, batch: AuditBatch, label: str) -> None:
+    """Make the batch's re-emitted copies whose decision the audit lacks rejected records."""
+    for partition, offset, value, *_ in unheld_copies(client, batch.copies, label):
+        error = "flagged reemitted, but the audit holds no decision of its id: not a copy"
+        batch.reject(partition, offset, value, RejectKind.NOT_A_COPY, error)
+    batch.copies = []
 
 
 #: longest wait for one chunk from a parse process (it parses ~1,000 records in ~15 ms): past
@@ -419,4 +435,5 @@ def _write_chunks(
             return
     batch.encoded_rows = rows
     batch.rejected = [r for chunk in chunks for r in chunk.rejected]
+    batch.copies = [c for chunk in chunks for c in chunk.copies]
     batch.todo = []

@@ -64,6 +64,9 @@ class RejectKind(StrEnum):
     REFUSED_BY_CLICKHOUSE = "refused_by_clickhouse"
     #: anything else that failed while converting this one record
     UNCONVERTIBLE = "unconvertible"
+    #: flagged ``reemitted`` (a copy of a stored decision) while the audit holds no decision
+    #: of its id (``audit_copies``)
+    NOT_A_COPY = "not_a_copy"
 
 
 class RowRejected(ValueError):

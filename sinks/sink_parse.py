@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from baton.sinks.audit_batch import AuditBatch, token_material
+from baton.sinks.audit_copies import Copy
 from baton.sinks.audit_insert import native_block
 from baton.sinks.json_rows import shortcut_row
 from baton.sinks.rows import DECISION_COLUMNS, DecidedWindow
@@ -65,6 +66,8 @@ class ParsedChunk:
     #: partition -> (first, last) offset of the rows (not of the rejected records)
     spans: dict[int, tuple[int, int]] = field(default_factory=dict)
     rejected: list[list[Any]] = field(default_factory=list)
+    #: records flagged reemitted (``AuditBatch.copies``), looked up after the rows are stored
+    copies: list[Copy] = field(default_factory=list)
 
 
 def parse_chunk(
@@ -87,7 +90,7 @@ def parse_chunk(
             rows.append(row)
     spans, material = token_material(batch.rows)
     native = native_block(batch.rows, DECISION_COLUMNS, types)
-    return ParsedChunk(native, len(batch.rows), material, spans, batch.rejected)
+    return ParsedChunk(native, len(batch.rows), material, spans, batch.rejected, batch.copies)
 
 
 class ChunkFuture(Future[ParsedChunk]):

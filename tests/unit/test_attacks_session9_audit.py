@@ -170,10 +170,6 @@ def test_a_run_whose_first_record_in_the_range_only_names_a_request_is_partial()
     assert "rc" in report.partial
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the sink drops every record flagged reemitted unread: a forged one leaves no trace",
-)
 def test_a_forged_answer_flagged_reemitted_leaves_a_trace_in_the_audit(tmp_path: Path) -> None:
     """A writer of gov.decisions answers a client's pending request with a forged allow
     flagged ``reemitted``: the client SDK takes it (it matches on run, request and phase),
@@ -240,3 +236,40 @@ def test_a_forged_policy_record_is_named_escaped(tmp_path: Path) -> None:
     client.close()
     assert not policies and len(refused) == 1
     assert _no_terminal_control(refused[0]), repr(refused[0])
+
+
+def test_copies_parsed_in_a_parse_process_are_looked_up_after_their_original_is_stored(
+    tmp_path: Path,
+) -> None:
+    """The sink's default path: a parse process parses the batch (original, the worker's
+    copy of it, a forged copy naming no decision) and the batch stores the original first,
+    then looks the copies up: the real one folds away, the forged one is `not_a_copy`; its
+    offset is committed with the rest."""
+    from baton.sinks.audit_batch import DECISIONS_TABLE, AuditBatch, write_batch
+    from baton.sinks.audit_insert import insert_types
+    from baton.sinks.rows import DECISION_COLUMNS
+    from baton.sinks.sink_parse import ParseProcesses
+
+    (allow,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="rr")], "rr")
+    copy = Decision.from_json(allow.to_json())
+    copy.reemitted = True
+    forged = Decision.from_json(copy.to_json())
+    forged.decision_id, forged.request_id = "f" * 32, "h2"
+    client = chdb_audit(tmp_path / "chdb", [])
+    types = insert_types(client, DECISIONS_TABLE, DECISION_COLUMNS)
+    parsers = ParseProcesses(1, "gov.decisions")
+    parsers.start()
+    try:
+        batch = AuditBatch("gov.decisions", 365)
+        for offset, d in enumerate([allow, copy, forged]):
+            batch.defer(0, offset, d.to_json())
+        batch.send(parsers, types)
+        write_batch(client, batch, "chdb", {DECISIONS_TABLE: types})
+    finally:
+        parsers.close()
+    stored = client.query("SELECT audit_offset FROM governance.decisions").result_rows
+    rejected = client.query("SELECT audit_offset, error_kind FROM governance.rejected")
+    client.close()
+    assert [int(r[0]) for r in stored] == [0] and batch.encoded_rows == 1  # parsed there
+    assert [(int(o), kind) for o, kind in rejected.result_rows] == [(2, "not_a_copy")]
+    assert batch.commit_offsets() == {0: 3}

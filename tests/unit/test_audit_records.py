@@ -8,6 +8,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import pytest
@@ -461,6 +463,11 @@ class FakeClickHouse:
         if token not in self.tokens:
             self.tokens.add(token)
             self.stored[table].extend(rows)
+
+    def query(self, sql: str, parameters: dict[str, Any]) -> Any:
+        """The lookup of a batch's re-emitted copies (``audit_copies``): every decision is
+        held here (these tests are not about copies)."""
+        return SimpleNamespace(result_rows=list(parameters["keys"]))
 
     def decision_ids(self) -> list[str]:
         return [str(r[0]) for r in self.stored[DECISIONS_TABLE]]
