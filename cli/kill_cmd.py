@@ -95,8 +95,15 @@ def kill_cmd(
             f"the worker refused this {'release' if release else 'kill'} ({record.reason}): "
             f"{record.detail}"
         )
-    confirmed = f" (applied by worker {record.worker})" if record is not None else ""
-    click.echo(f"kill switch {what}: scope={scope} target={target}{confirmed}")
+    if record is None:  # --no-wait: Kafka has it; whether a worker applies it is unknown
+        click.echo(
+            f"kill switch {'release' if release else 'kill'} published, not confirmed "
+            f"(--no-wait): scope={scope} target={target}"
+        )
+        return
+    click.echo(
+        f"kill switch {what}: scope={scope} target={target} (applied by worker {record.worker})"
+    )
 
 
 #: the option a field of the kill switch event comes from

@@ -143,3 +143,24 @@ def test_a_tenant_kill_named_in_capitals_is_confirmed_and_a_future_dated_release
     )
     assert released.returncode == 0, released.stdout + released.stderr
     assert d.check("acme").outcome == Outcome.ALLOW
+
+
+def test_a_kill_published_without_waiting_is_not_said_to_be_engaged(
+    deployment: Deployment,
+) -> None:
+    """`baton kill --no-wait` printed "kill switch engaged" for a command no worker had
+    applied: here an unsigned one, which the worker refuses (the run goes on)."""
+    run = f"run_{uuid.uuid4().hex[:10]}"
+    sent = deployment.baton("kill", "--run", run, "--as", "oncall", "--no-wait")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "engaged" not in sent.stdout
+    assert f"published, not confirmed (--no-wait): scope=run target={run}" in sent.stdout
+    refused = wait_for(
+        lambda: next(
+            (r for r in deployment.decisions.for_run(run) if r.reason == Reason.CONTROL_UNSIGNED),
+            None,
+        ),
+        30,
+        message=lambda: f"the refusal: {deployment.decisions.for_run(run)}",
+    )
+    assert refused.outcome == Outcome.RECORDED
