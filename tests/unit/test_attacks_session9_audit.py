@@ -273,3 +273,25 @@ def test_copies_parsed_in_a_parse_process_are_looked_up_after_their_original_is_
     assert [int(r[0]) for r in stored] == [0] and batch.encoded_rows == 1  # parsed there
     assert [(int(o), kind) for o, kind in rejected.result_rows] == [(2, "not_a_copy")]
     assert batch.commit_offsets() == {0: 3}
+
+
+def test_a_flood_of_copies_with_huge_ids_never_holds_the_sink(tmp_path: Path) -> None:
+    """Copies naming 200 KB ids (no worker writes one) would make a lookup ClickHouse
+    refuses or an HTTP URL no server takes: the batch would be retried for ever. They are
+    rejected without a lookup; 3,000 copies of long non-ASCII ids go in several lookups."""
+    from baton.sinks.audit_batch import AuditBatch, write_batch
+
+    (allow,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="rr")], "rr")
+    client = chdb_audit(tmp_path / "chdb", [allow])
+    batch = AuditBatch("gov.decisions", 365)
+    for offset in range(3_000):
+        copy = Decision.from_json(allow.to_json())
+        copy.reemitted = True
+        copy.decision_id = ("é" * 250) + str(offset)
+        if offset % 1_000 == 0:
+            copy.run_id = "r" * 200_000
+        batch.add(0, offset, copy.to_json())
+    write_batch(client, batch, "chdb")
+    kinds = client.query("SELECT error_kind, count() FROM governance.rejected GROUP BY 1")
+    client.close()
+    assert kinds.result_rows == [("not_a_copy", 3_000)]
