@@ -14,8 +14,13 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from baton.schemas.decision import Decision
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.topics import TopicCatalog, ensure_topics
+from tests.audit_support import produce_decisions
+from tests.helpers import wait_for
+from tests.stack import SinkProcess
+from tests.unit.test_attacks_session9_audit import _published
 from tests.unit.test_engine_support import handoff
 
 pytestmark = pytest.mark.integration
@@ -107,3 +112,37 @@ def test_hostile_record_timestamps_and_a_run_begun_before_since(
     report = orjson.loads(open_ended.stdout)
     assert {"ra", "rx"} <= set(report["partial"]) and not report["broken"], report
     assert [c["run_id"] for c in report["changes"]] == ["rb"], report
+
+
+def test_a_real_sink_keeps_a_forged_answer_flagged_reemitted_and_folds_the_workers_copy(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Through `baton sink` (its consumer loop, parse processes and chDB): the worker's allow,
+    the worker's copy of it (a client retry, flagged reemitted) and a forged allow flagged
+    reemitted for another request. The copy folds away; the forged one, which the sink used
+    to drop unread, is in governance.rejected as not_a_copy; the sink keeps running."""
+    prefix = "s9sink."
+    catalog = TopicCatalog(prefix=prefix, partitions=1, replication=1)
+    ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog, timeout=10)
+    (allow,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="rs")], "rs")
+    copy = Decision.from_json(allow.to_json())
+    copy.reemitted = True
+    forged = Decision.from_json(copy.to_json())
+    forged.decision_id, forged.request_id = "f" * 32, "h2"
+    sink = SinkProcess(
+        broker.bootstrap, prefix, tmp_path / "chdb", tmp_path / "sink.log", partitions=1
+    )
+    try:
+        sink.wait_ready()
+        produce_decisions(broker.bootstrap, catalog.decisions, [allow, copy, forged])
+
+        def rejected() -> list[tuple[object, ...]]:
+            rows = sink.query("SELECT audit_offset, error_kind FROM governance.rejected")
+            return rows or None  # type: ignore[return-value]
+
+        kept = wait_for(rejected, 60, message=sink.log)
+        assert [(int(o), kind) for o, kind in kept] == [(2, "not_a_copy")], kept
+        stored = sink.query("SELECT decision_id FROM governance.decisions FINAL")
+        assert stored == [(allow.decision_id,)] and sink.alive(), sink.log()
+    finally:
+        sink.stop()
