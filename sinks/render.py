@@ -91,9 +91,30 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> s
     if fmt == "json":
         opts = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
         return "\n".join(
-            orjson.dumps(
-                dict(zip(columns, row, strict=True)), default=_json_default, option=opts
-            ).decode()
+            _printable_json(
+                orjson.dumps(
+                    dict(zip(columns, row, strict=True)), default=_json_default, option=opts
+                ).decode()
+            )
             for row in rows
         )
     raise ValueError(f"output format: expected table, csv or json, got {fmt!r}")
+
+
+def _printable_json(text: str) -> str:
+    """A JSON line with every character a terminal could obey written as a ``\\u`` escape:
+    orjson escapes only C0 controls, so DEL, C1 controls (U+009B is a CSI to some terminals)
+    and bidi overrides in an audit value reached the terminal as they are. Outside its
+    strings the JSON is ASCII: the document is the same."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in text)
+
+
+def _json_escape(ch: str) -> str:
+    """``ch`` as a JSON ``\\uXXXX`` escape (a surrogate pair past U+FFFF)."""
+    code = ord(ch)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"

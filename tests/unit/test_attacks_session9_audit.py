@@ -295,3 +295,19 @@ def test_a_flood_of_copies_with_huge_ids_never_holds_the_sink(tmp_path: Path) ->
     kinds = client.query("SELECT error_kind, count() FROM governance.rejected GROUP BY 1")
     client.close()
     assert kinds.result_rows == [("not_a_copy", 3_000)]
+
+
+def test_json_output_escapes_what_a_terminal_obeys_and_reads_back_the_same(
+    tmp_path: Path,
+) -> None:
+    """`baton trace -f json` and `baton sql -f json`: orjson escapes C0 controls only, so a
+    task id's bidi override (and DEL, C1 controls) reached the terminal raw; `baton tail`
+    escapes them. Now written as \\u escapes: each line still parses to the stored text."""
+    import orjson
+
+    chdb = _hostile_audit(tmp_path)
+    result = CliRunner().invoke(trace_cmd, [HOSTILE_RUN, "-f", "json", "--dsn", f"chdb://{chdb}"])
+    assert result.exit_code == 0, result.output
+    assert _no_terminal_control(result.output), repr(result.output[:600])
+    lines = result.output.splitlines()
+    assert [orjson.loads(line)["task_id"] for line in lines] == [HOSTILE_TASK] * 2
