@@ -315,7 +315,7 @@ class RequestChannel:
 
     def _dispatch(self, messages: list[Any]) -> None:
         book = self.waiters
-        resolved: list[tuple[Waiter, Decision]] = []
+        resolved: list[tuple[Waiter, Decision | Unanswered]] = []
         for msg in messages:
             if msg.error() is not None:
                 if msg.error().code() != KafkaError._PARTITION_EOF:
@@ -327,19 +327,25 @@ class RequestChannel:
                 key = (doc["run_id"], doc["request_id"], doc["phase"])
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
+            if type(key[0]) is not str or type(key[1]) is not str or type(key[2]) is not str:
+                # a list or map there (anyone who can write gov.decisions) made the key
+                # unhashable: the reader raised, and every check of this client failed closed
+                continue
             # cheap unlocked look first: most records are other runs' (other clients')
             if not book.awaited(key):
                 continue
             try:
                 decision = DECISION_ADAPTER.validate_python(doc)
             except ValueError as exc:
-                log.error(
-                    "%s[%d]@%d is not a Decision: %s",
-                    msg.topic(),
-                    msg.partition(),
-                    msg.offset(),
-                    str(exc).splitlines()[0],
+                where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+                why = str(exc).splitlines()[0]
+                log.error("%s is not a Decision: %s", where, why)
+                # an answer under the key, unreadable: never waited out into a fail-open allow
+                unreadable = Unanswered(
+                    f"Baton's answer {where} is not a decision this client reads ({why[:200]})",
+                    unreadable=True,
                 )
+                resolved.extend((w, unreadable) for w in book.take_all([key]))
                 continue
             resolved.extend((w, decision) for w in book.take(key, decision))
         if resolved:

@@ -99,7 +99,8 @@ class GovernanceClient(ClientBase):
                 except TimeoutError:
                     continue
                 if isinstance(result, Unanswered):
-                    return self._unanswered(event, phase, result.detail)
+                    closed = False if result.unreadable else None
+                    return self._unanswered(event, phase, result.detail, fail_open=closed)
                 return result  # type: ignore[no-any-return]
             return self._unanswered(event, phase, self._no_decision(timeout, retries + 1))
         finally:

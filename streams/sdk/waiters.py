@@ -38,6 +38,9 @@ class Unanswered:
     """Resolves a waiter that will get no decision (client closed, partition unreadable)."""
 
     detail: str
+    #: Baton answered, in a record this client cannot read (a newer worker's outcome, a
+    #: damaged record): a stop even for a fail-open client, which allowed it at its timeout
+    unreadable: bool = False
 
 
 @dataclass(slots=True, eq=False)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import time
 from datetime import datetime
 from typing import Any
 
+import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
@@ -459,3 +461,56 @@ def test_the_kill_switches_follow_the_signed_commands_in_order_never_a_replay_or
     assert kills.everything == on.get(("global", "*"), False)
     assert ("acme" in kills.tenants) == on.get(("tenant", "acme"), False)
     assert ("run-1" in kills.runs) == on.get(("run", "run-1"), False)
+
+
+# ------------------------------------------------------------------ answers the client cannot read
+
+
+def test_an_answer_a_fail_open_client_cannot_read_is_a_stop_at_once_never_an_allow() -> None:
+    """A record under the check's key that is no Decision this client reads (a newer worker's
+    outcome, a damaged record) was skipped: the check waited out its timeout and a fail-open
+    client returned `allow governance_unavailable` although Baton had answered."""
+    client = _offline_client()
+    client.options = dataclasses.replace(client.options, fail_open=True, timeout_s=30.0)
+    run = Run(GATED, run_id="run-9")
+    refund = handoff("h1", "refund", "planner", "billing_agent", run_id="run-9", action=REFUND)
+    answer = run.one(refund)
+    newer = _Message(answer)
+    doc = orjson.loads(newer.value())
+    newer._value = orjson.dumps({**doc, "outcome": "defer"})  # an outcome this client lacks
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(client.check, refund)
+        key = (refund.run_id, refund.request_id, str(Phase.PRE_HANDOFF))
+        wait_for(lambda: client.channel.waiters.awaited(key), 5, message="the check's waiter")
+        client.channel._dispatch([newer])
+        got = future.result(60)
+    assert (got.outcome, got.reason) == (Outcome.STOP, Reason.GOVERNANCE_UNAVAILABLE), got
+    assert "not a decision this client reads" in (got.detail or "")
+    assert time.monotonic() - started < 10  # at once, not at the 30 s timeout
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"run_id": ["run-9"], "request_id": "h1", "phase": "pre_handoff"},
+        {"run_id": "run-9", "request_id": {"h": 1}, "phase": "pre_handoff"},
+        {"run_id": "run-9", "request_id": "h1", "phase": ["pre_handoff"]},
+    ],
+)
+def test_a_record_whose_ids_are_not_text_never_ends_the_clients_reader(forged: Any) -> None:
+    """A record on gov.decisions whose run id, request id or phase is a list or a map made
+    the key unhashable: the reader thread raised, and every check of every client reading
+    that partition failed closed from then on (`governance_unavailable`), until restarted."""
+    client = _offline_client()
+    run = Run(GATED, run_id="run-9")
+    own = handoff("h1", "t1", "planner", "researcher", run_id="run-9")
+    decided = run.one(own)
+    junk = _Message(decided)
+    junk._value = orjson.dumps({**orjson.loads(junk.value()), **forged})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(client.check, own)
+        key = (own.run_id, own.request_id, str(Phase.PRE_HANDOFF))
+        wait_for(lambda: client.channel.waiters.awaited(key), 5, message="the check's waiter")
+        client.channel._dispatch([junk, _Message(decided)])
+        assert future.result(10) == decided
