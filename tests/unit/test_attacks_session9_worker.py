@@ -18,11 +18,25 @@ from hypothesis import strategies as st
 
 from baton.cli.people_cmds import _report
 from baton.cli.signer import CommandRefused
-from baton.processors.engine import NO_KILLS, KillSwitches, apply_control, apply_policy_update
+from baton.processors.engine import (
+    NO_KILLS,
+    KillSwitches,
+    apply_control,
+    apply_policy_update,
+    request_digest,
+)
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
-from baton.schemas.events import HandoffRequested, KillSwitch, KillSwitchReleased, PolicyUpdated
+from baton.schemas.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    HandoffRequested,
+    KillSwitch,
+    KillSwitchReleased,
+    PolicyUpdated,
+)
 from baton.schemas.policy import Policy, parse_policy
 from baton.schemas.signing import (
+    approval_payload,
     control_payload,
     new_private_key,
     policy_hash,
@@ -514,3 +528,120 @@ def test_a_record_whose_ids_are_not_text_never_ends_the_clients_reader(forged: A
         wait_for(lambda: client.channel.waiters.awaited(key), 5, message="the check's waiter")
         client.channel._dispatch([junk, _Message(decided)])
         assert future.result(10) == decided
+
+
+# ------------------------------------------------------------------ the approval gate, at random
+
+FINANCE, PLANNER_KEY, BILLING_KEY = new_private_key(), new_private_key(), new_private_key()
+KEYS = {"finance_lead": FINANCE, "planner": PLANNER_KEY, "billing_agent": BILLING_KEY}
+SIGNED_GATE = parse_policy(
+    f"""
+multi_agent:
+  require_approval_for: [{REFUND}]
+  approval:
+    ttl_seconds: 300
+    max_signature_age_seconds: 600
+    approvers: [finance_lead, planner, billing_agent]
+    keys:
+      finance_lead: "{public_key_text(FINANCE)}"
+      planner: "{public_key_text(PLANNER_KEY)}"
+      billing_agent: "{public_key_text(BILLING_KEY)}"
+""",
+    "test",
+)
+AGENTS9 = ["planner", "billing_agent", "researcher"]
+_step = st.one_of(
+    st.tuples(
+        st.just("ask"),
+        st.sampled_from(["h1", "h2", "h3"]),
+        st.sampled_from(AGENTS9),
+        st.sampled_from(AGENTS9),
+        st.sampled_from([REFUND, None]),
+    ),
+    st.tuples(
+        st.just("answer"),
+        st.sampled_from(["grant", "deny"]),
+        st.sampled_from([*KEYS, "intern"]),  # who it claims to be
+        st.sampled_from(["own", "own", *KEYS, None]),  # whose key signs it
+        st.one_of(  # signed this far from the worker's clock
+            st.sampled_from([0, 5, 59, 61, -59, -61, -599, -601]), st.integers(-1000, 1000)
+        ),
+        st.sampled_from(["pending", "pending", "pending", "digest", "run", "junk"]),
+    ),
+    st.tuples(st.just("tick"), st.integers(1, 400)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_step, max_size=20), st.integers(0, 10_000))
+def test_a_gated_handoff_is_allowed_only_by_a_signed_grant_of_a_listed_uninvolved_approver(
+    steps: list[Any], pick: int
+) -> None:
+    """Any mix of gated and plain requests (reused ids, self- and beneficiary approvers),
+    answers claimed by anyone, signed by anyone's key or none, early, late, for another
+    request, run or approval, and clock steps past TTL: a refund is allowed only in the
+    approval phase, by a grant its claimed approver signed with its own key over this run,
+    approval and request, neither party to the handoff, signed within 60 s after the ask and
+    ahead of the clock and younger than max_signature_age, before the TTL and the first answer."""
+    run, now, asked = Run(SIGNED_GATE, run_id="run-9"), 0, []
+    pending: dict[str, tuple[HandoffRequested, float]] = {}
+    granted: dict[str, str] = {}
+    for step in steps:
+        if step[0] == "tick":
+            now += step[1]
+            continue
+        if step[0] == "ask":
+            _, rid, giver, taker, action = step
+            request = handoff(rid, "t-" + rid, giver, taker, run_id="run-9", action=action, t=now)
+            for d in run.send(request, now):
+                if d.phase is Phase.PRE_HANDOFF and d.outcome is Outcome.ALLOW:
+                    assert action is None, d
+                if d.outcome is Outcome.APPROVAL_REQUIRED and d.approval_id:
+                    pending.setdefault(d.approval_id, (request, now))
+                    asked.append((d.approval_id, request))
+            continue
+        _, verdict, approver, signer, ahead, target = step
+        signer = approver if signer == "own" and approver in KEYS else signer
+        signer = None if signer == "own" else signer
+        if not asked:
+            continue
+        approval_id, request = asked[pick % len(asked)]
+        digest = request_digest(request)
+        signed_run, signed_id = "run-9", approval_id
+        if target == "digest":
+            digest = "0" * 16
+        elif target == "run":
+            signed_run = "run-other"
+        elif target == "junk":
+            signed_id = "apr_junk"
+        when = at(now + ahead)
+        payload = approval_payload(signed_id, signed_run, digest, verdict, approver, when)
+        cls = ApprovalGranted if verdict == "grant" else ApprovalDenied
+        answer = cls(
+            approval_id=approval_id,
+            run_id="run-9",
+            approver=approver,
+            signature=sign(KEYS[signer], payload) if signer else None,
+            request_digest=digest,
+            event_time=when,
+        )
+        was = pending.get(approval_id)
+        for d in run.send(answer, now):
+            if d.phase is not Phase.APPROVAL or d.outcome is not Outcome.ALLOW:
+                continue
+            assert d.request_id == request.request_id
+            if approval_id in granted:  # a repeat is answered with the grant's record
+                assert d.decision_id == granted[approval_id], d
+                continue
+            assert was is not None, ("allowed twice, or never asked", d)
+            granted[approval_id] = d.decision_id
+            req, asked_at = was
+            assert verdict == "grant" and signer == approver and target == "pending", d
+            assert approver not in (req.from_agent, req.to_agent), d
+            assert asked_at - 60 <= now + ahead <= now + 60, d
+            assert now - (now + ahead) <= 600 and now < asked_at + 300, d
+        if any(
+            d.phase is Phase.APPROVAL and d.outcome is not Outcome.RECORDED
+            for d in run.state.replies(f"a:{approval_id}") or []  # type: ignore[union-attr]
+        ):
+            pending.pop(approval_id, None)
