@@ -182,7 +182,8 @@ def test_a_policy_signed_on_a_clock_a_year_ahead_cannot_lock_out_later_policies(
     "clock of that start: past the release's signing time the future-dated release is applied "
     "in its place and the kill after it (signed earlier) is refused as a replay; telling them "
     "apart needs a time the writer cannot set (the broker's append time: LogAppendTime on "
-    "gov.control) or a memory of refusals, not the reading clock",
+    "gov.control, which Tansu 0.6 ignores: a record keeps its producer's CreateTime, "
+    "measured) or a memory of refusals, not the reading clock",
 )
 def test_a_worker_restarted_after_a_future_dated_release_keeps_the_kill_signed_after_it() -> None:
     policy = _ops_policy()
