@@ -137,7 +137,8 @@ def answers_request(event: HandoffRequested | HandoffCompleted) -> Callable[[Dec
     of the fields the worker repeats of a request (the agents, task, action, tool; a report's
     agent, task and status) names another value. A field the decision leaves empty (a
     protocol refusal of a report) says nothing. Not covered: another request that differs
-    only in what no decision repeats (``tools``, estimates, ``task_kind``)."""
+    only in what no decision repeats (``tools``, estimates, ``task_kind``; a report's cost,
+    counts and tools)."""
     if isinstance(event, HandoffCompleted):
         expected = {"to_agent": event.agent, "task_id": event.task_id}
         expected["handoff_status"] = event.status
