@@ -20,7 +20,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from baton.sinks.sql_body import BodyTooLarge, UnsupportedEncoding, decode_body
+from baton.sinks.sql_body import (
+    BodyTooLarge,
+    FormRefused,
+    UnsupportedEncoding,
+    decode_body,
+    form_query,
+)
 from baton.sinks.sql_exec import QueryFailed, SqlLimits, execute_any, execute_read
 from baton.sinks.sql_guard import Refused, check_browser, check_credentials
 
@@ -150,12 +156,7 @@ class SqlHandler(BaseHTTPRequestHandler):
         else:
             body = self.rfile.read(length) if length else b""
         if self.headers.get_content_type() == "multipart/form-data":
-            self._error(
-                QueryFailed(
-                    "Code: 48. multipart/form-data (external data) is not "
-                    "supported by the baton SQL endpoint"
-                )
-            )
+            self._answer_form(params, body)
             return
         try:
             body = decode_body(body, self.headers.get("Content-Encoding"), limit)
@@ -169,6 +170,20 @@ class SqlHandler(BaseHTTPRequestHandler):
             self._error(QueryFailed(f"Code: 1002. cannot decode the request body: {exc}"))
             return
         self._answer(params, body, get=False)
+
+    def _answer_form(self, params: dict[str, str], body: bytes) -> None:
+        """A query sent as a form (clickhouse-connect's, when its bound parameters pass 4 KB):
+        its ``query`` field is the SQL, its ``param_*`` fields join the URL's; nothing else."""
+        try:
+            if self.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+                raise FormRefused("a compressed form")
+            sql, fields = form_query(body, self.headers.get("Content-Type", ""), _MAX_PARAMS)
+            if "query" in params or fields.keys() & params.keys():
+                raise FormRefused("a field given both in the URL and in the form")
+        except (FormRefused, ValueError) as exc:
+            self._error(QueryFailed(f"Code: 48. multipart/form-data: {exc}: not served"))
+            return
+        self._answer({**params, **fields}, sql, get=False)
 
     def _params(self, query: str) -> dict[str, str] | None:
         try:

@@ -311,3 +311,106 @@ def test_json_output_escapes_what_a_terminal_obeys_and_reads_back_the_same(
     assert _no_terminal_control(result.output), repr(result.output[:600])
     lines = result.output.splitlines()
     assert [orjson.loads(line)["task_id"] for line in lines] == [HOSTILE_TASK] * 2
+
+
+@pytest.fixture
+def endpoint(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """`baton up`'s read-only SQL endpoint over a chDB audit holding one worker decision."""
+    from baton.sinks.sqlserver import serve_sql
+
+    (allow,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="re")], "re")
+    client = chdb_audit(tmp_path / "chdb", [allow])
+    server = serve_sql(client, port=0)
+    try:
+        yield server, allow
+    finally:
+        server.close()
+        client.close()
+
+
+def test_replay_since_asks_the_endpoint_about_many_links_and_a_forged_long_one(
+    endpoint,  # type: ignore[no-untyped-def]
+) -> None:
+    """`baton replay --since` through a running `baton up` asks the audit whether it holds
+    the first link of each run read as cut (``held_links``). clickhouse-connect sends bound
+    parameters past 4 KB as multipart/form-data, which the endpoint refused (code 48): 60
+    such runs, or one forged row whose link is 40 KB, failed the whole replay. The endpoint
+    now reads a form's query and param_* fields."""
+    from datetime import UTC, datetime
+
+    from baton.sinks.clickhouse import connect
+    from baton.sinks.replay_source import held_links
+
+    server, allow = endpoint
+    http = connect(server.dsn)
+    now = datetime.now(UTC)
+    links = {f"run_{i:06d}": (now, f"{i:032x}") for i in range(1_000)}
+    links["re"] = (now, allow.chain_hash or "")
+    links["forged"] = (now, "x" * 70_000)
+    try:
+        assert held_links(http, links) == {"re"}
+    finally:
+        http.close()
+
+
+def _post_form(server, parts: list[tuple[str, str | None, bytes]]) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+    """POST a multipart/form-data body of (name, filename, value) parts to the endpoint."""
+    import base64
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    boundary = "b0undary"
+    body = b""
+    for name, filename, value in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        body += value + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    url = urllib.parse.urlsplit(server.dsn)
+    request = urllib.request.Request(
+        f"http://{url.hostname}:{url.port}/",
+        data=body,
+        headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Authorization": "Basic "
+            + base64.b64encode(f"{url.username}:{url.password}".encode()).decode(),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_a_form_takes_a_query_and_bound_parameters_and_nothing_else(
+    endpoint,  # type: ignore[no-untyped-def]
+) -> None:
+    """The form path is no way around the guard: its query is checked as a body's is
+    (a write is refused), and a file part (external data), a setting (readonly=0), a field
+    twice or a form without a query are refused."""
+    server, _ = endpoint
+    ok = _post_form(
+        server,
+        [
+            ("query", None, b"SELECT count() FROM governance.decisions WHERE run_id = {r:String}"),
+            ("param_r", None, b"re"),
+        ],
+    )
+    assert ok == (200, b"1\n"), ok
+    write = _post_form(server, [("query", None, b"DROP TABLE governance.decisions")])
+    assert write[0] == 403 and b"readonly" in write[1], write
+    outfile = _post_form(server, [("query", None, b"SELECT 1 INTO OUTFILE '/tmp/x'")])
+    assert outfile[0] == 403, outfile
+    for parts in (
+        [("query", None, b"SELECT 1"), ("data", "data.csv", b"1,2")],
+        [("query", None, b"SELECT 1"), ("readonly", None, b"0")],
+        [("query", None, b"SELECT 1"), ("query", None, b"SELECT 2")],
+        [("param_r", None, b"re")],
+    ):
+        refused = _post_form(server, parts)
+        assert refused[0] != 200 and b"Code: 48" in refused[1], (parts, refused)
+    assert (
+        _post_form(server, [("query", None, b"SELECT count() FROM governance.decisions")])[0] == 200
+    )
