@@ -4,6 +4,7 @@ of the worker's, read by the control follower."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -29,23 +30,28 @@ from baton.streams.embedded import EmbeddedBroker
 from baton.streams.sdk import GovernanceClient
 from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.helpers import wait_for
-from tests.stack import Collector, EventSender, WorkerProcess
+from tests.stack import Collector, EventSender, SinkProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 2
 ONCALL = new_private_key()
+FINANCE = new_private_key()
+REFUND = "billing.refund.create"
 
 
 @dataclass
 class Deployment:
-    """One worker under a policy that lists oncall as its only operator."""
+    """One worker under a policy that lists oncall as its only operator and gates refunds
+    behind finance_lead's signed grant, and an audit sink."""
 
     bootstrap: str
     prefix: str
     catalog: TopicCatalog
     key_file: Path
     decisions: Collector
+    workdir: Path
+    sink: SinkProcess
 
     def baton(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {
@@ -53,6 +59,7 @@ class Deployment:
             "BATON_BOOTSTRAP": self.bootstrap,
             "BATON_TOPIC_PREFIX": self.prefix,
             "BATON_PARTITIONS": str(PARTITIONS),
+            "BATON_CLICKHOUSE_DSN": self.sink.dsn,
         }
         return subprocess.run(
             [sys.executable, "-m", "baton.cli", *args],
@@ -85,8 +92,13 @@ def deployment(
     workdir = tmp_path_factory.mktemp("session9-worker")
     key_file = workdir / "oncall.key"
     write_private_key(ONCALL, key_file)
+    write_private_key(FINANCE, workdir / "finance_lead.key")
     policy = workdir / "policy.yaml"
-    policy.write_text(f'operators:\n  oncall: "{public_key_text(ONCALL)}"\n')
+    policy.write_text(
+        f'operators:\n  oncall: "{public_key_text(ONCALL)}"\n'
+        f"multi_agent:\n  require_approval_for: [{REFUND}]\n"
+        f'  approval:\n    keys:\n      finance_lead: "{public_key_text(FINANCE)}"\n'
+    )
     prefix = f"s9w{uuid.uuid4().hex[:8]}."
     catalog = TopicCatalog(prefix=prefix, partitions=PARTITIONS, replication=1)
     conf = {"bootstrap.servers": broker.bootstrap}
@@ -94,12 +106,18 @@ def deployment(
     worker = WorkerProcess(
         broker.bootstrap, prefix, workdir, partitions=PARTITIONS, policy=policy, name="w1"
     )
+    (workdir / "chdb").mkdir()
+    sink = SinkProcess(
+        broker.bootstrap, prefix, workdir / "chdb", workdir / "sink.log", partitions=PARTITIONS
+    )
     decisions = Collector(broker.bootstrap, catalog.decisions)
     try:
         wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS, 60)
-        yield Deployment(broker.bootstrap, prefix, catalog, key_file, decisions)
+        sink.wait_ready()
+        yield Deployment(broker.bootstrap, prefix, catalog, key_file, decisions, workdir, sink)
     finally:
         decisions.close()
+        sink.stop()
         worker.stop()
 
 
@@ -164,3 +182,52 @@ def test_a_kill_published_without_waiting_is_not_said_to_be_engaged(
         message=lambda: f"the refusal: {deployment.decisions.for_run(run)}",
     )
     assert refused.outcome == Outcome.RECORDED
+
+
+def test_baton_approve_will_not_sign_a_row_that_shows_another_request_than_it_names(
+    deployment: Deployment,
+) -> None:
+    """A writer of gov.decisions puts a copy of a pending refund's approval_required record,
+    showing a harmless handoff, into the audit ahead of the real one: `baton approve` took it,
+    signed the refund's digest, and the worker allowed the refund."""
+    d = deployment
+    run = f"run_{uuid.uuid4().hex[:10]}"
+    refund = HandoffRequested(
+        request_id="h-refund",
+        run_id=run,
+        task_id="refund",
+        from_agent="planner",
+        to_agent="billing_agent",
+        action=REFUND,
+        event_time=datetime.now(UTC),
+    )
+    with GovernanceClient(d.bootstrap, topic_prefix=d.prefix, timeout=20) as gov:
+        asked = gov.check(refund)
+    assert asked.outcome == Outcome.APPROVAL_REQUIRED and asked.approval_id, asked
+    # the same approval id and digest, another handoff shown, decided a second earlier
+    shown = dataclasses.replace(
+        asked,
+        decision_id="f" * 32,
+        to_agent="researcher",
+        action=None,
+        task_id="summary",
+        decided_at=(asked.decided_at or datetime.now(UTC)) - timedelta(seconds=1),
+    )
+    EventSender(d.bootstrap, d.catalog.decisions).send_raw(shown.to_json(), run.encode())
+
+    def both_rows() -> bool:
+        rows = d.sink.query(
+            "SELECT count() FROM governance.decisions FINAL WHERE approval_id = "
+            f"'{asked.approval_id}' AND outcome = 'approval_required'"
+        )
+        return rows[0][0] == 2
+
+    wait_for(both_rows, 30, message="both approval_required rows in the audit")
+    key = str(d.workdir / "finance_lead.key")
+    out = d.baton("approve", asked.approval_id, "--as", "finance_lead", "--key", key)
+    assert out.returncode != 0, out.stdout + out.stderr
+    assert "does not hold together" in out.stderr, out.stderr
+    # nothing was signed: the refund is still pending, never allowed
+    assert not [
+        r for r in d.decisions.for_run(run) if r.phase == "approval" and r.outcome == "allow"
+    ]

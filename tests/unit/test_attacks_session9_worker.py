@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from baton.cli.people_cmds import _report
+from baton.cli.people_cmds import _report, request_problem
 from baton.cli.signer import CommandRefused
 from baton.processors.engine import (
     NO_KILLS,
@@ -25,6 +25,7 @@ from baton.processors.engine import (
     apply_policy_update,
     request_digest,
 )
+from baton.processors.recorded import input_text
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import (
     ApprovalDenied,
@@ -646,3 +647,45 @@ def test_a_gated_handoff_is_allowed_only_by_a_signed_grant_of_a_listed_uninvolve
             for d in run.state.replies(f"a:{approval_id}") or []  # type: ignore[union-attr]
         ):
             pending.pop(approval_id, None)
+
+
+# ------------------------------------------------------------------ what an approver signs
+
+
+def _asked_row() -> tuple[Decision, HandoffRequested]:
+    """An approval_required decision as the audit holds it (with its input), and a
+    handoff an attacker would rather see approved."""
+    run = Run(GATED, run_id="run-9")
+    refund = handoff(
+        "h1", "refund", "planner", "billing_agent", run_id="run-9", action=REFUND, tools=[REFUND]
+    )
+    asked = run.one(refund)
+    asked.input = input_text(refund)
+    other = refund.model_copy(update={"to_agent": "researcher", "tools": None})
+    return asked, other
+
+
+def test_an_approval_row_as_the_worker_wrote_it_holds_together() -> None:
+    asked, _ = _asked_row()
+    assert asked.outcome == Outcome.APPROVAL_REQUIRED
+    assert request_problem(asked) is None
+
+
+@pytest.mark.parametrize("forgery", ["shown", "digest", "input", "no_input", "not_a_request"])
+def test_baton_approve_refuses_to_sign_a_row_that_shows_one_request_and_names_another(
+    forgery: str,
+) -> None:
+    """A row written into the audit through gov.decisions (the sink stores what the topic
+    holds) under a real approval id: `baton approve` signed its request_digest while the
+    approver had read its other columns, so it could show one handoff and get another one
+    approved (the worker checks the signature against the digest only)."""
+    asked, other = _asked_row()
+    forged = {
+        "shown": {"to_agent": "researcher"},  # shows a harmless handoff, signs the refund
+        "digest": {"request_digest": request_digest(other)},
+        "input": {"input": input_text(other)},
+        "no_input": {"input": None},
+        "not_a_request": {"input": '{"type": "run_finished", "run_id": "run-9"}'},
+    }[forgery]
+    problem = request_problem(dataclasses.replace(asked, **forged))
+    assert problem is not None, forgery
