@@ -180,7 +180,7 @@ class SqlHandler(BaseHTTPRequestHandler):
             sql, fields = form_query(body, self.headers.get("Content-Type", ""), _MAX_PARAMS)
             if "query" in params or fields.keys() & params.keys():
                 raise FormRefused("a field given both in the URL and in the form")
-        except (FormRefused, ValueError) as exc:
+        except Exception as exc:  # FormRefused, or a body the parser cannot take
             self._error(QueryFailed(f"Code: 48. multipart/form-data: {exc}: not served"))
             return
         self._answer({**params, **fields}, sql, get=False)

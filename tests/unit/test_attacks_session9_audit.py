@@ -414,3 +414,16 @@ def test_a_form_takes_a_query_and_bound_parameters_and_nothing_else(
     assert (
         _post_form(server, [("query", None, b"SELECT count() FROM governance.decisions")])[0] == 200
     )
+
+
+def test_a_form_that_does_not_parse_is_refused_by_name() -> None:
+    """No boundary, garbage, nested parts: FormRefused (the endpoint answers code 48)."""
+    from baton.sinks.sql_body import FormRefused, form_query
+
+    for body, content_type in (
+        (b"garbage", "multipart/form-data"),
+        (b"--x\r\n\r\nno disposition\r\n--x--\r\n", "multipart/form-data; boundary=x"),
+        (b"\xff\xfe" * 1000, "multipart/form-data; boundary=\xff"),
+    ):
+        with pytest.raises(FormRefused):
+            form_query(body, content_type, 100)
