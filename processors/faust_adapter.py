@@ -198,7 +198,7 @@ class RunStore(MutableMapping[bytes, RunState]):
         if value is None:
             return default
         if isinstance(value, bytes):  # held by the sweep, or restored by Faust's recovery
-            value = self._data[key] = RunState.from_bytes(value)
+            value = self._data[key] = RunState.from_record(key, value)
             self._revived.append(key)
         return value
 

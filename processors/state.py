@@ -414,6 +414,18 @@ class RunState:
         return _wire.decode(raw)
 
     @classmethod
+    def from_record(cls, key: bytes, raw: bytes) -> RunState:
+        """The state the changelog record ``raw`` holds under ``key``: :meth:`from_bytes`,
+        refused (``ValueError``) when it is another run's (a writer of the changelog copying
+        run B's record under A's key had A's events decided on B's state, as run B's)."""
+        state = _wire.decode(raw)
+        if type(state.run_id) is not str or state.run_id.encode() != key:
+            raise ValueError(
+                f"the record under key {key[:80]!r} is run {str(state.run_id)[:80]!r}'s state"
+            )
+        return state
+
+    @classmethod
     def from_wire(cls, w: dict[str, Any] | list[Any]) -> RunState:
         """A state from a decoded record (a format-4 map, or a format 1-3 list)."""
         return _wire.from_wire(w)

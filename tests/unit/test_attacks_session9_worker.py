@@ -7,7 +7,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
-from datetime import datetime
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from baton.cli.people_cmds import _report, request_problem
 from baton.cli.signer import CommandRefused
+from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.engine import (
     NO_KILLS,
     KillSwitches,
@@ -25,7 +27,9 @@ from baton.processors.engine import (
     apply_policy_update,
     request_digest,
 )
+from baton.processors.faust_adapter import RunStore
 from baton.processors.recorded import input_text
+from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import (
     ApprovalDenied,
@@ -48,6 +52,7 @@ from baton.streams.sdk import ApproverClient, GovernanceClient
 from baton.streams.sdk.base import answers_approval, answers_request
 from baton.streams.sdk.operators import OperatorClient
 from baton.streams.sdk.waiters import Waiter, WaiterBook
+from tests.helpers import handoff as help_handoff
 from tests.helpers import wait_for
 from tests.unit.test_engine_support import (
     Run,
@@ -689,3 +694,38 @@ def test_baton_approve_refuses_to_sign_a_row_that_shows_one_request_and_names_an
     }[forgery]
     problem = request_problem(dataclasses.replace(asked, **forged))
     assert problem is not None, forgery
+
+
+# ------------------------------------------------------------------ another run's changelog record
+
+CHANGELOG_NOW = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+
+
+def _restored_store(records: dict[bytes, bytes]) -> RunStore:
+    """A worker's run store as Faust's recovery leaves it: changelog records as bytes."""
+    table = SimpleNamespace(data=SimpleNamespace(data=dict(records), _key_partition={}))
+    return RunStore(table, 1)
+
+
+def test_a_changelog_record_copied_under_another_runs_key_is_unreadable_for_that_run() -> None:
+    """A writer of the changelog copies run B's real record under run A's key: after a
+    rebalance A's events were decided on B's state (B's budget, tasks and chain) and their
+    decisions published as run B's, forking B's audit chain and never reaching A's client."""
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(policy_with(), 1, states, worker="w")
+    b_event = help_handoff("run-b", 1, "t1", event_time=CHANGELOG_NOW)
+    out = proc.process(
+        [InputRecord("gov.handoff.requests", 0, 1, b"run-b", b_event.to_json())], CHANGELOG_NOW
+    )
+    b_record = out.encoded[b"run-b"]
+    store = _restored_store({b"run-a": b_record, b"run-b": b_record})
+    restored = BatchProcessor(policy_with(), 1, store, worker="w2")
+    a_event = help_handoff("run-a", 1, "t9", event_time=CHANGELOG_NOW)
+    out = restored.process(
+        [InputRecord("gov.handoff.requests", 0, 2, b"run-a", a_event.to_json())], CHANGELOG_NOW
+    )
+    assert [d.run_id for _, d in out.decisions] == []
+    assert [letter.kind for letter in out.dead_letters] == ["state_unreadable"]
+    assert "run-b" in orjson.loads(out.dead_letters[0].value)["error"]
+    # run B's own record still reads
+    assert store.get(b"run-b").run_id == "run-b"

@@ -219,11 +219,11 @@ def test_run_store_writes_record_the_partition_faust_drops_revoked_keys_by(tmp_p
 def test_run_store_decodes_a_restored_state_on_first_read_and_sizes_it_without(tmp_path) -> None:
     store, faust_store = _store(tmp_path)
     raw = RunState.new("run-7", "acme", 1.0e9).to_bytes()
-    faust_store.data[b"restored"] = raw  # as Faust's changelog recovery leaves it
-    assert store.encoded_size(b"restored") == len(raw)
-    assert isinstance(faust_store.data[b"restored"], bytes)  # not decoded to be measured
-    assert store[b"restored"].tenant == "acme"
-    assert isinstance(faust_store.data[b"restored"], RunState)
+    faust_store.data[b"run-7"] = raw  # as Faust's changelog recovery leaves it
+    assert store.encoded_size(b"run-7") == len(raw)
+    assert isinstance(faust_store.data[b"run-7"], bytes)  # not decoded to be measured
+    assert store[b"run-7"].tenant == "acme"
+    assert isinstance(faust_store.data[b"run-7"], RunState)
     assert store.encoded_size(b"missing") == 0
     with pytest.raises(KeyError):
         store[b"missing"]
