@@ -9,7 +9,7 @@ import dataclasses
 import time
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
@@ -277,11 +277,14 @@ class _Message:
         return 0
 
 
-def _offline_client() -> GovernanceClient:
-    """A client whose requests go nowhere: the test hands its reader the decisions."""
-    client = GovernanceClient("127.0.0.1:1", timeout=10)
+_Client = TypeVar("_Client", GovernanceClient, ApproverClient)
+
+
+def _offline(client: _Client) -> _Client:
+    """``client`` with a channel that sends nothing: the test hands its reader the records."""
     channel = client.channel
     channel.connect = lambda: None  # type: ignore[method-assign]
+    channel.flush = lambda timeout: 0  # type: ignore[method-assign]
 
     def submit(*_: Any, wait_key: Any = None, waiter: Any = None, **__: Any) -> None:
         if waiter is not None and wait_key is not None:
@@ -289,6 +292,10 @@ def _offline_client() -> GovernanceClient:
 
     channel.submit = submit  # type: ignore[method-assign]
     return client
+
+
+def _offline_client() -> GovernanceClient:
+    return _offline(GovernanceClient("127.0.0.1:1", timeout=10))
 
 
 def _checked_while_read(
@@ -368,18 +375,7 @@ def test_an_approval_answer_of_another_request_is_not_parked_for_this_one() -> N
 
 
 def _offline_approver() -> ApproverClient:
-    """An approver client whose answers go nowhere: the test hands its reader the records."""
-    client = ApproverClient("127.0.0.1:1", timeout=3)
-    channel = client.channel
-    channel.connect = lambda: None  # type: ignore[method-assign]
-    channel.flush = lambda timeout: 0  # type: ignore[method-assign]
-
-    def submit(*_: Any, wait_key: Any = None, waiter: Any = None, **__: Any) -> None:
-        if waiter is not None and wait_key is not None:
-            channel.waiters.register(wait_key, waiter)
-
-    channel.submit = submit  # type: ignore[method-assign]
-    return client
+    return _offline(ApproverClient("127.0.0.1:1", timeout=3))
 
 
 def _answered_while_read(
