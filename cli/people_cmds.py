@@ -19,10 +19,10 @@ from baton.cli.audit_options import audit_client, dsn_option, query_settings
 from baton.cli.options import setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, shown, signer_options
 from baton.cli.stack_record import stack_settings
-from baton.processors.dedup_keys import request_digest
+from baton.processors.approvals import request_problem
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BatonError
-from baton.schemas.events import MAX_TEXT, EventError, HandoffRequested, parse_event
+from baton.schemas.events import MAX_TEXT
 from baton.schemas.names import fold
 
 __all__ = ["register"]
@@ -188,30 +188,6 @@ def _answer(
         decision = answer(asked, approver=signer, comment=comment, wait=True, timeout=timeout)
     assert decision is not None
     _report(where, verdict, asked, decision, signer)
-
-
-#: what `baton approvals` shows of a request, each as the request itself names it
-_SHOWN = ("run_id", "request_id", "from_agent", "to_agent", "task_id", "action", "tool")
-
-
-def request_problem(asked: Decision) -> str | None:
-    """Why the ``approval_required`` row ``asked`` may not be what it shows (None: it holds
-    together): its recorded request (``input``) must hash to the ``request_digest`` an answer
-    signs, and name what `baton approvals` showed. A row written into the audit by anyone who
-    can write gov.decisions could show one request and carry another's digest: the approver
-    would sign the one not shown, which the worker takes as the answer to it."""
-    try:
-        request = parse_event((asked.input or "").encode())
-    except EventError as exc:
-        return f"its recorded request does not read: {str(exc)[:120]}"
-    if not isinstance(request, HandoffRequested):
-        return f"its recorded input is a {request.type}, not a handoff request"
-    if request_digest(request) != asked.request_digest:
-        return "its request_digest is not its recorded request's"
-    for name in _SHOWN:
-        if getattr(request, name) != getattr(asked, name):
-            return f"it shows {name} {shown(str(getattr(asked, name))[:60])}, its request another"
-    return None
 
 
 def _report(where: str, verdict: str, asked: Decision, decision: Decision, signer: str) -> None:

@@ -3,7 +3,8 @@ grant or deny, and with which signature) and expired (approval.ttl_seconds).
 
 The engine (processors/engine.py) decides when a handoff needs an approval; this module
 says whether an answer counts, decides the handoff again on a grant, remembers what the
-grant covers until the handoff's report, and builds the records. An
+grant covers until the handoff's report, and builds the records; and whether an
+``approval_required`` record holds together before an approver signs it. An
 answer that does not count leaves the approval pending and is recorded under its own key
 and request id, so the real approver's answer still counts and no refusal replaces another
 record in the audit.
@@ -29,8 +30,10 @@ from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import (
     ApprovalDenied,
     ApprovalGranted,
+    EventError,
     HandoffCompleted,
     HandoffRequested,
+    parse_event,
 )
 from baton.schemas.signing import approval_payload, verify
 
@@ -45,6 +48,7 @@ __all__ = [
     "refused_answer_id",
     "refused_key",
     "remember_grant",
+    "request_problem",
     "spend_grant",
 ]
 
@@ -298,6 +302,30 @@ def _signature_refused(
             f"signed {ctx.now_ts - signed:.0f}s ago > approval.max_signature_age_seconds "
             f"{ctx.rules.max_signature_age:g}",
         )
+    return None
+
+
+#: what `baton approvals` shows of a request, each as the request itself names it
+_SHOWN = ("run_id", "request_id", "from_agent", "to_agent", "task_id", "action", "tool")
+
+
+def request_problem(asked: Decision) -> str | None:
+    """Why the ``approval_required`` row ``asked`` may not be what it shows (None: it holds
+    together): its recorded request (``input``) must hash to the ``request_digest`` an answer
+    signs, and name what `baton approvals` showed. A row written into the audit by anyone who
+    can write gov.decisions could show one request and carry another's digest: the approver
+    would sign the one not shown, which the worker takes as the answer to it."""
+    try:
+        request = parse_event((asked.input or "").encode())
+    except EventError as exc:
+        return f"its recorded request does not read: {str(exc)[:120]}"
+    if not isinstance(request, HandoffRequested):
+        return f"its recorded input is a {request.type}, not a handoff request"
+    if request_digest(request) != asked.request_digest:
+        return "its request_digest is not its recorded request's"
+    for name in _SHOWN:
+        if getattr(request, name) != getattr(asked, name):
+            return f"it shows {name} {str(getattr(asked, name))[:60]!a}, its request another"
     return None
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 # the worker names a refused answer's record after the whole event: the same function gives
 # the waiter that name, so it cannot drift from the engine's
+from baton.processors.approvals import request_problem
 from baton.processors.engine import refused_answer_id
 from baton.schemas.decision import Decision, Phase
 from baton.schemas.events import ApprovalDenied, ApprovalGranted
@@ -122,6 +123,11 @@ class ApproverClient(SignedPublisher):
             raise ValueError(
                 f"decision {pending.decision_id} has no approval_id (outcome {pending.outcome}); "
                 "only approval_required decisions can be granted or denied"
+            )
+        problem = request_problem(pending) if pending.input is not None else None
+        if problem is not None:  # what is signed must be what the caller was shown
+            raise ValueError(
+                f"decision {pending.decision_id} does not hold together ({problem}): not answered"
             )
         if self.key is not None and not pending.request_digest:
             raise ValueError(

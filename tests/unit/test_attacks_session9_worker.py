@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from baton.cli.people_cmds import _report, request_problem
+from baton.cli.people_cmds import _report
 from baton.cli.signer import CommandRefused
+from baton.processors.approvals import request_problem
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.engine import (
     NO_KILLS,
@@ -688,8 +689,11 @@ def test_baton_approve_refuses_to_sign_a_row_that_shows_one_request_and_names_an
         "no_input": {"input": None},
         "not_a_request": {"input": '{"type": "run_finished", "run_id": "run-9"}'},
     }[forgery]
-    problem = request_problem(dataclasses.replace(asked, **forged))
-    assert problem is not None, forgery
+    row = dataclasses.replace(asked, **forged)
+    assert request_problem(row) is not None, forgery
+    if row.input is not None:  # the SDK's approver refuses it too, before signing anything
+        with pytest.raises(ValueError, match="does not hold together"):
+            _offline_approver().grant(row, approver="finance_lead")
 
 
 # ------------------------------------------------------------------ another run's changelog record
