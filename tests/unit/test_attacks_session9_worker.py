@@ -260,6 +260,7 @@ class _Message:
     """A decision as the client's reader gets it from gov.decisions."""
 
     def __init__(self, decision: Decision) -> None:
+        self._decision = decision
         self._value = decision.to_json()
 
     def error(self) -> None:
@@ -729,3 +730,59 @@ def test_a_changelog_record_copied_under_another_runs_key_is_unreadable_for_that
     assert "run-b" in orjson.loads(out.dead_letters[0].value)["error"]
     # run B's own record still reads
     assert store.get(b"run-b").run_id == "run-b"
+
+
+_AWAITED = Decision("d", "h1", "run-9", "t", Phase.PRE_HANDOFF, Outcome.STOP, "s")
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.builds(
+                lambda doc, run, req, phase: orjson.dumps(
+                    {**doc, "run_id": run, "request_id": req, "phase": phase}
+                ),
+                st.dictionaries(st.text(max_size=6), _json, max_size=4),
+                st.one_of(st.just("run-9"), _json),
+                st.one_of(st.just("h1"), _json),
+                st.one_of(st.just("pre_handoff"), _json),
+            ),
+            st.builds(  # the awaited decision, some of its fields replaced by anything
+                lambda doc: orjson.dumps({**orjson.loads(_AWAITED.to_json()), **doc}),
+                st.dictionaries(st.sampled_from(["outcome", "reason", "tenant", "x"]), _json),
+            ),
+        ),
+        max_size=6,
+    )
+)
+def test_no_record_on_gov_decisions_ends_the_reader_or_answers_another_key(
+    values: list[bytes],
+) -> None:
+    """Whatever a writer of gov.decisions puts there, the client's reader goes on, and a
+    waiter is answered only by a record under its own run, request id and phase."""
+    client = _offline_client()
+    key = ("run-9", "h1", "pre_handoff")
+    waiter = Waiter(concurrent.futures.Future())
+    client.channel.waiters.register(key, waiter)
+    messages = [_Message(Decision("d", "x", "x", "t", Phase.PRE_HANDOFF, Outcome.STOP, "s"))]
+    for value in values:
+        messages.append(_Message(messages[0]._decision))
+        messages[-1]._value = value
+    client.channel._dispatch(messages[1:])
+    if waiter.future.done():
+        answer = waiter.future.result()
+        if isinstance(answer, Decision):
+            assert (answer.run_id, answer.request_id, str(answer.phase)) == key
