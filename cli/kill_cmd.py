@@ -97,7 +97,7 @@ def kill_cmd(
         )
     if record is None:  # --no-wait: Kafka has it; whether a worker applies it is unknown
         click.echo(
-            f"kill switch {'release' if release else 'kill'} published, not confirmed "
+            f"kill switch{' release' if release else ''} published, not confirmed "
             f"(--no-wait): scope={scope} target={target}"
         )
         return
