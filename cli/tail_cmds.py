@@ -24,6 +24,7 @@ from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.events import MAX_EVENT_BYTES
 from baton.schemas.settings import Settings
+from baton.sinks.render import printable_json
 
 __all__ = ["register"]
 
@@ -230,22 +231,7 @@ def _render_json(value: bytes, doc: Any, where: str, dead: bool) -> str:
     """The record as one line of JSON (a record that is not JSON: its text under "raw")."""
     if doc is None:
         doc = {"raw": value[:MAX_EVENT_BYTES].decode("utf-8", "replace")}
-    text = orjson.dumps(doc).decode()
-    # orjson escapes only C0 controls: DEL, C1 controls (U+009B is a CSI to some terminals),
-    # bidi overrides and line separators would reach the terminal as they are. Outside its
-    # strings the JSON is ASCII, so escaping them anywhere keeps the same document.
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in text)
-
-
-def _json_escape(ch: str) -> str:
-    """``ch`` as a JSON ``\\uXXXX`` escape (a surrogate pair past U+FFFF)."""
-    code = ord(ch)
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    code -= 0x10000
-    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return printable_json(orjson.dumps(doc).decode())
 
 
 def _render_text(value: bytes, doc: Any, where: str, dead: bool) -> str:

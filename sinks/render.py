@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["cell", "render", "render_table", "shown"]
+__all__ = ["cell", "printable_json", "render", "render_table", "shown"]
 
 
 def cell(value: Any) -> str:
@@ -91,7 +91,7 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> s
     if fmt == "json":
         opts = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
         return "\n".join(
-            _printable_json(
+            printable_json(
                 orjson.dumps(
                     dict(zip(columns, row, strict=True)), default=_json_default, option=opts
                 ).decode()
@@ -101,11 +101,12 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> s
     raise ValueError(f"output format: expected table, csv or json, got {fmt!r}")
 
 
-def _printable_json(text: str) -> str:
+def printable_json(text: str) -> str:
     """A JSON line with every character a terminal could obey written as a ``\\u`` escape:
-    orjson escapes only C0 controls, so DEL, C1 controls (U+009B is a CSI to some terminals)
-    and bidi overrides in an audit value reached the terminal as they are. Outside its
-    strings the JSON is ASCII: the document is the same."""
+    orjson escapes only C0 controls, so DEL, C1 controls (U+009B is a CSI to some terminals),
+    bidi overrides and line separators in a value reached the terminal as they are (every
+    JSON line `render` and `baton tail` print). Outside its strings the JSON is ASCII: the
+    document is the same."""
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in text)
