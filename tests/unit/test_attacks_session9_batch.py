@@ -1,0 +1,227 @@
+"""Session 9 attacks on the worker's batch step: hostile records mixed with faults, without Kafka.
+
+Each test pits ``BatchProcessor.process`` against a mix a real worker may get in one fetch:
+good records of many runs between no-key, wrong-key, non-JSON, oversized, misplaced and
+redelivered records, a run that outgrows its state budget, a worker at its run limit, an
+engine that raises, the sweep between batches and a clock that steps. The invariants: every
+input record ends in its decisions, a dead letter or a forward (never silently nothing,
+never two of them); a batch decides as the same records one batch each would; and nothing
+a record holds escapes ``process`` as an exception.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from baton.processors.batch import HARD_STATE_MAX_BYTES, BatchProcessor, InputRecord, Outputs
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision, Reason
+from baton.schemas.events import HandoffCompleted
+from baton.schemas.policy import Policy
+from baton.streams.partitioner import partition_for
+from tests.helpers import handoff
+from tests.unit.test_engine_support import policy_with
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 30, 11, 0, tzinfo=UTC)
+TOPIC = "gov.handoff.requests"
+APPROVALS = "gov.approvals"
+PARTITIONS = 4
+#: the largest record Kafka's default broker and the producer take
+KAFKA_MAX = 1_000_000
+
+
+def _home(run: str) -> int:
+    return partition_for(run.encode(), PARTITIONS)
+
+
+def _handoff(run: str, n: int, offset: int, task: str = "t", **kw: object) -> InputRecord:
+    ev = handoff(run, n, task, event_time=NOW, **kw)
+    return InputRecord(TOPIC, _home(run), offset, run.encode(), ev.to_json())
+
+
+def _completed(run: str, n: int, offset: int, task: str = "t", usd: float = 1.0) -> InputRecord:
+    ev = HandoffCompleted(
+        request_id=f"{run}-h{n}",
+        run_id=run,
+        task_id=task,
+        agent="researcher",
+        cost_usd=usd,
+        tool_calls=1,
+        event_time=NOW,
+    )
+    return InputRecord(TOPIC, _home(run), offset, run.encode(), ev.to_json())
+
+
+def _hostile(rng: random.Random, offset: int) -> InputRecord:
+    """One record no run may take: each kind a worker has been sent."""
+    good = handoff("run_h", 1, "t", event_time=NOW).to_json()
+    part = _home("run_h")
+    kind = rng.randrange(8)
+    if kind == 0:
+        return InputRecord(TOPIC, part, offset, None, good)  # no key
+    if kind == 1:
+        return InputRecord(TOPIC, part, offset, b"run_other", good)  # wrong key
+    if kind == 2:
+        return InputRecord(TOPIC, part, offset, b"run_h", b"\xff" * rng.randrange(1, 70_000))
+    if kind == 3:
+        return InputRecord(TOPIC, part, offset, b"run_h", b"{" + b"\x01" * 70_000 + b"}")
+    if kind == 4:
+        return InputRecord(TOPIC, part, offset, b"k" * 1_100_000, good)  # a 1 MB key
+    if kind == 5:
+        return InputRecord(TOPIC, part, offset, b"run_h", None)  # a tombstone on the input
+    if kind == 6:  # a run event on the approvals topic
+        return InputRecord(APPROVALS, part, offset, b"run_h", good)
+    return InputRecord(
+        TOPIC, part, offset, b"run_h", b'{"type":"handoff_requested","run_id":1e400}'
+    )
+
+
+def _mixed_batch(seed: int, runs: int = 6, size: int = 160) -> list[InputRecord]:
+    """Good handoffs and completions of ``runs`` runs (one with long names, to outgrow an
+    8 KB state budget mid-batch; one asking for an approval), client retries, redeliveries
+    of the same record and hostile records, shuffled across runs but in order within each."""
+    rng = random.Random(seed)
+    counters = dict.fromkeys(range(runs), 0)
+    records: list[InputRecord] = []
+    offset = 1000
+    while len(records) < size:
+        offset += 1
+        roll = rng.random()
+        if roll < 0.15:
+            records.append(_hostile(rng, offset))
+            continue
+        if roll < 0.22 and records:
+            records.append(rng.choice(records))  # Kafka delivered a record again
+            continue
+        r = rng.randrange(runs)
+        run = f"run_{r}"
+        if roll < 0.3 and counters[r]:  # a client retry: the same event, a new record
+            n = counters[r]
+            records.append(_handoff(run, n, offset, f"task-{n}" + ("x" * 200 if r == 0 else "")))
+            continue
+        n = counters[r] = counters[r] + 1
+        if roll < 0.5 and n > 1:
+            records.append(
+                _completed(run, n - 1, offset, f"task-{n - 1}" + ("x" * 200 if r == 0 else ""))
+            )
+            continue
+        extra: dict[str, object] = {}
+        if r == 1 and n == 2:
+            extra["action"] = "billing.refund.create"  # parked for an approval
+        if r == 0:
+            extra["to"] = f"agent-{n % 3}" + "y" * 200
+        records.append(
+            _handoff(run, n, offset, f"task-{n}" + ("x" * 200 if r == 0 else ""), **extra)
+        )
+    return records
+
+
+def _policy() -> Policy:
+    return policy_with(max_handoffs=None, max_agents_per_run=None, max_delegation_depth=None)
+
+
+def _processor(states: dict[bytes, RunState], exactly_once: bool, **kw: object) -> BatchProcessor:
+    return BatchProcessor(
+        _policy(),
+        PARTITIONS,
+        states,
+        worker="w",
+        exactly_once=exactly_once,
+        approvals_topic=APPROVALS,
+        run_state_max_bytes=8192,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _per_run(decisions: list[tuple[int, Decision]]) -> dict[str, list[tuple[object, ...]]]:
+    runs: dict[str, list[tuple[object, ...]]] = {}
+    for partition, d in decisions:
+        runs.setdefault(d.run_id, []).append(
+            (partition, d.decision_id, d.outcome, d.reason, d.offset, d.reemitted, d.chain_hash)
+        )
+    return runs
+
+
+def _letters(out: Outputs) -> list[tuple[str, int, str]]:
+    envelopes = [orjson.loads(dl.value) for dl in out.dead_letters]
+    return sorted((e["topic"], e["offset"], e["error_kind"]) for e in envelopes)
+
+
+def _one_at_a_time(
+    records: list[InputRecord], exactly_once: bool, **kw: object
+) -> tuple[BatchProcessor, dict[bytes, RunState], Outputs]:
+    states: dict[bytes, RunState] = {}
+    proc = _processor(states, exactly_once, **kw)
+    total = Outputs()
+    for rec in records:
+        out = proc.process([rec], NOW)
+        total.decisions += out.decisions
+        total.dead_letters += out.dead_letters
+        total.forwards += out.forwards
+    return proc, states, total
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a run stopped at its state budget: the events after the stop are refused "
+    "unmeasured (run_state_limit, their own ids) when the batch ends over the budget, and "
+    "decided by the engine (another id, a completion 'recorded') when it does not: the "
+    "decisions depend on where the batches split, so a re-decision after a crash gives "
+    "another decision_id",
+)
+@pytest.mark.parametrize("exactly_once", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 3, 4, 5])
+def test_a_hostile_mixed_batch_decides_as_the_same_records_one_batch_each(
+    seed: int, exactly_once: bool
+) -> None:
+    records = _mixed_batch(seed)
+    states: dict[bytes, RunState] = {}
+    proc = _processor(states, exactly_once)
+    out = proc.process(records, NOW)
+    single, single_states, alone = _one_at_a_time(records, exactly_once)
+
+    assert _per_run(out.decisions) == _per_run(alone.decisions)
+    assert _letters(out) == _letters(alone)
+    assert [(f.partition, f.key, f.value) for f in out.forwards] == [
+        (f.partition, f.key, f.value) for f in alone.forwards
+    ]
+    assert {k: s.to_bytes() for k, s in states.items()} == {
+        k: s.to_bytes() for k, s in single_states.items()
+    }
+    assert out.encoded == {k: s.to_bytes() for k, (_, s) in out.changed.items() if s}
+    assert (proc.redelivered, proc.state_limited) == (single.redelivered, single.state_limited)
+    # the budget was really reached mid-batch (the slow path ran), and hostile records came
+    assert any(d.reason == Reason.RUN_STATE_LIMIT for _, d in out.decisions)
+    assert out.dead_letters
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_every_record_of_a_hostile_batch_ends_in_a_decision_a_dead_letter_or_a_forward(
+    seed: int, exactly_once: bool
+) -> None:
+    """One record a batch (the batch decides alike: the test above): each record's batch
+    holds its outcome, or it was a redelivery under exactly-once, answered with nothing."""
+    states: dict[bytes, RunState] = {}
+    proc = _processor(states, exactly_once)
+    for rec in _mixed_batch(seed):
+        redelivered = proc.redelivered
+        out = proc.process([rec], NOW)
+        ends = bool(out.decisions) + bool(out.dead_letters) + bool(out.forwards)
+        if exactly_once and proc.redelivered == redelivered + 1:
+            assert ends == 0, rec  # its decisions went out with the state that remembers them
+            continue
+        assert ends == 1, rec
+        assert len(out.dead_letters) <= 1 and len(out.forwards) <= 1
+        for dl in out.dead_letters:
+            assert len(dl.value) < KAFKA_MAX and (dl.key is None or len(dl.key) <= 1024)
+            assert orjson.loads(dl.value)["offset"] == rec.offset
+        for _, d in out.decisions:
+            assert len(d.to_json()) < KAFKA_MAX
+        assert all(len(raw) <= HARD_STATE_MAX_BYTES for raw in out.encoded.values())
