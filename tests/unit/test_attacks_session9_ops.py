@@ -1,0 +1,237 @@
+"""Session 9's attacks on the operator surface: the alert rules file, the SQL endpoint file in a
+data dir, settings of infinite or astronomic seconds, and a webhook that redirects; each is a
+one-line error naming what is wrong, never a traceback, a hang or a request Baton did not mean."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from pydantic import ValidationError
+
+from baton.cli.main import _register, cli
+from baton.schemas.errors import ConfigError
+from baton.schemas.settings import Settings
+from baton.sinks.alert_post import post_once
+from baton.sinks.clickhouse import ENDPOINT_FILE, read_endpoint
+from baton.sinks.rules import DEFAULT_RULES, load_rules
+
+pytestmark = pytest.mark.unit
+
+RULES_BREAK = pytest.mark.xfail(
+    strict=True, reason="load_rules reads the rules file blindly: tracebacks, a hang, GBs"
+)
+ENDPOINT_BREAK = pytest.mark.xfail(
+    strict=True, reason="read_endpoint raises on a forged file; pid 0/-1 pass as alive"
+)
+SECONDS_BREAK = pytest.mark.xfail(
+    strict=True, reason="inf/1e300 seconds pass gt=0 and overflow where they are used"
+)
+REDIRECT_BREAK = pytest.mark.xfail(
+    strict=True, reason="urllib follows a webhook's 302 to a GET of another URL"
+)
+
+
+def _laughs(levels: int) -> str:
+    """A rules file whose one description, aliases expanded, is 10**levels strings."""
+    anchors = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    anchors += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    params = "{" + ", ".join(anchors) + "}"
+    return (
+        "rules:\n"
+        f"  - name: laughs\n    sql: 'SELECT 1'\n    params: {params}\n"
+        f"    description: *a{levels - 1}\n"
+    )
+
+
+HOSTILE_RULES = {
+    # each raised past load_rules' OSError/YAMLError handlers: a traceback from `baton alerts
+    # check --rules FILE` instead of a line naming the file
+    "not_utf8": (b"rules: \xff\n", "UTF-8"),
+    "int_of_5000_digits": (b"rules: " + b"1" * 5000 + b"\n", "YAML cannot read"),
+    "nested_5000_deep": (b"rules: " + b"[" * 5000 + b"]" * 5000 + b"\n", "deeper"),
+    # an 800-byte file of this kind (10**8 values) took 30 s and 2 GB, then MemoryError
+    "aliases_of_10_million": (_laughs(7).encode(), "aliases"),
+    "larger_than_a_rules_file": (b"# " + b"x" * (2 * 1024 * 1024) + b"\n", "larger than"),
+}
+
+
+@RULES_BREAK
+@pytest.mark.parametrize("case", sorted(HOSTILE_RULES))
+def test_a_hostile_alert_rules_file_is_one_config_error_naming_it(
+    tmp_path: Path, case: str
+) -> None:
+    content, words = HOSTILE_RULES[case]
+    path = tmp_path / "rules.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"rules.yaml.*{words}"):
+        load_rules(path)
+
+
+@RULES_BREAK
+def test_baton_alerts_check_with_a_hostile_rules_file_says_so_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_bytes(b"rules: \xff\n")
+    _register()
+    result = CliRunner().invoke(
+        cli, ["alerts", "check", "--rules", str(path), "--dsn", f"chdb://{tmp_path}/none"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "rules.yaml" in result.output
+
+
+@RULES_BREAK
+def test_a_fifo_as_alert_rules_file_is_refused_without_waiting_for_a_writer(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "rules.yaml"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            load_rules(fifo)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # blocked in open(): free it by opening the writer end
+        os.close(os.open(fifo, os.O_WRONLY))
+        reader.join(5)
+        pytest.fail("load_rules waited on the FIFO for a writer")
+    assert isinstance(outcome[0], ConfigError) and "FIFO" in str(outcome[0])
+
+
+def test_an_honest_rules_file_still_tunes_a_builtin_and_adds_a_rule(tmp_path: Path) -> None:
+    builtin = DEFAULT_RULES[0].name
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        f"rules:\n  - name: {builtin}\n    description: tuned\n  - name: mine\n    sql: SELECT 1\n",
+        encoding="utf-8",
+    )
+    rules = {r.name: r for r in load_rules(path)}
+    assert rules[builtin].description == "tuned"
+    assert rules["mine"].sql == "SELECT 1"
+
+
+ENDPOINT_RECORDS = {
+    "a_list": b"[]",
+    "pid_past_c_long": b'{"url": "http://127.0.0.1:8123", "pid": 100000000000000000000000}',
+    "pid_1e400": b'{"url": "http://127.0.0.1:8123", "pid": 1e400}',
+    "pid_0_the_own_process_group": b'{"url": "http://127.0.0.1:8123", "pid": 0}',
+    "pid_minus_1_every_process": b'{"url": "http://127.0.0.1:8123", "pid": -1}',
+    "nested_100000_deep": b"[" * 100_000,
+}
+
+
+@ENDPOINT_BREAK
+@pytest.mark.parametrize("case", sorted(ENDPOINT_RECORDS))
+def test_a_forged_sql_endpoint_file_in_a_data_dir_is_no_endpoint(tmp_path: Path, case: str) -> None:
+    # `baton sql`/`trace` on a held chDB dir, `baton doctor` and `baton up`'s restart notice
+    # read it: a list raised AttributeError, a huge pid OverflowError, deep nesting
+    # RecursionError (tracebacks); pid 0 or -1 passed os.kill(pid, 0) as a live server
+    (tmp_path / ENDPOINT_FILE).write_bytes(ENDPOINT_RECORDS[case])
+    assert read_endpoint(tmp_path) is None
+
+
+def test_a_sql_endpoint_file_of_a_live_process_is_still_read(tmp_path: Path) -> None:
+    record = {"dsn": "http://baton:t0k3n@127.0.0.1:8123", "pid": os.getpid()}
+    (tmp_path / ENDPOINT_FILE).write_bytes(orjson.dumps(record))
+    assert read_endpoint(tmp_path) == record["dsn"]
+
+
+SECONDS_SETTINGS = [
+    "session_timeout_s",
+    "connect_timeout_s",
+    "clickhouse_timeout_s",
+    "sink_batch_timeout_s",
+    "run_retention_s",
+    "tombstone_retention_s",
+    "hold_idle_s",
+]
+
+
+@SECONDS_BREAK
+@pytest.mark.parametrize("value", ["inf", "1e300"])
+@pytest.mark.parametrize("name", SECONDS_SETTINGS)
+def test_a_setting_of_infinite_or_astronomic_seconds_is_refused_naming_it(
+    name: str, value: str
+) -> None:
+    # inf or 1e300 passed gt=0: a socket timeout of it raised OverflowError in check_reachable
+    # (every Kafka command), chDB/HTTP timeouts the same, and a retention past ~2,000 years
+    # made `now - timedelta(retention)` overflow in `baton up`'s restore
+    with pytest.raises((ValidationError, ConfigError), match=name):
+        Settings(**{name: value})
+
+
+@SECONDS_BREAK
+def test_baton_tail_with_an_infinite_connect_timeout_is_one_line_naming_the_variable() -> None:
+    _register()
+    result = CliRunner().invoke(
+        cli,
+        ["tail", "decisions", "--bootstrap", "127.0.0.1:1"],
+        env={"BATON_CONNECT_TIMEOUT_S": "inf"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "BATON_CONNECT_TIMEOUT_S" in result.output
+
+
+def test_the_defaults_and_a_day_of_seconds_are_still_settings() -> None:
+    Settings()
+    Settings(**{name: "86400" for name in SECONDS_SETTINGS})
+
+
+@pytest.fixture
+def redirecting_webhook() -> Iterator[tuple[str, list[str]]]:
+    """A webhook that answers every POST with a 302 to a path of its own host, and the paths
+    it was asked for."""
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            asked.append(f"POST {self.path}")
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{server.server_port}/internal")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            asked.append(f"GET {self.path}")
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/services/T/B/secret", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@REDIRECT_BREAK
+def test_a_webhook_redirect_is_not_followed_and_not_counted_as_delivered(
+    redirecting_webhook: tuple[str, list[str]],
+) -> None:
+    # urllib followed a 302 to a GET of any http(s) URL the webhook's host named (a local
+    # service on the alerter's host, say) and reported the alert as delivered
+    url, asked = redirecting_webhook
+    outcome = post_once(url, "run r1 stopped", timeout_s=5)
+    assert not outcome.ok
+    assert "302" in (outcome.problem or "")
+    assert asked == ["POST /services/T/B/secret"]
