@@ -98,6 +98,12 @@ def _stopped_at_budget(state: RunState | None) -> bool:
     return state is not None and state.stopped == Reason.RUN_STATE_LIMIT
 
 
+def _refused_within_hard(previous: RunState | None, raw: bytes) -> bool:
+    """The run was stopped at its budget before the batch (its events were refused unmeasured
+    already) and ``raw``, its state now, stays within the hard limit: nothing to re-decide."""
+    return _stopped_at_budget(previous) and len(raw) <= HARD_STATE_MAX_BYTES
+
+
 class BatchProcessor:
     """Decides batches of run events against a state mapping (the Faust table's store)."""
 
@@ -253,9 +259,11 @@ class BatchProcessor:
             # linked (and its copy flagged reemitted)
             link(new, [d for d in decisions if d.chain_hash is None], self.chain_key)
             keep_links(decided, decisions)
-        if careful and unmeasured and new is not state and _stopped_at_budget(state):
+        if unmeasured and new is not state and _stopped_at_budget(state):
             # stopped at its budget before this event (a retry was answered above, from its
-            # memory): refused again unmeasured, the run encoded once with the batch's last
+            # memory): refused again unmeasured, the run encoded once with the batch's last.
+            # On the fast path too: refused only when the batch ended over the budget, an
+            # event's decision (and id) hung on where the batches split
             new, decisions = self._limit(state, event, None, kills, now, origin)
             out.encoded.pop(key, None)
         elif careful and new is not state:
@@ -379,7 +387,7 @@ class BatchProcessor:
             if state is None or key in out.encoded:
                 continue
             raw = state.to_bytes()
-            if len(raw) > limit:
+            if len(raw) > limit and not _refused_within_hard(before.get(key), raw):
                 over.append(key)
             else:
                 out.encoded[key] = raw
