@@ -14,7 +14,14 @@ from baton.schemas.policy_document import Policy
 from baton.schemas.policy_errors import describe, show
 from baton.schemas.policy_seed import fold_seed_blocks
 
-__all__ = ["DEFAULT_POLICY_YAML", "MAX_POLICY_VALUES", "load_policy", "parse_policy"]
+__all__ = [
+    "DEFAULT_POLICY_YAML",
+    "MAX_POLICY_DEPTH",
+    "MAX_POLICY_VALUES",
+    "expanded_size",
+    "load_policy",
+    "parse_policy",
+]
 
 DEFAULT_POLICY_YAML = """\
 # The seed policy: what Baton enforces when no policy file is given.
@@ -66,7 +73,7 @@ def _parse_policy(text: str, source: str) -> Policy:
         ) from None
     if doc is None:
         doc = {}
-    too_many, deepest = _expanded_size(doc, MAX_POLICY_VALUES)
+    too_many, deepest = expanded_size(doc, MAX_POLICY_VALUES)
     if too_many:
         raise PolicyError(
             [
@@ -133,7 +140,7 @@ def _parse_policy(text: str, source: str) -> Policy:
 MAX_POLICY_VALUES = 1_000_000
 
 
-def _expanded_size(doc: Any, limit: int) -> tuple[bool, int]:
+def expanded_size(doc: Any, limit: int) -> tuple[bool, int]:
     """Whether ``doc``, aliases expanded, holds more than ``limit`` values (an alias that
     contains itself never ends, so it is past any limit; counting stops there), and how deep
     it nests. One walk with a stack, never recursing: a document 5,000 deep is measured, not
