@@ -12,6 +12,7 @@ a record holds escapes ``process`` as an exception.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from datetime import UTC, datetime
 
 import orjson
@@ -254,3 +255,60 @@ def test_a_stopped_runs_events_get_the_same_ids_however_the_batches_split() -> N
     # refused, their costs still counted once each
     assert whole.states[b"run_0"].spent_usd == states[b"run_0"].spent_usd + len(completions)
     assert split.states[b"run_0"].spent_usd == whole.states[b"run_0"].spent_usd
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_a_worker_at_its_run_limit_decides_a_hostile_mix_as_one_batch_each(
+    seed: int, exactly_once: bool
+) -> None:
+    """Fresh run ids fill the worker (max_runs 4 of 7 runs): the runs it holds are decided,
+    every other run's records are stopped (worker_run_limit), published and not kept, the
+    same in one batch as one record a batch."""
+    records = _mixed_batch(seed, runs=7)
+    states: dict[bytes, RunState] = {}
+    proc = _processor(states, exactly_once, max_runs=4)
+    out = proc.process(records, NOW)
+    single, single_states, alone = _one_at_a_time(records, exactly_once, max_runs=4)
+    assert _per_run(out.decisions) == _per_run(alone.decisions)
+    assert _letters(out) == _letters(alone)
+    assert {k: s.to_bytes() for k, s in states.items()} == {
+        k: s.to_bytes() for k, s in single_states.items()
+    }
+    assert len(states) == 4 and proc.run_limited == single.run_limited > 0
+    turned_away = {d.run_id for _, d in out.decisions if d.reason == Reason.WORKER_RUN_LIMIT}
+    assert turned_away and not turned_away & {k.decode() for k in states}
+    for run in turned_away:
+        assert all(d.outcome == Outcome.STOP for _, d in out.decisions if d.run_id == run), (
+            "a run the worker turned away got an allow"
+        )
+
+
+def test_an_engine_failing_only_on_the_budget_re_decision_leaves_each_record_one_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine raises on the second look at one event (the batch re-decides a run over its
+    budget event by event): that record becomes one dead letter, its first-pass decision
+    withdrawn, and every other record of the run keeps one decision."""
+    import baton.processors.batch as batch
+
+    real, seen = batch.decide, Counter[str]()
+
+    def flaky(state, event, *a, **kw):  # type: ignore[no-untyped-def]
+        key = f"{event.run_id}/{getattr(event, 'request_id', '')}/{type(event).__name__}"
+        seen[key] += 1
+        if key == "run_0/run_0-h3/HandoffRequested" and seen[key] == 2:
+            raise ZeroDivisionError("second look")
+        return real(state, event, *a, **kw)
+
+    monkeypatch.setattr(batch, "decide", flaky)
+    records = [
+        _handoff("run_0", n, n, f"task-{n}" + "x" * 200, to=f"agent-{n % 3}" + "y" * 200)
+        for n in range(1, 60)
+    ]
+    out = _processor({}, exactly_once=False).process(records, NOW)
+    assert seen["run_0/run_0-h3/HandoffRequested"] == 2  # the budget re-decision ran
+    offsets = Counter(d.offset for _, d in out.decisions)
+    [letter] = [orjson.loads(dl.value) for dl in out.dead_letters]
+    assert letter["offset"] == 3 and letter["error_kind"] == "engine_error"
+    assert offsets == Counter(n for n in range(1, 60) if n != 3)
