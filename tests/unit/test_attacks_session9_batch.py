@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
 from baton.processors.batch import HARD_STATE_MAX_BYTES, BatchProcessor, InputRecord, Outputs
+from baton.processors.engine import NO_KILLS
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, Outcome, Reason
-from baton.schemas.events import HandoffCompleted
+from baton.processors.sweep import DueIndex
+from baton.processors.sweep_step import sweep_due
+from baton.schemas.decision import Decision, Outcome, Phase, Reason
+from baton.schemas.events import ApprovalGranted, HandoffCompleted
 from baton.schemas.policy import Policy
 from baton.streams.partitioner import partition_for
 from tests.helpers import handoff
@@ -32,6 +35,7 @@ pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 30, 11, 0, tzinfo=UTC)
 TOPIC = "gov.handoff.requests"
 APPROVALS = "gov.approvals"
+REFUND = "billing.refund.create"  # in the seed policy's require_approval_for
 PARTITIONS = 4
 #: the largest record Kafka's default broker and the producer take
 KAFKA_MAX = 1_000_000
@@ -312,3 +316,58 @@ def test_an_engine_failing_only_on_the_budget_re_decision_leaves_each_record_one
     [letter] = [orjson.loads(dl.value) for dl in out.dead_letters]
     assert letter["offset"] == 3 and letter["error_kind"] == "engine_error"
     assert offsets == Counter(n for n in range(1, 60) if n != 3)
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+def test_a_grant_and_a_report_after_the_sweep_expired_them_on_a_clock_stepped_back(
+    exactly_once: bool,
+) -> None:
+    """The sweep expires a run's approval and its reservation (clock at +400 s); the worker's
+    clock then steps back to +10 s and the grant and the completion arrive, twice: the grant
+    gets the expiry (never an allow), the cost is counted once."""
+    policy = policy_with(approval={"ttl_seconds": 300}, reservation_ttl_seconds=60)
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(
+        policy, PARTITIONS, states, worker="w", exactly_once=exactly_once, approvals_topic=APPROVALS
+    )
+    home = _home("run_a")
+    ask = handoff("run_a", 1, "refund", to="billing_agent", action=REFUND, event_time=NOW)
+    reserve = handoff("run_a", 2, "t2", estimated_usd=5.0, event_time=NOW)
+    [(_, asked)] = proc.process(
+        [InputRecord(TOPIC, home, 1, b"run_a", ask.to_json())], NOW
+    ).decisions
+    assert asked.outcome == Outcome.APPROVAL_REQUIRED and asked.approval_id
+    proc.process([InputRecord(TOPIC, home, 2, b"run_a", reserve.to_json())], NOW)
+
+    due = DueIndex(3600, 7200)
+    due.touch(b"run_a", states[b"run_a"])
+    swept = sweep_due(
+        proc,
+        due,
+        NOW + timedelta(seconds=400),
+        active=set(range(PARTITIONS)),
+        ready=set(range(PARTITIONS)),
+        kills=NO_KILLS,
+        run_retention_s=3600,
+        tombstone_retention_s=7200,
+        limit=100,
+    )
+    assert sorted(d.reason for _, d in swept.decisions) == [
+        Reason.APPROVAL_EXPIRED,
+        Reason.RESERVATION_EXPIRED,
+    ]
+    back = NOW + timedelta(seconds=10)
+    grant = ApprovalGranted(
+        approval_id=asked.approval_id, run_id="run_a", approver="finance_lead", event_time=back
+    )
+    late = [
+        InputRecord(APPROVALS, home, 1, b"run_a", grant.to_json()),
+        _completed("run_a", 2, 3, "t2", usd=7.0),
+    ]
+    for _ in range(2):  # decided, then delivered again
+        out = proc.process(late, back)
+        assert not out.dead_letters
+        answers = [d for _, d in out.decisions if d.phase == Phase.APPROVAL]
+        assert [(d.outcome, d.reason) for d in answers] == [(Outcome.STOP, "approval_expired")]
+        assert all(d.outcome != Outcome.ALLOW for _, d in out.decisions)
+        assert states[b"run_a"].spent_usd == 7.0
