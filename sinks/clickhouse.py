@@ -31,6 +31,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from clickhouse_connect.driver.client import Client
@@ -42,6 +43,7 @@ from clickhouse_connect.driver.exceptions import (
 )
 
 from baton.schemas.errors import AuditUnavailable, ConfigError, MissingExtra
+from baton.schemas.files import FileProblem, read_small_file
 from baton.schemas.redact import mask_credentials
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "Target",
     "audit_errors",
     "connect",
+    "endpoint_record",
     "parse_dsn",
 ]
 
@@ -264,10 +267,10 @@ def chdb_holder(path: Path) -> str | None:
 def read_endpoint(path: Path) -> str | None:
     """The DSN (URL with user and token) of the SQL endpoint registered in chDB directory
     ``path``, when its process is alive."""
-    try:
-        record = json.loads((path / ENDPOINT_FILE).read_text())
-        url, pid = str(record.get("dsn") or record["url"]), int(record["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+    record = endpoint_record(path / ENDPOINT_FILE)
+    url, pid = record.get("dsn") or record.get("url"), record.get("pid")
+    # pid 0 or -1 would pass os.kill(pid, 0) as alive (a process group, every process)
+    if not isinstance(url, str) or type(pid) is not int or not 0 < pid < 2**31:
         return None
     try:
         os.kill(pid, 0)
@@ -276,6 +279,16 @@ def read_endpoint(path: Path) -> str | None:
     except PermissionError:
         pass  # alive, another user's
     return url
+
+
+def endpoint_record(file: Path) -> dict[str, Any]:
+    """The JSON object in ``file`` (small, a regular file), or an empty one when there is none
+    or it is anything else: a data dir's file is not trusted to be the one the sink wrote."""
+    try:
+        record = json.loads(read_small_file(file, 64 * 1024))
+    except (FileNotFoundError, FileProblem, ValueError, RecursionError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 @contextlib.contextmanager

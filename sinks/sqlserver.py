@@ -68,7 +68,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from baton.schemas.errors import AuditUnavailable, ConfigError
-from baton.sinks.clickhouse import ENDPOINT_FILE
+from baton.sinks.clickhouse import ENDPOINT_FILE, endpoint_record
 from baton.sinks.sql_exec import SqlLimits
 from baton.sinks.sql_guard import DENIED_FUNCTIONS, ENDPOINT_USER, denied_functions, is_loopback
 from baton.sinks.sql_http import EndpointConfig, SqlHandler, SqlHttpServer
@@ -105,9 +105,10 @@ class SqlServer:
     def close(self) -> None:
         endpoint = self.engine_path / ENDPOINT_FILE
         try:
-            if json.loads(endpoint.read_text()).get("pid") == os.getpid():
+            # another writer's file (a list, a FIFO) must not keep the server from closing
+            if endpoint_record(endpoint).get("pid") == os.getpid():
                 endpoint.unlink()
-        except (OSError, ValueError):
+        except OSError:
             pass
         self._httpd.shutdown()
         self._httpd.server_close()

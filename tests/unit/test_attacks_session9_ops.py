@@ -24,9 +24,6 @@ from baton.sinks.rules import DEFAULT_RULES, load_rules
 
 pytestmark = pytest.mark.unit
 
-ENDPOINT_BREAK = pytest.mark.xfail(
-    strict=True, reason="read_endpoint raises on a forged file; pid 0/-1 pass as alive"
-)
 SECONDS_BREAK = pytest.mark.xfail(
     strict=True, reason="inf/1e300 seconds pass gt=0 and overflow where they are used"
 )
@@ -128,7 +125,6 @@ ENDPOINT_RECORDS = {
 }
 
 
-@ENDPOINT_BREAK
 @pytest.mark.parametrize("case", sorted(ENDPOINT_RECORDS))
 def test_a_forged_sql_endpoint_file_in_a_data_dir_is_no_endpoint(tmp_path: Path, case: str) -> None:
     # `baton sql`/`trace` on a held chDB dir, `baton doctor` and `baton up`'s restart notice
