@@ -371,3 +371,36 @@ def test_a_grant_and_a_report_after_the_sweep_expired_them_on_a_clock_stepped_ba
         assert [(d.outcome, d.reason) for d in answers] == [(Outcome.STOP, "approval_expired")]
         assert all(d.outcome != Outcome.ALLOW for _, d in out.decisions)
         assert states[b"run_a"].spent_usd == 7.0
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_the_rest_of_a_hostile_mix_an_hour_later_decides_as_one_batch_each(
+    seed: int, exactly_once: bool
+) -> None:
+    """Half the mix decided one record a batch; the clock jumps an hour (every approval past
+    its TTL: expired lazily by the next event under exactly-once) and the rest comes in one
+    batch, with a run outgrowing its budget: as the rest one record a batch."""
+    records = _mixed_batch(seed, size=240)
+    head, rest = records[:120], records[120:]
+    later = NOW + timedelta(hours=1)
+    sides = []
+    for together in (True, False):
+        states: dict[bytes, RunState] = {}
+        proc = _processor(states, exactly_once)
+        for rec in head:
+            proc.process([rec], NOW)
+        total = Outputs()
+        for batch in [rest] if together else [[rec] for rec in rest]:
+            out = proc.process(batch, later)
+            total.decisions += out.decisions
+            total.dead_letters += out.dead_letters
+        sides.append(
+            (
+                _per_run(total.decisions),
+                _letters(total),
+                {k: s.to_bytes() for k, s in states.items()},
+            )
+        )
+    assert sides[0] == sides[1]
+    assert any(d[3] == Reason.APPROVAL_EXPIRED for run in sides[0][0].values() for d in run)
