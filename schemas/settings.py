@@ -17,11 +17,19 @@ from baton.schemas.errors import ConfigError
 from baton.schemas.redact import mask_credentials
 from baton.sinks.schema import MAX_AUDIT_TTL_DAYS
 
-__all__ = ["Settings"]
+__all__ = ["MAX_RETENTION_S", "MAX_TIMEOUT_S", "Settings"]
+
+#: the longest wait a timeout setting may name (a socket timeout of 1e300 s raised OverflowError)
+MAX_TIMEOUT_S = 3600.0
+#: the longest a retention or hold may be (10 years): `now - timedelta(run + tombstone
+#: retention)`, the restore's window, overflowed past about 2,000 years
+MAX_RETENTION_S = 10 * 365 * 86400.0
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore")
+    # inf and nan are no number of seconds or bytes: "inf" passed gt=0 and raised OverflowError
+    # where it was used (a socket timeout, int(ms), now - timedelta(retention))
+    model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore", allow_inf_nan=False)
 
     # --- Kafka -------------------------------------------------------------------------
     bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, HOST:PORT[,..]")
@@ -51,9 +59,14 @@ class Settings(BaseSettings):
         None, description="password of an encrypted ssl_keyfile (a secret: masked when printed)"
     )
     session_timeout_s: float = Field(
-        10.0, gt=0, description="consumer group session timeout; failover takes about this long"
+        10.0,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        description="consumer group session timeout; failover takes about this long",
     )
-    connect_timeout_s: float = Field(10.0, gt=0, description="give up reaching Kafka after this")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, le=MAX_TIMEOUT_S, description="give up reaching Kafka after this"
+    )
 
     # --- worker ------------------------------------------------------------------------
     app_id: str = Field("baton", description="Faust app id = consumer group of the workers")
@@ -91,6 +104,7 @@ class Settings(BaseSettings):
     run_retention_s: float = Field(
         3600.0,
         gt=0,
+        le=MAX_RETENTION_S,
         description="a run idle this many seconds (finished or not, no approval pending) is "
         "evicted to a tombstone: a later handoff of it is stopped (its stop reason, "
         "run_finished, or run_expired) and a later cost still counts",
@@ -98,12 +112,14 @@ class Settings(BaseSettings):
     tombstone_retention_s: float = Field(
         30 * 86400.0,
         gt=0,
+        le=MAX_RETENTION_S,
         description="forget an evicted run's tombstone (tenant, counters, spend, stop) after "
         "this many seconds; its run id is then new again",
     )
     hold_idle_s: float = Field(
         30.0,
         gt=0,
+        le=MAX_RETENTION_S,
         description="keep a run no event touched for this many seconds compressed in memory "
         "(~0.9 KB instead of ~3.3 KB decoded); its next event decodes it (~30 us more)",
     )
@@ -170,6 +186,7 @@ class Settings(BaseSettings):
     clickhouse_timeout_s: float = Field(
         30.0,
         gt=0,
+        le=MAX_TIMEOUT_S,
         description="give up on a ClickHouse server's answer after this many seconds "
         "(http(s):// DSNs; the sink then retries)",
     )
@@ -193,7 +210,7 @@ class Settings(BaseSettings):
         description="most decisions in one audit insert (a quarter of it goes as soon as the "
         "writer is free); ~3 KB of memory a decision, twice: one batch filling, one in flight",
     )
-    sink_batch_timeout_s: float = Field(1.0, gt=0)
+    sink_batch_timeout_s: float = Field(1.0, gt=0, le=MAX_TIMEOUT_S)
     sink_parse_processes: int = Field(
         2,
         ge=0,
