@@ -41,6 +41,18 @@ log = logging.getLogger("baton.sinks.alert_webhook")
 Post = Callable[[str, str, float], "PostOutcome"]
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Answers a redirect with its own status, never a request elsewhere: urllib followed a
+    webhook's 302 with a GET of any http(s) URL it named (a service on the alerter's host) and
+    counted the alert as delivered."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 @dataclass(frozen=True, slots=True)
 class PostOutcome:
     """What one POST achieved. ``problem`` is safe to log (never holds the URL)."""
@@ -101,15 +113,15 @@ def post_once(url: str, text: str, timeout_s: float) -> PostOutcome:
         request = urllib.request.Request(
             url, data=slack_body(text), method="POST", headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with _OPENER.open(request, timeout=timeout_s) as response:
             if 200 <= response.status < 300:
                 return PostOutcome(ok=True)
             return PostOutcome(ok=False, problem=f"HTTP {response.status}")
     except urllib.error.HTTPError as exc:
         retry_after = _seconds(exc.headers.get("Retry-After") if exc.headers else None)
         exc.close()
-        # 400 invalid_payload, 403, 404 no_service, 410 channel_is_archived: trying again
-        # cannot help; a timeout, a rate limit or a server error may pass
+        # 400 invalid_payload, 403, 404 no_service, 410 channel_is_archived, a redirect (never
+        # followed): trying again cannot help; a timeout, a rate limit or a server error may pass
         retry = exc.code in (408, 425, 429) or exc.code >= 500
         return PostOutcome(False, f"HTTP {exc.code}", retry, retry_after)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:

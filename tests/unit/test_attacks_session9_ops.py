@@ -24,9 +24,6 @@ from baton.sinks.rules import DEFAULT_RULES, load_rules
 
 pytestmark = pytest.mark.unit
 
-REDIRECT_BREAK = pytest.mark.xfail(
-    strict=True, reason="urllib follows a webhook's 302 to a GET of another URL"
-)
 
 
 def _laughs(levels: int) -> str:
@@ -210,7 +207,6 @@ def redirecting_webhook() -> Iterator[tuple[str, list[str]]]:
         server.server_close()
 
 
-@REDIRECT_BREAK
 def test_a_webhook_redirect_is_not_followed_and_not_counted_as_delivered(
     redirecting_webhook: tuple[str, list[str]],
 ) -> None:
