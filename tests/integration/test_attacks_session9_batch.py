@@ -1,0 +1,119 @@
+"""Session 9 attacks on the worker's batch path with a real broker and workers: a backlog of
+good and hostile records, the worker killed (kill -9) in the middle of it, and a successor."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import orjson
+import pytest
+
+from baton.schemas.decision import Outcome, Phase
+from baton.streams.embedded import EmbeddedBroker
+from tests.faults.test_worker_failover import _Restart
+from tests.helpers import handoff_round, wait_for
+from tests.stack import Collector, wait_deciding
+
+pytestmark = pytest.mark.integration
+
+RUNS, ROUNDS, COST = 400, 4, 0.25
+
+
+def _hostile(i: int, run: str) -> tuple[bytes | None, bytes | None]:
+    """The i-th hostile record: (key, value), each kind a worker has been sent."""
+    good = orjson.dumps(
+        {"type": "handoff_requested", "request_id": f"x-{i}", "run_id": run, "task_id": "t",
+         "from_agent": "planner", "to_agent": "researcher", "event_time": "2026-11-30T11:00:00Z"}
+    )  # fmt: skip
+    return [
+        (None, good),  # no key
+        (b"someone-else", good),  # a key that is not its run's
+        (run.encode(), b"\xff\xfe not json"),
+        (run.encode(), b'{"type":"handoff_requested","run_id":1e400}'),
+        (run.encode(), b"{" + b"\x01" * 70_000 + b"}"),  # past the event size limit
+        (run.encode(), b'{"type":"approval_granted"}'),  # an approval on the requests topic
+    ][i % 6]
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_worker_killed_mid_backlog_with_hostile_records_loses_and_double_counts_nothing(
+    broker: EmbeddedBroker, tmp_path, guarantee: str
+) -> None:
+    """Rounds of handoffs and completions of 400 runs with a hostile record after every 20
+    events, all sent before the worker reads them; the worker is killed -9 mid-backlog and
+    a successor takes over. Every request is answered once per phase, every cost counted
+    once, and every hostile record is a dead letter naming its position (once under
+    exactly-once; at least once otherwise)."""
+    env = {"BATON_PROCESSING_GUARANTEE": guarantee}
+    rs = _Restart(broker, tmp_path, "h5", RUNS, env)
+    decisions, runs, catalog = rs.decisions, rs.runs, rs.catalog
+    dead = Collector(broker.bootstrap, catalog.deadletter, decisions=False)
+    first = rs.worker("a")
+    second = None
+    try:
+        wait_deciding(broker.bootstrap, catalog)
+        hostile, producer = 0, rs.sender.producer
+        for i in range(1, ROUNDS + 1):  # produced at once, flushed once: a backlog
+            events = handoff_round(runs, i, COST, rs.now)
+            for n, event in enumerate(events):
+                producer.produce(catalog.requests, event.to_json(), event.run_id.encode())
+                if n % 20 == 19:
+                    key, value = _hostile(hostile, runs[hostile % RUNS])
+                    producer.produce(catalog.requests, value, key)
+                    hostile += 1
+                producer.poll(0)
+        assert producer.flush(30) == 0
+        wait_for(lambda: len(decisions.records) > 600, 60, message="the backlog to be decided")
+        first.kill9()
+        second = rs.worker("b")
+        want = 2 * ROUNDS
+
+        def answered() -> int:
+            return sum(len({d.decision_id for d in decisions.for_run(r)}) >= want for r in runs)
+
+        def lettered() -> set[tuple[int, int]]:
+            docs = [orjson.loads(v) for v in list(dead.records)]
+            return {(d["partition"], d["offset"]) for d in docs}
+
+        wait_for(
+            lambda: answered() == len(runs) and len(lettered()) >= hostile,
+            150,
+            interval=0.5,
+            message=lambda: (
+                f"{answered()} of {len(runs)} runs answered, {len(lettered())} of {hostile} "
+                "dead letters\n" + second.log()[-2500:]
+            ),
+        )
+        assert len({d.worker for d in decisions.records}) == 2, "the kill came after the backlog"
+        for run in runs:
+            got = decisions.for_run(run)
+            answers: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+            for d in got:
+                answers[d.request_id, d.phase].add((d.decision_id, d.outcome))
+            assert len(answers) == want and all(len(a) == 1 for a in answers.values()), run
+            assert all(d.outcome == Outcome.ALLOW for d in got if d.phase == Phase.PRE_HANDOFF)
+            posts = [d for d in got if d.phase == Phase.POST_HANDOFF]
+            assert max(d.spent_usd for d in posts) == pytest.approx(ROUNDS * COST), run
+            if guarantee == "exactly_once":
+                assert len(got) == want, (run, len(got), "published more than once")
+        docs = [orjson.loads(v) for v in list(dead.records)]
+        assert len(lettered()) == hostile
+        assert all(d["topic"] == catalog.requests and d["error_kind"] for d in docs)
+        kinds = Counter(d["error_kind"] for d in docs)
+        assert set(kinds) >= {
+            "missing_key",
+            "key_mismatch",
+            "not_json",
+            "oversized",
+            "out_of_range",
+            "schema",
+        }, kinds
+        if guarantee == "exactly_once":
+            assert len(docs) == hostile, "a dead letter published twice"
+        assert all(len(v) < 1_000_000 for v in dead.records)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        decisions.close()
+        dead.close()
