@@ -404,3 +404,51 @@ def test_the_rest_of_a_hostile_mix_an_hour_later_decides_as_one_batch_each(
         )
     assert sides[0] == sides[1]
     assert any(d[3] == Reason.APPROVAL_EXPIRED for run in sides[0][0].values() for d in run)
+
+
+def _enormous_forged_record() -> bytes:
+    """A valid changelog record for run_b of ~999,000 bytes (Kafka took it: a writer of the
+    changelog), its start far in the future so the sweep must write it again."""
+    states: dict[bytes, RunState] = {}
+    BatchProcessor(_policy(), PARTITIONS, states, worker="w").process(
+        [_handoff("run_b", 1, 1, "t1")], NOW
+    )
+    wire = orjson.loads(states[b"run_b"].to_bytes())
+    row = ["researcher", "planner", None, 1]
+    wire["tasks"] = [[f"task-{i:05d}-" + "z" * 200, *row] for i in range(4300)]
+    while len(orjson.dumps(wire)) > 999_000:
+        wire["tasks"].pop()
+    wire["t0"] = 1e300
+    return orjson.dumps(wire)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the sweep writes back a state it changed without the batch's hard limit: a forged "
+    "~1 MB changelog record whose times it corrects (or whose approvals it expires) is "
+    "written at ~1 MB, past HARD_STATE_MAX_BYTES; past Kafka's limit, that produce ends the "
+    "worker on every restart",
+)
+def test_the_sweep_never_writes_a_state_past_the_hard_limit_for_an_enormous_forged_record() -> None:
+    raw = _enormous_forged_record()
+    states = {b"run_b": RunState.from_record(b"run_b", raw)}
+    proc = BatchProcessor(_policy(), PARTITIONS, states, worker="w", run_state_max_bytes=600_000)
+    due = DueIndex(3600, 7200)
+    due.rebuild_keys([b"run_b"], NOW.timestamp())
+    out = sweep_due(
+        proc,
+        due,
+        NOW + timedelta(seconds=5),
+        active=set(range(PARTITIONS)),
+        ready=set(range(PARTITIONS)),
+        kills=NO_KILLS,
+        run_retention_s=3600,
+        tombstone_retention_s=7200,
+        limit=10,
+    )
+    assert all(len(encoded) <= HARD_STATE_MAX_BYTES for encoded in out.encoded.values())
+    assert all(state is None or key in out.encoded for key, (_, state) in out.changed.items())
+    # its events are refused unrecorded (dead letters), never decided on a state not written
+    late = proc.process([_handoff("run_b", 2, 2, "t2")], NOW + timedelta(seconds=6))
+    assert not late.decisions and not late.changed
+    assert [orjson.loads(dl.value)["error_kind"] for dl in late.dead_letters] == ["run_state_limit"]
