@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from baton.processors.batch import BatchProcessor, Outputs
+from baton.processors.batch import HARD_STATE_MAX_BYTES, BatchProcessor, Outputs
 from baton.processors.chain import link
 from baton.processors.engine import KillSwitches, evict, expire_due
 from baton.processors.state import RunState
@@ -133,6 +133,12 @@ def _swept(
             link(new, decisions, proc.chain_key)
     kept = evict(new, now, run_retention_s, tombstone_retention_s)
     raw = kept.to_bytes() if kept is not None and kept is not state else None
+    if raw is not None and len(raw) > HARD_STATE_MAX_BYTES:
+        # only a changelog writer's record is this large (a run stops at its budget, far
+        # below): written back, one past Kafka's limit ended the worker on every restart
+        raise ValueError(
+            f"its state would be written at {len(raw)} bytes (> {HARD_STATE_MAX_BYTES})"
+        )
     return decisions, kept, raw
 
 

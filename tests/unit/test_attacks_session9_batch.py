@@ -422,13 +422,6 @@ def _enormous_forged_record() -> bytes:
     return orjson.dumps(wire)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the sweep writes back a state it changed without the batch's hard limit: a forged "
-    "~1 MB changelog record whose times it corrects (or whose approvals it expires) is "
-    "written at ~1 MB, past HARD_STATE_MAX_BYTES; past Kafka's limit, that produce ends the "
-    "worker on every restart",
-)
 def test_the_sweep_never_writes_a_state_past_the_hard_limit_for_an_enormous_forged_record() -> None:
     raw = _enormous_forged_record()
     states = {b"run_b": RunState.from_record(b"run_b", raw)}
