@@ -117,3 +117,50 @@ def test_a_worker_killed_mid_backlog_with_hostile_records_loses_and_double_count
             second.stop()
         decisions.close()
         dead.close()
+
+
+def test_fresh_run_ids_filling_a_worker_leave_its_runs_decided_and_every_refusal_published(
+    broker: EmbeddedBroker, tmp_path
+) -> None:
+    """BATON_MAX_RUNS 60, 40 real runs held; an attacker then sends 300 fresh run ids amid the
+    real runs' next handoffs: the real runs are decided (allowed) as before, the worker takes
+    on at most 20 of the attacker's runs, and each of the others gets a published stop,
+    worker_run_limit, once."""
+    rs = _Restart(broker, tmp_path, "mr", 40, {"BATON_MAX_RUNS": "60"})
+    decisions, runs, catalog = rs.decisions, rs.runs, rs.catalog
+    worker = rs.worker("a")
+    try:
+        wait_deciding(broker.bootstrap, catalog)
+        rs.sender.send(rs.handoffs(1))
+        wait_for(lambda: all(decisions.for_run(r) for r in runs), 30, message="first decisions")
+        fresh = [f"attacker_{i}_{rs.prefix}" for i in range(300)]
+        second = rs.handoffs(2)
+        mixed: list = []
+        for i, run in enumerate(fresh):
+            mixed.append(handoff_round([run], 1, COST, rs.now)[0])
+            if i % 7 == 0 and second:
+                mixed.append(second.pop())
+        mixed.extend(second)
+        rs.sender.send(mixed)
+        wait_for(
+            lambda: (
+                all(len(decisions.for_run(r)) >= 2 for r in runs)
+                and all(decisions.for_run(r) for r in fresh)
+            ),
+            60,
+            message=lambda: worker.log()[-2000:],
+        )
+        for run in runs:
+            assert [(d.outcome, d.handoff_count) for d in decisions.for_run(run)] == [
+                (Outcome.ALLOW, 1),
+                (Outcome.ALLOW, 2),
+            ], run
+        answers = [decisions.for_run(r) for r in fresh]
+        assert all(len(a) == 1 for a in answers)
+        taken = [a[0] for a in answers if a[0].outcome == Outcome.ALLOW]
+        refused = [a[0] for a in answers if a[0].outcome != Outcome.ALLOW]
+        assert len(taken) <= 20 and len(refused) >= 280
+        assert {(d.outcome, d.reason) for d in refused} == {(Outcome.STOP, "worker_run_limit")}
+    finally:
+        worker.stop()
+        decisions.close()
