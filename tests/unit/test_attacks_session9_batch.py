@@ -445,3 +445,48 @@ def test_the_sweep_never_writes_a_state_past_the_hard_limit_for_an_enormous_forg
     late = proc.process([_handoff("run_b", 2, 2, "t2")], NOW + timedelta(seconds=6))
     assert not late.decisions and not late.changed
     assert [orjson.loads(dl.value)["error_kind"] for dl in late.dead_letters] == ["run_state_limit"]
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+def test_a_hostile_mix_on_a_worker_clock_jumping_to_9999_and_back_never_stops_the_batch(
+    exactly_once: bool,
+) -> None:
+    """The worker's clock jumps to 2199, to datetime's last year, ten years back and home,
+    with a sweep at each: every record still ends in a decision, a dead letter or a forward
+    (or, under exactly-once, a redelivery answered with nothing), and nothing raises."""
+    policy = policy_with(
+        approval={"ttl_seconds": 300}, reservation_ttl_seconds=60, max_handoffs=None
+    )
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(
+        policy, PARTITIONS, states, worker="w", exactly_once=exactly_once, approvals_topic=APPROVALS
+    )
+    due = DueIndex(3600, 7200)
+    clocks = [
+        NOW,
+        datetime(2199, 12, 31, 23, tzinfo=UTC),
+        NOW,
+        datetime(9999, 12, 31, tzinfo=UTC),
+        NOW - timedelta(days=3650),
+        NOW,
+    ]
+    records = _mixed_batch(3, size=240)
+    for i, now in enumerate(clocks):
+        for rec in records[i * 40 : (i + 1) * 40]:
+            redelivered = proc.redelivered
+            out = proc.process([rec], now)
+            ends = bool(out.decisions) + bool(out.dead_letters) + bool(out.forwards)
+            assert ends == (0 if proc.redelivered > redelivered else 1), (now, rec)
+        for key, state in states.items():
+            due.touch(key, state)
+        sweep_due(
+            proc,
+            due,
+            now,
+            active=set(range(PARTITIONS)),
+            ready=set(range(PARTITIONS)),
+            kills=NO_KILLS,
+            run_retention_s=3600,
+            tombstone_retention_s=7200,
+            limit=1000,
+        )
