@@ -3,6 +3,7 @@ good and hostile records, the worker killed (kill -9) in the middle of it, and a
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 
 import orjson
@@ -35,14 +36,16 @@ def _hostile(i: int, run: str) -> tuple[bytes | None, bytes | None]:
     ][i % 6]
 
 
+@pytest.mark.parametrize("how", ["kill9", "join"])
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_a_worker_killed_mid_backlog_with_hostile_records_loses_and_double_counts_nothing(
-    broker: EmbeddedBroker, tmp_path, guarantee: str
+    broker: EmbeddedBroker, tmp_path, guarantee: str, how: str
 ) -> None:
     """Rounds of handoffs and completions of 400 runs with a hostile record after every 20
     events, all sent before the worker reads them; the worker is killed -9 mid-backlog and
-    a successor takes over. Every request is answered once per phase, every cost counted
-    once, and every hostile record is a dead letter naming its position (once under
+    a successor takes over (or a second worker starts as the backlog is sent, and joins the
+    group mid-backlog: a rebalance). Every request is answered once per phase, every cost
+    counted once, and every hostile record is a dead letter naming its position (once under
     exactly-once; at least once otherwise)."""
     env = {"BATON_PROCESSING_GUARANTEE": guarantee}
     rs = _Restart(broker, tmp_path, "h5", RUNS, env)
@@ -52,6 +55,8 @@ def test_a_worker_killed_mid_backlog_with_hostile_records_loses_and_double_count
     second = None
     try:
         wait_deciding(broker.bootstrap, catalog)
+        if how == "join":
+            second = rs.worker("b")  # joins while the first works through the backlog
         hostile, producer = 0, rs.sender.producer
         for i in range(1, ROUNDS + 1):  # produced at once, flushed once: a backlog
             events = handoff_round(runs, i, COST, rs.now)
@@ -62,10 +67,14 @@ def test_a_worker_killed_mid_backlog_with_hostile_records_loses_and_double_count
                     producer.produce(catalog.requests, value, key)
                     hostile += 1
                 producer.poll(0)
+            if how == "join":  # a round every 3 s: the join lands amid the rounds
+                assert producer.flush(30) == 0
+                time.sleep(3)
         assert producer.flush(30) == 0
         wait_for(lambda: len(decisions.records) > 600, 60, message="the backlog to be decided")
-        first.kill9()
-        second = rs.worker("b")
+        if how == "kill9":
+            first.kill9()
+            second = rs.worker("b")
         want = 2 * ROUNDS
 
         def answered() -> int:
@@ -84,7 +93,9 @@ def test_a_worker_killed_mid_backlog_with_hostile_records_loses_and_double_count
                 "dead letters\n" + second.log()[-2500:]
             ),
         )
-        assert len({d.worker for d in decisions.records}) == 2, "the kill came after the backlog"
+        assert len({d.worker for d in decisions.records}) == 2, (
+            "the second worker decided nothing: the kill or join came after the backlog"
+        )
         for run in runs:
             got = decisions.for_run(run)
             answers: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
