@@ -57,24 +57,30 @@ def test_a_worker_killed_mid_backlog_with_hostile_records_loses_and_double_count
         wait_deciding(broker.bootstrap, catalog)
         if how == "join":
             second = rs.worker("b")  # joins while the first works through the backlog
-        hostile, producer = 0, rs.sender.producer
-        for i in range(1, ROUNDS + 1):  # produced at once, flushed once: a backlog
-            events = handoff_round(runs, i, COST, rs.now)
-            for n, event in enumerate(events):
+        producer, sent = rs.sender.producer, [0]
+
+        def send_round(i: int) -> None:
+            """Round i, a hostile record after every 20 events, produced at once."""
+            for n, event in enumerate(handoff_round(runs, i, COST, rs.now)):
                 producer.produce(catalog.requests, event.to_json(), event.run_id.encode())
                 if n % 20 == 19:
-                    key, value = _hostile(hostile, runs[hostile % RUNS])
+                    key, value = _hostile(sent[0], runs[sent[0] % RUNS])
                     producer.produce(catalog.requests, value, key)
-                    hostile += 1
+                    sent[0] += 1
                 producer.poll(0)
+            assert producer.flush(30) == 0
+
+        for i in range(1, ROUNDS):  # a backlog
+            send_round(i)
             if how == "join":  # a round every 3 s: the join lands amid the rounds
-                assert producer.flush(30) == 0
                 time.sleep(3)
-        assert producer.flush(30) == 0
-        wait_for(lambda: len(decisions.records) > 600, 60, message="the backlog to be decided")
         if how == "kill9":
+            wait_for(lambda: len(decisions.records) > 600, 60, message="the backlog decided")
             first.kill9()
+        send_round(ROUNDS)  # (after a kill: only the successor can answer it)
+        if how == "kill9":
             second = rs.worker("b")
+        hostile = sent[0]
         want = 2 * ROUNDS
 
         def answered() -> int:
