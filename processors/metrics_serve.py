@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.registry import Collector
 
@@ -18,6 +23,15 @@ from baton.schemas.errors import ConfigError
 from baton.schemas.settings import Settings
 
 __all__ = ["MetricsEndpoint", "new_registry", "serve_from_settings", "serve_metrics"]
+
+log = logging.getLogger("baton.metrics")
+
+#: a connection that sends nothing for this long is closed (a scrape sends its request at
+#: once), and at most MAX_CONNECTIONS are served at a time, the others closed unread: each
+#: held a thread (and a descriptor) of the worker for as long as it stayed open, idle forever
+#: (700 idle connections were 700 threads)
+IDLE_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 32
 
 
 def new_registry(*collectors: Collector) -> CollectorRegistry:
@@ -43,10 +57,51 @@ class MetricsEndpoint:
         self._server.server_close()
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """Serves one connection, logging nothing; its socket times out once idle."""
+
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout_s  # type: ignore[attr-defined]
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _BoundedServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most ``MAX_CONNECTIONS`` of them; errors never printed."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int) -> None:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        self.address_family = family  # read when the socket is made, in __init__
+        self.idle_timeout_s = IDLE_TIMEOUT_S
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address[:2], _QuietHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # closed unread: a scrape tries again
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("a /metrics connection ended in an error", exc_info=True)
+
+
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsEndpoint:
     """Serve ``registry`` on http://host:port/metrics (port 0: a free one) from a thread."""
     try:
-        server, _thread = start_http_server(port, addr=host, registry=registry)
+        server = _BoundedServer(host, port)
     # OSError: a port in use, or a host name that is not this machine's; UnicodeError: a host
     # name IDNA cannot encode (a label past 63 characters); OverflowError: a port past 65535
     except (OSError, UnicodeError, OverflowError) as exc:
@@ -56,6 +111,8 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsE
             f"on {host[:100]!r} port {port}: {why}; expected an address of this machine and "
             "a free port (0 = any, off = no metrics)"
         ) from None
+    server.set_app(make_wsgi_app(registry))
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     shown = f"[{shown}]" if ":" in shown else shown
     return MetricsEndpoint(f"http://{shown}:{server.server_port}/metrics", server)
