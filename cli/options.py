@@ -25,6 +25,7 @@ __all__ = [
     "click_type",
     "group_variables",
     "read_policy",
+    "read_policy_text",
     "setting_help",
     "setting_options",
     "with_connection_groups",
@@ -193,6 +194,13 @@ def read_policy(path: str | Path | None) -> Policy:
     """
     if path is None:
         return load_policy(None)
+    return parse_policy(read_policy_text(path), os.fspath(Path(path)))
+
+
+def read_policy_text(path: str | Path) -> str:
+    """The text of the policy file ``path``, read once after the checks ``read_policy``
+    names (a caller that hashes and sends it must not read the file again: it may have been
+    swapped for a FIFO or other bytes since)."""
     p = Path(path)
 
     def refuse(problem: str) -> PolicyError:
@@ -216,4 +224,4 @@ def read_policy(path: str | Path | None) -> Policy:
             f"holds a NUL byte at offset {data.index(0)} (a binary file?); "
             "a policy is a UTF-8 YAML file"
         )
-    return parse_policy(text, os.fspath(p))
+    return text

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from baton.cli.options import read_policy, setting_options
+from baton.cli.options import read_policy, read_policy_text, setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, signer_options
 from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import PolicyError
@@ -83,9 +83,9 @@ def policy_publish(
     never sees a policy it cannot load. The update survives worker restarts (the control
     topic is kept) and wins over a worker's --policy file.
     """
-    read_policy(file)  # the file's checks (a regular file, size, UTF-8) and the policy's
-    # the text that is hashed, signed and sent, parsed once more: the file may have changed
-    text = file.read_text(encoding="utf-8")
+    # read once, after the file's checks (a regular file, size, UTF-8): the text parsed is
+    # the text hashed, signed and sent (a second read met whatever was swapped in meanwhile)
+    text = read_policy_text(file)
     policy = parse_policy(text, str(file))
     from baton.streams.sdk import MAX_POLICY_UPDATE_BYTES
 

@@ -28,9 +28,6 @@ from baton.sinks.rules import DEFAULT_RULES, load_rules
 
 pytestmark = pytest.mark.unit
 
-PUBLISH_BREAK = pytest.mark.xfail(
-    strict=True, reason="policy publish reads the file again after its checks, unchecked"
-)
 
 
 def _laughs(levels: int) -> str:
@@ -270,7 +267,6 @@ def test_idle_connections_to_metrics_hold_a_bounded_number_of_threads_and_still_
         endpoint.close()
 
 
-@PUBLISH_BREAK
 @pytest.mark.parametrize("swapped_in", ["not_utf8", "fifo"])
 def test_a_policy_file_swapped_after_its_check_is_refused_by_policy_publish(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swapped_in: str
@@ -278,22 +274,23 @@ def test_a_policy_file_swapped_after_its_check_is_refused_by_policy_publish(
     # `policy publish` checked the file (read_policy), then read it again with read_text: a
     # file swapped in between for non-UTF-8 bytes raised UnicodeDecodeError (a traceback),
     # for a FIFO it waited for a writer
-    from baton.cli import policy_cmds
+    from baton.cli import options
 
     policy = tmp_path / "policy.yaml"
     policy.write_text("multi_agent:\n  max_handoffs: 3\n", encoding="utf-8")
-    checked = policy_cmds.read_policy
+    checked_read = options.read_small_file
 
-    def check_then_swap(path: Path) -> object:
-        answer = checked(path)
-        policy.unlink()
-        if swapped_in == "fifo":
-            os.mkfifo(policy)
-        else:
-            policy.write_bytes(b"multi_agent:\n  max_handoffs: \xff\n")
-        return answer
+    def read_then_swap(path: Path, limit: int, **kwargs: bool) -> bytes:
+        data = checked_read(path, limit, **kwargs)
+        if Path(path) == policy:
+            policy.unlink()
+            if swapped_in == "fifo":
+                os.mkfifo(policy)
+            else:
+                policy.write_bytes(b"multi_agent:\n  max_handoffs: \xff\n")
+        return data
 
-    monkeypatch.setattr(policy_cmds, "read_policy", check_then_swap)
+    monkeypatch.setattr(options, "read_small_file", read_then_swap)
     _register()
     outcome: list[object] = []
 
@@ -313,5 +310,7 @@ def test_a_policy_file_swapped_after_its_check_is_refused_by_policy_publish(
         runner.join(5)
         pytest.fail("policy publish waited on a FIFO for a writer")
     result = outcome[0]
+    # the checked bytes are published (here: refused next for the missing key), never re-read
+    assert isinstance(result.exception, SystemExit), result.exception  # type: ignore[attr-defined]
     assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
-    assert "policy.yaml" in result.output  # type: ignore[attr-defined]
+    assert "key file" in result.output  # type: ignore[attr-defined]
