@@ -196,19 +196,23 @@ def webhook_check(settings: Settings, timeout: float) -> Check:
             "none set: `baton alerts` prints stops on its console only",
             "set BATON_WEBHOOK_URL to a Slack incoming webhook to post them",
         )
+    from baton.schemas.errors import ConfigError
+    from baton.sinks.alert_post import check_webhook_url
+
+    example = "BATON_WEBHOOK_URL=https://hooks.slack.com/services/…"
+    try:  # a port past 65535 or a broken IPv6 bracket raised ValueError: "report a bug"
+        check_webhook_url(secret)
+    except ConfigError as exc:
+        return fail(name, str(exc), example)
     parts = urlsplit(secret)
     # the path of a Slack webhook is its secret: only scheme and host are ever shown
     shown = f"{parts.scheme}://{parts.hostname or '?'}/…"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return fail(
-            name,
-            f"{shown} is not an http(s) URL",
-            "BATON_WEBHOOK_URL=https://hooks.slack.com/services/…",
-        )
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         with socket.create_connection((parts.hostname, port), timeout=timeout):
             pass
+    except UnicodeError as exc:  # a host name IDNA cannot encode (a label past 63 characters)
+        return fail(name, f"{shown[:100]}: not a host name ({gist(exc)})", example)
     except OSError as exc:
         return fail(
             name,

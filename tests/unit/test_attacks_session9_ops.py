@@ -314,3 +314,17 @@ def test_a_policy_file_swapped_after_its_check_is_refused_by_policy_publish(
     assert isinstance(result.exception, SystemExit), result.exception  # type: ignore[attr-defined]
     assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
     assert "key file" in result.output  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://hooks.example:99999/s/T/B", "http://[::1/s/T/B", "http://" + "a" * 300 + "/s"]
+)
+def test_doctor_names_an_unusable_webhook_url_as_the_setting_not_as_a_bug(url: str) -> None:
+    # a port past 65535, a broken IPv6 bracket or a 300-character host raised past the check
+    # (ValueError, UnicodeError): doctor said "the check itself failed ... report it"
+    from baton.cli.doctor_checks import Status, webhook_check
+
+    check = webhook_check(Settings(webhook_url=url), 1.0)
+    assert check.status is Status.FAIL
+    assert "BATON_WEBHOOK_URL" in check.detail + check.hint
+    assert "/s/T/B" not in check.detail + check.hint  # the secret part is never shown
