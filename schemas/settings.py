@@ -6,10 +6,11 @@ Every field here is documented in ``baton --help`` and usable in ``docker-compos
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from baton.schemas.connections import connection_problems
@@ -24,6 +25,9 @@ MAX_TIMEOUT_S = 3600.0
 #: the longest a retention or hold may be (10 years): `now - timedelta(run + tombstone
 #: retention)`, the restore's window, overflowed past about 2,000 years
 MAX_RETENTION_S = 10 * 365 * 86400.0
+#: topic_prefix and app_id are parts of topic names (Kafka: [a-zA-Z0-9._-], 249 at most)
+MAX_TOPIC_PART = 200
+_TOPIC_PART = re.compile(rf"[A-Za-z0-9._-]{{0,{MAX_TOPIC_PART}}}")
 
 
 class Settings(BaseSettings):
@@ -243,6 +247,20 @@ class Settings(BaseSettings):
         description="stderr log lines as text, or json: one object per line (time, level, "
         "component, run_id, message)",
     )
+
+    @field_validator("topic_prefix", "app_id")
+    @classmethod
+    def _topic_name_part(cls, value: str, info: ValidationInfo) -> str:
+        # both become part of topic names (app_id: the workers' changelog topics), which Kafka
+        # allows of [a-zA-Z0-9._-] and 249 characters at most; a prefix 'a/b' or '../x' was
+        # taken as given (Tansu's memory store took it; a broker storing on disk, its path)
+        if not _TOPIC_PART.fullmatch(value) or (info.field_name == "app_id" and not value):
+            at_least = "" if info.field_name == "topic_prefix" else ", not empty"
+            raise ValueError(
+                "expected letters, digits, '.', '_' or '-' (part of Kafka topic names), at most "
+                f"{MAX_TOPIC_PART} characters{at_least}"
+            )
+        return value
 
     @field_validator("metrics_port", mode="before")
     @classmethod

@@ -29,7 +29,6 @@ from baton.sinks.rules import DEFAULT_RULES, load_rules
 pytestmark = pytest.mark.unit
 
 
-
 def _laughs(levels: int) -> str:
     """A rules file whose one description, aliases expanded, is 10**levels strings."""
     anchors = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
@@ -328,3 +327,30 @@ def test_doctor_names_an_unusable_webhook_url_as_the_setting_not_as_a_bug(url: s
     assert check.status is Status.FAIL
     assert "BATON_WEBHOOK_URL" in check.detail + check.hint
     assert "/s/T/B" not in check.detail + check.hint  # the secret part is never shown
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("topic_prefix", "a/b"),
+        ("topic_prefix", "../x."),
+        ("topic_prefix", "p" * 300),
+        ("topic_prefix", "line\n"),
+        ("app_id", ""),
+        ("app_id", "baton/x"),
+        ("app_id", "x" * 5000),
+    ],
+)
+def test_a_topic_prefix_or_app_id_kafka_cannot_name_topics_with_is_refused_naming_it(
+    name: str, value: str
+) -> None:
+    # both become topic names (app_id: the workers' changelog topics); `BATON_TOPIC_PREFIX=a/b
+    # baton up` started and decided on topics Kafka itself refuses to name
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})
+
+
+def test_the_prefixes_and_app_ids_in_use_are_still_settings() -> None:
+    Settings(topic_prefix="", app_id="baton")
+    Settings(topic_prefix="staging.", app_id="restore-1a2b3c4d")
+    Settings(topic_prefix="t0123abcd.", app_id="baton-t0123abcd.")
