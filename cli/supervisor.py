@@ -21,9 +21,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, BinaryIO, Protocol
 
-from baton.schemas.errors import ChildFailed
+from baton.schemas.errors import ChildFailed, ConfigError
+from baton.schemas.files import FileProblem, open_log
 
 __all__ = [
     "ChildFailed",
@@ -34,6 +35,7 @@ __all__ = [
     "copy_lines",
     "describe_exit",
     "exit_code_for",
+    "open_child_log",
     "without_control",
 ]
 
@@ -177,13 +179,25 @@ def without_control(text: str) -> str:
     return _CONTROL.sub("", text)
 
 
+def open_child_log(path: Path) -> BinaryIO:
+    """The log of a child (or the broker) at ``path``, open to append to; a ConfigError naming
+    it when it is not a file of its own (a symbolic link, a FIFO: ``schemas.files.open_log``)."""
+    try:
+        return open_log(path)
+    except FileProblem as exc:
+        raise ConfigError(
+            f"the log {path} {exc}; baton up appends only to regular files of its own in "
+            "DATA_DIR/logs (remove it, or start with another --data-dir)"
+        ) from None
+
+
 def copy_lines(source: IO[bytes], log_path: Path, echo: Callable[[str], None]) -> None:
     """Append every line of ``source`` to ``log_path`` and hand it, without control
     characters, to ``echo``, until ``source`` ends (the child exited). When ``echo`` fails
     (a closed terminal or pipe), the lines still go to the log: the child never blocks on a
     full pipe nobody reads."""
     echoing = True
-    with source, open(log_path, "ab") as log:
+    with source, open_child_log(log_path) as log:
         for raw in source:
             log.write(raw)
             log.flush()

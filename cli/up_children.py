@@ -12,6 +12,7 @@ import click
 from baton.cli.supervisor import (
     ChildSpec,
     copy_lines,
+    open_child_log,
 )
 
 __all__ = ["audit_children", "spawner", "with_metrics_ports"]
@@ -22,7 +23,7 @@ def spawner(env: dict[str, str]) -> Callable[[ChildSpec], subprocess.Popen[bytes
 
     def spawn(spec: ChildSpec) -> subprocess.Popen[bytes]:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(spec.log_path, "ab") as out:  # the child holds its own copy of the fd
+        with open_child_log(spec.log_path) as out:  # the child holds its own copy of the fd
             proc = subprocess.Popen(
                 [sys.executable, "-m", "baton.cli", *spec.args],
                 env=env,

@@ -1,4 +1,4 @@
-"""Files a command reads, checked on the open file: small ones whole, input streams as they come.
+"""Files a command reads, or appends its logs to, checked on the open file, not before it.
 
 Policy files, stack records, key files: each is a few KB that a command reads whole
 (``read_small_file``). Read blindly, a FIFO or ``/dev/zero`` given for one blocks or never
@@ -6,11 +6,13 @@ ends, and a swapped file between a ``stat`` and an ``open`` defeats the check; h
 is opened without blocking and its kind and size are checked on the open descriptor
 (``fstat``). ``baton send``'s input (``open_stream``) may be a FIFO on purpose (a writer feeds
 it; opening one waits for its writer), never a device, socket or directory: also checked on
-the open file.
+the open file. Logs ``baton up`` appends to (``open_log``) are regular files of their own: a
+symbolic link left at a log's name would have it append to whatever file the link names.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from typing import BinaryIO, TypeVar
 
 _Opened = TypeVar("_Opened")
 
-__all__ = ["FileProblem", "kind_of", "open_stream", "read_small_file"]
+__all__ = ["FileProblem", "kind_of", "open_log", "open_stream", "read_small_file"]
 
 
 class FileProblem(Exception):
@@ -75,6 +77,29 @@ def open_stream(path: str | Path) -> BinaryIO:
         stream.close()
         raise
     return stream
+
+
+def open_log(path: str | Path) -> BinaryIO:
+    """``path`` open to append to (and read back), created 0644 when there is none.
+
+    ``FileProblem`` when a symbolic link is at its name (it would append to the file the link
+    names: ``~/.bashrc``), or it is a FIFO, device, socket or directory (checked on the open
+    file, which is opened without blocking: a FIFO would wait for its reader).
+    """
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileProblem("is a symbolic link", kind="symbolic link") from None
+        raise FileProblem(f"cannot be opened: {exc.strerror or exc}") from None
+    try:
+        _check_kind(os.fstat(fd).st_mode, fifo=False)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "a+b")
 
 
 def _check_kind(mode: int, *, fifo: bool) -> None:

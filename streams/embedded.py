@@ -22,7 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from baton.schemas.errors import BrokerUnavailable, MissingExtra
+from baton.schemas.errors import BrokerUnavailable, ConfigError, MissingExtra
+from baton.schemas.files import FileProblem, open_log
 from baton.streams.net import free_port
 
 __all__ = ["EmbeddedBroker", "kill_when_parent_dies"]
@@ -194,12 +195,20 @@ class EmbeddedBroker:
         return f"EmbeddedBroker({self.host}:{self._port}, {state})"
 
     # --- internals -------------------------------------------------------------------------
+    @staticmethod
+    def _open_log(path: Path) -> IO[bytes]:
+        """The broker's log, never through a symbolic link left at its name."""
+        try:
+            return open_log(path)
+        except FileProblem as exc:
+            raise ConfigError(f"the broker log {path} {exc}; remove it") from None
+
     def _spawn(self, binary: str) -> None:
         url = f"tcp://{self.host}:{self._port}"
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             self.log_path = self._log_dir / f"tansu-{self._port}.log"
-            self._log = open(self.log_path, "a+b")  # noqa: SIM115 - closed in stop()
+            self._log = self._open_log(self.log_path)
         else:
             self.log_path = None
             self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()

@@ -28,9 +28,6 @@ from baton.sinks.rules import DEFAULT_RULES, load_rules
 
 pytestmark = pytest.mark.unit
 
-LOG_LINK_BREAK = pytest.mark.xfail(
-    strict=True, reason="baton up opens its children's logs through a planted symlink"
-)
 
 
 def _laughs(levels: int) -> str:
@@ -360,7 +357,6 @@ def test_the_prefixes_and_app_ids_in_use_are_still_settings() -> None:
     Settings(topic_prefix="t0123abcd.", app_id="baton-t0123abcd.")
 
 
-@LOG_LINK_BREAK
 @pytest.mark.parametrize("echo", [False, True])
 def test_a_link_planted_at_a_childs_log_name_is_not_written_through(
     tmp_path: Path, echo: bool
