@@ -82,9 +82,16 @@ def parse_dsn(dsn: str) -> Target:
         # chdb compares engine paths literally: resolve once so every spelling is one engine
         path = Path(rest).expanduser().resolve()
         return Target("chdb", dsn, f"chdb:{path}", path)
-    parts = urlsplit(dsn)
+    try:
+        parts = urlsplit(dsn)
+        port = parts.port
+    except ValueError as exc:  # a port past 65535 or not a number, an IPv6 bracket left open
+        raise ConfigError(
+            f"clickhouse_dsn (BATON_CLICKHOUSE_DSN): {exc} in {mask_credentials(dsn)[:200]!r}; "
+            "expected http(s)://user:pass@host:port/db or chdb:///abs/dir"
+        ) from None
     if parts.scheme in ("http", "https") and parts.hostname:
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        netloc = parts.hostname + (f":{port}" if port else "")
         if parts.username:
             netloc = (
                 f"{parts.username}:***@{netloc}" if parts.password else f"{parts.username}@{netloc}"

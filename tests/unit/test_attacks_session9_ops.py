@@ -29,7 +29,6 @@ from baton.sinks.rules import DEFAULT_RULES, load_rules
 pytestmark = pytest.mark.unit
 
 
-
 def _laughs(levels: int) -> str:
     """A rules file whose one description, aliases expanded, is 10**levels strings."""
     anchors = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
@@ -378,3 +377,18 @@ def test_a_link_planted_at_a_childs_log_name_is_not_written_through(
         proc.wait(30)
     time.sleep(0.2)
     assert victim.read_bytes() == b"mine\n"
+
+
+@pytest.mark.parametrize(
+    "dsn", ["http://127.0.0.1:99999", "http://[::1", "https://u:secret@h:port/db"]
+)
+def test_a_clickhouse_dsn_whose_port_or_host_cannot_parse_is_one_line_naming_it(
+    dsn: str,
+) -> None:
+    # urlsplit's ValueError escaped parse_dsn: `baton sql --dsn http://127.0.0.1:99999` was a
+    # traceback, and doctor said "the check itself failed ... report it"
+    _register()
+    result = CliRunner().invoke(cli, ["sql", "SELECT 1", "--dsn", dsn])
+    assert result.exit_code == 2, result.output
+    assert "BATON_CLICKHOUSE_DSN" in result.output
+    assert "secret" not in result.output
