@@ -392,3 +392,24 @@ def test_a_clickhouse_dsn_whose_port_or_host_cannot_parse_is_one_line_naming_it(
     assert result.exit_code == 2, result.output
     assert "BATON_CLICKHOUSE_DSN" in result.output
     assert "secret" not in result.output
+
+
+def test_a_bootstrap_of_hundreds_of_names_fails_within_the_connect_timeout_in_one_short_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # every address was tried whatever the time left: 300 names that do not resolve took 56 s
+    # under BATON_CONNECT_TIMEOUT_S=10, and the error line was 17 KB
+    from baton.schemas.errors import BrokerUnavailable
+    from baton.streams.net import check_reachable
+
+    def slow_unresolvable(*args: object, **kwargs: object) -> list[object]:
+        time.sleep(0.1)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_unresolvable)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as refused:
+        check_reachable(",".join(f"h{i}:9092" for i in range(300)), timeout_s=1.0)
+    assert time.monotonic() - started < 2.0
+    assert len(str(refused.value)) < 2000
+    assert "h0:9092" in str(refused.value)
