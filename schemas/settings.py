@@ -38,8 +38,14 @@ class Settings(BaseSettings):
     # --- Kafka -------------------------------------------------------------------------
     bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, HOST:PORT[,..]")
     topic_prefix: str = Field("", description="prefix for every topic name, e.g. 'staging.'")
-    partitions: int = Field(8, ge=1, description="partitions of the run-keyed topics at creation")
-    replication_factor: int = Field(1, ge=1, description="replication factor at topic creation")
+    # librdkafka refuses more than 100,000 partitions (a ValueError traceback from `baton up`),
+    # Kafka a replication factor past its int16
+    partitions: int = Field(
+        8, ge=1, le=100_000, description="partitions of the run-keyed topics at creation"
+    )
+    replication_factor: int = Field(
+        1, ge=1, le=32_767, description="replication factor at topic creation"
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT",
         description="Kafka transport: SSL or SASL_SSL encrypt (and check the brokers against "

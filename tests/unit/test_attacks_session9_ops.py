@@ -413,3 +413,14 @@ def test_a_bootstrap_of_hundreds_of_names_fails_within_the_connect_timeout_in_on
     assert time.monotonic() - started < 2.0
     assert len(str(refused.value)) < 2000
     assert "h0:9092" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("partitions", 100_001), ("replication_factor", 32_768)]
+)
+def test_a_topic_count_kafka_cannot_create_is_refused_naming_it(name: str, value: int) -> None:
+    # BATON_PARTITIONS=1000000 baton up: librdkafka's create_topics raised ValueError
+    # ("num_partitions out of expected range 1..100000"), a traceback
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})
+    Settings(**{name: value - 1})
