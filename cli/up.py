@@ -41,7 +41,12 @@ _MAX_BACKOFF_S = 30.0
 
 
 @click.command("up")
-@click.option("--port", type=int, default=None, help="broker port [default: a free port]")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),  # 99999 reached the broker binary: exit 4, "InvalidPort"
+    default=None,
+    help="broker port [default: a free port]",
+)
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),

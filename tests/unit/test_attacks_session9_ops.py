@@ -424,3 +424,16 @@ def test_a_topic_count_kafka_cannot_create_is_refused_naming_it(name: str, value
     with pytest.raises(ValidationError, match=name):
         Settings(**{name: value})
     Settings(**{name: value - 1})
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536"])
+def test_baton_up_refuses_a_broker_port_that_is_none_before_starting_anything(
+    tmp_path: Path, port: str
+) -> None:
+    # --port 99999 started the embedded broker, which refused it ("Url(InvalidPort)"): exit 4
+    # after the start, as if the broker had died
+    _register()
+    result = CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path / "d"), "--port", port])
+    assert result.exit_code == 2, result.output
+    assert "--port" in result.output
+    assert not (tmp_path / "d").exists()
