@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from baton.cli.audit_options import audit_client, dsn_option, query_settings, stop_on_signals
-from baton.cli.options import setting_options
+from baton.cli.options import FiniteFloatRange, setting_options
 from baton.cli.stack_record import data_dir_option, stack_settings
 
 __all__ = ["alerts_check", "alerts_group"]
@@ -50,7 +50,7 @@ def _group_id(value: str | None) -> str | None:
     help="this many stops within --storm-window fold into one summary (0 = never)",
 )
 @click.option(
-    "--storm-window", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="seconds"
+    "--storm-window", type=FiniteFloatRange(min=0.1), default=5.0, show_default=True, help="seconds"
 )
 @click.option(
     "--group",
@@ -65,7 +65,7 @@ def _group_id(value: str | None) -> str | None:
 @data_dir_option
 @click.option(
     "--max-age",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=3600.0,
     show_default=True,
     help="skip stops decided longer ago than this many seconds (0 = any age)",

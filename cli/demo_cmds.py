@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from baton.cli.demo_play import SEED_RUN, replay_scene
+from baton.cli.options import FiniteFloatRange
 
 if TYPE_CHECKING:
     from baton.cli.demo_play import Demo
@@ -88,7 +89,7 @@ async def _play(
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloatRange(min=0.1),
     default=20.0,
     show_default=True,
     help="seconds to wait for each decision",

@@ -28,7 +28,7 @@ from baton.cli.doctor_kafka import (
     group_checks,
     topic_checks,
 )
-from baton.cli.options import build_settings, setting_help, setting_options
+from baton.cli.options import FiniteFloatRange, build_settings, setting_help, setting_options
 from baton.cli.signer import shown
 from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import BatonError
@@ -51,7 +51,7 @@ _KAFKA_LOG = logging.getLogger("baton.kafka")
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.5, max=60),
+    type=FiniteFloatRange(min=0.5, max=60),
     default=5.0,
     show_default=True,
     help="seconds each broker or ClickHouse question may take",

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from baton.cli.options import setting_options
+from baton.cli.options import FiniteFloatRange, setting_options
 from baton.cli.signer import (
     CommandRefused,
     current_user,
@@ -35,7 +35,9 @@ __all__ = ["kill_cmd", "register"]
     show_default=True,
     help="wait until a worker has applied it (its control record is on gov.decisions)",
 )
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds to wait")
+@click.option(
+    "--timeout", type=FiniteFloatRange(), default=30.0, show_default=True, help="seconds to wait"
+)
 @setting_options("bootstrap", "topic_prefix", "partitions")
 @data_dir_option
 def kill_cmd(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ __all__ = [
     "AUDIT_CONNECTION",
     "KAFKA_CONNECTION",
     "MAX_POLICY_BYTES",
+    "FiniteFloatRange",
     "PortOrOff",
     "build_settings",
     "click_type",
@@ -75,10 +77,21 @@ def click_type(name: str) -> Any:
         }
         if kind is int:
             return click.IntRange(**limits)
-        return click.FloatRange(**limits)
+        return FiniteFloatRange(**limits)
     if kind is Path:
         return click.Path(path_type=Path)
     return click.STRING  # str and SecretStr (pydantic wraps the secret)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange refusing nan and inf: nan passes any bound (every comparison with it
+    is False), so `baton doctor --timeout nan` reached threading's join, a ValueError traceback."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
 
 
 def _unwrap_optional(annotation: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from baton.cli.audit_options import audit_client, dsn_option, query_settings
-from baton.cli.options import setting_options
+from baton.cli.options import FiniteFloatRange, setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, shown, signer_options
 from baton.cli.stack_record import stack_settings
 from baton.processors.approvals import request_problem
@@ -124,7 +124,7 @@ def _comment(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 def _answer_options(fn: Any) -> Any:
     fn = click.option(
         "--timeout",
-        type=click.FloatRange(min=0.1, max=3600),
+        type=FiniteFloatRange(min=0.1, max=3600),
         default=30.0,
         show_default=True,
         help="seconds to wait for the worker's decision",

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from baton.cli.options import read_policy, read_policy_text, setting_options
+from baton.cli.options import FiniteFloatRange, read_policy, read_policy_text, setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, signer_options
 from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import PolicyError
@@ -65,7 +65,7 @@ def policy_check(file: Path) -> None:
 @signer_options("operator", key_required=True)
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1, max=3600),
+    type=FiniteFloatRange(min=0.1, max=3600),
     default=30.0,
     show_default=True,
     help="seconds to wait for a worker's record of the update",
@@ -116,7 +116,7 @@ def policy_publish(
 
 @policy_group.command("current")
 @setting_options("bootstrap", "topic_prefix", "policy")
-@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds")
+@click.option("--timeout", type=FiniteFloatRange(), default=15.0, show_default=True, help="seconds")
 @data_dir_option
 def policy_current(timeout: float, data_dir: Path | None, **opts: Any) -> None:
     """Which policy the workers use, and why: the --policy file (BATON_POLICY, or the seed

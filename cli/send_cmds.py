@@ -17,7 +17,7 @@ from typing import IO, Any
 import click
 import orjson
 
-from baton.cli.options import build_settings, setting_options
+from baton.cli.options import FiniteFloatRange, build_settings, setting_options
 from baton.cli.signer import shown
 from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import BatonError, BrokerUnavailable, ConfigError
@@ -128,7 +128,7 @@ def _type_of(line: bytes) -> str | None:
 @click.option("--dry-run", is_flag=True, help="check every line, send nothing")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1, max=3600),
+    type=FiniteFloatRange(min=0.1, max=3600),
     default=30.0,
     show_default=True,
     help="seconds to wait for Kafka to acknowledge the events at the end",

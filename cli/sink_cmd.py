@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from baton.cli.audit_options import stop_on_signals
-from baton.cli.options import build_settings, setting_options
+from baton.cli.options import FiniteFloatRange, build_settings, setting_options
 
 __all__ = ["sink_cmd"]
 
@@ -45,7 +45,7 @@ __all__ = ["sink_cmd"]
 )
 @click.option(
     "--report-every",
-    type=click.FloatRange(min=1),
+    type=FiniteFloatRange(min=1),
     default=30.0,
     show_default=True,
     help="seconds between status lines (rows, rate, lag per partition) on stderr",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from baton.cli.options import FiniteFloatRange
 from baton.cli.top_audit import audit_reader, frame_audit
 from baton.cli.top_frame import render_frame
 from baton.cli.top_metrics import MetricsView, check_metrics_url, scrape
@@ -34,7 +35,7 @@ _CLEAR = "\x1b[H\x1b[2J"
 @click.option("--once", is_flag=True, help="print one frame and exit (no screen control codes)")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.5, max=3600),
+    type=FiniteFloatRange(min=0.5, max=3600),
     default=2.0,
     show_default=True,
     help="seconds between frames",

@@ -11,7 +11,13 @@ from typing import Any
 
 import click
 
-from baton.cli.options import PortOrOff, build_settings, read_policy, setting_options
+from baton.cli.options import (
+    FiniteFloatRange,
+    PortOrOff,
+    build_settings,
+    read_policy,
+    setting_options,
+)
 from baton.cli.stack_file import (
     StackRecord,
     mark_stopped,
@@ -79,7 +85,7 @@ _MAX_BACKOFF_S = 30.0
 )
 @click.option(
     "--restart-window-s",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=120.0,
     show_default=True,
     envvar="BATON_RESTART_WINDOW_S",
@@ -87,7 +93,7 @@ _MAX_BACKOFF_S = 30.0
 )
 @click.option(
     "--restart-backoff-s",
-    type=click.FloatRange(min=0, min_open=True, max=3600),
+    type=FiniteFloatRange(min=0, min_open=True, max=3600),
     default=1.0,
     show_default=True,
     envvar="BATON_RESTART_BACKOFF_S",
