@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import click
 
 from baton.schemas.errors import ConfigError, PolicyError
-from baton.schemas.files import FileProblem, read_small_file
+from baton.schemas.files import FileProblem, read_small_text
 from baton.schemas.policy import Policy, load_policy, parse_policy
 from baton.schemas.settings import Settings
 
@@ -220,21 +220,14 @@ def read_policy_text(path: str | Path) -> str:
         return PolicyError([problem], str(p))
 
     try:
-        data = read_small_file(p, MAX_POLICY_BYTES)
+        text = read_small_text(p, MAX_POLICY_BYTES)
     except FileNotFoundError as exc:
         raise refuse(f"cannot read policy file: {exc.strerror or exc}") from None
     except FileProblem as exc:
         raise refuse(f"{exc}, expected a policy YAML file (a few KB)") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise refuse(
-            f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "a policy is a UTF-8 YAML file"
-        ) from None
     if "\x00" in text:
         raise refuse(
-            f"holds a NUL byte at offset {data.index(0)} (a binary file?); "
-            "a policy is a UTF-8 YAML file"
+            f"holds a NUL byte at offset {len(text[: text.index(chr(0))].encode())} "
+            "(a binary file?); a policy is a UTF-8 YAML file"
         )
     return text

@@ -21,7 +21,14 @@ from typing import BinaryIO, TypeVar
 
 _Opened = TypeVar("_Opened")
 
-__all__ = ["FileProblem", "kind_of", "open_log", "open_stream", "read_small_file"]
+__all__ = [
+    "FileProblem",
+    "kind_of",
+    "open_log",
+    "open_stream",
+    "read_small_file",
+    "read_small_text",
+]
 
 
 class FileProblem(Exception):
@@ -61,6 +68,18 @@ def read_small_file(path: str | Path, limit: int, *, private: bool = False) -> b
         size = max(info.st_size, len(data))
         raise FileProblem(f"is larger than {limit} bytes", size=size)
     return data
+
+
+def read_small_text(path: str | Path, limit: int) -> str:
+    """The UTF-8 text of the regular file at ``path`` (a config file read once, whole):
+    :func:`read_small_file`, and ``FileProblem`` naming the first byte that is not UTF-8."""
+    data = read_small_file(path, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileProblem(
+            f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from None
 
 
 def open_stream(path: str | Path) -> BinaryIO:

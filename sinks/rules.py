@@ -27,7 +27,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from baton.schemas.errors import ConfigError
-from baton.schemas.files import FileProblem, read_small_file
+from baton.schemas.files import FileProblem, read_small_text
 from baton.schemas.policy_load import MAX_POLICY_DEPTH, expanded_size
 
 __all__ = ["DEFAULT_RULES", "AlertRule", "RuleResult", "evaluate_rules", "load_rules"]
@@ -178,18 +178,11 @@ MAX_RULES_VALUES = 100_000
 def _rules_text(path: Path) -> str:
     """The text of the rules file ``path``; a ConfigError naming it when it cannot be one."""
     try:
-        data = read_small_file(path, MAX_RULES_BYTES)
+        return read_small_text(path, MAX_RULES_BYTES)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: cannot read alert rules: {exc.strerror or exc}") from None
     except FileProblem as exc:
-        raise ConfigError(f"{path}: {exc}, expected an alert rules YAML file") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "alert rules are a UTF-8 YAML file"
-        ) from None
+        raise ConfigError(f"{path}: {exc}; alert rules are a UTF-8 YAML file") from None
 
 
 def _bounded_yaml(text: str, where: str) -> Any:

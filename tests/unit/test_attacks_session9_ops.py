@@ -277,10 +277,10 @@ def test_a_policy_file_swapped_after_its_check_is_refused_by_policy_publish(
 
     policy = tmp_path / "policy.yaml"
     policy.write_text("multi_agent:\n  max_handoffs: 3\n", encoding="utf-8")
-    checked_read = options.read_small_file
+    checked_read = options.read_small_text
 
-    def read_then_swap(path: Path, limit: int, **kwargs: bool) -> bytes:
-        data = checked_read(path, limit, **kwargs)
+    def read_then_swap(path: Path, limit: int) -> str:
+        data = checked_read(path, limit)
         if Path(path) == policy:
             policy.unlink()
             if swapped_in == "fifo":
@@ -289,7 +289,7 @@ def test_a_policy_file_swapped_after_its_check_is_refused_by_policy_publish(
                 policy.write_bytes(b"multi_agent:\n  max_handoffs: \xff\n")
         return data
 
-    monkeypatch.setattr(options, "read_small_file", read_then_swap)
+    monkeypatch.setattr(options, "read_small_text", read_then_swap)
     _register()
     outcome: list[object] = []
 
