@@ -5,6 +5,14 @@ An approval is pending when its ``approval_required`` decision is in
 stop: granted, denied, expired) has the same ``approval_id``. Refused answers (outcome
 ``recorded``: unsigned, forged, self-approval …) leave it pending, as they do in the worker.
 
+Anyone who can write gov.decisions can put rows of their own into the audit, among them an
+``approval_required`` row under a pending approval's id that shows another request
+(``processors.approvals.request_problem`` tells: its recorded request does not hash to the
+digest an answer signs, or is not what it shows). An answer signs the earliest row of the id
+that holds together, and refuses when rows that hold together name different requests; a
+row that does not hold together is never the one signed (the earliest row was taken: a forged
+copy put ahead of the worker's made the real approval impossible to answer).
+
 Not guaranteed: the audit trails the worker by the sink's batch time (about a second), so an
 approval asked for a moment ago may not be listed yet, and one answered a moment ago may still
 be; the worker has the last word (a late answer is refused as ``unknown_approval``).
@@ -18,10 +26,16 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from baton.processors.approvals import request_problem
 from baton.schemas.decision import AUDIT_FIELDS, DECISION_ADAPTER, Decision, Outcome, Phase
+from baton.schemas.errors import BatonError
 from baton.sinks.schema import DATABASE
 
 __all__ = ["OpenApproval", "find_approval", "pending_approvals"]
+
+#: an approval id's ``approval_required`` rows read to find the one an answer may sign (the
+#: worker writes one; more are copies someone else put into the audit)
+MAX_ASKED_ROWS = 16
 
 _COLUMNS = ", ".join(f"d.`{f}`" for f in AUDIT_FIELDS)
 
@@ -48,7 +62,7 @@ SELECT {_COLUMNS}
 FROM {DATABASE}.decisions AS d FINAL
 WHERE d.approval_id = {{approval_id:String}} AND d.outcome = '{Outcome.APPROVAL_REQUIRED}'
 ORDER BY d.decided_at
-LIMIT 1
+LIMIT {MAX_ASKED_ROWS}
 """
 
 _ANSWER_SQL = f"""
@@ -102,11 +116,25 @@ def pending_approvals(client: Client, run_id: str = "", limit: int = 1000) -> li
 
 def find_approval(client: Client, approval_id: str) -> tuple[Decision | None, Decision | None]:
     """``approval_id``'s ``approval_required`` decision and the decision that resolved it
-    (None when it is still open, or when the audit does not know it)."""
+    (None when it is still open, or when the audit does not know it). The decision is the
+    earliest row that holds together, else the earliest row (whose problem the caller names);
+    BatonError when rows that hold together name different requests."""
     params = {"approval_id": approval_id}
     asked = client.query(_ASKED_SQL, parameters=params).result_rows
     answered = client.query(_ANSWER_SQL, parameters=params).result_rows
     return (
-        _decision(asked[0]) if asked else None,
+        _to_sign([_decision(row) for row in asked]),
         _decision(answered[0]) if answered else None,
     )
+
+
+def _to_sign(rows: list[Decision]) -> Decision | None:
+    """Of one approval id's ``approval_required`` rows (oldest first), the one to sign."""
+    sound = [row for row in rows if request_problem(row) is None]
+    if len({row.request_digest for row in sound}) > 1:
+        raise BatonError(
+            f"approval {str(rows[0].approval_id)[:80]!a}: the audit holds {len(sound)} "
+            "records of it naming different requests (rows someone else wrote): nothing "
+            "signed; `baton audit verify` checks the run's rows"
+        )
+    return sound[0] if sound else (rows[0] if rows else None)

@@ -78,6 +78,18 @@ def approvals_cmd(
         audit_errors(parse_dsn(settings.clickhouse_dsn).label, "listing pending approvals"),
     ):
         pending = pending_approvals(client, run_id, limit)
+    checked = [(p, request_problem(p.asked)) for p in pending]
+    pending = [p for p, problem in checked if problem is None]
+    for p, problem in checked:
+        if problem is not None:  # a row someone else wrote: `baton approve` refuses to sign it
+            click.echo(
+                shown(
+                    f"baton approvals: approval {p.asked.approval_id} (run {p.asked.run_id}) "
+                    f"not listed: its record does not hold together ({problem}); `baton "
+                    "audit verify` checks the run's rows"
+                ),
+                err=True,
+            )
     if not pending and fmt == "table":
         click.echo("no pending approvals" + (f" for run {run_id}" if run_id else ""))
         return

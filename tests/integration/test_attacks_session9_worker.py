@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
 from baton.processors.probe import wait_until_deciding
@@ -184,12 +185,15 @@ def test_a_kill_published_without_waiting_is_not_said_to_be_engaged(
     assert refused.outcome == Outcome.RECORDED
 
 
-def test_baton_approve_will_not_sign_a_row_that_shows_another_request_than_it_names(
+def test_baton_approve_signs_the_row_it_lists_never_a_copy_showing_another_request(
     deployment: Deployment,
 ) -> None:
     """A writer of gov.decisions puts a copy of a pending refund's approval_required record,
     showing a harmless handoff, into the audit ahead of the real one: `baton approve` took it,
-    signed the refund's digest, and the worker allowed the refund."""
+    signed the refund's digest, and the worker allowed the refund. Then it refused to sign
+    (the copy does not hold together), and the real approval could not be answered. Now
+    `baton approvals` lists the worker's row and names the copy, and `baton approve` signs
+    the worker's row: the refund, as listed."""
     d = deployment
     run = f"run_{uuid.uuid4().hex[:10]}"
     refund = HandoffRequested(
@@ -223,11 +227,21 @@ def test_baton_approve_will_not_sign_a_row_that_shows_another_request_than_it_na
         return rows[0][0] == 2
 
     wait_for(both_rows, 30, message="both approval_required rows in the audit")
+    listed = d.baton("approvals", "--run", run, "-f", "json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert [orjson.loads(line)["to_agent"] for line in listed.stdout.splitlines()] == [
+        "billing_agent"
+    ], listed.stdout
+    assert "not listed: its record does not hold together" in listed.stderr, listed.stderr
     key = str(d.workdir / "finance_lead.key")
     out = d.baton("approve", asked.approval_id, "--as", "finance_lead", "--key", key)
-    assert out.returncode != 0, out.stdout + out.stderr
-    assert "does not hold together" in out.stderr, out.stderr
-    # nothing was signed: the refund is still pending, never allowed
-    assert not [
-        r for r in d.decisions.for_run(run) if r.phase == "approval" and r.outcome == "allow"
-    ]
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"request digest {asked.request_digest}" in out.stdout, out.stdout
+    # signed for the refund as listed: the worker takes it as the refund's answer
+    wait_for(
+        lambda: [
+            r for r in d.decisions.for_run(run) if r.phase == "approval" and r.outcome == "allow"
+        ],
+        30,
+        message="the refund's grant decided",
+    )
