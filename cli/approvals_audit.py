@@ -34,8 +34,9 @@ from baton.sinks.schema import DATABASE
 __all__ = ["OpenApproval", "find_approval", "pending_approvals"]
 
 #: an approval id's ``approval_required`` rows read to find the one an answer may sign (the
-#: worker writes one; more are copies someone else put into the audit)
-MAX_ASKED_ROWS = 16
+#: worker writes one; more are copies someone else put into the audit: with this many put
+#: ahead of it, the answer is refused, never signed for one of them)
+MAX_ASKED_ROWS = 1000
 
 _COLUMNS = ", ".join(f"d.`{f}`" for f in AUDIT_FIELDS)
 
