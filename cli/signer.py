@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from baton.schemas.decision import Decision
 from baton.schemas.errors import CommandRefused
 from baton.schemas.signing import load_private_key
+from baton.sinks.render import shown
 
 __all__ = ["CommandRefused", "current_user", "describe", "load_key", "shown", "signer_options"]
 
@@ -85,16 +86,6 @@ def load_key(path: Path | None) -> Ed25519PrivateKey | None:
     is refused from the open file, never read (``load_private_key``: reading ``--key
     /dev/stdin`` or a FIFO would block)."""
     return None if path is None else load_private_key(path)
-
-
-def shown(text: object) -> str:
-    """``text`` safe for a terminal: control and format characters (ANSI escapes, bidi
-    overrides) as escapes. Run ids, actions, agent names and comments come from orchestrators
-    and approvers; printed raw they could rewrite what the approver reads."""
-    s = str(text)
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in s)
 
 
 def describe(d: Decision) -> str:

@@ -27,14 +27,16 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def shown(text: str) -> str:
-    """``text`` as printable characters only: a control or format character (ESC, a newline,
-    a bidi override) as its escape. Ids in the audit come from clients (a run id may hold
-    any character) or from a writer of the table: printed raw, one clears the terminal,
-    starts a forged line of a table or hides a link."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+def shown(text: object) -> str:
+    """``text`` (as ``str()`` gives it) as printable characters only: a control or format
+    character (ESC, a newline, a bidi override) as its escape. Ids in the audit and names in
+    commands come from clients (a run id may hold any character), from approvers or from a
+    writer of the table: printed raw, one clears the terminal, starts a forged line of a
+    table, hides a link or rewrites what an approver reads."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in s)
 
 
 def render_table(
