@@ -60,9 +60,51 @@ def _too_deep(source: str) -> PolicyError:
     )
 
 
+class _PolicyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, refusing a key written twice in one mapping.
+
+    YAML keeps the last of two equal keys in silence: ``max_handoffs: 2`` and, further down
+    the same block, ``max_handoffs: 1000`` loaded as 1000, and an ``operators`` entry written
+    twice with two keys trusted the second, while a reader of the file (a reviewer, `baton
+    policy check`'s author) sees the first. Keys brought in by a merge (``<<: *defaults``)
+    are overridden as YAML says; only keys written out twice are refused."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # every mapping passes here before its merges are resolved (also one merged into
+        # another before its own turn): its keys as written, checked once
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            self._refuse_duplicates(node)
+        super().flatten_mapping(node)
+
+    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: construct_mapping names it
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {show(key)} is written twice in one mapping (first at line "
+                    f"{first.start_mark.line + 1}); YAML would keep the last in silence: "
+                    "keep one",
+                    key_node.start_mark,
+                )
+
+
 def _parse_policy(text: str, source: str) -> Policy:
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_PolicyLoader)  # a SafeLoader: no !!python tags
     except ValueError as exc:  # an integer past Python's 4,300 digits of int(str)
         raise PolicyError([f"<top>: a value YAML cannot read: {str(exc)[:120]}"], source) from None
     except yaml.YAMLError as exc:

@@ -1,0 +1,104 @@
+"""Session 10's attacks on the signed control plane and the policy path, against the pure
+functions (the policy loader, the control follower on a fake consumer): a writer of any topic
+without an operator's key, and a careless operator."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from baton.processors.engine import apply_policy_update
+from baton.schemas.errors import PolicyError
+from baton.schemas.events import PolicyUpdated
+from baton.schemas.policy import parse_policy
+from baton.schemas.signing import (
+    control_payload,
+    new_private_key,
+    policy_hash,
+    public_key_text,
+    sign,
+)
+
+pytestmark = pytest.mark.unit
+
+_KEY = new_private_key()
+_OTHER = new_private_key()
+OPERATORS = f'operators:\n  oncall: "{public_key_text(_KEY)}"\n'
+
+
+def _signed_update(policy_yaml: str, at: datetime) -> PolicyUpdated:
+    sha = policy_hash(policy_yaml)
+    payload = control_payload("policy_updated", "global", "*", "oncall", "", at, sha)
+    return PolicyUpdated(
+        policy_yaml=policy_yaml,
+        operator="oncall",
+        policy_sha=sha,
+        signature=sign(_KEY, payload),
+        event_time=at,
+    )
+
+
+# ------------------------------------------------------------------ a key written twice
+#: a reader of each file (a reviewer, the operator) sees the first value; YAML kept the last
+#: in silence, so the worker and `baton policy check` took the one nobody reviewed
+WRITTEN_TWICE = {
+    "a limit, further down its block": (
+        "multi_agent:\n  max_handoffs: 2\n  shared_max_usd: 5\n  max_handoffs: 1000\n",
+        'key "max_handoffs" is written twice in one mapping (first at line 2)',
+    ),
+    "an operator with a second key": (
+        f'{OPERATORS}  oncall: "{public_key_text(_OTHER)}"\n',
+        'key "oncall" is written twice',
+    ),
+    "the whole multi_agent block": (
+        "multi_agent: {max_handoffs: 2}\nmulti_agent: {shared_max_usd: 1000}\n",
+        'key "multi_agent" is written twice',
+    ),
+    "the seed's budgets block": (
+        "budgets: {max_usd: 5}\nbudgets: {max_usd: 500}\n",
+        'key "budgets" is written twice',
+    ),
+    "a tenant": (
+        "tenants:\n  acme: {max_handoffs: 2}\n  acme: {max_handoffs: 200}\n",
+        'key "acme" is written twice',
+    ),
+    "shadow_mode": (
+        "multi_agent:\n  shadow_mode: false\n  shadow_mode: true\n",
+        'key "shadow_mode" is written twice',
+    ),
+    "1 and true, one key once loaded": (
+        "tenants:\n  acme: {1: x, true: y}\n",
+        "key true is written twice",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "says"), WRITTEN_TWICE.values(), ids=WRITTEN_TWICE.keys())
+def test_a_key_written_twice_is_refused_naming_both_lines(text: str, says: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "p.yaml")
+    assert says in str(caught.value)
+    assert "keep one" in str(caught.value)
+
+
+def test_keys_a_merge_brings_in_are_still_overridden_as_yaml_says() -> None:
+    text = (
+        "tenants:\n"
+        "  acme: &base {max_handoffs: 2, shared_max_usd: 3}\n"
+        "  globex: {<<: *base, max_handoffs: 5}\n"
+    )
+    policy = parse_policy(text, "p.yaml")
+    assert policy.tenants["globex"].max_handoffs == 5
+    assert policy.tenants["globex"].shared_max_usd == 3
+
+
+def test_a_signed_policy_update_with_a_key_written_twice_is_not_applied() -> None:
+    """On gov.control: the update is no policy (its dead letter names the line); the policy
+    in force stays, never the value nobody reviewed."""
+    policy = parse_policy(OPERATORS, "file")
+    text = f"{OPERATORS}multi_agent:\n  max_handoffs: 2\n  max_handoffs: 1000\n"
+    now = datetime.now(UTC)
+    step = apply_policy_update(policy, None, _signed_update(text, now), now)
+    assert step.record is None and step.policy is policy
+    assert step.error is not None and 'key "max_handoffs" is written twice' in step.error
