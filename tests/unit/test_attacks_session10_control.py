@@ -4,7 +4,9 @@ without an operator's key, and a careless operator."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -102,3 +104,60 @@ def test_a_signed_policy_update_with_a_key_written_twice_is_not_applied() -> Non
     step = apply_policy_update(policy, None, _signed_update(text, now), now)
     assert step.record is None and step.policy is policy
     assert step.error is not None and 'key "max_handoffs" is written twice' in step.error
+
+
+# ------------------------------------------------------------------ a flood of gov.control
+def test_a_flood_of_junk_read_at_start_holds_a_bounded_number_of_bytes_for_the_publisher(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Everything the follower makes of a record waits in the publisher's queue until the
+    worker decides, so a worker starting on a control topic of 72 MB of junk held all of it
+    (measured on a real worker: 3,000 records of 60 KB, 340 MB more; 100,000 of them, out of
+    memory at every start: a crash loop). Now at most MAX_HELD_BYTES of refusals and dead
+    letters; the kill switch after the flood is applied and recorded, and the rest named."""
+    from tests.unit.test_control_follower import (
+        _FakeAdmin,
+        _FakeConsumer,
+        _follower,
+        _kill,
+        _run,
+    )
+
+    junk = b"x" * 60_000
+    records: list[bytes | None] = [junk] * 1200 + [_kill("r1")]
+    letters: list[Any] = []
+    decisions: list[Any] = []
+    f = _follower(on_decision=decisions.append, on_dead_letter=letters.append)
+    with caplog.at_level(logging.ERROR, "baton.processors.control"):
+        _run(f, _FakeConsumer(records, batches=[500] * 8), _FakeAdmin(high=len(records)))
+    assert f.caught_up.is_set() and f.kills.runs == frozenset({"r1"})
+    assert [d.reason for d in decisions] == ["kill_switch"]
+    held = sum(len(letter.value) for letter in letters)
+    assert held <= 32 * 1024 * 1024, f"{held:,} bytes of dead letters held for the publisher"
+    withheld = 1200 - len(letters)
+    assert withheld > 0
+    assert f"{withheld} refusals and dead letters" in caplog.text
+    assert f"offsets {len(letters)} to 1199" in caplog.text
+
+
+def test_once_fresh_again_refusals_and_dead_letters_are_handed_over_again() -> None:
+    from tests.unit.test_control_follower import (
+        _FakeAdmin,
+        _FakeConsumer,
+        _follower,
+        _run,
+    )
+
+    letters: list[Any] = []
+    f = _follower(on_dead_letter=letters.append)
+    junk = b"x" * 60_000
+    consumer = _FakeConsumer([junk] * 1200, batches=[500] * 6)
+    _run(f, consumer, _FakeAdmin(high=1200))
+    assert f.is_fresh()
+    flood = len(letters)
+    assert flood < 1200
+    consumer.records += [junk] * 3
+    consumer.batches = [500] * 3
+    f._stop.clear()
+    _run(f, consumer, _FakeAdmin(high=1203))
+    assert len(letters) == flood + 3
