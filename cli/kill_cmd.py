@@ -36,7 +36,11 @@ __all__ = ["kill_cmd", "register"]
     help="wait until a worker has applied it (its control record is on gov.decisions)",
 )
 @click.option(
-    "--timeout", type=FiniteFloatRange(), default=30.0, show_default=True, help="seconds to wait"
+    "--timeout",
+    type=FiniteFloatRange(min=0, min_open=True, max=3600),
+    default=30.0,
+    show_default=True,
+    help="seconds to wait",
 )
 @setting_options("bootstrap", "topic_prefix", "partitions")
 @data_dir_option

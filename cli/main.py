@@ -15,6 +15,13 @@ __all__ = ["main"]
 
 #: the Python loggers our confluent-kafka clients hand librdkafka's log lines to
 _LIBRDKAFKA_LOGGERS = ("baton.kafka", "baton.client.kafka")
+#: clickhouse-connect's HTTP stack: it logs a WARNING per failed attempt ("Retrying ...",
+#: "Unexpected Http Driver Exception") before raising what Baton turns into one error line
+_HTTP_LOGGERS = ("urllib3", "clickhouse_connect")
+#: the exit status of a command ended by Ctrl-C (128 + SIGINT, as shells report it): not 1,
+#: which says an alert fires (alerts check), a policy changes decisions (replay), a row was
+#: tampered with (audit verify) or the demo differed from the seed policy
+INTERRUPTED_EXIT = 130
 
 
 class _BatonGroup(click.Group):
@@ -30,6 +37,10 @@ class _BatonGroup(click.Group):
             else:
                 click.echo(f"baton: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            # click's own answer is "Aborted!" and exit 1, which reads as the command's verdict
+            click.echo("\nbaton: interrupted (Ctrl-C)", err=True)
+            sys.exit(INTERRUPTED_EXIT)
 
 
 @click.group(cls=_BatonGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +61,8 @@ def cli(verbose: int) -> None:
     # lines are shown from -v on.
     for name in _LIBRDKAFKA_LOGGERS:
         logging.getLogger(name).setLevel(level if verbose else logging.CRITICAL + 1)
+    for name in _HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(level if verbose else logging.ERROR)
 
 
 def _register() -> None:

@@ -116,7 +116,13 @@ def policy_publish(
 
 @policy_group.command("current")
 @setting_options("bootstrap", "topic_prefix", "policy")
-@click.option("--timeout", type=FiniteFloatRange(), default=15.0, show_default=True, help="seconds")
+@click.option(
+    "--timeout",
+    type=FiniteFloatRange(min=0, min_open=True, max=3600),
+    default=15.0,
+    show_default=True,
+    help="seconds",
+)
 @data_dir_option
 def policy_current(timeout: float, data_dir: Path | None, **opts: Any) -> None:
     """Which policy the workers use, and why: the --policy file (BATON_POLICY, or the seed
