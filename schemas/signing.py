@@ -79,11 +79,35 @@ def _unb64(text: str, what: str, size: int) -> bytes:
     return raw
 
 
+#: the encodings of the 8 points of small order (sign bit cleared; y = 0, 1 and -1 also as
+#: p, p + 1): libsodium's blocklist. Against such a "key", a signature made without any
+#: private key verifies (OpenSSL checks no key's order): with the identity, for every
+#: message; with all zeros (the natural placeholder), for one message in four
+_SMALL_ORDER = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "00" * 32,
+        "01" + "00" * 31,
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "ec" + "ff" * 30 + "7f",
+        "ed" + "ff" * 30 + "7f",
+        "ee" + "ff" * 30 + "7f",
+    )
+)
+
+
 def parse_public_key(text: str, what: str = "public key") -> Ed25519PublicKey:
     """``ed25519:<base64>`` → a public key; :class:`SigningKeyError` names what is wrong."""
     if not isinstance(text, str) or not text.startswith(PUBLIC_PREFIX):
         raise SigningKeyError(f'{what}: must look like "{PUBLIC_PREFIX}<base64 public key>"')
     raw = _unb64(text[len(PUBLIC_PREFIX) :], what, 32)
+    if raw[:31] + bytes([raw[31] & 0x7F]) in _SMALL_ORDER:
+        raise SigningKeyError(
+            f"{what}: a point of small order, not anyone's public key (a placeholder?): "
+            "signatures made without a private key would verify against it; use the line "
+            "`baton keys new` prints"
+        )
     return Ed25519PublicKey.from_public_bytes(raw)
 
 

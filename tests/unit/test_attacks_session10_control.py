@@ -4,6 +4,7 @@ without an operator's key, and a careless operator."""
 
 from __future__ import annotations
 
+import base64
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from baton.processors.engine import apply_policy_update
 from baton.schemas.errors import PolicyError
-from baton.schemas.events import PolicyUpdated
+from baton.schemas.events import KillSwitchReleased, PolicyUpdated
 from baton.schemas.policy import parse_policy
 from baton.schemas.signing import (
     control_payload,
@@ -161,3 +162,60 @@ def test_once_fresh_again_refusals_and_dead_letters_are_handed_over_again() -> N
     f._stop.clear()
     _run(f, consumer, _FakeAdmin(high=1203))
     assert len(letters) == flood + 3
+
+
+# ------------------------------------------------------------------ keys of small order
+def _small_order_keys() -> list[str]:
+    from baton.schemas import signing
+
+    raws = sorted(signing._SMALL_ORDER)
+    both = [*raws, *(r[:31] + bytes([r[31] | 0x80]) for r in raws)]
+    return ["ed25519:" + base64.b64encode(r).decode() for r in both]
+
+
+IDENTITY_KEY = "ed25519:" + base64.b64encode(bytes([1] + [0] * 31)).decode()
+ZERO_KEY = "ed25519:" + base64.b64encode(bytes(32)).decode()
+
+
+def _forged_release(at: datetime) -> KillSwitchReleased:
+    """A global release "signed" by oncall with no private key: R = the identity, S = 0."""
+    forged = base64.b64encode(bytes([1] + [0] * 31) + bytes(32)).decode()
+    return KillSwitchReleased(
+        scope="global", operator="oncall", reason="", signature=forged, event_time=at
+    )
+
+
+def test_a_signature_made_without_a_key_verifies_against_a_small_order_point() -> None:
+    """Why such a key must never load: OpenSSL verifies Ed25519 without checking the key's
+    order. With the identity every forged signature verifies; with 32 zero bytes (the
+    placeholder one would write) one message in four, any time field away."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from baton.schemas.signing import verify
+
+    at = datetime(2026, 11, 30, 13, 0, tzinfo=UTC)
+    event = _forged_release(at)
+    payload = control_payload(event.type, "global", "*", "oncall", "", at)
+    identity = Ed25519PublicKey.from_public_bytes(bytes([1] + [0] * 31))
+    assert verify(identity, payload, event.signature or "")
+
+
+@pytest.mark.parametrize("key", _small_order_keys())
+def test_a_public_key_of_small_order_is_refused(key: str) -> None:
+    from baton.schemas.signing import SigningKeyError, parse_public_key
+
+    with pytest.raises(SigningKeyError, match="small order"):
+        parse_public_key(key)
+
+
+@pytest.mark.parametrize("key", [IDENTITY_KEY, ZERO_KEY], ids=["identity", "zeros"])
+@pytest.mark.parametrize(
+    "where",
+    ["operators:\n  oncall: {key}\n", "multi_agent:\n  approval:\n    keys: {{cfo: {key}}}\n"],
+    ids=["operators", "approval_keys"],
+)
+def test_a_policy_listing_a_small_order_key_is_refused(where: str, key: str) -> None:
+    """Listed, anyone could lift a kill switch, publish a policy or grant an approval as that
+    name with no private key (a global kill lifted by `_forged_release`, on HEAD)."""
+    with pytest.raises(PolicyError, match="small order"):
+        parse_policy(where.format(key=f'"{key}"'), "p.yaml")

@@ -19,7 +19,7 @@ from baton.cli.signer import shown
 from baton.cli.verify_cmds import _partial_runs, _query, _since
 from baton.schemas.decision import AUDIT_FIELDS, CHAIN_FIELDS, Outcome, Phase
 from baton.schemas.policy import parse_policy
-from baton.schemas.signing import load_private_key, public_key_text
+from baton.schemas.signing import load_private_key, new_private_key, public_key_text
 from baton.sinks.chain_verify import CHAIN_COLUMNS
 
 pytestmark = pytest.mark.unit
@@ -77,7 +77,7 @@ def test_keys_new_refuses_a_name_that_is_not_a_plain_file_name(
 # ("~", YAML's null, is no name at all: it holds no letter or digit, baton.schemas.names)
 @pytest.mark.parametrize("name", ["yes", "No", "null", "on", "true", "123", "1e3"])
 def test_a_name_yaml_would_read_as_a_bool_or_number_is_quoted(name: str) -> None:
-    line = policy_line(name, "ed25519:" + "A" * 43 + "=")
+    line = policy_line(name, public_key_text(new_private_key()))
     assert line.startswith(f'"{name}": ')
     policy = parse_policy(f"operators:\n  {line}\n", "t")
     assert list(policy.operators) == [name.lower()]  # names fold (baton.schemas.names)

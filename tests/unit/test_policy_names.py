@@ -19,7 +19,7 @@ from tests.unit.test_engine_support import Run, at
 
 pytestmark = pytest.mark.unit
 
-KEY = "ed25519:" + "A" * 43 + "="
+KEY = public_key_text(new_private_key())  # a real key: 32 zero bytes are of small order
 
 
 def _problems(text: str) -> str:
