@@ -41,6 +41,11 @@ prints the rates side by side (the host's load moves more than a change: same ru
 
     python -m bench.replay_bench [--events 30000] [--runs 4000] [--jobs 2]
     python -m bench.replay_bench --events 120000 --against /tmp/start --rounds 2
+    python -m bench.replay_bench --events 480000 --audit /tmp/big480   # built once, kept
+
+``--audit DIR`` keeps the audit it builds in DIR (``DIR/chdb``, and the policy file the
+command replays under, ``DIR/stricter.yaml``) and reuses one found there: a big history is
+recorded once, and the sides of ``--against`` read the same rows.
 """
 
 from __future__ import annotations
@@ -159,6 +164,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=None, help="default: one per 7.5 events")
     ap.add_argument("--events", type=int, default=30_000)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument(
+        "--audit",
+        default=None,
+        help="a folder for the audit: built there and kept if it holds none, else reused "
+        "(its recorded history as built, whatever --events says)",
+    )
     ap.add_argument("--against", default=None, help="a folder holding another `baton` package")
     ap.add_argument("--rounds", type=int, default=2, help="with --against: runs of each side")
     ap.add_argument(
@@ -184,10 +195,12 @@ def measure(args: argparse.Namespace) -> None:
     other_tenant = parse_policy(
         DEFAULT_POLICY_YAML + "\ntenants:\n  nobody_here:\n    max_handoffs: 1\n", "tenant-only"
     )
-    decisions = record(args.runs, args.events, recorded)
-    with tempfile.TemporaryDirectory() as tmp:
-        chdb = Path(tmp) / "chdb"
-        store(chdb, decisions)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(args.audit) if args.audit is not None else Path(scratch)
+        chdb = tmp / "chdb"
+        if not chdb.exists():
+            tmp.mkdir(parents=True, exist_ok=True)
+            store(chdb, record(args.runs, args.events, recorded))
         client = connect(f"chdb://{chdb}")
         try:
             policies, _ = read_policies(client)
@@ -254,7 +267,7 @@ def measure(args: argparse.Namespace) -> None:
             ]
         finally:
             client.close()
-        policy_file = Path(tmp) / "stricter.yaml"
+        policy_file = tmp / "stricter.yaml"
         policy_file.write_text("multi_agent:\n  max_handoffs: 3\n")
         for jobs in (1, args.jobs):
             name = f"`baton replay --jobs {jobs}`, other policy (the seconds it prints)"
@@ -281,6 +294,8 @@ def alternate(args: argparse.Namespace) -> None:
     sides = {"this": this, "against": f"{Path(args.against).resolve()}{os.pathsep}{here}"}
     argv = [sys.executable, "-m", "bench.replay_bench", "--events", str(args.events)]
     argv += ["--runs", str(args.runs), "--jobs", str(args.jobs)]
+    if args.audit is not None:
+        argv += ["--audit", args.audit]
     columns: list[str] = []
     rates: dict[str, list[str]] = {}
     #: CPU microseconds a recorded decision (the bench's process; the command's processes):
