@@ -12,7 +12,8 @@ that to be exact the audit must hold everything the engine read:
   policy document; its id is derived from the policy's version, so every worker's copy of
   it is one row of the audit;
 * **re-emissions** are flagged (``Decision.reemitted``) and not stored by the sink: the
-  audit keeps the original copy, in its original place (``FINAL`` and ``baton trace``).
+  audit keeps the original copy, in its original place (``FINAL`` and ``baton trace``); a
+  re-emitted copy holds the input it answers (a client's retry), for the client to match.
 
 :class:`Recorded` is such a decision read back, the columns replay needs (REPLAY_COLUMNS).
 
@@ -125,18 +126,23 @@ def publishable(
     Decided now (no chain link yet): a copy with the input; the original stays in ``new``
     without it (see the module docstring) and :func:`keep_links` copies the links back.
     Already published (linked, answered again from the state): a copy flagged
-    ``reemitted``. ``new`` None (a run the worker would not take on): the decisions
-    themselves, with the input. ``text``: the input as recorded (replay), else made here.
+    ``reemitted``, with the input it answers now. ``new`` None (a run the worker would not
+    take on): the decisions themselves, with the input. ``text``: the input as recorded
+    (replay), else made here.
     """
     out: list[Decision] = []
     for d in decisions:
-        if d.chain_hash is not None:
-            copy = _copy(d)
-            copy.reemitted = True
-            out.append(copy)
-            continue
         if text is None:
             text = input_text(event)
+        if d.chain_hash is not None:
+            # with the input it answers (a retry: the request but for its timing), which the
+            # client compares with its own request (sdk.base.answers_request); its chain link
+            # covers the original's input (the audit's row), not this one
+            copy = _copy(d)
+            copy.reemitted = True
+            copy.input = text
+            out.append(copy)
+            continue
         if new is None:
             d.input = text
             out.append(d)

@@ -6,11 +6,20 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
+from baton.processors.recorded import input_text
 from baton.schemas.decision import Decision, Fallback, Phase
 from baton.schemas.events import HandoffCompleted, HandoffRequested, RunFinished
 from baton.schemas.settings import Settings
 from baton.streams.sdk.channel import RequestChannel
-from baton.streams.sdk.options import ClientOptions, unanswered_decision
+from baton.streams.sdk.options import (
+    MAX_APPROVAL_WAIT_S,
+    ClientOptions,
+    checked_retries,
+    checked_seconds,
+    unanswered_decision,
+)
 from baton.streams.sdk.waiters import WaitKey
 
 __all__ = ["ClientBase", "answers_approval", "answers_request"]
@@ -59,9 +68,18 @@ class ClientBase:
     def bootstrap(self) -> str:
         return self.options.bootstrap
 
+    def _attempts(self, timeout: float | None, retries: int | None) -> tuple[float, int]:
+        """A call's timeout per attempt and retries (the client's when None), bounded: a
+        ValueError before anything is published."""
+        timeout = self.options.timeout_s if timeout is None else checked_seconds("timeout", timeout)
+        retries = self.options.retries if retries is None else checked_retries(retries)
+        return timeout, retries
+
     def _request(
         self, event: HandoffRequested | HandoffCompleted, wait_s: float
-    ) -> tuple[str, bytes, bytes, int, WaitKey, Phase]:
+    ) -> tuple[str, bytes, bytes, int, WaitKey, Phase, Callable[[Decision], bool]]:
+        """The record to publish for ``event``, its wait key and phase, and which decisions
+        answer it (``answers_request`` of the event as sent, ``decide_by`` set)."""
         phase = Phase.PRE_HANDOFF if isinstance(event, HandoffRequested) else Phase.POST_HANDOFF
         if isinstance(event, HandoffRequested) and event.decide_by is None:
             # the client stops waiting (and fails closed) after wait_s: a request the worker
@@ -75,6 +93,7 @@ class ClientBase:
             self.channel.partition_of(event.run_id),
             (event.run_id, event.request_id, str(phase)),
             phase,
+            answers_request(event),
         )
 
     def _unanswered(
@@ -111,12 +130,14 @@ class ClientBase:
     @staticmethod
     def _approval_wait(decision: Decision, timeout: float | None) -> float:
         if timeout is not None:
-            return timeout
+            return checked_seconds("timeout", timeout, upper=MAX_APPROVAL_WAIT_S)
         expires = decision.approval_expires_at
         if expires is None:
             return 900.0 + _EXPIRY_GRACE_S
         left = (expires - datetime.now(expires.tzinfo or UTC)).total_seconds()
-        return max(left, 0.0) + _EXPIRY_GRACE_S
+        # an expiry past the policy's longest TTL (a decision made by hand, a far-off year) is
+        # no wait threading takes: bounded like a timeout given
+        return min(max(left, 0.0) + _EXPIRY_GRACE_S, MAX_APPROVAL_WAIT_S)
 
     def _finish_event(self, run_id: str, tenant: str) -> tuple[str, bytes, bytes, int]:
         event = RunFinished(run_id=run_id, tenant=tenant, event_time=datetime.now(UTC))
@@ -132,35 +153,71 @@ class ClientBase:
 _HANDOFF_FIELDS = ("from_agent", "to_agent", "task_id", "parent_task_id", "action", "tool")
 
 
+#: what the worker's request digest leaves out (a client stamps a retry anew): a decision
+#: whose input differs from a request only there answers it (dedup_keys.request_digest)
+_TIMING = ("event_time", "decide_by")
+
+
 def answers_request(event: HandoffRequested | HandoffCompleted) -> Callable[[Decision], bool]:
-    """Whether a decision under ``event``'s run, request id and phase answers ``event``: none
-    of the fields the worker repeats of a request (the agents, task, action, tool; a report's
-    agent, task and status) names another value. A field the decision leaves empty (a
-    protocol refusal of a report) says nothing. Not covered: another request that differs
-    only in what no decision repeats (``tools``, estimates, ``task_kind``; a report's cost,
-    counts and tools)."""
-    if isinstance(event, HandoffCompleted):
-        expected = {"to_agent": event.agent, "task_id": event.task_id}
-        expected["handoff_status"] = event.status
-    else:
-        expected = {name: getattr(event, name) for name in _HANDOFF_FIELDS}
-    pairs = tuple(expected.items())
+    """Whether a decision under ``event``'s run, request id and phase answers ``event``: its
+    ``input`` (the event the worker decided, as it parsed it) is ``event`` but for the
+    client's timing (``event_time``, ``decide_by``), as the worker tells a retry from another
+    request (``request_digest``).
+
+    Another request under the same run and request id (another orchestrator's counter, or a
+    writer of the requests topic racing a predictable id) is decided first and its answer
+    published under the same key; the worker refuses ours ``request_id_reused``, and that
+    refusal is ours. A decision with no input (a worker older than inputs, a forged record)
+    answers nothing: the caller waits on, and gets the client's stop at its timeout.
+
+    Cost per decision read under the key: one string comparison for our own request's
+    decision (the same bytes: ``input_text`` of the parsed event is ``input_text`` of
+    ``event``); a parse and a dump for any other (a retry sent with another timing, a twin).
+    """
+    own_text = input_text(event)
+    untimed: list[bytes] = []  # made at the first decision that is not the same text
 
     def answers(decision: Decision) -> bool:
-        for name, value in pairs:
-            said = getattr(decision, name)
-            if said is not None and said != value:
-                return False
-        return True
+        said = decision.input
+        if said == own_text:
+            return True
+        if said is None:
+            return False
+        if not untimed:
+            untimed.append(_untimed(own_text) or b"")
+        # compared as bytes, not as dicts: 1 == 1.0 == True would make two inputs equal
+        return _untimed(said) == untimed[0]
 
     return answers
 
 
+def _untimed(text: str) -> bytes | None:
+    """An input without the client's timing, as compact JSON (None: not a JSON object)."""
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict:
+        return None
+    for name in _TIMING:
+        doc.pop(name, None)
+    return orjson.dumps(doc)
+
+
 def answers_approval(asked: Decision) -> Callable[[Decision], bool]:
-    """Whether an approval-phase decision answers the approval ``asked`` opened (another
-    request under the same run and request id opened another approval)."""
-    approval_id = asked.approval_id
-    return lambda decision: decision.approval_id in (None, approval_id)
+    """Whether an approval-phase decision answers the approval ``asked`` opened: it names
+    that approval (another request under the same run and request id opened another; the
+    worker names the approval on every approval-phase record) and, when both carry one, the
+    same request digest."""
+    approval_id, digest = asked.approval_id, asked.request_digest
+
+    def answers(decision: Decision) -> bool:
+        if approval_id is None or decision.approval_id != approval_id:
+            return False
+        said = decision.request_digest
+        return said is None or digest is None or said == digest
+
+    return answers
 
 
 def _echoed_fields(event: HandoffRequested | HandoffCompleted | Decision) -> dict[str, Any]:

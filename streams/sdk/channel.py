@@ -42,7 +42,7 @@ from baton.schemas.decision import DECISION_ADAPTER, Decision
 from baton.schemas.errors import BrokerUnavailable, TopicMismatch
 from baton.streams.kafka import consumer_config, producer_config
 from baton.streams.partitioner import partition_for
-from baton.streams.sdk.options import ClientOptions
+from baton.streams.sdk.options import ClientOptions, checked_seconds
 from baton.streams.sdk.waiters import Unanswered, Waiter, WaiterBook, WaitKey, resolve
 
 __all__ = ["RequestChannel"]
@@ -239,6 +239,7 @@ class RequestChannel:
 
     def flush(self, timeout: float) -> int:
         """Wait until every published record is acknowledged; return how many were not."""
+        timeout = checked_seconds("timeout", timeout, zero=True)
         if self._producer is None:
             return 0
         return int(self._producer.flush(timeout))
@@ -365,6 +366,7 @@ class RequestChannel:
         broker) is not waited for past ``timeout``: it closes the consumer when its call
         returns (closing it under the call blocked for the call's whole timeout and crashed
         the reader)."""
+        timeout = checked_seconds("timeout", timeout, zero=True)
         with self._connect_lock:
             if self._closed:
                 return

@@ -7,7 +7,7 @@ from typing import Any
 
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.events import HandoffCompleted, HandoffRequested
-from baton.streams.sdk.base import ClientBase, answers_approval, answers_request
+from baton.streams.sdk.base import ClientBase, answers_approval
 from baton.streams.sdk.waiters import Unanswered, Waiter
 
 __all__ = ["GovernanceClient"]
@@ -81,13 +81,12 @@ class GovernanceClient(ClientBase):
         timeout: float | None,
         retries: int | None,
     ) -> Decision:
-        timeout = self.options.timeout_s if timeout is None else timeout
-        retries = self.options.retries if retries is None else retries
-        topic, key, value, partition, wait_key, phase = self._request(
+        timeout, retries = self._attempts(timeout, retries)
+        topic, key, value, partition, wait_key, phase, answers = self._request(
             event, timeout * (retries + 1)
         )
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        waiter = Waiter(future, answers=answers_request(event))
+        waiter = Waiter(future, answers=answers)
         t = self.channel
         t.submit(topic, key, value, decisions_partition=partition, wait_key=wait_key, waiter=waiter)
         try:

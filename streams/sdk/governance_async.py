@@ -8,7 +8,7 @@ from typing import Any
 
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.events import HandoffCompleted, HandoffRequested
-from baton.streams.sdk.base import ClientBase, answers_approval, answers_request
+from baton.streams.sdk.base import ClientBase, answers_approval
 from baton.streams.sdk.waiters import Unanswered, Waiter
 
 __all__ = ["AsyncGovernanceClient"]
@@ -87,14 +87,13 @@ class AsyncGovernanceClient(ClientBase):
         timeout: float | None,
         retries: int | None,
     ) -> Decision:
-        timeout = self.options.timeout_s if timeout is None else timeout
-        retries = self.options.retries if retries is None else retries
-        topic, key, value, partition, wait_key, phase = self._request(
+        timeout, retries = self._attempts(timeout, retries)
+        topic, key, value, partition, wait_key, phase, answers = self._request(
             event, timeout * (retries + 1)
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        waiter = Waiter(future, loop, answers_request(event))
+        waiter = Waiter(future, loop, answers)
         t = self.channel
         # submitted synchronously, before the first await: requests leave in call order
         t.submit(topic, key, value, decisions_partition=partition, wait_key=wait_key, waiter=waiter)

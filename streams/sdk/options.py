@@ -15,21 +15,66 @@ from typing import Any
 from pydantic import Field
 
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
-from baton.schemas.settings import Settings
+from baton.schemas.policy_approval import MAX_APPROVAL_TTL_S
+from baton.schemas.settings import MAX_TIMEOUT_S, Settings
 from baton.streams.kafka import printable_config
 from baton.streams.topics import TopicCatalog
 
-__all__ = ["ClientOptions", "ClientSettings", "unanswered_decision"]
+__all__ = [
+    "MAX_APPROVAL_WAIT_S",
+    "MAX_RETRIES",
+    "ClientOptions",
+    "ClientSettings",
+    "checked_retries",
+    "checked_seconds",
+    "unanswered_decision",
+]
+
+#: the most re-publications of one request (each waits up to a timeout: 100 x 3600 s is
+#: still a time a datetime can hold, for the request's decide_by)
+MAX_RETRIES = 100
+#: the longest wait for an approval's answer: its longest TTL (the policy's bound) and a minute
+MAX_APPROVAL_WAIT_S = MAX_APPROVAL_TTL_S + 60.0
+
+
+def checked_seconds(
+    name: str, value: object, *, upper: float = MAX_TIMEOUT_S, zero: bool = False
+) -> float:
+    """``value`` as a number of seconds in (0, ``upper``] ([0, ``upper``] with ``zero``), or a
+    ValueError naming ``name``, the bound and the value. inf, nan and 1e308 were taken: a
+    decide_by past datetime's range (OverflowError), a wait threading refuses."""
+    low = "0 <=" if zero else "0 <"
+    bound = f"{upper:.0f}" if upper == int(upper) else f"{upper:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: must be a number of seconds, {low} {name} <= {bound}, "
+                         f"got {value!r}")  # fmt: skip
+    if not (0 <= value <= upper) or (value == 0 and not zero):  # nan fails both comparisons
+        raise ValueError(f"{name}: must be {low} {name} <= {bound} seconds, got {value!r}")
+    return float(value)
+
+
+def checked_retries(value: object) -> int:
+    """``value`` as a retry count in [0, MAX_RETRIES], or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+        raise ValueError(f"retries: must be an integer, 0 <= retries <= {MAX_RETRIES}, "
+                         f"got {value!r}")  # fmt: skip
+    return value
 
 
 class ClientSettings(Settings):
     """The worker's settings plus what only an orchestrator needs (env ``BATON_CLIENT_*``)."""
 
     client_timeout_s: float = Field(
-        5.0, gt=0, description="wait this long for a decision, then answer governance_unavailable"
+        5.0,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        description="wait this long for a decision, then answer governance_unavailable",
     )
     client_retries: int = Field(
-        0, ge=0, description="re-publish an unanswered request this many times (same request_id)"
+        0,
+        ge=0,
+        le=MAX_RETRIES,
+        description="re-publish an unanswered request this many times (same request_id)",
     )
     client_fail_open: bool = Field(
         False, description="answer allow (not stop) when no decision arrives: only if you must"
@@ -40,11 +85,15 @@ class ClientSettings(Settings):
     client_fetch_wait_ms: int = Field(
         10,
         ge=0,
+        le=300_000,  # librdkafka's bound on fetch.wait.max.ms
         description="longest a decisions fetch waits for data (Tansu never answers "
         "one early: this is added to every check there; raise it on Apache Kafka)",
     )
     client_delivery_timeout_s: float = Field(
-        30.0, gt=0, description="drop a request librdkafka could not deliver within this"
+        30.0,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        description="drop a request librdkafka could not deliver within this",
     )
 
 
@@ -103,12 +152,19 @@ class ClientOptions:
         if partitions is None and "partitions" in s.model_fields_set:
             # only an explicitly set count is a claim to check; the default 8 is not
             partitions = s.partitions
-        if partitions is not None and partitions < 1:
-            raise ValueError(f"partitions: must be >= 1, got {partitions}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout: must be > 0 seconds, got {timeout}")
-        if retries is not None and retries < 0:
-            raise ValueError(f"retries: must be >= 0, got {retries}")
+        if partitions is not None and (
+            isinstance(partitions, bool)
+            or not isinstance(partitions, int)
+            or not 1 <= partitions <= 100_000
+        ):
+            raise ValueError(f"partitions: must be an integer, 1 <= partitions <= 100000, "
+                             f"got {partitions!r}")  # fmt: skip
+        if timeout is not None:
+            timeout = checked_seconds("timeout", timeout)
+        if connect_timeout is not None:
+            connect_timeout = checked_seconds("connect_timeout", connect_timeout)
+        if retries is not None:
+            retries = checked_retries(retries)
         prefix = s.topic_prefix if topic_prefix is None else topic_prefix
         return cls(
             kafka_config={**s.kafka_config(), **(kafka_config or {})},

@@ -27,6 +27,7 @@ from baton.schemas.decision import Decision
 from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.signing import load_private_key, sign
 from baton.streams.sdk.base import ClientBase
+from baton.streams.sdk.options import checked_seconds
 from baton.streams.sdk.waiters import Unanswered, Waiter, WaitKey
 
 __all__ = ["SignedPublisher"]
@@ -93,6 +94,7 @@ class SignedPublisher(ClientBase):
     ) -> Decision:
         """Publish ``raw`` and return the first decision under one of ``waits`` that
         ``ours`` (a predicate; None: any) accepts as the answer to it."""
+        wait_s = self.options.timeout_s if timeout is None else checked_seconds("timeout", timeout)
         t = self.channel
         futures: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in waits]
         waiters = [Waiter(f) for f in futures]
@@ -107,7 +109,6 @@ class SignedPublisher(ClientBase):
             wait_key=waits[0],
             waiter=waiters[0],
         )
-        wait_s = self.options.timeout_s if timeout is None else timeout
         deadline = time.monotonic() + wait_s
         pending = set(futures)
         try:

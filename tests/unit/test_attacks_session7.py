@@ -53,7 +53,7 @@ def test_a_reemitted_copy_leaves_the_stored_reply_unflagged_and_linked() -> None
     stored.chain_prev, stored.chain_hash = "", "h1"
     [copy] = publishable(RunState.new("r1", "t1", WHEN.timestamp()), [stored], _Event(), "{}")
     assert copy.reemitted and not stored.reemitted
-    assert copy == replace(stored, reemitted=True)
+    assert copy == replace(stored, reemitted=True, input="{}")
     keep_links([stored], [copy])  # a re-emitted copy gives no links back
     assert (stored.chain_prev, stored.chain_hash) == ("", "h1")
 

@@ -35,6 +35,7 @@ from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import (
     ApprovalDenied,
     ApprovalGranted,
+    HandoffCompleted,
     HandoffRequested,
     KillSwitch,
     KillSwitchReleased,
@@ -296,6 +297,11 @@ def _offline(client: _Client) -> _Client:
     return client
 
 
+def _as_published(run: Run, event: HandoffRequested | HandoffCompleted) -> Decision:
+    """``run.one(event)`` as the worker publishes it: with its input (the SDK matches it)."""
+    return dataclasses.replace(run.one(event), input=input_text(event))
+
+
 def _offline_client() -> GovernanceClient:
     return _offline(GovernanceClient("127.0.0.1:1", timeout=10))
 
@@ -320,7 +326,7 @@ def test_a_check_never_takes_the_allow_of_another_request_under_its_run_and_requ
     run = Run(GATED, run_id="run-9")
     benign = handoff("h1", "t1", "planner", "researcher", run_id="run-9")
     refund = handoff("h1", "refund", "planner", "billing_agent", run_id="run-9", action=REFUND)
-    allowed, refused = run.one(benign), run.one(refund)
+    allowed, refused = _as_published(run, benign), _as_published(run, refund)
     assert allowed.outcome == Outcome.ALLOW
     assert (refused.outcome, refused.reason) == (Outcome.STOP, Reason.REQUEST_ID_REUSED)
     answer = _checked_while_read(_offline_client(), refund, [allowed, refused])
@@ -331,11 +337,11 @@ def test_a_check_never_takes_the_allow_of_another_request_under_its_run_and_requ
 def test_a_check_still_takes_its_own_decision_and_a_refusal_that_repeats_nothing() -> None:
     run = Run(GATED, run_id="run-9")
     own = handoff("h1", "t1", "planner", "researcher", run_id="run-9", tenant="acme")
-    decided = run.one(own)
+    decided = _as_published(run, own)
     assert _checked_while_read(_offline_client(), own, [decided]) == decided
     # another tenant's event: the refusal names the run's tenant, and still answers it
     other = own.model_copy(update={"tenant": "beta", "request_id": "h2"})
-    mismatch = run.one(other)
+    mismatch = _as_published(run, other)
     assert mismatch.reason == Reason.TENANT_MISMATCH
     assert _checked_while_read(_offline_client(), other, [mismatch]) == mismatch
     # a report's protocol refusal repeats no field of it: it is its answer
@@ -349,6 +355,7 @@ def test_a_check_still_takes_its_own_decision_and_a_refusal_that_repeats_nothing
         reason=Reason.REPLY_NOT_KEPT,
     )
     report = completed("h1", "t1", "researcher", run_id="run-9", tenant="acme")
+    reused.input = input_text(report)
     assert answers_request(report)(reused)
 
 
@@ -524,7 +531,7 @@ def test_a_record_whose_ids_are_not_text_never_ends_the_clients_reader(forged: A
     client = _offline_client()
     run = Run(GATED, run_id="run-9")
     own = handoff("h1", "t1", "planner", "researcher", run_id="run-9")
-    decided = run.one(own)
+    decided = _as_published(run, own)
     junk = _Message(decided)
     junk._value = orjson.dumps({**orjson.loads(junk.value()), **forged})
     with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from baton.processors.batch import BatchProcessor, InputRecord, Outputs
+from baton.processors.recorded import input_text
 from baton.processors.state import SEEN_LIMIT, RunState
 from baton.schemas.decision import Decision, Outcome, Reason, chain_hash, chain_values
 from baton.schemas.events import ApprovalGranted, HandoffCompleted, parse_event
@@ -30,27 +31,31 @@ def test_redelivered_record_and_client_retry(exactly_once: bool) -> None:
     states: dict[bytes, RunState] = {}
     proc = BatchProcessor(load_policy(None), 1, states, worker="w", exactly_once=exactly_once)
     now = datetime.now(UTC)
-    first = proc.process([_record(10)], now)
+    record = _record(10)
+    first = proc.process([record], now)
     [(_, decision)] = first.decisions
     assert first.changed and decision.offset == 10
 
-    again = proc.process([_record(10)], now)  # the same record, delivered again by Kafka
+    again = proc.process([record], now)  # the same record, delivered again by Kafka
     assert not again.changed
     if exactly_once:
         # its decision went out in the transaction that wrote the state: not a second time
         assert again.decisions == [] and proc.redelivered == 1
     else:
         # the design's re-emission: the stored decision, flagged so the audit keeps the
-        # original (the state keeps no input: the published original carries it)
+        # original, with the input it answers (here the original's: the same record)
         assert [d for _, d in again.decisions] == [reemitted(decision)]
 
-    retry = proc.process([_record(11)], now)  # the client sent the request again
-    assert [d for _, d in retry.decisions] == [reemitted(decision)] and not retry.changed
+    sent_again = _record(11)  # the client sent the request again (stamped anew)
+    retry = proc.process([sent_again], now)
+    answered = reemitted(decision, input_text(parse_event(sent_again.value or b"")))
+    assert [d for _, d in retry.decisions] == [answered] and not retry.changed
     assert states[b"run_1"].handoff_count == 1
 
 
-def reemitted(decision: Decision) -> Decision:
-    return replace(decision, input=None, reemitted=True)
+def reemitted(decision: Decision, input: str | None = None) -> Decision:
+    """``decision`` re-emitted for ``input`` (default: a copy of its own record)."""
+    return replace(decision, reemitted=True, input=input or decision.input)
 
 
 def test_published_decision_carries_its_input_and_the_state_does_not() -> None:

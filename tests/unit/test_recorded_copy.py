@@ -60,4 +60,4 @@ def test_a_linked_decision_is_published_as_a_reemitted_copy() -> None:
     d.chain_prev, d.chain_hash = "", "h1"
     [copy] = publishable(RunState.new("r1", "t1", WHEN.timestamp()), [d], _Event(), '{"x":1}')
     assert copy is not d and not d.reemitted
-    assert copy == replace(d, reemitted=True)
+    assert copy == replace(d, reemitted=True, input='{"x":1}')  # the input it answers

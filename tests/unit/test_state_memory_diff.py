@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: writes what would be published, in order, as bytes
 RUNNER = """
 import pickle, sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from baton.processors.batch import BatchProcessor, InputRecord
@@ -46,7 +47,8 @@ for n, batch in enumerate(batches):
     now += timedelta(seconds=7)
     res = proc.process([InputRecord(*r) for r in batch], now)
     out.append([
-        [(p, d.to_json()) for p, d in res.decisions],
+        # a re-emitted copy holds the input it answers since session 10 (the start's none)
+        [(p, (replace(d, input=None) if d.reemitted else d).to_json()) for p, d in res.decisions],
         [(dl.key, dl.value) for dl in res.dead_letters],
         sorted((k, v) for k, v in res.encoded.items()),
     ])

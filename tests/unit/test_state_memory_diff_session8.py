@@ -32,6 +32,7 @@ REQUESTS, APPROVALS = "gov.handoff.requests", "gov.approvals"
 #: idle and reads others back from their records; writes what would be published, in order
 RUNNER = """
 import pickle, sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from baton.processors.batch import BatchProcessor, InputRecord
@@ -58,7 +59,8 @@ for n, batch in enumerate(batches):
             records.append(InputRecord(*r))
     res = proc.process(records, now)
     out.append([
-        [(p, d.to_json()) for p, d in res.decisions],
+        # a re-emitted copy holds the input it answers since session 10 (the start's none)
+        [(p, (replace(d, input=None) if d.reemitted else d).to_json()) for p, d in res.decisions],
         [(dl.key, dl.value) for dl in res.dead_letters],
         sorted((k, v) for k, v in res.encoded.items()),
         proc.state_bytes,

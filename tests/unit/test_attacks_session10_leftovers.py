@@ -1,0 +1,369 @@
+"""Session 10: the trust gaps session 9's attacks left open, each closed and attacked again:
+the SDK taking a twin request's answer, forged rows in ``baton approvals --limit``, a slow
+``/metrics`` client, unbounded SDK timeouts, unbounded CLI durations."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.recorded import input_text
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision, Outcome, Phase, Reason
+from baton.schemas.events import HandoffCompleted, HandoffRequested
+from baton.streams.sdk import ApproverClient, GovernanceClient
+from baton.streams.sdk.base import answers_approval, answers_request
+from baton.streams.sdk.operators import OperatorClient
+from baton.streams.sdk.options import MAX_APPROVAL_WAIT_S, ClientSettings
+from tests.helpers import wait_for
+from tests.unit.test_engine_support import policy_with
+
+pytestmark = pytest.mark.unit
+
+REQUESTS = "gov.handoff.requests"
+
+
+class _Message:
+    """A decision as the client's reader gets it from gov.decisions."""
+
+    def __init__(self, decision: Decision) -> None:
+        self._value = decision.to_json()
+
+    def error(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+    def topic(self) -> str:
+        return "gov.decisions"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 0
+
+
+class _Worker:
+    """The worker's batch path (decide, publishable copies, chain links) on one partition."""
+
+    def __init__(self) -> None:
+        self.states: dict[bytes, RunState] = {}
+        self.proc = BatchProcessor(policy_with(), 1, self.states, worker="w")
+        self.offset = 0
+
+    def decide(self, value: bytes, run_id: str = "run-1") -> Decision:
+        self.offset += 1
+        record = InputRecord(REQUESTS, 0, self.offset, run_id.encode(), value)
+        out = self.proc.process([record], datetime.now(UTC))
+        [(_, decision)] = out.decisions
+        return decision
+
+
+class _Offline:
+    """A GovernanceClient whose channel sends nothing: the test hands its reader records and
+    reads what it would have published."""
+
+    def __init__(self, timeout: float = 10) -> None:
+        self.client = GovernanceClient("127.0.0.1:1", timeout=timeout)
+        self.sent: list[bytes] = []
+        channel = self.client.channel
+        channel.connect = lambda: None  # type: ignore[method-assign]
+        channel.flush = lambda timeout: 0  # type: ignore[method-assign]
+
+        def submit(
+            _topic: str, _key: bytes, value: bytes, *, wait_key: Any = None, waiter: Any = None,
+            **_: Any,
+        ) -> None:  # fmt: skip
+            if waiter is not None and wait_key is not None:
+                channel.waiters.register(wait_key, waiter)
+            self.sent.append(value)
+
+        channel.submit = submit  # type: ignore[method-assign]
+
+    def call(self, event: HandoffRequested | HandoffCompleted, read: Any, **kw: Any) -> Decision:
+        """``check`` (``report``) ``event`` while the reader reads ``read(sent bytes)``."""
+        client = self.client
+        call = client.check if isinstance(event, HandoffRequested) else client.report
+        phase = Phase.PRE_HANDOFF if isinstance(event, HandoffRequested) else Phase.POST_HANDOFF
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(call, event, **kw)  # type: ignore[arg-type]
+            key = (event.run_id, event.request_id, str(phase))
+            wait_for(lambda: client.channel.waiters.awaited(key), 5, message="the waiter")
+            client.channel._dispatch([_Message(d) for d in read(self.sent[-1])])
+            return answer.result(15)  # type: ignore[no-any-return]
+
+
+def _handoff(**fields: Any) -> HandoffRequested:
+    base: dict[str, Any] = dict(
+        request_id="h1", run_id="run-1", task_id="t1", from_agent="planner",
+        to_agent="researcher", event_time=datetime.now(UTC),
+    )  # fmt: skip
+    return HandoffRequested(**{**base, **fields})
+
+
+# ------------------------------------------------------------------ 1: twins under one request id
+
+TWINS = {
+    "tools": ({"tools": ["web.search"]}, {"tools": ["web.search", "billing.refund.create"]}),
+    "estimated_usd": ({"estimated_usd": 0.01}, {"estimated_usd": 900.0}),
+    "estimated_tool_calls": ({"estimated_tool_calls": 1}, {"estimated_tool_calls": 10_000}),
+    "task_kind": ({"task_kind": "research"}, {"task_kind": "refund_issue"}),
+}
+
+
+@pytest.mark.parametrize("field", sorted(TWINS))
+def test_a_check_never_takes_the_allow_of_a_twin_that_differs_only_in_what_no_field_repeats(
+    field: str,
+) -> None:
+    """Two requests under one run and request id that differ only in ``tools``, an estimate
+    or ``task_kind``: the worker allows the harmless one and refuses ours
+    (request_id_reused), but our call took the harmless one's allow (every field a decision
+    repeats was the same), and its forbidden tool went ungated."""
+    harmless, ours = (_handoff(**fields) for fields in TWINS[field])
+    worker = _Worker()
+    allowed = worker.decide(harmless.to_json())
+    assert allowed.outcome == Outcome.ALLOW
+    refused: list[Decision] = []
+
+    def read(sent: bytes) -> list[Decision]:
+        refused.append(worker.decide(sent))
+        return [allowed, refused[0]]
+
+    answer = _Offline().call(ours, read)
+    assert (refused[0].outcome, refused[0].reason) == (Outcome.STOP, Reason.REQUEST_ID_REUSED)
+    assert answer.decision_id == refused[0].decision_id
+
+
+def test_a_report_takes_its_own_record_not_a_twin_reports_of_another_cost() -> None:
+    """Two reports under one request id that differ only in their cost: each is counted under
+    its own key, and each caller must get the record of its own (its spend), not the twin's."""
+    worker = _Worker()
+    worker.decide(_handoff().to_json())
+    now = datetime.now(UTC)
+    report = dict(request_id="h1", run_id="run-1", task_id="t1", agent="researcher")
+    cheap = HandoffCompleted(**report, cost_usd=0.01, event_time=now)
+    dear = HandoffCompleted(**report, cost_usd=5.0, event_time=now)
+    cheap_record = worker.decide(cheap.to_json())
+    own: list[Decision] = []
+
+    def read(sent: bytes) -> list[Decision]:
+        own.append(worker.decide(sent))
+        return [cheap_record, own[0]]
+
+    answer = _Offline().call(dear, read)
+    assert answer.decision_id == own[0].decision_id != cheap_record.decision_id
+    assert answer.spent_usd == pytest.approx(5.01)
+
+
+def test_a_twins_retry_answered_from_the_runs_state_is_not_taken_either() -> None:
+    """The harmless twin sends its request again after ours: the worker answers it from the
+    run's state with a re-emitted copy of its allow, which repeats every field ours does."""
+    harmless, ours = (_handoff(**fields) for fields in TWINS["tools"])
+    worker = _Worker()
+    allowed = worker.decide(harmless.to_json())
+    read_by_ours: list[Decision] = []
+
+    def read(sent: bytes) -> list[Decision]:
+        copy = worker.decide(harmless.to_json())
+        assert copy.reemitted and copy.decision_id == allowed.decision_id
+        read_by_ours.extend([copy, worker.decide(sent)])
+        return read_by_ours
+
+    answer = _Offline().call(ours, read)
+    assert answer.reason == Reason.REQUEST_ID_REUSED
+
+
+def test_our_own_retry_answered_from_the_runs_state_is_still_ours() -> None:
+    """A check sent again after a crash of the orchestrator (the same request, another
+    ``event_time`` and ``decide_by``) whose original decision was published before the new
+    client read: the re-emitted copy is its answer (docs/client.md, Retries)."""
+    worker = _Worker()
+    first = _handoff(event_time=datetime(2026, 11, 30, 9, 0, tzinfo=UTC))
+    allowed = worker.decide(first.to_json())
+
+    def read(sent: bytes) -> list[Decision]:
+        copy = worker.decide(sent)
+        assert copy.reemitted and copy.input == input_text(
+            HandoffRequested.model_validate_json(sent)
+        )
+        return [copy]
+
+    answer = _Offline().call(first.model_copy(update={"event_time": datetime.now(UTC)}), read)
+    assert (answer.decision_id, answer.outcome) == (allowed.decision_id, Outcome.ALLOW)
+
+
+@pytest.mark.parametrize(
+    "said",
+    [None, "", "not json", "[]", '"x"', "1e999", '{"type": "handoff_requested"}'],
+)
+def test_a_decision_whose_input_is_missing_or_not_our_request_answers_nothing(
+    said: str | None,
+) -> None:
+    event = _handoff()
+    own = _Worker().decide(event.to_json())
+    answers = answers_request(event)
+    assert answers(own)
+    assert not answers(dataclasses.replace(own, input=said))
+
+
+def test_a_twin_differing_by_one_and_true_or_one_point_oh_is_another_request() -> None:
+    """1 == 1.0 == True: inputs compared as dicts would match across those."""
+    event = _handoff(estimated_tool_calls=1)
+    own = _Worker().decide(event.to_json())
+    assert own.input is not None
+    answers = answers_request(event.model_copy(update={"event_time": datetime.now(UTC)}))
+    assert answers(own)
+    for other in ("true", "1.0"):
+        forged = own.input.replace('"estimated_tool_calls":1', f'"estimated_tool_calls":{other}')
+        assert forged != own.input
+        assert not answers(dataclasses.replace(own, input=forged))
+
+
+def test_an_approval_decision_naming_no_approval_or_another_request_answers_nothing() -> None:
+    asked = Decision(
+        decision_id="d1", request_id="h1", run_id="run-1", tenant="default",
+        phase=Phase.PRE_HANDOFF, outcome=Outcome.APPROVAL_REQUIRED, reason="approval_pending",
+        approval_id="apr_1", request_digest="aaaa",
+    )  # fmt: skip
+    answer = dataclasses.replace(asked, phase=Phase.APPROVAL, outcome=Outcome.ALLOW)
+    answers = answers_approval(asked)
+    assert answers(answer)
+    assert answers(dataclasses.replace(answer, request_digest=None))
+    assert not answers(dataclasses.replace(answer, approval_id=None))
+    assert not answers(dataclasses.replace(answer, approval_id="apr_2"))
+    assert not answers(dataclasses.replace(answer, request_digest="bbbb"))
+    assert not answers_approval(dataclasses.replace(asked, approval_id=None))(answer)
+
+
+def test_matching_our_own_decision_costs_one_string_comparison() -> None:
+    """The reader matches every decision read under a waiter's key: our own request's must
+    be the same string (no parse), which holds when input_text of the parsed event is
+    input_text of the event as the SDK sent it."""
+    event = _handoff(tools=["a", "b"], estimated_usd=0.1 + 0.2, task_kind="K\u212a")
+    sent = event.to_json()
+    own = _Worker().decide(sent)
+    assert own.input == input_text(HandoffRequested.model_validate_json(sent))
+    assert own.input == input_text(event)
+    assert orjson.loads(own.input)["tools"] == ["a", "b"]
+
+
+# ------------------------------------------------------------------ 4: the SDK's timeouts bounded
+
+BAD_SECONDS = [1e308, math.inf, -math.inf, math.nan, -1.0, 0, 3600.5, "5", True, None]
+
+
+@pytest.mark.parametrize("value", [v for v in BAD_SECONDS if v is not None])
+@pytest.mark.parametrize("name", ["timeout", "connect_timeout"])
+def test_a_client_refuses_a_timeout_that_is_no_bounded_number_of_seconds(
+    name: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{name}: must be .*3600.*got "):
+        GovernanceClient("127.0.0.1:1", **{name: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [v for v in BAD_SECONDS if v is not None])
+def test_a_check_refuses_an_unbounded_timeout_before_publishing_anything(value: object) -> None:
+    """check(timeout=1e308) raised OverflowError (its decide_by is past datetime's range),
+    nan a ValueError about NaN to integer, negative gave a stop without saying why."""
+    offline = _Offline()
+    for call in (offline.client.check, offline.client.report):
+        event: Any = _handoff() if call == offline.client.check else _report()
+        with pytest.raises(ValueError, match=r"^timeout: must be .*3600"):
+            call(event, timeout=value)  # type: ignore[arg-type]
+    assert offline.sent == []
+
+
+@pytest.mark.parametrize("value", [10**9, -1, 1.5, True, math.nan])
+def test_a_check_refuses_a_retry_count_out_of_bounds(value: object) -> None:
+    offline = _Offline()
+    with pytest.raises(ValueError, match=r"^retries: must be an integer, 0 <= retries <= 100"):
+        offline.client.check(_handoff(), retries=value)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^retries: "):
+        GovernanceClient("127.0.0.1:1", retries=value)  # type: ignore[arg-type]
+    assert offline.sent == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BATON_CLIENT_TIMEOUT_S", "1e308"),
+        ("BATON_CLIENT_RETRIES", "1000000000"),
+        ("BATON_CLIENT_DELIVERY_TIMEOUT_S", "1e308"),
+        ("BATON_CLIENT_FETCH_WAIT_MS", "99999999999"),
+        ("BATON_CLIENT_TIMEOUT_S", "inf"),
+    ],
+)
+def test_client_settings_refuse_unbounded_numbers(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=variable.removeprefix("BATON_").lower()):
+        ClientSettings()
+
+
+@pytest.mark.parametrize("value", [1e308, math.inf, math.nan, -5.0, 0])
+def test_wait_for_approval_refuses_an_unbounded_timeout(value: float) -> None:
+    client = _Offline().client
+    asked = _asked()
+    with pytest.raises(ValueError, match=r"^timeout: must be 0 < timeout <= 31622460 seconds"):
+        client.wait_for_approval(asked, timeout=value)
+
+
+def test_wait_for_approval_of_an_expiry_in_a_far_year_waits_a_bounded_time() -> None:
+    """The default wait runs to the approval's expiry: a decision naming year 9999 (made by
+    hand, or read from a forged row) made a wait threading refuses (OverflowError)."""
+    far = _asked(approval_expires_at=datetime(9999, 12, 31, tzinfo=UTC))
+    assert GovernanceClient._approval_wait(far, None) == MAX_APPROVAL_WAIT_S
+
+
+@pytest.mark.parametrize("value", [1e308, math.inf, math.nan, -1.0, "1"])
+def test_close_and_flush_refuse_an_unbounded_timeout(value: object) -> None:
+    client = GovernanceClient("127.0.0.1:1")
+    with pytest.raises(ValueError, match=r"^timeout: must be .*0 <= timeout <= 3600"):
+        client.flush(value)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^timeout: must be .*0 <= timeout <= 3600"):
+        client.close(value)  # type: ignore[arg-type]
+    client.close(0)  # zero is a poll: allowed
+
+
+@pytest.mark.parametrize("value", [1e308, math.inf, math.nan, -1.0])
+def test_approvers_and_operators_refuse_an_unbounded_timeout_before_publishing(
+    value: float,
+) -> None:
+    approver = ApproverClient("127.0.0.1:1")
+    operator = OperatorClient("127.0.0.1:1")
+    sent: list[object] = []
+    for client in (approver, operator):
+        client.channel.connect = lambda: None  # type: ignore[method-assign]
+        client.channel.submit = lambda *a, **k: sent.append(a)  # type: ignore[method-assign]
+        client.channel.publish = lambda *a, **k: sent.append(a)  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match=r"^timeout: must be 0 < timeout <= 3600"):
+        approver.grant(_asked(), approver="boss", wait=True, timeout=value)
+    with pytest.raises(ValueError, match=r"^timeout: must be 0 < timeout <= 3600"):
+        operator.kill(run_id="run-1", wait=True, timeout=value)
+    assert sent == []
+
+
+def _report() -> HandoffCompleted:
+    return HandoffCompleted(
+        request_id="h1", run_id="run-1", task_id="t1", agent="researcher",
+        event_time=datetime.now(UTC),
+    )  # fmt: skip
+
+
+def _asked(**fields: Any) -> Decision:
+    return Decision(
+        decision_id="d1", request_id="h1", run_id="run-1", tenant="default",
+        phase=Phase.PRE_HANDOFF, outcome=Outcome.APPROVAL_REQUIRED, reason="approval_pending",
+        approval_id="apr_1", request_digest="aaaa", **fields,
+    )  # fmt: skip
