@@ -159,9 +159,11 @@ def policy_in_force(
     from baton.streams.topics import TopicCatalog
 
     topic = TopicCatalog(prefix=settings.topic_prefix).control
-    consumer = Consumer(
-        consumer_config(settings.kafka_config(), "baton-policy-current", {"logger": _KAFKA_LOG})
-    )
+    from baton.processors.control import MAX_RECEIVE_BYTES
+
+    # as the workers' follower: a fetch answer past 100 MB (one huge record) is still read
+    extra = {"logger": _KAFKA_LOG, "receive.message.max.bytes": MAX_RECEIVE_BYTES}
+    consumer = Consumer(consumer_config(settings.kafka_config(), "baton-policy-current", extra))
     signed_at: float | None = None
     try:
         meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s)

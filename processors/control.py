@@ -100,6 +100,8 @@ _CONSUME_BATCH = 500
 _POLL_S = 0.2
 _PROBE_POLL_S = 0.02
 _LOG_EVERY_S = 5.0
+#: librdkafka's largest receive.message.max.bytes: a Kafka answer's size is an int32
+MAX_RECEIVE_BYTES = 2_147_483_647
 #: refusals and dead letters handed to the publisher while not fresh (the module doc)
 MAX_HELD_BYTES = 32 * 1024 * 1024
 #: the reasons of a control record whose command was applied: always handed over
@@ -170,6 +172,12 @@ class ControlFollower:
             # measured on Tansu: a kill switch took up to 0.38 s to apply with librdkafka's
             # 500 ms fetch wait, up to 0.19 s with 100 ms (10 idle fetches/s: nothing)
             "fetch.wait.max.ms": 100,
+            # a fetch answer past librdkafka's 100 MB default is never received: one record of
+            # 120 MB on gov.control (Tansu takes it; Kafka refuses past 1 MB unless raised)
+            # kept every worker from reading the topic, each start ending in "control
+            # follower gives up" (measured). At the protocol's bound it is read, and refused
+            # as oversized like any record past MAX_EVENT_BYTES
+            "receive.message.max.bytes": MAX_RECEIVE_BYTES,
             # librdkafka's lines ("Connection refused" every second) into logging, not stderr
             "logger": logging.getLogger("baton.kafka"),
             **consumer_conf,

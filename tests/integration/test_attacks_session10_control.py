@@ -1,0 +1,96 @@
+"""Session 10's attacks on the control plane through a real broker and worker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from baton.schemas.decision import Outcome, Reason
+from baton.schemas.events import KillSwitch
+from baton.streams.embedded import EmbeddedBroker
+from tests.helpers import handoff, wait_for
+from tests.stack import Collector, EventSender, WorkerProcess, fresh_topics, wait_deciding
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 2
+
+
+@pytest.fixture(scope="module")
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A broker of this module's own: Tansu keeps records in memory, and the 120 MB record
+    is gone with it."""
+    broker = EmbeddedBroker(log_dir=tmp_path_factory.mktemp("tansu10"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def test_a_120_mb_record_on_the_control_topic_does_not_keep_workers_from_starting(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Tansu takes a 120 MB record (it ignores max.message.bytes); librdkafka received no
+    fetch answer past 100 MB ("Invalid response size ... increase receive.message.max.bytes"),
+    so the control follower never read past it: every worker gave up after 10 x the staleness
+    bound and exited, and every restart read the same record (no worker ever decided). Now it
+    is read, and dead-lettered as oversized; the kill switch after it is applied."""
+    prefix = f"x{uuid.uuid4().hex[:8]}."
+    catalog = fresh_topics(own_broker.bootstrap, prefix, PARTITIONS)
+    producer = Producer(
+        {"bootstrap.servers": own_broker.bootstrap, "message.max.bytes": 1_000_000_000}
+    )
+    errors: list[object] = []
+    producer.produce(
+        catalog.control, b"x" * 120_000_000, partition=0, on_delivery=lambda e, m: errors.append(e)
+    )
+    kill = KillSwitch(
+        scope="run", run_id="r-killed", operator="oncall", event_time=datetime.now(UTC)
+    )
+    producer.produce(catalog.control, kill.to_json(), partition=0)
+    assert producer.flush(60) == 0 and errors == [None]
+    letters = Collector(own_broker.bootstrap, catalog.deadletter, decisions=False)
+    decisions = Collector(own_broker.bootstrap, catalog.decisions)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("multi_agent: {max_handoffs: 8}\n")
+    worker = WorkerProcess(
+        own_broker.bootstrap,
+        prefix,
+        tmp_path,
+        partitions=PARTITIONS,
+        policy=policy,
+        extra_env={"BATON_CONTROL_MAX_STALENESS_S": "5"},
+    )
+    try:
+        wait_deciding(own_broker.bootstrap, catalog, timeout=90)
+        EventSender(own_broker.bootstrap, catalog.requests).send(
+            [handoff("r-killed", 1, "t1", "planner", "writer")]
+        )
+        recorded, decided = decisions.wait_run("r-killed", 2)  # the kill's record, the stop
+        assert recorded.reason == Reason.KILL_SWITCH
+        assert (decided.outcome, decided.reason) == (Outcome.STOP, Reason.KILLED)
+        letter = wait_for(
+            lambda: next(
+                (
+                    doc
+                    for doc in map(orjson.loads, list(letters.records))
+                    if doc.get("topic") == catalog.control
+                ),
+                None,
+            ),
+            30,
+            message="the huge record's dead letter",
+        )
+        assert letter["error_kind"] == "oversized" and letter["original_size"] == 120_000_000
+        assert worker.alive(), worker.log()
+    finally:
+        worker.stop()
+        letters.close()
+        decisions.close()
