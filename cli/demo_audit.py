@@ -7,6 +7,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -18,9 +19,18 @@ from baton.schemas.errors import AuditUnavailable
 from baton.schemas.redact import mask_credentials
 
 if TYPE_CHECKING:
-    pass
+    from baton.schemas.decision import Decision
 
-__all__ = ["audit_summary"]
+__all__ = ["audit_summary", "decided_since"]
+
+
+def decided_since(decisions: Iterable[Decision], since: datetime) -> int:
+    """How many of ``decisions`` were decided at or after ``since``: the ones the audit's
+    window holds. A request id the audit already has (the seed run's ``run_742:h1`` on a
+    data dir an earlier demo used) is answered from the record of its first request, with
+    that request's time, outside the window: counting it made the audit "miss" it, and
+    the demo waited 60 s and exited 1."""
+    return sum(1 for d in decisions if d.decided_at is None or d.decided_at >= since)
 
 
 def _sql(url: str, query: str, timeout: float = 10.0) -> list[dict[str, Any]]:

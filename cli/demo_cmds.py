@@ -22,7 +22,7 @@ from baton.cli.options import FiniteFloatRange
 if TYPE_CHECKING:
     from baton.cli.demo_play import Demo
 
-from baton.cli.demo_audit import audit_summary
+from baton.cli.demo_audit import audit_summary, decided_since
 from baton.cli.demo_stack import DemoStack
 
 __all__ = ["register"]
@@ -155,9 +155,8 @@ def demo_cmd(
         click.echo("")
         click.echo(click.style("── Audit (ClickHouse) ".ljust(78, "─"), bold=True))
         if sql_url:
-            problem = audit_summary(
-                sql_url, demo.prefix, len(demo.seen), demo_started, commands=commands
-            )
+            fresh = decided_since(demo.seen.values(), demo_started)
+            problem = audit_summary(sql_url, demo.prefix, fresh, demo_started, commands=commands)
             if problem is None:  # the what-if scene: `baton replay` over what just happened
                 click.echo(click.style("\n── What if (baton replay) ".ljust(78, "─"), bold=True))
                 folder = stack.data_dir if stack is not None else Path(tempfile.gettempdir())
@@ -196,14 +195,14 @@ def demo_cmd(
             )
         )
         if stack is not None and keep:
-            click.echo(f"Next: {_trace_command(stack.data_dir)}")
+            click.echo(f"Next: {_next_commands(stack.data_dir)}")
         elif sql_url and stack is None:
             click.echo(f"Next: baton trace --dsn {sql_url} {SEED_RUN}")
         elif stack is not None:
             click.echo(NOT_KEPT)
     finally:
         if stack is not None:
-            if keep:
+            if keep and stack.running:
                 click.echo(
                     f"The stack keeps running (pid {stack.proc.pid if stack.proc else '?'},"
                     f" data in {stack.data_dir}): bootstrap={stack.bootstrap}"
@@ -225,14 +224,18 @@ NOT_KEPT = (
 )
 
 
-def _trace_command(data_dir: Path) -> str:
-    """`baton trace` of the seed run for the kept stack: with no flags when it runs in this
-    folder's .baton (the commands find its stack.json there), else with --data-dir."""
+def _next_commands(data_dir: Path) -> str:
+    """`baton trace` of the seed run and `baton replay` of the stricter policy for the kept
+    stack: with no flags when it runs in this folder's .baton (the commands find its
+    stack.json there), else with --data-dir."""
     from baton.cli.stack_record import is_default_data_dir
 
-    if is_default_data_dir(data_dir):
-        return f"baton trace {SEED_RUN}"
-    return f"baton trace --data-dir {data_dir} {SEED_RUN}"
+    flag = "" if is_default_data_dir(data_dir) else f"--data-dir {data_dir} "
+    stricter = ".baton/stricter.yaml" if not flag else str(data_dir / "stricter.yaml")
+    return (
+        f"baton trace {flag}{SEED_RUN}; baton replay {flag}--policy {stricter} --since 1h "
+        "(docs/replay.md)"
+    )
 
 
 def register(cli: click.Group) -> None:

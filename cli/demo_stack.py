@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from baton.schemas.errors import BatonError
+from baton.schemas.errors import BatonError, ConfigError
 
 if TYPE_CHECKING:
     pass
@@ -34,6 +34,7 @@ class DemoStack:
     def start(self, timeout: float = 120.0) -> None:
         from baton.streams.net import free_port
 
+        self._refuse_running()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out_path, log_path = self.data_dir / "up.out", self.data_dir / "up.log"
         # the scenarios are the seed's: the stack the demo starts runs the seed policy, on
@@ -81,6 +82,33 @@ class DemoStack:
                 tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
                 raise BatonError(f"`baton up` {what}; its log ({log_path}):\n{tail}")
             time.sleep(0.1)
+
+    def _refuse_running(self) -> None:
+        """A ``baton up`` already runs with this data dir (a second `baton demo --keep` in
+        the folder): say how to use it, before anything is started or written. Its own
+        refusal came after the demo had emptied that stack's up.out and up.log, with exit 1
+        (the code of a decision that differed) and "stop it with: kill PID" naming the pid
+        of the `baton up` that had just refused to start."""
+        from baton.cli.stack_file import read_record
+
+        try:
+            record = read_record(self.data_dir)
+        except ConfigError:
+            return  # not a record: `baton up` names the file
+        if record is None or not record.live(self.data_dir):
+            return
+        sql = f" --sql <its sql= DSN> (SQL endpoint {record.sql_url})" if record.sql_url else ""
+        raise ConfigError(
+            f"a `baton up` already runs with the data dir {self.data_dir} "
+            f"({record.describe()}, Kafka at {record.bootstrap}): play the demo against it "
+            f"with `baton demo --bootstrap {record.bootstrap}{sql}`, stop it first "
+            f"(kill {record.pid}), or give the demo another --data-dir"
+        )
+
+    @property
+    def running(self) -> bool:
+        """It started, was ready, and still runs."""
+        return bool(self.bootstrap) and self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         proc = self.proc

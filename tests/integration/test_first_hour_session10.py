@@ -1,0 +1,130 @@
+"""A new user's first hour with real stacks: `baton demo --keep` twice in one folder, the
+commands it prints, a second demo against the kept stack, and Ctrl-C in the middle of a demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+BATON = [sys.executable, "-m", "baton.cli"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    return {**env, "NO_COLOR": "1"}
+
+
+def _baton(*args: str, timeout: float = 200) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BATON, *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _closed(bootstrap: str) -> bool:
+    host, port = bootstrap.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
+@pytest.mark.timeout(420)
+def test_demo_keep_twice_and_a_demo_against_the_kept_stack(tmp_path: Path) -> None:
+    data = tmp_path / "stack"
+    first = _baton("demo", "--keep", "--data-dir", str(data), "--burst", "0")
+    record = json.loads((data / "stack.json").read_text())
+    try:
+        assert first.returncode == 0, f"{first.stdout[-3000:]}\n{first.stderr[-3000:]}"
+        # the commands it suggests run as printed: issue 14's "which runs would have been
+        # stopped" is one command away
+        stricter = data / "stricter.yaml"
+        assert (
+            f"Next: baton trace --data-dir {data} run_742; baton replay --data-dir {data} "
+            f"--policy {stricter} --since 1h" in first.stdout
+        )
+        replay = _baton(
+            "replay", "--data-dir", str(data), "--policy", str(stricter), "--since", "1h"
+        )
+        assert replay.returncode == 1, replay.stdout + replay.stderr  # 1: something changes
+        assert "allow → stop:handoff_budget_exceeded" in replay.stdout
+        assert re.search(r"demo_\w+_budget\s+step 5 ", replay.stdout), replay.stdout
+
+        # a second `baton demo --keep` in the same folder: one line saying how to use the
+        # running stack; nothing started, the running stack's logs left as they were
+        up_out = (data / "up.out").read_text()
+        second = _baton("demo", "--keep", "--data-dir", str(data), "--burst", "0", timeout=60)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"baton demo --bootstrap {record['bootstrap']}" in second.stderr
+        assert f"kill {record['pid']}" in second.stderr
+        assert "The stack keeps running" not in second.stdout
+        assert (data / "up.out").read_text() == up_out
+
+        # ... which, played against that stack, passes: the seed run's requests are answered
+        # from the record of the first demo (their time is the first demo's), which the
+        # audit's count of this demo's window left out: 60 s of waiting, then exit 1
+        sql = re.search(r"Baton is up in .* sql=(\S+)", first.stdout)
+        assert sql is not None, first.stdout
+        again = _baton("demo", "--bootstrap", record["bootstrap"], "--sql", sql[1], "--burst", "0")
+        assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
+        assert "the sink has all" in again.stdout
+    finally:
+        os.kill(record["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while not _closed(record["bootstrap"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_in_the_middle_of_the_demo_stops_it_its_stack_and_exits_130(
+    tmp_path: Path,
+) -> None:
+    out_path = tmp_path / "demo.out"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(
+            [*BATON, "demo", "--data-dir", str(tmp_path / "stack")],
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: Ctrl-C reaches the group
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while "── 2. " not in out_path.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, out_path.read_text()
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        started = time.monotonic()
+        proc.wait(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = out_path.read_text()
+    assert proc.returncode == 130, text[-3000:]
+    assert text.rstrip().endswith("baton: interrupted (Ctrl-C)"), text[-3000:]
+    assert "Traceback" not in text and "difference(s) from the seed policy" not in text
+    assert took < 40, f"Ctrl-C took {took:.0f} s"
+    bootstrap = re.search(r"bootstrap=(\S+)", text)
+    assert bootstrap is not None
+    assert _closed(bootstrap[1]), "the demo's stack outlives its Ctrl-C"
