@@ -60,7 +60,13 @@ def _duration(seconds: float) -> str:
     show_default=True,
     help="table for people (age and expiry as 3m04s), CSV or JSON lines (in seconds)",
 )
-@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="list at most this many (the oldest)",
+)
 @dsn_option
 def approvals_cmd(
     run_id: str, fmt: str, limit: int, clickhouse_dsn: str | None, data_dir: Path | None

@@ -34,7 +34,9 @@ def _starts_with_sql_comment(arg: str) -> bool:
     return arg.startswith("--") and (arg[2:3].isspace() or "\n" in arg)
 
 
-@click.command("sql", cls=_SqlCommand)
+@click.command(
+    "sql", cls=_SqlCommand, short_help="Run an SQL query (or a file of them) against the audit."
+)
 @click.argument("query")
 @click.option(
     "--format",

@@ -142,3 +142,17 @@ def test_no_option_s_help_shows_a_range_bounded_by_none(baton: CliRunner) -> Non
         result = baton.invoke(cli, [*path.split()[1:], "--help"])
         assert result.exit_code == 0, (path, result.output)
         assert "None]" not in result.output, f"{path} --help shows a bound of None"
+
+
+def test_every_option_says_what_it_does_and_the_command_list_reads_whole(
+    baton: CliRunner,
+) -> None:
+    # `baton approvals --help` showed "--limit INTEGER RANGE [default: 1000; 1<=x<=100000]"
+    # and nothing else; `baton --help` listed sql as "Run QUERY ('-' reads it from stdin)
+    # against the audit, e.g." (click cuts the short help after the first sentence's ".")
+    for path, command in _commands(cli):
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                assert param.help, f"{path} {param.opts[0]}: no help text"
+    listing = baton.invoke(cli, ["--help"]).output.split("Commands:", 1)[1]
+    assert not [line for line in listing.splitlines() if line.rstrip().endswith("e.g.")]
