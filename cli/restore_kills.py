@@ -88,10 +88,22 @@ def reissued_commands(
     commands: list[str], refused: Callable[[str], None]
 ) -> Iterator[tuple[str, str, str]]:
     """``(scope, target, text)`` of each command a restart re-issues: every kill, and the
-    releases and policy updates that are signed (scope ``policy`` for those). A recorded
-    command that does not parse (a forged or damaged row) is named to ``refused``."""
+    releases and policy updates that are signed (scope ``policy`` for those), in the order
+    of the times they carry (signed: no writer of the audit can move them). A recorded
+    command that does not parse (a forged or damaged row) is named to ``refused``.
+
+    Not in the audit's order (``decided_at``): a row written into gov.decisions, or
+    replacing one in FINAL, sets that column, and whether a command counts depends on the
+    policy in force where it is re-issued: a kill signed by an operator whom a policy update
+    had added, moved before that update, was refused after the restart (the run reopened);
+    the update that removed an operator, moved before the one that added its successor,
+    left the removed key in force. A worker applies signed policy updates, and the signed
+    commands of one target, only in the order of their times, so theirs is kept; the
+    residue: a kill signed within the clock skew (60 s) of the update that made its signer
+    an operator, on a clock behind that update's, comes first and is refused."""
     from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
 
+    kept = []
     for text in commands:
         try:
             event = parse_control_event(text.encode())
@@ -102,6 +114,9 @@ def reissued_commands(
             # whoever can write gov.decisions could have put it there: only a command that
             # can only tighten (a kill) or that a worker verifies (a signed one) is re-issued
             continue
+        kept.append((event, text))
+    kept.sort(key=lambda pair: pair[0].event_time.timestamp())  # stable: ties as recorded
+    for event, text in kept:
         if isinstance(event, (KillSwitch, KillSwitchReleased)):
             yield event.scope, event.target, text
         else:

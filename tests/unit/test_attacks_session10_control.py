@@ -219,3 +219,74 @@ def test_a_policy_listing_a_small_order_key_is_refused(where: str, key: str) -> 
     name with no private key (a global kill lifted by `_forged_release`, on HEAD)."""
     with pytest.raises(PolicyError, match="small order"):
         parse_policy(where.format(key=f'"{key}"'), "p.yaml")
+
+
+# ------------------------------------------------------------------ baton up's re-issue order
+def _signed_by(key: Any, name: str, event: Any) -> str:
+    """``event`` (a kill, a release or a policy update) signed by ``key`` as ``name``."""
+    if isinstance(event, PolicyUpdated):
+        sha = policy_hash(event.policy_yaml)
+        payload = control_payload(event.type, "global", "*", name, "", event.event_time, sha)
+        event = event.model_copy(update={"policy_sha": sha})
+    else:
+        payload = control_payload(
+            event.type, event.scope, event.target, name, event.reason, event.event_time
+        )
+    signed = event.model_copy(update={"operator": name, "signature": sign(key, payload)})
+    return signed.to_json().decode()
+
+
+def _fold_reissued(commands: list[str], policy: Any) -> tuple[Any, Any, list[str]]:
+    """What a worker holds after reading the commands `baton up` re-issues (in its order)."""
+    from baton.cli.restore_kills import reissued_commands
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.events import parse_control_event
+
+    now = datetime.now(UTC)
+    kills, signed_at, reasons = NO_KILLS, None, []
+    for _scope, _target, text in reissued_commands(commands, lambda line: None):
+        event = parse_control_event(text.encode())
+        if isinstance(event, PolicyUpdated):
+            step = apply_policy_update(policy, signed_at, event, now)
+            assert step.record is not None
+            policy, signed_at = step.policy, step.signed_at
+            reasons.append(str(step.record.reason))
+        else:
+            kills, record = apply_control(kills, event, policy, now)
+            reasons.append(str(record.reason))
+    return kills, policy, reasons
+
+
+def test_a_kill_moved_before_the_update_that_made_its_signer_an_operator_still_holds() -> None:
+    """Rotation as docs/security.md says: oncall publishes a policy adding oncall_2027, who
+    then kills a run. `baton up` re-issued the commands in the audit's decided_at order, a
+    column any writer of gov.decisions sets (a copy of the kill's row, same id, replaces it in
+    FINAL): the kill came first, was refused (unknown_operator) and the run reopened."""
+    from baton.schemas.events import KillSwitch
+
+    new_key = new_private_key()
+    t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    both = f'{OPERATORS}  oncall_2027: "{public_key_text(new_key)}"\n'
+    add = PolicyUpdated(policy_yaml=both, event_time=t0)
+    kill = KillSwitch(scope="run", run_id="r1", operator="x", event_time=t0.replace(minute=5))
+    audit_order = [
+        _signed_by(new_key, "oncall_2027", kill),  # its row's decided_at forged earlier
+        _signed_by(_KEY, "oncall", add),
+    ]
+    kills, _policy, reasons = _fold_reissued(audit_order, parse_policy(OPERATORS, "file"))
+    assert kills.killed("r1", "default"), reasons
+    assert reasons == ["policy_updated", "kill_switch"]
+
+
+def test_the_removal_of_a_key_moved_before_its_successors_addition_still_removes_it() -> None:
+    """Rotation again: add oncall_2027 (signed by oncall), then remove oncall (signed by
+    oncall_2027). Re-issued removal first: refused (oncall_2027 unknown yet), and the
+    policy listing the removed (stolen) key was in force after the restart."""
+    new_key = new_private_key()
+    t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    new_line = f'  oncall_2027: "{public_key_text(new_key)}"\n'
+    add = PolicyUpdated(policy_yaml=f"{OPERATORS}{new_line}", event_time=t0)
+    remove = PolicyUpdated(policy_yaml=f"operators:\n{new_line}", event_time=t0.replace(minute=9))
+    audit_order = [_signed_by(new_key, "oncall_2027", remove), _signed_by(_KEY, "oncall", add)]
+    _kills, policy, reasons = _fold_reissued(audit_order, parse_policy(OPERATORS, "file"))
+    assert list(policy.operators) == ["oncall_2027"], reasons
