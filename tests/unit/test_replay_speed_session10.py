@@ -3,15 +3,21 @@
 The pool of a `--jobs` replay is kept fed (four pieces in flight per process, two before),
 and the pieces beyond two it has not begun when the reading ends are taken back by the
 reading process, which would otherwise wait idle for them; the report is the one process's
-all the same.
+all the same. The command opens the audit without importing pyarrow.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 import pytest
 
@@ -73,3 +79,34 @@ def test_the_pool_holds_four_pieces_and_those_it_has_not_begun_at_the_end_are_re
     # there: tests/unit/test_attacks_session6_replay_pool.py)
     assert counting.pieces == 4
     assert len(_DECODED_HERE) == len(pieces) - 2
+
+
+_IMPORTS = """
+import atexit, sys
+atexit.register(lambda: print("pyarrow" in sys.modules, "numpy" in sys.modules, file=sys.stderr))
+from baton.cli.main import main
+main()
+"""
+
+
+def test_the_command_opens_the_audit_without_importing_pyarrow_and_reports_the_same(
+    tmp_path: Path,
+) -> None:
+    # chDB imports pyarrow (and numpy) when it can: ~0.3 s of the replay's seconds, never used
+    # (rows are read as JSON, the policies in Native format)
+    from bench.replay_bench import KEY as BENCH_KEY
+    from bench.replay_bench import record as bench_record
+    from tests.chdb_audit import chdb_audit
+
+    chdb_audit(tmp_path / "chdb", bench_record(40, 300, policy_with(max_handoffs=20))).close()
+    (tmp_path / "stricter.yaml").write_text("multi_agent:\n  max_handoffs: 3\n")
+    root = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(root)]))
+    env = {**os.environ, "PYTHONPATH": path, "BATON_AUDIT_CHAIN_KEY": BENCH_KEY.decode()}
+    argv = ["replay", "--policy", str(tmp_path / "stricter.yaml"), "--jobs", "1"]
+    argv += ["--dsn", f"chdb://{tmp_path / 'chdb'}", "--format", "json"]
+    out = subprocess.run([sys.executable, "-c", _IMPORTS, *argv], env=env, capture_output=True)
+    assert out.returncode == 1, out.stderr[-2000:]  # (the stricter policy changes runs)
+    assert out.stderr.decode().splitlines()[-1] == "False False", out.stderr[-2000:]
+    report = orjson.loads(out.stdout)
+    assert report["faithful"] and report["decisions"] > 250 and report["changed_runs"]
