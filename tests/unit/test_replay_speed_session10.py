@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 import pytest
 
 from baton.processors.replay_pool import _replay_piece, replay_pieces, start_pool
