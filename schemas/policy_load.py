@@ -81,6 +81,14 @@ class _PolicyLoader(yaml.SafeLoader):
             self._refuse_duplicates(node)
         super().flatten_mapping(node)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        _refuse_yaml11_digits(node)
+        return int(super().construct_yaml_int(node))
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        _refuse_yaml11_digits(node)
+        return float(super().construct_yaml_float(node))
+
     def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
         seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
@@ -100,6 +108,27 @@ class _PolicyLoader(yaml.SafeLoader):
                     "keep one",
                     key_node.start_mark,
                 )
+
+
+def _refuse_yaml11_digits(node: yaml.ScalarNode) -> None:
+    """A number YAML 1.1 reads otherwise than it looks: ``010`` is 8 (octal), ``1:30`` is 90
+    (base 60). ``max_handoffs: 010`` loaded as 8 and ``max_run_seconds: 1:30`` as 90 s,
+    without a word; each is refused naming what it would have been."""
+    text = str(node.value).replace("_", "").lstrip("+-")
+    octal = len(text) > 1 and text[0] == "0" and text.isdigit()
+    if octal or ":" in text:
+        kind = "octal" if octal else "base 60 (sexagesimal)"
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{node.value} is a YAML 1.1 {kind} number; write it in decimal "
+            f"(without leading zeros or colons)",
+            node.start_mark,
+        )
+
+
+_PolicyLoader.add_constructor("tag:yaml.org,2002:int", _PolicyLoader.construct_yaml_int)
+_PolicyLoader.add_constructor("tag:yaml.org,2002:float", _PolicyLoader.construct_yaml_float)
 
 
 def _parse_policy(text: str, source: str) -> Policy:

@@ -290,3 +290,33 @@ def test_the_removal_of_a_key_moved_before_its_successors_addition_still_removes
     audit_order = [_signed_by(new_key, "oncall_2027", remove), _signed_by(_KEY, "oncall", add)]
     _kills, policy, reasons = _fold_reissued(audit_order, parse_policy(OPERATORS, "file"))
     assert list(policy.operators) == ["oncall_2027"], reasons
+
+
+# ------------------------------------------------------------------ numbers YAML 1.1 misreads
+@pytest.mark.parametrize(
+    ("value", "read_as", "kind"),
+    [
+        ("010", 8, "octal"),
+        ("0100", 64, "octal"),
+        ("1:30", 90, "base 60"),
+        ("1:00:00", 3600, "base 60"),
+    ],
+)
+def test_a_number_yaml_11_reads_otherwise_than_it_looks_is_refused(
+    value: str, read_as: int, kind: str
+) -> None:
+    """A careless `max_handoffs: 010` loaded as 8, `max_run_seconds: 1:30` as 90, silently."""
+    import yaml
+
+    assert yaml.safe_load(f"x: {value}") == {"x": read_as}
+    with pytest.raises(PolicyError, match=f"{value} is a YAML 1.1 {kind}"):
+        parse_policy(f"multi_agent:\n  max_run_seconds: {value}\n", "p.yaml")
+
+
+@pytest.mark.parametrize(
+    ("value", "number"),
+    [("0", 0), ("10", 10), ("0.5", 0.5), ("1_000", 1000), ("0x10", 16), ("1e3", 1000)],
+)
+def test_numbers_written_plainly_still_load(value: str, number: float) -> None:
+    policy = parse_policy(f"multi_agent:\n  max_run_seconds: {value}\n", "p.yaml")
+    assert policy.multi_agent.max_run_seconds == number
