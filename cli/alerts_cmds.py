@@ -11,6 +11,7 @@ import click
 from baton.cli.audit_options import audit_client, dsn_option, query_settings, stop_on_signals
 from baton.cli.options import FiniteFloatRange, setting_options
 from baton.cli.stack_record import data_dir_option, stack_settings
+from baton.schemas.settings import MAX_RETENTION_S
 
 __all__ = ["alerts_check", "alerts_group"]
 
@@ -44,13 +45,18 @@ def _group_id(value: str | None) -> str | None:
 )
 @click.option(
     "--storm-threshold",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 1_000_000),
     default=20,
     show_default=True,
     help="this many stops within --storm-window fold into one summary (0 = never)",
 )
 @click.option(
-    "--storm-window", type=FiniteFloatRange(min=0.1), default=5.0, show_default=True, help="seconds"
+    "--storm-window",
+    # 1e308 was taken: a storm never ended, every later stop folded into it (no alert) for ever
+    type=FiniteFloatRange(min=0.1, max=3600),
+    default=5.0,
+    show_default=True,
+    help="seconds",
 )
 @click.option(
     "--group",
@@ -65,7 +71,7 @@ def _group_id(value: str | None) -> str | None:
 @data_dir_option
 @click.option(
     "--max-age",
-    type=FiniteFloatRange(min=0),
+    type=FiniteFloatRange(min=0, max=MAX_RETENTION_S),
     default=3600.0,
     show_default=True,
     help="skip stops decided longer ago than this many seconds (0 = any age)",

@@ -45,7 +45,7 @@ __all__ = ["sink_cmd"]
 )
 @click.option(
     "--report-every",
-    type=FiniteFloatRange(min=1),
+    type=FiniteFloatRange(min=1, max=86400),
     default=30.0,
     show_default=True,
     help="seconds between status lines (rows, rate, lag per partition) on stderr",

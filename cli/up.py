@@ -76,7 +76,7 @@ _MAX_BACKOFF_S = 30.0
 @click.option("--no-audit", is_flag=True, help="do not start the audit sink and the alerter")
 @click.option(
     "--restart-limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1000),
     default=5,
     show_default=True,
     envvar="BATON_RESTART_LIMIT",
@@ -85,7 +85,8 @@ _MAX_BACKOFF_S = 30.0
 )
 @click.option(
     "--restart-window-s",
-    type=FiniteFloatRange(min=0, min_open=True),
+    # a day at most, like the other durations (1e308 was taken: every exit ever counted)
+    type=FiniteFloatRange(min=0, min_open=True, max=86400),
     default=120.0,
     show_default=True,
     envvar="BATON_RESTART_WINDOW_S",

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     transaction_timeout_ms: int = Field(
         10_000,
         ge=1000,
+        # Kafka's default transaction.max.timeout.ms; the PID request carries an int32
+        le=900_000,
         description="exactly_once: a crashed worker's open transaction holds back readers of "
         "its partitions this long",
     )
@@ -145,12 +147,14 @@ class Settings(BaseSettings):
     max_runs: int = Field(
         500_000,
         ge=1,
+        le=100_000_000,
         description="runs (and tombstones) one worker holds; past it, new runs are stopped "
         "(worker_run_limit) until old ones are evicted or workers are added",
     )
     max_state_bytes: int = Field(
         4 * 1024**3,
         ge=1024**2,
+        le=1024**4,
         description="encoded run state one worker holds (memory is ~1.6x); past it, new runs "
         "are stopped (worker_run_limit) like past max_runs",
     )
@@ -165,6 +169,7 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         10,
         ge=1,
+        le=300_000,  # librdkafka's bound on fetch.wait.max.ms (a fetch request's int32)
         description="worker fetch wait; Tansu holds every fetch this long, Kafka "
         "answers when data arrives (100-500 is fine there)",
     )
@@ -217,6 +222,7 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(
         20_000,
         ge=1,
+        le=1_000_000,
         description="most decisions in one audit insert (a quarter of it goes as soon as the "
         "writer is free); ~3 KB of memory a decision, twice: one batch filling, one in flight",
     )

@@ -10,15 +10,18 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+import click
 import orjson
 import pytest
 from pydantic import ValidationError
 
+from baton.cli.main import _register, cli
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.recorded import input_text
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import HandoffCompleted, HandoffRequested
+from baton.schemas.settings import Settings
 from baton.streams.sdk import ApproverClient, GovernanceClient
 from baton.streams.sdk.base import answers_approval, answers_request
 from baton.streams.sdk.operators import OperatorClient
@@ -367,3 +370,64 @@ def _asked(**fields: Any) -> Decision:
         phase=Phase.PRE_HANDOFF, outcome=Outcome.APPROVAL_REQUIRED, reason="approval_pending",
         approval_id="apr_1", request_digest="aaaa", **fields,
     )  # fmt: skip
+
+
+# ------------------------------------------------------------------ 5: CLI and settings bounds
+
+
+def _option(path: str, name: str) -> click.Parameter:
+    """The click parameter ``name`` of ``baton <path>`` (a command or a group's own)."""
+    _register()
+    command: Any = cli
+    for part in path.split():
+        command = command.commands[part]
+    [param] = [p for p in command.params if name in getattr(p, "opts", ())]
+    return param  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("path", "option", "value"),
+    [
+        ("up", "--restart-window-s", "1e308"),
+        ("up", "--restart-window-s", "86401"),
+        ("up", "--restart-limit", "99999999999999999999"),
+        ("alerts", "--storm-window", "1e308"),
+        ("alerts", "--max-age", "1e308"),
+        ("alerts", "--storm-threshold", "99999999999999999999"),
+        ("sink", "--report-every", "1e308"),
+        ("worker", "--transaction-timeout-ms", "99999999999"),
+        ("worker", "--fetch-max-wait-ms", "99999999999"),
+        ("worker", "--max-runs", "99999999999999999999"),
+        ("worker", "--max-state-bytes", "99999999999999999999"),
+        ("sink", "--sink-batch-size", "99999999999999999999"),
+    ],
+)
+def test_a_cli_option_refuses_a_number_past_its_bound(path: str, option: str, value: str) -> None:
+    """`baton up --restart-window-s 1e308` was accepted (every exit ever counted), as were
+    an alerter storm window that never ended (every later stop folded away unannounced), a
+    transaction timeout or fetch wait past the int32 a Kafka request carries, and limits
+    past anything a worker or the sink can hold."""
+    param = _option(path, option)
+    with pytest.raises(click.BadParameter):
+        param.type.convert(value, param, None)
+    for bad in ("nan", "inf", "-1"):
+        with pytest.raises(click.BadParameter):
+            param.type.convert(bad, param, None)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BATON_TRANSACTION_TIMEOUT_MS", "99999999999"),
+        ("BATON_FETCH_MAX_WAIT_MS", "99999999999"),
+        ("BATON_MAX_RUNS", "99999999999999999999"),
+        ("BATON_MAX_STATE_BYTES", "99999999999999999999"),
+        ("BATON_SINK_BATCH_SIZE", "99999999999999999999"),
+    ],
+)
+def test_a_setting_refuses_a_number_past_its_bound(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=variable.removeprefix("BATON_").lower()):
+        Settings()
