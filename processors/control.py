@@ -6,8 +6,8 @@ instead of joining the worker's consumer group. It runs in a thread and swaps im
 values (``KillSwitches``, ``Policy``), which the hot path reads without locks.
 
 **Complete as of t.** About once a second the follower *probes* the broker: the topic's
-description, then each partition's watermarks (ListOffsets ``read_committed``, as the consumer
-reads, so Kafka answers the last stable offset). Once the consumer's *position* has reached
+description, then each partition's watermarks (ListOffsets ``read_uncommitted``, as the
+consumer reads: the high watermark). Once the consumer's *position* has reached
 every partition's high watermark of a probe sent at time t, every control event committed
 before t has been applied: the kill switches are complete as of t. Positions, not offsets of
 delivered records: a transaction's commit marker, and an aborted transaction, take offsets
@@ -16,6 +16,15 @@ nothing before it. Probes go through their own admin client and never block the 
 librdkafka drops a connection on its first timed-out request (``socket.max.fails=1``), and a
 probe queued behind the consumer's long-poll fetch once took the fetch connection down with
 it. A probe answered late still counts from the time it was sent.
+
+**Every record, committed or not.** No Baton writer sends to gov.control in a transaction,
+and whatever a record says is checked (signed, newer) before it counts. Read
+``read_committed``, one transaction left open (a writer of the topic that never commits:
+Tansu never aborts it, Kafka after ``transaction.timeout.ms``, unless another begins first)
+held the last stable offset, and so every kill switch sent after it, back from every worker,
+while the follower, its position at that offset, called itself fresh (measured on Tansu: a
+kill acknowledged by the broker not applied 20 s later, staleness 0.5 s). So an aborted
+transaction's records are read too (Tansu serves them as committed anyway).
 
 **Fail closed.** ``is_fresh()`` is False while the kill switches are not known complete as of
 ``max_staleness_s`` ago (``BATON_CONTROL_MAX_STALENESS_S``, 15 s by default), whatever the
@@ -49,8 +58,7 @@ while the position moves). Deleting the control topic under a running worker cra
 Tansu (librdkafka 2.16 segfaults on the Fetch answer for an unknown topic): closed, but by a
 crash. Tansu answers ListOffsets with the first offset of the last record batch + 1, which
 is why positions are judged only once the consumer's queue is drained (a fetched batch
-arrives whole); it keeps no aborted records at all, and answers a read_committed ListOffsets
-below an open transaction's data. Real Kafka does neither.
+arrives whole). Real Kafka does not.
 """
 
 from __future__ import annotations
@@ -181,9 +189,9 @@ class ControlFollower:
             # librdkafka's lines ("Connection refused" every second) into logging, not stderr
             "logger": logging.getLogger("baton.kafka"),
             **consumer_conf,
-            # aborted records are not control events; and a read_committed ListOffsets
-            # answers the last stable offset, so an open transaction cannot hold "caught up"
-            "isolation.level": "read_committed",
+            # every record, whatever transaction sent it (the module doc: an open one held
+            # back every kill switch after it, under read_committed, while this was fresh)
+            "isolation.level": "read_uncommitted",
             "enable.partition.eof": False,
             "error_cb": self._on_client_error,
         }

@@ -2,7 +2,7 @@
 
 A probe never blocks the reading: ``send`` asks, ``advance`` takes up what has come back and
 returns at once. Step one (the topic's description) assigns the partitions to the follower's
-consumer; step two (ListOffsets ``read_committed``, earliest and latest) is handed to
+consumer; step two (ListOffsets ``read_uncommitted``, earliest and latest) is handed to
 :class:`~baton.processors.control_progress.ControlProgress` with the time the probe was sent.
 Why this shape: see ``processors/control.py``.
 """
@@ -75,7 +75,7 @@ class ControlProbe:
     ) -> tuple[ProbeInFlight | None, list[int]]:
         """Take up what has come back (never waits): (the probe if still on its way, assignment).
 
-        Step one answered: assign the partitions and ask for their watermarks (read_committed,
+        Step one answered: assign the partitions and ask for their watermarks (read_uncommitted,
         so the high one is the last stable offset). Step two answered: a probe for
         ``progress``. Any failure, including a request timeout: no contact, and a new probe.
         """
@@ -109,7 +109,7 @@ class ControlProbe:
     ) -> dict[int, Future[Any]]:
         futures = admin.list_offsets(
             {tp: spec for tp in tps},
-            isolation_level=IsolationLevel.READ_COMMITTED,
+            isolation_level=IsolationLevel.READ_UNCOMMITTED,  # as the consumer reads
             request_timeout=self.timeout_s,
         )
         return {tp.partition: f for tp, f in futures.items()}

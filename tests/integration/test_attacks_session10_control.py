@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from baton.schemas.decision import Outcome, Reason
 from baton.schemas.events import KillSwitch
@@ -94,3 +95,59 @@ def test_a_120_mb_record_on_the_control_topic_does_not_keep_workers_from_startin
         worker.stop()
         letters.close()
         decisions.close()
+
+
+def test_a_transaction_left_open_on_the_control_topic_does_not_hide_later_kill_switches(
+    own_broker: EmbeddedBroker,
+) -> None:
+    """A writer of gov.control begins a transaction, sends a record and never commits (Tansu
+    never aborts it; Kafka after transaction.timeout.ms, unless the next one began first).
+    Read read_committed, the last stable offset stayed there: a kill switch the broker
+    acknowledged after it was not applied 20 s later, and the follower called itself fresh
+    all along (staleness 0.5 s): decisions under no kill switch, as if it were in force."""
+    from baton.processors.control import ControlFollower
+    from baton.schemas.policy import DEFAULT_POLICY_YAML, parse_policy
+
+    topic = f"t{uuid.uuid4().hex[:8]}.gov.control"
+    admin = AdminClient({"bootstrap.servers": own_broker.bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
+    plain = Producer({"bootstrap.servers": own_broker.bootstrap})
+    plain.produce(topic, _kill("r1"))
+    plain.flush(10)
+    follower = ControlFollower(
+        {"bootstrap.servers": own_broker.bootstrap},
+        topic,
+        parse_policy(DEFAULT_POLICY_YAML, "seed"),
+        worker="w1",
+        on_decision=lambda d: None,
+        on_dead_letter=lambda d: None,
+        max_staleness_s=2.0,
+    )
+    follower.start()
+    try:
+        assert follower.caught_up.wait(15), follower.why_stale()
+        attacker = Producer(
+            {"bootstrap.servers": own_broker.bootstrap, "transactional.id": f"x-{uuid.uuid4()}"}
+        )
+        attacker.init_transactions(30)
+        attacker.begin_transaction()
+        attacker.produce(topic, b"sent in a transaction never committed")
+        assert attacker.flush(10) == 0
+        plain.produce(topic, _kill("r2"))
+        assert plain.flush(10) == 0
+        wait_for(
+            lambda: "r2" in follower.kills.runs,
+            10,
+            message=lambda: (
+                f"r2's kill applied (fresh={follower.is_fresh()}, "
+                f"kills={sorted(follower.kills.runs)}): {follower.why_stale()}"
+            ),
+        )
+        assert follower.is_fresh()
+    finally:
+        follower.stop()
+
+
+def _kill(run_id: str) -> bytes:
+    event = KillSwitch(scope="run", run_id=run_id, operator="op", event_time=datetime.now(UTC))
+    return event.to_json()
