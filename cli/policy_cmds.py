@@ -161,8 +161,13 @@ def policy_in_force(
     topic = TopicCatalog(prefix=settings.topic_prefix).control
     from baton.processors.control import MAX_RECEIVE_BYTES
 
-    # as the workers' follower: a fetch answer past 100 MB (one huge record) is still read
-    extra = {"logger": _KAFKA_LOG, "receive.message.max.bytes": MAX_RECEIVE_BYTES}
+    # as the workers' follower: a fetch answer past 100 MB (one huge record) is still read,
+    # and so is every record after a transaction a writer left open
+    extra = {
+        "logger": _KAFKA_LOG,
+        "receive.message.max.bytes": MAX_RECEIVE_BYTES,
+        "isolation.level": "read_uncommitted",
+    }
     consumer = Consumer(consumer_config(settings.kafka_config(), "baton-policy-current", extra))
     signed_at: float | None = None
     try:

@@ -151,3 +151,42 @@ def test_a_transaction_left_open_on_the_control_topic_does_not_hide_later_kill_s
 def _kill(run_id: str) -> bytes:
     event = KillSwitch(scope="run", run_id=run_id, operator="op", event_time=datetime.now(UTC))
     return event.to_json()
+
+
+def test_baton_policy_current_reads_past_a_transaction_left_open(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """`baton policy current` read as the workers did (read_committed): past a transaction
+    left open it saw no later update and named the --policy file's policy as in force."""
+    from click.testing import CliRunner
+
+    from baton.cli.main import _register, cli
+    from baton.schemas.policy import parse_policy
+
+    prefix = f"c{uuid.uuid4().hex[:8]}."
+    catalog = fresh_topics(own_broker.bootstrap, prefix, PARTITIONS)
+    attacker = Producer(
+        {"bootstrap.servers": own_broker.bootstrap, "transactional.id": f"x-{uuid.uuid4()}"}
+    )
+    attacker.init_transactions(30)
+    attacker.begin_transaction()
+    attacker.produce(catalog.control, b"sent in a transaction never committed", partition=0)
+    assert attacker.flush(10) == 0
+    newer = "multi_agent: {max_handoffs: 3}\n"
+    update = {
+        "type": "policy_updated",
+        "policy_yaml": newer,
+        "operator": "oncall",
+        "event_time": datetime.now(UTC).isoformat(),
+    }
+    EventSender(own_broker.bootstrap, catalog.control).send_raw(orjson.dumps(update), b"policy")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("multi_agent: {max_handoffs: 8}\n")
+    _register()
+    result = CliRunner().invoke(
+        cli,
+        ["policy", "current", "--policy", str(policy), "--timeout", "20"],
+        env={"BATON_BOOTSTRAP": own_broker.bootstrap, "BATON_TOPIC_PREFIX": prefix},
+    )
+    assert result.exit_code == 0, result.output
+    assert f"policy in force: {parse_policy(newer).version}" in result.output, result.output
