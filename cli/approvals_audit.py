@@ -13,6 +13,11 @@ that holds together, and refuses when rows that hold together name different req
 row that does not hold together is never the one signed (the earliest row was taken: a forged
 copy put ahead of the worker's made the real approval impossible to answer).
 
+The listing pages through the pending rows, oldest first, until it holds ``limit`` approvals
+whose rows hold together (one per approval id): rows that do not, which it names, never count
+toward the limit (a thousand forged rows put ahead of the real ones hid them all). It reads at
+most ``MAX_LISTED_ROWS`` rows, and says so when it stopped there.
+
 Not guaranteed: the audit trails the worker by the sink's batch time (about a second), so an
 approval asked for a moment ago may not be listed yet, and one answered a moment ago may still
 be; the worker has the last word (a late answer is refused as ``unknown_approval``).
@@ -31,12 +36,18 @@ from baton.schemas.decision import AUDIT_FIELDS, DECISION_ADAPTER, Decision, Out
 from baton.schemas.errors import BatonError
 from baton.sinks.schema import DATABASE
 
-__all__ = ["OpenApproval", "find_approval", "pending_approvals"]
+__all__ = ["OpenApproval", "PendingListing", "find_approval", "pending_approvals"]
 
 #: an approval id's ``approval_required`` rows read to find the one an answer may sign (the
 #: worker writes one; more are copies someone else put into the audit: with this many put
 #: ahead of it, the answer is refused, never signed for one of them)
 MAX_ASKED_ROWS = 1000
+
+#: rows one listing reads at most (each parsed and checked: ~50 us): past it, the listing
+#: says it stopped rather than read a flood of forged rows for minutes
+MAX_LISTED_ROWS = 200_000
+#: rows per query of the listing
+_PAGE_ROWS = 5000
 
 _COLUMNS = ", ".join(f"d.`{f}`" for f in AUDIT_FIELDS)
 
@@ -54,8 +65,8 @@ WHERE d.outcome = '{Outcome.APPROVAL_REQUIRED}'
   AND d.approval_expires_at > now64(6)
   AND ({{run_id:String}} = '' OR d.run_id = {{run_id:String}})
   AND d.approval_id NOT IN ({_ANSWERED})
-ORDER BY d.decided_at, d.approval_id
-LIMIT {{limit:UInt32}}
+ORDER BY d.decided_at, d.approval_id, d.decision_id
+LIMIT {{limit:UInt32}} OFFSET {{offset:UInt64}}
 """
 
 _ASKED_SQL = f"""
@@ -108,11 +119,47 @@ class OpenApproval:
         return (expires - self.now).total_seconds() if expires else float("inf")
 
 
-def pending_approvals(client: Client, run_id: str = "", limit: int = 1000) -> list[OpenApproval]:
-    """The pending approvals, oldest first (of ``run_id`` only when given)."""
-    rows = client.query(_PENDING_SQL, parameters={"run_id": run_id, "limit": limit}).result_rows
+class PendingListing:
+    """What a listing found: the pending approvals whose rows hold together (at most the
+    limit, one per approval id), the rows that do not with their problem, and whether it
+    stopped at ``MAX_LISTED_ROWS`` before the end."""
+
+    __slots__ = ("pending", "skipped", "stopped_at")
+
+    def __init__(self) -> None:
+        self.pending: list[OpenApproval] = []
+        self.skipped: list[tuple[OpenApproval, str]] = []
+        self.stopped_at: int | None = None
+
+
+def pending_approvals(
+    client: Client, run_id: str = "", limit: int = 1000, max_rows: int = MAX_LISTED_ROWS
+) -> PendingListing:
+    """The pending approvals, oldest first (of ``run_id`` only when given): ``limit`` of
+    them whose rows hold together, however many rows that do not come first."""
+    listing = PendingListing()
+    listed: set[str | None] = set()
     now = datetime.now(UTC)
-    return [OpenApproval(_decision(row), now) for row in rows]
+    offset = 0
+    while len(listing.pending) < limit:
+        if offset >= max_rows:
+            listing.stopped_at = offset
+            break
+        page = min(_PAGE_ROWS, max_rows - offset)
+        params = {"run_id": run_id, "limit": page, "offset": offset}
+        rows = client.query(_PENDING_SQL, parameters=params).result_rows
+        offset += len(rows)
+        for row in rows:
+            pending = OpenApproval(_decision(row), now)
+            problem = request_problem(pending.asked)
+            if problem is not None:
+                listing.skipped.append((pending, problem))
+            elif pending.asked.approval_id not in listed and len(listing.pending) < limit:
+                listed.add(pending.asked.approval_id)
+                listing.pending.append(pending)
+        if len(rows) < page:
+            break
+    return listing
 
 
 def find_approval(client: Client, approval_id: str) -> tuple[Decision | None, Decision | None]:

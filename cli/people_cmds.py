@@ -40,6 +40,10 @@ _LIST_COLUMNS = (
 )
 
 
+#: records that do not hold together named one by one on stderr (the rest are counted)
+_NAMED_SKIPPED = 20
+
+
 def _duration(seconds: float) -> str:
     s = max(int(seconds), 0)
     if s < 60:
@@ -83,19 +87,31 @@ def approvals_cmd(
         audit_client(settings) as client,
         audit_errors(parse_dsn(settings.clickhouse_dsn).label, "listing pending approvals"),
     ):
-        pending = pending_approvals(client, run_id, limit)
-    checked = [(p, request_problem(p.asked)) for p in pending]
-    pending = [p for p, problem in checked if problem is None]
-    for p, problem in checked:
-        if problem is not None:  # a row someone else wrote: `baton approve` refuses to sign it
-            click.echo(
-                shown(
-                    f"baton approvals: approval {p.asked.approval_id} (run {p.asked.run_id}) "
-                    f"not listed: its record does not hold together ({problem}); `baton "
-                    "audit verify` checks the run's rows"
-                ),
-                err=True,
-            )
+        listing = pending_approvals(client, run_id, limit)
+    pending = listing.pending
+    # a row someone else wrote (`baton approve` refuses to sign it): named, never counted
+    for p, problem in listing.skipped[:_NAMED_SKIPPED]:
+        click.echo(
+            shown(
+                f"baton approvals: approval {p.asked.approval_id} (run {p.asked.run_id}) "
+                f"not listed: its record does not hold together ({problem}); `baton "
+                "audit verify` checks the run's rows"
+            ),
+            err=True,
+        )
+    if len(listing.skipped) > _NAMED_SKIPPED:
+        click.echo(
+            f"baton approvals: {len(listing.skipped) - _NAMED_SKIPPED} more records that do "
+            "not hold together not listed",
+            err=True,
+        )
+    if listing.stopped_at is not None:
+        click.echo(
+            f"baton approvals: stopped after reading {listing.stopped_at} records "
+            f"({len(listing.skipped)} of them not holding together): approvals after them "
+            "are not listed; narrow it with --run",
+            err=True,
+        )
     if not pending and fmt == "table":
         click.echo("no pending approvals" + (f" for run {run_id}" if run_id else ""))
         return

@@ -7,14 +7,17 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 import pytest
+from click.testing import CliRunner
 from pydantic import ValidationError
 
+from baton.cli.approvals_audit import pending_approvals
 from baton.cli.main import _register, cli
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.recorded import input_text
@@ -26,7 +29,9 @@ from baton.streams.sdk import ApproverClient, GovernanceClient
 from baton.streams.sdk.base import answers_approval, answers_request
 from baton.streams.sdk.operators import OperatorClient
 from baton.streams.sdk.options import MAX_APPROVAL_WAIT_S, ClientSettings
+from tests.chdb_audit import chdb_audit
 from tests.helpers import wait_for
+from tests.unit.test_approvals_forged_rows import _asked_now, _shows_another
 from tests.unit.test_engine_support import policy_with
 
 pytestmark = pytest.mark.unit
@@ -431,3 +436,58 @@ def test_a_setting_refuses_a_number_past_its_bound(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError, match=variable.removeprefix("BATON_").lower()):
         Settings()
+
+
+# ------------------------------------------------------------------ 2: forged rows and --limit
+
+
+def _forged_copies(asked: Decision, n: int) -> list[Decision]:
+    """``n`` rows under ``asked``'s approval id that do not hold together, each with its own
+    decision id, put ahead of the worker's row."""
+    return [
+        dataclasses.replace(
+            _shows_another(asked), decision_id=f"{i:032x}", decided_at=_before(asked, n - i)
+        )
+        for i in range(n)
+    ]
+
+
+def _before(asked: Decision, seconds: int) -> datetime:
+    assert asked.decided_at is not None
+    return asked.decided_at - timedelta(seconds=seconds)
+
+
+def test_forged_rows_ahead_of_a_pending_approval_never_push_it_out_of_the_limit(
+    tmp_path: Path,
+) -> None:
+    """`baton approvals --limit 5` read the 5 oldest pending rows and then left out those
+    that do not hold together: 5 forged rows put ahead of the real approval listed nothing."""
+    asked = _asked_now()
+    chdb = tmp_path / "chdb"
+    chdb_audit(chdb, [asked, *_forged_copies(asked, 30)]).close()
+    _register()
+    result = CliRunner().invoke(
+        cli, ["approvals", "-f", "json", "--limit", "5", "--dsn", f"chdb://{chdb}"]
+    )
+    assert result.exit_code == 0, result.output
+    listed = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [(row["approval_id"], row["to_agent"]) for row in listed] == [
+        (asked.approval_id, "billing_agent")
+    ]
+    # the forged rows are named (the first 20) and counted, never listed
+    assert result.stderr.count("not listed: its record does not hold together") == 20
+    assert "10 more records that do not hold together not listed" in result.stderr
+
+
+def test_a_listing_counts_an_approval_once_and_says_where_it_stopped(tmp_path: Path) -> None:
+    asked = _asked_now()
+    twin = dataclasses.replace(asked, decision_id="d" * 32)  # holds together: the same request
+    client = chdb_audit(tmp_path / "chdb", [*_forged_copies(asked, 12), asked, twin])
+    try:
+        whole = pending_approvals(client, limit=10)
+        cut = pending_approvals(client, limit=10, max_rows=6)
+    finally:
+        client.close()
+    assert [p.asked.approval_id for p in whole.pending] == [asked.approval_id]
+    assert (len(whole.skipped), whole.stopped_at) == (12, None)
+    assert (cut.pending, len(cut.skipped), cut.stopped_at) == ([], 6, 6)
