@@ -23,6 +23,7 @@ import click
 import orjson
 
 from baton.cli.options import KAFKA_CONNECTION, build_settings, group_variables, read_policy
+from baton.cli.replay_progress import _Progress
 from baton.cli.signer import shown
 from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
 from baton.processors.chain_links import shown_id
@@ -245,19 +246,15 @@ def _replay(
 
 @contextlib.contextmanager
 def _without_arrow() -> Iterator[None]:
-    """chDB imported without pyarrow: replay reads the audit's rows as JSON and its
-    policies in ClickHouse's Native format, never Arrow, and chDB imports pyarrow (numpy
-    with it) only when it can (``chdb.state.sqlitelike``: optional), which took ~0.3 s of
-    the replay's seconds, a fortieth of a 480k-decision replay. Only when neither is
-    imported yet; a later ``import pyarrow`` in this process works as before."""
-    if "pyarrow" in sys.modules or "chdb.state" in sys.modules:
-        yield
-        return
-    sys.modules["pyarrow"] = None  # type: ignore[assignment]  (import pyarrow: ImportError)
+    """The audit opened without importing pyarrow (numpy with it: ~0.3 s of every replay):
+    chDB imports it only if it can, and replay reads JSON rows and Native results only."""
+    blocked = "pyarrow" not in sys.modules and "chdb.state" not in sys.modules
+    if blocked:
+        sys.modules["pyarrow"] = None  # type: ignore[assignment]  (import pyarrow: ImportError)
     try:
         yield
     finally:
-        if "pyarrow" in sys.modules and sys.modules["pyarrow"] is None:
+        if blocked and "pyarrow" in sys.modules and sys.modules["pyarrow"] is None:
             del sys.modules["pyarrow"]
 
 
@@ -308,40 +305,6 @@ def replay_audit(
     bounded = scope.since is not None
     judge_trimmed(report, (lambda links: held_links(client, links)) if bounded else None)
     return report
-
-
-class _Progress:
-    """A progress bar on stderr for a long replay: on a terminal redrawn in place from its
-    first second, otherwise (logs) a line every 5 s; nothing for a short replay."""
-
-    def __init__(self, total: int) -> None:
-        self.total = max(total, 1)
-        self.tty = sys.stderr.isatty()
-        self.every_s = 0.2 if self.tty else 5.0
-        self.began = time.monotonic()
-        self.last = self.began + (1.0 if self.tty else 0.0)
-        self.shown = False
-
-    def __call__(self, runs: int, decisions: int) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every_s or decisions >= self.total:
-            return
-        self.last, self.shown = now, True
-        click.echo(self._line(runs, decisions, now), err=True, nl=not self.tty)
-
-    def _line(self, runs: int, decisions: int, now: float) -> str:
-        done = min(decisions / self.total, 1.0)
-        bar = "█" * int(30 * done) + "░" * (30 - int(30 * done))
-        rate = decisions / max(now - self.began, 1e-9)
-        text = (
-            f"baton replay: [{bar}] {decisions:,}/~{self.total:,} decisions, "
-            f"{runs:,} runs ({rate:,.0f}/s)"
-        )
-        return f"\r{text}" if self.tty else text
-
-    def done(self) -> None:
-        if self.shown and self.tty:
-            click.echo("", err=True)
 
 
 def _exit(report: ReplayReport) -> None:
