@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -32,6 +34,13 @@ log = logging.getLogger("baton.metrics")
 #: (700 idle connections were 700 threads)
 IDLE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 32
+#: a whole request (read, answered, sent) gets this long from its connection: a client that
+#: trickled a byte every few seconds was never idle, and 32 of them held every slot, so no
+#: scrape was answered
+REQUEST_DEADLINE_S = 10.0
+#: the most bytes read of a request (its line and headers; a scrape sends well under 1 KB):
+#: http.server took 100 header lines of 64 KB each, 6.5 MB held per connection
+MAX_REQUEST_BYTES = 64 * 1024
 
 
 def new_registry(*collectors: Collector) -> CollectorRegistry:
@@ -57,12 +66,67 @@ class MetricsEndpoint:
         self._server.server_close()
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's bytes until its deadline (then TimeoutError) and at most ``limit`` of
+    them (then end of file). Each read waits the idle timeout at most, and never past the
+    deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float, idle_s: float, limit: int) -> None:
+        super().__init__()
+        self._sock, self._deadline, self._idle_s, self._left = sock, deadline, idle_s, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            return 0
+        self._sock.settimeout(_time_left(self._deadline, self._idle_s))
+        view = memoryview(buffer).cast("B")
+        n = self._sock.recv_into(view[: min(len(view), self._left)])
+        self._left -= n
+        return n
+
+
+class _DeadlineWriter(io.BufferedIOBase):
+    """Sends the answer, all of it before the connection's deadline (socketserver's unbuffered
+    writer, with the deadline: a client that reads slowly does not hold its slot either)."""
+
+    def __init__(self, sock: socket.socket, deadline: float, idle_s: float) -> None:
+        super().__init__()
+        self._sock, self._deadline, self._idle_s = sock, deadline, idle_s
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.settimeout(_time_left(self._deadline, self._idle_s))
+        self._sock.sendall(data)  # its timeout bounds the whole send (Python >= 3.5)
+        with memoryview(data) as view:
+            return view.nbytes
+
+
+def _time_left(deadline: float, idle_s: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the /metrics request took past its deadline")
+    return min(left, idle_s)
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """Serves one connection, logging nothing; its socket times out once idle."""
+    """Serves one request (wsgiref's handler serves one per connection), logging nothing,
+    within its deadline and reading at most MAX_REQUEST_BYTES."""
 
     def setup(self) -> None:
-        self.timeout = self.server.idle_timeout_s  # type: ignore[attr-defined]
+        server: Any = self.server
+        self.timeout = server.idle_timeout_s
         super().setup()
+        deadline = time.monotonic() + server.request_deadline_s
+        self.rfile.close()  # the socket's own file: it would keep the socket open
+        self.rfile = io.BufferedReader(
+            _DeadlineReader(self.connection, deadline, server.idle_timeout_s, MAX_REQUEST_BYTES)
+        )
+        self.wfile = _DeadlineWriter(self.connection, deadline, server.idle_timeout_s)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -79,6 +143,7 @@ class _BoundedServer(ThreadingMixIn, WSGIServer):
         )[0]
         self.address_family = family  # read when the socket is made, in __init__
         self.idle_timeout_s = IDLE_TIMEOUT_S
+        self.request_deadline_s = REQUEST_DEADLINE_S
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address[:2], _QuietHandler)
 

@@ -5,8 +5,14 @@ the SDK taking a twin request's answer, forged rows in ``baton approvals --limit
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import io
 import math
+import socket
+import threading
+import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,9 @@ from pydantic import ValidationError
 
 from baton.cli.approvals_audit import pending_approvals
 from baton.cli.main import _register, cli
+from baton.processors import metrics_serve
 from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.metrics_serve import new_registry, serve_metrics
 from baton.processors.recorded import input_text
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
@@ -491,3 +499,87 @@ def test_a_listing_counts_an_approval_once_and_says_where_it_stopped(tmp_path: P
     assert [p.asked.approval_id for p in whole.pending] == [asked.approval_id]
     assert (len(whole.skipped), whole.stopped_at) == (12, None)
     assert (cut.pending, len(cut.skipped), cut.stopped_at) == ([], 6, 6)
+
+
+# ------------------------------------------------------------------ 3: a hostile /metrics client
+
+
+def _trickle(url: str, n: int, stop: threading.Event) -> list[socket.socket]:
+    """``n`` connections that send a request a byte every 0.3 s (never idle)."""
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    conns = [socket.create_connection((host, int(port)), timeout=5) for _ in range(n)]
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+
+    def run() -> None:
+        for i in range(len(request)):
+            if stop.wait(0.3):
+                return
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    conn.send(request[i : i + 1])
+
+    threading.Thread(target=run, daemon=True).start()
+    return conns
+
+
+def test_clients_trickling_a_byte_every_few_seconds_never_hold_every_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Idle connections were closed after 10 s, but one sending a byte every few seconds
+    kept its slot for ever: 32 of them and no scrape was answered."""
+    monkeypatch.setattr(metrics_serve, "REQUEST_DEADLINE_S", 1.0)
+    endpoint = serve_metrics(new_registry(), "127.0.0.1", 0)
+    stop = threading.Event()
+    conns = _trickle(endpoint.url, metrics_serve.MAX_CONNECTIONS, stop)
+    try:
+        time.sleep(1.5)  # past the deadline: every trickling connection was let go
+        with urllib.request.urlopen(endpoint.url, timeout=5) as answer:
+            assert b"process_cpu_seconds_total" in answer.read()
+    finally:
+        stop.set()
+        for conn in conns:
+            conn.close()
+        endpoint.close()
+
+
+def test_a_request_is_read_up_to_its_byte_bound_and_no_further() -> None:
+    """100 header lines of 64 KB were read and held: 6.5 MB per connection, 32 at a time."""
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.sendall(b"GET /metrics HTTP/1.1\r\n" + b"X-Big: " + b"a" * 200_000 + b"\r\n")
+        reader = io.BufferedReader(
+            metrics_serve._DeadlineReader(ours, time.monotonic() + 5, 5.0, 64 * 1024)
+        )
+        read = 0
+        while line := reader.readline(65537):
+            read += len(line)
+        assert read == metrics_serve.MAX_REQUEST_BYTES == 64 * 1024
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_connection_past_its_deadline_reads_nothing_more() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        reader = metrics_serve._DeadlineReader(ours, time.monotonic() - 1, 5.0, 1024)
+        theirs.sendall(b"GET")
+        with pytest.raises(TimeoutError, match="deadline"):
+            reader.read(3)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_many_requests_on_one_connection_get_one_answer_and_a_close() -> None:
+    endpoint = serve_metrics(new_registry(), "127.0.0.1", 0)
+    host, port = endpoint.url.split("//")[1].split("/")[0].rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1000)
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        assert answer.count(b"HTTP/1.") == 1 and b"process_cpu_seconds_total" in answer
+    finally:
+        endpoint.close()
