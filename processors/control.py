@@ -157,7 +157,7 @@ class ControlFollower:
         self.policy = policy
         #: where the policy in force came from (logged when the topic is caught up)
         self.policy_source = "the worker's --policy file (or the seed policy)"
-        #: event time of the last signed policy update applied (older ones are replays)
+        #: event time of the last policy update applied (older ones are replays: applied_time)
         self._policy_signed_at: float | None = None
         self.max_staleness_s = float(max_staleness_s)
         self.give_up_after_s = float(give_up)

@@ -40,7 +40,7 @@ class ControlInForce:
 
     kills: KillSwitches
     policy: Policy
-    #: event time of the last signed policy update applied (older ones are replays)
+    #: event time of the last policy update applied (older ones are replays: applied_time)
     policy_signed_at: float | None
     #: where the policy in force came from (logged when the topic is caught up)
     policy_source: str

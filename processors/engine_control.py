@@ -22,6 +22,7 @@ __all__ = [
     "NO_KILLS",
     "KillSwitches",
     "PolicyStep",
+    "applied_time",
     "apply_control",
     "apply_policy_update",
     "command_refused",
@@ -86,12 +87,10 @@ def apply_control(
             (tenants.add if on else tenants.discard)(event.tenant or "")
         else:
             everything = on
-        latest = kills.latest
-        if policy.operators:
-            latest = (
-                *((k, t) for k, t in latest if k != slot),
-                (slot, event.event_time.timestamp()),
-            )
+        latest = (
+            *((k, t) for k, t in kills.latest if k != slot),
+            (slot, applied_time(event, policy, now)),
+        )
         kills = KillSwitches(frozenset(runs), frozenset(tenants), everything, latest)
     request_id = f"{event.type}:{event.scope}:{target}:{event.event_time.isoformat()}"
     if refused is not None:
@@ -185,7 +184,7 @@ class PolicyStep:
     """The policy in force after one ``policy_updated`` event, and what to publish about it."""
 
     policy: Policy
-    #: event time of the last signed update applied (a later one must be newer)
+    #: event time of the last update applied (a later one must be newer: applied_time)
     signed_at: float | None
     #: the audit record (applied or refused); None when the text is not a valid policy
     record: Decision | None
@@ -216,9 +215,23 @@ def apply_policy_update(
         new = parse_policy(event.policy_yaml, source)
     except PolicyError as exc:
         return PolicyStep(policy, signed_at, None, str(exc))
-    if policy.operators:
-        signed_at = event.event_time.timestamp()
+    signed_at = applied_time(event, policy, now)
     return PolicyStep(new, signed_at, policy_update_record(event, policy, new, now, origin))
+
+
+def applied_time(
+    event: KillSwitch | KillSwitchReleased | PolicyUpdated, policy: Policy, now: datetime
+) -> float:
+    """The time an applied command leaves behind: a command of the same target (any policy
+    update, for one) no later than it is a replay, once operators are listed.
+
+    Kept also while no operators are listed (every command counts then), capped at ``now``
+    (no time is checked then: a careless clock a year ahead must not make the operators'
+    commands replays): only times kept under operators were, so once a policy brought them
+    in, a signed update or release from before it, replayed, was newer than nothing and
+    counted (a policy without operators back in force; a kill engaged before lifted)."""
+    at = event.event_time.timestamp()
+    return at if policy.operators else min(at, now.timestamp())
 
 
 def _event_digest(event: KillSwitch | KillSwitchReleased | PolicyUpdated) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from baton.processors.engine import apply_policy_update
+from baton.processors.engine import NO_KILLS, apply_policy_update
 from baton.schemas.errors import PolicyError
 from baton.schemas.events import KillSwitchReleased, PolicyUpdated
 from baton.schemas.policy import parse_policy
@@ -320,3 +320,47 @@ def test_a_number_yaml_11_reads_otherwise_than_it_looks_is_refused(
 def test_numbers_written_plainly_still_load(value: str, number: float) -> None:
     policy = parse_policy(f"multi_agent:\n  max_run_seconds: {value}\n", "p.yaml")
     assert policy.multi_agent.max_run_seconds == number
+
+
+# ------------------------------------------------------------------ before operators were listed
+def test_an_update_applied_before_operators_were_listed_cannot_be_replayed_after() -> None:
+    """The documented bootstrap: the --policy file lists no operators and the first published
+    policy (signed: `baton policy publish` always signs) brings them in. Its time was not kept
+    (only updates applied under operators were), so the signed update before it, replayed
+    later, was applied: the policy went back to one without operators, and from then on
+    anyone's unsigned update counted."""
+    from baton.processors.engine import apply_policy_update
+
+    t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    old = _signed_update("multi_agent: {max_handoffs: 100}\n", t0)
+    first = _signed_update(f"{OPERATORS}multi_agent: {{max_handoffs: 3}}\n", t0.replace(minute=5))
+    policy, signed_at = parse_policy("", "file"), None
+    for event in (old, first):
+        step = apply_policy_update(policy, signed_at, event, t0.replace(minute=6))
+        assert step.applied
+        policy, signed_at = step.policy, step.signed_at
+    replayed = apply_policy_update(policy, signed_at, old, t0.replace(minute=30))
+    assert replayed.record is not None
+    assert replayed.record.reason == "control_replayed", replayed.record.detail
+    assert replayed.policy is policy
+
+
+def test_a_kill_engaged_before_operators_were_listed_holds_against_an_older_release() -> None:
+    """A global kill engaged while no operators were listed (names trusted), then operators
+    listed: the kill's time was not kept, so a release signed before the kill (an old one,
+    replayed) was newer than nothing and lifted it."""
+    from baton.processors.engine import apply_control
+    from baton.schemas.events import KillSwitch
+
+    t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    old_release = KillSwitchReleased(scope="global", operator="oncall", event_time=t0)
+    old_release = KillSwitchReleased.model_validate_json(_signed_by(_KEY, "oncall", old_release))
+    kill = KillSwitch(scope="global", operator="oncall", event_time=t0.replace(minute=10))
+    unsigned = parse_policy("", "file")
+    kills, _ = apply_control(NO_KILLS, old_release, unsigned, t0.replace(minute=1))
+    kills, _ = apply_control(kills, kill, unsigned, t0.replace(minute=10))
+    assert kills.everything
+    signed = parse_policy(OPERATORS, "published")
+    kills, record = apply_control(kills, old_release, signed, t0.replace(minute=30))
+    assert record.reason == "control_replayed", record.detail
+    assert kills.everything
