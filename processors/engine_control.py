@@ -87,10 +87,9 @@ def apply_control(
             (tenants.add if on else tenants.discard)(event.tenant or "")
         else:
             everything = on
-        latest = (
-            *((k, t) for k, t in kills.latest if k != slot),
-            (slot, applied_time(event, policy, now)),
-        )
+        latest, at = kills.latest, applied_time(event, now)
+        if at is not None:
+            latest = (*((k, t) for k, t in latest if k != slot), (slot, at))
         kills = KillSwitches(frozenset(runs), frozenset(tenants), everything, latest)
     request_id = f"{event.type}:{event.scope}:{target}:{event.event_time.isoformat()}"
     if refused is not None:
@@ -215,23 +214,26 @@ def apply_policy_update(
         new = parse_policy(event.policy_yaml, source)
     except PolicyError as exc:
         return PolicyStep(policy, signed_at, None, str(exc))
-    signed_at = applied_time(event, policy, now)
+    at = applied_time(event, now)
+    signed_at = signed_at if at is None else at
     return PolicyStep(new, signed_at, policy_update_record(event, policy, new, now, origin))
 
 
 def applied_time(
-    event: KillSwitch | KillSwitchReleased | PolicyUpdated, policy: Policy, now: datetime
-) -> float:
-    """The time an applied command leaves behind: a command of the same target (any policy
-    update, for one) no later than it is a replay, once operators are listed.
+    event: KillSwitch | KillSwitchReleased | PolicyUpdated, now: datetime
+) -> float | None:
+    """The time an applied command leaves behind (None: the one before stays): a command of
+    the same target (any policy update, for one) no later than it is a replay, once
+    operators are listed.
 
-    Kept also while no operators are listed (every command counts then), capped at ``now``
-    (no time is checked then: a careless clock a year ahead must not make the operators'
-    commands replays): only times kept under operators were, so once a policy brought them
-    in, a signed update or release from before it, replayed, was newer than nothing and
-    counted (a policy without operators back in force; a kill engaged before lifted)."""
+    Kept also while no operators are listed (every command counts then): only times kept
+    under operators were, so once a policy brought them in, a signed update or release from
+    before it, replayed, was newer than nothing and counted (a policy without operators back
+    in force; a kill engaged before lifted). Not a time past the clock skew, which nothing
+    checks while no operators are listed: a release dated a year ahead would make the
+    operators' kills replays (under operators such a command is refused)."""
     at = event.event_time.timestamp()
-    return at if policy.operators else min(at, now.timestamp())
+    return None if at > now.timestamp() + CONTROL_CLOCK_SKEW_S else at
 
 
 def _event_digest(event: KillSwitch | KillSwitchReleased | PolicyUpdated) -> str:

@@ -364,3 +364,20 @@ def test_a_kill_engaged_before_operators_were_listed_holds_against_an_older_rele
     kills, record = apply_control(kills, old_release, signed, t0.replace(minute=30))
     assert record.reason == "control_replayed", record.detail
     assert kills.everything
+
+
+def test_a_release_dated_a_year_ahead_before_operators_were_listed_keeps_no_time() -> None:
+    """Kept capped at the reading clock instead, it would make every kill the operators sign
+    a replay after the next restart (read then, it is capped at the later clock)."""
+    from baton.processors.engine import apply_control
+    from baton.schemas.events import KillSwitch
+
+    t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    ahead = KillSwitchReleased(scope="global", operator="x", event_time=t0.replace(year=2027))
+    kill = KillSwitch(scope="global", operator="x", event_time=t0.replace(minute=10))
+    kill = KillSwitch.model_validate_json(_signed_by(_KEY, "oncall", kill))
+    unsigned, signed = parse_policy("", "file"), parse_policy(OPERATORS, "published")
+    for read_at in (t0.replace(minute=10), t0.replace(hour=20)):  # first read, a restart
+        kills, _ = apply_control(NO_KILLS, ahead, unsigned, read_at)
+        kills, record = apply_control(kills, kill, signed, read_at)
+        assert record.reason == "kill_switch" and kills.everything, read_at
