@@ -7,22 +7,23 @@ that newer clients keep working against an older Baton.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import orjson
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
+    WrapValidator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from baton.schemas.event_times import event_time_from
 from baton.schemas.json_numbers import overflowing_number
 from baton.schemas.names import MAX_NAME, EventNameRefused, fold_event_names
 
@@ -57,13 +58,9 @@ MAX_USD = 1_000_000.0
 MAX_COUNT = 1_000_000
 MAX_RUN_USD = 1_000_000_000.0
 MAX_RUN_COUNT = 2**31 - 1
-#: event times ClickHouse's DateTime64 holds, and that are not absurd for an orchestrator
-MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
-MAX_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 #: free text (comments, kill reasons, statuses' details) is capped: it is copied into
 #: decisions, kept in run state for retries, and written to the audit
 MAX_TEXT = 1024
-_NO_OFFSET = timedelta(0)
 
 
 def _name_shape(annotation: Any, metadata: list[Any]) -> str | None:
@@ -80,25 +77,6 @@ def _name_shape(annotation: Any, metadata: list[Any]) -> str | None:
         shapes = {_name_shape(arg, []) for arg in get_args(annotation)} - {None}
         return shapes.pop() if len(shapes) == 1 else None
     return None
-
-
-def _event_time(value: datetime) -> datetime:
-    # a time without a zone is taken as UTC (some encoders drop the "Z"); the range keeps
-    # the audit's DateTime64 column and partitioning sane. A UTC time gets datetime.UTC
-    # itself, not pydantic's own zone object: comparing or subtracting times of two zone
-    # objects asks each for its offset (~4x the cost), and the range check, the engine and
-    # the audit chain do so per event; same instant, same text (isoformat, JSON)
-    zone = value.tzinfo
-    if zone is None:
-        value = value.replace(tzinfo=UTC)
-    elif zone is not UTC and zone.utcoffset(value) == _NO_OFFSET:
-        value = value.astimezone(UTC)  # (a third of what replace(tzinfo=UTC) costs)
-    if not MIN_EVENT_TIME <= value < MAX_EVENT_TIME:
-        raise ValueError(
-            f"out of range: event time {value.isoformat()} must be between "
-            f"{MIN_EVENT_TIME.date()} and {MAX_EVENT_TIME.date()}"
-        )
-    return value
 
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
@@ -119,7 +97,7 @@ Text = Annotated[str, Field(max_length=MAX_TEXT)]
 #: base64 of a 64-byte Ed25519 signature is 88 characters; a little room, no more
 Signature = Annotated[str, Field(min_length=1, max_length=128)]
 Digest = Annotated[str, Field(min_length=1, max_length=128)]
-EventTime = Annotated[datetime, AfterValidator(_event_time)]
+EventTime = Annotated[datetime, WrapValidator(event_time_from)]
 #: tools a handoff declares or a completion reports: a handful in practice, bounded here
 #: because they are copied into run state and checked one by one
 MAX_TOOLS = 64

@@ -3,7 +3,8 @@
 The pool of a `--jobs` replay is kept fed (four pieces in flight per process, two before),
 and the pieces beyond two it has not begun when the reading ends are taken back by the
 reading process, which would otherwise wait idle for them; the report is the one process's
-all the same. The command opens the audit without importing pyarrow.
+all the same. The command opens the audit without importing pyarrow. An event time in the
+form Baton writes it is read by datetime.fromisoformat, as pydantic read it before.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import AfterValidator, TypeAdapter, ValidationError
 
 from baton.processors.replay_pool import _replay_piece, replay_pieces, start_pool
+from baton.schemas.event_times import event_time, event_time_from
+from baton.schemas.events import EventTime
 from baton.sinks.replay_source import page_rows
 from tests.unit.test_engine_support import policy_with
 from tests.unit.test_replay import KEY, _budget_history, _policies, record
@@ -109,3 +116,74 @@ def test_the_command_opens_the_audit_without_importing_pyarrow_and_reports_the_s
     assert out.stderr.decode().splitlines()[-1] == "False False", out.stderr[-2000:]
     report = orjson.loads(out.stdout)
     assert report["faithful"] and report["decisions"] > 250 and report["changed_runs"]
+
+
+_TIMES = TypeAdapter(Annotated[datetime, AfterValidator(event_time)])  # the path before
+
+
+def _before(value: object) -> object:
+    try:
+        return _TIMES.validate_python(value)
+    except ValidationError as exc:
+        return [(e["type"], e["msg"]) for e in exc.errors()]
+
+
+def _now(value: object) -> object:
+    try:
+        return TypeAdapter(EventTime).validate_python(value)
+    except ValidationError as exc:
+        return [(e["type"], e["msg"]) for e in exc.errors()]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.datetimes(datetime(1990, 1, 1), datetime(2300, 1, 1), timezones=st.just(UTC)),
+    st.booleans(),
+)
+def test_an_event_time_in_baton_s_own_form_reads_as_pydantic_then_the_check_read_it(
+    at: datetime, whole_seconds: bool
+) -> None:
+    # the form orjson writes (every recorded input) and isoformat's: the fast path's datetime
+    # is the one pydantic's reading and event_time gave, its zone datetime.UTC itself; out of
+    # range, the same error
+    if whole_seconds:
+        at = at.replace(microsecond=0)
+    for text in {orjson.dumps(at).decode().strip('"'), at.isoformat()}:
+        got, want = _now(text), _before(text)
+        assert got == want, text
+        if isinstance(got, datetime):
+            assert got.tzinfo is UTC and type(got) is datetime
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-03-01T24:00:00+00:00",  # an hour past the day
+        "2026-03-01T09:00:60+00:00",  # a leap second
+        "2026-02-30T09:00:00+00:00",
+        "2026-03-01T09:00:45,123456+00:00",  # a comma (slow path: the same answer)
+        "2026-03-01 09:00:45+00:00",
+        "2026-03-01T09:00:45+01:00",
+        "2026-03-01T09:00:45.12345+00:00",
+        "2026-03-01T09:00:45.1234567+00:00",
+        "1999-12-31T23:59:59+00:00",  # out of range
+        "2200-01-01T00:00:00+00:00",
+        "２０２６-03-01T09:00:45+00:00",  # fullwidth digits
+        "2026-03-01T09:00:45Z",
+        "2026-03-01T09:00:45",
+        "2026-03-01T09:00:4x+00:00",
+        "+026-03-01T09:00:45+00:00",
+        1772355645,
+        "1772355645",
+    ],
+)
+def test_any_other_event_time_is_read_as_before(text: object) -> None:
+    assert _now(text) == _before(text)
+
+
+def test_baton_s_own_form_of_an_event_time_is_read_without_pydantic_s_datetime() -> None:
+    def refuse(value: object) -> datetime:
+        raise AssertionError(f"pydantic's datetime asked for {value!r}")
+
+    at = event_time_from("2026-03-01T09:00:45.000250+00:00", refuse)  # type: ignore[arg-type]
+    assert at == datetime(2026, 3, 1, 9, 0, 45, 250, tzinfo=UTC) and at.tzinfo is UTC
