@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -24,8 +25,44 @@ _HTTP_LOGGERS = ("urllib3", "clickhouse_connect")
 INTERRUPTED_EXIT = 130
 
 
+#: which module registers each command: `baton tail ...` imports the tail's module only, not
+#: every command's (policy models, clickhouse-connect, the SDK, the demo: 0.77 s of CPU for
+#: all of them, 0.44 s for tail's; tests/unit/test_first_hour_session10.py keeps it whole)
+_MODULES = {
+    "policy": "policy_cmds",
+    "schema": "policy_cmds",
+    "alerts": "audit_cmds",
+    "sink": "audit_cmds",
+    "sql": "audit_cmds",
+    "trace": "audit_cmds",
+    "worker": "worker_cmd",
+    "up": "up",
+    "kill": "kill_cmd",
+    "demo": "demo_cmds",
+    "keys": "keys_cmds",
+    "approvals": "people_cmds",
+    "approve": "people_cmds",
+    "deny": "people_cmds",
+    "audit": "verify_cmds",
+    "top": "top",
+    "doctor": "doctor",
+    "send": "send_cmds",
+    "tail": "tail_cmds",
+    "replay": "replay_cmds",
+}
+
+
 class _BatonGroup(click.Group):
-    """Turns a BatonError into one readable stderr line and its exit code, never a traceback."""
+    """Turns a BatonError into one readable stderr line and its exit code, never a traceback;
+    loads a command's module when the command is asked for (``_MODULES``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | (set(_MODULES) if self is cli else set()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and self is cli and cmd_name in _MODULES:
+            importlib.import_module(f"baton.cli.{_MODULES[cmd_name]}").register(self)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -66,41 +103,13 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    # one line per area; each module defines click commands and adds them to `cli`
-    from baton.cli import policy_cmds
-
-    policy_cmds.register(cli)
-    from baton.cli import audit_cmds
-
-    audit_cmds.register(cli)
-    from baton.cli import kill_cmd, up, worker_cmd
-
-    worker_cmd.register(cli)
-    up.register(cli)
-    kill_cmd.register(cli)
-    from baton.cli import demo_cmds
-
-    demo_cmds.register(cli)
-    from baton.cli import keys_cmds, people_cmds, verify_cmds
-
-    keys_cmds.register(cli)
-    people_cmds.register(cli)
-    verify_cmds.register(cli)
-    from baton.cli import top
-
-    top.register(cli)
-    from baton.cli import doctor, send_cmds, tail_cmds
-
-    doctor.register(cli)
-    send_cmds.register(cli)
-    tail_cmds.register(cli)
-    from baton.cli import replay_cmds
-
-    replay_cmds.register(cli)
+    """Every command registered now (tests, and whoever walks ``cli.commands``); ``baton``
+    itself loads each when it is asked for."""
+    for module in dict.fromkeys(_MODULES.values()):
+        importlib.import_module(f"baton.cli.{module}").register(cli)
 
 
 def main() -> None:
-    _register()
     cli(auto_envvar_prefix="BATON")
 
 

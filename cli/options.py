@@ -88,10 +88,11 @@ class FiniteFloatRange(click.FloatRange):
     is False), so `baton doctor --timeout nan` reached threading's join, a ValueError traceback."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
+        # finite first: with an upper bound, inf would be named as out of range instead
+        number = click.FLOAT.convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{number} is not a finite number", param, ctx)
-        return number
+        return super().convert(number, param, ctx)
 
 
 def _unwrap_optional(annotation: Any) -> Any:
