@@ -156,6 +156,9 @@ _HANDOFF_FIELDS = ("from_agent", "to_agent", "task_id", "parent_task_id", "actio
 #: what the worker's request digest leaves out (a client stamps a retry anew): a decision
 #: whose input differs from a request only there answers it (dedup_keys.request_digest)
 _TIMING = ("event_time", "decide_by")
+#: how much longer or shorter than ours a retry's input can be: its two times written
+#: otherwise (fractions, zones: ~20 characters each), decide_by absent, steps left out
+_TIMING_CHARS = 200
 
 
 def answers_request(event: HandoffRequested | HandoffCompleted) -> Callable[[Decision], bool]:
@@ -181,8 +184,8 @@ def answers_request(event: HandoffRequested | HandoffCompleted) -> Callable[[Dec
         said = decision.input
         if said == own_text:
             return True
-        if said is None:
-            return False
+        if said is None or abs(len(said) - len(own_text)) > _TIMING_CHARS:
+            return False  # (a retry's input differs in its timing only: never parse a flood)
         if not untimed:
             untimed.append(_untimed(own_text) or b"")
         # compared as bytes, not as dicts: 1 == 1.0 == True would make two inputs equal
@@ -192,7 +195,9 @@ def answers_request(event: HandoffRequested | HandoffCompleted) -> Callable[[Dec
 
 
 def _untimed(text: str) -> bytes | None:
-    """An input without the client's timing, as compact JSON (None: not a JSON object)."""
+    """An input as the worker's request digest sees it: without the client's timing, a
+    report's ``steps`` of 0 left out (a field added later, at its default), keys sorted (a
+    worker of another version may order them otherwise), as JSON (None: not a JSON object)."""
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -201,7 +206,9 @@ def _untimed(text: str) -> bytes | None:
         return None
     for name in _TIMING:
         doc.pop(name, None)
-    return orjson.dumps(doc)
+    if doc.get("steps") == 0 and type(doc["steps"]) is int:
+        del doc["steps"]
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
 def answers_approval(asked: Decision) -> Callable[[Decision], bool]:

@@ -583,3 +583,30 @@ def test_many_requests_on_one_connection_get_one_answer_and_a_close() -> None:
         assert answer.count(b"HTTP/1.") == 1 and b"process_cpu_seconds_total" in answer
     finally:
         endpoint.close()
+
+
+def test_an_input_in_another_key_order_or_without_a_report_steps_of_zero_is_still_ours() -> None:
+    """A worker of another version may write the input's keys in another order, or leave out
+    a report's ``steps`` at its default (its request digest does): the same request."""
+    report = _report()
+    own = _Worker().decide(report.to_json())
+    assert own.input is not None and '"steps":0' in own.input
+    doc = orjson.loads(own.input)
+    del doc["steps"]
+    reordered = orjson.dumps(dict(reversed(list(doc.items())))).decode()
+    answers = answers_request(report)
+    assert answers(dataclasses.replace(own, input=reordered))
+    doc["steps"] = False  # not 0: another request
+    assert not answers(dataclasses.replace(own, input=orjson.dumps(doc).decode()))
+
+
+def test_a_forged_input_far_longer_than_ours_is_refused_unparsed() -> None:
+    event = _handoff()
+    own = _Worker().decide(event.to_json())
+    assert own.input is not None
+    doc = orjson.loads(own.input)
+    doc["event_time"] = "x" * 60_000  # only the timing differs, but no retry looks like it
+    flood = dataclasses.replace(own, input=orjson.dumps(doc).decode())
+    assert not answers_request(event)(flood)
+    doc["event_time"] = "2026-11-30T05:00:00.123456+14:00"  # a retry's time, written otherwise
+    assert answers_request(event)(dataclasses.replace(own, input=orjson.dumps(doc).decode()))
