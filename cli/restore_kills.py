@@ -11,13 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import Any
 
 from baton.processors.engine import new_state
 from baton.processors.replay import Recorded
 from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
 from baton.schemas.decision import Outcome, Reason
 
-__all__ = ["MAX_RUN_ID", "ends_killed", "hold_lost_kills", "keep_killed", "reissued_commands"]
+__all__ = [
+    "MAX_RUN_ID",
+    "ends_killed",
+    "hold_lost_kills",
+    "keep_killed",
+    "reissued_commands",
+    "replaced_policy_records",
+    "replaced_policy_rows",
+]
 
 #: the longest run id an event can carry (schemas.events.Id)
 MAX_RUN_ID = 256
@@ -121,3 +130,51 @@ def reissued_commands(
             yield event.scope, event.target, text
         else:
             yield "policy", "*", text
+
+
+#: the rows a worker writes for a policy update it applied, and for a policy it came to use
+_POLICY_ROWS_SQL = (
+    "SELECT decision_id, run_id, request_id, reason, ifNull(input, '') FROM {db}.decisions "
+    "FINAL WHERE phase = 'control' AND run_id = '*' AND (startsWith(request_id, "
+    "'policy_updated:') OR startsWith(request_id, 'policy_in_force:')) "
+    "AND position(request_id, ':refused:') = 0"
+)
+
+
+def replaced_policy_rows(rows: list[tuple[str, ...]]) -> list[str]:
+    """Of ``(decision_id, run_id, request_id, reason, input)`` control rows, the request ids
+    of those holding a worker's id for an applied policy update (or a ``policy_in_force``
+    record) that no worker made: a row written into gov.decisions under that id replaced
+    the worker's in FINAL (control rows are not chained), and the update it stood for is not
+    re-issued, nor named as lost: the restart ran the policy before it, in silence."""
+    from baton.schemas.decision import Phase, decision_id_for
+    from baton.schemas.events import PolicyUpdated, parse_control_event
+    from baton.schemas.signing import policy_hash
+
+    replaced = []
+    for decision_id, run_id, request_id, reason, command in rows:
+        if decision_id != decision_id_for(run_id, request_id, Phase.CONTROL):
+            continue  # a row of its own id replaced nothing (refused, or re-issued if signed)
+        kind = request_id.split(":", 1)[0]
+        if kind == "policy_in_force":
+            if reason != "policy_in_force":
+                replaced.append(request_id)
+            continue
+        try:
+            event = parse_control_event(command.encode())
+        except Exception:
+            event = None
+        made = isinstance(event, PolicyUpdated) and request_id == (
+            f"policy_updated:{policy_hash(event.policy_yaml)[:16]}:{event.event_time.isoformat()}"
+        )
+        if reason != "policy_updated" or not made:
+            replaced.append(request_id)
+    return replaced
+
+
+def replaced_policy_records(client: Any) -> list[str]:
+    """:func:`replaced_policy_rows` of the audit ``client`` reads."""
+    from baton.sinks.schema import DATABASE
+
+    rows = client.query(_POLICY_ROWS_SQL.format(db=DATABASE)).result_rows
+    return replaced_policy_rows([tuple(str(v) for v in row) for row in rows])

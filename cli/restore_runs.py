@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from baton.cli.restart_notice import kill_records, lost_kill_scopes
-from baton.cli.restore_kills import MAX_RUN_ID, ends_killed, hold_lost_kills, keep_killed
+from baton.cli.restore_kills import (
+    MAX_RUN_ID,
+    ends_killed,
+    hold_lost_kills,
+    keep_killed,
+    replaced_policy_records,
+)
 from baton.cli.restore_write import reissue, write_changelog
 from baton.processors.engine import STICKY_REASONS, evict
 from baton.processors.replay import Recorded, in_chain_order, is_partial, rebuild_run, runs_of
@@ -79,10 +85,18 @@ def restore_runs(
                     client, counted, settings, now, frozenset(rebuilt.unverified_counters)
                 )
             commands = read_commands(client)
+            replaced = replaced_policy_records(client)
             lost_kills = lost_kill_scopes(kill_records(client))
     finally:
         client.close()
     _say_what_was_not_verified(rebuilt, settings, say)
+    if replaced:
+        say(
+            f"restore: WARNING: {len(replaced)} policy record(s) of the audit were replaced by "
+            f"rows no worker writes ({', '.join(replaced[:3])}): a policy update they stood "
+            "for is NOT re-issued, and the workers may decide under an older policy; "
+            "re-publish the policy you want with `baton policy publish`"
+        )
     kept = keep_killed(states, rebuilt.killed, commands)
     if kept:
         names = _first_names(kept)

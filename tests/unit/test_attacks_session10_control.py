@@ -381,3 +381,53 @@ def test_a_release_dated_a_year_ahead_before_operators_were_listed_keeps_no_time
         kills, _ = apply_control(NO_KILLS, ahead, unsigned, read_at)
         kills, record = apply_control(kills, kill, signed, read_at)
         assert record.reason == "kill_switch" and kills.everything, read_at
+
+
+# ------------------------------------------------------------------ a policy row replaced in FINAL
+def _policy_rows() -> tuple[list[tuple[str, ...]], Any]:
+    """The rows a worker writes for two signed updates it applied (and the policies it then
+    used), as `baton up`'s restore reads them; and the second update's record."""
+    from baton.processors.recorded import input_text, policy_in_force
+
+    t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    policy, signed_at, rows, record = parse_policy(OPERATORS, "file"), None, [], None
+    for minute, limit in ((1, 100), (2, 3)):
+        text = f"{OPERATORS}multi_agent: {{max_handoffs: {limit}}}\n"
+        event = _signed_update(text, t0.replace(minute=minute))
+        step = apply_policy_update(policy, signed_at, event, t0.replace(minute=minute))
+        assert step.applied and step.record is not None
+        record = step.record
+        record.input = input_text(event)
+        policy, signed_at = step.policy, step.signed_at
+        for d in (record, policy_in_force(policy, t0, "w1")):
+            rows.append((d.decision_id, d.run_id, d.request_id, str(d.reason), d.input or ""))
+    return rows, record
+
+
+def test_the_workers_own_policy_rows_hold_together() -> None:
+    from baton.cli.restore_kills import replaced_policy_rows
+
+    rows, _ = _policy_rows()
+    assert replaced_policy_rows(rows) == []
+
+
+@pytest.mark.parametrize("forged", ["reason", "input", "in_force"])
+def test_a_policy_row_replaced_in_final_is_named_as_lost(forged: str) -> None:
+    """A row written into gov.decisions under the id of the worker's record of the tighter
+    update (its id is its request id's: anyone can compute it) replaced it in FINAL (checked
+    on chDB: the later insert wins): `baton up` did not re-issue that update, and the
+    restart ran the looser policy before it without a word."""
+    from baton.cli.restore_kills import replaced_policy_rows
+
+    rows, record = _policy_rows()
+    i = next(i for i, row in enumerate(rows) if row[2] == record.request_id)
+    decision_id, run_id, request_id, reason, command = rows[i]
+    if forged == "reason":
+        rows[i] = (decision_id, run_id, request_id, "bad_signature", command)
+    elif forged == "input":  # the looser update's command under the tighter one's id
+        rows[i] = (decision_id, run_id, request_id, reason, rows[0][4])
+    else:
+        j = i + 1  # the worker's policy_in_force record of the tighter policy
+        rows[j] = (*rows[j][:3], "bad_signature", rows[j][4])
+        request_id = rows[j][2]
+    assert replaced_policy_rows(rows) == [request_id]
