@@ -9,9 +9,11 @@ run gets), so the tests of the policy exercise what the engine runs.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from baton.schemas.decision import Fallback
+from baton.schemas.events import MAX_RUN_COUNT, MAX_RUN_USD
 from baton.schemas.policy import MultiAgentPolicy, Policy, compile_globs
 from baton.schemas.signing import parse_public_key
 
@@ -34,16 +36,22 @@ class Budget(NamedTuple):
     """One budget limit as the two totals the rules compare with (the one budget comparison,
     computed once per policy): a total >= ``reached`` leaves nothing for another handoff; a
     total > ``over`` is past the limit (after a cost is counted, or with an estimate added).
-    Within BUDGET_TOLERANCE of the limit is at it; no limit is infinity (never reached)."""
+    Within BUDGET_TOLERANCE of the limit is at it; no limit is infinity (never reached).
+
+    A run's totals saturate at ``top`` (engine_budget.count_cost: MAX_RUN_USD, MAX_RUN_COUNT),
+    where Baton no longer knows how far past it the run is: a total at ``top`` is past any
+    limit from there up (a policy may set up to 2**53; a limit above the saturation was never
+    reached, and a run that reported more than it went on being allowed)."""
 
     reached: float
     over: float
 
     @classmethod
-    def of(cls, limit: float | None) -> Budget:
+    def of(cls, limit: float | None, top: float = math.inf) -> Budget:
         if limit is None:
             return cls(_INF, _INF)
-        return cls(limit - BUDGET_TOLERANCE, limit + BUDGET_TOLERANCE)
+        below_top = math.nextafter(top, 0.0)
+        return cls(min(limit - BUDGET_TOLERANCE, top), min(limit + BUDGET_TOLERANCE, below_top))
 
 
 _INF = float("inf")
@@ -115,9 +123,9 @@ class TenantRules:
         self.agents_cap = _cap(limits.max_agents_per_run)
         self.depth_cap = _cap(limits.max_delegation_depth)
         self.seconds_cap = _cap(limits.max_run_seconds)
-        self.usd = Budget.of(limits.shared_max_usd)
-        self.calls = Budget.of(limits.shared_max_tool_calls)
-        self.steps = Budget.of(limits.max_steps)
+        self.usd = Budget.of(limits.shared_max_usd, MAX_RUN_USD)
+        self.calls = Budget.of(limits.shared_max_tool_calls, MAX_RUN_COUNT)
+        self.steps = Budget.of(limits.max_steps, MAX_RUN_COUNT)
         self.max_bounces = limits.max_bounces
         self.reservation_ttl = limits.reservation_ttl_seconds
         self.release_on = frozenset(limits.release_ownership_on)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from baton.processors.decision_builder import DecisionContext
 
 __all__ = [
+    "MAX_CHAIN_HOPS",
     "Refusal",
     "agent_limit_rule",
     "bounce_rule",
@@ -51,6 +52,9 @@ __all__ = [
 
 #: what a broken rule returns: the reason it stops with and a detail naming the limit
 Refusal = tuple[str, str | None]
+#: parent links detect_delegation_cycles walks up a task's chain; a longer chain (or parent
+#: links that loop) is taken as a cycle (a depth limit keeps honest chains far shorter)
+MAX_CHAIN_HOPS = 256
 
 _SHARED = Reason.SHARED_BUDGET_EXCEEDED
 _STOP, _ALLOW, _APPROVAL_REQUIRED = Outcome.STOP, Outcome.ALLOW, Outcome.APPROVAL_REQUIRED
@@ -82,12 +86,12 @@ def check_handoff(
         or agent_limit_rule(st, req, rules)
         or handoff_limit_rule(st, rules)
         or depth_rule(depth, rules)
-        or (cycle_rule(st, req) if rules.detect_delegation_cycles else None)
+        or (cycle_rule(st, req, node) if rules.detect_delegation_cycles else None)
         or (bounce_rule(st, req, rules.max_bounces) if rules.max_bounces is not None else None)
         or budget_exhausted(st, rules, ctx.now_ts)
         or (
             estimate_over(st, req, rules)
-            if req.estimated_usd is not None or req.estimated_tool_calls is not None
+            if req.estimated_usd is not None or req.estimated_tool_calls is not None or st.reserved
             else None
         )
         or (tool_rule(req, rules) if rules.tools_checked else None)
@@ -190,17 +194,26 @@ def depth_of(st: RunState, req: HandoffRequested, node: TaskNode | None) -> int:
     return (parent.depth if parent is not None else 1) + 1
 
 
-def on_chain(st: RunState, req: HandoffRequested) -> bool:
-    """True when to_agent already sits on the task's delegation chain (A -> B -> A)."""
-    if req.to_agent == req.from_agent:
+def on_chain(st: RunState, req: HandoffRequested, node: TaskNode | None = None) -> bool:
+    """True when to_agent already sits on the task's delegation chain (A -> B -> A): the
+    chain above the request's parent and, for a task the run knows (``node``), above the
+    parent its tree holds (a released task handed on naming no parent, or another one, has
+    its place in the tree still). A chain longer than MAX_CHAIN_HOPS links (or parent links
+    that loop) is taken as a cycle: never walked past the bound and then let through."""
+    to_agent = req.to_agent
+    if to_agent == req.from_agent:
         return True
-    node = st.task(req.parent_task_id) if req.parent_task_id else None
-    hops = 0
-    while node is not None and hops < 64:
-        if req.to_agent in (node.owner, node.giver):
-            return True
-        node = st.task(node.parent) if node.parent else None
-        hops += 1
+    starts = [req.parent_task_id]
+    if node is not None and node.parent != req.parent_task_id:
+        starts.append(node.parent)
+    for parent_id in starts:
+        above = st.task(parent_id) if parent_id else None
+        hops = 0
+        while above is not None:
+            if hops == MAX_CHAIN_HOPS or to_agent == above.owner or to_agent == above.giver:
+                return True
+            above = st.task(above.parent) if above.parent else None
+            hops += 1
     return False
 
 
@@ -215,11 +228,14 @@ def depth_rule(depth: int, rules: TenantRules) -> Refusal | None:
     return None
 
 
-def cycle_rule(st: RunState, req: HandoffRequested) -> Refusal | None:
+def cycle_rule(st: RunState, req: HandoffRequested, node: TaskNode | None = None) -> Refusal | None:
     """multi_agent.detect_delegation_cycles -> delegation_cycle: the task would go back to an
-    agent already on its delegation chain."""
-    if on_chain(st, req):
-        return Reason.DELEGATION_CYCLE, f"{req.to_agent} is already on the chain"
+    agent already on its delegation chain (``node``: the task's, if the run knows it)."""
+    if on_chain(st, req, node):
+        return (
+            Reason.DELEGATION_CYCLE,
+            f"{req.to_agent} is already on the chain (or it is over {MAX_CHAIN_HOPS} tasks long)",
+        )
     return None
 
 
@@ -246,18 +262,19 @@ def budget_exhausted(st: RunState, rules: TenantRules, now_ts: float) -> Refusal
 
 def estimate_over(st: RunState, req: HandoffRequested, rules: TenantRules) -> Refusal | None:
     """shared_max_usd, shared_max_tool_calls with reservations -> shared_budget_exceeded:
-    spent + reserved + this request's estimate would go over (parallel sub-agents cannot
-    oversubscribe the run together)."""
+    spent + reserved + this request's estimate (none: 0) would go over (parallel sub-agents
+    cannot oversubscribe the run together; one that spent past its estimate while others
+    still hold theirs leaves no room for a request that names no estimate either)."""
     estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
-    if estimated_usd is not None:
-        total = st.spent_usd + st.reserved_usd + estimated_usd
+    if estimated_usd is not None or st.reserved_usd:
+        total = st.spent_usd + st.reserved_usd + (estimated_usd or 0.0)
         if total > rules.usd.over:
             return (
                 _SHARED,
                 f"spent+reserved+estimate {total:.4f} > shared_max_usd {rules.shared_max_usd:g}",
             )
-    if estimated_calls is not None:
-        calls = st.tool_calls + st.reserved_tool_calls + estimated_calls
+    if estimated_calls is not None or st.reserved_tool_calls:
+        calls = st.tool_calls + st.reserved_tool_calls + (estimated_calls or 0)
         if calls > rules.calls.over:
             return (
                 _SHARED,

@@ -90,7 +90,9 @@ class MultiAgentPolicy(StrictModel):
     detect_delegation_cycles: bool = Field(
         False,
         description="a task handed back to an agent already on its delegation chain "
-        "(A -> B -> A) is `stop delegation_cycle`",
+        "(A -> B -> A) is `stop delegation_cycle`: the chain above the request's "
+        "`parent_task_id` and above the task's own parent in the run's tree; one over 256 "
+        "tasks long (or parent links that loop) is taken as a cycle",
     )
     max_bounces: NonNegInt | None = Field(
         None,
