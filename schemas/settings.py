@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     )
     session_timeout_s: float = Field(
         10.0,
-        gt=0,
+        # 0.0001 passed gt=0 and was session.timeout.ms 0, which librdkafka refuses (a
+        # traceback from the sink); Kafka's own floor is 6 s
+        ge=1.0,
         le=MAX_TIMEOUT_S,
         description="consumer group session timeout; failover takes about this long",
     )

@@ -91,7 +91,9 @@ class ClientSettings(Settings):
     )
     client_delivery_timeout_s: float = Field(
         30.0,
-        gt=0,
+        # 0.0001 passed gt=0 and was message.timeout.ms 0: librdkafka's "never time out", so
+        # a check queued during an outage was sent whenever Kafka came back
+        ge=0.01,
         le=MAX_TIMEOUT_S,
         description="drop a request librdkafka could not deliver within this",
     )

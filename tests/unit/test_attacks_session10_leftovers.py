@@ -610,3 +610,21 @@ def test_a_forged_input_far_longer_than_ours_is_refused_unparsed() -> None:
     assert not answers_request(event)(flood)
     doc["event_time"] = "2026-11-30T05:00:00.123456+14:00"  # a retry's time, written otherwise
     assert answers_request(event)(dataclasses.replace(own, input=orjson.dumps(doc).decode()))
+
+
+@pytest.mark.parametrize(
+    ("model", "variable", "value"),
+    [
+        (Settings, "BATON_SESSION_TIMEOUT_S", "0.0001"),
+        (ClientSettings, "BATON_CLIENT_DELIVERY_TIMEOUT_S", "0.0001"),
+    ],
+)
+def test_a_duration_that_rounds_to_zero_milliseconds_is_refused(
+    monkeypatch: pytest.MonkeyPatch, model: type[Settings], variable: str, value: str
+) -> None:
+    """int(0.0001 * 1000) is 0: session.timeout.ms 0 is refused by librdkafka (a traceback
+    from the sink), message.timeout.ms 0 means never time out (a check queued while Kafka
+    was down would be sent whenever it came back)."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=variable.removeprefix("BATON_").lower()):
+        model()
