@@ -138,6 +138,12 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
             f" ({_handoff(stop)}, task={stop['task_id']})"
             + (f", fallback {stop['fallback']}" if stop["fallback"] else "")
         )
+        # a stop ends one handoff, not the run: a run that went on (a released kill, the
+        # planner's next handoff) read as ended at its first stop
+        after = steps.index(stop) + 1
+        allowed = [i for i, s in enumerate(steps[after:], after + 1) if s["outcome"] == "allow"]
+        if allowed:
+            ended += f"; went on: {len(allowed)} allowed after it, the last at step {allowed[-1]}"
     else:
         ended = f"last decision: {last['outcome']} ({last['reason']})"
     policies = sorted({s["policy_version"] for s in steps if s["policy_version"]})

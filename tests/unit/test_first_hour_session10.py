@@ -194,3 +194,56 @@ def test_a_command_imports_its_own_module_not_every_command_s() -> None:
     assert "'baton.cli.tail_cmds'" in loaded
     for other in ("demo_cmds", "policy_cmds", "replay_cmds", "audit_cmds", "people_cmds"):
         assert f"'baton.cli.{other}'" not in loaded, loaded
+
+
+def _step(n: int, outcome: str, reason: str, **fields: object) -> dict[str, object]:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    return {
+        "decided_at": datetime(2026, 11, 30, 12, 0, n, tzinfo=UTC),
+        "tenant": "default",
+        "phase": "control" if outcome == "recorded" else "pre_handoff",
+        "outcome": outcome,
+        "reason": reason,
+        "from_agent": "planner",
+        "to_agent": "writer",
+        "task_id": f"t{n}",
+        "owner": None,
+        "depth": 1,
+        "handoff_count": n,
+        "spent_usd": Decimal(0),
+        "tool_calls": 0,
+        "policy_version": "p1",
+        "fallback": "single_agent" if outcome == "stop" else None,
+        "approval_id": None,
+        "approval_expires_at": None,
+        "approver": None,
+        "handoff_status": None,
+        "action": None,
+        "tool": None,
+        "detail": None,
+        **fields,
+    }
+
+
+def test_trace_of_a_run_that_went_on_after_its_stop_says_so() -> None:
+    # the demo's killed run: allow, kill, STOP killed, release, allow. Its trace began
+    # "STOPPED at step 3: killed", read as the run's end although step 5 was allowed
+    from baton.sinks.trace import format_trace
+
+    steps = [
+        _step(1, "allow", "ok"),
+        _step(2, "recorded", "kill_switch"),
+        _step(3, "stop", "killed"),
+        _step(4, "recorded", "kill_switch_released"),
+        _step(5, "allow", "ok"),
+    ]
+    headline = format_trace("run_1", steps).splitlines()[1]
+    assert headline == (
+        "STOPPED at step 3: killed (planner -> writer, task=t3), fallback single_agent; "
+        "went on: 1 allowed after it, the last at step 5"
+    )
+    # a run whose stop is its last handoff reads as before (the README's run_742)
+    ended = format_trace("run_2", steps[:4]).splitlines()[1]
+    assert ended == "STOPPED at step 3: killed (planner -> writer, task=t3), fallback single_agent"
