@@ -97,7 +97,10 @@ class DemoStack:
             return  # not a record: `baton up` names the file
         if record is None or not record.live(self.data_dir):
             return
-        sql = f" --sql <its sql= DSN> (SQL endpoint {record.sql_url})" if record.sql_url else ""
+        from baton.sinks.clickhouse import read_endpoint
+
+        dsn = read_endpoint(self.data_dir / "chdb") if record.sql_url else None
+        sql = f" --sql {dsn}" if dsn else ""
         raise ConfigError(
             f"a `baton up` already runs with the data dir {self.data_dir} "
             f"({record.describe()}, Kafka at {record.bootstrap}): play the demo against it "

@@ -73,7 +73,10 @@ def test_demo_keep_twice_and_a_demo_against_the_kept_stack(tmp_path: Path) -> No
         up_out = (data / "up.out").read_text()
         second = _baton("demo", "--keep", "--data-dir", str(data), "--burst", "0", timeout=60)
         assert second.returncode == 2, second.stdout + second.stderr
-        assert f"baton demo --bootstrap {record['bootstrap']}" in second.stderr
+        sql = re.search(r"Baton is up in .* sql=(\S+)", first.stdout)
+        assert sql is not None, first.stdout
+        # the command it suggests is whole: the SQL endpoint's DSN with its token
+        assert f"`baton demo --bootstrap {record['bootstrap']} --sql {sql[1]}`" in second.stderr
         assert f"kill {record['pid']}" in second.stderr
         assert "The stack keeps running" not in second.stdout
         assert (data / "up.out").read_text() == up_out
@@ -81,8 +84,6 @@ def test_demo_keep_twice_and_a_demo_against_the_kept_stack(tmp_path: Path) -> No
         # ... which, played against that stack, passes: the seed run's requests are answered
         # from the record of the first demo (their time is the first demo's), which the
         # audit's count of this demo's window left out: 60 s of waiting, then exit 1
-        sql = re.search(r"Baton is up in .* sql=(\S+)", first.stdout)
-        assert sql is not None, first.stdout
         again = _baton("demo", "--bootstrap", record["bootstrap"], "--sql", sql[1], "--burst", "0")
         assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
         assert "the sink has all" in again.stdout
