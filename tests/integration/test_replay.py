@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from baton.processors.recorded import input_text
 from baton.schemas.events import HandoffRequested
 from tests.helpers import wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY
@@ -64,7 +65,9 @@ def test_replay_reproduces_the_audit_and_names_what_a_stricter_policy_stops(
         30,
         message="the retry's re-emitted decision",
     )
-    assert copies[0].reemitted and copies[0].input is None and first.input is not None
+    assert copies[0].reemitted and first.input is not None
+    # the copy carries the retry's input (the client matches it), the original its own
+    assert copies[0].input == input_text(HandoffRequested.model_validate_json(retry.to_json()))
     audit.audited_all()
     rows = audit.sink.query(
         "SELECT count(), any(input) IS NOT NULL FROM governance.decisions "
