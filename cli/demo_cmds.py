@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from baton.cli.demo_play import Demo
 
 from baton.cli.demo_audit import audit_summary, decided_since
-from baton.cli.demo_stack import DemoStack
+from baton.cli.demo_stack import DemoStack, live_stack
 
 __all__ = ["register"]
 
@@ -131,6 +131,14 @@ def demo_cmd(
             elif data_dir is None:
                 temp_dir = tempfile.mkdtemp(prefix="baton-demo-")
                 data_dir = Path(temp_dir)
+                # the `baton up` of this folder (a user who started it first) is not the
+                # one the demo plays against: say so, and how to play against it
+                here = live_stack(Path(".baton").resolve())
+                if here is not None:
+                    click.echo(
+                        f"The `baton up` of this folder ({here[0]}) keeps its own history: "
+                        f"this demo starts a stack of its own. To play against yours: {here[1]}"
+                    )
             stack = DemoStack(data_dir.resolve(), keep)
             click.echo(
                 "Starting Baton: embedded Kafka broker, governance worker, audit sink "

@@ -16,9 +16,28 @@ from baton.schemas.errors import BatonError, ConfigError
 if TYPE_CHECKING:
     pass
 
-__all__ = ["DemoStack"]
+__all__ = ["DemoStack", "live_stack"]
 
 _READY = re.compile(r"ready bootstrap=(?P<bootstrap>\S+)(?: sql=(?P<sql>\S+))?")
+
+
+def live_stack(data_dir: Path) -> tuple[str, str, int] | None:
+    """The ``baton up`` running with ``data_dir``, if one does: how it reads (pid, start,
+    Kafka), the `baton demo` command that plays against it (with its SQL endpoint's DSN),
+    and its pid."""
+    from baton.cli.stack_file import read_record
+
+    try:
+        record = read_record(data_dir)
+    except ConfigError:
+        return None  # not a record: `baton up` names the file
+    if record is None or not record.live(data_dir):
+        return None
+    from baton.sinks.clickhouse import read_endpoint
+
+    dsn = read_endpoint(data_dir / "chdb") if record.sql_url else None
+    command = f"baton demo --bootstrap {record.bootstrap}" + (f" --sql {dsn}" if dsn else "")
+    return f"{record.describe()}, Kafka at {record.bootstrap}", command, record.pid
 
 
 class DemoStack:
@@ -89,24 +108,13 @@ class DemoStack:
         refusal came after the demo had emptied that stack's up.out and up.log, with exit 1
         (the code of a decision that differed) and "stop it with: kill PID" naming the pid
         of the `baton up` that had just refused to start."""
-        from baton.cli.stack_file import read_record
-
-        try:
-            record = read_record(self.data_dir)
-        except ConfigError:
-            return  # not a record: `baton up` names the file
-        if record is None or not record.live(self.data_dir):
-            return
-        from baton.sinks.clickhouse import read_endpoint
-
-        dsn = read_endpoint(self.data_dir / "chdb") if record.sql_url else None
-        sql = f" --sql {dsn}" if dsn else ""
-        raise ConfigError(
-            f"a `baton up` already runs with the data dir {self.data_dir} "
-            f"({record.describe()}, Kafka at {record.bootstrap}): play the demo against it "
-            f"with `baton demo --bootstrap {record.bootstrap}{sql}`, stop it first "
-            f"(kill {record.pid}), or give the demo another --data-dir"
-        )
+        found = live_stack(self.data_dir)
+        if found is not None:
+            raise ConfigError(
+                f"a `baton up` already runs with the data dir {self.data_dir} ({found[0]}): "
+                f"play the demo against it with `{found[1]}`, stop it first "
+                f"(kill {found[2]}), or give the demo another --data-dir"
+            )
 
     @property
     def running(self) -> bool:

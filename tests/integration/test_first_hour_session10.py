@@ -25,9 +25,12 @@ def _env() -> dict[str, str]:
     return {**env, "NO_COLOR": "1"}
 
 
-def _baton(*args: str, timeout: float = 200) -> subprocess.CompletedProcess[str]:
+def _baton(
+    *args: str, timeout: float = 200, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*BATON, *args],
+        cwd=cwd,
         env=_env(),
         capture_output=True,
         text=True,
@@ -49,34 +52,40 @@ def _closed(bootstrap: str) -> bool:
 
 @pytest.mark.timeout(420)
 def test_demo_keep_twice_and_a_demo_against_the_kept_stack(tmp_path: Path) -> None:
-    data = tmp_path / "stack"
-    first = _baton("demo", "--keep", "--data-dir", str(data), "--burst", "0")
+    # the user's folder: `baton demo --keep` keeps its stack in ./.baton
+    data = tmp_path / ".baton"
+    first = _baton("demo", "--keep", "--burst", "0", cwd=tmp_path)
     record = json.loads((data / "stack.json").read_text())
     try:
         assert first.returncode == 0, f"{first.stdout[-3000:]}\n{first.stderr[-3000:]}"
         # the commands it suggests run as printed: issue 14's "which runs would have been
         # stopped" is one command away
-        stricter = data / "stricter.yaml"
         assert (
-            f"Next: baton trace --data-dir {data} run_742; baton replay --data-dir {data} "
-            f"--policy {stricter} --since 1h" in first.stdout
+            "Next: baton trace run_742; baton replay --policy .baton/stricter.yaml --since 1h"
+            in first.stdout
         )
-        replay = _baton(
-            "replay", "--data-dir", str(data), "--policy", str(stricter), "--since", "1h"
-        )
+        replay = _baton("replay", "--policy", ".baton/stricter.yaml", "--since", "1h", cwd=tmp_path)
         assert replay.returncode == 1, replay.stdout + replay.stderr  # 1: something changes
         assert "allow → stop:handoff_budget_exceeded" in replay.stdout
         assert re.search(r"demo_\w+_budget\s+step 5 ", replay.stdout), replay.stdout
 
+        # a plain `baton demo` here plays on a stack of its own: it says so, and how to play
+        # against the folder's (it said nothing: the user's stack never saw the demo)
+        sql = re.search(r"Baton is up in .* sql=(\S+)", first.stdout)
+        assert sql is not None, first.stdout
+        command = f"baton demo --bootstrap {record['bootstrap']} --sql {sql[1]}"
+        own = _baton("demo", "--burst", "0", cwd=tmp_path)
+        assert own.returncode == 0, f"{own.stdout[-3000:]}\n{own.stderr[-3000:]}"
+        assert "The `baton up` of this folder (baton up pid" in own.stdout
+        assert f"To play against yours: {command}" in own.stdout
+
         # a second `baton demo --keep` in the same folder: one line saying how to use the
         # running stack; nothing started, the running stack's logs left as they were
         up_out = (data / "up.out").read_text()
-        second = _baton("demo", "--keep", "--data-dir", str(data), "--burst", "0", timeout=60)
+        second = _baton("demo", "--keep", "--burst", "0", timeout=60, cwd=tmp_path)
         assert second.returncode == 2, second.stdout + second.stderr
-        sql = re.search(r"Baton is up in .* sql=(\S+)", first.stdout)
-        assert sql is not None, first.stdout
         # the command it suggests is whole: the SQL endpoint's DSN with its token
-        assert f"`baton demo --bootstrap {record['bootstrap']} --sql {sql[1]}`" in second.stderr
+        assert f"`{command}`" in second.stderr
         assert f"kill {record['pid']}" in second.stderr
         assert "The stack keeps running" not in second.stdout
         assert (data / "up.out").read_text() == up_out
