@@ -8,7 +8,8 @@ Pure like the engine: the workers' control follower (processors/control.py) and
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from baton.processors.decision_builder import NO_ORIGIN, Origin
@@ -43,9 +44,11 @@ class KillSwitches:
     runs: frozenset[str] = frozenset()
     tenants: frozenset[str] = frozenset()
     everything: bool = False
-    #: "scope:target" -> event time of the newest signed command applied to it: an older
-    #: one arriving later (a replayed release) is refused
-    latest: tuple[tuple[str, float], ...] = ()
+    #: "scope:target" -> event time of the newest command applied to it: an older one
+    #: arriving later (a replayed release) is refused. Never changed: a command makes a new
+    #: dict (a C-level copy: the tuple rebuilt in Python cost 10.9 ms a command at 16,000
+    #: killed runs, a start folding them 174 s)
+    latest: Mapping[str, float] = field(default_factory=dict, hash=False, repr=False)
 
     def killed(self, run_id: str, tenant: str) -> bool:
         return self.everything or run_id in self.runs or tenant in self.tenants
@@ -73,24 +76,26 @@ def apply_control(
     on = isinstance(event, KillSwitch)
     target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope] or "*"
     slot = f"{event.scope}:{target}"
-    refused = command_refused(event, policy, dict(kills.latest).get(slot), now)
+    refused = command_refused(event, policy, kills.latest.get(slot), now)
     reason: str = Reason.KILL_SWITCH if on else Reason.KILL_SWITCH_RELEASED
     detail = f"scope={event.scope} target={target} reason={event.reason}"
     if refused is not None:
         reason, why = refused
         detail = f"{detail}; refused: {why}"
     else:
-        runs, tenants, everything = set(kills.runs), set(kills.tenants), kills.everything
+        runs, tenants, everything = kills.runs, kills.tenants, kills.everything
         if event.scope == "run":
-            (runs.add if on else runs.discard)(event.run_id or "")
+            one = frozenset((event.run_id or "",))
+            runs = runs | one if on else runs - one
         elif event.scope == "tenant":
-            (tenants.add if on else tenants.discard)(event.tenant or "")
+            one = frozenset((event.tenant or "",))
+            tenants = tenants | one if on else tenants - one
         else:
             everything = on
         latest, at = kills.latest, applied_time(event, now)
         if at is not None:
-            latest = (*((k, t) for k, t in latest if k != slot), (slot, at))
-        kills = KillSwitches(frozenset(runs), frozenset(tenants), everything, latest)
+            latest = {**latest, slot: at}
+        kills = KillSwitches(runs, tenants, everything, latest)
     request_id = f"{event.type}:{event.scope}:{target}:{event.event_time.isoformat()}"
     if refused is not None:
         # its own id: a forged copy of a real command must not replace the real one's record
