@@ -247,3 +247,26 @@ def test_trace_of_a_run_that_went_on_after_its_stop_says_so() -> None:
     # a run whose stop is its last handoff reads as before (the README's run_742)
     ended = format_trace("run_2", steps[:4]).splitlines()[1]
     assert ended == "STOPPED at step 3: killed (planner -> writer, task=t3), fallback single_agent"
+
+
+def test_the_readme_s_exit_codes_are_the_error_tree_s() -> None:
+    # a script's author reads the codes in one place: each class of BatonError has its code
+    # there, and Ctrl-C's
+    import re
+    from pathlib import Path
+
+    from baton.schemas import errors
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("Exit status, for scripts:")
+    sentence = " ".join(readme[start : readme.index("\n\n", start)].split())
+    said = {int(n) for n in re.findall(r"(?:[:;] )(\d+) ", sentence)}
+    codes = {
+        cls.exit_code
+        for cls in vars(errors).values()
+        if isinstance(cls, type)
+        and issubclass(cls, errors.BatonError)
+        and isinstance(cls.__dict__.get("exit_code"), int)
+    }
+    assert codes <= said, f"README leaves out exit codes {sorted(codes - said)}"
+    assert f"; {INTERRUPTED_EXIT} Ctrl-C" in sentence
