@@ -10,7 +10,7 @@ from baton.schemas.names import MAX_NAME
 from baton.schemas.policy_types import Globs, StrictModel, name_keyed
 from baton.schemas.signing import SigningKeyError, parse_public_key
 
-__all__ = ["MAX_APPROVAL_TTL_S", "ApprovalPolicy", "PublicKeys"]
+__all__ = ["MAX_APPROVAL_TTL_S", "ApprovalPolicy", "OperatorKeys", "PublicKeys"]
 
 
 def _public_key(text: str) -> str:
@@ -19,6 +19,21 @@ def _public_key(text: str) -> str:
     except SigningKeyError as exc:
         raise ValueError(str(exc).removeprefix("key: ")) from None
     return text
+
+
+def _one_name_per_key(keys: dict[str, str]) -> dict[str, str]:
+    """A public key listed under two operators (a line copied for a new operator, its key
+    left as it was) let its holder sign as both: as another operator, which the audit then
+    names. Refused, naming both."""
+    seen: dict[str, str] = {}
+    for name, text in keys.items():
+        first = seen.setdefault(text.strip(), name)
+        if first != name:
+            raise ValueError(
+                f"{first} and {name} hold the same public key: a key is one signer's "
+                "(`baton keys new NAME` makes one per name)"
+            )
+    return keys
 
 
 #: name -> "ed25519:<base64>": a public key the policy trusts for that name; names are
@@ -30,6 +45,9 @@ PublicKeys = Annotated[
     ],
     name_keyed("signer names"),
 ]
+#: ``operators``: also one name per key. Approvers' keys may repeat (a test's one holder of
+#: two agents' keys); an operator's may not
+OperatorKeys = Annotated[PublicKeys, AfterValidator(_one_name_per_key)]
 
 
 #: the longest approval.ttl_seconds, 366 days: the expiry is a time on every approval's

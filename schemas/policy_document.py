@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from baton.schemas.policy_approval import PublicKeys
+from baton.schemas.policy_approval import OperatorKeys
 from baton.schemas.policy_limits import MultiAgentPolicy
 from baton.schemas.policy_seed import Budgets, Controls, ToolLists, Writes, fold_seed_blocks
 from baton.schemas.policy_types import name_keyed
@@ -36,7 +36,7 @@ class Policy(BaseModel):
         description='free-form label shown next to the hash, e.g. "2026-11-25 refunds need '
         'approval"',
     )
-    operators: PublicKeys = Field(
+    operators: OperatorKeys = Field(
         default_factory=dict,
         description="operator name -> public key; when set, kill switches, releases and "
         "policy updates count only when signed by one of these "

@@ -431,3 +431,18 @@ def test_a_policy_row_replaced_in_final_is_named_as_lost(forged: str) -> None:
         rows[j] = (*rows[j][:3], "bad_signature", rows[j][4])
         request_id = rows[j][2]
     assert replaced_policy_rows(rows) == [request_id]
+
+
+# ------------------------------------------------------------------ one key under two names
+def test_one_public_key_under_two_operators_is_refused() -> None:
+    """A line copied for a new operator with its key left as it was: the key's holder could
+    sign as both names (a kill "by oncall_2027" that oncall made)."""
+    key = f'"{public_key_text(_KEY)}"'
+    with pytest.raises(PolicyError, match="oncall and oncall_2027 hold the same public key"):
+        parse_policy(f"operators:\n  oncall: {key}\n  oncall_2027: {key}\n", "p.yaml")
+
+
+def test_a_signer_listed_as_operator_and_approver_with_one_key_still_loads() -> None:
+    key = f'"{public_key_text(_KEY)}"'
+    text = f"operators: {{oncall: {key}}}\nmulti_agent: {{approval: {{keys: {{oncall: {key}}}}}}}\n"
+    assert list(parse_policy(text, "p.yaml").operators) == ["oncall"]
