@@ -160,6 +160,8 @@ def replaced_policy_rows(rows: list[tuple[str, ...]]) -> list[str]:
             if reason != "policy_in_force":
                 replaced.append(request_id)
             continue
+        if reason == "policy_updated" and not command:
+            continue  # recorded before commands were (restart_notice names what it lost)
         try:
             event = parse_control_event(command.encode())
         except Exception:

@@ -409,6 +409,8 @@ def test_the_workers_own_policy_rows_hold_together() -> None:
 
     rows, _ = _policy_rows()
     assert replaced_policy_rows(rows) == []
+    # a row recorded before commands were (no input) is not taken for a replaced one
+    assert replaced_policy_rows([(*row[:4], "") for row in rows]) == []
 
 
 @pytest.mark.parametrize("forged", ["reason", "input", "in_force"])
