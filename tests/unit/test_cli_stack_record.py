@@ -283,8 +283,10 @@ def test_port_or_off() -> None:
 def test_setting_options_take_click_types_from_the_model() -> None:
     assert isinstance(click_type("partitions"), click.IntRange)
     assert click_type("partitions").min == 1
-    session = click_type("session_timeout_s")
-    assert isinstance(session, click.FloatRange) and session.min_open
+    session = click_type("session_timeout_s")  # ge=1: 0.0001 s was a 0 ms session timeout
+    assert isinstance(session, click.FloatRange) and session.min == 1 and not session.min_open
+    connect = click_type("connect_timeout_s")
+    assert isinstance(connect, click.FloatRange) and connect.min == 0 and connect.min_open
     assert isinstance(click_type("security_protocol"), click.Choice)
     assert "SASL_SSL" in click_type("security_protocol").choices
     assert isinstance(click_type("sasl_mechanism"), click.Choice)  # Optional[Literal]
