@@ -100,6 +100,7 @@ class TenantRules:
         "steps",
         "tools_checked",
         "ttl_seconds",
+        "unknown_tenant",
         "usd",
         "version",
     )
@@ -143,6 +144,10 @@ class TenantRules:
         self.max_signature_age = limits.approval.max_signature_age_seconds
         self.fallback = limits.fallback
         self.fallback_by_reason = dict(limits.fallback_by_reason)
+        #: these are the rules of tenants not under ``tenants`` and strict_tenants refuses
+        #: those (set by CompiledPolicy on its default rules): a run begun before the policy
+        #: listed its tenant no more, or before strict_tenants was turned on, is stopped too
+        self.unknown_tenant = False
 
     def needs_approval(
         self, action: str | None, tool: str | None, tools: list[str] | None = None
@@ -178,6 +183,7 @@ class CompiledPolicy:
         version = policy.version
         self.policy = policy
         self.default = TenantRules(policy.multi_agent, version)
+        self.default.unknown_tenant = policy.strict_tenants
         self.tenants = {name: TenantRules(lim, version) for name, lim in policy.tenants.items()}
 
     @classmethod

@@ -47,6 +47,7 @@ __all__ = [
     "spent_over",
     "tool_rule",
     "ungranted_tool_rule",
+    "unknown_tenant_rule",
     "used_tools_rule",
 ]
 
@@ -79,6 +80,7 @@ def check_handoff(
     refusal = (
         (killed_rule(st, ctx.kills) if ctx.kills is not NO_KILLS else None)
         or (run_closed_rule(st) if st.finished or st.stopped is not None else None)
+        or (unknown_tenant_rule(st) if rules.unknown_tenant else None)
         or (request_expired_rule(req, ctx.now) if gate and req.decide_by is not None else None)
         or (run_evicted_rule(st) if st.evicted_at is not None else None)
         or (ownership_rule(req, node) if node is not None else None)
@@ -120,6 +122,16 @@ def run_closed_rule(st: RunState) -> Refusal | None:
     if st.stopped is not None:
         return st.stopped, "run already stopped"
     return None
+
+
+def unknown_tenant_rule(st: RunState) -> Refusal | None:
+    """strict_tenants -> unknown_tenant: the run's tenant is not under ``tenants`` (the
+    policy in force: a run begun before strict_tenants was on, or before its tenant was
+    taken off the list, gets no more allows; not sticky: listed again, it goes on)."""
+    return (
+        Reason.UNKNOWN_TENANT,
+        f"tenant {st.tenant!r} is not under tenants (strict_tenants is on)",
+    )
 
 
 def request_expired_rule(req: HandoffRequested, now: datetime) -> Refusal | None:

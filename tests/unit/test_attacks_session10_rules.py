@@ -11,8 +11,9 @@ import pytest
 
 from baton.processors.rule_checks import MAX_CHAIN_HOPS
 from baton.schemas.decision import Outcome, Reason
-from baton.schemas.events import MAX_COUNT, MAX_RUN_COUNT, MAX_RUN_USD, MAX_USD
-from tests.unit.test_engine_support import Run, completed, policy_with
+from baton.schemas.events import MAX_COUNT, MAX_RUN_COUNT, MAX_RUN_USD, MAX_USD, ApprovalGranted
+from baton.schemas.policy import Policy, parse_policy
+from tests.unit.test_engine_support import Run, at, completed, policy_with
 
 pytestmark = pytest.mark.unit
 
@@ -190,3 +191,50 @@ def test_a_released_task_may_go_to_an_agent_off_its_chain() -> None:
     run.handoff("t2", "B", "C", parent_task_id="t1")
     run.one(completed("req-2", "t2", "C", status="error"))
     assert run.handoff("t2", "B", "D").outcome == Outcome.ALLOW
+
+
+# ---------------------------------------------------------------- strict_tenants
+
+
+def _tenants_policy(strict: bool, *tenants: str) -> Policy:
+    listed = ", ".join(f"{t}: {{max_handoffs: 20}}" for t in tenants)
+    return parse_policy(
+        f"strict_tenants: {str(strict).lower()}\n"
+        "multi_agent: {max_handoffs: 50, max_agents_per_run: 9, require_approval_for: ['pay.*']}\n"
+        f"tenants: {{{listed}}}\n",
+        "tenants",
+    )
+
+
+def test_a_run_begun_before_strict_tenants_was_on_gets_no_more_allows() -> None:
+    # strict_tenants refused only a run's first event: a run an unlisted tenant began before
+    # the policy update that turned it on went on being allowed under the default limits
+    run = Run(_tenants_policy(False, "acme"), tenant="evil")
+    assert run.handoff("t1", "planner", "a").outcome == Outcome.ALLOW
+    run.policy = _tenants_policy(True, "acme")
+
+    later = run.handoff("t2", "planner", "a")
+
+    assert (later.outcome, later.reason) == (Outcome.STOP, Reason.UNKNOWN_TENANT)
+
+
+def test_a_tenant_taken_off_the_list_is_stopped_until_listed_again() -> None:
+    run = Run(_tenants_policy(True, "acme", "globex"), tenant="globex")
+    assert run.handoff("t1", "planner", "a").outcome == Outcome.ALLOW
+    asked = run.handoff("t2", "planner", "b", action="pay.out")
+    assert asked.outcome == Outcome.APPROVAL_REQUIRED and asked.approval_id
+    run.policy = _tenants_policy(True, "acme")  # globex offboarded
+
+    assert run.handoff("t3", "planner", "a").reason == Reason.UNKNOWN_TENANT
+    grant = ApprovalGranted(
+        approval_id=asked.approval_id,
+        run_id="run-1",
+        tenant="globex",
+        approver="boss",
+        event_time=at(0),
+    )
+    answer = run.one(grant)
+    assert (answer.outcome, answer.reason) == (Outcome.STOP, Reason.UNKNOWN_TENANT)
+
+    run.policy = _tenants_policy(True, "acme", "globex")  # not sticky
+    assert run.handoff("t4", "planner", "a").outcome == Outcome.ALLOW
