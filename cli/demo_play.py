@@ -112,7 +112,8 @@ class Demo:
 
     def _title(self, text: str) -> None:
         self.echo("")
-        self.echo(click.style(f"── {text} ".ljust(78, "─"), bold=True))
+        head = f"── {text} "  # a title past the 78 columns still ends in a rule
+        self.echo(click.style(head + "─" * max(3, 78 - len(head)), bold=True))
 
     async def _alerts(self, run_id: str, scenario: str) -> None:
         """Print the alerter's lines for the stops Baton decided in ``run_id`` (waits for them)."""

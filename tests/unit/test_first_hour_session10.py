@@ -270,3 +270,20 @@ def test_the_readme_s_exit_codes_are_the_error_tree_s() -> None:
     }
     assert codes <= said, f"README leaves out exit codes {sorted(codes - said)}"
     assert f"; {INTERRUPTED_EXIT} Ctrl-C" in sentence
+
+
+def test_every_demo_title_ends_in_its_rule() -> None:
+    # "── 2. Handoff budget: max_handoffs 8, the 9th is stopped (run demo_c788b1_budget) "
+    # ran past the 78 columns with no rule after it, unlike the short titles
+    from baton.cli.demo_play import Demo
+
+    lines: list[str] = []
+    echo = type("Echo", (), {"echo": staticmethod(lines.append)})()
+    for title in (
+        "1. short",
+        "2. Handoff budget: max_handoffs 8, the 9th is stopped (run demo_c788b1_budget)",
+    ):
+        Demo._title(echo, title)  # type: ignore[arg-type]
+    rules = [click.unstyle(line) for line in lines if line]
+    assert len(rules[0]) == 78 and rules[0].startswith("── 1. short ───")
+    assert rules[1].endswith(") ───")
