@@ -448,3 +448,57 @@ def test_a_signer_listed_as_operator_and_approver_with_one_key_still_loads() -> 
     key = f'"{public_key_text(_KEY)}"'
     text = f"operators: {{oncall: {key}}}\nmulti_agent: {{approval: {{keys: {{oncall: {key}}}}}}}\n"
     assert list(parse_policy(text, "p.yaml").operators) == ["oncall"]
+
+
+# ------------------------------------------------------------------ a start on many kill switches
+def test_applying_a_kill_switch_copies_a_bounded_part_of_the_targets() -> None:
+    """Each applied kill switch copied the whole map of targets (immutable, read by the hot
+    path without a lock): a worker starting on 16,000 killed runs took 174 s to read them
+    (13.6 s with C-level copies; 1.8 s now), 100,000 would have taken an hour. Now the next
+    kill switches share the targets' base with the last and copy at most 256 changes."""
+    from baton.processors import engine_control
+    from baton.processors.engine import apply_control
+    from baton.schemas.events import KillSwitch
+
+    t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    policy = parse_policy("", "file")
+    kills = engine_control.KillSwitches(runs=[f"r{i}" for i in range(10_000)])
+    shared = 0
+    for i in range(1000):
+        event = KillSwitch(scope="run", run_id=f"new{i}", operator="op", event_time=t0)
+        after, _ = apply_control(kills, event, policy, t0)
+        shared += after._runs._base is kills._runs._base
+        assert len(after._runs._delta) <= engine_control._DELTA
+        kills = after
+    assert shared >= 1000 - 1000 // engine_control._DELTA - 1
+    assert len(kills.runs) == 11_000 and kills.killed("r0", "-") and kills.killed("new999", "-")
+
+
+def test_the_kill_switches_after_random_commands_are_the_plain_sets() -> None:
+    import random
+
+    from baton.processors.engine import apply_control
+    from baton.schemas.events import KillSwitch
+
+    rng = random.Random(10)
+    t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    policy, kills, runs, tenants = parse_policy("", "file"), NO_KILLS, set(), set()
+    for i in range(3000):  # past several merges of the layers (every 256 changes)
+        scope, name, on = (
+            rng.choice(["run", "tenant"]),
+            f"n{rng.randrange(400)}",
+            rng.random() < 0.6,
+        )
+        kind = KillSwitch if on else KillSwitchReleased
+        target = {"run_id": name} if scope == "run" else {"tenant": name}
+        event = kind(scope=scope, operator="op", event_time=t0, **target)
+        kills, _ = apply_control(kills, event, policy, t0)
+        plain = runs if scope == "run" else tenants
+        (plain.add if on else plain.discard)(name)
+        if i % 97 == 0:
+            assert (kills.runs, kills.tenants) == (frozenset(runs), frozenset(tenants))
+            assert bool(kills) == bool(runs or tenants)
+            assert all(kills.killed(r, "-") for r in runs)
+            assert not any(
+                kills.killed(f"n{k}", "-") for k in range(400) if f"n{k}" not in runs | tenants
+            )
