@@ -78,18 +78,22 @@ async def _play(
     help="with --bootstrap: the stack's topic prefix [env BATON_TOPIC_PREFIX]",
 )
 @click.option(
-    "--runs", type=click.IntRange(min=1), default=300, show_default=True, help="runs in the burst"
+    "--runs",
+    type=click.IntRange(1, 100_000),
+    default=300,
+    show_default=True,
+    help="runs in the burst",
 )
 @click.option(
     "--burst",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 1_000_000),
     default=3000,
     show_default=True,
     help="handoffs in the burst (0 = no burst)",
 )
 @click.option(
     "--timeout",
-    type=FiniteFloatRange(min=0.1),
+    type=FiniteFloatRange(min=0.1, max=3600),  # the SDK's bound (1e308: its ValueError)
     default=20.0,
     show_default=True,
     help="seconds to wait for each decision",

@@ -413,6 +413,9 @@ def _option(path: str, name: str) -> click.Parameter:
         ("worker", "--max-runs", "99999999999999999999"),
         ("worker", "--max-state-bytes", "99999999999999999999"),
         ("sink", "--sink-batch-size", "99999999999999999999"),
+        ("demo", "--timeout", "1e308"),
+        ("demo", "--runs", "99999999999999999999"),
+        ("demo", "--burst", "99999999999999999999"),
     ],
 )
 def test_a_cli_option_refuses_a_number_past_its_bound(path: str, option: str, value: str) -> None:
