@@ -17,6 +17,8 @@ process (the changelog holds the JSON), so its form can change with any release.
 from __future__ import annotations
 
 import binascii
+from struct import pack as _pack
+from struct import unpack_from as _unpack_from
 from typing import Any
 
 import lz4.block
@@ -56,10 +58,10 @@ REPLY_COLUMNS: tuple[str, ...] = (
 _PACKED = 0
 #: the first byte of a bundle
 BUNDLE = 1
-#: a bundle: BUNDLE, the number of entries, each entry's template length (3 bytes) and how
-#: many ids it had taken out (1 byte), every id's 16 bytes in order, then the lz4 of the
-#: template ``[entry,entry,...]``
-_TABLE = 4
+#: a bundle: BUNDLE, the number of entries, each entry's template length (4 bytes), then
+#: how many ids each had taken out (1 byte each), every id's 16 bytes in order, then the
+#: lz4 of the template ``[entry,entry,...]``
+_TABLE = 5
 _ID = 16
 #: the columns whose 32-hex values are held as bytes (in DECISION_FIELDS order: the rows)
 _STRIPPED = tuple(DECISION_FIELDS.index(c) for c in ("decision_id", "chain_prev", "chain_hash"))
@@ -153,28 +155,23 @@ def bundle(entries: list[bytes], ids: list[bytes] | None = None) -> bytes:
 def _packed(templates: list[bytes], ids: list[bytes], body: bytes) -> bytes:
     if len(templates) > 255:
         raise ValueError(f"a run keeps at most 255 replies in a bundle, got {len(templates)}")
-    table = b"".join(
-        [
-            len(t).to_bytes(3, "big") + bytes((len(i) // _ID,))
-            for t, i in zip(templates, ids, strict=True)
-        ]
-    )
-    head = bytes((BUNDLE, len(templates))) + table + b"".join(ids)
+    counts = bytes([len(i) // _ID for i in ids])
+    head = bytes((BUNDLE, len(templates))) + _lengths(templates) + counts + b"".join(ids)
     return head + lz4.block.compress(body, store_size=True, dict=_DICTIONARY)
 
 
-def _table(templates: list[bytes], ids: list[bytes]) -> bytes:
-    """Each entry's template length (3 bytes) and how many ids it had taken out (1 byte)."""
-    pairs = zip(templates, ids, strict=True)
-    return b"".join([len(t).to_bytes(3, "big") + bytes((len(i) // _ID,)) for t, i in pairs])
+def _lengths(templates: list[bytes] | tuple[int, ...]) -> bytes:
+    """Each entry's template length, 4 bytes (``templates`` or their lengths)."""
+    sizes = [len(t) for t in templates] if templates and type(templates[0]) is bytes else templates
+    return _pack(f">{len(sizes)}I", *sizes)
 
 
-def _opened(held: bytes) -> tuple[list[int], list[int], memoryview, bytes]:
-    """A bundle's template lengths, id counts, ids and template ``[entry,...]``."""
+def _opened(held: bytes) -> tuple[tuple[int, ...], bytes, memoryview, bytes]:
+    """A bundle's template lengths, id counts, ids and template ``[entry,...]`` (the table
+    read in one C call each: ``int.from_bytes`` an entry cost more than the lz4)."""
     n = held[1]
-    table = held[2 : 2 + _TABLE * n]
-    lengths = [int.from_bytes(table[j : j + 3], "big") for j in range(0, _TABLE * n, _TABLE)]
-    counts = list(table[3::_TABLE])
+    lengths = _unpack_from(f">{n}I", held, 2)
+    counts = held[2 + 4 * n : 2 + _TABLE * n]
     start = 2 + _TABLE * n
     end = start + _ID * sum(counts)
     view = memoryview(held)
@@ -254,12 +251,8 @@ def bundle_appended(
     if templates:
         body = b"".join((body[:-1], b",", b",".join(templates), b"]"))
     every_id = bytes(old_ids) + b"".join(ids)
-    table = held[2 + _TABLE * dropped : 2 + _TABLE * n] + b"".join(
-        [
-            len(t).to_bytes(3, "big") + bytes((len(i) // _ID,))
-            for t, i in zip(templates, ids, strict=True)
-        ]
-    )
+    sizes = (*lengths[dropped:], *[len(t) for t in templates])
+    table = _lengths(sizes) + counts[dropped:] + bytes([len(i) // _ID for i in ids])
     count = kept + len(templates)
     if count > 255:
         raise ValueError(f"a run keeps at most 255 replies in a bundle, got {count}")
