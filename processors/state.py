@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 from baton.processors.state_compact import (
     EMPTY,
     FRESH_TUPLE_MAX,
-    FreshKeys,
     OneTask,
     compact_digest,
     digest_hex,
@@ -158,18 +157,17 @@ class RunState:
     #: each with the digest of the request it was decided for (None for keys without one;
     #: its 8 bytes when it is the engine's 16 hex digits: 48 bytes of memory, not 80). A dict
     #: as the engine makes it; once the state is written or read, up to FRESH_TUPLE_MAX keys
-    #: one ``state_compact.FreshKeys`` (fresh_of: the keys joined in one text, their digests
-    #: joined), added to as one (fresh_added) until past it. ``key in fresh`` is the engine's
-    #: test in either form; read the rest with fresh_keys(), digest_of()
+    #: one flat tuple (state_compact.fresh_of: the keys, then their digests joined; 128 bytes
+    #: for a short run's two keys where the dict and its digests took 280), added to as a
+    #: tuple (fresh_added) until past it. ``key in fresh`` is the engine's test in either
+    #: form; read the rest with fresh_keys(), digest_of()
     fresh: Any
     marks: int
     #: the newest RECENT_REPLIES keys and their decisions, oldest first, flat: (key, replies,
     #: key, replies, ...), replies one Decision, a list of several, or ``bytes``: their rows
     #: as the changelog holds them (state_wire.encode turns linked decisions into these;
     #: a Decision object takes twice their size, and they are read back only for a retry or
-    #: a redelivery). A key before a bundle (state_bundle) is its entry's place in it, a
-    #: small int: the bundle holds the key's text, and ``fresh`` holds its own. A flat tuple
-    #: because these decisions are most of a run's memory, and
+    #: a redelivery). A flat tuple because these decisions are most of a run's memory, and
     #: the engine's speed on many runs is bound by memory (bench/RESULTS.md); read it with
     #: replies() and recent_keys()
     recent: tuple[Any, ...]
@@ -298,13 +296,13 @@ class RunState:
         recent = self.recent
         if self.has_seen(key):
             i = self._recent_index(key)
-            if i is not None:  # new replies, same place (and the key's text: see recent)
-                self.recent = (*recent[:i], key, replies, *recent[i + 2 :])
+            if i is not None:  # new replies, same place
+                self.recent = (*recent[: i + 1], replies, *recent[i + 2 :])
                 return
         else:
             # a new tuple or dict, never changed in place: a copy of this state shares it
             held = self.fresh
-            if type(held) is FreshKeys:  # at rest since the state was written or read
+            if type(held) is tuple:  # at rest since the state was written or read
                 fresh = fresh_added(held, key, compact_digest(digest))
             else:  # as the engine makes it (a state never written: replay, what-if)
                 fresh = {**held, key: compact_digest(digest)}
@@ -312,7 +310,7 @@ class RunState:
             if marks % FRESH_LIMIT:
                 self.fresh = fresh
             else:
-                if type(fresh) is FreshKeys:  # a record's few keys under a high mark count
+                if type(fresh) is tuple:  # a record's few keys under a high mark count
                     fresh = fresh_thawed(fresh)
                 floor = marks - SEEN_LIMIT
                 seen = {k: m for k, m in self.seen.items() if m > floor}
@@ -346,10 +344,10 @@ class RunState:
     def fresh_keys(self) -> list[str]:
         """The keys decided since the last fold, oldest first."""
         fresh = self.fresh
-        return fresh.keys() if type(fresh) is FreshKeys else list(fresh)
+        return list(fresh[:-1]) if type(fresh) is tuple else list(fresh)
 
     def rest_fresh(self) -> None:
-        """``fresh`` as a written state holds it: one FreshKeys of its few keys (fresh_of)."""
+        """``fresh`` as a written state holds it: one tuple of its few keys (fresh_of)."""
         fresh = self.fresh
         if type(fresh) is dict and len(fresh) <= FRESH_TUPLE_MAX:
             self.fresh = fresh_of(fresh)
@@ -391,15 +389,14 @@ class RunState:
     def _recent_index(self, key: str) -> int | None:
         """Where ``key`` stands in ``recent`` (its replies follow it), newest first."""
         recent = self.recent
-        keys = _replies.recent_keys(recent)
-        for i in range(len(keys) - 1, -1, -1):
-            if keys[i] == key:
-                return 2 * i
+        for i in range(len(recent) - 2, -1, -2):
+            if recent[i] == key:
+                return i
         return None
 
     def recent_keys(self) -> list[str]:
         """The keys whose decisions are kept, oldest first."""
-        return _replies.recent_keys(self.recent)
+        return list(self.recent[::2])
 
     # ------------------------------------------------------------------ serialization
     def to_bytes(self) -> bytes:
@@ -436,5 +433,4 @@ class RunState:
 
 _new_state = object.__new__
 # the wire form reads and writes RunState: imported once RunState exists
-from baton.processors import state_replies as _replies  # noqa: E402
 from baton.processors import state_wire as _wire  # noqa: E402

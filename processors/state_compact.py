@@ -3,7 +3,7 @@
 Every empty container of every state is one frozen ``EMPTY``; small dicts equal runs hold
 (the same agents, often the same task ids) are one frozen copy found by content
 (``shared``); a request digest the engine made is held as its 8 bytes (``compact_digest``),
-and a run's few newest dedup keys joined in one text with their digests (``FreshKeys``).
+and a run's few newest dedup keys with their digests as one flat tuple (``fresh_added``).
 None of it changes a record's bytes or a decision: the wire form and the engine see plain
 dicts and the digests' text. Not guaranteed: that a run shares anything (a run whose names
 are its own holds its own copies).
@@ -12,14 +12,12 @@ are its own holds its own copies).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from struct import unpack as _unpack
 from typing import Any, NoReturn, TypeVar
 
 __all__ = [
     "EMPTY",
     "FRESH_TUPLE_MAX",
     "SHARED_MAX_ITEMS",
-    "FreshKeys",
     "OneTask",
     "compact_digest",
     "digest_hex",
@@ -206,95 +204,35 @@ def digest_hex(digest: Any) -> Any:
 # ---------------------------------------------------------------- RunState.fresh
 
 _DIGEST = 8  # bytes of a digest compact_digest made
-#: a written run's fresh keys are one ``FreshKeys`` up to this many: every key ``fresh``
-#: holds (state.FRESH_LIMIT - 1; a record's more, from a writer of the changelog, a dict). A
-#: state the engine makes keeps its dict until written (replay, what-if never write): tuples
-#: as the engine makes them cost the pure decide +4.1 % instructions (callgrind,
-#: engine_bench's runs of 10 to 26 events), a tuple turned back into a dict at its seventh
-#: key cost a long run's next event +5.8 %, and at every run's next key the batch step ~+2.5 %
+#: a written run's fresh keys are one flat tuple up to this many: every key ``fresh`` holds
+#: (state.FRESH_LIMIT - 1; a record's more, from a writer of the changelog, a dict). A state
+#: the engine makes keeps its dict until written (replay, what-if never write): tuples as
+#: the engine makes them cost the pure decide +4.1 % instructions (callgrind, engine_bench's
+#: runs of 10 to 26 events), a tuple turned back into a dict at its seventh key cost a long
+#: run's next event +5.8 %, and at every run's next key the batch step ~+2.5 %
 FRESH_TUPLE_MAX = 31
-_END = 2  # bytes of a key's end in FreshKeys.ends
-_MAX_TEXT = 1 << (8 * _END)  # the joined keys' length stays below it (else a dict)
-
-
-def _ends(ends: bytes) -> tuple[int, ...]:
-    """Where each key of a FreshKeys ends (one C call, not one ``int.from_bytes`` a key)."""
-    return _unpack(f">{len(ends) // _END}H", ends)  # type: ignore[no-any-return]
-
-
-class FreshKeys:
-    """A written run's few fresh dedup keys and their digests: the keys joined in one text
-    (``ends``: where each ends, 2 bytes each), the digests one bytes of 8 a key while every
-    one is the engine's (``compact_digest``), else a tuple of them as they are. A string is
-    49 bytes before its text, so a long run's six keys take ~320 bytes here where six
-    strings and a tuple took ~620 (its kept replies hold no key strings once written:
-    ``RunState.recent``). ``key in fresh`` is the engine's test, as on a dict; nothing
-    changes one (``fresh_added`` makes the next)."""
-
-    __slots__ = ("digests", "ends", "text")
-
-    def __init__(self, text: str, ends: bytes, digests: Any) -> None:
-        self.text = text
-        self.ends = ends
-        self.digests = digests
-
-    def index(self, key: Any) -> int:
-        """Where ``key`` stands among the keys, -1 when it is not one (a text search first:
-        a key not held, the engine's usual case, is one C call)."""
-        text = self.text
-        if type(key) is not str or text.find(key) < 0:
-            return -1
-        size, start = len(key), 0
-        for i, end in enumerate(_ends(self.ends)):
-            if end - start == size and text.startswith(key, start):
-                return i
-            start = end
-        return -1
-
-    def __contains__(self, key: object) -> bool:
-        return self.index(key) >= 0
-
-    def keys(self) -> list[str]:
-        """The keys, oldest first."""
-        text, ends = self.text, _ends(self.ends)
-        return [text[a:b] for a, b in zip((0, *ends), ends, strict=False)]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.ends) // _END
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not FreshKeys:
-            return NotImplemented
-        return (self.text, self.ends, self.digests) == (other.text, other.ends, other.digests)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"FreshKeys({self.keys()!r}, {self.digests!r})"
 
 
 def fresh_added(fresh: Any, key: str, digest: Any) -> Any:
-    """``fresh`` (EMPTY, a FreshKeys made here or a dict) with ``key`` and its digest (as
-    ``compact_digest`` holds it) added: a FreshKeys while it holds at most FRESH_TUPLE_MAX
-    keys, all text (a record's odd key, a number, makes it a dict), the digests one bytes
-    of 8 a key while every one is the engine's, else a tuple of them as they are."""
-    if type(fresh) is not FreshKeys:
-        if not fresh and type(key) is str and len(key) < _MAX_TEXT:
-            digests = digest if type(digest) is bytes else (digest,)
-            return FreshKeys(key, len(key).to_bytes(_END, "big"), digests)
+    """``fresh`` (EMPTY, a tuple made here or a dict) with ``key`` and its digest (as
+    ``compact_digest`` holds it) added: ``(key, ..., key, digests)`` while it holds at most
+    FRESH_TUPLE_MAX keys, the digests one bytes of 8 a key while every one is the engine's,
+    else a tuple of them as they are (None, a record's odd text); past that a dict. A dict of
+    two keys and their digests took 280 bytes, the tuple 128. The keys are the tuple's first
+    items, so ``key in fresh`` is C's scan of them and of the digests, never text while they
+    are bytes (a record's odd text keeps them a tuple, which no key equals)."""
+    if type(fresh) is not tuple:
+        if not fresh:
+            return (key, digest) if type(digest) is bytes else (key, (digest,))
         return {**fresh, key: digest}
-    end = len(fresh.text) + len(key) if type(key) is str else _MAX_TEXT
-    if end >= _MAX_TEXT or len(fresh.ends) >= _END * FRESH_TUPLE_MAX:
+    if len(fresh) > FRESH_TUPLE_MAX:
         return {**fresh_thawed(fresh), key: digest}
-    text, ends, digests = fresh.text + key, fresh.ends + end.to_bytes(_END, "big"), fresh.digests
+    digests = fresh[-1]
     if type(digests) is bytes:
         if type(digest) is bytes:
-            return FreshKeys(text, ends, digests + digest)
+            return fresh[:-1] + (key, digests + digest)  # noqa: RUF005 (no list built)
         digests = _split(digests)
-    return FreshKeys(text, ends, (*digests, digest))
+    return fresh[:-1] + (key, (*digests, digest))  # noqa: RUF005
 
 
 def fresh_of(marks: dict[str, Any]) -> Any:
@@ -308,17 +246,17 @@ def fresh_of(marks: dict[str, Any]) -> Any:
     return fresh
 
 
-def fresh_thawed(fresh: FreshKeys) -> dict[str, Any]:
-    """The keys and digests of a FreshKeys as a dict."""
-    return dict(zip(fresh.keys(), _split(fresh.digests), strict=True))
+def fresh_thawed(fresh: tuple[Any, ...]) -> dict[str, Any]:
+    """The keys and digests of a tuple ``fresh`` as a dict."""
+    return dict(zip(fresh[:-1], _split(fresh[-1]), strict=True))
 
 
 def fresh_digest(fresh: Any, key: str) -> Any:
     """The digest of ``key`` (one of ``fresh``'s), as the engine made it (its hex text)."""
-    if type(fresh) is not FreshKeys:
+    if type(fresh) is not tuple:
         return digest_hex(fresh[key])
     i = fresh.index(key)
-    digests = fresh.digests
+    digests = fresh[-1]
     if type(digests) is bytes:
         return digests[_DIGEST * i : _DIGEST * (i + 1)].hex()
     return digest_hex(digests[i])
@@ -326,17 +264,17 @@ def fresh_digest(fresh: Any, key: str) -> Any:
 
 def fresh_digest_list(fresh: Any) -> list[Any]:
     """The digests of ``fresh``'s keys, in their order, as the engine made them."""
-    if type(fresh) is not FreshKeys:
+    if type(fresh) is not tuple:
         # (inline, not digest_hex per digest: a call each costs more than the conversion)
         return [d.hex() if type(d) is bytes else d for d in fresh.values()]
-    digests = fresh.digests
+    digests = fresh[-1]
     if type(digests) is bytes:
         return [digests[i : i + _DIGEST].hex() for i in range(0, len(digests), _DIGEST)]
     return [digest_hex(d) for d in digests]
 
 
 def _split(digests: Any) -> Any:
-    """A FreshKeys' digests one each (a tuple of them stays as it is)."""
+    """A tuple fresh's digests one each (a tuple of them stays as it is)."""
     if type(digests) is not bytes:
         return digests
     return tuple([digests[i : i + _DIGEST] for i in range(0, len(digests), _DIGEST)])

@@ -13,14 +13,7 @@ import pytest
 
 from baton.processors import batch
 from baton.processors.state import FRESH_LIMIT, RunState, TaskNode
-from baton.processors.state_compact import (
-    EMPTY,
-    FRESH_TUPLE_MAX,
-    FreshKeys,
-    OneTask,
-    fresh_of,
-    shared,
-)
+from baton.processors.state_compact import EMPTY, FRESH_TUPLE_MAX, OneTask, fresh_of, shared
 from baton.processors.sweep import DueIndex
 
 pytestmark = pytest.mark.unit
@@ -34,13 +27,12 @@ def test_a_runs_few_fresh_keys_hold_their_digests_as_one_bytes_in_one_tuple() ->
     state.remember("c:a", [], "fedcba9876543210")
     assert type(state.fresh) is dict  # as the engine makes it (replay never writes)
     state.to_bytes()  # written: one tuple from now on
-    assert type(state.fresh) is FreshKeys and state.fresh.text == "h:ac:a"  # session 10
-    assert state.fresh.digests == bytes.fromhex(DIGEST + "fedcba9876543210")
+    assert state.fresh == ("h:a", "c:a", bytes.fromhex(DIGEST + "fedcba9876543210"))
     assert state.has_seen("c:a") and state.digest_of("c:a") == "fedcba9876543210"
     state.remember("p:x", [])  # an approval's key: no digest
     state.remember("h:b", [], "ABCDEF0123456789")  # a record's capitals: kept as text
     state.remember("h:c", [], "h:zz")  # a digest whose text is a key
-    assert type(state.fresh) is FreshKeys and type(state.fresh.digests) is tuple
+    assert type(state.fresh) is tuple and type(state.fresh[-1]) is tuple
     for _ in range(2):
         keys = state.fresh_keys()
         assert keys[:5] == ["h:a", "c:a", "p:x", "h:b", "h:c"]
@@ -53,7 +45,7 @@ def test_a_runs_few_fresh_keys_hold_their_digests_as_one_bytes_in_one_tuple() ->
         assert back == state and back.fresh == state.fresh
         state.remember("h:d", [], DIGEST)
         state.remember("h:e", [], DIGEST)
-    assert type(state.fresh) is FreshKeys and len(state.fresh_keys()) == 7
+    assert type(state.fresh) is tuple and len(state.fresh_keys()) == 7
     assert FRESH_TUPLE_MAX == FRESH_LIMIT - 1  # every key fresh holds: tuples once written
 
 
@@ -64,8 +56,7 @@ def test_fresh_is_folded_into_seen_at_its_limit_with_every_digest() -> None:
     assert state.fresh_keys() == [f"h:{i}" for i in range(FRESH_LIMIT, FRESH_LIMIT + 3)]
     assert state.digest_of("h:7") == f"{7:016x}" and state.digest_of("h:5") is None
     assert all(state.has_seen(f"h:{i}") for i in range(FRESH_LIMIT + 3))
-    assert fresh_of({"k": None}) == FreshKeys("k", b"\x00\x01", (None,))
-    assert fresh_of({}) is EMPTY
+    assert fresh_of({"k": None}) == ("k", (None,)) and fresh_of({}) is EMPTY
 
 
 def test_a_record_of_few_keys_under_a_high_mark_count_folds_them() -> None:
@@ -76,7 +67,7 @@ def test_a_record_of_few_keys_under_a_high_mark_count_folds_them() -> None:
     wire = state.to_wire()
     wire["mk"] = 31
     forged = RunState.from_wire(wire)
-    assert type(forged.fresh) is FreshKeys
+    assert type(forged.fresh) is tuple
     forged.remember("c:b", [], DIGEST)  # folded: a tuple's keys and digests into seen
     assert forged.fresh is EMPTY and forged.seen_keys() == ["h:a", "c:a", "h:b", "c:b"]
     assert forged.digest_of("h:b") == DIGEST

@@ -126,7 +126,7 @@ def test_a_forged_node_of_other_types_is_never_shared_with_another_run() -> None
 def test_a_fresh_digest_is_held_as_its_bytes_and_written_back_as_its_text() -> None:
     state = _parsed_run("run-d")
     keys = state.fresh_keys()
-    held = state.fresh.digests  # every digest the engine's: their 8 bytes each, in one bytes
+    held = state.fresh[-1]  # every digest the engine's: their 8 bytes each, in one bytes
     assert keys and type(held) is bytes and len(held) == 8 * len(keys)
     wire = orjson.loads(state.to_bytes())
     assert wire["dg"] == [held[i : i + 8].hex() for i in range(0, len(held), 8)]
