@@ -208,7 +208,7 @@ def read_policy(path: str | Path | None) -> Policy:
     """
     if path is None:
         return load_policy(None)
-    return parse_policy(read_policy_text(path), os.fspath(Path(path)))
+    return parse_policy(read_policy_text(path), os.fspath(Path(path)), file=True)
 
 
 def read_policy_text(path: str | Path) -> str:

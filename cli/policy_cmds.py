@@ -86,7 +86,7 @@ def policy_publish(
     # read once, after the file's checks (a regular file, size, UTF-8): the text parsed is
     # the text hashed, signed and sent (a second read met whatever was swapped in meanwhile)
     text = read_policy_text(file)
-    policy = parse_policy(text, str(file))
+    policy = parse_policy(text, str(file), file=True)
     from baton.streams.sdk import MAX_POLICY_UPDATE_BYTES
 
     if len(text.encode()) > MAX_POLICY_UPDATE_BYTES:

@@ -42,10 +42,12 @@ multi_agent:
 MAX_POLICY_DEPTH = 64
 
 
-def parse_policy(text: str, source: str = "policy") -> Policy:
-    """Parse and validate policy YAML; raises PolicyError naming every bad key."""
+def parse_policy(text: str, source: str = "policy", file: bool = False) -> Policy:
+    """Parse and validate policy YAML; raises PolicyError naming every bad key. ``file``: the
+    text is a policy file's (the worker's --policy, `policy check`, `policy publish`), which
+    must hold a document: an empty one (or only comments) is refused, not read as "no limits"."""
     try:
-        return _parse_policy(text, source)
+        return _parse_policy(text, source, file)
     except RecursionError:  # the YAML parser's own recursion, on a document deeper still
         raise _too_deep(source) from None
 
@@ -131,7 +133,16 @@ _PolicyLoader.add_constructor("tag:yaml.org,2002:int", _PolicyLoader.construct_y
 _PolicyLoader.add_constructor("tag:yaml.org,2002:float", _PolicyLoader.construct_yaml_float)
 
 
-def _parse_policy(text: str, source: str) -> Policy:
+#: why a policy file with no document is refused (a truncated copy, the wrong file, a template
+#: not filled in would otherwise load as every limit unlimited: fail open)
+EMPTY_FILE = (
+    "<top>: the file holds no policy (it is empty, or only comments): a truncated or wrong "
+    "file would allow everything; write the policy out (`{}` on its own means Baton's "
+    "defaults: no limits)"
+)
+
+
+def _parse_policy(text: str, source: str, file: bool = False) -> Policy:
     try:
         doc = yaml.load(text, Loader=_PolicyLoader)  # a SafeLoader: no !!python tags
     except ValueError as exc:  # an integer past Python's 4,300 digits of int(str)
@@ -143,6 +154,8 @@ def _parse_policy(text: str, source: str) -> Policy:
             [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], source
         ) from None
     if doc is None:
+        if file:
+            raise PolicyError([EMPTY_FILE], _encodable(source))
         doc = {}
     too_many, deepest = expanded_size(doc, MAX_POLICY_VALUES)
     if too_many:
@@ -294,4 +307,4 @@ def load_policy(path: str | Path | None) -> Policy:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError([f"cannot read policy file: {exc.strerror}"], str(p)) from None
-    return parse_policy(text, str(p))
+    return parse_policy(text, str(p), file=True)
