@@ -51,13 +51,19 @@ _LATEST_MS = int(_LATEST.timestamp() * 1000)
 
 
 def _records(
-    settings: Settings, topics: list[str], since: datetime | None, until: datetime | None
+    settings: Settings,
+    topics: list[str],
+    since: datetime | None,
+    until: datetime | None,
+    isolation: str = "read_committed",
 ) -> tuple[list[tuple[int, str, InputRecord]], set[str]]:
     """(timestamp ms, topic, record) of ``topics`` stamped in the range (``since`` to ``until``;
     None: no bound), and the keys of the records stamped before ``since``. Every partition is
     read from its start to its end: stamps are the producer's, in no order a read could stop
     at (a record stamped past ``until`` amid a partition ended its read, and the records after
-    it in the range were never replayed)."""
+    it in the range were never replayed). ``isolation``: as the worker reads these topics
+    (gov.control read_uncommitted, as its control follower: a transaction left open there
+    must not hide the commands after it)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     from baton.schemas.errors import BrokerUnavailable
@@ -67,7 +73,11 @@ def _records(
         consumer_config(
             settings.kafka_config(),
             f"baton-replay-{uuid.uuid4().hex[:8]}",
-            {"enable.partition.eof": True, "enable.auto.commit": False},
+            {
+                "enable.partition.eof": True,
+                "enable.auto.commit": False,
+                "isolation.level": isolation,
+            },
         )
     )
     try:
@@ -202,7 +212,7 @@ def replay_from_kafka(
         records = [r for r in records if r[2].key == run_id.encode()]
     if tenant is not None:
         records = [r for r in records if _tenant_of(r[2]) == tenant]
-    records += _records(settings, [catalog.control], None, until)[0]
+    records += _records(settings, [catalog.control], None, until, "read_uncommitted")[0]
     rows, policies = decide_topics(
         records, baseline, settings.partitions, catalog.approvals, catalog.control, before
     )
