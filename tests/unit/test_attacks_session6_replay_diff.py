@@ -2,7 +2,10 @@
 policy a run names, a step's Origin one slice of its row, parse_event by type): the replay of
 random histories and policy pairs, with policies updated, rolled back and forged mid-run,
 reports field for field what the session's start (5676c40) reports, run in a subprocess on
-that commit's own packages."""
+that commit's own packages. The other side is the close of the ninth session (c4b7eb3, a tree
+of its own): the tenth session's rule fixes (606b03b, 369c2d4) changed what the engine
+decides for some of these histories on purpose; tests/unit/test_diff_session10.py compares
+the working tree with the last of them."""
 
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from tests.unit.test_attacks_replay_share import _case
 pytestmark = pytest.mark.unit
 
 START = "5676c40"
+#: the close of the ninth session: the side these changes are held against (before the tenth
+#: session changed decisions on purpose; later changes: tests/unit/test_diff_session10.py)
+CLOSED = "c4b7eb3"
 REPO = Path(__file__).resolve().parents[2]
 #: replay each case (rows as tuples, policies as their documents) and write the report's repr:
 #: every run's outcome (a dataclass: every field), partial and why, broken, transitions, ...
@@ -49,6 +55,12 @@ _Case = tuple[list[tuple[Any, ...]], str, dict[str, str]]
 def start_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The start commit's packages as a ``baton`` package of their own, for PYTHONPATH."""
     return commit_tree(tmp_path_factory.mktemp("start"), START)
+
+
+@pytest.fixture(scope="module")
+def closed_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ninth session's close as a ``baton`` package of its own (see CLOSED)."""
+    return commit_tree(tmp_path_factory.mktemp("closed"), CLOSED)
 
 
 def _flipped(rng: random.Random, rows: list[Recorded], versions: list[str]) -> list[Recorded]:
@@ -106,30 +118,35 @@ def _reports(cases: list[_Case], pythonpath: str) -> list[str]:
 
 
 def test_replays_of_random_histories_and_policies_report_what_the_start_reported(
-    start_tree: Path,
+    start_tree: Path, closed_tree: Path
 ) -> None:
     probe = "import baton.processors.replay_steps as s; print(hasattr(s, '_ORIGIN'))"
     sides = [
         subprocess.run(
             [sys.executable, "-c", probe], capture_output=True, env=env, cwd="/", check=True
         ).stdout.strip()
-        for env in ({"PYTHONPATH": str(start_tree)}, {"PYTHONPATH": str(REPO)})
+        for env in ({"PYTHONPATH": str(start_tree)}, {"PYTHONPATH": str(closed_tree)})
     ]
     assert sides == [b"False", b"True"]  # two different trees are compared
     forged: set[int] = set()
     cases = _cases(range(60), forged)
-    before, now = _reports(cases, str(start_tree)), _reports(cases, str(REPO))
+    before, now = _reports(cases, str(start_tree)), _reports(cases, str(closed_tree))
     differ = [i for i, (b, n) in enumerate(zip(before, now, strict=True)) if b != n]
     unexpected = [i for i in differ if i not in forged]
     assert not unexpected, (
         f"cases {unexpected} differ; first:\n{before[unexpected[0]]}\n{now[unexpected[0]]}"
     )
-    # a row whose outcome was written over: now unfaithful where the start passed it
+    # a row whose outcome was written over: now unfaithful where the start passed it (or in a
+    # run both found unfaithful already: the histories are recorded by the working tree's
+    # engine, whose rule fixes neither older tree reproduces)
     assert differ, "no case forged an outcome the start's replay missed"
     for i in differ:
-        assert "unfaithful=[(" in now[i] and now[i].count("unfaithful=[]") < before[i].count(
+        assert "unfaithful=[(" in now[i] and now[i].count("unfaithful=[]") <= before[i].count(
             "unfaithful=[]"
         ), (before[i], now[i])
+    assert any(now[i].count("unfaithful=[]") < before[i].count("unfaithful=[]") for i in differ), (
+        "no forged outcome the start passed is unfaithful now"
+    )
     # the cases reach changed, unfaithful, partial and broken runs
     for reached in (r"changed=[1-9]", r"unfaithful=\[\(", r"partial=\{'", r"broken=\['"):
         assert any(re.search(reached, r) for r in now), reached

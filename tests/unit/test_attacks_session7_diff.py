@@ -3,7 +3,10 @@ seventh session's engine, state and replay-speed changes change no decision, id,
 dead letter or run-state record for input an attacker writes (edge numbers, far-off and
 malformed times, long and odd names, forged types, mismatched keys, ids reused across runs
 and with other content, not JSON), with runs held idle and read back from their records
-(tests/unit/test_state_memory_diff.py's runner, the start commit in a subprocess)."""
+(tests/unit/test_state_memory_diff.py's runner, the start commit in a subprocess). The other
+side is the ninth session's close (c4b7eb3): the tenth session's rule fixes changed some of
+these decisions on purpose (tests/unit/test_diff_session10.py: the working tree against the
+last of them)."""
 
 from __future__ import annotations
 
@@ -13,11 +16,20 @@ import orjson
 import pytest
 
 from baton.streams.partitioner import partition_for
+from tests.commit_tree import commit_tree
+from tests.unit.test_attacks_session6_replay_diff import CLOSED
 from tests.unit.test_state_memory_diff import Batches, _published, start_tree
 
 pytestmark = pytest.mark.unit
 
-__all__ = ["start_tree"]  # the fixture, imported for this module's tests
+__all__ = ["closed_tree", "start_tree"]  # the fixtures of this module's tests
+
+
+@pytest.fixture(scope="module")
+def closed_tree(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The ninth session's close as a ``baton`` package of its own."""
+    return commit_tree(tmp_path_factory.mktemp("closed7d"), CLOSED)
+
 
 _TIMES = [
     "2026-11-30T05:00:00Z", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z",
@@ -98,9 +110,9 @@ def _hostile(seed: int) -> Batches:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_hostile_records_give_the_start_commits_bytes(start_tree, seed: int) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_records_give_the_start_commits_bytes(start_tree, closed_tree, seed: int) -> None:  # type: ignore[no-untyped-def]
     batches = _hostile(seed)
-    now = _published(batches, None)
+    now = _published(batches, str(closed_tree))
     start = _published(batches, str(start_tree))
     decided = sum(len(b[0]) for b in now)
     refused = sum(len(b[1]) for b in now)

@@ -2,7 +2,10 @@
 commit's own packages in a subprocess: random histories and policy pairs (policies rolled
 back and forged mid-run, rows altered or deleted) report field for field what the start
 reported, both as replayed and as a `--jobs` process hands a report back (pickled: its runs
-now travel as plain tuples); and `baton replay`'s collector settings are put back after it."""
+now travel as plain tuples); and `baton replay`'s collector settings are put back after it.
+The other side of the random histories is the ninth session's close (c4b7eb3): the tenth
+session's rule fixes changed some of their decisions on purpose (tests/unit/
+test_diff_session10.py holds the working tree against the last of them)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import pytest
 
 from baton.processors.replay_pool import collecting_rarely
 from tests.commit_tree import commit_tree, run_pickled
-from tests.unit.test_attacks_session6_replay_diff import REPO, _Case, _cases
+from tests.unit.test_attacks_session6_replay_diff import CLOSED, REPO, _Case, _cases
 
 pytestmark = pytest.mark.unit
 
@@ -48,11 +51,19 @@ def _reports(cases: list[_Case], pythonpath: str, pickled: bool) -> list[str]:
     return run_pickled(RUNNER, (cases, pickled), {"PYTHONPATH": pythonpath})  # type: ignore[no-any-return]
 
 
-def test_replays_and_pool_reports_of_random_histories_are_the_starts(start_tree: Path) -> None:
+@pytest.fixture(scope="module")
+def closed_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ninth session's close as a ``baton`` package of its own."""
+    return commit_tree(tmp_path_factory.mktemp("closed7"), CLOSED)
+
+
+def test_replays_and_pool_reports_of_random_histories_are_the_starts(
+    start_tree: Path, closed_tree: Path
+) -> None:
     cases = _cases(range(60, 110))
     before = _reports(cases, str(start_tree), pickled=False)
     for pickled in (False, True):
-        now = _reports(cases, str(REPO), pickled)
+        now = _reports(cases, str(closed_tree), pickled)
         differ = [i for i, (b, n) in enumerate(zip(before, now, strict=True)) if b != n]
         assert not differ, f"pickled={pickled}: cases {differ} differ; first:\n{before[differ[0]]}"
     # the cases reach changed, unfaithful, partial and broken runs and a first change each

@@ -1,0 +1,58 @@
+"""The working tree against the tenth session's last change to what the engine decides
+(369c2d4, H3's strict_tenants fix after 606b03b's three fail-closed rule fixes): random
+replay histories (policies rolled back, forged and altered rows) report field for field what
+that commit reports, as replayed and as a `--jobs` process hands a report back, and hostile
+records through the batch step give its bytes (decisions, dead letters, run-state records).
+
+Between the ninth session's close (c4b7eb3) and 369c2d4 only those rule fixes changed these
+outputs: checked once with a tree of c4b7eb3 plus the rule fixes' diffs to
+``processors/rule_checks.py``, ``processors/policy_rules.py`` and ``schemas/policy_limits.py``
+(bench/RESULTS.md, the tenth session's lead section). A later change to what the engine
+decides moves ``DECIDES`` to its commit, saying why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.commit_tree import commit_tree
+from tests.unit.test_attacks_session6_replay_diff import REPO, _cases, _reports
+from tests.unit.test_attacks_session7_diff import _hostile
+from tests.unit.test_replay_diff_session7 import _reports as _reports_pickled
+from tests.unit.test_state_memory_diff import _published
+
+pytestmark = pytest.mark.unit
+
+#: the newest commit that changed what the engine decides on purpose
+DECIDES = "369c2d4"
+
+
+@pytest.fixture(scope="module")
+def decides_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return commit_tree(tmp_path_factory.mktemp("decides"), DECIDES)
+
+
+def test_replays_of_random_histories_report_what_the_last_rule_change_reported(
+    decides_tree: Path,
+) -> None:
+    cases = _cases(range(60))
+    before, now = _reports(cases, str(decides_tree)), _reports(cases, str(REPO))
+    differ = [i for i, (b, n) in enumerate(zip(before, now, strict=True)) if b != n]
+    assert not differ, f"cases {differ} differ; first:\n{before[differ[0]]}\n{now[differ[0]]}"
+    more = _cases(range(60, 110))
+    before = _reports_pickled(more, str(decides_tree), pickled=False)
+    for pickled in (False, True):
+        now = _reports_pickled(more, str(REPO), pickled)
+        differ = [i for i, (b, n) in enumerate(zip(before, now, strict=True)) if b != n]
+        assert not differ, f"pickled={pickled}: cases {differ} differ"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_hostile_records_give_the_last_rule_change_s_bytes(decides_tree: Path, seed: int) -> None:
+    batches = _hostile(seed)
+    now, before = _published(batches, None), _published(batches, str(decides_tree))
+    assert sum(len(b[0]) for b in now) > 1000  # decisions were made
+    for i, (mine, theirs) in enumerate(zip(now, before, strict=True)):
+        assert mine == theirs, f"batch {i}: decisions, dead letters or run-state records differ"
