@@ -2,14 +2,14 @@
 
 The reading process replays *pieces* (whole runs each, in whatever form the reader made them:
 the audit's page bytes, or rows) itself and hands them to a pool of ``jobs - 1`` processes
-while the pool has room (four pieces in flight per process), so every one of the ``jobs``
+while the pool has room (two pieces in flight per process), so every one of the ``jobs``
 processes decides and none waits; a pool process decodes its piece (``decode``, a
 module-level function) and replays it with ``replay.replay_runs``. Reports are merged in the
 order the pieces were read, so the result equals a replay in one process.
 
 What the hand-off costs is kept small: a piece travels as the bytes it was read as (no
 pickled rows), with the job (the policies, the chain key, ``decode``: about 1.5 KB pickled
-once) that a pool process unpickles once, and at most ``4 * (jobs - 1)`` pieces are in the
+once) that a pool process unpickles once, and at most ``2 * (jobs - 1)`` pieces are in the
 pool (memory stays bounded however long the replay). Reading runs in a thread
 (``prefetched``): the audit's query for the next page overlaps the replay of this one (chDB
 and clickhouse-connect release the GIL).
@@ -224,23 +224,19 @@ def _replay_pieces(
             starter.join()
     #: every piece's report in read order: done (replayed here) or still in the pool
     waiting: deque[ReplayReport | Future[ReplayReport]] = deque()
-    #: the pieces in the pool, by their future: taken back if the pool has not begun them
-    held: dict[Future[ReplayReport], _T] = {}
-    #: pieces in flight per pool process: one replayed, one queued behind it, and two more
-    #: pending: the pool does not wait for this process to hand it the next (this process
-    #: reads, splits and merges besides replaying, so its pieces take longer); the pending
-    #: ones it has not begun when the reading ends are taken back (``_take_back``), so that
-    #: this process does not wait for more than two at the end
-    most = _IN_FLIGHT * (jobs - 1)
+    in_pool = 0  # pieces handed to the pool and not merged yet
+    #: pieces in flight per pool process: one replayed, one queued behind it
+    most = 2 * (jobs - 1)
 
     def merge_ready(block: bool) -> None:
+        nonlocal in_pool
         while waiting:
             first = waiting[0]
             if type(first) is ReplayReport:
                 merge(waiting.popleft())  # type: ignore[arg-type]
             elif block or first.done():  # type: ignore[union-attr]
                 merge(waiting.popleft().result())  # type: ignore[union-attr]
-                del held[first]  # type: ignore[arg-type]
+                in_pool -= 1
             else:
                 return
 
@@ -248,14 +244,12 @@ def _replay_pieces(
         for piece in pieces:
             # the pool takes a piece while it has room, and this process replays the rest:
             # every process decides, none waits for another (pieces are whole runs, small)
-            if started and len(held) < most:
-                future = started[0].submit(_replay_piece, pickled, piece)
-                waiting.append(future)
-                held[future] = piece
+            if started and in_pool < most:
+                waiting.append(started[0].submit(_replay_piece, pickled, piece))
+                in_pool += 1
             else:
                 waiting.append(here(piece))
             merge_ready(block=False)
-        _take_back(waiting, held, here, keep=2 * (jobs - 1))
         merge_ready(block=True)
     except BrokenProcessPool as exc:
         # a pool process died (the OOM killer, a crash) or its answer did not load: its piece
@@ -271,29 +265,6 @@ def _replay_pieces(
         for mine in owned:
             mine.shutdown(wait=True, cancel_futures=True)
     return report
-
-
-#: pieces handed to each pool process at most (see _replay_pieces)
-_IN_FLIGHT = 4
-
-
-def _take_back(
-    waiting: deque[ReplayReport | Future[ReplayReport]],
-    held: dict[Future[ReplayReport], _T],
-    here: Callable[[_T], ReplayReport],
-    keep: int,
-) -> None:
-    """The reading is over: the pieces the pool has not begun (pending in the executor, not
-    yet in its call queue) are replayed here, the newest first (the pool works through the
-    older ones meanwhile), each report kept in its piece's place; the ``keep`` oldest stay
-    in the pool (about what it replays while this process replays the taken ones)."""
-    kept = set(list(held)[:keep])
-    for at in range(len(waiting) - 1, -1, -1):
-        future = waiting[at]
-        if type(future) is ReplayReport or future in kept:
-            continue
-        if future.cancel():  # type: ignore[union-attr]
-            waiting[at] = here(held.pop(future))  # type: ignore[call-overload]
 
 
 def _why(exc: BrokenProcessPool) -> str:
