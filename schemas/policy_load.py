@@ -150,9 +150,10 @@ def _parse_policy(text: str, source: str, file: bool = False) -> Policy:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise PolicyError(
-            [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], source
-        ) from None
+        problem = str(getattr(exc, "problem", exc))
+        if "'\\t'" in problem:  # PyYAML names the tab it met, not the rule
+            problem += " (YAML indents with spaces: replace the tabs)"
+        raise PolicyError([f"not valid YAML{where}: {problem}"], source) from None
     if doc is None:
         if file:
             raise PolicyError([EMPTY_FILE], _encodable(source))

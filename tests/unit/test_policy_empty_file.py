@@ -1,4 +1,5 @@
-"""A policy *file* with no document (empty, only comments) is refused, not read as "no limits".
+"""A policy *file* with no document (empty, only comments) is refused, not read as "no limits";
+a tab in its indentation is named with what to do.
 
 The first-hour walk (session 10) found `baton policy check` answering "ok" with every limit
 unlimited for an empty or comments-only file, and the worker and `baton up` starting on it: a
@@ -43,3 +44,11 @@ def test_an_explicit_empty_mapping_is_still_the_defaults(tmp_path: Path) -> None
 
 def test_a_policy_text_not_from_a_file_parses_as_before() -> None:
     assert parse_policy("").multi_agent.max_handoffs is None
+
+
+def test_a_tab_in_the_indentation_is_named_with_what_to_do(tmp_path: Path) -> None:
+    # PyYAML says only "found character '\t' that cannot start any token" (first-hour walk)
+    path = tmp_path / "policy.yaml"
+    path.write_text("multi_agent:\n\tmax_handoffs: 3\n")
+    with pytest.raises(PolicyError, match=r"line 2, column 1.*indents with spaces"):
+        read_policy(path)
