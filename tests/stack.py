@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -49,6 +50,18 @@ def wait_deciding(bootstrap: str, catalog: TopicCatalog, timeout: float = 60.0) 
         catalog.partitions,
         timeout,
     )
+
+
+def open_transaction(bootstrap: str, topic: str, partition: int = -1) -> Producer:
+    """A transactional producer that has sent one record to ``topic`` and never commits: Tansu
+    never aborts it, so a read_committed reader of that partition gets nothing past it. Keep
+    the producer referenced while the transaction must stay open."""
+    attacker = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"x-{uuid.uuid4()}"})
+    attacker.init_transactions(30)
+    attacker.begin_transaction()
+    attacker.produce(topic, b"sent in a transaction never committed", partition=partition)
+    assert attacker.flush(10) == 0
+    return attacker
 
 
 class WorkerProcess:

@@ -16,7 +16,14 @@ from baton.schemas.decision import Outcome, Reason
 from baton.schemas.events import KillSwitch
 from baton.streams.embedded import EmbeddedBroker
 from tests.helpers import handoff, wait_for
-from tests.stack import Collector, EventSender, WorkerProcess, fresh_topics, wait_deciding
+from tests.stack import (
+    Collector,
+    EventSender,
+    WorkerProcess,
+    fresh_topics,
+    open_transaction,
+    wait_deciding,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -126,13 +133,7 @@ def test_a_transaction_left_open_on_the_control_topic_does_not_hide_later_kill_s
     follower.start()
     try:
         assert follower.caught_up.wait(15), follower.why_stale()
-        attacker = Producer(
-            {"bootstrap.servers": own_broker.bootstrap, "transactional.id": f"x-{uuid.uuid4()}"}
-        )
-        attacker.init_transactions(30)
-        attacker.begin_transaction()
-        attacker.produce(topic, b"sent in a transaction never committed")
-        assert attacker.flush(10) == 0
+        attacker = open_transaction(own_broker.bootstrap, topic)  # noqa: F841 (kept open)
         plain.produce(topic, _kill("r2"))
         assert plain.flush(10) == 0
         wait_for(
@@ -165,13 +166,7 @@ def test_baton_policy_current_reads_past_a_transaction_left_open(
 
     prefix = f"c{uuid.uuid4().hex[:8]}."
     catalog = fresh_topics(own_broker.bootstrap, prefix, PARTITIONS)
-    attacker = Producer(
-        {"bootstrap.servers": own_broker.bootstrap, "transactional.id": f"x-{uuid.uuid4()}"}
-    )
-    attacker.init_transactions(30)
-    attacker.begin_transaction()
-    attacker.produce(catalog.control, b"sent in a transaction never committed", partition=0)
-    assert attacker.flush(10) == 0
+    attacker = open_transaction(own_broker.bootstrap, catalog.control, 0)  # noqa: F841
     newer = "multi_agent: {max_handoffs: 3}\n"
     update = {
         "type": "policy_updated",

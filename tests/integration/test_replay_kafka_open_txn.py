@@ -22,6 +22,7 @@ from confluent_kafka import Producer
 from baton.schemas.events import KillSwitch
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.topics import TopicCatalog, ensure_topics
+from tests.stack import open_transaction
 from tests.unit.test_engine_support import handoff
 
 pytestmark = pytest.mark.integration
@@ -39,13 +40,7 @@ def test_a_kill_switch_after_a_transaction_left_open_is_replayed(
     prefix = f"r{uuid.uuid4().hex[:8]}"
     catalog = TopicCatalog(prefix=prefix, partitions=1, replication=1)
     ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog, timeout=10)
-    attacker = Producer(
-        {"bootstrap.servers": broker.bootstrap, "transactional.id": f"x-{uuid.uuid4()}"}
-    )
-    attacker.init_transactions(30)
-    attacker.begin_transaction()
-    attacker.produce(catalog.control, b"sent in a transaction never committed", partition=0)
-    assert attacker.flush(10) == 0
+    attacker = open_transaction(broker.bootstrap, catalog.control, 0)  # noqa: F841 (kept open)
     producer = Producer({"bootstrap.servers": broker.bootstrap})
     kill = KillSwitch(scope="run", run_id="rk", operator="op", event_time=datetime.now(UTC))
     producer.produce(catalog.control, key=b"rk", value=kill.to_json(), partition=0)
