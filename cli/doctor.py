@@ -38,6 +38,8 @@ __all__ = ["register"]
 
 _MARKS = {Status.OK: "✔", Status.FAIL: "✘", Status.SKIP: "–"}
 _KAFKA_LOG = logging.getLogger("baton.kafka")
+#: the largest --max-lag: more events than any topic of a deployment holds
+MAX_LAG = 10**12
 
 
 @click.command("doctor")
@@ -58,7 +60,9 @@ _KAFKA_LOG = logging.getLogger("baton.kafka")
 )
 @click.option(
     "--max-lag",
-    type=click.IntRange(min=0),
+    # bounded as every numeric option is (session 10): a lag past 10^12 events is no lag a
+    # topic holds; 1e20 passed and made the check unable to fail
+    type=click.IntRange(min=0, max=MAX_LAG),
     default=10_000,
     show_default=True,
     help="events the workers may be behind before the lag check fails",
@@ -133,8 +137,13 @@ def run_checks(
         # a server that takes the connection and never answers held doctor for the client's
         # 300 s read timeout: the section gets a deadline of its own
         deadline = 3 * timeout
-        yield from _within("clickhouse", lambda: audit_checks(settings), deadline)
-        yield from _within("sql endpoint", lambda: [sql_endpoint_check(settings)], deadline)
+        audit = _within("clickhouse", lambda: audit_checks(settings), deadline)
+        yield from audit
+        # a ClickHouse server that did not answer serves no SQL either: the line said ✔
+        reached = bool(audit) and audit[0].status == Status.OK
+        yield from _within(
+            "sql endpoint", lambda: [sql_endpoint_check(settings, reached=reached)], deadline
+        )
     yield from _guarded("alert webhook", lambda: [webhook_check(settings, timeout)])
 
 

@@ -157,12 +157,17 @@ def audit_checks(settings: Settings) -> Iterator[Check]:
         client.close()
 
 
-def sql_endpoint_check(settings: Settings) -> Check:
-    """Somebody serves SQL on the audit: a ClickHouse server does; with chDB, the sink must."""
+def sql_endpoint_check(settings: Settings, *, reached: bool = True) -> Check:
+    """Somebody serves SQL on the audit: a ClickHouse server does (when it answered the
+    ``clickhouse`` check: ``reached``); with chDB, the sink must."""
     from baton.sinks.clickhouse import parse_dsn, read_endpoint
 
     target = parse_dsn(settings.clickhouse_dsn)
     name = "sql endpoint"
+    if target.kind == "http" and not reached:
+        return fail(
+            name, f"the ClickHouse server {target.label} did not answer", "see the clickhouse line"
+        )
     if target.kind == "http":
         return ok(name, f"the ClickHouse server {target.label} serves SQL (`baton sql --dsn ...`)")
     if target.chdb_path is None:

@@ -18,7 +18,10 @@ __all__ = ["main"]
 _LIBRDKAFKA_LOGGERS = ("baton.kafka", "baton.client.kafka")
 #: clickhouse-connect's HTTP stack: it logs a WARNING per failed attempt ("Retrying ...",
 #: "Unexpected Http Driver Exception") before raising what Baton turns into one error line
-_HTTP_LOGGERS = ("urllib3", "clickhouse_connect")
+#: urllib3.connectionpool by name: importing clickhouse-connect sets "urllib3" back to WARNING
+#: (its driver/httputil.py), after this group set it, so `baton doctor` and `baton replay`
+#: against a closed port printed urllib3's "Retrying ..." line above their error
+_HTTP_LOGGERS = ("urllib3", "urllib3.connectionpool", "clickhouse_connect")
 #: the exit status of a command ended by Ctrl-C (128 + SIGINT, as shells report it): not 1,
 #: which says an alert fires (alerts check), a policy changes decisions (replay), a row was
 #: tampered with (audit verify) or the demo differed from the seed policy

@@ -1,0 +1,110 @@
+"""Session 11's first hour: every command pointed at an address nothing answers on names that
+address in one line, exits non-zero within a bounded time and never prints a traceback or a
+library's retry log; the SDK says what librdkafka saw; the options left unbounded are bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import click
+import pytest
+
+from baton.cli.main import _register, cli
+
+pytestmark = pytest.mark.unit
+
+BATON = [sys.executable, "-m", "baton.cli"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    return {**env, "NO_COLOR": "1", "BATON_CONNECT_TIMEOUT_S": "3", **extra}
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound, then released: a connect is refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _baton(*args: str, timeout: float = 60, cwd: str | None = None) -> tuple[int, str, str, float]:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*BATON, *args], env=_env(), capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
+    return proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started
+
+
+def _commands(group: click.Group, path: str = "baton") -> Iterator[tuple[str, click.Command]]:
+    for name, command in sorted(group.commands.items()):
+        yield f"{path} {name}", command
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{path} {name}")
+
+
+# ------------------------------------------------------------------ 4: every number bounded
+
+
+def test_doctor_max_lag_refuses_a_number_past_its_bound() -> None:
+    _register()
+    [param] = [p for p in cli.commands["doctor"].params if "--max-lag" in p.opts]
+    for bad in ("99999999999999999999", "1000000000001", "-1", "nan"):
+        with pytest.raises(click.BadParameter):
+            param.type.convert(bad, param, None)
+    assert param.type.convert("1000000000000", param, None) == 10**12
+
+
+def test_every_numeric_option_of_every_command_has_an_upper_bound() -> None:
+    """Session 10 bounded every numeric option but doctor's --max-lag; a new one must be too."""
+    _register()
+    unbounded = [
+        f"{path} {'/'.join(param.opts)}"
+        for path, command in _commands(cli)
+        for param in command.params
+        if (isinstance(param.type, (click.IntRange, click.FloatRange)) and param.type.max is None)
+        or param.type in (click.INT, click.FLOAT)
+    ]
+    assert unbounded == []
+
+
+# ------------------------------------------------------------------ 1: ClickHouse not there
+
+
+def test_doctor_against_a_closed_clickhouse_port_prints_no_retry_log_and_no_sql_tick() -> None:
+    # clickhouse-connect sets the "urllib3" logger back to WARNING when it is imported, after
+    # the CLI quietened it: urllib3's "Retrying (Retry(total=0 ...)) after connection broken"
+    # line came first on stderr; and the SQL endpoint line said ✔ "serves SQL" of a server
+    # the line above had just failed to reach
+    dsn = f"http://127.0.0.1:{_closed_port()}"
+    code, out, err, took = _baton(
+        "doctor", "--bootstrap", f"127.0.0.1:{_closed_port()}", "--dsn", dsn, "--timeout", "2"
+    )
+    assert code == 1, (out, err)
+    assert err == "", err
+    assert "urllib3" not in out
+    lines = {line.split(":", 1)[0]: line for line in out.splitlines()}
+    assert lines["✘ clickhouse"].startswith(f"✘ clickhouse: cannot reach ClickHouse at {dsn}")
+    assert lines["✘ sql endpoint"].startswith(f"✘ sql endpoint: the ClickHouse server {dsn} ")
+    assert took < 30
+
+
+def test_replay_against_a_closed_clickhouse_port_is_one_line() -> None:
+    dsn = f"http://127.0.0.1:{_closed_port()}"
+    code, out, err, _took = _baton("replay", "--policy", _policy(), "--dsn", dsn)
+    assert code == 5, (out, err)
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.startswith(f"baton: error: cannot reach ClickHouse at {dsn}")
+
+
+def _policy() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[2] / "policy.example.yaml")
