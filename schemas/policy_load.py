@@ -78,10 +78,65 @@ class _PolicyLoader(yaml.SafeLoader):
     def flatten_mapping(self, node: yaml.MappingNode) -> None:
         # every mapping passes here before its merges are resolved (also one merged into
         # another before its own turn): its keys as written, checked once
-        if id(node) not in self._checked:
-            self._checked.add(id(node))
-            self._refuse_duplicates(node)
-        super().flatten_mapping(node)
+        if id(node) in self._checked:
+            return
+        self._checked.add(id(node))
+        self._refuse_duplicates(node)
+        self._merge(node)
+
+    def _merge(self, node: yaml.MappingNode) -> None:
+        """Resolve ``node``'s merge key as YAML says (its own keys win over merged ones),
+        refusing what reads two ways. PyYAML 6.0.4 drops a merged key whose *string object*
+        it met before: ``<<: [*strict, *loose]`` gave a one-letter key the first mapping's
+        value (the spec's) and ``max_handoffs`` the last one's, and two ``<<`` keys in one
+        mapping were both merged in silence. So a key two merged mappings set (which one
+        wins is not what a reader sees) and ``<<`` written twice are refused."""
+        merges = [(k, v) for k, v in node.value if k.tag == _MERGE]
+        own = [(k, v) for k, v in node.value if k.tag != _MERGE]
+        for key_node, _ in own:
+            if key_node.tag == "tag:yaml.org,2002:value":
+                key_node.tag = "tag:yaml.org,2002:str"
+        if len(merges) > 1:
+            twice = "the merge key << is written twice in one mapping; merge a list (<<: [*a, *b])"
+            raise _refused(merges[1][0], twice)
+        if not merges:
+            return
+        value = merges[0][1]
+        if isinstance(value, yaml.MappingNode):
+            sources = [value]
+        elif isinstance(value, yaml.SequenceNode) and all(
+            isinstance(sub, yaml.MappingNode) for sub in value.value
+        ):
+            sources = value.value
+        else:
+            raise _refused(value, "<< merges a mapping or a list of mappings (*name)")
+        written = {self._key(k) for k, _ in own}
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        first: dict[Any, yaml.Node] = {}
+        for sub in sources:
+            self.flatten_mapping(sub)
+            for key_node, value_node in sub.value:
+                key = self._key(key_node)
+                if key in written:
+                    continue  # the mapping's own key wins, as written
+                seen = first.setdefault(key, key_node)
+                if seen is not key_node:
+                    raise _refused(
+                        key_node,
+                        f"key {show(key)} is set by two merged mappings (also at line "
+                        f"{seen.start_mark.line + 1}); which one wins is not what it reads: "
+                        "set it in this mapping, or merge only one of them",
+                    )
+                merged.append((key_node, value_node))
+        node.value = merged + own
+
+    def _key(self, key_node: yaml.Node) -> Any:
+        key = self.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:  # an unhashable key: construct_mapping names it
+            return object()
+        return key
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         _refuse_yaml11_digits(node)
@@ -129,8 +184,33 @@ def _refuse_yaml11_digits(node: yaml.ScalarNode) -> None:
         )
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _refused(node: yaml.Node, problem: str) -> yaml.constructor.ConstructorError:
+    return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+
+
+def _refuse_tag(what: str) -> Any:
+    def construct(_loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        raise _refused(node, what)
+
+    return construct
+
+
 _PolicyLoader.add_constructor("tag:yaml.org,2002:int", _PolicyLoader.construct_yaml_int)
 _PolicyLoader.add_constructor("tag:yaml.org,2002:float", _PolicyLoader.construct_yaml_float)
+# a name written as base64 reads as the name (pydantic takes bytes for text): a tool a
+# reviewer cannot read; a set loads as a list in hash order, so one file had another version
+# in every process (PYTHONHASHSEED) and workers disagreed on the policy they run
+_PolicyLoader.add_constructor(
+    "tag:yaml.org,2002:binary",
+    _refuse_tag("!!binary: a policy holds text, not bytes; write the value itself"),
+)
+_PolicyLoader.add_constructor(
+    "tag:yaml.org,2002:set",
+    _refuse_tag("!!set: its order changes from one process to the next; write a list"),
+)
 
 
 #: why a policy file with no document is refused (a truncated copy, the wrong file, a template

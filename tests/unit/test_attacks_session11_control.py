@@ -1,0 +1,94 @@
+"""Session 11's attacks on session 10's changes, against the pure functions: a policy whose
+YAML reads otherwise than it looks (merge keys, tags), and what the control plane and the
+SDK's matcher do with records a writer of any topic makes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from baton.schemas.errors import PolicyError
+from baton.schemas.policy import parse_policy
+
+pytestmark = pytest.mark.unit
+
+# two merged tenants' limits: the YAML spec gives a key the FIRST merged mapping's value
+_ANCHORS = "  strict: &strict {max_handoffs: 1}\n  loose: &loose {max_handoffs: 1000}\n"
+
+
+@pytest.mark.parametrize(
+    "merge",
+    [
+        "    <<: [*strict, *loose]\n",  # the spec: 1; PyYAML 6.0.4: 1000
+        "    <<: *strict\n    <<: *loose\n",  # a key written twice, merged in silence
+    ],
+    ids=["two-merged-mappings", "merge-key-twice"],
+)
+def test_a_key_two_merges_set_is_refused_not_read_as_the_last(merge: str) -> None:
+    """``tenants.c`` read as 1,000 handoffs where the spec (and a reader) says 1: PyYAML drops
+    a merged key only when it met the same *string object* before, so long keys took the last
+    mapping's value, one-letter keys the first's."""
+    text = "tenants:\n" + _ANCHORS + "  c:\n" + merge
+    with pytest.raises(PolicyError, match=r"two merged mappings|<< is written twice"):
+        parse_policy(text, "p.yaml")
+
+
+def test_merges_read_as_the_spec_says() -> None:
+    """A mapping's own key wins over a merged one, also through a merge of a merge (PyYAML
+    gave a one-letter key the innermost mapping's value there); one merged list without a
+    conflict loads."""
+    text = (
+        "tenants:\n"
+        "  a: &a {max_handoffs: 1, max_agents_per_run: 9}\n"
+        "  b: &b {<<: *a, max_handoffs: 2}\n"
+        "  c: {<<: *b}\n"
+        "  d: {<<: [*b, {shared_max_usd: 4}]}\n"
+        "  e: {<<: *b, max_handoffs: 3}\n"
+    )
+    tenants = parse_policy(text, "p.yaml").tenants
+    assert [tenants[n].max_handoffs for n in "abcde"] == [1, 2, 2, 2, 3]
+    assert tenants["c"].max_agents_per_run == 9
+    assert tenants["d"].shared_max_usd == 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # billing.refund.create, which a reviewer cannot read
+        "multi_agent:\n  require_approval_for: [!!binary YmlsbGluZy5yZWZ1bmQuY3JlYXRl]\n",
+        "tenants:\n  !!binary YWNtZQ==: {max_handoffs: 1}\n",
+    ],
+    ids=["tool", "tenant"],
+)
+def test_a_name_written_as_binary_is_refused(text: str) -> None:
+    with pytest.raises(PolicyError, match="!!binary"):
+        parse_policy(text, "p.yaml")
+
+
+def test_a_set_is_refused_its_order_gave_every_process_another_version() -> None:
+    """``!!set`` loaded as a list in hash order: the same file had another version in each
+    process (checked here across three PYTHONHASHSEEDs on the commit before the fix)."""
+    text = "multi_agent:\n  require_approval_for: !!set {a.b: null, c.d: null, e.f: null}\n"
+    with pytest.raises(PolicyError, match="!!set"):
+        parse_policy(text, "p.yaml")
+    script = (
+        "from baton.schemas.policy import parse_policy\n"
+        "try:\n"
+        f"    print(parse_policy({text!r}, 'p').version)\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__)\n"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in (1, 2, 3)
+    }
+    assert outs == {"PolicyError"}
