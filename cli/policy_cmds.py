@@ -150,7 +150,7 @@ def policy_in_force(
     Raises ``BrokerUnavailable`` when the topic is missing or not read to its end in time."""
     from datetime import UTC, datetime
 
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
     from baton.processors.engine import apply_policy_update
     from baton.schemas.errors import BrokerUnavailable
@@ -171,14 +171,20 @@ def policy_in_force(
     consumer = Consumer(consumer_config(settings.kafka_config(), "baton-policy-current", extra))
     signed_at: float | None = None
     try:
-        meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s)
-        if topic not in meta.topics or meta.topics[topic].error is not None:
-            raise BrokerUnavailable(f"no control topic {topic} at {settings.bootstrap}")
-        parts = sorted(meta.topics[topic].partitions)
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in parts
-        }
+        try:  # a port that accepts and speaks no Kafka: librdkafka's _TRANSPORT was a traceback
+            meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s)
+            if topic not in meta.topics or meta.topics[topic].error is not None:
+                raise BrokerUnavailable(f"no control topic {topic} at {settings.bootstrap}")
+            parts = sorted(meta.topics[topic].partitions)
+            ends = {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in parts
+            }
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"cannot read {topic} from Kafka at {settings.bootstrap} "
+                f"({exc.args[0].str() if exc.args else exc}); is it a Kafka broker, and running?"
+            ) from None
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         deadline = datetime.now(UTC).timestamp() + timeout
         while datetime.now(UTC).timestamp() < deadline:

@@ -64,11 +64,21 @@ def _records(
     it in the range were never replayed). ``isolation``: as the worker reads these topics
     (gov.control read_uncommitted, as its control follower: a transaction left open there
     must not hide the commands after it)."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka import (
+        OFFSET_BEGINNING,
+        Consumer,
+        KafkaError,
+        KafkaException,
+        TopicPartition,
+    )
 
     from baton.schemas.errors import BrokerUnavailable
     from baton.streams.kafka import consumer_config
+    from baton.streams.net import check_reachable
 
+    # a closed port answers at once, named; librdkafka's metadata call raised a KafkaException
+    # (_TRANSPORT) out of the command as a traceback, exit 1 ("the policy changes decisions")
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
     consumer = Consumer(
         consumer_config(
             settings.kafka_config(),
@@ -83,7 +93,13 @@ def _records(
     try:
         wanted: list[TopicPartition] = []
         for topic in topics:
-            meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s).topics[topic]
+            try:
+                meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s).topics[topic]
+            except KafkaException as exc:
+                raise BrokerUnavailable(
+                    f"cannot read {topic} from Kafka at {settings.bootstrap} "
+                    f"({exc.args[0].str() if exc.args else exc}); is the broker running?"
+                ) from None
             if meta.error is not None:
                 raise BrokerUnavailable(f"cannot read {topic}: {meta.error}")
             wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]

@@ -108,3 +108,40 @@ def _policy() -> str:
     from pathlib import Path
 
     return str(Path(__file__).resolve().parents[2] / "policy.example.yaml")
+
+
+# ------------------------------------------------------------------ 1: a broker not there
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that takes connections (the kernel's backlog) and never says a word: a TCP
+    check passes, librdkafka's first request goes unanswered (a wrong port, a hung host)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        yield int(server.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("policy", "current"),
+        ("replay", "--policy", "POLICY", "--from-kafka"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["closed", "silent"])
+def test_a_kafka_command_against_a_dead_or_silent_port_is_one_line_naming_it(
+    command: tuple[str, ...], kind: str, silent_port: int
+) -> None:
+    # both raised librdkafka's KafkaException (_TRANSPORT) out of list_topics: a traceback,
+    # and exit 1, which `baton replay` uses to say "the policy changes decisions"
+    port = _closed_port() if kind == "closed" else silent_port
+    args = [_policy() if a == "POLICY" else a for a in command]
+    code, out, err, took = _baton(*args, "--bootstrap", f"127.0.0.1:{port}")
+    assert code == 4, (out, err)
+    assert "Traceback" not in err
+    [line] = err.splitlines()
+    assert line.startswith("baton: error: cannot "), line
+    assert f"Kafka at 127.0.0.1:{port}" in line
+    assert took < 20
