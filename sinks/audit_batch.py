@@ -191,7 +191,8 @@ class AuditBatch:
             if decision.reemitted:  # a copy answered from a run's state: the audit keeps
                 # the original; one that names no stored decision is kept (audit_copies)
                 where = (partition, offset, value, decision.tenant, decision.run_id)
-                self.copies.append((*where, decision.decision_id))
+                said = (str(decision.outcome), decision.reason, decision.chain_hash or "")
+                self.copies.append((*where, decision.decision_id, *said))
                 return
             row = decision_row(decision, self.topic, partition, offset, self.window)
         except ValidationError as exc:
@@ -386,7 +387,10 @@ def write_batch(
 def _reject_unheld_copies(client: Client, batch: AuditBatch, label: str) -> None:
     """Make the batch's re-emitted copies whose decision the audit lacks rejected records."""
     for partition, offset, value, *_ in unheld_copies(client, batch.copies, label):
-        error = "flagged reemitted, but the audit holds no decision of its id: not a copy"
+        error = (
+            "flagged reemitted, but the audit holds no decision of its id saying its outcome, "
+            "reason and chain hash: not a copy"
+        )
         batch.reject(partition, offset, value, RejectKind.NOT_A_COPY, error)
     batch.copies = []
 

@@ -8,12 +8,19 @@ waiting on its request takes it), and the sink dropped it unread: neither
 not name it. So a batch's copies are looked up once its rows are stored (the worker publishes
 the original first, on the same partition: it is in an earlier batch or in this one), by the
 table's sorting key (tenant, run id, decision id: one query per 64 KiB of them, read through
-the primary index; one naming an id longer than the worker writes is not looked up); a copy
-whose decision the audit does not hold is a rejected record, ``not_a_copy``, its bytes kept.
+the primary index; one naming an id or a reason longer than the worker writes is not looked
+up); a copy whose decision the audit does not hold is a rejected record, ``not_a_copy``, its
+bytes kept.
 
-Not guaranteed: that a kept copy is the worker's (a forged copy of a stored decision's id is
-dropped as a real one is: it adds nothing the audit lacks); a real copy whose original was
-rejected (or refused by ClickHouse) is rejected too, as its original was.
+A copy is its original's only when it says what the original said: the same outcome, reason
+and chain hash (a worker's copy is the state's decision with the retry's input, nothing else
+changed). A forged ``allow`` flagged ``reemitted`` under the id of a stored ``stop`` was
+dropped as a copy, so the one record that made a waiting client proceed left no trace in the
+audit at all; it is ``not_a_copy`` now, its bytes kept.
+
+Not guaranteed: that a kept copy is the worker's (one saying what a stored decision says
+under its id is dropped as a real one is: it adds nothing the audit lacks); a real copy
+whose original was rejected (or refused by ClickHouse) is rejected too, as its original was.
 """
 
 from __future__ import annotations
@@ -25,12 +32,17 @@ from baton.sinks.schema import DATABASE
 
 __all__ = ["Copy", "unheld_copies"]
 
-#: (partition, offset, record, tenant, run id, decision id) of a record flagged reemitted
-Copy = tuple[int, int, bytes, str, str, str]
+#: (partition, offset, record, tenant, run id, decision id, outcome, reason, chain hash or
+#: "") of a record flagged reemitted: the key it is looked up by, then what it must repeat
+Copy = tuple[int, int, bytes, str, str, str, str, str, str]
 
+#: through the primary index (``ids``), then what the copy says (``keys``)
 _LOOKUP = (
-    f"SELECT DISTINCT tenant, run_id, decision_id FROM {DATABASE}.decisions "
-    "WHERE (tenant, run_id, decision_id) IN {keys:Array(Tuple(String, String, String))}"
+    f"SELECT DISTINCT tenant, run_id, decision_id, outcome, reason, ifNull(chain_hash, '') "
+    f"FROM {DATABASE}.decisions "
+    "WHERE (tenant, run_id, decision_id) IN {ids:Array(Tuple(String, String, String))} "
+    "AND (tenant, run_id, decision_id, outcome, reason, ifNull(chain_hash, '')) "
+    "IN {keys:Array(Tuple(String, String, String, String, String, String))}"
 )
 #: the longest id or tenant the worker writes (``schemas.events.Id``, names): a copy naming a
 #: longer one is no worker's copy, and is never sent to ClickHouse (a 300 KB id in a query
@@ -41,13 +53,15 @@ _BYTES_PER_QUERY = 64 * 1024
 
 
 def unheld_copies(client: Client, copies: list[Copy], label: str) -> list[Copy]:
-    """The ``copies`` whose decision (tenant, run id, decision id) the audit does not hold, in
-    their order. AuditUnavailable when ClickHouse cannot answer (the batch is written again)."""
+    """The ``copies`` whose decision (tenant, run id, decision id, saying the same outcome,
+    reason and chain hash) the audit does not hold, in their order. AuditUnavailable when
+    ClickHouse cannot answer (the batch is written again)."""
     keys = [k for k in dict.fromkeys(c[3:] for c in copies) if max(map(len, k)) <= _LONGEST]
     held: set[tuple[str, ...]] = set()
     with audit_errors(label, "looking up the decisions of re-emitted copies"):
         for part in _parts(keys):
-            rows = client.query(_LOOKUP, parameters={"keys": part})
+            ids = list(dict.fromkeys(k[:3] for k in part))
+            rows = client.query(_LOOKUP, parameters={"ids": ids, "keys": part})
             held.update(tuple(str(v) for v in row) for row in rows.result_rows)
     return [copy for copy in copies if copy[3:] not in held]
 

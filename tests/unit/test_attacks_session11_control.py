@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,64 @@ def test_a_set_is_refused_its_order_gave_every_process_another_version() -> None
         for seed in (1, 2, 3)
     }
     assert outs == {"PolicyError"}
+
+
+def test_a_forged_allow_flagged_as_a_copy_of_a_stored_stop_is_kept_not_dropped(
+    tmp_path: Path,
+) -> None:
+    """A writer of gov.decisions answers a waiting client with an ``allow`` flagged
+    ``reemitted`` under the id of the worker's stored ``stop`` (the SDK cannot tell it from
+    the worker's: docs/security.md). The sink dropped it as a copy of that stop: the record
+    that made the client proceed left no trace in the audit. It is ``not_a_copy`` now; the
+    worker's own copy (the same outcome, reason and chain hash) still folds away."""
+    from baton.schemas.decision import Decision
+    from baton.sinks.audit_batch import AuditBatch, write_batch
+    from tests.chdb_audit import chdb_audit
+    from tests.unit.test_attacks_session9_audit import _published
+    from tests.unit.test_engine_support import handoff
+
+    (stop,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="rs")], "rs")
+    stop.outcome, stop.reason = "stop", "handoff_budget_exceeded"  # as the worker stored it
+    client = chdb_audit(tmp_path / "chdb", [stop])
+    copy = Decision.from_json(stop.to_json())
+    copy.reemitted = True
+    forged = Decision.from_json(copy.to_json())
+    forged.outcome, forged.reason = "allow", "ok"
+    batch = AuditBatch("gov.decisions", 365)
+    for offset, d in enumerate([copy, forged]):
+        batch.add(0, offset, d.to_json())
+    write_batch(client, batch, "chdb")
+    rejected = client.query("SELECT audit_offset, error_kind FROM governance.rejected")
+    stored = client.query("SELECT count() FROM governance.decisions").result_rows
+    client.close()
+    assert [(int(o), kind) for o, kind in rejected.result_rows] == [(1, "not_a_copy")]
+    assert stored == [(1,)]
+
+
+def test_the_workers_own_copies_of_a_retry_still_fold_away(tmp_path: Path) -> None:
+    """A retry (the request stamped anew) answered from the run's state: the worker's copy
+    repeats its original's outcome, reason and chain hash, so it is not ``not_a_copy``."""
+    from baton.processors.batch import BatchProcessor, InputRecord
+    from baton.sinks.audit_batch import AuditBatch, write_batch
+    from tests.chdb_audit import chdb_audit
+    from tests.unit.test_engine_support import at, handoff, seed_policy
+
+    proc = BatchProcessor(seed_policy(), 1, {}, worker="w", approvals_topic="gov.approvals")
+    out = []
+    for offset in range(3):  # the request, then two retries of it
+        event = handoff("h1", "t1", "planner", "researcher", run_id="rc")
+        raw = event.model_copy(update={"event_time": at(offset)}).to_json()
+        batch = proc.process(
+            [InputRecord("gov.handoff.requests", 0, offset, b"rc", raw)], at(offset)
+        )
+        out += [d for _, d in batch.decisions]
+    assert [d.reemitted for d in out] == [False, True, True]
+    client = chdb_audit(tmp_path / "chdb", [])
+    sink = AuditBatch("gov.decisions", 365)
+    for offset, d in enumerate(out):
+        sink.add(0, offset, d.to_json())
+    write_batch(client, sink, "chdb")
+    rejected = client.query("SELECT count() FROM governance.rejected").result_rows
+    stored = client.query("SELECT count() FROM governance.decisions").result_rows
+    client.close()
+    assert (rejected, stored) == ([(0,)], [(1,)])
