@@ -43,6 +43,7 @@ from baton.schemas.errors import BrokerUnavailable, TopicMismatch
 from baton.streams.kafka import consumer_config, producer_config
 from baton.streams.partitioner import partition_for
 from baton.streams.sdk.options import ClientOptions, checked_seconds
+from baton.streams.sdk.reach import BrokerWatch
 from baton.streams.sdk.waiters import Unanswered, Waiter, WaiterBook, WaitKey, resolve
 
 __all__ = ["RequestChannel"]
@@ -84,6 +85,8 @@ class RequestChannel:
         #: the reader thread has returned (it no longer calls the consumer)
         self._reader_done = False
         self._delivery_errors: deque[str] = deque(maxlen=20)
+        #: what librdkafka reported of the brokers (error_cb of the producer and consumer)
+        self.brokers = BrokerWatch(options.bootstrap)
         self.decisions_read = 0
 
     # ------------------------------------------------------------------ connection
@@ -116,6 +119,7 @@ class RequestChannel:
                         "logger": _KAFKA_LOG,
                         "message.timeout.ms": int(opts.delivery_timeout_s * 1000),
                         "client.id": opts.client_id,
+                        "error_cb": self.brokers.on_error,
                     },
                 )
             )
@@ -132,6 +136,7 @@ class RequestChannel:
                         "logger": _KAFKA_LOG,
                         "enable.partition.eof": False,
                         "client.id": opts.client_id,
+                        "error_cb": self.brokers.on_error,
                     },
                 )
             )
@@ -144,15 +149,8 @@ class RequestChannel:
 
     def _check_topics(self, producer: Producer) -> int:
         opts = self.options
-        try:
-            # no topic name: on Tansu (and auto-creating Kafkas) asking for a missing topic by
-            # name creates it with the broker's default partition count
-            metadata = producer.list_topics(timeout=opts.connect_timeout_s)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {opts.bootstrap} (timed out after "
-                f"{opts.connect_timeout_s:g} s); is the broker running?"
-            ) from exc
+        # a dead port is named with librdkafka's words at once, not "timed out" after 10 s
+        metadata = self.brokers.list_topics(producer, opts.connect_timeout_s)
         counts = {name: len(t.partitions) for name, t in metadata.topics.items()}
         run_keyed = [self.catalog.requests, self.catalog.approvals, self.catalog.decisions]
         missing = [name for name in [*run_keyed, self.catalog.control] if name not in counts]

@@ -109,7 +109,9 @@ class AsyncGovernanceClient(ClientBase):
                     closed = False if result.unreadable else None
                     return self._unanswered(event, phase, result.detail, fail_open=closed)
                 return result  # type: ignore[no-any-return]
-            return self._unanswered(event, phase, self._no_decision(timeout, retries + 1))
+            # a broker gone since connect: say what librdkafka saw of it, not only "no decision"
+            detail = self._no_decision(timeout, retries + 1) + t.brokers.trouble()
+            return self._unanswered(event, phase, detail)
         finally:
             t.waiters.unregister(wait_key, waiter)
 

@@ -145,3 +145,76 @@ def test_a_kafka_command_against_a_dead_or_silent_port_is_one_line_naming_it(
     assert line.startswith("baton: error: cannot "), line
     assert f"Kafka at 127.0.0.1:{port}" in line
     assert took < 20
+
+
+# ------------------------------------------------------------------ 1: the SDK, a broker not there
+
+
+def test_the_sdk_names_a_refused_broker_at_once_with_what_librdkafka_saw() -> None:
+    # it said "cannot reach Kafka at ... (timed out after 10 s)" after the whole connect timeout
+    from baton.schemas.errors import BrokerUnavailable
+    from baton.streams.sdk import GovernanceClient
+
+    address = f"127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as raised:
+        GovernanceClient(address, connect_timeout=10).connect()
+    took = time.monotonic() - started
+    text = str(raised.value)
+    assert text.startswith(f"cannot reach Kafka at {address} ({address}/bootstrap: "), text
+    assert "Connection refused" in text
+    assert took < 5, took
+
+
+def test_the_sdk_names_a_host_name_that_does_not_resolve() -> None:
+    from baton.schemas.errors import BrokerUnavailable
+    from baton.streams.sdk import GovernanceClient
+
+    with pytest.raises(BrokerUnavailable) as raised:
+        GovernanceClient("nosuchhost.invalid:9092", connect_timeout=5).connect()
+    text = str(raised.value)
+    assert "nosuchhost.invalid:9092" in text and "resolve" in text, text
+
+
+def test_the_sdk_names_a_port_that_answers_no_kafka(silent_port: int) -> None:
+    from baton.schemas.errors import BrokerUnavailable
+    from baton.streams.sdk import GovernanceClient
+
+    address = f"127.0.0.1:{silent_port}"
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as raised:
+        GovernanceClient(address, connect_timeout=1).connect()
+    assert time.monotonic() - started < 5
+    text = str(raised.value)
+    assert f"Kafka at {address}" in text and "answered no Kafka request" in text, text
+
+
+def test_a_check_unanswered_after_the_broker_went_away_says_what_librdkafka_saw() -> None:
+    # connected, then the broker went: the check's fail-closed stop said only "no decision
+    # from Baton within 5 s ... is a worker running?"
+    from confluent_kafka import KafkaError
+
+    from baton.schemas.decision import Outcome
+    from baton.streams.sdk import GovernanceClient
+
+    seen = "127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused"
+    gov = GovernanceClient("127.0.0.1:9", partitions=3)
+    gov.channel.connect = lambda: None  # type: ignore[method-assign]
+    gov.channel._producer = object()  # type: ignore[assignment]
+    gov.channel.submit = lambda *a, **k: None  # type: ignore[method-assign]
+    gov.channel.brokers.on_error(KafkaError(KafkaError._TRANSPORT, seen))
+    decision = gov.check(_request(), timeout=0.2)
+    assert (decision.outcome, decision.reason) == (Outcome.STOP, "governance_unavailable")
+    assert "no decision from Baton within 0.2 s" in (decision.detail or "")
+    assert f"librdkafka reported 0 s ago: {seen}" in (decision.detail or "")
+
+
+def _request() -> object:
+    from datetime import UTC, datetime
+
+    from baton.schemas.events import HandoffRequested
+
+    return HandoffRequested(
+        request_id="h1", run_id="run-1", task_id="t1", from_agent="planner",
+        to_agent="researcher", event_time=datetime.now(UTC),
+    )  # fmt: skip
