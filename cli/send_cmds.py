@@ -24,6 +24,7 @@ from baton.schemas.errors import BatonError, BrokerUnavailable, ConfigError
 from baton.schemas.events import (
     CONTROL_EVENT_TYPES,
     MAX_EVENT_BYTES,
+    RUN_EVENT_TYPES,
     ApprovalDenied,
     ApprovalGranted,
     EventError,
@@ -101,7 +102,7 @@ def _event_topic(line: bytes, catalog: Any) -> tuple[str, bytes]:
     """The topic and key of one event line; ``EventError`` when it is not a run event."""
     try:
         event = parse_event(line)
-    except EventError:
+    except EventError as exc:
         kind = _type_of(line)
         if kind in _CONTROL_TYPES:
             raise EventError(
@@ -109,9 +110,23 @@ def _event_topic(line: bytes, catalog: Any) -> tuple[str, bytes]:
                 f"{kind} is a control event: `baton kill` and `baton policy publish` send "
                 "them, signed",
             ) from None
+        if exc.kind == "unknown_type" or (exc.kind == "schema" and "'type'" in str(exc)):
+            # the parser's words stay as they are (dead letters and decisions carry them);
+            # the command adds what a sender needs to fix the line
+            raise EventError(exc.kind, f"{exc}; {_valid_types(kind)}") from None
         raise
     topic = catalog.approvals if isinstance(event, ApprovalGranted | ApprovalDenied) else None
     return topic or catalog.requests, event.run_id.encode()
+
+
+def _valid_types(kind: str | None) -> str:
+    """The run event types `baton send` takes, the closest to ``kind`` first when one is close."""
+    import difflib
+
+    names = [c.model_fields["type"].default for c in RUN_EVENT_TYPES]
+    close = difflib.get_close_matches(kind[:64], names, n=1) if kind else []
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    return f"{guess}a line's type is one of {', '.join(names)}"
 
 
 def _type_of(line: bytes) -> str | None:

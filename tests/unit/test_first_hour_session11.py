@@ -218,3 +218,40 @@ def _request() -> object:
         request_id="h1", run_id="run-1", task_id="t1", from_agent="planner",
         to_agent="researcher", event_time=datetime.now(UTC),
     )  # fmt: skip
+
+
+# ------------------------------------------------------------------ 3: baton send, a mistyped type
+
+
+def test_send_names_the_valid_event_types_for_a_mistyped_or_missing_type(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from baton.schemas.events import EventError, parse_event
+
+    _register()
+    events = Path(str(tmp_path)) / "events.jsonl"
+    events.write_text(
+        '{"type": "handoff_request", "run_id": "r1"}\n'
+        '{"run_id": "r1"}\n'
+        '{"type": "zzz' + "z" * 5000 + '", "run_id": "r1"}\n'
+    )
+    result = CliRunner().invoke(cli, ["send", "--dry-run", str(events)])
+    assert result.exit_code == 1
+    valid = (
+        "a line's type is one of handoff_requested, handoff_completed, approval_granted, "
+        "approval_denied, run_finished"
+    )
+    first, second, third, _summary = result.stderr.splitlines()
+    assert first == (
+        "baton send: line 1: unknown_type: unknown event type 'handoff_request'; "
+        f"did you mean 'handoff_requested'? {valid}"
+    )
+    assert second == f"baton send: line 2: schema: missing string field 'type'; {valid}"
+    assert third.startswith("baton send: line 3: unknown_type: unknown event type 'zzz")
+    assert "did you mean" not in third
+    # the parser's own words, which dead letters and decisions carry, are unchanged
+    with pytest.raises(EventError) as raised:
+        parse_event(b'{"type": "handoff_request", "run_id": "r1"}')
+    assert str(raised.value) == "unknown event type 'handoff_request'"
