@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,3 +155,38 @@ def test_the_workers_own_copies_of_a_retry_still_fold_away(tmp_path: Path) -> No
     stored = client.query("SELECT count() FROM governance.decisions").result_rows
     client.close()
     assert (rejected, stored) == ([(0,)], [(1,)])
+
+
+def test_a_flood_sent_once_the_worker_is_fresh_is_handed_over_within_a_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The 32 MiB bound held only while the follower was not fresh: a flood of junk sent
+    just after it was (a writer of gov.control) was all handed to the publisher at once, for
+    as long as the follower was still judged fresh (its batches full, positions are not
+    judged: up to the staleness bound, 15 s, at 128-600 MB/s of dead letters). Now at most
+    MAX_HELD_BYTES a second while fresh; a kill switch amid the flood is applied and recorded."""
+    import logging
+
+    from baton.processors.control import MAX_HELD_BYTES
+    from tests.unit.test_control_follower import (
+        _FakeAdmin,
+        _FakeConsumer,
+        _follower,
+        _kill,
+        _run,
+    )
+
+    junk = b"x" * 60_000
+    records: list[bytes | None] = [_kill("r0"), *[junk] * 600, _kill("r1"), *[junk] * 600]
+    letters: list[Any] = []
+    decisions: list[Any] = []
+    f = _follower(on_decision=decisions.append, on_dead_letter=letters.append)
+    consumer = _FakeConsumer(records, batches=[1, 0, 0, 0, 0, 0, 500, 500, 500])
+    with caplog.at_level(logging.ERROR, "baton.processors.control"):
+        _run(f, consumer, _FakeAdmin(high=1))
+    assert f.is_fresh() and consumer.next == len(records)  # read, fresh all along
+    assert [d.reason for d in decisions] == ["kill_switch", "kill_switch"]
+    assert f.kills.runs == frozenset({"r0", "r1"})
+    held = sum(len(letter.value) for letter in letters)
+    assert 0 < held <= MAX_HELD_BYTES, f"{held:,} bytes of dead letters handed over at once"
+    assert "the next are not published, only counted" in caplog.text
