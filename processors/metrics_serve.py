@@ -34,6 +34,10 @@ log = logging.getLogger("baton.metrics")
 #: (700 idle connections were 700 threads)
 IDLE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 32
+#: at most this many of them from one peer address: clients of one host that reconnected at
+#: once held all 32, and no scrape from elsewhere was answered (a Prometheus server scrapes
+#: over one connection at a time; `baton top` and a curl are two more)
+MAX_PER_PEER = 4
 #: a whole request (read, answered, sent) gets this long from its connection: a client that
 #: trickled a byte every few seconds was never idle, and 32 of them held every slot, so no
 #: scrape was answered
@@ -133,7 +137,8 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class _BoundedServer(ThreadingMixIn, WSGIServer):
-    """A thread per connection, at most ``MAX_CONNECTIONS`` of them; errors never printed."""
+    """A thread per connection, at most ``MAX_CONNECTIONS`` of them and ``MAX_PER_PEER`` from
+    one address; errors never printed."""
 
     daemon_threads = True
 
@@ -145,18 +150,35 @@ class _BoundedServer(ThreadingMixIn, WSGIServer):
         self.idle_timeout_s = IDLE_TIMEOUT_S
         self.request_deadline_s = REQUEST_DEADLINE_S
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._per_peer: dict[str, int] = {}
+        self._peers_lock = threading.Lock()
         super().__init__(address[:2], _QuietHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # closed unread: a scrape tries again
-            return
-        super().process_request(request, client_address)
+        peer = str(client_address[0]) if client_address else ""
+        with self._peers_lock:
+            held = self._per_peer.get(peer, 0)
+            if held >= MAX_PER_PEER or not self._slots.acquire(blocking=False):
+                self.shutdown_request(request)  # closed unread: a scrape tries again
+                return
+            self._per_peer[peer] = held + 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started (none left): its slot is free again
+            self._release(peer)
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._release(str(client_address[0]) if client_address else "")
+
+    def _release(self, peer: str) -> None:
+        with self._peers_lock:
+            left = self._per_peer.pop(peer, 1) - 1
+            if left > 0:
+                self._per_peer[peer] = left
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -255,3 +255,62 @@ def test_send_names_the_valid_event_types_for_a_mistyped_or_missing_type(tmp_pat
     with pytest.raises(EventError) as raised:
         parse_event(b'{"type": "handoff_request", "run_id": "r1"}')
     assert str(raised.value) == "unknown event type 'handoff_request'"
+
+
+# ------------------------------------------------------------------ 5: /metrics, a share per peer
+
+
+def _scrape(url: str, source: str, timeout: float = 5.0) -> bytes:
+    """GET /metrics from the local address ``source``; b"" when the server closed it unread."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection(
+        (parts.hostname, parts.port), timeout=timeout, source_address=(source, 0)
+    ) as conn:
+        try:
+            conn.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
+    return b"".join(chunks)
+
+
+def test_one_peer_holding_connections_open_leaves_the_metrics_to_the_others() -> None:
+    # 32 idle connections from one address held every slot: a scrape from another address
+    # (Prometheus) was closed unread until they timed out, and they could reconnect at once
+    from baton.processors import metrics_serve
+    from baton.processors.metrics_serve import new_registry, serve_metrics
+
+    endpoint = serve_metrics(new_registry(), "127.0.0.1", 0)
+    port = int(endpoint.url.rsplit(":", 1)[1].split("/")[0])
+    held = []
+    try:
+        for _ in range(metrics_serve.MAX_CONNECTIONS):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)  # the server has taken them all
+        # another address is served (Linux routes all of 127/8 to the loopback)
+        assert b"process_cpu_seconds_total" in _scrape(endpoint.url, "127.0.0.2")
+        # the hog itself got its share, the rest were closed unread
+        open_ones = 0
+        for conn in held:
+            conn.settimeout(0.2)
+            try:
+                open_ones += conn.recv(1) != b""
+            except TimeoutError:
+                open_ones += 1
+            except ConnectionResetError:
+                pass
+        assert open_ones == metrics_serve.MAX_PER_PEER
+        assert _scrape(endpoint.url, "127.0.0.1") == b""
+    finally:
+        for conn in held:
+            conn.close()
+    # the slots come back when its connections end
+    deadline = time.monotonic() + 10
+    while not (answer := _scrape(endpoint.url, "127.0.0.1")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert b"process_cpu_seconds_total" in answer
+    endpoint.close()
