@@ -33,7 +33,7 @@ from baton.cli.supervisor import (
     tail,
 )
 from baton.cli.up_children import audit_children, spawner, with_metrics_ports
-from baton.cli.up_ready import Readiness, announce_new_sql_token
+from baton.cli.up_ready import PROGRESS_EVERY_S, Readiness, announce_new_sql_token
 from baton.cli.up_restart import name_a_lost_policy, say_what_a_restart_keeps
 from baton.cli.worker_cmd import create_topics
 from baton.schemas.errors import BatonError, BrokerUnavailable, ConfigError
@@ -242,9 +242,13 @@ def up_cmd(
         readiness = Readiness(settings, catalog, None if no_audit else sql_port, data_dir / "chdb")
         readiness.start()
         announced = False
+        next_progress = time.monotonic() + PROGRESS_EVERY_S
         while not stopping:
             _check_broker(broker)
             supervisor.tick()
+            if not announced and readiness.is_alive() and time.monotonic() >= next_progress:
+                say(readiness.progress())  # a start was silent for ~25 s
+                next_progress += PROGRESS_EVERY_S
             if not announced and not readiness.is_alive():
                 if readiness.error is not None:
                     raise readiness.error

@@ -10,10 +10,15 @@ from typing import Any
 
 import click
 
-from baton.schemas.errors import AuditUnavailable
+from baton.schemas.errors import AuditUnavailable, BrokerUnavailable
 from baton.schemas.settings import Settings
 
-__all__ = ["Readiness", "announce_new_sql_token"]
+__all__ = ["PROGRESS_EVERY_S", "READY_TIMEOUT_S", "Readiness", "announce_new_sql_token"]
+
+#: how long `baton up` waits for the worker to answer a probe, and then for the SQL endpoint
+READY_TIMEOUT_S = 90.0
+#: a line says what `baton up` still waits for this often (a start took 12-26 s, silent)
+PROGRESS_EVERY_S = 5.0
 
 
 class Readiness(threading.Thread):
@@ -28,26 +33,45 @@ class Readiness(threading.Thread):
         self.sql_dsn: str | None = None  # with the sink's token, for the ready line
         self.took: float | None = None
         self.error: BaseException | None = None
+        self.started = time.monotonic()
+        #: what is waited for now: "worker", then "sql" (the audit sink's endpoint)
+        self.stage = "worker"
 
     def run(self) -> None:
         from baton.processors.probe import wait_until_deciding
 
+        logs = self.chdb_dir.parent / "logs"
         try:
-            took = wait_until_deciding(
-                self.settings.kafka_config(),
-                self.catalog.requests,
-                self.catalog.decisions,
-                self.settings.partitions,
-                timeout_s=90,
-            )
+            try:
+                took = wait_until_deciding(
+                    self.settings.kafka_config(),
+                    self.catalog.requests,
+                    self.catalog.decisions,
+                    self.settings.partitions,
+                    timeout_s=READY_TIMEOUT_S,
+                )
+            except BrokerUnavailable as exc:
+                raise BrokerUnavailable(
+                    f"the worker did not come up: {exc}; see its log, {logs / 'worker.log'}"
+                ) from None
             if self.sql_port is not None:  # 0: the port the sink picked
+                self.stage = "sql"
                 self.sql_dsn = _wait_for_sql(self.sql_port or None, self.chdb_dir)
             self.took = took
         except BaseException as exc:  # handed to the supervision loop, which raises it
             self.error = exc
 
+    def progress(self) -> str:
+        """What `baton up` still waits for, and for how long already (a progress line)."""
+        waited = time.monotonic() - self.started
+        if self.stage == "worker":
+            what = "the worker to answer a probe (it starts, joins its group, takes its partitions)"
+        else:
+            what = "the audit sink's SQL endpoint (it opens chDB and applies migrations)"
+        return f"still waiting for {what}: {waited:.0f} s of {READY_TIMEOUT_S:.0f}"
 
-def _wait_for_sql(port: int | None, chdb_dir: Path, timeout_s: float = 90.0) -> str:
+
+def _wait_for_sql(port: int | None, chdb_dir: Path, timeout_s: float = READY_TIMEOUT_S) -> str:
     """The sink opens chDB and migrates before it serves SQL: wait until the DSN in its
     endpoint file answers a query (the supervision loop restarts a sink that dies meanwhile);
     returns the DSN. ``port`` None: whichever port the sink picked."""

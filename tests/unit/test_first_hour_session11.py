@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import click
 import pytest
@@ -314,3 +315,47 @@ def test_one_peer_holding_connections_open_leaves_the_metrics_to_the_others() ->
         time.sleep(0.1)
     assert b"process_cpu_seconds_total" in answer
     endpoint.close()
+
+
+# ------------------------------------------------------------------ 2: baton up, what it waits for
+
+
+def _readiness(tmp_path: object) -> object:
+    from pathlib import Path
+
+    from baton.cli.up_ready import Readiness
+    from baton.schemas.settings import Settings
+    from baton.streams.topics import TopicCatalog
+
+    data_dir = Path(str(tmp_path)) / ".baton"
+    return Readiness(Settings(bootstrap="127.0.0.1:9"), TopicCatalog(), 0, data_dir / "chdb")
+
+
+def test_up_says_what_it_still_waits_for(tmp_path: object) -> None:
+    readiness: Any = _readiness(tmp_path)
+    readiness.started -= 12.4
+    assert readiness.progress() == (
+        "still waiting for the worker to answer a probe (it starts, joins its group, takes "
+        "its partitions): 12 s of 90"
+    )
+    readiness.stage = "sql"
+    assert readiness.progress().startswith("still waiting for the audit sink's SQL endpoint")
+
+
+def test_up_names_the_worker_and_its_log_when_it_does_not_come_up(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from baton.processors import probe
+    from baton.schemas.errors import BrokerUnavailable
+
+    def never(*_args: object, **_kwargs: object) -> float:
+        raise BrokerUnavailable("no Baton worker answered on gov.decisions within 90 s")
+
+    monkeypatch.setattr(probe, "wait_until_deciding", never)
+    readiness: Any = _readiness(tmp_path)
+    readiness.run()
+    assert isinstance(readiness.error, BrokerUnavailable)
+    assert str(readiness.error) == (
+        "the worker did not come up: no Baton worker answered on gov.decisions within 90 s; "
+        f"see its log, {tmp_path}/.baton/logs/worker.log"
+    )
