@@ -190,3 +190,35 @@ def test_a_flood_sent_once_the_worker_is_fresh_is_handed_over_within_a_bound(
     held = sum(len(letter.value) for letter in letters)
     assert 0 < held <= MAX_HELD_BYTES, f"{held:,} bytes of dead letters handed over at once"
     assert "the next are not published, only counted" in caplog.text
+
+
+def test_a_record_larger_than_any_decision_is_never_parsed_by_the_client() -> None:
+    """The SDK's reader parsed every record of its partitions to find its key: a 50 MB
+    record on gov.decisions (Tansu takes any size) cost every client reading that partition
+    0.8 s of its reader and +570 MB at its peak, and a forged answer padded past what any
+    worker publishes was taken. Now a record past MAX_DECISION_BYTES is skipped unread; the
+    worker's answer after it is the one taken."""
+    import dataclasses
+
+    import orjson
+
+    from baton.schemas.decision import Decision
+    from tests.unit.test_attacks_session9_worker import (
+        GATED,
+        Run,
+        _as_published,
+        _checked_while_read,
+        _offline_client,
+    )
+    from tests.unit.test_engine_support import handoff
+
+    run = Run(GATED, run_id="run-9")
+    own = handoff("h1", "t1", "planner", "researcher", run_id="run-9")
+    decided = _as_published(run, own)
+    padded = orjson.loads(decided.to_json())
+    padded["detail"] = "x" * 1_000_000  # past what Kafka takes from a worker
+    forged = Decision.from_json(orjson.dumps(padded))
+    forged.outcome, forged.reason = "stop", "handoff_budget_exceeded"
+    client = _offline_client()
+    client.options = dataclasses.replace(client.options, timeout_s=30.0)
+    assert _checked_while_read(client, own, [forged, decided]) == decided
