@@ -220,7 +220,7 @@ def _connect_http(
                 "the server's https_port (8443)?"
             ) from exc
         raise AuditUnavailable(
-            f"cannot reach ClickHouse at {label} ({gist}); is the server running?"
+            f"cannot reach ClickHouse at {label} ({_socket_gist(gist)}); is the server running?"
         ) from exc
     except DatabaseError as exc:
         raise AuditUnavailable(
@@ -311,6 +311,22 @@ def audit_errors(label: str, doing: str) -> Iterator[None]:
         raise AuditUnavailable(
             f"ClickHouse at {label} failed while {doing}: {_first_line(exc)}"
         ) from exc
+
+
+def _socket_gist(gist: str) -> str:
+    """urllib3's refusal ("HTTPConnectionPool(host='h', port=1): Max retries exceeded with
+    url: /?query_id=… (Caused by NewConnectionError(… [Errno 111] Connection refused …)")
+    as "h:1: connection refused", as the Kafka commands say it; other texts unchanged."""
+    where = re.search(r"host='([^']*)', port=(\d+)", gist)
+    errno = re.search(r"\[Errno -?\d+\] ([^\"')]+)", gist)
+    resolve = re.search(r"Failed to resolve '([^']*)'", gist)
+    if where is None or (errno is None and resolve is None):
+        return gist
+    address = f"{where[1]}:{where[2]}"
+    if resolve is not None:
+        return f"{address}: cannot resolve {resolve[1]!r}"
+    assert errno is not None
+    return f"{address}: {errno[1].strip().lower()}"
 
 
 def _first_line(exc: BaseException) -> str:

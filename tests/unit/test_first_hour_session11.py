@@ -359,3 +359,29 @@ def test_up_names_the_worker_and_its_log_when_it_does_not_come_up(
         "the worker did not come up: no Baton worker answered on gov.decisions within 90 s; "
         f"see its log, {tmp_path}/.baton/logs/worker.log"
     )
+
+
+def test_a_closed_clickhouse_port_is_one_short_line_naming_it() -> None:
+    # it was urllib3's whole repr: HTTPConnectionPool(...) Max retries exceeded with url:
+    # /?query_id=<uuid> (Caused by NewConnectionError(...)) executing HTTP request attempt 1
+    port = _closed_port()
+    dsn = f"http://127.0.0.1:{port}"
+    code, out, err, _took = _baton("sql", "SELECT 1", "--dsn", dsn)
+    assert code == 5, (out, err)
+    assert err == (
+        f"baton: error: cannot reach ClickHouse at {dsn} (127.0.0.1:{port}: connection "
+        "refused); is the server running?\n"
+    )
+
+
+def test_a_clickhouse_host_name_that_does_not_resolve_is_named() -> None:
+    from baton.sinks.clickhouse import _socket_gist
+
+    said = (
+        "Error HTTPConnectionPool(host='nosuchhost.invalid', port=8123): Max retries exceeded "
+        'with url: /?query_id=39276a16 (Caused by NameResolutionError("HTTPConnection('
+        "host='nosuchhost.invalid', port=8123): Failed to resolve 'nosuchhost.invalid' ([Errno "
+        '-2] Name or service not known)")) executing HTTP request attempt 1'
+    )
+    assert _socket_gist(said) == "nosuchhost.invalid:8123: cannot resolve 'nosuchhost.invalid'"
+    assert _socket_gist("Code: 516. Authentication failed") == "Code: 516. Authentication failed"
