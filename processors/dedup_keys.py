@@ -11,7 +11,7 @@ stands for: a retry matches it, the same id reused for another request does not.
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -31,6 +31,7 @@ __all__ = [
     "REPORT",
     "dedup_key",
     "request_digest",
+    "untimed_fields",
     "with_digest",
 ]
 
@@ -69,25 +70,35 @@ _DIGEST = hashlib.blake2b(digest_size=8)
 _last: tuple[object, str] = (None, "")
 
 
+def untimed_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` (an event's, changed in place and returned) as a request id stands for
+    them: the one normal form the worker's digest and the SDK's matcher of a decision's
+    ``input`` (streams/sdk/base.py) both apply. Left out: the client's timing (``event_time``,
+    ``decide_by``: a retry is stamped anew), fields added after digests were first kept, at their
+    defaults (``tools`` null, a report's ``steps`` 0), so an event without them keeps its
+    digest, and so its decision ids and approval id, across versions. Field order is kept:
+    the digest hashes the fields in the model's order."""
+    fields.pop("event_time", None)
+    fields.pop("decide_by", None)
+    if "tools" in fields and fields["tools"] is None:
+        del fields["tools"]
+    steps = fields.get("steps")
+    # an int 0 only: 0.0 or false is another input (1 == 1.0 == True), never taken for it
+    if steps == 0 and type(steps) is int:
+        del fields["steps"]
+    return fields
+
+
 def request_digest(event: HandoffRequested | HandoffCompleted) -> str:
     """What a request id stands for: every field but the client's timing (``event_time`` and
     ``decide_by``: a client stamps a retry anew), so a retry matches and the same id reused
-    for another request does not."""
+    for another request does not (``untimed_fields``)."""
     global _last
     last, digest = _last
     if event is last:
         return digest
-    fields = dict(event.__dict__)
-    del fields["event_time"]
-    fields.pop("decide_by", None)
-    # fields added after digests were first kept, left out at their defaults: an event
-    # without them keeps its digest, and so its decision ids and approval id, across versions
-    if fields.get("tools", ()) is None:
-        del fields["tools"]
-    if fields.get("steps") == 0:
-        del fields["steps"]
     h = _DIGEST.copy()
-    h.update(orjson.dumps(fields))
+    h.update(orjson.dumps(untimed_fields(dict(event.__dict__))))
     digest = h.hexdigest()
     _last = (event, digest)
     return digest

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from baton.processors.dedup_keys import untimed_fields
 from baton.processors.recorded import input_text
 from baton.schemas.decision import Decision, Fallback, Phase
 from baton.schemas.events import HandoffCompleted, HandoffRequested, RunFinished
@@ -153,9 +154,6 @@ class ClientBase:
 _HANDOFF_FIELDS = ("from_agent", "to_agent", "task_id", "parent_task_id", "action", "tool")
 
 
-#: what the worker's request digest leaves out (a client stamps a retry anew): a decision
-#: whose input differs from a request only there answers it (dedup_keys.request_digest)
-_TIMING = ("event_time", "decide_by")
 #: how much longer or shorter than ours a retry's input can be: its two times written
 #: otherwise (fractions, zones: ~20 characters each), decide_by absent, steps left out
 _TIMING_CHARS = 200
@@ -195,20 +193,16 @@ def answers_request(event: HandoffRequested | HandoffCompleted) -> Callable[[Dec
 
 
 def _untimed(text: str) -> bytes | None:
-    """An input as the worker's request digest sees it: without the client's timing, a
-    report's ``steps`` of 0 left out (a field added later, at its default), keys sorted (a
-    worker of another version may order them otherwise), as JSON (None: not a JSON object)."""
+    """An input as the worker's request digest sees it (``dedup_keys.untimed_fields``, the
+    one rule both apply), keys sorted (a worker of another version may order them otherwise),
+    as JSON (None: not a JSON object)."""
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError:
         return None
     if type(doc) is not dict:
         return None
-    for name in _TIMING:
-        doc.pop(name, None)
-    if doc.get("steps") == 0 and type(doc["steps"]) is int:
-        del doc["steps"]
-    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(untimed_fields(doc), option=orjson.OPT_SORT_KEYS)
 
 
 def answers_approval(asked: Decision) -> Callable[[Decision], bool]:
