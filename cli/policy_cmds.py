@@ -56,6 +56,8 @@ def policy_check(file: Path) -> None:
         click.echo(f"  {seed_key} -> multi_agent.{'.'.join(path)}")
     if policy.tenants:
         click.echo(f"  tenant overrides: {', '.join(sorted(policy.tenants))}")
+    if limits.require_lineage:
+        click.echo("  require_lineage: on (a handoff names a parent task its giver owns)")
     if limits.shadow_mode:
         click.echo("  shadow_mode: on (decisions are recorded, never enforced)")
 

@@ -91,6 +91,7 @@ class TenantRules:
         "max_signature_age",
         "max_steps",
         "release_on",
+        "require_lineage",
         "reservation_ttl",
         "roles",
         "seconds_cap",
@@ -115,6 +116,7 @@ class TenantRules:
         )
         self.max_delegation_depth = limits.max_delegation_depth
         self.detect_delegation_cycles = limits.detect_delegation_cycles
+        self.require_lineage = limits.require_lineage
         self.shared_max_usd = limits.shared_max_usd
         self.shared_max_tool_calls = limits.shared_max_tool_calls
         self.max_run_seconds = limits.max_run_seconds

@@ -3,8 +3,9 @@
 Each rule names the policy key it enforces and the reason it stops with, and returns
 ``(reason, detail)`` when the handoff or report breaks it, else None. ``check_handoff``
 runs the pre-handoff rules in the order docs/policy.md documents (first failure wins);
-the engine (processors/engine.py) calls it and the completion rules. Pure: they read the
-run's state and the compiled limits (processors/policy_rules.py); the two that change a
+the engine (processors/engine.py) calls it and the completion rules. The delegation
+chain's rules (depth, lineage, cycles, bounces) live in processors/rule_chain.py. Pure: they
+read the run's state and the compiled limits (processors/policy_rules.py); the two that change a
 state (``count_bounce``, ``release_ownership``) say so, and replace the containers they
 change (RunState.copy shares them).
 """
@@ -16,6 +17,17 @@ from typing import TYPE_CHECKING
 
 from baton.processors.engine_control import NO_KILLS, KillSwitches
 from baton.processors.policy_rules import TenantRules
+from baton.processors.rule_chain import (
+    MAX_CHAIN_HOPS,
+    Refusal,
+    bounce_rule,
+    count_bounce,
+    cycle_rule,
+    depth_of,
+    depth_rule,
+    lineage_rule,
+    on_chain,
+)
 from baton.processors.state import RunState, TaskNode
 from baton.schemas.decision import Outcome, Reason
 from baton.schemas.events import HandoffCompleted, HandoffRequested
@@ -37,6 +49,7 @@ __all__ = [
     "estimate_over",
     "handoff_limit_rule",
     "killed_rule",
+    "lineage_rule",
     "on_chain",
     "ownership_rule",
     "release_ownership",
@@ -50,12 +63,6 @@ __all__ = [
     "unknown_tenant_rule",
     "used_tools_rule",
 ]
-
-#: what a broken rule returns: the reason it stops with and a detail naming the limit
-Refusal = tuple[str, str | None]
-#: parent links detect_delegation_cycles walks up a task's chain; a longer chain (or parent
-#: links that loop) is taken as a cycle (a depth limit keeps honest chains far shorter)
-MAX_CHAIN_HOPS = 256
 
 _SHARED = Reason.SHARED_BUDGET_EXCEEDED
 _STOP, _ALLOW, _APPROVAL_REQUIRED = Outcome.STOP, Outcome.ALLOW, Outcome.APPROVAL_REQUIRED
@@ -87,6 +94,7 @@ def check_handoff(
         or (role_rule(req, rules) if rules.roles else None)
         or agent_limit_rule(st, req, rules)
         or handoff_limit_rule(st, rules)
+        or (lineage_rule(st, req) if rules.require_lineage else None)
         or depth_rule(depth, rules)
         or (cycle_rule(st, req, node) if rules.detect_delegation_cycles else None)
         or (bounce_rule(st, req, rules.max_bounces) if rules.max_bounces is not None else None)
@@ -193,64 +201,6 @@ def handoff_limit_rule(st: RunState, rules: TenantRules) -> Refusal | None:
     return None
 
 
-# ---------------------------------------------------------------- the task tree
-def depth_of(st: RunState, req: HandoffRequested, node: TaskNode | None) -> int:
-    """The task's depth in the run's tree; ``node`` is the task's node if it has one."""
-    if node is not None:
-        return node.depth
-    parent_id = req.parent_task_id
-    if parent_id is None:
-        return 1
-    parent = st.task(parent_id)
-    # a parent Baton never saw is taken as a root: depth is computed, never trusted
-    return (parent.depth if parent is not None else 1) + 1
-
-
-def on_chain(st: RunState, req: HandoffRequested, node: TaskNode | None = None) -> bool:
-    """True when to_agent already sits on the task's delegation chain (A -> B -> A): the
-    chain above the request's parent and, for a task the run knows (``node``), above the
-    parent its tree holds (a released task handed on naming no parent, or another one, has
-    its place in the tree still). A chain longer than MAX_CHAIN_HOPS links (or parent links
-    that loop) is taken as a cycle: never walked past the bound and then let through."""
-    to_agent = req.to_agent
-    if to_agent == req.from_agent:
-        return True
-    starts = [req.parent_task_id]
-    if node is not None and node.parent != req.parent_task_id:
-        starts.append(node.parent)
-    for parent_id in starts:
-        above = st.task(parent_id) if parent_id else None
-        hops = 0
-        while above is not None:
-            if hops == MAX_CHAIN_HOPS or to_agent == above.owner or to_agent == above.giver:
-                return True
-            above = st.task(above.parent) if above.parent else None
-            hops += 1
-    return False
-
-
-def depth_rule(depth: int, rules: TenantRules) -> Refusal | None:
-    """multi_agent.max_delegation_depth -> delegation_depth_exceeded (``depth`` computed by
-    depth_of, never the client's)."""
-    if depth > rules.depth_cap:
-        return (
-            Reason.DELEGATION_DEPTH_EXCEEDED,
-            f"depth {depth} > max_delegation_depth {rules.max_delegation_depth}",
-        )
-    return None
-
-
-def cycle_rule(st: RunState, req: HandoffRequested, node: TaskNode | None = None) -> Refusal | None:
-    """multi_agent.detect_delegation_cycles -> delegation_cycle: the task would go back to an
-    agent already on its delegation chain (``node``: the task's, if the run knows it)."""
-    if on_chain(st, req, node):
-        return (
-            Reason.DELEGATION_CYCLE,
-            f"{req.to_agent} is already on the chain (or it is over {MAX_CHAIN_HOPS} tasks long)",
-        )
-    return None
-
-
 # ---------------------------------------------------------------- budgets: one comparison
 
 
@@ -311,58 +261,7 @@ def spent_over(st: RunState, rules: TenantRules) -> Refusal | None:
     return None
 
 
-# ---------------------------------------------------------------- cycles without task links, tools
-
-
-def bounce_rule(st: RunState, req: HandoffRequested, max_bounces: int) -> Refusal | None:
-    """max_bounces -> delegation_cycle: work goes back to where it came from once too often,
-    task ids and parent links playing no part: from_agent hands work back to the agent that
-    last handed work to it (A -> B -> A), or to the start of a three-agent loop
-    (A -> B -> C -> A). Each such handoff is a bounce of its pair of agents."""
-    giver, taker = req.from_agent, req.to_agent
-    if giver == taker:
-        return None
-    last = st.bounces.get((giver, taker) if giver < taker else (taker, giver))
-    back = last is not None and last[0] != giver
-    via = None if back else _loop_via(st, giver, taker)
-    if not back and via is None:
-        return None  # the pair's first handoff, or the same direction as the last
-    bounces = (last[1] if last is not None else 0) + 1
-    if bounces <= max_bounces:
-        return None
-    if via is None:
-        why = f"{taker} and {giver} handed work back and forth {bounces} times"
-    else:
-        why = f"{giver} closes the loop {taker} -> {via} -> {giver} -> {taker} ({bounces} times)"
-    return Reason.DELEGATION_CYCLE, f"{why} > max_bounces {max_bounces}"
-
-
-def count_bounce(st: RunState, req: HandoffRequested) -> None:
-    """Record an allowed handoff for max_bounces (changes ``st``): handing work back, or
-    closing a three-agent loop, is one bounce of the pair."""
-    giver, taker = req.from_agent, req.to_agent
-    if giver == taker:
-        return
-    pair = (giver, taker) if giver < taker else (taker, giver)
-    last = st.bounces.get(pair)
-    back = last is not None and last[0] != giver
-    bounced = back or _loop_via(st, giver, taker) is not None
-    st.bounces = {**st.bounces, pair: (giver, (last[1] if last is not None else 0) + bounced)}
-
-
-def _loop_via(st: RunState, giver: str, taker: str) -> str | None:
-    """The agent X that ``taker`` last handed work to and that last handed work to
-    ``giver``: giver -> taker then closes the loop taker -> X -> giver -> taker (None: no
-    such agent). One pass over the run's agents, two lookups each."""
-    bounces = st.bounces
-    for x in st.agents:  # giver and taker themselves never match: no pair of one agent
-        out = bounces.get((taker, x) if taker < x else (x, taker))
-        if out is None or out[0] != taker:
-            continue
-        into = bounces.get((x, giver) if x < giver else (giver, x))
-        if into is not None and into[0] == x:
-            return x
-    return None
+# ---------------------------------------------------------------- tools
 
 
 def tool_rule(req: HandoffRequested, rules: TenantRules) -> Refusal | None:

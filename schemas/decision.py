@@ -63,6 +63,9 @@ class Reason(StrEnum):
     ROLE_NOT_PERMITTED = "role_not_permitted"
     AGENT_LIMIT_EXCEEDED = "agent_limit_exceeded"
     HANDOFF_BUDGET_EXCEEDED = "handoff_budget_exceeded"
+    #: multi_agent.require_lineage: a handoff from an agent other than the run's first names
+    #: no parent task it owns (a fresh chain would dodge the depth and cycle rules)
+    LINEAGE_REQUIRED = "lineage_required"
     DELEGATION_DEPTH_EXCEEDED = "delegation_depth_exceeded"
     DELEGATION_CYCLE = "delegation_cycle"
     SHARED_BUDGET_EXCEEDED = "shared_budget_exceeded"

@@ -113,6 +113,7 @@ _ADDED_LATER: dict[str, Any] = {
     "reservation_ttl_seconds": None,
     "release_ownership_on": ["error", "cancelled"],
     "strict_roles": False,
+    "require_lineage": False,
 }
 _ADDED_LATER_ROLE: dict[str, Any] = {"tools": None}
 

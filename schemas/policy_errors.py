@@ -24,7 +24,11 @@ def show(value: Any) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, (dict, list)):
-        text = orjson.dumps(value).decode()
+        try:
+            # YAML keys need not be text ({1: 2}, {on: true}): shown as text, never a traceback
+            text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=repr).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            text = repr(value)
         return text if len(text) < 60 else text[:57] + "..."
     if isinstance(value, bool):
         return str(value).lower()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from baton.schemas.decision import Fallback, Reason
 from baton.schemas.names import fold
@@ -21,7 +21,13 @@ from baton.schemas.policy_types import (
     name_keyed,
 )
 
-__all__ = ["MultiAgentPolicy"]
+__all__ = ["LEFT_OUT_AT_DEFAULT", "MultiAgentPolicy"]
+
+#: keys added after policy documents were first recorded (the worker's `policy_in_force`
+#: record, replay's policies), left out of a dump at their defaults: the document of a
+#: policy that does not set them is the one it had before they existed, byte for byte, and
+#: a Baton that predates them still reads it (it refuses keys it does not know)
+LEFT_OUT_AT_DEFAULT: dict[str, Any] = {"require_lineage": False}
 
 
 class MultiAgentPolicy(StrictModel):
@@ -94,6 +100,16 @@ class MultiAgentPolicy(StrictModel):
         "`parent_task_id` and above the task's own parent in the run's tree; one over 256 "
         "tasks long (or parent links that loop) is taken as a cycle",
     )
+    require_lineage: bool = Field(
+        False,
+        description="true: a handoff from an agent other than the run's first (the "
+        "`from_agent` of its first allowed handoff) must name a `parent_task_id` that "
+        "`from_agent` owns in the run's tree, else `stop lineage_required`: without it an "
+        "agent can start a fresh chain (no parent, or a task id the run never saw) and "
+        "`max_delegation_depth` and `detect_delegation_cycles` never see the chain it is on. "
+        "`from_agent` is taken as the event names it: an orchestrator that names the run's "
+        "first agent as the giver is not caught (`max_bounces` holds whatever the names)",
+    )
     max_bounces: NonNegInt | None = Field(
         None,
         description="how often two agents may hand work back and forth in a run, whatever "
@@ -136,6 +152,14 @@ class MultiAgentPolicy(StrictModel):
         "as allow (`recorded` after a handoff) with the outcome it would have had in "
         "`shadow_outcome`; kill switches and the worker's own limits still stop",
     )
+
+    @model_serializer(mode="wrap")
+    def _without_new_keys_at_default(self, handler: SerializerFunctionWrapHandler) -> Any:
+        dumped = handler(self)
+        for key, default in LEFT_OUT_AT_DEFAULT.items():
+            if type(dumped) is dict and dumped.get(key, default) == default:
+                dumped.pop(key, None)
+        return dumped
 
     @model_validator(mode="after")
     def _strict_roles_list_agents(self) -> MultiAgentPolicy:

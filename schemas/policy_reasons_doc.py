@@ -35,6 +35,12 @@ REASONS: dict[str, tuple[str, str, str]] = {
         "`max_handoffs`",
         "one handoff too many; the run stays stopped",
     ),
+    Reason.LINEAGE_REQUIRED: (
+        "stop",
+        "`require_lineage`",
+        "`from_agent` is not the run's first agent and the handoff names no `parent_task_id` "
+        "that `from_agent` owns",
+    ),
     Reason.DELEGATION_DEPTH_EXCEEDED: ("stop", "`max_delegation_depth`", "too deep"),
     Reason.DELEGATION_CYCLE: (
         "stop",
@@ -212,7 +218,8 @@ def render_reasons() -> str:
         "",
         "Every decision has a `reason`. Pre-handoff checks run in this order, and the first",
         "that fails gives the decision: kill switch, finished or stopped run, ownership and",
-        "roles, agents, handoffs, depth and cycles, shared budget, tools, approval gate.",
+        "roles, agents, handoffs, lineage, depth and cycles, shared budget, tools, approval",
+        "gate.",
         "A stop carries `fallback` (`fallback`, or `fallback_by_reason` for its reason);",
         "`recorded` is a record that neither allows nor stops (a refused answer or command",
         "changes nothing).",
