@@ -47,8 +47,9 @@ def evict(
     A run idle for ``retention_s`` (and no approval pending) becomes a tombstone: its
     tenant, counters, spend and stop survive, so a late handoff is still stopped (with the
     original reason, ``run_finished``, or ``run_expired`` for a run that was only idle) and a
-    late cost still counts. A tombstone is forgotten ``tombstone_retention_s`` after it was
-    made. Returns ``state`` itself when nothing changes.
+    late cost still counts; so do its reports' dedup marks, so a late copy of a report it
+    counted is answered ``reply_not_kept`` and not counted again. A tombstone is forgotten
+    ``tombstone_retention_s`` after it was made. Returns ``state`` itself when nothing changes.
     """
     now_ts = now.timestamp()
     if state.evicted_at is not None:

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from baton.processors.dedup_keys import REPORT
 from baton.processors.state_compact import (
     EMPTY,
     FRESH_TUPLE_MAX,
@@ -177,7 +178,8 @@ class RunState:
     #: with another request is refused, never answered with the first one's decision)
     digests: dict[str, str]
     #: set when the run was evicted and only this tombstone is left: counters, spend,
-    #: stopped/finished and tenant, nothing else (no tasks, no dedup marks, no replies)
+    #: stopped/finished and tenant, the reports' dedup marks, nothing else (no tasks, no
+    #: replies)
     evicted_at: float | None
     #: the chain_hash of the run's newest chained decision ("" before the first)
     chain_head: str
@@ -207,17 +209,26 @@ class RunState:
         )  # fmt: skip
 
     def tombstone(self, at: float) -> RunState:
-        """What eviction keeps of the run: enough that a late event cannot reopen it.
+        """What eviction keeps of the run: enough that a late event cannot reopen it, nor a
+        late copy of a report count twice.
 
-        Tenant, counters, spend, tool calls, steps, the sticky stop, the finished mark and
-        the life survive; the task tree, agents, reservations, approvals, bounces, dedup marks and
-        replies do not.
+        Tenant, counters, spend, tool calls, steps, the sticky stop, the finished mark, the
+        life and the dedup marks of the window's reports (their keys and digests: a report
+        redelivered after the eviction is answered ``reply_not_kept``, its cost not counted
+        again) survive; the task tree, agents, reservations, approvals, bounces, the other
+        dedup marks (a handoff at a tombstone is stopped whatever it is) and the replies do
+        not. The kept marks are renumbered 1..n, as a record of them reads back.
         """
         e = EMPTY
+        reports = [k for k in self.seen_keys() if k.startswith(REPORT)]
+        seen, fresh, digests = _wire.marks_from_wire(
+            reports, len(reports), [self.digest_of(k) for k in reports]
+        )
         return RunState(
             self.run_id, self.tenant, self.started_at, self.last_event_at, self.handoff_count,
             self.spent_usd, self.tool_calls, self.stopped, self.finished, e, e, e, e, e,
-            e, e, 0, (), 0.0, 0, e, at, self.chain_head, self.steps, e, None, e, self.life,
+            seen or e, fresh or e, len(reports), (), 0.0, 0, digests or e, at, self.chain_head,
+            self.steps, e, None, e, self.life,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:

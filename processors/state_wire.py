@@ -47,7 +47,15 @@ from baton.processors.state_replies import (
 )
 from baton.schemas.events import HandoffRequested
 
-__all__ = ["REPLY_COLUMNS", "STATE_KEYS", "decode", "encode", "replies_from_rows", "to_wire"]
+__all__ = [
+    "REPLY_COLUMNS",
+    "STATE_KEYS",
+    "decode",
+    "encode",
+    "marks_from_wire",
+    "replies_from_rows",
+    "to_wire",
+]
 
 _READABLE_FORMATS = frozenset({1, 2, 3, 4})
 
@@ -196,7 +204,7 @@ def _formats() -> list[int]:
 def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
     keys = w.get("keys", [])
     marks = w.get("mk", len(keys))
-    seen, fresh, digests = _marks_from_wire(keys, marks, w.get("dg"))
+    seen, fresh, digests = marks_from_wire(keys, marks, w.get("dg"))
     cols = w.get("cols")
     state = RunState(
         w["run"],
@@ -304,7 +312,7 @@ def _depths_checked(tasks: dict[str, TaskNode]) -> dict[str, TaskNode]:
 def _from_list(w: list[Any]) -> RunState:
     """Formats 1-3: positional; what a format lacks takes its empty value."""
     marks = w[16] if len(w) > 16 else len(w[14])
-    seen, fresh, digests = _marks_from_wire(w[14], marks, w[17] if len(w) > 17 else None)
+    seen, fresh, digests = marks_from_wire(w[14], marks, w[17] if len(w) > 17 else None)
     state = RunState(
         w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9],
         # names interned as format 4's are: a name that is not text makes the record unreadable
@@ -346,7 +354,7 @@ def _pending_from_wire(p: list[Any]) -> PendingApproval:
     return PendingApproval(p[0], HandoffRequested.model_validate(p[1]), p[2], created)
 
 
-def _marks_from_wire(
+def marks_from_wire(
     keys: list[str], marks: int, digests: list[str | None] | None
 ) -> tuple[dict[str, int], Any, dict[str, str]]:
     """``seen``, ``fresh`` and ``digests`` from the window's keys (oldest first) and their

@@ -1,17 +1,22 @@
 """Session 11 (H3): tests/unit/test_attacks_session11_rules.py's breaks through a real `baton
-worker` over Tansu: a deep agent naming no parent under ``require_lineage`` (allowed at
-depth 1)."""
+worker` over Tansu: a report redelivered after its run became a tombstone (counted twice),
+and a deep agent naming no parent under ``require_lineage`` (allowed at depth 1)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from baton.schemas.decision import Outcome, Reason
+from baton.schemas.events import HandoffCompleted
 from baton.streams.embedded import EmbeddedBroker
-from tests.helpers import handoff
+from tests.helpers import handoff, wait_for
 from tests.stack import Collector, EventSender, WorkerProcess, fresh_topics, wait_deciding
 
 from .conftest import PARTITIONS, Stack
@@ -76,6 +81,49 @@ def h3_stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
 
 def _run() -> str:
     return f"run_{uuid.uuid4().hex[:8]}"
+
+
+def test_a_worker_counts_a_report_redelivered_to_its_tombstone_once(h3_stack: Stack) -> None:
+    run = _run()
+    report = HandoffCompleted(
+        request_id=f"{run}-h1",
+        run_id=run,
+        task_id="t1",
+        agent="billing",
+        cost_usd=2.0,
+        event_time=datetime.now(UTC),
+    )
+    h3_stack.requests.send([handoff(run, 1, "t1", "planner", "billing"), report])
+    allow, counted = h3_stack.decisions.wait_run(run, 2)
+    assert (allow.outcome, counted.reason, counted.spent_usd) == (Outcome.ALLOW, "within_budget", 2)
+    changelog = f"baton-{h3_stack.prefix.rstrip('.')}-runs-changelog"
+    reader = Consumer({"bootstrap.servers": h3_stack.bootstrap, "group.id": f"r-{changelog}"})
+    reader.assign([TopicPartition(changelog, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    records: list[dict[str, Any]] = []
+
+    def tombstone() -> list[dict[str, Any]]:
+        while (msg := reader.poll(0.2)) is not None:
+            if not msg.error() and msg.key() == run.encode() and msg.value() is not None:
+                records.append(orjson.loads(msg.value()))
+        return [r for r in records if r.get("ev")]
+
+    try:
+        [tomb] = wait_for(
+            tombstone, 30, message=lambda: f"the run's tombstone: {records}; {h3_stack.logs()}"
+        )
+    finally:
+        reader.close()
+    assert tomb["keys"] == [f"c:{run}-h1"]  # the tombstone keeps its report's mark
+
+    h3_stack.requests.send([report])  # the same record again (a re-sent or replayed report)
+
+    *_, again = h3_stack.decisions.wait_run(run, 3)
+    # it was decided anew and counted: within_budget, spent 4.0
+    assert (again.outcome, again.reason, again.spent_usd) == (
+        Outcome.RECORDED,
+        Reason.REPLY_NOT_KEPT,
+        2,
+    )
 
 
 def test_a_worker_stops_a_deep_agent_that_names_no_parent_under_require_lineage(

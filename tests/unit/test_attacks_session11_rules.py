@@ -1,8 +1,9 @@
 """Session 11 (H3): the rules' leftovers of session 10's attack.
 
-A hostile orchestrator dodging max_delegation_depth and detect_delegation_cycles by naming
-no parent or fresh task ids (``require_lineage``), and the request normal form the worker's
-digest and the SDK's matcher each restated. Each test fails on the commit before its fix.
+A report redelivered after its run became a tombstone (counted twice), a hostile
+orchestrator dodging max_delegation_depth and detect_delegation_cycles by naming no parent
+or fresh task ids (``require_lineage``), and the request normal form the worker's digest and
+the SDK's matcher each restated. Each test fails on the commit before its fix.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from baton.processors.dedup_keys import request_digest, untimed_fields
-from baton.processors.engine import decide, expire_due
+from baton.processors.engine import decide, evict, expire_due
 from baton.processors.recorded import input_text, policy_document
 from baton.processors.replay import replay_runs, runs_of
 from baton.processors.state import RunState
@@ -40,6 +41,101 @@ from tests.unit.test_engine_support import Run, at, completed, handoff, policy_w
 from tests.unit.test_replay import KEY, _policies
 
 pytestmark = pytest.mark.unit
+
+RETENTION_S, TOMBSTONE_S = 600.0, 5000.0
+
+
+def _evicted(run: Run, t: float) -> None:
+    """The worker's sweep at ``t``: the run to its tombstone, through its changelog bytes."""
+    assert run.state is not None
+    kept = evict(run.state, at(t), RETENTION_S, TOMBSTONE_S)
+    assert kept is not None and kept.evicted_at is not None
+    run.state = RunState.from_bytes(kept.to_bytes())
+    run.clock = t
+
+
+# ---------------------------------------------------------------- 1. tombstones count once
+
+
+def test_a_report_redelivered_after_its_run_became_a_tombstone_counts_once() -> None:
+    # the report was counted, the run evicted while idle; the same record again (a consumer
+    # restarted from an older offset, a client re-sending) was decided anew and counted: 4.0
+    run = Run(policy_with(shared_max_usd=10))
+    a = run.handoff("t1", "planner", "billing")
+    report = completed(a.request_id, "t1", "billing", cost_usd=2.0, tool_calls=3, steps=4)
+    assert run.one(report).reason == Reason.WITHIN_BUDGET
+    _evicted(run, 700)
+
+    again = run.one(report, 701)
+
+    assert run.state is not None
+    assert (run.state.spent_usd, run.state.tool_calls, run.state.steps) == (2.0, 3, 4)
+    assert (again.outcome, again.reason) == (Outcome.RECORDED, Reason.REPLY_NOT_KEPT)
+    # and so every later copy: the tombstone is unchanged by it
+    before = run.state
+    run.one(report, 702)
+    assert run.state is before
+
+
+def test_a_report_after_the_tombstone_under_a_used_id_with_other_content_counts_once() -> None:
+    # money spent is spent: another report under a used request id counts (as in a live run),
+    # under its own key, so a copy of it does not count again either
+    run = Run(policy_with(shared_max_usd=10))
+    a = run.handoff("t1", "planner", "billing")
+    run.one(completed(a.request_id, "t1", "billing", cost_usd=2.0))
+    _evicted(run, 700)
+    other = completed(a.request_id, "t1", "billing", cost_usd=1.0)
+
+    first = run.one(other, 701)
+    run.one(other, 702)
+
+    assert run.state is not None and run.state.spent_usd == 3.0
+    assert first.detail is not None and "reused" in first.detail
+
+
+def test_a_handoff_at_a_tombstone_is_still_stopped_and_its_report_counted_once() -> None:
+    run = Run(policy_with(shared_max_usd=10))
+    run.handoff("t1", "planner", "billing")
+    _evicted(run, 700)
+    late = run.handoff("t2", "planner", "search")
+    assert (late.outcome, late.reason) == (Outcome.STOP, Reason.RUN_EXPIRED)
+    # its report (the work was done anyway) counts, once
+    report = completed(late.request_id, "t2", "search", cost_usd=1.5)
+    run.one(report, 701)
+    run.one(report, 702)
+    assert run.state is not None and run.state.spent_usd == 1.5
+
+
+def test_the_reports_a_tombstone_keeps_are_the_windows_and_survive_its_bytes() -> None:
+    run = Run(policy_with(shared_max_usd=None, max_handoffs=None))
+    for i in range(40):  # 40 reports and 40 handoffs: 80 keys, 40 of them reports
+        a = run.handoff(f"t{i}", "planner", "billing")
+        run.one(completed(a.request_id, f"t{i}", "billing", cost_usd=0.5))
+    assert run.state is not None
+    tomb = run.state.tombstone(999.0)
+    assert [k[:2] for k in tomb.seen_keys()] == ["c:"] * 40
+    assert RunState.from_bytes(tomb.to_bytes()) == tomb
+    assert tomb.marks == 40 and tomb.digest_of("c:req-1") == run.state.digest_of("c:req-1")
+
+
+def test_a_report_for_a_run_never_seen_or_forgotten_counts_once_in_its_new_life() -> None:
+    # a tombstone forgotten after its retention (by design: the worker keeps it
+    # tombstone_retention_s) cannot recognise the copy: it is counted in the run id's new
+    # life, once (its copies are recognised there), never more than that report reported
+    run = Run(policy_with(shared_max_usd=10))
+    a = run.handoff("t1", "planner", "billing")
+    report = completed(a.request_id, "t1", "billing", cost_usd=2.0)
+    run.one(report)
+    _evicted(run, 700)
+    assert run.state is not None
+    assert evict(run.state, at(700 + TOMBSTONE_S), RETENTION_S, TOMBSTONE_S) is None
+    run.state = None  # forgotten
+
+    run.one(report, 700 + TOMBSTONE_S)
+    run.one(report, 701 + TOMBSTONE_S)
+
+    assert run.state is not None and run.state.spent_usd == 2.0
+
 
 # ---------------------------------------------------------------- 2. require_lineage
 

@@ -461,8 +461,10 @@ def test_a_tombstone_keeps_tenant_counters_and_spend_and_nothing_else() -> None:
         1.5,
         4,
     )
-    assert not (tomb.tasks or tomb.new_tasks or tomb.agents or tomb.recent or tomb.seen_keys())
-    assert len(tomb.to_bytes()) < 200
+    assert not (tomb.tasks or tomb.new_tasks or tomb.agents or tomb.recent)
+    # but for its reports' dedup marks (session 11: a late copy of a report is not counted)
+    assert tomb.seen_keys() == ["c:r1"]
+    assert len(tomb.to_bytes()) < 240
 
 
 def test_a_tombstone_is_forgotten_after_its_own_retention() -> None:

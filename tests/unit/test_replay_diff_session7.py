@@ -77,7 +77,10 @@ def test_rows_of_a_forged_server_with_numbers_for_words_report_as_the_start(
     # an audit endpoint that is not ClickHouse may answer anything JSON: an outcome or a
     # reason that is a number or null reaches the report's labels (now joined, not formatted)
     cases = []
-    for rows, new, docs in _cases(range(3)):
+    # (seeds 1-3: seed 0's history copies a report to its run's tombstone, which the engine
+    # recording these cases answers reply_not_kept since session 11 and the start's replayer
+    # counts again: unfaithful for a reason of the engine, not of the labels tested here)
+    for rows, new, docs in _cases(range(1, 4)):
         for value in (5, None, 1.5):
             at = len(rows) // 2
             forged = list(rows[at])
