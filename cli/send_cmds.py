@@ -164,7 +164,7 @@ def send_cmd(file: str, dry_run: bool, timeout: float, data_dir: Path | None, **
     settings = None if dry_run else stack_settings(opts, data_dir, kafka=True)
     prefix = settings.topic_prefix if settings else build_settings(**opts).topic_prefix
     catalog = TopicCatalog(prefix=prefix)
-    producer = None if settings is None else _producer(settings)
+    producer = None if settings is None else _producer(settings, catalog)
     sent = _Sent()
     stream = _open_input(file)
     try:
@@ -204,14 +204,29 @@ def _bad(sent: _Sent, number: int, problem: str) -> None:
     click.echo(f"baton send: line {number}: {shown(problem[:500])}", err=True)
 
 
-def _producer(settings: Settings) -> Any:
+def _producer(settings: Settings, catalog: Any) -> Any:
+    """A producer to Kafka, once it answered (within the connect timeout) and holds Baton's
+    topics: a port that took the connection and answered nothing was found only at the end,
+    after --timeout (30 s), and a broker without the topics auto-created them (Tansu) with its
+    own partition count."""
     from confluent_kafka import Producer
 
     from baton.streams.kafka import producer_config
     from baton.streams.net import check_reachable
+    from baton.streams.sdk.reach import BrokerWatch
 
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
-    return Producer(producer_config(settings.kafka_config()))
+    watch = BrokerWatch(settings.bootstrap)
+    producer = Producer(producer_config(settings.kafka_config(), {"error_cb": watch.on_error}))
+    topics = watch.list_topics(producer, settings.connect_timeout_s).topics
+    missing = [t for t in (catalog.requests, catalog.approvals) if t not in topics]
+    if missing:
+        raise BrokerUnavailable(
+            f"Kafka at {settings.bootstrap} has no topic {', '.join(missing)}: start Baton "
+            "there (`baton up`, or `baton worker`), or set the topic prefix it uses "
+            f"(--topic-prefix, BATON_TOPIC_PREFIX, now {catalog.prefix!r})"
+        )
+    return producer
 
 
 def _produce(producer: Any, topic: str, key: bytes, value: bytes, done: Any) -> None:

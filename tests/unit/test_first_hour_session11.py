@@ -385,3 +385,25 @@ def test_a_clickhouse_host_name_that_does_not_resolve_is_named() -> None:
     )
     assert _socket_gist(said) == "nosuchhost.invalid:8123: cannot resolve 'nosuchhost.invalid'"
     assert _socket_gist("Code: 516. Authentication failed") == "Code: 516. Authentication failed"
+
+
+def test_send_to_a_port_that_answers_no_kafka_says_so_within_the_connect_timeout(
+    silent_port: int, tmp_path: object
+) -> None:
+    # it produced into librdkafka's queue and said only at the end, after --timeout (30 s):
+    # "Kafka at ... did not take 1 of 1 events within 30 s"
+    from pathlib import Path
+
+    events = Path(str(tmp_path)) / "events.jsonl"
+    events.write_text(
+        '{"type": "run_finished", "run_id": "r1", "event_time": "2026-01-01T00:00:00Z"}\n'
+    )
+    address = f"127.0.0.1:{silent_port}"
+    code, out, err, took = _baton("send", str(events), "--bootstrap", address)
+    assert code == 4, (out, err)
+    assert err == (
+        f"baton: error: cannot reach Kafka at {address} (no answer within 3 s: it took the "
+        "connection and answered no Kafka request); is the broker running, and is this its "
+        "Kafka port?\n"
+    )
+    assert took < 20

@@ -1,0 +1,57 @@
+"""Session 11's first hour against the session's broker: `baton send` to a broker without
+Baton's topics says so (it auto-created them with Tansu's partition count), and the SDK and
+`baton send` still reach a broker that answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from baton.streams.embedded import EmbeddedBroker
+
+pytestmark = pytest.mark.integration
+
+BATON = [sys.executable, "-m", "baton.cli"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    return {**env, "NO_COLOR": "1", "BATON_CONNECT_TIMEOUT_S": "5"}
+
+
+def _topics(broker: EmbeddedBroker) -> set[str]:
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    return set(producer.list_topics(timeout=10).topics)
+
+
+def test_send_to_a_broker_without_baton_s_topics_says_so_and_creates_none(
+    broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    event = {
+        "type": "handoff_requested", "request_id": "h1", "run_id": "r1", "task_id": "t1",
+        "from_agent": "planner", "to_agent": "researcher", "event_time": "2026-01-01T00:00:00Z",
+    }  # fmt: skip
+    events.write_text(json.dumps(event) + "\n")
+    started = time.monotonic()
+    done = subprocess.run(
+        [*BATON, "send", str(events), "--bootstrap", broker.bootstrap,
+         "--topic-prefix", topic_prefix],
+        env=_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert done.stderr == (
+        f"baton: error: Kafka at {broker.bootstrap} has no topic {topic_prefix}gov.handoff."
+        f"requests, {topic_prefix}gov.approvals: start Baton there (`baton up`, or `baton "
+        f"worker`), or set the topic prefix it uses (--topic-prefix, BATON_TOPIC_PREFIX, now "
+        f"{topic_prefix!r})\n"
+    )
+    assert time.monotonic() - started < 30
+    assert not [t for t in _topics(broker) if t.startswith(topic_prefix)]
