@@ -39,13 +39,12 @@ def lineage_rule(st: RunState, req: HandoffRequested) -> Refusal | None:
     it, an agent deep in a chain starts a fresh one (no parent, or a task id the run never
     saw: depth 1, an empty chain above it) and the depth and cycle rules never see where it
     stands. The run's first handoff sets its first agent."""
-    from_agent = req.from_agent
-    for first in st.agents:  # an ordered set: the first key, without a list of them all
-        if first == from_agent:
-            return None
-        break
-    else:
-        return None  # the run's first handoff: its giver is the run's first agent
+    agents = st.agents
+    if not agents:  # the run's first handoff: its giver is the run's first agent
+        return None
+    from_agent, first = req.from_agent, next(iter(agents))  # an ordered set
+    if from_agent == first:
+        return None
     parent_id = req.parent_task_id
     if parent_id is None:
         return (
