@@ -100,8 +100,15 @@ def _records(
                     f"cannot read {topic} from Kafka at {settings.bootstrap} "
                     f"({exc.args[0].str() if exc.args else exc}); is the broker running?"
                 ) from None
+            if meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise BrokerUnavailable(
+                    f"no topic {topic} at {settings.bootstrap}; is BATON_TOPIC_PREFIX right, "
+                    "and has a worker started there (it creates the topics)?"
+                )
             if meta.error is not None:
-                raise BrokerUnavailable(f"cannot read {topic}: {meta.error}")
+                raise BrokerUnavailable(
+                    f"cannot read {topic} from Kafka at {settings.bootstrap}: {meta.error.str()}"
+                )
             wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
         open_parts = {(tp.topic, tp.partition) for tp in wanted}
         consumer.assign(wanted)

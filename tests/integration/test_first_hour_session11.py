@@ -55,3 +55,21 @@ def test_send_to_a_broker_without_baton_s_topics_says_so_and_creates_none(
     )
     assert time.monotonic() - started < 30
     assert not [t for t in _topics(broker) if t.startswith(topic_prefix)]
+
+
+def test_replay_from_kafka_of_a_prefix_without_topics_names_the_address(
+    broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    # it said "cannot read p.gov.handoff.requests: KafkaError{code=UNKNOWN_TOPIC_OR_PART,...}"
+    policy = Path(__file__).resolve().parents[2] / "policy.example.yaml"
+    done = subprocess.run(
+        [*BATON, "replay", "--policy", str(policy), "--from-kafka", "--bootstrap",
+         broker.bootstrap],
+        env={**_env(), "BATON_TOPIC_PREFIX": topic_prefix},
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert done.stderr == (
+        f"baton: error: no topic {topic_prefix}gov.handoff.requests at {broker.bootstrap}; is "
+        "BATON_TOPIC_PREFIX right, and has a worker started there (it creates the topics)?\n"
+    )
