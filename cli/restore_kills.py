@@ -9,7 +9,7 @@ can keep a run stopped, never reopen it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from baton.processors.engine import new_state
 from baton.processors.replay import Recorded
 from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
 from baton.schemas.decision import Outcome, Reason
+from baton.schemas.policy import Policy
 
 __all__ = [
     "MAX_RUN_ID",
@@ -26,6 +27,7 @@ __all__ = [
     "reissued_commands",
     "replaced_policy_records",
     "replaced_policy_rows",
+    "unheld_kill_scopes",
 ]
 
 #: the longest run id an event can carry (schemas.events.Id)
@@ -130,6 +132,50 @@ def reissued_commands(
             yield event.scope, event.target, text
         else:
             yield "policy", "*", text
+
+
+def unheld_kill_scopes(
+    records: Iterable[tuple[str, ...]],
+    commands: list[str],
+    policy: Policy | None,
+    now: datetime,
+) -> list[tuple[str, str]]:
+    """``(scope, target)`` of every switch the audit's control ``records`` (oldest first, as
+    :func:`baton.cli.restart_notice.kill_records` reads them) say was engaged last that the
+    re-issued ``commands`` do not engage once folded as a fresh worker folds them: from
+    ``policy``, this start's (None: it does not load, and no switch counts as held), with the
+    engine's own checks. A kill row whose command a writer of the audit altered (a byte of
+    its signature, its operator, its signature taken out) was re-issued and refused there
+    (``bad_signature``, ``control_unsigned``), and its runs reopened in silence: the switch
+    was neither lost (its command is recorded) nor named."""
+    from baton.processors.engine import NO_KILLS, apply_control, apply_policy_update
+    from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
+
+    engaged: dict[tuple[str, str], bool] = {}
+    for reason, run_id, tenant, detail, *_ in records:
+        if reason not in (Reason.KILL_SWITCH, Reason.KILL_SWITCH_RELEASED):
+            continue
+        scope = detail.split(" ", 1)[0].removeprefix("scope=")
+        engaged[(scope, {"run": run_id, "tenant": tenant}.get(scope, "*"))] = (
+            reason == Reason.KILL_SWITCH
+        )
+    on = [scope_target for scope_target, kill in engaged.items() if kill]
+    if policy is None or not on:
+        return on
+    kills, signed_at = NO_KILLS, None
+    for _scope, _target, text in reissued_commands(commands, lambda _: None):
+        event = parse_control_event(text.encode())
+        if isinstance(event, (KillSwitch, KillSwitchReleased)):
+            kills, _ = apply_control(kills, event, policy, now)
+        else:
+            step = apply_policy_update(policy, signed_at, event, now)
+            policy, signed_at = step.policy, step.signed_at
+    held = {"run": kills.runs, "tenant": kills.tenants}
+    return [
+        (scope, target)
+        for scope, target in on
+        if not (kills.everything if scope == "global" else target in held.get(scope, ()))
+    ]
 
 
 #: the rows a worker writes for a policy update it applied, and for a policy it came to use

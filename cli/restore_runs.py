@@ -36,6 +36,7 @@ from baton.cli.restore_kills import (
     hold_lost_kills,
     keep_killed,
     replaced_policy_records,
+    unheld_kill_scopes,
 )
 from baton.cli.restore_write import reissue, write_changelog
 from baton.processors.engine import STICKY_REASONS, evict
@@ -86,7 +87,7 @@ def restore_runs(
                 )
             commands = read_commands(client)
             replaced = replaced_policy_records(client)
-            lost_kills = lost_kill_scopes(kill_records(client))
+            records = kill_records(client)
     finally:
         client.close()
     _say_what_was_not_verified(rebuilt, settings, say)
@@ -105,6 +106,12 @@ def restore_runs(
             f"restart cannot issue again ({names}; its command is not in the audit) are "
             "restored STOPPED (audit_unverified), never reopened"
         )
+    lost_kills = lost_kill_scopes(records)
+    lost_kills += [
+        scope
+        for scope in unheld_kill_scopes(records, commands, _start_policy(settings), now)
+        if scope not in lost_kills
+    ]
     held = hold_lost_kills(states, lost_kills, now)
     if held:
         names = _first_names(held)
@@ -122,6 +129,18 @@ def restore_runs(
             "commands (releases and policy updates only when signed)"
         )
     return len(states)
+
+
+def _start_policy(settings: Settings) -> Policy | None:
+    """The policy this start's workers begin with (None: it does not load; they will not
+    start either)."""
+    from baton.schemas.errors import PolicyError
+    from baton.schemas.policy import load_policy
+
+    try:
+        return load_policy(settings.policy)
+    except PolicyError:
+        return None
 
 
 @dataclass

@@ -222,3 +222,68 @@ def test_a_record_larger_than_any_decision_is_never_parsed_by_the_client() -> No
     client = _offline_client()
     client.options = dataclasses.replace(client.options, timeout_s=30.0)
     assert _checked_while_read(client, own, [forged, decided]) == decided
+
+
+@pytest.mark.parametrize("tampered", [False, True], ids=["as-signed", "signature-altered"])
+def test_a_kill_whose_recorded_command_a_writer_of_the_audit_altered_holds_on_restore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tampered: bool
+) -> None:
+    """`baton up` re-issues the audit's recorded kill commands; one whose signature a writer
+    of the audit altered (one byte) was re-issued, refused by the fresh workers
+    (``bad_signature``) and its run reopened: neither lost (its command is recorded) nor
+    named. Now the re-issued commands are folded as the workers will fold them, and a switch
+    they leave off holds its runs (``audit_unverified``), with the restore's warning."""
+    import base64
+    from datetime import UTC, datetime
+
+    import orjson
+
+    import baton.cli.restore_runs as restore
+    from baton.processors.batch import BatchProcessor, InputRecord
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.processors.recorded import input_text, policy_in_force
+    from baton.schemas.events import KillSwitch
+    from baton.schemas.settings import Settings
+    from baton.schemas.signing import control_payload, new_private_key, public_key_text, sign
+    from baton.streams.partitioner import partition_for
+    from tests.chdb_audit import chdb_audit
+    from tests.unit.test_engine_support import handoff
+
+    key = new_private_key()
+    text = f'operators:\n  oncall: "{public_key_text(key)}"\n'
+    (tmp_path / "policy.yaml").write_text(text)
+    policy = parse_policy(text, "p")
+    now = datetime.now(UTC)
+    proc = BatchProcessor(policy, 4, {}, worker="w", approvals_topic="gov.approvals")
+    ev = handoff("h1", "t1", "planner", "researcher", run_id="rk").model_copy(
+        update={"event_time": now}
+    )
+    part = partition_for(b"rk", 4)
+    out = proc.process([InputRecord("gov.handoff.requests", part, 0, b"rk", ev.to_json())], now)
+    assert [d.outcome for _, d in out.decisions] == ["allow"]
+    payload = control_payload("kill_switch", "run", "rk", "oncall", "", now)
+    kill = KillSwitch(
+        scope="run", run_id="rk", operator="oncall", signature=sign(key, payload), event_time=now
+    )
+    _, record = apply_control(NO_KILLS, kill, policy, now)
+    record.input = input_text(kill)
+    if tampered:
+        command = orjson.loads(record.input)
+        raw = bytearray(base64.b64decode(command["signature"]))
+        raw[5] ^= 1
+        command["signature"] = base64.b64encode(bytes(raw)).decode()
+        record.input = orjson.dumps(command).decode()
+    recorded = [policy_in_force(policy, now, "w"), *(d for _, d in out.decisions), record]
+    chdb_audit(tmp_path / "chdb", recorded).close()
+    written: list[Any] = []
+    monkeypatch.setattr(restore, "write_changelog", lambda _s, states: written.extend(states))
+    monkeypatch.setattr(restore, "reissue", lambda _s, commands, _say: len(commands))
+    said: list[str] = []
+    settings = Settings(partitions=4, policy=tmp_path / "policy.yaml")
+    restore.restore_runs(settings, tmp_path, said.append, now=now)
+    (state,) = [s for s in written if s.run_id == "rk"]
+    if tampered:
+        assert state.stopped == "audit_unverified"
+        assert any("cannot issue again (rk)" in line for line in said), said
+    else:
+        assert state.stopped is None  # the re-issued kill holds it on the fresh broker
