@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from baton.processors.engine import new_state
+from baton.processors.engine import KillSwitches, new_state
 from baton.processors.replay import Recorded
 from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
 from baton.schemas.decision import Outcome, Reason
@@ -22,6 +22,7 @@ from baton.schemas.policy import Policy
 __all__ = [
     "MAX_RUN_ID",
     "ends_killed",
+    "fold_reissued",
     "hold_lost_kills",
     "keep_killed",
     "reissued_commands",
@@ -134,23 +135,40 @@ def reissued_commands(
             yield "policy", "*", text
 
 
-def unheld_kill_scopes(
-    records: Iterable[tuple[str, ...]],
-    commands: list[str],
-    policy: Policy | None,
-    now: datetime,
-) -> list[tuple[str, str]]:
-    """``(scope, target)`` of every switch the audit's control ``records`` (oldest first, as
-    :func:`baton.cli.restart_notice.kill_records` reads them) say was engaged last that the
-    re-issued ``commands`` do not engage once folded as a fresh worker folds them: from
-    ``policy``, this start's (None: it does not load, and no switch counts as held), with the
-    engine's own checks. A kill row whose command a writer of the audit altered (a byte of
-    its signature, its operator, its signature taken out) was re-issued and refused there
-    (``bad_signature``, ``control_unsigned``), and its runs reopened in silence: the switch
-    was neither lost (its command is recorded) nor named."""
+def fold_reissued(
+    commands: list[str], policy: Policy, now: datetime
+) -> tuple[KillSwitches, list[str]]:
+    """The kill switches the re-issued ``commands`` leave engaged once folded as a fresh
+    worker folds them (from ``policy``, this start's, with the engine's own checks), and the
+    policy updates among them it would refuse, each named with why. Every command re-issued
+    was applied before the restart, so a refusal here is a recorded command altered (a byte of
+    its signature, its operator, its signature taken out: control rows are not chained)."""
     from baton.processors.engine import NO_KILLS, apply_control, apply_policy_update
     from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
 
+    kills, signed_at, refused = NO_KILLS, None, []
+    for _scope, _target, text in reissued_commands(commands, lambda _: None):
+        event = parse_control_event(text.encode())
+        if isinstance(event, (KillSwitch, KillSwitchReleased)):
+            kills, _ = apply_control(kills, event, policy, now)
+            continue
+        step = apply_policy_update(policy, signed_at, event, now)
+        if not step.applied:
+            why = step.record.reason if step.record is not None else "not a policy"
+            refused.append(f"policy_updated at {event.event_time.isoformat()} ({why})")
+        policy, signed_at = step.policy, step.signed_at
+    return kills, refused
+
+
+def unheld_kill_scopes(
+    records: Iterable[tuple[str, ...]], kills: KillSwitches | None
+) -> list[tuple[str, str]]:
+    """``(scope, target)`` of every switch the audit's control ``records`` (oldest first, as
+    :func:`baton.cli.restart_notice.kill_records` reads them) say was engaged last that
+    ``kills`` (:func:`fold_reissued`'s; None: this start's policy does not load) leave off. A
+    kill row whose command a writer of the audit altered was re-issued and refused on the
+    fresh broker (``bad_signature``, ``control_unsigned``), and its runs reopened in silence:
+    the switch was neither lost (its command is recorded) nor named."""
     engaged: dict[tuple[str, str], bool] = {}
     for reason, run_id, tenant, detail, *_ in records:
         if reason not in (Reason.KILL_SWITCH, Reason.KILL_SWITCH_RELEASED):
@@ -160,16 +178,8 @@ def unheld_kill_scopes(
             reason == Reason.KILL_SWITCH
         )
     on = [scope_target for scope_target, kill in engaged.items() if kill]
-    if policy is None or not on:
+    if kills is None:
         return on
-    kills, signed_at = NO_KILLS, None
-    for _scope, _target, text in reissued_commands(commands, lambda _: None):
-        event = parse_control_event(text.encode())
-        if isinstance(event, (KillSwitch, KillSwitchReleased)):
-            kills, _ = apply_control(kills, event, policy, now)
-        else:
-            step = apply_policy_update(policy, signed_at, event, now)
-            policy, signed_at = step.policy, step.signed_at
     held = {"run": kills.runs, "tenant": kills.tenants}
     return [
         (scope, target)

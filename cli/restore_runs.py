@@ -33,6 +33,7 @@ from baton.cli.restart_notice import kill_records, lost_kill_scopes
 from baton.cli.restore_kills import (
     MAX_RUN_ID,
     ends_killed,
+    fold_reissued,
     hold_lost_kills,
     keep_killed,
     replaced_policy_records,
@@ -106,12 +107,18 @@ def restore_runs(
             f"restart cannot issue again ({names}; its command is not in the audit) are "
             "restored STOPPED (audit_unverified), never reopened"
         )
+    start = _start_policy(settings)
+    kills, refused = (None, []) if start is None else fold_reissued(commands, start, now)
+    if refused:
+        say(
+            f"restore: WARNING: {len(refused)} recorded policy update(s) would be refused by "
+            f"the fresh workers ({'; '.join(refused[:3])}): a row altered in the audit, or a "
+            "start policy whose operators are not the ones they were published under; the "
+            "policy before them is in force: re-publish the policy you want with "
+            "`baton policy publish`"
+        )
     lost_kills = lost_kill_scopes(records)
-    lost_kills += [
-        scope
-        for scope in unheld_kill_scopes(records, commands, _start_policy(settings), now)
-        if scope not in lost_kills
-    ]
+    lost_kills += [s for s in unheld_kill_scopes(records, kills) if s not in lost_kills]
     held = hold_lost_kills(states, lost_kills, now)
     if held:
         names = _first_names(held)

@@ -287,3 +287,57 @@ def test_a_kill_whose_recorded_command_a_writer_of_the_audit_altered_holds_on_re
         assert any("cannot issue again (rk)" in line for line in said), said
     else:
         assert state.stopped is None  # the re-issued kill holds it on the fresh broker
+
+
+def test_a_policy_update_whose_recorded_command_was_altered_is_named_on_restore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a published policy: its row kept its id, request id and reason, so it was
+    not "replaced" (the restore's WARNING), and its re-issued command, one byte of its
+    signature altered, was refused on the fresh broker: the policy before it in force, in
+    silence. Now the restore names it."""
+    import base64
+    from datetime import UTC, datetime
+
+    import orjson
+
+    import baton.cli.restore_runs as restore
+    from baton.processors.engine import apply_policy_update
+    from baton.processors.recorded import input_text
+    from baton.schemas.events import PolicyUpdated
+    from baton.schemas.settings import Settings
+    from baton.schemas.signing import (
+        control_payload,
+        new_private_key,
+        policy_hash,
+        public_key_text,
+        sign,
+    )
+    from tests.chdb_audit import chdb_audit
+
+    key = new_private_key()
+    first = f'operators:\n  oncall: "{public_key_text(key)}"\n'
+    (tmp_path / "policy.yaml").write_text(first)
+    text = first + "strict_tenants: true\n"
+    now = datetime.now(UTC)
+    sha = policy_hash(text)
+    payload = control_payload("policy_updated", "global", "*", "oncall", "", now, sha)
+    update = PolicyUpdated(
+        policy_yaml=text, operator="oncall", policy_sha=sha, signature=sign(key, payload),
+        event_time=now,
+    )  # fmt: skip
+    step = apply_policy_update(parse_policy(first, "p"), None, update, now)
+    assert step.applied and step.record is not None
+    command = orjson.loads(input_text(update))
+    raw = bytearray(base64.b64decode(command["signature"]))
+    raw[0] ^= 1
+    command["signature"] = base64.b64encode(bytes(raw)).decode()
+    step.record.input = orjson.dumps(command).decode()
+    chdb_audit(tmp_path / "chdb", [step.record]).close()
+    monkeypatch.setattr(restore, "write_changelog", lambda _s, _states: None)
+    monkeypatch.setattr(restore, "reissue", lambda _s, commands, _say: len(commands))
+    said: list[str] = []
+    settings = Settings(partitions=4, policy=tmp_path / "policy.yaml")
+    restore.restore_runs(settings, tmp_path, said.append, now=now)
+    refused = f"policy_updated at {now.isoformat()} (bad_signature)"
+    assert any("would be refused" in line and refused in line for line in said), said
