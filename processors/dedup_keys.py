@@ -29,6 +29,7 @@ __all__ = [
     "HANDOFF",
     "REFUSED",
     "REPORT",
+    "TOMBSTONE_REPORT",
     "dedup_key",
     "request_digest",
     "untimed_fields",
@@ -43,6 +44,9 @@ FINISHED: Final = "f:"
 #: a grant or denial that could not be used: its own key, so that it does not burn the
 #: approval's (the real approver's answer must still count)
 REFUSED: Final = "r:"
+#: a report a tombstone counted, by its digest alone (which covers its run and request id):
+#: ~20 bytes of record a report where its key and digest took ~60 (RunState.tombstone)
+TOMBSTONE_REPORT: Final = "c#"
 
 
 def dedup_key(event: RunEvent) -> str:

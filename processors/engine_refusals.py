@@ -19,7 +19,12 @@ from baton.processors.decision_builder import (
     build_decision,
     life_of,
 )
-from baton.processors.dedup_keys import dedup_key, request_digest, with_digest
+from baton.processors.dedup_keys import (
+    TOMBSTONE_REPORT,
+    dedup_key,
+    request_digest,
+    with_digest,
+)
 from baton.processors.engine_budget import count_cost
 from baton.processors.engine_control import NO_KILLS, KillSwitches
 from baton.processors.engine_lifecycle import new_state
@@ -191,6 +196,12 @@ def answer_known(
         if state.has_seen(own):
             return _replies(state, own, event, policy, now, kills, origin)
         return own
+    if (
+        state.evicted_at is not None
+        and type(event) is HandoffCompleted
+        and state.has_seen(TOMBSTONE_REPORT + digest)  # type: ignore[operator]
+    ):  # counted before the run was evicted (RunState.tombstone): never again
+        return [protocol_answer(state, event, policy, now, kills, origin, "not_kept")]
     if type(event) is HandoffCompleted and state.has_seen(with_digest(key, digest)):  # type: ignore[arg-type]
         # a reused report's copy, after the first report's key left the window
         own = with_digest(key, digest)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from baton.processors.dedup_keys import REPORT
+from baton.processors.dedup_keys import REPORT, TOMBSTONE_REPORT
 from baton.processors.state_compact import (
     EMPTY,
     FRESH_TUPLE_MAX,
@@ -213,22 +213,21 @@ class RunState:
         late copy of a report count twice.
 
         Tenant, counters, spend, tool calls, steps, the sticky stop, the finished mark, the
-        life and the dedup marks of the window's reports (their keys and digests: a report
-        redelivered after the eviction is answered ``reply_not_kept``, its cost not counted
-        again) survive; the task tree, agents, reservations, approvals, bounces, the other
-        dedup marks (a handoff at a tombstone is stopped whatever it is) and the replies do
-        not. The kept marks are renumbered 1..n, as a record of them reads back.
+        life and a mark of each report in the dedup window (``TOMBSTONE_REPORT`` + its
+        digest: a report redelivered after the eviction is answered ``reply_not_kept``, its
+        cost not counted again; engine_refusals.answer_known) survive; the task tree, agents,
+        reservations, approvals, bounces, the other dedup marks (a handoff at a tombstone is
+        stopped whatever it is) and the replies do not. Marks numbered 1..n, as read back.
         """
-        e = EMPTY
-        reports = [k for k in self.seen_keys() if k.startswith(REPORT)]
-        seen, fresh, digests = _wire.marks_from_wire(
-            reports, len(reports), [self.digest_of(k) for k in reports]
-        )
+        e, digest_of = EMPTY, self.digest_of
+        reports = [k for k in self.seen_keys() if k[:2] == REPORT]
+        keys = [TOMBSTONE_REPORT + d for k in reports if (d := digest_of(k)) is not None]
+        seen, fresh, _ = _wire.marks_from_wire(keys, len(keys), None)
         return RunState(
             self.run_id, self.tenant, self.started_at, self.last_event_at, self.handoff_count,
             self.spent_usd, self.tool_calls, self.stopped, self.finished, e, e, e, e, e,
-            seen or e, fresh or e, len(reports), (), 0.0, 0, digests or e, at, self.chain_head,
-            self.steps, e, None, e, self.life,
+            seen or e, fresh or e, len(keys), (), 0.0, 0, e, at, self.chain_head, self.steps, e,
+            None, e, self.life,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:

@@ -150,7 +150,9 @@ def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
         wire["cols"] = WRITE_COLUMNS
     if state.evicted_at is not None:
         # a tombstone is kept for weeks and is mostly empty: only what it holds (a reader
-        # takes a missing key as its field's empty value)
+        # takes a missing key as its field's empty value; its reports' marks have no digests)
+        if not any(wire["dg"]):
+            wire["dg"] = None
         return {k: v for k, v in wire.items() if v or k in _TOMBSTONE_KEEPS}
     return wire
 
