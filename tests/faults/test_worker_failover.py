@@ -340,8 +340,12 @@ def test_exactly_once_restart_publishes_every_decision_once(
 
 @pytest.mark.parametrize(
     "env",
-    [{}, {"BATON_CONSUMER_LOOP": "inline"}, {"BATON_PROCESSING_GUARANTEE": "exactly_once"}],
-    ids=["thread", "inline", "exactly_once"],
+    [
+        pytest.param({}, id="thread"),
+        # a soak (25 s): the inline loop's stop is also covered by test_consumer_loop.py
+        pytest.param({"BATON_CONSUMER_LOOP": "inline"}, id="inline", marks=pytest.mark.soak),
+        pytest.param({"BATON_PROCESSING_GUARANTEE": "exactly_once"}, id="exactly_once"),
+    ],
 )
 def test_sigterm_in_the_middle_of_a_backlog_loses_and_double_counts_nothing(
     broker: EmbeddedBroker, tmp_path, env: dict[str, str]
