@@ -5,6 +5,7 @@ Baton's topics says so (it auto-created them with Tansu's partition count), and 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from baton.streams.embedded import EmbeddedBroker
 pytestmark = pytest.mark.integration
 
 BATON = [sys.executable, "-m", "baton.cli"]
+#: librdkafka's lines of the test's own clients (not stderr after the session broker stops)
+_LOG = logging.getLogger("tests.first_hour_session11")
 
 
 def _env() -> dict[str, str]:
@@ -27,7 +30,7 @@ def _env() -> dict[str, str]:
 
 
 def _topics(broker: EmbeddedBroker) -> set[str]:
-    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "logger": _LOG})
     return set(producer.list_topics(timeout=10).topics)
 
 
@@ -73,3 +76,40 @@ def test_replay_from_kafka_of_a_prefix_without_topics_names_the_address(
         f"baton: error: no topic {topic_prefix}gov.handoff.requests at {broker.bootstrap}; is "
         "BATON_TOPIC_PREFIX right, and has a worker started there (it creates the topics)?\n"
     )
+
+
+def test_replay_from_kafka_leaves_the_readiness_probes_out(
+    broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    # every `baton up` and `baton doctor` sends a probe (a run_finished of a __probe_ run,
+    # tenant __baton__): each was listed under "partial, not replayed", "its history does not
+    # start in what was read", which no recorded run of the reader's was
+    from datetime import UTC, datetime
+
+    from baton.processors.probe import PROBE_TENANT
+    from baton.schemas.events import HandoffRequested, RunFinished
+    from tests.stack import fresh_topics
+
+    catalog = fresh_topics(broker.bootstrap, topic_prefix, 8)
+    producer = Producer(
+        {"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2_random", "logger": _LOG}
+    )
+    for run_id, tenant in (("__probe_0123456789ab", PROBE_TENANT), ("__probe_not_one", "acme")):
+        event = RunFinished(run_id=run_id, tenant=tenant, event_time=datetime.now(UTC))
+        producer.produce(catalog.requests, event.to_json(), run_id.encode())
+    handoff = HandoffRequested(
+        request_id="h1", run_id="run_1", task_id="t1", from_agent="planner",
+        to_agent="researcher", event_time=datetime.now(UTC),
+    )  # fmt: skip
+    producer.produce(catalog.requests, handoff.to_json(), b"run_1")
+    assert producer.flush(10) == 0
+    policy = Path(__file__).resolve().parents[2] / "policy.example.yaml"
+    done = subprocess.run(
+        [*BATON, "replay", "--policy", str(policy), "--from-kafka", "--bootstrap",
+         broker.bootstrap, "--format", "json"],
+        env={**_env(), "BATON_TOPIC_PREFIX": topic_prefix, "BATON_PARTITIONS": "8"},
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "__probe_0123456789ab" not in done.stdout
+    assert "__probe_not_one" in done.stdout  # a client's run under that name is not a probe
