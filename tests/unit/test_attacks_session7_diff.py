@@ -109,6 +109,10 @@ def _hostile(seed: int) -> Batches:
     return [records[i : i + 250] for i in range(0, len(records), 250)]
 
 
+# both sides are fixed commits since 079c197 (the start and c4b7eb3): the working tree
+# cannot change the outcome, so this is a soak; tests/unit/test_diff_session10.py holds
+# the working tree against the last deliberate decision change
+@pytest.mark.soak
 @pytest.mark.parametrize("seed", [1, 2])
 def test_hostile_records_give_the_start_commits_bytes(start_tree, closed_tree, seed: int) -> None:  # type: ignore[no-untyped-def]
     batches = _hostile(seed)

@@ -57,6 +57,10 @@ def closed_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return commit_tree(tmp_path_factory.mktemp("closed7"), CLOSED)
 
 
+# both sides are fixed commits since 079c197 (the start and c4b7eb3): the working tree
+# cannot change the outcome, so this is a soak; tests/unit/test_diff_session10.py holds
+# the working tree against the last deliberate decision change
+@pytest.mark.soak
 def test_replays_and_pool_reports_of_random_histories_are_the_starts(
     start_tree: Path, closed_tree: Path
 ) -> None:
