@@ -141,6 +141,34 @@ def test_a_report_for_a_run_never_seen_or_forgotten_counts_once_in_its_new_life(
     assert run.state is not None and run.state.spent_usd == 2.0
 
 
+@settings(max_examples=150, deadline=None)
+@given(histories)
+def test_reports_redelivered_around_evictions_count_once(history: list) -> None:
+    # session 10's histories with their sweeps evicting idle runs (30 s) to tombstones kept
+    # for good, and redeliveries of earlier records: spend and steps are the sums over the
+    # distinct reports, however often and on whichever side of an eviction each came
+    state: RunState | None = None
+    records: list[RunEvent] = []
+    clock = 0
+    for step, dt in history:
+        clock += dt
+        if step == "sweep":
+            if state is not None:
+                state, _ = expire_due(state, POLICY, at(clock))
+                state = evict(state, at(clock), 30.0, 1e9)
+                state = RunState.from_bytes(state.to_bytes()) if state is not None else None
+            continue
+        event = records[len(records) // 2] if step == "again" and records else step
+        if event == "again" or type(event) in (ApprovalGranted, ApprovalDenied):
+            continue
+        records.append(event)
+        state, _ = decide(state, event, POLICY, at(clock))
+    reports = {(e.request_id, request_digest(e)): e for e in records if type(e) is HandoffCompleted}
+    spent = sum(e.cost_usd for e in reports.values())
+    assert (state.spent_usd if state else 0.0) == pytest.approx(spent)
+    assert (state.steps if state else 0) == sum(e.steps for e in reports.values())
+
+
 # ---------------------------------------------------------------- 2. require_lineage
 
 _LINEAGE = {"max_handoffs": None, "max_agents_per_run": None, "max_bounces": None}
