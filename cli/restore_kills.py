@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+from baton.cli.signer import shown
 from baton.processors.engine import KillSwitches, new_state
 from baton.processors.replay import Recorded
 from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
@@ -26,6 +27,7 @@ __all__ = [
     "hold_lost_kills",
     "keep_killed",
     "reissued_commands",
+    "releases_undone",
     "replaced_policy_records",
     "replaced_policy_rows",
     "unheld_kill_scopes",
@@ -158,6 +160,34 @@ def fold_reissued(
             refused.append(f"policy_updated at {event.event_time.isoformat()} ({why})")
         policy, signed_at = step.policy, step.signed_at
     return kills, refused
+
+
+def releases_undone(commands: list[str], kills: KillSwitches | None) -> list[str]:
+    """Each kill switch an unsigned release had lifted that holds again once the restart
+    re-issued its commands (the kill is re-issued, the release is not: whoever can write
+    gov.decisions could have put it there), as ``run X``, ``tenant T`` or ``global``: the
+    restart said only "re-issued 3 of 4 ... commands", and the README tour's own released run
+    was stopped again, unnamed."""
+    from baton.schemas.events import KillSwitchReleased, parse_control_event
+
+    if kills is None:
+        return []
+    undone: list[str] = []
+    for text in commands:
+        try:
+            event = parse_control_event(text.encode())
+        except Exception:
+            continue  # named as refused where the commands are re-issued
+        if not isinstance(event, KillSwitchReleased) or event.signature:
+            continue
+        if event.scope == "global":
+            held, name = kills.everything, "global"
+        else:
+            found = kills.runs if event.scope == "run" else kills.tenants
+            held, name = event.target in found, f"{event.scope} {shown(event.target)}"
+        if held and name not in undone:
+            undone.append(name)
+    return undone
 
 
 def unheld_kill_scopes(

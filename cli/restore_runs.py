@@ -36,6 +36,7 @@ from baton.cli.restore_kills import (
     fold_reissued,
     hold_lost_kills,
     keep_killed,
+    releases_undone,
     replaced_policy_records,
     unheld_kill_scopes,
 )
@@ -134,6 +135,15 @@ def restore_runs(
         say(
             f"restore: re-issued {sent} of {len(commands)} kill switch, release and policy "
             "commands (releases and policy updates only when signed)"
+        )
+    undone = releases_undone(commands, kills)
+    if undone:
+        more = f" and {len(undone) - 10} more" if len(undone) > 10 else ""
+        say(
+            f"restore: WARNING: {len(undone)} kill switch(es) lifted by an unsigned release "
+            f"hold again ({', '.join(undone[:10])}{more}): a restart issues only signed "
+            "releases; lift each anew with `baton kill ... --release` (with --as and --key it "
+            "survives the next restart too)"
         )
     return len(states)
 

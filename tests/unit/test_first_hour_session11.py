@@ -407,3 +407,30 @@ def test_send_to_a_port_that_answers_no_kafka_says_so_within_the_connect_timeout
         "Kafka port?\n"
     )
     assert took < 20
+
+
+# ------------------------------------------------------------------ 6: a restart of the README's up
+
+
+def test_a_restart_names_the_kill_switches_an_unsigned_release_had_lifted() -> None:
+    # the README tour kills run_742 and releases it, unsigned; a restart of `baton up`
+    # re-issues the kill and not the release (an unsigned one is not proof enough), so
+    # run_742 was stopped again, said only as "re-issued 3 of 4 ... commands"
+    from datetime import UTC, datetime
+
+    from baton.cli.restore_kills import fold_reissued, releases_undone
+    from baton.schemas.events import KillSwitch, KillSwitchReleased
+    from baton.schemas.policy import load_policy
+
+    now = datetime.now(UTC)
+    commands = [
+        KillSwitch(scope="run", run_id="run_742", operator="cli", event_time=now).to_json(),
+        KillSwitchReleased(scope="run", run_id="run_742", operator="cli", event_time=now).to_json(),
+        KillSwitch(scope="tenant", tenant="acme", operator="cli", event_time=now).to_json(),
+        KillSwitch(scope="run", run_id="run_9", operator="cli", event_time=now).to_json(),
+    ]
+    texts = [c.decode() if isinstance(c, bytes) else c for c in commands]
+    kills, refused = fold_reissued(texts, load_policy(None), now)
+    assert refused == [] and kills.runs == {"run_742", "run_9"}
+    assert releases_undone(texts, kills) == ["run run_742"]
+    assert releases_undone(texts[2:], kills) == []
