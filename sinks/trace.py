@@ -9,6 +9,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from baton.processors.chain_links import ChainBreak, Link, walk_links
 from baton.schemas.errors import BatonError
 from baton.sinks.render import cell, render_table, shown
 from baton.sinks.schema import DATABASE
@@ -44,10 +45,13 @@ TRACE_COLUMNS: tuple[str, ...] = (
     "decision_id",
 )
 
+#: read with them, not shown: the run's links, walked as `baton audit verify` walks them
+_LINK_COLUMNS = ("chain_prev", "chain_hash")
+
 # the worker decides a run's events one after another and publishes them to one partition,
 # so decided_at, then the decisions-topic offset, is the order things happened in
 _TRACE_SQL = f"""
-SELECT {", ".join(f"`{c}`" for c in TRACE_COLUMNS)}
+SELECT {", ".join(f"`{c}`" for c in (*TRACE_COLUMNS, *_LINK_COLUMNS))}
 FROM {DATABASE}.decisions FINAL
 WHERE run_id = {{run_id:String}}
 ORDER BY decided_at, audit_partition, audit_offset
@@ -57,7 +61,8 @@ ORDER BY decided_at, audit_partition, audit_offset
 def load_trace(client: Client, run_id: str) -> list[dict[str, Any]]:
     """Every decision of ``run_id`` in order; BatonError when the audit has none."""
     result = client.query(_TRACE_SQL, parameters={"run_id": run_id})
-    steps = [dict(zip(TRACE_COLUMNS, row, strict=True)) for row in result.result_rows]
+    columns = (*TRACE_COLUMNS, *_LINK_COLUMNS)
+    steps = [dict(zip(columns, row, strict=True)) for row in result.result_rows]
     if not steps:
         similar = client.query(
             f"SELECT DISTINCT run_id FROM {DATABASE}.decisions "
@@ -121,6 +126,24 @@ def _note(step: dict[str, Any]) -> str:
     return " ".join(notes)
 
 
+def _chain_break(steps: Sequence[dict[str, Any]]) -> ChainBreak | None:
+    """Why the run's linked rows do not chain (a row deleted, inserted or replaced in
+    ``FINAL``), as `baton audit verify` walks them, links only (no key: the hashes are not
+    recomputed). A trace showed a row any writer of gov.decisions or the audit put there
+    (a forged stop or allow, a replaced step) as the run's, without a word."""
+    links = [
+        Link(str(s["decision_id"]), s.get("chain_prev") or "", s["chain_hash"], _at(s))
+        for s in steps
+        if s.get("chain_hash")
+    ]
+    return walk_links(links, may_start_before=True).broken if links else None
+
+
+def _at(step: dict[str, Any]) -> float:
+    at = step.get("decided_at")
+    return at.timestamp() if isinstance(at, datetime) else 0.0
+
+
 def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
     """The run's story: a summary (how it ended, totals) and one line per decision."""
     first, last = steps[0], steps[-1]
@@ -147,8 +170,18 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
     else:
         ended = f"last decision: {last['outcome']} ({last['reason']})"
     policies = sorted({s["policy_version"] for s in steps if s["policy_version"]})
+    broken = _chain_break(steps)
     lines = [
         f"Run {run_id}  tenant {first['tenant']}  {len(steps)} decisions  {when}",
+        *(
+            [
+                f"WARNING: this run's chain is broken ({broken}): rows were deleted, inserted "
+                f"or altered, and what follows is not what the workers decided; `baton audit "
+                f"verify --run {run_id}` names them"
+            ]
+            if broken is not None
+            else []
+        ),
         ended,
         f"handoffs {max(s['handoff_count'] for s in steps)}  "
         f"max depth {max(s['depth'] for s in steps)}  "

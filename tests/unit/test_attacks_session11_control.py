@@ -341,3 +341,33 @@ def test_a_policy_update_whose_recorded_command_was_altered_is_named_on_restore(
     restore.restore_runs(settings, tmp_path, said.append, now=now)
     refused = f"policy_updated at {now.isoformat()} (bad_signature)"
     assert any("would be refused" in line and refused in line for line in said), said
+
+
+@pytest.mark.parametrize("forged", [False, True], ids=["as-decided", "allow-inserted"])
+def test_baton_trace_says_when_a_runs_chain_is_broken(tmp_path: Path, forged: bool) -> None:
+    """A writer of gov.decisions (or of the audit) inserts an ``allow`` into a run: `baton
+    trace` showed it as the run's own step, in silence (only `baton audit verify` walked the
+    links). It now walks them as verify does and says the chain is broken, naming verify."""
+    from click.testing import CliRunner
+
+    from baton.cli.query_cmds import trace_cmd
+    from baton.schemas.decision import Decision
+    from tests.chdb_audit import chdb_audit
+    from tests.unit.test_attacks_session9_audit import _published
+    from tests.unit.test_engine_support import handoff
+
+    events = [
+        handoff("h1", "t1", "planner", "researcher", run_id="rt"),
+        handoff("h2", "t2", "researcher", "writer", run_id="rt"),
+    ]
+    decisions = _published(events, "rt")
+    if forged:
+        extra = Decision.from_json(decisions[0].to_json())
+        extra.decision_id, extra.request_id = "f" * 32, "h9"
+        extra.chain_hash = "0" * 32  # a link of its own, after the run's first row
+        decisions.append(extra)
+    chdb_audit(tmp_path / "chdb", decisions).close()
+    result = CliRunner().invoke(trace_cmd, ["rt", "--dsn", f"chdb://{tmp_path / 'chdb'}"])
+    assert result.exit_code == 0, result.output
+    warned = "WARNING: this run's chain is broken (" in result.output
+    assert warned == forged, result.output
