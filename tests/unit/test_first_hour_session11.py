@@ -25,7 +25,7 @@ BATON = [sys.executable, "-m", "baton.cli"]
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
-    return {**env, "NO_COLOR": "1", "BATON_CONNECT_TIMEOUT_S": "3", **extra}
+    return {**env, "NO_COLOR": "1", "BATON_CONNECT_TIMEOUT_S": "1", **extra}
 
 
 def _closed_port() -> int:
@@ -402,7 +402,7 @@ def test_send_to_a_port_that_answers_no_kafka_says_so_within_the_connect_timeout
     code, out, err, took = _baton("send", str(events), "--bootstrap", address)
     assert code == 4, (out, err)
     assert err == (
-        f"baton: error: cannot reach Kafka at {address} (no answer within 3 s: it took the "
+        f"baton: error: cannot reach Kafka at {address} (no answer within 1 s: it took the "
         "connection and answered no Kafka request); is the broker running, and is this its "
         "Kafka port?\n"
     )
