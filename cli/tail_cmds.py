@@ -194,9 +194,11 @@ def _partitions(consumer: Any, settings: Settings, topic: str) -> list[int]:
     try:
         metadata = consumer.list_topics(timeout=settings.connect_timeout_s)
     except Exception as exc:
+        said = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
         raise BrokerUnavailable(
-            f"Kafka at {settings.bootstrap} did not list its topics within "
-            f"{settings.connect_timeout_s:g} s ({exc}); is the broker running?"
+            f"cannot reach Kafka at {settings.bootstrap}: it did not list its topics within "
+            f"{settings.connect_timeout_s:g} s ({said}); is the broker running, and is this "
+            "its Kafka port?"
         ) from None
     found = metadata.topics.get(topic)
     if found is None or found.error is not None:
