@@ -9,6 +9,7 @@ import every engine name from here.
 Where things are (processors/, one job each):
  - rule_checks        every rule, one function naming its policy key and reason, and
                       ``check_handoff``: the pre-handoff rules in order
+ - rule_chain         the delegation chain's rules: depth, lineage, cycles, bounces
  - policy_rules       the policy's compiled form (TenantRules, rules_for)
  - approvals          approvals asked, answered (signatures, who may, the grant), expired
  - engine_budget      costs counted, estimates reserved, settled, expired
@@ -20,7 +21,7 @@ Where things are (processors/, one job each):
  - dedup_keys         the key and digest a decided event is remembered by
 
 One event: a handoff meets the rules in check_handoff's order (kill switch, stopped run,
-ownership and roles, agents, handoffs, depth and cycles, budgets, tools, the approval gate;
+ownership and roles, agents, handoffs, lineage, depth and cycles, budgets, tools, the approval gate;
 first failure wins) and an allow locks its task to to_agent and reserves its estimate; a
 completion's cost, tool calls and steps count, and a budget passed or a tool its agent may
 not use stops the run; an approval's answer is refused, denies, or grants (the rules again,
