@@ -71,12 +71,10 @@ def _open_input(path: str) -> IO[bytes]:
         return open_stream(path)
     except FileProblem as exc:
         if exc.kind is not None:  # /dev/zero would never end
-            raise ConfigError(f"baton send: {path} is a {exc.kind}, {expected}") from None
-        raise ConfigError(f"baton send: {path} {exc}; {expected}") from None
+            raise ConfigError(f"{path} is a {exc.kind}, {expected}") from None
+        raise ConfigError(f"{path} {exc}; {expected}") from None
     except OSError as exc:
-        raise ConfigError(
-            f"baton send: cannot read {path}: {exc.strerror or exc}; {expected}"
-        ) from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}; {expected}") from None
 
 
 def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None, int]]:

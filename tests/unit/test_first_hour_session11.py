@@ -435,3 +435,17 @@ def test_a_restart_names_the_kill_switches_an_unsigned_release_had_lifted() -> N
     assert refused == [] and kills.runs == {"run_742", "run_9"}
     assert releases_undone(texts, kills) == ["run run_742"]
     assert releases_undone(texts[2:], kills) == []
+
+
+def test_send_of_a_missing_file_is_one_line_said_once(tmp_path: object) -> None:
+    # it said "baton: error: baton send: cannot read ...": the command named twice
+    from click.testing import CliRunner
+
+    _register()
+    missing = f"{tmp_path}/nosuch.jsonl"
+    result = CliRunner().invoke(cli, ["send", "--dry-run", missing])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"baton: error: cannot read {missing}: No such file or directory; expected a file of "
+        "JSON lines (or a pipe, or - for stdin)\n"
+    )
