@@ -63,6 +63,12 @@ _KAFKA_LOG.addHandler(logging.NullHandler())
 MAX_DECISION_BYTES = 1_000_000
 
 
+def _said(exc: KafkaException) -> str:
+    """librdkafka's words of ``exc`` (its KafkaError's text, not the error's repr)."""
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
 @dataclass(slots=True)
 class _Gate:
     """A decisions partition: requests wait here, in order, until it is assigned."""
@@ -288,7 +294,7 @@ class RequestChannel:
             except KafkaException as exc:
                 detail = (
                     f"cannot read {topic}[{partition}] from Kafka at "
-                    f"{self.options.bootstrap}: {exc.args[0] if exc.args else exc}; "
+                    f"{self.options.bootstrap}: {_said(exc)}; "
                     "the record was still handed to Kafka and may be decided later"
                 )
                 log.warning("%s", detail)

@@ -449,3 +449,30 @@ def test_send_of_a_missing_file_is_one_line_said_once(tmp_path: object) -> None:
         f"baton: error: cannot read {missing}: No such file or directory; expected a file of "
         "JSON lines (or a pipe, or - for stdin)\n"
     )
+
+
+def test_a_check_whose_partition_cannot_be_read_says_librdkafka_s_words() -> None:
+    # the fail-closed stop's detail held KafkaError{code=_TRANSPORT,val=-195,str="..."}
+    import concurrent.futures
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    from baton.streams.sdk import GovernanceClient
+    from baton.streams.sdk.waiters import Unanswered, Waiter
+
+    class _Down:
+        def get_watermark_offsets(self, *_args: object, **_kwargs: object) -> None:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+
+    gov = GovernanceClient("127.0.0.1:9", partitions=3)
+    channel = gov.channel
+    channel._producer = type("P", (), {"produce": lambda *a, **k: None})()  # type: ignore[assignment]
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    key = ("run-1", "h1", "pre_handoff")
+    channel.submit("t", b"k", b"v", decisions_partition=1, wait_key=key, waiter=Waiter(future))
+    channel._assign_wanted(_Down())  # type: ignore[arg-type]
+    answer = future.result(1)
+    assert isinstance(answer, Unanswered)
+    assert answer.detail.startswith(
+        "cannot read gov.decisions[1] from Kafka at 127.0.0.1:9: Broker transport failure; "
+    ), answer.detail
