@@ -1,17 +1,14 @@
-"""What librdkafka saw of the brokers (its ``error_cb``), and a metadata read that stops as
-soon as every bootstrap broker is known to be down.
+"""What librdkafka saw of the brokers (its ``error_cb``), and a metadata read that names it.
 
 librdkafka reports a refused connection, a name it cannot resolve, a TLS or SASL failure
-through ``error_cb`` (served by ``poll``) and ``_ALL_BROKERS_DOWN`` once every broker it
-knows failed; ``list_topics`` alone only says "timed out" when its timeout is spent (10 s by
-default). Not guaranteed: a port that takes the connection and never answers reports
-nothing before the timeout (it is then named as such).
+through ``error_cb`` (served by ``poll``); ``list_topics`` alone only says "timed out" when its
+timeout is spent (10 s by default), which the SDK repeated. Not guaranteed: a port that takes
+the connection and never answers reports nothing (it is then named as such).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -39,19 +36,15 @@ _SLICE_S = 0.25
 
 class BrokerWatch:
     """librdkafka's ``error_cb`` of one client's producer and consumer: the last error that
-    says a broker is out of reach, and whether all of them were down."""
+    says a broker is out of reach."""
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self._last: tuple[float, str] | None = None
-        self._all_down = threading.Event()
 
     def on_error(self, err: KafkaError) -> None:
         """The ``error_cb`` (librdkafka's thread of ``poll``/``consume``)."""
-        code = err.code()
-        if code == KafkaError._ALL_BROKERS_DOWN:
-            self._all_down.set()
-        elif code in _TROUBLE or err.fatal():
+        if err.code() in _TROUBLE or err.fatal():
             self._last = (time.monotonic(), err.str())
             log.debug("Kafka at %s: %s", self.bootstrap, err.str())
 
@@ -69,9 +62,13 @@ class BrokerWatch:
 
     def list_topics(self, producer: Producer, timeout_s: float) -> Any:
         """``producer``'s cluster metadata within ``timeout_s``, asked in slices so what
-        librdkafka reports meanwhile is seen: once every bootstrap broker is down (refused,
-        unknown name, TLS refused) this raises ``BrokerUnavailable`` at once, naming the
-        address and librdkafka's words; past ``timeout_s``, naming what it last saw."""
+        librdkafka reports meanwhile is seen; past ``timeout_s``, ``BrokerUnavailable``
+        naming the address and what librdkafka last said of it (a refused connection, a host
+        name that does not resolve, a TLS or SASL failure), or that nothing answered.
+
+        The whole ``timeout_s`` is waited even when every broker is down: a broker still
+        starting (compose, a rolling restart) refuses connections for a few seconds, and
+        the connect timeout is how long a client waits for it."""
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
@@ -81,16 +78,17 @@ class BrokerWatch:
                 return producer.list_topics(timeout=max(min(left, _SLICE_S), 0.01))
             except KafkaException as exc:
                 producer.poll(0)  # serves error_cb
+                if time.monotonic() < deadline:
+                    continue
                 seen = self.last
-                if self._all_down.is_set() and seen is not None:
+                if seen is not None:
                     raise BrokerUnavailable(
-                        f"cannot reach Kafka at {self.bootstrap} ({seen}); is the broker "
-                        "running, and is this its address (BATON_BOOTSTRAP)?"
+                        f"cannot reach Kafka at {self.bootstrap} within {timeout_s:g} s "
+                        f"({seen}); is the broker running, and is this its address "
+                        "(BATON_BOOTSTRAP)?"
                     ) from exc
-                if time.monotonic() >= deadline:
-                    said = seen or "it took the connection and answered no Kafka request"
-                    raise BrokerUnavailable(
-                        f"cannot reach Kafka at {self.bootstrap} (no answer within "
-                        f"{timeout_s:g} s: {said}); is the broker running, and is this its "
-                        "Kafka port?"
-                    ) from exc
+                raise BrokerUnavailable(
+                    f"cannot reach Kafka at {self.bootstrap} within {timeout_s:g} s (it took "
+                    "the connection and answered no Kafka request); is the broker running, "
+                    "and is this its Kafka port?"
+                ) from exc

@@ -113,3 +113,27 @@ def test_replay_from_kafka_leaves_the_readiness_probes_out(
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert "__probe_0123456789ab" not in done.stdout
     assert "__probe_not_one" in done.stdout  # a client's run under that name is not a probe
+
+
+def test_the_sdk_waits_its_connect_timeout_for_a_broker_that_is_starting(tmp_path: Path) -> None:
+    # a broker that starts after the client (compose, a restart) refuses connections for a
+    # while: the client names what librdkafka saw only once its connect timeout is spent,
+    # and reaches a broker that came up before then
+    import threading
+
+    from baton.streams.net import free_port
+    from baton.streams.sdk.reach import BrokerWatch
+
+    port = free_port()
+    watch = BrokerWatch(f"127.0.0.1:{port}")
+    producer = Producer(
+        {"bootstrap.servers": f"127.0.0.1:{port}", "error_cb": watch.on_error, "logger": _LOG}
+    )
+    found: list[object] = []
+    reader = threading.Thread(target=lambda: found.append(watch.list_topics(producer, 30)))
+    reader.start()
+    time.sleep(1.5)
+    assert reader.is_alive() and "Connection refused" in (watch.last or "")
+    with EmbeddedBroker(port=port, log_dir=tmp_path):
+        reader.join(30)
+        assert not reader.is_alive() and found, watch.last
