@@ -239,10 +239,11 @@ def _with_broker(settings: Settings, timeout: float, max_lag: int) -> Iterator[C
     try:
         view = KafkaView.read(admin, names, timeout)
     except Exception as exc:
+        said = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
         yield fail(
             "broker",
             f"{settings.bootstrap} accepts connections but no Kafka answer within {timeout:g} s "
-            f"({str(exc)[:200]})",
+            f"({said[:200]})",
             "is it a Kafka broker, with this security protocol (BATON_SECURITY_PROTOCOL)?",
         )
         yield from policy_checks(settings, None, timeout)

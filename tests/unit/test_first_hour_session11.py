@@ -479,3 +479,16 @@ def test_a_check_whose_partition_cannot_be_read_says_librdkafka_s_words() -> Non
     assert answer.detail.startswith(
         "cannot read gov.decisions[1] from Kafka at 127.0.0.1:9: Broker transport failure; "
     ), answer.detail
+
+
+def test_doctor_against_a_port_that_answers_no_kafka_names_it_without_a_repr(
+    silent_port: int,
+) -> None:
+    address = f"127.0.0.1:{silent_port}"
+    dsn = f"http://127.0.0.1:{_closed_port()}"
+    code, out, err, took = _baton("doctor", "--bootstrap", address, "--dsn", dsn, "--timeout", "1")
+    assert code == 1 and err == "", (out, err)
+    broker = out.splitlines()[0]
+    assert broker.startswith(f"✘ broker: {address} accepts connections but no Kafka answer"), out
+    assert "KafkaError{" not in broker
+    assert took < 30
