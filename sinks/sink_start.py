@@ -34,11 +34,15 @@ def ensure_catalog_topics(settings: Settings, stop_event: threading.Event) -> No
     catalog and splits runs across partitions.
     """
     from baton.streams.kafka import admin_config
+    from baton.streams.net import check_reachable
     from baton.streams.topics import ensure_topics
 
     attempt = 0
     while True:
         try:
+            # a refused port is named as such at once ("H:P: connection refused"), not as
+            # "timed out after N s" once the admin client's timeout is spent
+            check_reachable(settings.bootstrap, settings.connect_timeout_s)
             ensure_topics(
                 admin_config(settings.kafka_config()),
                 _catalog(settings),

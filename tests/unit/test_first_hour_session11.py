@@ -492,3 +492,26 @@ def test_doctor_against_a_port_that_answers_no_kafka_names_it_without_a_repr(
     assert broker.startswith(f"✘ broker: {address} accepts connections but no Kafka answer"), out
     assert "KafkaError{" not in broker
     assert took < 30
+
+
+def test_the_sink_and_alerter_name_a_refused_broker_at_each_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # `baton sink` / `baton alerts` retry while Kafka is away, each retry a line that said
+    # "cannot reach Kafka at H:P (timed out after 5 s)" after the admin client's whole timeout
+    import logging
+    import threading
+
+    from baton.schemas.errors import BrokerUnavailable
+    from baton.schemas.settings import Settings
+    from baton.sinks.sink_start import ensure_catalog_topics
+
+    address = f"127.0.0.1:{_closed_port()}"
+    stop = threading.Event()
+    stop.set()  # one attempt, its retry line, then the stop
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING), pytest.raises(BrokerUnavailable):
+        ensure_catalog_topics(Settings(bootstrap=address, connect_timeout_s=5), stop)
+    assert time.monotonic() - started < 3
+    [line] = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert line.startswith(f"cannot reach Kafka at {address} ({address}: connection refused)")
