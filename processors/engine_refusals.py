@@ -131,8 +131,16 @@ def protocol_answer(
         request_id, phase = refused_answer_id(event), Phase.APPROVAL
     else:
         request_id, phase = f"{state.run_id}:finished", Phase.CONTROL
-    if why == "not_kept":
+    if why == "not_kept" and type(event) is HandoffCompleted:
         reason: str = Reason.REPLY_NOT_KEPT
+        # never "use a new request_id" here: the same report under a new id counts twice
+        detail = (
+            "a report decided long ago, and counted then; its decision is no longer kept (the "
+            f"run keeps the newest {RECENT_REPLIES}): read it from the audit; sent again under "
+            "a new request_id it would count twice"
+        )
+    elif why == "not_kept":
+        reason = Reason.REPLY_NOT_KEPT
         detail = (
             "decided long ago; its decision is no longer kept (the run keeps the newest "
             f"{RECENT_REPLIES}): read it from the audit, or use a new request_id"

@@ -71,6 +71,9 @@ def test_a_report_redelivered_after_its_run_became_a_tombstone_counts_once() -> 
     assert run.state is not None
     assert (run.state.spent_usd, run.state.tool_calls, run.state.steps) == (2.0, 3, 4)
     assert (again.outcome, again.reason) == (Outcome.RECORDED, Reason.REPLY_NOT_KEPT)
+    # and it does not tell the client to send it again under a new request id (a handoff's
+    # answer does: a new request is decided anew; a report under a new id counts again)
+    assert again.detail is not None and "it would count twice" in again.detail
     # and so every later copy: the tombstone is unchanged by it
     before = run.state
     run.one(report, 702)
