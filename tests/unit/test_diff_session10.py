@@ -28,8 +28,9 @@ pytestmark = pytest.mark.unit
 #: the newest commit that changed what the engine decides on purpose (session 11: 9981078, a
 #: report copied to its run's tombstone is answered reply_not_kept, not counted again; cb3bfad,
 #: the tombstone knows its reports by digest, so another report under a used id there is
-#: counted without the 'reused' detail)
-DECIDES = "cb3bfad"
+#: counted without the 'reused' detail; 50f1d5f, reply_not_kept for a report no longer says
+#: "use a new request_id")
+DECIDES = "50f1d5f"
 
 
 @pytest.fixture(scope="module")
