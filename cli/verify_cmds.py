@@ -124,10 +124,12 @@ def verify_cmd(
     run_id: str | None, since: datetime | None, clickhouse_dsn: str | None, data_dir: Path | None
 ) -> None:
     """Recompute every run's decision hash chain from the audit; print one line per run whose
-    rows were deleted, altered or inserted out of band, and a summary. Exit 1 when any run
-    fails, 0 when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the workers')."""
+    rows were deleted, altered or inserted out of band, one line per decision id that holds
+    records saying different things, and a summary. Exit 1 when any run fails or any id
+    conflicts, 0 when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the workers')."""
     from baton.processors.chain_links import shown_id
     from baton.schemas.errors import BatonError
+    from baton.sinks.audit_conflicts import MAX_CONFLICTS, load_conflicts
     from baton.sinks.chain_verify import verify_chains
     from baton.sinks.clickhouse import audit_errors, parse_dsn
 
@@ -138,7 +140,9 @@ def verify_cmd(
     label = parse_dsn(settings.clickhouse_dsn).label
     with audit_client(settings) as client, audit_errors(label, "reading the decision chains"):
         rows = [_utc(row) for row in client.query(sql, parameters=params).result_rows]
-    if run_id is not None and not rows:
+        found = load_conflicts(client, run_id, since)
+    conflicts = found or []
+    if run_id is not None and not rows and not conflicts:
         raise BatonError(f"no decisions for run {run_id[:80]!r} in {DATABASE}.decisions at {label}")
     horizon = datetime.now(UTC) - timedelta(days=settings.audit_ttl_days - 1)
     partial = _partial_runs(rows, horizon)
@@ -149,12 +153,19 @@ def verify_cmd(
         more = f" (+{len(v.problems) - _SHOWN} more)" if len(v.problems) > _SHOWN else ""
         # a row's run id is the writer's text: cut and escaped as the rows' ids are
         click.echo(f"FAIL {shown_id(v.run_id)} ({v.rows} chained rows): {shown}{more}")
+    for c in conflicts:  # records under one id saying different things (migration 0006)
+        click.echo(f"CONFLICT {c.describe(shown_id)}")
     chained = sum(v.rows for v in verdicts)
     summary = (
         f"audit verify: {len(verdicts)} runs, {chained} chained rows of {len(rows)} read "
         f"from {label}: "
     )
     summary += f"{len(failed)} runs FAILED" if failed else "every chain holds"
+    if conflicts:
+        many = "at least " if len(conflicts) >= MAX_CONFLICTS else ""
+        summary += f"; {many}{len(conflicts)} decision ids hold records saying different things"
+    if found is None:
+        summary += "; no governance.decision_conflicts (schema before 0006): ids not checked"
     if partial:
         summary += f"; {len(partial)} runs near the retention horizon checked from their oldest row"
     if not key:
@@ -172,7 +183,7 @@ def verify_cmd(
             "workers chain with?",
             err=True,
         )
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if failed or conflicts else 0)
 
 
 def register(cli: click.Group) -> None:

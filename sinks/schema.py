@@ -58,6 +58,7 @@ MIGRATIONS_TABLE = f"{DATABASE}.schema_migrations"
 #: tables with a retention TTL, and the time column it counts from
 TTL_TABLES: dict[str, str] = {
     "decisions": "toDateTime(decided_at)",
+    "decision_variants": "toDateTime(decided_at)",
     "rejected": "toDateTime(inserted_at)",
     "stops_per_minute_state": "minute",
     "run_summary_state": "toDateTime(last_at)",

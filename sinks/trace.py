@@ -76,6 +76,12 @@ def load_trace(client: Client, run_id: str) -> list[dict[str, Any]]:
             f"no decisions for run {run_id!r} in {DATABASE}.decisions (is the audit sink "
             f"running, and has it caught up?){hint}"
         )
+    from baton.sinks.audit_conflicts import load_conflicts
+
+    conflicts = {c.decision_id: c for c in load_conflicts(client, run_id) or []}
+    for step in steps:  # a record FINAL replaced under this id said something else
+        if step["decision_id"] in conflicts:
+            step["conflict"] = conflicts[step["decision_id"]]
     return steps
 
 
@@ -181,6 +187,11 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
             ]
             if broken is not None
             else []
+        ),
+        *(
+            f"WARNING: step {i}: {s['conflict'].describe(_shown_id)}"
+            for i, s in enumerate(steps, 1)
+            if "conflict" in s
         ),
         ended,
         f"handoffs {max(s['handoff_count'] for s in steps)}  "

@@ -1,0 +1,90 @@
+"""Decision ids under which the audit received records that say different things.
+
+Why: ``governance.decisions`` keeps one row per decision id (ReplacingMergeTree), and ids are
+derived from the request, so a writer of gov.decisions who reads the requests can publish a
+forged ``allow`` under the id the worker will use, before the worker's own decision. A
+waiting client may take it (the SDK cannot tell, docs/security.md), and the worker's row then
+replaced it in FINAL and in merges: the one record that made the client proceed left no row.
+
+Migration 0006 keeps every distinct (outcome, reason, chain hash) said under an id in
+``governance.decision_variants`` (a materialized view on every insert: any order, one block
+or two, one sink process or several; no lookup in the sink) and lists the ids with more than
+one in the view ``governance.decision_conflicts``. This module reads that view for
+`baton audit verify` (which fails on any) and `baton trace` (which warns).
+
+Not told apart: which record is the worker's (the chain says which one links, when the key is
+set); a forged record that repeats the worker's outcome, reason and chain hash (it says
+nothing the audit lacks); a worker restarted under at-least-once that decided a request
+again after its first answer was published (same outcome and reason, another chain hash: its
+``why`` says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from baton.sinks.schema import DATABASE
+
+__all__ = ["IdConflict", "load_conflicts"]
+
+#: conflicts read at most (a flood of forged ids must not fill a verify's memory)
+MAX_CONFLICTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class IdConflict:
+    """One decision id and what each of its records said."""
+
+    tenant: str
+    run_id: str
+    decision_id: str
+    #: (outcome, reason, chain hash, partition, offset, decided_at) per record, read order
+    said: tuple[tuple[Any, ...], ...]
+    why: str
+
+    def describe(self, shown: Any = str) -> str:
+        """One line: the id, then each record (outcome/reason at partition@offset), why."""
+        parts = [
+            f"{s[0]}/{shown(str(s[1])[:64])} at {s[3]}@{s[4]}"
+            for s in sorted(self.said, key=lambda s: (s[3], s[4]))
+        ]
+        return (
+            f"decision {shown(self.decision_id[:80])} of run {shown(self.run_id[:80])}: "
+            f"{len(self.said)} records ({'; '.join(parts[:4])}"
+            f"{'; ...' if len(parts) > 4 else ''}): {self.why}"
+        )
+
+
+def load_conflicts(
+    client: Any, run_id: str | None = None, since: datetime | None = None
+) -> list[IdConflict] | None:
+    """The ids of ``run_id`` (or of the runs with a decision at or after ``since``; or of
+    every run) under which the audit holds records that say different things; None when the
+    audit's schema predates migration 0006 (no sink of this version started on it yet)."""
+    exists = client.query(
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": DATABASE, "t": "decision_conflicts"},
+    ).result_rows
+    if not exists or not int(exists[0][0]):
+        return None
+    where, params = [], {}
+    if run_id is not None:
+        where.append("run_id = {run_id:String}")
+        params["run_id"] = run_id
+    if since is not None:
+        where.append(
+            f"run_id IN (SELECT DISTINCT run_id FROM {DATABASE}.decisions "
+            "WHERE decided_at >= {since:DateTime64(6, 'UTC')})"
+        )
+        params["since"] = since
+    sql = f"SELECT tenant, run_id, decision_id, said, why FROM {DATABASE}.decision_conflicts"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY tenant, run_id, decision_id LIMIT {MAX_CONFLICTS}"
+    rows = client.query(sql, parameters=params).result_rows
+    return [
+        IdConflict(str(t), str(r), str(d), tuple(tuple(s) for s in said), str(why))
+        for t, r, d, said, why in rows
+    ]
