@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS governance.decision_variants
     audit_topic     LowCardinality(String),
     audit_partition UInt32,
     audit_offset    UInt64,
-    inserted_at     DateTime64(6, 'UTC') DEFAULT now64(6)
+    inserted_at     DateTime64(6, 'UTC') DEFAULT now64(6),
+    -- `baton trace` and `baton audit verify --run` know the run id, not the tenant
+    INDEX run_id_bloom run_id TYPE bloom_filter(0.01) GRANULARITY 4
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(decided_at)
