@@ -134,3 +134,18 @@ def test_an_audit_before_0006_is_said_unchecked_not_passed(tmp_path: Path) -> No
     client.close()
     verify = CliRunner().invoke(audit_group, ["verify", "--dsn", f"chdb://{tmp_path / 'chdb'}"])
     assert "ids not checked" in verify.output
+
+
+def test_two_forged_records_under_a_300_kb_id_are_named_in_a_short_line(tmp_path: Path) -> None:
+    """Ids are any text on gov.decisions: two records under one 300 KB id saying different
+    things are a conflict like any other, and verify's line about them stays short."""
+    stop, forged = _stop_and_forged()
+    stop.decision_id = forged.decision_id = "i" * 300_000
+    client = chdb_audit(tmp_path / "chdb", [stop, forged])
+    conflicts = load_conflicts(client)
+    client.close()
+    assert conflicts is not None and [len(c.decision_id) for c in conflicts] == [300_000]
+    verify = CliRunner().invoke(audit_group, ["verify", "--dsn", f"chdb://{tmp_path / 'chdb'}"])
+    assert verify.exit_code == 1
+    (line,) = [x for x in verify.output.splitlines() if x.startswith("CONFLICT")]
+    assert len(line) < 1_000, line[:200]
