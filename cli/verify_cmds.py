@@ -141,7 +141,8 @@ def verify_cmd(
     with audit_client(settings) as client, audit_errors(label, "reading the decision chains"):
         rows = [_utc(row) for row in client.query(sql, parameters=params).result_rows]
         found = load_conflicts(client, run_id, since)
-    conflicts = found or []
+    conflicts = [c for c in found or [] if c.differs]
+    redecided = len(found or []) - len(conflicts)
     if run_id is not None and not rows and not conflicts:
         raise BatonError(f"no decisions for run {run_id[:80]!r} in {DATABASE}.decisions at {label}")
     horizon = datetime.now(UTC) - timedelta(days=settings.audit_ttl_days - 1)
@@ -162,8 +163,13 @@ def verify_cmd(
     )
     summary += f"{len(failed)} runs FAILED" if failed else "every chain holds"
     if conflicts:
-        many = "at least " if len(conflicts) >= MAX_CONFLICTS else ""
+        many = "at least " if len(found or []) >= MAX_CONFLICTS else ""
         summary += f"; {many}{len(conflicts)} decision ids hold records saying different things"
+    if redecided:
+        summary += (
+            f"; {redecided} decision ids decided again with the same outcome and reason "
+            "(a worker restart; governance.decision_conflicts lists them)"
+        )
     if found is None:
         summary += "; no governance.decision_conflicts (schema before 0006): ids not checked"
     if partial:

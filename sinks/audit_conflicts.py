@@ -15,8 +15,9 @@ one in the view ``governance.decision_conflicts``. This module reads that view f
 Not told apart: which record is the worker's (the chain says which one links, when the key is
 set); a forged record that repeats the worker's outcome, reason and chain hash (it says
 nothing the audit lacks); a worker restarted under at-least-once that decided a request
-again after its first answer was published (same outcome and reason, another chain hash: its
-``why`` says so).
+again after its first answer was published (same outcome and reason, another chain hash:
+``differs`` is false and `baton audit verify` counts it without failing; it may also be a
+forged copy saying what the worker said, which is harmless to a client).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class IdConflict:
     #: (outcome, reason, chain hash, partition, offset, decided_at) per record, read order
     said: tuple[tuple[Any, ...], ...]
     why: str
+    #: the records differ in outcome or reason (not only in chain hash: a re-decision)
+    differs: bool = True
 
     def describe(self, shown: Any = str) -> str:
         """One line: the id, then each record (outcome/reason at partition@offset), why."""
@@ -79,12 +82,16 @@ def load_conflicts(
             "WHERE decided_at >= {since:DateTime64(6, 'UTC')})"
         )
         params["since"] = since
-    sql = f"SELECT tenant, run_id, decision_id, said, why FROM {DATABASE}.decision_conflicts"
+    sql = (
+        f"SELECT tenant, run_id, decision_id, said, why, differs FROM {DATABASE}.decision_conflicts"
+    )
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY tenant, run_id, decision_id LIMIT {MAX_CONFLICTS}"
+    # the ones that differ in outcome or reason first: re-decisions after a crash cannot
+    # push them past the limit
+    sql += f" ORDER BY differs DESC, tenant, run_id, decision_id LIMIT {MAX_CONFLICTS}"
     rows = client.query(sql, parameters=params).result_rows
     return [
-        IdConflict(str(t), str(r), str(d), tuple(tuple(s) for s in said), str(why))
-        for t, r, d, said, why in rows
+        IdConflict(str(t), str(r), str(d), tuple(tuple(s) for s in said), str(why), bool(dif))
+        for t, r, d, said, why, dif in rows
     ]

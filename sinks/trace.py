@@ -78,7 +78,8 @@ def load_trace(client: Client, run_id: str) -> list[dict[str, Any]]:
         )
     from baton.sinks.audit_conflicts import load_conflicts
 
-    conflicts = {c.decision_id: c for c in load_conflicts(client, run_id) or []}
+    found = load_conflicts(client, run_id) or []
+    conflicts = {c.decision_id: c for c in found if c.differs}
     for step in steps:  # a record FINAL replaced under this id said something else
         if step["decision_id"] in conflicts:
             step["conflict"] = conflicts[step["decision_id"]]

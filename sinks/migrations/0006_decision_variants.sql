@@ -13,7 +13,9 @@
 -- record (its bytes stay in decisions' parts until a merge; gov.decisions' offset names it).
 --
 -- decision_conflicts: the ids with more than one variant, one row each, and why it matters.
--- `baton audit verify` fails on them and `baton trace` warns.
+-- `baton audit verify` fails on those whose records differ in outcome or reason (`differs`)
+-- and `baton trace` warns; the same outcome and reason under other chain hashes is what a
+-- worker that died before writing its state leaves when its successor decides again (counted).
 CREATE TABLE IF NOT EXISTS governance.decision_variants
 (
     tenant          LowCardinality(String),
@@ -70,11 +72,13 @@ SELECT
     count() AS variants,
     groupArray((outcome, reason, chain_hash, audit_partition, audit_offset, decided_at))
         AS said,
-    if(uniqExact(outcome, reason) > 1,
+    uniqExact(outcome, reason) > 1 AS differs,
+    if(differs,
        'records under one decision id say different outcomes or reasons: a client may have '
-       || 'acted on one the worker did not decide (a forged record on gov.decisions?)',
+       || 'acted on one the stored row does not show (a forged record on gov.decisions, or a '
+       || 'decision a crashed worker published and its successor decided otherwise)',
        'records under one decision id say the same outcome and reason with other chain '
-       || 'hashes: a re-decision after a worker restart, or a forged record')
+       || 'hashes: a worker restarted under at-least-once decided it again (or a forged copy)')
         AS why
 FROM governance.decision_variants FINAL
 GROUP BY tenant, run_id, decision_id

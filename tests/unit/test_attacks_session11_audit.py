@@ -149,3 +149,31 @@ def test_two_forged_records_under_a_300_kb_id_are_named_in_a_short_line(tmp_path
     assert verify.exit_code == 1
     (line,) = [x for x in verify.output.splitlines() if x.startswith("CONFLICT")]
     assert len(line) < 1_000, line[:200]
+
+
+def test_a_decision_decided_again_the_same_way_is_counted_not_failed(tmp_path: Path) -> None:
+    """A worker that died before writing its state: its successor decides the same request
+    again (the same id, outcome and reason; another decided_at, so another chain hash). Not a
+    conflict verify fails on: it counts it; trace shows no warning."""
+    from datetime import timedelta
+
+    from baton.schemas.decision import CHAIN_FIELDS, chain_hash
+
+    (first,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="rs")], "rs")
+    again = Decision.from_json(first.to_json())
+    assert first.decided_at is not None
+    again.decided_at = first.decided_at + timedelta(seconds=8)
+    values = [getattr(again, f) for f in CHAIN_FIELDS]
+    again.chain_hash = chain_hash(b"", again.chain_prev or "", values)
+    assert again.chain_hash != first.chain_hash
+    client = chdb_audit(tmp_path / "chdb", [first, again])
+    conflicts = load_conflicts(client)
+    client.close()
+    assert conflicts is not None and [c.differs for c in conflicts] == [False]
+    dsn = ["--dsn", f"chdb://{tmp_path / 'chdb'}"]
+    verify = CliRunner().invoke(audit_group, ["verify", *dsn])
+    assert verify.exit_code == 0, verify.output
+    assert "1 decision ids decided again with the same outcome and reason" in verify.output
+    assert "CONFLICT" not in verify.output
+    trace = CliRunner().invoke(trace_cmd, ["rs", *dsn])
+    assert "WARNING" not in trace.output, trace.output
