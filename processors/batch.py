@@ -318,11 +318,11 @@ class BatchProcessor:
         if new is state:
             return state
         link(new, decisions, self.chain_key)
+        if careful:  # first: a state no record can hold raises before anything is out
+            out.encoded[key] = new.to_bytes()
         out.decisions.extend((rec.partition, d) for d in decisions)
         self.states[key] = new
         out.changed[key] = (rec.partition, new)
-        if careful:
-            out.encoded[key] = new.to_bytes()
         return new
 
     def _limit(
@@ -386,7 +386,13 @@ class BatchProcessor:
         for key, (_partition, state) in out.changed.items():
             if state is None or key in out.encoded:
                 continue
-            raw = state.to_bytes()
+            try:
+                raw = state.to_bytes()
+            except (TypeError, ValueError, OverflowError):
+                # a value no record can hold (a forged record's counter at 2**64 - 1, one
+                # more): decided again one by one, measured, each event its own dead letter
+                over.append(key)
+                continue
             if len(raw) > limit and not _refused_within_hard(before.get(key), raw):
                 over.append(key)
             else:
