@@ -157,7 +157,7 @@ def decide(
     kills: KillSwitches = NO_KILLS,
     origin: Origin = NO_ORIGIN,
     life: str | None = None,
-) -> tuple[RunState, list[Decision]]:
+) -> tuple[RunState | None, list[Decision]]:
     """Decide one run event. ``state`` is None for a run Baton has not seen yet: its life
     begins at ``origin`` (``life_of``), or is ``life`` when given ("": a run recorded before
     lives were marked, replayed as it was decided)."""
@@ -175,7 +175,7 @@ def decide(
         if type(known) is list:
             return state, known
         if known is not None:  # a cost report under a reused id: counted under its own key
-            key, reused = known, digest
+            key, reused = known, digest  # type: ignore[assignment]  # a str: not the list
     global _last_now
     last_now, now_ts = _last_now
     if now is not last_now:  # a batch's events (and replay's two policies) share one now
@@ -183,7 +183,7 @@ def decide(
         _last_now = (now, now_ts)
     if state is None:
         if policy.strict_tenants and event.tenant not in policy.tenants:
-            return refuse(  # type: ignore[return-value]
+            return refuse(  # the state stays None: the run is not kept
                 None,
                 event,
                 policy,
@@ -265,6 +265,7 @@ def _pre_handoff(st: RunState, event: HandoffRequested, ctx: DecisionContext) ->
             detail = f"more than {MAX_PENDING_APPROVALS} approvals pending in this run"
         else:
             approval_id, expires = asked
+    owner: str | None
     if outcome is _ALLOW or shadow_mode:
         apply_allow(st, req, depth, node, ctx)
         # kept, or the new (or released) task's

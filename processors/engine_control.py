@@ -231,9 +231,11 @@ def command_refused(
             event.type, "global", "*", event.operator, "", event.event_time, sha
         )
     else:
-        target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope] or "*"
+        # not a PolicyUpdated (mypy does not narrow the else of a `type(x) is` test)
+        switch: KillSwitch | KillSwitchReleased = event  # type: ignore[assignment]
+        target = {"run": switch.run_id, "tenant": switch.tenant, "global": "*"}[switch.scope] or "*"
         payload = control_payload(
-            event.type, event.scope, target, event.operator, event.reason, event.event_time
+            switch.type, switch.scope, target, switch.operator, switch.reason, switch.event_time
         )
     if not verify(parse_public_key(text), payload, event.signature):
         return Reason.BAD_SIGNATURE, f"the signature is not {event.operator}'s over this command"

@@ -47,10 +47,10 @@ def in_chain_order(run: list[Recorded]) -> tuple[list[Recorded], str | None]:
     head: str | None = None
     hashes: set[str] = set()
     for rec in run:
-        link = rec[_HASH]
+        link: str | None = rec[_HASH]  # type: ignore[assignment]  # the field at _HASH
         if link is None:
             continue
-        prev = rec[_PREV] or ""
+        prev: str = rec[_PREV] or ""  # type: ignore[assignment]
         if (prev != head and prev != "") or link in hashes:
             return _reordered(run)
         hashes.add(link)
@@ -77,7 +77,12 @@ def _reordered(run: list[Recorded]) -> tuple[list[Recorded], str | None]:
     at = [i for i, rec in enumerate(run) if rec[_HASH] is not None]
     walk = walk_links(
         [
-            Link(run[i].decision_id, run[i][_PREV] or "", run[i][_HASH], _seconds(run[i]))
+            Link(
+                run[i].decision_id,
+                run[i].chain_prev or "",
+                run[i].chain_hash,  # type: ignore[arg-type]  # at: the linked rows
+                _seconds(run[i]),
+            )
             for i in at
         ],
         may_start_before=True,

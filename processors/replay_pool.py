@@ -77,7 +77,7 @@ def _replay_piece(job: bytes, piece: Any) -> ReplayReport:
     )
 
 
-def _as_rows(piece: list[Sequence[object]]) -> list[Sequence[object]]:
+def _as_rows(piece: list[Recorded]) -> list[Recorded]:
     return piece
 
 

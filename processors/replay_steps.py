@@ -112,7 +112,7 @@ class StepContext(NamedTuple):
 def step_context(recs: list[Recorded]) -> StepContext:
     """The :class:`StepContext` of the step ``recs``."""
     first = recs[0]
-    origin = _new_origin(Origin, first[_ORIGIN])
+    origin = _new_origin(Origin, first[_ORIGIN])  # type: ignore[arg-type]  # a row's slice
     if len(recs) == 1 and first.reason not in _NOT_POLICY:  # most steps: one plain decision
         return _new_context(StepContext, (NO_KILLS, None, origin, False, False, False))
     kills, refusal, unverified, evicted = NO_KILLS, None, False, False
@@ -312,6 +312,7 @@ class Replayer:
         now = first.decided_at
         kills, refusal, origin, unverified, _, _ = context
         self.state = before
+        new: RunState | None
         if unverified and before is not None and before.stopped is None:
             self.state = before = before.copy()
             before.stopped = _AUDIT_UNVERIFIED
@@ -357,9 +358,9 @@ def _without_life(
     policy: Policy,
     now: datetime,
     context: StepContext,
-    new: RunState,
+    new: RunState | None,
     decided: list[Decision],
-) -> tuple[RunState, list[Decision]]:
+) -> tuple[RunState | None, list[Decision]]:
     """A new run's first step whose recorded id is not its life's: decided as a worker from
     before lives were marked decided it (decision_builder.life_of), when that gives the
     recorded id; else as decided (then not reproduced, never guessed)."""

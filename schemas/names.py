@@ -219,10 +219,10 @@ def fold_event_names(
                         spent = _fold_one(value, field, at, name, spent, folded, later)
                     elif name != value:
                         folded[field, at] = name
-    for value, field, at in later:  # within the budget: now worth checking
-        name = _event_name(value, field, at)
+    for value, field, spot in later:  # within the budget: now worth checking
+        name = _event_name(value, field, spot)
         if name != value:
-            folded[field, at] = name
+            folded[field, spot] = name
     return _with(doc, folded) if folded else doc
 
 
