@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 from baton.processors.policy_rules import TenantRules
 from baton.processors.state import SEEN_LIMIT, RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, HandoffRequested, RunEvent
-
-if TYPE_CHECKING:
-    from baton.processors.engine_control import KillSwitches
 
 __all__ = [
     "FORGETFUL_MARK",
@@ -89,7 +86,9 @@ class DecisionContext:
     rules: TenantRules
     now: datetime
     now_ts: float
-    kills: KillSwitches
+    #: engine_control.KillSwitches (Any: a compiled class's field typed with a class imported
+    #: under TYPE_CHECKING only crashes at import, a NULL type object)
+    kills: Any
     origin: Origin
     #: the event's own request id and its digest: its decisions' ids cover the digest
     request_id: str | None = None
@@ -169,7 +168,8 @@ def cover_digest(d: Decision, st: RunState, ctx: DecisionContext, digest: str) -
     )
 
 
-_new_decision = object.__new__
+#: object.__new__, unless Decision is compiled (then its own: see state._new_state)
+_new_decision = Decision.__new__
 
 
 def build_decision(

@@ -43,8 +43,9 @@ class Budget(NamedTuple):
     limit from there up (a policy may set up to 2**53; a limit above the saturation was never
     reached, and a run that reported more than it went on being allowed)."""
 
-    reached: float
-    over: float
+    #: floats (Any: a what-if replay's Dual, see TenantRules)
+    reached: Any
+    over: Any
 
     @classmethod
     def of(cls, limit: float | None, top: float = math.inf) -> Budget:
@@ -111,7 +112,9 @@ class TenantRules:
         self.version = version
         self.shadow_mode = limits.shadow_mode
         self.max_agents_per_run = limits.max_agents_per_run
-        self.max_handoffs = (
+        #: max_handoffs, agents_cap, depth_cap, seconds_cap and the Budgets' totals are Any:
+        #: a what-if replay puts a replay_share.Dual in their place (compared as a number)
+        self.max_handoffs: Any = (
             HARD_MAX_HANDOFFS if limits.max_handoffs is None else limits.max_handoffs
         )
         self.max_delegation_depth = limits.max_delegation_depth
@@ -123,9 +126,9 @@ class TenantRules:
         self.max_steps = limits.max_steps
         #: the limits above as the numbers the rules compare with (no limit: infinity, never
         #: passed); compared only, never computed with (the replay's RulesWatch relies on it)
-        self.agents_cap = _cap(limits.max_agents_per_run)
-        self.depth_cap = _cap(limits.max_delegation_depth)
-        self.seconds_cap = _cap(limits.max_run_seconds)
+        self.agents_cap: Any = _cap(limits.max_agents_per_run)
+        self.depth_cap: Any = _cap(limits.max_delegation_depth)
+        self.seconds_cap: Any = _cap(limits.max_run_seconds)
         self.usd = Budget.of(limits.shared_max_usd, MAX_RUN_USD)
         self.calls = Budget.of(limits.shared_max_tool_calls, MAX_RUN_COUNT)
         self.steps = Budget.of(limits.max_steps, MAX_RUN_COUNT)

@@ -174,7 +174,8 @@ def _report(
     return report
 
 
-_new = object.__new__
+#: object.__new__ for the interpreted class, its own for a compiled one (see state._new_state)
+_new = RunOutcome.__new__
 
 
 def new_run(run_id: str) -> RunOutcome:

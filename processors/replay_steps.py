@@ -21,7 +21,7 @@ marks what it decided (its decisions are compared on outcome and reason, never h
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from baton.processors.chain import link
 from baton.processors.engine import (
@@ -72,7 +72,9 @@ _DECIDED_HERE = "replayed"
 _new_origin = _new_context = tuple.__new__
 #: a recorded row's Origin fields (worker, partition, offset): one slice, not three lookups
 _ORIGIN = slice(Recorded._fields.index("worker"), Recorded._fields.index("offset") + 1)
-assert Recorded._fields[_ORIGIN] == Origin._fields
+# (through tuple[str, ...]: mypy types a fixed tuple indexed by a slice object as one item,
+# and mypyc then checks the slice it gets against that item's type)
+assert tuple(Recorded._fields)[_ORIGIN] == Origin._fields
 
 
 def steps(run: list[Recorded]) -> list[list[Recorded]]:
@@ -112,7 +114,8 @@ class StepContext(NamedTuple):
 def step_context(recs: list[Recorded]) -> StepContext:
     """The :class:`StepContext` of the step ``recs``."""
     first = recs[0]
-    origin = _new_origin(Origin, first[_ORIGIN])  # type: ignore[arg-type]  # a row's slice
+    row: tuple[Any, ...] = first  # not Recorded: a slice of it is a tuple (see _ORIGIN)
+    origin = _new_origin(Origin, row[_ORIGIN])
     if len(recs) == 1 and first.reason not in _NOT_POLICY:  # most steps: one plain decision
         return _new_context(StepContext, (NO_KILLS, None, origin, False, False, False))
     kills, refusal, unverified, evicted = NO_KILLS, None, False, False

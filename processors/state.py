@@ -9,6 +9,7 @@ its dedup mark are one changelog write). Every collection in it is bounded.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -142,12 +143,12 @@ class RunState:
     #: the task tree: read it with task(), add to it with add_task(); ``new_tasks`` holds
     #: the tasks added since the last merge into ``tasks`` (fewer than TASK_FOLD). Each is a
     #: dict, or once written a dict of one task is a ``state_compact.OneTask`` (read alike)
-    tasks: dict[str, TaskNode]
-    new_tasks: dict[str, TaskNode]
+    tasks: Mapping[str, TaskNode]
+    new_tasks: Mapping[str, TaskNode]
     #: an ordered set, its names interned (apply_allow); a dict, not a tuple: the rules look a
     #: handoff's two agents up in it (tuples here and in ``fresh`` as the engine makes it:
     #: decide +4-5 %, callgrind)
-    agents: dict[str, None]
+    agents: Mapping[str, None]
     #: request_id -> what an allowed handoff reserved until its completion (or expiry)
     reserved: dict[str, Reservation]
     pending: dict[str, PendingApproval]
@@ -344,8 +345,9 @@ class RunState:
         mark = self.seen.get(key)
         return mark is not None and mark > self.marks - SEEN_LIMIT
 
-    def digest_of(self, key: str) -> str | None:
-        """The digest of the request ``key`` was decided for (None if it had none)."""
+    def digest_of(self, key: str) -> Any:
+        """The digest of the request ``key`` was decided for (None if it had none): a str as
+        the engine writes it, whatever a read record held otherwise (compared, never used)."""
         fresh = self.fresh
         if key in fresh:
             return fresh_digest(fresh, key)
@@ -382,7 +384,8 @@ class RunState:
             return NotImplemented
         return self.to_wire() == other.to_wire()
 
-    __hash__ = None  # type: ignore[assignment]  # mutable
+    # (no __hash__ = None: the dataclass sets it, eq and not frozen; written here, mypyc
+    # would take it for a field)
 
     def replies(self, key: str) -> list[Decision] | None:
         """The decisions kept for ``key`` (a new list), None when it is not among the recent."""
@@ -436,11 +439,13 @@ class RunState:
         return state
 
     @classmethod
-    def from_wire(cls, w: dict[str, Any] | list[Any]) -> RunState:
+    def from_wire(cls, w: Any) -> RunState:
         """A state from a decoded record (a format-4 map, or a format 1-3 list)."""
         return _wire.from_wire(w)
 
 
-_new_state = object.__new__
+#: object.__new__ for the interpreted class; a compiled (mypyc) class refuses object.__new__
+#: and needs its own, which sets up its native layout
+_new_state = RunState.__new__
 # the wire form reads and writes RunState: imported once RunState exists
 from baton.processors import state_wire as _wire  # noqa: E402

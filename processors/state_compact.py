@@ -76,9 +76,10 @@ _SHARED_MAX = 4096
 SHARED_MAX_ITEMS = 8
 
 
-def shared(container: dict[Any, Any], nodes: bool = False) -> dict[Any, Any]:
+def shared(container: Any, nodes: bool = False) -> Any:
     """The copy of a small ``container`` that every run with the same items (in the same
-    order) holds: a run's agents dict is ~200 bytes, and most runs of one orchestrator name
+    order) holds (a dict, or a OneTask: Any, so compiled callers check nothing): a run's
+    agents dict is ~200 bytes, and most runs of one orchestrator name
     the same agents (and often the same task ids). EMPTY, a shared one and a large one are
     returned as they are. Containers are replaced, never changed in place (RunState), so
     sharing them changes nothing a run can see. ``nodes``: a task dict, whose new copy also

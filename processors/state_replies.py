@@ -18,6 +18,7 @@ with any release.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -396,7 +397,7 @@ def _plan(cols: list[str] | None) -> _Columns:
 
 
 def recent_from_wire(
-    entries: list[Any], cols: list[str] | None, old: bool = False, checked: bool = False
+    entries: Sequence[Any], cols: list[str] | None, old: bool = False, checked: bool = False
 ) -> tuple[Any, ...]:
     """``RunState.recent`` from its rows; ``old``: formats 1-3, whose rows may be shorter
     (written by an older Decision: the missing trailing fields take their defaults);

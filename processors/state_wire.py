@@ -19,6 +19,7 @@ refused (``ValueError``), never read with the column dropped.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -112,7 +113,8 @@ def to_wire(state: RunState) -> dict[str, Any]:
     return _wire_map(state, recent_to_wire(state.recent))
 
 
-def _wire_map(state: RunState, rec: list[Any]) -> dict[str, Any]:
+def _wire_map(state: RunState, rec: Any) -> dict[str, Any]:
+    # rec: recent_rows's answer, an orjson.Fragment or []
     folded = state.folded_keys()
     keys = folded + state.fresh_keys()  # state.seen_keys()
     digests = state.digests
@@ -185,7 +187,7 @@ def decode(raw: bytes) -> RunState:
     return from_wire(orjson.loads(raw))
 
 
-def from_wire(w: dict[str, Any] | list[Any], rows_checked: bool = False) -> RunState:
+def from_wire(w: Any, rows_checked: bool = False) -> RunState:
     """A state from a decoded record: a format-4 map, or a format 1-3 list; ``rows_checked``:
     its reply rows are known to be decisions (a held record), not checked again."""
     if type(w) is dict:
@@ -288,7 +290,7 @@ def _life(life: Any) -> str:
 _LIFE = re.compile(r"[ar][0-9]{1,10}:[0-9]{1,20}")
 
 
-def _tasks_from_wire(rows: Any) -> dict[str, TaskNode]:
+def _tasks_from_wire(rows: Any) -> Mapping[str, TaskNode]:
     """The task tree from its rows, agent names interned (shared by every run that uses them;
     task ids are mostly a run's own)."""
     tasks = {
