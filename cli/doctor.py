@@ -31,6 +31,7 @@ from baton.cli.doctor_kafka import (
 from baton.cli.options import FiniteFloatRange, build_settings, setting_help, setting_options
 from baton.cli.signer import shown
 from baton.cli.stack_record import data_dir_option, stack_settings
+from baton.processors.compiled import compiled_modules
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
 
@@ -145,6 +146,20 @@ def run_checks(
             "sql endpoint", lambda: [sql_endpoint_check(settings, reached=reached)], deadline
         )
     yield from _guarded("alert webhook", lambda: [webhook_check(settings, timeout)])
+    yield _core_check()
+
+
+def _core_check() -> Check:
+    """How this install's replay core runs: compiled or pure Python (never a failure)."""
+    modules = compiled_modules()
+    if modules:
+        return ok("replay core", f"compiled (mypyc: {len(modules)} modules)")
+    return Check(
+        "replay core",
+        Status.SKIP,
+        "interpreted (pure Python)",
+        "BATON_COMPILE=1 pip install . compiles it: docs/replay.md",
+    )
 
 
 def _guarded(name: str, checks: Callable[[], Iterable[Check]]) -> Iterator[Check]:

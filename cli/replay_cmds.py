@@ -10,6 +10,7 @@ did not reproduce the audit); 2, 4, 5: a bad option or policy, Kafka, the audit.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 import sys
@@ -27,6 +28,7 @@ from baton.cli.replay_progress import _Progress
 from baton.cli.signer import shown
 from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
 from baton.processors.chain_links import shown_id
+from baton.processors.compiled import core_build
 from baton.processors.replay import ReplayReport, RunOutcome
 from baton.processors.replay_pool import (
     collecting_rarely,
@@ -168,6 +170,9 @@ def replay_cmd(
     Exit 0 when nothing changes, 1 when something does, 7 when replay cannot answer. The
     chain key is BATON_AUDIT_CHAIN_KEY (the workers'): with it every field of every chained
     decision is checked.
+
+    The replay core is compiled (mypyc, BATON_COMPILE=1 pip install .) or interpreted: the
+    JSON's "core" says which ran, and so do this help's last line and `baton doctor`.
     """
     if since is not None and from_ is not None:
         raise click.UsageError("--since and --from are the same bound: give one")
@@ -400,6 +405,8 @@ def _json(report: ReplayReport, policy: Policy, policies: dict[str, Policy], sec
         "runs": len(report.runs),
         "decisions": report.decisions,
         "seconds": round(seconds, 3),
+        # compiled (mypyc: BATON_COMPILE=1 pip install .) or interpreted, docs/replay.md
+        "core": core_build(),
         "faithful": not report.unfaithful_runs,
         "unfaithful": {r.run_id: r.unfaithful for r in report.unfaithful_runs},
         "changed_runs": len(report.changed_runs),
@@ -425,6 +432,12 @@ def _json(report: ReplayReport, policy: Policy, policies: dict[str, Policy], sec
         "broken": report.broken,
     }
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
+
+
+#: the help's last line: how this install's replay core runs (processors/compiled.py)
+replay_cmd.help = (
+    f"{inspect.cleandoc(replay_cmd.help or '')}\n\nThis install's replay core: {core_build()}."
+)
 
 
 def register(cli: click.Group) -> None:

@@ -191,6 +191,8 @@ class Decision:
     reemitted: bool = False
 
     def to_json(self) -> bytes:
+        if _COMPILED:  # orjson reads a dataclass's slots directly: a native one crashes it
+            return orjson.dumps(dict(zip(DECISION_FIELDS, _all_values(self), strict=True)))
         return orjson.dumps(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,6 +208,9 @@ class Decision:
 
 
 DECISION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Decision))
+#: this module is compiled (BATON_COMPILE=1: mypyc makes Decision a native class)
+_COMPILED = not __file__.endswith(".py")
+_all_values = attrgetter(*DECISION_FIELDS)
 
 #: the fields the audit stores (a re-emitted copy is never stored, so its flag is not)
 AUDIT_FIELDS: tuple[str, ...] = tuple(f for f in DECISION_FIELDS if f != "reemitted")
@@ -270,7 +275,10 @@ def chain_content(values: Sequence[Any]) -> bytes:
         v = out[i]
         # the float cache inline (a Decimal, from an audit row, is never looked up there)
         out[i] = "0.000000" if not v else (type(v) is float and _USD_TEXT.get(v)) or _money_text(v)
-    later = None  # (a loop: a dict comprehension costs a frame, and this runs per link)
+    # (typed: mypy takes a bare None's variable for the dict it becomes in the loop, and
+    # mypyc then compiled `if later:` below as the size of a dict, None included)
+    # (a loop: a dict comprehension costs a frame, and this runs per link)
+    later: dict[str, Any] | None = None
     for i in range(_CHAIN_LATER, len(out)):
         v = out[i]
         if v is not None:
@@ -307,4 +315,26 @@ def chain_hash(key: bytes, prev: str, values: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
-DECISION_ADAPTER: TypeAdapter[Decision] = TypeAdapter(Decision)
+class _ViaTwin:
+    """``TypeAdapter(Decision)``'s methods the project uses, for a compiled Decision, which
+    pydantic cannot read: validated through its interpreted twin (schemas/decision_doc.py,
+    imported on first use: it imports this module)."""
+
+    def validate_json(self, data: bytes | str) -> Decision:
+        from baton.schemas.decision_doc import TWIN_ADAPTER
+
+        return TWIN_ADAPTER.validate_json(data)
+
+    def validate_python(self, obj: Any) -> Decision:
+        from baton.schemas.decision_doc import TWIN_ADAPTER
+
+        return TWIN_ADAPTER.validate_python(obj)
+
+    def json_schema(self) -> dict[str, Any]:
+        from baton.schemas.decision_doc import TWIN_ADAPTER
+
+        return TWIN_ADAPTER.json_schema()
+
+
+#: pydantic's validator of decisions: of Decision itself, or through its twin when compiled
+DECISION_ADAPTER: Any = _ViaTwin() if _COMPILED else TypeAdapter(Decision)

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import re
 import types
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from operator import itemgetter
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin
 
 import orjson
 
-from baton.schemas.decision import DECISION_FIELDS, Decision
+from baton.schemas.decision import DECISION_FIELDS
+from baton.schemas.decision_doc import decision_defaults, decision_hints
 from baton.sinks.rows import (
     _INT_RANGES,
     DATETIME64_MAX,
@@ -67,9 +68,10 @@ def _kind(hint: Any) -> tuple[str, bool, Any]:
 
 def _plan() -> dict[str, list[tuple[int, str, bool, Any, Any]]]:
     """Field positions grouped by kind: (index, name, optional, default, enum values)."""
-    hints = get_type_hints(Decision)
+    hints = decision_hints()  # (Decision's, from its twin: a compiled one has none)
     defaults = {
-        f.name: (f.default if f.default is not MISSING else _NO_DEFAULT) for f in fields(Decision)
+        name: (default if default is not MISSING else _NO_DEFAULT)
+        for name, default in decision_defaults().items()
     }
     plan: dict[str, list[tuple[int, str, bool, Any, Any]]] = {}
     for i, name in enumerate(DECISION_FIELDS):

@@ -17,9 +17,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from enum import Enum, StrEnum
 from operator import attrgetter
-from typing import Any, get_args, get_type_hints
+from typing import Any, get_args
 
 from baton.schemas.decision import AUDIT_FIELDS, Decision
+from baton.schemas.decision_doc import decision_hints
 
 __all__ = [
     "DATETIME64_MAX",
@@ -180,7 +181,7 @@ def _integer(name: str, value: Any) -> Any:
 
 
 def _enum_fields() -> frozenset[str]:
-    hints = get_type_hints(Decision)
+    hints = decision_hints()  # (a compiled Decision has none: its twin's)
     return frozenset(
         name
         for name in AUDIT_FIELDS

@@ -1,0 +1,154 @@
+"""The compiled build's supports, checked in the pure-Python build (and again against the
+compiled one by tests/integration/test_compiled_core.py): ``Decision``'s interpreted twin is
+the same record, a decision reads and writes the same through either, the build backend
+refuses a BATON_COMPILE it does not know, and what says whether the core is compiled."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from baton.processors import compiled
+from baton.schemas import decision, decision_doc
+from baton.schemas.decision import DECISION_ADAPTER, DECISION_FIELDS, Decision, Outcome, Phase
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _fields(path: Path, name: str) -> list[tuple[str, str, str | None]]:
+    """(name, annotation, default) of each field of the class ``name`` in ``path``'s source
+    (read from the ``.py``: a compiled class keeps none of it)."""
+    tree = ast.parse(path.read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
+    return [
+        (
+            stmt.target.id,
+            ast.unparse(stmt.annotation),
+            None if stmt.value is None else ast.unparse(stmt.value),
+        )
+        for stmt in cls.body
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+    ]
+
+
+def test_the_twin_declares_every_field_as_decision_does() -> None:
+    record = _fields(REPO / "schemas" / "decision.py", "Decision")
+    twin = _fields(REPO / "schemas" / "decision_doc.py", "DecisionDoc")
+    assert twin == record
+    assert tuple(name for name, _, _ in record) == DECISION_FIELDS
+
+
+def test_a_decision_reads_back_the_same_through_the_twin() -> None:
+    d = Decision(
+        "id",
+        "r1",
+        "run",
+        "default",
+        Phase.PRE_HANDOFF,
+        Outcome.STOP,
+        "handoff_budget_exceeded",
+        spent_usd=1.25,
+        reserved_usd=3.0,
+        decided_at=datetime(2026, 11, 30, 16, 0, tzinfo=UTC),
+        detail="x\u2028y",
+    )
+    raw = d.to_json()
+    # the bytes are orjson's of the dataclass, field by field (a compiled Decision writes them
+    # through a dict: orjson cannot read a native class)
+    values = {name: getattr(d, name) for name in DECISION_FIELDS}
+    assert raw == orjson.dumps(values)
+    for back in (
+        DECISION_ADAPTER.validate_json(raw),
+        decision_doc.TWIN_ADAPTER.validate_json(raw),
+        DECISION_ADAPTER.validate_python(orjson.loads(raw)),
+    ):
+        assert type(back) is Decision
+        assert back == Decision.from_json(raw)
+        assert back.to_json() == raw
+    with pytest.raises(ValueError):
+        DECISION_ADAPTER.validate_json(raw.replace(b'"outcome":"stop"', b'"outcome":"maybe"'))
+    # an int for a float field: kept as given by the interpreted class, made a float by the
+    # compiled one (its JSON then says 3.0 for 3): equal either way, and pydantic reads floats
+    given = Decision("i", "r", "run", "t", Phase.CONTROL, Outcome.RECORDED, "ok", spent_usd=3)
+    assert given.spent_usd == 3 and DECISION_ADAPTER.validate_json(given.to_json()).spent_usd == 3
+
+
+def test_the_twin_gives_decisions_schema_hints_and_defaults() -> None:
+    assert decision_doc.TWIN_ADAPTER.json_schema() == DECISION_ADAPTER.json_schema()
+    hints = decision_doc.decision_hints()
+    assert list(hints) == list(DECISION_FIELDS)
+    assert hints["fallback"] == decision.Fallback | None
+    assert decision_doc.decision_defaults()["reemitted"] is False
+
+
+def test_a_bad_baton_compile_is_refused_and_editable_installs_never_compile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "baton_build_under_test", REPO / "build_backend" / "baton_build.py"
+    )
+    assert spec is not None and spec.loader is not None
+    backend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(backend)
+    seen: list[str | None] = []
+
+    class _Setuptools:  # what setuptools' hooks see of BATON_COMPILE
+        @staticmethod
+        def get_requires_for_build_wheel(config_settings: object = None) -> list[str]:
+            seen.append(os.environ.get("BATON_COMPILE"))
+            return ["wheel"]
+
+        get_requires_for_build_editable = get_requires_for_build_wheel
+
+        @staticmethod
+        def build_editable(*args: object) -> str:
+            seen.append(os.environ.get("BATON_COMPILE"))
+            return "baton.whl"
+
+    monkeypatch.setattr(backend, "_setuptools", _Setuptools)
+    monkeypatch.setenv("BATON_COMPILE", "yes")
+    with pytest.raises(SystemExit, match="use 1"):
+        backend.compile_requested()
+    monkeypatch.setenv("BATON_COMPILE", "1")
+    assert backend.compile_requested()
+    assert any(r.startswith("mypy") for r in backend.get_requires_for_build_wheel())
+    assert not any(r.startswith("mypy") for r in backend.get_requires_for_build_editable())
+    assert backend.build_editable("dist") == "baton.whl"
+    assert seen == [None, None, None]  # setup.py never compiles for them
+    assert os.environ["BATON_COMPILE"] == "1"  # given back
+    monkeypatch.setenv("BATON_COMPILE", "0")
+    assert backend.get_requires_for_build_wheel() == ["wheel"]
+
+
+def test_compiled_modules_names_the_extensions_python_would_import(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from baton import processors
+
+    fake = tmp_path / "processors"
+    fake.mkdir()
+    (fake / f"engine{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"")
+    (fake / "engine.py").write_text("")
+    monkeypatch.setattr(processors, "__path__", [*processors.__path__, str(fake)])
+    assert "baton.processors.engine" in compiled.compiled_modules()
+    assert compiled.core_build() == "compiled"
+
+
+def test_the_build_in_this_process_is_said_as_it_is() -> None:
+    engine = sys.modules.get("baton.processors.engine") or importlib.import_module(
+        "baton.processors.engine"
+    )
+    native = not (engine.__file__ or "").endswith(".py")
+    assert compiled.core_build() == ("compiled" if native else "interpreted")
+    assert (not (decision.__file__ or "").endswith(".py")) == decision_doc.COMPILED
