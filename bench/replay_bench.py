@@ -68,6 +68,7 @@ import orjson
 
 from baton.cli.replay_cmds import replay_audit
 from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.compiled import core_build
 from baton.processors.engine import decide
 from baton.processors.recorded import policy_in_force
 from baton.processors.replay import Recorded, in_chain_order, replay_runs, runs_of
@@ -175,7 +176,17 @@ def main() -> None:
     ap.add_argument(
         "--this", default=None, help="with --against: a folder holding this side's `baton`"
     )
+    ap.add_argument(
+        "--pythonpath",
+        default=None,
+        help="a folder holding the `baton` to measure, e.g. a compiled build "
+        "(BATON_COMPILE=1 pip install --no-deps --target DIR .): the bench runs with it first "
+        "on PYTHONPATH",
+    )
     args = ap.parse_args()
+    if args.pythonpath is not None:
+        _rerun_with(args.pythonpath)
+        return
     if args.runs is None:
         args.runs = max(args.events * 2 // 15, 1)
     if args.against is not None:
@@ -275,7 +286,8 @@ def measure(args: argparse.Namespace) -> None:
     print(
         f"# replay_bench: {len(rows):,} recorded decisions ({args.events:,} events, "
         f"{args.runs:,} runs); {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"load {os.getloadavg()[0]:.1f}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        f"load {os.getloadavg()[0]:.1f}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{core_build()} core"
     )
     print("| step | seconds | CPU s (this process) | recorded decisions/s |")
     print("|---|---|---|---|")
@@ -327,6 +339,22 @@ def alternate(args: argparse.Namespace) -> None:
     print("|---|" + "---:|" * len(columns))
     for name, row in cpu.items():
         print(f"| {name} | " + " | ".join(row) + " |")
+
+
+def _rerun_with(folder: str) -> None:
+    """This bench again, in a process with ``folder`` first on PYTHONPATH (the `baton replay`
+    it starts inherits it); exits with its status."""
+    here = str(Path(__file__).resolve().parents[1])
+    argv, rest = [], iter(sys.argv[1:])
+    for arg in rest:
+        if arg == "--pythonpath":
+            next(rest, None)
+        elif not arg.startswith("--pythonpath="):
+            argv.append(arg)
+    env = {**os.environ, "PYTHONPATH": f"{Path(folder).resolve()}{os.pathsep}{here}"}
+    raise SystemExit(
+        subprocess.run([sys.executable, "-m", "bench.replay_bench", *argv], env=env).returncode
+    )
 
 
 def _load(header: str) -> str:
