@@ -128,6 +128,9 @@ def test_a_healthy_stack_passes_every_check(healthy: Healthy) -> None:
     assert found[f"workers (group {healthy.env['BATON_APP_ID']})"].startswith("✔")
     assert "from " + healthy.env["BATON_POLICY"] in found["policy in force"]
     assert found["alert webhook"].startswith("–")  # none set: shown, not a failure
+    # the suite's editable install is pure Python (a compiled build says "✔ ... compiled")
+    assert found["replay core"].startswith("– ") and "interpreted" in found["replay core"]
+    assert "BATON_COMPILE=1" in found["replay core"]
     assert result.stdout.rstrip().endswith("all checks passed")
 
 

@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baton.schemas.decision import DECISION_ADAPTER, DECISION_FIELDS, Decision, Outcome, Phase
+from baton.schemas.decision import (
+    DECISION_ADAPTER,
+    DECISION_FIELDS,
+    Decision,
+    Fallback,
+    Outcome,
+    Phase,
+)
 from baton.sinks.audit_batch import AuditBatch
 from baton.sinks.json_rows import shortcut_row, unknown_fields
 from baton.sinks.rows import DecidedWindow, RowRejected, decision_row
@@ -71,7 +78,8 @@ def test_a_worker_record_takes_the_shortcut_and_gives_the_general_paths_row() ->
         {"event_time": datetime(2026, 11, 25, 10, 0, tzinfo=timezone(timedelta(hours=1)))},
         {"decided_at": datetime(2026, 11, 25, 9, 0)},  # naive: taken as UTC
         {"approval_expires_at": NOW + timedelta(hours=1), "approval_id": "a1"},
-        {"fallback": "single_agent", "shadow_outcome": "stop"},
+        # (the enums, not their text: a compiled Decision's fields take their own types only)
+        {"fallback": Fallback.SINGLE_AGENT, "shadow_outcome": Outcome.STOP},
         {"spent_usd": 999999999999.9999, "reserved_usd": -0.0000015},
         {"depth": 65535, "tool_calls": 2**32 - 1, "partition": -(2**31), "offset": 2**63 - 1},
     ],
