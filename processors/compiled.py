@@ -26,8 +26,10 @@ def compiled_modules() -> list[str]:
     found: set[str] = set()
     for name, package in zip(_PACKAGES, (processors, schemas, sinks), strict=True):
         for folder in package.__path__:
-            for suffix in EXTENSION_SUFFIXES:
-                for path in Path(folder).glob(f"*{suffix}"):
+            for path in Path(folder).iterdir():
+                # the first suffix that fits: ".so" fits "x.cpython-311-….so" too
+                suffix = next((s for s in EXTENSION_SUFFIXES if path.name.endswith(s)), None)
+                if suffix is not None:
                     found.add(f"baton.{name}.{path.name[: -len(suffix)]}")
     return sorted(found)
 

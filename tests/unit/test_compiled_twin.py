@@ -140,7 +140,9 @@ def test_compiled_modules_names_the_extensions_python_would_import(
     fake.mkdir()
     (fake / f"engine{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"")
     (fake / "engine.py").write_text("")
+    before = compiled.compiled_modules()
     monkeypatch.setattr(processors, "__path__", [*processors.__path__, str(fake)])
+    assert set(compiled.compiled_modules()) - set(before) <= {"baton.processors.engine"}
     assert "baton.processors.engine" in compiled.compiled_modules()
     assert compiled.core_build() == "compiled"
 
