@@ -242,28 +242,30 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)
-    return _timed(state)
+    return _timed(state, w["t0"], w["t"], w.get("ev"), w.get("pend", ()))
 
 
 _NUMBERS = frozenset({float, int})
 
 
-def _timed(state: RunState) -> RunState:
+def _timed(state: RunState, started: Any, last: Any, evicted: Any, pending: Any) -> RunState:
     """``state`` when every time the sweep computes with is a number, else a ValueError: the
     sweep does arithmetic on them outside any one record's step, so a record holding text
-    there would end the worker's timer (and the worker) at every restart."""
+    there would end the worker's timer (and the worker) at every restart. The times are the
+    record's own values (t0, t, ev, the pending approvals' rows): a compiled RunState or
+    PendingApproval holds a float for a bool there (mypyc converts it), which would pass."""
     if (
-        type(state.started_at) in _NUMBERS
-        and type(state.last_event_at) in _NUMBERS
-        and state.evicted_at is None
+        type(started) in _NUMBERS
+        and type(last) in _NUMBERS
+        and evicted is None
         and not state.pending
         and not state.reserved
     ):
         return state  # a live run's usual record
-    times = [state.started_at, state.last_event_at]
-    maybe = [state.evicted_at]  # None: not evicted, or a reservation that never expires
-    for p in state.pending.values():
-        times += (p.expires_at, p.created_at)
+    times = [started, last]
+    maybe = [evicted]  # None: not evicted, or a reservation that never expires
+    for p in pending:  # rows as read: _pending_from_wire's
+        times += (p[2], p[3] if len(p) > 3 else 0.0)
     for r in state.reserved.values():
         maybe.append(r.expires_at)
     bad = [t for t in times if type(t) is not float and type(t) is not int]
@@ -300,7 +302,7 @@ def _tasks_from_wire(rows: Any) -> Mapping[str, TaskNode]:
     return shared(_depths_checked(tasks), nodes=True) or EMPTY
 
 
-def _depths_checked(tasks: dict[str, TaskNode]) -> dict[str, TaskNode]:
+def _depths_checked(tasks: dict[Any, TaskNode]) -> dict[Any, TaskNode]:
     """``tasks`` when every depth is an int, else a ValueError: equal runs share one task
     dict, found by its items, and ``1.0 == True == 1``, so another type here would be
     written into every run that shares it (its records and decisions), not this run's only."""
@@ -342,7 +344,7 @@ def _from_list(w: list[Any]) -> RunState:
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)
-    return _timed(state)
+    return _timed(state, w[3], w[4], w[18] if len(w) > 18 else None, w[13])
 
 
 def _old_reservation(row: list[Any]) -> Reservation:

@@ -213,3 +213,16 @@ def test_no_compiled_module_leaves_mypy_a_none_it_narrows_unsoundly() -> None:
     # the scan sees the pattern it is for
     bad = "def f(xs):\n    later = None\n    for x in xs:\n        if later is None:\n"
     assert _unsound_nones(bad + "            later = {}\n    return later\n") == ["f:2 later"]
+
+
+@pytest.mark.parametrize("key", ["t0", "t", "ev"])
+def test_a_records_time_that_is_a_bool_is_unreadable_in_either_build(key: str) -> None:
+    # a compiled RunState holds 1.0 for True (mypyc converts a bool given for a float), so
+    # the check reads the record's own values: the interpreted build refused it, and so must
+    # the compiled one (a forged record is never decided on)
+    from baton.processors.state import RunState
+
+    wire = orjson.loads(RunState.new("run-x", "default", 1772355600.0).to_bytes())
+    with pytest.raises(ValueError, match="expected a number of seconds"):
+        RunState.from_bytes(orjson.dumps({**wire, key: True}))
+    assert RunState.from_bytes(orjson.dumps({**wire, key: 1772355601})).run_id == "run-x"
