@@ -24,9 +24,11 @@ import pytest
 from tests.commit_tree import REPO, SOURCE_FOLDERS
 
 # the build and the tests take minutes on a busy 2-core host (the suite's 300 s is per test)
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
-#: the core unit tests run against the compiled build (globs under tests/unit)
+#: the core unit tests run against the compiled build (globs under tests/unit); the engine's
+#: hypothesis property files (``*properties*``, minutes) only with BATON_COMPILED_ALL=1: the
+#: differential tests against earlier commits draw random histories and policies too
 CORE_TESTS = (
     "test_engine*.py",
     "test_state*.py",
@@ -74,7 +76,7 @@ def _build(tmp: Path) -> Path:
         capture_output=True,
         text=True,
         check=False,
-        timeout=600,
+        timeout=1200,
     )
     if done.returncode != 0:
         pytest.fail(f"the compiled build failed:\n{(done.stdout + done.stderr)[-4000:]}")
@@ -107,7 +109,12 @@ def test_the_compiled_build_passes_the_core_unit_tests(tmp_path: Path) -> None:
     assert build == "compiled" and int(count) == len(modules), probe.stdout
     assert engine_file.startswith(str(site)) and engine_file.endswith(".so"), probe.stdout
     assert help_line.strip() == "This install's replay core: compiled.", probe.stdout
-    tests = sorted({str(p) for g in CORE_TESTS for p in (REPO / "tests" / "unit").glob(g)})
+    every = os.environ.get("BATON_COMPILED_ALL") == "1"
+    tests = sorted(
+        str(p)
+        for p in {p for g in CORE_TESTS for p in (REPO / "tests" / "unit").glob(g)}
+        if every or "properties" not in p.name
+    )
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:randomly", *tests],
         env=env,
