@@ -302,10 +302,12 @@ def _tasks_from_wire(rows: Any) -> Mapping[str, TaskNode]:
     return shared(_depths_checked(tasks), nodes=True) or EMPTY
 
 
-def _depths_checked(tasks: dict[Any, TaskNode]) -> dict[Any, TaskNode]:
+def _depths_checked(tasks: dict[Any, Any]) -> dict[Any, Any]:
     """``tasks`` when every depth is an int, else a ValueError: equal runs share one task
     dict, found by its items, and ``1.0 == True == 1``, so another type here would be
-    written into every run that shares it (its records and decisions), not this run's only."""
+    written into every run that shares it (its records and decisions), not this run's only.
+    The nodes are read as Any: a compiled build reading a TaskNode's ``depth`` (an int) unboxes
+    a bool to 1, so the check passed and the bool was kept (and written back)."""
     for task, node in tasks.items():
         if type(node.depth) is not int:
             raise ValueError(
