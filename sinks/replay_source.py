@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 from pydantic import ValidationError
@@ -303,14 +303,54 @@ def page_rows(page: bytes) -> Iterator[Recorded]:
     rows = _json(b"[" + page.rstrip(b"\n").replace(b"\n", b",") + b"]")
     times: dict[int, datetime] = {}
     for row in rows:
+        if type(row) is not list or tuple(map(type, row)) not in _GOOD_SHAPES:
+            _shape_checked(row)
         micros = row[_DECIDED_AT]
         at = times.get(micros)
         if at is None:
-            at = times[micros] = _EPOCH + timedelta(microseconds=int(micros))
+            try:
+                at = times[micros] = _EPOCH + timedelta(microseconds=int(micros))
+            except (ValueError, OverflowError):
+                _refuse(row, "decided_at", micros)
         row[_DECIDED_AT] = at
         if type(row[_OFFSET]) is str:
-            row[_OFFSET] = int(row[_OFFSET])
+            try:
+                row[_OFFSET] = int(row[_OFFSET])
+            except ValueError:
+                _refuse(row, "offset", row[_OFFSET])
         yield _new_row(Recorded, row)
+
+
+#: the JSON types each column of governance.decisions reads back as (64-bit numbers may come
+#: quoted): a row of other types is no audit row (a forged server's), refused before replay
+#: reads it; a compiled replay core checks Recorded's types on every read (TypeError, the
+#: whole replay ended by one row) where the interpreted one read on (H5, session 11)
+_STR, _TEXT, _NUMBER = (str,), (str, type(None)), (int, str, type(None))
+_COLUMN_TYPES = dict(
+    zip(REPLAY_COLUMNS, (*[_STR] * 4, _TEXT, _STR, (int, str), _TEXT, (int, type(None)), _NUMBER,
+                         _TEXT, _TEXT, _TEXT), strict=True)
+)  # fmt: skip
+_GOOD_SHAPES: set[tuple[type, ...]] = set()
+
+
+def _shape_checked(row: Any) -> None:
+    """Nothing when ``row``'s values have their columns' types (its shape remembered), else
+    AuditUnavailable naming the first that does not."""
+    if type(row) is not list or len(row) != len(REPLAY_COLUMNS):
+        _refuse(row, "row", row)
+    for (name, allowed), value in zip(_COLUMN_TYPES.items(), row, strict=True):
+        if type(value) not in allowed:
+            _refuse(row, name, value)
+    if len(_GOOD_SHAPES) < 1024:
+        _GOOD_SHAPES.add(tuple(map(type, row)))
+
+
+def _refuse(row: Any, name: str, value: Any) -> NoReturn:
+    raise AuditUnavailable(
+        f"the audit returned a recorded decision whose {name} is {str(value)[:80]!r} "
+        f"({type(value).__name__}): not a row of {DATABASE}.decisions (it starts "
+        f"{str(row)[:160]!r}); is the audit a ClickHouse server?"
+    )
 
 
 _new_row = tuple.__new__

@@ -48,6 +48,7 @@ CORE_TESTS = (
     "test_diff_session10.py",
     "test_audit_json_rows.py",
     "test_compiled_twin.py",
+    "test_attacks_session11_compiled.py",  # forged changelog and audit rows (H5)
 )
 #: what the build copies besides the package's folders
 _BUILD_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
