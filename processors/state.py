@@ -143,8 +143,10 @@ class RunState:
     #: the task tree: read it with task(), add to it with add_task(); ``new_tasks`` holds
     #: the tasks added since the last merge into ``tasks`` (fewer than TASK_FOLD). Each is a
     #: dict, or once written a dict of one task is a ``state_compact.OneTask`` (read alike)
-    tasks: Mapping[str, TaskNode]
-    new_tasks: Mapping[str, TaskNode]
+    #: (keys: str as the engine writes them, whatever a read record held otherwise: Any, so
+    #: the compiled build checks nothing a record may hold and writes it back as it was)
+    tasks: Mapping[Any, TaskNode]
+    new_tasks: Mapping[Any, TaskNode]
     #: an ordered set, its names interned (apply_allow); a dict, not a tuple: the rules look a
     #: handoff's two agents up in it (tuples here and in ``fresh`` as the engine makes it:
     #: decide +4-5 %, callgrind)

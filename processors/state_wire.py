@@ -292,7 +292,7 @@ def _life(life: Any) -> str:
 _LIFE = re.compile(r"[ar][0-9]{1,10}:[0-9]{1,20}")
 
 
-def _tasks_from_wire(rows: Any) -> Mapping[str, TaskNode]:
+def _tasks_from_wire(rows: Any) -> Mapping[Any, TaskNode]:
     """The task tree from its rows, agent names interned (shared by every run that uses them;
     task ids are mostly a run's own)."""
     tasks = {
