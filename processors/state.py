@@ -143,8 +143,7 @@ class RunState:
     #: the task tree: read it with task(), add to it with add_task(); ``new_tasks`` holds
     #: the tasks added since the last merge into ``tasks`` (fewer than TASK_FOLD). Each is a
     #: dict, or once written a dict of one task is a ``state_compact.OneTask`` (read alike)
-    #: (keys: str as the engine writes them, whatever a read record held otherwise: Any, so
-    #: the compiled build checks nothing a record may hold and writes it back as it was)
+    #: (keyed by Any: a read record's task ids as it wrote them, never checked by mypyc)
     tasks: Mapping[Any, TaskNode]
     new_tasks: Mapping[Any, TaskNode]
     #: an ordered set, its names interned (apply_allow); a dict, not a tuple: the rules look a
@@ -386,8 +385,7 @@ class RunState:
             return NotImplemented
         return self.to_wire() == other.to_wire()
 
-    # (no __hash__ = None: the dataclass sets it, eq and not frozen; written here, mypyc
-    # would take it for a field)
+    # (no __hash__ = None: the dataclass sets it; mypyc would take it for a field)
 
     def replies(self, key: str) -> list[Decision] | None:
         """The decisions kept for ``key`` (a new list), None when it is not among the recent."""
@@ -446,8 +444,7 @@ class RunState:
         return _wire.from_wire(w)
 
 
-#: object.__new__ for the interpreted class; a compiled (mypyc) class refuses object.__new__
-#: and needs its own, which sets up its native layout
+#: object.__new__ when interpreted; a compiled class needs its own (its native layout)
 _new_state = RunState.__new__
 # the wire form reads and writes RunState: imported once RunState exists
 from baton.processors import state_wire as _wire  # noqa: E402
