@@ -7,6 +7,7 @@ two give the same bytes.
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -42,7 +43,15 @@ def run_pickled(
 ) -> Any:
     """What ``runner`` (a Python program reading a pickle on stdin and writing one to stdout)
     answers ``payload`` with, in a fresh interpreter with ``env`` (its PYTHONPATH picks the
-    tree); the runner's failure fails the test with its stderr's tail."""
+    tree); the runner's failure fails the test with its stderr's tail.
+
+    The side of this tree (``PYTHONPATH`` unset or this checkout's root, which holds no
+    ``baton`` folder: the installed package answers) takes this process's own PYTHONPATH
+    when it has one: tests/integration/test_compiled_core.py runs these tests with the
+    compiled build there, whose batch steps and replays must be the ones compared."""
+    here = os.environ.get("PYTHONPATH")
+    if here and env.get("PYTHONPATH", str(REPO)) == str(REPO):
+        env = {**env, "PYTHONPATH": here}
     done = subprocess.run(
         [sys.executable, "-c", runner],
         input=pickle.dumps(payload),

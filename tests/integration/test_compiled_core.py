@@ -50,6 +50,16 @@ CORE_TESTS = (
     "test_compiled_twin.py",
     "test_attacks_session11_compiled.py",  # forged changelog and audit rows (H5)
 )
+#: tests that hold the interpreted build's answers to calls and records no worker makes, which
+#: the compiled build refuses (stricter, never more open: H5's findings F5 and F6, session 11):
+#: RunState probed with None for a text argument, forged changelog records with numbers where
+#: text is (refused as unreadable: fewer dead letters' bytes alike), a forged server's rows
+#: (reported "broken" where the interpreted build says "unfaithful": exit 7 both)
+DESELECTED = (
+    "test_attacks_session8.py::test_run_states_step_by_step_give_the_start_commits_records_and_answers",
+    "test_state_memory_diff_session8.py::test_forged_changelog_records_give_the_start_commits_bytes",
+    "test_replay_diff_session7.py::test_rows_of_a_forged_server_with_numbers_for_words_report_as_the_start",
+)
 #: what the build copies besides the package's folders
 _BUILD_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
 
@@ -117,7 +127,10 @@ def test_the_compiled_build_passes_the_core_unit_tests(tmp_path: Path) -> None:
         if every or "properties" not in p.name
     )
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:randomly", *tests],
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:randomly", *tests),
+            *(f"--deselect=tests/unit/{name}" for name in DESELECTED),
+        ],
         env=env,
         cwd=REPO,
         capture_output=True,
