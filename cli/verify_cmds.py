@@ -61,16 +61,9 @@ def _columns() -> str:
 
 
 def _query(run_id: str | None, since: datetime | None) -> tuple[str, dict[str, Any]]:
-    where, params = [], {}
-    if run_id is not None:
-        where.append("run_id = {run_id:String}")
-        params["run_id"] = run_id
-    if since is not None:
-        where.append(
-            f"run_id IN (SELECT DISTINCT run_id FROM {DATABASE}.decisions "
-            "WHERE decided_at >= {since:DateTime64(6, 'UTC')})"
-        )
-        params["since"] = since
+    from baton.sinks.audit_conflicts import run_where
+
+    where, params = run_where(run_id, since)
     sql = f"SELECT {_columns()} FROM {DATABASE}.decisions FINAL"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -28,7 +28,7 @@ from typing import Any
 
 from baton.sinks.schema import DATABASE
 
-__all__ = ["IdConflict", "load_conflicts"]
+__all__ = ["IdConflict", "load_conflicts", "run_where"]
 
 #: conflicts read at most (a flood of forged ids must not fill a verify's memory)
 MAX_CONFLICTS = 10_000
@@ -60,6 +60,23 @@ class IdConflict:
         )
 
 
+def run_where(run_id: str | None, since: datetime | None) -> tuple[list[str], dict[str, Any]]:
+    """The WHERE terms (and their parameters) of `baton audit verify`'s and the conflicts'
+    reads: one run, or the runs with a decision at or after ``since``."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if run_id is not None:
+        where.append("run_id = {run_id:String}")
+        params["run_id"] = run_id
+    if since is not None:
+        where.append(
+            f"run_id IN (SELECT DISTINCT run_id FROM {DATABASE}.decisions "
+            "WHERE decided_at >= {since:DateTime64(6, 'UTC')})"
+        )
+        params["since"] = since
+    return where, params
+
+
 def load_conflicts(
     client: Any, run_id: str | None = None, since: datetime | None = None
 ) -> list[IdConflict] | None:
@@ -72,16 +89,7 @@ def load_conflicts(
     ).result_rows
     if not exists or not int(exists[0][0]):
         return None
-    where, params = [], {}
-    if run_id is not None:
-        where.append("run_id = {run_id:String}")
-        params["run_id"] = run_id
-    if since is not None:
-        where.append(
-            f"run_id IN (SELECT DISTINCT run_id FROM {DATABASE}.decisions "
-            "WHERE decided_at >= {since:DateTime64(6, 'UTC')})"
-        )
-        params["since"] = since
+    where, params = run_where(run_id, since)
     sql = (
         f"SELECT tenant, run_id, decision_id, said, why, differs FROM {DATABASE}.decision_conflicts"
     )

@@ -43,7 +43,7 @@ class Stack:
     policy_path: Path
     guarantee: str = "at_least_once"
 
-    def add_worker(self, name: str) -> WorkerProcess:
+    def add_worker(self, name: str, extra_env: dict[str, str] | None = None) -> WorkerProcess:
         w = WorkerProcess(
             self.bootstrap,
             self.prefix,
@@ -51,7 +51,7 @@ class Stack:
             partitions=PARTITIONS,
             policy=self.policy_path,
             name=name,
-            extra_env={"BATON_PROCESSING_GUARANTEE": self.guarantee},
+            extra_env={"BATON_PROCESSING_GUARANTEE": self.guarantee, **(extra_env or {})},
         )
         self.workers.append(w)
         return w
@@ -67,9 +67,10 @@ def one_worker_stack(
     policy_yaml: str,
     prefix_letter: str,
     guarantee: str = "at_least_once",
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Fresh topics, collectors and one deciding worker under ``policy_yaml``; stopped and
-    closed on exit."""
+    """Fresh topics, collectors and one deciding worker under ``policy_yaml`` (its environment
+    plus ``extra_env``); stopped and closed on exit."""
     import uuid
 
     prefix = f"{prefix_letter}{uuid.uuid4().hex[:8]}."
@@ -90,7 +91,7 @@ def one_worker_stack(
         guarantee,
     )
     try:
-        w = s.add_worker("w1")
+        w = s.add_worker("w1", extra_env)
         try:
             wait_deciding(broker.bootstrap, catalog)
         except Exception as exc:

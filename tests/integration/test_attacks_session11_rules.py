@@ -17,9 +17,8 @@ from baton.schemas.decision import Outcome, Reason
 from baton.schemas.events import HandoffCompleted
 from baton.streams.embedded import EmbeddedBroker
 from tests.helpers import handoff, wait_for
-from tests.stack import Collector, EventSender, WorkerProcess, fresh_topics, wait_deciding
 
-from .conftest import PARTITIONS, Stack
+from .conftest import PARTITIONS, Stack, one_worker_stack
 
 pytestmark = pytest.mark.integration
 
@@ -40,43 +39,8 @@ RETENTION = {"BATON_RUN_RETENTION_S": "3", "BATON_TOMBSTONE_RETENTION_S": "600"}
 @pytest.fixture(scope="module")
 def h3_stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("h3s11")
-    prefix = f"l{uuid.uuid4().hex[:8]}."
-    policy_path = workdir / "policy.yaml"
-    policy_path.write_text(POLICY)
-    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
-    s = Stack(
-        broker.bootstrap,
-        prefix,
-        catalog,
-        workdir,
-        [],
-        Collector(broker.bootstrap, catalog.decisions),
-        Collector(broker.bootstrap, catalog.stops),
-        Collector(broker.bootstrap, catalog.deadletter, decisions=False),
-        EventSender(broker.bootstrap, catalog.requests),
-        policy_path,
-    )
-    try:
-        worker = WorkerProcess(
-            broker.bootstrap,
-            prefix,
-            workdir,
-            partitions=PARTITIONS,
-            policy=policy_path,
-            extra_env=RETENTION,
-        )
-        s.workers.append(worker)
-        try:
-            wait_deciding(broker.bootstrap, catalog)
-        except Exception as exc:
-            raise AssertionError(f"worker did not start: {exc}\n{worker.log()}") from exc
+    with one_worker_stack(broker, workdir, POLICY, "l", extra_env=RETENTION) as s:
         yield s
-    finally:
-        for w in s.workers:
-            w.stop()
-        s.decisions.close()
-        s.stops.close()
-        s.deadletters.close()
 
 
 def _run() -> str:
