@@ -245,7 +245,7 @@ def _with_broker(settings: Settings, timeout: float, max_lag: int) -> Iterator[C
     from confluent_kafka.admin import AdminClient
 
     from baton.cli.policy_cmds import policy_in_force
-    from baton.streams.kafka import admin_config, consumer_config
+    from baton.streams.kafka import admin_config, consumer_config, kafka_said
     from baton.streams.topics import TopicCatalog
 
     admin = AdminClient(admin_config(settings.kafka_config()))
@@ -254,7 +254,7 @@ def _with_broker(settings: Settings, timeout: float, max_lag: int) -> Iterator[C
     try:
         view = KafkaView.read(admin, names, timeout)
     except Exception as exc:
-        said = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        said = kafka_said(exc)
         yield fail(
             "broker",
             f"{settings.bootstrap} accepts connections but no Kafka answer within {timeout:g} s "

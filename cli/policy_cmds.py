@@ -157,7 +157,7 @@ def policy_in_force(
     from baton.processors.engine import apply_policy_update
     from baton.schemas.errors import BrokerUnavailable
     from baton.schemas.events import EventError, PolicyUpdated, parse_control_event
-    from baton.streams.kafka import consumer_config
+    from baton.streams.kafka import consumer_config, kafka_said
     from baton.streams.topics import TopicCatalog
 
     topic = TopicCatalog(prefix=settings.topic_prefix).control
@@ -185,7 +185,7 @@ def policy_in_force(
         except KafkaException as exc:
             raise BrokerUnavailable(
                 f"cannot read {topic} from Kafka at {settings.bootstrap} "
-                f"({exc.args[0].str() if exc.args else exc}); is it a Kafka broker, and running?"
+                f"({kafka_said(exc)}); is it a Kafka broker, and running?"
             ) from None
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         deadline = datetime.now(UTC).timestamp() + timeout

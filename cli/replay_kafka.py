@@ -73,7 +73,7 @@ def _records(
     )
 
     from baton.schemas.errors import BrokerUnavailable
-    from baton.streams.kafka import consumer_config
+    from baton.streams.kafka import consumer_config, kafka_said
     from baton.streams.net import check_reachable
 
     # a closed port answers at once, named; librdkafka's metadata call raised a KafkaException
@@ -98,7 +98,7 @@ def _records(
             except KafkaException as exc:
                 raise BrokerUnavailable(
                     f"cannot read {topic} from Kafka at {settings.bootstrap} "
-                    f"({exc.args[0].str() if exc.args else exc}); is the broker running?"
+                    f"({kafka_said(exc)}); is the broker running?"
                 ) from None
             if meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise BrokerUnavailable(

@@ -25,6 +25,7 @@ from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.events import MAX_EVENT_BYTES
 from baton.schemas.settings import Settings
 from baton.sinks.render import printable_json
+from baton.streams.kafka import kafka_said
 
 __all__ = ["register"]
 
@@ -194,7 +195,7 @@ def _partitions(consumer: Any, settings: Settings, topic: str) -> list[int]:
     try:
         metadata = consumer.list_topics(timeout=settings.connect_timeout_s)
     except Exception as exc:
-        said = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        said = kafka_said(exc)
         raise BrokerUnavailable(
             f"cannot reach Kafka at {settings.bootstrap}: it did not list its topics within "
             f"{settings.connect_timeout_s:g} s ({said}); is the broker running, and is this "

@@ -48,6 +48,7 @@ from baton.processors.publish_order import PipelinedOrder, done_future
 from baton.processors.publish_transaction import Offsets, TransactionFailed, init_transactions
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
+from baton.streams.kafka import kafka_said
 
 __all__ = ["BatchPublisher", "DeliveryFailed", "TransactionFailed"]
 
@@ -335,6 +336,6 @@ class BatchPublisher(PipelinedOrder):
             if isinstance(exc, KafkaException):
                 raise TransactionFailed(
                     f"transaction with Kafka at {self._bootstrap} failed and was aborted: "
-                    f"{exc.args[0].str() if exc.args else exc}"
+                    f"{kafka_said(exc)}"
                 ) from exc
             raise

@@ -10,6 +10,7 @@ __all__ = [
     "PARTITIONER",
     "admin_config",
     "consumer_config",
+    "kafka_said",
     "printable_config",
     "producer_config",
 ]
@@ -23,6 +24,15 @@ PARTITIONER = "murmur2_random"
 # librdkafka writes its logs straight to stderr; route them to Python logging instead so a
 # CLI user sees one readable error (BrokerUnavailable) rather than a wall of "Connection refused".
 _LOGGER = logging.getLogger("baton.kafka")
+
+
+def kafka_said(exc: BaseException) -> str:
+    """librdkafka's words of ``exc``: its KafkaError's text (a ``KafkaException`` carries the
+    error as its first argument), not the error's repr; anything else as ``str``."""
+    error = exc.args[0] if exc.args else None
+    words = getattr(error, "str", None)
+    return str(words()) if callable(words) else str(exc)
+
 
 _PRODUCER_DEFAULTS: dict[str, Any] = {
     "partitioner": PARTITIONER,

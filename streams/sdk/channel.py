@@ -40,7 +40,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from baton.schemas.decision import DECISION_ADAPTER, Decision
 from baton.schemas.errors import BrokerUnavailable, TopicMismatch
-from baton.streams.kafka import consumer_config, producer_config
+from baton.streams.kafka import consumer_config, kafka_said, producer_config
 from baton.streams.partitioner import partition_for
 from baton.streams.sdk.options import ClientOptions, checked_seconds
 from baton.streams.sdk.reach import BrokerWatch
@@ -61,12 +61,6 @@ _KAFKA_LOG.addHandler(logging.NullHandler())
 #: its key: one 50 MB record written to gov.decisions (Tansu takes any size) cost every client
 #: reading that partition 0.8 s of its reader and +570 MB at its peak
 MAX_DECISION_BYTES = 1_000_000
-
-
-def _said(exc: KafkaException) -> str:
-    """librdkafka's words of ``exc`` (its KafkaError's text, not the error's repr)."""
-    error = exc.args[0] if exc.args else None
-    return error.str() if isinstance(error, KafkaError) else str(exc)
 
 
 @dataclass(slots=True)
@@ -294,7 +288,7 @@ class RequestChannel:
             except KafkaException as exc:
                 detail = (
                     f"cannot read {topic}[{partition}] from Kafka at "
-                    f"{self.options.bootstrap}: {_said(exc)}; "
+                    f"{self.options.bootstrap}: {kafka_said(exc)}; "
                     "the record was still handed to Kafka and may be decided later"
                 )
                 log.warning("%s", detail)
