@@ -40,17 +40,26 @@ def fold_kill_switches(records: Iterable[tuple[str, ...]]) -> list[str]:
     ]
 
 
-def lost_kill_scopes(records: Iterable[tuple[str, ...]]) -> list[tuple[str, str]]:
-    """``(scope, target)`` of every switch :func:`fold_kill_switches` names (target ``*``
-    for global): engaged last, and no recorded command a restart could issue again."""
-    engaged: dict[tuple[str, str], bool] = {}
+def last_kill_states(
+    records: Iterable[tuple[str, ...]],
+) -> dict[tuple[str, str], tuple[bool, bool]]:
+    """For each ``(scope, target)`` of the kill and release ``records`` (oldest first; target
+    ``*`` for global): whether its last record engaged it, and whether that record holds a
+    command a restart could issue again."""
+    last: dict[tuple[str, str], tuple[bool, bool]] = {}
     for reason, run_id, tenant, detail, *command in records:
         if reason not in _APPLIED:
             continue
         scope = detail.split(" ", 1)[0].removeprefix("scope=")
         target = {"run": run_id, "tenant": tenant}.get(scope, "*")
-        engaged[(scope, target)] = reason == "kill_switch" and not any(command)
-    return [scope_target for scope_target, on in engaged.items() if on]
+        last[(scope, target)] = (reason == "kill_switch", any(command))
+    return last
+
+
+def lost_kill_scopes(records: Iterable[tuple[str, ...]]) -> list[tuple[str, str]]:
+    """``(scope, target)`` of every switch :func:`fold_kill_switches` names (target ``*``
+    for global): engaged last, and no recorded command a restart could issue again."""
+    return [st for st, (on, command) in last_kill_states(records).items() if on and not command]
 
 
 def kill_switches_in_force(chdb_dir: Path) -> list[str]:

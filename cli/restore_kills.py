@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+from baton.cli.restart_notice import last_kill_states
 from baton.cli.signer import shown
 from baton.processors.engine import KillSwitches, new_state
 from baton.processors.replay import Recorded
@@ -199,15 +200,7 @@ def unheld_kill_scopes(
     kill row whose command a writer of the audit altered was re-issued and refused on the
     fresh broker (``bad_signature``, ``control_unsigned``), and its runs reopened in silence:
     the switch was neither lost (its command is recorded) nor named."""
-    engaged: dict[tuple[str, str], bool] = {}
-    for reason, run_id, tenant, detail, *_ in records:
-        if reason not in (Reason.KILL_SWITCH, Reason.KILL_SWITCH_RELEASED):
-            continue
-        scope = detail.split(" ", 1)[0].removeprefix("scope=")
-        engaged[(scope, {"run": run_id, "tenant": tenant}.get(scope, "*"))] = (
-            reason == Reason.KILL_SWITCH
-        )
-    on = [scope_target for scope_target, kill in engaged.items() if kill]
+    on = [scope_target for scope_target, (kill, _) in last_kill_states(records).items() if kill]
     if kills is None:
         return on
     held = {"run": kills.runs, "tenant": kills.tenants}
