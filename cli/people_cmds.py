@@ -21,7 +21,7 @@ from baton.cli.signer import CommandRefused, describe, load_key, shown, signer_o
 from baton.cli.stack_record import stack_settings
 from baton.processors.approvals import request_problem
 from baton.schemas.decision import Decision, Outcome
-from baton.schemas.errors import BatonError
+from baton.schemas.errors import BadArgument, BatonError
 from baton.schemas.events import MAX_TEXT
 from baton.schemas.names import fold
 
@@ -189,15 +189,15 @@ def _answer(
     with audit_client(audit) as client, audit_errors(label, f"looking up approval {approval_id}"):
         asked, answered = find_approval(client, approval_id)
     if asked is None:
-        raise BatonError(
+        raise BadArgument(
             f"approval {approval_id[:80]!r}: not in the audit at {label} (is the sink running "
             "and caught up? `baton approvals` lists the pending ones)"
         )
     where = shown(f"approval {approval_id} (run {asked.run_id}, request {asked.request_id})")
     if answered is not None:
-        raise BatonError(f"{where} was answered already: {describe(answered)}")
+        raise BadArgument(f"{where} was answered already: {describe(answered)}")
     if not asked.request_digest:
-        raise BatonError(
+        raise BadArgument(
             f"{where} has no request_digest in the audit (asked before workers signed "
             "approvals?): a signature must name the request it answers"
         )
@@ -209,7 +209,7 @@ def _answer(
         )
     expires = asked.approval_expires_at
     if expires is not None and expires <= datetime.now(UTC):
-        raise BatonError(
+        raise BadArgument(
             f"{where} expired at {expires:%Y-%m-%d %H:%M:%S} UTC: the worker stops its "
             "handoff (approval_expired); the orchestrator may ask again"
         )

@@ -121,7 +121,7 @@ def verify_cmd(
     records saying different things, and a summary. Exit 1 when any run fails or any id
     conflicts, 0 when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the workers')."""
     from baton.processors.chain_links import shown_id
-    from baton.schemas.errors import BatonError
+    from baton.schemas.errors import BadArgument
     from baton.sinks.audit_conflicts import MAX_CONFLICTS, load_conflicts
     from baton.sinks.chain_verify import verify_chains
     from baton.sinks.clickhouse import audit_errors, parse_dsn
@@ -137,7 +137,9 @@ def verify_cmd(
     conflicts = [c for c in found or [] if c.differs]
     redecided = len(found or []) - len(conflicts)
     if run_id is not None and not rows and not conflicts:
-        raise BatonError(f"no decisions for run {run_id[:80]!r} in {DATABASE}.decisions at {label}")
+        raise BadArgument(
+            f"no decisions for run {run_id[:80]!r} in {DATABASE}.decisions at {label}"
+        )
     horizon = datetime.now(UTC) - timedelta(days=settings.audit_ttl_days - 1)
     partial = _partial_runs(rows, horizon)
     verdicts = verify_chains(rows, key, partial=partial)

@@ -3,6 +3,7 @@
     BatonError
     ├── PolicyError          a policy file or value is wrong (names key path, value, expectation)
     ├── ConfigError          a setting is wrong (names the setting and the environment variable)
+    ├── BadArgument          an argument names nothing the command can act on (an unknown run)
     ├── MissingExtra         an optional dependency is not installed (names the pip extra)
     ├── BrokerUnavailable    Kafka cannot be reached (names the bootstrap address)
     ├── TopicMismatch        an existing topic disagrees with the catalog (names topic and counts)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuditUnavailable",
+    "BadArgument",
     "BatonError",
     "BrokerUnavailable",
     "ChildFailed",
@@ -52,6 +54,14 @@ class PolicyError(BatonError):
 
 
 class ConfigError(BatonError):
+    exit_code = 2
+
+
+class BadArgument(BatonError):
+    """An argument names nothing the command can act on: a run or approval the audit does not
+    hold, an approval answered already or expired. Bad input, exit 2: exit 1 is a command's
+    verdict (``baton audit verify`` exits 1 on tampering, not on a mistyped run id)."""
+
     exit_code = 2
 
 

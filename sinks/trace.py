@@ -10,7 +10,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from baton.processors.chain_links import ChainBreak, Link, walk_links
-from baton.schemas.errors import BatonError
+from baton.schemas.errors import BadArgument
 from baton.sinks.render import cell, render_table, shown
 from baton.sinks.schema import DATABASE
 
@@ -59,7 +59,7 @@ ORDER BY decided_at, audit_partition, audit_offset
 
 
 def load_trace(client: Client, run_id: str) -> list[dict[str, Any]]:
-    """Every decision of ``run_id`` in order; BatonError when the audit has none."""
+    """Every decision of ``run_id`` in order; BadArgument (exit 2) when the audit has none."""
     result = client.query(_TRACE_SQL, parameters={"run_id": run_id})
     columns = (*TRACE_COLUMNS, *_LINK_COLUMNS)
     steps = [dict(zip(columns, row, strict=True)) for row in result.result_rows]
@@ -72,7 +72,7 @@ def load_trace(client: Client, run_id: str) -> list[dict[str, Any]]:
         hint = (
             f"; similar run ids: {', '.join(_shown_id(r[0]) for r in similar)}" if similar else ""
         )
-        raise BatonError(
+        raise BadArgument(
             f"no decisions for run {run_id!r} in {DATABASE}.decisions (is the audit sink "
             f"running, and has it caught up?){hint}"
         )

@@ -283,7 +283,7 @@ def test_baton_trace_and_sql_commands_read_the_audit(audit: Client, chdb_dir: Pa
     assert trace.exit_code == 0, trace.output
     assert "STOPPED at step 3: ownership_conflict" in trace.output
     missing = runner.invoke(cli, ["trace", "run_0", "--dsn", dsn])
-    assert missing.exit_code == 1
+    assert missing.exit_code == 2  # bad input, not a verdict
     assert "no decisions for run 'run_0'" in missing.output and "run_0000" in missing.output
     sql = runner.invoke(
         cli,

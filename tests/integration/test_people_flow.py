@@ -235,7 +235,7 @@ def test_keys_new_then_approve_from_the_command_line_allows_the_refund(people: P
     again = people.baton(
         "approve", asked.approval_id, "--as", "finance_lead", "--key", people.key("finance_lead")
     )
-    assert again.returncode == 1 and "was answered already" in again.stderr
+    assert again.returncode == 2 and "was answered already" in again.stderr
 
 
 def test_deny_from_the_command_line_stops_the_refund(people: People) -> None:

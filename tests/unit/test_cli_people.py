@@ -241,3 +241,27 @@ def test_a_policy_too_big_for_one_kafka_record_is_refused_before_signing(
         baton, "policy", "publish", str(big), "--as", "oncall", "--key", str(tmp_path / "k")
     )
     assert code == 2 and "at most 524288 can be published" in err
+
+
+def test_a_run_or_approval_the_audit_does_not_hold_is_bad_input_not_a_verdict(
+    baton: CliRunner, tmp_path: Path
+) -> None:
+    """Exit 1 is a command's verdict (`audit verify`: tampering found): a mistyped run id or
+    approval id is bad input, exit 2, so a script cannot take it for a failed chain."""
+    from tests.chdb_audit import chdb_audit
+
+    chdb_audit(tmp_path / "chdb", []).close()
+    dsn = ["--dsn", f"chdb://{tmp_path / 'chdb'}"]
+    code, _, err = _run(baton, "audit", "verify", "--run", "run_nope", *dsn)
+    assert code == 2 and "no decisions for run 'run_nope'" in err
+    code, _, err = _run(baton, "trace", "run_nope", *dsn)
+    assert code == 2 and "no decisions for run 'run_nope'" in err
+    _run(baton, "keys", "new", "finance_lead", "--dir", str(tmp_path / "k"))
+    key = str(tmp_path / "k" / "finance_lead.key")
+    for args in (
+        ["approve", "apr_0", "--as", "finance_lead", "--key", key],
+        ["deny", "apr_0", "--as", "finance_lead", "--key", key, "--comment", "no"],
+    ):
+        code, out, err = _run(baton, *args, *dsn, "--bootstrap", "127.0.0.1:1")
+        assert code == 2 and out == "", (args, err)
+        assert "approval 'apr_0': not in the audit" in err
