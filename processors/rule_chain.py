@@ -32,13 +32,18 @@ Refusal = tuple[str, str | None]
 MAX_CHAIN_HOPS = 256
 
 
-def lineage_rule(st: RunState, req: HandoffRequested) -> Refusal | None:
+def lineage_rule(
+    st: RunState, req: HandoffRequested, node: TaskNode | None = None
+) -> Refusal | None:
     """multi_agent.require_lineage -> lineage_required: a handoff from an agent other than
     the run's first (the ``from_agent`` of its first allowed handoff: the first of its
     agents) names no ``parent_task_id`` that ``from_agent`` owns in the run's tree. Without
     it, an agent deep in a chain starts a fresh one (no parent, or a task id the run never
     saw: depth 1, an empty chain above it) and the depth and cycle rules never see where it
-    stands. The run's first handoff sets its first agent."""
+    stands. The run's first handoff sets its first agent. A released task (``node``, owner
+    "") keeps its place in the tree, so its new owner is given it from there: the handoff
+    names the task's own parent (else an agent at the depth limit handed a shallow released
+    task on, naming its own task, and the new owner started a fresh chain from depth 1)."""
     agents = st.agents
     if not agents:  # the run's first handoff: its giver is the run's first agent
         return None
@@ -46,6 +51,12 @@ def lineage_rule(st: RunState, req: HandoffRequested) -> Refusal | None:
     if from_agent == first:
         return None
     parent_id = req.parent_task_id
+    if node is not None and not node.owner and parent_id != node.parent:
+        return (
+            Reason.LINEAGE_REQUIRED,
+            f"task {req.task_id} was released under {node.parent or 'no parent'}: its "
+            f"handoff names that parent_task_id, not {parent_id}",
+        )
     if parent_id is None:
         return (
             Reason.LINEAGE_REQUIRED,

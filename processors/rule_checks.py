@@ -94,7 +94,7 @@ def check_handoff(
         or (role_rule(req, rules) if rules.roles else None)
         or agent_limit_rule(st, req, rules)
         or handoff_limit_rule(st, rules)
-        or (lineage_rule(st, req) if rules.require_lineage else None)
+        or (lineage_rule(st, req, node) if rules.require_lineage else None)
         or depth_rule(depth, rules)
         or (cycle_rule(st, req, node) if rules.detect_delegation_cycles else None)
         or (bounce_rule(st, req, rules.max_bounces) if rules.max_bounces is not None else None)
