@@ -21,7 +21,7 @@ from baton.streams.sdk.options import (
     checked_seconds,
     unanswered_decision,
 )
-from baton.streams.sdk.waiters import WaitKey
+from baton.streams.sdk.waiters import WaitKey, unchained_allow
 
 __all__ = ["ClientBase", "answers_approval", "answers_request"]
 
@@ -171,6 +171,11 @@ def answers_request(event: HandoffRequested | HandoffCompleted) -> Callable[[Dec
     refusal is ours. A decision with no input (a worker older than inputs, a forged record)
     answers nothing: the caller waits on, and gets the client's stop at its timeout.
 
+    A decision without a ``chain_hash`` answers only as a stop or a recorded refusal: a worker
+    links every decision that changes a run (an allow, an approval asked) into the run's
+    chain, so an unchained allow is a forged record (under a decision id the worker never
+    uses, or another tenant: the audit kept it outside every chain and verify passed it).
+
     Cost per decision read under the key: one string comparison for our own request's
     decision (the same bytes: ``input_text`` of the parsed event is ``input_text`` of
     ``event``); a parse and a dump for any other (a retry sent with another timing, a twin).
@@ -179,6 +184,8 @@ def answers_request(event: HandoffRequested | HandoffCompleted) -> Callable[[Dec
     untimed: list[bytes] = []  # made at the first decision that is not the same text
 
     def answers(decision: Decision) -> bool:
+        if unchained_allow(decision):
+            return False
         said = decision.input
         if said == own_text:
             return True
@@ -209,11 +216,13 @@ def answers_approval(asked: Decision) -> Callable[[Decision], bool]:
     """Whether an approval-phase decision answers the approval ``asked`` opened: it names
     that approval (another request under the same run and request id opened another; the
     worker names the approval on every approval-phase record) and, when both carry one, the
-    same request digest."""
+    same request digest; unchained, only as a stop or a recorded refusal (``answers_request``)."""
     approval_id, digest = asked.approval_id, asked.request_digest
 
     def answers(decision: Decision) -> bool:
         if approval_id is None or decision.approval_id != approval_id:
+            return False
+        if unchained_allow(decision):
             return False
         said = decision.request_digest
         return said is None or digest is None or said == digest

@@ -24,13 +24,26 @@ from typing import Any, TypeAlias
 
 from baton.schemas.decision import Decision, Outcome, Phase
 
-__all__ = ["PARKED_MAX", "Unanswered", "WaitKey", "Waiter", "WaiterBook"]
+__all__ = ["PARKED_MAX", "Unanswered", "WaitKey", "Waiter", "WaiterBook", "unchained_allow"]
 
 WaitKey: TypeAlias = tuple[str, str, str]  # (run_id, request_id, phase)
 
 #: approval decisions nobody waits for yet are kept this long past the approval's expiry
 PARKED_GRACE_S = 60.0
 PARKED_MAX = 100_000
+
+#: what a worker publishes outside a run's chain: answers that change no run (protocol
+#: refusals: a handoff's stop, a report's recorded refusal), never an allow
+_UNCHAINED = frozenset({Outcome.STOP, Outcome.RECORDED})
+
+
+def unchained_allow(decision: Decision) -> bool:
+    """True for a decision without a ``chain_hash`` that does not refuse: no worker publishes
+    one (it links every decision that changes a run), so it answers nothing. A writer of
+    gov.decisions published such an allow under a decision id the worker never uses, or
+    another tenant: a waiting client took it, and the audit kept it outside every chain,
+    where `baton audit verify` passed it."""
+    return decision.chain_hash is None and decision.outcome not in _UNCHAINED
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +138,9 @@ class WaiterBook:
             parked = self._parked.get(wait_key)
             if parked is not None and parked.decision is not None:
                 del self._parked[wait_key]
-                return parked.decision
+                # the check every read decision meets (another request's digest)
+                if waiter.answers is None or waiter.answers(parked.decision):
+                    return parked.decision
             self._waiters.setdefault(wait_key, []).append(waiter)
             return None
 
@@ -153,6 +168,7 @@ class WaiterBook:
                     slot is not None
                     and slot.decision is None
                     and slot.approval_id in (None, decision.approval_id)
+                    and not unchained_allow(decision)
                 ):
                     slot.decision = decision
             elif waiters and decision.outcome == Outcome.APPROVAL_REQUIRED:

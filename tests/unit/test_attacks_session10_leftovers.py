@@ -249,7 +249,7 @@ def test_an_approval_decision_naming_no_approval_or_another_request_answers_noth
     asked = Decision(
         decision_id="d1", request_id="h1", run_id="run-1", tenant="default",
         phase=Phase.PRE_HANDOFF, outcome=Outcome.APPROVAL_REQUIRED, reason="approval_pending",
-        approval_id="apr_1", request_digest="aaaa",
+        approval_id="apr_1", request_digest="aaaa", chain_hash="c" * 32,
     )  # fmt: skip
     answer = dataclasses.replace(asked, phase=Phase.APPROVAL, outcome=Outcome.ALLOW)
     answers = answers_approval(asked)

@@ -33,6 +33,7 @@ def _decision(phase: Phase, outcome: Outcome, run: str = RUN, request: str = REQ
         reason="approval_pending",
         approval_id="ap1",
         approval_expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        chain_hash="c" * 32,  # linked, as a worker's (the SDK takes no unchained allow)
     )
 
 
