@@ -192,10 +192,15 @@ def build_settings(**overrides: Any) -> Settings:
         errors = getattr(exc, "errors", None)
         if errors is None:
             raise
+        from baton.schemas.redact import mask_credentials
+
         lines = []
         for err in errors():
             field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{field} (BATON_{field.upper()}): {err['msg']}, got {err.get('input')!r}")
+            got = mask_credentials(repr(err.get("input")))
+            if field == "bootstrap" and "@" in got:  # USER:PASSWORD@HOST: not repeated
+                got = "(not repeated: it may hold a password)"
+            lines.append(f"{field} (BATON_{field.upper()}): {err['msg']}, got {got}")
         raise ConfigError("invalid settings: " + "; ".join(lines)) from None
 
 

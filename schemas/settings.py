@@ -18,7 +18,7 @@ from baton.schemas.errors import ConfigError
 from baton.schemas.redact import mask_credentials
 from baton.sinks.schema import MAX_AUDIT_TTL_DAYS
 
-__all__ = ["MAX_RETENTION_S", "MAX_TIMEOUT_S", "Settings"]
+__all__ = ["MAX_RETENTION_S", "MAX_TIMEOUT_S", "Settings", "checked_bootstrap"]
 
 #: the longest wait a timeout setting may name (a socket timeout of 1e300 s raised OverflowError)
 MAX_TIMEOUT_S = 3600.0
@@ -30,10 +30,28 @@ MAX_TOPIC_PART = 200
 _TOPIC_PART = re.compile(rf"[A-Za-z0-9._-]{{0,{MAX_TOPIC_PART}}}")
 
 
+def checked_bootstrap(value: str) -> str:
+    """``value`` unless an address in it holds '@' (``USER:PASSWORD@HOST``, a URL's
+    credentials), else a ValueError that does not repeat it: librdkafka took the whole as a
+    host name, and every error and each of its log lines (the SDK's, ~20 a second) printed
+    the password."""
+    if "@" in value:
+        raise ValueError(
+            "an address holds '@' (USER:PASSWORD@HOST?): the bootstrap is HOST:PORT only "
+            "(comma-separated); the Kafka user and password go in BATON_SASL_USERNAME and "
+            "BATON_SASL_PASSWORD"
+        )
+    return value
+
+
 class Settings(BaseSettings):
     # inf and nan are no number of seconds or bytes: "inf" passed gt=0 and raised OverflowError
     # where it was used (a socket timeout, int(ms), now - timedelta(retention))
-    model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore", allow_inf_nan=False)
+    # hide_input_in_errors: a ValidationError's text repeats no value (a password in a DSN or a
+    # bootstrap); build_settings names each problem with the value, credentials masked
+    model_config = SettingsConfigDict(
+        env_prefix="BATON_", extra="ignore", allow_inf_nan=False, hide_input_in_errors=True
+    )
 
     # --- Kafka -------------------------------------------------------------------------
     bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, HOST:PORT[,..]")
@@ -275,6 +293,11 @@ class Settings(BaseSettings):
                 f"{MAX_TOPIC_PART} characters{at_least}"
             )
         return value
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        return checked_bootstrap(value)
 
     @field_validator("metrics_port", mode="before")
     @classmethod

@@ -82,15 +82,18 @@ def check_reachable(bootstrap: str, timeout_s: float = 10.0) -> None:
         if i and time.monotonic() >= deadline:  # a name lookup is not bounded by the share:
             break  # 300 names that do not resolve took 56 s under a 10 s timeout
         share = max(deadline - time.monotonic(), 0.0) / (len(addresses) - i)
+        name = host if len(host) <= 100 else f"{host[:100]}…"  # (a 60 KB name: a 60 KB line)
         try:
             with socket.create_connection((host, port), timeout=max(share, 0.05)):
                 return
         except TimeoutError:
-            problems.append(f"{host}:{port}: no answer within {share:.1f} s")
+            problems.append(f"{name}:{port}: no answer within {share:.1f} s")
         except socket.gaierror as exc:
-            problems.append(f"{host}:{port}: cannot resolve {host!r} ({exc.strerror})")
+            problems.append(f"{name}:{port}: cannot resolve {name!r} ({exc.strerror})")
+        except UnicodeError as exc:  # a label over 63 characters, or empty: idna refuses it
+            problems.append(f"{name}:{port}: not a host name ({str(exc)[:80]})")
         except OSError as exc:
-            problems.append(f"{host}:{port}: {(exc.strerror or str(exc)).lower()}")
+            problems.append(f"{name}:{port}: {(exc.strerror or str(exc)).lower()}")
     shown = "; ".join(problems[:_SHOWN_PROBLEMS])
     if len(addresses) > _SHOWN_PROBLEMS:
         shown += f"; {len(addresses)} addresses, {len(problems)} tried within {timeout_s:g} s"

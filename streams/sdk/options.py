@@ -16,7 +16,7 @@ from pydantic import Field
 
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.policy_approval import MAX_APPROVAL_TTL_S
-from baton.schemas.settings import MAX_TIMEOUT_S, Settings
+from baton.schemas.settings import MAX_TIMEOUT_S, Settings, checked_bootstrap
 from baton.streams.kafka import printable_config
 from baton.streams.topics import TopicCatalog
 
@@ -149,8 +149,8 @@ class ClientOptions:
             s = settings
         else:  # a plain Settings: keep what it says, take the client_* fields from env/defaults
             s = ClientSettings(**settings.model_dump(exclude_unset=True))
-        if bootstrap is not None:
-            s = s.model_copy(update={"bootstrap": bootstrap})
+        if bootstrap is not None:  # (model_copy validates nothing: checked as Settings would)
+            s = s.model_copy(update={"bootstrap": checked_bootstrap(bootstrap)})
         if partitions is None and "partitions" in s.model_fields_set:
             # only an explicitly set count is a claim to check; the default 8 is not
             partitions = s.partitions
