@@ -15,7 +15,13 @@ rows get the same answer from both. It names every run whose chain does not hold
 * ``interleaved``: a chain starts amid another (a start inserted), while a later start, read
   after the run's chain before it ended, is the run id's next life (decided as a new run once
   the worker forgot its tombstone), not a fork;
-* ``unlinked``: chained rows that no walk from the run's first decision reaches (a loop).
+* ``unlinked``: chained rows that no walk from the run's first decision reaches (a loop);
+* ``unchained``: a row without a ``chain_hash`` that does not refuse (an allow, an approval
+  asked or granted): a worker links every decision that changes a run and publishes outside
+  the chain only stops and recorded refusals, so such a row was written by someone else
+  (a forged record on gov.decisions under an id the worker never uses, or another tenant,
+  which no other row replaces and ``decision_conflicts`` does not pair). Rows an audit kept
+  from before chains (migration 0004) are named so too: ``--since`` the upgrade skips them.
 
 Not detected: rows deleted from the *end* of a run (the audit alone cannot know the run's
 head; the worker's state does), or from the end of any of its lives, or a whole earlier life
@@ -62,6 +68,9 @@ class RunChain:
 
 #: where a row's decided_at is (a datetime; the walk compares lives' times)
 _AT = 4 + CHAIN_FIELDS.index("decided_at")
+#: where a row's outcome is, and the outcomes a worker publishes outside a run's chain
+_OUTCOME = 4 + CHAIN_FIELDS.index("outcome")
+_UNCHAINED = frozenset({"stop", "recorded"})
 
 
 def _seconds(at: Any) -> float:
@@ -78,13 +87,22 @@ def verify_chains(
     point at a row that was expired, which is then not reported as missing.
     """
     by_run: dict[str, list[Sequence[Any]]] = defaultdict(list)
+    forged: dict[str, list[str]] = defaultdict(list)
     for row in rows:
-        if row[3] is None:  # outside any chain (control records, refusals of no state)
+        if row[3] is None:  # outside any chain: refusals of no state, or not a worker's
+            if str(row[_OUTCOME]) not in _UNCHAINED:
+                forged[row[0]].append(
+                    f"unchained: decision {shown_id(str(row[1]))} says {row[_OUTCOME]} without "
+                    "a chain_hash (a worker chains every decision that changes a run: "
+                    "written by someone else)"
+                )
             continue
         by_run[row[0]].append(row)
     out = []
-    for run_id in sorted(by_run):
-        out.append(_verify_run(run_id, by_run[run_id], key, run_id in partial))
+    for run_id in sorted(by_run.keys() | forged.keys()):
+        verdict = _verify_run(run_id, by_run.get(run_id, []), key, run_id in partial)
+        verdict.problems.extend(forged.get(run_id, ()))
+        out.append(verdict)
     return out
 
 

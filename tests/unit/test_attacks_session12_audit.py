@@ -7,8 +7,8 @@ any other reader of gov.decisions, still does); the audit stores it as a row of 
 other record under its tenant and id: ``decision_conflicts`` is empty), and `baton audit
 verify` skips every row without a chain hash: "every chain holds", exit 0. A worker publishes
 no unchained allow (tests/unit/test_attacks_session12_sdk.py holds that), so a run's
-unchained allow is a forged row. The fix belongs in sinks/chain_verify.py (H1's area): the
-test is a strict xfail until it lands.
+unchained allow is a forged row: verify now names it (``unchained``, sinks/chain_verify.py)
+and fails.
 """
 
 from __future__ import annotations
@@ -39,11 +39,6 @@ def _gated_run() -> list[Decision]:
     return _published(events, "rs")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H4 session 12 F3: sinks/chain_verify.verify_chains skips every row whose "
-    "chain_hash is NULL, so a forged unchained allow in a chained run passes (H1's sinks/)",
-)
 @pytest.mark.parametrize(
     "forgery", [{"decision_id": "f" * 32}, {"tenant": "other"}], ids=["unused-id", "other-tenant"]
 )
