@@ -72,6 +72,12 @@ class Target:
     chdb_path: Path | None = None  # None with kind "chdb" = in memory
 
 
+#: the longest host name DNS has (RFC 1035); a longer one is refused, not echoed
+_MAX_HOST = 253
+#: a chdb DSN that starts like ``user:pass@``: refused without echoing it
+_CHDB_CREDENTIALS = re.compile(r"[^/@]*:[^/@]*@")
+
+
 def parse_dsn(dsn: str) -> Target:
     """Classify ``dsn``; raises ConfigError naming the DSN and the accepted forms."""
     if dsn.startswith("chdb:"):
@@ -79,6 +85,11 @@ def parse_dsn(dsn: str) -> Target:
         rest = rest[2:] if rest.startswith("//") else rest
         if rest in ("memory", ":memory:", ""):
             return Target("chdb", dsn, "chdb (in memory)")
+        if _CHDB_CREDENTIALS.match(rest):  # chdb://user:pass@/dir: a server DSN's habit
+            raise ConfigError(
+                "clickhouse_dsn (BATON_CLICKHOUSE_DSN): a chdb DSN names a directory and takes "
+                "no user or password (chdb:///abs/dir; a server is http(s)://user:pass@host:port)"
+            )
         # chdb compares engine paths literally: resolve once so every spelling is one engine
         path = Path(rest).expanduser().resolve()
         return Target("chdb", dsn, f"chdb:{path}", path)
@@ -91,6 +102,12 @@ def parse_dsn(dsn: str) -> Target:
             "expected http(s)://user:pass@host:port/db or chdb:///abs/dir"
         ) from None
     if parts.scheme in ("http", "https") and parts.hostname:
+        if len(parts.hostname) > _MAX_HOST:  # DNS's limit; a 60 KB one made a 60 KB error
+            raise ConfigError(
+                f"clickhouse_dsn (BATON_CLICKHOUSE_DSN): a host name of "
+                f"{len(parts.hostname)} characters ({parts.hostname[:40]!r}…); at most "
+                f"{_MAX_HOST}"
+            )
         netloc = parts.hostname + (f":{port}" if port else "")
         if parts.username:
             netloc = (

@@ -377,3 +377,24 @@ def test_a_password_given_as_a_dsn_parameter_is_refused_masked() -> None:
 def test_a_parsed_dsn_prints_as_its_masked_label() -> None:
     target = parse_dsn(f"https://baton:{SECRET}@ch:8443/db")
     assert SECRET not in repr(target) and "https://baton:***@ch:8443/db" in repr(target)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "says"),
+    [
+        ("http://alice:s3cret@" + "h" * 60_000 + ":1", "a host name of 60000 characters"),
+        ("http://alice:s3cret@" + "a" * 300 + ":1", "a host name of 300 characters"),
+        ("chdb://alice:s3cret@/tmp/x", "a chdb DSN names a directory and takes no user"),
+    ],
+    ids=["60kb-host", "host-over-253", "chdb-with-credentials"],
+)
+def test_a_dsn_the_audit_cannot_use_is_refused_short_and_without_its_password(
+    dsn: str, says: str
+) -> None:
+    """A 60 KB host made a 60 KB error line, one past DNS's 253 characters ended in urllib3's
+    repr, and a chdb path holding user:pass@ was echoed with the password (H4, session 12)."""
+    with pytest.raises(ConfigError) as refused:
+        parse_dsn(dsn)
+    text = str(refused.value)
+    assert says in text and "s3cret" not in text and len(text) < 300
+    assert parse_dsn("chdb:///tmp/x@y").label == "chdb:/tmp/x@y"  # an @ in a directory is fine
