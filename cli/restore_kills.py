@@ -26,7 +26,9 @@ __all__ = [
     "ends_killed",
     "fold_reissued",
     "hold_lost_kills",
+    "hold_reopened",
     "keep_killed",
+    "last_kill_stop",
     "reissued_commands",
     "releases_undone",
     "replaced_policy_records",
@@ -47,6 +49,56 @@ def ends_killed(run: list[Recorded]) -> bool:
         elif rec.outcome == Outcome.ALLOW:
             killed = False
     return killed
+
+
+def last_kill_stop(run: list[Recorded]) -> float | None:
+    """When the run's last answer to a handoff was a kill switch's stop (``ends_killed``): the
+    time of that stop (POSIX seconds), else None."""
+    at = None
+    for rec in run:
+        if rec.reason == Reason.KILLED:
+            at = rec.decided_at.timestamp()
+        elif rec.outcome == Outcome.ALLOW:
+            at = None
+    return at
+
+
+def hold_reopened(
+    states: list[RunState],
+    killed_at: dict[str, float],
+    commands: list[str],
+    kills: KillSwitches | None,
+) -> list[str]:
+    """Stop (audit_unverified) every run a kill switch stopped last (``killed_at``: when) that
+    the re-issued commands, folded as the fresh workers fold them (``kills``: fold_reissued's;
+    None: this start's policy does not load), leave open, unless a signed release naming it
+    was signed after that stop. ``keep_killed`` let a run go when any re-issued command named
+    it: kill(t1), release(t2), kill(t3) and a stop after t3, kill(t3)'s row deleted from the
+    audit, re-issued kill(t1) and release(t2) named the run and left it open, in silence.
+    The run ids stopped."""
+    from baton.schemas.events import KillSwitchReleased, parse_control_event
+
+    if not killed_at:
+        return []
+    released: dict[tuple[str, str], float] = {}
+    for scope, target, text in reissued_commands(commands, lambda _: None):
+        event = parse_control_event(text.encode())
+        if isinstance(event, KillSwitchReleased):  # re-issued, so signed
+            at = event.event_time.timestamp()
+            released[(scope, target)] = max(released.get((scope, target), at), at)
+    stopped: list[str] = []
+    for state in states:
+        at = killed_at.get(state.run_id)
+        if at is None or state.stopped is not None or state.finished:
+            continue
+        if kills is not None and kills.killed(state.run_id, state.tenant):
+            continue  # the fresh workers hold it
+        named = (("run", state.run_id), ("tenant", state.tenant), ("global", "*"))
+        if any(released.get(scope_target, at - 1.0) >= at for scope_target in named):
+            continue  # an operator lifted it after the stop
+        state.stopped = Reason.AUDIT_UNVERIFIED
+        stopped.append(state.run_id)
+    return stopped
 
 
 def keep_killed(states: list[RunState], killed: set[str], commands: list[str]) -> list[str]:

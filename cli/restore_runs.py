@@ -32,10 +32,11 @@ from typing import Any
 from baton.cli.restart_notice import kill_records, lost_kill_scopes
 from baton.cli.restore_kills import (
     MAX_RUN_ID,
-    ends_killed,
     fold_reissued,
     hold_lost_kills,
+    hold_reopened,
     keep_killed,
+    last_kill_stop,
     releases_undone,
     replaced_policy_records,
     unheld_kill_scopes,
@@ -118,6 +119,14 @@ def restore_runs(
             "policy before them is in force: re-publish the policy you want with "
             "`baton policy publish`"
         )
+    reopened = hold_reopened(states, rebuilt.killed_at, commands, kills)
+    if reopened:
+        say(
+            f"restore: WARNING: {len(reopened)} runs stopped last by a kill switch that the "
+            f"re-issued commands leave off, with no signed release after the stop "
+            f"({_first_names(reopened)}; a kill row deleted or altered in the audit) are "
+            "restored STOPPED (audit_unverified), never reopened"
+        )
     lost_kills = lost_kill_scopes(records)
     lost_kills += [s for s in unheld_kill_scopes(records, kills) if s not in lost_kills]
     held = hold_lost_kills(states, lost_kills, now)
@@ -175,6 +184,8 @@ class _Rebuilt:
     unverified_counters: list[str] = field(default_factory=list)
     #: runs whose last answer to a handoff was a kill switch's stop
     killed: set[str] = field(default_factory=set)
+    #: those runs -> when that stop was decided (POSIX seconds)
+    killed_at: dict[str, float] = field(default_factory=dict)
     #: run ids no event can carry (forged rows): not restored, named
     impossible: list[str] = field(default_factory=list)
     #: "run: why" of runs whose decision chain is broken (a gap, a fork: restored stopped)
@@ -204,8 +215,10 @@ def _rebuild(
             out.broken.append(f"{run_id}: {broken}")
         else:  # an earlier life that retention is expiring: rebuilt from the later one
             run = from_first_start(run)
-        if ends_killed(run):
+        killed_at = last_kill_stop(run)
+        if killed_at is not None:
             out.killed.add(run_id)
+            out.killed_at[run_id] = killed_at
         if is_partial(run, policies) is not None:
             recorded_inputs = any(r.input is not None for r in run)
             (out.unverified_counters if recorded_inputs else out.partial).append(run_id)
