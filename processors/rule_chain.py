@@ -40,14 +40,20 @@ def lineage_rule(
     agents) names no ``parent_task_id`` that ``from_agent`` owns in the run's tree. Without
     it, an agent deep in a chain starts a fresh one (no parent, or a task id the run never
     saw: depth 1, an empty chain above it) and the depth and cycle rules never see where it
-    stands. The run's first handoff sets its first agent. A released task (``node``, owner
-    "") keeps its place in the tree, so its new owner is given it from there: the handoff
-    names the task's own parent (else an agent at the depth limit handed a shallow released
-    task on, naming its own task, and the new owner started a fresh chain from depth 1)."""
-    agents = st.agents
-    if not agents:  # the run's first handoff: its giver is the run's first agent
+    stands. The run's first handoff sets its first agent, also while it awaits its approval
+    (else another agent's handoff in that window made itself the first). A released task
+    (``node``, owner "") keeps its place in the tree, so its new owner is given it from
+    there: the handoff names the task's own parent (else an agent at the depth limit handed
+    a shallow released task on, naming its own task, and the new owner started a fresh
+    chain from depth 1)."""
+    agents, pending = st.agents, st.pending
+    if agents:
+        first = next(iter(agents))  # an ordered set
+    elif pending:  # the run's first handoff awaits its approval: its giver is the first agent
+        first = next(iter(pending.values())).request.from_agent
+    else:  # the run's first handoff: its giver is the run's first agent
         return None
-    from_agent, first = req.from_agent, next(iter(agents))  # an ordered set
+    from_agent = req.from_agent
     if from_agent == first:
         return None
     parent_id = req.parent_task_id

@@ -67,3 +67,20 @@ def test_without_require_lineage_a_released_task_is_handed_on_as_before() -> Non
     # the default decides as before (test_diff_session10 holds it too)
     run = _released_root(False)
     assert run.handoff("t1", "b", "c", parent_task_id="t2").outcome == Outcome.ALLOW
+
+
+def test_no_agent_becomes_the_runs_first_while_its_first_handoff_awaits_approval() -> None:
+    # the planner's first handoff asked for approval (nothing allowed yet, no agents): b's
+    # handoff in that window was the run's first allowed one, b became its first agent (free
+    # to start chains), and the planner's granted handoff was stopped lineage_required
+    run = Run(policy_with(**_OPEN, require_lineage=True, require_approval_for=["pay"]))
+    asked = run.handoff("t1", "planner", "a", action="pay")
+    assert asked.outcome == Outcome.APPROVAL_REQUIRED
+
+    race = run.handoff("tb", "b", "c")
+
+    assert (race.outcome, race.reason) == (Outcome.STOP, Reason.LINEAGE_REQUIRED)
+    assert asked.approval_id is not None
+    [granted] = run.grant(asked.approval_id, "human")
+    assert (granted.outcome, granted.reason) == (Outcome.ALLOW, Reason.APPROVAL_GRANTED)
+    assert run.handoff("t2", "a", "d", parent_task_id="t1").outcome == Outcome.ALLOW
