@@ -18,7 +18,9 @@ alone, to show what each is worth (``--variants all``): ``full batches`` (a writ
 only with a full batch or at the batch timeout, never as soon as the writer is free), ``no
 shortcut`` (every record through pydantic and ``rows.decision_row``, in one process),
 ``serial`` (no parse/insert overlap), ``table types`` (the insert encodes LowCardinality
-columns in Python, as clickhouse-connect does by default; in one process).
+columns in Python, as clickhouse-connect does by default; in one process), ``optimize on
+insert`` (ClickHouse's optimize_on_insert left on: each block's own copies of one key folded
+as it is written, ``audit_insert.INSERT_SETTINGS``; also ``--variants insert``).
 
     python -m bench.sink_bench                          # 100,000 decisions, the sink as shipped
     python -m bench.sink_bench --variants all           # and without each speed-up
@@ -27,6 +29,8 @@ columns in Python, as clickhouse-connect does by default; in one process).
     python -m bench.sink_bench --batch-size 20000       # another BATON_SINK_BATCH_SIZE
     python -m bench.sink_bench --routes                 # insert routes compared, no Kafka
     python -m bench.sink_bench --against DIR --rounds 3 # and an older tree's sink, alternating
+    python -m bench.sink_bench --against A --against B  # two older trees, each named by folder
+    python -m bench.sink_bench --variants insert --rounds 3     # optimize_on_insert off vs on
     python -m bench.sink_timeline                       # where one run's wall time goes
 
 Rates: ``rows/s`` from the sink's partitions' assignment to the commit of its last row;
@@ -148,6 +152,10 @@ def _variant(name: str) -> Iterator[None]:
         os.environ["BATON_SINK_PARSE_PROCESSES"] = "0"
     elif name == "one parse process":
         os.environ["BATON_SINK_PARSE_PROCESSES"] = "1"
+    elif name == "optimize on insert":  # ReplacingMergeTree folds each block's own copies
+        import baton.sinks.audit_insert as audit_insert
+
+        patch(audit_insert, "INSERT_SETTINGS", {})
     try:
         yield
     finally:
@@ -455,7 +463,9 @@ def main() -> None:
     ap.add_argument("--decisions", type=int, default=100_000)
     ap.add_argument("--batch-size", type=int, default=Settings().sink_batch_size)
     ap.add_argument(
-        "--variants", choices=("shipped", "pipeline", "processes", "all"), default="shipped"
+        "--variants",
+        choices=("shipped", "pipeline", "processes", "insert", "all"),
+        default="shipped",
     )
     ap.add_argument(
         "--rounds", type=int, default=1, help="run the variants this many times, alternating"
@@ -466,7 +476,9 @@ def main() -> None:
     ap.add_argument(
         "--against",
         metavar="DIR",
-        help="also run the sink of an older tree (DIR/baton -> its tree), alternating",
+        action="append",
+        help="also run the sink of an older tree (DIR/baton -> its tree), alternating; "
+        "repeat for several trees (each labelled by its folder's name)",
     )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -489,11 +501,30 @@ def main() -> None:
         variants += ["full batches"]
     elif args.variants == "processes":
         variants += ["one process", "one parse process"]
+    elif args.variants == "insert":
+        variants += ["optimize on insert"]
     elif args.variants == "all":
-        variants += ["one process", "full batches", "no shortcut", "serial", "table types"]
-    if args.against:
-        variants += [f"{name} (before)" for name in variants]
-    variants *= max(1, args.rounds)
+        variants += [
+            "one process",
+            "full batches",
+            "no shortcut",
+            "serial",
+            "table types",
+            "optimize on insert",
+        ]
+    # (label, variant, the tree it imports: None = this one)
+    trees: list[tuple[str, str | None]] = [("", None)]
+    for tree in args.against or []:
+        label = " (before)" if len(args.against) == 1 else f" ({Path(tree).name})"
+        trees.append((label, tree))
+    # (an older tree has optimize_on_insert on as shipped: that variant is this tree's only)
+    runs = [
+        (name + label, name, tree)
+        for label, tree in trees
+        for name in variants
+        if tree is None or name != "optimize on insert"
+    ]
+    runs *= max(1, args.rounds)
     results: list[tuple[str, SinkRun]] = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
         prefix = f"sb{uuid.uuid4().hex[:6]}."
@@ -512,7 +543,7 @@ def main() -> None:
             p.poll(0)
         assert p.flush(60) == 0
         base = consume_only(broker.bootstrap, catalog.decisions, n)
-        for i, name in enumerate(variants):
+        for i, (name, variant, tree) in enumerate(runs):
             settings = Settings(
                 bootstrap=broker.bootstrap,
                 topic_prefix=prefix,
@@ -525,10 +556,7 @@ def main() -> None:
             # each sink in a fresh process: one after another in this process, the later
             # runs found the parse's caches (times, amounts, shapes) warm with these very
             # records and the first paid the process's first-use costs
-            variant, before = name.removesuffix(" (before)"), name.endswith(" (before)")
-            run = sink_rate_in_child(
-                settings, n, to_store, broker.pid, variant, args.against if before else None
-            )
+            run = sink_rate_in_child(settings, n, to_store, broker.pid, variant, tree)
             results.append((name, run))
             print(
                 f"{name}: {run.rate:,.0f} rows/s, {run.sink_us:.1f} us CPU/row, "

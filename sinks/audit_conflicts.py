@@ -32,6 +32,10 @@ __all__ = ["IdConflict", "load_conflicts", "run_where"]
 
 #: conflicts read at most (a flood of forged ids must not fill a verify's memory)
 MAX_CONFLICTS = 10_000
+#: what the conflicts stand on: the view read, the table it reads and the materialized view
+#: that fills it on every insert (without it, records inserted since leave no variant and an
+#: empty list would pass them: the ids are "not checked" instead)
+_PARTS = ("decision_conflicts", "decision_variants", "decision_variants_mv")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +86,14 @@ def load_conflicts(
 ) -> list[IdConflict] | None:
     """The ids of ``run_id`` (or of the runs with a decision at or after ``since``; or of
     every run) under which the audit holds records that say different things; None when the
-    audit's schema predates migration 0006 (no sink of this version started on it yet)."""
+    audit's schema predates migration 0006 (no sink of this version started on it yet) or
+    lacks a part of it (``_PARTS``: the ids cannot be checked)."""
     exists = client.query(
-        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-        parameters={"db": DATABASE, "t": "decision_conflicts"},
+        "SELECT count() FROM system.tables WHERE database = {db:String} "
+        "AND name IN {t:Array(String)}",
+        parameters={"db": DATABASE, "t": list(_PARTS)},
     ).result_rows
-    if not exists or not int(exists[0][0]):
+    if not exists or int(exists[0][0]) != len(_PARTS):
         return None
     where, params = run_where(run_id, since)
     sql = (
