@@ -7,7 +7,7 @@ import time
 
 from baton.schemas.errors import BrokerUnavailable, ConfigError
 
-__all__ = ["check_reachable", "free_port", "parse_bootstrap"]
+__all__ = ["check_reachable", "free_port", "parse_bootstrap", "shown_bootstrap"]
 
 _KAFKA_PORT = 9092
 
@@ -61,6 +61,12 @@ def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
     return addresses
 
 
+def shown_bootstrap(text: str, limit: int = 200) -> str:
+    """``text`` (a bootstrap list, or librdkafka's words naming its addresses) cut to
+    ``limit`` characters for an error line: a 60 KB host name made a 60 KB error."""
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
 #: the addresses a BrokerUnavailable names one by one (a bootstrap of 300 made a 17 KB line)
 _SHOWN_PROBLEMS = 5
 
@@ -97,5 +103,5 @@ def check_reachable(bootstrap: str, timeout_s: float = 10.0) -> None:
     shown = "; ".join(problems[:_SHOWN_PROBLEMS])
     if len(addresses) > _SHOWN_PROBLEMS:
         shown += f"; {len(addresses)} addresses, {len(problems)} tried within {timeout_s:g} s"
-    where = bootstrap if len(bootstrap) <= 200 else f"{bootstrap[:200]}…"
+    where = shown_bootstrap(bootstrap)
     raise BrokerUnavailable(f"cannot reach Kafka at {where} ({shown}); is the broker running?")

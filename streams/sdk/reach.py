@@ -15,6 +15,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from baton.schemas.errors import BrokerUnavailable
+from baton.streams.net import shown_bootstrap
 
 __all__ = ["BrokerWatch"]
 
@@ -80,15 +81,15 @@ class BrokerWatch:
                 producer.poll(0)  # serves error_cb
                 if time.monotonic() < deadline:
                     continue
-                seen = self.last
+                seen, where = self.last, shown_bootstrap(self.bootstrap)
                 if seen is not None:
                     raise BrokerUnavailable(
-                        f"cannot reach Kafka at {self.bootstrap} within {timeout_s:g} s "
-                        f"({seen}); is the broker running, and is this its address "
-                        "(BATON_BOOTSTRAP)?"
+                        f"cannot reach Kafka at {where} within {timeout_s:g} s "
+                        f"({shown_bootstrap(seen, 400)}); is the broker running, and is this "
+                        "its address (BATON_BOOTSTRAP)?"
                     ) from exc
                 raise BrokerUnavailable(
-                    f"cannot reach Kafka at {self.bootstrap} within {timeout_s:g} s (it took "
+                    f"cannot reach Kafka at {where} within {timeout_s:g} s (it took "
                     "the connection and answered no Kafka request); is the broker running, "
                     "and is this its Kafka port?"
                 ) from exc

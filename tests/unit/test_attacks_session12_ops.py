@@ -65,3 +65,23 @@ def test_a_host_name_idna_refuses_is_named_not_a_traceback(host: str) -> None:
         check_reachable(f"{host}:9092", 1.0)
     assert "not a host name" in str(error.value)
     assert len(str(error.value)) < 1_000
+
+
+@pytest.mark.parametrize(
+    "bootstrap",
+    ["h" * 60_000 + ":9092", ",".join(f"127.0.0.1:{p}" for p in range(20_000, 20_300))],
+    ids=["60-KB-host", "300-addresses"],
+)
+def test_the_sdks_unreachable_error_is_one_short_line(bootstrap: str) -> None:
+    # the SDK's connect (BrokerWatch) named the whole bootstrap and librdkafka's words
+    # naming it: 60 KB (a 60 KB host), 5 KB (300 addresses)
+    from baton.streams.sdk import GovernanceClient
+
+    client = GovernanceClient(bootstrap, connect_timeout=1, timeout=1)
+    try:
+        with pytest.raises(BrokerUnavailable) as error:
+            client.channel.connect()
+    finally:
+        client.close()
+    assert "cannot reach Kafka at" in str(error.value)
+    assert len(str(error.value)) < 1_000
