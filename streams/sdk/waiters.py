@@ -38,12 +38,12 @@ _UNCHAINED = frozenset({Outcome.STOP, Outcome.RECORDED})
 
 
 def unchained_allow(decision: Decision) -> bool:
-    """True for a decision without a ``chain_hash`` that does not refuse: no worker publishes
-    one (it links every decision that changes a run), so it answers nothing. A writer of
-    gov.decisions published such an allow under a decision id the worker never uses, or
-    another tenant: a waiting client took it, and the audit kept it outside every chain,
-    where `baton audit verify` passed it."""
-    return decision.chain_hash is None and decision.outcome not in _UNCHAINED
+    """True for a decision without a ``chain_hash`` (None or "") that does not refuse: no
+    worker publishes one (it links every decision that changes a run), so it answers
+    nothing. A writer of gov.decisions published such an allow under a decision id the
+    worker never uses, or another tenant: a waiting client took it, and the audit kept it
+    outside every chain, where `baton audit verify` passed it."""
+    return not decision.chain_hash and decision.outcome not in _UNCHAINED
 
 
 @dataclass(frozen=True, slots=True)

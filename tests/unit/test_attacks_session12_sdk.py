@@ -53,6 +53,7 @@ def test_an_unchained_allow_under_the_awaited_key_answers_nothing(
     forged = dataclasses.replace(forged, **forgery)
 
     assert not answers(forged)
+    assert not answers(dataclasses.replace(forged, chain_hash=""))
 
 
 def test_the_workers_unchained_refusals_are_still_answers() -> None:
