@@ -31,6 +31,7 @@ each second) and the re-index after a rebalance.
     python -m bench.memory_bench --before-pythonpath DIR   # DIR/baton: an older tree, same run
     python -m bench.memory_bench --runs 100000 --own-task-ids   # no two runs' task ids alike
     python -m bench.memory_bench --runs 100000 --record-keys    # a key object a record
+    python -m bench.memory_bench --runs 100000 --long-runs 100000 --sites  # where bytes are
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ import platform
 import subprocess
 import sys
 import time
+import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
+from typing import Any
 
 from baton.processors import sweep
 from baton.processors.batch import BatchProcessor, InputRecord
@@ -104,7 +107,8 @@ def measure(
     long: bool = False,
     own_tasks: bool = False,
     record_keys: bool = False,
-) -> dict[str, float]:
+    sites: bool = False,
+) -> dict[str, Any]:
     """RSS growth per run holding ``n`` runs as ``mode`` says: ``decoded``, ``restored`` (the
     changelog record, as Faust's recovery leaves it), ``held`` (as the sweep holds an idle
     run) or ``tombstones`` (what eviction keeps); for ``decoded`` also the sweep's timings
@@ -115,6 +119,8 @@ def measure(
     batches of about 2,000 records: one batch holds some runs' handoffs and the previous
     runs' completions, so each run is written twice, as on a worker. ``record_keys``: every
     record its own key bytes, as the consumer gives them (else a run's records share one).
+    ``sites``: also where the second half's bytes were allocated (tracemalloc, which adds
+    its own memory: the RSS figures of that process do not count).
     """
     policy = load_policy(None)
     now = datetime.now(UTC)
@@ -142,6 +148,9 @@ def measure(
         if start >= half_at and half == base:
             gc.collect()
             half = rss_bytes()
+            if sites:
+                tracemalloc.start()
+                before = tracemalloc.take_snapshot()
         records = pending
         #: runs whose last event is in this batch: held from now on as they will stay
         finishing = {r.key for r in records}
@@ -196,6 +205,8 @@ def measure(
         "stored_bytes_per_run": stored_total / n,
         "build_cpu_us_per_event": build_cpu * 1e6 / (n * len(_events("r", long, now))),
     }
+    if sites:
+        return {**result, **_sites(before, n - half_at)}
     if mode != "decoded":
         return result
     return {
@@ -204,6 +215,27 @@ def measure(
         **_return_costs(proc, states, now),
         **_hold_sweep_and_reindex(proc, store, due, now),
     }
+
+
+def _sites(before: tracemalloc.Snapshot, runs: int, top: int = 16) -> dict[str, Any]:
+    """The bytes still held since ``before`` (the second half's runs) a run, in all
+    (``sites_total``) and by allocation site (``sites``: [bytes a run, objects a run,
+    file:line], the largest first)."""
+    gc.collect()
+    stats = tracemalloc.take_snapshot().compare_to(before, "lineno")
+    tracemalloc.stop()
+    out = []
+    for stat in stats[:top]:
+        frame = stat.traceback[0]
+        where = frame.filename.rsplit("site-packages/", 1)[-1]
+        if where.startswith(_BATON):  # the measured tree's modules as baton/...
+            where = "baton/" + where[len(_BATON) :]
+        out.append([stat.size_diff / runs, stat.count_diff / runs, f"{where}:{frame.lineno}"])
+    return {"sites": out, "sites_total": sum(stat.size_diff for stat in stats) / runs}
+
+
+#: the folder of the measured baton package (its modules' sites are named from it)
+_BATON = os.path.dirname(os.path.dirname(os.path.abspath(sweep.__file__))) + os.sep
 
 
 def _sweep(proc: BatchProcessor, due: DueIndex, at: datetime) -> float:
@@ -302,13 +334,15 @@ def _child(
     pythonpath: str | None,
     own_tasks: bool = False,
     record_keys: bool = False,
-) -> dict[str, float]:
+    sites: bool = False,
+) -> dict[str, Any]:
     """One measure in a fresh process: freed memory is not given back to the OS, so a second
     measure in the same process would start from the first one's high-water mark."""
     cmd = [sys.executable, "-m", "bench.memory_bench", "--one", str(n), "--mode", mode]
     cmd += ["--long"] if long else []
     cmd += ["--own-task-ids"] if own_tasks else []
     cmd += ["--record-keys"] if record_keys else []
+    cmd += ["--sites"] if sites else []
     if pythonpath is not None and not os.path.exists(
         os.path.join(pythonpath, "baton", "processors", "allocator.py")
     ):
@@ -356,6 +390,12 @@ def main() -> None:
         help="every record its own key bytes, as the consumer gives them (default: a run's "
         "records share one; the sweep's touched lists kept a batch's copy until session 8)",
     )
+    ap.add_argument(
+        "--sites",
+        action="store_true",
+        help="only where a decoded run's bytes are: tracemalloc's allocation sites of the "
+        "second half's runs, each shape in its own process (no RSS or CPU figures)",
+    )
     # a child measuring one size
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="decoded", help=argparse.SUPPRESS)
@@ -367,7 +407,9 @@ def main() -> None:
     if not args.glibc_default:
         _allocator_as_the_worker_sets_it()
     if args.one:
-        measured = measure(args.one, args.mode, args.long, args.own_task_ids, args.record_keys)
+        measured = measure(
+            args.one, args.mode, args.long, args.own_task_ids, args.record_keys, args.sites
+        )
         print(json.dumps(measured))
         return
     print(
@@ -379,6 +421,9 @@ def main() -> None:
         "runs decided by the worker's batch step; short: a handoff and its completion, "
         "long: three of each\n"
     )
+    if args.sites:
+        _print_sites(args)
+        return
     print(
         "| runs | run | code | RSS/run decoded | RSS/run held idle | RSS/run restored "
         "| changelog record | held record | RSS/tombstone |"
@@ -424,6 +469,18 @@ def main() -> None:
     )
     print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(timings))
+
+
+def _print_sites(args: argparse.Namespace) -> None:
+    """Per shape, the allocation sites of a decoded run's bytes (``--sites``)."""
+    shapes = [(n, False) for n in args.runs] + ([(args.long_runs, True)] if args.long_runs else [])
+    for n, long in shapes:
+        m = _child(n, "decoded", long, None, args.own_task_ids, args.record_keys, sites=True)
+        shape = "long" if long else "short"
+        print(f"{n:,} runs, {shape}: {m['sites_total']:,.0f} B a run held (tracemalloc)\n")
+        print("| bytes a run | objects a run | allocated at |\n|---:|---:|---|")
+        print("\n".join(f"| {b:,.1f} | {c:.2f} | {where} |" for b, c, where in m["sites"]))
+        print(flush=True)
 
 
 def _allocator_as_the_worker_sets_it() -> None:
