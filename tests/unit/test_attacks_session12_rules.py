@@ -9,9 +9,15 @@ commit before its fix.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
 
+from baton.processors.engine import decide, expire_due
+from baton.processors.state import RunState
 from baton.schemas.decision import Outcome, Reason
-from tests.unit.test_engine_support import Run, completed, policy_with
+from baton.schemas.events import ApprovalDenied, ApprovalGranted, HandoffRequested
+from tests.unit.test_attacks_session11_rules import LINEAGE_POLICY
+from tests.unit.test_engine_properties_session10 import histories
+from tests.unit.test_engine_support import Run, at, completed, policy_with
 
 pytestmark = pytest.mark.unit
 
@@ -84,3 +90,48 @@ def test_no_agent_becomes_the_runs_first_while_its_first_handoff_awaits_approval
     [granted] = run.grant(asked.approval_id, "human")
     assert (granted.outcome, granted.reason) == (Outcome.ALLOW, Reason.APPROVAL_GRANTED)
     assert run.handoff("t2", "a", "d", parent_task_id="t1").outcome == Outcome.ALLOW
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories)
+def test_under_require_lineage_no_allow_puts_a_task_above_its_givers_place(history: list) -> None:
+    # session 10's histories (releases, grants, sweeps, redeliveries, case variants) under
+    # require_lineage: a task handed on by an agent other than the run's first stands below
+    # the parent task its giver named (the giver's place in the tree), never above it
+    state: RunState | None = None
+    approvals: list[str] = []
+    clock = 0
+    for step, dt in history:
+        clock += dt
+        if isinstance(step, str):
+            if step == "sweep" and state is not None:
+                state, _ = expire_due(state, LINEAGE_POLICY, at(clock))
+            continue
+        event = step
+        if type(event) in (ApprovalGranted, ApprovalDenied):
+            which = int(event.approval_id[1:])
+            if which >= len(approvals):
+                continue
+            event = event.model_copy(update={"approval_id": approvals[which]})
+        before = state
+        state, decisions = decide(state, event, LINEAGE_POLICY, at(clock))
+        if state is before:  # answered from the run's memory (a redelivery, a refusal)
+            continue
+        for d in decisions:
+            if d.outcome is Outcome.APPROVAL_REQUIRED and d.approval_id not in approvals:
+                approvals.append(d.approval_id)  # type: ignore[arg-type]
+            if d.outcome is not Outcome.ALLOW or before is None or state is None:
+                continue
+            req = (
+                before.pending[d.approval_id].request  # type: ignore[index]
+                if d.reason == Reason.APPROVAL_GRANTED
+                else event
+            )
+            assert type(req) is HandoffRequested
+            first = next(iter(before.agents), None)
+            if first is None or req.from_agent == first or req.parent_task_id is None:
+                continue
+            parent = before.task(req.parent_task_id)
+            node = state.task(req.task_id)
+            assert parent is not None and node is not None
+            assert node.depth >= parent.depth + 1, (req, parent, node)
