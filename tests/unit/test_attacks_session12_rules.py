@@ -97,7 +97,8 @@ def test_no_agent_becomes_the_runs_first_while_its_first_handoff_awaits_approval
 def test_under_require_lineage_no_allow_puts_a_task_above_its_givers_place(history: list) -> None:
     # session 10's histories (releases, grants, sweeps, redeliveries, case variants) under
     # require_lineage: a task handed on by an agent other than the run's first stands below
-    # the parent task its giver named (the giver's place in the tree), never above it
+    # the parent task its giver named (the giver's place in the tree), never above it (a
+    # guard: these histories did not find the released-task dodge above in 3,000 examples)
     state: RunState | None = None
     approvals: list[str] = []
     clock = 0
