@@ -103,8 +103,9 @@ class MultiAgentPolicy(StrictModel):
     require_lineage: bool = Field(
         False,
         description="true: a handoff from an agent other than the run's first (the "
-        "`from_agent` of its first allowed handoff) must name a `parent_task_id` that "
-        "`from_agent` owns in the run's tree, else `stop lineage_required`: without it an "
+        "`from_agent` of its first allowed handoff, or of the one awaiting approval) must name "
+        "a `parent_task_id` that `from_agent` owns in the run's tree (a released task: its own "
+        "parent), else `stop lineage_required`: without it an "
         "agent can start a fresh chain (no parent, or a task id the run never saw) and "
         "`max_delegation_depth` and `detect_delegation_cycles` never see the chain it is on. "
         "`from_agent` is taken as the event names it: an orchestrator that names the run's "
