@@ -24,6 +24,7 @@ __all__ = [
     "CHAIN_FIELDS",
     "DECISION_ADAPTER",
     "DECISION_FIELDS",
+    "UNCHAINED_OUTCOMES",
     "Decision",
     "Fallback",
     "Outcome",
@@ -51,6 +52,13 @@ class Outcome(StrEnum):
     #: a record that blocks nothing and allows nothing: a post-handoff cost report within
     #: budget, a finished run, a kill switch, a grant that could not be used (reason says why)
     RECORDED = "recorded"
+
+
+#: what a worker publishes outside a run's hash chain: answers that change no run (protocol
+#: refusals: a handoff's stop, a report's recorded refusal), never an allow, an approval asked
+#: or a grant. A record without a ``chain_hash`` saying anything else was written by someone
+#: else: the SDK takes no answer from it, `baton audit verify` fails its run, `trace` warns.
+UNCHAINED_OUTCOMES = frozenset({Outcome.STOP, Outcome.RECORDED})
 
 
 class Reason(StrEnum):

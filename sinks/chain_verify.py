@@ -39,7 +39,7 @@ from datetime import datetime
 from typing import Any
 
 from baton.processors.chain_links import Link, shown_id, walk_links
-from baton.schemas.decision import CHAIN_FIELDS, chain_hash
+from baton.schemas.decision import CHAIN_FIELDS, UNCHAINED_OUTCOMES, chain_hash
 
 __all__ = ["CHAIN_COLUMNS", "RunChain", "verify_chains"]
 
@@ -68,9 +68,8 @@ class RunChain:
 
 #: where a row's decided_at is (a datetime; the walk compares lives' times)
 _AT = 4 + CHAIN_FIELDS.index("decided_at")
-#: where a row's outcome is, and the outcomes a worker publishes outside a run's chain
+#: where a row's outcome is
 _OUTCOME = 4 + CHAIN_FIELDS.index("outcome")
-_UNCHAINED = frozenset({"stop", "recorded"})
 
 
 def _seconds(at: Any) -> float:
@@ -90,7 +89,7 @@ def verify_chains(
     forged: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         if row[3] is None:  # outside any chain: refusals of no state, or not a worker's
-            if str(row[_OUTCOME]) not in _UNCHAINED:
+            if str(row[_OUTCOME]) not in UNCHAINED_OUTCOMES:
                 forged[row[0]].append(
                     f"unchained: decision {shown_id(str(row[1]))} says {row[_OUTCOME]} without "
                     "a chain_hash (a worker chains every decision that changes a run: "

@@ -10,6 +10,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from baton.processors.chain_links import ChainBreak, Link, walk_links
+from baton.schemas.decision import UNCHAINED_OUTCOMES
 from baton.schemas.errors import BadArgument
 from baton.sinks.render import cell, render_table, shown
 from baton.sinks.schema import DATABASE
@@ -178,6 +179,8 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
         ended = f"last decision: {last['outcome']} ({last['reason']})"
     policies = sorted({s["policy_version"] for s in steps if s["policy_version"]})
     broken = _chain_break(steps)
+    # a run whose worker chained it (an audit from before chains, 0004, has no links at all)
+    chained = any(s.get("chain_hash") for s in steps)
     lines = [
         f"Run {run_id}  tenant {first['tenant']}  {len(steps)} decisions  {when}",
         *(
@@ -193,6 +196,12 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
             f"WARNING: step {i}: {s['conflict'].describe(_shown_id)}"
             for i, s in enumerate(steps, 1)
             if "conflict" in s
+        ),
+        *(
+            f"WARNING: step {i}: {s['outcome']} without a chain_hash: no worker publishes one "
+            "(it chains every decision that changes a run); a record someone else wrote"
+            for i, s in enumerate(steps, 1)
+            if chained and not s.get("chain_hash") and s["outcome"] not in UNCHAINED_OUTCOMES
         ),
         ended,
         f"handoffs {max(s['handoff_count'] for s in steps)}  "

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from baton.schemas.decision import Decision, Outcome, Phase
+from baton.schemas.decision import UNCHAINED_OUTCOMES, Decision, Outcome, Phase
 
 __all__ = ["PARKED_MAX", "Unanswered", "WaitKey", "Waiter", "WaiterBook", "unchained_allow"]
 
@@ -32,10 +32,6 @@ WaitKey: TypeAlias = tuple[str, str, str]  # (run_id, request_id, phase)
 PARKED_GRACE_S = 60.0
 PARKED_MAX = 100_000
 
-#: what a worker publishes outside a run's chain: answers that change no run (protocol
-#: refusals: a handoff's stop, a report's recorded refusal), never an allow
-_UNCHAINED = frozenset({Outcome.STOP, Outcome.RECORDED})
-
 
 def unchained_allow(decision: Decision) -> bool:
     """True for a decision without a ``chain_hash`` (None or "") that does not refuse: no
@@ -43,7 +39,7 @@ def unchained_allow(decision: Decision) -> bool:
     nothing. A writer of gov.decisions published such an allow under a decision id the
     worker never uses, or another tenant: a waiting client took it, and the audit kept it
     outside every chain, where `baton audit verify` passed it."""
-    return not decision.chain_hash and decision.outcome not in _UNCHAINED
+    return not decision.chain_hash and decision.outcome not in UNCHAINED_OUTCOMES
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,3 +67,21 @@ def test_the_workers_own_run_verifies(tmp_path: Path) -> None:
     verify = CliRunner().invoke(audit_group, ["verify", "--dsn", f"chdb://{tmp_path / 'chdb'}"])
     assert verify.exit_code == 0, verify.output
     assert "every chain holds" in verify.output
+
+
+def test_trace_warns_at_a_forged_unchained_allow(tmp_path: Path) -> None:
+    """H4's F3b: after verify failed the run, `baton trace` still showed the forged allow as
+    the run's own step with no warning (it walks only rows with a chain_hash)."""
+    from baton.cli.query_cmds import trace_cmd
+
+    worker = _gated_run()
+    forged = Decision.from_json(worker[1].to_json())
+    forged.outcome, forged.reason, forged.approval_id, forged.chain_hash = (
+        Outcome.ALLOW, Reason.OK, None, None,
+    )  # fmt: skip
+    forged.decision_id = "f" * 32
+    chdb_audit(tmp_path / "chdb", [worker[0], forged, *worker[1:]]).close()
+    trace = CliRunner().invoke(trace_cmd, ["rs", "--dsn", f"chdb://{tmp_path / 'chdb'}"])
+    assert trace.exit_code == 0, trace.output
+    assert "WARNING: step 2: allow without a chain_hash: no worker publishes one" in trace.output
+    assert trace.output.count("WARNING") == 1  # the worker's own steps are not named
