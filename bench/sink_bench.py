@@ -31,6 +31,7 @@ as it is written, ``audit_insert.INSERT_SETTINGS``; also ``--variants insert``).
     python -m bench.sink_bench --against DIR --rounds 3 # and an older tree's sink, alternating
     python -m bench.sink_bench --against A --against B  # two older trees, each named by folder
     python -m bench.sink_bench --variants insert --rounds 3     # optimize_on_insert off vs on
+    python -m bench.sink_bench --schemas --rounds 8     # chDB's insert alone, 0006 views or not
     python -m bench.sink_timeline                       # where one run's wall time goes
 
 Rates: ``rows/s`` from the sink's partitions' assignment to the commit of its last row;
@@ -426,6 +427,93 @@ def insert_routes(
     return out
 
 
+#: the schema's objects that migration 0006 added (the forged-record trail)
+_VARIANT_OBJECTS = ("decision_variants", "decision_variants_mv", "decision_conflicts")
+
+
+def insert_schemas(
+    records: list[tuple[bytes, bytes]], batch_size: int, tmp: str, rounds: int
+) -> list[tuple[str, list[float], list[float]]]:
+    """(schema, us of CPU per row per round, us of wall per row per round) of chDB storing
+    ``records`` as the sink does (one Native block per batch, in this process, no Kafka):
+    the audit without 0006's views (as at 04afa45) and with every view, each with
+    ``optimize_on_insert`` on (ClickHouse's default) and off (the sink's, INSERT_SETTINGS),
+    alternating for ``rounds`` rounds, each into fresh tables (a copy of the migrated schema
+    in a database of its own). CPU is this process's: chDB's threads and the driver."""
+    from baton.sinks.audit_batch import DECISIONS_TABLE, AuditBatch
+    from baton.sinks.audit_insert import insert_types, native_block
+    from baton.sinks.clickhouse import connect
+    from baton.sinks.rows import DECISION_COLUMNS
+    from baton.sinks.schema import DATABASE, migrate
+
+    client = connect(f"chdb://{Path(tmp) / 'schemas'}", create=True)
+    migrate(client, 365)
+    types = insert_types(client, DECISIONS_TABLE, DECISION_COLUMNS)
+    blocks = []
+    for c in range(0, len(records), batch_size):
+        b = AuditBatch("bench", 365)
+        for i, (_, value) in enumerate(records[c : c + batch_size]):
+            b.add(i % PARTITIONS, c + i, value)
+        blocks.append((native_block(b.rows, DECISION_COLUMNS, types), len(b.rows)))
+    ddl = client.query(
+        "SELECT name, engine, create_table_query FROM system.tables WHERE database = {db:String} "
+        "AND name != 'schema_migrations'",
+        parameters={"db": DATABASE},
+    ).result_rows
+    order = {"MaterializedView": 1, "View": 2}
+    ddl = sorted(ddl, key=lambda row: order.get(str(row[1]), 0))
+    schemas = [
+        ("0001-0005, no 0006 views, optimize_on_insert on", False, 1),
+        ("0001-0005, no 0006 views, optimize_on_insert off", False, 0),
+        ("every view, optimize_on_insert on", True, 1),
+        ("every view, optimize_on_insert off (the sink)", True, 0),
+    ]
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in schemas}
+    wall: dict[str, list[float]] = {name: [] for name, _, _ in schemas}
+    rows = sum(n for _, n in blocks)
+    made = iter(range(10**6))
+    for r in range(rounds):
+        for name, variants, fold in schemas if r % 2 == 0 else schemas[::-1]:
+            db = f"bench{next(made)}"
+            client.command(f"CREATE DATABASE {db}")
+            for table, _, query in ddl:
+                if variants or str(table) not in _VARIANT_OBJECTS:
+                    client.command(str(query).replace(f"{DATABASE}.", f"{db}."))
+            c0, t0 = time.process_time(), time.perf_counter()
+            for k, (block, _) in enumerate(blocks):
+                client.raw_insert(
+                    f"{db}.decisions",
+                    list(DECISION_COLUMNS),
+                    insert_block=block,
+                    fmt="Native",
+                    settings={"insert_deduplication_token": f"s{k}", "optimize_on_insert": fold},
+                )
+            c1, t1 = time.process_time(), time.perf_counter()
+            cpu[name].append((c1 - c0) / rows * 1e6)
+            wall[name].append((t1 - t0) / rows * 1e6)
+            client.command(f"DROP DATABASE {db}")
+    client.close()
+    return [(name, cpu[name], wall[name]) for name, _, _ in schemas]
+
+
+def _print_schemas(
+    n: int, batch_size: int, rounds: int, found: list[tuple[str, list[float], list[float]]]
+) -> None:
+    import statistics
+
+    print(f"\n{_machine()}")
+    print(
+        f"{n:,} worker decisions as the sink's Native blocks of {batch_size:,}, chDB in this "
+        f"process, {rounds} alternating rounds (median, min)\n"
+    )
+    print(f"| {'schema, insert setting':<50} | {'us CPU/row':>15} | {'us wall/row':>15} |")
+    print(f"|{'-' * 52}|{'-' * 17}|{'-' * 17}|")
+    for name, cpu, wall in found:
+        c = f"{statistics.median(cpu):.2f}, {min(cpu):.2f}"
+        w = f"{statistics.median(wall):.2f}, {min(wall):.2f}"
+        print(f"| {name:<50} | {c:>15} | {w:>15} |")
+
+
 def _arrow_schema(client: Any, pa: Any) -> Any:
     """The Arrow schema of the sink's rows, from the table's column types."""
     from baton.sinks.rows import DECISION_COLUMNS
@@ -474,6 +562,12 @@ def main() -> None:
         "--routes", action="store_true", help="compare insert routes in-process (no Kafka)"
     )
     ap.add_argument(
+        "--schemas",
+        action="store_true",
+        help="chDB's insert alone, in-process: without and with 0006's views, "
+        "optimize_on_insert on and off (--rounds alternating)",
+    )
+    ap.add_argument(
         "--against",
         metavar="DIR",
         action="append",
@@ -491,6 +585,12 @@ def main() -> None:
     to_store = sum(1 for _, v in records if b'"reemitted":true' not in v)
     size = sum(len(v) for _, v in records) / n
     with_input = sum(1 for _, v in records if b'"input":"' in v) / n
+    if args.schemas:
+        rounds = max(args.rounds, 3)
+        with tempfile.TemporaryDirectory() as tmp:
+            found = insert_schemas(records, args.batch_size, tmp, rounds)
+        _print_schemas(n, args.batch_size, rounds, found)
+        return
     if args.routes:
         with tempfile.TemporaryDirectory() as tmp:
             routes = insert_routes(records, args.batch_size, tmp)
