@@ -52,6 +52,7 @@ def create_topics(settings: Settings) -> Any:
     "control_max_staleness_s",
     "batch_size",
     "fetch_max_wait_ms",
+    "max_decompressed_batch_bytes",
     "processing_guarantee",
     "worker_producer",
     "consumer_loop",

@@ -28,7 +28,7 @@ from typing import Any
 
 import faust
 
-from baton.processors import faust_adapter
+from baton.processors import faust_adapter, fetch_bound
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.batch_stats import BatchStats
 from baton.processors.control import ControlFollower
@@ -136,6 +136,7 @@ class GovernanceWorker:
             offsets_in_transactions=s.processing_guarantee == "exactly_once",
             inline_consumer=s.consumer_loop == "inline",
         )
+        fetch_bound.install(s.max_decompressed_batch_bytes, runtime.source_topics)
         app = build_app(s, runtime)
         source = source_topic(app, self.catalog, s.partitions)
         self.runs = runs_table(app, s.partitions)

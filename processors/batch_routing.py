@@ -18,6 +18,7 @@ from baton.processors.batch_records import (
     Outputs,
     RecordError,
 )
+from baton.processors.fetch_bound import RefusedBatch
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent, parse_event
 from baton.streams.partitioner import partition_for
 
@@ -45,6 +46,8 @@ def route(
     hand off."""
     if rec.value is None:
         raise RecordError(ErrorKind.EMPTY, "empty message (null value)")
+    if type(rec.value) is RefusedBatch:  # a batch not decompressed (processors/fetch_bound.py)
+        raise RecordError(rec.value.kind, rec.value.reason)
     if rec.key is None:
         raise RecordError(
             ErrorKind.MISSING_KEY,

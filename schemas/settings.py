@@ -13,6 +13,10 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from baton.processors.fetch_bound import (
+    DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
+    MIN_MAX_DECOMPRESSED_BATCH_BYTES,
+)
 from baton.schemas.connections import connection_problems
 from baton.schemas.errors import ConfigError
 from baton.schemas.redact import mask_credentials
@@ -192,6 +196,16 @@ class Settings(BaseSettings):
         le=300_000,  # librdkafka's bound on fetch.wait.max.ms (a fetch request's int32)
         description="worker fetch wait; Tansu holds every fetch this long, Kafka "
         "answers when data arrives (100-500 is fine there)",
+    )
+    # a record batch is decompressed by aiokafka before Baton sees one byte of it: a 1 MB
+    # lz4 batch of zeros inflated to 250 MB (processors/fetch_bound.py)
+    max_decompressed_batch_bytes: int = Field(
+        DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
+        ge=MIN_MAX_DECOMPRESSED_BATCH_BYTES,
+        le=2**31 - 1,
+        description="a compressed record batch the worker fetches is decompressed to this "
+        "many bytes at most; one inflating past it (or not decompressing) is not decided: "
+        "one dead letter names its offsets (batch_too_large / batch_undecodable)",
     )
     batch_size: int = Field(
         10_000,

@@ -1,0 +1,302 @@
+"""A bound on the bytes a record batch the worker's Kafka consumer (aiokafka) fetched inflates to.
+
+aiokafka bounds the *compressed* bytes of a fetch only: a 1 MB lz4 batch of zeros inflates
+to 250 MB, and four of them took a worker to 1.1 GB of memory before Baton's 64 KB event
+limit saw a byte (docs/security.md, "Compressed records"). Under a memory limit that is an
+OOM kill mid-fetch, and the same records read again at the restart: a crash loop caused by
+any client that can send events.
+
+:func:`install` (the worker, at start) replaces the codec functions aiokafka's record
+batches call (the globals of ``aiokafka.record._crecords.default_records`` and
+``legacy_records``, C, and of their pure-Python twins) by bounded ones: gzip and zstd stop
+decompressing at the bound (``max_length``), lz4 too (``lz4.frame``, a Baton dependency),
+snappy checks each block's declared length before decompressing it. A batch that would
+inflate past ``BATON_MAX_DECOMPRESSED_BATCH_BYTES``, or does not decompress at all, is
+*refused*: aiokafka's ``PartitionRecords`` (its ``MemoryRecords`` wrapped) then yields, in
+place of the batch's records, one record at the batch's last offset whose value is a
+:class:`RefusedBatch`; the batch step turns it into one dead letter naming the offsets, the
+partition and why (processors/batch_routing.py), the group's offset moves past the batch
+like past any record, and the worker goes on deciding. No record of such a batch is
+decided (fail closed: its events get no allow). A refused batch on any other topic (the
+runs changelog, written by workers without compression) raises :class:`InflateRefused`
+naming it: the worker stops, bounded, instead of applying something it cannot read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES",
+    "KIND_TOO_LARGE",
+    "KIND_UNDECODABLE",
+    "MIN_MAX_DECOMPRESSED_BATCH_BYTES",
+    "InflateRefused",
+    "RefusedBatch",
+    "bounded_decoders",
+    "gzip_bounded",
+    "install",
+    "lz4_bounded",
+    "snappy_bounded",
+    "zstd_bounded",
+]
+
+#: the default bound: a batch of the SDK's producer is at most ~1 MiB uncompressed
+#: (librdkafka's batch.size, streams/kafka.py), a Java producer's 1 MB compressed batch of
+#: JSON events (~4-8x) still fits; a bomb costs at most this per partition being read
+DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES = 8 * 1024 * 1024
+#: the least the setting may be: one event at Baton's 64 KB limit with its framing always fits
+MIN_MAX_DECOMPRESSED_BATCH_BYTES = 128 * 1024
+#: dead-letter kinds (``error_kind``) of a refused batch's one dead letter
+KIND_TOO_LARGE = "batch_too_large"
+KIND_UNDECODABLE = "batch_undecodable"
+
+_SETTING = "BATON_MAX_DECOMPRESSED_BATCH_BYTES"
+#: the codec functions aiokafka's record modules call, by the names they import them as
+_RECORD_MODULES = (
+    "aiokafka.record._crecords.default_records",
+    "aiokafka.record._crecords.legacy_records",
+    "aiokafka.record.default_records",
+    "aiokafka.record.legacy_records",
+)
+
+
+class InflateRefused(Exception):
+    """A compressed batch not decompressed: past the bound (``KIND_TOO_LARGE``) or not
+    valid data of its codec (``KIND_UNDECODABLE``)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+class RefusedBatch(bytes):
+    """The value of the one record standing for a refused batch (empty bytes carrying why).
+
+    No client can send one: a Kafka record's value arrives as plain ``bytes``, so the batch
+    step tells it by its type (``type(value) is RefusedBatch``)."""
+
+    kind: str
+    reason: str
+
+    def __new__(cls, kind: str, reason: str) -> RefusedBatch:
+        value = super().__new__(cls, b"")
+        value.kind = kind
+        value.reason = reason
+        return value
+
+
+# ---------------------------------------------------------------------- bounded decoders
+def _too_large(codec: str, bound: int) -> InflateRefused:
+    return InflateRefused(
+        KIND_TOO_LARGE,
+        f"{codec} data inflating past {bound} bytes ({_SETTING})",
+    )
+
+
+def _undecodable(codec: str, exc: Exception) -> InflateRefused:
+    return InflateRefused(KIND_UNDECODABLE, f"not valid {codec} data: {str(exc)[:200]}")
+
+
+def _frames(
+    codec: str, data: Any, bound: int, new: Callable[[], Any], errors: tuple[type[Exception], ...]
+) -> bytes:
+    """Concatenated frames (gzip members, zstd frames) of ``data``, inflated to ``bound``
+    bytes at most (one byte more proves there is more); zero padding between them skipped,
+    as gzip's reader does."""
+    out: list[bytes] = []
+    size = 0
+    rest = bytes(data)
+    try:
+        while rest:
+            d = new()
+            chunk = d.decompress(rest, bound - size + 1)
+            size += len(chunk)
+            if size > bound:
+                raise _too_large(codec, bound)
+            out.append(chunk)
+            if not d.eof:
+                raise InflateRefused(KIND_UNDECODABLE, f"not valid {codec} data: truncated")
+            rest = (d.unused_data or b"").lstrip(b"\0")
+    except errors as exc:
+        raise _undecodable(codec, exc) from None
+    return b"".join(out)
+
+
+def gzip_bounded(data: Any, bound: int) -> bytes:
+    """gzip (every member) inflated to ``bound`` bytes at most, else ``InflateRefused``."""
+    return _frames(
+        "gzip", data, bound, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), (zlib.error,)
+    )
+
+
+def lz4_bounded(data: Any, bound: int) -> bytes:
+    """Kafka's lz4 (frames) inflated to ``bound`` bytes at most, else ``InflateRefused``."""
+    import lz4.frame  # a Baton dependency; imported by the worker only, when it is needed
+
+    return _frames("lz4", data, bound, lz4.frame.LZ4FrameDecompressor, (RuntimeError,))
+
+
+def zstd_bounded(data: Any, bound: int) -> bytes:
+    """zstd (every frame) inflated to ``bound`` bytes at most, else ``InflateRefused``."""
+    try:  # clickhouse-connect's dependency on Python < 3.14; the standard library's after
+        from backports.zstd import ZstdDecompressor, ZstdError
+    except ImportError:  # pragma: no cover - Python 3.14
+        from compression.zstd import ZstdDecompressor, ZstdError  # type: ignore
+    return _frames("zstd", data, bound, ZstdDecompressor, (ZstdError,))
+
+
+#: the xerial framing some Java clients write snappy in (aiokafka.codec's check)
+_XERIAL_HEADER = b"\x82SNAPPY\x00"
+
+
+def snappy_bounded(data: Any, bound: int) -> bytes:
+    """snappy, raw or xerial-framed: each block's declared length is checked before it is
+    decompressed (snappy allocates what a block declares), else ``InflateRefused``."""
+    import cramjam  # a Baton dependency (aiokafka's codecs)
+
+    raw = memoryview(data).cast("B")  # blocks as views: no copy of the input
+    try:
+        if len(raw) > 16 and raw[:8] == _XERIAL_HEADER:
+            blocks, pos = [], 16
+            while pos < len(raw):
+                (length,) = struct.unpack_from("!i", raw, pos)
+                blocks.append(raw[pos + 4 : pos + 4 + length])
+                pos += 4 + length
+        else:
+            blocks = [raw]
+        size = 0
+        for block in blocks:
+            size += cramjam.snappy.decompress_raw_len(block)
+            if size > bound:
+                raise _too_large("snappy", bound)
+        return b"".join(bytes(cramjam.snappy.decompress_raw(block)) for block in blocks)
+    except (cramjam.DecompressionError, struct.error, ValueError) as exc:
+        raise _undecodable("snappy", exc) from None
+
+
+def bounded_decoders(bound: int) -> dict[str, Callable[[Any], bytes]]:
+    """aiokafka's codec names -> decoders refusing data that inflates past ``bound``."""
+    return {
+        "gzip_decode": lambda data: gzip_bounded(data, bound),
+        "lz4_decode": lambda data: lz4_bounded(data, bound),
+        "zstd_decode": lambda data: zstd_bounded(data, bound),
+        "snappy_decode": lambda data: snappy_bounded(data, bound),
+    }
+
+
+# ---------------------------------------------------------------------- aiokafka's fetch path
+class _RefusedRecord:
+    """What aiokafka's ``PartitionRecords`` reads of a record, for a refused batch."""
+
+    __slots__ = ("headers", "offset", "timestamp", "timestamp_type", "value")
+    key = None
+    checksum = None
+
+    def __init__(self, offset: int, timestamp: int | None, kind: int, value: bytes) -> None:
+        self.offset = offset
+        self.timestamp = timestamp
+        self.timestamp_type = kind
+        self.value = value
+        self.headers: list[Any] = []
+
+
+class _BoundedBatch:
+    """A record batch whose records, if it is refused, are one record naming why."""
+
+    __slots__ = ("_batch", "_where")
+
+    def __init__(self, batch: Any, where: _Partition) -> None:
+        self._batch = batch
+        self._where = where
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._batch, name)
+
+    def __next__(self) -> Any:  # aiokafka reads a control batch's marker with next()
+        return next(self._batch)
+
+    def __iter__(self) -> Iterator[Any]:
+        batch = self._batch
+        try:
+            return iter(batch)  # decompresses here (the C batch's _maybe_uncompress)
+        except InflateRefused as exc:
+            last = batch.next_offset - 1
+            first = getattr(batch, "base_offset", last)
+            where = self._where
+            reason = (
+                f"record batch at offsets {first}-{last} of {where.topic}[{where.partition}] "
+                f"refused, none of its records decided: {exc}"
+            )
+            if not where.source:
+                raise InflateRefused(exc.kind, reason) from None
+            timestamp = getattr(batch, "max_timestamp", -1)
+            record = _RefusedRecord(
+                last,
+                timestamp if timestamp >= 0 else None,
+                getattr(batch, "timestamp_type", 0) or 0,
+                RefusedBatch(exc.kind, reason),
+            )
+            return iter((record,))
+
+
+class _Partition:
+    __slots__ = ("partition", "source", "topic")
+
+    def __init__(self, topic: str, partition: int, source: bool) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.source = source
+
+
+class _BoundedRecords:
+    """aiokafka's ``MemoryRecords`` of one partition's fetch, its batches bounded."""
+
+    __slots__ = ("_records", "_where")
+
+    def __init__(self, records: Any, where: _Partition) -> None:
+        self._records = records
+        self._where = where
+
+    def has_next(self) -> bool:
+        return bool(self._records.has_next())
+
+    def next_batch(self) -> Any:
+        batch = self._records.next_batch()
+        return None if batch is None else _BoundedBatch(batch, self._where)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._records, name)
+
+
+def install(bound: int, source_topics: Iterable[str]) -> None:
+    """Bound every record batch this process's aiokafka consumers decompress to ``bound``
+    bytes; a refused batch of ``source_topics`` becomes one record a dead letter is made
+    of, one of any other topic an error. Idempotent (the last call's bound and topics)."""
+    from aiokafka.consumer import fetcher  # the worker's only (schemas/settings.py imports us)
+
+    if bound < MIN_MAX_DECOMPRESSED_BATCH_BYTES:
+        raise ValueError(
+            f"{_SETTING}: expected at least {MIN_MAX_DECOMPRESSED_BATCH_BYTES}, got {bound}"
+        )
+    decoders = bounded_decoders(bound)
+    for name in _RECORD_MODULES:
+        module = importlib.import_module(name)
+        for codec, decode in decoders.items():
+            if codec in vars(module):  # the legacy formats have no zstd
+                setattr(module, codec, decode)
+    sources = frozenset(source_topics)
+    base = getattr(fetcher.PartitionRecords, "_baton_unbounded", fetcher.PartitionRecords)
+
+    class BoundedPartitionRecords(base):  # type: ignore[misc, valid-type]
+        _baton_unbounded = base
+
+        def __init__(self, tp: Any, records: Any, *args: Any) -> None:
+            where = _Partition(tp.topic, tp.partition, tp.topic in sources)
+            super().__init__(tp, _BoundedRecords(records, where), *args)
+
+    fetcher.PartitionRecords = BoundedPartitionRecords
