@@ -30,6 +30,14 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import cramjam  # aiokafka's codec library, a Baton dependency
+import lz4.frame  # a Baton dependency
+
+try:  # clickhouse-connect's dependency on Python < 3.14; the standard library's after
+    from backports.zstd import ZstdDecompressor, ZstdError
+except ImportError:  # pragma: no cover - Python 3.14
+    from compression.zstd import ZstdDecompressor, ZstdError  # type: ignore
+
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES",
     "KIND_TOO_LARGE",
@@ -136,17 +144,11 @@ def gzip_bounded(data: Any, bound: int) -> bytes:
 
 def lz4_bounded(data: Any, bound: int) -> bytes:
     """Kafka's lz4 (frames) inflated to ``bound`` bytes at most, else ``InflateRefused``."""
-    import lz4.frame  # a Baton dependency; imported by the worker only, when it is needed
-
     return _frames("lz4", data, bound, lz4.frame.LZ4FrameDecompressor, (RuntimeError,))
 
 
 def zstd_bounded(data: Any, bound: int) -> bytes:
     """zstd (every frame) inflated to ``bound`` bytes at most, else ``InflateRefused``."""
-    try:  # clickhouse-connect's dependency on Python < 3.14; the standard library's after
-        from backports.zstd import ZstdDecompressor, ZstdError
-    except ImportError:  # pragma: no cover - Python 3.14
-        from compression.zstd import ZstdDecompressor, ZstdError  # type: ignore
     return _frames("zstd", data, bound, ZstdDecompressor, (ZstdError,))
 
 
@@ -157,8 +159,6 @@ _XERIAL_HEADER = b"\x82SNAPPY\x00"
 def snappy_bounded(data: Any, bound: int) -> bytes:
     """snappy, raw or xerial-framed: each block's declared length is checked before it is
     decompressed (snappy allocates what a block declares), else ``InflateRefused``."""
-    import cramjam  # a Baton dependency (aiokafka's codecs)
-
     raw = memoryview(data).cast("B")  # blocks as views: no copy of the input
     try:
         if len(raw) > 16 and raw[:8] == _XERIAL_HEADER:
