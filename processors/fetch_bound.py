@@ -285,10 +285,21 @@ def install(bound: int, source_topics: Iterable[str]) -> None:
         )
     decoders = bounded_decoders(bound)
     for name in _RECORD_MODULES:
-        module = importlib.import_module(name)
-        for codec, decode in decoders.items():
-            if codec in vars(module):  # the legacy formats have no zstd
-                setattr(module, codec, decode)
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # aiokafka without its C extensions reads with the Python ones
+            continue
+        # the legacy formats (magic 0, 1) have no zstd; a name missing elsewhere means an
+        # aiokafka that decodes otherwise: refuse to start rather than run unbounded
+        wanted = [c for c in decoders if not (c == "zstd_decode" and "legacy" in name)]
+        missing = [c for c in wanted if c not in vars(module)]
+        if missing:
+            raise RuntimeError(
+                f"{name} has no {', '.join(missing)}: this aiokafka decodes record batches "
+                f"otherwise, and {_SETTING} cannot bound them (processors/fetch_bound.py)"
+            )
+        for codec in wanted:
+            setattr(module, codec, decoders[codec])
     sources = frozenset(source_topics)
     base = getattr(fetcher.PartitionRecords, "_baton_unbounded", fetcher.PartitionRecords)
 

@@ -220,3 +220,13 @@ def test_the_setting_defaults_to_8_mib_and_refuses_less_than_one_event() -> None
         Settings(max_decompressed_batch_bytes=64 * 1024)
     with pytest.raises(ValueError, match="BATON_MAX_DECOMPRESSED_BATCH_BYTES"):
         fetch_bound.install(1000, ["src"])
+
+
+def test_an_aiokafka_that_decodes_otherwise_stops_the_worker_rather_than_run_unbounded(
+    installed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiokafka.record._crecords import default_records
+
+    monkeypatch.delattr(default_records, "lz4_decode")
+    with pytest.raises(RuntimeError, match="has no lz4_decode"):
+        fetch_bound.install(BOUND, ["src"])
