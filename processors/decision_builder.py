@@ -78,7 +78,7 @@ class Origin(NamedTuple):
 NO_ORIGIN = Origin()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class DecisionContext:
     """What one event is decided in: the run's compiled rules, the clock, the kill switches
     in force and where the event was read."""
@@ -93,6 +93,20 @@ class DecisionContext:
     #: the event's own request id and its digest: its decisions' ids cover the digest
     request_id: str | None = None
     digest: str | None = None
+
+    def __init__(
+        self,
+        rules: TenantRules,
+        now: datetime,
+        now_ts: float,
+        kills: Any,
+        origin: Origin,
+        request_id: str | None = None,
+        digest: str | None = None,
+    ) -> None:
+        # written out (init=False): a dataclass's own is interpreted code, compiled or not
+        self.rules, self.now, self.now_ts, self.kills = rules, now, now_ts, kills
+        self.origin, self.request_id, self.digest = origin, request_id, digest
 
 
 #: the mark on the phase of every decision of a run's life, before where the life began

@@ -293,8 +293,10 @@ def replay_runs(
                 why = f"replay failed: {type(exc).__name__}: {str(exc)[:300]}"
             else:
                 report.runs.append(result)
-                if result.transitions:  # (most runs change nothing: Counter.update is Python)
-                    report.transitions.update(result.transitions)
+                if result.transitions:  # (most runs change nothing)
+                    transitions = report.transitions
+                    for change, times in result.transitions.items():  # (Counter.update: Python)
+                        transitions[change] += times
                 decisions += result.decisions
         if why is not None:
             run_id = run[0].run_id

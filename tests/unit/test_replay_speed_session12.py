@@ -1,0 +1,109 @@
+"""`baton replay`'s speed work of the twelfth session (issue 14 item 1): what each change keeps.
+
+Compiled with mypyc, a dataclass's ``__init__`` is still the interpreted one dataclasses
+writes, so ``Decision`` and ``DecisionContext`` write theirs out: they must take the fields
+in the same order with the same defaults. The chain link reads a compiled decision's fields
+natively (``chain._values``): the same values as ``chain_values``. A page's rows are checked
+one value at a time (``replay_source._plain``) before the tuple of their types: it must
+accept only what the columns allow, so a forged row still meets ``_shape_checked``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from baton.processors import chain
+from baton.processors.decision_builder import DecisionContext
+from baton.processors.recorded import REPLAY_COLUMNS
+from baton.schemas.decision import CHAIN_FIELDS, Decision, Fallback, Outcome, Phase, chain_values
+from baton.schemas.errors import AuditUnavailable
+from baton.sinks import replay_source
+from baton.sinks.replay_source import page_rows
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 30, 19, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("cls", [Decision, DecisionContext])
+def test_a_written_out_init_takes_the_fields_in_order_with_their_defaults(cls: type) -> None:
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(cls)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for param, field in zip(params, fields, strict=True):
+        if field.default is dataclasses.MISSING:
+            assert param.default is inspect.Parameter.empty, field.name
+        else:
+            assert param.default == field.default, field.name
+            assert type(param.default) is type(field.default), field.name
+
+
+def _every_field_set() -> Decision:
+    values: dict[str, Any] = {}
+    for i, name in enumerate(f.name for f in dataclasses.fields(Decision)):
+        values[name] = f"v{i}"
+    values.update(
+        phase=Phase.PRE_HANDOFF, outcome=Outcome.STOP, depth=2, handoff_count=3, spent_usd=1.5,
+        tool_calls=4, fallback=Fallback.SINGLE_AGENT, approval_expires_at=NOW,
+        event_time=NOW, decided_at=NOW, partition=1, offset=7, shadow_outcome=Outcome.STOP,
+        reserved_usd=0.25, reemitted=True,
+    )  # fmt: skip
+    return Decision(**values)
+
+
+def test_the_positional_init_sets_every_field_where_keywords_do() -> None:
+    d = _every_field_set()
+    copy = Decision(*(getattr(d, f.name) for f in dataclasses.fields(Decision)))
+    assert copy == d
+
+
+def test_the_chain_reads_the_fields_chain_values_reads() -> None:
+    d = _every_field_set()
+    assert chain._values(d, d.input) == list(chain_values(d))
+    swapped = chain._values(d, "other input")
+    assert swapped[CHAIN_FIELDS.index("input")] == "other input"
+    assert swapped[:-1] == list(chain_values(d))[:-1]
+
+
+_GOOD_ROW: list[Any] = [
+    "run", "id", "allow", "within_budget", None, "v1", int(NOW.timestamp()) * 1_000_000, "w", 0, 5,
+    '{"type":"x"}', "", "h",
+]  # fmt: skip
+_VALUES: list[Any] = ["x", None, 1, -1, True, 1.5, [], {}, "12"]
+
+
+def test_a_row_passes_the_one_value_checks_only_with_types_its_columns_allow() -> None:
+    assert replay_source._plain(list(_GOOD_ROW))
+    for i, name in enumerate(REPLAY_COLUMNS):
+        for value in _VALUES:
+            row = list(_GOOD_ROW)
+            row[i] = value
+            if replay_source._plain(row):
+                assert type(value) in replay_source._COLUMN_TYPES[name], (name, value)
+    assert not replay_source._plain(_GOOD_ROW[:-1])
+    assert not replay_source._plain(tuple(_GOOD_ROW))
+
+
+def test_a_forged_row_is_still_refused_by_name_and_a_quoted_one_still_read() -> None:
+    forged = list(_GOOD_ROW)
+    forged[REPLAY_COLUMNS.index("outcome")] = 7
+    with pytest.raises(AuditUnavailable, match="outcome is '7'"):
+        list(page_rows(orjson.dumps(forged) + b"\n"))
+    quoted = list(_GOOD_ROW)
+    quoted[REPLAY_COLUMNS.index("decided_at")] = str(int(NOW.timestamp()) * 1_000_000 + 1)
+    quoted[REPLAY_COLUMNS.index("offset")] = "5"
+    (row,) = page_rows(orjson.dumps(quoted) + b"\n")
+    assert row.decided_at == datetime(2026, 11, 30, 19, 0, 0, 1, tzinfo=UTC)
+    assert row.offset == 5
+    (plain,) = page_rows(orjson.dumps(_GOOD_ROW) + b"\n")
+    assert plain.decided_at == NOW and plain.offset == 5
+    too_far = list(_GOOD_ROW)
+    too_far[REPLAY_COLUMNS.index("decided_at")] = 2**62
+    with pytest.raises(AuditUnavailable, match="decided_at"):
+        list(page_rows(orjson.dumps(too_far) + b"\n"))
