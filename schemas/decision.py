@@ -147,7 +147,7 @@ def decision_id_for(run_id: str, key: str, phase: str) -> str:
     return h.hexdigest()
 
 
-@dataclass(slots=True, init=False)
+@dataclass(slots=True)
 class Decision:
     """One decision, exactly the audit record of ARCHITECTURE.md ("Decision record")."""
 
@@ -197,86 +197,6 @@ class Decision:
     #: a copy of a decision published before (a retry or redelivery answered from the run's
     #: state): the client needs it, the audit already has the original and does not store it
     reemitted: bool = False
-
-    def __init__(
-        self,
-        decision_id: str,
-        request_id: str,
-        run_id: str,
-        tenant: str,
-        phase: Phase,
-        outcome: Outcome,
-        reason: str,
-        owner: str | None = None,
-        from_agent: str | None = None,
-        to_agent: str | None = None,
-        task_id: str | None = None,
-        parent_task_id: str | None = None,
-        action: str | None = None,
-        depth: int = 0,
-        handoff_count: int = 0,
-        spent_usd: float = 0.0,
-        tool_calls: int = 0,
-        handoff_status: str | None = None,
-        fallback: Fallback | None = None,
-        approval_id: str | None = None,
-        approval_expires_at: datetime | None = None,
-        approver: str | None = None,
-        policy_version: str = "",
-        event_time: datetime | None = None,
-        decided_at: datetime | None = None,
-        worker: str | None = None,
-        partition: int | None = None,
-        offset: int | None = None,
-        shadow_outcome: Outcome | None = None,
-        tool: str | None = None,
-        reserved_usd: float = 0.0,
-        detail: str | None = None,
-        request_digest: str | None = None,
-        chain_prev: str | None = None,
-        chain_hash: str | None = None,
-        input: str | None = None,
-        reemitted: bool = False,
-    ) -> None:
-        # written out (init=False above): the one dataclass makes is interpreted code even
-        # in the compiled build (1.7 µs a decision, this 0.2); a test holds it to the fields
-        self.decision_id = decision_id
-        self.request_id = request_id
-        self.run_id = run_id
-        self.tenant = tenant
-        self.phase = phase
-        self.outcome = outcome
-        self.reason = reason
-        self.owner = owner
-        self.from_agent = from_agent
-        self.to_agent = to_agent
-        self.task_id = task_id
-        self.parent_task_id = parent_task_id
-        self.action = action
-        self.depth = depth
-        self.handoff_count = handoff_count
-        self.spent_usd = spent_usd
-        self.tool_calls = tool_calls
-        self.handoff_status = handoff_status
-        self.fallback = fallback
-        self.approval_id = approval_id
-        self.approval_expires_at = approval_expires_at
-        self.approver = approver
-        self.policy_version = policy_version
-        self.event_time = event_time
-        self.decided_at = decided_at
-        self.worker = worker
-        self.partition = partition
-        self.offset = offset
-        self.shadow_outcome = shadow_outcome
-        self.tool = tool
-        self.reserved_usd = reserved_usd
-        self.detail = detail
-        self.request_digest = request_digest
-        self.chain_prev = chain_prev
-        self.chain_hash = chain_hash
-        self.input = input
-        self.reemitted = reemitted
 
     def to_json(self) -> bytes:
         if _COMPILED:  # orjson reads a dataclass's slots directly: a native one crashes it
