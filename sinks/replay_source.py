@@ -304,7 +304,11 @@ def page_rows(page: bytes) -> Iterator[Recorded]:
     rows = _json(b"[" + page.rstrip(b"\n").replace(b"\n", b",") + b"]")
     times: dict[Any, datetime] = {}
     for row in rows:
-        if not _plain(row) and tuple(map(type, row)) not in _GOOD_SHAPES:
+        if _COMPILED:  # (interpreted, the tuple of types is the cheaper test)
+            plain = _plain(row) or (type(row) is list and tuple(map(type, row)) in _GOOD_SHAPES)
+        else:
+            plain = type(row) is list and tuple(map(type, row)) in _GOOD_SHAPES
+        if not plain:
             _shape_checked(row)
         micros = row[_DECIDED_AT]
         at = times.get(micros)
@@ -377,4 +381,6 @@ def _refuse(row: Any, name: str, value: Any) -> NoReturn:
 
 
 _new_row = tuple.__new__
+#: this module is compiled (BATON_COMPILE=1)
+_COMPILED = not __file__.endswith(".py")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

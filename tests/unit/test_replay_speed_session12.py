@@ -103,3 +103,9 @@ def test_a_forged_row_is_still_refused_by_name_and_a_quoted_one_still_read() -> 
     too_far[REPLAY_COLUMNS.index("decided_at")] = 2**62
     with pytest.raises(AuditUnavailable, match="decided_at"):
         list(page_rows(orjson.dumps(too_far) + b"\n"))
+
+
+@pytest.mark.parametrize("row", [5, "x", None, {"a": 1}, [1] * 13, _GOOD_ROW[:-1]])
+def test_a_row_that_is_no_list_of_the_columns_is_refused_by_name(row: Any) -> None:
+    with pytest.raises(AuditUnavailable, match="not a row of"):
+        list(page_rows(orjson.dumps(row) + b"\n"))
