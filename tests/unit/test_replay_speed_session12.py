@@ -13,7 +13,6 @@ columns allow, so a forged row still meets ``_shape_checked``.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,10 +20,12 @@ import orjson
 import pytest
 
 from baton.processors import chain
-from baton.processors.decision_builder import DecisionContext
+from baton.processors.decision_builder import DecisionContext, Origin
+from baton.processors.policy_rules import rules_for
 from baton.processors.recorded import REPLAY_COLUMNS
 from baton.schemas.decision import CHAIN_FIELDS, Decision, Fallback, Outcome, Phase, chain_values
 from baton.schemas.errors import AuditUnavailable
+from baton.schemas.policy import load_policy
 from baton.sinks import replay_source
 from baton.sinks.replay_source import page_rows
 
@@ -34,16 +35,22 @@ NOW = datetime(2026, 11, 30, 19, 0, tzinfo=UTC)
 
 
 def test_the_written_out_init_takes_the_fields_in_order_with_their_defaults() -> None:
-    cls = DecisionContext
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    fields = dataclasses.fields(cls)
-    assert [p.name for p in params] == [f.name for f in fields]
-    for param, field in zip(params, fields, strict=True):
-        if field.default is dataclasses.MISSING:
-            assert param.default is inspect.Parameter.empty, field.name
-        else:
-            assert param.default == field.default, field.name
-            assert type(param.default) is type(field.default), field.name
+    # (by calls, not inspect.signature: a compiled __init__ has none; == : a float is unboxed)
+    fields = dataclasses.fields(DecisionContext)
+    rules = rules_for(load_policy(None), "default")
+    values = [rules, NOW, 1.5, object(), Origin("w", 1, 2), "request", "digest"]
+    assert len(values) == len(fields)
+    by_place = DecisionContext(*values)
+    by_name = DecisionContext(**{f.name: v for f, v in zip(fields, values, strict=True)})
+    for field, value in zip(fields, values, strict=True):
+        assert getattr(by_place, field.name) == value, field.name
+        assert getattr(by_name, field.name) == value, field.name
+    required = [f for f in fields if f.default is dataclasses.MISSING]
+    least = DecisionContext(*values[: len(required)])
+    for field in fields[len(required) :]:
+        assert getattr(least, field.name) == field.default, field.name
+    with pytest.raises(TypeError):
+        DecisionContext(*values[: len(required) - 1])
 
 
 def _every_field_set() -> Decision:
