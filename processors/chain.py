@@ -38,9 +38,10 @@ def link(
     the copy the worker published, without copying).
     """
     head = state.chain_head
+    compiled = _COMPILED
     for d in decisions:
         d.chain_prev = head
-        if _COMPILED:
+        if compiled:
             values = _values(d, d.input if input is None else input)
             d.chain_hash = head = chain_hash(key, head, values)
         elif input is None:

@@ -105,8 +105,13 @@ class DecisionContext:
         digest: str | None = None,
     ) -> None:
         # written out (init=False): a dataclass's own is interpreted code, compiled or not
-        self.rules, self.now, self.now_ts, self.kills = rules, now, now_ts, kills
-        self.origin, self.request_id, self.digest = origin, request_id, digest
+        self.rules = rules
+        self.now = now
+        self.now_ts = now_ts
+        self.kills = kills
+        self.origin = origin
+        self.request_id = request_id
+        self.digest = digest
 
 
 #: the mark on the phase of every decision of a run's life, before where the life began

@@ -303,8 +303,9 @@ def page_rows(page: bytes) -> Iterator[Recorded]:
     """
     rows = _json(b"[" + page.rstrip(b"\n").replace(b"\n", b",") + b"]")
     times: dict[Any, datetime] = {}
+    compiled = _COMPILED
     for row in rows:
-        if _COMPILED:  # (interpreted, the tuple of types is the cheaper test)
+        if compiled:  # (interpreted, the tuple of types is the cheaper test)
             plain = _plain(row) or (type(row) is list and tuple(map(type, row)) in _GOOD_SHAPES)
         else:
             plain = type(row) is list and tuple(map(type, row)) in _GOOD_SHAPES
