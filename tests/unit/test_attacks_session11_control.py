@@ -38,6 +38,23 @@ def test_a_key_two_merges_set_is_refused_not_read_as_the_last(merge: str) -> Non
         parse_policy(text, "p.yaml")
 
 
+def restored_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, now: Any
+) -> tuple[list[Any], list[str]]:
+    """`baton up`'s restore from the chDB audit in ``tmp_path`` at ``now`` (a datetime),
+    nothing written to Kafka: the states it would write to the changelog, and what it said."""
+    import baton.cli.restore_runs as restore
+    from baton.schemas.settings import Settings
+
+    written: list[Any] = []
+    monkeypatch.setattr(restore, "write_changelog", lambda _s, states: written.extend(states))
+    monkeypatch.setattr(restore, "reissue", lambda _s, commands, _say: len(commands))
+    said: list[str] = []
+    settings = Settings(partitions=4, policy=tmp_path / "policy.yaml")
+    restore.restore_runs(settings, tmp_path, said.append, now=now)
+    return written, said
+
+
 def test_merges_read_as_the_spec_says() -> None:
     """A mapping's own key wins over a merged one, also through a merge of a merge (PyYAML
     gave a one-letter key the innermost mapping's value there); one merged list without a
@@ -238,12 +255,10 @@ def test_a_kill_whose_recorded_command_a_writer_of_the_audit_altered_holds_on_re
 
     import orjson
 
-    import baton.cli.restore_runs as restore
     from baton.processors.batch import BatchProcessor, InputRecord
     from baton.processors.engine import NO_KILLS, apply_control
     from baton.processors.recorded import input_text, policy_in_force
     from baton.schemas.events import KillSwitch
-    from baton.schemas.settings import Settings
     from baton.schemas.signing import control_payload, new_private_key, public_key_text, sign
     from baton.streams.partitioner import partition_for
     from tests.chdb_audit import chdb_audit
@@ -275,12 +290,7 @@ def test_a_kill_whose_recorded_command_a_writer_of_the_audit_altered_holds_on_re
         record.input = orjson.dumps(command).decode()
     recorded = [policy_in_force(policy, now, "w"), *(d for _, d in out.decisions), record]
     chdb_audit(tmp_path / "chdb", recorded).close()
-    written: list[Any] = []
-    monkeypatch.setattr(restore, "write_changelog", lambda _s, states: written.extend(states))
-    monkeypatch.setattr(restore, "reissue", lambda _s, commands, _say: len(commands))
-    said: list[str] = []
-    settings = Settings(partitions=4, policy=tmp_path / "policy.yaml")
-    restore.restore_runs(settings, tmp_path, said.append, now=now)
+    written, said = restored_offline(tmp_path, monkeypatch, now)
     (state,) = [s for s in written if s.run_id == "rk"]
     if tampered:
         assert state.stopped == "audit_unverified"

@@ -21,17 +21,16 @@ from typing import Any
 import pytest
 
 from baton.schemas.policy import parse_policy
+from tests.unit.test_attacks_session11_control import restored_offline
 
 pytestmark = pytest.mark.unit
 
 
 def _restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deleted_kill: bool) -> tuple:
-    import baton.cli.restore_runs as restore
     from baton.processors.batch import BatchProcessor, InputRecord
     from baton.processors.engine import NO_KILLS, apply_control
     from baton.processors.recorded import input_text, policy_in_force
     from baton.schemas.events import KillSwitch, KillSwitchReleased
-    from baton.schemas.settings import Settings
     from baton.schemas.signing import control_payload, new_private_key, public_key_text, sign
     from baton.streams.partitioner import partition_for
     from tests.chdb_audit import chdb_audit
@@ -76,12 +75,7 @@ def _restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deleted_kill: boo
         recorded.pop(-2)  # the writer of the audit deletes kill(t3)'s row
     chdb_audit(tmp_path / "chdb", recorded).close()
 
-    written: list[Any] = []
-    monkeypatch.setattr(restore, "write_changelog", lambda _s, states: written.extend(states))
-    monkeypatch.setattr(restore, "reissue", lambda _s, commands, _say: len(commands))
-    said: list[str] = []
-    settings = Settings(partitions=4, policy=tmp_path / "policy.yaml")
-    restore.restore_runs(settings, tmp_path, said.append, now=t0 + timedelta(minutes=5))
+    written, said = restored_offline(tmp_path, monkeypatch, t0 + timedelta(minutes=5))
     (state,) = [s for s in written if s.run_id == "rk"]
     return state, said
 
