@@ -212,6 +212,8 @@ os._exit(0)  # as a worker killed -9 in the middle of a batch's transaction
 """
 
 
+# soak: 31 s of waiting for what Tansu 0.6 never does, a pin on the broker, not on Baton's code
+@pytest.mark.soak
 @pytest.mark.xfail(
     strict=True,
     reason="Tansu (0.6, the embedded broker) does not abort a dead producer's transaction "
