@@ -33,10 +33,15 @@ from typing import Any
 import cramjam  # aiokafka's codec library, a Baton dependency
 import lz4.frame  # a Baton dependency
 
-try:  # clickhouse-connect's dependency on Python < 3.14; the standard library's after
+try:  # a Baton dependency on Python < 3.14; the standard library's after
     from backports.zstd import ZstdDecompressor, ZstdError
 except ImportError:  # pragma: no cover - Python 3.14
     from compression.zstd import ZstdDecompressor, ZstdError  # type: ignore
+
+from baton.schemas.settings import (
+    DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
+    MIN_MAX_DECOMPRESSED_BATCH_BYTES,
+)
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES",
@@ -53,12 +58,6 @@ __all__ = [
     "zstd_bounded",
 ]
 
-#: the default bound: a batch of the SDK's producer is at most ~1 MiB uncompressed
-#: (librdkafka's batch.size, streams/kafka.py), a Java producer's 1 MB compressed batch of
-#: JSON events (~4-8x) still fits; a bomb costs at most this per partition being read
-DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES = 8 * 1024 * 1024
-#: the least the setting may be: one event at Baton's 64 KB limit with its framing always fits
-MIN_MAX_DECOMPRESSED_BATCH_BYTES = 128 * 1024
 #: dead-letter kinds (``error_kind``) of a refused batch's one dead letter
 KIND_TOO_LARGE = "batch_too_large"
 KIND_UNDECODABLE = "batch_undecodable"

@@ -13,10 +13,6 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from baton.processors.fetch_bound import (
-    DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
-    MIN_MAX_DECOMPRESSED_BATCH_BYTES,
-)
 from baton.schemas.connections import connection_problems
 from baton.schemas.errors import ConfigError
 from baton.schemas.redact import mask_credentials
@@ -29,6 +25,14 @@ MAX_TIMEOUT_S = 3600.0
 #: the longest a retention or hold may be (10 years): `now - timedelta(run + tombstone
 #: retention)`, the restore's window, overflowed past about 2,000 years
 MAX_RETENTION_S = 10 * 365 * 86400.0
+#: the default bound on a fetched batch decompressed (processors/fetch_bound.py): a batch of
+#: the SDK's producer is at most ~1 MiB uncompressed (librdkafka's batch.size,
+#: streams/kafka.py), a Java producer's 1 MB compressed batch of JSON events (~4-8x) still
+#: fits; a bomb costs at most this per partition being read. Here, not in fetch_bound, so
+#: that reading the settings does not import the codecs (every command, every SDK client)
+DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES = 8 * 1024 * 1024
+#: the least the setting may be: one event at Baton's 64 KB limit with its framing always fits
+MIN_MAX_DECOMPRESSED_BATCH_BYTES = 128 * 1024
 #: topic_prefix and app_id are parts of topic names (Kafka: [a-zA-Z0-9._-], 249 at most)
 MAX_TOPIC_PART = 200
 _TOPIC_PART = re.compile(rf"[A-Za-z0-9._-]{{0,{MAX_TOPIC_PART}}}")
