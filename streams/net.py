@@ -88,7 +88,7 @@ def check_reachable(bootstrap: str, timeout_s: float = 10.0) -> None:
         if i and time.monotonic() >= deadline:  # a name lookup is not bounded by the share:
             break  # 300 names that do not resolve took 56 s under a 10 s timeout
         share = max(deadline - time.monotonic(), 0.0) / (len(addresses) - i)
-        name = host if len(host) <= 100 else f"{host[:100]}…"  # (a 60 KB name: a 60 KB line)
+        name = shown_bootstrap(host, 100)  # (a 60 KB name: a 60 KB line)
         try:
             with socket.create_connection((host, port), timeout=max(share, 0.05)):
                 return
