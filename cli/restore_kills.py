@@ -9,7 +9,7 @@ can keep a run stopped, never reopen it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -42,13 +42,7 @@ MAX_RUN_ID = 256
 
 def ends_killed(run: list[Recorded]) -> bool:
     """The run's last answer to a handoff was a kill switch's stop (no allow after it)."""
-    killed = False
-    for rec in run:
-        if rec.reason == Reason.KILLED:
-            killed = True
-        elif rec.outcome == Outcome.ALLOW:
-            killed = False
-    return killed
+    return last_kill_stop(run) is not None
 
 
 def last_kill_stop(run: list[Recorded]) -> float | None:
@@ -101,7 +95,7 @@ def hold_reopened(
     return stopped
 
 
-def keep_killed(states: list[RunState], killed: set[str], commands: list[str]) -> list[str]:
+def keep_killed(states: list[RunState], killed: Collection[str], commands: list[str]) -> list[str]:
     """Stop (audit_unverified) every run that a kill switch stopped last when no re-issued
     command names its run, its tenant or everything: the kill that stopped it is not in the
     audit's commands (recorded before commands were, or its record was replaced by a forged

@@ -101,7 +101,7 @@ def restore_runs(
             "for is NOT re-issued, and the workers may decide under an older policy; "
             "re-publish the policy you want with `baton policy publish`"
         )
-    kept = keep_killed(states, rebuilt.killed, commands)
+    kept = keep_killed(states, rebuilt.killed_at, commands)
     if kept:
         names = _first_names(kept)
         say(
@@ -182,9 +182,8 @@ class _Rebuilt:
     #: chain start, a policy not in the audit, an input that does not parse), or replayed
     #: to nothing: restored from their counters, stopped (audit_unverified)
     unverified_counters: list[str] = field(default_factory=list)
-    #: runs whose last answer to a handoff was a kill switch's stop
-    killed: set[str] = field(default_factory=set)
-    #: those runs -> when that stop was decided (POSIX seconds)
+    #: runs whose last answer to a handoff was a kill switch's stop -> when that stop was
+    #: decided (POSIX seconds)
     killed_at: dict[str, float] = field(default_factory=dict)
     #: run ids no event can carry (forged rows): not restored, named
     impossible: list[str] = field(default_factory=list)
@@ -217,7 +216,6 @@ def _rebuild(
             run = from_first_start(run)
         killed_at = last_kill_stop(run)
         if killed_at is not None:
-            out.killed.add(run_id)
             out.killed_at[run_id] = killed_at
         if is_partial(run, policies) is not None:
             recorded_inputs = any(r.input is not None for r in run)
