@@ -17,17 +17,21 @@ place of the batch's records, one record at the batch's last offset whose value 
 :class:`RefusedBatch`; the batch step turns it into one dead letter naming the offsets, the
 partition and why (processors/batch_routing.py), the group's offset moves past the batch
 like past any record, and the worker goes on deciding. No record of such a batch is
-decided (fail closed: its events get no allow). A refused batch on any other topic (the
-runs changelog, written by workers without compression) raises :class:`InflateRefused`
-naming it: the worker stops, bounded, instead of applying something it cannot read.
+decided (fail closed: its events get no allow). A batch whose records do not read (garbage
+in a valid frame, a header key that is not UTF-8: aiokafka raised out of every fetch of the
+partition) is refused the same way from its first unread record on. A refused batch on any
+other topic (the runs changelog, written by workers without compression) raises
+:class:`InflateRefused` naming it: the worker stops, bounded, instead of applying something
+it cannot read.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cramjam  # aiokafka's codec library, a Baton dependency
@@ -47,6 +51,7 @@ __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES",
     "KIND_TOO_LARGE",
     "KIND_UNDECODABLE",
+    "MAX_FRAMES",
     "MIN_MAX_DECOMPRESSED_BATCH_BYTES",
     "InflateRefused",
     "RefusedBatch",
@@ -109,6 +114,16 @@ def _undecodable(codec: str, exc: Exception) -> InflateRefused:
     return InflateRefused(KIND_UNDECODABLE, f"not valid {codec} data: {str(exc)[:200]}")
 
 
+#: input fed to a frame's decompressor at a time: what is left over past a frame's end
+#: (``unused_data``, a copy) is at most this, not the rest of the batch (a batch of 100,000
+#: empty zstd frames copied ~50 GB and held the worker's loop 5 s a MB)
+_FEED = 64 * 1024
+_ZEROS = re.compile(rb"\0*")
+#: frames (members) a batch may hold: a Kafka client writes one; each costs a decompressor
+#: (zstd ~9 us), and a 1 MB batch of empty zstd frames held the worker's loop ~1 s
+MAX_FRAMES = 1024
+
+
 def _frames(
     codec: str, data: Any, bound: int, new: Callable[[], Any], errors: tuple[type[Exception], ...]
 ) -> bytes:
@@ -117,18 +132,32 @@ def _frames(
     as gzip's reader does."""
     out: list[bytes] = []
     size = 0
-    rest = bytes(data)
+    view = memoryview(data).cast("B")
+    end = len(view)
+    pos = _ZEROS.match(view).end()
+    frames = 0
     try:
-        while rest:
+        while pos < end:
+            frames += 1
+            if frames > MAX_FRAMES:
+                raise InflateRefused(
+                    KIND_UNDECODABLE, f"not valid {codec} data: over {MAX_FRAMES} frames"
+                )
             d = new()
-            chunk = d.decompress(rest, bound - size + 1)
-            size += len(chunk)
-            if size > bound:
-                raise _too_large(codec, bound)
-            out.append(chunk)
-            if not d.eof:
-                raise InflateRefused(KIND_UNDECODABLE, f"not valid {codec} data: truncated")
-            rest = (d.unused_data or b"").lstrip(b"\0")
+            while True:
+                piece = view[pos : pos + _FEED]
+                chunk = d.decompress(piece, bound - size + 1)
+                size += len(chunk)
+                if size > bound:
+                    raise _too_large(codec, bound)
+                out.append(chunk)
+                if d.eof:
+                    pos += len(piece) - len(d.unused_data or b"")
+                    break
+                pos += len(piece)  # every byte taken in (short of the bound, nothing held)
+                if pos >= end:
+                    raise InflateRefused(KIND_UNDECODABLE, f"not valid {codec} data: truncated")
+            pos = _ZEROS.match(view, pos).end()
     except errors as exc:
         raise _undecodable(codec, exc) from None
     return b"".join(out)
@@ -164,6 +193,8 @@ def snappy_bounded(data: Any, bound: int) -> bytes:
             blocks, pos = [], 16
             while pos < len(raw):
                 (length,) = struct.unpack_from("!i", raw, pos)
+                if not 0 <= length <= len(raw) - pos - 4:  # a negative one looped for ever
+                    raise ValueError(f"a block of {length} bytes at byte {pos} of {len(raw)}")
                 blocks.append(raw[pos + 4 : pos + 4 + length])
                 pos += 4 + length
         else:
@@ -204,45 +235,6 @@ class _RefusedRecord:
         self.headers: list[Any] = []
 
 
-class _BoundedBatch:
-    """A record batch whose records, if it is refused, are one record naming why."""
-
-    __slots__ = ("_batch", "_where")
-
-    def __init__(self, batch: Any, where: _Partition) -> None:
-        self._batch = batch
-        self._where = where
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._batch, name)
-
-    def __next__(self) -> Any:  # aiokafka reads a control batch's marker with next()
-        return next(self._batch)
-
-    def __iter__(self) -> Iterator[Any]:
-        batch = self._batch
-        try:
-            return iter(batch)  # decompresses here (the C batch's _maybe_uncompress)
-        except InflateRefused as exc:
-            last = batch.next_offset - 1
-            first = getattr(batch, "base_offset", last)
-            where = self._where
-            reason = (
-                f"record batch at offsets {first}-{last} of {where.topic}[{where.partition}] "
-                f"refused, none of its records decided: {exc}"
-            )
-            if not where.source:
-                raise InflateRefused(exc.kind, reason) from None
-            timestamp = getattr(batch, "max_timestamp", -1)
-            record = _RefusedRecord(
-                last,
-                timestamp if timestamp >= 0 else None,
-                getattr(batch, "timestamp_type", 0) or 0,
-                RefusedBatch(exc.kind, reason),
-            )
-            return iter((record,))
-
-
 class _Partition:
     __slots__ = ("partition", "source", "topic")
 
@@ -253,29 +245,63 @@ class _Partition:
 
 
 class _BoundedRecords:
-    """aiokafka's ``MemoryRecords`` of one partition's fetch, its batches bounded."""
+    """aiokafka's ``MemoryRecords`` of one partition's fetch, the batch last handed out kept."""
 
-    __slots__ = ("_records", "_where")
+    __slots__ = ("_records", "current")
 
-    def __init__(self, records: Any, where: _Partition) -> None:
+    def __init__(self, records: Any) -> None:
         self._records = records
-        self._where = where
+        self.current: Any = None
 
     def has_next(self) -> bool:
         return bool(self._records.has_next())
 
     def next_batch(self) -> Any:
-        batch = self._records.next_batch()
-        return None if batch is None else _BoundedBatch(batch, self._where)
+        self.current = None  # a header that does not parse names no batch
+        self.current = self._records.next_batch()
+        return self.current
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._records, name)
+
+
+#: what reading a batch's records raises when they are not what their header says (aiokafka's
+#: CorruptRecordException, a KafkaError); its C reader raises UnicodeDecodeError (a
+#: ValueError) at a header key that is not UTF-8 -- any client can write one, and the
+#: partition's fetch then raised at every try: the worker stopped and read it again
+_UNREADABLE: tuple[type[Exception], ...] = (ValueError, IndexError)
+
+
+def _refused_record(
+    where: _Partition, batch: Any, unread: int, exc: Exception
+) -> tuple[_RefusedRecord, InflateRefused]:
+    """The one record standing for ``batch``'s records from offset ``unread`` on."""
+    last = batch.next_offset - 1
+    first = getattr(batch, "base_offset", last)
+    if isinstance(exc, InflateRefused):
+        kind, why = exc.kind, str(exc)
+    else:
+        kind, why = KIND_UNDECODABLE, f"records that do not read: {str(exc)[:200]}"
+    which = "none of its records" if unread <= first else f"none of its records from {unread} on"
+    reason = (
+        f"record batch at offsets {first}-{last} of {where.topic}[{where.partition}] "
+        f"refused, {which} decided: {why}"
+    )
+    timestamp = getattr(batch, "max_timestamp", -1)
+    record = _RefusedRecord(
+        last,
+        timestamp if isinstance(timestamp, int) and timestamp >= 0 else None,
+        getattr(batch, "timestamp_type", 0) or 0,
+        RefusedBatch(kind, reason),
+    )
+    return record, InflateRefused(kind, reason)
 
 
 def install(bound: int, source_topics: Iterable[str]) -> None:
     """Bound every record batch this process's aiokafka consumers decompress to ``bound``
     bytes; a refused batch of ``source_topics`` becomes one record a dead letter is made
     of, one of any other topic an error. Idempotent (the last call's bound and topics)."""
+    from aiokafka import errors
     from aiokafka.consumer import fetcher  # the worker's only (schemas/settings.py imports us)
 
     if bound < MIN_MAX_DECOMPRESSED_BATCH_BYTES:
@@ -300,13 +326,41 @@ def install(bound: int, source_topics: Iterable[str]) -> None:
         for codec in wanted:
             setattr(module, codec, decoders[codec])
     sources = frozenset(source_topics)
+    refusals = (InflateRefused, errors.KafkaError, *_UNREADABLE)
     base = getattr(fetcher.PartitionRecords, "_baton_unbounded", fetcher.PartitionRecords)
 
     class BoundedPartitionRecords(base):  # type: ignore[misc, valid-type]
+        """A refused or unreadable batch read as one record standing for it (a source
+        topic's) or an error naming it (another topic's); the batches after it still read."""
+
         _baton_unbounded = base
 
         def __init__(self, tp: Any, records: Any, *args: Any) -> None:
-            where = _Partition(tp.topic, tp.partition, tp.topic in sources)
-            super().__init__(tp, _BoundedRecords(records, where), *args)
+            self._baton_where = _Partition(tp.topic, tp.partition, tp.topic in sources)
+            self._baton_records = _BoundedRecords(records)
+            super().__init__(tp, self._baton_records, *args)
+
+        def __next__(self) -> Any:
+            try:  # aiokafka's __next__, with the refusals
+                return next(self._records_iterator)
+            except StopIteration:
+                self._records_iterator = None
+                raise
+            except refusals as exc:
+                batch = self._baton_records.current
+                if batch is None:
+                    raise
+                where = self._baton_where
+                record, refused = _refused_record(where, batch, self.next_fetch_offset, exc)
+                if not where.source:
+                    if isinstance(exc, InflateRefused):
+                        raise refused from None
+                    raise
+                # aiokafka's generator ended with the error: the batches after this one
+                self._records_iterator = self._unpack_records()
+                if record.offset < self.next_fetch_offset:  # a header lying about its end
+                    return self.__next__()
+                self.next_fetch_offset = record.offset + 1
+                return self._consumer_record(self._tp, record)
 
     fetcher.PartitionRecords = BoundedPartitionRecords
