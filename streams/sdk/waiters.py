@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import re
 import threading
 import time
 from collections import defaultdict
@@ -34,12 +35,22 @@ PARKED_MAX = 100_000
 
 
 def unchained_allow(decision: Decision) -> bool:
-    """True for a decision without a ``chain_hash`` (None or "") that does not refuse: no
+    """True for a decision without a worker's ``chain_hash`` (None, "", or not 32 lowercase
+    hex characters, what every link is) that does not refuse: no
     worker publishes one (it links every decision that changes a run), so it answers
     nothing. A writer of gov.decisions published such an allow under a decision id the
     worker never uses, or another tenant: a waiting client took it, and the audit kept it
     outside every chain, where `baton audit verify` passed it."""
-    return not decision.chain_hash and decision.outcome not in UNCHAINED_OUTCOMES
+    if decision.outcome in UNCHAINED_OUTCOMES:
+        return False
+    link = decision.chain_hash
+    # a worker's link is a 16-byte BLAKE2b in lowercase hex: " " or "x" is no link (it passed)
+    return not link or len(link) != _LINK_CHARS or _LINK.fullmatch(link) is None
+
+
+#: what a worker's chain_hash is (schemas.decision.chain_hash: hexdigest, digest_size 16)
+_LINK_CHARS = 32
+_LINK = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
