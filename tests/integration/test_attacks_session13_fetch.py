@@ -1,0 +1,128 @@
+"""Session 13 (H5): batches a client crafts byte by byte on gov.handoff.requests, through a
+real `baton worker` over Tansu (processors/fetch_bound.py).
+
+Each batch is produced by aiokafka with its codec's encoder replaced, so the batch header,
+its CRC and the broker's offsets are real and only the compressed payload is the attack:
+
+- snappy, xerial-framed, a block of length -4: the bounded decoder looped for ever (the
+  worker's loop held, its memory growing) -- the partition's next event was never decided;
+- gzip of bytes that are no records, and gzip of records whose header key is not UTF-8:
+  aiokafka's reader raised out of every fetch of the partition (the worker stopped).
+
+Now each is one ``batch_undecodable`` dead letter naming its partition, and the next event
+on the partition is decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import struct
+import uuid
+from collections.abc import Callable, Iterator
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer, codec
+
+from baton.processors import fetch_bound
+from baton.schemas.decision import Outcome
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.partitioner import partition_for
+from tests.helpers import handoff, wait_for
+
+from .conftest import PARTITIONS, TEST_POLICY, Stack, one_worker_stack
+
+pytestmark = pytest.mark.integration
+
+_ENCODERS = ("aiokafka.record._crecords.default_records", "aiokafka.record.default_records")
+
+
+@pytest.fixture(scope="module")
+def crafted_stack(
+    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    with one_worker_stack(broker, tmp_path_factory.mktemp("s13fetch"), TEST_POLICY, "s13f") as s:
+        yield s
+
+
+def _run_on(partition: int) -> str:
+    while True:
+        run = f"run_{uuid.uuid4().hex[:8]}"
+        if partition_for(run.encode(), PARTITIONS) == partition:
+            return run
+
+
+def _crafted(
+    s: Stack, partition: int, name: str, payload: Callable[[bytes], bytes], headers: list
+) -> None:
+    """One record sent compressed with ``name`` whose compressed bytes are ``payload`` of the
+    records aiokafka built (the encoder replaced in this process for the one send)."""
+    modules = [importlib.import_module(m) for m in _ENCODERS]
+    saved = [getattr(m, f"{name}_encode") for m in modules]
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap, compression_type=name, enable_idempotence=False
+        )
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                s.catalog.requests, b"{}", key=b"crafted", partition=partition, headers=headers
+            )
+        finally:
+            await producer.stop()
+
+    for module in modules:
+        setattr(module, f"{name}_encode", payload)
+    try:
+        asyncio.run(send())
+    finally:
+        for module, encoder in zip(modules, saved, strict=True):
+            setattr(module, f"{name}_encode", encoder)
+
+
+def _negative_xerial(_: bytes) -> bytes:
+    return fetch_bound._XERIAL_HEADER + b"\0\0\0\1\0\0\0\1" + struct.pack("!i", -4) + bytes(8)
+
+
+def _not_records(_: bytes) -> bytes:
+    return codec.gzip_encode(b"\xff" * 64)
+
+
+def _bad_header_key(records: bytes) -> bytes:
+    return codec.gzip_encode(records.replace(b"kk", b"\xff\xfe"))
+
+
+def test_crafted_batches_are_dead_lettered_and_the_next_events_decided(
+    crafted_stack: Stack,
+) -> None:
+    s = crafted_stack
+    crafts = {
+        0: ("snappy", _negative_xerial, []),
+        1: ("gzip", _not_records, []),
+        2: ("gzip", _bad_header_key, [("kk", b"h")]),
+    }
+    for partition, (name, payload, headers) in crafts.items():
+        _crafted(s, partition, name, payload, headers)
+    runs = [_run_on(p) for p in crafts]
+    s.requests.send([handoff(run, 1, "t1") for run in runs])
+    for run in runs:
+        assert s.decisions.wait_run(run, 1)[0].outcome == Outcome.ALLOW, s.logs()
+    letters = wait_for(
+        lambda: (
+            [
+                d
+                for d in map(orjson.loads, s.deadletters.records)
+                if d["error_kind"] == "batch_undecodable"
+            ]
+            if len(s.deadletters.records) >= len(crafts)
+            else None
+        ),
+        30,
+        message="the crafted batches' dead letters",
+    )
+    assert sorted(d["partition"] for d in letters) == sorted(crafts)
+    for d in letters:
+        assert f"of {s.catalog.requests}[{d['partition']}] refused" in d["error"], d["error"]
+    assert s.workers[0].alive(), s.logs()
