@@ -42,6 +42,7 @@ from typing import Any, BinaryIO
 from baton.sinks.audit_batch import AuditBatch, token_material
 from baton.sinks.audit_copies import Copy
 from baton.sinks.audit_insert import native_block
+from baton.sinks.json_columns import encoded_chunk
 from baton.sinks.json_rows import shortcut_row
 from baton.sinks.rows import DECISION_COLUMNS, DecidedWindow
 
@@ -79,6 +80,13 @@ def parse_chunk(
     first, without the batch's bookkeeping: the offsets are the sink's, the raw bytes only a
     rejected record needs); any other takes ``add``, which rejects or keeps it as the sink
     would."""
+    try:
+        encoded = encoded_chunk(topic, window, types, records)
+    except Exception:  # whatever went wrong there, the row path decides
+        encoded = None
+    if encoded is not None:
+        native, count, spans, material, rejected, copies = encoded
+        return ParsedChunk(native, count, material, spans, rejected, copies)
     batch = AuditBatch(topic)
     batch.window = window  # the sink's batch fixed it at its first record
     rows = batch.rows
