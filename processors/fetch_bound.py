@@ -209,6 +209,15 @@ def snappy_bounded(data: Any, bound: int) -> bytes:
         raise _undecodable("snappy", exc) from None
 
 
+def _legacy_refused(data: Any) -> bytes:
+    """A compressed legacy message set (magic 0, 1) is not read: aiokafka's C reader walks
+    the inflated messages' lengths unchecked (``_read_last_offset``): random bytes there
+    crashed the process (SIGSEGV, measured); no Kafka client since 0.11 writes one."""
+    raise InflateRefused(
+        KIND_UNDECODABLE, "a compressed message set of the legacy formats (magic 0, 1): not read"
+    )
+
+
 def bounded_decoders(bound: int) -> dict[str, Callable[[Any], bytes]]:
     """aiokafka's codec names -> decoders refusing data that inflates past ``bound``."""
     return {
@@ -267,9 +276,10 @@ class _BoundedRecords:
 
 #: what reading a batch's records raises when they are not what their header says (aiokafka's
 #: CorruptRecordException, a KafkaError); its C reader raises UnicodeDecodeError (a
-#: ValueError) at a header key that is not UTF-8 -- any client can write one, and the
-#: partition's fetch then raised at every try: the worker stopped and read it again
-_UNREADABLE: tuple[type[Exception], ...] = (ValueError, IndexError)
+#: ValueError) at a header key that is not UTF-8, both readers AssertionError at a legacy
+#: message compressed twice -- any client can write one, and the partition's fetch then
+#: raised at every try: the worker stopped and read it again
+_UNREADABLE: tuple[type[Exception], ...] = (ValueError, IndexError, AssertionError, struct.error)
 
 
 def _refused_record(
@@ -324,7 +334,7 @@ def install(bound: int, source_topics: Iterable[str]) -> None:
                 f"otherwise, and {_SETTING} cannot bound them (processors/fetch_bound.py)"
             )
         for codec in wanted:
-            setattr(module, codec, decoders[codec])
+            setattr(module, codec, _legacy_refused if "legacy" in name else decoders[codec])
     sources = frozenset(source_topics)
     refusals = (InflateRefused, errors.KafkaError, *_UNREADABLE)
     base = getattr(fetcher.PartitionRecords, "_baton_unbounded", fetcher.PartitionRecords)

@@ -35,7 +35,12 @@ from .conftest import PARTITIONS, TEST_POLICY, Stack, one_worker_stack
 
 pytestmark = pytest.mark.integration
 
-_ENCODERS = ("aiokafka.record._crecords.default_records", "aiokafka.record.default_records")
+_ENCODERS = (
+    "aiokafka.record._crecords.default_records",
+    "aiokafka.record.default_records",
+    "aiokafka.record._crecords.legacy_records",
+    "aiokafka.record.legacy_records",
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,12 @@ def _run_on(partition: int) -> str:
 
 
 def _crafted(
-    s: Stack, partition: int, name: str, payload: Callable[[bytes], bytes], headers: list
+    s: Stack,
+    partition: int,
+    name: str,
+    payload: Callable[[bytes], bytes],
+    headers: list,
+    api_version: str = "auto",
 ) -> None:
     """One record sent compressed with ``name`` whose compressed bytes are ``payload`` of the
     records aiokafka built (the encoder replaced in this process for the one send)."""
@@ -63,12 +73,19 @@ def _crafted(
 
     async def send() -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap, compression_type=name, enable_idempotence=False
+            bootstrap_servers=s.bootstrap,
+            compression_type=name,
+            enable_idempotence=False,
+            api_version=api_version,
         )
         await producer.start()
         try:
             await producer.send_and_wait(
-                s.catalog.requests, b"{}", key=b"crafted", partition=partition, headers=headers
+                s.catalog.requests,
+                b"{}",
+                key=b"crafted",
+                partition=partition,
+                headers=headers or None,
             )
         finally:
             await producer.stop()
@@ -90,6 +107,10 @@ def _not_records(_: bytes) -> bytes:
     return codec.gzip_encode(b"\xff" * 64)
 
 
+def _random_message_set(_: bytes) -> bytes:
+    return codec.gzip_encode(bytes(range(7, 250, 3)))
+
+
 def _bad_header_key(records: bytes) -> bytes:
     return codec.gzip_encode(records.replace(b"kk", b"\xff\xfe"))
 
@@ -102,9 +123,10 @@ def test_crafted_batches_are_dead_lettered_and_the_next_events_decided(
         0: ("snappy", _negative_xerial, []),
         1: ("gzip", _not_records, []),
         2: ("gzip", _bad_header_key, [("kk", b"h")]),
+        3: ("gzip", _random_message_set, []),  # magic 1 (aiokafka's 0.10 format)
     }
     for partition, (name, payload, headers) in crafts.items():
-        _crafted(s, partition, name, payload, headers)
+        _crafted(s, partition, name, payload, headers, "0.10.2" if partition == 3 else "auto")
     runs = [_run_on(p) for p in crafts]
     s.requests.send([handoff(run, 1, "t1") for run in runs])
     for run in runs:
