@@ -65,21 +65,17 @@ def hold_reopened(
 ) -> list[str]:
     """Stop (audit_unverified) every run a kill switch stopped last (``killed_at``: when) that
     the re-issued commands, folded as the fresh workers fold them (``kills``: fold_reissued's;
-    None: this start's policy does not load), leave open, unless a signed release naming it
-    was signed after that stop. ``keep_killed`` let a run go when any re-issued command named
-    it: kill(t1), release(t2), kill(t3) and a stop after t3, kill(t3)'s row deleted from the
-    audit, re-issued kill(t1) and release(t2) named the run and left it open, in silence.
-    The run ids stopped."""
-    from baton.schemas.events import KillSwitchReleased, parse_control_event
-
+    None: this start's policy does not load), leave open, unless a release the fold applied
+    (so signed by an operator, under operators) was signed after that stop. ``keep_killed``
+    let a run go when any re-issued command named it: kill(t1), release(t2), kill(t3) and a
+    stop after t3, kill(t3)'s row deleted from the audit, re-issued kill(t1) and release(t2)
+    named the run and left it open, in silence. A release counted when its signature field
+    was merely set: a forged release row dated after the stop, its signature no operator's,
+    reopened the run (session 13). The run ids stopped."""
     if not killed_at:
         return []
-    released: dict[tuple[str, str], float] = {}
-    for scope, target, text in reissued_commands(commands, lambda _: None):
-        event = parse_control_event(text.encode())
-        if isinstance(event, KillSwitchReleased):  # re-issued, so signed
-            at = event.event_time.timestamp()
-            released[(scope, target)] = max(released.get((scope, target), at), at)
+    # the newest command the fold applied to each switch (signature checked under operators)
+    latest = kills.latest if kills is not None else None
     stopped: list[str] = []
     for state in states:
         at = killed_at.get(state.run_id)
@@ -87,9 +83,9 @@ def hold_reopened(
             continue
         if kills is not None and kills.killed(state.run_id, state.tenant):
             continue  # the fresh workers hold it
-        named = (("run", state.run_id), ("tenant", state.tenant), ("global", "*"))
-        if any(released.get(scope_target, at - 1.0) >= at for scope_target in named):
-            continue  # an operator lifted it after the stop
+        slots = (f"run:{state.run_id}", f"tenant:{state.tenant}", "global:*")
+        if latest is not None and any(latest.get(slot, at - 1.0) >= at for slot in slots):
+            continue  # an operator lifted it after the stop (the switch is off: a release)
         state.stopped = Reason.AUDIT_UNVERIFIED
         stopped.append(state.run_id)
     return stopped
