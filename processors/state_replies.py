@@ -18,15 +18,20 @@ with any release.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import lz4.block
 import orjson
 
-from baton.schemas.decision import DECISION_FIELDS, Decision, Fallback, Outcome, Phase
+from baton.processors.state_rows import (
+    HELD_COLUMNS,
+    REPLY_COLUMNS,
+    WRITE_COLUMNS,
+    old_row_decision,
+    recent_from_wire,
+)
+from baton.schemas.decision import DECISION_FIELDS, Decision
 
 if TYPE_CHECKING:
     from baton.processors.state import RunState
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = [
     "REPLY_COLUMNS",
     "WRITE_COLUMNS",
+    "bundle_section",
+    "kept_replies",
     "old_row_decision",
     "pack",
     "recent_from_wire",
@@ -44,42 +51,31 @@ __all__ = [
     "unpack",
 ]
 
-#: the reply columns of a format-4 state without ``cols``: Decision's fields when format 4
-#: was made, frozen (a new Decision field makes writers add ``cols``; add a format then)
-REPLY_COLUMNS: tuple[str, ...] = (
-    "decision_id", "request_id", "run_id", "tenant", "phase", "outcome", "reason", "owner",
-    "from_agent", "to_agent", "task_id", "parent_task_id", "action", "depth",
-    "handoff_count", "spent_usd", "tool_calls", "handoff_status", "fallback", "approval_id",
-    "approval_expires_at", "approver", "policy_version", "event_time", "decided_at",
-    "worker", "partition", "offset", "shadow_outcome", "tool", "reserved_usd", "detail",
-    "request_digest", "chain_prev", "chain_hash", "input", "reemitted",
-)  # fmt: skip
-#: what this Decision writes: the frozen columns while they are its fields, else its own
-WRITE_COLUMNS = None if DECISION_FIELDS == REPLY_COLUMNS else list(DECISION_FIELDS)
-_DECISION_FIELD_SET = frozenset(DECISION_FIELDS)
 #: a decision's fields as a tuple, in DECISION_FIELDS order (one C call, not 37 getattr)
 _decision_row = attrgetter(*DECISION_FIELDS)
 
 
-def recent_rows(state: RunState) -> Any:
+def recent_rows(state: RunState, keys: list[str] | None = None) -> Any:
     """``rec`` of the record (``[[key, rows], ...]`` as one ``orjson.Fragment``, or ``[]``
     when the run keeps none); replaces the linked decisions in ``state.recent`` with one
     bundle of every linked reply's rows, packed (each linked slot holds it).
 
     Only linked decisions (``chain_hash`` set): the worker links a step's decisions after
     the engine has remembered them (processors/chain.py), so a decision without its link
-    may still get it, and its bytes would miss it.
+    may still get it, and its bytes would miss it. ``keys``: the section a new bundle ends
+    with (processors/state_keys.py), the state's keys as text.
     """
     held = state.recent
     if not held:
         return []
+    section = orjson.dumps(keys) if keys else b""
     first = held[1]
     if type(first) is bytes and first[0] == _BUNDLE:
         kept = _leads(held, first)
-        appended = _appended(state, first, kept) if kept else None
+        appended = _appended(state, first, kept, section) if kept else None
         if appended is not None:
             return appended
-    return _rebuilt(state, held)
+    return _rebuilt(state, held, section)
 
 
 def _leads(held: tuple[Any, ...], bundle: bytes) -> int:
@@ -93,7 +89,7 @@ def _leads(held: tuple[Any, ...], bundle: bytes) -> int:
     return kept if bundle not in held[2 * kept + 1 :: 2] else 0
 
 
-def _appended(state: RunState, bundle: bytes, kept: int) -> Any:
+def _appended(state: RunState, bundle: bytes, kept: int, section: bytes) -> Any:
     """``rec`` when the replies kept since the bundle was packed are linked decisions after
     the ``kept`` newest of it (a run's usual write: its new step's replies, its oldest
     dropped past RECENT_REPLIES): the bundle's kept entries with them appended, and
@@ -114,7 +110,7 @@ def _appended(state: RunState, bundle: bytes, kept: int) -> Any:
             return None
         parts.append(orjson.dumps([held[i], rows]))
     json = _bundle_json(bundle)
-    if not parts and kept == n:  # nothing new since it was packed
+    if not parts and kept == n and bundle_section(bundle) == section:  # nothing new since
         return orjson.Fragment(json)
     dropped = n - kept
     if dropped:  # past its entries' lengths and commas, after the "["
@@ -133,14 +129,14 @@ def _appended(state: RunState, bundle: bytes, kept: int) -> Any:
     lengths = b"".join([len(p).to_bytes(_LENGTH, "big") for p in parts])
     old = bundle[2 + _LENGTH * dropped : 2 + _LENGTH * n]
     head = b"".join((bytes((_BUNDLE, kept + len(parts))), old, lengths))
-    packed = head + lz4.block.compress(json, store_size=True, dict=_DICTIONARY)
+    packed = _packed_bundle(head, json, section)
     recent = list(held)
     recent[1::2] = [packed] * (len(held) // 2)
     state.recent = tuple(recent)
     return orjson.Fragment(json)
 
 
-def _rebuilt(state: RunState, held: tuple[Any, ...]) -> Any:
+def _rebuilt(state: RunState, held: tuple[Any, ...], section: bytes) -> Any:
     """``rec`` of any kept replies, their linked ones packed in a new bundle."""
     parts: list[bytes] = []
     linked: list[int] = []
@@ -168,7 +164,7 @@ def _rebuilt(state: RunState, held: tuple[Any, ...]) -> Any:
                 linked.append(i)
         parts.append(part)
     if linked:
-        bundle = _bundle([parts[i // 2] for i in linked])
+        bundle = _bundle([parts[i // 2] for i in linked], section)
         recent = list(held)
         for i in linked:
             recent[i] = bundle
@@ -192,8 +188,20 @@ def recent_to_wire(recent: tuple[Any, ...]) -> list[Any]:
 def replies_from_rows(raw: bytes, key: str = "") -> list[Decision]:
     """The decisions of a reply held as its rows' bytes, packed or not, or of ``key`` in a
     bundle (in Decision's field order)."""
-    plan = _HELD_COLUMNS
+    plan = HELD_COLUMNS
     return [plan.decision(row) for row in orjson.loads(held_rows(raw, key))]
+
+
+def kept_replies(held: bytes, key: str) -> list[Decision] | None:
+    """``replies_from_rows``, or None when ``key`` is not in the bundle (a key found by its
+    hash whose text is another's: processors/state_keys.py)."""
+    if held[0] != _BUNDLE:
+        return replies_from_rows(held, key)
+    head = _entry_head(key)
+    for entry in _bundle_entries(held):
+        if entry.startswith(head):
+            return [HELD_COLUMNS.decision(r) for r in orjson.loads(entry[len(head) : -1])]
+    return None
 
 
 def held_rows(held: bytes, key: str) -> bytes:
@@ -261,7 +269,7 @@ def unpack(held: bytes) -> bytes:
 _LENGTH = 3
 
 
-def _bundle(entries: list[bytes]) -> bytes:
+def _bundle(entries: list[bytes], section: bytes = b"") -> bytes:
     """A run's linked replies as one packed bytes: the second reply of a run repeats most of
     the first (run id, tenant, agents, times, the chain link it follows), which packing each
     alone cannot use; ~35 % smaller for a short run's two, one bytes object not two."""
@@ -270,13 +278,66 @@ def _bundle(entries: list[bytes]) -> bytes:
     lengths = [len(entry).to_bytes(_LENGTH, "big") for entry in entries]
     head = bytes((_BUNDLE, len(entries))) + b"".join(lengths)
     json = b"[" + b",".join(entries) + b"]"
-    return head + lz4.block.compress(json, store_size=True, dict=_DICTIONARY)
+    return _packed_bundle(head, json, section)
+
+
+#: lz4's dictionary only for a bundle under this many bytes of JSON: with it, compressing a
+#: long run's (~3 KB) cost ~25k instructions more (python-lz4 resets and loads a 16 KB
+#: stream at each call) to save ~90 bytes; a short run's keeps it (~200 bytes saved)
+_PLAIN_FROM = 2048
+
+
+def _dict_for(size: int) -> bytes | None:
+    return _DICTIONARY if size < _PLAIN_FROM else None
+
+
+#: the bundle decompressed or compressed last and its whole JSON (a write decompresses the
+#: bundle it appends to, and reads its keys' section, more than once)
+_last: tuple[bytes, bytes] = (b"", b"")
+
+
+def _packed_bundle(head: bytes, json: bytes, section: bytes) -> bytes:
+    """A bundle: ``head``, then ``json`` (its entries) and ``section`` compressed (lz4, the
+    length first)."""
+    global _last
+    whole = json + section if section else json
+    bundle = head + lz4.block.compress(whole, store_size=True, dict=_dict_for(len(whole)))
+    _last = (bundle, whole)
+    return bundle
+
+
+def _whole_json(bundle: bytes) -> bytes:
+    """A bundle's JSON: its entries' ``[...]`` then its section (if any)."""
+    global _last
+    if _last[0] is bundle:
+        return _last[1]
+    start = 2 + _LENGTH * bundle[1]
+    size = int.from_bytes(bundle[start : start + 4], "little")
+    whole: bytes = lz4.block.decompress(memoryview(bundle)[start:], dict=_dict_for(size))
+    _last = (bundle, whole)
+    return whole
+
+
+def _entries_end(bundle: bytes) -> int:
+    """Where a bundle's ``[entry,...]`` ends in its JSON (its section starts)."""
+    n = bundle[1]
+    lengths = bundle[2 : 2 + _LENGTH * n]
+    total = sum(
+        int.from_bytes(lengths[j : j + _LENGTH], "big") for j in range(0, len(lengths), _LENGTH)
+    )
+    return total + n + 1  # "[", a comma between two, "]"
 
 
 def _bundle_json(bundle: bytes) -> bytes:
     """``[entry,entry,...]``: the record's ``rec`` when the bundle is all the run keeps."""
-    start = 2 + _LENGTH * bundle[1]
-    return lz4.block.decompress(memoryview(bundle)[start:], dict=_DICTIONARY)  # type: ignore[no-any-return]
+    whole = _whole_json(bundle)
+    end = _entries_end(bundle)
+    return whole if end == len(whole) else whole[:end]
+
+
+def bundle_section(bundle: bytes) -> bytes:
+    """The JSON list of keys a bundle ends with (processors/state_keys.py), b"" if none."""
+    return _whole_json(bundle)[_entries_end(bundle) :]
 
 
 def _bundle_entries(bundle: bytes) -> list[bytes]:
@@ -302,128 +363,3 @@ def _entry_of(entries: list[bytes], key: str) -> bytes:
         if entry.startswith(head):
             return entry
     raise ValueError(f"run state: reply {key[:80]!r} is not in its bundle of {len(entries)}")
-
-
-# ---------------------------------------------------------------- stored replies
-
-_TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
-# text -> member by dict lookup: calling the enum (Phase("approval")) is several times slower,
-# and the worker restores a run's replies every time it reads the run from the changelog
-_PHASES: dict[str, Phase] = {m.value: m for m in Phase}
-_OUTCOMES: dict[str | None, Outcome | None] = {None: None, **{m.value: m for m in Outcome}}
-_FALLBACKS: dict[str | None, Fallback | None] = {None: None, **{m.value: m for m in Fallback}}
-#: column -> text-to-value table for the enum columns
-_ENUMS: dict[str, dict[Any, Any]] = {
-    "phase": _PHASES,
-    "outcome": _OUTCOMES,
-    "shadow_outcome": _OUTCOMES,
-    "fallback": _FALLBACKS,
-}
-
-
-class _Columns:
-    """How to turn rows with the given column names into Decisions (one per column list)."""
-
-    __slots__ = ("enums", "names", "positional", "times")
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        unknown = [c for c in names if c not in _DECISION_FIELD_SET]
-        if unknown:
-            raise ValueError(
-                f"run state replies have columns {unknown} that Decision does not have; "
-                "written by a newer Baton?"
-            )
-        #: rows can go to Decision(*row) as they are
-        self.positional = names == DECISION_FIELDS[: len(names)]
-        self.names = names
-        self.times = [i for i, c in enumerate(names) if c in _TIME_FIELDS]
-        self.enums = [(i, _ENUMS[c]) for i, c in enumerate(names) if c in _ENUMS]
-
-    def decision(self, row: list[Any]) -> Decision:
-        if len(row) != len(self.names):
-            raise ValueError(f"run state reply has {len(row)} values for {len(self.names)} columns")
-        for i in self.times:
-            if row[i] is not None:
-                row[i] = datetime.fromisoformat(row[i])
-        for i, table in self.enums:
-            row[i] = table[row[i]]
-        if self.positional:
-            return Decision(*row)
-        return Decision(**dict(zip(self.names, row, strict=True)))
-
-
-_FROZEN_COLUMNS = _Columns(REPLY_COLUMNS)
-#: the columns of a reply held as bytes in memory: this Decision's fields, in their order
-_HELD_COLUMNS = _FROZEN_COLUMNS if WRITE_COLUMNS is None else _Columns(DECISION_FIELDS)
-_CHAIN_HASH = DECISION_FIELDS.index("chain_hash")
-
-
-_ROW_LENGTH = len(DECISION_FIELDS)
-
-
-def _linked_rows(rows: list[Any]) -> bool:
-    """True when every row is a full row with its chain link (held as bytes when read)."""
-    for row in rows:
-        if type(row) is not list or len(row) != _ROW_LENGTH or row[_CHAIN_HASH] is None:
-            return False
-    return True
-
-
-#: a reader's column plans by column list (a state's own ``cols``): a few at most
-_PLANS: dict[tuple[str, ...], _Columns] = {}
-#: formats 1-3 wrote rows in the Decision field order of their day, which the first
-#: columns of REPLY_COLUMNS are (fields were only ever appended): see old_row_decision
-
-
-def _known_plans() -> None:
-    _PLANS[REPLY_COLUMNS] = _FROZEN_COLUMNS
-    _PLANS[DECISION_FIELDS] = _HELD_COLUMNS
-
-
-_known_plans()
-
-
-def _plan(cols: list[str] | None) -> _Columns:
-    if cols is None:
-        return _FROZEN_COLUMNS
-    key = tuple(cols)
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) >= 16:
-            _PLANS.clear()
-            _known_plans()
-        plan = _PLANS[key] = _Columns(key)
-    return plan
-
-
-def recent_from_wire(
-    entries: Sequence[Any], cols: list[str] | None, old: bool = False, checked: bool = False
-) -> tuple[Any, ...]:
-    """``RunState.recent`` from its rows; ``old``: formats 1-3, whose rows may be shorter
-    (written by an older Decision: the missing trailing fields take their defaults);
-    ``checked``: linked rows known to be decisions are held without building them again."""
-    plan = _plan(cols)
-    to_decision = old_row_decision if old else plan.decision
-    hold = plan is _HELD_COLUMNS and not old
-    recent: list[Any] = []
-    for key, rows in entries:
-        recent.append(key)
-        if hold and _linked_rows(rows):
-            # linked replies stay their rows' bytes, once each row proved a Decision
-            # (a record that does not is unreadable now, not at a retry)
-            raw = bytes(memoryview(orjson.dumps(rows)))
-            if not checked:
-                for r in rows:
-                    to_decision(r)
-            recent.append(raw)
-        elif len(rows) == 1:
-            recent.append(to_decision(rows[0]))
-        else:
-            recent.append([to_decision(r) for r in rows])
-    return tuple(recent)
-
-
-def old_row_decision(row: list[Any]) -> Decision:
-    if len(row) < len(REPLY_COLUMNS):
-        return _Columns(REPLY_COLUMNS[: len(row)]).decision(row)
-    return _FROZEN_COLUMNS.decision(row)

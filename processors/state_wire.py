@@ -38,9 +38,11 @@ from baton.processors.state import (
 )
 from baton.processors.state_compact import fresh_of
 from baton.processors.state_held import is_held, record_of
+from baton.processors.state_keys import as_text, compact, section, text_recent
 from baton.processors.state_replies import (
     REPLY_COLUMNS,
     WRITE_COLUMNS,
+    kept_replies,
     recent_from_wire,
     recent_rows,
     recent_to_wire,
@@ -53,6 +55,7 @@ __all__ = [
     "STATE_KEYS",
     "decode",
     "encode",
+    "kept_replies",
     "marks_from_wire",
     "replies_from_rows",
     "to_wire",
@@ -88,7 +91,9 @@ STATE_KEYS: dict[str, str] = {
     "life": "lf",  # written only when set: "" (a run begun before lives) is its absence
 }
 #: RunState fields rebuilt from the keyed ones when read
-DERIVED = frozenset({"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due"})
+DERIVED = frozenset(
+    {"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due", "keys_at"}
+)
 
 
 # =========================================================================== writing
@@ -104,13 +109,18 @@ def encode(state: RunState) -> bytes:
         state.new_tasks = shared(state.new_tasks, nodes=True)
     if type(state.tasks) is dict:
         state.tasks = shared(state.tasks, nodes=True)
+    as_text(state)
     state.rest_fresh()
-    return orjson.dumps(_wire_map(state, recent_rows(state)))
+    keys = section(state)
+    raw = orjson.dumps(_wire_map(state, recent_rows(state, keys)))
+    if keys is not None:
+        compact(state, keys, state.recent[1])
+    return raw
 
 
 def to_wire(state: RunState) -> dict[str, Any]:
     """The state as the map that ``encode`` writes (equal maps: states that decide alike)."""
-    return _wire_map(state, recent_to_wire(state.recent))
+    return _wire_map(state, recent_to_wire(text_recent(state.recent, state.keys_at)))
 
 
 def _wire_map(state: RunState, rec: Any) -> dict[str, Any]:
@@ -239,6 +249,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         None,
         {r[0]: (r[1], r[2], tuple(r[3])) for r in w.get("gr", ())} or EMPTY,
         _life(w.get("lf", "")),
+        b"",
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)
@@ -343,6 +354,7 @@ def _from_list(w: list[Any]) -> RunState:
         None,
         EMPTY,
         "",
+        b"",
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)

@@ -1,0 +1,163 @@
+"""A stored reply's rows back into decisions: the columns format 4 names, a state's own
+``cols``, and the rows formats 1-3 wrote in the Decision field order of their day.
+
+``REPLY_COLUMNS`` are Decision's fields when format 4 was made, frozen; ``WRITE_COLUMNS`` what
+this Decision writes. A plan per column list (``_Columns``) turns a row into a Decision: its
+times parsed, its enum columns looked up. Read by processors/state_replies.py (a kept reply
+turned back into decisions) and processors/state_wire.py (a record's ``rec``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from baton.schemas.decision import DECISION_FIELDS, Decision, Fallback, Outcome, Phase
+
+__all__ = [
+    "HELD_COLUMNS",
+    "REPLY_COLUMNS",
+    "WRITE_COLUMNS",
+    "old_row_decision",
+    "recent_from_wire",
+]
+
+#: the reply columns of a format-4 state without ``cols``: Decision's fields when format 4
+#: was made, frozen (a new Decision field makes writers add ``cols``; add a format then)
+REPLY_COLUMNS: tuple[str, ...] = (
+    "decision_id", "request_id", "run_id", "tenant", "phase", "outcome", "reason", "owner",
+    "from_agent", "to_agent", "task_id", "parent_task_id", "action", "depth",
+    "handoff_count", "spent_usd", "tool_calls", "handoff_status", "fallback", "approval_id",
+    "approval_expires_at", "approver", "policy_version", "event_time", "decided_at",
+    "worker", "partition", "offset", "shadow_outcome", "tool", "reserved_usd", "detail",
+    "request_digest", "chain_prev", "chain_hash", "input", "reemitted",
+)  # fmt: skip
+#: what this Decision writes: the frozen columns while they are its fields, else its own
+WRITE_COLUMNS = None if DECISION_FIELDS == REPLY_COLUMNS else list(DECISION_FIELDS)
+_DECISION_FIELD_SET = frozenset(DECISION_FIELDS)
+
+
+_TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
+# text -> member by dict lookup: calling the enum (Phase("approval")) is several times slower,
+# and the worker restores a run's replies every time it reads the run from the changelog
+_PHASES: dict[str, Phase] = {m.value: m for m in Phase}
+_OUTCOMES: dict[str | None, Outcome | None] = {None: None, **{m.value: m for m in Outcome}}
+_FALLBACKS: dict[str | None, Fallback | None] = {None: None, **{m.value: m for m in Fallback}}
+#: column -> text-to-value table for the enum columns
+_ENUMS: dict[str, dict[Any, Any]] = {
+    "phase": _PHASES,
+    "outcome": _OUTCOMES,
+    "shadow_outcome": _OUTCOMES,
+    "fallback": _FALLBACKS,
+}
+
+
+class _Columns:
+    """How to turn rows with the given column names into Decisions (one per column list)."""
+
+    __slots__ = ("enums", "names", "positional", "times")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        unknown = [c for c in names if c not in _DECISION_FIELD_SET]
+        if unknown:
+            raise ValueError(
+                f"run state replies have columns {unknown} that Decision does not have; "
+                "written by a newer Baton?"
+            )
+        #: rows can go to Decision(*row) as they are
+        self.positional = names == DECISION_FIELDS[: len(names)]
+        self.names = names
+        self.times = [i for i, c in enumerate(names) if c in _TIME_FIELDS]
+        self.enums = [(i, _ENUMS[c]) for i, c in enumerate(names) if c in _ENUMS]
+
+    def decision(self, row: list[Any]) -> Decision:
+        if len(row) != len(self.names):
+            raise ValueError(f"run state reply has {len(row)} values for {len(self.names)} columns")
+        for i in self.times:
+            if row[i] is not None:
+                row[i] = datetime.fromisoformat(row[i])
+        for i, table in self.enums:
+            row[i] = table[row[i]]
+        if self.positional:
+            return Decision(*row)
+        return Decision(**dict(zip(self.names, row, strict=True)))
+
+
+_FROZEN_COLUMNS = _Columns(REPLY_COLUMNS)
+#: the columns of a reply held as bytes in memory: this Decision's fields, in their order
+HELD_COLUMNS = _FROZEN_COLUMNS if WRITE_COLUMNS is None else _Columns(DECISION_FIELDS)
+_CHAIN_HASH = DECISION_FIELDS.index("chain_hash")
+
+
+_ROW_LENGTH = len(DECISION_FIELDS)
+
+
+def _linked_rows(rows: list[Any]) -> bool:
+    """True when every row is a full row with its chain link (held as bytes when read)."""
+    for row in rows:
+        if type(row) is not list or len(row) != _ROW_LENGTH or row[_CHAIN_HASH] is None:
+            return False
+    return True
+
+
+#: a reader's column plans by column list (a state's own ``cols``): a few at most
+_PLANS: dict[tuple[str, ...], _Columns] = {}
+#: formats 1-3 wrote rows in the Decision field order of their day, which the first
+#: columns of REPLY_COLUMNS are (fields were only ever appended): see old_row_decision
+
+
+def _known_plans() -> None:
+    _PLANS[REPLY_COLUMNS] = _FROZEN_COLUMNS
+    _PLANS[DECISION_FIELDS] = HELD_COLUMNS
+
+
+_known_plans()
+
+
+def _plan(cols: list[str] | None) -> _Columns:
+    if cols is None:
+        return _FROZEN_COLUMNS
+    key = tuple(cols)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 16:
+            _PLANS.clear()
+            _known_plans()
+        plan = _PLANS[key] = _Columns(key)
+    return plan
+
+
+def recent_from_wire(
+    entries: Sequence[Any], cols: list[str] | None, old: bool = False, checked: bool = False
+) -> tuple[Any, ...]:
+    """``RunState.recent`` from its rows; ``old``: formats 1-3, whose rows may be shorter
+    (written by an older Decision: the missing trailing fields take their defaults);
+    ``checked``: linked rows known to be decisions are held without building them again."""
+    plan = _plan(cols)
+    to_decision = old_row_decision if old else plan.decision
+    hold = plan is HELD_COLUMNS and not old
+    recent: list[Any] = []
+    for key, rows in entries:
+        recent.append(key)
+        if hold and _linked_rows(rows):
+            # linked replies stay their rows' bytes, once each row proved a Decision
+            # (a record that does not is unreadable now, not at a retry)
+            raw = bytes(memoryview(orjson.dumps(rows)))
+            if not checked:
+                for r in rows:
+                    to_decision(r)
+            recent.append(raw)
+        elif len(rows) == 1:
+            recent.append(to_decision(rows[0]))
+        else:
+            recent.append([to_decision(r) for r in rows])
+    return tuple(recent)
+
+
+def old_row_decision(row: list[Any]) -> Decision:
+    if len(row) < len(REPLY_COLUMNS):
+        return _Columns(REPLY_COLUMNS[: len(row)]).decision(row)
+    return _FROZEN_COLUMNS.decision(row)
