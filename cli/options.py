@@ -198,7 +198,8 @@ def build_settings(**overrides: Any) -> Settings:
         for err in errors():
             field = ".".join(str(p) for p in err["loc"])
             got = mask_credentials(repr(err.get("input")))
-            if field == "bootstrap" and "@" in got:  # USER:PASSWORD@HOST: not repeated
+            if field == "bootstrap" and ("@" in got or "USER:PASSWORD" in str(err["msg"])):
+                # USER:PASSWORD@HOST (or its '@' escaped, of another code point): not repeated
                 got = "(not repeated: it may hold a password)"
             lines.append(f"{field} (BATON_{field.upper()}): {err['msg']}, got {got}")
         raise ConfigError("invalid settings: " + "; ".join(lines)) from None

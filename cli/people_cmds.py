@@ -113,7 +113,10 @@ def approvals_cmd(
             err=True,
         )
     if not pending and fmt == "table":
-        click.echo("no pending approvals" + (f" for run {run_id}" if run_id else ""))
+        # the caller's run id, escaped and cut: printed raw, ESC or CR reached the terminal
+        # and a 60 KB id made a 60 KB line
+        cut = shown(run_id[:80]) + ("..." if len(run_id) > 80 else "")
+        click.echo("no pending approvals" + (f" for run {cut}" if run_id else ""))
         return
     rows = []
     for p in pending:

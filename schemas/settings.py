@@ -6,6 +6,7 @@ Every field here is documented in ``baton --help`` and usable in ``docker-compos
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -43,13 +44,27 @@ def checked_bootstrap(value: str) -> str:
     credentials), else a ValueError that does not repeat it: librdkafka took the whole as a
     host name, and every error and each of its log lines (the SDK's, ~20 a second) printed
     the password."""
-    if "@" in value:
+    if "@" in value or any(_credentials_like(a) for a in value.split(",")):
         raise ValueError(
-            "an address holds '@' (USER:PASSWORD@HOST?): the bootstrap is HOST:PORT only "
-            "(comma-separated); the Kafka user and password go in BATON_SASL_USERNAME and "
-            "BATON_SASL_PASSWORD"
+            "an address holds '@' or is USER:PASSWORD...:PORT (a ':' too many and no IPv6 "
+            "address): the bootstrap is HOST:PORT only (comma-separated, IPv6 as [ADDR]:PORT); "
+            "the Kafka user and password go in BATON_SASL_USERNAME and BATON_SASL_PASSWORD"
         )
     return value
+
+
+def _credentials_like(address: str) -> bool:
+    """An address of more than one ':' that is no IPv6 address (bare, as librdkafka and
+    streams.net take it): ``alice:s3cret＠host:9092`` or ``alice:s3cret%40host:9092`` (an '@'
+    of another code point, or escaped) passed the '@' test, and every error printed it."""
+    entry = address.strip().rpartition("://")[2]
+    if entry.count(":") < 2 or entry.startswith("["):
+        return False
+    try:
+        ipaddress.IPv6Address(entry.partition("%")[0])  # fe80::1%eth0: a zone
+    except ValueError:
+        return True
+    return False
 
 
 class Settings(BaseSettings):
