@@ -302,13 +302,11 @@ class AiokafkaPublisher(PipelinedOrder):
                 value = encoded.get(key) or state.to_bytes()
             put(step, topic, value, key, partition)
 
-    def _queue_now(self, batch: Any, topic: str, partition: int) -> asyncio.Future[Any] | None:
-        """Queue a filled record batch as ``send_batch`` would, without its two coroutines and
-        the ``asyncio.shield`` around the batch's future (one future, callback and loop turn
-        more per partition and step: a 7-partition step handed over and answered in 64-78
-        against 108-114 us of CPU); None when ``send_batch`` must do it: the partition has a
-        batch queued still (it waits for it to go), the topic's metadata is not in, or the
-        accumulator is closed or failed (it raises). The upstream code this repeats is pinned
+    def _direct(self, topic: str, partition: int) -> tuple[Any, Any] | None:
+        """(aiokafka's accumulator, the partition) when records may go into the accumulator
+        directly (``_queue_now``, ``_join_queued``); None when only ``send_batch`` may queue
+        them: not started, the topic's metadata not in (it waits for it), or the accumulator
+        closed or failed (it raises). The upstream code both repeat is pinned
         (tests/unit/test_publish_aiokafka_queue.py)."""
         acc = self._accumulator
         if acc is None or acc._closed or acc._exception is not None:
@@ -316,11 +314,46 @@ class AiokafkaPublisher(PipelinedOrder):
         known = self._metadata.partitions_for_topic(topic)
         if known is None or partition not in known:
             return None
-        tp = TopicPartition(topic, partition)
+        return acc, TopicPartition(topic, partition)
+
+    def _queue_now(self, batch: Any, topic: str, partition: int) -> asyncio.Future[Any] | None:
+        """Queue a filled record batch as ``send_batch`` would, without its two coroutines and
+        the ``asyncio.shield`` around the batch's future (one future, callback and loop turn
+        more per partition and step: a 7-partition step handed over and answered in 64-78
+        against 108-114 us of CPU); None when ``send_batch`` must do it (``_direct``), or the
+        partition has a batch queued still (``send_batch`` waits for it to go)."""
+        direct = self._direct(topic, partition)
+        if direct is None:
+            return None
+        acc, tp = direct
         if acc._batches.get(tp):
             return None
         future: asyncio.Future[Any] = acc._append_batch(batch, tp).future
         return future
+
+    def _join_queued(self, step: _Step, topic: str, partition: int, records: list[Any]) -> int:
+        """Add ``records`` (from the first) to the partition's last record batch while it is
+        still queued (not drained into a request yet, never sent before), as aiokafka's own
+        ``send()`` adds to it: they go in the request that takes it, where a batch of their own
+        would wait for it to go first (the fetch loop held a round trip) and go in the request
+        after. The step counts them in on that batch's future. The number added (0: none,
+        e.g. nothing queued, a batch being retried, or full)."""
+        direct = self._direct(topic, partition)
+        if direct is None:
+            return 0
+        acc, tp = direct
+        queued = acc._batches.get(tp)
+        if not queued or queued[-1].retry_count:
+            return 0
+        last = queued[-1]
+        builder, added = last._builder, 0
+        for key, value, headers in records:
+            if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                break  # full, or closed: the rest go in a batch of their own
+            added += 1
+        if added:
+            step.add(last.future, topic, partition, added)
+        return added
 
     async def _hand_over(self, step: _Step) -> None:
         """Give aiokafka the step's records, one record batch per partition (a future per
@@ -328,8 +361,11 @@ class AiokafkaPublisher(PipelinedOrder):
         producer = self._producer
         waiting: list[tuple[str, int, Any, int]] = []
         for (topic, partition), records in step.records.items():
+            joined = self._join_queued(step, topic, partition, records)
+            if joined == len(records):
+                continue
             batch, count = producer.create_batch(), 0
-            for key, value, headers in records:
+            for key, value, headers in records[joined:]:
                 if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
                     # full (max_batch_size): this one goes, the rest start a new one
                     sent = await producer.send_batch(batch, topic, partition=partition)

@@ -1,6 +1,8 @@
 """The aiokafka publisher queues a step's record batches into aiokafka's accumulator itself
 (``AiokafkaPublisher._queue_now``): what ``send_batch`` does when the partition has no batch
-queued, without its coroutines and ``asyncio.shield``; ``send_batch`` where it would wait.
+queued, without its coroutines and ``asyncio.shield``; records for a partition whose batch is
+still queued join it (``_join_queued``, as aiokafka's own ``send()`` does); ``send_batch``
+where it would wait (a batch being retried, a full one) or refuse.
 
 A real, unstarted ``AIOKafkaProducer`` (no broker): its accumulator and its batches' futures.
 The upstream code ``_queue_now`` repeats is pinned: an aiokafka upgrade that changes it fails
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.producer.message_accumulator import MessageAccumulator
+from aiokafka.producer.message_accumulator import BatchBuilder, MessageAccumulator
 from aiokafka.structs import TopicPartition
 
 from baton.processors.publish_aiokafka import AiokafkaPublisher, _Step
@@ -29,6 +31,11 @@ PINNED = [
     (AIOKafkaProducer.send_batch, "bf42b0f0c5c0646d"),
     (MessageAccumulator.add_batch, "5ed1c5b1367ad854"),
     (MessageAccumulator._append_batch, "4762abfc42cbaa15"),
+    # _join_queued: a queued batch's builder is open until the sender drains it
+    (MessageAccumulator._pop_batch, "41cc98a298ef2628"),
+    (MessageAccumulator.add_message, "56ff7e6c19185f83"),
+    (BatchBuilder.append, "657d76f55157d9ca"),
+    (BatchBuilder._build, "2ea37ea8632073e3"),
 ]
 
 
@@ -111,34 +118,59 @@ def test_queue_now_leaves_to_send_batch_what_it_would_wait_for_or_refuse() -> No
     asyncio.run(scenario())
 
 
-def test_a_step_queues_its_ready_partitions_before_waiting_for_a_busy_one() -> None:
-    """Partition 3 still holds the previous step's batch: the step's partitions 1 and 5 are
-    queued at once (they go in the next request), 3 once its previous batch is drained; the
-    step counts all three and completes once each is answered."""
+def test_a_step_joins_a_partition_batch_still_queued_instead_of_waiting_for_it() -> None:
+    """Partition 3 still holds the previous step's batch (not drained into a request yet):
+    the step's record for it joins that batch (one request takes both; no wait), 1 and 5
+    get batches of their own; the step completes once each batch is answered."""
 
     async def scenario() -> None:
         publisher, producer = _started()
         acc = producer._message_accumulator
-        busy = publisher._queue_now(_filled(producer, b"previous"), "d", 3)
-        assert busy is not None
+        assert publisher._queue_now(_filled(producer, b"previous"), "d", 3) is not None
+        step = _Step("127.0.0.1:1", 60)
+        for partition in (1, 3, 5):
+            step.records[("d", partition)] = [(b"k", b"new", None)]
+        await asyncio.wait_for(publisher._hand_over(step), 1)
+        queued = {p: list(acc._batches[TopicPartition("d", p)]) for p in (1, 3, 5)}
+        assert [len(queued[p]) for p in (1, 3, 5)] == [1, 1, 1]
+        assert [queued[p][0].record_count for p in (1, 3, 5)] == [1, 2, 1]
+        assert step.count == 3
+        step.seal()
+        for p in (1, 5):
+            queued[p][0].done(base_offset=0)
+        await asyncio.sleep(0)
+        assert not step.future.done()  # partition 3's batch not answered yet
+        queued[3][0].done(base_offset=0)
+        await asyncio.wait_for(step.future, 5)
+        await producer.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_step_queues_its_ready_partitions_before_waiting_for_a_batch_being_retried() -> None:
+    """Partition 3's queued batch is a retry (built already, it takes nothing more): the
+    step's partitions 1 and 5 are queued at once (they go in the next request), 3 once the
+    retry is drained (send_batch's wait), not 5 behind it a round trip later."""
+
+    async def scenario() -> None:
+        publisher, producer = _started()
+        acc = producer._message_accumulator
+        assert publisher._queue_now(_filled(producer, b"previous"), "d", 3) is not None
+        retried = acc._batches[TopicPartition("d", 3)][0]
+        retried._retry_count = 1
         step = _Step("127.0.0.1:1", 60)
         for partition in (1, 3, 5):
             step.records[("d", partition)] = [(b"k", b"new", None)]
         handing = asyncio.ensure_future(publisher._hand_over(step))
         for _ in range(5):
             await asyncio.sleep(0)
-        assert not handing.done()  # waiting for partition 3's previous batch
+        assert not handing.done()  # waiting for the retry to go
         assert [len(acc._batches[TopicPartition("d", p)]) for p in (1, 3, 5)] == [1, 1, 1]
-        previous = acc._batches[TopicPartition("d", 3)].popleft()  # the sender drains it
-        previous.drain_ready()
+        assert retried.record_count == 1
+        acc._batches[TopicPartition("d", 3)].popleft().drain_ready()  # the sender takes it
         await asyncio.wait_for(handing, 5)
         assert len(acc._batches[TopicPartition("d", 3)]) == 1
         assert step.count == 3
-        step.seal()
-        for partition in (1, 3, 5):
-            for batch in acc._batches[TopicPartition("d", partition)]:
-                batch.done(base_offset=0)
-        await asyncio.wait_for(step.future, 5)
         await producer.stop()
 
     asyncio.run(scenario())
@@ -149,12 +181,20 @@ def test_a_failed_record_batch_fails_its_step_naming_its_partition() -> None:
         publisher, producer = _started()
         acc = producer._message_accumulator
         step = _Step("127.0.0.1:1", 60)
-        step.records[("d", 2)] = [(b"k", b"v", None), (b"k", b"w", None)]
+        step.records[("d", 2)] = [(b"k", b"v", None)]
         await publisher._hand_over(step)
         step.seal()
+        # a second step's record joins the same queued batch: its failure fails both steps
+        joined = _Step("127.0.0.1:1", 60)
+        joined.records[("d", 2)] = [(b"k", b"w", None), (b"k", b"x", None)]
+        await publisher._hand_over(joined)
+        joined.seal()
+        assert len(acc._batches[TopicPartition("d", 2)]) == 1
         acc._batches[TopicPartition("d", 2)][0].failure(RuntimeError("broker said no"))
-        with pytest.raises(Exception, match=r"could not deliver 2 records .* d\[2\]: Runtime"):
+        with pytest.raises(Exception, match=r"could not deliver 1 records .* d\[2\]: Runtime"):
             await asyncio.wait_for(step.future, 5)
+        with pytest.raises(Exception, match=r"could not deliver 2 records .* d\[2\]: Runtime"):
+            await asyncio.wait_for(joined.future, 5)
         await producer.stop()
 
     asyncio.run(scenario())
