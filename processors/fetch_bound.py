@@ -256,19 +256,22 @@ class _Partition:
 class _BoundedRecords:
     """aiokafka's ``MemoryRecords`` of one partition's fetch, the batch last handed out kept."""
 
-    __slots__ = ("_records", "current")
+    __slots__ = ("_records", "current", "end")
 
     def __init__(self, records: Any) -> None:
         self._records = records
         self.current: Any = None
+        #: the offset after the current batch's last (its header's): no record of it is past
+        self.end = 0
 
     def has_next(self) -> bool:
         return bool(self._records.has_next())
 
     def next_batch(self) -> Any:
         self.current = None  # a header that does not parse names no batch
-        self.current = self._records.next_batch()
-        return self.current
+        batch = self.current = self._records.next_batch()
+        self.end = batch.next_offset if batch is not None else 0
+        return batch
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._records, name)
@@ -282,6 +285,15 @@ class _BoundedRecords:
 _UNREADABLE: tuple[type[Exception], ...] = (ValueError, IndexError, AssertionError, struct.error)
 
 
+class _PastTheBatch(Exception):
+    """A record whose offset is past its batch's last (its offset delta is the client's):
+    aiokafka yielded it, Faust took its offset as read and dropped every record below it on
+    the partition as already read -- silently, up to ~2**31 offsets, committed."""
+
+    def __init__(self, offset: int, end: int) -> None:
+        super().__init__(f"a record at offset {offset}, past the batch's last offset {end - 1}")
+
+
 def _refused_record(
     where: _Partition, batch: Any, unread: int, exc: Exception
 ) -> tuple[_RefusedRecord, InflateRefused]:
@@ -290,6 +302,8 @@ def _refused_record(
     first = getattr(batch, "base_offset", last)
     if isinstance(exc, InflateRefused):
         kind, why = exc.kind, str(exc)
+    elif isinstance(exc, _PastTheBatch):
+        kind, why = KIND_UNDECODABLE, str(exc)
     else:
         kind, why = KIND_UNDECODABLE, f"records that do not read: {str(exc)[:200]}"
     which = "none of its records" if unread <= first else f"none of its records from {unread} on"
@@ -336,7 +350,7 @@ def install(bound: int, source_topics: Iterable[str]) -> None:
         for codec in wanted:
             setattr(module, codec, _legacy_refused if "legacy" in name else decoders[codec])
     sources = frozenset(source_topics)
-    refusals = (InflateRefused, errors.KafkaError, *_UNREADABLE)
+    refusals = (InflateRefused, _PastTheBatch, errors.KafkaError, *_UNREADABLE)
     base = getattr(fetcher.PartitionRecords, "_baton_unbounded", fetcher.PartitionRecords)
 
     class BoundedPartitionRecords(base):  # type: ignore[misc, valid-type]
@@ -352,7 +366,12 @@ def install(bound: int, source_topics: Iterable[str]) -> None:
 
         def __next__(self) -> Any:
             try:  # aiokafka's __next__, with the refusals
-                return next(self._records_iterator)
+                record = next(self._records_iterator)
+                end = self._baton_records.end
+                if record.offset < end:
+                    return record
+                self.next_fetch_offset = end - 1  # (aiokafka set it past the record)
+                raise _PastTheBatch(record.offset, end)
             except StopIteration:
                 self._records_iterator = None
                 raise
@@ -363,7 +382,7 @@ def install(bound: int, source_topics: Iterable[str]) -> None:
                 where = self._baton_where
                 record, refused = _refused_record(where, batch, self.next_fetch_offset, exc)
                 if not where.source:
-                    if isinstance(exc, InflateRefused):
+                    if isinstance(exc, (InflateRefused, _PastTheBatch)):
                         raise refused from None
                     raise
                 # aiokafka's generator ended with the error: the batches after this one

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, codec
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from baton.processors import fetch_bound
 from baton.schemas.decision import Outcome
@@ -148,3 +149,43 @@ def test_crafted_batches_are_dead_lettered_and_the_next_events_decided(
     for d in letters:
         assert f"of {s.catalog.requests}[{d['partition']}] refused" in d["error"], d["error"]
     assert s.workers[0].alive(), s.logs()
+
+
+def _record_past_its_batch(_: bytes) -> bytes:
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=2**31 - 1,
+    )
+    builder.append(100_000, timestamp=1000, key=b"run", value=b"{}", headers=[])
+    return codec.gzip_encode(bytes(builder.build()[61:]))
+
+
+def test_a_record_past_its_batch_does_not_silence_the_partition(crafted_stack: Stack) -> None:
+    # its offset delta (the client's) put it at offset base + 100,000: the worker took every
+    # offset below as read, the next events on the partition were dropped without a word
+    # and the group's offset was committed past them
+    s = crafted_stack
+    before = len(s.deadletters.records)
+    _crafted(s, 1, "gzip", _record_past_its_batch, [])
+    runs = [_run_on(1) for _ in range(3)]
+    s.requests.send([handoff(run, 1, "t1") for run in runs])
+    for run in runs:
+        assert s.decisions.wait_run(run, 1)[0].outcome == Outcome.ALLOW, s.logs()
+    letters = wait_for(
+        lambda: (
+            [
+                d
+                for d in map(orjson.loads, s.deadletters.records[before:])
+                if "past the batch's last offset" in d["error"]
+            ]
+            or None
+        ),
+        30,
+        message="the crafted batch's dead letter",
+    )
+    assert [d["partition"] for d in letters] == [1]

@@ -293,3 +293,53 @@ def test_random_compressed_legacy_message_sets_do_not_crash_the_reader() -> None
         [sys.executable, "-c", _FUZZ_LEGACY], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "read" in done.stdout, (done.returncode, done.stderr[-500:])
+
+
+# ---------------------------------------------------------------------- offsets past the batch
+def _records_at(delta: int, value: bytes) -> bytes:
+    """The records of a one-record batch whose record says offset delta ``delta`` (the batch
+    header, the broker's, says one record: last offset delta 0)."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=2**31 - 1,
+    )
+    builder.append(delta, timestamp=1000, key=b"run", value=value, headers=[])
+    return bytes(builder.build()[61:])
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_record_past_its_batch_is_one_dead_letter_and_the_records_after_it_read(
+    installed: None,  # noqa: F811
+    records_class: Any,
+    compressed: bool,
+) -> None:
+    # aiokafka yielded the record at offset 10 + 1000; the worker's loop (Faust's duplicate
+    # filter) then took offsets 11 and 12 as read and dropped them, in silence, and the
+    # group's offset moved to 1011
+    records = _records_at(1000, b"evil")
+    evil = _rebuilt(
+        _batch(0, [b"x"], base=10),
+        1 if compressed else 0,
+        codec.gzip_encode(records) if compressed else records,
+    )
+    honest = _batch(0, [b"honest1"], base=11) + _batch(0, [b"honest2"], base=12)
+    got, next_offset = _fetched(records_class, "src", evil + honest)
+    assert [r.offset for r in got] == [10, 11, 12] and next_offset == 13
+    refused = got[0].value
+    assert type(refused) is RefusedBatch and refused.kind == KIND_UNDECODABLE
+    assert "offset 1010, past the batch's last offset 10" in refused.reason, refused.reason
+    assert [r.value for r in got[1:]] == [b"honest1", b"honest2"]
+
+
+def test_a_record_past_its_batch_on_another_topic_raises(
+    installed: None,  # noqa: F811
+    records_class: Any,
+) -> None:
+    evil = _rebuilt(_batch(0, [b"x"], base=10), 0, _records_at(1000, b"evil"))
+    with pytest.raises(InflateRefused, match="offset 1010, past"):
+        _fetched(records_class, "runs-changelog", evil)
