@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from baton.schemas.decision import DECISION_ADAPTER
 from baton.schemas.errors import AuditUnavailable
 from baton.sinks.audit_copies import Copy, unheld_copies
-from baton.sinks.audit_insert import RowsRefused, insert_native, insert_rows
+from baton.sinks.audit_insert import RowsRefused, insert_native, insert_rows, one_native_block
 from baton.sinks.json_rows import shortcut_row
 from baton.sinks.rows import (
     DECISION_COLUMNS,
@@ -429,7 +429,7 @@ def _write_chunks(
                 client,
                 DECISIONS_TABLE,
                 DECISION_COLUMNS,
-                b"".join(chunk.native for chunk in chunks),  # type: ignore[misc]
+                one_native_block([(c.native, c.rows, c.marks) for c in chunks]),  # type: ignore[misc]
                 rows,
                 batch.chunks_token(chunks),
                 label,

@@ -36,6 +36,7 @@ __all__ = [
     "insert_types",
     "load_insert_imports",
     "native_block",
+    "one_native_block",
     "times_as_ticks",
 ]
 
@@ -233,6 +234,88 @@ def native_block(
     first = chunks[0]
     chunks[0] = first[first.index(b"\n") + 1 :]  # the statement the HTTP body starts with
     return b"".join(chunks)
+
+
+#: column types whose Native data is the rows' values one after the other (a null map first
+#: when Nullable): two blocks' data of such a column, concatenated, is one block's
+_PLAIN_DATA = (
+    r"(?:String|U?Int(?:8|16|32|64)|Float(?:32|64)|Bool|Date|DateTime"
+    r"|Decimal\(\d+, \d+\)|DateTime64\(\d(?:, '[\w/+-]+')?\))"
+)
+_CONCATENABLE = re.compile(rf"{_PLAIN_DATA}|Nullable\({_PLAIN_DATA}\)")
+
+
+def one_native_block(blocks: list[tuple[bytes, int, tuple[int, ...] | None]]) -> bytes:
+    """The Native blocks of one insert, (block, rows, marks) each, as one block: each column's
+    data from every block in turn (ClickHouse then runs the insert's views once, on one block:
+    20 blocks of 1,000 rows took 1.4 us a row more of chDB's CPU than one of 20,000, measured).
+    Marks (``json_columns``): where each column's name and data start, then the block's end.
+    Blocks without marks, of other columns or of a type whose data does not concatenate
+    (LowCardinality's dictionary): the blocks one after the other, as the driver sends them."""
+    parts = [(block, rows, marks) for block, rows, marks in blocks if rows]
+    joined = b"".join(block for block, _, _ in blocks)
+    if len(parts) < 2 or any(not marks for _, _, marks in parts):
+        return joined
+    first, _, head = parts[0]
+    columns = (len(head) - 1) // 2
+    headers = [first[head[2 * i] : head[2 * i + 1]] for i in range(columns)]
+    nullable = []
+    for header in headers:
+        kind = _type_of(header)
+        if kind is None or not _CONCATENABLE.fullmatch(kind):
+            return joined
+        nullable.append(kind.startswith("Nullable("))
+    for block, _, marks in parts[1:]:
+        if len(marks) != len(head) or any(
+            block[marks[2 * i] : marks[2 * i + 1]] != headers[i] for i in range(columns)
+        ):
+            return joined
+    out = bytearray()
+    _leb128(columns, out)
+    _leb128(sum(rows for _, rows, _ in parts), out)
+    views = [(memoryview(block), rows, marks) for block, rows, marks in parts]
+    for i in range(columns):
+        out += headers[i]
+        spans = [(view, rows, marks[2 * i + 1], marks[2 * i + 2]) for view, rows, marks in views]
+        if nullable[i]:  # every block's null map, then every block's values
+            for view, rows, start, _ in spans:
+                out += view[start : start + rows]
+            for view, rows, start, end in spans:
+                out += view[start + rows : end]
+        else:
+            for view, _, start, end in spans:
+                out += view[start:end]
+    return bytes(out)
+
+
+def _type_of(header: bytes) -> str | None:
+    """The type name in a column's header (its name, then its type, each length-prefixed)."""
+    try:
+        size, at = _read_leb128(header, 0)
+        size, at = _read_leb128(header, at + size)
+        return header[at : at + size].decode() if at + size == len(header) else None
+    except (IndexError, UnicodeDecodeError):
+        return None
+
+
+def _leb128(value: int, out: bytearray) -> None:
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value:
+            out.append(low)
+            return
+        out.append(0x80 | low)
+
+
+def _read_leb128(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
 
 
 def _driver_types(types: tuple[str, ...]) -> list[Any]:

@@ -34,8 +34,11 @@ from baton.sinks.rows import DECISION_COLUMNS, DecidedWindow, RowRejected, usd
 
 __all__ = ["EncodedChunk", "encoded_chunk"]
 
-#: (block, rows, spans, token material, rejected records, copies) of one chunk
-EncodedChunk = tuple[bytes, int, dict[int, tuple[int, int]], bytes, list[list[Any]], list[Any]]
+#: (block, rows, spans, token material, rejected records, copies, the block's marks: where
+#: each column's name and its data start, then the end; ``audit_insert.one_native_block``)
+EncodedChunk = tuple[
+    bytes, int, dict[int, tuple[int, int]], bytes, list[list[Any]], list[Any], tuple[int, ...]
+]
 #: (partition, offset, value) as the consumer read it
 Record = tuple[int, int, bytes | None]
 
@@ -81,10 +84,11 @@ def encoded_chunk(
         columns = _spliced(columns, fast, batch.rows, at)
     rows = len(columns[0])
     spans, material = _token_material(columns[0], columns[-2], columns[-1])
-    block = _block(driver, columns, rows)
+    marks: list[int] = []
+    block = _block(driver, columns, rows, marks)
     if block is None:
         return None
-    return block, rows, spans, material, batch.rejected, batch.copies
+    return block, rows, spans, material, batch.rejected, batch.copies, tuple(marks)
 
 
 def _token_material(
@@ -197,6 +201,7 @@ def _ticks_of(column: tuple[Any, ...], bad: set[int]) -> list[Any]:
             t = shape._utc_time(v)
             if t is None:
                 bad.add(j)
+                got[j] = None  # (its row goes: no text left among the ticks)
                 continue
             if len(_TICKS_OF) >= _CACHE_MAX:
                 _TICKS_OF.clear()
@@ -288,8 +293,9 @@ def _encoders(types: tuple[str, ...]) -> list[Any] | None:
     return _ENCODERS[types]
 
 
-def _block(driver: list[Any], columns: list[Any], rows: int) -> bytes | None:
-    """One Native block of ``columns`` (``audit_insert.native_block``'s bytes for one block);
+def _block(driver: list[Any], columns: list[Any], rows: int, marks: list[int]) -> bytes | None:
+    """One Native block of ``columns`` (``audit_insert.native_block``'s bytes for one block),
+    noting in ``marks`` where each column's name and data start and where the block ends;
     None when the driver cannot encode a value (the row path then finds it)."""
     from clickhouse_connect.driver.common import write_leb128
     from clickhouse_connect.driver.insert import InsertContext
@@ -302,15 +308,18 @@ def _block(driver: list[Any], columns: list[Any], rows: int) -> bytes | None:
     write_leb128(rows, out)
     try:
         for name, kind, column in zip(DECISION_COLUMNS, driver, columns, strict=True):
+            marks.append(len(out))
             _name(name, out)
             if kind == _DECIMAL:
                 _name(_DECIMAL, out)
+                marks.append(len(out))
                 scaled = array("q", column)
                 if sys.byteorder != "little":
                     scaled.byteswap()
                 out += scaled.tobytes()
                 continue
             _name(kind.insert_name, out)
+            marks.append(len(out))
             context.start_column(name)
             if not _plain_strings(kind, column, rows, out):
                 kind.write_column(column, out, context)
@@ -318,6 +327,7 @@ def _block(driver: list[Any], columns: list[Any], rows: int) -> bytes | None:
         return None
     if context.insert_exception is not None:
         return None
+    marks.append(len(out))
     return bytes(out)
 
 

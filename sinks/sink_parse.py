@@ -69,6 +69,9 @@ class ParsedChunk:
     rejected: list[list[Any]] = field(default_factory=list)
     #: records flagged reemitted (``AuditBatch.copies``), looked up after the rows are stored
     copies: list[Copy] = field(default_factory=list)
+    #: where the block's columns start (``json_columns``; None: the row path's block), so the
+    #: batch's blocks go to ClickHouse as one (``audit_insert.one_native_block``)
+    marks: tuple[int, ...] | None = None
 
 
 def parse_chunk(
@@ -85,8 +88,8 @@ def parse_chunk(
     except Exception:  # whatever went wrong there, the row path decides
         encoded = None
     if encoded is not None:
-        native, count, spans, material, rejected, copies = encoded
-        return ParsedChunk(native, count, material, spans, rejected, copies)
+        native, count, spans, material, rejected, copies, marks = encoded
+        return ParsedChunk(native, count, material, spans, rejected, copies, marks)
     batch = AuditBatch(topic)
     batch.window = window  # the sink's batch fixed it at its first record
     rows = batch.rows

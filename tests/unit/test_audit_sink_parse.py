@@ -19,7 +19,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from baton.schemas.errors import AuditUnavailable
 from baton.sinks.audit_batch import DECISIONS_TABLE, REJECTED_TABLE, AuditBatch, write_batch
-from baton.sinks.audit_insert import native_block, times_as_ticks
+from baton.sinks.audit_insert import _driver_types, native_block, times_as_ticks
 from baton.sinks.rows import DECISION_COLUMNS, RejectKind
 from baton.sinks.sink_parse import ParseProcesses, parse_chunk
 from tests.audit_support import hostile_records, scenario_decisions
@@ -55,6 +55,21 @@ TYPES = {
     DECISIONS_TABLE: tuple(_plain(KINDS[c]) for c in DECISION_COLUMNS),
     REJECTED_TABLE: ("String", "UInt32", "UInt64", "String", "String", "String"),
 }
+
+
+def single_block(rows: list[list[Any]]) -> bytes:
+    """``rows`` as one Native block, as the row path sends them (the driver cuts a block of
+    big rows in several; ClickHouse reads either the same)."""
+    from clickhouse_connect.driver.insert import InsertContext
+    from clickhouse_connect.driver.transform import NativeTransform
+
+    if not rows:
+        return b""
+    rows = _as_sent(rows)
+    types = _driver_types(TYPES[DECISIONS_TABLE])
+    context = InsertContext("t", list(DECISION_COLUMNS), types, rows, block_size=len(rows))
+    first, *rest = NativeTransform.build_insert(context)
+    return b"".join([first[first.index(b"\n") + 1 :], *rest])
 
 
 def _records() -> list[tuple[int, int, bytes | None]]:
@@ -167,12 +182,8 @@ def test_chunks_through_a_real_process_store_one_block_under_the_rows_token(
     local, batch, client = _local(records), _deferred(records, parsers), FakeClickHouse()
     write_batch(client, batch, types=TYPES)  # type: ignore[arg-type]
     assert [token for token, _ in client.blocks] == [local.token()]  # one insert, same token
-    # one Native block per chunk of 7 records, one after the other (the format allows that)
-    assert client.blocks[0][1] == b"".join(
-        native_block(_local(records[i : i + 7]).rows, DECISION_COLUMNS, TYPES[DECISIONS_TABLE])
-        or b""
-        for i in range(0, len(records), 7)
-    )
+    # the chunks of 7 records as one Native block (audit_insert.one_native_block)
+    assert client.blocks[0][1] == single_block(local.rows)
     assert batch.stored_rows() == len(local.rows) and not batch.rows  # never parsed here
     assert client.stored[REJECTED_TABLE] == local.rejected  # rejected as the sink rejects them
     assert len(batch) == len(records)
@@ -317,8 +328,4 @@ def test_two_parse_processes_store_the_rows_in_order_under_the_rows_token() -> N
         processes.close()
     local = _local(records)
     assert [token for token, _ in client.blocks] == [local.token()]
-    assert client.blocks[0][1] == b"".join(
-        native_block(_local(records[i : i + 3]).rows, DECISION_COLUMNS, TYPES[DECISIONS_TABLE])
-        or b""
-        for i in range(0, len(records), 3)
-    )
+    assert client.blocks[0][1] == single_block(local.rows)  # one block, the records' order

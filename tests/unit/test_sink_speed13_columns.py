@@ -3,7 +3,6 @@ material, rejected records and copies the row path makes, whatever the records h
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -17,12 +16,12 @@ from hypothesis import strategies as st
 import baton.sinks.sink_parse as sink_parse
 from baton.schemas.decision import DECISION_FIELDS
 from baton.sinks.audit_batch import AuditBatch, token_material
-from baton.sinks.audit_insert import _driver_types, times_as_ticks
+from baton.sinks.audit_insert import one_native_block
 from baton.sinks.json_columns import _token_material, encoded_chunk
 from baton.sinks.json_rows import shortcut_row
-from baton.sinks.rows import DECISION_COLUMNS, DecidedWindow
+from baton.sinks.rows import DecidedWindow
 from tests.audit_support import hostile_records, scenario_decisions
-from tests.unit.test_audit_sink_parse import TYPES
+from tests.unit.test_audit_sink_parse import TYPES, single_block
 
 pytestmark = pytest.mark.unit
 
@@ -33,11 +32,7 @@ Record = tuple[int, int, bytes | None]
 
 
 def _row_path(records: list[Record]) -> tuple[Any, ...]:
-    """What ``parse_chunk`` made before the column path, its rows in one Native block (the
-    driver cuts a block of big rows in several; ClickHouse reads either the same)."""
-    from clickhouse_connect.driver.insert import InsertContext
-    from clickhouse_connect.driver.transform import NativeTransform
-
+    """What ``parse_chunk`` made before the column path, its rows in one Native block."""
     batch = AuditBatch("gov.decisions")
     batch.window = WINDOW
     for partition, offset, value in records:
@@ -51,15 +46,7 @@ def _row_path(records: list[Record]) -> tuple[Any, ...]:
         else:
             batch.rows.append(row)
     spans, material = token_material(batch.rows)
-    rows = copy.deepcopy(batch.rows)
-    block = b""
-    if rows:
-        times_as_ticks(rows, DECISION_TYPES)
-        context = InsertContext(
-            "t", list(DECISION_COLUMNS), _driver_types(DECISION_TYPES), rows, block_size=len(rows)
-        )
-        first, *rest = NativeTransform.build_insert(context)
-        block = b"".join([first[first.index(b"\n") + 1 :], *rest])
+    block = single_block(batch.rows)
     return block, len(batch.rows), spans, material, batch.rejected, batch.copies
 
 
@@ -76,7 +63,7 @@ def _same(records: list[Record]) -> None:
     found = encoded_chunk("gov.decisions", WINDOW, DECISION_TYPES, records)
     assert found is not None
     expected = _row_path(records)
-    assert found[1:] == expected[1:]
+    assert found[1:6] == expected[1:]
     assert found[0] == expected[0]
 
 
@@ -217,3 +204,38 @@ def test_a_parse_process_reads_worker_records_by_columns_not_row_by_row(
     monkeypatch.setattr(sink_parse, "shortcut_row", row_by_row)
     parsed = sink_parse.parse_chunk("gov.decisions", WINDOW, DECISION_TYPES, records)
     assert parsed.rows == 8 and parsed.native == _row_path(records)[0]
+
+
+def _blocks(records: list[Record], step: int) -> list[tuple[bytes, int, tuple[int, ...] | None]]:
+    out = []
+    for i in range(0, len(records), step):
+        found = encoded_chunk("gov.decisions", WINDOW, DECISION_TYPES, records[i : i + step])
+        assert found is not None
+        out.append((found[0], found[1], found[6]))
+    return out
+
+
+def test_a_batchs_chunks_go_to_clickhouse_as_one_block_of_all_their_rows() -> None:
+    records = _chunk(_worker_records(40))
+    records[5] = (records[5][0], records[5][1], b"not json")  # a chunk's rejected record
+    records[7:9] = [(p, o, b"[]") for p, o, _ in records[7:9]]
+    blocks = _blocks(records, 7) + _blocks(_chunk([None, b"{}"]), 2)  # + a chunk of no row
+    assert one_native_block(blocks) == _row_path([*records, *_chunk([None, b"{}"])])[0]
+
+
+def test_blocks_it_cannot_join_column_by_column_go_one_after_the_other() -> None:
+    records = _chunk(_worker_records(20))
+    blocks = _blocks(records, 10)
+    row_paths = [(block, rows, None) for block, rows, _ in blocks]  # the row path's blocks
+    assert one_native_block([blocks[0], row_paths[1]]) == blocks[0][0] + blocks[1][0]
+    types = list(DECISION_TYPES)
+    types[DECISION_FIELDS.index("tenant")] = "LowCardinality(String)"  # a dictionary each
+    low = encoded_chunk("gov.decisions", WINDOW, tuple(types), records[10:])
+    assert low is not None and low[0] != blocks[1][0]
+    assert one_native_block([blocks[0], (low[0], low[1], low[6])]) == blocks[0][0] + low[0]
+    lows = [
+        encoded_chunk("gov.decisions", WINDOW, tuple(types), records[i : i + 10]) for i in (0, 10)
+    ]
+    assert one_native_block([(b[0], b[1], b[6]) for b in lows if b]) == b"".join(
+        b[0] for b in lows if b
+    )
