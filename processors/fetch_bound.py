@@ -132,9 +132,11 @@ def _frames(
     as gzip's reader does."""
     out: list[bytes] = []
     size = 0
-    view = memoryview(data).cast("B")
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
     end = len(view)
-    pos = _ZEROS.match(view).end()
+    pos = 0 if end and view[0] else _ZEROS.match(view).end()
     frames = 0
     try:
         while pos < end:
@@ -157,7 +159,8 @@ def _frames(
                 pos += len(piece)  # every byte taken in (short of the bound, nothing held)
                 if pos >= end:
                     raise InflateRefused(KIND_UNDECODABLE, f"not valid {codec} data: truncated")
-            pos = _ZEROS.match(view, pos).end()
+            if pos < end and not view[pos]:  # zero padding before the next frame
+                pos = _ZEROS.match(view, pos).end()
     except errors as exc:
         raise _undecodable(codec, exc) from None
     return b"".join(out)
