@@ -17,7 +17,9 @@ records or ``t`` seconds and add up to ``t`` to every latency).
 
 Each side's row also says the CPU time its process (the relay or the worker) and the broker
 used per event while the rate was offered (from /proc): on a busy host the latency is the
-host's, the CPU per event much less so.
+host's, the CPU per event much less so. A worker's is also split by thread: its event loop
+(deciding, publishing, aiokafka's producer), Faust's consumer thread (aiokafka's fetches) and
+the rest (the control follower, librdkafka's threads).
 
     python -m bench.latency_bench                       # 2,000 events/s, 3 rounds of 10 s
     python -m bench.latency_bench --rate 500 --rounds 2
@@ -76,6 +78,32 @@ def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) the process ``pid`` has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time (user + system) each thread of the process ``pid`` has used so far."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = _task_cpu(task)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile
+    return out
+
+
+def _task_cpu(task: Path) -> float:
+    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_split(pid: int, before: dict[int, float], after: dict[int, float]) -> tuple[float, ...]:
+    """(main thread, the busiest other thread, the rest): CPU seconds between two
+    ``thread_cpu_seconds``. For a worker: its event loop, Faust's consumer thread (aiokafka's
+    fetches), everything else (the control follower, librdkafka's threads, executors)."""
+    used = {t: after[t] - before.get(t, 0.0) for t in after}
+    main = used.pop(pid, 0.0)
+    others = sorted(used.values(), reverse=True)
+    return main, others[0] if others else 0.0, sum(others[1:])
 
 
 def _tail_consumer(bootstrap: str, topics: list[str], fetch_wait_ms: int) -> Consumer:
@@ -326,10 +354,10 @@ def phase(
     side: AbstractContextManager[tuple[str, str, int]],
     args: argparse.Namespace,
     broker_pid: int | None,
-) -> tuple[list[float], list[float], tuple[float, float]]:
+) -> tuple[list[float], list[float], tuple[float, ...]]:
     """Latencies of one phase (fresh topics and process, warm-up, then the offered rate), for
     decisions the part up to ``decided_at``, and the CPU seconds the side's process and the
-    broker used while the rate was offered."""
+    broker used while the rate was offered, then the process's by thread (``cpu_split``)."""
     # fresh topics every phase: on Tansu's memory storage a fetch slows down as a partition's
     # log grows (the relay alone went from p50 18 to 96 ms over 25 s on one pair of topics)
     with side as (requests, answers, pid):
@@ -343,12 +371,14 @@ def phase(
             reader.got.clear()
             reader.to_decided.clear()
             cpu0 = cpu_seconds(pid), cpu_seconds(broker_pid) if broker_pid else 0.0
+            threads0 = thread_cpu_seconds(pid)
             missing = offer(
                 producer, requests, reader, args.rate, args.seconds, uuid.uuid4().hex[:6]
             )
             cpu = (
                 cpu_seconds(pid) - cpu0[0],
                 (cpu_seconds(broker_pid) - cpu0[1]) if broker_pid else 0.0,
+                *cpu_split(pid, threads0, thread_cpu_seconds(pid)),
             )
             if missing:
                 raise SystemExit(f"{missing} requests unanswered after 15 s")
@@ -380,7 +410,7 @@ def measure(args: argparse.Namespace) -> None:
             if env is not None:
                 sides[side] = lambda env=env: baton_side(bootstrap, args, workdir, env=env)
         rounds: dict[str, list[list[float]]] = {side: [] for side in args.sides.split(",")}
-        cpu: dict[str, list[tuple[float, float]]] = {side: [] for side in rounds}
+        cpu: dict[str, list[tuple[float, ...]]] = {side: [] for side in rounds}
         to_decided: dict[str, list[float]] = {side: [] for side in rounds}
         for r in range(args.rounds):
             for side in rounds:
@@ -396,7 +426,7 @@ def _report(
     args: argparse.Namespace,
     rounds: dict[str, list[list[float]]],
     to_decided: dict[str, list[float]],
-    cpu: dict[str, list[tuple[float, float]]],
+    cpu: dict[str, list[tuple[float, ...]]],
 ) -> None:
     print(
         f"\nmachine: {platform.node()}, {os.cpu_count()} cores, python "
@@ -439,6 +469,14 @@ def _report(
             print(
                 f"| {'  of it: produce -> decided_at':<36} | {'':>7} | {p50:>7.1f} | {p99:>7.1f} "
                 f"| {'':>12} | {'':>19} |"
+            )
+            # its CPU by thread: the event loop (deciding, publishing), Faust's consumer
+            # thread (aiokafka's fetches), the rest
+            loop, fetching, rest = (1e6 * sum(c[i] for c in cpu[side]) / events for i in (2, 3, 4))
+            split = f"{loop:.0f} + {fetching:.0f} + {rest:.0f}"
+            print(
+                f"| {'  CPU: loop + consumer thread + rest':<36} | {'':>7} | {'':>7} | {'':>7} "
+                f"| {split:>12} | {'':>19} |"
             )
     if "relay" not in pooled:
         return

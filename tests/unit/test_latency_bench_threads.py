@@ -1,0 +1,40 @@
+"""bench.latency_bench's worker CPU by thread: the event loop, the busiest other thread (Faust's
+consumer thread), the rest."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from bench.latency_bench import cpu_split, thread_cpu_seconds
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_split_names_the_main_thread_the_busiest_other_and_the_rest() -> None:
+    before = {10: 1.0, 11: 2.0, 12: 3.0, 13: 0.5}
+    after = {10: 1.5, 11: 2.25, 12: 3.75, 13: 0.5, 14: 0.125}  # 14 started meanwhile
+    assert cpu_split(10, before, after) == (0.5, 0.75, 0.375)
+
+
+def test_a_busy_thread_of_this_process_is_counted_apart_from_the_main_thread() -> None:
+    spun, stop = threading.Event(), threading.Event()
+
+    def spin() -> None:
+        until = time.thread_time() + 0.3
+        while time.thread_time() < until:
+            pass
+        spun.set()
+        stop.wait(10)  # alive while measured: an ended thread leaves /proc
+
+    worker = threading.Thread(target=spin)
+    before = thread_cpu_seconds(os.getpid())
+    worker.start()
+    try:
+        assert spun.wait(10)
+        main, busiest, _rest = cpu_split(os.getpid(), before, thread_cpu_seconds(os.getpid()))
+    finally:
+        stop.set()
+        worker.join(10)
+    assert busiest >= 0.2 and main < busiest
