@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -91,6 +92,27 @@ def test_a_xerial_block_longer_than_the_data_is_undecodable(deadline: None) -> N
     assert refused.value.kind == KIND_UNDECODABLE
     # the honest framing of the same block still decodes
     assert snappy_bounded(_xerial(struct.pack("!i", len(block)), block), BOUND) == b"x" * 100
+
+
+def test_a_batch_of_a_quarter_million_empty_xerial_blocks_is_refused_at_once() -> None:
+    # 1.25 MB: each block a view in a list (~70 MB traced) and ~0.3 s of the loop a MB
+    empty = codec.snappy_encode(b"", xerial_compatible=False)
+    data = _xerial(*[struct.pack("!i", len(empty)) + empty] * 250_000)
+    started = time.process_time()
+    tracemalloc.start()
+    try:
+        with pytest.raises(InflateRefused, match="xerial blocks") as refused:
+            snappy_bounded(data, BOUND)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.kind == KIND_UNDECODABLE
+    assert time.process_time() - started < 0.5 and peak < 4 * 1024 * 1024, peak
+
+
+def test_xerial_blocks_of_32_kb_up_to_the_bound_still_decode() -> None:
+    data = bytes(range(256)) * (BOUND // 256)  # aiokafka writes 32 KB xerial blocks
+    assert snappy_bounded(codec.snappy_encode(data), BOUND) == data
 
 
 @pytest.mark.parametrize("name", FRAMED)
