@@ -195,7 +195,7 @@ def answer_known(
     if (
         key in state.fresh
         or (mark is not None and mark > state.marks - SEEN_LIMIT)
-        or (state.keys_at and state.has_seen(key))  # keys held by hash (state_keys)
+        or (state.keys_at and state.seen_by_hash(key))  # keys held by hash (state_keys)
     ):
         if digest is None or state.digest_of(key) in (digest, None):
             return _replies(state, key, event, policy, now, kills, origin)

@@ -332,10 +332,16 @@ class RunState:
         """Where ``key``'s hash stands among ``fresh``'s keys held by hash, -1 if absent."""
         fresh = self.fresh
         h = hash(key)
-        if is_packed(fresh):
+        if type(fresh) is dict:
+            return list(fresh).index(h) if h in fresh else -1
+        if len(fresh) == 2 and type(fresh[0]) is bytes:  # packed
             return find_hash(fresh[0], h)
-        keys = list(fresh)[:-1] if type(fresh) is tuple else list(fresh)
-        return keys.index(h) if h in keys else -1
+        return fresh.index(h) if h in fresh else -1  # type: ignore[no-any-return]
+
+    def seen_by_hash(self, key: str) -> bool:
+        """True when ``key``'s hash is among ``fresh``'s keys held by hash (the engine tests
+        the text first: ``has_seen``)."""
+        return self._hashed(key) >= 0
 
     def fresh_keys(self) -> list[str]:
         """The keys decided since the last fold, oldest first."""

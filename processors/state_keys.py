@@ -28,6 +28,8 @@ its own hash.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from struct import Struct
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -54,17 +56,20 @@ _HASH = 8  # bytes of a packed hash
 _hash = hash
 
 
-def _packed(hashes: list[int]) -> bytes:
-    return b"".join([h.to_bytes(_HASH, "little", signed=True) for h in hashes])
+#: struct formats of n packed hashes, the first few made once
+_FORMATS = [Struct(f"<{n}q") for n in range(40)]
+
+
+def _struct(n: int) -> Struct:
+    return _FORMATS[n] if n < 40 else Struct(f"<{n}q")
+
+
+def _packed(hashes: Sequence[int]) -> bytes:
+    return _struct(len(hashes)).pack(*hashes)
 
 
 def _unpacked(hashes: bytes) -> tuple[int, ...]:
-    return tuple(
-        [
-            int.from_bytes(hashes[i : i + _HASH], "little", signed=True)
-            for i in range(0, len(hashes), _HASH)
-        ]
-    )
+    return _struct(len(hashes) // _HASH).unpack(hashes)  # type: ignore[no-any-return]
 
 
 def is_packed(held: Any) -> bool:
@@ -89,48 +94,58 @@ def thawed_fresh(fresh: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def thawed_recent(recent: tuple[Any, ...]) -> tuple[Any, ...]:
     """A packed ``recent`` as the usual flat tuple (hash, bundle, hash, bundle, ...)."""
-    bundle = recent[1]
-    out: list[Any] = []
-    for h in _unpacked(recent[0]):
-        out += (h, bundle)
+    hashes = _unpacked(recent[0])
+    out = [recent[1]] * (2 * len(hashes))
+    out[::2] = hashes
     return tuple(out)
 
 
 def _texts(keys_at: bytes) -> dict[int, str]:
     """Hash -> text of every key the bundle's section lists."""
-    return {hash(t): t for t in orjson.loads(bundle_section(keys_at))}
+    texts = orjson.loads(bundle_section(keys_at))
+    return dict(zip(map(hash, texts), texts, strict=True))
 
 
-def text_fresh(fresh: Any, keys_at: bytes) -> Any:
+def text_fresh(fresh: Any, keys_at: bytes, texts: dict[int, str] | None = None) -> Any:
     """``fresh`` with its keys' text (as it was before the write that packed it)."""
     if not keys_at or (type(fresh) is not tuple and type(fresh) is not dict):
         return fresh
-    texts = _texts(keys_at)
+    if texts is None:
+        texts = _texts(keys_at)
     if type(fresh) is dict:  # a thawed fresh past FRESH_TUPLE_MAX keys
         return {texts[k] if type(k) is int else k: d for k, d in fresh.items()}
     if is_packed(fresh):
-        fresh = thawed_fresh(fresh)
-    return (*[texts[k] if type(k) is int else k for k in fresh[:-1]], fresh[-1])
+        return (*map(texts.__getitem__, _unpacked(fresh[0])), fresh[1])
+    keys = fresh[:-1]
+    return (*map(texts.get, keys, keys), fresh[-1])  # (a text key is no int key of texts)
 
 
-def text_recent(recent: tuple[Any, ...], keys_at: bytes) -> tuple[Any, ...]:
+def text_recent(
+    recent: tuple[Any, ...], keys_at: bytes, texts: dict[int, str] | None = None
+) -> tuple[Any, ...]:
     """``recent`` with its keys' text."""
     if not keys_at or not recent:
         return recent
-    texts = _texts(keys_at)
+    if texts is None:
+        texts = _texts(keys_at)
     if is_packed(recent):
-        recent = thawed_recent(recent)
-    out = list(recent)
-    out[::2] = [texts[k] if type(k) is int else k for k in recent[::2]]
-    return tuple(out)
+        hashes = _unpacked(recent[0])
+        out = [recent[1]] * (2 * len(hashes))
+        out[::2] = map(texts.__getitem__, hashes)
+        return tuple(out)
+    held = list(recent)
+    keys = recent[::2]
+    held[::2] = map(texts.get, keys, keys)
+    return tuple(held)
 
 
 def as_text(state: RunState) -> None:
     """The state's keys as text again (before a write, or a fold of ``fresh``)."""
     keys_at = state.keys_at
     if keys_at:
-        state.fresh = text_fresh(state.fresh, keys_at)
-        state.recent = text_recent(state.recent, keys_at)
+        texts = _texts(keys_at)
+        state.fresh = text_fresh(state.fresh, keys_at, texts)
+        state.recent = text_recent(state.recent, keys_at, texts)
         state.keys_at = b""
 
 
@@ -142,40 +157,49 @@ def section(state: RunState) -> list[str] | None:
     if type(fresh) is tuple:
         if type(fresh[-1]) is not bytes:
             return None
-        keys = list(fresh[:-1])
+        keys: tuple[Any, ...] = fresh[:-1]
     elif fresh:
         return None
     else:
-        keys = []
+        keys = ()
     recent = state.recent
     if not recent:
         return None
-    keys += [k for k in recent[::2] if k not in keys]
-    for k in keys:
-        if type(k) is not str:
-            return None
-    if len({_hash(k) for k in keys}) != len(keys):
+    held = recent[::2]
+    if keys != held:
+        keys = tuple(dict.fromkeys(keys + held))  # fresh's, then recent's others, in order
+    if {*map(type, keys)} != _TEXT:
         return None
-    return keys
+    if len({*map(_hash, keys)}) != len(keys):
+        return None
+    return list(keys)
 
 
-def compact(state: RunState, keys: list[str], bundle: Any) -> None:
-    """Hold ``state``'s keys by hash (its record just written with ``bundle``, whose section
-    lists ``keys``) when every kept reply is in that bundle."""
+_TEXT = {str}
+
+
+def compact(state: RunState, text: bytes, bundle: Any) -> None:
+    """Hold ``state``'s keys by hash (its record just written with ``bundle``) when every
+    kept reply is in that bundle and the bundle ends with ``text``, the JSON list of the
+    keys ``section`` gave."""
     recent = state.recent
     n = len(recent) // 2
     if (
         type(bundle) is not bytes
         or bundle[0] != 1
         or bundle[1] != n
-        or bundle_section(bundle) != orjson.dumps(keys)
+        or bundle_section(bundle) != text
     ):
         return
     for i in range(1, len(recent), 2):
         if recent[i] is not bundle:
             return
-    state.recent = (_packed([hash(k) for k in recent[::2]]), bundle)
+    held = recent[::2]
+    hashes = _packed(list(map(hash, held)))
+    state.recent = (hashes, bundle)
     fresh = state.fresh
     if type(fresh) is tuple:
-        state.fresh = (_packed([hash(k) for k in fresh[:-1]]), fresh[-1])
+        # one bytes for both when they hold the same keys (a run's first RECENT_REPLIES)
+        same = fresh[:-1] == held
+        state.fresh = (hashes if same else _packed(list(map(hash, fresh[:-1]))), fresh[-1])
     state.keys_at = bundle

@@ -55,20 +55,19 @@ __all__ = [
 _decision_row = attrgetter(*DECISION_FIELDS)
 
 
-def recent_rows(state: RunState, keys: list[str] | None = None) -> Any:
+def recent_rows(state: RunState, section: bytes = b"") -> Any:
     """``rec`` of the record (``[[key, rows], ...]`` as one ``orjson.Fragment``, or ``[]``
     when the run keeps none); replaces the linked decisions in ``state.recent`` with one
     bundle of every linked reply's rows, packed (each linked slot holds it).
 
     Only linked decisions (``chain_hash`` set): the worker links a step's decisions after
     the engine has remembered them (processors/chain.py), so a decision without its link
-    may still get it, and its bytes would miss it. ``keys``: the section a new bundle ends
-    with (processors/state_keys.py), the state's keys as text.
+    may still get it, and its bytes would miss it. ``section``: what a new bundle ends with
+    (processors/state_keys.py: the JSON list of the state's keys).
     """
     held = state.recent
     if not held:
         return []
-    section = orjson.dumps(keys) if keys else b""
     first = held[1]
     if type(first) is bytes and first[0] == _BUNDLE:
         kept = _leads(held, first)
@@ -264,8 +263,9 @@ def unpack(held: bytes) -> bytes:
     return lz4.block.decompress(memoryview(held)[1:], dict=_DICTIONARY)  # type: ignore[no-any-return]
 
 
-#: a bundle: _BUNDLE, the number of entries, each entry's length (3 bytes), then the lz4
-#: of ``[entry,entry,...]``, an entry being ``[key,rows]`` as the record writes it
+#: a bundle: _BUNDLE, the number of entries, each entry's length (3 bytes), its section's
+#: length (3 bytes), then the lz4 of ``[entry,entry,...]`` and the section (the keys' text:
+#: processors/state_keys.py), an entry being ``[key,rows]`` as the record writes it
 _LENGTH = 3
 
 
@@ -301,7 +301,8 @@ def _packed_bundle(head: bytes, json: bytes, section: bytes) -> bytes:
     length first)."""
     global _last
     whole = json + section if section else json
-    bundle = head + lz4.block.compress(whole, store_size=True, dict=_dict_for(len(whole)))
+    packed = lz4.block.compress(whole, store_size=True, dict=_dict_for(len(whole)))
+    bundle = b"".join((head, len(section).to_bytes(_LENGTH, "big"), packed))
     _last = (bundle, whole)
     return bundle
 
@@ -311,33 +312,32 @@ def _whole_json(bundle: bytes) -> bytes:
     global _last
     if _last[0] is bundle:
         return _last[1]
-    start = 2 + _LENGTH * bundle[1]
+    start = 2 + _LENGTH * (bundle[1] + 1)
     size = int.from_bytes(bundle[start : start + 4], "little")
     whole: bytes = lz4.block.decompress(memoryview(bundle)[start:], dict=_dict_for(size))
     _last = (bundle, whole)
     return whole
 
 
-def _entries_end(bundle: bytes) -> int:
-    """Where a bundle's ``[entry,...]`` ends in its JSON (its section starts)."""
-    n = bundle[1]
-    lengths = bundle[2 : 2 + _LENGTH * n]
-    total = sum(
-        int.from_bytes(lengths[j : j + _LENGTH], "big") for j in range(0, len(lengths), _LENGTH)
-    )
-    return total + n + 1  # "[", a comma between two, "]"
+def _section_length(bundle: bytes) -> int:
+    at = 2 + _LENGTH * bundle[1]
+    return int.from_bytes(bundle[at : at + _LENGTH], "big")
 
 
 def _bundle_json(bundle: bytes) -> bytes:
     """``[entry,entry,...]``: the record's ``rec`` when the bundle is all the run keeps."""
     whole = _whole_json(bundle)
-    end = _entries_end(bundle)
-    return whole if end == len(whole) else whole[:end]
+    size = _section_length(bundle)
+    return whole[: len(whole) - size] if size else whole
 
 
 def bundle_section(bundle: bytes) -> bytes:
     """The JSON list of keys a bundle ends with (processors/state_keys.py), b"" if none."""
-    return _whole_json(bundle)[_entries_end(bundle) :]
+    size = _section_length(bundle)
+    if not size:
+        return b""
+    whole = _whole_json(bundle)
+    return whole[len(whole) - size :]
 
 
 def _bundle_entries(bundle: bytes) -> list[bytes]:

@@ -112,9 +112,10 @@ def encode(state: RunState) -> bytes:
     as_text(state)
     state.rest_fresh()
     keys = section(state)
-    raw = orjson.dumps(_wire_map(state, recent_rows(state, keys)))
-    if keys is not None:
-        compact(state, keys, state.recent[1])
+    text = orjson.dumps(keys) if keys else b""
+    raw = orjson.dumps(_wire_map(state, recent_rows(state, text)))
+    if text:
+        compact(state, text, state.recent[1])
     return raw
 
 
