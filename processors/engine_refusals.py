@@ -192,11 +192,7 @@ def answer_known(
             return _replies(state, refused, event, policy, now, kills, origin)
     # state.has_seen(key), inline: it runs for every event
     mark = state.seen.get(key)
-    if (
-        key in state.fresh
-        or (mark is not None and mark > state.marks - SEEN_LIMIT)
-        or (state.keys_at and state.seen_by_hash(key))  # keys held by hash (state_keys)
-    ):
+    if key in state.fresh or (mark is not None and mark > state.marks - SEEN_LIMIT):
         if digest is None or state.digest_of(key) in (digest, None):
             return _replies(state, key, event, policy, now, kills, origin)
         if type(event) is HandoffRequested:

@@ -26,15 +26,6 @@ from baton.processors.state_compact import (
     fresh_thawed,
     shared,
 )
-from baton.processors.state_keys import (
-    as_text,
-    find_hash,
-    is_packed,
-    text_fresh,
-    text_recent,
-    thawed_fresh,
-    thawed_recent,
-)
 from baton.processors.state_types import (
     FRESH_LIMIT,
     MAX_PENDING_APPROVALS,
@@ -159,9 +150,6 @@ class RunState:
     #: the partition and offset of the event that made the state), in every id of the life;
     #: "" for a run begun before lives were marked (its ids keep their old form)
     life: str
-    #: once written: the bundle of kept replies whose section holds the text of the keys
-    #: ``fresh`` and ``recent`` hold by hash (processors/state_keys.py); b"": every key text
-    keys_at: bytes
 
     @classmethod
     def new(cls, run_id: str, tenant: str, at: float, life: str = "") -> RunState:
@@ -170,7 +158,7 @@ class RunState:
         return cls(
             run_id, intern(tenant), at, at, 0, 0.0, 0, None, False, e, e, e, e, e, e, e, 0,
             (),
-            0.0, 0, e, None, "", 0, e, None, e, life, b"",
+            0.0, 0, e, None, "", 0, e, None, e, life,
         )  # fmt: skip
 
     def tombstone(self, at: float) -> RunState:
@@ -192,7 +180,7 @@ class RunState:
             self.run_id, self.tenant, self.started_at, self.last_event_at, self.handoff_count,
             self.spent_usd, self.tool_calls, self.stopped, self.finished, e, e, e, e, e,
             seen or e, fresh or e, len(keys), (), 0.0, 0, e, at, self.chain_head, self.steps, e,
-            None, e, self.life, b"",
+            None, e, self.life,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:
@@ -257,7 +245,6 @@ class RunState:
         new.reserved_due = self.reserved_due
         new.grants = self.grants
         new.life = self.life
-        new.keys_at = self.keys_at
         return new
 
     def remember(self, key: str, decisions: list[Decision], digest: str | None = None) -> None:
@@ -269,14 +256,6 @@ class RunState:
         the window early, and break the marks' order that the wire form relies on).
         """
         replies = decisions[0] if len(decisions) == 1 else list(decisions)
-        if self.keys_at:  # keys held by hash since the last write: thawed, or text to fold
-            if (self.marks + 1) % FRESH_LIMIT == 0:
-                as_text(self)
-            else:
-                if is_packed(self.fresh):
-                    self.fresh = thawed_fresh(self.fresh)
-                if is_packed(self.recent):
-                    self.recent = thawed_recent(self.recent)
         recent = self.recent
         if self.has_seen(key):
             i = self._recent_index(key)
@@ -313,7 +292,7 @@ class RunState:
 
     def has_seen(self, key: str) -> bool:
         """True when ``key`` is among the run's newest SEEN_LIMIT decided keys."""
-        if key in self.fresh or (self.keys_at and self._hashed(key) >= 0):
+        if key in self.fresh:
             return True
         mark = self.seen.get(key)
         return mark is not None and mark > self.marks - SEEN_LIMIT
@@ -324,28 +303,11 @@ class RunState:
         fresh = self.fresh
         if key in fresh:
             return fresh_digest(fresh, key)
-        if self.keys_at and self._hashed(key) >= 0:
-            return fresh_digest(thawed_fresh(fresh) if is_packed(fresh) else fresh, hash(key))
         return self.digests.get(key)
-
-    def _hashed(self, key: str) -> int:
-        """Where ``key``'s hash stands among ``fresh``'s keys held by hash, -1 if absent."""
-        fresh = self.fresh
-        h = hash(key)
-        if type(fresh) is dict:
-            return list(fresh).index(h) if h in fresh else -1
-        if len(fresh) == 2 and type(fresh[0]) is bytes:  # packed
-            return find_hash(fresh[0], h)
-        return fresh.index(h) if h in fresh else -1  # type: ignore[no-any-return]
-
-    def seen_by_hash(self, key: str) -> bool:
-        """True when ``key``'s hash is among ``fresh``'s keys held by hash (the engine tests
-        the text first: ``has_seen``)."""
-        return self._hashed(key) >= 0
 
     def fresh_keys(self) -> list[str]:
         """The keys decided since the last fold, oldest first."""
-        fresh = text_fresh(self.fresh, self.keys_at) if self.keys_at else self.fresh
+        fresh = self.fresh
         return list(fresh[:-1]) if type(fresh) is tuple else list(fresh)
 
     def rest_fresh(self) -> None:
@@ -378,36 +340,27 @@ class RunState:
 
     def replies(self, key: str) -> list[Decision] | None:
         """The decisions kept for ``key`` (a new list), None when it is not among the recent."""
-        recent = self.recent
-        if is_packed(recent):
-            if find_hash(recent[0], hash(key)) < 0:
-                return None
-            return _wire.kept_replies(recent[1], key)
         i = self._recent_index(key)
         if i is None:
             return None
-        kept = recent[i + 1]
+        kept = self.recent[i + 1]
         if type(kept) is Decision:
             return [kept]
         if type(kept) is bytes:
-            if self.keys_at:  # found by hash: None when its text is another key's
-                return _wire.kept_replies(kept, key)
             return _wire.replies_from_rows(kept, key)
         return list(kept)
 
     def _recent_index(self, key: str) -> int | None:
         """Where ``key`` stands in ``recent`` (its replies follow it), newest first."""
         recent = self.recent
-        h = hash(key) if self.keys_at else None
         for i in range(len(recent) - 2, -1, -2):
-            k: Any = recent[i]
-            if k == key or (h is not None and type(k) is int and k == h):
+            if recent[i] == key:
                 return i
         return None
 
     def recent_keys(self) -> list[str]:
         """The keys whose decisions are kept, oldest first."""
-        return list(text_recent(self.recent, self.keys_at)[::2])
+        return list(self.recent[::2])
 
     # ------------------------------------------------------------------ serialization
     def to_bytes(self) -> bytes:

@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 __all__ = [
     "REPLY_COLUMNS",
     "WRITE_COLUMNS",
-    "bundle_section",
-    "kept_replies",
     "old_row_decision",
     "pack",
     "recent_from_wire",
@@ -55,15 +53,14 @@ __all__ = [
 _decision_row = attrgetter(*DECISION_FIELDS)
 
 
-def recent_rows(state: RunState, section: bytes = b"") -> Any:
+def recent_rows(state: RunState) -> Any:
     """``rec`` of the record (``[[key, rows], ...]`` as one ``orjson.Fragment``, or ``[]``
     when the run keeps none); replaces the linked decisions in ``state.recent`` with one
     bundle of every linked reply's rows, packed (each linked slot holds it).
 
     Only linked decisions (``chain_hash`` set): the worker links a step's decisions after
     the engine has remembered them (processors/chain.py), so a decision without its link
-    may still get it, and its bytes would miss it. ``section``: what a new bundle ends with
-    (processors/state_keys.py: the JSON list of the state's keys).
+    may still get it, and its bytes would miss it.
     """
     held = state.recent
     if not held:
@@ -71,10 +68,10 @@ def recent_rows(state: RunState, section: bytes = b"") -> Any:
     first = held[1]
     if type(first) is bytes and first[0] == _BUNDLE:
         kept = _leads(held, first)
-        appended = _appended(state, first, kept, section) if kept else None
+        appended = _appended(state, first, kept) if kept else None
         if appended is not None:
             return appended
-    return _rebuilt(state, held, section)
+    return _rebuilt(state, held)
 
 
 def _leads(held: tuple[Any, ...], bundle: bytes) -> int:
@@ -88,7 +85,7 @@ def _leads(held: tuple[Any, ...], bundle: bytes) -> int:
     return kept if bundle not in held[2 * kept + 1 :: 2] else 0
 
 
-def _appended(state: RunState, bundle: bytes, kept: int, section: bytes) -> Any:
+def _appended(state: RunState, bundle: bytes, kept: int) -> Any:
     """``rec`` when the replies kept since the bundle was packed are linked decisions after
     the ``kept`` newest of it (a run's usual write: its new step's replies, its oldest
     dropped past RECENT_REPLIES): the bundle's kept entries with them appended, and
@@ -109,7 +106,7 @@ def _appended(state: RunState, bundle: bytes, kept: int, section: bytes) -> Any:
             return None
         parts.append(orjson.dumps([held[i], rows]))
     json = _bundle_json(bundle)
-    if not parts and kept == n and bundle_section(bundle) == section:  # nothing new since
+    if not parts and kept == n:  # nothing new since it was packed
         return orjson.Fragment(json)
     dropped = n - kept
     if dropped:  # past its entries' lengths and commas, after the "["
@@ -128,14 +125,14 @@ def _appended(state: RunState, bundle: bytes, kept: int, section: bytes) -> Any:
     lengths = b"".join([len(p).to_bytes(_LENGTH, "big") for p in parts])
     old = bundle[2 + _LENGTH * dropped : 2 + _LENGTH * n]
     head = b"".join((bytes((_BUNDLE, kept + len(parts))), old, lengths))
-    packed = _packed_bundle(head, json, section)
+    packed = head + lz4.block.compress(json, store_size=True, dict=_dict_for(len(json)))
     recent = list(held)
     recent[1::2] = [packed] * (len(held) // 2)
     state.recent = tuple(recent)
     return orjson.Fragment(json)
 
 
-def _rebuilt(state: RunState, held: tuple[Any, ...], section: bytes) -> Any:
+def _rebuilt(state: RunState, held: tuple[Any, ...]) -> Any:
     """``rec`` of any kept replies, their linked ones packed in a new bundle."""
     parts: list[bytes] = []
     linked: list[int] = []
@@ -163,7 +160,7 @@ def _rebuilt(state: RunState, held: tuple[Any, ...], section: bytes) -> Any:
                 linked.append(i)
         parts.append(part)
     if linked:
-        bundle = _bundle([parts[i // 2] for i in linked], section)
+        bundle = _bundle([parts[i // 2] for i in linked])
         recent = list(held)
         for i in linked:
             recent[i] = bundle
@@ -189,18 +186,6 @@ def replies_from_rows(raw: bytes, key: str = "") -> list[Decision]:
     bundle (in Decision's field order)."""
     plan = HELD_COLUMNS
     return [plan.decision(row) for row in orjson.loads(held_rows(raw, key))]
-
-
-def kept_replies(held: bytes, key: str) -> list[Decision] | None:
-    """``replies_from_rows``, or None when ``key`` is not in the bundle (a key found by its
-    hash whose text is another's: processors/state_keys.py)."""
-    if held[0] != _BUNDLE:
-        return replies_from_rows(held, key)
-    head = _entry_head(key)
-    for entry in _bundle_entries(held):
-        if entry.startswith(head):
-            return [HELD_COLUMNS.decision(r) for r in orjson.loads(entry[len(head) : -1])]
-    return None
 
 
 def held_rows(held: bytes, key: str) -> bytes:
@@ -263,13 +248,23 @@ def unpack(held: bytes) -> bytes:
     return lz4.block.decompress(memoryview(held)[1:], dict=_DICTIONARY)  # type: ignore[no-any-return]
 
 
-#: a bundle: _BUNDLE, the number of entries, each entry's length (3 bytes), its section's
-#: length (3 bytes), then the lz4 of ``[entry,entry,...]`` and the section (the keys' text:
-#: processors/state_keys.py), an entry being ``[key,rows]`` as the record writes it
+#: a bundle: _BUNDLE, the number of entries, each entry's length (3 bytes), then the lz4
+#: of ``[entry,entry,...]``, an entry being ``[key,rows]`` as the record writes it
 _LENGTH = 3
 
 
-def _bundle(entries: list[bytes], section: bytes = b"") -> bytes:
+#: lz4's dictionary only for a bundle under this many bytes of JSON: with it, a long run's
+#: (~3 KB) cost ~25k instructions more a write (python-lz4 resets and loads a 16 KB stream
+#: at each call) to save ~90 bytes; a short run's keeps it (~200 bytes saved). The reader
+#: picks it by the size lz4 stored, so no flag is needed
+_PLAIN_FROM = 2048
+
+
+def _dict_for(size: int) -> bytes | None:
+    return _DICTIONARY if size < _PLAIN_FROM else None
+
+
+def _bundle(entries: list[bytes]) -> bytes:
     """A run's linked replies as one packed bytes: the second reply of a run repeats most of
     the first (run id, tenant, agents, times, the chain link it follows), which packing each
     alone cannot use; ~35 % smaller for a short run's two, one bytes object not two."""
@@ -278,66 +273,14 @@ def _bundle(entries: list[bytes], section: bytes = b"") -> bytes:
     lengths = [len(entry).to_bytes(_LENGTH, "big") for entry in entries]
     head = bytes((_BUNDLE, len(entries))) + b"".join(lengths)
     json = b"[" + b",".join(entries) + b"]"
-    return _packed_bundle(head, json, section)
-
-
-#: lz4's dictionary only for a bundle under this many bytes of JSON: with it, compressing a
-#: long run's (~3 KB) cost ~25k instructions more (python-lz4 resets and loads a 16 KB
-#: stream at each call) to save ~90 bytes; a short run's keeps it (~200 bytes saved)
-_PLAIN_FROM = 2048
-
-
-def _dict_for(size: int) -> bytes | None:
-    return _DICTIONARY if size < _PLAIN_FROM else None
-
-
-#: the bundle decompressed or compressed last and its whole JSON (a write decompresses the
-#: bundle it appends to, and reads its keys' section, more than once)
-_last: tuple[bytes, bytes] = (b"", b"")
-
-
-def _packed_bundle(head: bytes, json: bytes, section: bytes) -> bytes:
-    """A bundle: ``head``, then ``json`` (its entries) and ``section`` compressed (lz4, the
-    length first)."""
-    global _last
-    whole = json + section if section else json
-    packed = lz4.block.compress(whole, store_size=True, dict=_dict_for(len(whole)))
-    bundle = b"".join((head, len(section).to_bytes(_LENGTH, "big"), packed))
-    _last = (bundle, whole)
-    return bundle
-
-
-def _whole_json(bundle: bytes) -> bytes:
-    """A bundle's JSON: its entries' ``[...]`` then its section (if any)."""
-    global _last
-    if _last[0] is bundle:
-        return _last[1]
-    start = 2 + _LENGTH * (bundle[1] + 1)
-    size = int.from_bytes(bundle[start : start + 4], "little")
-    whole: bytes = lz4.block.decompress(memoryview(bundle)[start:], dict=_dict_for(size))
-    _last = (bundle, whole)
-    return whole
-
-
-def _section_length(bundle: bytes) -> int:
-    at = 2 + _LENGTH * bundle[1]
-    return int.from_bytes(bundle[at : at + _LENGTH], "big")
+    return head + lz4.block.compress(json, store_size=True, dict=_dict_for(len(json)))
 
 
 def _bundle_json(bundle: bytes) -> bytes:
     """``[entry,entry,...]``: the record's ``rec`` when the bundle is all the run keeps."""
-    whole = _whole_json(bundle)
-    size = _section_length(bundle)
-    return whole[: len(whole) - size] if size else whole
-
-
-def bundle_section(bundle: bytes) -> bytes:
-    """The JSON list of keys a bundle ends with (processors/state_keys.py), b"" if none."""
-    size = _section_length(bundle)
-    if not size:
-        return b""
-    whole = _whole_json(bundle)
-    return whole[len(whole) - size :]
+    start = 2 + _LENGTH * bundle[1]
+    size = int.from_bytes(bundle[start : start + 4], "little")
+    return lz4.block.decompress(memoryview(bundle)[start:], dict=_dict_for(size))  # type: ignore[no-any-return]
 
 
 def _bundle_entries(bundle: bytes) -> list[bytes]:

@@ -38,11 +38,9 @@ from baton.processors.state import (
 )
 from baton.processors.state_compact import fresh_of
 from baton.processors.state_held import is_held, record_of
-from baton.processors.state_keys import as_text, compact, section, text_recent
 from baton.processors.state_replies import (
     REPLY_COLUMNS,
     WRITE_COLUMNS,
-    kept_replies,
     recent_from_wire,
     recent_rows,
     recent_to_wire,
@@ -55,7 +53,6 @@ __all__ = [
     "STATE_KEYS",
     "decode",
     "encode",
-    "kept_replies",
     "marks_from_wire",
     "replies_from_rows",
     "to_wire",
@@ -91,9 +88,7 @@ STATE_KEYS: dict[str, str] = {
     "life": "lf",  # written only when set: "" (a run begun before lives) is its absence
 }
 #: RunState fields rebuilt from the keyed ones when read
-DERIVED = frozenset(
-    {"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due", "keys_at"}
-)
+DERIVED = frozenset({"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due"})
 
 
 # =========================================================================== writing
@@ -109,19 +104,13 @@ def encode(state: RunState) -> bytes:
         state.new_tasks = shared(state.new_tasks, nodes=True)
     if type(state.tasks) is dict:
         state.tasks = shared(state.tasks, nodes=True)
-    as_text(state)
     state.rest_fresh()
-    keys = section(state)
-    text = orjson.dumps(keys) if keys else b""
-    raw = orjson.dumps(_wire_map(state, recent_rows(state, text)))
-    if text:
-        compact(state, text, state.recent[1])
-    return raw
+    return orjson.dumps(_wire_map(state, recent_rows(state)))
 
 
 def to_wire(state: RunState) -> dict[str, Any]:
     """The state as the map that ``encode`` writes (equal maps: states that decide alike)."""
-    return _wire_map(state, recent_to_wire(text_recent(state.recent, state.keys_at)))
+    return _wire_map(state, recent_to_wire(state.recent))
 
 
 def _wire_map(state: RunState, rec: Any) -> dict[str, Any]:
@@ -250,7 +239,6 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         None,
         {r[0]: (r[1], r[2], tuple(r[3])) for r in w.get("gr", ())} or EMPTY,
         _life(w.get("lf", "")),
-        b"",
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)
@@ -355,7 +343,6 @@ def _from_list(w: list[Any]) -> RunState:
         None,
         EMPTY,
         "",
-        b"",
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)

@@ -197,7 +197,6 @@ def _rich_state() -> RunState:
 _VIEWS = {
     "tasks": lambda s: {k: s.task(k) for k in {**s.tasks, **s.new_tasks}},
     "new_tasks": lambda s: None,
-    "keys_at": lambda s: None,
     "seen": lambda s: s.seen_keys(),
     "fresh": lambda s: [s.digest_of(k) for k in s.seen_keys()],
     "digests": lambda s: [s.digest_of(k) for k in s.seen_keys()],
@@ -222,8 +221,7 @@ def test_every_run_state_field_survives_the_round_trip() -> None:
     state = _rich_state()
     empty = RunState.new("x", "y", 0.0)
     for f in fields(RunState):
-        # keys_at: set by a write (its keys held by hash), never by a read
-        if f.name not in ("run_id", "tenant", "started_at", "new_tasks", "keys_at"):
+        if f.name not in ("run_id", "tenant", "started_at", "new_tasks"):
             assert getattr(state, f.name) != getattr(empty, f.name), (
                 f"_rich_state leaves RunState.{f.name} empty: set it, so this test checks "
                 "that it is carried through the state's bytes"

@@ -266,7 +266,7 @@ def test_a_key_remembered_again_replaces_its_entry_of_the_bundle_not_the_oldest(
     assert state is not None
     state.to_bytes()
     newest = state.replies("h:r2")
-    assert newest is not None and state.recent[-1][0] == 1  # bundled (keys by hash)
+    assert newest is not None and state.recent[5][0] == 1  # bundled
     again = dataclasses.replace(newest[0], reason="approval_expired")
     state.remember("h:r2", [again])
     raw = state.to_bytes()
