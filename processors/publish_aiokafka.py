@@ -15,9 +15,10 @@ the previous batch's states were sent; the batch is durable (its input acknowled
 once its states are acknowledged too, in batch order. A record not delivered within
 ``request_timeout_ms`` fails its batch and every later one (the worker exits uncommitted):
 counted here, since an idempotent aiokafka producer retries a record forever.
-The order itself is ``publish_order``'s, shared with the librdkafka publisher. A partition
-whose previous record batch is still queued makes ``send_batch`` wait for it to go (never a
-drop); a record too large for Kafka is refused before it is queued. Exactly-once
+The order itself is ``publish_order``'s, shared with the librdkafka publisher. Records for a
+partition whose previous record batch is still queued (not yet in a request) join it; one
+being retried or full makes ``send_batch`` wait for it to go (never a drop); a record too
+large for Kafka is refused before it is queued. Exactly-once
 (transactions) is not offered here: it stays on librdkafka.
 
 Not guaranteed: records queued when the process stops are not flushed (their batches were
@@ -378,10 +379,10 @@ class AiokafkaPublisher(PipelinedOrder):
                 waiting.append((topic, partition, batch, count))
             else:
                 step.add(queued, topic, partition, count)
-        # a partition whose previous batch is still queued waits for it to go (room in
-        # aiokafka's accumulator: never a drop; KafkaTimeoutError after request_timeout_ms),
-        # once the step's other partitions are queued: they go in the next request, not
-        # one more round trip later behind the wait
+        # a partition whose previous batch is queued still and took no more (being retried,
+        # full) waits for it to go (room in aiokafka's accumulator: never a drop;
+        # KafkaTimeoutError after request_timeout_ms), once the step's other partitions are
+        # queued: they go in the next request, not one more round trip later behind the wait
         for topic, partition, batch, count in waiting:
             sent = await producer.send_batch(batch, topic, partition=partition)
             step.add(sent, topic, partition, count)
