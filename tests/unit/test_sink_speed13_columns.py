@@ -31,15 +31,15 @@ DECISION_TYPES = TYPES["governance.decisions"]
 Record = tuple[int, int, bytes | None]
 
 
-def _row_path(records: list[Record]) -> tuple[Any, ...]:
+def _row_path(records: list[Record], window: DecidedWindow | None = WINDOW) -> tuple[Any, ...]:
     """What ``parse_chunk`` made before the column path, its rows in one Native block."""
     batch = AuditBatch("gov.decisions")
-    batch.window = WINDOW
+    batch.window = window
     for partition, offset, value in records:
         row = (
             None
             if value is None
-            else shortcut_row(value, "gov.decisions", partition, offset, WINDOW)
+            else shortcut_row(value, "gov.decisions", partition, offset, window)
         )
         if row is None:
             batch.add(partition, offset, value)
@@ -59,10 +59,10 @@ def _chunk(values: list[bytes | None]) -> list[Record]:
     return [(i % 3, 100 + i, value) for i, value in enumerate(values)]
 
 
-def _same(records: list[Record]) -> None:
-    found = encoded_chunk("gov.decisions", WINDOW, DECISION_TYPES, records)
+def _same(records: list[Record], window: DecidedWindow | None = WINDOW) -> None:
+    found = encoded_chunk("gov.decisions", window, DECISION_TYPES, records)
     assert found is not None
-    expected = _row_path(records)
+    expected = _row_path(records, window)
     assert found[1:6] == expected[1:]
     assert found[0] == expected[0]
 
@@ -78,6 +78,7 @@ def test_hostile_records_among_good_ones_end_as_the_row_path_ends_them() -> None
     for i, (_, value, _) in enumerate(hostile_records(replace(template, decided_at=NOW))):
         values.insert(2 * i + 1, value)
     _same(_chunk(values))
+    _same(_chunk(values), None)  # no TTL: no window (a decided_at of 1971 is a row)
 
 
 def _with(raw: bytes, **fields: str) -> bytes:
