@@ -36,12 +36,7 @@ from .conftest import PARTITIONS, TEST_POLICY, Stack, one_worker_stack
 
 pytestmark = pytest.mark.integration
 
-_ENCODERS = (
-    "aiokafka.record._crecords.default_records",
-    "aiokafka.record.default_records",
-    "aiokafka.record._crecords.legacy_records",
-    "aiokafka.record.legacy_records",
-)
+_ENCODERS = ("aiokafka.record._crecords.default_records", "aiokafka.record.default_records")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +60,6 @@ def _crafted(
     name: str,
     payload: Callable[[bytes], bytes],
     headers: list,
-    api_version: str = "auto",
 ) -> None:
     """One record sent compressed with ``name`` whose compressed bytes are ``payload`` of the
     records aiokafka built (the encoder replaced in this process for the one send)."""
@@ -77,7 +71,6 @@ def _crafted(
             bootstrap_servers=s.bootstrap,
             compression_type=name,
             enable_idempotence=False,
-            api_version=api_version,
         )
         await producer.start()
         try:
@@ -108,10 +101,6 @@ def _not_records(_: bytes) -> bytes:
     return codec.gzip_encode(b"\xff" * 64)
 
 
-def _random_message_set(_: bytes) -> bytes:
-    return codec.gzip_encode(bytes(range(7, 250, 3)))
-
-
 def _bad_header_key(records: bytes) -> bytes:
     return codec.gzip_encode(records.replace(b"kk", b"\xff\xfe"))
 
@@ -124,10 +113,9 @@ def test_crafted_batches_are_dead_lettered_and_the_next_events_decided(
         0: ("snappy", _negative_xerial, []),
         1: ("gzip", _not_records, []),
         2: ("gzip", _bad_header_key, [("kk", b"h")]),
-        3: ("gzip", _random_message_set, []),  # magic 1 (aiokafka's 0.10 format)
     }
     for partition, (name, payload, headers) in crafts.items():
-        _crafted(s, partition, name, payload, headers, "0.10.2" if partition == 3 else "auto")
+        _crafted(s, partition, name, payload, headers)
     runs = [_run_on(p) for p in crafts]
     s.requests.send([handoff(run, 1, "t1") for run in runs])
     for run in runs:
