@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from baton.processors import faust_adapter
+from baton.processors import faust_adapter, faust_fetch_codec
 from baton.processors.credentials import faust_credentials
 from baton.processors.faust_adapter import GovernedApp, WorkerRuntime
 from baton.schemas.settings import Settings
@@ -20,6 +20,7 @@ __all__ = ["build_app", "runs_table", "source_topic"]
 def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
     """A Faust app on the ``baton-kafka://`` transport, carrying ``runtime``."""
     faust_adapter.register()
+    faust_fetch_codec.install()  # the consumer thread's fetches, written and read with struct
     servers = ";".join(f"{faust_adapter.SCHEME}://{h.strip()}" for h in s.bootstrap.split(","))
     return GovernedApp(
         runtime,
