@@ -19,7 +19,9 @@ partition and why (processors/batch_routing.py), the group's offset moves past t
 like past any record, and the worker goes on deciding. No record of such a batch is
 decided (fail closed: its events get no allow). A batch whose records do not read (garbage
 in a valid frame, a header key that is not UTF-8: aiokafka raised out of every fetch of the
-partition) is refused the same way from its first unread record on. A refused batch on any
+partition), a record whose offset is past its batch's last (the worker took every offset below
+it as read), a compressed legacy (magic 0, 1) message set, and more frames or xerial blocks
+than a client writes are refused the same way. A refused batch on any
 other topic (the runs changelog, written by workers without compression) raises
 :class:`InflateRefused` naming it: the worker stops, bounded, instead of applying something
 it cannot read.
