@@ -125,7 +125,8 @@ def _appended(state: RunState, bundle: bytes, kept: int) -> Any:
     lengths = b"".join([len(p).to_bytes(_LENGTH, "big") for p in parts])
     old = bundle[2 + _LENGTH * dropped : 2 + _LENGTH * n]
     head = b"".join((bytes((_BUNDLE, kept + len(parts))), old, lengths))
-    packed = head + lz4.block.compress(json, store_size=True, dict=_dict_for(len(json)))
+    plain = len(json) >= _PLAIN_FROM  # (inline: a call a write cost ~1.5k instructions)
+    packed = head + lz4.block.compress(json, store_size=True, dict=None if plain else _DICTIONARY)
     recent = list(held)
     recent[1::2] = [packed] * (len(held) // 2)
     state.recent = tuple(recent)
@@ -260,10 +261,6 @@ _LENGTH = 3
 _PLAIN_FROM = 2048
 
 
-def _dict_for(size: int) -> bytes | None:
-    return _DICTIONARY if size < _PLAIN_FROM else None
-
-
 def _bundle(entries: list[bytes]) -> bytes:
     """A run's linked replies as one packed bytes: the second reply of a run repeats most of
     the first (run id, tenant, agents, times, the chain link it follows), which packing each
@@ -273,14 +270,18 @@ def _bundle(entries: list[bytes]) -> bytes:
     lengths = [len(entry).to_bytes(_LENGTH, "big") for entry in entries]
     head = bytes((_BUNDLE, len(entries))) + b"".join(lengths)
     json = b"[" + b",".join(entries) + b"]"
-    return head + lz4.block.compress(json, store_size=True, dict=_dict_for(len(json)))
+    plain = len(json) >= _PLAIN_FROM
+    return head + lz4.block.compress(json, store_size=True, dict=None if plain else _DICTIONARY)
 
 
 def _bundle_json(bundle: bytes) -> bytes:
     """``[entry,entry,...]``: the record's ``rec`` when the bundle is all the run keeps."""
     start = 2 + _LENGTH * bundle[1]
     size = int.from_bytes(bundle[start : start + 4], "little")
-    return lz4.block.decompress(memoryview(bundle)[start:], dict=_dict_for(size))  # type: ignore[no-any-return]
+    kept = memoryview(bundle)[start:]
+    if size >= _PLAIN_FROM:
+        return lz4.block.decompress(kept)  # type: ignore[no-any-return]
+    return lz4.block.decompress(kept, dict=_DICTIONARY)  # type: ignore[no-any-return]
 
 
 def _bundle_entries(bundle: bytes) -> list[bytes]:
