@@ -190,9 +190,10 @@ class AiokafkaPublisher(PipelinedOrder):
         from aiokafka import AIOKafkaProducer
         from aiokafka.errors import KafkaError
 
-        from baton.processors import publish_pid
+        from baton.processors import publish_codec, publish_pid
 
         publish_pid.install()  # Tansu answers aiokafka's own InitProducerId v0 with an error
+        publish_codec.install()  # produce requests written and answers read with struct
         producer = AIOKafkaProducer(**self._options)
         topics = (self.decisions_topic, self.stops_topic, self.deadletter_topic)
         try:
