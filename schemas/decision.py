@@ -8,6 +8,7 @@ and orjson serializes dataclasses natively); pydantic validates and exports it t
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ __all__ = [
     "chain_hash",
     "chain_values",
     "decision_id_for",
+    "is_link",
     "usd_text",
 ]
 
@@ -59,6 +61,15 @@ class Outcome(StrEnum):
 #: or a grant. A record without a ``chain_hash`` saying anything else was written by someone
 #: else: the SDK takes no answer from it, `baton audit verify` fails its run, `trace` warns.
 UNCHAINED_OUTCOMES = frozenset({Outcome.STOP, Outcome.RECORDED})
+
+#: what every worker's ``chain_hash`` is: a 16-byte keyed BLAKE2b (``chain_hash`` below) in
+#: lowercase hex; " ", "x" or 64 hex characters are no link, whatever a forger hoped
+_LINK = re.compile(r"[0-9a-f]{32}")
+
+
+def is_link(value: object) -> bool:
+    """True when ``value`` has the shape of a worker's ``chain_hash`` (32 lowercase hex)."""
+    return isinstance(value, str) and len(value) == 32 and _LINK.fullmatch(value) is not None
 
 
 class Reason(StrEnum):

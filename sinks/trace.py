@@ -10,7 +10,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from baton.processors.chain_links import ChainBreak, Link, walk_links
-from baton.schemas.decision import UNCHAINED_OUTCOMES
+from baton.schemas.decision import UNCHAINED_OUTCOMES, is_link
 from baton.schemas.errors import BadArgument
 from baton.sinks.render import cell, render_table, shown
 from baton.sinks.schema import DATABASE
@@ -74,8 +74,8 @@ def load_trace(client: Client, run_id: str) -> list[dict[str, Any]]:
             f"; similar run ids: {', '.join(_shown_id(r[0]) for r in similar)}" if similar else ""
         )
         raise BadArgument(
-            f"no decisions for run {run_id!r} in {DATABASE}.decisions (is the audit sink "
-            f"running, and has it caught up?){hint}"
+            f"no decisions for run '{_shown_id(run_id)}' in {DATABASE}.decisions (is the audit "
+            f"sink running, and has it caught up?){hint}"
         )
     from baton.sinks.audit_conflicts import load_conflicts
 
@@ -180,7 +180,7 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
     policies = sorted({s["policy_version"] for s in steps if s["policy_version"]})
     broken = _chain_break(steps)
     # a run whose worker chained it (an audit from before chains, 0004, has no links at all)
-    chained = any(s.get("chain_hash") for s in steps)
+    chained = any(is_link(s.get("chain_hash")) for s in steps)
     lines = [
         f"Run {run_id}  tenant {first['tenant']}  {len(steps)} decisions  {when}",
         *(
@@ -200,8 +200,14 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
         *(
             f"WARNING: step {i}: {s['outcome']} without a chain_hash: no worker publishes one "
             "(it chains every decision that changes a run); a record someone else wrote"
+            if not s.get("chain_hash")
+            else f"WARNING: step {i}: {s['outcome']} whose chain_hash "
+            f"'{_shown_id(str(s['chain_hash']))}' is no worker's link (32 lowercase hex); "
+            "a record someone else wrote"
             for i, s in enumerate(steps, 1)
-            if chained and not s.get("chain_hash") and s["outcome"] not in UNCHAINED_OUTCOMES
+            if chained
+            and not is_link(s.get("chain_hash"))
+            and s["outcome"] not in UNCHAINED_OUTCOMES
         ),
         ended,
         f"handoffs {max(s['handoff_count'] for s in steps)}  "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import re
 import threading
 import time
 from collections import defaultdict
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from baton.schemas.decision import UNCHAINED_OUTCOMES, Decision, Outcome, Phase
+from baton.schemas.decision import UNCHAINED_OUTCOMES, Decision, Outcome, Phase, is_link
 
 __all__ = ["PARKED_MAX", "Unanswered", "WaitKey", "Waiter", "WaiterBook", "unchained_allow"]
 
@@ -43,14 +42,8 @@ def unchained_allow(decision: Decision) -> bool:
     outside every chain, where `baton audit verify` passed it."""
     if decision.outcome in UNCHAINED_OUTCOMES:
         return False
-    link = decision.chain_hash
     # a worker's link is a 16-byte BLAKE2b in lowercase hex: " " or "x" is no link (it passed)
-    return not link or len(link) != _LINK_CHARS or _LINK.fullmatch(link) is None
-
-
-#: what a worker's chain_hash is (schemas.decision.chain_hash: hexdigest, digest_size 16)
-_LINK_CHARS = 32
-_LINK = re.compile(r"[0-9a-f]{32}")
+    return not is_link(decision.chain_hash)
 
 
 @dataclass(frozen=True, slots=True)
