@@ -2,8 +2,9 @@
 
 Each batch the aiokafka publisher sends costs two produce requests (its decisions, then its run
 states), and aiokafka encodes each request and decodes each response by its generic protocol
-walk: ~60 and ~95 us for 14 partitions (a host at load ~11), on the worker's event loop, per
-batch whatever its size (docs/performance.md, session 13).
+walk, on the worker's event loop, per batch whatever its size: 50-82 and 81-105 us against 7-17
+and 20-29 us written for the shape, 14 partitions (wall time in-process at load ~11;
+docs/performance.md, session 13).
 
 ``install()`` replaces ``encode`` of ``ProduceRequest_v7``/``_v8`` (one schema) and ``decode``
 of ``ProduceResponse_v7``/``_v8`` (v7: what aiokafka 0.14 and Tansu agree on; v8 adds each
