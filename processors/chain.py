@@ -19,7 +19,7 @@ that knows the run's head (the worker's state), not from the audit alone.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, chain_hash, chain_values
@@ -54,7 +54,7 @@ def link(
 
 
 #: this module is compiled (BATON_COMPILE=1): a Decision is a native class
-_COMPILED = not __file__.endswith(".py")
+_COMPILED: Final = not __file__.endswith(".py")
 
 
 def _values(d: Decision, input: str | None) -> list[Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from baton.processors.policy_rules import TenantRules
 from baton.processors.state import SEEN_LIMIT, RunState
@@ -35,7 +35,7 @@ __all__ = [
 
 #: stops that shadow mode never turns into allows: a kill switch, and the worker's own
 #: limits and protocol refusals (they are not policy to try out)
-NEVER_SHADOWED = frozenset(
+NEVER_SHADOWED: Final = frozenset(
     {
         Reason.KILLED,
         Reason.RUN_STATE_LIMIT,
@@ -52,16 +52,15 @@ NEVER_SHADOWED = frozenset(
 
 # Enum members as module globals: on CPython 3.11 ``Outcome.STOP`` costs about ten times a
 # global lookup, and every decision reads several (bench/RESULTS.md)
-_ALLOW, _STOP, _RECORDED, _APPROVAL_REQUIRED = (
-    Outcome.ALLOW,
-    Outcome.STOP,
-    Outcome.RECORDED,
-    Outcome.APPROVAL_REQUIRED,
-)
-_POST_HANDOFF = Phase.POST_HANDOFF
+# (Final: a compiled module reads them from C statics, not through the module's dict)
+_ALLOW: Final = Outcome.ALLOW
+_STOP: Final = Outcome.STOP
+_RECORDED: Final = Outcome.RECORDED
+_APPROVAL_REQUIRED: Final = Outcome.APPROVAL_REQUIRED
+_POST_HANDOFF: Final = Phase.POST_HANDOFF
 #: the phase as plain text for decision_id_for: formatting a StrEnum member in an f-string
 #: runs Enum.__format__ in Python (same text, so the same id)
-_PHASE_TEXT = {phase: phase.value for phase in Phase}
+_PHASE_TEXT: Final = {phase: phase.value for phase in Phase}
 
 
 class Origin(NamedTuple):
@@ -75,7 +74,7 @@ class Origin(NamedTuple):
     offset: int | None = None
 
 
-NO_ORIGIN = Origin()
+NO_ORIGIN: Final = Origin()
 
 
 @dataclass(slots=True, init=False)
@@ -115,11 +114,11 @@ class DecisionContext:
 
 
 #: the mark on the phase of every decision of a run's life, before where the life began
-LIFE_MARK = "@life:"
+LIFE_MARK: Final = "@life:"
 #: the mark on the phase of a decision made on a run's tombstone, before its input's position
-TOMBSTONE_MARK = "@tombstone:"
+TOMBSTONE_MARK: Final = "@tombstone:"
 #: the same for a run that has forgotten dedup marks (more than SEEN_LIMIT keys decided)
-FORGETFUL_MARK = "@forgetful:"
+FORGETFUL_MARK: Final = "@forgetful:"
 
 
 def life_of(event: RunEvent, origin: Origin) -> str:
@@ -188,7 +187,7 @@ def cover_digest(d: Decision, st: RunState, ctx: DecisionContext, digest: str) -
 
 
 #: object.__new__, unless Decision is compiled (then its own: see state._new_state)
-_new_decision = Decision.__new__
+_new_decision: Final = Decision.__new__
 
 
 def build_decision(
@@ -303,7 +302,7 @@ def _decision_id(run_id: str, key: str, phase: str) -> str:
 #: round(usd, 9) of recent amounts: a run's spend is the same on each of its decisions until
 #: the next completion, and round() with digits formats and re-parses the number (~2,000
 #: instructions, two per decision; bench/RESULTS.md)
-_ROUNDED: dict[float, float] = {}
+_ROUNDED: Final[dict[float, float]] = {}
 
 
 def _usd(amount: float) -> float:

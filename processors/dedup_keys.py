@@ -36,6 +36,12 @@ __all__ = [
     "with_digest",
 ]
 
+# (Final: a compiled module reads these from C statics, not through its dict)
+_HandoffRequested: Final = HandoffRequested
+_HandoffCompleted: Final = HandoffCompleted
+_ApprovalGranted: Final = ApprovalGranted
+_ApprovalDenied: Final = ApprovalDenied
+
 HANDOFF: Final = "h:"
 REPORT: Final = "c:"
 APPROVAL: Final = "a:"
@@ -53,9 +59,9 @@ def dedup_key(event: RunEvent) -> str:
     """The key ``event`` is remembered under (dispatch on the exact type: isinstance() on
     pydantic models goes through their metaclass, slow when it misses)."""
     kind = type(event)
-    if kind is HandoffRequested or kind is HandoffCompleted:
-        return (HANDOFF if kind is HandoffRequested else REPORT) + event.request_id  # type: ignore[union-attr]
-    if kind is ApprovalGranted or kind is ApprovalDenied:
+    if kind is _HandoffRequested or kind is _HandoffCompleted:
+        return (HANDOFF if kind is _HandoffRequested else REPORT) + event.request_id  # type: ignore[union-attr]
+    if kind is _ApprovalGranted or kind is _ApprovalDenied:
         return APPROVAL + event.approval_id  # type: ignore[union-attr]
     return FINISHED
 
@@ -67,7 +73,7 @@ def with_digest(key: str, digest: str) -> str:
 
 
 #: an empty 8-byte BLAKE2b, copied per digest (cheaper than a new one)
-_DIGEST = hashlib.blake2b(digest_size=8)
+_DIGEST: Final = hashlib.blake2b(digest_size=8)
 #: the newest event digested and its digest: replay decides each recorded event under two
 #: policies, and a handoff asking for approval is digested twice. Events are frozen, and the
 #: event held here cannot be collected, so no other event can come to have its identity

@@ -8,11 +8,17 @@ totals, replacing the containers it changes (RunState.copy shares them).
 
 from __future__ import annotations
 
+from typing import Final
+
 from baton.processors.decision_builder import DecisionContext, build_decision
 from baton.processors.policy_rules import TenantRules
 from baton.processors.state import Reservation, RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import MAX_RUN_COUNT, MAX_RUN_USD, HandoffCompleted, HandoffRequested
+
+# (Final: a compiled module reads them from C statics, not through the module's dict)
+_MAX_RUN_USD: Final = MAX_RUN_USD
+_MAX_RUN_COUNT: Final = MAX_RUN_COUNT
 
 __all__ = ["count_cost", "expire_reservations", "reserve", "settle_reservation"]
 
@@ -23,12 +29,12 @@ def count_cost(st: RunState, done: HandoffCompleted) -> None:
     # saturating: a run's totals never pass what the audit's columns hold exactly (a run
     # there is over any sane budget long before)
     spent = st.spent_usd + done.cost_usd
-    st.spent_usd = spent if spent < MAX_RUN_USD else MAX_RUN_USD
+    st.spent_usd = spent if spent < _MAX_RUN_USD else _MAX_RUN_USD
     calls = st.tool_calls + done.tool_calls
-    st.tool_calls = calls if calls < MAX_RUN_COUNT else MAX_RUN_COUNT
+    st.tool_calls = calls if calls < _MAX_RUN_COUNT else _MAX_RUN_COUNT
     if done.steps:
         steps = st.steps + done.steps
-        st.steps = steps if steps < MAX_RUN_COUNT else MAX_RUN_COUNT
+        st.steps = steps if steps < _MAX_RUN_COUNT else _MAX_RUN_COUNT
 
 
 def reserve(st: RunState, req: HandoffRequested, rules: TenantRules, now_ts: float) -> None:

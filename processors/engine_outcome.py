@@ -9,6 +9,7 @@ a run's new state was copied from shares them (RunState.copy).
 from __future__ import annotations
 
 from sys import intern
+from typing import Final
 
 from baton.processors.decision_builder import DecisionContext
 from baton.processors.engine_budget import reserve
@@ -21,7 +22,7 @@ __all__ = ["STICKY_REASONS", "apply_allow", "apply_stop"]
 
 #: stops that end the run for good (the run stays stopped); other stops refuse one handoff
 #: (a completion's stop, whatever its reason, also ends the run: see _post_handoff)
-STICKY_REASONS = frozenset(
+STICKY_REASONS: Final = frozenset(
     {
         Reason.HANDOFF_BUDGET_EXCEEDED,
         Reason.SHARED_BUDGET_EXCEEDED,
@@ -29,7 +30,10 @@ STICKY_REASONS = frozenset(
     }
 )
 
-_SHARED = Reason.SHARED_BUDGET_EXCEEDED
+# (Final: a compiled module reads them from C statics, not through the module's dict)
+_intern: Final = intern
+_count_bounce: Final = count_bounce
+_SHARED: Final = Reason.SHARED_BUDGET_EXCEEDED
 
 
 def apply_allow(
@@ -41,7 +45,7 @@ def apply_allow(
     # state this one was copied from shares them (RunState.copy)
     # the names interned: the task node and the agents keep them for the run's life, and an
     # event's own copies would be each run's (~55 bytes a name)
-    task_id, from_agent, to_agent = req.task_id, intern(req.from_agent), intern(req.to_agent)
+    task_id, from_agent, to_agent = req.task_id, _intern(req.from_agent), _intern(req.to_agent)
     if node is None:
         st.add_task(task_id, TaskNode(to_agent, from_agent, req.parent_task_id, depth))
     elif not node.owner:  # released: the task keeps its place in the tree, gets an owner
@@ -52,7 +56,7 @@ def apply_allow(
     st.handoff_count += 1
     rules = ctx.rules
     if rules.max_bounces is not None:
-        count_bounce(st, req)
+        _count_bounce(st, req)
     if req.estimated_usd or req.estimated_tool_calls:
         reserve(st, req, rules, ctx.now_ts)
 

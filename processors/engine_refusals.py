@@ -10,6 +10,7 @@ decision id is its own, so it never replaces another decision's record in the au
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Final
 
 from baton.processors.approvals import refused_answer_id, refused_key
 from baton.processors.decision_builder import (
@@ -41,6 +42,12 @@ from baton.schemas.events import (
 from baton.schemas.policy import Policy
 
 __all__ = ["answer_known", "protocol_answer", "refuse"]
+
+# (Final: a compiled module reads these from C statics, not through its dict)
+_HandoffRequested: Final = HandoffRequested
+_HandoffCompleted: Final = HandoffCompleted
+_ApprovalGranted: Final = ApprovalGranted
+_ApprovalDenied: Final = ApprovalDenied
 
 
 def refuse(
@@ -78,14 +85,14 @@ def refuse(
     key, digest, phase = dedup_key(event), None, Phase.CONTROL
     request_id = f"{st.run_id}:finished"
     req = done = None
-    if type(event) is HandoffRequested:
+    if type(event) is _HandoffRequested:
         digest, phase, req = request_digest(event), Phase.PRE_HANDOFF, event
         request_id = event.request_id
-    elif type(event) is HandoffCompleted:
+    elif type(event) is _HandoffCompleted:
         digest, phase, done = request_digest(event), Phase.POST_HANDOFF, event
         request_id = event.request_id
         count_cost(st, event)
-    elif type(event) is ApprovalGranted or type(event) is ApprovalDenied:
+    elif type(event) is _ApprovalGranted or type(event) is _ApprovalDenied:
         key, phase, request_id = refused_key(event), Phase.APPROVAL, refused_answer_id(event)
     decision = build_decision(
         st,
@@ -124,14 +131,14 @@ def protocol_answer(
     event again is answered the same way.
     """
     ctx = DecisionContext(rules_for(policy, state.tenant), now, now.timestamp(), kills, origin)
-    request = type(event) is HandoffRequested
-    if type(event) is HandoffRequested or type(event) is HandoffCompleted:
+    request = type(event) is _HandoffRequested
+    if type(event) is _HandoffRequested or type(event) is _HandoffCompleted:
         request_id, phase = event.request_id, (Phase.PRE_HANDOFF if request else Phase.POST_HANDOFF)
-    elif type(event) is ApprovalGranted or type(event) is ApprovalDenied:
+    elif type(event) is _ApprovalGranted or type(event) is _ApprovalDenied:
         request_id, phase = refused_answer_id(event), Phase.APPROVAL
     else:
         request_id, phase = f"{state.run_id}:finished", Phase.CONTROL
-    if why == "not_kept" and type(event) is HandoffCompleted:
+    if why == "not_kept" and type(event) is _HandoffCompleted:
         reason: str = Reason.REPLY_NOT_KEPT
         # never "use a new request_id" here: the same report under a new id counts twice
         detail = (
@@ -183,7 +190,7 @@ def answer_known(
     redelivery or a client retry gets what was decided, the state unchanged; a reused request
     id, another tenant, a reply no longer kept get a protocol refusal), or the key to count
     a cost report under when its request id was used for another report, or None: decide."""
-    if type(event) is ApprovalGranted or type(event) is ApprovalDenied:
+    if type(event) is _ApprovalGranted or type(event) is _ApprovalDenied:
         # a grant that was refused (self-approval, unknown approver) is remembered under its
         # own key: look there first, or its redelivery would be decided again, or answered
         # with whatever later resolved the approval
@@ -195,7 +202,7 @@ def answer_known(
     if key in state.fresh or (mark is not None and mark > state.marks - SEEN_LIMIT):
         if digest is None or state.digest_of(key) in (digest, None):
             return _replies(state, key, event, policy, now, kills, origin)
-        if type(event) is HandoffRequested:
+        if type(event) is _HandoffRequested:
             # the same id for another request: refused, never the first one's answer
             return [protocol_answer(state, event, policy, now, kills, origin, digest)]
         # a cost report under a reused id: money spent is spent, so it counts, under its
@@ -206,17 +213,17 @@ def answer_known(
         return own
     if (
         state.evicted_at is not None
-        and type(event) is HandoffCompleted
+        and type(event) is _HandoffCompleted
         and state.has_seen(TOMBSTONE_REPORT + digest)  # type: ignore[operator]
     ):  # counted before the run was evicted (RunState.tombstone): never again
         return [protocol_answer(state, event, policy, now, kills, origin, "not_kept")]
-    if type(event) is HandoffCompleted and state.has_seen(with_digest(key, digest)):  # type: ignore[arg-type]
+    if type(event) is _HandoffCompleted and state.has_seen(with_digest(key, digest)):  # type: ignore[arg-type]
         # a reused report's copy, after the first report's key left the window
         own = with_digest(key, digest)  # type: ignore[arg-type]
         return _replies(state, own, event, policy, now, kills, origin)
-    if type(event) is HandoffRequested and _holds_request(state, event, digest):
+    if type(event) is _HandoffRequested and _holds_request(state, event, digest):
         return [protocol_answer(state, event, policy, now, kills, origin, digest)]  # type: ignore[arg-type]
-    if event.tenant != state.tenant and type(event) is not HandoffCompleted:
+    if event.tenant != state.tenant and type(event) is not _HandoffCompleted:
         return [protocol_answer(state, event, policy, now, kills, origin, "tenant")]
     return None
 

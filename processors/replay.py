@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
+from typing import Final
 
 from baton.processors.recorded import REPLAY_COLUMNS, Recorded
 from baton.processors.replay_order import in_chain_order
@@ -80,9 +81,15 @@ __all__ = [
     "usd",
 ]
 
-_new_row = tuple.__new__
+_new_row: Final = tuple.__new__
+_Recorded: Final = Recorded
 # plain strings: an enum member's lookup costs ten times a global's (_compare, per change)
-_STOP, _ALLOW = Outcome.STOP.value, Outcome.ALLOW.value
+# (Final: a compiled module reads them from C statics, not through the module's dict)
+_STOP: Final = Outcome.STOP.value
+_ALLOW: Final = Outcome.ALLOW.value
+_parse_event: Final = parse_event
+_HandoffRequested: Final = HandoffRequested
+_HandoffCompleted: Final = HandoffCompleted
 
 
 def runs_of(rows: Iterable[Sequence[object]]) -> Iterator[list[Recorded]]:
@@ -90,7 +97,7 @@ def runs_of(rows: Iterable[Sequence[object]]) -> Iterator[list[Recorded]]:
     run: list[Recorded] = []
     run_id = None
     for row in rows:
-        rec = row if type(row) is Recorded else _new_row(Recorded, row)
+        rec = row if type(row) is _Recorded else _new_row(_Recorded, row)
         if rec[0] != run_id:
             if run:
                 yield run
@@ -102,7 +109,7 @@ def runs_of(rows: Iterable[Sequence[object]]) -> Iterator[list[Recorded]]:
 
 #: (recorded version, new version) -> watched_policy: watching costs more than deciding a
 #: run's events; versions hash the whole documents, so they key the answer
-_WATCHED: dict[tuple[str, str], tuple[Policy, Watch] | None] = {}
+_WATCHED: Final[dict[tuple[str, str], tuple[Policy, Watch] | None]] = {}
 
 
 def _watched(recorded: Policy, new: Policy) -> tuple[Policy, Watch] | None:
@@ -116,7 +123,7 @@ def _watched(recorded: Policy, new: Policy) -> tuple[Policy, Watch] | None:
 
 
 def _handoff(event: object | None) -> str:
-    if type(event) is HandoffRequested:
+    if type(event) is _HandoffRequested:
         return f"{event.from_agent} -> {event.to_agent} task {event.task_id}"
     return getattr(event, "type", "timer (approval expiry)")
 
@@ -147,7 +154,7 @@ def replay_run(
         n += 1
         first = recs[0]
         text = first.input
-        event = parse_event(text.encode(), run_key) if text is not None else None
+        event = _parse_event(text.encode(), run_key) if text is not None else None
         before = recorded.state
         context = step_context(recs)
         if chained:
@@ -173,7 +180,7 @@ def replay_run(
             shared, new.state = False, before  # the two part here
         as_new = as_recorded if shared else new.step(recs, event, context, new_policy)
         outcome.decisions += len(recs)
-        if type(event) is HandoffCompleted and event.request_id in stopped_now:
+        if type(event) is _HandoffCompleted and event.request_id in stopped_now:
             outcome.saved_usd += event.cost_usd  # (stopped_now grows on requests only)
         if len(recs) == 1 == len(as_recorded) == len(as_new):
             # most steps: one decision, reproduced, the same outcome under the new policy
@@ -217,7 +224,7 @@ def _compare(
             request_id = getattr(event, "request_id", None)
             outcome.first_change = Change(n, rec.decided_at, request_id, _handoff(event), was, now)
         stops = other is None or other.outcome == _STOP
-        if type(event) is HandoffRequested and rec.outcome == _ALLOW and stops:
+        if type(event) is _HandoffRequested and rec.outcome == _ALLOW and stops:
             stopped_now.add(event.request_id)
             outcome.blocked_estimate_usd += event.estimated_usd or 0.0
 
@@ -237,7 +244,7 @@ def rebuild_run(
     for recs in steps(run):
         first = recs[0]
         text = first.input
-        event = parse_event(text.encode(), run_key) if text is not None else None
+        event = _parse_event(text.encode(), run_key) if text is not None else None
         context = step_context(recs)
         if chained and new_chain(recs, chained):
             context = context._replace(anew=True)

@@ -31,14 +31,17 @@ step back look alike: fail closed).
 
 from __future__ import annotations
 
+from typing import Final
+
 from baton.processors.chain_links import Link, walk_links
 from baton.processors.recorded import Recorded
 
 __all__ = ["from_first_start", "in_chain_order"]
 
-_PREV, _HASH = Recorded._fields.index("chain_prev"), Recorded._fields.index("chain_hash")
+_PREV: Final = Recorded._fields.index("chain_prev")
+_HASH: Final = Recorded._fields.index("chain_hash")
 #: what replay says of a run whose links give no order
-BROKEN = "its chain of decisions is broken: "
+BROKEN: Final = "its chain of decisions is broken: "
 
 
 def in_chain_order(run: list[Recorded]) -> tuple[list[Recorded], str | None]:

@@ -21,7 +21,7 @@ marks what it decided (its decisions are compared on outcome and reason, never h
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from baton.processors.chain import link
 from baton.processors.engine import (
@@ -50,28 +50,33 @@ __all__ = [
 ]
 
 #: refusals of the worker's own, not of its policy: replayed as refusals under both policies
-_WORKER_REFUSALS = frozenset({Reason.WORKER_RUN_LIMIT.value, Reason.RUN_STATE_LIMIT.value})
+_WORKER_REFUSALS: Final = frozenset({Reason.WORKER_RUN_LIMIT.value, Reason.RUN_STATE_LIMIT.value})
 # plain strings: an enum member's lookup costs ten times a global's, and these run per step
-_KILLED, _RUN_STATE_LIMIT = Reason.KILLED.value, Reason.RUN_STATE_LIMIT.value
+_KILLED: Final = Reason.KILLED.value
+_RUN_STATE_LIMIT: Final = Reason.RUN_STATE_LIMIT.value
 #: a run `baton up` restored stopped (its history did not replay as recorded): not policy,
 #: replayed as recorded from the step that first says so
-_AUDIT_UNVERIFIED = Reason.AUDIT_UNVERIFIED.value
+_AUDIT_UNVERIFIED: Final = Reason.AUDIT_UNVERIFIED.value
 #: what the worker's sweep decides (no input: replayed as a timer step)
-_TIMER_REASONS = frozenset({Reason.APPROVAL_EXPIRED.value, Reason.RESERVATION_EXPIRED.value})
+_TIMER_REASONS: Final = frozenset({Reason.APPROVAL_EXPIRED.value, Reason.RESERVATION_EXPIRED.value})
 #: the reasons step_context looks for (a step with none of them is decided plainly)
-_RUN_EXPIRED = Reason.RUN_EXPIRED.value
-_NOT_POLICY = _WORKER_REFUSALS | {_KILLED, _AUDIT_UNVERIFIED, _RUN_EXPIRED}
+_RUN_EXPIRED: Final = Reason.RUN_EXPIRED.value
+_NOT_POLICY: Final = _WORKER_REFUSALS | {_KILLED, _AUDIT_UNVERIFIED, _RUN_EXPIRED}
 #: the workers' default run retention (schemas.settings ``run_retention_s``; a test keeps
 #: them equal): `baton replay` and `baton up`'s restore pass the workers' own setting
 RUN_RETENTION_S = 3600.0
 #: the what-if replayer's mark on a decision it made (in place of a chain link): a reply
 #: answered again from the state is marked already, so it is not taken for a new decision
-_DECIDED_HERE = "replayed"
+_DECIDED_HERE: Final = "replayed"
 
 
-_new_origin = _new_context = tuple.__new__
+# (Final: a compiled module reads them from C statics, not through the module's dict)
+_new_origin: Final = tuple.__new__
+_new_context: Final = tuple.__new__
+_Origin: Final = Origin
+_NO_KILLS: Final = NO_KILLS
 #: a recorded row's Origin fields (worker, partition, offset): one slice, not three lookups
-_ORIGIN = slice(Recorded._fields.index("worker"), Recorded._fields.index("offset") + 1)
+_ORIGIN: Final = slice(Recorded._fields.index("worker"), Recorded._fields.index("offset") + 1)
 # (through tuple[str, ...]: mypy types a fixed tuple indexed by a slice object as one item,
 # and mypyc then checks the slice it gets against that item's type)
 assert tuple(Recorded._fields)[_ORIGIN] == Origin._fields
@@ -111,14 +116,17 @@ class StepContext(NamedTuple):
     anew: bool = False
 
 
+_StepContext: Final = StepContext
+
+
 def step_context(recs: list[Recorded]) -> StepContext:
     """The :class:`StepContext` of the step ``recs``."""
     first = recs[0]
     row: tuple[Any, ...] = first  # not Recorded: a slice of it is a tuple (see _ORIGIN)
-    origin = _new_origin(Origin, row[_ORIGIN])
+    origin = _new_origin(_Origin, row[_ORIGIN])
     if len(recs) == 1 and first.reason not in _NOT_POLICY:  # most steps: one plain decision
-        return _new_context(StepContext, (NO_KILLS, None, origin, False, False, False))
-    kills, refusal, unverified, evicted = NO_KILLS, None, False, False
+        return _new_context(_StepContext, (_NO_KILLS, None, origin, False, False, False))
+    kills, refusal, unverified, evicted = _NO_KILLS, None, False, False
     for r in recs:
         reason = r.reason
         if reason == _KILLED:

@@ -13,7 +13,7 @@ change (RunState.copy shares them).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from baton.processors.engine_control import NO_KILLS, KillSwitches
 from baton.processors.policy_rules import TenantRules
@@ -64,9 +64,14 @@ __all__ = [
     "used_tools_rule",
 ]
 
-_SHARED = Reason.SHARED_BUDGET_EXCEEDED
-_STOP, _ALLOW, _APPROVAL_REQUIRED = Outcome.STOP, Outcome.ALLOW, Outcome.APPROVAL_REQUIRED
-_OK, _APPROVAL_PENDING = Reason.OK, Reason.APPROVAL_PENDING
+# (Final: a compiled module reads them from C statics, not through the module's dict)
+_SHARED: Final = Reason.SHARED_BUDGET_EXCEEDED
+_STOP: Final = Outcome.STOP
+_ALLOW: Final = Outcome.ALLOW
+_APPROVAL_REQUIRED: Final = Outcome.APPROVAL_REQUIRED
+_OK: Final = Reason.OK
+_APPROVAL_PENDING: Final = Reason.APPROVAL_PENDING
+_NO_KILLS: Final = NO_KILLS
 
 
 def check_handoff(
@@ -85,7 +90,7 @@ def check_handoff(
     # a rule that cannot apply is not called (a call costs more than most rules' checks):
     # no kill switch, a run neither closed nor evicted, no decide_by, a new task, no estimate
     refusal = (
-        (killed_rule(st, ctx.kills) if ctx.kills is not NO_KILLS else None)
+        (killed_rule(st, ctx.kills) if ctx.kills is not _NO_KILLS else None)
         or (run_closed_rule(st) if st.finished or st.stopped is not None else None)
         or (unknown_tenant_rule(st) if rules.unknown_tenant else None)
         or (request_expired_rule(req, ctx.now) if gate and req.decide_by is not None else None)
@@ -118,7 +123,7 @@ def check_handoff(
 
 def killed_rule(st: RunState, kills: KillSwitches) -> Refusal | None:
     """A kill switch (run, tenant or global, from gov.control) -> killed."""
-    if kills is not NO_KILLS and kills.killed(st.run_id, st.tenant):
+    if kills is not _NO_KILLS and kills.killed(st.run_id, st.tenant):
         return Reason.KILLED, None
     return None
 

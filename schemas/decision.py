@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
 from operator import attrgetter
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from pydantic import TypeAdapter
@@ -142,7 +142,7 @@ class Fallback(StrEnum):
 
 #: an empty 16-byte BLAKE2b, copied for every id: a copy is a quarter cheaper than setting up
 #: a new hash (the engine makes one id per decision)
-_ID_HASH = hashlib.blake2b(digest_size=16)
+_ID_HASH: Final = hashlib.blake2b(digest_size=16)
 
 
 def decision_id_for(run_id: str, key: str, phase: str) -> str:
@@ -226,26 +226,27 @@ class Decision:
         return self.outcome == Outcome.STOP
 
 
-DECISION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Decision))
+DECISION_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in fields(Decision))
 #: this module is compiled (BATON_COMPILE=1: mypyc makes Decision a native class)
-_COMPILED = not __file__.endswith(".py")
+_COMPILED: Final = not __file__.endswith(".py")
 _all_values = attrgetter(*DECISION_FIELDS)
 
 #: the fields the audit stores (a re-emitted copy is never stored, so its flag is not)
-AUDIT_FIELDS: tuple[str, ...] = tuple(f for f in DECISION_FIELDS if f != "reemitted")
+AUDIT_FIELDS: Final[tuple[str, ...]] = tuple(f for f in DECISION_FIELDS if f != "reemitted")
 
 #: what a decision's chain hash covers: every stored field but the chain's own
-CHAIN_FIELDS: tuple[str, ...] = tuple(
+CHAIN_FIELDS: Final[tuple[str, ...]] = tuple(
     f for f in AUDIT_FIELDS if f not in ("chain_prev", "chain_hash")
 )
 #: fields from here on were added after chains shipped (0004): covered when set, so rows
 #: linked before they existed (NULL there) still verify
-_CHAIN_LATER = CHAIN_FIELDS.index("input")
-_MONEY_FIELDS = frozenset({"spent_usd", "reserved_usd"})
-_TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
-_MICRO = Decimal("0.000001")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
+_CHAIN_LATER: Final = CHAIN_FIELDS.index("input")
+_MONEY_FIELDS: Final = frozenset({"spent_usd", "reserved_usd"})
+_TIME_FIELDS: Final = frozenset({"approval_expires_at", "event_time", "decided_at"})
+_MICRO: Final = Decimal("0.000001")
+_UTC: Final = UTC
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_US: Final = timedelta(microseconds=1)
 
 
 def usd_text(amount: float | Decimal) -> str:
@@ -255,12 +256,12 @@ def usd_text(amount: float | Decimal) -> str:
     return str(amount.quantize(_MICRO, rounding=ROUND_HALF_EVEN))
 
 
-_DECIDED_AT_I = CHAIN_FIELDS.index("decided_at")
-_EVENT_TIME_I = CHAIN_FIELDS.index("event_time")
-_TIME_I = tuple(i for i, f in enumerate(CHAIN_FIELDS) if f in _TIME_FIELDS)
-_MONEY_I = tuple(i for i, f in enumerate(CHAIN_FIELDS) if f in _MONEY_FIELDS)
+_DECIDED_AT_I: Final = CHAIN_FIELDS.index("decided_at")
+_EVENT_TIME_I: Final = CHAIN_FIELDS.index("event_time")
+_TIME_I: Final = tuple(i for i, f in enumerate(CHAIN_FIELDS) if f in _TIME_FIELDS)
+_MONEY_I: Final = tuple(i for i, f in enumerate(CHAIN_FIELDS) if f in _MONEY_FIELDS)
 #: usd_text of recent amounts (a run's spend repeats on its decisions; Decimal is slow)
-_USD_TEXT: dict[float, str] = {}
+_USD_TEXT: Final[dict[float, str]] = {}
 
 
 def _money_text(v: Any) -> str:
@@ -288,7 +289,7 @@ def chain_content(values: Sequence[Any]) -> bytes:
         v = out[i]
         if v is not None:
             if v.tzinfo is None:
-                v = v.replace(tzinfo=UTC)
+                v = v.replace(tzinfo=_UTC)
             out[i] = (v - _EPOCH) // _US
     for i in _MONEY_I:
         v = out[i]
@@ -316,7 +317,7 @@ chain_values = attrgetter(*CHAIN_FIELDS)
 
 #: key -> a keyed 16-byte BLAKE2b before any input, copied per link: a copy costs about a
 #: sixth of setting up a keyed hash (measured with timeit), and every decision is linked
-_KEYED: dict[bytes, Any] = {}
+_KEYED: Final[dict[bytes, Any]] = {}
 
 
 def chain_hash(key: bytes, prev: str, values: Sequence[Any]) -> str:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from baton.schemas.name_scripts import (
     BASE,
@@ -291,7 +291,7 @@ def _event_name(text: str, field: str, at: int | None) -> str:
 #: names seen lately -> their normal form; only names that passed, of at most 64 characters,
 #: at most 2,048 of them (~1 MB at worst): a flood of new names only empties it, each name
 #: then costs its checks again (a few microseconds, in C), never more
-_RECENT: dict[str, str] = {}
+_RECENT: Final[dict[str, str]] = {}
 _RECENT_MAX, _RECENT_LONGEST = 2048, 64
 
 
