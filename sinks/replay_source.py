@@ -20,13 +20,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import orjson
 from pydantic import ValidationError
 
 from baton.processors.chain_links import shown_id
-from baton.processors.recorded import REPLAY_COLUMNS, Recorded
+from baton.processors.recorded import POLICY_RECORD_RUN, REPLAY_COLUMNS, Recorded
 from baton.schemas.decision import Phase, Reason
 from baton.schemas.errors import AuditUnavailable
 from baton.schemas.policy import Policy
@@ -47,9 +47,10 @@ __all__ = [
     "split_page",
 ]
 
-_DECIDED_AT = REPLAY_COLUMNS.index("decided_at")
-_COLUMNS = len(REPLAY_COLUMNS)
-_OFFSET = REPLAY_COLUMNS.index("offset")
+# (Final: a compiled module reads them from C statics, not through the module's dict)
+_DECIDED_AT: Final = REPLAY_COLUMNS.index("decided_at")
+_COLUMNS: Final = len(REPLAY_COLUMNS)
+_OFFSET: Final = REPLAY_COLUMNS.index("offset")
 #: a record of the control follower (a kill switch, a release, a policy update, applied or
 #: refused: its request id starts with the command's type), not a step of the run it names
 _FOLLOWER_RECORD = (
@@ -107,10 +108,15 @@ class ReplayScope:
 
 
 def read_policies(client: Client) -> tuple[dict[str, Policy], list[str]]:
-    """version -> policy from the policy_in_force records, and one line per refused record."""
+    """version -> policy from the policy_in_force records (run and tenant ``*``: a copy under
+    another run is no worker's record, not read), and one line per refused record."""
+    # the records' run and tenant ("*", processors/recorded.py) first: the table's key, so
+    # the FINAL query reads their rows only, not the whole table (0.28 -> 0.01 s of CPU at
+    # 480k decisions, at the start of every replay while its --jobs processes wait)
     rows = client.query(
         f"SELECT policy_version, input FROM {DATABASE}.decisions FINAL "
-        f"WHERE phase = '{Phase.CONTROL.value}' AND reason = '{Reason.POLICY_IN_FORCE.value}'"
+        f"WHERE tenant = '{POLICY_RECORD_RUN}' AND run_id = '{POLICY_RECORD_RUN}' "
+        f"AND phase = '{Phase.CONTROL.value}' AND reason = '{Reason.POLICY_IN_FORCE.value}'"
     ).result_rows
     policies: dict[str, Policy] = {}
     refused: list[str] = []
@@ -182,6 +188,17 @@ def read_pages(client: Client, scope: ReplayScope, rows_per_page: int = _PAGE) -
     pages after them are few (each is a scan of the table).
     """
     where, params = scope.where()
+    total, tenants, tenant = client.query(
+        f"SELECT count(), uniqExact(tenant), any(tenant) FROM {DATABASE}.decisions WHERE {where}",
+        parameters=params,
+    ).result_rows[0]
+    if int(tenants) == 1 and scope.tenant is None:
+        # the scope's one tenant named: the table's key starts with it, so ClickHouse reads
+        # each page in key order and sorts within runs only (a page query ~25 % less CPU;
+        # a tenant first seen after this count is not read, as a run first seen after the
+        # last page's query is not)
+        where += " AND tenant = {only_tenant:String}"
+        params = {**params, "only_tenant": str(tenant)}
     step = max(int(rows_per_page) // 10, 1)
     bounds = client.query(
         f"SELECT run_id, upto FROM (SELECT run_id, sum(n) OVER (ORDER BY run_id ROWS "
@@ -191,9 +208,6 @@ def read_pages(client: Client, scope: ReplayScope, rows_per_page: int = _PAGE) -
         "ORDER BY run_id",
         parameters=params,
     ).result_rows
-    total = client.query(
-        f"SELECT count() FROM {DATABASE}.decisions WHERE {where}", parameters=params
-    ).result_rows[0][0]
     ends = _growing([(str(run_id), int(upto)) for run_id, upto in bounds], step, rows_per_page)
     return Pages(int(total), _pages(client, where, params, ends))
 
@@ -316,7 +330,7 @@ def page_rows(page: bytes) -> Iterator[Recorded]:
         if at is None:
             try:
                 # (positional: timedelta(microseconds=n) costs twice as much)
-                at = _EPOCH + timedelta(0, 0, micros if type(micros) is int else int(micros))
+                at = _EPOCH + _timedelta(0, 0, micros if type(micros) is int else int(micros))
             except (ValueError, OverflowError):
                 _refuse(row, "decided_at", micros)
             times[micros] = at
@@ -326,7 +340,7 @@ def page_rows(page: bytes) -> Iterator[Recorded]:
                 row[_OFFSET] = int(row[_OFFSET])
             except ValueError:
                 _refuse(row, "offset", row[_OFFSET])
-        yield _new_row(Recorded, row)
+        yield _new_row(_Recorded, row)
 
 
 def _plain(row: Any) -> bool:
@@ -358,7 +372,7 @@ _COLUMN_TYPES = dict(
     zip(REPLAY_COLUMNS, (*[_STR] * 4, _TEXT, _STR, (int, str), _TEXT, (int, type(None)), _NUMBER,
                          _TEXT, _TEXT, _TEXT), strict=True)
 )  # fmt: skip
-_GOOD_SHAPES: set[tuple[type, ...]] = set()
+_GOOD_SHAPES: Final[set[tuple[type, ...]]] = set()
 
 
 def _shape_checked(row: Any) -> None:
@@ -381,7 +395,9 @@ def _refuse(row: Any, name: str, value: Any) -> NoReturn:
     )
 
 
-_new_row = tuple.__new__
+_new_row: Final = tuple.__new__
+_Recorded: Final = Recorded
+_timedelta: Final = timedelta
 #: this module is compiled (BATON_COMPILE=1)
-_COMPILED = not __file__.endswith(".py")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_COMPILED: Final = not __file__.endswith(".py")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
