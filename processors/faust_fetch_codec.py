@@ -25,7 +25,13 @@ from typing import Any
 
 from aiokafka.protocol import fetch as aiokafka_fetch
 
-__all__ = ["decode_fetch_response_v11", "encode_fetch_request_v11", "install"]
+__all__ = [
+    "decode_fetch_response_v11",
+    "encode_fetch_request_v11",
+    "install",
+    "put_text",
+    "read_text",
+]
 
 _HEAD = struct.Struct(">ihi")  # throttle_time_ms, error_code, session_id
 _I16 = struct.Struct(">h")
@@ -44,7 +50,8 @@ _generic_decode = _Response.decode.__func__  # type: ignore[attr-defined]
 _generic_encode = _Request.encode
 
 
-def _text(raw: bytes, at: int) -> tuple[str | None, int]:
+def read_text(raw: bytes, at: int) -> tuple[str | None, int]:
+    """A Kafka STRING at ``at`` (None when null) and the offset after it (publish_codec too)."""
     (length,) = _I16.unpack_from(raw, at)
     at += 2
     if length < 0:
@@ -63,7 +70,7 @@ def _fast_decode(raw: bytes) -> Any:
     topics: list[Any] | None = None if count == -1 else []
     size = len(raw)
     for _ in range(max(count, 0)):
-        topic, at = _text(raw, at)
+        topic, at = read_text(raw, at)
         (parts,) = _I32.unpack_from(raw, at)
         at += 4
         partitions: list[Any] | None = None if parts == -1 else []
@@ -104,7 +111,8 @@ def decode_fetch_response_v11(cls: Any, data: BytesIO | bytes) -> Any:
         return _generic_decode(cls, data)
 
 
-def _put_text(out: list[bytes], value: Any) -> None:
+def put_text(out: list[bytes], value: Any) -> None:
+    """``value`` as a Kafka STRING (null for None) onto ``out`` (publish_codec too)."""
     if value is None:
         out.append(b"\xff\xff")
         return
@@ -131,7 +139,7 @@ def _fast_encode(fields: dict[str, Any]) -> bytes:
     else:
         out.append(_I32.pack(len(topics)))
         for topic in topics:
-            _put_text(out, topic[0])
+            put_text(out, topic[0])
             partitions = topic[1]
             if partitions is None:
                 out.append(b"\xff\xff\xff\xff")
@@ -146,14 +154,14 @@ def _fast_encode(fields: dict[str, Any]) -> bytes:
     else:
         out.append(_I32.pack(len(forgotten)))
         for topic in forgotten:
-            _put_text(out, topic[0])
+            put_text(out, topic[0])
             partitions = topic[1]
             if partitions is None:
                 out.append(b"\xff\xff\xff\xff")
                 continue
             out.append(_I32.pack(len(partitions)))
             out.extend(_I32.pack(p) for p in partitions)
-    _put_text(out, fields["rack_id"])
+    put_text(out, fields["rack_id"])
     return b"".join(out)
 
 

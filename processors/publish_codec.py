@@ -24,6 +24,8 @@ from typing import Any
 
 from aiokafka.protocol import produce as aiokafka_produce
 
+from baton.processors.faust_fetch_codec import put_text, read_text
+
 __all__ = ["decode_produce_response", "encode_produce_request", "install"]
 
 _I16 = struct.Struct(">h")
@@ -41,18 +43,9 @@ _generic_decode = {cls: cls.decode.__func__ for cls in (_V7, _V8)}  # type: igno
 _NULL32 = b"\xff\xff\xff\xff"
 
 
-def _put_text(out: list[bytes], value: Any) -> None:
-    if value is None:
-        out.append(b"\xff\xff")
-        return
-    encoded = str(value).encode("utf-8")
-    out.append(_I16.pack(len(encoded)))
-    out.append(encoded)
-
-
 def _fast_encode(fields: dict[str, Any]) -> bytes:
     out: list[bytes] = []
-    _put_text(out, fields["transactional_id"])
+    put_text(out, fields["transactional_id"])
     out.append(_REQUEST_HEAD.pack(fields["required_acks"], fields["timeout"]))
     topics = fields["topics"]
     if topics is None:
@@ -60,7 +53,7 @@ def _fast_encode(fields: dict[str, Any]) -> bytes:
         return b"".join(out)
     out.append(_I32.pack(len(topics)))
     for topic in topics:
-        _put_text(out, topic[0])
+        put_text(out, topic[0])
         partitions = topic[1]
         if partitions is None:
             out.append(_NULL32)
@@ -87,23 +80,12 @@ def encode_produce_request(self: Any) -> bytes:
         return bytes(_generic_encode(self))  # aiokafka's own writing, and its error
 
 
-def _text(raw: bytes, at: int) -> tuple[str | None, int]:
-    (length,) = _I16.unpack_from(raw, at)
-    at += 2
-    if length < 0:
-        return None, at
-    end = at + length
-    if end > len(raw):
-        raise ValueError("short string")
-    return raw[at:end].decode("utf-8"), end
-
-
 def _fast_decode(raw: bytes, cls: Any) -> Any:
     (count,) = _I32.unpack_from(raw, 0)
     at = 4
     topics: list[Any] | None = None if count == -1 else []
     for _ in range(max(count, 0)):
-        topic, at = _text(raw, at)
+        topic, at = read_text(raw, at)
         (parts,) = _I32.unpack_from(raw, at)
         at += 4
         partitions: list[Any] | None = None if parts == -1 else []
@@ -118,9 +100,9 @@ def _fast_decode(raw: bytes, cls: Any) -> Any:
             errors: list[Any] | None = None if errors_count == -1 else []
             for _ in range(max(errors_count, 0)):
                 (index,) = _I32.unpack_from(raw, at)
-                message, at = _text(raw, at + 4)
+                message, at = read_text(raw, at + 4)
                 errors.append((index, message))  # type: ignore[union-attr]
-            message, at = _text(raw, at)
+            message, at = read_text(raw, at)
             partitions.append((*head, errors, message))  # type: ignore[union-attr]
         topics.append((topic, partitions))  # type: ignore[union-attr]
     (throttle,) = _I32.unpack_from(raw, at)
