@@ -28,7 +28,6 @@ from baton.processors.faust_fetch_codec import put_text, read_text
 
 __all__ = ["decode_produce_response", "encode_produce_request", "install"]
 
-_I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 _REQUEST_HEAD = struct.Struct(">hi")  # required_acks, timeout (after transactional_id)
 #: partition, error_code, offset, timestamp, log_start_offset
