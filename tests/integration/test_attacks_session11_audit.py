@@ -103,9 +103,16 @@ def test_a_forged_allow_before_the_workers_decision_leaves_a_conflict(
             30,
             message="the worker's row replacing the forged one",
         )
-        conflicts = sink.query(
-            "SELECT decision_id, arraySort(arrayMap(s -> s.1, said)), why "
-            "FROM governance.decision_conflicts"
+        # one INSERT commits the decisions' part before its materialized view's: a reader
+        # between the two sees the worker's row in FINAL and not yet its variant (seen under
+        # load: both variants there a moment later)
+        conflicts = wait_for(
+            lambda: sink.query(
+                "SELECT decision_id, arraySort(arrayMap(s -> s.1, said)), why "
+                "FROM governance.decision_conflicts"
+            ),
+            10,
+            message="the conflict named",
         )
         assert [c[:2] for c in conflicts] == [(forged_id, ["allow", "approval_required"])]
         assert "different outcomes" in conflicts[0][2]

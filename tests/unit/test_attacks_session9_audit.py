@@ -231,6 +231,9 @@ def test_a_forged_policy_record_is_named_escaped(tmp_path: Path) -> None:
     forged.phase, forged.reason = "control", "policy_in_force"
     forged.decision_id, forged.policy_version = "p" * 32, "v\x1b[2J\nFAKE"
     forged.input = "\x1b]0;title\x07 not json"
+    # where the workers' policy records are (run and tenant "*"): since session 13 replay
+    # reads policy records there only (a copy under a run's id is no worker's record)
+    forged.run_id = forged.tenant = "*"
     client = chdb_audit(tmp_path / "chdb", [forged])
     policies, refused = read_policies(client)
     client.close()
