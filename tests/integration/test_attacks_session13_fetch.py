@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import struct
-import uuid
 from collections.abc import Callable, Iterator
 
 import orjson
@@ -27,12 +26,11 @@ from aiokafka import AIOKafkaProducer, codec
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from baton.processors import fetch_bound
-from baton.schemas.decision import Outcome
 from baton.streams.embedded import EmbeddedBroker
-from baton.streams.partitioner import partition_for
-from tests.helpers import handoff, wait_for
+from tests.helpers import wait_for
 
-from .conftest import PARTITIONS, TEST_POLICY, Stack, one_worker_stack
+from .conftest import TEST_POLICY, Stack, one_worker_stack
+from .test_fetch_bound import _dead_letters, _decided, _run_on
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +43,6 @@ def crafted_stack(
 ) -> Iterator[Stack]:
     with one_worker_stack(broker, tmp_path_factory.mktemp("s13fetch"), TEST_POLICY, "s13f") as s:
         yield s
-
-
-def _run_on(partition: int) -> str:
-    while True:
-        run = f"run_{uuid.uuid4().hex[:8]}"
-        if partition_for(run.encode(), PARTITIONS) == partition:
-            return run
 
 
 def _crafted(
@@ -116,22 +107,9 @@ def test_crafted_batches_are_dead_lettered_and_the_next_events_decided(
     }
     for partition, (name, payload, headers) in crafts.items():
         _crafted(s, partition, name, payload, headers)
-    runs = [_run_on(p) for p in crafts]
-    s.requests.send([handoff(run, 1, "t1") for run in runs])
-    for run in runs:
-        assert s.decisions.wait_run(run, 1)[0].outcome == Outcome.ALLOW, s.logs()
-    letters = wait_for(
-        lambda: (
-            [
-                d
-                for d in map(orjson.loads, s.deadletters.records)
-                if d["error_kind"] == "batch_undecodable"
-            ]
-            if len(s.deadletters.records) >= len(crafts)
-            else None
-        ),
-        30,
-        message="the crafted batches' dead letters",
+    _decided(s, [_run_on(p) for p in crafts])
+    letters = _dead_letters(
+        s, "batch_undecodable", len(crafts), "the crafted batches' dead letters"
     )
     assert sorted(d["partition"] for d in letters) == sorted(crafts)
     for d in letters:
@@ -160,10 +138,7 @@ def test_a_record_past_its_batch_does_not_silence_the_partition(crafted_stack: S
     s = crafted_stack
     before = len(s.deadletters.records)
     _crafted(s, 1, "gzip", _record_past_its_batch, [])
-    runs = [_run_on(1) for _ in range(3)]
-    s.requests.send([handoff(run, 1, "t1") for run in runs])
-    for run in runs:
-        assert s.decisions.wait_run(run, 1)[0].outcome == Outcome.ALLOW, s.logs()
+    _decided(s, [_run_on(1) for _ in range(3)])
     letters = wait_for(
         lambda: (
             [

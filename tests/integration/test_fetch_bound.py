@@ -53,7 +53,20 @@ def _peak_kb(pid: int) -> int:
 def _decided(s: Stack, runs: list[str]) -> None:
     s.requests.send([handoff(run, 1, "t1") for run in runs])
     for run in runs:
-        assert s.decisions.wait_run(run, 1)[0].outcome == Outcome.ALLOW
+        assert s.decisions.wait_run(run, 1)[0].outcome == Outcome.ALLOW, s.logs()
+
+
+def _dead_letters(s: Stack, kind: str, count: int, what: str) -> list[dict]:
+    """The stack's dead letters of ``kind`` once it holds at least ``count`` (30 s)."""
+    return wait_for(
+        lambda: (
+            [d for d in map(orjson.loads, s.deadletters.records) if d["error_kind"] == kind]
+            if len(s.deadletters.records) >= count
+            else None
+        ),
+        30,
+        message=what,
+    )
 
 
 def test_a_compressed_bomb_is_dead_lettered_without_inflating_the_worker(
@@ -77,19 +90,7 @@ def test_a_compressed_bomb_is_dead_lettered_without_inflating_the_worker(
     # a good event after each bomb, on its partition: decided, so the consumer moved past
     _decided(s, [_run_on(p) for p in bombs])
     after = _peak_kb(pid)
-    letters = wait_for(
-        lambda: (
-            [
-                d
-                for d in map(orjson.loads, s.deadletters.records)
-                if d["error_kind"] == "batch_too_large"
-            ]
-            if len(s.deadletters.records) >= len(bombs)
-            else None
-        ),
-        30,
-        message="the bombs' dead letters",
-    )
+    letters = _dead_letters(s, "batch_too_large", len(bombs), "the bombs' dead letters")
     assert sorted(d["partition"] for d in letters) == sorted(bombs)
     for d in letters:
         assert d["topic"] == s.catalog.requests
