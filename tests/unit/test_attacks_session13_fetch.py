@@ -38,22 +38,15 @@ from baton.processors.fetch_bound import (
     MAX_FRAMES,
     InflateRefused,
     RefusedBatch,
-    gzip_bounded,
-    lz4_bounded,
     snappy_bounded,
-    zstd_bounded,
 )
 
-from .test_fetch_bound import _batch, installed  # noqa: F401  (the fixture)
+from .test_fetch_bound import BOUND, CODECS, _batch, installed  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.unit
 
-BOUND = 1024 * 1024
-FRAMED = {
-    "gzip": (codec.gzip_encode, gzip_bounded),
-    "lz4": (codec.lz4_encode, lz4_bounded),
-    "zstd": (codec.zstd_encode, zstd_bounded),
-}
+#: the codecs whose data is a run of frames (snappy's xerial blocks are tested apart)
+FRAMED = {name: CODECS[name] for name in ("gzip", "lz4", "zstd")}
 
 
 @pytest.fixture
