@@ -24,6 +24,7 @@ from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BadArgument, BatonError
 from baton.schemas.events import MAX_TEXT
 from baton.schemas.names import fold
+from baton.sinks.render import shown_cut
 
 __all__ = ["register"]
 
@@ -115,8 +116,7 @@ def approvals_cmd(
     if not pending and fmt == "table":
         # the caller's run id, escaped and cut: printed raw, ESC or CR reached the terminal
         # and a 60 KB id made a 60 KB line
-        cut = shown(run_id[:80]) + ("..." if len(run_id) > 80 else "")
-        click.echo("no pending approvals" + (f" for run {cut}" if run_id else ""))
+        click.echo("no pending approvals" + (f" for run {shown_cut(run_id, 80)}" if run_id else ""))
         return
     rows = []
     for p in pending:

@@ -39,6 +39,7 @@ from baton.processors.replay_pool import (
 from baton.processors.replay_steps import RUN_RETENTION_S
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
+from baton.sinks.render import shown_cut
 
 __all__ = ["register", "replay_audit", "replay_cmd"]
 
@@ -355,7 +356,7 @@ def _change_line(run: RunOutcome) -> str:
 
 def _outcome(text: str) -> str:
     """An ``outcome:reason`` cut and escaped (a forged audit row's reason may be any text)."""
-    return shown(text[:_OUTCOME_CHARS]) + ("..." if len(text) > _OUTCOME_CHARS else "")
+    return shown_cut(text, _OUTCOME_CHARS)
 
 
 def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds: float) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["cell", "printable_json", "render", "render_table", "shown"]
+__all__ = ["cell", "printable_json", "render", "render_table", "shown", "shown_cut"]
 
 
 def cell(value: Any) -> str:
@@ -37,6 +37,12 @@ def shown(text: object) -> str:
     if s.isprintable():
         return s
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in s)
+
+
+def shown_cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters ("..." after when it was longer) and ``shown``: a
+    client's id or a forged row's text in one line of a message (a run id may be 60 KB)."""
+    return shown(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 def render_table(

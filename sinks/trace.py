@@ -12,7 +12,7 @@ from clickhouse_connect.driver.client import Client
 from baton.processors.chain_links import ChainBreak, Link, walk_links
 from baton.schemas.decision import UNCHAINED_OUTCOMES, is_link
 from baton.schemas.errors import BadArgument
-from baton.sinks.render import cell, render_table, shown
+from baton.sinks.render import cell, render_table, shown, shown_cut
 from baton.sinks.schema import DATABASE
 
 __all__ = ["TRACE_COLUMNS", "format_trace", "load_trace"]
@@ -89,7 +89,7 @@ def load_trace(client: Client, run_id: str) -> list[dict[str, Any]]:
 
 def _shown_id(run_id: str) -> str:
     """Another run's id in a message: escaped and cut (a forged row's may be 70 KB)."""
-    return shown(run_id[:64]) + ("..." if len(run_id) > 64 else "")
+    return shown_cut(run_id, 64)
 
 
 def _usd(value: Decimal | float) -> str:
