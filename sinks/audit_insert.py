@@ -253,9 +253,8 @@ def one_native_block(blocks: list[tuple[bytes, int, tuple[int, ...] | None]]) ->
     Blocks without marks, of other columns or of a type whose data does not concatenate
     (LowCardinality's dictionary): the blocks one after the other, as the driver sends them."""
     parts = [(block, rows, marks) for block, rows, marks in blocks if rows]
-    joined = b"".join(block for block, _, _ in blocks)
     if len(parts) < 2 or any(not marks for _, _, marks in parts):
-        return joined
+        return _in_turn(blocks)
     first, _, head = parts[0]
     columns = (len(head) - 1) // 2
     headers = [first[head[2 * i] : head[2 * i + 1]] for i in range(columns)]
@@ -263,13 +262,13 @@ def one_native_block(blocks: list[tuple[bytes, int, tuple[int, ...] | None]]) ->
     for header in headers:
         kind = _type_of(header)
         if kind is None or not _CONCATENABLE.fullmatch(kind):
-            return joined
+            return _in_turn(blocks)
         nullable.append(kind.startswith("Nullable("))
     for block, _, marks in parts[1:]:
         if len(marks) != len(head) or any(
             block[marks[2 * i] : marks[2 * i + 1]] != headers[i] for i in range(columns)
         ):
-            return joined
+            return _in_turn(blocks)
     out = bytearray()
     _leb128(columns, out)
     _leb128(sum(rows for _, rows, _ in parts), out)
@@ -286,6 +285,12 @@ def one_native_block(blocks: list[tuple[bytes, int, tuple[int, ...] | None]]) ->
             for view, _, start, end in spans:
                 out += view[start:end]
     return bytes(out)
+
+
+def _in_turn(blocks: list[tuple[bytes, int, tuple[int, ...] | None]]) -> bytes:
+    """The blocks one after the other (built only where that is the answer: a batch is ~20 MB,
+    and joining it where the columns are then joined instead copied it for nothing)."""
+    return b"".join(block for block, _, _ in blocks)
 
 
 def _type_of(header: bytes) -> str | None:
