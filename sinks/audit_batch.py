@@ -46,6 +46,7 @@ __all__ = [
     "DECISIONS_TABLE",
     "REJECTED_TABLE",
     "AuditBatch",
+    "material_of",
     "token_material",
     "utc_now",
     "write_batch",
@@ -236,8 +237,10 @@ class AuditBatch:
         return _token_text(self.topic, spans, [chunk.material for chunk in chunks])
 
     def rejected_token(self) -> str:
-        offsets = [(r[1], r[2]) for r in self.rejected]
-        spans, material = _material(offsets, [r[4] for r in self.rejected])
+        rejected = self.rejected
+        spans, material = material_of(
+            [r[4] for r in rejected], [r[1] for r in rejected], [r[2] for r in rejected]
+        )
         return _token_text(self.topic, spans, [material]) + "/rejected"
 
     def drop_partitions(self, partitions: set[int]) -> None:
@@ -270,19 +273,19 @@ class AuditBatch:
 def token_material(rows: list[list[Any]]) -> tuple[dict[int, tuple[int, int]], bytes]:
     """What the dedup token of ``rows`` is made of: partition -> (first, last) offset, and
     the bytes its digest covers (the rows' offsets and decision ids, in order)."""
-    return _material([(r[-2], r[-1]) for r in rows], [r[0] for r in rows])
+    return material_of([r[0] for r in rows], [r[-2] for r in rows], [r[-1] for r in rows])
 
 
-def _material(
-    offsets: list[tuple[int, int]], contents: list[str]
+def material_of(
+    contents: list[str], partitions: list[int], offsets: list[int]
 ) -> tuple[dict[int, tuple[int, int]], bytes]:
-    spans: dict[int, tuple[int, int]] = {}
-    parts = []
-    for (partition, offset), content in zip(offsets, contents, strict=True):
-        first, _ = spans.get(partition, (offset, offset))
-        spans[partition] = (first, offset)
-        parts.append(b"%d:%d:%d:%s," % (partition, offset, len(content), content.encode()))
-    return spans, b"".join(parts)
+    """``token_material`` of rows with these ids (or rejected records' texts), partitions and
+    offsets, in order: one text encoded once (json_columns' chunks take it too)."""
+    last = dict(zip(partitions, offsets, strict=True))
+    first = dict(zip(reversed(partitions), reversed(offsets), strict=True))
+    spans = {p: (first[p], o) for p, o in last.items()}
+    text = "".join(map("{}:{}:{}:{},".format, partitions, offsets, map(len, contents), contents))
+    return spans, text.encode()
 
 
 def _token_text(topic: str, spans: dict[int, tuple[int, int]], material: list[bytes]) -> str:

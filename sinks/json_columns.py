@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from baton.sinks import json_rows as shape
-from baton.sinks.audit_batch import AuditBatch
+from baton.sinks.audit_batch import AuditBatch, material_of
 from baton.sinks.audit_insert import _driver_types, _is_microsecond_time, _ticks
 from baton.sinks.rows import DECISION_COLUMNS, DecidedWindow, RowRejected, usd
 
@@ -83,24 +83,12 @@ def encoded_chunk(
     if batch.rows:
         columns = _spliced(columns, fast, batch.rows, at)
     rows = len(columns[0])
-    spans, material = _token_material(columns[0], columns[-2], columns[-1])
+    spans, material = material_of(columns[0], columns[-2], columns[-1])
     marks: list[int] = []
     block = _block(driver, columns, rows, marks)
     if block is None:
         return None
     return block, rows, spans, material, batch.rejected, batch.copies, tuple(marks)
-
-
-def _token_material(
-    ids: list[str], partitions: list[int], offsets: list[int]
-) -> tuple[dict[int, tuple[int, int]], bytes]:
-    """``audit_batch.token_material`` of rows with these ids, partitions and offsets (one
-    text encoded once rather than a bytes object a row; the same bytes)."""
-    last = dict(zip(partitions, offsets, strict=True))
-    first = dict(zip(reversed(partitions), reversed(offsets), strict=True))
-    spans = {p: (first[p], o) for p, o in last.items()}
-    text = "".join(map("{}:{}:{}:{},".format, partitions, offsets, map(len, ids), ids))
-    return spans, text.encode()
 
 
 def _read(records: list[Record]) -> tuple[list[int], list[tuple[Any, ...]]]:
