@@ -106,6 +106,43 @@ def cpu_split(pid: int, before: dict[int, float], after: dict[int, float]) -> tu
     return main, others[0] if others else 0.0, sum(others[1:])
 
 
+def compiled_loaded(pid: int) -> int:
+    """How many of Baton's compiled modules (mypyc extensions, ``BATON_COMPILE=1``) the process
+    ``pid`` has mapped: 0 for the interpreted build."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    paths = {line.split()[-1] for line in maps if line.endswith(".so")}
+    return sum("/baton/" in path for path in paths)
+
+
+def run_queue_seconds(pid: int) -> dict[int, float]:
+    """Seconds each thread of ``pid`` has spent runnable but waiting for a core so far (the
+    second field of /proc/<pid>/task/<tid>/schedstat: the scheduler's run-queue delay)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[1]) / 1e9
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # a thread that ended meanwhile, or a kernel without schedstats
+    return out
+
+
+def wait_split(
+    pid: int,
+    waits: tuple[dict[int, float], dict[int, float]],
+    cpu: tuple[dict[int, float], dict[int, float]],
+) -> tuple[float, float, float]:
+    """(main thread, the thread ``cpu_split`` calls the busiest, the rest): run-queue seconds
+    between two ``run_queue_seconds``, the threads told apart by their CPU as ``cpu_split``
+    does (for a worker: the event loop, Faust's consumer thread, everything else)."""
+    before, after = waits
+    used = {t: after[t] - before.get(t, 0.0) for t in after}
+    main = used.pop(pid, 0.0)
+    spent = {t: cpu[1][t] - cpu[0].get(t, 0.0) for t in cpu[1] if t != pid}
+    busiest = max(spent, key=spent.__getitem__, default=None)
+    top = used.pop(busiest, 0.0) if busiest is not None else 0.0
+    return main, top, sum(used.values())
+
+
 def _tail_consumer(bootstrap: str, topics: list[str], fetch_wait_ms: int) -> Consumer:
     """A consumer assigned to the end of every partition of ``topics`` (no group join)."""
     c = Consumer(
@@ -341,6 +378,9 @@ def baton_side(
     try:
         _wait_for("the worker", lambda: " ready (policy" in log_path.read_text(), 120)
         yield catalog.requests, catalog.decisions, worker.pid
+        # which build the worker ran: its compiled Baton modules, as the process maps them
+        # (after the phase: the engine's modules are imported at the first batch)
+        print(f"  worker: {compiled_loaded(worker.pid)} compiled baton modules", file=sys.stderr)
     finally:
         worker.send_signal(signal.SIGINT)
         worker.wait(30)
@@ -372,13 +412,22 @@ def phase(
             reader.to_decided.clear()
             cpu0 = cpu_seconds(pid), cpu_seconds(broker_pid) if broker_pid else 0.0
             threads0 = thread_cpu_seconds(pid)
+            # run-queue waits: the side's threads, the broker's, this process's (client + reader)
+            queued0 = [run_queue_seconds(p) for p in (pid, broker_pid or pid, os.getpid())]
             missing = offer(
                 producer, requests, reader, args.rate, args.seconds, uuid.uuid4().hex[:6]
             )
+            threads1 = thread_cpu_seconds(pid)
+            queued1 = [run_queue_seconds(p) for p in (pid, broker_pid or pid, os.getpid())]
             cpu = (
                 cpu_seconds(pid) - cpu0[0],
                 (cpu_seconds(broker_pid) - cpu0[1]) if broker_pid else 0.0,
-                *cpu_split(pid, threads0, thread_cpu_seconds(pid)),
+                *cpu_split(pid, threads0, threads1),
+                *wait_split(pid, (queued0[0], queued1[0]), (threads0, threads1)),
+                *(
+                    sum(b.values()) - sum(a.values())
+                    for a, b in zip(queued0[1:], queued1[1:], strict=True)
+                ),
             )
             if missing:
                 raise SystemExit(f"{missing} requests unanswered after 15 s")
@@ -478,6 +527,7 @@ def _report(
                 f"| {'  CPU: loop + consumer thread + rest':<36} | {'':>7} | {'':>7} | {'':>7} "
                 f"| {split:>12} | {'':>19} |"
             )
+        _print_waits(side, cpu[side], args.seconds * len(samples))
     if "relay" not in pooled:
         return
     r50, r99 = pooled["relay"]
@@ -486,6 +536,18 @@ def _report(
         if side != "relay":
             b50, b99 = pooled[side]
             print(f"{side} / relay: p50 {b50 / r50:.2f}x, p99 {b99 / r99:.2f}x (target <= 1.25x)")
+
+
+def _print_waits(side: str, cpu: list[tuple[float, ...]], seconds: float) -> None:
+    """The phase's run-queue waits, ms a second: time runnable but waiting for a core (the
+    side's main thread, its busiest other, its rest; the broker; the bench's client and reader)."""
+    if not cpu or len(cpu[0]) < 10:
+        return
+    loop, top, rest, broker, bench = (1e3 * sum(c[i] for c in cpu) / seconds for i in range(5, 10))
+    print(
+        f"|   waiting for a core, ms/s: {side if side == 'relay' else 'worker'} main "
+        f"{loop:.0f} + {top:.0f} + {rest:.0f}, broker {broker:.0f}, client+reader {bench:.0f}"
+    )
 
 
 def main() -> None:

@@ -449,7 +449,7 @@ def _traced_phase(bootstrap: str, side: Any, args: argparse.Namespace) -> list[d
     """One phase of the latency bench, keeping every request's times and input position."""
     from bench import latency_bench as lb
 
-    with side as (requests, answers, _pid):
+    with side as (requests, answers, pid):
         reader = lb.Reader(bootstrap, [answers], args.fetch_wait_ms)
         producer = lb._ready_producer(
             {"bootstrap.servers": bootstrap, **lb._PRODUCER, "linger.ms": 0}
@@ -459,6 +459,8 @@ def _traced_phase(bootstrap: str, side: Any, args: argparse.Namespace) -> list[d
                 reader.sent.clear()
             reader.received = {}
             rows: dict[str, dict[str, Any]] = {}
+            procs = (pid, args.broker_pid or pid, os.getpid())
+            threads0, queued0 = lb.thread_cpu_seconds(pid), [lb.run_queue_seconds(p) for p in procs]
             start = now()
             gen = lb._requests(uuid.uuid4().hex[:6])
             for i in range(int(args.rate * args.seconds)):
@@ -474,6 +476,19 @@ def _traced_phase(bootstrap: str, side: Any, args: argparse.Namespace) -> list[d
 
                 producer.produce(requests, value, key, on_delivery=acked)
                 producer.poll(0)
+            threads1, queued1 = lb.thread_cpu_seconds(pid), [lb.run_queue_seconds(p) for p in procs]
+            waits = (
+                *lb.wait_split(pid, (queued0[0], queued1[0]), (threads0, threads1)),
+                *(
+                    sum(b.values()) - sum(a.values())
+                    for a, b in zip(queued0[1:], queued1[1:], strict=True)
+                ),
+            )
+            main, top, rest, broker, bench = (1e3 * w / args.seconds for w in waits)
+            print(
+                f"  waiting for a core, ms/s: side main {main:.0f} + busiest other {top:.0f} "
+                f"+ rest {rest:.0f}, broker {broker:.0f}, client+reader {bench:.0f}"
+            )
             producer.flush(10)
             reader.wait_answered(15)
             for rid, row in rows.items():
@@ -505,6 +520,7 @@ def main() -> None:
         site.mkdir()
         (site / "sitecustomize.py").write_text(_SITE.format(root=root))
         os.environ["PYTHONPATH"] = str(site)
+        args.broker_pid = broker._proc.pid if broker._proc is not None else None
         for r in range(args.rounds):
             for side in args.sides.split(","):
                 trace = Path(tmp) / f"{side.replace('/', '_')}-{r}-{uuid.uuid4().hex[:6]}.jsonl"

@@ -7,7 +7,13 @@ import time
 
 import pytest
 
-from bench.latency_bench import cpu_split, thread_cpu_seconds
+from bench.latency_bench import (
+    compiled_loaded,
+    cpu_split,
+    run_queue_seconds,
+    thread_cpu_seconds,
+    wait_split,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -38,3 +44,21 @@ def test_a_busy_thread_of_this_process_is_counted_apart_from_the_main_thread() -
         stop.set()
         worker.join(10)
     assert busiest >= 0.2 and main < busiest
+
+
+def test_run_queue_waits_are_split_by_the_threads_cpu_names() -> None:
+    cpu = ({10: 1.0, 11: 2.0, 12: 3.0}, {10: 1.5, 11: 2.25, 12: 3.75, 14: 0.1})
+    waits = ({10: 0.1, 11: 0.2, 12: 0.3}, {10: 0.15, 11: 0.5, 12: 0.35, 14: 0.0625})
+    # 12 spent the most CPU of the others: its wait is the second figure, 11 and 14 the rest
+    main, busiest, rest = wait_split(10, waits, cpu)
+    assert (round(main, 6), round(busiest, 6), round(rest, 6)) == (0.05, 0.05, 0.3625)
+
+
+def test_this_process_has_a_run_queue_wait_for_each_thread() -> None:
+    waits = run_queue_seconds(os.getpid())
+    assert threading.get_native_id() in waits
+    assert all(w >= 0.0 for w in waits.values())
+
+
+def test_an_interpreted_process_maps_no_compiled_baton_module() -> None:
+    assert compiled_loaded(os.getpid()) == 0  # the editable install: pure Python
