@@ -20,7 +20,8 @@ like past any record, and the worker goes on deciding. No record of such a batch
 decided (fail closed: its events get no allow). A batch whose records do not read (garbage
 in a valid frame, a header key that is not UTF-8: aiokafka raised out of every fetch of the
 partition), a record whose offset is past its batch's last (the worker took every offset below
-it as read), a compressed legacy (magic 0, 1) message set, and more frames or xerial blocks
+it as read), a batch whose header ends it before it starts (the position went back to it for
+ever), a compressed legacy (magic 0, 1) message set, and more frames or xerial blocks
 than a client writes are refused the same way. A refused batch on any
 other topic (the runs changelog, written by workers without compression) raises
 :class:`InflateRefused` naming it: the worker stops, bounded, instead of applying something
@@ -282,6 +283,9 @@ class _BoundedRecords:
         self.current = None  # a header that does not parse names no batch
         batch = self.current = self._records.next_batch()
         self.end = batch.next_offset if batch is not None else 0
+        base = getattr(batch, "base_offset", None)  # (a legacy batch has none)
+        if base is not None and self.end <= base:
+            raise _BackwardBatch(base, self.end)
         return batch
 
     def __getattr__(self, name: str) -> Any:
@@ -305,15 +309,33 @@ class _PastTheBatch(Exception):
         super().__init__(f"a record at offset {offset}, past the batch's last offset {end - 1}")
 
 
+class _BackwardBatch(Exception):
+    """A batch whose header ends it before its first offset (a negative last offset delta,
+    the client's: Tansu stores it as sent): aiokafka moved the position back to its "end"
+    and fetched the partition again and again -- every later record unread, no dead letter."""
+
+    def __init__(self, base: int, end: int) -> None:
+        super().__init__(
+            f"its header's last offset delta is {end - base - 1}: the batch ends before it starts"
+        )
+
+
+def _last_offset(batch: Any) -> int:
+    """The offset a refused batch's one record takes: its header's last, never before its
+    first (a position moved back reads the same batch for ever)."""
+    last = batch.next_offset - 1
+    return max(last, getattr(batch, "base_offset", last))
+
+
 def _refused_record(
     where: _Partition, batch: Any, unread: int, exc: Exception
 ) -> tuple[_RefusedRecord, InflateRefused]:
     """The one record standing for ``batch``'s records from offset ``unread`` on."""
-    last = batch.next_offset - 1
+    last = _last_offset(batch)
     first = getattr(batch, "base_offset", last)
     if isinstance(exc, InflateRefused):
         kind, why = exc.kind, str(exc)
-    elif isinstance(exc, _PastTheBatch):
+    elif isinstance(exc, (_PastTheBatch, _BackwardBatch)):
         kind, why = KIND_UNDECODABLE, str(exc)
     else:
         kind, why = KIND_UNDECODABLE, f"records that do not read: {str(exc)[:200]}"
@@ -361,7 +383,7 @@ def install(bound: int, source_topics: Iterable[str]) -> None:
         for codec in wanted:
             setattr(module, codec, _legacy_refused if "legacy" in name else decoders[codec])
     sources = frozenset(source_topics)
-    refusals = (InflateRefused, _PastTheBatch, errors.KafkaError, *_UNREADABLE)
+    refusals = (InflateRefused, _PastTheBatch, _BackwardBatch, errors.KafkaError, *_UNREADABLE)
     base = getattr(fetcher.PartitionRecords, "_baton_unbounded", fetcher.PartitionRecords)
 
     class BoundedPartitionRecords(base):  # type: ignore[misc, valid-type]
@@ -381,7 +403,8 @@ def install(bound: int, source_topics: Iterable[str]) -> None:
                 end = self._baton_records.end
                 if record.offset < end:
                     return record
-                self.next_fetch_offset = end - 1  # (aiokafka set it past the record)
+                # (aiokafka set it past the record)
+                self.next_fetch_offset = _last_offset(self._baton_records.current)
                 raise _PastTheBatch(record.offset, end)
             except StopIteration:
                 self._records_iterator = None
@@ -393,7 +416,7 @@ def install(bound: int, source_topics: Iterable[str]) -> None:
                 where = self._baton_where
                 record, refused = _refused_record(where, batch, self.next_fetch_offset, exc)
                 if not where.source:
-                    if isinstance(exc, (InflateRefused, _PastTheBatch)):
+                    if isinstance(exc, (InflateRefused, _PastTheBatch, _BackwardBatch)):
                         raise refused from None
                     raise
                 # aiokafka's generator ended with the error: the batches after this one
