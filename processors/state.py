@@ -10,22 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
+from baton.processors import state_compact as _compact
 from baton.processors.dedup_keys import REPORT, TOMBSTONE_REPORT
-from baton.processors.state_compact import (
-    EMPTY,
-    FRESH_TUPLE_MAX,
-    OneTask,
-    compact_digest,
-    digest_hex,
-    fresh_added,
-    fresh_digest,
-    fresh_digest_list,
-    fresh_of,
-    fresh_thawed,
-    shared,
-)
 from baton.processors.state_types import (
     FRESH_LIMIT,
     MAX_PENDING_APPROVALS,
@@ -55,7 +43,22 @@ __all__ = [
 ]
 
 #: length of RunState.recent when full
-_RECENT_ITEMS = 2 * RECENT_REPLIES
+_RECENT_ITEMS: Final = 2 * RECENT_REPLIES
+# state_compact stays interpreted (build_backend/compiled_modules.txt): its names as Final
+# ones here, so a compiled build (this module and state_wire, which imports them from here)
+# reads each from a C static, not through a module's dict (CPyDict_GetItem, ~130
+# instructions a read; remember() read twelve)
+EMPTY: Final = _compact.EMPTY
+compact_digest: Final = _compact.compact_digest
+shared: Final = _compact.shared
+_FRESH_TUPLE_MAX: Final = _compact.FRESH_TUPLE_MAX
+_OneTask: Final = _compact.OneTask
+_digest_hex: Final = _compact.digest_hex
+_fresh_added: Final = _compact.fresh_added
+_fresh_digest: Final = _compact.fresh_digest
+_fresh_digest_list: Final = _compact.fresh_digest_list
+_fresh_of: Final = _compact.fresh_of
+_fresh_thawed: Final = _compact.fresh_thawed
 
 
 @dataclass(slots=True)
@@ -192,7 +195,7 @@ class RunState:
         replaced, never changed in place; a node in ``new_tasks`` hides its old one in
         ``tasks`` until the merge."""
         held = self.new_tasks
-        added = {**(held.as_dict() if type(held) is OneTask else held), task_id: node}
+        added = {**(held.as_dict() if type(held) is _OneTask else held), task_id: node}
         if len(added) < TASK_FOLD:
             self.new_tasks = added
         else:
@@ -266,7 +269,7 @@ class RunState:
             # a new tuple or dict, never changed in place: a copy of this state shares it
             held = self.fresh
             if type(held) is tuple:  # at rest since the state was written or read
-                fresh = fresh_added(held, key, compact_digest(digest))
+                fresh = _fresh_added(held, key, compact_digest(digest))
             else:  # as the engine makes it (a state never written: replay, what-if)
                 fresh = {**held, key: compact_digest(digest)}
             marks = self.marks = self.marks + 1
@@ -274,14 +277,14 @@ class RunState:
                 self.fresh = fresh
             else:
                 if type(fresh) is tuple:  # a record's few keys under a high mark count
-                    fresh = fresh_thawed(fresh)
+                    fresh = _fresh_thawed(fresh)
                 floor = marks - SEEN_LIMIT
                 seen = {k: m for k, m in self.seen.items() if m > floor}
                 seen.update(zip(fresh, range(marks - len(fresh) + 1, marks + 1), strict=True))
                 self.seen = seen
                 old = self.digests
                 digests = {k: old[k] for k in seen if k in old}
-                digests.update((k, digest_hex(d)) for k, d in fresh.items() if d is not None)
+                digests.update((k, _digest_hex(d)) for k, d in fresh.items() if d is not None)
                 self.digests = digests or EMPTY
                 self.fresh = EMPTY
         # concatenation, not (*recent, key, replies): the starred form builds a list first
@@ -302,7 +305,7 @@ class RunState:
         the engine writes it, whatever a read record held otherwise (compared, never used)."""
         fresh = self.fresh
         if key in fresh:
-            return fresh_digest(fresh, key)
+            return _fresh_digest(fresh, key)
         return self.digests.get(key)
 
     def fresh_keys(self) -> list[str]:
@@ -313,12 +316,12 @@ class RunState:
     def rest_fresh(self) -> None:
         """``fresh`` as a written state holds it: one tuple of its few keys (fresh_of)."""
         fresh = self.fresh
-        if type(fresh) is dict and len(fresh) <= FRESH_TUPLE_MAX:
-            self.fresh = fresh_of(fresh)
+        if type(fresh) is dict and len(fresh) <= _FRESH_TUPLE_MAX:
+            self.fresh = _fresh_of(fresh)
 
     def fresh_digests(self) -> list[str | None]:
         """The digests of ``fresh``'s keys, in their order, as the engine made them."""
-        return fresh_digest_list(self.fresh)
+        return _fresh_digest_list(self.fresh)
 
     def folded_keys(self) -> list[str]:
         """The window's keys folded into ``seen``, oldest first."""
@@ -396,6 +399,6 @@ class RunState:
 
 
 #: object.__new__ when interpreted; a compiled class needs its own (its native layout)
-_new_state = RunState.__new__
+_new_state: Final = RunState.__new__
 # the wire form reads and writes RunState: imported once RunState exists
 from baton.processors import state_wire as _wire  # noqa: E402

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import secrets
 import zlib
+from typing import Final
 
 import orjson
 
@@ -31,16 +32,16 @@ from baton.processors.state_replies import typical_reply as _typical_reply
 __all__ = ["HELD_MARK", "MAX_RECORD", "hold", "is_held", "record_of", "record_size"]
 
 #: the first byte of a held record (a JSON record starts with ``{`` or ``[``)
-HELD_MARK = 0
+HELD_MARK: Final = 0
 #: no state record may pass 900,000 bytes (settings.run_state_max_bytes); a held one stating
 #: more is refused before anything is inflated
-MAX_RECORD = 1 << 20
+MAX_RECORD: Final = 1 << 20
 #: the shortest record there is (``{}``): a held one stating less is refused uninflated
-_MIN_RECORD = 2
+_MIN_RECORD: Final = 2
 #: this process's held records, and only they, carry it
-_TAG = secrets.token_bytes(4)
-_HEADER = 8  # mark, tag, length
-_WBITS = (
+_TAG: Final = secrets.token_bytes(4)
+_HEADER: Final = 8  # mark, tag, length
+_WBITS: Final = (
     -12
 )  # raw deflate (no zlib header or checksum: the record never leaves memory), 4 KB window
 
@@ -63,11 +64,11 @@ def _dictionary() -> bytes:
     return orjson.dumps(record)
 
 
-_ZDICT = _dictionary()
+_ZDICT: Final = _dictionary()
 #: primed with the dictionary once; each hold copies it (~20 KB: window and hash table)
 #: rather than loading the dictionary again. Level 2 with a 2,048-entry hash table (memLevel
 #: 4): the size level 1 with the default table gives, for ~40 % fewer instructions
-_PACKER = zlib.compressobj(2, zlib.DEFLATED, _WBITS, 4, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
+_PACKER: Final = zlib.compressobj(2, zlib.DEFLATED, _WBITS, 4, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
 
 
 def hold(record: bytes) -> bytes:

@@ -19,7 +19,7 @@ with any release.
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import lz4.block
 import orjson
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: a decision's fields as a tuple, in DECISION_FIELDS order (one C call, not 37 getattr)
-_decision_row = attrgetter(*DECISION_FIELDS)
+_decision_row: Final = attrgetter(*DECISION_FIELDS)
 
 
 def recent_rows(state: RunState) -> Any:
@@ -201,9 +201,9 @@ def held_rows(held: bytes, key: str) -> bytes:
 # ---------------------------------------------------------------- packed in memory
 
 #: the first byte of a packed reply (its rows' JSON starts with ``[``)
-_PACKED = 0
+_PACKED: Final = 0
 #: the first byte of a run's linked replies packed together (``_bundle``)
-_BUNDLE = 1
+_BUNDLE: Final = 1
 
 
 def typical_reply(phase: str, outcome: str, reason: str) -> list[Any]:
@@ -226,11 +226,11 @@ def typical_reply(phase: str, outcome: str, reason: str) -> list[Any]:
 #: five rows (1.9 KB) packed no smaller. lz4 rather than deflate: a fourth of the CPU (~1 us
 #: to pack a decision, ~0.4 us to unpack it at each write of the run) for ~270 bytes a
 #: decision where deflate made ~180 (bench/RESULTS.md)
-_DICTIONARY = b"".join(
+_DICTIONARY: Final = b"".join(
     orjson.dumps([typical_reply(*kind)])
     for kind in (("post_handoff", "recorded", "within_budget"), ("pre_handoff", "allow", "ok"))
 )
-_PACKED_HEAD = bytes((_PACKED,))
+_PACKED_HEAD: Final = bytes((_PACKED,))
 
 
 def pack(raw: bytes) -> bytes:
@@ -251,14 +251,14 @@ def unpack(held: bytes) -> bytes:
 
 #: a bundle: _BUNDLE, the number of entries, each entry's length (3 bytes), then the lz4
 #: of ``[entry,entry,...]``, an entry being ``[key,rows]`` as the record writes it
-_LENGTH = 3
+_LENGTH: Final = 3
 
 
 #: lz4's dictionary only for a bundle under this many bytes of JSON: with it, a long run's
 #: (~3 KB) cost ~25k instructions more a write (python-lz4 resets and loads a 16 KB stream
 #: at each call) to save ~90 bytes; a short run's keeps it (~200 bytes saved). The reader
 #: picks it by the size lz4 stored, so no flag is needed
-_PLAIN_FROM = 2048
+_PLAIN_FROM: Final = 2048
 
 
 def _bundle(entries: list[bytes]) -> bytes:

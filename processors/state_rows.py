@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -27,7 +27,7 @@ __all__ = [
 
 #: the reply columns of a format-4 state without ``cols``: Decision's fields when format 4
 #: was made, frozen (a new Decision field makes writers add ``cols``; add a format then)
-REPLY_COLUMNS: tuple[str, ...] = (
+REPLY_COLUMNS: Final[tuple[str, ...]] = (
     "decision_id", "request_id", "run_id", "tenant", "phase", "outcome", "reason", "owner",
     "from_agent", "to_agent", "task_id", "parent_task_id", "action", "depth",
     "handoff_count", "spent_usd", "tool_calls", "handoff_status", "fallback", "approval_id",
@@ -36,18 +36,21 @@ REPLY_COLUMNS: tuple[str, ...] = (
     "request_digest", "chain_prev", "chain_hash", "input", "reemitted",
 )  # fmt: skip
 #: what this Decision writes: the frozen columns while they are its fields, else its own
-WRITE_COLUMNS = None if DECISION_FIELDS == REPLY_COLUMNS else list(DECISION_FIELDS)
-_DECISION_FIELD_SET = frozenset(DECISION_FIELDS)
+WRITE_COLUMNS: Final = None if DECISION_FIELDS == REPLY_COLUMNS else list(DECISION_FIELDS)
+_DECISION_FIELD_SET: Final = frozenset(DECISION_FIELDS)
 
 
-_TIME_FIELDS = frozenset({"approval_expires_at", "event_time", "decided_at"})
+_TIME_FIELDS: Final = frozenset({"approval_expires_at", "event_time", "decided_at"})
 # text -> member by dict lookup: calling the enum (Phase("approval")) is several times slower,
 # and the worker restores a run's replies every time it reads the run from the changelog
-_PHASES: dict[str, Phase] = {m.value: m for m in Phase}
-_OUTCOMES: dict[str | None, Outcome | None] = {None: None, **{m.value: m for m in Outcome}}
-_FALLBACKS: dict[str | None, Fallback | None] = {None: None, **{m.value: m for m in Fallback}}
+_PHASES: Final[dict[str, Phase]] = {m.value: m for m in Phase}
+_OUTCOMES: Final[dict[str | None, Outcome | None]] = {None: None, **{m.value: m for m in Outcome}}
+_FALLBACKS: Final[dict[str | None, Fallback | None]] = {
+    None: None,
+    **{m.value: m for m in Fallback},
+}
 #: column -> text-to-value table for the enum columns
-_ENUMS: dict[str, dict[Any, Any]] = {
+_ENUMS: Final[dict[str, dict[Any, Any]]] = {
     "phase": _PHASES,
     "outcome": _OUTCOMES,
     "shadow_outcome": _OUTCOMES,
@@ -86,13 +89,13 @@ class _Columns:
         return Decision(**dict(zip(self.names, row, strict=True)))
 
 
-_FROZEN_COLUMNS = _Columns(REPLY_COLUMNS)
+_FROZEN_COLUMNS: Final = _Columns(REPLY_COLUMNS)
 #: the columns of a reply held as bytes in memory: this Decision's fields, in their order
-HELD_COLUMNS = _FROZEN_COLUMNS if WRITE_COLUMNS is None else _Columns(DECISION_FIELDS)
-_CHAIN_HASH = DECISION_FIELDS.index("chain_hash")
+HELD_COLUMNS: Final = _FROZEN_COLUMNS if WRITE_COLUMNS is None else _Columns(DECISION_FIELDS)
+_CHAIN_HASH: Final = DECISION_FIELDS.index("chain_hash")
 
 
-_ROW_LENGTH = len(DECISION_FIELDS)
+_ROW_LENGTH: Final = len(DECISION_FIELDS)
 
 
 def _linked_rows(rows: list[Any]) -> bool:
@@ -104,7 +107,7 @@ def _linked_rows(rows: list[Any]) -> bool:
 
 
 #: a reader's column plans by column list (a state's own ``cols``): a few at most
-_PLANS: dict[tuple[str, ...], _Columns] = {}
+_PLANS: Final[dict[tuple[str, ...], _Columns]] = {}
 #: formats 1-3 wrote rows in the Decision field order of their day, which the first
 #: columns of REPLY_COLUMNS are (fields were only ever appended): see old_row_decision
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from baton.schemas.events import HandoffRequested
 
@@ -26,17 +26,17 @@ __all__ = [
 
 #: request keys remembered for dedup; a redelivery older than this many later events of
 #: the same run is decided again (documented in docs/guarantees.md)
-SEEN_LIMIT = 512
+SEEN_LIMIT: Final = 512
 #: dedup marks go to a small dict copied with the state, folded into the shared older marks
 #: every FRESH_LIMIT keys: a long run copies ~FRESH_LIMIT marks per event, not SEEN_LIMIT
-FRESH_LIMIT = 32
+FRESH_LIMIT: Final = 32
 #: new tasks go to a small dict, merged into the shared task dict every TASK_FOLD tasks: a
 #: run with many tasks copies at most this many per allowed handoff (amortised), not all
-TASK_FOLD = 32
+TASK_FOLD: Final = 32
 #: decisions kept verbatim for re-emission to a retrying client (the newest keys only: the
 #: worker publishes decisions *before* it writes state, so a crash never needs older ones)
-RECENT_REPLIES = 6
-MAX_PENDING_APPROVALS = 256
+RECENT_REPLIES: Final = 6
+MAX_PENDING_APPROVALS: Final = 256
 #: format 4: a map with short keys (state_wire.STATE_KEYS), stored replies keyed by column names
 #: (state_wire.REPLY_COLUMNS, or the state's own ``cols``); formats 1-3 were positional lists:
 #: format 3 added the run's steps (element 20), its agent pairs' bounces (21), and each
@@ -44,12 +44,12 @@ MAX_PENDING_APPROVALS = 256
 #: digests (17), the eviction time of a tombstone (18) and the head of the run's decision
 #: hash chain (19). Formats 1-3 are still read (without what they lack: no steps counted, no
 #: bounces, reservations that never expire)
-STATE_FORMAT = 4
+STATE_FORMAT: Final = 4
 
 
 #: interned names (tenant, agents, tasks) are shared by every run that uses them; CPython
 #: frees an interned string once nothing else holds it, so hostile names do not pile up
-intern = sys.intern
+intern: Final = sys.intern
 
 
 class TaskNode(NamedTuple):

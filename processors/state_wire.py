@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -58,11 +58,15 @@ __all__ = [
     "to_wire",
 ]
 
-_READABLE_FORMATS = frozenset({1, 2, 3, 4})
+_READABLE_FORMATS: Final = frozenset({1, 2, 3, 4})
+# (Final aliases: a compiled build reads them from C statics, not through this module's dict)
+_fresh_of: Final = fresh_of
+_TaskNode: Final = TaskNode
+_Reservation: Final = Reservation
 
 #: RunState field -> its key in format 4; the fields not listed are derived from these
 #: (``DERIVED``); tests/unit/test_state_format.py fails on a field in neither
-STATE_KEYS: dict[str, str] = {
+STATE_KEYS: Final[dict[str, str]] = {
     "run_id": "run",
     "tenant": "tn",
     "started_at": "t0",
@@ -88,7 +92,9 @@ STATE_KEYS: dict[str, str] = {
     "life": "lf",  # written only when set: "" (a run begun before lives) is its absence
 }
 #: RunState fields rebuilt from the keyed ones when read
-DERIVED = frozenset({"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due"})
+DERIVED: Final = frozenset(
+    {"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due"}
+)
 
 
 # =========================================================================== writing
@@ -160,7 +166,7 @@ def _wire_map(state: RunState, rec: Any) -> dict[str, Any]:
 
 
 #: keys a tombstone writes even when falsy (the reader needs them or cannot default them)
-_TOMBSTONE_KEEPS = frozenset({"v", "run", "tn", "t0", "t", "ev"})
+_TOMBSTONE_KEEPS: Final = frozenset({"v", "run", "tn", "t0", "t", "ev"})
 
 
 def _tasks_to_wire(state: RunState) -> list[list[Any]]:
@@ -223,7 +229,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         _tasks_from_wire(w.get("tasks", ())),
         EMPTY,
         shared(dict.fromkeys(map(intern, w.get("ag", ())))) or EMPTY,
-        {r[0]: Reservation(*r[1:]) for r in w.get("res", ())} or EMPTY,
+        {r[0]: _Reservation(*r[1:]) for r in w.get("res", ())} or EMPTY,
         {p[0]: _pending_from_wire(p) for p in w.get("pend", ())} or EMPTY,
         seen or EMPTY,
         fresh or EMPTY,
@@ -245,7 +251,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
     return _timed(state, w["t0"], w["t"], w.get("ev"), w.get("pend", ()))
 
 
-_NUMBERS = frozenset({float, int})
+_NUMBERS: Final = frozenset({float, int})
 
 
 def _timed(state: RunState, started: Any, last: Any, evicted: Any, pending: Any) -> RunState:
@@ -289,14 +295,14 @@ def _life(life: Any) -> str:
     )
 
 
-_LIFE = re.compile(r"[ar][0-9]{1,10}:[0-9]{1,20}")
+_LIFE: Final = re.compile(r"[ar][0-9]{1,10}:[0-9]{1,20}")
 
 
 def _tasks_from_wire(rows: Any) -> Mapping[Any, TaskNode]:
     """The task tree from its rows, agent names interned (shared by every run that uses them;
     task ids are mostly a run's own)."""
     tasks = {
-        task: TaskNode(intern(owner), intern(giver), parent, depth)
+        task: _TaskNode(intern(owner), intern(giver), parent, depth)
         for task, owner, giver, parent, depth in rows
     }
     return shared(_depths_checked(tasks), nodes=True) or EMPTY
@@ -324,7 +330,7 @@ def _from_list(w: list[Any]) -> RunState:
     state = RunState(
         w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9],
         # names interned as format 4's are: a name that is not text makes the record unreadable
-        _depths_checked({k: TaskNode(intern(o), intern(g), p, d) for k, o, g, p, d in w[10]}),
+        _depths_checked({k: _TaskNode(intern(o), intern(g), p, d) for k, o, g, p, d in w[10]}),
         {},
         dict.fromkeys(map(intern, w[11])),  # shared when written: text only, as format 4's
         {r[0]: _old_reservation(r) for r in w[12]},
@@ -353,8 +359,8 @@ def _old_reservation(row: list[Any]) -> Reservation:
     """[request_id, usd, tool_calls, expires_at, task_id]; before format 3 the last two are
     missing (a reservation that never expires)."""
     if len(row) > 3:
-        return Reservation(row[1], row[2], row[3], row[4])
-    return Reservation(row[1], row[2], None, None)
+        return _Reservation(row[1], row[2], row[3], row[4])
+    return _Reservation(row[1], row[2], None, None)
 
 
 def _pending_from_wire(p: list[Any]) -> PendingApproval:
@@ -377,7 +383,7 @@ def marks_from_wire(
         )
     split = max(len(keys) - marks % FRESH_LIMIT, 0)  # none folded in a run of fewer keys
     # through a dict: a record's repeated key is one mark, an unhashable one unreadable
-    fresh = fresh_of(dict(zip(keys[split:], map(compact_digest, digests[split:]), strict=True)))
+    fresh = _fresh_of(dict(zip(keys[split:], map(compact_digest, digests[split:]), strict=True)))
     first = marks - len(keys) + 1
     seen = dict(zip(keys[:split], range(first, first + split), strict=True))
     folded = {k: d for k, d in zip(keys[:split], digests[:split], strict=True) if d is not None}
