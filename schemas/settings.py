@@ -46,8 +46,9 @@ def checked_bootstrap(value: str) -> str:
     the password."""
     if "@" in value or any(_credentials_like(a) for a in value.split(",")):
         raise ValueError(
-            "an address holds '@' or is USER:PASSWORD...:PORT (a ':' too many and no IPv6 "
-            "address): the bootstrap is HOST:PORT only (comma-separated, IPv6 as [ADDR]:PORT); "
+            "an address holds '@' or is USER:PASSWORD...[:PORT] (a ':' too many and no IPv6 "
+            "address, or a port that is no number): the bootstrap is HOST:PORT only "
+            "(comma-separated, IPv6 as [ADDR]:PORT); "
             "the Kafka user and password go in BATON_SASL_USERNAME and BATON_SASL_PASSWORD"
         )
     return value
@@ -56,8 +57,13 @@ def checked_bootstrap(value: str) -> str:
 def _credentials_like(address: str) -> bool:
     """An address of more than one ':' that is no IPv6 address (bare, as librdkafka and
     streams.net take it): ``alice:s3cret＠host:9092`` or ``alice:s3cret%40host:9092`` (an '@'
-    of another code point, or escaped) passed the '@' test, and every error printed it."""
+    of another code point, or escaped) passed the '@' test, and every error printed it; or of
+    one ':' and no number after it (``alice:s3cret＠host``: streams.net's 'not a Kafka
+    address' printed it)."""
     entry = address.strip().rpartition("://")[2]
+    if entry.count(":") == 1:  # alice:s3cret＠host: a password where the port goes
+        port = entry.partition(":")[2]
+        return bool(port) and not port.isdigit()
     if entry.count(":") < 2 or entry.startswith("["):
         return False
     try:
