@@ -29,7 +29,7 @@ Faust ``faust.transport.consumer.Consumer`` (``faust_aiokafka.Consumer`` subclas
   * ``_commit`` — wrapped: under exactly-once each batch's transaction commits its offsets,
     so Faust's background committer commits nothing (a late commit would move the group's
     offset back); it notes ``_thread.tp_last_committed_at`` for Faust's stall detector.
-Faust ``AIOKafkaConsumerThread`` (subclassed)
+Faust ``AIOKafkaConsumerThread`` (subclassed; ``getmany``: processors/faust_handover.py)
   * ``_create_worker_consumer`` — wrapped: sets aiokafka's ``AIOKafkaConsumer.
     _fetch_max_wait_ms`` (Faust hard-codes 1500 ms; Tansu holds every fetch that long) and
     ``_isolation_level = "read_committed"`` (an aborted transaction is never governed).
@@ -66,6 +66,7 @@ from faust.transport import drivers
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from baton.processors import faust_handover
 from baton.processors.faust_inline import inline_thread_options, let_the_next_fetch_go
 from baton.processors.state import RunState
 from baton.processors.state_held import hold, record_size
@@ -247,6 +248,8 @@ class RunStore(MutableMapping[bytes, RunState]):
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    getmany = faust_handover.getmany  # its fetch, not through mode's method queue
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # both read by AIOKafkaConsumer.start() when it builds its Fetcher
