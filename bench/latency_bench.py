@@ -108,7 +108,9 @@ def cpu_split(pid: int, before: dict[int, float], after: dict[int, float]) -> tu
 
 def compiled_loaded(pid: int) -> int:
     """How many of Baton's compiled modules (mypyc extensions, ``BATON_COMPILE=1``) the process
-    ``pid`` has mapped: 0 for the interpreted build."""
+    ``pid`` has mapped: 0 for the interpreted build. A lower bound of those it runs: mypyc
+    loads one shared library for all of them and maps a module's own file only where
+    interpreted code imports it (a worker: 7 of the 18 its imports compile)."""
     maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
     paths = {line.split()[-1] for line in maps if line.endswith(".so")}
     return sum("/baton/" in path for path in paths)
