@@ -51,6 +51,10 @@ __all__ = [
 
 #: a decision's fields as a tuple, in DECISION_FIELDS order (one C call, not 37 getattr)
 _decision_row: Final = attrgetter(*DECISION_FIELDS)
+#: lz4's two calls as Final names: a compiled build read ``lz4`` through this module's dict
+#: at each call (three a write)
+_compress: Final = lz4.block.compress
+_decompress: Final = lz4.block.decompress
 
 
 def recent_rows(state: RunState) -> Any:
@@ -126,7 +130,7 @@ def _appended(state: RunState, bundle: bytes, kept: int) -> Any:
     old = bundle[2 + _LENGTH * dropped : 2 + _LENGTH * n]
     head = b"".join((bytes((_BUNDLE, kept + len(parts))), old, lengths))
     plain = len(json) >= _PLAIN_FROM  # (inline: a call a write cost ~1.5k instructions)
-    packed = head + lz4.block.compress(json, store_size=True, dict=None if plain else _DICTIONARY)
+    packed = head + _compress(json, store_size=True, dict=None if plain else _DICTIONARY)
     recent = list(held)
     recent[1::2] = [packed] * (len(held) // 2)
     state.recent = tuple(recent)
@@ -238,7 +242,7 @@ def pack(raw: bytes) -> bytes:
     length first). The run's id is left in (two of a row's columns name it, and most request
     ids): swapping it for a byte saved ~20 bytes a decision for ~0.3 us at each pack and
     unpack."""
-    return _PACKED_HEAD + lz4.block.compress(raw, store_size=True, dict=_DICTIONARY)
+    return _PACKED_HEAD + _compress(raw, store_size=True, dict=_DICTIONARY)
 
 
 def unpack(held: bytes) -> bytes:
@@ -246,7 +250,7 @@ def unpack(held: bytes) -> bytes:
     ``pack`` in this process, never read from the changelog (whose rows are JSON)."""
     if held[0] != _PACKED:
         return held
-    return lz4.block.decompress(memoryview(held)[1:], dict=_DICTIONARY)  # type: ignore[no-any-return]
+    return _decompress(memoryview(held)[1:], dict=_DICTIONARY)  # type: ignore[no-any-return]
 
 
 #: a bundle: _BUNDLE, the number of entries, each entry's length (3 bytes), then the lz4
@@ -271,7 +275,7 @@ def _bundle(entries: list[bytes]) -> bytes:
     head = bytes((_BUNDLE, len(entries))) + b"".join(lengths)
     json = b"[" + b",".join(entries) + b"]"
     plain = len(json) >= _PLAIN_FROM
-    return head + lz4.block.compress(json, store_size=True, dict=None if plain else _DICTIONARY)
+    return head + _compress(json, store_size=True, dict=None if plain else _DICTIONARY)
 
 
 def _bundle_json(bundle: bytes) -> bytes:
@@ -280,8 +284,8 @@ def _bundle_json(bundle: bytes) -> bytes:
     size = int.from_bytes(bundle[start : start + 4], "little")
     kept = memoryview(bundle)[start:]
     if size >= _PLAIN_FROM:
-        return lz4.block.decompress(kept)  # type: ignore[no-any-return]
-    return lz4.block.decompress(kept, dict=_DICTIONARY)  # type: ignore[no-any-return]
+        return _decompress(kept)  # type: ignore[no-any-return]
+    return _decompress(kept, dict=_DICTIONARY)  # type: ignore[no-any-return]
 
 
 def _bundle_entries(bundle: bytes) -> list[bytes]:
