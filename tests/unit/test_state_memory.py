@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from baton.processors.batch import BatchProcessor, InputRecord
@@ -193,6 +193,9 @@ def test_a_long_run_written_each_step_keeps_its_replies_and_the_record_of_one_ne
     assert RunState.from_bytes(raw) == written.state == plain.state
 
 
+# (no deadline: hypothesis fails an example past 200 ms; on the shared 2-core host at load ~6
+# this test failed once under xdist and passed alone and in the next runs)
+@settings(deadline=None)
 @given(
     entries=st.lists(
         st.tuples(st.text(max_size=30), st.lists(st.text(max_size=40), max_size=4)),
@@ -229,6 +232,7 @@ def test_packed_replies_answer_a_retry_with_the_decision_made() -> None:
         assert held.to_bytes() == raw
 
 
+@settings(deadline=None)
 @given(texts=st.lists(st.text(max_size=40), max_size=6))
 def test_packing_gives_back_the_exact_rows(texts: list[str]) -> None:
     raw = orjson.dumps([[*texts, "\x00", "run-1"]])
