@@ -175,7 +175,7 @@ def test_the_workers_own_copies_of_a_retry_still_fold_away(tmp_path: Path) -> No
 
 
 def test_a_flood_sent_once_the_worker_is_fresh_is_handed_over_within_a_bound(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The 32 MiB bound held only while the follower was not fresh: a flood of junk sent
     just after it was (a writer of gov.control) was all handed to the publisher at once, for
@@ -184,6 +184,7 @@ def test_a_flood_sent_once_the_worker_is_fresh_is_handed_over_within_a_bound(
     MAX_HELD_BYTES a second while fresh; a kill switch amid the flood is applied and recorded."""
     import logging
 
+    from baton.processors import control
     from baton.processors.control import MAX_HELD_BYTES
     from tests.unit.test_control_follower import (
         _FakeAdmin,
@@ -193,6 +194,9 @@ def test_a_flood_sent_once_the_worker_is_fresh_is_handed_over_within_a_bound(
         _run,
     )
 
+    # one window for the whole run: at load ~12 the run took over a second, a second window
+    # of MAX_HELD_BYTES opened and 45 MB were handed over (the bound a second, as designed)
+    monkeypatch.setattr(control, "HELD_WINDOW_S", 3600.0)
     junk = b"x" * 60_000
     records: list[bytes | None] = [_kill("r0"), *[junk] * 600, _kill("r1"), *[junk] * 600]
     letters: list[Any] = []
