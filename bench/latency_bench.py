@@ -30,6 +30,8 @@ the rest (the control follower, librdkafka's threads).
         # this checkout's worker with each BATON_WORKER_PRODUCER, alternating
     python -m bench.latency_bench --sides relay,baton,env:BATON_CONSUMER_LOOP=inline
         # this checkout's worker, and the same with one setting changed
+    python -m bench.latency_bench --sides relay,baton:DIR,env:BATON_CONSUMER_LOOP=inline@DIR
+        # DIR/baton's worker, and the same with one setting changed
 
 Experiments on the relay (the figures in bench/RESULTS.md, 2026-11-29 night):
 ``BENCH_RELAY_BURN_US=180`` makes it spend that much CPU a record before re-producing it
@@ -455,11 +457,15 @@ def measure(args: argparse.Namespace) -> None:
             env = None
             if side.startswith("producer:"):  # this checkout, BATON_WORKER_PRODUCER=NAME
                 env = {"BATON_WORKER_PRODUCER": side.split(":", 1)[1]}
+            where = None
             if side.startswith("env:"):  # this checkout's worker with NAME=VALUE set
-                name, _, value = side.split(":", 1)[1].partition("=")
+                setting, _, where = side.split(":", 1)[1].partition("@")  # @DIR: DIR/baton's
+                name, _, value = setting.partition("=")
                 env = {name: value}
             if env is not None:
-                sides[side] = lambda env=env: baton_side(bootstrap, args, workdir, env=env)
+                sides[side] = lambda env=env, where=where: baton_side(
+                    bootstrap, args, workdir, where or None, env=env
+                )
         rounds: dict[str, list[list[float]]] = {side: [] for side in args.sides.split(",")}
         cpu: dict[str, list[tuple[float, ...]]] = {side: [] for side in rounds}
         to_decided: dict[str, list[float]] = {side: [] for side in rounds}
