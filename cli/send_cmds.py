@@ -32,6 +32,7 @@ from baton.schemas.events import (
 )
 from baton.schemas.files import FileProblem, open_stream
 from baton.schemas.settings import Settings
+from baton.streams.kafka import undelivered
 
 __all__ = ["register"]
 
@@ -53,8 +54,9 @@ class _Sent:
     failed: list[str] = field(default_factory=list)
 
     def delivered(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.failed.append(f"{msg.topic()}: {err.str() if hasattr(err, 'str') else err}")
+        failed = undelivered(err, msg)
+        if failed is not None:
+            self.failed.append(failed)
 
     @property
     def total(self) -> int:

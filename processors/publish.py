@@ -48,7 +48,7 @@ from baton.processors.publish_order import PipelinedOrder, done_future
 from baton.processors.publish_transaction import Offsets, TransactionFailed, init_transactions
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
-from baton.streams.kafka import kafka_said
+from baton.streams.kafka import kafka_said, undelivered
 
 __all__ = ["BatchPublisher", "DeliveryFailed", "TransactionFailed"]
 
@@ -131,8 +131,9 @@ class BatchPublisher(PipelinedOrder):
 
     # ------------------------------------------------------------------ low level
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+        failed = undelivered(err, msg)
+        if failed is not None:
+            self._errors.append(failed)
 
     def _produce(
         self,

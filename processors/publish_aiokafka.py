@@ -45,6 +45,7 @@ from baton.processors.publish_order import PipelinedOrder
 from baton.processors.publish_transaction import Offsets
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BrokerUnavailable
+from baton.streams.kafka import NOT_WRITTEN
 from baton.streams.partitioner import partition_for
 
 __all__ = ["AiokafkaPublisher", "DeliveryFailed", "RecordTooLarge"]
@@ -114,6 +115,12 @@ class _Step:
             self.failed += records
             why = "cancelled" if batch.cancelled() else repr(batch.exception())
             self.errors.append(f"{topic}[{partition}]: {why}")
+        elif (answer := batch.result()) is None or answer.offset < 0:
+            # Tansu answers a batch it takes for a duplicate (another writer used this
+            # producer's id and next sequence) with offset -1: acknowledged, never written
+            # (None: no acknowledgement at all, acks=0's answer)
+            self.failed += records
+            self.errors.append(f"{topic}[{partition}]: {NOT_WRITTEN}")
         self.count -= records
         if self.sealed and self.count == 0:
             self._resolve()

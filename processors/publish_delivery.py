@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 
 from baton.schemas.errors import BrokerUnavailable
+from baton.streams.kafka import undelivered
 
 __all__ = ["DeliveryFailed", "DeliveryStep"]
 
@@ -45,8 +46,9 @@ class DeliveryStep:
         self.sealed = False
 
     def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self.errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+        failed = undelivered(err, msg)
+        if failed is not None:
+            self.errors.append(failed)
         self.count -= 1
         if self.sealed and self.count == 0:
             self._complete()

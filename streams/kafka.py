@@ -7,12 +7,14 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "NOT_WRITTEN",
     "PARTITIONER",
     "admin_config",
     "consumer_config",
     "kafka_said",
     "printable_config",
     "producer_config",
+    "undelivered",
 ]
 
 # Kafka's Java client, Faust/aiokafka and librdkafka's murmur2_random agree on where a key goes;
@@ -32,6 +34,26 @@ def kafka_said(exc: BaseException) -> str:
     error = exc.args[0] if exc.args else None
     words = getattr(error, "str", None)
     return str(words()) if callable(words) else str(exc)
+
+
+#: a produce acknowledged without an offset: not written (``undelivered``)
+NOT_WRITTEN = (
+    "acknowledged without an offset (taken for a duplicate of a batch this producer never "
+    "sent: another writer used its producer id)"
+)
+
+
+def undelivered(err: Any, msg: Any) -> str | None:
+    """What went wrong with one delivery report, or None when its record is written.
+
+    A report without an error but without an offset is not delivered: Tansu answers a batch
+    it takes for a duplicate (another writer used this producer's id and next sequence on the
+    partition) with offset -1, and librdkafka reports that as a success (session 14, F4)."""
+    if err is not None:
+        return f"{msg.topic()}[{msg.partition()}]: {err.str()}"
+    if msg.offset() is None or msg.offset() < 0:
+        return f"{msg.topic()}[{msg.partition()}]: {NOT_WRITTEN}"
+    return None
 
 
 _PRODUCER_DEFAULTS: dict[str, Any] = {

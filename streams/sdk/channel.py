@@ -40,7 +40,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from baton.schemas.decision import DECISION_ADAPTER, Decision
 from baton.schemas.errors import BrokerUnavailable, TopicMismatch
-from baton.streams.kafka import consumer_config, kafka_said, producer_config
+from baton.streams.kafka import consumer_config, kafka_said, producer_config, undelivered
 from baton.streams.partitioner import partition_for
 from baton.streams.sdk.options import ClientOptions, checked_seconds
 from baton.streams.sdk.reach import BrokerWatch
@@ -233,8 +233,9 @@ class RequestChannel:
                 producer.poll(0.01)
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            text = f"could not deliver to {msg.topic()}: {err.str()}"
+        failed = undelivered(err, msg)
+        if failed is not None:
+            text = f"could not deliver to {failed}"
             self._delivery_errors.append(text)
             log.warning("Kafka at %s: %s", self.options.bootstrap, text)
 

@@ -12,7 +12,7 @@ decision on the partition published.
 
 Fail closed would be: a batch acknowledged without an offset counts as not delivered (the
 step fails, the worker exits 75 uncommitted and re-decides under a new producer id). That is
-processors/publish_aiokafka.py (H4's), not applied here: xfail until it is.
+what processors/publish_aiokafka.py does since session 14 (``_Step._answered``).
 """
 
 from __future__ import annotations
@@ -104,11 +104,6 @@ async def _in_its_place(bootstrap: str, topic: str, partition: int, value: bytes
         await producer.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F4: the worker takes a batch answered as a duplicate (offset -1) as delivered and "
-    "goes on: its decision is never written (processors/publish_aiokafka.py, H4's)",
-)
 def test_a_decision_taken_for_a_duplicate_is_not_acknowledged(seq_stack: Stack) -> None:
     s = seq_stack
     warm = [_run_on(1) for _ in range(3)]

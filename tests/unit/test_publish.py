@@ -88,6 +88,9 @@ class _Message:
     def partition(self) -> int:
         return 0
 
+    def offset(self) -> int:
+        return 0  # written: a report without an offset is not (test_attacks_session14_delivery)
+
 
 def _publisher() -> tuple[BatchPublisher, _Producer]:
     publisher = BatchPublisher(
