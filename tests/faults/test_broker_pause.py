@@ -98,6 +98,38 @@ def pausable(tmp_path: Path) -> Iterator[PausableStack]:
         broker.stop()
 
 
+def _thread_states(pid: int) -> str:
+    """The state letter of each thread of ``pid`` (``T``: stopped, ``Z``: dead, not reaped)."""
+    states = []
+    for tid in sorted(os.listdir(f"/proc/{pid}/task")):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except OSError:  # the thread ended meanwhile
+            continue
+    return "".join(states)
+
+
+def _freeze(pid: int, timeout: float = 5.0) -> float:
+    """SIGSTOP ``pid`` and return (the monotonic clock) once every thread of it is stopped.
+
+    ``os.kill`` returns before the stop takes: the signal wakes one thread, which then stops
+    the others; Tansu's threads were seen running (R, S) right after it at load ~18, stopped
+    within 27 ms. And a pid whose broker died is a zombie that SIGSTOP leaves as it is
+    (EmbeddedBroker.start can return while its Tansu exits AddrInUse and another process's
+    broker serves the port): a check sent then is decided, an allow. Fails instead."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while set(states := _thread_states(pid)) - {"T", "t"}:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"broker pid {pid} not stopped {timeout:g} s after SIGSTOP: threads {states} "
+                "(Z: it died and another process may serve its port)"
+            )
+        time.sleep(0.001)
+    return time.monotonic()
+
+
 def _ownership_conflict(gov: GovernanceClient, run: str, timeout: float) -> Decision:
     """A handoff of refund_check to billing_agent, then to researcher: the second is a stop
     (ownership_conflict). Asked again (the same request ids, safe) until Baton answers."""
@@ -158,8 +190,7 @@ def test_a_paused_broker_fails_clients_closed_and_everything_recovers_alone(
         before = _ownership_conflict(gov, f"run_before_{uuid.uuid4().hex[:6]}", 20)
         _audited_and_alerted(stack, before, 20)
 
-        os.kill(pid, signal.SIGSTOP)
-        frozen_at = time.monotonic()
+        frozen_at = _freeze(pid)
         try:
             run = f"run_paused_{uuid.uuid4().hex[:6]}"
             asked = time.monotonic()
@@ -167,7 +198,12 @@ def test_a_paused_broker_fails_clients_closed_and_everything_recovers_alone(
             paused = gov.check(request, timeout=CHECK_TIMEOUT_S)
             waited = time.monotonic() - asked
             # fail closed, within the timeout: never an allow while governance is away
-            assert (paused.outcome, paused.reason) == (Outcome.STOP, "governance_unavailable")
+            # the whole decision when not: who decided it (worker, decided_at, chain) tells a
+            # broker that was not frozen from a client that answered itself
+            assert (paused.outcome, paused.reason) == (
+                Outcome.STOP,
+                "governance_unavailable",
+            ), f"{paused!r}; broker threads now {_thread_states(pid)}"
             assert paused.fallback == "single_agent"
             assert waited < CHECK_TIMEOUT_S + 1.0, f"check took {waited:.1f} s"
             time.sleep(max(0.0, frozen_at + PAUSE_S - time.monotonic()))  # the fault itself
@@ -254,7 +290,7 @@ def test_a_check_whose_partition_cannot_be_assigned_in_a_pause_still_reaches_kaf
         with GovernanceClient(
             broker.bootstrap, topic_prefix=prefix, partitions=PARTITIONS, connect_timeout=1
         ) as gov:
-            os.kill(pid, signal.SIGSTOP)
+            _freeze(pid)
             try:
                 answer = gov.check(request, timeout=CHECK_TIMEOUT_S)
             finally:
