@@ -149,9 +149,14 @@ class EmbeddedBroker:
             try:
                 self._wait_ready(deadline)
                 self._check_alive()
+                if self._serves_port() is False:
+                    # another process bound the port between the check above and our
+                    # broker's bind: the readiness probe talked to *its* broker, and ours is
+                    # dying of AddrInUse (session 14: a test froze the wrong process)
+                    self._fail(f"lost its port to another process ({_ADDR_IN_USE})")
                 return self
-            except BrokerUnavailable:
-                log_tail = self._log_tail()
+            except BrokerUnavailable as exc:
+                log_tail = self._log_tail() + str(exc)
                 self.stop()
                 if _ADDR_IN_USE in log_tail and attempt + 1 < attempts:
                     continue  # lost the race for a free port to another process: take another
@@ -269,6 +274,27 @@ class EmbeddedBroker:
                 return True
         except OSError:
             return False
+
+    def _serves_port(self) -> bool | None:
+        """Whether the socket listening on our port is our broker's own: None where /proc
+        cannot tell (not Linux), else whether a LISTEN socket of the port is among the
+        process's open files."""
+        assert self._proc is not None
+        inodes: set[str] = set()
+        try:
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                with contextlib.suppress(FileNotFoundError), open(table) as rows:
+                    for row in list(rows)[1:]:
+                        fields = row.split()
+                        # local address "HEXIP:HEXPORT", state 0A = LISTEN, inode at 9
+                        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == self.port:
+                            inodes.add(f"socket:[{fields[9]}]")
+            if not inodes:
+                return None
+            fds = Path(f"/proc/{self._proc.pid}/fd")
+            return any(os.readlink(fd) in inodes for fd in fds.iterdir())
+        except (OSError, ValueError, IndexError):
+            return None
 
     def _check_alive(self) -> None:
         assert self._proc is not None
