@@ -8,7 +8,7 @@ that newer clients keep working against an older Baton.
 from __future__ import annotations
 
 from datetime import datetime
-from types import UnionType
+from types import FunctionType, UnionType
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import orjson
@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from baton.schemas.event_fast import fast_event, fast_spec
 from baton.schemas.event_times import event_time_from
 from baton.schemas.json_numbers import overflowing_number
 from baton.schemas.names import MAX_NAME, EventNameRefused, fold_event_names
@@ -317,6 +318,16 @@ CONTROL_EVENT_TYPES: tuple[type[_Event], ...] = (KillSwitch, KillSwitchReleased,
 #: union's dispatch and TypeAdapter's wrapper (~0.4 us of ~4.5 a parse); a refusal is worded
 #: as the union's (its field names without the tag), validated once
 _RUN_MODELS = {c.model_fields["type"].default: c.__pydantic_validator__ for c in RUN_EVENT_TYPES}
+#: a run event's type -> how baton.schemas.event_fast builds it without pydantic's per-field
+#: validation, for every model whose fields it reproduces exactly (each run event's today)
+_FAST_SPECS = {
+    c.model_fields["type"].default: spec
+    for c in RUN_EVENT_TYPES
+    if (spec := fast_spec(c, _NAME, MAX_TOOLS)) is not None
+}
+#: the ones parse_event uses: all where event_fast is compiled (the compiled core, docs/replay.md),
+#: none where it is Python: there its loop costs more than pydantic's own (Rust) validation
+_FAST = dict(_FAST_SPECS) if not isinstance(fast_event, FunctionType) else {}
 
 
 class EventError(ValueError):
@@ -388,6 +399,12 @@ def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None, models: Any
     kind = doc.get("type")
     if not isinstance(kind, str):
         raise EventError("schema", "missing string field 'type'")
+    if models is not None:
+        spec = _FAST.get(kind)
+        if spec is not None:
+            event = fast_event(raw, doc, spec)
+            if event is not None:
+                return event  # what pydantic makes of it; else pydantic decides, as below
     model = adapter if models is None else models.get(kind, adapter)
     try:
         return model.validate_python(doc)
