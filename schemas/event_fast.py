@@ -257,7 +257,7 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
         values[field] = value
     if found != required:
         return None
-    event = _new(model)
+    event: Any = _new(model)
     _set(event, "__dict__", values)
     _set(event, "__pydantic_fields_set__", doc.keys() & kinds.keys())
     _set(event, "__pydantic_extra__", None)
