@@ -17,6 +17,7 @@ random and hostile events.
 
 from __future__ import annotations
 
+import types
 import typing
 from datetime import datetime
 from typing import Any, Final
@@ -60,7 +61,7 @@ _NAME_LONGEST: Final = 256
 
 def _strip_none(annotation: Any) -> tuple[Any, bool]:
     """(``annotation`` without ``| None``, whether it had it)."""
-    if typing.get_origin(annotation) in (typing.Union, getattr(typing, "UnionType", None)):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1 and len(typing.get_args(annotation)) == 2:
             return args[0], True
