@@ -156,9 +156,9 @@ _values = st.one_of(
     st.dictionaries(st.text(max_size=5), _scalars, max_size=3),
 )
 #: ASCII names as the worker sees them: folded or not, with dots, dashes, digits
-_ascii_names = st.text(
-    alphabet="abcXYZ019._-:/@", min_size=1, max_size=20
-) | st.sampled_from(["Default", "BILLING.Refund", "a" * 256, "9", "_", "-", "."])
+_ascii_names = st.text(alphabet="abcXYZ019._-:/@", min_size=1, max_size=20) | st.sampled_from(
+    ["Default", "BILLING.Refund", "a" * 256, "9", "_", "-", "."]
+)
 
 
 @st.composite
@@ -352,3 +352,119 @@ def test_a_model_of_any_other_shape_gets_no_fast_path() -> None:
     assert fast_spec(_Checked, _NAME, MAX_TOOLS) is None
     assert fast_spec(KillSwitch, _NAME, MAX_TOOLS) is None  # model_post_init
     assert fast_spec(PolicyUpdated, _NAME, MAX_TOOLS) is None  # an unbounded str
+
+
+_HOSTILE = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    10**6,
+    10**6 + 1,
+    2**63 - 1,
+    -(2**63),
+    0.0,
+    -0.0,
+    3.0,
+    1e6,
+    1e6 + 0.01,
+    -5e-324,
+    1e308,
+    "",
+    "a",
+    "A",
+    "a" * 256,
+    "a" * 257,
+    "x" * 1025,
+    "Ｃｏｄｅｒ",
+    "раура",
+    "cod\u200ber",
+    "a\tb",
+    "ab\x00",
+    "İ",
+    WHEN,
+    "2026-03-01T09:00:00Z",
+    "2026-03-01T09:00:00.000001+00:00",
+    "2026-03-01T09:00:00.00000+00:00",
+    "1999-12-31T23:59:59+00:00",
+    "2200-01-01T00:00:00+00:00",
+    [],
+    ["a"],
+    ["A", "b"],
+    ["a"] * 64,
+    ["a"] * 65,
+    ["a", None],
+    ["a", 1],
+    ["a", ""],
+    ["Ｃｏｄｅｒ"],
+    [["a"]],
+    {},
+    {"a": 1},
+]
+
+
+_RUN_MODELS_FIELDS = {c.model_fields["type"].default: list(c.model_fields) for c in RUN_EVENT_TYPES}
+
+
+def _both(raw: bytes, key: bytes | None = None) -> tuple[Any, Any]:
+    """parse_event's answer with the fast path off, and on."""
+    kept = dict(_FAST)
+    try:
+        _FAST.clear()
+        slow = _parsed(raw, key)
+        _FAST.update(_SPECS)
+        return slow, _parsed(raw, key)
+    finally:
+        _FAST.clear()
+        _FAST.update(kept)
+
+
+def _same_answer(raw: bytes) -> None:
+    slow, fast = _both(raw)
+    if isinstance(fast, tuple) or isinstance(slow, tuple):
+        assert fast == slow, raw
+    else:
+        _assert_identical(fast, slow)
+
+
+@pytest.mark.parametrize("kind", sorted(BASES))
+def test_every_field_removed_nulled_or_retyped_answers_the_same(kind: str) -> None:
+    base = BASES[kind]
+    for field in [*_RUN_MODELS_FIELDS[kind], "extra"]:
+        docs = [{k: v for k, v in base.items() if k != field}]
+        docs += [{**base, field: value} for value in _HOSTILE]
+        for doc in docs:
+            _check(doc)
+            for raw in (orjson.dumps(doc), json.dumps(doc).encode()):
+                _same_answer(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type":"run_finished","run_id":"r","event_time":"%s","x":NaN}' % WHEN.encode(),
+        b'{"type":"handoff_completed","request_id":"r","run_id":"r","task_id":"t","agent":"a",'
+        b'"cost_usd":NaN,"event_time":"2026-03-01T09:00:00+00:00"}',
+        b'{"type":"handoff_completed","request_id":"r","run_id":"r","task_id":"t","agent":"a",'
+        b'"cost_usd":1e400,"event_time":"2026-03-01T09:00:00+00:00"}',
+        b'{"type":"handoff_completed","request_id":"r","run_id":"r","task_id":"t","agent":"a",'
+        b'"cost_usd":1e-400,"tool_calls":1E2,"event_time":"2026-03-01T09:00:00+00:00"}',
+        b'{"type":"handoff_completed","request_id":"r","run_id":"r","task_id":"t","agent":"a",'
+        b'"cost_usd":1000000.0000000001,"steps":-0,"event_time":"2026-03-01T09:00:00+00:00"}',
+        b'{"type":"handoff_completed","request_id":"r","run_id":"r","task_id":"t","agent":"a",'
+        b'"tool_calls":99999999999999999999,"event_time":"2026-03-01T09:00:00+00:00"}',
+        b'{"type":"handoff_completed","request_id":"r","run_id":"r","task_id":"t","agent":"\\u0061",'
+        b'"event_time":"2026-03-01T09:00:00+00:00"}',
+        b'{"type":"handoff_completed","request_id":"r","run_id":"r","task_id":"t","agent":"A",'
+        b'"agent":"b","event_time":"2026-03-01T09:00:00+00:00"}',
+        b'{"type":"handoff_completed","request_id":"r","run_id":"r","task_id":"t","agent":"a",'
+        b'"event_time":"2026-03-01T09:00:00+00:00","\xc3\xa9":{"deep":[[[[1]]]]}}',
+        b'{"type":"handoff_requested","request_id":"r","run_id":"r","task_id":"t",'
+        b'"from_agent":"a","to_agent":"b","tools":["x","X"],"decide_by":null,'
+        b'"event_time":"2026-03-01T09:00:00+00:00"}',
+    ],
+)
+def test_hand_written_json_answers_the_same(raw: bytes) -> None:
+    _same_answer(raw)
