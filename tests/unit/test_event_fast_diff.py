@@ -19,7 +19,7 @@ from baton.processors.recorded import input_text
 from baton.schemas.event_fast import fast_event, fast_spec
 from baton.schemas.events import (
     _FAST,
-    _FAST_SPECS as _SPECS,
+    _FAST_SPECS,
     _NAME,
     _RUN_MODELS,
     MAX_TOOLS,
@@ -241,12 +241,12 @@ def _check(doc: dict[str, Any]) -> bool:
     it right. Its JSON as orjson writes it (UTF-8) and with every non-ASCII character escaped
     (``\\u``): the fast path builds neither when ``doc`` holds any, and the same for both."""
     kind = doc.get("type")
-    if not isinstance(kind, str) or kind not in _SPECS:
+    if not isinstance(kind, str) or kind not in _FAST_SPECS:
         return False
     built = []
     for raw in (orjson.dumps(doc), json.dumps(doc).encode()):
         parsed = orjson.loads(raw)
-        fast = fast_event(raw, parsed, _SPECS[kind])
+        fast = fast_event(raw, parsed, _FAST_SPECS[kind])
         if fast is not None:
             _assert_identical(fast, _pydantic(parsed))
         built.append(fast)
@@ -284,7 +284,7 @@ def test_parse_event_answers_the_same_with_the_fast_path_as_without(
     _FAST.clear()
     try:
         slow = _parsed(raw, key)
-        _FAST.update(_SPECS)  # on, whether or not this build turns it on
+        _FAST.update(_FAST_SPECS)  # on, whether or not this build turns it on
         fast = _parsed(raw, key)
     finally:
         _FAST.clear()
@@ -297,7 +297,7 @@ def test_parse_event_answers_the_same_with_the_fast_path_as_without(
 
 def test_the_common_events_take_the_fast_path() -> None:
     """Not a path that declines everything: each run event type's usual shapes are built."""
-    assert sorted(_SPECS) == sorted(c.model_fields["type"].default for c in RUN_EVENT_TYPES)
+    assert sorted(_FAST_SPECS) == sorted(c.model_fields["type"].default for c in RUN_EVENT_TYPES)
     for doc in BASES.values():
         assert _check(doc), doc
         model = type(parse_event(orjson.dumps(doc)))
@@ -414,7 +414,7 @@ def _both(raw: bytes, key: bytes | None = None) -> tuple[Any, Any]:
     try:
         _FAST.clear()
         slow = _parsed(raw, key)
-        _FAST.update(_SPECS)
+        _FAST.update(_FAST_SPECS)
         return slow, _parsed(raw, key)
     finally:
         _FAST.clear()
