@@ -17,13 +17,14 @@ random and hostile events.
 
 from __future__ import annotations
 
+import inspect
 import types
 import typing
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, final
 
 from annotated_types import Ge, Le, MaxLen, MinLen
-from pydantic import WrapValidator
+from pydantic import BaseModel, WrapValidator
 from pydantic.fields import FieldInfo
 from pydantic.types import AllowInfNan, Strict
 
@@ -42,10 +43,33 @@ COUNT: Final = 3
 TIME: Final = 4
 NAMES: Final = 5
 
-#: a field's check: (what it holds, may it be null, required, low bound, high bound, the
-#: high bound of money, the literal's value); bounds are lengths for text and lists, values
-#: for counts
-Kind = tuple[int, bool, bool, int, int, float, str]
+
+@final
+class FieldRule:
+    """How ``fast_event`` checks one field: what it holds, whether it may be null and must be
+    there, its bounds (lengths of text and lists, values of counts; ``money``: of money), the
+    literal's value. A plain class: compiled, its attributes are read as C fields."""
+
+    def __init__(
+        self,
+        what: int,
+        nullable: bool,
+        required: bool,
+        low: int,
+        high: int,
+        money: float,
+        literal: str,
+    ) -> None:
+        self.what = what
+        self.nullable = nullable
+        self.required = required
+        self.low = low
+        self.high = high
+        self.money = money
+        self.literal = literal
+
+
+Kind = FieldRule
 #: a model's fast path: (the model, its fields' checks by name, its fields and defaults in
 #: declaration order (a required field: _REQUIRED), how many are required, the name
 #: fields and name-list fields the fold reads, the longest name list)
@@ -116,6 +140,7 @@ def fast_spec(model: Any, mark: Any, max_items: int) -> Spec | None:
         or model.__pydantic_post_init__ is not None
         or model.__private_attributes__
         or model.__pydantic_root_model__
+        or any(inspect.getattr_static(model, n) is not BaseModel.__dict__[n] for n in _SLOTS)
     ):
         return None
     kinds: dict[str, Kind] = {}
@@ -135,7 +160,7 @@ def fast_spec(model: Any, mark: Any, max_items: int) -> Spec | None:
             (literal,) = typing.get_args(annotation)
             if nullable or type(literal) is not str or info.default != literal or info.metadata:
                 return None
-            kinds[field] = (LITERAL, False, False, 0, 0, 0.0, literal)
+            kinds[field] = FieldRule(LITERAL, False, False, 0, 0, 0.0, literal)
             defaults[field] = info.default
             continue
         shape = _shape(annotation, list(info.metadata), mark)
@@ -152,15 +177,15 @@ def fast_spec(model: Any, mark: Any, max_items: int) -> Spec | None:
         if shape[0] == MONEY:
             if type(high) is not float or high != int(high):
                 return None
-            kinds[field] = (MONEY, nullable, required, 0, int(high), high, "")
+            kinds[field] = FieldRule(MONEY, nullable, required, 0, int(high), high, "")
         elif shape[0] == TIME:
-            kinds[field] = (TIME, nullable, required, 0, 0, 0.0, "")
+            kinds[field] = FieldRule(TIME, nullable, required, 0, 0, 0.0, "")
         elif type(low) is int and type(high) is int:
-            kinds[field] = (shape[0], nullable, required, low, high, 0.0, "")
+            kinds[field] = FieldRule(shape[0], nullable, required, low, high, 0.0, "")
         else:
             return None
         defaults[field] = _REQUIRED if required else info.default
-    count = sum(1 for k in kinds.values() if k[2])
+    count = sum(1 for k in kinds.values() if k.required)
     return model, kinds, defaults, count, model._names, model._name_lists, max_items
 
 
@@ -178,7 +203,18 @@ def _in(shape: tuple[int, Any, Any], info: Any) -> bool:
 
 
 _new: Final = object.__new__
-_set: Final = object.__setattr__
+#: the slots every pydantic model has (BaseModel's), set as its validation sets them: through
+#: their own descriptors (what object.__setattr__ finds for these names, a quarter cheaper)
+_SLOTS: Final = (
+    "__dict__",
+    "__pydantic_fields_set__",
+    "__pydantic_extra__",
+    "__pydantic_private__",
+)
+_set_dict: Final = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set: Final = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra: Final = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private: Final = BaseModel.__dict__["__pydantic_private__"].__set__
 _from_iso: Final = datetime.fromisoformat
 _MIN_TIME: Final = MIN_EVENT_TIME
 _MAX_TIME: Final = MAX_EVENT_TIME
@@ -188,9 +224,9 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
     """The event pydantic would make of ``doc`` (what orjson read from ``raw``, its ``type``
     the model's), or None when this is not surely it: pydantic then decides.
 
-    Only an event of ASCII text is built (``raw`` ASCII, no ``\\u`` escape): a name's NFKC
-    fold, and every length counted in characters, are left to pydantic's path otherwise."""
-    if not raw.isascii() or b"\\u" in raw:
+    Only an event of ASCII text without escapes (``\\u``, ``\\t``...) is built: a name's
+    NFKC fold, and lengths counted in characters, are left to pydantic's path otherwise."""
+    if not raw.isascii() or b"\\" in raw:
         return None
     model, kinds, defaults, required, names, lists, max_items = spec
     try:
@@ -198,17 +234,18 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
     except EventNameRefused:
         return None
     values = dict(defaults)
-    found = 0
+    found = known = 0
     for field, value in doc.items():
         kind = kinds.get(field)
         if kind is None:
             continue  # extra="ignore"
-        what = kind[0]
+        known += 1
+        what = kind.what
         if value is None:
-            if not kind[1]:
+            if not kind.nullable:
                 return None
         elif what == TEXT:
-            if type(value) is not str or not kind[3] <= len(value) <= kind[4]:
+            if type(value) is not str or not kind.low <= len(value) <= kind.high:
                 return None
         elif what == TIME:
             # event_time_from's own fast form (times as Baton and most clients write them):
@@ -231,21 +268,21 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
                 return None
         elif what == MONEY:
             if type(value) is float:
-                if not 0.0 <= value <= kind[5]:
+                if not 0.0 <= value <= kind.money:
                     return None
-            elif type(value) is int and 0 <= value <= kind[4]:
+            elif type(value) is int and 0 <= value <= kind.high:
                 value = float(value)  # strict float takes an int, as a float
             else:
                 return None
         elif what == COUNT:
-            if type(value) is not int or not 0 <= value <= kind[4]:
+            if type(value) is not int or not 0 <= value <= kind.high:
                 return None
         elif what == LITERAL:
-            if type(value) is not str or value != kind[6]:
+            if type(value) is not str or value != kind.literal:
                 return None
-            value = kind[6]
+            value = kind.literal
         elif what == NAMES:
-            if type(value) is not list or len(value) > kind[4]:
+            if type(value) is not list or len(value) > kind.high:
                 return None
             for item in value:
                 if type(item) is not str or not 0 < len(item) <= _NAME_LONGEST:
@@ -253,14 +290,15 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
             value = list(value)
         else:
             return None
-        if kind[2]:
+        if kind.required:
             found += 1
         values[field] = value
     if found != required:
         return None
     event: Any = _new(model)
-    _set(event, "__dict__", values)
-    _set(event, "__pydantic_fields_set__", doc.keys() & kinds.keys())
-    _set(event, "__pydantic_extra__", None)
-    _set(event, "__pydantic_private__", None)
+    _set_dict(event, values)
+    # the fields set: every key, unless some are extra (then only the fields among them)
+    _set_fields_set(event, set(doc) if known == len(doc) else {f for f in doc if f in kinds})
+    _set_extra(event, None)
+    _set_private(event, None)
     return event
