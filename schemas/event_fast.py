@@ -203,6 +203,8 @@ def _in(shape: tuple[int, Any, Any], info: Any) -> bool:
 
 
 _new: Final = object.__new__
+#: a byte searched for as an int: a bytes needle first fails (and formats) an int conversion
+_BACKSLASH: Final = ord("\\")
 #: the slots every pydantic model has (BaseModel's), set as its validation sets them: through
 #: their own descriptors (what object.__setattr__ finds for these names, a quarter cheaper)
 _SLOTS: Final = (
@@ -226,15 +228,15 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
 
     Only an event of ASCII text without escapes (``\\u``, ``\\t``...) is built: a name's
     NFKC fold, and lengths counted in characters, are left to pydantic's path otherwise."""
-    if not raw.isascii() or b"\\" in raw:
+    if not raw.isascii() or _BACKSLASH in raw:
         return None
     model, kinds, defaults, required, names, lists, max_items = spec
     try:
         doc = fold_event_names(doc, names, lists, max_items)
     except EventNameRefused:
         return None
-    values = dict(defaults)
     found = known = 0
+    changed: list[tuple[str, Any]] = []  # the values read as another object (times, lists)
     for field, value in doc.items():
         kind = kinds.get(field)
         if kind is None:
@@ -266,12 +268,13 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
                 return None
             if not _MIN_TIME <= value < _MAX_TIME:
                 return None
+            changed.append((field, value))
         elif what == MONEY:
             if type(value) is float:
                 if not 0.0 <= value <= kind.money:
                     return None
             elif type(value) is int and 0 <= value <= kind.high:
-                value = float(value)  # strict float takes an int, as a float
+                changed.append((field, float(value)))  # strict float takes an int, as a float
             else:
                 return None
         elif what == COUNT:
@@ -280,21 +283,28 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
         elif what == LITERAL:
             if type(value) is not str or value != kind.literal:
                 return None
-            value = kind.literal
         elif what == NAMES:
             if type(value) is not list or len(value) > kind.high:
                 return None
             for item in value:
                 if type(item) is not str or not 0 < len(item) <= _NAME_LONGEST:
                     return None
-            value = list(value)
+            changed.append((field, list(value)))
         else:
             return None
         if kind.required:
             found += 1
-        values[field] = value
     if found != required:
         return None
+    values = dict(defaults)  # the fields in their order; then the values read
+    if known == len(doc):
+        values.update(doc)
+    else:  # extra="ignore"
+        for field, value in doc.items():
+            if field in kinds:
+                values[field] = value
+    for field, value in changed:
+        values[field] = value
     event: Any = _new(model)
     _set_dict(event, values)
     # the fields set: every key, unless some are extra (then only the fields among them)
