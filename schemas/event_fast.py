@@ -231,6 +231,8 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
     if not raw.isascii() or _BACKSLASH in raw:
         return None
     model, kinds, defaults, required, names, lists, max_items = spec
+    if len(doc) > 2 * len(kinds):
+        return None  # mostly unknown keys: pydantic reads only the fields (O(fields), not O(keys))
     try:
         doc = fold_event_names(doc, names, lists, max_items)
     except EventNameRefused:

@@ -401,7 +401,7 @@ def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None, models: Any
         raise EventError("schema", "missing string field 'type'")
     if models is not None:
         spec = _FAST.get(kind)
-        if spec is not None:
+        if spec is not None and type(raw) is bytes:  # compiled fast_event takes bytes only
             event = fast_event(raw, doc, spec)
             if event is not None:
                 return event  # what pydantic makes of it; else pydantic decides, as below
