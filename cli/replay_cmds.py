@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
 from baton.cli.options import KAFKA_CONNECTION, build_settings, group_variables, read_policy
+from baton.cli.replay_output import _json, _table
 from baton.cli.replay_progress import _Progress
-from baton.cli.signer import shown
 from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
 from baton.processors.chain_links import shown_id
 from baton.processors.compiled import core_build
-from baton.processors.replay import ReplayReport, RunOutcome
+from baton.processors.replay import ReplayReport
 from baton.processors.replay_pool import (
     collecting_rarely,
+    mark,
     prefetched,
     replay_pieces,
     start_pool,
@@ -39,23 +39,20 @@ from baton.processors.replay_pool import (
 from baton.processors.replay_steps import RUN_RETENTION_S
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
-from baton.sinks.render import shown_cut
 
 __all__ = ["register", "replay_audit", "replay_cmd"]
 
 _AGE = re.compile(r"(\d{1,7})\s*([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-#: changed runs listed in the table (all of them in --format json)
-_SHOWN = 20
-#: a partial run's reason as shown (it may quote a forged row's decision id: any length)
-_WHY_CHARS = 400
-_OUTCOME_CHARS = 120  # of an outcome:reason shown (the engine's are under 60)
 #: the CPUs this process may run on (a container's share, not the host's count)
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 #: rows below which one process replays: a forkserver pool (the caller runs threads) takes
 #: ~0.4 s of a CPU to start; the command's own pool, forked before the audit opens, ~6 ms
 _PARALLEL_ROWS = 20_000
 _FORKED_PARALLEL_ROWS = 5_000
+#: with --jobs N, the last pieces hold at most 1/(N * _SHARE) of the rows left: the pool's
+#: pieces in flight when the reading process runs out are small (replay_audit)
+_SHARE = 8
 
 
 def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -175,6 +172,7 @@ def replay_cmd(
     The replay core is compiled (mypyc, BATON_COMPILE=1 pip install .) or interpreted: the
     JSON's "core" says which ran, and so do this help's last line and `baton doctor`.
     """
+    mark("command")
     if since is not None and from_ is not None:
         raise click.UsageError("--since and --from are the same bound: give one")
     start = since or from_
@@ -202,10 +200,14 @@ def replay_cmd(
             settings, scope, new_policy, key, jobs, workers.run_retention_s
         )
     seconds = time.monotonic() - began
+    mark("replayed")
     for line in refused:
         click.echo(f"baton replay: {line}; not used", err=True)
     if fmt == "json":
-        click.echo(_json(report, new_policy, policies, seconds))
+        # bytes: orjson's UTF-8 written as it is (18 MB for 55k changed runs: decoding it and
+        # encoding it again cost ~0.1 s of CPU at the end, the pool done)
+        out = _json(report, new_policy, policies, seconds)
+        click.echo(out if hasattr(sys.stdout, "buffer") else out.decode())
     else:
         click.echo(_table(report, new_policy, str(policy_path), label, seconds))
     _exit(report)
@@ -229,18 +231,22 @@ def _replay(
     from baton.sinks.replay_source import read_policies
 
     label = parse_dsn(settings.clickhouse_dsn).label
+    mark("replay imported")
     with collecting_rarely():
         # the --jobs pool is forked before the audit's client (chDB runs threads) opens:
         # ready in milliseconds, where a forkserver's fresh interpreter takes ~0.4 s
         # (replay_pool); it inherits the collector's settings
         pool = start_pool(jobs - 1)
+        mark("pool forked")
         try:
             with (
                 _without_arrow(),
                 audit_client(settings) as client,
                 audit_errors(label, "reading the recorded decisions"),
             ):
+                mark("audit open")
                 policies, refused = read_policies(client)
+                mark("policies read")
                 report = replay_audit(
                     client, scope, new_policy, policies, key, jobs, _Progress, retention_s, pool
                 )
@@ -281,16 +287,18 @@ def replay_audit(
     ``jobs - 1`` processes, started already (``replay_pool.start_pool``), else one is
     started for a long replay."""
     from baton.processors.replay_trimmed import judge_trimmed
-    from baton.sinks.replay_source import held_links, page_rows, read_pages, split_page
+    from baton.sinks.replay_source import held_links, page_rows, read_pages
 
     pages = read_pages(client, scope)
+    mark("pages counted")
     if pages.rows < (_PARALLEL_ROWS if pool is None else _FORKED_PARALLEL_ROWS):
         jobs = 1  # starting a pool would cost more than it saves
-    # pieces of whole runs: enough of them that every process has work to the end; small
-    # enough that the reading process, done, waits little for the pool's last two (at most
-    # 2,500 rows: ~0.1 s each at 25k decisions/s)
+    # pieces of whole runs: enough of them that every process has work to the end (at most
+    # 2,500 rows: ~0.1 s each at 25k decisions/s); with a pool, the first and the last ones
+    # smaller (split_page's share): every process starts on the first page and none waits
+    # long for another's last piece at the end
     rows = min(max(pages.rows // (jobs * 16), 1_000), 2_500)
-    pieces = (piece for page in prefetched(pages.pages) for piece in split_page(page, rows))
+    pieces = _pieces(pages, rows, _SHARE * jobs if jobs > 1 else 0)
     bar = progress(pages.rows) if progress is not None else None
     report = replay_pieces(
         pieces,
@@ -310,7 +318,19 @@ def replay_audit(
     # read's lower bound cut it: the audit then holds the row its first link names
     bounded = scope.since is not None
     judge_trimmed(report, (lambda links: held_links(client, links)) if bounded else None)
+    mark("judged")
     return report
+
+
+def _pieces(pages: Any, rows: int, share: int) -> Iterator[bytes]:
+    """The pages' pieces (``split_page``), read a page or two ahead in a thread."""
+    from baton.sinks.replay_source import split_page
+
+    done = 0
+    for page in prefetched(pages.pages):
+        lines = page.count(b"\n")  # (a page's rows each end with one)
+        yield from split_page(page, rows, max(pages.rows - done, lines), done, share)
+        done += lines
 
 
 def _exit(report: ReplayReport) -> None:
@@ -343,96 +363,6 @@ def _exit(report: ReplayReport) -> None:
             "audit the command reads): nothing was replayed, so nothing is proven"
         )
     sys.exit(1 if report.changed_runs else 0)
-
-
-def _change_line(run: RunOutcome) -> str:
-    c = run.first_change
-    assert c is not None
-    at = f"{c.decided_at:%Y-%m-%d %H:%M:%S}"
-    handoff = shown(c.handoff)
-    was, got = _outcome(c.recorded), _outcome(c.replayed)
-    return f"  {shown_id(run.run_id)}  step {c.step}  {at}  {handoff}: {was} → {got}"
-
-
-def _outcome(text: str) -> str:
-    """An ``outcome:reason`` cut and escaped (a forged audit row's reason may be any text)."""
-    return shown_cut(text, _OUTCOME_CHARS)
-
-
-def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds: float) -> str:
-    rate = report.decisions / seconds if seconds > 0 else 0.0
-    lines = [
-        f"replayed {len(report.runs):,} runs, {report.decisions:,} decisions from {label} "
-        f"under {path} (policy {policy.version}) in {seconds:.2f} s ({rate:,.0f} decisions/s)"
-    ]
-    unfaithful = report.unfaithful_runs
-    if unfaithful:
-        lines.append(f"as recorded: NOT reproduced in {len(unfaithful)} runs:")
-        for run in unfaithful[:_SHOWN]:
-            step, was, got = run.unfaithful[0]
-            was, got = _outcome(was), _outcome(got)
-            lines.append(f"  {shown_id(run.run_id)}  step {step}: recorded {was}, replayed {got}")
-    else:
-        lines.append(f"as recorded: all {report.decisions:,} decisions reproduced exactly")
-    changed = report.changed_runs
-    if not changed:
-        lines.append("under the new policy: nothing changes")
-    else:
-        total = sum(r.changed for r in changed)
-        lines.append(f"under the new policy: {len(changed):,} runs change, {total:,} decisions:")
-        transitions = [(_outcome(t), n) for t, n in report.transitions.most_common()]
-        width = max(len(t) for t, _ in transitions)
-        for transition, n in transitions:
-            lines.append(f"  {transition:<{width}}  ×{n:,}")
-        lines.append(
-            f"spend: ${report.saved_usd:,.2f} reported for handoffs the new policy stops "
-            f"(would have been saved); ${report.blocked_estimate_usd:,.2f} of their estimates"
-        )
-        lines.append("first difference of each changed run:")
-        lines += [_change_line(r) for r in changed[:_SHOWN]]
-        if len(changed) > _SHOWN:
-            lines.append(f"  ... and {len(changed) - _SHOWN:,} more (--format json lists all)")
-    if report.partial:
-        lines.append(f"partial, not replayed: {len(report.partial):,} runs")
-        for run_id, why in list(report.partial.items())[:_SHOWN]:
-            lines.append(f"  {shown_id(run_id)}: {shown(why[:_WHY_CHARS])}")
-    return "\n".join(lines)
-
-
-def _json(report: ReplayReport, policy: Policy, policies: dict[str, Policy], seconds: float) -> str:
-    doc = {
-        "policy_version": policy.version,
-        "recorded_policies": sorted(policies),
-        "runs": len(report.runs),
-        "decisions": report.decisions,
-        "seconds": round(seconds, 3),
-        # compiled (mypyc: BATON_COMPILE=1 pip install .) or interpreted, docs/replay.md
-        "core": core_build(),
-        "faithful": not report.unfaithful_runs,
-        "unfaithful": {r.run_id: r.unfaithful for r in report.unfaithful_runs},
-        "changed_runs": len(report.changed_runs),
-        "changed_decisions": sum(r.changed for r in report.runs),
-        "transitions": dict(report.transitions.most_common()),
-        "saved_usd": round(report.saved_usd, 6),
-        "blocked_estimate_usd": round(report.blocked_estimate_usd, 6),
-        "changes": [
-            {
-                "run_id": r.run_id,
-                "changed": r.changed,
-                "first_step": r.first_change.step if r.first_change else None,
-                "at": r.first_change.decided_at if r.first_change else None,
-                "request_id": r.first_change.request_id if r.first_change else None,
-                "handoff": r.first_change.handoff if r.first_change else None,
-                "recorded": r.first_change.recorded if r.first_change else None,
-                "replayed": r.first_change.replayed if r.first_change else None,
-                "saved_usd": round(r.saved_usd, 6),
-            }
-            for r in report.changed_runs
-        ],
-        "partial": report.partial,
-        "broken": report.broken,
-    }
-    return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
 
 
 #: the help's last line: how this install's replay core runs (processors/compiled.py)

@@ -40,11 +40,12 @@ import pickle
 import queue
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from baton.processors.recorded import Recorded
 from baton.processors.replay import ReplayReport, replay_runs, runs_of
@@ -53,7 +54,14 @@ from baton.processors.replay_trimmed import judge_trimmed
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
 
-__all__ = ["collecting_rarely", "prefetched", "replay_parallel", "replay_pieces", "start_pool"]
+__all__ = [
+    "collecting_rarely",
+    "mark",
+    "prefetched",
+    "replay_parallel",
+    "replay_pieces",
+    "start_pool",
+]
 
 _T = TypeVar("_T")
 _Job = tuple[Policy, dict[str, Policy], bytes, Callable[[Any], Iterable[Sequence[object]]], float]
@@ -62,12 +70,28 @@ _Job = tuple[Policy, dict[str, Policy], bytes, Callable[[Any], Iterable[Sequence
 _job: tuple[bytes, _Job] | None = None
 
 
+#: a file: each process of `baton replay` appends when it did what (``mark``; docs/replay.md
+#: "Where the time goes"); unset (""), nothing is written
+_TIMELINE: Final = os.environ.get("BATON_REPLAY_TIMELINE", "")
+
+
+def mark(what: str) -> None:
+    """With ``BATON_REPLAY_TIMELINE`` set: one line appended to it, ``pid wall-clock
+    process-CPU thread-CPU what`` (seconds), to see when each process works and waits."""
+    if _TIMELINE:
+        line = f"{os.getpid()} {time.time():.4f} {time.process_time():.4f} "
+        with open(_TIMELINE, "a") as out:
+            out.write(f"{line}{time.thread_time():.4f} {what}\n")
+
+
 def _replay_piece(job: bytes, piece: Any) -> ReplayReport:
     global _job
+    if _TIMELINE:
+        mark("piece")
     if _job is None or _job[0] != job:
         _job = (job, pickle.loads(job))
     new_policy, policies, chain_key, decode, retention_s = _job[1]
-    return replay_runs(
+    report = replay_runs(
         runs_of(decode(piece)),
         new_policy,
         policies,
@@ -75,6 +99,9 @@ def _replay_piece(job: bytes, piece: Any) -> ReplayReport:
         retention_s=retention_s,
         judge=False,
     )
+    if _TIMELINE:
+        mark("piece done")
+    return report
 
 
 def _as_rows(piece: list[Recorded]) -> list[Recorded]:
@@ -191,7 +218,12 @@ def _replay_pieces(
     job = (new_policy, policies, chain_key)
 
     def here(piece: _T) -> ReplayReport:
-        return replay_runs(runs_of(decode(piece)), *job, retention_s=retention_s, judge=False)
+        if _TIMELINE:
+            mark("here")
+        done = replay_runs(runs_of(decode(piece)), *job, retention_s=retention_s, judge=False)
+        if _TIMELINE:
+            mark("here done")
+        return done
 
     def merge(part: ReplayReport) -> None:
         nonlocal decided
@@ -225,8 +257,10 @@ def _replay_pieces(
     #: every piece's report in read order: done (replayed here) or still in the pool
     waiting: deque[ReplayReport | Future[ReplayReport]] = deque()
     in_pool = 0  # pieces handed to the pool and not merged yet
-    #: pieces in flight per pool process: one replayed, one queued behind it
-    most = 2 * (jobs - 1)
+    #: pieces in flight per pool process: one replayed, two queued behind it (this process
+    #: hands pieces out between its own: with one queued, a pool process finishing two
+    #: pieces while this one decided one of its own and read pages waited, ~5 % of its time)
+    most = 3 * (jobs - 1)
 
     def merge_ready(block: bool) -> None:
         nonlocal in_pool
@@ -250,7 +284,11 @@ def _replay_pieces(
             else:
                 waiting.append(here(piece))
             merge_ready(block=False)
+        if _TIMELINE:
+            mark("read all: waiting for the pool")
         merge_ready(block=True)
+        if _TIMELINE:
+            mark("merged all")
     except BrokenProcessPool as exc:
         # a pool process died (the OOM killer, a crash) or its answer did not load: its piece
         # is lost, so the replay fails; a multiprocessing.Pool lost it and waited for ever
@@ -312,6 +350,8 @@ def prefetched(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
     def produce() -> None:
         try:
             for item in items:
+                if _TIMELINE:
+                    mark("page read")
                 if stop.is_set():
                     return
                 ahead.put((True, item))
@@ -323,6 +363,8 @@ def prefetched(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
     thread.start()
     try:
         while True:
+            if _TIMELINE and ahead.empty():
+                mark("waiting for a page")
             more, item = ahead.get()
             if not more:
                 if item is not None:

@@ -254,9 +254,18 @@ _SELECT = ", ".join(
 )
 
 
-def split_page(page: bytes, rows: int) -> Iterator[bytes]:
+def split_page(
+    page: bytes, rows: int, left: int = 0, done: int = 0, share: int = 0
+) -> Iterator[bytes]:
     """``page`` cut into pieces of about ``rows`` rows (more to end a run: a run is never
     split), still in the page format: what the reading process hands to one replay process.
+
+    ``share`` > 0 sizes the pieces by where they are in the scope (``done``: rows cut before
+    this page; ``left``: rows from this page's start to the scope's end, about): a piece
+    holds at most ``(done + cut) // 2`` rows, so the first ones are small and every process
+    starts deciding on the first page, and at most ``left // share`` of the rows left, so
+    the last ones are small and the processes finish together; never fewer than
+    ``_FEWEST``.
 
     Cut by bytes (the page's mean row length), one copy of each piece, not split into lines
     and joined again: the reading process splits every page beside its share of the
@@ -267,9 +276,13 @@ def split_page(page: bytes, rows: int) -> Iterator[bytes]:
         end -= 1
     if not end:
         return
-    size = max(end * max(rows, 1) // (page.count(b"\n", 0, end) + 1), 1)  # bytes of ~rows
+    lines = page.count(b"\n", 0, end) + 1
     start = 0
     while start < end:
+        want = max(rows, 1)
+        if share > 0:
+            want = min(want, max(_FEWEST, done // 2), max(_FEWEST, left // share))
+        size = max(end * want // lines, 1)  # bytes of ~want rows (the page's mean row)
         cut = page.find(b"\n", min(start + size, end) - 1, end)
         if cut < 0:
             yield page[start:end]
@@ -282,10 +295,16 @@ def split_page(page: bytes, rows: int) -> Iterator[bytes]:
             if _run_of(page[cut + 1 : after]) != run_id:
                 break
             cut = after
+        if share > 0:
+            cut_rows = page.count(b"\n", start, cut) + 1
+            done += cut_rows
+            left -= cut_rows
         yield page[start:cut]
         start = cut + 1
 
 
+#: the fewest rows :func:`split_page` sizes a piece to (about 10 ms of deciding)
+_FEWEST: Final = 250
 _NEWLINE = ord("\n")
 
 
