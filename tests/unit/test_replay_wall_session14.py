@@ -138,7 +138,10 @@ def test_the_timeline_says_when_each_process_decided_its_pieces(tmp_path: Path) 
     # (docs/replay.md "Where the time goes"); unset, nothing is written
     root = Path(__file__).resolve().parents[2]
     timeline = tmp_path / "timeline.txt"
-    env = {**os.environ, "PYTHONPATH": str(root), "BATON_REPLAY_TIMELINE": str(timeline)}
+    # (the PYTHONPATH given kept first: a compiled build's site, tests/integration/
+    # test_compiled_core.py)
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(root)) if p)
+    env = {**os.environ, "PYTHONPATH": path, "BATON_REPLAY_TIMELINE": str(timeline)}
     out = subprocess.run(
         [sys.executable, "-c", _TIMED], cwd=root, env=env, capture_output=True, text=True
     )
