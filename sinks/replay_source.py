@@ -8,7 +8,7 @@ follower's records (kill switches, policy updates) are not run steps. Policies c
 workers' ``policy_in_force`` records; one whose document does not hash to the version it
 claims is not used (a forged or damaged row).
 
-Rows are read as *pages*: whole runs, up to about 100,000 rows a query (memory holds a page, never
+Rows are read as *pages*: whole runs, about 50,000 rows a query (memory holds a page, never
 the audit), in the audit's JSON rows format, and decoded (:func:`page_rows`) where they are
 replayed: the reading process cuts pages into pieces of whole runs (:func:`split_page`) and
 hands the bytes to the `--jobs` processes. A FINAL query scans the table (its key starts with
@@ -65,12 +65,8 @@ WHERE phase = '{Phase.CONTROL.value}' AND input IS NOT NULL
                  '{Reason.POLICY_UPDATED.value}')
 ORDER BY decided_at, audit_partition, audit_offset
 """
-#: rows per query: bounds the memory of a long replay (a run is never split: see below); a
-#: page query costs ~0.09 s of CPU besides its rows (480k rows: 12 pages of 50,000 read with
-#: 2.9-3.2 s, 7 of 100,000 with 2.5-3.2 s, session 14), all of it in the reading process
-_PAGE = 100_000
-#: where pages may end, and the first page's rows: a twentieth of a page
-_MARKS = 20
+#: rows per query: bounds the memory of a long replay (a run is never split: see below)
+_PAGE = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +182,10 @@ def read_pages(client: Client, scope: ReplayScope, rows_per_page: int = _PAGE) -
     they are replayed: the reading process hands bytes to `--jobs` processes, never Python
     objects).
 
-    One query finds where pages may end (a running count per run id, every twentieth of a
-    page), one reads each page. The first pages are small and grow (a twentieth, a tenth,
-    ... of ``rows_per_page``): replay starts on the first rows while the rest are read, and
-    the pages after them are few (each query has a cost of its own).
+    One query finds where pages may end (a running count per run id, every tenth of a
+    page), one reads each page. The first pages are small and grow (a tenth, a fifth, ...
+    of ``rows_per_page``): replay starts on the first rows while the rest are read, and the
+    pages after them are few (each is a scan of the table).
     """
     where, params = scope.where()
     total, tenants, tenant = client.query(
@@ -203,7 +199,7 @@ def read_pages(client: Client, scope: ReplayScope, rows_per_page: int = _PAGE) -
         # last page's query is not)
         where += " AND tenant = {only_tenant:String}"
         params = {**params, "only_tenant": str(tenant)}
-    step = max(int(rows_per_page) // _MARKS, 1)
+    step = max(int(rows_per_page) // 10, 1)
     bounds = client.query(
         f"SELECT run_id, upto FROM (SELECT run_id, sum(n) OVER (ORDER BY run_id ROWS "
         f"UNBOUNDED PRECEDING) AS upto, n FROM (SELECT run_id, count() AS n FROM "

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from concurrent.futures import Future
@@ -19,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from baton.processors.replay_pool import replay_pieces
-from baton.sinks.replay_source import ReplayScope, page_rows, read_pages, split_page
+from baton.sinks.replay_source import page_rows, split_page
 from tests.unit.test_engine_support import policy_with
 from tests.unit.test_replay import KEY, _budget_history, _policies, record
 from tests.unit.test_replay_read import _page
@@ -162,43 +161,3 @@ def test_the_timeline_says_when_each_process_decided_its_pieces(tmp_path: Path) 
     timeline.unlink()
     subprocess.run([sys.executable, "-c", _TIMED], cwd=root, env=env, check=True)
     assert not timeline.exists()
-
-
-class _Bounds:
-    """A client over an audit of 48,000 runs of 10 rows (480,000): answers the count and the
-    page-bounds queries as ClickHouse would and records each page query's run range."""
-
-    def __init__(self) -> None:
-        self.pages: list[tuple[str | None, str | None]] = []
-
-    def query(self, sql: str, parameters: Any = None) -> Any:
-        class _Result:
-            result_rows: list[Any]
-
-        result = _Result()
-        if "uniqExact(tenant)" in sql:
-            result.result_rows = [(480_000, 1, "acme")]
-        else:
-            step = int(re.search(r"intDiv\(upto, (\d+)\)", sql).group(1))  # type: ignore[union-attr]
-            result.result_rows = [
-                (f"r{run:05d}", (run + 1) * 10)
-                for run in range(48_000)
-                if (run + 1) * 10 // step > run * 10 // step
-            ]
-        return result
-
-    def raw_query(self, sql: str, parameters: Any = None, fmt: str = "") -> bytes:
-        params = parameters or {}
-        self.pages.append((params.get("after"), params.get("upto")))
-        return b""
-
-
-def test_pages_start_at_5000_rows_and_grow_to_100000_fewer_queries_for_a_long_replay() -> None:
-    # a page query costs ~0.09 s of CPU besides its rows, in the reading process: 480k rows
-    # were 13 pages of up to 50,000; now 9 of up to 100,000, the first still 5,000 rows
-    client = _Bounds()
-    pages = read_pages(client, ReplayScope())  # type: ignore[arg-type]
-    assert pages.rows == 480_000 and list(pages.pages) == []  # (no rows: no page yielded)
-    ends = [int(upto[1:]) * 10 + 10 if upto else 480_000 for _, upto in client.pages]
-    sizes = [b - a for a, b in zip([0, *ends], ends, strict=False)]
-    assert sizes == [5_000, 10_000, 20_000, 40_000, 80_000, 100_000, 100_000, 100_000, 25_000]
