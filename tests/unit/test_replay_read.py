@@ -29,6 +29,16 @@ pytestmark = pytest.mark.unit
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def runs_page(runs: list[tuple[int, int]]) -> bytes:
+    """A page of runs of ``n`` rows each, a row's text ``pad`` × its place in the run long."""
+    lines = [
+        orjson.dumps([f"r{i}", "x" * (pad * (j + 1)), j])
+        for i, (n, pad) in enumerate(runs)
+        for j in range(n)
+    ]
+    return b"\n".join(lines) + b"\n"
+
+
 def _page(rows: list) -> bytes:
     """Rows as the audit's query writes them (JSONCompactEachRow, decided_at in µs)."""
     lines = []
@@ -76,17 +86,12 @@ def test_a_page_cut_anywhere_by_bytes_gives_whole_runs_in_order(
     runs: list[tuple[int, int]], rows: int
 ) -> None:
     # runs of 1-6 rows of any length: every piece ends a run, and the pieces are the page
-    lines = [
-        orjson.dumps([f"r{i}", "x" * (pad * (j + 1)), j])
-        for i, (n, pad) in enumerate(runs)
-        for j in range(n)
-    ]
-    page = b"\n".join(lines) + b"\n"
+    page = runs_page(runs)
     pieces = list(split_page(page, rows))
     assert b"\n".join(pieces) + b"\n" == page
     seen = [[orjson.loads(line)[0] for line in piece.split(b"\n")] for piece in pieces]
     assert all(a[-1] != b[0] for a, b in pairwise(seen))  # no run cut
-    if rows >= len(lines):  # the page's rows asked: one piece
+    if rows >= sum(n for n, _ in runs):  # the page's rows asked: one piece
         assert len(pieces) == 1
     assert list(split_page(b"\n\n", rows)) == []
 

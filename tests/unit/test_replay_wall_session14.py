@@ -21,7 +21,7 @@ from baton.processors.replay_pool import replay_pieces
 from baton.sinks.replay_source import page_rows, split_page
 from tests.unit.test_engine_support import policy_with
 from tests.unit.test_replay import KEY, _budget_history, _policies, record
-from tests.unit.test_replay_read import _page
+from tests.unit.test_replay_read import _page, runs_page
 
 pytestmark = pytest.mark.unit
 
@@ -64,12 +64,7 @@ def test_with_a_share_the_first_pieces_are_small_and_grow_and_the_last_ones_shri
 def test_pieces_sized_by_a_share_are_still_whole_runs_and_the_whole_page(
     runs: list[tuple[int, int]], rows: int, left: int, done: int, share: int
 ) -> None:
-    lines = [
-        orjson.dumps([f"r{i}", "x" * (pad * (j + 1)), j])
-        for i, (n, pad) in enumerate(runs)
-        for j in range(n)
-    ]
-    page = b"\n".join(lines) + b"\n"
+    page = runs_page(runs)
     pieces = list(split_page(page, rows, left, done, share))
     assert b"\n".join(pieces) + b"\n" == page
     seen = [[orjson.loads(line)[0] for line in piece.split(b"\n")] for piece in pieces]
@@ -119,7 +114,7 @@ from baton.processors.replay_pool import replay_pieces, start_pool
 from baton.sinks.replay_source import page_rows
 from tests.unit.test_engine_support import policy_with
 from tests.unit.test_replay import KEY, _budget_history, _policies, record
-from tests.unit.test_replay_read import _page
+from tests.unit.test_replay_read import _page, runs_page
 
 loose = policy_with(max_handoffs=20)
 rows = [r for i in range(12) for r in record(loose, _budget_history(f"t{i:02d}", 5, 1.0))]
