@@ -328,9 +328,7 @@ def _pieces(pages: Any, rows: int, share: int) -> Iterator[bytes]:
 
     done = 0
     for page in prefetched(pages.pages):
-        lines = page.count(b"\n")  # (a page's rows each end with one)
-        yield from split_page(page, rows, max(pages.rows - done, lines), done, share)
-        done += lines
+        done += yield from split_page(page, rows, pages.rows - done, done, share)
 
 
 def _exit(report: ReplayReport) -> None:

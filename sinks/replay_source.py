@@ -17,7 +17,7 @@ the tenant), so pages are few and big, and the pieces handed out are small.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -256,12 +256,13 @@ _SELECT = ", ".join(
 
 def split_page(
     page: bytes, rows: int, left: int = 0, done: int = 0, share: int = 0
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, int]:
     """``page`` cut into pieces of about ``rows`` rows (more to end a run: a run is never
     split), still in the page format: what the reading process hands to one replay process.
 
     ``share`` > 0 sizes the pieces by where they are in the scope (``done``: rows cut before
-    this page; ``left``: rows from this page's start to the scope's end, about): a piece
+    this page; ``left``: rows from this page's start to the scope's end, about, and never
+    fewer than the page's own): a piece
     holds at most ``(done + cut) // 2`` rows, so the first ones are small and every process
     starts deciding on the first page, and at most ``left // share`` of the rows left, so
     the last ones are small and the processes finish together; never fewer than
@@ -270,13 +271,14 @@ def split_page(
     Cut by bytes (the page's mean row length), one copy of each piece, not split into lines
     and joined again: the reading process splits every page beside its share of the
     deciding (120k rows: 0.05 s CPU, 0.06-0.08 s by lines), and holds no list of a page's
-    lines (50,000 bytes objects)."""
+    lines (50,000 bytes objects). Returns the page's rows (what ``yield from`` gives)."""
     end = len(page)
     while end and page[end - 1] == _NEWLINE:
         end -= 1
     if not end:
-        return
+        return 0
     lines = page.count(b"\n", 0, end) + 1
+    left = max(left, lines)
     start = 0
     while start < end:
         want = max(rows, 1)
@@ -286,7 +288,7 @@ def split_page(
         cut = page.find(b"\n", min(start + size, end) - 1, end)
         if cut < 0:
             yield page[start:end]
-            return
+            return lines
         last = page.rfind(b"\n", start, cut) + 1 or start  # where the piece's last row starts
         run_id = _run_of(page[last:cut])
         while cut < end:  # the run of the piece's last row ends in it
@@ -301,6 +303,7 @@ def split_page(
             left -= cut_rows
         yield page[start:cut]
         start = cut + 1
+    return lines
 
 
 #: the fewest rows :func:`split_page` sizes a piece to (about 10 ms of deciding)
