@@ -86,8 +86,7 @@ def mark(what: str) -> None:
 
 def _replay_piece(job: bytes, piece: Any) -> ReplayReport:
     global _job
-    if _TIMELINE:
-        mark("piece")
+    mark("piece")
     if _job is None or _job[0] != job:
         _job = (job, pickle.loads(job))
     new_policy, policies, chain_key, decode, retention_s = _job[1]
@@ -99,8 +98,7 @@ def _replay_piece(job: bytes, piece: Any) -> ReplayReport:
         retention_s=retention_s,
         judge=False,
     )
-    if _TIMELINE:
-        mark("piece done")
+    mark("piece done")
     return report
 
 
@@ -218,11 +216,9 @@ def _replay_pieces(
     job = (new_policy, policies, chain_key)
 
     def here(piece: _T) -> ReplayReport:
-        if _TIMELINE:
-            mark("here")
+        mark("here")
         done = replay_runs(runs_of(decode(piece)), *job, retention_s=retention_s, judge=False)
-        if _TIMELINE:
-            mark("here done")
+        mark("here done")
         return done
 
     def merge(part: ReplayReport) -> None:
@@ -284,11 +280,9 @@ def _replay_pieces(
             else:
                 waiting.append(here(piece))
             merge_ready(block=False)
-        if _TIMELINE:
-            mark("read all: waiting for the pool")
+        mark("read all: waiting for the pool")
         merge_ready(block=True)
-        if _TIMELINE:
-            mark("merged all")
+        mark("merged all")
     except BrokenProcessPool as exc:
         # a pool process died (the OOM killer, a crash) or its answer did not load: its piece
         # is lost, so the replay fails; a multiprocessing.Pool lost it and waited for ever
@@ -350,8 +344,7 @@ def prefetched(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
     def produce() -> None:
         try:
             for item in items:
-                if _TIMELINE:
-                    mark("page read")
+                mark("page read")
                 if stop.is_set():
                     return
                 ahead.put((True, item))
