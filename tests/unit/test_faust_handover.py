@@ -5,7 +5,9 @@ caller, and a fetch the caller gave up before it started never starts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -38,11 +40,17 @@ class _Thread(QueueServiceThread):
         return await self.fetch(partitions, **kwargs)
 
 
-async def _started(fetch: Any) -> _Thread:
+@contextlib.asynccontextmanager
+async def _started(fetch: Any) -> AsyncIterator[_Thread]:
+    """A started thread whose method queue fails any call; stopped at the end."""
     thread = _Thread(fetch)
     await thread.start()
     thread._method_queue = _NoQueue()  # type: ignore[assignment]
-    return thread
+    try:
+        yield thread
+    finally:
+        thread._method_queue = None
+        await thread.stop()
 
 
 def test_the_fetch_runs_on_the_thread_and_its_records_come_back() -> None:
@@ -51,14 +59,10 @@ def test_the_fetch_runs_on_the_thread_and_its_records_come_back() -> None:
         return {"records": sorted(partitions), **kwargs}
 
     async def go() -> None:
-        thread = await _started(fetch)
-        try:
+        async with _started(fetch) as thread:
             got = await thread.getmany({2, 1}, 0.5)
             assert got == {"records": [1, 2], "timeout": 0.5, "max_records": 7}
             assert thread.ran_on and thread.ran_on[0] != threading.get_ident()
-        finally:
-            thread._method_queue = None
-            await thread.stop()
 
     asyncio.run(go())
 
@@ -68,13 +72,9 @@ def test_the_fetch_error_is_raised_to_the_caller() -> None:
         raise ConnectionError("broker went away")
 
     async def go() -> None:
-        thread = await _started(fetch)
-        try:
+        async with _started(fetch) as thread:
             with pytest.raises(ConnectionError, match="went away"):
                 await thread.getmany(set(), 0.1)
-        finally:
-            thread._method_queue = None
-            await thread.stop()
 
     asyncio.run(go())
 
@@ -85,13 +85,9 @@ def test_a_fetch_the_thread_cancels_cancels_the_callers_wait() -> None:
         await asyncio.sleep(1)
 
     async def go() -> None:
-        thread = await _started(fetch)
-        try:
+        async with _started(fetch) as thread:
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(thread.getmany(set(), 0.1), 5)
-        finally:
-            thread._method_queue = None
-            await thread.stop()
 
     asyncio.run(go())
 
