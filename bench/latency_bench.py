@@ -36,7 +36,11 @@ the rest (the control follower, librdkafka's threads).
 Experiments on the relay (the figures in bench/RESULTS.md, 2026-11-29 night):
 ``BENCH_RELAY_BURN_US=180`` makes it spend that much CPU a record before re-producing it
 (Baton's worker spends ~200 us an event); ``BENCH_RELAY_PAD_TO=1150`` pads its copies to a
-decision's size.
+decision's size. As sides of one run (each ratio is to the plain ``relay``):
+
+    python -m bench.latency_bench --sides relay,relay:burn=80,relay:burn=180,relay:pad=1150,baton
+    taskset -c 0 python -m bench.latency_bench --broker-cpu 1
+        # the broker's threads on CPU 1, everything else on CPU 0 (informative only)
 """
 
 from __future__ import annotations
@@ -325,14 +329,38 @@ def _fresh_topics(bootstrap: str, *names: str) -> None:
         future.result(10)
 
 
+#: a relay side's settings (``relay:burn=80``, ``relay:pad=1150,burn=40``) -> its variables
+_RELAY_SETTINGS = {"burn": "BENCH_RELAY_BURN_US", "pad": "BENCH_RELAY_PAD_TO"}
+
+
+def relay_env(side: str) -> dict[str, str]:
+    """The relay's environment for a side ``relay`` or ``relay:NAME=N[,NAME=N]``: a clear
+    error for an unknown name or a value that is not a whole number >= 0."""
+    _, _, settings = side.partition(":")
+    env = dict.fromkeys(_RELAY_SETTINGS.values(), "0")
+    for setting in filter(None, settings.split(",")):
+        name, _, value = setting.partition("=")
+        if name not in _RELAY_SETTINGS or not value.isdigit():
+            raise SystemExit(
+                f"side {side!r}: {setting!r} is not one of "
+                + ", ".join(f"{n}=N" for n in _RELAY_SETTINGS)
+                + " (N a whole number >= 0)"
+            )
+        env[_RELAY_SETTINGS[name]] = value
+    return env
+
+
 @contextmanager
-def relay_side(bootstrap: str, args: argparse.Namespace) -> Iterator[tuple[str, str, int]]:
+def relay_side(
+    bootstrap: str, args: argparse.Namespace, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, str, int]]:
     """A relay process on fresh topics: (where requests go, where answers come from, its
-    pid)."""
+    pid). ``env``: its BENCH_RELAY_* settings (``relay_env``)."""
     prefix = f"relay{uuid.uuid4().hex[:6]}."
     src, dst = f"{prefix}in", f"{prefix}out"
     _fresh_topics(bootstrap, src, dst)
-    proc = _start_relay(bootstrap, src, dst, args.fetch_wait_ms)
+    with _environ(env or {}):
+        proc = _start_relay(bootstrap, src, dst, args.fetch_wait_ms)
     try:
         yield src, dst, proc.pid
     finally:
@@ -445,12 +473,17 @@ def measure(args: argparse.Namespace) -> None:
         bootstrap, workdir = broker.bootstrap, Path(tmp)
         # the broker's pid, for its CPU column (EmbeddedBroker keeps its process private)
         broker_pid = broker._proc.pid if broker._proc is not None else None
+        if args.broker_cpu is not None and broker_pid is not None:
+            pin_threads(broker_pid, {args.broker_cpu})
         sides = {
             "relay": lambda: relay_side(bootstrap, args),
             "baton": lambda: baton_side(bootstrap, args, workdir),
             "before": lambda: baton_side(bootstrap, args, workdir, args.before_pythonpath),
         }
         for side in args.sides.split(","):
+            if side == "relay" or side.startswith("relay:"):  # relay:burn=N,pad=N
+                relay_vars = relay_env(side)
+                sides[side] = lambda e=relay_vars: relay_side(bootstrap, args, e)
             if side.startswith("baton:"):  # a worker importing Baton from another checkout
                 path = side.split(":", 1)[1]
                 sides[side] = lambda path=path: baton_side(bootstrap, args, workdir, path)
@@ -506,6 +539,7 @@ def _report(
         per_round = " · ".join(f"{_p50_p99_ms(one)[0]:.1f}" for one in samples)
         name = {
             "relay": "bare relay (flush per fetch)",
+            **({side: f"bare relay, {side[6:]}"[:36]} if side.startswith("relay:") else {}),
             "baton": "baton worker",
             "before": "baton worker (--before-pythonpath)",
         }.get(side, f"baton worker, {side}"[:36] if side.startswith("producer:") else None)
@@ -553,9 +587,15 @@ def _print_waits(side: str, cpu: list[tuple[float, ...]], seconds: float) -> Non
         return
     loop, top, rest, broker, bench = (1e3 * sum(c[i] for c in cpu) / seconds for i in range(5, 10))
     print(
-        f"|   waiting for a core, ms/s: {side if side == 'relay' else 'worker'} main "
+        f"|   waiting for a core, ms/s: {'relay' if side.startswith('relay') else 'worker'} main "
         f"{loop:.0f} + {top:.0f} + {rest:.0f}, broker {broker:.0f}, client+reader {bench:.0f}"
     )
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` (threads it starts later inherit it) allowed only ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
 
 
 def main() -> None:
@@ -576,6 +616,12 @@ def main() -> None:
     ap.add_argument(
         "--before-pythonpath",
         help="side 'before': a worker importing Baton from this PYTHONPATH (paired runs)",
+    )
+    ap.add_argument(
+        "--broker-cpu",
+        type=int,
+        help="pin the broker's threads to this CPU (run the bench itself under taskset on "
+        "another: an informative figure with the broker on its own core)",
     )
     ap.add_argument("--relay", nargs=3, metavar=("BOOTSTRAP", "SRC", "DST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
