@@ -8,6 +8,7 @@ from typing import Any
 from baton.cli.restore_kills import reissued_commands
 from baton.processors.state import RunState
 from baton.schemas.settings import Settings
+from baton.streams.kafka import undelivered
 from baton.streams.partitioner import partition_for
 
 __all__ = ["reissue", "write_changelog"]
@@ -46,9 +47,9 @@ def write_changelog(settings: Settings, states: list[RunState]) -> None:
     producer = Producer({**config, "linger.ms": 5})
     errors: list[str] = []
 
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
+    def delivered(err: Any, msg: Any) -> None:
+        if (failed := undelivered(err, msg)) is not None:  # offset -1: not written (F4)
+            errors.append(failed)
 
     last: dict[int, tuple[bytes, bytes]] = {}
     for state in states:
@@ -74,9 +75,9 @@ def reissue(settings: Settings, commands: list[str], say: Callable[[str], None])
     producer = Producer(settings.kafka_config())
     errors: list[str] = []
 
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
+    def delivered(err: Any, msg: Any) -> None:
+        if (failed := undelivered(err, msg)) is not None:  # offset -1: not written (F4)
+            errors.append(failed)
 
     def refused(line: str) -> None:
         say(f"restore: WARNING: a recorded command is not a control event, not re-issued: {line}")
