@@ -262,6 +262,8 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
                 )
                 and value[10] == "T"
                 and value[-6:] == "+00:00"
+                and value[4] == value[7] == "-"  # not a week date (event_time_from's form)
+                and value[13] == value[16] == ":"
             ):
                 return None
             try:

@@ -51,6 +51,10 @@ def event_time_from(value: Any, handler: ValidatorFunctionWrapHandler) -> dateti
         and ((len(value) == 25 and value[19] == "+") or (len(value) == 32 and value[19] == "."))
         and value[10] == "T"
         and value[-6:] == "+00:00"
+        # YYYY-MM-DDTHH:MM:SS only: fromisoformat also reads an ISO week date (2026-W09-1)
+        # and colon-less times (T090000.1) of the same length, which pydantic refuses
+        and value[4] == value[7] == "-"
+        and value[13] == value[16] == ":"
     ):
         try:
             at = _from_iso(value)
