@@ -8,13 +8,16 @@ batch ends, must then write nothing for them (it exits without committing: a bat
 held the loop past 2/3 of the session, processors/app.py ``_heartbeats_waited``). The batch
 is made slow by a ``sitecustomize`` put on the worker's PYTHONPATH (a batch holding a marker
 run sleeps in the batch step, as a batch that long to decide would hold the loop), everything
-else is the real worker.
+else is the real worker. The batch holds the loop until the test has seen the other worker
+decide handoffs 4 and 5 (a file the test writes; BLOCK_S at most), not a fixed 30 s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -32,11 +35,14 @@ from tests.stack import Collector, EventSender, WorkerProcess, fresh_topics, wai
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 POLICY = "multi_agent:\n  max_agents_per_run: 4\n  max_handoffs: 100\n  max_delegation_depth: 3\n"
-#: how long the slow batch holds the loop: past the 6 s session timeout of tests/stack.py
-BLOCK_S = 30
+#: the longest the slow batch holds the loop (past the 6 s session timeout of tests/stack.py):
+#: inline it ends sooner, once the test has seen w2 decide handoffs 4 and 5 (~11 s on a busy
+#: host); with a consumer thread (w1 keeps its partitions: nothing to wait for) it lasts 30 s
+BLOCK_S = {"inline": 60, "thread": 30}
 
 SLOW_BATCH = '''"""Test fault: a batch holding a run whose id starts with BATON_TEST_SLOW_RUN
-blocks the worker's loop BATON_TEST_SLOW_S seconds before it is decided."""
+blocks the worker's loop until the file BATON_TEST_RELEASE exists (BATON_TEST_SLOW_S seconds
+at most) before it is decided."""
 import os
 import time
 
@@ -49,7 +55,9 @@ _marker = os.environ["BATON_TEST_SLOW_RUN"].encode()
 def process(self, records, now):
     if any(r.key.startswith(_marker) for r in records):
         print("test fault: blocking the loop", flush=True)
-        time.sleep(float(os.environ["BATON_TEST_SLOW_S"]))
+        until = time.monotonic() + float(os.environ["BATON_TEST_SLOW_S"])
+        while time.monotonic() < until and not os.path.exists(os.environ["BATON_TEST_RELEASE"]):
+            time.sleep(0.1)
         print("test fault: unblocked", flush=True)
     return _real(self, records, now)
 
@@ -121,7 +129,8 @@ def test_a_worker_whose_batch_outlasts_its_session_writes_no_stale_run_state(
         # (ahead of a PYTHONPATH already set: a checkout to try a fix with)
         "PYTHONPATH": os.pathsep.join([str(inject), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "BATON_TEST_SLOW_RUN": "slow-",
-        "BATON_TEST_SLOW_S": str(BLOCK_S),
+        "BATON_TEST_SLOW_S": str(BLOCK_S[consumer_loop]),
+        "BATON_TEST_RELEASE": str(tmp_path / "release"),
     }
 
     def worker(name: str, env: dict[str, str]) -> WorkerProcess:
@@ -167,8 +176,24 @@ def test_a_worker_whose_batch_outlasts_its_session_writes_no_stale_run_state(
         decided(4)
         sender.send([handoff(run, 5, "t5") for run in runs])
         decided(5)
-        wait_for(lambda: "test fault: unblocked" in w1.log(), BLOCK_S + 30)
-        time.sleep(5)  # w1 publishes what it decided before it was expelled
+        if consumer_loop == "inline":
+            # w2 wrote handoff 5's states while w1 still held its batch (else w1's write
+            # could not come after them and the test would prove nothing): let w1 go on then
+            changelog = f"baton-{prefix.rstrip('.')}-runs-changelog"
+            moved = [run for run in runs if partition_for(run.encode(), PARTITIONS) in mine]
+
+            def fifth_written() -> bool:
+                counts = _changelog_counts(broker.bootstrap, changelog, mine)
+                return all(counts.get(run, [0])[-1] == 5 for run in moved)
+
+            wait_for(fifth_written, 30, message=lambda: [w.log() for w in workers])
+            assert "test fault: unblocked" not in w1.log(), w1.log()
+            (tmp_path / "release").touch()
+        wait_for(lambda: "test fault: unblocked" in w1.log(), BLOCK_S[consumer_loop] + 30)
+        # w1 publishes what it decided before it was expelled, or (as it should) exits
+        # without writing: 5 s for the writes, less once it has exited
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            w1.proc.wait(5)
         counts = _changelog_counts(
             broker.bootstrap, f"baton-{prefix.rstrip('.')}-runs-changelog", mine
         )
