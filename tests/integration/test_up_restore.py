@@ -86,10 +86,11 @@ def _stop(up: _Up) -> None:
     assert up.proc.wait(60) == 0, "\n".join(up.lines[-30:])
 
 
-def _audited(data_dir: Path, run: str, reason: str) -> bool:
-    query = (
-        f"SELECT count() FROM governance.decisions WHERE run_id = '{run}' AND reason = '{reason}'"
-    )
+def _audited(data_dir: Path, *pairs: tuple[str, str]) -> bool:
+    """Whether the audit holds a decision of each (run, reason): one ``baton sql`` for all
+    (each is a process that imports chDB)."""
+    wanted = " OR ".join(f"(run_id = '{run}' AND reason = '{reason}')" for run, reason in pairs)
+    query = f"SELECT DISTINCT concat(run_id, '/', reason) FROM governance.decisions WHERE {wanted}"
     out = subprocess.run(
         [
             sys.executable,
@@ -106,7 +107,8 @@ def _audited(data_dir: Path, run: str, reason: str) -> bool:
         text=True,
         timeout=30,
     )
-    return out.stdout.strip() not in ("", "0")
+    found = {line.strip().strip('"') for line in out.stdout.splitlines()}
+    return all(f"{run}/{reason}" in found for run, reason in pairs)
 
 
 def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path) -> None:
@@ -128,10 +130,11 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path
         assert _decisions(bootstrap, "owned", 1) == [("allow", "ok")]
         _kill(bootstrap, "killed")
         wait_for(
-            lambda: (
-                _audited(data_dir, "over", "shared_budget_exceeded")
-                and _audited(data_dir, "owned", "ok")
-                and _audited(data_dir, "killed", "kill_switch")
+            lambda: _audited(
+                data_dir,
+                ("over", "shared_budget_exceeded"),
+                ("owned", "ok"),
+                ("killed", "kill_switch"),
             ),
             60,
             interval=1,
