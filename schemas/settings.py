@@ -63,7 +63,7 @@ def _credentials_like(address: str) -> bool:
     entry = address.strip().rpartition("://")[2]
     if entry.count(":") == 1:  # alice:s3cret＠host: a password where the port goes
         port = entry.partition(":")[2]
-        return bool(port) and not port.isdigit()
+        return bool(port) and not (port.isascii() and port.isdigit())  # not '９０９２'
     if entry.count(":") < 2 or entry.startswith("["):
         return False
     try:

@@ -44,9 +44,13 @@ def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
             port_text = rest[1:] if rest.startswith(":") else rest
         elif entry.count(":") == 1:
             host, port_text = entry.split(":")
-        try:
-            port = int(port_text) if port_text else _KAFKA_PORT
-        except ValueError:
+        # ASCII digits only: int() also reads '９０９２' (fullwidth), ' 9092', '+9092' and
+        # '9_092', which librdkafka reads as port 0 or 9 (aiokafka as 9092)
+        if not port_text:
+            port = _KAFKA_PORT
+        elif port_text.isascii() and port_text.isdigit() and len(port_text) <= 5:
+            port = int(port_text)
+        else:
             port = -1
         if not host or not 0 < port < 65536:
             raise ConfigError(
