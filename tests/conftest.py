@@ -11,6 +11,7 @@ import pytest
 
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port as _free_port
+from tests.compiled_build import COMPILED_TEST, start_in_background, stop_background
 
 # `tests` is a package so that `from tests.helpers import wait_for` works; pytest's default
 # import mode therefore puts the repo root on sys.path, which makes the bare folders
@@ -23,6 +24,10 @@ _BARE_IN_WORKERS = pytest.StashKey[set[str]]()
 #: components first, so the many quick unit files fill the gaps at the end instead of one
 #: worker starting a minute-long fault test while the other has nothing left
 _LAYER_ORDER = ("faults", "integration", "unit")
+#: test_compiled_core waits for the build started in the background at collection's end
+#: (tests/compiled_build.py): handed out after the other integration files, its build has had
+#: their minutes; the unit files after it keep the other worker busy while it runs
+_COMPILED_RANK = _LAYER_ORDER.index("unit") - 0.5
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -31,7 +36,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=_layer_rank)  # stable: a file's tests keep their order
 
 
-def _layer_rank(item: pytest.Item) -> int:
+def _layer_rank(item: pytest.Item) -> float:
+    if item.nodeid.startswith(COMPILED_TEST):
+        return _COMPILED_RANK
     layer = item.path.parent.name
     return _LAYER_ORDER.index(layer) if layer in _LAYER_ORDER else len(_LAYER_ORDER)
 
@@ -44,7 +51,12 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     node.config.stash.setdefault(_BARE_IN_WORKERS, set()).update(bare)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    start_in_background(session)  # the compiled build, if test_compiled_core is to run
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_background(session)
     bare = {name for name in _BARE_PACKAGES if name in sys.modules}
     if hasattr(session.config, "workeroutput"):  # an xdist worker: tell the controller
         session.config.workeroutput["bare_packages"] = sorted(bare)

@@ -8,20 +8,22 @@ It needs a C compiler and the Python headers, as a compiled install does; withou
 fails with the build's own error (never skipped: CI machines have gcc). pip fetches mypy into
 its isolated build environment; nothing is cached outside the temporary folder. It takes
 about two minutes of one core's time on top of the suite (the build ~40-70 s, the tests the
-rest): docs/replay.md "A compiled core".
+rest): docs/replay.md "A compiled core". The build, the probe and the core tests' run start
+in the background when the session's collection ends, at nice 10, and this test waits for
+their outputs and asserts on them (tests/compiled_build.py): their minutes overlap the other
+tests' waits instead of adding to the run.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.commit_tree import REPO, SOURCE_FOLDERS
+from tests.commit_tree import REPO
+from tests.compiled_build import build as compiled_build
 
 # the build and the tests take minutes on a busy 2-core host (the suite's 300 s is per test)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -65,82 +67,47 @@ DESELECTED = (
     "test_state_memory_diff_session8.py::test_forged_changelog_records_give_the_start_commits_bytes",
     "test_replay_diff_session7.py::test_rows_of_a_forged_server_with_numbers_for_words_report_as_the_start",
 )
-#: what the build copies besides the package's folders
-_BUILD_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
 
 
-def _build(tmp: Path) -> Path:
-    """This tree's compiled build installed into ``tmp``/site (its folder for PYTHONPATH)."""
-    source = tmp / "src"
-    ignore = shutil.ignore_patterns("__pycache__", "*.so", "build")
-    for folder in (*SOURCE_FOLDERS, "build_backend"):
-        shutil.copytree(REPO / folder, source / folder, ignore=ignore)
-    for name in _BUILD_FILES:
-        shutil.copy2(REPO / name, source / name)
-    site = tmp / "site"
-    env = {
-        **os.environ,
-        "BATON_COMPILE": "1",
-        "PIP_NO_CACHE_DIR": "1",
-        "TMPDIR": str(tmp),
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), "."],
-        cwd=source,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1200,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"the compiled build failed:\n{(done.stdout + done.stderr)[-4000:]}")
-    return site
+#: what the probe prints: how many modules are compiled, the build, the engine's file, the
+#: last line of `baton replay --help`
+PROBE = (
+    "from baton.processors import compiled, engine, replay, state;"
+    "from baton.cli.replay_cmds import replay_cmd;"
+    "print(len(compiled.compiled_modules()), compiled.core_build(), engine.__file__,"
+    " replay_cmd.help.splitlines()[-1])"
+)
 
 
-def test_the_compiled_build_passes_the_core_unit_tests(tmp_path: Path) -> None:
-    site = _build(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(site), "TMPDIR": str(tmp_path)}
-    env.pop("BATON_COMPILE", None)
-    probe = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from baton.processors import compiled, engine, replay, state;"
-            "from baton.cli.replay_cmds import replay_cmd;"
-            "print(len(compiled.compiled_modules()), compiled.core_build(), engine.__file__,"
-            " replay_cmd.help.splitlines()[-1])",
-        ],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    count, build, engine_file, help_line = probe.stdout.split(" ", 3)
-    listed = (REPO / "build_backend" / "compiled_modules.txt").read_text().splitlines()
-    modules = [line for line in listed if line.strip() and not line.startswith("#")]
-    assert build == "compiled" and int(count) == len(modules), probe.stdout
-    assert engine_file.startswith(str(site)) and engine_file.endswith(".so"), probe.stdout
-    assert help_line.strip() == "This install's replay core: compiled.", probe.stdout
+def commands() -> dict[str, list[str]]:
+    """What runs against the compiled build (its folder first on PYTHONPATH, from REPO): the
+    probe, then the core unit tests (tests/compiled_build.py runs them after the build)."""
     every = os.environ.get("BATON_COMPILED_ALL") == "1"
     tests = sorted(
         str(p)
         for p in {p for g in CORE_TESTS for p in (REPO / "tests" / "unit").glob(g)}
         if every or "properties" not in p.name
     )
-    run = subprocess.run(
-        [
+    return {
+        "probe": [sys.executable, "-c", PROBE],
+        "tests": [
             *(sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:randomly", *tests),
             *(f"--deselect=tests/unit/{name}" for name in DESELECTED),
         ],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    }
+
+
+def test_the_compiled_build_passes_the_core_unit_tests(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    site, runs = compiled_build(request.config, tmp_path)
+    probe = runs["probe"]
+    assert probe["returncode"] == 0, probe["stderr"][-3000:]
+    count, build, engine_file, help_line = probe["stdout"].split(" ", 3)
+    listed = (REPO / "build_backend" / "compiled_modules.txt").read_text().splitlines()
+    modules = [line for line in listed if line.strip() and not line.startswith("#")]
+    assert build == "compiled" and int(count) == len(modules), probe["stdout"]
+    assert engine_file.startswith(str(site)) and engine_file.endswith(".so"), probe["stdout"]
+    assert help_line.strip() == "This install's replay core: compiled.", probe["stdout"]
+    run = runs["tests"]
+    assert run["returncode"] == 0, run["stdout"][-6000:] + run["stderr"][-2000:]
