@@ -55,6 +55,7 @@ CORE_TESTS = (
     "test_replay_speed_session13.py",  # the audit queries on the table's key (H1)
     "test_event_fast_diff.py",  # the compiled fast parse builds what pydantic builds (H1)
     "test_attacks_session14_parse.py",  # its bytes-only argument and O(keys) cost (H6)
+    "test_attacks_session15_parse.py",  # event times only in Baton's own fast form (H5)
     "test_replay_wall_session14.py",  # pieces sized to keep both cores busy (H2)
 )
 #: tests that hold the interpreted build's answers to calls and records no worker makes, which
