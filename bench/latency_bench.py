@@ -41,6 +41,9 @@ decision's size. As sides of one run (each ratio is to the plain ``relay``):
     python -m bench.latency_bench --sides relay,relay:burn=80,relay:burn=180,relay:pad=1150,baton
     taskset -c 0 python -m bench.latency_bench --broker-cpu 1
         # the broker's threads on CPU 1, everything else on CPU 0 (informative only)
+    python -m bench.latency_bench --idle --sides none,baton,env:BATON_FETCH_MAX_WAIT_MS=100
+        # nothing offered: the broker's and the side's CPU a second while it only waits
+        # (``none``: the broker alone)
 """
 
 from __future__ import annotations
@@ -468,6 +471,43 @@ def phase(
             reader.close()
 
 
+@contextmanager
+def no_side() -> Iterator[tuple[str, str, int]]:
+    """Side ``none`` of an idle run: nothing connected (its pid: this process, not counted)."""
+    yield "", "", 0
+
+
+def idle_phase(
+    side: AbstractContextManager[tuple[str, str, int]],
+    args: argparse.Namespace,
+    broker_pid: int | None,
+    settle_s: float = 3.0,
+) -> tuple[float, float]:
+    """CPU seconds a second of the broker and of the side's process while nothing is offered
+    (after ``settle_s`` to settle: a worker's group join, a relay's first fetches)."""
+    with side as (_requests, _answers, pid):
+        time.sleep(settle_s)
+        own0 = cpu_seconds(pid) if pid else 0.0
+        broker0 = cpu_seconds(broker_pid) if broker_pid else 0.0
+        time.sleep(args.seconds)
+        own = (cpu_seconds(pid) - own0) if pid else 0.0
+        broker = (cpu_seconds(broker_pid) - broker0) if broker_pid else 0.0
+        return broker / args.seconds, own / args.seconds
+
+
+def _report_idle(idle: dict[str, list[tuple[float, float]]]) -> None:
+    print(
+        f"\nmachine: {platform.node()}, {os.cpu_count()} cores, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    print("nothing offered: CPU ms a second, per round (alternating)\n")
+    print("| side | broker CPU ms/s | the side's CPU ms/s |\n|---|---|---|")
+    for side, rounds in idle.items():
+        broker = " · ".join(f"{1e3 * b:.1f}" for b, _ in rounds)
+        own = " · ".join(f"{1e3 * o:.1f}" for _, o in rounds)
+        print(f"| {side} | {broker} | {own} |")
+
+
 def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=tmp) as broker:
         bootstrap, workdir = broker.bootstrap, Path(tmp)
@@ -476,6 +516,7 @@ def measure(args: argparse.Namespace) -> None:
         if args.broker_cpu is not None and broker_pid is not None:
             pin_threads(broker_pid, {args.broker_cpu})
         sides = {
+            "none": no_side,
             "relay": lambda: relay_side(bootstrap, args),
             "baton": lambda: baton_side(bootstrap, args, workdir),
             "before": lambda: baton_side(bootstrap, args, workdir, args.before_pythonpath),
@@ -499,6 +540,14 @@ def measure(args: argparse.Namespace) -> None:
                 sides[side] = lambda env=env, where=where: baton_side(
                     bootstrap, args, workdir, where or None, env=env
                 )
+        if args.idle:
+            idle: dict[str, list[tuple[float, float]]] = {s: [] for s in args.sides.split(",")}
+            for r in range(args.rounds):
+                for side in idle:
+                    print(f"round {r + 1}: {side}, idle ...", file=sys.stderr)
+                    idle[side].append(idle_phase(sides[side](), args, broker_pid))
+            _report_idle(idle)
+            return
         rounds: dict[str, list[list[float]]] = {side: [] for side in args.sides.split(",")}
         cpu: dict[str, list[tuple[float, ...]]] = {side: [] for side in rounds}
         to_decided: dict[str, list[float]] = {side: [] for side in rounds}
@@ -622,6 +671,11 @@ def main() -> None:
         type=int,
         help="pin the broker's threads to this CPU (run the bench itself under taskset on "
         "another: an informative figure with the broker on its own core)",
+    )
+    ap.add_argument(
+        "--idle",
+        action="store_true",
+        help="offer nothing: each side's and the broker's CPU a second while it waits",
     )
     ap.add_argument("--relay", nargs=3, metavar=("BOOTSTRAP", "SRC", "DST"), help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -1,12 +1,13 @@
-"""bench.latency_bench's relay variants as sides of one run (``relay:burn=N``, ``relay:pad=N``)
-and its broker pinning."""
+"""bench.latency_bench's relay variants as sides of one run (``relay:burn=N``, ``relay:pad=N``),
+its broker pinning and its idle phase (``--idle``)."""
 
+import argparse
 import os
 import threading
 
 import pytest
 
-from bench.latency_bench import pin_threads, relay_env
+from bench.latency_bench import idle_phase, no_side, pin_threads, relay_env
 
 pytestmark = pytest.mark.unit
 
@@ -45,3 +46,23 @@ def test_pinning_covers_every_thread_of_the_process() -> None:
             os.sched_setaffinity(int(task), allowed)
         stop.set()
         other.join(10)
+
+
+def test_an_idle_phase_counts_the_brokers_cpu_a_second_and_none_has_no_process() -> None:
+    # this process stands in for the broker: a thread spinning while the phase measures
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    busy = threading.Thread(target=spin)
+    busy.start()
+    try:
+        args = argparse.Namespace(seconds=0.4)
+        broker, own = idle_phase(no_side(), args, os.getpid(), settle_s=0.0)
+    finally:
+        stop.set()
+        busy.join(10)
+    assert own == 0.0  # side "none": nothing connected, nothing counted
+    assert 0.2 <= broker <= float(os.cpu_count() or 1) + 0.1
