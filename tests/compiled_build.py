@@ -71,13 +71,16 @@ def start_in_background(session: pytest.Session) -> None:
     session.config.stash[_started] = proc
 
 
-def stop_background(session: pytest.Session) -> None:
+def stop_background(session: pytest.Session, exitstatus: int) -> None:
     """At the end of the session of the process that started the build: wait for it (the
-    other worker may still be waiting for it), or end it if the run was interrupted."""
+    other worker may still be waiting for it), or end it if the run was interrupted (Ctrl-C,
+    -x: it runs in a session of its own, the terminal's SIGINT does not reach it)."""
     proc = session.config.stash.get(_started, None)
     if proc is None or proc.poll() is not None:
         return
-    interrupted = session.shouldstop or session.shouldfail
+    interrupted = (
+        exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop or session.shouldfail
+    )
     try:
         if not interrupted:
             proc.wait(BUILD_TIMEOUT_S + CHECK_TIMEOUT_S)

@@ -56,7 +56,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    stop_background(session)
+    stop_background(session, exitstatus)
     bare = {name for name in _BARE_PACKAGES if name in sys.modules}
     if hasattr(session.config, "workeroutput"):  # an xdist worker: tell the controller
         session.config.workeroutput["bare_packages"] = sorted(bare)
