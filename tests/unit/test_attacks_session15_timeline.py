@@ -1,0 +1,41 @@
+"""Session 15 (H5, F2b): a ``BATON_REPLAY_TIMELINE`` that opens for appending but cannot be
+written (/dev/full; a full disk) failed replay with an OSError out of ``replay_pool.mark``:
+a traceback and exit 1, replay's "something changes". H1's check at the command's start
+(replay15 18fb45c) opens the file, which succeeds there, so it did not catch this case."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from baton.cli.main import _register, cli
+from baton.processors import replay_pool
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.xfail(
+    strict=True,
+    reason="H5 session 15 F2b (owner H1: processors/replay_pool.py mark): a timeline that "
+    "opens but cannot be written is an OSError traceback and exit 1",
+)
+def test_a_timeline_that_cannot_be_written_is_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(replay_pool, "_TIMELINE", "/dev/full")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("multi_agent:\n  max_handoffs: 2\n")
+    _register()
+    result = CliRunner().invoke(
+        cli, ["replay", "--policy", str(policy), "--dsn", f"chdb://{tmp_path}/no-audit"]
+    )
+    # refused up front naming the setting (2), or the timeline dropped and the missing
+    # audit reported (5): never an OSError out of the command
+    assert not isinstance(result.exception, OSError), repr(result.exception)
+    assert result.exit_code in (2, 5), (result.exit_code, result.output)
+    if result.exit_code == 2:
+        assert "BATON_REPLAY_TIMELINE" in result.output
