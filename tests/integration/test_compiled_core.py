@@ -57,6 +57,7 @@ CORE_TESTS = (
     "test_attacks_session14_parse.py",  # its bytes-only argument and O(keys) cost (H6)
     "test_attacks_session15_parse.py",  # event times only in Baton's own fast form (H5)
     "test_replay_wall_session14.py",  # pieces sized to keep both cores busy (H2)
+    "test_compiled_worker_*.py",  # hostile records: the worker's batch step, both builds (H6)
 )
 #: tests that hold the interpreted build's answers to calls and records no worker makes, which
 #: the compiled build refuses (stricter, never more open: H5's findings F5 and F6, session 11):
