@@ -235,11 +235,11 @@ def _cases(seeds: range, forge: bool) -> list[Any]:
     return json.loads(json.dumps([_case(s, forge) for s in seeds], default=str))
 
 
-def _interpreted(seeds: range, forge: bool) -> list[Any]:
+def _interpreted(seeds: range, forge: bool, module: str = __name__) -> list[Any]:
     """The same seeds decided by the interpreted build (the editable install), in a subprocess."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
     code = (
-        "import sys, json; from tests.unit.test_compiled_worker_batch import _cases;"
+        f"import json; from {module} import _cases;"
         f"print(json.dumps(_cases(range({seeds.start}, {seeds.stop}), {forge})))"
     )
     done = subprocess.run(
