@@ -46,7 +46,8 @@ from baton.processors.state_replies import (
     recent_to_wire,
     replies_from_rows,
 )
-from baton.schemas.events import HandoffRequested
+from baton.schemas.decision import Reason
+from baton.schemas.events import MAX_RUN_COUNT, MAX_RUN_USD, HandoffRequested
 
 __all__ = [
     "REPLY_COLUMNS",
@@ -216,16 +217,19 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
     marks = w.get("mk", len(keys))
     seen, fresh, digests = marks_from_wire(keys, marks, w.get("dg"))
     cols = w.get("cols")
+    handoffs, usd, tools, stop, fin = _totals(
+        w.get("hc", 0), w.get("usd", 0.0), w.get("tc", 0), w.get("stop"), w.get("fin", False)
+    )
     state = RunState(
         w["run"],
         intern(w["tn"]),
         w["t0"],
         w["t"],
-        w.get("hc", 0),
-        w.get("usd", 0.0),
-        w.get("tc", 0),
-        w.get("stop"),
-        w.get("fin", False),
+        handoffs,
+        usd,
+        tools,
+        stop,
+        fin,
         _tasks_from_wire(w.get("tasks", ())),
         EMPTY,
         shared(dict.fromkeys(map(intern, w.get("ag", ())))) or EMPTY,
@@ -252,6 +256,29 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
 
 
 _NUMBERS: Final = frozenset({float, int})
+#: the stop reasons a record may carry (the engine sets ``stopped`` to a Reason's value)
+_REASONS: Final = frozenset(r.value for r in Reason)
+_MAX_COUNT: Final = MAX_RUN_COUNT
+_MAX_USD: Final = MAX_RUN_USD
+
+
+def _totals(hc: Any, usd: Any, tc: Any, stop: Any, fin: Any) -> tuple[int, float, int, Any, bool]:
+    """A record's counters, spend, sticky stop and finished flag as the engine writes them
+    (counts are ints, never bools, within MAX_RUN_COUNT; spend a number within MAX_RUN_USD;
+    the stop a Reason's value or none; finished a bool), else a ValueError (the run's events
+    are refused ``state_unreadable``). Both builds alike: a compiled RunState would read a
+    bool as a count (and chain it as 0, where the interpreter chained ``false``) and refuse a
+    float stop that the interpreter published as a stop's reason."""
+    for name, n in (("hc", hc), ("tc", tc)):
+        if type(n) is not int or not 0 <= n <= _MAX_COUNT:
+            raise ValueError(f"run state key {name}: expected a count, got {str(n)[:40]!r}")
+    if type(usd) not in _NUMBERS or not 0 <= usd <= _MAX_USD:  # NaN fails both comparisons
+        raise ValueError(f"run state key usd: expected an amount in USD, got {str(usd)[:40]!r}")
+    if stop is not None and (type(stop) is not str or stop not in _REASONS):
+        raise ValueError(f"run state key stop: expected a stop reason, got {str(stop)[:40]!r}")
+    if type(fin) is not bool:
+        raise ValueError(f"run state key fin: expected true or false, got {str(fin)[:40]!r}")
+    return hc, usd, tc, stop, fin
 
 
 def _timed(state: RunState, started: Any, last: Any, evicted: Any, pending: Any) -> RunState:
