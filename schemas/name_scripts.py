@@ -65,7 +65,10 @@ def _known(code: str) -> bool:
     return True
 
 
-_SCRIPTS = [code for code in _SCRIPT_CODES if _known(code)]
+@functools.cache  # (lazy: ~170 compiles, ~15 ms; an ASCII name never needs them)
+def _scripts() -> list[str]:
+    return [code for code in _SCRIPT_CODES if _known(code)]
+
 
 _FILLERS = r"\u115F\u1160\u3164\uFFA0"  # Hangul fillers: letters (Lo) that show nothing
 _INVISIBLE = rf"[\p{{Default_Ignorable_Code_Point}}{_FILLERS}\u2800]"
@@ -94,22 +97,40 @@ def _within(codes: tuple[str, ...]) -> str:
 # character of the first group never tries the ~170 others (a refused Han name cost 25 µs)
 _MIXED = sorted({code for codes in MIXABLE for code in codes})
 _ANY_MIXED = "[" + "".join(rf"\p{{scx={code}}}" for code in _MIXED) + "]"
-_ONE_SCRIPT_TEXT = (
-    rf"[{_FREE}]*+(?:\Z|(?={_ANY_MIXED})(?:"
-    + "|".join(_within(codes) for codes in (*((code,) for code in _MIXED), *MIXABLE))
-    + rf")|(?!{_ANY_MIXED})(?:"
-    + "|".join(_within((code,)) for code in _SCRIPTS if code not in _MIXED)
-    + "))"
-)
-_ONE_SCRIPT = regex.compile("(?V1)" + _ONE_SCRIPT_TEXT)
+
+
+def _one_script_text() -> str:
+    return (
+        rf"[{_FREE}]*+(?:\Z|(?={_ANY_MIXED})(?:"
+        + "|".join(_within(codes) for codes in (*((code,) for code in _MIXED), *MIXABLE))
+        + rf")|(?!{_ANY_MIXED})(?:"
+        + "|".join(_within((code,)) for code in _scripts() if code not in _MIXED)
+        + "))"
+    )
+
+
+# the patterns over every script are compiled when first used, not at import (~0.1 s of CPU
+# at every `baton` start, `baton replay` included, which checks ASCII names only: the
+# ``regex`` module's compile of ~170 scripts' properties)
+@functools.cache
+def _one_script_pattern() -> regex.Pattern[str]:
+    return regex.compile("(?V1)" + _one_script_text())
 
 
 # every check of a folded name in one call (the call, not the pass, is what a short name
 # costs): nothing suspect, a letter or digit, one script
-_SHOWN = regex.compile(
-    rf"(?sV1)(?!.*?[\p{{M}}{_FILLERS}\u2800])(?=.*?[\p{{L}}\p{{N}}])" + _ONE_SCRIPT_TEXT
-)
-_FIRST_SCRIPT = regex.compile("|".join(rf"(\p{{scx={code}}})" for code in _SCRIPTS))
+@functools.cache
+def _shown_pattern() -> regex.Pattern[str]:
+    return regex.compile(
+        rf"(?sV1)(?!.*?[\p{{M}}{_FILLERS}\u2800])(?=.*?[\p{{L}}\p{{N}}])" + _one_script_text()
+    )
+
+
+@functools.cache
+def _first_script_pattern() -> regex.Pattern[str]:
+    return regex.compile("|".join(rf"(\p{{scx={code}}})" for code in _scripts()))
+
+
 _COUNTED = regex.compile(rf"(?V1)[^{_FREE}]")
 
 
@@ -117,7 +138,7 @@ def shown_in_one_script(folded: str) -> bool:
     """True when ``folded`` shows (no invisible character, no mark with nothing to sit on),
     holds a letter or digit and is of one script: a name, in one call (two with marks); when
     False, the other tests say why."""
-    if _SHOWN.match(folded) is not None:
+    if _shown_pattern().match(folded) is not None:
         return True
     if SUSPECT.search(folded) is None:
         return False  # no mark: the one call said all
@@ -141,7 +162,7 @@ def stray_mark(folded: str) -> int | None:
 
 def one_script(folded: str) -> bool:
     """True when the letters and digits of ``folded`` share a script (or a mixable set)."""
-    return _ONE_SCRIPT.match(folded) is not None
+    return _one_script_pattern().match(folded) is not None
 
 
 def mixed_pair(folded: str) -> tuple[int, int]:
@@ -170,5 +191,5 @@ def _reach(codes: tuple[str, ...]) -> regex.Pattern[str]:
 
 def script_of(ch: str) -> str:
     """The ISO 15924 code of a script of ``ch`` ("Zyyy" when it counts for none)."""
-    found = _FIRST_SCRIPT.match(ch)
-    return "Zyyy" if found is None or found.lastindex is None else _SCRIPTS[found.lastindex - 1]
+    found = _first_script_pattern().match(ch)
+    return "Zyyy" if found is None or found.lastindex is None else _scripts()[found.lastindex - 1]
