@@ -145,3 +145,25 @@ def _old_ends(client: Any, scope: Any, rows_per_page: int) -> list[str]:
         parameters=params,
     ).result_rows
     return _growing([(str(r), int(u)) for r, u in bounds], step, rows_per_page)
+
+
+_IMPORTED = """
+import gc, sys
+import baton.cli.main
+passes = []
+gc.callbacks.append(lambda phase, info: phase == "start" and passes.append(info["generation"]))
+import baton.cli.replay_cmds
+during = len(passes)  # (allocates no container: no pass starts here)
+print(during, gc.isenabled(), "baton.schemas.policy" in sys.modules)
+"""
+
+
+def test_the_command_s_imports_run_without_collector_passes_and_leave_it_on() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTED], cwd=_ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    during, enabled, imported = out.stdout.split()
+    # (the body after the imports, the collector on again, may start a young pass or two;
+    # with it on throughout, ~80 passes of every generation ran)
+    assert int(during) <= 2 and enabled == imported == "True"
