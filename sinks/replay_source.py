@@ -188,32 +188,28 @@ def read_pages(client: Client, scope: ReplayScope, rows_per_page: int = _PAGE) -
     pages after them are few (each is a scan of the table).
     """
     where, params = scope.where()
+    total, tenants, tenant = client.query(
+        f"SELECT count(), uniqExact(tenant), any(tenant) FROM {DATABASE}.decisions WHERE {where}",
+        parameters=params,
+    ).result_rows[0]
+    if int(tenants) == 1 and scope.tenant is None:
+        # the scope's one tenant named: the table's key starts with it, so ClickHouse reads
+        # each page in key order and sorts within runs only (a page query ~25 % less CPU;
+        # a tenant first seen after this count is not read, as a run first seen after the
+        # last page's query is not)
+        where += " AND tenant = {only_tenant:String}"
+        params = {**params, "only_tenant": str(tenant)}
     step = max(int(rows_per_page) // 10, 1)
-    # one scan of the scope, not two (a count, then the bounds: ~0.05 s of CPU while the
-    # --jobs processes wait): each run's rows and tenants, a running count over run ids,
-    # the total, and whether every row is of one tenant; the runs where a tenth of a page
-    # ends, and the last run (its row carries the total when none ends there)
-    found = client.query(
-        "SELECT run_id, upto, ends, total, one, t FROM (SELECT run_id, upto, total, one, t, "
-        f"intDiv(upto, {step}) > intDiv(upto - n, {step}) AS ends FROM (SELECT run_id, n, t, "
-        "sum(n) OVER (ORDER BY run_id ROWS UNBOUNDED PRECEDING) AS upto, sum(n) OVER () AS "
-        "total, max(nt) OVER () = 1 AND min(t) OVER () = max(t) OVER () AS one FROM (SELECT "
-        "run_id, count() AS n, uniqExact(tenant) AS nt, any(tenant) AS t FROM "
-        f"{DATABASE}.decisions WHERE {where} GROUP BY run_id))) WHERE ends OR upto = total "
+    bounds = client.query(
+        f"SELECT run_id, upto FROM (SELECT run_id, sum(n) OVER (ORDER BY run_id ROWS "
+        f"UNBOUNDED PRECEDING) AS upto, n FROM (SELECT run_id, count() AS n FROM "
+        f"{DATABASE}.decisions WHERE {where} GROUP BY run_id)) "
+        f"WHERE intDiv(upto, {step}) > intDiv(upto - n, {step}) "
         "ORDER BY run_id",
         parameters=params,
     ).result_rows
-    total = int(found[-1][3]) if found else 0
-    if found and found[-1][4] and scope.tenant is None:
-        # the scope's one tenant named: the table's key starts with it, so ClickHouse reads
-        # each page in key order and sorts within runs only (a page query ~25 % less CPU;
-        # a tenant first seen after this query is not read, as a run first seen after the
-        # last page's query is not)
-        where += " AND tenant = {only_tenant:String}"
-        params = {**params, "only_tenant": str(found[-1][5])}
-    bounds = [(row[0], row[1]) for row in found if row[2]]
     ends = _growing([(str(run_id), int(upto)) for run_id, upto in bounds], step, rows_per_page)
-    return Pages(total, _pages(client, where, params, ends))
+    return Pages(int(total), _pages(client, where, params, ends))
 
 
 def _growing(bounds: list[tuple[str, int]], first: int, most: int) -> list[str]:

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -102,49 +101,6 @@ def test_a_command_run_in_a_caller_s_process_exits_as_before(tmp_path: Path) -> 
     assert result.exit_code == 1, result.output[-2000:]
     assert isinstance(result.exception, SystemExit)  # not the test process ended
     assert orjson.loads(result.stdout_bytes)["faithful"]
-
-
-def test_the_scope_is_counted_and_its_page_bounds_found_in_one_query(tmp_path: Path) -> None:
-    from baton.sinks.replay_source import ReplayScope, page_rows, read_pages
-    from tests.chdb_audit import chdb_audit
-    from tests.unit.test_replay_speed_session13 import _decisions, _Recording
-
-    for tenants in (1, 2):
-        client = chdb_audit(tmp_path / str(tenants), _decisions(["acme", "zeta"][:tenants]))
-        try:
-            for scope in (ReplayScope(), ReplayScope(tenant="acme"), ReplayScope(run_id="no")):
-                recording = _Recording(client)
-                pages = read_pages(recording, scope, rows_per_page=4)
-                read = [r for page in pages.pages for r in page_rows(page)]
-                assert len(recording.queries) == 1  # the count and the bounds: one scan
-                rows = 0 if scope.run_id else 6 if scope.tenant else 6 * tenants
-                assert pages.rows == len(read) == rows
-                named = [params.get("only_tenant") for _, params in recording.pages]
-                narrowed = tenants == 1 and scope.tenant is None and scope.run_id is None
-                assert named == (["acme"] * len(named) if narrowed else [None] * len(named))
-                # the pages end where the two queries before ended them
-                assert [p.get("upto") for _, p in recording.pages] == [
-                    *_old_ends(client, scope, 4),
-                    None,
-                ][: len(recording.pages)]
-        finally:
-            client.close()
-
-
-def _old_ends(client: Any, scope: Any, rows_per_page: int) -> list[str]:
-    """The page ends session 14's read found (a count query, then the bounds query)."""
-    from baton.sinks.replay_source import _growing
-
-    where, params = scope.where()
-    step = max(rows_per_page // 10, 1)
-    bounds = client.query(
-        f"SELECT run_id, upto FROM (SELECT run_id, sum(n) OVER (ORDER BY run_id ROWS "
-        f"UNBOUNDED PRECEDING) AS upto, n FROM (SELECT run_id, count() AS n FROM "
-        f"governance.decisions WHERE {where} GROUP BY run_id)) "
-        f"WHERE intDiv(upto, {step}) > intDiv(upto - n, {step}) ORDER BY run_id",
-        parameters=params,
-    ).result_rows
-    return _growing([(str(r), int(u)) for r, u in bounds], step, rows_per_page)
 
 
 _IMPORTED = """
