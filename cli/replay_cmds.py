@@ -35,18 +35,13 @@ try:
     from baton.cli.replay_output import _json, _table
     from baton.cli.replay_progress import _Progress
     from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
+    from baton.processors import replay_pool
     from baton.processors.chain_links import shown_id
     from baton.processors.compiled import core_build
     from baton.processors.replay import ReplayReport
-    from baton.processors.replay_pool import (
-        collecting_rarely,
-        mark,
-        prefetched,
-        replay_pieces,
-        start_pool,
-    )
+    from baton.processors.replay_pool import mark
     from baton.processors.replay_steps import RUN_RETENTION_S
-    from baton.schemas.errors import ReplayFailed
+    from baton.schemas.errors import ConfigError, ReplayFailed
     from baton.schemas.policy import Policy
 finally:
     if _COLLECTING:
@@ -184,6 +179,7 @@ def replay_cmd(
     The replay core is compiled (mypyc, BATON_COMPILE=1 pip install .) or interpreted: the
     JSON's "core" says which ran, and so do this help's last line and `baton doctor`.
     """
+    _timeline_checked()
     mark("command")
     if since is not None and from_ is not None:
         raise click.UsageError("--since and --from are the same bound: give one")
@@ -215,14 +211,49 @@ def replay_cmd(
     mark("replayed")
     for line in refused:
         click.echo(f"baton replay: {line}; not used", err=True)
-    if fmt == "json":
-        # bytes: orjson's UTF-8 written as it is (18 MB for 55k changed runs: decoding it and
-        # encoding it again cost ~0.1 s of CPU at the end, the pool done)
-        out = _json(report, new_policy, policies, seconds)
-        click.echo(out if hasattr(sys.stdout, "buffer") else out.decode())
-    else:
-        click.echo(_table(report, new_policy, str(policy_path), label, seconds))
+    try:
+        if fmt == "json":
+            # bytes: orjson's UTF-8 written as it is (18 MB for 55k changed runs: decoding it
+            # and encoding it again cost ~0.1 s of CPU at the end, the pool done)
+            out = _json(report, new_policy, policies, seconds)
+            click.echo(out if hasattr(sys.stdout, "buffer") else out.decode())
+        else:
+            click.echo(_table(report, new_policy, str(policy_path), label, seconds))
+        if sys.stdout is not None:  # (closed: `>&-`; click wrote nothing)
+            sys.stdout.flush()
+    except OSError as exc:
+        _unwritten(exc)
     _exit(report)
+
+
+def _timeline_checked() -> None:
+    """``BATON_REPLAY_TIMELINE``, when set, names a file this process can append to, else
+    one ConfigError line naming it (exit 2), before anything is read."""
+    path = replay_pool._TIMELINE
+    if path:
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"BATON_REPLAY_TIMELINE={path!r} cannot be appended to "
+                f"({exc.strerror or exc}): name a file, or unset it"
+            ) from None
+
+
+def _unwritten(exc: OSError) -> None:
+    """The report could not be written (a full disk, a closed pipe): no answer was given,
+    so not 0 or 1 but ReplayFailed's exit 7, one line on stderr, no traceback."""
+    message = (
+        f"the report could not be written to stdout ({exc.strerror or exc}): replay gave no answer"
+    )
+    if _whole_process():
+        # (what stdout still buffers would fail again at the interpreter's exit: exit 120)
+        with contextlib.suppress(OSError, ValueError):
+            click.echo(f"baton: error: {message}", err=True)
+            sys.stderr.flush()
+        os._exit(ReplayFailed.exit_code)
+    raise ReplayFailed(message) from None
 
 
 def _scope(
@@ -244,11 +275,11 @@ def _replay(
 
     label = parse_dsn(settings.clickhouse_dsn).label
     mark("replay imported")
-    with collecting_rarely():
+    with replay_pool.collecting_rarely():
         # the --jobs pool is forked before the audit's client (chDB runs threads) opens:
         # ready in milliseconds, where a forkserver's fresh interpreter takes ~0.4 s
         # (replay_pool); it inherits the collector's settings
-        pool = start_pool(jobs - 1)
+        pool = replay_pool.start_pool(jobs - 1)
         mark("pool forked")
         try:
             with (
@@ -312,7 +343,7 @@ def replay_audit(
     rows = min(max(pages.rows // (jobs * 16), 1_000), 2_500)
     pieces = _pieces(pages, rows, _SHARE * jobs if jobs > 1 else 0)
     bar = progress(pages.rows) if progress is not None else None
-    report = replay_pieces(
+    report = replay_pool.replay_pieces(
         pieces,
         page_rows,
         new_policy,
@@ -339,7 +370,7 @@ def _pieces(pages: Any, rows: int, share: int) -> Iterator[bytes]:
     from baton.sinks.replay_source import split_page
 
     done = 0
-    for page in prefetched(pages.pages):
+    for page in replay_pool.prefetched(pages.pages):
         done += yield from split_page(page, rows, pages.rows - done, done, share)
 
 
@@ -384,8 +415,9 @@ def _leave(code: int) -> None:
     CliRunner) gets ``SystemExit`` as before."""
     if _whole_process():
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:  # (closed: `>&-`, `2>&-`)
+                    stream.flush()
         except (OSError, ValueError):
             sys.exit(code)  # (a closed pipe: the interpreter's own exit says so, as before)
         os._exit(code)

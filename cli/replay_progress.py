@@ -16,7 +16,7 @@ class _Progress:
 
     def __init__(self, total: int) -> None:
         self.total = max(total, 1)
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr is not None and sys.stderr.isatty()  # (None: `2>&-`)
         self.every_s = 0.2 if self.tty else 5.0
         self.began = time.monotonic()
         self.last = self.began + (1.0 if self.tty else 0.0)

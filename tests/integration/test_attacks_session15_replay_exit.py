@@ -65,21 +65,11 @@ def test_a_closed_stdout_keeps_the_exit_code(small_audit: Path) -> None:
     assert code == 0 and "Traceback" not in said, said
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H5 session 15 F6 (owner H1, cli/replay_progress.py): with stderr closed "
-    "_Progress calls None.isatty(): AttributeError, exit 1 ('something changes'), no report",
-)
 def test_a_closed_stderr_keeps_the_exit_code_and_the_report(small_audit: Path) -> None:
     code, said = _replay(small_audit, "stderr")
     assert code == 0 and '"changed_runs": 0' in said, said
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H5 session 15 F4 (owner H1, cli/replay_cmds.py): a report that cannot be written "
-    "(ENOSPC) is an OSError traceback and exit 1, replay's 'something changes'",
-)
 def test_a_report_that_cannot_be_written_is_not_an_answer(small_audit: Path) -> None:
     code, said = _replay(small_audit, "full")
     assert code not in (0, 1) and "Traceback" not in said, (code, said)

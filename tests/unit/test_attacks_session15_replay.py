@@ -14,12 +14,6 @@ from baton.processors import replay_pool
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H5 session 15 F2 (owner H1: processors/replay_pool.py mark, cli/replay_cmds.py): "
-    "an unwritable BATON_REPLAY_TIMELINE is an OSError traceback and exit 1, replay's "
-    "'something changes', where it should be one line naming the setting (exit 2)",
-)
 @pytest.mark.parametrize("where", ["a directory", "a missing folder"])
 def test_a_timeline_that_cannot_be_written_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
