@@ -179,8 +179,7 @@ def replay_cmd(
     The replay core is compiled (mypyc, BATON_COMPILE=1 pip install .) or interpreted: the
     JSON's "core" says which ran, and so do this help's last line and `baton doctor`.
     """
-    _timeline_checked()
-    mark("command")
+    _timeline_checked()  # (its first line: "command")
     if since is not None and from_ is not None:
         raise click.UsageError("--since and --from are the same bound: give one")
     start = since or from_
@@ -227,18 +226,16 @@ def replay_cmd(
 
 
 def _timeline_checked() -> None:
-    """``BATON_REPLAY_TIMELINE``, when set, names a file this process can append to, else
-    one ConfigError line naming it (exit 2), before anything is read."""
-    path = replay_pool._TIMELINE
-    if path:
-        try:
-            with open(path, "a"):
-                pass
-        except OSError as exc:
-            raise ConfigError(
-                f"BATON_REPLAY_TIMELINE={path!r} cannot be appended to "
-                f"({exc.strerror or exc}): name a file, or unset it"
-            ) from None
+    """The timeline's first line (``mark("command")``) written, or, when
+    ``BATON_REPLAY_TIMELINE`` names no file this process can append to (a folder, a full
+    disk), one ConfigError line naming it (exit 2), before anything is read."""
+    try:
+        mark("command")
+    except OSError as exc:
+        raise ConfigError(
+            f"BATON_REPLAY_TIMELINE={replay_pool._TIMELINE!r} cannot be appended to "
+            f"({exc.strerror or exc}): name a file, or unset it"
+        ) from None
 
 
 def _unwritten(exc: OSError) -> None:

@@ -18,11 +18,6 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.xfail(
-    strict=True,
-    reason="H5 session 15 F2b (owner H1: processors/replay_pool.py mark): a timeline that "
-    "opens but cannot be written is an OSError traceback and exit 1",
-)
 def test_a_timeline_that_cannot_be_written_is_no_traceback(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
