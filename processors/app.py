@@ -43,6 +43,7 @@ from baton.processors.recorded import policy_in_force
 from baton.processors.sweep import DueIndex
 from baton.processors.sweep_step import sweep_due
 from baton.schemas.errors import BrokerUnavailable
+from baton.schemas.name_scripts import compile_patterns
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 from baton.streams.topics import TopicCatalog
@@ -73,6 +74,7 @@ class GovernanceWorker:
 
     def __init__(self, settings: Settings, policy: Policy, worker_id: str | None = None) -> None:
         sys.setswitchinterval(_GIL_SWITCH_S)
+        compile_patterns()  # not on the loop at the first non-ASCII name (schemas/name_scripts)
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.catalog = TopicCatalog(

@@ -48,6 +48,27 @@ def test_the_script_patterns_are_compiled_when_a_name_needs_them_not_at_start() 
     assert lines[3] == "[1, 1, 1, 1]"
 
 
+_WORKER = """
+import baton.schemas.name_scripts as s
+from baton.processors.app import GovernanceWorker
+from baton.schemas.policy import DEFAULT_POLICY_YAML, parse_policy
+from baton.schemas.settings import Settings
+lazy = (s._scripts, s._one_script_pattern, s._shown_pattern, s._first_script_pattern)
+print([f.cache_info().currsize for f in lazy])
+GovernanceWorker(Settings(bootstrap="127.0.0.1:1"), parse_policy(DEFAULT_POLICY_YAML, "seed"))
+print([f.cache_info().currsize for f in lazy])
+"""
+
+
+def test_a_worker_compiles_the_script_patterns_at_its_start_not_on_its_loop() -> None:
+    # (the first non-ASCII name would otherwise hold its batch ~0.1 s on the event loop)
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKER], cwd=_ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["[0, 0, 0, 0]", "[1, 1, 1, 1]"]
+
+
 def _audit(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     from bench.replay_bench import KEY as BENCH_KEY
     from bench.replay_bench import record as bench_record
