@@ -230,7 +230,7 @@ def _timeline_checked() -> None:
     ``BATON_REPLAY_TIMELINE`` names no file this process can append to (a folder, a full
     disk), one ConfigError line naming it (exit 2), before anything is read."""
     try:
-        mark("command")
+        replay_pool.check_timeline()
     except OSError as exc:
         raise ConfigError(
             f"BATON_REPLAY_TIMELINE={replay_pool._TIMELINE!r} cannot be appended to "

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import gc
 import multiprocessing
 import os
 import pickle
 import queue
 import signal
+import stat
 import threading
 import time
 from collections import deque
@@ -55,6 +57,7 @@ from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
 
 __all__ = [
+    "check_timeline",
     "collecting_rarely",
     "mark",
     "prefetched",
@@ -77,11 +80,29 @@ _TIMELINE: Final = os.environ.get("BATON_REPLAY_TIMELINE", "")
 
 def mark(what: str) -> None:
     """With ``BATON_REPLAY_TIMELINE`` set: one line appended to it, ``pid wall-clock
-    process-CPU thread-CPU what`` (seconds), to see when each process works and waits."""
+    process-CPU thread-CPU what`` (seconds), to see when each process works and waits. A
+    debugging aid never fails a replay: a line that cannot be written (a disk filling up) is
+    dropped; :func:`check_timeline` refuses a timeline that cannot be written at the start."""
     if _TIMELINE:
-        line = f"{os.getpid()} {time.time():.4f} {time.process_time():.4f} "
-        with open(_TIMELINE, "a") as out:
-            out.write(f"{line}{time.thread_time():.4f} {what}\n")
+        with contextlib.suppress(OSError):
+            _append(what)
+
+
+def check_timeline() -> None:
+    """The timeline's first line (``command``) written, or an OSError: a path that is there
+    and no regular file (a folder, a FIFO, which would block the open for ever, a device), or
+    one that cannot be appended to (a missing folder, a full disk)."""
+    if _TIMELINE:
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(os.stat(_TIMELINE).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+        _append("command")
+
+
+def _append(what: str) -> None:
+    line = f"{os.getpid()} {time.time():.4f} {time.process_time():.4f} "
+    with open(_TIMELINE, "a") as out:
+        out.write(f"{line}{time.thread_time():.4f} {what}\n")
 
 
 def _replay_piece(job: bytes, piece: Any) -> ReplayReport:

@@ -34,3 +34,31 @@ def test_a_timeline_that_cannot_be_written_is_no_traceback(
     assert result.exit_code in (2, 5), (result.exit_code, result.output)
     if result.exit_code == 2:
         assert "BATON_REPLAY_TIMELINE" in result.output
+
+
+def test_a_fifo_as_the_timeline_is_refused_not_waited_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # (opening a FIFO for appending blocks until a reader comes: the replay hung for ever)
+    fifo = tmp_path / "timeline"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(replay_pool, "_TIMELINE", str(fifo))
+    policy = tmp_path / "p.yaml"
+    policy.write_text("multi_agent:\n  max_handoffs: 2\n")
+    _register()
+    result = CliRunner().invoke(
+        cli, ["replay", "--policy", str(policy), "--dsn", f"chdb://{tmp_path}/no-audit"]
+    )
+    assert result.exit_code == 2, (result.exit_code, repr(result.exception))
+    assert "BATON_REPLAY_TIMELINE" in result.output and "not a regular file" in result.output
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_timeline_line_that_cannot_be_written_mid_run_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a disk filling up after the start's check: the replay goes on without its timeline
+    monkeypatch.setattr(replay_pool, "_TIMELINE", "/dev/full")
+    replay_pool.mark("piece")
+    with pytest.raises(OSError):
+        replay_pool.check_timeline()
