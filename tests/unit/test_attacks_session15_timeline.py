@@ -9,10 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from baton.cli.main import _register, cli
 from baton.processors import replay_pool
+from tests.unit.test_attacks_session15_replay import replay_with_timeline
 
 pytestmark = pytest.mark.unit
 
@@ -21,13 +20,7 @@ pytestmark = pytest.mark.unit
 def test_a_timeline_that_cannot_be_written_is_no_traceback(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(replay_pool, "_TIMELINE", "/dev/full")
-    policy = tmp_path / "p.yaml"
-    policy.write_text("multi_agent:\n  max_handoffs: 2\n")
-    _register()
-    result = CliRunner().invoke(
-        cli, ["replay", "--policy", str(policy), "--dsn", f"chdb://{tmp_path}/no-audit"]
-    )
+    result = replay_with_timeline(monkeypatch, tmp_path, "/dev/full")
     # refused up front naming the setting (2), or the timeline dropped and the missing
     # audit reported (5): never an OSError out of the command
     assert not isinstance(result.exception, OSError), repr(result.exception)
@@ -42,13 +35,7 @@ def test_a_fifo_as_the_timeline_is_refused_not_waited_on(
     # (opening a FIFO for appending blocks until a reader comes: the replay hung for ever)
     fifo = tmp_path / "timeline"
     os.mkfifo(fifo)
-    monkeypatch.setattr(replay_pool, "_TIMELINE", str(fifo))
-    policy = tmp_path / "p.yaml"
-    policy.write_text("multi_agent:\n  max_handoffs: 2\n")
-    _register()
-    result = CliRunner().invoke(
-        cli, ["replay", "--policy", str(policy), "--dsn", f"chdb://{tmp_path}/no-audit"]
-    )
+    result = replay_with_timeline(monkeypatch, tmp_path, str(fifo))
     assert result.exit_code == 2, (result.exit_code, repr(result.exception))
     assert "BATON_REPLAY_TIMELINE" in result.output and "not a regular file" in result.output
 
