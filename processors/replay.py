@@ -56,7 +56,10 @@ from baton.processors.replay_steps import (
 from baton.processors.replay_trimmed import judge_trimmed
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
+from baton.schemas.event_fast import fast_parse
 from baton.schemas.events import (
+    FAST_KINDS,
+    MAX_EVENT_BYTES,
     EventError,
     HandoffCompleted,
     HandoffRequested,
@@ -88,8 +91,24 @@ _Recorded: Final = Recorded
 _STOP: Final = Outcome.STOP.value
 _ALLOW: Final = Outcome.ALLOW.value
 _parse_event: Final = parse_event
+_FAST_KINDS: Final = FAST_KINDS
+_MOST: Final = MAX_EVENT_BYTES
 _HandoffRequested: Final = HandoffRequested
 _HandoffCompleted: Final = HandoffCompleted
+
+
+def _input_event(text: str | None, run_key: bytes) -> RunEvent | None:
+    """A step's recorded input as parse_event reads it (None: a timer step, no input): the
+    compiled fast path in one call where it surely applies (the event of ``run_key``'s run),
+    else parse_event itself, errors and all."""
+    if text is None:
+        return None
+    raw = text.encode()
+    if _FAST_KINDS:
+        event = fast_parse(raw, _FAST_KINDS, _MOST)
+        if event is not None and event.run_id.encode() == run_key:
+            return event  # type: ignore[no-any-return]
+    return _parse_event(raw, run_key)
 
 
 def runs_of(rows: Iterable[Sequence[object]]) -> Iterator[list[Recorded]]:
@@ -154,7 +173,7 @@ def replay_run(
         n += 1
         first = recs[0]
         text = first.input
-        event = _parse_event(text.encode(), run_key) if text is not None else None
+        event = _input_event(text, run_key)
         before = recorded.state
         context = step_context(recs)
         if chained:
@@ -244,7 +263,7 @@ def rebuild_run(
     for recs in steps(run):
         first = recs[0]
         text = first.input
-        event = _parse_event(text.encode(), run_key) if text is not None else None
+        event = _input_event(text, run_key)
         context = step_context(recs)
         if chained and new_chain(recs, chained):
             context = context._replace(anew=True)

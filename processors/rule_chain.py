@@ -8,6 +8,8 @@ key it enforces; ``rule_checks.check_handoff`` runs them in docs/policy.md's ord
 
 from __future__ import annotations
 
+from typing import Final
+
 from baton.processors.policy_rules import TenantRules
 from baton.processors.state import RunState, TaskNode
 from baton.schemas.decision import Reason
@@ -29,7 +31,7 @@ __all__ = [
 Refusal = tuple[str, str | None]
 #: parent links detect_delegation_cycles walks up a task's chain; a longer chain (or parent
 #: links that loop) is taken as a cycle (a depth limit keeps honest chains far shorter)
-MAX_CHAIN_HOPS = 256
+MAX_CHAIN_HOPS: Final = 256
 
 
 def lineage_rule(

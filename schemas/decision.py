@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
 from operator import attrgetter
@@ -246,7 +246,6 @@ _TIME_FIELDS: Final = frozenset({"approval_expires_at", "event_time", "decided_a
 _MICRO: Final = Decimal("0.000001")
 _UTC: Final = UTC
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_US: Final = timedelta(microseconds=1)
 
 
 def usd_text(amount: float | Decimal) -> str:
@@ -290,7 +289,10 @@ def chain_content(values: Sequence[Any]) -> bytes:
         if v is not None:
             if v.tzinfo is None:
                 v = v.replace(tzinfo=_UTC)
-            out[i] = (v - _EPOCH) // _US
+            # whole microseconds by int arithmetic, exact as `// timedelta(microseconds=1)`
+            # (which converts both to Python ints and divides: ~0.9k instructions more a link)
+            d = v - _EPOCH
+            out[i] = (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
     for i in _MONEY_I:
         v = out[i]
         # the float cache inline (a Decimal, from an audit row, is never looked up there)

@@ -23,6 +23,7 @@ import typing
 from datetime import datetime
 from typing import Any, Final, final
 
+import orjson
 from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic import BaseModel, WrapValidator
 from pydantic.fields import FieldInfo
@@ -31,7 +32,7 @@ from pydantic.types import AllowInfNan, Strict
 from baton.schemas.event_times import MAX_EVENT_TIME, MIN_EVENT_TIME, event_time_from
 from baton.schemas.names import EventNameRefused, fold_event_names
 
-__all__ = ["fast_event", "fast_spec"]
+__all__ = ["fast_event", "fast_parse", "fast_spec"]
 
 #: what a field holds (the first item of its kind tuple): a literal (the ``type`` tag), a
 #: string of a length (ids, names once folded, text), a float of money, an int count, an
@@ -220,6 +221,29 @@ _set_private: Final = BaseModel.__dict__["__pydantic_private__"].__set__
 _from_iso: Final = datetime.fromisoformat
 _MIN_TIME: Final = MIN_EVENT_TIME
 _MAX_TIME: Final = MAX_EVENT_TIME
+
+
+_loads: Final = orjson.loads
+
+
+def fast_parse(raw: bytes, specs: dict[str, Spec], most: int) -> Any:
+    """``parse_event``'s common case in one compiled call: the event :func:`fast_event`
+    builds from ``raw`` (at most ``most`` bytes of a JSON object whose ``type`` has a spec in
+    ``specs``), or None for anything else, which ``parse_event`` then reads, errors and all
+    (an interpreted caller's frames cost a compiled replay ~4 % of its decision)."""
+    if len(raw) > most:
+        return None
+    try:
+        doc = _loads(raw)
+    except ValueError:  # orjson.JSONDecodeError: parse_event words it
+        return None
+    if type(doc) is not dict:
+        return None
+    kind = doc.get("type")
+    if type(kind) is not str:
+        return None
+    spec = specs.get(kind)
+    return None if spec is None else fast_event(raw, doc, spec)
 
 
 def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:

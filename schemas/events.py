@@ -23,12 +23,14 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from baton.schemas.event_fast import fast_event, fast_spec
+from baton.schemas.event_fast import fast_event, fast_parse, fast_spec
 from baton.schemas.event_times import event_time_from
 from baton.schemas.json_numbers import overflowing_number
 from baton.schemas.names import MAX_NAME, EventNameRefused, fold_event_names
 
 __all__ = [
+    "FAST_KINDS",
+    "MAX_EVENT_BYTES",
     "ApprovalDenied",
     "ApprovalEvent",
     "ApprovalGranted",
@@ -328,6 +330,9 @@ _FAST_SPECS = {
 #: the ones parse_event uses: all where event_fast is compiled (the compiled core, docs/replay.md),
 #: none where it is Python: there its loop costs more than pydantic's own (Rust) validation
 _FAST = dict(_FAST_SPECS) if not isinstance(fast_event, FunctionType) else {}
+#: the same map, for a compiled caller of ``fast_parse`` (processors/replay.py reads every
+#: recorded input through it, parse_event only where it declines)
+FAST_KINDS = _FAST
 
 
 class EventError(ValueError):
@@ -379,6 +384,10 @@ def _error_kind(errors: list[Any]) -> str:
 
 
 def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None, models: Any = None) -> Any:
+    if models is not None and _FAST and type(raw) is bytes:  # compiled fast_parse: bytes only
+        event = fast_parse(raw, _FAST, MAX_EVENT_BYTES)
+        if event is not None:
+            return event  # what pydantic makes of it; else pydantic decides, as below
     if len(raw) > MAX_EVENT_BYTES:
         raise EventError("oversized", f"event is {len(raw)} bytes, limit is {MAX_EVENT_BYTES}")
     try:
@@ -399,12 +408,6 @@ def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None, models: Any
     kind = doc.get("type")
     if not isinstance(kind, str):
         raise EventError("schema", "missing string field 'type'")
-    if models is not None:
-        spec = _FAST.get(kind)
-        if spec is not None and type(raw) is bytes:  # compiled fast_event takes bytes only
-            event = fast_event(raw, doc, spec)
-            if event is not None:
-                return event  # what pydantic makes of it; else pydantic decides, as below
     model = adapter if models is None else models.get(kind, adapter)
     try:
         return model.validate_python(doc)

@@ -58,6 +58,8 @@ CORE_TESTS = (
     "test_attacks_session15_parse.py",  # event times only in Baton's own fast form (H5)
     "test_replay_wall_session14.py",  # pieces sized to keep both cores busy (H2)
     "test_compiled_worker_*.py",  # hostile records: the worker's batch step, both builds (H6)
+    "test_replay_speed_session16.py",  # replay's one-call input read; chain times by ints
+    "test_attacks_session10_rules.py",  # rule_chain.py compiled since session 16
 )
 #: tests that hold the interpreted build's answers to calls and records no worker makes, which
 #: the compiled build refuses (stricter, never more open: H5's findings F5 and F6, session 11):
