@@ -245,7 +245,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         w.get("ev"),
         w.get("ch", ""),
         w.get("st", 0),
-        {(a, b): (last, n) for a, b, last, n in w.get("bn", ())} or EMPTY,
+        _bounces_from_wire(w.get("bn", ())) or EMPTY,
         None,
         {r[0]: (r[1], r[2], tuple(r[3])) for r in w.get("gr", ())} or EMPTY,
         _life(w.get("lf", "")),
@@ -347,7 +347,30 @@ def _depths_checked(tasks: dict[Any, Any]) -> dict[Any, Any]:
                 f"run state: task {task[:80]!r} has depth {str(node.depth)[:40]!r}: expected "
                 "an integer"
             )
+        if node.parent is not None and type(node.parent) is not str:  # (False: no parent)
+            raise ValueError(
+                f"run state: task {task[:80]!r} has parent {str(node.parent)[:40]!r}: expected "
+                "a task id or none"
+            )
     return tasks
+
+
+def _bounces_from_wire(rows: Any) -> dict[Any, Any]:
+    """The agent pairs' bounces, each row [agent, agent, last giver, count] of three names
+    and a count (an int, not a bool, within MAX_RUN_COUNT), else a ValueError: rule_chain
+    compares the names and adds to the count, and a compiled build checks their types there
+    (a TypeError, an ``engine_error``) where the interpreter decided on a forged value."""
+    bounces: dict[Any, Any] = {}
+    for a, b, last, n in rows:
+        if not (type(a) is str and type(b) is str and type(last) is str) or (
+            type(n) is not int or not 0 <= n <= _MAX_COUNT
+        ):
+            raise ValueError(
+                f"run state key bn: expected [agent, agent, agent, count], got "
+                f"{str([a, b, last, n])[:80]!r}"
+            )
+        bounces[(a, b)] = (last, n)
+    return bounces
 
 
 def _from_list(w: list[Any]) -> RunState:
@@ -372,7 +395,7 @@ def _from_list(w: list[Any]) -> RunState:
         w[18] if len(w) > 18 else None,
         w[19] if len(w) > 19 else "",
         w[20] if len(w) > 20 else 0,
-        {(a, b): (last, n) for a, b, last, n in w[21]} if len(w) > 21 else {},
+        _bounces_from_wire(w[21]) if len(w) > 21 else {},
         None,
         EMPTY,
         "",

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from baton.processors import replay
-from baton.schemas import events
+from baton.schemas import event_fast, events
 from baton.schemas.decision import CHAIN_FIELDS, chain_content
 from baton.schemas.event_fast import fast_parse
 from baton.schemas.events import _FAST_SPECS, MAX_EVENT_BYTES, EventError, parse_event
@@ -115,6 +115,31 @@ def test_fast_parse_declines_past_the_size_it_is_given() -> None:
     raw = orjson.dumps(BASES["run_finished"])
     assert fast_parse(raw, dict(_FAST_SPECS), len(raw)) is not None
     assert fast_parse(raw, dict(_FAST_SPECS), len(raw) - 1) is None
+
+
+@pytest.mark.skipif(_COMPILED, reason="a compiled event_fast reads _loads from a C static")
+def test_an_input_declined_on_its_bytes_is_not_read_as_json_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Non-ASCII or escaped text is declined before the JSON is read: parse_event reads it
+    once (a 60 KB non-ASCII event read twice doubled a worker's parse of it: H1's F1)."""
+    reads: list[bytes] = []
+
+    def counted(raw: bytes) -> Any:
+        reads.append(raw)
+        return orjson.loads(raw)
+
+    monkeypatch.setattr(event_fast, "_loads", counted)
+    base = BASES["run_finished"]
+    for raw in (
+        orjson.dumps({**base, "pad": "é" * 30_000}),
+        json.dumps({**base, "pad": "é"}).encode(),  # \u00e9
+        orjson.dumps({**base, "pad": 'a "quoted" word'}),
+    ):
+        assert fast_parse(raw, dict(_FAST_SPECS), MAX_EVENT_BYTES) is None
+    assert reads == []
+    assert fast_parse(orjson.dumps(base), dict(_FAST_SPECS), MAX_EVENT_BYTES) is not None
+    assert len(reads) == 1
 
 
 _times = st.datetimes(
