@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from baton.cli.query_cmds import trace_cmd
 from baton.cli.verify_cmds import audit_group
-from baton.schemas.decision import Decision
+from baton.schemas.decision import Decision, Outcome, Reason
 from baton.sinks import audit_conflicts
 from baton.sinks.audit_batch import AuditBatch, write_batch
 from baton.sinks.audit_conflicts import load_conflicts
@@ -33,9 +33,9 @@ pytestmark = pytest.mark.unit
 def _stop_and_forged(run: str = "rs") -> tuple[Decision, Decision]:
     """The worker's stop of a run's first handoff, and a forged allow under its id."""
     (stop,) = _published([handoff("h1", "t1", "planner", "researcher", run_id=run)], run)
-    stop.outcome, stop.reason = "stop", "handoff_budget_exceeded"
+    stop.outcome, stop.reason = Outcome.STOP, Reason.HANDOFF_BUDGET_EXCEEDED
     forged = Decision.from_json(stop.to_json())
-    forged.outcome, forged.reason, forged.chain_hash = "allow", "ok", None
+    forged.outcome, forged.reason, forged.chain_hash = Outcome.ALLOW, Reason.OK, None
     return stop, forged
 
 

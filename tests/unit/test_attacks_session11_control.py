@@ -121,19 +121,20 @@ def test_a_forged_allow_flagged_as_a_copy_of_a_stored_stop_is_kept_not_dropped(
     the worker's: docs/security.md). The sink dropped it as a copy of that stop: the record
     that made the client proceed left no trace in the audit. It is ``not_a_copy`` now; the
     worker's own copy (the same outcome, reason and chain hash) still folds away."""
-    from baton.schemas.decision import Decision
+    from baton.schemas.decision import Decision, Outcome, Reason
     from baton.sinks.audit_batch import AuditBatch, write_batch
     from tests.chdb_audit import chdb_audit
     from tests.unit.test_attacks_session9_audit import _published
     from tests.unit.test_engine_support import handoff
 
     (stop,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="rs")], "rs")
-    stop.outcome, stop.reason = "stop", "handoff_budget_exceeded"  # as the worker stored it
+    # as the worker stored it
+    stop.outcome, stop.reason = Outcome.STOP, Reason.HANDOFF_BUDGET_EXCEEDED
     client = chdb_audit(tmp_path / "chdb", [stop])
     copy = Decision.from_json(stop.to_json())
     copy.reemitted = True
     forged = Decision.from_json(copy.to_json())
-    forged.outcome, forged.reason = "allow", "ok"
+    forged.outcome, forged.reason = Outcome.ALLOW, Reason.OK
     batch = AuditBatch("gov.decisions", 365)
     for offset, d in enumerate([copy, forged]):
         batch.add(0, offset, d.to_json())
@@ -223,7 +224,7 @@ def test_a_record_larger_than_any_decision_is_never_parsed_by_the_client() -> No
 
     import orjson
 
-    from baton.schemas.decision import Decision
+    from baton.schemas.decision import Decision, Outcome, Reason
     from tests.unit.test_attacks_session9_worker import (
         GATED,
         Run,
@@ -239,7 +240,7 @@ def test_a_record_larger_than_any_decision_is_never_parsed_by_the_client() -> No
     padded = orjson.loads(decided.to_json())
     padded["detail"] = "x" * 1_000_000  # past what Kafka takes from a worker
     forged = Decision.from_json(orjson.dumps(padded))
-    forged.outcome, forged.reason = "stop", "handoff_budget_exceeded"
+    forged.outcome, forged.reason = Outcome.STOP, Reason.HANDOFF_BUDGET_EXCEEDED
     client = _offline_client()
     client.options = dataclasses.replace(client.options, timeout_s=30.0)
     assert _checked_while_read(client, own, [forged, decided]) == decided

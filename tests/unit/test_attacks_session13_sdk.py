@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from baton.schemas.decision import Outcome, Reason
+from baton.schemas.decision import Outcome, Phase, Reason
 from baton.streams.sdk.base import answers_approval, answers_request
 from tests.unit.test_attacks_session10_leftovers import _handoff, _Worker
 
@@ -48,7 +48,7 @@ def test_a_forged_allow_whose_chain_hash_is_no_link_answers_nothing(
 def test_a_forged_grant_whose_chain_hash_is_no_link_answers_nothing(link: str) -> None:
     asked = _Worker().decide(_handoff(action="billing.refund.create").to_json())
     assert asked.outcome == Outcome.APPROVAL_REQUIRED
-    grant = dataclasses.replace(asked, phase="approval", outcome=Outcome.ALLOW, chain_hash=link)
+    grant = dataclasses.replace(asked, phase=Phase.APPROVAL, outcome=Outcome.ALLOW, chain_hash=link)
     assert not answers_approval(asked)(grant)
     assert answers_approval(asked)(dataclasses.replace(grant, chain_hash="0" * 32))
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from baton.processors import replay_pool
-from tests.unit.test_attacks_session15_replay import replay_with_timeline
+from tests.builds import COMPILED
+from tests.unit.test_attacks_session15_replay import replay_with_timeline, timeline_process
 
 pytestmark = pytest.mark.unit
 
@@ -45,7 +46,21 @@ def test_a_timeline_line_that_cannot_be_written_mid_run_is_dropped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # a disk filling up after the start's check: the replay goes on without its timeline
+    if COMPILED:  # its replay_pool reads the setting taken at import: a process of its own
+        run = timeline_process([_MARK_THEN_CHECK], "/dev/full")
+        assert run.output.startswith("marked\n"), run.output[-3000:]
+        assert isinstance(run.exception, OSError), run.output[-3000:]
+        return
     monkeypatch.setattr(replay_pool, "_TIMELINE", "/dev/full")
     replay_pool.mark("piece")
     with pytest.raises(OSError):
         replay_pool.check_timeline()
+
+
+#: the interpreted test's steps, in a process whose BATON_REPLAY_TIMELINE is /dev/full
+_MARK_THEN_CHECK = """
+from baton.processors import replay_pool
+replay_pool.mark("piece")
+print("marked", flush=True)
+replay_pool.check_timeline()
+"""

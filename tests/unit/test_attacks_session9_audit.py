@@ -12,7 +12,7 @@ from baton.cli.query_cmds import sql_cmd, trace_cmd
 from baton.cli.replay_kafka import decide_topics
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.replay import replay_runs, runs_of
-from baton.schemas.decision import Decision
+from baton.schemas.decision import Decision, Phase, Reason
 from baton.schemas.events import RunEvent
 from tests.chdb_audit import chdb_audit
 from tests.unit.test_engine_support import at, handoff, policy_with, seed_policy
@@ -228,7 +228,7 @@ def test_a_forged_policy_record_is_named_escaped(tmp_path: Path) -> None:
 
     (allow,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="rp")], "rp")
     forged = Decision.from_json(allow.to_json())
-    forged.phase, forged.reason = "control", "policy_in_force"
+    forged.phase, forged.reason = Phase.CONTROL, Reason.POLICY_IN_FORCE
     forged.decision_id, forged.policy_version = "p" * 32, "v\x1b[2J\nFAKE"
     forged.input = "\x1b]0;title\x07 not json"
     # where the workers' policy records are (run and tenant "*"): since session 13 replay

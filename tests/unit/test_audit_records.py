@@ -41,6 +41,7 @@ from baton.sinks.rows import (
 from baton.sinks.rules import DEFAULT_RULES, load_rules
 from baton.sinks.schema import Migration, load_migrations
 from baton.sinks.sink import DECISIONS_TABLE, REJECTED_TABLE, AuditBatch, write_batch
+from tests.builds import interpreted_only
 
 pytestmark = pytest.mark.unit
 
@@ -154,7 +155,12 @@ _FAR_EAST = timezone(timedelta(hours=-5))
         ({"spent_usd": -1e12}, r"spent_usd: -1000000000000.0 is not an amount"),
         ({"spent_usd": math.nan}, r"spent_usd: nan is not an amount .*finite"),
         ({"reserved_usd": math.inf}, r"reserved_usd: inf is not an amount"),
-        ({"reserved_usd": 10**400}, r"reserved_usd: inf is not an amount"),
+        pytest.param(
+            {"reserved_usd": 10**400},
+            r"reserved_usd: inf is not an amount",
+            # (a record's 1e400 or 10**400 arrives as inf: a float, both builds)
+            marks=interpreted_only("a compiled Decision holds only a float in reserved_usd"),
+        ),
         ({"tool_calls": 2**63}, r"tool_calls: 9223372036854775808 is outside UInt32's range"),
         ({"tool_calls": 2**32}, r"tool_calls: 4294967296 is outside UInt32's range"),
         ({"tool_calls": -1}, r"tool_calls: -1 is outside UInt32's range \[0, 4294967295\]"),

@@ -15,6 +15,7 @@ from baton.processors import batch
 from baton.processors.state import FRESH_LIMIT, RunState, TaskNode
 from baton.processors.state_compact import EMPTY, FRESH_TUPLE_MAX, OneTask, fresh_of, shared
 from baton.processors.sweep import DueIndex
+from tests.builds import interpreted_only
 
 pytestmark = pytest.mark.unit
 
@@ -127,6 +128,10 @@ def test_touched_lists_keep_no_copy_of_each_batchs_key_bytes() -> None:
     assert idle == list(states)
 
 
+@interpreted_only(
+    "a compiled RunState holds only text in run_id: a record naming another type is refused "
+    "as it is read (the worker's batch step, both builds: test_compiled_worker_batch)"
+)
 def test_a_forged_record_whose_run_id_is_not_text_is_touched_by_its_key() -> None:
     due = DueIndex(3600.0, 86400.0, hold_idle_s=10.0)
     odd = RunState.new("x", "acme", 5.0)

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from baton.cli.verify_cmds import audit_group
-from baton.schemas.decision import Decision
+from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import AuditUnavailable
 from baton.sinks import audit_insert
 from baton.sinks.audit_batch import DECISIONS_TABLE, AuditBatch, write_batch
@@ -72,9 +72,9 @@ def _records(seed: int) -> list[Decision]:
         for kind in rng.sample(["allow", "long", "unchained", "same"], rng.randrange(0, 3)):
             forged = Decision.from_json(worker.to_json())
             if kind == "allow":  # (the worker allowed: another reason)
-                forged.outcome, forged.reason = "allow", "forged"
+                forged.outcome, forged.reason = Outcome.ALLOW, "forged"
             elif kind == "long":
-                forged.outcome, forged.reason = "stop", "x" * 60_000
+                forged.outcome, forged.reason = Outcome.STOP, "x" * 60_000
             elif kind == "unchained":  # what the worker said, without its chain hash
                 forged.chain_hash = None
             group.append(forged)  # "same": a forged copy saying exactly what the worker said
@@ -132,7 +132,7 @@ def test_a_retried_block_is_stored_once(tmp_path: Path) -> None:
     in decisions or in decision_variants (the token, not the fold, drops it)."""
     (stop,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="rr")], "rr")
     forged = Decision.from_json(stop.to_json())
-    forged.outcome, forged.reason = "stop", "forged"
+    forged.outcome, forged.reason = Outcome.STOP, "forged"
     client = chdb_audit(tmp_path / "chdb", [stop, forged])
     again = AuditBatch("gov.decisions", 365)
     for offset, d in enumerate([stop, forged]):
@@ -171,7 +171,7 @@ def test_without_the_view_that_fills_the_variants_ids_are_not_checked(tmp_path: 
     were not checked instead of passing them."""
     (stop,) = _published([handoff("h1", "t1", "planner", "researcher", run_id="rm")], "rm")
     forged = Decision.from_json(stop.to_json())
-    forged.outcome, forged.reason = "stop", "forged"
+    forged.outcome, forged.reason = Outcome.STOP, "forged"
     client = chdb_audit(tmp_path / "chdb", [stop])
     client.command("DROP VIEW governance.decision_variants_mv")
     write_batch(client, _batch(forged, 1), "chdb")

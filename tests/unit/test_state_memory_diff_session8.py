@@ -19,7 +19,6 @@ import orjson
 import pytest
 
 from baton.streams.partitioner import partition_for
-from tests.builds import COMPILED
 from tests.commit_tree import commit_tree, run_pickled
 
 pytestmark = pytest.mark.unit
@@ -201,14 +200,6 @@ def test_a_run_of_thousands_of_tasks_gives_the_start_commits_bytes(start_tree: P
     assert now == _published(ROOMY, batches, str(start_tree))
 
 
-#: the edits below that put a value of another type where a record holds text (a digest 7
-#: or [1, 2], a task id 17 or None, a key [1]): a compiled RunState holds only text there and
-#: refuses them (stricter, never more open: H5's F5 and F6, session 11; the worker's batch
-#: step on such records, both builds: test_compiled_worker_batch), so the compiled build
-#: compares the other edits with the start commit's bytes
-ODD_TYPED_EDITS = frozenset({2, 6, 7, 9})
-
-
 def _forged_records(rng: random.Random) -> list[tuple[str, bytes]]:
     """Changelog records of runs a handoff made, then edited as a writer of the changelog
     could: odd digests, a digest equal to a key, repeated keys, task ids that are not text,
@@ -238,8 +229,6 @@ def _forged_records(rng: random.Random) -> list[tuple[str, bytes]]:
     ]
     out = []
     for i, edit in enumerate(edits):
-        if COMPILED and i in ODD_TYPED_EDITS:
-            continue
         run = f"run-forged-{i}"
         state = None
         for n, task in enumerate(("shared-task", f"{run}-own")):
