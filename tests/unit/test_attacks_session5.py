@@ -206,12 +206,20 @@ def test_requests_refused_by_a_full_worker_never_share_an_audit_row(
     report = replay_runs([rows], policy, policies, KEY)
     assert report.partial == {} and [u for r in report.runs for u in r.unfaithful] == []
     # a refusal recorded before lives were marked (unmarked id) replays as recorded too
-    from baton.processors import engine_refusals
+    # (the batch step's refusal given life "", as a worker before lives made it: patched in
+    # batch.py, interpreted in both builds; engine_refusals' own life_of is a native call
+    # when compiled, where patching it did nothing)
+    from baton.processors import batch
+    from baton.processors.engine_refusals import refuse
 
-    monkeypatch.setattr(engine_refusals, "life_of", lambda event, origin: "")
+    def without_life(*args: Any) -> tuple[RunState | None, list[Decision]]:
+        return refuse(*args, life="")
+
+    monkeypatch.setattr(batch, "refuse", without_life)
     old = refused(victim, 4)
     assert old.decision_id not in (first.decision_id, copy.decision_id)
     monkeypatch.undo()
+    assert refused(victim, 4).decision_id != old.decision_id  # the patch took: unmarked
     report = replay_runs([[Recorded.of(old)]], policy, policies, KEY)
     assert report.partial == {} and [u for r in report.runs for u in r.unfaithful] == []
 
@@ -243,7 +251,7 @@ def test_a_first_event_decided_again_across_the_upgrade_by_a_clock_behind_is_nam
     decides the redelivered event (a marked id) and the run goes on. Read by decided_at the
     old one-row chain sits amid the new one: verify and replay refuse the run (fail closed),
     never pass a start amid a chain."""
-    from baton.processors import engine
+    from baton.processors import batch
     from baton.processors.recorded import policy_document
     from baton.processors.replay import Recorded, replay_runs, runs_of
     from baton.schemas.policy import Policy
@@ -251,10 +259,17 @@ def test_a_first_event_decided_again_across_the_upgrade_by_a_clock_behind_is_nam
     from tests.unit.test_chain import _row
 
     request = handoff("h1", "t1", "planner", "researcher")
+
+    # a worker before lives: no new run gets one (patched in batch.py, interpreted in both
+    # builds: the compiled engine calls its own life_of natively)
+    def without_lives(*args: Any) -> tuple[RunState | None, list[Decision]]:
+        return decide(*args, life="")
+
     with monkeypatch.context() as old_worker:
-        old_worker.setattr(engine, "life_of", lambda event, origin: "")
+        old_worker.setattr(batch, "decide", without_lives)
         before = _decided([(request, 10)])
     after = _decided([(request, 5), (handoff("h2", "t2", "planner", "researcher"), 12)])
+    assert before[0].decision_id != after[0].decision_id  # (one offset: only the life differs)
     rows = sorted([*before, *after], key=lambda d: d.decided_at)
     assert [d.chain_prev == "" for d in rows] == [True, True, False]
     (verdict,) = verify_chains([_row(d) for d in rows], KEY)
