@@ -8,6 +8,8 @@ and a replay sharing decides reports exactly what two separate replays report.
 from __future__ import annotations
 
 import ast
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -147,9 +149,18 @@ def test_the_engine_reads_a_policy_only_through_its_compiled_rules() -> None:
     assert "strict_tenants" in read  # the scan sees the engine
 
 
-def _separately() -> mock._patch:  # type: ignore[type-arg]
-    # no watched policy: the two replays part at a run's first step (two decides a step)
-    return mock.patch.object(replay, "_watched", lambda recorded, new: None)
+@contextlib.contextmanager
+def _separately() -> Iterator[None]:
+    """No watched policy: the two replays part at a run's first step (two decides a step).
+    ``watched_policy`` answers None where replay.py reads it, a module global in both builds
+    (``replay._watched`` is a native call when compiled: a patch of it went unseen, and the
+    passes compared stayed shared), with its per-pair cache emptied around it."""
+    replay._WATCHED.clear()
+    try:
+        with mock.patch.object(replay, "watched_policy", lambda recorded, new: None):
+            yield
+    finally:
+        replay._WATCHED.clear()
 
 
 @settings(max_examples=100, deadline=None)
