@@ -63,7 +63,9 @@ CORE_TESTS = (
     "test_compiled_worker_*.py",  # hostile records: the worker's batch step, both builds (H6)
     "test_replay_speed_session16.py",  # replay's one-call input read; chain times by ints
     "test_attacks_session10_rules.py",  # rule_chain.py compiled since session 16
-    # session 16 (H3): written for both builds (tests/builds.py), ~16 s against the build
+    # session 16 (H3): written for both builds (tests/builds.py), ~19 s against the build
+    "test_attacks_session5.py",  # workers before lives; a full worker's refusals
+    "test_attacks_session4b.py",  # names folded (names.py compiled), histories with sweeps
     "test_run_lives.py",  # the engine's life marks; a worker before lives
     "test_attacks_session15_replay.py",  # replay_pool's timeline setting (a process of
     "test_attacks_session15_timeline.py",  # its own when compiled: a C static)
