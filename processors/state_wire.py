@@ -431,6 +431,15 @@ def marks_from_wire(
             f"run state has {len(digests)} request digests for {len(keys)} keys: expected one "
             "for each key"
         )
+    rows: Any = digests  # (Any: each value checked here, in both builds alike)
+    for digest in rows:
+        if digest is not None and type(digest) is not str:
+            # a writer of the changelog's: the pure-Python worker decided on it and wrote it
+            # back, a compiled one failed writing the run's next record (engine_error)
+            raise ValueError(
+                f"run state has a request digest {str(digest)[:40]!r} "
+                f"({type(digest).__name__}): expected text or none"
+            )
     split = max(len(keys) - marks % FRESH_LIMIT, 0)  # none folded in a run of fewer keys
     # through a dict: a record's repeated key is one mark, an unhashable one unreadable
     fresh = _fresh_of(dict(zip(keys[split:], map(compact_digest, digests[split:]), strict=True)))

@@ -213,8 +213,8 @@ def _forged_records(rng: random.Random) -> list[tuple[str, bytes]]:
     edits = [
         lambda w: w["dg"].__setitem__(-1, None),
         lambda w: w["dg"].__setitem__(-1, "ABCDEF0123456789"),
-        lambda w: w["dg"].__setitem__(-1, 7),
-        lambda w: w["dg"].__setitem__(-1, [1, 2]),
+        # (a digest that is not text, 7 or [1, 2], is refused as unreadable since session 16,
+        # in both builds: tests/unit/test_state_wire_digests.py; no longer the start's bytes)
         lambda w: w["dg"].__setitem__(0, w["keys"][-1]),  # a digest that is a key
         lambda w: (w["keys"].append(w["keys"][0]), w["dg"].append(w["dg"][0])),
         lambda w: w["tasks"][0].__setitem__(0, 17),
