@@ -63,6 +63,7 @@ CORE_TESTS = (
     "test_compiled_worker_*.py",  # hostile records: the worker's batch step, both builds (H6)
     "test_replay_speed_session16.py",  # replay's one-call input read; chain times by ints
     "test_attacks_session10_rules.py",  # rule_chain.py compiled since session 16
+    "test_attacks_session16_*.py",  # hostile inputs through the one-call read; forged rows (H1)
     # session 16 (H3): written for both builds (tests/builds.py), ~19 s against the build
     "test_attacks_session5.py",  # workers before lives; a full worker's refusals
     "test_attacks_session4b.py",  # names folded (names.py compiled), histories with sweeps
