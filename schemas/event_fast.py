@@ -246,7 +246,7 @@ def fast_parse(raw: bytes, specs: dict[str, Spec], most: int) -> Any:
     if type(kind) is not str:
         return None
     spec = specs.get(kind)
-    return None if spec is None else fast_event(raw, doc, spec)
+    return None if spec is None else _built(doc, spec)  # (raw's bytes checked above)
 
 
 def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
@@ -257,6 +257,11 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
     NFKC fold, and lengths counted in characters, are left to pydantic's path otherwise."""
     if not raw.isascii() or _BACKSLASH in raw:
         return None
+    return _built(doc, spec)
+
+
+def _built(doc: dict[str, Any], spec: Spec) -> Any:
+    """:func:`fast_event` once its bytes are known to be ASCII without escapes."""
     model, kinds, defaults, required, names, lists, max_items = spec
     if len(doc) > 2 * len(kinds):
         return None  # mostly unknown keys: pydantic reads only the fields (O(fields), not O(keys))
