@@ -347,7 +347,7 @@ def _depths_checked(tasks: dict[Any, Any]) -> dict[Any, Any]:
                 f"run state: task {task[:80]!r} has depth {str(node.depth)[:40]!r}: expected "
                 "an integer"
             )
-        if node.parent is not None and type(node.parent) is not str:  # (False: no parent)
+        if node.parent is not None and type(node.parent) is not str:  # (`false` read as none)
             raise ValueError(
                 f"run state: task {task[:80]!r} has parent {str(node.parent)[:40]!r}: expected "
                 "a task id or none"
