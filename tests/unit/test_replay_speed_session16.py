@@ -26,12 +26,12 @@ from baton.schemas import event_fast, events
 from baton.schemas.decision import CHAIN_FIELDS, chain_content
 from baton.schemas.event_fast import fast_parse
 from baton.schemas.events import _FAST_SPECS, MAX_EVENT_BYTES, EventError, parse_event
+from tests.builds import COMPILED, interpreted_only
 from tests.unit.test_event_fast_diff import BASES, _assert_identical, hostile_docs, valid_docs
 
 pytestmark = pytest.mark.unit
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_COMPILED = not replay.__file__.endswith(".py")
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def fast_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path on for replay's reads, as in the compiled core (where it is on already
     and its Final names cannot be patched); parse_event's own fast path off, so that the
     answers compared with are pydantic's alone."""
-    if not _COMPILED:
+    if not COMPILED:
         monkeypatch.setattr(replay, "_FAST_KINDS", dict(_FAST_SPECS))
         monkeypatch.setattr(events, "_FAST", {})
 
@@ -117,7 +117,7 @@ def test_fast_parse_declines_past_the_size_it_is_given() -> None:
     assert fast_parse(raw, dict(_FAST_SPECS), len(raw) - 1) is None
 
 
-@pytest.mark.skipif(_COMPILED, reason="a compiled event_fast reads _loads from a C static")
+@interpreted_only("a compiled event_fast reads _loads from a C static")
 def test_an_input_declined_on_its_bytes_is_not_read_as_json_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
