@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,14 @@ import pytest
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port as _free_port
 from tests.compiled_build import COMPILED_TEST, start_in_background, stop_background
+
+# A run started with SIGINT ignored (a shell's `cmd &` without job control, as in a script)
+# passes the ignore on to every process the tests start, and Python then installs no
+# KeyboardInterrupt handler there: the Ctrl-C tests' `baton` (a terminal's Ctrl-C is what they
+# send) waited 20 s for nothing and failed. The suite takes the default back, before xdist
+# starts its workers (a handler, unlike an ignore, is reset at exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # `tests` is a package so that `from tests.helpers import wait_for` works; pytest's default
 # import mode therefore puts the repo root on sys.path, which makes the bare folders
