@@ -270,7 +270,7 @@ def _totals(hc: Any, usd: Any, tc: Any, stop: Any, fin: Any) -> tuple[int, float
     bool as a count (and chain it as 0, where the interpreter chained ``false``) and refuse a
     float stop that the interpreter published as a stop's reason."""
     for name, n in (("hc", hc), ("tc", tc)):
-        if type(n) is not int or not 0 <= n <= _MAX_COUNT:
+        if not _is_count(n):
             raise ValueError(f"run state key {name}: expected a count, got {str(n)[:40]!r}")
     if type(usd) not in _NUMBERS or not 0 <= usd <= _MAX_USD:  # NaN fails both comparisons
         raise ValueError(f"run state key usd: expected an amount in USD, got {str(usd)[:40]!r}")
@@ -279,6 +279,11 @@ def _totals(hc: Any, usd: Any, tc: Any, stop: Any, fin: Any) -> tuple[int, float
     if type(fin) is not bool:
         raise ValueError(f"run state key fin: expected true or false, got {str(fin)[:40]!r}")
     return hc, usd, tc, stop, fin
+
+
+def _is_count(n: Any) -> bool:
+    """``n`` is a count as the engine writes one: an int, never a bool, within MAX_RUN_COUNT."""
+    return type(n) is int and 0 <= n <= _MAX_COUNT
 
 
 def _timed(state: RunState, started: Any, last: Any, evicted: Any, pending: Any) -> RunState:
@@ -362,9 +367,7 @@ def _bounces_from_wire(rows: Any) -> dict[Any, Any]:
     (a TypeError, an ``engine_error``) where the interpreter decided on a forged value."""
     bounces: dict[Any, Any] = {}
     for a, b, last, n in rows:
-        if not (type(a) is str and type(b) is str and type(last) is str) or (
-            type(n) is not int or not 0 <= n <= _MAX_COUNT
-        ):
+        if not (type(a) is str and type(b) is str and type(last) is str and _is_count(n)):
             raise ValueError(
                 f"run state key bn: expected [agent, agent, agent, count], got "
                 f"{str([a, b, last, n])[:80]!r}"
@@ -433,9 +436,7 @@ def marks_from_wire(
         )
     rows: Any = digests  # (Any: each value checked here, in both builds alike)
     for digest in rows:
-        if digest is not None and type(digest) is not str:
-            # a writer of the changelog's: the pure-Python worker decided on it and wrote it
-            # back, a compiled one failed writing the run's next record (engine_error)
+        if digest is not None and type(digest) is not str:  # (tests/unit/test_state_wire_digests)
             raise ValueError(
                 f"run state has a request digest {str(digest)[:40]!r} "
                 f"({type(digest).__name__}): expected text or none"
