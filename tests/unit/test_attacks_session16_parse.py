@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from baton.processors import replay
-from baton.schemas import event_fast, events
+from baton.schemas import events
 from baton.schemas.events import MAX_EVENT_BYTES, EventError, parse_event
 from tests.commit_tree import REPO, commit_tree, run_pickled
 
@@ -214,24 +214,3 @@ def test_the_fast_event_of_another_run_is_never_replay_s() -> None:
     finally:
         events._FAST.clear()
         events._FAST.update(kept)
-
-
-def test_an_input_the_fast_path_declines_unread_is_not_parsed_there(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """An input with a non-ASCII byte or a backslash, which fast_event declines on its bytes
-    alone, is not read by fast_parse: parse_event reads it once (H1's F1, session 16: it was
-    read twice, a 60 KB non-ASCII event ~48 -> ~95-120 us of a compiled worker's CPU)."""
-    if not event_fast.__file__.endswith(".py"):
-        pytest.skip("compiled: fast_parse's orjson.loads cannot be watched")
-    calls: list[bytes] = []
-
-    def loads(raw: bytes) -> Any:
-        calls.append(raw)
-        return json.loads(raw)
-
-    monkeypatch.setattr(event_fast, "_loads", loads)
-    specs = dict(events._FAST_SPECS)
-    for raw in (_rf(run="é").encode(), _rf(run="run\\u002d1").encode()):
-        assert event_fast.fast_parse(raw, specs, MAX_EVENT_BYTES) is None
-    assert calls == []
