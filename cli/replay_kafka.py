@@ -23,7 +23,10 @@ kill may have been decided before it: such a run shows as a change, never silent
 with a record stamped before ``since``, or whose first event in the range is not a handoff
 request, is partial, as in the audit replay (a run begun before the range replayed from its
 first request in it would be judged on a history it lacks). A run with a record stamped past
-``_LATEST`` (or before the epoch) is partial too: when it was decided is unknown.
+``_LATEST`` (or before the epoch) is partial too: when it was decided is unknown; so is a
+run with a record stamped before an earlier record of the run in its partition (a worker
+reads a partition in offset order: in which order it was decided is unknown). ``--tenant``
+scopes whole runs by their first event's tenant, as the worker took it.
 """
 
 from __future__ import annotations
@@ -56,9 +59,11 @@ def _records(
     since: datetime | None,
     until: datetime | None,
     isolation: str = "read_committed",
-) -> tuple[list[tuple[int, str, InputRecord]], set[str]]:
+    tenants: bool = False,
+) -> tuple[list[tuple[int, str, InputRecord]], dict[str, str | None]]:
     """(timestamp ms, topic, record) of ``topics`` stamped in the range (``since`` to ``until``;
-    None: no bound), and the keys of the records stamped before ``since``. Every partition is
+    None: no bound), and the runs of the records stamped before ``since`` (with ``tenants``,
+    each with the tenant of its first record that is its run's event, else None). Every partition is
     read from its start to its end: stamps are the producer's, in no order a read could stop
     at (a record stamped past ``until`` amid a partition ended its read, and the records after
     it in the range were never replayed). ``isolation``: as the worker reads these topics
@@ -115,7 +120,7 @@ def _records(
         start_ms = int(since.timestamp() * 1000) if since is not None else None
         stop_ms = int(until.timestamp() * 1000) if until is not None else None
         out: list[tuple[int, str, InputRecord]] = []
-        before: set[str] = set()
+        before: dict[str, str | None] = {}
         while open_parts:
             msg = consumer.poll(settings.connect_timeout_s)
             if msg is None:
@@ -131,7 +136,9 @@ def _records(
                 raise BrokerUnavailable(f"reading {where[0]}[{where[1]}]: {msg.error()}")
             ts = msg.timestamp()[1]
             if start_ms is not None and ts < start_ms:
-                before.add(_run_of(msg.key()))
+                run = _run_of(msg.key())
+                if before.get(run) is None:
+                    before[run] = _tenant_of(msg.key(), msg.value()) if tenants else None
             elif stop_ms is None or ts < stop_ms:
                 rec = InputRecord(
                     msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()
@@ -176,6 +183,7 @@ def decide_topics(
     policies = {baseline.version: baseline}
     started: set[str] = set()
     partial: set[str] = set(started_before)
+    partial |= _stamped_out_of_order(records, control)
     rows: list[tuple[str, int, Recorded]] = []
     ordered = sorted(enumerate(records), key=lambda r: (r[1][0], r[1][1] != control, r[0]))
     for n, (_, (ts, topic, rec)) in enumerate(ordered):
@@ -197,6 +205,29 @@ def decide_topics(
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
     rows.sort(key=lambda r: (r[0], r[1]))
     return _cut_at_the_range(rows, partial), policies
+
+
+def _stamped_out_of_order(records: list[tuple[int, str, InputRecord]], control: str) -> set[str]:
+    """The runs with a record stamped before an earlier record of the run in its partition.
+    A worker reads a partition in offset order; the stamps are the producer's (two hosts of
+    one run with skewed clocks, a writer of the topic), and deciding in stamp order judged
+    the run on an order it never had (its allowed handoff replayed as the one its budget
+    stopped: a change shown as none). Other runs' stamps in the partition change nothing."""
+    stamps: dict[tuple[str, int, bytes | None], list[tuple[int, int]]] = {}
+    for ts, topic, rec in records:
+        if topic != control:
+            stamps.setdefault((topic, rec.partition, rec.key), []).append((rec.offset, ts))
+    out: set[str] = set()
+    for (_, _, key), read in stamps.items():
+        if len(read) > 1:
+            read.sort()
+            latest = read[0][1]
+            for _, ts in read:
+                if ts < latest:
+                    out.add(_run_of(key))
+                    break
+                latest = ts
+    return out
 
 
 def _cut_at_the_range(rows: list[tuple[str, int, Recorded]], partial: set[str]) -> list[Recorded]:
@@ -230,13 +261,10 @@ def replay_from_kafka(
     from baton.streams.topics import TopicCatalog
 
     catalog = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions)
-    records, before = _records(settings, [catalog.requests, catalog.approvals], since, until)
-    if run_id is not None:
-        records = [r for r in records if r[2].key == run_id.encode()]
-    if tenant is not None:
-        records = [r for r in records if _tenant_of(r[2]) == tenant]
-    else:  # the readiness probes of `baton up` and `doctor` (the audit replay has none)
-        records = [r for r in records if not _is_probe(r[2])]
+    records, before = _records(
+        settings, [catalog.requests, catalog.approvals], since, until, tenants=tenant is not None
+    )
+    records = in_scope(records, before, run_id, tenant)
     records += _records(settings, [catalog.control], None, until, "read_uncommitted")[0]
     rows, policies = decide_topics(
         records, baseline, settings.partitions, catalog.approvals, catalog.control, before
@@ -247,17 +275,46 @@ def replay_from_kafka(
     return report, policies
 
 
-def _is_probe(rec: InputRecord) -> bool:
-    """A readiness probe: a ``__probe_`` run of tenant ``__baton__`` (only those keys parsed).
-    They were listed as partial runs ("its history does not start in what was read")."""
+def in_scope(
+    records: list[tuple[int, str, InputRecord]],
+    before: dict[str, str | None],
+    run_id: str | None,
+    tenant: str | None,
+) -> list[tuple[int, str, InputRecord]]:
+    """The records of the runs in scope: ``run_id``'s, and with ``tenant`` (folded, as the
+    audit replay reads it) every record of each run whose tenant is that one, the tenant of
+    its first record that is its run's event (``before``'s, else the first read: the worker
+    took the run's tenant from it). A record's own tenant field scoped it: a completion
+    naming another tenant, which the worker counts under the run's key, was dropped, and a
+    record naming the tenant under another tenant's run (refused by the worker) replayed as
+    a run of its own. Without ``tenant``, the readiness probes of `baton up` and `doctor`
+    (a ``__probe_`` run of tenant ``__baton__``: the audit replay has none) are left out,
+    whole."""
     from baton.processors.probe import PROBE_TENANT
+    from baton.schemas.names import fold
 
-    return (rec.key or b"").startswith(b"__probe_") and _tenant_of(rec) == PROBE_TENANT
+    if run_id is not None:
+        records = [r for r in records if r[2].key == run_id.encode()]
+    wanted = fold(tenant) if tenant is not None else PROBE_TENANT
+    runs = dict(before)
+    for _, _, rec in records:  # in the order read: each partition's, as the worker read it
+        key = rec.key or b""
+        run = _run_of(key)
+        if runs.get(run) is None and (tenant is not None or key.startswith(b"__probe_")):
+            runs[run] = _tenant_of(rec.key, rec.value)
+    if tenant is not None:
+        return [r for r in records if runs.get(_run_of(r[2].key)) == wanted]
+    return [
+        r
+        for r in records
+        if not ((r[2].key or b"").startswith(b"__probe_") and runs.get(_run_of(r[2].key)) == wanted)
+    ]
 
 
-def _tenant_of(rec: InputRecord) -> str | None:
+def _tenant_of(key: bytes | None, value: bytes | None) -> str | None:
+    """The tenant of a record that is its run's event (its key the run's id), else None."""
     try:
-        event = parse_event(rec.value or b"")
+        event = parse_event(value or b"", key or b"")
     except Exception:
         return None
     return getattr(event, "tenant", None)

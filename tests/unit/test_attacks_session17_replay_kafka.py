@@ -1,0 +1,139 @@
+"""Session 17's attacks on `baton replay --from-kafka` (cli/replay_kafka.py), without Kafka:
+records a producer stamped out of the order the worker read them in, and `--tenant` reading
+each record's own tenant field instead of its run's. Each gate passed ("no change", exit 0)
+on a history the worker never had. The same through a broker:
+tests/integration/test_attacks_session17_replay_kafka.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from baton.cli.replay_kafka import decide_topics, in_scope
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.replay import replay_runs, runs_of
+from baton.schemas.events import RunEvent
+from baton.schemas.policy import Policy
+from tests.unit.test_engine_support import at, completed, handoff, policy_with
+
+pytestmark = pytest.mark.unit
+
+REQUESTS, APPROVALS, CONTROL = "gov.handoff.requests", "gov.approvals", "gov.control"
+#: the worker ran this; the new policy blocks shell.* (a handoff using it is a change)
+NO_BLOCK = policy_with(max_handoffs=2, tools={"block": []})
+BLOCKS_SHELL = policy_with(max_handoffs=2, tools={"block": ["shell.*"]})
+
+
+def _ms(seconds: float) -> int:
+    return int(at(seconds).timestamp() * 1000)
+
+
+def _record(event: RunEvent, offset: int, seconds: float, key: str | None = None):
+    run = key if key is not None else event.run_id
+    return _ms(seconds), REQUESTS, InputRecord(REQUESTS, 0, offset, run.encode(), event.to_json())
+
+
+def _worker(records: list, policy: Policy) -> list[tuple[int, str]]:
+    """What a worker decided for ``records``: read in offset order, whatever their stamps."""
+    proc = BatchProcessor(policy, 1, {}, "w", approvals_topic=APPROVALS)
+    out = []
+    for _, _, rec in sorted(records, key=lambda r: r[2].offset):
+        for _, d in proc.process([rec], at(0)).decisions:
+            out.append((rec.offset, f"{d.outcome}:{d.reason}"))
+    return out
+
+
+def _three_requests_stamped_backwards() -> list:
+    """Offsets 0, 1, 2 of one partition, stamped 30 s, 20 s, 10 s; offset 0 uses shell.exec."""
+    records = []
+    for n in range(3):
+        tools = {"tools": ["shell.exec"]} if n == 0 else {}
+        event = handoff(f"ra-h{n}", f"t{n}", "planner", "researcher", run_id="ra", **tools)
+        records.append(_record(event, n, 30 - 10 * n))
+    return records
+
+
+def test_a_run_stamped_out_of_its_offset_order_is_partial_not_judged_in_stamp_order() -> None:
+    """A producer stamps a record (any int64: two orchestrator hosts of one run with skewed
+    clocks, or a writer of the topic); the worker reads a partition in offset order. The
+    replay decided the run in stamp order: the worker allowed offsets 0 and 1 and stopped 2
+    (max_handoffs 2), the replay allowed 2 and 1 and stopped 0, the shell.exec handoff, so
+    a policy blocking shell.* showed no change (exit 0) although it stops a handoff the
+    worker allowed. When and in which order such a run was decided is unknown: partial."""
+    records = _three_requests_stamped_backwards()
+    assert _worker(records, NO_BLOCK) == [
+        (0, "allow:ok"),
+        (1, "allow:ok"),
+        (2, "stop:handoff_budget_exceeded"),
+    ]
+    rows, policies = decide_topics(records, NO_BLOCK, 1, APPROVALS, CONTROL)
+    report = replay_runs(runs_of(rows), BLOCKS_SHELL, policies, judge=False)
+    assert "ra" in report.partial and not report.changed_runs, report.partial
+
+
+def test_records_of_other_runs_stamped_out_of_order_leave_a_run_whole() -> None:
+    """Only the run whose own records disagree is partial: another run's record stamped
+    behind it in the same partition (clients on many hosts) changes nothing of its order."""
+    ra = [_record(handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra"), n, 10 + n) for n in (0, 2)]
+    rb = [_record(handoff("rb-h0", "t0", "p", "r", run_id="rb"), 1, 5)]
+    rows, policies = decide_topics([*ra, *rb], NO_BLOCK, 1, APPROVALS, CONTROL)
+    report = replay_runs(runs_of(rows), policy_with(max_handoffs=1), policies, judge=False)
+    assert not report.partial and [r.run_id for r in report.changed_runs] == ["ra"]
+
+
+def test_tenant_scope_keeps_a_runs_completion_reported_under_another_tenant() -> None:
+    """The worker counts a completion under a run's key whatever tenant it names (money
+    spent is spent); `--tenant acme` dropped it by its own tenant field: 9 USD spent left
+    out, so `shared_max_usd: 5` showed no change though it stops the run's next handoff."""
+    records = [
+        _record(handoff("ra-h0", "t0", "p", "r", run_id="ra", tenant="acme"), 0, 0),
+        _record(completed("ra-h0", "t0", "r", 9.0, run_id="ra", tenant="other"), 1, 1),
+        _record(handoff("ra-h1", "t1", "p", "r", run_id="ra", tenant="acme"), 2, 2),
+    ]
+    baseline = policy_with(shared_max_usd=10)
+    assert _worker(records, baseline)[-1] == (2, "allow:ok")
+    rows, policies = decide_topics(
+        in_scope(records, {}, None, "acme"), baseline, 1, APPROVALS, CONTROL
+    )
+    report = replay_runs(runs_of(rows), policy_with(shared_max_usd=5), policies, judge=False)
+    assert [r.run_id for r in report.changed_runs] == ["ra"], report.transitions
+
+
+def test_tenant_scope_leaves_out_a_record_naming_the_tenant_under_another_tenants_run() -> None:
+    """A request naming acme under the key of a run of tenant other: the worker refuses it
+    (another tenant); `--tenant acme` replayed it alone, as a fresh acme run it allowed."""
+    records = [
+        _record(handoff("rb-h0", "t0", "p", "r", run_id="rb", tenant="other"), 0, 0),
+        _record(handoff("rb-h1", "t1", "p", "r", run_id="rb", tenant="acme"), 1, 1),
+    ]
+    assert _worker(records, NO_BLOCK)[-1][1].startswith("stop:")
+    assert in_scope(records, {}, None, "acme") == []
+    assert in_scope(records, {}, None, "other") == records
+
+
+def test_tenant_scope_takes_a_run_begun_before_the_range_by_its_first_tenant() -> None:
+    """A run begun before --since is in the scope of the tenant its first record named
+    (``before``: run -> that tenant), not of a forged record's first in the range."""
+    records = [_record(completed("ra-h0", "t0", "r", 1.0, run_id="ra", tenant="other"), 5, 0)]
+    assert in_scope(records, {"ra": "acme"}, None, "acme") == records
+    assert in_scope(records, {"ra": "acme"}, None, "other") == []
+
+
+def test_tenant_scope_reads_the_tenant_folded_as_the_audit_replay_does() -> None:
+    """`--tenant ACME` named no run (events hold folded names) where the audit replay folds
+    it: "no recorded run in scope", exit 7."""
+    records = [_record(handoff("ra-h0", "t0", "p", "r", run_id="ra", tenant="acme"), 0, 0)]
+    assert in_scope(records, {}, None, "ACME") == records
+
+
+def test_a_probe_run_is_left_out_whole_and_a_run_under_a_probe_like_key_is_not() -> None:
+    """The readiness probes (a __probe_ key, tenant __baton__) stay out of the report; a
+    record of another tenant under a probe's key stays out with it (the worker refused it),
+    and a run merely keyed __probe_… by another tenant is replayed."""
+    from baton.processors.probe import PROBE_TENANT
+
+    probe = [
+        _record(handoff("p0", "t0", "p", "r", run_id="__probe_1", tenant=PROBE_TENANT), 0, 0),
+        _record(handoff("p1", "t1", "p", "r", run_id="__probe_1", tenant="acme"), 1, 1),
+    ]
+    other = [_record(handoff("q0", "t0", "p", "r", run_id="__probe_x", tenant="acme"), 2, 2)]
+    assert in_scope([*probe, *other], {}, None, None) == other
