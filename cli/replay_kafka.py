@@ -60,6 +60,7 @@ def _records(
     until: datetime | None,
     isolation: str = "read_committed",
     tenants: bool = False,
+    trimmed_s: float | None = None,
 ) -> tuple[list[tuple[int, str, InputRecord]], dict[str, str | None]]:
     """(timestamp ms, topic, record) of ``topics`` stamped in the range (``since`` to ``until``;
     None: no bound), and the runs of the records stamped before ``since`` (with ``tenants``,
@@ -68,7 +69,11 @@ def _records(
     at (a record stamped past ``until`` amid a partition ended its read, and the records after
     it in the range were never replayed). ``isolation``: as the worker reads these topics
     (gov.control read_uncommitted, as its control follower: a transaction left open there
-    must not hide the commands after it)."""
+    must not hide the commands after it). ``trimmed_s``: a partition whose first record read
+    is not at offset 0 lost its start (retention, a deletion); the runs with a record stamped
+    within this many seconds (the workers' run_retention_s) of that first record's stamp may
+    have begun in what is gone, and are counted as begun before the range (a run idle longer
+    was evicted by then: the worker stopped its late handoff under either policy)."""
     from confluent_kafka import (
         OFFSET_BEGINNING,
         Consumer,
@@ -121,6 +126,8 @@ def _records(
         stop_ms = int(until.timestamp() * 1000) if until is not None else None
         out: list[tuple[int, str, InputRecord]] = []
         before: dict[str, str | None] = {}
+        #: partition -> the stamp its first record read ends its trimmed window at (None: whole)
+        cut: dict[tuple[str, int], float | None] = {}
         while open_parts:
             msg = consumer.poll(settings.connect_timeout_s)
             if msg is None:
@@ -135,6 +142,11 @@ def _records(
                     continue
                 raise BrokerUnavailable(f"reading {where[0]}[{where[1]}]: {msg.error()}")
             ts = msg.timestamp()[1]
+            if where not in cut:
+                cut[where] = ts + trimmed_s * 1000 if trimmed_s and msg.offset() > 0 else None
+            window = cut[where]
+            if window is not None and ts < window:
+                before.setdefault(_run_of(msg.key()), None)
             if start_ms is not None and ts < start_ms:
                 run = _run_of(msg.key())
                 if before.get(run) is None:
@@ -262,7 +274,12 @@ def replay_from_kafka(
 
     catalog = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions)
     records, before = _records(
-        settings, [catalog.requests, catalog.approvals], since, until, tenants=tenant is not None
+        settings,
+        [catalog.requests, catalog.approvals],
+        since,
+        until,
+        tenants=tenant is not None,
+        trimmed_s=settings.run_retention_s,
     )
     records = in_scope(records, before, run_id, tenant)
     records += _records(settings, [catalog.control], None, until, "read_uncommitted")[0]

@@ -137,3 +137,109 @@ def test_a_probe_run_is_left_out_whole_and_a_run_under_a_probe_like_key_is_not()
     ]
     other = [_record(handoff("q0", "t0", "p", "r", run_id="__probe_x", tenant="acme"), 2, 2)]
     assert in_scope([*probe, *other], {}, None, None) == other
+
+
+class _Said:
+    """A message or end-of-partition as confluent_kafka's Consumer.poll gives them."""
+
+    def __init__(self, topic: str, partition: int, offset: int, ts: int, key, value) -> None:
+        self._where, self._offset, self._ts, self._key, self._value = (
+            (topic, partition),
+            offset,
+            ts,
+            key,
+            value,
+        )
+
+    def topic(self) -> str:
+        return self._where[0]
+
+    def partition(self) -> int:
+        return self._where[1]
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, self._ts
+
+    def key(self):
+        return self._key
+
+    def value(self):
+        return self._value
+
+    def error(self):
+        if self._value is not _EOF:
+            return None
+        from confluent_kafka import KafkaError
+
+        return KafkaError(KafkaError._PARTITION_EOF)
+
+
+_EOF = object()
+
+
+def _trimmed_topics(monkeypatch: pytest.MonkeyPatch, held: dict[str, list]) -> None:
+    """A broker whose topics hold ``held`` (topic -> (offset, stamp ms, event)), one
+    partition each: no Kafka, the Consumer replaced."""
+    import confluent_kafka
+
+    import baton.streams.net
+
+    class _Topic:
+        error = None
+        partitions = (0,)
+
+    class _Consumer:
+        def __init__(self, config: dict) -> None:
+            self._queue: list[_Said] = []
+
+        def list_topics(self, topic: str, timeout: float):
+            return type("Meta", (), {"topics": {topic: _Topic()}})()
+
+        def assign(self, parts: list) -> None:
+            for tp in parts:
+                for offset, ts, event in held.get(tp.topic, []):
+                    key = event.run_id.encode()
+                    self._queue.append(_Said(tp.topic, 0, offset, ts, key, event.to_json()))
+                self._queue.append(_Said(tp.topic, 0, -1, 0, None, _EOF))
+
+        def poll(self, timeout: float):
+            return self._queue.pop(0) if self._queue else None
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", _Consumer)
+    monkeypatch.setattr(baton.streams.net, "check_reachable", lambda *a, **k: None)
+
+
+def test_a_run_whose_start_retention_deleted_from_the_topic_is_partial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The topics are read from their start to find the runs begun before the range; a
+    partition whose start retention deleted (its first record read not at offset 0) held a
+    run's fifth to seventh handoffs first: replayed from zero, `max_handoffs: 6` (which stops
+    its seventh) showed no change, exit 0. A run with a record within run_retention_s of such
+    a partition's first record may have begun in what is gone: partial. A run begun later
+    (the worker had evicted anything idle that long) is replayed."""
+    from baton.cli.replay_kafka import replay_from_kafka
+    from baton.schemas.settings import Settings
+
+    first = _ms(0)
+    held = [
+        (100 + n, first + n * 1000, handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra"))
+        for n in range(4, 7)
+    ]
+    late = first + 2 * 3600 * 1000
+    held += [
+        (200 + n, late + n, handoff(f"rb-h{n}", f"t{n}", "p", "r", run_id="rb")) for n in range(7)
+    ]
+    _trimmed_topics(monkeypatch, {"gov.handoff.requests": held})
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=1, run_retention_s=3600)
+    report, _ = replay_from_kafka(
+        settings, policy_with(max_handoffs=6), policy_with(max_handoffs=20), None, None
+    )
+    assert "ra" in report.partial and "ra" not in report.broken, report.partial
+    assert [r.run_id for r in report.changed_runs] == ["rb"]
