@@ -8,7 +8,7 @@ shows), and names every run whose rows were deleted, altered or inserted out of 
 
 ``--since T`` checks the runs that have a decision at or after T, each from its first row (a
 run cut at T would look like one whose earlier rows were deleted). Runs whose oldest row is
-within a day of the retention horizon (``BATON_AUDIT_TTL_DAYS`` on ``decided_at``) are checked
+within a day of the retention horizon (``BATON_AUDIT_TTL_DAYS``) are checked
 as partial: their first link may name a row that retention removed. Not detected here (see
 chain_verify): rows deleted from the end of a run, and without the key a forged row appended
 at a run's end.
@@ -88,7 +88,9 @@ def _partial_runs(rows: Sequence[Sequence[Any]], horizon: datetime) -> frozenset
     """Runs whose oldest row is near the retention horizon: older rows may have expired."""
     from baton.schemas.decision import CHAIN_FIELDS
 
-    # retention runs on the worker's clock: decided_at (migration 0003)
+    # a row expires audit_ttl_days after inserted_at (sinks/schema.py TTL_TABLES), and the
+    # sink's window stores none more than a day before its decided_at: only a row decided
+    # before the horizon (a day inside the retention) may have expired
     at = 4 + CHAIN_FIELDS.index("decided_at")
     oldest: dict[str, datetime] = {}
     for row in rows:

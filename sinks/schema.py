@@ -55,10 +55,15 @@ log = logging.getLogger(__name__)
 DATABASE = "governance"
 MIGRATIONS_TABLE = f"{DATABASE}.schema_migrations"
 
-#: tables with a retention TTL, and the time column it counts from
+#: tables with a retention TTL, and the time column it counts from. The audit's rows count
+#: from ``inserted_at``, the sink's clock: on ``decided_at`` (any writer of gov.decisions sets
+#: it, within the sink's window), a forged record dated at the retention's edge expired
+#: seconds after it was stored, taking its decision_variants row (the trace of a forged
+#: allow) with it, and a forged copy in the worker's row's month replaced that row in a merge
+#: and then expired (tests/unit/test_attacks_session17_h3_audit.py)
 TTL_TABLES: dict[str, str] = {
-    "decisions": "toDateTime(decided_at)",
-    "decision_variants": "toDateTime(decided_at)",
+    "decisions": "toDateTime(inserted_at)",
+    "decision_variants": "toDateTime(inserted_at)",
     "rejected": "toDateTime(inserted_at)",
     "stops_per_minute_state": "minute",
     "run_summary_state": "toDateTime(last_at)",

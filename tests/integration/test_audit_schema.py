@@ -76,7 +76,8 @@ def test_retention_follows_the_setting(audit: Client) -> None:
             "SELECT name, create_table_query FROM system.tables WHERE database = 'governance'"
         ).result_rows
     )
-    assert "toDateTime(decided_at) + toIntervalDay(7)" in ddl["decisions"]
+    assert "toDateTime(inserted_at) + toIntervalDay(7)" in ddl["decisions"]
+    assert "toDateTime(inserted_at) + toIntervalDay(7)" in ddl["decision_variants"]
     assert "toDateTime(last_at) + toIntervalDay(7)" in ddl["run_summary_state"]
     assert "minute + toIntervalDay(7)" in ddl["stops_per_minute_state"]
 
