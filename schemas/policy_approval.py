@@ -25,9 +25,11 @@ def _one_name_per_key(keys: dict[str, str]) -> dict[str, str]:
     """A public key listed under two operators (a line copied for a new operator, its key
     left as it was) let its holder sign as both: as another operator, which the audit then
     names. Refused, naming both."""
-    seen: dict[str, str] = {}
+    seen: dict[bytes, str] = {}
     for name, text in keys.items():
-        first = seen.setdefault(text.strip(), name)
+        # by its bytes: base64's last character has spare bits that decoding ignores, so one
+        # key has four spellings (compared as text, two of them let one holder sign as both)
+        first = seen.setdefault(parse_public_key(text).public_bytes_raw(), name)
         if first != name:
             raise ValueError(
                 f"{first} and {name} hold the same public key: a key is one signer's "
