@@ -251,8 +251,10 @@ def run_alerts(
     ``settings.webhook_url``) also receives it, from a sender thread with a queue of
     ``webhook_queue`` alerts, ``webhook_attempts`` tries of ``webhook_timeout_s`` each, and
     ``drain_s`` seconds at shutdown to post what is queued. Stops older than ``max_age_s``
-    (by decided_at; 0 = any age) are skipped, so a first start does not replay the topic's
-    history as alerts. ``on_ready(stats, alerter, sender_or_None)`` hands the live
+    (by decided_at; 0 = any age) are skipped, counted (``too_old``), on a partition the group
+    has no committed offset for, so a first start does not replay the topic's history as
+    alerts; past a committed offset every stop is announced (the alerter was down: it
+    missed them). ``on_ready(stats, alerter, sender_or_None)`` hands the live
     counters to the metrics (processors/metrics_audit.py).
     """
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -317,6 +319,23 @@ def run_alerts(
     def on_revoke(_consumer: Any, partitions: list[Any]) -> None:
         points.revoke((tp.topic, tp.partition) for tp in partitions)
 
+    #: the partitions this group had no committed offset for: only there is --max-age
+    #: history (a first start); a stop past the group's offset is one it never announced
+    first_read: set[tuple[str, int]] = set()
+
+    def on_assign(consumer: Any, partitions: list[Any]) -> None:
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+        except KafkaException as exc:  # unknown: announce however old (never drop)
+            log.warning("alerts: committed offsets unknown, --max-age not applied: %s", exc)
+            committed = []
+        for tp in committed:
+            where = (tp.topic, tp.partition)
+            if tp.offset < 0 and tp.error is None:
+                first_read.add(where)
+            else:
+                first_read.discard(where)
+
     def deliver(messages: list[AlertMessage]) -> None:
         for message in messages:
             emit(message.text)
@@ -331,7 +350,9 @@ def run_alerts(
     try:
         if sender is not None:
             sender.start()
-        consumer.subscribe([topic or stops_topic(settings)], on_revoke=on_revoke)
+        consumer.subscribe(
+            [topic or stops_topic(settings)], on_assign=on_assign, on_revoke=on_revoke
+        )
         while not stop_event.is_set():
             for msg in consumer.consume(num_messages=500, timeout=0.2):
                 err = msg.error()
@@ -342,7 +363,8 @@ def run_alerts(
                         log.warning("alerts: %s", err)
                     continue
                 points.read(msg.topic(), msg.partition(), msg.offset())
-                deliver(_announce(alerter, skipped, msg, max_age_s))
+                first = (msg.topic(), msg.partition()) in first_read
+                deliver(_announce(alerter, skipped, msg, max_age_s if first else 0.0))
             deliver(alerter.tick(time.monotonic()))
             mark_and_commit(consumer)
         deliver(alerter.flush(time.monotonic()))
@@ -373,7 +395,10 @@ def _announce(
         if isinstance(decision, BadRecord):
             skipped.skip(decision, where, time.monotonic())
             return []
-        if _too_old(decision, max_age_s):
+        age = _age(decision) if max_age_s else None
+        if age is not None and age > max_age_s:
+            why = f"decided {age:.0f} s ago, past --max-age {max_age_s:g} (a first start)"
+            skipped.skip(BadRecord("too_old", why), where, time.monotonic())
             return []
         return alerter.offer(decision, time.monotonic())
     except Exception as exc:  # a bug meeting a record we did not foresee: skip it, loudly
@@ -382,9 +407,10 @@ def _announce(
         return []
 
 
-def _too_old(decision: Decision, max_age_s: float) -> bool:
-    if not max_age_s or decision.decided_at is None:
-        return False
+def _age(decision: Decision) -> float | None:
+    """Seconds since ``decision`` was decided, by this host's clock (None: no time)."""
+    if decision.decided_at is None:
+        return None
     decided = decision.decided_at
     decided = decided.replace(tzinfo=UTC) if decided.tzinfo is None else decided
-    return (datetime.now(UTC) - decided).total_seconds() > max_age_s
+    return (datetime.now(UTC) - decided).total_seconds()
