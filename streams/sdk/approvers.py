@@ -11,6 +11,7 @@ from baton.processors.engine import refused_answer_id
 from baton.schemas.decision import Decision, Phase
 from baton.schemas.events import ApprovalDenied, ApprovalGranted
 from baton.schemas.signing import approval_payload
+from baton.streams.sdk.options import checked_seconds
 from baton.streams.sdk.publisher import SignedPublisher
 
 __all__ = ["ApproverClient"]
@@ -119,12 +120,16 @@ class ApproverClient(SignedPublisher):
         wait: bool,
         timeout: float | None,
     ) -> Decision | None:
+        if wait and timeout is not None:  # the caller's arguments first, then the decision
+            checked_seconds("timeout", timeout)
         if not pending.approval_id:
             raise ValueError(
                 f"decision {pending.decision_id} has no approval_id (outcome {pending.outcome}); "
                 "only approval_required decisions can be granted or denied"
             )
-        problem = request_problem(pending) if pending.input is not None else None
+        # every decision, with its input or not: a forged one without it showed a harmless
+        # handoff and carried another's approval id and digest, which was signed (session 17)
+        problem = request_problem(pending) if pending.input else "no recorded request (input)"
         if problem is not None:  # what is signed must be what the caller was shown
             raise ValueError(
                 f"decision {pending.decision_id} does not hold together ({problem}): not answered"

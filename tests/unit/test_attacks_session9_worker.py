@@ -412,6 +412,7 @@ def test_an_answer_to_an_approval_resolved_already_gets_the_record_that_resolved
     run = Run(GATED, run_id="run-9")
     refund = handoff("h1", "refund", "planner", "billing_agent", run_id="run-9", action=REFUND)
     asked = run.one(refund)
+    asked.input = input_text(refund)  # as the worker publishes it (the SDK signs no other)
     if late == "after_another_approver":
         resolved = run.one(granted(asked.approval_id or "", "finance_lead", run_id="run-9", t=1), 1)
         again = run.one(denied(asked.approval_id or "", "cfo", run_id="run-9", t=2), 2)
