@@ -33,6 +33,7 @@ _LIST_COLUMNS = (
     "run_id",
     "request_id",
     "action",
+    "tools",
     "asked_by",
     "to_agent",
     "age",
@@ -76,7 +77,8 @@ def _duration(seconds: float) -> str:
 def approvals_cmd(
     run_id: str, fmt: str, limit: int, clickhouse_dsn: str | None, data_dir: Path | None
 ) -> None:
-    """List pending approvals, oldest first: run, request, action, asked by, age, expires in,
+    """List pending approvals, oldest first: run, request, action, the tools it declares (a
+    grant covers each one the gate matches), asked by, age, expires in,
     and the request digest an approver's signature covers. Answer one with `baton approve
     APPROVAL_ID --as NAME --key FILE` or `baton deny …`."""
     from baton.cli.approvals_audit import pending_approvals
@@ -127,11 +129,13 @@ def approvals_cmd(
             else (round(p.age_s, 3), round(p.expires_in_s, 3))
         )
         action = a.action or (f"tool {a.tool}" if a.tool else "")
+        tools = _declared_tools(a)
         row = [
             a.approval_id,
             a.run_id,
             a.request_id,
             action,
+            tools if fmt == "json" else ", ".join(tools),
             a.from_agent,
             a.to_agent,
             age,
@@ -141,6 +145,20 @@ def approvals_cmd(
         # orchestrators name runs, requests, actions and agents: in a terminal, never raw
         rows.append([shown(v) if isinstance(v, str) else v for v in row] if fmt != "json" else row)
     click.echo(render(_LIST_COLUMNS, rows, fmt))
+
+
+def _declared_tools(asked: Decision) -> list[str]:
+    """The ``tools`` the request of ``asked`` declares (its recorded input: the listing shows
+    only rows whose input holds together): a grant covers every one the gate matches, so an
+    approver must see them (a request of ``action: docs.read`` declaring a refund in its
+    ``tools`` was listed as docs.read, and its grant covered the refund, session 17)."""
+    from baton.schemas.events import EventError, HandoffRequested, parse_event
+
+    try:
+        request = parse_event((asked.input or "").encode())
+    except EventError:
+        return []
+    return list(request.tools or ()) if isinstance(request, HandoffRequested) else []
 
 
 def _approval_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
