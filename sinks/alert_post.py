@@ -9,13 +9,17 @@ which calls :func:`deliver` from a thread of its own.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -50,7 +54,48 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+def _opener(sockets: list[socket.socket]) -> urllib.request.OpenerDirector:
+    """An opener that follows no redirect and lists every socket it connects (through a
+    proxy too), so the post's deadline can end them: urllib's timeout bounds each read, and
+    an endpoint answering a byte within it held a post of timeout 2 s for 31 s."""
+
+    def listing(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+        class Listed(base):  # type: ignore[valid-type,misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                create = self._create_connection  # type: ignore[has-type]
+
+                def created(*args: Any, **kwargs: Any) -> socket.socket:
+                    sock = create(*args, **kwargs)
+                    sockets.append(sock)
+                    return sock
+
+                self._create_connection = created
+
+        return Listed
+
+    plain, tls = listing(http.client.HTTPConnection), listing(http.client.HTTPSConnection)
+
+    class _Http(urllib.request.HTTPHandler):
+        def http_open(self, req: Any) -> Any:
+            return self.do_open(plain, req)
+
+    class _Https(urllib.request.HTTPSHandler):
+        def https_open(self, req: Any) -> Any:
+            extra = (
+                {"check_hostname": self._check_hostname} if hasattr(self, "_check_hostname") else {}
+            )
+            return self.do_open(tls, req, context=self._context, **extra)  # type: ignore[attr-defined]
+
+    return urllib.request.build_opener(_NoRedirect, _Http, _Https)
+
+
+def _end(sockets: list[socket.socket], ended: threading.Event) -> None:
+    """The post's deadline: shut its sockets (a read blocked on them returns at once)."""
+    ended.set()
+    for sock in list(sockets):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +153,30 @@ def slack_body(text: str) -> bytes:
 
 
 def post_once(url: str, text: str, timeout_s: float) -> PostOutcome:
-    """One POST of :func:`slack_body` to ``url``; every failure is an outcome, none raises."""
+    """One POST of :func:`slack_body` to ``url``, answered within ``timeout_s`` in all (its
+    sockets are shut then); every failure is an outcome, none raises."""
+    sockets: list[socket.socket] = []
+    ended = threading.Event()
+    deadline = threading.Timer(timeout_s, _end, (sockets, ended))
+    deadline.daemon = True
+    deadline.start()
+    try:
+        outcome = _post(url, text, timeout_s, _opener(sockets))
+    finally:
+        deadline.cancel()
+    if ended.is_set() and not outcome.ok:  # (its problem: what the shut socket raised)
+        return PostOutcome(False, f"no whole answer within {timeout_s:g} s")
+    return outcome
+
+
+def _post(
+    url: str, text: str, timeout_s: float, opener: urllib.request.OpenerDirector
+) -> PostOutcome:
     try:
         request = urllib.request.Request(
             url, data=slack_body(text), method="POST", headers={"Content-Type": "application/json"}
         )
-        with _OPENER.open(request, timeout=timeout_s) as response:
+        with opener.open(request, timeout=timeout_s) as response:
             if 200 <= response.status < 300:
                 return PostOutcome(ok=True)
             return PostOutcome(ok=False, problem=f"HTTP {response.status}")
