@@ -128,7 +128,9 @@ def approvals_cmd(
             if fmt == "table"
             else (round(p.age_s, 3), round(p.expires_in_s, 3))
         )
-        action = a.action or (f"tool {a.tool}" if a.tool else "")
+        # the tool beside the action: the gate matches either (listed by its action alone, a
+        # request's gated tool went unseen by the approver who granted it, session 17)
+        action = " ".join(filter(None, [a.action, f"tool {a.tool}" if a.tool else ""]))
         tools = _declared_tools(a)
         row = [
             a.approval_id,
