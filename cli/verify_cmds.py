@@ -85,7 +85,10 @@ def _utc(row: Sequence[Any]) -> Sequence[Any]:
 
 
 def _partial_runs(rows: Sequence[Sequence[Any]], horizon: datetime) -> frozenset[str]:
-    """Runs whose oldest row is near the retention horizon: older rows may have expired."""
+    """Runs whose oldest chained row is near the retention horizon: older rows may have
+    expired. Chained rows only: a row outside every chain (a stop, a refusal) is what any
+    writer of gov.decisions may add, and one dated at the retention's edge made any run
+    partial, so the deletion of its first row passed verify (session 17)."""
     from baton.schemas.decision import CHAIN_FIELDS
 
     # a row expires audit_ttl_days after inserted_at (sinks/schema.py TTL_TABLES), and the
@@ -95,7 +98,7 @@ def _partial_runs(rows: Sequence[Sequence[Any]], horizon: datetime) -> frozenset
     oldest: dict[str, datetime] = {}
     for row in rows:
         t = row[at]
-        if t is not None and (row[0] not in oldest or t < oldest[row[0]]):
+        if row[3] is not None and t is not None and (row[0] not in oldest or t < oldest[row[0]]):
             oldest[row[0]] = t
     return frozenset(run for run, t in oldest.items() if t < horizon)
 

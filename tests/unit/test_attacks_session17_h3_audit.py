@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from baton.cli.verify_cmds import audit_group
 from baton.processors.batch import BatchProcessor, InputRecord
-from baton.schemas.decision import Decision
+from baton.schemas.decision import Decision, Outcome, Reason
 from baton.sinks.audit_batch import AuditBatch, write_batch
 from baton.sinks.audit_conflicts import load_conflicts
 from baton.sinks.clickhouse import connect
@@ -118,3 +118,49 @@ def test_a_forged_copy_in_the_same_month_never_erases_the_workers_row(tmp_path: 
     verify = _verify(tmp_path / "chdb", ttl)
     assert verify.exit_code == 1, verify.output
     assert "altered" in verify.output
+
+
+def test_an_unchained_row_dated_at_the_edge_does_not_excuse_a_runs_deleted_first_row(
+    tmp_path: Path,
+) -> None:
+    """F6: runs whose oldest row is within a day of the retention horizon are verified as
+    partial (their first link may name a row retention removed). The oldest of *any* row was
+    taken, also of an unchained stop, which any writer of gov.decisions may add (verify
+    passes it: a worker publishes refusals outside the chain). So a run's first row deleted
+    from the table (by a writer of the audit) and such a stop dated at the retention's edge
+    passed verify: a deletion at a run's start unseen. Only chained rows date a run now."""
+    ttl = 30
+    now = datetime.now(UTC)
+    proc = BatchProcessor(seed_policy(), 1, {}, worker="w", approvals_topic="gov.approvals")
+    run: list[Decision] = []
+    for i, (task, to) in enumerate([("t1", "researcher"), ("t2", "writer")]):
+        ask = handoff(f"h{i}", task, "planner", to, run_id="rs").model_copy(
+            update={"event_time": now}
+        )
+        out = proc.process([InputRecord("gov.handoff.requests", 0, i, b"rs", ask.to_json())], now)
+        run += [d for _, d in out.decisions if not d.reemitted]
+    assert [d.chain_prev == "" for d in run] == [True, False]
+    client = _audit(tmp_path / "chdb", ttl)
+    for offset, decision in enumerate(run):
+        _store(client, ttl, offset, decision)
+    client.command(
+        "ALTER TABLE governance.decisions DELETE WHERE decision_id = {d:String}",
+        parameters={"d": run[0].decision_id},
+        settings={"mutations_sync": 2},
+    )
+    cut = _verify(tmp_path / "chdb", ttl)
+    assert cut.exit_code == 1 and "missing" in cut.output, cut.output
+    stop = Decision.from_json(run[1].to_json())
+    stop.decision_id, stop.request_id = "forged-stop", "forged"
+    stop.outcome, stop.reason, stop.chain_prev, stop.chain_hash = (
+        Outcome.STOP,
+        Reason.HANDOFF_BUDGET_EXCEEDED,
+        None,
+        None,
+    )
+    stop.decided_at = now - timedelta(days=ttl) + timedelta(hours=1)
+    _store(client, ttl, 2, stop)
+    client.close()
+    verify = _verify(tmp_path / "chdb", ttl)
+    assert verify.exit_code == 1, verify.output
+    assert "missing" in verify.output
