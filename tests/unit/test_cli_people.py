@@ -171,13 +171,16 @@ def test_runs_whose_oldest_row_is_near_the_retention_horizon_are_partial() -> No
     at = 4 + CHAIN_FIELDS.index("decided_at")
     horizon = datetime(2026, 1, 10, tzinfo=UTC)
 
-    def row(run: str, day: int) -> list[object]:
+    def row(run: str, day: int, chained: bool = True) -> list[object]:
         r: list[object] = [None] * len(CHAIN_COLUMNS)
         r[0], r[at] = run, datetime(2026, 1, day, tzinfo=UTC)
+        r[3] = "c" * 32 if chained else None
         return r
 
     rows = [row("old", 9), row("old", 12), row("new", 11), row("new", 15)]
     assert _partial_runs(rows, horizon) == frozenset({"old"})
+    # a row outside the chain dates nothing (session 17: any writer of gov.decisions adds one)
+    assert _partial_runs([*rows, row("new", 1, chained=False)], horizon) == frozenset({"old"})
 
 
 def test_an_audit_row_reads_back_as_the_decision_it_was() -> None:
