@@ -33,6 +33,7 @@ from baton.sinks.rows import (
     RejectKind,
     RowRejected,
     decision_row,
+    oversized,
 )
 from baton.sinks.schema import DATABASE
 
@@ -174,6 +175,8 @@ class AuditBatch:
         self.ranges[partition] = (first, offset)
 
     def _parse(self, partition: int, offset: int, value: bytes | None) -> None:
+        if (big := oversized(value)) is not None:  # never parsed
+            return self.reject(partition, offset, *big)
         row = (
             None
             if value is None

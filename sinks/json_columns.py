@@ -30,7 +30,7 @@ import orjson
 from baton.sinks import json_rows as shape
 from baton.sinks.audit_batch import AuditBatch, material_of
 from baton.sinks.audit_insert import _driver_types, _is_microsecond_time, _ticks
-from baton.sinks.rows import DECISION_COLUMNS, DecidedWindow, RowRejected, usd
+from baton.sinks.rows import DECISION_COLUMNS, MAX_RECORD_BYTES, DecidedWindow, RowRejected, usd
 
 __all__ = ["EncodedChunk", "encoded_chunk"]
 
@@ -95,13 +95,17 @@ def _read(records: list[Record]) -> tuple[list[int], list[tuple[Any, ...]]]:
     """Each record's fields in ``DECISION_FIELDS`` order, and the records' positions; a record
     that is not JSON, not an object or lacks a field is left out (the row path's)."""
     loads, every_field = orjson.loads, shape._EVERY_FIELD
-    try:  # one C call per step when every record is whole (almost always)
-        return list(range(len(records))), list(map(every_field, map(loads, _values(records))))
-    except (orjson.JSONDecodeError, TypeError, KeyError):
-        pass
+    # a record past MAX_RECORD_BYTES is the row path's (rejected unparsed): never read here
+    if max(map(len, filter(None, _values(records))), default=0) <= MAX_RECORD_BYTES:
+        try:  # one C call per step when every record is whole (almost always)
+            return list(range(len(records))), list(map(every_field, map(loads, _values(records))))
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            pass
     fast: list[int] = []
     values: list[tuple[Any, ...]] = []
     for k, (_, _, value) in enumerate(records):
+        if value is not None and len(value) > MAX_RECORD_BYTES:
+            continue
         try:
             values.append(every_field(loads(value)))  # type: ignore[arg-type]
         except (orjson.JSONDecodeError, TypeError, KeyError):

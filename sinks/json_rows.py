@@ -36,6 +36,7 @@ from baton.sinks.rows import (
     DATETIME64_MAX,
     DATETIME64_MIN,
     DECISION_COLUMNS,
+    MAX_RECORD_BYTES,
     DecidedWindow,
     RowRejected,
     usd,
@@ -154,6 +155,8 @@ def shortcut_row(
     window: DecidedWindow | None = None,
 ) -> list[Any] | None:
     """The row of ``raw`` (as ``decision_row`` makes it), or None: take the general path."""
+    if len(raw) > MAX_RECORD_BYTES:  # the general path rejects it unparsed
+        return None
     try:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -26,11 +26,14 @@ __all__ = [
     "DATETIME64_MAX",
     "DATETIME64_MIN",
     "DECISION_COLUMNS",
+    "KEPT_BYTES",
+    "MAX_RECORD_BYTES",
     "REJECTED_COLUMNS",
     "DecidedWindow",
     "RejectKind",
     "RowRejected",
     "decision_row",
+    "oversized",
     "usd",
 ]
 
@@ -68,6 +71,29 @@ class RejectKind(StrEnum):
     #: flagged ``reemitted`` (a copy of a stored decision) while the audit holds no decision
     #: of its id (``audit_copies``)
     NOT_A_COPY = "not_a_copy"
+    #: longer than MAX_RECORD_BYTES: no worker's decision; rejected unparsed, its head kept
+    OVERSIZED = "oversized"
+
+
+#: the longest record the sink parses: a worker's decision is well under it (its input is an
+#: event of at most 64 KB, escaped), and the SDK skips a longer one unread (the same bound,
+#: ``sdk.channel.MAX_DECISION_BYTES``). Tansu takes a record of any size: one of megabytes was
+#: parsed and stored whole (a row, or a rejected record's raw)
+MAX_RECORD_BYTES = 1_000_000
+#: how much of an oversized record governance.rejected keeps (its raw column)
+KEPT_BYTES = 64 * 1024
+
+
+def oversized(value: bytes | None) -> tuple[bytes, RejectKind, str] | None:
+    """What governance.rejected keeps of a record past MAX_RECORD_BYTES (its head, the kind,
+    the error), or None: the record is parsed."""
+    if value is None or len(value) <= MAX_RECORD_BYTES:
+        return None
+    error = (
+        f"a record of {len(value):,} bytes, over the sink's bound of {MAX_RECORD_BYTES:,} (no "
+        f"worker's decision is): not parsed; its first {KEPT_BYTES:,} bytes kept"
+    )
+    return value[:KEPT_BYTES], RejectKind.OVERSIZED, error
 
 
 class RowRejected(ValueError):

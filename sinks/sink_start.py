@@ -17,6 +17,7 @@ from baton.sinks.schema import migrate
 
 __all__ = [
     "audit_consumer",
+    "audit_consumer_config",
     "decisions_topic",
     "ensure_catalog_topics",
     "open_audit",
@@ -24,6 +25,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+#: librdkafka's largest receive.message.max.bytes (a Kafka answer's size is an int32), as the
+#: control follower's (processors/control.py)
+MAX_RECEIVE_BYTES = 2_147_483_647
 
 
 def ensure_catalog_topics(settings: Settings, stop_event: threading.Event) -> None:
@@ -79,6 +85,13 @@ def audit_consumer(
     """The sink's confluent-kafka consumer: offsets stored and committed only by the sink."""
     from confluent_kafka import Consumer
 
+    return Consumer(audit_consumer_config(kafka_config, group_id, overrides))
+
+
+def audit_consumer_config(
+    kafka_config: dict[str, str], group_id: str, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The configuration of ``audit_consumer``."""
     from baton.streams.kafka import consumer_config
 
     conf = consumer_config(
@@ -91,13 +104,18 @@ def audit_consumer(
             # starved with a backlog in the broker (measured: consume() returned nothing
             # for 0.8 s at a time); check again soon instead
             "fetch.queue.backoff.ms": 20,
+            # a fetch answer past librdkafka's 100 MB default is never received: one record of
+            # 120 MB on gov.decisions (Tansu takes it) kept the sink from reading its partition
+            # again (measured: "Invalid response size", reconnect, the same fetch); read, it is
+            # rejected as oversized (rows.MAX_RECORD_BYTES)
+            "receive.message.max.bytes": MAX_RECEIVE_BYTES,
             "error_cb": lambda err: log.warning("audit sink: Kafka: %s", err),
             **(overrides or {}),
         },
     )
     # offsets are ours to commit, and only after the insert: never auto-commit
     conf["enable.auto.commit"] = False
-    return Consumer(conf)
+    return conf
 
 
 def open_audit(

@@ -1,0 +1,85 @@
+"""Session 17 (H3, F7): one record past 100 MB on gov.decisions, through a real `baton sink`.
+
+Tansu takes a record of any size (it ignores max.message.bytes). librdkafka never received a
+fetch answer past its receive.message.max.bytes (100 MB by default): the sink logged "Invalid
+response size", reconnected and fetched the same offset again, for ever, and no decision
+after the record in its partition reached the audit. Now the sink's consumer takes the
+largest answer librdkafka can; the record is rejected ``oversized`` (its head kept) and the
+decisions after it are stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from baton.sinks.rows import KEPT_BYTES
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.topics import TopicCatalog, ensure_topics
+from tests.helpers import wait_for
+from tests.stack import SinkProcess
+from tests.unit.test_attacks_session9_audit import _published
+from tests.unit.test_engine_support import handoff
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A broker of this module's own: Tansu keeps records in memory, the 101 MB one too."""
+    broker = EmbeddedBroker(log_dir=tmp_path_factory.mktemp("tansu17"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def test_a_101_mb_record_on_gov_decisions_does_not_stop_the_sink(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    prefix = "s17sink."
+    catalog = TopicCatalog(prefix=prefix, partitions=1, replication=1)
+    ensure_topics({"bootstrap.servers": own_broker.bootstrap}, catalog, timeout=10)
+    before, after = _published(
+        [
+            handoff("h1", "t1", "planner", "researcher", run_id="rs"),
+            handoff("h2", "t2", "planner", "writer", run_id="rs"),
+        ],
+        "rs",
+    )
+    producer = Producer(
+        {"bootstrap.servers": own_broker.bootstrap, "message.max.bytes": 1_000_000_000}
+    )
+    errors: list[object] = []
+    for value in (before.to_json(), b"x" * 101_000_000, after.to_json()):
+        producer.produce(
+            catalog.decisions, value, partition=0, on_delivery=lambda e, m: errors.append(e)
+        )
+        producer.flush(60)  # one record a batch: each fetch answer holds one
+    del producer
+    assert errors == [None, None, None]
+    sink = SinkProcess(
+        own_broker.bootstrap, prefix, tmp_path / "chdb", tmp_path / "sink.log", partitions=1
+    )
+    try:
+        sink.wait_ready()
+
+        def stored() -> list[tuple[object, ...]] | None:
+            rows = sink.query("SELECT decision_id FROM governance.decisions FINAL ORDER BY offset")
+            return rows if len(rows) == 2 else None
+
+        assert wait_for(stored, 90, message=sink.log) == [
+            (before.decision_id,),
+            (after.decision_id,),
+        ]
+        rejected = sink.query(
+            "SELECT audit_offset, error_kind, length(raw) FROM governance.rejected"
+        )
+        assert [(int(o), kind, int(n)) for o, kind, n in rejected] == [(1, "oversized", KEPT_BYTES)]
+        assert sink.alive(), sink.log()
+    finally:
+        sink.stop()
