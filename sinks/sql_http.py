@@ -9,11 +9,14 @@ connection.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import socket
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +39,15 @@ __all__ = ["EndpointConfig", "SqlHandler", "SqlHttpServer"]
 log = logging.getLogger("baton.sinks.sqlserver")
 
 _MAX_PARAMS = 200
+#: what a connection may hold before its credentials are read (a client without the token):
+#: a request's line and headers, at most HEAD_MAX_BYTES (http.server read 100 header lines of
+#: 64 KB each, 6.5 MB a connection), all in within HEAD_DEADLINE_S of their first byte (a
+#: byte within each idle timeout held the thread for ever); at most MAX_CONNECTIONS served at
+#: once, the rest closed unread (each held a thread of the audit sink). Not covered: clients
+#: reconnecting as fast as they are let go keep the slots busy (as /metrics)
+HEAD_MAX_BYTES = 64 * 1024
+HEAD_DEADLINE_S = 10.0
+MAX_CONNECTIONS = 256
 _QUERY_STRING_RE = re.compile(r"\?[^\s'\"]*")
 _QUERY_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _HTTP_STATUS_BY_CODE = {
@@ -79,9 +91,36 @@ def _too_large(what: str, limit: int | None) -> Refused:
 
 
 class SqlHttpServer(ThreadingHTTPServer):
-    """The listening socket; one thread per connection."""
+    """The listening socket; one thread per connection, at most MAX_CONNECTIONS of them."""
 
     daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._served_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._served_lock:
+            if self._served >= MAX_CONNECTIONS:
+                self.shutdown_request(request)  # closed unread: a client tries again
+                return
+            self._served += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self._done()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._served_lock:
+            self._served -= 1
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that hung up mid-answer, a timed-out idle connection: one line, no traceback
@@ -93,12 +132,75 @@ def _last_error() -> str:
     return f"{type(exc).__name__}: {exc}"[:300] if exc is not None else "?"
 
 
+class _HeadBound(io.RawIOBase):
+    """A connection's bytes, each read waiting the idle timeout at most; while a request's
+    head is read (``head``), at most HEAD_MAX_BYTES of it (then end of file: http.server
+    answers or drops the request), all within HEAD_DEADLINE_S of its first byte."""
+
+    def __init__(self, sock: socket.socket, idle_s: float | None) -> None:
+        super().__init__()
+        self._sock, self._idle_s = sock, idle_s
+        self._left: int | None = None  # None: the body (bounded by the handler)
+        self._deadline: float | None = None
+
+    def head(self) -> None:
+        self._left, self._deadline = HEAD_MAX_BYTES, None
+
+    def body(self) -> None:
+        self._left = self._deadline = None
+
+    def cut(self) -> bool:
+        """Whether the head read ran into HEAD_MAX_BYTES (what was read of it is not whole)."""
+        return self._left is not None and self._left <= 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        wait = self._idle_s
+        if self._left is not None:
+            if self._left <= 0:
+                return 0
+            view = view[: self._left]
+            if self._deadline is not None:
+                wait = self._deadline - time.monotonic()
+                if wait <= 0:
+                    raise TimeoutError("the request's head took past its deadline")
+                wait = wait if self._idle_s is None else min(wait, self._idle_s)
+        self._sock.settimeout(wait)
+        n = self._sock.recv_into(view)
+        if self._left is not None:
+            self._left -= n
+            if self._deadline is None and n:
+                self._deadline = time.monotonic() + HEAD_DEADLINE_S
+        return n
+
+
 class SqlHandler(BaseHTTPRequestHandler):
     """One connection's requests: GET and POST as ClickHouse's HTTP interface answers them."""
 
     config: EndpointConfig  # set on the subclass serve_sql builds
     protocol_version = "HTTP/1.1"
     server_version = "baton-sql"
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket's own file: it would keep the socket open
+        self._bound = _HeadBound(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._bound)
+
+    def handle_one_request(self) -> None:
+        self._bound.head()
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        if parsed and self._bound.cut():
+            self.send_error(431, f"request head past {HEAD_MAX_BYTES} bytes")
+            return False
+        self._bound.body()  # its size is checked against the limits before it is read
+        return parsed
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         # the path only: a query string may hold the password

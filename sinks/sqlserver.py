@@ -43,6 +43,9 @@ Remaining exposure (what this does not protect):
 - No TLS: on the loopback interface nothing leaves the machine, but with ``--sql-host`` on
   another interface the token and the results cross the network in clear text (a warning
   says so). Use a real ClickHouse server with TLS for remote readers.
+- Anyone who can connect holds, before the token is read, a thread and at most a 64 KiB
+  request head for 10 s (``sql_http.HEAD_*``), among at most 256 connections served at once:
+  clients reconnecting as fast as they are let go can keep those slots busy.
 - A token holder can read all of the audit and can make the sink work: each query is bounded
   (``SqlLimits``: execution time, memory, result rows and bytes, concurrent queries, request
   size), but many bounded queries still cost CPU that the sink shares.

@@ -1,0 +1,108 @@
+"""Session 17's attacks on `baton up`'s SQL endpoint (sinks/sql_http.py), served from the audit
+sink's own process, by a client without the token: what a connection may hold before its
+credentials are read. Each held a thread of the sink, and http.server reads 100 header lines
+of 64 KB each (6.5 MB a connection, held while the client trickles), with no bound on how
+many connections: the /metrics endpoint was bounded in session 10, this one was not."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from baton.sinks import sql_http
+from baton.sinks.clickhouse import connect
+from baton.sinks.sqlserver import SqlServer, serve_sql
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlServer]:
+    client = connect(f"chdb://{tmp_path_factory.mktemp('sql17') / 'chdb'}", create=True)
+    with serve_sql(client, port=0) as running:
+        yield running
+
+
+def _select_one(server: SqlServer) -> bytes:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/?query=SELECT+1",
+        headers={"X-ClickHouse-User": "baton", "X-ClickHouse-Key": server.token},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.read()
+
+
+def _closed(sock: socket.socket, within_s: float) -> bool:
+    """Whether the server closed ``sock`` (an answer and end of file) within ``within_s``."""
+    sock.settimeout(within_s)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def test_a_request_head_is_read_up_to_its_bound_and_then_closed(server: SqlServer) -> None:
+    """99 header lines of 60 KB each, without credentials: the endpoint stops reading at
+    64 KiB and closes the connection (it read all 5.9 MB and held them)."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    sent = 0
+    try:
+        for n in range(99):
+            sock.sendall(b"X-Pad-%d: " % n + b"a" * 60_000 + b"\r\n")
+            sent += 1
+    except OSError:  # closed by the server while we were still sending: the bound held
+        pass
+    assert sent < 99 or _closed(sock, 5.0), "the endpoint read 5.9 MB of headers"
+    sock.close()
+    assert _select_one(server) == b"1\n"
+
+
+def test_a_request_head_trickled_is_closed_at_its_deadline(
+    server: SqlServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request line sent a byte every 0.2 s (each byte well within the 60 s idle timeout)
+    held its connection and thread for as long as the client liked; now its head must be in
+    within ``HEAD_DEADLINE_S`` of its first byte."""
+    monkeypatch.setattr(sql_http, "HEAD_DEADLINE_S", 1.0)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    began, closed = time.monotonic(), False
+    try:
+        for byte in b"GET /?query=SELECT+1 HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+            sock.sendall(bytes([byte]))
+            time.sleep(0.2)
+            if time.monotonic() - began > 6:
+                break
+    except OSError:
+        closed = True
+    assert closed or _closed(sock, 1.0), "a trickled head held its connection for 6 s"
+    assert time.monotonic() - began < 6
+    sock.close()
+
+
+def test_connections_past_the_bound_are_closed_unread_and_the_endpoint_still_answers(
+    server: SqlServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections that send nothing each held a thread of the sink for the 60 s idle
+    timeout, however many: now at most ``MAX_CONNECTIONS`` are served, the others closed."""
+    monkeypatch.setattr(sql_http, "MAX_CONNECTIONS", 8)
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(30)]
+    try:
+        time.sleep(1.0)
+        assert threading.active_count() - before <= 8 + 1, threading.active_count() - before
+        assert sum(_closed(s, 0.2) for s in idle) >= 30 - 8
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.5)  # their threads end as the sockets close
+    assert _select_one(server) == b"1\n"
