@@ -40,7 +40,7 @@ from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.engine import NO_KILLS
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
-from baton.schemas.events import HandoffRequested, parse_event
+from baton.schemas.events import HandoffRequested, parse_control_event, parse_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
@@ -197,7 +197,13 @@ def decide_topics(
     partial: set[str] = set(started_before)
     partial |= _stamped_out_of_order(records, control)
     rows: list[tuple[str, int, Recorded]] = []
-    ordered = sorted(enumerate(records), key=lambda r: (r[1][0], r[1][1] != control, r[0]))
+    held_from = {
+        i: _signed_ms(rec) for i, (_, topic, rec) in enumerate(records) if topic == control
+    }
+    ordered = sorted(
+        enumerate(records),
+        key=lambda r: (max(r[1][0], held_from.get(r[0], r[1][0])), r[1][1] != control, r[0]),
+    )
     for n, (_, (ts, topic, rec)) in enumerate(ordered):
         run = _run_of(rec.key)
         if not -1 <= ts < _LATEST_MS:  # when it was decided is unknown: decided at the bound
@@ -217,6 +223,17 @@ def decide_topics(
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
     rows.sort(key=lambda r: (r[0], r[1]))
     return _cut_at_the_range(rows, partial), policies
+
+
+def _signed_ms(rec: InputRecord) -> int:
+    """When a control record was signed (ms; a record that does not read: -1). It holds from
+    its stamp or this, whichever is later: a kill re-published stamped before its signing
+    (a writer of gov.control; the worker refuses such a copy as a replay) held early in the
+    replay, and the handoffs the worker allowed meanwhile were replayed as its stops."""
+    try:
+        return int(parse_control_event(rec.value or b"").event_time.timestamp() * 1000)
+    except Exception:
+        return -1
 
 
 def _stamped_out_of_order(records: list[tuple[int, str, InputRecord]], control: str) -> set[str]:

@@ -243,3 +243,23 @@ def test_a_run_whose_start_retention_deleted_from_the_topic_is_partial(
     )
     assert "ra" in report.partial and "ra" not in report.broken, report.partial
     assert [r.run_id for r in report.changed_runs] == ["rb"]
+
+
+def test_a_kill_stamped_before_it_was_signed_holds_from_its_signing_not_its_stamp() -> None:
+    """A writer of gov.control re-publishes a kill signed at 100 s, stamped 41 s (a producer
+    sets any stamp; within the 60 s an operator's clock may run ahead): the worker refuses
+    the copy as a replay and applied the kill when it read it, at about 100 s. The replay
+    applied it at its stamp: the handoff the worker allowed at 60 s was replayed as a kill
+    stop "as recorded", so a policy stopping it showed no change. A control record now
+    holds from its stamp or its signing time, whichever is later (an honest client's are
+    one clock's)."""
+    from baton.schemas.events import KillSwitch
+
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(100))
+    forged = (_ms(41), CONTROL, InputRecord(CONTROL, 0, 0, None, kill.to_json()))
+    genuine = (_ms(100), CONTROL, InputRecord(CONTROL, 0, 1, None, kill.to_json()))
+    request = _record(handoff("ra-h0", "t0", "p", "r", run_id="ra"), 0, 60)
+    rows, policies = decide_topics([forged, request, genuine], NO_BLOCK, 1, APPROVALS, CONTROL)
+    assert [f"{r.outcome}:{r.reason}" for r in rows if r.run_id == "ra"] == ["allow:ok"]
+    report = replay_runs(runs_of(rows), policy_with(max_handoffs=0), policies, judge=False)
+    assert [r.run_id for r in report.changed_runs] == ["ra"]
