@@ -75,10 +75,11 @@ class RejectKind(StrEnum):
     OVERSIZED = "oversized"
 
 
-#: the longest record the sink parses: a worker's decision is well under it (its input is an
-#: event of at most 64 KB, escaped), and the SDK skips a longer one unread (the same bound,
-#: ``sdk.channel.MAX_DECISION_BYTES``). Tansu takes a record of any size: one of megabytes was
-#: parsed and stored whole (a row, or a rejected record's raw)
+#: the longest record the sink parses: no worker publishes a longer one (its publishers refuse
+#: a record past Kafka's default message.max.bytes, ``publish_aiokafka.MAX_RECORD_BYTES``; a
+#: big policy's ``policy_in_force`` record comes nearest), and the SDK skips one unread (the
+#: same bound, ``sdk.channel.MAX_DECISION_BYTES``). Tansu takes a record of any size: one of
+#: megabytes was parsed and stored whole (a row, or a rejected record's raw)
 MAX_RECORD_BYTES = 1_000_000
 #: how much of an oversized record governance.rejected keeps (its raw column)
 KEPT_BYTES = 64 * 1024
