@@ -40,6 +40,7 @@ from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.engine import NO_KILLS
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
+from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.events import HandoffRequested, parse_control_event, parse_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
@@ -197,6 +198,7 @@ def decide_topics(
     partial: set[str] = set(started_before)
     partial |= _stamped_out_of_order(records, control)
     rows: list[tuple[str, int, Recorded]] = []
+    early: set[tuple[str, str]] = set()  # (run, approval id) answered before it was asked
     held_from = {
         i: _signed_ms(rec) for i, (_, topic, rec) in enumerate(records) if topic == control
     }
@@ -221,8 +223,26 @@ def decide_topics(
                 partial.add(run)  # its start is before the range
         out = proc.process([rec], now)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
+        _answered_early(out.decisions, early, partial)
     rows.sort(key=lambda r: (r[0], r[1]))
     return _cut_at_the_range(rows, partial), policies
+
+
+def _answered_early(
+    decisions: list[tuple[int, Decision]], early: set[tuple[str, str]], partial: set[str]
+) -> None:
+    """Note the answers to approvals not asked yet (``early``), and make partial the runs
+    that ask one later: requests and approvals are ordered by stamp only, and a grant
+    stamped before the request it answers (an approver's clock seconds behind) was read
+    first, its approval left pending, the granted handoff never counted (a later handoff a
+    stricter max_handoffs stops showed no change)."""
+    for _, d in decisions:
+        if not d.approval_id:
+            continue
+        if d.reason == Reason.UNKNOWN_APPROVAL:
+            early.add((d.run_id, d.approval_id))
+        elif d.outcome == Outcome.APPROVAL_REQUIRED and (d.run_id, d.approval_id) in early:
+            partial.add(d.run_id)
 
 
 def _signed_ms(rec: InputRecord) -> int:

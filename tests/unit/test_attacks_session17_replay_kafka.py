@@ -263,3 +263,34 @@ def test_a_kill_stamped_before_it_was_signed_holds_from_its_signing_not_its_stam
     assert [f"{r.outcome}:{r.reason}" for r in rows if r.run_id == "ra"] == ["allow:ok"]
     report = replay_runs(runs_of(rows), policy_with(max_handoffs=0), policies, judge=False)
     assert [r.run_id for r in report.changed_runs] == ["ra"]
+
+
+def test_a_grant_stamped_before_the_request_it_answers_makes_its_run_partial() -> None:
+    """Requests and approvals are two topics, ordered by stamp only. An approver whose
+    clock is seconds behind the orchestrator's stamps the grant before the request: the
+    replay read it first (unknown_approval), the approval stayed pending, the granted
+    handoff was never counted, so `max_handoffs: 2` let the run's third handoff through
+    and showed no change, though the worker allowed all three (the third now stops)."""
+    from tests.unit.test_engine_support import granted
+
+    gated = policy_with(max_handoffs=5, require_approval_for=["billing.refund.create"])
+    h0 = handoff("ra-h0", "t0", "planner", "researcher", run_id="ra")
+    h1 = handoff(
+        "ra-h1", "t1", "planner", "researcher", run_id="ra", action="billing.refund.create"
+    )
+    h2 = handoff("ra-h2", "t2", "planner", "researcher", run_id="ra")
+    records = [_record(h0, 0, 1), _record(h1, 1, 10), _record(h2, 2, 20)]
+    worker = BatchProcessor(gated, 1, {}, "w", approvals_topic=APPROVALS)
+    asked_for = [worker.process([rec], at(0)).decisions for _, _, rec in records[:2]]
+    grant = granted(asked_for[1][0][1].approval_id, "oncall_amy", run_id="ra", t=5)
+    answer = (_ms(5), APPROVALS, InputRecord(APPROVALS, 0, 0, b"ra", grant.to_json()))
+    # the worker read the grant after the request it answers, and allowed all three
+    for _, _, rec in (answer, records[2]):
+        assert [f"{d.outcome}" for _, d in worker.process([rec], at(0)).decisions] == ["allow"]
+    records.append(answer)
+    rows, policies = decide_topics(records, gated, 1, APPROVALS, CONTROL)
+    asked = [r for r in rows if f"{r.outcome}" == "approval_required"]
+    assert asked, [f"{r.outcome}:{r.reason}" for r in rows]
+    stricter = policy_with(max_handoffs=2, require_approval_for=["billing.refund.create"])
+    report = replay_runs(runs_of(rows), stricter, policies, judge=False)
+    assert "ra" in report.partial and not report.changed_runs, report.transitions
