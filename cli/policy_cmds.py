@@ -89,13 +89,11 @@ def policy_publish(
     # the text hashed, signed and sent (a second read met whatever was swapped in meanwhile)
     text = read_policy_text(file)
     policy = parse_policy(text, str(file), file=True)
-    from baton.streams.sdk import MAX_POLICY_UPDATE_BYTES
+    from baton.streams.sdk.operators import policy_update_problem
 
-    if len(text.encode()) > MAX_POLICY_UPDATE_BYTES:
-        raise PolicyError(
-            [f"{len(text.encode())} bytes: at most {MAX_POLICY_UPDATE_BYTES} can be published"],
-            str(file),
-        )
+    problem = policy_update_problem(text, signer)
+    if problem is not None:
+        raise PolicyError([problem], str(file))
     key = load_key(key_file)
     settings = stack_settings(opts, data_dir)
     from baton.schemas.decision import Reason

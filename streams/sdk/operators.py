@@ -9,15 +9,37 @@ from typing import Literal
 # the waiter that name, so it cannot drift from the engine's
 from baton.processors.engine import refused_command_id
 from baton.schemas.decision import Decision, Phase
-from baton.schemas.events import KillSwitch, KillSwitchReleased, PolicyUpdated
+from baton.schemas.events import MAX_EVENT_BYTES, KillSwitch, KillSwitchReleased, PolicyUpdated
 from baton.schemas.signing import control_payload, policy_hash
 from baton.streams.sdk.publisher import SignedPublisher
 
-__all__ = ["MAX_POLICY_UPDATE_BYTES", "OperatorClient"]
+__all__ = ["MAX_POLICY_UPDATE_BYTES", "OperatorClient", "policy_update_problem"]
 
-#: a policy is a few KB; a record must stay well under Kafka's ~1 MB message limit, or the
-#: broker refuses it and no worker ever answers
-MAX_POLICY_UPDATE_BYTES = 512 * 1024
+#: a policy is a few KB; a worker reads a control record as an event of at most
+#: MAX_EVENT_BYTES and dead-letters a longer one unanswered (512 KiB were taken here: an 88 KB
+#: policy was published, never applied, and the operator's command waited out its timeout)
+MAX_POLICY_UPDATE_BYTES = MAX_EVENT_BYTES
+
+
+def policy_update_problem(policy_yaml: str, operator: str) -> str | None:
+    """Why no worker would read the update publishing ``policy_yaml`` (None: one would): its
+    event, signed and timed (the longest signature and time), past MAX_EVENT_BYTES."""
+    now = datetime.now(UTC).replace(microsecond=1)  # a time written with its fraction
+    probe = PolicyUpdated(
+        policy_yaml=policy_yaml,
+        operator=operator,
+        policy_sha=policy_hash(policy_yaml),
+        signature="A" * 88,
+        event_time=now,
+    )
+    size = len(probe.to_json())
+    if size <= MAX_EVENT_BYTES:
+        return None
+    return (
+        f"the policy update is {size:,} bytes as an event (its YAML escaped in JSON) and a "
+        f"worker reads at most {MAX_EVENT_BYTES:,} (a longer one is dead-lettered unanswered): "
+        "shorten the policy (tenants inherit every key they do not set)"
+    )
 
 
 class OperatorClient(SignedPublisher):
@@ -73,11 +95,9 @@ class OperatorClient(SignedPublisher):
 
         Validate it first (``baton.schemas.policy.parse_policy``): a worker dead-letters a
         policy it cannot parse, and no record answers it."""
-        size = len(policy_yaml.encode())
-        if size > MAX_POLICY_UPDATE_BYTES:
-            raise ValueError(
-                f"policy_yaml: {size} bytes, at most {MAX_POLICY_UPDATE_BYTES} can be published"
-            )
+        problem = policy_update_problem(policy_yaml, operator)
+        if problem is not None:
+            raise ValueError(f"policy_yaml: {problem}")
         now = datetime.now(UTC)
         sha = policy_hash(policy_yaml)
         event = PolicyUpdated(

@@ -4,20 +4,34 @@ F3: base64 of 32 bytes ends in a character with two spare bits, which ``b64decod
 one public key has four spellings. ``operators`` refused one key under two names by comparing
 the key *texts* (session 10), so a policy listing the key twice, spelled two ways, loaded, and
 the key's holder signed as both operators.
+
+F8: a policy update a worker reads as an event of at most 64 KiB was published up to 512 KiB.
 """
 
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from baton.cli.main import cli as main_cli
 from baton.schemas.errors import PolicyError
+from baton.schemas.events import PolicyUpdated, parse_control_event
 from baton.schemas.policy import parse_policy
-from baton.schemas.signing import PUBLIC_PREFIX, new_private_key, parse_public_key, public_key_text
+from baton.schemas.signing import (
+    PUBLIC_PREFIX,
+    new_private_key,
+    parse_public_key,
+    public_key_text,
+    write_private_key,
+)
+from baton.streams.sdk import OperatorClient
 
 pytestmark = pytest.mark.unit
 
+_OPERATOR = new_private_key()
 _ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
 
 
@@ -41,3 +55,55 @@ def test_two_keys_under_two_operators_still_load() -> None:
     one, two = (public_key_text(new_private_key()) for _ in range(2))
     policy = parse_policy(f'operators:\n  oncall: "{one}"\n  oncall_2027: "{two}"\n', "p.yaml")
     assert list(policy.operators) == ["oncall", "oncall_2027"]
+
+
+# ------------------------------------------------------------------ F8: a policy update too long
+def _offline_operator(sent: list[bytes]) -> OperatorClient:
+    client = OperatorClient("127.0.0.1:1", key=_OPERATOR)
+    client.channel.connect = lambda: None  # type: ignore[method-assign]
+    client.channel.flush = lambda timeout: 0  # type: ignore[method-assign]
+    client.channel.publish = lambda _topic, _key, raw: sent.append(raw)  # type: ignore[method-assign]
+    return client
+
+
+def _tenants(n: int) -> str:
+    return "tenants:\n" + "".join(f"  t{i}: {{max_handoffs: {i}}}\n" for i in range(n))
+
+
+def test_a_policy_update_a_worker_would_not_read_is_refused_where_it_is_made(
+    tmp_path: Path,
+) -> None:
+    """F8: the SDK and `baton policy publish` took a policy of up to 512 KiB, every worker
+    dead-letters a control record past MAX_EVENT_BYTES (64 KiB) as oversized: an 88 KB policy
+    was published, no record answered it, and the operator's command waited out its timeout
+    saying no worker answered. Now it is refused before it is signed or sent."""
+    big = _tenants(3000)
+    assert len(big.encode()) < 512 * 1024
+    sent: list[bytes] = []
+    with pytest.raises(ValueError, match=r"a worker reads at most 65,536"):
+        _offline_operator(sent).publish_policy(big, operator="oncall", wait=False)
+    assert sent == []
+    path = tmp_path / "big.yaml"
+    path.write_text(big)
+    key_file = tmp_path / "oncall.key"
+    write_private_key(_OPERATOR, key_file)
+    result = CliRunner().invoke(
+        main_cli,
+        ["policy", "publish", str(path), "--as", "oncall", "--key", str(key_file)],
+        env={"BATON_BOOTSTRAP": "127.0.0.1:1"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "a worker reads at most 65,536" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("tenants", [10, 500, 2100, 2240, 2400])
+def test_whatever_the_operator_client_publishes_a_worker_reads(tenants: int) -> None:
+    sent: list[bytes] = []
+    try:
+        _offline_operator(sent).publish_policy(_tenants(tenants), operator="oncall", wait=False)
+    except ValueError:
+        assert sent == []
+        return
+    (raw,) = sent
+    assert isinstance(parse_control_event(raw), PolicyUpdated)
