@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from baton.schemas.decision import Decision
 from baton.schemas.errors import CommandRefused
+from baton.schemas.names import name_problem
 from baton.schemas.signing import load_private_key
 from baton.sinks.render import shown
 
@@ -36,6 +37,11 @@ def _name(_ctx: click.Context, param: click.Parameter, value: str | None) -> str
             f"expected the 1-{MAX_NAME} printable characters of a name the policy lists, "
             f"got {value[:60]!r}{'…' if len(value) > 60 else ''}"
         )
+    # as every event checks its names: "a b" passed here and the event refused it after the
+    # command had connected (a traceback from `baton policy publish`, `approve`, `deny`)
+    problem = None if value is None else name_problem(value)
+    if problem is not None:
+        raise click.BadParameter(f"bad name {value[:60]!r}: {problem}")
     return value
 
 

@@ -107,3 +107,31 @@ def test_whatever_the_operator_client_publishes_a_worker_reads(tenants: int) -> 
         return
     (raw,) = sent
     assert isinstance(parse_control_event(raw), PolicyUpdated)
+
+
+@pytest.mark.parametrize("command", ["policy_publish", "approve", "deny", "kill"])
+def test_a_signer_name_no_event_can_carry_is_a_usage_error_before_anything(
+    command: str, tmp_path: Path
+) -> None:
+    """``--as "a b"`` passed the signer option's check (printable) and the event refused it
+    after the command had connected: `baton policy publish` and `baton approve`/`deny` ended
+    in a pydantic traceback (policy publish at once since F8's check). Now every signer
+    option refuses it in one line, exit 2, naming --as."""
+    key_file = tmp_path / "k.key"
+    write_private_key(_OPERATOR, key_file)
+    policy = tmp_path / "p.yaml"
+    policy.write_text("multi_agent: {max_handoffs: 3}\n")
+    args = {
+        "policy_publish": ["policy", "publish", str(policy)],
+        "approve": ["approve", "apr_1"],
+        "deny": ["deny", "apr_1", "--comment", "no"],
+        "kill": ["kill", "--run", "r1"],
+    }[command]
+    result = CliRunner().invoke(
+        main_cli,
+        [*args, "--as", "a b", "--key", str(key_file)],
+        env={"BATON_BOOTSTRAP": "127.0.0.1:1", "BATON_CLICKHOUSE_DSN": f"chdb://{tmp_path}/c"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "--as" in result.output and "bad name" in result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, ValueError)
