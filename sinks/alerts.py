@@ -7,8 +7,9 @@ so a hanging webhook never slows the consume loop; names are made safe to show b
 :mod:`baton.sinks.alert_text`; bad records are sorted out by :mod:`baton.sinks.alert_records`,
 and what may be committed is kept by :mod:`baton.sinks.alert_offsets`.
 
-Guarantees: within one process, a decision_id is announced at most once (the last
-``remember`` ids are kept, as 16-byte digests whatever their length); a record on gov.stops
+Guarantees: within one process, a decision_id is announced at most once for what it shows
+(the last ``remember`` are kept, as 16-byte digests of the id and the alert's text whatever
+their length: a forged stop under a real one's id cannot hide it); a record on gov.stops
 that is not a Decision is skipped and counted by kind (one log line per kind, then at most one
 a minute), never fatal; memory is bounded whatever the records hold (a storm keeps counts, not
 the stops). Offsets are committed only up to stops that are announced: printed, not held in a
@@ -29,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.errors import BatonError
@@ -152,7 +155,12 @@ class StopAlerter:
         out = self.tick(now)
         if decision.outcome != Outcome.STOP:
             return out
-        key = _digest(decision.decision_id)
+        # the id and what the alert shows: a forged stop under a real stop's id (ids are
+        # computable from gov.handoff.requests) was taken for its redelivery and hid it
+        key = hashlib.blake2b(
+            orjson.dumps([decision.decision_id, stop_line(decision), clean_field(decision.tenant)]),
+            digest_size=16,
+        ).digest()
         if key in self._seen:
             self.duplicates += 1
             self._seen.move_to_end(key)

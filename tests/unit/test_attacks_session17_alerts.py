@@ -57,3 +57,39 @@ def test_a_webhook_trickling_its_answer_is_cut_at_the_posts_timeout(trickling: s
     assert not outcome.ok and outcome.retry, outcome
     assert took < 3.0, f"the post took {took:.1f} s with a timeout of 1 s"
     assert "1 s" in outcome.problem and "XXXXSECRET" not in outcome.problem, outcome.problem
+
+
+def test_a_forged_stop_under_a_real_stops_id_cannot_hide_it() -> None:
+    """Decision ids are computable (run, request id, the request's digest: all on
+    gov.handoff.requests): a writer of gov.stops sent a harmless-looking stop under the id
+    of the stop the worker was about to publish, and the real one was taken for its
+    redelivery, never announced. A stop is a repeat only when it shows the same: one
+    showing what the real one shows announced exactly that."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from baton.schemas.decision import Decision, Outcome, Phase
+    from baton.sinks.alerts import StopAlerter, stop_line
+
+    now = datetime.now(UTC)
+    real = Decision(
+        decision_id="d-1",
+        request_id="req-1",
+        run_id="run_742",
+        tenant="acme",
+        phase=Phase.PRE_HANDOFF,
+        outcome=Outcome.STOP,
+        reason="killed",
+        from_agent="planner",
+        to_agent="billing_agent",
+        task_id="refund_check",
+        event_time=now,
+        decided_at=now,
+    )
+    forged = replace(real, reason="handoff_budget_exceeded", to_agent="researcher")
+    alerter = StopAlerter(storm_threshold=0)
+    assert [m.text for m in alerter.offer(forged, now=0.0)] == [stop_line(forged)]
+    assert [m.text for m in alerter.offer(real, now=1.0)] == [stop_line(real)]
+    # the worker's redelivery of it (the same record, or one decided again later) is not
+    assert alerter.offer(replace(real, decided_at=now), now=2.0) == []
+    assert alerter.duplicates == 1
