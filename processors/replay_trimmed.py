@@ -2,8 +2,8 @@
 
 A run whose first chained decision names a predecessor no row read holds is *partial*: its
 history starts before what was read. Two things cut a history so, and leave it honest: the
-audit's retention (a TTL on ``decided_at``: it deletes the oldest rows first, table-wide)
-and the read's own lower bound (``--since``/``--from``). Anything else is rows deleted at
+audit's retention (a TTL on ``inserted_at``, the sink's clock, not a writer's: it deletes
+the oldest rows first, table-wide) and the read's own lower bound (``--since``/``--from``). Anything else is rows deleted at
 the run's start, or its first link altered: a run the new policy changes that hides as
 "partial" would let the gate exit 0 (fail open).
 
@@ -15,7 +15,8 @@ audit, ``sinks.replay_source.held_links``). The margin is `baton audit verify`'s
 id's lives (``chain_links.NEW_LIFE_AFTER_S``, a day): ClickHouse applies a TTL at merges,
 so expired rows outlive their time by hours, never by a day. A false alarm remains
 possible and is named: a run whose trimmed history ended more than a day before a late
-event decided on its tombstone.
+event decided on its tombstone, or one whose later rows the sink stored more than a day after
+they were decided (a sink down that long: those rows outlive older ones decided after them).
 """
 
 from __future__ import annotations
