@@ -265,7 +265,8 @@ def watched_policy(recorded: Policy, new: Policy) -> tuple[Policy, Watch] | None
     ):
         return recorded, _NEVER  # the rules are equal: one decide serves both
     policy = recorded.model_copy()
-    compiled = CompiledPolicy.__new__(CompiledPolicy)
-    compiled.policy, compiled.default, compiled.tenants = policy, default, tenants
+    # (built, then given the watched rules: a compiled CompiledPolicy's __new__ runs __init__)
+    compiled = CompiledPolicy(policy)
+    compiled.default, compiled.tenants = default, tenants
     policy.__dict__[_SLOT] = compiled
     return policy, watch
