@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from baton.processors import state_compact
-from baton.processors.policy_rules import TenantRules, rules_for
+from baton.processors.policy_rules import CompiledPolicy, TenantRules, rules_for
 from baton.processors.replay_share import Dual, Watch, watched_policy
 from baton.processors.state_compact import (
     EMPTY,
@@ -198,3 +198,19 @@ def test_fresh_keys_and_digests_as_a_record_holds_them_are_taken_as_they_are() -
     assert fresh_digest(grown, 8.5) == digest
     many = fresh_of({i: compact_digest(digest) for i in range(state_compact.FRESH_TUPLE_MAX + 1)})
     assert type(many) is dict and fresh_digest(many, 0) == digest
+
+
+def test_rules_for_takes_a_record_s_tenant_and_the_compiled_form_copies_as_nothing() -> None:
+    """policy_rules is compiled since session 17 (its TenantRules moved to the interpreted
+    policy_tenant.py): a run's tenant is taken as a record holds it (a compiled ``str``
+    parameter would refuse another type), and the compiled form still pickles and copies as
+    nothing (a copied policy builds its own)."""
+    policy = policy_with(max_handoffs=7)
+    rules = rules_for(policy, "acme")
+    assert rules_for(policy, 5) is rules and rules_for(policy, None) is rules
+    compiled = CompiledPolicy.of(policy)
+    assert compiled.policy is policy and CompiledPolicy.of(policy) is compiled
+    assert pickle.loads(pickle.dumps(compiled)) is None and copy.deepcopy(compiled) is None
+    again = pickle.loads(pickle.dumps(policy))
+    assert rules_for(again, "acme") is not rules and rules_for(again, "acme").max_handoffs == 7
+    assert type(rules).__module__ == "baton.processors.policy_tenant"
