@@ -148,7 +148,6 @@ _HandoffCompleted: Final = HandoffCompleted
 _ApprovalGranted: Final = ApprovalGranted
 _ApprovalDenied: Final = ApprovalDenied
 _RunFinished: Final = RunFinished
-_rules_for: Final = rules_for
 _answer_approval: Final = answer_approval
 _refused_key: Final = refused_key
 _depth_of: Final = depth_of
@@ -213,7 +212,7 @@ def decide(
         if now_ts > st.last_event_at:
             st.last_event_at = now_ts
     ctx = DecisionContext(
-        _rules_for(policy, st.tenant),
+        rules_for(policy, st.tenant),  # (compiled with this module: a native call)
         now,
         now_ts,
         kills,

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
+
+from mypy_extensions import mypyc_attr
 
 from baton.processors.policy_rules import _SLOT, Budget, CompiledPolicy, TenantRules
 from baton.schemas.policy import Policy
@@ -37,11 +39,11 @@ from baton.schemas.policy import Policy
 __all__ = ["DUAL_LIMITS", "Dual", "Watch", "watched_policy"]
 
 #: the rules' limits compared only, never computed with (a Dual when the two differ)
-DUAL_LIMITS = frozenset({"max_handoffs", "agents_cap", "depth_cap", "seconds_cap"})
+DUAL_LIMITS: Final = frozenset({"max_handoffs", "agents_cap", "depth_cap", "seconds_cap"})
 #: the budgets' totals compared only (Budget.reached, Budget.over)
-DUAL_BUDGETS = frozenset({"usd", "calls", "steps"})
+DUAL_BUDGETS: Final = frozenset({"usd", "calls", "steps"})
 #: methods answered under both rules, and the attributes they read
-_BOTH = {
+_BOTH: Final = {
     "needs_approval": frozenset({"approval_re", "approve_all"}),
     "fallback_for": frozenset({"fallback", "fallback_by_reason"}),
 }
@@ -57,34 +59,66 @@ class Watch:
 
 
 #: a watch never set (the two policies' rules are equal)
-_NEVER = Watch()
+_NEVER: Final = Watch()
 
 
-class Dual:
-    """A limit of the recorded policy (``recorded``) that knows the new policy's (``new``):
-    comparisons answer as the recorded limit and mark ``watch`` when the new one answers
-    otherwise; every other use marks it. Not a number's subclass: C code that reads a
-    float's or an int's value directly (``timedelta(seconds=...)``) would read it unmarked;
-    a Dual is converted through ``__float__``/``__int__``/``__index__`` (marked) or refused."""
+@mypyc_attr(allow_interpreted_subclasses=True)
+class _DualCompare:
+    """What a :data:`Dual` is made from: its limits and its comparisons, the hot path (a
+    native class in the compiled build, whose comparisons are native calls). Its subclass
+    ``Dual`` is made below with type(), so that the other uses can be set on it: a native
+    class refuses methods set after it is made, and mypyc gives a native class's
+    ``__index__`` no ``nb_index`` slot (``operator.index`` would refuse a native Dual
+    unmarked); a class made at run time gets every slot from its namespace, as CPython
+    makes it. (A Python class in a compiled module, ``native_class=False``, would do too, but
+    its compiled methods read their attributes the slow way: a comparison took longer than
+    the interpreted one's, bench/RESULTS.md session 17.)"""
 
     __slots__ = ("new", "recorded", "watch")
 
-    def __init__(self, recorded: float, new: float, watch: Watch) -> None:
+    def __init__(self, recorded: Any, new: Any, watch: Watch) -> None:
+        # (Any: an int limit stays an int; mypyc would make a float parameter of it)
         self.recorded, self.new, self.watch = recorded, new, watch
 
-
-def _compare(op: Callable[[Any, Any], bool]) -> Callable[[Dual, Any], bool]:
-    def compare(self: Dual, other: Any) -> bool:
-        answer = op(self.recorded, other)
-        if answer != op(self.new, other):
+    def __lt__(self, other: Any) -> Any:
+        answer = self.recorded < other
+        if answer != (self.new < other):
             self.watch.diverged = True
         return answer
 
-    return compare
+    def __le__(self, other: Any) -> Any:
+        answer = self.recorded <= other
+        if answer != (self.new <= other):
+            self.watch.diverged = True
+        return answer
+
+    def __gt__(self, other: Any) -> Any:
+        answer = self.recorded > other
+        if answer != (self.new > other):
+            self.watch.diverged = True
+        return answer
+
+    def __ge__(self, other: Any) -> Any:
+        answer = self.recorded >= other
+        if answer != (self.new >= other):
+            self.watch.diverged = True
+        return answer
+
+    def __eq__(self, other: Any) -> Any:
+        answer = self.recorded == other
+        if answer != (self.new == other):
+            self.watch.diverged = True
+        return answer
+
+    def __ne__(self, other: Any) -> Any:
+        answer = self.recorded != other
+        if answer != (self.new != other):
+            self.watch.diverged = True
+        return answer
 
 
 def _any_use(name: str) -> Callable[..., Any]:
-    def use(self: Dual, *args: Any) -> Any:
+    def use(self: _DualCompare, *args: Any) -> Any:
         self.watch.diverged = True
         number = self.recorded
         if name == "__index__":
@@ -96,18 +130,9 @@ def _any_use(name: str) -> Callable[..., Any]:
     return use
 
 
-for _name, _op in (
-    ("__lt__", operator.lt),
-    ("__le__", operator.le),
-    ("__gt__", operator.gt),
-    ("__ge__", operator.ge),
-    ("__eq__", operator.eq),
-    ("__ne__", operator.ne),
-):
-    setattr(Dual, _name, _compare(_op))
 # every other operation a float has: the recorded number's answer, and a mark (a limit in a
 # detail's text, or computed with, may make the new policy's decision differ)
-for _name in [
+_USES: Final = [
     "__abs__",
     "__add__",
     "__bool__",
@@ -142,8 +167,22 @@ for _name in [
     "as_integer_ratio",
     "conjugate",
     "is_integer",
-]:
-    setattr(Dual, _name, _any_use(_name))
+]
+#: A limit of the recorded policy (``recorded``) that knows the new policy's (``new``):
+#: comparisons answer as the recorded limit and mark ``watch`` when the new one answers
+#: otherwise; every other use marks it. Not a number's subclass: C code that reads a
+#: float's or an int's value directly (``timedelta(seconds=...)``) would read it unmarked;
+#: a Dual is converted through ``__float__``/``__int__``/``__index__`` (marked) or refused.
+Dual: Final = type(
+    "Dual",
+    (_DualCompare,),
+    {
+        "__slots__": (),
+        "__module__": __name__,
+        "__doc__": "A limit of the recorded policy that knows the new policy's (replay_share).",
+        **{name: _any_use(name) for name in _USES},
+    },
+)
 # (a Dual does not pickle or copy as itself: it exists within one replay step's decide)
 
 
@@ -179,7 +218,8 @@ def _watched_rules(recorded: TenantRules, new: TenantRules, watch: Watch) -> Ten
     if not differ:
         return recorded
     duals: dict[str, Any] = {}
-    members: dict[str, Any] = {"__slots__": ("_new", "_recorded", "_watch")}
+    # (__module__: type() called from compiled code would name its caller's module)
+    members: dict[str, Any] = {"__slots__": ("_new", "_recorded", "_watch"), "__module__": __name__}
     for name in differ:
         was, now = getattr(recorded, name), getattr(new, name)
         if name in DUAL_LIMITS and _number(was) and _number(now):
@@ -194,12 +234,12 @@ def _watched_rules(recorded: TenantRules, new: TenantRules, watch: Watch) -> Ten
         if reads & differ:
             members[method] = _both(method)
     cls = type("WatchedRules", (TenantRules,), members)
-    rules = object.__new__(cls)
+    rules: Any = object.__new__(cls)
     for name in TenantRules.__slots__:
         if name not in members:  # (a property shadows the slot: read from _recorded)
             slot = TenantRules.__dict__[name]
             slot.__set__(rules, duals.get(name, getattr(recorded, name)))
-    rules._new, rules._recorded, rules._watch = new, recorded, watch  # type: ignore[attr-defined]
+    rules._new, rules._recorded, rules._watch = new, recorded, watch
     return rules
 
 
@@ -225,7 +265,8 @@ def watched_policy(recorded: Policy, new: Policy) -> tuple[Policy, Watch] | None
     ):
         return recorded, _NEVER  # the rules are equal: one decide serves both
     policy = recorded.model_copy()
-    compiled = object.__new__(CompiledPolicy)
-    compiled.policy, compiled.default, compiled.tenants = policy, default, tenants
+    # (built, then given the watched rules: a compiled CompiledPolicy's __new__ runs __init__)
+    compiled = CompiledPolicy(policy)
+    compiled.default, compiled.tenants = default, tenants
     policy.__dict__[_SLOT] = compiled
     return policy, watch

@@ -12,8 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from baton.processors import state_compact as _compact
 from baton.processors.dedup_keys import REPORT, TOMBSTONE_REPORT
+from baton.processors.state_compact import EMPTY, compact_digest, shared
+from baton.processors.state_compact import FRESH_TUPLE_MAX as _FRESH_TUPLE_MAX
+from baton.processors.state_compact import OneTask as _OneTask
+from baton.processors.state_compact import digest_hex as _digest_hex
+from baton.processors.state_compact import fresh_added as _fresh_added
+from baton.processors.state_compact import fresh_digest as _fresh_digest
+from baton.processors.state_compact import fresh_digest_list as _fresh_digest_list
+from baton.processors.state_compact import fresh_of as _fresh_of
+from baton.processors.state_compact import fresh_thawed as _fresh_thawed
 from baton.processors.state_types import (
     FRESH_LIMIT,
     MAX_PENDING_APPROVALS,
@@ -44,21 +52,9 @@ __all__ = [
 
 #: length of RunState.recent when full
 _RECENT_ITEMS: Final = 2 * RECENT_REPLIES
-# state_compact stays interpreted (build_backend/compiled_modules.txt): its names as Final
-# ones here, so a compiled build (this module and state_wire, which imports them from here)
-# reads each from a C static, not through a module's dict (CPyDict_GetItem, ~130
-# instructions a read; remember() read twelve)
-EMPTY: Final = _compact.EMPTY
-compact_digest: Final = _compact.compact_digest
-shared: Final = _compact.shared
-_FRESH_TUPLE_MAX: Final = _compact.FRESH_TUPLE_MAX
-_OneTask: Final = _compact.OneTask
-_digest_hex: Final = _compact.digest_hex
-_fresh_added: Final = _compact.fresh_added
-_fresh_digest: Final = _compact.fresh_digest
-_fresh_digest_list: Final = _compact.fresh_digest_list
-_fresh_of: Final = _compact.fresh_of
-_fresh_thawed: Final = _compact.fresh_thawed
+# state_compact is compiled with this module (build_backend/compiled_modules.txt): its
+# functions are imported, so a compiled build calls them natively and reads its Final
+# constants from C statics
 
 
 @dataclass(slots=True)

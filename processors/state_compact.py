@@ -12,7 +12,7 @@ are its own holds its own copies).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Final, NoReturn
 
 __all__ = [
     "EMPTY",
@@ -29,20 +29,42 @@ __all__ = [
     "shared",
 ]
 
-T = TypeVar("T")
-
 
 class _Frozen(dict[Any, Any]):
-    """A container many states hold: any change raises instead of reaching all of them."""
+    """A container many states hold: any change raises instead of reaching all of them.
+
+    Each changing method is written out (one function under seven names was a multiple
+    assignment in a class body, which mypyc does not compile); each takes any arguments and
+    raises the refusal, as the one function did."""
 
     __slots__ = ()
-    _refusal = "a shared RunState container is held by many runs: replace it"
 
-    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError(self._refusal)
+    def _refusal(self) -> str:
+        return "a shared RunState container is held by many runs: replace it"
 
-    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
-    __ior__ = _refuse  # type: ignore[assignment]
+    def __setitem__(self, key: Any, value: Any) -> NoReturn:
+        raise TypeError(self._refusal())
+
+    def __delitem__(self, key: Any) -> NoReturn:
+        raise TypeError(self._refusal())
+
+    def update(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(self._refusal())
+
+    def setdefault(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(self._refusal())
+
+    def pop(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(self._refusal())
+
+    def popitem(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(self._refusal())
+
+    def clear(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(self._refusal())
+
+    def __ior__(self, other: Any) -> NoReturn:  # type: ignore[misc]
+        raise TypeError(self._refusal())
 
 
 class _FrozenEmpty(_Frozen):
@@ -50,11 +72,13 @@ class _FrozenEmpty(_Frozen):
     up to nine of them)."""
 
     __slots__ = ()
-    _refusal = "RunState.EMPTY is shared by every state: replace it, never change it"
+
+    def _refusal(self) -> str:
+        return "RunState.EMPTY is shared by every state: replace it, never change it"
 
 
 #: the empty value of every container field (``fresh`` included): shared, never changed
-EMPTY: dict[Any, Any] = _FrozenEmpty()
+EMPTY: Final[dict[Any, Any]] = _FrozenEmpty()
 
 
 class _Shared(_Frozen):
@@ -70,10 +94,10 @@ class _Shared(_Frozen):
 #: shared containers by content (their items, in order); cleared when full, like the
 #: partitioner's cache: the runs keep the copies they hold, so a clear costs one more copy
 #: of each common container, and hostile names cannot grow it
-_SHARED: dict[tuple[Any, ...], _Shared] = {}
-_SHARED_MAX = 4096
+_SHARED: Final[dict[tuple[Any, ...], Any]] = {}  # (a _Shared, or a OneTask)
+_SHARED_MAX: Final = 4096
 #: only containers this small are shared (a key tuple of at most this many items)
-SHARED_MAX_ITEMS = 8
+SHARED_MAX_ITEMS: Final = 8
 
 
 def shared(container: Any, nodes: bool = False) -> Any:
@@ -156,6 +180,11 @@ class OneTask(Mapping[str, Any]):
     def items(self) -> tuple[tuple[str, Any]]:  # type: ignore[override]
         return ((self.task, self.node),)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy rebuild it from its task and node (compiled, it has no slots that
+        # copyreg's default could read)
+        return (OneTask, (self.task, self.node))
+
     def as_dict(self) -> dict[str, Any]:
         """The dict it stands for (a new one, to build the run's next task dict from)."""
         return {self.task: self.node}
@@ -164,7 +193,7 @@ class OneTask(Mapping[str, Any]):
         return f"OneTask({self.task!r}: {self.node!r})"
 
 
-def _with_shared_nodes(tasks: dict[str, T]) -> dict[str, T]:
+def _with_shared_nodes(tasks: dict[Any, Any]) -> dict[Any, Any]:
     """``tasks`` with the nodes (owner, giver, parent, depth) other runs hold: task ids are
     often a run's own (a fresh uuid a task), their nodes rarely are (~80 bytes a task). Every
     parent is text or None (``shared`` shares no other dict: ``1 == 1.0 == True`` would put
@@ -178,10 +207,10 @@ def _with_shared_nodes(tasks: dict[str, T]) -> dict[str, T]:
 
 
 #: task nodes by content, bounded like _SHARED
-_NODES: dict[Any, Any] = {}
+_NODES: Final[dict[Any, Any]] = {}
 
 
-_from_hex = bytes.fromhex
+_from_hex: Final = bytes.fromhex
 
 
 def compact_digest(digest: Any) -> Any:
@@ -204,17 +233,17 @@ def digest_hex(digest: Any) -> Any:
 
 # ---------------------------------------------------------------- RunState.fresh
 
-_DIGEST = 8  # bytes of a digest compact_digest made
+_DIGEST: Final = 8  # bytes of a digest compact_digest made
 #: a written run's fresh keys are one flat tuple up to this many: every key ``fresh`` holds
 #: (state.FRESH_LIMIT - 1; a record's more, from a writer of the changelog, a dict). A state
 #: the engine makes keeps its dict until written (replay, what-if never write): tuples as
 #: the engine makes them cost the pure decide +4.1 % instructions (callgrind, engine_bench's
 #: runs of 10 to 26 events), a tuple turned back into a dict at its seventh key cost a long
 #: run's next event +5.8 %, and at every run's next key the batch step ~+2.5 %
-FRESH_TUPLE_MAX = 31
+FRESH_TUPLE_MAX: Final = 31
 
 
-def fresh_added(fresh: Any, key: str, digest: Any) -> Any:
+def fresh_added(fresh: Any, key: Any, digest: Any) -> Any:
     """``fresh`` (EMPTY, a tuple made here or a dict) with ``key`` and its digest (as
     ``compact_digest`` holds it) added: ``(key, ..., key, digests)`` while it holds at most
     FRESH_TUPLE_MAX keys, the digests one bytes of 8 a key while every one is the engine's,
@@ -236,7 +265,7 @@ def fresh_added(fresh: Any, key: str, digest: Any) -> Any:
     return fresh[:-1] + (key, (*digests, digest))  # noqa: RUF005
 
 
-def fresh_of(marks: dict[str, Any]) -> Any:
+def fresh_of(marks: dict[Any, Any]) -> Any:
     """``fresh`` holding ``marks`` (key -> digest as ``compact_digest`` holds it), in order,
     as a written or read state holds it."""
     if len(marks) > FRESH_TUPLE_MAX:
@@ -247,12 +276,12 @@ def fresh_of(marks: dict[str, Any]) -> Any:
     return fresh
 
 
-def fresh_thawed(fresh: tuple[Any, ...]) -> dict[str, Any]:
+def fresh_thawed(fresh: Any) -> dict[Any, Any]:
     """The keys and digests of a tuple ``fresh`` as a dict."""
     return dict(zip(fresh[:-1], _split(fresh[-1]), strict=True))
 
 
-def fresh_digest(fresh: Any, key: str) -> Any:
+def fresh_digest(fresh: Any, key: Any) -> Any:
     """The digest of ``key`` (one of ``fresh``'s), as the engine made it (its hex text)."""
     if type(fresh) is not tuple:
         return digest_hex(fresh[key])

@@ -61,7 +61,6 @@ __all__ = [
 
 _READABLE_FORMATS: Final = frozenset({1, 2, 3, 4})
 # (Final aliases: a compiled build reads them from C statics, not through this module's dict)
-_fresh_of: Final = fresh_of
 _TaskNode: Final = TaskNode
 _Reservation: Final = Reservation
 
@@ -443,7 +442,7 @@ def marks_from_wire(
             )
     split = max(len(keys) - marks % FRESH_LIMIT, 0)  # none folded in a run of fewer keys
     # through a dict: a record's repeated key is one mark, an unhashable one unreadable
-    fresh = _fresh_of(dict(zip(keys[split:], map(compact_digest, digests[split:]), strict=True)))
+    fresh = fresh_of(dict(zip(keys[split:], map(compact_digest, digests[split:]), strict=True)))
     first = marks - len(keys) + 1
     seen = dict(zip(keys[:split], range(first, first + split), strict=True))
     folded = {k: d for k, d in zip(keys[:split], digests[:split], strict=True) if d is not None}

@@ -75,6 +75,7 @@ CORE_TESTS = (
     "test_attacks_session13_sdk.py",  # the SDK's answers over a compiled Decision
     "test_audit_records.py",  # a compiled Decision's audit rows and their refusals
     "test_memory_session8.py",  # a decoded RunState's compact forms
+    "test_compiled_share_session17.py",  # replay_share, state_compact compiled (session 17)
 )
 #: what the probe prints: how many modules are compiled, the build, the engine's file, the
 #: last line of `baton replay --help`
