@@ -76,6 +76,7 @@ CORE_TESTS = (
     "test_audit_records.py",  # a compiled Decision's audit rows and their refusals
     "test_memory_session8.py",  # a decoded RunState's compact forms
     "test_compiled_share_session17.py",  # replay_share, state_compact compiled (session 17)
+    "test_attacks_session17_replay_kafka.py",  # --from-kafka order and scope (H2), ~1 s
 )
 #: what the probe prints: how many modules are compiled, the build, the engine's file, the
 #: last line of `baton replay --help`
