@@ -27,17 +27,23 @@ from tests.unit.test_engine_support import handoff
 pytestmark = pytest.mark.unit
 
 
-def test_the_listing_names_the_gated_tool_a_request_declares(tmp_path: Path) -> None:
+def _audit_of_one_asked_handoff(tmp_path: Path, **fields: object) -> list[str]:
+    """A worker's approval_required decision of a handoff of action docs.read with
+    ``fields``, stored in a chDB audit; the ``--dsn`` arguments that read it."""
     now = datetime.now(UTC)
     proc = BatchProcessor(POLICY, 1, {}, worker="w", approvals_topic=APPROVALS)
     asked = handoff(
-        "h1", "t1", "planner", "billing_agent", run_id="run-9", action="docs.read", tools=[REFUND]
+        "h1", "t1", "planner", "billing_agent", run_id="run-9", action="docs.read", **fields
     ).model_copy(update={"event_time": now})
     out = proc.process([InputRecord(REQUESTS, 0, 0, b"run-9", asked.to_json())], now)
     decisions = [d for _, d in out.decisions if not d.reemitted]
     assert [d.outcome for d in decisions] == [Outcome.APPROVAL_REQUIRED]
     chdb_audit(tmp_path / "chdb", decisions).close()
-    dsn = ["--dsn", f"chdb://{tmp_path / 'chdb'}"]
+    return ["--dsn", f"chdb://{tmp_path / 'chdb'}"]
+
+
+def test_the_listing_names_the_gated_tool_a_request_declares(tmp_path: Path) -> None:
+    dsn = _audit_of_one_asked_handoff(tmp_path, tools=[REFUND])
     listed = CliRunner().invoke(approvals_cmd, [*dsn, "-f", "json"])
     assert listed.exit_code == 0, listed.output
     row = json.loads(listed.output)
@@ -49,16 +55,7 @@ def test_the_listing_names_the_gated_tool_a_request_declares(tmp_path: Path) -> 
 def test_the_listing_names_a_gated_tool_beside_an_action(tmp_path: Path) -> None:
     """The same with ``tool``: a request naming an action and a tool was listed by its
     action alone."""
-    now = datetime.now(UTC)
-    proc = BatchProcessor(POLICY, 1, {}, worker="w", approvals_topic=APPROVALS)
-    asked = handoff(
-        "h1", "t1", "planner", "billing_agent", run_id="run-9", action="docs.read", tool=REFUND
-    ).model_copy(update={"event_time": now})
-    out = proc.process([InputRecord(REQUESTS, 0, 0, b"run-9", asked.to_json())], now)
-    decisions = [d for _, d in out.decisions if not d.reemitted]
-    assert [d.outcome for d in decisions] == [Outcome.APPROVAL_REQUIRED]
-    chdb_audit(tmp_path / "chdb", decisions).close()
-    dsn = ["--dsn", f"chdb://{tmp_path / 'chdb'}"]
+    dsn = _audit_of_one_asked_handoff(tmp_path, tool=REFUND)
     for fmt in ("json", "csv", "table"):
         listed = CliRunner().invoke(approvals_cmd, [*dsn, "-f", fmt])
         assert listed.exit_code == 0, listed.output
