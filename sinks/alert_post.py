@@ -54,10 +54,19 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _opener(sockets: list[socket.socket]) -> urllib.request.OpenerDirector:
+def _opener(sockets: list[socket.socket], ended: threading.Event) -> urllib.request.OpenerDirector:
     """An opener that follows no redirect and lists every socket it connects (through a
     proxy too), so the post's deadline can end them: urllib's timeout bounds each read, and
-    an endpoint answering a byte within it held a post of timeout 2 s for 31 s."""
+    an endpoint answering a byte within it held a post of timeout 2 s for 31 s. Both the
+    plain socket (while it connects: a proxy's CONNECT, the TLS handshake) and, for https,
+    the TLS socket that replaces it (wrapping detaches the plain one: shutting that did
+    nothing, and a trickled answer over https held the post 6.7 s past a 1 s deadline) are
+    listed; one listed after the deadline is shut at once."""
+
+    def listed(sock: socket.socket) -> None:
+        sockets.append(sock)
+        if ended.is_set():  # (the deadline's _end sets it before it reads the list)
+            _shut(sock)
 
     def listing(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
         class Listed(base):  # type: ignore[valid-type,misc]
@@ -67,10 +76,17 @@ def _opener(sockets: list[socket.socket]) -> urllib.request.OpenerDirector:
 
                 def created(*args: Any, **kwargs: Any) -> socket.socket:
                     sock = create(*args, **kwargs)
-                    sockets.append(sock)
+                    listed(sock)
                     return sock
 
                 self._create_connection = created
+
+            def connect(self) -> None:
+                try:
+                    super().connect()
+                finally:
+                    if self.sock is not None:
+                        listed(self.sock)
 
         return Listed
 
@@ -94,8 +110,12 @@ def _end(sockets: list[socket.socket], ended: threading.Event) -> None:
     """The post's deadline: shut its sockets (a read blocked on them returns at once)."""
     ended.set()
     for sock in list(sockets):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+        _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +181,7 @@ def post_once(url: str, text: str, timeout_s: float) -> PostOutcome:
     deadline.daemon = True
     deadline.start()
     try:
-        outcome = _post(url, text, timeout_s, _opener(sockets))
+        outcome = _post(url, text, timeout_s, _opener(sockets, ended))
     finally:
         deadline.cancel()
     if ended.is_set() and not outcome.ok:  # (its problem: what the shut socket raised)

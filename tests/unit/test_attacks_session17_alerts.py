@@ -9,18 +9,33 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from baton.sinks.alert_post import post_once
+from tests.tls_support import make_pki, server_context
 
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture
-def trickling() -> Iterator[str]:
+@pytest.fixture(params=["http", "https"])
+def trickling(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     """A webhook URL whose server reads the post, then answers 200 a byte every 0.25 s
-    (each byte well within any read timeout; the answer whole after ~15 s)."""
+    (each byte well within any read timeout; the answer whole after ~15 s); over TLS too
+    (review H4: the deadline shut the plain socket TLS had detached, and a trickled https
+    answer held a post of timeout 1 s for 6.7 s)."""
+    tls = request.param == "https"
+    context = None
+    if tls:
+        pki = make_pki(tmp_path / "pki")
+        context = server_context(pki, require_client_cert=False)
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
+        for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("no_proxy", "*")
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(4)
@@ -28,6 +43,12 @@ def trickling() -> Iterator[str]:
 
     def serve() -> None:
         conn, _ = server.accept()
+        if context is not None:
+            try:
+                conn = context.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
         with conn:
             conn.recv(65536)
             answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 60 + b"\r\nContent-Length: 0\r\n\r\n"
@@ -43,7 +64,8 @@ def trickling() -> Iterator[str]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}/services/T000/B000/XXXXSECRET"
+        host = "localhost" if tls else "127.0.0.1"
+        yield f"{request.param}://{host}:{server.getsockname()[1]}/services/T000/B000/XXXXSECRET"
     finally:
         done.set()
         server.close()
