@@ -219,11 +219,13 @@ class SqlHandler(BaseHTTPRequestHandler):
         params = self._params(url.query)
         if params is None or not self._from_a_program():
             return
+        # answered without the token, so the connection ends with the answer: kept alive, a
+        # ping every few seconds held a connection slot for ever with no token (review H4)
         if url.path in ("/ping", "/") and "query" not in params:
-            self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"}, close=True)
             return
         if url.path != "/":
-            self._send(404, b"Unknown path: only /, /ping\n", {})
+            self._send(404, b"Unknown path: only /, /ping\n", {}, close=True)
             return
         if self._authenticated(params):
             self._answer(params, b"", get=True)

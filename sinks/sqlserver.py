@@ -44,7 +44,8 @@ Remaining exposure (what this does not protect):
   another interface the token and the results cross the network in clear text (a warning
   says so). Use a real ClickHouse server with TLS for remote readers.
 - Anyone who can connect holds, before the token is read, a thread and at most a 64 KiB
-  request head for 10 s (``sql_http.HEAD_*``), among at most 256 connections served at once:
+  request head for 10 s (``sql_http.HEAD_*``), among at most 256 connections served at once
+  (an answer given without the token, as to a ping, ends its connection):
   clients reconnecting as fast as they are let go can keep those slots busy.
 - A token holder can read all of the audit and can make the sink work: each query is bounded
   (``SqlLimits``: execution time, memory, result rows and bytes, concurrent queries, request

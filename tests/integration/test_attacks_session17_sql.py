@@ -106,3 +106,22 @@ def test_connections_past_the_bound_are_closed_unread_and_the_endpoint_still_ans
             s.close()
     time.sleep(0.5)  # their threads end as the sockets close
     assert _select_one(server) == b"1\n"
+
+
+@pytest.mark.parametrize("path", ["/ping", "/", "/nowhere"])
+def test_an_answer_without_the_token_ends_its_connection(server: SqlServer, path: str) -> None:
+    """A GET the endpoint answers without the token (a ping, the root, an unknown path) ends
+    its connection with the answer (review H4): kept alive, a ping every few seconds held one
+    of the MAX_CONNECTIONS slots for ever, and MAX_CONNECTIONS pingers locked out every token
+    holder. A token holder's connection is still kept alive."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    with sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert _closed(sock, 5.0), f"GET {path} without the token: the connection stayed open"
+    kept = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    with kept:
+        kept.sendall(
+            b"GET /?query=SELECT+1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-ClickHouse-User: baton\r\n"
+            + f"X-ClickHouse-Key: {server.token}\r\n\r\n".encode()
+        )
+        assert not _closed(kept, 1.5), "a token holder's connection was closed"
