@@ -2,9 +2,10 @@
 
 The engine reads a dozen limits per decision; on a pydantic model each read takes the slow
 attribute path (``BaseModel.__getattr__`` keeps CPython 3.11 from specialising it), on a
-slotted object it does not (bench/RESULTS.md). This is also the only place a limit's
-matching lives (the approval gate's globs, the fallback per reason, which tenant's limits a
-run gets), so the tests of the policy exercise what the engine runs.
+slotted object it does not (bench/RESULTS.md). With policy_tenant.py (a tenant's rules: the
+approval gate's globs, the fallback per reason) this is the only place a limit's matching
+lives (and which tenant's limits a run gets), so the tests of the policy exercise what the
+engine runs.
 
 Compiled in the compiled build (``rules_for``: a few calls a decision); the tenant's rules
 themselves stay interpreted (policy_tenant.py, whose names this module re-exports).

@@ -131,9 +131,10 @@ class DecidedWindow:
     """The ``decided_at`` values the audit accepts: from ``audit_ttl_days`` before the sink's
     clock to ``ahead`` after it.
 
-    The table is partitioned and expired on ``decided_at``; a row older than the retention
-    would be deleted at insert (TTL), and one far in the future would outlive it and add a
-    partition per month. Such a decided_at is forged or from a broken clock: the record goes
+    The table is partitioned on ``decided_at`` (and expired on ``inserted_at``, the sink's
+    clock, since session 17); a row older than the retention is no worker's decision the sink
+    could still be catching up on, and one far in the future would add a partition per
+    month. Such a decided_at is forged or from a broken clock: the record goes
     to ``governance.rejected``, kept and visible, never silently dropped. It is not clamped:
     the copies of one decision must keep one decided_at to fold (see 0003's DDL comment).
     """

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from baton.schemas.errors import ConfigError
 
-#: the longest audit retention: ClickHouse evaluates ``decided_at + INTERVAL n DAY`` of a TTL
+#: the longest audit retention: ClickHouse evaluates ``inserted_at + INTERVAL n DAY`` of a TTL
 #: as a DateTime (last second 2106-02-07); past it the date wraps into the past and every
 #: row expires as it is inserted (36,500 days kept nothing). 20,000 days (~54 years) holds
 #: for rows decided until 2051

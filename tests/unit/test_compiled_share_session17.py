@@ -131,9 +131,10 @@ def test_a_dual_keeps_an_int_limit_an_int() -> None:
 
 
 def test_the_watched_rules_are_a_subclass_named_in_replay_share() -> None:
-    """The watched rules pass the compiled modules' TenantRules checks (policy_rules stays
-    interpreted: its subclasses are checked with isinstance) and name replay_share as their
-    module in both builds (``type()`` called from compiled code would name its caller's)."""
+    """The watched rules pass the compiled modules' TenantRules checks (TenantRules stays
+    interpreted, in policy_tenant.py: its subclasses are checked with isinstance) and name
+    replay_share as their module in both builds (``type()`` called from compiled code would
+    name its caller's)."""
     watched, watch = watched_policy(POLICIES["seed"], policy_with(max_bounces=1))  # type: ignore[misc]
     rules = rules_for(watched, "acme")
     assert isinstance(rules, TenantRules) and type(rules) is not TenantRules
