@@ -326,23 +326,29 @@ def run_alerts(
 
     def on_revoke(_consumer: Any, partitions: list[Any]) -> None:
         points.revoke((tp.topic, tp.partition) for tp in partitions)
+        for tp in partitions:
+            first_read.pop((tp.topic, tp.partition), None)
 
-    #: the partitions this group had no committed offset for: only there is --max-age
-    #: history (a first start); a stop past the group's offset is one it never announced
-    first_read: set[tuple[str, int]] = set()
+    #: the partitions this group had no committed offset for, each with its end offset when
+    #: it was assigned: only the stops below that end are --max-age history (a first
+    #: start); a stop past the group's offset, or written after the assignment (a worker
+    #: clock an hour behind), is one it never announced (review H4: the whole process's life
+    #: skipped them)
+    first_read: dict[tuple[str, int], int] = {}
 
     def on_assign(consumer: Any, partitions: list[Any]) -> None:
+        for tp in partitions:
+            first_read.pop((tp.topic, tp.partition), None)
         try:
             committed = consumer.committed(partitions, timeout=10)
+            for tp in committed:
+                if tp.offset < 0 and tp.error is None:
+                    _, end = consumer.get_watermark_offsets(tp, timeout=10)
+                    first_read[(tp.topic, tp.partition)] = end
         except KafkaException as exc:  # unknown: announce however old (never drop)
             log.warning("alerts: committed offsets unknown, --max-age not applied: %s", exc)
-            committed = []
-        for tp in committed:
-            where = (tp.topic, tp.partition)
-            if tp.offset < 0 and tp.error is None:
-                first_read.add(where)
-            else:
-                first_read.discard(where)
+            for tp in partitions:
+                first_read.pop((tp.topic, tp.partition), None)
 
     def deliver(messages: list[AlertMessage]) -> None:
         for message in messages:
@@ -371,7 +377,7 @@ def run_alerts(
                         log.warning("alerts: %s", err)
                     continue
                 points.read(msg.topic(), msg.partition(), msg.offset())
-                first = (msg.topic(), msg.partition()) in first_read
+                first = msg.offset() < first_read.get((msg.topic(), msg.partition()), -1)
                 deliver(_announce(alerter, skipped, msg, max_age_s if first else 0.0))
             deliver(alerter.tick(time.monotonic()))
             mark_and_commit(consumer)

@@ -77,9 +77,14 @@ def test_stops_after_the_groups_committed_offset_are_announced_however_old(
     assert second.lines == [stop_line_of(s2), stop_line_of(s3)]
 
     fresh = _Alerter(broker, topic, f"{topic}-fresh")
+    s4 = replace(_stop(4), decided_at=datetime.now(UTC) - timedelta(hours=2))
     try:
         wait_for(lambda: len(fresh.lines) == 2, timeout=30, message="s1 and s3 announced")
+        # written after its start (a worker clock two hours behind): not history, announced
+        # (review H4: --max-age held for the whole life of the process)
+        produce_decisions(broker.bootstrap, topic, [s4])
+        wait_for(lambda: len(fresh.lines) == 3, timeout=30, message="s4 announced")
     finally:
         fresh.stop()
-    assert fresh.lines == [stop_line_of(s1), stop_line_of(s3)]
+    assert fresh.lines == [stop_line_of(s1), stop_line_of(s3), stop_line_of(s4)]
     assert fresh.stats is not None and fresh.stats.skipped["too_old"] == 1, fresh.stats
