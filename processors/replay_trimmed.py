@@ -3,9 +3,9 @@
 A run whose first chained decision names a predecessor no row read holds is *partial*: its
 history starts before what was read. Two things cut a history so, and leave it honest: the
 audit's retention (a TTL on ``inserted_at``, the sink's clock, not a writer's: it deletes
-the oldest rows first, table-wide) and the read's own lower bound (``--since``/``--from``). Anything else is rows deleted at
-the run's start, or its first link altered: a run the new policy changes that hides as
-"partial" would let the gate exit 0 (fail open).
+the oldest rows first, table-wide) and the read's own lower bound (``--since``/``--from``).
+Anything else is rows deleted at the run's start, or its first link altered: a run the new
+policy changes that hides as "partial" would let the gate exit 0 (fail open).
 
 So a run read as trimmed whose first row was decided more than :data:`TRIMMED_MARGIN_S`
 after the oldest row read is listed with the broken chains (exit 7): retention would have
