@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from baton.schemas.errors import ConfigError
 from baton.schemas.settings import Settings
+from baton.streams.net import BoundedConnections
 
 __all__ = ["MetricsEndpoint", "new_registry", "serve_from_settings", "serve_metrics"]
 
@@ -136,9 +137,9 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-class _BoundedServer(ThreadingMixIn, WSGIServer):
+class _BoundedServer(BoundedConnections, ThreadingMixIn, WSGIServer):
     """A thread per connection, at most ``MAX_CONNECTIONS`` of them and ``MAX_PER_PEER`` from
-    one address; errors never printed."""
+    one address (``streams.net.BoundedConnections``); errors never printed."""
 
     daemon_threads = True
 
@@ -149,37 +150,9 @@ class _BoundedServer(ThreadingMixIn, WSGIServer):
         self.address_family = family  # read when the socket is made, in __init__
         self.idle_timeout_s = IDLE_TIMEOUT_S
         self.request_deadline_s = REQUEST_DEADLINE_S
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._per_peer: dict[str, int] = {}
-        self._peers_lock = threading.Lock()
+        self.max_connections = MAX_CONNECTIONS
+        self.max_per_peer = MAX_PER_PEER
         super().__init__(address[:2], _QuietHandler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        peer = str(client_address[0]) if client_address else ""
-        with self._peers_lock:
-            held = self._per_peer.get(peer, 0)
-            if held >= MAX_PER_PEER or not self._slots.acquire(blocking=False):
-                self.shutdown_request(request)  # closed unread: a scrape tries again
-                return
-            self._per_peer[peer] = held + 1
-        try:
-            super().process_request(request, client_address)
-        except BaseException:  # no thread started (none left): its slot is free again
-            self._release(peer)
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release(str(client_address[0]) if client_address else "")
-
-    def _release(self, peer: str) -> None:
-        with self._peers_lock:
-            left = self._per_peer.pop(peer, 1) - 1
-            if left > 0:
-                self._per_peer[peer] = left
-            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("a /metrics connection ended in an error", exc_info=True)

@@ -32,6 +32,7 @@ from baton.sinks.sql_body import (
 )
 from baton.sinks.sql_exec import QueryFailed, SqlLimits, execute_any, execute_read
 from baton.sinks.sql_guard import Refused, check_browser, check_credentials
+from baton.streams.net import BoundedConnections
 
 __all__ = ["EndpointConfig", "SqlHandler", "SqlHttpServer"]
 
@@ -90,37 +91,15 @@ def _too_large(what: str, limit: int | None) -> Refused:
     )
 
 
-class SqlHttpServer(ThreadingHTTPServer):
-    """The listening socket; one thread per connection, at most MAX_CONNECTIONS of them."""
+class SqlHttpServer(BoundedConnections, ThreadingHTTPServer):
+    """The listening socket; one thread per connection, at most MAX_CONNECTIONS of them
+    (``streams.net.BoundedConnections``)."""
 
     daemon_threads = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._served = 0
-        self._served_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._served_lock:
-            if self._served >= MAX_CONNECTIONS:
-                self.shutdown_request(request)  # closed unread: a client tries again
-                return
-            self._served += 1
-        try:
-            super().process_request(request, client_address)
-        except BaseException:  # no thread started: its slot is free again
-            self._done()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._done()
-
-    def _done(self) -> None:
-        with self._served_lock:
-            self._served -= 1
+    @property  # type: ignore[override]
+    def max_connections(self) -> int:  # the module's, read per connection (tests set it)
+        return MAX_CONNECTIONS
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that hung up mid-answer, a timed-out idle connection: one line, no traceback

@@ -1,13 +1,22 @@
-"""Plain TCP helpers: a free port for processes we start, and whether a Kafka address answers."""
+"""Plain TCP helpers: a free port for processes we start, whether a Kafka address answers, and
+the bound on the connections a threading server of ours serves at once."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from typing import Any
 
 from baton.schemas.errors import BrokerUnavailable, ConfigError
 
-__all__ = ["check_reachable", "free_port", "parse_bootstrap", "shown_bootstrap"]
+__all__ = [
+    "BoundedConnections",
+    "check_reachable",
+    "free_port",
+    "parse_bootstrap",
+    "shown_bootstrap",
+]
 
 _KAFKA_PORT = 9092
 
@@ -109,3 +118,49 @@ def check_reachable(bootstrap: str, timeout_s: float = 10.0) -> None:
         shown += f"; {len(addresses)} addresses, {len(problems)} tried within {timeout_s:g} s"
     where = shown_bootstrap(bootstrap)
     raise BrokerUnavailable(f"cannot reach Kafka at {where} ({shown}); is the broker running?")
+
+
+class BoundedConnections:
+    """A ``socketserver`` mixin (before ``ThreadingMixIn``): at most ``max_connections``
+    connections served at once, and at most ``max_per_peer`` from one address (None: no such
+    bound); the others are closed unread (a client tries again). Each served connection holds
+    a thread of the process for as long as it stays open: without a bound, idle or trickling
+    clients held as many as they opened (/metrics, session 10; the SQL endpoint, session 17)."""
+
+    max_connections: int = 0
+    max_per_peer: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._held = 0
+        self._per_peer: dict[str, int] = {}
+        self._held_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        peer = str(client_address[0]) if client_address else ""
+        with self._held_lock:
+            mine = self._per_peer.get(peer, 0)
+            bound = self.max_per_peer
+            if self._held >= self.max_connections or (bound is not None and mine >= bound):
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+                return
+            self._held += 1
+            self._per_peer[peer] = mine + 1
+        try:
+            super().process_request(request, client_address)  # type: ignore[misc]
+        except BaseException:  # no thread started (none left): its slot is free again
+            self._release(peer)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
+        finally:
+            self._release(str(client_address[0]) if client_address else "")
+
+    def _release(self, peer: str) -> None:
+        with self._held_lock:
+            self._held -= 1
+            left = self._per_peer.pop(peer, 1) - 1
+            if left > 0:
+                self._per_peer[peer] = left
