@@ -76,9 +76,15 @@ def test_a_101_mb_record_on_gov_decisions_does_not_stop_the_sink(
             (before.decision_id,),
             (after.decision_id,),
         ]
-        rejected = sink.query(
-            "SELECT audit_offset, error_kind, length(raw) FROM governance.rejected"
-        )
+
+        # a batch's decisions are inserted before its rejected records: wait for both
+        def rejected_rows() -> list[tuple[object, ...]] | None:
+            rows = sink.query(
+                "SELECT audit_offset, error_kind, length(raw) FROM governance.rejected"
+            )
+            return rows or None
+
+        rejected = wait_for(rejected_rows, 30, message=sink.log)
         assert [(int(o), kind, int(n)) for o, kind, n in rejected] == [(1, "oversized", KEPT_BYTES)]
         assert sink.alive(), sink.log()
     finally:
