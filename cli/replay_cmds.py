@@ -385,8 +385,10 @@ def _exit(report: ReplayReport) -> None:
             f"{len(report.broken)} runs are broken or cannot be decided (first: "
             f"{shown_id(report.broken[0])}, listed above as partial with why): rows were "
             "deleted, inserted or altered in the audit (or recorded before replay can decide "
-            "them: no input, a policy record expired), so its answer cannot be trusted; check "
-            "`baton audit verify`, or narrow --since to history replay can decide"
+            "them: no input, a policy record expired; with --from-kafka, records stamped so "
+            "that when or in which order a worker read them is unknown), so its answer cannot "
+            "be trusted; check `baton audit verify`, or narrow --since to history replay can "
+            "decide"
         )
     if not report.runs and report.partial:
         raise ReplayFailed(

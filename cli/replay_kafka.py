@@ -1,55 +1,65 @@
 """`baton replay --from-kafka`: a time range of the request and approval topics, without an audit.
 
 Reads ``gov.handoff.requests`` and ``gov.approvals`` from their start to their end when the
-command started, in each partition's order, and keeps the records stamped in the range
-(``since`` to ``until``, by record timestamp) and the keys of those stamped before it (their
-runs began before the range); and ``gov.control`` from its start (a kill switch or a policy
-update made before the range is in force in it). Timestamps are the producer's (any int64):
-a record is placed by its own stamp, never ends the read of its partition early.
+command started, and ``gov.control`` from its start (a kill switch or a policy update made
+before the range is in force in it). Timestamps are the producer's (any int64), so a record
+is not placed by its own stamp: each partition is taken in offset order, as a worker read
+it, at its partition's *clock*, the running maximum of the stamps along the partition
+(``processors.replay_read_order``); the partitions and topics are merged by clock. The range
+(``since`` to ``until``) is the records whose clock is in it: one stretch of each partition,
+so a record stamped early amid a partition (a writer of the topic, a host's clock behind)
+neither begins its run before the range nor leaves a gap in a run's history, and the
+records after the first one read past ``until`` are after the range.
 
 With no recorded decisions to compare with, the events are first decided as a worker would
-have decided them (:func:`decide_topics`): in timestamp order, each at its record's
-timestamp, by the worker's own batch step, under a *baseline* policy (the one the workers
-ran: ``--baseline``, else BATON_POLICY or the seed policy), with the control records applied
-in the same order by the control follower's own step (``control_apply``: kill switches,
-releases, policy updates, signatures checked against the policy in force). That is what the
-new policy is compared with: the same report as a replay of the audit, where a kill switch's
-stops are replayed as recorded.
+have decided them (:func:`decide_topics`): in that order, each at its clock, by the worker's
+own batch step, under a *baseline* policy (the one the workers ran: ``--baseline``, else
+BATON_POLICY or the seed policy), with the control records applied in the same order by the
+control follower's own step (``control_apply``: kill switches, releases, policy updates,
+signatures checked against the policy in force). That is what the new policy is compared
+with: the same report as a replay of the audit, where a kill switch's stops are replayed as
+recorded.
 
-Order between topics is by record timestamp; a control record and a run event with the
-same timestamp: the control record first (a kill applies; fail closed). A worker applies
-control records as its follower reads them, so a run event within ``max_staleness_s`` of a
-kill may have been decided before it: such a run shows as a change, never silently. A run
-with a record stamped before ``since``, or whose first event in the range is not a handoff
-request, is partial, as in the audit replay (a run begun before the range replayed from its
-first request in it would be judged on a history it lacks). A run with a record stamped past
-``_LATEST`` (or before the epoch) is partial too: when it was decided is unknown; so is a
-run with a record stamped before an earlier record of the run in its partition (a worker
-reads a partition in offset order: in which order it was decided is unknown). ``--tenant``
-scopes whole runs by their first event's tenant, as the worker took it.
+A control record holds from its clock or its signing time, whichever is later, and goes
+first at an equal time (a kill applies; fail closed). A worker applies control records as
+its follower reads them, so a run event within ``max_staleness_s`` of a kill may have been
+decided before it: such a run shows as a change, never silently. A run with a record read
+before ``since``, or whose first event in the range is not a handoff request, is partial, as
+in the audit replay (a run begun before the range replayed from its first request in it
+would be judged on a history it lacks). A run the replay cannot decide for another reason is
+listed as partial with why *and* broken (exit 7: a gate never passes by its absence): a
+record of it stamped past the read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before the
+epoch (when it was read is unknown; such a stamp does not move its partition's clock), or a
+grant or denial of it stamped before the request it answers (two topics, merged by clock:
+in which order the worker read them is unknown). ``--tenant`` scopes whole runs by their
+first event's tenant, as the worker took it.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.engine import NO_KILLS
+from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
+from baton.processors.replay_read_order import PartitionClock, Stamped, read_order
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.events import HandoffRequested, parse_control_event, parse_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
-__all__ = ["decide_topics", "replay_from_kafka"]
+__all__ = ["DecidedTopics", "decide_topics", "replay_decided", "replay_from_kafka"]
 
-#: the latest record timestamp decided at (event_time's own bound): a later stamp (a producer
-#: sets any int64; past year 9999 no datetime holds it), or one before -1 (no timestamp),
-#: is decided at the bound and its run is partial
+#: the latest record timestamp a record is read at (event_time's own bound; a producer sets
+#: any int64, and past year 9999 no datetime holds it): a later stamp, or one before -1 (no
+#: timestamp), does not move its partition's clock, and its run cannot be decided
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _LATEST_MS = int(_LATEST.timestamp() * 1000)
 
@@ -59,22 +69,27 @@ def _records(
     topics: list[str],
     since: datetime | None,
     until: datetime | None,
+    latest_ms: int,
     isolation: str = "read_committed",
     tenants: bool = False,
     trimmed_s: float | None = None,
-) -> tuple[list[tuple[int, str, InputRecord]], dict[str, str | None]]:
-    """(timestamp ms, topic, record) of ``topics`` stamped in the range (``since`` to ``until``;
-    None: no bound), and the runs of the records stamped before ``since`` (with ``tenants``,
-    each with the tenant of its first record that is its run's event, else None). Every partition is
-    read from its start to its end: stamps are the producer's, in no order a read could stop
-    at (a record stamped past ``until`` amid a partition ended its read, and the records after
-    it in the range were never replayed). ``isolation``: as the worker reads these topics
-    (gov.control read_uncommitted, as its control follower: a transaction left open there
-    must not hide the commands after it). ``trimmed_s``: a partition whose first record read
-    is not at offset 0 lost its start (retention, a deletion); the runs with a record stamped
-    within this many seconds (the workers' run_retention_s) of that first record's stamp may
-    have begun in what is gone, and are counted as begun before the range (a run idle longer
-    was evicted by then: the worker stopped its late handoff under either policy)."""
+) -> tuple[list[Stamped], dict[str, str | None]]:
+    """(read time ms, topic, record) of ``topics`` read in the range (``since`` to ``until``;
+    None: no bound), and the runs of the records read before ``since`` (with ``tenants``,
+    each with the tenant of its first record that is its run's event, else None). A record's
+    read time is its partition's clock (``processors.replay_read_order``: the running
+    maximum of the stamps in offset order, ``latest_ms`` its bound; a record whose own stamp
+    is out of the bound keeps that stamp, for decide_topics to name its run): along a
+    partition it never goes back, so the range is one stretch of each partition, and a
+    record stamped early amid it (a writer of the topic) neither begins its run before the
+    range nor leaves a gap in a run's history. Every partition is read from its start to its
+    end. ``isolation``: as the worker reads these topics (gov.control read_uncommitted, as
+    its control follower: a transaction left open there must not hide the commands after
+    it). ``trimmed_s``: a partition whose first record read is not at offset 0 lost its start
+    (retention, a deletion); the runs with a record read within this many seconds (the
+    workers' run_retention_s) of that first record may have begun in what is gone, and are
+    counted as begun before the range (a run idle longer was evicted by then: the worker
+    stopped its late handoff under either policy)."""
     from confluent_kafka import (
         OFFSET_BEGINNING,
         Consumer,
@@ -125,9 +140,10 @@ def _records(
         consumer.assign(wanted)
         start_ms = int(since.timestamp() * 1000) if since is not None else None
         stop_ms = int(until.timestamp() * 1000) if until is not None else None
-        out: list[tuple[int, str, InputRecord]] = []
+        out: list[Stamped] = []
         before: dict[str, str | None] = {}
-        #: partition -> the stamp its first record read ends its trimmed window at (None: whole)
+        clocks: dict[tuple[str, int], PartitionClock] = {}
+        #: partition -> the read time its trimmed window ends at (None: read from offset 0)
         cut: dict[tuple[str, int], float | None] = {}
         while open_parts:
             msg = consumer.poll(settings.connect_timeout_s)
@@ -143,20 +159,23 @@ def _records(
                     continue
                 raise BrokerUnavailable(f"reading {where[0]}[{where[1]}]: {msg.error()}")
             ts = msg.timestamp()[1]
+            clock = clocks.setdefault(where, PartitionClock())
+            stamped = clock.read(ts, latest_ms)
             if where not in cut:
-                cut[where] = ts + trimmed_s * 1000 if trimmed_s and msg.offset() > 0 else None
+                trimmed = bool(trimmed_s) and msg.offset() > 0
+                cut[where] = clock.at + (trimmed_s or 0) * 1000 if trimmed else None
             window = cut[where]
-            if window is not None and ts < window:
+            if window is not None and clock.at < window:
                 before.setdefault(_run_of(msg.key()), None)
-            if start_ms is not None and ts < start_ms:
+            if start_ms is not None and clock.at < start_ms:
                 run = _run_of(msg.key())
                 if before.get(run) is None:
                     before[run] = _tenant_of(msg.key(), msg.value()) if tenants else None
-            elif stop_ms is None or ts < stop_ms:
+            elif stop_ms is None or clock.at < stop_ms:
                 rec = InputRecord(
                     msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()
                 )
-                out.append((ts, msg.topic(), rec))
+                out.append((clock.at if stamped else ts, msg.topic(), rec))
         return out, before
     finally:
         consumer.close()
@@ -177,18 +196,41 @@ def _begins_a_run(value: bytes | None) -> bool | None:
     return isinstance(event, HandoffRequested)
 
 
+class DecidedTopics(NamedTuple):
+    """What a worker under the baseline decided for the topics' records (:func:`decide_topics`)."""
+
+    #: the audit rows, run by run (a run begun before the range: cut by it)
+    rows: list[Recorded]
+    #: every policy that was in force (version -> policy)
+    policies: dict[str, Policy]
+    #: run id -> why when or in which order the worker decided it is unknown (broken, exit 7)
+    undecidable: dict[str, str]
+
+
+#: why a run is undecidable (listed broken: a gate never passes by a run's absence)
+_UNKNOWN_TIME = (
+    "a record of it is stamped past {latest} or before the epoch: when it was read is unknown"
+)
+_ANSWERED_EARLY = (
+    "a grant or denial of it is read before the request it answers (requests and approvals are "
+    "two topics, merged by their partitions' stamps): in which order the worker read them is "
+    "unknown"
+)
+
+
 def decide_topics(
-    records: list[tuple[int, str, InputRecord]],
+    records: list[Stamped],
     baseline: Policy,
     partitions: int,
     approvals: str,
     control: str,
     started_before: Collection[str] = (),
-) -> tuple[list[Recorded], dict[str, Policy]]:
+    latest_ms: int = _LATEST_MS,
+) -> DecidedTopics:
     """What a worker under ``baseline`` decided for ``records`` (run events and ``control``
-    records, merged by timestamp: see the module docstring), as audit rows run by run; and
-    every policy that was in force (version -> policy). ``started_before``: the runs with a
-    record before the range (partial)."""
+    records, in the order the workers read them: see the module docstring), and every
+    policy that was in force. ``started_before``: the runs with a record before the range
+    (partial); ``latest_ms``: a stamp from then on (or before -1) is of an unknown time."""
     in_force = ControlInForce(NO_KILLS, baseline, None, "--baseline")
     proc = BatchProcessor(
         baseline, partitions, {}, "replay", lambda: in_force.kills, approvals_topic=approvals
@@ -196,53 +238,69 @@ def decide_topics(
     policies = {baseline.version: baseline}
     started: set[str] = set()
     partial: set[str] = set(started_before)
-    partial |= _stamped_out_of_order(records, control)
+    undecidable: dict[str, str] = {}
     rows: list[tuple[str, int, Recorded]] = []
     early: set[tuple[str, str]] = set()  # (run, approval id) answered before it was asked
-    held_from = {
-        i: _signed_ms(rec) for i, (_, topic, rec) in enumerate(records) if topic == control
-    }
-    ordered = sorted(
-        enumerate(records),
-        key=lambda r: (max(r[1][0], held_from.get(r[0], r[1][0])), r[1][1] != control, r[0]),
-    )
-    for n, (_, (ts, topic, rec)) in enumerate(ordered):
-        run = _run_of(rec.key)
-        if not -1 <= ts < _LATEST_MS:  # when it was decided is unknown: decided at the bound
-            ts = min(max(ts, -1), _LATEST_MS)
-            if topic != control:
-                partial.add(run)
-        now = datetime.fromtimestamp(ts / 1000, UTC)
+    ordered = read_order(records, latest_ms, control, _signed_ms)
+    for n, (at, topic, rec, stamped) in enumerate(ordered):
+        now = datetime.fromtimestamp(at / 1000, UTC)
         if topic == control:
             in_force = apply_control_record(in_force, rec, "replay", now).in_force
             proc.policy = policies.setdefault(in_force.policy.version, in_force.policy)
             continue
+        run = _run_of(rec.key)
         if run not in started and (begins := _begins_a_run(rec.value)) is not None:
             started.add(run)
             if not begins:
                 partial.add(run)  # its start is before the range
         out = proc.process([rec], now)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
-        _answered_early(out.decisions, early, partial)
+        if not stamped:  # when it was read is unknown (a dead letter's time decides nothing)
+            named = {d.run_id for _, d in out.decisions}
+            if _begins_a_run(rec.value) is not None:
+                named.add(run)
+            for run_id in named:
+                undecidable.setdefault(run_id, _UNKNOWN_TIME.format(latest=_shown(latest_ms)))
+        for run_id in _answered_early(out.decisions, early):
+            undecidable.setdefault(run_id, _ANSWERED_EARLY)
     rows.sort(key=lambda r: (r[0], r[1]))
-    return _cut_at_the_range(rows, partial), policies
+    return DecidedTopics(_cut_at_the_range(rows, partial), policies, undecidable)
+
+
+def _shown(ms: int) -> str:
+    return f"{datetime.fromtimestamp(ms / 1000, UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def replay_decided(decided: DecidedTopics, new_policy: Policy) -> ReplayReport:
+    """The report of ``new_policy`` over ``decided``: its undecidable runs listed as partial
+    with why and as broken (exit 7), never replayed."""
+    rows = [row for row in decided.rows if row.run_id not in decided.undecidable]
+    # decided here by the batch step alone: no sweep evicted a run, whatever its idle time;
+    # a run's start before the range is known (decide_topics): cut by the range, not judged
+    report = replay_runs(
+        runs_of(rows), new_policy, decided.policies, retention_s=math.inf, judge=False
+    )
+    for run_id, why in decided.undecidable.items():
+        report.partial[run_id] = why
+        report.broken.append(run_id)
+    return report
 
 
 def _answered_early(
-    decisions: list[tuple[int, Decision]], early: set[tuple[str, str]], partial: set[str]
-) -> None:
-    """Note the answers to approvals not asked yet (``early``), and make partial the runs
-    that ask one later: requests and approvals are ordered by stamp only, and a grant
-    stamped before the request it answers (an approver's clock seconds behind) was read
-    first, its approval left pending, the granted handoff never counted (a later handoff a
-    stricter max_handoffs stops showed no change)."""
+    decisions: list[tuple[int, Decision]], early: set[tuple[str, str]]
+) -> Iterator[str]:
+    """Note the answers to approvals not asked yet (``early``), and yield the runs that
+    ask one later: requests and approvals are two topics, merged by their partitions'
+    clocks only, and a grant stamped before the request it answers (an approver's clock
+    seconds behind) is read first, its approval left pending, the granted handoff never
+    counted (a later handoff a stricter max_handoffs stops showed no change)."""
     for _, d in decisions:
         if not d.approval_id:
             continue
         if d.reason == Reason.UNKNOWN_APPROVAL:
             early.add((d.run_id, d.approval_id))
         elif d.outcome == Outcome.APPROVAL_REQUIRED and (d.run_id, d.approval_id) in early:
-            partial.add(d.run_id)
+            yield d.run_id
 
 
 def _signed_ms(rec: InputRecord) -> int:
@@ -254,29 +312,6 @@ def _signed_ms(rec: InputRecord) -> int:
         return int(parse_control_event(rec.value or b"").event_time.timestamp() * 1000)
     except Exception:
         return -1
-
-
-def _stamped_out_of_order(records: list[tuple[int, str, InputRecord]], control: str) -> set[str]:
-    """The runs with a record stamped before an earlier record of the run in its partition.
-    A worker reads a partition in offset order; the stamps are the producer's (two hosts of
-    one run with skewed clocks, a writer of the topic), and deciding in stamp order judged
-    the run on an order it never had (its allowed handoff replayed as the one its budget
-    stopped: a change shown as none). Other runs' stamps in the partition change nothing."""
-    stamps: dict[tuple[str, int, bytes | None], list[tuple[int, int]]] = {}
-    for ts, topic, rec in records:
-        if topic != control:
-            stamps.setdefault((topic, rec.partition, rec.key), []).append((rec.offset, ts))
-    out: set[str] = set()
-    for (_, _, key), read in stamps.items():
-        if len(read) > 1:
-            read.sort()
-            latest = read[0][1]
-            for _, ts in read:
-                if ts < latest:
-                    out.add(_run_of(key))
-                    break
-                latest = ts
-    return out
 
 
 def _cut_at_the_range(rows: list[tuple[str, int, Recorded]], partial: set[str]) -> list[Recorded]:
@@ -310,31 +345,33 @@ def replay_from_kafka(
     from baton.streams.topics import TopicCatalog
 
     catalog = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions)
+    # a stamp past the read's start (and an operator's clock skew) moved its partition's
+    # clock ahead for every record after it: a record stamped a year ahead amid a partition
+    # put the rest of it past --to (never replayed) and after the control records read later
+    latest = min(_LATEST_MS, int((time.time() + CONTROL_CLOCK_SKEW_S) * 1000))
     records, before = _records(
         settings,
         [catalog.requests, catalog.approvals],
         since,
         until,
+        latest,
         tenants=tenant is not None,
         trimmed_s=settings.run_retention_s,
     )
     records = in_scope(records, before, run_id, tenant)
-    records += _records(settings, [catalog.control], None, until, "read_uncommitted")[0]
-    rows, policies = decide_topics(
-        records, baseline, settings.partitions, catalog.approvals, catalog.control, before
+    records += _records(settings, [catalog.control], None, until, latest, "read_uncommitted")[0]
+    decided = decide_topics(
+        records, baseline, settings.partitions, catalog.approvals, catalog.control, before, latest
     )
-    # decided here by the batch step alone: no sweep evicted a run, whatever its idle time
-    # a run's start before the range is known (decide_topics): cut by the range, not judged
-    report = replay_runs(runs_of(rows), new_policy, policies, retention_s=math.inf, judge=False)
-    return report, policies
+    return replay_decided(decided, new_policy), decided.policies
 
 
 def in_scope(
-    records: list[tuple[int, str, InputRecord]],
+    records: list[Stamped],
     before: dict[str, str | None],
     run_id: str | None,
     tenant: str | None,
-) -> list[tuple[int, str, InputRecord]]:
+) -> list[Stamped]:
     """The records of the runs in scope: ``run_id``'s, and with ``tenant`` (folded, as the
     audit replay reads it) every record of each run whose tenant is that one, the tenant of
     its first record that is its run's event (``before``'s, else the first read: the worker

@@ -1,14 +1,12 @@
 """Session 17's attacks on `baton replay --from-kafka` through a real Tansu broker (the
 session's broker, a prefix of its own): a run whose records a producer stamped against their
 offset order, and `--tenant` scoping a record by its own tenant field instead of its run's.
-Both passed the gate ("no change", exit 0) on a history the worker never had. The pure parts:
+Both passed the gate ("no change", exit 0) on a history the worker never had (the first made
+its run partial in session 17; it is decided in offset order since session 18). The pure parts:
 tests/unit/test_attacks_session17_replay_kafka.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from confluent_kafka import Producer
 from baton.schemas.events import RunEvent
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.topics import TopicCatalog, ensure_topics
+from tests.replay_support import replay_from_kafka
 from tests.unit.test_engine_support import completed, handoff
 
 pytestmark = pytest.mark.integration
@@ -37,7 +36,8 @@ def test_a_run_stamped_against_its_offsets_and_a_tenant_scoped_by_run(
     handoff, its 9 USD completion naming tenant other (counted by the worker; dropped by
     `--tenant acme`, so shared_max_usd 5 was no change) and a second handoff; run rb
     (other), whose second record names acme (refused by the worker; replayed alone as an
-    acme run). Now: ra partial, rc a change (exit 1), rb out of scope."""
+    acme run). Now: ra (decided in offset order, as the worker did: blocking shell.* stops
+    its first handoff) and rc are changes (exit 1), rb is out of scope."""
     base = int(datetime.now(UTC).timestamp() * 1000) - 60_000
     ra = [
         handoff(f"ra-h{n}", f"t{n}", "planner", "researcher", run_id="ra", tenant="acme", **kw)
@@ -69,22 +69,16 @@ def test_a_run_stamped_against_its_offsets_and_a_tenant_scoped_by_run(
 
     (tmp_path / "baseline.yaml").write_text(BASELINE)
     (tmp_path / "new.yaml").write_text(NEW)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
-    env.update(BATON_TOPIC_PREFIX=PREFIX, BATON_PARTITIONS="1")
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "baton.cli", "replay", "--from-kafka"),
-            *("--bootstrap", broker.bootstrap, "--format", "json", "--tenant", "ACME"),
-            *("--policy", str(tmp_path / "new.yaml")),
-            *("--baseline", str(tmp_path / "baseline.yaml")),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = replay_from_kafka(
+        broker.bootstrap,
+        PREFIX,
+        1,
+        tmp_path / "new.yaml",
+        tmp_path / "baseline.yaml",
+        *("--format", "json", "--tenant", "ACME"),
     )
     assert done.returncode == 1, done.stdout + done.stderr
     report = orjson.loads(done.stdout)
-    assert [c["run_id"] for c in report["changes"]] == ["rc"], report
-    assert "ra" in report["partial"] and "rb" not in report["partial"], report
+    assert [c["run_id"] for c in report["changes"]] == ["ra", "rc"], report
+    assert not {"ra", "rb"} & set(report["partial"]), report
     assert not report["broken"] and report["faithful"], report

@@ -3,9 +3,7 @@ timestamps are the producer's (any int64), and a run's history may begin before 
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,13 +17,13 @@ from baton.streams.embedded import EmbeddedBroker
 from baton.streams.topics import TopicCatalog, ensure_topics
 from tests.audit_support import produce_decisions
 from tests.helpers import wait_for
+from tests.replay_support import replay_from_kafka
 from tests.stack import SinkProcess
 from tests.unit.test_attacks_session9_audit import _published
 from tests.unit.test_engine_support import handoff
 
 pytestmark = pytest.mark.integration
 
-_BATON = (sys.executable, "-m", "baton.cli")
 PREFIX = "s9audit"
 STRICTER = "multi_agent:\n  max_handoffs: 4\n"
 BASELINE = "multi_agent:\n  max_handoffs: 20\n"
@@ -53,27 +51,13 @@ def _produce(bootstrap: str, records: list[tuple[str, int, int]]) -> None:
 def _replay(bootstrap: str, workdir: Path, *bounds: str) -> subprocess.CompletedProcess[str]:
     (workdir / "stricter.yaml").write_text(STRICTER)
     (workdir / "baseline.yaml").write_text(BASELINE)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
-    env.update(BATON_TOPIC_PREFIX=PREFIX, BATON_PARTITIONS="1")
-    return subprocess.run(
-        [
-            *_BATON,
-            "replay",
-            "--from-kafka",
-            "--bootstrap",
-            bootstrap,
-            "--policy",
-            str(workdir / "stricter.yaml"),
-            "--baseline",
-            str(workdir / "baseline.yaml"),
-            "--format",
-            "json",
-            *bounds,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return replay_from_kafka(
+        bootstrap,
+        PREFIX,
+        1,
+        workdir / "stricter.yaml",
+        workdir / "baseline.yaml",
+        *("--format", "json", *bounds),
     )
 
 
@@ -85,7 +69,8 @@ def test_hostile_record_timestamps_and_a_run_begun_before_since(
     one handoff stamped 10**15 ms (year 33658: the replay ended with a ValueError); a record
     stamped past --to amid the partition (it ended the partition's read, so run rb's five
     handoffs after it, a change, were never replayed). Now: ra is partial (cut by the range,
-    not broken), rb is a change (exit 1); without --to, rx is partial, and no traceback."""
+    not broken), rb is a change; rx and rz, stamped ahead of the read, are broken (when they
+    were decided is unknown: exit 7, since session 18), with or without --to; no traceback."""
     now = datetime.now(UTC)
     since, until = now - timedelta(minutes=30), now + timedelta(minutes=30)
 
@@ -101,16 +86,19 @@ def test_hostile_record_timestamps_and_a_run_begun_before_since(
     bounded = _replay(
         broker.bootstrap, tmp_path, "--since", since.isoformat(), "--to", until.isoformat()
     )
-    assert bounded.returncode == 1, bounded.stdout + bounded.stderr
     report = orjson.loads(bounded.stdout)
     assert [c["run_id"] for c in report["changes"]] == ["rb"], report
-    assert "ra" in report["partial"] and not report["broken"], report
-    assert not {"rx", "rz"} & set(report["partial"]) and report["faithful"], report
+    assert "ra" in report["partial"] and "ra" not in report["broken"], report
+    # stamped ahead of the read, rx and rz move no clock (rb after them stays in the range)
+    # and cannot be decided: broken, exit 7
+    assert sorted(report["broken"]) == ["rx", "rz"] and report["faithful"], report
+    assert bounded.returncode == 7, bounded.stdout + bounded.stderr
 
     open_ended = _replay(broker.bootstrap, tmp_path, "--since", since.isoformat())
     assert "Traceback" not in open_ended.stderr, open_ended.stderr[-2000:]
     report = orjson.loads(open_ended.stdout)
-    assert {"ra", "rx"} <= set(report["partial"]) and not report["broken"], report
+    assert {"ra", "rx", "rz"} <= set(report["partial"]), report
+    assert sorted(report["broken"]) == ["rx", "rz"], report
     assert [c["run_id"] for c in report["changes"]] == ["rb"], report
 
 

@@ -21,6 +21,7 @@ from tests.helpers import wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY
 from tests.integration.test_audit_verify import CHAIN_KEY, Audit, _traffic
 from tests.integration.test_audit_verify import audit as audit  # the fixture
+from tests.replay_support import replay_from_kafka
 from tests.stack import EventSender
 
 pytestmark = pytest.mark.integration
@@ -105,15 +106,8 @@ def test_replay_reproduces_the_audit_and_names_what_a_stricter_policy_stops(
 
     # the same history from the topics, for a deployment without the audit: decided under
     # the baseline (the policy the worker ran), compared with the stricter one
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
-    env.update(BATON_TOPIC_PREFIX=audit.prefix, BATON_PARTITIONS=str(PARTITIONS))
-    options = ["--bootstrap", audit.bootstrap, "--baseline", str(same), "--format", "json"]
-    kafka = subprocess.run(
-        [*_BATON, "replay", "--from-kafka", "--policy", str(stricter), *options],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    kafka = replay_from_kafka(
+        audit.bootstrap, audit.prefix, PARTITIONS, stricter, same, *("--format", "json")
     )
     assert kafka.returncode == 1, kafka.stdout + kafka.stderr
     from_topics = orjson.loads(kafka.stdout)

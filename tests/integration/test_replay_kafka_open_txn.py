@@ -6,9 +6,6 @@ stricter policy showed as a change where the worker had stopped them all (killed
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +19,7 @@ from confluent_kafka import Producer
 from baton.schemas.events import KillSwitch
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.topics import TopicCatalog, ensure_topics
+from tests.replay_support import replay_from_kafka
 from tests.stack import open_transaction
 from tests.unit.test_engine_support import handoff
 
@@ -52,19 +50,13 @@ def test_a_kill_switch_after_a_transaction_left_open_is_replayed(
     assert producer.flush(10) == 0
     (tmp_path / "stricter.yaml").write_text("multi_agent:\n  max_handoffs: 4\n")
     (tmp_path / "baseline.yaml").write_text("multi_agent:\n  max_handoffs: 20\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
-    env.update(BATON_TOPIC_PREFIX=prefix, BATON_PARTITIONS="1")
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "baton.cli", "replay", "--from-kafka"),
-            *("--bootstrap", broker.bootstrap, "--format", "json"),
-            *("--policy", str(tmp_path / "stricter.yaml")),
-            *("--baseline", str(tmp_path / "baseline.yaml")),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = replay_from_kafka(
+        broker.bootstrap,
+        prefix,
+        1,
+        tmp_path / "stricter.yaml",
+        tmp_path / "baseline.yaml",
+        *("--format", "json"),
     )
     # every handoff of rk was killed under either policy: nothing changes (exit 0); with the
     # kill hidden, the stricter policy's stop of the fifth handoff was a change (exit 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from baton.cli.replay_kafka import decide_topics, in_scope
+from baton.cli.replay_kafka import decide_topics, in_scope, replay_decided
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.replay import replay_runs, runs_of
 from baton.schemas.events import RunEvent
@@ -52,22 +52,22 @@ def _three_requests_stamped_backwards() -> list:
     return records
 
 
-def test_a_run_stamped_out_of_its_offset_order_is_partial_not_judged_in_stamp_order() -> None:
+def test_a_run_stamped_against_its_offset_order_is_decided_in_offset_order() -> None:
     """A producer stamps a record (any int64: two orchestrator hosts of one run with skewed
     clocks, or a writer of the topic); the worker reads a partition in offset order. The
     replay decided the run in stamp order: the worker allowed offsets 0 and 1 and stopped 2
     (max_handoffs 2), the replay allowed 2 and 1 and stopped 0, the shell.exec handoff, so
     a policy blocking shell.* showed no change (exit 0) although it stops a handoff the
-    worker allowed. When and in which order such a run was decided is unknown: partial."""
+    worker allowed. Session 17 made such a run partial (still no change shown, exit 0); it
+    is decided in offset order now, as the worker decided it, and the change is shown."""
     records = _three_requests_stamped_backwards()
-    assert _worker(records, NO_BLOCK) == [
-        (0, "allow:ok"),
-        (1, "allow:ok"),
-        (2, "stop:handoff_budget_exceeded"),
-    ]
-    rows, policies = decide_topics(records, NO_BLOCK, 1, APPROVALS, CONTROL)
-    report = replay_runs(runs_of(rows), BLOCKS_SHELL, policies, judge=False)
-    assert "ra" in report.partial and not report.changed_runs, report.partial
+    worker = _worker(records, NO_BLOCK)
+    assert worker == [(0, "allow:ok"), (1, "allow:ok"), (2, "stop:handoff_budget_exceeded")]
+    decided = decide_topics(records, NO_BLOCK, 1, APPROVALS, CONTROL)
+    assert [(r.offset, f"{r.outcome}:{r.reason}") for r in decided.rows] == worker
+    report = replay_decided(decided, BLOCKS_SHELL)
+    assert not report.partial and [r.run_id for r in report.changed_runs] == ["ra"]
+    assert report.changed_runs[0].first_change.request_id == "ra-h0"  # the shell.exec one
 
 
 def test_records_of_other_runs_stamped_out_of_order_leave_a_run_whole() -> None:
@@ -75,7 +75,7 @@ def test_records_of_other_runs_stamped_out_of_order_leave_a_run_whole() -> None:
     behind it in the same partition (clients on many hosts) changes nothing of its order."""
     ra = [_record(handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra"), n, 10 + n) for n in (0, 2)]
     rb = [_record(handoff("rb-h0", "t0", "p", "r", run_id="rb"), 1, 5)]
-    rows, policies = decide_topics([*ra, *rb], NO_BLOCK, 1, APPROVALS, CONTROL)
+    rows, policies, _ = decide_topics([*ra, *rb], NO_BLOCK, 1, APPROVALS, CONTROL)
     report = replay_runs(runs_of(rows), policy_with(max_handoffs=1), policies, judge=False)
     assert not report.partial and [r.run_id for r in report.changed_runs] == ["ra"]
 
@@ -91,7 +91,7 @@ def test_tenant_scope_keeps_a_runs_completion_reported_under_another_tenant() ->
     ]
     baseline = policy_with(shared_max_usd=10)
     assert _worker(records, baseline)[-1] == (2, "allow:ok")
-    rows, policies = decide_topics(
+    rows, policies, _ = decide_topics(
         in_scope(records, {}, None, "acme"), baseline, 1, APPROVALS, CONTROL
     )
     report = replay_runs(runs_of(rows), policy_with(shared_max_usd=5), policies, judge=False)
@@ -259,18 +259,20 @@ def test_a_kill_stamped_before_it_was_signed_holds_from_its_signing_not_its_stam
     forged = (_ms(41), CONTROL, InputRecord(CONTROL, 0, 0, None, kill.to_json()))
     genuine = (_ms(100), CONTROL, InputRecord(CONTROL, 0, 1, None, kill.to_json()))
     request = _record(handoff("ra-h0", "t0", "p", "r", run_id="ra"), 0, 60)
-    rows, policies = decide_topics([forged, request, genuine], NO_BLOCK, 1, APPROVALS, CONTROL)
+    rows, policies, _ = decide_topics([forged, request, genuine], NO_BLOCK, 1, APPROVALS, CONTROL)
     assert [f"{r.outcome}:{r.reason}" for r in rows if r.run_id == "ra"] == ["allow:ok"]
     report = replay_runs(runs_of(rows), policy_with(max_handoffs=0), policies, judge=False)
     assert [r.run_id for r in report.changed_runs] == ["ra"]
 
 
-def test_a_grant_stamped_before_the_request_it_answers_makes_its_run_partial() -> None:
+def test_a_grant_stamped_before_the_request_it_answers_makes_its_run_broken() -> None:
     """Requests and approvals are two topics, ordered by stamp only. An approver whose
     clock is seconds behind the orchestrator's stamps the grant before the request: the
     replay read it first (unknown_approval), the approval stayed pending, the granted
     handoff was never counted, so `max_handoffs: 2` let the run's third handoff through
-    and showed no change, though the worker allowed all three (the third now stops)."""
+    and showed no change, though the worker allowed all three (the third now stops).
+    Session 17 made the run partial, reported as trimmed, exit 0: the gate passed by the
+    run's absence. It is broken now, its reason named (exit 7)."""
     from tests.unit.test_engine_support import granted
 
     gated = policy_with(max_handoffs=5, require_approval_for=["billing.refund.create"])
@@ -288,9 +290,11 @@ def test_a_grant_stamped_before_the_request_it_answers_makes_its_run_partial() -
     for _, _, rec in (answer, records[2]):
         assert [f"{d.outcome}" for _, d in worker.process([rec], at(0)).decisions] == ["allow"]
     records.append(answer)
-    rows, policies = decide_topics(records, gated, 1, APPROVALS, CONTROL)
-    asked = [r for r in rows if f"{r.outcome}" == "approval_required"]
-    assert asked, [f"{r.outcome}:{r.reason}" for r in rows]
+    decided = decide_topics(records, gated, 1, APPROVALS, CONTROL)
+    asked = [r for r in decided.rows if f"{r.outcome}" == "approval_required"]
+    assert asked, [f"{r.outcome}:{r.reason}" for r in decided.rows]
     stricter = policy_with(max_handoffs=2, require_approval_for=["billing.refund.create"])
-    report = replay_runs(runs_of(rows), stricter, policies, judge=False)
-    assert "ra" in report.partial and not report.changed_runs, report.transitions
+    report = replay_decided(decided, stricter)
+    assert not report.changed_runs, report.transitions
+    # not "trimmed": in which order the worker read them is unknown, so exit 7 (broken)
+    assert report.broken == ["ra"] and "before the request" in report.partial["ra"]

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from baton.cli.query_cmds import sql_cmd, trace_cmd
-from baton.cli.replay_kafka import decide_topics
+from baton.cli.replay_kafka import decide_topics, replay_decided
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.replay import replay_runs, runs_of
 from baton.schemas.decision import Decision, Phase, Reason
@@ -101,35 +101,39 @@ def _ms(seconds: float) -> int:
     return int(at(seconds).timestamp() * 1000)
 
 
-def _request(run: str, n: int, timestamp_ms: int) -> tuple[int, str, InputRecord]:
+def _request(
+    run: str, n: int, timestamp_ms: int, offset: int | None = None
+) -> tuple[int, str, InputRecord]:
     event = handoff(f"{run}-h{n}", f"t{n}", "planner", "researcher", run_id=run)
-    return timestamp_ms, REQUESTS, InputRecord(REQUESTS, 0, n, run.encode(), event.to_json())
+    rec = InputRecord(REQUESTS, 0, n if offset is None else offset, run.encode(), event.to_json())
+    return timestamp_ms, REQUESTS, rec
 
 
-def test_a_record_timestamp_past_datetimes_range_makes_its_run_partial_not_a_crash() -> None:
+def test_a_record_timestamp_past_datetimes_range_makes_its_run_broken_not_a_crash() -> None:
     """Kafka takes any int64 as a record's timestamp (a producer sets it: librdkafka's
     `timestamp=`); `baton replay --from-kafka` decided each record at its timestamp and
     ended with a traceback (``ValueError: year 33658 is out of range``) on one record of
     10**15 ms, replaying nothing. When it was decided cannot be known: its run is partial
-    (never judged, never "no change"), the other runs are replayed."""
-    hostile = [_request("rx", n, 10**15) for n in range(2)]
+    and broken (never judged, never "no change": exit 7), the other runs are replayed."""
+    hostile = [_request("rx", n, 10**15, offset=3 + n) for n in range(2)]
     records = [*(_request("ra", n, _ms(n)) for n in range(3)), *hostile]
-    rows, policies = decide_topics(records, policy_with(max_handoffs=20), 1, APPROVALS, CONTROL)
-    report = replay_runs(runs_of(rows), policy_with(max_handoffs=2), policies, judge=False)
+    decided = decide_topics(records, policy_with(max_handoffs=20), 1, APPROVALS, CONTROL)
+    report = replay_decided(decided, policy_with(max_handoffs=2))
     assert [r.run_id for r in report.changed_runs] == ["ra"]
-    assert "rx" in report.partial and not report.unfaithful_runs
+    assert report.broken == ["rx"] and "rx" in report.partial and not report.unfaithful_runs
 
 
 def test_a_control_record_timestamp_past_datetimes_range_is_no_crash() -> None:
-    """A kill switch stamped 10**15 ms sorts after every run event: applying it or not
-    changes no decision in the range; it must not end the replay."""
+    """A kill switch stamped 10**15 ms must not end the replay. Its stamp tells nothing of
+    when it was read: it holds from its signing time (0 s), and a handoff at that same
+    millisecond is stopped (a control record first at an equal time: fail closed)."""
     from baton.schemas.events import KillSwitch
 
     kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(0))
     control = (10**15, CONTROL, InputRecord(CONTROL, 0, 0, None, kill.to_json()))
     records = [_request("ra", 0, _ms(0)), control]
-    rows, _ = decide_topics(records, policy_with(max_handoffs=20), 1, APPROVALS, CONTROL)
-    assert [(r.run_id, r.outcome) for r in rows] == [("ra", "allow")]
+    rows, _, _ = decide_topics(records, policy_with(max_handoffs=20), 1, APPROVALS, CONTROL)
+    assert [(r.run_id, r.reason) for r in rows] == [("ra", "killed")]
 
 
 def test_a_run_begun_before_the_range_is_partial_though_its_first_record_in_it_is_a_request() -> (
@@ -142,7 +146,7 @@ def test_a_run_begun_before_the_range_is_partial_though_its_first_record_in_it_i
     The runs with a record before T are now partial (``started_before``)."""
     before = [_request("ra", n, _ms(n)) for n in range(3)]
     in_range = [_request("ra", n, _ms(n)) for n in range(3, 6)]
-    rows, policies = decide_topics(
+    rows, policies, _ = decide_topics(
         in_range,
         policy_with(max_handoffs=20),
         1,
@@ -165,7 +169,7 @@ def test_a_run_whose_first_record_in_the_range_only_names_a_request_is_partial()
 
     done = completed("c1", "handoff_requested", "researcher", run_id="rc")
     record = (_ms(0), REQUESTS, InputRecord(REQUESTS, 0, 0, b"rc", done.to_json()))
-    rows, policies = decide_topics([record], policy_with(max_handoffs=20), 1, APPROVALS, CONTROL)
+    rows, policies, _ = decide_topics([record], policy_with(max_handoffs=20), 1, APPROVALS, CONTROL)
     report = replay_runs(runs_of(rows), policy_with(max_handoffs=4), policies, judge=False)
     assert "rc" in report.partial
 

@@ -75,7 +75,7 @@ def test_history_read_from_kafka_is_replayed_without_evictions() -> None:
         (int(event.event_time.timestamp() * 1000), "requests", _record(n, event))
         for n, event in enumerate(timed)
     ]
-    rows, policies = decide_topics(records, policy, 1, "approvals", "control")
+    rows, policies, _ = decide_topics(records, policy, 1, "approvals", "control")
     assert replay_runs(runs_of(rows), policy, policies, retention_s=math.inf).unfaithful_runs == []
     assert replay_runs(runs_of(rows), policy, policies).unfaithful_runs == []
 
