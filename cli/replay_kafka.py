@@ -87,7 +87,7 @@ def _records(
     its control follower: a transaction left open there must not hide the commands after
     it). ``trimmed_s``: a partition whose first record read is not at offset 0 lost its start
     (retention, a deletion); the runs with a record read within this many seconds (the
-    workers' run_retention_s) of that first record may have begun in what is gone, and are
+    workers' run_retention_s) of its clock's first stamp may have begun in what is gone, and are
     counted as begun before the range (a run idle longer was evicted by then: the worker
     stopped its late handoff under either policy)."""
     from confluent_kafka import (
@@ -161,9 +161,12 @@ def _records(
             ts = msg.timestamp()[1]
             clock = clocks.setdefault(where, PartitionClock())
             stamped = clock.read(ts, latest_ms)
-            if where not in cut:
-                trimmed = bool(trimmed_s) and msg.offset() > 0
-                cut[where] = clock.at + (trimmed_s or 0) * 1000 if trimmed else None
+            if where not in cut:  # its first record read
+                cut[where] = math.inf if trimmed_s and msg.offset() > 0 else None
+            if cut[where] == math.inf and stamped:
+                # anchored on the clock's first stamp: a first record stamped past any time
+                # (or before the epoch) made every run of the partition partial, or none
+                cut[where] = clock.at + (trimmed_s or 0) * 1000
             window = cut[where]
             if window is not None and clock.at < window:
                 before.setdefault(_run_of(msg.key()), None)

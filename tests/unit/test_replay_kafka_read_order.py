@@ -135,6 +135,31 @@ def test_a_trimmed_partitions_window_is_measured_on_its_clock(
     assert [r.run_id for r in report.changed_runs] == ["rb"]
 
 
+def test_a_trimmed_partitions_window_starts_at_its_first_stamp_within_the_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """F5: a trimmed partition whose first record read is stamped 10**15 ms (a writer of the
+    topic, before retention deleted what came before it): the window ran from that stamp,
+    every run of the partition was partial and rb's change hidden (exit 0). That stamp
+    moves no clock: the window starts at the first stamp within the bounds (ra's)."""
+    first = _ms(0)
+    held: list[tuple[int, int, object]] = [(99, 10**15, _NoEvent("zz"))]
+    held += [
+        (100 + n, first + n * 1000, handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra"))
+        for n in range(4, 7)
+    ]
+    late = first + 2 * 3600 * 1000
+    held += [
+        (200 + n, late + n, handoff(f"rb-h{n}", f"t{n}", "p", "r", run_id="rb")) for n in range(7)
+    ]
+    _trimmed_topics(monkeypatch, _held(held))
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=1, run_retention_s=3600)
+    report, _ = replay_from_kafka(settings, policy_with(max_handoffs=6), BASELINE, None, None)
+    assert "ra" in report.partial and "rb" not in report.partial, report.partial
+    assert [r.run_id for r in report.changed_runs] == ["rb"]
+    assert _exit_code(report) == 1
+
+
 def test_a_record_stamped_past_until_amid_a_run_ends_its_history_in_the_range(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
