@@ -19,6 +19,7 @@ import pytest
 from baton.processors.recorded import input_text
 from baton.schemas.decision import Outcome, Reason
 from baton.schemas.events import HandoffRequested
+from baton.streams.sdk import GovernanceClient
 from baton.streams.sdk.base import answers_request
 from tests.unit.test_attacks_session10_leftovers import _Offline, _Worker
 
@@ -62,3 +63,18 @@ def test_a_decision_whose_input_nests_255_deep_answers_nothing_and_leaves_the_re
     answer = offline.call(event, read)
     assert answer.outcome == Outcome.ALLOW
     assert answer.reason == Reason.OK  # the worker's, not the client's governance_unavailable
+
+
+# ------------------------------------------------------------------ F6: fail_open of a wrong type
+
+_NOT_A_BOOL = ["false", "no", "0", 0, 1, 0.0]
+
+
+@pytest.mark.parametrize("value", _NOT_A_BOOL, ids=repr)
+def test_a_fail_open_that_is_not_a_bool_is_refused_before_anything_is_sent(value: object) -> None:
+    """F6: ``fail_open`` was taken as given: ``fail_open="false"`` (a value read from a config
+    file or an environment variable by the orchestrator) is a true string, and every check
+    Baton did not answer in time was allowed. Now a ValueError names it; only True or False
+    is taken (None: the environment's BATON_CLIENT_FAIL_OPEN, a checked bool)."""
+    with pytest.raises(ValueError, match="fail_open"):
+        GovernanceClient("127.0.0.1:1", fail_open=value)  # type: ignore[arg-type]
