@@ -1,0 +1,29 @@
+"""Session 18 (H5): settings a careless operator writes, each refused with what it would do.
+
+F7: ``chdb:`` and ``chdb://`` (a DSN whose directory is empty: ``chdb:$AUDIT_DIR`` with the
+variable unset) were taken as the in-memory audit: the sink wrote every decision into memory
+and lost them at its exit, `baton audit verify` and a restart's restore found nothing. Only
+the documented ``chdb://memory`` (and ``chdb::memory:``) mean memory now; an empty directory is
+refused, naming the forms.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from baton.schemas.errors import ConfigError
+from baton.sinks.clickhouse import parse_dsn
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("dsn", ["chdb:", "chdb://"])
+def test_a_chdb_dsn_naming_no_directory_is_refused_not_an_audit_in_memory(dsn: str) -> None:
+    with pytest.raises(ConfigError, match="no directory"):
+        parse_dsn(dsn)
+
+
+@pytest.mark.parametrize("dsn", ["chdb://memory", "chdb::memory:", "chdb:memory"])
+def test_the_in_memory_audit_is_still_asked_for_by_name(dsn: str) -> None:
+    target = parse_dsn(dsn)
+    assert target.kind == "chdb" and target.chdb_path is None
