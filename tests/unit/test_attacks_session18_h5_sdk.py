@@ -78,3 +78,21 @@ def test_a_fail_open_that_is_not_a_bool_is_refused_before_anything_is_sent(value
     is taken (None: the environment's BATON_CLIENT_FAIL_OPEN, a checked bool)."""
     with pytest.raises(ValueError, match="fail_open"):
         GovernanceClient("127.0.0.1:1", fail_open=value)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ F8: everything= of a wrong type
+
+
+@pytest.mark.parametrize("verb", ["kill", "release"])
+@pytest.mark.parametrize("value", ["false", "no", 1], ids=repr)
+def test_an_everything_that_is_not_a_bool_is_refused_not_taken_as_global(
+    verb: str, value: object
+) -> None:
+    """F8: ``OperatorClient.release(everything="false")`` (a flag read as text by the caller,
+    with no run or tenant given) counted as ``everything=True``: the global kill switch was
+    lifted. Now a ValueError names it, before anything is signed or sent."""
+    from baton.streams.sdk import OperatorClient
+
+    client = OperatorClient("127.0.0.1:1")
+    with pytest.raises(ValueError, match="everything"):
+        getattr(client, verb)(everything=value, wait=False)
