@@ -9,6 +9,9 @@ refused, naming the forms.
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from baton.schemas.errors import ConfigError
@@ -27,3 +30,23 @@ def test_a_chdb_dsn_naming_no_directory_is_refused_not_an_audit_in_memory(dsn: s
 def test_the_in_memory_audit_is_still_asked_for_by_name(dsn: str) -> None:
     target = parse_dsn(dsn)
     assert target.kind == "chdb" and target.chdb_path is None
+
+
+def test_baton_up_refuses_a_taken_metrics_port_before_starting_anything(tmp_path: Path) -> None:
+    """`baton up --metrics-port P` with P taken started the stack, and the worker exited on
+    the port at every restart: `baton up` ended after ~35 s of restarts. Refused at once now,
+    as a taken --sql-port is."""
+    from click.testing import CliRunner
+
+    from baton.cli.main import _register, cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _register()
+        args = ["up", "--data-dir", str(tmp_path / "d"), "--metrics-port", str(port)]
+        result = CliRunner().invoke(cli, [*args, "--sql-port", "off"])
+    assert result.exit_code == ConfigError.exit_code, result.output
+    assert f"127.0.0.1:{port}" in result.output and "--metrics-port 0" in result.output
+    assert not (tmp_path / "d" / "logs").exists()  # no broker, no child was started
