@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from baton.cli.options import FiniteFloatRange, read_policy, read_policy_text, setting_options
-from baton.cli.signer import CommandRefused, describe, load_key, signer_options
+from baton.cli.signer import CommandRefused, describe, load_key, shown, signer_options
 from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.errors import PolicyError
 from baton.schemas.export import write_json_schemas
@@ -137,7 +137,7 @@ def policy_current(timeout: float, data_dir: Path | None, **opts: Any) -> None:
     source = str(settings.policy) if settings.policy else "the seed policy"
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
     policy, source = policy_in_force(settings, policy, source, timeout, click.echo)
-    label = f" ({policy.label})" if policy.label else ""
+    label = f" ({shown(policy.label)})" if policy.label else ""
     click.echo(f"policy in force: {policy.version}{label}, from {source}")
 
 
@@ -201,14 +201,17 @@ def policy_in_force(
             if not isinstance(event, PolicyUpdated):
                 continue
             where = f"{topic}[{msg.partition()}]@{msg.offset()}"
+            # a policy's own keys, values and label (in its error, its record's detail) are
+            # whatever a writer of the control topic put there: escaped, never sent raw to
+            # the terminal (an ESC sequence rewrote the line naming the policy in force)
             step = apply_policy_update(policy, signed_at, event, datetime.now(UTC))
             when = event.event_time.isoformat()
             if step.record is None:
-                say(f"not a policy   {where} {when} by {event.operator}: {step.error}")
+                say(f"not a policy   {where} {when} by {event.operator}: {shown(step.error)}")
             elif not step.applied:
                 say(
                     f"refused        {where} {when} by {event.operator}: "
-                    f"{step.record.reason} ({step.record.detail})"
+                    f"{step.record.reason} ({shown(step.record.detail)})"
                 )
             else:
                 say(

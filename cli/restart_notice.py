@@ -143,12 +143,14 @@ def fold_policy_in_force(
 
 
 def _signed(command: str) -> bool:
-    """The recorded command carries a signature (a restart re-issues it, the workers verify)."""
-    import json
+    """The recorded command carries a signature (a restart re-issues it, the workers verify).
+    Read with orjson, whose depth bound is an error: ``json.loads`` raised RecursionError on a
+    row's command nested 3,000 deep (anyone who writes gov.decisions), and `baton up` ended."""
+    import orjson
 
     try:
-        event = json.loads(command) if command else None
-    except ValueError:
+        event = orjson.loads(command) if command else None
+    except orjson.JSONDecodeError:
         return False
     return isinstance(event, dict) and bool(event.get("signature"))
 

@@ -164,6 +164,7 @@ def up_cmd(
     policy = read_policy(settings.policy)  # fail before starting anything on a bad policy
     if not no_audit:
         _refuse_busy_sql_port(sql_port)
+    _refuse_busy_metrics_port(settings.metrics_port_number)
     try:
         restart = RestartPolicy(
             backoff_s=restart_backoff_s,
@@ -313,6 +314,18 @@ def _refuse_busy_sql_port(port: int | None) -> None:
                 "(another baton up, or a ClickHouse server?); pass --sql-port 0 (any free "
                 "port) or --sql-port off (env BATON_SQL_PORT)"
             ) from None
+
+
+def _refuse_busy_metrics_port(port: int | None) -> None:
+    """The worker's /metrics port, checked as the SQL endpoint's: taken, the worker exited
+    on it at every restart and `baton up` gave up only after ~35 s of them."""
+    try:
+        _refuse_busy_sql_port(port)
+    except ConfigError:
+        raise ConfigError(
+            f"cannot serve the worker's /metrics on 127.0.0.1:{port}: the port is taken; pass "
+            "--metrics-port 0 (any free port) or --metrics-port off (env BATON_METRICS_PORT)"
+        ) from None
 
 
 def write_stack_record(

@@ -274,8 +274,19 @@ def _parse_policy(text: str, source: str, file: bool = False) -> Policy:
                     f"once folded (NFKC, case: {show(name)}); keep one of them"
                 )
                 continue
-            if isinstance(override, dict):
-                override = override.get("multi_agent", override)
+            if isinstance(override, dict) and "multi_agent" in override:
+                # the seed's shape (the tenant's keys under a multi_agent: of its own); keys
+                # beside it were dropped in silence: a tenant's `max_handoffs: 1` written
+                # there left it at the defaults
+                beside = [str(k) for k in override if k != "multi_agent"]
+                if beside:
+                    problems.append(
+                        f"tenants.{name}: holds keys beside its multi_agent block, which "
+                        f"would be ignored ({', '.join(beside)[:200]}); put them under "
+                        "multi_agent, or write every key of the tenant without it"
+                    )
+                    continue
+                override = override["multi_agent"]
             if isinstance(override, dict):
                 merged_tenants[name] = _merge(base, override)
                 overrides[name] = override

@@ -83,8 +83,14 @@ def parse_dsn(dsn: str) -> Target:
     if dsn.startswith("chdb:"):
         rest = dsn[len("chdb:") :]
         rest = rest[2:] if rest.startswith("//") else rest
-        if rest in ("memory", ":memory:", ""):
+        if rest in ("memory", ":memory:"):
             return Target("chdb", dsn, "chdb (in memory)")
+        if not rest:  # `chdb:$AUDIT_DIR`, unset: an audit in memory lost every decision
+            raise ConfigError(
+                "clickhouse_dsn (BATON_CLICKHOUSE_DSN): the chdb DSN names no directory; "
+                "expected chdb:///abs/dir or chdb:rel/dir (chdb://memory: an audit in memory, "
+                "gone when the process ends)"
+            )
         if _CHDB_CREDENTIALS.match(rest):  # chdb://user:pass@/dir: a server DSN's habit
             raise ConfigError(
                 "clickhouse_dsn (BATON_CLICKHOUSE_DSN): a chdb DSN names a directory and takes "

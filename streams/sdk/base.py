@@ -202,14 +202,19 @@ def answers_request(event: HandoffRequested | HandoffCompleted) -> Callable[[Dec
 def _untimed(text: str) -> bytes | None:
     """An input as the worker's request digest sees it (``dedup_keys.untimed_fields``, the
     one rule both apply), keys sorted (a worker of another version may order them otherwise),
-    as JSON (None: not a JSON object)."""
+    as JSON (None: not a JSON object, or one no request is)."""
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError:
         return None
     if type(doc) is not dict:
         return None
-    return orjson.dumps(untimed_fields(doc), option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps(untimed_fields(doc), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # orjson reads 1,024 levels but writes 254: a forged record's input nested deeper
+        # raised here, in the decision reader, and killed it (every check then unanswered)
+        return None
 
 
 def answers_approval(asked: Decision) -> Callable[[Decision], bool]:

@@ -126,6 +126,10 @@ class OperatorClient(SignedPublisher):
         wait: bool,
         timeout: float | None,
     ) -> Decision | None:
+        if not isinstance(everything, bool):
+            # everything="false" (a flag read as text) with no run or tenant was taken as true:
+            # a global kill, or the global kill switch lifted
+            raise ValueError(f"everything: must be True or False, got {everything!r}"[:200])
         if sum(x is not None and x is not False for x in (run_id, tenant, everything or None)) != 1:
             raise ValueError("give exactly one of run_id=, tenant=, everything=True")
         scope: Literal["run", "tenant", "global"] = (

@@ -167,6 +167,10 @@ class ClientOptions:
             connect_timeout = checked_seconds("connect_timeout", connect_timeout)
         if retries is not None:
             retries = checked_retries(retries)
+        if fail_open is not None and not isinstance(fail_open, bool):
+            # fail_open="false" (read from a file or variable by the caller) is a true string:
+            # every check Baton did not answer in time was allowed
+            raise ValueError(f"fail_open: must be True or False, got {fail_open!r}"[:200])
         prefix = s.topic_prefix if topic_prefix is None else topic_prefix
         return cls(
             kafka_config={**s.kafka_config(), **(kafka_config or {})},
