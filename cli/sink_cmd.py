@@ -22,6 +22,7 @@ __all__ = ["sink_cmd"]
     "sink_batch_size",
     "sink_batch_timeout_s",
     "sink_parse_processes",
+    "sink_max_receive_bytes",
     "app_id",
     "partitions",
     "replication_factor",

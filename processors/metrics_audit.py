@@ -43,6 +43,12 @@ class SinkMetrics(Collector):
             "inserts retried after a ClickHouse failure",
             value=stats.retries,
         )
+        yield CounterMetricFamily(
+            "baton_audit_oversized_answers",
+            "Kafka fetch answers refused past BATON_SINK_MAX_RECEIVE_BYTES: a partition is "
+            "stalled behind a larger record batch (nothing after it is audited)",
+            value=stats.oversized_answers,
+        )
         lag = GaugeMetricFamily(
             "baton_audit_lag",
             "decisions on gov.decisions not yet in the audit, per partition",

@@ -286,6 +286,15 @@ class Settings(BaseSettings):
         "writer is free); ~3 KB of memory a decision, twice: one batch filling, one in flight",
     )
     sink_batch_timeout_s: float = Field(1.0, gt=0, le=MAX_TIMEOUT_S)
+    sink_max_receive_bytes: int = Field(
+        320_864_768,
+        ge=2 * 1024 * 1024,
+        le=2_147_483_647,
+        description="largest Kafka fetch answer the sink receives (librdkafka's "
+        "receive.message.max.bytes); it costs ~2x its size in memory. The default holds the "
+        "largest batch Tansu takes (256 MiB) after a fetch's worth (50 MiB) of others; a batch "
+        "past it stalls its partition (baton_audit_oversized_answers counts the refusals)",
+    )
     sink_parse_processes: int = Field(
         2,
         ge=0,

@@ -184,7 +184,10 @@ def post_once(url: str, text: str, timeout_s: float) -> PostOutcome:
         outcome = _post(url, text, timeout_s, _opener(sockets, ended))
     finally:
         deadline.cancel()
-    if ended.is_set() and not outcome.ok:  # (its problem: what the shut socket raised)
+    # past the deadline a retryable failure is what the shut socket raised: say why; a
+    # permanent one (an HTTP 4xx, a redirect, a bad URL) is the server's or the URL's own
+    # answer, whenever it came: relabelled retryable, a 404 was posted again and again
+    if ended.is_set() and not outcome.ok and outcome.retry:
         return PostOutcome(False, f"no whole answer within {timeout_s:g} s")
     return outcome
 

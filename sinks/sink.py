@@ -125,6 +125,7 @@ def run_sink(
             on_report=on_report,
             ttl_days=settings.audit_ttl_days,
             parse_processes=settings.sink_parse_processes,
+            max_receive_bytes=settings.sink_max_receive_bytes,
         )
         if on_ready is not None:
             on_ready(sink, server)

@@ -28,9 +28,9 @@ from baton.sinks.audit_batch import (
 )
 from baton.sinks.audit_insert import insert_types
 from baton.sinks.clickhouse import audit_errors
-from baton.sinks.rows import DECISION_COLUMNS, REJECTED_COLUMNS, RejectKind
+from baton.sinks.rows import DECISION_COLUMNS, REJECTED_COLUMNS, RejectKind, oversized
 from baton.sinks.sink_parse import ParseProcesses
-from baton.sinks.sink_start import audit_consumer
+from baton.sinks.sink_start import DEFAULT_MAX_RECEIVE_BYTES, audit_consumer
 from baton.sinks.sink_stats import SinkStats
 
 __all__ = ["AuditSink"]
@@ -80,6 +80,7 @@ class AuditSink:
         ttl_days: int | None = 365,
         clock: Callable[[], datetime] = utc_now,
         parse_processes: int = 0,
+        max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
     ) -> None:
         self.kafka_config = kafka_config
         self.client = client
@@ -96,6 +97,7 @@ class AuditSink:
         self.clock = clock
         #: processes that parse and encode the records (0: this process does; see sink_parse)
         self.parse_processes = parse_processes
+        self.max_receive_bytes = max_receive_bytes  # receive.message.max.bytes (sink_start)
         self._parsers: ParseProcesses | None = None
         self.stats = SinkStats()
         self._batch = self._new_batch()
@@ -114,7 +116,8 @@ class AuditSink:
 
     # -- consumer ------------------------------------------------------------------------
     def _make_consumer(self) -> Any:
-        return audit_consumer(self.kafka_config, self.group_id, self.consumer_overrides)
+        overrides = {"error_cb": self.stats.kafka_error, **self.consumer_overrides}
+        return audit_consumer(self.kafka_config, self.group_id, overrides, self.max_receive_bytes)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         revoked = {tp.partition for tp in partitions if tp.topic == self.topic}
@@ -230,8 +233,9 @@ class AuditSink:
         return self._parsers is not None and self._parsers.alive and self._types is not None
 
     def _take(self, records: list[tuple[int, int, bytes | None]]) -> None:
-        """Records read into the batch: one chunk for a parse process, or parsed here."""
-        if records and self._parsing_elsewhere():
+        """Records read into the batch: one chunk for a parse process, or parsed here (with one
+        past rows.MAX_RECORD_BYTES: a parse process got a copy of it whole, ~2x its size)."""
+        if records and self._parsing_elsewhere() and not any(oversized(v) for _, _, v in records):
             self._batch.defer_chunk(records)
         else:
             for partition, offset, value in records:

@@ -27,8 +27,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-#: librdkafka's largest receive.message.max.bytes (a Kafka answer's size is an int32), as the
-#: control follower's (processors/control.py)
+#: the sink's fetch.max.bytes (librdkafka's default, made explicit: the receive bound below
+#: counts on it): a fetch answer holds record batches up to about this much, and a first batch
+#: larger than it whole
+FETCH_MAX_BYTES = 52_428_800
+#: the largest record batch Tansu takes: it refuses a produce request past 256 MiB (measured,
+#: 0.6.0: 268,435,000 B of value taken, 268,436,000 B refused "KafkaProtocol(Overflow)")
+TANSU_LARGEST_BATCH = 256 * 1024 * 1024
+#: receive.message.max.bytes by default (BATON_SINK_MAX_RECEIVE_BYTES): the largest batch Tansu
+#: holds after a fetch's worth of others, so no batch on Tansu stalls a partition, while the
+#: memory one answer takes stays bounded (librdkafka's buffer and Python's copy of a record:
+#: ~2x the answer; session 17's 2 GiB let a writer of gov.decisions make the sink take ~4 GiB)
+DEFAULT_MAX_RECEIVE_BYTES = TANSU_LARGEST_BATCH + FETCH_MAX_BYTES + 512
+#: librdkafka's largest receive.message.max.bytes (a Kafka answer's size is an int32)
 MAX_RECEIVE_BYTES = 2_147_483_647
 
 
@@ -80,18 +91,24 @@ def _catalog(settings: Settings) -> Any:
 
 
 def audit_consumer(
-    kafka_config: dict[str, str], group_id: str, overrides: dict[str, Any] | None = None
+    kafka_config: dict[str, str],
+    group_id: str,
+    overrides: dict[str, Any] | None = None,
+    max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
 ) -> Any:
     """The sink's confluent-kafka consumer: offsets stored and committed only by the sink."""
     from confluent_kafka import Consumer
 
-    return Consumer(audit_consumer_config(kafka_config, group_id, overrides))
+    return Consumer(audit_consumer_config(kafka_config, group_id, overrides, max_receive_bytes))
 
 
 def audit_consumer_config(
-    kafka_config: dict[str, str], group_id: str, overrides: dict[str, Any] | None = None
+    kafka_config: dict[str, str],
+    group_id: str,
+    overrides: dict[str, Any] | None = None,
+    max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
 ) -> dict[str, Any]:
-    """The configuration of ``audit_consumer``."""
+    """The configuration of ``audit_consumer``: no fetch answer past ``max_receive_bytes``."""
     from baton.streams.kafka import consumer_config
 
     conf = consumer_config(
@@ -104,11 +121,15 @@ def audit_consumer_config(
             # starved with a backlog in the broker (measured: consume() returned nothing
             # for 0.8 s at a time); check again soon instead
             "fetch.queue.backoff.ms": 20,
-            # a fetch answer past librdkafka's 100 MB default is never received: one record of
+            # a fetch answer past receive.message.max.bytes is never received: one record of
             # 120 MB on gov.decisions (Tansu takes it) kept the sink from reading its partition
-            # again (measured: "Invalid response size", reconnect, the same fetch); read, it is
-            # rejected as oversized (rows.MAX_RECORD_BYTES)
-            "receive.message.max.bytes": MAX_RECEIVE_BYTES,
+            # again with librdkafka's 100 MB default (measured: "Invalid response size",
+            # reconnect, the same fetch); read, it is rejected as oversized
+            # (rows.MAX_RECORD_BYTES). The bound is what no batch on Tansu exceeds, not 2 GiB:
+            # the answer costs the sink ~2x its size in memory (DEFAULT_MAX_RECEIVE_BYTES)
+            "receive.message.max.bytes": max_receive_bytes,
+            # librdkafka refuses a fetch.max.bytes within 512 B of the receive bound
+            "fetch.max.bytes": min(FETCH_MAX_BYTES, max_receive_bytes - 512),
             "error_cb": lambda err: log.warning("audit sink: Kafka: %s", err),
             **(overrides or {}),
         },

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 __all__ = ["SinkStats"]
+
+log = logging.getLogger("baton.sinks.sink")
+
+#: librdkafka's words for a fetch answer past receive.message.max.bytes: it read the answer's
+#: size only, drops the connection and sends the same fetch again, for ever
+OVERSIZED_ANSWER = "Invalid response size"
 
 
 @dataclass
@@ -17,12 +24,32 @@ class SinkStats:
     batches: int = 0
     retries: int = 0
     last_error: str | None = None
+    #: fetch answers refused past the receive bound: each means a partition stalled behind a
+    #: record batch larger than BATON_SINK_MAX_RECEIVE_BYTES (nothing after it is audited)
+    oversized_answers: int = 0
+    last_oversized: str | None = None
     lag: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     _window: tuple[float, int] = field(default=(0.0, 0), repr=False)
 
     def __post_init__(self) -> None:
         self._window = (self.started, 0)
+
+    def kafka_error(self, error: object) -> None:
+        """librdkafka's ``error_cb``: logged; an answer past the receive bound is counted and
+        named, since its partition is stalled until the bound is raised."""
+        text = str(error)
+        if OVERSIZED_ANSWER not in text:
+            log.warning("audit sink: Kafka: %s", text)
+            return
+        self.oversized_answers += 1
+        self.last_oversized = text
+        log.error(
+            "audit sink: a fetch answer past BATON_SINK_MAX_RECEIVE_BYTES: a record batch on "
+            "gov.decisions is larger, and its partition is not read past it until the bound is "
+            "raised (nothing is skipped; baton_audit_oversized_answers counts these): %s",
+            text,
+        )
 
     @property
     def total_lag(self) -> int:
@@ -39,6 +66,11 @@ class SinkStats:
         """One status line: rows, recent rate, rejects, lag per partition, the last error."""
         lag = " ".join(f"p{p}={n}" for p, n in sorted(self.lag.items())) or "-"
         error = f"; last error: {self.last_error}" if self.last_error else ""
+        if self.oversized_answers:
+            error += (
+                f"; {self.oversized_answers} fetch answers past the receive bound, a partition "
+                f"stalled (last: {self.last_oversized})"
+            )
         return (
             f"{self.rows} decisions in {self.batches} batches ({self.rows_per_s():.0f}/s), "
             f"{self.rejected} rejected, {self.retries} retries, lag {self.total_lag} ({lag})"

@@ -127,9 +127,14 @@ class _HeadBound(io.RawIOBase):
 
     def body(self) -> None:
         self._left = self._deadline = None
+        # the socket's timeout applies to sends too: left at what remained of the head's
+        # deadline (a slow but legal head: a fraction of a second), the answer to a client
+        # reading it at its own pace was cut off
+        self._sock.settimeout(self._idle_s)
 
     def cut(self) -> bool:
-        """Whether the head read ran into HEAD_MAX_BYTES (what was read of it is not whole)."""
+        """Whether the head's reads ran into HEAD_MAX_BYTES (they may hold more than the
+        head: the body's first bytes, sent with it)."""
         return self._left is not None and self._left <= 0
 
     def readable(self) -> bool:
@@ -175,7 +180,10 @@ class SqlHandler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         parsed = super().parse_request()
-        if parsed and self._bound.cut():
+        # at the bound, bytes read but not taken by the head (the body's, read ahead with it)
+        # show that the head ended within it: a legal head and its body were refused 431
+        # (peek reads nothing new: at the bound the head's reads return end of file)
+        if parsed and self._bound.cut() and not self.rfile.peek(1):
             self.send_error(431, f"request head past {HEAD_MAX_BYTES} bytes")
             return False
         self._bound.body()  # its size is checked against the limits before it is read

@@ -3,9 +3,10 @@
 Tansu takes a record of any size (it ignores max.message.bytes). librdkafka never received a
 fetch answer past its receive.message.max.bytes (100 MB by default): the sink logged "Invalid
 response size", reconnected and fetched the same offset again, for ever, and no decision
-after the record in its partition reached the audit. Now the sink's consumer takes the
-largest answer librdkafka can; the record is rejected ``oversized`` (its head kept) and the
-decisions after it are stored.
+after the record in its partition reached the audit. Now the sink's consumer takes answers
+up to BATON_SINK_MAX_RECEIVE_BYTES (session 18: not 2 GiB, an answer costs ~2x its size in
+memory); the record is rejected ``oversized`` (its head kept) and the decisions after it are
+stored. A batch past the bound stalls its partition loudly and nothing is skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from baton.schemas.decision import Decision
 from baton.sinks.rows import KEPT_BYTES
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.topics import TopicCatalog, ensure_topics
@@ -38,12 +40,13 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBro
         broker.stop()
 
 
-def test_a_101_mb_record_on_gov_decisions_does_not_stop_the_sink(
-    own_broker: EmbeddedBroker, tmp_path: Path
-) -> None:
-    prefix = "s17sink."
+def _sink_behind_a_huge_record(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str, size: int, env: dict[str, str]
+) -> tuple[SinkProcess, Decision, Decision]:
+    """A sink of its own (``env``) on ``prefix``'s gov.decisions of one partition, which holds
+    a decision, a record of ``size`` bytes and a decision, one record a batch."""
     catalog = TopicCatalog(prefix=prefix, partitions=1, replication=1)
-    ensure_topics({"bootstrap.servers": own_broker.bootstrap}, catalog, timeout=10)
+    ensure_topics({"bootstrap.servers": broker.bootstrap}, catalog, timeout=10)
     before, after = _published(
         [
             handoff("h1", "t1", "planner", "researcher", run_id="rs"),
@@ -51,11 +54,9 @@ def test_a_101_mb_record_on_gov_decisions_does_not_stop_the_sink(
         ],
         "rs",
     )
-    producer = Producer(
-        {"bootstrap.servers": own_broker.bootstrap, "message.max.bytes": 1_000_000_000}
-    )
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "message.max.bytes": 1_000_000_000})
     errors: list[object] = []
-    for value in (before.to_json(), b"x" * 101_000_000, after.to_json()):
+    for value in (before.to_json(), b"x" * size, after.to_json()):
         producer.produce(
             catalog.decisions, value, partition=0, on_delivery=lambda e, m: errors.append(e)
         )
@@ -63,7 +64,21 @@ def test_a_101_mb_record_on_gov_decisions_does_not_stop_the_sink(
     del producer
     assert errors == [None, None, None]
     sink = SinkProcess(
-        own_broker.bootstrap, prefix, tmp_path / "chdb", tmp_path / "sink.log", partitions=1
+        broker.bootstrap,
+        prefix,
+        tmp_path / "chdb",
+        tmp_path / "sink.log",
+        partitions=1,
+        extra_env=env,
+    )
+    return sink, before, after
+
+
+def test_a_101_mb_record_on_gov_decisions_does_not_stop_the_sink(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    sink, before, after = _sink_behind_a_huge_record(
+        own_broker, tmp_path, "s17sink.", 101_000_000, {}
     )
     try:
         sink.wait_ready()
@@ -86,6 +101,31 @@ def test_a_101_mb_record_on_gov_decisions_does_not_stop_the_sink(
 
         rejected = wait_for(rejected_rows, 30, message=sink.log)
         assert [(int(o), kind, int(n)) for o, kind, n in rejected] == [(1, "oversized", KEPT_BYTES)]
+        assert sink.alive(), sink.log()
+    finally:
+        sink.stop()
+
+
+def test_a_batch_past_the_receive_bound_stalls_its_partition_loudly_and_skips_nothing(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Session 18 (H2, F7): the bound is ``BATON_SINK_MAX_RECEIVE_BYTES`` now (20 MB here, so
+    the record stays cheap), not 2 GiB; a batch past it is not skipped (fail closed: Tansu
+    answers a fetch at a readable offset with the readable records and the oversized batch
+    together, so no offset can be named as unreadable): the stall is logged and counted."""
+    env = {"BATON_SINK_MAX_RECEIVE_BYTES": "20000000"}
+    sink, _, after = _sink_behind_a_huge_record(own_broker, tmp_path, "s18sink.", 25_000_000, env)
+    try:
+        sink.wait_ready()
+        stalled = "a fetch answer past BATON_SINK_MAX_RECEIVE_BYTES"
+        wait_for(lambda: stalled in sink.log(), 30, message=sink.log)
+        log = sink.log()
+        assert "Invalid response size" in log and "(0..20000000)" in log, log
+        # nothing skipped: the records after the batch (and, on Tansu, the one before it, in the
+        # same answer) wait for a raised bound; none is rejected in their place
+        ids = sink.query("SELECT decision_id FROM governance.decisions")
+        assert (after.decision_id,) not in ids
+        assert sink.query("SELECT count() FROM governance.rejected")[0][0] == 0
         assert sink.alive(), sink.log()
     finally:
         sink.stop()

@@ -2,7 +2,11 @@
 sink's own process, by a client without the token: what a connection may hold before its
 credentials are read. Each held a thread of the sink, and http.server reads 100 header lines
 of 64 KB each (6.5 MB a connection, held while the client trickles), with no bound on how
-many connections: the /metrics endpoint was bounded in session 10, this one was not."""
+many connections: the /metrics endpoint was bounded in session 10, this one was not.
+
+Session 18 (H2), two NITs of those bounds: a slow but legal head left the socket's timeout at
+what remained of the head's deadline, so the answer to a client reading at its own pace was
+cut off; and the body's first bytes, read ahead with the head, counted toward its 64 KiB."""
 
 from __future__ import annotations
 
@@ -125,3 +129,79 @@ def test_an_answer_without_the_token_ends_its_connection(server: SqlServer, path
             + f"X-ClickHouse-Key: {server.token}\r\n\r\n".encode()
         )
         assert not _closed(kept, 1.5), "a token holder's connection was closed"
+
+
+def _answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and the body of one answer (its whole Content-Length, or what came
+    before the server closed the connection)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data.split(b"\r\n")[0], b""
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(
+        next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[
+            1
+        ]
+    )
+    while len(body) < length:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        body += chunk
+    return head.split(b"\r\n")[0], body
+
+
+def test_a_slow_legal_head_still_gets_its_whole_answer(
+    server: SqlServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head in within its deadline (1 s here), 0.15 s to spare; the answer, 16 MB, is read
+    after a pause of 1 s: the server's sends waited at most the 0.15 s and it hung up."""
+    monkeypatch.setattr(sql_http, "HEAD_DEADLINE_S", 1.0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.settimeout(20)
+    sock.connect(("127.0.0.1", server.port))
+    with sock:
+        query = "SELECT+repeat('a',1000)+FROM+numbers(16000)"
+        sock.sendall(b"G")
+        time.sleep(0.85)
+        sock.sendall(
+            f"ET /?query={query} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-ClickHouse-User: baton\r\n"
+            f"X-ClickHouse-Key: {server.token}\r\n\r\n".encode()
+        )
+        time.sleep(1.0)
+        status, body = _answer(sock)
+    assert status == b"HTTP/1.1 200 OK"
+    assert len(body) == 16000 * 1001, len(body)
+
+
+def test_a_legal_head_near_the_bound_sent_with_its_body_is_answered(server: SqlServer) -> None:
+    """A head of 60 KiB (under the 64 KiB bound) and an 8 KiB body in one write: the body's
+    first bytes came in with the head's last read and the head was refused 431. A head past
+    the bound still is."""
+    body = b"SELECT 1" + b" " * 8192
+    pad = b"a" * (60 * 1024 - 200)
+    head = (
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-ClickHouse-User: baton\r\n"
+        + f"X-ClickHouse-Key: {server.token}\r\nContent-Length: {len(body)}\r\n".encode()
+        + b"X-Pad: "
+        + pad
+        + b"\r\n\r\n"
+    )
+    assert len(head) < sql_http.HEAD_MAX_BYTES < len(head) + len(body)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        assert _answer(sock) == (b"HTTP/1.1 200 OK", b"1\n")
+    # the read-ahead counts only for a head that ended within the bound: one of 66 KiB with
+    # its body behind it is still refused 431 (or its connection closed)
+    over = head.replace(pad, b"a" * (66 * 1024))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        try:
+            sock.sendall(over + body)
+            status, _ = _answer(sock)
+        except OSError:
+            status = b"closed"
+    assert status in (b"closed", b"") or b" 431 " in status, status

@@ -62,6 +62,8 @@ def test_a_record_past_the_bound_is_rejected_unparsed_by_a_parse_process() -> No
     _check(chunk.rows, chunk.rejected)
 
 
-def test_the_sinks_consumer_takes_the_largest_answer() -> None:
+def test_the_sinks_consumer_takes_an_answer_holding_the_largest_batch_tansu_takes() -> None:
+    """Session 18 (H2): not 2 GiB any more (an answer costs ~2x its size in memory), but still
+    what one batch of Tansu's largest (256 MiB) after a fetch's worth of others needs."""
     conf = audit_consumer_config({"bootstrap.servers": "127.0.0.1:1"}, "g")
-    assert conf["receive.message.max.bytes"] == 2_147_483_647
+    assert conf["receive.message.max.bytes"] == 256 * 1024 * 1024 + conf["fetch.max.bytes"] + 512
