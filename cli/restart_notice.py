@@ -34,8 +34,9 @@ def fold_kill_switches(records: Iterable[tuple[str, ...]]) -> list[str]:
     """``run RUN``, ``tenant T`` or ``global`` for every switch whose last applied command
     (of ``(reason, run_id, tenant, detail[, command])`` control records, oldest first) engaged
     it, unless that kill's command is recorded: `baton up` re-issues those (cli.restore_kills)."""
+    # the scope too is a row's text (its detail, which a forger of a worker's id chooses)
     return [
-        "global" if scope == "global" else f"{scope} {shown(target)}"
+        "global" if scope == "global" else f"{shown(scope)} {shown(target)}"
         for scope, target in lost_kill_scopes(records)
     ]
 

@@ -90,7 +90,7 @@ def name_a_lost_policy(audit: Path, version: str, say: Callable[[str], None]) ->
         return  # the same policy, or a signed publication the restore re-issues
     published = f", published by {shown(before.published_by)}" if before.published_by else ""
     say(
-        f"WARNING: the policy in force before this restart (version {before.version}"
+        f"WARNING: the policy in force before this restart (version {shown(before.version)}"
         f"{published}, last recorded {before.at[:19]} UTC) is NOT in force now: this start uses "
         f"policy {version} (--policy / BATON_POLICY, else the seed policy). Re-publish it "
         "with `baton policy publish FILE`, or start with --policy FILE"

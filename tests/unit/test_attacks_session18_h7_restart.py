@@ -1,0 +1,77 @@
+"""Session 18 (H7, review of H5's F5): what a `baton up` restart prints of audit rows others
+wrote, escaped like the rest of the notice.
+
+H5's F5 escaped a policy's label and errors in `baton policy current`; the restart notice
+(``up_restart``) already escaped who published the policy in force, but printed two other
+fields of the same forged control rows raw. A writer of gov.decisions stores a control row
+(control rows are not chained) whose ``policy_version`` holds ESC sequences: every `baton up`
+on that data dir printed them in its "policy in force before this restart" WARNING. A kill
+row whose ``detail`` is ``scope=<ESC ...>`` (its id derived as a worker's, so it counts as
+made) was named in the "kill switch(es) ... NOT in force" WARNING as ``<ESC ...> *``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from baton.cli import restart_notice, up_restart
+from baton.cli.restart_notice import PolicyInForce, as_made, fold_kill_switches
+from baton.schemas.decision import Phase, decision_id_for
+from baton.sinks.audit_batch import AuditBatch
+from baton.sinks.rows import DECISION_COLUMNS
+
+pytestmark = pytest.mark.unit
+
+_ESC = "\x1b]0;PWNED\x07\x1b[2J"
+
+
+def test_the_sink_stores_a_control_row_whose_version_and_detail_hold_escapes() -> None:
+    """The rows below reach the audit: nothing on the way refuses the characters."""
+    doc = {
+        "decision_id": "c" * 32,
+        "request_id": "policy_updated:x",
+        "run_id": "*",
+        "tenant": "default",
+        "phase": "control",
+        "outcome": "allow",
+        "reason": "policy_updated",
+        "policy_version": _ESC,
+        "detail": f"scope={_ESC}",
+        "decided_at": datetime.now(UTC).isoformat(),
+    }
+    batch = AuditBatch(topic="gov.decisions", ttl_days=365)
+    batch.add(0, 0, orjson.dumps(doc))
+    assert not batch.rejected
+    row = dict(zip(DECISION_COLUMNS, batch.rows[0], strict=True))
+    assert (row["policy_version"], row["detail"]) == (_ESC, f"scope={_ESC}")
+
+
+def test_a_lost_policy_whose_version_holds_escapes_is_named_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forged = PolicyInForce(_ESC, "mallory", "2026-12-01 11:00:00")
+    monkeypatch.setattr(restart_notice, "policy_in_force", lambda audit: forged)
+    said: list[str] = []
+    up_restart.name_a_lost_policy(tmp_path, "0123456789abcdef", said.append)
+    assert len(said) == 1 and "NOT in force now" in said[0]
+    assert "\x1b" not in said[0] and "\x07" not in said[0], said
+
+
+def test_a_lost_kill_whose_scope_holds_escapes_is_named_escaped() -> None:
+    request_id = "kill_switch:x"
+    row = (
+        "kill_switch",
+        "r1",
+        "*",
+        f"scope={_ESC}",
+        "",
+        decision_id_for("r1", request_id, Phase.CONTROL),
+        request_id,
+    )
+    names = fold_kill_switches([as_made(row)])
+    assert len(names) == 1
+    assert "\x1b" not in names[0] and "\x07" not in names[0], names
