@@ -93,7 +93,9 @@ def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any
         output.say(f"audit sink: {sink.topic} -> {sink.label}{where}")
 
     def report(stats: Any) -> None:
-        if stats.rows or stats.last_error:
+        # a stall behind the receive bound too: error_cb counts it, and a sink stalled before
+        # its first row (restarted behind the batch) printed no status line
+        if stats.rows or stats.last_error or stats.oversized_answers:
             output.say(f"audit sink: {stats.describe()}")
 
     with stop_on_signals() as stop:
