@@ -165,6 +165,7 @@ def up_cmd(
     if not no_audit:
         _refuse_busy_sql_port(sql_port)
     _refuse_busy_metrics_port(settings.metrics_port_number)
+    refuse_shared_ports(port, None if no_audit else sql_port, settings.metrics_port_number)
     try:
         restart = RestartPolicy(
             backoff_s=restart_backoff_s,
@@ -326,6 +327,20 @@ def _refuse_busy_metrics_port(port: int | None) -> None:
             f"cannot serve the worker's /metrics on 127.0.0.1:{port}: the port is taken; pass "
             "--metrics-port 0 (any free port) or --metrics-port off (env BATON_METRICS_PORT)"
         ) from None
+
+
+def refuse_shared_ports(broker: int | None, sql: int | None, metrics: int | None) -> None:
+    """One port given to two of the stack's servers (0 or None: a free one, none): both
+    probes above pass, since nothing holds it yet; then the loser exited at every restart
+    and `baton up` gave up after ~40 s of them."""
+    given = [("--port", broker), ("--sql-port", sql), ("--metrics-port", metrics)]
+    for i, (first, a) in enumerate(given):
+        for second, b in given[i + 1 :]:
+            if a and a == b:
+                raise ConfigError(
+                    f"{first} and {second} are both {a}: the servers of one stack need a port "
+                    "each; give another, or 0 for a free one"
+                )
 
 
 def write_stack_record(
