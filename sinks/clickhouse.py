@@ -98,6 +98,12 @@ def parse_dsn(dsn: str) -> Target:
             )
         # chdb compares engine paths literally: resolve once so every spelling is one engine
         path = Path(rest).expanduser().resolve()
+        if path == Path(path.anchor):  # `chdb:///$AUDIT_DIR`, unset: chDB's files in /
+            raise ConfigError(
+                "clickhouse_dsn (BATON_CLICKHOUSE_DSN): the chdb DSN names the filesystem root "
+                f"({path}); expected chdb:///abs/dir or chdb:rel/dir, a directory of the audit's "
+                "own"
+            )
         return Target("chdb", dsn, f"chdb:{path}", path)
     try:
         parts = urlsplit(dsn)

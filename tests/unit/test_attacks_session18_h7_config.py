@@ -1,10 +1,15 @@
-"""Session 18 (H7, review of H5's F9): a port `baton up` hands out twice.
+"""Session 18 (H7, review of H5's F9 and F7): two more settings a careless operator writes.
 
 F9 refused a `--metrics-port` another process holds before `baton up` starts anything; the
 ports `baton up` itself hands out were not compared: ``--sql-port P --metrics-port P`` (or
 the broker's ``--port P`` with either) passed both probes, since nothing held P yet; then the
 worker and the sink (or the broker) raced for P and the loser exited at every restart
 (measured: the sink exited 5 times, `baton up` gave up after 43 s). Refused at once now.
+
+F7 refused ``chdb:`` and ``chdb://`` (``chdb:$AUDIT_DIR`` with the variable unset); the
+documented absolute form with the variable unset, ``chdb:///$AUDIT_DIR``, is ``chdb:///``: the
+audit was opened in the filesystem root (as root, chDB's files written into /; a later start
+with the variable set found none of it). Refused now, naming the forms.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from baton.schemas.errors import ConfigError
+from baton.sinks.clickhouse import parse_dsn
 from baton.streams.net import free_port
 
 pytestmark = pytest.mark.unit
@@ -47,3 +53,13 @@ def test_baton_up_with_no_audit_does_not_compare_the_sql_port(tmp_path: Path) ->
     refuse_shared_ports(9092, None, 9092 + 1)
     refuse_shared_ports(0, 0, 0)  # 0: a free port each
     refuse_shared_ports(None, None, None)
+
+
+@pytest.mark.parametrize("dsn", ["chdb:///", "chdb:/", "chdb:///.", "chdb:/.."])
+def test_a_chdb_dsn_naming_the_filesystem_root_is_refused(dsn: str) -> None:
+    with pytest.raises(ConfigError, match="filesystem root"):
+        parse_dsn(dsn)
+
+
+def test_a_chdb_dsn_naming_a_directory_under_the_root_is_taken() -> None:
+    assert parse_dsn("chdb:///var/lib/baton").chdb_path == Path("/var/lib/baton")
