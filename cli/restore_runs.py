@@ -49,6 +49,7 @@ from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
 from baton.schemas.decision import Reason
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
+from baton.sinks.render import shown
 
 __all__ = ["restore_runs"]
 
@@ -97,7 +98,7 @@ def restore_runs(
     if replaced:
         say(
             f"restore: WARNING: {len(replaced)} policy record(s) of the audit were replaced by "
-            f"rows no worker writes ({', '.join(replaced[:3])}): a policy update they stood "
+            f"rows no worker writes ({_first_names(replaced, 3)}): a policy update they stood "
             "for is NOT re-issued, and the workers may decide under an older policy; "
             "re-publish the policy you want with `baton policy publish`"
         )
@@ -244,10 +245,10 @@ def _say_what_was_not_verified(
 ) -> None:
     """One line per kind of run the audit could not vouch for, and the missing chain key."""
     if rebuilt.impossible:
-        shown = rebuilt.impossible[0][:40]
+        first = rebuilt.impossible[0][:40]
         say(
             f"restore: WARNING: {len(rebuilt.impossible)} runs in the audit have ids no event "
-            f"can carry (1 to {MAX_RUN_ID} characters; first: {shown!r}...): forged rows, not "
+            f"can carry (1 to {MAX_RUN_ID} characters; first: {first!r}...): forged rows, not "
             "restored"
         )
     unverified = rebuilt.unfaithful + rebuilt.unverified_counters
@@ -262,7 +263,7 @@ def _say_what_was_not_verified(
     if rebuilt.broken:
         say(
             f"restore: WARNING: the decision chains of {len(rebuilt.broken)} runs are broken "
-            f"(first: {rebuilt.broken[0]}): rows were deleted, inserted or altered; each is "
+            f"(first: {shown(rebuilt.broken[0])}): rows were deleted, inserted or altered; each is "
             "restored STOPPED (audit_unverified)"
         )
     if rebuilt.partial:
@@ -276,9 +277,10 @@ def _say_what_was_not_verified(
         )
 
 
-def _first_names(runs: list[str]) -> str:
-    """The first five run ids of a warning, and `...` when there are more."""
-    return ", ".join(runs[:5]) + (" ..." if len(runs) > 5 else "")
+def _first_names(runs: list[str], first: int = 5) -> str:
+    """The first five run ids of a warning, and `...` when there are more; escaped: run ids
+    are any text (a client's, a forged row's), and an ESC in one reached the terminal."""
+    return ", ".join(shown(run) for run in runs[:first]) + (" ..." if len(runs) > first else "")
 
 
 def _aged(state: RunState | None, settings: Settings, now: datetime) -> RunState | None:

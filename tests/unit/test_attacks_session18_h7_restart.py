@@ -75,3 +75,20 @@ def test_a_lost_kill_whose_scope_holds_escapes_is_named_escaped() -> None:
     names = fold_kill_switches([as_made(row)])
     assert len(names) == 1
     assert "\x1b" not in names[0] and "\x07" not in names[0], names
+
+
+def test_the_restore_names_run_and_request_ids_of_the_audit_escaped() -> None:
+    """The restore's WARNING lines at `baton up` named run ids (ids, not names: any
+    character, a client's or a forged row's) and the request ids of replaced policy rows
+    raw: a run whose forged rows replay unfaithfully, or whose chain is broken, sent its id's
+    ESC sequences to the terminal at every start."""
+    from baton.cli.restore_runs import _first_names, _Rebuilt, _say_what_was_not_verified
+    from baton.schemas.settings import Settings
+
+    rebuilt = _Rebuilt(unfaithful=[f"r{_ESC}"], broken=[f"r{_ESC}: a gap after step 2"])
+    said: list[str] = []
+    _say_what_was_not_verified(rebuilt, Settings(), said.append)
+    assert len(said) >= 2 and all("PWNED" in line for line in said[:2]), said
+    assert not any("\x1b" in line or "\x07" in line for line in said), said
+    names = _first_names([f"policy_updated:{_ESC}", "b"])
+    assert "\x1b" not in names and "\x07" not in names and names.endswith(", b")
