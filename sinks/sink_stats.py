@@ -13,6 +13,10 @@ log = logging.getLogger("baton.sinks.sink")
 #: librdkafka's words for a fetch answer past receive.message.max.bytes: it read the answer's
 #: size only, drops the connection and sends the same fetch again, for ever
 OVERSIZED_ANSWER = "Invalid response size"
+#: a stalled partition's answers are refused about once a second: the ERROR line is written
+#: for the first and then at most once this often, with the count since (a day of stall was
+#: ~86k lines of the sink's log)
+OVERSIZED_LOG_EVERY_S = 60.0
 
 
 @dataclass
@@ -31,6 +35,8 @@ class SinkStats:
     lag: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     _window: tuple[float, int] = field(default=(0.0, 0), repr=False)
+    #: (when the oversized ERROR line was last written, oversized_answers then)
+    _oversized_logged: tuple[float, int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._window = (self.started, 0)
@@ -44,10 +50,18 @@ class SinkStats:
             return
         self.oversized_answers += 1
         self.last_oversized = text
+        now = time.monotonic()
+        logged = self._oversized_logged
+        if logged is not None and now - logged[0] < OVERSIZED_LOG_EVERY_S:
+            return
+        since = "" if logged is None else f" ({self.oversized_answers - logged[1]} since the last line)"
+        self._oversized_logged = (now, self.oversized_answers)
         log.error(
-            "audit sink: a fetch answer past BATON_SINK_MAX_RECEIVE_BYTES: a record batch on "
+            "audit sink: a fetch answer past BATON_SINK_MAX_RECEIVE_BYTES%s: a record batch on "
             "gov.decisions is larger, and its partition is not read past it until the bound is "
-            "raised (nothing is skipped; baton_audit_oversized_answers counts these): %s",
+            "raised (nothing is skipped; baton_audit_oversized_answers counts these; this line "
+            "is repeated at most once a minute): %s",
+            since,
             text,
         )
 
@@ -68,7 +82,8 @@ class SinkStats:
         error = f"; last error: {self.last_error}" if self.last_error else ""
         if self.oversized_answers:
             error += (
-                f"; {self.oversized_answers} fetch answers past the receive bound, a partition "
+                f"; {self.oversized_answers} fetch answer{'' if self.oversized_answers == 1 else 's'}"
+                " past the receive bound, a partition "
                 f"stalled (last: {self.last_oversized})"
             )
         return (

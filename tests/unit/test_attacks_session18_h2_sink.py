@@ -63,10 +63,29 @@ def test_an_answer_past_the_bound_is_counted_named_and_exported(
     assert "2 fetch answers past the receive bound, a partition stalled" in stats.describe()
     assert "Invalid response size 25000592" in stats.describe()
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 2 and "BATON_SINK_MAX_RECEIVE_BYTES" in errors[0]
+    # the first refusal is logged, the next within a minute only counted (one a second for
+    # as long as the stall lasts filled the sink's log)
+    assert len(errors) == 1 and "BATON_SINK_MAX_RECEIVE_BYTES" in errors[0]
     assert any("Disconnected" in r.getMessage() for r in caplog.records)  # still logged
     metrics = {m.name: m for m in SinkMetrics(lambda: stats).collect()}
     assert metrics["baton_audit_oversized_answers"].samples[0].value == 2
+
+
+def test_a_stall_logs_its_error_once_a_minute_with_the_count(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("baton.sinks.sink_stats.time.monotonic", lambda: clock[0])
+    stats = SinkStats()
+    with caplog.at_level(logging.ERROR, logger="baton.sinks.sink"):
+        for _ in range(120):  # two minutes of one refused answer a second
+            stats.kafka_error(REFUSED)
+            clock[0] += 1.0
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert "(60 since the last line)" in errors[1]
+    assert stats.oversized_answers == 120
+    assert "120 fetch answers past" in stats.describe()
 
 
 class _Parsers:

@@ -47,5 +47,5 @@ def test_a_sink_stalled_before_its_first_row_says_so_in_its_status_line(
         env={"BATON_METRICS_PORT": "off", "BATON_CLICKHOUSE_DSN": "chdb://memory"},
     )
     assert result.exit_code == 0, result.output
-    (line,) = [ln for ln in result.output.splitlines() if "fetch answers past" in ln]
-    assert "1 fetch answers past the receive bound, a partition stalled" in line
+    (line,) = [ln for ln in result.output.splitlines() if "fetch answer past" in ln]
+    assert "1 fetch answer past the receive bound, a partition stalled" in line
