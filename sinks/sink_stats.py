@@ -54,7 +54,9 @@ class SinkStats:
         logged = self._oversized_logged
         if logged is not None and now - logged[0] < OVERSIZED_LOG_EVERY_S:
             return
-        since = "" if logged is None else f" ({self.oversized_answers - logged[1]} since the last line)"
+        since = ""
+        if logged is not None:
+            since = f" ({self.oversized_answers - logged[1]} since the last line)"
         self._oversized_logged = (now, self.oversized_answers)
         log.error(
             "audit sink: a fetch answer past BATON_SINK_MAX_RECEIVE_BYTES%s: a record batch on "
@@ -81,10 +83,10 @@ class SinkStats:
         lag = " ".join(f"p{p}={n}" for p, n in sorted(self.lag.items())) or "-"
         error = f"; last error: {self.last_error}" if self.last_error else ""
         if self.oversized_answers:
+            plural = "" if self.oversized_answers == 1 else "s"
             error += (
-                f"; {self.oversized_answers} fetch answer{'' if self.oversized_answers == 1 else 's'}"
-                " past the receive bound, a partition "
-                f"stalled (last: {self.last_oversized})"
+                f"; {self.oversized_answers} fetch answer{plural} past the receive bound, "
+                f"a partition stalled (last: {self.last_oversized})"
             )
         return (
             f"{self.rows} decisions in {self.batches} batches ({self.rows_per_s():.0f}/s), "
