@@ -56,7 +56,7 @@ from baton.processors.replay_steps import (
 from baton.processors.replay_trimmed import judge_trimmed
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
-from baton.schemas.event_fast import fast_parse
+from baton.schemas.event_fast import fast_parse_text
 from baton.schemas.events import (
     FAST_KINDS,
     MAX_EVENT_BYTES,
@@ -100,15 +100,14 @@ _HandoffCompleted: Final = HandoffCompleted
 def _input_event(text: str | None, run_key: bytes) -> RunEvent | None:
     """A step's recorded input as parse_event reads it (None: a timer step, no input): the
     compiled fast path in one call where it surely applies (the event of ``run_key``'s run),
-    else parse_event itself, errors and all."""
+    read from the text itself, else parse_event of its bytes, errors and all."""
     if text is None:
         return None
-    raw = text.encode()
     if _FAST_KINDS:
-        event = fast_parse(raw, _FAST_KINDS, _MOST)
+        event = fast_parse_text(text, _FAST_KINDS, _MOST)
         if event is not None and event.run_id.encode() == run_key:
             return event  # type: ignore[no-any-return]
-    return _parse_event(raw, run_key)
+    return _parse_event(text.encode(), run_key)
 
 
 def runs_of(rows: Iterable[Sequence[object]]) -> Iterator[list[Recorded]]:
