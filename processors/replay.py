@@ -39,6 +39,7 @@ from baton.processors.replay_report import (
     ReplayReport,
     RunOutcome,
     label,
+    new_change,
     new_run,
     usd,
 )
@@ -240,7 +241,9 @@ def _compare(
         outcome.transitions[f"{was} → {now}"] += 1
         if outcome.first_change is None:
             request_id = getattr(event, "request_id", None)
-            outcome.first_change = Change(n, rec.decided_at, request_id, _handoff(event), was, now)
+            outcome.first_change = new_change(
+                n, rec.decided_at, request_id, _handoff(event), was, now
+            )
         stops = other is None or other.outcome == _STOP
         if type(event) is _HandoffRequested and rec.outcome == _ALLOW and stops:
             stopped_now.add(event.request_id)
