@@ -130,4 +130,3 @@ def test_an_amount_the_cache_holds_or_not_gives_one_text() -> None:
             if row[at] > 0:  # (a negative amount never is one: -1e-7 is "-0.000000", as
                 row[at] = Decimal(usd_text(row[at]))  # a float only; chain_content's own way)
         assert chain_content(row) == first
-
