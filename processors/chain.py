@@ -19,10 +19,16 @@ that knows the run's head (the worker's state), not from the audit alone.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final
 
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, chain_hash, chain_values
+from baton.schemas.decision import (
+    Decision,
+    chain_hash,
+    chain_values,
+    content_hash,
+    decision_content,
+)
 
 __all__ = ["link"]
 
@@ -41,9 +47,9 @@ def link(
     compiled = _COMPILED
     for d in decisions:
         d.chain_prev = head
-        if compiled:
-            values = _values(d, d.input if input is None else input)
-            d.chain_hash = head = chain_hash(key, head, values)
+        if compiled:  # the content written from native fields (decision_content)
+            content = decision_content(d, d.input if input is None else input)
+            d.chain_hash = head = content_hash(key, head, content)
         elif input is None:
             d.chain_hash = head = chain_hash(key, head, chain_values(d))
         else:
@@ -53,19 +59,7 @@ def link(
     state.chain_head = head
 
 
-#: this module is compiled (BATON_COMPILE=1): a Decision is a native class
+#: this module is compiled (BATON_COMPILE=1): a Decision is a native class, whose fields
+#: ``decision_content`` reads natively (``chain_values``, an attrgetter, reads each through its
+#: descriptor); interpreted, chain_values and chain_content are the faster
 _COMPILED: Final = not __file__.endswith(".py")
-
-
-def _values(d: Decision, input: str | None) -> list[Any]:
-    """``chain_values(d)`` with ``input`` for its input, read as native fields: compiled,
-    ``chain_values`` (an attrgetter) reads each through its descriptor (1.1 µs a link, this
-    0.2; interpreted it is the faster). tests/unit/test_chain.py holds the two equal."""
-    return [
-        d.decision_id, d.request_id, d.run_id, d.tenant, d.phase, d.outcome, d.reason, d.owner,
-        d.from_agent, d.to_agent, d.task_id, d.parent_task_id, d.action, d.depth,
-        d.handoff_count, d.spent_usd, d.tool_calls, d.handoff_status, d.fallback,
-        d.approval_id, d.approval_expires_at, d.approver, d.policy_version, d.event_time,
-        d.decided_at, d.worker, d.partition, d.offset, d.shadow_outcome, d.tool,
-        d.reserved_usd, d.detail, d.request_digest, input,
-    ]  # fmt: skip

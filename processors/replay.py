@@ -39,6 +39,7 @@ from baton.processors.replay_report import (
     ReplayReport,
     RunOutcome,
     label,
+    new_change,
     new_run,
     usd,
 )
@@ -56,7 +57,7 @@ from baton.processors.replay_steps import (
 from baton.processors.replay_trimmed import judge_trimmed
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
-from baton.schemas.event_fast import fast_parse
+from baton.schemas.event_fast import fast_parse_text
 from baton.schemas.events import (
     FAST_KINDS,
     MAX_EVENT_BYTES,
@@ -100,15 +101,14 @@ _HandoffCompleted: Final = HandoffCompleted
 def _input_event(text: str | None, run_key: bytes) -> RunEvent | None:
     """A step's recorded input as parse_event reads it (None: a timer step, no input): the
     compiled fast path in one call where it surely applies (the event of ``run_key``'s run),
-    else parse_event itself, errors and all."""
+    read from the text itself, else parse_event of its bytes, errors and all."""
     if text is None:
         return None
-    raw = text.encode()
     if _FAST_KINDS:
-        event = fast_parse(raw, _FAST_KINDS, _MOST)
+        event = fast_parse_text(text, _FAST_KINDS, _MOST)
         if event is not None and event.run_id.encode() == run_key:
             return event  # type: ignore[no-any-return]
-    return _parse_event(raw, run_key)
+    return _parse_event(text.encode(), run_key)
 
 
 def runs_of(rows: Iterable[Sequence[object]]) -> Iterator[list[Recorded]]:
@@ -241,7 +241,9 @@ def _compare(
         outcome.transitions[f"{was} → {now}"] += 1
         if outcome.first_change is None:
             request_id = getattr(event, "request_id", None)
-            outcome.first_change = Change(n, rec.decided_at, request_id, _handoff(event), was, now)
+            outcome.first_change = new_change(
+                n, rec.decided_at, request_id, _handoff(event), was, now
+            )
         stops = other is None or other.outcome == _STOP
         if type(event) is _HandoffRequested and rec.outcome == _ALLOW and stops:
             stopped_now.add(event.request_id)

@@ -85,14 +85,24 @@ assert tuple(Recorded._fields)[_ORIGIN] == Origin._fields
 def steps(run: list[Recorded]) -> list[list[Recorded]]:
     """The run's decisions cut into engine calls (same input record, same time)."""
     out: list[list[Recorded]] = []
-    last: tuple[object, ...] | None = None
+    last: tuple[Any, ...] = ()
     for rec in run:
-        where = rec[6:11]  # decided_at, worker, partition, offset, input
-        if where != last:
+        row: tuple[Any, ...] = rec  # not Recorded: its fields read by place (see _ORIGIN)
+        # a new step unless decided_at, worker, partition, offset and input are the last
+        # row's: the offset first (it nearly always differs), no slice made (rec[6:11] != a
+        # slice of the last row, which each row paid for)
+        if (
+            not last
+            or row[9] != last[9]
+            or row[6] != last[6]
+            or row[7] != last[7]
+            or row[8] != last[8]
+            or row[10] != last[10]
+        ):
             out.append([rec])
-            last = where
         else:
             out[-1].append(rec)
+        last = row
     return out
 
 

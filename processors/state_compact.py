@@ -217,13 +217,22 @@ def compact_digest(digest: Any) -> Any:
     """A request digest as ``fresh`` holds it: the engine's 16 lowercase hex digits as their
     8 bytes, anything else (None, a record's odd value) as it is; ``digest_hex`` gives it back."""
     if type(digest) is str and len(digest) == 16:
+        last = _LAST_DIGEST
+        if digest is last[0]:  # the digest just made bytes (replay's two decides of a step)
+            return last[1]
         try:
             raw = _from_hex(digest)
         except ValueError:
             return digest
         if raw.hex() == digest:  # fromhex also takes capitals and spaces
+            last[0], last[1] = digest, raw
             return raw
     return digest
+
+
+#: the newest digest compact_digest made bytes, and those bytes: a replay step decided under
+#: the new policy too remembers the very digest the proof's remembered (dedup_keys keeps it)
+_LAST_DIGEST: Final[list[Any]] = [None, None]
 
 
 def digest_hex(digest: Any) -> Any:

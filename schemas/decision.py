@@ -34,6 +34,8 @@ __all__ = [
     "chain_content",
     "chain_hash",
     "chain_values",
+    "content_hash",
+    "decision_content",
     "decision_id_for",
     "is_link",
     "usd_text",
@@ -270,8 +272,24 @@ def _money_text(v: Any) -> str:
     if text is None:
         if len(_USD_TEXT) >= 65_536:
             _USD_TEXT.clear()
-        text = _USD_TEXT[v] = usd_text(v)
+        text = _USD_TEXT[v] = (type(v) is float and _short_usd_text(v)) or usd_text(v)
     return text
+
+
+def _short_usd_text(v: float) -> str:
+    """``usd_text(v)`` of a float whose shortest repr has at most 6 decimals and no exponent
+    (the Decimal ``usd_text`` quantizes is that repr's: padding it with zeros is exact, no
+    rounding), else "" (usd_text then; a third of its cost a miss of the cache above)."""
+    text = repr(v)
+    if "e" in text or "n" in text:  # 1e-07, 1e+16, inf, nan
+        return ""
+    whole, _, decimals = text.partition(".")
+    if len(decimals) > 6:
+        return ""
+    return f"{whole}.{decimals}{_ZEROS[len(decimals) :]}"  # (a format spec costs a call)
+
+
+_ZEROS: Final = "000000"
 
 
 def chain_content(values: Sequence[Any]) -> bytes:
@@ -317,6 +335,42 @@ def chain_content(values: Sequence[Any]) -> bytes:
 chain_values = attrgetter(*CHAIN_FIELDS)
 
 
+def decision_content(d: Decision, input: str | None) -> bytes:
+    """``chain_content`` of ``d``'s values with ``input`` for its input, read as native fields
+    and written in one pass (compiled: ``chain_values`` reads each field through its
+    descriptor, and chain_content copies the list, loops over its times and money and cuts
+    its tail). tests/unit/test_chain_content.py holds the two equal."""
+    decided: Any = d.decided_at  # (Any: a row the interpreted build holds may have None)
+    decided_us = None if decided is None else _micros(decided)
+    event_time = d.event_time
+    expires = d.approval_expires_at
+    spent, reserved = d.spent_usd, d.reserved_usd
+    out: list[Any] = [
+        d.decision_id, d.request_id, d.run_id, d.tenant, d.phase, d.outcome, d.reason, d.owner,
+        d.from_agent, d.to_agent, d.task_id, d.parent_task_id, d.action, d.depth,
+        d.handoff_count,
+        "0.000000" if not spent else _USD_TEXT.get(spent) or _money_text(spent),
+        d.tool_calls, d.handoff_status, d.fallback, d.approval_id,
+        None if expires is None else _micros(expires),
+        d.approver, d.policy_version,
+        decided_us if event_time is None else _micros(event_time),
+        decided_us, d.worker, d.partition, d.offset, d.shadow_outcome, d.tool,
+        "0.000000" if not reserved else _USD_TEXT.get(reserved) or _money_text(reserved),
+        d.detail, d.request_digest,
+    ]  # fmt: skip
+    if input is not None:
+        out.append({"input": input})
+    return orjson.dumps(out)
+
+
+def _micros(v: datetime) -> int:
+    """``v`` as whole microseconds since the epoch (chain_content's times)."""
+    if v.tzinfo is None:
+        v = v.replace(tzinfo=_UTC)
+    d = v - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
 #: key -> a keyed 16-byte BLAKE2b before any input, copied per link: a copy costs about a
 #: sixth of setting up a keyed hash (measured with timeit), and every decision is linked
 _KEYED: Final[dict[bytes, Any]] = {}
@@ -325,6 +379,11 @@ _KEYED: Final[dict[bytes, Any]] = {}
 def chain_hash(key: bytes, prev: str, values: Sequence[Any]) -> str:
     """The next link: keyed BLAKE2b (``key`` may be empty) of ``prev`` and the content of
     ``values`` (a decision's, in CHAIN_FIELDS order)."""
+    return content_hash(key, prev, chain_content(values))
+
+
+def content_hash(key: bytes, prev: str, content: bytes) -> str:
+    """:func:`chain_hash` of the values whose chain_content is ``content``."""
     keyed = _KEYED.get(key)
     if keyed is None:
         if len(_KEYED) >= 16:
@@ -333,7 +392,7 @@ def chain_hash(key: bytes, prev: str, values: Sequence[Any]) -> str:
     h = keyed.copy()
     h.update(prev.encode())
     h.update(b"\x1f")
-    h.update(chain_content(values))
+    h.update(content)
     return h.hexdigest()
 
 

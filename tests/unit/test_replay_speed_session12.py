@@ -4,10 +4,11 @@ Compiled with mypyc, a dataclass's ``__init__`` is still the interpreted one dat
 writes, so ``DecisionContext`` (made for every engine call) writes its own: it must take the
 fields in the same order with the same defaults. (Not ``Decision``: the engine makes it with
 ``Decision.__new__`` and sets its slots, which a compiled ``__init__`` would refuse.)
-The chain link reads a compiled decision's fields natively (``chain._values``): the same
-values as ``chain_values``. A page's rows are checked one value at a time
-(``replay_source._plain``) before the tuple of their types: it must accept only what the
-columns allow, so a forged row still meets ``_shape_checked``.
+The chain link reads a compiled decision's fields natively (``decision_content``, since
+session 18; ``chain._values`` before): the same bytes as ``chain_content(chain_values(d))``.
+A page's rows are checked one value at a time (``replay_source._plain``) before the tuple
+of their types: it must accept only what the columns allow, so a forged row still meets
+``_shape_checked``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ from typing import Any
 import orjson
 import pytest
 
-from baton.processors import chain
 from baton.processors.decision_builder import DecisionContext, Origin
 from baton.processors.policy_rules import rules_for
 from baton.processors.recorded import REPLAY_COLUMNS
-from baton.schemas.decision import CHAIN_FIELDS, Decision, Fallback, Outcome, Phase, chain_values
+from baton.schemas.decision import (
+    CHAIN_FIELDS,
+    Decision,
+    Fallback,
+    Outcome,
+    Phase,
+    chain_content,
+    chain_values,
+    decision_content,
+)
 from baton.schemas.errors import AuditUnavailable
 from baton.schemas.policy import load_policy
 from baton.sinks import replay_source
@@ -68,10 +77,11 @@ def _every_field_set() -> Decision:
 
 def test_the_chain_reads_the_fields_chain_values_reads() -> None:
     d = _every_field_set()
-    assert chain._values(d, d.input) == list(chain_values(d))
-    swapped = chain._values(d, "other input")
-    assert swapped[CHAIN_FIELDS.index("input")] == "other input"
-    assert swapped[:-1] == list(chain_values(d))[:-1]
+    assert decision_content(d, d.input) == chain_content(chain_values(d))
+    values = list(chain_values(d))
+    values[CHAIN_FIELDS.index("input")] = "other input"
+    assert decision_content(d, "other input") == chain_content(values)
+    assert decision_content(d, "other input") != decision_content(d, d.input)
 
 
 _GOOD_ROW: list[Any] = [
