@@ -210,6 +210,10 @@ def answer_known(
         own = with_digest(key, digest)
         if state.has_seen(own):
             return _replies(state, own, event, policy, now, kills, origin)
+        if state.evicted_at is not None and state.has_seen(TOMBSTONE_REPORT + digest):
+            # counted before the eviction; a later report under its id took the id's key at
+            # the tombstone: its mark is the tombstone's, never counted again
+            return [protocol_answer(state, event, policy, now, kills, origin, "not_kept")]
         return own
     if (
         state.evicted_at is not None

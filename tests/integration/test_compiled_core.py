@@ -77,6 +77,7 @@ CORE_TESTS = (
     "test_memory_session8.py",  # a decoded RunState's compact forms
     "test_compiled_share_session17.py",  # replay_share, state_compact compiled (session 17)
     "test_attacks_session17_replay_kafka.py",  # --from-kafka order and scope (H2), ~1 s
+    "test_attacks_session18_tombstone_reports.py",  # a report at a tombstone (engine_refusals)
     "test_replay_speed_session18.py",  # new_change, compact_digest's last, forged verdicts
 )
 #: what the probe prints: how many modules are compiled, the build, the engine's file, the
