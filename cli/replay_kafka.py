@@ -44,18 +44,25 @@ from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.batch import BatchProcessor, InputRecord, Outputs
+from baton.processors.batch_routing import route
 from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.engine import NO_KILLS
 from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
 from baton.processors.replay_read_order import PartitionClock, Stamped, read_order
 from baton.schemas.decision import Decision, Outcome, Reason
-from baton.schemas.events import HandoffRequested, parse_control_event, parse_event
+from baton.schemas.events import HandoffRequested, RunEvent, parse_control_event, parse_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
-__all__ = ["DecidedTopics", "decide_topics", "replay_decided", "replay_from_kafka"]
+__all__ = [
+    "DecidedTopics",
+    "decide_topics",
+    "decided_here",
+    "replay_decided",
+    "replay_from_kafka",
+]
 
 #: the latest record timestamp a record is read at (event_time's own bound; a producer sets
 #: any int64, and past year 9999 no datetime holds it): a later stamp, or one before -1 (no
@@ -73,6 +80,8 @@ def _records(
     isolation: str = "read_committed",
     tenants: bool = False,
     trimmed_s: float | None = None,
+    partitions: int = 1,
+    approvals: str | None = None,
 ) -> tuple[list[Stamped], dict[str, str | None]]:
     """(read time ms, topic, record) of ``topics`` read in the range (``since`` to ``until``;
     None: no bound), and the runs of the records read before ``since`` (with ``tenants``,
@@ -89,7 +98,9 @@ def _records(
     (retention, a deletion); the runs with a record read within this many seconds (the
     workers' run_retention_s) of its clock's first stamp may have begun in what is gone, and are
     counted as begun before the range (a run idle longer was evicted by then: the worker
-    stopped its late handoff under either policy)."""
+    stopped its late handoff under either policy). Only a record the worker decided as its
+    run's event where it was read (``decided_here``: ``partitions``, ``approvals`` as the
+    workers') begins a run before the range or in such a window."""
     from confluent_kafka import (
         OFFSET_BEGINNING,
         Consumer,
@@ -167,17 +178,18 @@ def _records(
                 # anchored on the clock's first stamp: a first record stamped past any time
                 # (or before the epoch) made every run of the partition partial, or none
                 cut[where] = clock.at + (trimmed_s or 0) * 1000
+            rec = InputRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+            early = start_ms is not None and clock.at < start_ms
             window = cut[where]
-            if window is not None and clock.at < window:
-                before.setdefault(_run_of(msg.key()), None)
-            if start_ms is not None and clock.at < start_ms:
-                run = _run_of(msg.key())
-                if before.get(run) is None:
-                    before[run] = _tenant_of(msg.key(), msg.value()) if tenants else None
-            elif stop_ms is None or clock.at < stop_ms:
-                rec = InputRecord(
-                    msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()
-                )
+            if early or (window is not None and clock.at < window):
+                # only a record the worker decided as its run's event where it was read: a
+                # dead letter, or an event forwarded to its run's partition (decided when
+                # its copy is read there), under a run's key tells nothing about the run
+                run = _run_of(rec.key)
+                known = before.get(run) is not None if tenants and early else run in before
+                if not known and (event := decided_here(rec, partitions, approvals)):
+                    before[event.run_id] = event.tenant if tenants and early else None
+            if not early and (stop_ms is None or clock.at < stop_ms):
                 out.append((clock.at if stamped else ts, msg.topic(), rec))
         return out, before
     finally:
@@ -187,6 +199,18 @@ def _records(
 def _run_of(key: bytes | None) -> str:
     """The run a record's key names (a key that is not UTF-8: its run is a dead letter)."""
     return (key or b"").decode("utf-8", "replace")
+
+
+def decided_here(rec: InputRecord, partitions: int, approvals: str | None) -> RunEvent | None:
+    """The run event the worker decided ``rec`` as where it was read (``route``, the worker's
+    own step); None for a record it decided nothing for there: a dead letter (no key, not an
+    event, another run's event under this key, an event on the wrong topic) or an event on
+    another run's partition (forwarded: decided where its copy is read)."""
+    try:
+        routed = route(rec, partitions, approvals, Outputs())
+    except Exception:
+        return None
+    return routed[1] if routed is not None else None
 
 
 def _begins_a_run(value: bytes | None) -> bool | None:
@@ -360,6 +384,8 @@ def replay_from_kafka(
         latest,
         tenants=tenant is not None,
         trimmed_s=settings.run_retention_s,
+        partitions=settings.partitions,
+        approvals=catalog.approvals,
     )
     records = in_scope(records, before, run_id, tenant)
     records += _records(settings, [catalog.control], None, until, latest, "read_uncommitted")[0]
