@@ -20,18 +20,19 @@ signatures checked against the policy in force). That is what the new policy is 
 with: the same report as a replay of the audit, where a kill switch's stops are replayed as
 recorded.
 
-A control record holds from its clock or its signing time, whichever is later, and goes
-first at an equal time (a kill applies; fail closed). A worker applies control records as
-its follower reads them, so a run event within ``max_staleness_s`` of a kill may have been
-decided before it: such a run shows as a change, never silently. A run with a record read
-before ``since``, or whose first event in the range is not a handoff request, is partial, as
-in the audit replay (a run begun before the range replayed from its first request in it
-would be judged on a history it lacks). A run the replay cannot decide for another reason is
-listed as partial with why *and* broken (exit 7: a gate never passes by its absence): a
-record of it stamped past the read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before the
-epoch (when it was read is unknown; such a stamp does not move its partition's clock), or a
-grant or denial of it stamped before the request it answers (two topics, merged by clock:
-in which order the worker read them is unknown). ``--tenant`` scopes whole runs by their
+A control record holds from its clock or its signing time, whichever is later, and goes first at
+an equal time (a kill applies; fail closed). A worker applies control records as its follower
+reads them, so a run event within ``max_staleness_s`` of a kill may have been decided before it:
+such a run shows as a change, never silently. A run with a record read before ``since``, or
+whose first event in the range is not a handoff request, is partial, as in the audit replay (a
+run begun before the range replayed from its first request in it would be judged on a history it
+lacks); only a record the worker decided as the run's event where it was read counts
+(``decided_here``: a dead letter under its key tells nothing). A run the replay cannot decide
+for another reason is listed as partial with why *and* broken (exit 7: a gate never passes by
+its absence): a record of it stamped past the read's start (plus ``CONTROL_CLOCK_SKEW_S``) or
+before the epoch (when it was read is unknown; such a stamp does not move its partition's
+clock), or a grant or denial of it stamped before the request it answers (two topics, merged by
+clock: in which order the worker read them is unknown). ``--tenant`` scopes whole runs by their
 first event's tenant, as the worker took it.
 """
 
@@ -213,16 +214,6 @@ def decided_here(rec: InputRecord, partitions: int, approvals: str | None) -> Ru
     return routed[1] if routed is not None else None
 
 
-def _begins_a_run(value: bytes | None) -> bool | None:
-    """Whether a record is a handoff request (a run's first event); None when it is no run
-    event at all (a dead letter: it leaves the run unbegun)."""
-    try:
-        event = parse_event(value or b"")
-    except Exception:
-        return None
-    return isinstance(event, HandoffRequested)
-
-
 class DecidedTopics(NamedTuple):
     """What a worker under the baseline decided for the topics' records (:func:`decide_topics`)."""
 
@@ -275,17 +266,23 @@ def decide_topics(
             in_force = apply_control_record(in_force, rec, "replay", now).in_force
             proc.policy = policies.setdefault(in_force.policy.version, in_force.policy)
             continue
-        run = _run_of(rec.key)
-        if run not in started and (begins := _begins_a_run(rec.value)) is not None:
-            started.add(run)
-            if not begins:
-                partial.add(run)  # its start is before the range
+        # a run begins at the first record the worker decided as its event here: a dead
+        # letter under its key, or its event on another run's partition (forwarded, decided
+        # where its copy is read), begins nothing
+        run = _run_of(rec.key)  # (a run's event: its key; parsed twice only until it began)
+        event = (
+            decided_here(rec, partitions, approvals) if run not in started or not stamped else None
+        )
+        if event is not None and event.run_id not in started:
+            started.add(event.run_id)
+            if not isinstance(event, HandoffRequested):
+                partial.add(event.run_id)  # its start is before the range
         out = proc.process([rec], now)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
         if not stamped:  # when it was read is unknown (a dead letter's time decides nothing)
             named = {d.run_id for _, d in out.decisions}
-            if _begins_a_run(rec.value) is not None:
-                named.add(run)
+            if event is not None:
+                named.add(event.run_id)
             for run_id in named:
                 undecidable.setdefault(run_id, _UNKNOWN_TIME.format(latest=_shown(latest_ms)))
         for run_id in _answered_early(out.decisions, early):

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import pytest
 
-from baton.cli.replay_kafka import replay_from_kafka
+from baton.cli.replay_kafka import decide_topics, replay_decided, replay_from_kafka
+from baton.processors.batch import InputRecord
 from baton.schemas.settings import Settings
 from tests.unit.test_attacks_session17_replay_kafka import _trimmed_topics
 from tests.unit.test_engine_support import at, completed, handoff
 from tests.unit.test_replay_kafka_read_order import (
     APPROVALS,
     BASELINE,
+    CONTROL,
     REQUESTS,
     STRICTER,
     _exit_code,
@@ -133,6 +135,42 @@ def test_an_event_on_another_runs_partition_before_since_does_not_begin_its_run(
     _partitioned(monkeypatch, held)
     settings = Settings(bootstrap="127.0.0.1:1", partitions=2)
     report, _ = replay_from_kafka(settings, STRICTER, BASELINE, at(50), None)
+    assert not report.partial, report.partial
+    assert [r.run_id for r in report.changed_runs] == ["ra"]
+    assert _exit_code(report) == 1
+
+
+def _ra_requests(first_s: float = 10) -> list:
+    """Run ra's three handoffs on gov.handoff.requests (partition 0), stamped from first_s."""
+    from tests.unit.test_replay_kafka_read_order import _request
+
+    return [_request("ra", n, n, first_s + 10 * n) for n in range(3)]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        # a completion on the approvals topic (wrong topic)
+        (APPROVALS, 0, b"ra", completed("ra-h0", "t0", "r", run_id="ra")),
+        # another run's completion under ra's key (key mismatch)
+        (APPROVALS, 0, b"ra", completed("zz-h0", "t0", "r", run_id="zz")),
+        # ra's completion on partition 1 of two (ra's key hashes to 0): forwarded
+        (REQUESTS, 1, b"ra", completed("ra-h0", "t0", "r", run_id="ra")),
+    ],
+    ids=["wrong-topic", "key-mismatch", "forwarded"],
+)
+def test_a_record_decided_nothing_for_before_a_runs_first_request_leaves_it_whole(
+    first: tuple,
+) -> None:
+    """A writer of a topic puts one record under ra's key on a quiet partition, stamped
+    5 s, before ra's first request (10 s): merged by clock it is read first. It is no run
+    event of ra's there (the worker dead-lettered or forwarded it), yet ra's "first event in
+    the range" was not a request: ra partial, the stricter policy's stop of its third
+    handoff hidden, exit 0."""
+    topic, partition, key, event = first
+    record = (_ms(5), topic, InputRecord(topic, partition, 0, key, event.to_json()))
+    decided = decide_topics([record, *_ra_requests()], BASELINE, 2, APPROVALS, CONTROL)
+    report = replay_decided(decided, STRICTER)
     assert not report.partial, report.partial
     assert [r.run_id for r in report.changed_runs] == ["ra"]
     assert _exit_code(report) == 1
