@@ -45,6 +45,7 @@ from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+from baton.cli.replay_kafka_scope import in_scope, run_of
 from baton.processors.batch import BatchProcessor, InputRecord, Outputs
 from baton.processors.batch_routing import route
 from baton.processors.control_apply import ControlInForce, apply_control_record
@@ -53,7 +54,7 @@ from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
 from baton.processors.replay_read_order import PartitionClock, Stamped, read_order
 from baton.schemas.decision import Decision, Outcome, Reason
-from baton.schemas.events import HandoffRequested, RunEvent, parse_control_event, parse_event
+from baton.schemas.events import HandoffRequested, RunEvent, parse_control_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
@@ -61,6 +62,7 @@ __all__ = [
     "DecidedTopics",
     "decide_topics",
     "decided_here",
+    "in_scope",
     "replay_decided",
     "replay_from_kafka",
 ]
@@ -186,7 +188,7 @@ def _records(
                 # only a record the worker decided as its run's event where it was read: a
                 # dead letter, or an event forwarded to its run's partition (decided when
                 # its copy is read there), under a run's key tells nothing about the run
-                run = _run_of(rec.key)
+                run = run_of(rec.key)
                 known = before.get(run) is not None if tenants and early else run in before
                 if not known and (event := decided_here(rec, partitions, approvals)):
                     before[event.run_id] = event.tenant if tenants and early else None
@@ -195,11 +197,6 @@ def _records(
         return out, before
     finally:
         consumer.close()
-
-
-def _run_of(key: bytes | None) -> str:
-    """The run a record's key names (a key that is not UTF-8: its run is a dead letter)."""
-    return (key or b"").decode("utf-8", "replace")
 
 
 def decided_here(rec: InputRecord, partitions: int, approvals: str | None) -> RunEvent | None:
@@ -269,7 +266,7 @@ def decide_topics(
         # a run begins at the first record the worker decided as its event here: a dead
         # letter under its key, or its event on another run's partition (forwarded, decided
         # where its copy is read), begins nothing
-        run = _run_of(rec.key)  # (a run's event: its key; parsed twice only until it began)
+        run = run_of(rec.key)  # (a run's event: its key; parsed twice only until it began)
         event = (
             decided_here(rec, partitions, approvals) if run not in started or not stamped else None
         )
@@ -390,48 +387,3 @@ def replay_from_kafka(
         records, baseline, settings.partitions, catalog.approvals, catalog.control, before, latest
     )
     return replay_decided(decided, new_policy), decided.policies
-
-
-def in_scope(
-    records: list[Stamped],
-    before: dict[str, str | None],
-    run_id: str | None,
-    tenant: str | None,
-) -> list[Stamped]:
-    """The records of the runs in scope: ``run_id``'s, and with ``tenant`` (folded, as the
-    audit replay reads it) every record of each run whose tenant is that one, the tenant of
-    its first record that is its run's event (``before``'s, else the first read: the worker
-    took the run's tenant from it). A record's own tenant field scoped it: a completion
-    naming another tenant, which the worker counts under the run's key, was dropped, and a
-    record naming the tenant under another tenant's run (refused by the worker) replayed as
-    a run of its own. Without ``tenant``, the readiness probes of `baton up` and `doctor`
-    (a ``__probe_`` run of tenant ``__baton__``: the audit replay has none) are left out,
-    whole."""
-    from baton.processors.probe import PROBE_TENANT
-    from baton.schemas.names import fold
-
-    if run_id is not None:
-        records = [r for r in records if r[2].key == run_id.encode()]
-    wanted = fold(tenant) if tenant is not None else PROBE_TENANT
-    runs = dict(before)
-    for _, _, rec in records:  # in the order read: each partition's, as the worker read it
-        key = rec.key or b""
-        run = _run_of(key)
-        if runs.get(run) is None and (tenant is not None or key.startswith(b"__probe_")):
-            runs[run] = _tenant_of(rec.key, rec.value)
-    if tenant is not None:
-        return [r for r in records if runs.get(_run_of(r[2].key)) == wanted]
-    return [
-        r
-        for r in records
-        if not ((r[2].key or b"").startswith(b"__probe_") and runs.get(_run_of(r[2].key)) == wanted)
-    ]
-
-
-def _tenant_of(key: bytes | None, value: bytes | None) -> str | None:
-    """The tenant of a record that is its run's event (its key the run's id), else None."""
-    try:
-        event = parse_event(value or b"", key or b"")
-    except Exception:
-        return None
-    return getattr(event, "tenant", None)
