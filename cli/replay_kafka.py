@@ -54,7 +54,13 @@ from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
 from baton.processors.replay_read_order import PartitionClock, Stamped, read_order
 from baton.schemas.decision import Decision, Outcome, Reason
-from baton.schemas.events import HandoffRequested, RunEvent, parse_control_event
+from baton.schemas.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    HandoffRequested,
+    RunEvent,
+    parse_control_event,
+)
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
@@ -72,6 +78,8 @@ __all__ = [
 #: timestamp), does not move its partition's clock, and its run cannot be decided
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _LATEST_MS = int(_LATEST.timestamp() * 1000)
+#: the events that answer an approval (gov.approvals' only run events)
+_ANSWERS = (ApprovalGranted, ApprovalDenied)
 
 
 def _records(
@@ -85,6 +93,7 @@ def _records(
     trimmed_s: float | None = None,
     partitions: int = 1,
     approvals: str | None = None,
+    answered: set[str] | None = None,
 ) -> tuple[list[Stamped], dict[str, str | None]]:
     """(read time ms, topic, record) of ``topics`` read in the range (``since`` to ``until``;
     None: no bound), and the runs of the records read before ``since`` (with ``tenants``,
@@ -103,7 +112,8 @@ def _records(
     counted as begun before the range (a run idle longer was evicted by then: the worker
     stopped its late handoff under either policy). Only a record the worker decided as its
     run's event where it was read (``decided_here``: ``partitions``, ``approvals`` as the
-    workers') begins a run before the range or in such a window."""
+    workers') begins a run before the range or in such a window; one that answers an approval
+    read before the range (a grant or denial) adds its run to ``answered`` instead (given)."""
     from confluent_kafka import (
         OFFSET_BEGINNING,
         Consumer,
@@ -191,7 +201,12 @@ def _records(
                 run = run_of(rec.key)
                 known = before.get(run) is not None if tenants and early else run in before
                 if not known and (event := decided_here(rec, partitions, approvals)):
-                    before[event.run_id] = event.tenant if tenants and early else None
+                    if early and answered is not None and type(event) in _ANSWERS:
+                        # read before the range by its partition's clock, not known to be
+                        # before the run's first request (decide_topics)
+                        answered.add(event.run_id)
+                    else:
+                        before[event.run_id] = event.tenant if tenants and early else None
             if not early and (stop_ms is None or clock.at < stop_ms):
                 out.append((clock.at if stamped else ts, msg.topic(), rec))
         return out, before
@@ -226,6 +241,10 @@ class DecidedTopics(NamedTuple):
 _UNKNOWN_TIME = (
     "a record of it is stamped past {latest} or before the epoch: when it was read is unknown"
 )
+_ANSWERED_FIRST = (
+    "a grant or denial of it is read before its first request (requests and approvals are two "
+    "topics, merged by their partitions' stamps): in which order the worker read them is unknown"
+)
 _ANSWERED_EARLY = (
     "a grant or denial of it is read before the request it answers (requests and approvals are "
     "two topics, merged by their partitions' stamps): in which order the worker read them is "
@@ -241,11 +260,15 @@ def decide_topics(
     control: str,
     started_before: Collection[str] = (),
     latest_ms: int = _LATEST_MS,
+    answered_before: Collection[str] = (),
 ) -> DecidedTopics:
     """What a worker under ``baseline`` decided for ``records`` (run events and ``control``
     records, in the order the workers read them: see the module docstring), and every
     policy that was in force. ``started_before``: the runs with a record before the range
-    (partial); ``latest_ms``: a stamp from then on (or before -1) is of an unknown time."""
+    (partial); ``latest_ms``: a stamp from then on (or before -1) is of an unknown time;
+    ``answered_before``: the runs with a grant or denial read before the range. A run not
+    begun before the range whose first event is such an answer (in the range or before it)
+    is undecidable: the worker read the two topics as they came."""
     in_force = ControlInForce(NO_KILLS, baseline, None, "--baseline")
     proc = BatchProcessor(
         baseline, partitions, {}, "replay", lambda: in_force.kills, approvals_topic=approvals
@@ -272,7 +295,11 @@ def decide_topics(
         )
         if event is not None and event.run_id not in started:
             started.add(event.run_id)
-            if not isinstance(event, HandoffRequested):
+            if event.run_id in partial:
+                pass  # begun before the range
+            elif event.run_id in answered_before or type(event) in _ANSWERS:
+                undecidable.setdefault(event.run_id, _ANSWERED_FIRST)
+            elif not isinstance(event, HandoffRequested):
                 partial.add(event.run_id)  # its start is before the range
         out = proc.process([rec], now)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
@@ -370,6 +397,7 @@ def replay_from_kafka(
     # clock ahead for every record after it: a record stamped a year ahead amid a partition
     # put the rest of it past --to (never replayed) and after the control records read later
     latest = min(_LATEST_MS, int((time.time() + CONTROL_CLOCK_SKEW_S) * 1000))
+    answered: set[str] = set()
     records, before = _records(
         settings,
         [catalog.requests, catalog.approvals],
@@ -380,10 +408,18 @@ def replay_from_kafka(
         trimmed_s=settings.run_retention_s,
         partitions=settings.partitions,
         approvals=catalog.approvals,
+        answered=answered,
     )
     records = in_scope(records, before, run_id, tenant)
     records += _records(settings, [catalog.control], None, until, latest, "read_uncommitted")[0]
     decided = decide_topics(
-        records, baseline, settings.partitions, catalog.approvals, catalog.control, before, latest
+        records,
+        baseline,
+        settings.partitions,
+        catalog.approvals,
+        catalog.control,
+        before,
+        latest,
+        answered,
     )
     return replay_decided(decided, new_policy), decided.policies
