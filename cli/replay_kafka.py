@@ -45,22 +45,15 @@ from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from baton.cli.replay_kafka_scope import in_scope, run_of
-from baton.processors.batch import BatchProcessor, InputRecord, Outputs
-from baton.processors.batch_routing import route
+from baton.cli.replay_kafka_scope import ANSWERS, decided_here, in_scope, run_of
+from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.engine import NO_KILLS
 from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
 from baton.processors.replay_read_order import PartitionClock, Stamped, read_order
 from baton.schemas.decision import Decision, Outcome, Reason
-from baton.schemas.events import (
-    ApprovalDenied,
-    ApprovalGranted,
-    HandoffRequested,
-    RunEvent,
-    parse_control_event,
-)
+from baton.schemas.events import HandoffRequested, parse_control_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
@@ -79,7 +72,6 @@ __all__ = [
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _LATEST_MS = int(_LATEST.timestamp() * 1000)
 #: the events that answer an approval (gov.approvals' only run events)
-_ANSWERS = (ApprovalGranted, ApprovalDenied)
 
 
 def _records(
@@ -201,7 +193,7 @@ def _records(
                 run = run_of(rec.key)
                 known = before.get(run) is not None if tenants and early else run in before
                 if not known and (event := decided_here(rec, partitions, approvals)):
-                    if early and answered is not None and type(event) in _ANSWERS:
+                    if early and answered is not None and type(event) in ANSWERS:
                         # read before the range by its partition's clock, not known to be
                         # before the run's first request (decide_topics)
                         answered.add(event.run_id)
@@ -212,18 +204,6 @@ def _records(
         return out, before
     finally:
         consumer.close()
-
-
-def decided_here(rec: InputRecord, partitions: int, approvals: str | None) -> RunEvent | None:
-    """The run event the worker decided ``rec`` as where it was read (``route``, the worker's
-    own step); None for a record it decided nothing for there: a dead letter (no key, not an
-    event, another run's event under this key, an event on the wrong topic) or an event on
-    another run's partition (forwarded: decided where its copy is read)."""
-    try:
-        routed = route(rec, partitions, approvals, Outputs())
-    except Exception:
-        return None
-    return routed[1] if routed is not None else None
 
 
 class DecidedTopics(NamedTuple):
@@ -297,7 +277,7 @@ def decide_topics(
             started.add(event.run_id)
             if event.run_id in partial:
                 pass  # begun before the range
-            elif event.run_id in answered_before or type(event) in _ANSWERS:
+            elif event.run_id in answered_before or type(event) in ANSWERS:
                 undecidable.setdefault(event.run_id, _ANSWERED_FIRST)
             elif not isinstance(event, HandoffRequested):
                 partial.add(event.run_id)  # its start is before the range
@@ -410,7 +390,7 @@ def replay_from_kafka(
         approvals=catalog.approvals,
         answered=answered,
     )
-    records = in_scope(records, before, run_id, tenant)
+    records = in_scope(records, before, run_id, tenant, settings.partitions, catalog.approvals)
     records += _records(settings, [catalog.control], None, until, latest, "read_uncommitted")[0]
     decided = decide_topics(
         records,
