@@ -45,9 +45,10 @@ def judge_trimmed(
     ``report.broken``, each with its reason in ``report.partial``; ``held``: the read had a
     lower time bound, and a run whose named link it says the audit holds was cut by it;
     ``altered``: the runs whose first row, the one naming the link, does not hash to its
-    chain hash (a forged copy of a run's chain start replaces the worker's row in FINAL, its
-    link and time the writer's: read within a day of the oldest row, the run passed as
-    retention's cut, its change hidden, exit 0)."""
+    chain hash, or whose link's row was replaced under its id (a forged copy of a run's chain
+    start replaces the worker's row in FINAL, its link, chain and time the writer's: read
+    within a day of the oldest row, the run passed as retention's cut, its change hidden,
+    exit 0)."""
     oldest = report.oldest
     if oldest is None or not report.trimmed:
         return
@@ -71,9 +72,10 @@ def judge_trimmed(
 
 
 _ALTERED = (
-    "cut at its start: its first row, the one naming a link no row read holds, does not hash "
-    "to its chain_hash: altered (a forged copy of its chain start, which replaces the worker's "
-    "row in the audit); is BATON_AUDIT_CHAIN_KEY the workers' key?"
+    "cut at its start: altered, not trimmed: its first row (the one naming a link no row read "
+    "holds) does not hash to its chain_hash, or the row that held that link was replaced under "
+    "its decision id (a forged copy of its chain start replaces the worker's row in the "
+    "audit); is BATON_AUDIT_CHAIN_KEY the workers' key?"
 )
 
 

@@ -134,7 +134,11 @@ def utc_row(row: Sequence[Any]) -> Sequence[Any]:
 def altered_starts(client: Any, links: Mapping[str, tuple[datetime, str]], key: bytes) -> set[str]:
     """The run ids of ``links`` (run id -> (its first row read's time, the link that row
     names), `baton replay`'s runs read as trimmed) whose row naming that link does not hash
-    to its chain_hash with ``key``: its start was altered, not cut by retention or --since."""
+    to its chain_hash with ``key``, or whose named link's row was replaced under its id
+    (``audit_conflicts.replaced_starts``): its start was altered, not cut by retention or
+    --since."""
+    from baton.sinks.audit_conflicts import replaced_starts
+
     columns = ", ".join(f"`{c}`" for c in CHAIN_COLUMNS)
     pairs = [(run_id, link) for run_id, (_, link) in links.items() if link]
     altered: set[str] = set()
@@ -147,4 +151,4 @@ def altered_starts(client: Any, links: Mapping[str, tuple[datetime, str]], key: 
         for row in map(utc_row, rows):
             if row[3] is None or chain_hash(key, row[2] or "", row[4:]) != row[3]:
                 altered.add(str(row[0]))
-    return altered
+    return altered | replaced_starts(client, links)

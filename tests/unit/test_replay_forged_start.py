@@ -7,7 +7,9 @@ worker's row; its outcome, reason and chain hash are the worker's, so decision_c
 not pair them either. The run read "trimmed", its first row within a day of the oldest row
 read: retention's cut (processors/replay_trimmed.py), partial, its change hidden, exit 0. A
 run read as trimmed whose first row does not hash to its chain hash (the chain key, else the
-empty key, as `baton audit verify` rehashes) had its start altered: broken, exit 7."""
+empty key, as `baton audit verify` rehashes), or whose named link is the chain hash of a
+record under a decision id that holds another row now (a copy without a chain replaced the
+start), had its start altered: broken, exit 7."""
 
 from __future__ import annotations
 
@@ -37,26 +39,38 @@ def _gate(report) -> int:
     raise AssertionError("_exit returned")
 
 
-def test_a_forged_copy_of_a_runs_chain_start_does_not_hide_its_change(tmp_path: Path) -> None:
-    """Read whole, and from --since (the bound just before the oldest row): the same."""
+@pytest.mark.parametrize("copy", ["link altered", "unchained"])
+def test_a_forged_copy_of_a_runs_chain_start_does_not_hide_its_change(
+    tmp_path: Path, copy: str
+) -> None:
+    """Read whole, and from --since (the bound just before the oldest row): the same. The
+    copy names another link (its chain hash kept: the row does not hash to it), or none
+    (no chain: the run's second row names a link no row read holds, the worker's start
+    that the copy replaced; its record is still in decision_variants under that id)."""
     bystander = _decided(_budget_history("b-bystander", 2, 1.0))
     victim = _decided(_later(_budget_history("a-victim", 5, 1.0), 2 * DAY))
     oldest = bystander[0].decided_at
     scopes = [ReplayScope(), ReplayScope(since=oldest - timedelta(seconds=1))]
     client = _audit(tmp_path / "chdb", victim + bystander)
-    for scope in scopes:
-        report = replay_audit(client, scope, STRICT, _policies(LOOSE), KEY, 1)
-        assert [r.run_id for r in report.changed_runs] == ["a-victim"] and _gate(report) == 1
+    try:
+        for scope in scopes:
+            report = replay_audit(client, scope, STRICT, _policies(LOOSE), KEY, 1)
+            assert [r.run_id for r in report.changed_runs] == ["a-victim"] and _gate(report) == 1
 
-    forged = orjson.loads(victim[0].to_json())
-    forged["chain_prev"] = "f" * 64
-    forged["decided_at"] = (oldest + timedelta(seconds=1)).isoformat()
-    batch = AuditBatch("gov.decisions", 20_000)
-    batch.add(0, 10_000, orjson.dumps(forged))
-    write_batch(client, batch, "chdb")
-    for scope in scopes:
-        report = replay_audit(client, scope, STRICT, _policies(LOOSE), KEY, 1)
-        assert "a-victim" in report.partial, report.partial
-        assert report.broken == ["a-victim"], (scope, report.partial, report.broken)
-        assert "does not hash" in report.partial["a-victim"]
-        assert _gate(report) == 7
+        forged = orjson.loads(victim[0].to_json())
+        if copy == "link altered":
+            forged["chain_prev"] = "f" * 64
+        else:
+            forged["chain_prev"] = forged["chain_hash"] = None
+        forged["decided_at"] = (oldest + timedelta(seconds=1)).isoformat()
+        batch = AuditBatch("gov.decisions", 20_000)
+        batch.add(0, 10_000, orjson.dumps(forged))
+        write_batch(client, batch, "chdb")
+        for scope in scopes:
+            report = replay_audit(client, scope, STRICT, _policies(LOOSE), KEY, 1)
+            assert "a-victim" in report.partial, report.partial
+            assert report.broken == ["a-victim"], (scope, report.partial, report.broken)
+            assert "altered" in report.partial["a-victim"]
+            assert _gate(report) == 7
+    finally:
+        client.close()
