@@ -105,7 +105,7 @@ def _records(
     stopped its late handoff under either policy). Only a record the worker decided as its
     run's event where it was read (``decided_here``: ``partitions``, ``approvals`` as the
     workers') begins a run before the range or in such a window; one that answers an approval
-    read before the range (a grant or denial) adds its run to ``answered`` instead (given)."""
+    (a grant or denial) adds its run to ``answered`` instead (given)."""
     from confluent_kafka import (
         OFFSET_BEGINNING,
         Consumer,
@@ -193,9 +193,9 @@ def _records(
                 run = run_of(rec.key)
                 known = before.get(run) is not None if tenants and early else run in before
                 if not known and (event := decided_here(rec, partitions, approvals)):
-                    if early and answered is not None and type(event) in ANSWERS:
-                        # read before the range by its partition's clock, not known to be
-                        # before the run's first request (decide_topics)
+                    if answered is not None and type(event) in ANSWERS:
+                        # read before the range (or in a trimmed window) by its partition's
+                        # clock, not known to be before the run's first request (decide_topics)
                         answered.add(event.run_id)
                     else:
                         before[event.run_id] = event.tenant if tenants and early else None
@@ -246,9 +246,11 @@ def decide_topics(
     records, in the order the workers read them: see the module docstring), and every
     policy that was in force. ``started_before``: the runs with a record before the range
     (partial); ``latest_ms``: a stamp from then on (or before -1) is of an unknown time;
-    ``answered_before``: the runs with a grant or denial read before the range. A run not
-    begun before the range whose first event is such an answer (in the range or before it)
-    is undecidable: the worker read the two topics as they came."""
+    ``answered_before``: the runs with a grant or denial read before the range (or in a
+    trimmed partition's window). A run not begun before the range whose first event is such
+    an answer (in the range or before it) is undecidable if a request-topic record of it is
+    in the range (the worker read the two topics as they came), else partial (its requests
+    are gone: nothing of it to decide)."""
     in_force = ControlInForce(NO_KILLS, baseline, None, "--baseline")
     proc = BatchProcessor(
         baseline, partitions, {}, "replay", lambda: in_force.kills, approvals_topic=approvals
@@ -259,6 +261,7 @@ def decide_topics(
     undecidable: dict[str, str] = {}
     rows: list[tuple[str, int, Recorded]] = []
     early: set[tuple[str, str]] = set()  # (run, approval id) answered before it was asked
+    asked = {rec.key for _, topic, rec in records if topic not in (approvals, control)}
     ordered = read_order(records, latest_ms, control, _signed_ms)
     for n, (at, topic, rec, stamped) in enumerate(ordered):
         now = datetime.fromtimestamp(at / 1000, UTC)
@@ -277,7 +280,9 @@ def decide_topics(
             started.add(event.run_id)
             if event.run_id in partial:
                 pass  # begun before the range
-            elif event.run_id in answered_before or type(event) in ANSWERS:
+            elif event.run_id.encode() in asked and (
+                event.run_id in answered_before or type(event) in ANSWERS
+            ):
                 undecidable.setdefault(event.run_id, _ANSWERED_FIRST)
             elif not isinstance(event, HandoffRequested):
                 partial.add(event.run_id)  # its start is before the range

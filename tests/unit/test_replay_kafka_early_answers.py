@@ -82,3 +82,44 @@ def test_a_run_begun_before_since_whose_grant_is_before_it_too_stays_partial(
     settings = Settings(bootstrap="127.0.0.1:1", partitions=1)
     report, _ = replay_from_kafka(settings, STRICTER, BASELINE, at(50), None)
     assert "ra" in report.partial and not report.broken, (report.partial, report.broken)
+
+
+def test_an_answer_in_a_trimmed_approvals_partitions_window_does_not_hide_a_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trimmed, quiet approvals partition (its first record read not at offset 0, its
+    clock within run_retention_s of its first stamp): a grant appended under ra's key,
+    stamped early, is read within the window, and ra, whose requests are all in the range,
+    was "may have begun in what is gone": partial, exit 0. An answer in the window begins
+    no run; ra's first event read is that answer: broken, exit 7."""
+    events = [handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra") for n in range(3)]
+    held = {
+        REQUESTS: [(n, _ms(100 + n), event) for n, event in enumerate(events)],
+        APPROVALS: [
+            (7, _ms(10), granted("ap-old", "amy", run_id="rz")),
+            (8, _ms(11), granted("ap-forged", "oncall_amy", run_id="ra")),
+        ],
+    }
+    _trimmed_topics(monkeypatch, held)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=1, run_retention_s=3600)
+    report, _ = replay_from_kafka(settings, STRICTER, BASELINE, None, None)
+    assert report.broken == ["ra"], (report.partial, report.broken)
+    assert _exit_code(report) == 7
+
+
+def test_a_grant_kept_whose_run_retention_deleted_stays_partial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The legit case the window is for: a grant among a trimmed approvals partition's
+    first records whose run's requests retention deleted (none in the range): partial
+    (its history is gone), not broken; the other runs decide the exit."""
+    events = [handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra") for n in range(3)]
+    held = {
+        REQUESTS: [(n, _ms(100 + n), event) for n, event in enumerate(events)],
+        APPROVALS: [(7, _ms(10), granted("ap-old", "amy", run_id="rz"))],
+    }
+    _trimmed_topics(monkeypatch, held)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=1, run_retention_s=3600)
+    report, _ = replay_from_kafka(settings, STRICTER, BASELINE, None, None)
+    assert "rz" in report.partial and not report.broken, (report.partial, report.broken)
+    assert _exit_code(report) == 1
