@@ -327,6 +327,7 @@ def replay_audit(
     ``jobs - 1`` processes, started already (``replay_pool.start_pool``), else one is
     started for a long replay."""
     from baton.processors.replay_trimmed import judge_trimmed
+    from baton.sinks.chain_verify import altered_starts
     from baton.sinks.replay_source import held_links, page_rows, read_pages
 
     pages = read_pages(client, scope)
@@ -357,7 +358,11 @@ def replay_audit(
     # a run read as trimmed that retention cannot have trimmed is broken (exit 7), unless the
     # read's lower bound cut it: the audit then holds the row its first link names
     bounded = scope.since is not None
-    judge_trimmed(report, (lambda links: held_links(client, links)) if bounded else None)
+    judge_trimmed(
+        report,
+        (lambda links: held_links(client, links)) if bounded else None,
+        lambda links: altered_starts(client, links, key),
+    )
     mark("judged")
     return report
 

@@ -20,18 +20,19 @@ signatures checked against the policy in force). That is what the new policy is 
 with: the same report as a replay of the audit, where a kill switch's stops are replayed as
 recorded.
 
-A control record holds from its clock or its signing time, whichever is later, and goes
-first at an equal time (a kill applies; fail closed). A worker applies control records as
-its follower reads them, so a run event within ``max_staleness_s`` of a kill may have been
-decided before it: such a run shows as a change, never silently. A run with a record read
-before ``since``, or whose first event in the range is not a handoff request, is partial, as
-in the audit replay (a run begun before the range replayed from its first request in it
-would be judged on a history it lacks). A run the replay cannot decide for another reason is
-listed as partial with why *and* broken (exit 7: a gate never passes by its absence): a
-record of it stamped past the read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before the
-epoch (when it was read is unknown; such a stamp does not move its partition's clock), or a
-grant or denial of it stamped before the request it answers (two topics, merged by clock:
-in which order the worker read them is unknown). ``--tenant`` scopes whole runs by their
+A control record holds from its clock or its signing time, whichever is later, and goes first at
+an equal time (a kill applies; fail closed). A worker applies control records as its follower
+reads them, so a run event within ``max_staleness_s`` of a kill may have been decided before it:
+such a run shows as a change, never silently. A run with a record read before ``since``, or
+whose first event in the range is not a handoff request, is partial, as in the audit replay (a
+run begun before the range replayed from its first request in it would be judged on a history it
+lacks); only a record the worker decided as the run's event where it was read counts
+(``decided_here``: a dead letter under its key tells nothing). A run the replay cannot decide
+for another reason is listed as partial with why *and* broken (exit 7: a gate never passes by
+its absence): a record of it stamped past the read's start (plus ``CONTROL_CLOCK_SKEW_S``) or
+before the epoch (when it was read is unknown; such a stamp does not move its partition's
+clock), or a grant or denial of it stamped before the request it answers (two topics, merged by
+clock: in which order the worker read them is unknown). ``--tenant`` scopes whole runs by their
 first event's tenant, as the worker took it.
 """
 
@@ -44,6 +45,7 @@ from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+from baton.cli.replay_kafka_scope import ANSWERS, decided_here, in_scope, run_of
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.engine import NO_KILLS
@@ -51,17 +53,25 @@ from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
 from baton.processors.replay_read_order import PartitionClock, Stamped, read_order
 from baton.schemas.decision import Decision, Outcome, Reason
-from baton.schemas.events import HandoffRequested, parse_control_event, parse_event
+from baton.schemas.events import HandoffRequested, parse_control_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
-__all__ = ["DecidedTopics", "decide_topics", "replay_decided", "replay_from_kafka"]
+__all__ = [
+    "DecidedTopics",
+    "decide_topics",
+    "decided_here",
+    "in_scope",
+    "replay_decided",
+    "replay_from_kafka",
+]
 
 #: the latest record timestamp a record is read at (event_time's own bound; a producer sets
 #: any int64, and past year 9999 no datetime holds it): a later stamp, or one before -1 (no
 #: timestamp), does not move its partition's clock, and its run cannot be decided
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _LATEST_MS = int(_LATEST.timestamp() * 1000)
+#: the events that answer an approval (gov.approvals' only run events)
 
 
 def _records(
@@ -73,6 +83,9 @@ def _records(
     isolation: str = "read_committed",
     tenants: bool = False,
     trimmed_s: float | None = None,
+    partitions: int = 1,
+    approvals: str | None = None,
+    answered: set[str] | None = None,
 ) -> tuple[list[Stamped], dict[str, str | None]]:
     """(read time ms, topic, record) of ``topics`` read in the range (``since`` to ``until``;
     None: no bound), and the runs of the records read before ``since`` (with ``tenants``,
@@ -89,7 +102,10 @@ def _records(
     (retention, a deletion); the runs with a record read within this many seconds (the
     workers' run_retention_s) of its clock's first stamp may have begun in what is gone, and are
     counted as begun before the range (a run idle longer was evicted by then: the worker
-    stopped its late handoff under either policy)."""
+    stopped its late handoff under either policy). Only a record the worker decided as its
+    run's event where it was read (``decided_here``: ``partitions``, ``approvals`` as the
+    workers') begins a run before the range or in such a window; one that answers an approval
+    (a grant or denial) adds its run to ``answered`` instead (given)."""
     from confluent_kafka import (
         OFFSET_BEGINNING,
         Consumer,
@@ -167,36 +183,27 @@ def _records(
                 # anchored on the clock's first stamp: a first record stamped past any time
                 # (or before the epoch) made every run of the partition partial, or none
                 cut[where] = clock.at + (trimmed_s or 0) * 1000
+            rec = InputRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+            early = start_ms is not None and clock.at < start_ms
             window = cut[where]
-            if window is not None and clock.at < window:
-                before.setdefault(_run_of(msg.key()), None)
-            if start_ms is not None and clock.at < start_ms:
-                run = _run_of(msg.key())
-                if before.get(run) is None:
-                    before[run] = _tenant_of(msg.key(), msg.value()) if tenants else None
-            elif stop_ms is None or clock.at < stop_ms:
-                rec = InputRecord(
-                    msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()
-                )
+            if early or (window is not None and clock.at < window):
+                # only a record the worker decided as its run's event where it was read: a
+                # dead letter, or an event forwarded to its run's partition (decided when
+                # its copy is read there), under a run's key tells nothing about the run
+                run = run_of(rec.key)
+                known = before.get(run) is not None if tenants and early else run in before
+                if not known and (event := decided_here(rec, partitions, approvals)):
+                    if answered is not None and type(event) in ANSWERS:
+                        # read before the range (or in a trimmed window) by its partition's
+                        # clock, not known to be before the run's first request (decide_topics)
+                        answered.add(event.run_id)
+                    else:
+                        before[event.run_id] = event.tenant if tenants and early else None
+            if not early and (stop_ms is None or clock.at < stop_ms):
                 out.append((clock.at if stamped else ts, msg.topic(), rec))
         return out, before
     finally:
         consumer.close()
-
-
-def _run_of(key: bytes | None) -> str:
-    """The run a record's key names (a key that is not UTF-8: its run is a dead letter)."""
-    return (key or b"").decode("utf-8", "replace")
-
-
-def _begins_a_run(value: bytes | None) -> bool | None:
-    """Whether a record is a handoff request (a run's first event); None when it is no run
-    event at all (a dead letter: it leaves the run unbegun)."""
-    try:
-        event = parse_event(value or b"")
-    except Exception:
-        return None
-    return isinstance(event, HandoffRequested)
 
 
 class DecidedTopics(NamedTuple):
@@ -214,6 +221,10 @@ class DecidedTopics(NamedTuple):
 _UNKNOWN_TIME = (
     "a record of it is stamped past {latest} or before the epoch: when it was read is unknown"
 )
+_ANSWERED_FIRST = (
+    "a grant or denial of it is read before its first request (requests and approvals are two "
+    "topics, merged by their partitions' stamps): in which order the worker read them is unknown"
+)
 _ANSWERED_EARLY = (
     "a grant or denial of it is read before the request it answers (requests and approvals are "
     "two topics, merged by their partitions' stamps): in which order the worker read them is "
@@ -229,11 +240,17 @@ def decide_topics(
     control: str,
     started_before: Collection[str] = (),
     latest_ms: int = _LATEST_MS,
+    answered_before: Collection[str] = (),
 ) -> DecidedTopics:
     """What a worker under ``baseline`` decided for ``records`` (run events and ``control``
     records, in the order the workers read them: see the module docstring), and every
     policy that was in force. ``started_before``: the runs with a record before the range
-    (partial); ``latest_ms``: a stamp from then on (or before -1) is of an unknown time."""
+    (partial); ``latest_ms``: a stamp from then on (or before -1) is of an unknown time;
+    ``answered_before``: the runs with a grant or denial read before the range (or in a
+    trimmed partition's window). A run not begun before the range whose first event is such
+    an answer (in the range or before it) is undecidable if a request-topic record of it is
+    in the range (the worker read the two topics as they came), else partial (its requests
+    are gone: nothing of it to decide)."""
     in_force = ControlInForce(NO_KILLS, baseline, None, "--baseline")
     proc = BatchProcessor(
         baseline, partitions, {}, "replay", lambda: in_force.kills, approvals_topic=approvals
@@ -244,6 +261,7 @@ def decide_topics(
     undecidable: dict[str, str] = {}
     rows: list[tuple[str, int, Recorded]] = []
     early: set[tuple[str, str]] = set()  # (run, approval id) answered before it was asked
+    asked = {rec.key for _, topic, rec in records if topic not in (approvals, control)}
     ordered = read_order(records, latest_ms, control, _signed_ms)
     for n, (at, topic, rec, stamped) in enumerate(ordered):
         now = datetime.fromtimestamp(at / 1000, UTC)
@@ -251,17 +269,29 @@ def decide_topics(
             in_force = apply_control_record(in_force, rec, "replay", now).in_force
             proc.policy = policies.setdefault(in_force.policy.version, in_force.policy)
             continue
-        run = _run_of(rec.key)
-        if run not in started and (begins := _begins_a_run(rec.value)) is not None:
-            started.add(run)
-            if not begins:
-                partial.add(run)  # its start is before the range
+        # a run begins at the first record the worker decided as its event here: a dead
+        # letter under its key, or its event on another run's partition (forwarded, decided
+        # where its copy is read), begins nothing
+        run = run_of(rec.key)  # (a run's event: its key; parsed twice only until it began)
+        event = (
+            decided_here(rec, partitions, approvals) if run not in started or not stamped else None
+        )
+        if event is not None and event.run_id not in started:
+            started.add(event.run_id)
+            if event.run_id in partial:
+                pass  # begun before the range
+            elif event.run_id.encode() in asked and (
+                event.run_id in answered_before or type(event) in ANSWERS
+            ):
+                undecidable.setdefault(event.run_id, _ANSWERED_FIRST)
+            elif not isinstance(event, HandoffRequested):
+                partial.add(event.run_id)  # its start is before the range
         out = proc.process([rec], now)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
         if not stamped:  # when it was read is unknown (a dead letter's time decides nothing)
             named = {d.run_id for _, d in out.decisions}
-            if _begins_a_run(rec.value) is not None:
-                named.add(run)
+            if event is not None:
+                named.add(event.run_id)
             for run_id in named:
                 undecidable.setdefault(run_id, _UNKNOWN_TIME.format(latest=_shown(latest_ms)))
         for run_id in _answered_early(out.decisions, early):
@@ -352,6 +382,7 @@ def replay_from_kafka(
     # clock ahead for every record after it: a record stamped a year ahead amid a partition
     # put the rest of it past --to (never replayed) and after the control records read later
     latest = min(_LATEST_MS, int((time.time() + CONTROL_CLOCK_SKEW_S) * 1000))
+    answered: set[str] = set()
     records, before = _records(
         settings,
         [catalog.requests, catalog.approvals],
@@ -360,55 +391,20 @@ def replay_from_kafka(
         latest,
         tenants=tenant is not None,
         trimmed_s=settings.run_retention_s,
+        partitions=settings.partitions,
+        approvals=catalog.approvals,
+        answered=answered,
     )
-    records = in_scope(records, before, run_id, tenant)
+    records = in_scope(records, before, run_id, tenant, settings.partitions, catalog.approvals)
     records += _records(settings, [catalog.control], None, until, latest, "read_uncommitted")[0]
     decided = decide_topics(
-        records, baseline, settings.partitions, catalog.approvals, catalog.control, before, latest
+        records,
+        baseline,
+        settings.partitions,
+        catalog.approvals,
+        catalog.control,
+        before,
+        latest,
+        answered,
     )
     return replay_decided(decided, new_policy), decided.policies
-
-
-def in_scope(
-    records: list[Stamped],
-    before: dict[str, str | None],
-    run_id: str | None,
-    tenant: str | None,
-) -> list[Stamped]:
-    """The records of the runs in scope: ``run_id``'s, and with ``tenant`` (folded, as the
-    audit replay reads it) every record of each run whose tenant is that one, the tenant of
-    its first record that is its run's event (``before``'s, else the first read: the worker
-    took the run's tenant from it). A record's own tenant field scoped it: a completion
-    naming another tenant, which the worker counts under the run's key, was dropped, and a
-    record naming the tenant under another tenant's run (refused by the worker) replayed as
-    a run of its own. Without ``tenant``, the readiness probes of `baton up` and `doctor`
-    (a ``__probe_`` run of tenant ``__baton__``: the audit replay has none) are left out,
-    whole."""
-    from baton.processors.probe import PROBE_TENANT
-    from baton.schemas.names import fold
-
-    if run_id is not None:
-        records = [r for r in records if r[2].key == run_id.encode()]
-    wanted = fold(tenant) if tenant is not None else PROBE_TENANT
-    runs = dict(before)
-    for _, _, rec in records:  # in the order read: each partition's, as the worker read it
-        key = rec.key or b""
-        run = _run_of(key)
-        if runs.get(run) is None and (tenant is not None or key.startswith(b"__probe_")):
-            runs[run] = _tenant_of(rec.key, rec.value)
-    if tenant is not None:
-        return [r for r in records if runs.get(_run_of(r[2].key)) == wanted]
-    return [
-        r
-        for r in records
-        if not ((r[2].key or b"").startswith(b"__probe_") and runs.get(_run_of(r[2].key)) == wanted)
-    ]
-
-
-def _tenant_of(key: bytes | None, value: bytes | None) -> str | None:
-    """The tenant of a record that is its run's event (its key the run's id), else None."""
-    try:
-        event = parse_event(value or b"", key or b"")
-    except Exception:
-        return None
-    return getattr(event, "tenant", None)

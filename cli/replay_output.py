@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import orjson
 
 from baton.cli.signer import shown
@@ -69,8 +71,17 @@ def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds:
             lines.append(f"  ... and {len(changed) - _SHOWN:,} more (--format json lists all)")
     if report.partial:
         lines.append(f"partial, not replayed: {len(report.partial):,} runs")
-        for run_id, why in list(report.partial.items())[:_SHOWN]:
+        # the broken runs first: the exit message names the first as "listed above"
+        broken = [r for r in dict.fromkeys(report.broken) if r in report.partial][:_SHOWN]
+        first = set(broken)
+        others = (r for r in report.partial if r not in first)
+        for run_id in [*broken, *itertools.islice(others, _SHOWN - len(broken))]:
+            why = report.partial[run_id]
             lines.append(f"  {shown_id(run_id)}: {shown(why[:_WHY_CHARS])}")
+        if len(report.partial) > _SHOWN:
+            lines.append(
+                f"  ... and {len(report.partial) - _SHOWN:,} more (--format json lists all)"
+            )
     return "\n".join(lines)
 
 

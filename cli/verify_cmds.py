@@ -73,17 +73,6 @@ def _query(run_id: str | None, since: datetime | None) -> tuple[str, dict[str, A
     return sql, params
 
 
-def _utc(row: Sequence[Any]) -> Sequence[Any]:
-    """The times of an audit row in UTC: the columns are DateTime64(6, 'UTC'), but
-    clickhouse-connect returns them without a zone (the chain hashes microseconds since the
-    epoch, which needs an aware time)."""
-    if not any(isinstance(v, datetime) and v.tzinfo is None for v in row):
-        return row
-    return [
-        v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v for v in row
-    ]
-
-
 def _partial_runs(rows: Sequence[Sequence[Any]], horizon: datetime) -> frozenset[str]:
     """Runs whose oldest chained row is near the retention horizon: older rows may have
     expired. Chained rows only: a row outside every chain (a stop, a refusal) is what any
@@ -128,7 +117,7 @@ def verify_cmd(
     from baton.processors.chain_links import shown_id
     from baton.schemas.errors import BadArgument
     from baton.sinks.audit_conflicts import MAX_CONFLICTS, load_conflicts
-    from baton.sinks.chain_verify import verify_chains
+    from baton.sinks.chain_verify import utc_row, verify_chains
     from baton.sinks.clickhouse import audit_errors, parse_dsn
 
     settings = query_settings(clickhouse_dsn, data_dir)
@@ -137,7 +126,7 @@ def verify_cmd(
     sql, params = _query(run_id, since)
     label = parse_dsn(settings.clickhouse_dsn).label
     with audit_client(settings) as client, audit_errors(label, "reading the decision chains"):
-        rows = [_utc(row) for row in client.query(sql, parameters=params).result_rows]
+        rows = [utc_row(row) for row in client.query(sql, parameters=params).result_rows]
         found = load_conflicts(client, run_id, since)
     conflicts = [c for c in found or [] if c.differs]
     redecided = len(found or []) - len(conflicts)

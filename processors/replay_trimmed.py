@@ -38,13 +38,25 @@ TRIMMED_MARGIN_S = NEW_LIFE_AFTER_S
 HeldLinks = Callable[[Mapping[str, tuple[datetime, str]]], set[str]]
 
 
-def judge_trimmed(report: ReplayReport, held: HeldLinks | None = None) -> None:
+def judge_trimmed(
+    report: ReplayReport, held: HeldLinks | None = None, altered: HeldLinks | None = None
+) -> None:
     """Move the runs of ``report.trimmed`` that retention cannot have trimmed to
     ``report.broken``, each with its reason in ``report.partial``; ``held``: the read had a
-    lower time bound, and a run whose named link it says the audit holds was cut by it."""
+    lower time bound, and a run whose named link it says the audit holds was cut by it;
+    ``altered``: the runs whose first row, the one naming the link, does not hash to its
+    chain hash, or whose link's row was replaced under its id (a forged copy of a run's chain
+    start replaces the worker's row in FINAL, its link, chain and time the writer's: read
+    within a day of the oldest row, the run passed as retention's cut, its change hidden,
+    exit 0)."""
     oldest = report.oldest
     if oldest is None or not report.trimmed:
         return
+    if altered is not None:
+        for run_id in altered(report.trimmed):
+            del report.trimmed[run_id]
+            report.partial[run_id] = _ALTERED
+            report.broken.append(run_id)
     suspects = {
         run_id: seen
         for run_id, seen in report.trimmed.items()
@@ -57,6 +69,14 @@ def judge_trimmed(report: ReplayReport, held: HeldLinks | None = None) -> None:
         del report.trimmed[run_id]
         report.partial[run_id] = _why(first_at, oldest)
         report.broken.append(run_id)
+
+
+_ALTERED = (
+    "cut at its start: altered, not trimmed: its first row (the one naming a link no row read "
+    "holds) does not hash to its chain_hash, or the row that held that link was replaced under "
+    "its decision id (a forged copy of its chain start replaces the worker's row in the "
+    "audit); is BATON_AUDIT_CHAIN_KEY the workers' key?"
+)
 
 
 def _why(first_at: datetime, oldest: datetime) -> str:

@@ -22,13 +22,14 @@ forged copy saying what the worker said, which is harmless to a client).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from baton.sinks.schema import DATABASE
 
-__all__ = ["IdConflict", "load_conflicts", "run_where"]
+__all__ = ["IdConflict", "load_conflicts", "replaced_starts", "run_where"]
 
 #: conflicts read at most (a flood of forged ids must not fill a verify's memory)
 MAX_CONFLICTS = 10_000
@@ -88,12 +89,7 @@ def load_conflicts(
     every run) under which the audit holds records that say different things; None when the
     audit's schema predates migration 0006 (no sink of this version started on it yet) or
     lacks a part of it (``_PARTS``: the ids cannot be checked)."""
-    exists = client.query(
-        "SELECT count() FROM system.tables WHERE database = {db:String} "
-        "AND name IN {t:Array(String)}",
-        parameters={"db": DATABASE, "t": list(_PARTS)},
-    ).result_rows
-    if not exists or int(exists[0][0]) != len(_PARTS):
+    if not _has_parts(client):
         return None
     where, params = run_where(run_id, since)
     sql = (
@@ -109,3 +105,44 @@ def load_conflicts(
         IdConflict(str(t), str(r), str(d), tuple(tuple(s) for s in said), str(why), bool(dif))
         for t, r, d, said, why, dif in rows
     ]
+
+
+def _has_parts(client: Any) -> bool:
+    """The audit holds every part of migration 0006 (``_PARTS``)."""
+    exists = client.query(
+        "SELECT count() FROM system.tables WHERE database = {db:String} "
+        "AND name IN {t:Array(String)}",
+        parameters={"db": DATABASE, "t": list(_PARTS)},
+    ).result_rows
+    return bool(exists) and int(exists[0][0]) == len(_PARTS)
+
+
+def replaced_starts(client: Any, links: Mapping[str, tuple[datetime, str]]) -> set[str]:
+    """The run ids of ``links`` (run id -> (its first row read's time, the link that row
+    names): `baton replay`'s runs read as trimmed) whose named link is the chain hash of a
+    record the audit received under a decision id that holds another record now (FINAL):
+    the run's chain start was replaced by a copy under its id (one without a chain: a writer
+    of gov.decisions), not trimmed. A start retention deleted has no row left under its id;
+    one before --since still holds its own. Without migration 0006: none found."""
+    pairs = [(run_id, link) for run_id, (_, link) in links.items() if link]
+    if not pairs or not _has_parts(client):
+        return set()
+    named: dict[tuple[str, str], str] = {}  # (run, decision id) -> the link it held
+    for at in range(0, len(pairs), 1_000):
+        for run_id, decision_id, link in client.query(
+            f"SELECT run_id, decision_id, chain_hash FROM {DATABASE}.decision_variants "
+            "WHERE has({pairs:Array(Tuple(String, String))}, (run_id, chain_hash))",
+            parameters={"pairs": pairs[at : at + 1_000]},
+        ).result_rows:
+            named[(str(run_id), str(decision_id))] = str(link)
+    ids = list(named)
+    replaced: set[str] = set()
+    for at in range(0, len(ids), 1_000):
+        for run_id, decision_id, link in client.query(
+            f"SELECT run_id, decision_id, ifNull(chain_hash, '') FROM {DATABASE}.decisions FINAL "
+            "WHERE has({ids:Array(Tuple(String, String))}, (run_id, decision_id))",
+            parameters={"ids": ids[at : at + 1_000]},
+        ).result_rows:
+            if named.get((str(run_id), str(decision_id))) != str(link):
+                replaced.add(str(run_id))
+    return replaced

@@ -33,15 +33,16 @@ or a forged earlier life chained from ``""`` before the run's first row.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from baton.processors.chain_links import Link, shown_id, walk_links
 from baton.schemas.decision import CHAIN_FIELDS, UNCHAINED_OUTCOMES, chain_hash
+from baton.sinks.schema import DATABASE
 
-__all__ = ["CHAIN_COLUMNS", "RunChain", "verify_chains"]
+__all__ = ["CHAIN_COLUMNS", "RunChain", "altered_starts", "utc_row", "verify_chains"]
 
 #: the columns a verify reads: the run, the row's id, its links, then the hashed content
 CHAIN_COLUMNS: tuple[str, ...] = (
@@ -117,3 +118,37 @@ def _verify_run(run_id: str, rows: list[Sequence[Any]], key: bytes, partial: boo
     if walk.broken is not None:
         verdict.problems.append(str(walk.broken))
     return verdict
+
+
+def utc_row(row: Sequence[Any]) -> Sequence[Any]:
+    """The times of an audit row in UTC: the columns are DateTime64(6, 'UTC'), but
+    clickhouse-connect returns them without a zone (the chain hashes microseconds since the
+    epoch, which needs an aware time)."""
+    if not any(isinstance(v, datetime) and v.tzinfo is None for v in row):
+        return row
+    return [
+        v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v for v in row
+    ]
+
+
+def altered_starts(client: Any, links: Mapping[str, tuple[datetime, str]], key: bytes) -> set[str]:
+    """The run ids of ``links`` (run id -> (its first row read's time, the link that row
+    names), `baton replay`'s runs read as trimmed) whose row naming that link does not hash
+    to its chain_hash with ``key``, or whose named link's row was replaced under its id
+    (``audit_conflicts.replaced_starts``): its start was altered, not cut by retention or
+    --since."""
+    from baton.sinks.audit_conflicts import replaced_starts
+
+    columns = ", ".join(f"`{c}`" for c in CHAIN_COLUMNS)
+    pairs = [(run_id, link) for run_id, (_, link) in links.items() if link]
+    altered: set[str] = set()
+    for at in range(0, len(pairs), 1_000):
+        rows = client.query(
+            f"SELECT {columns} FROM {DATABASE}.decisions FINAL "
+            "WHERE has({pairs:Array(Tuple(String, String))}, (run_id, ifNull(chain_prev, '')))",
+            parameters={"pairs": pairs[at : at + 1_000]},
+        ).result_rows
+        for row in map(utc_row, rows):
+            if row[3] is None or chain_hash(key, row[2] or "", row[4:]) != row[3]:
+                altered.add(str(row[0]))
+    return altered | replaced_starts(client, links)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from baton.cli.verify_cmds import _query, _utc
+from baton.cli.verify_cmds import _query
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.recorded import policy_document
 from baton.processors.replay import Recorded, ReplayReport, in_chain_order, replay_runs
@@ -19,6 +19,7 @@ from baton.schemas.decision import Decision
 from baton.schemas.events import RunEvent
 from baton.schemas.policy import Policy
 from baton.sinks.chain_verify import RunChain, verify_chains
+from baton.sinks.chain_verify import utc_row as _utc
 from baton.sinks.replay_source import ReplayScope, page_rows, read_pages
 from tests.chdb_audit import chdb_audit
 from tests.unit.test_chain import _row
