@@ -43,10 +43,12 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -204,6 +206,9 @@ def measure(
         "per_run": per_run,
         "stored_bytes_per_run": stored_total / n,
         "build_cpu_us_per_event": build_cpu * 1e6 / (n * len(_events("r", long, now))),
+        # the spill file's bytes a run once built (page cache and disk, not RSS): what its
+        # open segments hold, garbage included
+        "spill_bytes_per_run": _spill_bytes() / n,
     }
     if sites:
         return {**result, **_sites(before, n - half_at)}
@@ -335,6 +340,7 @@ def _child(
     own_tasks: bool = False,
     record_keys: bool = False,
     sites: bool = False,
+    no_spill: bool = False,
 ) -> dict[str, Any]:
     """One measure in a fresh process: freed memory is not given back to the OS, so a second
     measure in the same process would start from the first one's high-water mark."""
@@ -343,6 +349,7 @@ def _child(
     cmd += ["--own-task-ids"] if own_tasks else []
     cmd += ["--record-keys"] if record_keys else []
     cmd += ["--sites"] if sites else []
+    cmd += ["--no-spill"] if no_spill else []
     if pythonpath is not None and not os.path.exists(
         os.path.join(pythonpath, "baton", "processors", "allocator.py")
     ):
@@ -391,6 +398,12 @@ def main() -> None:
         "records share one; the sweep's touched lists kept a batch's copy until session 8)",
     )
     ap.add_argument(
+        "--no-spill",
+        action="store_true",
+        help="kept replies packed in memory (BATON_SPILL_REPLIES=0); default: spilled to a "
+        "file in a temporary directory, as the worker does (processors/state_spill.py)",
+    )
+    ap.add_argument(
         "--sites",
         action="store_true",
         help="only where a decoded run's bytes are: tracemalloc's allocation sites of the "
@@ -407,10 +420,13 @@ def main() -> None:
     if not args.glibc_default:
         _allocator_as_the_worker_sets_it()
     if args.one:
-        measured = measure(
-            args.one, args.mode, args.long, args.own_task_ids, args.record_keys, args.sites
-        )
-        print(json.dumps(measured))
+        with tempfile.TemporaryDirectory(prefix="memory-bench-spill-") as spill_dir:
+            if not args.no_spill:
+                _spill_as_the_worker_does(spill_dir)
+            measured = measure(
+                args.one, args.mode, args.long, args.own_task_ids, args.record_keys, args.sites
+            )
+            print(json.dumps(measured))
         return
     print(
         f"machine: {platform.node()}, {os.cpu_count()} cores, python "
@@ -426,9 +442,9 @@ def main() -> None:
         return
     print(
         "| runs | run | code | RSS/run decoded | RSS/run held idle | RSS/run restored "
-        "| changelog record | held record | RSS/tombstone |"
+        "| changelog record | held record | RSS/tombstone | spill file/run |"
     )
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     sides = [("this", None)]
     if args.before_pythonpath:
         sides.insert(0, ("before", args.before_pythonpath))
@@ -439,17 +455,20 @@ def main() -> None:
     for n, long in shapes:
         for name, path in sides:
             m = {
-                mode: _child(n, mode, long, path, args.own_task_ids, args.record_keys)
+                mode: _child(
+                    n, mode, long, path, args.own_task_ids, args.record_keys, False, args.no_spill
+                )
                 for mode in args.modes
             }
             shape = ("long" if long else "short") + (", own task ids" if args.own_task_ids else "")
             shape += ", a key a record" if args.record_keys else ""
+            shape += ", no spill" if args.no_spill else ""
             r = m["decoded"]
             print(
                 f"| {n:,} | {shape} | {name} | {_b(m, 'decoded')} "
                 f"| {_b(m, 'held')} | {_b(m, 'restored')} "
                 f"| {r['stored_bytes_per_run']:,.0f} B | {_b(m, 'held', 'stored_bytes_per_run')} "
-                f"| {_b(m, 'tombstones')} |",
+                f"| {_b(m, 'tombstones')} | {r.get('spill_bytes_per_run', 0):,.0f} B |",
                 flush=True,
             )
             timings.append(
@@ -475,12 +494,34 @@ def _print_sites(args: argparse.Namespace) -> None:
     """Per shape, the allocation sites of a decoded run's bytes (``--sites``)."""
     shapes = [(n, False) for n in args.runs] + ([(args.long_runs, True)] if args.long_runs else [])
     for n, long in shapes:
-        m = _child(n, "decoded", long, None, args.own_task_ids, args.record_keys, sites=True)
+        m = _child(
+            n, "decoded", long, None, args.own_task_ids, args.record_keys, True, args.no_spill
+        )
         shape = "long" if long else "short"
         print(f"{n:,} runs, {shape}: {m['sites_total']:,.0f} B a run held (tracemalloc)\n")
         print("| bytes a run | objects a run | allocated at |\n|---:|---:|---|")
         print("\n".join(f"| {b:,.1f} | {c:.2f} | {where} |" for b, c, where in m["sites"]))
         print(flush=True)
+
+
+def _spill_as_the_worker_does(directory: str) -> None:
+    """Kept replies spilled to a file under ``directory`` as `baton worker` configures it
+    (processors/state_spill.py); an older tree without the module: packed in memory."""
+    try:
+        from baton.processors import state_spill
+    except ImportError:
+        return
+    state_spill.configure(Path(directory))
+
+
+def _spill_bytes() -> int:
+    """The bytes of the spill's open segments (0: no spill)."""
+    try:
+        from baton.processors import state_spill
+    except ImportError:
+        return 0
+    spill = state_spill.active()
+    return spill.open_bytes if spill is not None else 0
 
 
 def _allocator_as_the_worker_sets_it() -> None:

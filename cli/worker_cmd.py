@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -13,7 +13,7 @@ from baton.cli.options import build_settings, read_policy, setting_options
 from baton.schemas.errors import ConfigError
 from baton.schemas.settings import Settings
 
-__all__ = ["create_topics", "register", "worker_cmd"]
+__all__ = ["create_topics", "register", "spill_replies", "worker_cmd"]
 
 
 def create_topics(settings: Settings) -> Any:
@@ -46,6 +46,7 @@ def create_topics(settings: Settings) -> Any:
     "run_retention_s",
     "tombstone_retention_s",
     "hold_idle_s",
+    "spill_replies",
     "run_state_max_bytes",
     "max_runs",
     "max_state_bytes",
@@ -93,6 +94,7 @@ def worker_cmd(**opts: Any) -> None:
     from baton.processors.allocator import keep_heap_compact
 
     keep_heap_compact()
+    spill_replies(settings)
     create_topics(settings)
     from faust import Worker
 
@@ -124,6 +126,25 @@ def worker_cmd(**opts: Any) -> None:
     if not worker.stdout.isatty():  # its spinner writes cursor escapes into log files
         worker.spinner = None
     worker.execute_from_commandline()
+
+
+def spill_replies(settings: Settings) -> None:
+    """Decoded runs' kept replies in a spill file under the data directory
+    (processors/state_spill.py), unless ``BATON_SPILL_REPLIES`` is false."""
+    if settings.spill_replies:
+        from baton.processors.state_spill import configure
+
+        configure(settings.worker_data_dir / "spill", lost=_spill_lost)
+
+
+def _spill_lost(why: str) -> NoReturn:
+    """A kept reply cannot be read back from the spill: end the worker committing nothing;
+    the restart restores its runs, replies and all, from the changelog."""
+    from baton.processors.exits import EXIT_SPILL_LOST, exit_without_commit
+
+    exit_without_commit(
+        EXIT_SPILL_LOST, "a kept reply cannot be read back from the spill file (%s)", why
+    )
 
 
 def _make_data_dir(path: Path) -> None:

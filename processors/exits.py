@@ -6,7 +6,12 @@ import logging
 import os
 from typing import NoReturn
 
-__all__ = ["EXIT_CONTROL_LOST", "EXIT_DELIVERY_FAILED", "exit_without_commit"]
+__all__ = [
+    "EXIT_CONTROL_LOST",
+    "EXIT_DELIVERY_FAILED",
+    "EXIT_SPILL_LOST",
+    "exit_without_commit",
+]
 
 log = logging.getLogger("baton.worker")
 
@@ -15,6 +20,9 @@ log = logging.getLogger("baton.worker")
 EXIT_DELIVERY_FAILED = 75
 #: the control follower died: deciding on without kill switches would fail open
 EXIT_CONTROL_LOST = 76
+#: a decoded run's kept replies could not be read back from the worker's spill file
+#: (processors/state_spill.py): the restart restores them from the changelog
+EXIT_SPILL_LOST = 77
 
 
 def exit_without_commit(code: int, message: str, *args: object) -> NoReturn:

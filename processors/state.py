@@ -345,7 +345,7 @@ class RunState:
         kept = self.recent[i + 1]
         if type(kept) is Decision:
             return [kept]
-        if type(kept) is bytes:
+        if isinstance(kept, bytes):  # packed or spilled (state_spill.SpilledBundle)
             return _wire.replies_from_rows(kept, key)
         return list(kept)
 

@@ -7,7 +7,9 @@ the state's own ``cols`` when this Decision has other fields. In memory a run's 
 replies are held as one bundle of their rows' bytes once the state is written (``_bundle``:
 lz4 with a dictionary of typical rows; a short run's two decisions ~400 bytes against ~530
 packed one by one, ~920 as JSON and ~2.2 KB as ``Decision`` objects), appended to at each
-write and turned back into decisions only when a retry or redelivery needs them. Formats
+write and turned back into decisions only when a retry or redelivery needs them. In a
+worker with a spill (processors/state_spill.py) the bundle's JSON is in the spill file
+instead, unpacked, and the state holds its head and place (``SpilledBundle``). Formats
 1-3 wrote rows in the Decision field order of their day, a prefix of REPLY_COLUMNS
 (``old_row_decision``).
 
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import lz4.block
 import orjson
 
+from baton.processors import state_spill
 from baton.processors.state_rows import (
     HELD_COLUMNS,
     REPLY_COLUMNS,
@@ -55,6 +58,10 @@ _decision_row: Final = attrgetter(*DECISION_FIELDS)
 #: at each call (three a write)
 _compress: Final = lz4.block.compress
 _decompress: Final = lz4.block.decompress
+#: the worker's spill (processors/state_spill.py): a written bundle's JSON out of the heap
+_spill_put: Final = state_spill.put
+_spill_read: Final = state_spill.read
+_Spilled: Final = state_spill.SpilledBundle
 
 
 def recent_rows(state: RunState) -> Any:
@@ -70,7 +77,7 @@ def recent_rows(state: RunState) -> Any:
     if not held:
         return []
     first = held[1]
-    if type(first) is bytes and first[0] == _BUNDLE:
+    if isinstance(first, bytes) and first[0] == _BUNDLE:  # packed, or spilled
         kept = _leads(held, first)
         appended = _appended(state, first, kept) if kept else None
         if appended is not None:
@@ -129,8 +136,10 @@ def _appended(state: RunState, bundle: bytes, kept: int) -> Any:
     lengths = b"".join([len(p).to_bytes(_LENGTH, "big") for p in parts])
     old = bundle[2 + _LENGTH * dropped : 2 + _LENGTH * n]
     head = b"".join((bytes((_BUNDLE, kept + len(parts))), old, lengths))
-    plain = len(json) >= _PLAIN_FROM  # (inline: a call a write cost ~1.5k instructions)
-    packed = head + _compress(json, store_size=True, dict=None if plain else _DICTIONARY)
+    packed = _spill_put(head, json)
+    if packed is None:  # no spill (or a full one): packed in memory
+        plain = len(json) >= _PLAIN_FROM  # (inline: a call a write cost ~1.5k instructions)
+        packed = head + _compress(json, store_size=True, dict=None if plain else _DICTIONARY)
     recent = list(held)
     recent[1::2] = [packed] * (len(held) // 2)
     state.recent = tuple(recent)
@@ -144,7 +153,7 @@ def _rebuilt(state: RunState, held: tuple[Any, ...]) -> Any:
     opened: dict[int, list[bytes]] = {}  # a bundle's entries, unpacked once a call
     for i in range(1, len(held), 2):
         key, kept = held[i - 1], held[i]
-        if type(kept) is bytes:
+        if isinstance(kept, bytes):  # a SpilledBundle too
             if kept[0] == _BUNDLE:
                 entries = opened.get(id(kept))
                 if entries is None:
@@ -179,7 +188,7 @@ def recent_to_wire(recent: tuple[Any, ...]) -> list[Any]:
     out = []
     for i in range(0, len(recent), 2):
         kept = recent[i + 1]
-        if type(kept) is not bytes:
+        if not isinstance(kept, bytes):  # (a SpilledBundle is bytes)
             decisions = [kept] if type(kept) is Decision else kept
             kept = orjson.dumps([_decision_row(d) for d in decisions])
         out.append([recent[i], orjson.loads(held_rows(kept, recent[i]))])
@@ -274,12 +283,17 @@ def _bundle(entries: list[bytes]) -> bytes:
     lengths = [len(entry).to_bytes(_LENGTH, "big") for entry in entries]
     head = bytes((_BUNDLE, len(entries))) + b"".join(lengths)
     json = b"[" + b",".join(entries) + b"]"
+    spilled = _spill_put(head, json)
+    if spilled is not None:
+        return spilled
     plain = len(json) >= _PLAIN_FROM
     return head + _compress(json, store_size=True, dict=None if plain else _DICTIONARY)
 
 
 def _bundle_json(bundle: bytes) -> bytes:
     """``[entry,entry,...]``: the record's ``rec`` when the bundle is all the run keeps."""
+    if type(bundle) is _Spilled:
+        return _spill_read(bundle)
     start = 2 + _LENGTH * bundle[1]
     size = int.from_bytes(bundle[start : start + 4], "little")
     kept = memoryview(bundle)[start:]

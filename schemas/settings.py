@@ -184,6 +184,12 @@ class Settings(BaseSettings):
         description="keep a run no event touched for this many seconds compressed in memory "
         "(~0.9 KB instead of ~3.3 KB decoded); its next event decodes it (~30 us more)",
     )
+    spill_replies: bool = Field(
+        True,
+        description="keep a decoded run's kept replies (what a retry is answered with) in "
+        "a spill file under worker_data_dir instead of the process's memory (~1 KB less a "
+        "long run; the page cache holds the file); false: packed in memory",
+    )
     run_state_max_bytes: int = Field(
         256 * 1024,
         ge=4096,
