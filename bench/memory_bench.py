@@ -511,7 +511,9 @@ def _spill_as_the_worker_does(directory: str) -> None:
         from baton.processors import state_spill
     except ImportError:
         return
-    state_spill.configure(Path(directory))
+    from baton.schemas.settings import Settings
+
+    state_spill.configure(Path(directory), max_bytes=Settings().spill_max_bytes)
 
 
 def _spill_bytes() -> int:

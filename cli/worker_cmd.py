@@ -47,6 +47,7 @@ def create_topics(settings: Settings) -> Any:
     "tombstone_retention_s",
     "hold_idle_s",
     "spill_replies",
+    "spill_max_bytes",
     "run_state_max_bytes",
     "max_runs",
     "max_state_bytes",
@@ -134,7 +135,9 @@ def spill_replies(settings: Settings) -> None:
     if settings.spill_replies:
         from baton.processors.state_spill import configure
 
-        configure(settings.worker_data_dir / "spill", lost=_spill_lost)
+        configure(
+            settings.worker_data_dir / "spill", max_bytes=settings.spill_max_bytes, lost=_spill_lost
+        )
 
 
 def _spill_lost(why: str) -> NoReturn:

@@ -56,7 +56,8 @@ __all__ = [
 #: a segment's size: a new one is opened when the next bundle would pass it
 SEGMENT_BYTES: Final = 8 << 20
 #: the open segments' bytes at most (garbage included); past it bundles stay in memory
-MAX_BYTES: Final = 1 << 30
+#: (the worker's: BATON_SPILL_MAX_BYTES, the same default; ~3.5 KB a decoded long run)
+MAX_BYTES: Final = 4 << 30
 #: a handle's tail: segment, offset, length (its head is the bundle's: state_replies)
 _TAIL: Final = struct.Struct(">HII")
 _TAIL_SIZE: Final = _TAIL.size

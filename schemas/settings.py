@@ -190,6 +190,13 @@ class Settings(BaseSettings):
         "a spill file under worker_data_dir instead of the process's memory (~1 KB less a "
         "long run; the page cache holds the file); false: packed in memory",
     )
+    spill_max_bytes: int = Field(
+        4 << 30,
+        ge=16 << 20,
+        le=1 << 40,
+        description="the spill file's segments at most, garbage included (a decoded long "
+        "run's kept replies take ~3.5 KB of it); past it kept replies are packed in memory",
+    )
     run_state_max_bytes: int = Field(
         256 * 1024,
         ge=4096,
