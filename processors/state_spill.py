@@ -169,12 +169,14 @@ class ReplySpill:
         held = self.segments.get(segment)
         if held is None:
             self.lost(f"segment {segment} is closed or was never written")
-        if segment == self._current and offset >= self._flushed:
-            at = offset - self._flushed
-            json = bytes(memoryview(self._pending)[at : at + size])
-        elif segment in self._stranded and offset >= self._stranded[segment][0]:
+        # stranded first: a failed write strands the current segment's bytes too, and
+        # leaves its pending bytes empty
+        if segment in self._stranded and offset >= self._stranded[segment][0]:
             start, kept = self._stranded[segment]
             json = kept[offset - start : offset - start + size]
+        elif segment == self._current and offset >= self._flushed:
+            at = offset - self._flushed
+            json = bytes(memoryview(self._pending)[at : at + size])
         else:
             try:
                 json = _pread(held[0], size, offset)

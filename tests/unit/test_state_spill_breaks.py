@@ -1,0 +1,45 @@
+"""Attacks on the reply spill (session 18, H8): a kept reply is answered as written or not
+at all, whatever copies, failed writes and segment ids the spill sees."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from baton.processors import state_spill
+from baton.processors.state_spill import SpillLostError
+
+pytestmark = pytest.mark.unit
+
+HEAD = bytes((1, 1, 0, 0, 10))  # a bundle's head: one entry of 10 bytes
+
+
+@pytest.fixture(autouse=True)
+def _no_spill_after() -> Iterator[None]:
+    yield
+    state_spill.disable()
+
+
+def test_a_bundle_stranded_in_the_segment_being_written_still_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk refuses the 64 KB buffer of the segment being written: its bundles are
+    held in memory (``_stranded``) and must read from there. Before: read from the emptied
+    buffer, 0 bytes, the ``lost`` hook (the worker exited 77 at the next write of any run
+    in it, and again after each restart while the disk stayed full)."""
+    spill = state_spill.configure(tmp_path)
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state_spill, "_pwrite", full)
+    json = b"[" + b"x" * 40_000 + b"]"
+    first = spill.put(HEAD, json)
+    second = spill.put(HEAD, json)  # past the buffer's 64 KB: its write fails
+    assert first is not None and second is not None and spill.failed is not None
+    assert state_spill.read(first) == json and state_spill.read(second) == json
+    assert spill.put(HEAD, json) is None  # packed in memory from now on
