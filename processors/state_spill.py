@@ -83,6 +83,17 @@ class SpilledBundle(bytes):
 
     __slots__ = ()
 
+    # one object a bundle: a copy counted out of its segment too would close it under the
+    # states still holding it (bytes' own copy goes through __reduce_ex__, a new object)
+    def __copy__(self) -> SpilledBundle:
+        return self
+
+    def __deepcopy__(self, memo: object) -> SpilledBundle:
+        return self
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("a spilled reply bundle does not pickle: write its state (to_bytes)")
+
     def __del__(self) -> None:
         spill = _spill
         if spill is not None:

@@ -43,3 +43,22 @@ def test_a_bundle_stranded_in_the_segment_being_written_still_reads(
     assert first is not None and second is not None and spill.failed is not None
     assert state_spill.read(first) == json and state_spill.read(second) == json
     assert spill.put(HEAD, json) is None  # packed in memory from now on
+
+
+def test_a_copy_of_a_handle_is_the_handle_and_a_pickle_is_refused(tmp_path: Path) -> None:
+    """Before: ``copy.copy``/``deepcopy``/a pickle round trip made a new handle that
+    counted itself out of the segment when freed: the segment closed under the state still
+    holding the bundle, and 65,536 segments later its id named another run's bundle, which
+    the old handle read as its own (a retry answered with another run's reply)."""
+    spill = state_spill.configure(tmp_path, segment_bytes=8)  # a segment a bundle
+    mine = b'[["a",[1]]]'
+    handle = spill.put(HEAD, mine)
+    assert handle is not None
+    copies = [copy.copy(handle), copy.deepcopy([handle])[0]]
+    del copies  # (a state copied, then freed)
+    for _ in range(1 << 16):  # every segment id once more: same size, another run's
+        spill.put(HEAD, b'[["b",[2]]]')
+    assert state_spill.read(handle) == mine
+    assert copy.copy(handle) is handle and copy.deepcopy([handle])[0] is handle
+    with pytest.raises(TypeError, match="does not pickle"):
+        pickle.dumps(handle)
