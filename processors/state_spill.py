@@ -95,6 +95,8 @@ class SpilledBundle(bytes):
         raise TypeError("a spilled reply bundle does not pickle: write its state (to_bytes)")
 
     def __del__(self) -> None:
+        if _closed and _release_closed(self):
+            return
         spill = _spill
         if spill is not None:
             spill.release(self)
@@ -219,6 +221,9 @@ class ReplySpill:
     def close(self) -> None:
         """Close every file (their handles cannot be read from now on)."""
         self.failed = self.failed or OSError("the spill was closed")  # nothing kept free
+        for segment, (_fd, held, _length) in self.segments.items():
+            if held > 0:  # handles still held: no later spill of this process reuses its id
+                _closed[segment] = held
         for segment in list(self.segments):
             self._retire(segment)
         for fd, _length in self._free:
@@ -300,10 +305,27 @@ def _next_segment(open_segments: dict[int, list[int]]) -> int:
     """A segment id unique in this process while its segment is open (16 bits, wrapping)."""
     global _last_segment
     segment = (_last_segment + 1) % _SEGMENT_IDS
-    while segment in open_segments:
+    while segment in open_segments or segment in _closed:
         segment = (segment + 1) % _SEGMENT_IDS
     _last_segment = segment
     return segment
+
+
+#: segment -> handles still held of a closed spill's segment (a spill configured again)
+_closed: dict[int, int] = {}
+
+
+def _release_closed(handle: bytes) -> bool:
+    """A freed handle of a closed spill's segment counted out of it; False: not one."""
+    segment = _tail_of(handle, len(handle) - _TAIL_SIZE)[0]
+    held = _closed.get(segment)
+    if held is None:
+        return False
+    if held <= 1:
+        del _closed[segment]
+    else:
+        _closed[segment] = held - 1
+    return True
 
 
 def _raise_lost(why: str) -> NoReturn:

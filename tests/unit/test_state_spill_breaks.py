@@ -62,3 +62,26 @@ def test_a_copy_of_a_handle_is_the_handle_and_a_pickle_is_refused(tmp_path: Path
     assert copy.copy(handle) is handle and copy.deepcopy([handle])[0] is handle
     with pytest.raises(TypeError, match="does not pickle"):
         pickle.dumps(handle)
+
+
+def test_a_handle_of_a_closed_spill_never_reads_or_frees_a_new_spills_segment(
+    tmp_path: Path,
+) -> None:
+    """A state kept across ``configure`` again (tests, a spill set up twice): its handle
+    names a segment of the closed spill. Before: 65,536 segments later the new spill had
+    written a segment of that id, and the handle read another run's bundle from it as its
+    own, and freeing it counted a bundle out of that segment (closed under its holder)."""
+    state_spill.configure(tmp_path / "a", segment_bytes=8)
+    old = state_spill.put(HEAD, b'[["a",[1]]]')
+    assert old is not None
+    spill = state_spill.configure(tmp_path / "b", segment_bytes=8)
+    for _ in range((1 << 16) - 1):  # every other segment id once
+        spill.put(HEAD, b'[["b",[2]]]')
+    new = spill.put(HEAD, b'[["b",[2]]]')  # the old handle's id, unless skipped
+    assert new is not None and spill.failed is None
+    with pytest.raises(SpillLostError, match="closed"):
+        state_spill.read(old)
+    before = {s: h for s, (_, h, _) in spill.segments.items()}
+    del old
+    assert {s: h for s, (_, h, _) in spill.segments.items()} == before
+    assert state_spill.read(new) == b'[["b",[2]]]'
