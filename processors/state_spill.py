@@ -20,7 +20,10 @@ The file is a cache of what the changelog holds, never read by anyone else:
   a ``SpilledBundle`` counts itself out when it is freed (``__del__``), so a bundle stays
   readable exactly as long as some state holds it (a state put back after an over-budget
   batch too). A run's bundle leaves its segment at the run's next write, when the sweep
-  holds it idle (``BATON_HOLD_IDLE_S``) or when the run leaves the table; nothing is copied;
+  holds it idle (``BATON_HOLD_IDLE_S``) or when the run leaves the table; nothing is copied
+  (a copy of a handle is the handle; it does not pickle), and a spill configured again
+  never reuses the id of a closed one's segment while a handle into it lives (it reads as
+  lost);
 - past ``max_bytes`` of open segments, or once a write failed (a full disk), bundles are
   packed in memory as without a spill.
 
