@@ -20,7 +20,10 @@ The file is a cache of what the changelog holds, never read by anyone else:
   a ``SpilledBundle`` counts itself out when it is freed (``__del__``), so a bundle stays
   readable exactly as long as some state holds it (a state put back after an over-budget
   batch too). A run's bundle leaves its segment at the run's next write, when the sweep
-  holds it idle (``BATON_HOLD_IDLE_S``) or when the run leaves the table; nothing is copied;
+  holds it idle (``BATON_HOLD_IDLE_S``) or when the run leaves the table; nothing is copied
+  (a copy of a handle is the handle; it does not pickle), and a spill configured again
+  never reuses the id of a closed one's segment while a handle into it lives (it reads as
+  lost);
 - past ``max_bytes`` of open segments, or once a write failed (a full disk), bundles are
   packed in memory as without a spill.
 
@@ -84,7 +87,20 @@ class SpilledBundle(bytes):
 
     __slots__ = ()
 
+    # one object a bundle: a copy counted out of its segment too would close it under the
+    # states still holding it (bytes' own copy goes through __reduce_ex__, a new object)
+    def __copy__(self) -> SpilledBundle:
+        return self
+
+    def __deepcopy__(self, memo: object) -> SpilledBundle:
+        return self
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("a spilled reply bundle does not pickle: write its state (to_bytes)")
+
     def __del__(self) -> None:
+        if _closed and _release_closed(self):
+            return
         spill = _spill
         if spill is not None:
             spill.release(self)
@@ -170,12 +186,14 @@ class ReplySpill:
         held = self.segments.get(segment)
         if held is None:
             self.lost(f"segment {segment} is closed or was never written")
-        if segment == self._current and offset >= self._flushed:
-            at = offset - self._flushed
-            json = bytes(memoryview(self._pending)[at : at + size])
-        elif segment in self._stranded and offset >= self._stranded[segment][0]:
+        # stranded first: a failed write strands the current segment's bytes too, and
+        # leaves its pending bytes empty
+        if segment in self._stranded and offset >= self._stranded[segment][0]:
             start, kept = self._stranded[segment]
             json = kept[offset - start : offset - start + size]
+        elif segment == self._current and offset >= self._flushed:
+            at = offset - self._flushed
+            json = bytes(memoryview(self._pending)[at : at + size])
         else:
             try:
                 json = _pread(held[0], size, offset)
@@ -207,6 +225,9 @@ class ReplySpill:
     def close(self) -> None:
         """Close every file (their handles cannot be read from now on)."""
         self.failed = self.failed or OSError("the spill was closed")  # nothing kept free
+        for segment, (_fd, held, _length) in self.segments.items():
+            if held > 0:  # handles still held: no later spill of this process reuses its id
+                _closed[segment] = held
         for segment in list(self.segments):
             self._retire(segment)
         for fd, _length in self._free:
@@ -288,10 +309,27 @@ def _next_segment(open_segments: dict[int, list[int]]) -> int:
     """A segment id unique in this process while its segment is open (16 bits, wrapping)."""
     global _last_segment
     segment = (_last_segment + 1) % _SEGMENT_IDS
-    while segment in open_segments:
+    while segment in open_segments or segment in _closed:
         segment = (segment + 1) % _SEGMENT_IDS
     _last_segment = segment
     return segment
+
+
+#: segment -> handles still held of a closed spill's segment (a spill configured again)
+_closed: dict[int, int] = {}
+
+
+def _release_closed(handle: bytes) -> bool:
+    """A freed handle of a closed spill's segment counted out of it; False: not one."""
+    segment = _tail_of(handle, len(handle) - _TAIL_SIZE)[0]
+    held = _closed.get(segment)
+    if held is None:
+        return False
+    if held <= 1:
+        del _closed[segment]
+    else:
+        _closed[segment] = held - 1
+    return True
 
 
 def _raise_lost(why: str) -> NoReturn:
