@@ -22,17 +22,19 @@ forged copy saying what the worker said, which is harmless to a client).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from baton.sinks.schema import DATABASE
 
-__all__ = ["IdConflict", "load_conflicts", "replaced_starts", "run_where"]
+__all__ = ["IdConflict", "chunked_rows", "load_conflicts", "replaced_starts", "run_where"]
 
 #: conflicts read at most (a flood of forged ids must not fill a verify's memory)
 MAX_CONFLICTS = 10_000
+#: values a query's array parameter holds at most (the queries for a run list go in pieces)
+CHUNK = 1_000
 #: what the conflicts stand on: the view read, the table it reads and the materialized view
 #: that fills it on every insert (without it, records inserted since leave no variant and an
 #: empty list would pass them: the ids are "not checked" instead)
@@ -128,21 +130,27 @@ def replaced_starts(client: Any, links: Mapping[str, tuple[datetime, str]]) -> s
     if not pairs or not _has_parts(client):
         return set()
     named: dict[tuple[str, str], str] = {}  # (run, decision id) -> the link it held
-    for at in range(0, len(pairs), 1_000):
-        for run_id, decision_id, link in client.query(
-            f"SELECT run_id, decision_id, chain_hash FROM {DATABASE}.decision_variants "
-            "WHERE has({pairs:Array(Tuple(String, String))}, (run_id, chain_hash))",
-            parameters={"pairs": pairs[at : at + 1_000]},
-        ).result_rows:
-            named[(str(run_id), str(decision_id))] = str(link)
-    ids = list(named)
+    for run_id, decision_id, link in chunked_rows(
+        client,
+        f"SELECT run_id, decision_id, chain_hash FROM {DATABASE}.decision_variants "
+        "WHERE has({values:Array(Tuple(String, String))}, (run_id, chain_hash))",
+        pairs,
+    ):
+        named[(str(run_id), str(decision_id))] = str(link)
     replaced: set[str] = set()
-    for at in range(0, len(ids), 1_000):
-        for run_id, decision_id, link in client.query(
-            f"SELECT run_id, decision_id, ifNull(chain_hash, '') FROM {DATABASE}.decisions FINAL "
-            "WHERE has({ids:Array(Tuple(String, String))}, (run_id, decision_id))",
-            parameters={"ids": ids[at : at + 1_000]},
-        ).result_rows:
-            if named.get((str(run_id), str(decision_id))) != str(link):
-                replaced.add(str(run_id))
+    for run_id, decision_id, link in chunked_rows(
+        client,
+        f"SELECT run_id, decision_id, ifNull(chain_hash, '') FROM {DATABASE}.decisions FINAL "
+        "WHERE has({values:Array(Tuple(String, String))}, (run_id, decision_id))",
+        list(named),
+    ):
+        if named.get((str(run_id), str(decision_id))) != str(link):
+            replaced.add(str(run_id))
     return replaced
+
+
+def chunked_rows(client: Any, sql: str, values: list[Any]) -> Iterator[Any]:
+    """The rows of ``sql`` (its array parameter named ``values``) over ``values`` in pieces
+    of ``CHUNK``: a run list of any length in queries of a bounded size."""
+    for at in range(0, len(values), CHUNK):
+        yield from client.query(sql, parameters={"values": values[at : at + CHUNK]}).result_rows

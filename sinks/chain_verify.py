@@ -137,18 +137,18 @@ def altered_starts(client: Any, links: Mapping[str, tuple[datetime, str]], key: 
     to its chain_hash with ``key``, or whose named link's row was replaced under its id
     (``audit_conflicts.replaced_starts``): its start was altered, not cut by retention or
     --since."""
-    from baton.sinks.audit_conflicts import replaced_starts
+    from baton.sinks.audit_conflicts import chunked_rows, replaced_starts
 
     columns = ", ".join(f"`{c}`" for c in CHAIN_COLUMNS)
     pairs = [(run_id, link) for run_id, (_, link) in links.items() if link]
     altered: set[str] = set()
-    for at in range(0, len(pairs), 1_000):
-        rows = client.query(
-            f"SELECT {columns} FROM {DATABASE}.decisions FINAL "
-            "WHERE has({pairs:Array(Tuple(String, String))}, (run_id, ifNull(chain_prev, '')))",
-            parameters={"pairs": pairs[at : at + 1_000]},
-        ).result_rows
-        for row in map(utc_row, rows):
-            if row[3] is None or chain_hash(key, row[2] or "", row[4:]) != row[3]:
-                altered.add(str(row[0]))
+    rows = chunked_rows(
+        client,
+        f"SELECT {columns} FROM {DATABASE}.decisions FINAL "
+        "WHERE has({values:Array(Tuple(String, String))}, (run_id, ifNull(chain_prev, '')))",
+        pairs,
+    )
+    for row in map(utc_row, rows):
+        if row[3] is None or chain_hash(key, row[2] or "", row[4:]) != row[3]:
+            altered.add(str(row[0]))
     return altered | replaced_starts(client, links)
