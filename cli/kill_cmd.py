@@ -90,7 +90,7 @@ def kill_cmd(
     finally:
         client.close()
     scope = "run" if run_id else "tenant" if tenant else "global"
-    target = run_id or tenant or "*"
+    target = shown(run_id or tenant or "*")
     what = "released" if release else "engaged"
     if record is not None and record.reason not in (
         Reason.KILL_SWITCH,
@@ -99,7 +99,7 @@ def kill_cmd(
         click.echo(f"kill switch NOT {what}: scope={scope} target={target}: {describe(record)}")
         raise CommandRefused(
             f"the worker refused this {'release' if release else 'kill'} ({record.reason}): "
-            f"{record.detail}"
+            f"{shown(record.detail)}"
         )
     if record is None:  # --no-wait: Kafka has it; whether a worker applies it is unknown
         click.echo(
@@ -108,7 +108,8 @@ def kill_cmd(
         )
         return
     click.echo(
-        f"kill switch {what}: scope={scope} target={target} (applied by worker {record.worker})"
+        f"kill switch {what}: scope={scope} target={target} "
+        f"(applied by worker {shown(record.worker)})"
     )
 
 
