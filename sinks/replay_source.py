@@ -294,7 +294,9 @@ def split_page(
         while cut < end:  # the run of the piece's last row ends in it
             after = page.find(b"\n", cut + 1, end)
             after = end if after < 0 else after
-            if _run_of(page[cut + 1 : after]) != run_id:
+            following = _run_of(page[cut + 1 : after])
+            if following != run_id:
+                _check_run_order(run_id, following)
                 break
             cut = after
         if share > 0:
@@ -313,6 +315,18 @@ _NEWLINE = ord("\n")
 
 def _run_of(line: bytes) -> object:
     return _json(line)[0]
+
+
+def _check_run_order(run_id: object, following: object) -> None:
+    """Nothing when the run ``following`` may come after ``run_id`` in a page (run id order,
+    each run's rows together), else AuditUnavailable: a run's rows apart would be replayed
+    as two runs, each wrong."""
+    if type(run_id) is str and type(following) is str and following < run_id:
+        raise AuditUnavailable(
+            f"a page of recorded decisions from the audit is not in run order (run "
+            f"{shown_id(following)} after run {shown_id(run_id)}): a run's rows may be apart, "
+            "replay refuses to decide them; is the audit a ClickHouse server?"
+        )
 
 
 def _json(text: bytes) -> Any:
@@ -335,11 +349,13 @@ def page_rows(page: bytes) -> Iterator[Recorded]:
     """A page of :func:`read_pages` as recorded decisions (``decided_at`` an aware UTC time).
 
     64-bit numbers may come quoted (``output_format_json_quote_64bit_integers``, on in
-    older servers).
+    older servers). A page's runs come in run id order (the query's ``ORDER BY``), else
+    AuditUnavailable (the reader checks where it cuts a page, this every row).
     """
     rows = _json(b"[" + page.rstrip(b"\n").replace(b"\n", b",") + b"]")
     times: dict[Any, datetime] = {}
     compiled = _COMPILED
+    run_id: object = None
     for row in rows:
         if compiled:  # (interpreted, the tuple of types is the cheaper test)
             plain = _plain(row) or (type(row) is list and tuple(map(type, row)) in _GOOD_SHAPES)
@@ -362,6 +378,9 @@ def page_rows(page: bytes) -> Iterator[Recorded]:
                 row[_OFFSET] = int(row[_OFFSET])
             except ValueError:
                 _refuse(row, "offset", row[_OFFSET])
+        if row[0] != run_id:
+            _check_run_order(run_id, row[0])
+            run_id = row[0]
         yield _new_row(_Recorded, row)
 
 

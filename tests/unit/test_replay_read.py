@@ -32,7 +32,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def runs_page(runs: list[tuple[int, int]]) -> bytes:
     """A page of runs of ``n`` rows each, a row's text ``pad`` × its place in the run long."""
     lines = [
-        orjson.dumps([f"r{i}", "x" * (pad * (j + 1)), j])
+        orjson.dumps([f"r{i:05d}", "x" * (pad * (j + 1)), j])
         for i, (n, pad) in enumerate(runs)
         for j in range(n)
     ]
