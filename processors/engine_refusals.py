@@ -212,7 +212,11 @@ def answer_known(
             return _replies(state, own, event, policy, now, kills, origin)
         if state.evicted_at is not None and state.has_seen(TOMBSTONE_REPORT + digest):
             # counted before the eviction; a later report under its id took the id's key at
-            # the tombstone: its mark is the tombstone's, never counted again
+            # the tombstone: its mark is the tombstone's, never counted again. (The unseen
+            # key's check below is the same; one check before the key lookup is not: a state
+            # in which the report was counted again under its own key, as engines cb3bfad to
+            # d286532^ wrote it, answers a redelivery with that key's kept decision above; it
+            # would get reply_not_kept under another decision id.)
             return [protocol_answer(state, event, policy, now, kills, origin, "not_kept")]
         return own
     if (

@@ -236,17 +236,7 @@ def fast_parse(raw: bytes, specs: dict[str, Spec], most: int) -> Any:
     twice cost a worker twice its parse: H1, session 16)."""
     if len(raw) > most or not raw.isascii() or _BACKSLASH in raw:
         return None
-    try:
-        doc = _loads(raw)
-    except ValueError:  # orjson.JSONDecodeError: parse_event words it
-        return None
-    if type(doc) is not dict:
-        return None
-    kind = doc.get("type")
-    if type(kind) is not str:
-        return None
-    spec = specs.get(kind)
-    return None if spec is None else _built(doc, spec)  # (raw's bytes checked above)
+    return _read(raw, specs)
 
 
 def fast_parse_text(text: str, specs: dict[str, Spec], most: int) -> Any:
@@ -255,8 +245,15 @@ def fast_parse_text(text: str, specs: dict[str, Spec], most: int) -> Any:
     str's UTF-8 as it reads bytes."""
     if not text.isascii() or len(text) > most or "\\" in text:
         return None
+    return _read(text, specs)
+
+
+def _read(source: bytes | str, specs: dict[str, Spec]) -> Any:
+    """The rest of :func:`fast_parse` and :func:`fast_parse_text`, once they checked
+    ``source``'s bytes or characters (ASCII, no escapes, not too long): its event, or None
+    (the call costs a compiled replay ~21 instructions a recorded input: 0.015 %)."""
     try:
-        doc = _loads(text)
+        doc = _loads(source)
     except ValueError:  # orjson.JSONDecodeError: parse_event words it
         return None
     if type(doc) is not dict:
@@ -265,7 +262,7 @@ def fast_parse_text(text: str, specs: dict[str, Spec], most: int) -> Any:
     if type(kind) is not str:
         return None
     spec = specs.get(kind)
-    return None if spec is None else _built(doc, spec)  # (text's characters checked above)
+    return None if spec is None else _built(doc, spec)
 
 
 def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:

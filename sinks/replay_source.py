@@ -30,6 +30,7 @@ from baton.processors.recorded import POLICY_RECORD_RUN, REPLAY_COLUMNS, Recorde
 from baton.schemas.decision import Phase, Reason
 from baton.schemas.errors import AuditUnavailable
 from baton.schemas.policy import Policy
+from baton.sinks.audit_conflicts import chunked_rows
 from baton.sinks.schema import DATABASE
 
 if TYPE_CHECKING:  # the replay processes decode pages and need no ClickHouse client
@@ -141,15 +142,11 @@ def held_links(client: Client, links: Mapping[str, tuple[datetime, str]]) -> set
     whose named link a row of the same run in the audit holds: a history cut by the read's
     lower bound, not by deleted rows (``processors.replay_trimmed``)."""
     pairs = [(run_id, link) for run_id, (_, link) in links.items() if link]
-    held: set[str] = set()
-    for at in range(0, len(pairs), 1_000):
-        rows = client.query(
-            f"SELECT DISTINCT run_id FROM {DATABASE}.decisions "
-            "WHERE has({pairs:Array(Tuple(String, String))}, (run_id, chain_hash))",
-            parameters={"pairs": pairs[at : at + 1_000]},
-        ).result_rows
-        held.update(str(row[0]) for row in rows)
-    return held
+    sql = (
+        f"SELECT DISTINCT run_id FROM {DATABASE}.decisions "
+        "WHERE has({values:Array(Tuple(String, String))}, (run_id, chain_hash))"
+    )
+    return {str(row[0]) for row in chunked_rows(client, sql, pairs)}
 
 
 def read_commands(client: Client) -> list[str]:
