@@ -20,20 +20,22 @@ signatures checked against the policy in force). That is what the new policy is 
 with: the same report as a replay of the audit, where a kill switch's stops are replayed as
 recorded.
 
-A control record holds from its clock or its signing time, whichever is later, and goes first at
-an equal time (a kill applies; fail closed). A worker applies control records as its follower
-reads them, so a run event within ``max_staleness_s`` of a kill may have been decided before it:
-such a run shows as a change, never silently. A run with a record read before ``since``, or
-whose first event in the range is not a handoff request, is partial, as in the audit replay (a
-run begun before the range replayed from its first request in it would be judged on a history it
-lacks); only a record the worker decided as the run's event where it was read counts
-(``decided_here``: a dead letter under its key tells nothing). A run the replay cannot decide
-for another reason is listed as partial with why *and* broken (exit 7: a gate never passes by
-its absence): a record of it stamped past the read's start (plus ``CONTROL_CLOCK_SKEW_S``) or
-before the epoch (when it was read is unknown; such a stamp does not move its partition's
-clock), or a grant or denial of it stamped before the request it answers (two topics, merged by
-clock: in which order the worker read them is unknown). ``--tenant`` scopes whole runs by their
-first event's tenant, as the worker took it.
+A control record holds from its clock or its signing time, whichever is later, and goes first at an
+equal time (a kill applies; fail closed). A worker applies control records as its follower reads
+them, so a run event within ``max_staleness_s`` of a kill may have been decided before it: such a
+run shows as a change, never silently. A run with a record read before ``since`` (or in a trimmed
+partition's window) is partial, as in the audit replay (a run begun before the range replayed from
+its first request in it would be judged on a history it lacks); only a record the worker decided as
+the run's event where it was read counts (``decided_here``: a dead letter under its key tells
+nothing). Any other run begins at its first such record, whatever event it is (a grant or denial
+first: below): the worker decided it from an empty state (a completion under a run id a writer
+predicted, read before the run's first request, made the run "begun before the range", its change
+hidden). A run the replay cannot decide for another reason is listed as partial with why *and*
+broken (exit 7: a gate never passes by its absence): a record of it stamped past the read's start
+(plus ``CONTROL_CLOCK_SKEW_S``) or before the epoch (when it was read is unknown; such a stamp does
+not move its partition's clock), or a grant or denial of it stamped before the request it answers
+(two topics, merged by clock: in which order the worker read them is unknown). ``--tenant`` scopes
+whole runs by their first event's tenant, as the worker took it.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
 from baton.processors.replay_read_order import PartitionClock, Stamped, read_order
 from baton.schemas.decision import Decision, Outcome, Reason
-from baton.schemas.events import HandoffRequested, parse_control_event
+from baton.schemas.events import parse_control_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
@@ -284,8 +286,13 @@ def decide_topics(
                 event.run_id in answered_before or type(event) in ANSWERS
             ):
                 undecidable.setdefault(event.run_id, _ANSWERED_FIRST)
-            elif not isinstance(event, HandoffRequested):
-                partial.add(event.run_id)  # its start is before the range
+            elif type(event) in ANSWERS:
+                partial.add(event.run_id)  # answers only: its requests are gone
+            # any other first event is the run's beginning: no record of it is before what
+            # was read (every partition is read from its start, a trimmed one's window is in
+            # started_before), and the worker decided it from an empty state; a run begun in
+            # what retention deleted and read after the window was idle that long (evicted:
+            # its handoffs stopped under either policy), as for a request first read there
         out = proc.process([rec], now)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
         if not stamped:  # when it was read is unknown (a dead letter's time decides nothing)

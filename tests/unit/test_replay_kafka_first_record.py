@@ -1,0 +1,104 @@
+"""`baton replay --from-kafka`: a run whose first record the worker decided is not a request
+(session 19 H1). A writer of gov.handoff.requests who predicts a run id (the worker does not
+choose it) appends a completion under it before the run's first request: the worker decides
+it from an empty state and the run goes on from there, but the replay read the run as "begun
+before the range" (its first event not a request), partial, never replayed: a stricter
+policy's stop of its third handoff hidden, exit 0. Where no record of the run can lie
+before what was read, that record is the run's beginning and the run is replayed from it.
+Without Kafka: decide_topics, or the stand-in Consumer of
+tests/unit/test_attacks_session17_replay_kafka.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from baton.cli.replay_kafka import decide_topics, replay_decided, replay_from_kafka
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.schemas.settings import Settings
+from tests.unit.test_attacks_session17_replay_kafka import _trimmed_topics
+from tests.unit.test_engine_support import at, completed, finished, handoff
+from tests.unit.test_replay_kafka_read_order import (
+    APPROVALS,
+    BASELINE,
+    CONTROL,
+    REQUESTS,
+    STRICTER,
+    _exit_code,
+    _ms,
+    _request,
+)
+
+pytestmark = pytest.mark.unit
+
+FIRSTS = {
+    "completion": completed("ra-h9", "t9", "researcher", cost_usd=1.5, run_id="ra"),
+    "finish": finished(run_id="ra"),
+}
+
+
+@pytest.mark.parametrize("first", sorted(FIRSTS))
+def test_a_runs_first_record_that_is_no_request_begins_it_as_the_worker_decided(
+    first: str,
+) -> None:
+    """The whole partition is read from offset 0: the record is the run's beginning. The
+    replay decides it, and the run after it, exactly as the worker's batch step did."""
+    seeded = (_ms(5), REQUESTS, InputRecord(REQUESTS, 0, 0, b"ra", FIRSTS[first].to_json()))
+    records = [seeded, *(_request("ra", n, n + 1, 10 + 10 * n) for n in range(3))]
+    worker = BatchProcessor(BASELINE, 1, {}, "w", approvals_topic=APPROVALS)
+    said = [worker.process([rec], at(0)).decisions for _, _, rec in records]
+    decided = decide_topics(records, BASELINE, 1, APPROVALS, CONTROL)
+    assert [f"{r.outcome}:{r.reason}" for r in decided.rows] == [
+        f"{d.outcome}:{d.reason}" for out in said for _, d in out if not d.reemitted
+    ]
+    report = replay_decided(decided, STRICTER)
+    assert not report.partial and not report.broken, (report.partial, report.broken)
+    # a finished run's handoffs are stopped under either policy: nothing changes
+    changed = ["ra"] if first == "completion" else []
+    assert [r.run_id for r in report.changed_runs] == changed
+    assert _exit_code(report) == (1 if changed else 0)
+
+
+def _ra(first_s: float, offset: int = 1) -> list[tuple[int, int, object]]:
+    """A completion of ra at ``first_s``, then ra's three handoffs (the stricter policy stops
+    the third), from ``offset``."""
+    events = [completed("ra-h9", "t9", "researcher", run_id="ra")]
+    events += [handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra") for n in range(3)]
+    return [(offset + n, _ms(first_s + n), event) for n, event in enumerate(events)]
+
+
+def test_a_completion_in_the_range_before_a_runs_first_request_hides_no_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With --since: nothing of ra is read before the range (the topic is read from its
+    start), so its completion in the range is its beginning, not a sign it began before."""
+    _trimmed_topics(
+        monkeypatch,
+        {REQUESTS: [(0, _ms(0), handoff("rz-h0", "t0", "p", "r", run_id="rz")), *_ra(100)]},
+    )
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=1)
+    report, _ = replay_from_kafka(settings, STRICTER, BASELINE, at(50), None)
+    assert "ra" not in report.partial, report.partial
+    assert [r.run_id for r in report.changed_runs] == ["ra"]
+    assert _exit_code(report) == 1
+
+
+def test_a_completion_after_a_trimmed_partitions_window_begins_its_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trimmed partition (its first record read at offset 7): a run first read more than
+    run_retention_s after its first record was idle that long if it began in what is gone
+    (the worker evicted it: a handoff of it is stopped under either policy), so it is
+    replayed from there, as a run whose first record there is a request already was; a
+    run read within the window may have begun in what is gone: partial, as before."""
+    rz = [(7, _ms(0), completed("rz-h9", "t9", "researcher", run_id="rz"))]
+    rz += [
+        (8 + n, _ms(1 + n), handoff(f"rz-h{n}", f"t{n}", "p", "r", run_id="rz")) for n in range(3)
+    ]
+    _trimmed_topics(monkeypatch, {REQUESTS: [*rz, *_ra(7200, offset=20)]})
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=1, run_retention_s=3600)
+    report, _ = replay_from_kafka(settings, STRICTER, BASELINE, None, None)
+    assert "rz" in report.partial and "ra" not in report.partial, report.partial
+    assert not report.broken, report.broken
+    assert [r.run_id for r in report.changed_runs] == ["ra"]
+    assert _exit_code(report) == 1
