@@ -33,9 +33,11 @@ predicted, read before the run's first request, made the run "begun before the r
 hidden). A run the replay cannot decide for another reason is listed as partial with why *and*
 broken (exit 7: a gate never passes by its absence): a record of it stamped past the read's start
 (plus ``CONTROL_CLOCK_SKEW_S``) or before the epoch (when it was read is unknown; such a stamp does
-not move its partition's clock), or a grant or denial of it stamped before the request it answers
-(two topics, merged by clock: in which order the worker read them is unknown). ``--tenant`` scopes
-whole runs by their first event's tenant, as the worker took it.
+not move its partition's clock), a grant or denial of it stamped before the request it answers
+(two topics, merged by clock: in which order the worker read them is unknown), or a record of it
+read far past its own stamp across a control command that decides it otherwise, or decided
+between such a command's own time and its read time (``processors.replay_read_late``).
+``--tenant`` scopes whole runs by their first event's tenant, as the worker took it.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import NamedTuple
 
 from baton.cli.replay_kafka_scope import ANSWERS, decided_here, in_scope, run_of
@@ -53,6 +56,7 @@ from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.engine import NO_KILLS
 from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
+from baton.processors.replay_read_late import LATE_AFTER_S, ReadLate
 from baton.processors.replay_read_order import PartitionClock, Stamped, read_order
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.events import parse_control_event
@@ -88,6 +92,7 @@ def _records(
     partitions: int = 1,
     approvals: str | None = None,
     answered: set[str] | None = None,
+    late: dict[tuple[str, int, int], int] | None = None,
 ) -> tuple[list[Stamped], dict[str, str | None]]:
     """(read time ms, topic, record) of ``topics`` read in the range (``since`` to ``until``;
     None: no bound), and the runs of the records read before ``since`` (with ``tenants``,
@@ -107,7 +112,8 @@ def _records(
     stopped its late handoff under either policy). Only a record the worker decided as its
     run's event where it was read (``decided_here``: ``partitions``, ``approvals`` as the
     workers') begins a run before the range or in such a window; one that answers an approval
-    (a grant or denial) adds its run to ``answered`` instead (given)."""
+    (a grant or denial) adds its run to ``answered`` instead (given). ``late`` (given): the
+    own stamp of each record read in the range more than LATE_AFTER_S before its clock."""
     from confluent_kafka import (
         OFFSET_BEGINNING,
         Consumer,
@@ -203,6 +209,8 @@ def _records(
                         before[event.run_id] = event.tenant if tenants and early else None
             if not early and (stop_ms is None or clock.at < stop_ms):
                 out.append((clock.at if stamped else ts, msg.topic(), rec))
+                if late is not None and stamped and clock.at - ts > LATE_AFTER_S * 1000:
+                    late[(rec.topic, rec.partition, rec.offset)] = ts
         return out, before
     finally:
         consumer.close()
@@ -227,6 +235,11 @@ _ANSWERED_FIRST = (
     "a grant or denial of it is read before its first request (requests and approvals are two "
     "topics, merged by their partitions' stamps): in which order the worker read them is unknown"
 )
+_READ_LATE = (
+    f"a record of it or a control command is read more than {LATE_AFTER_S:g} s after its own "
+    "stamp (a stamp ahead amid its partition moved the clock) with the other between: in which "
+    "order the worker read them is unknown"
+)
 _ANSWERED_EARLY = (
     "a grant or denial of it is read before the request it answers (requests and approvals are "
     "two topics, merged by their partitions' stamps): in which order the worker read them is "
@@ -243,6 +256,7 @@ def decide_topics(
     started_before: Collection[str] = (),
     latest_ms: int = _LATEST_MS,
     answered_before: Collection[str] = (),
+    read_late: Mapping[tuple[str, int, int], int] = MappingProxyType({}),
 ) -> DecidedTopics:
     """What a worker under ``baseline`` decided for ``records`` (run events and ``control``
     records, in the order the workers read them: see the module docstring), and every
@@ -252,7 +266,10 @@ def decide_topics(
     trimmed partition's window). A run not begun before the range whose first event is such
     an answer (in the range or before it) is undecidable if a request-topic record of it is
     in the range (the worker read the two topics as they came), else partial (its requests
-    are gone: nothing of it to decide)."""
+    are gone: nothing of it to decide). ``read_late``: (topic, partition, offset) -> the own
+    stamp of a record its partition's clock reads more than LATE_AFTER_S later: a run decided
+    on a side of a control command the worker may not have decided it on is undecidable
+    (``processors.replay_read_late``)."""
     in_force = ControlInForce(NO_KILLS, baseline, None, "--baseline")
     proc = BatchProcessor(
         baseline, partitions, {}, "replay", lambda: in_force.kills, approvals_topic=approvals
@@ -265,10 +282,16 @@ def decide_topics(
     early: set[tuple[str, str]] = set()  # (run, approval id) answered before it was asked
     asked = {rec.key for _, topic, rec in records if topic not in (approvals, control)}
     ordered = read_order(records, latest_ms, control, _signed_ms)
+    late = ReadLate()
     for n, (at, topic, rec, stamped) in enumerate(ordered):
         now = datetime.fromtimestamp(at / 1000, UTC)
+        own = read_late.get((topic, rec.partition, rec.offset))
         if topic == control:
-            in_force = apply_control_record(in_force, rec, "replay", now).in_force
+            applied = apply_control_record(in_force, rec, "replay", now).in_force
+            held = None if own is None else max(own, _signed_ms(rec))
+            for run_id in late.command(at, held, in_force, applied):
+                undecidable.setdefault(run_id, _READ_LATE)
+            in_force = applied
             proc.policy = policies.setdefault(in_force.policy.version, in_force.policy)
             continue
         # a run begins at the first record the worker decided as its event here: a dead
@@ -303,6 +326,8 @@ def decide_topics(
                 undecidable.setdefault(run_id, _UNKNOWN_TIME.format(latest=_shown(latest_ms)))
         for run_id in _answered_early(out.decisions, early):
             undecidable.setdefault(run_id, _ANSWERED_EARLY)
+        for run_id in late.event(at, own, (d for _, d in out.decisions)):
+            undecidable.setdefault(run_id, _READ_LATE)
     rows.sort(key=lambda r: (r[0], r[1]))
     return DecidedTopics(_cut_at_the_range(rows, partial), policies, undecidable)
 
@@ -390,6 +415,7 @@ def replay_from_kafka(
     # put the rest of it past --to (never replayed) and after the control records read later
     latest = min(_LATEST_MS, int((time.time() + CONTROL_CLOCK_SKEW_S) * 1000))
     answered: set[str] = set()
+    late: dict[tuple[str, int, int], int] = {}
     records, before = _records(
         settings,
         [catalog.requests, catalog.approvals],
@@ -401,9 +427,12 @@ def replay_from_kafka(
         partitions=settings.partitions,
         approvals=catalog.approvals,
         answered=answered,
+        late=late,
     )
     records = in_scope(records, before, run_id, tenant, settings.partitions, catalog.approvals)
-    records += _records(settings, [catalog.control], None, until, latest, "read_uncommitted")[0]
+    records += _records(
+        settings, [catalog.control], None, until, latest, "read_uncommitted", late=late
+    )[0]
     decided = decide_topics(
         records,
         baseline,
@@ -413,5 +442,6 @@ def replay_from_kafka(
         before,
         latest,
         answered,
+        late,
     )
     return replay_decided(decided, new_policy), decided.policies
