@@ -44,12 +44,12 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import NamedTuple
 
+from baton.cli.replay_kafka_read import read_topics
 from baton.cli.replay_kafka_scope import ANSWERS, decided_here, in_scope, run_of
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control_apply import ControlInForce, apply_control_record
@@ -57,7 +57,7 @@ from baton.processors.engine import NO_KILLS
 from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
 from baton.processors.replay_read_late import LATE_AFTER_S, ReadLate
-from baton.processors.replay_read_order import PartitionClock, Stamped, read_order
+from baton.processors.replay_read_order import Stamped, read_order
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.events import parse_control_event
 from baton.schemas.policy import Policy
@@ -78,142 +78,6 @@ __all__ = [
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _LATEST_MS = int(_LATEST.timestamp() * 1000)
 #: the events that answer an approval (gov.approvals' only run events)
-
-
-def _records(
-    settings: Settings,
-    topics: list[str],
-    since: datetime | None,
-    until: datetime | None,
-    latest_ms: int,
-    isolation: str = "read_committed",
-    tenants: bool = False,
-    trimmed_s: float | None = None,
-    partitions: int = 1,
-    approvals: str | None = None,
-    answered: set[str] | None = None,
-    late: dict[tuple[str, int, int], int] | None = None,
-) -> tuple[list[Stamped], dict[str, str | None]]:
-    """(read time ms, topic, record) of ``topics`` read in the range (``since`` to ``until``;
-    None: no bound), and the runs of the records read before ``since`` (with ``tenants``,
-    each with the tenant of its first record that is its run's event, else None). A record's
-    read time is its partition's clock (``processors.replay_read_order``: the running
-    maximum of the stamps in offset order, ``latest_ms`` its bound; a record whose own stamp
-    is out of the bound keeps that stamp, for decide_topics to name its run): along a
-    partition it never goes back, so the range is one stretch of each partition, and a
-    record stamped early amid it (a writer of the topic) neither begins its run before the
-    range nor leaves a gap in a run's history. Every partition is read from its start to its
-    end. ``isolation``: as the worker reads these topics (gov.control read_uncommitted, as
-    its control follower: a transaction left open there must not hide the commands after
-    it). ``trimmed_s``: a partition whose first record read is not at offset 0 lost its start
-    (retention, a deletion); the runs with a record read within this many seconds (the
-    workers' run_retention_s) of its clock's first stamp may have begun in what is gone, and are
-    counted as begun before the range (a run idle longer was evicted by then: the worker
-    stopped its late handoff under either policy). Only a record the worker decided as its
-    run's event where it was read (``decided_here``: ``partitions``, ``approvals`` as the
-    workers') begins a run before the range or in such a window; one that answers an approval
-    (a grant or denial) adds its run to ``answered`` instead (given). ``late`` (given): the
-    own stamp of each record read in the range more than LATE_AFTER_S before its clock."""
-    from confluent_kafka import (
-        OFFSET_BEGINNING,
-        Consumer,
-        KafkaError,
-        KafkaException,
-        TopicPartition,
-    )
-
-    from baton.schemas.errors import BrokerUnavailable
-    from baton.streams.kafka import consumer_config, kafka_said
-    from baton.streams.net import check_reachable
-
-    # a closed port answers at once, named; librdkafka's metadata call raised a KafkaException
-    # (_TRANSPORT) out of the command as a traceback, exit 1 ("the policy changes decisions")
-    check_reachable(settings.bootstrap, settings.connect_timeout_s)
-    consumer = Consumer(
-        consumer_config(
-            settings.kafka_config(),
-            f"baton-replay-{uuid.uuid4().hex[:8]}",
-            {
-                "enable.partition.eof": True,
-                "enable.auto.commit": False,
-                "isolation.level": isolation,
-            },
-        )
-    )
-    try:
-        wanted: list[TopicPartition] = []
-        for topic in topics:
-            try:
-                meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s).topics[topic]
-            except KafkaException as exc:
-                raise BrokerUnavailable(
-                    f"cannot read {topic} from Kafka at {settings.bootstrap} "
-                    f"({kafka_said(exc)}); is the broker running?"
-                ) from None
-            if meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise BrokerUnavailable(
-                    f"no topic {topic} at {settings.bootstrap}; is BATON_TOPIC_PREFIX right, "
-                    "and has a worker started there (it creates the topics)?"
-                )
-            if meta.error is not None:
-                raise BrokerUnavailable(
-                    f"cannot read {topic} from Kafka at {settings.bootstrap}: {meta.error.str()}"
-                )
-            wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-        open_parts = {(tp.topic, tp.partition) for tp in wanted}
-        consumer.assign(wanted)
-        start_ms = int(since.timestamp() * 1000) if since is not None else None
-        stop_ms = int(until.timestamp() * 1000) if until is not None else None
-        out: list[Stamped] = []
-        before: dict[str, str | None] = {}
-        clocks: dict[tuple[str, int], PartitionClock] = {}
-        #: partition -> the read time its trimmed window ends at (None: read from offset 0)
-        cut: dict[tuple[str, int], float | None] = {}
-        while open_parts:
-            msg = consumer.poll(settings.connect_timeout_s)
-            if msg is None:
-                raise BrokerUnavailable(
-                    f"no answer from Kafka at {settings.bootstrap} within "
-                    f"{settings.connect_timeout_s:g} s while reading {', '.join(topics)}"
-                )
-            where = (msg.topic(), msg.partition())
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    open_parts.discard(where)
-                    continue
-                raise BrokerUnavailable(f"reading {where[0]}[{where[1]}]: {msg.error()}")
-            ts = msg.timestamp()[1]
-            clock = clocks.setdefault(where, PartitionClock())
-            stamped = clock.read(ts, latest_ms)
-            if where not in cut:  # its first record read
-                cut[where] = math.inf if trimmed_s and msg.offset() > 0 else None
-            if cut[where] == math.inf and stamped:
-                # anchored on the clock's first stamp: a first record stamped past any time
-                # (or before the epoch) made every run of the partition partial, or none
-                cut[where] = clock.at + (trimmed_s or 0) * 1000
-            rec = InputRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
-            early = start_ms is not None and clock.at < start_ms
-            window = cut[where]
-            if early or (window is not None and clock.at < window):
-                # only a record the worker decided as its run's event where it was read: a
-                # dead letter, or an event forwarded to its run's partition (decided when
-                # its copy is read there), under a run's key tells nothing about the run
-                run = run_of(rec.key)
-                known = before.get(run) is not None if tenants and early else run in before
-                if not known and (event := decided_here(rec, partitions, approvals)):
-                    if answered is not None and type(event) in ANSWERS:
-                        # read before the range (or in a trimmed window) by its partition's
-                        # clock, not known to be before the run's first request (decide_topics)
-                        answered.add(event.run_id)
-                    else:
-                        before[event.run_id] = event.tenant if tenants and early else None
-            if not early and (stop_ms is None or clock.at < stop_ms):
-                out.append((clock.at if stamped else ts, msg.topic(), rec))
-                if late is not None and stamped and clock.at - ts > LATE_AFTER_S * 1000:
-                    late[(rec.topic, rec.partition, rec.offset)] = ts
-        return out, before
-    finally:
-        consumer.close()
 
 
 class DecidedTopics(NamedTuple):
@@ -416,7 +280,7 @@ def replay_from_kafka(
     latest = min(_LATEST_MS, int((time.time() + CONTROL_CLOCK_SKEW_S) * 1000))
     answered: set[str] = set()
     late: dict[tuple[str, int, int], int] = {}
-    records, before = _records(
+    records, before = read_topics(
         settings,
         [catalog.requests, catalog.approvals],
         since,
@@ -430,7 +294,7 @@ def replay_from_kafka(
         late=late,
     )
     records = in_scope(records, before, run_id, tenant, settings.partitions, catalog.approvals)
-    records += _records(
+    records += read_topics(
         settings, [catalog.control], None, until, latest, "read_uncommitted", late=late
     )[0]
     decided = decide_topics(
