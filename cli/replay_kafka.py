@@ -36,7 +36,8 @@ broken (exit 7: a gate never passes by its absence): a record of it stamped past
 not move its partition's clock), a grant or denial of it stamped before the request it answers
 (two topics, merged by clock: in which order the worker read them is unknown), or a record of it
 read far past its own stamp across a control command that decides it otherwise, or decided
-between such a command's own time and its read time (``processors.replay_read_late``).
+between such a command's own time and its read time (``processors.replay_read_late``), or read
+past ``until`` though stamped well before it.
 ``--tenant`` scopes whole runs by their first event's tenant, as the worker took it.
 """
 
@@ -103,6 +104,10 @@ _READ_LATE = (
     f"a record of it or a control command is read more than {LATE_AFTER_S:g} s after its own "
     "stamp (a stamp ahead amid its partition moved the clock) with the other between: in which "
     "order the worker read them is unknown"
+)
+_CUT_LATE = (
+    f"a record of it stamped more than {LATE_AFTER_S:g} s before --to is read after it (a stamp "
+    "ahead amid its partition moved the clock): its history in the range may lack it"
 )
 _ANSWERED_EARLY = (
     "a grant or denial of it is read before the request it answers (requests and approvals are "
@@ -280,6 +285,7 @@ def replay_from_kafka(
     latest = min(_LATEST_MS, int((time.time() + CONTROL_CLOCK_SKEW_S) * 1000))
     answered: set[str] = set()
     late: dict[tuple[str, int, int], int] = {}
+    cut_late: set[str] = set()
     records, before = read_topics(
         settings,
         [catalog.requests, catalog.approvals],
@@ -292,8 +298,11 @@ def replay_from_kafka(
         approvals=catalog.approvals,
         answered=answered,
         late=late,
+        cut_late=cut_late,
     )
     records = in_scope(records, before, run_id, tenant, settings.partitions, catalog.approvals)
+    if run_id is not None or tenant is not None:
+        cut_late &= {run_of(rec.key) for _, _, rec in records}
     records += read_topics(
         settings, [catalog.control], None, until, latest, "read_uncommitted", late=late
     )[0]
@@ -308,4 +317,6 @@ def replay_from_kafka(
         answered,
         late,
     )
+    for run in cut_late:
+        decided.undecidable.setdefault(run, _CUT_LATE)
     return replay_decided(decided, new_policy), decided.policies

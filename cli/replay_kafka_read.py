@@ -34,6 +34,7 @@ def read_topics(
     approvals: str | None = None,
     answered: set[str] | None = None,
     late: dict[tuple[str, int, int], int] | None = None,
+    cut_late: set[str] | None = None,
 ) -> tuple[list[Stamped], dict[str, str | None]]:
     """(read time ms, topic, record) of ``topics`` read in the range (``since`` to ``until``;
     None: no bound), and the runs of the records read before ``since`` (with ``tenants``,
@@ -54,7 +55,10 @@ def read_topics(
     run's event where it was read (``decided_here``: ``partitions``, ``approvals`` as the
     workers') begins a run before the range or in such a window; one that answers an approval
     (a grant or denial) adds its run to ``answered`` instead (given). ``late`` (given): the
-    own stamp of each record read in the range more than LATE_AFTER_S before its clock."""
+    own stamp of each record read in the range more than LATE_AFTER_S before its clock;
+    ``cut_late`` (given): the runs of the records read at or after ``until`` though stamped
+    more than LATE_AFTER_S before it (a stamp ahead amid the partition moved its clock on: the
+    worker read them in the range, so the run's history in it may lack them)."""
     from confluent_kafka import (
         OFFSET_BEGINNING,
         Consumer,
@@ -152,6 +156,14 @@ def read_topics(
                 out.append((clock.at if stamped else ts, msg.topic(), rec))
                 if late is not None and stamped and clock.at - ts > LATE_AFTER_S * 1000:
                     late[(rec.topic, rec.partition, rec.offset)] = ts
+            elif (
+                cut_late is not None
+                and stop_ms is not None
+                and stamped
+                and clock.at >= stop_ms > ts + LATE_AFTER_S * 1000
+                and (event := decided_here(rec, partitions, approvals))
+            ):
+                cut_late.add(event.run_id)
         return out, before
     finally:
         consumer.close()

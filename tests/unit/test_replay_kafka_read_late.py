@@ -94,3 +94,23 @@ def test_a_policy_update_read_late_on_the_control_topic_makes_the_runs_between_b
     report, _ = replay_from_kafka(SETTINGS, STRICTER, STRICTER, None, None)
     assert report.broken == ["ra"], (report.partial, report.broken)
     assert _exit_code(report) == 7
+
+
+def test_records_read_late_past_to_make_their_run_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same stamp ahead with --to at 500 s: ra's second and third handoffs (20 and 30 s,
+    in the range for the worker) are read at 1000 s, after the range, so ra was replayed
+    without its third handoff, the stricter policy's stop of it unseen, exit 0."""
+    ra = _ra(10, 20, 30)
+    rz = handoff("rz-h0", "t0", "p", "r", run_id="rz")
+    held = {
+        REQUESTS: [
+            (0, _ms(10), ra[0]),
+            (1, _ms(1000), rz),
+            (2, _ms(20), ra[1]),
+            (3, _ms(30), ra[2]),
+        ]
+    }
+    _trimmed_topics(monkeypatch, held)
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, at(500))
+    assert report.broken == ["ra"], (report.partial, report.broken)
+    assert _exit_code(report) == 7
