@@ -23,21 +23,21 @@ recorded.
 A control record holds from its clock or its signing time, whichever is later, and goes first at an
 equal time (a kill applies; fail closed). A worker applies control records as its follower reads
 them, so a run event within ``max_staleness_s`` of a kill may have been decided before it: such a
-run shows as a change, never silently. A run with a record read before ``since`` (or in a trimmed
-partition's window) is partial, as in the audit replay (a run begun before the range replayed from
-its first request in it would be judged on a history it lacks); only a record the worker decided as
-the run's event where it was read counts (``decided_here``: a dead letter under its key tells
-nothing). Any other run begins at its first such record, whatever event it is (a grant or denial
-first: below): the worker decided it from an empty state (a completion under a run id a writer
-predicted, read before the run's first request, made the run "begun before the range", its change
-hidden). A run the replay cannot decide for another reason is listed as partial with why *and*
-broken (exit 7: a gate never passes by its absence): a record of it stamped past the read's start
-(plus ``CONTROL_CLOCK_SKEW_S``) or before the epoch (when it was read is unknown; such a stamp does
-not move its partition's clock), a grant or denial of it stamped before the request it answers
-(two topics, merged by clock: in which order the worker read them is unknown), or a record of it
-read far past its own stamp across a control command that decides it otherwise, or decided
-between such a command's own time and its read time (``processors.replay_read_late``), or read
-past ``until`` though stamped well before it.
+run shows as a change, never silently. A run with a record read in a trimmed partition's window may
+have begun in what is gone and is partial, as in the audit replay (replayed from its first request
+read it would be judged on a history it lacks); only a record the worker decided as the run's event
+where it was read counts (``decided_here``: a dead letter under its key tells nothing). Any other
+run begins at its first such record, before ``since`` or in the range, whatever event it is (a
+grant or denial first: below): the worker decided it from an empty state (a writer who predicts a
+run id seeds it with a completion before its first request, or with any event before ``since``: the
+run was "begun before the range", partial, its change hidden). A run the replay cannot decide for
+another reason is listed as partial with why *and* broken (exit 7: a gate never passes by its
+absence): a record of it stamped past the read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before
+the epoch (when it was read is unknown; such a stamp does not move its partition's clock), a grant
+or denial of it stamped before the request it answers (two topics, merged by clock: in which order
+the worker read them is unknown), or a record of it read far past its own stamp across a control
+command that decides it otherwise, or decided between such a command's own time and its read time
+(``processors.replay_read_late``), or read past ``until`` though stamped well before it.
 ``--tenant`` scopes whole runs by their first event's tenant, as the worker took it.
 """
 
@@ -129,16 +129,16 @@ def decide_topics(
 ) -> DecidedTopics:
     """What a worker under ``baseline`` decided for ``records`` (run events and ``control``
     records, in the order the workers read them: see the module docstring), and every
-    policy that was in force. ``started_before``: the runs with a record before the range
-    (partial); ``latest_ms``: a stamp from then on (or before -1) is of an unknown time;
-    ``answered_before``: the runs with a grant or denial read before the range (or in a
-    trimmed partition's window). A run not begun before the range whose first event is such
-    an answer (in the range or before it) is undecidable if a request-topic record of it is
-    in the range (the worker read the two topics as they came), else partial (its requests
-    are gone: nothing of it to decide). ``read_late``: (topic, partition, offset) -> the own
-    stamp of a record its partition's clock reads more than LATE_AFTER_S later: a run decided
-    on a side of a control command the worker may not have decided it on is undecidable
-    (``processors.replay_read_late``)."""
+    policy that was in force. ``started_before``: the runs that may have begun in what a
+    trimmed partition lost (partial); ``latest_ms``: a stamp from then on (or before -1) is
+    of an unknown time; ``answered_before``: the runs with a grant or denial read in a
+    trimmed partition's window. A run not begun in a trimmed window
+    whose first event is such an answer (in the range or before it) is undecidable if a
+    request-topic record of it is in the range (the worker read the two topics as they
+    came), else partial (its requests are gone: nothing of it to decide). ``read_late``:
+    (topic, partition, offset) -> the own stamp of a record its partition's clock reads
+    more than LATE_AFTER_S later: a run decided on a side of a control command the worker
+    may not have decided it on is undecidable (``processors.replay_read_late``)."""
     in_force = ControlInForce(NO_KILLS, baseline, None, "--baseline")
     proc = BatchProcessor(
         baseline, partitions, {}, "replay", lambda: in_force.kills, approvals_topic=approvals
@@ -180,11 +180,12 @@ def decide_topics(
                 undecidable.setdefault(event.run_id, _ANSWERED_FIRST)
             elif type(event) in ANSWERS:
                 partial.add(event.run_id)  # answers only: its requests are gone
-            # any other first event is the run's beginning: no record of it is before what
-            # was read (every partition is read from its start, a trimmed one's window is in
-            # started_before), and the worker decided it from an empty state; a run begun in
-            # what retention deleted and read after the window was idle that long (evicted:
-            # its handoffs stopped under either policy), as for a request first read there
+            # any other first event is the run's beginning: no record of it is before what was
+            # read (every partition is read from its start, before since too; a trimmed one's
+            # window is in started_before), and the worker decided it from an empty state; a run
+            # begun in what retention deleted and read after the window was idle that long
+            # (evicted: its handoffs stopped under either policy), as for a request first read
+            # there
         out = proc.process([rec], now)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
         if not stamped:  # when it was read is unknown (a dead letter's time decides nothing)

@@ -37,8 +37,12 @@ def read_topics(
     cut_late: set[str] | None = None,
 ) -> tuple[list[Stamped], dict[str, str | None]]:
     """(read time ms, topic, record) of ``topics`` read in the range (``since`` to ``until``;
-    None: no bound), and the runs of the records read before ``since`` (with ``tenants``,
-    each with the tenant of its first record that is its run's event, else None). A record's
+    None: no bound), after those read before it of the runs that go on in it (every record of
+    a partition is read: such a run is replayed from its first record, as the worker decided
+    it; a writer who predicts a run id seeds it before ``since`` with a request or a completion,
+    and the run was "begun before the range", partial, its change hidden); and the runs that
+    may have begun in what a trimmed partition lost (below; with ``tenants``, each with the
+    tenant of its first record that is its run's event before ``since``, else None). A record's
     read time is its partition's clock (``processors.replay_read_order``: the running
     maximum of the stamps in offset order, ``latest_ms`` its bound; a record whose own stamp
     is out of the bound keeps that stamp, for decide_topics to name its run): along a
@@ -53,9 +57,9 @@ def read_topics(
     counted as begun before the range (a run idle longer was evicted by then: the worker
     stopped its late handoff under either policy). Only a record the worker decided as its
     run's event where it was read (``decided_here``: ``partitions``, ``approvals`` as the
-    workers') begins a run before the range or in such a window; one that answers an approval
-    (a grant or denial) adds its run to ``answered`` instead (given). ``late`` (given): the
-    own stamp of each record read in the range more than LATE_AFTER_S before its clock;
+    workers') begins a run in such a window; one that answers an approval (a grant or denial)
+    adds its run to ``answered`` instead (given). ``late`` (given): the
+    own stamp of each record returned that is read more than LATE_AFTER_S after it;
     ``cut_late`` (given): the runs of the records read at or after ``until`` though stamped
     more than LATE_AFTER_S before it (a stamp ahead amid the partition moved its clock on: the
     worker read them in the range, so the run's history in it may lack them)."""
@@ -110,6 +114,7 @@ def read_topics(
         start_ms = int(since.timestamp() * 1000) if since is not None else None
         stop_ms = int(until.timestamp() * 1000) if until is not None else None
         out: list[Stamped] = []
+        kept: list[Stamped] = []  # the records read before the range (not in a window)
         before: dict[str, str | None] = {}
         clocks: dict[tuple[str, int], PartitionClock] = {}
         #: partition -> the read time its trimmed window ends at (None: read from offset 0)
@@ -139,7 +144,7 @@ def read_topics(
             rec = InputRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
             early = start_ms is not None and clock.at < start_ms
             window = cut[where]
-            if early or (window is not None and clock.at < window):
+            if window is not None and clock.at < window:
                 # only a record the worker decided as its run's event where it was read: a
                 # dead letter, or an event forwarded to its run's partition (decided when
                 # its copy is read there), under a run's key tells nothing about the run
@@ -152,10 +157,10 @@ def read_topics(
                         answered.add(event.run_id)
                     else:
                         before[event.run_id] = event.tenant if tenants and early else None
+            elif early:  # read before the range: kept for the runs that go on in it (below)
+                kept.append((clock.at if stamped else ts, msg.topic(), rec))
             if not early and (stop_ms is None or clock.at < stop_ms):
                 out.append((clock.at if stamped else ts, msg.topic(), rec))
-                if late is not None and stamped and clock.at - ts > LATE_AFTER_S * 1000:
-                    late[(rec.topic, rec.partition, rec.offset)] = ts
             elif (
                 cut_late is not None
                 and stop_ms is not None
@@ -164,6 +169,14 @@ def read_topics(
                 and (event := decided_here(rec, partitions, approvals))
             ):
                 cut_late.add(event.run_id)
-        return out, before
+                continue
+            elif not early or (window is not None and clock.at < window):
+                continue  # after the range, or its run partial
+            if late is not None and stamped and clock.at - ts > LATE_AFTER_S * 1000:
+                late[(rec.topic, rec.partition, rec.offset)] = ts
+        # a run begun before the range, its every record read (not in a trimmed partition's
+        # window): replayed from its first one, the range's records after them
+        going_on = {run_of(rec.key) for _, _, rec in out} - before.keys()
+        return [r for r in kept if run_of(r[2].key) in going_on] + out, before
     finally:
         consumer.close()

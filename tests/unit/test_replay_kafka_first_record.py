@@ -102,3 +102,27 @@ def test_a_completion_after_a_trimmed_partitions_window_begins_its_run(
     assert not report.broken, report.broken
     assert [r.run_id for r in report.changed_runs] == ["ra"]
     assert _exit_code(report) == 1
+
+
+SEEDS = {
+    "request": handoff("ra-x", "tx", "p", "r", run_id="ra"),
+    "completion": completed("ra-x", "tx", "researcher", run_id="ra"),
+}
+
+
+@pytest.mark.parametrize("seed", sorted(SEEDS))
+def test_a_record_seeded_before_since_under_a_predicted_run_id_hides_no_change(
+    monkeypatch: pytest.MonkeyPatch, seed: str
+) -> None:
+    """The same writer appends its record under ra's id before --since (0 s; the range from
+    50 s), ra's three handoffs come in the range: the worker decided ra's first from the
+    seed's state. ra was "begun before the range", partial, and the stricter policy's stop
+    of its handoffs hidden, exit 0. The topic is read from its start, so every record of
+    ra is read: ra is replayed from its first record, the seed included."""
+    held = {REQUESTS: [(0, _ms(0), SEEDS[seed]), *_ra(100)[1:]]}
+    _trimmed_topics(monkeypatch, held)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=1)
+    report, _ = replay_from_kafka(settings, STRICTER, BASELINE, at(50), None)
+    assert not report.partial and not report.broken, (report.partial, report.broken)
+    assert [r.run_id for r in report.changed_runs] == ["ra"]
+    assert _exit_code(report) == 1
