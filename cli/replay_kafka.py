@@ -22,23 +22,25 @@ recorded.
 
 A control record holds from its clock or its signing time, whichever is later, and goes first at an
 equal time (a kill applies; fail closed). A worker applies control records as its follower reads
-them, so a run event within ``max_staleness_s`` of a kill may have been decided before it: such a
-run shows as a change, never silently. A run with a record read in a trimmed partition's window may
-have begun in what is gone and is partial, as in the audit replay (replayed from its first request
-read it would be judged on a history it lacks); only a record the worker decided as the run's event
-where it was read counts (``decided_here``: a dead letter under its key tells nothing). Any other
-run begins at its first such record, before ``since`` or in the range, whatever event it is (a
-grant or denial first: below): the worker decided it from an empty state (a writer who predicts a
-run id seeds it with a completion before its first request, or with any event before ``since``: the
-run was "begun before the range", partial, its change hidden). A run the replay cannot decide for
-another reason is listed as partial with why *and* broken (exit 7: a gate never passes by its
-absence): a record of it stamped past the read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before
-the epoch (when it was read is unknown; such a stamp does not move its partition's clock), a grant
-or denial of it stamped before the request it answers (two topics, merged by clock: in which order
-the worker read them is unknown), or a record of it read far past its own stamp across a control
-command that decides it otherwise, or decided between such a command's own time and its read time
-(``processors.replay_read_late``), or read past ``until`` though stamped well before it.
-``--tenant`` scopes whole runs by their first event's tenant, as the worker took it.
+them, so a run event within ``max_staleness_s`` after a kill may have been decided before it. Not
+guaranteed: the replay stops such an event as killed under both policies, so a change the new
+policy makes to it is not seen (a handoff 1 s after a kill of its run: exit 0). A run with a record
+read in a trimmed partition's window may have begun in what is gone and is partial, as in the audit
+replay (replayed from its first request read it would be judged on a history it lacks); only a
+record the worker decided as the run's event where it was read counts (``decided_here``: a dead
+letter under its key tells nothing). Any other run begins at its first such record, before
+``since`` or in the range, whatever event it is (a grant or denial first: below): the worker
+decided it from an empty state (a writer who predicts a run id seeds it with a completion before
+its first request, or with any event before ``since``: the run was "begun before the range",
+partial, its change hidden). A run the replay cannot decide for another reason is listed as partial
+with why *and* broken (exit 7: a gate never passes by its absence): a record of it stamped past the
+read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before the epoch (when it was read is unknown; such
+a stamp does not move its partition's clock), a grant or denial of it stamped before the request it
+answers (two topics, merged by clock: in which order the worker read them is unknown), or a record
+of it read far past its own stamp across a control command that decides it otherwise, or decided
+between such a command's own time and its read time (``processors.replay_read_late``), or read past
+``until`` though stamped well before it. ``--tenant`` scopes whole runs by their first event's
+tenant, as the worker took it.
 """
 
 from __future__ import annotations
