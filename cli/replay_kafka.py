@@ -153,7 +153,7 @@ def decide_topics(
     early: set[tuple[str, str]] = set()  # (run, approval id) answered before it was asked
     asked = {rec.key for _, topic, rec in records if topic not in (approvals, control)}
     ordered = read_order(records, latest_ms, control, _signed_ms)
-    late = ReadLate()
+    late = ReadLate(any(where[0] == control for where in read_late))
     for n, (at, topic, rec, stamped) in enumerate(ordered):
         now = datetime.fromtimestamp(at / 1000, UTC)
         own = read_late.get((topic, rec.partition, rec.offset))

@@ -44,11 +44,14 @@ def _changes(before: ControlInForce, after: ControlInForce, run_id: str, tenant:
 class ReadLate:
     """The runs whose order against a control command is unknown, fed in the replay's order:
     :meth:`command` for each control record applied, :meth:`event` for each run event's
-    decisions; ``own_ms``: a record's own time (ms) where it is read late, else None."""
+    decisions; ``own_ms``: a record's own time (ms) where it is read late, else None.
+    ``commands_late``: a control record may be read late (else the run events' decisions
+    are not kept: a command read on time needs none of them)."""
 
-    __slots__ = ("_commands", "_decided")
+    __slots__ = ("_commands", "_decided", "_keep")
 
-    def __init__(self) -> None:
+    def __init__(self, commands_late: bool = True) -> None:
+        self._keep = commands_late
         #: (read time, in force before, in force after) of each command that changed anything
         self._commands: list[tuple[int, ControlInForce, ControlInForce]] = []
         #: (read time, run, tenant) of each run event's decisions, in read order
@@ -72,7 +75,8 @@ class ReadLate:
         """A run event read at ``at`` was decided ``decisions``: the runs of them that a
         command held after its own time (plus the skew) and before it decides otherwise."""
         decided = [(d.run_id, d.tenant) for d in decisions]
-        self._decided += [(at, run, tenant) for run, tenant in decided]
+        if self._keep:
+            self._decided += [(at, run, tenant) for run, tenant in decided]
         if own_ms is None or at - own_ms <= _LATE_MS:
             return set()
         start = bisect.bisect_right(self._commands, own_ms + _LATE_MS, key=lambda c: c[0])
