@@ -156,7 +156,7 @@ def decide_topics(
     late = ReadLate(any(where[0] == control for where in read_late))
     for n, (at, topic, rec, stamped) in enumerate(ordered):
         now = datetime.fromtimestamp(at / 1000, UTC)
-        own = read_late.get((topic, rec.partition, rec.offset))
+        own = read_late.get((topic, rec.partition, rec.offset)) if read_late else None
         if topic == control:
             applied = apply_control_record(in_force, rec, "replay", now).in_force
             held = None if own is None else max(own, _signed_ms(rec))
@@ -198,7 +198,7 @@ def decide_topics(
                 undecidable.setdefault(run_id, _UNKNOWN_TIME.format(latest=_shown(latest_ms)))
         for run_id in _answered_early(out.decisions, early):
             undecidable.setdefault(run_id, _ANSWERED_EARLY)
-        for run_id in late.event(at, own, (d for _, d in out.decisions)):
+        for run_id in late.event(at, own, out.decisions):
             undecidable.setdefault(run_id, _READ_LATE)
     rows.sort(key=lambda r: (r[0], r[1]))
     return DecidedTopics(_cut_at_the_range(rows, partial), policies, undecidable)

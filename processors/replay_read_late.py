@@ -20,7 +20,7 @@ exit 7). Not guaranteed: within the skew, the replay's order is taken as the wor
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Collection, Sequence
 
 from baton.processors.control_apply import ControlInForce
 from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
@@ -71,18 +71,20 @@ class ReadLate:
         decided = self._decided[start:]
         return {run for _, run, tenant in decided if _changes(before, after, run, tenant)}
 
-    def event(self, at: int, own_ms: int | None, decisions: Iterable[Decision]) -> set[str]:
-        """A run event read at ``at`` was decided ``decisions``: the runs of them that a
-        command held after its own time (plus the skew) and before it decides otherwise."""
-        decided = [(d.run_id, d.tenant) for d in decisions]
+    def event(
+        self, at: int, own_ms: int | None, decisions: Sequence[tuple[int, Decision]]
+    ) -> Collection[str]:
+        """A run event read at ``at`` was decided ``decisions`` (the batch step's (index,
+        decision) pairs): the runs of them that a command held after its own time (plus the
+        skew) and before it decides otherwise."""
         if self._keep:
-            self._decided += [(at, run, tenant) for run, tenant in decided]
+            self._decided += [(at, d.run_id, d.tenant) for _, d in decisions]
         if own_ms is None or at - own_ms <= _LATE_MS:
-            return set()
+            return ()
         start = bisect.bisect_right(self._commands, own_ms + _LATE_MS, key=lambda c: c[0])
         return {
-            run
+            d.run_id
             for _, before, after in self._commands[start:]
-            for run, tenant in decided
-            if _changes(before, after, run, tenant)
+            for _, d in decisions
+            if _changes(before, after, d.run_id, d.tenant)
         }
