@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections import OrderedDict
 from datetime import datetime
 
 from baton.cli.replay_kafka_scope import ANSWERS, decided_here, run_of
@@ -19,6 +20,39 @@ from baton.processors.replay_read_order import PartitionClock, Stamped
 from baton.schemas.settings import Settings
 
 __all__ = ["read_topics"]
+
+
+class _KeptRuns:
+    """The records read before the range of the runs a worker still held: each partition's
+    runs by the clock of their last record there, a run idle past ``horizon_ms`` (the
+    workers' run_retention_s: evicted to a tombstone, its later handoffs stopped under either
+    policy) dropped with its records, so that what is kept is the records of the last
+    retention before the range, not of the whole topic."""
+
+    __slots__ = ("_lanes", "dropped", "horizon", "records")
+
+    def __init__(self, horizon_ms: float) -> None:
+        self.horizon = horizon_ms
+        self._lanes: dict[tuple[str, int], OrderedDict[str, int]] = {}
+        #: run -> its records read before the range, in the order read
+        self.records: dict[str, list[Stamped]] = {}
+        #: the runs dropped idle: begun before the range (partial), as their later records
+        self.dropped: set[str] = set()
+
+    def keep(self, run: str, where: tuple[str, int], at: int, read: Stamped) -> list[list[Stamped]]:
+        """Keep ``read``, ``run``'s record read at ``at`` on partition ``where``; the records
+        of the runs this drops, idle on that partition's clock."""
+        lane = self._lanes.setdefault(where, OrderedDict())
+        lane[run] = at
+        lane.move_to_end(run)
+        self.records.setdefault(run, []).append(read)
+        gone = []
+        while lane and next(iter(lane.values())) < at - self.horizon:
+            idle, _ = lane.popitem(last=False)
+            if (records := self.records.pop(idle, None)) is not None:
+                self.dropped.add(idle)
+                gone.append(records)
+        return gone
 
 
 def read_topics(
@@ -37,32 +71,34 @@ def read_topics(
     cut_late: set[str] | None = None,
 ) -> tuple[list[Stamped], dict[str, str | None]]:
     """(read time ms, topic, record) of ``topics`` read in the range (``since`` to ``until``;
-    None: no bound), after those read before it of the runs that go on in it (every record of
-    a partition is read: such a run is replayed from its first record, as the worker decided
-    it; a writer who predicts a run id seeds it before ``since`` with a request or a completion,
-    and the run was "begun before the range", partial, its change hidden); and the runs that
-    may have begun in what a trimmed partition lost (below; with ``tenants``, each with the
-    tenant of its first record that is its run's event before ``since``, else None). A record's
-    read time is its partition's clock (``processors.replay_read_order``: the running
-    maximum of the stamps in offset order, ``latest_ms`` its bound; a record whose own stamp
-    is out of the bound keeps that stamp, for decide_topics to name its run): along a
-    partition it never goes back, so the range is one stretch of each partition, and a
-    record stamped early amid it (a writer of the topic) neither begins its run before the
-    range nor leaves a gap in a run's history. Every partition is read from its start to its
-    end. ``isolation``: as the worker reads these topics (gov.control read_uncommitted, as
-    its control follower: a transaction left open there must not hide the commands after
-    it). ``trimmed_s``: a partition whose first record read is not at offset 0 lost its start
-    (retention, a deletion); the runs with a record read within this many seconds (the
-    workers' run_retention_s) of its clock's first stamp may have begun in what is gone, and are
-    counted as begun before the range (a run idle longer was evicted by then: the worker
-    stopped its late handoff under either policy). Only a record the worker decided as its
-    run's event where it was read (``decided_here``: ``partitions``, ``approvals`` as the
-    workers') begins a run in such a window; one that answers an approval (a grant or denial)
-    adds its run to ``answered`` instead (given). ``late`` (given): the
-    own stamp of each record returned that is read more than LATE_AFTER_S after it;
-    ``cut_late`` (given): the runs of the records read at or after ``until`` though stamped
-    more than LATE_AFTER_S before it (a stamp ahead amid the partition moved its clock on: the
-    worker read them in the range, so the run's history in it may lack them)."""
+    None: no bound), after those read before it of the runs that go on in it (every record
+    of a partition is read: such a run is replayed from its first record, as the worker
+    decided it; a writer who predicts a run id seeds it before ``since`` with a request or
+    a completion, and the run was "begun before the range", partial, its change hidden; one
+    idle longer than ``trimmed_s`` before the range, evicted by the worker, is not:
+    :class:`_KeptRuns`); and the runs that may have begun in what a trimmed partition lost
+    (below; with ``tenants``, each with the tenant of its first record that is its run's
+    event before ``since``, else None). A record's read time is its partition's clock
+    (``processors.replay_read_order``: the running maximum of the stamps in offset order,
+    ``latest_ms`` its bound; a record whose own stamp is out of the bound keeps that stamp,
+    for decide_topics to name its run): along a partition it never goes back, so the range
+    is one stretch of each partition, and a record stamped early amid it (a writer of the
+    topic) neither begins its run before the range nor leaves a gap in a run's history.
+    Every partition is read from its start to its end. ``isolation``: as the worker reads
+    these topics (gov.control read_uncommitted, as its control follower: a transaction left
+    open there must not hide the commands after it). ``trimmed_s``: a partition whose first
+    record read is not at offset 0 lost its start (retention, a deletion); the runs with a
+    record read within this many seconds (the workers' run_retention_s) of its clock's
+    first stamp may have begun in what is gone, and are counted as begun before the range
+    (a run idle longer was evicted by then: the worker stopped its late handoff under
+    either policy). Only a record the worker decided as its run's event where it was read
+    (``decided_here``: ``partitions``, ``approvals`` as the workers') begins a run in such
+    a window; one that answers an approval (a grant or denial) adds its run to ``answered``
+    instead (given). ``late`` (given): the own stamp of each record returned that is read
+    more than LATE_AFTER_S after it; ``cut_late`` (given): the runs of the records read at
+    or after ``until`` though stamped more than LATE_AFTER_S before it (a stamp ahead amid
+    the partition moved its clock on: the worker read them in the range, so the run's
+    history in it may lack them)."""
     from confluent_kafka import (
         OFFSET_BEGINNING,
         Consumer,
@@ -114,8 +150,23 @@ def read_topics(
         start_ms = int(since.timestamp() * 1000) if since is not None else None
         stop_ms = int(until.timestamp() * 1000) if until is not None else None
         out: list[Stamped] = []
-        kept: list[Stamped] = []  # the records read before the range (not in a window)
+        kept = _KeptRuns((trimmed_s or math.inf) * 1000)
         before: dict[str, str | None] = {}
+
+        def begun(rec: InputRecord, early: bool) -> None:
+            # only a record the worker decided as its run's event where it was read: a
+            # dead letter, or an event forwarded to its run's partition (decided when
+            # its copy is read there), under a run's key tells nothing about the run
+            run = run_of(rec.key)
+            known = before.get(run) is not None if tenants and early else run in before
+            if not known and (event := decided_here(rec, partitions, approvals)):
+                if answered is not None and type(event) in ANSWERS:
+                    # read before the range (or in a trimmed window) by its partition's
+                    # clock, not known to be before the run's first request (decide_topics)
+                    answered.add(event.run_id)
+                else:
+                    before[event.run_id] = event.tenant if tenants and early else None
+
         clocks: dict[tuple[str, int], PartitionClock] = {}
         #: partition -> the read time its trimmed window ends at (None: read from offset 0)
         cut: dict[tuple[str, int], float | None] = {}
@@ -145,20 +196,14 @@ def read_topics(
             early = start_ms is not None and clock.at < start_ms
             window = cut[where]
             if window is not None and clock.at < window:
-                # only a record the worker decided as its run's event where it was read: a
-                # dead letter, or an event forwarded to its run's partition (decided when
-                # its copy is read there), under a run's key tells nothing about the run
-                run = run_of(rec.key)
-                known = before.get(run) is not None if tenants and early else run in before
-                if not known and (event := decided_here(rec, partitions, approvals)):
-                    if answered is not None and type(event) in ANSWERS:
-                        # read before the range (or in a trimmed window) by its partition's
-                        # clock, not known to be before the run's first request (decide_topics)
-                        answered.add(event.run_id)
-                    else:
-                        before[event.run_id] = event.tenant if tenants and early else None
+                begun(rec, early)
+            elif early and run_of(rec.key) in kept.dropped:
+                begun(rec, True)
             elif early:  # read before the range: kept for the runs that go on in it (below)
-                kept.append((clock.at if stamped else ts, msg.topic(), rec))
+                read = (clock.at if stamped else ts, msg.topic(), rec)
+                for records in kept.keep(run_of(rec.key), where, clock.at, read):
+                    for _, _, old in records:
+                        begun(old, True)
             if not early and (stop_ms is None or clock.at < stop_ms):
                 out.append((clock.at if stamped else ts, msg.topic(), rec))
             elif (
@@ -175,8 +220,20 @@ def read_topics(
             if late is not None and stamped and clock.at - ts > LATE_AFTER_S * 1000:
                 late[(rec.topic, rec.partition, rec.offset)] = ts
         # a run begun before the range, its every record read (not in a trimmed partition's
-        # window): replayed from its first one, the range's records after them
-        going_on = {run_of(rec.key) for _, _, rec in out} - before.keys()
-        return [r for r in kept if run_of(r[2].key) in going_on] + out, before
+        # window): replayed from its first one, the range's records after them, unless it
+        # was idle past the horizon before its first record in the range (evicted: partial)
+        resumed: dict[str, int] = {}  # run -> the read time of its first record in the range
+        for at, _, rec in out:
+            run = run_of(rec.key)
+            resumed[run] = min(at, resumed.get(run, at))
+        whole: list[Stamped] = []
+        for run, at in resumed.items():
+            records = kept.records.get(run, [])
+            if records and at - max(r[0] for r in records) > kept.horizon:
+                for _, _, old in records:
+                    begun(old, True)
+            elif run not in before:
+                whole += records
+        return whole + out, before
     finally:
         consumer.close()

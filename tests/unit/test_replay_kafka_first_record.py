@@ -126,3 +126,22 @@ def test_a_record_seeded_before_since_under_a_predicted_run_id_hides_no_change(
     assert not report.partial and not report.broken, (report.partial, report.broken)
     assert [r.run_id for r in report.changed_runs] == ["ra"]
     assert _exit_code(report) == 1
+
+
+def test_a_run_idle_past_the_run_retention_before_since_stays_partial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ra's first handoff at 0 s, its next ones at 7200 s, --since 5000 s, run_retention_s
+    3600: the worker evicted ra between them and stopped the later handoffs on its
+    tombstone under either policy. Replayed from its first record (on a live run: the
+    replay evicts nothing), ra showed the stricter policy's stops as a change, exit 1. Its
+    records before the range are dropped when it has been idle that long (so are they from
+    memory: what is kept is the last run_retention_s before the range): partial, as before."""
+    ra = [handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra") for n in range(4)]
+    held = [(0, _ms(0), ra[0]), (1, _ms(7200), ra[1]), (2, _ms(7201), ra[2]), (3, _ms(7202), ra[3])]
+    held.append((4, _ms(7300), handoff("rb-h0", "t0", "p", "r", run_id="rb")))
+    _trimmed_topics(monkeypatch, {REQUESTS: held})
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=1, run_retention_s=3600)
+    report, _ = replay_from_kafka(settings, STRICTER, BASELINE, at(5000), None)
+    assert "ra" in report.partial and not report.broken, (report.partial, report.broken)
+    assert _exit_code(report) == 0
