@@ -43,10 +43,14 @@ class _KeptRuns:
         """Keep ``read``, ``run``'s record read at ``at`` on partition ``where``; the records
         of the runs this drops, idle on that partition's clock."""
         lane = self._lanes.setdefault(where, OrderedDict())
+        gone = []
+        if at - lane.get(run, at) > self.horizon:  # idle that long itself: evicted
+            del lane[run]
+            self.dropped.add(run)
+            return [[*self.records.pop(run, []), read]]
         lane[run] = at
         lane.move_to_end(run)
         self.records.setdefault(run, []).append(read)
-        gone = []
         while lane and next(iter(lane.values())) < at - self.horizon:
             idle, _ = lane.popitem(last=False)
             if (records := self.records.pop(idle, None)) is not None:

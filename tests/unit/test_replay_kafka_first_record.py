@@ -145,3 +145,18 @@ def test_a_run_idle_past_the_run_retention_before_since_stays_partial(
     report, _ = replay_from_kafka(settings, STRICTER, BASELINE, at(5000), None)
     assert "ra" in report.partial and not report.broken, (report.partial, report.broken)
     assert _exit_code(report) == 0
+
+
+def test_a_run_idle_past_the_run_retention_amid_its_records_before_since_stays_partial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same with ra's idle stretch before the range (0 s, then 5000 s; --since 5500 s):
+    the worker decided its handoffs from 5000 s on its tombstone. Partial."""
+    ra = [handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra") for n in range(4)]
+    held = [(0, _ms(0), ra[0]), (1, _ms(5000), ra[1]), (2, _ms(5600), ra[2]), (3, _ms(5601), ra[3])]
+    held.append((4, _ms(5700), handoff("rb-h0", "t0", "p", "r", run_id="rb")))
+    _trimmed_topics(monkeypatch, {REQUESTS: held})
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=1, run_retention_s=3600)
+    report, _ = replay_from_kafka(settings, STRICTER, BASELINE, at(5500), None)
+    assert "ra" in report.partial and not report.broken, (report.partial, report.broken)
+    assert _exit_code(report) == 0
