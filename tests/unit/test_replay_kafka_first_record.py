@@ -128,35 +128,25 @@ def test_a_record_seeded_before_since_under_a_predicted_run_id_hides_no_change(
     assert _exit_code(report) == 1
 
 
-def test_a_run_idle_past_the_run_retention_before_since_stays_partial(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("stamps", "since"),
+    [((0, 7200, 7201, 7202), 5000), ((0, 5000, 5600, 5601), 5500)],
+    ids=["idle-before-the-range", "idle-amid-its-records-before-it"],
+)
+def test_a_run_idle_past_the_run_retention_before_its_records_stays_partial(
+    monkeypatch: pytest.MonkeyPatch, stamps: tuple[int, ...], since: int
 ) -> None:
-    """ra's first handoff at 0 s, its next ones at 7200 s, --since 5000 s, run_retention_s
-    3600: the worker evicted ra between them and stopped the later handoffs on its
-    tombstone under either policy. Replayed from its first record (on a live run: the
-    replay evicts nothing), ra showed the stricter policy's stops as a change, exit 1. Its
-    records before the range are dropped when it has been idle that long (so are they from
-    memory: what is kept is the last run_retention_s before the range): partial, as before."""
+    """ra's first handoff at 0 s, its next ones more than run_retention_s (3600 s) later,
+    before --since or in the range: the worker evicted ra between them and decided the
+    later handoffs on its tombstone (stopped under either policy). Replayed from its first
+    record (on a live run: the replay evicts nothing), ra showed the stricter policy's stops
+    as a change, exit 1. A run idle that long is dropped from what is kept before the range
+    (so is it from memory: what is kept is the last run_retention_s): partial, as before."""
     ra = [handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra") for n in range(4)]
-    held = [(0, _ms(0), ra[0]), (1, _ms(7200), ra[1]), (2, _ms(7201), ra[2]), (3, _ms(7202), ra[3])]
-    held.append((4, _ms(7300), handoff("rb-h0", "t0", "p", "r", run_id="rb")))
+    held = [(n, _ms(stamp), event) for n, (stamp, event) in enumerate(zip(stamps, ra, strict=True))]
+    held.append((4, _ms(stamps[-1] + 100), handoff("rb-h0", "t0", "p", "r", run_id="rb")))
     _trimmed_topics(monkeypatch, {REQUESTS: held})
     settings = Settings(bootstrap="127.0.0.1:1", partitions=1, run_retention_s=3600)
-    report, _ = replay_from_kafka(settings, STRICTER, BASELINE, at(5000), None)
-    assert "ra" in report.partial and not report.broken, (report.partial, report.broken)
-    assert _exit_code(report) == 0
-
-
-def test_a_run_idle_past_the_run_retention_amid_its_records_before_since_stays_partial(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The same with ra's idle stretch before the range (0 s, then 5000 s; --since 5500 s):
-    the worker decided its handoffs from 5000 s on its tombstone. Partial."""
-    ra = [handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra") for n in range(4)]
-    held = [(0, _ms(0), ra[0]), (1, _ms(5000), ra[1]), (2, _ms(5600), ra[2]), (3, _ms(5601), ra[3])]
-    held.append((4, _ms(5700), handoff("rb-h0", "t0", "p", "r", run_id="rb")))
-    _trimmed_topics(monkeypatch, {REQUESTS: held})
-    settings = Settings(bootstrap="127.0.0.1:1", partitions=1, run_retention_s=3600)
-    report, _ = replay_from_kafka(settings, STRICTER, BASELINE, at(5500), None)
+    report, _ = replay_from_kafka(settings, STRICTER, BASELINE, at(since), None)
     assert "ra" in report.partial and not report.broken, (report.partial, report.broken)
     assert _exit_code(report) == 0

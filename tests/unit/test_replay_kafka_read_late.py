@@ -37,6 +37,13 @@ def _ra(*seconds: float) -> list:
     return [handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra") for n in range(len(seconds))]
 
 
+def _pushed() -> list[tuple[int, int, object]]:
+    """ra's handoffs at 10, 20 and 30 s, rz's request stamped 1000 s after ra's first."""
+    ra = _ra(10, 20, 30)
+    rz = handoff("rz-h0", "t0", "p", "r", run_id="rz")
+    return [(0, _ms(10), ra[0]), (1, _ms(1000), rz), (2, _ms(20), ra[1]), (3, _ms(30), ra[2])]
+
+
 def test_records_read_late_past_a_kill_switch_make_their_run_broken(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -45,19 +52,8 @@ def test_records_read_late_past_a_kill_switch_make_their_run_broken(
     second and third are read at 1000 s, after the kill, stopped as killed under both
     policies, and the stricter policy's stop of the third (a change) was hidden, exit 0.
     rz, decided after the kill of another run, is replayed."""
-    ra = _ra(10, 20, 30)
-    rz = handoff("rz-h0", "t0", "p", "r", run_id="rz")
     kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(200))
-    held = {
-        REQUESTS: [
-            (0, _ms(10), ra[0]),
-            (1, _ms(1000), rz),
-            (2, _ms(20), ra[1]),
-            (3, _ms(30), ra[2]),
-        ],
-        CONTROL: [(0, _ms(200), kill)],
-    }
-    _trimmed_topics(monkeypatch, held)
+    _trimmed_topics(monkeypatch, {REQUESTS: _pushed(), CONTROL: [(0, _ms(200), kill)]})
     report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, None)
     assert report.broken == ["ra"], (report.partial, report.broken)
     assert "in which order the worker read them is unknown" in report.partial["ra"]
@@ -100,17 +96,7 @@ def test_records_read_late_past_to_make_their_run_broken(monkeypatch: pytest.Mon
     """The same stamp ahead with --to at 500 s: ra's second and third handoffs (20 and 30 s,
     in the range for the worker) are read at 1000 s, after the range, so ra was replayed
     without its third handoff, the stricter policy's stop of it unseen, exit 0."""
-    ra = _ra(10, 20, 30)
-    rz = handoff("rz-h0", "t0", "p", "r", run_id="rz")
-    held = {
-        REQUESTS: [
-            (0, _ms(10), ra[0]),
-            (1, _ms(1000), rz),
-            (2, _ms(20), ra[1]),
-            (3, _ms(30), ra[2]),
-        ]
-    }
-    _trimmed_topics(monkeypatch, held)
+    _trimmed_topics(monkeypatch, {REQUESTS: _pushed()})
     report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, at(500))
     assert report.broken == ["ra"], (report.partial, report.broken)
     assert _exit_code(report) == 7
