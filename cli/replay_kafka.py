@@ -20,40 +20,49 @@ signatures checked against the policy in force). That is what the new policy is 
 with: the same report as a replay of the audit, where a kill switch's stops are replayed as
 recorded.
 
-A control record holds from its clock or its signing time, whichever is later, and goes first at
-an equal time (a kill applies; fail closed). A worker applies control records as its follower
-reads them, so a run event within ``max_staleness_s`` of a kill may have been decided before it:
-such a run shows as a change, never silently. A run with a record read before ``since``, or
-whose first event in the range is not a handoff request, is partial, as in the audit replay (a
-run begun before the range replayed from its first request in it would be judged on a history it
-lacks); only a record the worker decided as the run's event where it was read counts
-(``decided_here``: a dead letter under its key tells nothing). A run the replay cannot decide
-for another reason is listed as partial with why *and* broken (exit 7: a gate never passes by
-its absence): a record of it stamped past the read's start (plus ``CONTROL_CLOCK_SKEW_S``) or
-before the epoch (when it was read is unknown; such a stamp does not move its partition's
-clock), or a grant or denial of it stamped before the request it answers (two topics, merged by
-clock: in which order the worker read them is unknown). ``--tenant`` scopes whole runs by their
-first event's tenant, as the worker took it.
+A control record holds from its clock or its signing time, whichever is later, and goes first at an
+equal time (a kill applies; fail closed). A worker applies control records as its follower reads
+them, so a run event within ``max_staleness_s`` after a kill may have been decided before it. Not
+guaranteed: the replay stops such an event as killed under both policies, so a change the new
+policy makes to it is not seen (a handoff 1 s after a kill of its run: exit 0). A run with a record
+read in a trimmed partition's window may have begun in what is gone and is partial, as in the audit
+replay (replayed from its first request read it would be judged on a history it lacks); only a
+record the worker decided as the run's event where it was read counts (``decided_here``: a dead
+letter under its key tells nothing). Any other run begins at its first such record, before
+``since`` or in the range, whatever event it is (a grant or denial first: below): the worker
+decided it from an empty state (a writer who predicts a run id seeds it with a completion before
+its first request, or with any event before ``since``: the run was "begun before the range",
+partial, its change hidden). A run the replay cannot decide for another reason is listed as partial
+with why *and* broken (exit 7: a gate never passes by its absence): a record of it stamped past the
+read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before the epoch (when it was read is unknown; such
+a stamp does not move its partition's clock), a grant or denial of it stamped before the request it
+answers (two topics, merged by clock: in which order the worker read them is unknown), or a record
+of it read far past its own stamp across a control command that decides it otherwise, or decided
+between such a command's own time and its read time (``processors.replay_read_late``), or read past
+``until`` though stamped well before it. ``--tenant`` scopes whole runs by their first event's
+tenant, as the worker took it.
 """
 
 from __future__ import annotations
 
 import math
 import time
-import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import NamedTuple
 
+from baton.cli.replay_kafka_read import read_topics
 from baton.cli.replay_kafka_scope import ANSWERS, decided_here, in_scope, run_of
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.engine import NO_KILLS
 from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
-from baton.processors.replay_read_order import PartitionClock, Stamped, read_order
+from baton.processors.replay_read_late import LATE_AFTER_S, ReadLate
+from baton.processors.replay_read_order import Stamped, read_order
 from baton.schemas.decision import Decision, Outcome, Reason
-from baton.schemas.events import HandoffRequested, parse_control_event
+from baton.schemas.events import parse_control_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
@@ -72,138 +81,6 @@ __all__ = [
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _LATEST_MS = int(_LATEST.timestamp() * 1000)
 #: the events that answer an approval (gov.approvals' only run events)
-
-
-def _records(
-    settings: Settings,
-    topics: list[str],
-    since: datetime | None,
-    until: datetime | None,
-    latest_ms: int,
-    isolation: str = "read_committed",
-    tenants: bool = False,
-    trimmed_s: float | None = None,
-    partitions: int = 1,
-    approvals: str | None = None,
-    answered: set[str] | None = None,
-) -> tuple[list[Stamped], dict[str, str | None]]:
-    """(read time ms, topic, record) of ``topics`` read in the range (``since`` to ``until``;
-    None: no bound), and the runs of the records read before ``since`` (with ``tenants``,
-    each with the tenant of its first record that is its run's event, else None). A record's
-    read time is its partition's clock (``processors.replay_read_order``: the running
-    maximum of the stamps in offset order, ``latest_ms`` its bound; a record whose own stamp
-    is out of the bound keeps that stamp, for decide_topics to name its run): along a
-    partition it never goes back, so the range is one stretch of each partition, and a
-    record stamped early amid it (a writer of the topic) neither begins its run before the
-    range nor leaves a gap in a run's history. Every partition is read from its start to its
-    end. ``isolation``: as the worker reads these topics (gov.control read_uncommitted, as
-    its control follower: a transaction left open there must not hide the commands after
-    it). ``trimmed_s``: a partition whose first record read is not at offset 0 lost its start
-    (retention, a deletion); the runs with a record read within this many seconds (the
-    workers' run_retention_s) of its clock's first stamp may have begun in what is gone, and are
-    counted as begun before the range (a run idle longer was evicted by then: the worker
-    stopped its late handoff under either policy). Only a record the worker decided as its
-    run's event where it was read (``decided_here``: ``partitions``, ``approvals`` as the
-    workers') begins a run before the range or in such a window; one that answers an approval
-    (a grant or denial) adds its run to ``answered`` instead (given)."""
-    from confluent_kafka import (
-        OFFSET_BEGINNING,
-        Consumer,
-        KafkaError,
-        KafkaException,
-        TopicPartition,
-    )
-
-    from baton.schemas.errors import BrokerUnavailable
-    from baton.streams.kafka import consumer_config, kafka_said
-    from baton.streams.net import check_reachable
-
-    # a closed port answers at once, named; librdkafka's metadata call raised a KafkaException
-    # (_TRANSPORT) out of the command as a traceback, exit 1 ("the policy changes decisions")
-    check_reachable(settings.bootstrap, settings.connect_timeout_s)
-    consumer = Consumer(
-        consumer_config(
-            settings.kafka_config(),
-            f"baton-replay-{uuid.uuid4().hex[:8]}",
-            {
-                "enable.partition.eof": True,
-                "enable.auto.commit": False,
-                "isolation.level": isolation,
-            },
-        )
-    )
-    try:
-        wanted: list[TopicPartition] = []
-        for topic in topics:
-            try:
-                meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s).topics[topic]
-            except KafkaException as exc:
-                raise BrokerUnavailable(
-                    f"cannot read {topic} from Kafka at {settings.bootstrap} "
-                    f"({kafka_said(exc)}); is the broker running?"
-                ) from None
-            if meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise BrokerUnavailable(
-                    f"no topic {topic} at {settings.bootstrap}; is BATON_TOPIC_PREFIX right, "
-                    "and has a worker started there (it creates the topics)?"
-                )
-            if meta.error is not None:
-                raise BrokerUnavailable(
-                    f"cannot read {topic} from Kafka at {settings.bootstrap}: {meta.error.str()}"
-                )
-            wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-        open_parts = {(tp.topic, tp.partition) for tp in wanted}
-        consumer.assign(wanted)
-        start_ms = int(since.timestamp() * 1000) if since is not None else None
-        stop_ms = int(until.timestamp() * 1000) if until is not None else None
-        out: list[Stamped] = []
-        before: dict[str, str | None] = {}
-        clocks: dict[tuple[str, int], PartitionClock] = {}
-        #: partition -> the read time its trimmed window ends at (None: read from offset 0)
-        cut: dict[tuple[str, int], float | None] = {}
-        while open_parts:
-            msg = consumer.poll(settings.connect_timeout_s)
-            if msg is None:
-                raise BrokerUnavailable(
-                    f"no answer from Kafka at {settings.bootstrap} within "
-                    f"{settings.connect_timeout_s:g} s while reading {', '.join(topics)}"
-                )
-            where = (msg.topic(), msg.partition())
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    open_parts.discard(where)
-                    continue
-                raise BrokerUnavailable(f"reading {where[0]}[{where[1]}]: {msg.error()}")
-            ts = msg.timestamp()[1]
-            clock = clocks.setdefault(where, PartitionClock())
-            stamped = clock.read(ts, latest_ms)
-            if where not in cut:  # its first record read
-                cut[where] = math.inf if trimmed_s and msg.offset() > 0 else None
-            if cut[where] == math.inf and stamped:
-                # anchored on the clock's first stamp: a first record stamped past any time
-                # (or before the epoch) made every run of the partition partial, or none
-                cut[where] = clock.at + (trimmed_s or 0) * 1000
-            rec = InputRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
-            early = start_ms is not None and clock.at < start_ms
-            window = cut[where]
-            if early or (window is not None and clock.at < window):
-                # only a record the worker decided as its run's event where it was read: a
-                # dead letter, or an event forwarded to its run's partition (decided when
-                # its copy is read there), under a run's key tells nothing about the run
-                run = run_of(rec.key)
-                known = before.get(run) is not None if tenants and early else run in before
-                if not known and (event := decided_here(rec, partitions, approvals)):
-                    if answered is not None and type(event) in ANSWERS:
-                        # read before the range (or in a trimmed window) by its partition's
-                        # clock, not known to be before the run's first request (decide_topics)
-                        answered.add(event.run_id)
-                    else:
-                        before[event.run_id] = event.tenant if tenants and early else None
-            if not early and (stop_ms is None or clock.at < stop_ms):
-                out.append((clock.at if stamped else ts, msg.topic(), rec))
-        return out, before
-    finally:
-        consumer.close()
 
 
 class DecidedTopics(NamedTuple):
@@ -225,6 +102,15 @@ _ANSWERED_FIRST = (
     "a grant or denial of it is read before its first request (requests and approvals are two "
     "topics, merged by their partitions' stamps): in which order the worker read them is unknown"
 )
+_READ_LATE = (
+    f"a record of it or a control command is read more than {LATE_AFTER_S:g} s after its own "
+    "stamp (a stamp ahead amid its partition moved the clock) with the other between: in which "
+    "order the worker read them is unknown"
+)
+_CUT_LATE = (
+    f"a record of it stamped more than {LATE_AFTER_S:g} s before --to is read after it (a stamp "
+    "ahead amid its partition moved the clock): its history in the range may lack it"
+)
 _ANSWERED_EARLY = (
     "a grant or denial of it is read before the request it answers (requests and approvals are "
     "two topics, merged by their partitions' stamps): in which order the worker read them is "
@@ -241,16 +127,20 @@ def decide_topics(
     started_before: Collection[str] = (),
     latest_ms: int = _LATEST_MS,
     answered_before: Collection[str] = (),
+    read_late: Mapping[tuple[str, int, int], int] = MappingProxyType({}),
 ) -> DecidedTopics:
     """What a worker under ``baseline`` decided for ``records`` (run events and ``control``
     records, in the order the workers read them: see the module docstring), and every
-    policy that was in force. ``started_before``: the runs with a record before the range
-    (partial); ``latest_ms``: a stamp from then on (or before -1) is of an unknown time;
-    ``answered_before``: the runs with a grant or denial read before the range (or in a
-    trimmed partition's window). A run not begun before the range whose first event is such
-    an answer (in the range or before it) is undecidable if a request-topic record of it is
-    in the range (the worker read the two topics as they came), else partial (its requests
-    are gone: nothing of it to decide)."""
+    policy that was in force. ``started_before``: the runs that may have begun in what a
+    trimmed partition lost (partial); ``latest_ms``: a stamp from then on (or before -1) is
+    of an unknown time; ``answered_before``: the runs with a grant or denial read in a
+    trimmed partition's window. A run not begun in a trimmed window
+    whose first event is such an answer (in the range or before it) is undecidable if a
+    request-topic record of it is in the range (the worker read the two topics as they
+    came), else partial (its requests are gone: nothing of it to decide). ``read_late``:
+    (topic, partition, offset) -> the own stamp of a record its partition's clock reads
+    more than LATE_AFTER_S later: a run decided on a side of a control command the worker
+    may not have decided it on is undecidable (``processors.replay_read_late``)."""
     in_force = ControlInForce(NO_KILLS, baseline, None, "--baseline")
     proc = BatchProcessor(
         baseline, partitions, {}, "replay", lambda: in_force.kills, approvals_topic=approvals
@@ -263,10 +153,16 @@ def decide_topics(
     early: set[tuple[str, str]] = set()  # (run, approval id) answered before it was asked
     asked = {rec.key for _, topic, rec in records if topic not in (approvals, control)}
     ordered = read_order(records, latest_ms, control, _signed_ms)
+    late = ReadLate(any(where[0] == control for where in read_late))
     for n, (at, topic, rec, stamped) in enumerate(ordered):
         now = datetime.fromtimestamp(at / 1000, UTC)
+        own = read_late.get((topic, rec.partition, rec.offset)) if read_late else None
         if topic == control:
-            in_force = apply_control_record(in_force, rec, "replay", now).in_force
+            applied = apply_control_record(in_force, rec, "replay", now).in_force
+            held = None if own is None else max(own, _signed_ms(rec))
+            for run_id in late.command(at, held, in_force, applied):
+                undecidable.setdefault(run_id, _READ_LATE)
+            in_force = applied
             proc.policy = policies.setdefault(in_force.policy.version, in_force.policy)
             continue
         # a run begins at the first record the worker decided as its event here: a dead
@@ -284,8 +180,14 @@ def decide_topics(
                 event.run_id in answered_before or type(event) in ANSWERS
             ):
                 undecidable.setdefault(event.run_id, _ANSWERED_FIRST)
-            elif not isinstance(event, HandoffRequested):
-                partial.add(event.run_id)  # its start is before the range
+            elif type(event) in ANSWERS:
+                partial.add(event.run_id)  # answers only: its requests are gone
+            # any other first event is the run's beginning: no record of it is before what was
+            # read (every partition is read from its start, before since too; a trimmed one's
+            # window is in started_before), and the worker decided it from an empty state; a run
+            # begun in what retention deleted and read after the window was idle that long
+            # (evicted: its handoffs stopped under either policy), as for a request first read
+            # there
         out = proc.process([rec], now)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
         if not stamped:  # when it was read is unknown (a dead letter's time decides nothing)
@@ -296,6 +198,8 @@ def decide_topics(
                 undecidable.setdefault(run_id, _UNKNOWN_TIME.format(latest=_shown(latest_ms)))
         for run_id in _answered_early(out.decisions, early):
             undecidable.setdefault(run_id, _ANSWERED_EARLY)
+        for run_id in late.event(at, own, out.decisions):
+            undecidable.setdefault(run_id, _READ_LATE)
     rows.sort(key=lambda r: (r[0], r[1]))
     return DecidedTopics(_cut_at_the_range(rows, partial), policies, undecidable)
 
@@ -383,7 +287,9 @@ def replay_from_kafka(
     # put the rest of it past --to (never replayed) and after the control records read later
     latest = min(_LATEST_MS, int((time.time() + CONTROL_CLOCK_SKEW_S) * 1000))
     answered: set[str] = set()
-    records, before = _records(
+    late: dict[tuple[str, int, int], int] = {}
+    cut_late: set[str] = set()
+    records, before = read_topics(
         settings,
         [catalog.requests, catalog.approvals],
         since,
@@ -394,9 +300,15 @@ def replay_from_kafka(
         partitions=settings.partitions,
         approvals=catalog.approvals,
         answered=answered,
+        late=late,
+        cut_late=cut_late,
     )
     records = in_scope(records, before, run_id, tenant, settings.partitions, catalog.approvals)
-    records += _records(settings, [catalog.control], None, until, latest, "read_uncommitted")[0]
+    if run_id is not None or tenant is not None:
+        cut_late &= {run_of(rec.key) for _, _, rec in records}
+    records += read_topics(
+        settings, [catalog.control], None, until, latest, "read_uncommitted", late=late
+    )[0]
     decided = decide_topics(
         records,
         baseline,
@@ -406,5 +318,8 @@ def replay_from_kafka(
         before,
         latest,
         answered,
+        late,
     )
+    for run in cut_late:
+        decided.undecidable.setdefault(run, _CUT_LATE)
     return replay_decided(decided, new_policy), decided.policies

@@ -15,7 +15,8 @@ bound) does not move its partition's clock: when that record was read is unknown
 read at the clock (its offset order kept) and marked ``stamped=False``; the caller decides
 what that means for its run. Not guaranteed: a stamp within the bounds but ahead of when its
 record was written moves its partition's clock forward for every record after it (a record
-after it is read no earlier than it; the bound stops a stamp of a year ahead, not of a day).
+after it is read no earlier than it; the bound stops a stamp of a year ahead, not of a day;
+``replay_read_late`` names the runs this may put on another side of a control command).
 """
 
 from __future__ import annotations

@@ -161,17 +161,25 @@ def test_a_run_begun_before_the_range_is_partial_though_its_first_record_in_it_i
     assert "ra" not in report.broken, report.partial["ra"]
 
 
-def test_a_run_whose_first_record_in_the_range_only_names_a_request_is_partial() -> None:
+def test_a_run_whose_first_record_only_names_a_request_is_decided_as_what_it_is() -> None:
     """A run's first record in the range was taken as its start when its bytes held
     ``"handoff_requested"`` anywhere: a completion whose task id is that text began a run
-    in the replay. Its type is read now."""
+    in the replay. Its type is read now; since session 19 a completion read first begins
+    its run too (the worker decided it from an empty state), decided as a completion."""
     from tests.unit.test_engine_support import completed
 
     done = completed("c1", "handoff_requested", "researcher", run_id="rc")
     record = (_ms(0), REQUESTS, InputRecord(REQUESTS, 0, 0, b"rc", done.to_json()))
-    rows, policies, _ = decide_topics([record], policy_with(max_handoffs=20), 1, APPROVALS, CONTROL)
+    baseline = policy_with(max_handoffs=20)
+    rows, policies, _ = decide_topics([record], baseline, 1, APPROVALS, CONTROL)
+    worker = BatchProcessor(baseline, 1, {}, "w", approvals_topic=APPROVALS)
+    said = worker.process([record[2]], at(0)).decisions
+    assert len(said) == 1  # recorded: within_budget (a completion of an unknown run)
+    assert [(r.outcome, r.reason) for r in rows] == [
+        (f"{d.outcome}", f"{d.reason}") for _, d in said
+    ]
     report = replay_runs(runs_of(rows), policy_with(max_handoffs=4), policies, judge=False)
-    assert "rc" in report.partial
+    assert "rc" not in report.partial and not report.unfaithful_runs
 
 
 def test_a_forged_answer_flagged_reemitted_leaves_a_trace_in_the_audit(tmp_path: Path) -> None:

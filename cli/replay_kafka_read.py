@@ -1,0 +1,243 @@
+"""The records `baton replay --from-kafka` reads: those in the range, and what lies before it.
+
+Every partition is read from its start to its end (at the command's start), in offset order,
+at its *clock* (``processors.replay_read_order``); what a record read before the range (or in a
+trimmed partition's window) says about its run is kept (:func:`read_topics`), the records in
+the range are returned for ``replay_kafka.decide_topics``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import OrderedDict
+from datetime import datetime
+
+from baton.cli.replay_kafka_scope import ANSWERS, decided_here, run_of
+from baton.processors.batch import InputRecord
+from baton.processors.replay_read_late import LATE_AFTER_S
+from baton.processors.replay_read_order import PartitionClock, Stamped
+from baton.schemas.settings import Settings
+
+__all__ = ["read_topics"]
+
+
+class _KeptRuns:
+    """The records read before the range of the runs a worker still held: each partition's
+    runs by the clock of their last record there, a run idle past ``horizon_ms`` (the
+    workers' run_retention_s: evicted to a tombstone, its later handoffs stopped under either
+    policy) dropped with its records, so that what is kept is the records of the last
+    retention before the range, not of the whole topic."""
+
+    __slots__ = ("_lanes", "dropped", "horizon", "records")
+
+    def __init__(self, horizon_ms: float) -> None:
+        self.horizon = horizon_ms
+        self._lanes: dict[tuple[str, int], OrderedDict[str, int]] = {}
+        #: run -> its records read before the range, in the order read
+        self.records: dict[str, list[Stamped]] = {}
+        #: the runs dropped idle: begun before the range (partial), as their later records
+        self.dropped: set[str] = set()
+
+    def keep(self, run: str, where: tuple[str, int], at: int, read: Stamped) -> list[list[Stamped]]:
+        """Keep ``read``, ``run``'s record read at ``at`` on partition ``where``; the records
+        of the runs this drops, idle on that partition's clock."""
+        lane = self._lanes.setdefault(where, OrderedDict())
+        gone = []
+        if at - lane.get(run, at) > self.horizon:  # idle that long itself: evicted
+            del lane[run]
+            self.dropped.add(run)
+            return [[*self.records.pop(run, []), read]]
+        lane[run] = at
+        lane.move_to_end(run)
+        self.records.setdefault(run, []).append(read)
+        while lane and next(iter(lane.values())) < at - self.horizon:
+            idle, _ = lane.popitem(last=False)
+            if (records := self.records.pop(idle, None)) is not None:
+                self.dropped.add(idle)
+                gone.append(records)
+        return gone
+
+
+def read_topics(
+    settings: Settings,
+    topics: list[str],
+    since: datetime | None,
+    until: datetime | None,
+    latest_ms: int,
+    isolation: str = "read_committed",
+    tenants: bool = False,
+    trimmed_s: float | None = None,
+    partitions: int = 1,
+    approvals: str | None = None,
+    answered: set[str] | None = None,
+    late: dict[tuple[str, int, int], int] | None = None,
+    cut_late: set[str] | None = None,
+) -> tuple[list[Stamped], dict[str, str | None]]:
+    """(read time ms, topic, record) of ``topics`` read in the range (``since`` to ``until``;
+    None: no bound), after those read before it of the runs that go on in it (every record
+    of a partition is read: such a run is replayed from its first record, as the worker
+    decided it; a writer who predicts a run id seeds it before ``since`` with a request or
+    a completion, and the run was "begun before the range", partial, its change hidden; one
+    idle longer than ``trimmed_s`` before the range, evicted by the worker, is not:
+    :class:`_KeptRuns`); and the runs that may have begun in what a trimmed partition lost
+    (below; with ``tenants``, each with the tenant of its first record that is its run's
+    event before ``since``, else None). A record's read time is its partition's clock
+    (``processors.replay_read_order``: the running maximum of the stamps in offset order,
+    ``latest_ms`` its bound; a record whose own stamp is out of the bound keeps that stamp,
+    for decide_topics to name its run): along a partition it never goes back, so the range
+    is one stretch of each partition, and a record stamped early amid it (a writer of the
+    topic) neither begins its run before the range nor leaves a gap in a run's history.
+    Every partition is read from its start to its end. ``isolation``: as the worker reads
+    these topics (gov.control read_uncommitted, as its control follower: a transaction left
+    open there must not hide the commands after it). ``trimmed_s``: a partition whose first
+    record read is not at offset 0 lost its start (retention, a deletion); the runs with a
+    record read within this many seconds (the workers' run_retention_s) of its clock's
+    first stamp may have begun in what is gone, and are counted as begun before the range
+    (a run idle longer was evicted by then: the worker stopped its late handoff under
+    either policy). Only a record the worker decided as its run's event where it was read
+    (``decided_here``: ``partitions``, ``approvals`` as the workers') begins a run in such
+    a window; one that answers an approval (a grant or denial) adds its run to ``answered``
+    instead (given). ``late`` (given): the own stamp of each record returned that is read
+    more than LATE_AFTER_S after it; ``cut_late`` (given): the runs of the records read at
+    or after ``until`` though stamped more than LATE_AFTER_S before it (a stamp ahead amid
+    the partition moved its clock on: the worker read them in the range, so the run's
+    history in it may lack them)."""
+    from confluent_kafka import (
+        OFFSET_BEGINNING,
+        Consumer,
+        KafkaError,
+        KafkaException,
+        TopicPartition,
+    )
+
+    from baton.schemas.errors import BrokerUnavailable
+    from baton.streams.kafka import consumer_config, kafka_said
+    from baton.streams.net import check_reachable
+
+    # a closed port answers at once, named; librdkafka's metadata call raised a KafkaException
+    # (_TRANSPORT) out of the command as a traceback, exit 1 ("the policy changes decisions")
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    consumer = Consumer(
+        consumer_config(
+            settings.kafka_config(),
+            f"baton-replay-{uuid.uuid4().hex[:8]}",
+            {
+                "enable.partition.eof": True,
+                "enable.auto.commit": False,
+                "isolation.level": isolation,
+            },
+        )
+    )
+    try:
+        wanted: list[TopicPartition] = []
+        for topic in topics:
+            try:
+                meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s).topics[topic]
+            except KafkaException as exc:
+                raise BrokerUnavailable(
+                    f"cannot read {topic} from Kafka at {settings.bootstrap} "
+                    f"({kafka_said(exc)}); is the broker running?"
+                ) from None
+            if meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise BrokerUnavailable(
+                    f"no topic {topic} at {settings.bootstrap}; is BATON_TOPIC_PREFIX right, "
+                    "and has a worker started there (it creates the topics)?"
+                )
+            if meta.error is not None:
+                raise BrokerUnavailable(
+                    f"cannot read {topic} from Kafka at {settings.bootstrap}: {meta.error.str()}"
+                )
+            wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+        open_parts = {(tp.topic, tp.partition) for tp in wanted}
+        consumer.assign(wanted)
+        start_ms = int(since.timestamp() * 1000) if since is not None else None
+        stop_ms = int(until.timestamp() * 1000) if until is not None else None
+        out: list[Stamped] = []
+        kept = _KeptRuns((trimmed_s or math.inf) * 1000)
+        before: dict[str, str | None] = {}
+
+        def begun(rec: InputRecord, early: bool) -> None:
+            # only a record the worker decided as its run's event where it was read: a
+            # dead letter, or an event forwarded to its run's partition (decided when
+            # its copy is read there), under a run's key tells nothing about the run
+            run = run_of(rec.key)
+            known = before.get(run) is not None if tenants and early else run in before
+            if not known and (event := decided_here(rec, partitions, approvals)):
+                if answered is not None and type(event) in ANSWERS:
+                    # read before the range (or in a trimmed window) by its partition's
+                    # clock, not known to be before the run's first request (decide_topics)
+                    answered.add(event.run_id)
+                else:
+                    before[event.run_id] = event.tenant if tenants and early else None
+
+        clocks: dict[tuple[str, int], PartitionClock] = {}
+        #: partition -> the read time its trimmed window ends at (None: read from offset 0)
+        cut: dict[tuple[str, int], float | None] = {}
+        while open_parts:
+            msg = consumer.poll(settings.connect_timeout_s)
+            if msg is None:
+                raise BrokerUnavailable(
+                    f"no answer from Kafka at {settings.bootstrap} within "
+                    f"{settings.connect_timeout_s:g} s while reading {', '.join(topics)}"
+                )
+            where = (msg.topic(), msg.partition())
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    open_parts.discard(where)
+                    continue
+                raise BrokerUnavailable(f"reading {where[0]}[{where[1]}]: {msg.error()}")
+            ts = msg.timestamp()[1]
+            clock = clocks.setdefault(where, PartitionClock())
+            stamped = clock.read(ts, latest_ms)
+            if where not in cut:  # its first record read
+                cut[where] = math.inf if trimmed_s and msg.offset() > 0 else None
+            if cut[where] == math.inf and stamped:
+                # anchored on the clock's first stamp: a first record stamped past any time
+                # (or before the epoch) made every run of the partition partial, or none
+                cut[where] = clock.at + (trimmed_s or 0) * 1000
+            rec = InputRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+            early = start_ms is not None and clock.at < start_ms
+            window = cut[where]
+            if window is not None and clock.at < window:
+                begun(rec, early)
+            elif early and run_of(rec.key) in kept.dropped:
+                begun(rec, True)
+            elif early:  # read before the range: kept for the runs that go on in it (below)
+                read = (clock.at if stamped else ts, msg.topic(), rec)
+                for records in kept.keep(run_of(rec.key), where, clock.at, read):
+                    for _, _, old in records:
+                        begun(old, True)
+            if not early and (stop_ms is None or clock.at < stop_ms):
+                out.append((clock.at if stamped else ts, msg.topic(), rec))
+            elif (
+                cut_late is not None
+                and stop_ms is not None
+                and stamped
+                and clock.at >= stop_ms > ts + LATE_AFTER_S * 1000
+                and (event := decided_here(rec, partitions, approvals))
+            ):
+                cut_late.add(event.run_id)
+                continue
+            elif not early or (window is not None and clock.at < window):
+                continue  # after the range, or its run partial
+            if late is not None and stamped and clock.at - ts > LATE_AFTER_S * 1000:
+                late[(rec.topic, rec.partition, rec.offset)] = ts
+        # a run begun before the range, its every record read (not in a trimmed partition's
+        # window): replayed from its first one, the range's records after them, unless it
+        # was idle past the horizon before its first record in the range (evicted: partial)
+        resumed: dict[str, int] = {}  # run -> the read time of its first record in the range
+        for at, _, rec in out:
+            run = run_of(rec.key)
+            resumed[run] = min(at, resumed.get(run, at))
+        whole: list[Stamped] = []
+        for run, at in resumed.items():
+            records = kept.records.get(run, [])
+            if records and at - max(r[0] for r in records) > kept.horizon:
+                for _, _, old in records:
+                    begun(old, True)
+            elif run not in before:
+                whole += records
+        return whole + out, before
+    finally:
+        consumer.close()
