@@ -96,7 +96,8 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     "--since",
     callback=_time,
     default=None,
-    help="decisions at or after this time: ISO (UTC unless a zone is given) or an age (24h)",
+    help="runs with a decision at or after this time, each replayed from its first: ISO (UTC "
+    "unless a zone is given) or an age (24h)",
 )
 @click.option("--from", "from_", callback=_time, default=None, help="same as --since")
 @click.option("--to", callback=_time, default=None, help="decisions before this time (ISO or age)")
@@ -169,8 +170,9 @@ def replay_cmd(
     workers run, under --policy and, in the same pass, under the policy each decision was
     made under (the proof: zero differences expected). Prints the runs and decisions
     replayed, how many change and how (allow → stop:handoff_budget_exceeded ×412), the first
-    differing step of each changed run and the spend that would have been saved. Runs whose
-    history starts before the scope (retention, --since) are partial: named, not replayed.
+    differing step of each changed run and the spend that would have been saved. --since
+    takes the runs with a decision in the range, each from its first recorded decision; runs
+    whose history retention trimmed are partial: named, not replayed.
 
     Exit 0 when nothing changes, 1 when something does, 7 when replay cannot answer. The
     chain key is BATON_AUDIT_CHAIN_KEY (the workers'): with it every field of every chained
@@ -328,7 +330,7 @@ def replay_audit(
     started for a long replay."""
     from baton.processors.replay_trimmed import judge_trimmed
     from baton.sinks.chain_verify import altered_starts
-    from baton.sinks.replay_source import held_links, page_rows, read_pages
+    from baton.sinks.replay_source import page_rows, read_pages
 
     pages = read_pages(client, scope)
     mark("pages counted")
@@ -355,14 +357,9 @@ def replay_audit(
     )
     if bar is not None:
         bar.done()
-    # a run read as trimmed that retention cannot have trimmed is broken (exit 7), unless the
-    # read's lower bound cut it: the audit then holds the row its first link names
-    bounded = scope.since is not None
-    judge_trimmed(
-        report,
-        (lambda links: held_links(client, links)) if bounded else None,
-        lambda links: altered_starts(client, links, key),
-    )
+    # a run read as trimmed that retention cannot have trimmed is broken (exit 7): each run is
+    # read whole, --since or not, so no bound of the read cuts one
+    judge_trimmed(report, lambda links: altered_starts(client, links, key))
     mark("judged")
     return report
 

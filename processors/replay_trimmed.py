@@ -1,17 +1,16 @@
 """Which runs a replay read as trimmed by the audit's retention cannot have been trimmed by it.
 
 A run whose first chained decision names a predecessor no row read holds is *partial*: its
-history starts before what was read. Two things cut a history so, and leave it honest: the
+history starts before what was read. One thing cuts a history so and leaves it honest: the
 audit's retention (a TTL on ``inserted_at``, the sink's clock, not a writer's: it deletes
-the oldest rows first, table-wide) and the read's own lower bound (``--since``/``--from``).
-Anything else is rows deleted at the run's start, or its first link altered: a run the new
-policy changes that hides as "partial" would let the gate exit 0 (fail open).
+the oldest rows first, table-wide). The read has no lower bound that cuts a run (``--since``
+reads each run with a step in the range whole, since session 19). Anything else is rows
+deleted at the run's start, or its first link altered: a run the new policy changes that
+hides as "partial" would let the gate exit 0 (fail open).
 
 So a run read as trimmed whose first row was decided more than :data:`TRIMMED_MARGIN_S`
 after the oldest row read is listed with the broken chains (exit 7): retention would have
-deleted that older row before any of the run's. With a lower bound on the read, such a run
-is cut by the bound when the audit holds the row its first link names (the caller asks the
-audit, ``sinks.replay_source.held_links``). The margin is `baton audit verify`'s for a run
+deleted that older row before any of the run's. The margin is `baton audit verify`'s for a run
 id's lives (``chain_links.NEW_LIFE_AFTER_S``, a day): ClickHouse applies a TTL at merges,
 so expired rows outlive their time by hours, never by a day. A false alarm remains
 possible and is named: a run whose trimmed history ended more than a day before a late
@@ -33,22 +32,18 @@ __all__ = ["TRIMMED_MARGIN_S", "HeldLinks", "judge_trimmed"]
 #: trimmed by retention
 TRIMMED_MARGIN_S = NEW_LIFE_AFTER_S
 
-#: run id -> (its first row's decided_at, the link it names) -> the run ids whose named
-#: link the audit holds (outside what was read: cut by the read's lower bound)
+#: run id -> (its first row's decided_at, the link it names) -> the run ids of those the
+#: audit says something of (``altered_starts``: a forged copy of its chain start)
 HeldLinks = Callable[[Mapping[str, tuple[datetime, str]]], set[str]]
 
 
-def judge_trimmed(
-    report: ReplayReport, held: HeldLinks | None = None, altered: HeldLinks | None = None
-) -> None:
+def judge_trimmed(report: ReplayReport, altered: HeldLinks | None = None) -> None:
     """Move the runs of ``report.trimmed`` that retention cannot have trimmed to
-    ``report.broken``, each with its reason in ``report.partial``; ``held``: the read had a
-    lower time bound, and a run whose named link it says the audit holds was cut by it;
-    ``altered``: the runs whose first row, the one naming the link, does not hash to its
-    chain hash, or whose link's row was replaced under its id (a forged copy of a run's chain
-    start replaces the worker's row in FINAL, its link, chain and time the writer's: read
-    within a day of the oldest row, the run passed as retention's cut, its change hidden,
-    exit 0)."""
+    ``report.broken``, each with its reason in ``report.partial``; ``altered``: the runs
+    whose first row, the one naming the link, does not hash to its chain hash, or whose
+    link's row was replaced under its id (a forged copy of a run's chain start replaces the
+    worker's row in FINAL, its link, chain and time the writer's: read within a day of the
+    oldest row, the run passed as retention's cut, its change hidden, exit 0)."""
     oldest = report.oldest
     if oldest is None or not report.trimmed:
         return
@@ -62,9 +57,6 @@ def judge_trimmed(
         for run_id, seen in report.trimmed.items()
         if (seen[0] - oldest).total_seconds() > TRIMMED_MARGIN_S
     }
-    if held is not None and suspects:
-        for run_id in held(suspects):
-            suspects.pop(run_id, None)
     for run_id, (first_at, _) in suspects.items():
         del report.trimmed[run_id]
         report.partial[run_id] = _why(first_at, oldest)

@@ -75,16 +75,17 @@ def _audit(chdb: Path, decisions: list[Decision]) -> object:
     return chdb_audit(chdb, decisions, ttl_days=20_000)
 
 
-def test_a_run_cut_by_since_is_partial_and_rows_deleted_after_since_are_broken(
+def test_a_run_begun_before_since_is_replayed_whole_and_rows_deleted_after_since_are_broken(
     tmp_path: Path,
 ) -> None:
-    """With --since, a run whose first link the audit holds before the bound was cut by it;
-    one whose first link no row holds had rows deleted (the audit asked: held_links)."""
+    """With --since, a run with a step in the range is read from its first recorded decision
+    (session 19: read from the bound it was partial, so a writer who seeds a predicted run
+    id before --since hid the run's change, exit 0); one whose rows after the bound were
+    deleted has a gap in its chain: broken, as without the bound."""
 
     def victim(run: str) -> tuple[list[Decision], datetime]:
         timed = _budget_history(run, 6, 1.0)
-        # two handoffs before --since, four more two days later (a bound cutting a run idle
-        # that long is no proof of anything)
+        # two handoffs before --since, four more two days later
         timed = timed[:2] + _later(timed[2:], 2 * DAY)
         return _decided(timed), timed[2][1] - timedelta(days=2, seconds=-1)
 
@@ -93,16 +94,19 @@ def test_a_run_cut_by_since_is_partial_and_rows_deleted_after_since_are_broken(
     after = [d for d in cut if d.decided_at >= since]
     cut = [d for d in cut if d.decided_at < since] + after[2:]  # its first 2 rows after it
     bystander = _decided(_later(_budget_history("b-bystander", 2, 1.0), 30.0))
+    early = _decided(_later(_budget_history("c-early", 2, 1.0), -3600.0))  # none in the range
     assert kept[2].decided_at >= since > kept[1].decided_at
-    assert bystander[0].decided_at >= since
+    assert bystander[0].decided_at >= since > early[-1].decided_at
 
-    client = _audit(tmp_path / "chdb", kept + cut + bystander)
+    client = _audit(tmp_path / "chdb", kept + cut + bystander + early)
+    for scope in (ReplayScope(since=since), ReplayScope()):
+        report = replay_audit(client, scope, STRICT, _policies(LOOSE), KEY, 1)
+        assert "a-kept" not in report.partial and report.broken == ["a-cut"]
+        assert "a-kept" in {r.run_id for r in report.changed_runs}  # its 5th handoff, at least
+        replayed = {r.run_id for r in report.runs} | set(report.partial)
+        assert ("c-early" in replayed) == (scope.since is None)
     report = replay_audit(client, ReplayScope(since=since), STRICT, _policies(LOOSE), KEY, 1)
-    assert "does not start" in report.partial["a-kept"]
-    assert report.broken == ["a-cut"] and report.partial["a-cut"].startswith("cut at its start")
-    # without the bound: the kept run is whole, the cut one has a gap after its start
-    report = replay_audit(client, ReplayScope(), STRICT, _policies(LOOSE), KEY, 1)
-    assert "a-kept" not in report.partial and report.broken == ["a-cut"]
+    assert report.decisions == len(kept) + len(bystander)  # the kept run whole (not the broken)
 
 
 def test_any_partial_run_but_a_trimmed_one_is_broken_with_its_reason() -> None:
