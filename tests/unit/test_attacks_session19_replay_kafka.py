@@ -1,0 +1,256 @@
+"""Attacks on `baton replay --from-kafka` as session 19 H1 reworked it (session 19 H3): a run
+begun at any first event, `--since` replaying a run from its first record before the range,
+and a run read late across a control command broken (processors/replay_read_late.py). Each
+test is one attack; those marked xfail(strict=True) broke through (the reason says how), left
+for the lead to fix. Without Kafka: the stand-in Consumer of
+tests/unit/test_attacks_session17_replay_kafka.py.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Iterator
+
+import pytest
+
+from baton.cli.replay_kafka import replay_from_kafka
+from baton.schemas.events import KillSwitch, KillSwitchReleased
+from baton.schemas.settings import Settings
+from tests.unit.test_attacks_session17_replay_kafka import _EOF, _Said, _trimmed_topics
+from tests.unit.test_engine_support import at, finished, handoff
+from tests.unit.test_replay_kafka_read_order import (
+    BASELINE,
+    CONTROL,
+    REQUESTS,
+    STRICTER,
+    _exit_code,
+    _ms,
+    _NoEvent,
+)
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = Settings(bootstrap="127.0.0.1:1", partitions=1)
+
+
+def _ra(*seconds: float, run: str = "ra") -> list[tuple[int, int, object]]:
+    """(offset, stamp, handoff) of ``run``'s handoffs at ``seconds``, offsets from 0."""
+    return [
+        (n, _ms(s), handoff(f"{run}-h{n}", f"t{n}", "p", "r", run_id=run))
+        for n, s in enumerate(seconds)
+    ]
+
+
+def _kill_within_60_s(monkeypatch: pytest.MonkeyPatch, writer: bool) -> int:
+    """ra's three handoffs at 150, 170 and 180 s, the worker allowed them all (read at once);
+    an operator kills ra at 200 s; with ``writer``, rz's request stamped 1000 s after ra's
+    first; the exit code of the stricter policy's replay."""
+    ra = _ra(150, 170, 180)
+    held = [ra[0], (2, *ra[1][1:]), (3, *ra[2][1:])]
+    if writer:
+        held.insert(1, (1, _ms(1000), handoff("rz-h0", "t0", "p", "r", run_id="rz")))
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(200))
+    _trimmed_topics(monkeypatch, {REQUESTS: held, CONTROL: [(0, _ms(200), kill)]})
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, None)
+    return _exit_code(report)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H3 break (session 19): ReadLate counts only the commands read after a late "
+    "event's own time + 60 s, so a run's handoffs written within 60 s before a kill of it, "
+    "read after the kill by a writer's one stamp ahead, are stopped as killed under both "
+    "policies, not broken: the stricter policy's stop hidden, exit 0",
+)
+def test_handoffs_within_60_s_before_a_kill_read_late_do_not_hide_the_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A writer of the requests topic appends rz's request stamped 1000 s after ra's first:
+    ra's second and third are read at 1000 s, after the kill; each is within 60 s before it
+    by its own stamp, so the kill is "within the skew" and the replay's order (the
+    writer's) is taken: killed under both, nothing changes, exit 0. The worker decided them
+    long before the read time the writer gave them: in which order is not known to 60 s."""
+    assert _kill_within_60_s(monkeypatch, writer=True) in (1, 7)
+
+
+def test_handoffs_within_60_s_before_a_kill_without_a_writer_show_the_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same history without the writer's stamp ahead: the stricter policy's stop of
+    ra's third handoff is a change, exit 1 (what the attack above hides)."""
+    assert _kill_within_60_s(monkeypatch, writer=False) == 1
+
+
+def _release_within_60_s(monkeypatch: pytest.MonkeyPatch, writer: bool) -> int:
+    """ra killed at 5 s and released at 100 s; its three handoffs at 110-130 s, all allowed
+    by the worker; with ``writer``, a record that is no command on gov.control (anyone may
+    write one) stamped 1000 s, between the kill and the release; the exit code of the
+    stricter policy's replay."""
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(5))
+    release = KillSwitchReleased(scope="run", run_id="ra", operator="ops", event_time=at(100))
+    control = [(0, _ms(5), kill), (2, _ms(100), release)]
+    if writer:
+        control.insert(1, (1, _ms(1000), _NoEvent("")))
+    _trimmed_topics(monkeypatch, {REQUESTS: _ra(110, 120, 130), CONTROL: control})
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, None)
+    return _exit_code(report)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H3 break (session 19): a release read late (a writer's unsigned gov.control "
+    "record stamped ahead before it) with the run's handoffs decided within 60 s after its "
+    "own time: not broken (ReadLate.command counts the events after own + 60 s only); they "
+    "are stopped as killed under both policies, the stricter policy's stop hidden, exit 0",
+)
+def test_a_release_read_late_does_not_hide_the_change_of_the_handoffs_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The release is read at 1000 s: ra's handoffs at 110-130 s, within 60 s after its
+    own time, are replayed as killed under both policies, nothing changes, exit 0."""
+    assert _release_within_60_s(monkeypatch, writer=True) in (1, 7)
+
+
+def test_a_release_read_on_time_shows_the_change_of_the_handoffs_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the writer: the stricter policy's stop of ra's third handoff, exit 1."""
+    assert _release_within_60_s(monkeypatch, writer=False) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H3 break (session 19): a control command stamped before --to that gov.control's "
+    "clock reads after it (a writer's unsigned record stamped ahead before it) is dropped "
+    "from the replay, and no run is broken for it (cut_late watches the request topics "
+    "only): a release dropped so, the run's handoffs after it replayed as killed under "
+    "both policies, the stricter policy's stop hidden, exit 0",
+)
+def test_a_release_read_past_to_does_not_hide_the_change_of_the_handoffs_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ra killed at 5 s, released at 100 s; its three handoffs at 200-220 s (100 s after the
+    release: no skew in doubt), all allowed by the worker; --to 500 s. A writer's record on
+    gov.control stamped 1000 s between the kill and the release puts the release past --to:
+    ra stays killed in the replay, nothing changes, exit 0 (without it: exit 1)."""
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(5))
+    release = KillSwitchReleased(scope="run", run_id="ra", operator="ops", event_time=at(100))
+    control = [(0, _ms(5), kill), (1, _ms(1000), _NoEvent("")), (2, _ms(100), release)]
+    _trimmed_topics(monkeypatch, {REQUESTS: _ra(200, 210, 220), CONTROL: control})
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, at(500))
+    assert _exit_code(report) in (1, 7), (report.partial, report.broken)
+
+
+@pytest.mark.parametrize("since", [None, 15000])
+@pytest.mark.xfail(
+    strict=True,
+    reason="H3 break (session 19, a regression of 9290a87/8ce2504: main says partial, exit 7): "
+    "a run id whose tombstone the worker forgot (tombstone_retention_s) is new again, but "
+    "the replay evicts nothing and replays it from its old first record, a finish: its new "
+    "handoffs stopped run_finished under both policies, the stricter policy's stop hidden, "
+    "exit 0",
+)
+def test_a_run_id_used_again_after_its_tombstone_is_forgotten_hides_no_change(
+    monkeypatch: pytest.MonkeyPatch, since: float | None
+) -> None:
+    """ra finished at 0 s (an orchestrator's, or a writer who predicted the id); the worker
+    evicted it after run_retention_s (3600 s) and forgot its tombstone tombstone_retention_s
+    (7200 s) later: its id is new again. ra's three handoffs at 20000 s are a new run for
+    the worker, and the stricter policy stops the third: a change. --since 15000 s or the
+    whole topic: the replay decides them on the finished run, stopped under both."""
+    held = [(0, _ms(0), finished(run_id="ra"))]
+    held += [(1 + n, stamp, event) for n, stamp, event in _ra(20000, 20001, 20002)]
+    _trimmed_topics(monkeypatch, {REQUESTS: held})
+    settings = Settings(
+        bootstrap="127.0.0.1:1", partitions=1, run_retention_s=3600, tombstone_retention_s=7200
+    )
+    report, _ = replay_from_kafka(
+        settings, STRICTER, BASELINE, None if since is None else at(since), None
+    )
+    assert _exit_code(report) in (1, 7), (report.partial, report.broken)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H3 break (session 19, not new: the range is cut on producers' stamps): a run "
+    "stamped wholly before --since on a quiet partition, written and decided by the worker "
+    "in the range, is not replayed at all: the stricter policy's stop of its third handoff "
+    "hidden, exit 0",
+)
+def test_a_run_stamped_wholly_before_since_on_a_quiet_partition_is_not_hidden(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rx's three handoffs, written in the range (from 3000 s) on a partition nothing else
+    was written to before, stamped 0-2 s by their writer; rz's request at 3600 s after them.
+    The partition's clock is the writer's: rx is read before the range, and no record of it
+    is in the range, so it is not replayed."""
+    held = [*_ra(0, 1, 2, run="rx"), (3, _ms(3600), handoff("rz-h0", "t0", "p", "r", run_id="rz"))]
+    _trimmed_topics(monkeypatch, {REQUESTS: held})
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, at(3000), None)
+    assert _exit_code(report) in (1, 7), (report.partial, report.broken)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H3 break (session 19, a regression of 8ce2504): --since keeps every record read "
+    "before the range in memory (read_topics' kept) until the range is read, also those of "
+    "runs that do not go on in it: memory grows with the whole topic (1M old records in "
+    "Tansu, --since 1m: 693 MB at the peak, main 149 MB), and a writer's large records "
+    "before the range add theirs",
+)
+def test_since_holds_no_record_of_a_run_that_does_not_go_on_in_the_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2,000 records of 8 KB before the range (16 MB; dead letters under 200 run keys), one
+    request in it: reading them costs no more than a few MB at its peak (each made as it is
+    polled, as a real Consumer's)."""
+    rz = handoff("rz-h0", "t0", "p", "r", run_id="rz").to_json()
+
+    def said(topic: str) -> Iterator[_Said]:
+        if topic == REQUESTS:
+            for n in range(2000):
+                yield _Said(topic, 0, n, _ms(n / 1000), f"old{n % 200}".encode(), b"x" * 8192)
+            yield _Said(topic, 0, 2000, _ms(3600), b"rz", rz)
+        yield _Said(topic, 0, -1, 0, None, _EOF)
+
+    class _Consumer:
+        def __init__(self, config: dict) -> None:
+            self._topics: list[Iterator[_Said]] = []
+
+        def list_topics(self, topic: str, timeout: float) -> object:
+            return type("Meta", (), {"topics": {topic: _Topic()}})()
+
+        def assign(self, parts: list) -> None:
+            self._topics = [said(tp.topic) for tp in parts]
+
+        def poll(self, timeout: float) -> _Said | None:
+            while self._topics:
+                message = next(self._topics[0], None)
+                if message is not None:
+                    return message
+                self._topics.pop(0)
+            return None
+
+        def close(self) -> None:
+            pass
+
+    import confluent_kafka
+
+    import baton.streams.net
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", _Consumer)
+    monkeypatch.setattr(baton.streams.net, "check_reachable", lambda *a, **k: None)
+    tracemalloc.start()
+    try:
+        replay_from_kafka(SETTINGS, STRICTER, BASELINE, at(3000), None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * 2**20, f"{peak / 2**20:.1f} MB at the peak"
+
+
+class _Topic:
+    """A topic's metadata as the stand-in Consumer lists it: one partition."""
+
+    error = None
+    partitions = (0,)
