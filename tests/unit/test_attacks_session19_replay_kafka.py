@@ -254,3 +254,93 @@ class _Topic:
 
     error = None
     partitions = (0,)
+
+
+def _on(partition: int, count: int, taken: set[str]) -> list[str]:
+    """``count`` run ids (not in ``taken``) that hash to ``partition`` of 2."""
+    from baton.streams.partitioner import partition_for
+
+    found: list[str] = []
+    n = 0
+    while len(found) < count:
+        run = f"r{n}"
+        n += 1
+        if run not in taken and partition_for(run.encode(), 2) == partition:
+            found.append(run)
+    return found
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H3 break (session 19, not new): the replay decides every partition with one "
+    "batch step, its max_runs (500,000) one worker's, and evicts nothing: a fleet of two "
+    "workers held twice as many runs, and a run past the replay's cap is stopped "
+    "worker_run_limit under both policies, its change hidden, exit 0 (a writer fills the "
+    "cap with one record a run; a topic that held 500,000 runs since its start does too)",
+)
+def test_runs_past_one_workers_cap_in_a_fleet_show_their_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """max_runs 3 stands for 500,000 (patched in both). Two workers, a partition each: three
+    runs of one handoff on partition 0 (a writer's, or ordinary traffic), ra's three handoffs
+    on partition 1 after them. Each worker holds at most three runs: ra allowed throughout,
+    the stricter policy's stop of its third a change. The replay held the three runs of
+    partition 0 and stopped ra as past its cap under both policies: nothing changes."""
+    import functools
+
+    from baton.cli import replay_kafka
+    from baton.cli.replay_kafka import decide_topics, replay_decided
+    from baton.processors.batch import BatchProcessor, InputRecord
+
+    capped = functools.partial(BatchProcessor, max_runs=3)
+    monkeypatch.setattr(replay_kafka, "BatchProcessor", capped)
+    fill = _on(0, 3, set())
+    (ra,) = _on(1, 1, set(fill))
+    records = []
+    for n, run in enumerate(fill):
+        event = handoff(f"{run}-h0", "t0", "p", "r", run_id=run).to_json()
+        records.append((_ms(n), REQUESTS, InputRecord(REQUESTS, 0, n, run.encode(), event)))
+    for n in range(3):
+        event = handoff(f"{ra}-h{n}", f"t{n}", "p", "r", run_id=ra).to_json()
+        records.append((_ms(10 + n), REQUESTS, InputRecord(REQUESTS, 1, n, ra.encode(), event)))
+    worker = capped(BASELINE, 2, {}, "w1", approvals_topic="gov.approvals")
+    said = [
+        d.reason for _, _, rec in records[3:] for _, d in worker.process([rec], at(0)).decisions
+    ]
+    assert "worker_run_limit" not in said  # the worker of partition 1 took ra
+    decided = decide_topics(records, BASELINE, 2, "gov.approvals", CONTROL)
+    report = replay_decided(decided, STRICTER)
+    assert _exit_code(report) in (1, 7), [r.reason for r in decided.rows]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H3 break (session 19, honest, not new): two orchestrators 5 s apart on one "
+    "partition and an approver bot answering in 1 s: the grant is read before the request "
+    "it answers (the request at the partition's clock, 4 s past its own stamp), and the "
+    "run is broken, exit 7, though the worker read them in order",
+)
+def test_a_bot_grant_a_second_after_its_request_amid_a_skewed_partition_is_not_broken() -> None:
+    """ra's first handoff (10 s); rb's request from orchestrator A, whose clock is 5 s
+    ahead (written at 19 s, stamped 24 s); ra's refund handoff (orchestrator B, on time,
+    20 s), gated; a bot grants it at 21 s (its clock right) on the quiet approvals topic;
+    ra's third handoff at 30 s. The refund handoff is read at 24 s, the grant at 21 s."""
+    from baton.cli.replay_kafka import decide_topics, replay_decided
+    from baton.processors.batch import BatchProcessor, InputRecord
+    from tests.unit.test_engine_support import granted, policy_with
+    from tests.unit.test_replay_kafka_read_order import APPROVALS, _request
+
+    gated = policy_with(max_handoffs=20, require_approval_for=["billing.refund.create"])
+    stricter = policy_with(max_handoffs=2, require_approval_for=["billing.refund.create"])
+    h0, rb = _request("ra", 0, 0, 10), _request("rb", 0, 1, 24)
+    h1 = _request("ra", 1, 2, 20, action="billing.refund.create")
+    worker = BatchProcessor(gated, 1, {}, "w", approvals_topic=APPROVALS)
+    asked = [worker.process([rec], at(0)).decisions for _, _, rec in (h0, rb, h1)][-1][0][1]
+    grant = granted(asked.approval_id, "bot", run_id="ra", t=21)
+    answer = (_ms(21), APPROVALS, InputRecord(APPROVALS, 0, 0, b"ra", grant.to_json()))
+    decided = decide_topics(
+        [h0, rb, h1, answer, _request("ra", 2, 3, 30)], gated, 1, APPROVALS, CONTROL
+    )
+    report = replay_decided(decided, stricter)
+    assert not report.broken, report.partial
+    assert _exit_code(report) == 1
