@@ -118,6 +118,47 @@ def test_a_release_read_on_time_shows_the_change_of_the_handoffs_after_it(
     assert _release_within_60_s(monkeypatch, writer=False) == 1
 
 
+class _Refused:
+    """A policy update that does not read as a policy (refused by the control follower), its
+    own time ``seconds``: a writer's record on gov.control."""
+
+    run_id = ""
+
+    def __init__(self, seconds: float) -> None:
+        from baton.schemas.events import PolicyUpdated
+
+        self._update = PolicyUpdated(
+            policy_yaml="multi_agent: [not a policy", operator="x", event_time=at(seconds)
+        )
+
+    def to_json(self) -> bytes:
+        return self._update.to_json()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H3 break (session 19): read_order moves gov.control's clock to any record's "
+    "event_time (held_from: its signing time), refused or not, but read_late measures a "
+    "record's lateness on the Kafka stamps only: a writer's refused record with an "
+    "event_time 1000 s (Kafka stamp 50 s) puts the release after it at 1000 s, unseen as "
+    "late; the run's handoffs after the release are replayed as killed under both "
+    "policies, the stricter policy's stop hidden, exit 0",
+)
+def test_a_refused_control_record_signed_ahead_does_not_hold_a_release_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ra killed at 5 s and released at 100 s, its three handoffs at 110-130 s (allowed by
+    the worker). Between the kill and the release, a writer's policy update that is no
+    policy (refused), stamped 50 s by Kafka, saying 1000 s as its own time."""
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(5))
+    release = KillSwitchReleased(scope="run", run_id="ra", operator="ops", event_time=at(100))
+    control = [(0, _ms(5), kill), (1, _ms(50), _Refused(1000)), (2, _ms(100), release)]
+    _trimmed_topics(monkeypatch, {REQUESTS: _ra(110, 120, 130), CONTROL: control})
+    report, policies = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, None)
+    assert list(policies) == [BASELINE.version]  # the writer's record was not applied
+    assert _exit_code(report) in (1, 7), (report.partial, report.broken)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="H3 break (session 19): a control command stamped before --to that gov.control's "
