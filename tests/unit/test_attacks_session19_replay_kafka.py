@@ -385,3 +385,26 @@ def test_a_bot_grant_a_second_after_its_request_amid_a_skewed_partition_is_not_b
     report = replay_decided(decided, stricter)
     assert not report.broken, report.partial
     assert _exit_code(report) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H3 break (session 19): with --tenant, cut_late keeps only the runs with a "
+    "record in the range (`cut_late &= runs of records`): a run whose every record a writer's "
+    "stamp ahead pushed past --to is dropped from it, not broken; its change hidden, exit 0 "
+    "(without --tenant: exit 7)",
+)
+def test_a_run_pushed_wholly_past_to_is_broken_within_a_tenant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rb's handoff at 10 s; a writer's rz stamped 1000 s; ra's three handoffs at 20-22 s after
+    it (the worker read them in the range); --to 500 s, --tenant default: ra is read wholly
+    after --to, and only rb is in scope: nothing changes, exit 0."""
+    held = [
+        (0, _ms(10), handoff("rb-h0", "t0", "p", "r", run_id="rb")),
+        (1, _ms(1000), handoff("rz-h0", "t0", "p", "r", run_id="rz")),
+        *((2 + n, stamp, event) for n, stamp, event in _ra(20, 21, 22)),
+    ]
+    _trimmed_topics(monkeypatch, {REQUESTS: held})
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, at(500), tenant="default")
+    assert _exit_code(report) in (1, 7), (report.partial, report.broken)
