@@ -413,3 +413,37 @@ def test_a_run_pushed_wholly_past_to_is_broken_within_a_tenant(
     _trimmed_topics(monkeypatch, {REQUESTS: held})
     report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, at(500), tenant="default")
     assert _exit_code(report) in (1, 7), (report.partial, report.broken)
+
+
+def test_a_run_active_on_its_requests_partition_is_not_dropped_for_a_quiet_approvals_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Passes on atk19; FAILS on fk19 80ff59b (49143a2's _KeptRuns, after this branch point):
+    a run's records before --since are dropped as idle per partition lane, so ra, active
+    every 20 min on gov.handoff.requests, was dropped when another record on gov.approvals
+    moved that partition's clock more than run_retention_s past ra's grant there: ra listed
+    partial, not judged, and the stricter policy's stop of its fifth handoff (in the range)
+    hidden, exit 0. The worker never evicted ra (never idle an hour)."""
+    from baton.processors.batch import BatchProcessor, InputRecord
+    from tests.unit.test_engine_support import granted, policy_with
+    from tests.unit.test_replay_kafka_read_order import APPROVALS
+
+    gated = policy_with(max_handoffs=20, require_approval_for=["billing.refund.create"])
+    stricter = policy_with(max_handoffs=4, require_approval_for=["billing.refund.create"])
+    ra = [handoff("ra-h0", "t0", "p", "r", run_id="ra", action="billing.refund.create")]
+    ra += [handoff(f"ra-h{n}", f"t{n}", "p", "r", run_id="ra") for n in range(1, 5)]
+    worker = BatchProcessor(gated, 1, {}, "w", approvals_topic=APPROVALS)
+    first = InputRecord(REQUESTS, 0, 0, b"ra", ra[0].to_json())
+    asked = worker.process([first], at(0)).decisions[0][1]
+    requests = [(n, _ms(1200 * n), event) for n, event in enumerate(ra)]  # 0 to 4800 s
+    requests.append((5, _ms(4900), handoff("rb-h0", "t0", "p", "r", run_id="rb")))
+    approvals = [
+        (0, _ms(5), granted(asked.approval_id, "amy", run_id="ra", t=5)),
+        (1, _ms(4000), _NoEvent("rc")),  # any record on the approvals partition
+    ]
+    _trimmed_topics(monkeypatch, {REQUESTS: requests, APPROVALS: approvals})
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=1, run_retention_s=3600)
+    report, _ = replay_from_kafka(settings, stricter, gated, at(4500), None)
+    assert "ra" not in report.partial, report.partial
+    assert [r.run_id for r in report.changed_runs] == ["ra"]
+    assert _exit_code(report) == 1
