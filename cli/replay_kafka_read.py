@@ -27,13 +27,18 @@ class _KeptRuns:
     runs by the clock of their last record there, a run idle past ``horizon_ms`` (the
     workers' run_retention_s: evicted to a tombstone, its later handoffs stopped under either
     policy) dropped with its records, so that what is kept is the records of the last
-    retention before the range, not of the whole topic."""
+    retention before the range, not of the whole topic. Idle means on every partition: a
+    run's last record anywhere (a run with a grant on a quiet approvals partition and a
+    handoff every 20 minutes on its requests one is not idle; H3, session 19: it was
+    dropped, partial, its change hidden, exit 0)."""
 
-    __slots__ = ("_lanes", "dropped", "horizon", "records")
+    __slots__ = ("_lanes", "_last", "dropped", "horizon", "records")
 
     def __init__(self, horizon_ms: float) -> None:
         self.horizon = horizon_ms
         self._lanes: dict[tuple[str, int], OrderedDict[str, int]] = {}
+        #: run -> the clock of its last record read, on any partition
+        self._last: dict[str, int] = {}
         #: run -> its records read before the range, in the order read
         self.records: dict[str, list[Stamped]] = {}
         #: the runs dropped idle: begun before the range (partial), as their later records
@@ -41,18 +46,24 @@ class _KeptRuns:
 
     def keep(self, run: str, where: tuple[str, int], at: int, read: Stamped) -> list[list[Stamped]]:
         """Keep ``read``, ``run``'s record read at ``at`` on partition ``where``; the records
-        of the runs this drops, idle on that partition's clock."""
+        of the runs this drops, idle on every partition that long."""
         lane = self._lanes.setdefault(where, OrderedDict())
         gone = []
-        if at - lane.get(run, at) > self.horizon:  # idle that long itself: evicted
-            del lane[run]
+        last = self._last.get(run)
+        if last is not None and at - last > self.horizon:  # idle that long itself: evicted
+            lane.pop(run, None)
+            del self._last[run]
             self.dropped.add(run)
             return [[*self.records.pop(run, []), read]]
+        self._last[run] = at if last is None else max(last, at)
         lane[run] = at
         lane.move_to_end(run)
         self.records.setdefault(run, []).append(read)
         while lane and next(iter(lane.values())) < at - self.horizon:
             idle, _ = lane.popitem(last=False)
+            if self._last.get(idle, at) >= at - self.horizon:
+                continue  # read on another partition since: not idle
+            self._last.pop(idle, None)
             if (records := self.records.pop(idle, None)) is not None:
                 self.dropped.add(idle)
                 gone.append(records)
