@@ -3,13 +3,17 @@
 Every partition is read from its start to its end (at the command's start), in offset order,
 at its *clock* (``processors.replay_read_order``); what a record read before the range (or in a
 trimmed partition's window) says about its run is kept (:func:`read_topics`), the records in
-the range are returned for ``replay_kafka.decide_topics``.
+the range are returned for ``replay_kafka.decide_topics``. A record read before the range is
+kept by its place (partition, offset, read time), not its bytes, and those of the runs that go
+on in the range are read again at the end (H3, session 19: 1M records before ``--since`` were
+held whole, ~600 MB).
 """
 
 from __future__ import annotations
 
 import math
 import uuid
+from array import array
 from collections import OrderedDict
 from datetime import datetime
 
@@ -20,6 +24,13 @@ from baton.processors.replay_read_order import PartitionClock, Stamped
 from baton.schemas.settings import Settings
 
 __all__ = ["read_topics"]
+
+#: a record read before the range, kept by where it is (read time ms, topic, partition,
+#: offset), not by its bytes: read again at the end for the runs that go on in the range
+Kept = tuple[int, str, int, int]
+#: what a kept record the worker decided as its run's event says (``begun``): an answer,
+#: the run, its tenant (with ``tenants``)
+Said = tuple[bool, str, str | None]
 
 
 class _KeptRuns:
@@ -32,7 +43,7 @@ class _KeptRuns:
     handoff every 20 minutes on its requests one is not idle; H3, session 19: it was
     dropped, partial, its change hidden, exit 0)."""
 
-    __slots__ = ("_lanes", "_last", "dropped", "horizon", "records")
+    __slots__ = ("_lanes", "_last", "closed", "dropped", "horizon", "idle_done", "records", "said")
 
     def __init__(self, horizon_ms: float) -> None:
         self.horizon = horizon_ms
@@ -40,13 +51,40 @@ class _KeptRuns:
         #: run -> the clock of its last record read, on any partition
         self._last: dict[str, int] = {}
         #: run -> its records read before the range, in the order read
-        self.records: dict[str, list[Stamped]] = {}
+        #: (a partition's records: its read times and offsets in turn, 16 bytes a record)
+        self.records: dict[str, dict[tuple[str, int], array[int]]] = {}
+        #: run -> what its kept records said (their bytes are not held), up to one that
+        #: makes it known begun; such a run is in ``closed``
+        self.said: dict[str, list[Said]] = {}
+        self.closed: set[str] = set()
         #: the runs dropped idle: begun before the range (partial), as their later records
         self.dropped: set[str] = set()
+        #: :meth:`idle_before` was called: no record before the range is left to read
+        self.idle_done = False
 
-    def keep(self, run: str, where: tuple[str, int], at: int, read: Stamped) -> list[list[Stamped]]:
-        """Keep ``read``, ``run``'s record read at ``at`` on partition ``where``; the records
-        of the runs this drops, idle on every partition that long."""
+    def drop(self, run: str) -> list[Said]:
+        """Forget ``run``'s kept records; what they said."""
+        self.records.pop(run, None)
+        self.closed.discard(run)
+        return self.said.pop(run, [])
+
+    def latest(self, run: str) -> int | None:
+        """The latest read time of ``run``'s kept records (None: none kept)."""
+        kept = self.records.get(run)
+        return max(max(read[::2]) for read in kept.values()) if kept else None
+
+    def kept(self, run: str) -> list[Kept]:
+        """``run``'s kept records."""
+        return [
+            (read[n], *where, read[n + 1])
+            for where, read in self.records.get(run, {}).items()
+            for n in range(0, len(read), 2)
+        ]
+
+    def keep(self, run: str, where: tuple[str, int], at: int, read: int, offset: int) -> list[str]:
+        """Keep ``run``'s record at ``offset`` of partition ``where``, read at ``at`` (its
+        read time ``read``: ``at``, or its own stamp out of the clock's bound); the runs this
+        drops, idle on every partition that long (their records: :meth:`drop`)."""
         lane = self._lanes.setdefault(where, OrderedDict())
         gone = []
         last = self._last.get(run)
@@ -54,20 +92,37 @@ class _KeptRuns:
             lane.pop(run, None)
             del self._last[run]
             self.dropped.add(run)
-            return [[*self.records.pop(run, []), read]]
+            return [run]
         self._last[run] = at if last is None else max(last, at)
         lane[run] = at
         lane.move_to_end(run)
-        self.records.setdefault(run, []).append(read)
+        self.records.setdefault(run, {}).setdefault(where, array("q")).extend((read, offset))
         while lane and next(iter(lane.values())) < at - self.horizon:
             idle, _ = lane.popitem(last=False)
             if self._last.get(idle, at) >= at - self.horizon:
                 continue  # read on another partition since: not idle
             self._last.pop(idle, None)
-            if (records := self.records.pop(idle, None)) is not None:
+            if idle in self.records:
                 self.dropped.add(idle)
-                gone.append(records)
+                gone.append(idle)
         return gone
+
+    def idle_before(self, start: int) -> list[str]:
+        """Drop the runs whose last record is more than the horizon before ``start`` (the
+        range's): called once every partition is read to the range or its end, when no
+        record before the range is left to read, so no later one keeps such a run (a run
+        that goes on in the range is partial: resumed past the horizon, evicted by the
+        worker), as :meth:`keep`'s."""
+        # by the read times the end of read_topics compares (a record whose own stamp is out
+        # of the bound keeps it: one stamped ahead is not idle, its run judged there)
+        idle = [run for run in self.records if start - (self.latest(run) or 0) > self.horizon]
+        for lane in self._lanes.values():
+            for run in idle:
+                lane.pop(run, None)
+        for run in idle:
+            self._last.pop(run, None)
+            self.dropped.add(run)
+        return idle
 
 
 def read_topics(
@@ -182,6 +237,71 @@ def read_topics(
                 else:
                     before[event.run_id] = event.tenant if tenants and early else None
 
+        def note(run: str, rec: InputRecord) -> None:
+            # what begun(rec, True) would do when the run is dropped, without its bytes
+            if run in kept.closed or not (event := decided_here(rec, partitions, approvals)):
+                return
+            answer = answered is not None and type(event) in ANSWERS
+            tenant = event.tenant if tenants else None
+            kept.said.setdefault(run, []).append((answer, event.run_id, tenant))
+            if not answer and (tenant is not None or not tenants):
+                kept.closed.add(run)  # known begun after it: the later ones say nothing
+
+        def said(run: str) -> None:
+            # begun(old, True) for each record kept of the run, dropped
+            for answer, run_id, tenant in kept.drop(run):
+                if before.get(run) is not None if tenants else run in before:
+                    return
+                if answer and answered is not None:
+                    answered.add(run_id)
+                else:
+                    before[run_id] = tenant
+
+        #: the partitions read to the range (their first record in it) or to their end
+        reached: set[tuple[str, int]] = set()
+
+        def evict_idle() -> None:
+            # once no partition has a record before the range left, a run idle past the
+            # horizon before it is partial if it goes on in it, and nothing if it does not:
+            # its records are not held for the rest of the read (H3, session 19: a burst
+            # hours before --since, then quiet, was all held; 1M records: 599 MB)
+            if start_ms is None or len(reached) < len(wanted) or kept.idle_done:
+                return
+            kept.idle_done = True
+            for run in kept.idle_before(start_ms):
+                said(run)
+
+        def read_again(places: list[Kept]) -> list[Stamped]:
+            # the kept records of the runs that go on in the range, by their offsets
+            need: dict[tuple[str, int], dict[int, int]] = {}
+            for at, topic, partition, offset in places:
+                need.setdefault((topic, partition), {})[offset] = at
+            last = {where: max(offsets) for where, offsets in need.items()}
+            consumer.assign([TopicPartition(*w, min(o)) for w, o in need.items()])
+            found: list[Stamped] = []
+            while need:
+                msg = consumer.poll(settings.connect_timeout_s)
+                if msg is None:
+                    raise BrokerUnavailable(
+                        f"no answer from Kafka at {settings.bootstrap} within "
+                        f"{settings.connect_timeout_s:g} s while reading {', '.join(topics)}"
+                    )
+                where = (msg.topic(), msg.partition())
+                if where not in need:
+                    continue
+                if msg.error() is None and msg.offset() <= last[where]:
+                    if (at := need[where].pop(msg.offset(), None)) is not None:
+                        rec = InputRecord(*where, msg.offset(), msg.key(), msg.value())
+                        found.append((at, where[0], rec))
+                    if need[where]:
+                        continue
+                if need.pop(where):  # its end (or an error) before a record read once
+                    raise BrokerUnavailable(
+                        f"reading {where[0]}[{where[1]}] again: a record read before the "
+                        "range is gone (retention, a deletion); replay again"
+                    )
+            return found
+
         clocks: dict[tuple[str, int], PartitionClock] = {}
         #: partition -> the read time its trimmed window ends at (None: read from offset 0)
         cut: dict[tuple[str, int], float | None] = {}
@@ -196,6 +316,8 @@ def read_topics(
             if msg.error() is not None:
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     open_parts.discard(where)
+                    reached.add(where)
+                    evict_idle()
                     continue
                 raise BrokerUnavailable(f"reading {where[0]}[{where[1]}]: {msg.error()}")
             ts = msg.timestamp()[1]
@@ -209,16 +331,19 @@ def read_topics(
                 cut[where] = clock.at + (trimmed_s or 0) * 1000
             rec = InputRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
             early = start_ms is not None and clock.at < start_ms
+            if not early and start_ms is not None and where not in reached:
+                reached.add(where)
+                evict_idle()
             window = cut[where]
             if window is not None and clock.at < window:
                 begun(rec, early)
             elif early and run_of(rec.key) in kept.dropped:
                 begun(rec, True)
             elif early:  # read before the range: kept for the runs that go on in it (below)
-                read = (clock.at if stamped else ts, msg.topic(), rec)
-                for records in kept.keep(run_of(rec.key), where, clock.at, read):
-                    for _, _, old in records:
-                        begun(old, True)
+                note(run := run_of(rec.key), rec)
+                read = clock.at if stamped else ts
+                for idle in kept.keep(run, where, clock.at, read, msg.offset()):
+                    said(idle)
             if not early and (stop_ms is None or clock.at < stop_ms):
                 out.append((clock.at if stamped else ts, msg.topic(), rec))
             elif (
@@ -241,14 +366,13 @@ def read_topics(
         for at, _, rec in out:
             run = run_of(rec.key)
             resumed[run] = min(at, resumed.get(run, at))
-        whole: list[Stamped] = []
+        whole: list[Kept] = []
         for run, at in resumed.items():
-            records = kept.records.get(run, [])
-            if records and at - max(r[0] for r in records) > kept.horizon:
-                for _, _, old in records:
-                    begun(old, True)
+            latest = kept.latest(run)
+            if latest is not None and at - latest > kept.horizon:
+                said(run)
             elif run not in before:
-                whole += records
-        return whole + out, before
+                whole += kept.kept(run)
+        return read_again(whole) + out, before
     finally:
         consumer.close()

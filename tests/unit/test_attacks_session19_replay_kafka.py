@@ -233,16 +233,6 @@ def test_a_run_stamped_wholly_before_since_on_a_quiet_partition_is_not_hidden(
     assert _exit_code(report) in (1, 7), (report.partial, report.broken)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19, a regression of 8ce2504): --since keeps every record read "
-    "before the range in memory (read_topics' kept) until the range is read, also those of "
-    "runs that do not go on in it: memory grows with the whole topic (1M old records in "
-    "Tansu, --since 1m: 693 MB at the peak, main 149 MB), and a writer's large records "
-    "before the range add theirs. fk19 80ff59b (_KeptRuns) drops a run idle past the "
-    "retention only when a later record before the range is read: a burst hours before "
-    "--since and nothing after it are still all held",
-)
 def test_since_holds_no_record_of_a_run_that_does_not_go_on_in_the_range(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,0 +1,84 @@
+"""`baton replay --from-kafka --since` holds a record read before the range by where it is,
+not by its bytes, and reads the kept records of the runs that go on in the range again at the
+end (cli/replay_kafka_read.py): a record gone in between (retention, a deletion) fails the
+replay closed, named, rather than replaying its run without it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from baton.cli.replay_kafka import replay_from_kafka
+from baton.schemas.errors import BrokerUnavailable
+from baton.schemas.settings import Settings
+from tests.unit.test_attacks_session17_replay_kafka import _EOF, _Said
+from tests.unit.test_attacks_session19_replay_kafka import _Topic
+from tests.unit.test_engine_support import at, handoff
+from tests.unit.test_replay_kafka_read_order import BASELINE, REQUESTS, STRICTER, _exit_code, _ms
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = Settings(bootstrap="127.0.0.1:1", partitions=1)
+
+
+def _replay(monkeypatch: pytest.MonkeyPatch, gone: bool) -> int:
+    """ra's handoffs at 0 and 1 s, before the range (from 100 s), its third at 200 s in it;
+    ``gone``: the partition's first record is gone when it is read again."""
+    ra = [handoff(f"ra-h{n}", "t0", "p", "r", run_id="ra").to_json() for n in range(3)]
+    stamps = [_ms(0), _ms(1), _ms(200)]
+    assigned: list[int] = []
+
+    def said(topic: str) -> Iterator[_Said]:
+        if topic == REQUESTS:
+            for n, (stamp, value) in enumerate(zip(stamps, ra, strict=True)):
+                if not (gone and len(assigned) > 1 and n == 0):
+                    yield _Said(topic, 0, n, stamp, b"ra", value)
+        yield _Said(topic, 0, -1, 0, None, _EOF)
+
+    class _Consumer:
+        def __init__(self, config: dict) -> None:
+            self._topics: list[Iterator[_Said]] = []
+
+        def list_topics(self, topic: str, timeout: float) -> object:
+            return type("Meta", (), {"topics": {topic: _Topic()}})()
+
+        def assign(self, parts: list) -> None:
+            assigned.append(len(parts))
+            self._topics = [said(tp.topic) for tp in parts]
+
+        def poll(self, timeout: float) -> _Said | None:
+            while self._topics:
+                message = next(self._topics[0], None)
+                if message is not None:
+                    return message
+                self._topics.pop(0)
+            return None
+
+        def close(self) -> None:
+            pass
+
+    import confluent_kafka
+
+    import baton.streams.net
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", _Consumer)
+    monkeypatch.setattr(baton.streams.net, "check_reachable", lambda *a, **k: None)
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, at(100), None)
+    return _exit_code(report)
+
+
+def test_a_run_begun_before_since_is_replayed_whole_from_its_records_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stricter policy stops ra's third handoff, in the range: a change (exit 1)."""
+    assert _replay(monkeypatch, gone=False) == 1
+
+
+def test_a_record_before_since_gone_when_read_again_fails_the_replay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ra's first handoff gone between the two reads: no replay of ra without it (its third
+    would be its second, allowed under both: exit 0), the read fails, named."""
+    with pytest.raises(BrokerUnavailable, match="read before the range is gone"):
+        _replay(monkeypatch, gone=True)
