@@ -37,10 +37,10 @@ with why *and* broken (exit 7: a gate never passes by its absence): a record of 
 read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before the epoch (when it was read is unknown; such
 a stamp does not move its partition's clock), a grant or denial of it stamped before the request it
 answers (two topics, merged by clock: in which order the worker read them is unknown), or a record
-of it read far past its own stamp across a control command that decides it otherwise, or decided
-between such a command's own time and its read time (``processors.replay_read_late``), or read past
-``until`` though stamped well before it. ``--tenant`` scopes whole runs by their first event's
-tenant, as the worker took it.
+of it read far past its own stamp across a control command that decides it otherwise (held from
+the skew before that stamp on), or decided from the skew before such a command's own time to its
+read time (``processors.replay_read_late``), or read past ``until`` though stamped well before it.
+``--tenant`` scopes whole runs by their first event's tenant, as the worker took it.
 """
 
 from __future__ import annotations

@@ -55,13 +55,6 @@ def _kill_within_60_s(monkeypatch: pytest.MonkeyPatch, writer: bool) -> int:
     return _exit_code(report)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19): ReadLate counts only the commands read after a late "
-    "event's own time + 60 s, so a run's handoffs written within 60 s before a kill of it, "
-    "read after the kill by a writer's one stamp ahead, are stopped as killed under both "
-    "policies, not broken: the stricter policy's stop hidden, exit 0",
-)
 def test_handoffs_within_60_s_before_a_kill_read_late_do_not_hide_the_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -96,13 +89,6 @@ def _release_within_60_s(monkeypatch: pytest.MonkeyPatch, writer: bool) -> int:
     return _exit_code(report)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19): a release read late (a writer's unsigned gov.control "
-    "record stamped ahead before it) with the run's handoffs decided within 60 s after its "
-    "own time: not broken (ReadLate.command counts the events after own + 60 s only); they "
-    "are stopped as killed under both policies, the stricter policy's stop hidden, exit 0",
-)
 def test_a_release_read_late_does_not_hide_the_change_of_the_handoffs_after_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
