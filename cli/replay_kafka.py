@@ -20,8 +20,9 @@ signatures checked against the policy in force). That is what the new policy is 
 with: the same report as a replay of the audit, where a kill switch's stops are replayed as
 recorded.
 
-A control record holds from its clock or its signing time, whichever is later, and goes first at an
-equal time (a kill applies; fail closed). A worker applies control records as its follower reads
+A control command applied holds from its clock or its signing time, whichever is later (a record
+that applies nothing: from its clock), and goes first at an equal time (a kill applies; fail
+closed); it is read late on that clock (``_ControlRead``). A worker applies control records as its follower reads
 them, so a run event within ``max_staleness_s`` after a kill may have been decided before it. Not
 guaranteed: the replay stops such an event as killed under both policies, so a change the new
 policy makes to it is not seen (a handoff 1 s after a kill of its run: exit 0). A run with a record
@@ -152,19 +153,24 @@ def decide_topics(
     rows: list[tuple[str, int, Recorded]] = []
     early: set[tuple[str, str]] = set()  # (run, approval id) answered before it was asked
     asked = {rec.key for _, topic, rec in records if topic not in (approvals, control)}
-    ordered = read_order(records, latest_ms, control, _signed_ms)
-    late = ReadLate(any(where[0] == control for where in read_late))
+    commands = _ControlRead(in_force)
+    ordered = read_order(records, latest_ms, control, commands)
+    held_late = commands.late(records, control, latest_ms, read_late)
+    late = ReadLate(bool(held_late))
     for n, (at, topic, rec, stamped) in enumerate(ordered):
         now = datetime.fromtimestamp(at / 1000, UTC)
-        own = read_late.get((topic, rec.partition, rec.offset)) if read_late else None
         if topic == control:
-            applied = apply_control_record(in_force, rec, "replay", now).in_force
-            held = None if own is None else max(own, _signed_ms(rec))
+            # applied at the clock its own stamp read (as _ControlRead did: a command signed
+            # ahead is held from its signing only once applied)
+            read_at = datetime.fromtimestamp(commands.read[rec.partition, rec.offset] / 1000, UTC)
+            applied = apply_control_record(in_force, rec, "replay", read_at).in_force
+            held = held_late.get((rec.partition, rec.offset))
             for run_id in late.command(at, held, in_force, applied):
                 undecidable.setdefault(run_id, _READ_LATE)
             in_force = applied
             proc.policy = policies.setdefault(in_force.policy.version, in_force.policy)
             continue
+        own = read_late.get((topic, rec.partition, rec.offset)) if read_late else None
         # a run begins at the first record the worker decided as its event here: a dead
         # letter under its key, or its event on another run's partition (forwarded, decided
         # where its copy is read), begins nothing
@@ -238,6 +244,60 @@ def _answered_early(
             early.add((d.run_id, d.approval_id))
         elif d.outcome == Outcome.APPROVAL_REQUIRED and (d.run_id, d.approval_id) in early:
             yield d.run_id
+
+
+class _ControlRead:
+    """gov.control as the control follower applies it (``read_order``'s ``held_from``, called
+    in offset order with the clock each record's own stamp read): an applied command holds
+    from its signing time if later (a kill re-published stamped before its signing held
+    early), a record that applies nothing (refused, unsigned, no command: anyone's) from its
+    clock only. H3, session 19: a writer's refused policy update saying 1000 s as its own
+    time moved the clock there, the release after it read at 1000 s, unseen as late (that
+    was measured on the stamps), the run's handoffs after the release replayed as killed
+    under both policies, the stricter policy's stop hidden, exit 0."""
+
+    __slots__ = ("_held", "in_force", "read")
+
+    def __init__(self, in_force: ControlInForce) -> None:
+        self.in_force = in_force
+        #: (partition, offset) -> the clock its own stamp read (ms)
+        self.read: dict[tuple[int, int], int] = {}
+        #: (partition, offset) -> its signing time (ms) where applied
+        self._held: dict[tuple[int, int], int] = {}
+
+    def __call__(self, rec: InputRecord, at: int) -> int:
+        now = datetime.fromtimestamp(at / 1000, UTC)
+        after = apply_control_record(self.in_force, rec, "replay", now)
+        applied = after.policy_changed or after.in_force.kills is not self.in_force.kills
+        self.in_force = after.in_force
+        self.read[rec.partition, rec.offset] = at
+        if not applied:
+            return -1
+        self._held[rec.partition, rec.offset] = signed = _signed_ms(rec)
+        return signed
+
+    def late(
+        self,
+        records: list[Stamped],
+        control: str,
+        latest_ms: int,
+        read_late: Mapping[tuple[str, int, int], int],
+    ) -> dict[tuple[int, int], int]:
+        """(partition, offset) -> the own time (its stamp, or its signing if applied and
+        later) of each control record of ``records`` that the clock read_order holds it at
+        reads more than LATE_AFTER_S later (``read_late``: the stamps of those read so late
+        on the stamps alone)."""
+        late: dict[tuple[int, int], int] = {}
+        for stamp, topic, rec in records:
+            where = (rec.partition, rec.offset)
+            if topic != control or not -1 <= stamp < latest_ms:
+                continue  # (a stamp out of the bounds moves no clock: when is unknown)
+            signed = self._held.get(where, -1)
+            at = max(self.read[where], signed if signed < latest_ms else -1)
+            own = max(read_late.get((topic, *where), stamp), signed)
+            if at - own > LATE_AFTER_S * 1000:
+                late[where] = own
+        return late
 
 
 def _signed_ms(rec: InputRecord) -> int:

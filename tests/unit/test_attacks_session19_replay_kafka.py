@@ -106,30 +106,20 @@ def test_a_release_read_on_time_shows_the_change_of_the_handoffs_after_it(
 
 class _Refused:
     """A policy update that does not read as a policy (refused by the control follower), its
-    own time ``seconds``: a writer's record on gov.control."""
+    own time ``seconds``: a writer's record on gov.control (``policy_yaml``: one that reads,
+    applied while no operators are listed)."""
 
     run_id = ""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, policy_yaml: str = "multi_agent: [not a policy") -> None:
         from baton.schemas.events import PolicyUpdated
 
-        self._update = PolicyUpdated(
-            policy_yaml="multi_agent: [not a policy", operator="x", event_time=at(seconds)
-        )
+        self._update = PolicyUpdated(policy_yaml=policy_yaml, operator="x", event_time=at(seconds))
 
     def to_json(self) -> bytes:
         return self._update.to_json()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19): read_order moves gov.control's clock to any record's "
-    "event_time (held_from: its signing time), refused or not, but read_late measures a "
-    "record's lateness on the Kafka stamps only: a writer's refused record with an "
-    "event_time 1000 s (Kafka stamp 50 s) puts the release after it at 1000 s, unseen as "
-    "late; the run's handoffs after the release are replayed as killed under both "
-    "policies, the stricter policy's stop hidden, exit 0",
-)
 def test_a_refused_control_record_signed_ahead_does_not_hold_a_release_late(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -143,6 +133,30 @@ def test_a_refused_control_record_signed_ahead_does_not_hold_a_release_late(
     report, policies = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, None)
     assert list(policies) == [BASELINE.version]  # the writer's record was not applied
     assert _exit_code(report) in (1, 7), (report.partial, report.broken)
+
+
+def test_an_applied_control_record_signed_ahead_holds_the_release_after_it_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The refused record above made an applied one (no operators listed: anyone's policy
+    update counts, here the baseline itself): it holds gov.control's clock from its signing,
+    1000 s, and the release after it is read there, 900 s past its own time, with ra's
+    handoffs decided in between: in which order the worker read them is unknown, ra broken
+    (exit 7). Measured on the stamps alone the release was not late: exit 0."""
+    import yaml
+
+    from tests.unit.test_engine_support import DEFAULT_POLICY_YAML
+
+    doc = yaml.safe_load(DEFAULT_POLICY_YAML)
+    doc["multi_agent"]["max_handoffs"] = 20  # BASELINE's
+    update = _Refused(1000, yaml.safe_dump(doc))
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(5))
+    release = KillSwitchReleased(scope="run", run_id="ra", operator="ops", event_time=at(100))
+    control = [(0, _ms(5), kill), (1, _ms(50), update), (2, _ms(100), release)]
+    _trimmed_topics(monkeypatch, {REQUESTS: _ra(110, 120, 130), CONTROL: control})
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, None)
+    assert report.broken == ["ra"], (report.partial, report.broken)
+    assert _exit_code(report) == 7
 
 
 @pytest.mark.xfail(
