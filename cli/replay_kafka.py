@@ -22,26 +22,28 @@ recorded.
 
 A control command applied holds from its clock or its signing time, whichever is later (a record
 that applies nothing: from its clock), and goes first at an equal time (a kill applies; fail
-closed); it is read late on that clock (``_ControlRead``). A worker applies control records as its follower reads
-them, so a run event within ``max_staleness_s`` after a kill may have been decided before it. Not
-guaranteed: the replay stops such an event as killed under both policies, so a change the new
-policy makes to it is not seen (a handoff 1 s after a kill of its run: exit 0). A run with a record
-read in a trimmed partition's window may have begun in what is gone and is partial, as in the audit
-replay (replayed from its first request read it would be judged on a history it lacks); only a
-record the worker decided as the run's event where it was read counts (``decided_here``: a dead
-letter under its key tells nothing). Any other run begins at its first such record, before
-``since`` or in the range, whatever event it is (a grant or denial first: below): the worker
-decided it from an empty state (a writer who predicts a run id seeds it with a completion before
-its first request, or with any event before ``since``: the run was "begun before the range",
-partial, its change hidden). A run the replay cannot decide for another reason is listed as partial
-with why *and* broken (exit 7: a gate never passes by its absence): a record of it stamped past the
-read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before the epoch (when it was read is unknown; such
-a stamp does not move its partition's clock), a grant or denial of it stamped before the request it
-answers (two topics, merged by clock: in which order the worker read them is unknown), or a record
-of it read far past its own stamp across a control command that decides it otherwise (held from
-the skew before that stamp on), or decided from the skew before such a command's own time to its
-read time (``processors.replay_read_late``), or read past ``until`` though stamped well before it.
-``--tenant`` scopes whole runs by their first event's tenant, as the worker took it.
+closed); it is read late on that clock (``_ControlRead``). A command read at or after ``until``
+though stamped well before it is decided after the range's run events, read late. A worker applies
+control records as its follower reads them, so a run event within ``max_staleness_s`` after a kill
+may have been decided before it. Not guaranteed: the replay stops such an event as killed under both
+policies, so a change the new policy makes to it is not seen (a handoff 1 s after a kill of its run:
+exit 0). A run with a record read in a trimmed partition's window may have begun in what is gone and
+is partial, as in the audit replay (replayed from its first request read it would be judged on a
+history it lacks); only a record the worker decided as the run's event where it was read counts
+(``decided_here``: a dead letter under its key tells nothing). Any other run begins at its first
+such record, before ``since`` or in the range, whatever event it is (a grant or denial first:
+below): the worker decided it from an empty state (a writer who predicts a run id seeds it with a
+completion before its first request, or with any event before ``since``: the run was "begun before
+the range", partial, its change hidden). A run the replay cannot decide for another reason is listed
+as partial with why *and* broken (exit 7: a gate never passes by its absence): a record of it
+stamped past the read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before the epoch (when it was read
+is unknown; such a stamp does not move its partition's clock), a grant or denial of it stamped
+before the request it answers (two topics, merged by clock: in which order the worker read them is
+unknown), or a record of it read far past its own stamp across a control command that decides it
+otherwise (held from the skew before that stamp on), or decided from the skew before such a
+command's own time to its read time (``processors.replay_read_late``), or read past ``until`` though
+stamped well before it. ``--tenant`` scopes whole runs by their first event's tenant, as the worker
+took it.
 """
 
 from __future__ import annotations
@@ -300,6 +302,29 @@ class _ControlRead:
         return late
 
 
+def _commands_in_range(
+    commands: list[Stamped], until: datetime | None, late: Mapping[tuple[str, int, int], int]
+) -> list[Stamped]:
+    """The control records (``commands``: gov.control read whole) read before ``until``, and
+    those read at or after it though stamped more than LATE_AFTER_S before it (``late``: the
+    stamps of those read late): a stamp ahead amid gov.control moved its clock on, the worker
+    applied them in the range. They are decided after the range's run events, read late, so
+    a run decided from the skew before such a command's own time on that it decides otherwise
+    is broken (``ReadLate``), as a run with a request or approval cut so (H3, session 19: a
+    release pushed past --to was dropped, the run's handoffs after it replayed as killed
+    under both policies, the stricter policy's stop hidden, exit 0)."""
+    if until is None:
+        return commands
+    stop_ms = int(until.timestamp() * 1000)
+    cut_ms = stop_ms - LATE_AFTER_S * 1000
+    return [
+        read
+        for read in commands
+        if read[0] < stop_ms
+        or late.get((read[1], read[2].partition, read[2].offset), stop_ms) < cut_ms
+    ]
+
+
 def _signed_ms(rec: InputRecord) -> int:
     """When a control record was signed (ms; a record that does not read: -1). It holds from
     its stamp or this, whichever is later: a kill re-published stamped before its signing
@@ -366,9 +391,10 @@ def replay_from_kafka(
     records = in_scope(records, before, run_id, tenant, settings.partitions, catalog.approvals)
     if run_id is not None or tenant is not None:
         cut_late &= {run_of(rec.key) for _, _, rec in records}
-    records += read_topics(
-        settings, [catalog.control], None, until, latest, "read_uncommitted", late=late
+    commands = read_topics(
+        settings, [catalog.control], None, None, latest, "read_uncommitted", late=late
     )[0]
+    records += _commands_in_range(commands, until, late)
     decided = decide_topics(
         records,
         baseline,

@@ -159,14 +159,6 @@ def test_an_applied_control_record_signed_ahead_holds_the_release_after_it_late(
     assert _exit_code(report) == 7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19): a control command stamped before --to that gov.control's "
-    "clock reads after it (a writer's unsigned record stamped ahead before it) is dropped "
-    "from the replay, and no run is broken for it (cut_late watches the request topics "
-    "only): a release dropped so, the run's handoffs after it replayed as killed under "
-    "both policies, the stricter policy's stop hidden, exit 0",
-)
 def test_a_release_read_past_to_does_not_hide_the_change_of_the_handoffs_after_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
