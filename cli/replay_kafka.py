@@ -56,7 +56,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from baton.cli.replay_kafka_read import read_topics
-from baton.cli.replay_kafka_scope import ANSWERS, decided_here, in_scope, run_of
+from baton.cli.replay_kafka_scope import ANSWERS, decided_here, in_scope, run_of, run_tenants
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.engine import NO_KILLS
@@ -302,6 +302,25 @@ class _ControlRead:
         return late
 
 
+def _cut_late_of(
+    tenant: str,
+    cut_late: set[str],
+    records: list[Stamped],
+    before: dict[str, str | None],
+    partitions: int,
+    approvals: str,
+) -> set[str]:
+    """The runs of ``cut_late`` in ``tenant``'s scope: those whose tenant (``run_tenants``,
+    from ``records``, every run's read, and ``before``) is it, and those whose tenant is not
+    known, no event of them read but past --to (fail closed: which tenant's is unknown). H3,
+    session 19: a run kept only with a record in the range dropped one whose every record a
+    stamp ahead pushed past --to, its change hidden, exit 0."""
+    from baton.schemas.names import fold
+
+    tenants = run_tenants(records, before, partitions, approvals)
+    return {run for run in cut_late if tenants.get(run) in (None, fold(tenant))}
+
+
 def _commands_in_range(
     commands: list[Stamped], until: datetime | None, late: Mapping[tuple[str, int, int], int]
 ) -> list[Stamped]:
@@ -388,9 +407,13 @@ def replay_from_kafka(
         late=late,
         cut_late=cut_late,
     )
+    if tenant is not None:
+        cut_late = _cut_late_of(
+            tenant, cut_late, records, before, settings.partitions, catalog.approvals
+        )
+    if run_id is not None:
+        cut_late &= {run_id}
     records = in_scope(records, before, run_id, tenant, settings.partitions, catalog.approvals)
-    if run_id is not None or tenant is not None:
-        cut_late &= {run_of(rec.key) for _, _, rec in records}
     commands = read_topics(
         settings, [catalog.control], None, None, latest, "read_uncommitted", late=late
     )[0]

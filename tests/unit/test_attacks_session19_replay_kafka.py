@@ -384,13 +384,6 @@ def test_a_bot_grant_a_second_after_its_request_amid_a_skewed_partition_is_not_b
     assert _exit_code(report) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19): with --tenant, cut_late keeps only the runs with a "
-    "record in the range (`cut_late &= runs of records`): a run whose every record a writer's "
-    "stamp ahead pushed past --to is dropped from it, not broken; its change hidden, exit 0 "
-    "(without --tenant: exit 7)",
-)
 def test_a_run_pushed_wholly_past_to_is_broken_within_a_tenant(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
