@@ -20,27 +20,30 @@ signatures checked against the policy in force). That is what the new policy is 
 with: the same report as a replay of the audit, where a kill switch's stops are replayed as
 recorded.
 
-A control record holds from its clock or its signing time, whichever is later, and goes first at an
-equal time (a kill applies; fail closed). A worker applies control records as its follower reads
-them, so a run event within ``max_staleness_s`` after a kill may have been decided before it. Not
-guaranteed: the replay stops such an event as killed under both policies, so a change the new
-policy makes to it is not seen (a handoff 1 s after a kill of its run: exit 0). A run with a record
-read in a trimmed partition's window may have begun in what is gone and is partial, as in the audit
-replay (replayed from its first request read it would be judged on a history it lacks); only a
-record the worker decided as the run's event where it was read counts (``decided_here``: a dead
-letter under its key tells nothing). Any other run begins at its first such record, before
-``since`` or in the range, whatever event it is (a grant or denial first: below): the worker
-decided it from an empty state (a writer who predicts a run id seeds it with a completion before
-its first request, or with any event before ``since``: the run was "begun before the range",
-partial, its change hidden). A run the replay cannot decide for another reason is listed as partial
-with why *and* broken (exit 7: a gate never passes by its absence): a record of it stamped past the
-read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before the epoch (when it was read is unknown; such
-a stamp does not move its partition's clock), a grant or denial of it stamped before the request it
-answers (two topics, merged by clock: in which order the worker read them is unknown), or a record
-of it read far past its own stamp across a control command that decides it otherwise, or decided
-between such a command's own time and its read time (``processors.replay_read_late``), or read past
-``until`` though stamped well before it. ``--tenant`` scopes whole runs by their first event's
-tenant, as the worker took it.
+A control command applied holds from its clock or its signing time, whichever is later (a record
+that applies nothing: from its clock), and goes first at an equal time (a kill applies; fail
+closed); it is read late on that clock (``_ControlRead``). A command read at or after ``until``
+though stamped well before it is decided after the range's run events, read late. A worker applies
+control records as its follower reads them, so a run event within ``max_staleness_s`` after a kill
+may have been decided before it. Not guaranteed: the replay stops such an event as killed under both
+policies, so a change the new policy makes to it is not seen (a handoff 1 s after a kill of its run:
+exit 0). A run with a record read in a trimmed partition's window may have begun in what is gone and
+is partial, as in the audit replay (replayed from its first request read it would be judged on a
+history it lacks); only a record the worker decided as the run's event where it was read counts
+(``decided_here``: a dead letter under its key tells nothing). Any other run begins at its first
+such record, before ``since`` or in the range, whatever event it is (a grant or denial first:
+below): the worker decided it from an empty state (a writer who predicts a run id seeds it with a
+completion before its first request, or with any event before ``since``: the run was "begun before
+the range", partial, its change hidden). A run the replay cannot decide for another reason is listed
+as partial with why *and* broken (exit 7: a gate never passes by its absence): a record of it
+stamped past the read's start (plus ``CONTROL_CLOCK_SKEW_S``) or before the epoch (when it was read
+is unknown; such a stamp does not move its partition's clock), a grant or denial of it stamped
+before the request it answers (two topics, merged by clock: in which order the worker read them is
+unknown), or a record of it read far past its own stamp across a control command that decides it
+otherwise (held from the skew before that stamp on), or decided from the skew before such a
+command's own time to its read time (``processors.replay_read_late``), or read past ``until`` though
+stamped well before it. ``--tenant`` scopes whole runs by their first event's tenant, as the worker
+took it.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from baton.cli.replay_kafka_read import read_topics
-from baton.cli.replay_kafka_scope import ANSWERS, decided_here, in_scope, run_of
+from baton.cli.replay_kafka_scope import ANSWERS, decided_here, in_scope, run_of, run_tenants
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.engine import NO_KILLS
@@ -152,19 +155,24 @@ def decide_topics(
     rows: list[tuple[str, int, Recorded]] = []
     early: set[tuple[str, str]] = set()  # (run, approval id) answered before it was asked
     asked = {rec.key for _, topic, rec in records if topic not in (approvals, control)}
-    ordered = read_order(records, latest_ms, control, _signed_ms)
-    late = ReadLate(any(where[0] == control for where in read_late))
+    commands = _ControlRead(in_force)
+    ordered = read_order(records, latest_ms, control, commands)
+    held_late = commands.late(records, control, latest_ms, read_late)
+    late = ReadLate(bool(held_late))
     for n, (at, topic, rec, stamped) in enumerate(ordered):
         now = datetime.fromtimestamp(at / 1000, UTC)
-        own = read_late.get((topic, rec.partition, rec.offset)) if read_late else None
         if topic == control:
-            applied = apply_control_record(in_force, rec, "replay", now).in_force
-            held = None if own is None else max(own, _signed_ms(rec))
+            # applied at the clock its own stamp read (as _ControlRead did: a command signed
+            # ahead is held from its signing only once applied)
+            read_at = datetime.fromtimestamp(commands.read[rec.partition, rec.offset] / 1000, UTC)
+            applied = apply_control_record(in_force, rec, "replay", read_at).in_force
+            held = held_late.get((rec.partition, rec.offset))
             for run_id in late.command(at, held, in_force, applied):
                 undecidable.setdefault(run_id, _READ_LATE)
             in_force = applied
             proc.policy = policies.setdefault(in_force.policy.version, in_force.policy)
             continue
+        own = read_late.get((topic, rec.partition, rec.offset)) if read_late else None
         # a run begins at the first record the worker decided as its event here: a dead
         # letter under its key, or its event on another run's partition (forwarded, decided
         # where its copy is read), begins nothing
@@ -240,6 +248,102 @@ def _answered_early(
             yield d.run_id
 
 
+class _ControlRead:
+    """gov.control as the control follower applies it (``read_order``'s ``held_from``, called
+    in offset order with the clock each record's own stamp read): an applied command holds
+    from its signing time if later (a kill re-published stamped before its signing held
+    early), a record that applies nothing (refused, unsigned, no command: anyone's) from its
+    clock only. H3, session 19: a writer's refused policy update saying 1000 s as its own
+    time moved the clock there, the release after it read at 1000 s, unseen as late (that
+    was measured on the stamps), the run's handoffs after the release replayed as killed
+    under both policies, the stricter policy's stop hidden, exit 0."""
+
+    __slots__ = ("_held", "in_force", "read")
+
+    def __init__(self, in_force: ControlInForce) -> None:
+        self.in_force = in_force
+        #: (partition, offset) -> the clock its own stamp read (ms)
+        self.read: dict[tuple[int, int], int] = {}
+        #: (partition, offset) -> its signing time (ms) where applied
+        self._held: dict[tuple[int, int], int] = {}
+
+    def __call__(self, rec: InputRecord, at: int) -> int:
+        now = datetime.fromtimestamp(at / 1000, UTC)
+        after = apply_control_record(self.in_force, rec, "replay", now)
+        applied = after.policy_changed or after.in_force.kills is not self.in_force.kills
+        self.in_force = after.in_force
+        self.read[rec.partition, rec.offset] = at
+        if not applied:
+            return -1
+        self._held[rec.partition, rec.offset] = signed = _signed_ms(rec)
+        return signed
+
+    def late(
+        self,
+        records: list[Stamped],
+        control: str,
+        latest_ms: int,
+        read_late: Mapping[tuple[str, int, int], int],
+    ) -> dict[tuple[int, int], int]:
+        """(partition, offset) -> the own time (its stamp, or its signing if applied and
+        later) of each control record of ``records`` that the clock read_order holds it at
+        reads more than LATE_AFTER_S later (``read_late``: the stamps of those read so late
+        on the stamps alone)."""
+        late: dict[tuple[int, int], int] = {}
+        for stamp, topic, rec in records:
+            where = (rec.partition, rec.offset)
+            if topic != control or not -1 <= stamp < latest_ms:
+                continue  # (a stamp out of the bounds moves no clock: when is unknown)
+            signed = self._held.get(where, -1)
+            at = max(self.read[where], signed if signed < latest_ms else -1)
+            own = max(read_late.get((topic, *where), stamp), signed)
+            if at - own > LATE_AFTER_S * 1000:
+                late[where] = own
+        return late
+
+
+def _cut_late_of(
+    tenant: str,
+    cut_late: set[str],
+    records: list[Stamped],
+    before: dict[str, str | None],
+    partitions: int,
+    approvals: str,
+) -> set[str]:
+    """The runs of ``cut_late`` in ``tenant``'s scope: those whose tenant (``run_tenants``,
+    from ``records``, every run's read, and ``before``) is it, and those whose tenant is not
+    known, no event of them read but past --to (fail closed: which tenant's is unknown). H3,
+    session 19: a run kept only with a record in the range dropped one whose every record a
+    stamp ahead pushed past --to, its change hidden, exit 0."""
+    from baton.schemas.names import fold
+
+    tenants = run_tenants(records, before, partitions, approvals)
+    return {run for run in cut_late if tenants.get(run) in (None, fold(tenant))}
+
+
+def _commands_in_range(
+    commands: list[Stamped], until: datetime | None, late: Mapping[tuple[str, int, int], int]
+) -> list[Stamped]:
+    """The control records (``commands``: gov.control read whole) read before ``until``, and
+    those read at or after it though stamped more than LATE_AFTER_S before it (``late``: the
+    stamps of those read late): a stamp ahead amid gov.control moved its clock on, the worker
+    applied them in the range. They are decided after the range's run events, read late, so
+    a run decided from the skew before such a command's own time on that it decides otherwise
+    is broken (``ReadLate``), as a run with a request or approval cut so (H3, session 19: a
+    release pushed past --to was dropped, the run's handoffs after it replayed as killed
+    under both policies, the stricter policy's stop hidden, exit 0)."""
+    if until is None:
+        return commands
+    stop_ms = int(until.timestamp() * 1000)
+    cut_ms = stop_ms - LATE_AFTER_S * 1000
+    return [
+        read
+        for read in commands
+        if read[0] < stop_ms
+        or late.get((read[1], read[2].partition, read[2].offset), stop_ms) < cut_ms
+    ]
+
+
 def _signed_ms(rec: InputRecord) -> int:
     """When a control record was signed (ms; a record that does not read: -1). It holds from
     its stamp or this, whichever is later: a kill re-published stamped before its signing
@@ -303,12 +407,17 @@ def replay_from_kafka(
         late=late,
         cut_late=cut_late,
     )
+    if tenant is not None:
+        cut_late = _cut_late_of(
+            tenant, cut_late, records, before, settings.partitions, catalog.approvals
+        )
+    if run_id is not None:
+        cut_late &= {run_id}
     records = in_scope(records, before, run_id, tenant, settings.partitions, catalog.approvals)
-    if run_id is not None or tenant is not None:
-        cut_late &= {run_of(rec.key) for _, _, rec in records}
-    records += read_topics(
-        settings, [catalog.control], None, until, latest, "read_uncommitted", late=late
+    commands = read_topics(
+        settings, [catalog.control], None, None, latest, "read_uncommitted", late=late
     )[0]
+    records += _commands_in_range(commands, until, late)
     decided = decide_topics(
         records,
         baseline,

@@ -15,7 +15,7 @@ from baton.processors.batch_routing import route
 from baton.processors.replay_read_order import Stamped
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent
 
-__all__ = ["ANSWERS", "decided_here", "in_scope", "run_of"]
+__all__ = ["ANSWERS", "decided_here", "in_scope", "run_of", "run_tenants"]
 
 #: the events that answer an approval (gov.approvals' only run events)
 ANSWERS = (ApprovalGranted, ApprovalDenied)
@@ -66,12 +66,33 @@ def in_scope(
     if run_id is not None:
         records = [r for r in records if r[2].key == run_id.encode()]
     wanted = fold(tenant) if tenant is not None else PROBE_TENANT
+    runs = run_tenants(records, before, partitions, approvals, probes=tenant is None)
+    if tenant is not None:
+        return [r for r in records if runs.get(run_of(r[2].key)) == wanted]
+    return [
+        r
+        for r in records
+        if not ((r[2].key or b"").startswith(b"__probe_") and runs.get(run_of(r[2].key)) == wanted)
+    ]
+
+
+def run_tenants(
+    records: list[Stamped],
+    before: dict[str, str | None],
+    partitions: int = 1,
+    approvals: str | None = None,
+    probes: bool = False,
+) -> dict[str, str | None]:
+    """Run -> its tenant as :func:`in_scope` takes it (``before``'s, else of its first
+    request-topic event in ``records``, else of its first answer); a run of ``before`` with
+    no tenant known and no such record: None (``probes``: the tenants of the ``__probe_``
+    runs only, the others as ``before`` has them)."""
     runs = dict(before)
     answered: dict[str, str] = {}  # run -> the tenant of its first answer
     for _, _, rec in records:  # in the order read: each partition's, as the worker read it
         key = rec.key or b""
         run = run_of(key)
-        if runs.get(run) is None and (tenant is not None or key.startswith(b"__probe_")):
+        if runs.get(run) is None and (not probes or key.startswith(b"__probe_")):
             event = decided_here(rec, partitions, approvals)
             if event is not None and type(event) in ANSWERS:
                 answered.setdefault(run, event.tenant)
@@ -80,10 +101,4 @@ def in_scope(
     for run, named in answered.items():
         if runs.get(run) is None:
             runs[run] = named
-    if tenant is not None:
-        return [r for r in records if runs.get(run_of(r[2].key)) == wanted]
-    return [
-        r
-        for r in records
-        if not ((r[2].key or b"").startswith(b"__probe_") and runs.get(run_of(r[2].key)) == wanted)
-    ]
+    return runs

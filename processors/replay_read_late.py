@@ -14,7 +14,13 @@ elsewhere (``CONTROL_CLOCK_SKEW_S``). A run event read late whose decision a com
 between its own time and its read time would have changed (a kill or release covering its
 run, a policy update), or such a command read late with a run event decided in between, names
 its run: in which order the worker read the two is unknown (the caller lists the run broken,
-exit 7). Not guaranteed: within the skew, the replay's order is taken as the worker's.
+exit 7). "In between" is from the skew *before* the late record's own time to its read time: a
+record read late has no order of its own in the replay (the writer of the stamp ahead chose
+it), so a command within the skew before or after its own time may be on either side of it
+for the worker (H3, session 19: counting from own time *plus* the skew, ra's handoffs written
+within 60 s before a kill of ra and read after it were stopped as killed under both policies,
+the stricter policy's stop hidden, exit 0). Not guaranteed: a record read within the skew of
+its own time keeps the replay's order, taken as the worker's.
 """
 
 from __future__ import annotations
@@ -61,13 +67,13 @@ class ReadLate:
         self, at: int, own_ms: int | None, before: ControlInForce, after: ControlInForce
     ) -> set[str]:
         """A control record read at ``at`` took ``before`` to ``after``: the runs decided
-        after its own time (plus the skew) and before it, that it decides otherwise."""
+        after its own time (less the skew) and before it, that it decides otherwise."""
         if before.kills == after.kills and before.policy.version == after.policy.version:
             return set()
         self._commands.append((at, before, after))
         if own_ms is None or at - own_ms <= _LATE_MS:
             return set()
-        start = bisect.bisect_right(self._decided, own_ms + _LATE_MS, key=lambda r: r[0])
+        start = bisect.bisect_right(self._decided, own_ms - _LATE_MS, key=lambda r: r[0])
         decided = self._decided[start:]
         return {run for _, run, tenant in decided if _changes(before, after, run, tenant)}
 
@@ -75,13 +81,13 @@ class ReadLate:
         self, at: int, own_ms: int | None, decisions: Sequence[tuple[int, Decision]]
     ) -> Collection[str]:
         """A run event read at ``at`` was decided ``decisions`` (the batch step's (index,
-        decision) pairs): the runs of them that a command held after its own time (plus the
+        decision) pairs): the runs of them that a command held after its own time (less the
         skew) and before it decides otherwise."""
         if self._keep:
             self._decided += [(at, d.run_id, d.tenant) for _, d in decisions]
         if own_ms is None or at - own_ms <= _LATE_MS:
             return ()
-        start = bisect.bisect_right(self._commands, own_ms + _LATE_MS, key=lambda c: c[0])
+        start = bisect.bisect_right(self._commands, own_ms - _LATE_MS, key=lambda c: c[0])
         return {
             d.run_id
             for _, before, after in self._commands[start:]

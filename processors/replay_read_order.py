@@ -66,12 +66,15 @@ def read_order(
     records: Iterable[Stamped],
     latest: int,
     first: str = "",
-    held_from: Callable[[InputRecord], int] | None = None,
+    held_from: Callable[[InputRecord, int], int] | None = None,
 ) -> Iterator[ReadRecord]:
     """``records`` (of any partitions, in any order) as the workers read them: each
     partition in offset order on its clock, the partitions merged by clock, a ``first``
-    topic's record first at an equal time. ``held_from``: a ``first`` topic's record holds
-    from its stamp or this time, whichever is later (a control record from its signing)."""
+    topic's record first at an equal time. ``held_from``: called with each ``first`` topic's
+    record, in its partition's offset order, and its clock read so far (its own stamp read):
+    the record holds from that clock or the time returned, whichever is later (an applied
+    control command from its signing; -1: from the clock). Every lane is made before this
+    returns (``held_from`` has been called for every such record)."""
     partitions: dict[tuple[str, int], list[tuple[int, int, int, InputRecord]]] = {}
     for n, (stamp, topic, rec) in enumerate(records):
         partitions.setdefault((topic, rec.partition), []).append((rec.offset, n, stamp, rec))
@@ -83,7 +86,7 @@ def read_order(
         for _, _, stamp, rec in read:
             stamped = clock.read(stamp, latest)
             if held_from is not None and topic == first:
-                clock.read(held_from(rec), latest)
+                clock.read(held_from(rec, clock.at), latest)
             lane.append(ReadRecord(clock.at, topic, rec, stamped))
         lanes.append(lane)
     # heapq.merge keeps each lane's order and takes the earlier lane at an equal key

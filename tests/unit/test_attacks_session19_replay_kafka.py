@@ -55,13 +55,6 @@ def _kill_within_60_s(monkeypatch: pytest.MonkeyPatch, writer: bool) -> int:
     return _exit_code(report)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19): ReadLate counts only the commands read after a late "
-    "event's own time + 60 s, so a run's handoffs written within 60 s before a kill of it, "
-    "read after the kill by a writer's one stamp ahead, are stopped as killed under both "
-    "policies, not broken: the stricter policy's stop hidden, exit 0",
-)
 def test_handoffs_within_60_s_before_a_kill_read_late_do_not_hide_the_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -96,13 +89,6 @@ def _release_within_60_s(monkeypatch: pytest.MonkeyPatch, writer: bool) -> int:
     return _exit_code(report)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19): a release read late (a writer's unsigned gov.control "
-    "record stamped ahead before it) with the run's handoffs decided within 60 s after its "
-    "own time: not broken (ReadLate.command counts the events after own + 60 s only); they "
-    "are stopped as killed under both policies, the stricter policy's stop hidden, exit 0",
-)
 def test_a_release_read_late_does_not_hide_the_change_of_the_handoffs_after_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -120,30 +106,20 @@ def test_a_release_read_on_time_shows_the_change_of_the_handoffs_after_it(
 
 class _Refused:
     """A policy update that does not read as a policy (refused by the control follower), its
-    own time ``seconds``: a writer's record on gov.control."""
+    own time ``seconds``: a writer's record on gov.control (``policy_yaml``: one that reads,
+    applied while no operators are listed)."""
 
     run_id = ""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, policy_yaml: str = "multi_agent: [not a policy") -> None:
         from baton.schemas.events import PolicyUpdated
 
-        self._update = PolicyUpdated(
-            policy_yaml="multi_agent: [not a policy", operator="x", event_time=at(seconds)
-        )
+        self._update = PolicyUpdated(policy_yaml=policy_yaml, operator="x", event_time=at(seconds))
 
     def to_json(self) -> bytes:
         return self._update.to_json()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19): read_order moves gov.control's clock to any record's "
-    "event_time (held_from: its signing time), refused or not, but read_late measures a "
-    "record's lateness on the Kafka stamps only: a writer's refused record with an "
-    "event_time 1000 s (Kafka stamp 50 s) puts the release after it at 1000 s, unseen as "
-    "late; the run's handoffs after the release are replayed as killed under both "
-    "policies, the stricter policy's stop hidden, exit 0",
-)
 def test_a_refused_control_record_signed_ahead_does_not_hold_a_release_late(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -159,14 +135,30 @@ def test_a_refused_control_record_signed_ahead_does_not_hold_a_release_late(
     assert _exit_code(report) in (1, 7), (report.partial, report.broken)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19): a control command stamped before --to that gov.control's "
-    "clock reads after it (a writer's unsigned record stamped ahead before it) is dropped "
-    "from the replay, and no run is broken for it (cut_late watches the request topics "
-    "only): a release dropped so, the run's handoffs after it replayed as killed under "
-    "both policies, the stricter policy's stop hidden, exit 0",
-)
+def test_an_applied_control_record_signed_ahead_holds_the_release_after_it_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The refused record above made an applied one (no operators listed: anyone's policy
+    update counts, here the baseline itself): it holds gov.control's clock from its signing,
+    1000 s, and the release after it is read there, 900 s past its own time, with ra's
+    handoffs decided in between: in which order the worker read them is unknown, ra broken
+    (exit 7). Measured on the stamps alone the release was not late: exit 0."""
+    import yaml
+
+    from tests.unit.test_engine_support import DEFAULT_POLICY_YAML
+
+    doc = yaml.safe_load(DEFAULT_POLICY_YAML)
+    doc["multi_agent"]["max_handoffs"] = 20  # BASELINE's
+    update = _Refused(1000, yaml.safe_dump(doc))
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(5))
+    release = KillSwitchReleased(scope="run", run_id="ra", operator="ops", event_time=at(100))
+    control = [(0, _ms(5), kill), (1, _ms(50), update), (2, _ms(100), release)]
+    _trimmed_topics(monkeypatch, {REQUESTS: _ra(110, 120, 130), CONTROL: control})
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, None)
+    assert report.broken == ["ra"], (report.partial, report.broken)
+    assert _exit_code(report) == 7
+
+
 def test_a_release_read_past_to_does_not_hide_the_change_of_the_handoffs_after_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -382,13 +374,6 @@ def test_a_bot_grant_a_second_after_its_request_amid_a_skewed_partition_is_not_b
     assert _exit_code(report) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19): with --tenant, cut_late keeps only the runs with a "
-    "record in the range (`cut_late &= runs of records`): a run whose every record a writer's "
-    "stamp ahead pushed past --to is dropped from it, not broken; its change hidden, exit 0 "
-    "(without --tenant: exit 7)",
-)
 def test_a_run_pushed_wholly_past_to_is_broken_within_a_tenant(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
