@@ -16,6 +16,7 @@ import uuid
 from array import array
 from collections import OrderedDict
 from datetime import datetime
+from typing import Any
 
 from baton.cli.replay_kafka_scope import ANSWERS, decided_here, run_of
 from baton.processors.batch import InputRecord
@@ -271,6 +272,16 @@ def read_topics(
             for run in kept.idle_before(start_ms):
                 said(run)
 
+        def polled() -> Any:
+            """The consumer's next message; BrokerUnavailable when none comes in time."""
+            msg = consumer.poll(settings.connect_timeout_s)
+            if msg is None:
+                raise BrokerUnavailable(
+                    f"no answer from Kafka at {settings.bootstrap} within "
+                    f"{settings.connect_timeout_s:g} s while reading {', '.join(topics)}"
+                )
+            return msg
+
         def read_again(places: list[Kept]) -> list[Stamped]:
             # the kept records of the runs that go on in the range, by their offsets
             need: dict[tuple[str, int], dict[int, int]] = {}
@@ -280,12 +291,7 @@ def read_topics(
             consumer.assign([TopicPartition(*w, min(o)) for w, o in need.items()])
             found: list[Stamped] = []
             while need:
-                msg = consumer.poll(settings.connect_timeout_s)
-                if msg is None:
-                    raise BrokerUnavailable(
-                        f"no answer from Kafka at {settings.bootstrap} within "
-                        f"{settings.connect_timeout_s:g} s while reading {', '.join(topics)}"
-                    )
+                msg = polled()
                 where = (msg.topic(), msg.partition())
                 if where not in need:
                     continue
@@ -306,12 +312,7 @@ def read_topics(
         #: partition -> the read time its trimmed window ends at (None: read from offset 0)
         cut: dict[tuple[str, int], float | None] = {}
         while open_parts:
-            msg = consumer.poll(settings.connect_timeout_s)
-            if msg is None:
-                raise BrokerUnavailable(
-                    f"no answer from Kafka at {settings.bootstrap} within "
-                    f"{settings.connect_timeout_s:g} s while reading {', '.join(topics)}"
-                )
+            msg = polled()
             where = (msg.topic(), msg.partition())
             if msg.error() is not None:
                 if msg.error().code() == KafkaError._PARTITION_EOF:

@@ -346,24 +346,20 @@ def endpoint(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_replay_since_asks_the_endpoint_about_many_links_and_a_forged_long_one(
     endpoint,  # type: ignore[no-untyped-def]
 ) -> None:
-    """`baton replay` through a running `baton up` asks the audit about run lists (once
-    ``held_links``, whether it holds the first link of each run read as cut by --since, until
-    session 19 read every run whole; ``altered_starts`` still does). clickhouse-connect sends
-    bound parameters past 4 KB as multipart/form-data, which the endpoint refused (code 48): 60
-    such runs, or one forged row whose link is 40 KB, failed the whole replay. The endpoint
-    now reads a form's query and param_* fields."""
+    """`baton replay` through a running `baton up` asks the audit about run lists (``held_links``
+    until session 19 read every run whole; ``altered_starts``). clickhouse-connect sends bound
+    parameters past 4 KB as multipart/form-data, which the endpoint refused (code 48): 60 such
+    runs, or one forged row whose link is 40 KB, failed the whole replay. The endpoint now
+    reads a form's query and param_* fields."""
     from datetime import UTC, datetime
 
     from baton.sinks.audit_conflicts import chunked_rows
     from baton.sinks.clickhouse import connect
 
-    def held_links(client, links):  # type: ignore[no-untyped-def]
-        pairs = [(run_id, link) for run_id, (_, link) in links.items() if link]
-        sql = (
-            "SELECT DISTINCT run_id FROM governance.decisions "
-            "WHERE has({values:Array(Tuple(String, String))}, (run_id, chain_hash))"
-        )
-        return {str(row[0]) for row in chunked_rows(client, sql, pairs)}
+    sql = (  # (held_links' query: each run whose first link the audit holds)
+        "SELECT DISTINCT run_id FROM governance.decisions "
+        "WHERE has({values:Array(Tuple(String, String))}, (run_id, chain_hash))"
+    )
 
     server, allow = endpoint
     http = connect(server.dsn)
@@ -372,7 +368,8 @@ def test_replay_since_asks_the_endpoint_about_many_links_and_a_forged_long_one(
     links["re"] = (now, allow.chain_hash or "")
     links["forged"] = (now, "x" * 70_000)
     try:
-        assert held_links(http, links) == {"re"}
+        pairs = [(run_id, link) for run_id, (_, link) in links.items()]
+        assert {str(row[0]) for row in chunked_rows(http, sql, pairs)} == {"re"}
     finally:
         http.close()
 
