@@ -282,11 +282,13 @@ def read_topics(
                 )
             return msg
 
-        def read_again(places: list[Kept]) -> list[Stamped]:
-            # the kept records of the runs that go on in the range, by their offsets
-            need: dict[tuple[str, int], dict[int, int]] = {}
-            for at, topic, partition, offset in places:
-                need.setdefault((topic, partition), {})[offset] = at
+        def read_again(places: list[tuple[str, Kept]]) -> list[Stamped]:
+            # the kept records of the runs that go on in the range, by their offsets; each
+            # must still be its run's (a partition made again between the reads, a topic
+            # recreated or Tansu restarted, holds another record there: H6, session 19)
+            need: dict[tuple[str, int], dict[int, tuple[int, str]]] = {}
+            for run, (at, topic, partition, offset) in places:
+                need.setdefault((topic, partition), {})[offset] = (at, run)
             last = {where: max(offsets) for where, offsets in need.items()}
             consumer.assign([TopicPartition(*w, min(o)) for w, o in need.items()])
             found: list[Stamped] = []
@@ -296,9 +298,15 @@ def read_topics(
                 if where not in need:
                     continue
                 if msg.error() is None and msg.offset() <= last[where]:
-                    if (at := need[where].pop(msg.offset(), None)) is not None:
+                    if (wanted := need[where].pop(msg.offset(), None)) is not None:
+                        if run_of(msg.key()) != wanted[1]:
+                            raise BrokerUnavailable(
+                                f"reading {where[0]}[{where[1]}] again: offset {msg.offset()} "
+                                "holds another run's record than it did (the topic made "
+                                "again, or the broker restarted); replay again"
+                            )
                         rec = InputRecord(*where, msg.offset(), msg.key(), msg.value())
-                        found.append((at, where[0], rec))
+                        found.append((wanted[0], where[0], rec))
                     if need[where]:
                         continue
                 if need.pop(where):  # its end (or an error) before a record read once
@@ -367,13 +375,13 @@ def read_topics(
         for at, _, rec in out:
             run = run_of(rec.key)
             resumed[run] = min(at, resumed.get(run, at))
-        whole: list[Kept] = []
+        whole: list[tuple[str, Kept]] = []
         for run, at in resumed.items():
             latest = kept.latest(run)
             if latest is not None and at - latest > kept.horizon:
                 said(run)
             elif run not in before:
-                whole += kept.kept(run)
+                whole += [(run, place) for place in kept.kept(run)]
         return read_again(whole) + out, before
     finally:
         consumer.close()

@@ -82,15 +82,6 @@ def test_the_same_history_read_again_shows_the_change(monkeypatch: pytest.Monkey
     assert _replay(monkeypatch, recreated=False) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H6 break (session 19): read_again takes whatever record is at a kept offset, "
-    "unchecked (not its key, nor its bytes): a partition made again between the two reads "
-    "(a topic deleted and recreated, Tansu restarted: it keeps records in memory) gives "
-    "another run's record there; ra is replayed without its first handoff and rb from a "
-    "record of the first read's place: the stricter policy's stop hidden, exit 0, where "
-    "the replay cannot know the history it read and must fail (7)",
-)
 def test_a_kept_place_holding_another_record_when_read_again_fails_the_replay(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
