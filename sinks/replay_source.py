@@ -86,20 +86,17 @@ class ReplayScope:
         # finish is a control-phase decision of the run, with its input: it is a step
         clauses = [f"NOT ({_FOLLOWER_RECORD})", f"reason != '{Reason.POLICY_IN_FORCE.value}'"]
         params: dict[str, Any] = {}
+        until = "decided_at < {until:DateTime64(6, 'UTC')}"
         if self.since is not None:
             # the runs with a step at or after it, each read from its first recorded decision
             # (a run begun before the bound is replayed whole: read from the bound, it was
             # partial, and a writer of gov.handoff.requests who predicts a run id and seeds
             # it before --since hid the run's change, exit 0)
-            inner = [*clauses, "decided_at >= {since:DateTime64(6, 'UTC')}"]
-            if self.until is not None:
-                inner.append("decided_at < {until:DateTime64(6, 'UTC')}")
-            clauses.append(
-                f"run_id IN (SELECT run_id FROM {DATABASE}.decisions WHERE {' AND '.join(inner)})"
-            )
+            step = [*clauses, "decided_at >= {since:DateTime64(6, 'UTC')}"]
+            clauses.append(_runs_with([*step, until] if self.until is not None else step))
             params["since"] = self.since
         if self.until is not None:
-            clauses.append("decided_at < {until:DateTime64(6, 'UTC')}")
+            clauses.append(until)
             params["until"] = self.until
         if self.run_id is not None:
             clauses.append("run_id = {run_id:String}")
@@ -108,12 +105,14 @@ class ReplayScope:
             clauses.append("tenant = {tenant:String}")
             params["tenant"] = self.tenant
         if self.active_since is not None:
-            clauses.append(
-                f"run_id IN (SELECT run_id FROM {DATABASE}.decisions "
-                "WHERE decided_at >= {active_since:DateTime64(6, 'UTC')})"
-            )
+            clauses.append(_runs_with(["decided_at >= {active_since:DateTime64(6, 'UTC')}"]))
             params["active_since"] = self.active_since
         return " AND ".join(clauses), params
+
+
+def _runs_with(clauses: list[str]) -> str:
+    """The clause taking every row of the runs with a row where all ``clauses`` hold."""
+    return f"run_id IN (SELECT run_id FROM {DATABASE}.decisions WHERE {' AND '.join(clauses)})"
 
 
 def read_policies(client: Client) -> tuple[dict[str, Policy], list[str]]:
