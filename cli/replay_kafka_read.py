@@ -224,39 +224,47 @@ def read_topics(
         kept = _KeptRuns((trimmed_s or math.inf) * 1000)
         before: dict[str, str | None] = {}
 
+        def known(run: str, early: bool) -> bool:
+            # the run's beginning is settled (with tenants, before the range: its tenant too)
+            return before.get(run) is not None if tenants and early else run in before
+
+        def says(event: Any, early: bool) -> Said:
+            # what a record the worker decided as its run's event says about the run
+            answer = answered is not None and type(event) in ANSWERS
+            return answer, event.run_id, event.tenant if tenants and early else None
+
+        def settle(said: Said) -> None:
+            answer, run_id, tenant = said
+            if answer and answered is not None:
+                # read before the range (or in a trimmed window) by its partition's clock,
+                # not known to be before the run's first request (decide_topics)
+                answered.add(run_id)
+            else:
+                before[run_id] = tenant
+
         def begun(rec: InputRecord, early: bool) -> None:
             # only a record the worker decided as its run's event where it was read: a
             # dead letter, or an event forwarded to its run's partition (decided when
             # its copy is read there), under a run's key tells nothing about the run
-            run = run_of(rec.key)
-            known = before.get(run) is not None if tenants and early else run in before
-            if not known and (event := decided_here(rec, partitions, approvals)):
-                if answered is not None and type(event) in ANSWERS:
-                    # read before the range (or in a trimmed window) by its partition's
-                    # clock, not known to be before the run's first request (decide_topics)
-                    answered.add(event.run_id)
-                else:
-                    before[event.run_id] = event.tenant if tenants and early else None
+            if not known(run_of(rec.key), early) and (
+                event := decided_here(rec, partitions, approvals)
+            ):
+                settle(says(event, early))
 
         def note(run: str, rec: InputRecord) -> None:
             # what begun(rec, True) would do when the run is dropped, without its bytes
             if run in kept.closed or not (event := decided_here(rec, partitions, approvals)):
                 return
-            answer = answered is not None and type(event) in ANSWERS
-            tenant = event.tenant if tenants else None
-            kept.said.setdefault(run, []).append((answer, event.run_id, tenant))
-            if not answer and (tenant is not None or not tenants):
+            kept.said.setdefault(run, []).append(told := says(event, True))
+            if not told[0] and (told[2] is not None or not tenants):
                 kept.closed.add(run)  # known begun after it: the later ones say nothing
 
         def said(run: str) -> None:
             # begun(old, True) for each record kept of the run, dropped
-            for answer, run_id, tenant in kept.drop(run):
-                if before.get(run) is not None if tenants else run in before:
+            for kept_said in kept.drop(run):
+                if known(run, True):
                     return
-                if answer and answered is not None:
-                    answered.add(run_id)
-                else:
-                    before[run_id] = tenant
+                settle(kept_said)
 
         #: the partitions read to the range (their first record in it) or to their end
         reached: set[tuple[str, int]] = set()
