@@ -26,7 +26,7 @@ from datetime import datetime
 from baton.processors.chain_links import NEW_LIFE_AFTER_S
 from baton.processors.replay_report import ReplayReport
 
-__all__ = ["TRIMMED_MARGIN_S", "HeldLinks", "judge_trimmed"]
+__all__ = ["TRIMMED_MARGIN_S", "LinkCheck", "judge_trimmed"]
 
 #: how much newer than the oldest row read a run's first row may be and still have been
 #: trimmed by retention
@@ -34,10 +34,10 @@ TRIMMED_MARGIN_S = NEW_LIFE_AFTER_S
 
 #: run id -> (its first row's decided_at, the link it names) -> the run ids of those the
 #: audit says something of (``altered_starts``: a forged copy of its chain start)
-HeldLinks = Callable[[Mapping[str, tuple[datetime, str]]], set[str]]
+LinkCheck = Callable[[Mapping[str, tuple[datetime, str]]], set[str]]
 
 
-def judge_trimmed(report: ReplayReport, altered: HeldLinks | None = None) -> None:
+def judge_trimmed(report: ReplayReport, altered: LinkCheck | None = None) -> None:
     """Move the runs of ``report.trimmed`` that retention cannot have trimmed to
     ``report.broken``, each with its reason in ``report.partial``; ``altered``: the runs
     whose first row, the one naming the link, does not hash to its chain hash, or whose
