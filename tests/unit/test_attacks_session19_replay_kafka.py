@@ -9,7 +9,7 @@ tests/unit/test_attacks_session17_replay_kafka.py.
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -234,40 +234,14 @@ def test_since_holds_no_record_of_a_run_that_does_not_go_on_in_the_range(
     Consumer's)."""
     rz = handoff("rz-h0", "t0", "p", "r", run_id="rz").to_json()
 
-    def said(topic: str) -> Iterator[_Said]:
+    def said(topic: str, _offset: int) -> Iterator[_Said]:
         if topic == REQUESTS:
             for n in range(2000):
                 yield _Said(topic, 0, n, _ms(n / 1000), f"old{n % 200}".encode(), b"x" * 8192)
             yield _Said(topic, 0, 2000, _ms(10600), b"rz", rz)
         yield _Said(topic, 0, -1, 0, None, _EOF)
 
-    class _Consumer:
-        def __init__(self, config: dict) -> None:
-            self._topics: list[Iterator[_Said]] = []
-
-        def list_topics(self, topic: str, timeout: float) -> object:
-            return type("Meta", (), {"topics": {topic: _Topic()}})()
-
-        def assign(self, parts: list) -> None:
-            self._topics = [said(tp.topic) for tp in parts]
-
-        def poll(self, timeout: float) -> _Said | None:
-            while self._topics:
-                message = next(self._topics[0], None)
-                if message is not None:
-                    return message
-                self._topics.pop(0)
-            return None
-
-        def close(self) -> None:
-            pass
-
-    import confluent_kafka
-
-    import baton.streams.net
-
-    monkeypatch.setattr(confluent_kafka, "Consumer", _Consumer)
-    monkeypatch.setattr(baton.streams.net, "check_reachable", lambda *a, **k: None)
+    lazy_topics(monkeypatch, said)
     tracemalloc.start()
     try:
         replay_from_kafka(SETTINGS, STRICTER, BASELINE, at(10000), None)
@@ -282,6 +256,45 @@ class _Topic:
 
     error = None
     partitions = (0,)
+
+
+def lazy_topics(
+    monkeypatch: pytest.MonkeyPatch,
+    said: Callable[[str, int], Iterator[_Said]],
+    assigned: list[int] | None = None,
+) -> None:
+    """A broker of one-partition topics whose messages ``said(topic, offset assigned)`` makes
+    as they are polled (as a real Consumer's: none held before), the topics in the order
+    assigned; ``assigned`` (given): each assign's count of partitions. No Kafka."""
+    import confluent_kafka
+
+    import baton.streams.net
+
+    class _Consumer:
+        def __init__(self, config: dict) -> None:
+            self._topics: list[Iterator[_Said]] = []
+
+        def list_topics(self, topic: str, timeout: float) -> object:
+            return type("Meta", (), {"topics": {topic: _Topic()}})()
+
+        def assign(self, parts: list) -> None:
+            if assigned is not None:
+                assigned.append(len(parts))
+            self._topics = [said(tp.topic, max(tp.offset, 0)) for tp in parts]
+
+        def poll(self, timeout: float) -> _Said | None:
+            while self._topics:
+                message = next(self._topics[0], None)
+                if message is not None:
+                    return message
+                self._topics.pop(0)
+            return None
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", _Consumer)
+    monkeypatch.setattr(baton.streams.net, "check_reachable", lambda *a, **k: None)
 
 
 def _on(partition: int, count: int, taken: set[str]) -> list[str]:

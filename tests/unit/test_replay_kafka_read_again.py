@@ -13,7 +13,7 @@ from baton.cli.replay_kafka import replay_from_kafka
 from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.settings import Settings
 from tests.unit.test_attacks_session17_replay_kafka import _EOF, _Said
-from tests.unit.test_attacks_session19_replay_kafka import _Topic
+from tests.unit.test_attacks_session19_replay_kafka import lazy_topics
 from tests.unit.test_engine_support import at, handoff
 from tests.unit.test_replay_kafka_read_order import BASELINE, REQUESTS, STRICTER, _exit_code, _ms
 
@@ -29,41 +29,14 @@ def _replay(monkeypatch: pytest.MonkeyPatch, gone: bool) -> int:
     stamps = [_ms(0), _ms(1), _ms(200)]
     assigned: list[int] = []
 
-    def said(topic: str) -> Iterator[_Said]:
+    def said(topic: str, _offset: int) -> Iterator[_Said]:
         if topic == REQUESTS:
             for n, (stamp, value) in enumerate(zip(stamps, ra, strict=True)):
                 if not (gone and len(assigned) > 1 and n == 0):
                     yield _Said(topic, 0, n, stamp, b"ra", value)
         yield _Said(topic, 0, -1, 0, None, _EOF)
 
-    class _Consumer:
-        def __init__(self, config: dict) -> None:
-            self._topics: list[Iterator[_Said]] = []
-
-        def list_topics(self, topic: str, timeout: float) -> object:
-            return type("Meta", (), {"topics": {topic: _Topic()}})()
-
-        def assign(self, parts: list) -> None:
-            assigned.append(len(parts))
-            self._topics = [said(tp.topic) for tp in parts]
-
-        def poll(self, timeout: float) -> _Said | None:
-            while self._topics:
-                message = next(self._topics[0], None)
-                if message is not None:
-                    return message
-                self._topics.pop(0)
-            return None
-
-        def close(self) -> None:
-            pass
-
-    import confluent_kafka
-
-    import baton.streams.net
-
-    monkeypatch.setattr(confluent_kafka, "Consumer", _Consumer)
-    monkeypatch.setattr(baton.streams.net, "check_reachable", lambda *a, **k: None)
+    lazy_topics(monkeypatch, said, assigned)
     report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, at(100), None)
     return _exit_code(report)
 
