@@ -305,7 +305,12 @@ def read_topics(
                 where = (msg.topic(), msg.partition())
                 if where not in need:
                     continue
-                if msg.error() is None and msg.offset() <= last[where]:
+                error = msg.error()
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    # named as itself: "gone" is what the partition's end before a kept
+                    # place says, not an authorization or a transport error
+                    raise BrokerUnavailable(f"reading {where[0]}[{where[1]}] again: {error}")
+                if error is None and msg.offset() <= last[where]:
                     if (wanted := need[where].pop(msg.offset(), None)) is not None:
                         if run_of(msg.key()) != wanted[1]:
                             raise BrokerUnavailable(
@@ -317,7 +322,7 @@ def read_topics(
                         found.append((wanted[0], where[0], rec))
                     if need[where]:
                         continue
-                if need.pop(where):  # its end (or an error) before a record read once
+                if need.pop(where):  # its end before a record read once
                     raise BrokerUnavailable(
                         f"reading {where[0]}[{where[1]}] again: a record read before the "
                         "range is gone (retention, a deletion); replay again"

@@ -19,17 +19,31 @@ from tests.unit.test_replay_kafka_read_order import BASELINE, REQUESTS, STRICTER
 
 pytestmark = pytest.mark.unit
 
+
+class _Refused(_Said):
+    """A partition's error as Consumer.poll gives it: not allowed to read the topic."""
+
+    def error(self) -> object:
+        from confluent_kafka import KafkaError
+
+        return KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+
+
 SETTINGS = Settings(bootstrap="127.0.0.1:1", partitions=1)
 
 
-def _replay(monkeypatch: pytest.MonkeyPatch, gone: bool) -> int:
+def _replay(monkeypatch: pytest.MonkeyPatch, gone: bool, refused: bool = False) -> int:
     """ra's handoffs at 0 and 1 s, before the range (from 100 s), its third at 200 s in it;
-    ``gone``: the partition's first record is gone when it is read again."""
+    ``gone``: the partition's first record is gone when it is read again; ``refused``: the
+    second read answers an authorization error instead of the records."""
     ra = [handoff(f"ra-h{n}", "t0", "p", "r", run_id="ra").to_json() for n in range(3)]
     stamps = [_ms(0), _ms(1), _ms(200)]
     assigned: list[int] = []
 
     def said(topic: str, _offset: int) -> Iterator[_Said]:
+        if refused and len(assigned) > 1:
+            yield _Refused(topic, 0, -1, 0, None, None)
+            return
         if topic == REQUESTS:
             for n, (stamp, value) in enumerate(zip(stamps, ra, strict=True)):
                 if not (gone and len(assigned) > 1 and n == 0):
@@ -55,3 +69,11 @@ def test_a_record_before_since_gone_when_read_again_fails_the_replay(
     would be its second, allowed under both: exit 0), the read fails, named."""
     with pytest.raises(BrokerUnavailable, match="read before the range is gone"):
         _replay(monkeypatch, gone=True)
+
+
+def test_an_error_on_the_second_read_is_named_as_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second read refused (an ACL changed between the reads): the replay fails closed
+    and says why, not that a record "is gone" (what the first version said for any error)."""
+    with pytest.raises(BrokerUnavailable, match=r"again: .*(?i:authoriz)") as failed:
+        _replay(monkeypatch, gone=False, refused=True)
+    assert "gone" not in str(failed.value)
