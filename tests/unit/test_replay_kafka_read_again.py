@@ -77,3 +77,32 @@ def test_an_error_on_the_second_read_is_named_as_itself(monkeypatch: pytest.Monk
     with pytest.raises(BrokerUnavailable, match=r"again: .*(?i:authoriz)") as failed:
         _replay(monkeypatch, gone=False, refused=True)
     assert "gone" not in str(failed.value)
+
+
+def _live(monkeypatch: pytest.MonkeyPatch, after_eof: bool) -> int:
+    """ra's two handoffs (0 and 1 s), then a third (2 s) a live writer appends while the
+    replay reads: past the partition's end its first fetch reported (``after_eof`` False), or
+    after its end-of-partition while the other topics are still read."""
+    ra = [handoff(f"ra-h{n}", "t0", "p", "r", run_id="ra").to_json() for n in range(3)]
+
+    def said(topic: str, _offset: int) -> Iterator[_Said]:
+        if topic == REQUESTS:
+            yield from (_Said(topic, 0, n, _ms(n), b"ra", ra[n]) for n in range(2))
+            if after_eof:
+                yield _Said(topic, 0, -1, 0, None, _EOF)
+            yield _Said(topic, 0, 2, _ms(2), b"ra", ra[2])
+        yield _Said(topic, 0, -1, 0, None, _EOF)
+
+    lazy_topics(monkeypatch, said, ends=None if after_eof else {REQUESTS: 2})
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, None)
+    return _exit_code(report)
+
+
+@pytest.mark.parametrize("after_eof", [False, True], ids=["past-first-fetch-end", "after-eof"])
+def test_a_record_written_while_the_replay_reads_is_not_read(
+    monkeypatch: pytest.MonkeyPatch, after_eof: bool
+) -> None:
+    """The read ends at each partition's end when it started (H6, session 19: it chased a
+    live writer): ra's third handoff, which the stricter policy stops, was written after that,
+    so nothing in the history read changes (exit 0; with the third read: 1)."""
+    assert _live(monkeypatch, after_eof) == 0
