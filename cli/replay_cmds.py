@@ -1,6 +1,7 @@
 """``baton replay``: what another policy would have decided over the recorded history.
 
-Reads each run's recorded inputs from the audit (``sinks.replay_source``), decides them again
+Reads each run's recorded inputs from the audit (``sinks.replay_source``; with --from-kafka
+from gov.decisions, ``cli.replay_decisions``), decides them again
 with the pure engine under the new policy and under the recorded one (``processors.replay``),
 and prints what would change. Exit 0: nothing changes; 1: something does (a CI gate for
 policy pull requests); 7: replay cannot answer (nothing replayable, or the recorded policy
@@ -184,6 +185,11 @@ def replay_cmd(
     Exit 0 when nothing changes, 1 when something does, 7 when replay cannot answer. The
     chain key is BATON_AUDIT_CHAIN_KEY (the workers'): with it every field of every chained
     decision is checked.
+
+    --from-kafka reads the same decisions from gov.decisions instead of the audit (the same
+    replay, report and exits; one partition in memory at a time); --from-kafka --redecide
+    decides the request and approval topics again under --baseline instead (it trusts their
+    order and stamps: docs/replay.md).
 
     The replay core is compiled (mypyc, BATON_COMPILE=1 pip install .) or interpreted: the
     JSON's "core" says which ran, and so do this help's last line and `baton doctor`.

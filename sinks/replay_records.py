@@ -86,6 +86,8 @@ class PartitionRecords:
     replaced: set[tuple[str, str]] = field(default_factory=set)
     #: the chain hashes read so far
     links: set[str] = field(default_factory=set)
+    #: the runs with a chained record read so far
+    chained: set[str] = field(default_factory=set)
     records: int = 0
 
     def add(self, offset: int, key: bytes | None, value: bytes | None) -> None:
@@ -166,10 +168,14 @@ class PartitionRecords:
             return
         prev = rec.chain_prev or ""
         if prev and prev not in self.links:
-            intact = chain_hash(self.chain_key, prev, _CHAIN(row)) == rec.chain_hash
+            # retention cuts a run before its first record read: one naming a link no record
+            # holds after a chained record of its run was read is no cut (a writer's start)
+            first = rec.run_id not in self.chained
+            intact = first and chain_hash(self.chain_key, prev, _CHAIN(row)) == rec.chain_hash
             starts = self.starts.setdefault(rec.run_id, {})
             starts[prev] = intact and starts.get(prev, True)
         self.links.add(rec.chain_hash)
+        self.chained.add(rec.run_id)
 
     def _copy(self, where: str, key: bytes | None, decision: Any) -> None:
         """A copy flagged ``reemitted``: no row; its run broken when it says what no record
@@ -242,7 +248,8 @@ class PartitionRecords:
         if not intact or (run, link) in self.replaced:
             return (
                 "cut at its start: altered, not trimmed: its first decision read does not hash "
-                "to its chain_hash, or the record that held its link was replaced under its "
-                "decision id; is BATON_AUDIT_CHAIN_KEY the workers' key?"
+                "to its chain_hash, or comes after a chained decision of it, or the record "
+                "that held its link was replaced under its decision id; is "
+                "BATON_AUDIT_CHAIN_KEY the workers' key?"
             )
         return None

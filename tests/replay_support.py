@@ -19,9 +19,9 @@ def replay_from_kafka(
     baseline: Path,
     *options: str,
 ) -> subprocess.CompletedProcess[str]:
-    """`baton replay --from-kafka --redecide` of the topics under ``prefix`` (``partitions`` each) at
-    ``bootstrap``: ``policy`` against ``baseline``, with ``options`` (``--format json``,
-    ``--since T`` …); no other BATON_ setting of this process reaches it."""
+    """`baton replay --from-kafka --redecide` of the topics under ``prefix`` (``partitions``
+    each) at ``bootstrap``: ``policy`` against ``baseline``, with ``options`` (``--format
+    json``, ``--since T`` …); no other BATON_ setting of this process reaches it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     env.update(BATON_TOPIC_PREFIX=prefix, BATON_PARTITIONS=str(partitions))
     return subprocess.run(

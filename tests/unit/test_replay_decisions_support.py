@@ -55,7 +55,12 @@ class Worker:
     (the ``policy_in_force`` record first, as a worker at its start)."""
 
     def __init__(
-        self, topic: DecisionsTopic, policy: Policy, name: str = "w", **options: Any
+        self,
+        topic: DecisionsTopic,
+        policy: Policy,
+        name: str = "w",
+        key: bytes = KEY,
+        **options: Any,
     ) -> None:
         self.topic = topic
         self.states: dict[bytes, RunState] = {}
@@ -64,7 +69,7 @@ class Worker:
             topic.partitions,
             self.states,
             worker=name,
-            chain_key=KEY,
+            chain_key=key,
             approvals_topic=APPROVALS,
             **options,
         )
