@@ -68,15 +68,14 @@ def replay_decisions(
         try:
             with _Topic(settings, topic, chain_key) as read:
                 mark("topic open")
-                first = read.partition(read.policy_partition)
-                policies, refused = policies_of(first.policies)
+                policies, refused = policies_of(read.first().policies)
                 mark("policies read")
                 if read.records < _PARALLEL_ROWS:
                     jobs = 1
                 bar = progress(read.records) if progress is not None else None
                 verdicts: StartVerdict = {}
                 report = replay_pool.replay_pieces(
-                    read.pieces(first, scope, verdicts, jobs),
+                    read.pieces(scope, verdicts, jobs),
                     as_rows,
                     new_policy,
                     policies,
@@ -227,14 +226,24 @@ class _Topic:
             self.broken.setdefault(run_id, why)
         return part
 
+    def first(self) -> PartitionRecords:
+        """The partition of the workers' policy records, read (and kept for ``pieces``)."""
+        self._first: PartitionRecords | None = self.partition(self.policy_partition)
+        return self._first
+
     def pieces(
-        self, first: PartitionRecords, scope: ReplayScope, verdicts: StartVerdict, jobs: int
+        self, scope: ReplayScope, verdicts: StartVerdict, jobs: int
     ) -> Iterator[list[Recorded]]:
-        """Each partition's runs in scope as pieces of whole runs (``first``, read already,
-        then the others in turn), its runs' start verdicts added to ``verdicts``."""
+        """Each partition's runs in scope as pieces of whole runs (the policy records' first,
+        read already, then the others in turn), its runs' start verdicts added to
+        ``verdicts``."""
         rows = 2_500 if jobs > 1 else 10_000
-        part: PartitionRecords | None = first
-        for p in [first.partition, *(q for q in sorted(self.lows) if q != first.partition)]:
+        part, self._first = self._first, None
+        order = [
+            self.policy_partition,
+            *(q for q in sorted(self.lows) if q != self.policy_partition),
+        ]
+        for p in order:
             if part is None:
                 part = self.partition(p)
             runs, starts = part.runs(scope)

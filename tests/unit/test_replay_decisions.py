@@ -305,3 +305,42 @@ def test_the_cli_reads_gov_decisions_and_keeps_redecide_opt_in(
     assert done.exit_code == 2 and "--redecide" in done.output
     done = CliRunner().invoke(cli, ["replay", "--redecide", "--policy", str(stricter)])
     assert done.exit_code == 2 and "--from-kafka" in done.output
+
+
+def _peak(monkeypatch: pytest.MonkeyPatch, partitions: int, runs_each: int) -> int:
+    """The peak of memory allocated while replaying a topic of ``partitions`` partitions of
+    ``runs_each`` runs of four handoffs each."""
+    import tracemalloc
+
+    topic = DecisionsTopic(partitions)
+    worker = Worker(topic, BASELINE)
+    names = (f"r{n}" for n in range(10**6))
+    per: dict[int, int] = dict.fromkeys(range(partitions), 0)
+    runs = []
+    for run in names:
+        p = partition_for(run.encode(), partitions)
+        if per[p] < runs_each:
+            per[p] += 1
+            runs.append(run)
+        if len(runs) == partitions * runs_each:
+            break
+    for n in range(4):
+        for run in runs:
+            worker.decide(handoff(f"{run}-h{n}", f"t{n}", "p", "q", run_id=run), 10 + n)
+    worker = None  # type: ignore[assignment]  (its states: not the replay's memory)
+    stand_in_kafka(monkeypatch, topic)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=partitions)
+    tracemalloc.start()
+    try:
+        replay_decisions(settings, ReplayScope(), STRICTER, KEY, 1, 3600.0)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_holds_one_partition_not_the_topic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four partitions of 150 runs each peak near one partition of 150 runs, not four times
+    it (the policy records' partition, read first, is freed in turn)."""
+    one = _peak(monkeypatch, 1, 150)
+    four = _peak(monkeypatch, 4, 150)
+    assert four < 1.6 * one, (one, four)
