@@ -38,7 +38,7 @@ from baton.sinks.json_rows import shortcut_row
 from baton.sinks.replay_source import ReplayScope
 from baton.sinks.rows import DECISION_COLUMNS, decision_row, oversized
 
-__all__ = ["PartitionRecords", "StartVerdict"]
+__all__ = ["DEAD_KEPT", "PartitionRecords", "StartVerdict"]
 
 _AT = {name: i for i, name in enumerate(DECISION_COLUMNS)}
 _REPLAY = itemgetter(*(_AT[c] for c in REPLAY_COLUMNS))
@@ -50,6 +50,8 @@ _REQUEST, _INPUT = _AT["request_id"], _AT["input"]
 _FOLLOWER = re.compile(r"(kill_switch|kill_switch_released|policy_updated):")
 #: how much of a record a dead line quotes
 _QUOTED = 120
+#: dead lines kept a partition
+DEAD_KEPT = 50
 
 #: (run id, the link its first row names) -> None: its partition was trimmed and that row is
 #: intact (a run retention cut: partial); else why the run is broken
@@ -75,8 +77,11 @@ class PartitionRecords:
     variants: dict[tuple[str, str, str], set[tuple[str, str, str]]] = field(default_factory=dict)
     #: run id -> why it is broken (exit 7)
     broken: dict[str, str] = field(default_factory=dict)
-    #: one line per record not used (not a decision, a policy record nowhere a worker's is)
+    #: one line per record not used (not a decision, a policy record nowhere a worker's is),
+    #: the first DEAD_KEPT of them (a writer's flood is counted, not held)
     dead: list[str] = field(default_factory=list)
+    #: the records not used
+    dead_count: int = 0
     #: (version, document) of the workers' policy_in_force records read here
     policies: list[tuple[str, str]] = field(default_factory=list)
     #: run -> link -> its row hashes to its chain hash, for the rows naming a link no record
@@ -121,6 +126,9 @@ class PartitionRecords:
         self._link(rec, row)
 
     def _dead(self, where: str, why: str, value: bytes) -> None:
+        self.dead_count += 1
+        if len(self.dead) >= DEAD_KEPT:
+            return
         quoted = value[:_QUOTED].decode("utf-8", "backslashreplace").encode("unicode_escape")
         self.dead.append(f"{where}: {why}; it starts {quoted.decode()!r}")
 

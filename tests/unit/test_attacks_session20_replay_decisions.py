@@ -223,3 +223,15 @@ def test_without_a_chain_key_a_start_forged_after_the_run_is_no_retention_cut(
     )
     report, _ = _replayed(monkeypatch, topic, STRICTER, key=b"")
     assert report.broken == ["ra"] and _exit_code(report) == 7, report.partial
+
+
+def test_a_flood_of_junk_records_is_counted_not_listed_nor_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20,000 records that are no decisions: 50 named, the rest counted in one line."""
+    topic, _ = _history()
+    for n in range(20_000):
+        topic.append(b"ra", b"junk %d" % n)
+    report, refused = _replayed(monkeypatch, topic)
+    assert len(refused) == 51 and refused[-1] == "19,950 more records of gov.decisions"
+    assert _exit_code(report) == 1
