@@ -37,6 +37,7 @@ from baton.schemas.decision import CHAIN_FIELDS, DECISION_ADAPTER, Phase, Reason
 from baton.sinks.json_rows import shortcut_row
 from baton.sinks.replay_source import ReplayScope
 from baton.sinks.rows import DECISION_COLUMNS, decision_row, oversized
+from baton.streams.partitioner import partition_for
 
 __all__ = ["DEAD_KEPT", "PartitionRecords", "StartVerdict"]
 
@@ -93,6 +94,8 @@ class PartitionRecords:
     links: set[str] = field(default_factory=set)
     #: the runs with a chained record read so far
     chained: set[str] = field(default_factory=set)
+    #: the runs whose partition is this one (murmur2 of the id, once a run)
+    placed: set[str] = field(default_factory=set)
     records: int = 0
 
     def add(self, offset: int, key: bytes | None, value: bytes | None) -> None:
@@ -135,10 +138,11 @@ class PartitionRecords:
     def _placed(self, where: str, key: bytes | None, run_id: str) -> bool:
         """The run step at ``where`` is where a worker writes its run's decisions; else its
         run is broken and the record not read here."""
-        from baton.streams.partitioner import partition_for
-
+        if key is not None and run_id in self.placed and key == run_id.encode():
+            return True
         own = partition_for(run_id.encode(), self.partitions)
         if key == run_id.encode() and own == self.partition:
+            self.placed.add(run_id)
             return True
         shown_key = "none" if key is None else shown_id(key.decode("utf-8", "replace"))
         self.broken.setdefault(
