@@ -174,6 +174,18 @@ class PartitionRecords:
                 f"{rec.outcome}/{shown_id(rec.reason)}): which one is the worker's is unknown "
                 "(a writer of gov.decisions under its id; `baton audit verify` names it)",
             )
+        elif before[2] != step or (old.chain_hash is None) != (rec.chain_hash is None):
+            # a worker deciding a step again writes it as it did (a step, linked): FINAL's
+            # row, a control follower's record or an unlinked one, would take the step out
+            # of its run (its change unseen) or replay whatever input it names
+            self.broken.setdefault(
+                rec.run_id,
+                f"decision {shown_id(rec.decision_id)}: the record at offset {offset} writes it "
+                f"again {'linked' if rec.chain_hash else 'unlinked'} "
+                f"{'as a run step' if step else 'as no run step'}, the one at {before[1]} "
+                f"{'linked' if old.chain_hash else 'unlinked'} "
+                f"{'as a run step' if before[2] else 'as no run step'}: no worker's copy",
+            )
 
     def _link(self, rec: Recorded, row: list[Any]) -> None:
         if rec.chain_hash is None:

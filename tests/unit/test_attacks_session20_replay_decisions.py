@@ -235,3 +235,24 @@ def test_a_flood_of_junk_records_is_counted_not_listed_nor_held(
     report, refused = _replayed(monkeypatch, topic)
     assert len(refused) == 51 and refused[-1] == "19,950 more records of gov.decisions"
     assert _exit_code(report) == 1
+
+
+@pytest.mark.parametrize("copy", ["follower record", "unchained"])
+def test_a_runs_last_steps_copied_as_no_step_do_not_hide_their_change(
+    monkeypatch: pytest.MonkeyPatch, copy: str
+) -> None:
+    """ra's third and fourth decisions (the stricter policy's stops) written again under
+    their ids, saying the same outcome and reason: as a control follower's record (no input,
+    control phase: no run step, so FINAL's row left the run, which then ended after its
+    second step: nothing changes, exit 0), or without their chain link (an unchained row is
+    decided from whatever input it names). A worker re-deciding a step writes it as it
+    did: its run is broken."""
+    topic, worker = _history()
+    for d in _ra(worker)[2:]:
+        if copy == "follower record":
+            forged = dataclasses.replace(d, phase="control", input=None)
+        else:
+            forged = dataclasses.replace(d, chain_prev=None, chain_hash=None)
+        topic.publish(forged)
+    report, _ = _replayed(monkeypatch, topic)
+    assert "ra" in report.broken and _exit_code(report) == 7, (report.partial, report.runs)
