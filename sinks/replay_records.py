@@ -161,9 +161,10 @@ class PartitionRecords:
         old = before[0]
         said = (old.outcome, old.reason, old.chain_hash or "")
         now = (rec.outcome, rec.reason, rec.chain_hash or "")
-        if said == now:
+        if said == now and before[2] == step:
             return
-        self.variants.setdefault(k, {said}).add(now)
+        if said != now:
+            self.variants.setdefault(k, {said}).add(now)
         if old.chain_hash is not None and old.chain_hash != rec.chain_hash:
             self.replaced.add((rec.run_id, old.chain_hash))
         if said[:2] != now[:2]:
