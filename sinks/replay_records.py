@@ -125,7 +125,7 @@ class PartitionRecords:
         )
         if step and not self._placed(where, key, rec.run_id):
             return
-        self._fold((row[_TENANT], rec.run_id, rec.decision_id), rec, offset, step)
+        self._fold((row[_TENANT], rec.run_id, rec.decision_id), rec, offset, step, row)
         self._link(rec, row)
 
     def _dead(self, where: str, why: str, value: bytes) -> None:
@@ -153,7 +153,9 @@ class PartitionRecords:
         )
         return False
 
-    def _fold(self, k: tuple[str, str, str], rec: Recorded, offset: int, step: bool) -> None:
+    def _fold(
+        self, k: tuple[str, str, str], rec: Recorded, offset: int, step: bool, row: list[Any]
+    ) -> None:
         before = self.held.get(k)
         self.held[k] = (rec, offset, step)  # FINAL keeps the last one read
         if before is None:
@@ -162,6 +164,8 @@ class PartitionRecords:
         said = (old.outcome, old.reason, old.chain_hash or "")
         now = (rec.outcome, rec.reason, rec.chain_hash or "")
         if said == now and before[2] == step:
+            if rec != old:  # the same link over other content: no worker's copy
+                self._copied(rec, before[1], offset, "its link over other content")
             return
         if said != now:
             self.variants.setdefault(k, {said}).add(now)
@@ -175,6 +179,12 @@ class PartitionRecords:
                 f"{rec.outcome}/{shown_id(rec.reason)}): which one is the worker's is unknown "
                 "(a writer of gov.decisions under its id; `baton audit verify` names it)",
             )
+        elif rec.chain_hash is not None and (
+            chain_hash(self.chain_key, rec.chain_prev or "", _CHAIN(row)) != rec.chain_hash
+        ):
+            # a worker that decided it again linked it with the key; one that did not is
+            # read by FINAL all the same (its time may take its run out of --since's scope)
+            self._copied(rec, before[1], offset, "linked again without the workers' key")
         elif before[2] != step or (old.chain_hash is None) != (rec.chain_hash is None):
             # a worker deciding a step again writes it as it did (a step, linked): FINAL's
             # row, a control follower's record or an unlinked one, would take the step out
@@ -187,6 +197,14 @@ class PartitionRecords:
                 f"{'linked' if old.chain_hash else 'unlinked'} "
                 f"{'as a run step' if before[2] else 'as no run step'}: no worker's copy",
             )
+
+    def _copied(self, rec: Recorded, was: int, offset: int, how: str) -> None:
+        self.broken.setdefault(
+            rec.run_id,
+            f"decision {shown_id(rec.decision_id)}: the record at offset {offset} ({how}) "
+            f"replaces the one at {was}: no worker's copy (a writer of gov.decisions under "
+            "its id)",
+        )
 
     def _link(self, rec: Recorded, row: list[Any]) -> None:
         if rec.chain_hash is None:

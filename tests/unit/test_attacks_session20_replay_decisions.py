@@ -256,3 +256,34 @@ def test_a_runs_last_steps_copied_as_no_step_do_not_hide_their_change(
         topic.publish(forged)
     report, _ = _replayed(monkeypatch, topic)
     assert "ra" in report.broken and _exit_code(report) == 7, (report.partial, report.runs)
+
+
+@pytest.mark.parametrize("link", ["kept", "relinked without the key"])
+def test_a_runs_steps_moved_before_since_do_not_take_it_out_of_scope(
+    monkeypatch: pytest.MonkeyPatch, link: str
+) -> None:
+    """ra decided at 0-1 s and its third and fourth handoffs (the stricter policy's stops) at
+    100-101 s, rb at 100 s; --since 50 s. A writer re-publishes ra's third and fourth under
+    their ids decided at 2-3 s, the same outcome and reason, their link kept (or linked again
+    with a key of its own): FINAL holds them, ra has no decision in the range and is not
+    replayed, rb alone is: nothing changes, exit 0. Broken instead."""
+    topic = DecisionsTopic(2)
+    worker = Worker(topic, BASELINE)
+    for n in range(4):
+        worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), n if n < 2 else 98 + n)
+    worker.decide(handoff("rb-h0", "t0", "p", "q", run_id="rb"), 100)
+    for n, d in enumerate(_ra(worker)[2:], start=2):
+        moved = dataclasses.replace(d, decided_at=at(n))
+        topic.publish(moved if link == "kept" else _relinked(moved, b"another key"))
+    report, _ = _replayed_since(monkeypatch, topic, at(50))
+    assert report.broken == ["ra"] and _exit_code(report) == 7, (report.partial, report.runs)
+
+
+def _replayed_since(
+    monkeypatch: pytest.MonkeyPatch, topic: DecisionsTopic, since: object
+) -> tuple[ReplayReport, list[str]]:
+    stand_in_kafka(monkeypatch, topic)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=topic.partitions)
+    scope = ReplayScope(since=since)  # type: ignore[arg-type]
+    report, _, refused, _ = replay_decisions(settings, scope, STRICTER, KEY, 1, 3600.0)
+    return report, refused
