@@ -205,6 +205,8 @@ class _Topic:
                     f"no answer from Kafka at {s.bootstrap} within {s.connect_timeout_s:g} s "
                     f"while reading {self.topic}[{p}]"
                 )
+            if msg.partition() != p or msg.topic() != self.topic:
+                continue  # (the partition read before: its last fetch, or its end, late)
             if msg.error() is not None:
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     break

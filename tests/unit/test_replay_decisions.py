@@ -347,3 +347,18 @@ def test_memory_holds_one_partition_not_the_topic(monkeypatch: pytest.MonkeyPatc
     one = _peak(monkeypatch, 1, 25)
     four = _peak(monkeypatch, 4, 25)
     assert four < 2.1 * one, (one, four)
+
+
+def test_a_partition_read_before_that_speaks_late_is_not_read_as_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After each partition, the one before says its last record and its end again: the next
+    partition is read whole (its end is its own), and the late record is not read as its."""
+    topic = DecisionsTopic(2)
+    _three_runs(topic)
+    stand_in_kafka(monkeypatch, topic, late=True)
+    report, _, refused, _ = replay_decisions(SETTINGS, ReplayScope(), STRICTER, KEY, 1, 3600.0)
+    assert report.broken == [] and refused == [] and _exit_code(report) == 1
+    assert {r.run_id: r.decisions for r in report.runs} == dict.fromkeys(
+        ("ra", "rb", "rc", "rd"), 4
+    )
