@@ -11,6 +11,7 @@ import pytest
 
 from baton.cli.replay_cmds import replay_audit
 from baton.processors.recorded import policy_in_force
+from baton.schemas.decision import Phase
 from baton.sinks.replay_source import ReplayScope, read_policies
 from tests.chdb_audit import chdb_audit
 from tests.unit.test_attacks_session20_replay_decisions import BASELINE, STRICTER, _history, _ra
@@ -37,7 +38,7 @@ def test_a_runs_last_steps_rewritten_as_follower_records_do_not_hide_their_chang
     (the stricter policy's stops) written again as follower records."""
     _, worker = _history()
     ra = _ra(worker)
-    forged = [dataclasses.replace(d, phase="control", input=None) for d in ra[2:]]
+    forged = [dataclasses.replace(d, phase=Phase.CONTROL, input=None) for d in ra[2:]]
     client = chdb_audit(tmp_path / "chdb", [policy_in_force(BASELINE, at(0), "w"), *ra, *forged])
     try:
         policies, _ = read_policies(client)

@@ -18,7 +18,13 @@ from baton.schemas.settings import Settings
 from baton.sinks.replay_source import ReplayScope
 from baton.streams.partitioner import partition_for
 from tests.unit.test_engine_support import at, handoff, policy_with
-from tests.unit.test_replay_decisions_support import KEY, DecisionsTopic, Worker, stand_in_kafka
+from tests.unit.test_replay_decisions_support import (
+    KEY,
+    DecisionsTopic,
+    Worker,
+    json_with,
+    stand_in_kafka,
+)
 from tests.unit.test_replay_kafka_read_order import _exit_code
 
 pytestmark = pytest.mark.unit
@@ -76,14 +82,14 @@ def test_a_copy_of_a_decision_off_its_runs_key_or_partition_breaks_the_run(
     or on the other partition."""
     topic, worker = _history()
     third = _ra(worker)[2]
-    stop = dataclasses.replace(third, outcome="stop", reason="handoff_budget_exceeded")
+    stop = json_with(third, outcome="stop", reason="handoff_budget_exceeded")
     own = partition_for(b"ra", 2)
     key, partition = {
         "no key": (None, own),
         "another key": (b"rb", own),
         "another partition": (b"ra", 1 - own),
     }[where]
-    topic.append(key, stop.to_json(), partition=partition)
+    topic.append(key, stop, partition=partition)
     report, _ = _replayed(monkeypatch, topic, BASELINE)
     assert "ra" in report.broken and "no worker's record" in report.partial["ra"]
     assert _exit_code(report) == 7
@@ -114,7 +120,7 @@ def test_sixty_kilobyte_strings_are_shown_cut_and_break_their_run(
     topic, worker = _history()
     last = _ra(worker)[-1]
     topic.append(b"ra", dataclasses.replace(last, run_id="r" * 60_000).to_json())
-    topic.append(b"ra", dataclasses.replace(last, reason="x" * 60_000).to_json())
+    topic.append(b"ra", json_with(last, reason="x" * 60_000))
     report, refused = _replayed(monkeypatch, topic)
     assert "ra" in report.broken and _exit_code(report) == 7
     assert all(len(why) < 2_000 for why in report.partial.values())
@@ -250,10 +256,10 @@ def test_a_runs_last_steps_copied_as_no_step_do_not_hide_their_change(
     topic, worker = _history()
     for d in _ra(worker)[2:]:
         if copy == "follower record":
-            forged = dataclasses.replace(d, phase="control", input=None)
+            forged = json_with(d, phase="control", input=None)
         else:
-            forged = dataclasses.replace(d, chain_prev=None, chain_hash=None)
-        topic.publish(forged)
+            forged = json_with(d, chain_prev=None, chain_hash=None)
+        topic.append(b"ra", forged)
     report, _ = _replayed(monkeypatch, topic)
     assert "ra" in report.broken and _exit_code(report) == 7, (report.partial, report.runs)
 

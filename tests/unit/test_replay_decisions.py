@@ -6,8 +6,6 @@ of tests/unit/test_replay_decisions_support.py."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from click.testing import CliRunner
 
@@ -25,6 +23,7 @@ from tests.unit.test_replay_decisions_support import (
     DecisionsTopic,
     Worker,
     audit_rows,
+    json_with,
     stand_in_kafka,
 )
 from tests.unit.test_replay_kafka_read_order import _exit_code
@@ -67,7 +66,7 @@ def _summary(report: ReplayReport) -> list[tuple[str, int, int, list[tuple]]]:
 
 
 def _forged(d: Decision, **changes: object) -> bytes:
-    return dataclasses.replace(d, **changes).to_json()
+    return json_with(d, **changes)
 
 
 def _last(worker: Worker, run: str) -> Decision:

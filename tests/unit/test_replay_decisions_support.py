@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from baton.processors.batch import BatchProcessor, InputRecord
@@ -92,6 +93,13 @@ class Worker:
             self.topic.publish(d)
         self.published += decided
         return decided
+
+
+def json_with(d: Decision, **changes: Any) -> bytes:
+    """``d``'s record with ``changes`` written into its JSON (any value: a writer's record)."""
+    doc = orjson.loads(d.to_json())
+    doc.update({k: v.isoformat() if isinstance(v, datetime) else v for k, v in changes.items()})
+    return orjson.dumps(doc)
 
 
 def audit_rows(published: Iterable[Decision]) -> list[Recorded]:
