@@ -86,7 +86,12 @@ def replay_decisions(
                 )
                 if bar is not None:
                     bar.done()
-                _judge(report, verdicts, read.broken)
+                broken = {
+                    run_id: why
+                    for run_id, why in read.broken.items()
+                    if scope.run_id is None or run_id == scope.run_id
+                }
+                _judge(report, verdicts, broken)
                 refused += read.dead
                 if read.dead_count > len(read.dead):
                     unshown = read.dead_count - len(read.dead)
@@ -99,7 +104,10 @@ def replay_decisions(
 
 def _judge(report: ReplayReport, verdicts: StartVerdict, broken: dict[str, str]) -> None:
     """The runs read as trimmed that retention cannot have trimmed, and the runs a partition
-    named broken (``PartitionRecords.broken``), moved to ``report.broken`` with why."""
+    named broken (``PartitionRecords.broken``: whatever --since, --to or --tenant say, as a
+    writer's record may have taken the run out of their scope), moved to ``report.broken``
+    with why; one replayed already (its partition read before the record that broke it) is
+    taken out of the runs replayed, its changes with it."""
     for run_id, (_, link) in list(report.trimmed.items()):
         why = verdicts.get((run_id, link), _UNKNOWN_START)
         if why is not None:
@@ -110,6 +118,12 @@ def _judge(report: ReplayReport, verdicts: StartVerdict, broken: dict[str, str])
         report.partial[run_id] = why
         if run_id not in report.broken:
             report.broken.append(run_id)
+    if any(run.run_id in broken for run in report.runs):
+        for run in report.runs:
+            if run.run_id in broken:
+                report.transitions.subtract(run.transitions)
+        report.transitions = +report.transitions  # (counts left at 0 dropped)
+        report.runs = [run for run in report.runs if run.run_id not in broken]
 
 
 _UNKNOWN_START = (

@@ -273,8 +273,8 @@ class PartitionRecords:
         runs = []
         verdicts: StartVerdict = {}
         for run_id in sorted(rows):
-            if scope.since is not None and run_id not in in_range:
-                continue
+            if (scope.since is not None and run_id not in in_range) or run_id in self.broken:
+                continue  # (a broken run is named by the caller, never replayed)
             runs.append([rec for _, _, rec in sorted(rows[run_id], key=itemgetter(0, 1))])
             for link, intact in self.starts.get(run_id, {}).items():
                 verdicts[(run_id, link)] = self._start(run_id, link, intact)

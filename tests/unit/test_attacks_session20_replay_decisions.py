@@ -293,3 +293,35 @@ def _replayed_since(
     scope = ReplayScope(since=since)  # type: ignore[arg-type]
     report, _, refused, _ = replay_decisions(settings, scope, STRICTER, KEY, 1, 3600.0)
     return report, refused
+
+
+def test_a_run_broken_by_a_record_read_after_it_was_replayed_is_not_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rd is on the policy records' partition (read first, replayed); a copy of its third
+    decision saying stop is on the other partition, read after: rd is broken, and neither
+    listed as replayed nor counted in the changes."""
+    assert partition_for(b"rd", 2) == partition_for(b"*", 2) == 1
+    topic = DecisionsTopic(2)
+    worker = Worker(topic, BASELINE)
+    for n in range(4):
+        for run in ("ra", "rd"):
+            worker.decide(handoff(f"{run}-h{n}", f"t{n}", "p", "q", run_id=run), 10 + n)
+    third = [d for d in worker.published if d.run_id == "rd"][2]
+    topic.append(b"rd", json_with(third, outcome="stop"), partition=0)
+    report, _ = _replayed(monkeypatch, topic)
+    assert report.broken == ["rd"] and [r.run_id for r in report.runs] == ["ra"]
+    assert report.transitions == {"allow → stop:handoff_budget_exceeded": 2}
+    assert _exit_code(report) == 7
+
+
+def test_a_broken_run_fails_every_scope_but_another_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ra broken (a stop under its third decision's id): --since after all of ra's decisions
+    still fails (a writer's record may have taken ra out of the range); --run rb does not."""
+    topic, worker = _history()
+    topic.append(b"ra", json_with(_ra(worker)[2], outcome="stop"))
+    stand_in_kafka(monkeypatch, topic)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=2)
+    for scope, code in ((ReplayScope(since=at(13)), 7), (ReplayScope(run_id="rb"), 1)):
+        report, *_ = replay_decisions(settings, scope, STRICTER, KEY, 1, 3600.0)
+        assert _exit_code(report) == code, (scope, report.partial)
