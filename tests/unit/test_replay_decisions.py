@@ -361,3 +361,29 @@ def test_a_partition_read_before_that_speaks_late_is_not_read_as_the_next(
     assert {r.run_id: r.decisions for r in report.runs} == dict.fromkeys(
         ("ra", "rb", "rc", "rd"), 4
     )
+
+
+def test_a_worker_that_decided_a_step_again_after_a_crash_is_read_as_the_audit_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ra's third handoff decided, published, and the worker killed before its state was
+    written: its successor (the state from before, the same request redelivered) decides it
+    again a second later, under the same id, linked anew, and goes on. The last record
+    stands (FINAL's), and the run replays as decided (not broken)."""
+    import copy
+
+    topic = DecisionsTopic(2)
+    worker = Worker(topic, BASELINE)
+    for n in range(2):
+        worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), 10 + n)
+    before = copy.deepcopy(worker.states)
+    (first,) = worker.decide(handoff("ra-h2", "t2", "p", "q", run_id="ra"), 12)
+    worker.states.clear()
+    worker.states.update(before)
+    (again,) = worker.decide(handoff("ra-h2", "t2", "p", "q", run_id="ra"), 13)
+    assert again.decision_id == first.decision_id and again.chain_hash != first.chain_hash
+    worker.decide(handoff("ra-h3", "t3", "p", "q", run_id="ra"), 14)
+    for policy, code in ((BASELINE, 0), (STRICTER, 1)):
+        report, _ = _replayed(monkeypatch, topic, policy)
+        assert report.broken == [] and _exit_code(report) == code, report.partial
+        assert [(r.run_id, r.decisions) for r in report.runs] == [("ra", 4)]
