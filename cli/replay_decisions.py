@@ -41,6 +41,8 @@ from baton.sinks.replay_source import ReplayScope, policies_of
 
 __all__ = ["replay_decisions"]
 
+#: a partition's end when its fetch reports none: read to its EOF
+_TO_EOF = 2**63
 #: records below which one process replays (a forked pool costs ~6 ms, pieces pickled more)
 _PARALLEL_ROWS = 5_000
 
@@ -180,11 +182,13 @@ class _Topic:
             # every low watermark at the start (retention's cut: Tansu's is right), and the
             # records to read, about (the progress bar; each partition's end is its fetch's)
             self.lows: dict[int, int] = {}
+            self.highs: dict[int, int] = {}
             for p in sorted(found.partitions):
                 low, high = self.consumer.get_watermark_offsets(
                     TopicPartition(self.topic, p), timeout=s.connect_timeout_s
                 )
                 self.lows[p] = max(low, 0)
+                self.highs[p] = high
                 self.records += max(high - self.lows[p], 0)
         except KafkaException as exc:
             self.consumer.close()
@@ -226,9 +230,11 @@ class _Topic:
                     break
                 raise BrokerUnavailable(f"reading {self.topic}[{p}]: {msg.error()}")
             if end is None:
-                # the end its first fetch saw: a live writer is not followed past it
-                end = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-            if end is not None and 0 <= end <= msg.offset():
+                # the end its first fetch saw: a live writer is not followed past it; never
+                # short of the end ListOffsets gave at the start; none known: to its EOF
+                fetched = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+                end = max(fetched, self.highs[p]) if fetched >= 0 else _TO_EOF
+            if end <= msg.offset():
                 break
             part.add(msg.offset(), msg.key(), msg.value())
         self.consumer.unassign()

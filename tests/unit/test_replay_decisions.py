@@ -387,3 +387,18 @@ def test_a_worker_that_decided_a_step_again_after_a_crash_is_read_as_the_audit_r
         report, _ = _replayed(monkeypatch, topic, policy)
         assert report.broken == [] and _exit_code(report) == code, report.partial
         assert [(r.run_id, r.decisions) for r in report.runs] == [("ra", 4)]
+
+
+@pytest.mark.parametrize("fetched", [-1, 1])
+def test_a_fetch_that_reports_no_end_or_a_short_one_does_not_cut_a_partition(
+    monkeypatch: pytest.MonkeyPatch, fetched: int
+) -> None:
+    """A fetch's high watermark unknown (-1: read to the partition's end) or short of the one
+    ListOffsets gave at the start: every record is read."""
+    topic = DecisionsTopic(2)
+    _three_runs(topic)
+    stand_in_kafka(monkeypatch, topic, fetched=fetched)
+    report, *_ = replay_decisions(SETTINGS, ReplayScope(), STRICTER, KEY, 1, 3600.0)
+    assert {r.run_id: r.decisions for r in report.runs} == dict.fromkeys(
+        ("ra", "rb", "rc", "rd"), 4
+    )

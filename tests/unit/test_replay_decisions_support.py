@@ -158,12 +158,14 @@ def stand_in_kafka(
     polled: list[tuple[int, int]] | None = None,
     written: Callable[[int, int], None] | None = None,
     late: bool = False,
+    fetched: int | None = None,
 ) -> None:
     """``confluent_kafka.Consumer`` replaced by one reading ``topic`` (its messages made as
     polled); ``polled`` (given): each (partition, offset) read; ``written(partition,
     offset)``: called as each is polled (a live writer appending meanwhile); ``late``: after
     each assign, the partition read before says its last record and its end again first
-    (librdkafka's queue holding them past an unassign)."""
+    (librdkafka's queue holding them past an unassign); ``fetched``: the high watermark a
+    fetch reports (else the partition's end)."""
     import confluent_kafka
 
     import baton.streams.net
@@ -181,7 +183,8 @@ def stand_in_kafka(
 
         def get_watermark_offsets(self, tp: Any, timeout: float = 0, cached: bool = False):
             p = tp.partition
-            return topic.lows[p], len(topic.records[p])
+            end = len(topic.records[p])
+            return topic.lows[p], fetched if cached and fetched is not None else end
 
         def assign(self, parts: list) -> None:
             (tp,) = parts
