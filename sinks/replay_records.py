@@ -11,11 +11,15 @@ follower's records and ``policy_in_force`` records are no run steps (``ReplaySco
 
 Where FINAL would hide something, the run is *broken* instead (exit 7, named), never read
 as one record chose: records under one decision id that say different things (an outcome or
-reason: a writer of gov.decisions under the id the worker uses; ``audit_conflicts``), a copy
-flagged ``reemitted`` that says what no record under its id says (``audit_copies``'
-``not_a_copy``: a writer's answer to a waiting client), a run step on a partition that is not
-its run's or under another key (a worker keys every decision by its run id, murmur2: such a
-record is no worker's, and read per partition it would be a run of its own).
+reason: a writer of gov.decisions under the id the worker uses; ``audit_conflicts``); a
+record that writes a decision again under its link with other content (an earlier time took
+a run out of --since's scope), or linked without the workers' key, or as no run step (a
+follower's record: the step left its run), or unlinked (a worker deciding a step again after
+a crash writes it as it did, linked with the key); a copy flagged ``reemitted`` that says
+what no record under its id says (``audit_copies``' ``not_a_copy``: a writer's answer to a
+waiting client); a run step on a partition that is not its run's or under another key (a
+worker keys every decision by its run id, murmur2: such a record is no worker's, and read
+per partition it would be a run of its own).
 ``policy_in_force`` records are read from the partition a worker writes them to (key ``*``);
 one elsewhere, or under a run, is a dead line (the audit reads no such record as a policy).
 
