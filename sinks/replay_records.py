@@ -168,9 +168,9 @@ class PartitionRecords:
         said = (old.outcome, old.reason, old.chain_hash or "")
         now = (rec.outcome, rec.reason, rec.chain_hash or "")
         if said == now and before[2] == step:
-            if rec != old:  # the same link over other content: no worker's copy
+            if step and rec != old:  # the same link over other content: no worker's copy
                 self._copied(rec, before[1], offset, "its link over other content")
-            return
+            return  # (every worker's follower records a command under one id: no step)
         if said != now:
             self.variants.setdefault(k, {said}).add(now)
         if old.chain_hash is not None and old.chain_hash != rec.chain_hash:

@@ -150,3 +150,25 @@ def test_a_bot_grant_a_second_after_its_request_amid_a_skewed_partition_is_not_b
     code, report = _replay_code(monkeypatch, topic, stricter)
     assert report.broken == [] and code == 1, report.partial
     assert [r.run_id for r in report.changed_runs] == ["ra"]
+
+
+def test_every_workers_record_of_a_kill_is_no_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers' control followers each record the kill of ra and its release (one id a
+    command, each its own worker and time): no run step, no conflict; ra's handoffs after
+    the release replay as decided (the stricter policy's stop: exit 1)."""
+    topic = DecisionsTopic(1)
+    worker = Worker(topic, BASELINE, kills=lambda: NO_KILLS)
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(5))
+    release = KillSwitchReleased(scope="run", run_id="ra", operator="ops", event_time=at(100))
+    for name, now in (("w1", 6), ("w2", 9)):
+        in_force = ControlInForce(NO_KILLS, BASELINE, None, "test")
+        for offset, command in enumerate((kill, release)):
+            rec = InputRecord("gov.control", 0, offset, None, command.to_json())
+            applied = apply_control_record(in_force, rec, name, at(now + 100 * offset))
+            in_force = applied.in_force
+            assert applied.decision is not None
+            topic.publish(applied.decision)
+    for n in range(3):
+        worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), 200 + n)
+    code, report = _replay_code(monkeypatch, topic)
+    assert code == 1 and report.broken == [], report.partial
