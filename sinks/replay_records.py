@@ -100,6 +100,8 @@ class PartitionRecords:
     chained: set[str] = field(default_factory=set)
     #: the runs whose partition is this one (murmur2 of the id, once a run)
     placed: set[str] = field(default_factory=set)
+    #: run -> the times of its unlinked refusals a later record under their id replaced
+    earlier: dict[str, list[datetime]] = field(default_factory=dict)
     records: int = 0
 
     def add(self, offset: int, key: bytes | None, value: bytes | None) -> None:
@@ -168,7 +170,11 @@ class PartitionRecords:
         said = (old.outcome, old.reason, old.chain_hash or "")
         now = (rec.outcome, rec.reason, rec.chain_hash or "")
         if said == now and before[2] == step:
-            if step and rec != old:  # the same link over other content: no worker's copy
+            if step and rec != old and rec.chain_hash is None:
+                # an unlinked refusal decided again (a worker restarted, its batch read
+                # again): FINAL's row stands, the run in --since's scope by either time
+                self.earlier.setdefault(rec.run_id, []).append(old.decided_at)
+            elif step and rec != old:  # the same link over other content: no worker's copy
                 self._copied(rec, before[1], offset, "its link over other content")
             return  # (every worker's follower records a command under one id: no step)
         if said != now:
@@ -274,6 +280,9 @@ class PartitionRecords:
             if scope.tenant is not None and tenant != scope.tenant:
                 continue
             rows[run_id].append((rec.decided_at, offset, rec))
+        for run_id, times in self.earlier.items():
+            if scope.since is not None and any(_within(at, scope) for at in times):
+                in_range.add(run_id)
         runs = []
         verdicts: StartVerdict = {}
         for run_id in sorted(rows):
@@ -300,3 +309,9 @@ class PartitionRecords:
                 "BATON_AUDIT_CHAIN_KEY the workers' key?"
             )
         return None
+
+
+def _within(at: datetime, scope: ReplayScope) -> bool:
+    """``at`` is in ``scope``'s range (``since`` given)."""
+    assert scope.since is not None
+    return scope.since <= at and (scope.until is None or at < scope.until)

@@ -78,13 +78,17 @@ class Worker:
         self.published: list[Decision] = []
         topic.publish(policy_in_force(policy, at(0), name))
 
-    def decide(self, event: RunEvent, now: datetime | float) -> list[Decision]:
-        """Decide ``event`` (read from its run's partition) at ``now`` and publish."""
+    def decide(
+        self, event: RunEvent, now: datetime | float, again: int | None = None
+    ) -> list[Decision]:
+        """Decide ``event`` (read from its run's partition) at ``now`` and publish; ``again``:
+        the offset it was read at before (a redelivery), else the next one."""
         when = at(now) if isinstance(now, int | float) else now
         name = APPROVALS if isinstance(event, ApprovalGranted | ApprovalDenied) else "requests"
         p = partition_for(event.run_id.encode(), self.topic.partitions)
-        offset = self.offsets.get((name, p), 0)
-        self.offsets[(name, p)] = offset + 1
+        offset = self.offsets.get((name, p), 0) if again is None else again
+        if again is None:
+            self.offsets[(name, p)] = offset + 1
         rec = InputRecord(name, p, offset, event.run_id.encode(), event.to_json())
         out = self.proc.process([rec], when)
         assert not out.dead_letters, out.dead_letters
