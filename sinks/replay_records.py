@@ -177,6 +177,8 @@ class PartitionRecords:
             elif step and rec != old:  # the same link over other content: no worker's copy
                 self._copied(rec, before[1], offset, "its link over other content")
             return  # (every worker's follower records a command under one id: no step)
+        if not step and not before[2]:
+            return  # follower records: no run step, whatever each worker's says
         if said != now:
             self.variants.setdefault(k, {said}).add(now)
         if old.chain_hash is not None and old.chain_hash != rec.chain_hash:

@@ -172,3 +172,24 @@ def test_every_workers_record_of_a_kill_is_no_conflict(monkeypatch: pytest.Monke
         worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), 200 + n)
     code, report = _replay_code(monkeypatch, topic)
     assert code == 1 and report.broken == [], report.partial
+
+
+def test_follower_records_under_one_id_that_differ_are_no_run_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workers recorded ra's kill under one id, saying different things (one applied,
+    one not: their operators lists differed): no run step either way, ra replays."""
+    from tests.unit.test_replay_decisions_support import json_with
+
+    topic = DecisionsTopic(1)
+    worker = Worker(topic, BASELINE, kills=lambda: NO_KILLS)
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(5))
+    rec = InputRecord("gov.control", 0, 0, None, kill.to_json())
+    recorded = apply_control_record(ControlInForce(NO_KILLS, BASELINE, None, "t"), rec, "w1", at(6))
+    assert recorded.decision is not None
+    topic.publish(recorded.decision)
+    topic.append(b"ra", json_with(recorded.decision, reason="kill_switch_released", worker="w2"))
+    for n in range(3):
+        worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), 200 + n)
+    code, report = _replay_code(monkeypatch, topic)
+    assert code == 1 and report.broken == [], report.partial
