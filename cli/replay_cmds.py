@@ -1,6 +1,7 @@
 """``baton replay``: what another policy would have decided over the recorded history.
 
-Reads each run's recorded inputs from the audit (``sinks.replay_source``), decides them again
+Reads each run's recorded inputs from the audit (``sinks.replay_source``; with --from-kafka
+from gov.decisions, ``cli.replay_decisions``), decides them again
 with the pure engine under the new policy and under the recorded one (``processors.replay``),
 and prints what would change. Exit 0: nothing changes; 1: something does (a CI gate for
 policy pull requests); 7: replay cannot answer (nothing replayable, or the recorded policy
@@ -15,7 +16,6 @@ import inspect
 import os
 import re
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,16 +32,16 @@ _COLLECTING = gc.isenabled()
 gc.disable()
 try:
     from baton.cli.options import KAFKA_CONNECTION, build_settings, group_variables, read_policy
+    from baton.cli.replay_exit import _exit, _unwritten
     from baton.cli.replay_output import _json, _table
     from baton.cli.replay_progress import _Progress
     from baton.cli.stack_record import audit_settings, data_dir_option, stack_settings
     from baton.processors import replay_pool
-    from baton.processors.chain_links import shown_id
     from baton.processors.compiled import core_build
     from baton.processors.replay import ReplayReport
     from baton.processors.replay_pool import mark
     from baton.processors.replay_steps import RUN_RETENTION_S
-    from baton.schemas.errors import ConfigError, ReplayFailed
+    from baton.schemas.errors import ConfigError
     from baton.schemas.policy import Policy
 finally:
     if _COLLECTING:
@@ -131,16 +131,23 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
 @click.option(
     "--from-kafka",
     is_flag=True,
-    help="replay the request and approval topics' records in the range instead of the audit "
-    "(deployments without one): decided under --baseline with the control topic's kill "
-    "switches and policy updates applied in order, compared with --policy",
+    help="read the workers' decisions from gov.decisions instead of the audit (deployments "
+    "without one): replayed as the audit's are, under the policies they name, every chain "
+    "checked; a partition at a time (memory: one partition's decisions)",
+)
+@click.option(
+    "--redecide",
+    is_flag=True,
+    help="with --from-kafka: decide the request and approval topics' records again under "
+    "--baseline instead (the control topic applied in order; trusts the topics' order and "
+    "stamps: docs/replay.md)",
 )
 @click.option(
     "--baseline",
     "baseline_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="with --from-kafka: the policy the workers ran [default: BATON_POLICY, else the seed]",
+    help="with --redecide: the policy the workers ran [default: BATON_POLICY, else the seed]",
 )
 @click.option(
     "--bootstrap",
@@ -160,6 +167,7 @@ def replay_cmd(
     fmt: str,
     clickhouse_dsn: str | None,
     from_kafka: bool,
+    redecide: bool,
     baseline_path: Path | None,
     bootstrap: str | None,
     data_dir: Path | None,
@@ -178,6 +186,11 @@ def replay_cmd(
     chain key is BATON_AUDIT_CHAIN_KEY (the workers'): with it every field of every chained
     decision is checked.
 
+    --from-kafka reads the same decisions from gov.decisions instead of the audit (the same
+    replay, report and exits; one partition in memory at a time); --from-kafka --redecide
+    decides the request and approval topics again under --baseline instead (it trusts their
+    order and stamps: docs/replay.md).
+
     The replay core is compiled (mypyc, BATON_COMPILE=1 pip install .) or interpreted: the
     JSON's "core" says which ran, and so do this help's last line and `baton doctor`.
     """
@@ -187,9 +200,14 @@ def replay_cmd(
     start = since or from_
     if start is not None and to is not None and to <= start:
         raise click.UsageError(f"--to {to.isoformat()} is not after --from {start.isoformat()}")
+    if redecide and not from_kafka:
+        raise click.UsageError("--redecide re-decides the Kafka topics: give --from-kafka too")
+    if baseline_path is not None and not redecide:
+        raise click.UsageError("--baseline is the policy --redecide decides under: give both")
     new_policy = read_policy(policy_path)
     began = time.monotonic()
-    if from_kafka:
+    refused: list[str] = []
+    if redecide:
         from baton.cli.replay_kafka import replay_from_kafka
 
         settings = stack_settings({"bootstrap": bootstrap}, data_dir)
@@ -197,17 +215,24 @@ def replay_cmd(
         report, policies = replay_from_kafka(
             settings, new_policy, baseline, start, to, run_id, tenant
         )
-        refused: list[str] = []
         label = f"Kafka at {settings.bootstrap} (baseline {baseline.version})"
     else:
-        settings = audit_settings(clickhouse_dsn, data_dir)
         workers = build_settings()  # the workers' chain key and run retention
         key_setting = workers.audit_chain_key
         key = key_setting.get_secret_value().encode() if key_setting else b""
         scope = _scope(start, to, run_id, tenant)
-        report, policies, refused, label = _replay(
-            settings, scope, new_policy, key, jobs, workers.run_retention_s
-        )
+        if from_kafka:
+            from baton.cli.replay_decisions import replay_decisions
+
+            settings = stack_settings({"bootstrap": bootstrap}, data_dir)
+            report, policies, refused, label = replay_decisions(
+                settings, scope, new_policy, key, jobs, workers.run_retention_s, _Progress
+            )
+        else:
+            settings = audit_settings(clickhouse_dsn, data_dir)
+            report, policies, refused, label = _replay(
+                settings, scope, new_policy, key, jobs, workers.run_retention_s
+            )
     seconds = time.monotonic() - began
     mark("replayed")
     for line in refused:
@@ -238,21 +263,6 @@ def _timeline_checked() -> None:
             f"BATON_REPLAY_TIMELINE={replay_pool._TIMELINE!r} cannot be appended to "
             f"({exc.strerror or exc}): name a file, or unset it"
         ) from None
-
-
-def _unwritten(exc: OSError) -> None:
-    """The report could not be written (a full disk, a closed pipe): no answer was given,
-    so not 0 or 1 but ReplayFailed's exit 7, one line on stderr, no traceback."""
-    message = (
-        f"the report could not be written to stdout ({exc.strerror or exc}): replay gave no answer"
-    )
-    if _whole_process():
-        # (what stdout still buffers would fail again at the interpreter's exit: exit 120)
-        with contextlib.suppress(OSError, ValueError):
-            click.echo(f"baton: error: {message}", err=True)
-            sys.stderr.flush()
-        os._exit(ReplayFailed.exit_code)
-    raise ReplayFailed(message) from None
 
 
 def _scope(
@@ -371,70 +381,6 @@ def _pieces(pages: Any, rows: int, share: int) -> Iterator[bytes]:
     done = 0
     for page in replay_pool.prefetched(pages.pages):
         done += yield from split_page(page, rows, pages.rows - done, done, share)
-
-
-def _exit(report: ReplayReport) -> None:
-    unfaithful = report.unfaithful_runs
-    if unfaithful:
-        raise ReplayFailed(
-            f"replay under the recorded policies did not reproduce {len(unfaithful)} runs "
-            f"(first: {shown_id(unfaithful[0].run_id)}, shown above): its answer cannot be "
-            "trusted; "
-            "is BATON_AUDIT_CHAIN_KEY the workers' key?"
-        )
-    if report.broken:
-        raise ReplayFailed(
-            f"{len(report.broken)} runs are broken or cannot be decided (first: "
-            f"{shown_id(report.broken[0])}, listed above as partial with why): rows were "
-            "deleted, inserted or altered in the audit (or recorded before replay can decide "
-            "them: no input, a policy record expired; with --from-kafka, records stamped so "
-            "that when or in which order a worker read them is unknown), so its answer cannot "
-            "be trusted; check `baton audit verify`, or narrow --since to history replay can "
-            "decide"
-        )
-    if not report.runs and report.partial:
-        raise ReplayFailed(
-            f"none of the {len(report.partial)} runs in scope could be replayed from its "
-            "start (listed above); widen --since, or record inputs first (audit migration 0005)"
-        )
-    if not report.runs:
-        # an empty scope proves nothing: a policy gate with a wrong --since, --run or DSN
-        # must not pass as "nothing changes"
-        raise ReplayFailed(
-            "no recorded run in scope (check --since/--from/--to, --run, --tenant and the "
-            "audit the command reads): nothing was replayed, so nothing is proven"
-        )
-    _leave(1 if report.changed_runs else 0)
-
-
-def _leave(code: int) -> None:
-    """Exit with ``code``. When this command is the whole process (``baton replay``), its
-    output flushed, the process ends here (``os._exit``): the interpreter's teardown freed
-    the report (64k runs: ~0.1-0.25 s of CPU), the engine's modules and chDB's engine one by
-    one while the pool sat idle, after the answer was written. The audit was only read and
-    its client is closed; the pool is shut down. A caller in the same process (tests,
-    CliRunner) gets ``SystemExit`` as before."""
-    if _whole_process():
-        try:
-            for stream in (sys.stdout, sys.stderr):
-                if stream is not None:  # (closed: `>&-`, `2>&-`)
-                    stream.flush()
-        except (OSError, ValueError):
-            sys.exit(code)  # (a closed pipe: the interpreter's own exit says so, as before)
-        os._exit(code)
-    sys.exit(code)
-
-
-def _whole_process() -> bool:
-    """This command runs as the process's own (``baton replay ...`` read from its argv, in
-    its main thread, writing to its own stdout and stderr), not in a caller's process."""
-    first = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
-    return (
-        first == "replay"
-        and sys.stdout is sys.__stdout__
-        and sys.stderr is sys.__stderr__
-        and threading.current_thread() is threading.main_thread()
-    )
 
 
 #: the help's last line: how this install's replay core runs (processors/compiled.py)

@@ -57,12 +57,14 @@ from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
 
 __all__ = [
+    "as_rows",
     "check_timeline",
     "collecting_rarely",
     "mark",
     "prefetched",
     "replay_parallel",
     "replay_pieces",
+    "run_pieces",
     "start_pool",
 ]
 
@@ -123,7 +125,8 @@ def _replay_piece(job: bytes, piece: Any) -> ReplayReport:
     return report
 
 
-def _as_rows(piece: list[Recorded]) -> list[Recorded]:
+def as_rows(piece: list[Recorded]) -> list[Recorded]:
+    """A piece of rows as its rows (``replay_pieces``' decode for pieces of ``run_pieces``)."""
     return piece
 
 
@@ -327,7 +330,8 @@ def _why(exc: BrokenProcessPool) -> str:
     return f"{exc}; {cause[-1][:200]}" if cause else str(exc)
 
 
-def _pieces(runs: Iterable[list[Recorded]], rows: int) -> Iterator[list[Recorded]]:
+def run_pieces(runs: Iterable[list[Recorded]], rows: int) -> Iterator[list[Recorded]]:
+    """``runs`` as pieces of whole runs of at least ``rows`` rows (the last: fewer)."""
     piece: list[Recorded] = []
     for run in runs:
         piece += run
@@ -352,8 +356,8 @@ def replay_parallel(
     """``replay_runs`` over ``rows`` (REPLAY_COLUMNS order, run by run) with ``jobs``
     processes, pieces of about ``piece_rows`` rows; rows are pickled to them (a reader of
     the audit hands bytes: replay_pieces)."""
-    pieces = _pieces(runs_of(rows), piece_rows)
-    return replay_pieces(pieces, _as_rows, new_policy, policies, chain_key, jobs, progress, wait)
+    pieces = run_pieces(runs_of(rows), piece_rows)
+    return replay_pieces(pieces, as_rows, new_policy, policies, chain_key, jobs, progress, wait)
 
 
 def prefetched(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:

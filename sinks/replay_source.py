@@ -17,7 +17,7 @@ the tenant), so pages are few and big, and the pieces handed out are small.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -39,6 +39,7 @@ __all__ = [
     "Pages",
     "ReplayScope",
     "page_rows",
+    "policies_of",
     "read_commands",
     "read_pages",
     "read_policies",
@@ -137,6 +138,12 @@ def read_policies(client: Client) -> tuple[dict[str, Policy], list[str]]:
         f"WHERE tenant = '{POLICY_RECORD_RUN}' AND run_id = '{POLICY_RECORD_RUN}' "
         f"AND phase = '{Phase.CONTROL.value}' AND reason = '{Reason.POLICY_IN_FORCE.value}'"
     ).result_rows
+    return policies_of(rows)
+
+
+def policies_of(rows: Iterable[Sequence[Any]]) -> tuple[dict[str, Policy], list[str]]:
+    """version -> policy of the (version, document) ``rows`` of policy_in_force records, and
+    one line per refused record (a document that is no policy, or hashes to another version)."""
     policies: dict[str, Policy] = {}
     refused: list[str] = []
     for version, document in rows:

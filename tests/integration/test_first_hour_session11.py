@@ -63,7 +63,8 @@ def test_send_to_a_broker_without_baton_s_topics_says_so_and_creates_none(
 def test_replay_from_kafka_of_a_prefix_without_topics_names_the_address(
     broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
 ) -> None:
-    # it said "cannot read p.gov.handoff.requests: KafkaError{code=UNKNOWN_TOPIC_OR_PART,...}"
+    # it said "cannot read p.gov.handoff.requests: KafkaError{code=UNKNOWN_TOPIC_OR_PART,...}";
+    # it reads gov.decisions since session 20 (the request topics with --redecide)
     policy = Path(__file__).resolve().parents[2] / "policy.example.yaml"
     done = subprocess.run(
         [*BATON, "replay", "--policy", str(policy), "--from-kafka", "--bootstrap",
@@ -73,7 +74,7 @@ def test_replay_from_kafka_of_a_prefix_without_topics_names_the_address(
     )  # fmt: skip
     assert done.returncode == 4, (done.stdout, done.stderr)
     assert done.stderr == (
-        f"baton: error: no topic {topic_prefix}gov.handoff.requests at {broker.bootstrap}; is "
+        f"baton: error: no topic {topic_prefix}gov.decisions at {broker.bootstrap}; is "
         "BATON_TOPIC_PREFIX right, and has a worker started there (it creates the topics)?\n"
     )
 
@@ -105,8 +106,8 @@ def test_replay_from_kafka_leaves_the_readiness_probes_out(
     assert producer.flush(10) == 0
     policy = Path(__file__).resolve().parents[2] / "policy.example.yaml"
     done = subprocess.run(
-        [*BATON, "replay", "--policy", str(policy), "--from-kafka", "--bootstrap",
-         broker.bootstrap, "--format", "json"],
+        [*BATON, "replay", "--policy", str(policy), "--from-kafka", "--redecide",
+         "--bootstrap", broker.bootstrap, "--format", "json"],
         env={**_env(), "BATON_TOPIC_PREFIX": topic_prefix, "BATON_PARTITIONS": "8"},
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip

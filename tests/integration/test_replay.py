@@ -115,3 +115,32 @@ def test_replay_reproduces_the_audit_and_names_what_a_stricter_policy_stops(
     assert {(c["first_step"], c["replayed"]) for c in from_topics["changes"]} == {
         (5, "stop:handoff_budget_exceeded")
     }
+
+    # the workers' decisions read from gov.decisions: the audit replay's report, field by
+    # field (a deployment without the audit, or before its sink caught up)
+    read = _from_decisions(audit, stricter, "--format", "json")
+    assert read.returncode == 1, read.stdout + read.stderr
+    assert _comparable(orjson.loads(read.stdout)) == _comparable(report)
+    read = _from_decisions(audit, same)
+    assert read.returncode == 0, read.stdout + read.stderr
+    runs_read = re.search(r"replayed \d+ runs, \d+ decisions", read.stdout)
+    assert runs_read and runs_read.group() in done.stdout, (read.stdout, done.stdout)
+    assert "reproduced exactly" in read.stdout and "nothing changes" in read.stdout
+
+
+def _from_decisions(a: Audit, policy: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    env.update(BATON_AUDIT_CHAIN_KEY=CHAIN_KEY, BATON_TOPIC_PREFIX=a.prefix)
+    env["BATON_PARTITIONS"] = str(PARTITIONS)
+    return subprocess.run(
+        [*_BATON, "replay", "--policy", str(policy), "--from-kafka", "--bootstrap", a.bootstrap,
+         *args],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def _comparable(report: dict) -> dict:
+    """A replay's JSON report without its timing, its changes in run order."""
+    report = {k: v for k, v in report.items() if k != "seconds"}
+    report["changes"] = sorted(report["changes"], key=lambda c: c["run_id"])
+    return report
