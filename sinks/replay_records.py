@@ -147,6 +147,16 @@ class PartitionRecords:
         if before is None:
             return
         old = before[0]
+        if before[2] != step:
+            # a worker re-deciding a request writes the same request's step again: a record
+            # under a step's id that is no step (or the reverse) would drop it from the run
+            self.broken.setdefault(
+                rec.run_id,
+                f"decision {shown_id(rec.decision_id)}: the record at offset {offset} is "
+                f"{'a' if step else 'no'} run step, the one at offset {before[1]} "
+                f"{'no' if step else 'a'} run step: FINAL keeps the last, and which one is the "
+                "worker's is unknown (a writer of gov.decisions under its id)",
+            )
         said = (old.outcome, old.reason, old.chain_hash or "")
         now = (rec.outcome, rec.reason, rec.chain_hash or "")
         if said == now:

@@ -1,0 +1,68 @@
+"""Attacks on `baton replay --from-kafka` reading gov.decisions (session 20 H3), after H1's
+(tests/unit/test_attacks_session20_replay_decisions.py): run ra's four handoffs decided
+under a policy of 20; the stricter policy of 2 stops the third and fourth, so the gate
+answers 1 when nothing is forged. What a writer of gov.decisions, or an honest deployment,
+does to that answer must end as exit 7 (or 4: the broker cannot be read), never 0."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from baton.cli.replay_decisions import replay_decisions
+from baton.processors.replay import ReplayReport
+from baton.schemas.decision import Decision, Phase
+from baton.schemas.settings import Settings
+from baton.sinks.replay_source import ReplayScope
+from tests.unit.test_engine_support import handoff, policy_with
+from tests.unit.test_replay_decisions_support import KEY, DecisionsTopic, Worker, stand_in_kafka
+from tests.unit.test_replay_kafka_read_order import _exit_code
+
+pytestmark = pytest.mark.unit
+
+BASELINE = policy_with(max_handoffs=20)
+STRICTER = policy_with(max_handoffs=2)
+
+
+def _history() -> tuple[DecisionsTopic, list[Decision]]:
+    """gov.decisions holding ra's four handoffs (and the worker's policy record)."""
+    topic = DecisionsTopic(2)
+    worker = Worker(topic, BASELINE)
+    for n in range(4):
+        worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), 10 + n)
+    return topic, [d for d in worker.published if d.run_id == "ra" and not d.reemitted]
+
+
+def _replayed(
+    monkeypatch: pytest.MonkeyPatch, topic: DecisionsTopic
+) -> tuple[ReplayReport, list[str]]:
+    stand_in_kafka(monkeypatch, topic)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=topic.partitions)
+    report, _, refused, _ = replay_decisions(settings, ReplayScope(), STRICTER, KEY, 1, 3600.0)
+    return report, refused
+
+
+@pytest.mark.parametrize(
+    "no_step",
+    [
+        {"phase": Phase.CONTROL, "input": None},
+        {"phase": Phase.CONTROL, "request_id": "kill_switch:x"},
+    ],
+    ids=["control without input", "a kill switch's request id"],
+)
+def test_records_under_a_steps_id_that_are_no_steps_do_not_hide_the_runs_tail(
+    monkeypatch: pytest.MonkeyPatch, no_step: dict
+) -> None:
+    """B1: a writer appends ra's third and fourth decisions again, the same id, outcome,
+    reason and chain hash, shaped as the control follower's records (no run step). FINAL
+    keeps the last record under an id, and the replay reads no follower record: ra was
+    replayed as its first two handoffs, the stricter policy changed nothing, exit 0."""
+    topic, ra = _history()
+    report, _ = _replayed(monkeypatch, topic)
+    assert _exit_code(report) == 1
+    for d in ra[2:]:
+        topic.publish(dataclasses.replace(d, **no_step))
+    report, _ = _replayed(monkeypatch, topic)
+    assert report.broken == ["ra"] and "no run step" in report.partial["ra"]
+    assert _exit_code(report) == 7
