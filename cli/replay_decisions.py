@@ -36,15 +36,13 @@ from baton.processors.replay_pool import as_rows, mark, run_pieces
 from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
-from baton.sinks.replay_records import PartitionRecords, StartVerdict
+from baton.sinks.replay_records import DEAD_KEPT, PartitionRecords, StartVerdict
 from baton.sinks.replay_source import ReplayScope, policies_of
 
 __all__ = ["replay_decisions"]
 
 #: records below which one process replays (a forked pool costs ~6 ms, pieces pickled more)
 _PARALLEL_ROWS = 5_000
-#: dead lines printed at most (a writer's flood of junk records is counted, not listed)
-_DEAD_SHOWN = 50
 
 
 def replay_decisions(
@@ -89,7 +87,7 @@ def replay_decisions(
                 if bar is not None:
                     bar.done()
                 _judge(report, verdicts, read.broken)
-                refused += _shown_dead(read.dead)
+                refused += _shown_dead(read.dead, read.unused)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -117,11 +115,11 @@ _UNKNOWN_START = (
 )
 
 
-def _shown_dead(dead: list[str]) -> list[str]:
-    shown = dead[:_DEAD_SHOWN]
-    if len(dead) > _DEAD_SHOWN:
-        shown.append(f"{len(dead) - _DEAD_SHOWN:,} more records of gov.decisions not used")
-    return shown
+def _shown_dead(dead: list[str], unused: int) -> list[str]:
+    """The dead lines kept (a writer's flood of junk records is counted, not listed)."""
+    if unused > len(dead):
+        return [*dead, f"{unused - len(dead):,} more records of gov.decisions not used"]
+    return dead
 
 
 class _Topic:
@@ -132,7 +130,8 @@ class _Topic:
         self.topic = topic
         self.chain_key = chain_key
         self.broken: dict[str, str] = {}
-        self.dead: list[str] = []
+        self.dead: list[str] = []  # the first DEAD_KEPT lines; unused counts them all
+        self.unused = 0
         self.records = 0
 
     def __enter__(self) -> _Topic:
@@ -221,7 +220,8 @@ class _Topic:
                 break
             part.add(msg.offset(), msg.key(), msg.value())
         self.consumer.unassign()
-        self.dead += part.dead
+        self.dead += part.dead[: max(DEAD_KEPT - len(self.dead), 0)]
+        self.unused += part.unused
         for run_id, why in part.broken.items():
             self.broken.setdefault(run_id, why)
         return part

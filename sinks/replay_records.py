@@ -50,6 +50,8 @@ _REQUEST, _INPUT = _AT["request_id"], _AT["input"]
 _FOLLOWER = re.compile(r"(kill_switch|kill_switch_released|policy_updated):")
 #: how much of a record a dead line quotes
 _QUOTED = 120
+#: dead lines kept (the rest counted: a writer's flood of junk records is no memory)
+DEAD_KEPT = 50
 
 #: (run id, the link its first row names) -> None: its partition was trimmed and that row is
 #: intact (a run retention cut: partial); else why the run is broken
@@ -75,8 +77,10 @@ class PartitionRecords:
     variants: dict[tuple[str, str, str], set[tuple[str, str, str]]] = field(default_factory=dict)
     #: run id -> why it is broken (exit 7)
     broken: dict[str, str] = field(default_factory=dict)
-    #: one line per record not used (not a decision, a policy record nowhere a worker's is)
+    #: one line per record not used (not a decision, a policy record nowhere a worker's
+    #: is), the first ``DEAD_KEPT``; ``unused`` counts them all
     dead: list[str] = field(default_factory=list)
+    unused: int = 0
     #: (version, document) of the workers' policy_in_force records read here
     policies: list[tuple[str, str]] = field(default_factory=list)
     #: run -> link -> its row hashes to its chain hash, for the rows naming a link no record
@@ -121,6 +125,9 @@ class PartitionRecords:
         self._link(rec, row)
 
     def _dead(self, where: str, why: str, value: bytes) -> None:
+        self.unused += 1
+        if len(self.dead) >= DEAD_KEPT:
+            return
         quoted = value[:_QUOTED].decode("utf-8", "backslashreplace").encode("unicode_escape")
         self.dead.append(f"{where}: {why}; it starts {quoted.decode()!r}")
 

@@ -66,3 +66,28 @@ def test_records_under_a_steps_id_that_are_no_steps_do_not_hide_the_runs_tail(
     report, _ = _replayed(monkeypatch, topic)
     assert report.broken == ["ra"] and "no run step" in report.partial["ra"]
     assert _exit_code(report) == 7
+
+
+def test_a_flood_of_junk_records_is_counted_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """B2: every record not used was kept as a dead line (about 350 bytes for a 1-byte
+    record) for the whole topic, though 50 are shown: a writer's flood of junk grew the
+    replay's memory without bound (0.4 MB at 1,000 junk records, 7.2 MB at 20,000)."""
+    import tracemalloc
+
+    def peak(junk: int) -> tuple[int, list[str]]:
+        topic, _ = _history()
+        for _ in range(junk):
+            topic.append(b"ra", b"x")
+        tracemalloc.start()
+        try:
+            report, refused = _replayed(monkeypatch, topic)
+            return tracemalloc.get_traced_memory()[1], refused
+        finally:
+            tracemalloc.stop()
+            assert _exit_code(report) == 1
+
+    few, refused_few = peak(1_000)
+    many, refused_many = peak(20_000)
+    assert many < 1.5 * few, (few, many)
+    assert len(refused_many) == 51 and refused_many[-1].startswith("19,950 more records")
+    assert refused_few[:50] == refused_many[:50]
