@@ -33,7 +33,7 @@ from baton.processors import replay_pool
 from baton.processors.recorded import POLICY_RECORD_RUN, Recorded
 from baton.processors.replay import ReplayReport
 from baton.processors.replay_pool import as_rows, mark, run_pieces
-from baton.schemas.errors import BrokerUnavailable
+from baton.schemas.errors import BrokerUnavailable, ReplayFailed
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 from baton.sinks.replay_records import DEAD_KEPT, PartitionRecords, StartVerdict
@@ -107,6 +107,17 @@ def _judge(report: ReplayReport, verdicts: StartVerdict, broken: dict[str, str])
         report.partial[run_id] = why
         if run_id not in report.broken:
             report.broken.append(run_id)
+
+
+def _open_transaction(
+    topic: str, p: int, stable: int, end: int | None, waited: float
+) -> ReplayFailed:
+    return ReplayFailed(
+        f"{topic}[{p}] could be read to offset {stable} only, not to its end ({end}): a "
+        f"transaction open there for over {waited:g} s (a worker that died in one: Kafka "
+        "aborts it after transaction.timeout.ms; or another producer's) hides the records "
+        "after it, and what they change is unknown; run the replay again later"
+    )
 
 
 _UNKNOWN_START = (
@@ -202,17 +213,28 @@ class _Topic:
         tp = TopicPartition(self.topic, p, self.lows[p])
         self.consumer.assign([tp])
         end: int | None = None
+        stable: int | None = None  # an end of the partition read below its end: the LSO
         while True:
             msg = self.consumer.poll(s.connect_timeout_s)
+            if msg is None and stable is not None:
+                raise _open_transaction(self.topic, p, stable, end, s.connect_timeout_s)
             if msg is None:
                 raise BrokerUnavailable(
                     f"no answer from Kafka at {s.bootstrap} within {s.connect_timeout_s:g} s "
                     f"while reading {self.topic}[{p}]"
                 )
             if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    raise BrokerUnavailable(f"reading {self.topic}[{p}]: {msg.error()}")
+                if end is None:
+                    end = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+                # read committed, a fetch ends at the last stable offset: below the high
+                # watermark, a transaction is open there (a worker's in flight, or one
+                # that died in it), and every record after it, any producer's, is unread
+                if end is None or msg.offset() >= end:
                     break
-                raise BrokerUnavailable(f"reading {self.topic}[{p}]: {msg.error()}")
+                stable = msg.offset()
+                continue
             if end is None:
                 # the end its first fetch saw: a live writer is not followed past it
                 end = self.consumer.get_watermark_offsets(tp, cached=True)[1]

@@ -15,6 +15,7 @@ from baton.processors.replay import ReplayReport
 from baton.schemas.decision import Decision, Phase
 from baton.schemas.settings import Settings
 from baton.sinks.replay_source import ReplayScope
+from baton.streams.partitioner import partition_for
 from tests.unit.test_engine_support import handoff, policy_with
 from tests.unit.test_replay_decisions_support import KEY, DecisionsTopic, Worker, stand_in_kafka
 from tests.unit.test_replay_kafka_read_order import _exit_code
@@ -91,3 +92,56 @@ def test_a_flood_of_junk_records_is_counted_not_held(monkeypatch: pytest.MonkeyP
     assert many < 1.5 * few, (few, many)
     assert len(refused_many) == 51 and refused_many[-1].startswith("19,950 more records")
     assert refused_few[:50] == refused_many[:50]
+
+
+def _open_transaction(monkeypatch: pytest.MonkeyPatch, topic: DecisionsTopic, lso: int) -> None:
+    """The stand-in Kafka read with ``isolation.level=read_committed`` while a transaction
+    begun at ``lso`` on ra's partition is open: as librdkafka, the fetches end at the last
+    stable offset (the partition's EOF there), records from it on are not delivered, and the
+    high watermark (``get_watermark_offsets``) is the partition's end."""
+    import confluent_kafka
+
+    from tests.unit.test_replay_decisions_support import _Message
+
+    stand_in_kafka(monkeypatch, topic)
+    base = confluent_kafka.Consumer
+    own = partition_for(b"ra", topic.partitions)
+
+    class _ReadCommitted(base):  # type: ignore[misc, valid-type]
+        def poll(self, timeout: float) -> object:
+            p, offset = self._at
+            if p != own or offset < lso:
+                return super().poll(timeout)
+            if offset == lso:
+                self._at = (p, lso + 1)  # (the EOF told once)
+                return _Message(p, lso, None, None, eof=True)
+            return None  # nothing more within the timeout: the transaction is open
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", _ReadCommitted)
+
+
+def test_records_past_an_open_transaction_are_no_end_of_the_partition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """B3: a worker died in a transaction on ra's partition (Kafka aborts it after
+    transaction.timeout.ms), after ra's second decision; the worker now owning the
+    partition decided ra's third and fourth after it. Read committed, the fetches end at the
+    open transaction (the last stable offset), below the high watermark: the read took that
+    end for the partition's, ra was replayed as its first two handoffs, exit 0. Records the
+    broker holds were not read: the replay cannot answer (exit 7), naming the partition."""
+    from baton.schemas.errors import ReplayFailed
+
+    topic = DecisionsTopic(2)
+    worker = Worker(topic, BASELINE)
+    own = partition_for(b"ra", topic.partitions)
+    for n in range(4):
+        if n == 2:  # the dead worker's open transaction's first record
+            lso = topic.append(b"rq", b"{}", partition=own)
+        worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), 10 + n)
+    report, _ = _replayed(monkeypatch, topic)
+    assert _exit_code(report) == 1
+    _open_transaction(monkeypatch, topic, lso)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=topic.partitions, connect_timeout_s=0.2)
+    with pytest.raises(ReplayFailed, match=rf"gov\.decisions\[{own}\].*transaction") as failed:
+        replay_decisions(settings, ReplayScope(), STRICTER, KEY, 1, 3600.0)
+    assert failed.value.exit_code == 7
