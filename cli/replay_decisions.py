@@ -25,6 +25,7 @@ its start was altered (the audit replay's ``judge_trimmed``/``altered_starts``).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -109,6 +110,23 @@ def _judge(report: ReplayReport, verdicts: StartVerdict, broken: dict[str, str])
             report.broken.append(run_id)
 
 
+def _lost(topic: str, p: int, at: int, least: int, last: int) -> None:
+    """Raise unless ``topic[p]``'s read, at offset ``at``, is at ``least`` or past it (the end
+    the partition had when the replay began, or past the offset read last)."""
+    if at >= least:
+        return
+    where = (
+        f"went back to offset {at} after {last}"
+        if at <= last
+        else f"ends at offset {at}, below {least}, its end when the replay began"
+    )
+    raise ReplayFailed(
+        f"{topic}[{p}] {where}: records the broker held are gone (a broker restarted "
+        "without them, the topic made again, an unclean leader election); what they "
+        "change is unknown"
+    )
+
+
 def _open_transaction(
     topic: str, p: int, stable: int, end: int | None, waited: float
 ) -> ReplayFailed:
@@ -181,11 +199,15 @@ class _Topic:
             # every low watermark at the start (retention's cut: Tansu's is right), and the
             # records to read, about (the progress bar; each partition's end is its fetch's)
             self.lows: dict[int, int] = {}
+            #: each partition's end at the start (Tansu's short by a batch): a read ending
+            #: below it lost records the broker held (``partition``)
+            self.highs: dict[int, int] = {}
             for p in sorted(found.partitions):
                 low, high = self.consumer.get_watermark_offsets(
                     TopicPartition(self.topic, p), timeout=s.connect_timeout_s
                 )
                 self.lows[p] = max(low, 0)
+                self.highs[p] = high
                 self.records += max(high - self.lows[p], 0)
         except KafkaException as exc:
             self.consumer.close()
@@ -214,9 +236,11 @@ class _Topic:
         self.consumer.assign([tp])
         end: int | None = None
         stable: int | None = None  # an end of the partition read below its end: the LSO
+        waited = time.monotonic() + s.connect_timeout_s
+        last = self.lows[p] - 1  # the offset read last
         while True:
             msg = self.consumer.poll(s.connect_timeout_s)
-            if msg is None and stable is not None:
+            if stable is not None and (msg is None or time.monotonic() > waited):
                 raise _open_transaction(self.topic, p, stable, end, s.connect_timeout_s)
             if msg is None:
                 raise BrokerUnavailable(
@@ -226,21 +250,27 @@ class _Topic:
             if msg.error() is not None:
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     raise BrokerUnavailable(f"reading {self.topic}[{p}]: {msg.error()}")
-                if end is None:
-                    end = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+                end = high if end is None else end
                 # read committed, a fetch ends at the last stable offset: below the high
                 # watermark, a transaction is open there (a worker's in flight, or one
                 # that died in it), and every record after it, any producer's, is unread
-                if end is None or msg.offset() >= end:
-                    break
-                stable = msg.offset()
-                continue
+                if high is not None and msg.offset() < min(end, high):
+                    if stable is None:
+                        waited = time.monotonic() + s.connect_timeout_s
+                    stable = msg.offset()
+                    continue
+                _lost(self.topic, p, msg.offset(), self.highs[p], last)
+                break
             if end is None:
                 # the end its first fetch saw: a live writer is not followed past it
                 end = self.consumer.get_watermark_offsets(tp, cached=True)[1]
             if end is not None and 0 <= end <= msg.offset():
+                _lost(self.topic, p, msg.offset(), self.highs[p], last)
                 break
-            part.add(msg.offset(), msg.key(), msg.value())
+            _lost(self.topic, p, msg.offset(), last + 1, last)
+            last = msg.offset()
+            part.add(last, msg.key(), msg.value())
         self.consumer.unassign()
         self.dead += part.dead[: max(DEAD_KEPT - len(self.dead), 0)]
         self.unused += part.unused

@@ -145,3 +145,37 @@ def test_records_past_an_open_transaction_are_no_end_of_the_partition(
     with pytest.raises(ReplayFailed, match=rf"gov\.decisions\[{own}\].*transaction") as failed:
         replay_decisions(settings, ReplayScope(), STRICTER, KEY, 1, 3600.0)
     assert failed.value.exit_code == 7
+
+
+@pytest.mark.parametrize("when", ["before its read", "amid its read"])
+def test_a_partition_that_lost_its_records_while_the_replay_ran_is_no_empty_one(
+    monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """B5: the broker loses ra's partition's records while the replay runs (Tansu keeps
+    records in memory: a restart; the topic made again; an unclean leader election). Read
+    after the policy records' partition (run rd, one handoff), it was read as empty: the
+    report of rd alone, exit 0. Read amid it (ra's first two records read, then the
+    partition restarts at offset 0), its end was taken where it went back to."""
+    from baton.schemas.errors import ReplayFailed
+
+    topic = DecisionsTopic(2)
+    worker = Worker(topic, BASELINE)
+    worker.decide(handoff("rd-h0", "t0", "p", "q", run_id="rd"), 5)
+    for n in range(4):
+        worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), 10 + n)
+    star, own = partition_for(b"*", 2), partition_for(b"ra", 2)
+    assert star != own
+    gone = (star, len(topic.records[star]) - 1) if when == "before its read" else (own, 1)
+
+    def written(p: int, offset: int) -> None:
+        if (p, offset) == gone:
+            topic.records[own] = topic.records[own][: offset + 1]  # (the one polled now)
+            topic.lows[own] = 0
+            lost.append(True)
+
+    lost: list[bool] = []
+    stand_in_kafka(monkeypatch, topic, None, written)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=2, connect_timeout_s=0.2)
+    with pytest.raises(ReplayFailed, match=rf"gov\.decisions\[{own}\] (went back|ends at)"):
+        replay_decisions(settings, ReplayScope(), STRICTER, KEY, 1, 3600.0)
+    assert lost
