@@ -87,8 +87,16 @@ def replay_decisions(
                 )
                 if bar is not None:
                     bar.done()
-                _judge(report, verdicts, read.broken)
-                refused += _shown_dead(read.dead, read.unused)
+                broken = {
+                    run_id: why
+                    for run_id, why in read.broken.items()
+                    if scope.run_id is None or run_id == scope.run_id
+                }
+                _judge(report, verdicts, broken)
+                refused += read.dead
+                if read.dead_count > len(read.dead):
+                    unshown = read.dead_count - len(read.dead)
+                    refused.append(f"{unshown:,} more records of {topic}")
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -97,7 +105,10 @@ def replay_decisions(
 
 def _judge(report: ReplayReport, verdicts: StartVerdict, broken: dict[str, str]) -> None:
     """The runs read as trimmed that retention cannot have trimmed, and the runs a partition
-    named broken (``PartitionRecords.broken``), moved to ``report.broken`` with why."""
+    named broken (``PartitionRecords.broken``: whatever --since, --to or --tenant say, as a
+    writer's record may have taken the run out of their scope), moved to ``report.broken``
+    with why; one replayed already (its partition read before the record that broke it) is
+    taken out of the runs replayed, its changes with it."""
     for run_id, (_, link) in list(report.trimmed.items()):
         why = verdicts.get((run_id, link), _UNKNOWN_START)
         if why is not None:
@@ -108,6 +119,12 @@ def _judge(report: ReplayReport, verdicts: StartVerdict, broken: dict[str, str])
         report.partial[run_id] = why
         if run_id not in report.broken:
             report.broken.append(run_id)
+    if any(run.run_id in broken for run in report.runs):
+        for run in report.runs:
+            if run.run_id in broken:
+                report.transitions.subtract(run.transitions)
+        report.transitions = +report.transitions  # (counts left at 0 dropped)
+        report.runs = [run for run in report.runs if run.run_id not in broken]
 
 
 def _lost(topic: str, p: int, at: int, least: int, last: int) -> None:
@@ -144,13 +161,6 @@ _UNKNOWN_START = (
 )
 
 
-def _shown_dead(dead: list[str], unused: int) -> list[str]:
-    """The dead lines kept (a writer's flood of junk records is counted, not listed)."""
-    if unused > len(dead):
-        return [*dead, f"{unused - len(dead):,} more records of gov.decisions not used"]
-    return dead
-
-
 class _Topic:
     """gov.decisions read one partition at a time (a context manager: the consumer)."""
 
@@ -159,8 +169,8 @@ class _Topic:
         self.topic = topic
         self.chain_key = chain_key
         self.broken: dict[str, str] = {}
-        self.dead: list[str] = []  # the first DEAD_KEPT lines; unused counts them all
-        self.unused = 0
+        self.dead: list[str] = []
+        self.dead_count = 0
         self.records = 0
 
     def __enter__(self) -> _Topic:
@@ -247,6 +257,8 @@ class _Topic:
                     f"no answer from Kafka at {s.bootstrap} within {s.connect_timeout_s:g} s "
                     f"while reading {self.topic}[{p}]"
                 )
+            if msg.partition() != p or msg.topic() != self.topic:
+                continue  # (the partition read before: its last fetch, or its end, late)
             if msg.error() is not None:
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     raise BrokerUnavailable(f"reading {self.topic}[{p}]: {msg.error()}")
@@ -272,8 +284,8 @@ class _Topic:
             last = msg.offset()
             part.add(last, msg.key(), msg.value())
         self.consumer.unassign()
-        self.dead += part.dead[: max(DEAD_KEPT - len(self.dead), 0)]
-        self.unused += part.unused
+        self.dead += part.dead[: DEAD_KEPT - len(self.dead)]
+        self.dead_count += part.dead_count
         for run_id, why in part.broken.items():
             self.broken.setdefault(run_id, why)
         return part

@@ -37,8 +37,9 @@ from baton.schemas.decision import CHAIN_FIELDS, DECISION_ADAPTER, Phase, Reason
 from baton.sinks.json_rows import shortcut_row
 from baton.sinks.replay_source import ReplayScope
 from baton.sinks.rows import DECISION_COLUMNS, decision_row, oversized
+from baton.streams.partitioner import partition_for
 
-__all__ = ["PartitionRecords", "StartVerdict"]
+__all__ = ["DEAD_KEPT", "PartitionRecords", "StartVerdict"]
 
 _AT = {name: i for i, name in enumerate(DECISION_COLUMNS)}
 _REPLAY = itemgetter(*(_AT[c] for c in REPLAY_COLUMNS))
@@ -50,7 +51,7 @@ _REQUEST, _INPUT = _AT["request_id"], _AT["input"]
 _FOLLOWER = re.compile(r"(kill_switch|kill_switch_released|policy_updated):")
 #: how much of a record a dead line quotes
 _QUOTED = 120
-#: dead lines kept (the rest counted: a writer's flood of junk records is no memory)
+#: dead lines kept a partition
 DEAD_KEPT = 50
 
 #: (run id, the link its first row names) -> None: its partition was trimmed and that row is
@@ -77,10 +78,11 @@ class PartitionRecords:
     variants: dict[tuple[str, str, str], set[tuple[str, str, str]]] = field(default_factory=dict)
     #: run id -> why it is broken (exit 7)
     broken: dict[str, str] = field(default_factory=dict)
-    #: one line per record not used (not a decision, a policy record nowhere a worker's
-    #: is), the first ``DEAD_KEPT``; ``unused`` counts them all
+    #: one line per record not used (not a decision, a policy record nowhere a worker's is),
+    #: the first DEAD_KEPT of them (a writer's flood is counted, not held)
     dead: list[str] = field(default_factory=list)
-    unused: int = 0
+    #: the records not used
+    dead_count: int = 0
     #: (version, document) of the workers' policy_in_force records read here
     policies: list[tuple[str, str]] = field(default_factory=list)
     #: run -> link -> its row hashes to its chain hash, for the rows naming a link no record
@@ -92,6 +94,8 @@ class PartitionRecords:
     links: set[str] = field(default_factory=set)
     #: the runs with a chained record read so far
     chained: set[str] = field(default_factory=set)
+    #: the runs whose partition is this one (murmur2 of the id, once a run)
+    placed: set[str] = field(default_factory=set)
     records: int = 0
 
     def add(self, offset: int, key: bytes | None, value: bytes | None) -> None:
@@ -121,11 +125,11 @@ class PartitionRecords:
         )
         if step and not self._placed(where, key, rec.run_id):
             return
-        self._fold((row[_TENANT], rec.run_id, rec.decision_id), rec, offset, step)
+        self._fold((row[_TENANT], rec.run_id, rec.decision_id), rec, offset, step, row)
         self._link(rec, row)
 
     def _dead(self, where: str, why: str, value: bytes) -> None:
-        self.unused += 1
+        self.dead_count += 1
         if len(self.dead) >= DEAD_KEPT:
             return
         quoted = value[:_QUOTED].decode("utf-8", "backslashreplace").encode("unicode_escape")
@@ -134,10 +138,11 @@ class PartitionRecords:
     def _placed(self, where: str, key: bytes | None, run_id: str) -> bool:
         """The run step at ``where`` is where a worker writes its run's decisions; else its
         run is broken and the record not read here."""
-        from baton.streams.partitioner import partition_for
-
+        if key is not None and run_id in self.placed and key == run_id.encode():
+            return True
         own = partition_for(run_id.encode(), self.partitions)
         if key == run_id.encode() and own == self.partition:
+            self.placed.add(run_id)
             return True
         shown_key = "none" if key is None else shown_id(key.decode("utf-8", "replace"))
         self.broken.setdefault(
@@ -148,27 +153,22 @@ class PartitionRecords:
         )
         return False
 
-    def _fold(self, k: tuple[str, str, str], rec: Recorded, offset: int, step: bool) -> None:
+    def _fold(
+        self, k: tuple[str, str, str], rec: Recorded, offset: int, step: bool, row: list[Any]
+    ) -> None:
         before = self.held.get(k)
         self.held[k] = (rec, offset, step)  # FINAL keeps the last one read
         if before is None:
             return
         old = before[0]
-        if before[2] != step:
-            # a worker re-deciding a request writes the same request's step again: a record
-            # under a step's id that is no step (or the reverse) would drop it from the run
-            self.broken.setdefault(
-                rec.run_id,
-                f"decision {shown_id(rec.decision_id)}: the record at offset {offset} is "
-                f"{'a' if step else 'no'} run step, the one at offset {before[1]} "
-                f"{'no' if step else 'a'} run step: FINAL keeps the last, and which one is the "
-                "worker's is unknown (a writer of gov.decisions under its id)",
-            )
         said = (old.outcome, old.reason, old.chain_hash or "")
         now = (rec.outcome, rec.reason, rec.chain_hash or "")
-        if said == now:
+        if said == now and before[2] == step:
+            if rec != old:  # the same link over other content: no worker's copy
+                self._copied(rec, before[1], offset, "its link over other content")
             return
-        self.variants.setdefault(k, {said}).add(now)
+        if said != now:
+            self.variants.setdefault(k, {said}).add(now)
         if old.chain_hash is not None and old.chain_hash != rec.chain_hash:
             self.replaced.add((rec.run_id, old.chain_hash))
         if said[:2] != now[:2]:
@@ -179,6 +179,32 @@ class PartitionRecords:
                 f"{rec.outcome}/{shown_id(rec.reason)}): which one is the worker's is unknown "
                 "(a writer of gov.decisions under its id; `baton audit verify` names it)",
             )
+        elif rec.chain_hash is not None and (
+            chain_hash(self.chain_key, rec.chain_prev or "", _CHAIN(row)) != rec.chain_hash
+        ):
+            # a worker that decided it again linked it with the key; one that did not is
+            # read by FINAL all the same (its time may take its run out of --since's scope)
+            self._copied(rec, before[1], offset, "linked again without the workers' key")
+        elif before[2] != step or (old.chain_hash is None) != (rec.chain_hash is None):
+            # a worker deciding a step again writes it as it did (a step, linked): FINAL's
+            # row, a control follower's record or an unlinked one, would take the step out
+            # of its run (its change unseen) or replay whatever input it names
+            self.broken.setdefault(
+                rec.run_id,
+                f"decision {shown_id(rec.decision_id)}: the record at offset {offset} writes it "
+                f"again {'linked' if rec.chain_hash else 'unlinked'} "
+                f"{'as a run step' if step else 'as no run step'}, the one at {before[1]} "
+                f"{'linked' if old.chain_hash else 'unlinked'} "
+                f"{'as a run step' if before[2] else 'as no run step'}: no worker's copy",
+            )
+
+    def _copied(self, rec: Recorded, was: int, offset: int, how: str) -> None:
+        self.broken.setdefault(
+            rec.run_id,
+            f"decision {shown_id(rec.decision_id)}: the record at offset {offset} ({how}) "
+            f"replaces the one at {was}: no worker's copy (a writer of gov.decisions under "
+            "its id)",
+        )
 
     def _link(self, rec: Recorded, row: list[Any]) -> None:
         if rec.chain_hash is None:
@@ -247,8 +273,8 @@ class PartitionRecords:
         runs = []
         verdicts: StartVerdict = {}
         for run_id in sorted(rows):
-            if scope.since is not None and run_id not in in_range:
-                continue
+            if (scope.since is not None and run_id not in in_range) or run_id in self.broken:
+                continue  # (a broken run is named by the caller, never replayed)
             runs.append([rec for _, _, rec in sorted(rows[run_id], key=itemgetter(0, 1))])
             for link, intact in self.starts.get(run_id, {}).items():
                 verdicts[(run_id, link)] = self._start(run_id, link, intact)

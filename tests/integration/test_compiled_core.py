@@ -79,6 +79,7 @@ CORE_TESTS = (
     "test_attacks_session17_replay_kafka.py",  # --from-kafka order and scope (H2), ~1 s
     "test_attacks_session18_tombstone_reports.py",  # a report at a tombstone (engine_refusals)
     "test_replay_speed_session18.py",  # new_change, compact_digest's last, forged verdicts
+    "test_attacks_session20_replay_decisions.py",  # gov.decisions' records as rows, ~2 s
 )
 #: what the probe prints: how many modules are compiled, the build, the engine's file, the
 #: last line of `baton replay --help`

@@ -18,7 +18,13 @@ from baton.schemas.settings import Settings
 from baton.sinks.replay_source import ReplayScope
 from baton.streams.partitioner import partition_for
 from tests.unit.test_engine_support import at, handoff, policy_with
-from tests.unit.test_replay_decisions_support import KEY, DecisionsTopic, Worker, stand_in_kafka
+from tests.unit.test_replay_decisions_support import (
+    KEY,
+    DecisionsTopic,
+    Worker,
+    json_with,
+    stand_in_kafka,
+)
 from tests.unit.test_replay_kafka_read_order import _exit_code
 
 pytestmark = pytest.mark.unit
@@ -76,14 +82,14 @@ def test_a_copy_of_a_decision_off_its_runs_key_or_partition_breaks_the_run(
     or on the other partition."""
     topic, worker = _history()
     third = _ra(worker)[2]
-    stop = dataclasses.replace(third, outcome="stop", reason="handoff_budget_exceeded")
+    stop = json_with(third, outcome="stop", reason="handoff_budget_exceeded")
     own = partition_for(b"ra", 2)
     key, partition = {
         "no key": (None, own),
         "another key": (b"rb", own),
         "another partition": (b"ra", 1 - own),
     }[where]
-    topic.append(key, stop.to_json(), partition=partition)
+    topic.append(key, stop, partition=partition)
     report, _ = _replayed(monkeypatch, topic, BASELINE)
     assert "ra" in report.broken and "no worker's record" in report.partial["ra"]
     assert _exit_code(report) == 7
@@ -114,7 +120,7 @@ def test_sixty_kilobyte_strings_are_shown_cut_and_break_their_run(
     topic, worker = _history()
     last = _ra(worker)[-1]
     topic.append(b"ra", dataclasses.replace(last, run_id="r" * 60_000).to_json())
-    topic.append(b"ra", dataclasses.replace(last, reason="x" * 60_000).to_json())
+    topic.append(b"ra", json_with(last, reason="x" * 60_000))
     report, refused = _replayed(monkeypatch, topic)
     assert "ra" in report.broken and _exit_code(report) == 7
     assert all(len(why) < 2_000 for why in report.partial.values())
@@ -223,3 +229,99 @@ def test_without_a_chain_key_a_start_forged_after_the_run_is_no_retention_cut(
     )
     report, _ = _replayed(monkeypatch, topic, STRICTER, key=b"")
     assert report.broken == ["ra"] and _exit_code(report) == 7, report.partial
+
+
+def test_a_flood_of_junk_records_is_counted_not_listed_nor_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20,000 records that are no decisions: 50 named, the rest counted in one line."""
+    topic, _ = _history()
+    for n in range(20_000):
+        topic.append(b"ra", b"junk %d" % n)
+    report, refused = _replayed(monkeypatch, topic)
+    assert len(refused) == 51 and refused[-1] == "19,950 more records of gov.decisions"
+    assert _exit_code(report) == 1
+
+
+@pytest.mark.parametrize("copy", ["follower record", "unchained"])
+def test_a_runs_last_steps_copied_as_no_step_do_not_hide_their_change(
+    monkeypatch: pytest.MonkeyPatch, copy: str
+) -> None:
+    """ra's third and fourth decisions (the stricter policy's stops) written again under
+    their ids, saying the same outcome and reason: as a control follower's record (no input,
+    control phase: no run step, so FINAL's row left the run, which then ended after its
+    second step: nothing changes, exit 0), or without their chain link (an unchained row is
+    decided from whatever input it names). A worker re-deciding a step writes it as it
+    did: its run is broken."""
+    topic, worker = _history()
+    for d in _ra(worker)[2:]:
+        if copy == "follower record":
+            forged = json_with(d, phase="control", input=None)
+        else:
+            forged = json_with(d, chain_prev=None, chain_hash=None)
+        topic.append(b"ra", forged)
+    report, _ = _replayed(monkeypatch, topic)
+    assert "ra" in report.broken and _exit_code(report) == 7, (report.partial, report.runs)
+
+
+@pytest.mark.parametrize("link", ["kept", "relinked without the key"])
+def test_a_runs_steps_moved_before_since_do_not_take_it_out_of_scope(
+    monkeypatch: pytest.MonkeyPatch, link: str
+) -> None:
+    """ra decided at 0-1 s and its third and fourth handoffs (the stricter policy's stops) at
+    100-101 s, rb at 100 s; --since 50 s. A writer re-publishes ra's third and fourth under
+    their ids decided at 2-3 s, the same outcome and reason, their link kept (or linked again
+    with a key of its own): FINAL holds them, ra has no decision in the range and is not
+    replayed, rb alone is: nothing changes, exit 0. Broken instead."""
+    topic = DecisionsTopic(2)
+    worker = Worker(topic, BASELINE)
+    for n in range(4):
+        worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), n if n < 2 else 98 + n)
+    worker.decide(handoff("rb-h0", "t0", "p", "q", run_id="rb"), 100)
+    for n, d in enumerate(_ra(worker)[2:], start=2):
+        moved = dataclasses.replace(d, decided_at=at(n))
+        topic.publish(moved if link == "kept" else _relinked(moved, b"another key"))
+    report, _ = _replayed_since(monkeypatch, topic, at(50))
+    assert report.broken == ["ra"] and _exit_code(report) == 7, (report.partial, report.runs)
+
+
+def _replayed_since(
+    monkeypatch: pytest.MonkeyPatch, topic: DecisionsTopic, since: object
+) -> tuple[ReplayReport, list[str]]:
+    stand_in_kafka(monkeypatch, topic)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=topic.partitions)
+    scope = ReplayScope(since=since)  # type: ignore[arg-type]
+    report, _, refused, _ = replay_decisions(settings, scope, STRICTER, KEY, 1, 3600.0)
+    return report, refused
+
+
+def test_a_run_broken_by_a_record_read_after_it_was_replayed_is_not_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rd is on the policy records' partition (read first, replayed); a copy of its third
+    decision saying stop is on the other partition, read after: rd is broken, and neither
+    listed as replayed nor counted in the changes."""
+    assert partition_for(b"rd", 2) == partition_for(b"*", 2) == 1
+    topic = DecisionsTopic(2)
+    worker = Worker(topic, BASELINE)
+    for n in range(4):
+        for run in ("ra", "rd"):
+            worker.decide(handoff(f"{run}-h{n}", f"t{n}", "p", "q", run_id=run), 10 + n)
+    third = [d for d in worker.published if d.run_id == "rd"][2]
+    topic.append(b"rd", json_with(third, outcome="stop"), partition=0)
+    report, _ = _replayed(monkeypatch, topic)
+    assert report.broken == ["rd"] and [r.run_id for r in report.runs] == ["ra"]
+    assert report.transitions == {"allow → stop:handoff_budget_exceeded": 2}
+    assert _exit_code(report) == 7
+
+
+def test_a_broken_run_fails_every_scope_but_another_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ra broken (a stop under its third decision's id): --since after all of ra's decisions
+    still fails (a writer's record may have taken ra out of the range); --run rb does not."""
+    topic, worker = _history()
+    topic.append(b"ra", json_with(_ra(worker)[2], outcome="stop"))
+    stand_in_kafka(monkeypatch, topic)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=2)
+    for scope, code in ((ReplayScope(since=at(13)), 7), (ReplayScope(run_id="rb"), 1)):
+        report, *_ = replay_decisions(settings, scope, STRICTER, KEY, 1, 3600.0)
+        assert _exit_code(report) == code, (scope, report.partial)

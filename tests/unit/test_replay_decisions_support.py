@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from baton.processors.batch import BatchProcessor, InputRecord
@@ -94,6 +95,13 @@ class Worker:
         return decided
 
 
+def json_with(d: Decision, **changes: Any) -> bytes:
+    """``d``'s record with ``changes`` written into its JSON (any value: a writer's record)."""
+    doc = orjson.loads(d.to_json())
+    doc.update({k: v.isoformat() if isinstance(v, datetime) else v for k, v in changes.items()})
+    return orjson.dumps(doc)
+
+
 def audit_rows(published: Iterable[Decision]) -> list[Recorded]:
     """What the audit holds of ``published`` (one row per decision id, no re-emission)."""
     seen: set[str] = set()
@@ -149,10 +157,13 @@ def stand_in_kafka(
     topic: DecisionsTopic,
     polled: list[tuple[int, int]] | None = None,
     written: Callable[[int, int], None] | None = None,
+    late: bool = False,
 ) -> None:
     """``confluent_kafka.Consumer`` replaced by one reading ``topic`` (its messages made as
     polled); ``polled`` (given): each (partition, offset) read; ``written(partition,
-    offset)``: called as each is polled (a live writer appending meanwhile)."""
+    offset)``: called as each is polled (a live writer appending meanwhile); ``late``: after
+    each assign, the partition read before says its last record and its end again first
+    (librdkafka's queue holding them past an unassign)."""
     import confluent_kafka
 
     import baton.streams.net
@@ -160,6 +171,8 @@ def stand_in_kafka(
     class _Consumer:
         def __init__(self, config: dict) -> None:
             self._at: tuple[int, int] | None = None
+            self._before: tuple[int, int] | None = None
+            self._late: list[_Message] = []
 
         def list_topics(self, name: str, timeout: float) -> object:
             parts = dict.fromkeys(range(topic.partitions))
@@ -173,11 +186,18 @@ def stand_in_kafka(
         def assign(self, parts: list) -> None:
             (tp,) = parts
             self._at = (tp.partition, max(tp.offset, topic.lows[tp.partition]))
+            if late and self._before is not None:
+                p, end = self._before
+                last = topic.records[p][end - 1] if end else (None, None)
+                self._late = [_Message(p, end - 1, *last), _Message(p, end, None, None, True)]
 
         def unassign(self) -> None:
+            self._before = (self._at[0], len(topic.records[self._at[0]])) if self._at else None
             self._at = None
 
         def poll(self, timeout: float) -> _Message | None:
+            if self._late:
+                return self._late.pop(0)
             assert self._at is not None
             p, offset = self._at
             if offset >= len(topic.records[p]):
