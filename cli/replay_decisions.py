@@ -282,6 +282,7 @@ class _Topic:
                 break
             _lost(self.topic, p, msg.offset(), last + 1, last)
             last = msg.offset()
+            stable = None  # (the transaction ended: its records, or the next ones, come)
             part.add(last, msg.key(), msg.value())
         self.consumer.unassign()
         self.dead += part.dead[: DEAD_KEPT - len(self.dead)]

@@ -172,3 +172,43 @@ def test_a_partition_that_lost_its_records_while_the_replay_ran_is_no_empty_one(
     with pytest.raises(ReplayFailed, match=rf"gov\.decisions\[{own}\] (went back|ends at)"):
         replay_decisions(settings, ReplayScope(), STRICTER, KEY, 1, 3600.0)
     assert lost
+
+
+def test_a_transaction_committed_while_the_read_waits_is_read_however_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """B3's wait: a worker's transaction open when the fetch ended, committed while the read
+    waits, its records then taking longer to read than connect_timeout_s (a big batch): the
+    read goes on while they come (the wait is for the first of them), exit 1."""
+    import time
+
+    import confluent_kafka
+
+    from tests.unit.test_replay_decisions_support import _Message
+
+    topic = DecisionsTopic(2)
+    worker = Worker(topic, BASELINE)
+    own = partition_for(b"ra", topic.partitions)
+    for n in range(4):
+        if n == 2:
+            lso = len(topic.records[own])
+        worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), 10 + n)
+    _open_transaction(monkeypatch, topic, lso)
+    read_committed = confluent_kafka.Consumer
+    ended: list[int] = []
+
+    class _Committed(read_committed):  # type: ignore[misc, valid-type]
+        def poll(self, timeout: float) -> object:
+            p, offset = self._at
+            if p != own or offset < lso:
+                return super().poll(timeout)
+            if not ended:  # the fetch ended at the open transaction
+                ended.append(offset)
+                return _Message(p, offset, None, None, eof=True)
+            time.sleep(0.15)  # then it commits: its records, read slowly
+            return super(read_committed, self).poll(timeout)
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", _Committed)
+    settings = Settings(bootstrap="127.0.0.1:1", partitions=2, connect_timeout_s=0.25)
+    report, *_ = replay_decisions(settings, ReplayScope(), STRICTER, KEY, 1, 3600.0)
+    assert _exit_code(report) == 1
