@@ -42,6 +42,8 @@ from baton.sinks.replay_source import ReplayScope, policies_of
 
 __all__ = ["replay_decisions"]
 
+#: a partition's end when its fetch reports none: read to its EOF
+_TO_EOF = 2**63
 #: records below which one process replays (a forked pool costs ~6 ms, pieces pickled more)
 _PARALLEL_ROWS = 5_000
 
@@ -263,11 +265,11 @@ class _Topic:
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     raise BrokerUnavailable(f"reading {self.topic}[{p}]: {msg.error()}")
                 high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-                end = high if end is None else end
+                end = self._end(tp, p) if end is None else end
                 # read committed, a fetch ends at the last stable offset: below the high
                 # watermark, a transaction is open there (a worker's in flight, or one
                 # that died in it), and every record after it, any producer's, is unread
-                if high is not None and msg.offset() < min(end, high):
+                if msg.offset() < min(end, high):
                     if stable is None:
                         waited = time.monotonic() + s.connect_timeout_s
                     stable = msg.offset()
@@ -275,10 +277,8 @@ class _Topic:
                 _lost(self.topic, p, msg.offset(), self.highs[p], last)
                 break
             if end is None:
-                # the end its first fetch saw: a live writer is not followed past it
-                end = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-            if end is not None and 0 <= end <= msg.offset():
-                _lost(self.topic, p, msg.offset(), self.highs[p], last)
+                end = self._end(tp, p)
+            if end <= msg.offset():  # (never short of the start's end: nothing lost)
                 break
             _lost(self.topic, p, msg.offset(), last + 1, last)
             last = msg.offset()
@@ -290,6 +290,12 @@ class _Topic:
         for run_id, why in part.broken.items():
             self.broken.setdefault(run_id, why)
         return part
+
+    def _end(self, tp: Any, p: int) -> int:
+        """Where ``p``'s read ends: the end its first fetch saw (a live writer is not followed
+        past it), never short of the end ListOffsets gave at the start; none known: its EOF."""
+        fetched: int = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+        return max(fetched, self.highs[p]) if fetched >= 0 else _TO_EOF
 
     def first(self) -> PartitionRecords:
         """The partition of the workers' policy records, read (and kept for ``pieces``)."""

@@ -11,11 +11,15 @@ follower's records and ``policy_in_force`` records are no run steps (``ReplaySco
 
 Where FINAL would hide something, the run is *broken* instead (exit 7, named), never read
 as one record chose: records under one decision id that say different things (an outcome or
-reason: a writer of gov.decisions under the id the worker uses; ``audit_conflicts``), a copy
-flagged ``reemitted`` that says what no record under its id says (``audit_copies``'
-``not_a_copy``: a writer's answer to a waiting client), a run step on a partition that is not
-its run's or under another key (a worker keys every decision by its run id, murmur2: such a
-record is no worker's, and read per partition it would be a run of its own).
+reason: a writer of gov.decisions under the id the worker uses; ``audit_conflicts``); a
+record that writes a decision again under its link with other content (an earlier time took
+a run out of --since's scope), or linked without the workers' key, or as no run step (a
+follower's record: the step left its run), or unlinked (a worker deciding a step again after
+a crash writes it as it did, linked with the key); a copy flagged ``reemitted`` that says
+what no record under its id says (``audit_copies``' ``not_a_copy``: a writer's answer to a
+waiting client); a run step on a partition that is not its run's or under another key (a
+worker keys every decision by its run id, murmur2: such a record is no worker's, and read
+per partition it would be a run of its own).
 ``policy_in_force`` records are read from the partition a worker writes them to (key ``*``);
 one elsewhere, or under a run, is a dead line (the audit reads no such record as a policy).
 
@@ -96,6 +100,8 @@ class PartitionRecords:
     chained: set[str] = field(default_factory=set)
     #: the runs whose partition is this one (murmur2 of the id, once a run)
     placed: set[str] = field(default_factory=set)
+    #: run -> the times of its unlinked refusals a later record under their id replaced
+    earlier: dict[str, list[datetime]] = field(default_factory=dict)
     records: int = 0
 
     def add(self, offset: int, key: bytes | None, value: bytes | None) -> None:
@@ -164,9 +170,15 @@ class PartitionRecords:
         said = (old.outcome, old.reason, old.chain_hash or "")
         now = (rec.outcome, rec.reason, rec.chain_hash or "")
         if said == now and before[2] == step:
-            if rec != old:  # the same link over other content: no worker's copy
+            if step and rec != old and rec.chain_hash is None:
+                # an unlinked refusal decided again (a worker restarted, its batch read
+                # again): FINAL's row stands, the run in --since's scope by either time
+                self.earlier.setdefault(rec.run_id, []).append(old.decided_at)
+            elif step and rec != old:  # the same link over other content: no worker's copy
                 self._copied(rec, before[1], offset, "its link over other content")
-            return
+            return  # (every worker's follower records a command under one id: no step)
+        if not step and not before[2]:
+            return  # follower records: no run step, whatever each worker's says
         if said != now:
             self.variants.setdefault(k, {said}).add(now)
         if old.chain_hash is not None and old.chain_hash != rec.chain_hash:
@@ -270,6 +282,9 @@ class PartitionRecords:
             if scope.tenant is not None and tenant != scope.tenant:
                 continue
             rows[run_id].append((rec.decided_at, offset, rec))
+        for run_id, times in self.earlier.items():
+            if scope.since is not None and any(_within(at, scope) for at in times):
+                in_range.add(run_id)
         runs = []
         verdicts: StartVerdict = {}
         for run_id in sorted(rows):
@@ -296,3 +311,9 @@ class PartitionRecords:
                 "BATON_AUDIT_CHAIN_KEY the workers' key?"
             )
         return None
+
+
+def _within(at: datetime, scope: ReplayScope) -> bool:
+    """``at`` is in ``scope``'s range (``since`` given)."""
+    assert scope.since is not None
+    return scope.since <= at and (scope.until is None or at < scope.until)

@@ -387,3 +387,40 @@ def test_a_worker_that_decided_a_step_again_after_a_crash_is_read_as_the_audit_r
         report, _ = _replayed(monkeypatch, topic, policy)
         assert report.broken == [] and _exit_code(report) == code, report.partial
         assert [(r.run_id, r.decisions) for r in report.runs] == [("ra", 4)]
+
+
+@pytest.mark.parametrize("fetched", [-1, 1])
+def test_a_fetch_that_reports_no_end_or_a_short_one_does_not_cut_a_partition(
+    monkeypatch: pytest.MonkeyPatch, fetched: int
+) -> None:
+    """A fetch's high watermark unknown (-1: read to the partition's end) or short of the one
+    ListOffsets gave at the start: every record is read."""
+    topic = DecisionsTopic(2)
+    _three_runs(topic)
+    stand_in_kafka(monkeypatch, topic, fetched=fetched)
+    report, *_ = replay_decisions(SETTINGS, ReplayScope(), STRICTER, KEY, 1, 3600.0)
+    assert {r.run_id: r.decisions for r in report.runs} == dict.fromkeys(
+        ("ra", "rb", "rc", "rd"), 4
+    )
+
+
+def test_a_refusal_decided_again_after_a_crash_is_no_conflict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rb's request refused worker_run_limit (unlinked: it changes nothing), decided again a
+    second later after the worker restarted (the batch redelivered): the last record stands,
+    as in FINAL; not broken. A writer's copy moving it before --since does not take rb out of
+    the range (the records FINAL replaced count)."""
+    topic = DecisionsTopic(1)
+    worker = Worker(topic, BASELINE, max_runs=1)
+    worker.decide(handoff("ra-h0", "t0", "p", "q", run_id="ra"), 10)
+    (first,) = worker.decide(handoff("rb-h0", "t0", "p", "q", run_id="rb"), 11)
+    (again,) = worker.decide(handoff("rb-h0", "t0", "p", "q", run_id="rb"), 12, again=1)
+    assert first.reason == again.reason == "worker_run_limit" and first.chain_hash is None
+    assert first.decision_id == again.decision_id and first.decided_at != again.decided_at
+    report, _ = _replayed(monkeypatch, topic, BASELINE)
+    assert report.broken == [] and _exit_code(report) == 0, report.partial
+    # a writer's copy of it decided at 1 s (FINAL's row now): --since 5 s still takes rb
+    topic.append(b"rb", json_with(again, decided_at=at(1)))
+    scoped, _ = _replayed(monkeypatch, topic, BASELINE, ReplayScope(since=at(5)))
+    assert "rb" in {r.run_id for r in scoped.runs} | set(scoped.partial)

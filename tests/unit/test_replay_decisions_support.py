@@ -78,13 +78,17 @@ class Worker:
         self.published: list[Decision] = []
         topic.publish(policy_in_force(policy, at(0), name))
 
-    def decide(self, event: RunEvent, now: datetime | float) -> list[Decision]:
-        """Decide ``event`` (read from its run's partition) at ``now`` and publish."""
+    def decide(
+        self, event: RunEvent, now: datetime | float, again: int | None = None
+    ) -> list[Decision]:
+        """Decide ``event`` (read from its run's partition) at ``now`` and publish; ``again``:
+        the offset it was read at before (a redelivery), else the next one."""
         when = at(now) if isinstance(now, int | float) else now
         name = APPROVALS if isinstance(event, ApprovalGranted | ApprovalDenied) else "requests"
         p = partition_for(event.run_id.encode(), self.topic.partitions)
-        offset = self.offsets.get((name, p), 0)
-        self.offsets[(name, p)] = offset + 1
+        offset = self.offsets.get((name, p), 0) if again is None else again
+        if again is None:
+            self.offsets[(name, p)] = offset + 1
         rec = InputRecord(name, p, offset, event.run_id.encode(), event.to_json())
         out = self.proc.process([rec], when)
         assert not out.dead_letters, out.dead_letters
@@ -158,12 +162,14 @@ def stand_in_kafka(
     polled: list[tuple[int, int]] | None = None,
     written: Callable[[int, int], None] | None = None,
     late: bool = False,
+    fetched: int | None = None,
 ) -> None:
     """``confluent_kafka.Consumer`` replaced by one reading ``topic`` (its messages made as
     polled); ``polled`` (given): each (partition, offset) read; ``written(partition,
     offset)``: called as each is polled (a live writer appending meanwhile); ``late``: after
     each assign, the partition read before says its last record and its end again first
-    (librdkafka's queue holding them past an unassign)."""
+    (librdkafka's queue holding them past an unassign); ``fetched``: the high watermark a
+    fetch reports (else the partition's end)."""
     import confluent_kafka
 
     import baton.streams.net
@@ -181,7 +187,8 @@ def stand_in_kafka(
 
         def get_watermark_offsets(self, tp: Any, timeout: float = 0, cached: bool = False):
             p = tp.partition
-            return topic.lows[p], len(topic.records[p])
+            end = len(topic.records[p])
+            return topic.lows[p], fetched if cached and fetched is not None else end
 
         def assign(self, parts: list) -> None:
             (tp,) = parts

@@ -150,3 +150,46 @@ def test_a_bot_grant_a_second_after_its_request_amid_a_skewed_partition_is_not_b
     code, report = _replay_code(monkeypatch, topic, stricter)
     assert report.broken == [] and code == 1, report.partial
     assert [r.run_id for r in report.changed_runs] == ["ra"]
+
+
+def test_every_workers_record_of_a_kill_is_no_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers' control followers each record the kill of ra and its release (one id a
+    command, each its own worker and time): no run step, no conflict; ra's handoffs after
+    the release replay as decided (the stricter policy's stop: exit 1)."""
+    topic = DecisionsTopic(1)
+    worker = Worker(topic, BASELINE, kills=lambda: NO_KILLS)
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(5))
+    release = KillSwitchReleased(scope="run", run_id="ra", operator="ops", event_time=at(100))
+    for name, now in (("w1", 6), ("w2", 9)):
+        in_force = ControlInForce(NO_KILLS, BASELINE, None, "test")
+        for offset, command in enumerate((kill, release)):
+            rec = InputRecord("gov.control", 0, offset, None, command.to_json())
+            applied = apply_control_record(in_force, rec, name, at(now + 100 * offset))
+            in_force = applied.in_force
+            assert applied.decision is not None
+            topic.publish(applied.decision)
+    for n in range(3):
+        worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), 200 + n)
+    code, report = _replay_code(monkeypatch, topic)
+    assert code == 1 and report.broken == [], report.partial
+
+
+def test_follower_records_under_one_id_that_differ_are_no_run_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workers recorded ra's kill under one id, saying different things (one applied,
+    one not: their operators lists differed): no run step either way, ra replays."""
+    from tests.unit.test_replay_decisions_support import json_with
+
+    topic = DecisionsTopic(1)
+    worker = Worker(topic, BASELINE, kills=lambda: NO_KILLS)
+    kill = KillSwitch(scope="run", run_id="ra", operator="ops", event_time=at(5))
+    rec = InputRecord("gov.control", 0, 0, None, kill.to_json())
+    recorded = apply_control_record(ControlInForce(NO_KILLS, BASELINE, None, "t"), rec, "w1", at(6))
+    assert recorded.decision is not None
+    topic.publish(recorded.decision)
+    topic.append(b"ra", json_with(recorded.decision, reason="kill_switch_released", worker="w2"))
+    for n in range(3):
+        worker.decide(handoff(f"ra-h{n}", f"t{n}", "p", "q", run_id="ra"), 200 + n)
+    code, report = _replay_code(monkeypatch, topic)
+    assert code == 1 and report.broken == [], report.partial
