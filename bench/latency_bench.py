@@ -32,6 +32,8 @@ the rest (the control follower, librdkafka's threads).
         # this checkout's worker, and the same with one setting changed
     python -m bench.latency_bench --sides relay,baton:DIR,env:BATON_CONSUMER_LOOP=inline@DIR
         # DIR/baton's worker, and the same with one setting changed
+    python -m bench.latency_bench --sides relay,baton,rdk --rounds 4
+        # and the prototype on librdkafka's receive path (bench/rdk_worker.py; rdk:DIR: DIR/baton)
 
 Experiments on the relay (the figures in bench/RESULTS.md, 2026-11-29 night):
 ``BENCH_RELAY_BURN_US=180`` makes it spend that much CPU a record before re-producing it
@@ -525,6 +527,14 @@ def measure(args: argparse.Namespace) -> None:
             if side == "relay" or side.startswith("relay:"):  # relay:burn=N,pad=N
                 relay_vars = relay_env(side)
                 sides[side] = lambda e=relay_vars: relay_side(bootstrap, args, e)
+            if side.split("@")[0] == "rdk" or side.startswith("rdk:"):
+                # bench/rdk_worker.py: rdk[:DIR][@NAME=VALUE,...] (DIR/baton; its variants)
+                from bench.rdk_worker import rdk_side
+
+                base, _, settings = side.partition("@")
+                rdk_dir = base.split(":", 1)[1] if ":" in base else None
+                rdk_env = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
+                sides[side] = lambda d=rdk_dir, e=rdk_env: rdk_side(bootstrap, args, workdir, d, e)
             if side.startswith("baton:"):  # a worker importing Baton from another checkout
                 path = side.split(":", 1)[1]
                 sides[side] = lambda path=path: baton_side(bootstrap, args, workdir, path)
@@ -592,6 +602,12 @@ def _report(
             "baton": "baton worker",
             "before": "baton worker (--before-pythonpath)",
         }.get(side, f"baton worker, {side}"[:36] if side.startswith("producer:") else None)
+        if side.split("@")[0] == "rdk" or side.startswith("rdk:"):
+            name = (
+                ("rdk " + side[3:].replace("BENCH_RDK_", ""))[:36]
+                if side[3:]
+                else "librdkafka worker"
+            )
         name = name or f"baton worker from {side.split(':', 1)[-1]}"[:36]
         events = args.rate * args.seconds * len(samples)
         own = 1e6 * sum(c[0] for c in cpu[side]) / events

@@ -96,8 +96,8 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     "--since",
     callback=_time,
     default=None,
-    help="runs with a decision at or after this time, each replayed from its first: ISO (UTC "
-    "unless a zone is given) or an age (24h)",
+    help="runs with a decision at or after this time (or stored since: the sink's clock), each "
+    "replayed from its first: ISO (UTC unless a zone is given) or an age (24h)",
 )
 @click.option("--from", "from_", callback=_time, default=None, help="same as --since")
 @click.option("--to", callback=_time, default=None, help="decisions before this time (ISO or age)")

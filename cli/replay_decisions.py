@@ -19,8 +19,9 @@ before any run is replayed.
 
 A run read as trimmed (its first decision read names a link no record holds) is partial,
 named, when its partition's low watermark is past 0 (retention deleted its start) and that
-decision hashes to its chain hash; otherwise broken (exit 7): nothing was trimmed there, or
-its start was altered (the audit replay's ``judge_trimmed``/``altered_starts``).
+decision hashes to its chain hash, was not replaced under its id and is its run's first
+linked decision read; otherwise broken (exit 7): nothing was trimmed there, or its start was
+altered (the audit replay's ``judge_trimmed``/``altered_starts``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The records `baton replay --from-kafka` reads: those in the range, and what lies before it.
 
-Every partition is read from its start to its end (at the command's start), in offset order,
-at its *clock* (``processors.replay_read_order``); what a record read before the range (or in a
-trimmed partition's window) says about its run is kept (:func:`read_topics`), the records in
-the range are returned for ``replay_kafka.decide_topics``. A record read before the range is
-kept by its place (partition, offset, read time), not its bytes, and those of the runs that go
-on in the range are read again at the end (H3, session 19: 1M records before ``--since`` were
-held whole, ~600 MB).
+Every partition is read from its start to its end (its first fetch's high watermark), in offset
+order, at its *clock* (``processors.replay_read_order``); what a record read before the range
+(or in a trimmed partition's window) says about its run is kept (:func:`read_topics`), the
+records in the range are returned for ``replay_kafka.decide_topics``. A record read before the
+range is kept by its place (partition, offset, read time), not its bytes, and those of the runs
+that go on in the range are read again at the end (H3, session 19: 1M records before ``--since``
+were held whole, ~600 MB).
 """
 
 from __future__ import annotations
@@ -305,7 +305,12 @@ def read_topics(
                 where = (msg.topic(), msg.partition())
                 if where not in need:
                     continue
-                if msg.error() is None and msg.offset() <= last[where]:
+                error = msg.error()
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    # named as itself: "gone" is what the partition's end before a kept
+                    # place says, not an authorization or a transport error
+                    raise BrokerUnavailable(f"reading {where[0]}[{where[1]}] again: {error}")
+                if error is None and msg.offset() <= last[where]:
                     if (wanted := need[where].pop(msg.offset(), None)) is not None:
                         if run_of(msg.key()) != wanted[1]:
                             raise BrokerUnavailable(
@@ -317,7 +322,7 @@ def read_topics(
                         found.append((wanted[0], where[0], rec))
                     if need[where]:
                         continue
-                if need.pop(where):  # its end (or an error) before a record read once
+                if need.pop(where):  # its end before a record read once
                     raise BrokerUnavailable(
                         f"reading {where[0]}[{where[1]}] again: a record read before the "
                         "range is gone (retention, a deletion); replay again"
@@ -327,16 +332,32 @@ def read_topics(
         clocks: dict[tuple[str, int], PartitionClock] = {}
         #: partition -> the read time its trimmed window ends at (None: read from offset 0)
         cut: dict[tuple[str, int], float | None] = {}
+        #: partition -> its end: the high watermark of its first fetch (a fetch's is right
+        #: on Tansu, ListOffsets' not: streams/kafka.py); a live writer is not followed past
+        #: it (H6, session 19: the read chased the writer, and took records written after
+        #: the command started)
+        ends: dict[tuple[str, int], int] = {}
+
+        def ended(where: tuple[str, int]) -> None:
+            open_parts.discard(where)
+            reached.add(where)
+            evict_idle()
+
         while open_parts:
             msg = polled()
             where = (msg.topic(), msg.partition())
+            if where not in open_parts:
+                continue  # read to its end already: what a writer added since is not read
             if msg.error() is not None:
                 if msg.error().code() == KafkaError._PARTITION_EOF:
-                    open_parts.discard(where)
-                    reached.add(where)
-                    evict_idle()
+                    ended(where)
                     continue
                 raise BrokerUnavailable(f"reading {where[0]}[{where[1]}]: {msg.error()}")
+            if where not in ends:
+                ends[where] = consumer.get_watermark_offsets(TopicPartition(*where), cached=True)[1]
+            if 0 <= ends[where] <= msg.offset():
+                ended(where)
+                continue
             ts = msg.timestamp()[1]
             clock = clocks.setdefault(where, PartitionClock())
             stamped = clock.read(ts, latest_ms)

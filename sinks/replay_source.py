@@ -52,9 +52,13 @@ _DECIDED_AT: Final = REPLAY_COLUMNS.index("decided_at")
 _COLUMNS: Final = len(REPLAY_COLUMNS)
 _OFFSET: Final = REPLAY_COLUMNS.index("offset")
 #: a record of the control follower (a kill switch, a release, a policy update, applied or
-#: refused: its request id starts with the command's type), not a step of the run it names
+#: refused: its request id starts with the command's type), not a step of the run it names.
+#: Never chained (control records belong to no run): a chained row of that shape is a run's
+#: step a writer of gov.decisions re-published under its id as one, and read as a step
+#: (FINAL holds it; left out, its run ended before it, the change of its last steps unseen:
+#: H1, session 20), its chain or missing input names it
 _FOLLOWER_RECORD = (
-    f"phase = '{Phase.CONTROL.value}' AND (input IS NULL OR "
+    f"phase = '{Phase.CONTROL.value}' AND chain_hash IS NULL AND (input IS NULL OR "
     "match(request_id, '^(kill_switch|kill_switch_released|policy_updated):'))"
 )
 #: the commands `baton up` re-issues on a fresh broker, in the order they were applied
@@ -93,7 +97,14 @@ class ReplayScope:
             # (a run begun before the bound is replayed whole: read from the bound, it was
             # partial, and a writer of gov.handoff.requests who predicts a run id and seeds
             # it before --since hid the run's change, exit 0)
-            step = [*clauses, "decided_at >= {since:DateTime64(6, 'UTC')}"]
+            # (or stored since it, the sink's clock: a writer of gov.decisions who re-publishes
+            # a run's steps in the range under their ids, decided before it, left the run no
+            # step in the range once the parts merged, and it was not replayed: H1, session
+            # 20. The copies were stored after the steps they replace, so in the range; read,
+            # their chain names them)
+            since = "decided_at >= {since:DateTime64(6, 'UTC')}"
+            stored = "inserted_at >= {since:DateTime64(6, 'UTC')}"
+            step = [*clauses, f"({since} OR {stored})"]
             clauses.append(_runs_with([*step, until] if self.until is not None else step))
             params["since"] = self.since
         if self.until is not None:

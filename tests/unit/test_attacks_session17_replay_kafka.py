@@ -205,6 +205,9 @@ def _trimmed_topics(monkeypatch: pytest.MonkeyPatch, held: dict[str, list]) -> N
                     self._queue.append(_Said(tp.topic, 0, offset, ts, key, event.to_json()))
                 self._queue.append(_Said(tp.topic, 0, -1, 0, None, _EOF))
 
+        def get_watermark_offsets(self, tp: object, timeout: float = 0, cached: bool = False):
+            return (-1001, -1001)  # librdkafka's OFFSET_INVALID: not known (read to the EOF)
+
         def poll(self, timeout: float):
             return self._queue.pop(0) if self._queue else None
 

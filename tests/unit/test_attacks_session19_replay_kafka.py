@@ -262,10 +262,13 @@ def lazy_topics(
     monkeypatch: pytest.MonkeyPatch,
     said: Callable[[str, int], Iterator[_Said]],
     assigned: list[int] | None = None,
+    ends: dict[str, int] | None = None,
 ) -> None:
     """A broker of one-partition topics whose messages ``said(topic, offset assigned)`` makes
     as they are polled (as a real Consumer's: none held before), the topics in the order
-    assigned; ``assigned`` (given): each assign's count of partitions. No Kafka."""
+    assigned; ``assigned`` (given): each assign's count of partitions; ``ends``: a topic's
+    high watermark as its first fetch reported it (else not known: read to its EOF). No
+    Kafka."""
     import confluent_kafka
 
     import baton.streams.net
@@ -281,6 +284,12 @@ def lazy_topics(
             if assigned is not None:
                 assigned.append(len(parts))
             self._topics = [said(tp.topic, max(tp.offset, 0)) for tp in parts]
+
+        def get_watermark_offsets(
+            self, tp: object, timeout: float = 0, cached: bool = False
+        ) -> tuple[int, int]:
+            end = (ends or {}).get(tp.topic, -1001)  # type: ignore[attr-defined]
+            return (-1001, end)  # (-1001: librdkafka's OFFSET_INVALID, not known)
 
         def poll(self, timeout: float) -> _Said | None:
             while self._topics:

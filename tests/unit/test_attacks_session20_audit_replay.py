@@ -1,6 +1,9 @@
-"""An attack on the audit replay (`baton replay` without --from-kafka) found while building the
-gov.decisions replay (session 20 H1), left for the lead as a strict xfail: the same records
-`--from-kafka` now breaks the run for (tests/unit/test_attacks_session20_replay_decisions.py)."""
+"""Attacks on the audit replay (`baton replay` without --from-kafka) found while building the
+gov.decisions replay (session 20 H1): the same records `--from-kafka` breaks the run for
+(tests/unit/test_attacks_session20_replay_decisions.py). Both hid a change (exit 0) until the
+lead's fix (sinks/replay_source.py `ReplayScope.where`): a chained row of the control
+follower's shape is read as a step (follower records are never chained), and `--since` takes
+the runs with a row stored in the range too (`inserted_at`, the sink's clock)."""
 
 from __future__ import annotations
 
@@ -22,15 +25,6 @@ from tests.unit.test_replay_kafka_read_order import _exit_code
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H1 break (session 20, audit replay): a writer of gov.decisions re-publishes a "
-    "run's last decisions under their ids as control follower records (phase control, no "
-    "input), the same outcome, reason and chain hash: FINAL keeps them (the last inserted), "
-    "ReplayScope.where leaves follower records out, so the run ends before them: the "
-    "stricter policy's stops of those steps unseen, exit 0 (`baton audit verify` names the "
-    "rows altered; decision_conflicts does not: the same outcome, reason and hash)",
-)
 def test_a_runs_last_steps_rewritten_as_follower_records_do_not_hide_their_change(
     tmp_path: Path,
 ) -> None:
@@ -48,15 +42,6 @@ def test_a_runs_last_steps_rewritten_as_follower_records_do_not_hide_their_chang
     assert _exit_code(report) in (1, 7), [(r.run_id, r.decisions, r.changed) for r in report.runs]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H1 break (session 20, audit replay): a writer of gov.decisions re-publishes a "
-    "run's decisions in the range under their ids, decided before --since (the same "
-    "outcome, reason and chain hash): once the parts merge FINAL and --since's subquery "
-    "hold only them, the run has no decision in the "
-    "range and is not replayed: its change unseen, exit 0 (`baton audit verify` names the "
-    "rows altered)",
-)
 def test_a_runs_steps_moved_before_since_do_not_take_it_out_of_scope(tmp_path: Path) -> None:
     """ra's first two handoffs at 0-1 s, its third and fourth (the stricter policy's stops)
     at 100-101 s, rb at 100 s; the third and fourth re-published decided at 2-3 s, the parts

@@ -108,6 +108,9 @@ def _partitioned(monkeypatch: pytest.MonkeyPatch, held: list[tuple]) -> None:
                 mine = [_Said(topic, *h) for h in held if topic == REQUESTS]
                 self._queue += mine + [_Said(topic, p, -1, 0, None, _EOF) for p in (0, 1)]
 
+        def get_watermark_offsets(self, tp: object, timeout: float = 0, cached: bool = False):
+            return (-1001, -1001)  # librdkafka's OFFSET_INVALID: not known (read to the EOF)
+
         def poll(self, timeout: float):
             return self._queue.pop(0) if self._queue else None
 
