@@ -26,6 +26,7 @@ altered (the audit replay's ``judge_trimmed``/``altered_starts``).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,7 +35,7 @@ from baton.processors import replay_pool
 from baton.processors.recorded import POLICY_RECORD_RUN, Recorded
 from baton.processors.replay import ReplayReport
 from baton.processors.replay_pool import as_rows, mark, run_pieces
-from baton.schemas.errors import BrokerUnavailable
+from baton.schemas.errors import BrokerUnavailable, ReplayFailed
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 from baton.sinks.replay_records import DEAD_KEPT, PartitionRecords, StartVerdict
@@ -129,6 +130,34 @@ def _judge(report: ReplayReport, verdicts: StartVerdict, broken: dict[str, str])
         report.runs = [run for run in report.runs if run.run_id not in broken]
 
 
+def _lost(topic: str, p: int, at: int, least: int, last: int) -> None:
+    """Raise unless ``topic[p]``'s read, at offset ``at``, is at ``least`` or past it (the end
+    the partition had when the replay began, or past the offset read last)."""
+    if at >= least:
+        return
+    where = (
+        f"went back to offset {at} after {last}"
+        if at <= last
+        else f"ends at offset {at}, below {least}, its end when the replay began"
+    )
+    raise ReplayFailed(
+        f"{topic}[{p}] {where}: records the broker held are gone (a broker restarted "
+        "without them, the topic made again, an unclean leader election); what they "
+        "change is unknown"
+    )
+
+
+def _open_transaction(
+    topic: str, p: int, stable: int, end: int | None, waited: float
+) -> ReplayFailed:
+    return ReplayFailed(
+        f"{topic}[{p}] could be read to offset {stable} only, not to its end ({end}): a "
+        f"transaction open there for over {waited:g} s (a worker that died in one: Kafka "
+        "aborts it after transaction.timeout.ms; or another producer's) hides the records "
+        "after it, and what they change is unknown; run the replay again later"
+    )
+
+
 _UNKNOWN_START = (
     "its first decision read names a link that is no start read on its partition (another "
     "run's, or one read after it): its chain was altered"
@@ -183,6 +212,8 @@ class _Topic:
             # every low watermark at the start (retention's cut: Tansu's is right), and the
             # records to read, about (the progress bar; each partition's end is its fetch's)
             self.lows: dict[int, int] = {}
+            #: each partition's end at the start (Tansu's short by a batch): a read ending
+            #: below it lost records the broker held (``partition``)
             self.highs: dict[int, int] = {}
             for p in sorted(found.partitions):
                 low, high = self.consumer.get_watermark_offsets(
@@ -217,8 +248,13 @@ class _Topic:
         tp = TopicPartition(self.topic, p, self.lows[p])
         self.consumer.assign([tp])
         end: int | None = None
+        stable: int | None = None  # an end of the partition read below its end: the LSO
+        waited = time.monotonic() + s.connect_timeout_s
+        last = self.lows[p] - 1  # the offset read last
         while True:
             msg = self.consumer.poll(s.connect_timeout_s)
+            if stable is not None and (msg is None or time.monotonic() > waited):
+                raise _open_transaction(self.topic, p, stable, end, s.connect_timeout_s)
             if msg is None:
                 raise BrokerUnavailable(
                     f"no answer from Kafka at {s.bootstrap} within {s.connect_timeout_s:g} s "
@@ -227,23 +263,40 @@ class _Topic:
             if msg.partition() != p or msg.topic() != self.topic:
                 continue  # (the partition read before: its last fetch, or its end, late)
             if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    break
-                raise BrokerUnavailable(f"reading {self.topic}[{p}]: {msg.error()}")
-            if end is None:
-                # the end its first fetch saw: a live writer is not followed past it; never
-                # short of the end ListOffsets gave at the start; none known: to its EOF
-                fetched = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-                end = max(fetched, self.highs[p]) if fetched >= 0 else _TO_EOF
-            if end <= msg.offset():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    raise BrokerUnavailable(f"reading {self.topic}[{p}]: {msg.error()}")
+                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+                end = self._end(tp, p) if end is None else end
+                # read committed, a fetch ends at the last stable offset: below the high
+                # watermark, a transaction is open there (a worker's in flight, or one
+                # that died in it), and every record after it, any producer's, is unread
+                if msg.offset() < min(end, high):
+                    if stable is None:
+                        waited = time.monotonic() + s.connect_timeout_s
+                    stable = msg.offset()
+                    continue
+                _lost(self.topic, p, msg.offset(), self.highs[p], last)
                 break
-            part.add(msg.offset(), msg.key(), msg.value())
+            if end is None:
+                end = self._end(tp, p)
+            if end <= msg.offset():  # (never short of the start's end: nothing lost)
+                break
+            _lost(self.topic, p, msg.offset(), last + 1, last)
+            last = msg.offset()
+            stable = None  # (the transaction ended: its records, or the next ones, come)
+            part.add(last, msg.key(), msg.value())
         self.consumer.unassign()
         self.dead += part.dead[: DEAD_KEPT - len(self.dead)]
         self.dead_count += part.dead_count
         for run_id, why in part.broken.items():
             self.broken.setdefault(run_id, why)
         return part
+
+    def _end(self, tp: Any, p: int) -> int:
+        """Where ``p``'s read ends: the end its first fetch saw (a live writer is not followed
+        past it), never short of the end ListOffsets gave at the start; none known: its EOF."""
+        fetched: int = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+        return max(fetched, self.highs[p]) if fetched >= 0 else _TO_EOF
 
     def first(self) -> PartitionRecords:
         """The partition of the workers' policy records, read (and kept for ``pieces``)."""
