@@ -57,6 +57,12 @@ def record(
                     link(new, expired, KEY)
                     states[key] = new
                     published += expired
+    return stored(published)
+
+
+def stored(published: list[Decision]) -> list[Recorded]:
+    """What the audit holds of ``published``, in publish order: one row per decision id (the
+    first copy), no re-emission (the sink stores none)."""
     seen: set[str] = set()
     rows = []
     for d in published:

@@ -107,15 +107,11 @@ def json_with(d: Decision, **changes: Any) -> bytes:
 
 
 def audit_rows(published: Iterable[Decision]) -> list[Recorded]:
-    """What the audit holds of ``published`` (one row per decision id, no re-emission)."""
-    seen: set[str] = set()
-    rows = []
-    for d in published:
-        if d.reemitted or d.decision_id in seen:
-            continue
-        seen.add(d.decision_id)
-        rows.append(Recorded.of(d))
-    return sorted(rows, key=lambda r: (r.run_id, r.decided_at))
+    """What the audit holds of ``published`` (one row per decision id, no re-emission), in
+    the order the audit replay reads it."""
+    from tests.unit.test_replay import stored
+
+    return sorted(stored(list(published)), key=lambda r: (r.run_id, r.decided_at))
 
 
 class _Error:
