@@ -27,7 +27,6 @@ altered (the audit replay's ``judge_trimmed``/``altered_starts``).
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -177,45 +176,24 @@ class _Topic:
         self.records = 0
 
     def __enter__(self) -> _Topic:
-        from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
-        from baton.streams.kafka import consumer_config, kafka_said
-        from baton.streams.net import check_reachable
+        from baton.cli.replay_kafka_read import replay_consumer, topic_partitions
+        from baton.streams.kafka import kafka_said
         from baton.streams.partitioner import partition_for
 
         s = self.settings
-        check_reachable(s.bootstrap, s.connect_timeout_s)
-        self.consumer = Consumer(
-            consumer_config(
-                s.kafka_config(),
-                f"baton-replay-{uuid.uuid4().hex[:8]}",
-                {
-                    "enable.partition.eof": True,
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",  # as the sink reads it
-                },
-            )
-        )
+        self.consumer = replay_consumer(s, "read_committed")  # as the sink reads it
         try:
-            meta = self.consumer.list_topics(self.topic, timeout=s.connect_timeout_s)
-            found = meta.topics[self.topic]
-            if found.error is not None and found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise BrokerUnavailable(
-                    f"no topic {self.topic} at {s.bootstrap}; is BATON_TOPIC_PREFIX right, and "
-                    "has a worker started there (it creates the topics)?"
-                )
-            if found.error is not None:
-                raise BrokerUnavailable(
-                    f"cannot read {self.topic} from Kafka at {s.bootstrap}: {found.error.str()}"
-                )
-            self.count = len(found.partitions)
+            partitions = topic_partitions(self.consumer, self.topic, s)
+            self.count = len(partitions)
             # every low watermark at the start (retention's cut: Tansu's is right), and the
             # records to read, about (the progress bar; each partition's end is its fetch's)
             self.lows: dict[int, int] = {}
             #: each partition's end at the start (Tansu's short by a batch): a read ending
             #: below it lost records the broker held (``partition``)
             self.highs: dict[int, int] = {}
-            for p in sorted(found.partitions):
+            for p in sorted(partitions):
                 low, high = self.consumer.get_watermark_offsets(
                     TopicPartition(self.topic, p), timeout=s.connect_timeout_s
                 )

@@ -24,7 +24,7 @@ from baton.processors.replay_read_late import LATE_AFTER_S
 from baton.processors.replay_read_order import PartitionClock, Stamped
 from baton.schemas.settings import Settings
 
-__all__ = ["read_topics"]
+__all__ = ["read_topics", "replay_consumer", "topic_partitions"]
 
 #: a record read before the range, kept by where it is (read time ms, topic, partition,
 #: offset), not by its bytes: read again at the end for the runs that go on in the range
@@ -170,52 +170,16 @@ def read_topics(
     or after ``until`` though stamped more than LATE_AFTER_S before it (a stamp ahead amid
     the partition moved its clock on: the worker read them in the range, so the run's
     history in it may lack them)."""
-    from confluent_kafka import (
-        OFFSET_BEGINNING,
-        Consumer,
-        KafkaError,
-        KafkaException,
-        TopicPartition,
-    )
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
     from baton.schemas.errors import BrokerUnavailable
-    from baton.streams.kafka import consumer_config, kafka_said
-    from baton.streams.net import check_reachable
 
-    # a closed port answers at once, named; librdkafka's metadata call raised a KafkaException
-    # (_TRANSPORT) out of the command as a traceback, exit 1 ("the policy changes decisions")
-    check_reachable(settings.bootstrap, settings.connect_timeout_s)
-    consumer = Consumer(
-        consumer_config(
-            settings.kafka_config(),
-            f"baton-replay-{uuid.uuid4().hex[:8]}",
-            {
-                "enable.partition.eof": True,
-                "enable.auto.commit": False,
-                "isolation.level": isolation,
-            },
-        )
-    )
+    consumer = replay_consumer(settings, isolation)
     try:
         wanted: list[TopicPartition] = []
         for topic in topics:
-            try:
-                meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s).topics[topic]
-            except KafkaException as exc:
-                raise BrokerUnavailable(
-                    f"cannot read {topic} from Kafka at {settings.bootstrap} "
-                    f"({kafka_said(exc)}); is the broker running?"
-                ) from None
-            if meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise BrokerUnavailable(
-                    f"no topic {topic} at {settings.bootstrap}; is BATON_TOPIC_PREFIX right, "
-                    "and has a worker started there (it creates the topics)?"
-                )
-            if meta.error is not None:
-                raise BrokerUnavailable(
-                    f"cannot read {topic} from Kafka at {settings.bootstrap}: {meta.error.str()}"
-                )
-            wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+            parts = topic_partitions(consumer, topic, settings)
+            wanted += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
         open_parts = {(tp.topic, tp.partition) for tp in wanted}
         consumer.assign(wanted)
         start_ms = int(since.timestamp() * 1000) if since is not None else None
@@ -414,3 +378,54 @@ def read_topics(
         return read_again(whole) + out, before
     finally:
         consumer.close()
+
+
+def replay_consumer(settings: Settings, isolation: str) -> Any:
+    """A consumer for a replay's reads: partitions assigned by hand, each one's end reported
+    (EOF), nothing committed, read with ``isolation``. The broker's address is checked first:
+    a closed port answers at once, named (librdkafka's metadata call raised a KafkaException,
+    _TRANSPORT, out of the command as a traceback, exit 1: "the policy changes decisions")."""
+    from confluent_kafka import Consumer
+
+    from baton.streams.kafka import consumer_config
+    from baton.streams.net import check_reachable
+
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    return Consumer(
+        consumer_config(
+            settings.kafka_config(),
+            f"baton-replay-{uuid.uuid4().hex[:8]}",
+            {
+                "enable.partition.eof": True,
+                "enable.auto.commit": False,
+                "isolation.level": isolation,
+            },
+        )
+    )
+
+
+def topic_partitions(consumer: Any, topic: str, settings: Settings) -> list[int]:
+    """``topic``'s partitions as ``consumer`` lists them; BrokerUnavailable saying why when it
+    cannot be read (no such topic, the broker's error, no answer)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from baton.schemas.errors import BrokerUnavailable
+    from baton.streams.kafka import kafka_said
+
+    try:
+        meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s).topics[topic]
+    except KafkaException as exc:
+        raise BrokerUnavailable(
+            f"cannot read {topic} from Kafka at {settings.bootstrap} "
+            f"({kafka_said(exc)}); is the broker running?"
+        ) from None
+    if meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+        raise BrokerUnavailable(
+            f"no topic {topic} at {settings.bootstrap}; is BATON_TOPIC_PREFIX right, "
+            "and has a worker started there (it creates the topics)?"
+        )
+    if meta.error is not None:
+        raise BrokerUnavailable(
+            f"cannot read {topic} from Kafka at {settings.bootstrap}: {meta.error.str()}"
+        )
+    return list(meta.partitions)
