@@ -26,24 +26,25 @@ altered (the audit replay's ``judge_trimmed``/``altered_starts``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
+from baton.cli import replay_partitions
+from baton.cli.replay_partition import TopicPlan, TopicTally, read_partition
+from baton.cli.replay_partitions import PartitionJob
 from baton.processors import replay_pool
 from baton.processors.recorded import POLICY_RECORD_RUN, Recorded
 from baton.processors.replay import ReplayReport
 from baton.processors.replay_pool import as_rows, mark, run_pieces
-from baton.schemas.errors import BrokerUnavailable, ReplayFailed
+from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
-from baton.sinks.replay_records import DEAD_KEPT, PartitionRecords, StartVerdict
+from baton.sinks.replay_records import PartitionRecords, StartVerdict
 from baton.sinks.replay_source import ReplayScope, policies_of
 
 __all__ = ["replay_decisions"]
 
-#: a partition's end when its fetch reports none: read to its EOF
-_TO_EOF = 2**63
 #: records below which one process replays (a forked pool costs ~6 ms, pieces pickled more)
 _PARALLEL_ROWS = 5_000
 
@@ -64,40 +65,57 @@ def replay_decisions(
     topic = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions).decisions
     label = f"{topic} at {settings.bootstrap}"
     with replay_pool.collecting_rarely():
-        # forked before librdkafka starts its threads (replay_pool's module docstring)
-        pool = replay_pool.start_pool(jobs - 1)
+        # forked before librdkafka starts its threads (replay_pool's module docstring): with
+        # --jobs N, N processes read, fold and replay partitions (this one reads the policy
+        # records first: replay_partitions), never more than there are partitions
+        if jobs > 1:
+            replay_partitions.shared_counts()
+        processes = min(jobs, settings.partitions) if settings.partitions > 1 else jobs - 1
+        pool = replay_pool.start_pool(processes if jobs > 1 else 0)
         try:
             with _Topic(settings, topic, chain_key) as read:
                 mark("topic open")
-                policies, refused = policies_of(read.first().policies)
-                mark("policies read")
                 if read.records < _PARALLEL_ROWS:
                     jobs = 1
+                # a caller running threads has no forked pool: this process reads, a
+                # forkserver pool decides (replay_pieces)
+                parallel = jobs > 1 and pool is not None and read.plan.count > 1
+                plan = read.policies_read() if parallel else read.first()
+                policies, refused = policies_of(read.policies)
+                mark("policies read")
                 bar = progress(read.records) if progress is not None else None
                 verdicts: StartVerdict = {}
-                report = replay_pool.replay_pieces(
-                    read.pieces(scope, verdicts, jobs),
-                    as_rows,
-                    new_policy,
-                    policies,
-                    chain_key,
-                    jobs,
-                    bar,
-                    retention_s=retention_s,
-                    judge=False,
-                    pool=pool if jobs > 1 else None,
-                )
+                if parallel:
+                    assert pool is not None
+                    job = PartitionJob(plan, scope, new_policy, policies, retention_s)
+                    report = replay_partitions.replay_partitions(
+                        job, pool, read.tally, verdicts, bar
+                    )
+                else:
+                    report = replay_pool.replay_pieces(
+                        read.pieces(scope, verdicts, jobs),
+                        as_rows,
+                        new_policy,
+                        policies,
+                        chain_key,
+                        jobs,
+                        bar,
+                        retention_s=retention_s,
+                        judge=False,
+                        pool=pool if jobs > 1 else None,
+                    )
                 if bar is not None:
                     bar.done()
+                tally = read.tally
                 broken = {
                     run_id: why
-                    for run_id, why in read.broken.items()
+                    for run_id, why in tally.broken.items()
                     if scope.run_id is None or run_id == scope.run_id
                 }
                 _judge(report, verdicts, broken)
-                refused += read.dead
-                if read.dead_count > len(read.dead):
-                    unshown = read.dead_count - len(read.dead)
+                refused += tally.dead
+                if tally.dead_count > len(tally.dead):
+                    unshown = tally.dead_count - len(tally.dead)
                     refused.append(f"{unshown:,} more records of {topic}")
         finally:
             if pool is not None:
@@ -129,34 +147,6 @@ def _judge(report: ReplayReport, verdicts: StartVerdict, broken: dict[str, str])
         report.runs = [run for run in report.runs if run.run_id not in broken]
 
 
-def _lost(topic: str, p: int, at: int, least: int, last: int) -> None:
-    """Raise unless ``topic[p]``'s read, at offset ``at``, is at ``least`` or past it (the end
-    the partition had when the replay began, or past the offset read last)."""
-    if at >= least:
-        return
-    where = (
-        f"went back to offset {at} after {last}"
-        if at <= last
-        else f"ends at offset {at}, below {least}, its end when the replay began"
-    )
-    raise ReplayFailed(
-        f"{topic}[{p}] {where}: records the broker held are gone (a broker restarted "
-        "without them, the topic made again, an unclean leader election); what they "
-        "change is unknown"
-    )
-
-
-def _open_transaction(
-    topic: str, p: int, stable: int, end: int | None, waited: float
-) -> ReplayFailed:
-    return ReplayFailed(
-        f"{topic}[{p}] could be read to offset {stable} only, not to its end ({end}): a "
-        f"transaction open there for over {waited:g} s (a worker that died in one: Kafka "
-        "aborts it after transaction.timeout.ms; or another producer's) hides the records "
-        "after it, and what they change is unknown; run the replay again later"
-    )
-
-
 _UNKNOWN_START = (
     "its first decision read names a link that is no start read on its partition (another "
     "run's, or one read after it): its chain was altered"
@@ -170,10 +160,12 @@ class _Topic:
         self.settings = settings
         self.topic = topic
         self.chain_key = chain_key
-        self.broken: dict[str, str] = {}
-        self.dead: list[str] = []
-        self.dead_count = 0
+        #: the broken runs and dead lines of the partitions read (in the order read)
+        self.tally = TopicTally()
+        #: the records to read, about (the progress bar; each partition's end is its fetch's)
         self.records = 0
+        #: (version, document) of the workers' policy records read
+        self.policies: list[tuple[str, str]] = []
 
     def __enter__(self) -> _Topic:
         from confluent_kafka import KafkaException, TopicPartition
@@ -186,20 +178,15 @@ class _Topic:
         self.consumer = replay_consumer(s, "read_committed")  # as the sink reads it
         try:
             partitions = topic_partitions(self.consumer, self.topic, s)
-            self.count = len(partitions)
-            # every low watermark at the start (retention's cut: Tansu's is right), and the
-            # records to read, about (the progress bar; each partition's end is its fetch's)
-            self.lows: dict[int, int] = {}
-            #: each partition's end at the start (Tansu's short by a batch): a read ending
-            #: below it lost records the broker held (``partition``)
-            self.highs: dict[int, int] = {}
+            lows: dict[int, int] = {}
+            highs: dict[int, int] = {}
             for p in sorted(partitions):
                 low, high = self.consumer.get_watermark_offsets(
                     TopicPartition(self.topic, p), timeout=s.connect_timeout_s
                 )
-                self.lows[p] = max(low, 0)
-                self.highs[p] = high
-                self.records += max(high - self.lows[p], 0)
+                lows[p] = max(low, 0)
+                highs[p] = high
+                self.records += max(high - lows[p], 0)
         except KafkaException as exc:
             self.consumer.close()
             raise BrokerUnavailable(
@@ -209,77 +196,35 @@ class _Topic:
         except BaseException:
             self.consumer.close()
             raise
-        self.policy_partition = partition_for(POLICY_RECORD_RUN.encode(), self.count)
+        count = len(partitions)
+        policy_partition = partition_for(POLICY_RECORD_RUN.encode(), count)
+        self.plan = TopicPlan(s, self.topic, count, policy_partition, lows, highs, self.chain_key)
         return self
 
     def __exit__(self, *_: object) -> None:
         self.consumer.close()
 
     def partition(self, p: int) -> PartitionRecords:
-        """Partition ``p``'s records, from its low watermark to its fetch's high one."""
-        from confluent_kafka import KafkaError, TopicPartition
-
-        s = self.settings
-        part = PartitionRecords(
-            self.topic, p, self.count, self.policy_partition, self.lows[p] > 0, self.chain_key
-        )
-        tp = TopicPartition(self.topic, p, self.lows[p])
-        self.consumer.assign([tp])
-        end: int | None = None
-        stable: int | None = None  # an end of the partition read below its end: the LSO
-        waited = time.monotonic() + s.connect_timeout_s
-        last = self.lows[p] - 1  # the offset read last
-        while True:
-            msg = self.consumer.poll(s.connect_timeout_s)
-            if stable is not None and (msg is None or time.monotonic() > waited):
-                raise _open_transaction(self.topic, p, stable, end, s.connect_timeout_s)
-            if msg is None:
-                raise BrokerUnavailable(
-                    f"no answer from Kafka at {s.bootstrap} within {s.connect_timeout_s:g} s "
-                    f"while reading {self.topic}[{p}]"
-                )
-            if msg.partition() != p or msg.topic() != self.topic:
-                continue  # (the partition read before: its last fetch, or its end, late)
-            if msg.error() is not None:
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    raise BrokerUnavailable(f"reading {self.topic}[{p}]: {msg.error()}")
-                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-                end = self._end(tp, p) if end is None else end
-                # read committed, a fetch ends at the last stable offset: below the high
-                # watermark, a transaction is open there (a worker's in flight, or one
-                # that died in it), and every record after it, any producer's, is unread
-                if msg.offset() < min(end, high):
-                    if stable is None:
-                        waited = time.monotonic() + s.connect_timeout_s
-                    stable = msg.offset()
-                    continue
-                _lost(self.topic, p, msg.offset(), self.highs[p], last)
-                break
-            if end is None:
-                end = self._end(tp, p)
-            if end <= msg.offset():  # (never short of the start's end: nothing lost)
-                break
-            _lost(self.topic, p, msg.offset(), last + 1, last)
-            last = msg.offset()
-            stable = None  # (the transaction ended: its records, or the next ones, come)
-            part.add(last, msg.key(), msg.value())
-        self.consumer.unassign()
-        self.dead += part.dead[: DEAD_KEPT - len(self.dead)]
-        self.dead_count += part.dead_count
-        for run_id, why in part.broken.items():
-            self.broken.setdefault(run_id, why)
+        """Partition ``p``'s records (``replay_partition.read_partition``), its broken runs
+        and dead lines added to ``tally``."""
+        part = read_partition(self.consumer, self.plan, p)[0]
+        self.tally.add(part.broken, part.dead, part.dead_count)
         return part
 
-    def _end(self, tp: Any, p: int) -> int:
-        """Where ``p``'s read ends: the end its first fetch saw (a live writer is not followed
-        past it), never short of the end ListOffsets gave at the start; none known: its EOF."""
-        fetched: int = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-        return max(fetched, self.highs[p]) if fetched >= 0 else _TO_EOF
+    def first(self) -> TopicPlan:
+        """The partition of the workers' policy records read (kept for ``pieces``), their
+        (version, document) in ``policies``; the plan."""
+        self._first: PartitionRecords | None = self.partition(self.plan.policy_partition)
+        self.policies = self._first.policies
+        return self.plan
 
-    def first(self) -> PartitionRecords:
-        """The partition of the workers' policy records, read (and kept for ``pieces``)."""
-        self._first: PartitionRecords | None = self.partition(self.policy_partition)
-        return self._first
+    def policies_read(self) -> TopicPlan:
+        """The workers' policy records read (``policies``), their partition's other records
+        not folded (a `--jobs` process folds it, to the end read here: the plan's)."""
+        pp = self.plan.policy_partition
+        part, end = read_partition(self.consumer, self.plan, pp, only=POLICY_RECORD_RUN.encode())
+        self.policies = part.policies
+        return replace(self.plan, ends={pp: end})
 
     def pieces(
         self, scope: ReplayScope, verdicts: StartVerdict, jobs: int
@@ -289,11 +234,7 @@ class _Topic:
         ``verdicts``."""
         rows = 2_500 if jobs > 1 else 10_000
         part, self._first = self._first, None
-        order = [
-            self.policy_partition,
-            *(q for q in sorted(self.lows) if q != self.policy_partition),
-        ]
-        for p in order:
+        for p in self.plan.order():
             if part is None:
                 part = self.partition(p)
             runs, starts = part.runs(scope)

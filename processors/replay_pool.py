@@ -61,6 +61,7 @@ __all__ = [
     "check_timeline",
     "collecting_rarely",
     "mark",
+    "pool_failed",
     "prefetched",
     "replay_parallel",
     "replay_pieces",
@@ -308,19 +309,23 @@ def _replay_pieces(
         merge_ready(block=True)
         mark("merged all")
     except BrokenProcessPool as exc:
-        # a pool process died (the OOM killer, a crash) or its answer did not load: its piece
-        # is lost, so the replay fails; a multiprocessing.Pool lost it and waited for ever
-        raise ReplayFailed(
-            f"a `--jobs` replay process failed before its piece was replayed ({_why(exc)}): "
-            "killed (out of memory?) or its answer could not be read back; replay again, "
-            "with fewer --jobs or --jobs 1"
-        ) from None
+        raise pool_failed(exc) from None
     finally:
         if starter.is_alive():
             starter.join()
         for mine in owned:
             mine.shutdown(wait=True, cancel_futures=True)
     return report
+
+
+def pool_failed(exc: BrokenProcessPool) -> ReplayFailed:
+    """What fails the replay when a pool process died (the OOM killer, a crash) or its answer
+    did not load: its piece is lost (a multiprocessing.Pool lost it and waited for ever)."""
+    return ReplayFailed(
+        f"a `--jobs` replay process failed before its piece was replayed ({_why(exc)}): "
+        "killed (out of memory?) or its answer could not be read back; replay again, "
+        "with fewer --jobs or --jobs 1"
+    )
 
 
 def _why(exc: BrokenProcessPool) -> str:
