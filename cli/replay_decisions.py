@@ -15,7 +15,9 @@ are folded as the audit's FINAL would hold them (``sinks.replay_records``), the 
 runs in scope handed to the replay whole, in chain order, and freed before the next
 partition is read: memory holds one partition's decisions (about 1 KB each), not the topic.
 The partition holding the policy records (key ``*``) is read first: every policy is known
-before any run is replayed.
+before any run is replayed. With ``--jobs N`` (a forked pool, enough records) each partition
+is read, folded and replayed whole by one pool process instead, merged as this order reads
+them (``cli.replay_partitions``): the same report, lines on stderr, errors and exits.
 
 A run read as trimmed (its first decision read names a link no record holds) is partial,
 named, when its partition's low watermark is past 0 (retention deleted its start) and that
