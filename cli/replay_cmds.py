@@ -302,9 +302,12 @@ def _replay(
                 report = replay_audit(
                     client, scope, new_policy, policies, key, jobs, _Progress, retention_s, pool
                 )
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            if pool is not None:  # (a failure, Ctrl-C: the pieces in the pool are not needed)
+                replay_pool.stop_pool(pool)
+            raise
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return report, policies, refused, label
 
 

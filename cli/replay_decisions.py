@@ -117,9 +117,12 @@ def replay_decisions(
                 if tally.dead_count > len(tally.dead):
                     unshown = tally.dead_count - len(tally.dead)
                     refused.append(f"{unshown:,} more records of {topic}")
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            if pool is not None:  # (a failure, Ctrl-C: the partitions still read are not needed)
+                replay_pool.stop_pool(pool)
+            raise
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return report, policies, refused, label
 
 

@@ -1,0 +1,169 @@
+"""Attacks on `baton replay --from-kafka --jobs N` (cli/replay_partitions.py), session 21: what a
+user, a supervisor or a writer of gov.decisions can do to the partition-parallel read that one
+process (--jobs 1) would answer otherwise, or would answer sooner. Each scenario runs
+`baton replay` as the whole process (its pool forks only a one-thread process) over a
+stand-in gov.decisions (tests/unit/test_replay_decisions_support.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from baton.schemas.policy import DEFAULT_POLICY_YAML
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+#: `baton replay --from-kafka --jobs argv[2]` over four partitions (argv[1]: the scenario), the
+#: one read last slow in a pool process (a long partition, 0.2 s a record: 40 s to read whole)
+COMMAND = """
+import os, sys, time
+import confluent_kafka, pytest
+from baton.cli import replay_decisions as module
+from baton.streams.partitioner import partition_for
+from tests.unit.test_engine_support import handoff, policy_with
+from tests.unit.test_replay_decisions_support import DecisionsTopic, Worker, stand_in_kafka
+
+name, jobs, policy = sys.argv[1:4]
+P = 4
+STAR = partition_for(b"*", P)
+SILENT, *_, SLOW = [p for p in range(P) if p != STAR]  # (read second and last by one process)
+topic = DecisionsTopic(P)
+worker = Worker(topic, policy_with(max_handoffs=20))
+runs = [f"r{i}" for i in range(40)]
+runs += [r for r in (f"s{i}" for i in range(2000)) if partition_for(r.encode(), P) == SLOW][:60]
+for n in range(3):
+    for r in runs:
+        worker.decide(handoff(f"{r}-h{n}", f"t{n}", "p", "q", run_id=r), 10 + n)
+stand_in_kafka(pytest.MonkeyPatch(), topic)
+Base = confluent_kafka.Consumer
+MAIN = os.getpid()
+
+class Hostile(Base):
+    def poll(self, timeout):
+        p = self._at[0] if self._at else None
+        if p == SILENT and name == "silent":
+            time.sleep(timeout)
+            return None
+        if p == SLOW and os.getpid() != MAIN:
+            time.sleep(0.2)
+        return super().poll(timeout)
+
+confluent_kafka.Consumer = Hostile
+module._PARALLEL_ROWS = 0
+os.environ["BATON_PARTITIONS"] = str(P)
+sys.argv = ["baton", "replay", "--from-kafka", "--bootstrap", "127.0.0.1:1", "--policy", policy,
+            "--jobs", jobs]
+from baton.cli.main import main
+main()
+"""
+
+
+def _start(tmp_path: Path, name: str, jobs: int) -> tuple[subprocess.Popen[str], Path]:
+    """The command started in a session of its own (its pool in its process group), and its
+    timeline (``replay_pool.mark``'s lines: which process read which partition when)."""
+    doc = yaml.safe_load(DEFAULT_POLICY_YAML)
+    doc["multi_agent"]["max_handoffs"] = 2
+    policy = tmp_path / "strict.yaml"
+    policy.write_text(yaml.safe_dump(doc))
+    timeline = tmp_path / "timeline"
+    env = {
+        **os.environ,
+        "BATON_REPLAY_TIMELINE": str(timeline),
+        "BATON_AUDIT_CHAIN_KEY": "decisions-chain-key",
+        "BATON_CONNECT_TIMEOUT_S": "0.5",
+    }
+    command = [sys.executable, "-c", COMMAND, name, str(jobs), str(policy)]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    return process, timeline
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes left in process group ``pgid``."""
+    left = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid:
+                    left.append(int(entry))
+            except ProcessLookupError:
+                continue
+    return left
+
+
+def _ended(process: subprocess.Popen[str], within_s: float) -> tuple[int | None, str, float]:
+    """(exit code, stderr, seconds) of ``process`` given ``within_s``; its group killed after
+    (None: it had not ended)."""
+    began = time.monotonic()
+    try:
+        _, err = process.communicate(timeout=within_s)
+        code: int | None = process.returncode
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        took = time.monotonic() - began
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            _, err = process.communicate()
+    return code, err, took
+
+
+def _reading(timeline: Path, within_s: float = 30.0) -> None:
+    """Wait until a pool process has begun a partition."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if timeline.exists() and " partition " in timeline.read_text():
+            time.sleep(0.3)
+            return
+        time.sleep(0.05)
+    raise AssertionError("no partition read within 30 s")
+
+
+@pytest.mark.parametrize("to", ["reader", "group"])
+def test_ctrl_c_ends_a_jobs_replay_at_once_leaving_no_process_and_no_traceback(
+    tmp_path: Path, to: str
+) -> None:
+    """SIGINT to the reading process (a supervisor, `timeout -s INT`) or to its group (Ctrl-C
+    on a terminal) mid-read: exit 130 within seconds, not after every pool process finished
+    the partition it reads (40 s here: minutes for a long partition), no pool process left,
+    and no pool process's traceback on stderr."""
+    process, timeline = _start(tmp_path, "slow", 2)
+    _reading(timeline)
+    if to == "reader":
+        os.kill(process.pid, signal.SIGINT)
+    else:
+        os.killpg(process.pid, signal.SIGINT)
+    code, err, took = _ended(process, 8.0)
+    assert code == 130, (code, took, err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
+    time.sleep(0.3)
+    assert _group(process.pid) == []
+
+
+def test_a_partition_failing_ends_a_jobs_replay_as_soon_as_one_process_would(
+    tmp_path: Path,
+) -> None:
+    """The broker silent on the second partition read: one process stops there (exit 4,
+    within the connect timeout); --jobs 2 must not first wait for the pool process reading
+    a long partition (40 s) whose answer is no longer needed."""
+    process, _ = _start(tmp_path, "silent", 2)
+    code, err, took = _ended(process, 15.0)
+    assert code == 4 and "no answer from Kafka" in err, (code, took, err[-2000:])
+    assert took < 8.0, took
+    time.sleep(0.3)
+    assert _group(process.pid) == []
