@@ -107,8 +107,9 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     type=click.IntRange(1, 64),
     default=min(_CPUS, 4),
     show_default=True,
-    help="processes deciding runs in parallel: the CPUs this process may use, at most 4 (a "
-    "replay of fewer than 5,000 decisions uses one)",
+    help="processes deciding runs in parallel (with --from-kafka each reads and decides whole "
+    "partitions): the CPUs this process may use, at most 4 (a replay of fewer than 5,000 "
+    "decisions uses one)",
 )
 @click.option("--tenant", default=None, help="replay this tenant's runs only")
 @click.option(
@@ -133,7 +134,8 @@ def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     is_flag=True,
     help="read the workers' decisions from gov.decisions instead of the audit (deployments "
     "without one): replayed as the audit's are, under the policies they name, every chain "
-    "checked; a partition at a time (memory: one partition's decisions)",
+    "checked; a partition at a time in each --jobs process (memory: one partition's "
+    "decisions a process)",
 )
 @click.option(
     "--redecide",
@@ -187,7 +189,7 @@ def replay_cmd(
     decision is checked.
 
     --from-kafka reads the same decisions from gov.decisions instead of the audit (the same
-    replay, report and exits; one partition in memory at a time); --from-kafka --redecide
+    replay, report and exits; one partition in memory a process at a time); --from-kafka --redecide
     decides the request and approval topics again under --baseline instead (it trusts their
     order and stamps: docs/replay.md).
 
