@@ -31,7 +31,12 @@ from dataclasses import replace
 from typing import Any
 
 from baton.cli import replay_partitions
-from baton.cli.replay_partition import TopicPlan, TopicTally, read_partition
+from baton.cli.replay_partition import (
+    TopicPlan,
+    TopicTally,
+    policy_digest,
+    read_partition,
+)
 from baton.cli.replay_partitions import PartitionJob
 from baton.processors import replay_pool
 from baton.processors.recorded import POLICY_RECORD_RUN, Recorded
@@ -227,7 +232,7 @@ class _Topic:
         pp = self.plan.policy_partition
         part, end = read_partition(self.consumer, self.plan, pp, only=POLICY_RECORD_RUN.encode())
         self.policies = part.policies
-        return replace(self.plan, ends={pp: end})
+        return replace(self.plan, ends={pp: end}, policy_digest=policy_digest(part.policies))
 
     def pieces(
         self, scope: ReplayScope, verdicts: StartVerdict, jobs: int

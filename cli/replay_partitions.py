@@ -9,7 +9,8 @@ folds it, replays its runs in scope and sends back a :class:`PartitionDone`: its
 runs it named broken, its dead lines and its runs' start verdicts; then the next partition.
 The reading process first reads the policy records (key ``*``) on their partition, folding
 no other record there: every policy is known before a job is handed out, and the process
-that takes that partition reads it to the same end (``TopicPlan.ends``), the same records.
+that takes that partition reads it to the same end (``TopicPlan.ends``), the same records
+(else, the topic made again meanwhile, it fails the replay: ``check_read_again``).
 Partitions go out largest first (their watermarks at the start): the last ones handed out,
 while the others finish, are the small ones.
 
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from baton.cli.replay_kafka_read import replay_consumer
-from baton.cli.replay_partition import TopicPlan, TopicTally, read_partition
+from baton.cli.replay_partition import TopicPlan, TopicTally, check_read_again, read_partition
 from baton.processors.replay import ReplayReport, replay_runs, runs_of
 from baton.processors.replay_pool import mark, pool_failed, run_pieces
 from baton.schemas.errors import ReplayFailed
@@ -137,6 +138,7 @@ def _replay_partition(job: bytes, p: int) -> PartitionDone:
     if _held[2] is None:
         _held[2] = replay_consumer(work.plan.settings, "read_committed")
     part = read_partition(_held[2], work.plan, p)[0]
+    check_read_again(work.plan, part)
     mark(f"partition {p} read")
     done = replay_part(part, work, _count)
     mark(f"partition {p} done")

@@ -6,6 +6,7 @@ stand-in gov.decisions (tests/unit/test_replay_decisions_support.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -167,3 +168,81 @@ def test_a_partition_failing_ends_a_jobs_replay_as_soon_as_one_process_would(
     assert took < 8.0, took
     time.sleep(0.3)
     assert _group(process.pid) == []
+
+
+#: argv[1]: --jobs; the policy records' partition as the reading process reads it (first, for
+#: the policies), or (argv[2] "remade", or in a pool process) as the topic was made again (a
+#: broker restarted without its records, written again): its runs' third handoffs (stopped by
+#: the new policy: exit 1) gone, a writer's junk where the policy record was (exit 7)
+REMADE = """
+import json, os, sys
+import confluent_kafka, pytest
+from baton.cli import replay_decisions as module
+from baton.schemas.errors import BatonError
+from baton.schemas.settings import Settings
+from baton.sinks.replay_source import ReplayScope
+from baton.streams.partitioner import partition_for
+from tests.unit.test_engine_support import handoff, policy_with
+from tests.unit.test_replay_decisions_support import KEY, DecisionsTopic, Worker, stand_in_kafka
+from tests.unit.test_replay_kafka_read_order import _exit_code
+
+P = 4
+STAR = partition_for(b"*", P)
+BASELINE = policy_with(max_handoffs=20)
+topic, again = DecisionsTopic(P), DecisionsTopic(P)
+worker, rewriter = Worker(topic, BASELINE), Worker(again, BASELINE)
+for n in range(3):
+    for i in range(60):
+        run = f"r{i}"
+        if n < 2 or partition_for(run.encode(), P) == STAR:
+            worker.decide(handoff(f"{run}-h{n}", f"t{n}", "p", "q", run_id=run), 10 + n)
+        if n < 2 and partition_for(run.encode(), P) == STAR:
+            rewriter.decide(handoff(f"{run}-h{n}", f"t{n}", "p", "q", run_id=run), 10 + n)
+remade = [(b"*", b"junk"), *again.records[STAR][1:]]
+remade += [(None, b"junk")] * (len(topic.records[STAR]) - len(remade))
+MAIN = os.getpid()
+stand_in_kafka(pytest.MonkeyPatch(), topic)
+Base = confluent_kafka.Consumer
+
+class Remade(Base):
+    def assign(self, parts):
+        if os.getpid() != MAIN or sys.argv[2] == "remade":
+            topic.records[STAR] = remade
+        super().assign(parts)
+
+confluent_kafka.Consumer = Remade
+module._PARALLEL_ROWS = 0
+settings = Settings(bootstrap="127.0.0.1:1", partitions=P, connect_timeout_s=0.3)
+try:
+    report, *_ = module.replay_decisions(
+        settings, ReplayScope(), policy_with(max_handoffs=2), KEY, int(sys.argv[1]), 3600.0
+    )
+    print(json.dumps(["exit", _exit_code(report)]))
+except BatonError as exc:
+    print(json.dumps([type(exc).__name__, exc.exit_code, str(exc)]))
+"""
+
+
+def _remade(jobs: int, content: str) -> list:
+    done = subprocess.run(
+        [sys.executable, "-c", REMADE, str(jobs), content],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_the_policy_partition_made_again_between_its_two_reads_fails_the_replay() -> None:
+    """--jobs reads the policy records' partition twice: the reading process for the policies,
+    a pool process for its runs. Made again in between, its runs were replayed under a policy
+    record the partition they were read from no longer holds: one process reads either
+    content whole (the old one: exit 1; the new one, no policy record: 7); --jobs 2 answered
+    0 over the two mixed. The partition read twice must say the same policy records."""
+    assert _remade(1, "old") == ["exit", 1]
+    assert _remade(1, "remade") == ["exit", 7]
+    kind, code, message = _remade(2, "old")  # (h1-kpar: ["exit", 0], nothing changes)
+    assert (kind, code) == ("ReplayFailed", 7), message
+    assert "policy records" in message and "read again" in message, message
