@@ -50,6 +50,8 @@ MAIN = os.getpid()
 class Hostile(Base):
     def poll(self, timeout):
         p = self._at[0] if self._at else None
+        if p == SILENT and name == "memory" and self._at[1] > 3:
+            raise MemoryError()  # (malloc failed: a ulimit -v, a container's limit)
         if p == SILENT and name == "silent":
             time.sleep(timeout)
             return None
@@ -246,3 +248,15 @@ def test_the_policy_partition_made_again_between_its_two_reads_fails_the_replay(
     kind, code, message = _remade(2, "old")  # (h1-kpar: ["exit", 0], nothing changes)
     assert (kind, code) == ("ReplayFailed", 7), message
     assert "policy records" in message and "read again" in message, message
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_memory_running_out_mid_replay_is_no_answer(tmp_path: Path, jobs: int) -> None:
+    """A MemoryError while a partition is read (malloc refused: `ulimit -v`, a container's
+    address-space limit; --jobs N holds N partitions at once) ended `baton replay` with a
+    traceback and exit 1, the gate's "the policy changes decisions"; the replay gave no
+    answer: exit 7, one line, with one process or several."""
+    process, _ = _start(tmp_path, "memory", jobs)
+    code, err, _ = _ended(process, 30.0)
+    assert code == 7, (code, err[-2000:])
+    assert "Traceback" not in err and "out of memory" in err, err[-2000:]
