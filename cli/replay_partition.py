@@ -155,8 +155,8 @@ def check_read_again(plan: TopicPlan, part: PartitionRecords) -> None:
             f"{plan.topic}[{part.partition}], the policy records' partition, read again to "
             f"offset {plan.ends.get(part.partition)} by a `--jobs` process, holds other policy "
             "records than when the replay read its policies there: the topic was made again "
-            "or written over meanwhile (a broker restarted without its records?); what its "
-            "runs change is unknown; replay again"
+            "or written over meanwhile (a broker restarted without its records?), or retention "
+            "deleted its first records; what its runs change is unknown; replay again"
         )
 
 
