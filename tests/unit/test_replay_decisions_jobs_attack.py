@@ -172,8 +172,8 @@ def test_a_partition_failing_ends_a_jobs_replay_as_soon_as_one_process_would(
     assert _group(process.pid) == []
 
 
-#: argv[1]: --jobs; the policy records' partition as the reading process reads it (first, for
-#: the policies), or (argv[2] "remade", or in a pool process) as the topic was made again (a
+#: --jobs 1 and 2; the policy records' partition as the reading process reads it (first, for
+#: the policies), or (content "remade", or in a pool process) as the topic was made again (a
 #: broker restarted without its records, written again): its runs' third handoffs (stopped by
 #: the new policy: exit 1) gone, a writer's junk where the policy record was (exit 7)
 REMADE = """
@@ -205,33 +205,36 @@ remade += [(None, b"junk")] * (len(topic.records[STAR]) - len(remade))
 MAIN = os.getpid()
 stand_in_kafka(pytest.MonkeyPatch(), topic)
 Base = confluent_kafka.Consumer
+original = topic.records[STAR]
+content = "old"
 
 class Remade(Base):
     def assign(self, parts):
-        if os.getpid() != MAIN or sys.argv[2] == "remade":
+        if os.getpid() != MAIN or content == "remade":
             topic.records[STAR] = remade
         super().assign(parts)
 
 confluent_kafka.Consumer = Remade
 module._PARALLEL_ROWS = 0
 settings = Settings(bootstrap="127.0.0.1:1", partitions=P, connect_timeout_s=0.3)
-try:
-    report, *_ = module.replay_decisions(
-        settings, ReplayScope(), policy_with(max_handoffs=2), KEY, int(sys.argv[1]), 3600.0
-    )
-    print(json.dumps(["exit", _exit_code(report)]))
-except BatonError as exc:
-    print(json.dumps([type(exc).__name__, exc.exit_code, str(exc)]))
+answers = []
+for jobs, content in [(1, "old"), (1, "remade"), (2, "old")]:
+    topic.records[STAR] = original
+    try:
+        report, *_ = module.replay_decisions(
+            settings, ReplayScope(), policy_with(max_handoffs=2), KEY, jobs, 3600.0
+        )
+        answers.append(["exit", _exit_code(report)])
+    except BatonError as exc:
+        answers.append([type(exc).__name__, exc.exit_code, str(exc)])
+print(json.dumps(answers))
 """
 
 
-def _remade(jobs: int, content: str) -> list:
+def _remade() -> list:
+    """What --jobs 1 answers over the old content and the new, and --jobs 2 over the old."""
     done = subprocess.run(
-        [sys.executable, "-c", REMADE, str(jobs), content],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-c", REMADE], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
@@ -243,9 +246,9 @@ def test_the_policy_partition_made_again_between_its_two_reads_fails_the_replay(
     record the partition they were read from no longer holds: one process reads either
     content whole (the old one: exit 1; the new one, no policy record: 7); --jobs 2 answered
     0 over the two mixed. The partition read twice must say the same policy records."""
-    assert _remade(1, "old") == ["exit", 1]
-    assert _remade(1, "remade") == ["exit", 7]
-    kind, code, message = _remade(2, "old")  # (h1-kpar: ["exit", 0], nothing changes)
+    old, remade, two = _remade()
+    assert old == ["exit", 1] and remade == ["exit", 7]
+    kind, code, message = two  # (h1-kpar: ["exit", 0], nothing changes)
     assert (kind, code) == ("ReplayFailed", 7), message
     assert "policy records" in message and "read again" in message, message
 
