@@ -23,7 +23,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 #: `baton replay --from-kafka --jobs argv[2]` over four partitions (argv[1]: the scenario), the
-#: one read last slow in a pool process (a long partition, 0.2 s a record: 40 s to read whole)
+#: one read last slow in a pool process (a long partition, 1 s a record: 60 s to read whole)
 COMMAND = """
 import os, sys, time
 import confluent_kafka, pytest
@@ -39,7 +39,7 @@ SILENT, *_, SLOW = [p for p in range(P) if p != STAR]  # (read second and last b
 topic = DecisionsTopic(P)
 worker = Worker(topic, policy_with(max_handoffs=20))
 runs = [f"r{i}" for i in range(40)]
-runs += [r for r in (f"s{i}" for i in range(2000)) if partition_for(r.encode(), P) == SLOW][:60]
+runs += [r for r in (f"s{i}" for i in range(2000)) if partition_for(r.encode(), P) == SLOW][:20]
 for n in range(3):
     for r in runs:
         worker.decide(handoff(f"{r}-h{n}", f"t{n}", "p", "q", run_id=r), 10 + n)
@@ -56,7 +56,7 @@ class Hostile(Base):
             time.sleep(timeout)
             return None
         if p == SLOW and os.getpid() != MAIN:
-            time.sleep(0.2)
+            time.sleep(1.0)
         return super().poll(timeout)
 
 confluent_kafka.Consumer = Hostile
@@ -143,7 +143,7 @@ def test_ctrl_c_ends_a_jobs_replay_at_once_leaving_no_process_and_no_traceback(
 ) -> None:
     """SIGINT to the reading process (a supervisor, `timeout -s INT`) or to its group (Ctrl-C
     on a terminal) mid-read: exit 130 within seconds, not after every pool process finished
-    the partition it reads (40 s here: minutes for a long partition), no pool process left,
+    the partition it reads (60 s here: minutes for a long partition), no pool process left,
     and no pool process's traceback on stderr."""
     process, timeline = _start(tmp_path, "slow", 2)
     _reading(timeline)
@@ -151,7 +151,7 @@ def test_ctrl_c_ends_a_jobs_replay_at_once_leaving_no_process_and_no_traceback(
         os.kill(process.pid, signal.SIGINT)
     else:
         os.killpg(process.pid, signal.SIGINT)
-    code, err, took = _ended(process, 8.0)
+    code, err, took = _ended(process, 15.0)  # (h1-kpar: 60 s, the slow partition read whole)
     assert code == 130, (code, took, err[-2000:])
     assert "Traceback" not in err, err[-2000:]
     time.sleep(0.3)
@@ -163,11 +163,10 @@ def test_a_partition_failing_ends_a_jobs_replay_as_soon_as_one_process_would(
 ) -> None:
     """The broker silent on the second partition read: one process stops there (exit 4,
     within the connect timeout); --jobs 2 must not first wait for the pool process reading
-    a long partition (40 s) whose answer is no longer needed."""
+    a long partition (60 s) whose answer is no longer needed."""
     process, _ = _start(tmp_path, "silent", 2)
-    code, err, took = _ended(process, 15.0)
+    code, err, took = _ended(process, 20.0)  # (its start included; h1-kpar: over 60 s)
     assert code == 4 and "no answer from Kafka" in err, (code, took, err[-2000:])
-    assert took < 8.0, took
     time.sleep(0.3)
     assert _group(process.pid) == []
 
