@@ -103,9 +103,13 @@ _held: list[Any] = []
 
 
 def shared_counts() -> None:
-    """The progress counts a forked pool's processes add to: call before the pool forks."""
+    """The progress counts a forked pool's processes add to: call before the pool forks.
+    Where no shared lock can be made (no /dev/shm), none: the bar then waits, the replay not."""
     global _counts
-    _counts = multiprocessing.get_context("fork").Array("q", 2)
+    try:
+        _counts = multiprocessing.get_context("fork").Array("q", 2)
+    except OSError:
+        _counts = None
 
 
 def replay_part(

@@ -49,6 +49,8 @@ _AT = {name: i for i, name in enumerate(DECISION_COLUMNS)}
 _REPLAY = itemgetter(*(_AT[c] for c in REPLAY_COLUMNS))
 _CHAIN = itemgetter(*(_AT[c] for c in CHAIN_FIELDS))
 _TENANT, _PHASE, _REASON = _AT["tenant"], _AT["phase"], _AT["reason"]
+#: (an enum member's value is a property: looked up once, not twice a record)
+_POLICY_IN_FORCE, _CONTROL = Reason.POLICY_IN_FORCE.value, Phase.CONTROL.value
 _REQUEST, _INPUT = _AT["request_id"], _AT["input"]
 #: a control follower's record (a kill switch, a release, a policy update): no run step
 #: (``replay_source._FOLLOWER_RECORD``, the audit replay's clause)
@@ -98,8 +100,8 @@ class PartitionRecords:
     links: set[str] = field(default_factory=set)
     #: the runs with a chained record read so far
     chained: set[str] = field(default_factory=set)
-    #: the runs whose partition is this one (murmur2 of the id, once a run)
-    placed: set[str] = field(default_factory=set)
+    #: the runs whose partition is this one (murmur2 of the id, once a run): run -> its key
+    placed: dict[str, bytes] = field(default_factory=dict)
     #: run -> the times of its unlinked refusals a later record under their id replaced
     earlier: dict[str, list[datetime]] = field(default_factory=dict)
     records: int = 0
@@ -107,32 +109,36 @@ class PartitionRecords:
     def add(self, offset: int, key: bytes | None, value: bytes | None) -> None:
         """Read the record at ``offset`` (its Kafka key and value)."""
         self.records += 1
-        where = f"{self.topic}[{self.partition}]@{offset}"
         if value is None:
-            return self._dead(where, "an empty record (a tombstone), not a decision", b"")
+            why = "an empty record (a tombstone), not a decision"
+            return self._dead(self._at(offset), why, b"")
         if (big := oversized(value)) is not None:
-            return self._dead(where, big[2], value)
+            return self._dead(self._at(offset), big[2], value)
         row = shortcut_row(value, self.topic, self.partition, offset)
         if row is None:
             try:
                 decision = DECISION_ADAPTER.validate_json(value)
                 if decision.reemitted:
-                    return self._copy(where, key, decision)
+                    return self._copy(offset, key, decision)
                 row = decision_row(decision, self.topic, self.partition, offset)
             except Exception as exc:  # what the sink rejects (governance.rejected)
                 problem = str(exc).replace("\n", " ")[:300]
-                return self._dead(where, f"not a decision the audit stores ({problem})", value)
+                why = f"not a decision the audit stores ({problem})"
+                return self._dead(self._at(offset), why, value)
         rec: Recorded = tuple.__new__(Recorded, _REPLAY(row))
-        if row[_REASON] == Reason.POLICY_IN_FORCE.value:
-            return self._policy(where, key, row, rec)
+        if row[_REASON] == _POLICY_IN_FORCE:
+            return self._policy(self._at(offset), key, row, rec)
         step = not (
-            row[_PHASE] == Phase.CONTROL.value
-            and (row[_INPUT] is None or _FOLLOWER.match(row[_REQUEST]))
+            row[_PHASE] == _CONTROL and (row[_INPUT] is None or _FOLLOWER.match(row[_REQUEST]))
         )
-        if step and not self._placed(where, key, rec.run_id):
+        if step and not self._placed(offset, key, rec.run_id):
             return
         self._fold((row[_TENANT], rec.run_id, rec.decision_id), rec, offset, step, row)
         self._link(rec, row)
+
+    def _at(self, offset: int) -> str:
+        """Where the record at ``offset`` is (made for a message only: ~0.5 us a record)."""
+        return f"{self.topic}[{self.partition}]@{offset}"
 
     def _dead(self, where: str, why: str, value: bytes) -> None:
         self.dead_count += 1
@@ -141,19 +147,19 @@ class PartitionRecords:
         quoted = value[:_QUOTED].decode("utf-8", "backslashreplace").encode("unicode_escape")
         self.dead.append(f"{where}: {why}; it starts {quoted.decode()!r}")
 
-    def _placed(self, where: str, key: bytes | None, run_id: str) -> bool:
-        """The run step at ``where`` is where a worker writes its run's decisions; else its
+    def _placed(self, offset: int, key: bytes | None, run_id: str) -> bool:
+        """The run step at ``offset`` is where a worker writes its run's decisions; else its
         run is broken and the record not read here."""
-        if key is not None and run_id in self.placed and key == run_id.encode():
+        if key is not None and self.placed.get(run_id) == key:
             return True
         own = partition_for(run_id.encode(), self.partitions)
         if key == run_id.encode() and own == self.partition:
-            self.placed.add(run_id)
+            self.placed[run_id] = key
             return True
         shown_key = "none" if key is None else shown_id(key.decode("utf-8", "replace"))
         self.broken.setdefault(
             run_id,
-            f"a decision of it at {where} is under key {shown_key} on partition "
+            f"a decision of it at {self._at(offset)} is under key {shown_key} on partition "
             f"{self.partition}, not its run's (key {shown_id(run_id)}, partition {own}): no "
             "worker's record (a worker keys every decision by its run id)",
         )
@@ -232,11 +238,11 @@ class PartitionRecords:
         self.links.add(rec.chain_hash)
         self.chained.add(rec.run_id)
 
-    def _copy(self, where: str, key: bytes | None, decision: Any) -> None:
+    def _copy(self, offset: int, key: bytes | None, decision: Any) -> None:
         """A copy flagged ``reemitted``: no row; its run broken when it says what no record
         read before it under its id says (the sink's ``not_a_copy``)."""
         run_id = str(decision.run_id)
-        if not self._placed(where, key, run_id):
+        if not self._placed(offset, key, run_id):
             return
         k = (str(decision.tenant), run_id, str(decision.decision_id))
         said = (str(decision.outcome), str(decision.reason), decision.chain_hash or "")
@@ -247,7 +253,7 @@ class PartitionRecords:
         if said not in known:
             self.broken.setdefault(
                 run_id,
-                f"a copy re-emitted at {where} under decision {shown_id(k[2])} says "
+                f"a copy re-emitted at {self._at(offset)} under decision {shown_id(k[2])} says "
                 f"{said[0]}/{shown_id(said[1])}, which no decision under its id read before it "
                 "says (not_a_copy: a writer's answer to a waiting client)",
             )
