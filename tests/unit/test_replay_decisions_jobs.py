@@ -25,11 +25,12 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 #: one scenario (argv[1]) replayed with --jobs 1, 2 and 8; prints what each answered
-SCENARIO = """
+#: every scenario (argv[2:]) replayed with --jobs 1, 2 and 8, in one process (a fork each);
+#: prints what each answered, and the pids that read a partition (from the timeline)
+SCENARIOS = """
 import json, os, signal, sys
-from datetime import timedelta
 
-os.environ["BATON_REPLAY_TIMELINE"] = sys.argv[2]
+os.environ["BATON_REPLAY_TIMELINE"] = sys.argv[1]
 import confluent_kafka
 import pytest
 from baton.cli import replay_decisions as module
@@ -47,135 +48,148 @@ from tests.unit.test_replay_kafka_read_order import _exit_code
 MAIN = os.getpid()
 P = 4
 STAR = partition_for(b"*", P)
-BASELINE, STRICTER = policy_with(max_handoffs=20), policy_with(max_handoffs=2)
-name = sys.argv[1]
-topic = DecisionsTopic(P)
-worker = Worker(topic, BASELINE)
-runs = [f"r{i}" for i in range(60 if name != "huge" else 6)]
-if name == "huge":  # one partition holds every run, the others are empty
-    runs = [r for r in (f"h{i}" for i in range(400)) if partition_for(r.encode(), P) == 2][:40]
-for n in range(4):
-    for r in runs:
-        worker.decide(handoff(f"{r}-h{n}", f"t{n}", "p", "q", run_id=r), 10 + n)
-def last(run):
-    return [d for d in worker.published if d.run_id == run and not d.reemitted][-1]
-def part(run):
-    return partition_for(run.encode(), P)
-if name == "hostile":
-    # a writer's stop under r0's last decision id: broken on its own partition
-    topic.append(b"r0", json_with(last("r0"), outcome="stop", reason="handoff_budget_exceeded"))
-    # r1's decision on another partition (the run is replayed on its own, then broken)
-    topic.append(b"r1", json_with(last("r1"), decision_id="zz1"), partition=(part("r1") + 1) % P)
-    # dead lines on three partitions, more than the 50 kept
-    for p in range(3):
-        for i in range(30):
-            topic.append(None, b"junk %d %d" % (p, i), partition=p)
-    # a re-emitted copy saying what no record under its id says
-    topic.append(b"r2", json_with(last("r2"), outcome="stop", reason="kill_switch", reemitted=True))
-    # a policy record where no worker writes one
-    wrong = (STAR + 1) % P
-    topic.append(b"*", policy_in_force(STRICTER, at(5), "w").to_json(), partition=wrong)
-    # a trimmed partition (runs cut at their start: partial) and a forged start on it
-    cut = next(p for p in range(P) if p != STAR)
-    topic.trim(cut, 5)
-    first = next(d for d in worker.published if part(d.run_id) == cut)
-    rz = next(r for r in (f"z{i}" for i in range(99)) if part(r) == cut)
-    topic.append(rz.encode(), json_with(first, run_id=rz, decision_id="z1", chain_prev="ab" * 16))
-stand_in_kafka(pytest.MonkeyPatch(), topic)
-Base = confluent_kafka.Consumer
-#: partition -> what goes wrong reading it
 OTHER = (STAR + 1) % P
 FIRST, *_, LAST = [p for p in range(P) if p != STAR]
-broken = {
-    "lost": {FIRST: "lost", LAST: "lost"},
-    "silent": {OTHER: "silent"},
-    "open": {OTHER: "open"},
-    "kill": {OTHER: "kill"},
-}
-broken = broken.get(name, {})
-assert STAR not in broken
-
-class Hostile(Base):
-    def get_watermark_offsets(self, tp, timeout=0, cached=False):
-        low, high = super().get_watermark_offsets(tp, timeout, cached)
-        return low, high + 3 if not cached and broken.get(tp.partition) == "lost" else high
-
-    def poll(self, timeout):
-        p = self._at[0] if self._at else None
-        if broken.get(p) == "silent":
-            return None
-        if broken.get(p) == "kill" and os.getpid() != MAIN and self._at[1] >= 2:
-            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer ends a pool process
-        if broken.get(p) == "open" and self._at[1] >= 2:
-            return _Message(p, 2, None, None, eof=True)  # the LSO: a transaction open at 2
-        return super().poll(timeout)
-
-confluent_kafka.Consumer = Hostile
+BASELINE, STRICTER = policy_with(max_handoffs=20), policy_with(max_handoffs=2)
 module._PARALLEL_ROWS = 0  # (a pool for a few hundred decisions)
 settings = Settings(bootstrap="127.0.0.1:1", partitions=P, connect_timeout_s=0.3)
-scopes = {"all": ReplayScope(), "r1": ReplayScope(run_id="r1"), "since": ReplayScope(since=at(13))}
+SCOPES = {"all": ReplayScope(), "r1": ReplayScope(run_id="r1"), "since": ReplayScope(since=at(13))}
+
+
+def topic_of(name):
+    topic = DecisionsTopic(P)
+    worker = Worker(topic, BASELINE)
+    runs = [f"r{i}" for i in range(40)]
+    if name == "huge":  # one partition holds every run, the others are empty
+        runs = [r for r in (f"h{i}" for i in range(400)) if partition_for(r.encode(), P) == 2]
+    for n in range(4):
+        for r in runs[:40]:
+            worker.decide(handoff(f"{r}-h{n}", f"t{n}", "p", "q", run_id=r), 10 + n)
+    last = lambda run: [d for d in worker.published if d.run_id == run and not d.reemitted][-1]
+    part = lambda run: partition_for(run.encode(), P)
+    if name == "hostile":
+        # a writer's stop under r0's last decision id: broken on its own partition
+        topic.append(b"r0", json_with(last("r0"), outcome="stop", reason="kill_switch"))
+        # r1's decision on another partition (the run is replayed on its own, then broken)
+        topic.append(b"r1", json_with(last("r1"), decision_id="z"), partition=(part("r1") + 1) % P)
+        for p in range(3):  # dead lines on three partitions, more than the 50 kept
+            for i in range(30):
+                topic.append(None, b"junk %d %d" % (p, i), partition=p)
+        # a re-emitted copy saying what no record under its id says
+        copy = json_with(last("r2"), outcome="stop", reason="kill_switch", reemitted=True)
+        topic.append(b"r2", copy)
+        # a policy record where no worker writes one
+        wrong = policy_in_force(STRICTER, at(5), "w").to_json()
+        topic.append(b"*", wrong, partition=OTHER)
+        # a trimmed partition (runs cut at their start: partial) and a forged start on it
+        cut = FIRST
+        topic.trim(cut, 5)
+        first = next(d for d in worker.published if part(d.run_id) == cut)
+        rz = next(r for r in (f"z{i}" for i in range(99)) if part(r) == cut)
+        forged = json_with(first, run_id=rz, decision_id="z1", chain_prev="ab" * 16)
+        topic.append(rz.encode(), forged)
+    return topic
+
+
 answers = {}
-for jobs in (1, 2, 8):
-    for label, scope in scopes.items():
-        try:
-            report, policies, refused, _ = module.replay_decisions(
-                settings, scope, STRICTER, KEY, jobs, 3600.0
-            )
-        except BatonError as exc:
-            answers[f"{jobs} {label}"] = [type(exc).__name__, exc.exit_code, str(exc)]
-            continue
-        answers[f"{jobs} {label}"] = [
-            [(r.run_id, r.decisions, r.changed, sorted(r.transitions.items()))
-             for r in report.runs],
-            list(report.partial.items()), report.broken, sorted(report.transitions.items()),
-            sorted(policies), refused, _exit_code(report),
-        ]
+for name in sys.argv[2:]:
+    patch = pytest.MonkeyPatch()
+    stand_in_kafka(patch, topic_of(name))
+    #: partition -> what goes wrong reading it
+    broken = {
+        "lost": {FIRST: "lost", LAST: "lost"},
+        "silent": {OTHER: "silent"},
+        "open": {OTHER: "open"},
+        "kill": {OTHER: "kill"},
+    }.get(name, {})
+
+    class Hostile(confluent_kafka.Consumer):
+        def get_watermark_offsets(self, tp, timeout=0, cached=False):
+            low, high = super().get_watermark_offsets(tp, timeout, cached)
+            return low, high + 3 if not cached and broken.get(tp.partition) == "lost" else high
+
+        def poll(self, timeout):
+            p = self._at[0] if self._at else None
+            if broken.get(p) == "silent":
+                return None
+            if broken.get(p) == "kill" and os.getpid() != MAIN and self._at[1] >= 2:
+                os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer ends a pool process
+            if broken.get(p) == "open" and self._at[1] >= 2:
+                return _Message(p, 2, None, None, eof=True)  # the LSO: a transaction open at 2
+            return super().poll(timeout)
+
+    patch.setattr(confluent_kafka, "Consumer", Hostile)
+    for jobs in (1, 2, 8):
+        for label, scope in SCOPES.items():
+            if label != "all" and name != "hostile":
+                continue
+            try:
+                report, policies, refused, _ = module.replay_decisions(
+                    settings, scope, STRICTER, KEY, jobs, 3600.0
+                )
+            except BatonError as exc:
+                answers[f"{name} {jobs} {label}"] = [type(exc).__name__, exc.exit_code, str(exc)]
+                continue
+            answers[f"{name} {jobs} {label}"] = [
+                [(r.run_id, r.decisions, r.changed, sorted(r.transitions.items()))
+                 for r in report.runs],
+                list(report.partial.items()), report.broken, sorted(report.transitions.items()),
+                sorted(policies), refused, _exit_code(report),
+            ]
+    patch.undo()
 print(json.dumps(answers))
 """
+NAMES = ("hostile", "huge", "lost", "silent", "open", "kill")
 
 
-def _answers(tmp_path: Path, name: str) -> tuple[dict[str, list], set[str]]:
-    """What ``name``'s scenario answered with each --jobs, and the pids of the processes
-    that read a partition other than the policy records' (the timeline's lines)."""
-    timeline = tmp_path / "timeline"
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    """What each scenario answered with each --jobs (``"name jobs scope"``), checked to have
+    had partitions read by pool processes (the timeline's lines)."""
+    timeline = tmp_path_factory.mktemp("jobs") / "timeline"
     done = subprocess.run(
-        [sys.executable, "-c", SCENARIO, name, str(timeline)],
+        [sys.executable, "-c", SCENARIOS, str(timeline), *NAMES],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line.split() for line in timeline.read_text().splitlines()]
     readers = {line[0] for line in lines if line[-1] == "read" and line[-3] == "partition"}
-    return json.loads(done.stdout), readers
+    assert len(readers) >= 3, readers  # (partitions were read in the pools' processes)
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
-def test_a_pool_process_killed_mid_partition_fails_the_replay_named(tmp_path: Path) -> None:
+def test_a_pool_process_killed_mid_partition_fails_the_replay_named(
+    answers: dict[str, list],
+) -> None:
     """kill -9 (the OOM killer) of the process reading a partition: exit 7, named, at once;
     never an answer without that partition, never a wait for it (one process: exit 1)."""
-    answers, _ = _answers(tmp_path, "kill")
-    assert answers["1 all"][-1] == 1
+    assert answers["kill 1 all"][-1] == 1
     for jobs in (2, 8):
-        kind, code, message = answers[f"{jobs} all"]
+        kind, code, message = answers[f"kill {jobs} all"]
         assert (kind, code) == ("ReplayFailed", 7)
         assert "a `--jobs` replay process failed" in message and "terminated abruptly" in message
 
 
-@pytest.mark.parametrize("name", ["hostile", "huge", "lost", "silent", "open"])
-def test_every_jobs_answers_what_one_process_answers(tmp_path: Path, name: str) -> None:
-    answers, readers = _answers(tmp_path, name)
-    for label in ("all", "r1", "since"):
-        one = answers[f"1 {label}"]
-        assert answers[f"2 {label}"] == one, label
-        assert answers[f"8 {label}"] == one, label
-    assert len(readers) >= 2  # (partitions were read in the pool's processes)
-    one = answers["1 all"]
+@pytest.mark.parametrize("name", NAMES[:-1])
+def test_every_jobs_answers_what_one_process_answers(answers: dict[str, list], name: str) -> None:
+    """The same report, lines and exit, or the same error, with --jobs 1, 2 (4 partitions:
+    more than processes) and 8 (more processes than partitions)."""
+    for label in ("all", "r1", "since") if name == "hostile" else ("all",):
+        one = answers[f"{name} 1 {label}"]
+        assert answers[f"{name} 2 {label}"] == one, label
+        assert answers[f"{name} 8 {label}"] == one, label
+    one = answers[f"{name} 1 all"]
     if name == "hostile":
         runs, _, broken, _, _, refused, code = one
         assert code == 7 and {"r0", "r1", "r2"} <= set(broken)
         assert "r1" not in {r[0] for r in runs}  # (replayed on its partition, then broken)
         assert any(line.endswith("more records of gov.decisions") for line in refused)
+        assert any(
+            "partial" not in line and "policy_in_force record not" in line for line in refused
+        )
     elif name == "huge":
         assert one[-1] == 1 and len(one[0]) == 40
     elif name == "lost":  # two partitions lost records: the one read first is named
