@@ -41,7 +41,7 @@ try:
     from baton.processors.replay import ReplayReport
     from baton.processors.replay_pool import mark
     from baton.processors.replay_steps import RUN_RETENTION_S
-    from baton.schemas.errors import ConfigError
+    from baton.schemas.errors import ConfigError, ReplayFailed
     from baton.schemas.policy import Policy
 finally:
     if _COLLECTING:
@@ -209,32 +209,40 @@ def replay_cmd(
     new_policy = read_policy(policy_path)
     began = time.monotonic()
     refused: list[str] = []
-    if redecide:
-        from baton.cli.replay_kafka import replay_from_kafka
-
-        settings = stack_settings({"bootstrap": bootstrap}, data_dir)
-        baseline = read_policy(baseline_path or settings.policy)
-        report, policies = replay_from_kafka(
-            settings, new_policy, baseline, start, to, run_id, tenant
-        )
-        label = f"Kafka at {settings.bootstrap} (baseline {baseline.version})"
-    else:
-        workers = build_settings()  # the workers' chain key and run retention
-        key_setting = workers.audit_chain_key
-        key = key_setting.get_secret_value().encode() if key_setting else b""
-        scope = _scope(start, to, run_id, tenant)
-        if from_kafka:
-            from baton.cli.replay_decisions import replay_decisions
+    try:
+        if redecide:
+            from baton.cli.replay_kafka import replay_from_kafka
 
             settings = stack_settings({"bootstrap": bootstrap}, data_dir)
-            report, policies, refused, label = replay_decisions(
-                settings, scope, new_policy, key, jobs, workers.run_retention_s, _Progress
+            baseline = read_policy(baseline_path or settings.policy)
+            report, policies = replay_from_kafka(
+                settings, new_policy, baseline, start, to, run_id, tenant
             )
+            label = f"Kafka at {settings.bootstrap} (baseline {baseline.version})"
         else:
-            settings = audit_settings(clickhouse_dsn, data_dir)
-            report, policies, refused, label = _replay(
-                settings, scope, new_policy, key, jobs, workers.run_retention_s
-            )
+            workers = build_settings()  # the workers' chain key and run retention
+            key_setting = workers.audit_chain_key
+            key = key_setting.get_secret_value().encode() if key_setting else b""
+            scope = _scope(start, to, run_id, tenant)
+            if from_kafka:
+                from baton.cli.replay_decisions import replay_decisions
+
+                settings = stack_settings({"bootstrap": bootstrap}, data_dir)
+                report, policies, refused, label = replay_decisions(
+                    settings, scope, new_policy, key, jobs, workers.run_retention_s, _Progress
+                )
+            else:
+                settings = audit_settings(clickhouse_dsn, data_dir)
+                report, policies, refused, label = _replay(
+                    settings, scope, new_policy, key, jobs, workers.run_retention_s
+                )
+    except MemoryError:
+        # (malloc refused: `ulimit -v`, a container's address-space limit; --jobs N holds N
+        # partitions or pieces at once): a traceback's exit 1 read as "decisions change"
+        raise ReplayFailed(
+            "out of memory while replaying: replay gave no answer; replay again with fewer "
+            "--jobs, a narrower --since or --to, or more memory"
+        ) from None
     seconds = time.monotonic() - began
     mark("replayed")
     for line in refused:
@@ -304,9 +312,12 @@ def _replay(
                 report = replay_audit(
                     client, scope, new_policy, policies, key, jobs, _Progress, retention_s, pool
                 )
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            if pool is not None:  # (a failure, Ctrl-C: the pieces in the pool are not needed)
+                replay_pool.stop_pool(pool)
+            raise
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return report, policies, refused, label
 
 

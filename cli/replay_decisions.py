@@ -33,7 +33,12 @@ from dataclasses import replace
 from typing import Any
 
 from baton.cli import replay_partitions
-from baton.cli.replay_partition import TopicPlan, TopicTally, read_partition
+from baton.cli.replay_partition import (
+    TopicPlan,
+    TopicTally,
+    policy_digest,
+    read_partition,
+)
 from baton.cli.replay_partitions import PartitionJob
 from baton.processors import replay_pool
 from baton.processors.recorded import POLICY_RECORD_RUN, Recorded
@@ -119,9 +124,12 @@ def replay_decisions(
                 if tally.dead_count > len(tally.dead):
                     unshown = tally.dead_count - len(tally.dead)
                     refused.append(f"{unshown:,} more records of {topic}")
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            if pool is not None:  # (a failure, Ctrl-C: the partitions still read are not needed)
+                replay_pool.stop_pool(pool)
+            raise
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return report, policies, refused, label
 
 
@@ -226,7 +234,7 @@ class _Topic:
         pp = self.plan.policy_partition
         part, end = read_partition(self.consumer, self.plan, pp, only=POLICY_RECORD_RUN.encode())
         self.policies = part.policies
-        return replace(self.plan, ends={pp: end})
+        return replace(self.plan, ends={pp: end}, policy_digest=policy_digest(part.policies))
 
     def pieces(
         self, scope: ReplayScope, verdicts: StartVerdict, jobs: int

@@ -13,6 +13,7 @@ process imports it again; importing it starts no librdkafka thread, a client doe
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from baton.schemas.errors import BrokerUnavailable, ReplayFailed
 from baton.schemas.settings import Settings
 from baton.sinks.replay_records import DEAD_KEPT, PartitionRecords
 
-__all__ = ["TopicPlan", "TopicTally", "read_partition"]
+__all__ = ["TopicPlan", "TopicTally", "check_read_again", "policy_digest", "read_partition"]
 
 #: a partition's end when its fetch reports none: read to its EOF
 _TO_EOF = 2**63
@@ -48,6 +49,9 @@ class TopicPlan:
     #: partition -> where its read ends, fixed (the policy records' partition as the reading
     #: process read it: every process reads the same records there); else ``_end``'s
     ends: dict[int, int] = field(default_factory=dict)
+    #: the policy records as the reading process read them (``policy_digest``), which a
+    #: process reading their partition again must read too (b"": no such read)
+    policy_digest: bytes = b""
 
     def order(self) -> list[int]:
         """The partitions in the order one process reads them: the policy records' first."""
@@ -127,6 +131,33 @@ def read_partition(
             part.add(last, msg.key(), msg.value())
     consumer.unassign()
     return part, end
+
+
+def policy_digest(policies: list[tuple[str, str]]) -> bytes:
+    """A digest of the (version, document) policy records read on their partition."""
+    digest = hashlib.sha256()
+    for version, document in policies:
+        for text in (version, document):
+            data = text.encode()
+            digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.digest()
+
+
+def check_read_again(plan: TopicPlan, part: PartitionRecords) -> None:
+    """Raise unless ``part``, the policy records' partition read again to the end the
+    reading process read it to (``TopicPlan.ends``), holds the policy records it read: the
+    topic made again in between (a broker restarted without its records and written again)
+    would have its runs replayed under policy records it no longer holds."""
+    if not plan.policy_digest or part.partition != plan.policy_partition:
+        return
+    if policy_digest(part.policies) != plan.policy_digest:
+        raise ReplayFailed(
+            f"{plan.topic}[{part.partition}], the policy records' partition, read again to "
+            f"offset {plan.ends.get(part.partition)} by a `--jobs` process, holds other policy "
+            "records than when the replay read its policies there: the topic was made again "
+            "or written over meanwhile (a broker restarted without its records?), or retention "
+            "deleted its first records; what its runs change is unknown; replay again"
+        )
 
 
 def _end(consumer: Any, plan: TopicPlan, tp: Any, p: int) -> int:

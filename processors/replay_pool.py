@@ -67,6 +67,7 @@ __all__ = [
     "replay_pieces",
     "run_pieces",
     "start_pool",
+    "stop_pool",
 ]
 
 _T = TypeVar("_T")
@@ -144,12 +145,15 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _end_with(reader: int) -> None:
-    """A forked pool process's start: it ends with the process that forked it (``reader``).
+    """A forked pool process's start: it ends with the process that forked it (``reader``),
+    and Ctrl-C is the reading process's to answer (``stop_pool``), not its own.
 
     A reading process killed (kill -9, the OOM killer, SIGTERM from ``timeout`` or a CI
     runner) shuts no pool down: its forked processes waited for work for ever, holding the
     command's stdout and stderr open (a CI step reading them never ended). Linux only
-    (prctl); elsewhere they outlive it as before."""
+    (prctl); elsewhere they outlive it as before. Ctrl-C reaches every process of the
+    terminal's group: a pool process waiting for work printed its traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):  # (no libc prctl: not Linux)
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != reader:  # the reader ended before the signal was asked for
@@ -189,11 +193,18 @@ def start_pool(processes: int) -> ProcessPoolExecutor | None:
         # no process to fork (a container's pids limit, EAGAIN): the replay goes on in this
         # process, as when a forkserver pool cannot start, not a traceback and exit 1 (the
         # code of "the policy changes runs"); the processes forked before it are ended
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop_pool(pool, wait=False)
         return None
     return pool
+
+
+def stop_pool(pool: ProcessPoolExecutor, wait: bool = True) -> None:
+    """``pool``'s processes killed, what they were doing dropped: a replay that stops (a
+    failure its answer is, Ctrl-C) does not first wait for the work no answer needs any more
+    (a `--jobs` process reading a partition of millions of records: minutes)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def replay_pieces(
