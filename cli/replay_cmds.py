@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,7 +42,7 @@ try:
     from baton.processors.replay import ReplayReport
     from baton.processors.replay_pool import mark
     from baton.processors.replay_steps import RUN_RETENTION_S
-    from baton.schemas.errors import ConfigError, ReplayFailed
+    from baton.schemas.errors import BatonError, ConfigError, ReplayFailed
     from baton.schemas.policy import Policy
 finally:
     if _COLLECTING:
@@ -242,6 +243,15 @@ def replay_cmd(
         raise ReplayFailed(
             "out of memory while replaying: replay gave no answer; replay again with fewer "
             "--jobs, a narrower --since or --to, or more memory"
+        ) from None
+    except (BatonError, click.ClickException, click.exceptions.Exit, click.Abort):
+        raise
+    except Exception as exc:
+        # a bug: its traceback's exit 1 would read as the gate's "decisions change"
+        traceback.print_exc()
+        raise ReplayFailed(
+            f"replay failed on an unexpected error ({type(exc).__name__}): replay gave no "
+            "answer (a bug: report it with the traceback above)"
         ) from None
     seconds = time.monotonic() - began
     mark("replayed")
