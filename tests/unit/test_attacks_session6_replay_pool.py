@@ -45,7 +45,7 @@ import os, sys
 
 sys.path.insert(0, sys.argv[1])
 import h5_hostile
-from baton.processors.replay_pool import replay_pieces, start_pool
+from baton.processors.replay_pool import replay_pieces, start_pool, stop_pool
 from tests.unit.test_engine_support import policy_with
 from tests.unit.test_replay import KEY, _budget_history, _policies, record
 from tests.unit.test_replay_read import _page
@@ -61,11 +61,11 @@ assert pool is not None and pool._mp_context.get_start_method() == "fork"
 print("pool", *[p for p in pool._processes], flush=True)
 try:
     two = replay_pieces(pieces, h5_hostile.decode, strict, _policies(loose), KEY, 2, pool=pool)
-except BaseException as exc:
+except BaseException as exc:  # as the command does (cli.replay_cmds._replay): the pool stopped
+    stop_pool(pool)
     print("raised", type(exc).__name__, exc, flush=True)
     raise SystemExit(3)
-finally:
-    pool.shutdown(wait=True, cancel_futures=True)
+pool.shutdown(wait=True, cancel_futures=True)
 one = replay_pieces(pieces, h5_hostile.decode, strict, _policies(loose), KEY, 1)
 same = (  # every run's outcome (a dataclass: every field), in order
     two.runs == one.runs and list(two.partial.items()) == list(one.partial.items())
