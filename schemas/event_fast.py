@@ -3,8 +3,8 @@
 ``parse_event`` reads every event the worker consumes and every recorded input ``baton
 replay`` decides again; pydantic's validation of one costs ~29k instructions (~16 % of a
 compiled replay's decision). ``fast_event`` checks the common event (its fields of the
-expected JSON types, within their bounds, its times in the form Baton writes) by hand and
-builds the very object pydantic would: the same ``__dict__`` (field order, values and their
+expected JSON types, within their bounds, its times in the forms Baton and its SDK write) by
+hand and builds the very object pydantic would: the same ``__dict__`` (field order, values and their
 types), fields set, no extra, no private. Anything it is not sure of (a missing field, a bool
 or a float where an int goes, a bound, a time in any other form, a name the fold refuses) it
 declines (None), and pydantic decides as before, errors and all.
@@ -305,11 +305,13 @@ def _built(doc: dict[str, Any], spec: Spec) -> Any:
             if not (
                 type(value) is str
                 and (
-                    (len(value) == 25 and value[19] == "+")
-                    or (len(value) == 32 and value[19] == ".")
+                    (len(value) == 25 and value[19] == "+" and value[-6:] == "+00:00")
+                    or (len(value) == 32 and value[19] == "." and value[-6:] == "+00:00")
+                    # pydantic's own (the SDK's): "Z", whole seconds or six digits
+                    or (len(value) == 20 and value[19] == "Z")
+                    or (len(value) == 27 and value[19] == "." and value[26] == "Z")
                 )
                 and value[10] == "T"
-                and value[-6:] == "+00:00"
                 and value[4] == value[7] == "-"  # not a week date (event_time_from's form)
                 and value[13] == value[16] == ":"
             ):

@@ -42,15 +42,21 @@ def event_time_from(value: Any, handler: ValidatorFunctionWrapHandler) -> dateti
 
     The form Baton writes a UTC time in (orjson's: every recorded input `baton replay`
     parses) and most clients do, ``2026-03-01T09:00:45+00:00`` or with six digits of
-    microseconds, is read by ``datetime.fromisoformat`` (C, its zone datetime.UTC itself):
+    microseconds, and pydantic's (``...09:00:45.123456Z``: every event Baton's SDK sends),
+    is read by ``datetime.fromisoformat`` (C, its zone datetime.UTC itself):
     the same datetime, without pydantic's zone object and its conversion (~0.8 µs of an
     event's parse). Any other text or value, or a time out of range (its error), as before:
     the fast path accepts nothing pydantic refuses (tests/unit/test_replay_speed_session10)."""
     if (
         type(value) is str
-        and ((len(value) == 25 and value[19] == "+") or (len(value) == 32 and value[19] == "."))
+        and (
+            (len(value) == 25 and value[19] == "+" and value[-6:] == "+00:00")
+            or (len(value) == 32 and value[19] == "." and value[-6:] == "+00:00")
+            # pydantic's form (Baton's SDK writes every event with it): "Z" for the zone
+            or (len(value) == 20 and value[19] == "Z")
+            or (len(value) == 27 and value[19] == "." and value[26] == "Z")
+        )
         and value[10] == "T"
-        and value[-6:] == "+00:00"
         # YYYY-MM-DDTHH:MM:SS only: fromisoformat also reads an ISO week date (2026-W09-1)
         # and colon-less times (T090000.1) of the same length, which pydantic refuses
         and value[4] == value[7] == "-"

@@ -172,7 +172,9 @@ def valid_docs(draw: st.DrawFn) -> dict[str, Any]:
         if key not in ("type", "event_time", "run_id") and draw(st.integers(0, 3)) == 0:
             continue
         value = base[key]
-        if isinstance(value, str) and key not in ("type", "event_time", "decide_by"):
+        if key in ("event_time", "decide_by"):  # as recorded, or as pydantic (the SDK) writes
+            value = draw(st.sampled_from([value, value.replace("+00:00", "Z")]))
+        elif isinstance(value, str) and key != "type":
             value = draw(_ascii_names | st.just(value))
         elif isinstance(value, float):
             value = draw(st.floats(0, 1e6) | st.integers(0, 10**6) | st.just(value))
@@ -311,6 +313,19 @@ def test_the_common_events_take_the_fast_path() -> None:
 
 
 @pytest.mark.parametrize(
+    "when", ["2026-03-01T09:00:00Z", "2026-03-01T09:00:00.250000Z", "2199-12-31T23:59:59.999999Z"]
+)
+def test_an_event_as_the_sdk_sends_it_takes_the_fast_path(when: str) -> None:
+    """pydantic writes a UTC time with "Z" (``HandoffRequested.to_json``: every event of
+    Baton's SDK): the fast path builds it, as pydantic would, not only the recorded form."""
+    for base in BASES.values():
+        assert _check({**base, "event_time": when}), base
+    sent = parse_event(orjson.dumps({**BASES["handoff_requested"], "event_time": when})).to_json()
+    assert b'Z"' in sent
+    assert _check(orjson.loads(sent))
+
+
+@pytest.mark.parametrize(
     "doc",
     [
         {**BASES["handoff_completed"], "tool_calls": True},  # a bool is no count
@@ -322,7 +337,10 @@ def test_the_common_events_take_the_fast_path() -> None:
         {**BASES["handoff_completed"], "agent": "Ｃｏｄｅｒ"},  # a name NFKC folds
         {**BASES["handoff_completed"], "agent": "cod\u200ber"},  # refused by the fold
         {**BASES["handoff_completed"], "status": None},
-        {**BASES["handoff_completed"], "event_time": "2026-03-01T09:00:00Z"},
+        {**BASES["handoff_completed"], "event_time": "2026-03-01T09:00:00z"},
+        {**BASES["handoff_completed"], "event_time": "2026-03-01T09:00:00.12345Z"},
+        {**BASES["handoff_completed"], "event_time": "2026-03-01T09:00:00.1234567Z"},
+        {**BASES["handoff_completed"], "event_time": "2026-03-01T24:00:00.000000Z"},
         {**BASES["handoff_completed"], "event_time": "1999-12-31T23:59:59+00:00"},
         {**BASES["handoff_requested"], "tools": ["a"] * 65},
         {**BASES["handoff_requested"], "tools": ["a", 1]},
