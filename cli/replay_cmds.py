@@ -304,30 +304,22 @@ def _replay(
 
     label = parse_dsn(settings.clickhouse_dsn).label
     mark("replay imported")
-    with replay_pool.collecting_rarely():
-        # the --jobs pool is forked before the audit's client (chDB runs threads) opens:
-        # ready in milliseconds, where a forkserver's fresh interpreter takes ~0.4 s
-        # (replay_pool); it inherits the collector's settings
-        pool = replay_pool.start_pool(jobs - 1)
+    # the --jobs pool is forked before the audit's client (chDB runs threads) opens: ready in
+    # milliseconds, where a forkserver's fresh interpreter takes ~0.4 s (replay_pool); it
+    # inherits the collector's settings
+    with replay_pool.collecting_rarely(), replay_pool.owned_pool(jobs - 1) as pool:
         mark("pool forked")
-        try:
-            with (
-                _without_arrow(),
-                audit_client(settings) as client,
-                audit_errors(label, "reading the recorded decisions"),
-            ):
-                mark("audit open")
-                policies, refused = read_policies(client)
-                mark("policies read")
-                report = replay_audit(
-                    client, scope, new_policy, policies, key, jobs, _Progress, retention_s, pool
-                )
-        except BaseException:
-            if pool is not None:  # (a failure, Ctrl-C: the pieces in the pool are not needed)
-                replay_pool.stop_pool(pool)
-            raise
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        with (
+            _without_arrow(),
+            audit_client(settings) as client,
+            audit_errors(label, "reading the recorded decisions"),
+        ):
+            mark("audit open")
+            policies, refused = read_policies(client)
+            mark("policies read")
+            report = replay_audit(
+                client, scope, new_policy, policies, key, jobs, _Progress, retention_s, pool
+            )
     return report, policies, refused, label
 
 

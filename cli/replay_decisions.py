@@ -78,58 +78,51 @@ def replay_decisions(
         if jobs > 1:
             replay_partitions.shared_counts()
         processes = min(jobs, settings.partitions) if settings.partitions > 1 else jobs - 1
-        pool = replay_pool.start_pool(processes if jobs > 1 else 0)
-        try:
-            with _Topic(settings, topic, chain_key) as read:
-                mark("topic open")
-                if read.records < _PARALLEL_ROWS:
-                    jobs = 1
-                # a caller running threads has no forked pool: this process reads, a
-                # forkserver pool decides (replay_pieces)
-                parallel = jobs > 1 and pool is not None and read.plan.count > 1
-                plan = read.policies_read() if parallel else read.first()
-                policies, refused = policies_of(read.policies)
-                mark("policies read")
-                bar = progress(read.records) if progress is not None else None
-                verdicts: StartVerdict = {}
-                if parallel:
-                    assert pool is not None
-                    job = PartitionJob(plan, scope, new_policy, policies, retention_s)
-                    report = replay_partitions.replay_partitions(
-                        job, pool, read.tally, verdicts, bar
-                    )
-                else:
-                    report = replay_pool.replay_pieces(
-                        read.pieces(scope, verdicts, jobs),
-                        as_rows,
-                        new_policy,
-                        policies,
-                        chain_key,
-                        jobs,
-                        bar,
-                        retention_s=retention_s,
-                        judge=False,
-                        pool=pool if jobs > 1 else None,
-                    )
-                if bar is not None:
-                    bar.done()
-                tally = read.tally
-                broken = {
-                    run_id: why
-                    for run_id, why in tally.broken.items()
-                    if scope.run_id is None or run_id == scope.run_id
-                }
-                _judge(report, verdicts, broken)
-                refused += tally.dead
-                if tally.dead_count > len(tally.dead):
-                    unshown = tally.dead_count - len(tally.dead)
-                    refused.append(f"{unshown:,} more records of {topic}")
-        except BaseException:
-            if pool is not None:  # (a failure, Ctrl-C: the partitions still read are not needed)
-                replay_pool.stop_pool(pool)
-            raise
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        with (
+            replay_pool.owned_pool(processes if jobs > 1 else 0) as pool,
+            _Topic(settings, topic, chain_key) as read,
+        ):
+            mark("topic open")
+            if read.records < _PARALLEL_ROWS:
+                jobs = 1
+            # a caller running threads has no forked pool: this process reads, a
+            # forkserver pool decides (replay_pieces)
+            parallel = jobs > 1 and pool is not None and read.plan.count > 1
+            plan = read.policies_read() if parallel else read.first()
+            policies, refused = policies_of(read.policies)
+            mark("policies read")
+            bar = progress(read.records) if progress is not None else None
+            verdicts: StartVerdict = {}
+            if parallel:
+                assert pool is not None
+                job = PartitionJob(plan, scope, new_policy, policies, retention_s)
+                report = replay_partitions.replay_partitions(job, pool, read.tally, verdicts, bar)
+            else:
+                report = replay_pool.replay_pieces(
+                    read.pieces(scope, verdicts, jobs),
+                    as_rows,
+                    new_policy,
+                    policies,
+                    chain_key,
+                    jobs,
+                    bar,
+                    retention_s=retention_s,
+                    judge=False,
+                    pool=pool if jobs > 1 else None,
+                )
+            if bar is not None:
+                bar.done()
+            tally = read.tally
+            broken = {
+                run_id: why
+                for run_id, why in tally.broken.items()
+                if scope.run_id is None or run_id == scope.run_id
+            }
+            _judge(report, verdicts, broken)
+            refused += tally.dead
+            if tally.dead_count > len(tally.dead):
+                unshown = tally.dead_count - len(tally.dead)
+                refused.append(f"{unshown:,} more records of {topic}")
     return report, policies, refused, label
 
 

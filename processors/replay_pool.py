@@ -61,6 +61,7 @@ __all__ = [
     "check_timeline",
     "collecting_rarely",
     "mark",
+    "owned_pool",
     "pool_failed",
     "prefetched",
     "replay_parallel",
@@ -196,6 +197,22 @@ def start_pool(processes: int) -> ProcessPoolExecutor | None:
         stop_pool(pool, wait=False)
         return None
     return pool
+
+
+@contextlib.contextmanager
+def owned_pool(processes: int) -> Iterator[ProcessPoolExecutor | None]:
+    """``start_pool(processes)`` for a ``with`` block: shut down when the block ends, and
+    stopped (``stop_pool``) when it ends by an exception (a failure, Ctrl-C: the work still in
+    the pool is not needed)."""
+    pool = start_pool(processes)
+    try:
+        yield pool
+    except BaseException:
+        if pool is not None:
+            stop_pool(pool)
+        raise
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def stop_pool(pool: ProcessPoolExecutor, wait: bool = True) -> None:
