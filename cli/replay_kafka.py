@@ -58,7 +58,11 @@ from typing import NamedTuple
 from baton.cli.replay_kafka_read import read_topics
 from baton.cli.replay_kafka_scope import ANSWERS, decided_here, in_scope, run_of, run_tenants
 from baton.processors.batch import BatchProcessor, InputRecord
-from baton.processors.control_apply import ControlInForce, apply_control_record
+from baton.processors.control_apply import (
+    ControlInForce,
+    apply_control_record,
+    history_unlogged,
+)
 from baton.processors.engine import NO_KILLS
 from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
@@ -418,17 +422,18 @@ def replay_from_kafka(
         settings, [catalog.control], None, None, latest, "read_uncommitted", late=late
     )[0]
     records += _commands_in_range(commands, until, late)
-    decided = decide_topics(
-        records,
-        baseline,
-        settings.partitions,
-        catalog.approvals,
-        catalog.control,
-        before,
-        latest,
-        answered,
-        late,
-    )
+    with history_unlogged():
+        decided = decide_topics(
+            records,
+            baseline,
+            settings.partitions,
+            catalog.approvals,
+            catalog.control,
+            before,
+            latest,
+            answered,
+            late,
+        )
     for run in cut_late:
         decided.undecidable.setdefault(run, _CUT_LATE)
     return replay_decided(decided, new_policy), decided.policies

@@ -12,7 +12,9 @@ would read the same record again (a crash loop in which no worker decides anythi
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -29,9 +31,23 @@ from baton.schemas.events import (
 )
 from baton.schemas.policy import Policy
 
-__all__ = ["ControlApplied", "ControlInForce", "apply_control_record"]
+__all__ = ["ControlApplied", "ControlInForce", "apply_control_record", "history_unlogged"]
 
 log = logging.getLogger("baton.processors.control")
+
+
+@contextlib.contextmanager
+def history_unlogged() -> Iterator[None]:
+    """Control records applied again as history (``baton replay --from-kafka --redecide``
+    applies each twice: the clock it is read at, then the replay) log nothing: the follower's
+    warnings are for commands applied now (a replay printed every recorded kill switch twice,
+    as if it were being pulled)."""
+    was = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = was
 
 
 @dataclass(frozen=True, slots=True)
