@@ -31,6 +31,7 @@ __all__ = [
     "REPORT",
     "TOMBSTONE_REPORT",
     "dedup_key",
+    "digest_of",
     "request_digest",
     "untimed_fields",
     "with_digest",
@@ -103,12 +104,17 @@ def request_digest(event: HandoffRequested | HandoffCompleted) -> str:
     """What a request id stands for: every field but the client's timing (``event_time`` and
     ``decide_by``: a client stamps a retry anew), so a retry matches and the same id reused
     for another request does not (``untimed_fields``)."""
+    return digest_of(event, event.__dict__)
+
+
+def digest_of(event: object, fields: dict[str, Any]) -> str:
+    """``request_digest(event)``, ``fields`` its ``__dict__`` (read once by the caller)."""
     global _last
     last, digest = _last
     if event is last:
         return digest
     h = _DIGEST.copy()
-    h.update(orjson.dumps(untimed_fields(dict(event.__dict__))))
+    h.update(orjson.dumps(untimed_fields(dict(fields))))
     digest = h.hexdigest()
     _last = (event, digest)
     return digest
