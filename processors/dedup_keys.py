@@ -78,7 +78,8 @@ _DIGEST: Final = hashlib.blake2b(digest_size=8)
 #: the newest event digested and its digest: replay decides each recorded event under two
 #: policies, and a handoff asking for approval is digested twice. Events are frozen, and the
 #: event held here cannot be collected, so no other event can come to have its identity
-_last: tuple[object, str] = (None, "")
+#: (a Final list changed in place: a compiled module writes a plain global through its dict)
+_LAST: Final[list[Any]] = [None, ""]
 
 
 def untimed_fields(fields: dict[str, Any]) -> dict[str, Any]:
@@ -109,12 +110,11 @@ def request_digest(event: HandoffRequested | HandoffCompleted) -> str:
 
 def digest_of(event: object, fields: dict[str, Any]) -> str:
     """``request_digest(event)``, ``fields`` its ``__dict__`` (read once by the caller)."""
-    global _last
-    last, digest = _last
-    if event is last:
-        return digest
+    last = _LAST
+    if event is last[0]:
+        return last[1]  # type: ignore[no-any-return]
     h = _DIGEST.copy()
     h.update(orjson.dumps(untimed_fields(dict(fields))))
     digest = h.hexdigest()
-    _last = (event, digest)
+    last[0], last[1] = event, digest
     return digest

@@ -300,7 +300,10 @@ class RunState:
         """True when ``key`` is among the run's newest SEEN_LIMIT decided keys."""
         if key in self.fresh:
             return True
-        mark = self.seen.get(key)
+        seen = self.seen
+        if not seen:  # (.get on the shared EMPTY, a dict subclass, is a method call compiled)
+            return False
+        mark = seen.get(key)
         return mark is not None and mark > self.marks - SEEN_LIMIT
 
     def digest_of(self, key: str) -> Any:
