@@ -388,9 +388,7 @@ def _finish(st: RunState, ev: RunFinished, ctx: DecisionContext) -> list[Decisio
 #: attribute access to a pydantic model's fields at plain-object speed (see _view); made by
 #: type(), so that it stays a Python class with a __dict__ when this module is compiled (mypyc
 #: makes a class statement a native class, without one)
-_FieldView: Final = type(
-    "_FieldView", (), {"__doc__": "A pydantic model's fields (engine._view)."}
-)
+_FieldView: Final = type("_FieldView", (), {"__doc__": "A pydantic model's fields (engine._view)."})
 
 
 _new_view: Final = object.__new__
