@@ -285,17 +285,17 @@ def build_decision(
 
 #: the newest decision id made and what it was made of: replay decides each recorded event
 #: under two policies, and both decisions have the same id (a BLAKE2b, ~6,000 instructions)
-_last_id: tuple[str, str, str, str] = ("", "", "", "")
+#: (a Final list changed in place: a compiled module writes a plain global through its dict)
+_LAST_ID: Final[list[str]] = ["", "", "", ""]
 
 
 def _decision_id(run_id: str, key: str, phase: str) -> str:
     """``decision_id_for``, answered from the newest id when it is asked for again."""
-    global _last_id
-    last_run, last_key, last_phase, made = _last_id
-    if key == last_key and run_id == last_run and phase == last_phase:
-        return made
+    last = _LAST_ID
+    if key == last[1] and run_id == last[0] and phase == last[2]:
+        return last[3]
     made = decision_id_for(run_id, key, phase)
-    _last_id = (run_id, key, phase, made)
+    last[0], last[1], last[2], last[3] = run_id, key, phase, made
     return made
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "REPORT",
     "TOMBSTONE_REPORT",
     "dedup_key",
+    "digest_of",
     "request_digest",
     "untimed_fields",
     "with_digest",
@@ -77,7 +78,8 @@ _DIGEST: Final = hashlib.blake2b(digest_size=8)
 #: the newest event digested and its digest: replay decides each recorded event under two
 #: policies, and a handoff asking for approval is digested twice. Events are frozen, and the
 #: event held here cannot be collected, so no other event can come to have its identity
-_last: tuple[object, str] = (None, "")
+#: (a Final list changed in place: a compiled module writes a plain global through its dict)
+_LAST: Final[list[Any]] = [None, ""]
 
 
 def untimed_fields(fields: dict[str, Any]) -> dict[str, Any]:
@@ -103,12 +105,16 @@ def request_digest(event: HandoffRequested | HandoffCompleted) -> str:
     """What a request id stands for: every field but the client's timing (``event_time`` and
     ``decide_by``: a client stamps a retry anew), so a retry matches and the same id reused
     for another request does not (``untimed_fields``)."""
-    global _last
-    last, digest = _last
-    if event is last:
-        return digest
+    return digest_of(event, event.__dict__)
+
+
+def digest_of(event: object, fields: dict[str, Any]) -> str:
+    """``request_digest(event)``, ``fields`` its ``__dict__`` (read once by the caller)."""
+    last = _LAST
+    if event is last[0]:
+        return last[1]  # type: ignore[no-any-return]
     h = _DIGEST.copy()
-    h.update(orjson.dumps(untimed_fields(dict(event.__dict__))))
+    h.update(orjson.dumps(untimed_fields(dict(fields))))
     digest = h.hexdigest()
-    _last = (event, digest)
+    last[0], last[1] = event, digest
     return digest

@@ -32,7 +32,6 @@ STICKY_REASONS: Final = frozenset(
 
 # (Final: a compiled module reads them from C statics, not through the module's dict)
 _intern: Final = intern
-_count_bounce: Final = count_bounce
 #: a TaskNode made as its class's own __new__ makes it, without calling that (a Python
 #: function: ~1.5k instructions a node, compiled; one a new task's allow)
 _new_node: Final = tuple.__new__
@@ -62,7 +61,7 @@ def apply_allow(
     st.handoff_count += 1
     rules = ctx.rules
     if rules.max_bounces is not None:
-        _count_bounce(st, req)
+        count_bounce(st, req)  # (a native call when compiled: no Final alias)
     if req.estimated_usd or req.estimated_tool_calls:
         reserve(st, req, rules, ctx.now_ts)
 

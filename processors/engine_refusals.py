@@ -185,11 +185,13 @@ def answer_known(
     now: datetime,
     kills: KillSwitches,
     origin: Origin,
+    tenant: str,
 ) -> list[Decision] | str | None:
     """What the run already knows of ``event``: the answer to give without deciding (a
     redelivery or a client retry gets what was decided, the state unchanged; a reused request
     id, another tenant, a reply no longer kept get a protocol refusal), or the key to count
-    a cost report under when its request id was used for another report, or None: decide."""
+    a cost report under when its request id was used for another report, or None: decide.
+    ``tenant``: the event's (read by the caller from its fields)."""
     if type(event) is _ApprovalGranted or type(event) is _ApprovalDenied:
         # a grant that was refused (self-approval, unknown approver) is remembered under its
         # own key: look there first, or its redelivery would be decided again, or answered
@@ -198,7 +200,8 @@ def answer_known(
         if state.has_seen(refused):
             return _replies(state, refused, event, policy, now, kills, origin)
     # state.has_seen(key), inline: it runs for every event
-    mark = state.seen.get(key)
+    # (.get on the shared EMPTY, a dict subclass, is a method call when compiled)
+    mark = state.seen.get(key) if state.seen else None
     if key in state.fresh or (mark is not None and mark > state.marks - SEEN_LIMIT):
         if digest is None or state.digest_of(key) in (digest, None):
             return _replies(state, key, event, policy, now, kills, origin)
@@ -231,7 +234,7 @@ def answer_known(
         return _replies(state, own, event, policy, now, kills, origin)
     if type(event) is _HandoffRequested and _holds_request(state, event, digest):
         return [protocol_answer(state, event, policy, now, kills, origin, digest)]  # type: ignore[arg-type]
-    if event.tenant != state.tenant and type(event) is not _HandoffCompleted:
+    if tenant != state.tenant and type(event) is not _HandoffCompleted:
         return [protocol_answer(state, event, policy, now, kills, origin, "tenant")]
     return None
 
@@ -260,6 +263,8 @@ def _holds_request(state: RunState, event: HandoffRequested, digest: str | None)
     rid = event.request_id
     if rid in state.reserved or rid in state.grants:
         return True
+    if not state.pending:  # (EMPTY, a dict subclass: iterating it is a method call compiled)
+        return False
     for p in state.pending.values():
         if p.request.request_id == rid and request_digest(p.request) != digest:
             return True

@@ -153,12 +153,19 @@ class RunState:
     @classmethod
     def new(cls, run_id: str, tenant: str, at: float, life: str = "") -> RunState:
         """A run Baton has not seen before, started at ``at`` (a POSIX timestamp)."""
+        # slot by slot, as copy(): the dataclass's __init__ is interpreted code even in a
+        # compiled build (~8,000 instructions a new run there, bench/RESULTS.md)
         e = EMPTY
-        return cls(
-            run_id, intern(tenant), at, at, 0, 0.0, 0, None, False, e, e, e, e, e, e, e, 0,
-            (),
-            0.0, 0, e, None, "", 0, e, None, e, life,
-        )  # fmt: skip
+        new = _new_state(RunState)
+        new.run_id, new.tenant, new.started_at, new.last_event_at = run_id, intern(tenant), at, at
+        new.handoff_count, new.spent_usd, new.tool_calls = 0, 0.0, 0
+        new.stopped, new.finished = None, False
+        new.tasks = new.new_tasks = new.agents = new.reserved = new.pending = new.seen = e
+        new.fresh, new.marks, new.recent = e, 0, ()
+        new.reserved_usd, new.reserved_tool_calls, new.digests = 0.0, 0, e
+        new.evicted_at, new.chain_head, new.steps, new.bounces = None, "", 0, e
+        new.reserved_due, new.grants, new.life = None, e, life
+        return new
 
     def tombstone(self, at: float) -> RunState:
         """What eviction keeps of the run: enough that a late event cannot reopen it, nor a
@@ -293,7 +300,10 @@ class RunState:
         """True when ``key`` is among the run's newest SEEN_LIMIT decided keys."""
         if key in self.fresh:
             return True
-        mark = self.seen.get(key)
+        seen = self.seen
+        if not seen:  # (.get on the shared EMPTY, a dict subclass, is a method call compiled)
+            return False
+        mark = seen.get(key)
         return mark is not None and mark > self.marks - SEEN_LIMIT
 
     def digest_of(self, key: str) -> Any:
