@@ -33,6 +33,7 @@ __all__ = [
     "dedup_key",
     "digest_of",
     "request_digest",
+    "request_key",
     "untimed_fields",
     "with_digest",
 ]
@@ -61,10 +62,15 @@ def dedup_key(event: RunEvent) -> str:
     pydantic models goes through their metaclass, slow when it misses)."""
     kind = type(event)
     if kind is _HandoffRequested or kind is _HandoffCompleted:
-        return (HANDOFF if kind is _HandoffRequested else REPORT) + event.request_id  # type: ignore[union-attr]
+        return request_key(kind is _HandoffRequested, event.request_id)  # type: ignore[union-attr]
     if kind is _ApprovalGranted or kind is _ApprovalDenied:
         return APPROVAL + event.approval_id  # type: ignore[union-attr]
     return FINISHED
+
+
+def request_key(requested: bool, request_id: str) -> str:
+    """The key of a handoff request (``requested``) or of its cost report, by request id."""
+    return (HANDOFF if requested else REPORT) + request_id
 
 
 def with_digest(key: str, digest: str) -> str:

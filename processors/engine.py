@@ -49,7 +49,7 @@ from baton.processors.decision_builder import (
     build_decision,
     life_of,
 )
-from baton.processors.dedup_keys import HANDOFF, REPORT, dedup_key, digest_of, request_digest
+from baton.processors.dedup_keys import dedup_key, digest_of, request_digest, request_key
 from baton.processors.engine_budget import count_cost, settle_reservation
 from baton.processors.engine_control import (
     NO_KILLS,
@@ -147,8 +147,6 @@ _RunFinished: Final = RunFinished
 _answer_approval: Final = answer_approval
 _refused_key: Final = refused_key
 _ask_approval: Final = ask_approval
-_HANDOFF: Final = HANDOFF
-_REPORT: Final = REPORT
 
 
 #: the newest ``now`` decided at and its POSIX time (datetime.timestamp() costs about a
@@ -180,9 +178,9 @@ def decide(
     fields: dict[str, Any] = event.__dict__
     digest = reused = request_id = None
     if type(event) is _HandoffRequested or type(event) is _HandoffCompleted:
-        rid: str = fields["request_id"]  # (a str: a native concatenation when compiled)
+        rid: str = fields["request_id"]
         # dedup_key(event) and request_digest(event), from the fields
-        key = (_HANDOFF if type(event) is _HandoffRequested else _REPORT) + rid
+        key = request_key(type(event) is _HandoffRequested, rid)
         request_id = rid
         digest = digest_of(event, fields)
     else:

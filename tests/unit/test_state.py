@@ -129,6 +129,20 @@ def test_copy_carries_every_field_and_owns_its_dedup_marks() -> None:
     assert (state.fresh_keys(), state.fresh_digests()) == marks
 
 
+def test_new_sets_every_field_as_the_constructor_would() -> None:
+    # RunState.new fills the slots one by one (the dataclass's __init__ is interpreted even
+    # compiled): a field it missed raises AttributeError here, a wrong start differs
+    e = EMPTY
+    made = RunState.new("run-1", "acme", 5.0, "life")
+    built = RunState(
+        "run-1", "acme", 5.0, 5.0, 0, 0.0, 0, None, False, e, e, e, e, e, e, e, 0, (),
+        0.0, 0, e, None, "", 0, e, None, e, "life",
+    )  # fmt: skip
+    for f in fields(RunState):
+        assert getattr(made, f.name) == getattr(built, f.name), f.name
+    assert made.to_bytes() == built.to_bytes()
+
+
 def test_dedup_marks_round_trip_at_every_fold_position_and_window_edge() -> None:
     # marks are folded into the shared dict every FRESH_LIMIT keys and the window drops the
     # oldest past SEEN_LIMIT: a state restored at any point must dedup exactly as the
