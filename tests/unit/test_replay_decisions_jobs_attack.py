@@ -295,6 +295,7 @@ print(json.dumps(answers))
 """
 
 
+@pytest.mark.soak  # a CPU bound: 1.5-1.7 s quiet, 4.4 s inside the full suite on 2 cores (CI)
 def test_a_topic_of_thousands_of_partitions_costs_the_reading_process_no_square() -> None:
     """The reading process waited on every partition's future not done yet, once a
     partition done (concurrent.futures.wait): O(partitions) each, O(partitions²) in all. 8,000
