@@ -22,6 +22,7 @@ from baton.processors.decision_builder import (
     cover_digest,
 )
 from baton.processors.dedup_keys import APPROVAL, REFUSED, request_digest
+from baton.processors.engine_fields import Report
 from baton.processors.engine_outcome import apply_allow, apply_stop
 from baton.processors.policy_rules import TenantRules
 from baton.processors.rule_checks import check_handoff, depth_of
@@ -195,7 +196,7 @@ def remember_grant(st: RunState, req: HandoffRequested, rules: TenantRules) -> N
     st.grants = {**grants, req.request_id: (req.task_id, req.to_agent, names)}
 
 
-def spend_grant(st: RunState, done: HandoffCompleted) -> None:
+def spend_grant(st: RunState, done: HandoffCompleted | Report) -> None:
     """The completion of a granted handoff (its request id, task and agent) was counted: its
     grant covers nothing more. It is kept, covering no name, so that its request id stays
     taken: the same request and the same signed grant sent again past the dedup window are

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 
+from baton.processors.engine_fields import Handoff, handoff_of
 from baton.processors.policy_rules import TenantRules
 from baton.processors.state import SEEN_LIMIT, RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason, decision_id_for
@@ -198,7 +199,7 @@ def build_decision(
     outcome: Outcome,
     reason: str,
     event_time: datetime | None,
-    req: HandoffRequested | None = None,
+    request: Handoff | HandoffRequested | None = None,
     *,
     owner: str | None = None,
     from_agent: str | None = None,
@@ -212,7 +213,8 @@ def build_decision(
     approver: str | None = None,
     detail: str | None = None,
 ) -> Decision:
-    """The record of one decision; the agents, task, action and tool come from ``req`` if given.
+    """The record of one decision; the agents, task, action and tool come from ``request`` if
+    given (the handoff's fields, engine_fields, or the event).
 
     Every field of ``Decision`` is set here by name (tests/unit/test_engine_builder.py fails
     when one is added and not set): slot by slot on a bare instance, which is about twice as
@@ -230,7 +232,8 @@ def build_decision(
         shadow = outcome
         outcome = _RECORDED if phase is _POST_HANDOFF else _ALLOW
     action = tool = None
-    if req is not None:
+    if request is not None:
+        req = request if type(request) is Handoff else handoff_of(request)
         from_agent, to_agent, task_id = req.from_agent, req.to_agent, req.task_id
         parent_task_id, action, tool = req.parent_task_id, req.action, req.tool
     origin = ctx.origin
@@ -258,7 +261,7 @@ def build_decision(
     d.action = action
     d.depth = depth
     d.handoff_count = st.handoff_count
-    d.spent_usd = (_ROUNDED.get(spent) or _usd(spent)) if spent else 0.0
+    d.spent_usd = _spent_usd(spent) if spent else 0.0
     d.tool_calls = st.tool_calls
     d.handoff_status = handoff_status
     d.fallback = rules.fallback_for(reason) if (shadow or outcome) is _STOP else None
@@ -268,9 +271,8 @@ def build_decision(
     d.policy_version = rules.version
     d.event_time = event_time
     d.decided_at = ctx.now
-    d.worker = origin.worker
-    d.partition = origin.partition
-    d.offset = origin.offset
+    # (unpacked: a NamedTuple's field read by name is a Python attribute read compiled)
+    d.worker, d.partition, d.offset = origin
     d.shadow_outcome = shadow
     d.tool = tool
     d.reserved_usd = (_ROUNDED.get(reserved) or _usd(reserved)) if reserved else 0.0
@@ -303,6 +305,21 @@ def _decision_id(run_id: str, key: str, phase: str) -> str:
 #: the next completion, and round() with digits formats and re-parses the number (~2,000
 #: instructions, two per decision; bench/RESULTS.md)
 _ROUNDED: Final[dict[float, float]] = {}
+
+
+#: the newest spend rounded and its rounding: a run's decisions, and replay's two decides of
+#: a step, repeat it (a float compared natively, where the dict's get hashes it: ~380)
+_LAST_SPENT: Final[list[float]] = [0.0, 0.0]
+
+
+def _spent_usd(spent: float) -> float:
+    """``round(spent, 9)``, answered from the newest when asked again (``spent`` not 0)."""
+    last = _LAST_SPENT
+    if spent == last[0]:
+        return last[1]
+    rounded = _ROUNDED.get(spent) or _usd(spent)
+    last[0], last[1] = spent, rounded
+    return rounded
 
 
 def _usd(amount: float) -> float:

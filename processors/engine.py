@@ -17,6 +17,7 @@ Where things are (processors/, one job each):
  - engine_refusals    answers from the run's memory, protocol refusals, the worker's stops
  - engine_lifecycle   what falls due, eviction to a tombstone
  - engine_outcome     what an allow or a budget stop does to the run's state
+ - engine_fields      a handoff's and a report's fields as the rules read them
  - decision_builder   the decision record, field by field
  - dedup_keys         the key and digest a decided event is remembered by
 
@@ -61,6 +62,7 @@ from baton.processors.engine_control import (
     policy_update_record,
     refused_command_id,
 )
+from baton.processors.engine_fields import Handoff, Report, handoff_fields, report_fields
 from baton.processors.engine_lifecycle import (
     evict,
     expire,
@@ -242,9 +244,9 @@ def decide(
         replies = st.replies(key) or []
         return st, out + [d for d in replies if d not in out]
     if type(event) is _HandoffRequested:
-        decisions = _pre_handoff(st, event, _view_of(event, fields), ctx)
+        decisions = _pre_handoff(st, event, _handoff_view(event, fields), ctx)
     elif type(event) is _HandoffCompleted:
-        decisions = _post_handoff(st, _view_of(event, fields), ctx)
+        decisions = _post_handoff(st, _report_view(event, fields), ctx)
     elif type(event) is _ApprovalGranted or type(event) is _ApprovalDenied:
         decisions = _answer_approval(st, event, ctx)
         if decisions[0].outcome is _RECORDED:
@@ -271,11 +273,11 @@ def decide(
 
 
 def _pre_handoff(
-    st: RunState, event: HandoffRequested, req: HandoffRequested, ctx: DecisionContext
+    st: RunState, event: HandoffRequested, req: Handoff, ctx: DecisionContext
 ) -> list[Decision]:
-    """``req``: the event's fields (``_view``)."""
+    """``req``: the event's fields (engine_fields)."""
     task_id = req.task_id
-    node = st.new_tasks.get(task_id) or st.tasks.get(task_id)  # st.task(task_id), inline
+    node = st.task(task_id)
     depth = depth_of(st, req, node)  # (a native call when compiled: no Final alias)
     outcome, reason, detail = check_handoff(st, req, ctx, depth, node, gate=True)
     approval_id = expires = None
@@ -318,8 +320,8 @@ def _pre_handoff(
     return [d]
 
 
-def _post_handoff(st: RunState, done: HandoffCompleted, ctx: DecisionContext) -> list[Decision]:
-    """``done``: the report's fields (``_view``)."""
+def _post_handoff(st: RunState, done: Report, ctx: DecisionContext) -> list[Decision]:
+    """``done``: the report's fields (engine_fields)."""
     rules = ctx.rules
     # every reported cost counts, even of a handoff Baton stopped or never saw: money spent
     # is spent, and the shared budget must see it
@@ -383,38 +385,28 @@ def _finish(st: RunState, ev: RunFinished, ctx: DecisionContext) -> list[Decisio
     ]
 
 
-#: attribute access to a pydantic model's fields at plain-object speed (see _view); made by
-#: type(), so that it stays a Python class with a __dict__ when this module is compiled (mypyc
-#: makes a class statement a native class, without one)
-_FieldView: Final = type("_FieldView", (), {"__doc__": "A pydantic model's fields (engine._view)."})
+#: the newest handoff and report viewed and their fields (engine_fields): replay decides each
+#: recorded event under two policies (an event held here cannot be collected, so no other can
+#: come to have its id)
+_LAST_HANDOFF: Final[list[Any]] = [None, None]
+_LAST_REPORT: Final[list[Any]] = [None, None]
 
 
-_new_view: Final = object.__new__
-
-
-#: the newest event viewed and its view: replay decides each recorded event under two
-#: policies (the event held here cannot be collected, so no other can come to have its id)
-_LAST_VIEW: Final[list[Any]] = [None, None]
-
-
-def _view_of(event: object, fields: dict[str, Any]) -> Any:
-    """``_view(fields)``, ``fields`` the ``__dict__`` of ``event``; the newest event's again."""
-    last = _LAST_VIEW
+def _handoff_view(event: object, fields: dict[str, Any]) -> Handoff:
+    """``handoff_fields(fields)``, ``fields`` the ``__dict__`` of ``event``; the newest again."""
+    last = _LAST_HANDOFF
     if event is last[0]:
-        return last[1]
-    view = _view(fields)
+        return last[1]  # type: ignore[no-any-return]
+    view = handoff_fields(fields)
     last[0], last[1] = event, view
     return view
 
 
-def _view(fields: dict[str, Any]) -> Any:
-    """A read-only view of a model's fields: ``fields`` is its ``__dict__``, shared.
-
-    Pydantic keeps a model's field values in its instance ``__dict__``, but reading them as
-    attributes takes CPython's slow generic path (``BaseModel.__getattr__`` keeps 3.11 from
-    specialising ``LOAD_ATTR``): about 25 ns a read, and a handoff reads ~25. The view is a
-    plain object with the same dict, read at ~6 ns. Fields only: no properties or methods.
-    """
-    view: Any = _new_view(_FieldView)
-    view.__dict__ = fields
+def _report_view(event: object, fields: dict[str, Any]) -> Report:
+    """``report_fields(fields)``, ``fields`` the ``__dict__`` of ``event``; the newest again."""
+    last = _LAST_REPORT
+    if event is last[0]:
+        return last[1]  # type: ignore[no-any-return]
+    view = report_fields(fields)
+    last[0], last[1] = event, view
     return view

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Final
 
 from baton.processors.decision_builder import DecisionContext, build_decision
+from baton.processors.engine_fields import Handoff, Report
 from baton.processors.policy_rules import TenantRules
 from baton.processors.state import Reservation, RunState
 from baton.schemas.decision import Decision, Outcome, Phase, Reason
-from baton.schemas.events import MAX_RUN_COUNT, MAX_RUN_USD, HandoffCompleted, HandoffRequested
+from baton.schemas.events import MAX_RUN_COUNT, MAX_RUN_USD
 
 # (Final: a compiled module reads them from C statics, not through the module's dict)
 _MAX_RUN_USD: Final = MAX_RUN_USD
@@ -27,7 +28,7 @@ _Reservation: Final = Reservation
 __all__ = ["count_cost", "expire_reservations", "reserve", "settle_reservation"]
 
 
-def count_cost(st: RunState, done: HandoffCompleted) -> None:
+def count_cost(st: RunState, done: Report) -> None:
     """Add a completion's cost, tool calls and steps to the run's totals: every reported
     cost counts, even of a handoff Baton stopped or never saw (money spent is spent)."""
     # saturating: a run's totals never pass what the audit's columns hold exactly (a run
@@ -41,7 +42,7 @@ def count_cost(st: RunState, done: HandoffCompleted) -> None:
         st.steps = steps if steps < _MAX_RUN_COUNT else _MAX_RUN_COUNT
 
 
-def reserve(st: RunState, req: HandoffRequested, rules: TenantRules, now_ts: float) -> None:
+def reserve(st: RunState, req: Handoff, rules: TenantRules, now_ts: float) -> None:
     """An allowed handoff's estimates (``estimated_usd``, ``estimated_tool_calls``) held
     against the shared budget until its completion, or reservation_ttl_seconds."""
     estimated_usd, estimated_calls = req.estimated_usd, req.estimated_tool_calls
@@ -60,7 +61,7 @@ def reserve(st: RunState, req: HandoffRequested, rules: TenantRules, now_ts: flo
     st.set_reserved({**st.reserved, req.request_id: reservation})
 
 
-def settle_reservation(st: RunState, done: HandoffCompleted) -> None:
+def settle_reservation(st: RunState, done: Report) -> None:
     """A completion settles the reservation its request holds, only if it reports the task
     that reservation is for (or the reservation predates task ids): a report naming another
     task's request id must not free that estimate at no cost and let the run oversubscribe

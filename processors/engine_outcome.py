@@ -13,6 +13,7 @@ from typing import Final
 
 from baton.processors.decision_builder import DecisionContext
 from baton.processors.engine_budget import reserve
+from baton.processors.engine_fields import Handoff, handoff_of
 from baton.processors.rule_checks import budget_exhausted, count_bounce
 from baton.processors.state import RunState, TaskNode
 from baton.schemas.decision import Reason
@@ -40,10 +41,16 @@ _SHARED: Final = Reason.SHARED_BUDGET_EXCEEDED
 
 
 def apply_allow(
-    st: RunState, req: HandoffRequested, depth: int, node: TaskNode | None, ctx: DecisionContext
+    st: RunState,
+    request: Handoff | HandoffRequested,
+    depth: int,
+    node: TaskNode | None,
+    ctx: DecisionContext,
 ) -> None:
     """An allowed handoff: the task locked to ``to_agent``, its agents joined, the handoff
-    counted (and its bounce), its estimate reserved."""
+    counted (and its bounce), its estimate reserved. ``request``: the handoff's fields
+    (engine_fields), or the event (approvals.py)."""
+    req = request if type(request) is Handoff else handoff_of(request)
     # tasks, agents, reserved, pending and bounces are replaced, never changed in place: the
     # state this one was copied from shares them (RunState.copy)
     # the names interned: the task node and the agents keep them for the run's life, and an

@@ -28,6 +28,7 @@ from baton.processors.dedup_keys import (
 )
 from baton.processors.engine_budget import count_cost
 from baton.processors.engine_control import NO_KILLS, KillSwitches
+from baton.processors.engine_fields import report_of
 from baton.processors.engine_lifecycle import new_state
 from baton.processors.policy_rules import rules_for
 from baton.processors.state import RECENT_REPLIES, SEEN_LIMIT, RunState
@@ -91,7 +92,7 @@ def refuse(
     elif type(event) is _HandoffCompleted:
         digest, phase, done = request_digest(event), Phase.POST_HANDOFF, event
         request_id = event.request_id
-        count_cost(st, event)
+        count_cost(st, report_of(event))
     elif type(event) is _ApprovalGranted or type(event) is _ApprovalDenied:
         key, phase, request_id = refused_key(event), Phase.APPROVAL, refused_answer_id(event)
     decision = build_decision(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from baton.processors.engine_fields import Handoff, handoff_of
 from baton.processors.policy_rules import TenantRules
 from baton.processors.state import RunState, TaskNode
 from baton.schemas.decision import Reason
@@ -34,9 +35,7 @@ Refusal = tuple[str, str | None]
 MAX_CHAIN_HOPS: Final = 256
 
 
-def lineage_rule(
-    st: RunState, req: HandoffRequested, node: TaskNode | None = None
-) -> Refusal | None:
+def lineage_rule(st: RunState, req: Handoff, node: TaskNode | None = None) -> Refusal | None:
     """multi_agent.require_lineage -> lineage_required: a handoff from an agent other than
     the run's first (the ``from_agent`` of its first allowed handoff: the first of its
     agents) names no ``parent_task_id`` that ``from_agent`` owns in the run's tree. Without
@@ -84,11 +83,11 @@ def lineage_rule(
     return None
 
 
-def depth_of(st: RunState, req: HandoffRequested, node: TaskNode | None) -> int:
+def depth_of(st: RunState, req: Handoff | HandoffRequested, node: TaskNode | None) -> int:
     """The task's depth in the run's tree; ``node`` is the task's node if it has one."""
     if node is not None:
         return node.depth
-    parent_id = req.parent_task_id
+    parent_id = (req if type(req) is Handoff else handoff_of(req)).parent_task_id
     if parent_id is None:
         return 1
     parent = st.task(parent_id)
@@ -96,7 +95,7 @@ def depth_of(st: RunState, req: HandoffRequested, node: TaskNode | None) -> int:
     return (parent.depth if parent is not None else 1) + 1
 
 
-def on_chain(st: RunState, req: HandoffRequested, node: TaskNode | None = None) -> bool:
+def on_chain(st: RunState, req: Handoff, node: TaskNode | None = None) -> bool:
     """True when to_agent already sits on the task's delegation chain (A -> B -> A): the
     chain above the request's parent and, for a task the run knows (``node``), above the
     parent its tree holds (a released task handed on naming no parent, or another one, has
@@ -130,7 +129,7 @@ def depth_rule(depth: int, rules: TenantRules) -> Refusal | None:
     return None
 
 
-def cycle_rule(st: RunState, req: HandoffRequested, node: TaskNode | None = None) -> Refusal | None:
+def cycle_rule(st: RunState, req: Handoff, node: TaskNode | None = None) -> Refusal | None:
     """multi_agent.detect_delegation_cycles -> delegation_cycle: the task would go back to an
     agent already on its delegation chain (``node``: the task's, if the run knows it)."""
     if on_chain(st, req, node):
@@ -144,7 +143,7 @@ def cycle_rule(st: RunState, req: HandoffRequested, node: TaskNode | None = None
 # ---------------------------------------------------------------- cycles without task links
 
 
-def bounce_rule(st: RunState, req: HandoffRequested, max_bounces: int) -> Refusal | None:
+def bounce_rule(st: RunState, req: Handoff, max_bounces: int) -> Refusal | None:
     """max_bounces -> delegation_cycle: work goes back to where it came from once too often,
     task ids and parent links playing no part: from_agent hands work back to the agent that
     last handed work to it (A -> B -> A), or to the start of a three-agent loop
@@ -167,7 +166,7 @@ def bounce_rule(st: RunState, req: HandoffRequested, max_bounces: int) -> Refusa
     return Reason.DELEGATION_CYCLE, f"{why} > max_bounces {max_bounces}"
 
 
-def count_bounce(st: RunState, req: HandoffRequested) -> None:
+def count_bounce(st: RunState, req: Handoff) -> None:
     """Record an allowed handoff for max_bounces (changes ``st``): handing work back, or
     closing a three-agent loop, is one bounce of the pair."""
     giver, taker = req.from_agent, req.to_agent

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Final
 
 from baton.processors.engine_control import NO_KILLS, KillSwitches
+from baton.processors.engine_fields import Handoff, Report, handoff_of
 from baton.processors.policy_rules import TenantRules
 from baton.processors.rule_chain import (
     MAX_CHAIN_HOPS,
@@ -30,7 +31,7 @@ from baton.processors.rule_chain import (
 )
 from baton.processors.state import RunState, TaskNode
 from baton.schemas.decision import Outcome, Reason
-from baton.schemas.events import HandoffCompleted, HandoffRequested
+from baton.schemas.events import HandoffRequested
 
 if TYPE_CHECKING:
     from baton.processors.decision_builder import DecisionContext
@@ -77,7 +78,7 @@ _TenantRules: Final = TenantRules
 
 def check_handoff(
     st: RunState,
-    req: HandoffRequested,
+    request: Handoff | HandoffRequested,
     ctx: DecisionContext,
     depth: int,
     node: TaskNode | None,
@@ -86,7 +87,10 @@ def check_handoff(
 ) -> tuple[Outcome, str, str | None]:
     """Rules 1-8 of docs/policy.md for one handoff, in order, first failure wins: the
     outcome, reason and detail. ``node``: the task's, if it has one; ``depth``: the task's
-    computed depth; ``gate`` False skips the approval gate (the handoff was just granted)."""
+    computed depth; ``gate`` False skips the approval gate (the handoff was just granted).
+    ``request``: the handoff's fields (engine_fields), or the event (approvals.py)."""
+    # (the check inline: a call costs more interpreted, where the worker runs)
+    req = request if type(request) is Handoff else handoff_of(request)
     rules = ctx.rules
     # a rule that cannot apply is not called (a call costs more than most rules' checks):
     # no kill switch, a run neither closed nor evicted, no decide_by, a new task, no estimate
@@ -155,7 +159,7 @@ def unknown_tenant_rule(st: RunState) -> Refusal | None:
     )
 
 
-def request_expired_rule(req: HandoffRequested, now: datetime) -> Refusal | None:
+def request_expired_rule(req: Handoff, now: datetime) -> Refusal | None:
     """The request's ``decide_by`` passed -> request_expired: the client gave up waiting and
     failed closed, so allowing now would lock the task and count a handoff nobody makes."""
     if req.decide_by is not None and now > req.decide_by:
@@ -177,7 +181,7 @@ def run_evicted_rule(st: RunState) -> Refusal | None:
 # ---------------------------------------------------------------- who may take the task
 
 
-def ownership_rule(req: HandoffRequested, node: TaskNode | None) -> Refusal | None:
+def ownership_rule(req: Handoff, node: TaskNode | None) -> Refusal | None:
     """The ownership lock -> ownership_conflict: the task is owned by another agent than
     ``to_agent`` (a released task, owner "", may be taken)."""
     if node is not None and node.owner != req.to_agent and node.owner:
@@ -185,13 +189,13 @@ def ownership_rule(req: HandoffRequested, node: TaskNode | None) -> Refusal | No
     return None
 
 
-def role_rule(req: HandoffRequested, rules: TenantRules) -> Refusal | None:
+def role_rule(req: Handoff, rules: TenantRules) -> Refusal | None:
     """roles.<agent>.may_own / may_delegate_to -> role_not_permitted."""
     why = rules.limits.role_permits(req.from_agent, req.to_agent, req.task_kind or req.task_id)
     return (Reason.ROLE_NOT_PERMITTED, why) if why else None
 
 
-def agent_limit_rule(st: RunState, req: HandoffRequested, rules: TenantRules) -> Refusal | None:
+def agent_limit_rule(st: RunState, req: Handoff, rules: TenantRules) -> Refusal | None:
     """multi_agent.max_agents_per_run -> agent_limit_exceeded: the handoff would bring the
     run's distinct agents past the limit."""
     agents, from_agent, to_agent = st.agents, req.from_agent, req.to_agent
@@ -235,7 +239,7 @@ def budget_exhausted(st: RunState, rules: TenantRules, now_ts: float) -> Refusal
     return None
 
 
-def estimate_over(st: RunState, req: HandoffRequested, rules: TenantRules) -> Refusal | None:
+def estimate_over(st: RunState, req: Handoff, rules: TenantRules) -> Refusal | None:
     """shared_max_usd, shared_max_tool_calls with reservations -> shared_budget_exceeded:
     spent + reserved + this request's estimate (none: 0) would go over (parallel sub-agents
     cannot oversubscribe the run together; one that spent past its estimate while others
@@ -277,7 +281,7 @@ def spent_over(st: RunState, rules: TenantRules) -> Refusal | None:
 # ---------------------------------------------------------------- tools
 
 
-def tool_rule(req: HandoffRequested, rules: TenantRules) -> Refusal | None:
+def tool_rule(req: Handoff, rules: TenantRules) -> Refusal | None:
     """tools.allow / tools.block, roles.<to_agent>.tools -> tool_not_permitted: a tool the
     handoff names (``tool``, ``tools``) that the receiving agent may not use."""
     tool, tools = req.tool, req.tools
@@ -288,9 +292,7 @@ def tool_rule(req: HandoffRequested, rules: TenantRules) -> Refusal | None:
     return (Reason.TOOL_NOT_PERMITTED, why) if why else None
 
 
-def used_tools_rule(
-    done: HandoffCompleted, node: TaskNode | None, rules: TenantRules
-) -> Refusal | None:
+def used_tools_rule(done: Report, node: TaskNode | None, rules: TenantRules) -> Refusal | None:
     """tools.allow / tools.block, roles.<agent>.tools -> tool_not_permitted: a tool the
     completion reports that its agent, or the task's owner, may not use (already used: the
     run is stopped). The owner's role counts too: a report sent under another agent's name
@@ -303,7 +305,7 @@ def used_tools_rule(
     return (Reason.TOOL_NOT_PERMITTED, refusal) if refusal else None
 
 
-def ungranted_tool_rule(st: RunState, done: HandoffCompleted, rules: TenantRules) -> Refusal | None:
+def ungranted_tool_rule(st: RunState, done: Report, rules: TenantRules) -> Refusal | None:
     """require_approval_for -> tool_not_permitted: a completion reports a tool the approval
     gate matches that no grant covers: its handoff (this request id, this task, this agent)
     was not granted, or was granted for other names (already used: the run is stopped)."""
@@ -328,7 +330,7 @@ def ungranted_tool_rule(st: RunState, done: HandoffCompleted, rules: TenantRules
 
 
 def release_ownership(
-    st: RunState, done: HandoffCompleted, node: TaskNode | None, rules: TenantRules
+    st: RunState, done: Report, node: TaskNode | None, rules: TenantRules
 ) -> str | None:
     """release_ownership_on -> ownership_released: a completion by the task's owner with a
     failure status frees the task (in ``st``) for another agent, and says so. Only the
