@@ -254,7 +254,6 @@ class BatchProcessor:
             return False
         new, decided = decide(state, event, self.policy, now, kills, origin)
         # copies to publish: with the input (`baton replay`), a reply from the state flagged
-        # (new is None only when state is: "new is not None" below tells the compiler so)
         decisions = publishable(new, decided, event)
         if new is not None and new is not state:
             # link only what was decided now: a reply re-emitted from the state is already
@@ -358,7 +357,8 @@ class BatchProcessor:
         """``key``'s run now takes ``size`` encoded bytes (None: it left the table)."""
         old = self._sizes.pop(key, 0) if size is None else self._sizes.get(key, 0)
         if size is not None:
-            self._sizes[key] = _SIZES.setdefault(size, size) if size < _SIZES_SHARED else size
+            kept: Any = _SIZES.setdefault(size, size) if size < _SIZES_SHARED else size
+            self._sizes[key] = kept
         self.state_bytes += (size or 0) - old
 
     def forget_sizes(self) -> None:
