@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from baton.processors.batch_records import (
     DeadLetter,
@@ -87,8 +88,8 @@ DEFAULT_MAX_RUNS = 500_000
 #: 1.6x this: a decoded state is larger than its bytes)
 DEFAULT_MAX_STATE_BYTES = 4 * 1024**3
 #: one int a record size below this, held by every run of that size in the size map (an int
-#: of its own took 32 bytes a run; at most 8,192 of them, ~0.7 MB)
-_SIZES: dict[int, int] = {}
+#: of its own took 32 bytes a run; at most 8,192 of them, ~0.7 MB; Any: compiled, not reboxed)
+_SIZES: dict[int, Any] = {}
 _SIZES_SHARED = 8192
 
 
@@ -139,7 +140,7 @@ class BatchProcessor:
         #: runs are refused like past max_runs, so memory is bounded by bytes, not only count
         self.max_state_bytes = max_state_bytes
         self.state_bytes = 0
-        self._sizes: dict[bytes, int] = {}
+        self._sizes: dict[bytes, Any] = {}  # (Any: _SIZES's int objects, not boxed anew)
         #: the key of the runs' decision hash chains (processors/chain.py)
         self.chain_key = chain_key
         #: approvals only from here, run events never (None: no check, for tests): whoever
@@ -254,7 +255,7 @@ class BatchProcessor:
         new, decided = decide(state, event, self.policy, now, kills, origin)
         # copies to publish: with the input (`baton replay`), a reply from the state flagged
         decisions = publishable(new, decided, event)
-        if new is not state:
+        if new is not None and new is not state:
             # link only what was decided now: a reply re-emitted from the state is already
             # linked (and its copy flagged reemitted)
             link(new, [d for d in decisions if d.chain_hash is None], self.chain_key)
@@ -266,7 +267,7 @@ class BatchProcessor:
             # event's decision (and id) hung on where the batches split
             new, decisions = self._limit(state, event, None, kills, now, origin)
             out.encoded.pop(key, None)
-        elif careful and new is not state:
+        elif careful and new is not None and new is not state:
             raw = new.to_bytes()
             if len(raw) > self.run_state_max_bytes:
                 limited, decisions = self._limit(state, event, len(raw), kills, now, origin)
@@ -279,7 +280,7 @@ class BatchProcessor:
                     )
                 new = limited
             out.encoded[key] = raw
-        if new is not state:
+        if new is not None and new is not state:
             self.states[key] = new
             out.changed[key] = (rec.partition, new)
         elif (
@@ -356,7 +357,8 @@ class BatchProcessor:
         """``key``'s run now takes ``size`` encoded bytes (None: it left the table)."""
         old = self._sizes.pop(key, 0) if size is None else self._sizes.get(key, 0)
         if size is not None:
-            self._sizes[key] = _SIZES.setdefault(size, size) if size < _SIZES_SHARED else size
+            kept: Any = _SIZES.setdefault(size, size) if size < _SIZES_SHARED else size
+            self._sizes[key] = kept
         self.state_bytes += (size or 0) - old
 
     def forget_sizes(self) -> None:

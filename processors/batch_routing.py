@@ -10,6 +10,8 @@ misplaced means the topic's partition count differs from ``BATON_PARTITIONS`` so
 
 from __future__ import annotations
 
+from typing import Any
+
 from baton.processors.batch_records import (
     MAX_KEY_BYTES,
     ErrorKind,
@@ -30,8 +32,14 @@ FORWARDED_FROM = "baton-forwarded-from"
 MAX_HEADER_BYTES = 16 * 1024
 
 
-def _has_header(rec: InputRecord, name: str) -> bool:
-    return any(h[0] == name for h in rec.headers or ())
+def _headers(rec: Any) -> Any:
+    """``rec``'s headers as the consumer gave them (a list, a tuple, a value None: read
+    untyped, so that the compiled build never checks them against InputRecord's annotation)."""
+    return rec.headers or ()
+
+
+def _has_header(headers: Any, name: str) -> bool:
+    return any(h[0] == name for h in headers)
 
 
 def route(
@@ -73,14 +81,15 @@ def route(
     home = partition_for(key, partitions)
     if home == rec.partition:
         return key, event
-    header_bytes = sum(len(h[0]) + len(h[1] or b"") for h in rec.headers or ())
+    headers = _headers(rec)
+    header_bytes = sum(len(h[0]) + len(h[1] or b"") for h in headers)
     if header_bytes > MAX_HEADER_BYTES:
         raise RecordError(
             ErrorKind.OUT_OF_RANGE,
             f"{header_bytes} bytes of headers on a misplaced event (at most "
             f"{MAX_HEADER_BYTES} are forwarded)",
         )
-    if _has_header(rec, FORWARDED_FROM):
+    if _has_header(headers, FORWARDED_FROM):
         # forwarded once already and still misplaced: the topic's partition count
         # differs from BATON_PARTITIONS somewhere; bouncing it would never end
         raise RecordError(
@@ -96,7 +105,7 @@ def route(
             key,
             rec.value,
             [
-                *(rec.headers or ()),
+                *headers,
                 (FORWARDED_FROM, f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
             ],
         )

@@ -52,8 +52,29 @@ __all__ = [
     "unpack",
 ]
 
-#: a decision's fields as a tuple, in DECISION_FIELDS order (one C call, not 37 getattr)
+#: a decision's fields as a tuple, in DECISION_FIELDS order (one C call, not 37 getattr);
+#: compiled, ``_native_row`` instead (the attrgetter reads a native Decision's fields each
+#: through its descriptor)
 _decision_row: Final = attrgetter(*DECISION_FIELDS)
+#: this module is compiled (BATON_COMPILE=1): a Decision is a native class
+_COMPILED: Final = not __file__.endswith(".py")
+
+
+def _native_row(d: Decision) -> tuple[Any, ...]:
+    """``_decision_row(d)`` read as native fields (compiled: ~6x fewer instructions than the
+    attrgetter's 37 descriptor calls). tests/unit/test_state_reply_row.py holds the two
+    equal, field for field, in DECISION_FIELDS order."""
+    return (
+        d.decision_id, d.request_id, d.run_id, d.tenant, d.phase, d.outcome, d.reason, d.owner,
+        d.from_agent, d.to_agent, d.task_id, d.parent_task_id, d.action, d.depth,
+        d.handoff_count, d.spent_usd, d.tool_calls, d.handoff_status, d.fallback,
+        d.approval_id, d.approval_expires_at, d.approver, d.policy_version, d.event_time,
+        d.decided_at, d.worker, d.partition, d.offset, d.shadow_outcome, d.tool,
+        d.reserved_usd, d.detail, d.request_digest, d.chain_prev, d.chain_hash, d.input,
+        d.reemitted,
+    )  # fmt: skip
+
+
 #: lz4's two calls as Final names: a compiled build read ``lz4`` through this module's dict
 #: at each call (three a write)
 _compress: Final = lz4.block.compress
@@ -110,9 +131,9 @@ def _appended(state: RunState, bundle: bytes, kept: int) -> Any:
         if type(reply) is Decision:
             if reply.chain_hash is None:
                 return None
-            rows = [_decision_row(reply)]
+            rows = [_native_row(reply) if _COMPILED else _decision_row(reply)]
         elif type(reply) is list and None not in [d.chain_hash for d in reply]:
-            rows = [_decision_row(d) for d in reply]
+            rows = [_native_row(d) if _COMPILED else _decision_row(d) for d in reply]
         else:
             return None
         parts.append(orjson.dumps([held[i], rows]))
@@ -164,10 +185,10 @@ def _rebuilt(state: RunState, held: tuple[Any, ...]) -> Any:
             linked.append(i)
         else:
             if type(kept) is Decision:
-                rows = [_decision_row(kept)]
+                rows = [_native_row(kept) if _COMPILED else _decision_row(kept)]
                 is_linked = kept.chain_hash is not None
             else:
-                rows = [_decision_row(d) for d in kept]
+                rows = [_native_row(d) if _COMPILED else _decision_row(d) for d in kept]
                 is_linked = None not in [d.chain_hash for d in kept]
             part = orjson.dumps([key, rows])
             if is_linked:  # else written with the record, kept as it is

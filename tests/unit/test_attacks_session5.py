@@ -16,6 +16,7 @@ from baton.processors.engine import Origin, decide
 from baton.processors.state import SEEN_LIMIT, RunState
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent
+from tests.builds import COMPILED, interpreted_only
 from tests.chdb_audit import chdb_audit
 from tests.unit.test_engine_support import at, completed, denied, handoff, seed_policy
 
@@ -23,6 +24,9 @@ pytestmark = pytest.mark.unit
 
 KEY = b"session5-key"
 RUN = "run-1"
+
+#: an old worker made by patching batch.decide: compiled, batch.py calls decide natively
+_OLD_WORKER = interpreted_only("a patch of batch.decide, which the compiled batch.py never reads")
 
 
 def _decided(steps: list[tuple[RunEvent, float]], run: str = RUN) -> list[Decision]:
@@ -207,8 +211,10 @@ def test_requests_refused_by_a_full_worker_never_share_an_audit_row(
     assert report.partial == {} and [u for r in report.runs for u in r.unfaithful] == []
     # a refusal recorded before lives were marked (unmarked id) replays as recorded too
     # (the batch step's refusal given life "", as a worker before lives made it: patched in
-    # batch.py, interpreted in both builds; engine_refusals' own life_of is a native call
-    # when compiled, where patching it did nothing)
+    # batch.py, so in the interpreted build only; compiled, batch.py and engine_refusals
+    # call refuse and life_of natively, where patching them does nothing)
+    if COMPILED:
+        return
     from baton.processors import batch
     from baton.processors.engine_refusals import refuse
 
@@ -243,6 +249,7 @@ def test_a_run_a_lost_kill_holds_on_restart_never_gives_a_copy_a_recorded_id() -
     assert again.decision_id == copy.decision_id
 
 
+@_OLD_WORKER
 def test_a_first_event_decided_again_across_the_upgrade_by_a_clock_behind_is_named_interleaved(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

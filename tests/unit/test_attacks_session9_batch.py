@@ -27,6 +27,7 @@ from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import ApprovalGranted, HandoffCompleted
 from baton.schemas.policy import Policy
 from baton.streams.partitioner import partition_for
+from tests.builds import interpreted_only
 from tests.helpers import handoff
 from tests.unit.test_engine_support import policy_with
 
@@ -288,6 +289,7 @@ def test_a_worker_at_its_run_limit_decides_a_hostile_mix_as_one_batch_each(
         )
 
 
+@interpreted_only("a patch of batch.decide, which the compiled batch.py never reads")
 def test_an_engine_failing_only_on_the_budget_re_decision_leaves_each_record_one_outcome(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -16,6 +16,7 @@ from baton.processors.state import FRESH_LIMIT, RunState, TaskNode
 from baton.processors.state_compact import EMPTY, FRESH_TUPLE_MAX, OneTask, fresh_of, shared
 from baton.processors.sweep import DueIndex
 from tests.builds import interpreted_only
+from tests.unit.test_engine_support import seed_policy
 
 pytestmark = pytest.mark.unit
 
@@ -141,8 +142,8 @@ def test_a_forged_record_whose_run_id_is_not_text_is_touched_by_its_key() -> Non
 
 
 def test_runs_of_one_record_size_share_its_int_in_the_size_map() -> None:
-    proc = batch.BatchProcessor.__new__(batch.BatchProcessor)
-    proc._sizes, proc.state_bytes = {}, 0
+    # (a whole processor: compiled, batch.py's class is native and its __new__ runs __init__)
+    proc = batch.BatchProcessor(seed_policy(), 1, {})
     for i in range(3):
         proc.account(f"run-{i}".encode(), int("1481"))  # a new int object each
     sizes = list(proc._sizes.values())

@@ -22,6 +22,7 @@ from baton.schemas.decision import Decision, Outcome
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent
 from baton.schemas.policy import Policy
 from baton.sinks.chain_verify import verify_chains
+from tests.builds import interpreted_only
 from tests.chdb_audit import chdb_audit
 from tests.unit.test_chain import _row
 from tests.unit.test_engine_support import (
@@ -39,6 +40,9 @@ KEY = b"lives-key"
 RUN = "run-1"
 #: past the run retention (1 h) and the tombstone retention (here 1 day): the id is new again
 LATER = 3 * 86_400.0
+
+#: an old worker made by patching batch.decide: compiled, batch.py calls decide natively
+_OLD_WORKER = interpreted_only("a patch of batch.decide, which the compiled batch.py never reads")
 
 
 def _decided(
@@ -140,6 +144,7 @@ def test_the_audit_keeps_both_lives_and_replays_them_as_recorded() -> None:
     assert _replayed([Recorded.of(d) for d in decisions]) == []
 
 
+@_OLD_WORKER
 def test_an_audit_recorded_before_lives_were_marked_replays_as_recorded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -156,6 +161,7 @@ def test_an_audit_recorded_before_lives_were_marked_replays_as_recorded(
     assert _replayed([Recorded.of(d) for d in mixed]) == []
 
 
+@_OLD_WORKER
 def test_a_first_event_decided_again_across_the_upgrade_keeps_both_rows_and_both_hold(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -214,6 +220,7 @@ def test_a_stored_life_mark_of_another_form_is_refused_never_decided_on(forged: 
         RunState.from_wire(wire)
 
 
+@_OLD_WORKER
 def test_a_run_restored_from_its_counters_never_gives_a_copy_an_id_it_decided_before(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
