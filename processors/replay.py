@@ -172,16 +172,17 @@ def replay_run(
     for recs in steps(run):
         n += 1
         first = recs[0]
-        text = first.input
+        # (the row's fields by place: replay_steps._BY_PLACE)
+        text = first[10]
         event = _input_event(text, run_key)
         before = recorded.state
         context = step_context(recs)
         if chained:
-            if first.chain_prev == "":  # new_chain, inline (every step of a chained run)
+            if first[11] == "":  # new_chain, inline (every step of a chained run)
                 context = context._replace(anew=True)
         else:
-            chained = any(r.chain_hash is not None for r in recs)
-        policy = policies[first.policy_version]
+            chained = any(r[12] is not None for r in recs)
+        policy = policies[first[5]]
         if shared:
             if policy is not watched_for:  # (a run's steps name one policy, nearly always)
                 watched_for, watching = policy, _watched(policy, new_policy)
@@ -205,8 +206,8 @@ def replay_run(
             # most steps: one decision, reproduced, the same outcome under the new policy
             other = as_new[0]
             if (
-                other.outcome == first.outcome
-                and other.reason == first.reason
+                other.outcome == first[2]
+                and other.reason == first[3]
                 and faithful(first, as_recorded[0])
             ):
                 continue

@@ -356,7 +356,9 @@ def page_rows(page: bytes) -> Iterator[Recorded]:
     older servers). A page's runs come in run id order (the query's ``ORDER BY``), else
     AuditUnavailable (the reader checks where it cuts a page, this every row).
     """
-    rows = _json(b"[" + page.rstrip(b"\n").replace(b"\n", b",") + b"]")
+    # one JSON array: the rows joined by commas, bracketed in one join (two concatenations
+    # copied the page twice: ~0.5k instructions a row more, compiled)
+    rows: list[Any] = _json(b"".join((b"[", page.rstrip(b"\n").replace(b"\n", b","), b"]")))
     times: dict[Any, datetime] = {}
     compiled = _COMPILED
     run_id: object = None
