@@ -75,6 +75,14 @@ def _native_row(d: Decision) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _rows_of(reply: Any) -> list[Any]:
+    """A kept reply's rows in DECISION_FIELDS order: one Decision's, or each of a list's
+    (compiled read as native fields, interpreted through the attrgetter)."""
+    if type(reply) is Decision:
+        return [_native_row(reply) if _COMPILED else _decision_row(reply)]
+    return [_native_row(d) if _COMPILED else _decision_row(d) for d in reply]
+
+
 #: lz4's two calls as Final names: a compiled build read ``lz4`` through this module's dict
 #: at each call (three a write)
 _compress: Final = lz4.block.compress
@@ -131,12 +139,9 @@ def _appended(state: RunState, bundle: bytes, kept: int) -> Any:
         if type(reply) is Decision:
             if reply.chain_hash is None:
                 return None
-            rows = [_native_row(reply) if _COMPILED else _decision_row(reply)]
-        elif type(reply) is list and None not in [d.chain_hash for d in reply]:
-            rows = [_native_row(d) if _COMPILED else _decision_row(d) for d in reply]
-        else:
+        elif type(reply) is not list or None in [d.chain_hash for d in reply]:
             return None
-        parts.append(orjson.dumps([held[i], rows]))
+        parts.append(orjson.dumps([held[i], _rows_of(reply)]))
     json = _bundle_json(bundle)
     if not parts and kept == n:  # nothing new since it was packed
         return orjson.Fragment(json)
@@ -185,12 +190,10 @@ def _rebuilt(state: RunState, held: tuple[Any, ...]) -> Any:
             linked.append(i)
         else:
             if type(kept) is Decision:
-                rows = [_native_row(kept) if _COMPILED else _decision_row(kept)]
                 is_linked = kept.chain_hash is not None
             else:
-                rows = [_native_row(d) if _COMPILED else _decision_row(d) for d in kept]
                 is_linked = None not in [d.chain_hash for d in kept]
-            part = orjson.dumps([key, rows])
+            part = orjson.dumps([key, _rows_of(kept)])
             if is_linked:  # else written with the record, kept as it is
                 linked.append(i)
         parts.append(part)
