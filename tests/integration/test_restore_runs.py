@@ -17,7 +17,7 @@ from baton.cli.restore_runs import restore_runs
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.recorded import policy_in_force
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision
+from baton.schemas.decision import Decision, Outcome
 from baton.schemas.events import HandoffCompleted, HandoffRequested
 from baton.schemas.policy import load_policy
 from baton.schemas.settings import Settings
@@ -175,7 +175,12 @@ def test_a_stop_replaced_in_final_by_a_forged_row_restores_the_run_stopped(
         real = json.loads(stop.input or "{}")
         forgery = {"input": json.dumps({**real, **json.loads(text)})}
     forged = replace(
-        stop, outcome="recorded", reason="within_budget", spent_usd=0.0, fallback=None, **forgery
+        stop,
+        outcome=Outcome.RECORDED,
+        reason="within_budget",
+        spent_usd=0.0,
+        fallback=None,
+        **forgery,
     )
     _store(tmp_path / "chdb", [forged], first_offset=1000)
     settings = _settings(broker)

@@ -56,6 +56,7 @@ from tests.builds import interpreted_only
 from tests.unit.test_attacks_session4b import _recorded_with_sweeps
 from tests.unit.test_engine_support import at, handoff, policy_with
 from tests.unit.test_replay import KEY, _budget_history, _policies, record
+from tests.unit.test_replay_share import _separately
 
 pytestmark = pytest.mark.unit
 
@@ -318,12 +319,6 @@ def _recorded(
 
 
 # ------------------------------------------------------------------ comparing the passes
-def _separately() -> Any:
-    from tests.unit.test_replay_share import _separately as apart
-
-    return apart()
-
-
 def _assert_same(shared: ReplayReport, apart: ReplayReport) -> None:
     """Field for field: changed counts, first differing step, saved spend, partial, unfaithful."""
     assert list(shared.partial.items()) == list(apart.partial.items())
