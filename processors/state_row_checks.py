@@ -15,11 +15,13 @@ from __future__ import annotations
 from typing import Any, Final
 
 from baton.processors.state_types import Reservation
-from baton.schemas.events import MAX_RUN_COUNT
+from baton.schemas.events import MAX_RUN_COUNT, MAX_RUN_USD
 
 __all__ = ["bounces_from_wire", "grants_from_wire", "is_count", "reservations_from_wire"]
 
 _MAX_COUNT: Final = MAX_RUN_COUNT
+_MAX_USD: Final = MAX_RUN_USD
+_NUMBERS: Final = frozenset({float, int})
 _Reservation: Final = Reservation
 
 
@@ -31,9 +33,10 @@ def is_count(n: Any) -> bool:
 def reservations_from_wire(rows: Any, old: bool = False) -> dict[Any, Any]:
     """The run's reservations, each row [request_id, usd, tool_calls, expires_at, task_id]
     under a request id that is text (``old``: formats 1-3, whose rows before format 3 lack
-    the last two: a reservation that never expires), else a ValueError. Its values are
-    checked where the state sums them (``RunState.set_reserved``), its times by state_wire's
-    ``_timed``."""
+    the last two: a reservation that never expires), its amount a number within
+    MAX_RUN_USD, its tool calls a count, its task a text or none, else a ValueError (an
+    amount of 1e308 was an engine_error at each event in both builds; its expiry is checked
+    by state_wire's ``_timed``)."""
     reserved: dict[Any, Any] = {}
     for row in rows:
         if type(row) is not list or not row or type(row[0]) is not str:
@@ -42,11 +45,23 @@ def reservations_from_wire(rows: Any, old: bool = False) -> dict[Any, Any]:
                 f"got {str(row)[:80]!r}"
             )
         if not old:
-            reserved[row[0]] = _Reservation(*row[1:])
+            held = _Reservation(*row[1:])
         elif len(row) > 3:
-            reserved[row[0]] = _Reservation(row[1], row[2], row[3], row[4])
+            held = _Reservation(row[1], row[2], row[3], row[4])
         else:
-            reserved[row[0]] = _Reservation(row[1], row[2], None, None)
+            held = _Reservation(row[1], row[2], None, None)
+        usd, task = held.usd, held.task_id
+        if not (
+            type(usd) in _NUMBERS
+            and 0 <= usd <= _MAX_USD  # (NaN fails both)
+            and is_count(held.tool_calls)
+            and (task is None or type(task) is str)
+        ):
+            raise ValueError(
+                f"run state key res: expected an amount in USD, a count and a task id or none, "
+                f"got {str(row)[:80]!r}"
+            )
+        reserved[row[0]] = held
     return reserved
 
 

@@ -247,8 +247,8 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         0,
         digests or EMPTY,
         w.get("ev"),
-        w.get("ch", ""),
-        w.get("st", 0),
+        _chain_head(w.get("ch", "")),
+        _steps(w.get("st", 0)),
         bounces_from_wire(w.get("bn", ())) or EMPTY,
         None,
         grants_from_wire(w.get("gr", ())) or EMPTY,
@@ -282,6 +282,21 @@ def _totals(hc: Any, usd: Any, tc: Any, stop: Any, fin: Any) -> tuple[int, float
     if type(fin) is not bool:
         raise ValueError(f"run state key fin: expected true or false, got {str(fin)[:40]!r}")
     return hc, usd, tc, stop, fin
+
+
+def _chain_head(head: Any) -> str:
+    """The stored chain head (text: "" before the run's first link), or a ValueError: a compiled
+    RunState refused another type at the read, the interpreter at each event (engine_error)."""
+    if type(head) is not str:
+        raise ValueError(f"run state key ch: expected a chain hash, got {str(head)[:40]!r}")
+    return head
+
+
+def _steps(steps: Any) -> int:
+    """The stored steps (a count, as ``_totals``'s), or a ValueError (see ``_chain_head``)."""
+    if not is_count(steps):
+        raise ValueError(f"run state key st: expected a count, got {str(steps)[:40]!r}")
+    return steps
 
 
 def _timed(state: RunState, started: Any, last: Any, evicted: Any, pending: Any) -> RunState:

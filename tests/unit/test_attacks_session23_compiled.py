@@ -128,3 +128,34 @@ def test_a_forged_run_s_events_are_refused_unreadable_never_engine_errors(forged
         assert out.decisions == [] and out.encoded == {}
         kinds += [dl.kind for dl in out.dead_letters]
     assert kinds == ["state_unreadable"] * 6
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"st": "x"},
+        {"st": 1.5},
+        {"st": True},
+        {"st": -1},
+        {"ch": 5},
+        {"ch": None},
+        {"res": [["h9", 1e308, 1, None, "t1"]]},
+        {"res": [["h9", True, 1, None, "t1"]]},
+        {"res": [["h9", -1.0, 1, None, "t1"]]},
+        {"res": [["h9", 1.0, 1.5, None, "t1"]]},
+        {"res": [["h9", 1.0, True, None, "t1"]]},
+        {"res": [["h9", 1.0, 1, None, 5]]},
+    ],
+)
+def test_steps_chain_head_and_reservation_values_of_other_types_are_unreadable(
+    changes: dict[str, Any],
+) -> None:
+    # the interpreter took a text or none as the chain head, text as steps, and 1e308 as a
+    # reservation's amount, and raised at each of the run's events (engine_error); the
+    # compiled build refused some at the read and raised at each event on others
+    (key,) = changes
+    with pytest.raises(ValueError, match=f"run state key {key}"):
+        RunState.from_bytes(_forged(**changes))
+    states = _Store({b"run-1": _forged(**changes)})
+    out = BatchProcessor(POLICY, 1, states, worker="w").process(_records(4, 2), NOW)
+    assert [dl.kind for dl in out.dead_letters] == ["state_unreadable"] * 2
