@@ -50,11 +50,13 @@ def reservations_from_wire(rows: Any, old: bool = False) -> dict[Any, Any]:
             held = _Reservation(row[1], row[2], row[3], row[4])
         else:
             held = _Reservation(row[1], row[2], None, None)
-        usd, task = held.usd, held.task_id
+        # read as Any: compiled, a Reservation's typed field read converts a bool to a float
+        values: Any = held
+        usd, calls, task = values[0], values[1], values[3]
         if not (
             type(usd) in _NUMBERS
             and 0 <= usd <= _MAX_USD  # (NaN fails both)
-            and is_count(held.tool_calls)
+            and is_count(calls)
             and (task is None or type(task) is str)
         ):
             raise ValueError(
