@@ -144,6 +144,10 @@ def recent_from_wire(
     hold = plan is HELD_COLUMNS and not old
     recent: list[Any] = []
     for key, rows in entries:
+        if type(key) is not str:
+            # a reply's key is looked up and written back as text (state_replies): compiled,
+            # another type raised a TypeError at the run's writes (engine_error at each event)
+            raise ValueError(f"run state reply key {str(key)[:80]!r}: expected text")
         recent.append(key)
         if hold and _linked_rows(rows):
             # linked replies stay their rows' bytes, once each row proved a Decision

@@ -5,6 +5,7 @@ a field a reader does not know is ignored, a key it lacks takes the field's empt
 a field added later needs no format bump as long as its empty value means "as before".
 Rows inside it are fixed columns named once here: tasks ``[task_id, *TaskNode]``,
 reservations ``[request_id, *Reservation]``, bounces ``[agent, agent, last giver, count]``,
+grants ``[request_id, task_id, agent, names]`` (read back checked: processors/state_row_checks.py),
 pending approvals ``[approval_id, request as JSON, expires_at, created_at]``.
 
 Stored replies (a run's newest decisions, for re-emission) are rows of named columns,
@@ -29,7 +30,6 @@ from baton.processors.state import (
     FRESH_LIMIT,
     STATE_FORMAT,
     PendingApproval,
-    Reservation,
     RunState,
     TaskNode,
     compact_digest,
@@ -46,8 +46,14 @@ from baton.processors.state_replies import (
     recent_to_wire,
     replies_from_rows,
 )
+from baton.processors.state_row_checks import (
+    bounces_from_wire,
+    grants_from_wire,
+    is_count,
+    reservations_from_wire,
+)
 from baton.schemas.decision import Reason
-from baton.schemas.events import MAX_RUN_COUNT, MAX_RUN_USD, HandoffRequested
+from baton.schemas.events import MAX_RUN_USD, HandoffRequested
 
 __all__ = [
     "REPLY_COLUMNS",
@@ -62,7 +68,6 @@ __all__ = [
 _READABLE_FORMATS: Final = frozenset({1, 2, 3, 4})
 # (Final aliases: a compiled build reads them from C statics, not through this module's dict)
 _TaskNode: Final = TaskNode
-_Reservation: Final = Reservation
 
 #: RunState field -> its key in format 4; the fields not listed are derived from these
 #: (``DERIVED``); tests/unit/test_state_format.py fails on a field in neither
@@ -232,7 +237,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         _tasks_from_wire(w.get("tasks", ())),
         EMPTY,
         shared(dict.fromkeys(map(intern, w.get("ag", ())))) or EMPTY,
-        {r[0]: _Reservation(*r[1:]) for r in w.get("res", ())} or EMPTY,
+        reservations_from_wire(w.get("res", ())) or EMPTY,
         {p[0]: _pending_from_wire(p) for p in w.get("pend", ())} or EMPTY,
         seen or EMPTY,
         fresh or EMPTY,
@@ -242,11 +247,11 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         0,
         digests or EMPTY,
         w.get("ev"),
-        w.get("ch", ""),
-        w.get("st", 0),
-        _bounces_from_wire(w.get("bn", ())) or EMPTY,
+        _chain_head(w.get("ch", "")),
+        _steps(w.get("st", 0)),
+        bounces_from_wire(w.get("bn", ())) or EMPTY,
         None,
-        {r[0]: (r[1], r[2], tuple(r[3])) for r in w.get("gr", ())} or EMPTY,
+        grants_from_wire(w.get("gr", ())) or EMPTY,
         _life(w.get("lf", "")),
     )  # fmt: skip
     if state.reserved:
@@ -257,7 +262,6 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
 _NUMBERS: Final = frozenset({float, int})
 #: the stop reasons a record may carry (the engine sets ``stopped`` to a Reason's value)
 _REASONS: Final = frozenset(r.value for r in Reason)
-_MAX_COUNT: Final = MAX_RUN_COUNT
 _MAX_USD: Final = MAX_RUN_USD
 
 
@@ -269,7 +273,7 @@ def _totals(hc: Any, usd: Any, tc: Any, stop: Any, fin: Any) -> tuple[int, float
     bool as a count (and chain it as 0, where the interpreter chained ``false``) and refuse a
     float stop that the interpreter published as a stop's reason."""
     for name, n in (("hc", hc), ("tc", tc)):
-        if not _is_count(n):
+        if not is_count(n):
             raise ValueError(f"run state key {name}: expected a count, got {str(n)[:40]!r}")
     if type(usd) not in _NUMBERS or not 0 <= usd <= _MAX_USD:  # NaN fails both comparisons
         raise ValueError(f"run state key usd: expected an amount in USD, got {str(usd)[:40]!r}")
@@ -280,9 +284,19 @@ def _totals(hc: Any, usd: Any, tc: Any, stop: Any, fin: Any) -> tuple[int, float
     return hc, usd, tc, stop, fin
 
 
-def _is_count(n: Any) -> bool:
-    """``n`` is a count as the engine writes one: an int, never a bool, within MAX_RUN_COUNT."""
-    return type(n) is int and 0 <= n <= _MAX_COUNT
+def _chain_head(head: Any) -> str:
+    """The stored chain head (text: "" before the run's first link), or a ValueError: a compiled
+    RunState refused another type at the read, the interpreter at each event (engine_error)."""
+    if type(head) is not str:
+        raise ValueError(f"run state key ch: expected a chain hash, got {str(head)[:40]!r}")
+    return head
+
+
+def _steps(steps: Any) -> int:
+    """The stored steps (a count, as ``_totals``'s), or a ValueError (see ``_chain_head``)."""
+    if not is_count(steps):
+        raise ValueError(f"run state key st: expected a count, got {str(steps)[:40]!r}")
+    return steps
 
 
 def _timed(state: RunState, started: Any, last: Any, evicted: Any, pending: Any) -> RunState:
@@ -359,22 +373,6 @@ def _depths_checked(tasks: dict[Any, Any]) -> dict[Any, Any]:
     return tasks
 
 
-def _bounces_from_wire(rows: Any) -> dict[Any, Any]:
-    """The agent pairs' bounces, each row [agent, agent, last giver, count] of three names
-    and a count (an int, not a bool, within MAX_RUN_COUNT), else a ValueError: rule_chain
-    compares the names and adds to the count, and a compiled build checks their types there
-    (a TypeError, an ``engine_error``) where the interpreter decided on a forged value."""
-    bounces: dict[Any, Any] = {}
-    for a, b, last, n in rows:
-        if not (type(a) is str and type(b) is str and type(last) is str and _is_count(n)):
-            raise ValueError(
-                f"run state key bn: expected [agent, agent, agent, count], got "
-                f"{str([a, b, last, n])[:80]!r}"
-            )
-        bounces[(a, b)] = (last, n)
-    return bounces
-
-
 def _from_list(w: list[Any]) -> RunState:
     """Formats 1-3: positional; what a format lacks takes its empty value."""
     marks = w[16] if len(w) > 16 else len(w[14])
@@ -385,7 +383,7 @@ def _from_list(w: list[Any]) -> RunState:
         _depths_checked({k: _TaskNode(intern(o), intern(g), p, d) for k, o, g, p, d in w[10]}),
         {},
         dict.fromkeys(map(intern, w[11])),  # shared when written: text only, as format 4's
-        {r[0]: _old_reservation(r) for r in w[12]},
+        reservations_from_wire(w[12], old=True),
         {p[0]: _pending_from_wire(p) for p in w[13]},
         seen,
         fresh,
@@ -397,7 +395,7 @@ def _from_list(w: list[Any]) -> RunState:
         w[18] if len(w) > 18 else None,
         w[19] if len(w) > 19 else "",
         w[20] if len(w) > 20 else 0,
-        _bounces_from_wire(w[21]) if len(w) > 21 else {},
+        bounces_from_wire(w[21]) if len(w) > 21 else {},
         None,
         EMPTY,
         "",
@@ -405,14 +403,6 @@ def _from_list(w: list[Any]) -> RunState:
     if state.reserved:
         state.set_reserved(state.reserved)
     return _timed(state, w[3], w[4], w[18] if len(w) > 18 else None, w[13])
-
-
-def _old_reservation(row: list[Any]) -> Reservation:
-    """[request_id, usd, tool_calls, expires_at, task_id]; before format 3 the last two are
-    missing (a reservation that never expires)."""
-    if len(row) > 3:
-        return _Reservation(row[1], row[2], row[3], row[4])
-    return _Reservation(row[1], row[2], None, None)
 
 
 def _pending_from_wire(p: list[Any]) -> PendingApproval:

@@ -1,0 +1,106 @@
+"""A run state record's keyed rows (reservations, grants, bounces) read back as the engine wrote
+them, or refused.
+
+The engine reads these rows as typed values (texts, counts), and a compiled build
+(build_backend/compiled_modules.txt) checks those types where it reads them: a forged row of
+another type there raised a ``TypeError`` at every event of the run (an ``engine_error`` dead
+letter each, the run never decided again) where the interpreter decided on the forged value.
+So each row is checked here, at the read, in both builds alike: a row of another shape or type
+is a ``ValueError``, and processors/batch.py refuses the run's events ``state_unreadable``
+until the record is repaired (session 11's rule for a task's depth, processors/state_wire.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from baton.processors.state_types import Reservation
+from baton.schemas.events import MAX_RUN_COUNT, MAX_RUN_USD
+
+__all__ = ["bounces_from_wire", "grants_from_wire", "is_count", "reservations_from_wire"]
+
+_MAX_COUNT: Final = MAX_RUN_COUNT
+_MAX_USD: Final = MAX_RUN_USD
+_NUMBERS: Final = frozenset({float, int})
+_Reservation: Final = Reservation
+
+
+def is_count(n: Any) -> bool:
+    """``n`` is a count as the engine writes one: an int, never a bool, within MAX_RUN_COUNT."""
+    return type(n) is int and 0 <= n <= _MAX_COUNT
+
+
+def reservations_from_wire(rows: Any, old: bool = False) -> dict[Any, Any]:
+    """The run's reservations, each row [request_id, usd, tool_calls, expires_at, task_id]
+    under a request id that is text (``old``: formats 1-3, whose rows before format 3 lack
+    the last two: a reservation that never expires), its amount a number within
+    MAX_RUN_USD, its tool calls a count, its task a text or none, else a ValueError (an
+    amount of 1e308 was an engine_error at each event in both builds; its expiry is checked
+    by state_wire's ``_timed``)."""
+    reserved: dict[Any, Any] = {}
+    for row in rows:
+        if type(row) is not list or not row or type(row[0]) is not str:
+            raise ValueError(
+                f"run state key res: expected [request id, usd, tool calls, expires at, task], "
+                f"got {str(row)[:80]!r}"
+            )
+        if not old:
+            held = _Reservation(*row[1:])
+        elif len(row) > 3:
+            held = _Reservation(row[1], row[2], row[3], row[4])
+        else:
+            held = _Reservation(row[1], row[2], None, None)
+        # read as Any: compiled, a Reservation's typed field read converts a bool to a float
+        values: Any = held
+        usd, calls, task = values[0], values[1], values[3]
+        if not (
+            type(usd) in _NUMBERS
+            and 0 <= usd <= _MAX_USD  # (NaN fails both)
+            and is_count(calls)
+            and (task is None or type(task) is str)
+        ):
+            raise ValueError(
+                f"run state key res: expected an amount in USD, a count and a task id or none, "
+                f"got {str(row)[:80]!r}"
+            )
+        reserved[row[0]] = held
+    return reserved
+
+
+def grants_from_wire(rows: Any) -> dict[Any, Any]:
+    """The granted handoffs whose reports are not in yet, each row [request_id, task_id,
+    agent, names] of three texts and a list of texts (processors/approvals.py), else a
+    ValueError."""
+    grants: dict[Any, Any] = {}
+    for row in rows:
+        if not (
+            type(row) is list
+            and len(row) == 4
+            and type(row[0]) is str
+            and type(row[1]) is str
+            and type(row[2]) is str
+            and type(row[3]) is list
+            and all(type(name) is str for name in row[3])
+        ):
+            raise ValueError(
+                f"run state key gr: expected [request id, task, agent, [names]], got "
+                f"{str(row)[:80]!r}"
+            )
+        grants[row[0]] = (row[1], row[2], tuple(row[3]))
+    return grants
+
+
+def bounces_from_wire(rows: Any) -> dict[Any, Any]:
+    """The agent pairs' bounces, each row [agent, agent, last giver, count] of three names
+    and a count (an int, not a bool, within MAX_RUN_COUNT), else a ValueError: rule_chain
+    compares the names and adds to the count, and a compiled build checks their types there
+    (a TypeError, an ``engine_error``) where the interpreter decided on a forged value."""
+    bounces: dict[Any, Any] = {}
+    for a, b, last, n in rows:
+        if not (type(a) is str and type(b) is str and type(last) is str and is_count(n)):
+            raise ValueError(
+                f"run state key bn: expected [agent, agent, agent, count], got "
+                f"{str([a, b, last, n])[:80]!r}"
+            )
+        bounces[(a, b)] = (last, n)
+    return bounces
