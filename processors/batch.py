@@ -51,7 +51,7 @@ from baton.processors.engine import (
     expire_due,
     refuse,
 )
-from baton.processors.recorded import keep_links, publishable
+from baton.processors.recorded_copies import keep_links, publishable, published
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Reason
 from baton.schemas.events import EventError, RunEvent
@@ -254,12 +254,8 @@ class BatchProcessor:
             return False
         new, decided = decide(state, event, self.policy, now, kills, origin)
         # copies to publish: with the input (`baton replay`), a reply from the state flagged
-        decisions = publishable(new, decided, event)
-        if new is not None and new is not state:
-            # link only what was decided now: a reply re-emitted from the state is already
-            # linked (and its copy flagged reemitted)
-            link(new, [d for d in decisions if d.chain_hash is None], self.chain_key)
-            keep_links(decided, decisions)
+        # reemitted (already linked); what was decided now linked when the state changed
+        decisions = published(new, state, decided, event, self.chain_key)
         if unmeasured and new is not state and _stopped_at_budget(state):
             # stopped at its budget before this event (a retry was answered above, from its
             # memory): refused again unmeasured, the run encoded once with the batch's last.
