@@ -44,24 +44,59 @@ def input_text(event: Any) -> str:
 _DECISION_VALUES = attrgetter(*DECISION_FIELDS)
 #: this module is compiled (BATON_COMPILE=1): Decision is a native class, read natively
 _COMPILED: Final = not __file__.endswith(".py")
+#: object.__new__, unless Decision is compiled (then its own: see state._new_state)
+_new_decision: Final = Decision.__new__
 
 
 def copy_of(d: Decision, input: str | None, reemitted: bool) -> Decision:
     """A copy of ``d`` (every field, as ``dataclasses.replace``) with ``input`` and
     ``reemitted`` given. tests/unit/test_recorded_copy.py holds it to ``replace``: a field
-    added to Decision must be added here (and to DECISION_FIELDS' order: positional)."""
+    added to Decision must be added here."""
     if not _COMPILED:
         copy = Decision(*_DECISION_VALUES(d))
         copy.input, copy.reemitted = input, reemitted
         return copy
-    return Decision(
-        d.decision_id, d.request_id, d.run_id, d.tenant, d.phase, d.outcome, d.reason, d.owner,
-        d.from_agent, d.to_agent, d.task_id, d.parent_task_id, d.action, d.depth,
-        d.handoff_count, d.spent_usd, d.tool_calls, d.handoff_status, d.fallback, d.approval_id,
-        d.approval_expires_at, d.approver, d.policy_version, d.event_time, d.decided_at,
-        d.worker, d.partition, d.offset, d.shadow_outcome, d.tool, d.reserved_usd, d.detail,
-        d.request_digest, d.chain_prev, d.chain_hash, input, reemitted,
-    )  # fmt: skip
+    # slot by slot on a bare instance (decision_builder's way): compiled, Decision's __init__
+    # is the dataclass's, interpreted (~11k instructions a call through slot_tp_init)
+    copy = _new_decision(Decision)
+    copy.decision_id = d.decision_id
+    copy.request_id = d.request_id
+    copy.run_id = d.run_id
+    copy.tenant = d.tenant
+    copy.phase = d.phase
+    copy.outcome = d.outcome
+    copy.reason = d.reason
+    copy.owner = d.owner
+    copy.from_agent = d.from_agent
+    copy.to_agent = d.to_agent
+    copy.task_id = d.task_id
+    copy.parent_task_id = d.parent_task_id
+    copy.action = d.action
+    copy.depth = d.depth
+    copy.handoff_count = d.handoff_count
+    copy.spent_usd = d.spent_usd
+    copy.tool_calls = d.tool_calls
+    copy.handoff_status = d.handoff_status
+    copy.fallback = d.fallback
+    copy.approval_id = d.approval_id
+    copy.approval_expires_at = d.approval_expires_at
+    copy.approver = d.approver
+    copy.policy_version = d.policy_version
+    copy.event_time = d.event_time
+    copy.decided_at = d.decided_at
+    copy.worker = d.worker
+    copy.partition = d.partition
+    copy.offset = d.offset
+    copy.shadow_outcome = d.shadow_outcome
+    copy.tool = d.tool
+    copy.reserved_usd = d.reserved_usd
+    copy.detail = d.detail
+    copy.request_digest = d.request_digest
+    copy.chain_prev = d.chain_prev
+    copy.chain_hash = d.chain_hash
+    copy.input = input
+    copy.reemitted = reemitted
+    return copy
 
 
 def publishable(
@@ -128,6 +163,10 @@ def published(
             if linked is not None:
                 link(linked, (copy,), key)
             out.append(copy)
-    if linked is not None:  # after every copy, as keep_links after link: ``decided``'s links
-        keep_links(decided, out)  # are read above as the engine left them
+    if linked is not None:  # keep_links, after every copy as it was after link: ``decided``
+        for i in range(len(out)):  # read above as the engine left it (a loop: no zip call)
+            p = out[i]
+            if not p.reemitted:
+                d = decided[i]
+                d.chain_prev, d.chain_hash = p.chain_prev, p.chain_hash
     return out
