@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from baton.processors.batch_records import (
     DeadLetter,
@@ -51,7 +51,7 @@ from baton.processors.engine import (
     expire_due,
     refuse,
 )
-from baton.processors.recorded import keep_links, publishable
+from baton.processors.recorded_copies import keep_links, publishable, published
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Reason
 from baton.schemas.events import EventError, RunEvent
@@ -91,6 +91,7 @@ DEFAULT_MAX_STATE_BYTES = 4 * 1024**3
 #: of its own took 32 bytes a run; at most 8,192 of them, ~0.7 MB; Any: compiled, not reboxed)
 _SIZES: dict[int, Any] = {}
 _SIZES_SHARED = 8192
+_new_origin: Final = tuple.__new__
 
 
 def _stopped_at_budget(state: RunState | None) -> bool:
@@ -225,7 +226,8 @@ class BatchProcessor:
         that outgrew it in this batch); otherwise the batch measures each run once at its end.
         ``unmeasured``: a careful run already stopped at its budget is refused without it.
         """
-        origin = Origin(self.worker, rec.partition, rec.offset)
+        # (tuple.__new__: Origin's own __new__ is a NamedTuple's, interpreted: ~2k compiled)
+        origin = _new_origin(Origin, (self.worker, rec.partition, rec.offset))
         if (
             self.exactly_once
             and state is not None
@@ -254,12 +256,8 @@ class BatchProcessor:
             return False
         new, decided = decide(state, event, self.policy, now, kills, origin)
         # copies to publish: with the input (`baton replay`), a reply from the state flagged
-        decisions = publishable(new, decided, event)
-        if new is not None and new is not state:
-            # link only what was decided now: a reply re-emitted from the state is already
-            # linked (and its copy flagged reemitted)
-            link(new, [d for d in decisions if d.chain_hash is None], self.chain_key)
-            keep_links(decided, decisions)
+        # reemitted (already linked); what was decided now linked when the state changed
+        decisions = published(new, state, decided, event, self.chain_key)
         if unmeasured and new is not state and _stopped_at_budget(state):
             # stopped at its budget before this event (a retry was answered above, from its
             # memory): refused again unmeasured, the run encoded once with the batch's last.

@@ -19,22 +19,19 @@ that to be exact the audit must hold everything the engine read:
 
 The run's state keeps its decisions *without* the input (a retry's reply needs none, and a
 run's state and memory must not grow by its inputs); the published copy holds it, and the
-chain hash covers it.
+chain hash covers it. Those copies are made in ``processors.recorded_copies`` (compiled; its
+``input_text``, ``publishable`` and ``keep_links`` are re-exported here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
-from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import orjson
-from pydantic import BaseModel
 
-from baton.processors.state import RunState
+from baton.processors.recorded_copies import input_text, keep_links, publishable
 from baton.schemas.decision import (
-    DECISION_FIELDS,
     Decision,
     Outcome,
     Phase,
@@ -48,6 +45,7 @@ __all__ = [
     "REPLAY_COLUMNS",
     "Recorded",
     "input_text",
+    "keep_links",
     "policy_document",
     "policy_in_force",
     "policy_record_id",
@@ -92,72 +90,6 @@ class Recorded(NamedTuple):
 
 #: the audit columns replay reads, in :class:`Recorded`'s order
 REPLAY_COLUMNS: tuple[str, ...] = Recorded._fields
-
-
-def _model(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", exclude_none=True)
-    raise TypeError(f"cannot record {type(value).__name__} as JSON")
-
-
-def input_text(event: BaseModel) -> str:
-    """The event as the worker parsed it: its set fields as compact JSON (parse_event reads
-    it back to an equal event). ~2 µs: the model's own JSON dump costs eight times more."""
-    fields = {k: v for k, v in event.__dict__.items() if v is not None}
-    return orjson.dumps(fields, default=_model).decode()
-
-
-#: every field of a Decision in __init__'s order (one C call): a copy made through the
-#: constructor costs a fifth of dataclasses.replace, which looks each field up by name (the
-#: worker copies every decision it publishes)
-_DECISION_VALUES = attrgetter(*DECISION_FIELDS)
-
-
-def _copy(d: Decision) -> Decision:
-    """A shallow copy of ``d`` (every field, as ``dataclasses.replace`` with no change)."""
-    return Decision(*_DECISION_VALUES(d))
-
-
-def publishable(
-    new: RunState | None, decisions: list[Decision], event: BaseModel, text: str | None = None
-) -> list[Decision]:
-    """The copies of ``decisions`` to publish for ``event`` (call before linking the chain).
-
-    Decided now (no chain link yet): a copy with the input; the original stays in ``new``
-    without it (see the module docstring) and :func:`keep_links` copies the links back.
-    Already published (linked, answered again from the state): a copy flagged
-    ``reemitted``, with the input it answers now. ``new`` None (a run the worker would not
-    take on): the decisions themselves, with the input. ``text``: the input as recorded
-    (replay), else made here.
-    """
-    out: list[Decision] = []
-    for d in decisions:
-        if text is None:
-            text = input_text(event)
-        if d.chain_hash is not None:
-            # with the input it answers (a retry: the request but for its timing), which the
-            # client compares with its own request (sdk.base.answers_request); its chain link
-            # covers the original's input (the audit's row), not this one
-            copy = _copy(d)
-            copy.reemitted = True
-            copy.input = text
-            out.append(copy)
-            continue
-        if new is None:
-            d.input = text
-            out.append(d)
-        else:
-            copy = _copy(d)
-            copy.input = text
-            out.append(copy)
-    return out
-
-
-def keep_links(stored: Iterable[Decision], published: Iterable[Decision]) -> None:
-    """Give the state's decisions the chain links their published copies were given."""
-    for d, p in zip(stored, published, strict=True):
-        if p is not d and not p.reemitted:
-            d.chain_prev, d.chain_hash = p.chain_prev, p.chain_hash
 
 
 def policy_document(policy: Policy) -> str:

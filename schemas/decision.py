@@ -360,8 +360,13 @@ def decision_content(d: Decision, input: str | None) -> bytes:
     and written in one pass (compiled: ``chain_values`` reads each field through its
     descriptor, and chain_content copies the list, loops over its times and money and cuts
     its tail). tests/unit/test_chain_content.py holds the two equal."""
+    global _LAST_DECIDED
     decided: Any = d.decided_at  # (Any: a row the interpreted build holds may have None)
-    decided_us = None if decided is None else _micros(decided)
+    last = _LAST_DECIDED  # a batch's decisions share its `now`: converted once (~3k each)
+    decided_us = last[1]
+    if decided is not last[0]:
+        decided_us = None if decided is None else _micros(decided)
+        _LAST_DECIDED = (decided, decided_us)
     event_time = d.event_time
     expires = d.approval_expires_at
     spent, reserved = d.spent_usd, d.reserved_usd
@@ -381,6 +386,10 @@ def decision_content(d: Decision, input: str | None) -> bytes:
     if input is not None:
         out.append({"input": input})
     return orjson.dumps(out)
+
+
+#: the last ``decided_at`` decision_content converted, and its microseconds (immutable: same value)
+_LAST_DECIDED: tuple[Any, int | None] = (None, None)
 
 
 def _micros(v: datetime) -> int:

@@ -1,16 +1,23 @@
-"""The worker's published copies of decisions (processors.recorded.publishable): every field
-carried over, as dataclasses.replace would, with only the input or the re-emitted flag set."""
+"""The worker's published copies of decisions (processors.recorded_copies): every field
+carried over, as dataclasses.replace would, with only the input or the re-emitted flag set;
+the batch step's one pass (``published``) as publishable, chain.link and keep_links one after
+the other. In CORE_TESTS: run against the compiled build too, whose copy reads native fields."""
 
 from __future__ import annotations
 
 from dataclasses import fields, replace
 from datetime import UTC, datetime
 
+import pytest
 from pydantic import BaseModel
 
-from baton.processors.recorded import publishable
+from baton.processors.chain import link
+from baton.processors.recorded import keep_links, publishable
+from baton.processors.recorded_copies import published
 from baton.processors.state import RunState
 from baton.schemas.decision import DECISION_FIELDS, Decision, Fallback, Outcome, Phase
+
+pytestmark = pytest.mark.unit
 
 WHEN = datetime(2026, 11, 30, 5, 0, tzinfo=UTC)
 
@@ -61,3 +68,52 @@ def test_a_linked_decision_is_published_as_a_reemitted_copy() -> None:
     [copy] = publishable(RunState.new("r1", "t1", WHEN.timestamp()), [d], _Event(), '{"x":1}')
     assert copy is not d and not d.reemitted
     assert copy == replace(d, reemitted=True, input='{"x":1}')  # the input it answers
+
+
+def _decided(reemitted_at: set[int], n: int) -> list[Decision]:
+    """``n`` decisions of their own, those at ``reemitted_at`` linked already (replies)."""
+    out = []
+    for i in range(n):
+        d = _every_field_set()
+        d.decision_id, d.input, d.detail = f"d{i}", None, f"why {i}"
+        if i in reemitted_at:
+            d.chain_prev, d.chain_hash = "p" * 32, f"{i:032x}"
+        out.append(d)
+    return out
+
+
+def _fields(ds: list[Decision]) -> list[tuple[object, ...]]:
+    return [tuple(getattr(d, f) for f in DECISION_FIELDS) for d in ds]
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+@pytest.mark.parametrize("reemitted_at", [set(), {0}, {1}, {0, 1, 2}])
+@pytest.mark.parametrize("case", ["changed", "unchanged", "no_state"])
+def test_the_one_pass_publishes_and_links_as_the_three_steps_did(
+    n: int, reemitted_at: set[int], case: str
+) -> None:
+    """published() gives what publishable, link (of the copies decided now) and keep_links
+    gave one after the other: the same copies (JSON bytes), the same links kept in the state's
+    decisions, the same chain head, and the decisions themselves published for no state."""
+    runs = []
+    for _ in range(2):
+        state = RunState.new("r1", "t1", WHEN.timestamp())
+        state.chain_head = "h" * 32
+        new = {"changed": state.copy(), "unchanged": state, "no_state": None}[case]
+        runs.append((state, new, _decided(reemitted_at, n)))
+    (state, new, decided), (state2, new2, decided2) = runs
+    # the three steps, as batch.py made them before the one pass
+    expected = publishable(new, decided, _Event(), None)
+    if new is not None and new is not state:
+        link(new, [d for d in expected if d.chain_hash is None], b"k")
+        keep_links(decided, expected)
+    got = published(new2, state2, decided2, _Event(), b"k")
+    assert [d.to_json() for d in got] == [d.to_json() for d in expected]
+    assert _fields(decided2) == _fields(decided)
+    assert [p is d for p, d in zip(got, decided2, strict=True)] == [
+        p is d for p, d in zip(expected, decided, strict=True)
+    ]
+    if new is not None and new2 is not None:
+        assert new2.chain_head == new.chain_head
+    if case == "changed" and len(reemitted_at) < n:
+        assert new2 is not None and new2.chain_head != "h" * 32  # linked: not vacuous
