@@ -111,10 +111,22 @@ def publishable(
     take on): the decisions themselves, with the input. ``text``: the input as recorded
     (replay), else made here.
     """
+    if not decisions:
+        return []
+    return _copies(new, decisions, input_text(event) if text is None else text, None, b"")
+
+
+def _copies(
+    new: RunState | None,
+    decisions: list[Decision],
+    text: str,
+    linked: RunState | None,
+    key: bytes,
+) -> list[Decision]:
+    """:func:`publishable`'s copies, each decided now linked onto ``linked`` as it is made
+    (``chain.link`` with ``key``; ``linked`` None: none)."""
     out: list[Decision] = []
     for d in decisions:
-        if text is None:
-            text = input_text(event)
         if d.chain_hash is not None:
             # with the input it answers (a retry: the request but for its timing), which the
             # client compares with its own request (sdk.base.answers_request); its chain link
@@ -124,7 +136,10 @@ def publishable(
             d.input = text
             out.append(d)
         else:
-            out.append(copy_of(d, text, False))
+            copy = copy_of(d, text, False)
+            if linked is not None:
+                link(linked, (copy,), key)
+            out.append(copy)
     return out
 
 
@@ -147,22 +162,10 @@ def published(
     changed, the copies decided now linked onto ``new``'s chain in order (``chain.link``,
     with ``key``) and :func:`keep_links`, in one pass. A reply re-emitted from the state is
     already linked (its copy flagged ``reemitted``); an unchanged state links nothing."""
-    out: list[Decision] = []
     if not decided:
-        return out
-    text = input_text(event)
+        return []
     linked = new if new is not None and new is not state else None
-    for d in decided:
-        if d.chain_hash is not None:  # (publishable's comment)
-            out.append(copy_of(d, text, True))
-        elif new is None:
-            d.input = text
-            out.append(d)
-        else:
-            copy = copy_of(d, text, False)
-            if linked is not None:
-                link(linked, (copy,), key)
-            out.append(copy)
+    out = _copies(new, decided, input_text(event), linked, key)
     if linked is not None:  # keep_links, after every copy as it was after link: ``decided``
         for i in range(len(out)):  # read above as the engine left it (a loop: no zip call)
             p = out[i]
