@@ -21,6 +21,7 @@ import pytest
 
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.state import RunState
+from tests.unit.test_compiled_worker_batch import _Store
 from tests.unit.test_engine_support import policy_with
 
 pytestmark = pytest.mark.unit
@@ -41,16 +42,6 @@ def _records(first: int, count: int) -> list[InputRecord]:
     return [
         InputRecord("requests", 0, n, b"run-1", _handoff(n)) for n in range(first, first + count)
     ]
-
-
-class _Store(dict[bytes, Any]):
-    """processors.faust_adapter.RunStore's reads: a restored record decoded on first access."""
-
-    def get(self, key: bytes, default: Any = None) -> Any:
-        value = dict.get(self, key)
-        if isinstance(value, bytes):
-            value = self[key] = RunState.from_record(key, value)
-        return default if value is None else value
 
 
 def _record() -> dict[str, Any]:
