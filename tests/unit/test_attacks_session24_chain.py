@@ -1,0 +1,128 @@
+"""Session 24's attack review of the worker's published copies and their hash chain
+(processors/recorded_copies.py, the batch step's refusals, the dead-letter envelope): each
+test is an attack that broke something, fixed, or one that held and is pinned. In CORE_TESTS
+(tests/integration/test_compiled_core.py): run against the compiled build too."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.chain import link
+from baton.processors.engine import NO_KILLS, Origin, refuse
+from baton.processors.recorded import keep_links, publishable
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision, Reason
+from baton.schemas.events import parse_event
+from baton.sinks.chain_verify import verify_chains
+from tests.unit.test_chain import _row
+from tests.unit.test_engine_support import policy_with
+
+pytestmark = pytest.mark.unit
+
+KEY = b"session24-key"
+NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+BIG = "x" * 200
+
+
+def _event(run: str, n: int, task: str = "t") -> bytes:
+    return orjson.dumps({
+        "type": "handoff_requested", "request_id": f"h{n}", "run_id": run,
+        "task_id": f"{task}{n}{BIG}", "from_agent": "planner", "to_agent": "researcher",
+        "event_time": NOW.isoformat(),
+    })  # fmt: skip
+
+
+def _budget_worker(states: dict[bytes, RunState]) -> BatchProcessor:
+    return BatchProcessor(
+        policy_with(max_handoffs=50), 1, states, worker="w", chain_key=KEY,
+        run_state_max_bytes=3000,
+    )  # fmt: skip
+
+
+def _three_steps(
+    state: RunState | None, raw: bytes, size: int | None
+) -> tuple[RunState | None, list[Decision]]:
+    """``_limit`` as batch.py made it until session 24: refuse, publishable, link and
+    keep_links one after the other."""
+    detail = (
+        "the run was stopped at its state budget (run_state_max_bytes 3000); the run is stopped"
+        if size is None
+        else f"the run's state would grow to {size} bytes (run_state_max_bytes 3000); the run "
+        "is stopped"
+    )
+    event = parse_event(raw, b"rb")
+    origin = Origin("w", 0, 7)
+    new, decisions = refuse(
+        state, event, policy_with(max_handoffs=50), NOW, Reason.RUN_STATE_LIMIT, detail,
+        NO_KILLS, origin,
+    )  # fmt: skip
+    out = publishable(new, decisions, event)
+    if new is not None:
+        link(new, out, KEY)
+        keep_links(decisions, out)
+    return new, out
+
+
+def _kept(state: RunState | None) -> list[tuple[Any, ...]]:
+    if state is None:
+        return []
+    return [
+        (k, d.decision_id, d.chain_prev, d.chain_hash, d.input)
+        for k in state.recent_keys()
+        for d in state.replies(k) or ()
+    ]
+
+
+@pytest.mark.parametrize("size", [None, 4096])
+@pytest.mark.parametrize("held", [True, False])
+def test_the_state_budget_refusal_publishes_and_keeps_what_the_three_steps_did(
+    size: int | None, held: bool
+) -> None:
+    """``BatchProcessor._limit`` (the run_state_limit stop) publishes the copies, links and
+    kept links the three steps gave: the same JSON, the same head, the state's decision
+    without its input and linked as its copy, never the state it was handed (a refusal of
+    a held run is a new state; of no run, none)."""
+    states: dict[bytes, RunState] = {}
+    proc = _budget_worker(states)
+    proc.process([InputRecord("r", 0, 1, b"rb", _event("rb", 1))], NOW)
+    before = states[b"rb"] if held else None
+    twin = RunState.from_bytes(before.to_bytes()) if before is not None else None
+    event = parse_event(_event("rb", 2), b"rb")
+    new, got = proc._limit(before, event, size, NO_KILLS, NOW, Origin("w", 0, 7))
+    want_new, want = _three_steps(twin, _event("rb", 2), size)
+    assert [d.to_json() for d in got] == [d.to_json() for d in want]
+    assert (new is None) == (want_new is None) == (not held)
+    if held:
+        assert new is not before and new is not None and want_new is not None
+        assert new.chain_head == want_new.chain_head == got[-1].chain_hash
+        assert new.chain_head != before.chain_head  # linked: not vacuous
+        assert _kept(new) == _kept(want_new)
+        assert all(k[4] is None for k in _kept(new))  # kept without the input
+        assert before.chain_head == twin.chain_head  # the state handed in is not written
+    else:
+        assert got[0].chain_hash is None and got[0].input is not None
+
+
+def test_a_run_stopped_at_its_budget_verifies_across_batches() -> None:
+    """The budget's two refusals (the event that outgrows it, measured in the careful
+    re-decision; the later ones refused unmeasured), retries of each among them: the
+    published chain verifies, and the state keeps the head of what was published."""
+    states: dict[bytes, RunState] = {}
+    proc = _budget_worker(states)
+    recs = [InputRecord("r", 0, i, b"rb", _event("rb", i)) for i in range(14)]
+    published = [d for _, d in proc.process(recs, NOW).decisions]
+    recs2 = [InputRecord("r", 0, 20 + i, b"rb", _event("rb", i)) for i in (3, 13, 20, 21)]
+    published += [d for _, d in proc.process(recs2, NOW + timedelta(seconds=1)).decisions]
+    reasons = [d.reason for d in published if not d.reemitted]
+    assert "run_state_limit" in reasons and reasons[-1] == "run_state_limit"
+    rows = [_row(d) for d in published if not d.reemitted]
+    (verdict,) = verify_chains(rows, KEY)
+    assert verdict.ok, verdict.problems
+    last = [d for d in published if not d.reemitted][-1]
+    assert states[b"rb"].chain_head == last.chain_hash
+
