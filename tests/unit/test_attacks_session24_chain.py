@@ -126,3 +126,43 @@ def test_a_run_stopped_at_its_budget_verifies_across_batches() -> None:
     last = [d for d in published if not d.reemitted][-1]
     assert states[b"rb"].chain_head == last.chain_hash
 
+
+def _report(cost: float) -> bytes:
+    return orjson.dumps({
+        "type": "handoff_completed", "request_id": "h1", "run_id": "rb", "task_id": f"t1{BIG}",
+        "agent": "researcher", "cost_usd": cost, "tool_calls": 1, "event_time": NOW.isoformat(),
+    })  # fmt: skip
+
+
+def test_a_reused_report_id_in_a_run_stopped_at_its_budget_is_counted_once_under_its_own_id() -> (
+    None
+):
+    """Two cost reports under one request id (the second another report: the engine counts
+    it under its own key and decision id) in a run stopped at its state budget: the second's
+    run_state_limit refusal took the first's decision id (the audit kept one of the two rows:
+    its chain a link short, `baton audit verify` failed the honest audit and `baton replay`
+    called it broken) and its kept reply (a retry of the first got the second's), and each
+    redelivery of the second was counted again (spend 1, 3, 5, 7). Now it is remembered and
+    identified under its own key, as the engine does: counted once, each answered its own."""
+    states: dict[bytes, RunState] = {}
+    proc = _budget_worker(states)
+    recs = [InputRecord("r", 0, i, b"rb", _event("rb", i)) for i in range(14)]
+    published = [d for _, d in proc.process(recs, NOW).decisions]
+    assert states[b"rb"].stopped == "run_state_limit"
+    first = InputRecord("r", 0, 20, b"rb", _report(1.0))
+    second = InputRecord("r", 0, 21, b"rb", _report(2.0))
+    answers = []
+    for i, rec in enumerate([first, second, second, second, first]):
+        out = proc.process([rec], NOW + timedelta(seconds=i + 1))
+        answers += [(d.decision_id, d.spent_usd, d.reemitted) for _, d in out.decisions]
+        published += [d for _, d in out.decisions]
+    (one, _, _), (two, _, _) = answers[:2]
+    assert one != two
+    assert [(i == one, spent, again) for i, spent, again in answers] == [
+        (True, 1.0, False), (False, 3.0, False), (False, 3.0, True), (False, 3.0, True),
+        (True, 1.0, True),
+    ]  # fmt: skip
+    assert states[b"rb"].spent_usd == 3.0
+    (verdict,) = verify_chains([_row(d) for d in published if not d.reemitted], KEY)
+    assert verdict.ok, verdict.problems
+
