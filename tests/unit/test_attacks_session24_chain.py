@@ -166,3 +166,36 @@ def test_a_reused_report_id_in_a_run_stopped_at_its_budget_is_counted_once_under
     (verdict,) = verify_chains([_row(d) for d in published if not d.reemitted], KEY)
     assert verdict.ok, verdict.problems
 
+
+# ------------------------------------------------------------------ the dead-letter envelope
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("run-1", b"not json"),  # a str key
+        (b"run-1", memoryview(b"not json")),  # a memoryview value
+        ("run-\udc80", memoryview(b"\xff\xfe")),  # both, a lone surrogate, not UTF-8
+        (bytearray(b"run-1"), bytearray(b"{}")),
+        (b"run-1", 12),  # no bytes at all: left out, said so
+    ],
+)
+def test_a_record_of_other_types_is_a_dead_letter_not_a_crash(key: Any, value: Any) -> None:
+    """A record whose key is a ``str`` or whose value is a ``memoryview`` (no Kafka client
+    hands one over today; a future receive path could): its dead-letter envelope raised
+    (``str.decode``, ``memoryview.decode``) out of ``BatchProcessor.process``, the batch's
+    end instead of the record's dead letter. Now the envelope carries their bytes, or says
+    that it could not."""
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(policy_with(), 1, states, worker="w")
+    ok = InputRecord("r", 0, 2, b"run-2", _event("run-2", 1))
+    out = proc.process([InputRecord("r", 0, 1, key, value), ok], NOW)
+    assert len(out.dead_letters) == 1 and len(out.decisions) == 1
+    (dl,) = out.dead_letters
+    doc = orjson.loads(dl.value)
+    assert doc["offset"] == 1 and doc["error_kind"]
+    assert dl.key is None or type(dl.key) is bytes
+    if isinstance(value, int):
+        assert "original_dropped" in doc and "original" not in doc
+    else:
+        carried = doc.get("original") or doc.get("original_b64")
+        assert carried is not None and doc["original_size"] == len(bytes(value))
+
