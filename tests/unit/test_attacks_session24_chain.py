@@ -199,3 +199,33 @@ def test_a_record_of_other_types_is_a_dead_letter_not_a_crash(key: Any, value: A
         carried = doc.get("original") or doc.get("original_b64")
         assert carried is not None and doc["original_size"] == len(bytes(value))
 
+
+def test_a_run_stopped_at_its_budget_then_evicted_replays_as_recorded() -> None:
+    """A run stopped at its state budget, idle past the run retention: the sweep keeps its
+    tombstone (the stop with it), and its later events are refused ``run_state_limit`` on the
+    tombstone (ids marked with their positions). `baton replay` decided such a refusal on the
+    live run (only a step holding a ``run_expired`` stop was tried on the tombstone): every
+    later step not reproduced, an honest audit reported unfaithful. Now a refusal step is
+    tried on the tombstone the run was due for, as any other step."""
+    from baton.processors.engine import evict
+    from baton.processors.recorded import Recorded, policy_document
+    from baton.processors.replay import replay_runs, runs_of
+    from baton.schemas.policy import Policy
+
+    states: dict[bytes, RunState] = {}
+    proc = _budget_worker(states)
+    recs = [InputRecord("r", 0, i, b"rb", _event("rb", i)) for i in range(14)]
+    published = [d for _, d in proc.process(recs, NOW).decisions]
+    later = NOW + timedelta(hours=2)
+    tomb = evict(states[b"rb"], later, 3600.0, 30 * 86400.0)
+    assert tomb is not None and tomb.evicted_at is not None
+    states[b"rb"] = tomb
+    recs = [InputRecord("r", 0, 30 + i, b"rb", _event("rb", 30 + i)) for i in range(2)]
+    published += [d for _, d in proc.process(recs, later).decisions]
+    assert [d.reason for d in published[-2:]] == ["run_state_limit"] * 2
+    policy = policy_with(max_handoffs=50)
+    policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
+    rows = [Recorded.of(d) for d in published]
+    report = replay_runs(runs_of(rows), policy, policies, KEY, retention_s=3600.0)
+    assert report.broken == [] and report.partial == {}
+    assert [(r.run_id, r.unfaithful) for r in report.runs] == [("rb", [])]
