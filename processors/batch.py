@@ -51,7 +51,7 @@ from baton.processors.engine import (
     expire_due,
     refuse,
 )
-from baton.processors.recorded_copies import keep_links, publishable, published
+from baton.processors.recorded_copies import publishable, published
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Reason
 from baton.schemas.events import EventError, RunEvent
@@ -345,11 +345,10 @@ class BatchProcessor:
         new, decisions = refuse(
             state, event, self.policy, now, Reason.RUN_STATE_LIMIT, detail, kills, origin
         )
-        published = publishable(new, decisions, event)
-        if new is not None:
-            link(new, published, self.chain_key)
-            keep_links(decisions, published)
-        return new, published
+        # refuse copies a held run's state (never hands back ``state``) and decides one event
+        # now (nothing re-emitted): published links what publishable, link and keep_links did
+        # (tests/unit/test_attacks_session24_chain.py holds the two equal)
+        return new, published(new, state, decisions, event, self.chain_key)
 
     def account(self, key: bytes, size: int | None) -> None:
         """``key``'s run now takes ``size`` encoded bytes (None: it left the table)."""

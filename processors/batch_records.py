@@ -114,20 +114,29 @@ class Outputs:
 def dead_letter_record(
     rec: InputRecord, kind: str, error: str, worker: str | None, now: datetime
 ) -> DeadLetter:
-    """The dead-letter envelope: what was wrong, where it came from, and the original bytes."""
-    raw = rec.value or b""
+    """The dead-letter envelope: what was wrong, where it came from, and the original bytes.
+
+    Written for any record: a key or value that is no bytes (a ``str``, a ``memoryview``, no
+    type a Kafka client hands over today) is carried as its bytes, or, when it has none, left
+    out with a note saying so (``key_dropped``, ``original_dropped``), never an exception that
+    would end the batch."""
+    key, key_note = _carried(rec.key)
+    raw, raw_note = _carried(rec.value)
+    raw = raw or b""
     envelope: dict[str, Any] = {
         "error_kind": kind,
         "error": error,
-        "topic": rec.topic,
-        "partition": rec.partition,
-        "offset": rec.offset,
-        "key": rec.key[:1024].decode("utf-8", "replace") if rec.key is not None else None,
-        "key_size": len(rec.key) if rec.key is not None else None,
+        "topic": _plain(rec.topic),
+        "partition": _plain(rec.partition),
+        "offset": _plain(rec.offset),
+        "key": key[:1024].decode("utf-8", "replace") if key is not None else None,
+        "key_size": len(key) if key is not None else None,
         "worker": worker,
         "failed_at": now,
         "original_size": len(raw),
     }
+    if key_note is not None:
+        envelope["key_dropped"] = key_note
     kept = raw[:MAX_EVENT_BYTES]
     try:
         text = kept.decode("utf-8")
@@ -135,7 +144,9 @@ def dead_letter_record(
         text = None
     # JSON escapes a control character in six bytes: text full of them would make the
     # dead letter several times its input (and past Kafka's message limit), base64 never
-    if text is not None and len(orjson.dumps(text)) <= 2 * len(kept) + 2:
+    if raw_note is not None:
+        envelope["original_dropped"] = raw_note
+    elif text is not None and len(orjson.dumps(text)) <= 2 * len(kept) + 2:
         envelope["original"] = text
     else:
         envelope["original_b64"] = base64.b64encode(kept).decode()
@@ -143,8 +154,32 @@ def dead_letter_record(
         envelope["original_truncated"] = True
     # the dead letter's own Kafka key is capped too: a record with a 1 MB key must not make
     # a dead letter Kafka refuses (that would end the worker on every restart)
-    key = rec.key if rec.key is None or len(rec.key) <= MAX_KEY_BYTES else None
-    return DeadLetter(key, orjson.dumps(envelope), str(kind))
+    kept_key = key if key is None or len(key) <= MAX_KEY_BYTES else None
+    return DeadLetter(kept_key, orjson.dumps(envelope, default=repr), str(kind))
+
+
+def _carried(value: Any) -> tuple[bytes | None, str | None]:
+    """``value`` (a record's key or value) as bytes for its dead letter, and why it could not
+    be carried (None: carried, or None itself). A ``str`` as its UTF-8 (lone surrogates
+    kept, ``surrogatepass``); anything else through the buffer protocol (an int is refused:
+    ``bytes(n)`` would make n zero bytes)."""
+    if value is None or type(value) is bytes:
+        return value, None
+    try:
+        if isinstance(value, str):
+            return value.encode("utf-8", "surrogatepass"), None
+        return bytes(memoryview(value)), None
+    except Exception as exc:
+        return None, f"a {type(value).__name__} the worker cannot read as bytes ({exc})"[:300]
+
+
+def _plain(value: Any) -> Any:
+    """A position field as JSON can hold it (a str, an int of 64 bits; else its repr)."""
+    if value is None or type(value) is str:
+        return value
+    if type(value) is int and -(2**63) <= value < 2**64:
+        return value
+    return repr(value)[:300]
 
 
 #: what a dead letter keeps when it is too large for Kafka

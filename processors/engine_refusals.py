@@ -80,12 +80,12 @@ def refuse(
     else:
         begun = life_of(event, origin) if life is None else life
         st = new_state(event.run_id, event.tenant, now, begun)
-    ctx = DecisionContext(rules_for(policy, st.tenant), now, now.timestamp(), kills, origin)
     if keep and st.stopped is None:
         st.stopped = reason
     key, digest, phase = dedup_key(event), None, Phase.CONTROL
     request_id = f"{st.run_id}:finished"
     req = done = None
+    covered: str | None = None
     if type(event) is _HandoffRequested:
         digest, phase, req = request_digest(event), Phase.PRE_HANDOFF, event
         request_id = event.request_id
@@ -93,8 +93,18 @@ def refuse(
         digest, phase, done = request_digest(event), Phase.POST_HANDOFF, event
         request_id = event.request_id
         count_cost(st, report_of(event))
+        if keep and st.has_seen(key) and st.digest_of(key) not in (digest, None):
+            # a cost report under a reused id (answer_known counted it under its own key):
+            # remembered, and identified, under its own key, as the engine does; under the
+            # id's key it took the first report's decision id (the audit kept one row of
+            # two, its chain a link short) and replies, and each redelivery counted again
+            key, covered = with_digest(key, digest), digest
     elif type(event) is _ApprovalGranted or type(event) is _ApprovalDenied:
         key, phase, request_id = refused_key(event), Phase.APPROVAL, refused_answer_id(event)
+    ctx = DecisionContext(
+        rules_for(policy, st.tenant), now, now.timestamp(), kills, origin,
+        request_id if covered is not None else None, covered,
+    )  # fmt: skip
     decision = build_decision(
         st,
         ctx,

@@ -234,7 +234,10 @@ class Replayer:
         if before.evicted_at is not None:
             fresh = self._decide(recs, event, context, policy, before)
             return self._or_forgotten(recs, event, context, policy, before, fresh)
-        if not self.proof or context.refusal is not None:
+        refusal = context.refusal
+        if not self.proof or (refusal is not None and refusal.reason != _RUN_STATE_LIMIT):
+            # (a run_state_limit stop is refused on what the sweep left, as any step: the
+            # tombstone of a run stopped at its budget keeps the stop, and refuses its events)
             if context.evicted:  # the proof found the run evicted here: under any policy
                 self.evicted = True
                 before = _tombstone(before, recs[0].decided_at.timestamp(), self.retention_s)
