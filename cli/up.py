@@ -154,14 +154,16 @@ def up_cmd(
     from baton.streams.embedded import EmbeddedBroker
 
     data_dir = data_dir.resolve()
-    earlier = refuse_running_stack(data_dir)
     opts["metrics_port"] = metrics_port
     settings = build_settings(**opts)
     from baton.cli.log_format import LogOutput
 
     output = LogOutput(settings.log_format, "up")  # from here on, errors in this format too
     output.install()
-    policy = read_policy(settings.policy)  # fail before starting anything on a bad policy
+    # a bad setting or policy fails before anything is made: a mistyped --data-dir with a
+    # mistyped --policy left an empty data dir holding a stack.lock behind
+    policy = read_policy(settings.policy)
+    earlier = refuse_running_stack(data_dir)
     if not no_audit:
         _refuse_busy_sql_port(sql_port)
     _refuse_busy_metrics_port(settings.metrics_port_number)

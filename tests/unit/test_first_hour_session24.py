@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,3 +106,32 @@ def test_an_audit_that_is_away_or_busy_is_still_exit_5(
     result = baton.invoke(cli, ["sql", "SELECT 1"])
     assert result.exit_code == 5, result.output
     assert result.stderr.startswith("baton: error: ClickHouse at http://baton:***@127.0.0.1:8123 ")
+
+
+# ------------------------------------------------- baton up: refused before anything is made
+def test_up_with_a_mistyped_policy_leaves_no_data_dir_behind(
+    baton: CliRunner, tmp_path: Path
+) -> None:
+    # it made DATA_DIR and DATA_DIR/stack.lock, then named the policy's bad key
+    policy = tmp_path / "typo.yaml"
+    policy.write_text("multi_agent:\n  max_handofs: 8\n")
+    data_dir = tmp_path / "new-stack"
+    result = baton.invoke(cli, ["up", "--data-dir", str(data_dir), "--policy", str(policy)])
+    assert result.exit_code == 2, result.output
+    assert "multi_agent.max_handofs: unknown key; did you mean max_handoffs?" in result.stderr
+    assert not data_dir.exists()
+
+
+def test_up_names_a_data_dir_it_cannot_create_not_its_lock_file(
+    baton: CliRunner, tmp_path: Path
+) -> None:
+    # "cannot lock the data dir X (stack.lock): Not a directory": the lock was never reached
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    data_dir = blocker / "stack"
+    result = baton.invoke(cli, ["up", "--data-dir", str(data_dir)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"baton: error: cannot create the data dir {data_dir}: Not a directory; expected a "
+        "directory (--data-dir, env BATON_DATA_DIR) that baton up may create and write\n"
+    )
