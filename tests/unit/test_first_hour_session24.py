@@ -135,3 +135,20 @@ def test_up_names_a_data_dir_it_cannot_create_not_its_lock_file(
         f"baton: error: cannot create the data dir {data_dir}: Not a directory; expected a "
         "directory (--data-dir, env BATON_DATA_DIR) that baton up may create and write\n"
     )
+
+
+# ------------------------------------------------- baton --help: commands in a newcomer's order
+def test_the_command_list_is_grouped_with_every_command_in_one_place(baton: CliRunner) -> None:
+    # twenty commands listed alphabetically: alerts, approvals, approve, audit, demo, ...
+    # put the two a newcomer starts with (demo, up) fifth and nineteenth
+    from baton.cli.main import _MODULES, _SECTIONS
+
+    placed = [name for _, names in _SECTIONS for name in names]
+    assert sorted(placed) == sorted(_MODULES), "a command is in no section, or in two"
+    listing = baton.invoke(cli, ["--help"]).output.split("Commands:", 1)[1]
+    lines = [line.strip() for line in listing.splitlines() if line.strip()]
+    assert lines[:3] == ["Start here:", *lines[1:3]]
+    assert [line.split()[0] for line in lines[1:3]] == ["demo", "up"]
+    assert "Other:" not in lines
+    shown = [line.split()[0] for line in lines if not line.endswith(":")]
+    assert shown == placed
