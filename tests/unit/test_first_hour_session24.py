@@ -152,3 +152,12 @@ def test_the_command_list_is_grouped_with_every_command_in_one_place(baton: CliR
     assert "Other:" not in lines
     shown = [line.split()[0] for line in lines if not line.endswith(":")]
     assert shown == placed
+
+
+def test_the_sink_takes_dsn_like_every_other_audit_command(baton: CliRunner) -> None:
+    # `baton sql --dsn`, `trace --dsn`, `doctor --dsn` ... but `baton sink --dsn` was
+    # "No such option: --dsn"
+    result = baton.invoke(cli, ["sink", "--dsn", "nonsense", "--bootstrap", "127.0.0.1:1"])
+    assert result.exit_code == 2, result.output
+    assert "clickhouse_dsn (BATON_CLICKHOUSE_DSN): expected http(s)://" in result.stderr
+    assert "got 'nonsense'" in result.stderr
