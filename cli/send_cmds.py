@@ -161,13 +161,15 @@ def send_cmd(file: str, dry_run: bool, timeout: float, data_dir: Path | None, **
     """
     from baton.streams.topics import TopicCatalog
 
-    settings = None if dry_run else stack_settings(opts, data_dir, kafka=True)
-    prefix = settings.topic_prefix if settings else build_settings(**opts).topic_prefix
-    catalog = TopicCatalog(prefix=prefix)
-    producer = None if settings is None else _producer(settings, catalog)
-    sent = _Sent()
+    # the input first: a missing file is named at once, not after a stack lookup or a wait
+    # for a broker that is not there
     stream = _open_input(file)
     try:
+        settings = None if dry_run else stack_settings(opts, data_dir, kafka=True)
+        prefix = settings.topic_prefix if settings else build_settings(**opts).topic_prefix
+        catalog = TopicCatalog(prefix=prefix)
+        producer = None if settings is None else _producer(settings, catalog)
+        sent = _Sent()
         for number, line, length in _lines(stream, MAX_EVENT_BYTES):
             if line is None:
                 _bad(sent, number, f"oversized: {length} bytes, limit is {MAX_EVENT_BYTES}")

@@ -4,6 +4,7 @@ reach), and what `baton up` refuses it refuses before it leaves anything on disk
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -161,3 +162,21 @@ def test_the_sink_takes_dsn_like_every_other_audit_command(baton: CliRunner) -> 
     assert result.exit_code == 2, result.output
     assert "clickhouse_dsn (BATON_CLICKHOUSE_DSN): expected http(s)://" in result.stderr
     assert "got 'nonsense'" in result.stderr
+
+
+# ------------------------------------------------- baton send: the file before the broker
+@pytest.mark.parametrize("where", [[], ["--bootstrap", "127.0.0.1:1"]], ids=["no-stack", "dead"])
+def test_send_names_a_missing_file_before_looking_for_kafka(
+    baton: CliRunner, tmp_path: Path, where: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it said "no Baton stack to reach for Kafka" (or "cannot reach Kafka", exit 4, after the
+    # connect timeout of a broker that does not answer); fixed, it said the file was missing
+    for name in [n for n in os.environ if n.startswith("BATON_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    result = baton.invoke(cli, ["send", "events.jsonl", *where])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "baton: error: cannot read events.jsonl: No such file or directory; expected a file of "
+        "JSON lines (or a pipe, or - for stdin)\n"
+    )
