@@ -180,3 +180,22 @@ def test_send_names_a_missing_file_before_looking_for_kafka(
         "baton: error: cannot read events.jsonl: No such file or directory; expected a file of "
         "JSON lines (or a pipe, or - for stdin)\n"
     )
+
+
+# ------------------------------------------------- alert rules: a typo'd threshold is named
+def test_a_mistyped_parameter_of_a_built_in_rule_is_named_not_ignored(tmp_path: Path) -> None:
+    # `params: {max_stop_rat: 0.5}` loaded, and tenant_stop_rate fired at its default 0.2
+    from baton.schemas.errors import ConfigError
+    from baton.sinks.rules import load_rules
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: tenant_stop_rate\n    params: {max_stop_rat: 0.5}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_rules(rules)
+    assert str(caught.value) == (
+        f"{rules}: rules[0] (tenant_stop_rate).params: unknown key 'max_stop_rat' (did you mean "
+        "'max_stop_rate'?); tenant_stop_rate takes window_minutes, min_decisions, max_stop_rate"
+    )
+    rules.write_text("rules:\n  - name: tenant_stop_rate\n    params: {max_stop_rate: 0.5}\n")
+    [tuned] = [r for r in load_rules(rules) if r.name == "tenant_stop_rate"]
+    assert tuned.params["max_stop_rate"] == 0.5
