@@ -199,3 +199,18 @@ def test_a_mistyped_parameter_of_a_built_in_rule_is_named_not_ignored(tmp_path: 
     rules.write_text("rules:\n  - name: tenant_stop_rate\n    params: {max_stop_rate: 0.5}\n")
     [tuned] = [r for r in load_rules(rules) if r.name == "tenant_stop_rate"]
     assert tuned.params["max_stop_rate"] == 0.5
+
+
+# ------------------------------------------------- schema export: an unwritable place is named
+def test_schema_export_into_a_place_it_cannot_write_is_one_line(
+    baton: CliRunner, tmp_path: Path
+) -> None:
+    # a traceback ending in FileNotFoundError / NotADirectoryError, exit 1
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = baton.invoke(cli, ["schema", "export", str(blocker / "schemas")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"baton: error: cannot write the JSON Schemas into {blocker / 'schemas'}: Not a "
+        "directory; expected a directory you may create and write\n"
+    )
