@@ -214,3 +214,31 @@ def test_schema_export_into_a_place_it_cannot_write_is_one_line(
         f"baton: error: cannot write the JSON Schemas into {blocker / 'schemas'}: Not a "
         "directory; expected a directory you may create and write\n"
     )
+
+
+def test_a_chdb_directory_the_sink_cannot_create_is_a_setting_error(tmp_path: Path) -> None:
+    # `baton sink --dsn chdb:///proc/x` ended in a FileNotFoundError traceback, exit 1
+    from baton.schemas.errors import ConfigError
+    from baton.sinks.clickhouse import connect
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError) as caught:
+        connect(f"chdb://{blocker}/chdb", create=True)
+    assert str(caught.value) == (
+        f"clickhouse_dsn (BATON_CLICKHOUSE_DSN): cannot create the chDB directory "
+        f"{blocker}/chdb: Not a directory; expected a directory this process may create and write"
+    )
+
+
+def test_demo_with_a_data_dir_it_cannot_create_is_one_line(
+    baton: CliRunner, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = baton.invoke(cli, ["demo", "--data-dir", str(blocker / "demo")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"baton: error: cannot create the demo's data dir {blocker / 'demo'}: Not a directory; "
+        "expected a directory (--data-dir) the demo may create and write\n"
+    )
