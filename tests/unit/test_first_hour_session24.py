@@ -242,3 +242,28 @@ def test_demo_with_a_data_dir_it_cannot_create_is_one_line(
         f"baton: error: cannot create the demo's data dir {blocker / 'demo'}: Not a directory; "
         "expected a directory (--data-dir) the demo may create and write\n"
     )
+
+
+def test_alerts_check_refuses_a_webhook_url_that_cannot_work_before_any_rule_runs(
+    baton: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--webhook-url notaurl` passed while no rule fired; when one did, the post failed and
+    # was only logged: the page never went out
+    import baton.cli.alerts_cmds as alerts_cmds
+
+    settings = Settings(clickhouse_dsn="http://127.0.0.1:1")
+    monkeypatch.setattr(alerts_cmds, "query_settings", lambda dsn, data_dir: settings)
+
+    @contextmanager
+    def no_audit(settings: Settings) -> Iterator[None]:
+        raise AssertionError("the rules ran before the webhook URL was checked")
+        yield
+
+    monkeypatch.setattr(alerts_cmds, "audit_client", no_audit)
+    result = baton.invoke(cli, ["alerts", "check", "--webhook-url", "notaurl"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "baton: error: webhook URL <webhook URL without scheme or host>: expected http://… or "
+        "https://… with a host "
+        "(--webhook-url / BATON_WEBHOOK_URL)\n"
+    )
