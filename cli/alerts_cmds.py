@@ -56,7 +56,7 @@ def _group_id(value: str | None) -> str | None:
     type=FiniteFloatRange(min=0.1, max=3600),
     default=5.0,
     show_default=True,
-    help="seconds",
+    help="seconds in which --storm-threshold stops make a storm",
 )
 @click.option(
     "--group",

@@ -121,7 +121,7 @@ def policy_publish(
     type=FiniteFloatRange(min=0, min_open=True, max=3600),
     default=15.0,
     show_default=True,
-    help="seconds",
+    help="seconds to read the control topic to its end before giving up (exit 4)",
 )
 @data_dir_option
 def policy_current(timeout: float, data_dir: Path | None, **opts: Any) -> None:

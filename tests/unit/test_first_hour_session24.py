@@ -267,3 +267,27 @@ def test_alerts_check_refuses_a_webhook_url_that_cannot_work_before_any_rule_run
         "https://… with a host "
         "(--webhook-url / BATON_WEBHOOK_URL)\n"
     )
+
+
+# ------------------------------------------------- --help: no option explained by a unit alone
+def test_no_option_is_explained_by_its_unit_alone(baton: CliRunner) -> None:
+    # `baton alerts --help`: "--storm-window FLOAT RANGE  seconds"; `policy current`:
+    # "--timeout  seconds": seconds of what, and what happens after them?
+    import click
+
+    def commands(group: click.Group, path: str) -> Iterator[tuple[str, click.Command]]:
+        for name, command in sorted(group.commands.items()):
+            yield f"{path} {name}", command
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{path} {name}")
+
+    terse = [
+        f"{path} {param.opts[0]}: {param.help!r}"
+        for path, command in commands(cli, "baton")
+        for param in command.params
+        if isinstance(param, click.Option)
+        and param.help
+        and param.help.split()[0] == "seconds"
+        and not set(param.help.split()) - {"seconds", "to", "wait"}  # of what?
+    ]
+    assert terse == []
