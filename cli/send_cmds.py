@@ -67,6 +67,12 @@ def _open_input(path: str) -> IO[bytes]:
     """``path`` for reading (``-`` is stdin, a FIFO is fine); a directory, device, socket or a
     missing file is a ConfigError (checked on the open file: ``schemas.files.open_stream``)."""
     if path == "-":
+        if _stdin_is_a_terminal():  # `baton send` typed alone waited without a word
+            click.echo(
+                "baton send: reading events from the terminal, one JSON object a line; "
+                "Ctrl-D sends them, Ctrl-C cancels (or give a FILE, or pipe them in)",
+                err=True,
+            )
         return sys.stdin.buffer
     expected = "expected a file of JSON lines (or a pipe, or - for stdin)"
     try:
@@ -77,6 +83,13 @@ def _open_input(path: str) -> IO[bytes]:
         raise ConfigError(f"{path} {exc}; {expected}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}; {expected}") from None
+
+
+def _stdin_is_a_terminal() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):  # closed or replaced
+        return False
 
 
 def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None, int]]:

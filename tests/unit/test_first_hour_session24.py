@@ -291,3 +291,18 @@ def test_no_option_is_explained_by_its_unit_alone(baton: CliRunner) -> None:
         and not set(param.help.split()) - {"seconds", "to", "wait"}  # of what?
     ]
     assert terse == []
+
+
+def test_send_typed_alone_at_a_terminal_says_it_reads_the_terminal(
+    baton: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `baton send` with nothing after it sat waiting for stdin, silent, like a hung command
+    import baton.cli.send_cmds as send_cmds
+
+    monkeypatch.setattr(send_cmds, "_stdin_is_a_terminal", lambda: True)
+    result = baton.invoke(cli, ["send", "--dry-run"], input="")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("baton send: reading events from the terminal, one JSON")
+    assert "Ctrl-D sends them" in result.stderr
+    monkeypatch.setattr(send_cmds, "_stdin_is_a_terminal", lambda: False)  # a pipe: quiet
+    assert baton.invoke(cli, ["send", "--dry-run"], input="").stderr == ""
