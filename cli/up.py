@@ -183,6 +183,7 @@ def up_cmd(
     record: StackRecord | None = None
     stopping = False
     interruptible = True
+    interrupted = False
 
     class _Interrupted(Exception):
         pass
@@ -271,6 +272,7 @@ def up_cmd(
         say("stopping")
     except _Interrupted:
         say("interrupted during start-up; stopping")
+        interrupted = True
     except BatonError:
         if stopping:  # Ctrl-C reaches the broker and the children too: their exits are the stop
             say("stopping")
@@ -285,6 +287,8 @@ def up_cmd(
         broker.stop()
         if record is not None:
             mark_stopped(record)
+    if interrupted:  # never ready: exit 130 (Ctrl-C before done), not 0 as a stop of a stack
+        raise KeyboardInterrupt
 
 
 def _check_broker(broker: Any) -> None:

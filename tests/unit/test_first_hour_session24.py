@@ -306,3 +306,46 @@ def test_send_typed_alone_at_a_terminal_says_it_reads_the_terminal(
     assert "Ctrl-D sends them" in result.stderr
     monkeypatch.setattr(send_cmds, "_stdin_is_a_terminal", lambda: False)  # a pipe: quiet
     assert baton.invoke(cli, ["send", "--dry-run"], input="").stderr == ""
+
+
+# ------------------------------------------------- baton up: Ctrl-C before it was ready
+class _BrokerInterrupted:
+    """An embedded broker whose start is interrupted by Ctrl-C (a user who gave up waiting)."""
+
+    running = False
+    returncode = None
+    stopped = False
+
+    def __init__(self, port: int | None, log_dir: Path) -> None:
+        pass
+
+    def start(self) -> None:
+        import signal
+
+        signal.raise_signal(signal.SIGINT)
+
+    def stop(self) -> None:
+        type(self).stopped = True
+
+
+def test_ctrl_c_before_up_was_ready_is_exit_130_not_a_clean_stop(
+    baton: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it ended 0, as a stack stopped after it ran does: a script could not tell it never was up
+    import signal
+
+    import baton.streams.embedded as embedded
+
+    monkeypatch.setattr(embedded, "EmbeddedBroker", _BrokerInterrupted)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = baton.invoke(
+            cli, ["up", "--data-dir", str(tmp_path / "stack"), "--no-audit", "--sql-port", "off"]
+        )
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert result.exit_code == 130, result.output
+    assert "baton up: interrupted during start-up; stopping" in result.stderr
+    assert result.stderr.endswith("baton: interrupted (Ctrl-C)\n")
+    assert _BrokerInterrupted.stopped
