@@ -56,7 +56,7 @@ def _group_id(value: str | None) -> str | None:
     type=FiniteFloatRange(min=0.1, max=3600),
     default=5.0,
     show_default=True,
-    help="seconds",
+    help="seconds in which --storm-threshold stops make a storm",
 )
 @click.option(
     "--group",
@@ -145,6 +145,12 @@ def alerts_check(
         data_dir = parent.params.get("data_dir")
     settings = query_settings(clickhouse_dsn, data_dir)
     rules = load_rules(rules_path)
+    if not webhook_url and settings.webhook_url is not None:
+        webhook_url = settings.webhook_url.get_secret_value()
+    if webhook_url:  # refused now, not found out when a rule fires (and then only logged)
+        from baton.sinks.alert_post import check_webhook_url
+
+        check_webhook_url(webhook_url)
     with audit_client(settings) as client:
         results = evaluate_rules(client, rules)
     fired = [r for r in results if r.fired]
@@ -158,8 +164,6 @@ def alerts_check(
             click.echo("\n".join("         " + line for line in table.splitlines()))
         else:
             click.echo(f"ok     {result.rule.name}")
-    if not webhook_url and settings.webhook_url is not None:
-        webhook_url = settings.webhook_url.get_secret_value()
     if webhook_url and fired:
         text = "🚨 Baton alert rules fired: " + "; ".join(
             f"{r.rule.name} ({len(r.rows)}): {r.rule.summary()}" for r in fired

@@ -54,7 +54,13 @@ class DemoStack:
         from baton.streams.net import free_port
 
         self._refuse_running()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only place, a file in the way: was a traceback
+            raise ConfigError(
+                f"cannot create the demo's data dir {self.data_dir}: {exc.strerror or exc}; "
+                "expected a directory (--data-dir) the demo may create and write"
+            ) from None
         out_path, log_path = self.data_dir / "up.out", self.data_dir / "up.log"
         # the scenarios are the seed's: the stack the demo starts runs the seed policy, on
         # un-prefixed topics, whatever this shell's BATON_* variables say

@@ -40,7 +40,7 @@ __all__ = ["kill_cmd", "register"]
     type=FiniteFloatRange(min=0, min_open=True, max=3600),
     default=30.0,
     show_default=True,
-    help="seconds to wait",
+    help="seconds to wait for a worker to apply it (exit 4 when none did)",
 )
 @setting_options("bootstrap", "topic_prefix", "partitions")
 @data_dir_option

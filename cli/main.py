@@ -55,6 +55,17 @@ _MODULES = {
 }
 
 
+#: `baton --help` lists the commands in the order a newcomer meets them, not alphabetically
+#: (tests/unit/test_first_hour_session24.py: every command in exactly one section)
+_SECTIONS = (
+    ("Start here", ("demo", "up", "doctor")),
+    ("Send events and watch decisions", ("send", "tail", "trace", "sql", "top")),
+    ("People: approvals, kill switches, keys", ("approvals", "approve", "deny", "kill", "keys")),
+    ("Policy and audit", ("policy", "replay", "audit", "alerts", "schema")),
+    ("Run the parts yourself (on your own Kafka and ClickHouse)", ("worker", "sink")),
+)
+
+
 class _BatonGroup(click.Group):
     """Turns a BatonError into one readable stderr line and its exit code, never a traceback;
     loads a command's module when the command is asked for (``_MODULES``)."""
@@ -66,6 +77,27 @@ class _BatonGroup(click.Group):
         if cmd_name not in self.commands and self is cli and cmd_name in _MODULES:
             importlib.import_module(f"baton.cli.{_MODULES[cmd_name]}").register(self)
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self is not cli:
+            return super().format_commands(ctx, formatter)
+        names = self.list_commands(ctx)
+        listed = [n for _, group in _SECTIONS for n in group]
+        sections = [*_SECTIONS, ("Other", tuple(n for n in names if n not in listed))]
+        width = max(map(len, names))  # one column for every section
+        limit = formatter.width - 8 - width
+        with formatter.section("Commands"):
+            for title, group in sections:
+                commands = [(n, self.get_command(ctx, n)) for n in group if n in names]
+                rows = [
+                    (n.ljust(width), c.get_short_help_str(limit))
+                    for n, c in commands
+                    if c is not None and not c.hidden
+                ]
+                if rows:
+                    with formatter.section(title):
+                        formatter.write_dl(rows)
+        return None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

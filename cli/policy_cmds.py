@@ -12,7 +12,7 @@ import click
 from baton.cli.options import FiniteFloatRange, read_policy, read_policy_text, setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, shown, signer_options
 from baton.cli.stack_record import data_dir_option, stack_settings
-from baton.schemas.errors import PolicyError
+from baton.schemas.errors import ConfigError, PolicyError
 from baton.schemas.export import write_json_schemas
 from baton.schemas.policy import Policy, parse_policy
 from baton.schemas.policy_seed import seed_mapping
@@ -121,7 +121,7 @@ def policy_publish(
     type=FiniteFloatRange(min=0, min_open=True, max=3600),
     default=15.0,
     show_default=True,
-    help="seconds",
+    help="seconds to read the control topic to its end before giving up (exit 4)",
 )
 @data_dir_option
 def policy_current(timeout: float, data_dir: Path | None, **opts: Any) -> None:
@@ -239,7 +239,17 @@ def schema_group() -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def schema_export(directory: Path) -> None:
     """Write a JSON Schema file for every event, the decision record and the policy."""
-    for path in write_json_schemas(directory):
+    try:
+        written = write_json_schemas(directory)
+    except OSError as exc:  # a read-only place, a missing parent on /proc, a file in the way
+        said = exc.strerror or str(exc)
+        if exc.filename and Path(exc.filename) != directory:  # one file of it
+            said = f"{exc.filename}: {said}"
+        raise ConfigError(
+            f"cannot write the JSON Schemas into {directory}: {said}; expected a directory "
+            "you may create and write"
+        ) from None
+    for path in written:
         click.echo(str(path))
 
 

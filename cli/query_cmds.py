@@ -9,6 +9,7 @@ import click
 from clickhouse_connect.driver.client import Client
 
 from baton.cli.audit_options import audit_client, dsn_option, query_settings
+from baton.schemas.errors import AuditUnavailable, BadArgument
 from baton.schemas.settings import Settings
 from baton.sinks.sql_script import Statement
 
@@ -54,7 +55,9 @@ def sql_cmd(query: str, fmt: str, clickhouse_dsn: str | None, data_dir: Path | N
     baton sql "SELECT reason, count() FROM governance.decisions FINAL GROUP BY reason"
 
     Several statements separated by ';' (baton sql - < docs/queries.sql) run one by one,
-    each result under a '-- N: name' header; the first that fails ends the command.
+    each result under a '-- N: name' header; the first that fails ends the command:
+    exit 2 when ClickHouse refused it (syntax, unknown column, a write), 5 when the audit
+    did not answer.
     Comment lines (--, /* */) may lead a statement. A query ending in its own FORMAT
     clause (FORMAT JSON, PrettyCompact ...) is printed exactly as ClickHouse returns it.
     """
@@ -119,8 +122,18 @@ def _run_one(
             f"running statement {statement.number} of {count} ({statement.name}, "
             f"line {statement.line})"
         )
-    with audit_errors(parse_dsn(settings.clickhouse_dsn).label, doing):
-        result = run_statement(client, statement.sql)
+    label = parse_dsn(settings.clickhouse_dsn).label
+    try:
+        with audit_errors(label, doing):
+            result = run_statement(client, statement.sql)
+    except AuditUnavailable as exc:
+        if not _query_refused(exc.__cause__):
+            raise
+        # the server answered that the query is wrong: bad input (exit 2), not an audit out of
+        # reach (exit 5, which a script reads as "try again later")
+        what = "the query" if count == 1 else doing.removeprefix("running ")
+        gist = str(exc).partition(f" while {doing}: ")[2] or str(exc)
+        raise BadArgument(f"ClickHouse at {label} refused {what}: {gist}") from exc
     if result.raw is not None:
         sys.stdout.buffer.write(result.raw)
         sys.stdout.flush()
@@ -128,6 +141,24 @@ def _run_one(
         click.echo(result.summary)
     else:
         click.echo(render(result.columns, result.rows, fmt))
+
+
+#: server codes that say ClickHouse is busy or failing, not that the query is wrong: still
+#: "audit unavailable" (exit 5) from `baton sql` (TIMEOUT_EXCEEDED, SOCKET_TIMEOUT,
+#: NETWORK_ERROR, MEMORY_LIMIT_EXCEEDED, TOO_MANY_SIMULTANEOUS_QUERIES, QUERY_WAS_CANCELLED)
+_SERVER_TROUBLE_CODES = frozenset({159, 209, 210, 241, 202, 394})
+
+
+def _query_refused(cause: BaseException | None) -> bool:
+    """ClickHouse answered that the statement itself is wrong (a syntax error, an unknown
+    column or table, a read-only refusal); False for anything else (unreachable, a timeout,
+    a server out of memory: the audit's trouble, not the query's)."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    if not isinstance(cause, DatabaseError) or isinstance(cause, OperationalError):
+        return False
+    code = getattr(cause, "code", None)
+    return isinstance(code, int) and code not in _SERVER_TROUBLE_CODES
 
 
 @click.command("trace")

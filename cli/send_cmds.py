@@ -67,6 +67,12 @@ def _open_input(path: str) -> IO[bytes]:
     """``path`` for reading (``-`` is stdin, a FIFO is fine); a directory, device, socket or a
     missing file is a ConfigError (checked on the open file: ``schemas.files.open_stream``)."""
     if path == "-":
+        if _stdin_is_a_terminal():  # `baton send` typed alone waited without a word
+            click.echo(
+                "baton send: reading events from the terminal, one JSON object a line; "
+                "Ctrl-D sends them, Ctrl-C cancels (or give a FILE, or pipe them in)",
+                err=True,
+            )
         return sys.stdin.buffer
     expected = "expected a file of JSON lines (or a pipe, or - for stdin)"
     try:
@@ -77,6 +83,13 @@ def _open_input(path: str) -> IO[bytes]:
         raise ConfigError(f"{path} {exc}; {expected}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}; {expected}") from None
+
+
+def _stdin_is_a_terminal() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):  # closed or replaced
+        return False
 
 
 def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None, int]]:
@@ -161,13 +174,15 @@ def send_cmd(file: str, dry_run: bool, timeout: float, data_dir: Path | None, **
     """
     from baton.streams.topics import TopicCatalog
 
-    settings = None if dry_run else stack_settings(opts, data_dir, kafka=True)
-    prefix = settings.topic_prefix if settings else build_settings(**opts).topic_prefix
-    catalog = TopicCatalog(prefix=prefix)
-    producer = None if settings is None else _producer(settings, catalog)
-    sent = _Sent()
+    # the input first: a missing file is named at once, not after a stack lookup or a wait
+    # for a broker that is not there
     stream = _open_input(file)
     try:
+        settings = None if dry_run else stack_settings(opts, data_dir, kafka=True)
+        prefix = settings.topic_prefix if settings else build_settings(**opts).topic_prefix
+        catalog = TopicCatalog(prefix=prefix)
+        producer = None if settings is None else _producer(settings, catalog)
+        sent = _Sent()
         for number, line, length in _lines(stream, MAX_EVENT_BYTES):
             if line is None:
                 _bad(sent, number, f"oversized: {length} bytes, limit is {MAX_EVENT_BYTES}")

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from baton.cli.audit_options import stop_on_signals
-from baton.cli.options import FiniteFloatRange, build_settings, setting_options
+from baton.cli.options import FiniteFloatRange, build_settings, setting_help, setting_options
 
 __all__ = ["sink_cmd"]
 
@@ -29,6 +29,15 @@ __all__ = ["sink_cmd"]
     "metrics_port",
     "metrics_host",
     "log_format",
+)
+# --dsn as well, the name `baton sql`, `trace`, `doctor` ... take (applied before
+# setting_options, which then adds no second --clickhouse-dsn)
+@click.option(
+    "--clickhouse-dsn",
+    "--dsn",
+    "clickhouse_dsn",
+    default=None,
+    help=setting_help("clickhouse_dsn"),
 )
 @click.option(
     "--sql-host",

@@ -137,6 +137,12 @@ def _take_lock(data_dir: Path) -> bool:
         )
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # its parent is missing on a read-only filesystem, a file, ...
+        raise ConfigError(
+            f"cannot create the data dir {data_dir}: {exc.strerror or exc}; expected a "
+            "directory (--data-dir, env BATON_DATA_DIR) that baton up may create and write"
+        ) from None
+    try:
         fd = os.open(
             data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
         )

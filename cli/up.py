@@ -154,14 +154,16 @@ def up_cmd(
     from baton.streams.embedded import EmbeddedBroker
 
     data_dir = data_dir.resolve()
-    earlier = refuse_running_stack(data_dir)
     opts["metrics_port"] = metrics_port
     settings = build_settings(**opts)
     from baton.cli.log_format import LogOutput
 
     output = LogOutput(settings.log_format, "up")  # from here on, errors in this format too
     output.install()
-    policy = read_policy(settings.policy)  # fail before starting anything on a bad policy
+    # a bad setting or policy fails before anything is made: a mistyped --data-dir with a
+    # mistyped --policy left an empty data dir holding a stack.lock behind
+    policy = read_policy(settings.policy)
+    earlier = refuse_running_stack(data_dir)
     if not no_audit:
         _refuse_busy_sql_port(sql_port)
     _refuse_busy_metrics_port(settings.metrics_port_number)
@@ -181,6 +183,7 @@ def up_cmd(
     record: StackRecord | None = None
     stopping = False
     interruptible = True
+    interrupted = False
 
     class _Interrupted(Exception):
         pass
@@ -269,6 +272,7 @@ def up_cmd(
         say("stopping")
     except _Interrupted:
         say("interrupted during start-up; stopping")
+        interrupted = True
     except BatonError:
         if stopping:  # Ctrl-C reaches the broker and the children too: their exits are the stop
             say("stopping")
@@ -283,6 +287,8 @@ def up_cmd(
         broker.stop()
         if record is not None:
             mark_stopped(record)
+    if interrupted:  # never ready: exit 130 (Ctrl-C before done), not 0 as a stop of a stack
+        raise KeyboardInterrupt
 
 
 def _check_broker(broker: Any) -> None:

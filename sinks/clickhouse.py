@@ -163,7 +163,14 @@ def connect(
         )
     if target.chdb_path is not None:
         if create:
-            target.chdb_path.mkdir(parents=True, exist_ok=True)
+            try:
+                target.chdb_path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a read-only place, a file in the way: was a traceback
+                raise ConfigError(
+                    f"clickhouse_dsn (BATON_CLICKHOUSE_DSN): cannot create the chDB directory "
+                    f"{target.chdb_path}: {exc.strerror or exc}; expected a directory this "
+                    "process may create and write"
+                ) from None
         elif not target.chdb_path.is_dir():
             raise AuditUnavailable(
                 f"no audit at {target.chdb_path}: the chDB directory does not exist; check "

@@ -156,6 +156,12 @@ def load_rules(path: Path | None) -> list[AlertRule]:
                 raise ConfigError(
                     f"{at} ({name}): not a built-in rule ({', '.join(builtins)}), so it needs sql"
                 )
+            unknown_params = sorted(set(params) - set(base.params))
+            if unknown_params:  # a typo'd threshold left the built-in's default in force
+                raise ConfigError(
+                    f"{at} ({name}).params: unknown {_named(unknown_params, list(base.params))}; "
+                    f"{name} takes {', '.join(base.params)}"
+                )
             rules[name] = replace(
                 base,
                 params={**base.params, **params},
@@ -166,6 +172,17 @@ def load_rules(path: Path | None) -> list[AlertRule]:
                 raise ConfigError(f"{at} ({name}).sql: expected a SELECT, got {entry['sql']!r:.80}")
             rules[name] = AlertRule(name, str(entry.get("description", name)), entry["sql"], params)
     return list(rules.values())
+
+
+def _named(unknown: list[str], known: list[str]) -> str:
+    """``'x' (did you mean 'y'?)`` for each unknown key, the closest known one suggested."""
+    import difflib
+
+    shown = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), known, n=1)
+        shown.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ("key " if len(shown) == 1 else "keys ") + ", ".join(shown)
 
 
 #: a rules file is a few KB; read whole, it is bounded (a FIFO, /dev/zero or a 1 GB file is
