@@ -88,7 +88,11 @@ class Settings(BaseSettings):
     # librdkafka refuses more than 100,000 partitions (a ValueError traceback from `baton up`),
     # Kafka a replication factor past its int16
     partitions: int = Field(
-        8, ge=1, le=100_000, description="partitions of the run-keyed topics at creation"
+        8,
+        ge=1,
+        le=100_000,
+        description="partitions of the run-keyed topics: made with this many, and checked to"
+        " have this many before a command writes to them",
     )
     replication_factor: int = Field(
         1, ge=1, le=32_767, description="replication factor at topic creation"
