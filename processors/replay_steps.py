@@ -353,6 +353,12 @@ class Replayer:
             new, decided = expire_approvals(before, policy, now, kills)
         elif refusal is not None:
             stored = before if refusal.reason == _RUN_STATE_LIMIT else None
+            if stored is not None and self.proof and refusal.chain_hash is None:
+                # a worker links every refusal of a run it holds (the run is stopped and
+                # remembers it; so since the chain began, before inputs were recorded): an
+                # unlinked one is not the worker's. Refused as recorded (the budget is not
+                # in the audit), it was reproduced: a forged stop for an allow, no key needed
+                return []
             reason, detail = Reason(refusal.reason), refusal.detail or ""
             new, decided = refuse(stored, event, policy, now, reason, detail, kills, origin)
             if stored is None and decided and decided[0].decision_id != first.decision_id:

@@ -1,0 +1,88 @@
+"""Session 24's recheck of H1's three fixes (the reused report id in a run stopped at its
+state budget, the budget refusal replayed on a tombstone, the dead-letter envelope of any
+record): each test is an attack that broke something, fixed, or one that held and is
+pinned. In CORE_TESTS (tests/integration/test_compiled_core.py): run against the compiled
+build too."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.engine import NO_KILLS, Origin, evict, refuse
+from baton.processors.recorded import Recorded, policy_document
+from baton.processors.replay import replay_runs, runs_of
+from baton.processors.state import RunState
+from baton.schemas.decision import Reason
+from baton.schemas.events import parse_event
+from baton.schemas.policy import Policy
+from tests.unit.test_engine_support import policy_with
+
+pytestmark = pytest.mark.unit
+
+KEY = b"session24-recheck"
+NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+POLICY = policy_with(max_handoffs=50)
+
+
+def _event(n: int) -> bytes:
+    return orjson.dumps({
+        "type": "handoff_requested", "request_id": f"h{n}", "run_id": "rb", "task_id": f"t{n}",
+        "from_agent": "planner", "to_agent": "researcher", "event_time": NOW.isoformat(),
+    })  # fmt: skip
+
+
+def _replayed(rows: list[Recorded]) -> bool:
+    """``rows`` replay as recorded under the recorded policy: no run broken, partial or
+    with a step not reproduced."""
+    policies = {POLICY.version: Policy.model_validate_json(policy_document(POLICY))}
+    report = replay_runs(runs_of(rows), POLICY, policies, KEY, retention_s=3600.0)
+    return not report.broken and not report.partial and not any(r.unfaithful for r in report.runs)
+
+
+def _forged_stop(row: Recorded, state: RunState, now: datetime) -> Recorded:
+    """``row``'s input refused run_state_limit on ``state`` (what `baton replay` decides for
+    such a row), written without a link: what anyone who can write audit rows but holds no
+    chain key can make."""
+    event = parse_event(row.input.encode(), b"rb")  # type: ignore[union-attr]
+    origin = Origin(row.worker, row.partition, row.offset)
+    _, (d,) = refuse(state, event, POLICY, now, Reason.RUN_STATE_LIMIT, "forged", NO_KILLS, origin)
+    d.input = row.input
+    return Recorded.of(d)._replace(chain_prev=None, chain_hash=None)
+
+
+@pytest.mark.parametrize("idle_hours", [0, 2])
+@pytest.mark.parametrize("on_tombstone", [False, True])
+def test_a_forged_unlinked_budget_stop_of_a_held_run_is_not_reproduced(
+    idle_hours: int, on_tombstone: bool
+) -> None:
+    """A run never near its state budget; its last decision replaced in the audit by a stop
+    run_state_limit without a chain link (no chain key needed: a refusal's id is computed
+    from the run id, request id and position), identified as the live run's or its
+    tombstone's. `baton audit verify` takes an unlinked stop for a refusal of no state, and
+    `baton replay` refuses a budget step as recorded (the budget is not in the audit), so
+    both passed: the audit said the worker stopped what it allowed. The worker links every
+    refusal of a run it holds (it stops and remembers it, since the chain began, before
+    inputs were recorded): an unlinked one on a held run is not the worker's, not
+    reproduced."""
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(POLICY, 1, states, worker="w", chain_key=KEY)
+    recs = [InputRecord("r", 0, i, b"rb", _event(i)) for i in range(3)]
+    published = [d for _, d in proc.process(recs, NOW).decisions]
+    held = states[b"rb"]
+    later = NOW + timedelta(hours=idle_hours)
+    if idle_hours:
+        states[b"rb"] = evict(held, later, 3600.0, 30 * 86400.0)  # type: ignore[assignment]
+    published += [d for _, d in proc.process([InputRecord("r", 0, 3, b"rb", _event(3))], later).decisions]
+    rows = [Recorded.of(d) for d in published]
+    assert rows[-1].chain_hash is not None and rows[-1].reason != "run_state_limit"
+    assert _replayed(rows)  # the honest audit replays as recorded
+    at = min(held.last_event_at + 3600.0, later.timestamp())
+    state = held.tombstone(at) if on_tombstone else held
+    forged = _forged_stop(rows[-1], state, later)
+    assert forged.reason == "run_state_limit" and forged.outcome == "stop"
+    assert not _replayed([*rows[:-1], forged])
+
