@@ -86,3 +86,31 @@ def test_a_forged_unlinked_budget_stop_of_a_held_run_is_not_reproduced(
     assert forged.reason == "run_state_limit" and forged.outcome == "stop"
     assert not _replayed([*rows[:-1], forged])
 
+
+# ------------------------------------------------------------------ the dead-letter envelope
+class _NoRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@pytest.mark.parametrize("field", ["topic", "partition", "offset"])
+@pytest.mark.parametrize("value", ["7\udc80", _NoRepr()])
+def test_a_position_json_cannot_hold_is_a_dead_letter_not_a_crash(field: str, value: object) -> None:
+    """A record whose topic, partition or offset is a ``str`` with a lone surrogate, or an
+    object whose repr raises (no Kafka client hands one over today; a future receive path
+    could): ``_plain`` passed the str as it is and called repr unguarded, so the envelope's
+    ``orjson.dumps`` (TypeError: surrogates not allowed) or the repr raised out of
+    ``BatchProcessor.process``, the batch's end instead of the record's dead letter. Now the
+    position is carried as JSON can hold it."""
+    proc = BatchProcessor(policy_with(), 1, {}, worker="w")
+    ok = InputRecord("r", 0, 2, b"run-2", orjson.dumps({
+        "type": "handoff_requested", "request_id": "h1", "run_id": "run-2", "task_id": "t1",
+        "from_agent": "planner", "to_agent": "researcher", "event_time": NOW.isoformat(),
+    }))  # fmt: skip
+    fields: dict[str, object] = {"topic": "r", "partition": 0, "offset": 1}
+    fields[field] = value
+    bad = InputRecord(fields["topic"], fields["partition"], fields["offset"], b"run-1", b"{")  # type: ignore[arg-type]
+    out = proc.process([bad, ok], NOW)
+    assert len(out.dead_letters) == 1 and len(out.decisions) == 1
+    doc = orjson.loads(out.dead_letters[0].value)
+    assert doc["error_kind"] and isinstance(doc[field], str)
