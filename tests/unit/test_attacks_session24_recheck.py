@@ -76,7 +76,9 @@ def test_a_forged_unlinked_budget_stop_of_a_held_run_is_not_reproduced(
     later = NOW + timedelta(hours=idle_hours)
     if idle_hours:
         states[b"rb"] = evict(held, later, 3600.0, 30 * 86400.0)  # type: ignore[assignment]
-    published += [d for _, d in proc.process([InputRecord("r", 0, 3, b"rb", _event(3))], later).decisions]
+    published += [
+        d for _, d in proc.process([InputRecord("r", 0, 3, b"rb", _event(3))], later).decisions
+    ]
     rows = [Recorded.of(d) for d in published]
     assert rows[-1].chain_hash is not None and rows[-1].reason != "run_state_limit"
     assert _replayed(rows)  # the honest audit replays as recorded
@@ -84,6 +86,28 @@ def test_a_forged_unlinked_budget_stop_of_a_held_run_is_not_reproduced(
     state = held.tombstone(at) if on_tombstone else held
     forged = _forged_stop(rows[-1], state, later)
     assert forged.reason == "run_state_limit" and forged.outcome == "stop"
+    assert not _replayed([*rows[:-1], forged])
+
+
+def test_a_forged_worker_run_limit_stop_of_a_run_the_worker_held_is_not_reproduced() -> None:
+    """The same forgery as a stop ``worker_run_limit`` (refused on no state, so its id is the
+    input's position's: computable, and never linked) replacing the last allow of a run the
+    worker held, not idle for its retention: `baton replay` refused it on no state whatever
+    the run held, so it was reproduced. A worker refuses so only a run it does not hold (new,
+    or whose tombstone it forgot: then the run was due, and replay's forgotten-run path
+    decides it): on a run it held, not reproduced."""
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(POLICY, 1, states, worker="w", chain_key=KEY)
+    recs = [InputRecord("r", 0, i, b"rb", _event(i)) for i in range(4)]
+    rows = [Recorded.of(d) for _, d in proc.process(recs, NOW).decisions]
+    assert _replayed(rows)
+    last = rows[-1]
+    event = parse_event(last.input.encode(), b"rb")  # type: ignore[union-attr]
+    origin = Origin(last.worker, last.partition, last.offset)
+    _, (d,) = refuse(None, event, POLICY, NOW, Reason.WORKER_RUN_LIMIT, "forged", NO_KILLS, origin)
+    d.input = last.input
+    forged = Recorded.of(d)
+    assert forged.chain_hash is None and forged.outcome == "stop"
     assert not _replayed([*rows[:-1], forged])
 
 
@@ -95,7 +119,9 @@ class _NoRepr:
 
 @pytest.mark.parametrize("field", ["topic", "partition", "offset"])
 @pytest.mark.parametrize("value", ["7\udc80", _NoRepr()])
-def test_a_position_json_cannot_hold_is_a_dead_letter_not_a_crash(field: str, value: object) -> None:
+def test_a_position_json_cannot_hold_is_a_dead_letter_not_a_crash(
+    field: str, value: object
+) -> None:
     """A record whose topic, partition or offset is a ``str`` with a lone surrogate, or an
     object whose repr raises (no Kafka client hands one over today; a future receive path
     could): ``_plain`` passed the str as it is and called repr unguarded, so the envelope's
