@@ -125,7 +125,7 @@ def dead_letter_record(
     raw = raw or b""
     envelope: dict[str, Any] = {
         "error_kind": kind,
-        "error": error,
+        "error": _utf8(error),
         "topic": _plain(rec.topic),
         "partition": _plain(rec.partition),
         "offset": _plain(rec.offset),
@@ -174,12 +174,28 @@ def _carried(value: Any) -> tuple[bytes | None, str | None]:
 
 
 def _plain(value: Any) -> Any:
-    """A position field as JSON can hold it (a str, an int of 64 bits; else its repr)."""
-    if value is None or type(value) is str:
+    """A position field as JSON can hold it (a str, an int of 64 bits; else its repr). A str
+    JSON cannot hold (a lone surrogate: orjson raises) is escaped, a repr that raises is
+    named by its type: the envelope's write must not end the batch."""
+    if value is None:
         return value
     if type(value) is int and -(2**63) <= value < 2**64:
         return value
-    return repr(value)[:300]
+    if type(value) is not str:
+        try:
+            value = repr(value)[:300]
+        except Exception:
+            return f"a {type(value).__name__} without a repr"
+    return _utf8(value)
+
+
+def _utf8(text: str) -> str:
+    """``text`` as JSON can hold it: a lone surrogate escaped (``\\udc80``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return str(text)
 
 
 #: what a dead letter keeps when it is too large for Kafka

@@ -234,10 +234,10 @@ class Replayer:
         if before.evicted_at is not None:
             fresh = self._decide(recs, event, context, policy, before)
             return self._or_forgotten(recs, event, context, policy, before, fresh)
-        refusal = context.refusal
-        if not self.proof or (refusal is not None and refusal.reason != _RUN_STATE_LIMIT):
-            # (a run_state_limit stop is refused on what the sweep left, as any step: the
-            # tombstone of a run stopped at its budget keeps the stop, and refuses its events)
+        if not self.proof:
+            # (the proof decides a refusal of the worker's own as any step: a run_state_limit
+            # stop on what the sweep left, whose tombstone keeps the stop and refuses its
+            # events; a worker_run_limit stop only where the worker held no state, see _decide)
             if context.evicted:  # the proof found the run evicted here: under any policy
                 self.evicted = True
                 before = _tombstone(before, recs[0].decided_at.timestamp(), self.retention_s)
@@ -353,6 +353,13 @@ class Replayer:
             new, decided = expire_approvals(before, policy, now, kills)
         elif refusal is not None:
             stored = before if refusal.reason == _RUN_STATE_LIMIT else None
+            if self.proof and before is not None and (stored is None or refusal.chain_hash is None):
+                # a worker refuses worker_run_limit only a run it does not hold (its
+                # forgetting of a tombstone is _or_forgotten's), and links every refusal of a
+                # run it holds (so since the chain began, before inputs were recorded): else
+                # not the worker's. Refused as recorded (the budget and the worker's load are
+                # not in the audit), such a row was reproduced: a forged stop, no key needed
+                return []
             reason, detail = Reason(refusal.reason), refusal.detail or ""
             new, decided = refuse(stored, event, policy, now, reason, detail, kills, origin)
             if stored is None and decided and decided[0].decision_id != first.decision_id:
