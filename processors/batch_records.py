@@ -125,7 +125,7 @@ def dead_letter_record(
     raw = raw or b""
     envelope: dict[str, Any] = {
         "error_kind": kind,
-        "error": _utf8(error),
+        "error": _utf8(error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + "…"),
         "topic": _plain(rec.topic),
         "partition": _plain(rec.partition),
         "offset": _plain(rec.offset),
@@ -156,6 +156,12 @@ def dead_letter_record(
     # a dead letter Kafka refuses (that would end the worker on every restart)
     kept_key = key if key is None or len(key) <= MAX_KEY_BYTES else None
     return DeadLetter(kept_key, orjson.dumps(envelope, default=repr), str(kind))
+
+
+#: a dead letter's error text at the most (the engine's and parser's are < 2 KB): a longer
+#: one (an exception quoting its input) would make the dead letter its size, past Kafka's
+#: limit, and ``dead_letter_without_original`` keeps the error
+MAX_ERROR_CHARS = 8192
 
 
 def _carried(value: Any) -> tuple[bytes | None, str | None]:

@@ -140,3 +140,17 @@ def test_a_position_json_cannot_hold_is_a_dead_letter_not_a_crash(
     assert len(out.dead_letters) == 1 and len(out.decisions) == 1
     doc = orjson.loads(out.dead_letters[0].value)
     assert doc["error_kind"] and isinstance(doc[field], str)
+
+
+def test_a_huge_error_text_is_capped_in_its_dead_letter() -> None:
+    """An error of 3 MB (no caller makes one over ~2 KB today; an exception quoting its
+    input could) made a 3 MB dead letter, past Kafka's limit even without the original
+    (``dead_letter_without_original`` keeps the error): capped at MAX_ERROR_CHARS."""
+    from baton.processors.batch_records import MAX_ERROR_CHARS, dead_letter_record
+
+    rec = InputRecord("r", 0, 1, b"run-1", b"{")
+    letter = dead_letter_record(rec, "engine_error", "x" * 3_000_000, "w", NOW)
+    doc = orjson.loads(letter.value)
+    assert doc["error"] == "x" * MAX_ERROR_CHARS + "…" and len(letter.value) < 20_000
+    short = dead_letter_record(rec, "engine_error", "y" * MAX_ERROR_CHARS, "w", NOW)
+    assert orjson.loads(short.value)["error"] == "y" * MAX_ERROR_CHARS
