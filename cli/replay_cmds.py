@@ -41,7 +41,7 @@ try:
     from baton.processors.compiled import core_build
     from baton.processors.replay import ReplayReport
     from baton.processors.replay_pool import mark
-    from baton.processors.replay_steps import RUN_RETENTION_S
+    from baton.processors.replay_steps import RUN_RETENTION_S, TOMBSTONE_RETENTION_S
     from baton.schemas.errors import BatonError, ConfigError, ReplayFailed
     from baton.schemas.policy import Policy
 finally:
@@ -230,13 +230,15 @@ def replay_cmd(
 
                 settings = stack_settings({"bootstrap": bootstrap}, data_dir)
                 report, policies, refused, label = replay_decisions(
-                    settings, scope, new_policy, key, jobs, workers.run_retention_s, _Progress
-                )
+                    settings, scope, new_policy, key, jobs, workers.run_retention_s, _Progress,
+                    workers.tombstone_retention_s,
+                )  # fmt: skip
             else:
                 settings = audit_settings(clickhouse_dsn, data_dir)
                 report, policies, refused, label = _replay(
-                    settings, scope, new_policy, key, jobs, workers.run_retention_s
-                )
+                    settings, scope, new_policy, key, jobs, workers.run_retention_s,
+                    workers.tombstone_retention_s,
+                )  # fmt: skip
     except MemoryError:
         # (malloc refused: `ulimit -v`, a container's address-space limit; --jobs N holds N
         # partitions or pieces at once): a traceback's exit 1 read as "decisions change"
@@ -296,7 +298,13 @@ def _scope(
 
 
 def _replay(
-    settings: Any, scope: Any, new_policy: Policy, key: bytes, jobs: int, retention_s: float
+    settings: Any,
+    scope: Any,
+    new_policy: Policy,
+    key: bytes,
+    jobs: int,
+    retention_s: float,
+    tombstone_s: float,
 ) -> tuple[ReplayReport, dict[str, Policy], list[str], str]:
     from baton.cli.audit_options import audit_client
     from baton.sinks.clickhouse import audit_errors, parse_dsn
@@ -318,8 +326,9 @@ def _replay(
             policies, refused = read_policies(client)
             mark("policies read")
             report = replay_audit(
-                client, scope, new_policy, policies, key, jobs, _Progress, retention_s, pool
-            )
+                client, scope, new_policy, policies, key, jobs, _Progress, retention_s, pool,
+                tombstone_s,
+            )  # fmt: skip
     return report, policies, refused, label
 
 
@@ -347,6 +356,7 @@ def replay_audit(
     progress: Callable[[int], _Progress] | None = None,
     retention_s: float = RUN_RETENTION_S,
     pool: Any = None,
+    tombstone_s: float = TOMBSTONE_RETENTION_S,
 ) -> ReplayReport:
     """The replay of ``scope``'s runs read from ``client``'s audit, with ``jobs`` processes
     for a long one; ``progress(total rows)`` makes the progress bar; ``retention_s``: the
@@ -379,6 +389,7 @@ def replay_audit(
         retention_s=retention_s,
         judge=False,
         pool=pool if jobs > 1 else None,
+        tombstone_s=tombstone_s,
     )
     if bar is not None:
         bar.done()

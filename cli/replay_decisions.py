@@ -44,6 +44,7 @@ from baton.processors import replay_pool
 from baton.processors.recorded import POLICY_RECORD_RUN, Recorded
 from baton.processors.replay import ReplayReport
 from baton.processors.replay_pool import as_rows, mark, run_pieces
+from baton.processors.replay_steps import TOMBSTONE_RETENTION_S
 from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
@@ -64,9 +65,11 @@ def replay_decisions(
     jobs: int,
     retention_s: float,
     progress: Callable[[int], Any] | None = None,
+    tombstone_s: float = TOMBSTONE_RETENTION_S,
 ) -> tuple[ReplayReport, dict[str, Policy], list[str], str]:
     """The replay of ``scope``'s runs read from gov.decisions: (report, the policies read,
-    one line per record not used, what was read)."""
+    one line per record not used, what was read); ``retention_s``, ``tombstone_s``: the
+    workers' run and tombstone retention."""
     from baton.streams.topics import TopicCatalog
 
     topic = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions).decisions
@@ -95,7 +98,7 @@ def replay_decisions(
             verdicts: StartVerdict = {}
             if parallel:
                 assert pool is not None
-                job = PartitionJob(plan, scope, new_policy, policies, retention_s)
+                job = PartitionJob(plan, scope, new_policy, policies, retention_s, tombstone_s)
                 report = replay_partitions.replay_partitions(job, pool, read.tally, verdicts, bar)
             else:
                 report = replay_pool.replay_pieces(
@@ -109,6 +112,7 @@ def replay_decisions(
                     retention_s=retention_s,
                     judge=False,
                     pool=pool if jobs > 1 else None,
+                    tombstone_s=tombstone_s,
                 )
             if bar is not None:
                 bar.done()

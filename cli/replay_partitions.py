@@ -43,6 +43,7 @@ from baton.cli.replay_kafka_read import replay_consumer
 from baton.cli.replay_partition import TopicPlan, TopicTally, check_read_again, read_partition
 from baton.processors.replay import ReplayReport, replay_runs, runs_of
 from baton.processors.replay_pool import mark, pool_failed, run_pieces
+from baton.processors.replay_steps import TOMBSTONE_RETENTION_S
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
 from baton.sinks.replay_records import PartitionRecords, StartVerdict
@@ -65,13 +66,16 @@ class PartitionJob:
     new_policy: Policy
     policies: dict[str, Policy]
     retention_s: float
+    tombstone_s: float = TOMBSTONE_RETENTION_S
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # the scope by its fields: ReplayScope is compiled (mypyc), and a frozen slotted
         # class's pickle does not load there (FrozenInstanceError)
         s = self.scope
         bounds = (s.since, s.until, s.run_id, s.tenant, s.active_since)
-        return _job, (self.plan, bounds, self.new_policy, self.policies, self.retention_s)
+        return _job, (
+            self.plan, bounds, self.new_policy, self.policies, self.retention_s, self.tombstone_s
+        )  # fmt: skip
 
 
 def _job(plan: TopicPlan, bounds: tuple[Any, ...], *rest: Any) -> PartitionJob:
@@ -128,6 +132,7 @@ def replay_part(
             job.plan.chain_key,
             retention_s=job.retention_s,
             judge=False,
+            tombstone_s=job.tombstone_s,
         )
         report.merge(done)
         counted(len(done.runs) + len(done.partial), done.decisions)

@@ -223,7 +223,9 @@ def _rebuild(
             (out.unverified_counters if recorded_inputs else out.partial).append(run_id)
             continue
         try:
-            state, faithful = rebuild_run(run, policies, key, settings.run_retention_s)
+            state, faithful = rebuild_run(
+                run, policies, key, settings.run_retention_s, settings.tombstone_retention_s
+            )
         except Exception:  # a recorded input that no longer parses
             out.unverified_counters.append(run_id)
             continue

@@ -46,6 +46,7 @@ from baton.processors.replay_report import (
 from baton.processors.replay_share import Watch, watched_policy
 from baton.processors.replay_steps import (
     RUN_RETENTION_S,
+    TOMBSTONE_RETENTION_S,
     TRIMMED,
     Replayer,
     faithful,
@@ -153,13 +154,15 @@ def replay_run(
     policies: dict[str, Policy],
     chain_key: bytes,
     retention_s: float = RUN_RETENTION_S,
+    tombstone_s: float = TOMBSTONE_RETENTION_S,
 ) -> RunOutcome:
     """Decide ``run`` (a whole recorded history) again, under ``new_policy`` and as recorded
-    (``retention_s``: the workers' run retention, see ``replay_steps.Replayer``)."""
+    (``retention_s``, ``tombstone_s``: the workers' run and tombstone retention, see
+    ``replay_steps.Replayer``)."""
     outcome = new_run(run[0].run_id)
     run_key = outcome.run_id.encode()
-    recorded = Replayer(chain_key, retention_s=retention_s)
-    new = Replayer(b"", proof=False, retention_s=retention_s)
+    recorded = Replayer(chain_key, True, retention_s, tombstone_s)
+    new = Replayer(b"", False, retention_s, tombstone_s)
     #: request ids allowed as recorded and stopped under the new policy
     stopped_now: set[str] = set()
     #: both replays are one while no rule the new policy sets otherwise could tell them
@@ -256,10 +259,11 @@ def rebuild_run(
     policies: dict[str, Policy],
     chain_key: bytes,
     retention_s: float = RUN_RETENTION_S,
+    tombstone_s: float = TOMBSTONE_RETENTION_S,
 ) -> tuple[RunState | None, bool]:
     """The state ``run``'s recorded history leaves (under the recorded policies), and whether
     the replay reproduced every recorded decision (the state is then the worker's)."""
-    replayer = Replayer(chain_key, retention_s=retention_s)
+    replayer = Replayer(chain_key, True, retention_s, tombstone_s)
     reproduced = True
     chained = False
     run_key = run[0].run_id.encode()
@@ -293,6 +297,7 @@ def replay_runs(
     progress: Callable[[int, int], None] | None = None,
     retention_s: float = RUN_RETENTION_S,
     judge: bool = True,
+    tombstone_s: float = TOMBSTONE_RETENTION_S,
 ) -> ReplayReport:
     """Replay every run of ``runs`` (see the module docstring); ``progress(runs, decisions)``
     is called every 1,000 runs. A run whose history cannot be replayed is partial, named
@@ -315,7 +320,7 @@ def replay_runs(
             why = is_partial(run, policies)
         if why is None:
             try:
-                result = replay_run(run, new_policy, policies, chain_key, retention_s)
+                result = replay_run(run, new_policy, policies, chain_key, retention_s, tombstone_s)
             except EventError as exc:
                 why = f"a recorded input does not parse any more: {exc}"
             except Exception as exc:  # one run's history must not end the replay of all

@@ -51,7 +51,7 @@ from typing import Any, Final, TypeVar
 
 from baton.processors.recorded import Recorded
 from baton.processors.replay import ReplayReport, replay_runs, runs_of
-from baton.processors.replay_steps import RUN_RETENTION_S
+from baton.processors.replay_steps import RUN_RETENTION_S, TOMBSTONE_RETENTION_S
 from baton.processors.replay_trimmed import judge_trimmed
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
@@ -115,7 +115,7 @@ def _replay_piece(job: bytes, piece: Any) -> ReplayReport:
     mark("piece")
     if _job is None or _job[0] != job:
         _job = (job, pickle.loads(job))
-    new_policy, policies, chain_key, decode, retention_s = _job[1]
+    new_policy, policies, chain_key, decode, retention_s, tombstone_s = _job[1]
     report = replay_runs(
         runs_of(decode(piece)),
         new_policy,
@@ -123,6 +123,7 @@ def _replay_piece(job: bytes, piece: Any) -> ReplayReport:
         chain_key,
         retention_s=retention_s,
         judge=False,
+        tombstone_s=tombstone_s,
     )
     mark("piece done")
     return report
@@ -236,6 +237,7 @@ def replay_pieces(
     retention_s: float = RUN_RETENTION_S,
     judge: bool = True,
     pool: ProcessPoolExecutor | None = None,
+    tombstone_s: float = TOMBSTONE_RETENTION_S,
 ) -> ReplayReport:
     """``replay_runs`` over ``pieces`` (each whole runs in order, rows from ``decode(piece)``,
     a module-level function) in ``jobs`` processes: this one and a pool of ``jobs - 1``
@@ -244,8 +246,9 @@ def replay_pieces(
     piece is replayed. The runs read as trimmed are judged over all pieces
     (``replay_trimmed``; ``judge`` False: by the caller, for a read with a lower time bound)."""
     report = _replay_pieces(
-        pieces, decode, new_policy, policies, chain_key, jobs, progress, wait, retention_s, pool
-    )
+        pieces, decode, new_policy, policies, chain_key, jobs, progress, wait,
+        (retention_s, tombstone_s), pool,
+    )  # fmt: skip
     if judge:
         judge_trimmed(report)
     return report
@@ -260,17 +263,21 @@ def _replay_pieces(
     jobs: int,
     progress: Callable[[int, int], None] | None,
     wait: bool,
-    retention_s: float,
+    retention: tuple[float, float],
     pool: ProcessPoolExecutor | None = None,
 ) -> ReplayReport:
     """``replay_pieces``' replay, the runs read as trimmed not judged."""
     report = ReplayReport()
     decided = 0
     job = (new_policy, policies, chain_key)
+    retention_s, tombstone_s = retention
 
     def here(piece: _T) -> ReplayReport:
         mark("here")
-        done = replay_runs(runs_of(decode(piece)), *job, retention_s=retention_s, judge=False)
+        done = replay_runs(
+            runs_of(decode(piece)), *job, retention_s=retention_s, judge=False,
+            tombstone_s=tombstone_s,
+        )  # fmt: skip
         mark("here done")
         return done
 
@@ -285,7 +292,7 @@ def _replay_pieces(
         for piece in pieces:
             merge(here(piece))
         return report
-    pickled = pickle.dumps((*job, decode, retention_s))
+    pickled = pickle.dumps((*job, decode, retention_s, tombstone_s))
     started: list[ProcessPoolExecutor] = [pool] if pool is not None else []
     owned: list[ProcessPoolExecutor] = []  # started here: shut down here
 

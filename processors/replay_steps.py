@@ -65,6 +65,9 @@ _NOT_POLICY: Final = _WORKER_REFUSALS | {_KILLED, _AUDIT_UNVERIFIED, _RUN_EXPIRE
 #: the workers' default run retention (schemas.settings ``run_retention_s``; a test keeps
 #: them equal): `baton replay` and `baton up`'s restore pass the workers' own setting
 RUN_RETENTION_S = 3600.0
+#: the workers' default tombstone retention (``tombstone_retention_s``; the same test):
+#: a run id is new to a worker only this long after its tombstone was made
+TOMBSTONE_RETENTION_S = 30 * 86400.0
 #: the what-if replayer's mark on a decision it made (in place of a chain link): a reply
 #: answered again from the state is marked already, so it is not taken for a new decision
 _DECIDED_HERE: Final = "replayed"
@@ -199,10 +202,16 @@ def new_chain(recs: list[Recorded], chained: bool) -> bool:
 class Replayer:
     """Decides one run's steps in order, like the worker (under the policy each step names)."""
 
-    __slots__ = ("chain_key", "evicted", "forgotten", "proof", "retention_s", "state")
+    __slots__ = (
+        "chain_key", "evicted", "forgotten", "proof", "retention_s", "state", "tombstone_s",
+    )  # fmt: skip
 
     def __init__(
-        self, chain_key: bytes, proof: bool = True, retention_s: float = RUN_RETENTION_S
+        self,
+        chain_key: bytes,
+        proof: bool = True,
+        retention_s: float = RUN_RETENTION_S,
+        tombstone_s: float = TOMBSTONE_RETENTION_S,
     ) -> None:
         self.chain_key = chain_key
         #: True: link the chain with the inputs as the worker did (the recorded policy's
@@ -210,6 +219,8 @@ class Replayer:
         self.proof = proof
         #: the workers' run retention (BATON_RUN_RETENTION_S): when their sweep evicts
         self.retention_s = retention_s
+        #: and their tombstone retention (BATON_TOMBSTONE_RETENTION_S): when they forget it
+        self.tombstone_s = tombstone_s
         self.state: RunState | None = None
         #: the last step was decided on the tombstone this replayer made of the run before
         #: it (the proof's finding; the new policy's replay is told through the context)
@@ -321,6 +332,16 @@ class Replayer:
         if not self.proof or any(r.chain_hash is not None for r in recs):
             return fresh
         if _reproduces(recs, fresh):
+            return fresh
+        # forgotten no sooner than tombstone_s after the earliest the sweep made the tombstone
+        # (a forged unlinked refusal of a run the worker still held passed as forgotten)
+        made = before.evicted_at
+        since = (
+            before.last_event_at + self.retention_s
+            if made is None
+            else max(made, before.last_event_at)
+        )
+        if recs[0].decided_at.timestamp() - since < self.tombstone_s:
             return fresh
         kept, evicted = self.state, self.evicted
         again = self._decide(recs, event, context, policy, None)

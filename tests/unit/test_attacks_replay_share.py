@@ -53,7 +53,7 @@ from baton.schemas.events import (
 )
 from baton.schemas.policy import Policy, parse_policy
 from tests.builds import interpreted_only
-from tests.unit.test_attacks_session4b import _recorded_with_sweeps
+from tests.unit.test_attacks_session4b import SWEEP_TOMBSTONE_S, _recorded_with_sweeps
 from tests.unit.test_engine_support import at, handoff, policy_with
 from tests.unit.test_replay import KEY, _budget_history, _policies, record
 from tests.unit.test_replay_share import _separately
@@ -601,7 +601,9 @@ def test_a_forgotten_run_refused_as_a_new_run_of_an_unknown_tenant_replays_as_re
         policy,
     )
     assert [r.reason for r in rows] == ["ok", "unknown_tenant"] and rows[1].chain_hash is None
-    report = replay_runs(runs_of(rows), policy, _policies(policy), KEY)
+    report = replay_runs(
+        runs_of(rows), policy, _policies(policy), KEY, tombstone_s=SWEEP_TOMBSTONE_S
+    )
     assert report.partial == {}
     assert [r.unfaithful for r in report.runs] == [[]]
 

@@ -154,3 +154,31 @@ def test_a_huge_error_text_is_capped_in_its_dead_letter() -> None:
     assert doc["error"] == "x" * MAX_ERROR_CHARS + "…" and len(letter.value) < 20_000
     short = dead_letter_record(rec, "engine_error", "y" * MAX_ERROR_CHARS, "w", NOW)
     assert orjson.loads(short.value)["error"] == "y" * MAX_ERROR_CHARS
+
+
+@pytest.mark.parametrize("reason", [Reason.RUN_STATE_LIMIT, Reason.WORKER_RUN_LIMIT])
+def test_a_forged_refusal_on_no_state_passes_only_once_the_tombstone_could_be_forgotten(
+    reason: Reason,
+) -> None:
+    """H3's leftover: a run's last allow replaced by an unlinked stop made on no state (the
+    refusal a worker gives a run id it holds nothing of), the run idle 2 h before it: past
+    the run retention (1 h), so replay's forgotten-run path decided the step on no state and
+    reproduced it, exit 0, though the worker held the run's tombstone for 30 days
+    (BATON_TOMBSTONE_RETENTION_S). Replay is told the workers' tombstone retention now: a
+    run id is new again only that long after its tombstone was made. The same row after 31
+    days idle is the honest case, reproduced."""
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(POLICY, 1, states, worker="w", chain_key=KEY)
+    recs = [InputRecord("r", 0, i, b"rb", _event(i)) for i in range(3)]
+    rows = [Recorded.of(d) for _, d in proc.process(recs, NOW).decisions]
+    assert _replayed(rows)
+
+    def forged_at(later: datetime) -> Recorded:
+        event = parse_event(_event(3), b"rb")
+        origin = Origin("w", 0, 3)
+        _, (d,) = refuse(None, event, POLICY, later, reason, "forged", NO_KILLS, origin)
+        d.input = _event(3).decode()
+        return Recorded.of(d)
+
+    assert not _replayed([*rows, forged_at(NOW + timedelta(hours=2))])
+    assert _replayed([*rows, forged_at(NOW + timedelta(days=31))])

@@ -222,6 +222,11 @@ def test_a_long_name_whose_fold_is_shorter_than_its_nfkc_form_is_still_a_name() 
 
 
 # ------------------------------------------------------------------ (e) replay faithfulness
+#: the sweep's tombstone retention in these histories (a day): replay is told it, as
+#: `baton replay` is told the workers' BATON_TOMBSTONE_RETENTION_S
+SWEEP_TOMBSTONE_S = 86400.0
+
+
 def _recorded_with_sweeps(
     timed: list[tuple[Any, datetime, tuple[float, ...]]], policy: Policy | None = None
 ) -> tuple[Policy, list[Recorded]]:
@@ -235,7 +240,7 @@ def _recorded_with_sweeps(
     for offset, (event, now, sweeps) in enumerate(timed):
         for sweep_at in sweeps:
             for key, state in list(states.items()):
-                kept = evict(state, at(sweep_at), 3600.0, 86400.0)
+                kept = evict(state, at(sweep_at), 3600.0, SWEEP_TOMBSTONE_S)
                 if kept is None:
                     del states[key]
                 else:
@@ -248,7 +253,7 @@ def _recorded_with_sweeps(
 
 def _replayed(policy: Policy, rows: list[Recorded]) -> list[tuple[int, str, str]]:
     policies = {policy.version: Policy.model_validate_json(policy_document(policy))}
-    report = replay_runs(runs_of(rows), policy, policies, REPLAY_KEY)
+    report = replay_runs(runs_of(rows), policy, policies, REPLAY_KEY, tombstone_s=SWEEP_TOMBSTONE_S)
     assert report.partial == {}
     return [u for run in report.runs for u in run.unfaithful]
 

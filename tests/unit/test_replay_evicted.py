@@ -9,7 +9,7 @@ import pytest
 from baton.cli.replay_kafka import decide_topics
 from baton.processors.batch import InputRecord
 from baton.processors.replay import replay_runs, runs_of
-from baton.processors.replay_steps import RUN_RETENTION_S
+from baton.processors.replay_steps import RUN_RETENTION_S, TOMBSTONE_RETENTION_S
 from baton.schemas.settings import Settings
 from tests.unit.test_attacks_session4b import _recorded_with_sweeps, _replayed
 from tests.unit.test_engine_support import at, completed, finished, handoff, seed_policy
@@ -19,6 +19,7 @@ pytestmark = pytest.mark.unit
 
 def test_replay_assumes_the_workers_default_run_retention() -> None:
     assert Settings.model_fields["run_retention_s"].default == RUN_RETENTION_S
+    assert Settings.model_fields["tombstone_retention_s"].default == TOMBSTONE_RETENTION_S
 
 
 def test_a_cost_reported_past_the_due_time_to_a_worker_that_had_not_swept_replays_live() -> None:
