@@ -72,7 +72,10 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-_Job = tuple[Policy, dict[str, Policy], bytes, Callable[[Any], Iterable[Sequence[object]]], float]
+#: (new policy, recorded policies, chain key, decode, run retention, tombstone retention)
+_Job = tuple[
+    Policy, dict[str, Policy], bytes, Callable[[Any], Iterable[Sequence[object]]], float, float
+]
 #: the pickled job a pool process replays under, and the job: unpickled once per process
 #: (the policies' compiled rules are made once, not once a piece)
 _job: tuple[bytes, _Job] | None = None
