@@ -19,6 +19,7 @@ import orjson
 
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome, Phase
+from baton.schemas.errors import encodable
 from baton.schemas.events import MAX_EVENT_BYTES, ApprovalDenied, ApprovalGranted, RunEvent
 
 __all__ = [
@@ -125,7 +126,9 @@ def dead_letter_record(
     raw = raw or b""
     envelope: dict[str, Any] = {
         "error_kind": kind,
-        "error": _utf8(error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + "…"),
+        "error": encodable(
+            error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + "…"
+        ),
         "topic": _plain(rec.topic),
         "partition": _plain(rec.partition),
         "offset": _plain(rec.offset),
@@ -192,16 +195,7 @@ def _plain(value: Any) -> Any:
             value = repr(value)[:300]
         except Exception:
             return f"a {type(value).__name__} without a repr"
-    return _utf8(value)
-
-
-def _utf8(text: str) -> str:
-    """``text`` as JSON can hold it: a lone surrogate escaped (``\\udc80``)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return str(text)
+    return encodable(value)
 
 
 #: what a dead letter keeps when it is too large for Kafka

@@ -13,6 +13,7 @@
     └── ChildFailed          a process `baton up` runs kept failing (exit code from its own)
 
 Bad *events* are not exceptions: they become dead-letter records (see baton.schemas.events).
+``encodable`` makes the text an error or a dead letter carries safe to write as UTF-8.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "PolicyError",
     "ReplayFailed",
     "TopicMismatch",
+    "encodable",
 ]
 
 
@@ -106,3 +108,13 @@ class ChildFailed(BatonError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def encodable(text: str) -> str:
+    """``text`` as UTF-8 can hold it (a stream, JSON, Kafka): lone surrogates shown as
+    ``\\udXXX`` escapes, any other text as it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return str(text)

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from baton.schemas.errors import PolicyError
+from baton.schemas.errors import PolicyError, encodable
 from baton.schemas.names import fold, name_problem
 from baton.schemas.policy_document import Policy
 from baton.schemas.policy_errors import describe, show
@@ -58,7 +58,7 @@ def _too_deep(source: str) -> PolicyError:
             f"<top>: nested deeper than {MAX_POLICY_DEPTH} levels; "
             "expected a policy a few levels deep"
         ],
-        _encodable(source),
+        encodable(source),
     )
 
 
@@ -236,7 +236,7 @@ def _parse_policy(text: str, source: str, file: bool = False) -> Policy:
         raise PolicyError([f"not valid YAML{where}: {problem}"], source) from None
     if doc is None:
         if file:
-            raise PolicyError([EMPTY_FILE], _encodable(source))
+            raise PolicyError([EMPTY_FILE], encodable(source))
         doc = {}
     too_many, deepest = expanded_size(doc, MAX_POLICY_VALUES)
     if too_many:
@@ -246,7 +246,7 @@ def _parse_policy(text: str, source: str, file: bool = False) -> Policy:
                 "are expanded, or an alias that contains itself; expected a policy written "
                 "out (a few hundred values)"
             ],
-            _encodable(source),
+            encodable(source),
         )
     if deepest > MAX_POLICY_DEPTH:
         raise _too_deep(source)
@@ -306,7 +306,7 @@ def _parse_policy(text: str, source: str, file: bool = False) -> Policy:
             problems.append(describe(err, Policy))
         if not problems:  # every error was under a tenant key the overrides do not know as set
             problems = [describe(err, Policy) for err in exc.errors(include_url=False)]
-    raise PolicyError([_encodable(p) for p in problems], _encodable(source))
+    raise PolicyError([encodable(p) for p in problems], encodable(source))
 
 
 #: values (mappings, lists, keys, scalars) a policy may hold with its YAML aliases expanded.
@@ -351,14 +351,9 @@ def _hashable(policy: Policy, source: str) -> Policy:
                 f"<policy>: cannot be hashed for its version ({exc}); expected text that is valid "
                 "UTF-8 (no \\ud800-\\udfff escapes) and numbers within 64 bits"
             ],
-            _encodable(source),
+            encodable(source),
         ) from None
     return policy
-
-
-def _encodable(text: str) -> str:
-    """``text`` printable on a UTF-8 stream: lone surrogates shown as ``\\udXXX`` escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _folded(name: Any) -> Any:
