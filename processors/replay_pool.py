@@ -249,8 +249,8 @@ def replay_pieces(
     piece is replayed. The runs read as trimmed are judged over all pieces
     (``replay_trimmed``; ``judge`` False: by the caller, for a read with a lower time bound)."""
     report = _replay_pieces(
-        pieces, decode, new_policy, policies, chain_key, jobs, progress, wait,
-        (retention_s, tombstone_s), pool,
+        pieces, decode, new_policy, policies, chain_key, jobs, progress, wait, retention_s,
+        tombstone_s, pool,
     )  # fmt: skip
     if judge:
         judge_trimmed(report)
@@ -266,14 +266,14 @@ def _replay_pieces(
     jobs: int,
     progress: Callable[[int, int], None] | None,
     wait: bool,
-    retention: tuple[float, float],
+    retention_s: float,
+    tombstone_s: float,
     pool: ProcessPoolExecutor | None = None,
 ) -> ReplayReport:
     """``replay_pieces``' replay, the runs read as trimmed not judged."""
     report = ReplayReport()
     decided = 0
     job = (new_policy, policies, chain_key)
-    retention_s, tombstone_s = retention
 
     def here(piece: _T) -> ReplayReport:
         mark("here")

@@ -30,6 +30,7 @@ from baton.processors.engine import (
     Origin,
     decide,
     expire_approvals,
+    next_due,
     refuse,
 )
 from baton.processors.recorded import Recorded
@@ -333,15 +334,13 @@ class Replayer:
             return fresh
         if _reproduces(recs, fresh):
             return fresh
-        # forgotten no sooner than tombstone_s after the earliest the sweep made the tombstone
-        # (a forged unlinked refusal of a run the worker still held passed as forgotten)
-        made = before.evicted_at
-        since = (
-            before.last_event_at + self.retention_s
-            if made is None
-            else max(made, before.last_event_at)
-        )
-        if recs[0].decided_at.timestamp() - since < self.tombstone_s:
+        # forgotten no sooner than the worker's sweep forgets the earliest tombstone it can
+        # have made (a forged unlinked refusal of a run it still held passed as forgotten)
+        now_ts = recs[0].decided_at.timestamp()
+        tomb = before
+        if tomb.evicted_at is None:
+            tomb = _tombstone(before, now_ts, self.retention_s)
+        if now_ts < next_due(tomb, self.retention_s, self.tombstone_s):
             return fresh
         kept, evicted = self.state, self.evicted
         again = self._decide(recs, event, context, policy, None)
