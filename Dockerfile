@@ -1,10 +1,11 @@
 # Baton: one image for every role (worker, sink, alerts); the command picks the role.
-# Pure Python by default: the worker, sink and alerts are what the integration and fault
-# tests run. `--build-arg BATON_COMPILE=1` compiles the replay path with mypyc in the build
-# stage (gcc and the Python headers there; docs/replay.md "A compiled core"): an image for
-# `baton replay` over large audits. The image gets the wheel only.
+# The replay path's modules are compiled with mypyc in the build stage (gcc and the Python
+# headers there; docs/replay.md "A compiled core"): the worker's batch step costs ~25 % less
+# CPU and `baton replay` runs ~2x as fast. The build fails rather than ship pure Python;
+# `--build-arg BATON_COMPILE=0` builds a pure-Python image. The image gets the wheel only,
+# so every container of one image runs the same build.
 FROM python:3.11-slim AS build
-ARG BATON_COMPILE=0
+ARG BATON_COMPILE=1
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

@@ -1,40 +1,37 @@
 """setuptools' part of Baton's build (the metadata is in pyproject.toml).
 
-With ``BATON_COMPILE=1`` (build_backend/baton_build.py: a wheel build, never an editable one),
-the replay path's modules (build_backend/compiled_modules.txt) are compiled with mypyc into one
-group of C extensions installed next to their ``.py``; otherwise this adds nothing.
+When the build compiles (build_backend/baton_build.py: a wheel build, never an editable one;
+``BATON_COMPILE=1``, or unset where a C compiler and the Python headers are found), the replay
+path's modules (build_backend/compiled_modules.txt) are compiled with mypyc into one group of
+C extensions installed next to their ``.py``; otherwise this adds nothing.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-import sysconfig
 from pathlib import Path
 
 from setuptools import setup
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "build_backend"))
-from baton_build import compile_requested  # noqa: E402
+from baton_build import compile_requested, compiler_missing  # noqa: E402
 
 #: the repository folders that make up the ``baton`` package (pyproject.toml's package-dir)
 FOLDERS = ("cli", "processors", "schemas", "sinks", "streams")
 
 
 def _refuse(why: str) -> None:
-    raise SystemExit(f"BATON_COMPILE=1: {why} (unset BATON_COMPILE for the pure-Python build)")
+    raise SystemExit(f"baton: cannot compile: {why} (BATON_COMPILE=0 builds pure Python)")
 
 
 def _check_compiler() -> None:
     """A compiled build that cannot compile fails here, named, rather than later in gcc's
-    words (or, worse, falls back to pure Python)."""
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(compiler) is None:
-        _refuse(f"no C compiler: {compiler!r} is not on PATH (install gcc)")
-    include = Path(sysconfig.get_paths()["include"])
-    if not (include / "Python.h").is_file():
-        _refuse(f"no Python headers: {include / 'Python.h'} is missing (install python3-dev)")
+    words (the backend builds pure Python then unless BATON_COMPILE=1)."""
+    missing = compiler_missing()
+    if missing is not None:
+        _refuse(missing)
 
 
 def _compiled_extensions() -> list:

@@ -1,17 +1,25 @@
-"""Baton's build backend: setuptools, plus mypyc on the replay path when BATON_COMPILE=1.
+"""Baton's build backend: setuptools, plus mypyc on the replay path where it can compile.
 
-``BATON_COMPILE=1 pip install .`` (a wheel build) adds mypy to the build requirements and
-``setup.py`` compiles the modules in ``build_backend/compiled_modules.txt``; without it, and
-for every editable install whatever the variable says, the build is pure Python, so an edited
-``.py`` is never shadowed by a stale ``.so``. Only the wheel build itself compiles: the hooks
-that run ``setup.py`` for metadata or requirements see no BATON_COMPILE.
+A wheel build (``pip install .``, ``pip wheel .``, the Docker image) compiles the modules in
+``build_backend/compiled_modules.txt`` with mypyc when a C compiler and the Python headers are
+found (``BATON_COMPILE`` unset: *auto*): pip adds mypy to the build requirements and
+``setup.py`` compiles; if compiling fails there, the wheel is built again in pure Python,
+saying so on stderr. ``BATON_COMPILE=1`` compiles or fails (never falls back);
+``BATON_COMPILE=0`` builds pure Python. Every editable install is pure Python whatever the
+variable says, so an edited ``.py`` is never shadowed by a stale ``.so``. Only the wheel build
+itself compiles: the hooks that run ``setup.py`` for metadata or requirements see
+``BATON_COMPILE=0``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sys
+import sysconfig
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from setuptools import build_meta as _setuptools
@@ -26,28 +34,51 @@ MYPY_REQUIREMENT = "mypy>=2.3,<2.5"
 COMPILE_VARIABLE = "BATON_COMPILE"
 
 
-def compile_requested() -> bool:
-    """Whether BATON_COMPILE asks for the compiled build ("1"); unset, "" or "0" do not;
-    anything else is refused rather than guessed."""
+def compile_setting() -> str:
+    """What BATON_COMPILE asks for: "1" (compile or fail), "0" (pure Python) or "" (unset or
+    empty: compile where a compiler is found); anything else is refused rather than
+    guessed."""
     value = os.environ.get(COMPILE_VARIABLE, "").strip()
     if value not in ("", "0", "1"):
         raise SystemExit(f"{COMPILE_VARIABLE}={value!r}: use 1 (compile with mypyc) or 0")
-    return value == "1"
+    return value
+
+
+def compiler_missing() -> str | None:
+    """Why this machine cannot compile the C extensions (no compiler, no Python headers), or
+    None when it can."""
+    # distutils compiles with $CC when set, else the compiler Python was built with
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler: {compiler!r} is not on PATH (install gcc)"
+    include = Path(sysconfig.get_paths()["include"])
+    if not (include / "Python.h").is_file():
+        return f"no Python headers: {include / 'Python.h'} is missing (install python3-dev)"
+    return None
+
+
+def compile_requested() -> bool:
+    """Whether this build compiles: BATON_COMPILE=1, or unset where a compiler is found."""
+    setting = compile_setting()
+    return setting == "1" or (setting == "" and compiler_missing() is None)
 
 
 @contextlib.contextmanager
 def _pure() -> Iterator[None]:
-    """setuptools' hook run with no BATON_COMPILE (setup.py then compiles nothing)."""
-    saved = os.environ.pop(COMPILE_VARIABLE, None)
+    """setuptools' hook run with BATON_COMPILE=0 (setup.py then compiles nothing)."""
+    saved = os.environ.get(COMPILE_VARIABLE)
+    os.environ[COMPILE_VARIABLE] = "0"
     try:
         yield
     finally:
-        if saved is not None:
+        if saved is None:
+            os.environ.pop(COMPILE_VARIABLE, None)
+        else:
             os.environ[COMPILE_VARIABLE] = saved
 
 
 def get_requires_for_build_wheel(config_settings: Any = None) -> list[str]:
-    """setuptools' requirements, and mypy when the compiled build is asked for."""
+    """setuptools' requirements, and mypy when this build compiles."""
     extra = [MYPY_REQUIREMENT] if compile_requested() else []
     with _pure():
         return [*_setuptools.get_requires_for_build_wheel(config_settings), *extra]
@@ -62,9 +93,25 @@ def prepare_metadata_for_build_wheel(metadata_directory: str, config_settings: A
 def build_wheel(
     wheel_directory: str, config_settings: Any = None, metadata_directory: str | None = None
 ) -> str:
-    """setuptools' wheel; setup.py compiles when BATON_COMPILE=1."""
-    compile_requested()
-    return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
+    """setuptools' wheel, compiled as :func:`compile_requested` says; a compile asked for by
+    no one (BATON_COMPILE unset) that fails is built again in pure Python, said on stderr."""
+    if not compile_requested():
+        with _pure():
+            return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
+    if compile_setting() == "1":
+        return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
+    try:
+        return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
+    except (Exception, SystemExit) as exc:  # setuptools ends a failed compile with SystemExit
+        print(
+            f"baton: the compiled build failed ({str(exc).strip()[:300] or type(exc).__name__}):"
+            f" building pure Python instead (BATON_COMPILE=1 makes this an error,"
+            f" BATON_COMPILE=0 skips compiling)",
+            file=sys.stderr,
+        )
+        shutil.rmtree(Path("build") / "mypyc_src", ignore_errors=True)
+        with _pure():
+            return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
 
 
 def get_requires_for_build_editable(config_settings: Any = None) -> list[str]:

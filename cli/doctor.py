@@ -158,7 +158,7 @@ def _core_check() -> Check:
         "replay core",
         Status.SKIP,
         "interpreted (pure Python)",
-        "BATON_COMPILE=1 pip install . compiles it: docs/replay.md",
+        "`pip install .` compiles it where gcc is found, an editable install never: docs/replay.md",
     )
 
 

@@ -194,7 +194,7 @@ def replay_cmd(
     decides the request and approval topics again under --baseline instead (it trusts their
     order and stamps: docs/replay.md).
 
-    The replay core is compiled (mypyc, BATON_COMPILE=1 pip install .) or interpreted: the
+    The replay core is compiled (mypyc: `pip install .` where gcc is found) or interpreted: the
     JSON's "core" says which ran, and so do this help's last line and `baton doctor`.
     """
     _timeline_checked()  # (its first line: "command")

@@ -94,7 +94,7 @@ def _json(
         "runs": len(report.runs),
         "decisions": report.decisions,
         "seconds": round(seconds, 3),
-        # compiled (mypyc: BATON_COMPILE=1 pip install .) or interpreted, docs/replay.md
+        # compiled (mypyc: `pip install .` where gcc is found) or interpreted, docs/replay.md
         "core": core_build(),
         "faithful": not report.unfaithful_runs,
         "unfaithful": {r.run_id: r.unfaithful for r in report.unfaithful_runs},

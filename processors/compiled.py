@@ -1,7 +1,7 @@
-"""Whether this install's replay core is compiled: ``BATON_COMPILE=1 pip install .`` builds the
-replay path's modules with mypyc (build_backend/compiled_modules.txt, docs/replay.md); every
-other install, editable ones included, is pure Python. ``baton doctor`` and ``baton replay``
-say which one runs.
+"""Whether this install's replay core is compiled: a wheel build (``pip install .``, the
+Docker image) compiles the replay path's modules with mypyc where it finds a C compiler
+(build_backend/compiled_modules.txt, docs/replay.md; ``BATON_COMPILE=0``/``1`` say otherwise);
+an editable install is pure Python. ``baton doctor`` and ``baton replay`` say which one runs.
 
 What is reported is what Python imports: a module with a compiled extension next to it (its
 ``.so``) runs the extension, whatever its ``.py`` says, until it is rebuilt.

@@ -1,7 +1,8 @@
 """The compiled build's supports, checked in the pure-Python build (and again against the
 compiled one by tests/integration/test_compiled_core.py): ``Decision``'s interpreted twin is
 the same record, a decision reads and writes the same through either, the build backend
-refuses a BATON_COMPILE it does not know, and what says whether the core is compiled."""
+refuses a BATON_COMPILE it does not know and compiles a wheel where it can unless told not to,
+and what says whether the core is compiled."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -125,10 +127,84 @@ def test_a_bad_baton_compile_is_refused_and_editable_installs_never_compile(
     assert any(r.startswith("mypy") for r in backend.get_requires_for_build_wheel())
     assert not any(r.startswith("mypy") for r in backend.get_requires_for_build_editable())
     assert backend.build_editable("dist") == "baton.whl"
-    assert seen == [None, None, None]  # setup.py never compiles for them
+    assert seen == ["0", "0", "0"]  # setup.py never compiles for them
     assert os.environ["BATON_COMPILE"] == "1"  # given back
     monkeypatch.setenv("BATON_COMPILE", "0")
     assert backend.get_requires_for_build_wheel() == ["wheel"]
+
+
+def _backend() -> object:
+    spec = importlib.util.spec_from_file_location(
+        "baton_build_under_test", REPO / "build_backend" / "baton_build.py"
+    )
+    assert spec is not None and spec.loader is not None
+    backend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(backend)
+    return backend
+
+
+@pytest.mark.parametrize("missing", [None, "no C compiler: 'gcc' is not on PATH (install gcc)"])
+def test_a_wheel_compiles_by_default_where_a_compiler_is_found(
+    monkeypatch: pytest.MonkeyPatch, missing: str | None
+) -> None:
+    backend: Any = _backend()
+    seen: list[str | None] = []
+
+    class _Setuptools:
+        @staticmethod
+        def get_requires_for_build_wheel(config_settings: object = None) -> list[str]:
+            return ["wheel"]
+
+        @staticmethod
+        def build_wheel(*args: object) -> str:
+            seen.append(os.environ.get("BATON_COMPILE"))
+            return "baton.whl"
+
+    monkeypatch.setattr(backend, "_setuptools", _Setuptools)
+    monkeypatch.setattr(backend, "compiler_missing", lambda: missing)
+    monkeypatch.delenv("BATON_COMPILE", raising=False)
+    mypy = any(r.startswith("mypy") for r in backend.get_requires_for_build_wheel())
+    assert backend.build_wheel("dist") == "baton.whl"
+    if missing is None:  # compiled: setup.py sees no BATON_COMPILE and compiles
+        assert mypy and seen == [None] and backend.compile_requested()
+    else:  # pure, and said as pure to setup.py
+        assert not mypy and seen == ["0"] and not backend.compile_requested()
+    assert "BATON_COMPILE" not in os.environ
+    monkeypatch.setenv("BATON_COMPILE", "0")  # told not to: pure even with a compiler
+    monkeypatch.setattr(backend, "compiler_missing", lambda: None)
+    assert backend.get_requires_for_build_wheel() == ["wheel"]
+    assert not backend.compile_requested()
+
+
+@pytest.mark.parametrize("setting", ["", "1"])
+def test_a_failed_compile_falls_back_to_pure_python_only_when_no_one_asked_for_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], setting: str
+) -> None:
+    backend: Any = _backend()
+    seen: list[str | None] = []
+
+    class _Setuptools:
+        @staticmethod
+        def build_wheel(*args: object) -> str:
+            seen.append(os.environ.get("BATON_COMPILE"))
+            if os.environ.get("BATON_COMPILE") != "0":
+                raise SystemExit("error: command 'gcc' failed with exit code 1")
+            return "baton-pure.whl"
+
+    monkeypatch.setattr(backend, "_setuptools", _Setuptools)
+    monkeypatch.setattr(backend, "compiler_missing", lambda: None)
+    monkeypatch.setenv("BATON_COMPILE", setting)
+    if setting == "1":  # asked for: the failure is the answer
+        with pytest.raises(SystemExit, match="gcc"):
+            backend.build_wheel("dist")
+        assert seen == ["1"]
+        return
+    assert backend.build_wheel("dist") == "baton-pure.whl"
+    assert seen == ["", "0"]
+    err = capsys.readouterr().err
+    assert "the compiled build failed (error: command 'gcc' failed" in err
+    assert "building pure Python instead" in err
+    assert os.environ["BATON_COMPILE"] == ""  # given back
 
 
 def test_compiled_modules_names_the_extensions_python_would_import(
