@@ -66,6 +66,10 @@ _SECTIONS = (
 )
 
 
+#: no limit on a command's short help in `baton --help`: its first sentence, however long
+_WHOLE_SENTENCE = 1_000_000
+
+
 class _BatonGroup(click.Group):
     """Turns a BatonError into one readable stderr line and its exit code, never a traceback;
     loads a command's module when the command is asked for (``_MODULES``)."""
@@ -85,18 +89,25 @@ class _BatonGroup(click.Group):
         listed = [n for _, group in _SECTIONS for n in group]
         sections = [*_SECTIONS, ("Other", tuple(n for n in names if n not in listed))]
         width = max(map(len, names))  # one column for every section
-        limit = formatter.width - 8 - width
         with formatter.section("Commands"):
             for title, group in sections:
                 commands = [(n, self.get_command(ctx, n)) for n in group if n in names]
+                # each description's first sentence whole, wrapped in its column (click
+                # cut it at the line's width with "...": "Start everything on this...")
                 rows = [
-                    (n.ljust(width), c.get_short_help_str(limit))
+                    (n.ljust(width), c.get_short_help_str(_WHOLE_SENTENCE))
                     for n, c in commands
                     if c is not None and not c.hidden
                 ]
                 if rows:
                     with formatter.section(title):
-                        formatter.write_dl(rows)
+                        # write_dl leaves room for one section's indent, these are two
+                        # deep: its lines passed the width by 2 (82 columns at 80)
+                        formatter.width -= 2
+                        try:
+                            formatter.write_dl(rows)
+                        finally:
+                            formatter.width += 2
         return None
 
     def invoke(self, ctx: click.Context) -> Any:

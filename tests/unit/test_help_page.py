@@ -1,0 +1,28 @@
+"""Session 25: `baton --help` lists each command's first sentence whole (it cut them at about
+60 characters: "Start everything on this machine: embedded Kafka broker,..."), within 80 columns."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from baton.cli.main import _MODULES, _register, cli
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_command_list_shows_each_first_sentence_whole_within_80_columns() -> None:
+    _register()
+    page = CliRunner().invoke(cli, ["--help"], terminal_width=80).output
+    listing = page.split("Commands:", 1)[1]
+    assert max(map(len, page.splitlines())) <= 80
+    ctx = click.Context(cli, info_name="baton")
+    text = " ".join(listing.split())
+    for name in _MODULES:
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.help
+        first = command.short_help or command.help.split("\n\n")[0]
+        sentence = " ".join(first.split(". ")[0].split()).rstrip(".")
+        assert sentence in text, f"{name}: {sentence!r}"
+    assert "..." not in listing
