@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -133,7 +134,9 @@ def cli(verbose: int) -> None:
     """Baton: central governance for multi-agent AI systems on Kafka.
 
     Every setting can also come from an environment variable BATON_<NAME>
-    (e.g. BATON_BOOTSTRAP, BATON_POLICY, BATON_CLICKHOUSE_DSN).
+    (e.g. BATON_BOOTSTRAP, BATON_POLICY, BATON_CLICKHOUSE_DSN), every option
+    from BATON_<COMMAND>_<OPTION>; a BATON_ variable Baton does not read is
+    warned about. docs/deploy.md "Configuration" lists them.
     """
     level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.WARNING
     logging.basicConfig(
@@ -156,6 +159,11 @@ def _register() -> None:
 
 
 def main() -> None:
+    # before click reads a variable: `baton --help` and a command that fails to parse warn too
+    if any(name.startswith("BATON_") for name in os.environ):
+        from baton.cli.env_check import warn_unknown
+
+        warn_unknown(os.environ, cli)
     cli(auto_envvar_prefix="BATON")
 
 
