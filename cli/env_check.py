@@ -13,7 +13,9 @@ is still unexplained, cheapest first: the registry (``schemas.env_names``, no im
 root command's automatic names, the Settings models' fields (pydantic, imported by almost
 every command anyway), and the click command tree (``BATON_<COMMAND>_<OPTION>``: the named
 command's module only, all of them only when a name is still unknown and a close one is
-looked for). A process whose variables are all Baton's pays microseconds to ~50 ms.
+looked for). Measured (session 25, bench/RESULTS.md) after what `baton worker` imports: Settings
+names only 0.2-0.3 ms; a ``BATON_CLIENT_*`` set ~90 ms (the SDK's module); an unknown name
+~0.3 s, once (every command's module, for the closest name). `baton --help`: within noise.
 
 Not guaranteed: only names spelt ``BATON_`` in capitals are checked (pydantic-settings also
 reads ``baton_bootstrap``; click does not); a variable's value is never checked here, nor
