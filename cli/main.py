@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from baton.cli.help_listing import SentenceGroup, write_commands
 from baton.cli.log_format import LOG_OUTPUT_KEY
 from baton.schemas.errors import BatonError
 
@@ -67,11 +68,7 @@ _SECTIONS = (
 )
 
 
-#: no limit on a command's short help in `baton --help`: its first sentence, however long
-_WHOLE_SENTENCE = 1_000_000
-
-
-class _BatonGroup(click.Group):
+class _BatonGroup(SentenceGroup):
     """Turns a BatonError into one readable stderr line and its exit code, never a traceback;
     loads a command's module when the command is asked for (``_MODULES``)."""
 
@@ -92,23 +89,10 @@ class _BatonGroup(click.Group):
         width = max(map(len, names))  # one column for every section
         with formatter.section("Commands"):
             for title, group in sections:
-                commands = [(n, self.get_command(ctx, n)) for n in group if n in names]
-                # each description's first sentence whole, wrapped in its column (click
-                # cut it at the line's width with "...": "Start everything on this...")
-                rows = [
-                    (n.ljust(width), c.get_short_help_str(_WHOLE_SENTENCE))
-                    for n, c in commands
-                    if c is not None and not c.hidden
-                ]
-                if rows:
+                rows = [(n.ljust(width), self.get_command(ctx, n)) for n in group if n in names]
+                if any(c is not None and not c.hidden for _, c in rows):
                     with formatter.section(title):
-                        # write_dl leaves room for one section's indent, these are two
-                        # deep: its lines passed the width by 2 (82 columns at 80)
-                        formatter.width -= 2
-                        try:
-                            formatter.write_dl(rows)
-                        finally:
-                            formatter.width += 2
+                        write_commands(formatter, rows)
         return None
 
     def invoke(self, ctx: click.Context) -> Any:
