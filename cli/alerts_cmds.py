@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from baton.cli.audit_options import audit_client, dsn_option, query_settings, stop_on_signals
+from baton.cli.help_listing import SentenceGroup
 from baton.cli.options import FiniteFloatRange, setting_options
 from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.schemas.settings import MAX_RETENTION_S
@@ -30,7 +31,7 @@ def _group_id(value: str | None) -> str | None:
     return value
 
 
-@click.group("alerts", invoke_without_command=True)
+@click.group("alerts", invoke_without_command=True, cls=SentenceGroup)
 @setting_options(
     "bootstrap",
     "topic_prefix",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from baton.cli.help_listing import SentenceGroup
 from baton.schemas.errors import ConfigError
 from baton.schemas.signing import (
     load_private_key,
@@ -45,7 +46,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-@click.group("keys")
+@click.group("keys", cls=SentenceGroup)
 def keys_group() -> None:
     """Signing keys of approvers and operators (Ed25519)."""
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
 import click
 
+from baton.cli.help_listing import SentenceGroup, write_commands
 from baton.cli.log_format import LOG_OUTPUT_KEY
 from baton.schemas.errors import BatonError
 
@@ -66,7 +68,7 @@ _SECTIONS = (
 )
 
 
-class _BatonGroup(click.Group):
+class _BatonGroup(SentenceGroup):
     """Turns a BatonError into one readable stderr line and its exit code, never a traceback;
     loads a command's module when the command is asked for (``_MODULES``)."""
 
@@ -85,18 +87,12 @@ class _BatonGroup(click.Group):
         listed = [n for _, group in _SECTIONS for n in group]
         sections = [*_SECTIONS, ("Other", tuple(n for n in names if n not in listed))]
         width = max(map(len, names))  # one column for every section
-        limit = formatter.width - 8 - width
         with formatter.section("Commands"):
             for title, group in sections:
-                commands = [(n, self.get_command(ctx, n)) for n in group if n in names]
-                rows = [
-                    (n.ljust(width), c.get_short_help_str(limit))
-                    for n, c in commands
-                    if c is not None and not c.hidden
-                ]
-                if rows:
+                rows = [(n.ljust(width), self.get_command(ctx, n)) for n in group if n in names]
+                if any(c is not None and not c.hidden for _, c in rows):
                     with formatter.section(title):
-                        formatter.write_dl(rows)
+                        write_commands(formatter, rows)
         return None
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -122,7 +118,9 @@ def cli(verbose: int) -> None:
     """Baton: central governance for multi-agent AI systems on Kafka.
 
     Every setting can also come from an environment variable BATON_<NAME>
-    (e.g. BATON_BOOTSTRAP, BATON_POLICY, BATON_CLICKHOUSE_DSN).
+    (e.g. BATON_BOOTSTRAP, BATON_POLICY, BATON_CLICKHOUSE_DSN), every option
+    from BATON_<COMMAND>_<OPTION>; a BATON_ variable Baton does not read is
+    warned about. docs/deploy.md "Configuration" lists them.
     """
     level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.WARNING
     logging.basicConfig(
@@ -145,6 +143,11 @@ def _register() -> None:
 
 
 def main() -> None:
+    # before click reads a variable: `baton --help` and a command that fails to parse warn too
+    if any(name.startswith("BATON_") for name in os.environ):
+        from baton.cli.env_check import warn_unknown
+
+        warn_unknown(os.environ, cli)
     cli(auto_envvar_prefix="BATON")
 
 

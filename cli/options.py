@@ -1,5 +1,5 @@
 """What every command builds from its options: the Settings (one ``--name`` option and
-``BATON_NAME`` variable per field) and the policy file they name."""
+``BATON_<NAME>`` variable per field) and the policy file they name."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def setting_help(name: str) -> str:
 
 
 def group_variables(group: tuple[str, ...]) -> str:
-    """``BATON_X, BATON_Y ...`` of a connection group after its first setting, for the help
+    """``BATON_<X>, BATON_<Y> ...`` of a connection group after its first setting, for the help
     of an option that takes the first one itself (``--bootstrap``, ``--dsn``)."""
     return ", ".join(f"BATON_{name.upper()}" for name in group[1:])
 
@@ -144,7 +144,7 @@ def with_connection_groups(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def setting_options(*names: str) -> Callable[[F], F]:
-    """Add ``--name`` options for the given Settings fields (env BATON_NAME, shown in --help);
+    """Add ``--name`` options for the given Settings fields (env BATON_<NAME>, shown in --help);
     ``bootstrap`` brings the whole Kafka connection group (security, SASL, SSL, timeout) and
     ``clickhouse_dsn`` the audit connection group (``with_connection_groups``).
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from baton.cli.help_listing import SentenceGroup
 from baton.cli.options import FiniteFloatRange, read_policy, read_policy_text, setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, shown, signer_options
 from baton.cli.stack_record import data_dir_option, stack_settings
@@ -24,7 +25,7 @@ __all__ = ["policy_in_force", "register"]
 _KAFKA_LOG = logging.getLogger("baton.kafka")
 
 
-@click.group("policy")
+@click.group("policy", cls=SentenceGroup)
 def policy_group() -> None:
     """Validate and inspect governance policy files."""
 
@@ -230,7 +231,7 @@ def policy_in_force(
     return policy, source
 
 
-@click.group("schema")
+@click.group("schema", cls=SentenceGroup)
 def schema_group() -> None:
     """The wire contract as JSON Schema."""
 

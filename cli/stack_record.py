@@ -29,6 +29,7 @@ import click
 
 from baton.cli.options import build_settings
 from baton.cli.stack_file import STACK_FILE, StackRecord, read_record, record_path
+from baton.schemas.env_names import DATA_DIR
 from baton.schemas.errors import AuditUnavailable, BrokerUnavailable, ConfigError
 from baton.schemas.settings import Settings
 
@@ -70,8 +71,8 @@ def _data_dirs(flag: Path | None, env: Mapping[str, str]) -> list[tuple[Path, st
     """The data dirs to look in, in order, with where each came from."""
     if flag is not None:
         return [(flag, "--data-dir")]
-    if env.get("BATON_DATA_DIR"):
-        return [(Path(env["BATON_DATA_DIR"]), "BATON_DATA_DIR")]
+    if env.get(DATA_DIR):
+        return [(Path(env[DATA_DIR]), DATA_DIR)]
     return [(DEFAULT_DATA_DIR, "the current folder's .baton")]
 
 

@@ -25,6 +25,7 @@ from baton.cli.options import FiniteFloatRange
 from baton.cli.top_audit import audit_reader, frame_audit
 from baton.cli.top_frame import render_frame
 from baton.cli.top_metrics import MetricsView, check_metrics_url, scrape
+from baton.schemas import env_names
 
 __all__ = ["register", "top_cmd"]
 
@@ -58,7 +59,7 @@ _CLEAR = "\x1b[H\x1b[2J"
     "--metrics",
     "metrics_urls",
     multiple=True,
-    envvar="BATON_METRICS_URL",
+    envvar=env_names.METRICS_URL,
     help="a /metrics endpoint to read (a worker's, a sink's; repeat for more) [env "
     "BATON_METRICS_URL; default: the worker's of the `baton up` found like the audit]",
 )

@@ -36,6 +36,7 @@ from baton.cli.up_children import audit_children, spawner, with_metrics_ports
 from baton.cli.up_ready import PROGRESS_EVERY_S, Readiness, announce_new_sql_token
 from baton.cli.up_restart import name_a_lost_policy, say_what_a_restart_keeps
 from baton.cli.worker_cmd import create_topics
+from baton.schemas import env_names
 from baton.schemas.errors import BatonError, BrokerUnavailable, ConfigError
 from baton.schemas.settings import Settings
 
@@ -58,7 +59,7 @@ _MAX_BACKOFF_S = 30.0
     type=click.Path(path_type=Path),
     default=Path(".baton"),
     show_default=True,
-    envvar="BATON_DATA_DIR",
+    envvar=env_names.DATA_DIR,
     help="logs, worker state, the embedded ClickHouse (chDB) and stack.json (the record "
     "client commands find the stack by) live here",
 )
@@ -67,7 +68,7 @@ _MAX_BACKOFF_S = 30.0
     type=PortOrOff(),
     default="8123",
     show_default=True,
-    envvar="BATON_SQL_PORT",
+    envvar=env_names.SQL_PORT,
     help="port of the read-only, token-protected SQL endpoint on 127.0.0.1 (ClickHouse HTTP) "
     "while up runs; the ready line and DATA_DIR/stack.json name it (the token stays in "
     "DATA_DIR/chdb, mode 0600). 0: a free port; off: no endpoint (the audit is still "
@@ -79,7 +80,7 @@ _MAX_BACKOFF_S = 30.0
     type=click.IntRange(1, 1000),
     default=5,
     show_default=True,
-    envvar="BATON_RESTART_LIMIT",
+    envvar=env_names.RESTART_LIMIT,
     help="a child (worker, sink, alerter) that exits this often within --restart-window-s "
     "stops baton up, with its error and exit code",
 )
@@ -89,7 +90,7 @@ _MAX_BACKOFF_S = 30.0
     type=FiniteFloatRange(min=0, min_open=True, max=86400),
     default=120.0,
     show_default=True,
-    envvar="BATON_RESTART_WINDOW_S",
+    envvar=env_names.RESTART_WINDOW_S,
     help="seconds in which exits of a child are counted",
 )
 @click.option(
@@ -97,7 +98,7 @@ _MAX_BACKOFF_S = 30.0
     type=FiniteFloatRange(min=0, min_open=True, max=3600),
     default=1.0,
     show_default=True,
-    envvar="BATON_RESTART_BACKOFF_S",
+    envvar=env_names.RESTART_BACKOFF_S,
     help="wait before restarting a child that exited; doubles with each recent exit, "
     f"up to {_MAX_BACKOFF_S:g} s",
 )

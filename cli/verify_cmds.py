@@ -26,6 +26,7 @@ from typing import Any
 import click
 
 from baton.cli.audit_options import audit_client, dsn_option, query_settings
+from baton.cli.help_listing import SentenceGroup
 from baton.cli.options import build_settings
 from baton.sinks.schema import DATABASE
 
@@ -92,7 +93,7 @@ def _partial_runs(rows: Sequence[Sequence[Any]], horizon: datetime) -> frozenset
     return frozenset(run for run, t in oldest.items() if t < horizon)
 
 
-@click.group("audit")
+@click.group("audit", cls=SentenceGroup)
 def audit_group() -> None:
     """Check the audit trail itself."""
 

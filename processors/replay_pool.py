@@ -53,6 +53,7 @@ from baton.processors.recorded import Recorded
 from baton.processors.replay import ReplayReport, replay_runs, runs_of
 from baton.processors.replay_steps import RUN_RETENTION_S, TOMBSTONE_RETENTION_S
 from baton.processors.replay_trimmed import judge_trimmed
+from baton.schemas.env_names import REPLAY_TIMELINE
 from baton.schemas.errors import ReplayFailed
 from baton.schemas.policy import Policy
 
@@ -83,7 +84,7 @@ _job: tuple[bytes, _Job] | None = None
 
 #: a file: each process of `baton replay` appends when it did what (``mark``; docs/replay.md
 #: "Where the time goes"); unset (""), nothing is written
-_TIMELINE: Final = os.environ.get("BATON_REPLAY_TIMELINE", "")
+_TIMELINE: Final = os.environ.get(REPLAY_TIMELINE, "")
 
 
 def mark(what: str) -> None:
