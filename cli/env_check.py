@@ -27,14 +27,18 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 import click
 
-from baton.schemas.env_names import REGISTERED, WARNED
-
-if TYPE_CHECKING:
-    from pydantic_settings import BaseSettings
+from baton.schemas.env_names import (
+    PREFIX,
+    REGISTERED,
+    WARNED,
+    closest,
+    model_variables,
+    warning_text,
+)
 
 __all__ = [
     "PREFIX",
@@ -48,8 +52,6 @@ __all__ = [
     "warn_unknown",
     "warning_text",
 ]
-
-PREFIX = "BATON_"
 
 
 def settings_variables() -> frozenset[str]:
@@ -65,31 +67,6 @@ def client_settings_variables() -> frozenset[str]:
     from baton.streams.sdk.options import ClientSettings
 
     return model_variables(ClientSettings)
-
-
-def model_variables(model: type[BaseSettings]) -> frozenset[str]:
-    """``<PREFIX><FIELD>`` of each field of a pydantic-settings model, or the field's own
-    aliases: pydantic-settings reads an aliased field by its alias alone, unprefixed."""
-    prefix = str(model.model_config.get("env_prefix", ""))
-    names: set[str] = set()
-    for field_name, info in model.model_fields.items():
-        aliases = _aliases(info.validation_alias) or _aliases(info.alias)
-        names.update(a.upper() for a in aliases or [f"{prefix}{field_name}"])
-    return frozenset(names)
-
-
-def _aliases(alias: object) -> list[str]:
-    """The names of a pydantic alias: a string, or AliasChoices of strings and AliasPaths
-    (a path's first element is the variable)."""
-    if alias is None:
-        return []
-    if isinstance(alias, str):
-        return [alias]
-    choices = getattr(alias, "choices", None)
-    if choices is not None:
-        return [n for c in choices for n in _aliases(c)]
-    path = getattr(alias, "path", None)
-    return [str(path[0])] if path else []
 
 
 def command_variables(command: click.Command, prefix: str) -> frozenset[str]:
@@ -164,24 +141,6 @@ def _root_variables(root: click.Group) -> frozenset[str]:
         for p in root.get_params(ctx)
         if isinstance(p, click.Option) and p.allow_from_autoenv and p.name
     )
-
-
-def closest(name: str, known: Iterable[str]) -> str | None:
-    """The known variable closest to ``name``, or None. Compared without the common
-    ``BATON_``, which would make every pair look alike; click's ``BATON_<COMMAND>_HELP``
-    is never the setting someone meant."""
-    import difflib
-
-    tails = {k[len(PREFIX) :]: k for k in known if k.startswith(PREFIX) and not k.endswith("_HELP")}
-    match = difflib.get_close_matches(name[len(PREFIX) :], list(tails), n=1)
-    return tails[match[0]] if match else None
-
-
-def warning_text(name: str, suggestion: str | None) -> str:
-    """The line for one unknown variable; a name that is not printable is shown escaped."""
-    shown = name if name.isprintable() else ascii(name)[1:-1]
-    hint = f" (did you mean {suggestion}?)" if suggestion else ""
-    return f"baton: warning: {shown} is not a Baton setting, ignored{hint}"
 
 
 def unknown_variables(

@@ -7,17 +7,26 @@ direct ``os.environ`` read of a ``BATON_*`` name, every option's ``envvar=`` and
 variable only the build or the test suite reads is named here, once: ``cli/env_check.py``
 warns about a set ``BATON_*`` variable that is in none of them, and
 tests/unit/test_env_check.py finds each ``BATON_*`` name of the source tree in one of them.
+The pure helpers both that check and the SDK's (``streams/sdk/options.py``: an orchestrator's
+mistyped ``BATON_CLIENT_*``) use are here too: a settings model's variables, the closest
+known name, the warning's text.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from pydantic_settings import BaseSettings
 
 __all__ = [
     "BUILD_AND_TESTS",
     "DATA_DIR",
     "METRICS_URL",
     "OPTION_VARIABLES",
+    "PREFIX",
     "READ_DIRECTLY",
     "REGISTERED",
     "REPLAY_TIMELINE",
@@ -26,7 +35,13 @@ __all__ = [
     "RESTART_WINDOW_S",
     "SQL_PORT",
     "WARNED",
+    "closest",
+    "model_variables",
+    "warning_text",
 ]
+
+#: every variable Baton reads starts so (in capitals)
+PREFIX: Final = "BATON_"
 
 #: the data dir of `baton up`, and the stack the client commands find (cli/stack_record.py)
 DATA_DIR: Final = "BATON_DATA_DIR"
@@ -65,3 +80,46 @@ BUILD_AND_TESTS: Final = frozenset(
 )
 #: every name above: known without importing anything
 REGISTERED: Final = READ_DIRECTLY | OPTION_VARIABLES | BUILD_AND_TESTS
+
+
+def model_variables(model: type[BaseSettings]) -> frozenset[str]:
+    """``<PREFIX><FIELD>`` of each field of a pydantic-settings model, or the field's own
+    aliases: pydantic-settings reads an aliased field by its alias alone, unprefixed."""
+    prefix = str(model.model_config.get("env_prefix", ""))
+    names: set[str] = set()
+    for field_name, info in model.model_fields.items():
+        aliases = _aliases(info.validation_alias) or _aliases(info.alias)
+        names.update(a.upper() for a in aliases or [f"{prefix}{field_name}"])
+    return frozenset(names)
+
+
+def _aliases(alias: object) -> list[str]:
+    """The names of a pydantic alias: a string, or AliasChoices of strings and AliasPaths
+    (a path's first element is the variable)."""
+    if alias is None:
+        return []
+    if isinstance(alias, str):
+        return [alias]
+    choices = getattr(alias, "choices", None)
+    if choices is not None:
+        return [n for c in choices for n in _aliases(c)]
+    path = getattr(alias, "path", None)
+    return [str(path[0])] if path else []
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known variable closest to ``name``, or None. Compared without the common
+    ``BATON_``, which would make every pair look alike; click's ``BATON_<COMMAND>_HELP``
+    is never the setting someone meant."""
+    import difflib
+
+    tails = {k[len(PREFIX) :]: k for k in known if k.startswith(PREFIX) and not k.endswith("_HELP")}
+    match = difflib.get_close_matches(name[len(PREFIX) :], list(tails), n=1)
+    return tails[match[0]] if match else None
+
+
+def warning_text(name: str, suggestion: str | None) -> str:
+    """The line for one unknown variable; a name that is not printable is shown escaped."""
+    shown = name if name.isprintable() else ascii(name)[1:-1]
+    hint = f" (did you mean {suggestion}?)" if suggestion else ""
+    return f"baton: warning: {shown} is not a Baton setting, ignored{hint}"

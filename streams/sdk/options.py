@@ -7,6 +7,8 @@ argument wins. The variables are the worker's (``BATON_BOOTSTRAP``, ``BATON_TOPI
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -15,6 +17,7 @@ from typing import Any
 from pydantic import Field
 
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
+from baton.schemas.env_names import closest, model_variables, warning_text
 from baton.schemas.policy_approval import MAX_APPROVAL_TTL_S
 from baton.schemas.settings import MAX_TIMEOUT_S, Settings, checked_bootstrap
 from baton.streams.kafka import printable_config
@@ -28,6 +31,7 @@ __all__ = [
     "checked_retries",
     "checked_seconds",
     "unanswered_decision",
+    "warn_unknown_client_variables",
 ]
 
 #: the most re-publications of one request (each waits up to a timeout: 100 x 3600 s is
@@ -143,6 +147,8 @@ class ClientOptions:
         client_id: str = "baton-client",
     ) -> ClientOptions:
         """Arguments first, then ``settings`` (default: read from ``BATON_*`` variables)."""
+        if not isinstance(settings, ClientSettings):  # the client_* fields come from env
+            warn_unknown_client_variables(os.environ)
         if settings is None:
             s = ClientSettings()
         elif isinstance(settings, ClientSettings):
@@ -221,3 +227,27 @@ def unanswered_decision(
         detail=detail,
         **fields,
     )
+
+
+#: the ``BATON_CLIENT_*`` names this process has warned about (once each)
+_CLIENT_WARNED: set[str] = set()
+#: what only an orchestrator reads (the rest of ``BATON_*`` is the workers' too, checked by
+#: the ``baton`` commands: cli/env_check.py)
+_CLIENT_PREFIX = "BATON_CLIENT_"
+log = logging.getLogger("baton.client")
+
+
+def warn_unknown_client_variables(environ: Mapping[str, str]) -> list[str]:
+    """Log a warning (logger ``baton.client``), once a process, for each set
+    ``BATON_CLIENT_*`` variable ``ClientSettings`` does not read, with the closest it reads:
+    a mistyped timeout or retry count would be the default, silently. Returns them."""
+    names = [n for n in environ if n.startswith(_CLIENT_PREFIX) and n not in _CLIENT_WARNED]
+    if not names:
+        return []
+    known = model_variables(ClientSettings)
+    unknown = sorted(set(names) - known)
+    for name in unknown:
+        _CLIENT_WARNED.add(name)
+        suggestion = closest(name, [k for k in known if k.startswith(_CLIENT_PREFIX)])
+        log.warning("%s", warning_text(name, suggestion).removeprefix("baton: warning: "))
+    return unknown

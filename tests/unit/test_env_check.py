@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -299,3 +300,22 @@ def test_the_configuration_section_names_every_setting_and_each_option_not_named
             flag = max(param.opts, key=len).lstrip("-").replace("-", "_")
             if isinstance(param, click.Option) and param.name and flag != param.name:
                 assert f"`{param.name.upper()}`" in section, (command.name, param.opts)
+
+
+def test_an_orchestrator_is_told_of_a_mistyped_client_variable_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from baton.streams.sdk import options
+
+    monkeypatch.setattr(options, "_CLIENT_WARNED", set())
+    monkeypatch.setenv("BATON_CLIENT_TIMOUT_S", "30")  # the timeout stays 5 s: say so
+    monkeypatch.setenv("BATON_CLIENT_RETRIES", "2")  # read: never warned about
+    with caplog.at_level(logging.WARNING, logger="baton.client"):
+        resolved = options.ClientOptions.resolve("127.0.0.1:9092")
+        options.ClientOptions.resolve("127.0.0.1:9092")  # the same process: said once
+    assert resolved.retries == 2
+    said = [r.getMessage() for r in caplog.records if r.name == "baton.client"]
+    assert said == [
+        "BATON_CLIENT_TIMOUT_S is not a Baton setting, ignored "
+        "(did you mean BATON_CLIENT_TIMEOUT_S?)"
+    ]
