@@ -55,9 +55,9 @@ _NAME = re.compile(r"\bBATON_[A-Z0-9_]*[A-Z0-9]\b(?![*<])")
 #: what the test suite reads from its environment (tests/ sets many more, for the processes
 #: it starts: those are Baton's own)
 _TEST_READ = re.compile(r"""(?:environ\.get\(|environ\[|getenv\()\s*["'](BATON_[A-Z0-9_]+)""")
-#: written on purpose as names Baton does not read: the warning's example (docs/deploy.md),
-#: and a setting that is gone (docs/performance.md's history)
-NOT_SETTINGS = {"BATON_SQL_FORMAT", "BATON_BATCH_TIMEOUT_S"}
+#: written on purpose as names Baton does not read: the warnings' examples (docs/deploy.md,
+#: docs/client.md), and a setting that is gone (docs/performance.md's history)
+NOT_SETTINGS = {"BATON_SQL_FORMAT", "BATON_BATCH_TIMEOUT_S", "BATON_CLIENT_TIMOUT_S"}
 
 
 def _files(top: str) -> list[Path]:
