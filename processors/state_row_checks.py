@@ -109,7 +109,9 @@ def bounces_from_wire(rows: Any) -> dict[Any, Any]:
     (a TypeError, an ``engine_error``) where the interpreter decided on a forged value."""
     bounces: dict[Any, Any] = {}
     for row in rows:
-        a, b, last, n = width_checked("bn", row, 4)
+        if type(row) is not list or len(row) != 4:
+            width_checked("bn", row, 4)
+        a, b, last, n = row
         if not (type(a) is str and type(b) is str and type(last) is str and is_count(n)):
             raise ValueError(
                 f"run state key bn: expected [agent, agent, agent, count], got "

@@ -104,11 +104,12 @@ class _Columns:
         for i in self.times:
             if row[i] is not None:
                 row[i] = datetime.fromisoformat(row[i])
-        for i, table in self.enums:
-            member = table.get(row[i], _MISSING)
-            if member is _MISSING:
-                raise self._refused(i, row[i])
-            row[i] = member
+        i = 0
+        try:
+            for i, table in self.enums:
+                row[i] = table[row[i]]
+        except KeyError:  # (text or none here: _check)
+            raise self._refused(i, row[i]) from None
         if self.positional:
             return Decision(*row)
         return Decision(**dict(zip(self.names, row, strict=True)))
@@ -163,7 +164,6 @@ class _Columns:
         )
 
 
-_MISSING: Final = object()
 #: this module is compiled (BATON_COMPILE=1)
 _COMPILED: Final = not __file__.endswith(".py")
 _FROZEN_COLUMNS: Final = _Columns(REPLY_COLUMNS)

@@ -351,7 +351,9 @@ def _tasks_from_wire(rows: Any) -> Mapping[Any, TaskNode]:
     task ids are mostly a run's own)."""
     tasks: dict[Any, Any] = {}
     for row in rows:
-        task, owner, giver, parent, depth = width_checked("tasks", row, 5)
+        if type(row) is not list or len(row) != 5:  # (a compiled unpack words its error apart)
+            width_checked("tasks", row, 5)
+        task, owner, giver, parent, depth = row
         tasks[task] = _TaskNode(intern(owner), intern(giver), parent, depth)
     return shared(_depths_checked(tasks), nodes=True) or EMPTY
 
