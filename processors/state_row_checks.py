@@ -17,7 +17,14 @@ from typing import Any, Final
 from baton.processors.state_types import Reservation
 from baton.schemas.events import MAX_RUN_COUNT, MAX_RUN_USD
 
-__all__ = ["bounces_from_wire", "grants_from_wire", "is_count", "reservations_from_wire"]
+__all__ = [
+    "bounces_from_wire",
+    "grants_from_wire",
+    "is_count",
+    "map_checked",
+    "reservations_from_wire",
+    "width_checked",
+]
 
 _MAX_COUNT: Final = MAX_RUN_COUNT
 _MAX_USD: Final = MAX_RUN_USD
@@ -43,6 +50,11 @@ def reservations_from_wire(rows: Any, old: bool = False) -> dict[Any, Any]:
             raise ValueError(
                 f"run state key res: expected [request id, usd, tool calls, expires at, task], "
                 f"got {str(row)[:80]!r}"
+            )
+        expiry = row[3] if len(row) > 3 else None  # (checked before a compiled build does)
+        if expiry is not None and type(expiry) not in _NUMBERS:
+            raise ValueError(
+                f"run state key res: expected an expiry in seconds, got {str(row)[:80]!r}"
             )
         if not old:
             held = _Reservation(*row[1:])
@@ -96,7 +108,10 @@ def bounces_from_wire(rows: Any) -> dict[Any, Any]:
     compares the names and adds to the count, and a compiled build checks their types there
     (a TypeError, an ``engine_error``) where the interpreter decided on a forged value."""
     bounces: dict[Any, Any] = {}
-    for a, b, last, n in rows:
+    for row in rows:
+        if type(row) is not list or len(row) != 4:
+            width_checked("bn", row, 4)
+        a, b, last, n = row
         if not (type(a) is str and type(b) is str and type(last) is str and is_count(n)):
             raise ValueError(
                 f"run state key bn: expected [agent, agent, agent, count], got "
@@ -104,3 +119,60 @@ def bounces_from_wire(rows: Any) -> dict[Any, Any]:
             )
         bounces[(a, b)] = (last, n)
     return bounces
+
+
+def map_checked(w: dict[str, Any]) -> None:
+    """A format-4 record's run id and tenant (text), times (numbers: an int made a float, as
+    a compiled RunState holds it), marks (an int), keys and digests (lists), pending approvals
+    ([approval id, request, expires at, created at]) checked before they are read, else a
+    ValueError: a compiled RunState checked them where it stored them (a TypeError of its own
+    words, or an int time held as a float and written back so) where the interpreted one held
+    the value, so the two builds refused or wrote such a record apart
+    (tests/unit/test_compiled_worker_record.py). The other rows are checked where they are
+    read (tasks and bounces their widths: a compiled unpack words its error otherwise)."""
+    if type(w.get("run")) is not str or type(w.get("tn")) is not str:
+        name = "run" if type(w.get("run")) is not str else "tn"
+        raise _refused(name, w.get(name), "text")
+    started, last = w.get("t0"), w.get("t")
+    if type(started) is not float:
+        w["t0"] = _seconds("t0", started)
+    if type(last) is not float:
+        w["t"] = _seconds("t", last)
+    evicted = w.get("ev")
+    if evicted is not None and type(evicted) is not float:
+        w["ev"] = _seconds("ev", evicted)
+    if type(w.get("mk", 0)) is not int:  # (any int: a mark past 2**64 too)
+        raise _refused("mk", w.get("mk"), "a count")
+    if type(w.get("keys", _NO_ROWS)) is not list:
+        raise _refused("keys", w.get("keys"), "rows")
+    digests = w.get("dg")
+    if digests is not None and type(digests) is not list:
+        raise _refused("dg", digests, "digests")
+    for row in w.get("pend", ()):
+        if not (type(row) is list and 3 <= len(row) <= 4 and type(row[0]) is str):
+            raise _refused("pend", row, "[approval id, request, expires at, created at]")
+        for i in range(2, len(row)):
+            if type(row[i]) is not float:
+                row[i] = _seconds("pend", row[i])
+
+
+_NO_ROWS: Final[list[Any]] = []
+
+
+def width_checked(name: str, row: Any, width: int) -> list[Any]:
+    """``row`` when it is a list of ``width`` values, else a ValueError."""
+    if type(row) is not list or len(row) != width:
+        raise _refused(name, row, f"rows of {width} values")
+    return row
+
+
+def _seconds(name: str, value: Any) -> float:
+    """``value``, a time in POSIX seconds, as a float; a ValueError for anything but a
+    number (a bool is none)."""
+    if type(value) is not int:
+        raise _refused(name, value, "a number of seconds")
+    return float(value)
+
+
+def _refused(name: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"run state key {name}: expected {expected}, got {str(value)[:80]!r}")

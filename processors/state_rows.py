@@ -49,19 +49,30 @@ _FALLBACKS: Final[dict[str | None, Fallback | None]] = {
     None: None,
     **{m.value: m for m in Fallback},
 }
-#: column -> text-to-value table for the enum columns
+#: column -> text-to-value table for the enum columns (a required one has no None)
 _ENUMS: Final[dict[str, dict[Any, Any]]] = {
     "phase": _PHASES,
-    "outcome": _OUTCOMES,
+    "outcome": {m.value: m for m in Outcome},
     "shadow_outcome": _OUTCOMES,
     "fallback": _FALLBACKS,
 }
+#: the columns by the type a Decision holds there (the enum and time columns: above): a
+#: row's value of another type is refused at the read, in both builds alike (a compiled
+#: Decision refused it with a TypeError, the interpreted one held it and decided on it)
+_TEXTS: Final = frozenset(
+    {"decision_id", "request_id", "run_id", "tenant", "reason", "policy_version"}
+)
+_COUNTS: Final = frozenset({"depth", "handoff_count", "tool_calls"})
+_MAYBE_INTS: Final = frozenset({"partition", "offset"})
+_AMOUNTS: Final = frozenset({"spent_usd", "reserved_usd"})
+_FLAGS: Final = frozenset({"reemitted"})
 
 
 class _Columns:
     """How to turn rows with the given column names into Decisions (one per column list)."""
 
-    __slots__ = ("enums", "names", "positional", "times")
+    __slots__ = ("amounts", "enums", "flags", "ints", "maybe_ints", "maybe_texts", "names",
+                 "positional", "shapes", "texts", "times")  # fmt: skip
 
     def __init__(self, names: tuple[str, ...]) -> None:
         unknown = [c for c in names if c not in _DECISION_FIELD_SET]
@@ -75,20 +86,86 @@ class _Columns:
         self.names = names
         self.times = [i for i, c in enumerate(names) if c in _TIME_FIELDS]
         self.enums = [(i, _ENUMS[c]) for i, c in enumerate(names) if c in _ENUMS]
+        typed = _TEXTS | _COUNTS | _MAYBE_INTS | _AMOUNTS | _FLAGS | _TIME_FIELDS | set(_ENUMS)
+        self.texts = [i for i, c in enumerate(names) if c in _TEXTS]
+        self.maybe_texts = [i for i, c in enumerate(names) if c not in typed]
+        self.ints = [i for i, c in enumerate(names) if c in _COUNTS]
+        self.maybe_ints = [i for i, c in enumerate(names) if c in _MAYBE_INTS]
+        self.amounts = [i for i, c in enumerate(names) if c in _AMOUNTS]
+        self.flags = [i for i, c in enumerate(names) if c in _FLAGS]
+        #: the rows' tuples of value types seen to pass ``_check`` unchanged (interpreted):
+        #: one set lookup a row instead of a type test a value (a few shapes: which are none)
+        self.shapes: set[tuple[type, ...]] = set()
 
     def decision(self, row: list[Any]) -> Decision:
         if len(row) != len(self.names):
             raise ValueError(f"run state reply has {len(row)} values for {len(self.names)} columns")
+        self._check(row)
         for i in self.times:
             if row[i] is not None:
                 row[i] = datetime.fromisoformat(row[i])
-        for i, table in self.enums:
-            row[i] = table[row[i]]
+        i = 0
+        try:
+            for i, table in self.enums:
+                row[i] = table[row[i]]
+        except KeyError:  # (text or none here: _check)
+            raise self._refused(i, row[i]) from None
         if self.positional:
             return Decision(*row)
         return Decision(**dict(zip(self.names, row, strict=True)))
 
+    def _check(self, row: list[Any]) -> None:
+        """``row``'s values of the types a Decision holds (an int amount made a float, as a
+        compiled Decision makes it), else a ValueError naming the column."""
+        shape: tuple[type, ...] = ()
+        if not _COMPILED:  # (compiled, the tests below cost less than making the tuple)
+            shape = tuple(map(type, row))
+            if shape in self.shapes:
+                return
+        for i in self.texts:
+            if type(row[i]) is not str:
+                raise self._refused(i, row[i])
+        for i in self.maybe_texts:
+            value = row[i]
+            if value is not None and type(value) is not str:
+                raise self._refused(i, value)
+        for i in self.times:  # (the enums' values are looked up: text or none only)
+            value = row[i]
+            if value is not None and type(value) is not str:
+                raise self._refused(i, value)
+        for i, _table in self.enums:
+            value = row[i]
+            if value is not None and type(value) is not str:
+                raise self._refused(i, value)
+        for i in self.ints:
+            if type(row[i]) is not int:
+                raise self._refused(i, row[i])
+        for i in self.maybe_ints:
+            value = row[i]
+            if value is not None and type(value) is not int:
+                raise self._refused(i, value)
+        for i in self.flags:
+            if type(row[i]) is not bool:
+                raise self._refused(i, row[i])
+        same = True
+        for i in self.amounts:
+            value = row[i]
+            if type(value) is not float:
+                if type(value) is not int:
+                    raise self._refused(i, value)
+                row[i], same = float(value), False
+        if same and shape and len(self.shapes) < 64:
+            self.shapes.add(shape)
 
+    def _refused(self, i: int, value: Any) -> ValueError:
+        return ValueError(
+            f"run state reply column {self.names[i]}: {str(value)[:40]!r} "
+            f"({type(value).__name__}) is not what a decision holds there"
+        )
+
+
+#: this module is compiled (BATON_COMPILE=1)
+_COMPILED: Final = not __file__.endswith(".py")
 _FROZEN_COLUMNS: Final = _Columns(REPLY_COLUMNS)
 #: the columns of a reply held as bytes in memory: this Decision's fields, in their order
 HELD_COLUMNS: Final = _FROZEN_COLUMNS if WRITE_COLUMNS is None else _Columns(DECISION_FIELDS)
@@ -143,7 +220,10 @@ def recent_from_wire(
     to_decision = old_row_decision if old else plan.decision
     hold = plan is HELD_COLUMNS and not old
     recent: list[Any] = []
-    for key, rows in entries:
+    for entry in entries:
+        if type(entry) is not list or len(entry) != 2 or type(entry[1]) is not list:
+            raise ValueError(f"run state key rec: expected [key, rows], got {str(entry)[:80]!r}")
+        key, rows = entry
         if type(key) is not str:
             # a reply's key is looked up and written back as text (state_replies): compiled,
             # another type raised a TypeError at the run's writes (engine_error at each event)
@@ -157,10 +237,14 @@ def recent_from_wire(
                 for r in rows:
                     to_decision(r)
             recent.append(raw)
-        elif len(rows) == 1:
-            recent.append(to_decision(rows[0]))
         else:
-            recent.append([to_decision(r) for r in rows])
+            for r in rows:
+                if type(r) is not list:
+                    raise ValueError(f"run state reply {key[:80]!r}: a row is not a list")
+            if len(rows) == 1:
+                recent.append(to_decision(rows[0]))
+            else:
+                recent.append([to_decision(r) for r in rows])
     return tuple(recent)
 
 

@@ -50,7 +50,9 @@ from baton.processors.state_row_checks import (
     bounces_from_wire,
     grants_from_wire,
     is_count,
+    map_checked,
     reservations_from_wire,
+    width_checked,
 )
 from baton.schemas.decision import Reason
 from baton.schemas.events import MAX_RUN_USD, HandoffRequested
@@ -216,7 +218,8 @@ def _formats() -> list[int]:
     return sorted(_READABLE_FORMATS)
 
 
-def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
+def _from_map(w: dict[str, Any], rows_checked: bool, old: bool = False) -> RunState:
+    map_checked(w)
     keys = w.get("keys", [])
     marks = w.get("mk", len(keys))
     seen, fresh, digests = marks_from_wire(keys, marks, w.get("dg"))
@@ -237,12 +240,12 @@ def _from_map(w: dict[str, Any], rows_checked: bool) -> RunState:
         _tasks_from_wire(w.get("tasks", ())),
         EMPTY,
         shared(dict.fromkeys(map(intern, w.get("ag", ())))) or EMPTY,
-        reservations_from_wire(w.get("res", ())) or EMPTY,
+        reservations_from_wire(w.get("res", ()), old) or EMPTY,
         {p[0]: _pending_from_wire(p) for p in w.get("pend", ())} or EMPTY,
         seen or EMPTY,
         fresh or EMPTY,
         marks,
-        recent_from_wire(w.get("rec", ()), cols, checked=rows_checked),
+        recent_from_wire(w.get("rec", ()), cols, old, rows_checked),
         0.0,
         0,
         digests or EMPTY,
@@ -346,10 +349,12 @@ _LIFE: Final = re.compile(r"[ar][0-9]{1,10}:[0-9]{1,20}")
 def _tasks_from_wire(rows: Any) -> Mapping[Any, TaskNode]:
     """The task tree from its rows, agent names interned (shared by every run that uses them;
     task ids are mostly a run's own)."""
-    tasks = {
-        task: _TaskNode(intern(owner), intern(giver), parent, depth)
-        for task, owner, giver, parent, depth in rows
-    }
+    tasks: dict[Any, Any] = {}
+    for row in rows:
+        if type(row) is not list or len(row) != 5:  # (a compiled unpack words its error apart)
+            width_checked("tasks", row, 5)
+        task, owner, giver, parent, depth = row
+        tasks[task] = _TaskNode(intern(owner), intern(giver), parent, depth)
     return shared(_depths_checked(tasks), nodes=True) or EMPTY
 
 
@@ -374,35 +379,15 @@ def _depths_checked(tasks: dict[Any, Any]) -> dict[Any, Any]:
 
 
 def _from_list(w: list[Any]) -> RunState:
-    """Formats 1-3: positional; what a format lacks takes its empty value."""
-    marks = w[16] if len(w) > 16 else len(w[14])
-    seen, fresh, digests = marks_from_wire(w[14], marks, w[17] if len(w) > 17 else None)
-    state = RunState(
-        w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9],
-        # names interned as format 4's are: a name that is not text makes the record unreadable
-        _depths_checked({k: _TaskNode(intern(o), intern(g), p, d) for k, o, g, p, d in w[10]}),
-        {},
-        dict.fromkeys(map(intern, w[11])),  # shared when written: text only, as format 4's
-        reservations_from_wire(w[12], old=True),
-        {p[0]: _pending_from_wire(p) for p in w[13]},
-        seen,
-        fresh,
-        marks,
-        recent_from_wire(w[15], None, old=True),
-        0.0,
-        0,
-        digests,
-        w[18] if len(w) > 18 else None,
-        w[19] if len(w) > 19 else "",
-        w[20] if len(w) > 20 else 0,
-        bounces_from_wire(w[21]) if len(w) > 21 else {},
-        None,
-        EMPTY,
-        "",
-    )  # fmt: skip
-    if state.reserved:
-        state.set_reserved(state.reserved)
-    return _timed(state, w[3], w[4], w[18] if len(w) > 18 else None, w[13])
+    """Formats 1-3: positional, read as the format-4 map of the same values (checked alike:
+    a forged old record's value of another type was read by the interpreter, refused by a
+    compiled build); what a format lacks takes its empty value."""
+    return _from_map(dict(zip(_POSITIONS, w[1:])), False, old=True)  # noqa: B905
+
+
+#: formats 1-3's positions 1.. as format 4's keys (format 1 ends at "rec")
+_POSITIONS: Final = ("run", "tn", "t0", "t", "hc", "usd", "tc", "stop", "fin", "tasks", "ag",
+                     "res", "pend", "keys", "rec", "mk", "dg", "ev", "ch", "st", "bn")  # fmt: skip
 
 
 def _pending_from_wire(p: list[Any]) -> PendingApproval:

@@ -290,7 +290,7 @@ def test_decoded_states_share_their_names() -> None:
 def test_a_held_reply_row_that_is_no_decision_is_refused_when_the_state_is_read() -> None:
     wire = orjson.loads(_linked_run().state.to_bytes())  # type: ignore[union-attr]
     wire["rec"][0][1][0][4] = "no_such_phase"
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="reply column phase"):
         RunState.from_bytes(orjson.dumps(wire))
     wire["rec"][0][1][0] = wire["rec"][0][1][0][:-1]
     with pytest.raises(ValueError, match="values for"):
