@@ -292,7 +292,7 @@ class EmbeddedBroker:
             if not inodes:
                 return None
             fds = Path(f"/proc/{self._proc.pid}/fd")
-            return any(os.readlink(fd) in inodes for fd in fds.iterdir())
+            return any(_link(fd) in inodes for fd in fds.iterdir())
         except (OSError, ValueError, IndexError):
             return None
 
@@ -322,3 +322,13 @@ class EmbeddedBroker:
             self._log.seek(0, os.SEEK_END)
             return data.decode("utf-8", "replace")
         return ""
+
+
+def _link(fd: Path) -> str | None:
+    """What an open file descriptor of another process names; None for one closed since its
+    folder was listed (a starting process opens and closes files: that fd is not the
+    socket, and must not make the whole answer unknown)."""
+    try:
+        return os.readlink(fd)
+    except FileNotFoundError:
+        return None
