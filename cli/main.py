@@ -147,7 +147,10 @@ def main() -> None:
     if any(name.startswith("BATON_") for name in os.environ):
         from baton.cli.env_check import warn_unknown
 
-        warn_unknown(os.environ, cli)
+        try:
+            warn_unknown(os.environ, cli)
+        except Exception as exc:  # a diagnostic: its own failure never stops the command
+            print(f"baton: warning: the BATON_* variables were not checked: {exc}", file=sys.stderr)
     cli(auto_envvar_prefix="BATON")
 
 

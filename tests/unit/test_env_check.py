@@ -319,3 +319,20 @@ def test_an_orchestrator_is_told_of_a_mistyped_client_variable_once(
         "BATON_CLIENT_TIMOUT_S is not a Baton setting, ignored "
         "(did you mean BATON_CLIENT_TIMEOUT_S?)"
     ]
+
+
+def test_a_check_that_fails_never_stops_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from baton.cli import env_check, main
+
+    def broken(*args: object) -> list[str]:
+        raise RuntimeError("click changed")
+
+    monkeypatch.setattr(env_check, "warn_unknown", broken)
+    monkeypatch.setenv("BATON_ZQXJ", "1")
+    monkeypatch.setattr(sys, "argv", ["baton", "--version"])
+    with pytest.raises(SystemExit) as ended:
+        main.main()
+    assert ended.value.code == 0
+    assert "the BATON_* variables were not checked: click changed" in capsys.readouterr().err
