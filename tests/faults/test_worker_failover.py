@@ -182,7 +182,20 @@ def test_survivor_takes_over_and_nothing_is_double_counted(two_workers) -> None:
                     by_request[d.request_id].add(d.outcome)
                     pre[d.request_id] = d
             # one answer per request, however often it was redelivered
-            assert all(len(o) == 1 for o in by_request.values()), (run, by_request)
+            split = {r for r, o in by_request.items() if len(o) != 1}
+            assert not split, (
+                f"{run}: requests answered both ways:\n"
+                + "\n".join(
+                    f"  {d.request_id} {d.outcome} {d.reason} by {d.worker} from offset "
+                    f"{d.offset} id {d.decision_id[:12]} handoffs {d.handoff_count}"
+                    for d in decisions.for_run(run)
+                    if d.phase == Phase.PRE_HANDOFF
+                )
+                + "\n--- w1\n"
+                + workers[0].log()[-3000:]
+                + "\n--- w2\n"
+                + workers[1].log()[-3000:]
+            )
             allowed = [r for r, o in by_request.items() if Outcome.ALLOW in o]
             assert len(allowed) == 8, (run, sorted(by_request.items()))
             assert max(d.handoff_count for d in pre.values()) == 8
