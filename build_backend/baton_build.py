@@ -98,11 +98,11 @@ def build_wheel(
     if not compile_requested():
         with _pure():
             return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
-    if compile_setting() == "1":
-        return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
     try:
         return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
     except (Exception, SystemExit) as exc:  # setuptools ends a failed compile with SystemExit
+        if compile_setting() == "1":  # asked for: the failure is the answer
+            raise
         print(
             f"baton: the compiled build failed ({str(exc).strip()[:300] or type(exc).__name__}):"
             f" building pure Python instead (BATON_COMPILE=1 makes this an error,"
