@@ -37,6 +37,7 @@ __all__ = [
     "WARNED",
     "closest",
     "model_variables",
+    "unknown_text",
     "warning_text",
 ]
 
@@ -118,8 +119,14 @@ def closest(name: str, known: Iterable[str]) -> str | None:
     return tails[match[0]] if match else None
 
 
-def warning_text(name: str, suggestion: str | None) -> str:
-    """The line for one unknown variable; a name that is not printable is shown escaped."""
+def unknown_text(name: str, suggestion: str | None) -> str:
+    """What is said of one unknown variable (a log line's message); a name that is not
+    printable is shown escaped."""
     shown = name if name.isprintable() else ascii(name)[1:-1]
     hint = f" (did you mean {suggestion}?)" if suggestion else ""
-    return f"baton: warning: {shown} is not a Baton setting, ignored{hint}"
+    return f"{shown} is not a Baton setting, ignored{hint}"
+
+
+def warning_text(name: str, suggestion: str | None) -> str:
+    """The stderr line a ``baton`` command prints for one unknown variable."""
+    return f"baton: warning: {unknown_text(name, suggestion)}"

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import Field
 
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
-from baton.schemas.env_names import closest, model_variables, warning_text
+from baton.schemas.env_names import closest, model_variables, unknown_text
 from baton.schemas.policy_approval import MAX_APPROVAL_TTL_S
 from baton.schemas.settings import MAX_TIMEOUT_S, Settings, checked_bootstrap
 from baton.streams.kafka import printable_config
@@ -249,5 +249,5 @@ def warn_unknown_client_variables(environ: Mapping[str, str]) -> list[str]:
     for name in unknown:
         _CLIENT_WARNED.add(name)
         suggestion = closest(name, [k for k in known if k.startswith(_CLIENT_PREFIX)])
-        log.warning("%s", warning_text(name, suggestion).removeprefix("baton: warning: "))
+        log.warning("%s", unknown_text(name, suggestion))
     return unknown
