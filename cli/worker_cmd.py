@@ -54,6 +54,7 @@ def create_topics(settings: Settings) -> Any:
     "control_max_staleness_s",
     "batch_size",
     "fetch_max_wait_ms",
+    "commit_interval_s",
     "max_decompressed_batch_bytes",
     "processing_guarantee",
     "worker_producer",

@@ -37,6 +37,7 @@ from baton.processors.batch_records import (
     InputRecord,
     Outputs,
     RecordError,
+    answered_before,
     answers_approval,
     dead_letter_record,
     same_record,
@@ -151,7 +152,8 @@ class BatchProcessor:
         self.decided = 0
         self.dead_lettered = 0
         self.forwarded = 0
-        #: records decided before (same partition and offset), answered with nothing
+        #: records decided before, delivered again, answered with nothing (batch_records:
+        #: ``same_record`` under exactly-once, ``answered_before`` either way)
         self.redelivered = 0
         #: runs stopped because their state reached the budget, new runs turned away
         self.state_limited = 0
@@ -283,13 +285,11 @@ class BatchProcessor:
             out.changed[key] = (rec.partition, new)
         elif (
             self.exactly_once and decisions and same_record(decisions, rec, answers_approval(event))
-        ):
-            # Kafka delivered this very record again (its decisions and the state that
-            # remembers them were committed in one transaction, its offset apparently
-            # not): they are out already, and re-emitting them would publish them twice.
-            # A client retry is another record and still gets them re-emitted. (Under
-            # at-least-once a redelivery re-emits, as the design has it: duplicates with
-            # the same decision_id are allowed there.)
+        ) or (new is state and state is not None and answered_before(state, decided, rec)):
+            # Kafka delivered this very record again, its answer out already: under
+            # exactly-once its decisions (re-emitting them would publish them twice); either
+            # way one no longer kept (a stop now would contradict what was answered). A client
+            # retry is another record: answered. (At-least-once re-emits a kept decision.)
             self.redelivered += 1
             return True
         out.decisions.extend((rec.partition, d) for d in decisions)

@@ -258,6 +258,15 @@ class Settings(BaseSettings):
         "bound it too, ~1 MB per partition)",
     )
 
+    commit_interval_s: float = Field(
+        1.0,
+        ge=0.05,
+        le=MAX_TIMEOUT_S,
+        description="at-least-once: the worker commits the offsets of decided events this "
+        "often; a worker killed in between has its successor read up to this much again "
+        "(answered from the runs' memory, never counted twice)",
+    )
+
     # --- audit (ClickHouse) ------------------------------------------------------------
     clickhouse_dsn: str = Field(
         "chdb:.baton/chdb",

@@ -31,6 +31,12 @@ def two_workers(
     broker: EmbeddedBroker, tmp_path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[list[WorkerProcess], TopicCatalog, str, str]]:
     guarantee = {"BATON_PROCESSING_GUARANTEE": request.param}
+    if request.param == "at_least_once":
+        # nothing committed between the rebalance and the kill: the survivor reads again
+        # every record the killed worker decided, most of them past the six decisions a run
+        # keeps (a redelivery older than those was answered stop reply_not_kept after its
+        # allow: CI at b7d4158, with Faust's 2.8 s commit interval and a late kill)
+        guarantee["BATON_COMMIT_INTERVAL_S"] = "60"
     prefix = f"f{uuid.uuid4().hex[:8]}."
     (tmp_path / "policy.yaml").write_text(TEST_POLICY)
     catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
@@ -131,7 +137,8 @@ def test_survivor_takes_over_and_nothing_is_double_counted(two_workers) -> None:
     # handoff i of every run, then its completion, round after round, ~3 s in all
     t, done = start_rounds(sender.send, runs, HANDOFFS, 0.5)
     try:
-        wait_for(lambda: len(decisions.records) > RUNS * 4, 30, message="traffic to flow")
+        # 12 of a run's 20 decisions made: its first handoffs are past the kept six
+        wait_for(lambda: len(decisions.records) > RUNS * 12, 30, message="traffic to flow")
         workers[0].kill9()
         t.join(60)
         assert done.is_set()
