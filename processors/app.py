@@ -343,7 +343,7 @@ class GovernanceWorker:
                 for key, (_partition, state) in out.changed.items():
                     due.touch(key, state)
                 t2 = time.perf_counter()
-            self._stats.add(len(records), t1 - t0, t2 - t1)
+            self._stats.add(len(records), t1 - t0, t2 - t1, self.processor.redelivered)
             self.metrics.batch(records, out, t2 - t0)
             return durable
         except Exception:
@@ -436,6 +436,7 @@ class GovernanceWorker:
             len(proc.states) if proc is not None else 0,
             proc.state_bytes if proc is not None else 0,
             self.control.policy.version,
+            proc.redelivered if proc is not None else 0,
         )
 
 

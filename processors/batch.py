@@ -37,12 +37,11 @@ from baton.processors.batch_records import (
     InputRecord,
     Outputs,
     RecordError,
-    answered_before,
     answers_approval,
     dead_letter_record,
     same_record,
 )
-from baton.processors.batch_routing import FORWARDED_FROM, route
+from baton.processors.batch_routing import FORWARDED_FROM, mark_read, not_kept, read_before, route
 from baton.processors.chain import link
 from baton.processors.engine import (
     NO_KILLS,
@@ -55,7 +54,7 @@ from baton.processors.engine import (
 from baton.processors.recorded_copies import publishable, published
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Reason
-from baton.schemas.events import EventError, RunEvent
+from baton.schemas.events import ApprovalDenied, ApprovalGranted, EventError, RunEvent
 from baton.schemas.policy import Policy
 
 __all__ = [
@@ -152,8 +151,7 @@ class BatchProcessor:
         self.decided = 0
         self.dead_lettered = 0
         self.forwarded = 0
-        #: records decided before, delivered again, answered with nothing (batch_records:
-        #: ``same_record`` under exactly-once, ``answered_before`` either way)
+        #: records read again, answered with nothing (same_record, batch_routing.read_before)
         self.redelivered = 0
         #: runs stopped because their state reached the budget, new runs turned away
         self.state_limited = 0
@@ -230,12 +228,8 @@ class BatchProcessor:
         """
         # (tuple.__new__: Origin's own __new__ is a NamedTuple's, interpreted: ~2k compiled)
         origin = _new_origin(Origin, (self.worker, rec.partition, rec.offset))
-        if (
-            self.exactly_once
-            and state is not None
-            and state.pending
-            and not answers_approval(event)
-        ):
+        read, approval = state, type(event) is ApprovalGranted or type(event) is ApprovalDenied
+        if self.exactly_once and state is not None and state.pending and not approval:
             state = self._expire_first(rec, key, state, kills, now, out, careful)
         if state is None and (
             len(self.states) >= self.max_runs or self.state_bytes >= self.max_state_bytes
@@ -257,6 +251,16 @@ class BatchProcessor:
             out.decisions.extend((rec.partition, d) for d in decisions)
             return False
         new, decided = decide(state, event, self.policy, now, kills, origin)
+        if (
+            (new is not state or not_kept(decided))
+            and read is not None
+            and read_before(read, rec.partition, rec.offset, approval)
+        ):  # read before (batch_routing): answered, and now anew (its key past the 512
+            # remembered: counted twice) or refused as no longer kept (a stop after its allow)
+            self.redelivered += 1
+            return False
+        if new is not None and new is not state:
+            mark_read(new, rec.partition, rec.offset, approval)
         # copies to publish: with the input (`baton replay`), a reply from the state flagged
         # reemitted (already linked); what was decided now linked when the state changed
         decisions = published(new, state, decided, event, self.chain_key)
@@ -283,13 +287,10 @@ class BatchProcessor:
         if new is not None and new is not state:
             self.states[key] = new
             out.changed[key] = (rec.partition, new)
-        elif (
-            self.exactly_once and decisions and same_record(decisions, rec, answers_approval(event))
-        ) or (new is state and state is not None and answered_before(state, decided, rec)):
-            # Kafka delivered this very record again, its answer out already: under
-            # exactly-once its decisions (re-emitting them would publish them twice); either
-            # way one no longer kept (a stop now would contradict what was answered). A client
-            # retry is another record: answered. (At-least-once re-emits a kept decision.)
+        elif self.exactly_once and decisions and same_record(decisions, rec, approval):
+            # Kafka delivered this very record again, its decisions committed with the state
+            # (its offset apparently not): re-emitted, they would be out twice; a client retry
+            # is another record. (At-least-once re-emits a kept decision, the same id.)
             self.redelivered += 1
             return True
         out.decisions.extend((rec.partition, d) for d in decisions)
@@ -345,6 +346,8 @@ class BatchProcessor:
         new, decisions = refuse(
             state, event, self.policy, now, Reason.RUN_STATE_LIMIT, detail, kills, origin
         )
+        if new is not None and origin.partition is not None and origin.offset is not None:
+            mark_read(new, origin.partition, origin.offset, answers_approval(event))
         # refuse copies a held run's state (never hands back ``state``) and decides one event
         # now (nothing re-emitted): published links what publishable, link and keep_links did
         # (tests/unit/test_attacks_session24_chain.py holds the two equal)

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, Outcome, Phase, Reason
+from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.errors import encodable
 from baton.schemas.events import MAX_EVENT_BYTES, ApprovalDenied, ApprovalGranted, RunEvent
 
@@ -30,7 +30,6 @@ __all__ = [
     "InputRecord",
     "Outputs",
     "RecordError",
-    "answered_before",
     "answers_approval",
     "dead_letter_record",
     "same_record",
@@ -236,44 +235,3 @@ def same_record(decisions: list[Decision], rec: InputRecord, approval: bool) -> 
 def answers_approval(event: RunEvent) -> bool:
     """The event answers an approval (a grant or a denial)."""
     return type(event) is ApprovalGranted or type(event) is ApprovalDenied
-
-
-def answered_before(state: RunState, decisions: list[Decision], rec: InputRecord) -> bool:
-    """Whether ``decisions``, a ``reply_not_kept`` refusal of a requests-topic record, answer
-    a record Kafka delivered again after the run decided it: one of the run's kept decisions
-    was made for a later record of the requests topic on the same partition.
-
-    A run decides its requests-topic records in offset order, and its state is written only
-    once the decisions it remembers are acknowledged, so a record below a kept decision's
-    position, stamped no later than that decision was made, was answered before and that
-    answer is out (a redelivery after a worker died between its state write and its offset
-    commit). Answering it again would publish a stop for a request that was allowed. A
-    client's retry is a new record, above every kept decision: it still gets
-    ``reply_not_kept``; so does one below them but stamped after them (the topic made again,
-    its offsets from 0: `baton up` on a fresh embedded broker restores runs with their
-    recorded positions), and one with no stamp. Approval-phase decisions are not compared:
-    their positions may be of either topic (an expiry carries the position of the event that
-    found it due), and a record of the approvals topic is never taken for a redelivery."""
-    if len(decisions) != 1:
-        return False
-    answer = decisions[0]
-    partition, offset, stamp = rec.partition, rec.offset, rec.timestamp
-    if (
-        answer.reason != Reason.REPLY_NOT_KEPT
-        or answer.reemitted
-        or answer.phase == Phase.APPROVAL
-        or stamp is None
-    ):
-        return False
-    for key in state.recent_keys():
-        for d in state.replies(key) or ():
-            if (
-                d.phase != Phase.APPROVAL
-                and d.partition == partition
-                and d.offset is not None
-                and d.offset > offset
-                and d.decided_at is not None
-                and stamp <= d.decided_at.timestamp()
-            ):
-                return True
-    return False

@@ -21,10 +21,19 @@ from baton.processors.batch_records import (
     RecordError,
 )
 from baton.processors.fetch_bound import RefusedBatch
+from baton.processors.state import RunState
+from baton.schemas.decision import Decision, Reason
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent, parse_event
 from baton.streams.partitioner import partition_for
 
-__all__ = ["FORWARDED_FROM", "MAX_HEADER_BYTES", "route"]
+__all__ = [
+    "FORWARDED_FROM",
+    "MAX_HEADER_BYTES",
+    "mark_read",
+    "not_kept",
+    "read_before",
+    "route",
+]
 
 #: header on an event the worker moved to its run's partition: topic/partition/offset
 FORWARDED_FROM = "baton-forwarded-from"
@@ -111,3 +120,42 @@ def route(
         )
     )
     return None
+
+
+# ====================================================== redeliveries: the positions a run read
+# A run's events are decided in offset order on its partition, and its state is written only
+# once the outputs of the events it has decided are acknowledged (processors/publish.py), so
+# a record at or below the newest position its state has read was decided before and its
+# answer is out: Kafka delivered it again (a worker died between its state write and its
+# offset commit, `BATON_COMMIT_INTERVAL_S`). Its decision, if the run still keeps it, is
+# re-emitted as any retry's; otherwise (older than the six kept, or than the 512 keys
+# remembered) it is answered with nothing, never stopped after its allow or counted again.
+# Positions are the ones Kafka gave the records here, never a header's: a forwarded event's
+# FORWARDED_FROM is written by whoever wrote the record, and a forged one far ahead would
+# have the run's next events taken for redeliveries. (So a misplaced event read again is
+# forwarded again, a new record: answered from the run's memory, as a client's retry.)
+
+
+def read_before(state: RunState, partition: int, offset: int, approval: bool) -> bool:
+    """``state`` has read this position of the approvals topic (``approval``) or of the
+    requests topic, or a later one of that partition."""
+    if state.read_partition != partition:
+        return False
+    return offset <= (state.read_approvals if approval else state.read_requests)
+
+
+def mark_read(state: RunState, partition: int, offset: int, approval: bool) -> None:
+    """Note in ``state`` (the event's new state, changed in place) that it read this
+    position of the approvals topic (``approval``) or of the requests topic."""
+    if state.read_partition != partition:  # (a run's first event, or its partition moved)
+        state.read_partition, state.read_requests, state.read_approvals = partition, -1, -1
+    if approval:
+        if offset > state.read_approvals:
+            state.read_approvals = offset
+    elif offset > state.read_requests:
+        state.read_requests = offset
+
+
+def not_kept(decisions: list[Decision]) -> bool:
+    """``decisions`` are the one refusal of an event whose decision the run no longer keeps."""
+    return len(decisions) == 1 and decisions[0].reason == Reason.REPLY_NOT_KEPT

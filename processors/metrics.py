@@ -78,6 +78,7 @@ class WorkerMetrics(Collector):
         self._decisions: dict[tuple[str, str], int] = {}
         self._dead_letters: dict[str, int] = {}
         self._forwarded = 0
+        self._redelivered = 0
         self._changelog_bytes = 0
         self._changelog_records = 0
         self._batch_size = _Histogram(BATCH_BUCKETS)
@@ -153,12 +154,19 @@ class WorkerMetrics(Collector):
         self._changelog_bytes += sum(map(len, out.encoded.values()))
 
     def set_state(
-        self, lag: dict[tuple[str, int], int], runs: int, state_bytes: int, policy: str
+        self,
+        lag: dict[tuple[str, int], int],
+        runs: int,
+        state_bytes: int,
+        policy: str,
+        redelivered: int = 0,
     ) -> None:
-        """The worker's gauges, refreshed every second from the event loop."""
+        """The worker's gauges, refreshed every second from the event loop, and the batch
+        step's count of records read again and answered with nothing (it keeps the count)."""
         with self._lock:
             self._lag = dict(lag)
             self._runs, self._state_bytes, self._policy = runs, state_bytes, policy
+            self._redelivered = redelivered
 
     # ------------------------------------------------------------------ scrape
     def collect(self) -> Iterator[Metric]:
@@ -191,6 +199,12 @@ class WorkerMetrics(Collector):
             "baton_forwarded",
             "events moved to their run's partition (a producer with another partitioner)",
             value=self._forwarded,
+        )
+        yield CounterMetricFamily(
+            "baton_redelivered",
+            "records read again whose answer was already out (a worker died before committing "
+            "them), answered with nothing",
+            value=self._redelivered,
         )
         yield CounterMetricFamily(
             "baton_changelog_bytes",

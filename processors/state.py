@@ -149,6 +149,14 @@ class RunState:
     #: the partition and offset of the event that made the state), in every id of the life;
     #: "" for a run begun before lives were marked (its ids keep their old form)
     life: str
+    #: the newest position the worker decided an event of this run at (a redelivery is a
+    #: record at or below it: processors/batch_records.read_before): the partition (-1: none)
+    #: and the offsets on the requests and the approvals topic (-1: none yet). A forwarded
+    #: event's position is the one it was first written at (its FORWARDED_FROM header). Set
+    #: by the worker's batch step only: a run rebuilt by replay or `baton up` has none
+    read_partition: int
+    read_requests: int
+    read_approvals: int
 
     @classmethod
     def new(cls, run_id: str, tenant: str, at: float, life: str = "") -> RunState:
@@ -165,6 +173,7 @@ class RunState:
         new.reserved_usd, new.reserved_tool_calls, new.digests = 0.0, 0, e
         new.evicted_at, new.chain_head, new.steps, new.bounces = None, "", 0, e
         new.reserved_due, new.grants, new.life = None, e, life
+        new.read_partition = new.read_requests = new.read_approvals = -1
         return new
 
     def tombstone(self, at: float) -> RunState:
@@ -172,9 +181,10 @@ class RunState:
         late copy of a report count twice.
 
         Tenant, counters, spend, tool calls, steps, the sticky stop, the finished mark, the
-        life and a mark of each report in the dedup window (``TOMBSTONE_REPORT`` + its
-        digest: a report redelivered after the eviction is answered ``reply_not_kept``, its
-        cost not counted again; engine_refusals.answer_known) survive; the task tree, agents,
+        life, the positions read and a mark of each report in the dedup window
+        (``TOMBSTONE_REPORT`` + its digest: a report redelivered after the eviction is
+        answered ``reply_not_kept``, its cost not counted again; engine_refusals.answer_known)
+        survive; the task tree, agents,
         reservations, approvals, bounces, the other dedup marks (a handoff at a tombstone is
         stopped whatever it is) and the replies do not. Marks numbered 1..n, as read back.
         """
@@ -186,7 +196,7 @@ class RunState:
             self.run_id, self.tenant, self.started_at, self.last_event_at, self.handoff_count,
             self.spent_usd, self.tool_calls, self.stopped, self.finished, e, e, e, e, e,
             seen or e, fresh or e, len(keys), (), 0.0, 0, e, at, self.chain_head, self.steps, e,
-            None, e, self.life,
+            None, e, self.life, self.read_partition, self.read_requests, self.read_approvals,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:
@@ -262,6 +272,9 @@ class RunState:
         new.reserved_due = self.reserved_due
         new.grants = self.grants
         new.life = self.life
+        new.read_partition = self.read_partition
+        new.read_requests = self.read_requests
+        new.read_approvals = self.read_approvals
         return new
 
     def remember(self, key: str, decisions: list[Decision], digest: str | None = None) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "grants_from_wire",
     "is_count",
     "map_checked",
+    "read_from_wire",
     "reservations_from_wire",
     "width_checked",
 ]
@@ -176,3 +177,27 @@ def _seconds(name: str, value: Any) -> float:
 
 def _refused(name: str, value: Any, expected: str) -> ValueError:
     return ValueError(f"run state key {name}: expected {expected}, got {str(value)[:80]!r}")
+
+
+#: a position as Kafka gives one: offsets are int64, partitions int32
+_MAX_OFFSET: Final = 2**63 - 1
+_MAX_PARTITION: Final = 2**31 - 1
+
+
+def read_from_wire(read: Any) -> tuple[int, int, int]:
+    """The stored positions read (RunState.read_*: partition, requests and approvals offsets;
+    none: -1 each), or a ValueError: a forged one must not cover records it never saw."""
+    if read is None:
+        return -1, -1, -1
+    if (
+        type(read) is list
+        and len(read) == 3
+        and all(type(n) is int for n in read)
+        and 0 <= read[0] <= _MAX_PARTITION
+        and -1 <= read[1] <= _MAX_OFFSET
+        and -1 <= read[2] <= _MAX_OFFSET
+    ):
+        return read[0], read[1], read[2]
+    raise ValueError(
+        f"run state key rd: expected [partition, offset, offset], got {str(read)[:60]!r}"
+    )

@@ -51,6 +51,7 @@ from baton.processors.state_row_checks import (
     grants_from_wire,
     is_count,
     map_checked,
+    read_from_wire,
     reservations_from_wire,
     width_checked,
 )
@@ -97,11 +98,16 @@ STATE_KEYS: Final[dict[str, str]] = {
     "bounces": "bn",
     "grants": "gr",
     "life": "lf",  # written only when set: "" (a run begun before lives) is its absence
+    # [partition, requests offset, approvals offset], written only when set (none: -1s)
+    "read_partition": "rd",
 }
-#: RunState fields rebuilt from the keyed ones when read
+#: RunState fields rebuilt from the keyed ones when read ("rd" holds the read_* three)
 DERIVED: Final = frozenset(
-    {"new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due"}
-)
+    {
+        "new_tasks", "fresh", "reserved_usd", "reserved_tool_calls", "reserved_due",
+        "read_requests", "read_approvals",
+    }
+)  # fmt: skip
 
 
 # =========================================================================== writing
@@ -161,6 +167,8 @@ def _wire_map(state: RunState, rec: Any) -> dict[str, Any]:
     }
     if state.life:
         wire["lf"] = state.life
+    if state.read_partition >= 0:
+        wire["rd"] = [state.read_partition, state.read_requests, state.read_approvals]
     if WRITE_COLUMNS is not None and state.recent:
         wire["cols"] = WRITE_COLUMNS
     if state.evicted_at is not None:
@@ -227,6 +235,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool, old: bool = False) -> RunSt
     handoffs, usd, tools, stop, fin = _totals(
         w.get("hc", 0), w.get("usd", 0.0), w.get("tc", 0), w.get("stop"), w.get("fin", False)
     )
+    read_p, read_r, read_a = read_from_wire(w.get("rd"))
     state = RunState(
         w["run"],
         intern(w["tn"]),
@@ -256,6 +265,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool, old: bool = False) -> RunSt
         None,
         grants_from_wire(w.get("gr", ())) or EMPTY,
         _life(w.get("lf", "")),
+        read_p, read_r, read_a,
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)

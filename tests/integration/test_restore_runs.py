@@ -115,8 +115,13 @@ def test_recorded_runs_are_restored_as_the_worker_held_them(
     assert restore_runs(settings, tmp_path, said.append) == 2
     restored = _changelog(broker.bootstrap, f"{settings.app_id}-runs-changelog")
     assert restored.keys() == {b"over", b"owned"}
-    for key, state in states.items():  # exactly the worker's state, dedup marks and all
-        assert restored[key].to_bytes() == state.to_bytes(), key
+    for key, state in states.items():  # exactly the worker's state, dedup marks and all,
+        # but the positions it read: the restored runs' topics begin at offset 0 again, and a
+        # position of the old topic would take a client's retry there for a redelivery
+        held = state.copy()
+        assert held.read_partition >= 0
+        held.read_partition = held.read_requests = held.read_approvals = -1
+        assert restored[key].to_bytes() == held.to_bytes(), key
     assert restored[b"over"].stopped == "shared_budget_exceeded"
     assert said == [
         "restore: WARNING: BATON_AUDIT_CHAIN_KEY is not set: a row forged into the audit with "

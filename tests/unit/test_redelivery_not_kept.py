@@ -1,54 +1,73 @@
-"""A record Kafka delivers again after its run's decision for it is no longer kept.
+"""A record Kafka delivers again after its run has moved on: its answer is out, so nothing more.
 
 A worker killed between writing a batch's states and committing its offsets (Faust commits
-every ``commit_interval_s``) leaves its successor to read those records again, against the
-states that already remember them. A run keeps its newest six replies: a redelivered
-handoff older than that was answered ``stop reply_not_kept``, a second answer contradicting
-the first (``allow``) in the decisions topic, the stop topic and the audit (CI at b7d4158,
-tests/faults/test_worker_failover.py). Its answer is out, so it is answered with nothing.
+every ``BATON_COMMIT_INTERVAL_S``) leaves its successor to read those records again, against
+states that already remember them. A run keeps its newest six replies: a redelivered handoff
+older than that was answered ``stop reply_not_kept``, a second answer contradicting its
+``allow`` in the decisions topic, the stop topic and the audit (CI at b7d4158,
+tests/faults/test_worker_failover.py); past the 512 keys a run remembers it was decided anew
+and counted again. A run's state now holds the newest position it read on each topic
+(``RunState.read_*``, processors/batch_routing.py): a record at or below it is a redelivery.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from baton.processors.batch import BatchProcessor, InputRecord
-from baton.processors.batch_records import answered_before
-from baton.processors.state import RECENT_REPLIES, RunState
-from baton.schemas.decision import Outcome, Phase, Reason
-from baton.schemas.events import HandoffCompleted
+from baton.processors.batch_stats import BatchStats
+from baton.processors.engine import decide
+from baton.processors.metrics import WorkerMetrics
+from baton.processors.state import RECENT_REPLIES, SEEN_LIMIT, RunState
+from baton.schemas.decision import Outcome, Reason
+from baton.schemas.events import ApprovalGranted, HandoffCompleted
 from baton.schemas.policy import load_policy
 from tests.helpers import handoff
+from tests.unit.test_engine_support import policy_with
 
 pytestmark = pytest.mark.unit
 
-TOPIC = "gov.handoff.requests"
+TOPIC, APPROVALS = "gov.handoff.requests", "gov.approvals"
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
-#: the records' Kafka timestamp: produced a second before the worker decided them
-STAMP = NOW.timestamp() - 1
 RUN = "run_r"
 
 
 def _handoff(n: int, offset: int) -> InputRecord:
     ev = handoff(RUN, n, f"t{n}", event_time=NOW)
-    return InputRecord(TOPIC, 0, offset, RUN.encode(), ev.to_json(), None, STAMP)
+    return InputRecord(TOPIC, 0, offset, RUN.encode(), ev.to_json())
 
 
-def _report(n: int, offset: int) -> InputRecord:
+def _report(n: int, offset: int, usd: float = 0.5) -> InputRecord:
     ev = HandoffCompleted(
         request_id=f"{RUN}-h{n}", run_id=RUN, task_id=f"t{n}", agent="researcher",
-        cost_usd=0.5, tool_calls=1, event_time=NOW,
+        cost_usd=usd, tool_calls=1, event_time=NOW,
     )  # fmt: skip
-    return InputRecord(TOPIC, 0, offset, RUN.encode(), ev.to_json(), None, STAMP)
+    return InputRecord(TOPIC, 0, offset, RUN.encode(), ev.to_json())
+
+
+def _grant(n: int, offset: int) -> InputRecord:
+    """A grant of an approval the run never asked for (refused ``unknown_approval``, kept)."""
+    ev = ApprovalGranted(approval_id=f"apr_{n}", run_id=RUN, approver="oncall", event_time=NOW)
+    return InputRecord(APPROVALS, 0, offset, RUN.encode(), ev.to_json())
+
+
+def _proc(exactly_once: bool = False, **kw: object) -> tuple[BatchProcessor, dict[bytes, RunState]]:
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(
+        load_policy(None), 1, states, worker="w", exactly_once=exactly_once,
+        approvals_topic=APPROVALS, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return proc, states
 
 
 def _history(exactly_once: bool) -> tuple[BatchProcessor, dict[bytes, RunState], list[InputRecord]]:
     """Handoffs 1..8 of one run, each with its report: 16 records at offsets 100..115."""
-    states: dict[bytes, RunState] = {}
-    proc = BatchProcessor(load_policy(None), 1, states, worker="w", exactly_once=exactly_once)
+    proc, states = _proc(exactly_once)
     records = [r for n in range(1, 9) for r in (_handoff(n, 98 + 2 * n), _report(n, 99 + 2 * n))]
     out = proc.process(records, NOW)
     assert [d.outcome for _, d in out.decisions[::2]] == [Outcome.ALLOW] * 8
@@ -71,6 +90,7 @@ def test_a_redelivered_record_whose_decision_is_gone_gets_no_second_answer(
     state = states[RUN.encode()]
     assert state.to_bytes() == before  # nothing counted again: handoffs, spend, tool calls
     assert (state.handoff_count, state.spent_usd, state.tool_calls) == (8, 4.0, 8)
+    assert (state.read_partition, state.read_requests, state.read_approvals) == (0, 115, -1)
 
 
 def test_a_redelivered_record_still_kept_is_re_emitted_under_at_least_once() -> None:
@@ -81,7 +101,7 @@ def test_a_redelivered_record_still_kept_is_re_emitted_under_at_least_once() -> 
 
 
 def test_a_client_retry_of_a_request_no_longer_kept_is_still_answered_with_a_stop() -> None:
-    # a retry is a new record, above every decision the run keeps: answered, never silently
+    # a retry is a new record, past every position the run read: answered, never silently
     proc, states, _ = _history(exactly_once=False)
     out = proc.process([_handoff(1, 200), _report(2, 201)], NOW)
     assert [(d.outcome, d.reason) for _, d in out.decisions] == [
@@ -91,32 +111,107 @@ def test_a_client_retry_of_a_request_no_longer_kept_is_still_answered_with_a_sto
     assert proc.redelivered == 0 and states[RUN.encode()].spent_usd == 4.0
 
 
-def test_only_a_requests_topic_refusal_as_not_kept_can_be_a_redelivery() -> None:
-    proc, states, records = _history(exactly_once=False)
+def test_a_report_redelivered_past_the_keys_a_run_remembers_is_not_counted_again() -> None:
+    # 600 reports before the commit: the first ones' keys left the 512 remembered, and read
+    # again they were decided anew, their cost counted twice
+    proc, states = _proc()
+    reports = [_report(n, n, usd=0.01) for n in range(600)]
+    proc.process(reports, NOW)
     state = states[RUN.encode()]
-    [(_, stop)] = proc.process([_handoff(1, 300)], NOW).decisions
-    below = records[0]
-    assert answered_before(state, [stop], below)
-    # an approvals-topic answer (its kept decisions' positions may be of either topic), a
-    # reemitted copy, another reason, two decisions: never
-    assert not answered_before(state, [replace(stop, phase=Phase.APPROVAL)], below)
-    assert not answered_before(state, [replace(stop, reemitted=True)], below)
-    assert not answered_before(state, [replace(stop, reason=Reason.REQUEST_ID_REUSED)], below)
-    assert not answered_before(state, [stop, stop], below)
-    # positions compare within one partition (a topic's partition count changed since),
-    # and a record above every kept decision is a new one
-    assert not answered_before(state, [stop], replace(below, partition=1))
-    # a record without a Kafka timestamp cannot be told from a new one
-    assert not answered_before(state, [stop], replace(below, timestamp=None))
-    assert not answered_before(state, [stop], replace(below, offset=records[-1].offset + 1))
+    spent, calls = state.spent_usd, state.tool_calls
+    assert calls == 600 and not state.has_seen(f"c:{RUN}-h0")
+    out = proc.process(reports[: 600 - SEEN_LIMIT], NOW)
+    assert out.decisions == [] and proc.redelivered == 600 - SEEN_LIMIT
+    assert (states[RUN.encode()].spent_usd, states[RUN.encode()].tool_calls) == (spent, calls)
 
 
-def test_a_record_below_the_kept_positions_but_stamped_after_them_is_answered() -> None:
-    # the requests topic made again, its offsets from 0 (a fresh embedded broker: `baton up`
-    # restores the runs from the audit with the positions recorded on the old topic): a
-    # client's retry there reads as below the kept decisions, but was produced after them
-    proc, _, records = _history(exactly_once=False)
-    retry = replace(records[0], timestamp=NOW.timestamp() + 60)
-    [(_, d)] = proc.process([retry], NOW + timedelta(minutes=1)).decisions
+def test_records_of_each_topic_are_compared_with_that_topics_positions() -> None:
+    # the approvals topic's offsets are its own: a grant at offset 3 is not below the
+    # requests topic's 115. Grants the run's memory lost are not answered again either,
+    # nor a handoff whose six kept decisions are all grants' refusals
+    proc, states, records = _history(exactly_once=False)
+    grants = [_grant(n, n) for n in range(1, 8)]
+    answered = proc.process(grants, NOW).decisions
+    assert [d.reason for _, d in answered] == [Reason.UNKNOWN_APPROVAL] * 7
+    state = states[RUN.encode()]
+    assert (state.read_partition, state.read_requests, state.read_approvals) == (0, 115, 7)
+    out = proc.process([grants[0], records[-2]], NOW)  # both older than the six kept
+    assert out.decisions == [] and proc.redelivered == 2
+    [(_, d)] = proc.process([_grant(1, 8)], NOW).decisions  # a copy: a new record
+    assert d.reason == Reason.REPLY_NOT_KEPT
+
+
+def test_positions_survive_the_changelog_and_a_tombstone_and_a_forged_one_is_refused() -> None:
+    _, states, _ = _history(exactly_once=False)
+    state = states[RUN.encode()]
+    assert RunState.from_bytes(state.to_bytes()).read_requests == 115
+    tomb = state.tombstone(NOW.timestamp())
+    assert RunState.from_bytes(tomb.to_bytes()).read_requests == 115
+    wire = orjson.loads(state.to_bytes())
+    assert wire["rd"] == [0, 115, -1]
+    forged_ones = ([0, 2**63, -1], [-1, 5, 5], [0, True, 5], [0, 1.0, 5], [0, 5], "0:5", [0, -2, 5])
+    for forged in forged_ones:
+        with pytest.raises(ValueError, match="run state key rd"):
+            RunState.from_bytes(orjson.dumps({**wire, "rd": forged}))
+
+
+def test_a_run_rebuilt_without_positions_answers_a_retry_below_its_kept_decisions() -> None:
+    # `baton up` on a fresh embedded broker rebuilds runs by replay (the engine: no
+    # positions) and the topic's offsets begin at 0 again: a client's retry there is
+    # answered, never taken for a redelivery of the old topic's records
+    policy = policy_with()
+    state = None
+    for n in range(1, 9):
+        ev = handoff(RUN, n, f"t{n}", event_time=NOW)
+        state, _ = decide(state, ev, policy, NOW)
+    assert state is not None and state.read_partition == -1
+    proc, states = _proc()
+    states[RUN.encode()] = state
+    [(_, d)] = proc.process([_handoff(1, 0)], NOW).decisions
     assert (d.outcome, d.reason) == (Outcome.STOP, Reason.REPLY_NOT_KEPT)
-    assert proc.redelivered == 0
+
+
+def test_a_redelivery_in_a_batch_decided_again_for_its_budget_is_counted_once() -> None:
+    proc, states, records = _history(exactly_once=False)
+    big = [
+        InputRecord(
+            TOPIC,
+            0,
+            300 + n,
+            RUN.encode(),
+            handoff(RUN, 100 + n, "x" * 240 + str(n), event_time=NOW).to_json(),
+        )
+        for n in range(12)
+    ]
+    proc.run_state_max_bytes = len(states[RUN.encode()].to_bytes()) + 1500
+    out = proc.process([records[0], *big], NOW)
+    assert any(d.reason == Reason.RUN_STATE_LIMIT for _, d in out.decisions)
+    assert proc.redelivered == 1
+
+
+def test_records_answered_before_are_a_metric_and_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proc, _, records = _history(exactly_once=False)
+    proc.process(records[:3], NOW)
+    metrics = WorkerMetrics("w1")
+    metrics.set_state({}, 1, 1, "p", proc.redelivered)
+    got = {s.name: s.value for f in metrics.collect() for s in f.samples}
+    assert got["baton_redelivered_total"] == 3
+    stats = BatchStats("w1", every_s=0.0)
+    with caplog.at_level(logging.INFO, logger="baton.processors.app"):
+        stats.add(3, 0.001, 0.001, proc.redelivered)
+        stats.add(1, 0.001, 0.001, proc.redelivered)  # none new: no second line
+    said = [r.getMessage() for r in caplog.records if "read again" in r.getMessage()]
+    assert said == [
+        "worker w1: 3 records read again were answered before (their decisions are out), "
+        "not answered again"
+    ]
+
+
+def test_a_kept_answer_of_an_earlier_record_is_not_the_position_read() -> None:
+    # the state's own positions decide, not a kept decision's: a redelivery with its kept
+    # decision re-emitted leaves them as they were
+    proc, states, records = _history(exactly_once=False)
+    proc.process([replace(records[-1])], NOW)
+    assert states[RUN.encode()].read_requests == 115

@@ -190,6 +190,7 @@ def _rich_state() -> RunState:
     st.grants = {"req-4": ("refund", "billing", ("billing.refund.create",))}
     st.add_task("late", st.task("plan")._replace(owner="writer"))  # type: ignore[union-attr]
     st.life = "r0:17"
+    st.read_partition, st.read_requests, st.read_approvals = 3, 2**40, 9
     return st
 
 
