@@ -37,7 +37,7 @@ from baton.processors.faust_adapter import RunStore, WorkerRuntime
 from baton.processors.faust_app import build_app, runs_table, source_topic
 from baton.processors.fencing import Membership, check_generation, group_metadata
 from baton.processors.metrics import WorkerMetrics
-from baton.processors.progress import caught_up, lag
+from baton.processors.progress import caught_up, lag, log_end
 from baton.processors.publish_select import worker_publisher
 from baton.processors.recorded import policy_in_force
 from baton.processors.sweep import DueIndex
@@ -229,6 +229,7 @@ class GovernanceWorker:
                 max_runs=self.settings.max_runs,
                 approvals_topic=self.catalog.approvals,
                 max_state_bytes=self.settings.max_state_bytes,
+                log_end=lambda topic, partition: log_end(self.app, topic, partition),
                 chain_key=(
                     self.settings.audit_chain_key.get_secret_value().encode()
                     if self.settings.audit_chain_key

@@ -5,8 +5,8 @@ feed it ``InputRecord``s and a state mapping, and get back an ``Outputs`` to pub
 here touches Kafka, so the ordering rules below are checked in one place:
 
 * decisions are published and acknowledged *before* the run states they come from are
-  written to the changelog, so a crash between the two re-decides (same decision ids)
-  rather than remembering a decision nobody saw;
+  written to the changelog, so a crash between the two re-decides (same decision ids), and
+  a record read again after both is below its run's read position: never answered twice;
 * **one record never stops the batch**: whatever goes wrong with one record (no key, not
   JSON, a value out of range, a run that would outgrow its state budget, an engine bug, a
   stored state that cannot be read) makes that record one dead letter with a named
@@ -18,11 +18,10 @@ here touches Kafka, so the ordering rules below are checked in one place:
   stopped (``run_state_limit``) with its last state that fit, and a worker holding
   ``max_runs`` runs stops new runs (``worker_run_limit``) without taking them on;
 * an event whose key does not murmur2-hash to the partition it arrived on is forwarded,
-  unchanged, to its run's partition and decided there (a producer with another
-  partitioner would otherwise split the run's state across workers).
+  unchanged, to its run's partition and decided there (another partitioner would split it).
 
-Where a record goes is ``batch_routing``; the records in and out and the dead-letter
-envelope are ``batch_records`` (re-exported here).
+Where a record goes (and the run positions read) is ``batch_routing``; the records in and
+out and the dead-letter envelope are ``batch_records`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -79,13 +78,11 @@ DEFAULT_RUN_STATE_MAX_BYTES = 256 * 1024
 #: broker) message limit is 1,000,000 bytes, and a changelog record that cannot be written
 #: would end the worker on every restart
 HARD_STATE_MAX_BYTES = 900_000
-#: the largest budget a setting may give: a run stopped at it still grows by its bounded
-#: window (SEEN_LIMIT ids of up to 256 characters, RECENT_REPLIES decisions)
+#: the largest budget a setting may give (a run stopped at it still grows by its window)
 MAX_RUN_STATE_MAX_BYTES = 600_000
 #: runs (and tombstones) one worker holds before it stops taking on new runs
 DEFAULT_MAX_RUNS = 500_000
-#: encoded run state one worker holds before it stops taking on new runs (memory is about
-#: 1.6x this: a decoded state is larger than its bytes)
+#: encoded run state one worker holds before it stops taking on new runs (memory ~1.6x)
 DEFAULT_MAX_STATE_BYTES = 4 * 1024**3
 #: one int a record size below this, held by every run of that size in the size map (an int
 #: of its own took 32 bytes a run; at most 8,192 of them, ~0.7 MB; Any: compiled, not reboxed)
@@ -123,6 +120,7 @@ class BatchProcessor:
         chain_key: bytes = b"",
         approvals_topic: str | None = None,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        log_end: Callable[[str, int], int] | None = None,
     ) -> None:
         if not 0 < run_state_max_bytes <= MAX_RUN_STATE_MAX_BYTES:
             raise ValueError(
@@ -147,6 +145,8 @@ class BatchProcessor:
         #: approvals only from here, run events never (None: no check, for tests): whoever
         #: may write requests must not approve, whoever may approve must not hand off
         self.approvals_topic = approvals_topic
+        #: (topic, partition) -> its log end, -1 unknown: a read position past it is stale
+        self.log_end = log_end
         self._kills = kills or (lambda: NO_KILLS)
         self.decided = 0
         self.dead_lettered = 0
@@ -254,7 +254,7 @@ class BatchProcessor:
         if (
             (new is not state or not_kept(decided))
             and read is not None
-            and read_before(read, rec.partition, rec.offset, approval)
+            and read_before(read, rec, approval, self.log_end)
         ):  # read before (batch_routing): answered, and now anew (its key past the 512
             # remembered: counted twice) or refused as no longer kept (a stop after its allow)
             self.redelivered += 1

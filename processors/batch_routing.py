@@ -10,6 +10,7 @@ misplaced means the topic's partition count differs from ``BATON_PARTITIONS`` so
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from baton.processors.batch_records import (
@@ -136,23 +137,37 @@ def route(
 # forwarded again, a new record: answered from the run's memory, as a client's retry.)
 
 
-def read_before(state: RunState, partition: int, offset: int, approval: bool) -> bool:
-    """``state`` has read this position of the approvals topic (``approval``) or of the
-    requests topic, or a later one of that partition."""
-    if state.read_partition != partition:
+def read_before(
+    state: RunState,
+    rec: InputRecord,
+    approval: bool,
+    log_end: Callable[[str, int], int] | None,
+) -> bool:
+    """``state`` has read ``rec``'s position on the approvals topic (``approval``) or the
+    requests topic, or a later one of its partition, and that position is below the
+    partition's log end (``log_end(topic, partition)``; -1 or no ``log_end``: not known). A
+    position at or past the end was read on a log since made again from offset 0 (a topic
+    deleted and created, truncated, mirrored to another cluster, the runs' changelog kept):
+    its records are new, never taken for redeliveries of the old log's."""
+    if state.read_partition != rec.partition:
         return False
-    return offset <= (state.read_approvals if approval else state.read_requests)
+    read = state.read_approvals if approval else state.read_requests
+    if rec.offset > read:
+        return False
+    end = -1 if log_end is None else log_end(rec.topic, rec.partition)
+    return end < 0 or read < end
 
 
 def mark_read(state: RunState, partition: int, offset: int, approval: bool) -> None:
     """Note in ``state`` (the event's new state, changed in place) that it read this
-    position of the approvals topic (``approval``) or of the requests topic."""
+    position of the approvals topic (``approval``) or of the requests topic. Records come
+    in offset order, so this is the newest; one below the position noted before was not
+    taken for a redelivery (``read_before``: its log was made again), and replaces it."""
     if state.read_partition != partition:  # (a run's first event, or its partition moved)
         state.read_partition, state.read_requests, state.read_approvals = partition, -1, -1
     if approval:
-        if offset > state.read_approvals:
-            state.read_approvals = offset
-    elif offset > state.read_requests:
+        state.read_approvals = offset
+    else:
         state.read_requests = offset
 
 

@@ -202,8 +202,8 @@ class WorkerMetrics(Collector):
         )
         yield CounterMetricFamily(
             "baton_redelivered",
-            "records read again whose answer was already out (a worker died before committing "
-            "them), answered with nothing",
+            "records at or below a position their run had read (read again: a worker died "
+            "before committing them), their answer out already: answered with nothing",
             value=self._redelivered,
         )
         yield CounterMetricFamily(

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import faust
 from faust.types import TP
 
-__all__ = ["caught_up", "lag"]
+__all__ = ["caught_up", "lag", "log_end"]
 
 
 def caught_up(
@@ -54,3 +54,14 @@ def lag(app: faust.App, decided: dict[tuple[str, int], int]) -> dict[tuple[str, 
         if position is not None and high is not None:
             out[(tp.topic, tp.partition)] = max(high - position, 0)
     return out
+
+
+def log_end(app: faust.App, topic: str, partition: int) -> int:
+    """The partition's high watermark as the consumer's last fetch of it reported, -1 when
+    it has none (not fetched, not assigned): what a run's read position is checked against
+    (processors/batch_routing.read_before)."""
+    try:
+        high = app.consumer.highwater(TP(topic, partition))
+    except Exception:  # revoked meanwhile, or the consumer not started
+        return -1
+    return high if type(high) is int else -1

@@ -150,10 +150,10 @@ class RunState:
     #: "" for a run begun before lives were marked (its ids keep their old form)
     life: str
     #: the newest position the worker decided an event of this run at (a redelivery is a
-    #: record at or below it: processors/batch_records.read_before): the partition (-1: none)
-    #: and the offsets on the requests and the approvals topic (-1: none yet). A forwarded
-    #: event's position is the one it was first written at (its FORWARDED_FROM header). Set
-    #: by the worker's batch step only: a run rebuilt by replay or `baton up` has none
+    #: record at or below it: processors/batch_routing.read_before): the partition (-1: none)
+    #: and the offsets on the requests and the approvals topic (-1: none yet), as Kafka gave
+    #: them here (a forwarded event's own, never its header's). Set by the worker's batch
+    #: step only: a run rebuilt by replay or `baton up` has none
     read_partition: int
     read_requests: int
     read_approvals: int

@@ -264,7 +264,8 @@ class Settings(BaseSettings):
         le=MAX_TIMEOUT_S,
         description="at-least-once: the worker commits the offsets of decided events this "
         "often; a worker killed in between has its successor read up to this much again "
-        "(each run's state knows the positions it read: nothing is answered or counted twice)",
+        "(each run's state knows the position it read: answered from its memory or not again; "
+        "docs/guarantees.md)",
     )
 
     # --- audit (ClickHouse) ------------------------------------------------------------

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.batch_routing import read_before
 from baton.processors.batch_stats import BatchStats
 from baton.processors.engine import decide
 from baton.processors.metrics import WorkerMetrics
@@ -215,3 +216,49 @@ def test_a_kept_answer_of_an_earlier_record_is_not_the_position_read() -> None:
     proc, states, records = _history(exactly_once=False)
     proc.process([replace(records[-1])], NOW)
     assert states[RUN.encode()].read_requests == 115
+
+
+def test_a_position_past_the_log_end_is_stale_and_the_records_below_it_are_answered() -> None:
+    # the requests topic deleted and made again (or truncated, or mirrored) while the runs'
+    # changelog was kept: the run's position 115 is past the new log's end (6), so its new
+    # records at offsets 0.. are answered, not taken for redeliveries of the old log's
+    proc, states, _ = _history(exactly_once=False)
+    ends = {(TOPIC, 0): 6}
+    proc.log_end = lambda topic, partition: ends.get((topic, partition), -1)
+    out = proc.process([_handoff(9, 0), _report(9, 1)], NOW)
+    assert [(d.outcome, d.reason) for _, d in out.decisions] == [
+        (Outcome.STOP, Reason.HANDOFF_BUDGET_EXCEEDED),  # the run's ninth handoff
+        (Outcome.RECORDED, Reason.WITHIN_BUDGET),
+    ]
+    assert proc.redelivered == 0 and states[RUN.encode()].read_requests == 1  # the new log's
+    # a client's retry there of a request decided on the old log: answered as not kept
+    [(_, d)] = proc.process([_handoff(1, 2)], NOW).decisions
+    assert (d.outcome, d.reason) == (Outcome.STOP, Reason.REPLY_NOT_KEPT)
+    # and a record read again on the new log (below its end) is a redelivery again
+    state = states[RUN.encode()]
+    assert read_before(state, _report(9, 1), False, proc.log_end)
+    assert not read_before(state, _report(9, 2), False, proc.log_end)
+
+
+def test_a_position_below_the_log_end_is_trusted() -> None:
+    proc, _, records = _history(exactly_once=False)
+    proc.log_end = lambda topic, partition: 116
+    assert proc.process(records[:4], NOW).decisions == [] and proc.redelivered == 4
+
+
+def test_the_workers_log_end_is_its_consumers_high_watermark_or_unknown() -> None:
+    from types import SimpleNamespace
+
+    from baton.processors.progress import log_end
+
+    seen: list[object] = []
+
+    def highwater(tp: object) -> int | None:
+        seen.append(tp)
+        return {0: 42, 1: None}[tp.partition]  # type: ignore[attr-defined]
+
+    app = SimpleNamespace(consumer=SimpleNamespace(highwater=highwater))
+    assert log_end(app, TOPIC, 0) == 42  # type: ignore[arg-type]
+    assert log_end(app, TOPIC, 1) == -1  # type: ignore[arg-type]  # not fetched yet
+    assert log_end(app, TOPIC, 2) == -1  # type: ignore[arg-type]  # KeyError: not assigned
+    assert [(tp.topic, tp.partition) for tp in seen] == [(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)]  # type: ignore[attr-defined]
