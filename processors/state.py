@@ -184,9 +184,9 @@ class RunState:
         life, the positions read and a mark of each report in the dedup window
         (``TOMBSTONE_REPORT`` + its digest: a report redelivered after the eviction is
         answered ``reply_not_kept``, its cost not counted again; engine_refusals.answer_known)
-        survive; the task tree, agents,
-        reservations, approvals, bounces, the other dedup marks (a handoff at a tombstone is
-        stopped whatever it is) and the replies do not. Marks numbered 1..n, as read back.
+        survive; the task tree, agents, reservations, approvals, bounces, the other dedup
+        marks (a handoff at a tombstone is stopped whatever it is) and the replies do not.
+        Marks numbered 1..n, as read back.
         """
         e, digest_of = EMPTY, self.digest_of
         reports = [k for k in self.seen_keys() if k[:2] == REPORT]
