@@ -260,7 +260,7 @@ class BatchProcessor:
             self.redelivered += 1
             return False
         if new is not None and new is not state:
-            mark_read(new, rec.partition, rec.offset, approval)
+            mark_read(new, rec.partition, rec.offset, approval, rec)
         # copies to publish: with the input (`baton replay`), a reply from the state flagged
         # reemitted (already linked); what was decided now linked when the state changed
         decisions = published(new, state, decided, event, self.chain_key)

@@ -23,6 +23,7 @@ from baton.processors.batch_records import (
 )
 from baton.processors.fetch_bound import RefusedBatch
 from baton.processors.state import RunState
+from baton.processors.state_row_checks import FORWARDS_KEPT
 from baton.schemas.decision import Decision, Reason
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent, parse_event
 from baton.streams.partitioner import partition_for
@@ -30,12 +31,16 @@ from baton.streams.partitioner import partition_for
 __all__ = [
     "FORWARDED_FROM",
     "MAX_HEADER_BYTES",
+    "forwarded_at",
+    "mark_forwarded",
     "mark_read",
     "not_kept",
     "read_before",
     "route",
 ]
 
+#: an offset as Kafka gives one (int64)
+_MAX_OFFSET = 2**63 - 1
 #: header on an event the worker moved to its run's partition: topic/partition/offset
 FORWARDED_FROM = "baton-forwarded-from"
 #: headers a forwarded event may carry (ours adds one); more is no orchestrator's
@@ -133,8 +138,10 @@ def route(
 # remembered) it is answered with nothing, never stopped after its allow or counted again.
 # Positions are the ones Kafka gave the records here, never a header's: a forwarded event's
 # FORWARDED_FROM is written by whoever wrote the record, and a forged one far ahead would
-# have the run's next events taken for redeliveries. (So a misplaced event read again is
-# forwarded again, a new record: answered from the run's memory, as a client's retry.)
+# have the run's next events taken for redeliveries. A misplaced event read again is
+# forwarded again, a new record: known by its header's position, exactly (the run keeps
+# the newest FORWARDS_KEPT it decided), so a forged header only ever passes for the one
+# record it names.
 
 
 def read_before(
@@ -149,6 +156,8 @@ def read_before(
     position at or past the end was read on a log since made again from offset 0 (a topic
     deleted and created, truncated, mirrored to another cluster, the runs' changelog kept):
     its records are new, never taken for redeliveries of the old log's."""
+    if state.forwarded and rec.headers and _forwarded(state, rec, approval):
+        return True
     if state.read_partition != rec.partition:
         return False
     read = state.read_approvals if approval else state.read_requests
@@ -158,11 +167,54 @@ def read_before(
     return end < 0 or read < end
 
 
-def mark_read(state: RunState, partition: int, offset: int, approval: bool) -> None:
+def forwarded_at(topic: str, headers: Any) -> tuple[int, int] | None:
+    """The (partition, offset) a forwarded event's FORWARDED_FROM header names on ``topic``,
+    or None: no header, another topic's, or one that is not ``topic/partition/offset``."""
+    for name, value in headers:
+        if name == FORWARDED_FROM and type(value) is bytes and len(value) <= 400:
+            where, _, offset = value.rpartition(b"/")
+            source, _, partition = where.rpartition(b"/")
+            if (
+                source == topic.encode()
+                and 0 < len(partition) <= 10
+                and 0 < len(offset) <= 19
+                and partition.isdigit()
+                and offset.isdigit()
+            ):
+                return int(partition), int(offset)
+            return None
+    return None
+
+
+def _forwarded(state: RunState, rec: InputRecord, approval: bool) -> bool:
+    at = forwarded_at(rec.topic, _headers(rec))
+    if at is None:
+        return False
+    kept, flag = state.forwarded, 1 if approval else 0
+    for i in range(0, len(kept), 3):
+        if kept[i] == flag and kept[i + 1] == at[0] and kept[i + 2] == at[1]:
+            return True
+    return False
+
+
+def mark_forwarded(state: RunState, rec: InputRecord, approval: bool) -> None:
+    """Note in ``state`` (the event's new state) the position a forwarded ``rec`` names."""
+    at = forwarded_at(rec.topic, _headers(rec))
+    if at is not None and at[1] <= _MAX_OFFSET:
+        kept = (*state.forwarded, 1 if approval else 0, at[0], at[1])
+        state.forwarded = kept[-3 * FORWARDS_KEPT :]
+
+
+def mark_read(
+    state: RunState, partition: int, offset: int, approval: bool, rec: InputRecord | None = None
+) -> None:
     """Note in ``state`` (the event's new state, changed in place) that it read this
     position of the approvals topic (``approval``) or of the requests topic. Records come
     in offset order, so this is the newest; one below the position noted before was not
-    taken for a redelivery (``read_before``: its log was made again), and replaces it."""
+    taken for a redelivery (``read_before``: its log was made again), and replaces it. A
+    forwarded ``rec``'s header position is noted too (``mark_forwarded``)."""
+    if rec is not None and rec.headers:
+        mark_forwarded(state, rec, approval)
     if state.read_partition != partition:  # (a run's first event, or its partition moved)
         state.read_partition, state.read_requests, state.read_approvals = partition, -1, -1
     if approval:

@@ -152,11 +152,15 @@ class RunState:
     #: the newest position the worker decided an event of this run at (a redelivery is a
     #: record at or below it: processors/batch_routing.read_before): the partition (-1: none)
     #: and the offsets on the requests and the approvals topic (-1: none yet), as Kafka gave
-    #: them here (a forwarded event's own, never its header's). Set by the worker's batch
-    #: step only: a run rebuilt by replay or `baton up` has none
+    #: them here (a forwarded event's own; its header's, exactly, in ``forwarded``). Set by the
+    #: worker's batch step only: a run rebuilt by replay or `baton up` has none
     read_partition: int
     read_requests: int
     read_approvals: int
+    #: the FORWARDED_FROM positions of the newest forwarded events it decided (a misplaced
+    #: event read again is forwarded again, a new record: known by this, exactly), flat:
+    #: (approval 0/1, partition, offset, ...), at most FORWARDS_KEPT of them
+    forwarded: tuple[int, ...]
 
     @classmethod
     def new(cls, run_id: str, tenant: str, at: float, life: str = "") -> RunState:
@@ -174,6 +178,7 @@ class RunState:
         new.evicted_at, new.chain_head, new.steps, new.bounces = None, "", 0, e
         new.reserved_due, new.grants, new.life = None, e, life
         new.read_partition = new.read_requests = new.read_approvals = -1
+        new.forwarded = ()
         return new
 
     def tombstone(self, at: float) -> RunState:
@@ -197,6 +202,7 @@ class RunState:
             self.spent_usd, self.tool_calls, self.stopped, self.finished, e, e, e, e, e,
             seen or e, fresh or e, len(keys), (), 0.0, 0, e, at, self.chain_head, self.steps, e,
             None, e, self.life, self.read_partition, self.read_requests, self.read_approvals,
+            self.forwarded,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:
@@ -275,6 +281,7 @@ class RunState:
         new.read_partition = self.read_partition
         new.read_requests = self.read_requests
         new.read_approvals = self.read_approvals
+        new.forwarded = self.forwarded
         return new
 
     def remember(self, key: str, decisions: list[Decision], digest: str | None = None) -> None:

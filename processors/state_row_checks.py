@@ -19,6 +19,7 @@ from baton.schemas.events import MAX_RUN_COUNT, MAX_RUN_USD
 
 __all__ = [
     "bounces_from_wire",
+    "forwarded_from_wire",
     "grants_from_wire",
     "is_count",
     "map_checked",
@@ -200,4 +201,34 @@ def read_from_wire(read: Any) -> tuple[int, int, int]:
         return read[0], read[1], read[2]
     raise ValueError(
         f"run state key rd: expected [partition, offset, offset], got {str(read)[:60]!r}"
+    )
+
+
+#: forwarded events' positions a run keeps (RunState.forwarded)
+FORWARDS_KEPT: Final = 8
+
+
+def forwarded_from_wire(rows: Any) -> tuple[int, ...]:
+    """The stored positions of forwarded events decided (RunState.forwarded, flat), or a
+    ValueError: at most FORWARDS_KEPT rows of [approval 0/1, partition, offset]."""
+    if rows is None:
+        return ()
+    if type(rows) is list and len(rows) <= FORWARDS_KEPT:
+        flat: list[int] = []
+        for row in rows:
+            if not (
+                type(row) is list
+                and len(row) == 3
+                and all(type(n) is int for n in row)
+                and row[0] in (0, 1)
+                and 0 <= row[1] <= _MAX_PARTITION
+                and 0 <= row[2] <= _MAX_OFFSET
+            ):
+                break
+            flat += row
+        else:
+            return tuple(flat)
+    raise ValueError(
+        f"run state key fw: expected at most {FORWARDS_KEPT} [0 or 1, partition, offset] rows, "
+        f"got {str(rows)[:60]!r}"
     )

@@ -48,6 +48,7 @@ from baton.processors.state_replies import (
 )
 from baton.processors.state_row_checks import (
     bounces_from_wire,
+    forwarded_from_wire,
     grants_from_wire,
     is_count,
     map_checked,
@@ -100,6 +101,8 @@ STATE_KEYS: Final[dict[str, str]] = {
     "life": "lf",  # written only when set: "" (a run begun before lives) is its absence
     # [partition, requests offset, approvals offset], written only when set (none: -1s)
     "read_partition": "rd",
+    # [[approval 0/1, partition, offset], ...] of forwarded events decided, only when any
+    "forwarded": "fw",
 }
 #: RunState fields rebuilt from the keyed ones when read ("rd" holds the read_* three)
 DERIVED: Final = frozenset(
@@ -169,6 +172,9 @@ def _wire_map(state: RunState, rec: Any) -> dict[str, Any]:
         wire["lf"] = state.life
     if state.read_partition >= 0:
         wire["rd"] = [state.read_partition, state.read_requests, state.read_approvals]
+    if state.forwarded:
+        f = state.forwarded
+        wire["fw"] = [[f[i], f[i + 1], f[i + 2]] for i in range(0, len(f), 3)]
     if WRITE_COLUMNS is not None and state.recent:
         wire["cols"] = WRITE_COLUMNS
     if state.evicted_at is not None:
@@ -265,7 +271,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool, old: bool = False) -> RunSt
         None,
         grants_from_wire(w.get("gr", ())) or EMPTY,
         _life(w.get("lf", "")),
-        read_p, read_r, read_a,
+        read_p, read_r, read_a, forwarded_from_wire(w.get("fw")),
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)

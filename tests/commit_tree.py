@@ -66,8 +66,8 @@ def run_pickled(
     return pickle.loads(done.stdout)
 
 
-#: a run-state record's positions read (changelog key ``rd``, written since session 26)
-_READ_POSITIONS = re.compile(rb',"rd":\[\d+,-?\d+,-?\d+\]')
+#: a run-state record's positions read (changelog keys ``rd`` and ``fw``, since session 26)
+_READ_POSITIONS = re.compile(rb',"rd":\[\d+,-?\d+,-?\d+\]|,"fw":\[(\[\d+,\d+,\d+\],?)*\]')
 
 
 def without_read_positions(value: Any) -> Any:

@@ -262,3 +262,89 @@ def test_the_workers_log_end_is_its_consumers_high_watermark_or_unknown() -> Non
     assert log_end(app, TOPIC, 1) == -1  # type: ignore[arg-type]  # not fetched yet
     assert log_end(app, TOPIC, 2) == -1  # type: ignore[arg-type]  # KeyError: not assigned
     assert [(tp.topic, tp.partition) for tp in seen] == [(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)]  # type: ignore[attr-defined]
+
+
+def test_a_misplaced_event_forwarded_again_after_a_kill_is_known_by_its_first_position() -> None:
+    from baton.streams.partitioner import partition_for
+
+    run = next(f"run_{i}" for i in range(100) if partition_for(f"run_{i}".encode(), 2) == 1)
+    key = run.encode()
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(load_policy(None), 2, states, worker="w", approvals_topic=APPROVALS)
+    offsets = iter(range(100, 10_000))
+
+    def forwarded(value: bytes) -> tuple[InputRecord, InputRecord]:
+        misplaced = InputRecord(TOPIC, 0, next(offsets), key, value)
+        first, again = (proc.process([misplaced], NOW).forwards[0] for _ in range(2))
+        return tuple(  # type: ignore[return-value]
+            InputRecord(TOPIC, 1, next(offsets), key, f.value, f.headers) for f in (first, again)
+        )
+
+    def at_home(value: bytes) -> InputRecord:
+        return InputRecord(TOPIC, 1, next(offsets), key, value)
+
+    # a handoff, then seven more: its decision no longer kept when the second copy comes
+    first, again = forwarded(handoff(run, 1, "t1", event_time=NOW).to_json())
+    [(_, d)] = proc.process([first], NOW).decisions
+    assert d.outcome == Outcome.ALLOW
+    proc.process(
+        [at_home(handoff(run, n, f"t{n}", event_time=NOW).to_json()) for n in range(2, 9)], NOW
+    )
+    assert proc.process([again], NOW).decisions == [] and proc.redelivered == 1
+    # a report, then 600 more: its key past the 512 remembered (decided anew: counted twice)
+    report = HandoffCompleted(
+        request_id=f"{run}-x", run_id=run, task_id="t1", agent="researcher", cost_usd=5.0,
+        tool_calls=1, event_time=NOW,
+    )  # fmt: skip
+    first, again = forwarded(report.to_json())
+    proc.process([first], NOW)
+    others = [
+        report.model_copy(update={"request_id": f"{run}-r{n}", "cost_usd": 0.01})
+        for n in range(600)
+    ]
+    proc.process([at_home(r.to_json()) for r in others], NOW)
+    spent = states[key].spent_usd
+    assert proc.process([again], NOW).decisions == [] and states[key].spent_usd == spent
+    assert states[key].forwarded[:3] == (0, 0, 100)  # the handoff's first position
+
+
+def test_a_forwarded_position_is_matched_exactly_and_a_forged_header_passes_for_no_other() -> None:
+    proc, states, _ = _history(exactly_once=False)
+    header = [("baton-forwarded-from", f"{TOPIC}/1/500".encode())]
+    forged = InputRecord(TOPIC, 0, 300, RUN.encode(), _handoff(20, 0).value, header)
+    proc.process([forged], NOW)  # noted, exactly: (requests, partition 1, offset 500)
+    assert states[RUN.encode()].forwarded == (0, 1, 500)
+    # another record naming another position, or none, past the run's position: answered
+    for headers in ([("baton-forwarded-from", f"{TOPIC}/1/501".encode())], None):
+        [(_, d)] = proc.process(
+            [InputRecord(TOPIC, 0, 301, RUN.encode(), _handoff(1, 0).value, headers)], NOW
+        ).decisions
+        assert d.reason == Reason.REPLY_NOT_KEPT
+    # one naming it again (a second forward of the same misplaced record): nothing
+    again = InputRecord(TOPIC, 0, 302, RUN.encode(), _handoff(1, 0).value, header)
+    assert proc.process([again], NOW).decisions == [] and proc.redelivered == 1
+    # the run keeps the newest eight; a header of another topic or shape is no position
+    for n in range(12):
+        h = [("baton-forwarded-from", f"{TOPIC}/1/{600 + n}".encode())]
+        proc.process(
+            [InputRecord(TOPIC, 0, 310 + n, RUN.encode(), _handoff(30 + n, 0).value, h)], NOW
+        )
+    kept = states[RUN.encode()].forwarded
+    assert len(kept) == 24 and kept[-1] == 611 and kept[2] == 604
+    for bad in (
+        b"gov.approvals/1/611",
+        b"x/1/611",
+        f"{TOPIC}/1/6x1".encode(),
+        b"",
+        f"{TOPIC}/-1/5".encode(),
+    ):
+        rec = InputRecord(
+            TOPIC, 0, 400, RUN.encode(), _handoff(30, 0).value, [("baton-forwarded-from", bad)]
+        )
+        assert proc.process([rec], NOW).decisions, bad
+    raw = states[RUN.encode()].to_bytes()
+    assert RunState.from_bytes(raw).forwarded == kept
+    wire = orjson.loads(raw)
+    for forged_rows in ([[2, 1, 5]], [[0, 1, -1]], [[0, 1]], [[0, 1, 5]] * 9, "x"):
+        with pytest.raises(ValueError, match="run state key fw"):
+            RunState.from_bytes(orjson.dumps({**wire, "fw": forged_rows}))
