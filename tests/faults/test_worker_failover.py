@@ -137,8 +137,12 @@ def test_survivor_takes_over_and_nothing_is_double_counted(two_workers) -> None:
     # handoff i of every run, then its completion, round after round, ~3 s in all
     t, done = start_rounds(sender.send, runs, HANDOFFS, 0.5)
     try:
-        # 12 of a run's 20 decisions made: its first handoffs are past the kept six
-        wait_for(lambda: len(decisions.records) > RUNS * 12, 30, message="traffic to flow")
+        # at-least-once: 12 of a run's 20 decisions made, its first handoffs past the kept six.
+        # (Exactly-once kills early, as before session 26: a kill inside a transaction leaves
+        # it open on Tansu, which never aborts it, and readers of its partitions stall: CI
+        # at 4be28f1 under load; the later the kill, the busier the worker when it comes)
+        late = guarantee == "at_least_once"
+        wait_for(lambda: len(decisions.records) > RUNS * (12 if late else 4), 30, message="traffic")
         workers[0].kill9()
         t.join(60)
         assert done.is_set()
