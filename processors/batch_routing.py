@@ -23,7 +23,7 @@ from baton.processors.batch_records import (
 )
 from baton.processors.fetch_bound import RefusedBatch
 from baton.processors.state import RunState
-from baton.processors.state_row_checks import FORWARDS_KEPT
+from baton.processors.state_row_checks import FORWARDS_KEPT, MAX_OFFSET, MAX_PARTITION
 from baton.schemas.decision import Decision, Reason
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent, parse_event
 from baton.streams.partitioner import partition_for
@@ -39,8 +39,6 @@ __all__ = [
     "route",
 ]
 
-#: an offset as Kafka gives one (int64)
-_MAX_OFFSET = 2**63 - 1
 #: header on an event the worker moved to its run's partition: topic/partition/offset
 FORWARDED_FROM = "baton-forwarded-from"
 #: headers a forwarded event may carry (ours adds one); more is no orchestrator's
@@ -169,7 +167,9 @@ def read_before(
 
 def forwarded_at(topic: str, headers: Any) -> tuple[int, int] | None:
     """The (partition, offset) a forwarded event's FORWARDED_FROM header names on ``topic``,
-    or None: no header, another topic's, or one that is not ``topic/partition/offset``."""
+    or None: no header, another topic's, one that is not ``topic/partition/offset``, or one
+    past Kafka's int32 partitions or int64 offsets (noted, a run's state would not read back:
+    a forged header would have the run's events refused ``state_unreadable``)."""
     for name, value in headers:
         if name == FORWARDED_FROM and type(value) is bytes and len(value) <= 400:
             where, _, offset = value.rpartition(b"/")
@@ -181,7 +181,8 @@ def forwarded_at(topic: str, headers: Any) -> tuple[int, int] | None:
                 and partition.isdigit()
                 and offset.isdigit()
             ):
-                return int(partition), int(offset)
+                at = int(partition), int(offset)
+                return at if at[0] <= MAX_PARTITION and at[1] <= MAX_OFFSET else None
             return None
     return None
 
@@ -200,7 +201,7 @@ def _forwarded(state: RunState, rec: InputRecord, approval: bool) -> bool:
 def mark_forwarded(state: RunState, rec: InputRecord, approval: bool) -> None:
     """Note in ``state`` (the event's new state) the position a forwarded ``rec`` names."""
     at = forwarded_at(rec.topic, _headers(rec))
-    if at is not None and at[1] <= _MAX_OFFSET:
+    if at is not None:
         kept = (*state.forwarded, 1 if approval else 0, at[0], at[1])
         state.forwarded = kept[-3 * FORWARDS_KEPT :]
 

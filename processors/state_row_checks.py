@@ -18,6 +18,9 @@ from baton.processors.state_types import Reservation
 from baton.schemas.events import MAX_RUN_COUNT, MAX_RUN_USD
 
 __all__ = [
+    "FORWARDS_KEPT",
+    "MAX_OFFSET",
+    "MAX_PARTITION",
     "bounces_from_wire",
     "forwarded_from_wire",
     "grants_from_wire",
@@ -180,9 +183,10 @@ def _refused(name: str, value: Any, expected: str) -> ValueError:
     return ValueError(f"run state key {name}: expected {expected}, got {str(value)[:80]!r}")
 
 
-#: a position as Kafka gives one: offsets are int64, partitions int32
-_MAX_OFFSET: Final = 2**63 - 1
-_MAX_PARTITION: Final = 2**31 - 1
+#: a position as Kafka gives one: offsets are int64, partitions int32 (batch_routing takes
+#: no header position past them: a state holding one would not read back)
+MAX_OFFSET: Final = 2**63 - 1
+MAX_PARTITION: Final = 2**31 - 1
 
 
 def read_from_wire(read: Any) -> tuple[int, int, int]:
@@ -194,9 +198,9 @@ def read_from_wire(read: Any) -> tuple[int, int, int]:
         type(read) is list
         and len(read) == 3
         and all(type(n) is int for n in read)
-        and 0 <= read[0] <= _MAX_PARTITION
-        and -1 <= read[1] <= _MAX_OFFSET
-        and -1 <= read[2] <= _MAX_OFFSET
+        and 0 <= read[0] <= MAX_PARTITION
+        and -1 <= read[1] <= MAX_OFFSET
+        and -1 <= read[2] <= MAX_OFFSET
     ):
         return read[0], read[1], read[2]
     raise ValueError(
@@ -221,8 +225,8 @@ def forwarded_from_wire(rows: Any) -> tuple[int, ...]:
                 and len(row) == 3
                 and all(type(n) is int for n in row)
                 and row[0] in (0, 1)
-                and 0 <= row[1] <= _MAX_PARTITION
-                and 0 <= row[2] <= _MAX_OFFSET
+                and 0 <= row[1] <= MAX_PARTITION
+                and 0 <= row[2] <= MAX_OFFSET
             ):
                 break
             flat += row

@@ -348,3 +348,17 @@ def test_a_forwarded_position_is_matched_exactly_and_a_forged_header_passes_for_
     for forged_rows in ([[2, 1, 5]], [[0, 1, -1]], [[0, 1]], [[0, 1, 5]] * 9, "x"):
         with pytest.raises(ValueError, match="run state key fw"):
             RunState.from_bytes(orjson.dumps({**wire, "fw": forged_rows}))
+
+
+def test_a_header_position_past_kafkas_ranges_is_not_noted_and_the_state_reads_back() -> None:
+    # a forged baton-forwarded-from on a record of the run's own partition naming partition
+    # 9,999,999,999 (past int32) was noted and written: the run's state no longer read back,
+    # its events refused state_unreadable at the next restore
+    proc, states, _ = _history(exactly_once=False)
+    for n, where in enumerate((f"{TOPIC}/9999999999/5", f"{TOPIC}/1/9999999999999999999")):
+        headers = [("baton-forwarded-from", where.encode())]
+        rec = InputRecord(TOPIC, 0, 300 + n, RUN.encode(), _handoff(20 + n, 0).value, headers)
+        assert proc.process([rec], NOW).decisions
+    state = states[RUN.encode()]
+    assert state.forwarded == ()
+    assert RunState.from_bytes(state.to_bytes()).read_requests == 301
