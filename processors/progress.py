@@ -16,6 +16,16 @@ from faust.types import TP
 __all__ = ["caught_up", "lag", "log_end"]
 
 
+def _highwater(consumer: object, tp: TP) -> int | None:
+    """The high watermark the consumer's last fetch of ``tp`` reported; None when it has
+    none (not fetched yet, not assigned or revoked meanwhile, the consumer not started)."""
+    try:
+        high = consumer.highwater(tp)  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    return high if type(high) is int else None
+
+
 def caught_up(
     app: faust.App, decided: dict[tuple[str, int], int], topics: Iterable[str], partition: int
 ) -> bool:
@@ -27,10 +37,7 @@ def caught_up(
     """
     consumer = app.consumer
     for topic in topics:
-        try:
-            high = consumer.highwater(TP(topic, partition))
-        except Exception:  # not assigned (any more), or not fetched yet
-            return False
+        high = _highwater(consumer, TP(topic, partition))
         position = decided.get((topic, partition))
         if high is None or position is None or position < high:
             return False
@@ -47,10 +54,7 @@ def lag(app: faust.App, decided: dict[tuple[str, int], int]) -> dict[tuple[str, 
         assigned = set()
     for tp in assigned:
         position = decided.get((tp.topic, tp.partition))
-        try:
-            high = consumer.highwater(tp)
-        except Exception:  # not fetched yet, or revoked meanwhile
-            continue
+        high = _highwater(consumer, tp)
         if position is not None and high is not None:
             out[(tp.topic, tp.partition)] = max(high - position, 0)
     return out
@@ -61,7 +65,8 @@ def log_end(app: faust.App, topic: str, partition: int) -> int:
     it has none (not fetched, not assigned): what a run's read position is checked against
     (processors/batch_routing.read_before)."""
     try:
-        high = app.consumer.highwater(TP(topic, partition))
-    except Exception:  # revoked meanwhile, or the consumer not started
+        consumer = app.consumer
+    except Exception:  # the consumer not started
         return -1
-    return high if type(high) is int else -1
+    high = _highwater(consumer, TP(topic, partition))
+    return -1 if high is None else high
