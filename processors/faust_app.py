@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from faust.tables import TableManager
+
 from baton.processors import faust_adapter, faust_fetch_codec
 from baton.processors.credentials import faust_credentials
 from baton.processors.faust_adapter import GovernedApp, WorkerRuntime
@@ -15,6 +17,17 @@ from baton.schemas.settings import Settings
 from baton.streams.topics import TopicCatalog
 
 __all__ = ["build_app", "runs_table", "source_topic"]
+
+
+class _PromptTableManager(TableManager):  # type: ignore[misc]
+    """Faust's table manager without the one-second pause its start gives tables still
+    being defined: the worker's only table (``runs``) is defined before the app starts
+    (processors/app.py), so the pause only delayed every start and every restart."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
@@ -48,6 +61,7 @@ def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
         broker_credentials=faust_credentials(s),
         # a batch is one fetch (WorkerRuntime.on_batch): this bounds it
         broker_max_poll_records=s.batch_size,
+        TableManager=_PromptTableManager,
     )
 
 

@@ -88,6 +88,9 @@ PINNED: list[tuple[str, Any, str, str, str]] = [
      "Recovery._set_recovery_ended", "84badf3f2cfe0d02", "in_recovery()"),
     ("TableManager.recovery", manager.TableManager.recovery.fget, "TableManager.recovery",
      "f0bf5de78b4c3d23", "in_recovery()"),
+    ("TableManager.on_start", manager.TableManager.on_start, "TableManager.on_start",
+     "365dd25fbc0e0684", "processors/faust_app.py _PromptTableManager.on_start: the same "
+     "without the 1 s pause"),
     ("aiokafka AIOKafkaConsumer.__init__", aiokafka_consumer.AIOKafkaConsumer.__init__,
      "AIOKafkaConsumer.__init__", "01506f316191f7c9",
      "_fetch_max_wait_ms, _isolation_level, _subscription, _coordinator"),
