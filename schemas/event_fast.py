@@ -77,7 +77,7 @@ Kind = FieldRule
 Spec = tuple[type, dict[str, Kind], dict[str, Any], int, tuple[str, ...], tuple[str, ...], int]
 
 _REQUIRED: Final = object()
-_CONFIG: Final = {"frozen": True, "extra": "ignore", "str_strip_whitespace": False}
+_CONFIG: Final = {"frozen": True, "extra": "forbid", "str_strip_whitespace": False}
 
 
 #: the longest name (baton.schemas.names.MAX_NAME): a name list's item is checked against it
@@ -279,19 +279,16 @@ def fast_event(raw: bytes, doc: dict[str, Any], spec: Spec) -> Any:
 def _built(doc: dict[str, Any], spec: Spec) -> Any:
     """:func:`fast_event` once its bytes are known to be ASCII without escapes."""
     model, kinds, defaults, required, names, lists, max_items = spec
-    if len(doc) > 2 * len(kinds):
-        return None  # mostly unknown keys: pydantic reads only the fields (O(fields), not O(keys))
     try:
         doc = fold_event_names(doc, names, lists, max_items)
     except EventNameRefused:
         return None
-    found = known = 0
+    found = 0
     changed: list[tuple[str, Any]] = []  # the values read as another object (times, lists)
     for field, value in doc.items():
         kind = kinds.get(field)
         if kind is None:
-            continue  # extra="ignore"
-        known += 1
+            return None  # extra="forbid": parse_event refuses it, naming the key
         what = kind.what
         if value is None:
             if not kind.nullable:
@@ -351,18 +348,12 @@ def _built(doc: dict[str, Any], spec: Spec) -> Any:
     if found != required:
         return None
     values = dict(defaults)  # the fields in their order; then the values read
-    if known == len(doc):
-        values.update(doc)
-    else:  # extra="ignore"
-        for field, value in doc.items():
-            if field in kinds:
-                values[field] = value
+    values.update(doc)
     for field, value in changed:
         values[field] = value
     event: Any = _new(model)
     _set_dict(event, values)
-    # the fields set: every key, unless some are extra (then only the fields among them)
-    _set_fields_set(event, set(doc) if known == len(doc) else {f for f in doc if f in kinds})
+    _set_fields_set(event, set(doc))  # the fields set: every key (none is extra)
     _set_extra(event, None)
     _set_private(event, None)
     return event

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from baton.schemas.event_errors import refusal
 from baton.schemas.event_fast import fast_event, fast_parse, fast_spec
 from baton.schemas.event_times import event_time_from
 from baton.schemas.json_numbers import overflowing_number
@@ -108,7 +109,9 @@ Tools = Annotated[list[Name], Field(max_length=MAX_TOOLS)]
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=False)
+    # an unknown key is refused, never dropped: a misspelt "actoin" would have the handoff
+    # decided without its action (past the approval gate), a misspelt "cost" uncounted
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
     #: the fields holding a name, and those holding a list of names (``_NAME``), per class
     _names: ClassVar[tuple[str, ...]] = ()
@@ -320,6 +323,11 @@ CONTROL_EVENT_TYPES: tuple[type[_Event], ...] = (KillSwitch, KillSwitchReleased,
 #: union's dispatch and TypeAdapter's wrapper (~0.4 us of ~4.5 a parse); a refusal is worded
 #: as the union's (its field names without the tag), validated once
 _RUN_MODELS = {c.model_fields["type"].default: c.__pydantic_validator__ for c in RUN_EVENT_TYPES}
+#: an event's type -> its fields, what a key it does not know was meant to be
+_FIELDS_OF = {
+    c.model_fields["type"].default: tuple(c.model_fields)
+    for c in (*RUN_EVENT_TYPES, *CONTROL_EVENT_TYPES)
+}
 #: a run event's type -> how baton.schemas.event_fast builds it without pydantic's per-field
 #: validation, for every model whose fields it reproduces exactly (each run event's today)
 _FAST_SPECS = {
@@ -341,46 +349,6 @@ class EventError(ValueError):
     def __init__(self, kind: str, message: str) -> None:
         self.kind = kind
         super().__init__(message)
-
-
-def _explain(exc: ValidationError, tagged: bool = True) -> str:
-    parts = []
-    for err in exc.errors(include_url=False)[:5]:
-        # drop the union tag pydantic puts first, e.g. "handoff_requested.cost_usd"
-        loc = ".".join(str(p) for p in err["loc"][int(tagged) :])
-        parts.append(f"{loc or '<event>'}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
-#: pydantic error types that mean "a value of the right type, but too big, small or long"
-_RANGE_ERRORS = frozenset(
-    {
-        "less_than_equal",
-        "less_than",
-        "greater_than_equal",
-        "greater_than",
-        "string_too_long",
-        "too_long",  # a list past its bound (tools)
-        "int_parsing_size",
-    }
-)
-
-
-def _out_of_range(error: Any) -> bool:
-    kind, value = error["type"], error.get("input")
-    if kind in ("int_type", "int_from_float") and isinstance(value, float):
-        # a count too big for an integer: JSON parsers read 40 digits as a float
-        return abs(value) > MAX_RUN_COUNT
-    return kind in _RANGE_ERRORS or (kind == "value_error" and "out of range" in error["msg"])
-
-
-def _error_kind(errors: list[Any]) -> str:
-    """``schema``, unless every error is a value out of range (``out_of_range``) or a bad
-    name among those (``bad_name``: baton.schemas.names)."""
-    bad_names = [e for e in errors if e["type"] == "value_error" and "bad name" in e["msg"]]
-    if not all(e in bad_names or _out_of_range(e) for e in errors):
-        return "schema"
-    return "bad_name" if bad_names else "out_of_range"
 
 
 def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None, models: Any = None) -> Any:
@@ -417,7 +385,7 @@ def _parse(raw: bytes, adapter: TypeAdapter[Any], key: bytes | None, models: Any
             raise EventError("unknown_type", f"unknown event type {kind[:64]!r}") from None
         # validated once: the union's refusal in its words, without its tag in the field names
         tagged = model is adapter
-        raise EventError(_error_kind(errors), f"{kind}: {_explain(exc, tagged)}") from None
+        raise EventError(*refusal(kind, exc, tagged, _FIELDS_OF.get(kind, ()))) from None
     except ValueError as exc:  # model_post_init checks
         raise EventError("schema", f"{kind}: {exc}") from None
 

@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-__all__ = ["REPO", "SOURCE_FOLDERS", "commit_tree", "run_pickled", "without_read_positions"]
+__all__ = [
+    "REPO",
+    "SOURCE_FOLDERS",
+    "commit_tree",
+    "refused_as_unknown",
+    "run_pickled",
+    "unknown_event_keys",
+    "without_read_positions",
+]
 
 #: this checkout (the git repository the commits are read from)
 REPO = Path(__file__).resolve().parents[1]
@@ -81,3 +89,33 @@ def without_read_positions(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(without_read_positions(v) for v in value)
     return value
+
+
+def unknown_event_keys(raw: bytes) -> list[str]:
+    """The keys of the event ``raw`` holds that its type does not have: since session 27 such
+    an event is refused (``schema``, "unknown field ..."), never read with the keys dropped (a
+    misspelt ``action`` was decided past the approval gate). [] when ``raw`` is no JSON object
+    of an event type, or holds none. An earlier commit read such events; a differential test
+    takes this refusal in place of what that commit answered (:func:`refused_as_unknown`)."""
+    import orjson
+
+    from baton.schemas.events import _FIELDS_OF
+
+    try:
+        doc = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        return []
+    if not isinstance(doc, dict) or not isinstance(doc.get("type"), str):
+        return []
+    fields = _FIELDS_OF.get(doc["type"])
+    return [] if fields is None else [k for k in doc if k not in fields]
+
+
+def refused_as_unknown(raw: bytes, answer: Any) -> bool:
+    """``answer`` (``[kind of answer, dead letter kind, message, ...]``) is this tree's refusal
+    of ``raw`` for keys its type does not have, and ``raw`` holds such keys."""
+    return (
+        list(answer[:2]) == ["refused", "schema"]
+        and "unknown field" in str(answer[2])
+        and bool(unknown_event_keys(raw))
+    )

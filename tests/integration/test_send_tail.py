@@ -123,7 +123,6 @@ def test_events_are_keyed_by_run_id_on_its_murmur2_partition(stack: Stack) -> No
     run = f"run_{uuid.uuid4().hex[:6]}"
     approval = {
         "type": "approval_granted",
-        "request_id": f"{run}-a1",
         "run_id": run,
         "approval_id": f"apr_{run}",
         "approver": "finance_lead",

@@ -25,7 +25,7 @@ import pytest
 from baton.processors import replay
 from baton.schemas import events
 from baton.schemas.events import MAX_EVENT_BYTES, EventError, parse_event
-from tests.commit_tree import REPO, commit_tree, run_pickled
+from tests.commit_tree import REPO, commit_tree, refused_as_unknown, run_pickled, unknown_event_keys
 
 pytestmark = pytest.mark.unit
 
@@ -187,7 +187,16 @@ def test_hostile_inputs_read_as_before_the_one_call_read(before_tree: Path) -> N
     now = _answers(INPUTS)
     then = run_pickled(RUNNER, INPUTS, {"PYTHONPATH": str(before_tree)}, cwd=REPO)
     assert len(now) == len(then) == len(INPUTS)
-    differ = [i for i, (a, b) in enumerate(zip(now, then, strict=True)) if a != b]
+    # an event holding a key its type does not have is refused since session 27 (the commit
+    # before read it with the key dropped); it is never read as an event now
+    for raw, row in zip(INPUTS, now, strict=True):
+        assert not unknown_event_keys(raw) or all(a[0] in ("refused", "raised") for a in row)
+    differ = [
+        i
+        for i, (a, b) in enumerate(zip(now, then, strict=True))
+        if a != b
+        and not all(x == y or refused_as_unknown(INPUTS[i], x) for x, y in zip(a, b, strict=True))
+    ]
     assert not differ, f"{INPUTS[differ[0]][:200]!r}:\n{now[differ[0]]}\n{then[differ[0]]}"
     kinds = {a[1] for row in now for a in row if a[0] == "refused"}
     assert {"key_mismatch", "not_json", "schema", "oversized", "unknown_type"} <= kinds

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.commit_tree import commit_tree, run_pickled
+from tests.commit_tree import commit_tree, refused_as_unknown, run_pickled, unknown_event_keys
 from tests.unit.test_events_fast import BASES, WHEN  # one valid event of each run type
 
 pytestmark = pytest.mark.unit
@@ -187,7 +187,16 @@ def _parsed(cases: list[tuple[bytes, bytes | None]], pythonpath: str | None) -> 
 
 def _assert_same(cases: list[tuple[bytes, bytes | None]], start: Path) -> list[Any]:
     before, now = _parsed(cases, str(start)), _parsed(cases, None)
-    differ = [(c, b, n) for c, b, n in zip(cases, before, now, strict=True) if b != n]
+    # an event holding a key its type does not have is refused since session 27 (the start
+    # read it with the key dropped); it is never read as an event now
+    assert not [
+        c for c, n in zip(cases, now, strict=True) if n[0] == "event" and unknown_event_keys(c[0])
+    ]
+    differ = [
+        (c, b, n)
+        for c, b, n in zip(cases, before, now, strict=True)
+        if b != n and not refused_as_unknown(c[0], n)
+    ]
     assert not differ, f"{len(differ)} of {len(cases)} differ; first: {differ[0]!r:.3000}"
     return now
 

@@ -49,6 +49,27 @@ def test_each_bad_line_is_named_by_its_number_and_the_exit_is_1() -> None:
     assert out.startswith("2 event(s) valid")
 
 
+def test_a_misspelt_field_is_named_not_dropped() -> None:
+    # H1 (session 27): "actoin" was dropped and the refund allowed past the approval gate
+    typo = GOOD[:-1] + ',"actoin":"billing.refund.create"}'
+    cost = (
+        '{"type":"handoff_completed","request_id":"r1","run_id":"run_1","task_id":"t",'
+        '"agent":"researcher","cost":12.5,"event_time":"2026-11-25T10:00:05Z"}'
+    )
+    code, out, err = send(stdin=f"{GOOD}\n{typo}\n{cost}\n")
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith(
+        "baton send: line 2: schema: handoff_requested: unknown field 'actoin' "
+        "(did you mean 'action'?)"
+    )
+    assert lines[1].startswith(
+        "baton send: line 3: schema: handoff_completed: unknown field 'cost' "
+        "(did you mean 'cost_usd'?)"
+    )
+    assert "1 event(s) valid" in out
+
+
 def test_the_size_limit_holds_at_its_exact_boundary() -> None:
     at_limit, over = padded(MAX_EVENT_BYTES), padded(MAX_EVENT_BYTES + 1)
     code, out, err = send(stdin=f"{at_limit}\n{over}\n{GOOD}")

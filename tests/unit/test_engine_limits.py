@@ -6,7 +6,7 @@ import pytest
 
 from baton.processors.engine import HARD_MAX_HANDOFFS, new_state
 from baton.schemas.decision import Fallback, Outcome, Phase, Reason
-from baton.schemas.events import parse_event
+from baton.schemas.events import EventError, parse_event
 from tests.unit.test_engine_support import Run, at, policy_with
 
 pytestmark = pytest.mark.unit
@@ -104,13 +104,15 @@ def test_third_level_is_allowed_and_fourth_is_stopped_by_max_delegation_depth() 
 def test_depth_comes_from_the_task_tree_not_from_the_client() -> None:
     run = Run(policy_with(max_agents_per_run=None))
     _chain(run, 3)
-    # a client claiming depth 1 is ignored: Baton computes it from parent t3
+    # a client claiming depth 1 is refused (no such field); Baton computes it from parent t3
     raw = (
         b'{"type":"handoff_requested","request_id":"req-deep","run_id":"run-1","task_id":"t4",'
         b'"parent_task_id":"t3","from_agent":"a3","to_agent":"a4","depth":1,'
         b'"event_time":"2026-03-01T09:00:00Z"}'
     )
-    d = run.one(parse_event(raw, b"run-1"))
+    with pytest.raises(EventError, match="unknown field 'depth'"):
+        parse_event(raw, b"run-1")
+    d = run.one(parse_event(raw.replace(b'"depth":1,', b""), b"run-1"))
     assert d.reason == Reason.DELEGATION_DEPTH_EXCEEDED and d.depth == 4
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from baton.schemas.events import (
     MAX_COUNT,
     MAX_EVENT_BYTES,
+    MAX_RUN_COUNT,
     MAX_TEXT,
     MAX_USD,
     ApprovalDenied,
@@ -93,9 +96,39 @@ def test_every_run_event_type_parses(doc: dict[str, Any], cls: type) -> None:
     assert isinstance(parse_event(_raw(doc), b"run-1"), cls)
 
 
-def test_unknown_fields_are_ignored_so_newer_clients_keep_working() -> None:
-    event = parse_event(_raw(_requested(priority="high", depth=1)))
-    assert isinstance(event, HandoffRequested)
+def test_an_unknown_field_is_refused_naming_it_never_dropped() -> None:
+    # H1 (session 27): "actoin" dropped had the refund decided past the approval gate, and
+    # "cost" dropped left the spend uncounted; both are a schema dead letter now
+    for doc, words in [
+        (
+            _requested(actoin="billing.refund.create"),
+            "unknown field 'actoin' (did you mean 'action'?)",
+        ),
+        (_completed(cost=12.5), "unknown field 'cost' (did you mean 'cost_usd'?)"),
+        (_requested(priority="high", depth=1), "unknown fields 'priority', 'depth'"),
+    ]:
+        with pytest.raises(EventError, match=re.escape(words)) as info:
+            parse_event(_raw(doc))
+        assert info.value.kind == "schema"
+        assert "refuses a field it does not know" in str(info.value)
+    with pytest.raises(ValidationError, match="actoin"):  # the SDK's constructors too
+        HandoffRequested(**{**_requested(), "actoin": "x"})
+
+
+def test_an_unknown_key_is_shown_short_and_escaped() -> None:
+    doc = _completed(**{"k" * 5000: 1, "\x1b[31mred": 2, "a": 3, "b": 4})
+    with pytest.raises(EventError) as info:
+        parse_event(_raw(doc))
+    text = str(info.value)
+    assert len(text) < 600 and "\x1b" not in text  # no raw escape reaches a terminal
+    assert "'\\x1b[31mred'" in text and "'" + "k" * 64 + "'..." in text
+    assert "and 1 more" in text
+
+
+def test_the_run_count_bound_the_errors_read_is_the_events() -> None:
+    from baton.schemas import event_errors
+
+    assert event_errors._MAX_RUN_COUNT == MAX_RUN_COUNT
 
 
 def test_event_round_trips_through_its_json() -> None:
@@ -163,7 +196,7 @@ def test_negative_tool_calls_and_estimates_are_out_of_range() -> None:
         _raw(_completed(status="s" * 257)),
         _raw(
             {
-                **_completed(),
+                **{k: v for k, v in _completed().items() if k in ApprovalDenied.model_fields},
                 "type": "approval_denied",
                 "approval_id": "a",
                 "approver": "b",
