@@ -185,3 +185,42 @@ def test_baton_policy_current_reads_past_a_transaction_left_open(
     )
     assert result.exit_code == 0, result.output
     assert f"policy in force: {parse_policy(newer).version}" in result.output, result.output
+
+
+def test_baton_policy_current_reads_a_batch_of_commands_to_its_last(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """H1 (session 27): `baton up`'s restore re-issues its commands in one record batch, and
+    Tansu's ListOffsets answers that batch's first offset + 1: `policy current` (and doctor)
+    stopped after the first command and named the --policy file's policy, not the update."""
+    from click.testing import CliRunner
+
+    from baton.cli.main import _register, cli
+    from baton.schemas.policy import parse_policy
+
+    prefix = f"c{uuid.uuid4().hex[:8]}."
+    catalog = fresh_topics(own_broker.bootstrap, prefix, PARTITIONS)
+    now = datetime.now(UTC)
+    kills = [
+        KillSwitch(scope="run", run_id=f"run-{n}", operator="oncall", event_time=now)
+        for n in range(5)
+    ]
+    newer = "multi_agent: {max_handoffs: 3}\n"
+    update = {"type": "policy_updated", "policy_yaml": newer, "operator": "oncall",
+              "event_time": now.isoformat()}  # fmt: skip
+    producer = Producer({"bootstrap.servers": own_broker.bootstrap, "linger.ms": 200})
+    for kill in kills:
+        producer.produce(catalog.control, kill.to_json(), b"kill", partition=0)
+    producer.produce(catalog.control, orjson.dumps(update), b"policy", partition=0)
+    assert producer.flush(10) == 0
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("multi_agent: {max_handoffs: 8}\n")
+    _register()
+    result = CliRunner().invoke(
+        cli,
+        ["policy", "current", "--policy", str(policy), "--timeout", "20"],
+        env={"BATON_BOOTSTRAP": own_broker.bootstrap, "BATON_TOPIC_PREFIX": prefix},
+    )
+    assert result.exit_code == 0, result.output
+    assert f"policy in force: {parse_policy(newer).version}" in result.output, result.output
+    assert f"{catalog.control}[0]@5" in result.output, result.output
