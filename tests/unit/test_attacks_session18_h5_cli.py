@@ -104,9 +104,14 @@ class _ControlTopic:
 
         return [TopicPartition(tp.topic, tp.partition, self.read) for tp in parts]
 
-    def poll(self, _: float) -> _Record | None:
-        if self.read >= len(self.records):
-            return None
+    def poll(self, _: float) -> Any:
+        if self.read >= len(self.records):  # the partition's end, as librdkafka says it
+            from types import SimpleNamespace
+
+            from confluent_kafka import KafkaError
+
+            eof = SimpleNamespace(code=lambda: KafkaError._PARTITION_EOF)
+            return SimpleNamespace(error=lambda: eof, partition=lambda: 0, offset=lambda: self.read)
         self.read += 1
         return _Record(self.read - 1, self.records[self.read - 1])
 
