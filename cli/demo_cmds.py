@@ -198,6 +198,15 @@ def demo_cmd(
                     f"{unanswered[0].detail}",
                     err=True,
                 )
+            killed = sorted({d.run_id for d in demo.seen.values() if d.reason == "killed"})
+            if killed:  # a kill switch in force here (the tour's on run_742), not a rule
+                click.echo(
+                    f"{', '.join(killed)}: stopped by a kill switch in force in this stack, "
+                    "not by the seed policy's rules (an unsigned release is not issued again "
+                    "after a restart); release it with a signed `baton kill --release`, or "
+                    "play the demo in a --data-dir of its own",
+                    err=True,
+                )
             sys.exit(1)
         click.echo(
             click.style(
