@@ -83,11 +83,21 @@ def tail_cmd(
     name = getattr(TopicCatalog(prefix=settings.topic_prefix), _TAIL_TOPICS[topic])
     render = _render_json if fmt == "json" else _render_text
     dead = _TAIL_TOPICS[topic] == "deadletter"
+    shown = 0
     try:
         for value, partition, offset in _read(settings, name, from_beginning, last, follow):
             doc = _json(value)
             if _wanted(doc, dead, run_id, probes):
                 click.echo(render(value, doc, f"[p{partition}@{offset}]", dead))
+                shown += 1
+        if run_id is not None and not shown:  # silence read as "no such run" (H1, session 27)
+            where = "in" if from_beginning else f"among the newest {last} records of"
+            click.echo(
+                f"baton tail: no records of run {run_id!r} {where} {name}"
+                + ("" if from_beginning else "; --from-beginning reads them all")
+                + f" (`baton trace {run_id}` shows its decisions from the audit)",
+                err=True,
+            )
     except BrokenPipeError:  # `baton tail ... | head`: the reader has what it wanted
         sys.stderr.close()
     except KeyboardInterrupt:

@@ -94,6 +94,13 @@ def test_the_tour_sends_two_handoffs_and_tails_the_ownership_stop(
     stops = stack.baton("tail", "stops", "--from-beginning", "--run", run, "--format", "json")
     (stop,) = [json.loads(line) for line in stops.stdout.splitlines()]
     assert stop["reason"] == "ownership_conflict" and stop["run_id"] == run
+    # a run with nothing to show says so on stderr (H1, session 27: silence, exit 0)
+    none = stack.baton("tail", "stops", "-n", "1", "--run", "no-such-run")
+    assert none.returncode == 0 and none.stdout == ""
+    assert none.stderr.startswith(
+        f"baton tail: no records of run 'no-such-run' among the newest 1 records of "
+        f"{stack.catalog.stops}; --from-beginning reads them all"
+    ), none.stderr
 
 
 def test_bad_lines_are_named_by_number_and_the_good_ones_sent(stack: Stack) -> None:
