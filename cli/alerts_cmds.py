@@ -88,7 +88,11 @@ def alerts_group(
     **overrides: Any,
 ) -> None:
     """Announce every stop from gov.stops (console, and --webhook-url as Slack JSON), once per
-    decision, storms folded. `baton alerts check` evaluates SQL alert rules instead."""
+    decision, storms folded. `baton alerts check` evaluates SQL alert rules instead.
+
+    While Kafka is unreachable it waits and retries (a line each time, at most 30 s apart),
+    where `baton worker` exits 4 at once. Ends 0 on Ctrl-C or SIGTERM, also while retrying
+    (nothing was read); 2 on a bad setting."""
     if ctx.invoked_subcommand is not None:
         return
     from baton.cli.log_format import LogOutput

@@ -62,7 +62,13 @@ __all__ = ["sink_cmd"]
 )
 def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any) -> None:
     """Consume gov.decisions into ClickHouse governance.decisions (batched, at least once,
-    deduplicated by decision_id); with chDB, also serve SQL for other processes."""
+    deduplicated by decision_id); with chDB, also serve SQL for other processes.
+
+    While Kafka or a ClickHouse server is unreachable it waits and retries (a line each
+    time, at most 30 s apart), where `baton worker` exits 4 at once: a sink started before
+    its audit catches up once the audit is there. Ends 0 on Ctrl-C or SIGTERM, also while
+    retrying (nothing was read); 5 when a chDB directory cannot be opened; 2 on a bad
+    setting."""
     from baton.sinks.sink import run_sink
 
     settings = build_settings(**overrides)

@@ -267,7 +267,7 @@ def run_alerts(
     """
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-    from baton.sinks.sink import ensure_catalog_topics, stops_topic
+    from baton.sinks.sink import StoppedWaiting, ensure_catalog_topics, stops_topic
     from baton.streams.kafka import consumer_config
 
     emit = emit or (lambda text: print(text, flush=True))
@@ -299,7 +299,11 @@ def run_alerts(
     )
     conf["enable.auto.commit"] = False  # committed once announced (see the module docstring)
     if topic is None:
-        ensure_catalog_topics(settings, stop_event)
+        try:
+            ensure_catalog_topics(settings, stop_event)
+        except StoppedWaiting as stopped:  # nothing read yet: a stop like any other
+            log.warning("alerts: %s; nothing was read", stopped)
+            return stats
 
     points = CommitPoints()  # commit only past records whose alerts are all out
 

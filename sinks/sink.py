@@ -40,6 +40,7 @@ from baton.sinks.audit_insert import load_insert_imports
 from baton.sinks.clickhouse import parse_dsn
 from baton.sinks.sink_loop import AuditSink
 from baton.sinks.sink_start import (
+    StoppedWaiting,
     decisions_topic,
     ensure_catalog_topics,
     open_audit,
@@ -53,6 +54,7 @@ __all__ = [
     "AuditBatch",
     "AuditSink",
     "SinkStats",
+    "StoppedWaiting",
     "decisions_topic",
     "ensure_catalog_topics",
     "open_audit",
@@ -90,16 +92,20 @@ def run_sink(
     # columns): at CPython's default gen-0 threshold (700) the collector ran ~50 times per
     # 10,000 rows, ~5 us a row, an eighth of the sink's time (measured: bench/RESULTS.md)
     gc.set_threshold(50_000, 20, 100)
-    if topic is None:
-        ensure_catalog_topics(settings, stop_event)
-    client = open_audit(
-        settings.clickhouse_dsn,
-        settings.audit_ttl_days,
-        stop_event,
-        ca_cert=settings.clickhouse_ca,
-        verify=settings.clickhouse_verify,
-        timeout_s=settings.clickhouse_timeout_s,
-    )
+    try:
+        if topic is None:
+            ensure_catalog_topics(settings, stop_event)
+        client = open_audit(
+            settings.clickhouse_dsn,
+            settings.audit_ttl_days,
+            stop_event,
+            ca_cert=settings.clickhouse_ca,
+            verify=settings.clickhouse_verify,
+            timeout_s=settings.clickhouse_timeout_s,
+        )
+    except StoppedWaiting as stopped:  # nothing read yet: a stop like any other
+        log.warning("audit sink: %s; nothing was read", stopped)
+        return SinkStats()
     load_insert_imports()
     server = None
     try:

@@ -16,6 +16,7 @@ from baton.sinks.clickhouse import audit_errors, connect, parse_dsn
 from baton.sinks.schema import migrate
 
 __all__ = [
+    "StoppedWaiting",
     "audit_consumer",
     "audit_consumer_config",
     "decisions_topic",
@@ -41,6 +42,11 @@ TANSU_LARGEST_BATCH = 256 * 1024 * 1024
 DEFAULT_MAX_RECEIVE_BYTES = TANSU_LARGEST_BATCH + FETCH_MAX_BYTES + 512
 #: librdkafka's largest receive.message.max.bytes (a Kafka answer's size is an int32)
 MAX_RECEIVE_BYTES = 2_147_483_647
+
+
+class StoppedWaiting(Exception):
+    """Told to stop (Ctrl-C, SIGTERM) while retrying an unreachable Kafka or ClickHouse:
+    nothing was read, so the process ends as any asked to stop does (exit 0), saying so."""
 
 
 def ensure_catalog_topics(settings: Settings, stop_event: threading.Event) -> None:
@@ -71,7 +77,7 @@ def ensure_catalog_topics(settings: Settings, stop_event: threading.Event) -> No
             attempt += 1
             log.warning("%s; retrying in %.0f s", exc, wait)
             if stop_event.wait(wait):
-                raise
+                raise StoppedWaiting(f"stopped while Kafka was unreachable ({exc})") from None
 
 
 def decisions_topic(settings: Settings) -> str:
@@ -174,4 +180,4 @@ def open_audit(
             attempt += 1
             log.warning("audit sink: %s; retrying in %.1f s", exc, wait)
             if stop_event.wait(wait):
-                raise
+                raise StoppedWaiting(f"stopped while the audit was unreachable ({exc})") from None

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -502,16 +503,50 @@ def test_the_sink_and_alerter_name_a_refused_broker_at_each_retry(
     import logging
     import threading
 
-    from baton.schemas.errors import BrokerUnavailable
     from baton.schemas.settings import Settings
-    from baton.sinks.sink_start import ensure_catalog_topics
+    from baton.sinks.sink_start import StoppedWaiting, ensure_catalog_topics
 
     address = f"127.0.0.1:{_closed_port()}"
     stop = threading.Event()
     stop.set()  # one attempt, its retry line, then the stop
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING), pytest.raises(BrokerUnavailable):
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(StoppedWaiting, match="connection refused"),
+    ):
         ensure_catalog_topics(Settings(bootstrap=address, connect_timeout_s=5), stop)
     assert time.monotonic() - started < 3
     [line] = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     assert line.startswith(f"cannot reach Kafka at {address} ({address}: connection refused)")
+
+
+@pytest.mark.parametrize("command", ["sink", "alerts"])
+def test_a_sink_or_alerter_stopped_while_retrying_ends_0_saying_so(
+    command: str, tmp_path: Path
+) -> None:
+    # H1 (session 27): SIGTERM while Kafka (or ClickHouse) was unreachable ended them 4 or 5
+    # with "cannot reach": README says they end 0 when stopped; nothing was read
+    import signal
+
+    address = f"127.0.0.1:{_closed_port()}"
+    env = {**os.environ, "BATON_BOOTSTRAP": address, "BATON_CONNECT_TIMEOUT_S": "2"}
+    env["BATON_CLICKHOUSE_DSN"] = f"chdb://{tmp_path / 'chdb'}"
+    args = [sys.executable, "-m", "baton.cli", command]
+    if command == "sink":
+        args += ["--sql-port", "off"]
+    proc = subprocess.Popen(
+        args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        deadline = time.monotonic() + 60
+        while "retrying" not in seen and time.monotonic() < deadline:
+            seen += proc.stderr.readline()
+        assert "retrying" in seen, seen
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, seen + err
+    assert "stopped while Kafka was unreachable" in seen + err and "nothing was read" in seen + err
