@@ -189,20 +189,11 @@ def build_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**given)
     except Exception as exc:  # pydantic ValidationError: name the setting and its variable
-        errors = getattr(exc, "errors", None)
-        if errors is None:
+        if getattr(exc, "errors", None) is None:
             raise
-        from baton.schemas.redact import mask_credentials
+        from baton.schemas.settings import settings_problems
 
-        lines = []
-        for err in errors():
-            field = ".".join(str(p) for p in err["loc"])
-            got = mask_credentials(repr(err.get("input")))
-            if field == "bootstrap" and ("@" in got or "USER:PASSWORD" in str(err["msg"])):
-                # USER:PASSWORD@HOST (or its '@' escaped, of another code point): not repeated
-                got = "(not repeated: it may hold a password)"
-            lines.append(f"{field} (BATON_{field.upper()}): {err['msg']}, got {got}")
-        raise ConfigError("invalid settings: " + "; ".join(lines)) from None
+        raise ConfigError(f"invalid settings: {settings_problems(exc)}") from None
 
 
 def read_policy(path: str | Path | None) -> Policy:

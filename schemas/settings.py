@@ -19,7 +19,13 @@ from baton.schemas.errors import ConfigError
 from baton.schemas.redact import mask_credentials
 from baton.sinks.schema import MAX_AUDIT_TTL_DAYS
 
-__all__ = ["MAX_RETENTION_S", "MAX_TIMEOUT_S", "Settings", "checked_bootstrap"]
+__all__ = [
+    "MAX_RETENTION_S",
+    "MAX_TIMEOUT_S",
+    "Settings",
+    "checked_bootstrap",
+    "settings_problems",
+]
 
 #: the longest wait a timeout setting may name (a socket timeout of 1e300 s raised OverflowError)
 MAX_TIMEOUT_S = 3600.0
@@ -37,6 +43,24 @@ MIN_MAX_DECOMPRESSED_BATCH_BYTES = 128 * 1024
 #: topic_prefix and app_id are parts of topic names (Kafka: [a-zA-Z0-9._-], 249 at most)
 MAX_TOPIC_PART = 200
 _TOPIC_PART = re.compile(rf"[A-Za-z0-9._-]{{0,{MAX_TOPIC_PART}}}")
+
+
+def settings_problems(exc: Any) -> str:
+    """A settings model's pydantic ``ValidationError`` as one line a setting at a time, each
+    named with its environment variable: ``client_timeout_s (BATON_CLIENT_TIMEOUT_S): Input
+    should be greater than 0, got '0'`` (a credential in the value masked, never repeated
+    in a bootstrap)."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        got = mask_credentials(repr(err.get("input")))
+        if field == "bootstrap" and ("@" in got or "USER:PASSWORD" in str(err["msg"])):
+            # USER:PASSWORD@HOST (or its '@' escaped, of another code point): not repeated
+            got = "(not repeated: it may hold a password)"
+        said = str(err["msg"])
+        shown = "" if ", got " in said else f", got {got}"  # (its own words name the value)
+        lines.append(f"{field} (BATON_{field.upper()}): {said}{shown}")
+    return "; ".join(lines)
 
 
 def checked_bootstrap(value: str) -> str:

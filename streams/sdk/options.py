@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
 from baton.schemas.env_names import closest, model_variables, unknown_text
 from baton.schemas.policy_approval import MAX_APPROVAL_TTL_S
-from baton.schemas.settings import MAX_TIMEOUT_S, Settings, checked_bootstrap
+from baton.schemas.settings import MAX_TIMEOUT_S, Settings, checked_bootstrap, settings_problems
 from baton.streams.kafka import printable_config
 from baton.streams.topics import TopicCatalog
 
@@ -149,12 +149,15 @@ class ClientOptions:
         """Arguments first, then ``settings`` (default: read from ``BATON_*`` variables)."""
         if not isinstance(settings, ClientSettings):  # the client_* fields come from env
             warn_unknown_client_variables(os.environ)
-        if settings is None:
-            s = ClientSettings()
-        elif isinstance(settings, ClientSettings):
-            s = settings
-        else:  # a plain Settings: keep what it says, take the client_* fields from env/defaults
-            s = ClientSettings(**settings.model_dump(exclude_unset=True))
+        try:
+            if settings is None:
+                s = ClientSettings()
+            elif isinstance(settings, ClientSettings):
+                s = settings
+            else:  # a plain Settings: keep what it says, the client_* fields from env/defaults
+                s = ClientSettings(**settings.model_dump(exclude_unset=True))
+        except ValidationError as exc:  # a BATON_* variable: named, as the CLI names it
+            raise ValueError(f"invalid settings: {settings_problems(exc)}") from None
         if bootstrap is not None:  # (model_copy validates nothing: checked as Settings would)
             s = s.model_copy(update={"bootstrap": checked_bootstrap(bootstrap)})
         if partitions is None and "partitions" in s.model_fields_set:

@@ -321,6 +321,32 @@ def test_an_orchestrator_is_told_of_a_mistyped_client_variable_once(
     ]
 
 
+def test_an_orchestrator_is_told_which_client_variable_is_out_of_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # H1 (session 27): a raw pydantic ValidationError that named neither the variable nor
+    # Baton; now a ValueError as the CLI words it
+    from baton.streams.sdk import options
+
+    monkeypatch.setenv("BATON_CLIENT_TIMEOUT_S", "0")
+    with pytest.raises(ValueError) as raised:
+        options.ClientOptions.resolve("127.0.0.1:9092")
+    assert str(raised.value) == (
+        "invalid settings: client_timeout_s (BATON_CLIENT_TIMEOUT_S): "
+        "Input should be greater than 0, got '0'"
+    )
+    assert type(raised.value) is ValueError  # not pydantic's subclass
+
+
+def test_a_setting_s_own_words_naming_its_value_are_not_repeated() -> None:
+    from baton.cli.options import build_settings
+    from baton.schemas.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        build_settings(metrics_port="abc")
+    assert str(raised.value).count("got 'abc'") == 1, str(raised.value)
+
+
 def test_a_check_that_fails_never_stops_the_command(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
