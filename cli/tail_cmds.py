@@ -25,6 +25,7 @@ from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.events import MAX_EVENT_BYTES
 from baton.schemas.settings import Settings
 from baton.sinks.render import printable_json
+from baton.sinks.rows import MAX_RECORD_BYTES
 from baton.streams.kafka import kafka_said
 
 __all__ = ["register"]
@@ -115,8 +116,18 @@ def _read(
     from baton.streams.net import check_reachable
 
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    from baton.sinks.sink_start import DEFAULT_MAX_RECEIVE_BYTES, FETCH_MAX_BYTES
+
+    # a record batch up to the largest Tansu takes is received (and shown cut): at
+    # librdkafka's 100 MB one record had every fetch refused and tail hung (H2, session 27)
+    bounds = {
+        "receive.message.max.bytes": DEFAULT_MAX_RECEIVE_BYTES,
+        "fetch.max.bytes": FETCH_MAX_BYTES,
+    }
     consumer = Consumer(
-        consumer_config(settings.kafka_config(), "baton-tail", {"enable.partition.eof": True})
+        consumer_config(
+            settings.kafka_config(), "baton-tail", {"enable.partition.eof": True, **bounds}
+        )
     )
     try:
         parts = _partitions(consumer, settings, topic)
@@ -225,6 +236,8 @@ def _json(value: bytes) -> Any:
     writes (254 levels; it reads 1,024): a record nested 300 deep ended ``--format json``
     with a traceback, a dead letter's field 1,000 deep the text line (``str()``'s
     RecursionError), and with ``-f`` nothing after it was shown."""
+    if len(value) > MAX_RECORD_BYTES:  # no Baton record: shown cut, never parsed whole
+        return None
     try:
         doc = orjson.loads(value)
         orjson.dumps(doc)
@@ -256,7 +269,7 @@ def _render_text(value: bytes, doc: Any, where: str, dead: bool) -> str:
     """One readable line: a decision, or a dead letter; anything else shown escaped."""
     if dead and isinstance(doc, dict):
         return shown(f"{_dead_line(doc)} {where}")
-    if not dead:
+    if not dead and len(value) <= MAX_RECORD_BYTES:
         from baton.schemas.decision import Decision
 
         try:

@@ -129,3 +129,72 @@ def test_a_batch_past_the_receive_bound_stalls_its_partition_loudly_and_skips_no
         assert sink.alive(), sink.log()
     finally:
         sink.stop()
+
+
+def test_a_101_mb_record_on_gov_stops_blinds_neither_the_alerter_nor_tail(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """H2 (session 27, F1): the alerter and `baton tail` read with librdkafka's 100 MB
+    receive bound: one record past it on gov.stops had every fetch answer refused and the
+    connection dropped; no stop of any partition was announced again, and tail hung."""
+    import os
+    import subprocess
+    import sys
+
+    prefix = "s27stops."
+    catalog = TopicCatalog(prefix=prefix, partitions=1, replication=1)
+    ensure_topics({"bootstrap.servers": own_broker.bootstrap}, catalog, timeout=10)
+    stops = []
+    for run in ("ra", "rb"):
+        decided = _published(
+            [
+                handoff("h1", "t1", "planner", "researcher", run_id=run),
+                handoff("h2", "t1", "planner", "writer", run_id=run),
+            ],
+            run,
+        )
+        stops += [d for d in decided if d.outcome == "stop"]
+    assert len(stops) == 2
+    producer = Producer(
+        {"bootstrap.servers": own_broker.bootstrap, "message.max.bytes": 1_000_000_000}
+    )
+    for value in (stops[0].to_json(), b"x" * 101_000_000, stops[1].to_json()):
+        producer.produce(catalog.stops, value, partition=0)
+        assert producer.flush(60) == 0  # one record a batch
+    del producer
+    env = {
+        **os.environ,
+        "BATON_BOOTSTRAP": own_broker.bootstrap,
+        "BATON_TOPIC_PREFIX": prefix,
+        "BATON_PARTITIONS": "1",
+        "BATON_APP_ID": "s27alerts",
+    }
+    tail = subprocess.run(
+        [sys.executable, "-m", "baton.cli", "tail", "stops", "--from-beginning"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.splitlines()
+    assert len(lines) == 3 and "(not a Baton record) xxx" in lines[1], tail.stdout[:2000]
+    assert "ra" in lines[0] and "rb" in lines[2] and len(tail.stdout) < 5_000
+    log = tmp_path / "alerts.log"
+    with open(log, "w") as out:
+        alerts = subprocess.Popen(
+            [sys.executable, "-m", "baton.cli", "alerts", "--max-age", "0"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(
+            lambda: "run rb stopped" in log.read_text() and "run ra stopped" in log.read_text(),
+            90,
+            message=lambda: log.read_text()[-3000:],
+        )
+    finally:
+        alerts.terminate()
+        alerts.wait(30)
+    assert "too_large" in log.read_text()
