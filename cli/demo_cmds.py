@@ -5,6 +5,7 @@ other than the seed policy says."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -124,6 +125,7 @@ def demo_cmd(
     ClickHouse. Without --bootstrap it starts `baton up` itself (stopped at the end unless
     --keep). Exit status 1 names every decision that differed from the seed policy.
     """
+    os.umask(0o077)  # its stack's files (up.out holds the SQL token) are its user's alone
     stack: DemoStack | None = None
     temp_dir: str | None = None
     started = time.monotonic()

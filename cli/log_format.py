@@ -14,6 +14,7 @@ to stderr itself, past the ``logging`` module, stays as it is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from datetime import UTC, datetime
@@ -126,11 +127,15 @@ class LogOutput:
             handler.setFormatter(formatter)
 
     def say(self, message: str, level: int = logging.INFO, run_id: str | None = None) -> None:
-        """A status line of the command (always shown, whatever the log level)."""
+        """A status line of the command (always shown, whatever the log level), or nothing
+        once stderr's reader is gone: `baton up 2>&1 | grep -m1 ready` closed the pipe and
+        up's next line (a child's restart) ended the supervision it announced (H2, session 27)."""
         if self._formatter is None:
-            print(mask_credentials(message), file=sys.stderr, flush=True)
-            return
-        record = logging.LogRecord(self.component, level, "", 0, message, None, None)
-        if run_id is not None:
-            record.run_id = run_id
-        print(self._formatter.format(record), file=sys.stderr, flush=True)
+            line = mask_credentials(message)
+        else:
+            record = logging.LogRecord(self.component, level, "", 0, message, None, None)
+            if run_id is not None:
+                record.run_id = run_id
+            line = self._formatter.format(record)
+        with contextlib.suppress(BrokenPipeError, ValueError):  # reader gone, stderr closed
+            print(line, file=sys.stderr, flush=True)

@@ -154,6 +154,9 @@ def up_cmd(
     setting of `baton worker`, `baton sink` and `baton alerts` (see their --help)."""
     from baton.streams.embedded import EmbeddedBroker
 
+    # what it and its children write (the audit, logs, up.out's SQL token, the lock) is its
+    # user's alone: a world-readable data dir let any local user read the audit (H2, s. 27)
+    os.umask(0o077)
     data_dir = data_dir.resolve()
     opts["metrics_port"] = metrics_port
     settings = build_settings(**opts)
@@ -200,6 +203,8 @@ def up_cmd(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _stop)  # a closed terminal: stopped as by SIGTERM, recorded
+    announced = False
     try:
         say(f"starting the embedded Kafka broker (logs in {logs})")
         broker.start()
@@ -247,7 +252,6 @@ def up_cmd(
         say(f"waiting for the worker (policy {policy.version})")
         readiness = Readiness(settings, catalog, None if no_audit else sql_port, data_dir / "chdb")
         readiness.start()
-        announced = False
         next_progress = time.monotonic() + PROGRESS_EVERY_S
         while not stopping:
             _check_broker(broker)
@@ -271,15 +275,17 @@ def up_cmd(
             record = _keep_record(record, broker, supervisor, readiness, announced)
             time.sleep(0.2)
         say("stopping")
+        interrupted = not announced  # stopped before ready (H2, session 27: it ended 0)
     except _Interrupted:
         say("interrupted during start-up; stopping")
         interrupted = True
     except BatonError:
-        if stopping:  # Ctrl-C reaches the broker and the children too: their exits are the stop
-            say("stopping")
-            return
-        say("stopping everything; the reason follows")  # the children may take a while
-        raise
+        if not stopping:
+            say("stopping everything; the reason follows")  # the children may take a while
+            raise
+        # Ctrl-C reaches the broker and the children too: their exits are the stop
+        say("stopping")
+        interrupted = not announced
     finally:
         interruptible = False
         if supervisor is not None:

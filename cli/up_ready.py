@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -112,5 +113,6 @@ def announce_new_sql_token(readiness: Readiness, chdb_dir: Path, port: int | Non
     dsn = _answering_sql_dsn(port or None, chdb_dir, known=readiness.sql_dsn)
     if dsn is not None:
         readiness.sql_dsn = dsn
-        click.echo(f"baton up: the SQL endpoint restarted with a new token: sql={dsn}")
-        sys.stdout.flush()
+        with contextlib.suppress(BrokenPipeError, ValueError):  # stdout's reader gone: go on
+            click.echo(f"baton up: the SQL endpoint restarted with a new token: sql={dsn}")
+            sys.stdout.flush()

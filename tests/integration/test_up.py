@@ -346,6 +346,18 @@ def test_a_restarted_sink_serves_sql_with_a_new_token_and_says_so(up: _Up) -> No
     assert up.proc.poll() is None
 
 
+def test_the_data_dir_and_what_the_stack_writes_are_its_users_alone(up: _Up) -> None:
+    # H2 (session 27): drwxr-xr-x and -rw-r--r--: any local user read the audit's parts,
+    # the alerts log and up.out's SQL token
+    up.ready_line()
+    for folder in (up.data_dir, up.data_dir / "logs", up.data_dir / "chdb"):
+        assert folder.stat().st_mode & 0o077 == 0, (folder, oct(folder.stat().st_mode))
+    written = [p for p in up.data_dir.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert written and all(p.stat().st_mode & 0o077 == 0 for p in written), [
+        (str(p), oct(p.stat().st_mode)) for p in written if p.stat().st_mode & 0o077
+    ][:5]
+
+
 def test_sigterm_stops_everything_without_orphans(up: _Up) -> None:
     up.ready_line()
     children = _children_of(up.proc.pid)
@@ -353,3 +365,64 @@ def test_sigterm_stops_everything_without_orphans(up: _Up) -> None:
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(40) == 0
     wait_for(lambda: _gone(children), 20, message="children to exit")
+
+
+def test_supervision_outlives_its_readers_and_sighup_stops_it_recorded(
+    tmp_path: Path,
+) -> None:
+    """H2 (session 27): `baton up 2>&1 | grep -m1 ready`: once the reader was gone, up's
+    next line (a child's restart) raised BrokenPipeError and the whole stack stopped; and a
+    closed terminal (SIGHUP) killed it with its record left "running"."""
+    data = tmp_path / "stack"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "baton.cli", "up", "--data-dir", str(data), "--no-audit",
+         "--partitions", "2", "--session-timeout-s", "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if " ready " in line or not line:
+                break
+        assert " ready " in line, line
+        proc.stdout.close()  # the reader goes away, as grep -m1 does
+        old = _child_running(proc.pid, "worker")
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        wait_for(
+            lambda: _child_running(proc.pid, "worker") not in (None, old),
+            30,
+            message="the worker restarted with no one reading up's output",
+        )
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(40) == 0
+        assert json.loads((data / "stack.json").read_text())["state"] == "stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_stop_before_ready_ends_130(tmp_path: Path) -> None:
+    # H2 (session 27, F11): once its children were started, a stop before ready ended 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "baton.cli", "up", "--data-dir", str(tmp_path / "s"),
+         "--no-audit", "--partitions", "2", "--session-timeout-s", "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        seen = ""
+        while "waiting for the worker" not in seen:
+            line = proc.stdout.readline()
+            assert line, seen
+            seen += line
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, seen + out
+    assert " ready " not in seen + out
