@@ -11,7 +11,7 @@ from baton.processors.chain_links import shown_id
 from baton.processors.compiled import core_build
 from baton.processors.replay import ReplayReport, RunOutcome
 from baton.schemas.policy import Policy
-from baton.sinks.render import shown_cut
+from baton.sinks.render import printable_json, shown_cut
 
 __all__ = ["_json", "_table"]
 
@@ -120,4 +120,13 @@ def _json(
         "partial": report.partial,
         "broken": report.broken,
     }
-    return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+    return printable_lines(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+
+
+def printable_lines(text: bytes) -> bytes:
+    """Indented JSON with a run id's C1 controls, bidi overrides and line separators as
+    ``\\u`` escapes (orjson escapes C0 only: H2, session 27, a client's run id repainted the
+    operator's terminal); its raw newlines are the indentation's alone."""
+    if text.isascii():
+        return text
+    return "\n".join(printable_json(ln) for ln in text.decode().split("\n")).encode()

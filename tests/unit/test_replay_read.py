@@ -235,3 +235,17 @@ def test_a_reading_error_is_raised_where_the_page_would_have_come() -> None:
     assert next(got) == b"first"
     with pytest.raises(AuditUnavailable, match="went away"):
         next(got)
+
+
+def test_replay_json_writes_a_run_ids_terminal_controls_escaped() -> None:
+    # H2 (session 27, F9): `baton replay --format json` printed U+009B (CSI), U+202E and
+    # U+2028 of a client's run id raw; the document read back is the same
+    from baton.cli.replay_output import printable_lines
+
+    hostile = "c1\u009b2J\u009d0;t\u009c\u202eevil\u202c\u2028x"
+    doc = {"changes": [{"run_id": hostile, "n": 1}], "runs": 1}
+    raw = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+    out = printable_lines(raw)
+    assert out.isascii() and out.count(b"\n") == raw.count(b"\n")
+    assert orjson.loads(out) == doc
+    assert printable_lines(b'{\n  "a": 1\n}') == b'{\n  "a": 1\n}'
