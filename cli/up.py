@@ -87,7 +87,7 @@ _MAX_BACKOFF_S = 30.0
 @click.option(
     "--restart-window-s",
     # a day at most, like the other durations (1e308 was taken: every exit ever counted)
-    type=FiniteFloatRange(min=0, min_open=True, max=86400),
+    type=FiniteFloatRange(min=1, max=86400),  # (1e-300: restarts spun a core)
     default=120.0,
     show_default=True,
     envvar=env_names.RESTART_WINDOW_S,
@@ -95,7 +95,7 @@ _MAX_BACKOFF_S = 30.0
 )
 @click.option(
     "--restart-backoff-s",
-    type=FiniteFloatRange(min=0, min_open=True, max=3600),
+    type=FiniteFloatRange(min=0.1, max=3600),  # (1e-300: restarts spun a core)
     default=1.0,
     show_default=True,
     envvar=env_names.RESTART_BACKOFF_S,

@@ -336,7 +336,13 @@ class Settings(BaseSettings):
         description="most decisions in one audit insert (a quarter of it goes as soon as the "
         "writer is free); ~3 KB of memory a decision, twice: one batch filling, one in flight",
     )
-    sink_batch_timeout_s: float = Field(1.0, gt=0, le=MAX_TIMEOUT_S)
+    sink_batch_timeout_s: float = Field(
+        1.0,
+        # 1e-300 passed gt=0 and an idle sink spun a whole core (H2, session 27)
+        ge=0.01,
+        le=MAX_TIMEOUT_S,
+        description="longest a batch waits to fill before it is written to the audit",
+    )
     sink_max_receive_bytes: int = Field(
         320_864_768,
         ge=2 * 1024 * 1024,

@@ -362,3 +362,20 @@ def test_a_check_that_fails_never_stops_the_command(
         main.main()
     assert ended.value.code == 0
     assert "the BATON_* variables were not checked: click changed" in capsys.readouterr().err
+
+
+def test_floors_that_keep_an_idle_process_off_a_core() -> None:
+    # H2 (session 27, F6/F15): 1e-300 passed gt=0: an idle sink spun a core, and restarts
+    # of a failing child never reached the limit
+    from click.testing import CliRunner
+
+    from baton.cli.main import _register, cli
+    from baton.cli.options import build_settings
+    from baton.schemas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sink_batch_timeout_s \(BATON_SINK_BATCH_TIMEOUT_S\)"):
+        build_settings(sink_batch_timeout_s=1e-300)
+    _register()
+    for option in ("--restart-window-s", "--restart-backoff-s"):
+        result = CliRunner().invoke(cli, ["up", option, "1e-300"])
+        assert result.exit_code == 2 and option in result.output, result.output
