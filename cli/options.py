@@ -40,17 +40,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 #: settings every Kafka client reads (connection and security); a command that talks to Kafka
-#: lists them all in its --help
+#: lists them all in its --help. The two passwords are no flags: BATON_SASL_PASSWORD and
+#: BATON_SSL_KEY_PASSWORD only (a flag's value is in every local user's `ps`: H2, session 27)
 KAFKA_CONNECTION = (
     "bootstrap",
     "security_protocol",
     "sasl_mechanism",
     "sasl_username",
-    "sasl_password",
     "ssl_cafile",
     "ssl_certfile",
     "ssl_keyfile",
-    "ssl_key_password",
     "connect_timeout_s",
 )
 #: settings every ClickHouse client reads

@@ -62,8 +62,7 @@ def create_topics(settings: Settings) -> Any:
     "transactional_id",
     "transaction_timeout_ms",
     "worker_data_dir",
-    "replication_factor",
-    "audit_chain_key",
+    "replication_factor",  # (audit_chain_key: BATON_AUDIT_CHAIN_KEY only, never in `ps`)
     "metrics_port",
     "metrics_host",
     "log_format",
@@ -73,6 +72,9 @@ def worker_cmd(**opts: Any) -> None:
 
     Workers with the same --app-id share the partitions of the run-keyed topics; a worker
     that dies hands its partitions, and their state from the changelog, to the others.
+
+    The audit's chain key is BATON_AUDIT_CHAIN_KEY, from the environment only (a flag's
+    value is in every local user's `ps`); the same on every worker and `baton audit verify`.
     """
     settings = build_settings(**opts)
     from baton.cli.log_format import LogOutput, logging_config

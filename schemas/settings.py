@@ -129,9 +129,11 @@ class Settings(BaseSettings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         None, description="SASL mechanism (needed with SASL_SSL / SASL_PLAINTEXT)"
     )
-    sasl_username: str | None = Field(None, description="SASL user")
+    sasl_username: str | None = Field(
+        None, description="SASL user (its password: BATON_SASL_PASSWORD, never a flag)"
+    )
     sasl_password: SecretStr | None = Field(
-        None, description="SASL password (a secret: masked when printed; prefer the variable)"
+        None, description="SASL password (a secret: masked when printed; the variable only)"
     )
     ssl_cafile: Path | None = Field(
         None, description="CA certificate(s), PEM, that signed the brokers' (system CAs if unset)"
@@ -139,7 +141,11 @@ class Settings(BaseSettings):
     ssl_certfile: Path | None = Field(
         None, description="client certificate, PEM, for Kafka mTLS (needs ssl_keyfile)"
     )
-    ssl_keyfile: Path | None = Field(None, description="private key, PEM, of ssl_certfile")
+    ssl_keyfile: Path | None = Field(
+        None,
+        description="private key, PEM, of ssl_certfile (its password: BATON_SSL_KEY_PASSWORD, "
+        "never a flag)",
+    )
     ssl_key_password: SecretStr | None = Field(
         None, description="password of an encrypted ssl_keyfile (a secret: masked when printed)"
     )
@@ -403,6 +409,15 @@ class Settings(BaseSettings):
     @classmethod
     def _bootstrap(cls, value: str) -> str:
         return checked_bootstrap(value)
+
+    @field_validator("audit_chain_key")
+    @classmethod
+    def _chain_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # empty was taken as no key, silently, without the restore's warning: what
+        # `BATON_AUDIT_CHAIN_KEY: ${CHAIN_KEY}` gives when CHAIN_KEY is unset (H2, session 27)
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("empty; unset it for no key, or give the workers' key")
+        return value
 
     @field_validator("metrics_port", mode="before")
     @classmethod
