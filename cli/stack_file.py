@@ -200,13 +200,16 @@ def read_record(data_dir: Path) -> StackRecord | None:
     when it is not a record (not a regular file, too big, not the format)."""
     path = record_path(data_dir)
     try:
-        data = read_small_file(path, _MAX_RECORD_BYTES)
+        data = read_small_file(path, _MAX_RECORD_BYTES, mine=True)  # (H2, session 27)
     except FileNotFoundError:
         return None
     except FileProblem as exc:
-        raise ConfigError(
-            f"stack record {path}: {exc}, expected `baton up`'s JSON of a few hundred bytes"
-        ) from None
+        expected = (
+            "use --bootstrap / --dsn, or a --data-dir of your own"
+            if "another user" in str(exc)
+            else "expected `baton up`'s JSON of a few hundred bytes"
+        )
+        raise ConfigError(f"stack record {path}: {exc}; {expected}") from None
     try:
         return StackRecord.model_validate_json(data)
     except ValidationError as exc:

@@ -43,18 +43,26 @@ class FileProblem(Exception):
         self.size = size
 
 
-def read_small_file(path: str | Path, limit: int, *, private: bool = False) -> bytes:
+def read_small_file(
+    path: str | Path, limit: int, *, private: bool = False, mine: bool = False
+) -> bytes:
     """The bytes of the regular file at ``path``, at most ``limit`` of them.
 
     ``FileNotFoundError`` when there is none (callers decide what absence means);
     ``FileProblem`` when it is a directory, not a regular file, larger than ``limit`` or
     unreadable, or (``private``: a secret such as a private key) when its group or others
-    may read it.
+    may read it, or (``mine``: a file that says where to connect, like git's
+    safe.directory) when another user owns it.
     """
     fd = _opened(lambda: os.open(path, os.O_RDONLY | os.O_NONBLOCK))
     try:
         info = os.fstat(fd)
         _check_kind(info.st_mode, fifo=False)
+        if mine and info.st_uid != os.geteuid():
+            raise FileProblem(
+                f"is owned by another user (uid {info.st_uid}, you are {os.geteuid()}): not "
+                "trusted, it could send your commands to their broker or audit"
+            )
         if private and info.st_mode & 0o077:
             raise FileProblem(
                 f"readable by others (mode {info.st_mode & 0o777:o}); chmod 600 {path}"

@@ -328,7 +328,7 @@ def endpoint_record(file: Path) -> dict[str, Any]:
     """The JSON object in ``file`` (small, a regular file), or an empty one when there is none
     or it is anything else: a data dir's file is not trusted to be the one the sink wrote."""
     try:
-        record = json.loads(read_small_file(file, 64 * 1024))
+        record = json.loads(read_small_file(file, 64 * 1024, mine=True))
     except (FileNotFoundError, FileProblem, ValueError, RecursionError):
         return {}
     return record if isinstance(record, dict) else {}

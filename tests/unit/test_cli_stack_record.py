@@ -171,6 +171,29 @@ def test_a_forged_bootstrap_in_a_record_is_refused(tmp_path: Path, bootstrap: st
         read_record(tmp_path)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_record_or_endpoint_file_another_user_owns_is_not_followed(tmp_path: Path) -> None:
+    # H2 (session 27, F2): another user's ./.baton (a stack.json and a process whose argv
+    # says `baton up` holding its lock) had `baton kill` engage a kill on their broker and
+    # report success; their endpoint file sent `sql`, `trace`, `approvals` to their "audit"
+    from baton.sinks.clickhouse import ENDPOINT_FILE, endpoint_record
+
+    good = _record(tmp_path, 1).model_dump(mode="json")
+    path = tmp_path / STACK_FILE
+    path.write_text(json.dumps(good))
+    assert read_record(tmp_path) is not None
+    os.chown(path, 65534, 65534)
+    with pytest.raises(ConfigError) as foreign:
+        read_record(tmp_path)
+    assert f"owned by another user (uid 65534, you are {os.geteuid()})" in str(foreign.value)
+    assert "a --data-dir of your own" in str(foreign.value)
+    endpoint = tmp_path / ENDPOINT_FILE
+    endpoint.write_text(json.dumps({"dsn": "http://baton:t@127.0.0.1:1", "pid": os.getpid()}))
+    assert endpoint_record(endpoint)["pid"] == os.getpid()
+    os.chown(endpoint, 65534, 65534)
+    assert endpoint_record(endpoint) == {}
+
+
 def test_a_live_pid_that_is_not_baton_up_is_not_the_stack(tmp_path: Path) -> None:
     # this test process is alive but runs pytest: a reused pid must not pass for the stack
     assert not _record(tmp_path, os.getpid()).live()
