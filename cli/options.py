@@ -190,7 +190,7 @@ def build_settings(**overrides: Any) -> Settings:
     except Exception as exc:  # pydantic ValidationError: name the setting and its variable
         if getattr(exc, "errors", None) is None:
             raise
-        from baton.schemas.settings import settings_problems
+        from baton.schemas.env_names import settings_problems
 
         raise ConfigError(f"invalid settings: {settings_problems(exc)}") from None
 

@@ -9,12 +9,13 @@ warns about a set ``BATON_*`` variable that is in none of them, and
 tests/unit/test_env_check.py finds each ``BATON_*`` name of the source tree in one of them.
 The pure helpers both that check and the SDK's (``streams/sdk/options.py``: an orchestrator's
 mistyped ``BATON_CLIENT_*``) use are here too: a settings model's variables, the closest
-known name, the warning's text.
+known name, the warning's text, and a settings error worded by its variables
+(:func:`settings_problems`, the CLI's and the SDK's alike).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -37,6 +38,7 @@ __all__ = [
     "WARNED",
     "closest",
     "model_variables",
+    "settings_problems",
     "unknown_text",
     "warning_text",
 ]
@@ -130,3 +132,23 @@ def unknown_text(name: str, suggestion: str | None) -> str:
 def warning_text(name: str, suggestion: str | None) -> str:
     """The stderr line a ``baton`` command prints for one unknown variable."""
     return f"baton: warning: {unknown_text(name, suggestion)}"
+
+
+def settings_problems(exc: Any) -> str:
+    """A settings model's pydantic ``ValidationError`` as one line a setting at a time, each
+    named with its environment variable: ``client_timeout_s (BATON_CLIENT_TIMEOUT_S): Input
+    should be greater than 0, got '0'`` (a credential in the value masked, never repeated
+    in a bootstrap)."""
+    from baton.schemas.redact import mask_credentials
+
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        got = mask_credentials(repr(err.get("input")))
+        if field == "bootstrap" and ("@" in got or "USER:PASSWORD" in str(err["msg"])):
+            # USER:PASSWORD@HOST (or its '@' escaped, of another code point): not repeated
+            got = "(not repeated: it may hold a password)"
+        said = str(err["msg"])
+        shown = "" if ", got " in said else f", got {got}"  # (its own words name the value)
+        lines.append(f"{field} (BATON_{field.upper()}): {said}{shown}")
+    return "; ".join(lines)

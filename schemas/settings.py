@@ -24,7 +24,6 @@ __all__ = [
     "MAX_TIMEOUT_S",
     "Settings",
     "checked_bootstrap",
-    "settings_problems",
 ]
 
 #: the longest wait a timeout setting may name (a socket timeout of 1e300 s raised OverflowError)
@@ -43,24 +42,6 @@ MIN_MAX_DECOMPRESSED_BATCH_BYTES = 128 * 1024
 #: topic_prefix and app_id are parts of topic names (Kafka: [a-zA-Z0-9._-], 249 at most)
 MAX_TOPIC_PART = 200
 _TOPIC_PART = re.compile(rf"[A-Za-z0-9._-]{{0,{MAX_TOPIC_PART}}}")
-
-
-def settings_problems(exc: Any) -> str:
-    """A settings model's pydantic ``ValidationError`` as one line a setting at a time, each
-    named with its environment variable: ``client_timeout_s (BATON_CLIENT_TIMEOUT_S): Input
-    should be greater than 0, got '0'`` (a credential in the value masked, never repeated
-    in a bootstrap)."""
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"])
-        got = mask_credentials(repr(err.get("input")))
-        if field == "bootstrap" and ("@" in got or "USER:PASSWORD" in str(err["msg"])):
-            # USER:PASSWORD@HOST (or its '@' escaped, of another code point): not repeated
-            got = "(not repeated: it may hold a password)"
-        said = str(err["msg"])
-        shown = "" if ", got " in said else f", got {got}"  # (its own words name the value)
-        lines.append(f"{field} (BATON_{field.upper()}): {said}{shown}")
-    return "; ".join(lines)
 
 
 def checked_bootstrap(value: str) -> str:
@@ -342,12 +323,8 @@ class Settings(BaseSettings):
         description="most decisions in one audit insert (a quarter of it goes as soon as the "
         "writer is free); ~3 KB of memory a decision, twice: one batch filling, one in flight",
     )
-    sink_batch_timeout_s: float = Field(
-        1.0,
-        # 1e-300 passed gt=0 and an idle sink spun a whole core (H2, session 27)
-        ge=0.01,
-        le=MAX_TIMEOUT_S,
-        description="longest a batch waits to fill before it is written to the audit",
+    sink_batch_timeout_s: float = Field(  # (ge: 1e-300 spun an idle sink's core, H2 s. 27)
+        1.0, ge=0.01, le=MAX_TIMEOUT_S, description="longest a batch waits to fill, in seconds"
     )
     sink_max_receive_bytes: int = Field(
         320_864_768,

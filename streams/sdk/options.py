@@ -17,9 +17,14 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
-from baton.schemas.env_names import closest, model_variables, unknown_text
+from baton.schemas.env_names import (
+    closest,
+    model_variables,
+    settings_problems,
+    unknown_text,
+)
 from baton.schemas.policy_approval import MAX_APPROVAL_TTL_S
-from baton.schemas.settings import MAX_TIMEOUT_S, Settings, checked_bootstrap, settings_problems
+from baton.schemas.settings import MAX_TIMEOUT_S, Settings, checked_bootstrap
 from baton.streams.kafka import printable_config
 from baton.streams.topics import TopicCatalog
 

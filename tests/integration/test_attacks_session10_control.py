@@ -159,9 +159,6 @@ def test_baton_policy_current_reads_past_a_transaction_left_open(
 ) -> None:
     """`baton policy current` read as the workers did (read_committed): past a transaction
     left open it saw no later update and named the --policy file's policy as in force."""
-    from click.testing import CliRunner
-
-    from baton.cli.main import _register, cli
     from baton.schemas.policy import parse_policy
 
     prefix = f"c{uuid.uuid4().hex[:8]}."
@@ -175,16 +172,8 @@ def test_baton_policy_current_reads_past_a_transaction_left_open(
         "event_time": datetime.now(UTC).isoformat(),
     }
     EventSender(own_broker.bootstrap, catalog.control).send_raw(orjson.dumps(update), b"policy")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text("multi_agent: {max_handoffs: 8}\n")
-    _register()
-    result = CliRunner().invoke(
-        cli,
-        ["policy", "current", "--policy", str(policy), "--timeout", "20"],
-        env={"BATON_BOOTSTRAP": own_broker.bootstrap, "BATON_TOPIC_PREFIX": prefix},
-    )
-    assert result.exit_code == 0, result.output
-    assert f"policy in force: {parse_policy(newer).version}" in result.output, result.output
+    output = _policy_current(own_broker, prefix, tmp_path)
+    assert f"policy in force: {parse_policy(newer).version}" in output, output
 
 
 def test_baton_policy_current_reads_a_batch_of_commands_to_its_last(
@@ -193,9 +182,6 @@ def test_baton_policy_current_reads_a_batch_of_commands_to_its_last(
     """H1 (session 27): `baton up`'s restore re-issues its commands in one record batch, and
     Tansu's ListOffsets answers that batch's first offset + 1: `policy current` (and doctor)
     stopped after the first command and named the --policy file's policy, not the update."""
-    from click.testing import CliRunner
-
-    from baton.cli.main import _register, cli
     from baton.schemas.policy import parse_policy
 
     prefix = f"c{uuid.uuid4().hex[:8]}."
@@ -213,14 +199,25 @@ def test_baton_policy_current_reads_a_batch_of_commands_to_its_last(
         producer.produce(catalog.control, kill.to_json(), b"kill", partition=0)
     producer.produce(catalog.control, orjson.dumps(update), b"policy", partition=0)
     assert producer.flush(10) == 0
+    output = _policy_current(own_broker, prefix, tmp_path)
+    assert f"policy in force: {parse_policy(newer).version}" in output, output
+    assert f"{catalog.control}[0]@5" in output, output
+
+
+def _policy_current(broker: EmbeddedBroker, prefix: str, tmp_path: Path) -> str:
+    """`baton policy current` with a --policy file of max_handoffs 8, on ``prefix``'s topics:
+    its output, once it exited 0."""
+    from click.testing import CliRunner
+
+    from baton.cli.main import _register, cli
+
     policy = tmp_path / "policy.yaml"
     policy.write_text("multi_agent: {max_handoffs: 8}\n")
     _register()
     result = CliRunner().invoke(
         cli,
         ["policy", "current", "--policy", str(policy), "--timeout", "20"],
-        env={"BATON_BOOTSTRAP": own_broker.bootstrap, "BATON_TOPIC_PREFIX": prefix},
+        env={"BATON_BOOTSTRAP": broker.bootstrap, "BATON_TOPIC_PREFIX": prefix},
     )
     assert result.exit_code == 0, result.output
-    assert f"policy in force: {parse_policy(newer).version}" in result.output, result.output
-    assert f"{catalog.control}[0]@5" in result.output, result.output
+    return result.output

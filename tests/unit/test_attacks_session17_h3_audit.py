@@ -52,7 +52,7 @@ def _store(client: Any, ttl_days: int, offset: int, decision: Decision, clock: A
 
 
 def _verify(path: Path, ttl_days: int) -> Any:
-    env = {"BATON_AUDIT_TTL_DAYS": str(ttl_days), "BATON_AUDIT_CHAIN_KEY": ""}
+    env = {"BATON_AUDIT_TTL_DAYS": str(ttl_days), "BATON_AUDIT_CHAIN_KEY": None}  # (unset: no key)
     return CliRunner().invoke(audit_group, ["verify", "--dsn", f"chdb://{path}"], env=env)
 
 
