@@ -21,12 +21,15 @@ from baton.cli.demo_play import SEED_RUN, replay_scene
 from baton.cli.options import FiniteFloatRange
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from baton.cli.demo_play import Demo
+    from baton.schemas.decision import Decision
 
 from baton.cli.demo_audit import audit_summary, decided_since
 from baton.cli.demo_stack import DemoStack, live_stack
 
-__all__ = ["register"]
+__all__ = ["killed_hint", "register"]
 
 
 async def _play(
@@ -200,15 +203,9 @@ def demo_cmd(
                     f"{unanswered[0].detail}",
                     err=True,
                 )
-            killed = sorted({d.run_id for d in demo.seen.values() if d.reason == "killed"})
-            if killed:  # a kill switch in force here (the tour's on run_742), not a rule
-                click.echo(
-                    f"{', '.join(killed)}: stopped by a kill switch in force in this stack, "
-                    "not by the seed policy's rules (an unsigned release is not issued again "
-                    "after a restart); release it with a signed `baton kill --release`, or "
-                    "play the demo in a --data-dir of its own",
-                    err=True,
-                )
+            hint = killed_hint(demo.seen.values())
+            if hint:
+                click.echo(hint, err=True)
             sys.exit(1)
         click.echo(
             click.style(
@@ -263,3 +260,18 @@ def _next_commands(data_dir: Path) -> str:
 
 def register(cli: click.Group) -> None:
     cli.add_command(demo_cmd)
+
+
+def killed_hint(decisions: Iterable[Decision]) -> str | None:
+    """The line that names the demo's runs a kill switch in force stopped (the README tour's
+    on run_742, whose unsigned release a restart does not issue again: H1, session 27 read
+    the demo's differences as a Baton defect), or None when none was."""
+    killed = sorted({d.run_id for d in decisions if d.reason == "killed"})
+    if not killed:
+        return None
+    return (
+        f"{', '.join(killed)}: stopped by a kill switch in force in this stack, not by the "
+        "seed policy's rules (an unsigned release is not issued again after a restart); "
+        "release it with a signed `baton kill --release`, or play the demo in a --data-dir "
+        "of its own"
+    )

@@ -550,3 +550,20 @@ def test_a_sink_or_alerter_stopped_while_retrying_ends_0_saying_so(
         proc.kill()
     assert proc.returncode == 0, seen + err
     assert "stopped while Kafka was unreachable" in seen + err and "nothing was read" in seen + err
+
+
+def test_the_demo_names_the_runs_a_kill_switch_in_force_stopped() -> None:
+    # H1 (session 27): after the README tour (its unsigned release of run_742's kill switch
+    # not issued again by a restart) the demo's "2 differences from the seed policy" read as
+    # a Baton defect
+    from types import SimpleNamespace
+
+    from baton.cli.demo_cmds import killed_hint
+
+    seen = [SimpleNamespace(run_id=r, reason=why) for r, why in
+            [("run_742", "killed"), ("run_742", "killed"), ("demo_x_budget", "ok")]]  # fmt: skip
+    hint = killed_hint(seen)  # type: ignore[arg-type]
+    assert hint is not None and hint.startswith(
+        "run_742: stopped by a kill switch in force in this stack, not by the seed policy's rules"
+    )
+    assert killed_hint(seen[2:]) is None  # type: ignore[arg-type]
