@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from baton.schemas.errors import ConfigError
-from baton.schemas.files import FileProblem, read_small_file
+from baton.schemas.files import FileProblem, ForeignFile, read_small_file
 
 __all__ = [
     "LOCK_FILE",
@@ -206,7 +206,7 @@ def read_record(data_dir: Path) -> StackRecord | None:
     except FileProblem as exc:
         expected = (
             "use --bootstrap / --dsn, or a --data-dir of your own"
-            if "another user" in str(exc)
+            if isinstance(exc, ForeignFile)
             else "expected `baton up`'s JSON of a few hundred bytes"
         )
         raise ConfigError(f"stack record {path}: {exc}; {expected}") from None

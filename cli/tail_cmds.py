@@ -116,19 +116,12 @@ def _read(
     from baton.streams.net import check_reachable
 
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
-    from baton.sinks.sink_start import DEFAULT_MAX_RECEIVE_BYTES, FETCH_MAX_BYTES
+    from baton.sinks.sink_start import receive_bounds
 
     # a record batch up to the largest Tansu takes is received (and shown cut): at
     # librdkafka's 100 MB one record had every fetch refused and tail hung (H2, session 27)
-    bounds = {
-        "receive.message.max.bytes": DEFAULT_MAX_RECEIVE_BYTES,
-        "fetch.max.bytes": FETCH_MAX_BYTES,
-    }
-    consumer = Consumer(
-        consumer_config(
-            settings.kafka_config(), "baton-tail", {"enable.partition.eof": True, **bounds}
-        )
-    )
+    conf = {"enable.partition.eof": True, **receive_bounds()}
+    consumer = Consumer(consumer_config(settings.kafka_config(), "baton-tail", conf))
     try:
         parts = _partitions(consumer, settings, topic)
         starts, ends = [], {}

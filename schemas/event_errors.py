@@ -17,10 +17,6 @@ from pydantic import ValidationError
 
 __all__ = ["refusal"]
 
-#: a count beyond this, read by JSON parsers as a float, is out of range, not of a wrong type
-#: (baton.schemas.events.MAX_RUN_COUNT)
-_MAX_RUN_COUNT = 2**31 - 1
-
 
 def refusal(
     kind: str, exc: ValidationError, tagged: bool, fields: tuple[str, ...]
@@ -61,8 +57,11 @@ _RANGE_ERRORS = frozenset(
 def _out_of_range(error: Any) -> bool:
     kind, value = error["type"], error.get("input")
     if kind in ("int_type", "int_from_float") and isinstance(value, float):
-        # a count too big for an integer: JSON parsers read 40 digits as a float
-        return abs(value) > _MAX_RUN_COUNT
+        # a count too big for an integer: JSON parsers read 40 digits as a float (events
+        # imports this module: its bound is read here, on the refusal's path only)
+        from baton.schemas.events import MAX_RUN_COUNT
+
+        return abs(value) > MAX_RUN_COUNT
     return kind in _RANGE_ERRORS or (kind == "value_error" and "out of range" in error["msg"])
 
 

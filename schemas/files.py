@@ -23,6 +23,7 @@ _Opened = TypeVar("_Opened")
 
 __all__ = [
     "FileProblem",
+    "ForeignFile",
     "kind_of",
     "open_log",
     "open_stream",
@@ -43,6 +44,10 @@ class FileProblem(Exception):
         self.size = size
 
 
+class ForeignFile(FileProblem):
+    """A file another user owns where only the reader's own is trusted (``mine``)."""
+
+
 def read_small_file(
     path: str | Path, limit: int, *, private: bool = False, mine: bool = False
 ) -> bytes:
@@ -59,7 +64,7 @@ def read_small_file(
         info = os.fstat(fd)
         _check_kind(info.st_mode, fifo=False)
         if mine and info.st_uid != os.geteuid():
-            raise FileProblem(
+            raise ForeignFile(
                 f"is owned by another user (uid {info.st_uid}, you are {os.geteuid()}): not "
                 "trusted, it could send your commands to their broker or audit"
             )

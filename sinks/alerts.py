@@ -268,7 +268,7 @@ def run_alerts(
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     from baton.sinks.sink import StoppedWaiting, ensure_catalog_topics, stops_topic
-    from baton.sinks.sink_start import DEFAULT_MAX_RECEIVE_BYTES, FETCH_MAX_BYTES
+    from baton.sinks.sink_start import receive_bounds
     from baton.streams.kafka import consumer_config
 
     emit = emit or (lambda text: print(text, flush=True))
@@ -293,10 +293,8 @@ def run_alerts(
     overrides: dict[str, Any] = {
         "error_cb": lambda err: log.warning("alerts: Kafka: %s", err),
         # a record batch up to the largest Tansu takes is received and skipped (too_large):
-        # at librdkafka's 100 MB one record on gov.stops had every fetch answer refused, the
-        # connection dropped, and no stop of any partition announced (H2, session 27)
-        "receive.message.max.bytes": DEFAULT_MAX_RECEIVE_BYTES,
-        "fetch.max.bytes": FETCH_MAX_BYTES,
+        # at librdkafka's 100 MB no stop of any partition was announced (H2, session 27)
+        **receive_bounds(),
     }
     session_timeout_s = getattr(settings, "session_timeout_s", None)
     if session_timeout_s:

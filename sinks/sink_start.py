@@ -22,6 +22,7 @@ __all__ = [
     "decisions_topic",
     "ensure_catalog_topics",
     "open_audit",
+    "receive_bounds",
     "stops_topic",
 ]
 
@@ -108,6 +109,19 @@ def audit_consumer(
     return Consumer(audit_consumer_config(kafka_config, group_id, overrides, max_receive_bytes))
 
 
+def receive_bounds(max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES) -> dict[str, int]:
+    """librdkafka's receive bound and the fetch size under it: a fetch answer past
+    receive.message.max.bytes is never received (one record past librdkafka's 100 MB default
+    on a topic had every fetch refused and the connection dropped, for every partition), so
+    Baton's readers of its own topics (the sink, the alerter, `baton tail`) take answers up
+    to ``max_receive_bytes``."""
+    return {
+        "receive.message.max.bytes": max_receive_bytes,
+        # librdkafka refuses a fetch.max.bytes within 512 B of the receive bound
+        "fetch.max.bytes": min(FETCH_MAX_BYTES, max_receive_bytes - 512),
+    }
+
+
 def audit_consumer_config(
     kafka_config: dict[str, str],
     group_id: str,
@@ -133,9 +147,7 @@ def audit_consumer_config(
             # reconnect, the same fetch); read, it is rejected as oversized
             # (rows.MAX_RECORD_BYTES). The bound is what no batch on Tansu exceeds, not 2 GiB:
             # the answer costs the sink ~2x its size in memory (DEFAULT_MAX_RECEIVE_BYTES)
-            "receive.message.max.bytes": max_receive_bytes,
-            # librdkafka refuses a fetch.max.bytes within 512 B of the receive bound
-            "fetch.max.bytes": min(FETCH_MAX_BYTES, max_receive_bytes - 512),
+            **receive_bounds(max_receive_bytes),
             "error_cb": lambda err: log.warning("audit sink: Kafka: %s", err),
             **(overrides or {}),
         },

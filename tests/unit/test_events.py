@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from baton.schemas.events import (
     MAX_COUNT,
     MAX_EVENT_BYTES,
-    MAX_RUN_COUNT,
     MAX_TEXT,
     MAX_USD,
     ApprovalDenied,
@@ -123,12 +122,6 @@ def test_an_unknown_key_is_shown_short_and_escaped() -> None:
     assert len(text) < 600 and "\x1b" not in text  # no raw escape reaches a terminal
     assert "'\\x1b[31mred'" in text and "'" + "k" * 64 + "'..." in text
     assert "and 1 more" in text
-
-
-def test_the_run_count_bound_the_errors_read_is_the_events() -> None:
-    from baton.schemas import event_errors
-
-    assert event_errors._MAX_RUN_COUNT == MAX_RUN_COUNT
 
 
 def test_event_round_trips_through_its_json() -> None:
