@@ -158,6 +158,19 @@ class _BoundedServer(BoundedConnections, ThreadingMixIn, WSGIServer):
         log.debug("a /metrics connection ended in an error", exc_info=True)
 
 
+def _only_metrics(app: Any) -> Any:
+    """``app`` on /metrics, 404 on every other path (prometheus_client answers the metrics on
+    any path but /favicon.ico: a probe of /, /admin or /.env read the worker's figures)."""
+
+    def only_metrics(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO", "") in ("/metrics", "/metrics/"):
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: Baton serves its metrics on /metrics\n"]
+
+    return only_metrics
+
+
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsEndpoint:
     """Serve ``registry`` on http://host:port/metrics (port 0: a free one) from a thread."""
     try:
@@ -171,7 +184,7 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsE
             f"on {host[:100]!r} port {port}: {why}; expected an address of this machine and "
             "a free port (0 = any, off = no metrics)"
         ) from None
-    server.set_app(make_wsgi_app(registry))
+    server.set_app(_only_metrics(make_wsgi_app(registry)))
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     shown = f"[{shown}]" if ":" in shown else shown

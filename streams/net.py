@@ -3,6 +3,7 @@ the bound on the connections a threading server of ours serves at once."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ __all__ = [
     "check_reachable",
     "free_port",
     "parse_bootstrap",
+    "peer_of",
     "shown_bootstrap",
 ]
 
@@ -120,12 +122,31 @@ def check_reachable(bootstrap: str, timeout_s: float = 10.0) -> None:
     raise BrokerUnavailable(f"cannot reach Kafka at {where} ({shown}); is the broker running?")
 
 
+def peer_of(address: str) -> str:
+    """The peer a connection from ``address`` counts against: the address, except where one
+    client may pick among many. Every 127.x.x.x is the loopback of one host (a local process
+    chose 127.0.0.2, .3, ... and took a share with each), an IPv6 client's /64 is its own to
+    number, and an IPv4 address mapped into IPv6 (a dual-stack socket) is that IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return "127.0.0.0/8" if ip.is_loopback else str(ip)
+    if ip.is_loopback:
+        return str(ip)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
+
+
 class BoundedConnections:
     """A ``socketserver`` mixin (before ``ThreadingMixIn``): at most ``max_connections``
-    connections served at once, and at most ``max_per_peer`` from one address (None: no such
-    bound); the others are closed unread (a client tries again). Each served connection holds
-    a thread of the process for as long as it stays open: without a bound, idle or trickling
-    clients held as many as they opened (/metrics, session 10; the SQL endpoint, session 17)."""
+    connections served at once, and at most ``max_per_peer`` from one peer (``peer_of``;
+    None: no such bound); the others are closed unread (a client tries again). Each served
+    connection holds a thread of the process for as long as it stays open: without a bound,
+    idle or trickling clients held as many as they opened (/metrics, session 10; the SQL
+    endpoint, session 17)."""
 
     max_connections: int = 0
     max_per_peer: int | None = None
@@ -137,7 +158,7 @@ class BoundedConnections:
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        peer = str(client_address[0]) if client_address else ""
+        peer = peer_of(str(client_address[0])) if client_address else ""
         with self._held_lock:
             mine = self._per_peer.get(peer, 0)
             bound = self.max_per_peer
@@ -156,7 +177,7 @@ class BoundedConnections:
         try:
             super().process_request_thread(request, client_address)  # type: ignore[misc]
         finally:
-            self._release(str(client_address[0]) if client_address else "")
+            self._release(peer_of(str(client_address[0])) if client_address else "")
 
     def _release(self, peer: str) -> None:
         with self._held_lock:

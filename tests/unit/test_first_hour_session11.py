@@ -267,16 +267,12 @@ def test_send_names_the_valid_event_types_for_a_mistyped_or_missing_type(tmp_pat
 # ------------------------------------------------------------------ 5: /metrics, a share per peer
 
 
-def _scrape(url: str, source: str, timeout: float = 5.0) -> bytes:
-    """GET /metrics from the local address ``source``; b"" when the server closed it unread."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    with socket.create_connection(
-        (parts.hostname, parts.port), timeout=timeout, source_address=(source, 0)
-    ) as conn:
+def _scrape(port: int, source: str, timeout: float = 5.0, path: str = "/metrics") -> bytes:
+    """GET ``path`` from the local address ``source``; b"" when the server closed it unread."""
+    host = "::1" if ":" in source else "127.0.0.1"
+    with socket.create_connection((host, port), timeout=timeout, source_address=(source, 0)) as conn:
         try:
-            conn.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            conn.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
             chunks = []
             while chunk := conn.recv(65536):
                 chunks.append(chunk)
@@ -285,42 +281,102 @@ def _scrape(url: str, source: str, timeout: float = 5.0) -> bytes:
     return b"".join(chunks)
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _still_open(held: list[socket.socket]) -> int:
+    open_ones = 0
+    for conn in held:
+        conn.settimeout(0.2)
+        try:
+            open_ones += conn.recv(1) != b""
+        except TimeoutError:
+            open_ones += 1
+        except ConnectionResetError:
+            pass
+    return open_ones
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="needs the IPv6 loopback (::1) for a second peer")
 def test_one_peer_holding_connections_open_leaves_the_metrics_to_the_others() -> None:
     # 32 idle connections from one address held every slot: a scrape from another address
-    # (Prometheus) was closed unread until they timed out, and they could reconnect at once
+    # (Prometheus) was closed unread until they timed out, and they could reconnect at once.
+    # Every 127.x.x.x is one peer (H2, session 27: a local hog took 4 slots from each of
+    # 127.0.0.1..8), so the other peer here is ::1 (the server listens dual-stack on ::)
     from baton.processors import metrics_serve
     from baton.processors.metrics_serve import new_registry, serve_metrics
 
-    endpoint = serve_metrics(new_registry(), "127.0.0.1", 0)
+    endpoint = serve_metrics(new_registry(), "::", 0)
     port = int(endpoint.url.rsplit(":", 1)[1].split("/")[0])
     held = []
     try:
-        for _ in range(metrics_serve.MAX_CONNECTIONS):
-            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        for i in range(metrics_serve.MAX_CONNECTIONS):
+            held.append(
+                socket.create_connection(
+                    ("127.0.0.1", port), timeout=5, source_address=(f"127.0.0.{1 + i % 8}", 0)
+                )
+            )
         time.sleep(0.5)  # the server has taken them all
-        # another address is served (Linux routes all of 127/8 to the loopback)
-        assert b"process_cpu_seconds_total" in _scrape(endpoint.url, "127.0.0.2")
-        # the hog itself got its share, the rest were closed unread
-        open_ones = 0
-        for conn in held:
-            conn.settimeout(0.2)
-            try:
-                open_ones += conn.recv(1) != b""
-            except TimeoutError:
-                open_ones += 1
-            except ConnectionResetError:
-                pass
-        assert open_ones == metrics_serve.MAX_PER_PEER
-        assert _scrape(endpoint.url, "127.0.0.1") == b""
+        assert b"process_cpu_seconds_total" in _scrape(port, "::1")
+        # the hog got one share across its eight loopback addresses, the rest closed unread
+        assert _still_open(held) == metrics_serve.MAX_PER_PEER
+        assert _scrape(port, "127.0.0.9") == b""
     finally:
         for conn in held:
             conn.close()
     # the slots come back when its connections end
     deadline = time.monotonic() + 10
-    while not (answer := _scrape(endpoint.url, "127.0.0.1")) and time.monotonic() < deadline:
+    while not (answer := _scrape(port, "127.0.0.1")) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert b"process_cpu_seconds_total" in answer
     endpoint.close()
+
+
+@pytest.mark.parametrize(
+    ("address", "peer"),
+    [
+        ("127.0.0.1", "127.0.0.0/8"),
+        ("127.255.3.9", "127.0.0.0/8"),
+        ("::ffff:127.0.0.2", "127.0.0.0/8"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("::ffff:10.1.2.3", "10.1.2.3"),
+        ("::1", "::1"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:1:2:3", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("", ""),
+        ("not-an-address", "not-an-address"),
+    ],
+)
+def test_a_peer_is_what_one_client_cannot_multiply(address: str, peer: str) -> None:
+    from baton.streams.net import peer_of
+
+    assert peer_of(address) == peer
+
+
+@pytest.mark.parametrize("path", ["/", "/admin", "/.env", "/metricsx", "/favicon.ico", "/x/metrics"])
+def test_metrics_are_served_on_metrics_only(path: str) -> None:
+    # prometheus_client answered the figures on any path (H2, session 27, F16)
+    from baton.processors.metrics_serve import new_registry, serve_metrics
+
+    endpoint = serve_metrics(new_registry(), "127.0.0.1", 0)
+    port = int(endpoint.url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        answer = _scrape(port, "127.0.0.1", path=path)
+        assert answer.startswith(b"HTTP/1.0 404"), answer[:80]
+        assert b"process_cpu_seconds_total" not in answer
+        assert b"Baton serves its metrics on /metrics" in answer
+        for good in ("/metrics", "/metrics/", "/metrics?debug=1"):
+            assert b"process_cpu_seconds_total" in _scrape(port, "127.0.0.1", path=good)
+    finally:
+        endpoint.close()
 
 
 # ------------------------------------------------------------------ 2: baton up, what it waits for
