@@ -105,10 +105,29 @@ class _BatonGroup(SentenceGroup):
             else:
                 click.echo(f"baton: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except click.BadParameter as exc:
+            named = _from_environment(exc)
+            if named:  # the flag's name alone sent the user looking for a flag they never typed
+                exc.message = f"{exc.message} (the value came from the environment: {named})"
+            raise
         except KeyboardInterrupt:
             # click's own answer is "Aborted!" and exit 1, which reads as the command's verdict
             click.echo("\nbaton: interrupted (Ctrl-C)", err=True)
             sys.exit(INTERRUPTED_EXIT)
+
+
+def _from_environment(exc: click.BadParameter) -> str | None:
+    """The variable a refused option's value was read from, None when it was not read from one
+    (typed, or a default)."""
+    ctx, param = exc.ctx, exc.param
+    if ctx is None or not isinstance(param, click.Option) or param.name is None:
+        return None
+    if ctx.get_parameter_source(param.name) is not click.core.ParameterSource.ENVIRONMENT:
+        return None
+    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+    if ctx.auto_envvar_prefix is not None:
+        names.append(f"{ctx.auto_envvar_prefix}_{param.name.upper()}")
+    return next((n for n in names if os.environ.get(n)), None)
 
 
 @click.group(cls=_BatonGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -379,3 +379,29 @@ def test_floors_that_keep_an_idle_process_off_a_core() -> None:
     for option in ("--restart-window-s", "--restart-backoff-s"):
         result = CliRunner().invoke(cli, ["up", option, "1e-300"])
         assert result.exit_code == 2 and option in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "named"),
+    [
+        ({"BATON_SQL_FMT": "xx"}, ["sql", "select 1"], "BATON_SQL_FMT"),  # automatic name
+        ({"BATON_TAIL_LAST": "abc"}, ["tail", "decisions"], "BATON_TAIL_LAST"),
+        ({}, ["sql", "-f", "xx", "select 1"], None),  # typed: the flag is what was wrong
+        ({"BATON_SQL_FMT": "json"}, ["sql", "-f", "xx", "select 1"], None),  # typed over it
+    ],
+)
+def test_a_refused_value_read_from_a_variable_names_the_variable(
+    env: dict[str, str], args: list[str], named: str | None
+) -> None:
+    # H2, session 27: `BATON_SQL_FMT=xx baton sql` said "Invalid value for '--format'", a
+    # flag the user never typed, and not where the value came from
+    from click.testing import CliRunner
+
+    _register()
+    result = CliRunner().invoke(cli, args, env=env, auto_envvar_prefix="BATON")
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for" in result.output
+    if named:
+        assert f"(the value came from the environment: {named})" in result.output
+    else:
+        assert "came from the environment" not in result.output
