@@ -1,5 +1,5 @@
 """The Kafka checks of ``baton doctor``: topics as the catalog wants them, the workers'
-group, and how far the workers and the audit sink are behind.
+group (and no other reading the events), and how far the workers and the audit sink are behind.
 
 They list, describe and read, and never create a topic (a topic asked for by name is
 auto-created on Tansu and on Kafka with ``auto.create.topics.enable``, so topics are only
@@ -27,6 +27,7 @@ __all__ = [
     "audit_lag_check",
     "changelog_topic",
     "group_checks",
+    "other_groups_check",
     "topic_checks",
 ]
 
@@ -161,11 +162,62 @@ def _topic_fix(spec: TopicSpec, count: int, agreed: int | None, problems: list[s
 def group_checks(
     admin: Any, consumer: Any, settings: Settings, view: KafkaView, max_lag: int, timeout: float
 ) -> list[Check]:
-    """The workers' consumer group (BATON_APP_ID): someone is in it, and how far behind."""
+    """The workers' consumer group (BATON_APP_ID): someone is in it, how far behind, and no
+    other group reads the events."""
     return [
         _members_check(admin, settings, view, timeout),
         _lag_check(admin, consumer, settings, view, max_lag, timeout),
+        other_groups_check(admin, settings, view, timeout),
     ]
+
+
+#: at most this many consumer groups are asked for their offsets (a shared cluster can hold
+#: thousands; the ones past it are named as not checked)
+MAX_GROUPS_ASKED = 200
+
+
+def other_groups_check(admin: Any, settings: Settings, view: KafkaView, timeout: float) -> Check:
+    """Any consumer group but BATON_APP_ID with offsets on the requests topic: a second fleet
+    (another app id: a rename, a staging fleet on this cluster) deciding the same events from
+    run states of its own, whose allow an SDK client takes as readily as this fleet's stop."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    requests = TopicCatalog.from_settings(settings).requests
+    name = f"other groups on {requests}"
+    if requests not in view.partitions:
+        return fail(name, f"no {requests} to check", "see the topic lines above")
+    try:
+        listed = admin.list_consumer_groups(request_timeout=timeout).result(timeout=timeout)
+        groups = sorted(g.group_id for g in listed.valid if g.group_id != settings.app_id)
+        parts = [TopicPartition(requests, p) for p in range(view.partitions[requests])]
+        asked = {
+            group: admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, parts)], request_timeout=timeout
+            )[group]
+            for group in groups[:MAX_GROUPS_ASKED]
+        }
+        readers = sorted(
+            group
+            for group, future in asked.items()
+            if any(tp.offset >= 0 for tp in future.result(timeout=timeout).topic_partitions)
+        )
+    except Exception as exc:
+        return fail(name, f"cannot list the consumer groups: {gist(exc)}", "`baton -v doctor`")
+    unchecked = len(groups) - len(asked)
+    more = f" ({unchecked} more group(s) not asked)" if unchecked else ""
+    if not readers:
+        return ok(name, f"none: {len(asked)} other group(s) asked{more}")
+    shown = ", ".join(repr(g[:100]) for g in readers[:5])
+    shown += f" and {len(readers) - 5} more" if len(readers) > 5 else ""
+    return fail(
+        name,
+        f"{len(readers)} group(s) besides {settings.app_id!r} have read it: {shown}{more}; "
+        "each is a fleet deciding the same events from run states of its own (its allow "
+        "answers a request as readily as this fleet's stop)",
+        "stop that fleet, or point it at BATON_APP_ID="
+        f"{settings.app_id}; a group left by a renamed app id: delete it "
+        f"(kafka-consumer-groups.sh --delete --group NAME) or it decides again when started",
+    )
 
 
 def _members_check(admin: Any, settings: Settings, view: KafkaView, timeout: float) -> Check:

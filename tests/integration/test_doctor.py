@@ -106,6 +106,17 @@ def _committed(bootstrap: str, group: str, catalog: TopicCatalog) -> bool:
     return any(tp.offset >= 0 for tp in answer[group].result(10).topic_partitions)
 
 
+def _commit_as(group: str, bootstrap: str, topic: str) -> None:
+    """``group`` commits offset 0 of ``topic``'s partition 0, as a consumer that read it."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+    finally:
+        consumer.close()
+
+
 def test_a_healthy_stack_passes_every_check(healthy: Healthy) -> None:
     result = doctor(healthy.env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -124,6 +135,7 @@ def test_a_healthy_stack_passes_every_check(healthy: Healthy) -> None:
         "clickhouse",
         "audit schema",
         "sql endpoint",
+        f"other groups on {healthy.catalog.requests}",
     ):
         assert found[name].startswith("✔"), found[name]
     assert found[f"workers (group {healthy.env['BATON_APP_ID']})"].startswith("✔")
@@ -221,9 +233,17 @@ def test_a_missing_topic_and_a_wrong_retention_are_named(broker: EmbeddedBroker)
         "BATON_APP_ID": f"baton-{prefix.rstrip('.')}",
         "BATON_CLICKHOUSE_DSN": "http://nobody:x@127.0.0.1:1/default",
     }
+    # a second fleet (another app id: a rename, a staging fleet on this cluster) has read the
+    # events: it decides them from run states of its own, and its allow counts as much
+    _commit_as("staging-fleet", broker.bootstrap, catalog.requests)
+    _commit_as(env["BATON_APP_ID"], broker.bootstrap, catalog.requests)  # ours: not named
     result = doctor(env, "--timeout", "2")  # no worker: the probe waits this long
     found = lines(result)
     assert result.returncode == 1
+    others = found[f"other groups on {catalog.requests}"]
+    assert others.startswith("✘") and "1 group(s) besides" in others, others
+    assert "'staging-fleet'" in others and "kafka-consumer-groups.sh --delete" in others
+    assert repr(env["BATON_APP_ID"]) not in others.split("have read it")[1]
     stops = found[f"topic {catalog.stops}"]
     assert stops.startswith("✘") and "missing" in stops and "--partitions 2" in stops
     control = found[f"topic {catalog.control}"]

@@ -270,7 +270,9 @@ def test_send_names_the_valid_event_types_for_a_mistyped_or_missing_type(tmp_pat
 def _scrape(port: int, source: str, timeout: float = 5.0, path: str = "/metrics") -> bytes:
     """GET ``path`` from the local address ``source``; b"" when the server closed it unread."""
     host = "::1" if ":" in source else "127.0.0.1"
-    with socket.create_connection((host, port), timeout=timeout, source_address=(source, 0)) as conn:
+    with socket.create_connection(
+        (host, port), timeout=timeout, source_address=(source, 0)
+    ) as conn:
         try:
             conn.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
             chunks = []
@@ -361,7 +363,9 @@ def test_a_peer_is_what_one_client_cannot_multiply(address: str, peer: str) -> N
     assert peer_of(address) == peer
 
 
-@pytest.mark.parametrize("path", ["/", "/admin", "/.env", "/metricsx", "/favicon.ico", "/x/metrics"])
+@pytest.mark.parametrize(
+    "path", ["/", "/admin", "/.env", "/metricsx", "/favicon.ico", "/x/metrics"]
+)
 def test_metrics_are_served_on_metrics_only(path: str) -> None:
     # prometheus_client answered the figures on any path (H2, session 27, F16)
     from baton.processors.metrics_serve import new_registry, serve_metrics
