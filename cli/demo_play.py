@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from baton.cli.demo_stops import SEED_RUN, StopsReader
+from baton.cli.wording import counted
 from baton.schemas.decision import Decision, Fallback, Outcome, Reason
 from baton.schemas.errors import BatonError
 from baton.schemas.events import HandoffCompleted, HandoffRequested
@@ -379,10 +380,12 @@ def replay_scene(dsn: str, since: datetime, folder: Path, *, commands: bool = Tr
     else:
         click.echo("  what `baton replay --policy FILE` says of it:")
     click.echo(
-        f"  replayed {len(report.runs):,} runs, {report.decisions:,} decisions: under the "
+        f"  replayed {counted(len(report.runs), 'run')}, {counted(report.decisions, 'decision')}: "
+        "under the "
         f"recorded policy every one is reproduced exactly"
         if not report.unfaithful_runs
-        else f"  {len(report.unfaithful_runs)} runs NOT reproduced under the recorded policy"
+        else f"  {counted(len(report.unfaithful_runs), 'run')} NOT reproduced under the recorded "
+        "policy"
     )
     click.echo(
         f"  this stricter policy (max_handoffs {limit} -> {max(1, limit // 2)}) would have "
@@ -393,5 +396,5 @@ def replay_scene(dsn: str, since: datetime, folder: Path, *, commands: bool = Tr
     if report.saved_usd:
         click.echo(f"  ${report.saved_usd:,.2f} of reported spend would not have been spent")
     if report.unfaithful_runs:
-        return f"replay: {len(report.unfaithful_runs)} runs not reproduced as recorded"
+        return f"replay: {counted(len(report.unfaithful_runs), 'run')} not reproduced as recorded"
     return None

@@ -15,6 +15,7 @@ import threading
 
 import click
 
+from baton.cli.wording import counted
 from baton.processors.chain_links import shown_id
 from baton.processors.replay import ReplayReport
 from baton.schemas.errors import ReplayFailed
@@ -48,7 +49,8 @@ def _exit(report: ReplayReport) -> None:
         )
     if report.broken:
         raise ReplayFailed(
-            f"{len(report.broken)} runs are broken or cannot be decided (first: "
+            f"{counted(len(report.broken), 'run', commas=False)} "
+            f"{'is' if len(report.broken) == 1 else 'are'} broken or cannot be decided (first: "
             f"{shown_id(report.broken[0])}, listed above as partial with why): rows were "
             "deleted, inserted or altered in the audit (with --from-kafka: records of "
             "gov.decisions; or recorded before replay can decide them: no input, a policy "

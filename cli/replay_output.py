@@ -7,6 +7,7 @@ import itertools
 import orjson
 
 from baton.cli.signer import shown
+from baton.cli.wording import counted
 from baton.processors.chain_links import shown_id
 from baton.processors.compiled import core_build
 from baton.processors.replay import ReplayReport, RunOutcome
@@ -39,12 +40,13 @@ def _outcome(text: str) -> str:
 def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds: float) -> str:
     rate = report.decisions / seconds if seconds > 0 else 0.0
     lines = [
-        f"replayed {len(report.runs):,} runs, {report.decisions:,} decisions from {label} "
+        f"replayed {counted(len(report.runs), 'run')}, {counted(report.decisions, 'decision')} "
+        f"from {label} "
         f"under {path} (policy {policy.version}) in {seconds:.2f} s ({rate:,.0f} decisions/s)"
     ]
     unfaithful = report.unfaithful_runs
     if unfaithful:
-        lines.append(f"as recorded: NOT reproduced in {len(unfaithful)} runs:")
+        lines.append(f"as recorded: NOT reproduced in {counted(len(unfaithful), 'run')}:")
         for run in unfaithful[:_SHOWN]:
             step, was, got = run.unfaithful[0]
             was, got = _outcome(was), _outcome(got)
@@ -56,7 +58,10 @@ def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds:
         lines.append("under the new policy: nothing changes")
     else:
         total = sum(r.changed for r in changed)
-        lines.append(f"under the new policy: {len(changed):,} runs change, {total:,} decisions:")
+        lines.append(
+            f"under the new policy: {counted(len(changed), 'run')} change, "
+            f"{counted(total, 'decision')}:"
+        )
         transitions = [(_outcome(t), n) for t, n in report.transitions.most_common()]
         width = max(len(t) for t, _ in transitions)
         for transition, n in transitions:
@@ -70,7 +75,7 @@ def _table(report: ReplayReport, policy: Policy, path: str, label: str, seconds:
         if len(changed) > _SHOWN:
             lines.append(f"  ... and {len(changed) - _SHOWN:,} more (--format json lists all)")
     if report.partial:
-        lines.append(f"partial, not replayed: {len(report.partial):,} runs")
+        lines.append(f"partial, not replayed: {counted(len(report.partial), 'run')}")
         # the broken runs first: the exit message names the first as "listed above"
         broken = [r for r in dict.fromkeys(report.broken) if r in report.partial][:_SHOWN]
         first = set(broken)

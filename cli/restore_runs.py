@@ -42,6 +42,7 @@ from baton.cli.restore_kills import (
     unheld_kill_scopes,
 )
 from baton.cli.restore_write import reissue, write_changelog
+from baton.cli.wording import counted
 from baton.processors.engine import STICKY_REASONS, evict
 from baton.processors.replay import Recorded, in_chain_order, is_partial, rebuild_run, runs_of
 from baton.processors.replay_order import from_first_start
@@ -257,19 +258,24 @@ def _say_what_was_not_verified(
     if unverified:
         names = _first_names(unverified)
         say(
-            f"restore: WARNING: {len(unverified)} runs did not replay exactly as recorded "
+            f"restore: WARNING: {counted(len(unverified), 'run', commas=False)} did not replay "
+            "exactly as recorded "
             f"({names}): each is restored STOPPED (audit_unverified), never reopened. Their "
             "audit rows may be forged or altered (check `baton audit verify --run RUN`), or "
             "BATON_AUDIT_CHAIN_KEY is not the workers', or another Baton version decided them"
         )
     if rebuilt.broken:
         say(
-            f"restore: WARNING: the decision chains of {len(rebuilt.broken)} runs are broken "
+            f"restore: WARNING: the decision chains of "
+            f"{counted(len(rebuilt.broken), 'run', commas=False)} are broken "
             f"(first: {shown(rebuilt.broken[0])}): rows were deleted, inserted or altered; each is "
             "restored STOPPED (audit_unverified)"
         )
     if rebuilt.partial:
-        say(f"restore: {len(rebuilt.partial)} runs restored from their counters only (no inputs)")
+        say(
+            f"restore: {counted(len(rebuilt.partial), 'run', commas=False)} restored from their "
+            "counters only (no inputs)"
+        )
     if settings.audit_chain_key is None and (rebuilt.states or unverified):
         say(
             "restore: WARNING: BATON_AUDIT_CHAIN_KEY is not set: a row forged into the audit "

@@ -28,6 +28,7 @@ import click
 from baton.cli.audit_options import audit_client, dsn_option, query_settings
 from baton.cli.help_listing import SentenceGroup
 from baton.cli.options import build_settings
+from baton.cli.wording import counted
 from baton.sinks.schema import DATABASE
 
 __all__ = ["register"]
@@ -148,10 +149,12 @@ def verify_cmd(
         click.echo(f"CONFLICT {c.describe(shown_id)}")
     chained = sum(v.rows for v in verdicts)
     summary = (
-        f"audit verify: {len(verdicts)} runs, {chained} chained rows of {len(rows)} read "
+        f"audit verify: {counted(len(verdicts), 'run', commas=False)}, "
+        f"{counted(chained, 'chained row', commas=False)} of {len(rows)} read "
         f"from {label}: "
     )
-    summary += f"{len(failed)} runs FAILED" if failed else "every chain holds"
+    failures = f"{counted(len(failed), 'run', commas=False)} FAILED"
+    summary += failures if failed else "every chain holds"
     if conflicts:
         many = "at least " if len(found or []) >= MAX_CONFLICTS else ""
         summary += f"; {many}{len(conflicts)} decision ids hold records saying different things"
@@ -163,7 +166,8 @@ def verify_cmd(
     if found is None:
         summary += "; no governance.decision_conflicts (schema before 0006): ids not checked"
     if partial:
-        summary += f"; {len(partial)} runs near the retention horizon checked from their oldest row"
+        runs = counted(len(partial), "run", commas=False)
+        summary += f"; {runs} near the retention horizon checked from their oldest row"
     if not key:
         summary += (
             "; no BATON_AUDIT_CHAIN_KEY: a forged row appended at a run's end would go unseen"

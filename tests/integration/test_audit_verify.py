@@ -270,7 +270,7 @@ def test_verify_passes_on_a_real_audit_and_names_deleted_altered_and_forged_rows
     assert "every chain holds" in intact.stdout and "FAIL" not in intact.stdout
     assert f"of {rows} read" in intact.stdout
     one = audit.verify("--run", runs[0])
-    assert one.returncode == 0 and "audit verify: 1 runs" in one.stdout, one.stdout
+    assert one.returncode == 0 and "audit verify: 1 run," in one.stdout, one.stdout
     recent = audit.verify("--since", "1h")
     assert recent.returncode == 0 and _runs_checked(recent.stdout) >= len(runs), recent.stdout
     # the workers' key matters: without it no row hashes right

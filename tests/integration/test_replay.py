@@ -97,7 +97,7 @@ def test_replay_reproduces_the_audit_and_names_what_a_stricter_policy_stops(
         ("approval_required:approval_pending", "stop:handoff_budget_exceeded")
     }
     one = _replay(audit, stricter, "--run", "rp1")
-    assert one.returncode == 1 and "replayed 1 runs" in one.stdout, one.stdout + one.stderr
+    assert one.returncode == 1 and "replayed 1 run," in one.stdout, one.stdout + one.stderr
     assert "rp1  step 5" in one.stdout
     # an empty scope proves nothing: a policy gate aimed at the wrong run must not pass
     none = _replay(audit, stricter, "--run", "no_such_run")

@@ -194,7 +194,7 @@ def test_a_stop_replaced_in_final_by_a_forged_row_restores_the_run_stopped(
     restored = _changelog(broker.bootstrap, f"{settings.app_id}-runs-changelog")
     assert restored[b"over"].stopped == "audit_unverified"
     assert restored[b"owned"].stopped is None  # the honest run is restored as it was
-    assert any("1 runs did not replay exactly as recorded (over)" in line for line in said), said
+    assert any("1 run did not replay exactly as recorded (over)" in line for line in said), said
 
 
 def test_a_forged_command_that_does_not_parse_is_named_and_the_restore_goes_on(

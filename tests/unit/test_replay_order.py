@@ -167,7 +167,7 @@ def test_a_replay_with_a_broken_chain_exits_7_though_other_runs_replayed() -> No
     report = _replay(policy, _by_time([rows[0], rows[2]]))
     report.runs.append(RunOutcome("other"))
     with pytest.raises(
-        ReplayFailed, match=r"1 runs are broken or cannot be decided \(first: r,"
+        ReplayFailed, match=r"1 run is broken or cannot be decided \(first: r,"
     ) as failed:
         _exit(report)
     assert failed.value.exit_code == 7
