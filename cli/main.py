@@ -130,7 +130,28 @@ def _from_environment(exc: click.BadParameter) -> str | None:
     return next((n for n in names if os.environ.get(n)), None)
 
 
-@click.group(cls=_BatonGroup, context_settings={"help_option_names": ["-h", "--help"]})
+#: every command's exit codes in `baton --help` (tests/unit/test_wording.py holds them to
+#: schemas/errors.py)
+EXIT_CODES = """Exit codes:
+
+\b
+  0    done (a check passed, nothing changes)
+  1    the command's verdict is no (a failed check, a chain that does not
+       hold, a replay that changes decisions), or an unexpected error
+  2    a bad option, argument, setting or policy (the line says which)
+  3    an optional package is not installed (the line names the extra)
+  4    Kafka cannot be reached, or no worker answered in time
+  5    ClickHouse (the audit) cannot be reached
+  6    a worker refused the command and recorded why
+  7    replay cannot say what a policy would change
+  130  interrupted (Ctrl-C)
+
+A command's own --help says what its codes mean there."""
+
+
+@click.group(
+    cls=_BatonGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES
+)
 @click.option("-v", "--verbose", count=True, help="more logging (-v info, -vv debug)")
 @click.version_option(package_name="baton")
 def cli(verbose: int) -> None:
