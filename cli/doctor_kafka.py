@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from baton.cli.doctor_checks import Check, fail, gist, ok
+from baton.cli.doctor_checks import Check, Status, fail, gist, ok
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
 from baton.streams.topics import TopicCatalog, TopicSpec
@@ -176,6 +176,19 @@ def group_checks(
 MAX_GROUPS_ASKED = 200
 
 
+def _not_allowed(exc: Exception) -> bool:
+    """``exc`` is the broker refusing this principal (an ACL), not a failure to answer."""
+    from confluent_kafka import KafkaError
+
+    error = exc.args[0] if exc.args else None
+    code = error.code() if isinstance(error, KafkaError) else None
+    return code in (
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    )
+
+
 def other_groups_check(admin: Any, settings: Settings, view: KafkaView, timeout: float) -> Check:
     """Any consumer group but BATON_APP_ID with offsets on the requests topic: a second fleet
     (another app id: a rename, a staging fleet on this cluster) deciding the same events from
@@ -188,25 +201,42 @@ def other_groups_check(admin: Any, settings: Settings, view: KafkaView, timeout:
         return fail(name, f"no {requests} to check", "see the topic lines above")
     try:
         listed = admin.list_consumer_groups(request_timeout=timeout).result(timeout=timeout)
-        groups = sorted(g.group_id for g in listed.valid if g.group_id != settings.app_id)
-        parts = [TopicPartition(requests, p) for p in range(view.partitions[requests])]
-        asked = {
-            group: admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, parts)], request_timeout=timeout
-            )[group]
-            for group in groups[:MAX_GROUPS_ASKED]
-        }
-        readers = sorted(
-            group
-            for group, future in asked.items()
-            if any(tp.offset >= 0 for tp in future.result(timeout=timeout).topic_partitions)
-        )
     except Exception as exc:
+        if _not_allowed(exc):  # listing groups needs Describe on the cluster: often not granted
+            return Check(
+                name,
+                Status.SKIP,
+                f"not allowed to list the consumer groups ({gist(exc)}): not checked",
+            )
         return fail(name, f"cannot list the consumer groups: {gist(exc)}", "`baton -v doctor`")
-    unchecked = len(groups) - len(asked)
-    more = f" ({unchecked} more group(s) not asked)" if unchecked else ""
+    groups = sorted(g.group_id for g in listed.valid if g.group_id != settings.app_id)
+    parts = [TopicPartition(requests, p) for p in range(view.partitions[requests])]
+    asked, readers, denied = {}, [], 0
+    for group in groups[:MAX_GROUPS_ASKED]:
+        try:
+            request = [ConsumerGroupTopicPartitions(group, parts)]
+            asked[group] = admin.list_consumer_group_offsets(request, request_timeout=timeout)
+        except Exception:  # a name the client will not send (""): not asked
+            denied += 1
+    for group, futures in asked.items():
+        try:
+            found = futures[group].result(timeout=timeout).topic_partitions
+        except Exception as exc:
+            if not _not_allowed(exc):
+                return fail(
+                    name,
+                    f"cannot read group {group[:100]!r}'s offsets: {gist(exc)}",
+                    "`baton -v doctor`",
+                )
+            denied += 1  # a group this principal may not describe: counted as not asked
+            continue
+        if any(tp.offset >= 0 for tp in found):
+            readers.append(group)
+    asked_n = len(groups[:MAX_GROUPS_ASKED]) - denied
+    unchecked = len(groups) - asked_n
+    more = f" ({unchecked} more group(s) not asked or not allowed)" if unchecked else ""
     if not readers:
-        return ok(name, f"none: {len(asked)} other group(s) asked{more}")
+        return ok(name, f"none: {asked_n} other group(s) asked{more}")
     shown = ", ".join(repr(g[:100]) for g in readers[:5])
     shown += f" and {len(readers) - 5} more" if len(readers) > 5 else ""
     return fail(
