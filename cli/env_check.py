@@ -150,7 +150,12 @@ def unknown_variables(
     the closest one Baton reads; those in ``BATON_WARNED_VARIABLES`` (the parent process
     said them) left out."""
     already = set(environ.get(WARNED, "").split(","))
-    names = [n for n in environ if n.startswith(PREFIX) and n not in already]
+    names = [n for n in environ if n.upper().startswith(PREFIX) and n not in already]
+    if any(n != n.upper() for n in names):
+        # pydantic reads a setting's variable in any case (`baton_partitions`); click reads
+        # an option's in capitals only, so `baton_sql_fmt` is read by nothing
+        read = settings_variables() | client_settings_variables()
+        names = [n for n in names if n == n.upper() or n.upper() not in read]
     if not names:
         return []
     unknown, known = known_variables(root, names)

@@ -184,7 +184,7 @@ def _register() -> None:
 
 def main() -> None:
     # before click reads a variable: `baton --help` and a command that fails to parse warn too
-    if any(name.startswith("BATON_") for name in os.environ):
+    if any(name.upper().startswith("BATON_") for name in os.environ):
         from baton.cli.env_check import warn_unknown
 
         try:

@@ -117,7 +117,8 @@ def closest(name: str, known: Iterable[str]) -> str | None:
     import difflib
 
     tails = {k[len(PREFIX) :]: k for k in known if k.startswith(PREFIX) and not k.endswith("_HELP")}
-    match = difflib.get_close_matches(name[len(PREFIX) :], list(tails), n=1)
+    # (a name in lowercase is read by nothing: Baton reads its variables in capitals only)
+    match = difflib.get_close_matches(name[len(PREFIX) :].upper(), list(tails), n=1)
     return tails[match[0]] if match else None
 
 

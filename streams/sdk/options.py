@@ -249,11 +249,11 @@ def warn_unknown_client_variables(environ: Mapping[str, str]) -> list[str]:
     """Log a warning (logger ``baton.client``), once a process, for each set
     ``BATON_CLIENT_*`` variable ``ClientSettings`` does not read, with the closest it reads:
     a mistyped timeout or retry count would be the default, silently. Returns them."""
-    names = [n for n in environ if n.startswith(_CLIENT_PREFIX) and n not in _CLIENT_WARNED]
+    names = [n for n in environ if n.upper().startswith(_CLIENT_PREFIX) and n not in _CLIENT_WARNED]
     if not names:
         return []
     known = model_variables(ClientSettings)
-    unknown = sorted(set(names) - known)
+    unknown = sorted(n for n in set(names) if n.upper() not in known)  # (pydantic: any case)
     for name in unknown:
         _CLIENT_WARNED.add(name)
         suggestion = closest(name, [k for k in known if k.startswith(_CLIENT_PREFIX)])

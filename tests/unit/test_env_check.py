@@ -405,3 +405,45 @@ def test_a_refused_value_read_from_a_variable_names_the_variable(
         assert f"(the value came from the environment: {named})" in result.output
     else:
         assert "came from the environment" not in result.output
+
+
+def test_a_variable_in_lowercase_read_by_nothing_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # H1, session 27: pydantic reads a setting's variable in any case (`baton_partitions`),
+    # click an option's in capitals only: `baton_sql_fmt` and a lowercase typo were read by
+    # nothing and said nothing
+    _register()
+    environ = {
+        "baton_partitions": "3",  # Settings reads it: not warned about
+        "Baton_Client_Timeout_S": "5",  # ClientSettings reads it
+        "baton_sql_fmt": "csv",  # an option's variable: click reads BATON_SQL_FMT only
+        "baton_bootstarp": "kafka:9092",
+        "BATON_SQL_FMT": "csv",
+    }
+    assert unknown_variables(environ, cli) == [
+        ("baton_bootstarp", "BATON_BOOTSTRAP"),
+        ("baton_sql_fmt", "BATON_SQL_FMT"),
+    ]
+    with_settings = {k: v for k, v in environ.items() if k == "baton_partitions"}
+    assert unknown_variables(with_settings, cli) == []
+    monkeypatch.setenv("baton_partitions", "3")
+    assert Settings().partitions == 3  # what makes it "read"
+
+
+def test_an_orchestrator_is_told_of_a_lowercase_client_typo(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from baton.streams.sdk import options
+
+    monkeypatch.setattr(options, "_CLIENT_WARNED", set())
+    monkeypatch.setenv("baton_client_timout_s", "30")
+    monkeypatch.setenv("baton_client_retries", "2")  # read (pydantic: any case)
+    with caplog.at_level(logging.WARNING, logger="baton.client"):
+        resolved = options.ClientOptions.resolve("127.0.0.1:9092")
+    assert resolved.retries == 2
+    said = [r.getMessage() for r in caplog.records if r.name == "baton.client"]
+    assert said == [
+        "baton_client_timout_s is not a Baton setting, ignored "
+        "(did you mean BATON_CLIENT_TIMEOUT_S?)"
+    ]
