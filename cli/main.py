@@ -106,7 +106,10 @@ class _BatonGroup(SentenceGroup):
                 click.echo(f"baton: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except click.BadParameter as exc:
-            named = _from_environment(exc)
+            try:
+                named = _from_environment(exc)
+            except Exception:  # a diagnostic: its failure never hides click's own message
+                named = None
             if named:  # the flag's name alone sent the user looking for a flag they never typed
                 exc.message = f"{exc.message} (the value came from the environment: {named})"
             raise
