@@ -117,7 +117,7 @@ def closest(name: str, known: Iterable[str]) -> str | None:
     import difflib
 
     tails = {k[len(PREFIX) :]: k for k in known if k.startswith(PREFIX) and not k.endswith("_HELP")}
-    # (a name in lowercase is read by nothing: Baton reads its variables in capitals only)
+    # (a name in lowercase is compared in capitals: the suggestion is the spelling click reads)
     match = difflib.get_close_matches(name[len(PREFIX) :].upper(), list(tails), n=1)
     return tails[match[0]] if match else None
 
