@@ -110,6 +110,11 @@ def _aliases(alias: object) -> list[str]:
     return [str(path[0])] if path else []
 
 
+#: an unknown variable's name is shown up to this many characters (an environment may hold a
+#: name of kilobytes: one warning line, not a screenful)
+SHOWN_NAME_CHARS = 100
+
+
 def closest(name: str, known: Iterable[str]) -> str | None:
     """The known variable closest to ``name``, or None. Compared without the common
     ``BATON_``, which would make every pair look alike; click's ``BATON_<COMMAND>_HELP``
@@ -124,8 +129,11 @@ def closest(name: str, known: Iterable[str]) -> str | None:
 
 def unknown_text(name: str, suggestion: str | None) -> str:
     """What is said of one unknown variable (a log line's message); a name that is not
-    printable is shown escaped."""
-    shown = name if name.isprintable() else ascii(name)[1:-1]
+    printable is shown escaped, one longer than :data:`SHOWN_NAME_CHARS` cut."""
+    cut = name[:SHOWN_NAME_CHARS]
+    shown = cut if cut.isprintable() else ascii(cut)[1:-1]
+    if len(name) > SHOWN_NAME_CHARS:
+        shown += f"... ({len(name)} characters)"
     hint = f" (did you mean {suggestion}?)" if suggestion else ""
     return f"{shown} is not a Baton setting, ignored{hint}"
 
