@@ -88,9 +88,12 @@ def fold(text: str) -> str:
     if text.isascii():
         return text.lower()  # the same as the general path for ASCII, ten times faster
     # the Turkish capital I with dot (U+0130) case folds to i + U+0307 COMBINING DOT ABOVE,
-    # which renders as a plain i: "BİLLING" is "billing", and so is "bi\u0307lling"
+    # which renders as a plain i: "BİLLING" is "billing", and so is "bi\u0307lling". Every
+    # dot after the i goes, not one: with one a pass, "bi\u0307\u0307lling" folded to
+    # "bi\u0307lling" and that again to "billing", so a name the SDK folded was another
+    # name once the worker folded it again (an approval-gated action allowed, session 29)
     normal = unicodedata.normalize("NFKC", text)
-    folded = normal.casefold().replace("i\u0307", "i")
+    folded = _DOTTED_I.sub("i", normal.casefold())
     # NFKC again only if case folding changed something: normalizing costs ~0.1 µs a
     # character once a mark is in the text (CPython's full path), the same again for nothing
     return folded if folded == normal else unicodedata.normalize("NFKC", folded)
@@ -361,6 +364,8 @@ def _folds_to(folded: str) -> str:
 
 
 _ASCII_BASE = re.compile("[0-9A-Za-z]")
+#: an i and the combining dots above it (U+0307) that case folding leaves of U+0130
+_DOTTED_I = re.compile("i\u0307+")
 
 
 def _mixed(folded: str) -> str:
