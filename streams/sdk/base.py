@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +33,49 @@ _EXPIRY_GRACE_S = 5.0
 #: decide_by is when the client stops waiting: no grace (a worker whose clock runs ahead
 #: refuses a little early, which fails closed; one whose clock lags allows a little late)
 _DECIDE_BY_GRACE_S = 0.0
+
+
+_log = logging.getLogger("baton.client")
+
+#: how many runs' tenants a client remembers for ``finish`` (the newest checked or reported)
+RUN_TENANTS_KEPT = 16_384
+
+
+class RunTenants:
+    """The tenant each run was last checked or reported under, so that ``finish(run_id)``
+    finishes it under that tenant: a run of tenant "acme" finished under the default tenant
+    was refused ``tenant_mismatch`` by the worker, and ``finish`` does not wait, so nobody
+    heard and the run went on allowing handoffs (session 29, H1). Bounded: the oldest is
+    forgotten first (its ``finish`` then says "default" unless given the tenant)."""
+
+    def __init__(self, kept: int = RUN_TENANTS_KEPT) -> None:
+        self._lock = threading.Lock()
+        self._by_run: OrderedDict[str, str] = OrderedDict()
+        self._kept = kept
+
+    def note(self, run_id: str, tenant: str) -> None:
+        with self._lock:
+            self._by_run[run_id] = tenant
+            self._by_run.move_to_end(run_id)
+            if len(self._by_run) > self._kept:
+                self._by_run.popitem(last=False)
+
+    def finishing(self, run_id: str, tenant: str | None) -> str:
+        """The tenant to finish ``run_id`` under: ``tenant`` when given (a warning when the
+        run was sent under another), else the one it was sent under, else "default"."""
+        with self._lock:
+            sent = self._by_run.pop(run_id, None)
+        if tenant is None:
+            return sent if sent is not None else "default"
+        if sent is not None and sent != tenant:
+            _log.warning(
+                "finish(%r, tenant=%r): this client sent the run under tenant %r; Baton "
+                "refuses a finish under another tenant (tenant_mismatch) and the run stays open",
+                run_id[:80],
+                tenant[:80],
+                sent[:80],
+            )
+        return tenant
 
 
 class ClientBase:
@@ -64,6 +110,7 @@ class ClientBase:
             client_id=client_id,
         )
         self.channel = RequestChannel(self.options)
+        self.run_tenants = RunTenants()
 
     @property
     def bootstrap(self) -> str:
@@ -82,6 +129,7 @@ class ClientBase:
         """The record to publish for ``event``, its wait key and phase, and which decisions
         answer it (``answers_request`` of the event as sent, ``decide_by`` set)."""
         phase = Phase.PRE_HANDOFF if isinstance(event, HandoffRequested) else Phase.POST_HANDOFF
+        self.run_tenants.note(event.run_id, event.tenant)
         if isinstance(event, HandoffRequested) and event.decide_by is None:
             # the client stops waiting (and fails closed) after wait_s: a request the worker
             # reads only later (a paused broker, a backlog) must not be allowed behind its back
@@ -140,7 +188,8 @@ class ClientBase:
         # no wait threading takes: bounded like a timeout given
         return min(max(left, 0.0) + _EXPIRY_GRACE_S, MAX_APPROVAL_WAIT_S)
 
-    def _finish_event(self, run_id: str, tenant: str) -> tuple[str, bytes, bytes, int]:
+    def _finish_event(self, run_id: str, tenant: str | None) -> tuple[str, bytes, bytes, int]:
+        tenant = self.run_tenants.finishing(run_id, tenant)
         event = RunFinished(run_id=run_id, tenant=tenant, event_time=datetime.now(UTC))
         return (
             self.channel.catalog.requests,

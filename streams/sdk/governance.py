@@ -137,8 +137,11 @@ class GovernanceClient(ClientBase):
             return self._unanswered(decision, Phase.APPROVAL, result.detail, fail_open=False)
         return result  # type: ignore[no-any-return]
 
-    def finish(self, run_id: str, tenant: str = "default") -> None:
-        """Tell Baton the run is over (its state may then be evicted); does not wait."""
+    def finish(self, run_id: str, tenant: str | None = None) -> None:
+        """Tell Baton the run is over (its state may then be evicted); does not wait.
+
+        ``tenant``: the run's; by default the one this client last checked or reported it
+        under (else "default"): Baton refuses a finish under another tenant."""
         self.connect()
         topic, key, value, partition = self._finish_event(run_id, tenant)
         self.channel.submit(topic, key, value, decisions_partition=partition, needs_reply=False)

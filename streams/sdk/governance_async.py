@@ -144,8 +144,9 @@ class AsyncGovernanceClient(ClientBase):
             return self._unanswered(decision, Phase.APPROVAL, result.detail, fail_open=False)
         return result  # type: ignore[no-any-return]
 
-    async def finish(self, run_id: str, tenant: str = "default") -> None:
-        """Tell Baton the run is over; does not wait for its record."""
+    async def finish(self, run_id: str, tenant: str | None = None) -> None:
+        """Tell Baton the run is over; does not wait for its record. ``tenant``: the run's; by
+        default the one this client last checked or reported it under (else "default")."""
         if not self.channel.connected:
             await self.connect()
         topic, key, value, partition = self._finish_event(run_id, tenant)

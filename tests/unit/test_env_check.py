@@ -216,7 +216,10 @@ def test_the_warning_line() -> None:
     assert warning_text("BATON_A\x1b[2J", None).startswith("baton: warning: BATON_A\\x1b[2J ")
     # a name of kilobytes is one short line, its length said
     long = warning_text("baton_" + "a" * 5000, None)
-    assert long == f"baton: warning: baton_{'a' * 94}... (5006 characters) is not a Baton setting, ignored"
+    assert (
+        long
+        == f"baton: warning: baton_{'a' * 94}... (5006 characters) is not a Baton setting, ignored"
+    )
 
 
 def test_a_help_variable_is_never_the_suggestion() -> None:

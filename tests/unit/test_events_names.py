@@ -343,7 +343,9 @@ def test_the_turkish_dotted_capital_i_folds_to_a_plain_i(name: str) -> None:
 
 # the characters whose folds interact: i and its dotted and dotless kin, the dot above and
 # other marks, compatibility forms that NFKC makes an i or an I, letters case folding expands
-_FOLD_KIN = "iI\u0130\u0131\u0307\u0308\u0323\u2071\u1d62\u24d8\uff49\uff29\u00df\u03c2\u03a3\u1e9e\u212a"
+_FOLD_KIN = (
+    "iI\u0130\u0131\u0307\u0308\u0323\u2071\u1d62\u24d8\uff49\uff29\u00df\u03c2\u03a3\u1e9e\u212a"
+)
 
 
 @given(st.text(st.sampled_from(_FOLD_KIN + "bl."), max_size=12))

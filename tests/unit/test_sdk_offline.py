@@ -162,3 +162,51 @@ def test_a_fail_safe_answer_repeats_what_it_answers() -> None:
     gate = client._unanswered(pending, Phase.APPROVAL, "no approver", fail_open=False)
     assert (gate.approval_id, gate.approval_expires_at) == ("ap1", pending.approval_expires_at)
     assert gate.outcome == Outcome.STOP and gate.phase == Phase.APPROVAL
+
+
+def test_finish_names_the_tenant_the_run_was_sent_under(caplog: pytest.LogCaptureFixture) -> None:
+    """A run of tenant "acme" finished with ``finish(run_id)`` went out under "default": the
+    worker refused it (tenant_mismatch), ``finish`` does not wait, and the run went on
+    allowing handoffs (session 29, H1)."""
+    import orjson
+
+    client = ClientBase("127.0.0.1:1", partitions=4)  # never connects
+    client._request(handoff("run_acme", 1, "t1", tenant="acme"), 5.0)
+    client._request(
+        HandoffCompleted(
+            request_id="r9",
+            run_id="run_b",
+            task_id="t",
+            agent="a",
+            cost_usd=0.1,
+            tenant="beta",
+            event_time=datetime.now(UTC),
+        ),
+        5.0,
+    )
+
+    def tenant_of(run: str, tenant: str | None = None) -> str:
+        return str(orjson.loads(client._finish_event(run, tenant)[2])["tenant"])
+
+    assert tenant_of("run_acme") == "acme"
+    assert tenant_of("run_b") == "beta"
+    assert tenant_of("run_never_sent") == "default"
+    assert tenant_of("run_never_sent", "gamma") == "gamma"
+    # a tenant given that is not the one the run was sent under is sent, and warned about
+    client._request(handoff("run_c", 1, "t1", tenant="acme"), 5.0)
+    with caplog.at_level("WARNING", logger="baton.client"):
+        assert tenant_of("run_c", "default") == "default"
+    assert "sent the run under tenant 'acme'" in caplog.text
+
+
+def test_the_tenants_remembered_for_finish_are_bounded() -> None:
+    from baton.streams.sdk.base import RunTenants
+
+    tenants = RunTenants(kept=3)
+    for i in range(5):
+        tenants.note(f"run{i}", f"t{i}")
+    tenants.note("run2", "t2")  # sent again: the newest
+    assert tenants.finishing("run0", None) == "default"  # forgotten, the oldest first
+    assert tenants.finishing("run1", None) == "default"
+    assert [tenants.finishing(f"run{i}", None) for i in (2, 3, 4)] == ["t2", "t3", "t4"]
+    assert tenants.finishing("run2", None) == "default"  # a finish forgets it
