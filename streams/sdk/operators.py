@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import unicodedata
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -13,7 +15,9 @@ from baton.schemas.events import MAX_EVENT_BYTES, KillSwitch, KillSwitchReleased
 from baton.schemas.signing import control_payload, policy_hash
 from baton.streams.sdk.publisher import SignedPublisher
 
-__all__ = ["MAX_POLICY_UPDATE_BYTES", "OperatorClient", "policy_update_problem"]
+__all__ = ["MAX_POLICY_UPDATE_BYTES", "OperatorClient", "policy_update_problem", "run_id_doubt"]
+
+log = logging.getLogger("baton.client")
 
 #: a policy is a few KB; a worker reads a control record as an event of at most
 #: MAX_EVENT_BYTES and dead-letters a longer one unanswered (512 KiB were taken here: an 88 KB
@@ -40,6 +44,25 @@ def policy_update_problem(policy_yaml: str, operator: str) -> str | None:
         f"worker reads at most {MAX_EVENT_BYTES:,} (a longer one is dead-lettered unanswered): "
         "shorten the policy (tenants inherit every key they do not set)"
     )
+
+
+def run_id_doubt(run_id: str) -> str | None:
+    """Why a kill of ``run_id`` may miss the run its operator means (None: no doubt). A run
+    id is compared exactly, and a worker answers a kill of an id no run has like any other
+    (a run may start later): "é" pasted as e + U+0301 (NFD, as some terminals and file
+    systems give it), or a space pasted at an end, killed nothing, silently (session 29)."""
+    if unicodedata.normalize("NFC", run_id) != run_id:
+        return (
+            "the run id is not in Unicode NFC form (a letter and its accent written apart, "
+            "as some terminals and file systems give them): run ids are compared exactly, so "
+            "this switch holds a run of exactly this id, not one written in NFC"
+        )
+    if run_id != run_id.strip():
+        return (
+            "the run id begins or ends with white space: run ids are compared exactly, so this "
+            "switch holds a run of exactly this id"
+        )
+    return None
 
 
 class OperatorClient(SignedPublisher):
@@ -136,6 +159,11 @@ class OperatorClient(SignedPublisher):
             "run" if run_id else "tenant" if tenant else "global"
         )
         target = run_id or tenant or "*"
+        doubt = run_id_doubt(run_id) if run_id else None
+        if doubt is not None:
+            log.warning(
+                "the %s for run %r: %s", cls.model_fields["type"].default, run_id[:80], doubt
+            )
         now = datetime.now(UTC)
         event_type = cls.model_fields["type"].default
         event = cls(
