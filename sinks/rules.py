@@ -60,6 +60,9 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         FROM governance.decisions FINAL
         WHERE decided_at >= now64(6) - toIntervalMinute({window_minutes:UInt32})
           AND phase IN ('pre_handoff', 'approval')
+          -- a refused answer to an approval (the requester's own grant, an unsigned one) is
+          -- no handoff decided: twenty of them took a firing tenant's rate from 0.45 to 0.16
+          AND outcome != 'recorded'
         GROUP BY tenant
         HAVING decisions >= {min_decisions:UInt32} AND stop_rate > {max_stop_rate:Float64}
         ORDER BY stop_rate DESC
@@ -89,7 +92,9 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         FROM governance.approval_latency
         WHERE resolved_at IS NULL
           AND requested_at < now64(6) - toIntervalMinute({max_wait_minutes:UInt32})
-          AND requested_at >= now64(6) - INTERVAL 1 DAY
+          -- an approval may wait up to the longest TTL a policy can set (366 days, its expiry
+          -- then resolves it): one day here silently dropped a day-old approval from the alert
+          AND requested_at >= now64(6) - INTERVAL 367 DAY
         ORDER BY requested_at
         LIMIT 50
         """,

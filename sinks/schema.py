@@ -67,7 +67,7 @@ TTL_TABLES: dict[str, str] = {
     "rejected": "toDateTime(inserted_at)",
     "stops_per_minute_state": "minute",
     "run_summary_state": "toDateTime(last_at)",
-    "approval_latency_state": "toDateTime(last_at)",
+    "approval_resolution_state": "toDateTime(last_at)",
 }
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
