@@ -140,7 +140,10 @@ def _run_one(
     elif result.summary is not None:
         click.echo(result.summary)
     else:
-        click.echo(render(result.columns, result.rows, fmt))
+        # color=True: click strips ANSI sequences when stdout is no terminal, which changed a
+        # client's id in a CSV export (escaped for a terminal by render itself)
+        terminal = sys.stdout.isatty()
+        click.echo(render(result.columns, result.rows, fmt, terminal=terminal), color=True)
 
 
 #: server codes that say ClickHouse is busy or failing, not that the query is wrong: still

@@ -85,17 +85,32 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot render {type(value).__name__} as JSON")
 
 
-def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
-    """``fmt``: table | csv (with a header) | json (one object per line)."""
+def render(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, *, terminal: bool = False
+) -> str:
+    """``fmt``: table | csv (with a header) | json (one object per line).
+
+    CSV gives back the stored text, read by any CSV reader (a field holding a CR or an LF is
+    quoted: with LF row ends Python's writer quoted an LF only, so a run id holding a bare CR
+    split its row in two and shifted the rest, session 29); for a ``terminal`` its cells are
+    :func:`shown`, so no control in a client's id reaches the screen."""
     if fmt == "table":
         footer = f"({len(rows)} row{'s' if len(rows) != 1 else ''})"
         return (render_table(columns, rows) + "\n" + footer) if columns else footer
     if fmt == "csv":
+        # written with CRLF row ends, so that a CR in a field is quoted too, then each row's
+        # end made LF
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([[cell(v) for v in row] for row in rows])
-        return buf.getvalue().rstrip("\n")
+        writer = csv.writer(buf, lineterminator="\r\n")
+        lines = []
+        shown_or_not = shown if terminal else str
+        header = [shown_or_not(c) for c in columns]
+        for row in [header, *([shown_or_not(cell(v)) for v in row] for row in rows)]:
+            buf.seek(0)
+            buf.truncate()
+            writer.writerow(row)
+            lines.append(buf.getvalue()[:-2])
+        return "\n".join(lines)
     if fmt == "json":
         opts = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
         return "\n".join(
