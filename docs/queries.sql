@@ -27,8 +27,9 @@ SELECT
     min(decided_at) AS first_hit_at,
     max(spent_usd) AS spent_usd,
     max(tool_calls) AS tool_calls,
-    groupUniqArray(phase) AS phases,
-    any(detail) AS detail
+    arraySort(groupUniqArray(phase)) AS phases,
+    -- the first hit's detail (why the budget ran out), not a later "run already stopped"
+    argMin(detail, (decided_at, audit_offset)) AS detail
 FROM governance.decisions FINAL
 WHERE outcome = 'stop' AND reason = 'shared_budget_exceeded'
 GROUP BY tenant, run_id

@@ -546,3 +546,33 @@ def test_a_value_the_driver_cannot_encode_is_isolated_like_a_server_refusal(
     rejected = dict(audit.query("SELECT audit_offset, error FROM governance.rejected").result_rows)
     assert rejected.keys() == {1, 4}
     assert "cannot convert NaN" in rejected[1] and "tool_calls" in rejected[4]
+
+
+def test_the_shared_budget_query_shows_why_the_budget_ran_out(audit: Client) -> None:
+    """`any(detail)` showed the later handoffs' "run already stopped" for 2 runs of 3 (H2,
+    session 29): the first hit's detail is the one that says why."""
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    base = next(d for d in story_run("budget_run", "acme", now) if d.phase == Phase.POST_HANDOFF)
+    hit = replace(
+        base,
+        decision_id="zz-budget-hit",  # after the later ones in the table's order
+        outcome=Outcome.STOP,
+        reason=Reason.SHARED_BUDGET_EXCEEDED,
+        detail="spent 35.0000 > shared_max_usd 30",
+    )
+    later = [
+        replace(
+            hit,
+            decision_id=f"budget-later-{i}",
+            phase=Phase.PRE_HANDOFF,
+            detail="run already stopped",
+            decided_at=hit.decided_at + timedelta(seconds=1 + i),
+        )
+        for i in range(5)
+    ]
+    _insert(audit, [*later, hit])  # the first hit stored last
+    sql = dict(_named_queries())["runs_that_hit_shared_budget"]
+    rows = list(audit.query(sql).named_results())
+    assert [(r["run_id"], r["detail"], r["phases"]) for r in rows] == [
+        ("budget_run", "spent 35.0000 > shared_max_usd 30", ["post_handoff", "pre_handoff"])
+    ]
