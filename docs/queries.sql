@@ -59,6 +59,9 @@ LIMIT 20;
 -- name: spend_per_tenant_per_day
 -- USD spent per tenant and day. spent_usd is the run's running total after each decision, so
 -- the day's spend is the sum of its increments (a run crossing midnight is split correctly).
+-- A run id used again once its tombstone is forgotten is decided on a fresh state: its chain
+-- starts again (chain_prev '') and its running total from 0, so increments are taken per life
+-- (without, a $10 life and a later $3 one summed to $3, the later day -$7).
 SELECT tenant, toDate(decided_at) AS day, sum(increment) AS spent_usd, uniqExact(run_id) AS runs
 FROM
 (
@@ -67,11 +70,25 @@ FROM
         run_id,
         decided_at,
         spent_usd - lagInFrame(spent_usd, 1, toDecimal64(0, 6)) OVER (
-            PARTITION BY tenant, run_id ORDER BY decided_at, audit_partition, audit_offset
+            PARTITION BY tenant, run_id, life ORDER BY decided_at, audit_partition, audit_offset
             ROWS BETWEEN 1 PRECEDING AND CURRENT ROW
         ) AS increment
-    FROM governance.decisions FINAL
-    WHERE tenant NOT IN ('*', '__baton__')  -- operators' control records, readiness probes
+    FROM
+    (
+        SELECT
+            tenant,
+            run_id,
+            decided_at,
+            audit_partition,
+            audit_offset,
+            spent_usd,
+            sum(toUInt8(ifNull(chain_prev, '-') = '')) OVER (
+                PARTITION BY tenant, run_id ORDER BY decided_at, audit_partition, audit_offset
+                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+            ) AS life
+        FROM governance.decisions FINAL
+        WHERE tenant NOT IN ('*', '__baton__')  -- operators' control records, readiness probes
+    )
 )
 GROUP BY tenant, day
 ORDER BY day DESC, spent_usd DESC;

@@ -152,6 +152,23 @@ def _at(step: dict[str, Any]) -> float:
     return at.timestamp() if isinstance(at, datetime) else 0.0
 
 
+def _lives(steps: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``steps`` split where a chain starts again (``chain_prev`` ""): a run id used again once
+    its tombstone was forgotten is decided on a fresh state, its totals from 0. The header
+    took the largest life's totals for the run's (a $10 life and a $3 one read $10, H2)."""
+    lives: list[list[dict[str, Any]]] = [[]]
+    for s in steps:
+        if s.get("chain_prev") == "" and any(is_link(t.get("chain_hash")) for t in lives[-1]):
+            lives.append([])
+        lives[-1].append(s)
+    return lives
+
+
+def _over_lives(lives: list[list[dict[str, Any]]], column: str) -> Any:
+    """A running total's end, summed over a run id's lives."""
+    return sum(max(s[column] for s in life) for life in lives)
+
+
 def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
     """The run's story: a summary (how it ended, totals) and one line per decision."""
     first, last = steps[0], steps[-1]
@@ -178,6 +195,7 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
     else:
         ended = f"last decision: {last['outcome']} ({last['reason']})"
     policies = sorted({s["policy_version"] for s in steps if s["policy_version"]})
+    lives = _lives(steps)
     broken = _chain_break(steps)
     # a run whose worker chained it (an audit from before chains, 0004, has no links at all)
     chained = any(is_link(s.get("chain_hash")) for s in steps)
@@ -210,11 +228,12 @@ def format_trace(run_id: str, steps: Sequence[dict[str, Any]]) -> str:
             and s["outcome"] not in UNCHAINED_OUTCOMES
         ),
         ended,
-        f"handoffs {max(s['handoff_count'] for s in steps)}  "
+        f"handoffs {_over_lives(lives, 'handoff_count')}  "
         f"max depth {max(s['depth'] for s in steps)}  "
-        f"spent {_usd(max(s['spent_usd'] for s in steps))}  "
-        f"tool calls {max(s['tool_calls'] for s in steps)}  "
-        f"policy {', '.join(policies) or '-'}",
+        f"spent {_usd(_over_lives(lives, 'spent_usd'))}  "
+        f"tool calls {_over_lives(lives, 'tool_calls')}  "
+        f"policy {', '.join(policies) or '-'}"
+        + (f"  ({len(lives)} lives of this run id, totals summed)" if len(lives) > 1 else ""),
         "",
     ]
     rows = []

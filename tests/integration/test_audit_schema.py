@@ -576,3 +576,35 @@ def test_the_shared_budget_query_shows_why_the_budget_ran_out(audit: Client) -> 
     assert [(r["run_id"], r["detail"], r["phases"]) for r in rows] == [
         ("budget_run", "spent 35.0000 > shared_max_usd 30", ["post_handoff", "pre_handoff"])
     ]
+
+
+def test_a_run_ids_second_life_adds_its_spend_to_the_day_and_the_trace(audit: Client) -> None:
+    """A run id used again once its tombstone is forgotten starts from 0: the daily spend
+    took the last running total ($10 then $3 read $3, the later day -$7) and the trace's
+    header the largest life's (H2, session 29)."""
+    first_day = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1, minutes=10)
+    life1 = _linked(story_run("relived", "acme", first_day))
+    life2 = _linked(
+        [
+            replace(d, decision_id=d.decision_id + "-2", request_id=d.request_id + "-2")
+            for d in story_run("relived", "acme", first_day + timedelta(days=1))
+        ]
+    )
+    per_life = max(d.spent_usd for d in life1)
+    assert per_life > 0
+    _insert(audit, [*life1, *life2])
+    sql = dict(_named_queries())["spend_per_tenant_per_day"]
+    days = sorted((r["day"], r["spent_usd"]) for r in audit.query(sql).named_results())
+    assert [spent for _day, spent in days] == [Decimal(str(per_life))] * 2
+    text = format_trace("relived", load_trace(audit, "relived"))
+    assert f"spent ${2 * per_life:.2f}" in text and "(2 lives of this run id" in text, text
+
+
+def _linked(decisions: list[Decision]) -> list[Decision]:
+    """``decisions`` chained as a worker chains a run from a fresh state (the first names "")."""
+    out, head = [], ""
+    for i, d in enumerate(decisions):
+        link = f"{abs(hash((d.decision_id, i))):032x}"[-32:]
+        out.append(replace(d, chain_prev=head, chain_hash=link))
+        head = link
+    return out
