@@ -15,6 +15,7 @@ from baton.processors.dedup_keys import untimed_fields
 from baton.processors.recorded import input_text
 from baton.schemas.decision import Decision, Fallback, Phase
 from baton.schemas.events import HandoffCompleted, HandoffRequested, RunFinished
+from baton.schemas.names import fold
 from baton.schemas.settings import Settings
 from baton.streams.sdk.channel import RequestChannel
 from baton.streams.sdk.options import (
@@ -67,7 +68,7 @@ class RunTenants:
             sent = self._by_run.pop(run_id, None)
         if tenant is None:
             return sent if sent is not None else "default"
-        if sent is not None and sent != tenant:
+        if sent is not None and sent != fold(tenant):  # a tenant is a name: ACME is acme
             _log.warning(
                 "finish(%r, tenant=%r): this client sent the run under tenant %r; Baton "
                 "refuses a finish under another tenant (tenant_mismatch) and the run stays open",

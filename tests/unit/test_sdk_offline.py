@@ -197,6 +197,11 @@ def test_finish_names_the_tenant_the_run_was_sent_under(caplog: pytest.LogCaptur
     with caplog.at_level("WARNING", logger="baton.client"):
         assert tenant_of("run_c", "default") == "default"
     assert "sent the run under tenant 'acme'" in caplog.text
+    caplog.clear()
+    client._request(handoff("run_d", 1, "t1", tenant="acme"), 5.0)
+    with caplog.at_level("WARNING", logger="baton.client"):
+        assert tenant_of("run_d", "ACME") == "acme"  # a name, folded: the same tenant
+    assert not caplog.text
 
 
 def test_the_tenants_remembered_for_finish_are_bounded() -> None:
