@@ -95,6 +95,13 @@ def policy_checks(
     detail = f"version {current.version}, from {origin}"
     if refused:
         detail += f" ({refused} update(s) refused: `baton policy current` lists them)"
+    if current.version != policy.version:
+        # a published policy wins over the file: an operator who reads two green lines takes
+        # the file for what decides (session 29: a looser publication decided, unnamed)
+        detail += (
+            f"; NOT the policy file's {policy.version}: a published policy decides, the file "
+            "does not (publish the file with `baton policy publish FILE` to enforce it)"
+        )
     return [*checks, ok("policy in force", detail)]
 
 

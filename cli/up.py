@@ -211,8 +211,9 @@ def up_cmd(
         settings = build_settings(**{**opts, "bootstrap": broker.bootstrap})
         catalog = create_topics(settings)
         say_what_a_restart_keeps(data_dir, earlier, no_audit, settings, catalog, say)
+        republished = None
         if not no_audit:
-            name_a_lost_policy(data_dir / "chdb", policy.version, say)
+            republished = name_a_lost_policy(data_dir / "chdb", policy.version, say)
         record = write_stack_record(data_dir, settings, broker, no_audit, logs)
         say(
             f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, `trace`, "
@@ -249,7 +250,11 @@ def up_cmd(
             supervisor.start(ChildSpec(name, args, logs / f"{name}.log", echo=name == "alerts"))
         interruptible = False  # from here on, signals only set `stopping`
 
-        say(f"waiting for the worker (policy {policy.version})")
+        say(
+            f"waiting for the worker (policy {policy.version}"
+            + (f"; the re-issued published policy {republished} replaces it" if republished else "")
+            + ")"
+        )
         readiness = Readiness(settings, catalog, None if no_audit else sql_port, data_dir / "chdb")
         readiness.start()
         next_progress = time.monotonic() + PROGRESS_EVERY_S

@@ -73,28 +73,42 @@ def say_what_a_restart_keeps(
     )
 
 
-def name_a_lost_policy(audit: Path, version: str, say: Callable[[str], None]) -> None:
+def name_a_lost_policy(audit: Path, version: str, say: Callable[[str], None]) -> str | None:
     """A policy published before this restart is gone with the old broker's control topic:
     when the workers used another policy than this start's, say so (its approver keys and
-    operators may be gone with it), never fall back in silence."""
+    operators may be gone with it), never fall back in silence. A signed publication the
+    restore re-issues wins over this start's policy once applied: said too (an operator who
+    started with --policy STRICT saw only STRICT's version named while a looser published
+    policy decided, session 29); returns that publication's version (None: none)."""
     from baton.cli.restart_notice import policy_in_force
 
     if not audit.is_dir():
-        return
+        return None
     try:
         before = policy_in_force(audit)
     except BatonError as exc:
         say(f"WARNING: could not read the policy in force of the audit in {audit}: {exc}")
-        return
-    if before is None or before.version == version or before.reissued:
-        return  # the same policy, or a signed publication the restore re-issues
+        return None
+    if before is None or before.version == version:
+        return None
     published = f", published by {shown(before.published_by)}" if before.published_by else ""
+    if before.reissued:
+        say(
+            f"WARNING: the policy published before this restart (version "
+            f"{shown(before.version)}{published}, last recorded {before.at[:19]} UTC) is "
+            f"re-issued and, once a worker applies it, decides instead of this start's policy "
+            f"{version} (--policy / BATON_POLICY, else the seed policy): a published policy wins "
+            "over the file. To enforce this start's policy, publish it: `baton policy publish "
+            "FILE`"
+        )
+        return str(before.version)
     say(
         f"WARNING: the policy in force before this restart (version {shown(before.version)}"
         f"{published}, last recorded {before.at[:19]} UTC) is NOT in force now: this start uses "
         f"policy {version} (--policy / BATON_POLICY, else the seed policy). Re-publish it "
         "with `baton policy publish FILE`, or start with --policy FILE"
     )
+    return None
 
 
 def _name_lost_kill_switches(audit: Path, say: Callable[[str], None]) -> None:

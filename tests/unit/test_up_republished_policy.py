@@ -1,0 +1,71 @@
+"""A restart says when a re-issued published policy will decide instead of its --policy.
+
+Session 29, H3: `baton up --policy stricter.yaml` on a data dir whose workers ran a signed,
+looser published policy re-issued that publication (it wins over the file, by design), and
+every line named stricter.yaml's version: "waiting for the worker (policy <stricter>)". All six
+handoffs were allowed where the file stops the fifth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from baton.cli import restart_notice, up_restart
+from baton.cli.restart_notice import PolicyInForce
+
+pytestmark = pytest.mark.unit
+
+
+def _said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: PolicyInForce | None):
+    monkeypatch.setattr(restart_notice, "policy_in_force", lambda _audit: before)
+    said: list[str] = []
+    version = up_restart.name_a_lost_policy(tmp_path, "53aec0f4a78e37af", said.append)
+    return version, said
+
+
+def test_a_reissued_looser_publication_is_named_as_the_policy_that_decides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = PolicyInForce("c3692a4f00000000", "oncall", "2026-12-03 07:10:00.000", reissued=True)
+    version, said = _said(tmp_path, monkeypatch, before)
+    assert version == "c3692a4f00000000"
+    assert len(said) == 1 and "re-issued" in said[0] and "oncall" in said[0]
+    assert "decides instead of this start's policy 53aec0f4a78e37af" in said[0]
+    assert "baton policy publish FILE" in said[0]
+
+
+@pytest.mark.parametrize(
+    "before",
+    [None, PolicyInForce("53aec0f4a78e37af", "oncall", "2026-12-03 07:10:00", reissued=True)],
+    ids=["no policy recorded", "the same policy"],
+)
+def test_nothing_is_said_when_the_start_s_policy_is_the_one_in_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: PolicyInForce | None
+) -> None:
+    assert _said(tmp_path, monkeypatch, before) == (None, [])
+
+
+def test_a_lost_unsigned_publication_is_still_named_as_not_in_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = PolicyInForce("c3692a4f00000000", "oncall", "2026-12-03 07:10:00", reissued=False)
+    version, said = _said(tmp_path, monkeypatch, before)
+    assert version is None and "is NOT in force now" in said[0]
+
+
+def test_doctor_says_when_the_policy_in_force_is_not_the_file() -> None:
+    from types import SimpleNamespace
+
+    from baton.cli.doctor_checks import policy_checks
+    from baton.schemas.settings import Settings
+
+    def published(settings: object, policy: object, source: str, timeout: float, note: object):
+        return SimpleNamespace(version="c3692a4f00000000"), "a publication by oncall"
+
+    def the_file(settings: object, policy: object, source: str, timeout: float, note: object):
+        return policy, source
+
+    _file_line, in_force = policy_checks(Settings(), published, 1.0)
+    assert "NOT the policy file's" in in_force.detail and "baton policy publish" in in_force.detail
+    assert "NOT" not in policy_checks(Settings(), the_file, 1.0)[1].detail
