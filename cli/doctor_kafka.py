@@ -14,6 +14,7 @@ next commit), and Tansu's ListOffsets can be off by the records of one batch
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ from baton.cli.doctor_checks import Check, Status, fail, gist, ok
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
 from baton.streams.topics import TopicCatalog, TopicSpec
+
+log = logging.getLogger("baton.doctor")
 
 __all__ = [
     "KafkaView",
@@ -311,7 +314,13 @@ def _lag_check(
     catalog = TopicCatalog.from_settings(settings)
     name = "lag"
     behind = _behind(
-        admin, consumer, settings.app_id, [catalog.requests, catalog.approvals], view, timeout
+        admin,
+        consumer,
+        settings.app_id,
+        [catalog.requests, catalog.approvals],
+        view,
+        timeout,
+        settings.kafka_config(),
     )
     if isinstance(behind, str):
         return fail(name, behind, "see the topic lines above, or `baton -v doctor`")
@@ -333,7 +342,9 @@ def audit_lag_check(
     written yet; a group that never committed while decisions exist is a sink that never ran."""
     catalog = TopicCatalog.from_settings(settings)
     group, name = f"{settings.app_id}-audit", "audit lag"
-    behind = _behind(admin, consumer, group, [catalog.decisions], view, timeout)
+    behind = _behind(
+        admin, consumer, group, [catalog.decisions], view, timeout, settings.kafka_config()
+    )
     if isinstance(behind, str):
         return fail(name, behind, "see the topic lines above, or `baton -v doctor`")
     total, detail = _lag_detail(behind, "decision(s) past the sink's committed offsets")
@@ -349,10 +360,22 @@ def audit_lag_check(
 
 
 def _behind(
-    admin: Any, consumer: Any, group: str, topics: list[str], view: KafkaView, timeout: float
+    admin: Any,
+    consumer: Any,
+    group: str,
+    topics: list[str],
+    view: KafkaView,
+    timeout: float,
+    kafka_config: dict[str, Any] | None = None,
 ) -> dict[tuple[str, int], tuple[int, int]] | str:
     """(topic, partition) -> (committed offset or -1, records behind) for ``group``; a
-    string saying why when it cannot be read."""
+    string saying why when it cannot be read.
+
+    With ``kafka_config``, each partition's end is the one a read finds
+    (``transactions.committed_ends``): Tansu's ListOffsets, which the watermarks ask, answers
+    the first offset of the last record batch + 1, so a batch of 20 decisions counted as one
+    behind, and a sink whose commit sat inside the last batch read "0: the sink has committed
+    every decision" (session 29, H3). Read as the watermarks say when that read fails."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
     parts = [TopicPartition(t, p) for t in topics for p in range(view.partitions.get(t, 0))]
@@ -365,13 +388,26 @@ def _behind(
             (tp.topic, tp.partition): tp.offset
             for tp in answer.result(timeout=timeout).topic_partitions
         }
-        behind = {}
-        for tp in parts:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-            start = committed.get((tp.topic, tp.partition), -1)
-            behind[(tp.topic, tp.partition)] = (start, max(high - max(start, low), 0))
+        marks = {
+            (tp.topic, tp.partition): consumer.get_watermark_offsets(
+                tp, timeout=timeout, cached=False
+            )
+            for tp in parts
+        }
     except Exception as exc:
         return f"cannot read the offsets of group {group}: {gist(exc)}"
+    ends = {tp: high for tp, (_low, high) in marks.items()}
+    if kafka_config is not None:
+        from baton.streams.transactions import committed_ends
+
+        try:
+            ends.update(committed_ends(kafka_config, ends, timeout_s=timeout))
+        except Exception as exc:  # the watermarks' ends, as before: never the check's end
+            log.debug("doctor: reading the partitions' ends failed (%s); watermarks used", exc)
+    behind = {}
+    for tp, (low, _high) in marks.items():
+        start = committed.get(tp, -1)
+        behind[tp] = (start, max(ends[tp] - max(start, low), 0))
     return behind
 
 

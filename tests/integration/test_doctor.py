@@ -284,3 +284,39 @@ def test_a_stack_whose_worker_stopped_fails_the_workers_check(
     # its decisions (the probes') were never written to an audit: no sink ever ran here
     audit = report["audit lag"]
     assert audit.startswith("✘") and "never committed" in audit and "baton sink" in audit
+
+
+def test_audit_lag_counts_every_record_of_a_batch_tansu_lists_as_one(
+    broker: EmbeddedBroker,
+) -> None:
+    """Tansu's ListOffsets answers the first offset of the last record batch + 1: doctor read
+    the watermark, so 20 decisions written in one batch and a sink committed at 1 read
+    "0: the sink has committed every decision" (session 29, H3). It reads the end a fetch
+    finds (streams.transactions.committed_ends)."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    prefix = f"l{uuid.uuid4().hex[:8]}."
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
+    app_id = f"baton-{prefix.rstrip('.')}"
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 200})
+    for _ in range(20):
+        producer.produce(catalog.decisions, b"{}", b"run", partition=0)
+    assert producer.flush(30) == 0
+    sink = Consumer(
+        {"bootstrap.servers": broker.bootstrap, "group.id": f"{app_id}-audit", "log_level": 0}
+    )
+    try:
+        sink.commit(offsets=[TopicPartition(catalog.decisions, 0, 1)], asynchronous=False)
+        _low, high = sink.get_watermark_offsets(TopicPartition(catalog.decisions, 0), timeout=10)
+    finally:
+        sink.close()
+    assert high < 20  # Tansu's short answer, the reason for this test (one batch: 1)
+    env = {
+        "BATON_BOOTSTRAP": broker.bootstrap,
+        "BATON_TOPIC_PREFIX": prefix,
+        "BATON_PARTITIONS": str(PARTITIONS),
+        "BATON_APP_ID": app_id,
+        "BATON_CLICKHOUSE_DSN": "http://nobody:x@127.0.0.1:1/default",
+    }
+    audit = lines(doctor(env, "--timeout", "3"))["audit lag"]
+    assert "19 decision(s) past the sink's committed offsets" in audit, audit
