@@ -153,8 +153,9 @@ def restore_runs(
         say(
             f"restore: WARNING: {len(undone)} kill switch(es) lifted by an unsigned release "
             f"hold again ({', '.join(undone[:10])}{more}): a restart issues only signed "
-            "releases; lift each anew with `baton kill ... --release` (with --as and --key it "
-            "survives the next restart too)"
+            "releases; lift each anew with `baton kill ... --release --as OPERATOR --key FILE` "
+            "(signed: a worker refuses an unsigned release once the policy lists operators, "
+            "and a signed one survives the next restart too)"
         )
     return len(states)
 
