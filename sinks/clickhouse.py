@@ -192,6 +192,20 @@ def connect(
                 "(baton sql --dsn http://127.0.0.1:PORT, the port `baton sink --sql-port` "
                 "serves) or stop it first"
             )
+    if (
+        target.chdb_path is not None
+        and target.chdb_path.is_dir()
+        and not os.access(target.chdb_path, os.W_OK | os.X_OK)
+    ):
+        # chDB writes in the directory it opens, even to read (its status and temporary
+        # files): it failed with "Error initializing EmbeddedServer: . (BAD_ARGUMENTS)"
+        # (session 29, H3: a read-only backup copy of an audit)
+        raise AuditUnavailable(
+            f"the chDB directory {target.chdb_path} is not writable by this process: chDB "
+            "writes in the directory it opens, even to query it; copy it to a writable "
+            f"place (cp -r {target.chdb_path} /tmp/audit-copy) and pass "
+            "--dsn chdb:///tmp/audit-copy"
+        )
     try:
         import chdb  # noqa: F401  (only to name the extra when it is missing)
     except ImportError as exc:
