@@ -55,12 +55,16 @@ def policy_check(file: Path) -> None:
         click.echo(f"  require_approval_for: {', '.join(limits.require_approval_for)}")
     for seed_key, path, _ in seed_mapping(policy):
         click.echo(f"  {seed_key} -> multi_agent.{'.'.join(path)}")
-    if policy.tenants:
-        click.echo(f"  tenant overrides: {', '.join(sorted(policy.tenants))}")
+    from baton.cli.policy_notes import policy_warnings, tenant_lines
+
+    for line in tenant_lines(policy):
+        click.echo(f"  {line}")
     if limits.require_lineage:
         click.echo("  require_lineage: on (a handoff names a parent task its giver owns)")
     if limits.shadow_mode:
         click.echo("  shadow_mode: on (decisions are recorded, never enforced)")
+    for warning in policy_warnings(policy):
+        click.echo(f"  warning: {warning}")
 
 
 @policy_group.command("publish")
@@ -95,6 +99,11 @@ def policy_publish(
     problem = policy_update_problem(text, signer)
     if problem is not None:
         raise PolicyError([problem], str(file))
+    from baton.cli.policy_notes import signer_not_an_operator
+
+    lockout = signer_not_an_operator(policy, signer)
+    if lockout is not None:
+        click.echo(f"baton: warning: {lockout}", err=True)
     key = load_key(key_file)
     settings = stack_settings(opts, data_dir)
     from baton.schemas.decision import Reason
