@@ -18,6 +18,7 @@ from baton.cli.doctor_checks import (
     fail,
     ok,
     policy_checks,
+    sink_health_checks,
     sql_endpoint_check,
     webhook_check,
 )
@@ -145,6 +146,7 @@ def run_checks(
         yield from _within(
             "sql endpoint", lambda: [sql_endpoint_check(settings, reached=reached)], deadline
         )
+    yield from _guarded("audit sink", lambda: sink_health_checks(data_dir, timeout))
     yield from _guarded("alert webhook", lambda: [webhook_check(settings, timeout)])
     yield _core_check()
 

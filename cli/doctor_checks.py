@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ __all__ = [
     "gist",
     "ok",
     "policy_checks",
+    "sink_health_checks",
     "sql_endpoint_check",
     "webhook_check",
 ]
@@ -242,3 +244,33 @@ def webhook_check(settings: Settings, timeout: float) -> Check:
 def gist(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
+
+
+# ------------------------------------------------------------------------------ audit sink
+def sink_health_checks(data_dir: Path | None, timeout: float) -> list[Check]:
+    """Whether the `baton up` audit sink's inserts fail (its ``baton_audit_failing`` on the
+    /metrics its stack record names); no line for a stack without one (a sink of your own:
+    watch that metric). A sink that retried a full disk for minutes passed every check: its
+    lag read 11 while 30 decisions waited, ClickHouse answered reads (session 29, H3)."""
+    from baton.cli.stack_record import find_stack
+    from baton.cli.top_metrics import check_metrics_url, scrape
+
+    found = find_stack(data_dir)
+    record = found.record
+    if record is None or not record.live(found.data_dir) or not record.sink_metrics_url:
+        return []
+    view = scrape(check_metrics_url(record.sink_metrics_url), timeout_s=timeout)
+    log = record.logs.get("sink", "the sink's log")
+    if view.error is not None:
+        return [fail("audit sink", f"its /metrics did not answer: {view.error}", f"see {log}")]
+    failing = [value for _labels, value in view.samples.get("baton_audit_failing", [])]
+    if any(failing):
+        return [
+            fail(
+                "audit sink",
+                "its inserts into ClickHouse fail (baton_audit_failing 1): decisions wait in "
+                "Kafka, unaudited, until they succeed",
+                f"{log} says why (a full disk, ClickHouse refusing); it retries on its own",
+            )
+        ]
+    return [ok("audit sink", "inserting (baton_audit_failing 0)")]

@@ -61,6 +61,8 @@ class StackRecord(BaseModel):
     #: ``http://127.0.0.1:PORT`` of the SQL endpoint (token not included), None when off
     sql_url: str | None = Field(None, max_length=1024)
     metrics_url: str | None = Field(None, max_length=1024)
+    #: the audit sink's /metrics (`baton doctor` reads whether its inserts fail)
+    sink_metrics_url: str | None = Field(None, max_length=1024)
     logs: dict[str, Path] = Field(default_factory=dict)
     pids: dict[str, int] = Field(default_factory=dict)
 

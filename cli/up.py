@@ -32,7 +32,7 @@ from baton.cli.supervisor import (
     describe_exit,
     tail,
 )
-from baton.cli.up_children import audit_children, spawner, with_metrics_ports
+from baton.cli.up_children import audit_children, metrics_url_of, spawner, with_metrics_ports
 from baton.cli.up_ready import PROGRESS_EVERY_S, Readiness, announce_new_sql_token
 from baton.cli.up_restart import name_a_lost_policy, say_what_a_restart_keeps
 from baton.cli.worker_cmd import create_topics
@@ -244,7 +244,9 @@ def up_cmd(
         env["BATON_LOG_FORMAT"] = settings.log_format
         children, metrics_url = with_metrics_ports(children, settings.metrics_port_number)
         if record is not None and metrics_url:  # `baton top` reads it from there
-            record = update_record(record, metrics_url=metrics_url)
+            record = update_record(
+                record, metrics_url=metrics_url, sink_metrics_url=metrics_url_of(children, "sink")
+            )
         supervisor = Supervisor(restart, spawner(env), say)
         for name, args in children:
             supervisor.start(ChildSpec(name, args, logs / f"{name}.log", echo=name == "alerts"))

@@ -15,7 +15,7 @@ from baton.cli.supervisor import (
     open_child_log,
 )
 
-__all__ = ["audit_children", "spawner", "with_metrics_ports"]
+__all__ = ["audit_children", "metrics_url_of", "spawner", "with_metrics_ports"]
 
 
 def spawner(env: dict[str, str]) -> Callable[[ChildSpec], subprocess.Popen[bytes]]:
@@ -68,6 +68,15 @@ def with_metrics_ports(
             url = f"http://127.0.0.1:{port}/metrics"
         given.append((name, (*args, "--metrics-port", str(port))))
     return given, url
+
+
+def metrics_url_of(children: list[tuple[str, tuple[str, ...]]], name: str) -> str | None:
+    """The /metrics URL ``with_metrics_ports`` gave the child ``name`` (None: none, or off)."""
+    for child, args in children:
+        if child == name and "--metrics-port" in args:
+            port = args[args.index("--metrics-port") + 1]
+            return None if port == "off" else f"http://127.0.0.1:{port}/metrics"
+    return None
 
 
 def audit_children(sql_port: int | None, app_id: str) -> list[tuple[str, tuple[str, ...]]]:
