@@ -21,6 +21,7 @@ __all__ = [
     "expanded_size",
     "load_policy",
     "parse_policy",
+    "strict_yaml",
 ]
 
 DEFAULT_POLICY_YAML = """\
@@ -165,6 +166,14 @@ class _PolicyLoader(yaml.SafeLoader):
                     "keep one",
                     key_node.start_mark,
                 )
+
+
+def strict_yaml(text: str) -> Any:
+    """``text`` parsed as policies are (a SafeLoader that refuses a key written twice in one
+    mapping, two ``<<`` merges setting one key, ``010`` and ``1:30``): for other YAML a person
+    writes, such as alert rules. Raises yaml.YAMLError (a ConstructorError naming the line) or
+    ValueError."""
+    return yaml.load(text, Loader=_PolicyLoader)  # a SafeLoader: no !!python tags
 
 
 def _refuse_yaml11_digits(node: yaml.ScalarNode) -> None:

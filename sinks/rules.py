@@ -139,13 +139,28 @@ def load_rules(path: Path | None) -> list[AlertRule]:
         raise ConfigError(
             f"{where}: unknown keys {sorted(unknown)}; expected rules, include_defaults"
         )
-    rules = {r.name: r for r in DEFAULT_RULES} if doc.get("include_defaults", True) else {}
+    include = doc.get("include_defaults", True)
+    if not isinstance(include, bool):  # "false" in quotes is a string, and was true
+        raise ConfigError(f"{where}: include_defaults: expected true or false, got {include!r:.80}")
+    rules = {r.name: r for r in DEFAULT_RULES} if include else {}
     builtins = {r.name: r for r in DEFAULT_RULES}
+    named: dict[str, int] = {}
     for i, entry in enumerate(doc.get("rules") or []):
         at = f"{where}: rules[{i}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ConfigError(f"{at}: expected a mapping with a name, got {entry!r:.80}")
         name = entry["name"]
+        if name in named:  # the later one replaced the first in silence
+            raise ConfigError(
+                f"{at} ({name}): a second rule of this name (the first is rules[{named[name]}]); "
+                "give each rule a name of its own"
+            )
+        named[name] = i
+        if name in builtins and "sql" in entry:  # checked as Baton's: the built-in no longer ran
+            raise ConfigError(
+                f"{at} ({name}): a built-in rule's name with sql of its own; a built-in takes "
+                "params only: tune it, or give your rule another name"
+            )
         extra = set(entry) - {"name", "description", "sql", "params"}
         if extra:
             raise ConfigError(
@@ -210,8 +225,11 @@ def _rules_text(path: Path) -> str:
 def _bounded_yaml(text: str, where: str) -> Any:
     """``text`` parsed as YAML, refused (ConfigError) past MAX_RULES_VALUES values with its
     aliases expanded or MAX_POLICY_DEPTH levels deep, or when the parser cannot read it."""
+    from baton.schemas.policy_load import strict_yaml
+
     try:
-        doc = yaml.safe_load(text)
+        # a key written twice (`rules:` twice, `max_stop_rate` twice) kept the last in silence
+        doc = strict_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from None
     except ValueError as exc:  # an integer past Python's 4,300 digits of int(str)
