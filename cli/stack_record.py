@@ -32,6 +32,7 @@ from baton.cli.stack_file import STACK_FILE, StackRecord, read_record, record_pa
 from baton.schemas.env_names import DATA_DIR
 from baton.schemas.errors import AuditUnavailable, BrokerUnavailable, ConfigError
 from baton.schemas.settings import Settings
+from baton.sinks.render import shown_cut
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -184,6 +185,17 @@ def stack_settings(
             return False
         return data_dir is not None or f"BATON_{setting.upper()}" not in variables
 
+    if data_dir is None and env.get("BATON_DATA_DIR"):
+        # a leftover variable beat the stack BATON_DATA_DIR names, and nothing said so: a kill
+        # switch would go to the other cluster (session 29, H3)
+        for setting, wanted in (("bootstrap", kafka), ("clickhouse_dsn", audit)):
+            name = f"BATON_{setting.upper()}"
+            if wanted and setting not in given and name in variables:
+                say(
+                    f"warning: {name} is set: it is used, not the `baton up` stack of "
+                    f"BATON_DATA_DIR ({shown_cut(env['BATON_DATA_DIR'], 120)}); a variable "
+                    "beats BATON_DATA_DIR, --data-dir beats both"
+                )
     if kafka and from_stack("bootstrap"):
         if stack().record is None:
             raise _not_found(stack(), "Kafka", "BATON_BOOTSTRAP", "--bootstrap")

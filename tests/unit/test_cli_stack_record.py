@@ -417,3 +417,20 @@ def test_small_files_are_checked_on_the_open_file_not_before_it(tmp_path) -> Non
     assert read_small_file(big, 101) == b"x" * 101
     with pytest.raises(FileNotFoundError):
         read_small_file(tmp_path / "none", 100)
+
+
+def test_a_variable_that_beats_baton_data_dir_is_said(
+    tmp_path: Path, baton_up: Holder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leftover BATON_BOOTSTRAP beat the stack BATON_DATA_DIR names without a word (a kill
+    switch would go to the other cluster; session 29, H3)."""
+    other = _record(tmp_path / "other", baton_up, bootstrap="127.0.0.1:29092")
+    said: list[str] = []
+    monkeypatch.setenv("BATON_DATA_DIR", str(other.data_dir))
+    monkeypatch.setenv("BATON_BOOTSTRAP", "env:2")
+    assert stack_settings({}, say=said.append).bootstrap == "env:2"
+    assert len(said) == 1 and said[0].startswith("warning: BATON_BOOTSTRAP is set: it is used")
+    said.clear()
+    stack_settings({}, other.data_dir, say=said.append)  # --data-dir: the stack's, nothing said
+    stack_settings({"bootstrap": "k:1"}, say=said.append)  # a flag: what was asked for
+    assert said == []
