@@ -17,6 +17,7 @@ from baton.cli.signer import (
     signer_options,
 )
 from baton.cli.stack_record import data_dir_option, stack_settings
+from baton.cli.waiting import with_progress
 from baton.schemas.decision import Reason
 
 __all__ = ["kill_cmd", "register"]
@@ -79,13 +80,17 @@ def kill_cmd(
     )
     try:
         switch = client.release if release else client.kill
-        record = switch(
-            run_id=run_id,
-            tenant=tenant,
-            everything=everything,
-            operator=signer,
-            reason=reason,
-            wait=wait,
+        record = with_progress(
+            lambda: switch(
+                run_id=run_id,
+                tenant=tenant,
+                everything=everything,
+                operator=signer,
+                reason=reason,
+                wait=wait,
+            ),
+            "a worker to apply it",
+            timeout,
         )
     finally:
         client.close()
