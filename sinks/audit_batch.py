@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from baton.schemas.decision import DECISION_ADAPTER
 from baton.schemas.errors import AuditUnavailable
-from baton.sinks.audit_copies import Copy, unheld_copies
+from baton.sinks.audit_controls import Control, store_controls
+from baton.sinks.audit_copies import Copy, reject_unheld_copies
 from baton.sinks.audit_insert import RowsRefused, insert_native, insert_rows, one_native_block
 from baton.sinks.json_rows import shortcut_row
 from baton.sinks.rows import (
@@ -33,6 +34,8 @@ from baton.sinks.rows import (
     RejectKind,
     RowRejected,
     decision_row,
+    explain_invalid,
+    is_command,
     oversized,
 )
 from baton.sinks.schema import DATABASE
@@ -98,12 +101,15 @@ class AuditBatch:
     encoded_rows: int | None = None
     #: records flagged reemitted, not stored: looked up once the rows are (``audit_copies``)
     copies: list[Copy] = field(default_factory=list)
+    #: control decisions, stored after the rows unless held (``audit_controls``), and how many
+    controls: list[Control] = field(default_factory=list)
+    controls_stored: int = 0
 
     def __len__(self) -> int:
         """Records held: rows, rejected ones and copies, or every record deferred."""
         if self.deferred is not None:
             return len(self.deferred)
-        return len(self.rows) + len(self.rejected) + len(self.copies)
+        return len(self.rows) + len(self.rejected) + len(self.copies) + len(self.controls)
 
     def add(self, partition: int, offset: int, value: bytes | None) -> None:
         """Parse one record; anything that keeps it from being a row makes it a rejected row.
@@ -158,13 +164,15 @@ class AuditBatch:
         records, self.deferred = self.deferred, None
         self.unsent, self.chunks, self.chunk_types, self.encoded_rows = [], [], None, None
         self.rows, self.raws, self.rejected, self.copies = [], [], [], []
+        self.controls, self.controls_stored = [], 0
         self.todo, self.rejected_stored = None, False
         for partition, offset, value in records:
             self._parse(partition, offset, value)
 
     def stored_rows(self) -> int:
         """Rows this batch holds for governance.decisions (refused ones included)."""
-        return len(self.rows) if self.encoded_rows is None else self.encoded_rows
+        rows = len(self.rows) if self.encoded_rows is None else self.encoded_rows
+        return rows + self.controls_stored
 
     def _note(self, partition: int, offset: int) -> None:
         if not self.ranges:
@@ -199,8 +207,11 @@ class AuditBatch:
                 self.copies.append((*where, decision.decision_id, *said))
                 return
             row = decision_row(decision, self.topic, partition, offset, self.window)
+            if is_command(decision.phase.value, decision.request_id):
+                self.controls.append((row, value))  # stored after the rows, once
+                return
         except ValidationError as exc:
-            self.reject(partition, offset, value, RejectKind.INVALID_RECORD, _explain(exc))
+            self.reject(partition, offset, value, RejectKind.INVALID_RECORD, explain_invalid(exc))
         except RowRejected as exc:
             self.reject(partition, offset, value, exc.kind, str(exc))
         except Exception as exc:  # anything else about one record is that record's problem
@@ -263,6 +274,7 @@ class AuditBatch:
         self.raws = [self.raws[i] for i in kept]
         self.rejected = [r for r in self.rejected if r[1] not in partitions]
         self.copies = [c for c in self.copies if c[0] not in partitions]
+        self.controls = [c for c in self.controls if c[0][-2] not in partitions]
         self.ranges = {p: span for p, span in self.ranges.items() if p not in partitions}
         # what was stored stays stored (the new owner's copies fold); the rest starts over
         self.todo = None
@@ -297,18 +309,6 @@ def _token_text(topic: str, spans: dict[int, tuple[int, int]], material: list[by
         digest.update(part)
     readable = ",".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(spans.items()))
     return f"{topic}/{readable}/{digest.hexdigest()}"
-
-
-def _explain(exc: ValidationError) -> str:
-    """A pydantic error as one line per problem: the field, what was expected, what came."""
-    problems = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(part) for part in error["loc"]) or "record"
-        got = repr(error.get("input"))
-        got = got if len(got) <= 80 else got[:77] + "..."
-        problems.append(f"{where}: {error['msg']} (got {got})")
-    more = f"; and {exc.error_count() - 5} more" if exc.error_count() > 5 else ""
-    return "not a Decision: " + "; ".join(problems) + more
 
 
 def write_batch(
@@ -370,7 +370,10 @@ def write_batch(
                 f"ClickHouse refused the row: {exc}",
             )
         batch.todo.pop()
-    _reject_unheld_copies(client, batch, label)
+    reject_unheld_copies(client, batch, label)
+    if batch.controls:
+        types_ = (types or {}).get(DECISIONS_TABLE)
+        batch.controls_stored += store_controls(client, batch, label, types_)
     if batch.rejected and not batch.rejected_stored:
         token = batch.rejected_token()
         try:
@@ -388,17 +391,6 @@ def write_batch(
                 f"ClickHouse at {label} refused the rejected records ({token}): {exc}"
             ) from exc
         batch.rejected_stored = True
-
-
-def _reject_unheld_copies(client: Client, batch: AuditBatch, label: str) -> None:
-    """Make the batch's re-emitted copies whose decision the audit lacks rejected records."""
-    for partition, offset, value, *_ in unheld_copies(client, batch.copies, label):
-        error = (
-            "flagged reemitted, but the audit holds no decision of its id saying its outcome, "
-            "reason and chain hash: not a copy"
-        )
-        batch.reject(partition, offset, value, RejectKind.NOT_A_COPY, error)
-    batch.copies = []
 
 
 #: longest wait for one chunk from a parse process (it parses ~1,000 records in ~15 ms): past
@@ -446,4 +438,5 @@ def _write_chunks(
     batch.encoded_rows = rows
     batch.rejected = [r for chunk in chunks for r in chunk.rejected]
     batch.copies = [c for chunk in chunks for c in chunk.copies]
+    batch.controls = [c for chunk in chunks for c in chunk.controls]
     batch.todo = []

@@ -25,12 +25,18 @@ whose original was rejected (or refused by ClickHouse) is rejected too, as its o
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clickhouse_connect.driver.client import Client
 
 from baton.sinks.clickhouse import audit_errors
+from baton.sinks.rows import RejectKind
 from baton.sinks.schema import DATABASE
 
-__all__ = ["Copy", "unheld_copies"]
+if TYPE_CHECKING:
+    from baton.sinks.audit_batch import AuditBatch
+
+__all__ = ["LONGEST", "Copy", "lookup_parts", "reject_unheld_copies", "unheld_copies"]
 
 #: (partition, offset, record, tenant, run id, decision id, outcome, reason, chain hash or
 #: "") of a record flagged reemitted: the key it is looked up by, then what it must repeat
@@ -47,7 +53,7 @@ _LOOKUP = (
 #: the longest id or tenant the worker writes (``schemas.events.Id``, names): a copy naming a
 #: longer one is no worker's copy, and is never sent to ClickHouse (a 300 KB id in a query
 #: parameter would fail the lookup, and with it the batch, for ever)
-_LONGEST = 256
+LONGEST = 256
 #: bytes of keys per lookup (a query parameter travels in the URL over HTTP)
 _BYTES_PER_QUERY = 64 * 1024
 
@@ -56,17 +62,17 @@ def unheld_copies(client: Client, copies: list[Copy], label: str) -> list[Copy]:
     """The ``copies`` whose decision (tenant, run id, decision id, saying the same outcome,
     reason and chain hash) the audit does not hold, in their order. AuditUnavailable when
     ClickHouse cannot answer (the batch is written again)."""
-    keys = [k for k in dict.fromkeys(c[3:] for c in copies) if max(map(len, k)) <= _LONGEST]
+    keys = [k for k in dict.fromkeys(c[3:] for c in copies) if max(map(len, k)) <= LONGEST]
     held: set[tuple[str, ...]] = set()
     with audit_errors(label, "looking up the decisions of re-emitted copies"):
-        for part in _parts(keys):
+        for part in lookup_parts(keys):
             ids = list(dict.fromkeys(k[:3] for k in part))
             rows = client.query(_LOOKUP, parameters={"ids": ids, "keys": part})
             held.update(tuple(str(v) for v in row) for row in rows.result_rows)
     return [copy for copy in copies if copy[3:] not in held]
 
 
-def _parts(keys: list[tuple[str, ...]]) -> list[list[tuple[str, ...]]]:
+def lookup_parts(keys: list[tuple[str, ...]]) -> list[list[tuple[str, ...]]]:
     """``keys`` cut into lookups of at most about ``_BYTES_PER_QUERY`` bytes each."""
     parts: list[list[tuple[str, ...]]] = [[]]
     size = 0
@@ -78,3 +84,14 @@ def _parts(keys: list[tuple[str, ...]]) -> list[list[tuple[str, ...]]]:
         parts[-1].append(key)
         size += length
     return [part for part in parts if part]
+
+
+def reject_unheld_copies(client: Client, batch: AuditBatch, label: str) -> None:
+    """Make the batch's re-emitted copies whose decision the audit lacks rejected records."""
+    for partition, offset, value, *_ in unheld_copies(client, batch.copies, label):
+        error = (
+            "flagged reemitted, but the audit holds no decision of its id saying its outcome, "
+            "reason and chain hash: not a copy"
+        )
+        batch.reject(partition, offset, value, RejectKind.NOT_A_COPY, error)
+    batch.copies = []

@@ -30,14 +30,29 @@ import orjson
 from baton.sinks import json_rows as shape
 from baton.sinks.audit_batch import AuditBatch, material_of
 from baton.sinks.audit_insert import _driver_types, _is_microsecond_time, _ticks
-from baton.sinks.rows import DECISION_COLUMNS, MAX_RECORD_BYTES, DecidedWindow, RowRejected, usd
+from baton.sinks.rows import (
+    DECISION_COLUMNS,
+    MAX_RECORD_BYTES,
+    DecidedWindow,
+    RowRejected,
+    is_command,
+    usd,
+)
 
 __all__ = ["EncodedChunk", "encoded_chunk"]
 
 #: (block, rows, spans, token material, rejected records, copies, the block's marks: where
-#: each column's name and its data start, then the end; ``audit_insert.one_native_block``)
+#: each column's name and its data start, then the end; ``audit_insert.one_native_block``;
+#: control decisions, ``AuditBatch.controls``)
 EncodedChunk = tuple[
-    bytes, int, dict[int, tuple[int, int]], bytes, list[list[Any]], list[Any], tuple[int, ...]
+    bytes,
+    int,
+    dict[int, tuple[int, int]],
+    bytes,
+    list[list[Any]],
+    list[Any],
+    tuple[int, ...],
+    list[Any],
 ]
 #: (partition, offset, value) as the consumer read it
 Record = tuple[int, int, bytes | None]
@@ -88,7 +103,7 @@ def encoded_chunk(
     block = _block(driver, columns, rows, marks)
     if block is None:
         return None
-    return block, rows, spans, material, batch.rejected, batch.copies, tuple(marks)
+    return block, rows, spans, material, batch.rejected, batch.copies, tuple(marks), batch.controls
 
 
 def _read(records: list[Record]) -> tuple[list[int], list[tuple[Any, ...]]]:
@@ -138,8 +153,13 @@ def _value_faults(
     columns: list[Any], window: DecidedWindow | None
 ) -> tuple[dict[int, list[Any]], set[int]]:
     """The columns whose values change on the way to the block (amounts as micro-dollars,
-    times as ticks), and the positions of rows with a value the shortcut would not take."""
+    times as ticks), and the positions of rows with a value the shortcut would not take
+    (the decision on an operator's command among them: stored once, ``audit_controls``)."""
     bad: set[int] = set()
+    phases = columns[shape._PHASE]
+    if "control" in phases:
+        requests = columns[shape._REQUEST]
+        bad.update(j for j, p in enumerate(phases) if is_command(p, requests[j]))
     for i, members in shape._ENUM_VALUES:
         found = set(columns[i])
         found.discard(None)

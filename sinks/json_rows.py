@@ -39,6 +39,7 @@ from baton.sinks.rows import (
     MAX_RECORD_BYTES,
     DecidedWindow,
     RowRejected,
+    is_command,
     usd,
 )
 
@@ -99,6 +100,8 @@ _FLOAT_AT = tuple(i for i, *_ in _FLOATS)
 _TIME_AT = tuple(i for i, *_ in _TIMES)
 _EVENT_TIME = DECISION_FIELDS.index("event_time")
 _DECIDED_AT = DECISION_FIELDS.index("decided_at")
+_PHASE = DECISION_FIELDS.index("phase")
+_REQUEST = DECISION_FIELDS.index("request_id")
 _FIELD_NAMES = DECISION_FIELDS
 _EVERY_FIELD = itemgetter(*_FIELD_NAMES)
 #: the row holds the stored fields (rows.DECISION_COLUMNS), a prefix of the record's fields;
@@ -167,6 +170,8 @@ def shortcut_row(
         row = list(_EVERY_FIELD(record))
     except KeyError:
         row = list(map(record.get, _FIELD_NAMES))
+    if is_command(row[_PHASE], row[_REQUEST]):  # stored once (audit_controls)
+        return None
     shape = tuple(map(type, row))
     if shape in _GOOD_SHAPES:
         if not _values(row):

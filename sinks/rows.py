@@ -19,10 +19,13 @@ from enum import Enum, StrEnum
 from operator import attrgetter
 from typing import Any, get_args
 
+from pydantic import ValidationError
+
 from baton.schemas.decision import AUDIT_FIELDS, Decision
 from baton.schemas.decision_doc import decision_hints
 
 __all__ = [
+    "COMMAND_PREFIXES",
     "DATETIME64_MAX",
     "DATETIME64_MIN",
     "DECISION_COLUMNS",
@@ -33,6 +36,8 @@ __all__ = [
     "RejectKind",
     "RowRejected",
     "decision_row",
+    "explain_invalid",
+    "is_command",
     "oversized",
     "usd",
 ]
@@ -274,3 +279,29 @@ def decision_row(
             row[i] = row[i].value
     row.extend((topic, partition, offset))
     return row
+
+
+def explain_invalid(exc: ValidationError) -> str:
+    """A pydantic error as one line per problem: the field, what was expected, what came."""
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "record"
+        got = repr(error.get("input"))
+        got = got if len(got) <= 80 else got[:77] + "..."
+        problems.append(f"{where}: {error['msg']} (got {got})")
+    more = f"; and {exc.error_count() - 5} more" if exc.error_count() > 5 else ""
+    return "not a Decision: " + "; ".join(problems) + more
+
+
+#: the request ids of the decision on an operator's command (a kill switch, its release, a
+#: policy update): a `baton up` restart re-issues the commands, and the sink stores each
+#: decision once (``audit_controls``); the shortcuts leave them to the general path
+COMMAND_PREFIXES = ("kill_switch:", "kill_switch_released:", "policy_updated:")
+
+
+def is_command(phase: object, request_id: object) -> bool:
+    """Whether a record's phase and request id (as read, or as the Decision holds them) are
+    those of the decision on an operator's command."""
+    return (
+        phase == "control" and type(request_id) is str and request_id.startswith(COMMAND_PREFIXES)
+    )

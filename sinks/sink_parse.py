@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from baton.sinks.audit_batch import AuditBatch, token_material
+from baton.sinks.audit_controls import Control
 from baton.sinks.audit_copies import Copy
 from baton.sinks.audit_insert import native_block
 from baton.sinks.json_columns import encoded_chunk
@@ -72,6 +73,8 @@ class ParsedChunk:
     #: where the block's columns start (``json_columns``; None: the row path's block), so the
     #: batch's blocks go to ClickHouse as one (``audit_insert.one_native_block``)
     marks: tuple[int, ...] | None = None
+    #: control decisions (``AuditBatch.controls``), stored after the rows unless held
+    controls: list[Control] = field(default_factory=list)
 
 
 def parse_chunk(
@@ -88,8 +91,8 @@ def parse_chunk(
     except Exception:  # whatever went wrong there, the row path decides
         encoded = None
     if encoded is not None:
-        native, count, spans, material, rejected, copies, marks = encoded
-        return ParsedChunk(native, count, material, spans, rejected, copies, marks)
+        native, count, spans, material, rejected, copies, marks, controls = encoded
+        return ParsedChunk(native, count, material, spans, rejected, copies, marks, controls)
     batch = AuditBatch(topic)
     batch.window = window  # the sink's batch fixed it at its first record
     rows = batch.rows
@@ -101,7 +104,9 @@ def parse_chunk(
             rows.append(row)
     spans, material = token_material(batch.rows)
     native = native_block(batch.rows, DECISION_COLUMNS, types)
-    return ParsedChunk(native, len(batch.rows), material, spans, batch.rejected, batch.copies)
+    return ParsedChunk(
+        native, len(batch.rows), material, spans, batch.rejected, batch.copies, None, batch.controls
+    )
 
 
 class ChunkFuture(Future[ParsedChunk]):

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,24 @@ def _stop(up: _Up) -> None:
     assert up.proc.wait(60) == 0, "\n".join(up.lines[-30:])
 
 
+def _sql(data_dir: Path, query: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "baton.cli", "sql", "-f", "csv", query, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return [line.strip().strip('"') for line in out.stdout.splitlines()][1:]  # no header
+
+
+def _kill_rows(data_dir: Path) -> list[str]:
+    """The kill switch's decided_at in FINAL, then how many rows of it the table holds."""
+    where = "FROM governance.decisions {} WHERE run_id = 'killed' AND reason = 'kill_switch'"
+    final = _sql(data_dir, f"SELECT toString(decided_at) {where.format('FINAL')}")
+    return final + _sql(data_dir, f"SELECT count() {where.format('')}")
+
+
 def _audited(data_dir: Path, *pairs: tuple[str, str]) -> bool:
     """Whether the audit holds a decision of each (run, reason): one ``baton sql`` for all
     (each is a process that imports chDB)."""
@@ -140,6 +159,8 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path
             interval=1,
             message="the audit to hold both runs and the kill switch",
         )
+        engaged = _kill_rows(data_dir)
+        assert engaged[1:] == ["1"], engaged
     finally:
         _stop(first)
 
@@ -162,5 +183,17 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path
         assert _decisions(bootstrap, "owned", 1) == [("stop", "ownership_conflict")]
         assert ("stop", "killed") in _decisions(bootstrap, "killed", 1)
         assert any("re-issued 1 of 1 kill switch" in line for line in second.lines)
+        # the re-issued kill is on the decisions topic before the stop it causes: once the
+        # stop is in the audit, the re-issue went through the sink, which kept the first row
+        # (it stored the re-issue under the restart's time: the kill read as engaged after
+        # the stops it caused; session 29, H2)
+        wait_for(
+            lambda: _audited(data_dir, ("killed", "killed")),
+            60,
+            interval=1,
+            message="the audit to hold the killed run's stop",
+        )
+        time.sleep(2)  # the sink stores a batch's control rows after its other rows
+        assert _kill_rows(data_dir) == engaged
     finally:
         _stop(second)

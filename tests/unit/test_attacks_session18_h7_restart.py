@@ -46,7 +46,7 @@ def test_the_sink_stores_a_control_row_whose_version_and_detail_hold_escapes() -
     batch = AuditBatch(topic="gov.decisions", ttl_days=365)
     batch.add(0, 0, orjson.dumps(doc))
     assert not batch.rejected
-    row = dict(zip(DECISION_COLUMNS, batch.rows[0], strict=True))
+    row = dict(zip(DECISION_COLUMNS, batch.controls[0][0], strict=True))  # stored after rows
     assert (row["policy_version"], row["detail"]) == (_ESC, f"scope={_ESC}")
 
 

@@ -141,8 +141,9 @@ class FakeClickHouse:
 
     def query(self, sql: str, parameters: dict[str, Any]) -> Any:
         """The lookup of a batch's re-emitted copies (``audit_copies``): every decision is
-        held here (these tests are not about copies)."""
-        return SimpleNamespace(result_rows=list(parameters["keys"]))
+        held here (these tests are not about copies); of its control decisions
+        (``audit_controls``): none is."""
+        return SimpleNamespace(result_rows=list(parameters.get("keys", [])))
 
     def _check(self, evil: bool) -> None:
         if self.down:
