@@ -13,7 +13,7 @@ import orjson
 
 from baton.processors.dedup_keys import untimed_fields
 from baton.processors.recorded import input_text
-from baton.schemas.decision import Decision, Fallback, Phase
+from baton.schemas.decision import Decision, Fallback, Phase, Reason
 from baton.schemas.events import HandoffCompleted, HandoffRequested, RunFinished
 from baton.schemas.names import fold
 from baton.schemas.settings import Settings
@@ -43,29 +43,50 @@ RUN_TENANTS_KEPT = 16_384
 
 
 class RunTenants:
-    """The tenant each run was last checked or reported under, so that ``finish(run_id)``
-    finishes it under that tenant: a run of tenant "acme" finished under the default tenant
-    was refused ``tenant_mismatch`` by the worker, and ``finish`` does not wait, so nobody
-    heard and the run went on allowing handoffs (session 29, H1). Bounded: the oldest is
+    """The tenant of each run this client sent, so that ``finish(run_id)`` finishes it under
+    that tenant: a run of tenant "acme" finished under the default tenant was refused
+    ``tenant_mismatch`` by the worker, and ``finish`` does not wait, so nobody heard and the
+    run went on allowing handoffs (session 29, H1).
+
+    The worker's answers say it (a decision carries its run's tenant): what a check or a
+    report heard wins; what a check sent counts until then, what a report sent only when
+    nothing else is known. A report sent without ``tenant=`` (the default tenant) for an
+    acme run is accepted (its cost counts) and must not make the finish go out under
+    "default" (session 30, H3). Kept after the finish (a
+    finish that fails to go out is retried under the same tenant). Bounded: the oldest is
     forgotten first (its ``finish`` then says "default" unless given the tenant)."""
 
     def __init__(self, kept: int = RUN_TENANTS_KEPT) -> None:
         self._lock = threading.Lock()
-        self._by_run: OrderedDict[str, str] = OrderedDict()
+        #: run id -> (tenant, how sure: 0 a report sent, 1 a check sent, 2 the worker said)
+        self._by_run: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._kept = kept
 
-    def note(self, run_id: str, tenant: str) -> None:
+    def sent(self, run_id: str, tenant: str, *, check: bool) -> None:
+        """A check (or a report) of ``run_id`` goes out under ``tenant``."""
+        self._note(run_id, tenant, 1 if check else 0)
+
+    def heard(self, decision: Decision) -> None:
+        """The worker answered: its decision names the run's tenant (one refusing the event's
+        tenant names the event's, and is not taken)."""
+        if decision.reason != Reason.TENANT_MISMATCH:
+            self._note(decision.run_id, decision.tenant, 2)
+
+    def _note(self, run_id: str, tenant: str, sure: int) -> None:
         with self._lock:
-            self._by_run[run_id] = tenant
+            known = self._by_run.get(run_id)
+            if known is None or sure >= known[1]:
+                self._by_run[run_id] = (tenant, sure)
             self._by_run.move_to_end(run_id)
             if len(self._by_run) > self._kept:
                 self._by_run.popitem(last=False)
 
     def finishing(self, run_id: str, tenant: str | None) -> str:
         """The tenant to finish ``run_id`` under: ``tenant`` when given (a warning when the
-        run was sent under another), else the one it was sent under, else "default"."""
+        run is known under another), else the one it is known under, else "default"."""
         with self._lock:
-            sent = self._by_run.pop(run_id, None)
+            known = self._by_run.get(run_id)
+        sent = None if known is None else known[0]
         if tenant is None:
             return sent if sent is not None else "default"
         if sent is not None and sent != fold(tenant):  # a tenant is a name: ACME is acme
@@ -130,7 +151,7 @@ class ClientBase:
         """The record to publish for ``event``, its wait key and phase, and which decisions
         answer it (``answers_request`` of the event as sent, ``decide_by`` set)."""
         phase = Phase.PRE_HANDOFF if isinstance(event, HandoffRequested) else Phase.POST_HANDOFF
-        self.run_tenants.note(event.run_id, event.tenant)
+        self.run_tenants.sent(event.run_id, event.tenant, check=phase is Phase.PRE_HANDOFF)
         if isinstance(event, HandoffRequested) and event.decide_by is None:
             # the client stops waiting (and fails closed) after wait_s: a request the worker
             # reads only later (a paused broker, a backlog) must not be allowed behind its back

@@ -100,6 +100,7 @@ class GovernanceClient(ClientBase):
                 if isinstance(result, Unanswered):
                     closed = False if result.unreadable else None
                     return self._unanswered(event, phase, result.detail, fail_open=closed)
+                self.run_tenants.heard(result)
                 return result  # type: ignore[no-any-return]
             # a broker gone since connect: say what librdkafka saw of it, not only "no decision"
             detail = self._no_decision(timeout, retries + 1) + t.brokers.trouble()
@@ -140,8 +141,8 @@ class GovernanceClient(ClientBase):
     def finish(self, run_id: str, tenant: str | None = None) -> None:
         """Tell Baton the run is over (its state may then be evicted); does not wait.
 
-        ``tenant``: the run's; by default the one this client last checked or reported it
-        under (else "default"): Baton refuses a finish under another tenant."""
+        ``tenant``: the run's; by default the one Baton's answers to this client named, else
+        the one its checks sent (else "default"): Baton refuses a finish under another."""
         self.connect()
         topic, key, value, partition = self._finish_event(run_id, tenant)
         self.channel.submit(topic, key, value, decisions_partition=partition, needs_reply=False)

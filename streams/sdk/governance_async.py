@@ -108,6 +108,7 @@ class AsyncGovernanceClient(ClientBase):
                 if isinstance(result, Unanswered):
                     closed = False if result.unreadable else None
                     return self._unanswered(event, phase, result.detail, fail_open=closed)
+                self.run_tenants.heard(result)
                 return result  # type: ignore[no-any-return]
             # a broker gone since connect: say what librdkafka saw of it, not only "no decision"
             detail = self._no_decision(timeout, retries + 1) + t.brokers.trouble()
@@ -146,7 +147,7 @@ class AsyncGovernanceClient(ClientBase):
 
     async def finish(self, run_id: str, tenant: str | None = None) -> None:
         """Tell Baton the run is over; does not wait for its record. ``tenant``: the run's; by
-        default the one this client last checked or reported it under (else "default")."""
+        default the one Baton's answers to this client named, else the one its checks sent."""
         if not self.channel.connected:
             await self.connect()
         topic, key, value, partition = self._finish_event(run_id, tenant)

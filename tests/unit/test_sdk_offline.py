@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from baton.schemas.decision import Decision, Outcome, Phase
+from baton.schemas.decision import Decision, Outcome, Phase, Reason
 from baton.schemas.events import HandoffCompleted
 from baton.streams.sdk import waiters as waiters_module
 from baton.streams.sdk.base import ClientBase
@@ -209,9 +210,57 @@ def test_the_tenants_remembered_for_finish_are_bounded() -> None:
 
     tenants = RunTenants(kept=3)
     for i in range(5):
-        tenants.note(f"run{i}", f"t{i}")
-    tenants.note("run2", "t2")  # sent again: the newest
+        tenants.sent(f"run{i}", f"t{i}", check=True)
+    tenants.sent("run2", "t2", check=True)  # sent again: the newest
     assert tenants.finishing("run0", None) == "default"  # forgotten, the oldest first
     assert tenants.finishing("run1", None) == "default"
     assert [tenants.finishing(f"run{i}", None) for i in (2, 3, 4)] == ["t2", "t3", "t4"]
-    assert tenants.finishing("run2", None) == "default"  # a finish forgets it
+    assert tenants.finishing("run2", None) == "t2"  # kept: a failed finish is retried
+
+
+def test_finish_takes_the_tenant_the_worker_answered_under_not_a_later_report() -> None:
+    """Session 30 (H3): a report sent without ``tenant=`` (the default tenant) for an acme
+    run is accepted by the worker (its cost counts), so nothing told the caller; the client
+    remembered the last tenant sent, and ``finish(run_id)`` went out under "default", was
+    refused ``tenant_mismatch`` and the run stayed open. The worker's answers name the run's
+    tenant, and win over what was sent; and a finish that raised forgot the tenant."""
+    import orjson
+    from pydantic import ValidationError
+
+    from baton.processors.engine import decide
+    from baton.schemas.events import RunFinished
+    from baton.schemas.policy import Policy
+
+    client = ClientBase("127.0.0.1:1", partitions=4)  # never connects
+    now = datetime.now(UTC)
+    check = handoff("run_acme", 1, "t1", tenant="acme")
+    report = HandoffCompleted(
+        request_id=check.request_id,
+        run_id="run_acme",
+        task_id="t1",
+        agent=check.to_agent,
+        cost_usd=0.1,
+        event_time=now,
+    )  # tenant not given: "default"
+    state, answers = decide(None, check, Policy(), now)
+    client._request(check, 5.0)
+    client.run_tenants.heard(answers[0])
+    state, reported = decide(state, report, Policy(), now)
+    assert reported[0].reason != "tenant_mismatch"  # accepted: the caller hears nothing wrong
+    client._request(report, 5.0)
+    client.run_tenants.heard(reported[0])
+    with pytest.raises(ValidationError):
+        client._finish_event("run_acme", "acme\x00")  # raises before anything goes out
+    finish = RunFinished.model_validate(orjson.loads(client._finish_event("run_acme", None)[2]))
+    assert finish.tenant == "acme"
+    state, finished = decide(state, finish, Policy(), now)
+    assert state is not None and state.finished, finished
+    # no answer heard (the worker slow): what the check sent beats what a report sent
+    client._request(handoff("run_slow", 1, "t1", tenant="acme"), 5.0)
+    client._request(report.model_copy(update={"run_id": "run_slow"}), 5.0)
+    assert orjson.loads(client._finish_event("run_slow", None)[2])["tenant"] == "acme"
+    # a refusal of the event's tenant names the event's: not taken
+    client._request(handoff("run_x", 1, "t1", tenant="acme"), 5.0)
+    client.run_tenants.heard(replace(answers[0], run_id="run_x", tenant="beta",
+                                     reason=Reason.TENANT_MISMATCH))  # fmt: skip
+    assert orjson.loads(client._finish_event("run_x", None)[2])["tenant"] == "acme"
