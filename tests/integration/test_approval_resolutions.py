@@ -107,7 +107,7 @@ def test_migration_0007_remakes_the_resolutions_of_decisions_stored_before_it(
     # 0002's view took the refusal for the resolution
     assert _latency(audit)["stored_before"][1:] == ("recorded", "self_approval")
 
-    assert migrate(audit, ttl_days=3650) == [7]
+    assert migrate(audit, ttl_days=3650) == [7, 8]
     assert _latency(audit)["stored_before"] == (_utc(grant.decided_at), "allow", "approval_granted")
     tables = {r[0] for r in audit.query("SHOW TABLES FROM governance").result_rows}
     assert "approval_latency_state" not in tables and "approval_latency_mv" not in tables
@@ -145,3 +145,51 @@ def test_an_approval_pending_for_days_still_fires_the_alert(audit: Client) -> No
     waiting = next(r for r in DEFAULT_RULES if r.name == "approvals_waiting")
     fired = audit.query(waiting.sql, parameters={"max_wait_minutes": 15}).result_rows
     assert [r[2] for r in fired] == ["waiting_two_days"]
+
+
+def _foreign_refusal(asked: Decision, run_id: str) -> Decision:
+    """A grant of ``asked``'s approval sent keyed by another run of the tenant, refused: its
+    row carries the approval id under that run."""
+    return replace(
+        asked,
+        decision_id=f"{asked.decision_id}-{run_id}",
+        run_id=run_id,
+        phase=Phase.APPROVAL,
+        outcome=Outcome.RECORDED,
+        reason=Reason.UNKNOWN_APPROVAL,
+        decided_at=asked.decided_at + timedelta(seconds=1),
+    )
+
+
+def test_a_pending_approval_is_named_by_the_run_that_asked_for_it(audit: Client) -> None:
+    """Session 30 (H3): 0007 kept any(run_id) over every row of an approval id, refused
+    answers included: a grant keyed by another run made the pending approval read as that
+    run's, and approvals_waiting sent on-call after it (0008: the asking run)."""
+    migrate(audit, ttl_days=3650)
+    decisions, asked, _grant = _story("asking_run")
+    upto = decisions[: decisions.index(asked) + 1]
+    _insert(audit, [_foreign_refusal(asked, "another_run")], 0)  # first: any() took it
+    _insert(audit, upto, 10)
+    audit.command("OPTIMIZE TABLE governance.approval_resolution_state FINAL")
+    assert _latency(audit) == {"asking_run": (None, None, None)}
+    waiting = next(r for r in DEFAULT_RULES if r.name == "approvals_waiting")
+    fired = audit.query(waiting.sql, parameters={"max_wait_minutes": 1}).result_rows
+    assert [r[2] for r in fired] == ["asking_run"]
+
+
+def test_migration_0008_names_the_asking_run_of_decisions_stored_before_it(
+    audit: Client,
+) -> None:
+    before = [m for m in load_migrations() if m.version < 8]
+    assert migrate(audit, ttl_days=3650, migrations=before) == [1, 2, 3, 4, 5, 6, 7]
+    decisions, asked, _grant = _story("stored_before_0008")
+    upto = decisions[: decisions.index(asked) + 1]
+    _insert(audit, [_foreign_refusal(asked, "another_run")], 0)
+    _insert(audit, upto, 10)
+    audit.command("OPTIMIZE TABLE governance.approval_resolution_state FINAL")
+    assert set(_latency(audit)) == {"another_run"}  # 0007 named the refusal's run
+    assert migrate(audit, ttl_days=3650) == [8]
+    assert set(_latency(audit)) == {"stored_before_0008"}
+    # an approval no stored decision asked for keeps the run of its rows
+    _insert(audit, [replace(_foreign_refusal(asked, "lone"), approval_id="unknown-id")], 100)
+    assert set(_latency(audit)) == {"stored_before_0008", "lone"}
