@@ -61,7 +61,10 @@ LIMIT 20;
 -- the day's spend is the sum of its increments (a run crossing midnight is split correctly).
 -- A run id used again once its tombstone is forgotten is decided on a fresh state: its chain
 -- starts again (chain_prev '') and its running total from 0, so increments are taken per life
--- (without, a $10 life and a later $3 one summed to $3, the later day -$7).
+-- (without, a $10 life and a later $3 one summed to $3, the later day -$7). A refusal the
+-- worker decides without the run's state (too many runs, an unknown tenant: unchained, $0)
+-- holds no running total: such rows are a partition of their own (they took a life's $10
+-- back, and the day read $0).
 SELECT tenant, toDate(decided_at) AS day, sum(increment) AS spent_usd, uniqExact(run_id) AS runs
 FROM
 (
@@ -70,7 +73,8 @@ FROM
         run_id,
         decided_at,
         spent_usd - lagInFrame(spent_usd, 1, toDecimal64(0, 6)) OVER (
-            PARTITION BY tenant, run_id, life ORDER BY decided_at, audit_partition, audit_offset
+            PARTITION BY tenant, run_id, life, stateless
+            ORDER BY decided_at, audit_partition, audit_offset
             ROWS BETWEEN 1 PRECEDING AND CURRENT ROW
         ) AS increment
     FROM
@@ -82,6 +86,7 @@ FROM
             audit_partition,
             audit_offset,
             spent_usd,
+            chain_prev IS NULL AND spent_usd = 0 AS stateless,
             sum(toUInt8(ifNull(chain_prev, '-') = '')) OVER (
                 PARTITION BY tenant, run_id ORDER BY decided_at, audit_partition, audit_offset
                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW

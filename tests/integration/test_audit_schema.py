@@ -600,6 +600,46 @@ def test_a_run_ids_second_life_adds_its_spend_to_the_day_and_the_trace(audit: Cl
     assert f"spent ${2 * per_life:.2f}" in text and "(2 lives of this run id" in text, text
 
 
+def test_a_refusal_without_the_runs_state_takes_no_spend_back(audit: Client) -> None:
+    """Session 30 (H3): a run id's second life began with a refusal the worker decides
+    without the run's state (too many runs: unchained, $0); it took part in the first life's
+    increments, and the second day read $0 (-$X then +$X)."""
+    from baton.processors.engine import refuse
+    from baton.schemas.events import HandoffRequested
+    from baton.schemas.policy import Policy
+
+    first_day = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1, minutes=10)
+    second_day = first_day + timedelta(days=1)
+    life1 = _linked(story_run("refused_between", "acme", first_day))
+    event = HandoffRequested(
+        request_id="x",
+        run_id="refused_between",
+        tenant="acme",
+        task_id="t",
+        from_agent="a",
+        to_agent="b",
+        event_time=second_day,
+    )
+    _, [refusal] = refuse(None, event, Policy(), second_day, Reason.WORKER_RUN_LIMIT, "full")
+    assert refusal.chain_prev is None and refusal.spent_usd == 0
+    life2 = _linked(
+        [
+            replace(
+                d,
+                decision_id=d.decision_id + "-2",
+                request_id=d.request_id + "-2",
+                decided_at=d.decided_at + timedelta(seconds=5),
+            )
+            for d in story_run("refused_between", "acme", second_day)
+        ]
+    )
+    _insert(audit, [*life1, refusal, *life2])
+    sql = dict(_named_queries())["spend_per_tenant_per_day"]
+    days = sorted((r["day"], r["spent_usd"]) for r in audit.query(sql).named_results())
+    per_life = Decimal(str(max(d.spent_usd for d in life1)))
+    assert [spent for _day, spent in days] == [per_life] * 2
+
+
 def _linked(decisions: list[Decision]) -> list[Decision]:
     """``decisions`` chained as a worker chains a run from a fresh state (the first names "")."""
     out, head = [], ""
