@@ -251,7 +251,8 @@ def sink_health_checks(data_dir: Path | None, timeout: float) -> list[Check]:
     """Whether the `baton up` audit sink's inserts fail (its ``baton_audit_failing`` on the
     /metrics its stack record names); no line for a stack without one (a sink of your own:
     watch that metric). A sink that retried a full disk for minutes passed every check: its
-    lag read 11 while 30 decisions waited, ClickHouse answered reads (session 29, H3)."""
+    lag read 11 while 30 decisions waited, ClickHouse answered reads (session 29, H3). A
+    sink serving no such sample has not connected: not ok (it read 0, session 30, H3)."""
     from baton.cli.stack_record import find_stack
     from baton.cli.top_metrics import check_metrics_url, scrape
 
@@ -264,6 +265,15 @@ def sink_health_checks(data_dir: Path | None, timeout: float) -> list[Check]:
     if view.error is not None:
         return [fail("audit sink", f"its /metrics did not answer: {view.error}", f"see {log}")]
     failing = [value for _labels, value in view.samples.get("baton_audit_failing", [])]
+    if not failing:  # served before the sink's consumer and ClickHouse are up: no sample
+        return [
+            fail(
+                "audit sink",
+                "it has not connected to Kafka and ClickHouse yet (no baton_audit_failing on "
+                "its /metrics): nothing is audited until it does",
+                f"wait a few seconds and run doctor again; if it stays, {log} says why",
+            )
+        ]
     if any(failing):
         return [
             fail(

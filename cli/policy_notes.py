@@ -57,8 +57,8 @@ def policy_warnings(policy: Policy) -> list[str]:
     for where, rules in scopes:
         if rules.max_agents_per_run == 1:
             said.append(
-                f"{where}.max_agents_per_run is 1: a handoff brings a second agent, so every "
-                "handoff is stopped"
+                f"{where}.max_agents_per_run is 1: a handoff to another agent brings a second "
+                "one, so every handoff but an agent's to itself is stopped"
             )
         if rules.require_approval_for and not rules.approval.approvers:
             said.append(

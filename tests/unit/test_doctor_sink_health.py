@@ -81,3 +81,22 @@ def test_baton_up_records_the_sinks_metrics_url() -> None:
     sink_url = metrics_url_of(given, "sink")
     assert sink_url is not None and sink_url != worker_url
     assert metrics_url_of(with_metrics_ports(children, None)[0], "sink") is None
+
+
+def test_a_sink_not_connected_yet_is_not_inserting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `baton sink` serves before its consumer and ClickHouse are up: no
+    baton_audit_failing sample. The line read "inserting (baton_audit_failing 0)" (session
+    30, H3): a sink retrying its first connection, having inserted nothing."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from baton.processors.metrics_audit import SinkMetrics
+
+    registry = CollectorRegistry()
+    registry.register(SinkMetrics(lambda: None))
+    server, url = _serve(generate_latest(registry))
+    try:
+        _stack(monkeypatch, url)
+        (check,) = sink_health_checks(None, 2.0)
+    finally:
+        server.shutdown()
+    assert check.status == Status.FAIL and "not connected" in check.detail, check
