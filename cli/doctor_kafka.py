@@ -401,7 +401,9 @@ def _behind(
         from baton.streams.transactions import committed_ends
 
         try:
-            ends.update(committed_ends(kafka_config, ends, timeout_s=timeout))
+            ends.update(
+                committed_ends(kafka_config, ends, timeout_s=timeout, total_timeout_s=timeout)
+            )
         except Exception as exc:  # the watermarks' ends, as before: never the check's end
             log.debug("doctor: reading the partitions' ends failed (%s); watermarks used", exc)
     behind = {}

@@ -57,6 +57,7 @@ def committed_ends(
     *,
     window: int = 1024,
     timeout_s: float = 30.0,
+    total_timeout_s: float | None = None,
 ) -> dict[tuple[str, int], int]:
     """For each (topic, partition) with end offset ``ends[tp]``: the offset after its last
     committed data record (0 if it has none), read with ``isolation.level=read_committed``.
@@ -66,8 +67,11 @@ def committed_ends(
     so records after ``ends[tp]`` in that last batch count too.
 
     Reads back from the end, ``window`` offsets at a time (doubling), so a partition costs one
-    short read unless its tail is all markers and aborted records.
+    short read unless its tail is all markers and aborted records. ``timeout_s`` bounds each
+    partition, ``total_timeout_s`` (None: no bound) all of them: TimeoutError past either
+    (`baton doctor` waited partitions x its timeout on a cluster whose transactions hung).
     """
+    whole = None if total_timeout_s is None else time.monotonic() + total_timeout_s
     out: dict[tuple[str, int], int] = {}
     consumer = Consumer(
         {
@@ -81,9 +85,12 @@ def committed_ends(
     )
     try:
         for (topic, partition), end in ends.items():
-            out[(topic, partition)] = _last_data_end(
-                consumer, topic, partition, end, window, timeout_s
-            )
+            limit = timeout_s if whole is None else min(timeout_s, whole - time.monotonic())
+            if limit <= 0:
+                raise TimeoutError(
+                    f"the ends of {len(ends)} partitions not read in {total_timeout_s:g} s"
+                )
+            out[(topic, partition)] = _last_data_end(consumer, topic, partition, end, window, limit)
     finally:
         consumer.close()
     return out
@@ -94,7 +101,9 @@ def _last_data_end(
 ) -> int:
     if end <= 0:
         return end
-    low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    low, _high = consumer.get_watermark_offsets(
+        TopicPartition(topic, partition), timeout=min(10.0, timeout_s)
+    )
     deadline = time.monotonic() + timeout_s
     stop = end
     while True:

@@ -188,3 +188,4 @@ def test_a_producer_killed_mid_stream_leaves_whole_transactions_only(
             visible = {_committed_count(broker.bootstrap, t, tp.partition) for t in (out_a, out_b)}
             assert visible == {max(tp.offset, 0)}, (trial, tp, visible)
         assert max(tp.offset for tp in committed) > 0, "the child committed nothing"
+
