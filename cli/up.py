@@ -182,6 +182,7 @@ def up_cmd(
     except ValueError as exc:  # what click's ranges let through, e.g. nan
         raise ConfigError(f"baton up: {exc}") from None
     logs = data_dir / "logs"
+    _prune_broker_logs(logs)
     broker = EmbeddedBroker(port=port, log_dir=logs)
     supervisor: Supervisor | None = None
     record: StackRecord | None = None
@@ -415,3 +416,19 @@ def _keep_record(
 
 def register(cli: click.Group) -> None:
     cli.add_command(up_cmd)
+
+
+#: broker logs of earlier starts kept in DATA_DIR/logs (each start's broker has its own port,
+#: so its own tansu-PORT.log: a week of restarts left one a restart)
+_BROKER_LOGS_KEPT = 2
+
+
+def _prune_broker_logs(logs: Path) -> None:
+    """Remove all but the newest earlier starts' broker logs (no stack runs on this data dir:
+    checked before)."""
+    try:
+        old = sorted(logs.glob("tansu-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in old[_BROKER_LOGS_KEPT:]:
+            path.unlink()
+    except OSError as exc:  # a log left is no reason not to start
+        click.echo(f"baton up: could not remove old broker logs in {logs}: {exc}", err=True)
