@@ -41,7 +41,7 @@ from baton.processors.progress import caught_up, lag, log_end
 from baton.processors.publish_select import worker_publisher
 from baton.processors.recorded import policy_in_force
 from baton.processors.sweep import DueIndex
-from baton.processors.sweep_step import sweep_due
+from baton.processors.sweep_step import drop_unkeyed, sweep_due
 from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.name_scripts import compile_patterns
 from baton.schemas.policy import Policy
@@ -423,6 +423,8 @@ class GovernanceWorker:
         log.info("worker %s owns partitions %s", self.worker_id, sorted(active))
         proc = self.processor
         states: RunStore = proc.states  # type: ignore[assignment]
+        for key in drop_unkeyed(states):
+            log.warning("changelog record without a run id as its key (%r) ignored", key)
         keys = list(states)
         self._due.rebuild_keys(keys, now_ts)
         proc.forget_sizes()

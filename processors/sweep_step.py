@@ -24,7 +24,7 @@ from baton.processors.sweep import DueIndex, latest_trusted
 from baton.schemas.decision import Decision
 from baton.streams.partitioner import partition_for
 
-__all__ = ["HoldsRecords", "sweep_due"]
+__all__ = ["HoldsRecords", "drop_unkeyed", "sweep_due"]
 
 log = logging.getLogger("baton.processors.app")
 
@@ -184,3 +184,14 @@ def _note_revived(states: HoldsRecords, due: DueIndex) -> None:
         state = states.get(key)
         if state is not None:
             due.touch(key, state)
+
+
+def drop_unkeyed(states: Any) -> list[bytes]:
+    """Take the records restored without a usable key out of ``states`` (a mapping whose keys
+    are run ids as bytes) and return them, for the log: a changelog record with no key (or
+    an empty one) is no run's state, only a writer of the changelog's, and its key ``None``
+    ended the worker in the sweep ~10 s after every restart (session 30 H1 F6)."""
+    bad = [key for key in states if not isinstance(key, bytes) or not key]
+    for key in bad:
+        del states[key]
+    return bad
