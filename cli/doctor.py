@@ -22,6 +22,7 @@ from baton.cli.doctor_checks import (
     sql_endpoint_check,
     webhook_check,
 )
+from baton.cli.doctor_held import held_check
 from baton.cli.doctor_kafka import (
     KafkaView,
     audit_lag_check,
@@ -275,6 +276,8 @@ def _with_broker(settings: Settings, timeout: float, max_lag: int) -> Iterator[C
         yield audit_lag_check(admin, consumer, settings, view, max_lag, timeout)
     finally:
         consumer.close()
+    present = {name: view.partitions[name] for name in names if name in view.partitions}
+    yield held_check(settings, present, timeout)
     fold = policy_in_force if catalog.control in view.partitions else None
     checks = policy_checks(settings, fold, timeout)
     if fold is None and checks[0].status == Status.OK:

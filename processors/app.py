@@ -32,7 +32,7 @@ from baton.processors import faust_adapter, fetch_bound
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.batch_stats import BatchStats
 from baton.processors.control import ControlFollower
-from baton.processors.exits import EXIT_DELIVERY_FAILED, exit_without_commit
+from baton.processors.exits import EXIT_DELIVERY_FAILED, changelog_ends, exit_without_commit
 from baton.processors.faust_adapter import RunStore, WorkerRuntime
 from baton.processors.faust_app import build_app, runs_table, source_topic
 from baton.processors.fencing import Membership, check_generation, group_metadata
@@ -47,7 +47,6 @@ from baton.schemas.name_scripts import compile_patterns
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 from baton.streams.topics import TopicCatalog
-from baton.streams.transactions import committed_ends
 
 __all__ = ["GovernanceWorker", "create_app"]
 
@@ -192,7 +191,7 @@ class GovernanceWorker:
         return s.transactional_id or f"{s.app_id}-{socket.gethostname()}-{os.getpid()}"
 
     def _committed_ends(self, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
-        return committed_ends(self.settings.kafka_config(), ends)
+        return changelog_ends(self.settings.kafka_config(), ends)
 
     def _membership(self) -> Membership:
         """(group id, generation, member id) of this worker's consumer right now."""

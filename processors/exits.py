@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import NoReturn
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from baton.streams.transactions import PartitionHeld, committed_ends
 
 __all__ = [
+    "EXIT_CHANGELOG_HELD",
     "EXIT_CONTROL_LOST",
     "EXIT_DELIVERY_FAILED",
     "EXIT_SPILL_LOST",
+    "changelog_ends",
     "exit_without_commit",
 ]
 
@@ -23,6 +28,9 @@ EXIT_CONTROL_LOST = 76
 #: a decoded run's kept replies could not be read back from the worker's spill file
 #: (processors/state_spill.py): the restart restores them from the changelog
 EXIT_SPILL_LOST = 77
+#: a changelog to restore is held by a transaction left open (streams.transactions
+#: .PartitionHeld): runs restored without the records after it would be decided on old states
+EXIT_CHANGELOG_HELD = 78
 
 
 def exit_without_commit(code: int, message: str, *args: object) -> NoReturn:
@@ -34,3 +42,22 @@ def exit_without_commit(code: int, message: str, *args: object) -> NoReturn:
     log.critical(message, *args, exc_info=True)
     logging.shutdown()
     os._exit(code)
+
+
+def changelog_ends(
+    kafka_config: Mapping[str, Any], ends: Mapping[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """The changelogs' ends table recovery reads to (``transactions.committed_ends``); the
+    worker ends (78) when one is held by a transaction left open: restored without the
+    records after it, its runs were decided on older states (a handoff stopped before the
+    restart was allowed after it: session 30 H1). It is never decided on; its restart tries
+    again, and the SDK stops what no worker answers."""
+    try:
+        return committed_ends(kafka_config, ends)
+    except PartitionHeld as held:
+        exit_without_commit(
+            EXIT_CHANGELOG_HELD,
+            "cannot restore the runs of a changelog: %s; ending uncommitted rather than "
+            "deciding on the states before it (docs/security.md: a transaction left open)",
+            held,
+        )

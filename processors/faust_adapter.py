@@ -263,7 +263,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         probe = {
             (tp.topic, tp.partition): end
             for tp, end in ends.items()
-            if end and tp.topic in changelogs
+            if tp.topic in changelogs  # 0 too: Tansu's read_committed answer when held
         }
         if not probe:
             return ends

@@ -159,9 +159,7 @@ def _value_faults(
     phases = columns[shape._PHASE]
     if "control" in phases:
         requests = columns[shape._REQUEST]
-        bad.update(
-            j for j, p in enumerate(phases) if p == "control" and is_command(p, requests[j])
-        )
+        bad.update(j for j, p in enumerate(phases) if p == "control" and is_command(p, requests[j]))
     for i, members in shape._ENUM_VALUES:
         found = set(columns[i])
         found.discard(None)

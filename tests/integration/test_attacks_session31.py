@@ -54,3 +54,48 @@ def test_a_changelog_record_without_a_key_is_ignored_and_the_worker_keeps_decidi
     finally:
         worker.stop()
         decisions.close()
+
+
+def test_a_changelog_held_by_a_transaction_left_open_is_never_restored_short(
+    broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A transaction a writer of the changelog leaves open (Tansu never aborts it) held a
+    read_committed reader at its first record: a restarted worker restored the run as it was
+    before it, and allowed the handoff its state said to stop (session 30 H1 F7). Now the
+    worker ends (78) naming the held partition, rather than decide on the older state."""
+    from baton.schemas.decision import Outcome
+    from baton.streams.partitioner import partition_for
+    from tests.stack import open_transaction
+
+    catalog = fresh_topics(broker.bootstrap, topic_prefix, PARTITIONS)
+    changelog = _changelog(broker.bootstrap, topic_prefix)
+    run = "held-run"
+    decisions = Collector(broker.bootstrap, catalog.decisions)
+    sender = EventSender(broker.bootstrap, catalog.requests)
+    worker = WorkerProcess(broker.bootstrap, topic_prefix, tmp_path, partitions=PARTITIONS)
+    attacker = None
+    try:
+        wait_deciding(broker.bootstrap, catalog, 90)
+        sender.send([handoff(run, 1, "t1", "planner", "billing_agent")])
+        decisions.wait_run(run, 1)
+        attacker = open_transaction(  # kept open until the end
+            broker.bootstrap, changelog, partition_for(run.encode(), PARTITIONS)
+        )
+        sender.send([handoff(run, 2, "t2", "planner", "writer")])
+        assert decisions.wait_run(run, 2)[1].outcome == Outcome.ALLOW
+        time.sleep(2)  # the run's state after t2 is on the changelog (acknowledged first)
+        worker.stop()
+        worker = WorkerProcess(
+            broker.bootstrap, topic_prefix, tmp_path, partitions=PARTITIONS, name="w2"
+        )
+        sender.send([handoff(run, 3, "t2", "planner", "coder")])  # t2 is the writer's
+        wait_for(lambda: not worker.alive(), 90, message="the worker's end")
+        assert worker.proc.returncode == 78, worker.log()
+        assert f"{changelog}[{partition_for(run.encode(), PARTITIONS)}] is held" in worker.log()
+        time.sleep(1)
+        third = [d for d in decisions.for_run(run) if d.request_id == f"{run}-h3"]
+        assert all(d.outcome != Outcome.ALLOW for d in third), third
+    finally:
+        worker.stop()
+        decisions.close()
+        del attacker

@@ -15,13 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port
 from baton.streams.topics import TopicCatalog
 from tests.builds import COMPILED
 from tests.helpers import wait_for
-from tests.stack import SinkProcess, WorkerProcess, fresh_topics, wait_deciding
+from tests.stack import (
+    SinkProcess,
+    WorkerProcess,
+    fresh_topics,
+    open_transaction,
+    wait_deciding,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +142,7 @@ def test_a_healthy_stack_passes_every_check(healthy: Healthy) -> None:
         "clickhouse",
         "audit schema",
         "sql endpoint",
+        "open transactions",
         f"other groups on {healthy.catalog.requests}",
     ):
         assert found[name].startswith("✔"), found[name]
@@ -239,7 +247,17 @@ def test_a_missing_topic_and_a_wrong_retention_are_named(broker: EmbeddedBroker)
     # Tansu lists this one percent-encoded and finds its offsets only under the name written
     _commit_as("odd\nname", broker.bootstrap, catalog.requests)
     _commit_as(env["BATON_APP_ID"], broker.bootstrap, catalog.requests)  # ours: not named
+    # a transaction left open on gov.decisions[1] (session 30 H1: doctor was green while the
+    # audit, the SDK and replay got nothing past it)
+    attacker = open_transaction(broker.bootstrap, catalog.decisions, 1)
+    after = Producer({"bootstrap.servers": broker.bootstrap})
+    after.produce(catalog.decisions, b"{}", b"k", partition=1)
+    assert after.flush(10) == 0
     result = doctor(env, "--timeout", "2")  # no worker: the probe waits this long
+    del attacker
+    held = lines(result)["open transactions"]
+    assert held.startswith("✘") and f"{catalog.decisions}[1] at offset 0 (2 offsets" in held, held
+    assert "1 partition(s) held" in held and "transaction.timeout.ms" in held
     found = lines(result)
     assert result.returncode == 1
     others = found[f"other groups on {catalog.requests}"]

@@ -189,3 +189,49 @@ def test_a_producer_killed_mid_stream_leaves_whole_transactions_only(
             assert visible == {max(tp.offset, 0)}, (trial, tp, visible)
         assert max(tp.offset for tp in committed) > 0, "the child committed nothing"
 
+
+def test_a_partition_held_by_a_transaction_left_open_is_named_and_never_given_a_short_end(
+    broker: EmbeddedBroker, topic_prefix: str
+) -> None:
+    """Tansu never aborts a transaction left open; read_committed readers stop at its first
+    record. committed_ends read that stop as the partition's end (a worker restored its runs
+    without the records after it: session 30 H1); it raises PartitionHeld now, and
+    held_partitions names the held partitions among clean ones."""
+    from baton.streams.transactions import PartitionHeld, held_partitions
+    from tests.stack import open_transaction
+
+    held = _topic(broker, f"{topic_prefix}held")
+    clean = _topic(broker, f"{topic_prefix}clean")
+    committed = _topic(broker, f"{topic_prefix}committedtail")
+    empty = _topic(broker, f"{topic_prefix}nothing")
+    plain = Producer({"bootstrap.servers": broker.bootstrap})
+    for topic in (held, clean):
+        plain.produce(topic, b"before", b"k", partition=0)
+    assert plain.flush(10) == 0
+    attacker = open_transaction(broker.bootstrap, held, 0)
+    for topic in (held, clean):
+        for _ in range(3):
+            plain.produce(topic, b"after", b"k", partition=0)
+    assert plain.flush(10) == 0
+    p = _txn_producer(broker)
+    p.begin_transaction()
+    p.produce(committed, b"v", b"k", partition=0)
+    p.commit_transaction(30)
+    config = {"bootstrap.servers": broker.bootstrap}
+
+    with pytest.raises(PartitionHeld) as raised:
+        committed_ends(config, {(held, 0): _end(broker, held)}, timeout_s=10, hold_s=1)
+    assert (raised.value.topic, raised.value.partition, raised.value.stable) == (held, 0, 1)
+    assert f"{held}[0] is held at offset 1" in str(raised.value)
+    ends = {(t, 0): _end(broker, t) for t in (clean, committed, empty)}
+    assert committed_ends(config, ends, hold_s=1) == {
+        (clean, 0): 4,
+        (committed, 0): 1,
+        (empty, 0): 0,
+    }
+
+    found, unread = held_partitions(
+        config, [(held, 0), (clean, 0), (committed, 0), (empty, 0)], hold_s=1, timeout_s=10
+    )
+    assert found == {(held, 0): (1, 5)} and unread == []
+    del attacker
