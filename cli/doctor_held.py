@@ -2,9 +2,10 @@
 
 A transaction a producer never ends holds every read_committed reader of its partition at
 its first record: the workers (their events, and their changelog at a restore: a worker
-ends 78 there rather than restore short), the audit sink and `baton replay` (gov.decisions),
-SDK clients (their decisions: governance_unavailable, a stop) and alert consumers
-(gov.stops). Kafka aborts such a transaction at its producer's ``transaction.timeout.ms``;
+ends 78 there rather than restore short), SDK clients and `baton replay` (gov.decisions:
+governance_unavailable, a stop), and under exactly_once the audit sink and `baton alerts`
+(they read read_uncommitted under at_least_once: streams.kafka.output_isolation).
+Kafka aborts such a transaction at its producer's ``transaction.timeout.ms``;
 the embedded Tansu broker never does (session 30 H1). Each partition is read just before its
 end (``streams.transactions.held_partitions``): one short read, and a wait of ``hold`` seconds
 for a partition that looks held, so a transaction in flight is not named.
@@ -41,8 +42,8 @@ def held_check(settings: Settings, partitions: dict[str, int], timeout: float) -
         return fail(
             NAME,
             f"{len(held)} partition(s) held by a transaction left open for {hold:g} s+: {named}; "
-            "read_committed readers (workers, the audit sink, SDK clients, alert consumers) "
-            "get nothing past that offset",
+            "read_committed readers (workers, SDK clients; under exactly_once also the audit "
+            "sink and alerter) get nothing past that offset",
             "the producer holding it must commit or abort it (a restart with its "
             "transactional.id aborts it); Kafka aborts it at its transaction.timeout.ms, the "
             "embedded Tansu broker never does: docs/security.md",

@@ -269,7 +269,7 @@ def run_alerts(
 
     from baton.sinks.sink import StoppedWaiting, ensure_catalog_topics, stops_topic
     from baton.sinks.sink_start import receive_bounds
-    from baton.streams.kafka import consumer_config
+    from baton.streams.kafka import consumer_config, output_isolation
 
     emit = emit or (lambda text: print(text, flush=True))
     webhook_url = webhook_url if webhook_url is not None else settings.webhook_url
@@ -295,6 +295,7 @@ def run_alerts(
         # a record batch up to the largest Tansu takes is received and skipped (too_large):
         # at librdkafka's 100 MB no stop of any partition was announced (H2, session 27)
         **receive_bounds(),
+        "isolation.level": output_isolation(getattr(settings, "processing_guarantee", None)),
     }
     session_timeout_s = getattr(settings, "session_timeout_s", None)
     if session_timeout_s:

@@ -47,6 +47,7 @@ from baton.sinks.sink_start import (
     stops_topic,
 )
 from baton.sinks.sink_stats import SinkStats
+from baton.streams.kafka import output_isolation
 
 __all__ = [
     "DECISIONS_TABLE",
@@ -113,7 +114,9 @@ def run_sink(
             from baton.sinks.sqlserver import serve_sql
 
             server = serve_sql(client, sql_host, sql_port)
-        overrides: dict[str, Any] = {}
+        overrides: dict[str, Any] = {
+            "isolation.level": output_isolation(getattr(settings, "processing_guarantee", None))
+        }
         session_timeout_s = getattr(settings, "session_timeout_s", None)
         if session_timeout_s:
             overrides["session.timeout.ms"] = int(session_timeout_s * 1000)

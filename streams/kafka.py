@@ -12,6 +12,7 @@ __all__ = [
     "admin_config",
     "consumer_config",
     "kafka_said",
+    "output_isolation",
     "printable_config",
     "producer_config",
     "undelivered",
@@ -136,3 +137,13 @@ def printable_config(conf: Mapping[str, Any]) -> dict[str, Any]:
         for key, value in conf.items()
         if not callable(value) and not isinstance(value, logging.Logger)
     }
+
+
+def output_isolation(processing_guarantee: str | None) -> str:
+    """How Baton's readers of the workers' output (the audit sink on gov.decisions, the
+    alerter on gov.stops) read it: ``read_uncommitted`` under ``at_least_once``, where no
+    Baton writer uses transactions there, so only another writer's transaction is ever
+    there, and one it left open held those readers back for good on Tansu (the audit missed
+    every later decision, a kill among them, lost at a `baton up` restart: session 30 H1);
+    ``read_committed`` under ``exactly_once`` (a worker's aborted batch must not count)."""
+    return "read_uncommitted" if processing_guarantee == "at_least_once" else "read_committed"

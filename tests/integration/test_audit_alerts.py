@@ -193,6 +193,27 @@ def test_each_stop_is_announced_once_in_the_seeds_format_and_posted_to_the_webho
     assert SEED_LINE in webhook.lines()
 
 
+def test_a_transaction_left_open_on_the_stops_topic_holds_no_alert_back(
+    broker: Any, stops_topic: str
+) -> None:
+    """A writer's transaction left open on gov.stops (Tansu never aborts it) held the
+    read_committed alerter at its first record: no later stop of the partition was announced
+    (session 30 H1). Under at_least_once (the default) it reads the stops read_uncommitted."""
+    from tests.stack import open_transaction
+
+    attackers = [open_transaction(broker.bootstrap, stops_topic, p) for p in range(2)]
+    alerter = Alerter(broker, stops_topic, storm_threshold=0)
+    try:
+        produce_decisions(broker.bootstrap, stops_topic, [_stop(i) for i in range(1, 5)])
+        wait_for(lambda: len(alerter.lines) >= 4, timeout=30, message="4 stops announced")
+    finally:
+        alerter.stop()
+        del attackers
+    assert sorted(alerter.lines) == sorted(
+        SEED_LINE.replace("run_742", f"run_{i}") for i in range(1, 5)
+    )
+
+
 def test_a_storm_of_stops_folds_into_one_summary(broker: Any, stops_topic: str) -> None:
     alerter = Alerter(broker, stops_topic, storm_threshold=5, storm_window_s=1.0)
     try:

@@ -376,3 +376,35 @@ def test_low_cardinality_columns_are_sent_plain_and_stored_as_the_table_says(
         assert stored[0][3:] == ("LowCardinality(String)", "LowCardinality(Nullable(String))")
     finally:
         client.close()
+
+
+def test_a_transaction_left_open_on_the_decisions_topic_holds_no_decision_out_of_the_audit(
+    broker: Any, sink_env: dict[str, Any]
+) -> None:
+    """A writer's transaction left open on gov.decisions (Tansu never aborts it) held the
+    read_committed sink at its first record: every later decision of that partition stayed
+    out of the audit, a kill among them, which a `baton up` restart then lost (session 30 H1).
+    Under at_least_once (the default) no Baton writer uses transactions there, and the sink
+    reads it read_uncommitted: every decision is stored, the forged record is rejected."""
+    from tests.stack import open_transaction
+
+    client: Client = sink_env["client"]
+    attackers = [open_transaction(broker.bootstrap, sink_env["topic"], p) for p in range(4)]
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    decisions = scenario_decisions(runs=8, start=start)
+    produce_decisions(broker.bootstrap, sink_env["topic"], decisions)
+    unique = {d.decision_id for d in decisions}
+    wait_for(
+        lambda: _scalar(client, "SELECT count() FROM governance.decisions FINAL") == len(unique),
+        timeout=60,
+        message=lambda: (
+            f"{len(unique)} decisions in the audit: "
+            f"{_scalar(client, 'SELECT count() FROM governance.decisions FINAL')}"
+        ),
+    )
+    wait_for(
+        lambda: _scalar(client, "SELECT count() FROM governance.rejected") == 4,
+        timeout=20,
+        message="the forged records rejected",
+    )
+    del attackers
