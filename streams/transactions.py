@@ -227,7 +227,8 @@ def held_partitions(
             key = (msg.topic(), msg.partition())
             err = msg.error()
             if err is None:
-                stuck.pop(key, None)  # it moves
+                if stuck.pop(key, None) is not None:
+                    pending.discard(key)  # its stable end moved: a transaction in flight ended
             elif err.code() != KafkaError._PARTITION_EOF:
                 raise RuntimeError(f"reading {key[0]}[{key[1]}]: {err.str()}")
             elif key in pending:

@@ -235,3 +235,28 @@ def test_a_partition_held_by_a_transaction_left_open_is_named_and_never_given_a_
     )
     assert found == {(held, 0): (1, 5)} and unread == []
     del attacker
+
+
+def test_a_transaction_in_flight_that_ends_is_not_named_held(
+    broker: EmbeddedBroker, topic_prefix: str
+) -> None:
+    """A worker's batch under exactly_once is a transaction in flight: a partition whose
+    committed end moves within the hold is neither held nor left unread."""
+    import threading
+
+    from baton.streams.transactions import held_partitions
+
+    busy = _topic(broker, f"{topic_prefix}busy")
+    p = _txn_producer(broker)
+    p.begin_transaction()
+    p.produce(busy, b"in flight", b"k", partition=0)
+    assert p.flush(10) == 0
+    later = threading.Timer(1.0, lambda: p.commit_transaction(30))
+    later.start()
+    try:
+        found, unread = held_partitions(
+            {"bootstrap.servers": broker.bootstrap}, [(busy, 0)], hold_s=3, timeout_s=8
+        )
+    finally:
+        later.join(10)
+    assert (found, unread) == ({}, [])
