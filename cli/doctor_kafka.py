@@ -402,7 +402,13 @@ def _behind(
 
         try:
             ends.update(
-                committed_ends(kafka_config, ends, timeout_s=timeout, total_timeout_s=timeout)
+                committed_ends(
+                    kafka_config,
+                    ends,
+                    timeout_s=timeout,
+                    total_timeout_s=timeout,
+                    hold_s=min(3.0, timeout / 2),  # held: the watermarks, and the held check
+                )
             )
         except Exception as exc:  # the watermarks' ends, as before: never the check's end
             log.debug("doctor: reading the partitions' ends failed (%s); watermarks used", exc)
