@@ -68,6 +68,8 @@ from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
 from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
 from baton.processors.replay_read_late import LATE_AFTER_S, ReadLate
 from baton.processors.replay_read_order import Stamped, read_order
+from baton.processors.replay_steps import RUN_RETENTION_S, TOMBSTONE_RETENTION_S
+from baton.processors.replay_sweep import ReplaySweep
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.events import parse_control_event
 from baton.schemas.policy import Policy
@@ -87,7 +89,6 @@ __all__ = [
 #: timestamp), does not move its partition's clock, and its run cannot be decided
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _LATEST_MS = int(_LATEST.timestamp() * 1000)
-#: the events that answer an approval (gov.approvals' only run events)
 
 
 class DecidedTopics(NamedTuple):
@@ -135,6 +136,7 @@ def decide_topics(
     latest_ms: int = _LATEST_MS,
     answered_before: Collection[str] = (),
     read_late: Mapping[tuple[str, int, int], int] = MappingProxyType({}),
+    retention: tuple[float, float] = (RUN_RETENTION_S, TOMBSTONE_RETENTION_S),
 ) -> DecidedTopics:
     """What a worker under ``baseline`` decided for ``records`` (run events and ``control``
     records, in the order the workers read them: see the module docstring), and every
@@ -147,11 +149,14 @@ def decide_topics(
     came), else partial (its requests are gone: nothing of it to decide). ``read_late``:
     (topic, partition, offset) -> the own stamp of a record its partition's clock reads
     more than LATE_AFTER_S later: a run decided on a side of a control command the worker
-    may not have decided it on is undecidable (``processors.replay_read_late``)."""
+    may not have decided it on is undecidable (``processors.replay_read_late``).
+    ``retention``: the workers' run and tombstone retention (their sweep, run on the
+    records' clock: ``processors.replay_sweep``)."""
     in_force = ControlInForce(NO_KILLS, baseline, None, "--baseline")
     proc = BatchProcessor(
         baseline, partitions, {}, "replay", lambda: in_force.kills, approvals_topic=approvals
     )
+    sweep = ReplaySweep(proc, *retention)
     policies = {baseline.version: baseline}
     started: set[str] = set()
     partial: set[str] = set(started_before)
@@ -176,6 +181,9 @@ def decide_topics(
             in_force = applied
             proc.policy = policies.setdefault(in_force.policy.version, in_force.policy)
             continue
+        swept, forgotten = sweep.until(at, in_force.kills)
+        rows += [(d.run_id, n, Recorded.of(d)) for d in swept]
+        started.difference_update(forgotten)  # its next event begins a new run
         own = read_late.get((topic, rec.partition, rec.offset)) if read_late else None
         # a run begins at the first record the worker decided as its event here: a dead
         # letter under its key, or its event on another run's partition (forwarded, decided
@@ -201,6 +209,7 @@ def decide_topics(
             # (evicted: its handoffs stopped under either policy), as for a request first read
             # there
         out = proc.process([rec], now)
+        sweep.changed(out.changed)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
         if not stamped:  # when it was read is unknown (a dead letter's time decides nothing)
             named = {d.run_id for _, d in out.decisions}
@@ -224,8 +233,8 @@ def replay_decided(decided: DecidedTopics, new_policy: Policy) -> ReplayReport:
     """The report of ``new_policy`` over ``decided``: its undecidable runs listed as partial
     with why and as broken (exit 7), never replayed."""
     rows = [row for row in decided.rows if row.run_id not in decided.undecidable]
-    # decided here by the batch step alone: no sweep evicted a run, whatever its idle time;
-    # a run's start before the range is known (decide_topics): cut by the range, not judged
+    # decided with the workers' sweep (decide_topics: a stop run_expired or a new chain says
+    # where); a run's start before the range is known: cut by the range, not judged
     report = replay_runs(
         runs_of(rows), new_policy, decided.policies, retention_s=math.inf, judge=False
     )
@@ -405,6 +414,7 @@ def replay_from_kafka(
         latest,
         tenants=tenant is not None,
         trimmed_s=settings.run_retention_s,
+        forget_s=settings.run_retention_s + settings.tombstone_retention_s,
         partitions=settings.partitions,
         approvals=catalog.approvals,
         answered=answered,
@@ -433,6 +443,7 @@ def replay_from_kafka(
             latest,
             answered,
             late,
+            (settings.run_retention_s, settings.tombstone_retention_s),
         )
     for run in cut_late:
         decided.undecidable.setdefault(run, _CUT_LATE)

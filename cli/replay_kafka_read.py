@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import math
 import uuid
-from array import array
-from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
+from baton.cli.replay_kafka_kept import Kept, KeptRuns, Said
 from baton.cli.replay_kafka_scope import ANSWERS, decided_here, run_of
 from baton.processors.batch import InputRecord
 from baton.processors.replay_read_late import LATE_AFTER_S
@@ -25,105 +24,6 @@ from baton.processors.replay_read_order import PartitionClock, Stamped
 from baton.schemas.settings import Settings
 
 __all__ = ["read_topics", "replay_consumer", "topic_partitions"]
-
-#: a record read before the range, kept by where it is (read time ms, topic, partition,
-#: offset), not by its bytes: read again at the end for the runs that go on in the range
-Kept = tuple[int, str, int, int]
-#: what a kept record the worker decided as its run's event says (``begun``): an answer,
-#: the run, its tenant (with ``tenants``)
-Said = tuple[bool, str, str | None]
-
-
-class _KeptRuns:
-    """The records read before the range of the runs a worker still held: each partition's
-    runs by the clock of their last record there, a run idle past ``horizon_ms`` (the
-    workers' run_retention_s: evicted to a tombstone, its later handoffs stopped under either
-    policy) dropped with its records, so that what is kept is the records of the last
-    retention before the range, not of the whole topic. Idle means on every partition: a
-    run's last record anywhere (a run with a grant on a quiet approvals partition and a
-    handoff every 20 minutes on its requests one is not idle; H3, session 19: it was
-    dropped, partial, its change hidden, exit 0)."""
-
-    __slots__ = ("_lanes", "_last", "closed", "dropped", "horizon", "idle_done", "records", "said")
-
-    def __init__(self, horizon_ms: float) -> None:
-        self.horizon = horizon_ms
-        self._lanes: dict[tuple[str, int], OrderedDict[str, int]] = {}
-        #: run -> the clock of its last record read, on any partition
-        self._last: dict[str, int] = {}
-        #: run -> its records read before the range, in the order read
-        #: (a partition's records: its read times and offsets in turn, 16 bytes a record)
-        self.records: dict[str, dict[tuple[str, int], array[int]]] = {}
-        #: run -> what its kept records said (their bytes are not held), up to one that
-        #: makes it known begun; such a run is in ``closed``
-        self.said: dict[str, list[Said]] = {}
-        self.closed: set[str] = set()
-        #: the runs dropped idle: begun before the range (partial), as their later records
-        self.dropped: set[str] = set()
-        #: :meth:`idle_before` was called: no record before the range is left to read
-        self.idle_done = False
-
-    def drop(self, run: str) -> list[Said]:
-        """Forget ``run``'s kept records; what they said."""
-        self.records.pop(run, None)
-        self.closed.discard(run)
-        return self.said.pop(run, [])
-
-    def latest(self, run: str) -> int | None:
-        """The latest read time of ``run``'s kept records (None: none kept)."""
-        kept = self.records.get(run)
-        return max(max(read[::2]) for read in kept.values()) if kept else None
-
-    def kept(self, run: str) -> list[Kept]:
-        """``run``'s kept records."""
-        return [
-            (read[n], *where, read[n + 1])
-            for where, read in self.records.get(run, {}).items()
-            for n in range(0, len(read), 2)
-        ]
-
-    def keep(self, run: str, where: tuple[str, int], at: int, read: int, offset: int) -> list[str]:
-        """Keep ``run``'s record at ``offset`` of partition ``where``, read at ``at`` (its
-        read time ``read``: ``at``, or its own stamp out of the clock's bound); the runs this
-        drops, idle on every partition that long (their records: :meth:`drop`)."""
-        lane = self._lanes.setdefault(where, OrderedDict())
-        gone = []
-        last = self._last.get(run)
-        if last is not None and at - last > self.horizon:  # idle that long itself: evicted
-            lane.pop(run, None)
-            del self._last[run]
-            self.dropped.add(run)
-            return [run]
-        self._last[run] = at if last is None else max(last, at)
-        lane[run] = at
-        lane.move_to_end(run)
-        self.records.setdefault(run, {}).setdefault(where, array("q")).extend((read, offset))
-        while lane and next(iter(lane.values())) < at - self.horizon:
-            idle, _ = lane.popitem(last=False)
-            if self._last.get(idle, at) >= at - self.horizon:
-                continue  # read on another partition since: not idle
-            self._last.pop(idle, None)
-            if idle in self.records:
-                self.dropped.add(idle)
-                gone.append(idle)
-        return gone
-
-    def idle_before(self, start: int) -> list[str]:
-        """Drop the runs whose last record is more than the horizon before ``start`` (the
-        range's): called once every partition is read to the range or its end, when no
-        record before the range is left to read, so no later one keeps such a run (a run
-        that goes on in the range is partial: resumed past the horizon, evicted by the
-        worker), as :meth:`keep`'s."""
-        # by the read times the end of read_topics compares (a record whose own stamp is out
-        # of the bound keeps it: one stamped ahead is not idle, its run judged there)
-        idle = [run for run in self.records if start - (self.latest(run) or 0) > self.horizon]
-        for lane in self._lanes.values():
-            for run in idle:
-                lane.pop(run, None)
-        for run in idle:
-            self._last.pop(run, None)
-            self.dropped.add(run)
-        return idle
 
 
 def read_topics(
@@ -135,6 +35,7 @@ def read_topics(
     isolation: str = "read_committed",
     tenants: bool = False,
     trimmed_s: float | None = None,
+    forget_s: float = math.inf,
     partitions: int = 1,
     approvals: str | None = None,
     answered: set[str] | None = None,
@@ -147,7 +48,7 @@ def read_topics(
     decided it; a writer who predicts a run id seeds it before ``since`` with a request or
     a completion, and the run was "begun before the range", partial, its change hidden; one
     idle longer than ``trimmed_s`` before the range, evicted by the worker, is not:
-    :class:`_KeptRuns`); and the runs that may have begun in what a trimmed partition lost
+    :class:`KeptRuns`); and the runs that may have begun in what a trimmed partition lost
     (below; with ``tenants``, each with the tenant of its first record that is its run's
     event before ``since``, else None). A record's read time is its partition's clock
     (``processors.replay_read_order``: the running maximum of the stamps in offset order,
@@ -162,7 +63,8 @@ def read_topics(
     record read within this many seconds (the workers' run_retention_s) of its clock's
     first stamp may have begun in what is gone, and are counted as begun before the range
     (a run idle longer was evicted by then: the worker stopped its late handoff under
-    either policy). Only a record the worker decided as its run's event where it was read
+    either policy; one idle longer than ``forget_s``, its tombstone forgotten, is a new run
+    from its next record). Only a record the worker decided as its run's event where it was read
     (``decided_here``: ``partitions``, ``approvals`` as the workers') begins a run in such
     a window; one that answers an approval (a grant or denial) adds its run to ``answered``
     instead (given). ``late`` (given): the own stamp of each record returned that is read
@@ -185,7 +87,7 @@ def read_topics(
         start_ms = int(since.timestamp() * 1000) if since is not None else None
         stop_ms = int(until.timestamp() * 1000) if until is not None else None
         out: list[Stamped] = []
-        kept = _KeptRuns((trimmed_s or math.inf) * 1000)
+        kept = KeptRuns((trimmed_s or math.inf) * 1000, forget_s * 1000)
         before: dict[str, str | None] = {}
 
         def known(run: str, early: bool) -> bool:
@@ -339,7 +241,11 @@ def read_topics(
             window = cut[where]
             if window is not None and clock.at < window:
                 begun(rec, early)
-            elif early and run_of(rec.key) in kept.dropped:
+            elif (
+                early
+                and run_of(rec.key) in kept.dropped
+                and not kept.anew(run_of(rec.key), clock.at, before)
+            ):
                 begun(rec, True)
             elif early:  # read before the range: kept for the runs that go on in it (below)
                 note(run := run_of(rec.key), rec)
@@ -371,7 +277,9 @@ def read_topics(
         whole: list[tuple[str, Kept]] = []
         for run, at in resumed.items():
             latest = kept.latest(run)
-            if latest is not None and at - latest > kept.horizon:
+            if kept.anew(run, at, before) or (latest is not None and at - latest > kept.forget):
+                kept.drop(run)  # forgotten by then: a new run from its first record here
+            elif latest is not None and at - latest > kept.horizon:
                 said(run)
             elif run not in before:
                 whole += [(run, place) for place in kept.kept(run)]

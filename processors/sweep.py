@@ -172,6 +172,11 @@ class DueIndex:
             bucket.append(key)
             self._due[key] = bucket
 
+    def earliest(self) -> int | None:
+        """The earliest second a run may fall due in (None: none indexed; an entry may
+        be stale, so nothing may be due then)."""
+        return self._seconds[0] if self._seconds else None
+
     def rebuild_keys(self, keys: Iterable[bytes], now_ts: float) -> None:
         """Index ``keys`` as due now, without reading their states: after a rebalance the
         sweep then looks at them ``limit`` at a time (decoding every restored run at once

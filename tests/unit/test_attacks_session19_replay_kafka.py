@@ -175,14 +175,6 @@ def test_a_release_read_past_to_does_not_hide_the_change_of_the_handoffs_after_i
 
 
 @pytest.mark.parametrize("since", [None, 15000])
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19; main lists the run partial, not judged: exit 0 too when "
-    "another run is in scope, 7 only when it is the only one): a run id whose tombstone "
-    "the worker forgot (tombstone_retention_s) is new again, but the replay evicts "
-    "nothing and replays it from its old first record, a finish: its new handoffs "
-    "stopped run_finished under both policies, the stricter policy's stop hidden, exit 0",
-)
 def test_a_run_id_used_again_after_its_tombstone_is_forgotten_hides_no_change(
     monkeypatch: pytest.MonkeyPatch, since: float | None
 ) -> None:
@@ -191,7 +183,9 @@ def test_a_run_id_used_again_after_its_tombstone_is_forgotten_hides_no_change(
     (7200 s) later: its id is new again. ra's three handoffs at 20000 s are a new run for
     the worker, and the stricter policy stops the third: a change. --since 15000 s or the
     whole topic: the replay decides them on the finished run, stopped under both (or lists
-    ra partial, not judged); rb, one handoff, is in scope too."""
+    ra partial, not judged); rb, one handoff, is in scope too. Fixed in session 32: the
+    replay runs the worker's sweep on the records' clock (processors/replay_sweep.py), and
+    the read before the range forgets a run idle for both retentions (KeptRuns.forget)."""
     held = [(0, _ms(0), finished(run_id="ra"))]
     held += [(1 + n, stamp, event) for n, stamp, event in _ra(20000, 20001, 20002)]
     held.append((4, _ms(20010), handoff("rb-h0", "t0", "p", "r", run_id="rb")))  # in scope too
