@@ -10,8 +10,11 @@ Without Kafka: the stand-in Consumer of tests/unit/test_attacks_session17_replay
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from baton.cli.replay_kafka import decide_topics, replay_from_kafka
+from baton.processors.batch import InputRecord
 from baton.schemas.settings import Settings
 from tests.unit.test_attacks_session17_replay_kafka import _trimmed_topics
 from tests.unit.test_engine_support import at, finished, handoff
@@ -113,3 +116,65 @@ def test_a_run_evicted_but_not_forgotten_before_the_range_stays_begun_before_it(
     _trimmed_topics(monkeypatch, {REQUESTS: held})
     report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, at(15000), None)
     assert "ra" in report.partial and not report.changed_runs
+
+
+def _worker(records: list, retention: tuple[float, float]) -> list[tuple[str, str, str]]:
+    """What a worker decides for ``records`` (one partition, in order): its batch step, and
+    its sweep at every whole second of its clock (as the worker's 1 s timer), before the
+    records read in that second."""
+    from datetime import UTC, datetime
+
+    from baton.processors.batch import BatchProcessor
+    from baton.processors.engine import NO_KILLS
+    from baton.processors.sweep import DueIndex
+    from baton.processors.sweep_step import sweep_due
+
+    proc = BatchProcessor(BASELINE, 1, {}, "replay", approvals_topic=APPROVALS)
+    due = DueIndex(*retention)
+    out: list[tuple[str, str, str]] = []
+    swept = records[0][0] // 1000 - 1
+    for ms, _, rec in records:
+        while swept < ms // 1000:
+            swept += 1
+            done = sweep_due(
+                proc, due, datetime.fromtimestamp(swept, UTC), active={0}, ready={0},
+                kills=NO_KILLS, run_retention_s=retention[0],
+                tombstone_retention_s=retention[1], limit=10**9,
+            )  # fmt: skip
+            out += [(d.run_id, d.outcome, d.reason) for _, d in done.decisions]
+        step = proc.process([rec], datetime.fromtimestamp(ms / 1000, UTC))
+        for key, (_, state) in step.changed.items():
+            due.touch(key, state)
+        out += [(d.run_id, d.outcome, d.reason) for _, d in step.decisions if not d.reemitted]
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["ra", "rb"]), st.sampled_from([0.4, 30, 3599, 3601, 7000])),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_replay_decides_as_a_worker_sweeping_every_second(steps: list) -> None:
+    """Runs ra and rb, each step a handoff (or a finish) some time after the one before
+    (around the retentions: evicted at 1 h, forgotten 2 h later): the replay's decisions,
+    run by run, are the worker's."""
+    retention = (3600.0, 7200.0)
+    clock, records = 0.0, []
+    for n, (run, gap) in enumerate(steps):
+        clock += gap
+        event = (
+            finished(run_id=run)
+            if n % 5 == 4
+            else handoff(f"{run}-h{n}", f"t{n}", "p", "r", run_id=run)
+        )
+        records.append(
+            (_ms(clock), REQUESTS, InputRecord(REQUESTS, 0, n, run.encode(), event.to_json()))
+        )
+    replayed = decide_topics(records, BASELINE, 1, APPROVALS, CONTROL, retention=retention).rows
+    for run in ("ra", "rb"):
+        mine = [(r.outcome, r.reason) for r in replayed if r.run_id == run]
+        worker = [(o, r) for k, o, r in _worker(records, retention) if k == run]
+        assert mine == worker, run
