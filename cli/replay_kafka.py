@@ -22,7 +22,7 @@ recorded.
 
 A control command applied holds from its clock or its signing time, whichever is later (a record
 that applies nothing: from its clock), and goes first at an equal time (a kill applies; fail
-closed); it is read late on that clock (``_ControlRead``). A command read at or after ``until``
+closed); it is read late on that clock (``ControlRead``). A command read at or after ``until``
 though stamped well before it is decided after the range's run events, read late. A worker applies
 control records as its follower reads them, so a run event within ``max_staleness_s`` after a kill
 may have been decided before it. Not guaranteed: the replay stops such an event as killed under both
@@ -55,9 +55,10 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import NamedTuple
 
+from baton.cli.replay_kafka_control import ControlRead, commands_in_range
 from baton.cli.replay_kafka_read import read_topics
 from baton.cli.replay_kafka_scope import ANSWERS, decided_here, in_scope, run_of, run_tenants
-from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.batch import DEFAULT_MAX_STATE_BYTES, BatchProcessor
 from baton.processors.control_apply import (
     ControlInForce,
     apply_control_record,
@@ -69,9 +70,8 @@ from baton.processors.replay import Recorded, ReplayReport, replay_runs, runs_of
 from baton.processors.replay_read_late import LATE_AFTER_S, ReadLate
 from baton.processors.replay_read_order import Stamped, read_order
 from baton.processors.replay_steps import RUN_RETENTION_S, TOMBSTONE_RETENTION_S
-from baton.processors.replay_sweep import ReplaySweep
+from baton.processors.replay_sweep import PartitionRuns, ReplaySweep
 from baton.schemas.decision import Decision, Outcome, Reason
-from baton.schemas.events import parse_control_event
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
 
@@ -153,9 +153,11 @@ def decide_topics(
     ``retention``: the workers' run and tombstone retention (their sweep, run on the
     records' clock: ``processors.replay_sweep``)."""
     in_force = ControlInForce(NO_KILLS, baseline, None, "--baseline")
+    runs = PartitionRuns(partitions)  # max_runs a partition's, max_state_bytes the topic's
     proc = BatchProcessor(
-        baseline, partitions, {}, "replay", lambda: in_force.kills, approvals_topic=approvals
-    )
+        baseline, partitions, runs, "replay", lambda: in_force.kills, approvals_topic=approvals,
+        max_state_bytes=DEFAULT_MAX_STATE_BYTES * partitions,
+    )  # fmt: skip
     sweep = ReplaySweep(proc, *retention)
     policies = {baseline.version: baseline}
     started: set[str] = set()
@@ -164,14 +166,14 @@ def decide_topics(
     rows: list[tuple[str, int, Recorded]] = []
     early: set[tuple[str, str]] = set()  # (run, approval id) answered before it was asked
     asked = {rec.key for _, topic, rec in records if topic not in (approvals, control)}
-    commands = _ControlRead(in_force)
+    commands = ControlRead(in_force)
     ordered = read_order(records, latest_ms, control, commands)
     held_late = commands.late(records, control, latest_ms, read_late)
     late = ReadLate(bool(held_late))
     for n, (at, topic, rec, stamped) in enumerate(ordered):
         now = datetime.fromtimestamp(at / 1000, UTC)
         if topic == control:
-            # applied at the clock its own stamp read (as _ControlRead did: a command signed
+            # applied at the clock its own stamp read (as ControlRead did: a command signed
             # ahead is held from its signing only once applied)
             read_at = datetime.fromtimestamp(commands.read[rec.partition, rec.offset] / 1000, UTC)
             applied = apply_control_record(in_force, rec, "replay", read_at).in_force
@@ -208,6 +210,7 @@ def decide_topics(
             # begun in what retention deleted and read after the window was idle that long
             # (evicted: its handoffs stopped under either policy), as for a request first read
             # there
+        runs.at = rec.partition % partitions  # (a partition past the count: forwarded)
         out = proc.process([rec], now)
         sweep.changed(out.changed)
         rows += [(d.run_id, n, Recorded.of(d)) for _, d in out.decisions if not d.reemitted]
@@ -261,60 +264,6 @@ def _answered_early(
             yield d.run_id
 
 
-class _ControlRead:
-    """gov.control as the control follower applies it (``read_order``'s ``held_from``, called
-    in offset order with the clock each record's own stamp read): an applied command holds
-    from its signing time if later (a kill re-published stamped before its signing held
-    early), a record that applies nothing (refused, unsigned, no command: anyone's) from its
-    clock only. H3, session 19: a writer's refused policy update saying 1000 s as its own
-    time moved the clock there, the release after it read at 1000 s, unseen as late (that
-    was measured on the stamps), the run's handoffs after the release replayed as killed
-    under both policies, the stricter policy's stop hidden, exit 0."""
-
-    __slots__ = ("_held", "in_force", "read")
-
-    def __init__(self, in_force: ControlInForce) -> None:
-        self.in_force = in_force
-        #: (partition, offset) -> the clock its own stamp read (ms)
-        self.read: dict[tuple[int, int], int] = {}
-        #: (partition, offset) -> its signing time (ms) where applied
-        self._held: dict[tuple[int, int], int] = {}
-
-    def __call__(self, rec: InputRecord, at: int) -> int:
-        now = datetime.fromtimestamp(at / 1000, UTC)
-        after = apply_control_record(self.in_force, rec, "replay", now)
-        applied = after.policy_changed or after.in_force.kills is not self.in_force.kills
-        self.in_force = after.in_force
-        self.read[rec.partition, rec.offset] = at
-        if not applied:
-            return -1
-        self._held[rec.partition, rec.offset] = signed = _signed_ms(rec)
-        return signed
-
-    def late(
-        self,
-        records: list[Stamped],
-        control: str,
-        latest_ms: int,
-        read_late: Mapping[tuple[str, int, int], int],
-    ) -> dict[tuple[int, int], int]:
-        """(partition, offset) -> the own time (its stamp, or its signing if applied and
-        later) of each control record of ``records`` that the clock read_order holds it at
-        reads more than LATE_AFTER_S later (``read_late``: the stamps of those read so late
-        on the stamps alone)."""
-        late: dict[tuple[int, int], int] = {}
-        for stamp, topic, rec in records:
-            where = (rec.partition, rec.offset)
-            if topic != control or not -1 <= stamp < latest_ms:
-                continue  # (a stamp out of the bounds moves no clock: when is unknown)
-            signed = self._held.get(where, -1)
-            at = max(self.read[where], signed if signed < latest_ms else -1)
-            own = max(read_late.get((topic, *where), stamp), signed)
-            if at - own > LATE_AFTER_S * 1000:
-                late[where] = own
-        return late
-
-
 def _cut_late_of(
     tenant: str,
     cut_late: set[str],
@@ -332,40 +281,6 @@ def _cut_late_of(
 
     tenants = run_tenants(records, before, partitions, approvals)
     return {run for run in cut_late if tenants.get(run) in (None, fold(tenant))}
-
-
-def _commands_in_range(
-    commands: list[Stamped], until: datetime | None, late: Mapping[tuple[str, int, int], int]
-) -> list[Stamped]:
-    """The control records (``commands``: gov.control read whole) read before ``until``, and
-    those read at or after it though stamped more than LATE_AFTER_S before it (``late``: the
-    stamps of those read late): a stamp ahead amid gov.control moved its clock on, the worker
-    applied them in the range. They are decided after the range's run events, read late, so
-    a run decided from the skew before such a command's own time on that it decides otherwise
-    is broken (``ReadLate``), as a run with a request or approval cut so (H3, session 19: a
-    release pushed past --to was dropped, the run's handoffs after it replayed as killed
-    under both policies, the stricter policy's stop hidden, exit 0)."""
-    if until is None:
-        return commands
-    stop_ms = int(until.timestamp() * 1000)
-    cut_ms = stop_ms - LATE_AFTER_S * 1000
-    return [
-        read
-        for read in commands
-        if read[0] < stop_ms
-        or late.get((read[1], read[2].partition, read[2].offset), stop_ms) < cut_ms
-    ]
-
-
-def _signed_ms(rec: InputRecord) -> int:
-    """When a control record was signed (ms; a record that does not read: -1). It holds from
-    its stamp or this, whichever is later: a kill re-published stamped before its signing
-    (a writer of gov.control; the worker refuses such a copy as a replay) held early in the
-    replay, and the handoffs the worker allowed meanwhile were replayed as its stops."""
-    try:
-        return int(parse_control_event(rec.value or b"").event_time.timestamp() * 1000)
-    except Exception:
-        return -1
 
 
 def _cut_at_the_range(rows: list[tuple[str, int, Recorded]], partial: set[str]) -> list[Recorded]:
@@ -431,7 +346,7 @@ def replay_from_kafka(
     commands = read_topics(
         settings, [catalog.control], None, None, latest, "read_uncommitted", late=late
     )[0]
-    records += _commands_in_range(commands, until, late)
+    records += commands_in_range(commands, until, late)
     with history_unlogged():
         decided = decide_topics(
             records,

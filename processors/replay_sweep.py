@@ -1,4 +1,4 @@
-"""The worker's 1 s sweep, run on a replay's clock (`baton replay --from-kafka --redecide`).
+"""The worker's table and 1 s sweep, run by a replay (`baton replay --from-kafka --redecide`).
 
 A worker's sweep expires approvals, turns a run idle for its run retention into a tombstone
 (its handoffs stopped ``run_expired``) and forgets the tombstone its tombstone retention
@@ -8,6 +8,12 @@ decided on the old run (a finish: every new handoff stopped ``run_finished`` und
 policy, a stricter policy's change hidden). :class:`ReplaySweep` runs the worker's own
 ``sweep_due`` with its due index over the replay's batch step, once a second of the
 records' clock, before the record that reaches it, with the workers' retentions.
+
+The replay decides every partition with one batch step, whose runs are counted per partition
+(:class:`PartitionRuns`): a worker stops a new run past ``max_runs`` (``worker_run_limit``), and
+the replay does only where that partition alone holds as many, as any worker that owns it
+does (one worker's cap over the whole topic stopped a run a fleet had taken, under both
+policies: a stricter policy's change hidden, exit 0; session 19 H3).
 
 Not guaranteed: the worker sweeps once a second of its own clock, so a record read within a
 second after its run fell due may have been decided on the live run, where the replay
@@ -19,6 +25,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from baton.processors.batch import BatchProcessor
 from baton.processors.engine import KillSwitches
@@ -26,12 +33,45 @@ from baton.processors.state import RunState
 from baton.processors.sweep import DueIndex
 from baton.processors.sweep_step import sweep_due
 from baton.schemas.decision import Decision
+from baton.streams.partitioner import partition_for
 
-__all__ = ["ReplaySweep"]
+__all__ = ["PartitionRuns", "ReplaySweep"]
 
 #: sweeps made between two records at most (one a second some run fell due in): a run put
 #: back at each sweep's time must not make a gap of years a sweep a second
 _MAX_SWEEPS = 100_000
+
+
+class PartitionRuns(dict[bytes, RunState]):
+    """The replay's runs by key, whose ``len()`` is the runs of partition ``at`` (the one
+    being decided): what the batch step's ``max_runs`` counts, as a worker owning only that
+    partition would."""
+
+    __slots__ = ("_counts", "_partitions", "at")
+
+    def __init__(self, partitions: int) -> None:
+        super().__init__()
+        self._partitions = partitions
+        self._counts = [0] * partitions
+        #: the partition the batch step decides a record of now
+        self.at = 0
+
+    def __len__(self) -> int:
+        return self._counts[self.at]
+
+    def __setitem__(self, key: bytes, state: RunState) -> None:
+        if key not in self:
+            self._counts[partition_for(key, self._partitions)] += 1
+        super().__setitem__(key, state)
+
+    def __delitem__(self, key: bytes) -> None:
+        super().__delitem__(key)
+        self._counts[partition_for(key, self._partitions)] -= 1
+
+    def pop(self, key: bytes, *default: Any) -> Any:
+        if key in self:
+            self._counts[partition_for(key, self._partitions)] -= 1
+        return super().pop(key, *default)
 
 
 class ReplaySweep:

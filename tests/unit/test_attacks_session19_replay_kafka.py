@@ -314,14 +314,6 @@ def _on(partition: int, count: int, taken: set[str]) -> list[str]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H3 break (session 19, not new): the replay decides every partition with one "
-    "batch step, its max_runs (500,000) one worker's, and evicts nothing: a fleet of two "
-    "workers held twice as many runs, and a run past the replay's cap is stopped "
-    "worker_run_limit under both policies, its change hidden, exit 0 (a writer fills the "
-    "cap with one record a run; a topic that held 500,000 runs since its start does too)",
-)
 def test_runs_past_one_workers_cap_in_a_fleet_show_their_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -329,7 +321,8 @@ def test_runs_past_one_workers_cap_in_a_fleet_show_their_change(
     runs of one handoff on partition 0 (a writer's, or ordinary traffic), ra's three handoffs
     on partition 1 after them. Each worker holds at most three runs: ra allowed throughout,
     the stricter policy's stop of its third a change. The replay held the three runs of
-    partition 0 and stopped ra as past its cap under both policies: nothing changes."""
+    partition 0 and stopped ra as past its cap under both policies: nothing changed. Fixed
+    in session 32: the replay counts its runs per partition (replay_sweep.PartitionRuns)."""
     import functools
 
     from baton.cli import replay_kafka

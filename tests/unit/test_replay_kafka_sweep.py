@@ -178,3 +178,57 @@ def test_the_replay_decides_as_a_worker_sweeping_every_second(steps: list) -> No
         mine = [(r.outcome, r.reason) for r in replayed if r.run_id == run]
         worker = [(o, r) for k, o, r in _worker(records, retention) if k == run]
         assert mine == worker, run
+
+
+def test_the_replays_runs_are_counted_by_the_partition_being_decided() -> None:
+    """PartitionRuns: len() is the runs of partition ``at``, kept right through set, pop
+    and del (the batch step and the sweep use each)."""
+    from baton.processors.replay_sweep import PartitionRuns
+    from baton.streams.partitioner import partition_for
+
+    runs = PartitionRuns(4)
+    keys = [f"r{n}".encode() for n in range(40)]
+    for key in keys:
+        runs[key] = object()  # type: ignore[assignment]
+        runs[key] = object()  # type: ignore[assignment]  # replaced: counted once
+    by_partition = [sum(partition_for(k, 4) == p for k in keys) for p in range(4)]
+    assert [len(runs) for runs.at in range(4)] == by_partition
+    del runs[keys[0]]
+    runs.pop(keys[1])
+    runs.pop(b"not-there", None)
+    for key in keys[:2]:
+        by_partition[partition_for(key, 4)] -= 1
+    assert [len(runs) for runs.at in range(4)] == by_partition
+
+
+def test_a_partition_that_alone_holds_max_runs_stops_a_new_run_as_its_worker_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """max_runs 3: three runs on partition 0, then a fourth there: any worker owning
+    partition 0 holds three runs and stops the fourth worker_run_limit; so does the replay."""
+    import functools
+
+    from baton.cli import replay_kafka
+    from baton.processors.batch import BatchProcessor
+    from baton.streams.partitioner import partition_for
+
+    monkeypatch.setattr(
+        replay_kafka, "BatchProcessor", functools.partial(BatchProcessor, max_runs=3)
+    )
+    names = [f"r{n}" for n in range(200) if partition_for(f"r{n}".encode(), 2) == 0][:4]
+    records = [
+        (
+            _ms(n),
+            REQUESTS,
+            InputRecord(
+                REQUESTS,
+                0,
+                n,
+                run.encode(),
+                handoff(f"{run}-h0", "t0", "p", "r", run_id=run).to_json(),
+            ),
+        )
+        for n, run in enumerate(names)
+    ]
+    rows = decide_topics(records, BASELINE, 2, APPROVALS, CONTROL).rows
+    assert [r.reason for r in rows] == ["ok", "ok", "ok", "worker_run_limit"]
