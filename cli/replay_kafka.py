@@ -115,6 +115,11 @@ _READ_LATE = (
     "stamp (a stamp ahead amid its partition moved the clock) with the other between: in which "
     "order the worker read them is unknown"
 )
+_SWEPT_LATE = (
+    f"a record of it is read more than {LATE_AFTER_S:g} s after its own stamp (a stamp ahead "
+    "amid its partition moved the clock) with the workers' sweep expiring, evicting or "
+    "forgetting the run between: on which side of it the worker decided the record is unknown"
+)
 _CUT_LATE = (
     f"a record of it stamped more than {LATE_AFTER_S:g} s before --to is read after it (a stamp "
     "ahead amid its partition moved the clock): its history in the range may lack it"
@@ -224,6 +229,10 @@ def decide_topics(
             undecidable.setdefault(run_id, _ANSWERED_EARLY)
         for run_id in late.event(at, own, out.decisions):
             undecidable.setdefault(run_id, _READ_LATE)
+        if own is not None:  # read late across the sweep's change of its run
+            named = {d.run_id for _, d in out.decisions} | ({event.run_id} if event else set())
+            for run_id in sweep.acted_after(own, named):
+                undecidable.setdefault(run_id, _SWEPT_LATE)
     rows.sort(key=lambda r: (r[0], r[1]))
     return DecidedTopics(_cut_at_the_range(rows, partial), policies, undecidable)
 

@@ -5,7 +5,8 @@ records before the range are kept by their place (not their bytes) run by run, u
 run is idle for the workers' run retention (evicted to a tombstone: partial if it goes on in
 the range) or for run and tombstone retention (forgotten: a new run from its next record).
 Idle is counted from the run's last record of any kind: one the worker read as no event of
-it (a dead letter under its key) keeps it begun before the range, never new too early.
+it (a dead letter under its key) keeps it begun before the range, never new too early; and
+up to a record's own stamp when that is earlier than its partition's clock.
 """
 
 from __future__ import annotations
@@ -79,14 +80,17 @@ class KeptRuns:
             for n in range(0, len(read), 2)
         ]
 
-    def keep(self, run: str, where: tuple[str, int], at: int, read: int, offset: int) -> list[str]:
+    def keep(
+        self, run: str, where: tuple[str, int], at: int, read: int, offset: int, own: int
+    ) -> list[str]:
         """Keep ``run``'s record at ``offset`` of partition ``where``, read at ``at`` (its
-        read time ``read``: ``at``, or its own stamp out of the clock's bound); the runs this
+        read time ``read``: ``at``, or its own stamp out of the clock's bound; ``own``: the
+        earlier of its clock and its own stamp, what forgetting is judged on); the runs this
         drops, idle on every partition that long (their records: :meth:`drop`)."""
         lane = self._lanes.setdefault(where, OrderedDict())
         gone = []
         last = self._last.get(run)
-        if last is not None and at - last > self.forget:  # forgotten: a new run from here
+        if last is not None and own - last > self.forget:  # forgotten: a new run from here
             self.records.pop(run, None)
             self.said.pop(run, None)
             self.closed.discard(run)
@@ -109,15 +113,18 @@ class KeptRuns:
                 gone.append(idle)
         return gone
 
-    def anew(self, run: str, at: int, before: dict[str, str | None]) -> bool:
+    def anew(self, run: str, at: int, before: dict[str, str | None], own: int) -> bool:
         """``run`` was dropped idle, and its record read at ``at`` comes so long after its
         last one that the worker had forgotten it: no longer begun before the range (taken
         from ``before``), its records from this one on kept as a new run's. False for a run
-        not dropped, and for one still dropped (begun before the range) at ``at``."""
+        not dropped, and for one still dropped (begun before the range) at ``at``. Judged on
+        ``own``, the earlier of ``at`` and the record's own stamp: a stamp ahead amid its
+        partition (a writer's) moves the clock of every record after it, and made runs
+        there look forgotten, replayed on a history cut short."""
         last = self.dropped.get(run)
         if last is None:
             return False
-        if at - last <= self.forget:
+        if own - last <= self.forget:
             self.dropped[run] = max(last, at)  # its records keep its tombstone
             return False
         del self.dropped[run]

@@ -239,18 +239,19 @@ def read_topics(
                 reached.add(where)
                 evict_idle()
             window = cut[where]
+            own = min(clock.at, ts) if stamped else clock.at
             if window is not None and clock.at < window:
                 begun(rec, early)
             elif (
                 early
                 and run_of(rec.key) in kept.dropped
-                and not kept.anew(run_of(rec.key), clock.at, before)
+                and not kept.anew(run_of(rec.key), clock.at, before, own)
             ):
                 begun(rec, True)
             elif early:  # read before the range: kept for the runs that go on in it (below)
                 note(run := run_of(rec.key), rec)
                 read = clock.at if stamped else ts
-                for idle in kept.keep(run, where, clock.at, read, msg.offset()):
+                for idle in kept.keep(run, where, clock.at, read, msg.offset(), own):
                     said(idle)
             if not early and (stop_ms is None or clock.at < stop_ms):
                 out.append((clock.at if stamped else ts, msg.topic(), rec))
@@ -270,14 +271,18 @@ def read_topics(
         # a run begun before the range, its every record read (not in a trimmed partition's
         # window): replayed from its first one, the range's records after them, unless it
         # was idle past the horizon before its first record in the range (evicted: partial)
-        resumed: dict[str, int] = {}  # run -> the read time of its first record in the range
+        resumed: dict[str, tuple[int, int]] = {}  # run -> its first read in the range, own
         for at, _, rec in out:
             run = run_of(rec.key)
-            resumed[run] = min(at, resumed.get(run, at))
+            own = min(at, (late or {}).get((rec.topic, rec.partition, rec.offset), at))
+            first, earliest = resumed.get(run, (at, own))
+            resumed[run] = (min(at, first), min(own, earliest))
         whole: list[tuple[str, Kept]] = []
-        for run, at in resumed.items():
+        for run, (at, own) in resumed.items():
             latest = kept.latest(run)
-            if kept.anew(run, at, before) or (latest is not None and at - latest > kept.forget):
+            if kept.anew(run, at, before, own) or (
+                latest is not None and own - latest > kept.forget
+            ):
                 kept.drop(run)  # forgotten by then: a new run from its first record here
             elif latest is not None and at - latest > kept.horizon:
                 said(run)

@@ -23,7 +23,7 @@ decides it on the tombstone (or the other way round).
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,13 +77,15 @@ class PartitionRuns(dict[bytes, RunState]):
 class ReplaySweep:
     """The sweep of one replay's batch step (``proc``), with the workers' retentions."""
 
-    __slots__ = ("_due", "_partitions", "_proc", "_second")
+    __slots__ = ("_acted", "_due", "_partitions", "_proc", "_second")
 
     def __init__(self, proc: BatchProcessor, retention_s: float, tombstone_s: float) -> None:
         self._proc = proc
         self._due = DueIndex(retention_s, tombstone_s, hold_idle_s=0.0)
         self._partitions = frozenset(range(proc.partitions))
         self._second = -sys.maxsize  # the last second swept
+        #: run id -> the last second the sweep changed it (expired, evicted, forgot)
+        self._acted: dict[str, int] = {}
 
     def changed(self, changed: Mapping[bytes, tuple[int, RunState | None]]) -> None:
         """The batch step changed these runs (``Outputs.changed``): index their due times."""
@@ -113,6 +115,13 @@ class ReplaySweep:
             self._sweep(second, kills, decisions, forgotten)
         return decisions, forgotten
 
+    def acted_after(self, own_ms: int, runs: Iterable[str]) -> list[str]:
+        """The ``runs`` the sweep changed after ``own_ms``: for a record read long after its
+        own stamp (a stamp ahead amid its partition moved the clock), whether the worker
+        decided it before or after the sweep changed its run is unknown."""
+        acted = self._acted
+        return [run for run in runs if acted.get(run, -sys.maxsize) * 1000 > own_ms]
+
     def _sweep(
         self, second: int, kills: KillSwitches, decisions: list[Decision], forgotten: list[str]
     ) -> None:
@@ -133,6 +142,8 @@ class ReplaySweep:
         # does not: dropped as they age, not kept a slot a touch for the whole replay
         due.idle_keys(float(second), sys.maxsize, _not_held)
         decisions += [d for _, d in out.decisions]
+        for key in out.changed:
+            self._acted[key.decode("utf-8", "replace")] = second
         gone = [key for key, (_, state) in out.changed.items() if state is None]
         forgotten += [key.decode("utf-8", "replace") for key in gone]
 

@@ -232,3 +232,37 @@ def test_a_partition_that_alone_holds_max_runs_stops_a_new_run_as_its_worker_wou
     ]
     rows = decide_topics(records, BASELINE, 2, APPROVALS, CONTROL).rows
     assert [r.reason for r in rows] == ["ok", "ok", "ok", "worker_run_limit"]
+
+
+def test_a_record_read_late_across_the_sweeps_eviction_of_its_run_is_undecidable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ra's handoffs at 100 and 105 s; a writer's record under another key on ra's partition
+    stamped 4100 s; ra's third handoff stamped 110 s, read after it at the partition's
+    clock, 4100 s. The sweep evicted ra at 3705 s, before that clock, and the replay
+    stopped the third run_expired under both policies: the stricter policy's stop (the
+    worker read it at ~110 s and allowed it) hidden, exit 0. It is undecidable: exit 7."""
+    held = [_h("ra", 0, 100), _h("ra", 1, 105)]
+    held.append((2, _ms(4100), handoff("rz-h0", "t0", "p", "r", run_id="rz")))
+    held.append((3, _ms(110), handoff("ra-h2", "t2", "p", "r", run_id="ra")))
+    held.append((4, _ms(4101), handoff("rb-h0", "t0", "p", "r", run_id="rb")))
+    _trimmed_topics(monkeypatch, {REQUESTS: held})
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, None, None)
+    assert "ra" in report.broken and "sweep" in report.partial["ra"], report.partial
+    assert _exit_code(report) == 7
+
+
+def test_a_stamp_ahead_amid_a_partition_makes_no_run_there_look_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ra's handoffs at 14000 and 14001 s (before --since 15000 s), a writer's record on its
+    partition stamped 34002 s (in the range by the clock), ra's third stamped 14003 s read
+    at 34002 s: 20,001 s after ra's last record by the clock, past both retentions (10,800
+    s). Judged on the clock, ra was forgotten and replayed from its third handoff alone (the
+    stricter policy's stop of it hidden); on its own stamp it is 2 s: not a new run."""
+    held = [_h("ra", 0, 14000), _h("ra", 1, 14001)]
+    held.append((2, _ms(34002), handoff("rz-h0", "t0", "p", "r", run_id="rz")))
+    held.append((3, _ms(14003), handoff("ra-h2", "t2", "p", "r", run_id="ra")))
+    _trimmed_topics(monkeypatch, {REQUESTS: held})
+    report, _ = replay_from_kafka(SETTINGS, STRICTER, BASELINE, at(15000), None)
+    assert "ra" in report.partial or "ra" in [r.run_id for r in report.changed_runs]
