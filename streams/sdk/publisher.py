@@ -126,11 +126,35 @@ class SignedPublisher(ClientBase):
                         return result  # type: ignore[no-any-return]
             self._confirm(what)
             error = t.last_delivery_error()
+            held = self._held(t.catalog.decisions, t.partition_of(run_id))
             raise BrokerUnavailable(
                 f"{what} was published to Kafka at {self.bootstrap}, but no worker answered "
-                f"it within {wait_s:g} s; is a worker running?"
+                f"it within {wait_s:g} s; "
+                + (held or "is a worker running?")
                 + (f" (last Kafka error: {error})" if error else "")
             )
         finally:
             for wait_key, waiter in zip(waits, waiters, strict=True):
                 t.waiters.unregister(wait_key, waiter)
+
+    def _held(self, topic: str, partition: int) -> str | None:
+        """Why no answer could be read on ``topic[partition]`` when a transaction a writer
+        left open holds it (read_committed readers stop there: a worker may well have
+        answered, unseen), else None. One short probe (streams.transactions), only once the
+        wait is over; a probe that fails says nothing."""
+        from baton.streams.transactions import held_partitions
+
+        try:
+            held, _ = held_partitions(
+                self.options.kafka_config, [(topic, partition)], hold_s=1.0, timeout_s=3.0
+            )
+        except Exception:
+            return None
+        if (topic, partition) not in held:
+            return None
+        stable, high = held[topic, partition]
+        return (
+            f"{topic}[{partition}] is held by a transaction left open at offset {stable} "
+            f"({high - stable} records behind it): no answer there can be read until it ends, "
+            "though a worker may have answered; `baton doctor` names it"
+        )

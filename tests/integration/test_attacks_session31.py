@@ -99,3 +99,39 @@ def test_a_changelog_held_by_a_transaction_left_open_is_never_restored_short(
         worker.stop()
         decisions.close()
         del attacker
+
+
+def test_a_command_unanswered_behind_a_transaction_left_open_says_so(
+    broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A transaction left open on the decisions partition of a run: `baton kill --run` of it
+    published the kill, the worker applied it, and the command waited out its timeout and
+    said "no worker answered ...; is a worker running?" (exit 4) with a worker running. It
+    now names the held partition and offset (session 31's known limit)."""
+    from baton.schemas.errors import BrokerUnavailable
+    from baton.streams.partitioner import partition_for
+    from baton.streams.sdk import OperatorClient
+    from tests.stack import open_transaction
+
+    catalog = fresh_topics(broker.bootstrap, topic_prefix, PARTITIONS)
+    worker = WorkerProcess(broker.bootstrap, topic_prefix, tmp_path, partitions=PARTITIONS)
+    attacker = None
+    try:
+        wait_deciding(broker.bootstrap, catalog, 90)
+        run = "held-run"
+        attacker = open_transaction(
+            broker.bootstrap, catalog.decisions, partition_for(run.encode(), PARTITIONS)
+        )
+        with (
+            OperatorClient(broker.bootstrap, topic_prefix=topic_prefix, timeout=8) as ops,
+            pytest.raises(BrokerUnavailable) as raised,
+        ):
+            ops.kill(run_id=run, operator="oncall", reason="runaway")
+        said = str(raised.value)
+        assert "held by a transaction left open" in said, said
+        assert f"{catalog.decisions}[{partition_for(run.encode(), PARTITIONS)}]" in said, said
+        assert worker.alive(), worker.log()
+    finally:
+        if attacker is not None:
+            attacker.abort_transaction(10)
+        worker.stop()
