@@ -65,6 +65,8 @@ class StackRecord(BaseModel):
     sink_metrics_url: str | None = Field(None, max_length=1024)
     logs: dict[str, Path] = Field(default_factory=dict)
     pids: dict[str, int] = Field(default_factory=dict)
+    #: bytes of memory past which `baton up` stops its embedded broker (None: not watched)
+    broker_memory_max: int | None = Field(None, ge=0, le=2**62)
 
     @field_validator("bootstrap")
     @classmethod

@@ -29,15 +29,14 @@ from baton.cli.supervisor import (
     ChildSpec,
     RestartPolicy,
     Supervisor,
-    describe_exit,
-    tail,
 )
 from baton.cli.up_children import audit_children, metrics_url_of, spawner, with_metrics_ports
+from baton.cli.up_memory import check_broker, machine_memory, memory_limit, watch_memory
 from baton.cli.up_ready import PROGRESS_EVERY_S, Readiness, announce_new_sql_token
 from baton.cli.up_restart import name_a_lost_policy, say_what_a_restart_keeps
 from baton.cli.worker_cmd import create_topics
 from baton.schemas import env_names
-from baton.schemas.errors import BatonError, BrokerUnavailable, ConfigError
+from baton.schemas.errors import BatonError, ConfigError
 from baton.schemas.settings import Settings
 
 __all__ = ["register", "up_cmd", "write_stack_record"]
@@ -103,6 +102,16 @@ _MAX_BACKOFF_S = 30.0
     f"up to {_MAX_BACKOFF_S:g} s",
 )
 @click.option(
+    "--broker-memory-max",
+    default="75%",
+    show_default=True,
+    envvar=env_names.BROKER_MEMORY_MAX,
+    help="the embedded broker keeps every record in memory (no retention): past this much "
+    "(a size such as 4G, a share of this machine's memory, or off) baton up stops "
+    "everything (exit 4) before the machine runs out; it says so at 25 % and 50 % of it, "
+    "with the rate it grows at",
+)
+@click.option(
     "--metrics-port",
     default="0",
     show_default=True,
@@ -128,6 +137,7 @@ def up_cmd(
     restart_window_s: float,
     restart_backoff_s: float,
     metrics_port: str,
+    broker_memory_max: str,
     **opts: Any,
 ) -> None:
     """Start everything on this machine: embedded Kafka broker, topics, one worker, the
@@ -171,6 +181,8 @@ def up_cmd(
     if not no_audit:
         _refuse_busy_sql_port(sql_port)
     _refuse_busy_metrics_port(settings.metrics_port_number)
+    machine = machine_memory()
+    memory_max = memory_limit(broker_memory_max, machine)
     refuse_shared_ports(port, None if no_audit else sql_port, settings.metrics_port_number)
     try:
         restart = RestartPolicy(
@@ -209,13 +221,16 @@ def up_cmd(
     try:
         say(f"starting the embedded Kafka broker (logs in {logs})")
         broker.start()
+        memory = watch_memory(broker, memory_max, machine, broker_memory_max, say)
         settings = build_settings(**{**opts, "bootstrap": broker.bootstrap})
         catalog = create_topics(settings)
         say_what_a_restart_keeps(data_dir, earlier, no_audit, settings, catalog, say)
         republished = None
         if not no_audit:
             republished = name_a_lost_policy(data_dir / "chdb", policy.version, say)
-        record = write_stack_record(data_dir, settings, broker, no_audit, logs)
+        record = write_stack_record(
+            data_dir, settings, broker, no_audit, logs, memory_max if memory else None
+        )
         say(
             f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, `trace`, "
             f"`alerts` ... run in {data_dir.parent} (or with --data-dir {data_dir}) use it"
@@ -262,7 +277,9 @@ def up_cmd(
         readiness.start()
         next_progress = time.monotonic() + PROGRESS_EVERY_S
         while not stopping:
-            _check_broker(broker)
+            check_broker(broker, memory)
+            if memory is not None:
+                memory.tick()
             supervisor.tick()
             if not announced and readiness.is_alive() and time.monotonic() >= next_progress:
                 say(readiness.progress())  # a start was silent for ~25 s
@@ -304,19 +321,6 @@ def up_cmd(
             mark_stopped(record)
     if interrupted:  # never ready: exit 130 (Ctrl-C before done), not 0 as a stop of a stack
         raise KeyboardInterrupt
-
-
-def _check_broker(broker: Any) -> None:
-    """The stack ends with its broker: its topics were in memory, nothing can resume."""
-    code = broker.returncode
-    if code is None:
-        return
-    output = tail(broker.log_path) if broker.log_path else ""
-    raise BrokerUnavailable(
-        f"the embedded Kafka broker on {broker.bootstrap} exited with {describe_exit(code)}; "
-        "its topics were in memory and are gone, so baton up stops everything. "
-        f"Its last output ({broker.log_path}):\n{output or '(none)'}"
-    )
 
 
 def _refuse_busy_sql_port(port: int | None) -> None:
@@ -365,7 +369,12 @@ def refuse_shared_ports(broker: int | None, sql: int | None, metrics: int | None
 
 
 def write_stack_record(
-    data_dir: Path, settings: Settings, broker: Any, no_audit: bool, logs: Path
+    data_dir: Path,
+    settings: Settings,
+    broker: Any,
+    no_audit: bool,
+    logs: Path,
+    broker_memory_max: int | None = None,
 ) -> StackRecord:
     """Record the starting stack in ``data_dir``/stack.json (client commands find it there)."""
     from datetime import UTC, datetime
@@ -387,6 +396,7 @@ def write_stack_record(
             **{name: logs / f"{name}.log" for name in names},
         },
         pids={"broker": broker.pid or 0},
+        broker_memory_max=broker_memory_max,
     )
     write_record(record)
     return record

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pydantic_settings import BaseSettings
 
 __all__ = [
+    "BROKER_MEMORY_MAX",
     "BUILD_AND_TESTS",
     "DATA_DIR",
     "METRICS_URL",
@@ -59,6 +60,7 @@ SQL_PORT: Final = "BATON_SQL_PORT"
 RESTART_LIMIT: Final = "BATON_RESTART_LIMIT"
 RESTART_WINDOW_S: Final = "BATON_RESTART_WINDOW_S"
 RESTART_BACKOFF_S: Final = "BATON_RESTART_BACKOFF_S"
+BROKER_MEMORY_MAX: Final = "BATON_BROKER_MEMORY_MAX"
 METRICS_URL: Final = "BATON_METRICS_URL"
 
 #: read by ``os.environ`` where they are used, not through Settings
@@ -67,7 +69,15 @@ READ_DIRECTLY: Final = frozenset({DATA_DIR, REPLAY_TIMELINE, WARNED})
 #: tests/unit/test_env_check.py walks the tree and finds each here); BATON_DATA_DIR and
 #: BATON_METRICS_PORT are also read elsewhere (stack_record, Settings)
 OPTION_VARIABLES: Final = frozenset(
-    {DATA_DIR, SQL_PORT, RESTART_LIMIT, RESTART_WINDOW_S, RESTART_BACKOFF_S, METRICS_URL}
+    {
+        DATA_DIR,
+        SQL_PORT,
+        RESTART_LIMIT,
+        RESTART_WINDOW_S,
+        RESTART_BACKOFF_S,
+        BROKER_MEMORY_MAX,
+        METRICS_URL,
+    }
 )
 #: read by the build (setup.py: compile the replay core with mypyc) and by the test suite
 #: (tests/): a shell that builds Baton or runs its tests may hold them when it runs `baton`
