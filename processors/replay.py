@@ -214,8 +214,22 @@ def replay_run(
                 and faithful(first, as_recorded[0])
             ):
                 continue
+        if shared and not _reproduced(recs, as_recorded):
+            # the proof did not reproduce the step (a refusal the worker made of a run it did
+            # not hold, forged or not): its decisions are no answer of the new policy's
+            # either, which decides the step itself from here, as a separate pass does (the
+            # shared pass counted the proof's silence as the new policy's change, "→ -")
+            shared, new.state = False, before
+            as_new = new.step(recs, event, context, new_policy)
         _compare(outcome, n, recs, as_recorded, as_new, event, stopped_now)
     return outcome
+
+
+def _reproduced(recs: list[Recorded], again: list[Decision]) -> bool:
+    """Every recorded decision of a step made again by the proof (``faithful``)."""
+    return len(again) == len(recs) and all(
+        faithful(rec, made) for rec, made in zip(recs, again, strict=False)
+    )
 
 
 def _compare(

@@ -349,6 +349,20 @@ def test_a_shared_replay_reports_what_separate_passes_report_for_random_policy_p
     _assert_same(shared, apart)
 
 
+@pytest.mark.parametrize("seed", [6479, 813946014])
+def test_a_step_the_proof_cannot_reproduce_is_no_change_of_the_new_policy(seed: int) -> None:
+    """Histories with worker_run_limit refusals the proof does not reproduce (a refusal of a
+    run the replay holds): the shared pass took the proof's silence for the new policy's
+    answer and reported each as a change, "stop:worker_run_limit → -", where separate passes
+    report none (seeds found by the property test above, 1 in ~1,500; since 09d9be1)."""
+    rows, new, policies = _case(seed)
+    shared = replay_runs(runs_of(rows), new, policies, KEY)
+    with _separately():
+        apart = replay_runs(runs_of(rows), new, policies, KEY)
+    _assert_same(shared, apart)
+    assert any(r.unfaithful for r in shared.runs)  # the case is still one the proof fails
+
+
 def test_every_limit_at_its_boundary_reports_what_separate_passes_report() -> None:
     """Each numeric limit of a tenant's rules set to the recorded value, ±1, 0, none and 2**53
     (in `multi_agent` and in a tenant's override), over the same histories."""
