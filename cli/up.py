@@ -31,7 +31,7 @@ from baton.cli.supervisor import (
     Supervisor,
 )
 from baton.cli.up_children import audit_children, metrics_url_of, spawner, with_metrics_ports
-from baton.cli.up_memory import check_broker, machine_memory, memory_limit, watch_memory
+from baton.cli.up_memory import MemoryMax, check_broker, machine_memory, memory_limit, watch_memory
 from baton.cli.up_ready import PROGRESS_EVERY_S, Readiness, announce_new_sql_token
 from baton.cli.up_restart import name_a_lost_policy, say_what_a_restart_keeps
 from baton.cli.worker_cmd import create_topics
@@ -103,6 +103,7 @@ _MAX_BACKOFF_S = 30.0
 )
 @click.option(
     "--broker-memory-max",
+    type=MemoryMax(),
     default="75%",
     show_default=True,
     envvar=env_names.BROKER_MEMORY_MAX,

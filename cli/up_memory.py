@@ -30,11 +30,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
+
 from baton.cli.supervisor import describe_exit, tail
 from baton.schemas.errors import BrokerUnavailable, ConfigError
 
 __all__ = [
     "BrokerMemory",
+    "MemoryMax",
     "broker_memory_checks",
     "check_broker",
     "machine_memory",
@@ -105,10 +108,26 @@ def memory_limit(text: str, machine: int | None) -> int | None:
     size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
     if size < 64 << 20:
         raise ConfigError(
-            f"--broker-memory-max {text!r}: below 64M the broker cannot even start; "
-            "give more, or off"
+            f"--broker-memory-max {text!r}: below 64M (the broker starts near 20M and grows "
+            "with every record); give more, or off"
         )
+    if size > 1 << 60:
+        raise ConfigError(f"--broker-memory-max {text!r}: more than any machine holds; or off")
     return size
+
+
+class MemoryMax(click.ParamType):
+    """``--broker-memory-max`` checked as click checks any option (exit 2, the variable named
+    when the value came from it); the command reads it with ``memory_limit``."""
+
+    name = "SIZE|PCT|off"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            memory_limit(str(value), machine_memory())
+        except ConfigError as exc:
+            self.fail(str(exc).split(": ", 1)[1], param, ctx)
+        return str(value)
 
 
 def resident_bytes(pid: int, proc: Path = Path("/proc")) -> int | None:

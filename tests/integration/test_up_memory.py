@@ -84,5 +84,5 @@ def test_a_limit_that_is_not_a_size_is_refused_before_anything_starts(tmp_path: 
         timeout=60,
     )
     assert done.returncode == 2, done.stderr
-    assert "--broker-memory-max 'lots': not a size" in done.stderr
+    assert "Invalid value for '--broker-memory-max': not a size" in done.stderr
     assert not (tmp_path / "up" / "stack.json").exists()

@@ -56,6 +56,7 @@ def test_the_limit_is_a_size_a_share_of_the_machine_or_off(text: str, expected: 
         ("-4G", "not a size"),
         ("1e9", "not a size"),
         ("10M", "below 64M"),
+        ("99999999999999999999T", "more than any machine"),
     ],
 )
 def test_a_limit_that_is_none_of_them_is_refused_naming_the_option(text: str, why: str) -> None:
