@@ -31,6 +31,7 @@ import faust
 from baton.processors import faust_adapter, fetch_bound
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.batch_stats import BatchStats
+from baton.processors.capacity import capacity_of
 from baton.processors.control import ControlFollower
 from baton.processors.exits import EXIT_DELIVERY_FAILED, changelog_ends, exit_without_commit
 from baton.processors.faust_adapter import RunStore, WorkerRuntime
@@ -97,7 +98,7 @@ class GovernanceWorker:
             transactional_id=self._transactional_id() if self.exactly_once else None,
         )
         #: counted always (one call per batch); served on /metrics by the CLI when asked
-        self.metrics = WorkerMetrics(self.worker_id)
+        self.metrics = WorkerMetrics(self.worker_id, capacity_of(settings, self.worker_id))
         self.control = ControlFollower(
             settings.kafka_config(),
             self.catalog.control,

@@ -23,7 +23,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -34,6 +34,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 __all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "LATENCY_CAP_S", "WorkerMetrics"]
+
+if TYPE_CHECKING:
+    from baton.processors.capacity import Capacity
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,10 @@ class _Histogram:
 class WorkerMetrics(Collector):
     """What one governance worker did: events, decisions, dead letters, batches, lag, state."""
 
-    def __init__(self, worker_id: str) -> None:
+    def __init__(self, worker_id: str, capacity: Capacity | None = None) -> None:
         self.worker_id = worker_id
+        #: the worker's caps: logged as they fill (``processors/capacity.py``), served
+        self.capacity = capacity
         self._lock = threading.Lock()
         self._events: dict[str, int] = {}
         self._decisions: dict[tuple[str, str], int] = {}
@@ -167,6 +172,11 @@ class WorkerMetrics(Collector):
             self._lag = dict(lag)
             self._runs, self._state_bytes, self._policy = runs, state_bytes, policy
             self._redelivered = redelivered
+        if self.capacity is not None:
+            try:
+                self.capacity.check(runs, state_bytes, time.monotonic())
+            except Exception:  # a report: never the end of a worker
+                log.exception("checking the worker's capacity failed")
 
     # ------------------------------------------------------------------ scrape
     def collect(self) -> Iterator[Metric]:
@@ -241,6 +251,18 @@ class WorkerMetrics(Collector):
             "encoded bytes of the runs this worker holds",
             value=self._state_bytes,
         )
+        if self.capacity is not None:
+            yield GaugeMetricFamily(
+                "baton_max_runs",
+                "runs and tombstones this worker may hold (BATON_MAX_RUNS); past it new runs "
+                "are stopped worker_run_limit",
+                value=self.capacity.max_runs,
+            )
+            yield GaugeMetricFamily(
+                "baton_max_state_bytes",
+                "encoded run state this worker may hold (BATON_MAX_STATE_BYTES)",
+                value=self.capacity.max_state_bytes,
+            )
         info = GaugeMetricFamily(
             "baton_worker_info", "this worker and the policy in force", labels=["worker", "policy"]
         )
