@@ -243,8 +243,7 @@ class BatchProcessor:
                 Reason.WORKER_RUN_LIMIT,
                 f"this worker holds {len(self.states)} runs of {self.state_bytes} bytes "
                 f"(max_runs {self.max_runs}, max_state_bytes {self.max_state_bytes}); new "
-                f"runs are stopped until runs are forgotten (a tombstone counts until "
-                f"BATON_TOMBSTONE_RETENTION_S after its run's last event) or workers are added",
+                f"runs are stopped until tombstones are forgotten (BATON_TOMBSTONE_RETENTION_S)",
                 kills,
                 origin,
             )

@@ -10,7 +10,7 @@ from typing import Any
 
 from faust.tables import TableManager
 
-from baton.processors import faust_adapter, faust_fetch_codec
+from baton.processors import faust_adapter, faust_fetch_codec, faust_restore
 from baton.processors.credentials import faust_credentials
 from baton.processors.faust_adapter import GovernedApp, WorkerRuntime
 from baton.schemas.settings import Settings
@@ -33,13 +33,16 @@ class _PromptTableManager(TableManager):  # type: ignore[misc]
 def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
     """A Faust app on the ``baton-kafka://`` transport, carrying ``runtime``."""
     faust_adapter.register()
+    faust_restore.register()
     faust_fetch_codec.install()  # the consumer thread's fetches, written and read with struct
     servers = ";".join(f"{faust_adapter.SCHEME}://{h.strip()}" for h in s.bootstrap.split(","))
-    return GovernedApp(
+    app = GovernedApp(
         runtime,
         s.app_id,
         broker=servers,
-        store="memory://",
+        # memory, its newly assigned changelog partitions read by librdkafka before Faust's
+        # recovery (processors/faust_restore.py); BATON_FAST_RESTORE=0: Faust's alone
+        store=f"{faust_restore.SCHEME}://" if s.fast_restore else "memory://",
         autodiscover=False,
         datadir=str(s.worker_data_dir),
         web_port=s.web_port,
@@ -63,6 +66,8 @@ def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
         broker_max_poll_records=s.batch_size,
         TableManager=_PromptTableManager,
     )
+    app.restore_config = s.kafka_config() if s.fast_restore else None
+    return app
 
 
 def source_topic(app: GovernedApp, catalog: TopicCatalog, partitions: int) -> Any:

@@ -18,7 +18,7 @@ import aiokafka.consumer.subscription_state as aiokafka_subscription
 import faust
 import pytest
 from faust.stores import memory
-from faust.tables import manager, recovery
+from faust.tables import base, manager, recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import threads
 
@@ -82,6 +82,21 @@ PINNED: list[tuple[str, Any, str, str, str]] = [
     ("memory.Store.on_recovery_completed", memory.Store.on_recovery_completed,
      "Store.on_recovery_completed", "a00bef343e139602",
      "RunStore (revoked partitions' keys dropped by _key_partition)"),
+    # processors/faust_restore.py: the store answers persisted_offset after reading the
+    # changelog in the tables' on_rebalance, which the manager awaits before recovery's
+    ("Recovery._add", recovery.Recovery._add, "Recovery._add", "1584a197b11bf835",
+     "faust_restore: a persisted offset is where recovery starts (last applied)"),
+    ("Recovery._seek_offsets", recovery.Recovery._seek_offsets, "Recovery._seek_offsets",
+     "19598ca63d94d250", "faust_restore: seeks to the last applied offset, skips it"),
+    ("Recovery._build_offsets", recovery.Recovery._build_offsets, "Recovery._build_offsets",
+     "27eec86be06cb51f", "faust_restore: max(persisted, earliest - 1)"),
+    ("TableManager.on_rebalance", manager.TableManager.on_rebalance,
+     "TableManager.on_rebalance", "2d2c23a07bf54328",
+     "faust_restore: the tables' on_rebalance before recovery's"),
+    ("Collection.on_rebalance", base.Collection.on_rebalance, "Collection.on_rebalance",
+     "0812ad692171a8fd", "faust_restore: the table hands on_rebalance to its store"),
+    ("memory.Store.persisted_offset", memory.Store.persisted_offset,
+     "Store.persisted_offset", "fbba5c6544979388", "faust_restore.RestoringStore overrides it"),
     ("Recovery._set_recovery_started", recovery.Recovery._set_recovery_started,
      "Recovery._set_recovery_started", "bcfebf81ae13fc75", "in_recovery()"),
     ("Recovery._set_recovery_ended", recovery.Recovery._set_recovery_ended,
