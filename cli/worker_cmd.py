@@ -46,6 +46,7 @@ def create_topics(settings: Settings) -> Any:
     "run_retention_s",
     "tombstone_retention_s",
     "hold_idle_s",
+    "fast_restore",
     "spill_replies",
     "spill_max_bytes",
     "run_state_max_bytes",
