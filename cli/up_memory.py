@@ -33,6 +33,7 @@ from typing import Any
 import click
 
 from baton.cli.supervisor import describe_exit, tail
+from baton.processors.capacity import duration_text
 from baton.schemas.errors import BrokerUnavailable, ConfigError
 
 __all__ = [
@@ -151,14 +152,6 @@ def size_text(size: float) -> str:
     return f"{size / 1024:.0f} KB"
 
 
-def _duration_text(seconds: float) -> str:
-    if seconds >= 2 * 86400:
-        return f"{seconds / 86400:.0f} days"
-    if seconds >= 2 * 3600:
-        return f"{seconds / 3600:.0f} h"
-    return f"{max(1, round(seconds / 60))} min"
-
-
 class BrokerMemory:
     """The broker's memory against ``limit``: ``tick`` samples it (at most every
     ``SAMPLE_EVERY_S``), ``say``s a line at each share of ``WARN_AT`` passed, and raises
@@ -232,7 +225,7 @@ class BrokerMemory:
         per_s = (held - first) / (now - first_at)
         left = (self.limit - held) / per_s
         return (
-            f", growing {size_text(per_s * 60)} a minute (the limit in ~{_duration_text(left)} "
+            f", growing {size_text(per_s * 60)} a minute (the limit in ~{duration_text(left)} "
             "at this rate)"
         )
 

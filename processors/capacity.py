@@ -23,7 +23,7 @@ import logging
 from collections import deque
 from typing import Any
 
-__all__ = ["WARN_AT", "Capacity", "capacity_of", "sustained_runs_per_day"]
+__all__ = ["WARN_AT", "Capacity", "capacity_of", "duration_text", "sustained_runs_per_day"]
 
 log = logging.getLogger("baton.processors.app")
 
@@ -41,7 +41,8 @@ def sustained_runs_per_day(max_runs: int, run_retention_s: float, tombstone_s: f
     return max_runs * 86400.0 / (run_retention_s + tombstone_s)
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``5 min``, ``3 h``, ``12 days``: a time left, as a log line says it."""
     if seconds >= 2 * 86400:
         return f"{seconds / 86400:.0f} days"
     if seconds >= 2 * 3600:
@@ -115,13 +116,14 @@ class Capacity:
         if now - first_at < 10 or share <= first:
             return ""
         per_s = (share - first) / (now - first_at)
-        return f", growing (the cap in ~{_duration((1.0 - share) / per_s)} at this rate)"
+        return f", growing (the cap in ~{duration_text((1.0 - share) / per_s)} at this rate)"
 
     def _advice(self) -> str:
         per_day = sustained_runs_per_day(self.max_runs, self.run_retention_s, self.tombstone_s)
+        held_for = duration_text(self.run_retention_s + self.tombstone_s)
         return (
             f"A run counts until its tombstone is forgotten, BATON_RUN_RETENTION_S + "
-            f"BATON_TOMBSTONE_RETENTION_S ({_duration(self.run_retention_s + self.tombstone_s)})"
+            f"BATON_TOMBSTONE_RETENTION_S ({held_for})"
             f" after its last event, so this worker takes ~{per_day:,.0f} new runs a day for "
             "good: raise BATON_MAX_RUNS (and BATON_MAX_STATE_BYTES, with the memory), lower "
             "BATON_TOMBSTONE_RETENTION_S, or add workers (and partitions)"
