@@ -119,7 +119,9 @@ def one_round(broker: EmbeddedBroker, workdir: Path, runs: int, fast: str, n: in
     prefix = f"rb{n}{fast}x."
     catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     env = {"BATON_FAST_RESTORE": fast}
-    first = WorkerProcess(broker.bootstrap, prefix, workdir, partitions=PARTITIONS, name=f"a{n}")
+    first = WorkerProcess(
+        broker.bootstrap, prefix, workdir, partitions=PARTITIONS, name=f"a{n}{fast}"
+    )
     try:
         wait_deciding(broker.bootstrap, catalog)
         events = _produce(broker.bootstrap, catalog, runs, f"{n}{fast}")
@@ -130,7 +132,12 @@ def one_round(broker: EmbeddedBroker, workdir: Path, runs: int, fast: str, n: in
         first.kill9()
         killed = time.monotonic()
         second = WorkerProcess(
-            broker.bootstrap, prefix, workdir, partitions=PARTITIONS, name=f"b{n}", extra_env=env
+            broker.bootstrap,
+            prefix,
+            workdir,
+            partitions=PARTITIONS,
+            name=f"b{n}{fast}",
+            extra_env=env,
         )
         try:
             wait_deciding(broker.bootstrap, catalog, timeout=1800)
