@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from baton.schemas.events import ApprovalDenied, ApprovalGranted
 from baton.streams.embedded import EmbeddedBroker
 from bench.engine_bench import build_workload
-from tests.stack import WorkerProcess, fresh_topics, wait_deciding
+from tests.stack import WorkerProcess, fresh_topics, wait_committed, wait_deciding
 
 PARTITIONS = 4
 
@@ -53,25 +53,6 @@ def _produce(bootstrap: str, catalog: object, runs: int, tag: str) -> int:
         sent += 1
     producer.flush(120)
     return sent
-
-
-def _committed_all(bootstrap: str, group: str, topic: str, timeout: float) -> None:
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            committed = reader.committed(parts, timeout=10)
-            behind = sum(
-                reader.get_watermark_offsets(tp, timeout=10)[1] - max(tp.offset, 0)
-                for tp in committed
-            )
-            if behind <= 0:  # Tansu's high watermark can read short of the end
-                return
-            time.sleep(2)
-    finally:
-        reader.close()
-    raise SystemExit(f"the worker did not commit {topic} within {timeout:.0f} s")
 
 
 def _plain_read(bootstrap: str, topic: str) -> tuple[int, float]:
@@ -126,7 +107,7 @@ def one_round(broker: EmbeddedBroker, workdir: Path, runs: int, fast: str, n: in
         wait_deciding(broker.bootstrap, catalog)
         events = _produce(broker.bootstrap, catalog, runs, f"{n}{fast}")
         group = f"baton-{prefix.rstrip('.')}"
-        _committed_all(broker.bootstrap, group, catalog.requests, 900)
+        wait_committed(broker.bootstrap, group, catalog.requests, PARTITIONS, 900)
         changelog = f"{group}-runs-changelog"
         records, plain_s = _plain_read(broker.bootstrap, changelog)
         first.kill9()

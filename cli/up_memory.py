@@ -25,7 +25,6 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import click
 
 from baton.cli.supervisor import describe_exit, tail
-from baton.processors.capacity import duration_text
+from baton.processors.capacity import Trend, duration_text
 from baton.schemas.errors import BrokerUnavailable, ConfigError
 
 __all__ = [
@@ -54,6 +53,8 @@ SAMPLE_EVERY_S = 5.0
 WARN_AT = (0.25, 0.5)
 #: the growth rate is measured over at most this long
 _RATE_WINDOW_S = 300.0
+#: what --broker-memory-max takes for "not watched"
+_OFF = ("off", "none", "0")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
 
@@ -86,7 +87,7 @@ def memory_limit(text: str, machine: int | None) -> int | None:
     (``4G``, ``512M``, ``2.5GiB``, bytes without a unit); None: not watched (off, or a share
     of a memory that cannot be read). A value that is none of these raises ConfigError."""
     value = text.strip()
-    if value.lower() in ("off", "none", "0"):
+    if value.lower() in _OFF:
         return None
     if value.endswith("%"):
         try:
@@ -174,7 +175,7 @@ class BrokerMemory:
         self._rss = rss
         self._clock = clock
         self._next = clock()
-        self._samples: deque[tuple[float, int]] = deque()
+        self._trend = Trend(_RATE_WINDOW_S, 2 * SAMPLE_EVERY_S)
         self._warned = 0  # how many of WARN_AT were said
         self.last: int | None = None
 
@@ -187,9 +188,7 @@ class BrokerMemory:
         if held is None:  # gone (the stack notices) or unreadable for a moment
             return
         self.last = held
-        self._samples.append((now, held))
-        while self._samples and now - self._samples[0][0] > _RATE_WINDOW_S:
-            self._samples.popleft()
+        self._trend.add(now, held)
         if held > self.limit:
             raise BrokerUnavailable(
                 f"the embedded Kafka broker holds {size_text(held)} in memory"
@@ -219,10 +218,9 @@ class BrokerMemory:
         return f" ({held / self.machine:.0%} of this machine's {size_text(self.machine)})"
 
     def _growth(self, now: float, held: int) -> str:
-        first_at, first = self._samples[0]
-        if now - first_at < 2 * SAMPLE_EVERY_S or held <= first:
+        per_s = self._trend.per_s(now, held)
+        if per_s is None:
             return ""
-        per_s = (held - first) / (now - first_at)
         left = (self.limit - held) / per_s
         return (
             f", growing {size_text(per_s * 60)} a minute (the limit in ~{duration_text(left)} "
@@ -236,7 +234,7 @@ def watch_memory(
     """The started broker's watch, or None (said, unless asked off)."""
     pid = getattr(broker, "pid", None)
     if limit is None:
-        if asked.strip().lower() not in ("off", "none", "0"):
+        if asked.strip().lower() not in _OFF:
             say(
                 "this machine's memory cannot be read: the broker's memory is not watched "
                 f"({asked})"

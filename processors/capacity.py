@@ -23,7 +23,14 @@ import logging
 from collections import deque
 from typing import Any
 
-__all__ = ["WARN_AT", "Capacity", "capacity_of", "duration_text", "sustained_runs_per_day"]
+__all__ = [
+    "WARN_AT",
+    "Capacity",
+    "Trend",
+    "capacity_of",
+    "duration_text",
+    "sustained_runs_per_day",
+]
 
 log = logging.getLogger("baton.processors.app")
 
@@ -50,6 +57,29 @@ def duration_text(seconds: float) -> str:
     return f"{max(1, round(seconds / 60))} min"
 
 
+class Trend:
+    """A reading's values over the last ``window_s`` seconds, and how fast it grows (the
+    worker's caps here, ``baton up``'s broker memory in cli/up_memory.py)."""
+
+    def __init__(self, window_s: float, min_span_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self.min_span_s = min_span_s
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def add(self, now: float, value: float) -> None:
+        self._samples.append((now, value))
+        while now - self._samples[0][0] > self.window_s:
+            self._samples.popleft()
+
+    def per_s(self, now: float, value: float) -> float | None:
+        """Growth a second since the window's first reading; None over less than
+        ``min_span_s`` or when it did not grow."""
+        first_at, first = self._samples[0]
+        if now - first_at < self.min_span_s or value <= first:
+            return None
+        return (value - first) / (now - first_at)
+
+
 class Capacity:
     """The fuller of a worker's two caps, checked every second (``check``)."""
 
@@ -68,7 +98,7 @@ class Capacity:
         self.tombstone_s = tombstone_s
         self._warned = 0  # how many of WARN_AT were said since the share was last low
         self._full = False
-        self._samples: deque[tuple[float, float]] = deque()
+        self._trend = Trend(_RATE_WINDOW_S)
 
     def share(self, runs: int, state_bytes: int) -> float:
         return max(runs / self.max_runs, state_bytes / self.max_state_bytes)
@@ -76,9 +106,7 @@ class Capacity:
     def check(self, runs: int, state_bytes: int, now: float) -> str | None:
         """Log what passing a share means; the line logged (for tests), or None."""
         share = self.share(runs, state_bytes)
-        self._samples.append((now, share))
-        while now - self._samples[0][0] > _RATE_WINDOW_S:
-            self._samples.popleft()
+        self._trend.add(now, share)
         if share < _REARM_BELOW:
             self._warned, self._full = 0, False
             return None
@@ -112,10 +140,9 @@ class Capacity:
         )
 
     def _growth(self, now: float, share: float) -> str:
-        first_at, first = self._samples[0]
-        if now - first_at < 10 or share <= first:
+        per_s = self._trend.per_s(now, share)
+        if per_s is None:
             return ""
-        per_s = (share - first) / (now - first_at)
         return f", growing (the cap in ~{duration_text((1.0 - share) / per_s)} at this rate)"
 
     def _advice(self) -> str:

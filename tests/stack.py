@@ -52,6 +52,27 @@ def wait_deciding(bootstrap: str, catalog: TopicCatalog, timeout: float = 60.0) 
     )
 
 
+def wait_committed(
+    bootstrap: str, group: str, topic: str, partitions: int, timeout: float = 30.0
+) -> None:
+    """Until ``group`` has committed every record of ``topic`` (a test or bench that kills a
+    worker and must not see its records read again)."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    parts = [TopicPartition(topic, p) for p in range(partitions)]
+
+    def behind() -> int:
+        committed = reader.committed(parts, timeout=10)
+        return sum(
+            reader.get_watermark_offsets(tp, timeout=10)[1] - max(tp.offset, 0) for tp in committed
+        )
+
+    try:
+        # <= 0: Tansu's ListOffsets answers a batch's first offset + 1, short of the end
+        wait_for(lambda: behind() <= 0, timeout, message=lambda: f"{behind()} uncommitted")
+    finally:
+        reader.close()
+
+
 def open_transaction(bootstrap: str, topic: str, partition: int = -1) -> Producer:
     """A transactional producer that has sent one record to ``topic`` and never commits: Tansu
     never aborts it, so a read_committed reader of that partition gets nothing past it. Keep

@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.streams.embedded import EmbeddedBroker
 from tests.helpers import handoff, wait_for
 from tests.integration.conftest import TEST_POLICY, Stack, one_worker_stack
-from tests.stack import wait_deciding
+from tests.stack import wait_committed, wait_deciding
 
 pytestmark = pytest.mark.faults
 
@@ -31,20 +30,7 @@ def _restored(log: str) -> int | None:
 def _wait_committed(s: Stack) -> None:
     """Until the worker's group has committed every request it read."""
     group = f"baton-{s.prefix.rstrip('.')}"
-    reader = Consumer({"bootstrap.servers": s.bootstrap, "group.id": group})
-    parts = [TopicPartition(s.catalog.requests, p) for p in range(s.catalog.partitions)]
-
-    def behind() -> int:
-        committed = reader.committed(parts, timeout=10)
-        return sum(
-            reader.get_watermark_offsets(tp, timeout=10)[1] - max(tp.offset, 0) for tp in committed
-        )
-
-    try:
-        # <= 0: Tansu's ListOffsets answers a batch's first offset + 1, short of the end
-        wait_for(lambda: behind() <= 0, 30, message=lambda: f"{behind()} uncommitted")
-    finally:
-        reader.close()
+    wait_committed(s.bootstrap, group, s.catalog.requests, s.catalog.partitions)
 
 
 def _answer(s: Stack, run: str, request_id: str) -> Decision:
