@@ -33,6 +33,7 @@ from baton.cli.doctor_kafka import (
 from baton.cli.options import FiniteFloatRange, build_settings, setting_help, setting_options
 from baton.cli.signer import shown
 from baton.cli.stack_record import data_dir_option, stack_settings
+from baton.cli.up_audit import audit_kept_checks
 from baton.cli.up_memory import broker_memory_checks
 from baton.processors.compiled import compiled_modules
 from baton.schemas.errors import BatonError
@@ -150,6 +151,7 @@ def run_checks(
         )
     yield from _guarded("audit sink", lambda: sink_health_checks(data_dir, timeout))
     yield from _guarded("embedded broker memory", lambda: broker_memory_checks(data_dir))
+    yield from _guarded("audit of the stack", lambda: audit_kept_checks(data_dir))
     yield from _guarded("alert webhook", lambda: [webhook_check(settings, timeout)])
     yield _core_check()
 

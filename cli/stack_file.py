@@ -67,6 +67,9 @@ class StackRecord(BaseModel):
     pids: dict[str, int] = Field(default_factory=dict)
     #: bytes of memory past which `baton up` stops its embedded broker (None: not watched)
     broker_memory_max: int | None = Field(None, ge=0, le=2**62)
+    #: the id in DATA_DIR/chdb/baton-audit.id of the audit this stack wrote (cli/up_audit.py:
+    #: a later start without that audit refuses); None: none recorded (--no-audit, older Baton)
+    audit_id: str | None = Field(None, pattern="^[0-9a-f]{32}$")
 
     @field_validator("bootstrap")
     @classmethod

@@ -30,8 +30,10 @@ from baton.cli.supervisor import (
     RestartPolicy,
     Supervisor,
 )
+from baton.cli.up_audit import keep_audit_id, refuse_a_lost_audit
 from baton.cli.up_children import audit_children, metrics_url_of, spawner, with_metrics_ports
 from baton.cli.up_memory import MemoryMax, check_broker, machine_memory, memory_limit, watch_memory
+from baton.cli.up_ports import refuse_busy_ports
 from baton.cli.up_ready import PROGRESS_EVERY_S, Readiness, announce_new_sql_token
 from baton.cli.up_restart import name_a_lost_policy, say_what_a_restart_keeps
 from baton.cli.worker_cmd import create_topics
@@ -74,6 +76,14 @@ _MAX_BACKOFF_S = 30.0
     "written; query it after up stops)",
 )
 @click.option("--no-audit", is_flag=True, help="do not start the audit sink and the alerter")
+@click.option(
+    "--forget-audit",
+    is_flag=True,
+    help="start although the audit the earlier stack of this data dir wrote is not in "
+    "DATA_DIR/chdb (moved, deleted, another one): its runs' state, kill switches and "
+    "published policy are forgotten. Without it such a start refuses (exit 2). No variable: "
+    "a one-off choice",
+)
 @click.option(
     "--restart-limit",
     type=click.IntRange(1, 1000),
@@ -134,6 +144,7 @@ def up_cmd(
     data_dir: Path,
     sql_port: int | None,
     no_audit: bool,
+    forget_audit: bool,
     restart_limit: int,
     restart_window_s: float,
     restart_backoff_s: float,
@@ -175,16 +186,18 @@ def up_cmd(
 
     output = LogOutput(settings.log_format, "up")  # from here on, errors in this format too
     output.install()
+
+    def say(line: str) -> None:
+        output.say(f"baton up: {line}")
+
     # a bad setting or policy fails before anything is made: a mistyped --data-dir with a
     # mistyped --policy left an empty data dir holding a stack.lock behind
     policy = read_policy(settings.policy)
     earlier = refuse_running_stack(data_dir)
-    if not no_audit:
-        _refuse_busy_sql_port(sql_port)
-    _refuse_busy_metrics_port(settings.metrics_port_number)
+    refuse_a_lost_audit(data_dir, earlier, no_audit, forget_audit, say)
+    refuse_busy_ports(port, None if no_audit else sql_port, settings.metrics_port_number)
     machine = machine_memory()
     memory_max = memory_limit(broker_memory_max, machine)
-    refuse_shared_ports(port, None if no_audit else sql_port, settings.metrics_port_number)
     try:
         restart = RestartPolicy(
             backoff_s=restart_backoff_s,
@@ -212,9 +225,6 @@ def up_cmd(
         if interruptible:  # abort a broker start or topic creation that may take a while
             raise _Interrupted
 
-    def say(line: str) -> None:
-        output.say(f"baton up: {line}")
-
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _stop)  # a closed terminal: stopped as by SIGTERM, recorded
@@ -229,8 +239,9 @@ def up_cmd(
         republished = None
         if not no_audit:
             republished = name_a_lost_policy(data_dir / "chdb", policy.version, say)
+        audit_id = keep_audit_id(data_dir, earlier, no_audit)
         record = write_stack_record(
-            data_dir, settings, broker, no_audit, logs, memory_max if memory else None
+            data_dir, settings, broker, no_audit, logs, memory_max if memory else None, audit_id
         )
         say(
             f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, `trace`, "
@@ -324,51 +335,6 @@ def up_cmd(
         raise KeyboardInterrupt
 
 
-def _refuse_busy_sql_port(port: int | None) -> None:
-    """Fail at once when the SQL endpoint's port is taken, instead of after the sink's
-    restarts (a second `baton up`, or a ClickHouse server, on 8123 is the usual case)."""
-    import socket
-
-    if not port:  # off, or 0: any free port
-        return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the endpoint binds
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve SQL on 127.0.0.1:{port}: {exc.strerror or exc} "
-                "(another baton up, or a ClickHouse server?); pass --sql-port 0 (any free "
-                "port) or --sql-port off (env BATON_SQL_PORT)"
-            ) from None
-
-
-def _refuse_busy_metrics_port(port: int | None) -> None:
-    """The worker's /metrics port, checked as the SQL endpoint's: taken, the worker exited
-    on it at every restart and `baton up` gave up only after ~35 s of them."""
-    try:
-        _refuse_busy_sql_port(port)
-    except ConfigError:
-        raise ConfigError(
-            f"cannot serve the worker's /metrics on 127.0.0.1:{port}: the port is taken; pass "
-            "--metrics-port 0 (any free port) or --metrics-port off (env BATON_METRICS_PORT)"
-        ) from None
-
-
-def refuse_shared_ports(broker: int | None, sql: int | None, metrics: int | None) -> None:
-    """One port given to two of the stack's servers (0 or None: a free one, none): both
-    probes above pass, since nothing holds it yet; then the loser exited at every restart
-    and `baton up` gave up after ~40 s of them."""
-    given = [("--port", broker), ("--sql-port", sql), ("--metrics-port", metrics)]
-    for i, (first, a) in enumerate(given):
-        for second, b in given[i + 1 :]:
-            if a and a == b:
-                raise ConfigError(
-                    f"{first} and {second} are both {a}: the servers of one stack need a port "
-                    "each; give another, or 0 for a free one"
-                )
-
-
 def write_stack_record(
     data_dir: Path,
     settings: Settings,
@@ -376,6 +342,7 @@ def write_stack_record(
     no_audit: bool,
     logs: Path,
     broker_memory_max: int | None = None,
+    audit_id: str | None = None,
 ) -> StackRecord:
     """Record the starting stack in ``data_dir``/stack.json (client commands find it there)."""
     from datetime import UTC, datetime
@@ -398,6 +365,7 @@ def write_stack_record(
         },
         pids={"broker": broker.pid or 0},
         broker_memory_max=broker_memory_max,
+        audit_id=audit_id,
     )
     write_record(record)
     return record

@@ -250,3 +250,36 @@ def test_after_a_clean_stop_the_record_says_stopped_and_a_restart_warns(up: _Up)
         assert query.returncode == 5 and "serves no SQL (--sql-port off)" in query.stderr
     finally:
         assert again.stop() == 0
+
+
+def test_a_restart_whose_audit_was_moved_away_refuses_until_it_is_back_or_forgotten(
+    up: _Up,
+) -> None:
+    """H2, session 33: the audit moved away (a disk cleanup, a bad restore), `baton up`
+    started as a new stack: killed tenants allowed, the seed policy with no operators."""
+    up.stop()
+    data_dir = up.folder / ".baton"
+    before = up.record()
+    assert before["audit_id"] and (data_dir / "chdb" / "baton-audit.id").is_file()
+    (data_dir / "chdb").rename(data_dir / "chdb.lost")
+    try:
+        refused = _baton("up", "--sql-port", "off", cwd=up.folder, timeout=60)
+        assert refused.returncode == 2, refused.stderr
+        assert f"the audit of the earlier stack in {data_dir} is not there" in refused.stderr
+        assert "--forget-audit" in refused.stderr and "kill switches" in refused.stderr
+        assert up.record() == before  # nothing started, nothing recorded over it
+        doctor = _baton("doctor", "--format", "json", "--timeout", "2", cwd=up.folder)
+        lines = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}
+        assert lines["audit of the stack"]["status"] == "fail", lines
+        assert "refuses to start" in lines["audit of the stack"]["detail"]
+        # with --forget-audit it starts, says what is forgotten, and names a new audit
+        forgot = _Up(up.folder, "--sql-port", "off", "--forget-audit")
+        try:
+            forgot.ready_line()
+            assert any("WARNING: --forget-audit" in ln for ln in forgot.err), forgot.err
+            assert forgot.record()["audit_id"] not in (None, before["audit_id"])
+        finally:
+            assert forgot.stop() == 0
+    finally:
+        if (data_dir / "chdb.lost").exists():
+            (data_dir / "chdb.lost").rename(data_dir / "chdb.old")

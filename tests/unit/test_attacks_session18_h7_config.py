@@ -48,7 +48,7 @@ def test_baton_up_refuses_one_port_given_twice_before_starting_anything(
 
 def test_baton_up_with_no_audit_does_not_compare_the_sql_port(tmp_path: Path) -> None:
     """--no-audit serves no SQL: a --sql-port equal to another port is not refused for it."""
-    from baton.cli.up import refuse_shared_ports
+    from baton.cli.up_ports import refuse_shared_ports
 
     refuse_shared_ports(9092, None, 9092 + 1)
     refuse_shared_ports(0, 0, 0)  # 0: a free port each

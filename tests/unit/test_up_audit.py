@@ -1,0 +1,142 @@
+"""`baton up` refuses a start whose earlier stack's audit is gone (H2, session 33): the audit
+holds the runs' state, kill switches and published policy; without it a start failed open."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from baton.cli.stack_file import StackRecord, read_record, write_record
+from baton.cli.up_audit import (
+    AUDIT_ID_FILE,
+    audit_id,
+    audit_kept_checks,
+    keep_audit_id,
+    refuse_a_lost_audit,
+)
+from baton.schemas.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+ID = "0123456789abcdef0123456789abcdef"
+
+
+def _record(data_dir: Path, **changes: object) -> StackRecord:
+    fields: dict = {
+        "state": "stopped",
+        "pid": 2**31 - 1,
+        "started_at": datetime(2026, 12, 1, tzinfo=UTC),
+        "data_dir": data_dir,
+        "app_id": "baton",
+        "bootstrap": "127.0.0.1:9",
+        "partitions": 2,
+        "clickhouse_dsn": f"chdb://{data_dir / 'chdb'}",
+        "audit_id": ID,
+    }
+    return StackRecord(**(fields | changes))
+
+
+def _audit(data_dir: Path, ident: str | None = ID) -> None:
+    (data_dir / "chdb" / "metadata").mkdir(parents=True)
+    if ident is not None:
+        (data_dir / "chdb" / AUDIT_ID_FILE).write_text(ident + "\n")
+
+
+def _said() -> tuple[list[str], object]:
+    lines: list[str] = []
+    return lines, lines.append
+
+
+@pytest.mark.parametrize(
+    ("audit", "problem"),
+    [
+        (False, "chdb is missing"),
+        ("", "holds no baton-audit.id"),  # emptied, or another audit
+        ("f" * 32, "holds another audit (id " + "f" * 32),
+        ("not an id", "holds no baton-audit.id"),
+    ],
+)
+def test_a_start_without_the_earlier_audit_is_refused_naming_it(
+    tmp_path: Path, audit: str | bool, problem: str
+) -> None:
+    if audit is not False:
+        _audit(tmp_path, audit or None)
+    lines, say = _said()
+    with pytest.raises(ConfigError) as refused:
+        refuse_a_lost_audit(tmp_path, _record(tmp_path), False, False, say)
+    text = str(refused.value)
+    assert problem in text and "--forget-audit" in text and "kill switches" in text
+    assert "pid 2147483647" in text
+    # --forget-audit starts, saying what is forgotten; --no-audit restores nothing anyway
+    refuse_a_lost_audit(tmp_path, _record(tmp_path), False, True, say)
+    assert lines and lines[0].startswith("WARNING: --forget-audit: ") and problem in lines[0]
+    refuse_a_lost_audit(tmp_path, _record(tmp_path), True, False, say)
+
+
+def test_the_same_audit_a_first_start_and_no_audit_recorded_start(tmp_path: Path) -> None:
+    lines, say = _said()
+    refuse_a_lost_audit(tmp_path, None, False, False, say)  # a first start
+    refuse_a_lost_audit(
+        tmp_path, _record(tmp_path, clickhouse_dsn=None, audit_id=None), False, False, say
+    )
+    _audit(tmp_path)
+    refuse_a_lost_audit(tmp_path, _record(tmp_path), False, False, say)  # its own audit back
+    assert lines == []
+
+
+def test_a_record_of_a_baton_before_the_id_refuses_when_its_sink_ran_and_the_audit_is_gone(
+    tmp_path: Path,
+) -> None:
+    old = _record(tmp_path, audit_id=None)
+    refuse_a_lost_audit(tmp_path, old, False, False, print)  # its sink never ran: nothing lost
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "sink.log").write_text("")
+    with pytest.raises(ConfigError, match="missing or empty"):
+        refuse_a_lost_audit(tmp_path, old, False, False, print)
+    _audit(tmp_path, None)  # its audit, from before the id: taken, and named now
+    refuse_a_lost_audit(tmp_path, old, False, False, print)
+    new = keep_audit_id(tmp_path, old, False)
+    assert audit_id(tmp_path / "chdb") == new != ID
+
+
+def test_a_start_names_its_audit_once_and_keeps_the_id(tmp_path: Path) -> None:
+    first = keep_audit_id(tmp_path, None, False)
+    path = tmp_path / "chdb" / AUDIT_ID_FILE
+    assert len(first) == 32 and audit_id(tmp_path / "chdb") == first
+    assert path.stat().st_mode & 0o077 == 0
+    assert keep_audit_id(tmp_path, _record(tmp_path, audit_id=first), False) == first
+    # --no-audit keeps the earlier record's id for the next start to check, writes nothing
+    other = tmp_path / "other"
+    assert keep_audit_id(other, _record(other), True) == ID and not (other / "chdb").exists()
+
+
+def test_doctor_flags_a_data_dir_whose_audit_is_gone(tmp_path: Path) -> None:
+    write_record(_record(tmp_path))
+    (line,) = audit_kept_checks(tmp_path)
+    assert line.status.name == "FAIL" and "refuses to start" in line.detail
+    assert "--forget-audit" in line.hint
+    _audit(tmp_path)
+    (line,) = audit_kept_checks(tmp_path)
+    assert line.status.name == "OK"
+
+
+def test_baton_up_refuses_before_it_starts_anything(tmp_path: Path) -> None:
+    write_record(_record(tmp_path))
+    before = read_record(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "baton.cli", "up", "--data-dir", str(tmp_path), "--sql-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "is not there" in out.stderr and "--forget-audit" in out.stderr
+    assert "starting the embedded Kafka broker" not in out.stderr
+    assert read_record(tmp_path) == before and not (tmp_path / "logs").exists()
