@@ -56,6 +56,7 @@ def policy_check(file: Path) -> None:
     for seed_key, path, _ in seed_mapping(policy):
         click.echo(f"  {seed_key} -> multi_agent.{'.'.join(path)}")
     from baton.cli.policy_notes import policy_warnings, tenant_lines
+    from baton.cli.policy_security import signing_lines
 
     for line in tenant_lines(policy):
         click.echo(f"  {line}")
@@ -63,6 +64,8 @@ def policy_check(file: Path) -> None:
         click.echo("  require_lineage: on (a handoff names a parent task its giver owns)")
     if limits.shadow_mode:
         click.echo("  shadow_mode: on (decisions are recorded, never enforced)")
+    for line in signing_lines(policy):
+        click.echo(f"  {line}")
     for warning in policy_warnings(policy):
         click.echo(f"  warning: {warning}")
 
@@ -77,10 +80,23 @@ def policy_check(file: Path) -> None:
     show_default=True,
     help="seconds to wait for a worker's record of the update",
 )
-@setting_options("bootstrap", "topic_prefix", "partitions")
+@click.option(
+    "--allow-unsigned",
+    is_flag=True,
+    help="publish although FILE drops every operator, or a scope's approval.keys, of the "
+    "policy in force: from then on kill switches, releases and policy updates (or grants) "
+    "count unsigned. Without it such a publish is refused (exit 2)",
+)
+@setting_options("bootstrap", "topic_prefix", "partitions", "policy")
 @data_dir_option
 def policy_publish(
-    file: Path, signer: str, key_file: Path, timeout: float, data_dir: Path | None, **opts: Any
+    file: Path,
+    signer: str,
+    key_file: Path,
+    timeout: float,
+    allow_unsigned: bool,
+    data_dir: Path | None,
+    **opts: Any,
 ) -> None:
     """Publish FILE to every worker (hot reload) as operator NAME, signed with the private key
     in --key (with the SHA-256 of FILE's text); wait for a worker's policy_updated record and
@@ -111,6 +127,7 @@ def policy_publish(
     from baton.streams.sdk import OperatorClient
 
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    _say_security_changes(settings, policy, timeout, allow_unsigned)
     with OperatorClient(
         settings=settings, key=key, timeout=timeout, connect_timeout=settings.connect_timeout_s
     ) as operator:
@@ -122,6 +139,37 @@ def policy_publish(
             f"the worker refused this policy update ({record.reason}): {record.detail}; "
             "the workers keep their policy"
         )
+
+
+def _say_security_changes(
+    settings: Settings, policy: Policy, timeout: float, allow_unsigned: bool
+) -> None:
+    """Against the policy in force (read as `policy current` does): say what ``policy``
+    changes about signing and enforcement; refuse, before anything is sent, one that turns
+    signing off unless ``allow_unsigned``."""
+    from baton.cli.policy_security import security_changes, signing_dropped
+
+    source = str(settings.policy) if settings.policy else "the seed policy"
+    before, _ = policy_in_force(settings, read_policy(settings.policy), source, timeout, _quiet)
+    for line in security_changes(before, policy):
+        click.echo(f"baton: security change: {line}", err=True)
+    if not policy.operators:
+        click.echo(
+            "baton: warning: this policy lists no operators: once applied, kill switches, "
+            "releases and policy updates are taken unsigned from any writer of gov.control",
+            err=True,
+        )
+    dropped = signing_dropped(before, policy)
+    if dropped and not allow_unsigned:
+        raise ConfigError(
+            f"refused: this policy turns signing off against the policy in force (version "
+            f"{shown(before.version)}): {'; '.join(dropped)}. Nothing was published. Add the "
+            "block back, or pass --allow-unsigned if that is what you mean"
+        )
+
+
+def _quiet(_line: str) -> None:
+    """Lines of `policy current` not wanted here."""
 
 
 @policy_group.command("current")

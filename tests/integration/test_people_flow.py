@@ -462,9 +462,17 @@ def test_a_forged_policy_is_refused_and_a_signed_one_is_applied(people: People) 
     # the real one (the same rules with a new version) signed by oncall
     lax = people.workdir / "lax.yaml"
     lax.write_text("multi_agent:\n  shadow_mode: true\n")
-    forged = people.baton(
-        "policy", "publish", str(lax), "--as", "oncall", "--key", people.key("mallory")
-    )
+    workers = ("--policy", str(people.workdir / "policy.yaml"))
+    publish = ("policy", "publish", str(lax), "--as", "oncall", "--key", people.key("mallory"))
+    # it drops every operator of the policy in force: refused before anything is sent, the
+    # changes said (H2, session 33: one such publish switched signing off in silence)
+    refused = people.baton(*publish, *workers)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "turns signing off" in refused.stderr and "operators: " in refused.stderr
+    assert "security change: operators removed: oncall" in refused.stderr
+    assert "multi_agent shadow_mode: off -> on" in refused.stderr
+    assert "Nothing was published" in refused.stderr and not refused.stdout
+    forged = people.baton(*publish, *workers, "--allow-unsigned")
     assert forged.returncode == 6, forged.stdout + forged.stderr
     assert "control recorded bad_signature" in forged.stdout
     assert "refused this policy update (bad_signature)" in forged.stderr
