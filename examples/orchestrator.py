@@ -20,7 +20,11 @@ runs that exceed ``max_handoffs``, some that would bring in a fifth agent.
     python examples/orchestrator.py --bootstrap HOST:PORT --runs 50
 
 It obeys policy.example.yaml (the refunds' approver, finance_lead, is one of its
-``finance_*`` approvers) as well as the seed policy.
+``finance_*`` approvers) as well as the seed policy. Under a policy with ``approval.keys``
+the approver signs its grants: ``--approver-key finance_lead.key`` (``baton keys new
+finance_lead``). A grant the workers refuse (unsigned, unknown approver, a bad signature)
+ends the example at once, exit 2, naming the reason: the runs waiting for it would only
+have waited until their approvals expired.
 """
 
 from __future__ import annotations
@@ -70,9 +74,16 @@ class Stats:
 
 
 class Orchestrator:
-    def __init__(self, gov: AsyncGovernanceClient, approvals: asyncio.Queue[Decision]) -> None:
+    def __init__(
+        self,
+        gov: AsyncGovernanceClient,
+        approvals: asyncio.Queue[Decision],
+        approval_timeout: float,
+    ) -> None:
         self.gov = gov
         self.approvals = approvals
+        #: an approval not answered within it is a stop (the SDK's governance_unavailable)
+        self.approval_timeout = approval_timeout
         self.stats = Stats()
 
     # ------------------------------------------------------------------ one handoff
@@ -107,7 +118,7 @@ class Orchestrator:
         if decision.outcome == Outcome.APPROVAL_REQUIRED:
             self.stats.approvals += 1
             await self.approvals.put(decision)
-            decision = await self.gov.wait_for_approval(decision)
+            decision = await self.gov.wait_for_approval(decision, self.approval_timeout)
         self.stats.decisions[f"{decision.outcome}:{decision.reason}"] += 1
         if decision.outcome != Outcome.ALLOW:
             run.switch(decision)
@@ -175,14 +186,37 @@ class Orchestrator:
         self.stats.fallbacks[str(run.mode or "none")] += 1
 
 
-async def approver(client: ApproverClient, approvals: asyncio.Queue[Decision]) -> None:
-    """A finance lead who looks at each refund for a moment and grants it."""
+class GrantRefused(Exception):
+    """The workers did not count the approver's grant: nothing it waits for will be answered."""
+
+
+async def approver(
+    client: ApproverClient, approvals: asyncio.Queue[Decision], name: str, timeout: float
+) -> None:
+    """A finance lead who looks at each refund for a moment and grants it, and checks that the
+    workers counted the grant (one they refused leaves the run waiting until it expires)."""
     while True:
         pending = await approvals.get()
         await asyncio.sleep(0.05)
-        await asyncio.to_thread(
-            client.grant, pending, approver="finance_lead", comment="refund within policy"
+        record = await asyncio.to_thread(
+            client.grant,
+            pending,
+            approver=name,
+            comment="refund within policy",
+            wait=True,
+            timeout=timeout,
         )
+        if record is None or record.outcome != Outcome.ALLOW:
+            reason = f"{record.reason}: {record.detail}" if record else "no record"
+            hint = (
+                "; the policy lists approval.keys: pass --approver-key FILE (`baton keys new "
+                f"{name}`, its public line under multi_agent.approval.keys)"
+                if record is not None and record.reason == "approval_unsigned"
+                else ""
+            )
+            raise GrantRefused(
+                f"the workers did not count {name}'s grant of {pending.approval_id} ({reason}){hint}"
+            )
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -190,9 +224,14 @@ async def main_async(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     async with AsyncGovernanceClient(args.bootstrap, **options) as gov:
         approvals: asyncio.Queue[Decision] = asyncio.Queue()
-        orchestrator = Orchestrator(gov, approvals)
-        with ApproverClient(args.bootstrap, topic_prefix=args.topic_prefix) as finance:
-            approving = asyncio.create_task(approver(finance, approvals))
+        orchestrator = Orchestrator(gov, approvals, args.approval_timeout)
+        finance = ApproverClient(
+            args.bootstrap, topic_prefix=args.topic_prefix, key_file=args.approver_key
+        )
+        with finance:
+            approving = asyncio.create_task(
+                approver(finance, approvals, args.approver, args.timeout)
+            )
             prefix = uuid.uuid4().hex[:6]
             runs = [
                 Run(f"run_{prefix}_{i:04d}", random.Random(rng.random())) for i in range(args.runs)
@@ -204,8 +243,13 @@ async def main_async(args: argparse.Namespace) -> int:
                     await orchestrator.run(run)
 
             started = time.perf_counter()
-            await asyncio.gather(*(one(run) for run in runs))
+            running = asyncio.ensure_future(asyncio.gather(*(one(run) for run in runs)))
+            await asyncio.wait((running, approving), return_when=asyncio.FIRST_COMPLETED)
             took = time.perf_counter() - started
+            if approving.done():  # the approver failed: the runs it left waiting end too
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+                approving.result()  # raises GrantRefused
             approving.cancel()
     s = orchestrator.stats
     checks = len(s.latencies)
@@ -235,11 +279,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=200, help="runs in flight at once")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per check")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--approver", default="finance_lead", help="who grants the refunds [finance_lead]"
+    )
+    parser.add_argument(
+        "--approver-key",
+        default=None,
+        help="the approver's private key file, to sign grants (needed when the policy lists "
+        "multi_agent.approval.keys)",
+    )
+    parser.add_argument(
+        "--approval-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a handoff waits for its approval before it counts as a stop [60]",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print a few run logs")
     args = parser.parse_args(argv)
     try:
         return asyncio.run(main_async(args))
-    except BatonError as exc:
+    except (BatonError, GrantRefused) as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
         return 2
 

@@ -457,6 +457,28 @@ def test_a_kill_holds_against_forged_and_unsigned_releases(people: People) -> No
         assert handoff(3).outcome == Outcome.ALLOW
 
 
+def test_the_example_orchestrator_signs_its_grants_or_ends_naming_why(people: People) -> None:
+    """H2, session 33: under a policy with approval.keys the example's approver sent unsigned
+    grants, the workers recorded approval_unsigned, and the example waited without a word
+    until the approvals expired (15 minutes)."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "orchestrator.py"
+    args = [sys.executable, str(example), "--bootstrap", people.bootstrap]
+    args += ["--topic-prefix", people.prefix, "--runs", "30", "--seed", "3"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*args, *extra], capture_output=True, text=True, timeout=120)
+
+    unsigned = run()
+    assert unsigned.returncode == 2, unsigned.stdout + unsigned.stderr
+    assert "did not count finance_lead's grant" in unsigned.stderr
+    assert "approval_unsigned" in unsigned.stderr and "--approver-key" in unsigned.stderr
+    signed = run("--approver-key", people.key("finance_lead"))
+    assert signed.returncode == 0, signed.stdout + signed.stderr
+    granted = next(ln for ln in signed.stdout.splitlines() if ln.startswith("approvals granted"))
+    assert int(granted.split(":")[1].split(";")[0]) > 0, signed.stdout
+    assert "allow:approval_granted" in signed.stdout, signed.stdout
+
+
 def test_a_forged_policy_is_refused_and_a_signed_one_is_applied(people: People) -> None:
     # a policy that would turn enforcement off: signed with mallory's key, unsigned, then
     # the real one (the same rules with a new version) signed by oncall
