@@ -42,6 +42,7 @@ _MODULES = {
     "trace": "audit_cmds",
     "worker": "worker_cmd",
     "up": "up",
+    "down": "down_cmd",
     "kill": "kill_cmd",
     "demo": "demo_cmds",
     "keys": "keys_cmds",
@@ -60,7 +61,7 @@ _MODULES = {
 #: `baton --help` lists the commands in the order a newcomer meets them, not alphabetically
 #: (tests/unit/test_first_hour_session24.py: every command in exactly one section)
 _SECTIONS = (
-    ("Start here", ("demo", "up", "doctor")),
+    ("Start here", ("demo", "up", "down", "doctor")),
     ("Send events and watch decisions", ("send", "tail", "trace", "sql", "top")),
     ("People: approvals, kill switches, keys", ("approvals", "approve", "deny", "kill", "keys")),
     ("Policy and audit", ("policy", "replay", "audit", "alerts", "schema")),

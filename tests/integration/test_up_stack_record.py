@@ -278,6 +278,14 @@ def test_a_restart_whose_audit_was_moved_away_refuses_until_it_is_back_or_forgot
             forgot.ready_line()
             assert any("WARNING: --forget-audit" in ln for ln in forgot.err), forgot.err
             assert forgot.record()["audit_id"] not in (None, before["audit_id"])
+            # `baton down` stops it as Ctrl-C does (H2, session 33: there was no such command)
+            down = _baton("down", cwd=up.folder, timeout=90)
+            assert down.returncode == 0, down.stdout + down.stderr
+            assert f"stopping baton up pid {forgot.proc.pid}" in down.stdout
+            assert "baton down: stopped in " in down.stdout, down.stdout
+            assert forgot.proc.wait(10) == 0 and forgot.record()["state"] == "stopped"
+            again = _baton("down", cwd=up.folder)
+            assert again.returncode == 0 and "nothing to stop" in again.stdout
         finally:
             assert forgot.stop() == 0
     finally:
