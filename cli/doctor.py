@@ -25,11 +25,11 @@ from baton.cli.doctor_checks import (
 from baton.cli.doctor_held import held_check
 from baton.cli.doctor_kafka import (
     KafkaView,
-    audit_lag_check,
     changelog_topic,
     group_checks,
     topic_checks,
 )
+from baton.cli.doctor_lag import audit_lag_check
 from baton.cli.options import FiniteFloatRange, build_settings, setting_help, setting_options
 from baton.cli.signer import shown
 from baton.cli.stack_record import data_dir_option, stack_settings

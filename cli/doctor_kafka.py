@@ -7,9 +7,7 @@ ever listed all at once) or commit an offset. One exception: where the broker li
 consumer-group members (Tansu), the workers check sends a readiness probe (a
 ``run_finished`` of a ``__probe_`` run, tenant ``__baton__``) and waits for its decision.
 
-Not guaranteed: lag is what the committed offsets say (a decided event counts until the
-next commit), and Tansu's ListOffsets can be off by the records of one batch
-(``streams/kafka.py``).
+The lags are measured in ``doctor_lag``.
 """
 
 from __future__ import annotations
@@ -19,15 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from baton.cli.doctor_checks import Check, Status, fail, gist, ok
+from baton.cli.doctor_lag import lag_check
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
 from baton.streams.topics import TopicCatalog, TopicSpec
 
 log = logging.getLogger("baton.doctor")
 
+
 __all__ = [
     "KafkaView",
-    "audit_lag_check",
     "changelog_topic",
     "group_checks",
     "other_groups_check",
@@ -52,6 +51,9 @@ class KafkaView:
     partitions: dict[str, int]
     replicas: dict[str, int]
     configs: dict[str, dict[str, str]]
+    #: this doctor sent a readiness probe (Tansu): its event and decision count as lag 1
+    #: until the worker's and the sink's next commits
+    probed: bool = False
 
     @classmethod
     def read(cls, admin: Any, names: list[str], timeout: float) -> KafkaView:
@@ -169,7 +171,7 @@ def group_checks(
     other group reads the events."""
     return [
         _members_check(admin, settings, view, timeout),
-        _lag_check(admin, consumer, settings, view, max_lag, timeout),
+        lag_check(admin, consumer, settings, view, max_lag, timeout),
         other_groups_check(admin, settings, view, timeout),
     ]
 
@@ -299,127 +301,10 @@ def _probe_check(settings: Settings, view: KafkaView, name: str, timeout: float)
         )
     except BatonError as exc:
         return fail(name, f"no member listed, and {exc}", _WORKER_HINT.format(settings.app_id))
+    view.probed = True
     return ok(name, f"a worker answered a probe in {took * 1000:.0f} ms (no member list here)")
 
 
 _WORKER_HINT = (
     "start `baton worker` with BATON_APP_ID={} against this broker (its log says why one exited)"
 )
-
-
-def _lag_check(
-    admin: Any, consumer: Any, settings: Settings, view: KafkaView, max_lag: int, timeout: float
-) -> Check:
-    """Events on the input topics the workers' group has not committed past."""
-    catalog = TopicCatalog.from_settings(settings)
-    name = "lag"
-    behind = _behind(
-        admin,
-        consumer,
-        settings.app_id,
-        [catalog.requests, catalog.approvals],
-        view,
-        timeout,
-        settings.kafka_config(),
-    )
-    if isinstance(behind, str):
-        return fail(name, behind, "see the topic lines above, or `baton -v doctor`")
-    total, detail = _lag_detail(behind, "event(s) past the workers' committed offsets")
-    if total > max_lag:
-        return fail(
-            name,
-            detail + f", over --max-lag {max_lag}",
-            "the workers fall behind: add workers (up to the partition count) or look for a "
-            "stuck one in their logs; `baton doctor` again shows whether it shrinks",
-        )
-    return ok(name, detail if total else "0: the workers have committed every event")
-
-
-def audit_lag_check(
-    admin: Any, consumer: Any, settings: Settings, view: KafkaView, max_lag: int, timeout: float
-) -> Check:
-    """Decisions on gov.decisions the audit sink's group (``<app id>-audit``) has not
-    written yet; a group that never committed while decisions exist is a sink that never ran."""
-    catalog = TopicCatalog.from_settings(settings)
-    group, name = f"{settings.app_id}-audit", "audit lag"
-    behind = _behind(
-        admin, consumer, group, [catalog.decisions], view, timeout, settings.kafka_config()
-    )
-    if isinstance(behind, str):
-        return fail(name, behind, "see the topic lines above, or `baton -v doctor`")
-    total, detail = _lag_detail(behind, "decision(s) past the sink's committed offsets")
-    hint = (
-        f"is `baton sink` running with BATON_APP_ID={settings.app_id} (group {group})? its "
-        "log says why it stopped or what ClickHouse answers"
-    )
-    if total and all(committed < 0 for committed, _ in behind.values()):
-        return fail(name, f"group {group} never committed: {detail}", hint)
-    if total > max_lag:
-        return fail(name, detail + f", over --max-lag {max_lag}", hint)
-    return ok(name, detail if total else "0: the sink has committed every decision")
-
-
-def _behind(
-    admin: Any,
-    consumer: Any,
-    group: str,
-    topics: list[str],
-    view: KafkaView,
-    timeout: float,
-    kafka_config: dict[str, Any] | None = None,
-) -> dict[tuple[str, int], tuple[int, int]] | str:
-    """(topic, partition) -> (committed offset or -1, records behind) for ``group``; a
-    string saying why when it cannot be read.
-
-    With ``kafka_config``, each partition's end is the one a read finds
-    (``transactions.committed_ends``): Tansu's ListOffsets, which the watermarks ask, answers
-    the first offset of the last record batch + 1, so a batch of 20 decisions counted as one
-    behind, and a sink whose commit sat inside the last batch read "0: the sink has committed
-    every decision" (session 29, H3). Read as the watermarks say when that read fails."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-
-    parts = [TopicPartition(t, p) for t in topics for p in range(view.partitions.get(t, 0))]
-    if not parts:
-        return f"no {' or '.join(topics)} to measure"
-    try:
-        request = [ConsumerGroupTopicPartitions(group, parts)]
-        answer = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
-        committed = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in answer.result(timeout=timeout).topic_partitions
-        }
-        marks = {
-            (tp.topic, tp.partition): consumer.get_watermark_offsets(
-                tp, timeout=timeout, cached=False
-            )
-            for tp in parts
-        }
-    except Exception as exc:
-        return f"cannot read the offsets of group {group}: {gist(exc)}"
-    ends = {tp: high for tp, (_low, high) in marks.items()}
-    if kafka_config is not None:
-        from baton.streams.transactions import committed_ends
-
-        try:
-            ends.update(
-                committed_ends(
-                    kafka_config,
-                    ends,
-                    timeout_s=timeout,
-                    total_timeout_s=timeout,
-                    hold_s=min(3.0, timeout / 2),  # held: the watermarks, and the held check
-                )
-            )
-        except Exception as exc:  # the watermarks' ends, as before: never the check's end
-            log.debug("doctor: reading the partitions' ends failed (%s); watermarks used", exc)
-    behind = {}
-    for tp, (low, _high) in marks.items():
-        start = committed.get(tp, -1)
-        behind[tp] = (start, max(ends[tp] - max(start, low), 0))
-    return behind
-
-
-def _lag_detail(behind: dict[tuple[str, int], tuple[int, int]], what: str) -> tuple[int, str]:
-    total = sum(n for _, n in behind.values())
-    (topic, partition), (_, worst) = max(behind.items(), key=lambda item: item[1][1])
-    return total, f"{total} {what} (most on {topic}[{partition}]: {worst})"
