@@ -129,12 +129,14 @@ class Process(Protocol):
 @dataclass(frozen=True)
 class ChildSpec:
     """A child of ``baton up``: its name in messages, its ``baton`` arguments and its log;
-    ``echo``: its stdout also goes to the terminal (the alerter's alert lines)."""
+    ``echo``: its stdout also goes to the terminal (the alerter's alert lines);
+    ``echo_warnings``: its WARNING and ERROR log lines do (:class:`WarningEcho`)."""
 
     name: str
     args: tuple[str, ...]
     log_path: Path
     echo: bool = False
+    echo_warnings: bool = False
 
 
 @dataclass
@@ -209,6 +211,48 @@ def copy_lines(source: IO[bytes], log_path: Path, echo: Callable[[str], None]) -
                     echoing = False
 
 
+#: a log line at WARNING or above, in the text or the JSON format (cli/log_format.py)
+_WARNING_LINE = re.compile(
+    r"^\S+ \S+ (?:WARNING|ERROR|CRITICAL) |\"level\": ?\"(?:warning|error|critical)\""
+)
+
+
+@dataclass
+class WarningEcho:
+    """A child's WARNING and ERROR log lines, handed to ``say`` as ``NAME: line``: at most
+    ``burst`` in each ``window_s``, the rest counted (said with the next one shown), so a
+    flood of one warning never floods the terminal. The worker's capacity warnings, its kill
+    switches and policy updates, a sink's failing inserts were only in DATA_DIR/logs."""
+
+    name: str
+    say: Callable[[str], None]
+    burst: int = 10
+    window_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _window_start: float = float("-inf")
+    _shown: int = 0
+    _dropped: int = 0
+
+    def __call__(self, line: str) -> None:
+        if not _WARNING_LINE.search(line):
+            return
+        now = self.clock()
+        if now - self._window_start >= self.window_s:
+            if self._dropped:
+                self.say(f"{self.name}: {self._dropped} more warning line(s) went to its log only")
+            self._window_start, self._shown, self._dropped = now, 0, 0
+        if self._shown >= self.burst:
+            self._dropped += 1
+            return
+        self._shown += 1
+        self.say(f"{self.name}: {line[:600]}")
+        if self._shown == self.burst:
+            self.say(
+                f"{self.name}: {self.burst} warning lines within {self.window_s:g} s; more in "
+                "this minute go to its log only"
+            )
+
+
 @dataclass
 class Supervisor:
     """Starts children, notices exits, restarts them per ``policy``; see the module docstring.
@@ -272,6 +316,9 @@ class Supervisor:
     def _crashed(self, child: _Child, code: int, now: float) -> None:
         child.last_code = code
         name, ran = child.spec.name, now - child.started
+        copier = getattr(child.proc, "copier", None)  # its last lines, copied to its log
+        if copier is not None:
+            copier.join(2.0)
         output = tail(child.spec.log_path, child.log_offset)
         delay = child.history.record(now)
         if delay is None:

@@ -275,9 +275,11 @@ def up_cmd(
             record = update_record(
                 record, metrics_url=metrics_url, sink_metrics_url=metrics_url_of(children, "sink")
             )
-        supervisor = Supervisor(restart, spawner(env), say)
-        for name, args in children:
-            supervisor.start(ChildSpec(name, args, logs / f"{name}.log", echo=name == "alerts"))
+        supervisor = Supervisor(restart, spawner(env, say), say)
+        for name, args in children:  # the alerts on stdout; the others' warnings on stderr
+            echo = name == "alerts"
+            spec = ChildSpec(name, args, logs / f"{name}.log", echo=echo, echo_warnings=not echo)
+            supervisor.start(spec)
         interruptible = False  # from here on, signals only set `stopping`
 
         say(

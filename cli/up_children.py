@@ -11,6 +11,7 @@ import click
 
 from baton.cli.supervisor import (
     ChildSpec,
+    WarningEcho,
     copy_lines,
     open_child_log,
 )
@@ -18,28 +19,37 @@ from baton.cli.supervisor import (
 __all__ = ["audit_children", "metrics_url_of", "spawner", "with_metrics_ports"]
 
 
-def spawner(env: dict[str, str]) -> Callable[[ChildSpec], subprocess.Popen[bytes]]:
+def spawner(
+    env: dict[str, str], say: Callable[[str], None] | None = None
+) -> Callable[[ChildSpec], subprocess.Popen[bytes]]:
+    """Starts each child with its output in its log; the alerter's stdout echoed, and with
+    ``say``, the WARNING and ERROR lines of a child whose spec asks (``echo_warnings``)."""
     from baton.streams.embedded import kill_when_parent_dies
 
     def spawn(spec: ChildSpec) -> subprocess.Popen[bytes]:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        warnings = spec.echo_warnings and say is not None and not spec.echo
+        piped = spec.echo or warnings
         with open_child_log(spec.log_path) as out:  # the child holds its own copy of the fd
             proc = subprocess.Popen(
                 [sys.executable, "-m", "baton.cli", *spec.args],
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if spec.echo else out,
+                stdout=subprocess.PIPE if piped else out,
                 stderr=out if spec.echo else subprocess.STDOUT,
                 preexec_fn=kill_when_parent_dies,
             )
-        if spec.echo:  # its stdout (the alert lines) goes to the log and to our stdout
+        if piped:  # to the log, and the alert lines (or the warnings) to the terminal
             assert proc.stdout is not None
-            threading.Thread(
+            echo = _echo_stdout if spec.echo else WarningEcho(spec.name, say)  # type: ignore[arg-type]
+            copier = threading.Thread(
                 target=copy_lines,
-                args=(proc.stdout, spec.log_path, _echo_stdout),
+                args=(proc.stdout, spec.log_path, echo),
                 name=f"baton-up-{spec.name}-output",
                 daemon=True,
-            ).start()
+            )
+            copier.start()
+            proc.copier = copier  # type: ignore[attr-defined]  # joined when it exits
         return proc
 
     return spawn

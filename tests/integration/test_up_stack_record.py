@@ -211,6 +211,14 @@ def test_after_a_clean_stop_the_record_says_stopped_and_a_restart_warns(up: _Up)
     up.ready_line()
     kill = _baton("kill", "--tenant", "acme_h1", "--reason", "before restart", cwd=up.folder)
     assert kill.returncode == 0, kill.stderr
+    # the worker's warning about it reaches up's terminal too, not only its log (session 34)
+    wait_for(
+        lambda: any(
+            "baton up: worker: " in ln and "kill_switch tenant acme_h1" in ln for ln in up.err
+        ),
+        30,
+        message=lambda: "the worker's kill switch line on up's stderr:\n" + "\n".join(up.err[-20:]),
+    )
     # the audit must hold the kill before the stack stops (the sink stores within ~1 s)
     held = "SELECT count() FROM governance.decisions WHERE reason = 'kill_switch'"
     wait_for(
