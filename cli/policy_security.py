@@ -40,6 +40,10 @@ def signing_lines(policy: Policy) -> list[str]:
         lines.append(f"approval.keys: {_names(approval.keys)} (grants count only signed by one)")
     elif policy.multi_agent.require_approval_for:
         lines.append("approval.keys: none (a grant counts unsigned from any approver allowed)")
+    for name, rules in sorted(policy.tenants.items()):
+        if rules.approval.keys != approval.keys:  # a tenant's own signers
+            keys = _names(rules.approval.keys)
+            lines.append(f"tenant {shown(name)} approval.keys: {keys}")
     return lines
 
 
@@ -107,6 +111,12 @@ def _scope_changes(where: str, old: MultiAgentPolicy, new: MultiAgentPolicy) -> 
         lines.append(f"{where} approval.keys removed: {_names(keys_gone)}")
     if keys_new:
         lines.append(f"{where} approval.keys added: {_names(keys_new)}")
+    rekeyed = [
+        n for n in set(old.approval.keys) & set(new.approval.keys)
+        if old.approval.keys[n] != new.approval.keys[n]
+    ]  # fmt: skip
+    if rekeyed:  # another person's key under the same name signs for it from now on
+        lines.append(f"{where} approval.keys key changed: {_names(rekeyed)}")
     if list(old.approval.approvers) != list(new.approval.approvers):
         lines.append(
             f"{where} approval.approvers: {_names(old.approval.approvers)} -> "

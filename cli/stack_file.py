@@ -24,6 +24,9 @@ __all__ = [
     "LOCK_FILE",
     "STACK_FILE",
     "StackRecord",
+    "is_baton_up",
+    "lock_held",
+    "lock_pid",
     "mark_stopped",
     "read_record",
     "record_path",
@@ -83,10 +86,13 @@ class StackRecord(BaseModel):
         """Its ``baton up`` still runs: the pid is alive, is a ``baton up``, and holds the
         lock of ``data_dir`` (where the record was found; its own ``data_dir`` by default),
         so neither a reused pid nor a record copied or planted elsewhere passes for it."""
+        where = data_dir or self.data_dir
+        holder = lock_pid(where)  # a record naming another pid than the lock's is not it
         return (
             self.state != "stopped"
             and _is_baton_up(self.pid)
-            and _lock_held(data_dir or self.data_dir)
+            and _lock_held(where)
+            and holder in (None, self.pid)
         )
 
     def describe(self) -> str:
@@ -164,7 +170,30 @@ def _take_lock(data_dir: Path) -> bool:
         os.close(fd)
         return False
     _held_locks.append(fd)
+    try:  # who holds it, from the moment it is taken (`baton down` of a stack still starting)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # a lock without its pid is still the lock
     return True
+
+
+def lock_pid(data_dir: Path) -> int | None:
+    """The pid ``data_dir``'s `baton up` wrote into its stack lock, while the lock is held
+    (None: not held, or an older `baton up` that wrote none)."""
+    if not _lock_held(data_dir):
+        return None
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return int(text) if text.isdigit() and 0 < int(text) < 2**31 else None
 
 
 def record_path(data_dir: Path) -> Path:
@@ -263,3 +292,8 @@ def refuse_running_stack(data_dir: Path) -> StackRecord | None:
             "--data-dir"
         )
     return earlier
+
+
+#: for `baton down`: whether a pid runs `baton up`, and whether a data dir's lock is held
+is_baton_up = _is_baton_up
+lock_held = _lock_held

@@ -49,66 +49,107 @@ def audit_id(chdb: Path) -> str | None:
     return text
 
 
-def _expected(data_dir: Path, earlier: StackRecord) -> str | None:
-    """The audit ``earlier``'s stack wrote in ``data_dir``: its id; ``"?"`` for a record of a
-    Baton before the id whose sink ran there (its log is there); None: none to expect."""
-    if earlier.audit_id is not None:
-        return earlier.audit_id
-    if earlier.clickhouse_dsn is not None and (data_dir / "logs" / "sink.log").exists():
-        return "?"
-    return None
+def has_tables(chdb: Path) -> bool:
+    """``chdb`` holds Baton's audit database (the sink creates it at its first start)."""
+    from baton.sinks.schema import DATABASE
+
+    return (chdb / "metadata" / f"{DATABASE}.sql").is_file()
+
+
+def _sink_log(data_dir: Path) -> Path:
+    return data_dir / "logs" / "sink.log"
 
 
 def _lost(data_dir: Path, earlier: StackRecord | None) -> str | None:
-    """What is wrong with ``data_dir``'s audit against ``earlier``'s record; None: nothing."""
-    if earlier is None:
-        return None
-    expected = _expected(data_dir, earlier)
-    if expected is None:
-        return None
+    """What is wrong with ``data_dir``'s audit against ``earlier``'s record (None: no record,
+    or one that could not be read) and the data dir's own traces; None: nothing.
+
+    The id file alone is not the audit (its tables deleted, the id kept, passed: H1, session
+    34), and a record that cannot be read is no reason to forget the audit: a sink's log in
+    the data dir says one ran there and made the audit's tables."""
     chdb = data_dir / "chdb"
     found = audit_id(chdb)
-    if expected == "?":  # a record from before the id: the audit's tables must be there
-        if found is not None or (chdb / "metadata").is_dir():
-            return None
-        return f"{chdb} is missing or empty"
-    if found == expected:
-        return None
-    if not chdb.is_dir():
-        return f"{chdb} is missing"
-    if found is None:
-        return f"{chdb} is not that audit (it holds no {AUDIT_ID_FILE}: emptied, or another)"
-    return f"{chdb} holds another audit (id {found}, the record names {expected})"
+    tables = has_tables(chdb)
+    sink_ran = _sink_log(data_dir).exists()
+    expected = earlier.audit_id if earlier is not None else None
+    if expected is not None:
+        if not chdb.is_dir():
+            return f"{chdb} is missing"
+        if found is None:
+            kind = "is not an id" if (chdb / AUDIT_ID_FILE).exists() else "is missing"
+            return f"{chdb} is not that audit (its {AUDIT_ID_FILE} {kind}: emptied, or another)"
+        if found != expected:
+            return f"{chdb} holds another audit (id {found}, the record names {expected})"
+    if sink_ran and not tables:
+        return (
+            f"{chdb} holds no audit tables, though {_sink_log(data_dir)} shows an audit sink "
+            "ran in this data dir (the tables deleted, the folder emptied or moved)"
+        )
+    return None
+
+
+def _record_problem(data_dir: Path, earlier: StackRecord | None) -> str:
+    """How the data dir's record reads, for a refusal's message."""
+    from baton.cli.stack_file import read_record
+
+    if earlier is not None:
+        return f"{record_path(data_dir)} names its audit (last start: {earlier.describe()})"
+    try:
+        record = read_record(data_dir)
+    except ConfigError as exc:
+        return f"its record cannot be read ({str(exc)[:300]})"
+    if record is None:
+        return f"{record_path(data_dir)} is gone"
+    return f"{record_path(data_dir)} records the audit's id (last start: {record.describe()})"
 
 
 def refuse_a_lost_audit(
     data_dir: Path, earlier: StackRecord | None, no_audit: bool, forget: bool, say: Callable
 ) -> None:
-    """Before anything starts: refuse (``ConfigError``, exit 2) a start whose data dir's
-    earlier stack wrote an audit that is not there, unless ``forget`` (--forget-audit).
-    With --no-audit nothing is restored anyway (said at every such start): no refusal."""
+    """Before anything starts: refuse (``ConfigError``, exit 2) a start whose data dir had an
+    audit that is not there, unless ``forget`` (--forget-audit), and check that the id can be
+    written. With --no-audit nothing is restored anyway (said at every such start)."""
     problem = None if no_audit else _lost(data_dir, earlier)
     if problem is None:
         if forget:
             say("--forget-audit: the audit of the earlier start is there; nothing forgotten")
-        return
-    assert earlier is not None
-    if forget:
+    elif forget:
         say(
-            f"WARNING: --forget-audit: {problem}; this stack starts with the audit that is there "
-            "(none: an empty one), and every run's state, kill switch and published policy of "
-            "the earlier one is forgotten (its killed runs and tenants can be allowed again)"
+            f"WARNING: --forget-audit: {problem}; this start goes on without the earlier "
+            "audit: its runs' state, kill switches and published policy are gone unless the "
+            f"audit in {data_dir / 'chdb'} still holds them (what it restores is said below), "
+            "and it is named with a new id"
         )
+    else:
+        where = _record_problem(data_dir, earlier)
+        raise ConfigError(
+            f"the audit of the earlier stack in {data_dir} is not there: {problem}; "
+            f"{where}. The audit holds every run's state, the kill switches "
+            "and the published (signed) policy: started without it, killed runs and tenants "
+            "would be allowed again and the seed policy, with no operators, would take unsigned "
+            "commands. Put the audit back (from a backup, or where it was moved to), or start "
+            "with --forget-audit to begin without it"
+        )
+    if not no_audit:
+        _refuse_an_id_path_not_a_file(data_dir / "chdb" / AUDIT_ID_FILE)
+
+
+def _refuse_an_id_path_not_a_file(path: Path) -> None:
+    """A FIFO at the id's path hung the start in open() with the broker up (H1, session 34);
+    a directory failed only after the broker started: refused before anything starts."""
+    import stat
+
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
         return
-    raise ConfigError(
-        f"the audit of the earlier stack in {data_dir} is not there: {problem}, though "
-        f"{record_path(data_dir)} records a stack that wrote one ({earlier.describe()}). The "
-        "audit holds every run's state, the kill switches and the published (signed) policy: "
-        "started without it, killed runs and tenants would be allowed again and the seed "
-        "policy, with no operators, would take unsigned commands. Put the audit back (from a "
-        "backup, or where it was moved to), or start with --forget-audit to begin with an "
-        "empty one"
-    )
+    except OSError as exc:
+        raise ConfigError(f"cannot read the audit's id {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(
+            f"the audit's id {path} is not a regular file; remove it (baton up writes a new "
+            "one) and start again"
+        )
 
 
 def keep_audit_id(data_dir: Path, earlier: StackRecord | None, no_audit: bool) -> str | None:
@@ -119,13 +160,18 @@ def keep_audit_id(data_dir: Path, earlier: StackRecord | None, no_audit: bool) -
     found = audit_id(chdb)
     if no_audit:
         return (earlier.audit_id if earlier is not None else None) or found
-    if found is not None:
-        return found
+    expected = earlier.audit_id if earlier is not None else None
+    if found is not None and (found == expected or expected is None):
+        return found  # its own audit, or one this start takes (a first start, --forget-audit)
+    if found is not None and has_tables(chdb):
+        return found  # --forget-audit took another stack's audit: it keeps its id
     new = secrets.token_hex(_ID_LENGTH // 2)
     path = chdb / AUDIT_ID_FILE
     try:
         chdb.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600
+        )
         with os.fdopen(fd, "w", encoding="ascii") as out:
             out.write(new + "\n")
     except OSError as exc:

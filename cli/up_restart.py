@@ -56,7 +56,9 @@ def say_what_a_restart_keeps(
             f"audit in {audit} and issues its kill switches (and signed releases and policy "
             "updates) again, but not decisions the sink had not stored yet"
         )
-    if not audit.is_dir():
+    from baton.cli.up_audit import has_tables
+
+    if not has_tables(audit):  # none, or only the id a start before wrote
         return
     restored = None if no_audit else _rebuild_runs_from_audit(settings, catalog, data_dir, say)
     if not no_audit:
@@ -81,8 +83,9 @@ def name_a_lost_policy(audit: Path, version: str, say: Callable[[str], None]) ->
     started with --policy STRICT saw only STRICT's version named while a looser published
     policy decided, session 29); returns that publication's version (None: none)."""
     from baton.cli.restart_notice import policy_in_force
+    from baton.cli.up_audit import has_tables
 
-    if not audit.is_dir():
+    if not has_tables(audit):
         return None
     try:
         before = policy_in_force(audit)

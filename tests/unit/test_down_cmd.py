@@ -66,3 +66,52 @@ def test_a_stale_record_never_signals_the_pid_it_names(tmp_path: Path) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+_HOLDER = (
+    "import sys, time; from pathlib import Path; from baton.cli.stack_file import _take_lock; "
+    "assert _take_lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)"
+)
+
+
+def _holder(data_dir: Path) -> subprocess.Popen[str]:
+    """A process holding ``data_dir``'s lock as `baton up` does, its argv naming `baton up`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(data_dir), "baton", "up"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_the_lock_holder_is_stopped_never_a_pid_the_record_names_instead(tmp_path: Path) -> None:
+    """H1, session 34: a record naming a decoy `baton up` had the decoy signalled, "ended",
+    exit 0, and the stack holding the lock ran on."""
+    holder = _holder(tmp_path)
+    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "baton", "up"])
+    try:
+        _record(tmp_path, decoy.pid, "running")
+        out = _down(tmp_path)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"stopping baton up pid {holder.pid}" in out.stdout
+        assert holder.wait(10) == -15 and decoy.poll() is None
+    finally:
+        for proc in (holder, decoy):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_stack_still_starting_unrecorded_is_stopped(tmp_path: Path) -> None:
+    """H1, session 34: `baton down` during a start (the record not written yet) said "nothing
+    to stop", exit 0, and the stack came up."""
+    _record(tmp_path, 12345, "stopped")  # the earlier start's record
+    holder = _holder(tmp_path)
+    try:
+        out = _down(tmp_path)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"baton up pid {holder.pid} (starting: not recorded in" in out.stdout
+        assert holder.wait(10) == -15
+    finally:
+        holder.kill()
+        holder.wait()

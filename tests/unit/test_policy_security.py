@@ -47,7 +47,9 @@ def test_dropping_every_operator_or_a_scopes_approval_keys_turns_signing_off() -
     dropped = signing_dropped(SIGNED, bare)
     assert dropped[0].startswith("operators: oncall, oncall2 -> none")
     assert any(d.startswith("multi_agent approval.keys: finance_lead -> none") for d in dropped)
-    assert any(d.startswith("tenant acme approval.keys: acme_lead, finance_lead -> none") for d in dropped)
+    assert any(
+        d.startswith("tenant acme approval.keys: acme_lead, finance_lead -> none") for d in dropped
+    )
     assert signing_dropped(SIGNED, SIGNED) == []
     assert signing_dropped(bare, SIGNED) == []  # adding signing is no drop
     # one operator of two removed still signs: said, not refused
@@ -76,6 +78,7 @@ operators:
         "operators key changed: oncall",
         "strict_tenants: on -> off (a tenant not listed is decided, not refused)",
         "multi_agent approval.keys added: planner",
+        "multi_agent approval.keys key changed: finance_lead",  # H1, session 34: unsaid
         "multi_agent approval.approvers: finance_lead -> *",
         "multi_agent approval.allow_self_approval: off -> on",
         "multi_agent require_approval_for no longer gates: billing.refund.create",
@@ -104,6 +107,7 @@ def test_policy_check_lists_the_operators_and_approval_keys(tmp_path) -> None:  
         "operators: oncall, oncall2 (kill switches, releases and policy updates count only "
         "signed by one)",
         "approval.keys: finance_lead (grants count only signed by one)",
+        "tenant acme approval.keys: acme_lead, finance_lead",
     ]
     path = tmp_path / "p.yaml"
     path.write_text("multi_agent:\n  max_handoffs: 3\n")

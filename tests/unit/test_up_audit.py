@@ -43,6 +43,7 @@ def _record(data_dir: Path, **changes: object) -> StackRecord:
 
 def _audit(data_dir: Path, ident: str | None = ID) -> None:
     (data_dir / "chdb" / "metadata").mkdir(parents=True)
+    (data_dir / "chdb" / "metadata" / "governance.sql").write_text("ATTACH DATABASE")
     if ident is not None:
         (data_dir / "chdb" / AUDIT_ID_FILE).write_text(ident + "\n")
 
@@ -56,9 +57,9 @@ def _said() -> tuple[list[str], object]:
     ("audit", "problem"),
     [
         (False, "chdb is missing"),
-        ("", "holds no baton-audit.id"),  # emptied, or another audit
+        ("", "its baton-audit.id is missing"),  # emptied, or another audit
         ("f" * 32, "holds another audit (id " + "f" * 32),
-        ("not an id", "holds no baton-audit.id"),
+        ("not an id", "its baton-audit.id is not an id"),
     ],
 )
 def test_a_start_without_the_earlier_audit_is_refused_naming_it(
@@ -75,6 +76,7 @@ def test_a_start_without_the_earlier_audit_is_refused_naming_it(
     # --forget-audit starts, saying what is forgotten; --no-audit restores nothing anyway
     refuse_a_lost_audit(tmp_path, _record(tmp_path), False, True, say)
     assert lines and lines[0].startswith("WARNING: --forget-audit: ") and problem in lines[0]
+    assert "named with a new id" in lines[0]
     refuse_a_lost_audit(tmp_path, _record(tmp_path), True, False, say)
 
 
@@ -96,7 +98,7 @@ def test_a_record_of_a_baton_before_the_id_refuses_when_its_sink_ran_and_the_aud
     refuse_a_lost_audit(tmp_path, old, False, False, print)  # its sink never ran: nothing lost
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "sink.log").write_text("")
-    with pytest.raises(ConfigError, match="missing or empty"):
+    with pytest.raises(ConfigError, match=r"holds no audit tables, though .*sink.log shows"):
         refuse_a_lost_audit(tmp_path, old, False, False, print)
     _audit(tmp_path, None)  # its audit, from before the id: taken, and named now
     refuse_a_lost_audit(tmp_path, old, False, False, print)
@@ -140,3 +142,54 @@ def test_baton_up_refuses_before_it_starts_anything(tmp_path: Path) -> None:
     assert "is not there" in out.stderr and "--forget-audit" in out.stderr
     assert "starting the embedded Kafka broker" not in out.stderr
     assert read_record(tmp_path) == before and not (tmp_path / "logs").exists()
+
+
+def test_the_id_kept_with_the_audit_tables_gone_is_refused(tmp_path: Path) -> None:
+    """H1, session 34: chdb/{metadata,store,data} deleted, the id file kept: it started."""
+    _audit(tmp_path)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "sink.log").write_text("")
+    refuse_a_lost_audit(tmp_path, _record(tmp_path), False, False, print)  # all there
+    (tmp_path / "chdb" / "metadata" / "governance.sql").unlink()
+    with pytest.raises(ConfigError, match="holds no audit tables"):
+        refuse_a_lost_audit(tmp_path, _record(tmp_path), False, False, print)
+    (line,) = audit_kept_checks_for(tmp_path)
+    assert line.status.name == "FAIL"
+
+
+def audit_kept_checks_for(data_dir: Path) -> list:
+    write_record(_record(data_dir))
+    return audit_kept_checks(data_dir)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "gone"])
+def test_an_unreadable_or_deleted_record_does_not_forget_the_audit(
+    tmp_path: Path, damage: str
+) -> None:
+    """H1, session 34: a truncated stack.json was taken for no earlier stack: a new audit."""
+    write_record(_record(tmp_path))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "sink.log").write_text("")
+    record = tmp_path / "stack.json"
+    if damage == "truncated":
+        record.write_text(record.read_text()[:100])
+    else:
+        record.unlink()
+    with pytest.raises(ConfigError) as refused:
+        refuse_a_lost_audit(tmp_path, None, False, False, print)
+    said = str(refused.value)
+    assert "sink.log shows an audit sink ran" in said
+    assert ("cannot be read" if damage == "truncated" else "stack.json is gone") in said
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir"])
+def test_an_id_path_that_is_no_file_is_refused_before_anything_starts(
+    tmp_path: Path, kind: str
+) -> None:
+    """H1, session 34: a FIFO there hung --forget-audit in open() with the broker up."""
+    (tmp_path / "chdb").mkdir()
+    path = tmp_path / "chdb" / AUDIT_ID_FILE
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    for forget in (False, True):
+        with pytest.raises(ConfigError, match="is not a regular file"):
+            refuse_a_lost_audit(tmp_path, None, False, forget, print)
