@@ -144,14 +144,28 @@ def policy_publish(
 def _say_security_changes(
     settings: Settings, policy: Policy, timeout: float, allow_unsigned: bool
 ) -> None:
-    """Against the policy in force (read as `policy current` does): say what ``policy``
-    changes about signing and enforcement; refuse, before anything is sent, one that turns
-    signing off unless ``allow_unsigned``."""
+    """Against the policy in force: say what ``policy`` changes about signing and enforcement;
+    refuse, before anything is sent, one that turns signing off unless ``allow_unsigned``.
+    The policy in force is what the workers last recorded (``policy_workers``) and what
+    `policy current` computes (the --policy file, else the seed, and the control topic);
+    when the two differ, a drop against either is refused."""
     from baton.cli.policy_security import security_changes, signing_dropped
+    from baton.cli.policy_workers import workers_policy
 
     source = str(settings.policy) if settings.policy else "the seed policy"
-    before, _ = policy_in_force(settings, read_policy(settings.policy), source, timeout, _quiet)
-    for line in security_changes(before, policy):
+    computed, _ = policy_in_force(settings, read_policy(settings.policy), source, timeout, _quiet)
+    recorded = workers_policy(settings, timeout)
+    befores = [computed]
+    if recorded is not None and recorded.policy.version != computed.version:
+        click.echo(
+            f"baton: the workers recorded policy {recorded.policy.version} in force "
+            f"({recorded.describe()}), not {computed.version} ({source} and the control "
+            "topic): the changes below are against the workers', a drop of signing against "
+            "either is refused",
+            err=True,
+        )
+        befores.insert(0, recorded.policy)
+    for line in security_changes(befores[0], policy):
         click.echo(f"baton: security change: {line}", err=True)
     if not policy.operators:
         click.echo(
@@ -159,12 +173,18 @@ def _say_security_changes(
             "releases and policy updates are taken unsigned from any writer of gov.control",
             err=True,
         )
-    dropped = signing_dropped(before, policy)
+    dropped = list(dict.fromkeys(d for before in befores for d in signing_dropped(before, policy)))
+    if recorded is None and settings.policy is None and not policy.operators:
+        dropped.append(
+            "operators: unknown (no worker's record of its policy found on gov.decisions, no "
+            "--policy given: the workers' --policy file may list operators) -> none"
+        )
     if dropped and not allow_unsigned:
         raise ConfigError(
             f"refused: this policy turns signing off against the policy in force (version "
-            f"{shown(before.version)}): {'; '.join(dropped)}. Nothing was published. Add the "
-            "block back, or pass --allow-unsigned if that is what you mean"
+            f"{shown(befores[0].version)}): {'; '.join(dropped)}. Nothing was published. Add "
+            "the block back (or pass --policy with the workers' file), or pass "
+            "--allow-unsigned if that is what you mean"
         )
 
 

@@ -490,6 +490,12 @@ def test_a_forged_policy_is_refused_and_a_signed_one_is_applied(people: People) 
     # changes said (H2, session 33: one such publish switched signing off in silence)
     refused = people.baton(*publish, *workers)
     assert refused.returncode == 2, refused.stdout + refused.stderr
+    # addressed by the bootstrap alone (no --policy: the seed is what this command computes),
+    # the workers' own record of their policy says what they hold (H1, session 34: published)
+    blind = people.baton(*publish)
+    assert blind.returncode == 2, blind.stdout + blind.stderr
+    assert "the workers recorded policy" in blind.stderr and "turns signing off" in blind.stderr
+    assert "security change: operators removed: oncall" in blind.stderr
     assert "turns signing off" in refused.stderr and "operators: " in refused.stderr
     assert "security change: operators removed: oncall" in refused.stderr
     assert "multi_agent shadow_mode: off -> on" in refused.stderr

@@ -1,0 +1,109 @@
+"""The policy the workers recorded in force: the newest ``policy_in_force`` record on
+gov.decisions (a worker publishes one, with the whole policy, at its start and at every
+policy it applies; all under the key ``*``).
+
+`baton policy publish` compared a new policy with the one *it* computed from a --policy file
+and the control topic: addressed with --bootstrap alone (a Kafka cluster) that was the seed
+policy, which lists no operators, so a file dropping every operator of the workers' --policy
+file was published with exit 0; a --policy file edited after the workers loaded it did the
+same (H1, session 34). The workers' own record says what they hold.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from baton.schemas.policy import Policy
+from baton.schemas.settings import Settings
+
+__all__ = ["RecordedPolicy", "workers_policy"]
+
+#: records of the ``*`` partition read back from its end, at most
+MAX_SCANNED = 200_000
+_FIRST_WINDOW = 2_000
+
+
+class RecordedPolicy:
+    """A worker's record of the policy it decides under."""
+
+    def __init__(self, policy: Policy, worker: str, at: datetime) -> None:
+        self.policy, self.worker, self.at = policy, worker, at
+
+    def describe(self) -> str:
+        return f"recorded by worker {self.worker} at {self.at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def workers_policy(settings: Settings, timeout: float) -> RecordedPolicy | None:
+    """The newest ``policy_in_force`` record whose document hashes to its version, read back
+    from the end of the ``*`` partition of gov.decisions in growing windows (at most
+    :data:`MAX_SCANNED` records, ``timeout`` seconds); None when none is found."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from baton.streams.kafka import consumer_config
+    from baton.streams.partitioner import partition_for
+    from baton.streams.topics import TopicCatalog
+
+    topic = TopicCatalog(prefix=settings.topic_prefix).decisions
+    extra = {"isolation.level": "read_committed", "enable.partition.eof": True}
+    consumer = Consumer(consumer_config(settings.kafka_config(), "baton-policy-publish", extra))
+    deadline = time.monotonic() + timeout
+    try:
+        meta = consumer.list_topics(topic, timeout=settings.connect_timeout_s)
+        if topic not in meta.topics or not meta.topics[topic].partitions:
+            return None
+        p = partition_for(b"*", len(meta.topics[topic].partitions))
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        stop, window = None, _FIRST_WINDOW  # stop None: read to the partition's end
+        start = high
+        while time.monotonic() < deadline and high - start < MAX_SCANNED:
+            begin = max(low, start - window)
+            found = _newest_in(consumer, TopicPartition(topic, p, begin), stop, deadline)
+            if found is not None or begin <= low:
+                return found
+            stop, start, window = begin, begin, window * 4
+        return None
+    finally:
+        consumer.close()
+
+
+def _newest_in(consumer: Any, tp: Any, stop: int | None, deadline: float) -> RecordedPolicy | None:
+    """The newest valid record from ``tp``'s offset up to ``stop`` (None: the end)."""
+    from confluent_kafka import KafkaError
+
+    consumer.assign([tp])
+    newest = None
+    while time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        if msg.error() is not None:
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                break
+            continue
+        if stop is not None and msg.offset() >= stop:
+            break
+        value = msg.value() or b""
+        if msg.key() == b"*" and b'"policy_in_force"' in value:
+            newest = _recorded(value) or newest
+    return newest
+
+
+def _recorded(value: bytes) -> RecordedPolicy | None:
+    from pydantic import ValidationError
+
+    from baton.schemas.decision import Decision, Reason
+    from baton.sinks.replay_source import policies_of
+
+    try:
+        decision = Decision.from_json(value)
+    except ValidationError:
+        return None
+    if decision.reason != Reason.POLICY_IN_FORCE or decision.decided_at is None:
+        return None
+    policies, _ = policies_of([(decision.policy_version, decision.input)])
+    policy = policies.get(str(decision.policy_version))
+    if policy is None:
+        return None
+    return RecordedPolicy(policy, decision.worker or "?", decision.decided_at)
