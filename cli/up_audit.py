@@ -6,10 +6,12 @@ from. A start that found no audit there used to begin as a new stack: killed run
 allowed again, the seed policy (no operators: unsigned commands accepted) in force, and
 ``baton doctor`` content (H2, session 33). So ``baton up`` names its audit: a random id in
 ``chdb/baton-audit.id``, kept in ``stack.json`` too. A start whose earlier record names an
-audit that is not there (moved, deleted, emptied) or is another one (a copy of another
-stack's) refuses, exit 2, until the audit is put back or ``--forget-audit`` says to begin
-with an empty one. A copy of the same audit restored from a backup carries its id and is
-taken (the restore says what it rebuilt).
+audit that is not there (moved, deleted, emptied, the id kept without the tables) or is
+another one (a copy of another stack's), or whose data dir shows a sink ran there (its log)
+while ``chdb`` holds no audit tables (a record truncated or deleted too), refuses, exit 2,
+until the audit is put back or ``--forget-audit`` says to go on without it. A copy of the
+same audit restored from a backup carries its id and is taken (the restore says what it
+rebuilt); an older backup is not told apart (its later kill switches are not in it).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "AUDIT_ID_FILE",
     "audit_id",
     "audit_kept_checks",
+    "has_tables",
     "keep_audit_id",
     "refuse_a_lost_audit",
 ]
