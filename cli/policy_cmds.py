@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,12 @@ def policy_publish(
     from baton.streams.sdk import OperatorClient
 
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
-    _say_security_changes(settings, policy, timeout, allow_unsigned)
+    # the workers' --policy file is known: given (--policy, BATON_POLICY), or the stack's
+    from_stack = opts.get("bootstrap") is None and (
+        data_dir is not None or not os.environ.get("BATON_BOOTSTRAP")
+    )
+    known = settings.policy is not None or from_stack
+    _say_security_changes(settings, policy, timeout, allow_unsigned, known)
     with OperatorClient(
         settings=settings, key=key, timeout=timeout, connect_timeout=settings.connect_timeout_s
     ) as operator:
@@ -142,13 +148,15 @@ def policy_publish(
 
 
 def _say_security_changes(
-    settings: Settings, policy: Policy, timeout: float, allow_unsigned: bool
+    settings: Settings, policy: Policy, timeout: float, allow_unsigned: bool, known: bool
 ) -> None:
     """Against the policy in force: say what ``policy`` changes about signing and enforcement;
     refuse, before anything is sent, one that turns signing off unless ``allow_unsigned``.
     The policy in force is what the workers last recorded (``policy_workers``) and what
     `policy current` computes (the --policy file, else the seed, and the control topic);
-    when the two differ, a drop against either is refused."""
+    when the two differ, a drop against either is refused. ``known``: the workers' --policy
+    file is known (given, or the `baton up` stack's); else a policy without operators is
+    refused too."""
     from baton.cli.policy_security import security_changes, signing_dropped
     from baton.cli.policy_workers import workers_policy
 
@@ -174,10 +182,13 @@ def _say_security_changes(
             err=True,
         )
     dropped = list(dict.fromkeys(d for before in befores for d in signing_dropped(before, policy)))
-    if recorded is None and settings.policy is None and not policy.operators:
+    if not known and not policy.operators:
+        # a worker's record cannot vouch for the file: anyone who may write gov.decisions can
+        # write one, and a forged copy of the seed's let a drop through (H2, session 34)
         dropped.append(
-            "operators: unknown (no worker's record of its policy found on gov.decisions, no "
-            "--policy given: the workers' --policy file may list operators) -> none"
+            "operators: unknown (addressed by --bootstrap with no --policy: the workers' "
+            "--policy file may list operators, and a policy_in_force record on gov.decisions "
+            "is no proof it does not) -> none"
         )
     if dropped and not allow_unsigned:
         raise ConfigError(

@@ -73,6 +73,8 @@ class StackRecord(BaseModel):
     #: the id in DATA_DIR/chdb/baton-audit.id of the audit this stack wrote (cli/up_audit.py:
     #: a later start without that audit refuses); None: none recorded (--no-audit, older Baton)
     audit_id: str | None = Field(None, pattern="^[0-9a-f]{32}$")
+    #: a stack with this audit became ready (its tables made): a later start needs them
+    audit_made: bool = False
 
     @field_validator("bootstrap")
     @classmethod

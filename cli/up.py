@@ -30,7 +30,7 @@ from baton.cli.supervisor import (
     RestartPolicy,
     Supervisor,
 )
-from baton.cli.up_audit import keep_audit_id, refuse_a_lost_audit
+from baton.cli.up_audit import has_tables, keep_audit_id, refuse_a_lost_audit
 from baton.cli.up_children import audit_children, metrics_url_of, spawner, with_metrics_ports
 from baton.cli.up_memory import MemoryMax, check_broker, machine_memory, memory_limit, watch_memory
 from baton.cli.up_ports import refuse_busy_ports
@@ -243,6 +243,8 @@ def up_cmd(
         record = write_stack_record(
             data_dir, settings, broker, no_audit, logs, memory_max if memory else None, audit_id
         )
+        if earlier is not None and earlier.audit_made and earlier.audit_id == audit_id:
+            record = update_record(record, audit_made=True)  # the same audit, made before
         say(
             f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, `trace`, "
             f"`alerts` ... run in {data_dir.parent} (or with --data-dir {data_dir}) use it"
@@ -392,7 +394,11 @@ def _keep_record(
 
         sql_url = f"http://127.0.0.1:{urlsplit(readiness.sql_dsn).port}"
     state = "running" if announced else "starting"
-    return update_record(record, pids=pids, sql_url=sql_url, state=state)
+    # the sink made the audit's tables: a later start needs them (one stopped before, not)
+    made = record.audit_made or (
+        record.clickhouse_dsn is not None and has_tables(record.data_dir / "chdb")
+    )
+    return update_record(record, pids=pids, sql_url=sql_url, state=state, audit_made=made)
 
 
 def register(cli: click.Group) -> None:

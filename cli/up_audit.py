@@ -53,10 +53,12 @@ def audit_id(chdb: Path) -> str | None:
 
 
 def has_tables(chdb: Path) -> bool:
-    """``chdb`` holds Baton's audit database (the sink creates it at its first start)."""
+    """``chdb`` holds Baton's audit: its database and its decisions table (the sink creates
+    them at its first start). The database's file alone, its tables deleted, passed for the
+    audit and the restart restored nothing (H2, session 34)."""
     from baton.sinks.schema import DATABASE
 
-    return (chdb / "metadata" / f"{DATABASE}.sql").is_file()
+    return (chdb / "metadata" / DATABASE / "decisions.sql").is_file()
 
 
 def _sink_log(data_dir: Path) -> Path:
@@ -83,6 +85,11 @@ def _lost(data_dir: Path, earlier: StackRecord | None) -> str | None:
             return f"{chdb} is not that audit (its {AUDIT_ID_FILE} {kind}: emptied, or another)"
         if found != expected:
             return f"{chdb} holds another audit (id {found}, the record names {expected})"
+        if not earlier.audit_made:  # a start stopped before its audit was made: none to lose
+            return None  # (it left a sink's log and no tables, and every restart was refused)
+        if not tables:
+            return f"{chdb} holds the audit's id but not its tables (they were deleted)"
+        return None
     if sink_ran and not tables:
         return (
             f"{chdb} holds no audit tables, though {_sink_log(data_dir)} shows an audit sink "

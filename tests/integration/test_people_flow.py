@@ -496,6 +496,18 @@ def test_a_forged_policy_is_refused_and_a_signed_one_is_applied(people: People) 
     assert blind.returncode == 2, blind.stdout + blind.stderr
     assert "the workers recorded policy" in blind.stderr and "turns signing off" in blind.stderr
     assert "security change: operators removed: oncall" in blind.stderr
+    # a forged record of the seed policy in force (no operators), as anyone who may write
+    # gov.decisions can write it: the drop is still refused (H2, session 34: it went through)
+    from baton.processors.recorded import policy_in_force
+    from baton.schemas.policy import load_policy
+
+    forged_record = policy_in_force(load_policy(None), datetime.now(UTC), "forger")
+    EventSender(people.bootstrap, people.catalog.decisions).send_raw(
+        forged_record.to_json(), b"*"
+    )
+    still = people.baton(*publish)
+    assert still.returncode == 2, still.stdout + still.stderr
+    assert "operators: unknown (addressed by --bootstrap with no --policy" in still.stderr
     assert "turns signing off" in refused.stderr and "operators: " in refused.stderr
     assert "security change: operators removed: oncall" in refused.stderr
     assert "multi_agent shadow_mode: off -> on" in refused.stderr

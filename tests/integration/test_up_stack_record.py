@@ -268,7 +268,8 @@ def test_a_restart_whose_audit_was_moved_away_refuses_until_it_is_back_or_forgot
     up.stop()
     data_dir = up.folder / ".baton"
     before = up.record()
-    assert before["audit_id"] and (data_dir / "chdb" / "baton-audit.id").is_file()
+    assert before["audit_id"] and before["audit_made"]
+    assert (data_dir / "chdb" / "baton-audit.id").is_file()
     (data_dir / "chdb").rename(data_dir / "chdb.lost")
     try:
         refused = _baton("up", "--sql-port", "off", cwd=up.folder, timeout=60)

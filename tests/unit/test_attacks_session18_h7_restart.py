@@ -56,7 +56,8 @@ def test_a_lost_policy_whose_version_holds_escapes_is_named_escaped(
     forged = PolicyInForce(_ESC, "mallory", "2026-12-01 11:00:00")
     monkeypatch.setattr(restart_notice, "policy_in_force", lambda audit: forged)
     (tmp_path / "metadata").mkdir()  # an audit's tables (up_audit.has_tables)
-    (tmp_path / "metadata" / "governance.sql").write_text("ATTACH DATABASE")
+    (tmp_path / "metadata" / "governance").mkdir(exist_ok=True)
+    (tmp_path / "metadata" / "governance" / "decisions.sql").write_text("ATTACH TABLE")
     said: list[str] = []
     up_restart.name_a_lost_policy(tmp_path, "0123456789abcdef", said.append)
     assert len(said) == 1 and "NOT in force now" in said[0]

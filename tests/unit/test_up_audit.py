@@ -42,8 +42,9 @@ def _record(data_dir: Path, **changes: object) -> StackRecord:
 
 
 def _audit(data_dir: Path, ident: str | None = ID) -> None:
-    (data_dir / "chdb" / "metadata").mkdir(parents=True)
+    (data_dir / "chdb" / "metadata" / "governance").mkdir(parents=True)
     (data_dir / "chdb" / "metadata" / "governance.sql").write_text("ATTACH DATABASE")
+    (data_dir / "chdb" / "metadata" / "governance" / "decisions.sql").write_text("ATTACH TABLE")
     if ident is not None:
         (data_dir / "chdb" / AUDIT_ID_FILE).write_text(ident + "\n")
 
@@ -149,17 +150,29 @@ def test_the_id_kept_with_the_audit_tables_gone_is_refused(tmp_path: Path) -> No
     _audit(tmp_path)
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "sink.log").write_text("")
-    refuse_a_lost_audit(tmp_path, _record(tmp_path), False, False, print)  # all there
-    (tmp_path / "chdb" / "metadata" / "governance.sql").unlink()
-    with pytest.raises(ConfigError, match="holds no audit tables"):
-        refuse_a_lost_audit(tmp_path, _record(tmp_path), False, False, print)
-    (line,) = audit_kept_checks_for(tmp_path)
+    made = _record(tmp_path, audit_made=True)
+    refuse_a_lost_audit(tmp_path, made, False, False, print)  # all there
+    # the database's file kept, its tables deleted (H2, session 34): refused too
+    (tmp_path / "chdb" / "metadata" / "governance" / "decisions.sql").unlink()
+    with pytest.raises(ConfigError, match="holds the audit's id but not its tables"):
+        refuse_a_lost_audit(tmp_path, made, False, False, print)
+    (line,) = audit_kept_checks_for(tmp_path, made)
     assert line.status.name == "FAIL"
 
 
-def audit_kept_checks_for(data_dir: Path) -> list:
-    write_record(_record(data_dir))
+def audit_kept_checks_for(data_dir: Path, record: StackRecord) -> list:
+    write_record(record)
     return audit_kept_checks(data_dir)
+
+
+def test_a_start_stopped_before_its_audit_was_made_restarts(tmp_path: Path) -> None:
+    """H2, session 34: a first start stopped within a second left a sink's log and no tables,
+    and every later start was refused, pointing at a backup that never existed."""
+    (tmp_path / "chdb").mkdir()
+    (tmp_path / "chdb" / AUDIT_ID_FILE).write_text(ID + "\n")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "sink.log").write_text("")
+    refuse_a_lost_audit(tmp_path, _record(tmp_path), False, False, print)  # audit_made False
 
 
 @pytest.mark.parametrize("damage", ["truncated", "gone"])

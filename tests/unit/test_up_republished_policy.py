@@ -20,7 +20,8 @@ pytestmark = pytest.mark.unit
 def _said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: PolicyInForce | None):
     monkeypatch.setattr(restart_notice, "policy_in_force", lambda _audit: before)
     (tmp_path / "metadata").mkdir(exist_ok=True)  # an audit's tables (up_audit.has_tables)
-    (tmp_path / "metadata" / "governance.sql").write_text("ATTACH DATABASE")
+    (tmp_path / "metadata" / "governance").mkdir(exist_ok=True)
+    (tmp_path / "metadata" / "governance" / "decisions.sql").write_text("ATTACH TABLE")
     said: list[str] = []
     version = up_restart.name_a_lost_policy(tmp_path, "53aec0f4a78e37af", said.append)
     return version, said
