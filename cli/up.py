@@ -16,6 +16,7 @@ from baton.cli.options import (
     PortOrOff,
     build_settings,
     read_policy,
+    read_policy_text,
     setting_options,
 )
 from baton.cli.stack_file import (
@@ -35,10 +36,15 @@ from baton.cli.up_children import audit_children, metrics_url_of, spawner, with_
 from baton.cli.up_memory import MemoryMax, check_broker, machine_memory, memory_limit, watch_memory
 from baton.cli.up_ports import refuse_busy_ports
 from baton.cli.up_ready import PROGRESS_EVERY_S, Readiness, announce_new_sql_token
-from baton.cli.up_restart import name_a_lost_policy, say_what_a_restart_keeps
+from baton.cli.up_restart import (
+    keep_policy_copy,
+    name_a_lost_policy,
+    say_what_a_restart_keeps,
+)
 from baton.cli.worker_cmd import create_topics
 from baton.schemas import env_names
 from baton.schemas.errors import BatonError, ConfigError
+from baton.schemas.policy import parse_policy
 from baton.schemas.settings import Settings
 
 __all__ = ["register", "up_cmd", "write_stack_record"]
@@ -192,9 +198,15 @@ def up_cmd(
 
     # a bad setting or policy fails before anything is made: a mistyped --data-dir with a
     # mistyped --policy left an empty data dir holding a stack.lock behind
-    policy = read_policy(settings.policy)
+    text = read_policy_text(settings.policy) if settings.policy else None
+    policy = (
+        read_policy(None) if text is None else parse_policy(text, str(settings.policy), file=True)
+    )
     earlier = refuse_running_stack(data_dir)
     refuse_a_lost_audit(data_dir, earlier, no_audit, forget_audit, say)
+    if text is not None:  # the workers load what was read here, whatever the file becomes
+        opts["policy"] = str(keep_policy_copy(data_dir, text, Path(settings.policy), say))
+        settings = build_settings(**opts)
     refuse_busy_ports(port, None if no_audit else sql_port, settings.metrics_port_number)
     machine = machine_memory()
     memory_max = memory_limit(broker_memory_max, machine)

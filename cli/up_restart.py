@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,13 @@ from baton.cli.signer import (
 from baton.cli.stack_file import (
     StackRecord,
 )
-from baton.schemas.errors import BatonError
+from baton.schemas.errors import BatonError, ConfigError
 from baton.schemas.settings import Settings
 
-__all__ = ["name_a_lost_policy", "say_what_a_restart_keeps"]
+__all__ = ["POLICY_COPY", "keep_policy_copy", "name_a_lost_policy", "say_what_a_restart_keeps"]
+
+#: in DATA_DIR: the --policy file's text as this start read it, what its workers load
+POLICY_COPY = "policy.yaml"
 
 
 def _rebuild_runs_from_audit(
@@ -131,3 +135,27 @@ def _name_lost_kill_switches(audit: Path, say: Callable[[str], None]) -> None:
             f"force now (the embedded broker forgot them): {names}; re-issue each with "
             "`baton kill --run RUN | --tenant T | --global`"
         )
+
+
+def keep_policy_copy(data_dir: Path, text: str, source: Path, say: Callable[[str], None]) -> Path:
+    """Write the --policy file's ``text`` (read and checked once) into ``data_dir`` for the
+    stack's workers, its record and the commands that read it: the file edited while the
+    stack runs changed what a restarted worker loaded and what `policy publish` compared
+    with, not what the workers held (H2, session 34). Edits take effect at the next start."""
+    path = data_dir / POLICY_COPY
+    temp = path.with_name(f".{POLICY_COPY}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the stack's copy of the policy {path}: {exc.strerror or exc}; "
+            "expected a writable data dir (--data-dir)"
+        ) from None
+    say(
+        f"policy {source} copied to {path}: the stack's workers use that copy until it stops "
+        "(an edit of the file takes effect at the next start, or publish it)"
+    )
+    return path
