@@ -334,7 +334,11 @@ def _main() -> None:
     outbox = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    serve(sys.argv[1], sys.stdin.buffer, outbox)
+    try:
+        serve(sys.argv[1], sys.stdin.buffer, outbox)
+    except BrokenPipeError:  # the sink is gone (killed): nobody to answer, nothing to say
+        # (its traceback reached `baton up`'s terminal at every sink crash: H2, session 34)
+        os._exit(0)
 
 
 if __name__ == "__main__":
