@@ -129,9 +129,9 @@ def policy_publish(
 
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
     # the workers' --policy file is known: given (--policy, BATON_POLICY), or the stack's
-    from_stack = opts.get("bootstrap") is None and (
-        data_dir is not None or not os.environ.get("BATON_BOOTSTRAP")
-    )
+    # (the settings read a variable whatever its case: BATON_bootstrap passed for none, H3 s. 34)
+    variable = any(k.upper() == "BATON_BOOTSTRAP" and v for k, v in os.environ.items())
+    from_stack = opts.get("bootstrap") is None and (data_dir is not None or not variable)
     known = settings.policy is not None or from_stack
     _say_security_changes(settings, policy, timeout, allow_unsigned, known)
     with OperatorClient(

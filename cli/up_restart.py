@@ -142,13 +142,21 @@ def keep_policy_copy(data_dir: Path, text: str, source: Path, say: Callable[[str
     stack's workers, its record and the commands that read it: the file edited while the
     stack runs changed what a restarted worker loaded and what `policy publish` compared
     with, not what the workers held (H2, session 34). Edits take effect at the next start."""
+    import secrets
+
     path = data_dir / POLICY_COPY
-    temp = path.with_name(f".{POLICY_COPY}.{os.getpid()}.tmp")
+    # a new file of its own (O_EXCL, a random name): a hard link planted at a predictable
+    # temp name had another file written and become the copy (H3, session 34)
+    temp = path.with_name(f".{POLICY_COPY}.{secrets.token_hex(8)}.tmp")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp, path)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.replace(temp, path)
+        finally:
+            if temp.exists():
+                temp.unlink()
     except OSError as exc:
         raise ConfigError(
             f"cannot write the stack's copy of the policy {path}: {exc.strerror or exc}; "

@@ -336,8 +336,9 @@ def _main() -> None:
     sys.stdout = sys.stderr
     try:
         serve(sys.argv[1], sys.stdin.buffer, outbox)
-    except BrokenPipeError:  # the sink is gone (killed): nobody to answer, nothing to say
-        # (its traceback reached `baton up`'s terminal at every sink crash: H2, session 34)
+    except (BrokenPipeError, KeyboardInterrupt):  # the sink is gone (killed), or Ctrl-C
+        # reached its process group: nobody to answer, nothing to say (its traceback reached
+        # `baton up`'s terminal at every sink crash, and sink.log at every Ctrl-C: s. 34)
         os._exit(0)
 
 

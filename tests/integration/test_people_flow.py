@@ -502,12 +502,21 @@ def test_a_forged_policy_is_refused_and_a_signed_one_is_applied(people: People) 
     from baton.schemas.policy import load_policy
 
     forged_record = policy_in_force(load_policy(None), datetime.now(UTC), "forger")
-    EventSender(people.bootstrap, people.catalog.decisions).send_raw(
-        forged_record.to_json(), b"*"
-    )
+    EventSender(people.bootstrap, people.catalog.decisions).send_raw(forged_record.to_json(), b"*")
     still = people.baton(*publish)
     assert still.returncode == 2, still.stdout + still.stderr
     assert "operators: unknown (addressed by --bootstrap with no --policy" in still.stderr
+    # the bootstrap in a variable of another case, which the settings read too (H3, s. 34)
+    env = {k: v for k, v in {**os.environ, **people.env}.items() if k != "BATON_BOOTSTRAP"}
+    lower = subprocess.run(
+        [sys.executable, "-m", "baton.cli", *publish],
+        env={**env, "BATON_bootstrap": people.bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert lower.returncode == 2, lower.stdout + lower.stderr
+    assert "operators: unknown" in lower.stderr
     assert "turns signing off" in refused.stderr and "operators: " in refused.stderr
     assert "security change: operators removed: oncall" in refused.stderr
     assert "multi_agent shadow_mode: off -> on" in refused.stderr
