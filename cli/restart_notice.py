@@ -11,7 +11,7 @@ loudly instead of lifting a kill switch or dropping a policy in silence.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,8 @@ class PolicyInForce:
     published_by: str | None
     at: str
     reissued: bool = False
+    #: the operators that policy lists (from its policy_in_force record's document)
+    operators: tuple[str, ...] = ()
 
 
 def fold_policy_in_force(
@@ -133,14 +135,31 @@ def fold_policy_in_force(
     and whether `baton up` re-issues it (cli.restore_kills: only a signed command)."""
     last: PolicyInForce | None = None
     publishers: dict[str, tuple[str, bool]] = {}
+    operators: dict[str, tuple[str, ...]] = {}
     for reason, version, approver, at, command in records:
         if reason not in _POLICY_RECORDS or not version:
             continue
         if reason == "policy_updated":
             publishers[version] = (approver, _signed(command))
+        else:  # a policy_in_force record's input is the policy's document
+            operators[version] = _operators(command)
         by, reissued = publishers.get(version, (None, False))
         last = PolicyInForce(version, by, at, reissued)
+    if last is not None:
+        last = replace(last, operators=operators.get(last.version, ()))
     return last
+
+
+def _operators(document: str) -> tuple[str, ...]:
+    """The operator names of a policy document (none when it is not one)."""
+    import orjson
+
+    try:
+        doc = orjson.loads(document) if document else None
+    except orjson.JSONDecodeError:
+        return ()
+    names = doc.get("operators") if isinstance(doc, dict) else None
+    return tuple(sorted(str(n) for n in names)) if isinstance(names, dict) else ()
 
 
 def _signed(command: str) -> bool:

@@ -83,6 +83,13 @@ _MAX_BACKOFF_S = 30.0
 )
 @click.option("--no-audit", is_flag=True, help="do not start the audit sink and the alerter")
 @click.option(
+    "--allow-unsigned",
+    is_flag=True,
+    help="start although the policy in force before (recorded in the audit) lists operators "
+    "and this start's lists none: kill switches, releases and policy updates then count "
+    "unsigned. Without it such a restart refuses (exit 2)",
+)
+@click.option(
     "--forget-audit",
     is_flag=True,
     help="start although the audit the earlier stack of this data dir wrote is not in "
@@ -150,6 +157,7 @@ def up_cmd(
     data_dir: Path,
     sql_port: int | None,
     no_audit: bool,
+    allow_unsigned: bool,
     forget_audit: bool,
     restart_limit: int,
     restart_window_s: float,
@@ -250,7 +258,9 @@ def up_cmd(
         say_what_a_restart_keeps(data_dir, earlier, no_audit, settings, catalog, say)
         republished = None
         if not no_audit:
-            republished = name_a_lost_policy(data_dir / "chdb", policy.version, say)
+            republished = name_a_lost_policy(
+                data_dir / "chdb", policy.version, say, bool(policy.operators), allow_unsigned
+            )
         audit_id = keep_audit_id(data_dir, earlier, no_audit)
         record = write_stack_record(
             data_dir, settings, broker, no_audit, logs, memory_max if memory else None, audit_id

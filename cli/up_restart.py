@@ -79,7 +79,13 @@ def say_what_a_restart_keeps(
     )
 
 
-def name_a_lost_policy(audit: Path, version: str, say: Callable[[str], None]) -> str | None:
+def name_a_lost_policy(
+    audit: Path,
+    version: str,
+    say: Callable[[str], None],
+    operators: bool = True,
+    allow_unsigned: bool = False,
+) -> str | None:
     """A policy published before this restart is gone with the old broker's control topic:
     when the workers used another policy than this start's, say so (its approver keys and
     operators may be gone with it), never fall back in silence. A signed publication the
@@ -98,6 +104,17 @@ def name_a_lost_policy(audit: Path, version: str, say: Callable[[str], None]) ->
         return None
     if before is None or before.version == version:
         return None
+    if before.operators and not before.reissued and not operators and not allow_unsigned:
+        # a restart without the --policy file that listed them switched signing off: an
+        # unsigned release lifted a re-issued signed kill (H3, session 34)
+        names = ", ".join(shown(n) for n in before.operators[:8])
+        raise ConfigError(
+            f"the policy in force before this restart (version {shown(before.version)}) lists "
+            f"operators ({names}) and this start's policy {version} lists none: from now on "
+            "kill switches, releases and policy updates would be taken unsigned from any writer "
+            "of gov.control. Start with --policy FILE naming them (or publish such a policy), "
+            "or pass --allow-unsigned if that is what you mean"
+        )
     published = f", published by {shown(before.published_by)}" if before.published_by else ""
     if before.reissued:
         say(

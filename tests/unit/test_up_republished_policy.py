@@ -17,13 +17,15 @@ from baton.cli.restart_notice import PolicyInForce
 pytestmark = pytest.mark.unit
 
 
-def _said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: PolicyInForce | None):
+def _said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: PolicyInForce | None, **kw: bool
+):
     monkeypatch.setattr(restart_notice, "policy_in_force", lambda _audit: before)
     (tmp_path / "metadata").mkdir(exist_ok=True)  # an audit's tables (up_audit.has_tables)
     (tmp_path / "metadata" / "governance").mkdir(exist_ok=True)
     (tmp_path / "metadata" / "governance" / "decisions.sql").write_text("ATTACH TABLE")
     said: list[str] = []
-    version = up_restart.name_a_lost_policy(tmp_path, "53aec0f4a78e37af", said.append)
+    version = up_restart.name_a_lost_policy(tmp_path, "53aec0f4a78e37af", said.append, **kw)
     return version, said
 
 
@@ -72,3 +74,33 @@ def test_doctor_says_when_the_policy_in_force_is_not_the_file() -> None:
     _file_line, in_force = policy_checks(Settings(), published, 1.0)
     assert "NOT the policy file's" in in_force.detail and "baton policy publish" in in_force.detail
     assert "NOT" not in policy_checks(Settings(), the_file, 1.0)[1].detail
+
+
+def test_a_restart_whose_policy_drops_the_operators_in_force_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """H3, session 34: started with --policy FILE listing operators, restarted without it:
+    the seed (no operators) took unsigned releases; a re-issued signed kill was lifted."""
+    from baton.schemas.errors import ConfigError
+
+    before = PolicyInForce("0123456789abcdef", None, "2026-12-04 07:00:00", False, ("alice",))
+    with pytest.raises(ConfigError, match=r"lists operators \(alice\) and this start's"):
+        _said(tmp_path, monkeypatch, before, operators=False)
+    # with operators, confirmed, or a publication the restore re-issues (it lists them): on
+    assert _said(tmp_path, monkeypatch, before, operators=True)[1]
+    assert _said(tmp_path, monkeypatch, before, operators=False, allow_unsigned=True)[1]
+    reissued = PolicyInForce("0123456789abcdef", "oncall", "2026-12-04", True, ("alice",))
+    assert _said(tmp_path, monkeypatch, reissued, operators=False)[0] == "0123456789abcdef"
+
+
+def test_the_operators_of_the_policy_in_force_are_read_from_its_document() -> None:
+    document = '{"operators": {"alice": "ed25519:x", "bob": "ed25519:y"}, "multi_agent": {}}'
+    rows = [
+        ("policy_in_force", "v1", "", "2026-12-04 07:00:00", document),
+        ("policy_in_force", "v2", "", "2026-12-04 07:01:00", "{}"),
+        ("policy_in_force", "v1", "", "2026-12-04 07:02:00", document),
+    ]
+    last = restart_notice.fold_policy_in_force(rows)
+    assert last is not None and last.version == "v1" and last.operators == ("alice", "bob")
+    assert restart_notice.fold_policy_in_force(rows[:2]).operators == ()  # type: ignore[union-attr]
+    assert restart_notice._operators("[" * 5000) == ()  # not a document: none
