@@ -180,7 +180,10 @@ def up_cmd(
     the recorded kill switches, and signed releases and policy updates, again (it names each
     kill switch and a published policy it cannot: re-issue them), but not decisions the sink
     had not stored when up stopped. With --no-audit a restart forgets everything. A Kafka
-    cluster (docker-compose.yml) keeps all of it.
+    cluster (docker-compose.yml) keeps all of it. A start whose earlier stack's audit is gone,
+    or whose policy drops the operators in force, refuses (exit 2; --forget-audit,
+    --allow-unsigned). The --policy file is copied into DATA_DIR/policy.yaml: the stack uses
+    that copy until it stops. `baton down` stops it from another terminal.
 
     While it runs, DATA_DIR/stack.json records the stack (Kafka, SQL endpoint, policy, logs,
     pids): `baton kill`, `sql`, `trace`, `alerts`, `approvals` ... run where ./.baton is
