@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import click
 from baton.cli.help_listing import SentenceGroup
 from baton.cli.options import FiniteFloatRange, read_policy, read_policy_text, setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, shown, signer_options
-from baton.cli.stack_record import data_dir_option, stack_settings
+from baton.cli.stack_record import data_dir_option, stack_settings, uses_stack
 from baton.schemas.errors import ConfigError, PolicyError
 from baton.schemas.export import write_json_schemas
 from baton.schemas.policy import Policy, parse_policy
@@ -128,11 +127,9 @@ def policy_publish(
     from baton.streams.sdk import OperatorClient
 
     check_reachable(settings.bootstrap, settings.connect_timeout_s)
-    # the workers' --policy file is known: given (--policy, BATON_POLICY), or the stack's
-    # (the settings read a variable whatever its case: BATON_bootstrap passed for none, H3 s. 34)
-    variable = any(k.upper() == "BATON_BOOTSTRAP" and v for k, v in os.environ.items())
-    from_stack = opts.get("bootstrap") is None and (data_dir is not None or not variable)
-    known = settings.policy is not None or from_stack
+    # the workers' --policy file is known: given (--policy, BATON_POLICY), or the stack's (a
+    # check of BATON_BOOTSTRAP alone passed BATON_bootstrap, which the settings read: H3 s. 34)
+    known = settings.policy is not None or uses_stack("bootstrap", opts, data_dir)
     _say_security_changes(settings, policy, timeout, allow_unsigned, known)
     with OperatorClient(
         settings=settings, key=key, timeout=timeout, connect_timeout=settings.connect_timeout_s

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from baton.schemas.errors import ConfigError
-from baton.schemas.files import FileProblem, ForeignFile, read_small_file
+from baton.schemas.files import FileProblem, ForeignFile, read_small_file, replace_file
 
 __all__ = [
     "LOCK_FILE",
@@ -89,12 +89,12 @@ class StackRecord(BaseModel):
         lock of ``data_dir`` (where the record was found; its own ``data_dir`` by default),
         so neither a reused pid nor a record copied or planted elsewhere passes for it."""
         where = data_dir or self.data_dir
-        holder = lock_pid(where)  # a record naming another pid than the lock's is not it
         return (
             self.state != "stopped"
-            and _is_baton_up(self.pid)
-            and _lock_held(where)
-            and holder in (None, self.pid)
+            and is_baton_up(self.pid)
+            and lock_held(where)
+            # a record naming another pid than the lock's holder is not it
+            and lock_pid(where) in (None, self.pid)
         )
 
     def describe(self) -> str:
@@ -102,7 +102,7 @@ class StackRecord(BaseModel):
         return f"baton up pid {self.pid} (started {self.started_at:%Y-%m-%d %H:%M:%S} UTC)"
 
 
-def _is_baton_up(pid: int) -> bool:
+def is_baton_up(pid: int) -> bool:
     """``pid`` runs and, where /proc tells, runs ``baton ... up`` (a reused pid does not)."""
     try:
         os.kill(pid, 0)
@@ -119,7 +119,7 @@ def _is_baton_up(pid: int) -> bool:
     return b"up" in args and any(b"baton" in a for a in args)
 
 
-def _lock_held(data_dir: Path) -> bool:
+def lock_held(data_dir: Path) -> bool:
     """Some process holds ``data_dir``'s stack lock (a running ``baton up`` does)."""
     try:
         fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -181,10 +181,8 @@ def _take_lock(data_dir: Path) -> bool:
 
 
 def lock_pid(data_dir: Path) -> int | None:
-    """The pid ``data_dir``'s `baton up` wrote into its stack lock, while the lock is held
-    (None: not held, or an older `baton up` that wrote none)."""
-    if not _lock_held(data_dir):
-        return None
+    """The pid the `baton up` that took ``data_dir``'s stack lock wrote into it (None: none,
+    an older `baton up`); it names the holder only while the lock is held (``lock_held``)."""
     try:
         fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -205,16 +203,10 @@ def record_path(data_dir: Path) -> Path:
 def write_record(record: StackRecord) -> Path:
     """Write ``record`` into its data dir atomically (a reader sees the old or the new one)."""
     path = record_path(record.data_dir)
-    temp = path.with_name(f".{STACK_FILE}.{os.getpid()}.tmp")
-    text = record.model_dump_json(indent=2) + "\n"
     try:
-        # never through a link someone left at the temp name
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
+        # its temp name is its process's: never through a link someone left there
+        temp = path.with_name(f".{STACK_FILE}.{os.getpid()}.tmp")
+        replace_file(path, record.model_dump_json(indent=2) + "\n", 0o644, temp)
     except OSError as exc:
         raise ConfigError(
             f"cannot write the stack record {path}: {exc.strerror or exc}; expected a "
@@ -294,8 +286,3 @@ def refuse_running_stack(data_dir: Path) -> StackRecord | None:
             "--data-dir"
         )
     return earlier
-
-
-#: for `baton down`: whether a pid runs `baton up`, and whether a data dir's lock is held
-is_baton_up = _is_baton_up
-lock_held = _lock_held

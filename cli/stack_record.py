@@ -19,6 +19,7 @@ stack. A record whose ``baton up`` is gone without marking it stopped (killed, a
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ __all__ = [
     "find_stack",
     "is_default_data_dir",
     "stack_settings",
+    "uses_stack",
 ]
 
 #: ``baton up``'s data dir when none is given, relative to the current folder
@@ -155,6 +157,21 @@ def _warn(line: str) -> None:
     click.echo(f"baton: {line}", err=True)
 
 
+def uses_stack(
+    setting: str,
+    opts: Mapping[str, Any],
+    data_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> bool:
+    """The stack's record decides ``setting`` for a command given ``opts`` (no flag for it;
+    --data-dir beats its variable, which counts in any case, as the settings read it)."""
+    env = os.environ if env is None else env
+    if opts.get(setting) is not None:
+        return False
+    name = f"BATON_{setting.upper()}"
+    return data_dir is not None or not any(k.upper() == name and v for k, v in env.items())
+
+
 def stack_settings(
     opts: Mapping[str, Any],
     data_dir: Path | None = None,
@@ -172,18 +189,13 @@ def stack_settings(
     # the settings model reads variables whatever their case (BATON_bootstrap too)
     variables = {k.upper() for k, v in env.items() if v}
     found: FoundStack | None = None
+    from_stack = functools.partial(uses_stack, opts=opts, data_dir=data_dir, env=env)
 
     def stack() -> FoundStack:
         nonlocal found
         if found is None:
             found = find_stack(data_dir, env)
         return found
-
-    def from_stack(setting: str) -> bool:
-        """The stack decides this connection (no flag; --data-dir beats the variable)."""
-        if setting in given:
-            return False
-        return data_dir is not None or f"BATON_{setting.upper()}" not in variables
 
     if data_dir is None and env.get("BATON_DATA_DIR"):
         # a leftover variable beat the stack BATON_DATA_DIR names, and nothing said so: a kill

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from baton.cli.stack_file import (
     StackRecord,
 )
 from baton.schemas.errors import BatonError, ConfigError
+from baton.schemas.files import replace_file
 from baton.schemas.settings import Settings
 
 __all__ = ["POLICY_COPY", "keep_policy_copy", "name_a_lost_policy", "say_what_a_restart_keeps"]
@@ -159,21 +159,9 @@ def keep_policy_copy(data_dir: Path, text: str, source: Path, say: Callable[[str
     stack's workers, its record and the commands that read it: the file edited while the
     stack runs changed what a restarted worker loaded and what `policy publish` compared
     with, not what the workers held (H2, session 34). Edits take effect at the next start."""
-    import secrets
-
     path = data_dir / POLICY_COPY
-    # a new file of its own (O_EXCL, a random name): a hard link planted at a predictable
-    # temp name had another file written and become the copy (H3, session 34)
-    temp = path.with_name(f".{POLICY_COPY}.{secrets.token_hex(8)}.tmp")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(temp, path)
-        finally:
-            if temp.exists():
-                temp.unlink()
+        replace_file(path, text, 0o600)
     except OSError as exc:
         raise ConfigError(
             f"cannot write the stack's copy of the policy {path}: {exc.strerror or exc}; "

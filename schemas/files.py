@@ -29,6 +29,7 @@ __all__ = [
     "open_stream",
     "read_small_file",
     "read_small_text",
+    "replace_file",
 ]
 
 
@@ -93,6 +94,27 @@ def read_small_text(path: str | Path, limit: int) -> str:
         raise FileProblem(
             f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
         ) from None
+
+
+def replace_file(path: Path, text: str, mode: int, temp: Path | None = None) -> None:
+    """Write ``text`` to ``path`` atomically (a reader sees the old file or the new one),
+    through a new file of its own: a random temp name created with ``O_EXCL``, never through
+    a link or hard link someone planted at a predictable one (which had another file written
+    and become ``path``: H3, session 34); ``temp``: the caller's own temp name instead (a
+    link or file already there is an error). ``OSError`` for the caller to name the file."""
+    import secrets
+
+    temp = temp or path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
 
 
 def open_stream(path: str | Path) -> BinaryIO:
