@@ -75,6 +75,10 @@ class StackRecord(BaseModel):
     audit_id: str | None = Field(None, pattern="^[0-9a-f]{32}$")
     #: a stack with this audit became ready (its tables made): a later start needs them
     audit_made: bool = False
+    #: the audit's decisions by UTC day stored, counted at the stack's last clean stop, and
+    #: the table's retention then: a start finding fewer refuses (cli/audit_mark.py)
+    audit_rows: dict[str, int] | None = None
+    audit_ttl_days: int | None = Field(None, ge=1, le=20_000)
 
     @field_validator("bootstrap")
     @classmethod
@@ -82,6 +86,23 @@ class StackRecord(BaseModel):
         from baton.streams.net import parse_bootstrap
 
         parse_bootstrap(value)  # a ConfigError naming the entry
+        return value
+
+    @field_validator("audit_rows")
+    @classmethod
+    def _audit_rows(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        from datetime import date
+
+        from baton.cli.audit_mark import MARK_DAYS
+
+        if value is None:
+            return None
+        if len(value) > MARK_DAYS:
+            raise ValueError(f"at most {MARK_DAYS} days")
+        for day, rows in value.items():
+            date.fromisoformat(day)  # a ValueError names it
+            if not 0 <= rows < 2**63:
+                raise ValueError(f"{day}: a count from 0 to 2**63 - 1, got {rows}")
         return value
 
     def live(self, data_dir: Path | None = None) -> bool:
@@ -215,12 +236,15 @@ def write_record(record: StackRecord) -> Path:
     return path
 
 
-def mark_stopped(record: StackRecord) -> StackRecord:
-    """Record that ``record``'s stack stopped cleanly, unless another stack took the dir."""
+def mark_stopped(record: StackRecord, **changes: Any) -> StackRecord:
+    """Record that ``record``'s stack stopped cleanly (with ``changes``: what its audit held,
+    cli/audit_mark.py), unless another stack took the dir."""
     current = read_record(record.data_dir)
     if current is not None and current.pid != record.pid:
         return current
-    stopped = record.model_copy(update={"state": "stopped", "stopped_at": datetime.now(UTC)})
+    stopped = record.model_copy(
+        update={**changes, "state": "stopped", "stopped_at": datetime.now(UTC)}
+    )
     write_record(stopped)
     return stopped
 

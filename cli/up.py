@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from baton.cli.audit_mark import carried_over, stop_mark
 from baton.cli.options import (
     FiniteFloatRange,
     PortOrOff,
@@ -93,7 +94,8 @@ _MAX_BACKOFF_S = 30.0
     "--forget-audit",
     is_flag=True,
     help="start although the audit the earlier stack of this data dir wrote is not in "
-    "DATA_DIR/chdb (moved, deleted, another one): its runs' state, kill switches and "
+    "DATA_DIR/chdb (moved, deleted, another one, or fewer decisions than at its last clean "
+    "stop: an older copy): its runs' state, kill switches and "
     "published policy are forgotten. Without it such a start refuses (exit 2). No variable: "
     "a one-off choice",
 )
@@ -180,8 +182,8 @@ def up_cmd(
     the recorded kill switches, and signed releases and policy updates, again (it names each
     kill switch and a published policy it cannot: re-issue them), but not decisions the sink
     had not stored when up stopped. With --no-audit a restart forgets everything. A Kafka
-    cluster (docker-compose.yml) keeps all of it. A start whose earlier stack's audit is gone,
-    or whose policy drops the operators in force, refuses (exit 2; --forget-audit,
+    cluster (docker-compose.yml) keeps all of it. A start whose earlier stack's audit is gone
+    or older, or whose policy drops the operators in force, refuses (exit 2; --forget-audit,
     --allow-unsigned). The --policy file is copied into DATA_DIR/policy.yaml: the stack uses
     that copy until it stops. `baton down` stops it from another terminal.
 
@@ -268,8 +270,7 @@ def up_cmd(
         record = write_stack_record(
             data_dir, settings, broker, no_audit, logs, memory_max if memory else None, audit_id
         )
-        if earlier is not None and earlier.audit_made and earlier.audit_id == audit_id:
-            record = update_record(record, audit_made=True)  # the same audit, made before
+        record = update_record(record, **carried_over(earlier, audit_id, no_audit))
         say(
             f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, `trace`, "
             f"`alerts` ... run in {data_dir.parent} (or with --data-dir {data_dir}) use it"
@@ -359,7 +360,7 @@ def up_cmd(
             supervisor.stop(grace_s=15.0 if broker.running else 3.0)
         broker.stop()
         if record is not None:
-            mark_stopped(record)
+            mark_stopped(record, **stop_mark(record, say))  # the sink is gone: count
     if interrupted:  # never ready: exit 130 (Ctrl-C before done), not 0 as a stop of a stack
         raise KeyboardInterrupt
 

@@ -11,7 +11,8 @@ another one (a copy of another stack's), or whose data dir shows a sink ran ther
 while ``chdb`` holds no audit tables (a record truncated or deleted too), refuses, exit 2,
 until the audit is put back or ``--forget-audit`` says to go on without it. A copy of the
 same audit restored from a backup carries its id and is taken (the restore says what it
-rebuilt); an older backup is not told apart (its later kill switches are not in it).
+rebuilt) when it holds every decision the audit held at its stack's last clean stop: an older
+backup, or the audit emptied in place, is refused too (cli/audit_mark.py).
 """
 
 from __future__ import annotations
@@ -98,6 +99,26 @@ def _lost(data_dir: Path, earlier: StackRecord | None) -> str | None:
     return None
 
 
+def _shrunk(data_dir: Path, earlier: StackRecord | None) -> str | None:
+    """What the audit lacks of the counts its stack recorded at its last clean stop (an older
+    backup of it, its rows deleted in place: cli/audit_mark.py); None: nothing, or no counts.
+    Opens the audit: only where no process holds it (a start, a stopped stack)."""
+    from baton.cli.audit_mark import audit_rows, missing_rows
+
+    chdb = data_dir / "chdb"
+    if earlier is None or not earlier.audit_rows:  # a clean stop's (or a --no-audit start's)
+        return None
+    if audit_id(chdb) != earlier.audit_id or not has_tables(chdb):
+        return None  # _lost judges these
+    counted = audit_rows(chdb)
+    found = {} if counted is None else counted[0]
+    problem = missing_rows(earlier.audit_rows, earlier.audit_ttl_days or 1, found)
+    if problem is None:
+        return None
+    stopped = f" at {earlier.stopped_at:%Y-%m-%d %H:%M:%S} UTC" if earlier.stopped_at else ""
+    return f"{chdb} is not the audit its stack left{stopped}: {problem}"
+
+
 def _record_problem(data_dir: Path, earlier: StackRecord | None) -> str:
     """How the data dir's record reads, for a refusal's message."""
     from baton.cli.stack_file import read_record
@@ -119,7 +140,7 @@ def refuse_a_lost_audit(
     """Before anything starts: refuse (``ConfigError``, exit 2) a start whose data dir had an
     audit that is not there, unless ``forget`` (--forget-audit), and check that the id can be
     written. With --no-audit nothing is restored anyway (said at every such start)."""
-    problem = None if no_audit else _lost(data_dir, earlier)
+    problem = None if no_audit else (_lost(data_dir, earlier) or _shrunk(data_dir, earlier))
     if problem is None:
         if forget:
             say("--forget-audit: the audit of the earlier start is there; nothing forgotten")
@@ -203,6 +224,13 @@ def audit_kept_checks(data_dir: Path | None) -> list[Any]:
     if record is None or record.clickhouse_dsn is None:
         return []
     problem = _lost(found.data_dir, record)
+    if problem is None and not record.live(found.data_dir):
+        from baton.schemas.errors import BatonError
+
+        try:  # no process holds the audit: its counts against the stop's (cli/audit_mark.py)
+            problem = _shrunk(found.data_dir, record)
+        except BatonError as exc:
+            problem = f"its decisions cannot be counted ({str(exc)[:300]})"
     if problem is not None:
         return [
             fail(

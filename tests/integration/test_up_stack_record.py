@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -300,3 +302,71 @@ def test_a_restart_whose_audit_was_moved_away_refuses_until_it_is_back_or_forgot
     finally:
         if (data_dir / "chdb.lost").exists():
             (data_dir / "chdb.lost").rename(data_dir / "chdb.old")
+
+
+def _empty_in_place(chdb: Path) -> int:
+    """Delete the decisions table's data parts, its metadata kept (what a careless cleanup or
+    a tampered disk leaves); how many parts."""
+    ddl = (chdb / "metadata" / "governance" / "decisions.sql").read_text()
+    uuid_ = re.search(r"UUID '([0-9a-f-]{36})'", ddl).group(1)  # type: ignore[union-attr]
+    parts = [p for p in (chdb / "store" / uuid_[:3] / uuid_).iterdir() if p.is_dir()]
+    parts = [p for p in parts if p.name != "detached"]
+    for part in parts:
+        shutil.rmtree(part)
+    return len(parts)
+
+
+def test_an_older_copy_of_the_audit_or_one_emptied_in_place_is_refused(up: _Up) -> None:
+    """Session 34 (remaining): an older backup of the same audit, or the audit's rows deleted
+    with its tables kept, has the audit's id and tables, and the restart took it: fewer runs
+    restored, the kill switches issued after the backup lifted. A clean stop counts the
+    audit's decisions (stack.json `audit_rows`); the next start finding fewer refuses."""
+    data_dir = up.folder / ".baton"
+    chdb = data_dir / "chdb"
+    first = up.record()  # the --forget-audit stack above, stopped by `baton down`
+    assert first["state"] == "stopped" and first["audit_rows"] and first["audit_ttl_days"] == 365
+    shutil.copytree(chdb, data_dir / "chdb.backup", symlinks=True)  # as `cp -a` copies
+    stack = _Up(up.folder, "--sql-port", "0")
+    try:
+        stack.ready_line()
+        run = f"run_{uuid.uuid4().hex[:8]}"
+        _request(stack.record()["bootstrap"], run)
+        kill = _baton(
+            "kill", "--tenant", "acme_late", "--reason", "after the backup", cwd=up.folder
+        )
+        assert kill.returncode == 0, kill.stderr
+        held = (
+            "SELECT count() FROM governance.decisions "
+            f"WHERE run_id = '{run}' OR reason = 'kill_switch'"
+        )
+        wait_for(
+            lambda: _baton("sql", "-f", "csv", held, cwd=up.folder).stdout.split()[-1] == "2",
+            30,
+            interval=0.5,
+            message="the run and the kill in the audit",
+        )
+    finally:
+        assert stack.stop() == 0
+    newer = up.record()
+    assert sum(newer["audit_rows"].values()) >= sum(first["audit_rows"].values()) + 2, newer
+    chdb.rename(data_dir / "chdb.newer")
+    (data_dir / "chdb.backup").rename(chdb)
+    for attempt in ("older copy", "emptied in place"):
+        refused = _baton("up", "--sql-port", "off", cwd=up.folder, timeout=60)
+        assert refused.returncode == 2, refused.stderr
+        said = refused.stderr
+        assert f"{chdb} is not the audit its stack left at " in said, said
+        assert "fewer decisions than when its stack last stopped" in said, said
+        assert "an older copy of the audit, or rows deleted from it" in said
+        assert "--forget-audit" in said and "Traceback" not in said
+        assert up.record() == newer  # nothing started, nothing recorded over it
+        if attempt == "emptied in place":
+            assert "(0 of the " in said, said
+            break
+        doctor = _baton("doctor", "--format", "json", "--timeout", "2", cwd=up.folder)
+        lines = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}
+        assert lines["audit of the stack"]["status"] == "fail", lines
+        assert "fewer decisions" in lines["audit of the stack"]["detail"]
+        shutil.rmtree(chdb)
+        (data_dir / "chdb.newer").rename(chdb)
+        assert _empty_in_place(chdb) >= 1
