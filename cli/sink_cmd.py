@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from typing import Any
 
 import click
@@ -60,7 +62,19 @@ __all__ = ["sink_cmd"]
     show_default=True,
     help="seconds between status lines (rows, rate, lag per partition) on stderr",
 )
-def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any) -> None:
+@click.option(
+    "--drain-s",
+    type=FiniteFloatRange(min=0, max=3600),
+    default=0.0,
+    show_default=True,
+    help="on Ctrl-C or SIGTERM, first read gov.decisions to its end and store it, for up to "
+    "this many seconds, then stop (a second signal stops at once). 0: store the batch in hand "
+    "and stop. `baton up` runs its sink with 10 after its workers have stopped: its embedded "
+    "broker forgets every decision when it stops",
+)
+def sink_cmd(
+    sql_host: str, sql_port: str, report_every: float, drain_s: float, **overrides: Any
+) -> None:
     """Consume gov.decisions into ClickHouse governance.decisions (batched, at least once,
     deduplicated by decision_id); with chDB, also serve SQL for other processes.
 
@@ -114,6 +128,7 @@ def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any
             output.say(f"audit sink: {stats.describe()}")
 
     with stop_on_signals() as stop:
+        drain = _drain_first(stop, drain_s, running, output.say)
         stats = run_sink(
             settings,
             stop,
@@ -122,11 +137,38 @@ def sink_cmd(sql_host: str, sql_port: str, report_every: float, **overrides: Any
             on_ready=ready,
             on_report=report,
             report_every_s=report_every,
+            drain_event=drain,
         )
     output.say(
         f"audit sink stopped: {stats.rows} decisions in {stats.batches} batches, "
         f"{stats.rejected} rejected"
     )
+
+
+def _drain_first(
+    stop: threading.Event, drain_s: float, running: list[Any], say: Any
+) -> threading.Event | None:
+    """With ``drain_s``: the first Ctrl-C or SIGTERM after the sink runs sets the returned
+    event (read to the end, then stop) and ``stop`` ``drain_s`` later; a second one, or one
+    while the sink still starts (nothing read to store), sets ``stop`` at once."""
+    if drain_s <= 0:
+        return None
+    drain = threading.Event()
+
+    def handle(signum: int, _frame: Any) -> None:
+        if drain.is_set() or not running:
+            stop.set()
+            return
+        drain.set()
+        timer = threading.Timer(drain_s, stop.set)
+        timer.daemon = True
+        timer.start()
+        line = f"audit sink: stopping: reading the decisions to their end first (≤ {drain_s:g} s)"
+        threading.Thread(target=say, args=(line,), daemon=True).start()  # not in the handler
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handle)
+    return drain
 
 
 def _port(text: str) -> int:

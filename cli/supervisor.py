@@ -130,13 +130,16 @@ class Process(Protocol):
 class ChildSpec:
     """A child of ``baton up``: its name in messages, its ``baton`` arguments and its log;
     ``echo``: its stdout also goes to the terminal (the alerter's alert lines);
-    ``echo_warnings``: its WARNING and ERROR log lines do (:class:`WarningEcho`)."""
+    ``echo_warnings``: its WARNING and ERROR log lines do (:class:`WarningEcho`);
+    ``stop_last``: it is stopped once the others are gone (the audit sink, which stores what
+    they wrote before the broker goes)."""
 
     name: str
     args: tuple[str, ...]
     log_path: Path
     echo: bool = False
     echo_warnings: bool = False
+    stop_last: bool = False
 
 
 @dataclass
@@ -299,12 +302,25 @@ class Supervisor:
             if code is not None:
                 self._crashed(child, code, now)
 
-    def stop(self, grace_s: float) -> None:
-        """SIGTERM every running child, SIGKILL those still running after ``grace_s``."""
-        procs = [child.proc for child in self._children.values()]
+    def stop(self, grace_s: float, last_s: float | None = None) -> None:
+        """SIGTERM every running child, SIGKILL those still running after ``grace_s``; then
+        the same for the ``stop_last`` children with ``last_s`` more seconds (what they may
+        take to read what the others wrote; None: they are told to stop at once, a second
+        SIGTERM, as by a broker that is gone)."""
+        children = list(self._children.values())
+        self._stop([c.proc for c in children if not c.spec.stop_last], grace_s)
+        last = [c.proc for c in children if c.spec.stop_last]
+        self._stop(last, grace_s + (last_s or 0.0), twice=last_s is None)
+
+    def _stop(self, procs: list[Process], grace_s: float, twice: bool = False) -> None:
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
+        if twice:  # the second once the first is handled (two pending ones are one)
+            time.sleep(0.5)
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
         deadline = self.clock() + grace_s
         for proc in procs:
             try:

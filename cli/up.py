@@ -27,13 +27,16 @@ from baton.cli.stack_file import (
     update_record,
     write_record,
 )
-from baton.cli.supervisor import (
-    ChildSpec,
-    RestartPolicy,
-    Supervisor,
-)
+from baton.cli.supervisor import RestartPolicy, Supervisor
 from baton.cli.up_audit import has_tables, keep_audit_id, refuse_a_lost_audit
-from baton.cli.up_children import audit_children, metrics_url_of, spawner, with_metrics_ports
+from baton.cli.up_children import (
+    audit_children,
+    metrics_url_of,
+    spawner,
+    start_children,
+    stop_children,
+    with_metrics_ports,
+)
 from baton.cli.up_memory import MemoryMax, check_broker, machine_memory, memory_limit, watch_memory
 from baton.cli.up_ports import refuse_busy_ports
 from baton.cli.up_ready import PROGRESS_EVERY_S, Readiness, announce_new_sql_token
@@ -180,8 +183,9 @@ def up_cmd(
     one rebuilds the runs' state (spend, handoff counts, owners, stops) from its audit
     (DATA_DIR/chdb) before the worker decides, and says how many runs it restored; it issues
     the recorded kill switches, and signed releases and policy updates, again (it names each
-    kill switch and a published policy it cannot: re-issue them), but not decisions the sink
-    had not stored when up stopped. With --no-audit a restart forgets everything. A Kafka
+    kill switch and a published policy it cannot: re-issue them). A stop ends the worker, then
+    the sink once it stored what the worker published, then the broker: requests not decided
+    by then are gone. With --no-audit a restart forgets everything. A Kafka
     cluster (docker-compose.yml) keeps all of it. A start whose earlier stack's audit is gone
     or older, or whose policy drops the operators in force, refuses (exit 2; --forget-audit,
     --allow-unsigned). The --policy file is copied into DATA_DIR/policy.yaml: the stack uses
@@ -304,10 +308,7 @@ def up_cmd(
                 record, metrics_url=metrics_url, sink_metrics_url=metrics_url_of(children, "sink")
             )
         supervisor = Supervisor(restart, spawner(env, say), say)
-        for name, args in children:  # the alerts on stdout; the others' warnings on stderr
-            echo = name == "alerts"
-            spec = ChildSpec(name, args, logs / f"{name}.log", echo=echo, echo_warnings=not echo)
-            supervisor.start(spec)
+        start_children(supervisor, children, logs)  # the alerts echoed, the rest's warnings
         interruptible = False  # from here on, signals only set `stopping`
 
         say(
@@ -357,7 +358,7 @@ def up_cmd(
         interruptible = False
         if supervisor is not None:
             # without a broker a worker's graceful stop only waits for it: a short grace
-            supervisor.stop(grace_s=15.0 if broker.running else 3.0)
+            stop_children(supervisor, broker.running)
         broker.stop()
         if record is not None:
             mark_stopped(record, **stop_mark(record, say))  # the sink is gone: count

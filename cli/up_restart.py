@@ -58,7 +58,7 @@ def say_what_a_restart_keeps(
             "the embedded Kafka broker keeps everything in memory: when baton up stops, its "
             "topics are gone; a start with this data dir rebuilds the runs' state from the "
             f"audit in {audit} and issues its kill switches (and signed releases and policy "
-            "updates) again, but not decisions the sink had not stored yet"
+            "updates) again; requests the worker had not decided when it stopped are gone"
         )
     from baton.cli.up_audit import has_tables
 

@@ -79,8 +79,10 @@ def run_sink(
     on_ready: Callable[[AuditSink, Any], None] | None = None,
     on_report: Callable[[SinkStats], None] | None = None,
     report_every_s: float = 10.0,
+    drain_event: threading.Event | None = None,
 ) -> SinkStats:
-    """Run the audit sink until ``stop_event`` is set; returns its stats.
+    """Run the audit sink until ``stop_event`` is set, or ``drain_event`` is and the topic is
+    read to its end (``sinks.sink_end``); returns its stats.
 
     Connects to ``settings.clickhouse_dsn`` (retrying while a server is down), migrates the
     schema, and with a chDB DSN serves SQL on ``sql_host:sql_port`` (None: do not serve; 0:
@@ -138,7 +140,7 @@ def run_sink(
         )
         if on_ready is not None:
             on_ready(sink, server)
-        sink.run(stop_event)
+        sink.run(stop_event, drain_event)
         return sink.stats
     finally:
         if server is not None:

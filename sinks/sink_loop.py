@@ -29,6 +29,7 @@ from baton.sinks.audit_batch import (
 from baton.sinks.audit_insert import insert_types
 from baton.sinks.clickhouse import audit_errors
 from baton.sinks.rows import DECISION_COLUMNS, REJECTED_COLUMNS, RejectKind, oversized
+from baton.sinks.sink_end import partition_lag, read_to_end
 from baton.sinks.sink_parse import ParseProcesses
 from baton.sinks.sink_start import DEFAULT_MAX_RECEIVE_BYTES, audit_consumer
 from baton.sinks.sink_stats import SinkStats
@@ -150,9 +151,10 @@ class AuditSink:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("audit sink: partitions assigned: %s", sorted(tp.partition for tp in partitions))
 
-    def run(self, stop_event: threading.Event) -> None:
-        """Consume, batch, insert, commit until ``stop_event`` is set; the batch in hand is
-        flushed on a clean stop (when ClickHouse answers).
+    def run(self, stop_event: threading.Event, drain: threading.Event | None = None) -> None:
+        """Consume, batch, insert, commit until ``stop_event`` is set, or once ``drain`` is
+        set and the partitions are read to their end (``sink_end.read_to_end``); the batch in
+        hand is flushed on a clean stop (when ClickHouse answers).
 
         Pipelined: while one batch is written (ClickHouse works without holding the GIL),
         the next one is read and parsed. One write at a time, in offset order: batch N+1 is
@@ -172,7 +174,10 @@ class AuditSink:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_revoke,
             )
-            while not stop_event.is_set():
+            while not stop_event.is_set() and not (
+                drain is not None
+                and read_to_end(consumer, self.topic, drain, self._drained and not self._carry)
+            ):
                 if self._carry:
                     messages, self._carry = self._carry, []
                 else:
@@ -409,7 +414,8 @@ class AuditSink:
                 batch.rejected[0][3][:300],
             )
         for p, next_offset in batch.commit_offsets().items():
-            self.stats.lag[p] = self._lag(consumer, p, next_offset)
+            last = self.stats.lag.get(p, 0)
+            self.stats.lag[p] = partition_lag(consumer, self.topic, p, next_offset, last)
 
     def _wait_paused(self, consumer: Any, wait: float, stop_event: threading.Event) -> list[Any]:
         """Sleep ``wait`` s with every partition paused, still polling so the group keeps us."""
@@ -427,17 +433,6 @@ class AuditSink:
                 return paused
             # paused partitions deliver nothing; a partition assigned meanwhile may: keep it
             self._carry.extend(consumer.consume(num_messages=1000, timeout=min(0.2, remaining)))
-
-    def _lag(self, consumer: Any, partition: int, next_offset: int) -> int:
-        from confluent_kafka import TopicPartition
-
-        try:
-            _, high = consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), cached=True
-            )
-        except Exception:  # lag is a report, never a reason to stop
-            return self.stats.lag.get(partition, 0)
-        return max(0, int(high) - next_offset) if high >= 0 else 0
 
     def _report(self, consumer: Any) -> None:
         now = time.monotonic()

@@ -234,6 +234,8 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env=env,
             preexec_fn=kill_when_parent_dies if self._die_with_parent else None,
+            # a terminal's Ctrl-C reaches its parent alone, which stops it last (`baton up`)
+            process_group=0 if self._die_with_parent else None,
         )
 
     def _wait_ready(self, deadline: float) -> None:

@@ -408,3 +408,54 @@ def test_a_transaction_left_open_on_the_decisions_topic_holds_no_decision_out_of
         message="the forged records rejected",
     )
     del attackers
+
+
+def test_a_draining_sink_stores_the_topic_to_its_end_then_stops_by_itself(
+    broker: Any, chdb_dir: Path, topic_prefix: str
+) -> None:
+    """`baton sink --drain-s` (what `baton up` runs, session 35): told to drain with records
+    still unread, it reads every partition to the end its fetches report, stores them and
+    returns, with no stop signal at all; the records of an empty partition count as read."""
+    topic = f"{topic_prefix}gov.decisions"
+    create_topic(broker.bootstrap, topic, partitions=4)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    decisions = [d for d in scenario_decisions(runs=40, start=start)]
+    unique = {d.decision_id for d in decisions}
+    produce_decisions(broker.bootstrap, topic, decisions)
+    settings = Settings(
+        bootstrap=broker.bootstrap,
+        clickhouse_dsn=f"chdb://{chdb_dir}",
+        topic_prefix=topic_prefix,
+        sink_batch_size=50,  # several batches: the end is not one fetch away
+        sink_batch_timeout_s=5.0,  # a batch in hand is stored by the stop, not the timeout
+    )
+    stop, drain = threading.Event(), threading.Event()
+    drain.set()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        box["stats"] = run_sink(
+            settings,
+            stop,
+            sql_port=None,
+            topic=topic,
+            consumer_overrides=FAST_GROUP,
+            drain_event=drain,
+        )
+
+    thread = threading.Thread(target=target, name="draining-sink", daemon=True)
+    thread.start()
+    thread.join(90)
+    stopped = not thread.is_alive()
+    stop.set()  # a sink that never ends is stopped for the next test
+    thread.join(30)
+    assert stopped, "the draining sink did not stop by itself"
+    assert box["stats"].rows == len(decisions)
+    client = connect(settings.clickhouse_dsn)
+    try:
+        ids = {
+            r[0] for r in client.query("SELECT decision_id FROM governance.decisions").result_rows
+        }
+    finally:
+        client.close()
+    assert ids == unique

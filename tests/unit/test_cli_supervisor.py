@@ -233,3 +233,105 @@ def test_copy_lines_keeps_logging_when_the_terminal_is_gone(tmp_path: Path) -> N
     log = tmp_path / "alerts.log"
     copy_lines(io.BytesIO(b"a\nb\nc\n"), log, broken)
     assert log.read_text() == "a\nb\nc\n"
+
+
+# ------------------------------------------------------------------ the stop order
+
+
+def test_the_sink_is_stopped_once_the_others_are_gone(tmp_path: Path) -> None:
+    """Session 35: every child got SIGTERM at once, so the sink stopped before the workers'
+    last decisions, which the embedded broker then forgot (294-425 out of the audit at 3,000
+    decisions/s). Real processes: each notes when its SIGTERM came."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import signal, sys, time\n"
+        "out, linger = sys.argv[1], float(sys.argv[2])\n"
+        "def stop(*_):\n"
+        "    with open(out, 'a') as f: f.write(f'{time.monotonic()} term\\n')\n"
+        "    time.sleep(linger)\n"
+        "    with open(out, 'a') as f: f.write(f'{time.monotonic()} gone\\n')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "open(out, 'a').close()\n"
+        "while True: time.sleep(0.05)\n"
+    )
+    lingers = {"worker": "0.6", "sink": "0", "alerts": "0"}
+
+    def spawn(spec: ChildSpec) -> subprocess.Popen:
+        out = tmp_path / f"{spec.name}.out"
+        return subprocess.Popen([sys.executable, "-c", script, str(out), lingers[spec.name]])
+
+    sup = Supervisor(RestartPolicy(), spawn, print)
+    for name in ("worker", "sink", "alerts"):
+        sup.start(ChildSpec(name, (name,), tmp_path / f"{name}.log", stop_last=name == "sink"))
+    deadline = time.monotonic() + 20
+    while not all((tmp_path / f"{n}.out").exists() for n in lingers):  # handlers installed
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    sup.stop(10.0, 5.0)
+
+    def at(name: str, what: str) -> float:
+        lines = (tmp_path / f"{name}.out").read_text().split("\n")
+        return float(next(ln.split()[0] for ln in lines if ln.endswith(what)))
+
+    assert at("sink", "term") >= at("worker", "gone") >= at("worker", "term")
+    assert at("alerts", "term") < at("worker", "gone")  # the others together
+    assert all(proc.poll() == 0 for proc in sup.processes().values())
+
+
+class _Partition:
+    def __init__(self, partition: int, offset: int, topic: str = "gov.decisions") -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+
+
+class _Consumer:
+    """What ``read_to_end`` asks of confluent's consumer: its assignment, positions,
+    committed offsets and the watermarks its fetches reported."""
+
+    def __init__(self, at: dict[int, int], ends: dict[int, tuple[int, int]], done: dict) -> None:
+        self.at, self.ends, self.done = at, ends, done
+
+    def assignment(self) -> list[_Partition]:
+        return [_Partition(p, -1001) for p in self.at] + [_Partition(0, -1001, "other")]
+
+    def position(self, parts: list[_Partition]) -> list[_Partition]:
+        return [_Partition(tp.partition, self.at[tp.partition]) for tp in parts]
+
+    def committed(self, parts: list[_Partition], timeout: float) -> list[_Partition]:
+        return [_Partition(tp.partition, self.done.get(tp.partition, -1001)) for tp in parts]
+
+    def get_watermark_offsets(self, tp: object, cached: bool) -> tuple[int, int]:
+        assert cached  # what fetches reported: Tansu's ListOffsets reads a batch's end short
+        return self.ends[tp.partition]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("at", "ends", "done", "end"),
+    [
+        ({0: 10, 1: 5}, {0: (0, 10), 1: (0, 5)}, {}, True),
+        ({0: 10, 1: 4}, {0: (0, 10), 1: (0, 5)}, {}, False),  # one record of p1 unread
+        ({0: 10, 1: -1001}, {0: (0, 10), 1: (0, 5)}, {1: 5}, True),  # p1 read before: committed
+        ({0: 10, 1: -1001}, {0: (0, 10), 1: (0, 5)}, {1: 3}, False),
+        ({0: 10, 1: -1001}, {0: (0, 10), 1: (7, 7)}, {}, True),  # p1 empty, nothing committed
+        ({0: 10, 1: -1001}, {0: (0, 10), 1: (0, 7)}, {}, False),  # p1 never read
+        ({0: 10}, {0: (-1001, -1001)}, {}, False),  # no fetch answered yet
+        ({}, {}, {}, False),  # not assigned yet
+    ],
+)
+def test_a_draining_sink_stops_once_every_partition_is_read_to_its_end(
+    at: dict, ends: dict, done: dict, end: bool
+) -> None:
+    import threading
+
+    from baton.sinks.sink_end import read_to_end
+
+    consumer = _Consumer(at, ends, done)
+    drain = threading.Event()
+    assert read_to_end(consumer, "gov.decisions", drain, True) is False  # not told to drain
+    drain.set()
+    assert read_to_end(consumer, "gov.decisions", drain, False) is False  # records came last
+    assert read_to_end(consumer, "gov.decisions", drain, True) is end
+    assert read_to_end(consumer, "gov.decisions", None, True) is False
