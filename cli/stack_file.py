@@ -75,10 +75,12 @@ class StackRecord(BaseModel):
     audit_id: str | None = Field(None, pattern="^[0-9a-f]{32}$")
     #: a stack with this audit became ready (its tables made): a later start needs them
     audit_made: bool = False
-    #: the audit's decisions by UTC day stored, counted at the stack's last clean stop, and
-    #: the table's retention then: a start finding fewer refuses (cli/audit_mark.py)
+    #: the audit's mark at the last clean stop (cli/audit_mark.py): its decisions by UTC day
+    #: stored, the table's retention, its operators' newest command ids; a start whose audit
+    #: holds less refuses
     audit_rows: dict[str, int] | None = None
     audit_ttl_days: int | None = Field(None, ge=1, le=20_000)
+    audit_commands: dict[str, str] | None = None
 
     @field_validator("bootstrap")
     @classmethod
@@ -91,19 +93,16 @@ class StackRecord(BaseModel):
     @field_validator("audit_rows")
     @classmethod
     def _audit_rows(cls, value: dict[str, int] | None) -> dict[str, int] | None:
-        from datetime import date
+        from baton.cli.audit_mark import check_rows
 
-        from baton.cli.audit_mark import MARK_DAYS
+        return check_rows(value)
 
-        if value is None:
-            return None
-        if len(value) > MARK_DAYS:
-            raise ValueError(f"at most {MARK_DAYS} days")
-        for day, rows in value.items():
-            date.fromisoformat(day)  # a ValueError names it
-            if not 0 <= rows < 2**63:
-                raise ValueError(f"{day}: a count from 0 to 2**63 - 1, got {rows}")
-        return value
+    @field_validator("audit_commands")
+    @classmethod
+    def _audit_commands(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        from baton.cli.audit_mark import check_commands
+
+        return check_commands(value)
 
     def live(self, data_dir: Path | None = None) -> bool:
         """Its ``baton up`` still runs: the pid is alive, is a ``baton up``, and holds the

@@ -220,7 +220,7 @@ def up_cmd(
         read_policy(None) if text is None else parse_policy(text, str(settings.policy), file=True)
     )
     earlier = refuse_running_stack(data_dir)
-    refuse_a_lost_audit(data_dir, earlier, no_audit, forget_audit, say)
+    forgotten = refuse_a_lost_audit(data_dir, earlier, no_audit, forget_audit, say)
     if text is not None:  # the workers load what was read here, whatever the file becomes
         opts["policy"] = str(keep_policy_copy(data_dir, text, Path(settings.policy), say))
         settings = build_settings(**opts)
@@ -270,7 +270,7 @@ def up_cmd(
             republished = name_a_lost_policy(
                 data_dir / "chdb", policy.version, say, bool(policy.operators), allow_unsigned
             )
-        audit_id = keep_audit_id(data_dir, earlier, no_audit)
+        audit_id = keep_audit_id(data_dir, earlier, no_audit, renew=forgotten)
         record = write_stack_record(
             data_dir, settings, broker, no_audit, logs, memory_max if memory else None, audit_id
         )

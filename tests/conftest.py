@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,10 @@ import pytest
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port as _free_port
 from tests.compiled_build import COMPILED_TEST, start_in_background, stop_background
+
+# the marks `baton up` keeps of its audits outside the data dir (cli/audit_mark.py): the
+# tests' stacks keep theirs in a temp dir of each test process, not in the user's home
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="baton-test-state-")
 
 # A run started with SIGINT ignored (a shell's `cmd &` without job control, as in a script)
 # passes the ignore on to every process the tests start, and Python then installs no

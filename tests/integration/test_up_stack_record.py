@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -26,10 +27,14 @@ from tests.helpers import wait_for
 pytestmark = pytest.mark.integration
 
 
+#: where the stacks of this module keep their audits' marks (cli/audit_mark.py)
+_STATE = tempfile.mkdtemp(prefix="baton-state-")
+
+
 def _env(**extra: str) -> dict[str, str]:
     """This process's environment without any BATON_* setting (a user's fresh shell)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
-    return env | extra
+    return env | {"XDG_STATE_HOME": _STATE} | extra
 
 
 def _baton(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
@@ -316,16 +321,27 @@ def _empty_in_place(chdb: Path) -> int:
     return len(parts)
 
 
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0
+
+
 def test_an_older_copy_of_the_audit_or_one_emptied_in_place_is_refused(up: _Up) -> None:
     """Session 34 (remaining): an older backup of the same audit, or the audit's rows deleted
     with its tables kept, has the audit's id and tables, and the restart took it: fewer runs
-    restored, the kill switches issued after the backup lifted. A clean stop counts the
-    audit's decisions (stack.json `audit_rows`); the next start finding fewer refuses."""
+    restored, the kill switches issued after the backup lifted. A clean stop marks the
+    audit (its decisions by day, its commands) in stack.json and, by its id, outside the
+    data dir; a start whose audit holds less refuses: also a whole data dir restored (its
+    stack.json older too) and a start after one that crashed (H1, session 35)."""
     data_dir = up.folder / ".baton"
     chdb = data_dir / "chdb"
     first = up.record()  # the --forget-audit stack above, stopped by `baton down`
     assert first["state"] == "stopped" and first["audit_rows"] and first["audit_ttl_days"] == 365
-    shutil.copytree(chdb, data_dir / "chdb.backup", symlinks=True)  # as `cp -a` copies
+    assert (Path(_STATE) / "baton" / "audits" / f"{first['audit_id']}.json").is_file()
+    shutil.copytree(data_dir, up.folder / "baton.full", symlinks=True)  # as `cp -a` copies
     stack = _Up(up.folder, "--sql-port", "0")
     try:
         stack.ready_line()
@@ -349,24 +365,52 @@ def test_an_older_copy_of_the_audit_or_one_emptied_in_place_is_refused(up: _Up) 
         assert stack.stop() == 0
     newer = up.record()
     assert sum(newer["audit_rows"].values()) >= sum(first["audit_rows"].values()) + 2, newer
-    chdb.rename(data_dir / "chdb.newer")
-    (data_dir / "chdb.backup").rename(chdb)
-    for attempt in ("older copy", "emptied in place"):
-        refused = _baton("up", "--sql-port", "off", cwd=up.folder, timeout=60)
-        assert refused.returncode == 2, refused.stderr
-        said = refused.stderr
-        assert f"{chdb} is not the audit its stack left at " in said, said
-        assert "fewer decisions than when its stack last stopped" in said, said
-        assert "an older copy of the audit, or rows deleted from it" in said
+    assert len(newer["audit_commands"]) == len(first["audit_commands"] or {}) + 1
+    shutil.copytree(chdb, data_dir / "chdb.newer", symlinks=True)
+
+    def refused(how: str, **env: str) -> str:
+        out = _baton("up", "--sql-port", "off", cwd=up.folder, timeout=60, **env)
+        assert out.returncode == 2, (how, out.stderr)
+        said = out.stderr
+        assert f"{chdb} is not the audit its stack left (its mark: " in said, (how, said)
+        assert "an older copy of the audit, or rows deleted from it" in said, (how, said)
         assert "--forget-audit" in said and "Traceback" not in said
-        assert up.record() == newer  # nothing started, nothing recorded over it
-        if attempt == "emptied in place":
-            assert "(0 of the " in said, said
-            break
-        doctor = _baton("doctor", "--format", "json", "--timeout", "2", cwd=up.folder)
-        lines = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}
-        assert lines["audit of the stack"]["status"] == "fail", lines
-        assert "fewer decisions" in lines["audit of the stack"]["detail"]
-        shutil.rmtree(chdb)
-        (data_dir / "chdb.newer").rename(chdb)
-        assert _empty_in_place(chdb) >= 1
+        return said
+
+    shutil.rmtree(chdb)
+    shutil.copytree(up.folder / "baton.full" / "chdb", chdb, symlinks=True)
+    said = refused("older copy of chdb")
+    assert "fewer decisions stored since " in said
+    assert up.record() == newer  # nothing started, nothing recorded over it
+    doctor = _baton("doctor", "--format", "json", "--timeout", "2", cwd=up.folder)
+    lines = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert lines["audit of the stack"]["status"] == "fail", lines
+    assert "fewer decisions" in lines["audit of the stack"]["detail"]
+    # the whole data dir restored from the backup: its stack.json is the older one too
+    data_dir.rename(up.folder / "baton.newer")
+    shutil.copytree(up.folder / "baton.full", data_dir, symlinks=True)
+    said = refused("whole data dir")
+    assert f"(its mark: {_STATE}/baton/audits/{newer['audit_id']}.json)" in said, said
+    shutil.rmtree(data_dir)
+    (up.folder / "baton.newer").rename(data_dir)
+    # emptied in place
+    shutil.rmtree(chdb)
+    shutil.copytree(data_dir / "chdb.newer", chdb, symlinks=True)
+    assert _empty_in_place(chdb) >= 1
+    assert "(0 of " in refused("emptied in place")
+    # the newer audit back: it starts (no false refusal); a start that then crashes keeps the
+    # mark of the last clean stop in its record, and an older copy after it is refused
+    shutil.rmtree(chdb)
+    shutil.copytree(data_dir / "chdb.newer", chdb, symlinks=True)
+    crashed = _Up(up.folder, "--sql-port", "off")
+    crashed.ready_line()
+    pids = crashed.record()["pids"]
+    assert crashed.record()["audit_rows"] == newer["audit_rows"]  # carried at the start
+    crashed.proc.kill()
+    crashed.proc.wait()
+    wait_for(lambda: all(_gone(pid) for pid in pids.values()), 60, message="its children gone")
+    shutil.rmtree(chdb)
+    shutil.copytree(up.folder / "baton.full" / "chdb", chdb, symlinks=True)
+    elsewhere = str(up.folder / "no-state")  # only the record's mark: none kept outside
+    said = refused("after a crash", XDG_STATE_HOME=elsewhere)
+    assert f"(its mark: {data_dir / 'stack.json'})" in said, said

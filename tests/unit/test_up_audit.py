@@ -206,3 +206,12 @@ def test_an_id_path_that_is_no_file_is_refused_before_anything_starts(
     for forget in (False, True):
         with pytest.raises(ConfigError, match="is not a regular file"):
             refuse_a_lost_audit(tmp_path, None, False, forget, print)
+
+
+def test_an_older_copy_taken_with_forget_audit_is_named_anew(tmp_path: Path) -> None:
+    """--forget-audit on an older copy of the same audit (H1, session 35): with its id kept,
+    the marks of the newer audit refused every later start that did not stop cleanly."""
+    _audit(tmp_path)
+    assert keep_audit_id(tmp_path, _record(tmp_path), False) == ID
+    new = keep_audit_id(tmp_path, _record(tmp_path), False, renew=True)
+    assert new != ID and audit_id(tmp_path / "chdb") == new
