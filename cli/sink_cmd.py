@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -69,7 +70,7 @@ __all__ = ["sink_cmd"]
     show_default=True,
     help="on Ctrl-C or SIGTERM, first read gov.decisions to its end and store it, for up to "
     "this many seconds, then stop (a second signal stops at once). 0: store the batch in hand "
-    "and stop. `baton up` runs its sink with 10 after its workers have stopped: its embedded "
+    "and stop. `baton up` runs its sink with 20 after its workers have stopped: its embedded "
     "broker forgets every decision when it stops",
 )
 def sink_cmd(
@@ -128,7 +129,7 @@ def sink_cmd(
             output.say(f"audit sink: {stats.describe()}")
 
     with stop_on_signals() as stop:
-        drain = _drain_first(stop, drain_s, running, output.say)
+        drain = _drain_first(stop, drain_s, output.say)
         stats = run_sink(
             settings,
             stop,
@@ -146,17 +147,18 @@ def sink_cmd(
 
 
 def _drain_first(
-    stop: threading.Event, drain_s: float, running: list[Any], say: Any
+    stop: threading.Event, drain_s: float, say: Callable[[str], None]
 ) -> threading.Event | None:
-    """With ``drain_s``: the first Ctrl-C or SIGTERM after the sink runs sets the returned
-    event (read to the end, then stop) and ``stop`` ``drain_s`` later; a second one, or one
-    while the sink still starts (nothing read to store), sets ``stop`` at once."""
+    """With ``drain_s``: the first Ctrl-C or SIGTERM sets the returned event (read to the
+    end, then stop; a sink still starting reads once its partitions are assigned: one
+    `baton up` started again at its stop, H2 session 35) and ``stop`` ``drain_s`` later; a
+    second one sets ``stop`` at once."""
     if drain_s <= 0:
         return None
     drain = threading.Event()
 
     def handle(signum: int, _frame: Any) -> None:
-        if drain.is_set() or not running:
+        if drain.is_set():
             stop.set()
             return
         drain.set()

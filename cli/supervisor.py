@@ -326,8 +326,20 @@ class Supervisor:
             try:
                 proc.wait(max(0.1, deadline - self.clock()))
             except subprocess.TimeoutExpired:
+                name = next((c.spec.name for c in self._children.values() if c.proc is proc), "?")
+                self.say(f"the {name} (pid {proc.pid}) did not stop within {grace_s:g} s: killed")
                 proc.kill()
                 proc.wait()
+
+    def revive(self, name: str) -> bool:
+        """Start child ``name`` again now if it is down (exited, or waiting out its backoff):
+        the sink at a stop, to store what the workers published before the broker goes.
+        True when it was started."""
+        child = self._children.get(name)
+        if child is None or (child.restart_at is None and child.proc.poll() is None):
+            return False
+        self._restart(child, self.clock())
+        return True
 
     def _crashed(self, child: _Child, code: int, now: float) -> None:
         child.last_code = code

@@ -34,7 +34,6 @@ from baton.cli.up_children import (
     metrics_url_of,
     spawner,
     start_children,
-    stop_children,
     with_metrics_ports,
 )
 from baton.cli.up_memory import MemoryMax, check_broker, machine_memory, memory_limit, watch_memory
@@ -45,6 +44,7 @@ from baton.cli.up_restart import (
     name_a_lost_policy,
     say_what_a_restart_keeps,
 )
+from baton.cli.up_stop import stop_children
 from baton.cli.worker_cmd import create_topics
 from baton.schemas import env_names
 from baton.schemas.errors import BatonError, ConfigError
@@ -358,7 +358,7 @@ def up_cmd(
         interruptible = False
         if supervisor is not None:
             # without a broker a worker's graceful stop only waits for it: a short grace
-            stop_children(supervisor, broker.running)
+            stop_children(supervisor, broker.running, settings, say)
         broker.stop()
         if record is not None:
             mark_stopped(record, **stop_mark(record, say))  # the sink is gone: count

@@ -157,6 +157,12 @@ def refuse_a_lost_audit(
     written. With --no-audit nothing is restored anyway (said at every such start). True: an
     older copy of the audit was forgotten (it gets a new id: the marks of the newer one no
     longer apply)."""
+    if earlier is not None and earlier.state != "stopped" and not no_audit:
+        say(  # kill -9, a crash, the machine stopped: no ordered stop (H2, session 35)
+            f"WARNING: the earlier stack ({earlier.describe()}) did not stop cleanly: the "
+            "decisions of its last seconds may not be in the audit, and the runs they were "
+            "about are restored without them"
+        )
     lost = None if no_audit else _lost(data_dir, earlier)
     shrunk = None if no_audit or lost is not None else _shrunk(data_dir, earlier)
     problem = lost or shrunk

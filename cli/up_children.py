@@ -24,7 +24,6 @@ __all__ = [
     "metrics_url_of",
     "spawner",
     "start_children",
-    "stop_children",
     "with_metrics_ports",
 ]
 
@@ -103,8 +102,9 @@ def metrics_url_of(children: list[tuple[str, tuple[str, ...]]], name: str) -> st
 
 
 #: how long a stopping sink may read what the stopped workers published: the embedded broker
-#: forgets it when it stops (a stop at 3,000 decisions/s left 294-425 out of the audit: s. 35)
-SINK_DRAIN_S = 10.0
+#: forgets it when it stops (a stop at 3,000 decisions/s left 294-425 out of the audit: s. 35);
+#: one started again at the stop (it was down) joins its group first (~half a session timeout)
+SINK_DRAIN_S = 20.0
 
 
 def audit_children(sql_port: int | None, app_id: str) -> list[tuple[str, tuple[str, ...]]]:
@@ -126,14 +126,3 @@ def start_children(
         echo = name == "alerts"
         spec = ChildSpec(name, args, logs / f"{name}.log", echo, not echo, name == "sink")
         supervisor.start(spec)
-
-
-def stop_children(supervisor: Supervisor, broker_running: bool) -> None:
-    """Stop the workers and the alerter, then the sink, which reads what they published to
-    its end first (:data:`SINK_DRAIN_S`); with the broker gone a worker's graceful stop only
-    waits for it, and the sink has nothing to read: short graces, the sink told to stop at
-    once."""
-    if broker_running:
-        supervisor.stop(15.0, SINK_DRAIN_S)
-    else:
-        supervisor.stop(3.0, None)

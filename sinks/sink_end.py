@@ -15,9 +15,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["partition_lag", "read_to_end"]
+__all__ = ["END_SETTLE_S", "DrainEnd", "partition_lag", "read_to_end"]
+
+#: how long the end must hold before a draining sink stops: longer than a fetch waits, so a
+#: fetch sent after the last record was written has answered (a watermark cached from an
+#: earlier answer reads that record's end short: H2, session 35)
+END_SETTLE_S = 1.0
 
 log = logging.getLogger("baton.sinks.sink")
 
@@ -34,7 +41,9 @@ def partition_lag(consumer: Any, topic: str, partition: int, next_offset: int, l
     return max(0, int(high) - next_offset) if high >= 0 else 0
 
 
-def read_to_end(consumer: Any, topic: str, drain: threading.Event | None, drained: bool) -> bool:
+def read_to_end(
+    consumer: Any, topic: str, drain: threading.Event | None, drained: bool, quiet: bool = False
+) -> bool:
     """Told to drain (``drain`` set) and the last consume returned nothing (``drained``):
     True once every assigned partition of ``topic`` is read to the end its fetches report
     (one that answered no fetch yet is not). The loop's clean stop then stores and commits the
@@ -60,3 +69,29 @@ def read_to_end(consumer: Any, topic: str, drain: threading.Event | None, draine
         "audit sink: %s read to its end (%d partitions) before stopping", topic, len(positions)
     )
     return True
+
+
+class DrainEnd:
+    """:func:`read_to_end` held for :data:`END_SETTLE_S` on end: the loop's condition."""
+
+    def __init__(
+        self,
+        topic: str,
+        drain: threading.Event,
+        settle_s: float = END_SETTLE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.topic, self.drain, self.settle_s, self.clock = topic, drain, settle_s, clock
+        self._since: float | None = None
+
+    def reached(self, consumer: Any, drained: bool) -> bool:
+        if not read_to_end(consumer, self.topic, self.drain, drained, quiet=True):
+            self._since = None
+            return False
+        now = self.clock()
+        if self._since is None:
+            self._since = now
+        if now - self._since < self.settle_s:
+            return False
+        log.info("audit sink: %s read to its end before stopping", self.topic)
+        return True

@@ -29,7 +29,7 @@ from baton.sinks.audit_batch import (
 from baton.sinks.audit_insert import insert_types
 from baton.sinks.clickhouse import audit_errors
 from baton.sinks.rows import DECISION_COLUMNS, REJECTED_COLUMNS, RejectKind, oversized
-from baton.sinks.sink_end import partition_lag, read_to_end
+from baton.sinks.sink_end import DrainEnd, partition_lag
 from baton.sinks.sink_parse import ParseProcesses
 from baton.sinks.sink_start import DEFAULT_MAX_RECEIVE_BYTES, audit_consumer
 from baton.sinks.sink_stats import SinkStats
@@ -153,7 +153,7 @@ class AuditSink:
 
     def run(self, stop_event: threading.Event, drain: threading.Event | None = None) -> None:
         """Consume, batch, insert, commit until ``stop_event`` is set, or once ``drain`` is
-        set and the partitions are read to their end (``sink_end.read_to_end``); the batch in
+        set and the partitions are read to their end (``sink_end.DrainEnd``); the batch in
         hand is flushed on a clean stop (when ClickHouse answers).
 
         Pipelined: while one batch is written (ClickHouse works without holding the GIL),
@@ -174,9 +174,9 @@ class AuditSink:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_revoke,
             )
+            end = DrainEnd(self.topic, drain) if drain is not None else None
             while not stop_event.is_set() and not (
-                drain is not None
-                and read_to_end(consumer, self.topic, drain, self._drained and not self._carry)
+                end is not None and end.reached(consumer, self._drained and not self._carry)
             ):
                 if self._carry:
                     messages, self._carry = self._carry, []

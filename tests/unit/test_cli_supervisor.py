@@ -335,3 +335,39 @@ def test_a_draining_sink_stops_once_every_partition_is_read_to_its_end(
     assert read_to_end(consumer, "gov.decisions", drain, False) is False  # records came last
     assert read_to_end(consumer, "gov.decisions", drain, True) is end
     assert read_to_end(consumer, "gov.decisions", None, True) is False
+
+
+def test_a_draining_sink_stops_only_once_the_end_held_past_a_fetch() -> None:
+    """A watermark cached from a fetch answered before the last record was written reads the
+    end short: the end must hold for longer than a fetch waits (H2, session 35)."""
+    import threading
+
+    from baton.sinks.sink_end import DrainEnd
+
+    now = [0.0]
+    drain = threading.Event()
+    drain.set()
+    end = DrainEnd("gov.decisions", drain, settle_s=1.0, clock=lambda: now[0])
+    at_end = _Consumer({0: 10}, {0: (0, 10)}, {})
+    behind = _Consumer({0: 10}, {0: (0, 11)}, {})
+    assert end.reached(at_end, True) is False  # the end seen first
+    now[0] = 0.6
+    assert end.reached(at_end, True) is False
+    now[0] = 0.9
+    assert end.reached(behind, True) is False  # a later fetch: one more record
+    now[0] = 1.5
+    assert end.reached(at_end, True) is False  # the end seen again: it holds from here
+    now[0] = 2.6
+    assert end.reached(at_end, True) is True
+
+
+def test_a_child_that_is_down_at_the_stop_is_started_again(tmp_path: Path) -> None:
+    rig = _Rig(tmp_path, RestartPolicy(limit=5, window_s=120))
+    rig.sup.start(ChildSpec("worker", ("worker",), rig.log))
+    assert rig.sup.revive("worker") is False and rig.sup.revive("sink") is False  # running; none
+    rig.crash(1, "gone")
+    rig.at(1.0)  # waiting out its backoff
+    assert rig.sup.revive("worker") is True
+    assert rig.lines[-1] == "restarted the worker (pid 101)" and len(rig.spawned) == 2
+    rig.at(10.0)
+    assert len(rig.spawned) == 2  # the backoff's restart is not made again
