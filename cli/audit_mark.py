@@ -57,8 +57,9 @@ MARK_DAYS = 400
 MARK_ENTRIES = 1_200
 #: the operators' commands whose ids a mark notes (the newest)
 MARK_COMMANDS = 300
-#: how long a start or stop waits for a chDB directory another process holds
-LOCK_WAIT_S = 10.0
+#: how long a start or stop waits for a chDB directory another process holds (after a kill -9
+#: of `baton up` its sink drains up to 20 s towards a broker that is gone before it lets go)
+LOCK_WAIT_S = 30.0
 
 #: ClickHouse shows ``TTL toDateTime(inserted_at) + toIntervalDay(7)``
 _TTL_RE = re.compile(

@@ -100,7 +100,7 @@ def _lost(data_dir: Path, earlier: StackRecord | None) -> str | None:
     return None
 
 
-def _shrunk(data_dir: Path, earlier: StackRecord | None, wait_s: float = 10.0) -> str | None:
+def _shrunk(data_dir: Path, earlier: StackRecord | None, wait_s: float = 30.0) -> str | None:
     """What the audit lacks of the marks of its last clean stop (in ``earlier``'s record, and
     kept outside the data dir under its id): an older copy of it, a copy that went on without
     its commands, its rows deleted in place (cli/audit_mark.py); None: nothing, or no mark.
