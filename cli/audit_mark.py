@@ -41,8 +41,6 @@ __all__ = [
     "AuditCount",
     "AuditMark",
     "carried_over",
-    "check_commands",
-    "check_rows",
     "count_audit",
     "kept_mark",
     "mark_path",
@@ -79,51 +77,39 @@ _PRESENT = (
 )
 
 
-def check_rows(value: dict[str, int] | None) -> dict[str, int] | None:
-    """A mark's counts: at most :data:`MARK_ENTRIES` ISO dates, counts from 0."""
-    if value is None:
-        return None
-    if len(value) > MARK_ENTRIES:
-        raise ValueError(f"at most {MARK_ENTRIES} days")
-    for day, rows in value.items():
-        date.fromisoformat(day)  # a ValueError names it
-        if not 0 <= rows < 2**63:
-            raise ValueError(f"{day}: a count from 0 to 2**63 - 1, got {rows}")
-    return value
-
-
-def check_commands(value: dict[str, str] | None) -> dict[str, str] | None:
-    """A mark's command ids: at most :data:`MARK_COMMANDS`, each with its ISO date."""
-    if value is None:
-        return None
-    if len(value) > MARK_COMMANDS:
-        raise ValueError(f"at most {MARK_COMMANDS} commands")
-    for ident, day in value.items():
-        if not 0 < len(ident) <= 256:
-            raise ValueError("a command's decision id of 1 to 256 characters")
-        date.fromisoformat(day)
-    return value
-
-
 class AuditMark(BaseModel):
-    """What a clean stop found in an audit (also the file outside the data dir)."""
+    """What a clean stop found in an audit: its decisions by UTC day stored (at most
+    :data:`MARK_ENTRIES` days and months), the table's retention, its operators' newest
+    command ids with their day. In ``stack.json`` and the file outside the data dir."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    audit_rows: dict[str, int]
-    audit_ttl_days: int = Field(ge=1, le=20_000)
-    audit_commands: dict[str, str] = Field(default_factory=dict)
+    rows: dict[str, int]
+    ttl_days: int = Field(ge=1, le=20_000)
+    commands: dict[str, str] = Field(default_factory=dict)
     stopped_at: datetime | None = None
 
-    @field_validator("audit_rows")
+    @field_validator("rows")
     @classmethod
-    def _rows(cls, value: dict[str, int]) -> dict[str, int] | None:
-        return check_rows(value)
+    def _rows(cls, value: dict[str, int]) -> dict[str, int]:
+        if len(value) > MARK_ENTRIES:
+            raise ValueError(f"at most {MARK_ENTRIES} days")
+        for day, rows in value.items():
+            date.fromisoformat(day)  # a ValueError names it
+            if not 0 <= rows < 2**63:
+                raise ValueError(f"{day}: a count from 0 to 2**63 - 1, got {rows}")
+        return value
 
-    @field_validator("audit_commands")
+    @field_validator("commands")
     @classmethod
-    def _commands(cls, value: dict[str, str]) -> dict[str, str] | None:
-        return check_commands(value)
+    def _commands(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MARK_COMMANDS:
+            raise ValueError(f"at most {MARK_COMMANDS} commands")
+        for ident, day in value.items():
+            if not 0 < len(ident) <= 256:
+                raise ValueError("a command's decision id of 1 to 256 characters")
+            date.fromisoformat(day)
+        return value
 
 
 @dataclass(frozen=True)
@@ -206,13 +192,13 @@ def missing(mark: AuditMark, found: AuditCount, now: datetime | None = None) -> 
     sums from a day whose every row is younger than the retention (the smaller of the
     mark's and the table's now) are compared, and only commands of such days."""
     now = now or datetime.now(UTC)
-    ttl = timedelta(days=min(mark.audit_ttl_days, found.ttl_days))
+    ttl = timedelta(days=min(mark.ttl_days, found.ttl_days))
 
     def comparable(day: str) -> bool:
         return datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC) + ttl > now
 
-    for start in sorted(d for d in mark.audit_rows if comparable(d)):  # the widest sum first
-        marked = sum(n for d, n in mark.audit_rows.items() if d >= start)
+    for start in sorted(d for d in mark.rows if comparable(d)):  # the widest sum first
+        marked = sum(n for d, n in mark.rows.items() if d >= start)
         held = sum(n for d, n in found.rows.items() if d >= start)
         if held < marked:
             return (
@@ -220,7 +206,7 @@ def missing(mark: AuditMark, found: AuditCount, now: datetime | None = None) -> 
                 f"its stack last stopped ({held:,} of {marked:,}): an older copy of the audit, "
                 "or rows deleted from it"
             )
-    gone = sorted(i for i, day in mark.audit_commands.items() if comparable(day))
+    gone = sorted(i for i, day in mark.commands.items() if comparable(day))
     gone = [i for i in gone if i not in found.present]
     if gone:
         return (
@@ -272,9 +258,9 @@ def stop_mark(record: Any, say: Callable[[str], None]) -> dict[str, Any]:
     if counted is None:
         return {}
     mark = AuditMark(
-        audit_rows=packed(counted.rows),
-        audit_ttl_days=counted.ttl_days,
-        audit_commands=counted.commands,
+        rows=packed(counted.rows),
+        ttl_days=counted.ttl_days,
+        commands=counted.commands,
         stopped_at=datetime.now(UTC),
     )
     path = mark_path(record.audit_id)
@@ -286,20 +272,16 @@ def stop_mark(record: Any, say: Callable[[str], None]) -> dict[str, Any]:
             f"WARNING: could not keep the audit's mark in {path} ({exc.strerror or exc}): "
             "a backup of the whole data dir would not be told from this audit"
         )
-    return mark.model_dump(exclude={"stopped_at"})
+    return {"audit_mark": mark}
 
 
-def carried_over(earlier: Any, audit_id: str | None, no_audit: bool) -> dict[str, Any]:
+def carried_over(earlier: Any, audit_id: str | None) -> dict[str, Any]:
     """What a start's new record keeps of ``earlier``'s when its audit is the same: that the
-    audit was made, and its last mark (a lower bound while the audit grows: a start that
-    crashes still has it). ``no_audit``: nothing is written into the audit meanwhile."""
+    audit was made, and its last mark (a lower bound while the audit grows, and nothing is
+    written into it with --no-audit: a start that crashes still has it)."""
     if earlier is None or audit_id is None or earlier.audit_id != audit_id:
         return {}
     kept: dict[str, Any] = {"audit_made": True} if earlier.audit_made else {}
-    if earlier.audit_rows:
-        kept |= {
-            "audit_rows": earlier.audit_rows,
-            "audit_ttl_days": earlier.audit_ttl_days,
-            "audit_commands": earlier.audit_commands,
-        }
+    if earlier.audit_mark is not None:
+        kept["audit_mark"] = earlier.audit_mark
     return kept

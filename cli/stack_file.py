@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from baton.cli.audit_mark import AuditMark
 from baton.schemas.errors import ConfigError
 from baton.schemas.files import FileProblem, ForeignFile, read_small_file, replace_file
 
@@ -75,12 +76,9 @@ class StackRecord(BaseModel):
     audit_id: str | None = Field(None, pattern="^[0-9a-f]{32}$")
     #: a stack with this audit became ready (its tables made): a later start needs them
     audit_made: bool = False
-    #: the audit's mark at the last clean stop (cli/audit_mark.py): its decisions by UTC day
-    #: stored, the table's retention, its operators' newest command ids; a start whose audit
-    #: holds less refuses
-    audit_rows: dict[str, int] | None = None
-    audit_ttl_days: int | None = Field(None, ge=1, le=20_000)
-    audit_commands: dict[str, str] | None = None
+    #: the audit's mark at the last clean stop (cli/audit_mark.py): a start whose audit holds
+    #: less refuses
+    audit_mark: AuditMark | None = None
 
     @field_validator("bootstrap")
     @classmethod
@@ -89,20 +87,6 @@ class StackRecord(BaseModel):
 
         parse_bootstrap(value)  # a ConfigError naming the entry
         return value
-
-    @field_validator("audit_rows")
-    @classmethod
-    def _audit_rows(cls, value: dict[str, int] | None) -> dict[str, int] | None:
-        from baton.cli.audit_mark import check_rows
-
-        return check_rows(value)
-
-    @field_validator("audit_commands")
-    @classmethod
-    def _audit_commands(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        from baton.cli.audit_mark import check_commands
-
-        return check_commands(value)
 
     def live(self, data_dir: Path | None = None) -> bool:
         """Its ``baton up`` still runs: the pid is alive, is a ``baton up``, and holds the

@@ -308,25 +308,26 @@ class Supervisor:
         take to read what the others wrote; None: they are told to stop at once, a second
         SIGTERM, as by a broker that is gone)."""
         children = list(self._children.values())
-        self._stop([c.proc for c in children if not c.spec.stop_last], grace_s)
-        last = [c.proc for c in children if c.spec.stop_last]
+        self._stop([c for c in children if not c.spec.stop_last], grace_s)
+        last = [c for c in children if c.spec.stop_last]
         self._stop(last, grace_s + (last_s or 0.0), twice=last_s is None)
 
-    def _stop(self, procs: list[Process], grace_s: float, twice: bool = False) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
+    def _stop(self, children: list[_Child], grace_s: float, twice: bool = False) -> None:
+        for child in children:
+            if child.proc.poll() is None:
+                child.proc.terminate()
         if twice:  # the second once the first is handled (two pending ones are one)
             time.sleep(0.5)
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.terminate()
+            for child in children:
+                if child.proc.poll() is None:
+                    child.proc.terminate()
         deadline = self.clock() + grace_s
-        for proc in procs:
+        for child in children:
+            proc = child.proc
             try:
                 proc.wait(max(0.1, deadline - self.clock()))
             except subprocess.TimeoutExpired:
-                name = next((c.spec.name for c in self._children.values() if c.proc is proc), "?")
+                name = child.spec.name
                 self.say(f"the {name} (pid {proc.pid}) did not stop within {grace_s:g} s: killed")
                 proc.kill()
                 proc.wait()

@@ -274,7 +274,7 @@ def up_cmd(
         record = write_stack_record(
             data_dir, settings, broker, no_audit, logs, memory_max if memory else None, audit_id
         )
-        record = update_record(record, **carried_over(earlier, audit_id, no_audit))
+        record = update_record(record, **carried_over(earlier, audit_id))
         say(
             f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, `trace`, "
             f"`alerts` ... run in {data_dir.parent} (or with --data-dir {data_dir}) use it"

@@ -113,19 +113,14 @@ def _shrunk(data_dir: Path, earlier: StackRecord | None, wait_s: float = 30.0) -
     if found is None or not has_tables(chdb):
         return None  # _lost judges these
     marks: list[tuple[AuditMark, str]] = []
-    if earlier is not None and earlier.audit_id == found and earlier.audit_rows:
-        mark = AuditMark(
-            audit_rows=earlier.audit_rows,
-            audit_ttl_days=earlier.audit_ttl_days or 1,
-            audit_commands=earlier.audit_commands or {},
-        )
-        marks.append((mark, str(record_path(data_dir))))
+    if earlier is not None and earlier.audit_id == found and earlier.audit_mark is not None:
+        marks.append((earlier.audit_mark, str(record_path(data_dir))))
     outside = kept_mark(found)
     if outside is not None:
         marks.append((outside, str(mark_path(found))))
     if not marks:
         return None
-    ids = {ident for mark, _ in marks for ident in mark.audit_commands}
+    ids = {ident for mark, _ in marks for ident in mark.commands}
     counted = count_audit(chdb, ids, wait_s) or AuditCount({}, 20_000, {}, frozenset())
     for mark, where in marks:
         problem = lacks(mark, counted)

@@ -339,7 +339,8 @@ def test_an_older_copy_of_the_audit_or_one_emptied_in_place_is_refused(up: _Up) 
     data_dir = up.folder / ".baton"
     chdb = data_dir / "chdb"
     first = up.record()  # the --forget-audit stack above, stopped by `baton down`
-    assert first["state"] == "stopped" and first["audit_rows"] and first["audit_ttl_days"] == 365
+    assert first["state"] == "stopped" and first["audit_mark"]["rows"]
+    assert first["audit_mark"]["ttl_days"] == 365
     assert (Path(_STATE) / "baton" / "audits" / f"{first['audit_id']}.json").is_file()
     shutil.copytree(data_dir, up.folder / "baton.full", symlinks=True)  # as `cp -a` copies
     stack = _Up(up.folder, "--sql-port", "0")
@@ -364,8 +365,9 @@ def test_an_older_copy_of_the_audit_or_one_emptied_in_place_is_refused(up: _Up) 
     finally:
         assert stack.stop() == 0
     newer = up.record()
-    assert sum(newer["audit_rows"].values()) >= sum(first["audit_rows"].values()) + 2, newer
-    assert len(newer["audit_commands"]) == len(first["audit_commands"] or {}) + 1
+    marks = first["audit_mark"], newer["audit_mark"]
+    assert sum(marks[1]["rows"].values()) >= sum(marks[0]["rows"].values()) + 2, newer
+    assert len(marks[1]["commands"]) == len(marks[0]["commands"]) + 1
     shutil.copytree(chdb, data_dir / "chdb.newer", symlinks=True)
 
     def refused(how: str, **env: str) -> str:
@@ -405,7 +407,7 @@ def test_an_older_copy_of_the_audit_or_one_emptied_in_place_is_refused(up: _Up) 
     crashed = _Up(up.folder, "--sql-port", "off")
     crashed.ready_line()
     pids = crashed.record()["pids"]
-    assert crashed.record()["audit_rows"] == newer["audit_rows"]  # carried at the start
+    assert crashed.record()["audit_mark"] == newer["audit_mark"]  # carried at the start
     crashed.proc.kill()
     crashed.proc.wait()
     wait_for(lambda: all(_gone(pid) for pid in pids.values()), 60, message="its children gone")

@@ -33,7 +33,7 @@ NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
 
 
 def _mark(rows: dict[str, int], ttl: int = 7, commands: dict | None = None) -> AuditMark:
-    return AuditMark(audit_rows=rows, audit_ttl_days=ttl, audit_commands=commands or {})
+    return AuditMark(rows=rows, ttl_days=ttl, commands=commands or {})
 
 
 def _found(rows: dict[str, int], ttl: int = 7, present: frozenset = frozenset()) -> AuditCount:
@@ -152,25 +152,26 @@ def _record(tmp_path: Path, **changes: object) -> StackRecord:
 
 
 def test_the_record_holds_dated_counts_and_command_ids_only(tmp_path: Path) -> None:
-    record = _record(
-        tmp_path, audit_rows={"2026-12-10": 3}, audit_ttl_days=7, audit_commands={"k": "2026-12-10"}
-    )
+    def marked(**fields: object) -> StackRecord:
+        return _record(tmp_path, audit_mark={"rows": {"2026-12-10": 3}, "ttl_days": 7} | fields)
+
+    record = marked(commands={"k": "2026-12-10"})
     assert StackRecord.model_validate_json(record.model_dump_json()) == record
     for bad in ({"yesterday": 1}, {"2026-12-10": -1}, {"2026-01-01": 2**63}):
         with pytest.raises(ValidationError):
-            _record(tmp_path, audit_rows=bad)
+            marked(rows=bad)
     days = {f"{1000 + i}-01-01": 1 for i in range(1_201)}
     with pytest.raises(ValidationError, match="at most 1200 days"):
-        _record(tmp_path, audit_rows=days)
+        marked(rows=days)
     for commands in (
         {"k": "soon"},
         {"": "2026-12-10"},
         {f"k{i}": "2026-12-10" for i in range(MARK_COMMANDS + 1)},
     ):
         with pytest.raises(ValidationError):
-            _record(tmp_path, audit_commands=commands)
+            marked(commands=commands)
     with pytest.raises(ValidationError):
-        _record(tmp_path, audit_ttl_days=0)
+        marked(ttl_days=0)
 
 
 def test_the_mark_kept_outside_the_data_dir(
@@ -250,14 +251,9 @@ def test_every_start_of_the_same_audit_carries_its_mark_and_one_of_another_none(
     compare an older copy with (H1, session 35). A mark is a lower bound while the audit grows."""
     ident = "0" * 32
     stopped = _record(
-        tmp_path, state="stopped", audit_made=True, audit_rows={"2026-12-10": 3}, audit_ttl_days=7
+        tmp_path, state="stopped", audit_made=True, audit_mark=_mark({"2026-12-10": 3}, ttl=7)
     )
-    kept = {
-        "audit_made": True,
-        "audit_rows": {"2026-12-10": 3},
-        "audit_ttl_days": 7,
-        "audit_commands": None,
-    }
-    assert carried_over(stopped, ident, False) == kept == carried_over(stopped, ident, True)
-    assert carried_over(stopped, "f" * 32, True) == {}  # --forget-audit took another one
-    assert carried_over(None, ident, True) == {} == carried_over(stopped, None, False)
+    kept = {"audit_made": True, "audit_mark": _mark({"2026-12-10": 3}, ttl=7)}
+    assert carried_over(stopped, ident) == kept  # with --no-audit too: nothing writes the audit
+    assert carried_over(stopped, "f" * 32) == {}  # --forget-audit took another one
+    assert carried_over(None, ident) == {} == carried_over(stopped, None)
