@@ -19,7 +19,7 @@ from baton.streams.topics import TopicCatalog
 if TYPE_CHECKING:
     from baton.cli.doctor_kafka import KafkaView
 
-__all__ = ["audit_lag_check", "lag_check"]
+__all__ = ["audit_lag_check", "group_behind", "lag_check"]
 
 log = logging.getLogger("baton.doctor")
 
@@ -94,34 +94,54 @@ def _behind(
     timeout: float,
     kafka_config: dict[str, Any] | None = None,
 ) -> Behind:
-    """(topic, partition) -> (committed offset or -1, records behind) for ``group``; a
-    string saying why when it cannot be read.
-
-    With ``kafka_config``, each partition's end is the one a read finds
-    (``transactions.committed_ends``): Tansu's ListOffsets, which the watermarks ask, answers
-    the first offset of the last record batch + 1, so a batch of 20 decisions counted as one
-    behind, and a sink whose commit sat inside the last batch read "0: the sink has committed
-    every decision" (session 29, H3). Read as the watermarks say when that read fails."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    """:func:`group_behind` for ``topics`` as the view found them; a string saying why when
+    it cannot be read. An end that a read cannot find is the watermark's, not the check's end."""
+    from confluent_kafka import TopicPartition
 
     parts = [TopicPartition(t, p) for t in topics for p in range(view.partitions.get(t, 0))]
     if not parts:
         return f"no {' or '.join(topics)} to measure"
     try:
-        request = [ConsumerGroupTopicPartitions(group, parts)]
-        answer = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
-        committed = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in answer.result(timeout=timeout).topic_partitions
-        }
-        marks = {
-            (tp.topic, tp.partition): consumer.get_watermark_offsets(
-                tp, timeout=timeout, cached=False
-            )
-            for tp in parts
-        }
+        return group_behind(
+            admin, consumer, group, parts, timeout, kafka_config, hold_s=min(3.0, timeout / 2)
+        )
     except Exception as exc:
         return f"cannot read the offsets of group {group}: {gist(exc)}"
+
+
+def group_behind(
+    admin: Any,
+    consumer: Any,
+    group: str,
+    parts: list[Any],
+    timeout: float,
+    kafka_config: dict[str, Any] | None = None,
+    *,
+    hold_s: float,
+    exact: bool = False,
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> (committed offset or -1, records behind) for ``group`` on
+    ``parts`` (``TopicPartition``s); raises when the offsets cannot be read.
+
+    With ``kafka_config``, each partition's end is the one a read finds
+    (``transactions.committed_ends``, holding ``hold_s``): Tansu's ListOffsets, which the
+    watermarks ask, answers the first offset of the last record batch + 1, so a batch of 20
+    decisions counted as one behind, and a sink whose commit sat inside the last batch read
+    "0: the sink has committed every decision" (session 29, H3). When that read fails the
+    watermarks' ends are used, unless ``exact`` (``baton up``'s stop, which would rather say
+    it could not tell than count short): then it raises."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    request = [ConsumerGroupTopicPartitions(group, parts)]
+    answer = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
+    committed = {
+        (tp.topic, tp.partition): tp.offset
+        for tp in answer.result(timeout=timeout).topic_partitions
+    }
+    marks = {
+        (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+        for tp in parts
+    }
     ends = {tp: high for tp, (_low, high) in marks.items()}
     if kafka_config is not None:
         from baton.streams.transactions import committed_ends
@@ -129,14 +149,12 @@ def _behind(
         try:
             ends.update(
                 committed_ends(
-                    kafka_config,
-                    ends,
-                    timeout_s=timeout,
-                    total_timeout_s=timeout,
-                    hold_s=min(3.0, timeout / 2),  # held: the watermarks, and the held check
+                    kafka_config, ends, timeout_s=timeout, total_timeout_s=timeout, hold_s=hold_s
                 )
             )
-        except Exception as exc:  # the watermarks' ends, as before: never the check's end
+        except Exception as exc:
+            if exact:
+                raise
             log.debug("doctor: reading the partitions' ends failed (%s); watermarks used", exc)
     behind = {}
     for tp, (low, _high) in marks.items():

@@ -53,12 +53,13 @@ def stop_children(
 
 def unaudited(settings: Any) -> int:
     """Decisions on gov.decisions past the audit sink group's committed offsets, each
-    partition's end as a read finds it (Tansu's ListOffsets reads a batch's end short)."""
-    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+    partition's end as a read finds it (Tansu's ListOffsets reads a batch's end short);
+    raises rather than count short when that read fails."""
+    from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
 
+    from baton.cli.doctor_lag import group_behind
     from baton.streams.topics import TopicCatalog
-    from baton.streams.transactions import committed_ends
 
     topic = TopicCatalog.from_settings(settings).decisions
     group = f"{settings.app_id}-audit"
@@ -66,27 +67,11 @@ def unaudited(settings: Any) -> int:
     admin = AdminClient(config)
     metadata = admin.list_topics(topic, timeout=_COUNT_TIMEOUT_S).topics[topic]
     parts = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
-    request = [ConsumerGroupTopicPartitions(group, parts)]
-    answer = admin.list_consumer_group_offsets(request, request_timeout=_COUNT_TIMEOUT_S)[group]
-    committed = {
-        tp.partition: tp.offset for tp in answer.result(timeout=_COUNT_TIMEOUT_S).topic_partitions
-    }
     consumer = Consumer({**config, "group.id": f"{group}-stop-count", "enable.auto.commit": False})
     try:
-        marks = {
-            tp.partition: consumer.get_watermark_offsets(tp, timeout=_COUNT_TIMEOUT_S)
-            for tp in parts
-        }
+        behind = group_behind(
+            admin, consumer, group, parts, _COUNT_TIMEOUT_S, config, hold_s=1.0, exact=True
+        )
     finally:
         consumer.close()
-    ends = committed_ends(
-        config,
-        {(topic, p): high for p, (_, high) in marks.items()},
-        timeout_s=_COUNT_TIMEOUT_S,
-        total_timeout_s=_COUNT_TIMEOUT_S,
-        hold_s=1.0,
-    )
-    return sum(
-        max(0, ends.get((topic, p), high) - max(committed.get(p, -1), low))
-        for p, (low, high) in marks.items()
-    )
+    return sum(n for _, n in behind.values())
