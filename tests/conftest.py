@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -19,6 +21,7 @@ from tests.compiled_build import COMPILED_TEST, start_in_background, stop_backgr
 # the marks `baton up` keeps of its audits outside the data dir (cli/audit_mark.py): the
 # tests' stacks keep theirs in a temp dir of each test process, not in the user's home
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="baton-test-state-")
+atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], ignore_errors=True)
 
 # A run started with SIGINT ignored (a shell's `cmd &` without job control, as in a script)
 # passes the ignore on to every process the tests start, and Python then installs no

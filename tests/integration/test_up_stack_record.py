@@ -5,6 +5,7 @@ the record says stopped; a restart says loudly what it forgets, and --sql-port o
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 #: where the stacks of this module keep their audits' marks (cli/audit_mark.py)
 _STATE = tempfile.mkdtemp(prefix="baton-state-")
+atexit.register(shutil.rmtree, _STATE, ignore_errors=True)
 
 
 def _env(**extra: str) -> dict[str, str]:
