@@ -12,7 +12,7 @@ import click
 
 from baton.cli.help_listing import SentenceGroup, write_commands
 from baton.cli.log_format import LOG_OUTPUT_KEY
-from baton.schemas.errors import BatonError
+from baton.schemas.errors import BatonError, Interrupted
 
 __all__ = ["main"]
 
@@ -114,9 +114,10 @@ class _BatonGroup(SentenceGroup):
             if named:  # the flag's name alone sent the user looking for a flag they never typed
                 exc.message = f"{exc.message} (the value came from the environment: {named})"
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # click's own answer is "Aborted!" and exit 1, which reads as the command's verdict
-            click.echo("\nbaton: interrupted (Ctrl-C)", err=True)
+            what = exc.what if isinstance(exc, Interrupted) else "Ctrl-C"
+            click.echo(f"\nbaton: interrupted ({what})", err=True)
             sys.exit(INTERRUPTED_EXIT)
 
 

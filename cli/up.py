@@ -47,7 +47,7 @@ from baton.cli.up_restart import (
 from baton.cli.up_stop import stop_children
 from baton.cli.worker_cmd import create_topics
 from baton.schemas import env_names
-from baton.schemas.errors import BatonError, ConfigError
+from baton.schemas.errors import BatonError, ConfigError, Interrupted
 from baton.schemas.policy import parse_policy
 from baton.schemas.settings import Settings
 
@@ -241,7 +241,7 @@ def up_cmd(
     broker = EmbeddedBroker(port=port, log_dir=logs)
     supervisor: Supervisor | None = None
     record: StackRecord | None = None
-    stopping = False
+    stopping = 0  # the signal that stops the stack
     interruptible = True
     interrupted = False
 
@@ -250,7 +250,7 @@ def up_cmd(
 
     def _stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
-        stopping = True
+        stopping = signum  # truthy: which one, said if it ends the start (exit 130)
         if interruptible:  # abort a broker start or topic creation that may take a while
             raise _Interrupted
 
@@ -363,7 +363,7 @@ def up_cmd(
         if record is not None:
             mark_stopped(record, **stop_mark(record, say))  # the sink is gone: count
     if interrupted:  # never ready: exit 130 (Ctrl-C before done), not 0 as a stop of a stack
-        raise KeyboardInterrupt
+        raise Interrupted("Ctrl-C" if stopping == signal.SIGINT else signal.Signals(stopping).name)
 
 
 def write_stack_record(

@@ -26,6 +26,7 @@ __all__ = [
     "ChildFailed",
     "CommandRefused",
     "ConfigError",
+    "Interrupted",
     "MissingExtra",
     "PolicyError",
     "ReplayFailed",
@@ -108,6 +109,15 @@ class ChildFailed(BatonError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Interrupted(KeyboardInterrupt):
+    """A command stopped by a signal before it was done (exit 130, as Ctrl-C); ``what`` names
+    it: a SIGTERM before ``baton up`` was ready read "interrupted (Ctrl-C)" (session 35)."""
+
+    def __init__(self, what: str = "Ctrl-C") -> None:
+        super().__init__(what)
+        self.what = what
 
 
 def encodable(text: str) -> str:

@@ -319,6 +319,7 @@ class _BrokerInterrupted:
     running = False
     returncode = None
     stopped = False
+    signal = 2  # SIGINT; a test sets another
 
     def __init__(self, port: int | None, log_dir: Path) -> None:
         pass
@@ -326,21 +327,24 @@ class _BrokerInterrupted:
     def start(self) -> None:
         import signal
 
-        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(self.signal)
 
     def stop(self) -> None:
         type(self).stopped = True
 
 
+@pytest.mark.parametrize(("signum", "said"), [(2, "Ctrl-C"), (15, "SIGTERM")])
 def test_ctrl_c_before_up_was_ready_is_exit_130_not_a_clean_stop(
-    baton: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    baton: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int, said: str
 ) -> None:
-    # it ended 0, as a stack stopped after it ran does: a script could not tell it never was up
+    # it ended 0, as a stack stopped after it ran does: a script could not tell it never was
+    # up; a SIGTERM (a service manager's stop) read "interrupted (Ctrl-C)" (session 35, H2)
     import signal
 
     import baton.streams.embedded as embedded
 
     monkeypatch.setattr(embedded, "EmbeddedBroker", _BrokerInterrupted)
+    monkeypatch.setattr(_BrokerInterrupted, "signal", signum)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = baton.invoke(
@@ -351,5 +355,5 @@ def test_ctrl_c_before_up_was_ready_is_exit_130_not_a_clean_stop(
             signal.signal(sig, handler)
     assert result.exit_code == 130, result.output
     assert "baton up: interrupted during start-up; stopping" in result.stderr
-    assert result.stderr.endswith("baton: interrupted (Ctrl-C)\n")
+    assert result.stderr.endswith(f"baton: interrupted ({said})\n")
     assert _BrokerInterrupted.stopped
