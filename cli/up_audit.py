@@ -87,8 +87,11 @@ def _lost(data_dir: Path, earlier: StackRecord | None) -> str | None:
             return f"{chdb} is not that audit (its {AUDIT_ID_FILE} {kind}: emptied, or another)"
         if found != expected:
             return f"{chdb} holds another audit (id {found}, the record names {expected})"
-        if not earlier.audit_made:  # a start stopped before its audit was made: none to lose
-            return None  # (it left a sink's log and no tables, and every restart was refused)
+        if not earlier.audit_made and earlier.audit_mark is None and not _marked(found):
+            # a start stopped before its audit was made: none to lose (it left a sink's log
+            # and no tables, and every restart was refused); a mark kept outside the data dir
+            # says a stop counted its decisions: the record's `audit_made: false` edited
+            return None
         if not tables:
             return f"{chdb} holds the audit's id but not its tables (they were deleted)"
         return None
@@ -98,6 +101,13 @@ def _lost(data_dir: Path, earlier: StackRecord | None) -> str | None:
             "ran in this data dir (the tables deleted, the folder emptied or moved)"
         )
     return None
+
+
+def _marked(found: str) -> bool:
+    """A clean stop marked the audit of this id (its mark outside the data dir)."""
+    from baton.cli.audit_mark import kept_mark
+
+    return kept_mark(found) is not None
 
 
 def _shrunk(data_dir: Path, earlier: StackRecord | None, wait_s: float = 30.0) -> str | None:

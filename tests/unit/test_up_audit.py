@@ -175,6 +175,32 @@ def test_a_start_stopped_before_its_audit_was_made_restarts(tmp_path: Path) -> N
     refuse_a_lost_audit(tmp_path, _record(tmp_path), False, False, print)  # audit_made False
 
 
+@pytest.mark.parametrize("marked", ["in the record", "outside the data dir"])
+def test_a_record_edited_to_say_its_audit_was_never_made_is_refused_when_marked(
+    tmp_path: Path, marked: str
+) -> None:
+    """`audit_made: false` written into stack.json, the tables deleted and the id kept: the
+    start took it for a first start stopped early (session 34's remaining). A mark says a
+    stop counted the audit's decisions."""
+    from baton.cli.audit_mark import AuditMark, mark_path
+
+    (tmp_path / "chdb").mkdir()
+    (tmp_path / "chdb" / AUDIT_ID_FILE).write_text(ID + "\n")
+    mark = AuditMark(rows={"2026-12-01": 40}, ttl_days=365)
+    record = _record(tmp_path)  # audit_made False
+    refuse_a_lost_audit(tmp_path, record, False, False, print)  # no mark: a start stopped early
+    if marked == "in the record":
+        record = _record(tmp_path, audit_mark=mark)
+    else:
+        mark_path(ID).parent.mkdir(parents=True, exist_ok=True)
+        mark_path(ID).write_text(mark.model_dump_json())
+    try:
+        with pytest.raises(ConfigError, match="holds the audit's id but not its tables"):
+            refuse_a_lost_audit(tmp_path, record, False, False, print)
+    finally:
+        mark_path(ID).unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "gone"])
 def test_an_unreadable_or_deleted_record_does_not_forget_the_audit(
     tmp_path: Path, damage: str
