@@ -54,6 +54,18 @@ def audit_id(chdb: Path) -> str | None:
     return text
 
 
+def _unread(path: Path) -> str:
+    """Why :func:`audit_id` read no id at ``path``: a file of another user read "is not an id"
+    (session 34's remaining); now what reading it says."""
+    try:
+        read_small_file(path, 256, mine=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return "is missing"
+    except FileProblem as exc:
+        return str(exc)
+    return "is not an id"
+
+
 def has_tables(chdb: Path) -> bool:
     """``chdb`` holds Baton's audit: its database and its decisions table (the sink creates
     them at its first start). The database's file alone, its tables deleted, passed for the
@@ -83,7 +95,7 @@ def _lost(data_dir: Path, earlier: StackRecord | None) -> str | None:
         if not chdb.is_dir():
             return f"{chdb} is missing"
         if found is None:
-            kind = "is not an id" if (chdb / AUDIT_ID_FILE).exists() else "is missing"
+            kind = _unread(chdb / AUDIT_ID_FILE)
             return f"{chdb} is not that audit (its {AUDIT_ID_FILE} {kind}: emptied, or another)"
         if found != expected:
             return f"{chdb} holds another audit (id {found}, the record names {expected})"

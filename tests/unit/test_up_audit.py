@@ -81,6 +81,17 @@ def test_a_start_without_the_earlier_audit_is_refused_naming_it(
     refuse_a_lost_audit(tmp_path, _record(tmp_path), True, False, say)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a file to another user: root only")
+def test_an_id_file_of_another_user_is_named_so(tmp_path: Path) -> None:
+    """It read "is not an id" (session 34's remaining): the id was right, its owner not."""
+    _audit(tmp_path)
+    os.chown(tmp_path / "chdb" / AUDIT_ID_FILE, 12345, 12345)
+    with pytest.raises(
+        ConfigError, match=r"its baton-audit.id is owned by another user \(uid 12345"
+    ):
+        refuse_a_lost_audit(tmp_path, _record(tmp_path), False, False, print)
+
+
 def test_the_same_audit_a_first_start_and_no_audit_recorded_start(tmp_path: Path) -> None:
     lines, say = _said()
     refuse_a_lost_audit(tmp_path, None, False, False, say)  # a first start
