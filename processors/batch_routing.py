@@ -23,7 +23,12 @@ from baton.processors.batch_records import (
 )
 from baton.processors.fetch_bound import RefusedBatch
 from baton.processors.state import RunState
-from baton.processors.state_row_checks import FORWARDS_KEPT, MAX_OFFSET, MAX_PARTITION
+from baton.processors.state_row_checks import (
+    FORWARDS_KEPT,
+    MAX_OFFSET,
+    MAX_PARTITION,
+    NO_DIGEST,
+)
 from baton.schemas.decision import Decision, Reason
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent, parse_event
 from baton.streams.partitioner import partition_for
@@ -37,6 +42,7 @@ __all__ = [
     "not_kept",
     "read_before",
     "route",
+    "value_digest",
 ]
 
 #: header on an event the worker moved to its run's partition: topic/partition/offset
@@ -138,8 +144,12 @@ def route(
 # FORWARDED_FROM is written by whoever wrote the record, and a forged one far ahead would
 # have the run's next events taken for redeliveries. A misplaced event read again is
 # forwarded again, a new record: known by its header's position, exactly (the run keeps
-# the newest FORWARDS_KEPT it decided), so a forged header only ever passes for the one
-# record it names.
+# the newest FORWARDS_KEPT it decided) and by a digest of its bytes: a header is anyone's to
+# write, and a forged one on a record sent to the run's own partition, naming the position a
+# misplaced event of the run would take next (its partition's end, predictable), had the
+# worker take that event, forwarded later, for a redelivery: no decision, no dead letter, its
+# spend never counted (H1, session 36). Now only a record of the same bytes as the one
+# decided under that header passes for it: the same event, counted once.
 
 
 def read_before(
@@ -187,23 +197,38 @@ def forwarded_at(topic: str, headers: Any) -> tuple[int, int] | None:
     return None
 
 
+def value_digest(value: bytes | None) -> int:
+    """A forwarded record's bytes as the run notes them beside its header's position: 63 bits
+    of BLAKE2b (a non-negative int64)."""
+    from hashlib import blake2b
+
+    return int.from_bytes(blake2b(value or b"", digest_size=8).digest(), "big") >> 1
+
+
 def _forwarded(state: RunState, rec: InputRecord, approval: bool) -> bool:
     at = forwarded_at(rec.topic, _headers(rec))
     if at is None:
         return False
     kept, flag = state.forwarded, 1 if approval else 0
-    for i in range(0, len(kept), 3):
+    digest = -2  # computed at the first position that matches
+    for i in range(0, len(kept), 4):
         if kept[i] == flag and kept[i + 1] == at[0] and kept[i + 2] == at[1]:
-            return True
+            if kept[i + 3] == NO_DIGEST:  # noted before digests were (format 4's 3-field row)
+                return True
+            if digest == -2:
+                digest = value_digest(rec.value)
+            if kept[i + 3] == digest:
+                return True
     return False
 
 
 def mark_forwarded(state: RunState, rec: InputRecord, approval: bool) -> None:
-    """Note in ``state`` (the event's new state) the position a forwarded ``rec`` names."""
+    """Note in ``state`` (the event's new state) the position a forwarded ``rec`` names, with
+    its bytes' digest."""
     at = forwarded_at(rec.topic, _headers(rec))
     if at is not None:
-        kept = (*state.forwarded, 1 if approval else 0, at[0], at[1])
-        state.forwarded = kept[-3 * FORWARDS_KEPT :]
+        kept = (*state.forwarded, 1 if approval else 0, at[0], at[1], value_digest(rec.value))
+        state.forwarded = kept[-4 * FORWARDS_KEPT :]
 
 
 def mark_read(

@@ -158,8 +158,9 @@ class RunState:
     read_requests: int
     read_approvals: int
     #: the FORWARDED_FROM positions of the newest forwarded events it decided (a misplaced
-    #: event read again is forwarded again, a new record: known by this, exactly), flat:
-    #: (approval 0/1, partition, offset, ...), at most FORWARDS_KEPT of them
+    #: event read again is forwarded again, a new record: known by this, exactly, and by
+    #: its bytes), flat: (approval 0/1, partition, offset, value digest, ...), at most
+    #: FORWARDS_KEPT of them
     forwarded: tuple[int, ...]
 
     @classmethod

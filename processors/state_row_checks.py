@@ -21,6 +21,7 @@ __all__ = [
     "FORWARDS_KEPT",
     "MAX_OFFSET",
     "MAX_PARTITION",
+    "NO_DIGEST",
     "bounces_from_wire",
     "forwarded_from_wire",
     "grants_from_wire",
@@ -210,11 +211,14 @@ def read_from_wire(read: Any) -> tuple[int, int, int]:
 
 #: forwarded events' positions a run keeps (RunState.forwarded)
 FORWARDS_KEPT: Final = 8
+#: the digest of a position noted before digests were (a 3-field row): matches any bytes
+NO_DIGEST: Final = -1
 
 
 def forwarded_from_wire(rows: Any) -> tuple[int, ...]:
-    """The stored positions of forwarded events decided (RunState.forwarded, flat), or a
-    ValueError: at most FORWARDS_KEPT rows of [approval 0/1, partition, offset]."""
+    """The stored positions of forwarded events decided (RunState.forwarded, flat: approval,
+    partition, offset, digest), or a ValueError: at most FORWARDS_KEPT rows of [approval 0/1,
+    partition, offset, digest], a row of three (written before digests) read as NO_DIGEST."""
     if rows is None:
         return ()
     if type(rows) is list and len(rows) <= FORWARDS_KEPT:
@@ -222,17 +226,18 @@ def forwarded_from_wire(rows: Any) -> tuple[int, ...]:
         for row in rows:
             if not (
                 type(row) is list
-                and len(row) == 3
+                and (len(row) == 3 or len(row) == 4)
                 and all(type(n) is int for n in row)
                 and row[0] in (0, 1)
                 and 0 <= row[1] <= MAX_PARTITION
                 and 0 <= row[2] <= MAX_OFFSET
+                and (len(row) == 3 or 0 <= row[3] <= MAX_OFFSET)
             ):
                 break
-            flat += row
+            flat += row if len(row) == 4 else [*row, NO_DIGEST]
         else:
             return tuple(flat)
     raise ValueError(
-        f"run state key fw: expected at most {FORWARDS_KEPT} [0 or 1, partition, offset] rows, "
-        f"got {str(rows)[:60]!r}"
+        f"run state key fw: expected at most {FORWARDS_KEPT} [0 or 1, partition, offset, "
+        f"digest] rows, got {str(rows)[:60]!r}"
     )

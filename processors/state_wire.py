@@ -47,6 +47,7 @@ from baton.processors.state_replies import (
     replies_from_rows,
 )
 from baton.processors.state_row_checks import (
+    NO_DIGEST,
     bounces_from_wire,
     forwarded_from_wire,
     grants_from_wire,
@@ -174,7 +175,12 @@ def _wire_map(state: RunState, rec: Any) -> dict[str, Any]:
         wire["rd"] = [state.read_partition, state.read_requests, state.read_approvals]
     if state.forwarded:
         f = state.forwarded
-        wire["fw"] = [[f[i], f[i + 1], f[i + 2]] for i in range(0, len(f), 3)]
+        wire["fw"] = [
+            [f[i], f[i + 1], f[i + 2]]
+            if f[i + 3] == NO_DIGEST
+            else [f[i], f[i + 1], f[i + 2], f[i + 3]]
+            for i in range(0, len(f), 4)
+        ]
     if WRITE_COLUMNS is not None and state.recent:
         wire["cols"] = WRITE_COLUMNS
     if state.evicted_at is not None:

@@ -75,7 +75,7 @@ def run_pickled(
 
 
 #: a run-state record's positions read (changelog keys ``rd`` and ``fw``, since session 26)
-_READ_POSITIONS = re.compile(rb',"rd":\[\d+,-?\d+,-?\d+\]|,"fw":\[(\[\d+,\d+,\d+\],?)*\]')
+_READ_POSITIONS = re.compile(rb',"rd":\[\d+,-?\d+,-?\d+\]|,"fw":\[(\[\d+,\d+,\d+(,\d+)?\],?)*\]')
 
 
 def without_read_positions(value: Any) -> Any:

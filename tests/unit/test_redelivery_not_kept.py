@@ -20,11 +20,12 @@ import orjson
 import pytest
 
 from baton.processors.batch import BatchProcessor, InputRecord
-from baton.processors.batch_routing import read_before
+from baton.processors.batch_routing import read_before, value_digest
 from baton.processors.batch_stats import BatchStats
 from baton.processors.engine import decide
 from baton.processors.metrics import WorkerMetrics
 from baton.processors.state import RECENT_REPLIES, SEEN_LIMIT, RunState
+from baton.processors.state_row_checks import NO_DIGEST
 from baton.schemas.decision import Outcome, Reason
 from baton.schemas.events import ApprovalGranted, HandoffCompleted
 from baton.schemas.policy import load_policy
@@ -312,17 +313,25 @@ def test_a_forwarded_position_is_matched_exactly_and_a_forged_header_passes_for_
     proc, states, _ = _history(exactly_once=False)
     header = [("baton-forwarded-from", f"{TOPIC}/1/500".encode())]
     forged = InputRecord(TOPIC, 0, 300, RUN.encode(), _handoff(20, 0).value, header)
-    proc.process([forged], NOW)  # noted, exactly: (requests, partition 1, offset 500)
-    assert states[RUN.encode()].forwarded == (0, 1, 500)
+    proc.process([forged], NOW)  # noted, exactly: (requests, partition 1, offset 500, bytes)
+    assert states[RUN.encode()].forwarded == (0, 1, 500, value_digest(forged.value))
     # another record naming another position, or none, past the run's position: answered
     for headers in ([("baton-forwarded-from", f"{TOPIC}/1/501".encode())], None):
         [(_, d)] = proc.process(
             [InputRecord(TOPIC, 0, 301, RUN.encode(), _handoff(1, 0).value, headers)], NOW
         ).decisions
         assert d.reason == Reason.REPLY_NOT_KEPT
-    # one naming it again (a second forward of the same misplaced record): nothing
-    again = InputRecord(TOPIC, 0, 302, RUN.encode(), _handoff(1, 0).value, header)
-    assert proc.process([again], NOW).decisions == [] and proc.redelivered == 1
+    # another event forwarded from that position (the header was forged ahead of it, H1,
+    # session 36: it was taken for a redelivery, no decision): decided
+    [(_, d)] = proc.process(
+        [InputRecord(TOPIC, 0, 302, RUN.encode(), _handoff(2, 0).value, header)], NOW
+    ).decisions
+    assert d.reason == Reason.REPLY_NOT_KEPT and proc.redelivered == 0
+    # the same bytes forwarded again: its reply, kept, again (the run's older replies past
+    # the kept ones are nothing: test_a_misplaced_event_forwarded_again_after_a_kill_...)
+    again = InputRecord(TOPIC, 0, 303, RUN.encode(), forged.value, header)
+    [(_, d)] = proc.process([again], NOW).decisions
+    assert d.reemitted and proc.redelivered == 0
     # the run keeps the newest eight; a header of another topic or shape is no position
     for n in range(12):
         h = [("baton-forwarded-from", f"{TOPIC}/1/{600 + n}".encode())]
@@ -330,7 +339,7 @@ def test_a_forwarded_position_is_matched_exactly_and_a_forged_header_passes_for_
             [InputRecord(TOPIC, 0, 310 + n, RUN.encode(), _handoff(30 + n, 0).value, h)], NOW
         )
     kept = states[RUN.encode()].forwarded
-    assert len(kept) == 24 and kept[-1] == 611 and kept[2] == 604
+    assert len(kept) == 32 and kept[-2] == 611 and kept[2] == 604
     for bad in (
         b"gov.approvals/1/611",
         b"x/1/611",
@@ -345,9 +354,55 @@ def test_a_forwarded_position_is_matched_exactly_and_a_forged_header_passes_for_
     raw = states[RUN.encode()].to_bytes()
     assert RunState.from_bytes(raw).forwarded == kept
     wire = orjson.loads(raw)
-    for forged_rows in ([[2, 1, 5]], [[0, 1, -1]], [[0, 1]], [[0, 1, 5]] * 9, "x"):
+    forged_rows: object
+    for forged_rows in (
+        [[2, 1, 5]],
+        [[0, 1, -1]],
+        [[0, 1]],
+        [[0, 1, 5, -3]],
+        [[0, 1, 5, 2**63]],
+        [[0, 1, 5, 7, 9]],
+        [[0, 1, 5]] * 9,
+        "x",
+    ):
         with pytest.raises(ValueError, match="run state key fw"):
             RunState.from_bytes(orjson.dumps({**wire, "fw": forged_rows}))
+    # a row written before digests (three fields) reads back matching any bytes, as it did
+    legacy = RunState.from_bytes(orjson.dumps({**wire, "fw": [[0, 1, 5]]}))
+    assert legacy.forwarded == (0, 1, 5, NO_DIGEST)
+    assert orjson.loads(legacy.to_bytes())["fw"] == [[0, 1, 5]]
+
+
+def test_a_forged_forward_header_ahead_of_a_misplaced_report_does_not_swallow_it() -> None:
+    """H1, session 36: a $0 report sent to the run's own partition with a header naming the
+    position the next misplaced record would take (a partition's end: predictable); the
+    client's $100 report landed there, was forwarded, and was taken for a redelivery: no
+    decision, no dead letter, its spend never counted, the next handoff allowed."""
+    from baton.streams.partitioner import partition_for
+
+    run = next(f"run_{i}" for i in range(100) if partition_for(f"run_{i}".encode(), 2) == 1)
+    key = run.encode()
+    states: dict[bytes, RunState] = {}
+    proc = BatchProcessor(load_policy(None), 2, states, worker="w", approvals_topic=APPROVALS)
+
+    def report(n: int, usd: float) -> bytes:
+        return HandoffCompleted(
+            request_id=f"{run}-c{n}", run_id=run, task_id="t1", agent="researcher",
+            cost_usd=usd, tool_calls=0, event_time=NOW,
+        ).to_json()  # fmt: skip
+
+    proc.process(
+        [InputRecord(TOPIC, 1, 10, key, handoff(run, 1, "t1", event_time=NOW).to_json())], NOW
+    )
+    ahead = [("baton-forwarded-from", f"{TOPIC}/0/77".encode())]
+    proc.process([InputRecord(TOPIC, 1, 11, key, report(0, 0.0), ahead)], NOW)
+    (forward,) = proc.process([InputRecord(TOPIC, 0, 77, key, report(1, 100.0))], NOW).forwards
+    assert forward.headers[-1] == ahead[0]  # the position the forged header named
+    [(_, d)] = proc.process(
+        [InputRecord(TOPIC, 1, 12, key, forward.value, forward.headers)], NOW
+    ).decisions
+    assert d.request_id == f"{run}-c1" and proc.redelivered == 0
+    assert states[key].spent_usd == 100.0
 
 
 def test_a_header_position_past_kafkas_ranges_is_not_noted_and_the_state_reads_back() -> None:

@@ -191,7 +191,7 @@ def _rich_state() -> RunState:
     st.add_task("late", st.task("plan")._replace(owner="writer"))  # type: ignore[union-attr]
     st.life = "r0:17"
     st.read_partition, st.read_requests, st.read_approvals = 3, 2**40, 9
-    st.forwarded = (0, 5, 77, 1, 6, 2**40)
+    st.forwarded = (0, 5, 77, -1, 1, 6, 2**40, 2**62 + 5)
     return st
 
 
