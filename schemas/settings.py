@@ -232,8 +232,8 @@ class Settings(BaseSettings):
         4 * 1024**3,
         ge=1024**2,
         le=1024**4,
-        description="encoded run state one worker holds (memory is ~1.6x); past it, new runs "
-        "are stopped (worker_run_limit) like past max_runs",
+        description="encoded run state one worker holds (memory is ~1.6x, up to ~2.6x for "
+        "runs with long ids); past it, new runs are stopped (worker_run_limit) like past max_runs",
     )
     control_max_staleness_s: float = Field(
         15.0,
