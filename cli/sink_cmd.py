@@ -146,6 +146,11 @@ def sink_cmd(
     )
 
 
+#: a draining sink whose `baton up` is gone drains on its own this long after (the broker's
+#: guard tells it before: streams/broker_guard.py)
+ORPHANED_DRAIN_S = 20.0
+
+
 def _drain_first(
     stop: threading.Event, drain_s: float, say: Callable[[str], None]
 ) -> threading.Event | None:
@@ -168,8 +173,20 @@ def _drain_first(
         line = f"audit sink: stopping: reading the decisions to their end first (≤ {drain_s:g} s)"
         threading.Thread(target=say, args=(line,), daemon=True).start()  # not in the handler
 
+    def orphaned(signum: int, _frame: Any) -> None:
+        # `baton up` is gone (this sink's parent-death signal): its broker's guard sends the
+        # SIGTERM once the workers have ended; if none comes, drain anyway
+        def late() -> None:
+            if not drain.is_set():  # (the guard's SIGTERM came: that drain goes on)
+                handle(signal.SIGTERM, None)
+
+        timer = threading.Timer(ORPHANED_DRAIN_S, late)
+        timer.daemon = True
+        timer.start()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handle)
+    signal.signal(signal.SIGUSR1, orphaned)
     return drain
 
 

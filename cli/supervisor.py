@@ -35,6 +35,7 @@ __all__ = [
     "copy_lines",
     "describe_exit",
     "exit_code_for",
+    "follow_lines",
     "open_child_log",
     "without_control",
 ]
@@ -212,6 +213,47 @@ def copy_lines(source: IO[bytes], log_path: Path, echo: Callable[[str], None]) -
                     echo(line)
                 except (OSError, ValueError):  # EPIPE, or a closed stdout
                     echoing = False
+
+
+def follow_lines(
+    log_path: Path,
+    start: int,
+    echo: Callable[[str], None],
+    done: Callable[[], bool],
+    every_s: float = 0.2,
+) -> None:
+    """Hand every line appended to ``log_path`` past byte ``start``, without control
+    characters, to ``echo``, until ``done()`` (the child exited) and the file is read to its
+    end. The child writes its log itself: a pipe to ``baton up`` broke when ``baton up`` was
+    killed, and the sink, draining what the broker held, died of its first write (EPIPE) with
+    thousands of decisions unstored (session 36)."""
+    echoing = True
+    pending = b""
+    try:
+        source = log_path.open("rb")
+    except OSError:
+        return
+    with source:
+        source.seek(start)
+        while True:
+            finished = done()  # before the read: a last line written as it exits is read
+            chunk = source.read(1 << 16)
+            if not chunk:
+                if not finished:
+                    time.sleep(every_s)
+                    continue
+                lines, pending = [pending] if pending else [], b""
+            else:
+                *lines, pending = (pending + chunk).split(b"\n")
+            for raw in lines:
+                line = without_control(raw.decode("utf-8", errors="replace")).rstrip()
+                if line and echoing:
+                    try:
+                        echo(line)
+                    except (OSError, ValueError):  # EPIPE, or a closed stdout
+                        echoing = False
+            if not chunk:
+                return
 
 
 #: a log line at WARNING or above, in the text or the JSON format (cli/log_format.py)

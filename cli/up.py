@@ -23,6 +23,7 @@ from baton.cli.options import (
 from baton.cli.stack_file import (
     StackRecord,
     mark_stopped,
+    record_path,
     refuse_running_stack,
     update_record,
     write_record,
@@ -238,7 +239,7 @@ def up_cmd(
         raise ConfigError(f"baton up: {exc}") from None
     logs = data_dir / "logs"
     _prune_broker_logs(logs)
-    broker = EmbeddedBroker(port=port, log_dir=logs)
+    broker = EmbeddedBroker(port=port, log_dir=logs, outlive=record_path(data_dir))
     supervisor: Supervisor | None = None
     record: StackRecord | None = None
     stopping = 0  # the signal that stops the stack

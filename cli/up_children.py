@@ -15,6 +15,7 @@ from baton.cli.supervisor import (
     Supervisor,
     WarningEcho,
     copy_lines,
+    follow_lines,
     open_child_log,
 )
 
@@ -33,35 +34,40 @@ def spawner(
 ) -> Callable[[ChildSpec], subprocess.Popen[bytes]]:
     """Starts each child with its output in its log; the alerter's stdout echoed, and with
     ``say``, the WARNING and ERROR lines of a child whose spec asks (``echo_warnings``)."""
-    from baton.streams.embedded import kill_when_parent_dies
+    from baton.streams.embedded import kill_when_parent_dies, orphaned_when_parent_dies
 
     def spawn(spec: ChildSpec) -> subprocess.Popen[bytes]:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         warnings = spec.echo_warnings and say is not None and not spec.echo
-        piped = spec.echo or warnings
         with open_child_log(spec.log_path) as out:  # the child holds its own copy of the fd
+            start = out.seek(0, 2)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "baton.cli", *spec.args],
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if piped else out,
+                stdout=subprocess.PIPE if spec.echo else out,
                 stderr=out if spec.echo else subprocess.STDOUT,
-                preexec_fn=kill_when_parent_dies,
+                # the sink, stopped last, drains when the broker's guard says (baton up gone)
+                preexec_fn=orphaned_when_parent_dies if spec.stop_last else kill_when_parent_dies,
                 # not in up's process group: a terminal's Ctrl-C reaches up alone, which stops
                 # them in order (the workers, then the sink reading to the end, the broker last)
                 process_group=0,
             )
-        if piped:  # to the log, and the alert lines (or the warnings) to the terminal
+        if spec.echo:  # the alert lines: to the log and the terminal
             assert proc.stdout is not None
-            echo = _echo_stdout if spec.echo else WarningEcho(spec.name, say)  # type: ignore[arg-type]
-            copier = threading.Thread(
-                target=copy_lines,
-                args=(proc.stdout, spec.log_path, echo),
-                name=f"baton-up-{spec.name}-output",
-                daemon=True,
-            )
-            copier.start()
-            proc.copier = copier  # type: ignore[attr-defined]  # joined when it exits
+            target: Callable[..., None] = copy_lines
+            args: tuple[object, ...] = (proc.stdout, spec.log_path, _echo_stdout)
+        elif warnings:  # the child writes its log; its warnings read from there
+            target = follow_lines
+            echo = WarningEcho(spec.name, say)  # type: ignore[arg-type]
+            args = (spec.log_path, start, echo, lambda: proc.poll() is not None)
+        else:
+            return proc
+        copier = threading.Thread(
+            target=target, args=args, name=f"baton-up-{spec.name}-output", daemon=True
+        )
+        copier.start()
+        proc.copier = copier  # type: ignore[attr-defined]  # joined when it exits
         return proc
 
     return spawn

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -26,7 +27,7 @@ from baton.schemas.errors import BrokerUnavailable, ConfigError, MissingExtra
 from baton.schemas.files import FileProblem, open_log
 from baton.streams.net import free_port
 
-__all__ = ["EmbeddedBroker", "kill_when_parent_dies"]
+__all__ = ["EmbeddedBroker", "kill_when_parent_dies", "orphaned_when_parent_dies"]
 
 # Variables Tansu reads from the environment that would silently change the broker we start
 # (a schema registry turns on payload validation, OTLP makes it export telemetry). The listener
@@ -61,10 +62,23 @@ def kill_when_parent_dies() -> None:  # pragma: no cover - runs in the child, be
     PR_SET_PDEATHSIG: the kernel sends SIGTERM to the child when that thread exits, so a
     crashed or kill -9'ed parent leaves no orphan broker (or worker) holding a port.
     """
+    _parent_death_signal(signal.SIGTERM)
+
+
+def orphaned_when_parent_dies() -> None:  # pragma: no cover - runs in the child, before exec
+    """``preexec_fn`` of the children ``baton up``'s broker guard stops in order when ``baton
+    up`` is gone (the guard itself, the sink): SIGUSR1 when that thread exits, which each
+    handles (streams/broker_guard.py, cli/sink_cmd.py)."""
+    from baton.streams.broker_guard import ORPHANED
+
+    _parent_death_signal(ORPHANED)
+
+
+def _parent_death_signal(sig: int) -> None:  # pragma: no cover - runs in the child
     import ctypes
 
     pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, sig)
 
 
 class EmbeddedBroker:
@@ -82,6 +96,9 @@ class EmbeddedBroker:
 
     ``die_with_parent`` (Linux only) ties the broker's life to the *thread* that calls
     ``start()``: start it from the main thread or a thread that lives as long as the broker.
+    With ``outlive`` (a stack record, ``baton up``'s) the broker runs under a guard
+    (streams/broker_guard.py) instead: when that thread dies the guard stops the processes the
+    record names in order, the sink storing what the broker holds, and the broker last.
     """
 
     def __init__(
@@ -92,6 +109,7 @@ class EmbeddedBroker:
         log_dir: str | os.PathLike[str] | None = None,
         startup_timeout_s: float = 20.0,
         die_with_parent: bool = True,
+        outlive: Path | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -100,6 +118,9 @@ class EmbeddedBroker:
         self.startup_timeout_s = startup_timeout_s
         self._die_with_parent = die_with_parent and sys.platform.startswith("linux")
         self._proc: subprocess.Popen[bytes] | None = None
+        self._outlive = outlive if self._die_with_parent else None
+        #: the broker's own pid when a guard (``_proc``) runs it
+        self._broker_pid: int | None = None
         self._log: IO[bytes] | None = None
         self.log_path: Path | None = None
 
@@ -127,7 +148,10 @@ class EmbeddedBroker:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        """The broker's process (not its guard's: its memory, its sockets, its SIGSTOP)."""
+        if self._proc is None:
+            return None
+        return self._broker_pid if self._broker_pid is not None else self._proc.pid
 
     def start(self) -> EmbeddedBroker:
         """Start the broker; return once it serves metadata, else raise ``BrokerUnavailable``."""
@@ -171,11 +195,15 @@ class EmbeddedBroker:
         producer), and with memory storage there is nothing to save anyway.
         """
         proc, self._proc = self._proc, None
+        broker, self._broker_pid = self._broker_pid, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
+                if broker is not None:  # its guard's SIGKILL gives it a SIGTERM only
+                    with contextlib.suppress(OSError):
+                        os.kill(broker, signal.SIGKILL)
                 proc.kill()
                 proc.wait()
         elif proc is not None:
@@ -218,25 +246,40 @@ class EmbeddedBroker:
             self.log_path = None
             self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
-        self._proc = subprocess.Popen(
-            [
-                binary,
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=kill_when_parent_dies if self._die_with_parent else None,
-            # a terminal's Ctrl-C reaches its parent alone, which stops it last (`baton up`)
-            process_group=0 if self._die_with_parent else None,
-        )
+        command = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+        command += ["--storage-engine", "memory://tansu/"]
+        read_pid = write_pid = -1
+        if self._outlive is not None:
+            read_pid, write_pid = os.pipe()
+            guard = ["-m", "baton.streams.broker_guard", str(write_pid), str(self._outlive)]
+            command = [sys.executable, *guard, "--", *command]
+        try:
+            self._proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=self._parent_death_signal(),
+                pass_fds=(write_pid,) if write_pid >= 0 else (),
+                # a terminal's Ctrl-C reaches its parent alone, which stops it last (`baton up`)
+                process_group=0 if self._die_with_parent else None,
+            )
+        finally:
+            if write_pid >= 0:
+                os.close(write_pid)
+        if read_pid >= 0:  # the guard's broker pid; EOF or nothing: it failed (its log says)
+            import select
+
+            with os.fdopen(read_pid, "rb") as told:
+                ready, _, _ = select.select([told], [], [], self.startup_timeout_s)
+                said = told.read(32).strip() if ready else b""
+            self._broker_pid = int(said) if said.isdigit() else None
+
+    def _parent_death_signal(self) -> Callable[[], None] | None:
+        if not self._die_with_parent:
+            return None
+        return kill_when_parent_dies if self._outlive is None else orphaned_when_parent_dies
 
     def _wait_ready(self, deadline: float) -> None:
         # First a plain TCP connect (cheap, and keeps librdkafka from logging "connection
@@ -293,7 +336,7 @@ class EmbeddedBroker:
                             inodes.add(f"socket:[{fields[9]}]")
             if not inodes:
                 return None
-            fds = Path(f"/proc/{self._proc.pid}/fd")
+            fds = Path(f"/proc/{self.pid}/fd")
             return any(_link(fd) in inodes for fd in fds.iterdir())
         except (OSError, ValueError, IndexError):
             return None

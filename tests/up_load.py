@@ -26,9 +26,19 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
 
 
-def stop_under_load(data_dir: Path, before_stop: Callable[[Path], None] | None) -> list[str]:
+def _runs(pid: int) -> bool:
+    from baton.streams.broker_guard import runs
+
+    return runs(pid)
+
+
+def stop_under_load(
+    data_dir: Path, before_stop: Callable[[Path], None] | None, kill: bool = False
+) -> list[str]:
     """`baton up` in a process group of its own, ~3,000 requests a second, a burst, then
-    ``before_stop`` and Ctrl-C; asserts every decision a reader got is in the audit after."""
+    ``before_stop`` and Ctrl-C (``kill``: SIGKILL to `baton up` alone, its children left to
+    stop on their parent-death signals); asserts every decision a reader got is in the audit
+    after."""
     up = subprocess.Popen(
         [sys.executable, "-m", "baton.cli", "up", "--data-dir", str(data_dir), *_FLAGS],
         env=_env(),
@@ -74,7 +84,7 @@ def stop_under_load(data_dir: Path, before_stop: Callable[[Path], None] | None) 
         while time.monotonic() - started < 5:
             burst = 0
             if stopped_at is None and time.monotonic() - started >= 3:
-                burst = _BURST  # the worker busy deciding them when the stop comes
+                burst = _BURST * (4 if kill else 1)  # the worker busy deciding them at the stop
             while sent < int((time.monotonic() - started) * _RATE) + burst:
                 run = f"r{tag}_{sent % 500}"
                 event = {
@@ -98,10 +108,18 @@ def stop_under_load(data_dir: Path, before_stop: Callable[[Path], None] | None) 
                 producer.flush(10)
                 if before_stop is not None:
                     before_stop(data_dir)
-                os.killpg(up.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+                if kill:
+                    pids = json.loads((data_dir / "stack.json").read_text())["pids"]
+                    up.kill()
+                else:
+                    os.killpg(up.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
                 stopped_at = time.monotonic()
             time.sleep(0.005)
-        assert up.wait(90) == 0, "\n".join(lines[-30:])
+        if kill:
+            assert up.wait(10) == -signal.SIGKILL
+            wait_for(lambda: not any(_runs(pid) for pid in pids.values()), 90, message=str(pids))
+        else:
+            assert up.wait(90) == 0, "\n".join(lines[-30:])
         reading.set()
         reader.join(10)
     finally:

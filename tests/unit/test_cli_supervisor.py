@@ -235,6 +235,37 @@ def test_copy_lines_keeps_logging_when_the_terminal_is_gone(tmp_path: Path) -> N
     assert log.read_text() == "a\nb\nc\n"
 
 
+def test_follow_lines_reads_what_the_child_appends_past_its_start_until_it_exits(
+    tmp_path: Path,
+) -> None:
+    """The children write their logs themselves (session 36: a pipe to a killed `baton up`
+    broke, and the sink died at its first write with the decisions it was draining)."""
+    import threading
+    import time
+
+    from baton.cli.supervisor import follow_lines
+
+    log = tmp_path / "sink.log"
+    log.write_bytes(b"an earlier start's line\n")
+    start = log.stat().st_size
+    shown: list[str] = []
+    exited = threading.Event()
+    follower = threading.Thread(
+        target=follow_lines, args=(log, start, shown.append, exited.is_set, 0.01)
+    )
+    follower.start()
+    with log.open("ab") as out:
+        out.write(b"one\n\x1b[31mtwo\x1b[0m\nthr")
+        out.flush()
+        time.sleep(0.1)
+        out.write(b"ee\nlast, unterminated")  # written as it exits
+    exited.set()
+    follower.join(5)
+    assert not follower.is_alive()
+    assert shown == ["one", "two", "three", "last, unterminated"]
+    follow_lines(tmp_path / "gone.log", 0, shown.append, lambda: True)  # no file: returns
+
+
 # ------------------------------------------------------------------ the stop order
 
 

@@ -321,7 +321,7 @@ class _BrokerInterrupted:
     stopped = False
     signal = 2  # SIGINT; a test sets another
 
-    def __init__(self, port: int | None, log_dir: Path) -> None:
+    def __init__(self, port: int | None, log_dir: Path, **_: object) -> None:
         pass
 
     def start(self) -> None:
