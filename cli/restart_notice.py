@@ -24,6 +24,7 @@ __all__ = [
     "fold_policy_in_force",
     "kill_switches_in_force",
     "policy_in_force",
+    "replaced_control_ids",
 ]
 
 #: applied commands only: a refused one carries the reason it was refused
@@ -78,19 +79,70 @@ def kill_switches_in_force(chdb_dir: Path) -> list[str]:
 
 def kill_records(client: Any) -> list[tuple[str, ...]]:
     """The audit's applied kill and release records, oldest first, as their workers made
-    them (:func:`as_made`); empty when there is no audit table yet."""
+    them (:func:`as_made`); empty when there is no audit table yet. A kill or release whose
+    stored row no longer reads as one (replaced in FINAL under its id by a row of another
+    reason or phase: H2, session 36, the kill then not even named) counts as a kill whose
+    command is lost, from ``decision_variants``, which keeps what every id once said."""
     from baton.sinks.schema import DATABASE
 
     if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
         return []
     rows = client.query(
         "SELECT reason, run_id, tenant, detail, ifNull(input, ''), decision_id, "
-        f"request_id FROM {DATABASE}.decisions FINAL "
+        f"request_id, decided_at FROM {DATABASE}.decisions FINAL "
         "WHERE phase = 'control' AND reason IN {applied:Array(String)} "
         "ORDER BY decided_at, `offset`",
         parameters={"applied": list(_APPLIED)},
     ).result_rows
-    return [as_made(tuple(str(v) for v in row)) for row in rows]
+    dated = [(row[-1], as_made(tuple(str(v) for v in row[:-1]))) for row in rows]
+    listed = {str(row[5]) for row in rows}
+    for decision_id, run_id, tenant, _reason, at in replaced_control_ids(client, _APPLIED):
+        if decision_id not in listed:
+            dated.append((at, as_made(("", run_id, tenant, "", "", decision_id, ""))))
+    dated.sort(key=lambda pair: pair[0])
+    return [record for _, record in dated]
+
+
+def replaced_control_ids(client: Any, reasons: Iterable[str]) -> list[tuple[str, ...]]:
+    """``(decision_id, run_id, tenant, reason, decided_at)`` of every id that once held a
+    control record of one of ``reasons`` (``decision_variants``: every outcome and reason said
+    under an id stays) whose stored row (FINAL) is not that record as a worker makes it: its
+    phase, reason or request id changed, or gone. Control rows are not chained: a writer of
+    gov.decisions replaced a kill or a signed policy update under its id with a row of another
+    reason or phase, and the restart lost it in silence (H2, session 36)."""
+    from baton.schemas.decision import Phase, decision_id_for
+    from baton.sinks.schema import DATABASE
+
+    if not client.command(f"EXISTS TABLE {DATABASE}.decision_variants"):
+        return []
+    said = client.query(
+        f"SELECT decision_id, any(run_id), any(tenant), any(reason), min(decided_at) "
+        f"FROM {DATABASE}.decision_variants FINAL WHERE reason IN {{reasons:Array(String)}} "
+        "GROUP BY decision_id",
+        parameters={"reasons": list(reasons)},
+    ).result_rows
+    if not said:
+        return []
+    stored = {
+        str(decision_id): (str(phase), str(reason), str(run_id), str(request_id))
+        for decision_id, phase, reason, run_id, request_id in client.query(
+            f"SELECT decision_id, phase, reason, run_id, request_id FROM {DATABASE}.decisions "
+            "FINAL WHERE decision_id IN {ids:Array(String)}",
+            parameters={"ids": [str(row[0]) for row in said]},
+        ).result_rows
+    }
+    replaced = []
+    for decision_id, run_id, tenant, reason, at in said:
+        phase, now_reason, now_run, request_id = stored.get(str(decision_id), ("", "", "", ""))
+        made = (
+            phase == Phase.CONTROL.value
+            and now_reason == reason
+            and request_id.startswith(f"{reason}:")
+            and decision_id == decision_id_for(now_run, request_id, Phase.CONTROL)
+        )
+        if not made:
+            replaced.append((str(decision_id), str(run_id), str(tenant), str(reason), at))
+    return replaced
 
 
 def as_made(row: tuple[str, ...]) -> tuple[str, ...]:
@@ -142,7 +194,7 @@ def fold_policy_in_force(
         if reason == "policy_updated":
             publishers[version] = (approver, _signed(command))
         else:  # a policy_in_force record's input is the policy's document
-            operators[version] = _operators(command)
+            operators[version] = _operators(command, version)
         by, reissued = publishers.get(version, (None, False))
         last = PolicyInForce(version, by, at, reissued)
     if last is not None:
@@ -150,10 +202,20 @@ def fold_policy_in_force(
     return last
 
 
-def _operators(document: str) -> tuple[str, ...]:
-    """The operator names of a policy document (none when it is not one)."""
+def _operators(document: str, version: str) -> tuple[str, ...]:
+    """The operator names of a policy document (none when it is not one); a document that
+    does not hash to its record's version is no policy a worker used: its operators are the
+    ones a forged record said (none: the guard against a start that drops them was passed,
+    H2 session 36), so such a record keeps the operators the version had."""
     import orjson
 
+    from baton.sinks.replay_source import policies_of
+
+    if not document:
+        return ()  # recorded before policy documents were
+    policies, _refused = policies_of([(version, document)])
+    if version not in policies:
+        return ("(unknown: its record does not hash to its version, forged or altered)",)
     try:
         doc = orjson.loads(document) if document else None
     except orjson.JSONDecodeError:

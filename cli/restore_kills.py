@@ -297,7 +297,13 @@ def replaced_policy_rows(rows: list[tuple[str, ...]]) -> list[str]:
 
 def replaced_policy_records(client: Any) -> list[str]:
     """:func:`replaced_policy_rows` of the audit ``client`` reads."""
+    from baton.cli.restart_notice import replaced_control_ids
     from baton.sinks.schema import DATABASE
 
     rows = client.query(_POLICY_ROWS_SQL.format(db=DATABASE)).result_rows
-    return replaced_policy_rows([tuple(str(v) for v in row) for row in rows])
+    replaced = replaced_policy_rows([tuple(str(v) for v in row) for row in rows])
+    listed = {str(row[0]) for row in rows}
+    # an id that held one whose row now has another phase or request id (H2, session 36)
+    records = replaced_control_ids(client, ("policy_updated", "policy_in_force"))
+    return replaced + [f"{reason} (id {ident[:16]})" for ident, _, _, reason, _ in records
+                       if ident not in listed]  # fmt: skip

@@ -84,6 +84,10 @@ def restore_runs(
             window = settings.run_retention_s + settings.tombstone_retention_s
             scope = ReplayScope(active_since=now - timedelta(seconds=window))
             rebuilt = _rebuild(runs_of(read_runs_rows(client, scope)), policies, settings, now)
+            chained = _chained(client, rebuilt.partial)
+            if chained:  # its rows replaced by copies without inputs: not from before inputs
+                rebuilt.partial = [run for run in rebuilt.partial if run not in chained]
+                rebuilt.unverified_counters += sorted(chained)
             states = rebuilt.states
             counted = rebuilt.partial + rebuilt.unverified_counters
             if counted:
@@ -242,6 +246,29 @@ def _rebuild(
         if aged is not None:
             out.states.append(aged)
     return out
+
+
+def _chained(client: Any, run_ids: list[str]) -> set[str]:
+    """Of runs no stored row holds an input of, those a worker linked decisions of onto a
+    chain (``decision_variants`` keeps every chain hash said under an id): an audit from before
+    inputs were recorded has none. A writer of gov.decisions who replaced every row of a run in
+    FINAL with copies without input or chain, its spend zeroed or its stop turned into an
+    allow, had the run restored from those counters, reopened (H2, session 36)."""
+    from baton.sinks.schema import DATABASE
+
+    if not run_ids or not client.command(f"EXISTS TABLE {DATABASE}.decision_variants"):
+        return set()
+    found: set[str] = set()
+    for i in range(0, len(run_ids), 1000):
+        found.update(
+            str(row[0])
+            for row in client.query(
+                f"SELECT DISTINCT run_id FROM {DATABASE}.decision_variants "
+                "WHERE run_id IN {runs:Array(String)} AND chain_hash != ''",
+                parameters={"runs": run_ids[i : i + 1000]},
+            ).result_rows
+        )
+    return found
 
 
 def _say_what_was_not_verified(

@@ -135,7 +135,10 @@ def test_runs_audited_without_inputs_keep_their_counters_spend_and_stop(
 ) -> None:
     now = datetime.now(UTC) - timedelta(seconds=5)
     _, published = _history(now)
-    _store(tmp_path / "chdb", [replace(d, input=None) if d.run_id != "*" else d for d in published])
+    # from before chains too (migration 0004): a chained run without inputs is one whose rows
+    # were replaced (below)
+    legacy = dict(input=None, chain_prev=None, chain_hash=None)
+    _store(tmp_path / "chdb", [replace(d, **legacy) if d.run_id != "*" else d for d in published])
     settings = _settings(broker)
     said: list[str] = []
     assert restore_runs(settings, tmp_path, said.append) == 2
@@ -144,6 +147,32 @@ def test_runs_audited_without_inputs_keep_their_counters_spend_and_stop(
     assert (over.stopped, over.spent_usd, over.handoff_count) == ("shared_budget_exceeded", 40.0, 1)
     assert restored[b"owned"].handoff_count == 1 and restored[b"owned"].stopped is None
     assert said[0] == "restore: 2 runs restored from their counters only (no inputs)"
+
+
+def test_a_run_whose_rows_were_replaced_by_copies_without_inputs_is_restored_stopped(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """H2, session 36: a writer of gov.decisions replaced every row of a run in FINAL with a
+    copy without input (chain kept or dropped), its spend zeroed and its stop turned into an
+    allow: the run was restored from those counters, reopened, 49.5 USD spent of 30."""
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    _, published = _history(now)
+    _store(tmp_path / "chdb", published)
+    forged = [
+        replace(
+            d, input=None, spent_usd=0.0, handoff_count=0, outcome=Outcome.ALLOW,
+            reason="within_budget", **({"chain_prev": None, "chain_hash": None} if i else {}),
+        )
+        for i, d in enumerate(d for d in published if d.run_id == "over")
+    ]  # fmt: skip
+    _store(tmp_path / "chdb", forged, first_offset=1000)
+    settings = _settings(broker)
+    said: list[str] = []
+    assert restore_runs(settings, tmp_path, said.append) == 2
+    restored = _changelog(broker.bootstrap, f"{settings.app_id}-runs-changelog")
+    assert restored[b"over"].stopped == "audit_unverified"
+    assert restored[b"owned"].stopped is None  # untouched: replayed from its inputs
+    assert any("did not replay exactly as recorded (over)" in line for line in said), said
 
 
 def test_runs_idle_past_the_retention_are_not_restored(
@@ -235,6 +264,65 @@ def test_a_forged_release_that_replaced_a_kill_in_final_is_named_as_lost(tmp_pat
     forged = replace(record, reason="kill_switch_released", input=None)
     _store(tmp_path / "chdb", [forged], first_offset=1000)
     assert kill_switches_in_force(tmp_path / "chdb") == ["tenant acme"]
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [{"reason": "control_unsigned", "input": None}, {"phase": "pre_handoff"}],
+    ids=["another reason", "another phase"],
+)
+def test_a_kill_replaced_in_final_by_a_row_of_another_reason_or_phase_is_held(
+    broker: EmbeddedBroker, tmp_path: Path, forgery: dict
+) -> None:
+    """H2, session 36: the kill's row replaced under its id by one the kill records' query
+    did not read (another reason, or the same row under another phase): the kill was neither
+    re-issued nor named, and the run's handoffs were allowed after the restart."""
+    from baton.cli.restart_notice import kill_switches_in_force
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.events import KillSwitch
+
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    _, published = _history(now)
+    kill = KillSwitch(scope="run", run_id="owned", operator="oncall", event_time=now)
+    _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
+    _store(tmp_path / "chdb", [*published, record])
+    _store(tmp_path / "chdb", [replace(record, **forgery)], first_offset=1000)
+    assert kill_switches_in_force(tmp_path / "chdb") == ["run owned"]
+    settings = _settings(broker)
+    said: list[str] = []
+    restore_runs(settings, tmp_path, said.append)
+    restored = _changelog(broker.bootstrap, f"{settings.app_id}-runs-changelog")
+    assert restored[b"owned"].stopped == "audit_unverified"  # held (or, a row of the run's
+    # own phase now, no longer replaying as recorded): never reopened
+    assert any("owned" in s and "STOPPED (audit_unverified)" in s for s in said), said
+
+
+def test_a_policy_update_replaced_under_its_id_is_named(tmp_path: Path) -> None:
+    """H2, session 36: a signed policy update's row replaced under its id by one of another
+    request id or phase passed the replaced-records check, and the restart ran the policy
+    before it in silence."""
+    from baton.cli.restore_kills import replaced_policy_records
+    from baton.processors.engine import apply_policy_update
+    from baton.schemas.events import PolicyUpdated
+
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    update = PolicyUpdated(policy_yaml="multi_agent: {}\n", operator="oncall", event_time=now)
+    step = apply_policy_update(load_policy(None), None, update, now)
+    assert step.applied and step.record is not None
+    _store(tmp_path / "chdb", [step.record])
+    client = connect(f"chdb://{tmp_path / 'chdb'}")
+    try:
+        assert replaced_policy_records(client) == []
+    finally:
+        client.close()
+    for n, forgery in enumerate(({"phase": "pre_handoff"}, {"request_id": "x"})):
+        _store(tmp_path / "chdb", [replace(step.record, **forgery)], first_offset=1000 + n)
+        client = connect(f"chdb://{tmp_path / 'chdb'}")
+        try:
+            (named,) = replaced_policy_records(client)
+        finally:
+            client.close()
+        assert named.startswith("policy_updated (id "), named
 
 
 def test_runs_under_a_lost_kill_switch_are_restored_stopped(

@@ -94,13 +94,25 @@ def test_a_restart_whose_policy_drops_the_operators_in_force_is_refused(
 
 
 def test_the_operators_of_the_policy_in_force_are_read_from_its_document() -> None:
-    document = '{"operators": {"alice": "ed25519:x", "bob": "ed25519:y"}, "multi_agent": {}}'
+    from baton.processors.recorded import policy_document
+    from baton.schemas.policy import parse_policy
+    from baton.schemas.signing import new_private_key, public_key_text
+
+    keys = {name: public_key_text(new_private_key()) for name in ("alice", "bob")}
+    signed = parse_policy("operators:\n" + "".join(f'  {n}: "{k}"\n' for n, k in keys.items()), "p")
+    plain = parse_policy("multi_agent: {}\n", "p")
+    v1, v2 = signed.version, plain.version
     rows = [
-        ("policy_in_force", "v1", "", "2026-12-04 07:00:00", document),
-        ("policy_in_force", "v2", "", "2026-12-04 07:01:00", "{}"),
-        ("policy_in_force", "v1", "", "2026-12-04 07:02:00", document),
+        ("policy_in_force", v1, "", "2026-12-04 07:00:00", policy_document(signed)),
+        ("policy_in_force", v2, "", "2026-12-04 07:01:00", policy_document(plain)),
+        ("policy_in_force", v1, "", "2026-12-04 07:02:00", policy_document(signed)),
     ]
     last = restart_notice.fold_policy_in_force(rows)
-    assert last is not None and last.version == "v1" and last.operators == ("alice", "bob")
+    assert last is not None and last.version == v1 and last.operators == ("alice", "bob")
     assert restart_notice.fold_policy_in_force(rows[:2]).operators == ()  # type: ignore[union-attr]
-    assert restart_notice._operators("[" * 5000) == ()  # not a document: none
+    assert restart_notice._operators("", v1) == ()  # recorded before documents were: none
+    # a document that is no policy, or hashes to another version (H2, session 36: a forged
+    # record without operators passed the guard against a start that drops them): unknown
+    for forged in ("[" * 5000, policy_document(plain)):
+        (unknown,) = restart_notice._operators(forged, v1)
+        assert "does not hash to its version" in unknown
