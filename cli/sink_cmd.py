@@ -184,9 +184,16 @@ def _drain_first(
         timer.daemon = True
         timer.start()
 
+    def drain_unless_draining(signum: int, _frame: Any) -> None:
+        # the broker guard's turn for the sink (`baton up` gone); `baton up` may have died
+        # during its own stop, this sink already draining: a second SIGTERM would end that
+        if not drain.is_set():
+            handle(signum, _frame)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handle)
     signal.signal(signal.SIGUSR1, orphaned)
+    signal.signal(signal.SIGUSR2, drain_unless_draining)
     return drain
 
 

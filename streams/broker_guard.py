@@ -9,14 +9,15 @@ the sink's drain lost what it had not read by then (H2, session 35: 2,508 of 5,6
 clients had received were not in the audit; a restart restored their runs with less spend).
 
 So ``baton up`` starts the broker through this process (``python -m
-baton.streams.broker_guard FD RECORD -- BROKER ARGS``), which starts the broker as its child
-(ended by a parent-death SIGTERM if this process dies) and writes the broker's pid to ``FD``:
+baton.streams.broker_guard FD RECORD PID -- BROKER ARGS``, PID its own), which starts the
+broker as its child (ended by a parent-death SIGTERM if this process dies) and writes the
+broker's pid to ``FD``:
 
 * SIGTERM, SIGINT or SIGHUP (``baton up``'s ordered stop): the broker gets SIGTERM at once;
 * SIGUSR1, this process's parent-death signal (``baton up`` is gone): the guard does the
   ordered stop itself from the pids the stack record ``RECORD`` names (:class:`OrphanedStop`):
   the workers and the alerter end on their parent-death SIGTERM, then the sink is told to
-  drain, then the broker gets SIGTERM;
+  drain (SIGUSR2: unless it drains already), then the broker gets SIGTERM;
 * the broker's exit is this process's (a signal's death as 128 + its number).
 
 Standard library only: it starts in ~50 ms beside a broker that takes seconds.
@@ -35,10 +36,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["ORPHANED", "SINK_S", "WORKERS_S", "OrphanedStop", "main", "named_pids", "runs"]
+__all__ = ["DRAIN", "ORPHANED", "SINK_S", "WORKERS_S", "OrphanedStop", "main", "named_pids", "runs"]
 
 #: the signal the guard gets when ``baton up`` dies (its parent-death signal)
 ORPHANED = signal.SIGUSR1
+#: what the guard sends the sink: drain, unless it already drains (`baton up` died during its
+#: own ordered stop: a second SIGTERM stops a draining sink at once, H3 session 36)
+DRAIN = signal.SIGUSR2
 #: how long the broker may take to end after its SIGTERM (Tansu: 5 s with clients connected)
 _BROKER_END_S = 10.0
 #: an orphaned stop's bounds: the workers' and alerter's graceful stop (baton up's grace),
@@ -51,10 +55,15 @@ def _term_when_parent_dies() -> None:  # pragma: no cover - runs in the broker, 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def named_pids(record: Path) -> dict[str, int]:
-    """The pids the stack record names by child (none when it cannot be read)."""
+def named_pids(record: Path, parent: int) -> dict[str, int]:
+    """The pids the stack record names by child, when it is the record of ``parent`` (the
+    ``baton up`` that started this guard); none when it is not (the earlier start's, not
+    rewritten yet: its pids may be anyone's by now, H3 session 36) or cannot be read."""
     try:
-        pids = json.loads(record.read_text(encoding="utf-8")).get("pids", {})
+        written = json.loads(record.read_text(encoding="utf-8"))
+        if int(written.get("pid", 0)) != parent:
+            return {}
+        pids = written.get("pids", {})
         return {str(name): int(pid) for name, pid in pids.items() if int(pid) > 0}
     except (OSError, ValueError, TypeError, AttributeError):
         return {}
@@ -94,17 +103,18 @@ class OrphanedStop:
             self.sink_told = now
             if self.sink and runs(self.sink):
                 with contextlib.suppress(OSError):
-                    os.kill(self.sink, signal.SIGTERM)
+                    os.kill(self.sink, DRAIN)
         return not (self.sink and runs(self.sink)) or now - self.sink_told >= SINK_S
 
 
 def main(argv: list[str], clock: Callable[[], float] = time.monotonic) -> int:
-    fd, record = int(argv[0]), Path(argv[1])
+    fd, record, parent = int(argv[0]), Path(argv[1]), int(argv[2])
     command = argv[argv.index("--") + 1 :]
     asked: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, ORPHANED):
         signal.signal(sig, lambda signum, _frame: asked.append(signum))
-    parent = os.getppid()
+    # `baton up`'s pid from its command line, not getppid(): one that died before this
+    # process set its parent-death signal left it with init for a parent, never orphaned
     broker = subprocess.Popen(command, preexec_fn=_term_when_parent_dies)
     with os.fdopen(fd, "w") as told:
         told.write(str(broker.pid))
@@ -113,7 +123,7 @@ def main(argv: list[str], clock: Callable[[], float] = time.monotonic) -> int:
     while broker.poll() is None:
         now = clock()
         if orphaned is None and (ORPHANED in asked or os.getppid() != parent):
-            orphaned = OrphanedStop(named_pids(record), now)  # baton up is gone
+            orphaned = OrphanedStop(named_pids(record, parent), now)  # baton up is gone
         stop = any(s != ORPHANED for s in asked) or (orphaned is not None and orphaned.done(now))
         if stop and ended_at is None:
             broker.terminate()

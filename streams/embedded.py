@@ -252,7 +252,7 @@ class EmbeddedBroker:
         if self._outlive is not None:
             read_pid, write_pid = os.pipe()
             guard = ["-m", "baton.streams.broker_guard", str(write_pid), str(self._outlive)]
-            command = [sys.executable, *guard, "--", *command]
+            command = [sys.executable, *guard, str(os.getpid()), "--", *command]
         try:
             self._proc = subprocess.Popen(
                 command,

@@ -23,11 +23,13 @@ _SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 
 def _ends_on_sigterm(mark: Path) -> list[str]:
-    """A process that writes the time of its SIGTERM to ``mark`` and exits 0 then."""
+    """A process that writes the time of its SIGTERM (or the guard's SIGUSR2) to ``mark`` and
+    exits 0 then."""
     code = (
         "import signal, sys, time\n"
         f"def end(*_):\n    open({str(mark)!r}, 'w').write(repr(time.time())); sys.exit(0)\n"
         "signal.signal(signal.SIGTERM, end)\n"
+        "signal.signal(signal.SIGUSR2, end)\n"
         "open(" + repr(str(mark) + ".up") + ", 'w').close()\n"
         "time.sleep(60)\n"
     )
@@ -90,11 +92,14 @@ def test_a_zombie_has_ended_and_an_unreadable_record_names_nothing(tmp_path: Pat
     proc.wait()
     assert runs(os.getpid())
     record = tmp_path / "stack.json"
-    assert named_pids(record) == {}
+    assert named_pids(record, 5) == {}
     record.write_text("{not json")
-    assert named_pids(record) == {}
-    record.write_text(json.dumps({"pids": {"broker": 7, "sink": 9, "worker": 0}}))
-    assert named_pids(record) == {"broker": 7, "sink": 9}
+    assert named_pids(record, 5) == {}
+    record.write_text(json.dumps({"pid": 5, "pids": {"broker": 7, "sink": 9, "worker": 0}}))
+    assert named_pids(record, 5) == {"broker": 7, "sink": 9}
+    # the earlier start's record, not rewritten yet when baton up died: its pids may be
+    # anyone's by now (H3, session 36: an unrelated process got the guard's SIGTERM)
+    assert named_pids(record, 6) == {}
 
 
 def test_a_guard_whose_parent_died_stops_the_sink_before_the_broker(tmp_path: Path) -> None:
@@ -102,15 +107,16 @@ def test_a_guard_whose_parent_died_stops_the_sink_before_the_broker(tmp_path: Pa
     the sink the record names, then stops its broker."""
     sink = subprocess.Popen(_ends_on_sigterm(tmp_path / "sink"))
     record = tmp_path / "stack.json"
-    record.write_text(json.dumps({"pids": {"broker": 1, "sink": sink.pid}}))
     broker = _ends_on_sigterm(tmp_path / "broker")
+    pids = {"broker": 1, "sink": sink.pid}
     parent = f"""
-import os, subprocess, sys, time
+import json, os, subprocess, sys, time
 from baton.streams.embedded import orphaned_when_parent_dies
+open({str(record)!r}, "w").write(json.dumps({{"pid": os.getpid(), "pids": {pids!r}}}))
 r, w = os.pipe()
 guard = subprocess.Popen(
-    [sys.executable, "-m", "baton.streams.broker_guard", str(w), {str(record)!r}, "--",
-     *{broker!r}],
+    [sys.executable, "-m", "baton.streams.broker_guard", str(w), {str(record)!r},
+     str(os.getpid()), "--", *{broker!r}],
     pass_fds=(w,), preexec_fn=orphaned_when_parent_dies)
 os.close(w)
 print(guard.pid, os.read(r, 32).decode(), flush=True)
@@ -131,3 +137,51 @@ time.sleep(1.0)
         sink.kill()
         sink.wait()
     assert time.time() - sink_at < 30
+
+
+def test_a_guard_whose_parent_died_before_it_could_tell_is_orphaned_at_once(
+    tmp_path: Path,
+) -> None:
+    """`baton up` dead before the guard set its parent-death signal (H3, session 36): the
+    guard's parent is init by then; compared with `baton up`'s pid from its command line, it
+    stops its broker instead of running with it for ever."""
+    read, write = os.pipe()
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "baton.streams.broker_guard", str(write), str(tmp_path / "none"),
+         "1", "--", *_SLEEP],
+        pass_fds=(write,),
+    )  # fmt: skip
+    os.close(write)
+    try:
+        assert guard.wait(20) == 128 + 15  # its broker ended by SIGTERM
+    finally:
+        guard.kill()
+        guard.wait()
+        os.close(read)
+
+
+def test_a_draining_sink_told_by_the_guard_keeps_draining() -> None:
+    """`baton up` killed during its own ordered stop: its sink drains already, and the guard's
+    signal must not be the second SIGTERM that stops a drain at once (H3, session 36)."""
+    import signal
+    import threading
+
+    from baton.cli.sink_cmd import _drain_first
+    from baton.streams.broker_guard import DRAIN
+
+    stop = threading.Event()
+    handlers = {
+        s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, DRAIN)
+    }
+    try:
+        drain = _drain_first(stop, 30.0, lambda _line: None)
+        assert drain is not None
+        signal.raise_signal(DRAIN)  # not draining yet: the guard's turn starts the drain
+        assert drain.is_set() and not stop.is_set()
+        signal.raise_signal(DRAIN)  # draining: it goes on
+        assert not stop.is_set()
+        signal.raise_signal(signal.SIGTERM)  # a second stop signal: at once, as before
+        assert stop.is_set()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
