@@ -98,7 +98,7 @@ def kill_records(client: Any) -> list[tuple[str, ...]]:
     listed = {str(row[5]) for row in rows}
     for decision_id, run_id, tenant, _reason, at in replaced_control_ids(client, _APPLIED):
         if decision_id not in listed:
-            dated.append((at, as_made(("", run_id, tenant, "", "", decision_id, ""))))
+            dated.append((at, _lost_kill(run_id, tenant)))
     dated.sort(key=lambda pair: pair[0])
     return [record for _, record in dated]
 
@@ -157,7 +157,12 @@ def as_made(row: tuple[str, ...]) -> tuple[str, ...]:
     made = decision_id == decision_id_for(run_id, request_id, Phase.CONTROL)
     if made and request_id.startswith(f"{reason}:"):
         return reason, run_id, tenant, detail, command
-    # the scope from the columns FINAL keys on (the forger chose the detail)
+    return _lost_kill(run_id, tenant)
+
+
+def _lost_kill(run_id: str, tenant: str) -> tuple[str, ...]:
+    """A kill whose command is lost, of the run, tenant or everything the row's key columns
+    name (the columns FINAL keys on: a forger chose the detail)."""
     scope = "run" if run_id != "*" else "tenant" if tenant != "*" else "global"
     return "kill_switch", run_id, tenant, f"scope={scope}", ""
 

@@ -207,12 +207,19 @@ def copy_lines(source: IO[bytes], log_path: Path, echo: Callable[[str], None]) -
         for raw in source:
             log.write(raw)
             log.flush()
-            line = without_control(raw.decode("utf-8", errors="replace")).rstrip()
-            if line and echoing:
-                try:
-                    echo(line)
-                except (OSError, ValueError):  # EPIPE, or a closed stdout
-                    echoing = False
+            echoing = _echoed(raw, echo, echoing)
+
+
+def _echoed(raw: bytes, echo: Callable[[str], None], echoing: bool) -> bool:
+    """Hand the line ``raw``, without control characters, to ``echo`` while ``echoing``;
+    False from the first failure on (a closed terminal or pipe: the log still gets them)."""
+    line = without_control(raw.decode("utf-8", errors="replace")).rstrip()
+    if line and echoing:
+        try:
+            echo(line)
+        except (OSError, ValueError):  # EPIPE, or a closed stdout
+            return False
+    return echoing
 
 
 def follow_lines(
@@ -246,12 +253,7 @@ def follow_lines(
             else:
                 *lines, pending = (pending + chunk).split(b"\n")
             for raw in lines:
-                line = without_control(raw.decode("utf-8", errors="replace")).rstrip()
-                if line and echoing:
-                    try:
-                        echo(line)
-                    except (OSError, ValueError):  # EPIPE, or a closed stdout
-                        echoing = False
+                echoing = _echoed(raw, echo, echoing)
             if not chunk:
                 return
 

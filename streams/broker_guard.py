@@ -36,7 +36,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["DRAIN", "ORPHANED", "SINK_S", "WORKERS_S", "OrphanedStop", "main", "named_pids", "runs"]
+__all__ = [
+    "DRAIN",
+    "ORPHANED",
+    "SINK_S",
+    "WORKERS_S",
+    "OrphanedStop",
+    "main",
+    "named_pids",
+    "parent_death_signal",
+    "runs",
+]
 
 #: the signal the guard gets when ``baton up`` dies (its parent-death signal)
 ORPHANED = signal.SIGUSR1
@@ -51,8 +61,14 @@ WORKERS_S = 15.0
 SINK_S = 25.0
 
 
+def parent_death_signal(sig: int) -> None:  # pragma: no cover - runs in a child, before exec
+    """PR_SET_PDEATHSIG: the kernel sends ``sig`` to this process when the thread that started
+    it exits (Linux)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)
+
+
 def _term_when_parent_dies() -> None:  # pragma: no cover - runs in the broker, before exec
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    parent_death_signal(signal.SIGTERM)
 
 
 def named_pids(record: Path, parent: int) -> dict[str, int]:

@@ -62,23 +62,18 @@ def kill_when_parent_dies() -> None:  # pragma: no cover - runs in the child, be
     PR_SET_PDEATHSIG: the kernel sends SIGTERM to the child when that thread exits, so a
     crashed or kill -9'ed parent leaves no orphan broker (or worker) holding a port.
     """
-    _parent_death_signal(signal.SIGTERM)
+    from baton.streams.broker_guard import parent_death_signal
+
+    parent_death_signal(signal.SIGTERM)
 
 
 def orphaned_when_parent_dies() -> None:  # pragma: no cover - runs in the child, before exec
     """``preexec_fn`` of the children ``baton up``'s broker guard stops in order when ``baton
     up`` is gone (the guard itself, the sink): SIGUSR1 when that thread exits, which each
     handles (streams/broker_guard.py, cli/sink_cmd.py)."""
-    from baton.streams.broker_guard import ORPHANED
+    from baton.streams.broker_guard import ORPHANED, parent_death_signal
 
-    _parent_death_signal(ORPHANED)
-
-
-def _parent_death_signal(sig: int) -> None:  # pragma: no cover - runs in the child
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, sig)
+    parent_death_signal(ORPHANED)
 
 
 class EmbeddedBroker:
@@ -260,7 +255,7 @@ class EmbeddedBroker:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                preexec_fn=self._parent_death_signal(),
+                preexec_fn=self._preexec(),
                 pass_fds=(write_pid,) if write_pid >= 0 else (),
                 # a terminal's Ctrl-C reaches its parent alone, which stops it last (`baton up`)
                 process_group=0 if self._die_with_parent else None,
@@ -276,7 +271,7 @@ class EmbeddedBroker:
                 said = told.read(32).strip() if ready else b""
             self._broker_pid = int(said) if said.isdigit() else None
 
-    def _parent_death_signal(self) -> Callable[[], None] | None:
+    def _preexec(self) -> Callable[[], None] | None:
         if not self._die_with_parent:
             return None
         return kill_when_parent_dies if self._outlive is None else orphaned_when_parent_dies
