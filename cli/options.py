@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -112,10 +113,11 @@ _DEFAULT_SHOWN = {
 }
 
 
-def setting_help(name: str) -> str:
-    """The --help text of Settings field ``name``: its description, variable and default."""
+def setting_help(name: str, own_default: Any = None) -> str:
+    """The --help text of Settings field ``name``: its description, variable and default
+    (``own_default``: the command's own, see :func:`setting_options`)."""
     info = Settings.model_fields[name]
-    default = info.default
+    default = info.default if own_default is None else own_default
     shown = _DEFAULT_SHOWN.get(name) or ("unset" if default is None else str(default))
     env = f"BATON_{name.upper()}"
     return f"{info.description or name.replace('_', ' ')} [env {env}; default {shown}]"
@@ -142,12 +144,15 @@ def with_connection_groups(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(expanded))
 
 
-def setting_options(*names: str) -> Callable[[F], F]:
+def setting_options(*names: str, defaults: dict[str, Any] | None = None) -> Callable[[F], F]:
     """Add ``--name`` options for the given Settings fields (env BATON_<NAME>, shown in --help);
     ``bootstrap`` brings the whole Kafka connection group (security, SASL, SSL, timeout) and
     ``clickhouse_dsn`` the audit connection group (``with_connection_groups``).
 
+    ``defaults``: the command's own default of a setting, taken when neither its flag nor its
+    variable is given (and shown in --help), e.g. ``baton up``'s shorter session timeout.
     A name given twice (a group and a command's own list) gets one option."""
+    own = defaults or {}
 
     def decorate(fn: F) -> F:
         present = {p.name for p in getattr(fn, "__click_params__", [])}
@@ -159,11 +164,26 @@ def setting_options(*names: str) -> Callable[[F], F]:
                 name,
                 type=click_type(name),
                 default=None,
-                help=setting_help(name),
+                help=setting_help(name, own.get(name)),
             )(fn)
-        return fn
+        return _with_own_defaults(fn, own) if own else fn
 
     return decorate
+
+
+def _with_own_defaults(fn: F, defaults: dict[str, Any]) -> F:
+    """``fn`` called with ``defaults`` for the settings given neither as a flag nor as a
+    ``BATON_`` variable (pydantic-settings reads those in any case)."""
+
+    @functools.wraps(fn)
+    def call(**opts: Any) -> Any:
+        variables = {key.upper() for key in os.environ}
+        for name, value in defaults.items():
+            if opts.get(name) is None and f"BATON_{name.upper()}" not in variables:
+                opts[name] = value
+        return fn(**opts)
+
+    return call  # type: ignore[return-value]
 
 
 class PortOrOff(click.ParamType):

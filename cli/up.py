@@ -31,6 +31,7 @@ from baton.cli.stack_file import (
 from baton.cli.supervisor import RestartPolicy, Supervisor
 from baton.cli.up_audit import has_tables, keep_audit_id, refuse_a_lost_audit
 from baton.cli.up_children import (
+    UP_DEFAULTS,
     audit_children,
     metrics_url_of,
     spawner,
@@ -40,11 +41,7 @@ from baton.cli.up_children import (
 from baton.cli.up_memory import MemoryMax, check_broker, machine_memory, memory_limit, watch_memory
 from baton.cli.up_ports import refuse_busy_ports
 from baton.cli.up_ready import PROGRESS_EVERY_S, Readiness, announce_new_sql_token
-from baton.cli.up_restart import (
-    keep_policy_copy,
-    name_a_lost_policy,
-    say_what_a_restart_keeps,
-)
+from baton.cli.up_restart import keep_policy_copy, name_a_lost_policy, say_what_a_restart_keeps
 from baton.cli.up_stop import stop_children
 from baton.cli.worker_cmd import create_topics
 from baton.schemas import env_names
@@ -157,6 +154,7 @@ _MAX_BACKOFF_S = 30.0
     "app_id",
     "replication_factor",
     "log_format",
+    defaults=UP_DEFAULTS,
 )
 def up_cmd(
     port: int | None,

@@ -21,6 +21,7 @@ from baton.cli.supervisor import (
 
 __all__ = [
     "SINK_DRAIN_S",
+    "UP_DEFAULTS",
     "audit_children",
     "metrics_url_of",
     "spawner",
@@ -107,6 +108,12 @@ def metrics_url_of(children: list[tuple[str, tuple[str, ...]]], name: str) -> st
     return None
 
 
+#: ``baton up``'s own defaults (its flag or BATON_ variable still wins): a 6 s session, not a
+#: worker's 10 s. Tansu answers a group's JoinGroup after half the session timeout, and every
+#: start of the stack joins three groups (worker, sink, alerter): ready ~2 s sooner (session
+#: 37, 7.7 s against 9.8 s), a killed worker's partitions back 4 s sooner. 6 s is Kafka's own
+#: floor (group.min.session.timeout.ms), which the tests' stacks have used all along.
+UP_DEFAULTS = {"session_timeout_s": 6.0}
 #: how long a stopping sink may read what the stopped workers published: the embedded broker
 #: forgets it when it stops (a stop at 3,000 decisions/s left 294-425 out of the audit: s. 35);
 #: one started again at the stop (it was down) joins its group first (~half a session timeout)

@@ -112,3 +112,42 @@ def test_the_connection_groups_are_settings() -> None:
         "topic_prefix",
         *KAFKA_CONNECTION,
     )
+
+
+def _own_default_command() -> click.Command:
+    from baton.cli.options import build_settings, setting_options
+
+    @click.command()
+    @setting_options("session_timeout_s", "partitions", defaults={"session_timeout_s": 6.0})
+    def cmd(**opts: object) -> None:
+        settings = build_settings(**opts)
+        click.echo(f"{settings.session_timeout_s} {settings.partitions}")
+
+    return cmd
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ([], {}, "6.0 8"),  # the command's own default
+        (["--session-timeout-s", "12"], {}, "12.0 8"),  # the flag wins
+        ([], {"BATON_SESSION_TIMEOUT_S": "15"}, "15.0 8"),  # so does the variable
+        (["--session-timeout-s", "9"], {"BATON_SESSION_TIMEOUT_S": "15"}, "9.0 8"),
+    ],
+)
+def test_a_commands_own_default_gives_way_to_its_flag_and_variable(
+    args: list[str], env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BATON_SESSION_TIMEOUT_S", raising=False)
+    monkeypatch.delenv("BATON_PARTITIONS", raising=False)
+    result = CliRunner().invoke(_own_default_command(), args, env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == expected
+
+
+def test_baton_up_says_its_own_session_timeout(helps: dict[tuple[str, ...], str]) -> None:
+    # Tansu joins a group after half the session timeout: baton up's stack is ready 2 s sooner
+    up = " ".join(helps[("up",)].split())
+    assert "BATON_SESSION_TIMEOUT_S; default 6.0]" in up
+    worker = " ".join(helps[("worker",)].split())
+    assert "BATON_SESSION_TIMEOUT_S; default 10.0]" in worker
