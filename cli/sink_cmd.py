@@ -130,6 +130,10 @@ def sink_cmd(
 
     with stop_on_signals() as stop:
         drain = _drain_first(stop, drain_s, output.say)
+        # baton up starts its sink with these held (one sent while it imported killed it)
+        from baton.streams.broker_guard import release_signals
+
+        release_signals()
         stats = run_sink(
             settings,
             stop,

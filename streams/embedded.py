@@ -96,9 +96,11 @@ def kill_when_parent_dies() -> None:  # pragma: no cover - runs in the child, be
 def orphaned_when_parent_dies() -> None:  # pragma: no cover - runs in the child, before exec
     """``preexec_fn`` of the children ``baton up``'s broker guard stops in order when ``baton
     up`` is gone (the guard itself, the sink): SIGUSR1 when that thread exits, which each
-    handles (streams/broker_guard.py, cli/sink_cmd.py)."""
-    from baton.streams.broker_guard import ORPHANED, parent_death_signal
+    handles (streams/broker_guard.py, cli/sink_cmd.py). The signals they handle are held
+    until they have installed their handlers (``broker_guard.hold_signals``)."""
+    from baton.streams.broker_guard import ORPHANED, hold_signals, parent_death_signal
 
+    hold_signals()
     parent_death_signal(ORPHANED)
 
 
