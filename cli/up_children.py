@@ -111,7 +111,7 @@ def metrics_url_of(children: list[tuple[str, tuple[str, ...]]], name: str) -> st
 #: ``baton up``'s own defaults (its flag or BATON_ variable still wins): a 6 s session, not a
 #: worker's 10 s. Tansu answers a group's JoinGroup after half the session timeout, and every
 #: start of the stack joins three groups (worker, sink, alerter): ready ~2 s sooner (session
-#: 37, 7.7 s against 9.8 s), a killed worker's partitions back 4 s sooner. 6 s is Kafka's own
+#: 37, 5.8 s against 7.8 s), a killed worker's partitions back 4 s sooner. 6 s is Kafka's own
 #: floor (group.min.session.timeout.ms), which the tests' stacks have used all along.
 UP_DEFAULTS = {"session_timeout_s": 6.0}
 #: how long a stopping sink may read what the stopped workers published: the embedded broker
