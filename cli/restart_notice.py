@@ -22,9 +22,9 @@ __all__ = [
     "as_made",
     "fold_kill_switches",
     "fold_policy_in_force",
-    "kill_switches_in_force",
     "policy_in_force",
     "replaced_control_ids",
+    "scope_names",
 ]
 
 #: applied commands only: a refused one carries the reason it was refused
@@ -35,10 +35,15 @@ def fold_kill_switches(records: Iterable[tuple[str, ...]]) -> list[str]:
     """``run RUN``, ``tenant T`` or ``global`` for every switch whose last applied command
     (of ``(reason, run_id, tenant, detail[, command])`` control records, oldest first) engaged
     it, unless that kill's command is recorded: `baton up` re-issues those (cli.restore_kills)."""
+    return scope_names(lost_kill_scopes(records))
+
+
+def scope_names(scopes: Iterable[tuple[str, str]]) -> list[str]:
+    """``run RUN``, ``tenant T`` or ``global`` of each ``(scope, target)``, escaped."""
     # the scope too is a row's text (its detail, which a forger of a worker's id chooses)
     return [
         "global" if scope == "global" else f"{shown(scope)} {shown(target)}"
-        for scope, target in lost_kill_scopes(records)
+        for scope, target in scopes
     ]
 
 
@@ -62,19 +67,6 @@ def lost_kill_scopes(records: Iterable[tuple[str, ...]]) -> list[tuple[str, str]
     """``(scope, target)`` of every switch :func:`fold_kill_switches` names (target ``*``
     for global): engaged last, and no recorded command a restart could issue again."""
     return [st for st, (on, command) in last_kill_states(records).items() if on and not command]
-
-
-def kill_switches_in_force(chdb_dir: Path) -> list[str]:
-    """The kill switches engaged when the audit in ``chdb_dir`` was last written (empty when
-    it holds no audit table yet); opens the directory and closes it again."""
-    from baton.sinks.clickhouse import audit_errors, connect
-
-    client = connect(f"chdb://{chdb_dir}", follow_endpoint=False)
-    try:
-        with audit_errors(f"chdb://{chdb_dir}", "reading the kill switches of the audit"):
-            return fold_kill_switches(kill_records(client))
-    finally:
-        client.close()
 
 
 def kill_records(client: Any) -> list[tuple[str, ...]]:

@@ -42,8 +42,10 @@ from baton.cli.restore_kills import (
     unheld_kill_scopes,
 )
 from baton.cli.restore_write import reissue, write_changelog
+from baton.cli.up_children import WORKER_DATA_DIR
 from baton.cli.wording import counted
 from baton.processors.engine import STICKY_REASONS, evict
+from baton.processors.held_kills import write_held_kills
 from baton.processors.replay import Recorded, in_chain_order, is_partial, rebuild_run, runs_of
 from baton.processors.replay_order import from_first_start
 from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
@@ -140,10 +142,11 @@ def restore_runs(
         names = _first_names(held)
         say(
             f"restore: WARNING: {len(held)} runs under a kill switch this restart cannot issue "
-            f"again ({names}) are restored STOPPED (audit_unverified); a tenant or global "
-            "switch among them covers only the runs the audit holds: re-issue it with "
-            "`baton kill` for new runs"
+            f"again ({names}) are restored STOPPED (audit_unverified)"
         )
+    # the switches themselves, for new runs too: the workers hold them from their start
+    # (a tenant's brand-new run was allowed until an operator re-issued the kill: session 36)
+    write_held_kills(data_dir / WORKER_DATA_DIR, lost_kills, now.timestamp())
     write_changelog(settings, states)
     if commands:
         sent = reissue(settings, commands, say)

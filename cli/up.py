@@ -32,6 +32,7 @@ from baton.cli.supervisor import RestartPolicy, Supervisor
 from baton.cli.up_audit import has_tables, keep_audit_id, refuse_a_lost_audit
 from baton.cli.up_children import (
     UP_DEFAULTS,
+    WORKER_DATA_DIR,
     audit_children,
     metrics_url_of,
     spawner,
@@ -289,7 +290,7 @@ def up_cmd(
             "BATON_TOPIC_PREFIX": settings.topic_prefix,
             "BATON_APP_ID": settings.app_id,
             "BATON_REPLICATION_FACTOR": str(settings.replication_factor),
-            "BATON_WORKER_DATA_DIR": str(data_dir / "worker"),
+            "BATON_WORKER_DATA_DIR": str(data_dir / WORKER_DATA_DIR),
             "BATON_CLICKHOUSE_DSN": f"chdb://{data_dir / 'chdb'}",
         }
         if settings.policy:

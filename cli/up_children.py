@@ -22,6 +22,7 @@ from baton.cli.supervisor import (
 __all__ = [
     "SINK_DRAIN_S",
     "UP_DEFAULTS",
+    "WORKER_DATA_DIR",
     "audit_children",
     "metrics_url_of",
     "spawner",
@@ -114,6 +115,9 @@ def metrics_url_of(children: list[tuple[str, tuple[str, ...]]], name: str) -> st
 #: 37, 5.8 s against 7.8 s), a killed worker's partitions back 4 s sooner. 6 s is Kafka's own
 #: floor (group.min.session.timeout.ms), which the tests' stacks have used all along.
 UP_DEFAULTS = {"session_timeout_s": 6.0}
+#: in DATA_DIR: the workers' data directory (BATON_WORKER_DATA_DIR), where a restart leaves
+#: the kill switches they must hold (processors.held_kills)
+WORKER_DATA_DIR = "worker"
 #: how long a stopping sink may read what the stopped workers published: the embedded broker
 #: forgets it when it stops (a stop at 3,000 decisions/s left 294-425 out of the audit: s. 35);
 #: one started again at the stop (it was down) joins its group first (~half a session timeout)

@@ -46,7 +46,11 @@ def say_what_a_restart_keeps(
 ) -> None:
     """The embedded broker forgets everything when it stops: say so at every start, what the
     audit gives back, and loudly when it gives nothing back."""
+    from baton.cli.up_children import WORKER_DATA_DIR
+    from baton.processors.held_kills import clear_held_kills
+
     audit = data_dir / "chdb"
+    clear_held_kills(data_dir / WORKER_DATA_DIR)  # the restore below writes what it holds
     if no_audit:
         say(
             "the embedded Kafka broker keeps everything in memory and --no-audit keeps no "
@@ -66,7 +70,7 @@ def say_what_a_restart_keeps(
         return
     restored = None if no_audit else _rebuild_runs_from_audit(settings, catalog, data_dir, say)
     if not no_audit:
-        _name_lost_kill_switches(audit, say)
+        _name_held_kill_switches(data_dir, say)
     if restored is not None:
         say(f"restored {restored} runs' state from the audit in {audit}")
         return
@@ -135,22 +139,26 @@ def name_a_lost_policy(
     return None
 
 
-def _name_lost_kill_switches(audit: Path, say: Callable[[str], None]) -> None:
-    """The kill switches in force before this restart are gone with the old broker: name
-    each (the operator re-issues them), never lift them in silence."""
-    from baton.cli.restart_notice import kill_switches_in_force
+def _name_held_kill_switches(data_dir: Path, say: Callable[[str], None]) -> None:
+    """The kill switches in force before this restart that it cannot issue again (their
+    command is not in the audit, or was altered there) are held by its workers from their
+    start (processors.held_kills): name each, and how to keep or lift it."""
+    from baton.cli.restart_notice import scope_names
+    from baton.cli.up_children import WORKER_DATA_DIR
+    from baton.processors.held_kills import read_held_kills
 
-    try:
-        lost = kill_switches_in_force(audit)
-    except BatonError as exc:
-        say(f"WARNING: could not read the kill switches of the audit in {audit}: {exc}")
-        return
-    if lost:
-        names = ", ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
+    held = read_held_kills(data_dir / WORKER_DATA_DIR)
+    names = scope_names([("run", r) for r in sorted(held.runs)])
+    names += scope_names([("tenant", t) for t in sorted(held.tenants)])
+    names += ["global"] * held.everything
+    if names:
+        listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         say(
-            f"WARNING: {len(lost)} kill switch(es) in force before this restart are NOT in "
-            f"force now (the embedded broker forgot them): {names}; re-issue each with "
-            "`baton kill --run RUN | --tenant T | --global`"
+            f"WARNING: {len(names)} kill switch(es) in force before this restart cannot be "
+            f"issued again (their command is not in the audit, or was altered there): {listed}; "
+            "the workers hold them from their start: re-issue each with `baton kill --run RUN "
+            "| --tenant T | --global` (a later restart then issues it too), or lift it with "
+            "`baton kill ... --release` (signed by an operator when the policy lists operators)"
         )
 
 

@@ -37,6 +37,7 @@ from baton.processors.exits import EXIT_DELIVERY_FAILED, changelog_ends, exit_wi
 from baton.processors.faust_adapter import RunStore, WorkerRuntime
 from baton.processors.faust_app import build_app, runs_table, source_topic
 from baton.processors.fencing import Membership, check_generation, group_metadata
+from baton.processors.held_kills import held_from_restart
 from baton.processors.metrics import WorkerMetrics
 from baton.processors.progress import caught_up, lag, log_end
 from baton.processors.publish_select import worker_publisher
@@ -108,6 +109,7 @@ class GovernanceWorker:
             on_decision=self._enqueue,
             on_dead_letter=self._enqueue,
             max_staleness_s=settings.control_max_staleness_s,
+            held=held_from_restart(settings.worker_data_dir),
         )
         self._processor: BatchProcessor | None = None
         self._lock = asyncio.Lock()

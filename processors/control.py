@@ -153,11 +153,13 @@ class ControlFollower:
         max_staleness_s: float = DEFAULT_MAX_STALENESS_S,
         give_up_after_s: float | None = None,
         on_give_up: Callable[[str], None] | None = None,
+        held: KillSwitches = NO_KILLS,
     ) -> None:
         give_up = GIVE_UP_FACTOR * max_staleness_s if give_up_after_s is None else give_up_after_s
         _check_bounds(max_staleness_s, give_up)
         self.topic = topic
-        self.kills: KillSwitches = NO_KILLS
+        #: ``held``: switches a `baton up` restart could not issue again (held_kills.py)
+        self.kills: KillSwitches = held
         self.policy = policy
         #: where the policy in force came from (logged when the topic is caught up)
         self.policy_source = "the worker's --policy file (or the seed policy)"

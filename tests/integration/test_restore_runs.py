@@ -15,7 +15,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from baton.cli.restore_runs import restore_runs
 from baton.processors.batch import BatchProcessor, InputRecord
-from baton.processors.recorded import policy_in_force
+from baton.processors.engine import KillSwitches
+from baton.processors.held_kills import read_held_kills
+from baton.processors.recorded import input_text, policy_in_force
 from baton.processors.state import RunState
 from baton.schemas.decision import Decision, Outcome
 from baton.schemas.events import HandoffCompleted, HandoffRequested
@@ -249,21 +251,37 @@ def test_a_forged_command_that_does_not_parse_is_named_and_the_restore_goes_on(
     assert any("a recorded command is not a control event" in line for line in said), said
 
 
-def test_a_forged_release_that_replaced_a_kill_in_final_is_named_as_lost(tmp_path: Path) -> None:
-    """A writer of gov.decisions sends a kill_switch_released record under the kill's
-    decision id: FINAL keeps it instead of the kill. baton up names the kill as lost."""
-    from baton.cli.restart_notice import kill_switches_in_force
+def _held(data_dir: Path) -> KillSwitches:
+    """The switches a restore left for the stack's workers to hold."""
+    return read_held_kills(data_dir / "worker")
+
+
+def test_a_forged_release_that_replaced_a_kill_in_final_is_held_for_new_runs_too(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """A writer of gov.decisions sends a kill_switch_released record under a tenant kill's
+    decision id: FINAL keeps it instead of the kill. The restore held only the runs the
+    audit held; a brand-new run of the tenant was allowed (session 36's "not fixed"). Now
+    the workers hold the switch from their start, dated at the restart: a release signed
+    before it is a replay."""
     from baton.processors.engine import NO_KILLS, apply_control
     from baton.schemas.events import KillSwitch
 
     now = datetime.now(UTC) - timedelta(seconds=5)
     kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", event_time=now)
     _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
+    record.input = input_text(kill)  # as the worker records it (processors/control_apply.py)
     _store(tmp_path / "chdb", [record])
-    assert kill_switches_in_force(tmp_path / "chdb") == ["tenant acme"]
+    settings = _settings(broker)
+    restore_runs(settings, tmp_path, [].append)
+    assert _held(tmp_path) == NO_KILLS  # its command is recorded: issued again, not held
     forged = replace(record, reason="kill_switch_released", input=None)
     _store(tmp_path / "chdb", [forged], first_offset=1000)
-    assert kill_switches_in_force(tmp_path / "chdb") == ["tenant acme"]
+    restarted = datetime.now(UTC)
+    restore_runs(settings, tmp_path, [].append, now=restarted)
+    held = _held(tmp_path)
+    assert held.tenants == {"acme"} and held.killed("a-run-never-seen", "acme")
+    assert held.latest.get("tenant:acme") == restarted.timestamp()
 
 
 @pytest.mark.parametrize(
@@ -277,7 +295,6 @@ def test_a_kill_replaced_in_final_by_a_row_of_another_reason_or_phase_is_held(
     """H2, session 36: the kill's row replaced under its id by one the kill records' query
     did not read (another reason, or the same row under another phase): the kill was neither
     re-issued nor named, and the run's handoffs were allowed after the restart."""
-    from baton.cli.restart_notice import kill_switches_in_force
     from baton.processors.engine import NO_KILLS, apply_control
     from baton.schemas.events import KillSwitch
 
@@ -287,10 +304,10 @@ def test_a_kill_replaced_in_final_by_a_row_of_another_reason_or_phase_is_held(
     _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
     _store(tmp_path / "chdb", [*published, record])
     _store(tmp_path / "chdb", [replace(record, **forgery)], first_offset=1000)
-    assert kill_switches_in_force(tmp_path / "chdb") == ["run owned"]
     settings = _settings(broker)
     said: list[str] = []
     restore_runs(settings, tmp_path, said.append)
+    assert _held(tmp_path).runs == {"owned"}
     restored = _changelog(broker.bootstrap, f"{settings.app_id}-runs-changelog")
     assert restored[b"owned"].stopped == "audit_unverified"  # held (or, a row of the run's
     # own phase now, no longer replaying as recorded): never reopened

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,34 @@ def _kill(bootstrap: str, run: str) -> None:
     }
     producer = Producer({"bootstrap.servers": bootstrap})
     producer.produce("gov.control", json.dumps(kill).encode(), run.encode())
+    assert producer.flush(10) == 0
+
+
+def _lose_a_tenant_kill(data_dir: Path, tenant: str) -> None:
+    """Write a kill of ``tenant`` into the stopped stack's audit without its command (as a
+    forged release under its id, or an audit from before commands were recorded, leaves
+    it): the restart cannot issue it again."""
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.events import KillSwitch
+    from baton.schemas.policy import load_policy
+    from tests.integration.test_restore_runs import _store
+
+    now = datetime.now(UTC)
+    kill = KillSwitch(scope="tenant", tenant=tenant, operator="oncall", event_time=now)
+    _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
+    _store(data_dir / "chdb", [record], first_offset=10**6)
+
+
+def _release_tenant(bootstrap: str, tenant: str) -> None:
+    release = {
+        "type": "kill_switch_released",
+        "scope": "tenant",
+        "tenant": tenant,
+        "operator": "oncall",
+        "event_time": datetime.now(UTC).isoformat(),
+    }
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce("gov.control", json.dumps(release).encode(), tenant.encode())
     assert producer.flush(10) == 0
 
 
@@ -164,6 +193,7 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path
     finally:
         _stop(first)
 
+    _lose_a_tenant_kill(data_dir, "acme")
     # the file edited after the start: the stack's workers keep the copy its start read
     # (H2, session 34: a restarted worker loaded the edit, and publish compared with it)
     copy = data_dir / "policy.yaml"
@@ -189,6 +219,26 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path
         assert _decisions(bootstrap, "owned", 1) == [("stop", "ownership_conflict")]
         assert ("stop", "killed") in _decisions(bootstrap, "killed", 1)
         assert any("re-issued 1 of 1 kill switch" in line for line in second.lines)
+        # a tenant kill the restart cannot issue again holds for a run it never saw (it was
+        # allowed: session 36), until a release applied after the restart lifts it
+        assert any(
+            "cannot be issued again" in line and "tenant acme" in line for line in second.lines
+        ), said
+        _send(bootstrap, [{**_handoff("fresh", 1, "t1", "writer"), "tenant": "acme"}])
+        assert _decisions(bootstrap, "fresh", 1) == [("stop", "killed")]
+        _release_tenant(bootstrap, "acme")
+        released = wait_for(
+            lambda: [
+                d["reason"]
+                for d in _read(bootstrap, "gov.decisions", "*")
+                if d["request_id"].startswith("kill_switch_released:tenant:acme:")
+            ],
+            60,
+            message="the release's control record",
+        )
+        assert released == ["kill_switch_released"], released
+        _send(bootstrap, [{**_handoff("fresh", 2, "t2", "writer"), "tenant": "acme"}])
+        assert _decisions(bootstrap, "fresh", 2)[1] == ("allow", "ok")
         # the re-issued kill is on the decisions topic before the stop it causes: once the
         # stop is in the audit, the re-issue went through the sink, which kept the first row
         # (it stored the re-issue under the restart's time: the kill read as engaged after
