@@ -10,8 +10,7 @@ output (including the changelog) goes through one confluent-kafka producer; a ba
 acknowledged only once its outputs are delivered, so offsets are committed only after
 delivery, while the next batches are already fetched and decided (processors/publish.py).
 Faust's internals are reached only through ``processors/faust_adapter.py``; the app's
-configuration is in ``faust_app``, the sweep's step in ``sweep_step``, the membership
-checks in ``fencing``.
+configuration is in ``faust_app``, the sweep's step in ``sweep_step``, membership in ``fencing``.
 """
 
 from __future__ import annotations
@@ -194,7 +193,8 @@ class GovernanceWorker:
         return s.transactional_id or f"{s.app_id}-{socket.gethostname()}-{os.getpid()}"
 
     def _committed_ends(self, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
-        return changelog_ends(self.settings.kafka_config(), ends)
+        txn_s = self.settings.transaction_timeout_ms / 1000
+        return changelog_ends(self.settings.kafka_config(), ends, txn_s)
 
     def _membership(self) -> Membership:
         """(group id, generation, member id) of this worker's consumer right now."""

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 from baton.streams.transactions import PartitionHeld, committed_ends
 
 __all__ = [
+    "CHANGELOG_HOLD_MARGIN_S",
     "EXIT_CHANGELOG_HELD",
     "EXIT_CONTROL_LOST",
     "EXIT_DELIVERY_FAILED",
@@ -44,16 +45,30 @@ def exit_without_commit(code: int, message: str, *args: object) -> NoReturn:
     os._exit(code)
 
 
+#: how long past a worker's transaction timeout a changelog may stay held before the worker
+#: ends: a Kafka broker has aborted any transaction of a crashed Baton worker by then
+CHANGELOG_HOLD_MARGIN_S = 5.0
+
+
 def changelog_ends(
-    kafka_config: Mapping[str, Any], ends: Mapping[tuple[str, int], int]
+    kafka_config: Mapping[str, Any],
+    ends: Mapping[tuple[str, int], int],
+    transaction_timeout_s: float = 10.0,
 ) -> dict[tuple[str, int], int]:
     """The changelogs' ends table recovery reads to (``transactions.committed_ends``); the
     worker ends (78) when one is held by a transaction left open: restored without the
     records after it, its runs were decided on older states (a handoff stopped before the
     restart was allowed after it: session 30 H1). It is never decided on; its restart tries
-    again, and the SDK stops what no worker answers."""
+    again, and the SDK stops what no worker answers.
+
+    Held means no change for ``transaction_timeout_s`` (the workers' own,
+    ``BATON_TRANSACTION_TIMEOUT_MS``) plus :data:`CHANGELOG_HOLD_MARGIN_S`: a Kafka broker
+    aborts a crashed worker's transaction within its timeout, and a live one commits in far
+    less; one still open past it is no Baton worker's, and waiting longer (a fixed 30 s
+    before) only delays the restart that tries again."""
+    hold_s = transaction_timeout_s + CHANGELOG_HOLD_MARGIN_S
     try:
-        return committed_ends(kafka_config, ends)
+        return committed_ends(kafka_config, ends, timeout_s=max(30.0, hold_s), hold_s=hold_s)
     except PartitionHeld as held:
         exit_without_commit(
             EXIT_CHANGELOG_HELD,

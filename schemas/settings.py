@@ -170,7 +170,8 @@ class Settings(BaseSettings):
         # Kafka's default transaction.max.timeout.ms; the PID request carries an int32
         le=900_000,
         description="exactly_once: a crashed worker's open transaction holds back readers of "
-        "its partitions this long",
+        "its partitions this long; a worker restoring runs waits this + 5 s for a transaction "
+        "left open on the changelog before it ends (78)",
     )
     run_retention_s: float = Field(
         3600.0,

@@ -85,13 +85,15 @@ def test_a_changelog_held_by_a_transaction_left_open_is_never_restored_short(
         assert decisions.wait_run(run, 2)[1].outcome == Outcome.ALLOW
         time.sleep(2)  # the run's state after t2 is on the changelog (acknowledged first)
         worker.stop()
-        worker = WorkerProcess(
-            broker.bootstrap, topic_prefix, tmp_path, partitions=PARTITIONS, name="w2"
-        )
+        worker = WorkerProcess(  # held past its transaction timeout + 5 s: 6 s, not 15
+            broker.bootstrap, topic_prefix, tmp_path, partitions=PARTITIONS, name="w2",
+            extra_env={"BATON_TRANSACTION_TIMEOUT_MS": "1000"},
+        )  # fmt: skip
         sender.send([handoff(run, 3, "t2", "planner", "coder")])  # t2 is the writer's
         wait_for(lambda: not worker.alive(), 90, message="the worker's end")
         assert worker.proc.returncode == 78, worker.log()
         assert f"{changelog}[{partition_for(run.encode(), PARTITIONS)}] is held" in worker.log()
+        assert "no change in 6 s" in worker.log()  # its transaction timeout + 5 s
         time.sleep(1)
         third = [d for d in decisions.for_run(run) if d.request_id == f"{run}-h3"]
         assert all(d.outcome != Outcome.ALLOW for d in third), third

@@ -51,3 +51,18 @@ def test_the_total_bound_ends_the_reads_of_partitions_that_each_take_their_own(
         ("t", 1): 1,
     }
     assert limits == [0.4, 0.4]  # no total bound: each its own
+
+
+@pytest.mark.parametrize("timeout_s, hold_s", [(10.0, 15.0), (1.0, 6.0), (900.0, 905.0)])
+def test_a_restoring_worker_holds_for_its_transaction_timeout_and_a_margin(
+    monkeypatch: pytest.MonkeyPatch, timeout_s: float, hold_s: float
+) -> None:
+    """A changelog held by a transaction left open ends the worker (78) once it has not
+    changed for the workers' transaction timeout + 5 s (a fixed 30 s before): a Kafka broker
+    has aborted a crashed worker's transaction by then; past it, the restart tries again."""
+    from baton.processors import exits
+
+    asked: dict[str, Any] = {}
+    monkeypatch.setattr(exits, "committed_ends", lambda _c, ends, **kw: asked.update(kw) or {})
+    exits.changelog_ends({}, {("c", 0): 1}, timeout_s)
+    assert asked["hold_s"] == hold_s and asked["timeout_s"] >= hold_s
