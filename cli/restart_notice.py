@@ -12,17 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baton.cli.signer import shown
+
+if TYPE_CHECKING:
+    from baton.schemas.policy import Policy
 
 __all__ = [
     "PolicyInForce",
     "as_made",
     "fold_kill_switches",
     "fold_policy_in_force",
+    "operators_not_given_back",
     "policy_in_force",
+    "recorded_commands",
     "replaced_control_ids",
     "scope_names",
 ]
@@ -254,3 +260,54 @@ def policy_in_force(chdb_dir: Path) -> PolicyInForce | None:
     finally:
         client.close()
     return fold_policy_in_force(tuple(str(v) for v in row) for row in rows)  # type: ignore[misc]
+
+
+def operators_not_given_back(
+    commands: Iterable[str], start: Policy, now: datetime
+) -> tuple[str, ...]:
+    """The operators of the policy the earlier start's workers came to hold, when a restart
+    does not give that policy back; empty when it lists none or the restart re-issues it.
+
+    Folded from ``start``, the policy that start began with (its copy in DATA_DIR, a file
+    only `baton up` writes), through the recorded policy updates (of ``commands``, in the
+    order of the times they carry) as a worker applies them: signed by one of its operators
+    once it lists any. A signed one is re-issued by the restart and gives its policy back;
+    the start's own policy and an unsigned publication are not. Not from the audit's
+    ``policy_in_force`` rows: any writer of gov.decisions can append one whose document
+    lists no operators (and hashes to its version), and a start without them passed the
+    guard (H2, session 36)."""
+    from baton.processors.engine import apply_policy_update
+    from baton.schemas.events import PolicyUpdated, parse_control_event
+
+    updates = []
+    for text in commands:
+        try:
+            event = parse_control_event(text.encode())
+        except Exception:
+            continue  # named where the commands are re-issued
+        if isinstance(event, PolicyUpdated):
+            updates.append(event)
+    updates.sort(key=lambda event: event.event_time.timestamp())
+    policy, signed_at, reissued = start, None, False
+    for event in updates:
+        step = apply_policy_update(policy, signed_at, event, now)
+        if step.applied:
+            policy, signed_at, reissued = step.policy, step.signed_at, bool(event.signature)
+    return () if reissued else tuple(sorted(policy.operators))
+
+
+def recorded_commands(chdb_dir: Path) -> list[str]:
+    """The commands the audit in ``chdb_dir`` recorded (sinks.replay_source.read_commands;
+    empty when it holds no audit table yet)."""
+    from baton.sinks.clickhouse import audit_errors, connect
+    from baton.sinks.replay_source import read_commands
+    from baton.sinks.schema import DATABASE
+
+    client = connect(f"chdb://{chdb_dir}", follow_endpoint=False)
+    try:
+        with audit_errors(f"chdb://{chdb_dir}", "reading the commands of the audit"):
+            if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
+                return []
+            return read_commands(client)
+    finally:
+        client.close()

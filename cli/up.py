@@ -42,7 +42,13 @@ from baton.cli.up_children import (
 from baton.cli.up_memory import MemoryMax, check_broker, machine_memory, memory_limit, watch_memory
 from baton.cli.up_ports import refuse_busy_ports
 from baton.cli.up_ready import PROGRESS_EVERY_S, Readiness, announce_new_sql_token
-from baton.cli.up_restart import keep_policy_copy, name_a_lost_policy, say_what_a_restart_keeps
+from baton.cli.up_restart import (
+    earlier_policy,
+    keep_policy_copy,
+    name_a_lost_policy,
+    prune_broker_logs,
+    say_what_a_restart_keeps,
+)
 from baton.cli.up_stop import stop_children
 from baton.cli.worker_cmd import create_topics
 from baton.schemas import env_names
@@ -221,6 +227,7 @@ def up_cmd(
     )
     earlier = refuse_running_stack(data_dir)
     forgotten = refuse_a_lost_audit(data_dir, earlier, no_audit, forget_audit, say)
+    before = earlier_policy(data_dir, earlier)  # read before this start replaces its copy
     if text is not None:  # the workers load what was read here, whatever the file becomes
         opts["policy"] = str(keep_policy_copy(data_dir, text, Path(settings.policy), say))
         settings = build_settings(**opts)
@@ -237,7 +244,7 @@ def up_cmd(
     except ValueError as exc:  # what click's ranges let through, e.g. nan
         raise ConfigError(f"baton up: {exc}") from None
     logs = data_dir / "logs"
-    _prune_broker_logs(logs)
+    prune_broker_logs(logs, say)
     broker = EmbeddedBroker(port=port, log_dir=logs, outlive=record_path(data_dir))
     supervisor: Supervisor | None = None
     record: StackRecord | None = None
@@ -268,7 +275,12 @@ def up_cmd(
         republished = None
         if not no_audit:
             republished = name_a_lost_policy(
-                data_dir / "chdb", policy.version, say, bool(policy.operators), allow_unsigned
+                data_dir / "chdb",
+                policy.version,
+                say,
+                bool(policy.operators),
+                allow_unsigned,
+                before,
             )
         audit_id = keep_audit_id(data_dir, earlier, no_audit, renew=forgotten)
         record = write_stack_record(
@@ -430,19 +442,3 @@ def _keep_record(
 
 def register(cli: click.Group) -> None:
     cli.add_command(up_cmd)
-
-
-#: broker logs of earlier starts kept in DATA_DIR/logs (each start's broker has its own port,
-#: so its own tansu-PORT.log: a week of restarts left one a restart)
-_BROKER_LOGS_KEPT = 2
-
-
-def _prune_broker_logs(logs: Path) -> None:
-    """Remove all but the newest earlier starts' broker logs (no stack runs on this data dir:
-    checked before)."""
-    try:
-        old = sorted(logs.glob("tansu-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for path in old[_BROKER_LOGS_KEPT:]:
-            path.unlink()
-    except OSError as exc:  # a log left is no reason not to start
-        click.echo(f"baton up: could not remove old broker logs in {logs}: {exc}", err=True)

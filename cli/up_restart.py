@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baton.cli.signer import (
     shown,
@@ -16,7 +16,17 @@ from baton.schemas.errors import BatonError, ConfigError
 from baton.schemas.files import replace_file
 from baton.schemas.settings import Settings
 
-__all__ = ["POLICY_COPY", "keep_policy_copy", "name_a_lost_policy", "say_what_a_restart_keeps"]
+if TYPE_CHECKING:
+    from baton.schemas.policy import Policy
+
+__all__ = [
+    "POLICY_COPY",
+    "earlier_policy",
+    "keep_policy_copy",
+    "name_a_lost_policy",
+    "prune_broker_logs",
+    "say_what_a_restart_keeps",
+]
 
 #: in DATA_DIR: the --policy file's text as this start read it, what its workers load
 POLICY_COPY = "policy.yaml"
@@ -89,18 +99,24 @@ def name_a_lost_policy(
     say: Callable[[str], None],
     operators: bool = True,
     allow_unsigned: bool = False,
+    earlier: Policy | None = None,
 ) -> str | None:
     """A policy published before this restart is gone with the old broker's control topic:
     when the workers used another policy than this start's, say so (its approver keys and
     operators may be gone with it), never fall back in silence. A signed publication the
     restore re-issues wins over this start's policy once applied: said too (an operator who
     started with --policy STRICT saw only STRICT's version named while a looser published
-    policy decided, session 29); returns that publication's version (None: none)."""
+    policy decided, session 29); returns that publication's version (None: none).
+    ``earlier``: the policy the earlier start began with (:func:`earlier_policy`), from which
+    the operators this start must not drop are folded (``restart_notice.
+    operators_not_given_back``), whatever the audit's rows say."""
     from baton.cli.restart_notice import policy_in_force
     from baton.cli.up_audit import has_tables
 
     if not has_tables(audit):
         return None
+    if earlier is not None and not operators and not allow_unsigned:
+        _refuse_dropped_operators(audit, earlier, version)
     try:
         before = policy_in_force(audit)
     except BatonError as exc:
@@ -137,6 +153,43 @@ def name_a_lost_policy(
         "with `baton policy publish FILE`, or start with --policy FILE"
     )
     return None
+
+
+def _refuse_dropped_operators(audit: Path, earlier: Policy, version: str) -> None:
+    """ConfigError when the policy the earlier start's workers came to hold lists operators
+    that this restart does not give back (its own policy lists none)."""
+    from datetime import UTC, datetime
+
+    from baton.cli.restart_notice import operators_not_given_back, recorded_commands
+
+    dropped = operators_not_given_back(recorded_commands(audit), earlier, datetime.now(UTC))
+    if dropped:
+        names = ", ".join(shown(n) for n in dropped[:8])
+        raise ConfigError(
+            f"the earlier start's policy (version {shown(earlier.version)}), or the policy its "
+            f"workers came to hold, lists operators ({names}) and this start's policy {version} "
+            "lists none: from now on kill switches, releases and policy updates would be taken "
+            "unsigned from any writer of gov.control. Start with --policy FILE naming them (or "
+            "publish such a policy), or pass --allow-unsigned if that is what you mean"
+        )
+
+
+def earlier_policy(data_dir: Path, earlier: StackRecord | None) -> Policy | None:
+    """The policy the earlier start of ``data_dir`` began with, read before this start
+    replaces its copy: the copy of its --policy file (DATA_DIR/policy.yaml, a file only
+    `baton up` writes), the seed policy when it had none; None for a first start, or when
+    that copy no longer reads (the audit's own check still guards the operators)."""
+    from baton.schemas.errors import PolicyError
+    from baton.schemas.policy import load_policy
+
+    if earlier is None:
+        return None
+    if earlier.policy is not None and earlier.policy != data_dir / POLICY_COPY:
+        return None  # a start older than the copies: the file may have changed since
+    try:
+        return load_policy(earlier.policy)
+    except (PolicyError, OSError):
+        return None
 
 
 def _name_held_kill_switches(data_dir: Path, say: Callable[[str], None]) -> None:
@@ -180,3 +233,19 @@ def keep_policy_copy(data_dir: Path, text: str, source: Path, say: Callable[[str
         "(an edit of the file takes effect at the next start, or publish it)"
     )
     return path
+
+
+#: broker logs of earlier starts kept in DATA_DIR/logs (each start's broker has its own port,
+#: so its own tansu-PORT.log: a week of restarts left one a restart)
+_BROKER_LOGS_KEPT = 2
+
+
+def prune_broker_logs(logs: Path, say: Callable[[str], None]) -> None:
+    """Remove all but the newest earlier starts' broker logs (no stack runs on this data dir:
+    checked before)."""
+    try:
+        old = sorted(logs.glob("tansu-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in old[_BROKER_LOGS_KEPT:]:
+            path.unlink()
+    except OSError as exc:  # a log left is no reason not to start
+        say(f"could not remove old broker logs in {logs}: {exc}")

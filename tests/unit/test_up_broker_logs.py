@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from baton.cli import up
+from baton.cli import up_restart
 
 pytestmark = pytest.mark.unit
 
@@ -21,10 +21,10 @@ def test_the_newest_earlier_broker_logs_are_kept_the_rest_removed(tmp_path: Path
         path.write_text(f"start {i}\n")
         os.utime(path, (1_000_000 + i, 1_000_000 + i))
     (logs / "worker.log").write_text("kept\n")
-    up._prune_broker_logs(logs)
+    up_restart.prune_broker_logs(logs, print)
     assert sorted(p.name for p in logs.iterdir()) == [
         "tansu-4003.log",
         "tansu-4004.log",
         "worker.log",
     ]
-    up._prune_broker_logs(tmp_path / "no-logs-yet")  # a first start: nothing to do
+    up_restart.prune_broker_logs(tmp_path / "no-logs-yet", print)  # a first start: nothing to do
