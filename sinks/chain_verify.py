@@ -21,7 +21,10 @@ rows get the same answer from both. It names every run whose chain does not hold
   the chain only stops and recorded refusals, so such a row was written by someone else
   (a forged record on gov.decisions under an id the worker never uses, or another tenant,
   which no other row replaces and ``decision_conflicts`` does not pair). Rows an audit kept
-  from before chains (migration 0004) are named so too: ``--since`` the upgrade skips them.
+  from before chains (migration 0004) are named so too: ``--since`` the upgrade skips them;
+* ``forged control record``: a kill, release, policy update or ``policy_in_force`` record
+  not in the control phase, or under an id or request id its worker does not give it (a
+  copy under another phase replaced the worker's in ``FINAL``; control rows are not chained).
 
 Not detected: rows deleted from the *end* of a run (the audit alone cannot know the run's
 head; the worker's state does), or from the end of any of its lives, or a whole earlier life
@@ -71,6 +74,12 @@ class RunChain:
 _AT = 4 + CHAIN_FIELDS.index("decided_at")
 #: where a row's outcome is
 _OUTCOME = 4 + CHAIN_FIELDS.index("outcome")
+_REQUEST, _PHASE, _REASON = (4 + CHAIN_FIELDS.index(f) for f in ("request_id", "phase", "reason"))
+#: the records a worker writes only for a command it applied, or a policy it came to use: in
+#: the control phase, under decision_id_for(run, request id, control), request id "REASON:..."
+_COMMAND_REASONS = frozenset(
+    {"kill_switch", "kill_switch_released", "policy_updated", "policy_in_force"}
+)
 
 
 def _seconds(at: Any) -> float:
@@ -89,6 +98,13 @@ def verify_chains(
     by_run: dict[str, list[Sequence[Any]]] = defaultdict(list)
     forged: dict[str, list[str]] = defaultdict(list)
     for row in rows:
+        if str(row[_REASON]) in _COMMAND_REASONS and not _made_as_a_command(row):
+            forged[row[0]].append(
+                f"forged control record: decision {shown_id(str(row[1]))} says {row[_REASON]} "
+                f"under phase {shown_id(str(row[_PHASE]))} and an id a worker does not give it "
+                "(a worker writes a command's record in the control phase, under the id of its "
+                "run and request id: a copy under another phase replaced it in FINAL)"
+            )
         if row[3] is None:  # outside any chain: refusals of no state, or not a worker's
             if str(row[_OUTCOME]) not in UNCHAINED_OUTCOMES:
                 forged[row[0]].append(
@@ -104,6 +120,20 @@ def verify_chains(
         verdict.problems.extend(forged.get(run_id, ()))
         out.append(verdict)
     return out
+
+
+def _made_as_a_command(row: Sequence[Any]) -> bool:
+    """A command's record as its worker writes it: control phase, request id ``REASON:...``,
+    and the id its run and request id give (H2, session 36: a kill's row copied under
+    another phase replaced it in FINAL, and verify said nothing)."""
+    from baton.schemas.decision import decision_id_for
+
+    request_id = str(row[_REQUEST])
+    return (
+        str(row[_PHASE]) == "control"
+        and request_id.startswith(f"{row[_REASON]}:")
+        and str(row[1]) == decision_id_for(str(row[0]), request_id, "control")
+    )
 
 
 def _verify_run(run_id: str, rows: list[Sequence[Any]], key: bytes, partial: bool) -> RunChain:

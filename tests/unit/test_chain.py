@@ -97,3 +97,31 @@ def test_with_a_key_a_correctly_linked_forgery_without_the_key_is_caught() -> No
     rows = [_row(d) for d in decisions]
     assert verify_chains(rows, b"k" * 32)[0].ok
     assert not verify_chains(rows, b"")[0].ok  # the unkeyed hash is not the chain's
+
+
+def test_a_command_record_copied_under_another_phase_or_id_is_named() -> None:
+    """H2, session 36: a kill's record copied under phase pre_handoff (same id) replaced the
+    kill in FINAL; `baton audit verify` said nothing (the variants table has no phase)."""
+    from dataclasses import replace
+
+    from baton.processors.engine import NO_KILLS, apply_control, apply_policy_update
+    from baton.processors.recorded import policy_in_force
+    from baton.schemas.events import KillSwitch, PolicyUpdated
+
+    policy = load_policy(None)
+    _, kill = apply_control(
+        NO_KILLS, KillSwitch(scope="run", run_id="r1", operator="o", event_time=NOW), policy, NOW
+    )
+    update = PolicyUpdated(policy_yaml="multi_agent: {}\n", operator="o", event_time=NOW)
+    published = apply_policy_update(policy, None, update, NOW).record
+    assert published is not None
+    made = [kill, published, policy_in_force(policy, NOW, "w")]
+    assert all(v.ok for v in verify_chains([_row(d) for d in made]))
+    for forged in (
+        replace(kill, phase="pre_handoff"),
+        replace(kill, request_id="x"),
+        replace(published, run_id="r1"),
+        replace(kill, reason="policy_in_force"),
+    ):
+        (verdict,) = verify_chains([_row(forged)])
+        assert any(p.startswith("forged control record: ") for p in verdict.problems), forged
