@@ -162,7 +162,11 @@ def _refuse_dropped_operators(audit: Path, earlier: Policy, version: str) -> Non
 
     from baton.cli.restart_notice import operators_not_given_back, recorded_commands
 
-    dropped = operators_not_given_back(recorded_commands(audit), earlier, datetime.now(UTC))
+    try:
+        commands = recorded_commands(audit)
+    except BatonError:  # unread, no update re-issues them: the earlier start's own decide
+        commands = []
+    dropped = operators_not_given_back(commands, earlier, datetime.now(UTC))
     if dropped:
         names = ", ".join(shown(n) for n in dropped[:8])
         raise ConfigError(
