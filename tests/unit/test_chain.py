@@ -106,6 +106,7 @@ def test_a_command_record_copied_under_another_phase_or_id_is_named() -> None:
 
     from baton.processors.engine import NO_KILLS, apply_control, apply_policy_update
     from baton.processors.recorded import policy_in_force
+    from baton.schemas.decision import Phase, Reason
     from baton.schemas.events import KillSwitch, PolicyUpdated
 
     policy = load_policy(None)
@@ -118,10 +119,10 @@ def test_a_command_record_copied_under_another_phase_or_id_is_named() -> None:
     made = [kill, published, policy_in_force(policy, NOW, "w")]
     assert all(v.ok for v in verify_chains([_row(d) for d in made]))
     for forged in (
-        replace(kill, phase="pre_handoff"),
+        replace(kill, phase=Phase.PRE_HANDOFF),
         replace(kill, request_id="x"),
         replace(published, run_id="r1"),
-        replace(kill, reason="policy_in_force"),
+        replace(kill, reason=Reason.POLICY_IN_FORCE),
     ):
         (verdict,) = verify_chains([_row(forged)])
         assert any(p.startswith("forged control record: ") for p in verdict.problems), forged
