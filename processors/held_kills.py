@@ -51,8 +51,11 @@ def write_held_kills(worker_dir: Path, scopes: Iterable[tuple[str, str]], held_a
     if not held:
         clear_held_kills(worker_dir)
         return 0
-    worker_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"held_at": held_at, "scopes": [list(pair) for pair in held]})
+    if len(text) > MAX_BYTES:  # more than a worker reads (forged kill rows by the 100k)
+        held = [("global", "*")]  # every run stopped rather than a worker that cannot start
+        text = json.dumps({"held_at": held_at, "scopes": [list(pair) for pair in held]})
+    worker_dir.mkdir(parents=True, exist_ok=True)
     path = worker_dir / HELD_KILLS_FILE
     try:
         replace_file(path, text, 0o600)

@@ -51,6 +51,20 @@ def test_a_start_that_holds_nothing_leaves_no_file(tmp_path: Path) -> None:
     assert read_held_kills(tmp_path) == NO_KILLS
 
 
+def test_more_switches_than_a_worker_reads_are_held_as_one_global(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart after forged kill rows by the 100k wrote a file its workers refused to read
+    (no worker, no decision); it holds everything instead, which one release lifts."""
+    from baton.processors import held_kills
+
+    monkeypatch.setattr(held_kills, "MAX_BYTES", 200)
+    scopes = [("tenant", f"t{i:05d}") for i in range(50)]
+    assert write_held_kills(tmp_path, scopes, 1.0) == 1
+    held = read_held_kills(tmp_path)
+    assert held.everything and not held.tenants
+
+
 def test_targets_no_event_can_carry_are_not_held(tmp_path: Path) -> None:
     """A forged kill row can name any run id (the restore reads the audit's key columns): one
     no event can carry stops nothing, and is left out rather than refused."""
