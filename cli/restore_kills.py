@@ -241,16 +241,27 @@ def unheld_kill_scopes(
     ``kills`` (:func:`fold_reissued`'s; None: this start's policy does not load) leave off. A
     kill row whose command a writer of the audit altered was re-issued and refused on the
     fresh broker (``bad_signature``, ``control_unsigned``), and its runs reopened in silence:
-    the switch was neither lost (its command is recorded) nor named."""
-    on = [scope_target for scope_target, (kill, _) in last_kill_states(records).items() if kill]
+    the switch was neither lost (its command is recorded) nor named.
+
+    And of every switch a kill engaged whose last record is a release that the re-issued
+    commands, folded, never applied to it (no command of its slot counted): a release row
+    in a worker's shape, written into gov.decisions after a kill whose command is lost, read
+    as lifting it, and the restart held nothing (session 38, H4). A release lifts a switch
+    across a restart only when it is signed and re-issued (``releases_undone``)."""
+    records = list(records)
+    states = last_kill_states(records)
+    killed = set(last_kill_states(r for r in records if r[0] == "kill_switch"))
     if kills is None:
-        return on
+        return [st for st, (on, _) in states.items() if on or st in killed]
     held = {"run": kills.runs, "tenant": kills.tenants}
-    return [
-        (scope, target)
-        for scope, target in on
-        if not (kills.everything if scope == "global" else target in held.get(scope, ()))
-    ]
+    out = []
+    for (scope, target), (on, _command) in states.items():
+        engaged = kills.everything if scope == "global" else target in held.get(scope, ())
+        if on and not engaged:
+            out.append((scope, target))
+        elif not on and (scope, target) in killed and kills.latest.get(f"{scope}:{target}") is None:
+            out.append((scope, target))  # released by a record nothing re-issued
+    return out
 
 
 #: the rows a worker writes for a policy update it applied, and for a policy it came to use

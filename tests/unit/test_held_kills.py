@@ -162,3 +162,35 @@ def test_a_worker_starts_holding_the_switches_of_its_data_dir(tmp_path: Path) ->
         GovernanceWorker(
             Settings(bootstrap="127.0.0.1:1", worker_data_dir=tmp_path), load_policy(None), "w"
         )
+
+
+def test_a_forged_release_after_a_lost_kill_does_not_lift_it_across_a_restart() -> None:
+    """Session 38, H4: a second release row in a worker's shape (its own id, no command),
+    written after a kill whose command is lost, read as lifting it: the restart held nothing
+    and a brand-new run of the tenant was allowed. A release lifts a switch across a restart
+    only when the re-issued commands, folded, applied one to it."""
+    from datetime import UTC, datetime
+
+    from baton.cli.restart_notice import as_made
+    from baton.cli.restore_kills import fold_reissued, unheld_kill_scopes
+    from baton.processors.recorded import input_text
+    from baton.schemas.decision import Phase, decision_id_for
+    from baton.schemas.policy import load_policy
+
+    def row(reason: str, request_id: str, command: str = "") -> tuple[str, ...]:
+        made = decision_id_for("*", request_id, Phase.CONTROL)
+        return as_made((reason, "*", "acme", "scope=tenant target=acme", command, made, request_id))
+
+    kill = row("kill_switch", "kill_switch:tenant:acme:2026-01-01T00:00:00+00:00")
+    released = row(
+        "kill_switch_released", "kill_switch_released:tenant:acme:2026-01-01T00:05:00+00:00"
+    )
+    now = datetime.now(UTC)
+    kills, _ = fold_reissued([], load_policy(None), now)
+    assert unheld_kill_scopes([kill, released], kills) == [("tenant", "acme")]
+    # a release the restart re-issues (and the fresh workers apply) does lift it
+    release = _switch(KillSwitchReleased, 50, scope="tenant", tenant="acme")
+    kills, _ = fold_reissued([input_text(release)], _ops_policy(), at(100))
+    assert unheld_kill_scopes([kill, released], kills) == []
+    # a release of a switch no kill record engaged holds nothing
+    assert unheld_kill_scopes([released], fold_reissued([], load_policy(None), now)[0]) == []
