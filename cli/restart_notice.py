@@ -263,7 +263,7 @@ def policy_in_force(chdb_dir: Path) -> PolicyInForce | None:
 
 
 def operators_not_given_back(
-    commands: Iterable[str], start: Policy, now: datetime
+    commands: Iterable[str], start: Policy, now: datetime, fresh: Policy | None = None
 ) -> tuple[str, ...]:
     """The operators of the policy the earlier start's workers came to hold, when a restart
     does not give that policy back; empty when it lists none or the restart re-issues it.
@@ -275,7 +275,28 @@ def operators_not_given_back(
     the start's own policy and an unsigned publication are not. Not from the audit's
     ``policy_in_force`` rows: any writer of gov.decisions can append one whose document
     lists no operators (and hashes to its version), and a start without them passed the
-    guard (H2, session 36)."""
+    guard (H2, session 36). ``fresh``: this start's policy, from which its workers fold the
+    re-issued updates: given, the restart gives the policy back only when that fold ends
+    with the same operators (a forged update with any signature, dated before a real one,
+    is applied first by workers whose policy lists none, and the real one refused: H4,
+    session 38)."""
+    held, reissued = _policy_after(commands, start, now)
+    if not held.operators:
+        return ()
+    if fresh is not None:
+        after, _ = _policy_after(commands, fresh, now, reissued_only=True)
+        given_back = dict(after.operators) == dict(held.operators)
+    else:
+        given_back = reissued
+    return () if given_back else tuple(sorted(held.operators))
+
+
+def _policy_after(
+    commands: Iterable[str], start: Policy, now: datetime, *, reissued_only: bool = False
+) -> tuple[Policy, bool]:
+    """The policy ``start`` becomes through the policy updates of ``commands`` (only those a
+    restart re-issues, signed ones, with ``reissued_only``) applied as a worker applies
+    them, and whether the last one applied is signed."""
     from baton.processors.engine import apply_policy_update
     from baton.schemas.events import PolicyUpdated, parse_control_event
 
@@ -285,15 +306,15 @@ def operators_not_given_back(
             event = parse_control_event(text.encode())
         except Exception:
             continue  # named where the commands are re-issued
-        if isinstance(event, PolicyUpdated):
+        if isinstance(event, PolicyUpdated) and (event.signature or not reissued_only):
             updates.append(event)
     updates.sort(key=lambda event: event.event_time.timestamp())
-    policy, signed_at, reissued = start, None, False
+    policy, signed_at, signed = start, None, False
     for event in updates:
         step = apply_policy_update(policy, signed_at, event, now)
         if step.applied:
-            policy, signed_at, reissued = step.policy, step.signed_at, bool(event.signature)
-    return () if reissued else tuple(sorted(policy.operators))
+            policy, signed_at, signed = step.policy, step.signed_at, bool(event.signature)
+    return policy, signed
 
 
 def recorded_commands(chdb_dir: Path) -> list[str]:

@@ -281,6 +281,7 @@ def up_cmd(
                 bool(policy.operators),
                 allow_unsigned,
                 before,
+                policy,
             )
         audit_id = keep_audit_id(data_dir, earlier, no_audit, renew=forgotten)
         record = write_stack_record(

@@ -100,6 +100,7 @@ def name_a_lost_policy(
     operators: bool = True,
     allow_unsigned: bool = False,
     earlier: Policy | None = None,
+    start: Policy | None = None,
 ) -> str | None:
     """A policy published before this restart is gone with the old broker's control topic:
     when the workers used another policy than this start's, say so (its approver keys and
@@ -109,14 +110,15 @@ def name_a_lost_policy(
     policy decided, session 29); returns that publication's version (None: none).
     ``earlier``: the policy the earlier start began with (:func:`earlier_policy`), from which
     the operators this start must not drop are folded (``restart_notice.
-    operators_not_given_back``), whatever the audit's rows say."""
+    operators_not_given_back``), whatever the audit's rows say; ``start``: this start's
+    policy, from which its workers fold the re-issued updates."""
     from baton.cli.restart_notice import policy_in_force
     from baton.cli.up_audit import has_tables
 
     if not has_tables(audit):
         return None
     if earlier is not None and not operators and not allow_unsigned:
-        _refuse_dropped_operators(audit, earlier, version)
+        _refuse_dropped_operators(audit, earlier, version, start)
     try:
         before = policy_in_force(audit)
     except BatonError as exc:
@@ -155,7 +157,9 @@ def name_a_lost_policy(
     return None
 
 
-def _refuse_dropped_operators(audit: Path, earlier: Policy, version: str) -> None:
+def _refuse_dropped_operators(
+    audit: Path, earlier: Policy, version: str, start: Policy | None = None
+) -> None:
     """ConfigError when the policy the earlier start's workers came to hold lists operators
     that this restart does not give back (its own policy lists none)."""
     from datetime import UTC, datetime
@@ -166,7 +170,7 @@ def _refuse_dropped_operators(audit: Path, earlier: Policy, version: str) -> Non
         commands = recorded_commands(audit)
     except BatonError:  # unread, no update re-issues them: the earlier start's own decide
         commands = []
-    dropped = operators_not_given_back(commands, earlier, datetime.now(UTC))
+    dropped = operators_not_given_back(commands, earlier, datetime.now(UTC), start)
     if dropped:
         names = ", ".join(shown(n) for n in dropped[:8])
         raise ConfigError(

@@ -147,3 +147,19 @@ def test_the_earlier_start_s_policy_is_its_copy_or_the_seed(tmp_path: Path) -> N
     elsewhere = tmp_path / "mine.yaml"  # a start older than the copies
     elsewhere.write_text(WITH_OPERATORS)
     assert up_restart.earlier_policy(tmp_path, record(elsewhere)) is None
+
+
+def test_a_forged_update_the_fresh_workers_would_apply_first_is_refused() -> None:
+    """H4, session 38: a `policy_updated` row with any signature (mallory's operators), dated
+    before oncall's real signed publication: folded from the earlier start's policy the
+    forgery is refused and the real one re-issued, so the guard passed; but a restart
+    without --policy (the seed, no operators) has its workers apply the forgery first (no
+    operators: every command counts) and refuse the real one: mallory the only operator."""
+    mallory = f'operators:\n  mallory: "{public_key_text(MALLORY)}"\n'
+    real = _published(WITH_OPERATORS + WITHOUT, T)
+    forged = _published(mallory, T - 3600, MALLORY)
+    earlier, seed = _start(WITH_OPERATORS), load_policy(None)
+    assert operators_not_given_back([real, forged], earlier, NOW) == ()  # the hole
+    assert operators_not_given_back([real, forged], earlier, NOW, seed) == ("oncall",)
+    assert operators_not_given_back([real], earlier, NOW, seed) == ()  # re-issued, applied
+    assert operators_not_given_back([], earlier, NOW, seed) == ("oncall",)
