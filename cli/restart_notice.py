@@ -280,12 +280,16 @@ def operators_not_given_back(
     with the same operators (a forged update with any signature, dated before a real one,
     is applied first by workers whose policy lists none, and the real one refused: H4,
     session 38)."""
-    held, reissued = _policy_after(commands, start, now)
+    held, reissued, applied = _policy_after(commands, start, now)
     if not held.operators:
         return ()
     if fresh is not None:
-        after, _ = _policy_after(commands, fresh, now, reissued_only=True)
-        given_back = dict(after.operators) == dict(held.operators)
+        # the same updates, not merely the same operators in the end: a forged update that
+        # copies the operators' keys into the forger's rules (any signature) was applied by
+        # the fresh workers alone (H1 of session 38's second attack)
+        after, _, fresh_applied = _policy_after(commands, fresh, now, reissued_only=True)
+        signed = [event for event in applied if event.signature]
+        given_back = dict(after.operators) == dict(held.operators) and fresh_applied == signed
     else:
         given_back = reissued
     return () if given_back else tuple(sorted(held.operators))
@@ -293,10 +297,10 @@ def operators_not_given_back(
 
 def _policy_after(
     commands: Iterable[str], start: Policy, now: datetime, *, reissued_only: bool = False
-) -> tuple[Policy, bool]:
+) -> tuple[Policy, bool, list[Any]]:
     """The policy ``start`` becomes through the policy updates of ``commands`` (only those a
     restart re-issues, signed ones, with ``reissued_only``) applied as a worker applies
-    them, and whether the last one applied is signed."""
+    them, whether the last one applied is signed, and the updates applied."""
     from baton.processors.engine import apply_policy_update
     from baton.schemas.events import PolicyUpdated, parse_control_event
 
@@ -309,12 +313,13 @@ def _policy_after(
         if isinstance(event, PolicyUpdated) and (event.signature or not reissued_only):
             updates.append(event)
     updates.sort(key=lambda event: event.event_time.timestamp())
-    policy, signed_at, signed = start, None, False
+    policy, signed_at, signed, applied = start, None, False, []
     for event in updates:
         step = apply_policy_update(policy, signed_at, event, now)
         if step.applied:
             policy, signed_at, signed = step.policy, step.signed_at, bool(event.signature)
-    return policy, signed
+            applied.append(event)
+    return policy, signed, applied
 
 
 def recorded_commands(chdb_dir: Path) -> list[str]:

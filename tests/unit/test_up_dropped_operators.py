@@ -163,3 +163,16 @@ def test_a_forged_update_the_fresh_workers_would_apply_first_is_refused() -> Non
     assert operators_not_given_back([real, forged], earlier, NOW, seed) == ("oncall",)
     assert operators_not_given_back([real], earlier, NOW, seed) == ()  # re-issued, applied
     assert operators_not_given_back([], earlier, NOW, seed) == ("oncall",)
+
+
+def test_a_forged_update_copying_the_operators_keys_is_refused() -> None:
+    """Session 38's second attack, H1: a `policy_updated` row with any signature whose policy
+    copies oncall's public key (from a policy_in_force document) into the forger's rules:
+    both folds ended with the same operators, the guard passed, and the fresh workers (no
+    operators yet) applied the forger's policy. The fresh fold must apply the same updates."""
+    evil = WITH_OPERATORS + "multi_agent: {max_handoffs: 1000}\n"
+    forged = _published(evil, T, MALLORY)  # a signature, not oncall's
+    earlier, seed = _start(WITH_OPERATORS), load_policy(None)
+    assert operators_not_given_back([forged], earlier, NOW, seed) == ("oncall",)
+    real = _published(evil, T)  # the same policy, signed by oncall: given back
+    assert operators_not_given_back([real], earlier, NOW, seed) == ()
