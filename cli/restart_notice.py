@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,12 +75,18 @@ def lost_kill_scopes(records: Iterable[tuple[str, ...]]) -> list[tuple[str, str]
     return [st for st, (on, command) in last_kill_states(records).items() if on and not command]
 
 
-def kill_records(client: Any) -> list[tuple[str, ...]]:
+def kill_records(client: Any) -> list[tuple[float, tuple[str, ...]]]:
     """The audit's applied kill and release records, oldest first, as their workers made
-    them (:func:`as_made`); empty when there is no audit table yet. A kill or release whose
-    stored row no longer reads as one (replaced in FINAL under its id by a row of another
-    reason or phase: H2, session 36, the kill then not even named) counts as a kill whose
-    command is lost, from ``decision_variants``, which keeps what every id once said."""
+    them (:func:`as_made`), each with its time (POSIX seconds); empty when there is no audit
+    table yet. A kill or release whose stored row no longer reads as one (replaced in FINAL
+    under its id by a row of another reason or phase: H2, session 36, the kill then not even
+    named) counts as a kill whose command is lost, from ``decision_variants``, which keeps
+    what every id once said.
+
+    A kill whose command is lost is dated no earlier than the latest time ``kill_times`` holds
+    under its id (every kill record ever inserted, never replaced): the replacing row's time,
+    and decision_variants', are a forger's to choose, and a lost kill dated before a re-issued
+    release read as lifted by it (session 38, A2)."""
     from baton.sinks.schema import DATABASE
 
     if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
@@ -92,13 +98,44 @@ def kill_records(client: Any) -> list[tuple[str, ...]]:
         "ORDER BY decided_at, `offset`",
         parameters={"applied": list(_APPLIED)},
     ).result_rows
-    dated = [(row[-1], as_made(tuple(str(v) for v in row[:-1]))) for row in rows]
-    listed = {str(row[5]) for row in rows}
+    dated = [(str(row[5]), _seconds(row[-1]), as_made(tuple(str(v) for v in row[:-1])))
+             for row in rows]  # fmt: skip
+    listed = {ident for ident, _, _ in dated}
     for decision_id, run_id, tenant, _reason, at in replaced_control_ids(client, _APPLIED):
         if decision_id not in listed:
-            dated.append((at, _lost_kill(run_id, tenant)))
-    dated.sort(key=lambda pair: pair[0])
-    return [record for _, record in dated]
+            dated.append((decision_id, _seconds(at), _lost_kill(run_id, tenant)))
+    lost = [ident for ident, _, record in dated if _is_lost_kill(record)]
+    recorded = _kill_times(client, lost)
+    out = [
+        (max(at, recorded.get(ident, at)) if _is_lost_kill(record) else at, record)
+        for ident, at, record in dated
+    ]
+    out.sort(key=lambda pair: pair[0])
+    return out
+
+
+def _is_lost_kill(record: tuple[str, ...]) -> bool:
+    """A kill record with no command a restart could issue again."""
+    return record[0] == "kill_switch" and not any(record[4:5])
+
+
+def _kill_times(client: Any, ids: list[str]) -> dict[str, float]:
+    """The latest time ``kill_times`` recorded a kill under each of ``ids`` (POSIX seconds)."""
+    from baton.sinks.schema import DATABASE
+
+    if not ids or not client.command(f"EXISTS TABLE {DATABASE}.kill_times"):
+        return {}
+    rows = client.query(
+        f"SELECT decision_id, max(decided_at) FROM {DATABASE}.kill_times "
+        "WHERE decision_id IN {ids:Array(String)} GROUP BY decision_id",
+        parameters={"ids": sorted(set(ids))},
+    ).result_rows
+    return {str(ident): _seconds(at) for ident, at in rows}
+
+
+def _seconds(at: datetime) -> float:
+    """POSIX seconds of a time the audit returned (naive: UTC, as the columns are)."""
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
 
 
 def replaced_control_ids(client: Any, reasons: Iterable[str]) -> list[tuple[str, ...]]:

@@ -234,33 +234,47 @@ def releases_undone(commands: list[str], kills: KillSwitches | None) -> list[str
 
 
 def unheld_kill_scopes(
-    records: Iterable[tuple[str, ...]], kills: KillSwitches | None
+    dated: Iterable[tuple[float, tuple[str, ...]]], kills: KillSwitches | None
 ) -> list[tuple[str, str]]:
-    """``(scope, target)`` of every switch the audit's control ``records`` (oldest first, as
-    :func:`baton.cli.restart_notice.kill_records` reads them) say was engaged last that
-    ``kills`` (:func:`fold_reissued`'s; None: this start's policy does not load) leave off. A
-    kill row whose command a writer of the audit altered was re-issued and refused on the
-    fresh broker (``bad_signature``, ``control_unsigned``), and its runs reopened in silence:
-    the switch was neither lost (its command is recorded) nor named.
+    """``(scope, target)`` of every switch the audit's control records (``dated``: each with
+    its time, oldest first, as :func:`baton.cli.restart_notice.kill_records` reads them) say
+    was engaged last that ``kills`` (:func:`fold_reissued`'s; None: this start's policy does
+    not load) leave off. A kill row whose command a writer of the audit altered was re-issued
+    and refused on the fresh broker (``bad_signature``, ``control_unsigned``), and its runs
+    reopened in silence: the switch was neither lost (its command is recorded) nor named.
 
     And of every switch a kill engaged whose last record is a release that the re-issued
     commands, folded, never applied to it (no command of its slot counted): a release row
     in a worker's shape, written into gov.decisions after a kill whose command is lost, read
     as lifting it, and the restart held nothing (session 38, H4). A release lifts a switch
-    across a restart only when it is signed and re-issued (``releases_undone``)."""
-    records = list(records)
+    across a restart only when it is signed and re-issued (``releases_undone``).
+
+    And of every switch with a kill whose command is lost that no command the fold applied
+    was signed after (a re-issued release from before it): kill t0, signed release t5, kill
+    t10 replaced by a forged row; the re-issued t0 and t5 fold to off, and the lost t10 read
+    as released (session 38, A2). Its time is the latest the audit recorded for it
+    (``kill_times``), which a forger can only move later."""
+    dated = list(dated)
+    records = [record for _, record in dated]
     states = last_kill_states(records)
     killed = set(last_kill_states(r for r in records if r[0] == "kill_switch"))
     if kills is None:
         return [st for st, (on, _) in states.items() if on or st in killed]
+    lost_at: dict[tuple[str, str], float] = {}
+    for at, record in dated:
+        for slot, (on, command) in last_kill_states([record]).items():
+            if on and not command:
+                lost_at[slot] = max(at, lost_at.get(slot, at))
     held = {"run": kills.runs, "tenant": kills.tenants}
     out = []
     for (scope, target), (on, _command) in states.items():
-        engaged = kills.everything if scope == "global" else target in held.get(scope, ())
-        if on and not engaged:
-            out.append((scope, target))
-        elif not on and (scope, target) in killed and kills.latest.get(f"{scope}:{target}") is None:
-            out.append((scope, target))  # released by a record nothing re-issued
+        if kills.everything if scope == "global" else target in held.get(scope, ()):
+            continue  # the fresh workers hold it
+        latest = kills.latest.get(f"{scope}:{target}")
+        if on or ((scope, target) in killed and latest is None):
+            out.append((scope, target))  # engaged last, or released by a record not re-issued
+        elif (scope, target) in lost_at and latest < lost_at[(scope, target)]:
+            out.append((scope, target))  # lost after the last command the fold applied
     return out
 
 

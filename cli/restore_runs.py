@@ -71,7 +71,7 @@ def restore_runs(
         read_policies,
         read_runs_rows,
     )
-    from baton.sinks.schema import DATABASE
+    from baton.sinks.schema import DATABASE, migrate
 
     now = now or datetime.now(UTC)
     chdb = data_dir / "chdb"
@@ -80,6 +80,8 @@ def restore_runs(
         with audit_errors(f"chdb://{chdb}", "rebuilding run states from the audit"):
             if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
                 return None
+            # kill_times (0009) dates a lost kill: an audit the sink of an older release wrote
+            migrate(client, settings.audit_ttl_days)
             policies, refused = read_policies(client)
             for line in refused:
                 say(f"restore: {line}; not used")
@@ -135,7 +137,7 @@ def restore_runs(
             f"({_first_names(reopened)}; a kill row deleted or altered in the audit) are "
             "restored STOPPED (audit_unverified), never reopened"
         )
-    lost_kills = lost_kill_scopes(records)
+    lost_kills = lost_kill_scopes(record for _, record in records)
     lost_kills += [s for s in unheld_kill_scopes(records, kills) if s not in lost_kills]
     held = hold_lost_kills(states, lost_kills, now)
     if held:
@@ -146,7 +148,7 @@ def restore_runs(
         )
     # the switches themselves, for new runs too: the workers hold them from their start
     # (a tenant's brand-new run was allowed until an operator re-issued the kill: session 36)
-    write_held_kills(data_dir / WORKER_DATA_DIR, lost_kills, now.timestamp())
+    write_held_kills(data_dir / WORKER_DATA_DIR, lost_kills, now.timestamp(), say)
     write_changelog(settings, states)
     if commands:
         sent = reissue(settings, commands, say)

@@ -194,7 +194,7 @@ def up_cmd(
     by then are gone. With --no-audit a restart forgets everything. A Kafka
     cluster (docker-compose.yml) keeps all of it. A start whose earlier stack's audit is gone
     or older, or whose policy drops the operators in force, refuses (exit 2; --forget-audit,
-    --allow-unsigned). The --policy file is copied into DATA_DIR/policy.yaml: the stack uses
+    --allow-unsigned). The --policy file is copied into DATA_DIR/policy-<hash>.yaml: the stack uses
     that copy until it stops. `baton down` stops it from another terminal.
 
     While it runs, DATA_DIR/stack.json records the stack (Kafka, SQL endpoint, policy, logs,
@@ -227,9 +227,10 @@ def up_cmd(
     )
     earlier = refuse_running_stack(data_dir)
     forgotten = refuse_a_lost_audit(data_dir, earlier, no_audit, forget_audit, say)
-    before = earlier_policy(data_dir, earlier)  # read before this start replaces its copy
+    before = earlier_policy(data_dir, earlier, allow_unsigned or no_audit)
     if text is not None:  # the workers load what was read here, whatever the file becomes
-        opts["policy"] = str(keep_policy_copy(data_dir, text, Path(settings.policy), say))
+        source = Path(settings.policy)
+        opts["policy"] = str(keep_policy_copy(data_dir, text, source, say, earlier))
         settings = build_settings(**opts)
     refuse_busy_ports(port, None if no_audit else sql_port, settings.metrics_port_number)
     machine = machine_memory()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,8 +31,13 @@ __all__ = [
     "say_what_a_restart_keeps",
 ]
 
-#: in DATA_DIR: the --policy file's text as this start read it, what its workers load
+#: in DATA_DIR: the --policy file's text as a start read it, what its workers load, named
+#: ``policy-<sha256 of the text, 16 hex>.yaml``: a start refused after writing its copy (a
+#: guard, a busy port) left the earlier start's copy in place, and the guard of the next start
+#: read the earlier start's policy from it (session 38, H4: one name, overwritten, read the
+#: refused start's policy instead). ``policy.yaml``: the one name of the starts before that.
 POLICY_COPY = "policy.yaml"
+_COPY_RE = re.compile(r"^policy(-[0-9a-f]{16})?\.yaml$")
 
 
 def _rebuild_runs_from_audit(
@@ -182,22 +190,36 @@ def _refuse_dropped_operators(
         )
 
 
-def earlier_policy(data_dir: Path, earlier: StackRecord | None) -> Policy | None:
+def earlier_policy(
+    data_dir: Path, earlier: StackRecord | None, allow_unsigned: bool = False
+) -> Policy | None:
     """The policy the earlier start of ``data_dir`` began with, read before this start
-    replaces its copy: the copy of its --policy file (DATA_DIR/policy.yaml, a file only
-    `baton up` writes), the seed policy when it had none; None for a first start, or when
-    that copy no longer reads (the audit's own check still guards the operators)."""
+    writes its own copy: the copy of its --policy file its record names (a file only `baton
+    up` writes, read in ``data_dir`` by name: a data dir moved since still has it), the seed
+    policy when it had none; None for a first start or a start older than the copies.
+
+    A copy the record names that no longer reads (deleted, edited) is refused unless
+    ``allow_unsigned``: it is what tells whether this restart drops the operators its workers
+    held, and the audit's own record of them is a forger's to write (session 38, A2)."""
     from baton.schemas.errors import PolicyError
     from baton.schemas.policy import load_policy
 
     if earlier is None:
         return None
-    if earlier.policy is not None and earlier.policy != data_dir / POLICY_COPY:
-        return None  # a start older than the copies: the file may have changed since
+    if earlier.policy is not None and not _COPY_RE.match(earlier.policy.name):
+        return None  # a start older than the copies: its file may have changed since
+    path = None if earlier.policy is None else data_dir / earlier.policy.name
     try:
-        return load_policy(earlier.policy)
-    except (PolicyError, OSError):
-        return None
+        return load_policy(path)
+    except (PolicyError, OSError) as exc:
+        if allow_unsigned:
+            return None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:300]
+        raise ConfigError(
+            f"the earlier start's copy of its policy {path} does not read ({why}): it tells "
+            "whether this restart drops the operators the workers held; put it back, or "
+            "confirm with --allow-unsigned"
+        ) from None
 
 
 def _name_held_kill_switches(data_dir: Path, say: Callable[[str], None]) -> None:
@@ -223,12 +245,22 @@ def _name_held_kill_switches(data_dir: Path, say: Callable[[str], None]) -> None
         )
 
 
-def keep_policy_copy(data_dir: Path, text: str, source: Path, say: Callable[[str], None]) -> Path:
+def keep_policy_copy(
+    data_dir: Path,
+    text: str,
+    source: Path,
+    say: Callable[[str], None],
+    earlier: StackRecord | None = None,
+) -> Path:
     """Write the --policy file's ``text`` (read and checked once) into ``data_dir`` for the
     stack's workers, its record and the commands that read it: the file edited while the
     stack runs changed what a restarted worker loaded and what `policy publish` compared
-    with, not what the workers held (H2, session 34). Edits take effect at the next start."""
-    path = data_dir / POLICY_COPY
+    with, not what the workers held (H2, session 34). Edits take effect at the next start.
+
+    Named by the text's hash (``POLICY_COPY``); other such copies are removed, except the one
+    the ``earlier`` start's record names (this start may yet be refused)."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = data_dir / f"policy-{digest}.yaml"
     try:
         replace_file(path, text, 0o600)
     except OSError as exc:
@@ -236,6 +268,11 @@ def keep_policy_copy(data_dir: Path, text: str, source: Path, say: Callable[[str
             f"cannot write the stack's copy of the policy {path}: {exc.strerror or exc}; "
             "expected a writable data dir (--data-dir)"
         ) from None
+    kept = {path.name} | ({earlier.policy.name} if earlier and earlier.policy else set())
+    for old in data_dir.glob("policy-*.yaml"):  # never policy.yaml: a user's file may be it
+        if _COPY_RE.match(old.name) and old.name not in kept and old != source.resolve():
+            with contextlib.suppress(OSError):  # a copy left is no reason not to start
+                old.unlink()
     say(
         f"policy {source} copied to {path}: the stack's workers use that copy until it stops "
         "(an edit of the file takes effect at the next start, or publish it)"

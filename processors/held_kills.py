@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from baton.processors.engine import NO_KILLS, KillSwitches
@@ -35,26 +35,46 @@ log = logging.getLogger("baton.worker")
 
 #: in the workers' data directory (``BATON_WORKER_DATA_DIR``; ``baton up``: DATA_DIR/worker)
 HELD_KILLS_FILE = "held-kills.json"
-#: the file's bound: ~100k switches of 256-character targets (a forger of many kill rows
-#: makes a large file; the worker refuses it by name rather than read without end)
+#: the file's bound: ~100k switches of 256-character targets. More (a forger of kill rows by
+#: the 100k) are written as one global switch; a larger file, written by hand, the worker
+#: refuses by name rather than read without end
 MAX_BYTES = 32 * 1024 * 1024
 _SCOPES = ("run", "tenant", "global")
 #: a target no event can carry is not held (schemas.events.Id: run ids and tenants <= 256)
 _MAX_TARGET = 256
 
 
-def write_held_kills(worker_dir: Path, scopes: Iterable[tuple[str, str]], held_at: float) -> int:
+def write_held_kills(
+    worker_dir: Path,
+    scopes: Iterable[tuple[str, str]],
+    held_at: float,
+    say: Callable[[str], None] | None = None,
+) -> int:
     """Write the ``(scope, target)`` switches (target ``*`` for global) a restart at
     ``held_at`` (POSIX seconds) could not issue again, for the workers of ``worker_dir`` to
-    hold; none: the file is removed. How many were written."""
+    hold; none: the file is removed. How many were written. More than ``MAX_BYTES`` hold are
+    written as one global switch, said to ``say`` with how many and the first of them."""
     held = sorted({(s, "*" if s == "global" else t) for s, t in scopes if _holdable(s, t)})
     if not held:
         clear_held_kills(worker_dir)
         return 0
-    text = json.dumps({"held_at": held_at, "scopes": [list(pair) for pair in held]})
+
+    def text_of(pairs: list[tuple[str, str]]) -> str:
+        return json.dumps({"held_at": held_at, "scopes": [list(pair) for pair in pairs]})
+
+    text = text_of(held)
     if len(text) > MAX_BYTES:  # more than a worker reads (forged kill rows by the 100k)
+        if say is not None:
+            from baton.processors.chain_links import shown_id  # a forged row's target
+
+            first = ", ".join(f"{scope} {shown_id(target)}" for scope, target in held[:3])
+            say(
+                f"restore: WARNING: {len(held):,} kill switches to hold ({first}, ...) are more "
+                "than a worker reads: they are held as ONE global switch, every run stopped (a "
+                "release of it lifts them all: re-issue the kills you want kept first)"
+            )
         held = [("global", "*")]  # every run stopped rather than a worker that cannot start
-        text = json.dumps({"held_at": held_at, "scopes": [list(pair) for pair in held]})
+        text = text_of(held)
     worker_dir.mkdir(parents=True, exist_ok=True)
     path = worker_dir / HELD_KILLS_FILE
     try:

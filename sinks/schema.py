@@ -68,6 +68,7 @@ TTL_TABLES: dict[str, str] = {
     "stops_per_minute_state": "minute",
     "run_summary_state": "toDateTime(last_at)",
     "approval_resolution_state": "toDateTime(last_at)",
+    "kill_times": "toDateTime(inserted_at)",
 }
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")

@@ -390,7 +390,7 @@ def test_migration_0003_moves_an_old_audit_to_the_decided_at_layout(chdb_dir: Pa
     client = connect(f"chdb://{chdb_dir}")  # reopened, as `baton sink` after an upgrade
     try:
         before = _rows(client, f"{_BEFORE_0004} FROM governance.decisions")
-        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8]
+        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8, 9]
         assert _rows(client, f"{_BEFORE_0004} FROM governance.decisions") == before
         assert client.command("SELECT count() FROM governance.decisions FINAL") == len(decisions)
         tables = dict(
@@ -442,7 +442,7 @@ def test_migration_0003_redone_after_a_crash_during_the_copy(chdb_dir: Path) -> 
         client.command(  # the copy got part of the way
             "INSERT INTO governance.decisions_0003 SELECT * FROM governance.decisions LIMIT 7"
         )
-        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8]
+        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8, 9]
         assert client.command("SELECT count() FROM governance.decisions") == stored  # not + 7
         assert _ids(client) == {d.decision_id for d in decisions}
         tables = {r[0] for r in client.query("SHOW TABLES FROM governance").result_rows}
@@ -475,7 +475,7 @@ def test_migration_0003_after_a_crash_after_the_exchange_moves_late_rows(
             ],
             column_names=_OLD_COLUMNS,
         )
-        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8]
+        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8, 9]
         assert _ids(client) == {d.decision_id for d in decisions + late}
         tables = {r[0] for r in client.query("SHOW TABLES FROM governance").result_rows}
         assert not {"decisions_0003", "decisions_before_0003"} & tables
@@ -648,3 +648,38 @@ def _linked(decisions: list[Decision]) -> list[Decision]:
         out.append(replace(d, chain_prev=head, chain_hash=link))
         head = link
     return out
+
+
+def test_kill_times_keep_every_kill_record_and_the_ones_stored_before_0009(
+    chdb_dir: Path,
+) -> None:
+    """Migration 0009 (session 38, A2): a restart dates a kill whose row a forger replaced by
+    the latest time recorded under its id. decision_variants could not say it (a copy of the
+    kill's variant dated earlier replaces it); kill_times keeps every kill record, and the
+    ones stored before it (from decision_variants)."""
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.events import KillSwitch
+    from baton.schemas.policy import load_policy
+
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", event_time=now)
+    _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
+    audit = connect(f"chdb://{chdb_dir}")
+    assert migrate(audit, 3650, [m for m in load_migrations() if m.version < 9]) != []
+    _insert(audit, [record])
+    assert migrate(audit, 3650) == [9]
+    # a copy of the kill under another phase (the sink stores a command's id once): its
+    # variant replaces the kill's in decision_variants, dated earlier
+    early = replace(record, decided_at=now - timedelta(minutes=1), phase=Phase.PRE_HANDOFF)
+    _insert(audit, [early], first_offset=10)
+    _insert(audit, [replace(record, reason=Reason.KILL_SWITCH_RELEASED)], first_offset=11)
+    sql = (
+        "SELECT count(), max(decided_at) FROM governance.kill_times WHERE decision_id = "
+        f"'{record.decision_id}'"
+    )
+    ((count, latest),) = _rows(audit, sql)
+    assert count == 2 and latest.replace(tzinfo=UTC) == record.decided_at
+    variants = "SELECT max(decided_at) FROM governance.decision_variants FINAL WHERE reason = "
+    ((replaced,),) = _rows(audit, variants + "'kill_switch'")
+    assert replaced.replace(tzinfo=UTC) == early.decided_at  # the hole kill_times closes
+    audit.close()

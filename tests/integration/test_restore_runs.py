@@ -369,3 +369,72 @@ def test_runs_under_a_lost_kill_switch_are_restored_stopped(
     assert restored[b"owned"].stopped == "audit_unverified"
     assert restored[b"ghost"].stopped == "audit_unverified"
     assert any("2 runs under a kill switch this restart cannot issue" in s for s in said), said
+
+
+@pytest.mark.parametrize("forgery", ["dated before the release", "then a release row"])
+def test_a_lost_kill_after_a_signed_release_is_held_whatever_time_its_forger_gives_it(
+    broker: EmbeddedBroker, tmp_path: Path, forgery: str
+) -> None:
+    """Session 38, A2: kill t0, signed release t5, kill t10; a writer of gov.decisions replaces
+    the t10 kill under its id with a release row dated before t5 (and a copy of the kill's
+    variant dated there too), or after it plus a release row of its own id. The restart
+    re-issued t0 and t5, which fold to off, read the lost kill as released by t5, held
+    nothing, and a new run of the tenant was allowed. The lost kill is dated by the latest
+    time ``kill_times`` recorded under its id; only a release signed after it lifts it."""
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.decision import Phase, Reason, decision_id_for
+    from baton.schemas.events import KillSwitch, KillSwitchReleased
+    from baton.schemas.policy import parse_policy
+    from baton.schemas.signing import control_payload, new_private_key, public_key_text, sign
+
+    key = new_private_key()
+    text = f'operators: {{oncall: "{public_key_text(key)}"}}\n'
+    (tmp_path / "policy.yaml").write_text(text)
+    policy = parse_policy(text, "p")
+    base = datetime.now(UTC) - timedelta(minutes=30)
+
+    def command(kind: type, minutes: int) -> KillSwitch | KillSwitchReleased:
+        when = base + timedelta(minutes=minutes)
+        name = kind.model_fields["type"].default
+        signed = sign(key, control_payload(name, "tenant", "acme", "oncall", "r", when))
+        return kind(  # type: ignore[no-any-return]
+            scope="tenant", tenant="acme", operator="oncall", reason="r", signature=signed,
+            event_time=when,
+        )  # fmt: skip
+
+    kills, records = NO_KILLS, []
+    for kind, minutes in ((KillSwitch, 0), (KillSwitchReleased, 5), (KillSwitch, 10)):
+        event = command(kind, minutes)
+        kills, record = apply_control(kills, event, policy, event.event_time)
+        record.input = input_text(event)
+        records.append(record)
+    assert [r.reason for r in records] == ["kill_switch", "kill_switch_released", "kill_switch"]
+    _store(tmp_path / "chdb", records)
+    lost = records[2]
+    if forgery == "dated before the release":
+        early = records[1].decided_at - timedelta(seconds=30)
+        forged = [
+            # the kill's variant, dated earlier (another phase: a command's id is stored once)
+            replace(lost, decided_at=early, input=None, phase=Phase.PRE_HANDOFF),
+            replace(lost, reason=Reason.KILL_SWITCH_RELEASED, input=None, decided_at=early),
+        ]
+    else:
+        own = "kill_switch_released:tenant:acme:" + (base + timedelta(minutes=11)).isoformat()
+        forged = [
+            replace(lost, reason=Reason.KILL_SWITCH_RELEASED, input=None,
+                    decided_at=lost.decided_at + timedelta(seconds=1)),
+            replace(lost, reason=Reason.KILL_SWITCH_RELEASED, request_id=own, input=None,
+                    decision_id=decision_id_for("*", own, Phase.CONTROL),
+                    decided_at=lost.decided_at + timedelta(minutes=1)),
+        ]  # fmt: skip
+    _store(tmp_path / "chdb", forged, first_offset=100)
+    settings = _settings(broker).model_copy(update={"policy": str(tmp_path / "policy.yaml")})
+    restore_runs(settings, tmp_path, [].append)
+    assert _held(tmp_path).killed("a-run-never-seen", "acme")
+    # a release signed after the lost kill lifts it, at this restart and the next
+    release = command(KillSwitchReleased, 20)
+    _, record = apply_control(kills, release, policy, release.event_time)
+    record.input = input_text(release)
+    _store(tmp_path / "chdb", [record], first_offset=200)
+    restore_runs(settings, tmp_path, [].append)
+    assert _held(tmp_path) == NO_KILLS

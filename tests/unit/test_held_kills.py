@@ -60,9 +60,14 @@ def test_more_switches_than_a_worker_reads_are_held_as_one_global(
 
     monkeypatch.setattr(held_kills, "MAX_BYTES", 200)
     scopes = [("tenant", f"t{i:05d}") for i in range(50)]
-    assert write_held_kills(tmp_path, scopes, 1.0) == 1
+    said: list[str] = []
+    assert write_held_kills(tmp_path, scopes, 1.0, said.append) == 1
     held = read_held_kills(tmp_path)
     assert held.everything and not held.tenants
+    # said with how many, and which (A2, session 38: the restart named only "global")
+    (line,) = said
+    assert "50 kill switches to hold (tenant t00000, tenant t00001" in line, line
+    assert "ONE global switch" in line
 
 
 def test_targets_no_event_can_carry_are_not_held(tmp_path: Path) -> None:
@@ -186,11 +191,18 @@ def test_a_forged_release_after_a_lost_kill_does_not_lift_it_across_a_restart() 
         "kill_switch_released", "kill_switch_released:tenant:acme:2026-01-01T00:05:00+00:00"
     )
     now = datetime.now(UTC)
+    dated = [(at(10).timestamp(), kill), (at(20).timestamp(), released)]
     kills, _ = fold_reissued([], load_policy(None), now)
-    assert unheld_kill_scopes([kill, released], kills) == [("tenant", "acme")]
-    # a release the restart re-issues (and the fresh workers apply) does lift it
+    assert unheld_kill_scopes(dated, kills) == [("tenant", "acme")]
+    # a release the restart re-issues (and the fresh workers apply), signed after it, lifts it
     release = _switch(KillSwitchReleased, 50, scope="tenant", tenant="acme")
     kills, _ = fold_reissued([input_text(release)], _ops_policy(), at(100))
-    assert unheld_kill_scopes([kill, released], kills) == []
+    assert unheld_kill_scopes(dated, kills) == []
+    # one signed before the lost kill does not (session 38, A2: kill t0, release t5, kill t10
+    # lost; the re-issued release read as lifting it)
+    later = [(at(60).timestamp(), kill), (at(70).timestamp(), released)]
+    assert unheld_kill_scopes(later, kills) == [("tenant", "acme")]
+    assert unheld_kill_scopes(later[:1], kills) == [("tenant", "acme")]
     # a release of a switch no kill record engaged holds nothing
-    assert unheld_kill_scopes([released], fold_reissued([], load_policy(None), now)[0]) == []
+    no_kills = fold_reissued([], load_policy(None), now)[0]
+    assert unheld_kill_scopes([(at(20).timestamp(), released)], no_kills) == []

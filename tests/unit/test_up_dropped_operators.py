@@ -142,8 +142,18 @@ def test_the_earlier_start_s_policy_is_its_copy_or_the_seed(tmp_path: Path) -> N
     copy.write_text(WITH_OPERATORS)
     earlier = up_restart.earlier_policy(tmp_path, record(copy))
     assert earlier is not None and list(earlier.operators) == ["oncall"]
-    copy.write_text("operators: [")  # no longer reads
-    assert up_restart.earlier_policy(tmp_path, record(copy)) is None
+    # a data dir moved since: its copy is read here, by name (A2, session 38: None then, and
+    # one forged policy_in_force row passed the guard)
+    moved = up_restart.earlier_policy(tmp_path, record(Path("/gone/elsewhere") / copy.name))
+    assert moved is not None and list(moved.operators) == ["oncall"]
+    # a copy that no longer reads is refused (fail closed), unless confirmed
+    copy.write_text("operators: [")
+    with pytest.raises(ConfigError, match=r"earlier start's copy of its policy .* does not read"):
+        up_restart.earlier_policy(tmp_path, record(copy))
+    assert up_restart.earlier_policy(tmp_path, record(copy), allow_unsigned=True) is None
+    copy.unlink()
+    with pytest.raises(ConfigError, match=r"put it back, or confirm with --allow-unsigned"):
+        up_restart.earlier_policy(tmp_path, record(copy))
     elsewhere = tmp_path / "mine.yaml"  # a start older than the copies
     elsewhere.write_text(WITH_OPERATORS)
     assert up_restart.earlier_policy(tmp_path, record(elsewhere)) is None
