@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from baton.cli.audit_mark import AuditMark
 from baton.schemas.errors import ConfigError
-from baton.schemas.files import FileProblem, ForeignFile, read_small_file, replace_file
+from baton.schemas.files import FileProblem, ForeignFile, read_small_file, write_data_file
 
 __all__ = [
     "LOCK_FILE",
@@ -207,15 +207,9 @@ def record_path(data_dir: Path) -> Path:
 def write_record(record: StackRecord) -> Path:
     """Write ``record`` into its data dir atomically (a reader sees the old or the new one)."""
     path = record_path(record.data_dir)
-    try:
-        # its temp name is its process's: never through a link someone left there
-        temp = path.with_name(f".{STACK_FILE}.{os.getpid()}.tmp")
-        replace_file(path, record.model_dump_json(indent=2) + "\n", 0o644, temp)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write the stack record {path}: {exc.strerror or exc}; expected a "
-            "writable data dir (--data-dir)"
-        ) from None
+    # its temp name is its process's: never through a link someone left there
+    temp = path.with_name(f".{STACK_FILE}.{os.getpid()}.tmp")
+    write_data_file(path, record.model_dump_json(indent=2) + "\n", 0o644, "the stack record", temp)
     return path
 
 

@@ -16,7 +16,7 @@ from baton.cli.stack_file import (
     StackRecord,
 )
 from baton.schemas.errors import BatonError, ConfigError
-from baton.schemas.files import replace_file
+from baton.schemas.files import write_data_file
 from baton.schemas.settings import Settings
 
 if TYPE_CHECKING:
@@ -261,13 +261,7 @@ def keep_policy_copy(
     the ``earlier`` start's record names (this start may yet be refused)."""
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = data_dir / f"policy-{digest}.yaml"
-    try:
-        replace_file(path, text, 0o600)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write the stack's copy of the policy {path}: {exc.strerror or exc}; "
-            "expected a writable data dir (--data-dir)"
-        ) from None
+    write_data_file(path, text, 0o600, "the stack's copy of the policy")
     kept = {path.name} | ({earlier.policy.name} if earlier and earlier.policy else set())
     for old in data_dir.glob("policy-*.yaml"):  # never policy.yaml: a user's file may be it
         if _COPY_RE.match(old.name) and old.name not in kept and old != source.resolve():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from baton.processors.engine import NO_KILLS, KillSwitches
 from baton.schemas.errors import ConfigError
-from baton.schemas.files import FileProblem, read_small_text, replace_file
+from baton.schemas.files import FileProblem, read_small_text, write_data_file
 
 __all__ = [
     "HELD_KILLS_FILE",
@@ -77,13 +77,7 @@ def write_held_kills(
         text = text_of(held)
     worker_dir.mkdir(parents=True, exist_ok=True)
     path = worker_dir / HELD_KILLS_FILE
-    try:
-        replace_file(path, text, 0o600)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write the kill switches the workers must hold to {path}: "
-            f"{exc.strerror or exc}; expected a writable data dir (--data-dir)"
-        ) from None
+    write_data_file(path, text, 0o600, "the kill switches the workers must hold to")
     return len(held)
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "read_small_file",
     "read_small_text",
     "replace_file",
+    "write_data_file",
 ]
 
 
@@ -115,6 +116,20 @@ def replace_file(path: Path, text: str, mode: int, temp: Path | None = None) -> 
     finally:
         if temp.exists():
             temp.unlink()
+
+
+def write_data_file(path: Path, text: str, mode: int, what: str, temp: Path | None = None) -> None:
+    """:func:`replace_file`, its ``OSError`` a ``ConfigError`` naming ``what`` and ``path``
+    (a file of a `baton up` data dir: the stack record, the policy copy, held switches)."""
+    from baton.schemas.errors import ConfigError
+
+    try:
+        replace_file(path, text, mode, temp)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {what} {path}: {exc.strerror or exc}; expected a writable data dir "
+            "(--data-dir)"
+        ) from None
 
 
 def open_stream(path: str | Path) -> BinaryIO:
