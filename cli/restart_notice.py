@@ -31,6 +31,7 @@ __all__ = [
     "recorded_commands",
     "replaced_control_ids",
     "scope_names",
+    "unsigned_operators_source",
 ]
 
 #: applied commands only: a refused one carries the reason it was refused
@@ -330,6 +331,25 @@ def operators_not_given_back(
     else:
         given_back = reissued
     return () if given_back else tuple(sorted(held.operators))
+
+
+def unsigned_operators_source(commands: Iterable[str], start: Policy, now: datetime) -> str:
+    """When the operators :func:`operators_not_given_back` names came from an unsigned recorded
+    policy update (``start`` listed none), a clause saying so and when it was published;
+    else "". Such a row is anyone's who writes gov.decisions: the refusal is fail closed,
+    and the operator should know what it rests on (A2, session 38)."""
+    if start.operators:
+        return ""
+    _, _, applied = _policy_after(commands, start, now)
+    unsigned = [event for event in applied if not event.signature]
+    if not unsigned or applied[-1].signature:
+        return ""
+    at = unsigned[-1].event_time.isoformat()[:19]
+    return (
+        f" (from an unsigned policy update the audit records, published {at} UTC: a row anyone "
+        "who writes gov.decisions can add; if no one published it, --allow-unsigned is what "
+        "you mean)"
+    )
 
 
 def _policy_after(

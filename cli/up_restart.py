@@ -172,18 +172,25 @@ def _refuse_dropped_operators(
     that this restart does not give back (its own policy lists none)."""
     from datetime import UTC, datetime
 
-    from baton.cli.restart_notice import operators_not_given_back, recorded_commands
+    from baton.cli.restart_notice import (
+        operators_not_given_back,
+        recorded_commands,
+        unsigned_operators_source,
+    )
 
     try:
         commands = recorded_commands(audit)
     except BatonError:  # unread, no update re-issues them: the earlier start's own decide
         commands = []
-    dropped = operators_not_given_back(commands, earlier, datetime.now(UTC), start)
+    now = datetime.now(UTC)
+    dropped = operators_not_given_back(commands, earlier, now, start)
     if dropped:
         names = ", ".join(shown(n) for n in dropped[:8])
+        source = unsigned_operators_source(commands, earlier, now)
         raise ConfigError(
             f"the earlier start's policy (version {shown(earlier.version)}), or the policy its "
-            f"workers came to hold, lists operators ({names}) and this start's policy {version} "
+            f"workers came to hold, lists operators ({names}){source} and this start's policy "
+            f"{version} "
             "lists none: from now on kill switches, releases and policy updates would be taken "
             "unsigned from any writer of gov.control. Start with --policy FILE naming them (or "
             "publish such a policy), or pass --allow-unsigned if that is what you mean"

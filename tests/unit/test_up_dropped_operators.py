@@ -186,3 +186,20 @@ def test_a_forged_update_copying_the_operators_keys_is_refused() -> None:
     assert operators_not_given_back([forged], earlier, NOW, seed) == ("oncall",)
     real = _published(evil, T)  # the same policy, signed by oncall: given back
     assert operators_not_given_back([real], earlier, NOW, seed) == ()
+
+
+def test_operators_from_an_unsigned_recorded_update_are_said_to_be_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A2, session 38: after a start without operators, one unsigned `policy_updated` row
+    listing some (anyone who writes gov.decisions can add it) makes the restart refuse,
+    naming them as if the workers held them: fail closed, but the refusal now says what it
+    rests on. Signed, or from the start's own policy, nothing is added."""
+    seed = load_policy(None)
+    unsigned = _published(WITH_OPERATORS, T, key=None)
+    with pytest.raises(ConfigError, match=r"lists operators \(oncall\) \(from an unsigned") as e:
+        _guard(tmp_path, monkeypatch, None, seed, [unsigned])
+    assert "anyone who writes gov.decisions" in str(e.value)
+    with pytest.raises(ConfigError) as signed:
+        _guard(tmp_path, monkeypatch, None, _start(WITH_OPERATORS), [])
+    assert "unsigned policy update" not in str(signed.value)
