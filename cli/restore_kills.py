@@ -255,16 +255,17 @@ def unheld_kill_scopes(
     as released (session 38, A2). Its time is the latest the audit recorded for it
     (``kill_times``), which a forger can only move later."""
     dated = list(dated)
-    records = [record for _, record in dated]
-    states = last_kill_states(records)
-    killed = set(last_kill_states(r for r in records if r[0] == "kill_switch"))
-    if kills is None:
-        return [st for st, (on, _) in states.items() if on or st in killed]
-    lost_at: dict[tuple[str, str], float] = {}
+    states = last_kill_states(record for _, record in dated)
+    killed: set[tuple[str, str]] = set()  # the switches a kill record engaged
+    lost_at: dict[tuple[str, str], float] = {}  # and when the last lost kill of each did
     for at, record in dated:
         for slot, (on, command) in last_kill_states([record]).items():
+            if on:
+                killed.add(slot)
             if on and not command:
                 lost_at[slot] = max(at, lost_at.get(slot, at))
+    if kills is None:
+        return [st for st, (on, _) in states.items() if on or st in killed]
     held = {"run": kills.runs, "tenant": kills.tenants}
     out = []
     for (scope, target), (on, _command) in states.items():
