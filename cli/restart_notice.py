@@ -82,11 +82,13 @@ def kill_records(client: Any) -> list[tuple[float, tuple[str, ...]]]:
     table yet. A kill or release whose stored row no longer reads as one (replaced in FINAL
     under its id by a row of another reason or phase: H2, session 36, the kill then not even
     named) counts as a kill whose command is lost, from ``decision_variants``, which keeps
-    what every id once said.
+    what every id once said; so does a kill whose recorded command is not the one its request
+    id names (a copy of another command, or text that does not parse), and a kill's scope and
+    target are its command's or its key columns', never its ``detail`` (a forger's text).
 
-    A kill whose command is lost is dated no earlier than the latest time ``kill_times`` holds
-    under its id (every kill record ever inserted, never replaced): the replacing row's time,
-    and decision_variants', are a forger's to choose, and a lost kill dated before a re-issued
+    A kill is dated no earlier than the latest time ``kill_times`` holds under its id (every
+    kill record ever inserted, never replaced): the replacing row's time, and
+    decision_variants', are a forger's to choose, and a lost kill dated before a re-issued
     release read as lifted by it (session 38, A2)."""
     from baton.sinks.schema import DATABASE
 
@@ -99,37 +101,72 @@ def kill_records(client: Any) -> list[tuple[float, tuple[str, ...]]]:
         "ORDER BY decided_at, `offset`",
         parameters={"applied": list(_APPLIED)},
     ).result_rows
-    dated = [(str(row[5]), _seconds(row[-1]), as_made(tuple(str(v) for v in row[:-1])))
+    dated = [(str(row[5]), _seconds(row[-1]), _kill_as_made(tuple(str(v) for v in row[:-1])))
              for row in rows]  # fmt: skip
-    listed = {ident for ident, _, _ in dated}
+    listed = {(str(row[2]), str(row[1]), str(row[5])) for row in rows}
     for decision_id, run_id, tenant, _reason, at in replaced_control_ids(client, _APPLIED):
-        if decision_id not in listed:
+        if (tenant, run_id, decision_id) not in listed:
             dated.append((decision_id, _seconds(at), _lost_kill(run_id, tenant)))
-    lost = [ident for ident, _, record in dated if _is_lost_kill(record)]
-    recorded = _kill_times(client, lost)
+    kills = [ident for ident, _, record in dated if record[0] == "kill_switch"]
+    recorded = _kill_times(client, kills)
     out = [
-        (max(at, recorded.get(ident, at)) if _is_lost_kill(record) else at, record)
+        (max(at, recorded.get(ident, at)) if record[0] == "kill_switch" else at, record)
         for ident, at, record in dated
     ]
     out.sort(key=lambda pair: pair[0])
     return out
 
 
-def _is_lost_kill(record: tuple[str, ...]) -> bool:
-    """A kill record with no command a restart could issue again."""
-    return record[0] == "kill_switch" and not any(record[4:5])
+def _kill_as_made(row: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`as_made`, and a kill's scope and target from its command, when that command is
+    the one its request id names; a kill whose command is not (altered, another command's
+    text copied under its id) is a kill whose command is lost (session 39: a forged row with
+    the kill's id, a command that does not parse and ``detail`` naming another scope held
+    nothing, or a switch no one had engaged)."""
+    record = as_made(row)
+    if record[0] != "kill_switch" or not record[4]:
+        return record
+    from baton.schemas.events import KillSwitch, parse_control_event
+
+    reason, run_id, tenant, _detail, command = record
+    try:
+        event = parse_control_event(command.encode())
+    except Exception:
+        event = None
+    if isinstance(event, KillSwitch):
+        target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope] or "*"
+        made = f"kill_switch:{event.scope}:{target}:{event.event_time.isoformat()}"
+        if made == row[-1] and (event.run_id or "*", event.tenant or "*") == (run_id, tenant):
+            return reason, run_id, tenant, f"scope={event.scope}", command
+    return _lost_kill(run_id, tenant)
+
+
+#: a kill's request id ends in its command's time (``kill_switch:SCOPE:TARGET:ISO``)
+_COMMAND_TIME = r"(\d{4}-\d\d-\d\dT[0-9:.]+(?:[+-]\d\d:\d\d)?)$"
 
 
 def _kill_times(client: Any, ids: list[str]) -> dict[str, float]:
-    """The latest time ``kill_times`` recorded a kill under each of ``ids`` (POSIX seconds)."""
+    """The latest time ``kill_times`` recorded a kill under each of ``ids`` (POSIX seconds):
+    when the sink stored it (``inserted_at``, its clock: no writer of gov.decisions sets it)
+    or the time its command carries (the operator's clock, which a release's is compared
+    with; bounded by the skew a worker accepts past the sink's time), whichever is later."""
+    from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
     from baton.sinks.schema import DATABASE
 
     if not ids or not client.command(f"EXISTS TABLE {DATABASE}.kill_times"):
         return {}
+    signed = (
+        "least(ifNull(parseDateTime64BestEffortOrNull(extract(request_id, {pattern:String}), 6, "
+        "'UTC'), toDateTime64(0, 6, 'UTC')), inserted_at + toIntervalSecond({skew:UInt32}))"
+    )
     rows = client.query(
-        f"SELECT decision_id, max(decided_at) FROM {DATABASE}.kill_times "
+        f"SELECT decision_id, max(greatest(inserted_at, {signed})) FROM {DATABASE}.kill_times "
         "WHERE decision_id IN {ids:Array(String)} GROUP BY decision_id",
-        parameters={"ids": sorted(set(ids))},
+        parameters={
+            "ids": sorted(set(ids)),
+            "pattern": _COMMAND_TIME,
+            "skew": int(CONTROL_CLOCK_SKEW_S),
+        },
     ).result_rows
     return {str(ident): _seconds(at) for ident, at in rows}
 
@@ -151,25 +188,29 @@ def replaced_control_ids(client: Any, reasons: Iterable[str]) -> list[tuple[str,
 
     if not client.command(f"EXISTS TABLE {DATABASE}.decision_variants"):
         return []
+    # by the table's whole key: a row under the id with another tenant replaces nothing, and
+    # any(tenant) per id named that tenant's switch instead of the kill's (session 39)
     said = client.query(
-        f"SELECT decision_id, any(run_id), any(tenant), any(reason), min(decided_at) "
+        f"SELECT decision_id, run_id, tenant, any(reason), min(decided_at) "
         f"FROM {DATABASE}.decision_variants FINAL WHERE reason IN {{reasons:Array(String)}} "
-        "GROUP BY decision_id",
+        "GROUP BY tenant, run_id, decision_id",
         parameters={"reasons": list(reasons)},
     ).result_rows
     if not said:
         return []
     stored = {
-        str(decision_id): (str(phase), str(reason), str(run_id), str(request_id))
-        for decision_id, phase, reason, run_id, request_id in client.query(
-            f"SELECT decision_id, phase, reason, run_id, request_id FROM {DATABASE}.decisions "
-            "FINAL WHERE decision_id IN {ids:Array(String)}",
-            parameters={"ids": [str(row[0]) for row in said]},
+        (str(tenant), str(run_id), str(decision_id)): (str(phase), str(reason), str(request_id))
+        for decision_id, tenant, phase, reason, run_id, request_id in client.query(
+            f"SELECT decision_id, tenant, phase, reason, run_id, request_id FROM "
+            f"{DATABASE}.decisions FINAL WHERE decision_id IN {{ids:Array(String)}}",
+            parameters={"ids": sorted({str(row[0]) for row in said})},
         ).result_rows
     }
     replaced = []
     for decision_id, run_id, tenant, reason, at in said:
-        phase, now_reason, now_run, request_id = stored.get(str(decision_id), ("", "", "", ""))
+        key = (str(tenant), str(run_id), str(decision_id))
+        phase, now_reason, request_id = stored.get(key, ("", "", ""))
+        now_run = str(run_id)
         made = (
             phase == Phase.CONTROL.value
             and now_reason == reason

@@ -38,6 +38,8 @@ __all__ = [
 
 #: the longest run id an event can carry (schemas.events.Id)
 MAX_RUN_ID = 256
+#: the reasons of a kill or release a worker applied (a refused one says why it was refused)
+_SWITCH_REASONS = (Reason.KILL_SWITCH, Reason.KILL_SWITCH_RELEASED)
 
 
 def ends_killed(run: list[Recorded]) -> bool:
@@ -181,13 +183,14 @@ def reissued_commands(
 
 
 def fold_reissued(
-    commands: list[str], policy: Policy, now: datetime
+    commands: list[str], policy: Policy, now: datetime, applied: set[str] | None = None
 ) -> tuple[KillSwitches, list[str]]:
     """The kill switches the re-issued ``commands`` leave engaged once folded as a fresh
     worker folds them (from ``policy``, this start's, with the engine's own checks), and the
     policy updates among them it would refuse, each named with why. Every command re-issued
     was applied before the restart, so a refusal here is a recorded command altered (a byte of
-    its signature, its operator, its signature taken out: control rows are not chained)."""
+    its signature, its operator, its signature taken out: control rows are not chained).
+    ``applied``: given, the texts of the kills and releases the fold applied are added."""
     from baton.processors.engine import NO_KILLS, apply_control, apply_policy_update
     from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
 
@@ -195,7 +198,9 @@ def fold_reissued(
     for _scope, _target, text in reissued_commands(commands, lambda _: None):
         event = parse_control_event(text.encode())
         if isinstance(event, (KillSwitch, KillSwitchReleased)):
-            kills, _ = apply_control(kills, event, policy, now)
+            kills, record = apply_control(kills, event, policy, now)
+            if applied is not None and record.reason in _SWITCH_REASONS:
+                applied.add(text)
             continue
         step = apply_policy_update(policy, signed_at, event, now)
         if not step.applied:
@@ -234,48 +239,45 @@ def releases_undone(commands: list[str], kills: KillSwitches | None) -> list[str
 
 
 def unheld_kill_scopes(
-    dated: Iterable[tuple[float, tuple[str, ...]]], kills: KillSwitches | None
+    dated: Iterable[tuple[float, tuple[str, ...]]],
+    kills: KillSwitches | None,
+    applied: Collection[str] = (),
 ) -> list[tuple[str, str]]:
-    """``(scope, target)`` of every switch the audit's control records (``dated``: each with
-    its time, oldest first, as :func:`baton.cli.restart_notice.kill_records` reads them) say
-    was engaged last that ``kills`` (:func:`fold_reissued`'s; None: this start's policy does
-    not load) leave off. A kill row whose command a writer of the audit altered was re-issued
-    and refused on the fresh broker (``bad_signature``, ``control_unsigned``), and its runs
-    reopened in silence: the switch was neither lost (its command is recorded) nor named.
+    """``(scope, target)`` of every switch a kill record of the audit engaged (``dated``: the
+    control records with their times, as :func:`baton.cli.restart_notice.kill_records` reads
+    them) that ``kills`` (:func:`fold_reissued`'s; None: this start's policy does not load)
+    leave off, when that kill's command is not among the re-issued commands the fold
+    ``applied`` and no command the fold applied to its switch was signed after it (the
+    switch's ``latest``).
 
-    And of every switch a kill engaged whose last record is a release that the re-issued
-    commands, folded, never applied to it (no command of its slot counted): a release row
-    in a worker's shape, written into gov.decisions after a kill whose command is lost, read
-    as lifting it, and the restart held nothing (session 38, H4). A release lifts a switch
-    across a restart only when it is signed and re-issued (``releases_undone``).
-
-    And of every switch with a kill whose command is lost that no command the fold applied
-    was signed after (a re-issued release from before it): kill t0, signed release t5, kill
-    t10 replaced by a forged row; the re-issued t0 and t5 fold to off, and the lost t10 read
-    as released (session 38, A2). Its time is the latest the audit recorded for it
-    (``kill_times``), which a forger can only move later."""
-    dated = list(dated)
-    states = last_kill_states(record for _, record in dated)
-    killed: set[tuple[str, str]] = set()  # the switches a kill record engaged
-    lost_at: dict[tuple[str, str], float] = {}  # and when the last lost kill of each did
-    for at, record in dated:
-        for slot, (on, command) in last_kill_states([record]).items():
-            if on:
-                killed.add(slot)
-            if on and not command:
-                lost_at[slot] = max(at, lost_at.get(slot, at))
+    The fold is the only account of the switches a restart gives back; a record says only
+    what its writer wanted: a kill whose command is lost (its row replaced under its id),
+    altered (the fresh workers refuse it) or absent (recorded before commands were) is held
+    unless a command the fresh workers apply lifts it later. Before, the records' own order
+    and state decided: a release row in a worker's shape written after such a kill (session
+    38, H4), a lost kill dated before a re-issued older release (A2), an altered kill with a
+    release row after it, or a forged ``detail`` naming another scope (session 39) read as
+    released. A kill's time is the latest the audit recorded for it (``kill_times``), which a
+    forger can only move later."""
     if kills is None:
+        states = last_kill_states(record for _, record in dated)
+        killed = {slot for _, r in dated for slot, (on, _) in last_kill_states([r]).items() if on}
         return [st for st, (on, _) in states.items() if on or st in killed]
+    unapplied: dict[tuple[str, str], float] = {}  # when each switch was last engaged so
+    for at, record in dated:
+        if record[0] != "kill_switch" or (record[4:5] and record[4] in applied):
+            continue  # not a kill, or one the fold accounts for
+        for slot, (on, _) in last_kill_states([record]).items():
+            if on:
+                unapplied[slot] = max(at, unapplied.get(slot, at))
     held = {"run": kills.runs, "tenant": kills.tenants}
     out = []
-    for (scope, target), (on, _command) in states.items():
+    for (scope, target), at in unapplied.items():
         if kills.everything if scope == "global" else target in held.get(scope, ()):
             continue  # the fresh workers hold it
         latest = kills.latest.get(f"{scope}:{target}")
-        if on or ((scope, target) in killed and latest is None):
-            out.append((scope, target))  # engaged last, or released by a record not re-issued
-        elif (scope, target) in lost_at and latest < lost_at[(scope, target)]:
-            out.append((scope, target))  # lost after the last command the fold applied
+        if latest is None or latest < at:
+            out.append((scope, target))
     return out
 
 

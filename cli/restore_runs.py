@@ -120,7 +120,8 @@ def restore_runs(
             "restored STOPPED (audit_unverified), never reopened"
         )
     start = _start_policy(settings)
-    kills, refused = (None, []) if start is None else fold_reissued(commands, start, now)
+    applied: set[str] = set()
+    kills, refused = (None, []) if start is None else fold_reissued(commands, start, now, applied)
     if refused:
         say(
             f"restore: WARNING: {len(refused)} recorded policy update(s) would be refused by "
@@ -138,7 +139,7 @@ def restore_runs(
             "restored STOPPED (audit_unverified), never reopened"
         )
     lost_kills = lost_kill_scopes(record for _, record in records)
-    lost_kills += [s for s in unheld_kill_scopes(records, kills) if s not in lost_kills]
+    lost_kills += [s for s in unheld_kill_scopes(records, kills, applied) if s not in lost_kills]
     held = hold_lost_kills(states, lost_kills, now)
     if held:
         names = _first_names(held)

@@ -213,9 +213,13 @@ def earlier_policy(
 
     if earlier is None:
         return None
-    if earlier.policy is not None and not _COPY_RE.match(earlier.policy.name):
-        return None  # a start older than the copies: its file may have changed since
-    path = None if earlier.policy is None else data_dir / earlier.policy.name
+    path = earlier.policy
+    if path is not None and path.name.startswith("policy-") and _COPY_RE.match(path.name):
+        path = data_dir / path.name  # a copy named by its hash
+    elif path is not None and path != data_dir / POLICY_COPY:
+        # a start older than the copies: its file (a user's policy.yaml too) may have
+        # changed since; the one name of the copies before session 39 is read where it was
+        return None
     try:
         return load_policy(path)
     except (PolicyError, OSError) as exc:

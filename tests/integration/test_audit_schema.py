@@ -678,7 +678,8 @@ def test_kill_times_keep_every_kill_record_and_the_ones_stored_before_0009(
         f"'{record.decision_id}'"
     )
     ((count, latest),) = _rows(audit, sql)
-    assert count == 2 and latest.replace(tzinfo=UTC) == record.decided_at
+    # the one stored before 0009 twice (from decisions' parts and from decision_variants)
+    assert count == 3 and latest.replace(tzinfo=UTC) == record.decided_at
     variants = "SELECT max(decided_at) FROM governance.decision_variants FINAL WHERE reason = "
     ((replaced,),) = _rows(audit, variants + "'kill_switch'")
     assert replaced.replace(tzinfo=UTC) == early.decided_at  # the hole kill_times closes

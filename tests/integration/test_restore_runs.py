@@ -371,7 +371,16 @@ def test_runs_under_a_lost_kill_switch_are_restored_stopped(
     assert any("2 runs under a kill switch this restart cannot issue" in s for s in said), said
 
 
-@pytest.mark.parametrize("forgery", ["dated before the release", "then a release row"])
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        "dated before the release",
+        "then a release row",
+        "an altered command, then a release row",
+        "a detail naming another scope",
+        "a row under its id with another tenant",
+    ],
+)
 def test_a_lost_kill_after_a_signed_release_is_held_whatever_time_its_forger_gives_it(
     broker: EmbeddedBroker, tmp_path: Path, forgery: str
 ) -> None:
@@ -393,7 +402,7 @@ def test_a_lost_kill_after_a_signed_release_is_held_whatever_time_its_forger_giv
     policy = parse_policy(text, "p")
     base = datetime.now(UTC) - timedelta(minutes=30)
 
-    def command(kind: type, minutes: int) -> KillSwitch | KillSwitchReleased:
+    def command(kind: type, minutes: float) -> KillSwitch | KillSwitchReleased:
         when = base + timedelta(minutes=minutes)
         name = kind.model_fields["type"].default
         signed = sign(key, control_payload(name, "tenant", "acme", "oncall", "r", when))
@@ -418,6 +427,24 @@ def test_a_lost_kill_after_a_signed_release_is_held_whatever_time_its_forger_giv
             replace(lost, decided_at=early, input=None, phase=Phase.PRE_HANDOFF),
             replace(lost, reason=Reason.KILL_SWITCH_RELEASED, input=None, decided_at=early),
         ]
+    elif forgery == "an altered command, then a release row":
+        # session 39: a kill row under its id whose command does not parse (another outcome:
+        # the sink stores it as news) was taken as a command re-issued, and so not lost
+        own = "kill_switch_released:tenant:acme:" + (base + timedelta(minutes=11)).isoformat()
+        forged = [
+            replace(lost, outcome=Outcome.STOP, input="x"),
+            replace(lost, reason=Reason.KILL_SWITCH_RELEASED, request_id=own, input=None,
+                    decision_id=decision_id_for("*", own, Phase.CONTROL),
+                    decided_at=lost.decided_at + timedelta(minutes=1)),
+        ]  # fmt: skip
+    elif forgery == "a detail naming another scope":  # session 39: the scope read from detail
+        forged = [replace(lost, outcome=Outcome.STOP, input="x", detail="scope=bogus")]
+    elif forgery == "a row under its id with another tenant":
+        # session 39: decision_variants grouped by id alone and any(tenant) named tenant "0"
+        forged = [
+            replace(lost, phase=Phase.PRE_HANDOFF, input=None),
+            replace(lost, phase=Phase.PRE_HANDOFF, input=None, tenant="0"),
+        ]
     else:
         own = "kill_switch_released:tenant:acme:" + (base + timedelta(minutes=11)).isoformat()
         forged = [
@@ -431,10 +458,69 @@ def test_a_lost_kill_after_a_signed_release_is_held_whatever_time_its_forger_giv
     settings = _settings(broker).model_copy(update={"policy": str(tmp_path / "policy.yaml")})
     restore_runs(settings, tmp_path, [].append)
     assert _held(tmp_path).killed("a-run-never-seen", "acme")
-    # a release signed after the lost kill lifts it, at this restart and the next
-    release = command(KillSwitchReleased, 20)
+    # a release signed after the lost kill lifts it, at this restart and the next (after it
+    # was stored too: the sink's clock dates a kill no writer of the topic can move earlier)
+    release = command(KillSwitchReleased, (datetime.now(UTC) - base).total_seconds() / 60)
     _, record = apply_control(kills, release, policy, release.event_time)
     record.input = input_text(release)
     _store(tmp_path / "chdb", [record], first_offset=200)
     restore_runs(settings, tmp_path, [].append)
-    assert _held(tmp_path) == NO_KILLS
+    assert not _held(tmp_path).killed("a-run-never-seen", "acme")  # (tenant "0": still held)
+
+
+def test_a_lost_kill_is_compared_with_a_release_on_the_operators_clock(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Session 39: the lost kill was dated on the worker's and the sink's clocks and the
+    re-issued release on the operator's, which a worker accepts up to 60 s ahead: with it
+    50 s ahead, a release signed 30 s (worker time) before the kill read as after it, and the
+    lost kill as lifted. The kill's own command time (its request id) is compared too."""
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.decision import Phase, Reason, decision_id_for
+    from baton.schemas.events import KillSwitch, KillSwitchReleased
+    from baton.schemas.policy import parse_policy
+    from baton.schemas.signing import control_payload, new_private_key, public_key_text, sign
+
+    key = new_private_key()
+    text = f'operators: {{oncall: "{public_key_text(key)}"}}\n'
+    (tmp_path / "policy.yaml").write_text(text)
+    policy = parse_policy(text, "p")
+    now, ahead = datetime.now(UTC), timedelta(seconds=50)
+    kills, records = NO_KILLS, []
+    for kind, worker_at in (
+        (KillSwitch, now - timedelta(seconds=100)),
+        (KillSwitchReleased, now - timedelta(seconds=40)),
+        (KillSwitch, now - timedelta(seconds=10)),
+    ):
+        when = worker_at + ahead
+        name = kind.model_fields["type"].default
+        signed = sign(key, control_payload(name, "tenant", "acme", "oncall", "r", when))
+        event = kind(
+            scope="tenant", tenant="acme", operator="oncall", reason="r", signature=signed,
+            event_time=when,
+        )  # fmt: skip
+        kills, record = apply_control(kills, event, policy, worker_at)
+        record.input = input_text(event)
+        records.append(record)
+    assert [r.reason for r in records] == ["kill_switch", "kill_switch_released", "kill_switch"]
+    _store(tmp_path / "chdb", records)
+    lost = records[2]
+    own = "kill_switch_released:tenant:acme:" + (lost.decided_at + ahead).isoformat()
+    _store(
+        tmp_path / "chdb",
+        [
+            replace(lost, reason=Reason.KILL_SWITCH_RELEASED, input=None),
+            replace(
+                lost,
+                reason=Reason.KILL_SWITCH_RELEASED,
+                request_id=own,
+                input=None,
+                decision_id=decision_id_for("*", own, Phase.CONTROL),
+                decided_at=lost.decided_at + timedelta(seconds=40),
+            ),  # after it was stored
+        ],
+        first_offset=100,
+    )
+    settings = _settings(broker).model_copy(update={"policy": str(tmp_path / "policy.yaml")})
+    restore_runs(settings, tmp_path, [].append)
+    assert _held(tmp_path).killed("a-run-never-seen", "acme")

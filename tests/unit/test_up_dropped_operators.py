@@ -136,7 +136,7 @@ def test_the_earlier_start_s_policy_is_its_copy_or_the_seed(tmp_path: Path) -> N
             bootstrap="127.0.0.1:9092", partitions=4, policy=policy,
         )  # fmt: skip
 
-    copy = tmp_path / up_restart.POLICY_COPY
+    copy = tmp_path / "policy-0123456789abcdef.yaml"  # named by its hash, as baton up names it
     assert up_restart.earlier_policy(tmp_path, None) is None  # a first start
     assert up_restart.earlier_policy(tmp_path, record(None)) == load_policy(None)
     copy.write_text(WITH_OPERATORS)
@@ -157,6 +157,14 @@ def test_the_earlier_start_s_policy_is_its_copy_or_the_seed(tmp_path: Path) -> N
     elsewhere = tmp_path / "mine.yaml"  # a start older than the copies
     elsewhere.write_text(WITH_OPERATORS)
     assert up_restart.earlier_policy(tmp_path, record(elsewhere)) is None
+    # ... whose file is named policy.yaml: not taken for DATA_DIR's policy.yaml (session 39)
+    theirs = tmp_path / "etc" / "policy.yaml"
+    theirs.parent.mkdir()
+    theirs.write_text(WITH_OPERATORS)
+    (tmp_path / "policy.yaml").write_text(WITHOUT)
+    assert up_restart.earlier_policy(tmp_path, record(theirs)) is None
+    legacy = up_restart.earlier_policy(tmp_path, record(tmp_path / "policy.yaml"))
+    assert legacy is not None and not legacy.operators  # the old copy's one name, read
 
 
 def test_a_forged_update_the_fresh_workers_would_apply_first_is_refused() -> None:
