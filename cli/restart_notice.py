@@ -124,8 +124,10 @@ def _kill_as_made(row: tuple[str, ...]) -> tuple[str, ...]:
     the kill's id, a command that does not parse and ``detail`` naming another scope held
     nothing, or a switch no one had engaged)."""
     record = as_made(row)
-    if record[0] != "kill_switch" or not record[4]:
+    if record[0] != "kill_switch":
         return record
+    if not record[4]:  # no command: its scope from its key columns, never its detail (C3)
+        return _lost_kill(record[1], record[2])
     from baton.schemas.events import KillSwitch, parse_control_event
 
     reason, run_id, tenant, _detail, command = record

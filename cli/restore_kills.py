@@ -29,6 +29,7 @@ __all__ = [
     "hold_reopened",
     "keep_killed",
     "last_kill_stop",
+    "refused_before",
     "reissued_commands",
     "releases_undone",
     "replaced_policy_records",
@@ -183,20 +184,34 @@ def reissued_commands(
 
 
 def fold_reissued(
-    commands: list[str], policy: Policy, now: datetime, applied: set[str] | None = None
+    commands: list[str],
+    policy: Policy,
+    now: datetime,
+    applied: set[str] | None = None,
+    unverifiable: set[str] | None = None,
 ) -> tuple[KillSwitches, list[str]]:
     """The kill switches the re-issued ``commands`` leave engaged once folded as a fresh
     worker folds them (from ``policy``, this start's, with the engine's own checks), and the
     policy updates among them it would refuse, each named with why. Every command re-issued
     was applied before the restart, so a refusal here is a recorded command altered (a byte of
     its signature, its operator, its signature taken out: control rows are not chained).
-    ``applied``: given, the texts of the kills and releases the fold applied are added."""
+    ``applied``: given, the texts of the kills and releases the fold applied are added.
+    ``unverifiable``: given, the releases met while the policy lists no operators are added
+    there and not applied: no key verifies their signature, so any writer of gov.decisions
+    could have put them there (session 39, C2: one with any signature lifted a kill)."""
     from baton.processors.engine import NO_KILLS, apply_control, apply_policy_update
     from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
 
     kills, signed_at, refused = NO_KILLS, None, []
     for _scope, _target, text in reissued_commands(commands, lambda _: None):
         event = parse_control_event(text.encode())
+        if (
+            isinstance(event, KillSwitchReleased)
+            and unverifiable is not None
+            and not policy.operators
+        ):
+            unverifiable.add(text)
+            continue
         if isinstance(event, (KillSwitch, KillSwitchReleased)):
             kills, record = apply_control(kills, event, policy, now)
             if applied is not None and record.reason in _SWITCH_REASONS:
@@ -208,6 +223,44 @@ def fold_reissued(
             refused.append(f"policy_updated at {event.event_time.isoformat()} ({why})")
         policy, signed_at = step.policy, step.signed_at
     return kills, refused
+
+
+def refused_before(client: Any, commands: list[str]) -> set[str]:
+    """The releases and policy updates of ``commands`` that a worker refused before the
+    restart (a record under the id its refusal takes, in ``decision_variants``: no later row
+    removes it): a command refused live (signed on a clock too far ahead, ``signature_expired``)
+    whose text a writer of gov.decisions copied into a row of an applied one was re-issued once
+    its time had passed, and lifted a kill (session 39, C1). A forged refusal can only keep a
+    release from being re-issued: its kill holds again (fail closed)."""
+    from baton.processors.engine_control import refused_command_id
+    from baton.schemas.decision import Phase, decision_id_for
+    from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
+    from baton.schemas.signing import policy_hash
+    from baton.sinks.schema import DATABASE
+
+    ids: dict[str, str] = {}
+    for text in commands:
+        try:
+            event = parse_control_event(text.encode())
+        except Exception:
+            continue  # named where the commands are re-issued
+        if isinstance(event, KillSwitch):
+            continue  # re-issued whatever was refused: a kill only tightens
+        when = event.event_time.isoformat()
+        if isinstance(event, KillSwitchReleased):
+            target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope]
+            run, own = event.run_id or "*", f"{event.type}:{event.scope}:{target or '*'}:{when}"
+        else:
+            run, own = "*", f"{event.type}:{policy_hash(event.policy_yaml)[:16]}:{when}"
+        ids[decision_id_for(run, refused_command_id(own, event), Phase.CONTROL)] = text
+    if not ids or not client.command(f"EXISTS TABLE {DATABASE}.decision_variants"):
+        return set()
+    found = client.query(
+        f"SELECT DISTINCT decision_id FROM {DATABASE}.decision_variants "
+        "WHERE decision_id IN {ids:Array(String)}",
+        parameters={"ids": sorted(ids)},
+    ).result_rows
+    return {ids[str(row[0])] for row in found}
 
 
 def releases_undone(commands: list[str], kills: KillSwitches | None) -> list[str]:

@@ -37,6 +37,7 @@ from baton.cli.restore_kills import (
     hold_reopened,
     keep_killed,
     last_kill_stop,
+    refused_before,
     releases_undone,
     replaced_policy_records,
     unheld_kill_scopes,
@@ -99,6 +100,7 @@ def restore_runs(
                     client, counted, settings, now, frozenset(rebuilt.unverified_counters)
                 )
             commands = read_commands(client)
+            refused_live = refused_before(client, commands)
             replaced = replaced_policy_records(client)
             records = kill_records(client)
     finally:
@@ -111,6 +113,8 @@ def restore_runs(
             "for is NOT re-issued, and the workers may decide under an older policy; "
             "re-publish the policy you want with `baton policy publish`"
         )
+    start = _start_policy(settings)
+    commands = _withhold(commands, refused_live, start, now, say)
     kept = keep_killed(states, rebuilt.killed_at, commands)
     if kept:
         names = _first_names(kept)
@@ -119,7 +123,6 @@ def restore_runs(
             f"restart cannot issue again ({names}; its command is not in the audit) are "
             "restored STOPPED (audit_unverified), never reopened"
         )
-    start = _start_policy(settings)
     applied: set[str] = set()
     kills, refused = (None, []) if start is None else fold_reissued(commands, start, now, applied)
     if refused:
@@ -168,6 +171,37 @@ def restore_runs(
             "and a signed one survives the next restart too)"
         )
     return len(states)
+
+
+def _withhold(
+    commands: list[str],
+    refused_live: set[str],
+    start: Policy | None,
+    now: datetime,
+    say: Callable[[str], None],
+) -> list[str]:
+    """``commands`` without the ones a restart must not issue again, each kind said: those a
+    worker refused before it (:func:`refused_before`), and releases no operator's key can
+    verify (the policy lists none where they fall: ``fold_reissued``'s ``unverifiable``)."""
+    unverifiable: set[str] = set()
+    if start is not None:
+        kept = [text for text in commands if text not in refused_live]
+        fold_reissued(kept, start, now, unverifiable=unverifiable)
+    if refused_live:
+        say(
+            f"restore: WARNING: {len(refused_live)} release(s) or policy update(s) recorded as "
+            "applied were refused by a worker before this restart (their refusal is in the "
+            "audit: a copy forged into gov.decisions, or a command signed on a clock too far "
+            "ahead): NOT issued again"
+        )
+    if unverifiable:
+        say(
+            f"restore: {len(unverifiable)} signed release(s) NOT issued again: the policy "
+            "lists no operators, so no key verifies them and any writer of gov.decisions "
+            "could have recorded them; the kills they lifted hold again (release them again, "
+            "or list operators)"
+        )
+    return [text for text in commands if text not in refused_live | unverifiable]
 
 
 def _start_policy(settings: Settings) -> Policy | None:

@@ -38,6 +38,7 @@ from baton.cli.up_children import (
     spawner,
     start_children,
     with_metrics_ports,
+    without_overrides,
 )
 from baton.cli.up_memory import MemoryMax, check_broker, machine_memory, memory_limit, watch_memory
 from baton.cli.up_ports import refuse_busy_ports
@@ -296,8 +297,7 @@ def up_cmd(
             else f"stack recorded in {data_dir / 'stack.json'}: `baton kill`, `sql`, "
             f"`trace`, `alerts` ... with --data-dir {data_dir} (or BATON_DATA_DIR) use it"
         )
-        env = {
-            **os.environ,
+        given = {
             "BATON_BOOTSTRAP": broker.bootstrap,
             "BATON_PARTITIONS": str(settings.partitions),
             "BATON_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
@@ -308,22 +308,25 @@ def up_cmd(
             "BATON_CLICKHOUSE_DSN": f"chdb://{data_dir / 'chdb'}",
         }
         if settings.policy:
-            env["BATON_POLICY"] = str(Path(settings.policy).resolve())
+            given["BATON_POLICY"] = str(Path(settings.policy).resolve())
         from baton.streams.net import free_port
 
         # a restarted worker keeps this web port: the old process is gone by then
         children = [("worker", ("worker", "--web-port", str(free_port())))]
         if not no_audit:
             children += audit_children(sql_port, settings.app_id)
-        env["BATON_LOG_FORMAT"] = settings.log_format
+        given["BATON_LOG_FORMAT"] = settings.log_format
+        env = without_overrides(given, children, say)
         children, metrics_url = with_metrics_ports(children, settings.metrics_port_number)
         if record is not None and metrics_url:  # `baton top` reads it from there
             record = update_record(
                 record, metrics_url=metrics_url, sink_metrics_url=metrics_url_of(children, "sink")
             )
         supervisor = Supervisor(restart, spawner(env, say), say)
+        # from here on, signals only set `stopping`: one raised out of a spawn after its
+        # fork left a child no record names (session 39: a sink that outlived the stack)
+        interruptible = False
         start_children(supervisor, children, logs)  # the alerts echoed, the rest's warnings
-        interruptible = False  # from here on, signals only set `stopping`
 
         say(
             f"waiting for the worker (policy {policy.version}"

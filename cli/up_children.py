@@ -28,6 +28,7 @@ __all__ = [
     "spawner",
     "start_children",
     "with_metrics_ports",
+    "without_overrides",
 ]
 
 
@@ -143,3 +144,47 @@ def start_children(
         echo = name == "alerts"
         spec = ChildSpec(name, args, logs / f"{name}.log", echo, not echo, name == "sink")
         supervisor.start(spec)
+
+
+def without_overrides(
+    given: dict[str, str],
+    children: list[tuple[str, tuple[str, ...]]],
+    say: Callable[[str], None],
+) -> dict[str, str]:
+    """The environment of the stack's children: this process's, with what `baton up` gives
+    them (``given``), and without each variable a child's own command would read instead of
+    one of those (``BATON_WORKER_POLICY`` beats ``BATON_POLICY`` for `baton worker`: a
+    leftover one in the shell ran the worker under a looser policy than `--policy`, while the
+    start named the strict one; session 39). Each one dropped is said."""
+    import os
+
+    import click
+
+    env = {**os.environ, **given}
+    root = click.get_current_context().find_root().command
+    if not isinstance(root, click.Group):
+        return env
+    ctx = click.Context(root, info_name=root.name)
+    dropped: set[str] = set()
+    for command_name in {args[0] for _, args in children}:
+        command = root.get_command(ctx, command_name)
+        if command is None:
+            continue
+        prefix = f"BATON_{command_name.upper()}".replace("-", "_")
+        sub = click.Context(command, info_name=command_name, auto_envvar_prefix=prefix)
+        for param in command.get_params(sub):
+            option = (param.name or "").upper()
+            if not isinstance(param, click.Option) or f"BATON_{option}" not in given:
+                continue
+            own = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+            for name in [f"{prefix}_{option}", *own]:
+                if name not in given and name in env:
+                    dropped.add(name)
+                    del env[name]
+    if dropped:
+        say(
+            f"WARNING: not passed to the stack's children: {', '.join(sorted(dropped))} (a "
+            "child's own option variable would override what baton up gives it: use baton "
+            "up's options or the BATON_ settings it passes on)"
+        )
+    return env

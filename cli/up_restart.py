@@ -249,7 +249,8 @@ def _name_held_kill_switches(data_dir: Path, say: Callable[[str], None]) -> None
         listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         say(
             f"WARNING: {len(names)} kill switch(es) in force before this restart cannot be "
-            f"issued again (their command is not in the audit, or was altered there): {listed}; "
+            f"issued again (their command is not in the audit, was altered there, or is refused "
+            f"by this start's policy, e.g. unsigned under operators): {listed}; "
             "the workers hold them from their start: re-issue each with `baton kill --run RUN "
             "| --tenant T | --global` (a later restart then issues it too), or lift it with "
             "`baton kill ... --release` (signed by an operator when the policy lists operators)"

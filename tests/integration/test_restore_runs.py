@@ -524,3 +524,114 @@ def test_a_lost_kill_is_compared_with_a_release_on_the_operators_clock(
     settings = _settings(broker).model_copy(update={"policy": str(tmp_path / "policy.yaml")})
     restore_runs(settings, tmp_path, [].append)
     assert _held(tmp_path).killed("a-run-never-seen", "acme")
+
+
+def _reissued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The commands the restore issues again, caught instead of sent."""
+    from baton.cli import restore_runs as module
+
+    sent: list[str] = []
+    monkeypatch.setattr(module, "reissue", lambda _s, commands, _say: sent.extend(commands) or 0)
+    return sent
+
+
+def test_a_refused_release_copied_as_applied_is_not_issued_again(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session 39, C1: a release the live workers refused (signed on a clock 5 min ahead:
+    signature_expired) keeps its signed text in its refusal record; a writer of gov.decisions
+    copied it into a row of an applied release. Once its time had passed the restart issued it
+    again, the fresh workers applied it, and the kill the live workers held was lifted."""
+    from baton.cli.restore_kills import fold_reissued
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.decision import Phase, Reason, decision_id_for
+    from baton.schemas.events import KillSwitch, KillSwitchReleased
+    from baton.schemas.policy import parse_policy
+    from baton.schemas.signing import control_payload, new_private_key, public_key_text, sign
+
+    key = new_private_key()
+    text = f'operators: {{oncall: "{public_key_text(key)}"}}\n'
+    (tmp_path / "policy.yaml").write_text(text)
+    policy = parse_policy(text, "p")
+    base = datetime.now(UTC) - timedelta(minutes=30)
+    kills, records = NO_KILLS, []
+    for kind, signed_at, worker_at in (
+        (KillSwitch, base, base),
+        (KillSwitchReleased, base + timedelta(minutes=7), base + timedelta(minutes=2)),
+    ):
+        name = kind.model_fields["type"].default
+        signed = sign(key, control_payload(name, "tenant", "acme", "oncall", "r", signed_at))
+        event = kind(
+            scope="tenant", tenant="acme", operator="oncall", reason="r", signature=signed,
+            event_time=signed_at,
+        )  # fmt: skip
+        kills, record = apply_control(kills, event, policy, worker_at)
+        record.input = input_text(event)
+        records.append(record)
+    refused = records[1]
+    assert refused.reason == Reason.SIGNATURE_EXPIRED and kills.tenants == {"acme"}
+    _store(tmp_path / "chdb", records)
+    own = refused.request_id.split(":refused:")[0]
+    forged = replace(
+        refused, reason=Reason.KILL_SWITCH_RELEASED, request_id=own,
+        decision_id=decision_id_for("*", own, Phase.CONTROL),
+    )  # fmt: skip
+    _store(tmp_path / "chdb", [forged], first_offset=100)
+    sent = _reissued(monkeypatch)
+    said: list[str] = []
+    settings = _settings(broker).model_copy(update={"policy": str(tmp_path / "policy.yaml")})
+    restore_runs(settings, tmp_path, said.append)
+    assert sent == [records[0].input]  # the kill alone
+    assert fold_reissued(sent, policy, datetime.now(UTC))[0].tenants == {"acme"}
+    assert any("were refused by a worker before this restart" in line for line in said), said
+
+
+def test_a_signed_release_no_operator_can_verify_is_not_issued_again(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session 39, C2: with no operators listed, a release row whose command carries any
+    signature was issued again as "signed", and the fresh workers (which verify nothing then)
+    lifted the kill. No key verifies it: it is as anyone's as an unsigned one."""
+    from baton.cli.restore_kills import fold_reissued
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.events import KillSwitch, KillSwitchReleased
+
+    base = datetime.now(UTC) - timedelta(minutes=30)
+    policy = load_policy(None)
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", event_time=base)
+    kills, record = apply_control(NO_KILLS, kill, policy, base)
+    record.input = input_text(kill)
+    later = base + timedelta(minutes=3)
+    release = KillSwitchReleased(
+        scope="tenant", tenant="acme", operator="nobody", signature="A" * 86 + "==",
+        event_time=later,
+    )  # fmt: skip
+    _, forged = apply_control(kills, release, policy, later)  # its shape; never on gov.control
+    forged.input = input_text(release)
+    _store(tmp_path / "chdb", [record, forged])
+    sent = _reissued(monkeypatch)
+    said: list[str] = []
+    restore_runs(_settings(broker), tmp_path, said.append)
+    assert sent == [record.input]
+    assert fold_reissued(sent, policy, datetime.now(UTC))[0].tenants == {"acme"}
+    assert any("signed release(s) NOT issued again" in line for line in said), said
+
+
+def test_a_kill_row_without_its_command_is_held_whatever_its_detail_says(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Session 39, C3: a kill's row replaced under its id by one of another outcome (stored as
+    news), no command, and `detail` naming a scope no switch has: its scope was read from the
+    detail, the switch ("bogus", "*") dropped as unholdable, nothing held, nothing said."""
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.events import KillSwitch
+
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", event_time=now)
+    _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
+    record.input = input_text(kill)
+    _store(tmp_path / "chdb", [record])
+    forged = replace(record, outcome=Outcome.STOP, input=None, detail="scope=bogus")
+    _store(tmp_path / "chdb", [forged], first_offset=100)
+    restore_runs(_settings(broker), tmp_path, [].append)
+    assert _held(tmp_path).killed("a-run-never-seen", "acme")
