@@ -20,7 +20,7 @@ from baton.cli.options import FiniteFloatRange, setting_options
 from baton.cli.signer import CommandRefused, describe, load_key, shown, signer_options
 from baton.cli.stack_record import stack_settings
 from baton.processors.approvals import request_problem
-from baton.schemas.decision import Decision, Outcome
+from baton.schemas.decision import Decision, Outcome, Reason
 from baton.schemas.errors import BadArgument, BatonError
 from baton.schemas.events import MAX_TEXT
 from baton.schemas.names import fold
@@ -252,6 +252,15 @@ def _report(where: str, verdict: str, asked: Decision, decision: Decision, signe
     click.echo(f"  {describe(decision)}")
     if decision.outcome != Outcome.RECORDED and decision.approver != fold(signer):
         # the approval was answered first by someone else: this answer did not count
+        raise CommandRefused(f"{where} was resolved before this {verdict}: {describe(decision)}")
+    other = (
+        decision.reason != Reason.APPROVAL_DENIED
+        if verdict == "deny"
+        else decision.reason in (Reason.APPROVAL_DENIED, Reason.APPROVAL_EXPIRED)
+    )
+    if decision.outcome != Outcome.RECORDED and other:
+        # the same approver's other answer (or the expiry) came first: exit 0 said this one
+        # counted (session 39: a deny that lost the race to a grant)
         raise CommandRefused(f"{where} was resolved before this {verdict}: {describe(decision)}")
     if decision.outcome == Outcome.RECORDED:
         raise CommandRefused(
