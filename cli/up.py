@@ -375,7 +375,7 @@ def up_cmd(
         interruptible = False
         if supervisor is not None:
             # without a broker a worker's graceful stop only waits for it: a short grace
-            stop_children(supervisor, broker.running, settings, say)
+            stop_children(supervisor, broker.running, settings, say, record, broker.pid or 0)
         broker.stop()
         if record is not None:
             mark_stopped(record, **stop_mark(record, say))  # the sink is gone: count

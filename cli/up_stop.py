@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from baton.cli.stack_file import StackRecord, update_record
 from baton.cli.supervisor import Supervisor
 from baton.cli.up_children import SINK_DRAIN_S
 
@@ -24,7 +25,12 @@ _COUNT_TIMEOUT_S = 5.0
 
 
 def stop_children(
-    supervisor: Supervisor, broker_running: bool, settings: Any, say: Callable[[str], None]
+    supervisor: Supervisor,
+    broker_running: bool,
+    settings: Any,
+    say: Callable[[str], None],
+    record: StackRecord | None = None,
+    broker_pid: int = 0,
 ) -> None:
     """Stop the workers and the alerter, then the sink, which reads what they published to
     its end first (:data:`SINK_DRAIN_S`), started again if it was down; then say how many
@@ -35,6 +41,12 @@ def stop_children(
         return
     if supervisor.revive("sink"):
         say("the audit sink was down: started again to store the decisions before the broker stops")
+        if record is not None:
+            # the broker's guard reads the pids there if this process dies now (kill -9 of
+            # a stop that takes a while): it stopped the broker at once, the new sink not
+            # named, and the drain was lost (session 39)
+            pids = {name: proc.pid for name, proc in supervisor.processes().items()}
+            update_record(record, pids={"broker": broker_pid} | pids)
     supervisor.stop(15.0, SINK_DRAIN_S)
     if "sink" not in supervisor.processes():
         return  # --no-audit
