@@ -76,10 +76,44 @@ def _resolving() -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _wait_for_lock(fd, Path.home() / ".calfkit" / ".resolve.lock")
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+#: how long a broker start waits for another process's copy of the broker binary
+RESOLVE_WAIT_S = 120.0
+
+
+def _wait_for_lock(fd: int, path: Path, bound_s: float | None = None) -> None:
+    """Take the flock on ``fd``; when another process holds it, say so once on stderr and
+    wait up to ``bound_s`` (``RESOLVE_WAIT_S``), then raise ``BrokerUnavailable`` naming the
+    file: a lock held by a stuck process hung `baton up` at "starting the embedded Kafka
+    broker", silent, without end (session 39)."""
+    bound = RESOLVE_WAIT_S if bound_s is None else bound_s
+    deadline = time.monotonic() + bound
+    said = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if not said:
+            print(
+                f"baton: waiting for {path} (another process of this user is copying the "
+                f"embedded broker's binary; at most {bound:g} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            said = True
+        if time.monotonic() >= deadline:
+            raise BrokerUnavailable(
+                f"{path} stayed locked for {bound:g} s (a process copying the embedded "
+                "broker's binary is stuck: `fuser` names it; end it, or remove the file)"
+            )
+        time.sleep(0.1)
 
 
 def kill_when_parent_dies() -> None:  # pragma: no cover - runs in the child, before exec
