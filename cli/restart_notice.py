@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +22,12 @@ if TYPE_CHECKING:
     from baton.schemas.policy import Policy
 
 __all__ = [
+    "APPLIED",
     "PolicyInForce",
     "as_made",
     "fold_kill_switches",
     "fold_policy_in_force",
+    "lost_kill",
     "operators_not_given_back",
     "policy_in_force",
     "recorded_commands",
@@ -35,7 +37,7 @@ __all__ = [
 ]
 
 #: applied commands only: a refused one carries the reason it was refused
-_APPLIED = ("kill_switch", "kill_switch_released")
+APPLIED = ("kill_switch", "kill_switch_released")
 
 
 def fold_kill_switches(records: Iterable[tuple[str, ...]]) -> list[str]:
@@ -62,7 +64,7 @@ def last_kill_states(
     command a restart could issue again."""
     last: dict[tuple[str, str], tuple[bool, bool]] = {}
     for reason, run_id, tenant, detail, *command in records:
-        if reason not in _APPLIED:
+        if reason not in APPLIED:
             continue
         scope = detail.split(" ", 1)[0].removeprefix("scope=")
         target = {"run": run_id, "tenant": tenant}.get(scope, "*")
@@ -74,108 +76,6 @@ def lost_kill_scopes(records: Iterable[tuple[str, ...]]) -> list[tuple[str, str]
     """``(scope, target)`` of every switch :func:`fold_kill_switches` names (target ``*``
     for global): engaged last, and no recorded command a restart could issue again."""
     return [st for st, (on, command) in last_kill_states(records).items() if on and not command]
-
-
-def kill_records(client: Any) -> list[tuple[float, tuple[str, ...]]]:
-    """The audit's applied kill and release records, oldest first, as their workers made
-    them (:func:`as_made`), each with its time (POSIX seconds); empty when there is no audit
-    table yet. A kill or release whose stored row no longer reads as one (replaced in FINAL
-    under its id by a row of another reason or phase: H2, session 36, the kill then not even
-    named) counts as a kill whose command is lost, from ``decision_variants``, which keeps
-    what every id once said; so does a kill whose recorded command is not the one its request
-    id names (a copy of another command, or text that does not parse), and a kill's scope and
-    target are its command's or its key columns', never its ``detail`` (a forger's text).
-
-    A kill is dated no earlier than the latest time ``kill_times`` holds under its id (every
-    kill record ever inserted, never replaced): the replacing row's time, and
-    decision_variants', are a forger's to choose, and a lost kill dated before a re-issued
-    release read as lifted by it (session 38, A2)."""
-    from baton.sinks.schema import DATABASE
-
-    if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
-        return []
-    rows = client.query(
-        "SELECT reason, run_id, tenant, detail, ifNull(input, ''), decision_id, "
-        f"request_id, decided_at FROM {DATABASE}.decisions FINAL "
-        "WHERE phase = 'control' AND reason IN {applied:Array(String)} "
-        "ORDER BY decided_at, `offset`",
-        parameters={"applied": list(_APPLIED)},
-    ).result_rows
-    dated = [(str(row[5]), _seconds(row[-1]), _kill_as_made(tuple(str(v) for v in row[:-1])))
-             for row in rows]  # fmt: skip
-    listed = {(str(row[2]), str(row[1]), str(row[5])) for row in rows}
-    for decision_id, run_id, tenant, _reason, at in replaced_control_ids(client, _APPLIED):
-        if (tenant, run_id, decision_id) not in listed:
-            dated.append((decision_id, _seconds(at), _lost_kill(run_id, tenant)))
-    kills = [ident for ident, _, record in dated if record[0] == "kill_switch"]
-    recorded = _kill_times(client, kills)
-    out = [
-        (max(at, recorded.get(ident, at)) if record[0] == "kill_switch" else at, record)
-        for ident, at, record in dated
-    ]
-    out.sort(key=lambda pair: pair[0])
-    return out
-
-
-def _kill_as_made(row: tuple[str, ...]) -> tuple[str, ...]:
-    """:func:`as_made`, and a kill's scope and target from its command, when that command is
-    the one its request id names; a kill whose command is not (altered, another command's
-    text copied under its id) is a kill whose command is lost (session 39: a forged row with
-    the kill's id, a command that does not parse and ``detail`` naming another scope held
-    nothing, or a switch no one had engaged)."""
-    record = as_made(row)
-    if record[0] != "kill_switch":
-        return record
-    if not record[4]:  # no command: its scope from its key columns, never its detail (C3)
-        return _lost_kill(record[1], record[2])
-    from baton.schemas.events import KillSwitch, parse_control_event
-
-    reason, run_id, tenant, _detail, command = record
-    try:
-        event = parse_control_event(command.encode())
-    except Exception:
-        event = None
-    if isinstance(event, KillSwitch):
-        target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope] or "*"
-        made = f"kill_switch:{event.scope}:{target}:{event.event_time.isoformat()}"
-        if made == row[-1] and (event.run_id or "*", event.tenant or "*") == (run_id, tenant):
-            return reason, run_id, tenant, f"scope={event.scope}", command
-    return _lost_kill(run_id, tenant)
-
-
-#: a kill's request id ends in its command's time (``kill_switch:SCOPE:TARGET:ISO``)
-_COMMAND_TIME = r"(\d{4}-\d\d-\d\dT[0-9:.]+(?:[+-]\d\d:\d\d)?)$"
-
-
-def _kill_times(client: Any, ids: list[str]) -> dict[str, float]:
-    """The latest time ``kill_times`` recorded a kill under each of ``ids`` (POSIX seconds):
-    when the sink stored it (``inserted_at``, its clock: no writer of gov.decisions sets it)
-    or the time its command carries (the operator's clock, which a release's is compared
-    with; bounded by the skew a worker accepts past the sink's time), whichever is later."""
-    from baton.processors.engine_control import CONTROL_CLOCK_SKEW_S
-    from baton.sinks.schema import DATABASE
-
-    if not ids or not client.command(f"EXISTS TABLE {DATABASE}.kill_times"):
-        return {}
-    signed = (
-        "least(ifNull(parseDateTime64BestEffortOrNull(extract(request_id, {pattern:String}), 6, "
-        "'UTC'), toDateTime64(0, 6, 'UTC')), inserted_at + toIntervalSecond({skew:UInt32}))"
-    )
-    rows = client.query(
-        f"SELECT decision_id, max(greatest(inserted_at, {signed})) FROM {DATABASE}.kill_times "
-        "WHERE decision_id IN {ids:Array(String)} GROUP BY decision_id",
-        parameters={
-            "ids": sorted(set(ids)),
-            "pattern": _COMMAND_TIME,
-            "skew": int(CONTROL_CLOCK_SKEW_S),
-        },
-    ).result_rows
-    return {str(ident): _seconds(at) for ident, at in rows}
-
-
-def _seconds(at: datetime) -> float:
-    """POSIX seconds of a time the audit returned (naive: UTC, as the columns are)."""
-    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
 
 
 def replaced_control_ids(client: Any, reasons: Iterable[str]) -> list[tuple[str, ...]]:
@@ -236,10 +136,10 @@ def as_made(row: tuple[str, ...]) -> tuple[str, ...]:
     made = decision_id == decision_id_for(run_id, request_id, Phase.CONTROL)
     if made and request_id.startswith(f"{reason}:"):
         return reason, run_id, tenant, detail, command
-    return _lost_kill(run_id, tenant)
+    return lost_kill(run_id, tenant)
 
 
-def _lost_kill(run_id: str, tenant: str) -> tuple[str, ...]:
+def lost_kill(run_id: str, tenant: str) -> tuple[str, ...]:
     """A kill whose command is lost, of the run, tenant or everything the row's key columns
     name (the columns FINAL keys on: a forger chose the detail)."""
     scope = "run" if run_id != "*" else "tenant" if tenant != "*" else "global"

@@ -247,12 +247,25 @@ def refused_before(client: Any, commands: list[str]) -> set[str]:
         if isinstance(event, KillSwitch):
             continue  # re-issued whatever was refused: a kill only tightens
         when = event.event_time.isoformat()
+        # the refusal's id covers the whole event: a copy differing in a field the signature
+        # does not cover (run_id of a tenant's release, policy_sha) had another id and was
+        # issued again (session 39, A1/A2): every form of the signed content is looked up
         if isinstance(event, KillSwitchReleased):
-            target = {"run": event.run_id, "tenant": event.tenant, "global": "*"}[event.scope]
-            run, own = event.run_id or "*", f"{event.type}:{event.scope}:{target or '*'}:{when}"
+            run, own = event.run_id or "*", f"{event.type}:{event.scope}:{event.target}:{when}"
+            bare = event.model_copy(
+                update={
+                    "run_id": event.run_id if event.scope == "run" else None,
+                    "tenant": event.tenant if event.scope == "tenant" else None,
+                }
+            )
+            forms = [(run, event), (bare.run_id or "*", bare)]
         else:
-            run, own = "*", f"{event.type}:{policy_hash(event.policy_yaml)[:16]}:{when}"
-        ids[decision_id_for(run, refused_command_id(own, event), Phase.CONTROL)] = text
+            sha = policy_hash(event.policy_yaml)
+            run, own = "*", f"{event.type}:{sha[:16]}:{when}"
+            forms = [("*", event.model_copy(update={"policy_sha": v})) for v in (None, sha)]
+            forms.append(("*", event))
+        for form_run, form in forms:
+            ids[decision_id_for(form_run, refused_command_id(own, form), Phase.CONTROL)] = text
     if not ids or not client.command(f"EXISTS TABLE {DATABASE}.decision_variants"):
         return set()
     found = client.query(
@@ -297,7 +310,7 @@ def unheld_kill_scopes(
     applied: Collection[str] = (),
 ) -> list[tuple[str, str]]:
     """``(scope, target)`` of every switch a kill record of the audit engaged (``dated``: the
-    control records with their times, as :func:`baton.cli.restart_notice.kill_records` reads
+    control records with their times, as :func:`baton.cli.kill_records.kill_records` reads
     them) that ``kills`` (:func:`fold_reissued`'s; None: this start's policy does not load)
     leave off, when that kill's command is not among the re-issued commands the fold
     ``applied`` and no command the fold applied to its switch was signed after it (the

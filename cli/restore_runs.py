@@ -29,7 +29,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from baton.cli.restart_notice import kill_records, lost_kill_scopes
+from baton.cli.kill_records import kill_records
+from baton.cli.restart_notice import lost_kill_scopes
 from baton.cli.restore_kills import (
     MAX_RUN_ID,
     fold_reissued,

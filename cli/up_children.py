@@ -146,6 +146,11 @@ def start_children(
         supervisor.start(spec)
 
 
+#: a child command's options that pick another stack's settings (`--data-dir`: its record's
+#: bootstrap beat the BATON_BOOTSTRAP baton up gives the alerter, session 39)
+_STACK_OPTIONS = frozenset({"DATA_DIR"})
+
+
 def without_overrides(
     given: dict[str, str],
     children: list[tuple[str, tuple[str, ...]]],
@@ -174,13 +179,19 @@ def without_overrides(
         sub = click.Context(command, info_name=command_name, auto_envvar_prefix=prefix)
         for param in command.get_params(sub):
             option = (param.name or "").upper()
-            if not isinstance(param, click.Option) or f"BATON_{option}" not in given:
+            if not isinstance(param, click.Option):
+                continue
+            if f"BATON_{option}" not in given and option not in _STACK_OPTIONS:
                 continue
             own = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
             for name in [f"{prefix}_{option}", *own]:
                 if name not in given and name in env:
                     dropped.add(name)
                     del env[name]
+    # the settings read variable names in any case: baton_policy beat the BATON_POLICY given
+    for name in [n for n in env if n.upper() in given and n not in given]:
+        dropped.add(name)
+        del env[name]
     if dropped:
         say(
             f"WARNING: not passed to the stack's children: {', '.join(sorted(dropped))} (a "

@@ -41,12 +41,12 @@ def stop_children(
         return
     if supervisor.revive("sink"):
         say("the audit sink was down: started again to store the decisions before the broker stops")
-        if record is not None:
-            # the broker's guard reads the pids there if this process dies now (kill -9 of
-            # a stop that takes a while): it stopped the broker at once, the new sink not
-            # named, and the drain was lost (session 39)
-            pids = {name: proc.pid for name, proc in supervisor.processes().items()}
-            update_record(record, pids={"broker": broker_pid} | pids)
+    if record is not None:
+        # the broker's guard reads the pids there if this process dies now (kill -9 of a stop
+        # that takes a while): a sink started again (here, or by the supervisor's last tick)
+        # not named, it stopped the broker at once and the drain was lost (session 39)
+        pids = {name: proc.pid for name, proc in supervisor.processes().items()}
+        update_record(record, pids={"broker": broker_pid} | pids)
     supervisor.stop(15.0, SINK_DRAIN_S)
     if "sink" not in supervisor.processes():
         return  # --no-audit

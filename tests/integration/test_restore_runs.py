@@ -535,13 +535,15 @@ def _reissued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return sent
 
 
+@pytest.mark.parametrize("copy", ["as refused", "with a run id its signature does not cover"])
 def test_a_refused_release_copied_as_applied_is_not_issued_again(
-    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy: str
 ) -> None:
     """Session 39, C1: a release the live workers refused (signed on a clock 5 min ahead:
     signature_expired) keeps its signed text in its refusal record; a writer of gov.decisions
     copied it into a row of an applied release. Once its time had passed the restart issued it
-    again, the fresh workers applied it, and the kill the live workers held was lifted."""
+    again, the fresh workers applied it, and the kill the live workers held was lifted. (A1:
+    the copy with a field its signature does not cover had another refusal id.)"""
     from baton.cli.restore_kills import fold_reissued
     from baton.processors.engine import NO_KILLS, apply_control
     from baton.schemas.decision import Phase, Reason, decision_id_for
@@ -576,6 +578,11 @@ def test_a_refused_release_copied_as_applied_is_not_issued_again(
         refused, reason=Reason.KILL_SWITCH_RELEASED, request_id=own,
         decision_id=decision_id_for("*", own, Phase.CONTROL),
     )  # fmt: skip
+    if copy != "as refused":
+        from baton.schemas.events import parse_control_event
+
+        event = parse_control_event(str(refused.input).encode())
+        forged.input = input_text(event.model_copy(update={"run_id": "zz"}))
     _store(tmp_path / "chdb", [forged], first_offset=100)
     sent = _reissued(monkeypatch)
     said: list[str] = []
@@ -633,5 +640,26 @@ def test_a_kill_row_without_its_command_is_held_whatever_its_detail_says(
     _store(tmp_path / "chdb", [record])
     forged = replace(record, outcome=Outcome.STOP, input=None, detail="scope=bogus")
     _store(tmp_path / "chdb", [forged], first_offset=100)
+    restore_runs(_settings(broker), tmp_path, [].append)
+    assert _held(tmp_path).killed("a-run-never-seen", "acme")
+
+
+def test_a_tenant_kill_carrying_a_run_id_is_held_for_its_tenant(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Session 39 (round 3, K1): a tenant's kill whose event also carried a run id (a raw
+    producer may send one; its signature does not cover it) has key columns run x, tenant
+    acme; its row replaced by one without its command was held as run x only, acme open.
+    Its scope is its request id's, which its id is made from."""
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.events import KillSwitch
+
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    kill = KillSwitch(scope="tenant", tenant="acme", run_id="x", operator="o", event_time=now)
+    _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
+    record.input = input_text(kill)
+    assert (record.run_id, record.tenant) == ("x", "acme")
+    _store(tmp_path / "chdb", [record])
+    _store(tmp_path / "chdb", [replace(record, input=None, outcome=Outcome.STOP)], 100)
     restore_runs(_settings(broker), tmp_path, [].append)
     assert _held(tmp_path).killed("a-run-never-seen", "acme")

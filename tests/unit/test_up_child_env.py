@@ -23,6 +23,8 @@ def test_a_child_s_own_option_variable_never_overrides_what_up_gives_it(
     monkeypatch.setenv("BATON_WORKER_APP_ID", "another")
     monkeypatch.setenv("BATON_SINK_CLICKHOUSE_DSN", "chdb:///tmp/other")
     monkeypatch.setenv("BATON_METRICS_PORT", "off")  # not one up gives: kept
+    monkeypatch.setenv("BATON_ALERTS_DATA_DIR", "/tmp/another-stack")  # its record's bootstrap
+    monkeypatch.setenv("baton_policy", "/tmp/loose.yaml")  # the settings read any case
     given = {
         "BATON_POLICY": "/data/policy-0123456789abcdef.yaml",
         "BATON_WORKER_DATA_DIR": "/data/worker",
@@ -34,7 +36,7 @@ def test_a_child_s_own_option_variable_never_overrides_what_up_gives_it(
     with click.Context(cli, info_name="baton"):
         env = without_overrides(given, children, said.append)
     for name in ("BATON_WORKER_POLICY", "BATON_WORKER_WORKER_DATA_DIR", "BATON_WORKER_APP_ID",
-                 "BATON_SINK_CLICKHOUSE_DSN"):  # fmt: skip
+                 "BATON_SINK_CLICKHOUSE_DSN", "BATON_ALERTS_DATA_DIR", "baton_policy"):  # fmt: skip
         assert name not in env, name
     assert {k: env[k] for k in given} == given and env["BATON_METRICS_PORT"] == "off"
     (line,) = said

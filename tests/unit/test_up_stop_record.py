@@ -56,3 +56,22 @@ def test_a_sink_started_again_at_the_stop_is_named_before_its_drain(tmp_path: Pa
     stop_children(supervisor, True, object(), said.append, record, 10)  # type: ignore[arg-type]
     assert supervisor.named_at_stop == {"broker": 10, "worker": 11, "sink": 99}
     assert any("started again" in line for line in said)
+
+
+def test_a_sink_the_supervisor_started_again_is_named_before_the_drain_too(
+    tmp_path: Path,
+) -> None:
+    """Session 39 (round 3): the supervisor's last tick restarted the sink, then a child's
+    failure ended the stack: nothing to revive, so nothing was written, and the record named
+    the old sink during the drain."""
+    record = StackRecord(
+        state="running", pid=os.getpid(), started_at=datetime.now(UTC), data_dir=tmp_path,
+        app_id="a", bootstrap="127.0.0.1:9092", partitions=4,
+        pids={"broker": 10, "worker": 11, "sink": 12},
+    )  # fmt: skip
+    write_record(record)
+    supervisor = _Supervisor(tmp_path)
+    supervisor.children["sink"] = _Proc(77)  # started again by the supervisor
+    supervisor.revive = lambda name: False  # type: ignore[method-assign]
+    stop_children(supervisor, True, object(), [].append, record, 10)  # type: ignore[arg-type]
+    assert supervisor.named_at_stop == {"broker": 10, "worker": 11, "sink": 77}
