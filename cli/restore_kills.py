@@ -189,6 +189,7 @@ def fold_reissued(
     now: datetime,
     applied: set[str] | None = None,
     unverifiable: set[str] | None = None,
+    ended: list[Policy] | None = None,
 ) -> tuple[KillSwitches, list[str]]:
     """The kill switches the re-issued ``commands`` leave engaged once folded as a fresh
     worker folds them (from ``policy``, this start's, with the engine's own checks), and the
@@ -198,20 +199,29 @@ def fold_reissued(
     ``applied``: given, the texts of the kills and releases the fold applied are added.
     ``unverifiable``: given, the releases met while the policy lists no operators are added
     there and not applied: no key verifies their signature, so any writer of gov.decisions
-    could have put them there (session 39, C2: one with any signature lifted a kill)."""
+    could have put them there (session 39, C2: one with any signature lifted a kill); after
+    an update that emptied the operators, a release or policy update is verified against the
+    operators in force before it, and added there when they refuse it (A3: a forged update in
+    that gap made the forger an operator, whose release then counted). ``ended``: given, the
+    policy the fold ends with is appended."""
     from baton.processors.engine import NO_KILLS, apply_control, apply_policy_update
+    from baton.processors.engine_control import command_refused
     from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
 
     kills, signed_at, refused = NO_KILLS, None, []
+    last_operators = policy.operators  # the operators in force last (an emptied list's gap)
     for _scope, _target, text in reissued_commands(commands, lambda _: None):
         event = parse_control_event(text.encode())
-        if (
-            isinstance(event, KillSwitchReleased)
-            and unverifiable is not None
-            and not policy.operators
-        ):
-            unverifiable.add(text)
-            continue
+        if unverifiable is not None and not policy.operators and not isinstance(event, KillSwitch):
+            # a release needs a key; a policy update only once operators were listed (the
+            # first publication of a start without them is what gives it some)
+            keys = policy.model_copy(update={"operators": last_operators})
+            release = isinstance(event, KillSwitchReleased)
+            if (release and not last_operators) or (
+                last_operators and command_refused(event, keys) is not None
+            ):
+                unverifiable.add(text)
+                continue
         if isinstance(event, (KillSwitch, KillSwitchReleased)):
             kills, record = apply_control(kills, event, policy, now)
             if applied is not None and record.reason in _SWITCH_REASONS:
@@ -222,6 +232,9 @@ def fold_reissued(
             why = step.record.reason if step.record is not None else "not a policy"
             refused.append(f"policy_updated at {event.event_time.isoformat()} ({why})")
         policy, signed_at = step.policy, step.signed_at
+        last_operators = policy.operators or last_operators
+    if ended is not None:
+        ended.append(policy)
     return kills, refused
 
 

@@ -187,22 +187,48 @@ def _withhold(
     unverifiable: set[str] = set()
     if start is not None:
         kept = [text for text in commands if text not in refused_live]
-        fold_reissued(kept, start, now, unverifiable=unverifiable)
+        plain: list[Policy] = []
+        fold_reissued(kept, start, now, unverifiable=unverifiable, ended=plain)
+        _refuse_operators_lost(kept, unverifiable, start, now, plain[0])
     if refused_live:
         say(
             f"restore: WARNING: {len(refused_live)} release(s) or policy update(s) recorded as "
             "applied were refused by a worker before this restart (their refusal is in the "
-            "audit: a copy forged into gov.decisions, or a command signed on a clock too far "
-            "ahead): NOT issued again"
+            "audit: a copy forged into gov.decisions, a command signed on a clock too far "
+            "ahead, or refused at an earlier restart by another --policy): NOT issued again; "
+            "release or publish again, signed anew, what should hold"
         )
     if unverifiable:
         say(
-            f"restore: {len(unverifiable)} signed release(s) NOT issued again: the policy "
-            "lists no operators, so no key verifies them and any writer of gov.decisions "
-            "could have recorded them; the kills they lifted hold again (release them again, "
-            "or list operators)"
+            f"restore: {len(unverifiable)} signed release(s) or policy update(s) NOT issued "
+            "again: no operator's key verifies them (the policy listed none where they fall, "
+            "or not theirs after an update emptied the list), and any writer of gov.decisions "
+            "could have recorded them; the kills they lifted hold again, the policy before "
+            "them stays (release or publish again, signed by an operator)"
         )
     return [text for text in commands if text not in refused_live | unverifiable]
+
+
+def _refuse_operators_lost(
+    kept: list[str], unverifiable: set[str], start: Policy, now: datetime, plain: Policy
+) -> None:
+    """ConfigError when the commands not issued again (``unverifiable``) leave the fresh
+    workers without the operators the recorded ones end with (``plain``): an update re-adding
+    operators after a gap, signed by no operator of before it, would switch signing off."""
+    if not unverifiable or not plain.operators:
+        return
+    ended: list[Policy] = []
+    fold_reissued([t for t in kept if t not in unverifiable], start, now, ended=ended)
+    if not ended[0].operators:
+        from baton.schemas.errors import ConfigError
+
+        raise ConfigError(
+            "restore: the recorded policy updates end with operators ("
+            + ", ".join(shown(n) for n in sorted(plain.operators)[:8])
+            + ") that this restart cannot give back: an update giving them was signed by no "
+            "operator in force before it, so it is not issued again; start with --policy FILE "
+            "naming the operators"
+        )
 
 
 def _start_policy(settings: Settings) -> Policy | None:
