@@ -83,7 +83,10 @@ def restore_runs(
             if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
                 return None
             # kill_times (0009) dates a lost kill: an audit the sink of an older release wrote
-            migrate(client, settings.audit_ttl_days)
+            # is migrated first (only then: a lowered retention is the sink's to apply, after
+            # the commands are read and issued again)
+            if not client.command(f"EXISTS TABLE {DATABASE}.kill_times"):
+                migrate(client, settings.audit_ttl_days)
             policies, refused = read_policies(client)
             for line in refused:
                 say(f"restore: {line}; not used")

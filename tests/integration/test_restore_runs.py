@@ -663,3 +663,35 @@ def test_a_tenant_kill_carrying_a_run_id_is_held_for_its_tenant(
     _store(tmp_path / "chdb", [replace(record, input=None, outcome=Outcome.STOP)], 100)
     restore_runs(_settings(broker), tmp_path, [].append)
     assert _held(tmp_path).killed("a-run-never-seen", "acme")
+
+
+def test_an_audit_an_older_sink_wrote_is_migrated_before_the_restore(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The restore dates lost kills by kill_times (0009): an audit whose sink predates it is
+    migrated first, its kills copied in, and a replaced kill is held."""
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.schemas.events import KillSwitch
+    from baton.sinks.schema import load_migrations
+
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", event_time=now)
+    _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
+    record.input = input_text(kill)
+    client = connect(f"chdb://{tmp_path / 'chdb'}", create=True)
+    try:
+        migrate(client, 3650, [m for m in load_migrations() if m.version < 9])
+        for n, row in enumerate([record, replace(record, input=None, outcome=Outcome.STOP)]):
+            batch = AuditBatch("gov.decisions", ttl_days=3650)
+            batch.add(0, n, row.to_json())
+            write_batch(client, batch)
+        assert not client.command("EXISTS TABLE governance.kill_times")
+    finally:
+        client.close()
+    restore_runs(_settings(broker), tmp_path, [].append)
+    assert _held(tmp_path).killed("a-run-never-seen", "acme")
+    client = connect(f"chdb://{tmp_path / 'chdb'}")
+    try:
+        assert client.command("EXISTS TABLE governance.kill_times")
+    finally:
+        client.close()
