@@ -239,7 +239,7 @@ def fold_reissued(
 
 
 def refused_before(client: Any, commands: list[str]) -> set[str]:
-    """The releases and policy updates of ``commands`` that a worker refused before the
+    """The releases of ``commands`` that a worker refused before the
     restart (a record under the id its refusal takes, in ``decision_variants``: no later row
     removes it): a command refused live (signed on a clock too far ahead, ``signature_expired``)
     whose text a writer of gov.decisions copied into a row of an applied one was re-issued once
@@ -247,8 +247,7 @@ def refused_before(client: Any, commands: list[str]) -> set[str]:
     release from being re-issued: its kill holds again (fail closed)."""
     from baton.processors.engine_control import refused_command_id
     from baton.schemas.decision import Phase, decision_id_for
-    from baton.schemas.events import KillSwitch, KillSwitchReleased, parse_control_event
-    from baton.schemas.signing import policy_hash
+    from baton.schemas.events import KillSwitchReleased, parse_control_event
     from baton.sinks.schema import DATABASE
 
     ids: dict[str, str] = {}
@@ -257,26 +256,24 @@ def refused_before(client: Any, commands: list[str]) -> set[str]:
             event = parse_control_event(text.encode())
         except Exception:
             continue  # named where the commands are re-issued
-        if isinstance(event, KillSwitch):
-            continue  # re-issued whatever was refused: a kill only tightens
+        if not isinstance(event, KillSwitchReleased):
+            # a kill only tightens; and a policy update may tighten as well as loosen: one
+            # withheld on a forged refusal record kept a revoked operator, whose own release
+            # then counted (session 39, round 4). A policy update an operator signed and the
+            # live workers refused (a clock too far ahead) may be put in force by a restart.
+            continue
         when = event.event_time.isoformat()
         # the refusal's id covers the whole event: a copy differing in a field the signature
         # does not cover (run_id of a tenant's release, policy_sha) had another id and was
         # issued again (session 39, A1/A2): every form of the signed content is looked up
-        if isinstance(event, KillSwitchReleased):
-            run, own = event.run_id or "*", f"{event.type}:{event.scope}:{event.target}:{when}"
-            bare = event.model_copy(
-                update={
-                    "run_id": event.run_id if event.scope == "run" else None,
-                    "tenant": event.tenant if event.scope == "tenant" else None,
-                }
-            )
-            forms = [(run, event), (bare.run_id or "*", bare)]
-        else:
-            sha = policy_hash(event.policy_yaml)
-            run, own = "*", f"{event.type}:{sha[:16]}:{when}"
-            forms = [("*", event.model_copy(update={"policy_sha": v})) for v in (None, sha)]
-            forms.append(("*", event))
+        run, own = event.run_id or "*", f"{event.type}:{event.scope}:{event.target}:{when}"
+        bare = event.model_copy(
+            update={
+                "run_id": event.run_id if event.scope == "run" else None,
+                "tenant": event.tenant if event.scope == "tenant" else None,
+            }
+        )
+        forms = [(run, event), (bare.run_id or "*", bare)]
         for form_run, form in forms:
             ids[decision_id_for(form_run, refused_command_id(own, form), Phase.CONTROL)] = text
     if not ids or not client.command(f"EXISTS TABLE {DATABASE}.decision_variants"):

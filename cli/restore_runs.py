@@ -184,22 +184,24 @@ def _withhold(
     now: datetime,
     say: Callable[[str], None],
 ) -> list[str]:
-    """``commands`` without the ones a restart must not issue again, each kind said: those a
-    worker refused before it (:func:`refused_before`), and releases no operator's key can
-    verify (the policy lists none where they fall: ``fold_reissued``'s ``unverifiable``)."""
+    """``commands`` without the ones a restart must not issue again, each kind said: releases
+    a worker refused before it (:func:`refused_before`), and releases and policy updates no
+    operator's key can verify (``fold_reissued``'s ``unverifiable``); the restart stops when
+    those leave its workers without the operators the recorded commands end with."""
     unverifiable: set[str] = set()
     if start is not None:
         kept = [text for text in commands if text not in refused_live]
-        plain: list[Policy] = []
-        fold_reissued(kept, start, now, unverifiable=unverifiable, ended=plain)
+        fold_reissued(kept, start, now, unverifiable=unverifiable)
+        plain: list[Policy] = []  # what the recorded commands end with, nothing withheld
+        fold_reissued(commands, start, now, ended=plain)
         _refuse_operators_lost(kept, unverifiable, start, now, plain[0])
     if refused_live:
         say(
-            f"restore: WARNING: {len(refused_live)} release(s) or policy update(s) recorded as "
-            "applied were refused by a worker before this restart (their refusal is in the "
-            "audit: a copy forged into gov.decisions, a command signed on a clock too far "
-            "ahead, or refused at an earlier restart by another --policy): NOT issued again; "
-            "release or publish again, signed anew, what should hold"
+            f"restore: WARNING: {len(refused_live)} release(s) recorded as applied were refused "
+            "by a worker before this restart (their refusal is in the audit: a copy forged "
+            "into gov.decisions, one signed on a clock too far ahead, refused at an earlier "
+            "restart by another --policy or as a replay of a switch it held): NOT issued "
+            "again; release again, signed anew, what should be lifted"
         )
     if unverifiable:
         say(

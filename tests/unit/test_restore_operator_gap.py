@@ -95,3 +95,30 @@ def test_a_start_without_operators_still_takes_its_first_signed_publication() ->
     ended: list = []
     fold_reissued([first], start, datetime.now(UTC), unverifiable=withheld, ended=ended)
     assert withheld == set() and list(ended[0].operators) == ["oncall"]
+
+
+def test_the_restart_stops_when_what_it_withholds_drops_the_operators() -> None:
+    """Round 4 (session 39): the check compared the withheld fold with itself and never
+    fired: start {oncall}, oncall empties the list, newbie publishes {newbie}; the restart
+    withheld newbie's update and its workers ran without operators, unsaid."""
+    from baton.cli.restore_runs import _withhold
+
+    start = parse_policy(_ops(oncall=ONCALL), "start")
+    emptied = _update(_ops(), 2, "oncall", ONCALL)
+    newbie = _update(_ops(newbie=NEWBIE), 3, "newbie", NEWBIE)
+    with pytest.raises(ConfigError, match=r"end with operators \(newbie\)"):
+        _withhold([emptied, newbie], set(), start, datetime.now(UTC), [].append)
+    # the advice: a start policy naming newbie gives them back
+    named = parse_policy(_ops(newbie=NEWBIE), "named")
+    kept = _withhold([emptied, newbie], set(), named, datetime.now(UTC), [].append)
+    assert newbie in kept
+
+
+def test_a_refusal_record_never_withholds_a_policy_update() -> None:
+    """Round 4 (session 39): a forged refusal record of oncall's update revoking mallory
+    withheld it at the restart; mallory stayed an operator and her own release lifted a kill.
+    Only releases are withheld on a refusal record (withholding one only keeps a kill)."""
+    from baton.cli.restore_kills import refused_before
+
+    revoke = _update(_ops(oncall=ONCALL), 2, "oncall", ONCALL)
+    assert refused_before(None, [revoke]) == set()  # not even looked up
