@@ -104,8 +104,9 @@ def _kill_as_made(row: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def _lost_kills(run_id: str, tenant: str) -> list[tuple[str, ...]]:
-    """:func:`~baton.cli.restart_notice.lost_kill` of each scope the key columns name: a run's and a tenant's when a
-    row holds both (a tenant's kill may carry a run id: either could be the one lost)."""
+    """:func:`~baton.cli.restart_notice.lost_kill` of each scope the key columns name: a
+    run's and a tenant's when a row holds both (a tenant's kill may carry a run id: either
+    could be the one lost)."""
     kills = [lost_kill(run_id, tenant)]
     if run_id != "*" and tenant != "*":
         kills.append(lost_kill("*", tenant))
