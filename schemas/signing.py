@@ -225,12 +225,15 @@ def sign(key: Ed25519PrivateKey, payload: bytes) -> str:
 
 
 def verify(key: Ed25519PublicKey, payload: bytes, signature: str) -> bool:
-    """True when ``signature`` (base64) is ``key``'s over ``payload``; never raises."""
+    """True when ``signature`` (base64, in its one canonical spelling) is ``key``'s over
+    ``payload``; never raises. The last character before ``==`` carries 4 bits decoding
+    ignores: another spelling of the same bytes verified, and a copy of a refused command so
+    spelled had another refusal id and was issued again at a restart (session 39, G3)."""
     try:
         raw = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError, TypeError):
         return False
-    if len(raw) != 64:
+    if len(raw) != 64 or base64.b64encode(raw).decode("ascii") != signature:
         return False
     try:
         key.verify(raw, payload)
