@@ -409,5 +409,32 @@ def replaced_policy_records(client: Any) -> list[str]:
     listed = {str(row[0]) for row in rows}
     # an id that held one whose row now has another phase or request id (H2, session 36)
     records = replaced_control_ids(client, ("policy_updated", "policy_in_force"))
-    return replaced + [f"{reason} (id {ident[:16]})" for ident, _, _, reason, _ in records
-                       if ident not in listed]  # fmt: skip
+    replaced += [f"{reason} (id {ident[:16]})" for ident, _, _, reason, _ in records
+                 if ident not in listed]  # fmt: skip
+    # an id that said something else too: a row of the same reason and another outcome
+    # (stored as news), no command, read as an update recorded before commands were
+    # (session 39 round 5, G2b: the update revoking an operator dropped in silence)
+    told = set(replaced)
+    if listed and client.command(f"EXISTS TABLE {DATABASE}.decision_variants"):
+        ids = {str(row[0]): str(row[2]) for row in rows}
+        said = client.query(
+            f"SELECT decision_id FROM {DATABASE}.decision_variants FINAL "
+            "WHERE decision_id IN {ids:Array(String)} GROUP BY decision_id "
+            "HAVING uniqExact(outcome, reason) > 1",
+            parameters={"ids": sorted(ids)},
+        ).result_rows
+        replaced += [ids[str(r[0])] for r in said if ids[str(r[0])] not in told]
+    # an update's row without its command stored after the audit's first command-bearing
+    # control row: not one from before commands were recorded (0005), but a row written
+    # first under the update's id, which kept the worker's out (session 39 round 5, G2)
+    told = set(replaced)
+    late = client.query(_UNCOMMANDED_SQL.format(db=DATABASE)).result_rows
+    replaced += [str(r[0]) for r in late if str(r[0]) not in told]
+    return replaced
+
+
+_UNCOMMANDED_SQL = (
+    "SELECT request_id FROM {db}.decisions FINAL WHERE phase = 'control' "
+    "AND reason = 'policy_updated' AND input IS NULL AND inserted_at > (SELECT "
+    "minOrNull(inserted_at) FROM {db}.decisions WHERE phase = 'control' AND input IS NOT NULL)"
+)

@@ -43,6 +43,7 @@ from baton.cli.restore_kills import (
     replaced_policy_records,
     unheld_kill_scopes,
 )
+from baton.cli.restore_withhold import withhold, without_releases
 from baton.cli.restore_write import reissue, write_changelog
 from baton.cli.up_children import WORKER_DATA_DIR
 from baton.cli.wording import counted
@@ -114,11 +115,14 @@ def restore_runs(
         say(
             f"restore: WARNING: {len(replaced)} policy record(s) of the audit were replaced by "
             f"rows no worker writes ({_first_names(replaced, 3)}): a policy update they stood "
-            "for is NOT re-issued, and the workers may decide under an older policy; "
-            "re-publish the policy you want with `baton policy publish`"
+            "for is NOT re-issued, and the workers may decide under an older policy (with "
+            "operators it had removed): NO release is issued again (the kills hold); "
+            "re-publish the policy you want with `baton policy publish`, then release"
         )
     start = _start_policy(settings)
-    commands = _withhold(commands, refused_live, start, now, say)
+    commands = withhold(commands, refused_live, start, now, say)
+    if replaced:  # the update lost may have revoked the signer of a later release (G2b)
+        commands = without_releases(commands)
     kept = keep_killed(states, rebuilt.killed_at, commands)
     if kept:
         names = _first_names(kept)
@@ -175,65 +179,6 @@ def restore_runs(
             "and a signed one survives the next restart too)"
         )
     return len(states)
-
-
-def _withhold(
-    commands: list[str],
-    refused_live: set[str],
-    start: Policy | None,
-    now: datetime,
-    say: Callable[[str], None],
-) -> list[str]:
-    """``commands`` without the ones a restart must not issue again, each kind said: releases
-    a worker refused before it (:func:`refused_before`), and releases and policy updates no
-    operator's key can verify (``fold_reissued``'s ``unverifiable``); the restart stops when
-    those leave its workers without the operators the recorded commands end with."""
-    unverifiable: set[str] = set()
-    if start is not None:
-        kept = [text for text in commands if text not in refused_live]
-        fold_reissued(kept, start, now, unverifiable=unverifiable)
-        plain: list[Policy] = []  # what the recorded commands end with, nothing withheld
-        fold_reissued(commands, start, now, ended=plain)
-        _refuse_operators_lost(kept, unverifiable, start, now, plain[0])
-    if refused_live:
-        say(
-            f"restore: WARNING: {len(refused_live)} release(s) recorded as applied were refused "
-            "by a worker before this restart (their refusal is in the audit: a copy forged "
-            "into gov.decisions, one signed on a clock too far ahead, refused at an earlier "
-            "restart by another --policy or as a replay of a switch it held): NOT issued "
-            "again; release again, signed anew, what should be lifted"
-        )
-    if unverifiable:
-        say(
-            f"restore: {len(unverifiable)} signed release(s) or policy update(s) NOT issued "
-            "again: no operator's key verifies them (the policy listed none where they fall, "
-            "or not theirs after an update emptied the list), and any writer of gov.decisions "
-            "could have recorded them; the kills they lifted hold again, the policy before "
-            "them stays (release or publish again, signed by an operator)"
-        )
-    return [text for text in commands if text not in refused_live | unverifiable]
-
-
-def _refuse_operators_lost(
-    kept: list[str], unverifiable: set[str], start: Policy, now: datetime, plain: Policy
-) -> None:
-    """ConfigError when the commands not issued again (``unverifiable``) leave the fresh
-    workers without the operators the recorded ones end with (``plain``): an update re-adding
-    operators after a gap, signed by no operator of before it, would switch signing off."""
-    if not unverifiable or not plain.operators:
-        return
-    ended: list[Policy] = []
-    fold_reissued([t for t in kept if t not in unverifiable], start, now, ended=ended)
-    if not ended[0].operators:
-        from baton.schemas.errors import ConfigError
-
-        raise ConfigError(
-            "restore: the recorded policy updates end with operators ("
-            + ", ".join(shown(n) for n in sorted(plain.operators)[:8])
-            + ") that this restart cannot give back: an update giving them was signed by no "
-            "operator in force before it, so it is not issued again; start with --policy FILE "
-            "naming the operators"
-        )
 
 
 def _start_policy(settings: Settings) -> Policy | None:

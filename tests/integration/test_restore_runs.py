@@ -695,3 +695,72 @@ def test_an_audit_an_older_sink_wrote_is_migrated_before_the_restore(
         assert client.command("EXISTS TABLE governance.kill_times")
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("forgery", ["another outcome after it", "the same, stored first"])
+def test_a_replaced_policy_update_lets_no_release_through(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forgery: str
+) -> None:
+    """Session 39, round 5 (G2, G2b): start {oncall, mallory}; oncall kills acme and then
+    revokes mallory. A row under the revocation's id without its command (another outcome,
+    stored as news; or the same one written before the worker's, which the sink then kept
+    out) read as an update recorded before commands were: the revocation was not issued
+    again, unsaid, and mallory's own release row lifted the kill. Now the record is named as
+    replaced and no release is issued again."""
+    from baton.cli.restore_kills import fold_reissued
+    from baton.processors.engine import NO_KILLS, apply_control, apply_policy_update
+    from baton.schemas.events import KillSwitch, KillSwitchReleased, PolicyUpdated
+    from baton.schemas.policy import parse_policy
+    from baton.schemas.signing import (
+        control_payload,
+        new_private_key,
+        policy_hash,
+        public_key_text,
+        sign,
+    )
+
+    oncall, mallory = new_private_key(), new_private_key()
+    both = (
+        f'operators: {{oncall: "{public_key_text(oncall)}", '
+        f'mallory: "{public_key_text(mallory)}"}}\n'
+    )
+    only = f'operators: {{oncall: "{public_key_text(oncall)}"}}\n'
+    (tmp_path / "policy.yaml").write_text(both)
+    policy = parse_policy(both, "p")
+    base = datetime.now(UTC) - timedelta(minutes=30)
+    when = base + timedelta(minutes=1)
+    signed = sign(oncall, control_payload("kill_switch", "tenant", "acme", "oncall", "", when))
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", signature=signed,
+                      event_time=when)  # fmt: skip
+    kills, kill_row = apply_control(NO_KILLS, kill, policy, when)
+    kill_row.input = input_text(kill)
+    when = base + timedelta(minutes=10)
+    payload = control_payload("policy_updated", "global", "*", "oncall", "", when,
+                              policy_hash(only))  # fmt: skip
+    revoke = PolicyUpdated(policy_yaml=only, operator="oncall", signature=sign(oncall, payload),
+                           event_time=when)  # fmt: skip
+    step = apply_policy_update(policy, None, revoke, when)
+    assert step.applied and step.record is not None
+    update_row = replace(step.record, input=input_text(revoke))
+    when = base + timedelta(minutes=20)
+    signed = sign(mallory, control_payload("kill_switch_released", "tenant", "acme", "mallory",
+                                           "", when))  # fmt: skip
+    release = KillSwitchReleased(scope="tenant", tenant="acme", operator="mallory",
+                                 signature=signed, event_time=when)  # fmt: skip
+    _, release_row = apply_control(kills, release, policy, when)  # as under the start policy
+    release_row.input = input_text(release)
+    if forgery == "another outcome after it":
+        _store(tmp_path / "chdb", [kill_row, update_row])
+        _store(tmp_path / "chdb", [replace(update_row, outcome=Outcome.STOP, input=None)], 50)
+    else:
+        _store(tmp_path / "chdb", [kill_row])
+        _store(tmp_path / "chdb", [replace(update_row, input=None)], 50)
+        _store(tmp_path / "chdb", [update_row], 60)  # the worker's: kept out
+    _store(tmp_path / "chdb", [release_row], 100)
+    sent = _reissued(monkeypatch)
+    said: list[str] = []
+    settings = _settings(broker).model_copy(update={"policy": str(tmp_path / "policy.yaml")})
+    restore_runs(settings, tmp_path, said.append)
+    assert release_row.input not in sent
+    assert fold_reissued(sent, policy, datetime.now(UTC))[0].tenants == {"acme"}
+    assert any("NO release is issued again" in line for line in said), said

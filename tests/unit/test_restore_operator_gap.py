@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from baton.cli.restore_kills import fold_reissued
-from baton.cli.restore_runs import _refuse_operators_lost
+from baton.cli.restore_withhold import refuse_operators_lost
 from baton.processors.recorded import input_text
 from baton.schemas.errors import ConfigError
 from baton.schemas.events import KillSwitch, KillSwitchReleased, PolicyUpdated
@@ -70,7 +70,7 @@ def test_a_forged_operator_in_the_gap_is_not_issued_again() -> None:
     kills, _ = fold_reissued(commands, start, now, unverifiable=withheld, ended=ended)
     assert withheld == {forged, released} and kills.tenants == {"acme"}
     assert list(ended[0].operators) == ["oncall"]  # oncall's own update re-adds them
-    _refuse_operators_lost(commands, withheld, start, now, ended[0])  # nothing lost
+    refuse_operators_lost(commands, withheld, start, now, ended[0])  # nothing lost
 
 
 def test_operators_re_added_by_no_earlier_operator_stop_the_restart() -> None:
@@ -85,7 +85,7 @@ def test_operators_re_added_by_no_earlier_operator_stop_the_restart() -> None:
     fold_reissued(commands, start, now, unverifiable=withheld)
     assert withheld == {newbie} and list(plain[0].operators) == ["newbie"]
     with pytest.raises(ConfigError, match=r"end with operators \(newbie\).*--policy FILE"):
-        _refuse_operators_lost(commands, withheld, start, now, plain[0])
+        refuse_operators_lost(commands, withheld, start, now, plain[0])
 
 
 def test_a_start_without_operators_still_takes_its_first_signed_publication() -> None:
@@ -101,16 +101,16 @@ def test_the_restart_stops_when_what_it_withholds_drops_the_operators() -> None:
     """Round 4 (session 39): the check compared the withheld fold with itself and never
     fired: start {oncall}, oncall empties the list, newbie publishes {newbie}; the restart
     withheld newbie's update and its workers ran without operators, unsaid."""
-    from baton.cli.restore_runs import _withhold
+    from baton.cli.restore_withhold import withhold
 
     start = parse_policy(_ops(oncall=ONCALL), "start")
     emptied = _update(_ops(), 2, "oncall", ONCALL)
     newbie = _update(_ops(newbie=NEWBIE), 3, "newbie", NEWBIE)
     with pytest.raises(ConfigError, match=r"end with operators \(newbie\)"):
-        _withhold([emptied, newbie], set(), start, datetime.now(UTC), [].append)
+        withhold([emptied, newbie], set(), start, datetime.now(UTC), [].append)
     # the advice: a start policy naming newbie gives them back
     named = parse_policy(_ops(newbie=NEWBIE), "named")
-    kept = _withhold([emptied, newbie], set(), named, datetime.now(UTC), [].append)
+    kept = withhold([emptied, newbie], set(), named, datetime.now(UTC), [].append)
     assert newbie in kept
 
 
