@@ -44,7 +44,7 @@ def withhold(
             "by a worker before this restart (their refusal is in the audit: a copy forged "
             "into gov.decisions, one signed on a clock too far ahead, refused at an earlier "
             "restart by another --policy or as a replay of a switch it held): NOT issued "
-            "again; release again, signed anew, what should be lifted"
+            f"again ({_named(refused_live)}); release again, signed anew, what should be lifted"
         )
     if unverifiable:
         say(
@@ -52,9 +52,32 @@ def withhold(
             "again: no operator's key verifies them (the policy listed none where they fall, "
             "or not theirs after an update emptied the list), and any writer of gov.decisions "
             "could have recorded them; the kills they lifted hold again, the policy before "
-            "them stays (release or publish again, signed by an operator)"
+            f"them stays ({_named(unverifiable)}; release or publish again, signed by an "
+            "operator)"
         )
     return [text for text in commands if text not in refused_live | unverifiable]
+
+
+def _named(texts: set[str], first: int = 3) -> str:
+    """The first of ``texts`` (recorded commands) as ``release of tenant T by NAME at TIME``:
+    which switch stays held, or which publication is not in force (session 39, round 4)."""
+    from baton.schemas.events import KillSwitchReleased, parse_control_event
+
+    names = []
+    for text in sorted(texts)[:first]:
+        try:
+            event = parse_control_event(text.encode())
+        except Exception:
+            continue
+        what = (
+            f"release of {'everything' if event.scope == 'global' else event.scope} "
+            f"{'' if event.scope == 'global' else shown(event.target)}".rstrip()
+            if isinstance(event, KillSwitchReleased)
+            else "policy update"
+        )
+        names.append(f"{what} by {shown(event.operator)} at {event.event_time.isoformat()[:19]}")
+    more = f" and {len(texts) - first} more" if len(texts) > first else ""
+    return ", ".join(names) + more
 
 
 def without_releases(commands: list[str]) -> list[str]:
