@@ -354,6 +354,12 @@ class Supervisor:
         children = list(self._children.values())
         self._stop([c for c in children if not c.spec.stop_last], grace_s)
         last = [c for c in children if c.spec.stop_last]
+        if last_s is not None:  # one that died meanwhile must still read what they wrote:
+            # a sink killed a moment before the stop still ran when `revive` looked (its
+            # SIGKILL not yet delivered), and its drain was lost (session 39, CI)
+            for child in last:
+                if child.proc.poll() is not None:
+                    self._restart(child, self.clock())
         self._stop(last, grace_s + (last_s or 0.0), twice=last_s is None)
 
     def _stop(self, children: list[_Child], grace_s: float, twice: bool = False) -> None:
