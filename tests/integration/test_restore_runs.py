@@ -9,6 +9,7 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -256,6 +257,18 @@ def _held(data_dir: Path) -> KillSwitches:
     return read_held_kills(data_dir / "worker")
 
 
+def _acme_command(kind: type, key: object, when: datetime) -> Any:
+    """``kind`` (a kill or its release) of tenant acme, signed by oncall's ``key`` at ``when``."""
+    from baton.schemas.signing import control_payload, sign
+
+    name = kind.model_fields["type"].default
+    signed = sign(key, control_payload(name, "tenant", "acme", "oncall", "r", when))
+    return kind(
+        scope="tenant", tenant="acme", operator="oncall", reason="r", signature=signed,
+        event_time=when,
+    )  # fmt: skip
+
+
 def test_a_forged_release_that_replaced_a_kill_in_final_is_held_for_new_runs_too(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -394,7 +407,7 @@ def test_a_lost_kill_after_a_signed_release_is_held_whatever_time_its_forger_giv
     from baton.schemas.decision import Phase, Reason, decision_id_for
     from baton.schemas.events import KillSwitch, KillSwitchReleased
     from baton.schemas.policy import parse_policy
-    from baton.schemas.signing import control_payload, new_private_key, public_key_text, sign
+    from baton.schemas.signing import new_private_key, public_key_text
 
     key = new_private_key()
     text = f'operators: {{oncall: "{public_key_text(key)}"}}\n'
@@ -403,13 +416,7 @@ def test_a_lost_kill_after_a_signed_release_is_held_whatever_time_its_forger_giv
     base = datetime.now(UTC) - timedelta(minutes=30)
 
     def command(kind: type, minutes: float) -> KillSwitch | KillSwitchReleased:
-        when = base + timedelta(minutes=minutes)
-        name = kind.model_fields["type"].default
-        signed = sign(key, control_payload(name, "tenant", "acme", "oncall", "r", when))
-        return kind(  # type: ignore[no-any-return]
-            scope="tenant", tenant="acme", operator="oncall", reason="r", signature=signed,
-            event_time=when,
-        )  # fmt: skip
+        return _acme_command(kind, key, base + timedelta(minutes=minutes))  # type: ignore[no-any-return]
 
     kills, records = NO_KILLS, []
     for kind, minutes in ((KillSwitch, 0), (KillSwitchReleased, 5), (KillSwitch, 10)):
@@ -479,7 +486,7 @@ def test_a_lost_kill_is_compared_with_a_release_on_the_operators_clock(
     from baton.schemas.decision import Phase, Reason, decision_id_for
     from baton.schemas.events import KillSwitch, KillSwitchReleased
     from baton.schemas.policy import parse_policy
-    from baton.schemas.signing import control_payload, new_private_key, public_key_text, sign
+    from baton.schemas.signing import new_private_key, public_key_text
 
     key = new_private_key()
     text = f'operators: {{oncall: "{public_key_text(key)}"}}\n'
@@ -492,13 +499,7 @@ def test_a_lost_kill_is_compared_with_a_release_on_the_operators_clock(
         (KillSwitchReleased, now - timedelta(seconds=40)),
         (KillSwitch, now - timedelta(seconds=10)),
     ):
-        when = worker_at + ahead
-        name = kind.model_fields["type"].default
-        signed = sign(key, control_payload(name, "tenant", "acme", "oncall", "r", when))
-        event = kind(
-            scope="tenant", tenant="acme", operator="oncall", reason="r", signature=signed,
-            event_time=when,
-        )  # fmt: skip
+        event = _acme_command(kind, key, worker_at + ahead)
         kills, record = apply_control(kills, event, policy, worker_at)
         record.input = input_text(event)
         records.append(record)
@@ -549,7 +550,7 @@ def test_a_refused_release_copied_as_applied_is_not_issued_again(
     from baton.schemas.decision import Phase, Reason, decision_id_for
     from baton.schemas.events import KillSwitch, KillSwitchReleased
     from baton.schemas.policy import parse_policy
-    from baton.schemas.signing import control_payload, new_private_key, public_key_text, sign
+    from baton.schemas.signing import new_private_key, public_key_text
 
     key = new_private_key()
     text = f'operators: {{oncall: "{public_key_text(key)}"}}\n'
@@ -561,12 +562,7 @@ def test_a_refused_release_copied_as_applied_is_not_issued_again(
         (KillSwitch, base, base),
         (KillSwitchReleased, base + timedelta(minutes=7), base + timedelta(minutes=2)),
     ):
-        name = kind.model_fields["type"].default
-        signed = sign(key, control_payload(name, "tenant", "acme", "oncall", "r", signed_at))
-        event = kind(
-            scope="tenant", tenant="acme", operator="oncall", reason="r", signature=signed,
-            event_time=signed_at,
-        )  # fmt: skip
+        event = _acme_command(kind, key, signed_at)
         kills, record = apply_control(kills, event, policy, worker_at)
         record.input = input_text(event)
         records.append(record)

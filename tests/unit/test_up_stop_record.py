@@ -44,13 +44,19 @@ class _Supervisor:
         self.named_at_stop = json.loads(record_path(self.data_dir).read_text())["pids"]
 
 
-def test_a_sink_started_again_at_the_stop_is_named_before_its_drain(tmp_path: Path) -> None:
+def _written_record(data_dir: Path) -> StackRecord:
+    """A running stack's record naming broker 10, worker 11 and sink 12, written."""
     record = StackRecord(
-        state="running", pid=os.getpid(), started_at=datetime.now(UTC), data_dir=tmp_path,
+        state="running", pid=os.getpid(), started_at=datetime.now(UTC), data_dir=data_dir,
         app_id="a", bootstrap="127.0.0.1:9092", partitions=4,
         pids={"broker": 10, "worker": 11, "sink": 12},
     )  # fmt: skip
     write_record(record)
+    return record
+
+
+def test_a_sink_started_again_at_the_stop_is_named_before_its_drain(tmp_path: Path) -> None:
+    record = _written_record(tmp_path)
     supervisor = _Supervisor(tmp_path)
     said: list[str] = []
     stop_children(supervisor, True, object(), said.append, record, 10)  # type: ignore[arg-type]
@@ -64,12 +70,7 @@ def test_a_sink_the_supervisor_started_again_is_named_before_the_drain_too(
     """Session 39 (round 3): the supervisor's last tick restarted the sink, then a child's
     failure ended the stack: nothing to revive, so nothing was written, and the record named
     the old sink during the drain."""
-    record = StackRecord(
-        state="running", pid=os.getpid(), started_at=datetime.now(UTC), data_dir=tmp_path,
-        app_id="a", bootstrap="127.0.0.1:9092", partitions=4,
-        pids={"broker": 10, "worker": 11, "sink": 12},
-    )  # fmt: skip
-    write_record(record)
+    record = _written_record(tmp_path)
     supervisor = _Supervisor(tmp_path)
     supervisor.children["sink"] = _Proc(77)  # started again by the supervisor
     supervisor.revive = lambda name: False  # type: ignore[method-assign]
