@@ -15,7 +15,9 @@ counters, spend, sticky stop and finish, without owners or dedup marks. The kill
 the workers applied, and the signed releases and policy updates, are re-issued on the fresh
 control topic in their order (the workers verify and apply them again before deciding); an
 unsigned release or policy update is not (anyone who can write gov.decisions could have put
-its record there), so a kill it lifted holds again: fail closed.
+its record there), so a kill it lifted holds again: fail closed. With BATON_AUDIT_CHAIN_KEY
+the commands are those whose record a worker sealed (``restore_sealed``): a row forged or
+replaced in gov.decisions is not re-issued.
 
 Not guaranteed: a decision the sink had not stored when `baton up` stopped is not in the
 audit, so its effect is not restored.
@@ -43,10 +45,12 @@ from baton.cli.restore_kills import (
     replaced_policy_records,
     unheld_kill_scopes,
 )
+from baton.cli.restore_sealed import read_sealed, say_unsealed
 from baton.cli.restore_withhold import withhold, without_releases
 from baton.cli.restore_write import reissue, write_changelog
 from baton.cli.up_children import WORKER_DATA_DIR
 from baton.cli.wording import counted
+from baton.processors.control_seal import chain_key
 from baton.processors.engine import STICKY_REASONS, evict
 from baton.processors.held_kills import write_held_kills
 from baton.processors.replay import Recorded, in_chain_order, is_partial, rebuild_run, runs_of
@@ -83,10 +87,11 @@ def restore_runs(
         with audit_errors(f"chdb://{chdb}", "rebuilding run states from the audit"):
             if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
                 return None
-            # kill_times (0009) dates a lost kill: an audit the sink of an older release wrote
-            # is migrated first (only then: a lowered retention is the sink's to apply, after
-            # the commands are read and issued again)
-            if not client.command(f"EXISTS TABLE {DATABASE}.kill_times"):
+            # kill_times (0009) dates a lost kill, control_log (0010) holds the sealed
+            # commands: an audit the sink of an older release wrote is migrated first (only
+            # then: a lowered retention is the sink's to apply, after the commands are read
+            # and issued again)
+            if not client.command(f"EXISTS TABLE {DATABASE}.control_log"):
                 migrate(client, settings.audit_ttl_days)
             policies, refused = read_policies(client)
             for line in refused:
@@ -104,13 +109,21 @@ def restore_runs(
                 states += _from_summaries(
                     client, counted, settings, now, frozenset(rebuilt.unverified_counters)
                 )
-            commands = read_commands(client)
+            sealed = read_sealed(client, chain_key(settings)) if settings.audit_chain_key else None
+            if sealed is None or not sealed.any_sealed:
+                commands = read_commands(client)  # no seals: the rules for unsealed rows
+            else:  # a row forged or replaced in gov.decisions is not among them
+                commands = sealed.commands
             refused_live = refused_before(client, commands)
-            replaced = replaced_policy_records(client)
+            # (sealed records cannot be lost to a replacing row: the log keeps each)
+            unsealed = sealed is None or not sealed.any_sealed or sealed.legacy
+            replaced = replaced_policy_records(client) if unsealed else []
             records = kill_records(client)
     finally:
         client.close()
     _say_what_was_not_verified(rebuilt, settings, say)
+    if sealed is not None:
+        say_unsealed(sealed, say)
     if replaced:
         say(
             f"restore: WARNING: {len(replaced)} policy record(s) of the audit were replaced by "
@@ -221,8 +234,7 @@ def _rebuild(
     """Replay each run; one whose history does not replay exactly is stopped, never reopened
     (a row forged into gov.decisions, or replacing one in FINAL, must not lower a run's spend
     or lift its stop: fail closed)."""
-    key_setting = settings.audit_chain_key
-    key = key_setting.get_secret_value().encode() if key_setting else b""
+    key = chain_key(settings)
     out = _Rebuilt()
     for run in runs:
         run_id = run[0].run_id

@@ -84,6 +84,7 @@ from baton.processors.batch import DeadLetter, InputRecord
 from baton.processors.control_apply import ControlInForce, apply_control_record
 from baton.processors.control_probe import ControlProbe, ProbeInFlight
 from baton.processors.control_progress import ControlProgress
+from baton.processors.control_seal import seal
 from baton.processors.engine import NO_KILLS, KillSwitches
 from baton.processors.exits import EXIT_CONTROL_LOST, exit_without_commit
 from baton.schemas.decision import Decision, Reason
@@ -154,6 +155,7 @@ class ControlFollower:
         give_up_after_s: float | None = None,
         on_give_up: Callable[[str], None] | None = None,
         held: KillSwitches = NO_KILLS,
+        seal_key: bytes = b"",
     ) -> None:
         give_up = GIVE_UP_FACTOR * max_staleness_s if give_up_after_s is None else give_up_after_s
         _check_bounds(max_staleness_s, give_up)
@@ -172,6 +174,8 @@ class ControlFollower:
         self._probe_every_s = min(1.0, self.max_staleness_s / 5)
         self._probe = ControlProbe(topic, self.max_staleness_s)
         self._worker = worker
+        #: BATON_AUDIT_CHAIN_KEY: each command's record is sealed with it (control_seal.py)
+        self._seal_key = seal_key
         self._on_decision = on_decision
         self._on_dead_letter = on_dead_letter
         self._on_give_up = on_give_up or self._exit
@@ -369,6 +373,8 @@ class ControlFollower:
         self.kills, self._policy_signed_at = after.kills, after.policy_signed_at
         self.policy, self.policy_source = after.policy, after.policy_source
         letter, decision = applied.dead_letter, applied.decision
+        if decision is not None:
+            seal(decision, self._seal_key)
         if letter is not None and self._hold(len(letter.value), rec.offset):
             self._on_dead_letter(letter)
         if decision is not None and (

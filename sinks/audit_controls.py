@@ -10,15 +10,18 @@ switch's, a release's or a policy update's) takes the general path and is kept a
 (``AuditBatch.controls``); once the batch's rows are stored, they are looked up by the table's
 sorting key, and one whose id the audit holds saying the same outcome and reason is not
 stored again: the first row stays the only one. One the audit holds under its id saying
-something else (a command refused before and applied now) is stored: it is news. Other
+something else (a command refused before and applied now, or another seal) is stored: it is
+news. Other
 control decisions are rows like any (a run's ``finished`` record, one a run; the workers'
 ``policy_in_force`` records, which each worker start restates: their latest row counts).
 
 Guarantee: a redelivered batch stores nothing twice either (its control rows are held by
 then, or go in under the same token). Not guaranteed: that the row kept is the worker's - one
 written to gov.decisions first under a command's decision id, saying its outcome and reason,
-keeps the real one out, as any writer of that topic could already forge control rows (they
-are not chained; docs/security.md).
+keeps the real one out when the workers seal nothing (no BATON_AUDIT_CHAIN_KEY); with the key
+the seal is part of what a row says (``processors/control_seal``): a forged row's seal is not
+the worker's, so the worker's row is news and stored, and a restart's re-issue, sealed the
+same, is not.
 """
 
 from __future__ import annotations
@@ -47,15 +50,17 @@ log = logging.getLogger("baton.sinks.sink")
 Control = tuple[list[Any], bytes]
 
 _KEY_AT = tuple(DECISION_FIELDS.index(f) for f in ("tenant", "run_id", "decision_id"))
-_SAID_AT = tuple(DECISION_FIELDS.index(f) for f in ("outcome", "reason"))
+#: what a row says: its outcome, reason and seal (``request_digest``, processors/control_seal)
+_SAID_AT = tuple(DECISION_FIELDS.index(f) for f in ("outcome", "reason", "request_digest"))
 _LOOKUP = (
-    f"SELECT DISTINCT tenant, run_id, decision_id, outcome, reason FROM {DATABASE}.decisions "
+    f"SELECT DISTINCT tenant, run_id, decision_id, outcome, reason, ifNull(request_digest, '') "
+    f"FROM {DATABASE}.decisions "
     "WHERE (tenant, run_id, decision_id) IN {ids:Array(Tuple(String, String, String))}"
 )
 
 
 def _key(row: list[Any]) -> tuple[str, ...]:
-    return tuple(str(row[i]) for i in (*_KEY_AT, *_SAID_AT))
+    return tuple("" if row[i] is None else str(row[i]) for i in (*_KEY_AT, *_SAID_AT))
 
 
 def store_controls(

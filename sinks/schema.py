@@ -69,6 +69,7 @@ TTL_TABLES: dict[str, str] = {
     "run_summary_state": "toDateTime(last_at)",
     "approval_resolution_state": "toDateTime(last_at)",
     "kill_times": "toDateTime(inserted_at)",
+    "control_log": "toDateTime(inserted_at)",
 }
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")

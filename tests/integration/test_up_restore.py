@@ -159,7 +159,48 @@ def _audited(data_dir: Path, *pairs: tuple[str, str]) -> bool:
     return all(f"{run}/{reason}" in found for run, reason in pairs)
 
 
-def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path) -> None:
+def _forge_release(data_dir: Path, run: str) -> None:
+    """Write an applied release of ``run``'s kill, with its command, into the stopped stack's
+    audit, as a writer of gov.decisions can: no worker sealed it."""
+    from baton.processors.engine import NO_KILLS, apply_control
+    from baton.processors.recorded import input_text
+    from baton.schemas.events import KillSwitchReleased
+    from baton.schemas.policy import load_policy
+    from tests.integration.test_restore_runs import _store
+
+    now = datetime.now(UTC)
+    release = KillSwitchReleased(scope="run", run_id=run, operator="oncall", event_time=now)
+    _, record = apply_control(NO_KILLS, release, load_policy(None), now)
+    record.input = input_text(release)
+    _store(data_dir / "chdb", [record], first_offset=2 * 10**6)
+
+
+def _sealed_kills(data_dir: Path) -> list[bool]:
+    """Whether each kill record of the control log verifies under the test's chain key."""
+    from baton.processors.control_seal import SEAL_FIELDS, is_sealed
+
+    rows = _sql(
+        data_dir,
+        f"SELECT toJSONString(tuple({', '.join(SEAL_FIELDS)}, seal)) FROM governance.control_log "
+        "WHERE reason = 'kill_switch' AND run_id = 'killed'",
+    )
+    out = []
+    for row in rows:
+        *values, said = json.loads(row.replace('""', '"'))
+        values[8] = datetime.fromisoformat(values[8])
+        out.append(is_sealed(CHAIN_KEY.encode(), values, said))
+    return out
+
+
+CHAIN_KEY = "the stack's chain key"
+
+
+def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With BATON_AUDIT_CHAIN_KEY: the worker seals the kill's record, and the restart issues
+    again only sealed commands (a release forged into the audit is named, not issued)."""
+    monkeypatch.setenv("BATON_AUDIT_CHAIN_KEY", CHAIN_KEY)
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     data_dir = tmp_path / "data"
@@ -190,10 +231,12 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path
         )
         engaged = _kill_rows(data_dir)
         assert engaged[1:] == ["1"], engaged
+        assert _sealed_kills(data_dir) == [True]
     finally:
         _stop(first)
 
     _lose_a_tenant_kill(data_dir, "acme")
+    _forge_release(data_dir, "killed")
     # the file edited after the start: the stack's workers keep the copy its start read
     # (H2, session 34: a restarted worker loaded the edit, and publish compared with it)
     copy = Path(json.loads((data_dir / "stack.json").read_text())["policy"])
@@ -217,6 +260,11 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path
         assert _decisions(bootstrap, "owned", 1) == [("stop", "ownership_conflict")]
         assert ("stop", "killed") in _decisions(bootstrap, "killed", 1)
         assert any("re-issued 1 of 1 kill switch" in line for line in second.lines)
+        assert any(
+            "1 command record(s) of the audit carry no worker's seal" in line
+            and "kill_switch_released:run:killed:" in line
+            for line in second.lines
+        ), said
         # a tenant kill the restart cannot issue again holds for a run it never saw (it was
         # allowed: session 36), until a release applied after the restart lifts it
         assert any(
@@ -249,5 +297,6 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(tmp_path: Path
         )
         time.sleep(2)  # the sink stores a batch's control rows after its other rows
         assert _kill_rows(data_dir) == engaged
+        assert _sealed_kills(data_dir) == [True]  # the re-issue seals the same: not stored
     finally:
         _stop(second)

@@ -1,0 +1,204 @@
+"""A `baton up` restart with BATON_AUDIT_CHAIN_KEY re-issues the commands whose record a worker
+sealed (``cli/restore_sealed``, session 40): a row forged into gov.decisions is not issued again
+whatever it copies, and a sealed record replaced in ``decisions`` is still issued from the
+control log. Without seals (an audit from before them) the rules for unsealed rows hold."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from baton.cli.restore_kills import fold_reissued
+from baton.cli.restore_runs import restore_runs
+from baton.processors.control_seal import seal
+from baton.processors.engine import NO_KILLS, apply_control, apply_policy_update
+from baton.processors.recorded import input_text
+from baton.schemas.decision import Decision, Outcome
+from baton.schemas.events import KillSwitch, KillSwitchReleased, PolicyUpdated
+from baton.schemas.policy import Policy, parse_policy
+from baton.schemas.signing import (
+    control_payload,
+    new_private_key,
+    policy_hash,
+    public_key_text,
+    sign,
+)
+from baton.streams.embedded import EmbeddedBroker
+from tests.integration.test_restore_runs import _reissued, _settings, _store
+
+pytestmark = pytest.mark.integration
+
+KEY = "the workers' chain key"
+
+
+class _Story:
+    """Start {oncall, mallory}; oncall kills tenant acme, then revokes mallory; every record
+    as the worker made it, sealed with KEY (``sealed=False``: as an older worker, unsealed)."""
+
+    def __init__(self, tmp_path: Path, sealed: bool = True) -> None:
+        self.oncall, self.mallory = new_private_key(), new_private_key()
+        both = (
+            f'operators: {{oncall: "{public_key_text(self.oncall)}", '
+            f'mallory: "{public_key_text(self.mallory)}"}}\n'
+        )
+        self.only = f'operators: {{oncall: "{public_key_text(self.oncall)}"}}\n'
+        (tmp_path / "policy.yaml").write_text(both)
+        self.policy: Policy = parse_policy(both, "p")
+        self.key = KEY.encode() if sealed else b""
+        self.base = datetime.now(UTC) - timedelta(minutes=30)
+        when = self.base + timedelta(minutes=1)
+        self.kills, self.kill = self._kill_command(KillSwitch, "oncall", self.oncall, when)
+        when = self.base + timedelta(minutes=10)
+        payload = control_payload(
+            "policy_updated", "global", "*", "oncall", "", when, policy_hash(self.only)
+        )
+        revoke = PolicyUpdated(
+            policy_yaml=self.only, operator="oncall", signature=sign(self.oncall, payload),
+            event_time=when,
+        )  # fmt: skip
+        step = apply_policy_update(self.policy, None, revoke, when)
+        assert step.applied and step.record is not None
+        self.revoke = seal(replace(step.record, input=input_text(revoke)), self.key)
+
+    def _kill_command(
+        self, kind: type, name: str, key: Any, when: datetime, policy: Policy | None = None
+    ) -> tuple[Any, Decision]:
+        signed = sign(key, control_payload(kind.model_fields["type"].default, "tenant", "acme",
+                                           name, "", when))  # fmt: skip
+        event = kind(scope="tenant", tenant="acme", operator=name, signature=signed,
+                     event_time=when)  # fmt: skip
+        kills, record = apply_control(
+            getattr(self, "kills", NO_KILLS), event, policy or self.policy, when
+        )
+        record.input = input_text(event)
+        return kills, seal(record, self.key)
+
+    def release(self, name: str, minutes: int, policy: Policy | None = None) -> Decision:
+        key = self.oncall if name == "oncall" else self.mallory
+        when = self.base + timedelta(minutes=minutes)
+        return self._kill_command(KillSwitchReleased, name, key, when, policy)[1]
+
+
+def _restore(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[str], list[str]]:
+    sent = _reissued(monkeypatch)
+    said: list[str] = []
+    settings = _settings(broker).model_copy(
+        update={"policy": str(tmp_path / "policy.yaml"), "audit_chain_key": SecretStr(KEY)}
+    )
+    restore_runs(settings, tmp_path, said.append)
+    return sent, said
+
+
+def test_a_forged_release_is_not_issued_again_whatever_it_copies(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the revocation, mallory's release was refused live. A writer of gov.decisions
+    writes it as applied, with the seal of a real record copied: the rules for unsealed rows
+    would have to find it out (five rounds of them, session 39); the seal does not verify."""
+    story = _Story(tmp_path)
+    refused = story.release("mallory", 20, parse_policy(story.only, "p2"))
+    assert refused.reason == "unknown_operator"
+    forged = story.release("mallory", 20)  # its shape under the start policy: applied
+    forged.request_digest = story.kill.request_digest
+    _store(tmp_path / "chdb", [story.kill, story.revoke, refused])
+    _store(tmp_path / "chdb", [forged], 100)
+    sent, said = _restore(broker, tmp_path, monkeypatch)
+    assert sent == [story.kill.input, story.revoke.input]
+    assert fold_reissued(sent, story.policy, datetime.now(UTC))[0].tenants == {"acme"}
+    (line,) = [ln for ln in said if "carry no worker's seal" in ln]
+    assert forged.request_id in line, line
+
+
+def test_a_sealed_update_replaced_in_decisions_is_issued_from_the_log_and_releases_go_through(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session 39's G2b, sealed: the revocation's row replaced in decisions (another outcome)
+    made the restart issue no release at all (the lost update might have revoked its signer).
+    The control log keeps the sealed record: the revocation is issued again, and oncall's
+    release after it too."""
+    story = _Story(tmp_path)
+    release = story.release("oncall", 20, parse_policy(story.only, "p2"))
+    assert release.reason == "kill_switch_released"
+    _store(tmp_path / "chdb", [story.kill, story.revoke])
+    _store(tmp_path / "chdb", [replace(story.revoke, outcome=Outcome.STOP, input=None)], 50)
+    _store(tmp_path / "chdb", [release], 100)
+    sent, said = _restore(broker, tmp_path, monkeypatch)
+    assert sent == [story.kill.input, story.revoke.input, release.input]
+    kills, _ = fold_reissued(sent, story.policy, datetime.now(UTC))
+    assert kills.tenants == set()
+    assert not any("NO release is issued again" in line for line in said), said
+
+
+def test_an_audit_from_before_the_seals_keeps_the_rules_for_unsealed_rows(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records an older worker wrote (no seal) are re-issued as before the seals, and their
+    replaced policy record still withholds every release; a sealed record after them (the
+    restart's workers seal what they record) does not make them forgeries."""
+    story = _Story(tmp_path, sealed=False)
+    release = story.release("oncall", 20, parse_policy(story.only, "p2"))
+    _store(tmp_path / "chdb", [story.kill, story.revoke])
+    _store(tmp_path / "chdb", [replace(story.revoke, outcome=Outcome.STOP, input=None)], 50)
+    _store(tmp_path / "chdb", [seal(release, KEY.encode())], 100)
+    sent, said = _restore(broker, tmp_path, monkeypatch)
+    assert sent[:1] == [story.kill.input] and release.input not in sent
+    assert any("NO release is issued again" in line for line in said), said
+    assert not any("carry no worker's seal" in line for line in said), said
+
+
+def test_seals_no_key_verifies_are_said(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    story = _Story(tmp_path, sealed=False)
+    _store(tmp_path / "chdb", [seal(story.kill, b"another key")])
+    sent, said = _restore(broker, tmp_path, monkeypatch)
+    assert sent == [story.kill.input]  # judged as unsealed: a kill is issued again
+    assert any("does not verify, and none does" in line for line in said), said
+
+
+def test_a_forged_policy_update_on_a_stack_that_never_listed_operators_is_not_issued_again(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session 39's G1 (documented, not covered by the rules for unsealed rows): under a policy
+    without operators, a forged applied update listing mallory, and mallory's signed release,
+    were issued again: the fresh workers applied the update (no operator to verify it), then
+    her release under it, and lifted the kill. Neither carries a worker's seal."""
+    from baton.schemas.policy import load_policy
+
+    (tmp_path / "policy.yaml").write_text("budgets: {max_steps: 50}\n")
+    mallory = new_private_key()
+    start = load_policy(str(tmp_path / "policy.yaml"))
+    base = datetime.now(UTC) - timedelta(minutes=30)
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", event_time=base)
+    kills, kill_row = apply_control(NO_KILLS, kill, start, base)
+    kill_row.input = input_text(kill)
+    listed = f'operators: {{mallory: "{public_key_text(mallory)}"}}\n'
+    when = base + timedelta(minutes=5)
+    payload = control_payload(
+        "policy_updated", "global", "*", "mallory", "", when, policy_hash(listed)
+    )
+    update = PolicyUpdated(policy_yaml=listed, operator="mallory",
+                           signature=sign(mallory, payload), event_time=when)  # fmt: skip
+    step = apply_policy_update(start, None, update, when)
+    assert step.applied and step.record is not None
+    forged_update = replace(step.record, input=input_text(update))
+    when = base + timedelta(minutes=6)
+    signed = sign(mallory, control_payload("kill_switch_released", "tenant", "acme", "mallory",
+                                           "", when))  # fmt: skip
+    release = KillSwitchReleased(scope="tenant", tenant="acme", operator="mallory",
+                                 signature=signed, event_time=when)  # fmt: skip
+    _, forged_release = apply_control(kills, release, parse_policy(listed, "m"), when)
+    forged_release.input = input_text(release)
+    _store(tmp_path / "chdb", [seal(kill_row, KEY.encode())])
+    _store(tmp_path / "chdb", [forged_update, forged_release], 100)
+    sent, said = _restore(broker, tmp_path, monkeypatch)
+    assert sent == [kill_row.input]
+    assert fold_reissued(sent, start, datetime.now(UTC))[0].tenants == {"acme"}
+    assert any("2 command record(s) of the audit carry no worker's seal" in ln for ln in said)

@@ -1,0 +1,154 @@
+"""The worker's seal on a command's control record (``processors/control_seal``), as the sink
+stores it: what it covers, what it leaves to the restart's re-issue, and how the sink keeps a
+sealed row that a forged one tried to pre-empt (session 40)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from baton.processors.control_seal import SEAL_FIELDS, is_sealed, seal
+from baton.processors.engine import NO_KILLS, apply_control
+from baton.processors.recorded import input_text
+from baton.schemas.decision import Decision
+from baton.schemas.events import KillSwitch
+from baton.schemas.policy import load_policy
+from baton.sinks.audit_batch import AuditBatch, write_batch
+from tests.chdb_audit import chdb_audit
+
+pytestmark = pytest.mark.unit
+
+KEY = b"the workers' chain key"
+_AT = datetime.now(UTC).replace(microsecond=123456) - timedelta(minutes=30)
+
+
+def _kill_record(key: bytes = KEY) -> Decision:
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", reason="r", event_time=_AT)
+    _, record = apply_control(NO_KILLS, kill, load_policy(None), _AT + timedelta(seconds=1))
+    record.input = input_text(kill)
+    return seal(record, key)
+
+
+def _values(d: Decision) -> list[Any]:
+    return [getattr(d, f) for f in SEAL_FIELDS]
+
+
+def test_a_seal_verifies_the_record_and_nothing_it_covers_can_change() -> None:
+    record = _kill_record()
+    assert record.request_digest is not None and is_sealed(
+        KEY, _values(record), record.request_digest
+    )
+    assert not is_sealed(b"another key", _values(record), record.request_digest)
+    assert not is_sealed(b"", _values(record), record.request_digest)  # no key: nothing verifies
+    changes: dict[str, Any] = {
+        "decision_id": "0" * 32,
+        "request_id": record.request_id + "x",
+        "run_id": "r1",
+        "tenant": "other",
+        "phase": "pre_handoff",
+        "outcome": "stop",
+        "reason": "kill_switch_released",
+        "approver": "mallory",
+        "event_time": _AT + timedelta(microseconds=1),
+        "input": (record.input or "").replace("acme", "acmf"),
+    }
+    assert set(changes) == set(SEAL_FIELDS)
+    for name, value in changes.items():
+        assert not is_sealed(
+            KEY, _values(replace(record, **{name: value})), record.request_digest
+        ), name
+
+
+def test_where_and_when_a_worker_recorded_it_is_not_sealed() -> None:
+    """A restart's re-issue is recorded again by a fresh worker, later, under another policy
+    (which a policy update's detail names): the same seal, so the sink keeps the first row."""
+    record = _kill_record()
+    again = seal(
+        replace(
+            record, request_digest=None, decided_at=_AT + timedelta(days=1), worker="w-9",
+            partition=3, offset=77, policy_version="another", detail="policy v0 -> v1",
+        ),
+        KEY,
+    )  # fmt: skip
+    assert again.request_digest == record.request_digest
+
+
+def test_without_a_key_nothing_is_sealed() -> None:
+    record = _kill_record(b"")
+    assert record.request_digest is None
+    assert not is_sealed(b"", _values(record), "0" * 32)
+
+
+def _write(client: Any, records: list[tuple[int, bytes]]) -> None:
+    batch = AuditBatch("gov.decisions", 365)
+    for offset, value in records:
+        batch.add(0, offset, value)
+    write_batch(client, batch, "chdb")
+    assert not batch.rejected
+
+
+def _log(client: Any) -> list[tuple[Any, ...]]:
+    columns = ", ".join(SEAL_FIELDS)
+    return [
+        tuple(row)
+        for row in client.query(
+            f"SELECT {columns}, seal FROM governance.control_log ORDER BY inserted_at"
+        ).result_rows
+    ]
+
+
+def test_the_stored_row_verifies_as_the_worker_sealed_it(tmp_path: Path) -> None:
+    record = _kill_record()
+    client = chdb_audit(tmp_path / "chdb", [])
+    _write(client, [(0, record.to_json())])
+    (row,) = _log(client)
+    client.close()
+    assert is_sealed(KEY, row[:-1], row[-1])
+
+
+def test_a_forged_row_written_first_under_a_sealed_records_id_does_not_keep_it_out(
+    tmp_path: Path,
+) -> None:
+    """A writer of gov.decisions who reads gov.control writes the record of a command under its
+    id, outcome and reason before the worker does: the sink kept the first row and dropped the
+    worker's. The seal is part of what a row says: the worker's is news, stored; its re-issue
+    at a restart (the same seal) is not stored again."""
+    record = _kill_record()
+    forged = replace(record, request_digest=None, detail="scope=tenant target=acme reason=forged")
+    client = chdb_audit(tmp_path / "chdb", [])
+    _write(client, [(0, forged.to_json())])
+    _write(client, [(1, record.to_json())])
+    reissued = replace(record, decided_at=_AT + timedelta(minutes=5), offset=0)
+    _write(client, [(0, reissued.to_json())])
+    final = client.query(
+        "SELECT request_digest FROM governance.decisions FINAL WHERE phase = 'control'"
+    ).result_rows
+    log = _log(client)
+    client.close()
+    assert final == [(record.request_digest,)]
+    assert [row[-1] for row in log] == [None, record.request_digest]  # every record, never replaced
+
+
+def test_the_control_follower_seals_each_record_it_makes() -> None:
+    from baton.processors.control import ControlFollower
+
+    made: list[Decision] = []
+    follower = ControlFollower(
+        {"bootstrap.servers": "127.0.0.1:1"}, "gov.control", load_policy(None), worker="w",
+        on_decision=made.append, on_dead_letter=lambda _: None, seal_key=KEY,
+    )  # fmt: skip
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", event_time=_AT)
+    value = kill.to_json()
+    msg = SimpleNamespace(
+        topic=lambda: "gov.control", partition=lambda: 0, offset=lambda: 5, key=lambda: None,
+        value=lambda: value,
+    )  # fmt: skip
+    follower._apply(msg)
+    (record,) = made
+    assert record.reason == "kill_switch"
+    assert is_sealed(KEY, _values(record), record.request_digest)
