@@ -50,7 +50,7 @@ from baton.cli.restore_withhold import withhold, without_releases
 from baton.cli.restore_write import reissue, write_changelog
 from baton.cli.up_children import WORKER_DATA_DIR
 from baton.cli.wording import counted
-from baton.processors.control_seal import chain_key
+from baton.processors.control_seal import chain_key, seal_keys
 from baton.processors.engine import STICKY_REASONS, evict
 from baton.processors.held_kills import write_held_kills
 from baton.processors.replay import Recorded, in_chain_order, is_partial, rebuild_run, runs_of
@@ -81,6 +81,7 @@ def restore_runs(
     from baton.sinks.schema import DATABASE, migrate
 
     now = now or datetime.now(UTC)
+    keys = seal_keys(settings, data_dir / WORKER_DATA_DIR)  # the workers' seals verify with
     chdb = data_dir / "chdb"
     client = connect(f"chdb://{chdb}", follow_endpoint=False)
     try:
@@ -109,7 +110,7 @@ def restore_runs(
                 states += _from_summaries(
                     client, counted, settings, now, frozenset(rebuilt.unverified_counters)
                 )
-            sealed = read_sealed(client, chain_key(settings)) if settings.audit_chain_key else None
+            sealed = read_sealed(client, keys) if keys else None
             if sealed is None or not sealed.any_sealed:
                 commands = read_commands(client)  # no seals: the rules for unsealed rows
             else:  # a row forged or replaced in gov.decisions is not among them

@@ -8,13 +8,15 @@ first stored them (its clock: no writer of gov.decisions sets it): a row forged 
 gov.decisions, a copy altered, re-labelled (a refusal as applied) or re-keyed, is not issued
 again, and replacing a sealed row in ``decisions`` takes nothing from the log.
 
-An audit from before the seals: its records stored before the first sealed one (``legacy``)
-are read from the log too (the first copy of each: a row forged after the first sealed one
-cannot replace them) and judged by the rules for unauthenticated rows (restore_kills,
-restore_withhold); they are sealed when the restart's workers record them again. A command
-record stored after the first sealed one without a seal that verifies (forged, or sealed under
-another key) is not issued again, and named: a kill it would have re-issued is held by the
-restart's rules for lost kills (fail closed).
+An audit from before the seals: its records stored before the control log was made (migration
+0010: a forger cannot store a row before then) are ``legacy``, read from the log too (the
+first copy of each) and judged by the rules for unauthenticated rows (restore_kills,
+restore_withhold); the restart's workers seal them when they record them again. A command
+record stored after 0010 without a seal that verifies (forged; sealed under another key;
+recorded while the workers ran without the key) is not issued again, and named: a kill it
+would have re-issued is held by the restart's rules for lost kills (fail closed). An audit in
+which no record's seal verifies (the key given to the restart only, or another key) is judged
+wholly by the rules for unauthenticated rows, and said.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ _SEAL_SHAPE = re.compile(r"[0-9a-f]{32}").fullmatch
 _APPLIED = ("kill_switch", "kill_switch_released", "policy_updated")
 _LOG_SQL = """
 SELECT decision_id, request_id, run_id, tenant, phase, outcome, reason, approver, event_time,
-       input, seal, inserted_at
+       input, seal,
+       -- stored before the log was made (0010): what an audit from before the seals holds,
+       -- and a forger cannot store a row before then
+       inserted_at < (SELECT max(applied_at) FROM {db}.schema_migrations WHERE version = 10)
 FROM {db}.control_log
 ORDER BY inserted_at, decided_at, audit_partition, audit_offset
 """
@@ -47,10 +52,10 @@ class SealedCommands:
     #: the commands to issue again, in order: those whose record a worker sealed, and the
     #: ``legacy`` ones
     commands: list[str] = field(default_factory=list)
-    #: of them, the unsealed ones stored before the first sealed record (an audit from
-    #: before the seals): judged by the rules for unauthenticated rows
+    #: of them, the unsealed ones stored before migration 0010 (an audit from before the
+    #: seals): judged by the rules for unauthenticated rows
     legacy: list[str] = field(default_factory=list)
-    #: request ids of applied records stored after it whose seal does not verify
+    #: request ids of applied records stored after 0010 whose seal does not verify
     unsealed: list[str] = field(default_factory=list)
     #: whether any record's seal verifies (else the audit predates the seals, or the key)
     any_sealed: bool = False
@@ -58,15 +63,15 @@ class SealedCommands:
     foreign: int = 0
 
 
-def read_sealed(client: Any, key: bytes) -> SealedCommands:
-    """The control log's records judged by their seals under ``key`` (module doc)."""
+def read_sealed(client: Any, keys: list[bytes]) -> SealedCommands:
+    """The control log's records judged by their seals under ``keys`` (module doc)."""
     from baton.sinks.schema import DATABASE
 
     out = SealedCommands()
     if not client.command(f"EXISTS TABLE {DATABASE}.control_log"):
         return out
     rows = client.query(_LOG_SQL.format(db=DATABASE)).result_rows
-    verified = [is_sealed(key, row[:-2], row[-2]) for row in rows]
+    verified = [any(is_sealed(k, row[:-2], row[-2]) for k in keys) for row in rows]
     out.any_sealed = any(verified)
     out.foreign = sum(
         1 for row, ok in zip(rows, verified, strict=True) if not ok and _SEAL_SHAPE(row[-2] or "")
@@ -75,22 +80,21 @@ def read_sealed(client: Any, key: bytes) -> SealedCommands:
     for row, ok in zip(rows, verified, strict=True):
         if ok and row[6] in _APPLIED and row[9] is not None:
             texts.setdefault(row[0], str(row[9]))
-    # a command's place: its first copy (one stored before the seals began: the original, and
-    # a legacy command sealed again by a restart keeps it), else its first sealed copy
+    # a command's place: its first copy (one stored before 0010: the original; a legacy
+    # command sealed again by a restart keeps it), else its first sealed copy
     placed: dict[str, tuple[bool, str]] = {}  # id -> (sealed, command), in order
-    era_began = False
     for row, ok in zip(rows, verified, strict=True):
-        era_began = era_began or ok
         decision_id, request_id, reason, text = row[0], row[1], row[6], row[9]
         if reason not in _APPLIED or text is None or decision_id in placed:
             continue
+        before = bool(row[-1])
         if decision_id in texts:
-            if ok or not era_began:
+            if ok or before:
                 placed[decision_id] = (True, texts[decision_id])
-        elif era_began:
-            out.unsealed.append(str(request_id))
-        else:
+        elif before:
             placed[decision_id] = (False, str(text))
+        else:
+            out.unsealed.append(str(request_id))
     out.commands = [text for _, text in placed.values()]
     out.legacy = [text for sealed, text in placed.values() if not sealed]
     return out
@@ -101,9 +105,10 @@ def say_unsealed(sealed: SealedCommands, say: Callable[[str], None]) -> None:
     seals no record verifies under this key (none: nothing said)."""
     if sealed.foreign and not sealed.any_sealed:
         say(
-            f"restore: WARNING: {sealed.foreign} command record(s) carry a seal that "
-            "BATON_AUDIT_CHAIN_KEY does not verify, and none does: is it the workers' key? The "
-            "commands are judged as unsealed ones (an audit from before the seals)"
+            f"restore: WARNING: {sealed.foreign} command record(s) carry a seal that no key "
+            "here verifies, and none does (BATON_AUDIT_CHAIN_KEY, DATA_DIR/worker/seal.key): "
+            "are they the workers' keys? The commands are judged as unsealed ones (an audit "
+            "from before the seals)"
         )
     if not sealed.unsealed:
         return
@@ -111,6 +116,8 @@ def say_unsealed(sealed: SealedCommands, say: Callable[[str], None]) -> None:
     more = " ..." if len(sealed.unsealed) > 3 else ""
     say(
         f"restore: WARNING: {len(sealed.unsealed)} command record(s) of the audit carry no "
-        f"worker's seal ({names}{more}): forged into gov.decisions, or sealed under another "
-        "BATON_AUDIT_CHAIN_KEY; NOT issued again (a kill among them is held)"
+        f"worker's seal ({names}{more}): forged into gov.decisions, sealed under another key "
+        "(BATON_AUDIT_CHAIN_KEY, DATA_DIR/worker/seal.key), or recorded while the workers "
+        "had none; NOT issued again (a kill among them is held; release or publish again "
+        "what should be in force)"
     )

@@ -65,10 +65,12 @@ def say_what_a_restart_keeps(
     """The embedded broker forgets everything when it stops: say so at every start, what the
     audit gives back, and loudly when it gives nothing back."""
     from baton.cli.up_children import WORKER_DATA_DIR
+    from baton.processors.control_seal import ensure_seal_key
     from baton.processors.held_kills import clear_held_kills
 
     audit = data_dir / "chdb"
     clear_held_kills(data_dir / WORKER_DATA_DIR)  # the restore below writes what it holds
+    ensure_seal_key(data_dir / WORKER_DATA_DIR)  # the workers seal commands' records with it
     if no_audit:
         say(
             "the embedded Kafka broker keeps everything in memory and --no-audit keeps no "

@@ -32,7 +32,7 @@ from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.batch_stats import BatchStats
 from baton.processors.capacity import capacity_of
 from baton.processors.control import ControlFollower
-from baton.processors.control_seal import chain_key
+from baton.processors.control_seal import chain_key, seal_key
 from baton.processors.exits import EXIT_DELIVERY_FAILED, changelog_ends, exit_without_commit
 from baton.processors.faust_adapter import RunStore, WorkerRuntime
 from baton.processors.faust_app import build_app, runs_table, source_topic
@@ -110,7 +110,7 @@ class GovernanceWorker:
             on_dead_letter=self._enqueue,
             max_staleness_s=settings.control_max_staleness_s,
             held=held_from_restart(settings.worker_data_dir),
-            seal_key=chain_key(settings),
+            seal_key=seal_key(settings),
         )
         self._processor: BatchProcessor | None = None
         self._lock = asyncio.Lock()

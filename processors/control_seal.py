@@ -22,25 +22,46 @@ policy before it, which a restart under another ``--policy`` changes. A copy of 
 re-dated by a forger still verifies; the restart orders the commands by when the sink first
 stored each (``control_log.inserted_at``), which no writer of the topic sets.
 
-Without the key nothing is sealed (an empty key is a hash anyone can compute): the restart
-keeps its rules for unauthenticated rows (docs/security.md).
+The key: ``BATON_AUDIT_CHAIN_KEY`` when set, else the worker data dir's ``seal.key``, which
+`baton up` makes at its first start (32 random bytes, mode 0600, beside ``held-kills.json``):
+the embedded stack seals without any setting, against a local writer of its broker (every local
+user, docs/security.md) who cannot read the data dir. A restart verifies with either key. With
+neither nothing is sealed (an empty key is a hash anyone can compute): the restart keeps its
+rules for unauthenticated rows.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
+import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from baton.schemas.decision import Decision, content_hash
+from baton.schemas.errors import ConfigError
+from baton.schemas.files import write_data_file
 
 if TYPE_CHECKING:
     from baton.schemas.settings import Settings
 
-__all__ = ["SEAL_FIELD", "SEAL_FIELDS", "chain_key", "is_sealed", "seal", "seal_of"]
+__all__ = [
+    "SEAL_FIELD",
+    "SEAL_FIELDS",
+    "SEAL_KEY_FILE",
+    "chain_key",
+    "ensure_seal_key",
+    "is_sealed",
+    "read_seal_key",
+    "seal",
+    "seal_key",
+    "seal_keys",
+    "seal_of",
+]
 
 #: what a seal covers, in this order (an audit row's columns of these names give the same)
 SEAL_FIELDS: Final = (
@@ -57,6 +78,9 @@ SEAL_FIELDS: Final = (
 )
 #: the Decision field (and audit column) that holds a command record's seal
 SEAL_FIELD: Final = "request_digest"
+#: in a worker data dir: the key `baton up` makes when BATON_AUDIT_CHAIN_KEY is not set
+SEAL_KEY_FILE: Final = "seal.key"
+_KEY_TEXT: Final = re.compile(r"[0-9a-f]{64}").fullmatch
 #: the seal's domain: a chain hash (whose ``prev`` is a hash or "") is never a seal
 _DOMAIN: Final = "control-seal/1"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -66,6 +90,44 @@ def chain_key(settings: Settings) -> bytes:
     """BATON_AUDIT_CHAIN_KEY as the bytes the chains and seals are keyed with (b"": unset)."""
     key = settings.audit_chain_key
     return key.get_secret_value().encode() if key else b""
+
+
+def seal_key(settings: Settings) -> bytes:
+    """The key a worker seals with: BATON_AUDIT_CHAIN_KEY, else its data dir's seal.key (b"":
+    neither). ConfigError when the file is there and does not read (fail closed: a worker
+    that sealed nothing would have its commands withheld at the next restart, unsaid)."""
+    return chain_key(settings) or read_seal_key(settings.worker_data_dir)
+
+
+def seal_keys(settings: Settings, worker_dir: Path) -> list[bytes]:
+    """The keys a restart verifies seals with: BATON_AUDIT_CHAIN_KEY and ``worker_dir``'s
+    seal.key, those there are."""
+    return [k for k in (chain_key(settings), read_seal_key(worker_dir)) if k]
+
+
+def read_seal_key(worker_dir: Path) -> bytes:
+    """``worker_dir``'s seal.key (b"": none); ConfigError when it does not read."""
+    path = worker_dir / SEAL_KEY_FILE
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return b""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the seal key {path}: {exc}") from None
+    if not _KEY_TEXT(text):
+        raise ConfigError(
+            f"the seal key {path} is not 64 hex characters (damaged?): remove it and `baton up` "
+            "makes another (commands sealed with the old one are then judged as unsealed)"
+        )
+    return text.encode()
+
+
+def ensure_seal_key(worker_dir: Path) -> None:
+    """Make ``worker_dir``'s seal.key when there is none (`baton up`, at every start)."""
+    if read_seal_key(worker_dir):
+        return
+    worker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_data_file(worker_dir / SEAL_KEY_FILE, secrets.token_hex(32) + "\n", 0o600, "seal key")
 
 
 def seal_of(key: bytes, values: Sequence[Any]) -> str:

@@ -315,7 +315,8 @@ class Settings(BaseSettings):
         None,
         description="secret key of the runs' decision hash chains (the same on every worker "
         "and for `baton audit verify`); without it the chains detect deleted and altered rows, "
-        "with it also forged ones appended by someone without the key",
+        "with it also forged ones appended by someone without the key, and the workers seal "
+        "each command's record (a `baton up` restart re-issues only sealed commands)",
     )
     sink_batch_size: int = Field(
         20_000,

@@ -33,6 +33,25 @@ from tests.integration.test_restore_runs import _reissued, _settings, _store
 
 pytestmark = pytest.mark.integration
 
+
+def _store_before_seals(chdb: Path, decisions: list[Decision]) -> None:
+    """``decisions`` stored by a sink from before migration 0010, which is applied after."""
+    from baton.sinks.audit_batch import AuditBatch, write_batch
+    from baton.sinks.clickhouse import connect
+    from baton.sinks.schema import load_migrations, migrate
+
+    client = connect(f"chdb://{chdb}", create=True)
+    try:
+        migrate(client, 3650, [m for m in load_migrations() if m.version < 10])
+        batch = AuditBatch("gov.decisions", ttl_days=3650)
+        for i, d in enumerate(decisions):
+            batch.add(0, i, d.to_json())
+        write_batch(client, batch)
+        assert migrate(client, 3650) == [10]
+    finally:
+        client.close()
+
+
 KEY = "the workers' chain key"
 
 
@@ -144,13 +163,27 @@ def test_an_audit_from_before_the_seals_keeps_the_rules_for_unsealed_rows(
     restart's workers seal what they record) does not make them forgeries."""
     story = _Story(tmp_path, sealed=False)
     release = story.release("oncall", 20, parse_policy(story.only, "p2"))
-    _store(tmp_path / "chdb", [story.kill, story.revoke])
-    _store(tmp_path / "chdb", [replace(story.revoke, outcome=Outcome.STOP, input=None)], 50)
+    forged = replace(story.revoke, outcome=Outcome.STOP, input=None)
+    _store_before_seals(tmp_path / "chdb", [story.kill, story.revoke, forged])
     _store(tmp_path / "chdb", [seal(release, KEY.encode())], 100)
     sent, said = _restore(broker, tmp_path, monkeypatch)
     assert sent[:1] == [story.kill.input] and release.input not in sent
     assert any("NO release is issued again" in line for line in said), said
     assert not any("carry no worker's seal" in line for line in said), said
+
+
+def test_an_unsealed_record_stored_after_the_log_was_made_is_not_issued_again(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not even one stored before the first sealed record: a forger present before the first
+    real command (G1's forged update dated before the first publication) gains nothing."""
+    story = _Story(tmp_path)
+    unsealed = replace(story.revoke, request_digest=None)
+    _store(tmp_path / "chdb", [unsealed])
+    _store(tmp_path / "chdb", [story.kill], 100)
+    sent, said = _restore(broker, tmp_path, monkeypatch)
+    assert sent == [story.kill.input]
+    assert any("1 command record(s) of the audit carry no worker's seal" in ln for ln in said)
 
 
 def test_seals_no_key_verifies_are_said(
@@ -160,7 +193,7 @@ def test_seals_no_key_verifies_are_said(
     _store(tmp_path / "chdb", [seal(story.kill, b"another key")])
     sent, said = _restore(broker, tmp_path, monkeypatch)
     assert sent == [story.kill.input]  # judged as unsealed: a kill is issued again
-    assert any("does not verify, and none does" in line for line in said), said
+    assert any("no key here verifies, and none does" in line for line in said), said
 
 
 def test_a_forged_policy_update_on_a_stack_that_never_listed_operators_is_not_issued_again(
@@ -202,3 +235,22 @@ def test_a_forged_policy_update_on_a_stack_that_never_listed_operators_is_not_is
     assert sent == [kill_row.input]
     assert fold_reissued(sent, start, datetime.now(UTC))[0].tenants == {"acme"}
     assert any("2 command record(s) of the audit carry no worker's seal" in ln for ln in said)
+
+
+def test_the_key_baton_up_made_verifies_the_seals_without_any_setting(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from baton.processors.control_seal import ensure_seal_key, read_seal_key
+
+    ensure_seal_key(tmp_path / "worker")
+    story = _Story(tmp_path, sealed=False)
+    story.key = read_seal_key(tmp_path / "worker")
+    kill = seal(story.kill, story.key)
+    forged = replace(story.revoke, request_digest="0" * 32)
+    _store(tmp_path / "chdb", [kill, forged])
+    sent = _reissued(monkeypatch)
+    said: list[str] = []
+    settings = _settings(broker).model_copy(update={"policy": str(tmp_path / "policy.yaml")})
+    restore_runs(settings, tmp_path, said.append)
+    assert sent == [kill.input]
+    assert any("1 command record(s) of the audit carry no worker's seal" in ln for ln in said)

@@ -176,8 +176,11 @@ def _forge_release(data_dir: Path, run: str) -> None:
 
 
 def _sealed_kills(data_dir: Path) -> list[bool]:
-    """Whether each kill record of the control log verifies under the test's chain key."""
-    from baton.processors.control_seal import SEAL_FIELDS, is_sealed
+    """Whether each kill record of the control log verifies under the key `baton up` made."""
+    from baton.processors.control_seal import SEAL_FIELDS, is_sealed, read_seal_key
+
+    key = read_seal_key(data_dir / "worker")
+    assert (data_dir / "worker" / "seal.key").stat().st_mode & 0o077 == 0  # the owner's alone
 
     rows = _sql(
         data_dir,
@@ -188,19 +191,16 @@ def _sealed_kills(data_dir: Path) -> list[bool]:
     for row in rows:
         *values, said = json.loads(row.replace('""', '"'))
         values[8] = datetime.fromisoformat(values[8])
-        out.append(is_sealed(CHAIN_KEY.encode(), values, said))
+        out.append(is_sealed(key, values, said))
     return out
-
-
-CHAIN_KEY = "the stack's chain key"
 
 
 def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With BATON_AUDIT_CHAIN_KEY: the worker seals the kill's record, and the restart issues
-    again only sealed commands (a release forged into the audit is named, not issued)."""
-    monkeypatch.setenv("BATON_AUDIT_CHAIN_KEY", CHAIN_KEY)
+    """The worker seals the kill's record with the key `baton up` made (no setting), and the
+    restart issues again only sealed commands (a release forged into the audit is named)."""
+    monkeypatch.delenv("BATON_AUDIT_CHAIN_KEY", raising=False)
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     data_dir = tmp_path / "data"

@@ -152,3 +152,26 @@ def test_the_control_follower_seals_each_record_it_makes() -> None:
     (record,) = made
     assert record.reason == "kill_switch"
     assert is_sealed(KEY, _values(record), record.request_digest)
+
+
+def test_baton_up_makes_a_private_seal_key_once_and_a_damaged_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    from baton.processors.control_seal import ensure_seal_key, read_seal_key, seal_key, seal_keys
+    from baton.schemas.errors import ConfigError
+    from baton.schemas.settings import Settings
+
+    worker = tmp_path / "worker"
+    assert read_seal_key(worker) == b""
+    ensure_seal_key(worker)
+    made = read_seal_key(worker)
+    assert len(made) == 64 and (worker / "seal.key").stat().st_mode & 0o777 == 0o600
+    ensure_seal_key(worker)  # the next start keeps it: earlier seals verify
+    assert read_seal_key(worker) == made
+    plain = Settings(worker_data_dir=worker)
+    assert seal_key(plain) == made and seal_keys(plain, worker) == [made]
+    keyed = Settings(worker_data_dir=worker, audit_chain_key="chain")
+    assert seal_key(keyed) == b"chain" and seal_keys(keyed, worker) == [b"chain", made]
+    (worker / "seal.key").write_text("not a key\n")
+    with pytest.raises(ConfigError, match=r"seal\.key is not 64 hex characters"):
+        seal_key(plain)  # fail closed: the worker does not start sealing nothing
