@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from baton.processors.control_seal import is_sealed
-from baton.sinks.render import shown
+from baton.sinks.render import shown_cut
 
-__all__ = ["SealedCommands", "read_sealed", "say_unsealed"]
+__all__ = ["SealedCommands", "audit_seal_keys", "read_sealed", "say_unsealed"]
 
 _SEAL_SHAPE = re.compile(r"[0-9a-f]{32}").fullmatch
 #: the reasons of a command the workers applied (what a restart re-issues)
@@ -112,7 +114,7 @@ def say_unsealed(sealed: SealedCommands, say: Callable[[str], None]) -> None:
         )
     if not sealed.unsealed:
         return
-    names = ", ".join(shown(r) for r in sealed.unsealed[:3])
+    names = ", ".join(shown_cut(r, 200) for r in sealed.unsealed[:3])
     more = " ..." if len(sealed.unsealed) > 3 else ""
     say(
         f"restore: WARNING: {len(sealed.unsealed)} command record(s) of the audit carry no "
@@ -121,3 +123,16 @@ def say_unsealed(sealed: SealedCommands, say: Callable[[str], None]) -> None:
         "had none; NOT issued again (a kill among them is held; release or publish again "
         "what should be in force)"
     )
+
+
+def audit_seal_keys(settings: Any, chdb_path: Path | None) -> list[bytes]:
+    """The keys `baton audit verify` checks seals with: BATON_AUDIT_CHAIN_KEY, and the seal.key
+    of the `baton up` data dir whose audit ``chdb_path`` is (``DATA_DIR/chdb``) when readable."""
+    from baton.processors.control_seal import chain_key, read_seal_key
+    from baton.schemas.errors import ConfigError
+
+    keys = [chain_key(settings)]
+    # (another user's stack, or a damaged key: said as unchecked when no key is left)
+    with suppress(ConfigError):
+        keys.append(read_seal_key(chdb_path.parent / "worker") if chdb_path else b"")
+    return [k for k in keys if k]

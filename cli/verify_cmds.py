@@ -12,6 +12,13 @@ within a day of the retention horizon (``BATON_AUDIT_TTL_DAYS``) are checked
 as partial: their first link may name a row that retention removed. Not detected here (see
 chain_verify): rows deleted from the end of a run, and without the key a forged row appended
 at a run's end.
+
+Command records (kill switches, releases, policy updates: they belong to no run): every applied
+one in ``governance.control_log`` stored after migration 0010 must carry a worker's seal that
+verifies (``processors/control_seal``) with BATON_AUDIT_CHAIN_KEY or the stack's seal.key
+(``DATA_DIR/worker``, found beside a ``chdb://DATA_DIR/chdb`` audit); each that does not is named
+``FORGED`` and fails the check, unless no record's seal verifies at all (no key here, or an
+audit from before the seals: said as not checked).
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ __all__ = ["register"]
 
 #: problems shown per run; the rest are counted
 _SHOWN = 3
+#: forged command records named one a line (the summary counts them all)
+_SHOWN_FORGED = 20
 _RELATIVE = re.compile(r"(\d{1,6})\s*([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -114,22 +123,31 @@ def verify_cmd(
 ) -> None:
     """Recompute every run's decision hash chain from the audit; print one line per run whose
     rows were deleted, altered or inserted out of band, one line per decision id that holds
-    records saying different things, and a summary. Exit 1 when any run fails or any id
-    conflicts, 0 when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the workers')."""
+    records saying different things, one per applied command record no worker sealed, and a
+    summary. Exit 1 when any run fails, any id conflicts or a command record is forged, 0
+    when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the workers'); seals verify
+    with it or with the seal.key of the `baton up` stack whose audit this is."""
+    from baton.cli.restore_sealed import audit_seal_keys, read_sealed
     from baton.processors.chain_links import shown_id
+    from baton.processors.control_seal import chain_key
     from baton.schemas.errors import BadArgument
     from baton.sinks.audit_conflicts import MAX_CONFLICTS, load_conflicts
     from baton.sinks.chain_verify import utc_row, verify_chains
     from baton.sinks.clickhouse import audit_errors, parse_dsn
+    from baton.sinks.render import shown_cut
 
     settings = query_settings(clickhouse_dsn, data_dir)
-    key_setting = build_settings().audit_chain_key
-    key = key_setting.get_secret_value().encode() if key_setting else b""
+    key = chain_key(build_settings())
     sql, params = _query(run_id, since)
-    label = parse_dsn(settings.clickhouse_dsn).label
+    target = parse_dsn(settings.clickhouse_dsn)
+    label = target.label
+    seal_keys = audit_seal_keys(build_settings(), target.chdb_path)
     with audit_client(settings) as client, audit_errors(label, "reading the decision chains"):
         rows = [utc_row(row) for row in client.query(sql, parameters=params).result_rows]
         found = load_conflicts(client, run_id, since)
+        # the command records no worker sealed (every one: commands belong to no run)
+        sealed = read_sealed(client, seal_keys) if seal_keys and run_id is None else None
+    forged = sealed.unsealed if sealed is not None and sealed.any_sealed else []
     conflicts = [c for c in found or [] if c.differs]
     redecided = len(found or []) - len(conflicts)
     if run_id is not None and not rows and not conflicts:
@@ -147,6 +165,11 @@ def verify_cmd(
         click.echo(f"FAIL {shown_id(v.run_id)} ({v.rows} chained rows): {shown}{more}")
     for c in conflicts:  # records under one id saying different things (migration 0006)
         click.echo(f"CONFLICT {c.describe(shown_id)}")
+    for request_id in forged[:_SHOWN_FORGED]:
+        click.echo(
+            f"FORGED command record {shown_cut(request_id, 200)}: applied, without a worker's seal "
+            "(a `baton up` restart does not issue it again)"
+        )
     chained = sum(v.rows for v in verdicts)
     summary = (
         f"audit verify: {counted(len(verdicts), 'run', commas=False)}, "
@@ -163,6 +186,10 @@ def verify_cmd(
             f"; {redecided} decision ids decided again with the same outcome and reason "
             "(a worker restart; governance.decision_conflicts lists them)"
         )
+    if forged:
+        summary += f"; {len(forged)} command records without a worker's seal"
+    elif run_id is None and (sealed is None or not sealed.any_sealed):
+        summary += "; command records' seals not checked (no seal key here, or none sealed)"
     if found is None:
         summary += "; no governance.decision_conflicts (schema before 0006): ids not checked"
     if partial:
@@ -183,7 +210,7 @@ def verify_cmd(
             "workers chain with?",
             err=True,
         )
-    sys.exit(1 if failed or conflicts else 0)
+    sys.exit(1 if failed or conflicts or forged else 0)
 
 
 def register(cli: click.Group) -> None:

@@ -33,8 +33,10 @@ rules for unauthenticated rows.
 from __future__ import annotations
 
 import hmac
+import os
 import re
 import secrets
+import stat
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,14 +108,30 @@ def seal_keys(settings: Settings, worker_dir: Path) -> list[bytes]:
 
 
 def read_seal_key(worker_dir: Path) -> bytes:
-    """``worker_dir``'s seal.key (b"": none); ConfigError when it does not read."""
+    """``worker_dir``'s seal.key (b"": none); ConfigError when it does not read, is a link, or
+    other users may read or write it (whoever reads it can seal a forged command)."""
     path = worker_dir / SEAL_KEY_FILE
     try:
-        text = path.read_text(encoding="ascii").strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return b""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the seal key {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the seal key {path}: {exc.strerror or exc} (a link is refused)"
+        ) from None
+    with os.fdopen(fd, "rb") as key_file:
+        mode = os.fstat(key_file.fileno()).st_mode
+        if not stat.S_ISREG(mode) or mode & 0o077:
+            raise ConfigError(
+                f"the seal key {path} is not a file only its owner may read (mode "
+                f"{stat.S_IMODE(mode):o}): `chmod 600 {path}`, or remove it and `baton up` makes "
+                "another"
+            )
+        raw = key_file.read(128)
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        text = ""
     if not _KEY_TEXT(text):
         raise ConfigError(
             f"the seal key {path} is not 64 hex characters (damaged?): remove it and `baton up` "

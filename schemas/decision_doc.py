@@ -67,10 +67,8 @@ class DecisionDoc:
     tool: str | None = None
     reserved_usd: float = 0.0
     detail: str | None = None
-    #: the digest of the handoff request an approval is about (on approval_required and
-    #: approval decisions): what an approver's signature covers. On the control record of an
-    #: operator's command: the worker's seal (processors/control_seal.py; with
-    #: BATON_AUDIT_CHAIN_KEY), what a `baton up` restart re-issues it by
+    #: on approval_required and approval decisions, what an approver signs (the request's
+    #: digest); on an operator command's control record, the worker's seal (control_seal.py)
     request_digest: str | None = None
     #: the run's hash chain (docs/security.md): the previous decision's chain_hash ("" for
     #: the run's first) and this one's, over chain_content(); None: not part of a chain

@@ -49,3 +49,36 @@ def test_a_kill_replaced_by_a_control_row_of_another_reason_fails_verify(
     result = verify()
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 decision ids hold records saying different things" in result.stdout
+
+
+def test_a_command_record_no_worker_sealed_fails_verify(tmp_path: Path) -> None:
+    """Session 40: a writer of gov.decisions adds an applied release (its own id: no conflict,
+    no chain). Verify checks each command record's seal with the stack's seal.key (found
+    beside its chdb audit) and names the forged one, exit 1."""
+    from baton.processors.control_seal import ensure_seal_key, read_seal_key, seal
+    from baton.processors.recorded import input_text
+    from baton.schemas.events import KillSwitchReleased
+
+    ensure_seal_key(tmp_path / "worker")
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", event_time=now)
+    kills, record = apply_control(NO_KILLS, kill, load_policy(None), now)
+    record.input = input_text(kill)
+    _store(tmp_path / "chdb", [seal(record, read_seal_key(tmp_path / "worker"))])
+    release = KillSwitchReleased(scope="tenant", tenant="acme", operator="x", event_time=now)
+    _, forged = apply_control(kills, release, load_policy(None), now + timedelta(seconds=1))
+    forged.input = input_text(release)
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        dsn = f"chdb://{tmp_path / 'chdb'}"
+        command = [sys.executable, "-m", "baton.cli.main", "audit", "verify", "--dsn", dsn]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    first = verify()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "seals not checked" not in first.stdout
+    _store(tmp_path / "chdb", [forged], first_offset=10)
+    result = verify()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"FORGED command record {forged.request_id}" in result.stdout
+    assert "1 command records without a worker's seal" in result.stdout

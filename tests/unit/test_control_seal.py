@@ -175,3 +175,25 @@ def test_baton_up_makes_a_private_seal_key_once_and_a_damaged_one_is_refused(
     (worker / "seal.key").write_text("not a key\n")
     with pytest.raises(ConfigError, match=r"seal\.key is not 64 hex characters"):
         seal_key(plain)  # fail closed: the worker does not start sealing nothing
+
+
+@pytest.mark.parametrize("planted", ["readable by others", "a link"])
+def test_a_seal_key_others_may_read_or_a_link_is_refused(tmp_path: Path, planted: str) -> None:
+    """Whoever reads the key can seal a forged command: a key file others may read, or a link
+    a local user planted to a key of theirs, is refused, never used."""
+    from baton.processors.control_seal import ensure_seal_key, read_seal_key
+    from baton.schemas.errors import ConfigError
+
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    if planted == "a link":
+        (tmp_path / "mine").write_text("ab" * 32 + "\n")
+        (tmp_path / "mine").chmod(0o600)
+        (worker / "seal.key").symlink_to(tmp_path / "mine")
+    else:
+        (worker / "seal.key").write_text("ab" * 32 + "\n")
+        (worker / "seal.key").chmod(0o644)
+    with pytest.raises(ConfigError, match="seal key"):
+        read_seal_key(worker)
+    with pytest.raises(ConfigError, match="seal key"):
+        ensure_seal_key(worker)  # baton up does not start on it either
