@@ -15,9 +15,9 @@ counters, spend, sticky stop and finish, without owners or dedup marks. The kill
 the workers applied, and the signed releases and policy updates, are re-issued on the fresh
 control topic in their order (the workers verify and apply them again before deciding); an
 unsigned release or policy update is not (anyone who can write gov.decisions could have put
-its record there), so a kill it lifted holds again: fail closed. With BATON_AUDIT_CHAIN_KEY
-the commands are those whose record a worker sealed (``restore_sealed``): a row forged or
-replaced in gov.decisions is not re-issued.
+its record there), so a kill it lifted holds again: fail closed. The commands are those whose
+record a worker sealed (``restore_sealed``; keyed with BATON_AUDIT_CHAIN_KEY or the data dir's
+``worker/seal.key``): a row forged or replaced in gov.decisions is not re-issued.
 
 Not guaranteed: a decision the sink had not stored when `baton up` stopped is not in the
 audit, so its effect is not restored.

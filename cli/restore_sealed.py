@@ -1,9 +1,9 @@
 """The commands a ``baton up`` restart re-issues when the workers seal their records.
 
-With ``BATON_AUDIT_CHAIN_KEY`` every worker seals the control record of each operator's
-command (``processors/control_seal``), and the sink keeps every such record ever stored in
-``governance.control_log`` (migration 0010: no later row replaces one). A restart with the key
-re-issues the applied commands whose record's seal verifies, each once, in the order the sink
+Every worker seals the control record of each operator's command (``processors/
+control_seal``: with BATON_AUDIT_CHAIN_KEY, else the data dir's ``worker/seal.key``), and the
+sink keeps every such record ever stored in ``governance.control_log`` (migration 0010: no
+later row replaces one). A restart re-issues the applied commands whose record's seal verifies, each once, in the order the sink
 first stored them (its clock: no writer of gov.decisions sets it): a row forged into
 gov.decisions, a copy altered, re-labelled (a refusal as applied) or re-keyed, is not issued
 again, and replacing a sealed row in ``decisions`` takes nothing from the log.
