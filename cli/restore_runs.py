@@ -130,13 +130,15 @@ def restore_runs(
             f"restore: WARNING: {len(replaced)} policy record(s) of the audit were replaced by "
             f"rows no worker writes ({_first_names(replaced, 3)}): a policy update they stood "
             "for is NOT re-issued, and the workers may decide under an older policy (with "
-            "operators it had removed): NO release is issued again (the kills hold); "
+            "operators it had removed): NO release is issued again unless a worker sealed its "
+            "record (the kills hold); "
             "re-publish the policy you want with `baton policy publish`, then release"
         )
     start = _start_policy(settings)
-    commands = withhold(commands, refused_live, start, now, say)
+    trusted = frozenset() if sealed is None else frozenset(sealed.commands) - set(sealed.legacy)
+    commands = withhold(commands, refused_live, start, now, say, trusted)
     if replaced:  # the update lost may have revoked the signer of a later release (G2b)
-        commands = without_releases(commands)
+        commands = without_releases(commands, trusted)
     kept = keep_killed(states, rebuilt.killed_at, commands)
     if kept:
         names = _first_names(kept)

@@ -26,15 +26,20 @@ def withhold(
     start: Policy | None,
     now: datetime,
     say: Callable[[str], None],
+    sealed: frozenset[str] = frozenset(),
 ) -> list[str]:
     """``commands`` without the ones a restart must not issue again, each kind said: releases
     a worker refused before it (:func:`refused_before`), and releases and policy updates no
     operator's key can verify (``fold_reissued``'s ``unverifiable``); the restart stops when
-    those leave its workers without the operators the recorded commands end with."""
+    those leave its workers without the operators the recorded commands end with. Never one of
+    ``sealed``: a worker vouched it applied them (these rules are for rows anyone could have
+    written: a release signed while no operators were listed, applied live, was held again)."""
+    refused_live = refused_live - sealed
     unverifiable: set[str] = set()
     if start is not None:
         kept = [text for text in commands if text not in refused_live]
         fold_reissued(kept, start, now, unverifiable=unverifiable)
+        unverifiable -= sealed
         plain: list[Policy] = []  # what the recorded commands end with, nothing withheld
         fold_reissued(commands, start, now, ended=plain)
         refuse_operators_lost(kept, unverifiable, start, now, plain[0])
@@ -80,8 +85,9 @@ def _named(texts: set[str], first: int = 3) -> str:
     return ", ".join(names) + more
 
 
-def without_releases(commands: list[str]) -> list[str]:
-    """``commands`` but the releases: the kills they lifted hold again (fail closed)."""
+def without_releases(commands: list[str], sealed: frozenset[str] = frozenset()) -> list[str]:
+    """``commands`` but the releases not in ``sealed`` (a worker applied those): the kills they
+    lifted hold again (fail closed)."""
     from baton.schemas.events import KillSwitchReleased, parse_control_event
 
     def release(text: str) -> bool:
@@ -90,7 +96,7 @@ def without_releases(commands: list[str]) -> list[str]:
         except Exception:
             return False  # named where the commands are re-issued
 
-    return [text for text in commands if not release(text)]
+    return [text for text in commands if text in sealed or not release(text)]
 
 
 def refuse_operators_lost(

@@ -159,15 +159,18 @@ def test_an_audit_from_before_the_seals_keeps_the_rules_for_unsealed_rows(
     broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Records an older worker wrote (no seal) are re-issued as before the seals, and their
-    replaced policy record still withholds every release; a sealed record after them (the
-    restart's workers seal what they record) does not make them forgeries."""
+    replaced policy record still withholds every release no worker sealed; a sealed one after
+    them (a worker applied it under the policy really in force) is issued, and does not make
+    the older records forgeries."""
     story = _Story(tmp_path, sealed=False)
     release = story.release("oncall", 20, parse_policy(story.only, "p2"))
+    older = story.release("oncall", 5)  # an older worker's record of a release: unsealed
     forged = replace(story.revoke, outcome=Outcome.STOP, input=None)
-    _store_before_seals(tmp_path / "chdb", [story.kill, story.revoke, forged])
+    _store_before_seals(tmp_path / "chdb", [story.kill, older, story.revoke, forged])
     _store(tmp_path / "chdb", [seal(release, KEY.encode())], 100)
     sent, said = _restore(broker, tmp_path, monkeypatch)
-    assert sent[:1] == [story.kill.input] and release.input not in sent
+    assert sent[:1] == [story.kill.input] and release.input in sent
+    assert older.input not in sent
     assert any("NO release is issued again" in line for line in said), said
     assert not any("carry no worker's seal" in line for line in said), said
 
@@ -254,3 +257,33 @@ def test_the_key_baton_up_made_verifies_the_seals_without_any_setting(
     restore_runs(settings, tmp_path, said.append)
     assert sent == [kill.input]
     assert any("1 command record(s) of the audit carry no worker's seal" in ln for ln in said)
+
+
+def test_a_sealed_release_the_rules_for_forged_rows_would_withhold_is_issued_again(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session 39's C2 rule withholds a signed release met while no operators are listed (no
+    key verifies it: anyone could have written its row). A worker applied it live, and sealed
+    its record: the restart gives it back instead of holding the kill again."""
+    from baton.schemas.policy import load_policy
+
+    (tmp_path / "policy.yaml").write_text("budgets: {max_steps: 50}\n")
+    policy = load_policy(str(tmp_path / "policy.yaml"))
+    oncall = new_private_key()
+    base = datetime.now(UTC) - timedelta(minutes=30)
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", event_time=base)
+    kills, kill_row = apply_control(NO_KILLS, kill, policy, base)
+    kill_row.input = input_text(kill)
+    when = base + timedelta(minutes=3)
+    signed = sign(oncall, control_payload("kill_switch_released", "tenant", "acme", "oncall",
+                                          "", when))  # fmt: skip
+    release = KillSwitchReleased(scope="tenant", tenant="acme", operator="oncall",
+                                 signature=signed, event_time=when)  # fmt: skip
+    _, release_row = apply_control(kills, release, policy, when)
+    release_row.input = input_text(release)
+    assert release_row.reason == "kill_switch_released"
+    _store(tmp_path / "chdb", [seal(kill_row, KEY.encode()), seal(release_row, KEY.encode())])
+    sent, said = _restore(broker, tmp_path, monkeypatch)
+    assert sent == [kill_row.input, release_row.input]
+    assert fold_reissued(sent, policy, datetime.now(UTC))[0].tenants == set()
+    assert not any("NOT issued again" in line for line in said), said
