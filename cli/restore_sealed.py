@@ -3,10 +3,11 @@
 Every worker seals the control record of each operator's command (``processors/
 control_seal``: with BATON_AUDIT_CHAIN_KEY, else the data dir's ``worker/seal.key``), and the
 sink keeps every such record ever stored in ``governance.control_log`` (migration 0010: no
-later row replaces one). A restart re-issues the applied commands whose record's seal verifies, each once, in the order the sink
-first stored them (its clock: no writer of gov.decisions sets it): a row forged into
-gov.decisions, a copy altered, re-labelled (a refusal as applied) or re-keyed, is not issued
-again, and replacing a sealed row in ``decisions`` takes nothing from the log.
+later row replaces one). A restart re-issues the applied commands whose record's seal
+verifies, each once, in the order the sink first stored them (its clock: no writer of
+gov.decisions sets it): a row forged into gov.decisions, a copy altered, re-labelled (a
+refusal as applied) or re-keyed, is not issued again, and replacing a sealed row in
+``decisions`` takes nothing from the log.
 
 An audit from before the seals: its records stored before the control log was made (migration
 0010: a forger cannot store a row before then) are ``legacy``, read from the log too (the
@@ -25,6 +26,7 @@ import re
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,8 @@ SELECT decision_id, request_id, run_id, tenant, phase, outcome, reason, approver
        input, seal,
        -- stored before the log was made (0010): what an audit from before the seals holds,
        -- and a forger cannot store a row before then
-       inserted_at < (SELECT max(applied_at) FROM {db}.schema_migrations WHERE version = 10)
+       inserted_at < (SELECT max(applied_at) FROM {db}.schema_migrations WHERE version = 10),
+       inserted_at
 FROM {db}.control_log
 ORDER BY inserted_at, decided_at, audit_partition, audit_offset
 """
@@ -65,18 +68,20 @@ class SealedCommands:
     foreign: int = 0
 
 
-def read_sealed(client: Any, keys: list[bytes]) -> SealedCommands:
-    """The control log's records judged by their seals under ``keys`` (module doc)."""
+def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -> SealedCommands:
+    """The control log's records judged by their seals under ``keys`` (module doc); ``since``:
+    name only the unsealed ones stored at or after it (`baton audit verify --since`)."""
     from baton.sinks.schema import DATABASE
 
     out = SealedCommands()
     if not client.command(f"EXISTS TABLE {DATABASE}.control_log"):
         return out
     rows = client.query(_LOG_SQL.format(db=DATABASE)).result_rows
-    verified = [any(is_sealed(k, row[:-2], row[-2]) for k in keys) for row in rows]
+    # (each row: the SEAL_FIELDS values, its seal, stored before 0010, when it was stored)
+    verified = [any(is_sealed(k, row[:-3], row[-3]) for k in keys) for row in rows]
     out.any_sealed = any(verified)
     out.foreign = sum(
-        1 for row, ok in zip(rows, verified, strict=True) if not ok and _SEAL_SHAPE(row[-2] or "")
+        1 for row, ok in zip(rows, verified, strict=True) if not ok and _SEAL_SHAPE(row[-3] or "")
     )
     texts: dict[str, str] = {}  # id -> the command of its first sealed applied copy
     for row, ok in zip(rows, verified, strict=True):
@@ -89,17 +94,21 @@ def read_sealed(client: Any, keys: list[bytes]) -> SealedCommands:
         decision_id, request_id, reason, text = row[0], row[1], row[6], row[9]
         if reason not in _APPLIED or text is None or decision_id in placed:
             continue
-        before = bool(row[-1])
+        before = bool(row[-2])
         if decision_id in texts:
             if ok or before:
                 placed[decision_id] = (True, texts[decision_id])
         elif before:
             placed[decision_id] = (False, str(text))
-        else:
+        elif since is None or _utc(row[-1]) >= since:
             out.unsealed.append(str(request_id))
     out.commands = [text for _, text in placed.values()]
     out.legacy = [text for sealed, text in placed.values() if not sealed]
     return out
+
+
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def say_unsealed(sealed: SealedCommands, say: Callable[[str], None]) -> None:

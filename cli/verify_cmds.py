@@ -13,12 +13,12 @@ as partial: their first link may name a row that retention removed. Not detected
 chain_verify): rows deleted from the end of a run, and without the key a forged row appended
 at a run's end.
 
-Command records (kill switches, releases, policy updates: they belong to no run): every applied
-one in ``governance.control_log`` stored after migration 0010 must carry a worker's seal that
-verifies (``processors/control_seal``) with BATON_AUDIT_CHAIN_KEY or the stack's seal.key
-(``DATA_DIR/worker``, found beside a ``chdb://DATA_DIR/chdb`` audit); each that does not is named
-``FORGED`` and fails the check, unless no record's seal verifies at all (no key here, or an
-audit from before the seals: said as not checked).
+Command records (kill switches, releases, policy updates: they belong to no run): every
+applied one in ``governance.control_log`` stored after migration 0010 (and ``--since``) must
+carry a worker's seal that verifies (``processors/control_seal``) with BATON_AUDIT_CHAIN_KEY or
+the stack's seal.key (``DATA_DIR/worker``, found beside a ``chdb://DATA_DIR/chdb`` audit); each
+that does not is named ``FORGED`` and fails the check, unless no record's seal verifies at all
+(no key here, or an audit from before the seals: said as not checked).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def verify_cmd(
         rows = [utc_row(row) for row in client.query(sql, parameters=params).result_rows]
         found = load_conflicts(client, run_id, since)
         # the command records no worker sealed (every one: commands belong to no run)
-        sealed = read_sealed(client, seal_keys) if seal_keys and run_id is None else None
+        sealed = read_sealed(client, seal_keys, since) if seal_keys and run_id is None else None
     forged = sealed.unsealed if sealed is not None and sealed.any_sealed else []
     conflicts = [c for c in found or [] if c.differs]
     redecided = len(found or []) - len(conflicts)

@@ -82,3 +82,31 @@ def test_a_command_record_no_worker_sealed_fails_verify(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"FORGED command record {forged.request_id}" in result.stdout
     assert "1 command records without a worker's seal" in result.stdout
+
+
+def test_verify_since_names_only_the_forged_command_records_stored_since(tmp_path: Path) -> None:
+    """`--since` skips records stored before it (a stack that ran without a key once)."""
+    from baton.cli.restore_sealed import read_sealed
+    from baton.processors.control_seal import ensure_seal_key, read_seal_key, seal
+    from baton.processors.recorded import input_text
+    from baton.sinks.clickhouse import connect
+
+    ensure_seal_key(tmp_path / "worker")
+    key = read_seal_key(tmp_path / "worker")
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    records = []
+    for tenant in ("acme", "globex"):
+        kill = KillSwitch(scope="tenant", tenant=tenant, operator="oncall", event_time=now)
+        _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
+        record.input = input_text(kill)
+        records.append(record)
+    _store(tmp_path / "chdb", [records[0]])  # unsealed: no key where it was recorded
+    between = datetime.now(UTC)
+    _store(tmp_path / "chdb", [seal(records[1], key)], first_offset=10)
+    client = connect(f"chdb://{tmp_path / 'chdb'}")
+    try:
+        everything = read_sealed(client, [key])
+        recent = read_sealed(client, [key], since=between)
+    finally:
+        client.close()
+    assert everything.unsealed == [records[0].request_id] and recent.unsealed == []
