@@ -11,15 +11,18 @@ these which switches the restart holds.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
 from baton.cli.restart_notice import APPLIED, as_made, lost_kill, replaced_control_ids
 
-__all__ = ["kill_records"]
+__all__ = ["kill_records", "sealed_kill_records"]
 
 
-def kill_records(client: Any) -> list[tuple[float, tuple[str, ...]]]:
+def kill_records(
+    client: Any, only: Collection[str] | None = None
+) -> list[tuple[float, tuple[str, ...]]]:
     """The audit's applied kill and release records, oldest first, as their workers made
     them (:func:`as_made`), each with its time (POSIX seconds); empty when there is no audit
     table yet. A kill or release whose stored row no longer reads as one (replaced in FINAL
@@ -32,7 +35,8 @@ def kill_records(client: Any) -> list[tuple[float, tuple[str, ...]]]:
     A kill is dated no earlier than the latest time ``kill_times`` holds under its id (every
     kill record ever inserted, never replaced): the replacing row's time, and
     decision_variants', are a forger's to choose, and a lost kill dated before a re-issued
-    release read as lifted by it (session 38, A2)."""
+    release read as lifted by it (session 38, A2). ``only``: the records of these decision ids
+    alone (a restart that reads the sealed ones from the control log: the older ones)."""
     from baton.sinks.schema import DATABASE
 
     if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
@@ -44,12 +48,47 @@ def kill_records(client: Any) -> list[tuple[float, tuple[str, ...]]]:
         "ORDER BY decided_at, `offset`",
         parameters={"applied": list(APPLIED)},
     ).result_rows
+    if only is not None:
+        rows = [row for row in rows if str(row[5]) in only]
     dated = [(str(row[5]), _seconds(row[-1]), record) for row in rows
              for record in _kill_as_made(tuple(str(v) for v in row[:-1]))]  # fmt: skip
     listed = {(str(row[2]), str(row[1]), str(row[5])) for row in rows}
     for decision_id, run_id, tenant, _reason, at in replaced_control_ids(client, APPLIED):
-        if (tenant, run_id, decision_id) not in listed:
+        if (tenant, run_id, decision_id) not in listed and (only is None or decision_id in only):
             dated += [(decision_id, _seconds(at), lost) for lost in _lost_kills(run_id, tenant)]
+    return _dated(client, dated)
+
+
+def sealed_kill_records(
+    client: Any, sealed: list[tuple[str, str, str, str, str, datetime]]
+) -> list[tuple[float, tuple[str, ...]]]:
+    """:func:`kill_records` of the sealed applied commands (``(decision_id, reason, run_id,
+    tenant, command, stored at)``, the control log's first verified copies): each as its worker
+    made it, its scope its command's (a seal vouches for the command and the key columns, not
+    ``detail``), a kill dated by ``kill_times`` as any. A kill whose command no longer parses
+    (another Baton version's) is a kill whose command is lost: held."""
+    from baton.schemas.events import parse_control_event
+
+    dated = []
+    for decision_id, reason, run_id, tenant, command, stored in sealed:
+        if reason not in ("kill_switch", "kill_switch_released"):
+            continue
+        try:
+            scope = getattr(parse_control_event(command.encode()), "scope", "")
+        except Exception:
+            scope = ""
+        records = [(reason, run_id, tenant, f"scope={scope}", command)] if scope else []
+        if not scope and reason == "kill_switch":
+            records = _lost_kills(run_id, tenant)
+        dated += [(decision_id, _seconds(stored), record) for record in records]
+    return _dated(client, dated)
+
+
+def _dated(
+    client: Any, dated: list[tuple[str, float, tuple[str, ...]]]
+) -> list[tuple[float, tuple[str, ...]]]:
+    """``(time, record)`` of ``(decision id, time, record)``, a kill's time no earlier than
+    ``kill_times`` holds under its id, oldest first."""
     kills = [ident for ident, _, record in dated if record[0] == "kill_switch"]
     recorded = _kill_times(client, kills)
     out = [

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from baton.cli.kill_records import kill_records
+from baton.cli.kill_records import kill_records, sealed_kill_records
 from baton.cli.restart_notice import lost_kill_scopes
 from baton.cli.restore_kills import (
     MAX_RUN_ID,
@@ -119,7 +119,12 @@ def restore_runs(
             # (sealed records cannot be lost to a replacing row: the log keeps each)
             unsealed = sealed is None or not sealed.any_sealed or sealed.legacy
             replaced = replaced_policy_records(client) if unsealed else []
-            records = kill_records(client)
+            if sealed is None or not sealed.any_sealed:
+                records = kill_records(client)
+            else:  # a kill row forged after 0010 holds nothing; a sealed one is never lost
+                records = kill_records(client, sealed.legacy_ids)
+                records += sealed_kill_records(client, sealed.sealed_rows)
+                records.sort(key=lambda pair: pair[0])
     finally:
         client.close()
     _say_what_was_not_verified(rebuilt, settings, say)

@@ -60,6 +60,11 @@ class SealedCommands:
     #: of them, the unsealed ones stored before migration 0010 (an audit from before the
     #: seals): judged by the rules for unauthenticated rows
     legacy: list[str] = field(default_factory=list)
+    #: the decision ids of the ``legacy`` ones
+    legacy_ids: set[str] = field(default_factory=set)
+    #: ``(decision_id, reason, run_id, tenant, command, stored at)`` of each sealed applied
+    #: command (its first verified copy), in order: what the restart's kill rules read of them
+    sealed_rows: list[tuple[str, str, str, str, str, datetime]] = field(default_factory=list)
     #: request ids of applied records stored after 0010 whose seal does not verify
     unsealed: list[str] = field(default_factory=list)
     #: whether any record's seal verifies (else the audit predates the seals, or the key)
@@ -83,10 +88,12 @@ def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -
     out.foreign = sum(
         1 for row, ok in zip(rows, verified, strict=True) if not ok and _SEAL_SHAPE(row[-3] or "")
     )
-    texts: dict[str, str] = {}  # id -> the command of its first sealed applied copy
-    for row, ok in zip(rows, verified, strict=True):
+    firsts: dict[str, tuple[str, str, str, str, str, datetime]] = {}  # id -> its first
+    for row, ok in zip(rows, verified, strict=True):  # sealed applied copy (sealed_rows')
         if ok and row[6] in _APPLIED and row[9] is not None:
-            texts.setdefault(row[0], str(row[9]))
+            first = (row[0], row[6], row[2], row[3], str(row[9]), _utc(row[-1]))
+            firsts.setdefault(row[0], first)
+    texts = {ident: first[4] for ident, first in firsts.items()}
     # a command's place: its first copy (one stored before 0010: the original; a legacy
     # command sealed again by a restart keeps it), else its first sealed copy
     placed: dict[str, tuple[bool, str]] = {}  # id -> (sealed, command), in order
@@ -98,8 +105,10 @@ def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -
         if decision_id in texts:
             if ok or before:
                 placed[decision_id] = (True, texts[decision_id])
+                out.sealed_rows.append(firsts[decision_id])
         elif before:
             placed[decision_id] = (False, str(text))
+            out.legacy_ids.add(str(decision_id))
         elif since is None or _utc(row[-1]) >= since:
             out.unsealed.append(str(request_id))
     out.commands = [text for _, text in placed.values()]

@@ -287,3 +287,45 @@ def test_a_sealed_release_the_rules_for_forged_rows_would_withhold_is_issued_aga
     assert sent == [kill_row.input, release_row.input]
     assert fold_reissued(sent, policy, datetime.now(UTC))[0].tenants == set()
     assert not any("NOT issued again" in line for line in said), said
+
+
+def _held(data_dir: Path) -> Any:
+    from baton.processors.held_kills import read_held_kills
+
+    return read_held_kills(data_dir / "worker")
+
+
+def test_a_forged_kill_row_holds_nothing_and_a_replaced_sealed_kill_is_not_lost(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rules for unsealed rows hold a switch for any kill row a forger writes (a tenant's
+    new runs stopped at every restart), and take a sealed kill whose row a forger replaced in
+    `decisions` as lost (held from the restart, so the sealed release after it was refused as
+    a replay). Sealed, the log says what the workers applied: kill, then release."""
+    story = _Story(tmp_path)
+    release = story.release("oncall", 5)
+    forged_kill = replace(
+        story.kill, tenant="globex", request_digest=None, decision_id="f" * 32,
+        request_id=story.kill.request_id.replace("acme", "globex"),
+    )  # fmt: skip
+    _store(tmp_path / "chdb", [story.kill, release])
+    _store(tmp_path / "chdb", [replace(story.kill, reason="control_unsigned"), forged_kill], 50)
+    sent, said = _restore(broker, tmp_path, monkeypatch)
+    assert sent == [story.kill.input, release.input]
+    assert fold_reissued(sent, story.policy, datetime.now(UTC))[0].tenants == set()
+    held = _held(tmp_path)
+    assert not held.killed("a-new-run", "acme") and not held.killed("a-new-run", "globex")
+    assert any("carry no worker's seal" in line for line in said), said
+
+
+def test_a_sealed_kill_the_fresh_workers_refuse_is_held(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sealed is not applied: this start's policy no longer lists the kill's signer, the fresh
+    workers refuse it, and the switch is held from their start (fail closed)."""
+    story = _Story(tmp_path)
+    _store(tmp_path / "chdb", [story.kill])
+    only_mallory = f'operators: {{mallory: "{public_key_text(story.mallory)}"}}\n'
+    (tmp_path / "policy.yaml").write_text(only_mallory)
+    _restore(broker, tmp_path, monkeypatch)
+    assert _held(tmp_path).killed("a-new-run", "acme")
