@@ -75,9 +75,11 @@ def _kill(bootstrap: str, run: str) -> None:
 
 
 def _lose_a_tenant_kill(data_dir: Path, tenant: str) -> None:
-    """Write a kill of ``tenant`` into the stopped stack's audit without its command (as a
-    forged release under its id, or an audit from before commands were recorded, leaves
-    it): the restart cannot issue it again."""
+    """Write a kill of ``tenant`` into the stopped stack's audit, sealed with the stack's key,
+    whose command this Baton cannot read (another version's): the restart cannot issue it
+    again. (An unsealed kill row written after the seals began is a forger's: it holds
+    nothing.)"""
+    from baton.processors.control_seal import read_seal_key, seal
     from baton.processors.engine import NO_KILLS, apply_control
     from baton.schemas.events import KillSwitch
     from baton.schemas.policy import load_policy
@@ -86,7 +88,8 @@ def _lose_a_tenant_kill(data_dir: Path, tenant: str) -> None:
     now = datetime.now(UTC)
     kill = KillSwitch(scope="tenant", tenant=tenant, operator="oncall", event_time=now)
     _, record = apply_control(NO_KILLS, kill, load_policy(None), now)
-    _store(data_dir / "chdb", [record], first_offset=10**6)
+    record.input = json.dumps({"type": "kill_switch", "scope": "tenant", "version": 99})
+    _store(data_dir / "chdb", [seal(record, read_seal_key(data_dir / "worker"))], 10**6)
 
 
 def _release_tenant(bootstrap: str, tenant: str) -> None:
@@ -259,7 +262,8 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(
         assert _decisions(bootstrap, "over", 1) == [("stop", "shared_budget_exceeded")]
         assert _decisions(bootstrap, "owned", 1) == [("stop", "ownership_conflict")]
         assert ("stop", "killed") in _decisions(bootstrap, "killed", 1)
-        assert any("re-issued 1 of 1 kill switch" in line for line in second.lines)
+        # the run kill; the tenant kill whose command does not read is named, not sent
+        assert any("re-issued 1 of 2 kill switch" in line for line in second.lines), said
         assert any(
             "1 command record(s) of the audit carry no worker's seal" in line
             and "kill_switch_released:run:killed:" in line
