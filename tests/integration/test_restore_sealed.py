@@ -329,3 +329,15 @@ def test_a_sealed_kill_the_fresh_workers_refuse_is_held(
     (tmp_path / "policy.yaml").write_text(only_mallory)
     _restore(broker, tmp_path, monkeypatch)
     assert _held(tmp_path).killed("a-new-run", "acme")
+
+
+def test_a_forged_digest_of_any_text_is_named_and_the_restart_goes_on(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A digest of 32 non-ASCII letters raised in hmac.compare_digest: the restart stopped."""
+    story = _Story(tmp_path)
+    forged = replace(story.release("oncall", 5), request_digest="é" * 32)
+    _store(tmp_path / "chdb", [story.kill, forged])
+    sent, said = _restore(broker, tmp_path, monkeypatch)
+    assert sent == [story.kill.input]
+    assert any("1 command record(s) of the audit carry no worker's seal" in ln for ln in said)

@@ -197,3 +197,13 @@ def test_a_seal_key_others_may_read_or_a_link_is_refused(tmp_path: Path, planted
         read_seal_key(worker)
     with pytest.raises(ConfigError, match="seal key"):
         ensure_seal_key(worker)  # baton up does not start on it either
+
+
+@pytest.mark.parametrize("said", ["é" * 32, "\udcff" * 32, "0" * 31, "0" * 33, "", None])
+def test_any_text_a_forger_puts_where_a_seal_goes_is_an_answer_not_an_error(
+    said: str | None,
+) -> None:
+    """hmac.compare_digest raises on a str with a non-ASCII character: a forged digest of 32
+    accented letters made every restart (and `baton audit verify`) crash."""
+    record = _kill_record()
+    assert is_sealed(KEY, _values(record), said) is False
