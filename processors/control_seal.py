@@ -78,6 +78,8 @@ SEAL_FIELDS: Final = (
     "event_time",
     "input",
 )
+_ENUMS_AT: Final = (SEAL_FIELDS.index("phase"), SEAL_FIELDS.index("outcome"))
+_TIME_AT: Final = SEAL_FIELDS.index("event_time")
 #: the Decision field (and audit column) that holds a command record's seal
 SEAL_FIELD: Final = "request_digest"
 #: in a worker data dir: the key `baton up` makes when BATON_AUDIT_CHAIN_KEY is not set
@@ -97,7 +99,7 @@ def chain_key(settings: Settings) -> bytes:
 def seal_key(settings: Settings) -> bytes:
     """The key a worker seals with: BATON_AUDIT_CHAIN_KEY, else its data dir's seal.key (b"":
     neither). ConfigError when the file is there and does not read (fail closed: a worker
-    that sealed nothing would have its commands withheld at the next restart, unsaid)."""
+    that sealed nothing would have its commands withheld at the next restart)."""
     return chain_key(settings) or read_seal_key(settings.worker_data_dir)
 
 
@@ -151,13 +153,13 @@ def ensure_seal_key(worker_dir: Path) -> None:
 def seal_of(key: bytes, values: Sequence[Any]) -> str:
     """The seal of a record whose SEAL_FIELDS values are ``values`` (a Decision's, or an audit
     row's: a time without a zone is UTC, as the audit's columns are)."""
-    out = [str(v) if i in (4, 5) else v for i, v in enumerate(values)]  # enums as values
-    when = out[8]
-    if isinstance(when, datetime):
+    out = [str(v) if i in _ENUMS_AT else v for i, v in enumerate(values)]  # enums as values
+    when = out[_TIME_AT]
+    if isinstance(when, datetime):  # whole microseconds since the epoch, as chains hash times
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         d = when - _EPOCH
-        out[8] = (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+        out[_TIME_AT] = (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
     return content_hash(key, _DOMAIN, orjson.dumps(out))
 
 
