@@ -20,9 +20,7 @@ from baton.cli.restart_notice import APPLIED, as_made, lost_kill, replaced_contr
 __all__ = ["kill_records", "sealed_kill_records"]
 
 
-def kill_records(
-    client: Any, only: Collection[str] | None = None
-) -> list[tuple[float, tuple[str, ...]]]:
+def kill_records(client: Any, sealed: Collection[str] = ()) -> list[tuple[float, tuple[str, ...]]]:
     """The audit's applied kill and release records, oldest first, as their workers made
     them (:func:`as_made`), each with its time (POSIX seconds); empty when there is no audit
     table yet. A kill or release whose stored row no longer reads as one (replaced in FINAL
@@ -35,8 +33,8 @@ def kill_records(
     A kill is dated no earlier than the latest time ``kill_times`` holds under its id (every
     kill record ever inserted, never replaced): the replacing row's time, and
     decision_variants', are a forger's to choose, and a lost kill dated before a re-issued
-    release read as lifted by it (session 38, A2). ``only``: the records of these decision ids
-    alone (a restart that reads the sealed ones from the control log: the older ones)."""
+    release read as lifted by it (session 38, A2). ``sealed``: decision ids whose record a
+    worker sealed, left out (the restart reads them from the control log: never lost)."""
     from baton.sinks.schema import DATABASE
 
     if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
@@ -48,13 +46,12 @@ def kill_records(
         "ORDER BY decided_at, `offset`",
         parameters={"applied": list(APPLIED)},
     ).result_rows
-    if only is not None:
-        rows = [row for row in rows if str(row[5]) in only]
+    rows = [row for row in rows if str(row[5]) not in sealed]
     dated = [(str(row[5]), _seconds(row[-1]), record) for row in rows
              for record in _kill_as_made(tuple(str(v) for v in row[:-1]))]  # fmt: skip
     listed = {(str(row[2]), str(row[1]), str(row[5])) for row in rows}
     for decision_id, run_id, tenant, _reason, at in replaced_control_ids(client, APPLIED):
-        if (tenant, run_id, decision_id) not in listed and (only is None or decision_id in only):
+        if (tenant, run_id, decision_id) not in listed and decision_id not in sealed:
             dated += [(decision_id, _seconds(at), lost) for lost in _lost_kills(run_id, tenant)]
     return _dated(client, dated)
 

@@ -111,18 +111,17 @@ def restore_runs(
                     client, counted, settings, now, frozenset(rebuilt.unverified_counters)
                 )
             sealed = read_sealed(client, keys) if keys else None
-            if sealed is None or not sealed.any_sealed:
-                commands = read_commands(client)  # no seals: the rules for unsealed rows
-            else:  # a row forged or replaced in gov.decisions is not among them
-                commands = sealed.commands
+            # no key: the rules for unsealed rows; sealed, a row forged or replaced in
+            # gov.decisions is not among them
+            commands = read_commands(client) if sealed is None else sealed.commands
             refused_live = refused_before(client, commands)
             # (sealed records cannot be lost to a replacing row: the log keeps each)
-            unsealed = sealed is None or not sealed.any_sealed or sealed.legacy
+            unsealed = sealed is None or sealed.legacy
             replaced = replaced_policy_records(client) if unsealed else []
-            if sealed is None or not sealed.any_sealed:
+            if sealed is None:
                 records = kill_records(client)
-            else:  # a kill row forged after 0010 holds nothing; a sealed one is never lost
-                records = kill_records(client, sealed.legacy_ids)
+            else:  # a sealed kill is never lost; an unsealed kill row still holds its switch
+                records = kill_records(client, sealed.sealed_ids)
                 records += sealed_kill_records(client, sealed.sealed_rows)
                 records.sort(key=lambda pair: pair[0])
     finally:

@@ -15,9 +15,9 @@ first copy of each) and judged by the rules for unauthenticated rows (restore_ki
 restore_withhold); the restart's workers seal them when they record them again. A command
 record stored after 0010 without a seal that verifies (forged; sealed under another key;
 recorded while the workers ran without the key) is not issued again, and named: a kill it
-would have re-issued is held by the restart's rules for lost kills (fail closed). An audit in
-which no record's seal verifies (the key given to the restart only, or another key) is judged
-wholly by the rules for unauthenticated rows, and said.
+would have re-issued is held by the restart's rules for lost kills (fail closed), and so is
+any unsealed kill row (a record sealed under a key the restart lacks cannot be told from a
+forgery). A sealed kill is never taken as lost: the log keeps it, whatever replaced its row.
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ class SealedCommands:
     #: of them, the unsealed ones stored before migration 0010 (an audit from before the
     #: seals): judged by the rules for unauthenticated rows
     legacy: list[str] = field(default_factory=list)
-    #: the decision ids of the ``legacy`` ones
-    legacy_ids: set[str] = field(default_factory=set)
     #: ``(decision_id, reason, run_id, tenant, command, stored at)`` of each sealed applied
     #: command (its first verified copy), in order: what the restart's kill rules read of them
     sealed_rows: list[tuple[str, str, str, str, str, datetime]] = field(default_factory=list)
@@ -69,6 +67,8 @@ class SealedCommands:
     unsealed: list[str] = field(default_factory=list)
     #: whether any record's seal verifies (else the audit predates the seals, or the key)
     any_sealed: bool = False
+    #: the decision ids of the sealed applied commands
+    sealed_ids: set[str] = field(default_factory=set)
     #: records carrying a seal's shape that does not verify (another key's, or forged)
     foreign: int = 0
 
@@ -94,6 +94,7 @@ def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -
             first = (row[0], row[6], row[2], row[3], str(row[9]), _utc(row[-1]))
             firsts.setdefault(row[0], first)
     texts = {ident: first[4] for ident, first in firsts.items()}
+    out.sealed_ids = set(firsts)
     # a command's place: its first copy (one stored before 0010: the original; a legacy
     # command sealed again by a restart keeps it), else its first sealed copy
     placed: dict[str, tuple[bool, str]] = {}  # id -> (sealed, command), in order
@@ -108,7 +109,6 @@ def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -
                 out.sealed_rows.append(firsts[decision_id])
         elif before:
             placed[decision_id] = (False, str(text))
-            out.legacy_ids.add(str(decision_id))
         elif since is None or _utc(row[-1]) >= since:
             out.unsealed.append(str(request_id))
     out.commands = [text for _, text in placed.values()]
@@ -127,8 +127,8 @@ def say_unsealed(sealed: SealedCommands, say: Callable[[str], None]) -> None:
         say(
             f"restore: WARNING: {sealed.foreign} command record(s) carry a seal that no key "
             "here verifies, and none does (BATON_AUDIT_CHAIN_KEY, DATA_DIR/worker/seal.key): "
-            "are they the workers' keys? The commands are judged as unsealed ones (an audit "
-            "from before the seals)"
+            "are they the workers' keys? Those recorded after the seals began are not issued "
+            "again (their kills are held)"
         )
     if not sealed.unsealed:
         return

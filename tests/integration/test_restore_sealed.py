@@ -189,13 +189,16 @@ def test_an_unsealed_record_stored_after_the_log_was_made_is_not_issued_again(
     assert any("1 command record(s) of the audit carry no worker's seal" in ln for ln in said)
 
 
-def test_seals_no_key_verifies_are_said(
+def test_seals_no_key_verifies_are_said_and_their_kill_is_held(
     broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The workers sealed with a key this restart lacks: nothing it can tell from a forgery is
+    issued, and the kill is held (fail closed), said with the hint about the keys."""
     story = _Story(tmp_path, sealed=False)
     _store(tmp_path / "chdb", [seal(story.kill, b"another key")])
     sent, said = _restore(broker, tmp_path, monkeypatch)
-    assert sent == [story.kill.input]  # judged as unsealed: a kill is issued again
+    assert sent == []
+    assert _held(tmp_path).killed("a-new-run", "acme")
     assert any("no key here verifies, and none does" in line for line in said), said
 
 
@@ -295,13 +298,14 @@ def _held(data_dir: Path) -> Any:
     return read_held_kills(data_dir / "worker")
 
 
-def test_a_forged_kill_row_holds_nothing_and_a_replaced_sealed_kill_is_not_lost(
+def test_a_replaced_sealed_kill_is_not_lost_and_a_forged_kill_row_still_holds(
     broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The rules for unsealed rows hold a switch for any kill row a forger writes (a tenant's
-    new runs stopped at every restart), and take a sealed kill whose row a forger replaced in
-    `decisions` as lost (held from the restart, so the sealed release after it was refused as
-    a replay). Sealed, the log says what the workers applied: kill, then release."""
+    """The rules for unsealed rows took a sealed kill whose row a forger replaced in
+    `decisions` as lost: held from the restart, so the sealed release after it was refused as
+    a replay. The log says what the workers applied: kill, then release. A kill row no key
+    here verifies still holds its switch (it may be the workers' under a key this restart
+    lacks: fail closed)."""
     story = _Story(tmp_path)
     release = story.release("oncall", 5)
     forged_kill = replace(
@@ -314,7 +318,7 @@ def test_a_forged_kill_row_holds_nothing_and_a_replaced_sealed_kill_is_not_lost(
     assert sent == [story.kill.input, release.input]
     assert fold_reissued(sent, story.policy, datetime.now(UTC))[0].tenants == set()
     held = _held(tmp_path)
-    assert not held.killed("a-new-run", "acme") and not held.killed("a-new-run", "globex")
+    assert not held.killed("a-new-run", "acme") and held.killed("a-new-run", "globex")
     assert any("carry no worker's seal" in line for line in said), said
 
 
