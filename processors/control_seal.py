@@ -136,8 +136,9 @@ def read_seal_key(worker_dir: Path) -> bytes:
         text = ""
     if not _KEY_TEXT(text):
         raise ConfigError(
-            f"the seal key {path} is not 64 hex characters (damaged?): remove it and `baton up` "
-            "makes another (commands sealed with the old one are then judged as unsealed)"
+            f"the seal key {path} is not 64 hex characters (damaged?): restore it from a backup, "
+            "or remove it and `baton up` makes another (a restart then issues no command sealed "
+            "with the old one again: their kills are held until released anew)"
         )
     return text.encode()
 
