@@ -31,15 +31,18 @@ def withhold(
     """``commands`` without the ones a restart must not issue again, each kind said: releases
     a worker refused before it (:func:`refused_before`), and releases and policy updates no
     operator's key can verify (``fold_reissued``'s ``unverifiable``); the restart stops when
-    those leave its workers without the operators the recorded commands end with. Never one of
-    ``sealed``: a worker vouched it applied them (these rules are for rows anyone could have
-    written: a release signed while no operators were listed, applied live, was held again)."""
+    those leave its workers without the operators the recorded commands end with. A release
+    in ``sealed`` (a worker vouched it applied it) is not withheld for a refusal record: one
+    refused live and applied at a later worker start was held again. One no operator's key
+    verifies is withheld sealed or not: the live workers applied such commands in the topic's
+    order, and a restart re-issues in the order of the times they carry (a signed release
+    then a kill dated before it, both applied live, the kill holding: re-issued, the release
+    lifted it)."""
     refused_live = refused_live - sealed
     unverifiable: set[str] = set()
     if start is not None:
         kept = [text for text in commands if text not in refused_live]
         fold_reissued(kept, start, now, unverifiable=unverifiable)
-        unverifiable -= sealed
         plain: list[Policy] = []  # what the recorded commands end with, nothing withheld
         fold_reissued(commands, start, now, ended=plain)
         refuse_operators_lost(kept, unverifiable, start, now, plain[0])

@@ -262,34 +262,63 @@ def test_the_key_baton_up_made_verifies_the_seals_without_any_setting(
     assert any("1 command record(s) of the audit carry no worker's seal" in ln for ln in said)
 
 
-def test_a_sealed_release_the_rules_for_forged_rows_would_withhold_is_issued_again(
+def test_a_sealed_release_refused_once_and_applied_later_is_issued_again(
     broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Session 39's C2 rule withholds a signed release met while no operators are listed (no
-    key verifies it: anyone could have written its row). A worker applied it live, and sealed
-    its record: the restart gives it back instead of holding the kill again."""
+    """Session 39's C1 rule withholds a release whose refusal is in the audit (a forged copy
+    of a refused release as applied lifted a kill). Signed on a clock 5 min ahead, it was
+    refused live, then applied by a worker started once its time had passed (the control
+    topic is read again at every worker start): both records sealed, the restart gives it back
+    instead of holding the kill again."""
+    story = _Story(tmp_path)
+    when = story.base + timedelta(minutes=7)
+    signed = sign(story.oncall, control_payload("kill_switch_released", "tenant", "acme",
+                                                "oncall", "", when))  # fmt: skip
+    event = KillSwitchReleased(scope="tenant", tenant="acme", operator="oncall",
+                               signature=signed, event_time=when)  # fmt: skip
+    _, refused = apply_control(story.kills, event, story.policy, story.base + timedelta(minutes=2))
+    _, applied = apply_control(story.kills, event, story.policy, when + timedelta(minutes=1))
+    assert (refused.reason, applied.reason) == ("signature_expired", "kill_switch_released")
+    for record in (refused, applied):
+        record.input = input_text(event)
+        seal(record, story.key)
+    _store(tmp_path / "chdb", [story.kill, refused, applied])
+    sent, said = _restore(broker, tmp_path, monkeypatch)
+    assert sent == [story.kill.input, applied.input]
+    assert fold_reissued(sent, story.policy, datetime.now(UTC))[0].tenants == set()
+    assert not any("were refused by a worker before" in line for line in said), said
+
+
+def test_a_sealed_release_no_operator_orders_is_still_withheld(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sealed is not enough while no operators are listed: the live workers applied every
+    command in the topic's order, and a restart re-issues in the order of the times commands
+    carry. A signed release, then a kill produced after it on a clock 10 s behind (dated
+    before it): live, the kill holds; issued again in time order, the release would lift it.
+    Such a release is withheld (session 39's C2 rule), the kill holds."""
     from baton.schemas.policy import load_policy
 
     (tmp_path / "policy.yaml").write_text("budgets: {max_steps: 50}\n")
     policy = load_policy(str(tmp_path / "policy.yaml"))
     oncall = new_private_key()
     base = datetime.now(UTC) - timedelta(minutes=30)
-    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall", event_time=base)
-    kills, kill_row = apply_control(NO_KILLS, kill, policy, base)
-    kill_row.input = input_text(kill)
-    when = base + timedelta(minutes=3)
     signed = sign(oncall, control_payload("kill_switch_released", "tenant", "acme", "oncall",
-                                          "", when))  # fmt: skip
+                                          "", base))  # fmt: skip
     release = KillSwitchReleased(scope="tenant", tenant="acme", operator="oncall",
-                                 signature=signed, event_time=when)  # fmt: skip
-    _, release_row = apply_control(kills, release, policy, when)
+                                 signature=signed, event_time=base)  # fmt: skip
+    kills, release_row = apply_control(NO_KILLS, release, policy, base)
     release_row.input = input_text(release)
-    assert release_row.reason == "kill_switch_released"
-    _store(tmp_path / "chdb", [seal(kill_row, KEY.encode()), seal(release_row, KEY.encode())])
+    kill = KillSwitch(scope="tenant", tenant="acme", operator="oncall",
+                      event_time=base - timedelta(seconds=10))  # fmt: skip
+    kills, kill_row = apply_control(kills, kill, policy, base + timedelta(seconds=2))
+    kill_row.input = input_text(kill)
+    assert kills.tenants == {"acme"}  # live: the kill, read after the release, holds
+    _store(tmp_path / "chdb", [seal(release_row, KEY.encode()), seal(kill_row, KEY.encode())])
     sent, said = _restore(broker, tmp_path, monkeypatch)
-    assert sent == [kill_row.input, release_row.input]
-    assert fold_reissued(sent, policy, datetime.now(UTC))[0].tenants == set()
-    assert not any("NOT issued again" in line for line in said), said
+    assert release_row.input not in sent
+    assert fold_reissued(sent, policy, datetime.now(UTC))[0].tenants == {"acme"}
+    assert any("NOT issued again" in line for line in said), said
 
 
 def _held(data_dir: Path) -> Any:
