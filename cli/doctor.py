@@ -30,6 +30,7 @@ from baton.cli.doctor_kafka import (
     topic_checks,
 )
 from baton.cli.doctor_lag import audit_lag_check
+from baton.cli.doctor_seal import seal_key_check
 from baton.cli.options import FiniteFloatRange, build_settings, setting_help, setting_options
 from baton.cli.signer import shown
 from baton.cli.stack_record import data_dir_option, stack_settings
@@ -97,7 +98,8 @@ MAX_LAG = 10**12
 def doctor_cmd(fmt: str, timeout: float, max_lag: int, data_dir: Path | None, **opts: Any) -> None:
     """Check a deployment: the broker, every topic (partitions, cleanup, retention), the
     workers' consumer group and its lag, ClickHouse and its migrations, the policy (valid,
-    and which one the workers use), the SQL endpoint and the alert webhook.
+    and which one the workers use), the SQL endpoint, the key the workers seal operators'
+    command records with, and the alert webhook.
 
     One line per check, ✔ or ✘ with how to fix it (– for what is not configured); exit 0
     when nothing failed, 1 otherwise. It creates, commits and changes nothing; where the
@@ -152,6 +154,7 @@ def run_checks(
     yield from _guarded("audit sink", lambda: sink_health_checks(data_dir, timeout))
     yield from _guarded("embedded broker memory", lambda: broker_memory_checks(data_dir))
     yield from _guarded("audit of the stack", lambda: audit_kept_checks(data_dir))
+    yield from _guarded("seal key", lambda: [seal_key_check(settings, data_dir)])
     yield from _guarded("alert webhook", lambda: [webhook_check(settings, timeout)])
     yield _core_check()
 

@@ -1,0 +1,41 @@
+"""`baton doctor`'s seal key line (session 41): the key a `baton up` restart verifies the
+workers' command records with, named; gone or unreadable, a failure (the next start would make
+another and issue none of the commands sealed with this one again)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from baton.cli.doctor_seal import seal_key_check
+from baton.cli.stack_file import write_record
+from baton.processors.control_seal import ensure_seal_key
+from baton.schemas.settings import Settings
+from tests.unit.test_up_audit import _record
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_stack_s_key_is_named_and_its_loss_fails(tmp_path: Path) -> None:
+    write_record(_record(tmp_path))
+    settings = Settings()
+    ensure_seal_key(tmp_path / "worker")
+    line = seal_key_check(settings, tmp_path)
+    assert line.status.name == "OK" and str(tmp_path / "worker" / "seal.key") in line.detail
+    (tmp_path / "worker" / "seal.key").chmod(0o644)
+    line = seal_key_check(settings, tmp_path)
+    assert line.status.name == "FAIL" and "chmod 600" in line.detail
+    (tmp_path / "worker" / "seal.key").unlink()
+    line = seal_key_check(settings, tmp_path)
+    assert line.status.name == "FAIL" and "is gone" in line.detail, line
+    assert "backup" in line.hint
+    # the chain key, when set, is what the workers seal with: the file is not needed
+    keyed = Settings(audit_chain_key=SecretStr("k" * 32))
+    assert seal_key_check(keyed, tmp_path).status.name == "OK"
+
+
+def test_no_stack_and_no_key_is_said_never_failed(tmp_path: Path) -> None:
+    line = seal_key_check(Settings(), tmp_path)
+    assert line.status.name == "SKIP" and "BATON_AUDIT_CHAIN_KEY" in line.hint
