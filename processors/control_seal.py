@@ -110,8 +110,9 @@ def seal_keys(settings: Settings, worker_dir: Path) -> list[bytes]:
 
 
 def read_seal_key(worker_dir: Path) -> bytes:
-    """``worker_dir``'s seal.key (b"": none); ConfigError when it does not read, is a link, or
-    other users may read or write it (whoever reads it can seal a forged command)."""
+    """``worker_dir``'s seal.key (b"": none); ConfigError when it does not read, is a link,
+    belongs to another user, or other users may read or write it (whoever reads it can seal a
+    forged command)."""
     path = worker_dir / SEAL_KEY_FILE
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -122,7 +123,15 @@ def read_seal_key(worker_dir: Path) -> bytes:
             f"cannot read the seal key {path}: {exc.strerror or exc} (a link is refused)"
         ) from None
     with os.fdopen(fd, "rb") as key_file:
-        mode = os.fstat(key_file.fileno()).st_mode
+        info = os.fstat(key_file.fileno())
+        mode = info.st_mode
+        if info.st_uid != os.geteuid():
+            # a key another user made (one in a folder others may write, such as /tmp beside
+            # an audit copy `baton audit verify` reads) is that user's to seal with
+            raise ConfigError(
+                f"the seal key {path} belongs to another user (uid {info.st_uid}): whoever "
+                "made it can seal a forged command; remove it, or run as its owner"
+            )
         if not stat.S_ISREG(mode) or mode & 0o077:
             raise ConfigError(
                 f"the seal key {path} is not a file only its owner may read (mode "

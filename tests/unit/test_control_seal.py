@@ -177,16 +177,25 @@ def test_baton_up_makes_a_private_seal_key_once_and_a_damaged_one_is_refused(
         seal_key(plain)  # fail closed: the worker does not start sealing nothing
 
 
-@pytest.mark.parametrize("planted", ["readable by others", "a link"])
+@pytest.mark.parametrize("planted", ["readable by others", "a link", "another user's"])
 def test_a_seal_key_others_may_read_or_a_link_is_refused(tmp_path: Path, planted: str) -> None:
-    """Whoever reads the key can seal a forged command: a key file others may read, or a link
-    a local user planted to a key of theirs, is refused, never used."""
+    """Whoever reads the key can seal a forged command: a key file others may read, a link a
+    local user planted to a key of theirs, or a private key file of another user's (planted
+    where others may write, such as /tmp beside an audit copy: root reads it) is refused."""
+    import os
+
     from baton.processors.control_seal import ensure_seal_key, read_seal_key
     from baton.schemas.errors import ConfigError
 
     worker = tmp_path / "worker"
     worker.mkdir()
-    if planted == "a link":
+    if planted == "another user's":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give a file to another user")
+        (worker / "seal.key").write_text("ab" * 32 + "\n")
+        (worker / "seal.key").chmod(0o600)
+        os.chown(worker / "seal.key", 65534, 65534)
+    elif planted == "a link":
         (tmp_path / "mine").write_text("ab" * 32 + "\n")
         (tmp_path / "mine").chmod(0o600)
         (worker / "seal.key").symlink_to(tmp_path / "mine")
