@@ -374,3 +374,34 @@ def test_a_forged_digest_of_any_text_is_named_and_the_restart_goes_on(
     sent, said = _restore(broker, tmp_path, monkeypatch)
     assert sent == [story.kill.input]
     assert any("1 command record(s) of the audit carry no worker's seal" in ln for ln in said)
+
+
+@pytest.mark.parametrize(
+    ("run_id", "why", "micros"),
+    [
+        ("run-🚀-\u2028", "emoji \u2029 \t\r\n", 999_999),
+        ("Ω" * 256, "ü" * 1024, 0),
+        ('a\\b"c', "'; DROP TABLE x; --", 123_456),
+        ("\ufeffbom", "\x7f\x1b[31m", 500_000),
+    ],
+)
+def test_a_sealed_command_of_any_text_verifies_once_stored(
+    tmp_path: Path, run_id: str, why: str, micros: int
+) -> None:
+    """What the worker seals is read back from chDB's columns (LowCardinality, DateTime64,
+    Nullable text) and sealed again: a command whose text or time did not survive the trip
+    would not be issued again at a restart, its kill held in silence."""
+    from baton.cli.restore_sealed import read_sealed
+    from baton.sinks.clickhouse import connect
+
+    when = datetime.now(UTC).replace(microsecond=micros) - timedelta(minutes=3)
+    event = KillSwitch(scope="run", run_id=run_id, operator="oncall", reason=why, event_time=when)
+    _, record = apply_control(NO_KILLS, event, parse_policy("{}", "p"), when)
+    record.input = input_text(event)
+    _store(tmp_path / "chdb", [seal(record, KEY.encode())])
+    client = connect(f"chdb://{tmp_path / 'chdb'}")
+    try:
+        sealed = read_sealed(client, [KEY.encode()])
+    finally:
+        client.close()
+    assert sealed.commands == [record.input] and not sealed.unsealed
