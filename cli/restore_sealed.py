@@ -23,7 +23,7 @@ forgery). A sealed kill is never taken as lost: the log keeps it, whatever repla
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,16 +38,31 @@ __all__ = ["SealedCommands", "audit_seal_keys", "read_sealed", "say_unsealed"]
 _SEAL_SHAPE = re.compile(r"[0-9a-f]{32}").fullmatch
 #: the reasons of a command the workers applied (what a restart re-issues)
 _APPLIED = ("kill_switch", "kill_switch_released", "policy_updated")
+#: about how many bytes of commands a page of the log holds, and its first and most rows (and
+#: every row stored at the time of the last: an insert's rows are read together, in the order
+#: the sink first stored them): the restart and `baton audit verify` hold a page, never the
+#: log (a flood of refusals, 64 KB commands that a worker refused and sealed, is stored and
+#: kept across restarts: 600 MB of them took 3.5 GB to read whole, 0.6 GB a page at a time)
+PAGE_BYTES = 16 << 20
+PAGE_ROWS = 500
+MIN_PAGE_ROWS, MAX_PAGE_ROWS = 100, 20_000
+#: the unsealed records named (request ids, ``say_unsealed`` and verify name the first)
+NAMED_UNSEALED = 100
 _LOG_SQL = """
 SELECT decision_id, request_id, run_id, tenant, phase, outcome, reason, approver, event_time,
        input, seal,
        -- stored before the log was made (0010): what an audit from before the seals holds,
        -- and a forger cannot store a row before then
        inserted_at < (SELECT max(applied_at) FROM {db}.schema_migrations WHERE version = 10),
-       inserted_at
+       inserted_at, decided_at, audit_partition, audit_offset
 FROM {db}.control_log
-ORDER BY inserted_at, decided_at, audit_partition, audit_offset
+WHERE inserted_at > {{at:DateTime64(6, 'UTC')}}{applied}
+ORDER BY inserted_at
+LIMIT {{rows:UInt32}} WITH TIES
 """
+#: a log row: SEAL_FIELDS' values, then these
+_SEAL, _BEFORE, _STORED = 10, 11, 12
+_START = datetime(1900, 1, 1, tzinfo=UTC)  # DateTime64's first day
 
 
 @dataclass
@@ -63,8 +78,10 @@ class SealedCommands:
     #: ``(decision_id, reason, run_id, tenant, command, stored at)`` of each sealed applied
     #: command (its first verified copy), in order: what the restart's kill rules read of them
     sealed_rows: list[tuple[str, str, str, str, str, datetime]] = field(default_factory=list)
-    #: request ids of applied records stored after 0010 whose seal does not verify
+    #: request ids of the first NAMED_UNSEALED applied records stored after 0010 whose seal
+    #: does not verify (``unsealed_count``: how many there are)
     unsealed: list[str] = field(default_factory=list)
+    unsealed_count: int = 0
     #: whether any record's seal verifies (else the audit predates the seals, or the key)
     any_sealed: bool = False
     #: the decision ids of the sealed applied commands
@@ -75,45 +92,71 @@ class SealedCommands:
 
 def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -> SealedCommands:
     """The control log's records judged by their seals under ``keys`` (module doc); ``since``:
-    name only the unsealed ones stored at or after it (`baton audit verify --since`)."""
+    name only the unsealed ones stored at or after it (`baton audit verify --since`).
+
+    Two reads of the log, a page at a time: the first finds each sealed applied command's first
+    verified copy, the second places the commands (a command's place is its first copy: one
+    stored before 0010, the original, which a restart sealed again, keeps it) and counts the
+    applied records no seal vouches for."""
     from baton.sinks.schema import DATABASE
 
     out = SealedCommands()
     if not client.command(f"EXISTS TABLE {DATABASE}.control_log"):
         return out
-    rows = client.query(_LOG_SQL.format(db=DATABASE)).result_rows
-    # (each row: the SEAL_FIELDS values, its seal, stored before 0010, when it was stored)
-    verified = [any(is_sealed(k, row[:-3], row[-3]) for k in keys) for row in rows]
-    out.any_sealed = any(verified)
-    out.foreign = sum(
-        1 for row, ok in zip(rows, verified, strict=True) if not ok and _SEAL_SHAPE(row[-3] or "")
-    )
     firsts: dict[str, tuple[str, str, str, str, str, datetime]] = {}  # id -> its first
-    for row, ok in zip(rows, verified, strict=True):  # sealed applied copy (sealed_rows')
+    for row, ok in _pages(client, keys):  # sealed applied copy (sealed_rows')
+        out.any_sealed = out.any_sealed or ok
+        if not ok and _SEAL_SHAPE(row[_SEAL] or ""):
+            out.foreign += 1
         if ok and row[6] in _APPLIED and row[9] is not None:
-            first = (row[0], row[6], row[2], row[3], str(row[9]), _utc(row[-1]))
+            first = (row[0], row[6], row[2], row[3], str(row[9]), _utc(row[_STORED]))
             firsts.setdefault(row[0], first)
-    texts = {ident: first[4] for ident, first in firsts.items()}
     out.sealed_ids = set(firsts)
-    # a command's place: its first copy (one stored before 0010: the original; a legacy
-    # command sealed again by a restart keeps it), else its first sealed copy
     placed: dict[str, tuple[bool, str]] = {}  # id -> (sealed, command), in order
-    for row, ok in zip(rows, verified, strict=True):
-        decision_id, request_id, reason, text = row[0], row[1], row[6], row[9]
-        if reason not in _APPLIED or text is None or decision_id in placed:
+    for row, ok in _pages(client, keys, applied_only=True):
+        decision_id, request_id, text = row[0], row[1], row[9]
+        if text is None or decision_id in placed:
             continue
-        before = bool(row[-2])
-        if decision_id in texts:
+        before = bool(row[_BEFORE])
+        first = firsts.get(decision_id)
+        if first is not None:
             if ok or before:
-                placed[decision_id] = (True, texts[decision_id])
-                out.sealed_rows.append(firsts[decision_id])
+                placed[decision_id] = (True, first[4])
+                out.sealed_rows.append(first)
         elif before:
             placed[decision_id] = (False, str(text))
-        elif since is None or _utc(row[-1]) >= since:
-            out.unsealed.append(str(request_id))
+        elif since is None or _utc(row[_STORED]) >= since:
+            out.unsealed_count += 1
+            if len(out.unsealed) < NAMED_UNSEALED:
+                out.unsealed.append(str(request_id)[:256])
     out.commands = [text for _, text in placed.values()]
     out.legacy = [text for sealed, text in placed.values() if not sealed]
     return out
+
+
+def _pages(
+    client: Any, keys: list[bytes], applied_only: bool = False
+) -> Iterator[tuple[tuple[Any, ...], bool]]:
+    """Each row of the control log (``applied_only``: of an applied command's record) in the
+    order the sink stored them (an insert's rows by when their workers decided them and where
+    they were read), with whether its seal verifies under ``keys``."""
+    from baton.sinks.schema import DATABASE
+
+    applied = " AND reason IN {applied:Array(String)}" if applied_only else ""
+    sql = _LOG_SQL.format(db=DATABASE, applied=applied)
+    at, limit = _START, PAGE_ROWS
+    while True:
+        params = {"at": at, "rows": limit, "applied": list(_APPLIED)}
+        rows = client.query(sql, parameters=params).result_rows
+        rows.sort(key=lambda row: row[_STORED:])
+        for row in rows:
+            yield row, any(is_sealed(k, row[:_SEAL], row[_SEAL]) for k in keys)
+        if len(rows) < limit:
+            return
+        at = _utc(rows[-1][_STORED])
+        # the next page sized from this one's commands (a query a page: small records, more)
+        size = sum(len(row[9] or "") + 512 for row in rows) / len(rows)
+        limit = max(MIN_PAGE_ROWS, min(MAX_PAGE_ROWS, int(PAGE_BYTES / size)))
 
 
 def _utc(at: datetime) -> datetime:
@@ -130,12 +173,12 @@ def say_unsealed(sealed: SealedCommands, say: Callable[[str], None]) -> None:
             "are they the workers' keys? Those recorded after the seals began are not issued "
             "again (their kills are held)"
         )
-    if not sealed.unsealed:
+    if not sealed.unsealed_count:
         return
     names = ", ".join(shown_cut(r, 200) for r in sealed.unsealed[:3])
-    more = " ..." if len(sealed.unsealed) > 3 else ""
+    more = " ..." if sealed.unsealed_count > 3 else ""
     say(
-        f"restore: WARNING: {len(sealed.unsealed)} command record(s) of the audit carry no "
+        f"restore: WARNING: {sealed.unsealed_count} command record(s) of the audit carry no "
         f"worker's seal ({names}{more}): forged into gov.decisions, sealed under another key "
         "(BATON_AUDIT_CHAIN_KEY, DATA_DIR/worker/seal.key), or recorded while the workers "
         "had none; NOT issued again (a kill among them is held; release or publish again "

@@ -147,7 +147,9 @@ def verify_cmd(
         found = load_conflicts(client, run_id, since)
         # the command records no worker sealed (every one: commands belong to no run)
         sealed = read_sealed(client, seal_keys, since) if seal_keys and run_id is None else None
-    forged = sealed.unsealed if sealed is not None and sealed.any_sealed else []
+    checked = sealed is not None and sealed.any_sealed
+    forged = sealed.unsealed if sealed is not None and checked else []
+    forged_count = sealed.unsealed_count if sealed is not None and checked else 0
     conflicts = [c for c in found or [] if c.differs]
     redecided = len(found or []) - len(conflicts)
     if run_id is not None and not rows and not conflicts:
@@ -186,8 +188,8 @@ def verify_cmd(
             f"; {redecided} decision ids decided again with the same outcome and reason "
             "(a worker restart; governance.decision_conflicts lists them)"
         )
-    if forged:
-        summary += f"; {len(forged)} command records without a worker's seal"
+    if forged_count:
+        summary += f"; {forged_count} command records without a worker's seal"
     elif run_id is None and (sealed is None or not sealed.any_sealed):
         summary += "; command records' seals not checked (no seal key here, or none sealed)"
     if found is None:

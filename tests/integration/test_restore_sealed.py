@@ -405,3 +405,37 @@ def test_a_sealed_command_of_any_text_verifies_once_stored(
     finally:
         client.close()
     assert sealed.commands == [record.input] and not sealed.unsealed
+
+
+def test_the_log_is_read_a_page_at_a_time_and_an_insert_s_rows_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restart and verify hold a page of the log, never all of it (a flood of refusals is
+    stored and kept across restarts): pages of one row give what one page gives, every row of
+    an insert read together in the order the workers decided them, whatever its size."""
+    from baton.cli import restore_sealed
+    from baton.sinks.clickhouse import connect
+
+    story = _Story(tmp_path)
+    release = story.release("oncall", 20)
+    forged = replace(story.release("mallory", 25), request_digest=None)
+    refused = story.release("mallory", 26, parse_policy(story.only, "p2"))
+    # one insert: the release first in the batch, decided after the kill
+    _store(tmp_path / "chdb", [release, story.kill, refused])
+    _store(tmp_path / "chdb", [story.revoke], 50)
+    _store(tmp_path / "chdb", [forged, refused], 100)
+
+    def read(rows: int) -> restore_sealed.SealedCommands:
+        for name in ("PAGE_ROWS", "MIN_PAGE_ROWS", "PAGE_BYTES"):
+            monkeypatch.setattr(restore_sealed, name, rows)
+        client = connect(f"chdb://{tmp_path / 'chdb'}")
+        try:
+            return restore_sealed.read_sealed(client, [KEY.encode()])
+        finally:
+            client.close()
+
+    whole, paged = read(10 << 20), read(1)
+    assert paged == whole
+    assert whole.commands == [story.kill.input, release.input, story.revoke.input]
+    assert whole.unsealed == [forged.request_id] and whole.unsealed_count == 1
+    assert whole.any_sealed and whole.foreign == 0
