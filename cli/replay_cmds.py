@@ -257,7 +257,9 @@ def replay_cmd(
         ) from None
     seconds = time.monotonic() - began
     mark("replayed")
-    for line in refused:
+    from baton.sinks.render import shown_refusals
+
+    for line in shown_refusals(refused):
         click.echo(f"baton replay: {line}; not used", err=True)
     try:
         if fmt == "json":

@@ -59,7 +59,7 @@ from baton.processors.state import FRESH_LIMIT, SEEN_LIMIT, RunState
 from baton.schemas.decision import Reason
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
-from baton.sinks.render import shown
+from baton.sinks.render import shown, shown_refusals
 
 __all__ = ["restore_runs"]
 
@@ -95,7 +95,7 @@ def restore_runs(
             if not client.command(f"EXISTS TABLE {DATABASE}.control_log"):
                 migrate(client, settings.audit_ttl_days)
             policies, refused = read_policies(client)
-            for line in refused:
+            for line in shown_refusals(refused):
                 say(f"restore: {line}; not used")
             window = settings.run_retention_s + settings.tombstone_retention_s
             scope = ReplayScope(active_since=now - timedelta(seconds=window))

@@ -11,7 +11,15 @@ from typing import Any
 
 import orjson
 
-__all__ = ["cell", "printable_json", "render", "render_table", "shown", "shown_cut"]
+__all__ = [
+    "cell",
+    "printable_json",
+    "render",
+    "render_table",
+    "shown",
+    "shown_cut",
+    "shown_refusals",
+]
 
 
 def cell(value: Any) -> str:
@@ -142,3 +150,13 @@ def _json_escape(ch: str) -> str:
         return f"\\u{code:04x}"
     code -= 0x10000
     return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def shown_refusals(refused: list[str], most: int = 10) -> list[str]:
+    """The first ``most`` of the policy records ``replay_source.policies_of`` refused, and one
+    line counting the rest: each is a record a writer of gov.decisions may have put there, and
+    100,000 of them printed a line each at every restart and replay."""
+    if len(refused) <= most:
+        return refused
+    more = f"{len(refused) - most:,} more policy records are not policy documents of their version"
+    return [*refused[:most], more]

@@ -761,3 +761,28 @@ def test_a_replaced_policy_update_lets_no_release_through(
     assert release_row.input not in sent
     assert fold_reissued(sent, policy, datetime.now(UTC))[0].tenants == {"acme"}
     assert any("NO release is issued again" in line for line in said), said
+
+
+def test_a_flood_of_forged_policy_records_is_counted_not_printed_line_by_line(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Every policy_in_force record whose document is no policy was a line of every restart's
+    output (and of `baton replay`'s): a writer of gov.decisions made 100,000 of them. The
+    first ten are named, the rest counted; the runs are restored as ever."""
+    from dataclasses import replace
+
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    _, published = _history(now)
+    record = published[0]
+    forged = [
+        replace(record, decision_id=f"{i:032x}", request_id=f"forged-{i}", input=f"junk {i}")
+        for i in range(15)
+    ]
+    _store(tmp_path / "chdb", published + forged)
+    said: list[str] = []
+    assert restore_runs(_settings(broker), tmp_path, said.append) == 2
+    named = [line for line in said if "is not a policy document" in line]
+    assert len(named) == 10, said
+    assert (
+        "restore: 5 more policy records are not policy documents of their version; not used" in said
+    )
