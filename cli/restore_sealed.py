@@ -104,7 +104,9 @@ def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -
     if not client.command(f"EXISTS TABLE {DATABASE}.control_log"):
         return out
     firsts: dict[str, tuple[str, str, str, str, str, datetime]] = {}  # id -> its first
+    last = _START  # (the second read ends where this one did: a sink may be storing more)
     for row, ok in _pages(client, keys):  # sealed applied copy (sealed_rows')
+        last = row[_STORED]
         out.any_sealed = out.any_sealed or ok
         if not ok and _SEAL_SHAPE(row[_SEAL] or ""):
             out.foreign += 1
@@ -113,7 +115,7 @@ def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -
             firsts.setdefault(row[0], first)
     out.sealed_ids = set(firsts)
     placed: dict[str, tuple[bool, str]] = {}  # id -> (sealed, command), in order
-    for row, ok in _pages(client, keys, applied_only=True):
+    for row, ok in _pages(client, keys, until=_utc(last)):
         decision_id, request_id, text = row[0], row[1], row[9]
         if text is None or decision_id in placed:
             continue
@@ -135,18 +137,22 @@ def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -
 
 
 def _pages(
-    client: Any, keys: list[bytes], applied_only: bool = False
+    client: Any, keys: list[bytes], until: datetime | None = None
 ) -> Iterator[tuple[tuple[Any, ...], bool]]:
-    """Each row of the control log (``applied_only``: of an applied command's record) in the
-    order the sink stored them (an insert's rows by when their workers decided them and where
-    they were read), with whether its seal verifies under ``keys``."""
+    """Each row of the control log in the order the sink stored them (an insert's rows by when
+    their workers decided them and where they were read), with whether its seal verifies under
+    ``keys``; ``until``: only applied commands' records stored no later than it."""
     from baton.sinks.schema import DATABASE
 
-    applied = " AND reason IN {applied:Array(String)}" if applied_only else ""
+    applied = (
+        " AND reason IN {applied:Array(String)} AND inserted_at <= {until:DateTime64(6, 'UTC')}"
+        if until is not None
+        else ""
+    )
     sql = _LOG_SQL.format(db=DATABASE, applied=applied)
     at, limit = _START, PAGE_ROWS
     while True:
-        params = {"at": at, "rows": limit, "applied": list(_APPLIED)}
+        params = {"at": at, "rows": limit, "applied": list(_APPLIED), "until": until}
         rows = client.query(sql, parameters=params).result_rows
         rows.sort(key=lambda row: row[_STORED:])
         for row in rows:

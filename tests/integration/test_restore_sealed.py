@@ -439,3 +439,39 @@ def test_the_log_is_read_a_page_at_a_time_and_an_insert_s_rows_together(
     assert whole.commands == [story.kill.input, release.input, story.revoke.input]
     assert whole.unsealed == [forged.request_id] and whole.unsealed_count == 1
     assert whole.any_sealed and whole.foreign == 0
+
+
+def test_a_sealed_record_stored_between_the_two_reads_is_not_named_forged(tmp_path: Path) -> None:
+    """`baton audit verify` against a server whose sink is storing: the log is read twice (a
+    page at a time), and a sealed command stored between the reads was unknown to the first;
+    the second ends where the first did, so it is left to the next verify, never FORGED."""
+    from baton.cli import restore_sealed
+    from baton.processors.control_seal import SEAL_FIELDS
+    from baton.sinks.clickhouse import connect
+
+    story = _Story(tmp_path)
+    release = story.release("oncall", 20)
+    _store(tmp_path / "chdb", [story.kill])
+    client = connect(f"chdb://{tmp_path / 'chdb'}")
+    query = client.query
+
+    def storing(sql: str, **kw: Any) -> Any:
+        if "inserted_at <=" in sql and not storing.done:  # type: ignore[attr-defined]
+            storing.done = True  # type: ignore[attr-defined]
+            columns = [*SEAL_FIELDS, "seal", "decided_at", "audit_partition", "audit_offset"]
+            values = [getattr(release, f) for f in SEAL_FIELDS]
+            row = [*values, release.request_digest, release.decided_at, 0, 9]
+            client.insert("governance.control_log", [row], column_names=columns)
+        return query(sql, **kw)
+
+    storing.done = False  # type: ignore[attr-defined]
+    try:
+        client.query = storing  # type: ignore[method-assign]
+        sealed = restore_sealed.read_sealed(client, [KEY.encode()])
+        assert storing.done  # type: ignore[attr-defined]
+        assert sealed.commands == [story.kill.input] and sealed.unsealed_count == 0, sealed
+        client.query = query  # type: ignore[method-assign]
+        again = restore_sealed.read_sealed(client, [KEY.encode()])
+        assert again.commands == [story.kill.input, release.input]
+    finally:
+        client.close()
