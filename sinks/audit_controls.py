@@ -16,12 +16,14 @@ control decisions are rows like any (a run's ``finished`` record, one a run; the
 ``policy_in_force`` records, which each worker start restates: their latest row counts).
 
 Guarantee: a redelivered batch stores nothing twice either (its control rows are held by
-then, or go in under the same token). Not guaranteed: that the row kept is the worker's - one
-written to gov.decisions first under a command's decision id, saying its outcome and reason,
-keeps the real one out when the workers seal nothing (no BATON_AUDIT_CHAIN_KEY); with the key
-the seal is part of what a row says (``processors/control_seal``): a forged row's seal is not
-the worker's, so the worker's row is news and stored, and a restart's re-issue, sealed the
-same, is not.
+then, or go in under the same token). What a row says is its outcome, reason and seal
+(``processors/control_seal``) and a digest of everything the seal covers (the command, its
+ids, operator and time): a forged row's seal is not the worker's, and one that copies the
+worker's seal beside another command (stored first, it kept the worker's row out, session 41)
+says something else: either way the worker's row is news and stored, and a restart's
+re-issue, sealed the same, is not. Not guaranteed: that the row kept is the worker's when a
+forged one says all of that (a copy of the worker's record, its unsealed ``decided_at`` or
+``detail`` changed: what the restart uses of it is sealed).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from clickhouse_connect.driver.client import Client
 
+from baton.processors.control_seal import SEAL_FIELDS, seal_of
 from baton.schemas.decision import DECISION_FIELDS
 from baton.sinks.audit_copies import LONGEST, lookup_parts
 from baton.sinks.audit_insert import RowsRefused, insert_rows
@@ -52,15 +55,25 @@ Control = tuple[list[Any], bytes]
 _KEY_AT = tuple(DECISION_FIELDS.index(f) for f in ("tenant", "run_id", "decision_id"))
 #: what a row says: its outcome, reason and seal (``request_digest``, processors/control_seal)
 _SAID_AT = tuple(DECISION_FIELDS.index(f) for f in ("outcome", "reason", "request_digest"))
+#: and the whole of what a seal covers (the command, its ids, operator and time), as a digest
+_SEALED_AT = tuple(DECISION_FIELDS.index(f) for f in SEAL_FIELDS)
 _LOOKUP = (
-    f"SELECT DISTINCT tenant, run_id, decision_id, outcome, reason, ifNull(request_digest, '') "
-    f"FROM {DATABASE}.decisions "
+    f"SELECT DISTINCT tenant, run_id, decision_id, outcome, reason, ifNull(request_digest, ''), "
+    f"{', '.join(SEAL_FIELDS)} FROM {DATABASE}.decisions "
     "WHERE (tenant, run_id, decision_id) IN {ids:Array(Tuple(String, String, String))}"
 )
 
 
 def _key(row: list[Any]) -> tuple[str, ...]:
-    return tuple("" if row[i] is None else str(row[i]) for i in (*_KEY_AT, *_SAID_AT))
+    said = tuple("" if row[i] is None else str(row[i]) for i in (*_KEY_AT, *_SAID_AT))
+    return (*said, _content([row[i] for i in _SEALED_AT]))
+
+
+def _content(values: list[Any]) -> str:
+    """A digest of what a seal covers: a row that copies a seal beside another command (or id,
+    operator, time) is another row, never the worker's sealed one (which it kept out when
+    stored first: the command was then lost to every restart)."""
+    return seal_of(b"", values)
 
 
 def store_controls(
@@ -100,7 +113,9 @@ def _held(client: Client, controls: list[Control], label: str) -> set[tuple[str,
     with audit_errors(label, "looking up stored control decisions"):
         for part in lookup_parts(ids):
             rows = client.query(_LOOKUP, parameters={"ids": part})
-            held.update(tuple(str(v) for v in row) for row in rows.result_rows)
+            held.update(
+                (*(str(v) for v in row[:6]), _content(list(row[6:]))) for row in rows.result_rows
+            )
     return held
 
 

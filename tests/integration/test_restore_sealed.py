@@ -475,3 +475,23 @@ def test_a_sealed_record_stored_between_the_two_reads_is_not_named_forged(tmp_pa
         assert again.commands == [story.kill.input, release.input]
     finally:
         client.close()
+
+
+def test_a_revocation_whose_seal_a_forger_copied_first_is_still_issued(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forger copied the revocation's seal, id, outcome and reason beside another policy
+    text, stored before the worker's row: the sink dropped the worker's as a repeat, so no
+    copy of the revocation verified, and the restart's workers listed mallory again (her next
+    release would count). Both are stored now, and the sealed one is issued."""
+    story = _Story(tmp_path)
+    forged = replace(story.revoke, input=story.revoke.input.replace("oncall", "mallory", 1))
+    assert forged.input != story.revoke.input
+    _store(tmp_path / "chdb", [story.kill])
+    _store(tmp_path / "chdb", [forged], 10)
+    _store(tmp_path / "chdb", [story.revoke], 20)
+    sent, said = _restore(broker, tmp_path, monkeypatch)
+    assert sent == [story.kill.input, story.revoke.input], said
+    ended: list[Policy] = []
+    fold_reissued(sent, story.policy, datetime.now(UTC), ended=ended)
+    assert set(ended[0].operators) == {"oncall"}

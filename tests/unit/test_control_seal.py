@@ -134,6 +134,34 @@ def test_a_forged_row_written_first_under_a_sealed_records_id_does_not_keep_it_o
     assert [row[-1] for row in log] == [None, record.request_digest]  # every record, never replaced
 
 
+@pytest.mark.parametrize("where", ["an insert before", "the same insert, first"])
+@pytest.mark.parametrize(
+    "altered", [{"input": '{"type":"kill_switch","scope":"global"}'}, {"approver": "mallory"}]
+)
+def test_a_row_that_copies_a_seal_beside_another_command_does_not_keep_the_sealed_one_out(
+    tmp_path: Path, where: str, altered: dict[str, str]
+) -> None:
+    """The sink's once-only key held the seal, not what it seals: a writer of gov.decisions who
+    copied a command's seal as soon as the record appeared, beside another command text (or
+    operator) under its id, outcome and reason, got that row stored first, and the worker's
+    was dropped as a repeat: the control log held no copy that verifies, and a restart lost
+    the command (a policy update revoking an operator: her releases counted again)."""
+    record = _kill_record()
+    forged = replace(record, **altered)
+    assert not is_sealed(KEY, _values(forged), forged.request_digest)
+    client = chdb_audit(tmp_path / "chdb", [])
+    if where == "an insert before":
+        _write(client, [(0, forged.to_json())])
+        _write(client, [(1, record.to_json())])
+    else:
+        _write(client, [(0, forged.to_json()), (1, record.to_json())])
+    reissued = replace(record, decided_at=_AT + timedelta(minutes=5), offset=0)
+    _write(client, [(2, reissued.to_json())])
+    log = _log(client)
+    client.close()
+    assert [is_sealed(KEY, row[:-1], row[-1]) for row in log] == [False, True]
+
+
 def test_the_control_follower_seals_each_record_it_makes() -> None:
     from baton.processors.control import ControlFollower
 
