@@ -35,16 +35,20 @@ def kill_records(client: Any, sealed: Collection[str] = ()) -> list[tuple[float,
     decision_variants', are a forger's to choose, and a lost kill dated before a re-issued
     release read as lifted by it (session 38, A2). ``sealed``: decision ids whose record a
     worker sealed, left out (the restart reads them from the control log: never lost)."""
+    from baton.schemas.events import MAX_EVENT_BYTES
     from baton.sinks.schema import DATABASE
 
     if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
         return []
+    # a command longer than any event a worker reads is no worker's (it dead-letters one past
+    # MAX_EVENT_BYTES): read as none, so a flood of forged megabyte rows is not held whole
     rows = client.query(
-        "SELECT reason, run_id, tenant, detail, ifNull(input, ''), decision_id, "
+        "SELECT reason, run_id, tenant, detail, if(length(ifNull(input, '')) <= {most:UInt32}, "
+        "ifNull(input, ''), ''), decision_id, "
         f"request_id, decided_at FROM {DATABASE}.decisions FINAL "
         "WHERE phase = 'control' AND reason IN {applied:Array(String)} "
         "ORDER BY decided_at, `offset`",
-        parameters={"applied": list(APPLIED)},
+        parameters={"applied": list(APPLIED), "most": 2 * MAX_EVENT_BYTES},
     ).result_rows
     rows = [row for row in rows if str(row[5]) not in sealed]
     dated = [(str(row[5]), _seconds(row[-1]), record) for row in rows

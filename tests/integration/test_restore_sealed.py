@@ -495,3 +495,29 @@ def test_a_revocation_whose_seal_a_forger_copied_first_is_still_issued(
     ended: list[Policy] = []
     fold_reissued(sent, story.policy, datetime.now(UTC), ended=ended)
     assert set(ended[0].operators) == {"oncall"}
+
+
+def test_a_kill_row_with_a_command_longer_than_any_event_is_held_not_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer of gov.decisions made kill rows of a megabyte each; every restart read each
+    command whole. No worker records one past twice MAX_EVENT_BYTES (it dead-letters such an
+    event): read as no command, its switch held as a lost kill (fail closed)."""
+    from baton.cli import kill_records as module
+    from baton.sinks.clickhouse import connect
+
+    read: list[str] = []  # the commands as read from the audit
+    as_made = module._kill_as_made
+    monkeypatch.setattr(module, "_kill_as_made", lambda row: read.append(row[4]) or as_made(row))
+
+    story = _Story(tmp_path, sealed=False)
+    padded = story.kill.input.replace('"reason":""', '"reason":"' + "x" * 300_000 + '"')
+    assert len(padded) > 300_000
+    _store(tmp_path / "chdb", [replace(story.kill, input=padded)])
+    client = connect(f"chdb://{tmp_path / 'chdb'}")
+    try:
+        ((_, record),) = module.kill_records(client)
+    finally:
+        client.close()
+    assert record == ("kill_switch", "*", "acme", "scope=tenant", "")
+    assert read == [""]
