@@ -33,17 +33,14 @@ def _runs(pid: int) -> bool:
 
 
 def stop_under_load(
-    data_dir: Path,
-    before_stop: Callable[[Path], None] | None,
-    kill: bool = False,
-    flags: tuple[str, ...] = (),
+    data_dir: Path, before_stop: Callable[[Path], None] | None, kill: bool = False
 ) -> list[str]:
     """`baton up` in a process group of its own, ~3,000 requests a second, a burst, then
     ``before_stop`` and Ctrl-C (``kill``: SIGKILL to `baton up` alone, its children left to
     stop on their parent-death signals); asserts every decision a reader got is in the audit
     after."""
     up = subprocess.Popen(
-        [sys.executable, "-m", "baton.cli", "up", "--data-dir", str(data_dir), *_FLAGS, *flags],
+        [sys.executable, "-m", "baton.cli", "up", "--data-dir", str(data_dir), *_FLAGS],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
