@@ -48,9 +48,10 @@ def stop_under_load(
         start_new_session=True,  # its own process group, as a terminal gives it
     )
     lines: list[str] = []
-    threading.Thread(
+    output = threading.Thread(
         target=lambda: lines.extend(ln.rstrip() for ln in up.stdout), daemon=True
-    ).start()  # type: ignore[union-attr]
+    )  # type: ignore[union-attr]
+    output.start()
     try:
         ready = wait_for(
             lambda: next((ln for ln in lines if " ready " in ln), None),
@@ -122,6 +123,9 @@ def stop_under_load(
             assert up.wait(90) == 0, "\n".join(lines[-30:])
         reading.set()
         reader.join(10)
+        # every line `baton up` wrote before it exited: the copying thread was not waited for,
+        # and on a loaded host the stop's last lines were not in ``lines`` yet (a flake)
+        output.join(10)
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
