@@ -105,7 +105,8 @@ def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -
         return out
     firsts: dict[str, tuple[str, str, str, str, str, datetime]] = {}  # id -> its first
     last = _START  # (the second read ends where this one did: a sink may be storing more)
-    for row, ok in _pages(client, keys):  # sealed applied copy (sealed_rows')
+    for row in _pages(client):  # sealed applied copy (sealed_rows')
+        ok = _verified(keys, row)
         last = row[_STORED]
         out.any_sealed = out.any_sealed or ok
         if not ok and _SEAL_SHAPE(row[_SEAL] or ""):
@@ -115,14 +116,14 @@ def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -
             firsts.setdefault(row[0], first)
     out.sealed_ids = set(firsts)
     placed: dict[str, tuple[bool, str]] = {}  # id -> (sealed, command), in order
-    for row, ok in _pages(client, keys, until=_utc(last)):
+    for row in _pages(client, until=_utc(last)):
         decision_id, request_id, text = row[0], row[1], row[9]
         if text is None or decision_id in placed:
             continue
         before = bool(row[_BEFORE])
         first = firsts.get(decision_id)
-        if first is not None:
-            if ok or before:
+        if first is not None:  # (a seal checked only here: not for each row of a flood again)
+            if before or _verified(keys, row):
                 placed[decision_id] = (True, first[4])
                 out.sealed_rows.append(first)
         elif before:
@@ -136,12 +137,15 @@ def read_sealed(client: Any, keys: list[bytes], since: datetime | None = None) -
     return out
 
 
-def _pages(
-    client: Any, keys: list[bytes], until: datetime | None = None
-) -> Iterator[tuple[tuple[Any, ...], bool]]:
+def _verified(keys: list[bytes], row: tuple[Any, ...]) -> bool:
+    """Whether the log ``row``'s seal verifies under one of ``keys``."""
+    return any(is_sealed(k, row[:_SEAL], row[_SEAL]) for k in keys)
+
+
+def _pages(client: Any, until: datetime | None = None) -> Iterator[tuple[Any, ...]]:
     """Each row of the control log in the order the sink stored them (an insert's rows by when
-    their workers decided them and where they were read), with whether its seal verifies under
-    ``keys``; ``until``: only applied commands' records stored no later than it."""
+    their workers decided them and where they were read); ``until``: only applied commands'
+    records stored no later than it."""
     from baton.sinks.schema import DATABASE
 
     applied = (
@@ -155,8 +159,7 @@ def _pages(
         params = {"at": at, "rows": limit, "applied": list(_APPLIED), "until": until}
         rows = client.query(sql, parameters=params).result_rows
         rows.sort(key=lambda row: row[_STORED:])
-        for row in rows:
-            yield row, any(is_sealed(k, row[:_SEAL], row[_SEAL]) for k in keys)
+        yield from rows
         if len(rows) < limit:
             return
         at = _utc(rows[-1][_STORED])

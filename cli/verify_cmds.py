@@ -147,9 +147,10 @@ def verify_cmd(
         found = load_conflicts(client, run_id, since)
         # the command records no worker sealed (every one: commands belong to no run)
         sealed = read_sealed(client, seal_keys, since) if seal_keys and run_id is None else None
-    checked = sealed is not None and sealed.any_sealed
-    forged = sealed.unsealed if sealed is not None and checked else []
-    forged_count = sealed.unsealed_count if sealed is not None and checked else 0
+    forged: list[str] = []
+    forged_count, checked = 0, False  # checked: some record's seal verifies here
+    if sealed is not None and sealed.any_sealed:
+        forged, forged_count, checked = sealed.unsealed, sealed.unsealed_count, True
     conflicts = [c for c in found or [] if c.differs]
     redecided = len(found or []) - len(conflicts)
     if run_id is not None and not rows and not conflicts:
@@ -190,7 +191,7 @@ def verify_cmd(
         )
     if forged_count:
         summary += f"; {forged_count} command records without a worker's seal"
-    elif run_id is None and (sealed is None or not sealed.any_sealed):
+    elif run_id is None and not checked:
         summary += "; command records' seals not checked (no seal key here, or none sealed)"
     if found is None:
         summary += "; no governance.decision_conflicts (schema before 0006): ids not checked"
