@@ -222,7 +222,14 @@ def _signed(command: str) -> bool:
 
 
 def policy_in_force(chdb_dir: Path) -> PolicyInForce | None:
-    """The policy the workers of the audit in ``chdb_dir`` used last (None: none recorded)."""
+    """The policy the workers of the audit in ``chdb_dir`` used last (None: none recorded).
+
+    The records are read without their text first, and only the texts the fold reads of them
+    next: the last record's version's last publication (a command: none longer than a worker
+    reads) and document. A writer of gov.decisions can store a megabyte document under every
+    record it forges, and all of them were read: 270 MB of them took 2.2 GB at every restart
+    (session 42)."""
+    from baton.schemas.events import MAX_EVENT_BYTES
     from baton.sinks.clickhouse import audit_errors, connect
     from baton.sinks.schema import DATABASE
 
@@ -233,14 +240,40 @@ def policy_in_force(chdb_dir: Path) -> PolicyInForce | None:
                 return None
             rows = client.query(
                 "SELECT reason, policy_version, ifNull(approver, ''), toString(decided_at), "
-                f"ifNull(input, '') FROM {DATABASE}.decisions FINAL "
+                f"tenant, run_id, decision_id FROM {DATABASE}.decisions FINAL "
                 "WHERE phase = 'control' AND reason IN {records:Array(String)} "
                 "ORDER BY decided_at, `offset`",
                 parameters={"records": list(_POLICY_RECORDS)},
             ).result_rows
+            read = _deciding_rows([tuple(str(v) for v in row) for row in rows])
+            if not read:
+                return None
+            texts = {
+                (str(tenant), str(run_id), str(decision_id)): str(text)
+                for tenant, run_id, decision_id, text in client.query(
+                    "SELECT tenant, run_id, decision_id, if(reason = 'policy_updated' AND "
+                    "length(ifNull(input, '')) > {most:UInt32}, '', ifNull(input, '')) "
+                    f"FROM {DATABASE}.decisions FINAL WHERE phase = 'control' "
+                    "AND (tenant, run_id, decision_id) IN "
+                    "{keys:Array(Tuple(String, String, String))}",
+                    parameters={"keys": [row[4:] for row in read], "most": 2 * MAX_EVENT_BYTES},
+                ).result_rows
+            }
     finally:
         client.close()
-    return fold_policy_in_force(tuple(str(v) for v in row) for row in rows)  # type: ignore[misc]
+    return fold_policy_in_force((*row[:4], texts.get(row[4:], "")) for row in read)  # type: ignore[misc]
+
+
+def _deciding_rows(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Of ``(reason, version, approver, at, *key)`` policy records (oldest first), the ones
+    whose text :func:`fold_policy_in_force` reads for its answer, in order: the last record
+    with a version, and its version's last publication and last document before it."""
+    counted = [row for row in rows if row[0] in _POLICY_RECORDS and row[1]]
+    if not counted:
+        return []
+    version = counted[-1][1]
+    last = {reason: i for i, (reason, v, *_) in enumerate(counted) if v == version}
+    return [counted[i] for i in sorted({*last.values(), len(counted) - 1})]
 
 
 def operators_not_given_back(

@@ -17,19 +17,19 @@ the tenant), so pages are few and big, and the pieces handed out are small.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import orjson
-from pydantic import ValidationError
 
 from baton.processors.chain_links import shown_id
-from baton.processors.recorded import POLICY_RECORD_RUN, REPLAY_COLUMNS, Recorded
+from baton.processors.recorded import REPLAY_COLUMNS, Recorded
 from baton.schemas.decision import Phase, Reason
 from baton.schemas.errors import AuditUnavailable
-from baton.schemas.policy import Policy
+from baton.schemas.events import MAX_EVENT_BYTES
+from baton.sinks.policy_records import policies_of, read_policies
 from baton.sinks.schema import DATABASE
 
 if TYPE_CHECKING:  # the replay processes decode pages and need no ClickHouse client
@@ -58,10 +58,11 @@ _FOLLOWER_RECORD = (
     f"phase = '{Phase.CONTROL.value}' AND chain_hash IS NULL AND (input IS NULL OR "
     "match(request_id, '^(kill_switch|kill_switch_released|policy_updated):'))"
 )
-#: the commands `baton up` re-issues on a fresh broker, in the order they were applied
+#: the commands `baton up` re-issues on a fresh broker, in the order they were applied; one
+#: longer than any event a worker reads is no worker's: its size, never a forger's megabytes
 _COMMANDS_SQL = f"""
-SELECT input FROM {DATABASE}.decisions FINAL
-WHERE phase = '{Phase.CONTROL.value}' AND input IS NOT NULL
+SELECT if(length(input) <= {2 * MAX_EVENT_BYTES}, input, 'oversized: ' || toString(length(input)))
+FROM {DATABASE}.decisions FINAL WHERE phase = '{Phase.CONTROL.value}' AND input IS NOT NULL
   AND reason IN ('{Reason.KILL_SWITCH.value}', '{Reason.KILL_SWITCH_RELEASED.value}',
                  '{Reason.POLICY_UPDATED.value}')
 ORDER BY decided_at, audit_partition, audit_offset
@@ -119,41 +120,6 @@ class ReplayScope:
 def _runs_with(clauses: list[str]) -> str:
     """The clause taking every row of the runs with a row where all ``clauses`` hold."""
     return f"run_id IN (SELECT run_id FROM {DATABASE}.decisions WHERE {' AND '.join(clauses)})"
-
-
-def read_policies(client: Client) -> tuple[dict[str, Policy], list[str]]:
-    """version -> policy from the policy_in_force records (run and tenant ``*``: a copy under
-    another run is no worker's record, not read), and one line per refused record."""
-    # the records' run and tenant ("*", processors/recorded.py) first: the table's key, so
-    # the FINAL query reads their rows only, not the whole table (0.28 -> 0.01 s of CPU at
-    # 480k decisions, at the start of every replay while its --jobs processes wait)
-    rows = client.query(
-        f"SELECT policy_version, input FROM {DATABASE}.decisions FINAL "
-        f"WHERE tenant = '{POLICY_RECORD_RUN}' AND run_id = '{POLICY_RECORD_RUN}' "
-        f"AND phase = '{Phase.CONTROL.value}' AND reason = '{Reason.POLICY_IN_FORCE.value}'"
-    ).result_rows
-    return policies_of(rows)
-
-
-def policies_of(rows: Iterable[Sequence[Any]]) -> tuple[dict[str, Policy], list[str]]:
-    """version -> policy of the (version, document) ``rows`` of policy_in_force records, and
-    one line per refused record (a document that is no policy, or hashes to another version)."""
-    policies: dict[str, Policy] = {}
-    refused: list[str] = []
-    for version, document in rows:
-        try:
-            policy = Policy.model_validate_json(document or "")
-        except ValidationError as exc:
-            problem = str(exc).replace("\n", " ")[:400].encode("unicode_escape").decode()
-            refused.append(
-                f"policy {shown_id(version)}: its record is not a policy document ({problem})"
-            )
-            continue
-        if policy.version != version:
-            refused.append(f"policy {shown_id(version)}: its document hashes to {policy.version}")
-            continue
-        policies[version] = policy
-    return policies, refused
 
 
 def read_commands(client: Client) -> list[str]:
