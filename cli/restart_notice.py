@@ -10,7 +10,7 @@ loudly instead of lifting a kill switch or dropping a policy in silence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -221,8 +221,10 @@ def _signed(command: str) -> bool:
     return isinstance(event, dict) and bool(event.get("signature"))
 
 
-def policy_in_force(chdb_dir: Path) -> PolicyInForce | None:
-    """The policy the workers of the audit in ``chdb_dir`` used last (None: none recorded).
+def policy_in_force(chdb_dir: Path, keys: Sequence[bytes] = ()) -> PolicyInForce | None:
+    """The policy the workers of the audit in ``chdb_dir`` used last (None: none recorded):
+    from the records whose seal verifies under ``keys`` (``restore_sealed.
+    sealed_policy_records``) when the workers sealed them, else from every record.
 
     The records are read without their text first, and only the texts the fold reads of them
     next: the last record's version's last publication (a command: none longer than a worker
@@ -238,6 +240,12 @@ def policy_in_force(chdb_dir: Path) -> PolicyInForce | None:
         with audit_errors(f"chdb://{chdb_dir}", "reading the policy in force of the audit"):
             if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
                 return None
+            if keys:
+                from baton.cli.restore_sealed import sealed_policy_records
+
+                sealed = sealed_policy_records(client, list(keys))
+                if sealed is not None:
+                    return fold_policy_in_force(sealed)  # type: ignore[arg-type]
             rows = client.query(
                 "SELECT reason, policy_version, ifNull(approver, ''), toString(decided_at), "
                 f"tenant, run_id, decision_id FROM {DATABASE}.decisions FINAL "

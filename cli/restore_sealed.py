@@ -33,19 +33,27 @@ from typing import Any
 from baton.processors.control_seal import is_sealed
 from baton.sinks.render import shown_cut
 
-__all__ = ["SealedCommands", "audit_seal_keys", "read_sealed", "say_unsealed"]
+__all__ = [
+    "SealedCommands",
+    "audit_seal_keys",
+    "read_sealed",
+    "say_unsealed",
+    "sealed_policy_records",
+]
 
 _SEAL_SHAPE = re.compile(r"[0-9a-f]{32}").fullmatch
 #: the reasons of a command the workers applied (what a restart re-issues)
 _APPLIED = ("kill_switch", "kill_switch_released", "policy_updated")
+#: the records of the policy a worker decides under, and of a policy update applied
+_POLICY_RECORDS = ("policy_in_force", "policy_updated")
 #: about how many bytes of commands a page of the log holds, and its first and most rows (and
 #: every row stored at the time of the last: an insert's rows are read together, in the order
 #: the sink first stored them): the restart and `baton audit verify` hold a page, never the
 #: log (a flood of refusals, 64 KB commands that a worker refused and sealed, is stored and
 #: kept across restarts: 600 MB of them took 3.5 GB to read whole, 0.6 GB a page at a time)
 PAGE_BYTES = 16 << 20
-PAGE_ROWS = 500
-MIN_PAGE_ROWS, MAX_PAGE_ROWS = 100, 20_000
+PAGE_ROWS = 32
+MIN_PAGE_ROWS, MAX_PAGE_ROWS = 16, 20_000
 #: the unsealed records named (request ids, ``say_unsealed`` and verify name the first)
 NAMED_UNSEALED = 100
 _LOG_SQL = """
@@ -142,10 +150,12 @@ def _verified(keys: list[bytes], row: tuple[Any, ...]) -> bool:
     return any(is_sealed(k, row[:_SEAL], row[_SEAL]) for k in keys)
 
 
-def _pages(client: Any, until: datetime | None = None) -> Iterator[tuple[Any, ...]]:
+def _pages(
+    client: Any, until: datetime | None = None, reasons: tuple[str, ...] = ()
+) -> Iterator[tuple[Any, ...]]:
     """Each row of the control log in the order the sink stored them (an insert's rows by when
     their workers decided them and where they were read); ``until``: only applied commands'
-    records stored no later than it."""
+    records stored no later than it; ``reasons``: only records of these."""
     from baton.sinks.schema import DATABASE
 
     applied = (
@@ -153,10 +163,17 @@ def _pages(client: Any, until: datetime | None = None) -> Iterator[tuple[Any, ..
         if until is not None
         else ""
     )
+    applied += " AND reason IN {reasons:Array(String)}" if reasons else ""
     sql = _LOG_SQL.format(db=DATABASE, applied=applied)
     at, limit = _START, PAGE_ROWS
     while True:
-        params = {"at": at, "rows": limit, "applied": list(_APPLIED), "until": until}
+        params = {
+            "at": at,
+            "rows": limit,
+            "applied": list(_APPLIED),
+            "until": until,
+            "reasons": list(reasons),
+        }
         rows = client.query(sql, parameters=params).result_rows
         rows.sort(key=lambda row: row[_STORED:])
         yield from rows
@@ -166,6 +183,43 @@ def _pages(client: Any, until: datetime | None = None) -> Iterator[tuple[Any, ..
         # the next page sized from this one's commands (a query a page: small records, more)
         size = sum(len(row[9] or "") + 512 for row in rows) / len(rows)
         limit = max(MIN_PAGE_ROWS, min(MAX_PAGE_ROWS, int(PAGE_BYTES / size)))
+
+
+def sealed_policy_records(client: Any, keys: list[bytes]) -> list[tuple[str, ...]] | None:
+    """The policy records of the control log whose seal verifies under ``keys``, as
+    ``restart_notice.fold_policy_in_force`` reads them (reason, version, operator, time, text),
+    in the order of their sealed times (ties: as stored); None when no ``policy_in_force``
+    record is sealed (an audit from before the workers sealed them, or under another key).
+
+    A worker seals the record of the policy it decides under at its start and at each update
+    (processors/recorded.py): a writer of gov.decisions cannot add one, so a forged record
+    whose document does not hash to its version no longer refuses every restart (its
+    operators unknown), nor does one of another policy get named as the policy in force; a
+    copy of a sealed record, re-dated, keeps its sealed time (session 42)."""
+    from baton.schemas.events import parse_control_event
+    from baton.schemas.policy_load import parse_policy
+    from baton.sinks.schema import DATABASE
+
+    if not client.command(f"EXISTS TABLE {DATABASE}.control_log"):
+        return None
+    found: list[tuple[datetime, int, tuple[str, ...]]] = []
+    for row in _pages(client, reasons=_POLICY_RECORDS):
+        if row[_BEFORE] or not _verified(keys, row):
+            continue
+        reason, text, at = str(row[6]), str(row[9] or ""), _utc(row[8])
+        if reason == "policy_in_force":
+            version = str(row[1]).removeprefix("policy_in_force:")
+        else:  # an applied update: the version it put in force
+            try:
+                event = parse_control_event(text.encode())
+                version = parse_policy(event.policy_yaml, "policy_updated").version  # type: ignore[union-attr]
+            except Exception:
+                continue  # another Baton version's command: it names no version here
+        when = at.strftime("%Y-%m-%d %H:%M:%S.%f")
+        found.append((at, len(found), (reason, version, str(row[7] or ""), when, text)))
+    if not any(record[0] == "policy_in_force" for _, _, record in found):
+        return None
+    return [record for _, _, record in sorted(found, key=lambda f: f[:2])]
 
 
 def _utc(at: datetime) -> datetime:

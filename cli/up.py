@@ -52,6 +52,7 @@ from baton.cli.up_restart import (
 )
 from baton.cli.up_stop import stop_children
 from baton.cli.worker_cmd import create_topics
+from baton.processors.control_seal import seal_keys
 from baton.schemas import env_names
 from baton.schemas.errors import BatonError, ConfigError, Interrupted
 from baton.schemas.policy import parse_policy
@@ -220,8 +221,7 @@ def up_cmd(
     def say(line: str) -> None:
         output.say(f"baton up: {line}")
 
-    # a bad setting or policy fails before anything is made: a mistyped --data-dir with a
-    # mistyped --policy left an empty data dir holding a stack.lock behind
+    # a bad setting or policy fails before anything is made (a typo left a stack.lock behind)
     text = read_policy_text(settings.policy) if settings.policy else None
     policy = (
         read_policy(None) if text is None else parse_policy(text, str(settings.policy), file=True)
@@ -284,6 +284,7 @@ def up_cmd(
                 allow_unsigned,
                 before,
                 policy,
+                seal_keys(settings, data_dir / WORKER_DATA_DIR),
             )
         audit_id = keep_audit_id(data_dir, earlier, no_audit, renew=forgotten)
         record = write_stack_record(

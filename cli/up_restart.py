@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +111,7 @@ def name_a_lost_policy(
     allow_unsigned: bool = False,
     earlier: Policy | None = None,
     start: Policy | None = None,
+    keys: Sequence[bytes] = (),
 ) -> str | None:
     """A policy published before this restart is gone with the old broker's control topic:
     when the workers used another policy than this start's, say so (its approver keys and
@@ -121,7 +122,8 @@ def name_a_lost_policy(
     ``earlier``: the policy the earlier start began with (:func:`earlier_policy`), from which
     the operators this start must not drop are folded (``restart_notice.
     operators_not_given_back``), whatever the audit's rows say; ``start``: this start's
-    policy, from which its workers fold the re-issued updates."""
+    policy, from which its workers fold the re-issued updates; ``keys``: the workers' seal
+    keys (the policy in force is read from the records they sealed)."""
     from baton.cli.restart_notice import policy_in_force
     from baton.cli.up_audit import has_tables
 
@@ -130,7 +132,7 @@ def name_a_lost_policy(
     if earlier is not None and not operators and not allow_unsigned:
         _refuse_dropped_operators(audit, earlier, version, start)
     try:
-        before = policy_in_force(audit)
+        before = policy_in_force(audit, keys)
     except BatonError as exc:
         say(f"WARNING: could not read the policy in force of the audit in {audit}: {exc}")
         return None

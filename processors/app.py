@@ -100,6 +100,7 @@ class GovernanceWorker:
         )
         #: counted always (one call per batch); served on /metrics by the CLI when asked
         self.metrics = WorkerMetrics(self.worker_id, capacity_of(settings, self.worker_id))
+        self._seal_key = seal_key(settings)  # seals command and policy records (a restart's)
         self.control = ControlFollower(
             settings.kafka_config(),
             self.catalog.control,
@@ -110,7 +111,7 @@ class GovernanceWorker:
             on_dead_letter=self._enqueue,
             max_staleness_s=settings.control_max_staleness_s,
             held=held_from_restart(settings.worker_data_dir),
-            seal_key=seal_key(settings),
+            seal_key=self._seal_key,
         )
         self._processor: BatchProcessor | None = None
         self._lock = asyncio.Lock()
@@ -176,7 +177,7 @@ class GovernanceWorker:
                     self.control.why_stale(),
                 )
             # the policy document, recorded before the first decision under it (baton replay)
-            self._enqueue(policy_in_force(self.control.policy, datetime.now(UTC), self.worker_id))
+            self._on_policy(self.control.policy)
             self._ready.set()
             log.info("worker %s ready (policy %s)", self.worker_id, self.control.policy.version)
 
@@ -215,7 +216,7 @@ class GovernanceWorker:
         self.publisher.enqueue(record)
 
     def _on_policy(self, policy: Policy) -> None:
-        self._enqueue(policy_in_force(policy, datetime.now(UTC), self.worker_id))
+        self._enqueue(policy_in_force(policy, datetime.now(UTC), self.worker_id, self._seal_key))
         if self._processor is not None:
             self._processor.policy = policy
 

@@ -101,20 +101,31 @@ def policy_record_id(version: str) -> str:
     return decision_id_for(POLICY_RECORD_RUN, f"policy_in_force:{version}", Phase.CONTROL)
 
 
-def policy_in_force(policy: Policy, now: datetime, worker: str | None) -> Decision:
-    """The control record of the policy a worker decides under from ``now`` on."""
-    return Decision(
-        decision_id=policy_record_id(policy.version),
-        request_id=f"policy_in_force:{policy.version}",
-        run_id=POLICY_RECORD_RUN,
-        tenant=POLICY_RECORD_RUN,
-        phase=Phase.CONTROL,
-        outcome=Outcome.RECORDED,
-        reason=Reason.POLICY_IN_FORCE,
-        policy_version=policy.version,
-        event_time=now,
-        decided_at=now,
-        worker=worker,
-        detail=policy.label,
-        input=policy_document(policy),
+def policy_in_force(
+    policy: Policy, now: datetime, worker: str | None, seal_key: bytes = b""
+) -> Decision:
+    """The control record of the policy a worker decides under from ``now`` on, sealed with
+    ``seal_key`` (processors/control_seal): a restart reads the policy in force from sealed
+    records alone, where the workers sealed them (a forged record whose document did not hash
+    to its version refused every restart, and one naming another policy was said to be the
+    policy in force: session 42)."""
+    from baton.processors.control_seal import seal
+
+    return seal(
+        Decision(
+            decision_id=policy_record_id(policy.version),
+            request_id=f"policy_in_force:{policy.version}",
+            run_id=POLICY_RECORD_RUN,
+            tenant=POLICY_RECORD_RUN,
+            phase=Phase.CONTROL,
+            outcome=Outcome.RECORDED,
+            reason=Reason.POLICY_IN_FORCE,
+            policy_version=policy.version,
+            event_time=now,
+            decided_at=now,
+            worker=worker,
+            detail=policy.label,
+            input=policy_document(policy),
+        ),
+        seal_key,
     )

@@ -107,7 +107,7 @@ def test_migration_0007_remakes_the_resolutions_of_decisions_stored_before_it(
     # 0002's view took the refusal for the resolution
     assert _latency(audit)["stored_before"][1:] == ("recorded", "self_approval")
 
-    assert migrate(audit, ttl_days=3650) == [7, 8, 9, 10]
+    assert migrate(audit, ttl_days=3650) == [7, 8, 9, 10, 11]
     assert _latency(audit)["stored_before"] == (_utc(grant.decided_at), "allow", "approval_granted")
     tables = {r[0] for r in audit.query("SHOW TABLES FROM governance").result_rows}
     assert "approval_latency_state" not in tables and "approval_latency_mv" not in tables
@@ -188,7 +188,7 @@ def test_migration_0008_names_the_asking_run_of_decisions_stored_before_it(
     _insert(audit, upto, 10)
     audit.command("OPTIMIZE TABLE governance.approval_resolution_state FINAL")
     assert set(_latency(audit)) == {"another_run"}  # 0007 named the refusal's run
-    assert migrate(audit, ttl_days=3650) == [8, 9, 10]
+    assert migrate(audit, ttl_days=3650) == [8, 9, 10, 11]
     assert set(_latency(audit)) == {"stored_before_0008"}
     # an approval no stored decision asked for keeps the run of its rows
     _insert(audit, [replace(_foreign_refusal(asked, "lone"), approval_id="unknown-id")], 100)

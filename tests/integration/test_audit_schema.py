@@ -390,7 +390,7 @@ def test_migration_0003_moves_an_old_audit_to_the_decided_at_layout(chdb_dir: Pa
     client = connect(f"chdb://{chdb_dir}")  # reopened, as `baton sink` after an upgrade
     try:
         before = _rows(client, f"{_BEFORE_0004} FROM governance.decisions")
-        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8, 9, 10]
+        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8, 9, 10, 11]
         assert _rows(client, f"{_BEFORE_0004} FROM governance.decisions") == before
         assert client.command("SELECT count() FROM governance.decisions FINAL") == len(decisions)
         tables = dict(
@@ -442,7 +442,7 @@ def test_migration_0003_redone_after_a_crash_during_the_copy(chdb_dir: Path) -> 
         client.command(  # the copy got part of the way
             "INSERT INTO governance.decisions_0003 SELECT * FROM governance.decisions LIMIT 7"
         )
-        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8, 9, 10]
+        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8, 9, 10, 11]
         assert client.command("SELECT count() FROM governance.decisions") == stored  # not + 7
         assert _ids(client) == {d.decision_id for d in decisions}
         tables = {r[0] for r in client.query("SHOW TABLES FROM governance").result_rows}
@@ -475,7 +475,7 @@ def test_migration_0003_after_a_crash_after_the_exchange_moves_late_rows(
             ],
             column_names=_OLD_COLUMNS,
         )
-        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8, 9, 10]
+        assert migrate(client, 3650) == [3, 4, 5, 6, 7, 8, 9, 10, 11]
         assert _ids(client) == {d.decision_id for d in decisions + late}
         tables = {r[0] for r in client.query("SHOW TABLES FROM governance").result_rows}
         assert not {"decisions_0003", "decisions_before_0003"} & tables
@@ -667,7 +667,7 @@ def test_kill_times_keep_every_kill_record_and_the_ones_stored_before_0009(
     audit = connect(f"chdb://{chdb_dir}")
     assert migrate(audit, 3650, [m for m in load_migrations() if m.version < 9]) != []
     _insert(audit, [record])
-    assert migrate(audit, 3650) == [9, 10]
+    assert migrate(audit, 3650) == [9, 10, 11]
     # a copy of the kill under another phase (the sink stores a command's id once): its
     # variant replaces the kill's in decision_variants, dated earlier
     early = replace(record, decided_at=now - timedelta(minutes=1), phase=Phase.PRE_HANDOFF)

@@ -47,7 +47,7 @@ def _store_before_seals(chdb: Path, decisions: list[Decision]) -> None:
         for i, d in enumerate(decisions):
             batch.add(0, i, d.to_json())
         write_batch(client, batch)
-        assert migrate(client, 3650) == [10]
+        assert migrate(client, 3650) == [10, 11]
     finally:
         client.close()
 

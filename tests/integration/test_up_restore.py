@@ -178,8 +178,11 @@ def _forge_release(data_dir: Path, run: str) -> None:
     _store(data_dir / "chdb", [record], first_offset=2 * 10**6)
 
 
-def _sealed_kills(data_dir: Path) -> list[bool]:
-    """Whether each kill record of the control log verifies under the key `baton up` made."""
+def _sealed_kills(
+    data_dir: Path, where: str = "reason = 'kill_switch' AND run_id = 'killed'"
+) -> list[bool]:
+    """Whether each kill record (``where``: each such record) of the control log verifies
+    under the key `baton up` made."""
     from baton.processors.control_seal import SEAL_FIELDS, is_sealed, read_seal_key
 
     key = read_seal_key(data_dir / "worker")
@@ -188,7 +191,7 @@ def _sealed_kills(data_dir: Path) -> list[bool]:
     rows = _sql(
         data_dir,
         f"SELECT toJSONString(tuple({', '.join(SEAL_FIELDS)}, seal)) FROM governance.control_log "
-        "WHERE reason = 'kill_switch' AND run_id = 'killed'",
+        f"WHERE {where}",
     )
     out = []
     for row in rows:
@@ -235,6 +238,9 @@ def test_a_stopped_over_budget_run_stays_stopped_across_a_restart(
         engaged = _kill_rows(data_dir)
         assert engaged[1:] == ["1"], engaged
         assert _sealed_kills(data_dir) == [True]
+        # the worker's record of the policy it decides under too (a restart reads the policy
+        # in force from sealed records alone: session 42)
+        assert _sealed_kills(data_dir, "reason = 'policy_in_force'") == [True]
     finally:
         _stop(first)
 

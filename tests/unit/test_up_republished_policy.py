@@ -20,7 +20,7 @@ pytestmark = pytest.mark.unit
 def _said(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: PolicyInForce | None, **kw: bool
 ):
-    monkeypatch.setattr(restart_notice, "policy_in_force", lambda _audit: before)
+    monkeypatch.setattr(restart_notice, "policy_in_force", lambda _audit, _keys=(): before)
     (tmp_path / "metadata").mkdir(exist_ok=True)  # an audit's tables (up_audit.has_tables)
     (tmp_path / "metadata" / "governance").mkdir(exist_ok=True)
     (tmp_path / "metadata" / "governance" / "decisions.sql").write_text("ATTACH TABLE")
