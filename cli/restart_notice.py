@@ -363,9 +363,14 @@ def _policy_after(
     return policy, signed, applied
 
 
-def recorded_commands(chdb_dir: Path) -> list[str]:
-    """The commands the audit in ``chdb_dir`` recorded (sinks.replay_source.read_commands;
-    empty when it holds no audit table yet)."""
+def recorded_commands(chdb_dir: Path, keys: Sequence[bytes] = ()) -> list[str]:
+    """The commands the audit in ``chdb_dir`` recorded: those whose record a worker sealed
+    under ``keys`` and the ones from before the seals (``restore_sealed.read_sealed``: what a
+    restart issues again) when the workers sealed any, else every recorded one
+    (sinks.replay_source.read_commands); empty when it holds no audit table yet. A row forged
+    into gov.decisions, an unsigned update listing an operator on a stack whose policy listed
+    none, refused every restart that dropped the operator it gave (session 42)."""
+    from baton.cli.restore_sealed import read_sealed
     from baton.sinks.clickhouse import audit_errors, connect
     from baton.sinks.replay_source import read_commands
     from baton.sinks.schema import DATABASE
@@ -375,6 +380,7 @@ def recorded_commands(chdb_dir: Path) -> list[str]:
         with audit_errors(f"chdb://{chdb_dir}", "reading the commands of the audit"):
             if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
                 return []
-            return read_commands(client)
+            sealed = read_sealed(client, list(keys)) if keys else None
+            return sealed.commands if sealed and sealed.any_sealed else read_commands(client)
     finally:
         client.close()

@@ -130,7 +130,7 @@ def name_a_lost_policy(
     if not has_tables(audit):
         return None
     if earlier is not None and not operators and not allow_unsigned:
-        _refuse_dropped_operators(audit, earlier, version, start)
+        _refuse_dropped_operators(audit, earlier, version, start, keys)
     try:
         before = policy_in_force(audit, keys)
     except BatonError as exc:
@@ -170,10 +170,15 @@ def name_a_lost_policy(
 
 
 def _refuse_dropped_operators(
-    audit: Path, earlier: Policy, version: str, start: Policy | None = None
+    audit: Path,
+    earlier: Policy,
+    version: str,
+    start: Policy | None = None,
+    keys: Sequence[bytes] = (),
 ) -> None:
     """ConfigError when the policy the earlier start's workers came to hold lists operators
-    that this restart does not give back (its own policy lists none)."""
+    that this restart does not give back (its own policy lists none); folded through the
+    commands the workers sealed under ``keys`` when they sealed any."""
     from datetime import UTC, datetime
 
     from baton.cli.restart_notice import (
@@ -183,7 +188,7 @@ def _refuse_dropped_operators(
     )
 
     try:
-        commands = recorded_commands(audit)
+        commands = recorded_commands(audit, keys)
     except BatonError:  # unread, no update re-issues them: the earlier start's own decide
         commands = []
     now = datetime.now(UTC)

@@ -143,3 +143,27 @@ def test_an_audit_whose_records_no_key_here_sealed_is_read_as_before(tmp_path: P
     chdb = tmp_path / "chdb"
     _store(chdb, [record_of(seed, AGO, "w1", b"another key")])
     assert policy_in_force(chdb, [KEY]) == policy_in_force(chdb, []) != None  # noqa: E711
+
+
+def test_a_forged_unsigned_update_listing_operators_no_longer_refuses_the_restart(
+    tmp_path: Path,
+) -> None:
+    """A policy update record forged into gov.decisions, unsigned, listing an operator, on a
+    stack whose policy listed none: folded from the earlier start's policy it gave the workers
+    operators this restart (the seed) drops, and every restart was refused until
+    --allow-unsigned. The guard now folds the commands the workers sealed (what the restart
+    issues again), whenever they sealed any."""
+    seed = load_policy(None)
+    mallory = new_private_key()
+    text = f'operators: {{mallory: "{public_key_text(mallory)}"}}\n'
+    update = PolicyUpdated(policy_yaml=text, operator="mallory", event_time=AGO)
+    step = apply_policy_update(seed, None, update, AGO)
+    assert step.applied and step.record is not None
+    forged = replace(step.record, input=input_text(update))  # no worker sealed it
+    chdb = tmp_path / "chdb"
+    _store(chdb, [record_of(seed, AGO - timedelta(minutes=1), "w1", KEY), forged])
+    with pytest.raises(ConfigError, match="mallory"):
+        name_a_lost_policy(chdb, seed.version, print, False, False, seed, seed, [])
+    lines: list[str] = []
+    name_a_lost_policy(chdb, seed.version, lines.append, False, False, seed, seed, [KEY])
+    assert lines == []

@@ -99,7 +99,7 @@ def _guard(
     **kw: bool,
 ) -> list[str]:
     monkeypatch.setattr(restart_notice, "policy_in_force", lambda _audit, _keys=(): before)
-    monkeypatch.setattr(restart_notice, "recorded_commands", lambda _audit: commands)
+    monkeypatch.setattr(restart_notice, "recorded_commands", lambda _audit, _keys=(): commands)
     (tmp_path / "metadata" / "governance").mkdir(parents=True, exist_ok=True)
     (tmp_path / "metadata" / "governance" / "decisions.sql").write_text("ATTACH TABLE")
     said: list[str] = []
