@@ -54,7 +54,7 @@ def test_a_lost_policy_whose_version_holds_escapes_is_named_escaped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     forged = PolicyInForce(_ESC, "mallory", "2026-12-01 11:00:00")
-    monkeypatch.setattr(restart_notice, "policy_in_force", lambda audit: forged)
+    monkeypatch.setattr(restart_notice, "policy_in_force", lambda audit, keys=(): forged)
     (tmp_path / "metadata").mkdir()  # an audit's tables (up_audit.has_tables)
     (tmp_path / "metadata" / "governance").mkdir(exist_ok=True)
     (tmp_path / "metadata" / "governance" / "decisions.sql").write_text("ATTACH TABLE")
