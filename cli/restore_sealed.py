@@ -187,9 +187,12 @@ def _pages(
 
 def sealed_policy_records(client: Any, keys: list[bytes]) -> list[tuple[str, ...]] | None:
     """The policy records of the control log whose seal verifies under ``keys``, as
-    ``restart_notice.fold_policy_in_force`` reads them (reason, version, operator, time, text),
-    in the order of their sealed times (ties: as stored); None when no ``policy_in_force``
-    record is sealed (an audit from before the workers sealed them, or under another key).
+    ``restart_notice.fold_policy_in_force`` reads them (reason, version, operator, time, text):
+    the applied updates, then the workers' records of the policy they decided under, each in
+    the order of their sealed times (ties: as stored), so the last is the newest a worker made
+    (an update's time is its publisher's clock: one dated a year ahead while no operators were
+    listed, applied, stayed the last); None when no ``policy_in_force`` record is sealed (an
+    audit from before the workers sealed them, or under another key).
 
     A worker seals the record of the policy it decides under at its start and at each update
     (processors/recorded.py): a writer of gov.decisions cannot add one, so a forged record
@@ -202,7 +205,7 @@ def sealed_policy_records(client: Any, keys: list[bytes]) -> list[tuple[str, ...
 
     if not client.command(f"EXISTS TABLE {DATABASE}.control_log"):
         return None
-    found: list[tuple[datetime, int, tuple[str, ...]]] = []
+    found: list[tuple[bool, datetime, int, tuple[str, ...]]] = []
     for row in _pages(client, reasons=_POLICY_RECORDS):
         if row[_BEFORE] or not _verified(keys, row):
             continue
@@ -216,10 +219,11 @@ def sealed_policy_records(client: Any, keys: list[bytes]) -> list[tuple[str, ...
             except Exception:
                 continue  # another Baton version's command: it names no version here
         when = at.strftime("%Y-%m-%d %H:%M:%S.%f")
-        found.append((at, len(found), (reason, version, str(row[7] or ""), when, text)))
-    if not any(record[0] == "policy_in_force" for _, _, record in found):
+        record = (reason, version, str(row[7] or ""), when, text)
+        found.append((reason == "policy_in_force", at, len(found), record))
+    if not any(worker for worker, *_ in found):
         return None
-    return [record for _, _, record in sorted(found, key=lambda f: f[:2])]
+    return [record for *_, record in sorted(found, key=lambda f: f[:3])]
 
 
 def _utc(at: datetime) -> datetime:

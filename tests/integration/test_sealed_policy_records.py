@@ -167,3 +167,23 @@ def test_a_forged_unsigned_update_listing_operators_no_longer_refuses_the_restar
     lines: list[str] = []
     name_a_lost_policy(chdb, seed.version, lines.append, False, False, seed, seed, [KEY])
     assert lines == []
+
+
+def test_an_update_dated_a_year_ahead_is_not_the_policy_in_force_after_later_ones(
+    tmp_path: Path,
+) -> None:
+    """While no operators are listed a worker applies an update whatever time it carries: one
+    dated a year ahead, then the seed's record again (a restart under the seed): the policy in
+    force is the seed's (the workers' records are ordered by the workers' clocks)."""
+    seed = load_policy(None)
+    ahead = datetime.now(UTC) + timedelta(days=365)
+    text = "multi_agent: {max_handoffs: 2}\n"
+    update = PolicyUpdated(policy_yaml=text, operator="someone", event_time=ahead)
+    step = apply_policy_update(seed, None, update, AGO)
+    assert step.applied and step.record is not None
+    chdb = tmp_path / "chdb"
+    _store(chdb, [seal(replace(step.record, input=input_text(update)), KEY),
+                  record_of(step.policy, AGO, "w1", KEY),
+                  record_of(seed, AGO + timedelta(minutes=1), "w1", KEY)])  # fmt: skip
+    found = policy_in_force(chdb, [KEY])
+    assert found is not None and found.version == seed.version
