@@ -244,8 +244,8 @@ def policy_in_force(chdb_dir: Path, keys: Sequence[bytes] = ()) -> PolicyInForce
                 from baton.cli.restore_sealed import sealed_policy_records
 
                 sealed = sealed_policy_records(client, list(keys))
-                if sealed is not None:
-                    return fold_policy_in_force(sealed)  # type: ignore[arg-type]
+                if sealed is not None:  # (each document read is parsed and hashed)
+                    return fold_policy_in_force(_deciding_rows(sealed))  # type: ignore[arg-type]
             rows = client.query(
                 "SELECT reason, policy_version, ifNull(approver, ''), toString(decided_at), "
                 f"tenant, run_id, decision_id FROM {DATABASE}.decisions FINAL "

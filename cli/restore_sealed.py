@@ -206,9 +206,11 @@ def sealed_policy_records(client: Any, keys: list[bytes]) -> list[tuple[str, ...
     if not client.command(f"EXISTS TABLE {DATABASE}.control_log"):
         return None
     found: list[tuple[bool, datetime, int, tuple[str, ...]]] = []
+    seen: set[str] = set()  # the seals of the records kept: a copy says what they say
     for row in _pages(client, reasons=_POLICY_RECORDS):
-        if row[_BEFORE] or not _verified(keys, row):
-            continue
+        if row[_BEFORE] or row[_SEAL] in seen or not _verified(keys, row):
+            continue  # (200k re-sent copies of a sealed record were each kept and parsed)
+        seen.add(row[_SEAL])
         reason, text, at = str(row[6]), str(row[9] or ""), _utc(row[8])
         if reason == "policy_in_force":
             version = str(row[1]).removeprefix("policy_in_force:")

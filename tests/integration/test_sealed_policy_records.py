@@ -187,3 +187,27 @@ def test_an_update_dated_a_year_ahead_is_not_the_policy_in_force_after_later_one
                   record_of(seed, AGO + timedelta(minutes=1), "w1", KEY)])  # fmt: skip
     found = policy_in_force(chdb, [KEY])
     assert found is not None and found.version == seed.version
+
+
+def test_copies_of_a_sealed_record_are_read_once(tmp_path: Path) -> None:
+    """A writer of gov.decisions can re-send the worker's sealed record (its seal covers all it
+    says) as often as it likes, each copy stored in the control log: each was kept and its
+    document parsed and hashed (200k copies: a restart 16.7 s later, found by a helper's
+    attack in session 42). One record a seal, and the fold reads at most three documents."""
+    from baton.cli.restore_sealed import sealed_policy_records
+    from baton.sinks.clickhouse import connect
+
+    seed = load_policy(None)
+    record = record_of(seed, AGO, "w1", KEY)
+    chdb = tmp_path / "chdb"
+    copies = [replace(record, decided_at=AGO + timedelta(seconds=i)) for i in range(1, 60)]
+    _store(chdb, [record, *copies])
+    client = connect(f"chdb://{chdb}")
+    try:
+        records = sealed_policy_records(client, [KEY])
+    finally:
+        client.close()
+    assert records is not None and len(records) == 1
+    assert policy_in_force(chdb, [KEY]) == PolicyInForce(
+        seed.version, None, AGO.strftime("%Y-%m-%d %H:%M:%S.%f"), False, ()
+    )
