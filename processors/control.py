@@ -111,6 +111,11 @@ _CONSUME_BATCH = 500
 _POLL_S = 0.2
 _PROBE_POLL_S = 0.02
 _LOG_EVERY_S = 5.0
+#: how often the policy in force is said again to the listeners (the worker records and seals
+#: it each time): a `baton up` restart reads the policy in force from the sealed records, and
+#: one that outlived the audit's retention (a stack running longer with no update or start)
+#: left only forged rows to read (a helper's attack, session 42); the retention is >= 1 day
+POLICY_RESTATED_EVERY_S = 3600.0
 #: librdkafka's largest receive.message.max.bytes: a Kafka answer's size is an int32
 MAX_RECEIVE_BYTES = 2_147_483_647
 #: refusals and dead letters handed to the publisher while not fresh, and while fresh in each
@@ -156,6 +161,7 @@ class ControlFollower:
         on_give_up: Callable[[str], None] | None = None,
         held: KillSwitches = NO_KILLS,
         seal_key: bytes = b"",
+        restate_every_s: float = POLICY_RESTATED_EVERY_S,
     ) -> None:
         give_up = GIVE_UP_FACTOR * max_staleness_s if give_up_after_s is None else give_up_after_s
         _check_bounds(max_staleness_s, give_up)
@@ -176,6 +182,7 @@ class ControlFollower:
         self._worker = worker
         #: BATON_AUDIT_CHAIN_KEY: each command's record is sealed with it (control_seal.py)
         self._seal_key = seal_key
+        self._restate_every_s = restate_every_s
         self._on_decision = on_decision
         self._on_dead_letter = on_dead_letter
         self._on_give_up = on_give_up or self._exit
@@ -290,6 +297,7 @@ class ControlFollower:
         next_probe = 0.0
         next_log = time.monotonic() + _LOG_EVERY_S
         was_fresh = warned = False
+        restate_at = time.monotonic() + self._restate_every_s
         while not self._stop.is_set():
             now = time.monotonic()
             if probe is None and now >= next_probe:
@@ -322,6 +330,10 @@ class ControlFollower:
                 next_log = now + _LOG_EVERY_S
                 warned = True
             was_fresh = fresh
+            if fresh and now >= restate_at:  # the policy in force, said again: see the constant
+                restate_at = now + self._restate_every_s
+                for listener in self._policy_listeners:
+                    listener(self.policy)
             if self.progress.given_up(now, self.give_up_after_s):
                 self._give_up()
                 return

@@ -239,3 +239,20 @@ def test_a_frozen_broker_makes_the_follower_stale_within_the_bound_and_fresh_aft
         for f in followers:
             f.stop()
         broker.stop()
+
+
+def test_the_policy_in_force_is_said_again_while_fresh(
+    broker: EmbeddedBroker, topic_prefix: str, followers: list[ControlFollower]
+) -> None:
+    """The worker records (and seals) the policy it decides under each time it is said: at its
+    start, at each update, and every POLICY_RESTATED_EVERY_S while fresh, so the audit's
+    retention never leaves a running stack without a sealed record of it (session 42)."""
+    topic = _topic(broker.bootstrap, f"{topic_prefix}gov.control")
+    said: list[str] = []
+    f = _follower(broker.bootstrap, topic, restate_every_s=0.5)
+    f.on_policy(lambda policy: said.append(policy.version))
+    followers.append(f)
+    f.start()
+    assert f.caught_up.wait(10), f.why_stale()
+    wait_for(lambda: len(said) >= 3, 10, message=lambda: f"said {said}")
+    assert set(said) == {f.policy.version}
