@@ -4,6 +4,7 @@ the bound on the connections a threading server of ours serves at once."""
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 import threading
 import time
@@ -28,11 +29,37 @@ def free_port(host: str = "127.0.0.1") -> int:
 
     The port is released before returning, so another process may grab it before the
     caller binds it; callers that start a server on it should retry with a new port when
-    the bind fails (``EmbeddedBroker`` does).
+    the bind fails (``EmbeddedBroker`` does). Picked below the kernel's ephemeral range
+    (``net.ipv4.ip_local_port_range``) where it can: a port of that range, once released, can
+    become the local port of any outgoing connection, and a `baton up` sink whose metrics
+    port a Kafka connection took so never started (every restart given the same port).
     """
+    low = _ephemeral_low()
+    for _ in range(64):
+        port = random.randrange(_LOWEST, low) if low > _LOWEST else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+#: the lowest port :func:`free_port` picks (below: the well-known and registered services
+#: machines tend to run, 8123 and 9092 among them)
+_LOWEST = 10_000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 where it cannot be read)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
