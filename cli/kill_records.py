@@ -35,7 +35,7 @@ def kill_records(client: Any, sealed: Collection[str] = ()) -> list[tuple[float,
     decision_variants', are a forger's to choose, and a lost kill dated before a re-issued
     release read as lifted by it (session 38, A2). ``sealed``: decision ids whose record a
     worker sealed, left out (the restart reads them from the control log: never lost)."""
-    from baton.schemas.events import MAX_EVENT_BYTES
+    from baton.schemas.events import MAX_RECORDED_COMMAND_BYTES
     from baton.sinks.schema import DATABASE
 
     if not client.command(f"EXISTS TABLE {DATABASE}.decisions"):
@@ -48,7 +48,7 @@ def kill_records(client: Any, sealed: Collection[str] = ()) -> list[tuple[float,
         f"request_id, decided_at FROM {DATABASE}.decisions FINAL "
         "WHERE phase = 'control' AND reason IN {applied:Array(String)} "
         "ORDER BY decided_at, `offset`",
-        parameters={"applied": list(APPLIED), "most": 2 * MAX_EVENT_BYTES},
+        parameters={"applied": list(APPLIED), "most": MAX_RECORDED_COMMAND_BYTES},
     ).result_rows
     rows = [row for row in rows if str(row[5]) not in sealed]
     dated = [(str(row[5]), _seconds(row[-1]), record) for row in rows

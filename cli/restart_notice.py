@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from baton.cli.restore_sealed import POLICY_RECORDS as _POLICY_RECORDS
 from baton.cli.signer import shown
 
 if TYPE_CHECKING:
@@ -146,10 +147,6 @@ def lost_kill(run_id: str, tenant: str) -> tuple[str, ...]:
     return "kill_switch", run_id, tenant, f"scope={scope}", ""
 
 
-#: the control records that say which policy the workers used, in the order they did
-_POLICY_RECORDS = ("policy_in_force", "policy_updated")
-
-
 @dataclass(frozen=True)
 class PolicyInForce:
     """The policy version the workers used last, who published it (None: the file's), and
@@ -231,7 +228,7 @@ def policy_in_force(chdb_dir: Path, keys: Sequence[bytes] = ()) -> PolicyInForce
     reads) and document. A writer of gov.decisions can store a megabyte document under every
     record it forges, and all of them were read: 270 MB of them took 2.2 GB at every restart
     (session 42)."""
-    from baton.schemas.events import MAX_EVENT_BYTES
+    from baton.schemas.events import MAX_RECORDED_COMMAND_BYTES
     from baton.sinks.clickhouse import audit_errors, connect
     from baton.sinks.schema import DATABASE
 
@@ -264,7 +261,10 @@ def policy_in_force(chdb_dir: Path, keys: Sequence[bytes] = ()) -> PolicyInForce
                     f"FROM {DATABASE}.decisions FINAL WHERE phase = 'control' "
                     "AND (tenant, run_id, decision_id) IN "
                     "{keys:Array(Tuple(String, String, String))}",
-                    parameters={"keys": [row[4:] for row in read], "most": 2 * MAX_EVENT_BYTES},
+                    parameters={
+                        "keys": [row[4:] for row in read],
+                        "most": MAX_RECORDED_COMMAND_BYTES,
+                    },
                 ).result_rows
             }
     finally:

@@ -34,6 +34,7 @@ from baton.processors.control_seal import is_sealed
 from baton.sinks.render import shown_cut
 
 __all__ = [
+    "POLICY_RECORDS",
     "SealedCommands",
     "audit_seal_keys",
     "read_sealed",
@@ -44,8 +45,9 @@ __all__ = [
 _SEAL_SHAPE = re.compile(r"[0-9a-f]{32}").fullmatch
 #: the reasons of a command the workers applied (what a restart re-issues)
 _APPLIED = ("kill_switch", "kill_switch_released", "policy_updated")
-#: the records of the policy a worker decides under, and of a policy update applied
-_POLICY_RECORDS = ("policy_in_force", "policy_updated")
+#: the control records that say which policy the workers used: the policy a worker decides
+#: under, and a policy update applied
+POLICY_RECORDS = ("policy_in_force", "policy_updated")
 #: about how many bytes of commands a page of the log holds, and its first and most rows (and
 #: every row stored at the time of the last: an insert's rows are read together, in the order
 #: the sink first stored them): the restart and `baton audit verify` hold a page, never the
@@ -207,7 +209,7 @@ def sealed_policy_records(client: Any, keys: list[bytes]) -> list[tuple[str, ...
         return None
     found: list[tuple[bool, datetime, int, tuple[str, ...]]] = []
     seen: set[str] = set()  # the seals of the records kept: a copy says what they say
-    for row in _pages(client, reasons=_POLICY_RECORDS):
+    for row in _pages(client, reasons=POLICY_RECORDS):
         if row[_BEFORE] or row[_SEAL] in seen or not _verified(keys, row):
             continue  # (200k re-sent copies of a sealed record were each kept and parsed)
         seen.add(row[_SEAL])

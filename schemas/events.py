@@ -52,6 +52,10 @@ __all__ = [
 #: Largest accepted event, in bytes. A handoff request is a few hundred bytes; anything near
 #: this limit is a bug or an attack, and would bloat the run's state and the audit.
 MAX_EVENT_BYTES = 64 * 1024
+#: The longest command text a worker records in the audit (it dead-letters an event past
+#: MAX_EVENT_BYTES; its recorded input stays within twice that): a longer control row is no
+#: worker's, and the restart reads it as none or as its size, never a forger's megabytes.
+MAX_RECORDED_COMMAND_BYTES = 2 * MAX_EVENT_BYTES
 
 #: Bounds every number and time must hold: the engine keeps money in floats and the audit in
 #: Decimal(18, 6), UInt32 and DateTime64(6). 1e6 USD per report keeps a run's spend exact to the

@@ -28,7 +28,7 @@ from baton.processors.chain_links import shown_id
 from baton.processors.recorded import REPLAY_COLUMNS, Recorded
 from baton.schemas.decision import Phase, Reason
 from baton.schemas.errors import AuditUnavailable
-from baton.schemas.events import MAX_EVENT_BYTES
+from baton.schemas.events import MAX_RECORDED_COMMAND_BYTES
 from baton.sinks.policy_records import policies_of, read_policies
 from baton.sinks.schema import DATABASE
 
@@ -61,7 +61,8 @@ _FOLLOWER_RECORD = (
 #: the commands `baton up` re-issues on a fresh broker, in the order they were applied; one
 #: longer than any event a worker reads is no worker's: its size, never a forger's megabytes
 _COMMANDS_SQL = f"""
-SELECT if(length(input) <= {2 * MAX_EVENT_BYTES}, input, 'oversized: ' || toString(length(input)))
+SELECT if(length(input) <= {MAX_RECORDED_COMMAND_BYTES}, input,
+          'oversized: ' || toString(length(input)))
 FROM {DATABASE}.decisions FINAL WHERE phase = '{Phase.CONTROL.value}' AND input IS NOT NULL
   AND reason IN ('{Reason.KILL_SWITCH.value}', '{Reason.KILL_SWITCH_RELEASED.value}',
                  '{Reason.POLICY_UPDATED.value}')
