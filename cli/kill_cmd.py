@@ -43,7 +43,7 @@ __all__ = ["kill_cmd", "register"]
     show_default=True,
     help="seconds to wait for a worker to apply it (exit 4 when none did)",
 )
-@setting_options("bootstrap", "topic_prefix", "partitions")
+@setting_options("bootstrap", "topic_prefix", "partitions", "decision_keys")
 @data_dir_option
 def kill_cmd(
     run_id: str | None,

@@ -186,7 +186,7 @@ def _answer_options(fn: Any) -> Any:
         show_default=True,
         help="seconds to wait for the worker's decision",
     )(fn)
-    fn = setting_options("bootstrap", "topic_prefix", "partitions")(fn)
+    fn = setting_options("bootstrap", "topic_prefix", "partitions", "decision_keys")(fn)
     return dsn_option(fn)
 
 

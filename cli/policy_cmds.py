@@ -87,7 +87,7 @@ def policy_check(file: Path) -> None:
     "policy in force: from then on kill switches, releases and policy updates (or grants) "
     "count unsigned. Without it such a publish is refused (exit 2)",
 )
-@setting_options("bootstrap", "topic_prefix", "partitions", "policy")
+@setting_options("bootstrap", "topic_prefix", "partitions", "policy", "decision_keys")
 @data_dir_option
 def policy_publish(
     file: Path,

@@ -13,13 +13,16 @@ import fcntl
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from baton.cli.audit_mark import AuditMark
 from baton.schemas.errors import ConfigError
 from baton.schemas.files import FileProblem, ForeignFile, read_small_file, write_data_file
+
+if TYPE_CHECKING:
+    from baton.schemas.settings import Settings
 
 __all__ = [
     "LOCK_FILE",
@@ -34,6 +37,7 @@ __all__ = [
     "refuse_running_stack",
     "update_record",
     "write_record",
+    "write_stack_record",
 ]
 
 STACK_FILE = "stack.json"
@@ -79,6 +83,9 @@ class StackRecord(BaseModel):
     #: the audit's mark at the last clean stop (cli/audit_mark.py): a start whose audit holds
     #: less refuses
     audit_mark: AuditMark | None = None
+    #: the public key its workers sign decisions with (``ed25519:…``): client commands take
+    #: only decisions it signed (schemas/decision_signing.py); None: an older Baton's stack
+    decision_keys: str | None = Field(None, max_length=1024)
 
     @field_validator("bootstrap")
     @classmethod
@@ -287,3 +294,39 @@ def refuse_running_stack(data_dir: Path) -> StackRecord | None:
             "--data-dir"
         )
     return earlier
+
+
+def write_stack_record(
+    data_dir: Path,
+    settings: Settings,
+    broker: Any,
+    no_audit: bool,
+    logs: Path,
+    broker_memory_max: int | None = None,
+    audit_id: str | None = None,
+    decision_keys: str | None = None,
+) -> StackRecord:
+    """Record the starting stack in ``data_dir``/stack.json (client commands find it there)."""
+    names = ("worker",) if no_audit else ("worker", "sink", "alerts")
+    record = StackRecord(
+        state="starting",
+        pid=os.getpid(),
+        started_at=datetime.now(UTC),
+        data_dir=data_dir,
+        app_id=settings.app_id,
+        bootstrap=broker.bootstrap,
+        topic_prefix=settings.topic_prefix,
+        partitions=settings.partitions,
+        policy=Path(settings.policy).resolve() if settings.policy else None,
+        clickhouse_dsn=None if no_audit else f"chdb://{data_dir / 'chdb'}",
+        logs={
+            "broker": broker.log_path or logs,
+            **{name: logs / f"{name}.log" for name in names},
+        },
+        pids={"broker": broker.pid or 0},
+        broker_memory_max=broker_memory_max,
+        audit_id=audit_id,
+        decision_keys=decision_keys,
+    )
+    write_record(record)
+    return record

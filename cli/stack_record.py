@@ -51,7 +51,8 @@ __all__ = [
 DEFAULT_DATA_DIR = Path(".baton")
 
 #: settings a command takes from the record along with the connection, unless it has them
-_KAFKA_COMPANIONS = ("topic_prefix", "partitions", "app_id", "policy")
+#: (``decision_keys``: it takes only decisions the stack's workers signed)
+_KAFKA_COMPANIONS = ("topic_prefix", "partitions", "app_id", "policy", "decision_keys")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

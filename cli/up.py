@@ -26,7 +26,7 @@ from baton.cli.stack_file import (
     record_path,
     refuse_running_stack,
     update_record,
-    write_record,
+    write_stack_record,
 )
 from baton.cli.supervisor import RestartPolicy, Supervisor
 from baton.cli.up_audit import has_tables, keep_audit_id, refuse_a_lost_audit
@@ -54,11 +54,11 @@ from baton.cli.up_stop import stop_children
 from baton.cli.worker_cmd import create_topics
 from baton.processors.control_seal import seal_keys
 from baton.schemas import env_names
+from baton.schemas.decision_signing import ensure_decision_key, signing_key_of
 from baton.schemas.errors import BatonError, ConfigError, Interrupted
 from baton.schemas.policy import parse_policy
-from baton.schemas.settings import Settings
 
-__all__ = ["register", "up_cmd", "write_stack_record"]
+__all__ = ["register", "up_cmd"]
 
 
 #: the longest wait before `baton up` restarts a child (unless --restart-backoff-s is longer)
@@ -163,6 +163,7 @@ _MAX_BACKOFF_S = 30.0
     "app_id",
     "replication_factor",
     "log_format",
+    "decision_signing_key",
     defaults=UP_DEFAULTS,
 )
 def up_cmd(
@@ -234,6 +235,8 @@ def up_cmd(
         opts["policy"] = str(keep_policy_copy(data_dir, text, source, say, earlier))
         settings = build_settings(**opts)
     refuse_busy_ports(port, None if no_audit else sql_port, settings.metrics_port_number)
+    worker_dir = data_dir / WORKER_DATA_DIR  # its decision.key signs (none given), seal.key seals
+    signing = signing_key_of(settings.decision_signing_key or ensure_decision_key(worker_dir))
     machine = machine_memory()
     memory_max = memory_limit(broker_memory_max, machine)
     try:
@@ -284,11 +287,18 @@ def up_cmd(
                 allow_unsigned,
                 before,
                 policy,
-                seal_keys(settings, data_dir / WORKER_DATA_DIR),
+                seal_keys(settings, worker_dir),
             )
         audit_id = keep_audit_id(data_dir, earlier, no_audit, renew=forgotten)
         record = write_stack_record(
-            data_dir, settings, broker, no_audit, logs, memory_max if memory else None, audit_id
+            data_dir,
+            settings,
+            broker,
+            no_audit,
+            logs,
+            memory_max if memory else None,
+            audit_id,
+            signing[1],
         )
         record = update_record(record, **carried_over(earlier, audit_id))
         say(
@@ -305,7 +315,8 @@ def up_cmd(
             "BATON_TOPIC_PREFIX": settings.topic_prefix,
             "BATON_APP_ID": settings.app_id,
             "BATON_REPLICATION_FACTOR": str(settings.replication_factor),
-            "BATON_WORKER_DATA_DIR": str(data_dir / WORKER_DATA_DIR),
+            "BATON_WORKER_DATA_DIR": str(worker_dir),
+            "BATON_DECISION_SIGNING_KEY": str(signing[0]),
             "BATON_CLICKHOUSE_DSN": f"chdb://{data_dir / 'chdb'}",
         }
         if settings.policy:
@@ -382,42 +393,6 @@ def up_cmd(
             mark_stopped(record, **stop_mark(record, say))  # the sink is gone: count
     if interrupted:  # never ready: exit 130 (Ctrl-C before done), not 0 as a stop of a stack
         raise Interrupted("Ctrl-C" if stopping == signal.SIGINT else signal.Signals(stopping).name)
-
-
-def write_stack_record(
-    data_dir: Path,
-    settings: Settings,
-    broker: Any,
-    no_audit: bool,
-    logs: Path,
-    broker_memory_max: int | None = None,
-    audit_id: str | None = None,
-) -> StackRecord:
-    """Record the starting stack in ``data_dir``/stack.json (client commands find it there)."""
-    from datetime import UTC, datetime
-
-    names = ("worker",) if no_audit else ("worker", "sink", "alerts")
-    record = StackRecord(
-        state="starting",
-        pid=os.getpid(),
-        started_at=datetime.now(UTC),
-        data_dir=data_dir,
-        app_id=settings.app_id,
-        bootstrap=broker.bootstrap,
-        topic_prefix=settings.topic_prefix,
-        partitions=settings.partitions,
-        policy=Path(settings.policy).resolve() if settings.policy else None,
-        clickhouse_dsn=None if no_audit else f"chdb://{data_dir / 'chdb'}",
-        logs={
-            "broker": broker.log_path or logs,
-            **{name: logs / f"{name}.log" for name in names},
-        },
-        pids={"broker": broker.pid or 0},
-        broker_memory_max=broker_memory_max,
-        audit_id=audit_id,
-    )
-    write_record(record)
-    return record
 
 
 def _keep_record(

@@ -64,6 +64,7 @@ def create_topics(settings: Settings) -> Any:
     "transaction_timeout_ms",
     "worker_data_dir",
     "replication_factor",  # (audit_chain_key: BATON_AUDIT_CHAIN_KEY only, never in `ps`)
+    "decision_signing_key",  # (a file's path: the key stays in the file)
     "metrics_port",
     "metrics_host",
     "log_format",

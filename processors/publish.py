@@ -165,9 +165,10 @@ class BatchPublisher(PipelinedOrder):
     def produce_decision(self, partition: int | None, d: Decision) -> None:
         raw = d.to_json()
         key = d.run_id.encode()
-        self._produce(self.decisions_topic, raw, key, partition)
+        headers = self._signed(raw)
+        self._produce(self.decisions_topic, raw, key, partition, headers)
         if d.outcome == Outcome.STOP:
-            self._produce(self.stops_topic, raw, key, partition)
+            self._produce(self.stops_topic, raw, key, partition, headers)
 
     def produce_dead_letter(self, dl: DeadLetter) -> None:
         try:

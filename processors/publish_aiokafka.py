@@ -267,9 +267,10 @@ class AiokafkaPublisher(PipelinedOrder):
     def _produce_decision(self, step: _Step, partition: int | None, d: Decision) -> None:
         raw = d.to_json()
         key = d.run_id.encode()
-        self._put(step, self.decisions_topic, raw, key, partition)
+        headers = self._signed(raw)
+        self._put(step, self.decisions_topic, raw, key, partition, headers)
         if d.outcome == Outcome.STOP:
-            self._put(step, self.stops_topic, raw, key, partition)
+            self._put(step, self.stops_topic, raw, key, partition, headers)
 
     def _produce_dead_letter(self, step: _Step, dl: DeadLetter) -> None:
         try:

@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baton.processors.batch import Outputs
 from baton.processors.publish_transaction import Offsets
+
+if TYPE_CHECKING:
+    from baton.schemas.decision_signing import DecisionSigner
 
 __all__ = ["PipelinedOrder", "done_future"]
 
@@ -45,6 +48,14 @@ class PipelinedOrder(ABC):
         #: one batch's hand-over at a time: a producer may yield while taking a batch's
         #: decisions, and a second caller must not slip its batch in between (out of order)
         self._handing = asyncio.Lock()
+        #: BATON_DECISION_SIGNING_KEY: each decision record is published with its signature's
+        #: header (schemas/decision_signing.py); None: unsigned
+        self.signer: DecisionSigner | None = None
+
+    def _signed(self, raw: bytes) -> list[tuple[str, bytes]] | None:
+        """The headers of a decision record whose value is ``raw``."""
+        signer = self.signer
+        return None if signer is None else signer.headers(raw)
 
     async def publish(
         self,

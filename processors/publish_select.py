@@ -12,6 +12,7 @@ from typing import Any
 
 from baton.processors.publish import BatchPublisher
 from baton.processors.publish_aiokafka import AiokafkaPublisher
+from baton.schemas.decision_signing import load_signer
 from baton.schemas.settings import Settings
 
 __all__ = ["aiokafka_options", "worker_publisher"]
@@ -50,18 +51,24 @@ def worker_publisher(
     changelog_topic: str,
     transactional_id: str | None,
 ) -> BatchPublisher | AiokafkaPublisher:
-    """The publisher ``s`` asks for (librdkafka whenever ``transactional_id`` is given)."""
+    """The publisher ``s`` asks for (librdkafka whenever ``transactional_id`` is given),
+    signing each decision with BATON_DECISION_SIGNING_KEY's key when it is set."""
     topics = {
         "decisions_topic": decisions_topic,
         "stops_topic": stops_topic,
         "deadletter_topic": deadletter_topic,
         "changelog_topic": changelog_topic,
     }
+    signer = load_signer(s.decision_signing_key)  # (a key that does not read: ConfigError)
+    publisher: BatchPublisher | AiokafkaPublisher
     if transactional_id is None and s.worker_producer == "aiokafka":
-        return AiokafkaPublisher(aiokafka_options(s), **topics)
-    return BatchPublisher(
-        s.kafka_config(),
-        **topics,
-        transactional_id=transactional_id,
-        transaction_timeout_ms=s.transaction_timeout_ms,
-    )
+        publisher = AiokafkaPublisher(aiokafka_options(s), **topics)
+    else:
+        publisher = BatchPublisher(
+            s.kafka_config(),
+            **topics,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=s.transaction_timeout_ms,
+        )
+    publisher.signer = signer
+    return publisher

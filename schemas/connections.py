@@ -8,6 +8,8 @@ its password does not open, a file that is missing, unreadable or not PEM. Each 
 the setting, its ``BATON_*`` variable, the value and what was expected. ``Settings`` raises
 them as one ConfigError.
 
+``checked_bootstrap`` refuses a Kafka bootstrap that carries credentials (``USER:PASSWORD@HOST``).
+
 ``client_ssl_context`` builds the ``ssl.SSLContext`` that Faust's aiokafka connections use,
 from the same files librdkafka is given, so both kinds of client present the same identity.
 
@@ -30,13 +32,47 @@ from baton.schemas.errors import ConfigError
 if TYPE_CHECKING:
     from baton.schemas.settings import Settings
 
-__all__ = ["MAX_PEM_BYTES", "client_ssl_context", "connection_problems"]
+__all__ = ["MAX_PEM_BYTES", "checked_bootstrap", "client_ssl_context", "connection_problems"]
 
 #: a certificate, key or CA bundle is a few KB (the Mozilla bundle ~220 KB); more is a wrong path
 MAX_PEM_BYTES = 4 * 1024 * 1024
 
 _CERT = "-----BEGIN CERTIFICATE-----"
 _KEY = "PRIVATE KEY-----"  # PRIVATE KEY, RSA/EC PRIVATE KEY, ENCRYPTED PRIVATE KEY
+
+
+def checked_bootstrap(value: str) -> str:
+    """``value`` unless an address in it holds '@' (``USER:PASSWORD@HOST``, a URL's
+    credentials), else a ValueError that does not repeat it: librdkafka took the whole as a
+    host name, and every error and each of its log lines (the SDK's, ~20 a second) printed
+    the password."""
+    if "@" in value or any(_credentials_like(a) for a in value.split(",")):
+        raise ValueError(
+            "an address holds '@' or is USER:PASSWORD...[:PORT] (a ':' too many and no IPv6 "
+            "address, or a port that is no number): the bootstrap is HOST:PORT only "
+            "(comma-separated, IPv6 as [ADDR]:PORT); "
+            "the Kafka user and password go in BATON_SASL_USERNAME and BATON_SASL_PASSWORD"
+        )
+    return value
+
+
+def _credentials_like(address: str) -> bool:
+    """An address of more than one ':' that is no IPv6 address (bare, as librdkafka and
+    streams.net take it): ``alice:s3cret＠host:9092`` or ``alice:s3cret%40host:9092`` (an '@'
+    of another code point, or escaped) passed the '@' test, and every error printed it; or of
+    one ':' and no number after it (``alice:s3cret＠host``: streams.net's 'not a Kafka
+    address' printed it)."""
+    entry = address.strip().rpartition("://")[2]
+    if entry.count(":") == 1:  # alice:s3cret＠host: a password where the port goes
+        port = entry.partition(":")[2]
+        return bool(port) and not (port.isascii() and port.isdigit())  # not '９０９２'
+    if entry.count(":") < 2 or entry.startswith("["):
+        return False
+    try:
+        ipaddress.IPv6Address(entry.partition("%")[0])  # fe80::1%eth0: a zone
+    except ValueError:
+        return True
+    return False
 
 
 def _name(field: str) -> str:

@@ -6,7 +6,6 @@ Every field here is documented in ``baton --help`` and usable in ``docker-compos
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from baton.schemas.connections import connection_problems
+from baton.schemas.connections import checked_bootstrap, connection_problems
 from baton.schemas.errors import ConfigError
 from baton.schemas.redact import mask_credentials
 from baton.sinks.schema import MAX_AUDIT_TTL_DAYS
@@ -37,40 +36,6 @@ MIN_MAX_DECOMPRESSED_BATCH_BYTES = 128 * 1024
 #: topic_prefix and app_id are parts of topic names (Kafka: [a-zA-Z0-9._-], 249 at most)
 MAX_TOPIC_PART = 200
 _TOPIC_PART = re.compile(rf"[A-Za-z0-9._-]{{0,{MAX_TOPIC_PART}}}")
-
-
-def checked_bootstrap(value: str) -> str:
-    """``value`` unless an address in it holds '@' (``USER:PASSWORD@HOST``, a URL's
-    credentials), else a ValueError that does not repeat it: librdkafka took the whole as a
-    host name, and every error and each of its log lines (the SDK's, ~20 a second) printed
-    the password."""
-    if "@" in value or any(_credentials_like(a) for a in value.split(",")):
-        raise ValueError(
-            "an address holds '@' or is USER:PASSWORD...[:PORT] (a ':' too many and no IPv6 "
-            "address, or a port that is no number): the bootstrap is HOST:PORT only "
-            "(comma-separated, IPv6 as [ADDR]:PORT); "
-            "the Kafka user and password go in BATON_SASL_USERNAME and BATON_SASL_PASSWORD"
-        )
-    return value
-
-
-def _credentials_like(address: str) -> bool:
-    """An address of more than one ':' that is no IPv6 address (bare, as librdkafka and
-    streams.net take it): ``alice:s3cret＠host:9092`` or ``alice:s3cret%40host:9092`` (an '@'
-    of another code point, or escaped) passed the '@' test, and every error printed it; or of
-    one ':' and no number after it (``alice:s3cret＠host``: streams.net's 'not a Kafka
-    address' printed it)."""
-    entry = address.strip().rpartition("://")[2]
-    if entry.count(":") == 1:  # alice:s3cret＠host: a password where the port goes
-        port = entry.partition(":")[2]
-        return bool(port) and not (port.isascii() and port.isdigit())  # not '９０９２'
-    if entry.count(":") < 2 or entry.startswith("["):
-        return False
-    try:
-        ipaddress.IPv6Address(entry.partition("%")[0])  # fe80::1%eth0: a zone
-    except ValueError:
-        return True
-    return False
 
 
 class Settings(BaseSettings):
@@ -317,6 +282,16 @@ class Settings(BaseSettings):
         "and for `baton audit verify`); without it the chains detect deleted and altered rows, "
         "with it also forged ones appended by someone without the key, and the workers seal "
         "each command's record (a `baton up` restart re-issues only sealed commands)",
+    )
+    decision_signing_key: Path | None = Field(
+        None,
+        description="the workers' Ed25519 private key file (`baton keys new`): each decision "
+        "is published signed with it (`baton up` makes DATA_DIR/worker/decision.key)",
+    )
+    decision_keys: str = Field(
+        "",
+        description="the workers' public keys (`ed25519:…`, comma-separated): SDK clients and "
+        "commands take only decisions one of them signed (empty: any record on gov.decisions)",
     )
     sink_batch_size: int = Field(
         20_000,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -117,6 +117,7 @@ class ClientBase:
         connect_timeout: float | None = None,
         kafka_config: Mapping[str, Any] | None = None,
         client_id: str = "baton-client",
+        decision_keys: str | Sequence[str] | None = None,
     ) -> None:
         self.options = ClientOptions.resolve(
             bootstrap,
@@ -130,6 +131,7 @@ class ClientBase:
             connect_timeout=connect_timeout,
             kafka_config=kafka_config,
             client_id=client_id,
+            decision_keys=decision_keys,
         )
         self.channel = RequestChannel(self.options)
         self.run_tenants = RunTenants()
@@ -179,6 +181,12 @@ class ClientBase:
         error = self.channel.last_delivery_error()
         if error:
             detail = f"{detail}; last Kafka error: {error}"
+        ignored = self.channel.unsigned.count((event.run_id, event.request_id, str(phase)))
+        if ignored:
+            detail = (
+                f"{detail}; {ignored} decision(s) for it ignored: signed by no key of "
+                "decision_keys (forged, or the workers' BATON_DECISION_SIGNING_KEY is another)"
+            )
         return unanswered_decision(
             request_id=event.request_id,
             run_id=event.run_id,

@@ -44,6 +44,7 @@ from baton.streams.kafka import consumer_config, kafka_said, producer_config, un
 from baton.streams.partitioner import partition_for
 from baton.streams.sdk.options import ClientOptions, checked_seconds
 from baton.streams.sdk.reach import BrokerWatch
+from baton.streams.sdk.unsigned import UnsignedDecisions
 from baton.streams.sdk.waiters import Unanswered, Waiter, WaiterBook, WaitKey, resolve
 
 __all__ = ["RequestChannel"]
@@ -94,6 +95,8 @@ class RequestChannel:
         #: what librdkafka reported of the brokers (error_cb of the producer and consumer)
         self.brokers = BrokerWatch(options.bootstrap)
         self.decisions_read = 0
+        #: decisions under an awaited key that no key of ``decision_keys`` signed
+        self.unsigned = UnsignedDecisions()
 
     # ------------------------------------------------------------------ connection
     @property
@@ -320,7 +323,7 @@ class RequestChannel:
         resolve([(w, unanswered) for w in self.waiters.take_all(keys)])
 
     def _dispatch(self, messages: list[Any]) -> None:
-        book = self.waiters
+        book, keys = self.waiters, self.options.decision_keys
         resolved: list[tuple[Waiter, Decision | Unanswered]] = []
         for msg in messages:
             if msg.error() is not None:
@@ -342,6 +345,9 @@ class RequestChannel:
                 continue
             # cheap unlocked look first: most records are other runs' (other clients')
             if not book.awaited(key):
+                continue
+            if keys and not keys.verifies(value, msg.headers()):
+                self.unsigned.ignored(msg, key)  # forged, or signed with no key of ours
                 continue
             try:
                 decision = DECISION_ADAPTER.validate_python(doc)

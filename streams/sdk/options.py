@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -17,12 +17,15 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from baton.schemas.decision import Decision, Fallback, Outcome, Phase, Reason, decision_id_for
+from baton.schemas.decision_signing import DecisionKeys
+from baton.schemas.decision_signing import decision_keys as decision_keys_of
 from baton.schemas.env_names import (
     closest,
     model_variables,
     settings_problems,
     unknown_text,
 )
+from baton.schemas.errors import ConfigError
 from baton.schemas.policy_approval import MAX_APPROVAL_TTL_S
 from baton.schemas.settings import MAX_TIMEOUT_S, Settings, checked_bootstrap
 from baton.streams.kafka import printable_config
@@ -124,6 +127,8 @@ class ClientOptions:
     delivery_timeout_s: float = 30.0
     fetch_wait_ms: int = 10
     client_id: str = field(default="baton-client")
+    #: take only decisions one of these keys signed (empty: any)
+    decision_keys: DecisionKeys = field(default_factory=lambda: DecisionKeys(()))
 
     @property
     def bootstrap(self) -> str:
@@ -150,6 +155,7 @@ class ClientOptions:
         connect_timeout: float | None = None,
         kafka_config: Mapping[str, Any] | None = None,
         client_id: str = "baton-client",
+        decision_keys: str | Sequence[str] | None = None,
     ) -> ClientOptions:
         """Arguments first, then ``settings`` (default: read from ``BATON_*`` variables)."""
         if not isinstance(settings, ClientSettings):  # the client_* fields come from env
@@ -186,6 +192,13 @@ class ClientOptions:
             # every check Baton did not answer in time was allowed
             raise ValueError(f"fail_open: must be True or False, got {fail_open!r}"[:200])
         prefix = s.topic_prefix if topic_prefix is None else topic_prefix
+        try:  # (a ValueError like every other option's)
+            if decision_keys is None:
+                keys = decision_keys_of(s.decision_keys, "BATON_DECISION_KEYS")
+            else:
+                keys = decision_keys_of(decision_keys)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return cls(
             kafka_config={**s.kafka_config(), **(kafka_config or {})},
             catalog=TopicCatalog(prefix, partitions or s.partitions, s.replication_factor),
@@ -198,6 +211,7 @@ class ClientOptions:
             delivery_timeout_s=s.client_delivery_timeout_s,
             fetch_wait_ms=s.client_fetch_wait_ms,
             client_id=client_id,
+            decision_keys=keys,
         )
 
 
