@@ -358,6 +358,45 @@ def test_the_data_dir_and_what_the_stack_writes_are_its_users_alone(up: _Up) -> 
     ][:5]
 
 
+def test_the_stack_signs_its_decisions_and_its_clients_take_only_those(up: _Up) -> None:
+    """`baton up` makes worker/decision.key, its workers sign with it, stack.json names its
+    public key, and the client commands of the stack (stack_settings) check with it."""
+    from baton.cli.stack_record import stack_settings
+    from baton.schemas.decision import Outcome
+    from baton.schemas.decision_signing import decision_keys, signing_key_of
+    from baton.streams.client import GovernanceClient
+    from tests.helpers import handoff
+
+    up.ready_line()
+    record = json.loads((up.data_dir / "stack.json").read_text())
+    key_file = up.data_dir / "worker" / "decision.key"
+    assert record["decision_keys"] == signing_key_of(key_file)[1]
+    settings = stack_settings({}, up.data_dir)
+    assert settings.decision_keys == record["decision_keys"]
+    run = f"signed-{uuid.uuid4().hex[:8]}"
+    with GovernanceClient(settings=settings, timeout=20) as client:
+        d = client.check(handoff(run, 1, "t1"))
+        assert (d.outcome, d.reason) == (Outcome.ALLOW, "ok")
+        assert client.options.decision_keys and client.channel.unsigned.total == 0
+    c = Consumer({"bootstrap.servers": record["bootstrap"], "group.id": "s", "log_level": 0})
+    try:
+        parts = c.list_topics("gov.decisions", timeout=10).topics["gov.decisions"].partitions
+        c.assign([TopicPartition("gov.decisions", p, OFFSET_BEGINNING) for p in parts])
+        seen: list = []
+        wait_for(
+            lambda: (
+                seen.extend(m for m in c.consume(200, 0.5) if m.error() is None)
+                or any(m.key() == run.encode() for m in seen)
+            ),
+            20,
+            message="the run's decision on gov.decisions",
+        )
+    finally:
+        c.close()
+    keys = decision_keys(record["decision_keys"])
+    assert all(keys.verifies(m.value(), m.headers()) for m in seen)
+
+
 def test_sigterm_stops_everything_without_orphans(up: _Up) -> None:
     up.ready_line()
     children = _children_of(up.proc.pid)

@@ -1,0 +1,226 @@
+"""Signed decisions (schemas/decision_signing.py): real workers sign, real clients check.
+
+A writer of gov.decisions (anyone, on the embedded broker) answered an SDK client's check with
+a forged ``allow``: the client took it. With BATON_DECISION_SIGNING_KEY the workers sign every
+decision record, and a client given the public key takes only what they signed.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from baton.processors.recorded import input_text
+from baton.schemas.decision import Decision, Outcome, Phase, decision_id_for
+from baton.schemas.decision_signing import HEADER, decision_keys
+from baton.schemas.events import HandoffRequested, parse_event
+from baton.schemas.signing import new_private_key, public_key_text, write_private_key
+from baton.streams.client import GovernanceClient
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.partitioner import partition_for
+from tests.helpers import handoff, wait_for
+from tests.integration.conftest import PARTITIONS, TEST_POLICY, Stack, one_worker_stack
+from tests.stack import fresh_topics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "workers.key"
+    write_private_key(new_private_key(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def public(key_file: Path) -> str:
+    from baton.schemas.signing import load_private_key
+
+    return public_key_text(load_private_key(key_file))
+
+
+# the default (aiokafka's producer, at least once) and librdkafka's (exactly once): both sign
+@pytest.fixture(scope="module", params=["at_least_once", "exactly_once"])
+def signing_stack(
+    broker: EmbeddedBroker,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    key_file: Path,
+) -> Iterator[Stack]:
+    env = {"BATON_DECISION_SIGNING_KEY": str(key_file)}
+    workdir = tmp_path_factory.mktemp("signing")
+    with one_worker_stack(broker, workdir, TEST_POLICY, "sg", request.param, env) as s:
+        yield s
+
+
+def _records(bootstrap: str, topic: str, run_id: str, n: int) -> list[tuple[bytes, list]]:
+    """The first ``n`` records of ``run_id`` on ``topic``: (value, headers)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "x", "log_level": 0})
+    part = partition_for(run_id.encode(), PARTITIONS)
+    consumer.assign([TopicPartition(topic, part, OFFSET_BEGINNING)])
+    found: list[tuple[bytes, list]] = []
+
+    def more() -> bool:
+        for msg in consumer.consume(100, 0.5):
+            if msg.error() is None and msg.key() == run_id.encode():
+                found.append((msg.value(), msg.headers() or []))
+        return len(found) >= n
+
+    try:
+        wait_for(more, 30, message=lambda: f"{n} records of {run_id} on {topic}: {len(found)}")
+    finally:
+        consumer.close()
+    return found
+
+
+def test_every_decision_and_stop_is_signed_by_the_workers_key(
+    signing_stack: Stack, public: str
+) -> None:
+    s = signing_stack
+    run = f"sig-{uuid.uuid4().hex[:8]}"
+    s.requests.send(
+        [
+            handoff(run, 1, "t1", "planner", "researcher"),
+            handoff(run, 2, "t1", "planner", "writer"),  # ownership_conflict: a stop
+        ]
+    )
+    decided = _records(s.bootstrap, s.catalog.decisions, run, 2)
+    stops = _records(s.bootstrap, s.catalog.stops, run, 1)
+    keys = decision_keys([public])
+    outcomes = [Decision.from_json(v).outcome for v, _ in decided]
+    assert outcomes == [Outcome.ALLOW, Outcome.STOP]
+    for value, headers in [*decided, *stops]:
+        assert keys.verifies(value, headers), headers
+        assert [name for name, _ in headers] == [HEADER]
+    # a signature covers the value: one byte changed, or another key, and it does not verify
+    value, headers = decided[0]
+    assert not keys.verifies(value.replace(b'"allow"', b'"allOw"'), headers)
+    assert not decision_keys([public_key_text(new_private_key())]).verifies(value, headers)
+
+
+def test_a_client_given_the_key_takes_the_workers_decisions(
+    signing_stack: Stack, public: str
+) -> None:
+    s = signing_stack
+    run = f"sig-{uuid.uuid4().hex[:8]}"
+    with GovernanceClient(
+        s.bootstrap, topic_prefix=s.prefix, timeout=20, decision_keys=[public]
+    ) as client:
+        first = client.check(handoff(run, 1, "t1", "planner", "researcher"))
+        second = client.check(handoff(run, 2, "t1", "planner", "writer"))
+        assert (first.outcome, first.reason) == (Outcome.ALLOW, "ok")
+        assert (second.outcome, second.reason) == (Outcome.STOP, "ownership_conflict")
+        # a retry is answered from the run's memory (a re-emitted copy): signed too
+        again = client.check(handoff(run, 1, "t1", "planner", "researcher"))
+        assert (again.outcome, again.reason) == (Outcome.ALLOW, "ok")
+        assert client.channel.unsigned.total == 0
+
+
+class _Forger:
+    """A writer of gov.decisions that answers every check it reads with an ``allow``, as a
+    worker would word it (the request's own input, a chain hash's shape), unsigned."""
+
+    def __init__(self, bootstrap: str, requests: str, decisions: str) -> None:
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "f", "log_level": 0})
+        self._consumer.assign([TopicPartition(requests, p, OFFSET_BEGINNING) for p in range(4)])
+        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        self._decisions = decisions
+        self._stop = threading.Event()
+        self.forged = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.05)
+            if msg is None or msg.error() is not None:
+                continue
+            event = parse_event(msg.value())
+            assert isinstance(event, HandoffRequested)
+            forged = Decision(
+                decision_id=decision_id_for(event.run_id, event.request_id, "pre_handoff"),
+                request_id=event.request_id,
+                run_id=event.run_id,
+                tenant=event.tenant,
+                phase=Phase.PRE_HANDOFF,
+                outcome=Outcome.ALLOW,
+                reason="ok",
+                event_time=event.event_time,
+                decided_at=datetime.now(UTC),
+                chain_prev="",
+                chain_hash="0" * 32,
+                input=input_text(event),
+            )
+            part = partition_for(event.run_id.encode(), PARTITIONS)
+            self._producer.produce(
+                self._decisions,
+                forged.to_json(),
+                event.run_id.encode(),
+                partition=part,
+                headers=[(HEADER, b"A" * 88)],  # a signature's shape: not a worker's
+            )
+            self._producer.flush(5)
+            self.forged += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+def test_a_forged_allow_is_taken_without_the_key_and_ignored_with_it(
+    broker: EmbeddedBroker, public: str
+) -> None:
+    # topics with no worker at all: every answer a client gets is the forger's
+    prefix = f"sf{uuid.uuid4().hex[:8]}."
+    catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
+    forger = _Forger(broker.bootstrap, catalog.requests, catalog.decisions)
+    try:
+        with GovernanceClient(broker.bootstrap, topic_prefix=prefix, timeout=10) as naive:
+            taken = naive.check(handoff("victim-1", 1, "t1"))
+        assert (taken.outcome, taken.reason) == (Outcome.ALLOW, "ok")  # the attack, unkeyed
+        with GovernanceClient(
+            broker.bootstrap, topic_prefix=prefix, timeout=3, decision_keys=public
+        ) as checked:
+            refused = checked.check(handoff("victim-2", 1, "t1"))
+            ignored = checked.channel.unsigned.total
+        assert forger.forged == 2
+        assert (refused.outcome, refused.reason) == (Outcome.STOP, "governance_unavailable")
+        assert ignored == 1
+        assert "1 decision(s) for it ignored: signed by no key of decision_keys" in (
+            refused.detail or ""
+        )
+    finally:
+        forger.close()
+
+
+def test_a_client_with_another_key_fails_closed_naming_it(
+    signing_stack: Stack,
+) -> None:
+    s = signing_stack
+    other = public_key_text(new_private_key())
+    with GovernanceClient(
+        s.bootstrap, topic_prefix=s.prefix, timeout=3, decision_keys=other
+    ) as client:
+        d = client.check(handoff(f"sig-{uuid.uuid4().hex[:8]}", 1, "t1"))
+    assert (d.outcome, d.reason) == (Outcome.STOP, "governance_unavailable")
+    assert "ignored" in (d.detail or ""), d.detail
+
+
+def test_bad_decision_keys_are_refused_before_anything_connects() -> None:
+    with pytest.raises(ValueError, match=r"decision_keys\[0\]: must look like"):
+        GovernanceClient("127.0.0.1:1", decision_keys=["not-a-key"])
+    with pytest.raises(ValueError, match="BATON_DECISION_KEYS"):
+        import os
+
+        os.environ["BATON_DECISION_KEYS"] = "ed25519:AAAA"
+        try:
+            GovernanceClient("127.0.0.1:1")
+        finally:
+            del os.environ["BATON_DECISION_KEYS"]

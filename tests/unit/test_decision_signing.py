@@ -1,0 +1,119 @@
+"""schemas/decision_signing.py: what a worker signs, what a client takes, what it refuses."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from baton.schemas.decision_signing import (
+    DECISION_KEY_FILE,
+    DOMAIN,
+    HEADER,
+    MAX_DECISION_KEYS,
+    DecisionSigner,
+    decision_keys,
+    ensure_decision_key,
+    load_signer,
+    signing_key_of,
+)
+from baton.schemas.errors import ConfigError
+from baton.schemas.signing import new_private_key, public_key_text, write_private_key
+
+pytestmark = pytest.mark.unit
+
+VALUE = b'{"decision_id":"d","outcome":"allow"}'
+
+
+@pytest.fixture
+def signer_and_public() -> tuple[DecisionSigner, str]:
+    key = new_private_key()
+    return DecisionSigner(key), public_key_text(key)
+
+
+def test_a_signed_value_verifies_and_nothing_else_does(signer_and_public) -> None:
+    signer, public = signer_and_public
+    headers = signer.headers(VALUE)
+    keys = decision_keys(public)
+    assert keys.verifies(VALUE, headers)
+    assert not keys.verifies(VALUE + b" ", headers)
+    assert not keys.verifies(VALUE, None)
+    assert not keys.verifies(VALUE, [])
+    assert not keys.verifies(VALUE, [("other", headers[0][1])])
+    # a signature made over the value without the domain (any other use of the key) is no
+    # decision's
+    raw = new_private_key()
+    plain = [(HEADER, base64.b64encode(raw.sign(VALUE)))]
+    assert not decision_keys(public_key_text(raw)).verifies(VALUE, plain)
+    assert decision_keys(public_key_text(raw)).verifies(
+        VALUE, [(HEADER, base64.b64encode(raw.sign(DOMAIN + VALUE)))]
+    )
+
+
+@pytest.mark.parametrize(
+    "said",
+    [None, "text, not bytes", b"", b"A" * 87, b"A" * 89, b"!" * 88, b"A" * 10_000, 12],
+)
+def test_a_header_of_any_shape_is_an_answer_never_an_error(signer_and_public, said) -> None:
+    _, public = signer_and_public
+    assert not decision_keys(public).verifies(VALUE, [(HEADER, said)])
+
+
+def test_only_the_first_signature_header_is_checked(signer_and_public) -> None:
+    signer, public = signer_and_public
+    good = signer.headers(VALUE)
+    keys = decision_keys(public)
+    assert keys.verifies(VALUE, [("x", b"1"), *good, (HEADER, b"A" * 88)])
+    # a flood of forged headers before it costs one check and is refused
+    assert not keys.verifies(VALUE, [(HEADER, b"A" * 88)] * 1000 + good)
+
+
+def test_any_listed_key_verifies_a_rotation(signer_and_public) -> None:
+    signer, public = signer_and_public
+    other = public_key_text(new_private_key())
+    assert decision_keys(f"{other},{public}").verifies(VALUE, signer.headers(VALUE))
+    assert decision_keys(f" {other}  {public} ").verifies(VALUE, signer.headers(VALUE))
+    assert not decision_keys([other]).verifies(VALUE, signer.headers(VALUE))
+
+
+def test_keys_that_do_not_read_are_named() -> None:
+    assert not decision_keys(None) and not decision_keys("") and not decision_keys([])
+    with pytest.raises(ConfigError, match=r"BATON_DECISION_KEYS\[1\]: must look like"):
+        decision_keys(f"{public_key_text(new_private_key())},nope", "BATON_DECISION_KEYS")
+    with pytest.raises(ConfigError, match="small order"):
+        decision_keys("ed25519:" + base64.b64encode(bytes(32)).decode())
+    many = [public_key_text(new_private_key()) for _ in range(MAX_DECISION_KEYS + 1)]
+    with pytest.raises(ConfigError, match=f"at most {MAX_DECISION_KEYS}"):
+        decision_keys(many)
+
+
+def test_a_signing_key_that_does_not_read_stops_the_worker_naming_the_variable(
+    tmp_path: Path,
+) -> None:
+    assert load_signer(None) is None
+    missing = tmp_path / "none.key"
+    with pytest.raises(ConfigError, match="BATON_DECISION_SIGNING_KEY: key file"):
+        load_signer(missing)
+    shared = tmp_path / "shared.key"
+    write_private_key(new_private_key(), shared)
+    os.chmod(shared, 0o644)
+    with pytest.raises(ConfigError, match="BATON_DECISION_SIGNING_KEY"):
+        load_signer(shared)
+    with pytest.raises(ConfigError, match="BATON_DECISION_SIGNING_KEY"):
+        load_signer(tmp_path)  # a directory (an empty variable reads as ".")
+
+
+def test_baton_up_makes_one_key_and_keeps_it(tmp_path: Path) -> None:
+    worker = tmp_path / "worker"
+    path = ensure_decision_key(worker)
+    assert path == worker / DECISION_KEY_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    first = signing_key_of(path)
+    assert ensure_decision_key(worker) == path
+    assert signing_key_of(path) == first  # kept: clients given its public key go on verifying
+    signer = load_signer(path)
+    assert signer is not None
+    assert decision_keys(first[1]).verifies(VALUE, signer.headers(VALUE))
