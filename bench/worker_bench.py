@@ -378,6 +378,12 @@ def main() -> None:
         help="at_least_once: one worker per BATON_WORKER_PRODUCER listed, in this order "
         "(e.g. aiokafka,librdkafka,aiokafka,librdkafka); default: the setting's default",
     )
+    ap.add_argument(
+        "--signing",
+        default="",
+        help="one worker per entry, in this order, signing its decisions (on: a fresh "
+        "BATON_DECISION_SIGNING_KEY) or not (off), e.g. off,on,off,on",
+    )
     args = ap.parse_args()
     guarantees = GUARANTEES if args.guarantee == "both" else (args.guarantee,)
 
@@ -402,6 +408,9 @@ def main() -> None:
         requests = sum(1 for *_, approval in items if not approval)
         base = passthrough(broker.bootstrap, catalog.requests, out_topic, requests)
         for guarantee in guarantees:
+            if args.signing:
+                results.update(_signing_sides(broker, workdir, items, workload, guarantee, args))
+                continue
             producers = args.producers.split(",") if guarantee == "at_least_once" else []
             for i, producer in enumerate(producers or [""]):
                 if producer:
@@ -445,6 +454,25 @@ def main() -> None:
             f"{seen:,}; latency samples {len(lat):,}; inside Baton (produce -> decided_at) "
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
         )
+
+
+def _signing_sides(broker, workdir, items, workload, guarantee, args) -> dict:  # noqa: ANN001
+    """One worker per ``--signing`` entry, alternating: signing with a fresh key, or not."""
+    from baton.schemas.signing import new_private_key, write_private_key
+
+    key = workdir / "bench-decision.key"
+    if not key.exists():
+        write_private_key(new_private_key(), key)
+    out = {}
+    for i, side in enumerate(args.signing.split(",")):
+        if side.strip() == "on":
+            os.environ["BATON_DECISION_SIGNING_KEY"] = str(key)
+        try:
+            name = f"{guarantee}, {'signed' if side.strip() == 'on' else 'unsigned'} #{i + 1}"
+            out[name] = run_worker(broker, workdir, items, workload, guarantee, args)
+        finally:
+            os.environ.pop("BATON_DECISION_SIGNING_KEY", None)
+    return out
 
 
 def _p50_p99_ms(seconds: list[float]) -> tuple[float, float]:

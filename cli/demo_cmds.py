@@ -33,12 +33,23 @@ __all__ = ["killed_hint", "register"]
 
 
 async def _play(
-    bootstrap: str, topic_prefix: str | None, timeout: float, runs: int, burst: int
+    bootstrap: str,
+    topic_prefix: str | None,
+    timeout: float,
+    runs: int,
+    burst: int,
+    decision_keys: str | None = None,
 ) -> Demo:
+    """The scenes, played by clients that take only decisions ``decision_keys`` signed (the
+    demo's own stack's key; None: BATON_DECISION_KEYS, else any)."""
     from baton.cli.demo_play import Demo, StopsReader
     from baton.streams.sdk import ApproverClient, AsyncGovernanceClient, OperatorClient
 
-    options: dict[str, Any] = {"topic_prefix": topic_prefix, "timeout": timeout}
+    options: dict[str, Any] = {
+        "topic_prefix": topic_prefix,
+        "timeout": timeout,
+        "decision_keys": decision_keys,
+    }
     run_prefix = f"demo_{uuid.uuid4().hex[:6]}_"
     async with AsyncGovernanceClient(bootstrap, **options) as gov:
         catalog = gov.channel.catalog
@@ -167,7 +178,8 @@ def demo_cmd(
         # follow-up commands only for a stack that is still there when the demo ends
         commands = stack is None or keep
         demo_started = datetime.now(UTC)
-        demo = asyncio.run(_play(bootstrap, topic_prefix, timeout, runs, burst))
+        keys = None if stack is None else stack.decision_keys()  # its workers sign with it
+        demo = asyncio.run(_play(bootstrap, topic_prefix, timeout, runs, burst, keys))
         problems = list(demo.problems)
         click.echo("")
         click.echo(click.style("── Audit (ClickHouse) ".ljust(78, "─"), bold=True))

@@ -122,6 +122,14 @@ class DemoStack:
                 f"(kill {found[2]}), or give the demo another --data-dir"
             )
 
+    def decision_keys(self) -> str | None:
+        """The public key its workers sign decisions with, from its stack.json (None: none
+        recorded)."""
+        from baton.cli.stack_file import read_record
+
+        record = read_record(self.data_dir)
+        return None if record is None else record.decision_keys
+
     @property
     def running(self) -> bool:
         """It started, was ready, and still runs."""
