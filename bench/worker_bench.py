@@ -456,7 +456,9 @@ def main() -> None:
         )
 
 
-def _signing_sides(broker, workdir, items, workload, guarantee, args) -> dict:  # noqa: ANN001
+def _signing_sides(
+    broker: EmbeddedBroker, workdir: Path, items: list, workload: list, guarantee: str, args: Any
+) -> dict:
     """One worker per ``--signing`` entry, alternating: signing with a fresh key, or not."""
     from baton.schemas.signing import new_private_key, write_private_key
 
