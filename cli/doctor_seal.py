@@ -1,4 +1,5 @@
-"""``baton doctor``'s line on the key the workers seal operators' command records with.
+"""``baton doctor``'s lines on the workers' keys: the seal on operators' command records, and
+the signature on every decision (the last: ``decision_signing_check``).
 
 A `baton up` restart issues again only the commands whose record a worker sealed
 (``processors/control_seal``), and `baton audit verify` names an applied command record no
@@ -16,7 +17,7 @@ from baton.cli.doctor_checks import Check, Status, fail, ok
 from baton.schemas.errors import ConfigError
 from baton.schemas.settings import Settings
 
-__all__ = ["seal_key_check"]
+__all__ = ["decision_signing_check", "seal_key_check"]
 
 NAME = "seal key"
 
@@ -51,3 +52,62 @@ def seal_key_check(settings: Settings, data_dir: Path | None) -> Check:
             "put it back from a backup of the data dir",
         )
     return ok(NAME, f"{path} (back it up with the audit: a restart verifies with it)")
+
+
+SIGNING = "decision signing"
+
+
+def decision_signing_check(settings: Settings, data_dir: Path | None) -> Check:
+    """ok naming the key the workers sign decisions with and the keys clients check with;
+    FAIL when a `baton up` stack's key file is gone, does not read, or is not the one its
+    stack.json gives clients (they would take none of its decisions); skipped when nothing
+    signs (docs/security.md "Signed decisions")."""
+    from baton.cli.stack_record import find_stack
+    from baton.cli.up_children import WORKER_DATA_DIR
+    from baton.schemas.decision_signing import DECISION_KEY_FILE, decision_keys, signing_key_of
+
+    checked = (
+        f"; clients check with {settings.decision_keys[:60]}" if settings.decision_keys else ""
+    )
+    try:
+        if settings.decision_signing_key:
+            path, public = signing_key_of(settings.decision_signing_key)
+            return ok(SIGNING, f"{path}, public key {public}{checked}")
+        found = find_stack(data_dir)
+        if found.record is None:
+            return _unsigned(settings)
+        path = found.data_dir / WORKER_DATA_DIR / DECISION_KEY_FILE
+        recorded = found.record.decision_keys
+        if recorded is None:  # a stack of a Baton before signed decisions
+            return _unsigned(settings)
+        if not path.exists():
+            return fail(
+                SIGNING,
+                f"{path} is gone: the next `baton up` makes another, and clients given the "
+                "old public key take none of its decisions",
+                "put it back from a backup of the data dir, or give clients the new key",
+            )
+        public = signing_key_of(path)[1]
+        decision_keys(recorded)  # (a record another user edited: named below)
+    except ConfigError as exc:
+        return fail(SIGNING, str(exc), "see the message")
+    if public != recorded:
+        return fail(
+            SIGNING,
+            f"{path} is not the key stack.json gives the stack's clients ({recorded[:60]}): "
+            "they take none of its workers' decisions",
+            "restart `baton up` (it records the key its workers use)",
+        )
+    return ok(SIGNING, f"{path} (its public key is in stack.json: the stack's clients take "
+                       "only what it signed)")  # fmt: skip
+
+
+def _unsigned(settings: Settings) -> Check:
+    if settings.decision_keys:
+        return ok(SIGNING, f"clients check with {settings.decision_keys[:60]}")
+    return Check(
+        SIGNING,
+        Status.SKIP,
+        "the workers sign no decision: a writer of gov.decisions can answer SDK clients",
+        "set BATON_DECISION_SIGNING_KEY on the workers and BATON_DECISION_KEYS on the clients",
+    )

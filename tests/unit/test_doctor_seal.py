@@ -39,3 +39,38 @@ def test_a_stack_s_key_is_named_and_its_loss_fails(tmp_path: Path) -> None:
 def test_no_stack_and_no_key_is_said_never_failed(tmp_path: Path) -> None:
     line = seal_key_check(Settings(), tmp_path)
     assert line.status.name == "SKIP" and "BATON_AUDIT_CHAIN_KEY" in line.hint
+
+
+def test_the_decision_signing_line_names_the_stacks_key_and_fails_when_clients_would_refuse(
+    tmp_path: Path,
+) -> None:
+    from baton.cli.doctor_seal import decision_signing_check
+    from baton.schemas.decision_signing import ensure_decision_key, signing_key_of
+    from baton.schemas.signing import new_private_key, public_key_text, write_private_key
+
+    # nothing signs: said, never a failure
+    line = decision_signing_check(Settings(), tmp_path)
+    assert line.status.name == "SKIP" and "BATON_DECISION_SIGNING_KEY" in line.hint
+    key = ensure_decision_key(tmp_path / "worker")
+    write_record(_record(tmp_path, decision_keys=signing_key_of(key)[1]))
+    line = decision_signing_check(Settings(), tmp_path)
+    assert line.status.name == "OK" and str(key) in line.detail, line
+    # the key replaced since the stack recorded it: its clients would take nothing
+    key.unlink()
+    write_private_key(new_private_key(), key)
+    line = decision_signing_check(Settings(), tmp_path)
+    assert line.status.name == "FAIL" and "take none" in line.detail, line
+    key.chmod(0o644)
+    line = decision_signing_check(Settings(), tmp_path)
+    assert line.status.name == "FAIL" and "BATON_DECISION_SIGNING_KEY" in line.detail, line
+    key.unlink()
+    line = decision_signing_check(Settings(), tmp_path)
+    assert line.status.name == "FAIL" and "is gone" in line.detail, line
+    # a key the settings name wins, and what clients check with is said
+    other = tmp_path / "other.key"
+    write_private_key(new_private_key(), other)
+    public = public_key_text(new_private_key())
+    line = decision_signing_check(
+        Settings(decision_signing_key=other, decision_keys=public), tmp_path
+    )
+    assert line.status.name == "OK" and "clients check with" in line.detail, line
