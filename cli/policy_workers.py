@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baton.schemas.policy import Policy
 from baton.schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from baton.schemas.decision_signing import DecisionKeys
 
 __all__ = ["RecordedPolicy", "workers_policy"]
 
@@ -41,10 +44,12 @@ def workers_policy(settings: Settings, timeout: float) -> RecordedPolicy | None:
     :data:`MAX_SCANNED` records, ``timeout`` seconds); None when none is found."""
     from confluent_kafka import Consumer, TopicPartition
 
+    from baton.schemas.decision_signing import decision_keys
     from baton.streams.kafka import consumer_config
     from baton.streams.partitioner import partition_for
     from baton.streams.topics import TopicCatalog
 
+    keys = decision_keys(settings.decision_keys, unset="")
     topic = TopicCatalog(prefix=settings.topic_prefix).decisions
     extra = {"isolation.level": "read_committed", "enable.partition.eof": True}
     consumer = Consumer(consumer_config(settings.kafka_config(), "baton-policy-publish", extra))
@@ -59,7 +64,7 @@ def workers_policy(settings: Settings, timeout: float) -> RecordedPolicy | None:
         start = high
         while time.monotonic() < deadline and high - start < MAX_SCANNED:
             begin = max(low, start - window)
-            found = _newest_in(consumer, TopicPartition(topic, p, begin), stop, deadline)
+            found = _newest_in(consumer, TopicPartition(topic, p, begin), stop, deadline, keys)
             if found is not None or begin <= low:
                 return found
             stop, start, window = begin, begin, window * 4
@@ -68,8 +73,12 @@ def workers_policy(settings: Settings, timeout: float) -> RecordedPolicy | None:
         consumer.close()
 
 
-def _newest_in(consumer: Any, tp: Any, stop: int | None, deadline: float) -> RecordedPolicy | None:
-    """The newest valid record from ``tp``'s offset up to ``stop`` (None: the end)."""
+def _newest_in(
+    consumer: Any, tp: Any, stop: int | None, deadline: float, keys: DecisionKeys
+) -> RecordedPolicy | None:
+    """The newest valid record from ``tp``'s offset up to ``stop`` (None: the end), signed by
+    one of ``keys`` when there are any (BATON_DECISION_KEYS, a stack's: one forged unsigned
+    record hid every "security change" a publish names: session 43, F10)."""
     from confluent_kafka import KafkaError
 
     consumer.assign([tp])
@@ -85,7 +94,11 @@ def _newest_in(consumer: Any, tp: Any, stop: int | None, deadline: float) -> Rec
         if stop is not None and msg.offset() >= stop:
             break
         value = msg.value() or b""
-        if msg.key() == b"*" and b'"policy_in_force"' in value:
+        if (
+            msg.key() == b"*"
+            and b'"policy_in_force"' in value
+            and (not keys or keys.verifies(value))
+        ):
             newest = _recorded(value) or newest
     return newest
 

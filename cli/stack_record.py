@@ -51,7 +51,8 @@ __all__ = [
 DEFAULT_DATA_DIR = Path(".baton")
 
 #: settings a command takes from the record along with the connection, unless it has them
-#: (``decision_keys``: it takes only decisions the stack's workers signed)
+#: (``decision_keys``: it takes only decisions the stack's workers signed; taken with
+#: --data-dir whether or not its Kafka is given too)
 _KAFKA_COMPANIONS = ("topic_prefix", "partitions", "app_id", "policy", "decision_keys")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -219,6 +220,19 @@ def stack_settings(
                 value = getattr(record, name)
                 if value is not None:
                     given[name] = value
+    elif (
+        kafka
+        and "decision_keys" not in given
+        and "BATON_DECISION_KEYS" not in variables
+        and data_dir is not None
+        and stack().record is not None
+    ):
+        # a stack named by --data-dir, its Kafka by --bootstrap: its workers' key checks what
+        # they answer (dropped, `baton kill --data-dir S --bootstrap ...` took a forged
+        # "applied" record: session 43, F4)
+        keys = stack().record.decision_keys  # type: ignore[union-attr]
+        if keys is not None:
+            given["decision_keys"] = keys
     if audit and from_stack("clickhouse_dsn"):
         given["clickhouse_dsn"] = _audit_dsn_from(stack(), say)
     return build_settings(**given)

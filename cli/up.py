@@ -237,6 +237,12 @@ def up_cmd(
     refuse_busy_ports(port, None if no_audit else sql_port, settings.metrics_port_number)
     worker_dir = data_dir / WORKER_DATA_DIR  # its decision.key signs (none given), seal.key seals
     signing = signing_key_of(settings.decision_signing_key or ensure_decision_key(worker_dir))
+    if earlier is not None and earlier.decision_keys not in (None, signing[1]):
+        say(
+            f"WARNING: the workers sign decisions with another key than before ({signing[1]}, "
+            f"was {earlier.decision_keys}): clients given the old one take none of their "
+            "decisions; give them the new one (stack.json's decision_keys)"
+        )
     machine = machine_memory()
     memory_max = memory_limit(broker_memory_max, machine)
     try:

@@ -163,12 +163,11 @@ class BatchPublisher(PipelinedOrder):
                 self._producer.poll(0.05)
 
     def produce_decision(self, partition: int | None, d: Decision) -> None:
-        raw = d.to_json()
+        raw = self._signed(d.to_json())
         key = d.run_id.encode()
-        headers = self._signed(raw)
-        self._produce(self.decisions_topic, raw, key, partition, headers)
+        self._produce(self.decisions_topic, raw, key, partition)
         if d.outcome == Outcome.STOP:
-            self._produce(self.stops_topic, raw, key, partition, headers)
+            self._produce(self.stops_topic, raw, key, partition)
 
     def produce_dead_letter(self, dl: DeadLetter) -> None:
         try:

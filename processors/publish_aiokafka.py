@@ -265,12 +265,11 @@ class AiokafkaPublisher(PipelinedOrder):
         return random.randrange(count) if key is None else partition_for(key, count)
 
     def _produce_decision(self, step: _Step, partition: int | None, d: Decision) -> None:
-        raw = d.to_json()
+        raw = self._signed(d.to_json())
         key = d.run_id.encode()
-        headers = self._signed(raw)
-        self._put(step, self.decisions_topic, raw, key, partition, headers)
+        self._put(step, self.decisions_topic, raw, key, partition)
         if d.outcome == Outcome.STOP:
-            self._put(step, self.stops_topic, raw, key, partition, headers)
+            self._put(step, self.stops_topic, raw, key, partition)
 
     def _produce_dead_letter(self, step: _Step, dl: DeadLetter) -> None:
         try:

@@ -48,14 +48,14 @@ class PipelinedOrder(ABC):
         #: one batch's hand-over at a time: a producer may yield while taking a batch's
         #: decisions, and a second caller must not slip its batch in between (out of order)
         self._handing = asyncio.Lock()
-        #: BATON_DECISION_SIGNING_KEY: each decision record is published with its signature's
-        #: header (schemas/decision_signing.py); None: unsigned
+        #: BATON_DECISION_SIGNING_KEY: each decision record is published signed
+        #: (schemas/decision_signing.py); None: unsigned
         self.signer: DecisionSigner | None = None
 
-    def _signed(self, raw: bytes) -> list[tuple[str, bytes]] | None:
-        """The headers of a decision record whose value is ``raw``."""
+    def _signed(self, raw: bytes) -> bytes:
+        """The value to publish a decision whose JSON is ``raw`` as."""
         signer = self.signer
-        return None if signer is None else signer.headers(raw)
+        return raw if signer is None else signer.signed(raw)
 
     async def publish(
         self,

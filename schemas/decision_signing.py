@@ -9,11 +9,14 @@ key (``decision_keys=``, ``BATON_DECISION_KEYS``) takes only decisions whose sig
 verifies. A forged or unsigned one is ignored, counted and logged: the client waits on for the
 worker's, and answers its fail-closed stop at its timeout when none comes.
 
-What a signature covers: the record's value, byte for byte (the decision's JSON: its run,
-request, phase, outcome, input and every other field), after the domain tag ``DOMAIN``. The
-signature is in the record's header ``HEADER``, as base64: the value, the audit's rows and the
-run states are what they were, and a reader that knows nothing of it is unaffected. A copy of
-a worker's signed record answers only the request it answered (the SDK matches a decision's
+What a signature covers: the decision's JSON as the worker wrote it, byte for byte (its run,
+request, phase, outcome, input and every other field), after the domain tag ``DOMAIN``. Where
+it is: the record's value, as its last member, ``"signature": "<base64>"``: the value read as
+JSON is the decision with one more key, which every reader of decisions ignores. Not a record
+header: confluent-kafka's ``Message.headers()`` decodes header names as UTF-8 and, on a name
+that is not, raised or crashed the process (a NULL in the tuple it builds: a segfault, session
+43's attack F1), so a client that reads headers can be stopped by one record. A copy of a
+worker's signed record answers only the request it answered (the SDK matches a decision's
 ``input`` to its own request): replayed, it says what the worker said.
 
 Cost: ~35 µs of the worker's CPU a decision to sign, ~110 µs of the client's to check one of
@@ -26,7 +29,7 @@ import base64
 import binascii
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -43,7 +46,7 @@ from baton.schemas.signing import (
 __all__ = [
     "DECISION_KEY_FILE",
     "DOMAIN",
-    "HEADER",
+    "FIELD",
     "DecisionKeys",
     "DecisionSigner",
     "decision_keys",
@@ -52,26 +55,31 @@ __all__ = [
     "signing_key_of",
 ]
 
-#: the record header that carries a decision's signature
-HEADER: Final = "baton-signature"
-#: what a decision's signature covers before its value: never an approval's or a command's
+#: the member of a decision record's JSON that carries its signature (the last one)
+FIELD: Final = "signature"
+#: what a decision's signature covers before its JSON: never an approval's or a command's
 DOMAIN: Final = b"baton-decision-v1\x1f"
-#: a signature's base64 is 88 characters; a longer header is not one (never decoded)
+#: a signature's base64 is 88 characters
 _SIGNATURE_CHARS: Final = 88
+#: how a signed record's value ends: ``,"signature":"<88 characters>"}``
+_HEAD: Final = b',"' + FIELD.encode() + b'":"'
+_TAIL_BYTES: Final = len(_HEAD) + _SIGNATURE_CHARS + 2
 #: the most public keys a client checks a decision against (a rotation needs two)
 MAX_DECISION_KEYS: Final = 8
 
 
 class DecisionSigner:
-    """A worker's signer: the headers to publish a decision record's ``value`` with."""
+    """A worker's signer: a decision record's value, signed."""
 
     __slots__ = ("_sign",)
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self._sign = key.sign
 
-    def headers(self, value: bytes) -> list[tuple[str, bytes]]:
-        return [(HEADER, base64.b64encode(self._sign(DOMAIN + value)))]
+    def signed(self, value: bytes) -> bytes:
+        """``value`` (a decision's JSON object) with its signature as its last member."""
+        signature = base64.b64encode(self._sign(DOMAIN + value))
+        return b"".join((value[:-1], _HEAD, signature, b'"}'))
 
 
 def load_signer(path: Path | str | None) -> DecisionSigner | None:
@@ -100,22 +108,19 @@ class DecisionKeys:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def verifies(self, value: bytes, headers: Iterable[tuple[str, Any]] | None) -> bool:
-        """Whether the record of ``value`` and ``headers`` carries a signature one of the keys
-        made over it; never raises. Only the first ``HEADER`` header is read (a worker sends
-        one): a record of a thousand forged headers costs one check, not a thousand."""
-        said = None
-        for name, raw in headers or ():
-            if name == HEADER:
-                said = raw
-                break
-        if not isinstance(said, bytes) or len(said) != _SIGNATURE_CHARS:
+    def verifies(self, value: bytes) -> bool:
+        """Whether ``value`` ends in a signature one of the keys made over the rest (the
+        decision's JSON as the worker wrote it); never raises."""
+        if not isinstance(value, bytes) or len(value) <= _TAIL_BYTES or value[-2:] != b'"}':
+            return False
+        at = len(value) - _TAIL_BYTES
+        if value[at : at + len(_HEAD)] != _HEAD:
             return False
         try:
-            signature = base64.b64decode(said, validate=True)
+            signature = base64.b64decode(value[at + len(_HEAD) : -2], validate=True)
         except (binascii.Error, ValueError):
             return False
-        message = DOMAIN + value
+        message = b"".join((DOMAIN, value[:at], b"}"))
         for key in self._keys:
             try:
                 key.verify(signature, message)
@@ -125,13 +130,27 @@ class DecisionKeys:
         return False
 
 
-def decision_keys(keys: str | Iterable[str] | None, what: str = "decision_keys") -> DecisionKeys:
+def decision_keys(
+    keys: str | Iterable[str] | None, what: str = "decision_keys", *, unset: str | None = None
+) -> DecisionKeys:
     """``keys`` (``ed25519:…`` texts: a list, or one string of them separated by commas or
-    spaces, as BATON_DECISION_KEYS holds them) as DecisionKeys; SigningKeyError naming
-    ``what`` and the key's place when one does not read."""
-    if keys is None:
+    spaces, as BATON_DECISION_KEYS holds them) as DecisionKeys; None (and ``unset``, the text
+    that means "not set": a variable's "") is none. SigningKeyError naming ``what`` and the
+    key's place when one does not read, and when the value holds no key at all (``[]``, " ",
+    ","): checking would be off, silently, though a value was given (session 43, F3)."""
+    if keys is None or (unset is not None and keys == unset):
         return DecisionKeys(())
+    if isinstance(keys, (bytes, bytearray)) or not isinstance(keys, (str, Iterable)):
+        raise SigningKeyError(
+            f"{what}: expected the workers' public keys, ed25519:… texts (a list, or one "
+            f"string, comma-separated), got {type(keys).__name__}"
+        )
     texts = keys.replace(",", " ").split() if isinstance(keys, str) else list(keys)
+    if not texts:
+        raise SigningKeyError(
+            f"{what}: empty, which would take any decision: give the workers' public key "
+            "(ed25519:…), or leave it unset"
+        )
     if len(texts) > MAX_DECISION_KEYS:
         raise SigningKeyError(
             f"{what}: {len(texts)} keys, at most {MAX_DECISION_KEYS} (the workers' key, and the "

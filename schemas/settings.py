@@ -373,6 +373,26 @@ class Settings(BaseSettings):
             raise ValueError("empty; unset it for no key, or give the workers' key")
         return value
 
+    @field_validator("decision_signing_key", mode="before")
+    @classmethod
+    def _signing_key(cls, value: Any) -> Any:
+        # "" became Path("."): "key file .: ... a directory" (`${KEY:-}` in a compose file)
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty; unset it to sign nothing, or name the workers' key file")
+        return value
+
+    @field_validator("decision_keys")
+    @classmethod
+    def _decision_keys(cls, value: str) -> str:
+        from baton.schemas.decision_signing import decision_keys
+        from baton.schemas.signing import SigningKeyError
+
+        try:  # a key that does not read: named with its variable before anything connects
+            decision_keys(value, "keys", unset="")
+        except SigningKeyError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("metrics_port", mode="before")
     @classmethod
     def _metrics_port(cls, value: Any) -> str:

@@ -187,6 +187,9 @@ class ClientBase:
                 f"{detail}; {ignored} decision(s) for it ignored: signed by no key of "
                 "decision_keys (forged, or the workers' BATON_DECISION_SIGNING_KEY is another)"
             )
+            # an answer came and was not the workers' (or was, under a key we lack: a signed
+            # stop): never waited out into a fail-open allow (session 43, F2)
+            fail_open = False
         return unanswered_decision(
             request_id=event.request_id,
             run_id=event.run_id,

@@ -346,7 +346,7 @@ class RequestChannel:
             # cheap unlocked look first: most records are other runs' (other clients')
             if not book.awaited(key):
                 continue
-            if keys and not keys.verifies(value, msg.headers()):
+            if keys and not keys.verifies(value):  # (no headers(): decision_signing's doc)
                 self.unsigned.ignored(msg, key)  # forged, or signed with no key of ours
                 continue
             try:

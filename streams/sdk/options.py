@@ -194,7 +194,7 @@ class ClientOptions:
         prefix = s.topic_prefix if topic_prefix is None else topic_prefix
         try:  # (a ValueError like every other option's)
             if decision_keys is None:
-                keys = decision_keys_of(s.decision_keys, "BATON_DECISION_KEYS")
+                keys = decision_keys_of(s.decision_keys, "BATON_DECISION_KEYS", unset="")
             else:
                 keys = decision_keys_of(decision_keys)
         except ConfigError as exc:

@@ -127,6 +127,13 @@ class SignedPublisher(ClientBase):
             self._confirm(what)
             error = t.last_delivery_error()
             held = self._held(t.catalog.decisions, t.partition_of(run_id))
+            ignored = sum(t.unsigned.count(k) for k in waits)
+            if ignored:  # a worker may have applied it: its record was not signed by our key
+                held = (
+                    f"{ignored} answer(s) ignored: signed by no key of decision_keys (forged, "
+                    "or the workers sign with another BATON_DECISION_SIGNING_KEY: a worker may "
+                    "have applied it)"
+                )
             raise BrokerUnavailable(
                 f"{what} was published to Kafka at {self.bootstrap}, but no worker answered "
                 f"it within {wait_s:g} s; "

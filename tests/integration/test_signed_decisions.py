@@ -7,18 +7,21 @@ decision record, and a client given the public key takes only what they signed.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from baton.processors.recorded import input_text
 from baton.schemas.decision import Decision, Outcome, Phase, decision_id_for
-from baton.schemas.decision_signing import HEADER, decision_keys
+from baton.schemas.decision_signing import FIELD, decision_keys
 from baton.schemas.events import HandoffRequested, parse_event
 from baton.schemas.signing import new_private_key, public_key_text, write_private_key
 from baton.streams.client import GovernanceClient
@@ -59,17 +62,17 @@ def signing_stack(
         yield s
 
 
-def _records(bootstrap: str, topic: str, run_id: str, n: int) -> list[tuple[bytes, list]]:
-    """The first ``n`` records of ``run_id`` on ``topic``: (value, headers)."""
+def _records(bootstrap: str, topic: str, run_id: str, n: int) -> list[bytes]:
+    """The values of the first ``n`` records of ``run_id`` on ``topic``."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "x", "log_level": 0})
     part = partition_for(run_id.encode(), PARTITIONS)
     consumer.assign([TopicPartition(topic, part, OFFSET_BEGINNING)])
-    found: list[tuple[bytes, list]] = []
+    found: list[bytes] = []
 
     def more() -> bool:
         for msg in consumer.consume(100, 0.5):
             if msg.error() is None and msg.key() == run_id.encode():
-                found.append((msg.value(), msg.headers() or []))
+                found.append(msg.value())
         return len(found) >= n
 
     try:
@@ -93,15 +96,15 @@ def test_every_decision_and_stop_is_signed_by_the_workers_key(
     decided = _records(s.bootstrap, s.catalog.decisions, run, 2)
     stops = _records(s.bootstrap, s.catalog.stops, run, 1)
     keys = decision_keys([public])
-    outcomes = [Decision.from_json(v).outcome for v, _ in decided]
+    outcomes = [Decision.from_json(v).outcome for v in decided]
     assert outcomes == [Outcome.ALLOW, Outcome.STOP]
-    for value, headers in [*decided, *stops]:
-        assert keys.verifies(value, headers), headers
-        assert [name for name, _ in headers] == [HEADER]
+    for value in [*decided, *stops]:
+        assert keys.verifies(value), value[-120:]
+        assert list(orjson.loads(value))[-1] == FIELD  # its last member: readers ignore it
     # a signature covers the value: one byte changed, or another key, and it does not verify
-    value, headers = decided[0]
-    assert not keys.verifies(value.replace(b'"allow"', b'"allOw"'), headers)
-    assert not decision_keys([public_key_text(new_private_key())]).verifies(value, headers)
+    value = decided[0]
+    assert not keys.verifies(value.replace(b'"allow"', b'"allOw"'))
+    assert not decision_keys([public_key_text(new_private_key())]).verifies(value)
 
 
 def test_a_client_given_the_key_takes_the_workers_decisions(
@@ -122,6 +125,42 @@ def test_a_client_given_the_key_takes_the_workers_decisions(
         assert client.channel.unsigned.total == 0
 
 
+_RAW_HEADER = """
+import asyncio, os, sys
+os.environ["AIOKAFKA_NO_EXTENSIONS"] = "1"
+from aiokafka import AIOKafkaProducer
+
+class Raw(str):  # a header name that encodes to bytes that are no UTF-8
+    def encode(self, *a, **k):
+        return b"\\xff\\xfe"
+
+async def go(bootstrap, topic, partition, key, value):
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await p.start()
+    try:
+        await p.send_and_wait(
+            topic, value, key=key, partition=partition, headers=[(Raw("x"), b"1")]
+        )
+    finally:
+        await p.stop()
+
+b, t, part, k = sys.argv[1:5]
+asyncio.run(go(b, t, int(part), k.encode(), sys.stdin.buffer.read()))
+"""
+
+
+def _raw_header_record(bootstrap: str, topic: str, part: int, key: str, value: bytes) -> None:
+    """One record of ``value`` with a header named by bytes that are no UTF-8 (aiokafka's
+    pure-Python record builder writes what ``encode`` gives; in a process of its own)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _RAW_HEADER, bootstrap, topic, str(part), key],
+        input=value,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
 class _Forger:
     """A writer of gov.decisions that answers every check it reads with an ``allow``, as a
     worker would word it (the request's own input, a chain hash's shape), unsigned."""
@@ -131,6 +170,7 @@ class _Forger:
         self._consumer.assign([TopicPartition(requests, p, OFFSET_BEGINNING) for p in range(4)])
         self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
         self._decisions = decisions
+        self._bootstrap = bootstrap
         self._stop = threading.Event()
         self.forged = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -158,12 +198,15 @@ class _Forger:
                 input=input_text(event),
             )
             part = partition_for(event.run_id.encode(), PARTITIONS)
+            raw = forged.to_json()
+            # a record whose header name is no UTF-8: confluent-kafka's headers() raised on it,
+            # or crashed the process (session 43, F1); the client reads no header
+            _raw_header_record(self._bootstrap, self._decisions, part, event.run_id, raw)
             self._producer.produce(
                 self._decisions,
-                forged.to_json(),
+                raw[:-1] + b',"signature":"' + b"A" * 88 + b'"}',  # a signature's shape
                 event.run_id.encode(),
                 partition=part,
-                headers=[(HEADER, b"A" * 88)],  # a signature's shape: not a worker's
             )
             self._producer.flush(5)
             self.forged += 1
@@ -186,14 +229,16 @@ def test_a_forged_allow_is_taken_without_the_key_and_ignored_with_it(
             taken = naive.check(handoff("victim-1", 1, "t1"))
         assert (taken.outcome, taken.reason) == (Outcome.ALLOW, "ok")  # the attack, unkeyed
         with GovernanceClient(
-            broker.bootstrap, topic_prefix=prefix, timeout=3, decision_keys=public
+            broker.bootstrap, topic_prefix=prefix, timeout=8, decision_keys=public
         ) as checked:
             refused = checked.check(handoff("victim-2", 1, "t1"))
             ignored = checked.channel.unsigned.total
+            reader = checked.channel._thread
+            assert reader is not None and reader.is_alive()  # it lives on (F1)
         assert forger.forged == 2
         assert (refused.outcome, refused.reason) == (Outcome.STOP, "governance_unavailable")
-        assert ignored == 1
-        assert "1 decision(s) for it ignored: signed by no key of decision_keys" in (
+        assert ignored == 2  # the record of the raw header name, the signature's shape
+        assert "2 decision(s) for it ignored: signed by no key of decision_keys" in (
             refused.detail or ""
         )
     finally:
@@ -213,6 +258,25 @@ def test_a_client_with_another_key_fails_closed_naming_it(
     assert "ignored" in (d.detail or ""), d.detail
 
 
+def test_a_fail_open_client_never_turns_an_ignored_answer_into_an_allow(
+    signing_stack: Stack,
+) -> None:
+    """The worker's signed stop, ignored by a client with another key (a stale
+    BATON_DECISION_KEYS, a rotation in the wrong order): at the timeout a fail-open client
+    allowed what the worker stopped (session 43, F2). An answer came: it fails closed."""
+    s = signing_stack
+    run = f"sig-{uuid.uuid4().hex[:8]}"
+    s.requests.send([handoff(run, 1, "t1", "planner", "researcher")])
+    s.decisions.wait_run(run, 1)
+    other = public_key_text(new_private_key())
+    with GovernanceClient(
+        s.bootstrap, topic_prefix=s.prefix, timeout=3, fail_open=True, decision_keys=other
+    ) as client:
+        d = client.check(handoff(run, 2, "t1", "planner", "writer"))  # ownership_conflict
+    assert (d.outcome, d.reason) == (Outcome.STOP, "governance_unavailable"), d
+    assert "ignored" in (d.detail or "")
+
+
 def test_bad_decision_keys_are_refused_before_anything_connects() -> None:
     with pytest.raises(ValueError, match=r"decision_keys\[0\]: must look like"):
         GovernanceClient("127.0.0.1:1", decision_keys=["not-a-key"])
@@ -224,3 +288,46 @@ def test_bad_decision_keys_are_refused_before_anything_connects() -> None:
             GovernanceClient("127.0.0.1:1")
         finally:
             del os.environ["BATON_DECISION_KEYS"]
+
+
+def test_policy_publish_reads_only_the_workers_signed_policy_record(
+    signing_stack: Stack, public: str
+) -> None:
+    """`baton policy publish` compares a new policy against the one the workers recorded in
+    force; one forged unsigned record on gov.decisions was taken for it (and hid the
+    "security change" lines: session 43, F10). With the workers' key it is skipped."""
+    from baton.cli.options import build_settings
+    from baton.cli.policy_workers import workers_policy
+
+    s = signing_stack
+    star = partition_for(b"*", PARTITIONS)
+    consumer = Consumer({"bootstrap.servers": s.bootstrap, "group.id": "p", "log_level": 0})
+    consumer.assign([TopicPartition(s.catalog.decisions, star, OFFSET_BEGINNING)])
+    found: list[bytes] = []
+    try:
+        wait_for(
+            lambda: (
+                found.extend(
+                    m.value()
+                    for m in consumer.consume(100, 0.5)
+                    if m.error() is None and b'"policy_in_force"' in (m.value() or b"")
+                )
+                or found
+            ),
+            30,
+            message="the worker's policy_in_force record",
+        )
+    finally:
+        consumer.close()
+    doc = orjson.loads(found[-1])
+    doc.pop(FIELD)
+    doc["worker"] = "forged-by-a-writer"
+    producer = Producer({"bootstrap.servers": s.bootstrap})
+    producer.produce(s.catalog.decisions, orjson.dumps(doc), b"*", partition=star)
+    assert producer.flush(10) == 0
+    unkeyed = build_settings(bootstrap=s.bootstrap, topic_prefix=s.prefix)
+    keyed = build_settings(bootstrap=s.bootstrap, topic_prefix=s.prefix, decision_keys=public)
+    taken = workers_policy(unkeyed, 10)
+    assert taken is not None and taken.worker == "forged-by-a-writer"  # the attack, unkeyed
+    checked = workers_policy(keyed, 10)
+    assert checked is not None and checked.worker != "forged-by-a-writer"

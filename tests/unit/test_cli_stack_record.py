@@ -434,3 +434,24 @@ def test_a_variable_that_beats_baton_data_dir_is_said(
     stack_settings({}, other.data_dir, say=said.append)  # --data-dir: the stack's, nothing said
     stack_settings({"bootstrap": "k:1"}, say=said.append)  # a flag: what was asked for
     assert said == []
+
+
+def test_a_stacks_decision_key_is_taken_with_its_kafka_or_its_data_dir(
+    tmp_path: Path, baton_up: Holder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from baton.schemas.signing import new_private_key, public_key_text
+
+    key = public_key_text(new_private_key())
+    other = _record(tmp_path / "other", baton_up, decision_keys=key)
+    assert stack_settings({}, other.data_dir).decision_keys == key
+    # --data-dir and --bootstrap both given: the stack's workers still sign what answers
+    # (dropped, `baton kill --data-dir S --bootstrap ...` took a forged record: session 43 F4)
+    assert stack_settings({"bootstrap": "127.0.0.1:1"}, other.data_dir).decision_keys == key
+    # keys given win; a Kafka of the variables, no stack named: the stack is not used
+    mine = public_key_text(new_private_key())
+    assert stack_settings({"decision_keys": mine}, other.data_dir).decision_keys == mine
+    monkeypatch.setenv("BATON_DECISION_KEYS", mine)
+    assert stack_settings({}, other.data_dir).decision_keys == mine
+    monkeypatch.delenv("BATON_DECISION_KEYS")
+    monkeypatch.setenv("BATON_BOOTSTRAP", "env:2")
+    assert stack_settings({}).decision_keys == ""

@@ -7,12 +7,12 @@ import os
 import stat
 from pathlib import Path
 
+import orjson
 import pytest
 
 from baton.schemas.decision_signing import (
     DECISION_KEY_FILE,
-    DOMAIN,
-    HEADER,
+    FIELD,
     MAX_DECISION_KEYS,
     DecisionSigner,
     decision_keys,
@@ -36,51 +36,60 @@ def signer_and_public() -> tuple[DecisionSigner, str]:
 
 def test_a_signed_value_verifies_and_nothing_else_does(signer_and_public) -> None:
     signer, public = signer_and_public
-    headers = signer.headers(VALUE)
+    signed = signer.signed(VALUE)
     keys = decision_keys(public)
-    assert keys.verifies(VALUE, headers)
-    assert not keys.verifies(VALUE + b" ", headers)
-    assert not keys.verifies(VALUE, None)
-    assert not keys.verifies(VALUE, [])
-    assert not keys.verifies(VALUE, [("other", headers[0][1])])
+    assert keys.verifies(signed)
+    # the value read as JSON: the decision, and its signature as one more (last) member
+    doc = orjson.loads(signed)
+    assert list(doc) == ["decision_id", "outcome", FIELD] and doc["outcome"] == "allow"
+    assert not keys.verifies(VALUE)  # unsigned
+    assert not keys.verifies(signed.replace(b"allow", b"allOw"))
+    assert not keys.verifies(signed[:-3] + b'A"}')
+    assert not keys.verifies(b" " + signed)
     # a signature made over the value without the domain (any other use of the key) is no
     # decision's
     raw = new_private_key()
-    plain = [(HEADER, base64.b64encode(raw.sign(VALUE)))]
-    assert not decision_keys(public_key_text(raw)).verifies(VALUE, plain)
-    assert decision_keys(public_key_text(raw)).verifies(
-        VALUE, [(HEADER, base64.b64encode(raw.sign(DOMAIN + VALUE)))]
-    )
+    plain = VALUE[:-1] + b',"signature":"' + base64.b64encode(raw.sign(VALUE)) + b'"}'
+    assert not decision_keys(public_key_text(raw)).verifies(plain)
+    assert decision_keys(public_key_text(raw)).verifies(DecisionSigner(raw).signed(VALUE))
 
 
 @pytest.mark.parametrize(
-    "said",
-    [None, "text, not bytes", b"", b"A" * 87, b"A" * 89, b"!" * 88, b"A" * 10_000, 12],
+    "value",
+    [
+        b"",
+        b"}",
+        b'"}',
+        b"{" + b"x" * 200 + b'"}',
+        b'{"a":1,"signature":"' + b"!" * 88 + b'"}',
+        b'{"a":1,"signature":"' + b"A" * 88 + b'"}',
+        b'{"a":1,"signature":"' + b"A" * 87 + b'="}',
+        b'{"a":1, "signature":"' + b"A" * 88 + b'"}',
+        "text, not bytes",
+        None,
+    ],
 )
-def test_a_header_of_any_shape_is_an_answer_never_an_error(signer_and_public, said) -> None:
+def test_a_value_of_any_shape_is_an_answer_never_an_error(signer_and_public, value) -> None:
     _, public = signer_and_public
-    assert not decision_keys(public).verifies(VALUE, [(HEADER, said)])
-
-
-def test_only_the_first_signature_header_is_checked(signer_and_public) -> None:
-    signer, public = signer_and_public
-    good = signer.headers(VALUE)
-    keys = decision_keys(public)
-    assert keys.verifies(VALUE, [("x", b"1"), *good, (HEADER, b"A" * 88)])
-    # a flood of forged headers before it costs one check and is refused
-    assert not keys.verifies(VALUE, [(HEADER, b"A" * 88)] * 1000 + good)
+    assert not decision_keys(public).verifies(value)
 
 
 def test_any_listed_key_verifies_a_rotation(signer_and_public) -> None:
     signer, public = signer_and_public
     other = public_key_text(new_private_key())
-    assert decision_keys(f"{other},{public}").verifies(VALUE, signer.headers(VALUE))
-    assert decision_keys(f" {other}  {public} ").verifies(VALUE, signer.headers(VALUE))
-    assert not decision_keys([other]).verifies(VALUE, signer.headers(VALUE))
+    assert decision_keys(f"{other},{public}").verifies(signer.signed(VALUE))
+    assert decision_keys(f" {other}  {public} ").verifies(signer.signed(VALUE))
+    assert not decision_keys([other]).verifies(signer.signed(VALUE))
 
 
 def test_keys_that_do_not_read_are_named() -> None:
-    assert not decision_keys(None) and not decision_keys("") and not decision_keys([])
+    assert not decision_keys(None) and not decision_keys("", unset="")
+    # a value given that holds no key would turn checking off in silence (F3)
+    for empty in ("", " ", ",", [], ()):
+        with pytest.raises(ConfigError, match="empty, which would take any decision"):
+            decision_keys(empty)
+    with pytest.raises(ConfigError, match="got bytes"):
+        decision_keys(b"ed25519:x")
     with pytest.raises(ConfigError, match=r"BATON_DECISION_KEYS\[1\]: must look like"):
         decision_keys(f"{public_key_text(new_private_key())},nope", "BATON_DECISION_KEYS")
     with pytest.raises(ConfigError, match="small order"):
@@ -116,4 +125,4 @@ def test_baton_up_makes_one_key_and_keeps_it(tmp_path: Path) -> None:
     assert signing_key_of(path) == first  # kept: clients given its public key go on verifying
     signer = load_signer(path)
     assert signer is not None
-    assert decision_keys(first[1]).verifies(VALUE, signer.headers(VALUE))
+    assert decision_keys(first[1]).verifies(signer.signed(VALUE))
