@@ -63,7 +63,7 @@ _TAIL_TOPICS = {"decisions": "decisions", "stops": "stops", "deadletter": "deadl
     help="text: one readable line per record; json: the record, one object per line",
 )
 @data_dir_option
-@setting_options("bootstrap", "topic_prefix")
+@setting_options("bootstrap", "topic_prefix", "decision_keys")
 def tail_cmd(
     topic: str,
     follow: bool,
@@ -78,18 +78,24 @@ def tail_cmd(
     """Print the records of TOPIC: decisions (every decision), stops, or deadletter (bad
     input with the error and its original bytes). Without --follow it prints what is there
     and exits; with it, it goes on until Ctrl-C."""
+    from baton.schemas.decision_signing import decision_keys
     from baton.streams.topics import TopicCatalog
 
     settings = stack_settings(opts, data_dir, kafka=True)
     name = getattr(TopicCatalog(prefix=settings.topic_prefix), _TAIL_TOPICS[topic])
     render = _render_json if fmt == "json" else _render_text
     dead = _TAIL_TOPICS[topic] == "deadletter"
+    # the stack's (or BATON_DECISION_KEYS'): a decision they did not sign is marked
+    keys = None if dead or fmt == "json" else decision_keys(settings.decision_keys, unset="")
     shown = 0
     try:
         for value, partition, offset in _read(settings, name, from_beginning, last, follow):
             doc = _json(value)
             if _wanted(doc, dead, run_id, probes):
-                click.echo(render(value, doc, f"[p{partition}@{offset}]", dead))
+                where = f"[p{partition}@{offset}]"
+                if keys and not keys.verifies(value):
+                    where += " UNSIGNED: no key of decision_keys signed it (forged?)"
+                click.echo(render(value, doc, where, dead))
                 shown += 1
         if run_id is not None and not shown:  # silence read as "no such run" (H1, session 27)
             where = "in" if from_beginning else f"among the newest {last} records of"

@@ -331,3 +331,30 @@ def test_policy_publish_reads_only_the_workers_signed_policy_record(
     assert taken is not None and taken.worker == "forged-by-a-writer"  # the attack, unkeyed
     checked = workers_policy(keyed, 10)
     assert checked is not None and checked.worker != "forged-by-a-writer"
+
+
+def test_baton_tail_marks_a_decision_the_workers_did_not_sign(
+    signing_stack: Stack, public: str
+) -> None:
+    s = signing_stack
+    run = f"sig-{uuid.uuid4().hex[:8]}"
+    s.requests.send([handoff(run, 1, "t1", "planner", "researcher")])
+    real = s.decisions.wait_run(run, 1)[0]
+    forged = Decision(**{**real.to_dict(), "request_id": "forged", "reason": "ok"})
+    producer = Producer({"bootstrap.servers": s.bootstrap})
+    part = partition_for(run.encode(), PARTITIONS)
+    producer.produce(s.catalog.decisions, forged.to_json(), run.encode(), partition=part)
+    assert producer.flush(10) == 0
+    argv = [sys.executable, "-m", "baton.cli", "tail", "decisions", "--from-beginning"]
+    argv += ["--run", run, "--bootstrap", s.bootstrap, "--topic-prefix", s.prefix]
+    env = {**__import__("os").environ, "BATON_DECISION_KEYS": public}
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60).stdout
+    lines = [ln for ln in out.splitlines() if run in ln]
+    assert len(lines) == 2, out
+    assert "UNSIGNED" not in lines[0] and lines[1].endswith(
+        "UNSIGNED: no key of decision_keys signed it (forged?)"
+    ), lines
+    # without keys nothing is marked (nothing to check with)
+    env.pop("BATON_DECISION_KEYS")
+    plain = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60).stdout
+    assert "UNSIGNED" not in plain and plain.count(run) == 2
