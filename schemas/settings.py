@@ -291,7 +291,7 @@ class Settings(BaseSettings):
     decision_keys: str = Field(
         "",
         description="the workers' public keys (`ed25519:…`, comma-separated): SDK clients and "
-        "commands take only decisions one of them signed (empty: any record on gov.decisions)",
+        "commands take only decisions one of them signed (unset: any record on gov.decisions)",
     )
     sink_batch_size: int = Field(
         20_000,

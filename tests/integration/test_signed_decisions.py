@@ -291,7 +291,7 @@ def test_bad_decision_keys_are_refused_before_anything_connects() -> None:
 
 
 def test_policy_publish_reads_only_the_workers_signed_policy_record(
-    signing_stack: Stack, public: str
+    signing_stack: Stack, public: str, key_file: Path
 ) -> None:
     """`baton policy publish` compares a new policy against the one the workers recorded in
     force; one forged unsigned record on gov.decisions was taken for it (and hid the
@@ -331,6 +331,23 @@ def test_policy_publish_reads_only_the_workers_signed_policy_record(
     assert taken is not None and taken.worker == "forged-by-a-writer"  # the attack, unkeyed
     checked = workers_policy(keyed, 10)
     assert checked is not None and checked.worker != "forged-by-a-writer"
+    # a record the workers really signed, but older, copied to the end: the newest by its
+    # signed time is the one in force (h43b F2: the last in the topic was taken)
+    from datetime import timedelta
+
+    from baton.schemas.decision_signing import DecisionSigner
+    from baton.schemas.signing import load_private_key
+
+    old = orjson.loads(found[-1])
+    old.pop(FIELD)
+    old["worker"] = "an-earlier-start"
+    old["decided_at"] = (checked.at - timedelta(days=1)).isoformat()
+    signer = DecisionSigner(load_private_key(key_file))
+    producer.produce(s.catalog.decisions, signer.signed(orjson.dumps(old)), b"*", partition=star)
+    assert producer.flush(10) == 0
+    assert decision_keys(public).verifies(signer.signed(orjson.dumps(old)))
+    again = workers_policy(keyed, 10)
+    assert again is not None and again.worker == checked.worker, again.describe()
 
 
 def test_baton_tail_marks_a_decision_the_workers_did_not_sign(

@@ -126,3 +126,20 @@ def test_baton_up_makes_one_key_and_keeps_it(tmp_path: Path) -> None:
     signer = load_signer(path)
     assert signer is not None
     assert decision_keys(first[1]).verifies(signer.signed(VALUE))
+
+
+def test_a_signature_has_one_spelling(signer_and_public) -> None:
+    """The 86th base64 character carries 4 bits decoding ignores: 15 other spellings of the
+    same signature decoded alike and verified (h43b F1): a record's bytes were malleable."""
+    signer, public = signer_and_public
+    signed = signer.signed(VALUE)
+    keys = decision_keys(public)
+    at = len(signed) - 5  # the character before '=="}'
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    others = [
+        signed[:at] + bytes([c]) + signed[at + 1 :]
+        for c in alphabet
+        if c != signed[at] and alphabet.index(c) >> 4 == alphabet.index(signed[at]) >> 4
+    ]
+    assert len(others) == 15 and keys.verifies(signed)
+    assert not any(keys.verifies(v) for v in others)
