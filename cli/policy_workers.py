@@ -41,7 +41,9 @@ class RecordedPolicy:
 def workers_policy(settings: Settings, timeout: float) -> RecordedPolicy | None:
     """The newest ``policy_in_force`` record whose document hashes to its version, read back
     from the end of the ``*`` partition of gov.decisions in growing windows (at most
-    :data:`MAX_SCANNED` records, ``timeout`` seconds); None when none is found."""
+    :data:`MAX_SCANNED` records, ``timeout`` seconds); None when none is found. With
+    ``decision_keys``: only records they verify, every window read, the newest by its signed
+    time; without: the newest of the first window holding one."""
     from confluent_kafka import Consumer, TopicPartition
 
     from baton.schemas.decision_signing import decision_keys
@@ -62,13 +64,19 @@ def workers_policy(settings: Settings, timeout: float) -> RecordedPolicy | None:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
         stop, window = None, _FIRST_WINDOW  # stop None: read to the partition's end
         start = high
+        best: RecordedPolicy | None = None
         while time.monotonic() < deadline and high - start < MAX_SCANNED:
             begin = max(low, start - window)
             found = _newest_in(consumer, TopicPartition(topic, p, begin), stop, deadline, keys)
-            if found is not None or begin <= low:
-                return found
+            if found is not None and (best is None or found.at > best.at):
+                best = found
+            # unsigned records: the newest in the topic (a forger sets any time); signed ones:
+            # every window read, the newest by its signed time wins (a worker's old record
+            # copied to the end, the real one 2,000 records back, was taken: h43b F2b)
+            if (best is not None and not keys) or begin <= low:
+                return best
             stop, start, window = begin, begin, window * 4
-        return None
+        return best
     finally:
         consumer.close()
 
