@@ -210,29 +210,24 @@ def stack_settings(
                     f"BATON_DATA_DIR ({shown_cut(env['BATON_DATA_DIR'], 120)}); a variable "
                     "beats BATON_DATA_DIR, --data-dir beats both"
                 )
+    record: StackRecord | None = None
+    companions: tuple[str, ...] = ()
     if kafka and from_stack("bootstrap"):
         if stack().record is None:
             raise _not_found(stack(), "Kafka", "BATON_BOOTSTRAP", "--bootstrap")
         record = _kafka_from(stack())
         given["bootstrap"] = record.bootstrap
-        for name in _KAFKA_COMPANIONS:
-            if name not in given and f"BATON_{name.upper()}" not in variables:
-                value = getattr(record, name)
-                if value is not None:
-                    given[name] = value
-    elif (
-        kafka
-        and "decision_keys" not in given
-        and "BATON_DECISION_KEYS" not in variables
-        and data_dir is not None
-        and stack().record is not None
-    ):
+        companions = _KAFKA_COMPANIONS
+    elif kafka and data_dir is not None:
         # a stack named by --data-dir, its Kafka by --bootstrap: its workers' key checks what
         # they answer (dropped, `baton kill --data-dir S --bootstrap ...` took a forged
         # "applied" record: session 43, F4)
-        keys = stack().record.decision_keys  # type: ignore[union-attr]
-        if keys is not None:
-            given["decision_keys"] = keys
+        record, companions = stack().record, ("decision_keys",)
+    for name in companions if record is not None else ():
+        if name not in given and f"BATON_{name.upper()}" not in variables:
+            value = getattr(record, name)
+            if value is not None:
+                given[name] = value
     if audit and from_stack("clickhouse_dsn"):
         given["clickhouse_dsn"] = _audit_dsn_from(stack(), say)
     return build_settings(**given)

@@ -26,7 +26,6 @@ its own decisions (others' are never checked); bench/RESULTS.md.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
@@ -40,6 +39,7 @@ from baton.schemas.signing import (
     new_private_key,
     parse_public_key,
     public_key_text,
+    signature_bytes,
     write_private_key,
 )
 
@@ -86,10 +86,13 @@ def load_signer(path: Path | str | None) -> DecisionSigner | None:
     """The signer of the key file at ``path`` (None: no path, the worker signs nothing);
     ConfigError naming BATON_DECISION_SIGNING_KEY when the file is not a private key only its
     owner may read (fail closed: a worker that cannot sign does not start)."""
-    if path is None or str(path) == "":
-        return None
+    return None if path is None else DecisionSigner(_signing_key(path))
+
+
+def _signing_key(path: Path | str) -> Ed25519PrivateKey:
+    """The private key file at ``path``; SigningKeyError naming BATON_DECISION_SIGNING_KEY."""
     try:
-        return DecisionSigner(load_private_key(path))
+        return load_private_key(path)
     except SigningKeyError as exc:
         raise SigningKeyError(f"BATON_DECISION_SIGNING_KEY: {exc}") from None
 
@@ -105,9 +108,6 @@ class DecisionKeys:
     def __bool__(self) -> bool:
         return bool(self._keys)
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def verifies(self, value: bytes) -> bool:
         """Whether ``value`` ends in a signature one of the keys made over the rest (the
         decision's JSON as the worker wrote it); never raises."""
@@ -116,13 +116,9 @@ class DecisionKeys:
         at = len(value) - _TAIL_BYTES
         if value[at : at + len(_HEAD)] != _HEAD:
             return False
-        said = value[at + len(_HEAD) : -2]
-        try:
-            signature = base64.b64decode(said, validate=True)
-        except (binascii.Error, ValueError):
+        signature = signature_bytes(value[at + len(_HEAD) : -2])  # (one spelling: h43b F1)
+        if signature is None:
             return False
-        if base64.b64encode(signature) != said:  # one spelling: the 86th character's unused
-            return False  # bits made 15 more that decoded alike (session 43, h43b F1)
         message = b"".join((DOMAIN, value[:at], b"}"))
         for key in self._keys:
             try:
@@ -185,8 +181,4 @@ def ensure_decision_key(worker_dir: Path) -> Path:
 def signing_key_of(path: Path | str) -> tuple[Path, str]:
     """The key file at ``path``, resolved, and its public key's text (what clients are
     given); SigningKeyError naming BATON_DECISION_SIGNING_KEY when it does not read."""
-    try:
-        key = load_private_key(path)
-    except SigningKeyError as exc:
-        raise SigningKeyError(f"BATON_DECISION_SIGNING_KEY: {exc}") from None
-    return Path(path).resolve(), public_key_text(key)
+    return Path(path).resolve(), public_key_text(_signing_key(path))

@@ -51,6 +51,7 @@ __all__ = [
     "private_key_text",
     "public_key_text",
     "sign",
+    "signature_bytes",
     "verify",
     "write_private_key",
 ]
@@ -224,16 +225,27 @@ def sign(key: Ed25519PrivateKey, payload: bytes) -> str:
     return _b64(key.sign(payload))
 
 
+def signature_bytes(text: str | bytes) -> bytes | None:
+    """The 64 bytes of a signature's base64 in its one canonical spelling, else None (never
+    raises): the last character before ``==`` carries 4 bits decoding ignores, so 15 other
+    spellings decoded alike (a command's, session 39 G3; a decision's, session 43)."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return None
+    said = text if isinstance(text, bytes) else text.encode("ascii", "replace")
+    if len(raw) != 64 or base64.b64encode(raw) != said:
+        return None
+    return raw
+
+
 def verify(key: Ed25519PublicKey, payload: bytes, signature: str) -> bool:
     """True when ``signature`` (base64, in its one canonical spelling) is ``key``'s over
     ``payload``; never raises. The last character before ``==`` carries 4 bits decoding
     ignores: another spelling of the same bytes verified, and a copy of a refused command so
     spelled had another refusal id and was issued again at a restart (session 39, G3)."""
-    try:
-        raw = base64.b64decode(signature, validate=True)
-    except (binascii.Error, ValueError, TypeError):
-        return False
-    if len(raw) != 64 or base64.b64encode(raw).decode("ascii") != signature:
+    raw = signature_bytes(signature)
+    if raw is None:
         return False
     try:
         key.verify(raw, payload)
