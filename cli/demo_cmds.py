@@ -189,7 +189,8 @@ def demo_cmd(
             if problem is None:  # the what-if scene: `baton replay` over what just happened
                 click.echo(click.style("\n── What if (baton replay) ".ljust(78, "─"), bold=True))
                 folder = stack.data_dir if stack is not None else Path(tempfile.gettempdir())
-                problem = replay_scene(sql_url, demo_started, folder, commands=commands)
+                own = None if stack is None else stack.data_dir
+                problem = replay_scene(sql_url, demo_started, folder, own, commands=commands)
             if problem:
                 problems.append(problem)
                 click.echo(click.style(f"  ✘ {problem}", fg="red"))

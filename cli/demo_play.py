@@ -344,12 +344,20 @@ class Demo:
             click.echo(text, err=True)
 
 
-def replay_scene(dsn: str, since: datetime, folder: Path, *, commands: bool = True) -> str | None:
+def replay_scene(
+    dsn: str, since: datetime, folder: Path, stack_dir: Path | None, *, commands: bool = True
+) -> str | None:
     """The what-if scene: the demo's recorded history decided again under a stricter
     max_handoffs (half the recorded one), as `baton replay` does; a problem, or None.
-    ``commands``: show the `baton replay` line (only for a stack that stays)."""
+    ``stack_dir``: the data dir of the demo's own stack (its chain key; None: the stack behind
+    ``dsn``, cli/chain_keys). ``commands``: show the `baton replay` line (only for a stack
+    that stays)."""
     import yaml
 
+    from baton.cli.chain_keys import audit_chain_key
+    from baton.cli.options import build_settings
+    from baton.cli.up_children import WORKER_DATA_DIR
+    from baton.processors.control_seal import workers_chain_key
     from baton.processors.replay_pool import replay_parallel
     from baton.schemas.policy import parse_policy
     from baton.sinks.clickhouse import connect
@@ -371,12 +379,19 @@ def replay_scene(dsn: str, since: datetime, folder: Path, *, commands: bool = Tr
     path = folder / "stricter.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     stricter = parse_policy(path.read_text(), str(path))
-    report = replay_parallel(rows, stricter, policies)
+    workers = build_settings()
+    chain_key = (
+        audit_chain_key(workers, dsn)
+        if stack_dir is None
+        else workers_chain_key(workers, stack_dir / WORKER_DATA_DIR)
+    )
+    report = replay_parallel(rows, stricter, policies, chain_key)
     stopped = [
         r for r in report.changed_runs if r.first_change and "stop:" in r.first_change.replayed
     ]
     if commands:
-        click.echo(f"  baton replay --policy {path} --since {since:%Y-%m-%dT%H:%M:%SZ} --dsn {dsn}")
+        source = f"--dsn {dsn}" if stack_dir is None else f"--data-dir {stack_dir}"
+        click.echo(f"  baton replay --policy {path} --since {since:%Y-%m-%dT%H:%M:%SZ} {source}")
     else:
         click.echo("  what `baton replay --policy FILE` says of it:")
     click.echo(

@@ -30,7 +30,7 @@ from baton.cli.doctor_kafka import (
     topic_checks,
 )
 from baton.cli.doctor_lag import audit_lag_check
-from baton.cli.doctor_seal import decision_signing_check, seal_key_check
+from baton.cli.doctor_seal import chain_key_check, decision_signing_check, seal_key_check
 from baton.cli.options import FiniteFloatRange, build_settings, setting_help, setting_options
 from baton.cli.signer import shown
 from baton.cli.stack_record import data_dir_option, stack_settings
@@ -155,6 +155,7 @@ def run_checks(
     yield from _guarded("embedded broker memory", lambda: broker_memory_checks(data_dir))
     yield from _guarded("audit of the stack", lambda: audit_kept_checks(data_dir))
     yield from _guarded("seal key", lambda: [seal_key_check(settings, data_dir)])
+    yield from _guarded("chain key", lambda: [chain_key_check(settings, data_dir)])
     yield from _guarded("decision signing", lambda: [decision_signing_check(settings, data_dir)])
     yield from _guarded("alert webhook", lambda: [webhook_check(settings, timeout)])
     yield _core_check()

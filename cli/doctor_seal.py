@@ -1,5 +1,6 @@
-"""``baton doctor``'s lines on the workers' keys: the seal on operators' command records, and
-the signature on every decision (the last: ``decision_signing_check``).
+"""``baton doctor``'s lines on the workers' keys: the seal on operators' command records, the
+key of the decisions' hash chains (``chain_key_check``), and the signature on every decision
+(the last: ``decision_signing_check``).
 
 A `baton up` restart issues again only the commands whose record a worker sealed
 (``processors/control_seal``), and `baton audit verify` names an applied command record no
@@ -17,7 +18,7 @@ from baton.cli.doctor_checks import Check, Status, fail, ok
 from baton.schemas.errors import ConfigError
 from baton.schemas.settings import Settings
 
-__all__ = ["decision_signing_check", "seal_key_check"]
+__all__ = ["chain_key_check", "decision_signing_check", "seal_key_check"]
 
 NAME = "seal key"
 
@@ -52,6 +53,41 @@ def seal_key_check(settings: Settings, data_dir: Path | None) -> Check:
             "put it back from a backup of the data dir",
         )
     return ok(NAME, f"{path} (back it up with the audit: a restart verifies with it)")
+
+
+CHAIN = "chain key"
+
+
+def chain_key_check(settings: Settings, data_dir: Path | None) -> Check:
+    """ok naming the key the workers link decisions with; FAIL when a `baton up` stack's
+    chain.key does not read; skipped (never a failure) when nothing keys the chains: a forged
+    row appended at a run's end then passes `baton audit verify`."""
+    from baton.cli.stack_record import find_stack
+    from baton.cli.up_children import WORKER_DATA_DIR
+    from baton.processors.control_seal import CHAIN_KEY_FILE, read_chain_key
+
+    if settings.audit_chain_key:
+        return ok(CHAIN, "BATON_AUDIT_CHAIN_KEY (the workers link every decision with it)")
+    found = find_stack(data_dir)
+    path = found.data_dir / WORKER_DATA_DIR / CHAIN_KEY_FILE
+    unkeyed = "a forged row appended at a run's end passes `baton audit verify`"
+    if found.record is None:
+        return Check(
+            CHAIN, Status.SKIP, f"none: {unkeyed}", "set BATON_AUDIT_CHAIN_KEY on the workers"
+        )
+    try:
+        key = read_chain_key(path.parent)
+    except ConfigError as exc:
+        return fail(CHAIN, str(exc), "see the message")
+    if not key:
+        return Check(
+            CHAIN,
+            Status.SKIP,
+            f"none: the stack's audit was begun without {path} (before Baton made one), or it "
+            f"was removed: {unkeyed}",
+            "a new data dir gets one; put a removed one back from a backup of the data dir",
+        )
+    return ok(CHAIN, f"{path} (back it up with the audit: its chains verify with it)")
 
 
 SIGNING = "decision signing"

@@ -186,8 +186,8 @@ def replay_cmd(
     whose history retention trimmed are partial: named, not replayed.
 
     Exit 0 when nothing changes, 1 when something does, 7 when replay cannot answer. The
-    chain key is BATON_AUDIT_CHAIN_KEY (the workers'): with it every field of every chained
-    decision is checked.
+    chain key is BATON_AUDIT_CHAIN_KEY (the workers'), else the `baton up` stack's
+    worker/chain.key: with it every field of every chained decision is checked.
 
     --from-kafka reads the same decisions from gov.decisions instead of the audit (the same
     replay, report and exits; one partition in memory a process at a time); --from-kafka --redecide
@@ -221,20 +221,22 @@ def replay_cmd(
             )
             label = f"Kafka at {settings.bootstrap} (baseline {baseline.version})"
         else:
+            from baton.cli.chain_keys import audit_chain_key, stack_chain_key
+
             workers = build_settings()  # the workers' chain key and run retention
-            key_setting = workers.audit_chain_key
-            key = key_setting.get_secret_value().encode() if key_setting else b""
             scope = _scope(start, to, run_id, tenant)
             if from_kafka:
                 from baton.cli.replay_decisions import replay_decisions
 
                 settings = stack_settings({"bootstrap": bootstrap}, data_dir)
+                key = stack_chain_key(workers, bootstrap, data_dir)
                 report, policies, refused, label = replay_decisions(
                     settings, scope, new_policy, key, jobs, workers.run_retention_s, _Progress,
                     workers.tombstone_retention_s,
                 )  # fmt: skip
             else:
                 settings = audit_settings(clickhouse_dsn, data_dir)
+                key = audit_chain_key(workers, settings.clickhouse_dsn)
                 report, policies, refused, label = _replay(
                     settings, scope, new_policy, key, jobs, workers.run_retention_s,
                     workers.tombstone_retention_s,

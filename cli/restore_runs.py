@@ -50,7 +50,7 @@ from baton.cli.restore_withhold import withhold, without_releases
 from baton.cli.restore_write import reissue, write_changelog
 from baton.cli.up_children import WORKER_DATA_DIR
 from baton.cli.wording import counted
-from baton.processors.control_seal import chain_key, seal_keys
+from baton.processors.control_seal import seal_keys, workers_chain_key
 from baton.processors.engine import STICKY_REASONS, evict
 from baton.processors.held_kills import write_held_kills
 from baton.processors.replay import Recorded, in_chain_order, is_partial, rebuild_run, runs_of
@@ -82,6 +82,7 @@ def restore_runs(
 
     now = now or datetime.now(UTC)
     keys = seal_keys(settings, data_dir / WORKER_DATA_DIR)  # the workers' seals verify with
+    chain_key = workers_chain_key(settings, data_dir / WORKER_DATA_DIR)  # ... links are keyed with
     chdb = data_dir / "chdb"
     client = connect(f"chdb://{chdb}", follow_endpoint=False)
     try:
@@ -99,7 +100,8 @@ def restore_runs(
                 say(f"restore: {line}; not used")
             window = settings.run_retention_s + settings.tombstone_retention_s
             scope = ReplayScope(active_since=now - timedelta(seconds=window))
-            rebuilt = _rebuild(runs_of(read_runs_rows(client, scope)), policies, settings, now)
+            runs = runs_of(read_runs_rows(client, scope))
+            rebuilt = _rebuild(runs, policies, settings, chain_key, now)
             chained = _chained(client, rebuilt.partial)
             if chained:  # its rows replaced by copies without inputs: not from before inputs
                 rebuilt.partial = [run for run in rebuilt.partial if run not in chained]
@@ -126,7 +128,7 @@ def restore_runs(
                 records.sort(key=lambda pair: pair[0])
     finally:
         client.close()
-    _say_what_was_not_verified(rebuilt, settings, say)
+    _say_what_was_not_verified(rebuilt, bool(chain_key), say)
     if sealed is not None:
         say_unsealed(sealed, say)
     if replaced:
@@ -236,12 +238,15 @@ class _Rebuilt:
 
 
 def _rebuild(
-    runs: Iterable[list[Recorded]], policies: dict[str, Policy], settings: Settings, now: datetime
+    runs: Iterable[list[Recorded]],
+    policies: dict[str, Policy],
+    settings: Settings,
+    key: bytes,
+    now: datetime,
 ) -> _Rebuilt:
     """Replay each run; one whose history does not replay exactly is stopped, never reopened
     (a row forged into gov.decisions, or replacing one in FINAL, must not lower a run's spend
-    or lift its stop: fail closed)."""
-    key = chain_key(settings)
+    or lift its stop: fail closed). ``key``: the one the workers link with (b"": none)."""
     out = _Rebuilt()
     for run in runs:
         run_id = run[0].run_id
@@ -307,9 +312,7 @@ def _chained(client: Any, run_ids: list[str]) -> set[str]:
     return found
 
 
-def _say_what_was_not_verified(
-    rebuilt: _Rebuilt, settings: Settings, say: Callable[[str], None]
-) -> None:
+def _say_what_was_not_verified(rebuilt: _Rebuilt, keyed: bool, say: Callable[[str], None]) -> None:
     """One line per kind of run the audit could not vouch for, and the missing chain key."""
     if rebuilt.impossible:
         first = rebuilt.impossible[0][:40]
@@ -340,12 +343,12 @@ def _say_what_was_not_verified(
             f"restore: {counted(len(rebuilt.partial), 'run', commas=False)} restored from their "
             "counters only (no inputs)"
         )
-    if settings.audit_chain_key is None and (rebuilt.states or unverified):
+    if not keyed and (rebuilt.states or unverified):
         say(
-            "restore: WARNING: BATON_AUDIT_CHAIN_KEY is not set: a row forged into the audit "
-            "with a correctly computed chain cannot be told from a worker's, so the restored "
-            "states are only as trustworthy as whoever can write gov.decisions and the chDB "
-            "directory"
+            "restore: WARNING: no chain key (BATON_AUDIT_CHAIN_KEY, DATA_DIR/worker/chain.key): "
+            "a row forged into the audit with a correctly computed chain cannot be told from a "
+            "worker's, so the restored states are only as trustworthy as whoever can write "
+            "gov.decisions and the chDB directory"
         )
 
 

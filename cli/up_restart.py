@@ -64,13 +64,22 @@ def say_what_a_restart_keeps(
 ) -> None:
     """The embedded broker forgets everything when it stops: say so at every start, what the
     audit gives back, and loudly when it gives nothing back."""
+    from baton.cli.up_audit import has_tables
     from baton.cli.up_children import WORKER_DATA_DIR
-    from baton.processors.control_seal import ensure_seal_key
+    from baton.processors.control_seal import ensure_chain_key, ensure_seal_key
     from baton.processors.held_kills import clear_held_kills
 
     audit = data_dir / "chdb"
     clear_held_kills(data_dir / WORKER_DATA_DIR)  # the restore below writes what it holds
     ensure_seal_key(data_dir / WORKER_DATA_DIR)  # the workers seal commands' records with it
+    # ... and link decisions with this one (made with a fresh audit only: control_seal)
+    chained = ensure_chain_key(data_dir / WORKER_DATA_DIR, not has_tables(audit))
+    if not chained and not settings.audit_chain_key:
+        say(
+            f"WARNING: the audit in {audit} was begun without a chain key (before Baton made "
+            "one): a forged row appended at a run's end passes `baton audit verify`; a new "
+            "data dir gets one"
+        )
     if no_audit:
         say(
             "the embedded Kafka broker keeps everything in memory and --no-audit keeps no "
@@ -84,8 +93,6 @@ def say_what_a_restart_keeps(
             f"audit in {audit} and issues its kill switches (and signed releases and policy "
             "updates) again; requests the worker had not decided when it stopped are gone"
         )
-    from baton.cli.up_audit import has_tables
-
     if not has_tables(audit):  # none, or only the id a start before wrote
         return
     restored = None if no_audit else _rebuild_runs_from_audit(settings, catalog, data_dir, say)

@@ -4,7 +4,8 @@ Reads ``CHAIN_COLUMNS`` of ``governance.decisions FINAL`` (one row per decision;
 in replay's read order: ``decided_at``, then the sink's position), walks each run's chain
 with ``baton.sinks.chain_verify.verify_chains`` and the key the workers chained with
 (``BATON_AUDIT_CHAIN_KEY``, from the environment only: never an argument, which ``ps``
-shows), and names every run whose rows were deleted, altered or inserted out of band.
+shows; else the ``chain.key`` of the `baton up` stack whose ``chdb://DATA_DIR/chdb`` audit this
+is, ``control_seal``), and names every run whose rows were deleted, altered or inserted out of band.
 
 ``--since T`` checks the runs that have a decision at or after T, each from its first row (a
 run cut at T would look like one whose earlier rows were deleted). Runs whose oldest row is
@@ -125,11 +126,12 @@ def verify_cmd(
     rows were deleted, altered or inserted out of band, one line per decision id that holds
     records saying different things, one per applied command record no worker sealed, and a
     summary. Exit 1 when any run fails, any id conflicts or a command record is forged, 0
-    when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the workers'); seals verify
-    with it or with the seal.key of the `baton up` stack whose audit this is."""
+    when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the workers'), else the
+    chain.key of the `baton up` stack whose audit this is; seals verify with it or with that
+    stack's seal.key."""
+    from baton.cli.chain_keys import audit_chain_key
     from baton.cli.restore_sealed import audit_seal_keys, read_sealed
     from baton.processors.chain_links import shown_id
-    from baton.processors.control_seal import chain_key
     from baton.schemas.errors import BadArgument
     from baton.sinks.audit_conflicts import MAX_CONFLICTS, load_conflicts
     from baton.sinks.chain_verify import utc_row, verify_chains
@@ -137,10 +139,10 @@ def verify_cmd(
     from baton.sinks.render import shown_cut
 
     settings = query_settings(clickhouse_dsn, data_dir)
-    key = chain_key(build_settings())
     sql, params = _query(run_id, since)
     target = parse_dsn(settings.clickhouse_dsn)
     label = target.label
+    key = audit_chain_key(build_settings(), settings.clickhouse_dsn)
     seal_keys = audit_seal_keys(build_settings(), target.chdb_path)
     with audit_client(settings) as client, audit_errors(label, "reading the decision chains"):
         rows = [utc_row(row) for row in client.query(sql, parameters=params).result_rows]
@@ -200,7 +202,8 @@ def verify_cmd(
         summary += f"; {runs} near the retention horizon checked from their oldest row"
     if not key:
         summary += (
-            "; no BATON_AUDIT_CHAIN_KEY: a forged row appended at a run's end would go unseen"
+            "; no chain key (BATON_AUDIT_CHAIN_KEY, or a `baton up` stack's worker/chain.key "
+            "beside its audit): a forged row appended at a run's end would go unseen"
         )
     click.echo(summary)
     if (
@@ -209,8 +212,8 @@ def verify_cmd(
         and all(p.startswith("altered") for v in failed for p in v.problems)
     ):
         click.echo(
-            "hint: no row of any run hashes right: is BATON_AUDIT_CHAIN_KEY the key the "
-            "workers chain with?",
+            "hint: no row of any run hashes right: is the chain key (BATON_AUDIT_CHAIN_KEY, "
+            "else the stack's worker/chain.key) the one the workers chain with?",
             err=True,
         )
     sys.exit(1 if failed or conflicts or forged else 0)

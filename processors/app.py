@@ -32,7 +32,7 @@ from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.batch_stats import BatchStats
 from baton.processors.capacity import capacity_of
 from baton.processors.control import ControlFollower
-from baton.processors.control_seal import chain_key, seal_key
+from baton.processors.control_seal import seal_key, workers_chain_key
 from baton.processors.exits import EXIT_DELIVERY_FAILED, changelog_ends, exit_without_commit
 from baton.processors.faust_adapter import RunStore, WorkerRuntime
 from baton.processors.faust_app import build_app, runs_table, source_topic
@@ -101,6 +101,7 @@ class GovernanceWorker:
         #: counted always (one call per batch); served on /metrics by the CLI when asked
         self.metrics = WorkerMetrics(self.worker_id, capacity_of(settings, self.worker_id))
         self._seal_key = seal_key(settings)  # seals command and policy records (a restart's)
+        self._chain_key = workers_chain_key(settings, settings.worker_data_dir)  # (a bad file: now)
         self.control = ControlFollower(
             settings.kafka_config(),
             self.catalog.control,
@@ -235,7 +236,7 @@ class GovernanceWorker:
                 approvals_topic=self.catalog.approvals,
                 max_state_bytes=self.settings.max_state_bytes,
                 log_end=lambda topic, partition: log_end(self.app, topic, partition),
-                chain_key=chain_key(self.settings),
+                chain_key=self._chain_key,
             )
         return self._processor
 

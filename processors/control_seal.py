@@ -28,6 +28,13 @@ the embedded stack seals without any setting, against a local writer of its brok
 user, docs/security.md) who cannot read the data dir. A restart verifies with either key. With
 neither nothing is sealed (an empty key is a hash anyone can compute): the restart keeps its
 rules for unauthenticated rows.
+
+The chain key (``processors/chain``): ``BATON_AUDIT_CHAIN_KEY`` when set, else the worker data
+dir's ``chain.key``, which `baton up` makes only while its audit holds no decision: without a
+key, anyone who knows the scheme can link a forged row onto a run's end and `baton audit
+verify` passes it (a helper's attack, session 43). Not seal.key, which stacks began unkeyed
+already hold: keying their chains now would name every run they hold altered, and a restart
+would stop them all; such a stack stays unkeyed, and says so (`baton doctor`, `audit verify`).
 """
 
 from __future__ import annotations
@@ -52,17 +59,21 @@ if TYPE_CHECKING:
     from baton.schemas.settings import Settings
 
 __all__ = [
+    "CHAIN_KEY_FILE",
     "SEAL_FIELD",
     "SEAL_FIELDS",
     "SEAL_KEY_FILE",
     "chain_key",
+    "ensure_chain_key",
     "ensure_seal_key",
     "is_sealed",
+    "read_chain_key",
     "read_seal_key",
     "seal",
     "seal_key",
     "seal_keys",
     "seal_of",
+    "workers_chain_key",
 ]
 
 #: what a seal covers, in this order (an audit row's columns of these names give the same)
@@ -84,6 +95,8 @@ _TIME_AT: Final = SEAL_FIELDS.index("event_time")
 SEAL_FIELD: Final = "request_digest"
 #: in a worker data dir: the key `baton up` makes when BATON_AUDIT_CHAIN_KEY is not set
 SEAL_KEY_FILE: Final = "seal.key"
+#: beside it: the key `baton up` links decisions with, made with a fresh audit (docstring)
+CHAIN_KEY_FILE: Final = "chain.key"
 _KEY_TEXT: Final = re.compile(r"[0-9a-f]{64}").fullmatch
 #: the seal's domain: a chain hash (whose ``prev`` is a hash or "") is never a seal
 _DOMAIN: Final = "control-seal/1"
@@ -113,30 +126,85 @@ def read_seal_key(worker_dir: Path) -> bytes:
     """``worker_dir``'s seal.key (b"": none); ConfigError when it does not read, is a link,
     belongs to another user, or other users may read or write it (whoever reads it can seal a
     forged command)."""
-    path = worker_dir / SEAL_KEY_FILE
+    return _read_key(worker_dir / SEAL_KEY_FILE, _SEAL)
+
+
+def read_chain_key(worker_dir: Path) -> bytes:
+    """``worker_dir``'s chain.key (b"": none), refused as seal.key is (whoever reads it can
+    chain a forged decision onto a run's end in the audit)."""
+    return _read_key(worker_dir / CHAIN_KEY_FILE, _CHAIN)
+
+
+def workers_chain_key(settings: Settings, worker_dir: Path | None) -> bytes:
+    """The key the workers link decisions with: BATON_AUDIT_CHAIN_KEY, else ``worker_dir``'s
+    chain.key (`baton up`'s; ``worker_dir`` None: none), else b"" (unkeyed)."""
+    return chain_key(settings) or (read_chain_key(worker_dir) if worker_dir else b"")
+
+
+def ensure_seal_key(worker_dir: Path) -> None:
+    """Make ``worker_dir``'s seal.key when there is none (`baton up`, at every start)."""
+    if read_seal_key(worker_dir):
+        return
+    _make_key(worker_dir, SEAL_KEY_FILE, "seal key")
+
+
+def ensure_chain_key(worker_dir: Path, fresh_audit: bool) -> bytes:
+    """``worker_dir``'s chain.key, made when there is none and the audit is ``fresh_audit``
+    (no decision stored yet). A stack whose audit was begun unkeyed stays so: a key made now
+    would name every run it holds altered, and a restart would stop them all; b"" then."""
+    key = read_chain_key(worker_dir)
+    if key or not fresh_audit:
+        return key
+    _make_key(worker_dir, CHAIN_KEY_FILE, "chain key")
+    return read_chain_key(worker_dir)
+
+
+def _make_key(worker_dir: Path, name: str, what: str) -> None:
+    worker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_data_file(worker_dir / name, secrets.token_hex(32) + "\n", 0o600, what)
+
+
+#: what a key file's errors say: its name, what its reader could forge, how to mend it
+_SEAL: Final = (
+    "seal key",
+    "seal a forged command",
+    "remove it and `baton up` makes another",
+    "restore it from a backup, or remove it and `baton up` makes another (a restart then issues "
+    "no command sealed with the old one again: their kills are held until released anew)",
+)
+_CHAIN: Final = (
+    "chain key",
+    "chain a forged decision into the audit",
+    "start a new data dir if others may have read it (they could chain forged decisions)",
+    "restore it from a backup: without it no run's chain in the audit verifies, and a restart "
+    "stops every run it restores (audit_unverified)",
+)
+
+
+def _read_key(path: Path, about: tuple[str, str, str, str]) -> bytes:
+    what, power, mend, damaged = about
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return b""
     except OSError as exc:
         raise ConfigError(
-            f"cannot read the seal key {path}: {exc.strerror or exc} (a link is refused)"
+            f"cannot read the {what} {path}: {exc.strerror or exc} (a link is refused)"
         ) from None
     with os.fdopen(fd, "rb") as key_file:
         info = os.fstat(key_file.fileno())
         mode = info.st_mode
         if info.st_uid != os.geteuid():
             # a key another user made (one in a folder others may write, such as /tmp beside
-            # an audit copy `baton audit verify` reads) is that user's to seal with
+            # an audit copy `baton audit verify` reads) is that user's to forge with
             raise ConfigError(
-                f"the seal key {path} belongs to another user (uid {info.st_uid}): whoever "
-                "made it can seal a forged command; remove it, or run as its owner"
+                f"the {what} {path} belongs to another user (uid {info.st_uid}): whoever "
+                f"made it can {power}; remove it, or run as its owner"
             )
         if not stat.S_ISREG(mode) or mode & 0o077:
             raise ConfigError(
-                f"the seal key {path} is not a file only its owner may read (mode "
-                f"{stat.S_IMODE(mode):o}): `chmod 600 {path}`, or remove it and `baton up` makes "
-                "another"
+                f"the {what} {path} is not a file only its owner may read (mode "
+                f"{stat.S_IMODE(mode):o}): `chmod 600 {path}`, or {mend}"
             )
         raw = key_file.read(128)
     try:
@@ -144,20 +212,8 @@ def read_seal_key(worker_dir: Path) -> bytes:
     except UnicodeDecodeError:
         text = ""
     if not _KEY_TEXT(text):
-        raise ConfigError(
-            f"the seal key {path} is not 64 hex characters (damaged?): restore it from a backup, "
-            "or remove it and `baton up` makes another (a restart then issues no command sealed "
-            "with the old one again: their kills are held until released anew)"
-        )
+        raise ConfigError(f"the {what} {path} is not 64 hex characters (damaged?): {damaged}")
     return text.encode()
-
-
-def ensure_seal_key(worker_dir: Path) -> None:
-    """Make ``worker_dir``'s seal.key when there is none (`baton up`, at every start)."""
-    if read_seal_key(worker_dir):
-        return
-    worker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_data_file(worker_dir / SEAL_KEY_FILE, secrets.token_hex(32) + "\n", 0o600, "seal key")
 
 
 def seal_of(key: bytes, values: Sequence[Any]) -> str:

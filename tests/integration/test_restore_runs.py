@@ -127,9 +127,10 @@ def test_recorded_runs_are_restored_as_the_worker_held_them(
         assert restored[key].to_bytes() == held.to_bytes(), key
     assert restored[b"over"].stopped == "shared_budget_exceeded"
     assert said == [
-        "restore: WARNING: BATON_AUDIT_CHAIN_KEY is not set: a row forged into the audit with "
-        "a correctly computed chain cannot be told from a worker's, so the restored states are "
-        "only as trustworthy as whoever can write gov.decisions and the chDB directory"
+        "restore: WARNING: no chain key (BATON_AUDIT_CHAIN_KEY, DATA_DIR/worker/chain.key): a "
+        "row forged into the audit with a correctly computed chain cannot be told from a "
+        "worker's, so the restored states are only as trustworthy as whoever can write "
+        "gov.decisions and the chDB directory"
     ]
 
 

@@ -397,6 +397,61 @@ def test_the_stack_signs_its_decisions_and_its_clients_take_only_those(up: _Up) 
     assert all(keys.verifies(m.value()) for m in seen)
 
 
+def test_the_stack_keys_its_chains_and_verify_names_a_row_forged_onto_a_run(up: _Up) -> None:
+    """`baton up` makes worker/chain.key with a fresh audit and its workers link decisions
+    with it: a writer of gov.decisions who appends an allow at a run's end, linked as the
+    scheme says without the key, is named by `baton audit verify` (it passed on a default stack
+    before: h43b F3b, session 43)."""
+    from baton.schemas.decision import Decision, Outcome, chain_hash, chain_values
+
+    up.ready_line()
+    key_file = up.data_dir / "worker" / "chain.key"
+    assert key_file.stat().st_mode & 0o077 == 0 and len(key_file.read_text().strip()) == 64
+    record = json.loads((up.data_dir / "stack.json").read_text())
+    bootstrap = record["bootstrap"]
+    run = f"chained-{uuid.uuid4().hex[:8]}"
+    p = Producer({"bootstrap.servers": bootstrap})
+    for i in range(2):
+        event = {"type": "handoff_requested", "request_id": f"h{i}", "run_id": run,
+                 "task_id": f"t{i}", "from_agent": "planner", "to_agent": "researcher",
+                 "event_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+        p.produce("gov.handoff.requests", json.dumps(event).encode(), run.encode())
+    assert p.flush(10) == 0
+    decided = wait_for(
+        lambda: len(got := _read(bootstrap, "gov.decisions", run)) >= 2 and got, 60,
+        message="decisions",
+    )  # fmt: skip
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "BATON_AUDIT_CHAIN_KEY"}
+        return subprocess.run(
+            [sys.executable, "-m", "baton.cli", "audit", "verify", "--run", run,
+             "--data-dir", str(up.data_dir)],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+
+    # the sink stores both: the run verifies with the key found beside the audit
+    intact = wait_for(lambda: (v := verify()) and "2 chained rows of 2" in v.stdout and v, 60,
+                      message=lambda: verify().stdout)  # fmt: skip
+    assert intact.returncode == 0 and "every chain holds" in intact.stdout, intact.stdout
+    assert "no chain key" not in intact.stdout
+
+    # the run's head: the link no decision follows (two of one batch share their time)
+    followed = {d["chain_prev"] for d in decided}
+    (head,) = [d for d in decided if d["chain_hash"] and d["chain_hash"] not in followed]
+    last = Decision.from_json(json.dumps(head))
+    last.decision_id = last.request_id = f"forged-{uuid.uuid4().hex[:6]}"
+    last.outcome, last.reason, last.to_agent = Outcome.ALLOW, "ok", "mallory"
+    last.chain_prev = last.chain_hash
+    last.chain_hash = chain_hash(b"", last.chain_prev, chain_values(last))
+    p.produce("gov.decisions", last.to_json(), run.encode())
+    assert p.flush(10) == 0
+    caught = wait_for(lambda: (v := verify()) and v.returncode != 0 and v, 60,
+                      message=lambda: verify().stdout)  # fmt: skip
+    assert caught.returncode == 1 and caught.stdout.startswith(f"FAIL {run} "), caught.stdout
+    assert f"altered: decision {last.decision_id}" in caught.stdout, caught.stdout
+
+
 def test_sigterm_stops_everything_without_orphans(up: _Up) -> None:
     up.ready_line()
     children = _children_of(up.proc.pid)

@@ -86,11 +86,10 @@ def test_the_restore_names_run_and_request_ids_of_the_audit_escaped() -> None:
     raw: a run whose forged rows replay unfaithfully, or whose chain is broken, sent its id's
     ESC sequences to the terminal at every start."""
     from baton.cli.restore_runs import _first_names, _Rebuilt, _say_what_was_not_verified
-    from baton.schemas.settings import Settings
 
     rebuilt = _Rebuilt(unfaithful=[f"r{_ESC}"], broken=[f"r{_ESC}: a gap after step 2"])
     said: list[str] = []
-    _say_what_was_not_verified(rebuilt, Settings(), said.append)
+    _say_what_was_not_verified(rebuilt, False, said.append)
     assert len(said) >= 2 and all("PWNED" in line for line in said[:2]), said
     assert not any("\x1b" in line or "\x07" in line for line in said), said
     names = _first_names([f"policy_updated:{_ESC}", "b"])

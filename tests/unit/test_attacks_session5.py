@@ -357,9 +357,9 @@ def test_a_restart_restores_the_later_life_of_a_run_whose_earlier_one_retention_
     settings = Settings(partitions=1, audit_chain_key=SecretStr("lives-key"))
     now = lives[-1].decided_at
     assert now is not None
-    rebuilt = _rebuild([[Recorded.of(d) for d in lives[1:]]], policies, settings, now)
+    rebuilt = _rebuild([[Recorded.of(d) for d in lives[1:]]], policies, settings, b"lives-key", now)
     assert rebuilt.unverified_counters == [] and rebuilt.broken == [] and rebuilt.unfaithful == []
     (state,) = rebuilt.states
-    whole = _rebuild([[Recorded.of(d) for d in lives]], policies, settings, now)
+    whole = _rebuild([[Recorded.of(d) for d in lives]], policies, settings, b"lives-key", now)
     assert state.stopped is None and state.to_bytes() == whole.states[0].to_bytes()
     assert state.life == f"r0:{lives[3].offset}"

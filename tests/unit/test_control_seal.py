@@ -244,3 +244,37 @@ def test_any_text_a_forger_puts_where_a_seal_goes_is_an_answer_not_an_error(
     accented letters made every restart (and `baton audit verify`) crash."""
     record = _kill_record()
     assert is_sealed(KEY, _values(record), said) is False
+
+
+def test_baton_up_keys_the_chains_of_a_fresh_audit_only(tmp_path: Path) -> None:
+    """(session 44) chain.key is made with a fresh audit and kept; a stack whose audit was
+    begun unkeyed stays unkeyed (a key now would name all its runs altered and a restart
+    would stop them); BATON_AUDIT_CHAIN_KEY wins; a damaged or shared file is refused."""
+    from baton.processors.control_seal import ensure_chain_key, read_chain_key, workers_chain_key
+    from baton.schemas.errors import ConfigError
+    from baton.schemas.settings import Settings
+
+    worker = tmp_path / "worker"
+    assert ensure_chain_key(worker, fresh_audit=False) == b"" and not worker.exists()
+    made = ensure_chain_key(worker, fresh_audit=True)
+    assert len(made) == 64 and (worker / "chain.key").stat().st_mode & 0o777 == 0o600
+    assert ensure_chain_key(worker, fresh_audit=False) == made == read_chain_key(worker)
+    assert made != read_seal_key_of(worker)  # its own key, not seal.key
+    plain = Settings(worker_data_dir=worker)
+    assert workers_chain_key(plain, worker) == made and workers_chain_key(plain, None) == b""
+    keyed = Settings(worker_data_dir=worker, audit_chain_key="chain")
+    assert workers_chain_key(keyed, worker) == b"chain"
+    (worker / "chain.key").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"chain key .*chmod 600"):
+        workers_chain_key(plain, worker)
+    (worker / "chain.key").chmod(0o600)
+    (worker / "chain.key").write_text("damaged\n")
+    with pytest.raises(ConfigError, match=r"chain\.key is not 64 hex.*restore it from a backup"):
+        ensure_chain_key(worker, fresh_audit=True)  # never replaced by another
+
+
+def read_seal_key_of(worker: Path) -> bytes:
+    from baton.processors.control_seal import ensure_seal_key, read_seal_key
+
+    ensure_seal_key(worker)
+    return read_seal_key(worker)

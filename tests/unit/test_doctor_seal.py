@@ -74,3 +74,27 @@ def test_the_decision_signing_line_names_the_stacks_key_and_fails_when_clients_w
         Settings(decision_signing_key=other, decision_keys=public), tmp_path
     )
     assert line.status.name == "OK" and "clients check with" in line.detail, line
+
+
+def test_the_chain_key_line_names_the_stacks_key_and_says_an_unkeyed_audit(
+    tmp_path: Path,
+) -> None:
+    """(session 44) without a chain key a forged row appended at a run's end passes `baton audit
+    verify`: the line says so, names the stack's chain.key, and fails on one that does not
+    read."""
+    from baton.cli.doctor_seal import chain_key_check
+    from baton.processors.control_seal import ensure_chain_key
+
+    line = chain_key_check(Settings(), tmp_path)  # no stack, no key: said, never a failure
+    assert line.status.name == "SKIP" and "passes `baton audit verify`" in line.detail
+    write_record(_record(tmp_path))
+    line = chain_key_check(Settings(), tmp_path)  # a stack whose audit was begun unkeyed
+    assert line.status.name == "SKIP" and "begun without" in line.detail, line
+    assert ensure_chain_key(tmp_path / "worker", fresh_audit=True)
+    line = chain_key_check(Settings(), tmp_path)
+    assert line.status.name == "OK" and str(tmp_path / "worker" / "chain.key") in line.detail
+    (tmp_path / "worker" / "chain.key").chmod(0o640)
+    line = chain_key_check(Settings(), tmp_path)
+    assert line.status.name == "FAIL" and "chmod 600" in line.detail, line
+    keyed = Settings(audit_chain_key=SecretStr("k" * 32))
+    assert chain_key_check(keyed, tmp_path).status.name == "OK"

@@ -134,7 +134,7 @@ def _settings() -> Settings:
 def test_restore_rebuilds_a_run_read_out_of_order_as_the_worker_held_it() -> None:
     policy, rows = _decided([("h0", "researcher", 10), ("h1", "coder", 9)])
     now = BASE + timedelta(seconds=20)
-    rebuilt = _rebuild([_by_time(rows)], {policy.version: policy}, _settings(), now)
+    rebuilt = _rebuild([_by_time(rows)], {policy.version: policy}, _settings(), KEY, now)
     assert rebuilt.unverified_counters == [] and rebuilt.unfaithful == []
     (state,) = rebuilt.states
     assert state.stopped is None and state.handoff_count == 2
@@ -150,7 +150,7 @@ def test_restore_of_a_broken_chain_names_it_and_restores_it_stopped() -> None:
     gap = _by_time([rows[0], rows[2]])
     fork = [*rows, rows[2]._replace(decision_id="forged", chain_hash="f" * 32)]
     for run, counted, stopped in ((gap, ["r"], []), (fork, [], [Reason.AUDIT_UNVERIFIED])):
-        rebuilt = _rebuild([run], {policy.version: policy}, _settings(), now)
+        rebuilt = _rebuild([run], {policy.version: policy}, _settings(), KEY, now)
         assert rebuilt.unverified_counters == counted  # restored stopped from its counters
         assert [s.stopped for s in rebuilt.states] == stopped
         assert rebuilt.broken[0].startswith("r: its chain of decisions is broken")

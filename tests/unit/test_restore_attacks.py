@@ -87,7 +87,9 @@ def _settings(key: str | None) -> Settings:
 
 
 def _restore(rows: list[Recorded], policy: Policy, key: str | None, now: datetime):
-    return _rebuild(runs_of(rows), {policy.version: policy}, _settings(key), now)
+    return _rebuild(
+        runs_of(rows), {policy.version: policy}, _settings(key), (key or "").encode(), now
+    )
 
 
 def test_an_honest_history_restores_the_stopped_run() -> None:
@@ -162,7 +164,7 @@ def test_a_forged_policy_version_on_a_stop_is_named_unfaithful_with_the_key() ->
     assert forged[-1].reason == "within_budget"
     rows = [Recorded.of(published[0]), Recorded.of(forged[-1])]
     rebuilt = _rebuild(
-        runs_of(rows), {policy.version: policy, lax.version: lax}, _settings(KEY), now
+        runs_of(rows), {policy.version: policy, lax.version: lax}, _settings(KEY), KEY.encode(), now
     )
     assert rebuilt.unfaithful == ["over"]
     assert rebuilt.states[0].stopped == "audit_unverified"

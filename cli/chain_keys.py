@@ -1,0 +1,74 @@
+"""Which key a command checks the decisions' hash chains with (``processors/chain``).
+
+``BATON_AUDIT_CHAIN_KEY`` when set (the workers'); else the ``chain.key`` of the `baton up`
+stack whose audit or Kafka the command reads (``processors/control_seal``: made with a fresh
+audit, so a default stack's chains are keyed and a row forged onto a run's end is named,
+session 44); else none (b""), which the commands say. The stack is the one a ``chdb://DATA_DIR/
+chdb`` audit lies in, the one whose SQL endpoint an ``http`` DSN names (the stack found as
+every command finds it: ``BATON_DATA_DIR``, else ``./.baton``), or, for Kafka, the one the
+command takes its Kafka from (``stack_record.uses_stack``). A key file there that does not
+read is a ConfigError: one another user put beside a copy of an audit is that user's to forge
+with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["audit_chain_key", "stack_chain_key"]
+
+
+def audit_chain_key(settings: Any, dsn: str) -> bytes:
+    """The key `baton audit verify` and `baton replay` check the chains of the audit at
+    ``dsn`` with (b"": none)."""
+    from baton.cli.up_children import WORKER_DATA_DIR
+    from baton.processors.control_seal import workers_chain_key
+    from baton.sinks.clickhouse import parse_dsn
+
+    target = parse_dsn(dsn)
+    worker_dir = None
+    if target.chdb_path is not None:
+        worker_dir = target.chdb_path.parent / WORKER_DATA_DIR
+    elif target.kind == "http":
+        data_dir = _stack_serving(dsn)
+        worker_dir = None if data_dir is None else data_dir / WORKER_DATA_DIR
+    return workers_chain_key(settings, worker_dir)
+
+
+def stack_chain_key(settings: Any, bootstrap: str | None, data_dir: Path | None) -> bytes:
+    """The key a replay of Kafka's gov.decisions checks chains with: that of the `baton up`
+    stack whose Kafka it reads (--data-dir, or neither --bootstrap nor BATON_BOOTSTRAP)."""
+    from baton.cli.stack_record import find_stack, uses_stack
+    from baton.cli.up_children import WORKER_DATA_DIR
+    from baton.processors.control_seal import workers_chain_key
+
+    worker_dir = None
+    if uses_stack("bootstrap", {"bootstrap": bootstrap}, data_dir):
+        worker_dir = find_stack(data_dir).data_dir / WORKER_DATA_DIR
+    return workers_chain_key(settings, worker_dir)
+
+
+def _stack_serving(dsn: str) -> Path | None:
+    """The data dir of the stack found here whose SQL endpoint ``dsn`` names (host and port
+    alike), or None."""
+    from baton.cli.stack_record import find_stack
+    from baton.schemas.errors import ConfigError
+
+    try:
+        found = find_stack(None)
+    except ConfigError:  # no record to read: no stack's key
+        return None
+    record = found.record
+    if record is None or not record.sql_url:
+        return None
+    return found.data_dir if _where(record.sql_url) == _where(dsn) else None
+
+
+def _where(url: str) -> tuple[str | None, int | None] | None:
+    try:
+        parts = urlsplit(url)
+        return parts.hostname, parts.port
+    except ValueError:  # a port that is no number
+        return None

@@ -1,0 +1,57 @@
+"""Which chain key `baton audit verify` and `baton replay` check with (cli/chain_keys, session
+44): the workers' variable, else the chain.key of the `baton up` stack whose audit (a chdb
+directory, its SQL endpoint) or Kafka they read, else none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from baton.cli.chain_keys import audit_chain_key, stack_chain_key
+from baton.cli.stack_file import write_record
+from baton.processors.control_seal import ensure_chain_key
+from baton.schemas.errors import ConfigError
+from baton.schemas.settings import Settings
+from tests.unit.test_up_audit import _record
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, bytes]:
+    data_dir = tmp_path / "stack"
+    data_dir.mkdir()
+    write_record(_record(data_dir, sql_url="http://127.0.0.1:8123"))
+    monkeypatch.setenv("BATON_DATA_DIR", str(data_dir))
+    for name in ("BATON_BOOTSTRAP", "BATON_AUDIT_CHAIN_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return data_dir, ensure_chain_key(data_dir / "worker", fresh_audit=True)
+
+
+def test_the_stack_s_key_for_its_audit_its_endpoint_and_its_kafka(stack) -> None:
+    data_dir, key = stack
+    plain = Settings()
+    assert audit_chain_key(plain, f"chdb://{data_dir / 'chdb'}") == key
+    assert audit_chain_key(plain, "http://baton:token@127.0.0.1:8123") == key
+    assert stack_chain_key(plain, None, None) == key
+    assert stack_chain_key(plain, None, data_dir) == key
+    # the workers' variable wins everywhere
+    keyed = Settings(audit_chain_key=SecretStr("workers"))
+    assert audit_chain_key(keyed, f"chdb://{data_dir / 'chdb'}") == b"workers"
+
+
+def test_another_audit_or_kafka_is_not_checked_with_the_stack_s_key(stack, tmp_path) -> None:
+    plain = Settings()
+    assert audit_chain_key(plain, "http://baton:token@127.0.0.1:8124") == b""  # another port
+    assert audit_chain_key(plain, "https://ch.example.com:8443") == b""
+    assert audit_chain_key(plain, f"chdb://{tmp_path / 'elsewhere' / 'chdb'}") == b""
+    assert stack_chain_key(plain, "kafka.example.com:9092", None) == b""  # --bootstrap
+
+
+def test_a_key_file_others_may_read_is_refused_not_skipped(stack) -> None:
+    data_dir, _ = stack
+    (data_dir / "worker" / "chain.key").chmod(0o644)
+    with pytest.raises(ConfigError, match="chain key"):
+        audit_chain_key(Settings(), f"chdb://{data_dir / 'chdb'}")
