@@ -40,6 +40,7 @@ def _group_id(value: str | None) -> str | None:
     "partitions",
     "replication_factor",
     "webhook_url",
+    "decision_keys",
     "metrics_port",
     "metrics_host",
     "log_format",
@@ -90,9 +91,11 @@ def alerts_group(
     """Announce every stop from gov.stops (console, and --webhook-url as Slack JSON), once per
     decision, storms folded. `baton alerts check` evaluates SQL alert rules instead.
 
-    While Kafka is unreachable it waits and retries (a line each time, at most 30 s apart),
-    where `baton worker` exits 4 at once. Ends 0 on Ctrl-C or SIGTERM, also while retrying
-    (nothing was read); 2 on a bad setting."""
+    Given the workers' public keys (--decision-keys, BATON_DECISION_KEYS; a `baton up`
+    stack's own), a stop none of them signed is not announced: logged and counted
+    (baton_alerts_skipped_total{kind="unsigned"}). While Kafka is unreachable it waits and
+    retries (a line each time, at most 30 s apart), where `baton worker` exits 4 at once. Ends
+    0 on Ctrl-C or SIGTERM, also while retrying (nothing was read); 2 on a bad setting."""
     if ctx.invoked_subcommand is not None:
         return
     from baton.cli.log_format import LogOutput

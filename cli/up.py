@@ -323,6 +323,7 @@ def up_cmd(
             "BATON_REPLICATION_FACTOR": str(settings.replication_factor),
             "BATON_WORKER_DATA_DIR": str(worker_dir),
             "BATON_DECISION_SIGNING_KEY": str(signing[0]),
+            "BATON_DECISION_KEYS": signing[1],  # its alerter announces only what they signed
             "BATON_CLICKHOUSE_DSN": f"chdb://{data_dir / 'chdb'}",
         }
         if settings.policy:

@@ -100,6 +100,15 @@ class AlertMetrics(Collector):
             "stops seen again (redelivered), not announced again",
             value=src.alerter.duplicates,
         )
+        skipped = CounterMetricFamily(
+            "baton_alerts_skipped",
+            "records on gov.stops not announced, by kind: unsigned (no key of decision_keys "
+            "signed it), too_old, not_json, not_a_decision, empty, too_large, unexpected",
+            labels=["kind"],
+        )
+        for kind, n in sorted(getattr(src.stats, "skipped", {}).items()):
+            skipped.add_metric([kind], n)
+        yield skipped
         sender = src.sender
         yield CounterMetricFamily(
             "baton_alerts_webhook_posted",

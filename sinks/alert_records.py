@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from baton.schemas.decision import DECISION_ADAPTER, Decision
+from baton.schemas.decision_signing import DecisionKeys
 from baton.sinks.alert_text import clean_field
 
-__all__ = ["MAX_RECORD_BYTES", "BadRecord", "SkippedRecords", "read_stop"]
+__all__ = ["MAX_RECORD_BYTES", "UNSIGNED_DETAIL", "BadRecord", "SkippedRecords", "read_stop"]
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,22 @@ class BadRecord:
     detail: str
 
 
-def read_stop(value: bytes | None) -> Decision | BadRecord:
+#: why a stop the keys did not sign is skipped (a writer of gov.stops pages on-call at will)
+UNSIGNED_DETAIL = (
+    "no key of decision_keys signed it: forged, or the workers sign with another key "
+    "(BATON_DECISION_KEYS, BATON_DECISION_SIGNING_KEY)"
+)
+
+
+def read_stop(value: bytes | None, keys: DecisionKeys | None = None) -> Decision | BadRecord:
     """The Decision a gov.stops record holds, or why it holds none (never raises for bad
-    bytes)."""
+    bytes). With ``keys``, a record none of them signed is ``unsigned`` (session 44)."""
     if not value:
         return BadRecord("empty", "no value")
     if len(value) > MAX_RECORD_BYTES:
         return BadRecord("too_large", f"{len(value)} bytes, at most {MAX_RECORD_BYTES} expected")
+    if keys and not keys.verifies(value):
+        return BadRecord("unsigned", UNSIGNED_DETAIL)
     try:
         return DECISION_ADAPTER.validate_json(value)
     except ValidationError as exc:

@@ -10,13 +10,14 @@ and what may be committed is kept by :mod:`baton.sinks.alert_offsets`.
 Guarantees: within one process, a decision_id is announced at most once for what it shows
 (the last ``remember`` are kept, as 16-byte digests of the id and the alert's text whatever
 their length: a forged stop under a real one's id cannot hide it); a record on gov.stops
-that is not a Decision is skipped and counted by kind (one log line per kind, then at most one
-a minute), never fatal; memory is bounded whatever the records hold (a storm keeps counts, not
-the stops). Offsets are committed only up to stops that are announced: printed, not held in a
-storm, and done with by the webhook sender (posted or given up), so a crash re-reads (and
-re-announces) at most the stops since the last commit - at least once across restarts, never
-silently dropped. Not guaranteed: webhook delivery (retried, then logged; dropped and counted
-when its queue is full; the console line is always printed).
+that is not a Decision, or none of ``decision_keys`` signed (``unsigned``), is skipped and
+counted by kind (one log line per kind, then at most one a minute), never fatal; memory is
+bounded whatever the records hold (a storm keeps counts, not the stops). Offsets are
+committed only up to stops that are announced: printed, not held in a storm, and done with
+by the webhook sender (posted or given up), so a crash re-reads (and re-announces) at most
+the stops since the last commit - at least once across restarts, never silently dropped.
+Not guaranteed: webhook delivery (retried, then logged; dropped and counted when its queue
+is full; the console line is always printed).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 import orjson
 
 from baton.schemas.decision import Decision, Outcome
+from baton.schemas.decision_signing import DecisionKeys, decision_keys
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
 from baton.sinks.alert_offsets import CommitPoints
@@ -278,6 +280,9 @@ def run_alerts(
     alerter = StopAlerter(storm_threshold, storm_window_s)
     stats = AlertStats()
     skipped = SkippedRecords()
+    stats.skipped = skipped.counts  # (the same counter: the metrics read it live)
+    # given keys, only the workers' signed stops (a writer of gov.stops paged at will: h43b F4)
+    keys = decision_keys(getattr(settings, "decision_keys", None), unset="")
     sender = (
         WebhookSender(
             webhook_url,
@@ -389,7 +394,7 @@ def run_alerts(
                     continue
                 points.read(msg.topic(), msg.partition(), msg.offset())
                 first = msg.offset() < first_read.get((msg.topic(), msg.partition()), -1)
-                deliver(_announce(alerter, skipped, msg, max_age_s if first else 0.0))
+                deliver(_announce(alerter, skipped, msg, max_age_s if first else 0.0, keys))
             deliver(alerter.tick(time.monotonic()))
             mark_and_commit(consumer)
         deliver(alerter.flush(time.monotonic()))
@@ -402,7 +407,6 @@ def run_alerts(
             sender.close(0)  # after an error: stop the thread, post nothing more
         consumer.close()
     stats.duplicates = alerter.duplicates
-    stats.skipped = skipped.counts
     if sender is not None:
         stats.posted, stats.post_failed = sender.posted, sender.failed
         stats.post_dropped = sender.dropped
@@ -410,13 +414,17 @@ def run_alerts(
 
 
 def _announce(
-    alerter: StopAlerter, skipped: SkippedRecords, msg: Any, max_age_s: float
+    alerter: StopAlerter,
+    skipped: SkippedRecords,
+    msg: Any,
+    max_age_s: float,
+    keys: DecisionKeys | None = None,
 ) -> list[AlertMessage]:
     """The messages one record brings; a record that is not a Decision, or that the alerter
     cannot take, is counted and skipped (record isolation: one record never stops the loop)."""
     where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
     try:
-        decision = read_stop(msg.value())
+        decision = read_stop(msg.value(), keys)
         if isinstance(decision, BadRecord):
             skipped.skip(decision, where, time.monotonic())
             return []

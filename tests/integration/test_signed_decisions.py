@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -375,3 +376,55 @@ def test_baton_tail_marks_a_decision_the_workers_did_not_sign(
     env.pop("BATON_DECISION_KEYS")
     plain = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60).stdout
     assert "UNSIGNED" not in plain and plain.count(run) == 2
+
+
+def test_the_alerter_given_the_keys_announces_only_the_workers_stops(
+    signing_stack: Stack, public: str
+) -> None:
+    """A writer of gov.stops paged on-call with any stop it liked (h43b F4): an alerter given
+    the workers' keys announces their signed stop, and skips a forged one, counted
+    (``unsigned``); without keys it announces both, as before."""
+    from baton.schemas.settings import Settings
+    from baton.sinks.alerts import run_alerts
+
+    s = signing_stack
+    run = f"sig-{uuid.uuid4().hex[:8]}"
+    s.requests.send(
+        [handoff(run, 1, "t1", "planner", "researcher"), handoff(run, 2, "t1", "planner", "x")]
+    )
+    real = Decision.from_json(_records(s.bootstrap, s.catalog.stops, run, 1)[0])
+    forged = Decision(**{**real.to_dict(), "decision_id": "f" * 32, "reason": "forged_stop"})
+    producer = Producer({"bootstrap.servers": s.bootstrap})
+    part = partition_for(run.encode(), PARTITIONS)
+    producer.produce(s.catalog.stops, forged.to_json(), run.encode(), partition=part)
+    assert producer.flush(10) == 0
+
+    def alerts(keys: str | None) -> tuple[list[str], dict[str, int]]:
+        lines: list[str] = []
+        done = threading.Event()
+        stats: list = []
+        settings = Settings(bootstrap=s.bootstrap, **({"decision_keys": keys} if keys else {}))
+        thread = threading.Thread(
+            target=lambda: stats.append(
+                run_alerts(settings, done, topic=s.catalog.stops, group_id=uuid.uuid4().hex,
+                           emit=lines.append,
+                           storm_threshold=0, max_age_s=3600)
+            ),
+            daemon=True,
+        )  # fmt: skip
+        thread.start()
+        try:
+            wait_for(lambda: sum(run in ln for ln in lines) >= (1 if keys else 2), 30,
+                     message=lambda: f"alerts of {run}: {lines}")  # fmt: skip
+            time.sleep(1)  # (what else it would announce)
+        finally:
+            done.set()
+            thread.join(30)
+        return [ln for ln in lines if run in ln], dict(stats[0].skipped)
+
+    keyed, skipped = alerts(public)
+    assert len(keyed) == 1 and "forged_stop" not in keyed[0], keyed
+    assert skipped.get("unsigned") == 1, skipped
+    plain, skipped = alerts(None)
+    assert len(plain) == 2 and any("forged_stop" in ln for ln in plain), plain
+    assert "unsigned" not in skipped

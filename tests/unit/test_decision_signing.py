@@ -143,3 +143,32 @@ def test_a_signature_has_one_spelling(signer_and_public) -> None:
     ]
     assert len(others) == 15 and keys.verifies(signed)
     assert not any(keys.verifies(v) for v in others)
+
+
+def test_the_alerter_reads_a_stop_the_keys_did_not_sign_as_unsigned(signer_and_public) -> None:
+    """(session 44) a stop none of the alerter's keys signed is skipped, counted ``unsigned``
+    on baton_alerts_skipped_total; one they signed is read; without keys, as before."""
+    from types import SimpleNamespace
+
+    from baton.processors.metrics_audit import AlertMetrics
+    from baton.schemas.decision import Decision, Outcome, Phase
+    from baton.sinks.alert_records import BadRecord, read_stop
+
+    signer, public = signer_and_public
+    keys = decision_keys([public])
+    stop = Decision(
+        decision_id="d" * 32, request_id="r", run_id="run", tenant="default",
+        phase=Phase.PRE_HANDOFF, outcome=Outcome.STOP, reason="ownership_conflict",
+    )  # fmt: skip
+    signed, plain = signer.signed(stop.to_json()), stop.to_json()
+    assert isinstance(read_stop(signed, keys), Decision)
+    assert read_stop(plain, keys) == BadRecord("unsigned", read_stop(plain, keys).detail)
+    assert isinstance(read_stop(plain), Decision) and isinstance(read_stop(signed), Decision)
+    assert read_stop(b"", keys).kind == "empty"  # the other kinds first
+    watched = AlertMetrics()
+    watched.watch(SimpleNamespace(announced=0, folded=0, skipped={"unsigned": 3}),
+                  SimpleNamespace(duplicates=0), None)  # fmt: skip
+    (family,) = [m for m in watched.collect() if m.name == "baton_alerts_skipped"]
+    assert [(s.labels, s.value) for s in family.samples if s.name.endswith("_total")] == [
+        ({"kind": "unsigned"}, 3)
+    ]
