@@ -85,8 +85,9 @@ def tail_cmd(
     name = getattr(TopicCatalog(prefix=settings.topic_prefix), _TAIL_TOPICS[topic])
     render = _render_json if fmt == "json" else _render_text
     dead = _TAIL_TOPICS[topic] == "deadletter"
-    # the stack's (or BATON_DECISION_KEYS'): a decision they did not sign is marked
-    keys = None if dead or fmt == "json" else decision_keys(settings.decision_keys, unset="")
+    # the stack's (or BATON_DECISION_KEYS'): a decision they did not sign is marked (a JSON
+    # line, by an "unsigned" member: its bytes are re-escaped, a tool cannot check them)
+    keys = None if dead else decision_keys(settings.decision_keys, unset="")
     shown = 0
     try:
         for value, partition, offset in _read(settings, name, from_beginning, last, follow):
@@ -94,7 +95,9 @@ def tail_cmd(
             if _wanted(doc, dead, run_id, probes):
                 where = f"[p{partition}@{offset}]"
                 if keys and not keys.verifies(value):
-                    where += " UNSIGNED: no key of decision_keys signed it (forged?)"
+                    where += f" UNSIGNED: {UNSIGNED}"
+                    if fmt == "json" and isinstance(doc, dict):
+                        doc = {**doc, "unsigned": UNSIGNED}
                 click.echo(render(value, doc, where, dead))
                 shown += 1
         if run_id is not None and not shown:  # silence read as "no such run" (H1, session 27)
@@ -255,6 +258,10 @@ def _wanted(doc: Any, dead: bool, run_id: str | None, probes: bool) -> bool:
     if run_id is None:
         return True
     return record.get("key" if dead else "run_id") == run_id
+
+
+#: what marks a decision the keys did not sign (a text line's end, a JSON line's member)
+UNSIGNED = "no key of decision_keys signed it (forged?)"
 
 
 def _render_json(value: bytes, doc: Any, where: str, dead: bool) -> str:

@@ -372,6 +372,13 @@ def test_baton_tail_marks_a_decision_the_workers_did_not_sign(
     assert "UNSIGNED" not in lines[0] and lines[1].endswith(
         "UNSIGNED: no key of decision_keys signed it (forged?)"
     ), lines
+    # a JSON line of it carries the mark as a member, the workers' does not
+    out = subprocess.run([*argv, "--format", "json"], capture_output=True, text=True, env=env,
+                         timeout=60).stdout  # fmt: skip
+    docs = [orjson.loads(ln) for ln in out.splitlines() if run in ln]
+    assert [d.get("unsigned") for d in docs] == [
+        None, "no key of decision_keys signed it (forged?)"
+    ], docs  # fmt: skip
     # without keys nothing is marked (nothing to check with)
     env.pop("BATON_DECISION_KEYS")
     plain = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60).stdout
