@@ -411,5 +411,12 @@ def replay_scene(
     if report.saved_usd:
         click.echo(f"  ${report.saved_usd:,.2f} of reported spend would not have been spent")
     if report.unfaithful_runs:
-        return f"replay: {counted(len(report.unfaithful_runs), 'run')} not reproduced as recorded"
+        unkeyed = (
+            " (no chain key found for its audit: play the demo in the folder of its `baton up`, "
+            "or set BATON_AUDIT_CHAIN_KEY)"
+            if not chain_key
+            else ""
+        )
+        runs = counted(len(report.unfaithful_runs), "run")
+        return f"replay: {runs} not reproduced as recorded{unkeyed}"
     return None

@@ -45,7 +45,9 @@ def _exit(report: ReplayReport) -> None:
             f"replay under the recorded policies did not reproduce {len(unfaithful)} runs "
             f"(first: {shown_id(unfaithful[0].run_id)}, shown above): its answer cannot be "
             "trusted; "
-            "is BATON_AUDIT_CHAIN_KEY the workers' key?"
+            "is the chain key "
+            "(BATON_AUDIT_CHAIN_KEY, or the `baton up` stack's worker/chain.key, found from "
+            "its folder) the workers'?"
         )
     if report.broken:
         raise ReplayFailed(

@@ -67,7 +67,9 @@ _ALTERED = (
     "cut at its start: altered, not trimmed: its first row (the one naming a link no row read "
     "holds) does not hash to its chain_hash, or the row that held that link was replaced under "
     "its decision id (a forged copy of its chain start replaces the worker's row in the "
-    "audit); is BATON_AUDIT_CHAIN_KEY the workers' key?"
+    "audit); is the chain key "
+    "(BATON_AUDIT_CHAIN_KEY, or the `baton up` stack's worker/chain.key, found from "
+    "its folder) the workers'?"
 )
 
 

@@ -314,7 +314,9 @@ class PartitionRecords:
                 "cut at its start: altered, not trimmed: its first decision read does not hash "
                 "to its chain_hash, or comes after a chained decision of it, or the record "
                 "that held its link was replaced under its decision id; is "
-                "BATON_AUDIT_CHAIN_KEY the workers' key?"
+                "the chain key "
+                "(BATON_AUDIT_CHAIN_KEY, or the `baton up` stack's worker/chain.key, found from "
+                "its folder) the workers'?"
             )
         return None
 

@@ -93,7 +93,12 @@ def test_demo_keep_twice_and_a_demo_against_the_kept_stack(tmp_path: Path) -> No
         # ... which, played against that stack, passes: the seed run's requests are answered
         # from the record of the first demo (their time is the first demo's), which the
         # audit's count of this demo's window left out: 60 s of waiting, then exit 1
-        again = _baton("demo", "--bootstrap", record["bootstrap"], "--sql", sql[1], "--burst", "0")
+        # (in the stack's folder, as that line says: its audit chains are keyed with the
+        # stack's worker/chain.key, found there)
+        again = _baton(
+            "demo", "--bootstrap", record["bootstrap"], "--sql", sql[1], "--burst", "0",
+            cwd=tmp_path,
+        )  # fmt: skip
         assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
         assert "the sink has all" in again.stdout
 
