@@ -3,12 +3,13 @@
 ``BATON_AUDIT_CHAIN_KEY`` when set (the workers'); else the ``chain.key`` of the `baton up`
 stack whose audit or Kafka the command reads (``processors/control_seal``: made with a fresh
 audit, so a default stack's chains are keyed and a row forged onto a run's end is named,
-session 44); else none (b""), which the commands say. The stack is the one a ``chdb://DATA_DIR/
-chdb`` audit lies in, the one whose SQL endpoint an ``http`` DSN names (the stack found as
-every command finds it: ``BATON_DATA_DIR``, else ``./.baton``), or, for Kafka, the one the
-command takes its Kafka from (``stack_record.uses_stack``). A key file there that does not
-read is a ConfigError: one another user put beside a copy of an audit is that user's to forge
-with.
+session 44); else none (b""), which the commands say. The stack is the one --data-dir names,
+else the one a ``chdb://DATA_DIR/chdb`` audit lies in, else the running one whose SQL endpoint
+an ``http`` DSN names (the stack found as every command finds it: ``BATON_DATA_DIR``, else
+``./.baton``; a stopped stack's port may serve another's audit now: h44 F3), or, for Kafka,
+the one the command takes its Kafka from (``stack_record.uses_stack``). A key file there that
+does not read is a ConfigError: one another user put beside a copy of an audit is that user's
+to forge with.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from urllib.parse import urlsplit
 __all__ = ["audit_chain_key", "stack_chain_key"]
 
 
-def audit_chain_key(settings: Any, dsn: str) -> bytes:
+def audit_chain_key(settings: Any, dsn: str, data_dir: Path | None = None) -> bytes:
     """The key `baton audit verify` and `baton replay` check the chains of the audit at
-    ``dsn`` with (b"": none)."""
+    ``dsn`` with (b"": none); ``data_dir``: the command's --data-dir."""
     from baton.cli.up_children import WORKER_DATA_DIR
     from baton.processors.control_seal import workers_chain_key
     from baton.sinks.clickhouse import parse_dsn
 
     target = parse_dsn(dsn)
     worker_dir = None
-    if target.chdb_path is not None:
+    if data_dir is not None:  # (ignored, every real row was named altered: h44 F3)
+        worker_dir = data_dir / WORKER_DATA_DIR
+    elif target.chdb_path is not None:
         worker_dir = target.chdb_path.parent / WORKER_DATA_DIR
     elif target.kind == "http":
         data_dir = _stack_serving(dsn)
@@ -61,14 +64,20 @@ def _stack_serving(dsn: str) -> Path | None:
     except ConfigError:  # no record to read: no stack's key
         return None
     record = found.record
-    if record is None or not record.sql_url:
+    if record is None or not record.sql_url or not record.live(found.data_dir):
         return None
-    return found.data_dir if _where(record.sql_url) == _where(dsn) else None
+    where = _where(dsn)
+    return found.data_dir if where is not None and where == _where(record.sql_url) else None
+
+
+#: the names of this host's loopback address (the endpoint listens on 127.0.0.1)
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _where(url: str) -> tuple[str | None, int | None] | None:
     try:
         parts = urlsplit(url)
-        return parts.hostname, parts.port
+        host = "127.0.0.1" if parts.hostname in _LOOPBACK else parts.hostname
+        return host, parts.port
     except ValueError:  # a port that is no number
         return None

@@ -64,21 +64,36 @@ def chain_key_check(settings: Settings, data_dir: Path | None) -> Check:
     row appended at a run's end then passes `baton audit verify`."""
     from baton.cli.stack_record import find_stack
     from baton.cli.up_children import WORKER_DATA_DIR
-    from baton.processors.control_seal import CHAIN_KEY_FILE, read_chain_key
+    from baton.processors.control_seal import (
+        CHAIN_KEY_FILE,
+        chain_key,
+        chain_key_id,
+        read_chain_key,
+    )
 
+    found = find_stack(data_dir)
+    recorded = found.record.chain_key_id if found.record is not None else None
+    path = found.data_dir / WORKER_DATA_DIR / CHAIN_KEY_FILE
+    try:
+        key = chain_key(settings) or (read_chain_key(path.parent) if found.record else b"")
+    except ConfigError as exc:
+        return fail(CHAIN, str(exc), "see the message")
+    if recorded and chain_key_id(key) != recorded:  # (h44 F1, F2: a start would refuse)
+        return fail(
+            CHAIN,
+            f"the stack's audit is chained with the key stack.json names (id {recorded}), and "
+            + ("this one is another" if key else f"{path} is gone")
+            + ": its next start is refused",
+            "put worker/chain.key back from a backup, or set or unset BATON_AUDIT_CHAIN_KEY as "
+            "the stack's workers had it",
+        )
     if settings.audit_chain_key:
         return ok(CHAIN, "BATON_AUDIT_CHAIN_KEY (the workers link every decision with it)")
-    found = find_stack(data_dir)
-    path = found.data_dir / WORKER_DATA_DIR / CHAIN_KEY_FILE
     unkeyed = "a forged row appended at a run's end passes `baton audit verify`"
     if found.record is None:
         return Check(
             CHAIN, Status.SKIP, f"none: {unkeyed}", "set BATON_AUDIT_CHAIN_KEY on the workers"
         )
-    try:
-        key = read_chain_key(path.parent)
-    except ConfigError as exc:
-        return fail(CHAIN, str(exc), "see the message")
     if not key:
         return Check(
             CHAIN,

@@ -236,7 +236,7 @@ def replay_cmd(
                 )  # fmt: skip
             else:
                 settings = audit_settings(clickhouse_dsn, data_dir)
-                key = audit_chain_key(workers, settings.clickhouse_dsn)
+                key = audit_chain_key(workers, settings.clickhouse_dsn, data_dir)
                 report, policies, refused, label = _replay(
                     settings, scope, new_policy, key, jobs, workers.run_retention_s,
                     workers.tombstone_retention_s,

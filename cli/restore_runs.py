@@ -329,7 +329,8 @@ def _say_what_was_not_verified(rebuilt: _Rebuilt, keyed: bool, say: Callable[[st
             "exactly as recorded "
             f"({names}): each is restored STOPPED (audit_unverified), never reopened. Their "
             "audit rows may be forged or altered (check `baton audit verify --run RUN`), or "
-            "BATON_AUDIT_CHAIN_KEY is not the workers', or another Baton version decided them"
+            "the chain key (BATON_AUDIT_CHAIN_KEY, else DATA_DIR/worker/chain.key) is not the "
+            "workers', or another Baton version decided them"
         )
     if rebuilt.broken:
         say(

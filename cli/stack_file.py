@@ -86,6 +86,9 @@ class StackRecord(BaseModel):
     #: the public key its workers sign decisions with (``ed25519:…``): client commands take
     #: only decisions it signed (schemas/decision_signing.py); None: an older Baton's stack
     decision_keys: str | None = Field(None, max_length=1024)
+    #: which key its workers link the audit's chains with (``control_seal.chain_key_id``; "":
+    #: none): a start with another key, or none, is refused; None: an older Baton's stack
+    chain_key_id: str | None = Field(None, pattern="^([0-9a-f]{16})?$")
 
     @field_validator("bootstrap")
     @classmethod
@@ -305,6 +308,7 @@ def write_stack_record(
     broker_memory_max: int | None = None,
     audit_id: str | None = None,
     decision_keys: str | None = None,
+    chain_key_id: str | None = None,
 ) -> StackRecord:
     """Record the starting stack in ``data_dir``/stack.json (client commands find it there)."""
     names = ("worker",) if no_audit else ("worker", "sink", "alerts")
@@ -327,6 +331,7 @@ def write_stack_record(
         broker_memory_max=broker_memory_max,
         audit_id=audit_id,
         decision_keys=decision_keys,
+        chain_key_id=chain_key_id,
     )
     write_record(record)
     return record

@@ -49,6 +49,7 @@ from baton.cli.up_restart import (
     name_a_lost_policy,
     prune_broker_logs,
     say_what_a_restart_keeps,
+    workers_chain_key_id,
 )
 from baton.cli.up_stop import stop_children
 from baton.cli.worker_cmd import create_topics
@@ -243,6 +244,7 @@ def up_cmd(
             f"was {earlier.decision_keys}): clients given the old one take none of their "
             "decisions; give them the new one (stack.json's decision_keys)"
         )
+    chain_id = workers_chain_key_id(settings, data_dir, earlier, forgotten, say)
     machine = machine_memory()
     memory_max = memory_limit(broker_memory_max, machine)
     try:
@@ -305,6 +307,7 @@ def up_cmd(
             memory_max if memory else None,
             audit_id,
             signing[1],
+            chain_id,
         )
         record = update_record(record, **carried_over(earlier, audit_id))
         say(

@@ -29,6 +29,7 @@ __all__ = [
     "name_a_lost_policy",
     "prune_broker_logs",
     "say_what_a_restart_keeps",
+    "workers_chain_key_id",
 ]
 
 #: in DATA_DIR: the --policy file's text as a start read it, what its workers load, named
@@ -54,6 +55,53 @@ def _rebuild_runs_from_audit(
     return restore_runs(settings, data_dir, say)
 
 
+def workers_chain_key_id(
+    settings: Settings,
+    data_dir: Path,
+    earlier: StackRecord | None,
+    forgotten: bool,
+    say: Callable[[str], None],
+) -> str:
+    """The id of the key the stack's workers will link decisions with (``""``: none):
+    BATON_AUDIT_CHAIN_KEY, else DATA_DIR/worker/chain.key, made while the audit holds no
+    decision (control_seal). Refused (ConfigError, exit 2) when the audit was chained with
+    another key, or with one this start lacks: a start without chain.key linked new decisions
+    unkeyed, and a forged row appended at a run's end passed `baton audit verify` again
+    (h44 F1); one with the variable set or unset since made chains of two keys (F2)."""
+    from baton.cli.up_audit import has_tables
+    from baton.cli.up_children import WORKER_DATA_DIR
+    from baton.processors.control_seal import chain_key, chain_key_id, ensure_chain_key
+
+    audit = data_dir / "chdb"
+    fresh = not has_tables(audit)
+    key = chain_key(settings) or ensure_chain_key(data_dir / WORKER_DATA_DIR, fresh)
+    made = chain_key_id(key)
+    was = None if earlier is None or forgotten else earlier.chain_key_id
+    if was and made != was:
+        now = (
+            f"this start links with another (id {made}, from "
+            + ("BATON_AUDIT_CHAIN_KEY" if settings.audit_chain_key else "worker/chain.key")
+            + ")"
+            if made
+            else "this start has none (DATA_DIR/worker/chain.key is gone, BATON_AUDIT_CHAIN_KEY "
+            "unset)"
+        )
+        raise ConfigError(
+            f"the audit in {audit} is chained with the key stack.json names (id {was}), and "
+            f"{now}: put DATA_DIR/worker/chain.key back from a backup of the data dir, or set or "
+            "unset BATON_AUDIT_CHAIN_KEY as at the last start; or start with a new --data-dir "
+            "(with another key every run would be restored stopped, and without one a forged row "
+            "appended at a run's end would pass `baton audit verify`)"
+        )
+    if not key:
+        say(
+            f"WARNING: the audit in {audit} was begun without a chain key (before Baton made "
+            "one): a forged row appended at a run's end passes `baton audit verify`; a new "
+            "data dir gets one"
+        )
+    return made
+
+
 def say_what_a_restart_keeps(
     data_dir: Path,
     earlier: StackRecord | None,
@@ -66,20 +114,12 @@ def say_what_a_restart_keeps(
     audit gives back, and loudly when it gives nothing back."""
     from baton.cli.up_audit import has_tables
     from baton.cli.up_children import WORKER_DATA_DIR
-    from baton.processors.control_seal import ensure_chain_key, ensure_seal_key
+    from baton.processors.control_seal import ensure_seal_key
     from baton.processors.held_kills import clear_held_kills
 
     audit = data_dir / "chdb"
     clear_held_kills(data_dir / WORKER_DATA_DIR)  # the restore below writes what it holds
     ensure_seal_key(data_dir / WORKER_DATA_DIR)  # the workers seal commands' records with it
-    # ... and link decisions with this one (made with a fresh audit only: control_seal)
-    chained = ensure_chain_key(data_dir / WORKER_DATA_DIR, not has_tables(audit))
-    if not chained and not settings.audit_chain_key:
-        say(
-            f"WARNING: the audit in {audit} was begun without a chain key (before Baton made "
-            "one): a forged row appended at a run's end passes `baton audit verify`; a new "
-            "data dir gets one"
-        )
     if no_audit:
         say(
             "the embedded Kafka broker keeps everything in memory and --no-audit keeps no "

@@ -142,7 +142,7 @@ def verify_cmd(
     sql, params = _query(run_id, since)
     target = parse_dsn(settings.clickhouse_dsn)
     label = target.label
-    key = audit_chain_key(build_settings(), settings.clickhouse_dsn)
+    key = audit_chain_key(build_settings(), settings.clickhouse_dsn, data_dir)
     seal_keys = audit_seal_keys(build_settings(), target.chdb_path)
     with audit_client(settings) as client, audit_errors(label, "reading the decision chains"):
         rows = [utc_row(row) for row in client.query(sql, parameters=params).result_rows]

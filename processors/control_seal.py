@@ -39,6 +39,7 @@ would stop them all; such a stack stays unkeyed, and says so (`baton doctor`, `a
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import re
@@ -64,6 +65,7 @@ __all__ = [
     "SEAL_FIELDS",
     "SEAL_KEY_FILE",
     "chain_key",
+    "chain_key_id",
     "ensure_chain_key",
     "ensure_seal_key",
     "is_sealed",
@@ -141,6 +143,12 @@ def workers_chain_key(settings: Settings, worker_dir: Path | None) -> bytes:
     return chain_key(settings) or (read_chain_key(worker_dir) if worker_dir else b"")
 
 
+def chain_key_id(key: bytes) -> str:
+    """16 hex characters that name ``key`` (b"": ""), recorded in stack.json: a start whose
+    workers would link with another key, or none, is refused (h44 F1, F2)."""
+    return hashlib.blake2b(key, digest_size=8, person=b"baton-chain-id").hexdigest() if key else ""
+
+
 def ensure_seal_key(worker_dir: Path) -> None:
     """Make ``worker_dir``'s seal.key when there is none (`baton up`, at every start)."""
     if read_seal_key(worker_dir):
@@ -183,14 +191,20 @@ _CHAIN: Final = (
 
 def _read_key(path: Path, about: tuple[str, str, str, str]) -> bytes:
     what, power, mend, damaged = about
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:  # (O_NONBLOCK: a FIFO planted there hung every reader; h44 F4)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return b""
     except OSError as exc:
         raise ConfigError(
             f"cannot read the {what} {path}: {exc.strerror or exc} (a link is refused)"
         ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # (a folder was a traceback)
+        os.close(fd)
+        raise ConfigError(
+            f"the {what} {path} is not a regular file (a folder, a FIFO ...): someone put it "
+            "there; remove it, and put the key back from a backup of the data dir"
+        )
     with os.fdopen(fd, "rb") as key_file:
         info = os.fstat(key_file.fileno())
         mode = info.st_mode
@@ -201,7 +215,7 @@ def _read_key(path: Path, about: tuple[str, str, str, str]) -> bytes:
                 f"the {what} {path} belongs to another user (uid {info.st_uid}): whoever "
                 f"made it can {power}; remove it, or run as its owner"
             )
-        if not stat.S_ISREG(mode) or mode & 0o077:
+        if mode & 0o077:
             raise ConfigError(
                 f"the {what} {path} is not a file only its owner may read (mode "
                 f"{stat.S_IMODE(mode):o}): `chmod 600 {path}`, or {mend}"

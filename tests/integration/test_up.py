@@ -452,6 +452,39 @@ def test_the_stack_keys_its_chains_and_verify_names_a_row_forged_onto_a_run(up: 
     assert f"altered: decision {last.decision_id}" in caught.stdout, caught.stdout
 
 
+def test_the_stack_s_alerter_announces_only_its_workers_stops(up: _Up) -> None:
+    """`baton up` gives its alerter the stack's public key: a stop forged onto gov.stops is not
+    announced (h43b F4), the workers' own is."""
+    from baton.schemas.decision import Decision
+
+    up.ready_line()
+    bootstrap = json.loads((up.data_dir / "stack.json").read_text())["bootstrap"]
+    run = f"alerted-{uuid.uuid4().hex[:8]}"
+    p = Producer({"bootstrap.servers": bootstrap})
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for i, to in enumerate(("researcher", "writer")):  # the second: ownership_conflict
+        event = {
+            "type": "handoff_requested",
+            "request_id": f"h{i}",
+            "run_id": run,
+            "task_id": "t",
+            "from_agent": "planner",
+            "to_agent": to,
+            "event_time": now,
+        }
+        p.produce("gov.handoff.requests", json.dumps(event).encode(), run.encode())  # fmt: skip
+    assert p.flush(10) == 0
+    (stop,) = wait_for(lambda: _read(bootstrap, "gov.stops", run) or None, 60, message="stop")
+    forged = Decision.from_json(json.dumps(stop))
+    forged.decision_id, forged.reason = "f" * 32, "forged_page"
+    p.produce("gov.stops", forged.to_json(), run.encode())
+    assert p.flush(10) == 0
+    wait_for(lambda: any(run in ln and "ownership_conflict" in ln for ln in up.lines), 60,
+             message=lambda: "\n".join(up.lines[-20:]))  # fmt: skip
+    time.sleep(2)  # (the forged one, read after the real one, would be announced by now)
+    assert not any("forged_page" in ln for ln in up.lines), [ln for ln in up.lines if run in ln]
+
+
 def test_sigterm_stops_everything_without_orphans(up: _Up) -> None:
     up.ready_line()
     children = _children_of(up.proc.pid)
@@ -520,29 +553,3 @@ def test_a_stop_before_ready_ends_130(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 130, seen + out
     assert " ready " not in seen + out
-
-
-def test_the_stack_s_alerter_announces_only_its_workers_stops(up: _Up) -> None:
-    """`baton up` gives its alerter the stack's public key: a stop forged onto gov.stops is not
-    announced (h43b F4), the workers' own is."""
-    from baton.schemas.decision import Decision
-
-    up.ready_line()
-    bootstrap = json.loads((up.data_dir / "stack.json").read_text())["bootstrap"]
-    run = f"alerted-{uuid.uuid4().hex[:8]}"
-    p = Producer({"bootstrap.servers": bootstrap})
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    for i, to in enumerate(("researcher", "writer")):  # the second: ownership_conflict
-        event = {"type": "handoff_requested", "request_id": f"h{i}", "run_id": run,
-                 "task_id": "t", "from_agent": "planner", "to_agent": to, "event_time": now}
-        p.produce("gov.handoff.requests", json.dumps(event).encode(), run.encode())  # fmt: skip
-    assert p.flush(10) == 0
-    (stop,) = wait_for(lambda: _read(bootstrap, "gov.stops", run) or None, 60, message="stop")
-    forged = Decision.from_json(json.dumps(stop))
-    forged.decision_id, forged.reason = "f" * 32, "forged_page"
-    p.produce("gov.stops", forged.to_json(), run.encode())
-    assert p.flush(10) == 0
-    wait_for(lambda: any(run in ln and "ownership_conflict" in ln for ln in up.lines), 60,
-             message=lambda: "\n".join(up.lines[-20:]))  # fmt: skip
-    time.sleep(2)  # (the forged one, read after the real one, would be announced by now)
-    assert not any("forged_page" in ln for ln in up.lines), [ln for ln in up.lines if run in ln]

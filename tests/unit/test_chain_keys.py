@@ -30,11 +30,19 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, bytes]
     return data_dir, ensure_chain_key(data_dir / "worker", fresh_audit=True)
 
 
-def test_the_stack_s_key_for_its_audit_its_endpoint_and_its_kafka(stack) -> None:
+def test_the_stack_s_key_for_its_audit_its_endpoint_and_its_kafka(stack, monkeypatch) -> None:
+    from baton.cli.stack_file import StackRecord
+
     data_dir, key = stack
     plain = Settings()
     assert audit_chain_key(plain, f"chdb://{data_dir / 'chdb'}") == key
+    # its endpoint's port may serve another stack's audit once it stopped (h44 F3)
+    assert audit_chain_key(plain, "http://baton:token@127.0.0.1:8123") == b""
+    monkeypatch.setattr(StackRecord, "live", lambda self, data_dir=None: True)
     assert audit_chain_key(plain, "http://baton:token@127.0.0.1:8123") == key
+    assert audit_chain_key(plain, "http://baton:token@localhost:8123") == key
+    # the command's --data-dir names the stack whatever the DSN (h44 F3: it was ignored)
+    assert audit_chain_key(plain, "http://ch.example.com:8123", data_dir) == key
     assert stack_chain_key(plain, None, None) == key
     assert stack_chain_key(plain, None, data_dir) == key
     # the workers' variable wins everywhere

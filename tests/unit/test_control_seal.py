@@ -278,3 +278,64 @@ def read_seal_key_of(worker: Path) -> bytes:
 
     ensure_seal_key(worker)
     return read_seal_key(worker)
+
+
+@pytest.mark.parametrize("planted", ["fifo", "folder"])
+def test_a_key_path_that_is_no_file_is_refused_without_waiting(
+    tmp_path: Path, planted: str
+) -> None:
+    """(h44 F4) a FIFO at worker/chain.key hung `baton audit verify` and `replay` for ever (the
+    open waited for a writer); a folder was an IsADirectoryError traceback."""
+    import os
+
+    from baton.processors.control_seal import read_chain_key, read_seal_key
+    from baton.schemas.errors import ConfigError
+
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    for name in ("chain.key", "seal.key"):
+        if planted == "fifo":
+            os.mkfifo(worker / name, 0o600)
+        else:
+            (worker / name).mkdir(mode=0o700)
+    for read in (read_chain_key, read_seal_key):
+        with pytest.raises(ConfigError, match="not a regular file"):
+            read(worker)
+
+
+def test_a_start_whose_workers_would_chain_with_another_key_or_none_is_refused(
+    tmp_path: Path,
+) -> None:
+    """(h44 F1, F2) stack.json records the chain key's id: a start without chain.key (removed,
+    a backup restored without it) linked new decisions unkeyed and a forged row appended at a
+    run's end passed `baton audit verify`; one with BATON_AUDIT_CHAIN_KEY set or unset since
+    made chains of two keys. Both are refused now; --forget-audit's start is a new audit."""
+    from baton.cli.up_restart import workers_chain_key_id
+    from baton.processors.control_seal import chain_key_id
+    from baton.schemas.errors import ConfigError
+    from baton.schemas.settings import Settings
+    from tests.unit.test_up_audit import _audit, _record
+
+    said: list[str] = []
+    plain, keyed = Settings(), Settings(audit_chain_key="the-workers-key")
+    # a stack begun with the variable makes no chain.key (it went unused, then was taken)
+    assert workers_chain_key_id(keyed, tmp_path, None, False, said.append) == chain_key_id(
+        b"the-workers-key"
+    )
+    assert not (tmp_path / "worker" / "chain.key").exists()
+    made = workers_chain_key_id(plain, tmp_path, None, False, said.append)
+    assert len(made) == 16 and (tmp_path / "worker" / "chain.key").exists() and not said
+    _audit(tmp_path)  # its audit holds decisions now
+    earlier = _record(tmp_path, chain_key_id=made)
+    assert workers_chain_key_id(plain, tmp_path, earlier, False, said.append) == made
+    with pytest.raises(ConfigError, match="this start links with another"):
+        workers_chain_key_id(keyed, tmp_path, earlier, False, said.append)
+    (tmp_path / "worker" / "chain.key").unlink()
+    with pytest.raises(ConfigError, match=r"chain\.key is gone"):
+        workers_chain_key_id(plain, tmp_path, earlier, False, said.append)
+    # (not made again on an audit with decisions: unkeyed, said; --forget-audit lets it start)
+    assert workers_chain_key_id(plain, tmp_path, earlier, True, said.append) == ""
+    assert said and "begun without a chain key" in said[-1]
+    # an unkeyed stack's record ("") lets a key be set: its chains grow stronger
+    unkeyed = _record(tmp_path, chain_key_id="")
+    assert workers_chain_key_id(keyed, tmp_path, unkeyed, False, said.append)

@@ -98,3 +98,22 @@ def test_the_chain_key_line_names_the_stacks_key_and_says_an_unkeyed_audit(
     assert line.status.name == "FAIL" and "chmod 600" in line.detail, line
     keyed = Settings(audit_chain_key=SecretStr("k" * 32))
     assert chain_key_check(keyed, tmp_path).status.name == "OK"
+
+
+def test_the_chain_key_line_fails_when_the_key_is_not_the_one_the_audit_is_chained_with(
+    tmp_path: Path,
+) -> None:
+    """(h44 F1, F2) stack.json names the key's id: the file gone, or another key set, fails
+    (the stack's next start is refused)."""
+    from baton.cli.doctor_seal import chain_key_check
+    from baton.processors.control_seal import chain_key_id, ensure_chain_key
+
+    key = ensure_chain_key(tmp_path / "worker", fresh_audit=True)
+    write_record(_record(tmp_path, chain_key_id=chain_key_id(key)))
+    assert chain_key_check(Settings(), tmp_path).status.name == "OK"
+    other = Settings(audit_chain_key=SecretStr("k" * 32))
+    line = chain_key_check(other, tmp_path)
+    assert line.status.name == "FAIL" and "another" in line.detail, line
+    (tmp_path / "worker" / "chain.key").unlink()
+    line = chain_key_check(Settings(), tmp_path)
+    assert line.status.name == "FAIL" and "is gone" in line.detail, line
