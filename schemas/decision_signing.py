@@ -26,6 +26,7 @@ its own decisions (others' are never checked); bench/RESULTS.md.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
@@ -139,6 +140,17 @@ def decision_keys(
     ","): checking would be off, silently, though a value was given (session 43, F3)."""
     if keys is None or (unset is not None and keys == unset):
         return DecisionKeys(())
+    if isinstance(keys, str):  # (BATON_DECISION_KEYS: read by Settings, then by its user)
+        return _parsed(keys, what)
+    return _parse(keys, what)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(keys: str, what: str) -> DecisionKeys:
+    return _parse(keys, what)
+
+
+def _parse(keys: str | Iterable[str], what: str) -> DecisionKeys:
     if isinstance(keys, (bytes, bytearray)) or not isinstance(keys, (str, Iterable)):
         raise SigningKeyError(
             f"{what}: expected the workers' public keys, ed25519:… texts (a list, or one "
