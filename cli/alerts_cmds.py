@@ -123,6 +123,11 @@ def alerts_group(
         )
     if alerter.duplicates:
         output.say(f"alerts: {alerter.duplicates} duplicate stops not announced again")
+    if alerter.skipped.get("unsigned"):  # (a wrong key skips every real stop: h44b F3)
+        output.say(
+            f"alerts: {alerter.skipped['unsigned']} stops no key of decision_keys signed, not "
+            "announced: forged, or the keys are not the workers' (then real stops were lost)"
+        )
 
 
 @alerts_group.command("check")

@@ -96,8 +96,8 @@ def tail_cmd(
                 where = f"[p{partition}@{offset}]"
                 if keys and not keys.verifies(value):
                     where += f" UNSIGNED: {UNSIGNED}"
-                    if fmt == "json" and isinstance(doc, dict):
-                        doc = {**doc, "unsigned": UNSIGNED}
+                    if fmt == "json":  # every such line marked, a non-object wrapped (h44b F5)
+                        doc = _marked(value, doc)
                 click.echo(render(value, doc, where, dead))
                 shown += 1
         if run_id is not None and not shown:  # silence read as "no such run" (H1, session 27)
@@ -262,6 +262,17 @@ def _wanted(doc: Any, dead: bool, run_id: str | None, probes: bool) -> bool:
 
 #: what marks a decision the keys did not sign (a text line's end, a JSON line's member)
 UNSIGNED = "no key of decision_keys signed it (forged?)"
+
+
+def _marked(value: bytes, doc: Any) -> dict[str, Any]:
+    """``doc`` with the UNSIGNED mark as its member ``unsigned``; a record that is no JSON
+    object as ``{"raw": text}`` or ``{"value": doc}``, marked so (a forged array, string or
+    non-JSON value printed unmarked, read as signed by a tool filtering on the member)."""
+    if doc is None:
+        doc = {"raw": value[:MAX_EVENT_BYTES].decode("utf-8", "replace")}
+    elif not isinstance(doc, dict):
+        doc = {"value": doc}
+    return {**doc, "unsigned": UNSIGNED}
 
 
 def _render_json(value: bytes, doc: Any, where: str, dead: bool) -> str:

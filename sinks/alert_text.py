@@ -16,7 +16,19 @@ name; neither notifies anyone nor hides text behind a different link.
 
 from __future__ import annotations
 
-__all__ = ["FIELD_MAX", "TEXT_MAX", "cap_text", "clean_field", "slack_escape"]
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "FIELD_MAX",
+    "STALE_AFTER_S",
+    "TEXT_MAX",
+    "cap_text",
+    "clean_field",
+    "slack_escape",
+    "stale_note",
+    "stop_age",
+]
 
 #: characters kept of one name in an alert (run ids, agents, tasks, reasons are far shorter)
 FIELD_MAX = 100
@@ -62,3 +74,28 @@ def _visible(ch: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+#: a stop decided longer ago than this is announced with its age: an alerter that was down
+#: announces what it missed, and a genuine signed stop written to gov.stops again is
+#: announced anew by an alerter that no longer remembers it (h44b F1): on-call sees which
+STALE_AFTER_S = 300.0
+
+
+def stop_age(decision: Any) -> float | None:
+    """Seconds since ``decision`` was decided, by this host's clock (None: no time)."""
+    decided = decision.decided_at
+    if decided is None:
+        return None
+    decided = decided.replace(tzinfo=UTC) if decided.tzinfo is None else decided
+    return (datetime.now(UTC) - decided).total_seconds()
+
+
+def stale_note(age_s: float | None) -> str:
+    """`` (decided 2 h ago)`` for a stop older than STALE_AFTER_S, else ``""``."""
+    if age_s is None or age_s <= STALE_AFTER_S:
+        return ""
+    for unit, seconds in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if age_s >= seconds:
+            return f" (decided {age_s / seconds:.0f} {unit} ago)"
+    return ""  # (unreachable past STALE_AFTER_S)

@@ -29,7 +29,6 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -41,7 +40,7 @@ from baton.schemas.settings import Settings
 from baton.sinks.alert_offsets import CommitPoints
 from baton.sinks.alert_post import post_webhook
 from baton.sinks.alert_records import BadRecord, SkippedRecords, read_stop
-from baton.sinks.alert_text import TEXT_MAX, cap_text, clean_field
+from baton.sinks.alert_text import TEXT_MAX, cap_text, clean_field, stale_note, stop_age
 from baton.sinks.alert_webhook import WebhookSender
 
 __all__ = [
@@ -283,6 +282,8 @@ def run_alerts(
     stats.skipped = skipped.counts  # (the same counter: the metrics read it live)
     # given keys, only the workers' signed stops (a writer of gov.stops paged at will: h43b F4)
     keys = decision_keys(getattr(settings, "decision_keys", None), unset="")
+    if not keys:  # (said: an alerter apart from `baton up` checked nothing, silently: h44b F4)
+        log.warning("alerts: no decision_keys: forged stops are announced (BATON_DECISION_KEYS)")
     sender = (
         WebhookSender(
             webhook_url,
@@ -428,22 +429,16 @@ def _announce(
         if isinstance(decision, BadRecord):
             skipped.skip(decision, where, time.monotonic())
             return []
-        age = _age(decision) if max_age_s else None
+        age = stop_age(decision) if max_age_s else None
         if age is not None and age > max_age_s:
             why = f"decided {age:.0f} s ago, past --max-age {max_age_s:g} (a first start)"
             skipped.skip(BadRecord("too_old", why), where, time.monotonic())
             return []
-        return alerter.offer(decision, time.monotonic())
+        out = alerter.offer(decision, time.monotonic())
+        if out and out[-1].text == stop_line(decision):  # its own line: its age if old
+            out[-1] = AlertMessage(out[-1].text + stale_note(stop_age(decision)))
+        return out
     except Exception as exc:  # a bug meeting a record we did not foresee: skip it, loudly
         bad = BadRecord("unexpected", clean_field(f"{type(exc).__name__}: {exc}", 200))
         skipped.skip(bad, where, time.monotonic())
         return []
-
-
-def _age(decision: Decision) -> float | None:
-    """Seconds since ``decision`` was decided, by this host's clock (None: no time)."""
-    if decision.decided_at is None:
-        return None
-    decided = decision.decided_at
-    decided = decided.replace(tzinfo=UTC) if decided.tzinfo is None else decided
-    return (datetime.now(UTC) - decided).total_seconds()

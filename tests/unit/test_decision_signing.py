@@ -172,3 +172,19 @@ def test_the_alerter_reads_a_stop_the_keys_did_not_sign_as_unsigned(signer_and_p
     assert [(s.labels, s.value) for s in family.samples if s.name.endswith("_total")] == [
         ({"kind": "unsigned"}, 3)
     ]
+
+
+def test_an_old_stop_says_its_age_and_every_unsigned_json_line_is_marked() -> None:
+    """(h44b F1, F5) a stop decided more than 5 minutes ago is announced with its age (a
+    genuine signed stop written to gov.stops again is announced anew); `tail --format json`
+    marks an unsigned record that is no JSON object too (it was printed unmarked)."""
+    from baton.cli.tail_cmds import UNSIGNED, _marked
+    from baton.sinks.alert_text import stale_note
+
+    assert stale_note(None) == stale_note(299.0) == ""
+    assert stale_note(7_300.0) == " (decided 2 h ago)"
+    assert stale_note(3 * 86_400.0) == " (decided 3 d ago)"
+    assert stale_note(600.0) == " (decided 10 min ago)"
+    assert _marked(b"[1]", [1]) == {"value": [1], "unsigned": UNSIGNED}
+    assert _marked(b"not json", None) == {"raw": "not json", "unsigned": UNSIGNED}
+    assert _marked(b"{}", {"unsigned": False, "a": 1}) == {"unsigned": UNSIGNED, "a": 1}
