@@ -356,8 +356,6 @@ def replay_scene(
 
     from baton.cli.chain_keys import audit_chain_key
     from baton.cli.options import build_settings
-    from baton.cli.up_children import WORKER_DATA_DIR
-    from baton.processors.control_seal import workers_chain_key
     from baton.processors.replay_pool import replay_parallel
     from baton.schemas.policy import parse_policy
     from baton.sinks.clickhouse import connect
@@ -379,12 +377,7 @@ def replay_scene(
     path = folder / "stricter.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     stricter = parse_policy(path.read_text(), str(path))
-    workers = build_settings()
-    chain_key = (
-        audit_chain_key(workers, dsn)
-        if stack_dir is None
-        else workers_chain_key(workers, stack_dir / WORKER_DATA_DIR)
-    )
+    chain_key = audit_chain_key(build_settings(), dsn, stack_dir)
     report = replay_parallel(rows, stricter, policies, chain_key)
     stopped = [
         r for r in report.changed_runs if r.first_change and "stop:" in r.first_change.replayed

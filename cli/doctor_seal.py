@@ -64,18 +64,13 @@ def chain_key_check(settings: Settings, data_dir: Path | None) -> Check:
     row appended at a run's end then passes `baton audit verify`."""
     from baton.cli.stack_record import find_stack
     from baton.cli.up_children import WORKER_DATA_DIR
-    from baton.processors.control_seal import (
-        CHAIN_KEY_FILE,
-        chain_key,
-        chain_key_id,
-        read_chain_key,
-    )
+    from baton.processors.control_seal import CHAIN_KEY_FILE, chain_key_id, workers_chain_key
 
     found = find_stack(data_dir)
     recorded = found.record.chain_key_id if found.record is not None else None
     path = found.data_dir / WORKER_DATA_DIR / CHAIN_KEY_FILE
     try:
-        key = chain_key(settings) or (read_chain_key(path.parent) if found.record else b"")
+        key = workers_chain_key(settings, path.parent if found.record else None)
     except ConfigError as exc:
         return fail(CHAIN, str(exc), "see the message")
     if recorded and chain_key_id(key) != recorded:  # (h44 F1, F2: a start would refuse)

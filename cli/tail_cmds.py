@@ -269,16 +269,21 @@ def _marked(value: bytes, doc: Any) -> dict[str, Any]:
     object as ``{"raw": text}`` or ``{"value": doc}``, marked so (a forged array, string or
     non-JSON value printed unmarked, read as signed by a tool filtering on the member)."""
     if doc is None:
-        doc = {"raw": value[:MAX_EVENT_BYTES].decode("utf-8", "replace")}
+        doc = _raw(value)
     elif not isinstance(doc, dict):
         doc = {"value": doc}
     return {**doc, "unsigned": UNSIGNED}
 
 
+def _raw(value: bytes) -> dict[str, str]:
+    """A record that is not JSON, as an object: its text under "raw"."""
+    return {"raw": value[:MAX_EVENT_BYTES].decode("utf-8", "replace")}
+
+
 def _render_json(value: bytes, doc: Any, where: str, dead: bool) -> str:
     """The record as one line of JSON (a record that is not JSON: its text under "raw")."""
     if doc is None:
-        doc = {"raw": value[:MAX_EVENT_BYTES].decode("utf-8", "replace")}
+        doc = _raw(value)
     return printable_json(orjson.dumps(doc).decode())
 
 

@@ -4,8 +4,8 @@ Reads ``CHAIN_COLUMNS`` of ``governance.decisions FINAL`` (one row per decision;
 in replay's read order: ``decided_at``, then the sink's position), walks each run's chain
 with ``baton.sinks.chain_verify.verify_chains`` and the key the workers chained with
 (``BATON_AUDIT_CHAIN_KEY``, from the environment only: never an argument, which ``ps``
-shows; else the ``chain.key`` of the `baton up` stack whose ``chdb://DATA_DIR/chdb`` audit this
-is, ``control_seal``), and names every run whose rows were deleted, altered or inserted out of band.
+shows; else the ``chain.key`` of the `baton up` stack whose audit this is: ``cli/chain_keys``),
+and names every run whose rows were deleted, altered or inserted out of band.
 
 ``--since T`` checks the runs that have a decision at or after T, each from its first row (a
 run cut at T would look like one whose earlier rows were deleted). Runs whose oldest row is
@@ -142,8 +142,9 @@ def verify_cmd(
     sql, params = _query(run_id, since)
     target = parse_dsn(settings.clickhouse_dsn)
     label = target.label
-    key = audit_chain_key(build_settings(), settings.clickhouse_dsn, data_dir)
-    seal_keys = audit_seal_keys(build_settings(), target.chdb_path)
+    workers = build_settings()  # (BATON_AUDIT_CHAIN_KEY)
+    key = audit_chain_key(workers, settings.clickhouse_dsn, data_dir)
+    seal_keys = audit_seal_keys(workers, target.chdb_path)
     with audit_client(settings) as client, audit_errors(label, "reading the decision chains"):
         rows = [utc_row(row) for row in client.query(sql, parameters=params).result_rows]
         found = load_conflicts(client, run_id, since)

@@ -199,15 +199,15 @@ def _read_key(path: Path, about: tuple[str, str, str, str]) -> bytes:
         raise ConfigError(
             f"cannot read the {what} {path}: {exc.strerror or exc} (a link is refused)"
         ) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # (a folder was a traceback)
+    info = os.fstat(fd)
+    mode = info.st_mode
+    if not stat.S_ISREG(mode):  # (a folder was a traceback)
         os.close(fd)
         raise ConfigError(
             f"the {what} {path} is not a regular file (a folder, a FIFO ...): someone put it "
             "there; remove it, and put the key back from a backup of the data dir"
         )
     with os.fdopen(fd, "rb") as key_file:
-        info = os.fstat(key_file.fileno())
-        mode = info.st_mode
         if info.st_uid != os.geteuid():
             # a key another user made (one in a folder others may write, such as /tmp beside
             # an audit copy `baton audit verify` reads) is that user's to forge with
