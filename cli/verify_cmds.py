@@ -85,6 +85,22 @@ def _query(run_id: str | None, since: datetime | None) -> tuple[str, dict[str, A
     return sql, params
 
 
+def _refused_forged(client: Any, since: datetime | None) -> tuple[int, str]:
+    """How many records the sink rejected for want of the workers' audit MAC (``forged``,
+    schemas/record_mac.py) since ``since``, and where the first was read ("" when none)."""
+    sql = (
+        f"SELECT count(), argMin(concat(toString(audit_partition), '@', "
+        f"toString(audit_offset)), inserted_at) FROM {DATABASE}.rejected FINAL "
+        "WHERE error_kind = 'forged'"
+    )
+    params: dict[str, Any] = {}
+    if since is not None:
+        sql += " AND inserted_at >= {since:DateTime64(6, 'UTC')}"
+        params["since"] = since
+    count, first = client.query(sql, parameters=params).result_rows[0]
+    return int(count), str(first) if count else ""
+
+
 def _partial_runs(rows: Sequence[Sequence[Any]], horizon: datetime) -> frozenset[str]:
     """Runs whose oldest chained row is near the retention horizon: older rows may have
     expired. Chained rows only: a row outside every chain (a stop, a refusal) is what any
@@ -124,11 +140,12 @@ def verify_cmd(
 ) -> None:
     """Recompute every run's decision hash chain from the audit; print one line per run whose
     rows were deleted, altered or inserted out of band, one line per decision id that holds
-    records saying different things, one per applied command record no worker sealed, and a
-    summary. Exit 1 when any run fails, any id conflicts or a command record is forged, 0
-    when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the workers'), else the
-    chain.key of the `baton up` stack whose audit this is; seals verify with it or with that
-    stack's seal.key."""
+    records saying different things, one per applied command record no worker sealed, one for
+    the records the sink refused as forged (no workers' audit MAC), and a summary. Exit 1
+    when any run fails, any id conflicts, a command record is forged or the sink refused a
+    forged decision record, 0 when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the
+    workers'), else the chain.key of the `baton up` stack whose audit this is; seals verify
+    with it or with that stack's seal.key."""
     from baton.cli.chain_keys import audit_chain_key
     from baton.cli.restore_sealed import audit_seal_keys, read_sealed
     from baton.processors.chain_links import shown_id
@@ -150,6 +167,7 @@ def verify_cmd(
         found = load_conflicts(client, run_id, since)
         # the command records no worker sealed (every one: commands belong to no run)
         sealed = read_sealed(client, seal_keys, since) if seal_keys and run_id is None else None
+        refused, first_refused = _refused_forged(client, since) if run_id is None else (0, "")
     forged: list[str] = []
     forged_count, checked = 0, False  # checked: some record's seal verifies here
     if sealed is not None and sealed.any_sealed:
@@ -176,6 +194,14 @@ def verify_cmd(
             f"FORGED command record {shown_cut(request_id, 200)}: applied, without a worker's seal "
             "(a `baton up` restart does not issue it again)"
         )
+    if refused:
+        click.echo(
+            f"FORGED decision records: {refused} written to the decisions topic without the "
+            f"workers' audit MAC (the first at {first_refused}), refused by the sink: not in "
+            f"the audit; {DATABASE}.rejected (error_kind 'forged') keeps each. Someone who "
+            "is not a worker writes the topic: a client without the workers' decision key may "
+            "have taken one"
+        )
     chained = sum(v.rows for v in verdicts)
     summary = (
         f"audit verify: {counted(len(verdicts), 'run', commas=False)}, "
@@ -195,6 +221,8 @@ def verify_cmd(
         )
     if forged_count:
         summary += f"; {forged_count} command records without a worker's seal"
+    if refused:
+        summary += f"; {refused} forged decision records refused by the sink"
     elif run_id is None and not checked:
         summary += "; command records' seals not checked (no seal key here, or none sealed)"
     if found is None:
@@ -215,7 +243,7 @@ def verify_cmd(
             "else the stack's worker/chain.key) the one the workers chain with?",
             err=True,
         )
-    sys.exit(1 if failed or conflicts or forged else 0)
+    sys.exit(1 if failed or conflicts or forged or refused else 0)
 
 
 def register(cli: click.Group) -> None:

@@ -23,6 +23,7 @@ from baton.processors.publish_transaction import Offsets
 
 if TYPE_CHECKING:
     from baton.schemas.decision_signing import DecisionSigner
+    from baton.schemas.record_mac import RecordMac
 
 __all__ = ["PipelinedOrder", "done_future"]
 
@@ -51,10 +52,15 @@ class PipelinedOrder(ABC):
         #: BATON_DECISION_SIGNING_KEY: each decision record is published signed
         #: (schemas/decision_signing.py); None: unsigned
         self.signer: DecisionSigner | None = None
+        #: the workers' seal key: each decision record carries the audit MAC the sink checks
+        #: (schemas/record_mac.py); None: no MAC
+        self.mac: RecordMac | None = None
 
     def _signed(self, raw: bytes) -> bytes:
         """The value to publish a decision whose JSON is ``raw`` as."""
-        signer = self.signer
+        mac, signer = self.mac, self.signer
+        if mac is not None:
+            raw = mac.marked(raw)
         return raw if signer is None else signer.signed(raw)
 
     async def publish(

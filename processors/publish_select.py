@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from baton.processors.control_seal import seal_key
 from baton.processors.publish import BatchPublisher
 from baton.processors.publish_aiokafka import AiokafkaPublisher
 from baton.schemas.decision_signing import load_signer
+from baton.schemas.record_mac import RecordMac
 from baton.schemas.settings import Settings
 
 __all__ = ["aiokafka_options", "worker_publisher"]
@@ -52,7 +54,8 @@ def worker_publisher(
     transactional_id: str | None,
 ) -> BatchPublisher | AiokafkaPublisher:
     """The publisher ``s`` asks for (librdkafka whenever ``transactional_id`` is given),
-    signing each decision with BATON_DECISION_SIGNING_KEY's key when it is set."""
+    signing each decision with BATON_DECISION_SIGNING_KEY's key when it is set, and putting
+    the audit MAC on it when the workers have a seal key."""
     topics = {
         "decisions_topic": decisions_topic,
         "stops_topic": stops_topic,
@@ -60,6 +63,7 @@ def worker_publisher(
         "changelog_topic": changelog_topic,
     }
     signer = load_signer(s.decision_signing_key)  # (a key that does not read: ConfigError)
+    mac_key = seal_key(s)  # the audit MAC's (schemas/record_mac.py): the sink checks it
     publisher: BatchPublisher | AiokafkaPublisher
     if transactional_id is None and s.worker_producer == "aiokafka":
         publisher = AiokafkaPublisher(aiokafka_options(s), **topics)
@@ -71,4 +75,5 @@ def worker_publisher(
             transaction_timeout_ms=s.transaction_timeout_ms,
         )
     publisher.signer = signer
+    publisher.mac = RecordMac(mac_key) if mac_key else None
     return publisher

@@ -53,6 +53,8 @@ __all__ = [
     "decision_keys",
     "ensure_decision_key",
     "load_signer",
+    "signature_at",
+    "signed_part",
     "signing_key_of",
 ]
 
@@ -112,10 +114,8 @@ class DecisionKeys:
     def verifies(self, value: bytes) -> bool:
         """Whether ``value`` ends in a signature one of the keys made over the rest (the
         decision's JSON as the worker wrote it); never raises."""
-        if not isinstance(value, bytes) or len(value) <= _TAIL_BYTES or value[-2:] != b'"}':
-            return False
-        at = len(value) - _TAIL_BYTES
-        if value[at : at + len(_HEAD)] != _HEAD:
+        at = signature_at(value)
+        if at is None:
             return False
         signature = signature_bytes(value[at + len(_HEAD) : -2])  # (one spelling: h43b F1)
         if signature is None:
@@ -128,6 +128,23 @@ class DecisionKeys:
                 continue
             return True
         return False
+
+
+def signature_at(value: object) -> int | None:
+    """Where ``value``'s signature member starts (None: it does not end in one); whether the
+    signature verifies is not looked at."""
+    if not isinstance(value, bytes) or len(value) <= _TAIL_BYTES or value[-2:] != b'"}':
+        return None
+    at = len(value) - _TAIL_BYTES
+    return at if value[at : at + len(_HEAD)] == _HEAD else None
+
+
+def signed_part(value: bytes) -> bytes | None:
+    """The decision JSON a signed record's signature covers (``value`` without its signature
+    member), or None: ``value`` does not end in one. Whether the signature verifies is not
+    looked at."""
+    at = signature_at(value)
+    return None if at is None else value[:at] + b"}"
 
 
 def decision_keys(

@@ -35,6 +35,7 @@ from baton.sinks.rows import (
     RowRejected,
     decision_row,
     explain_invalid,
+    forged,
     is_command,
     oversized,
 )
@@ -85,6 +86,8 @@ class AuditBatch:
     ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
     started: float = 0.0
     window: DecidedWindow | None = None
+    #: the workers' audit MAC keys: a record without such a MAC is rejected (): none checked
+    mac_keys: tuple[bytes, ...] = ()
     #: slices of ``rows`` not stored yet, next on top (None: none tried); survives a failed
     #: write_batch so a retry resumes with the same slices and tokens
     todo: list[tuple[int, int]] | None = None
@@ -152,7 +155,7 @@ class AuditBatch:
             self.materialize()  # never one block of two layouts
             return
         self.chunk_types = types
-        self.chunks.append(parsers.submit(self.window, types, self.unsent))
+        self.chunks.append(parsers.submit(self.window, types, self.unsent, self.mac_keys))
         self.unsent = []
 
     def materialize(self) -> None:
@@ -183,7 +186,7 @@ class AuditBatch:
         self.ranges[partition] = (first, offset)
 
     def _parse(self, partition: int, offset: int, value: bytes | None) -> None:
-        if (big := oversized(value)) is not None:  # never parsed
+        if (big := oversized(value) or forged(value, self.mac_keys)) is not None:  # unparsed
             return self.reject(partition, offset, *big)
         row = (
             None

@@ -11,6 +11,7 @@ is stored like a real one: the sink cannot tell who wrote a record).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,12 +24,14 @@ from pydantic import ValidationError
 
 from baton.schemas.decision import AUDIT_FIELDS, Decision
 from baton.schemas.decision_doc import decision_hints
+from baton.schemas.record_mac import MacKeys
 
 __all__ = [
     "COMMAND_PREFIXES",
     "DATETIME64_MAX",
     "DATETIME64_MIN",
     "DECISION_COLUMNS",
+    "FORGED_ERROR",
     "KEPT_BYTES",
     "MAX_RECORD_BYTES",
     "REJECTED_COLUMNS",
@@ -37,6 +40,7 @@ __all__ = [
     "RowRejected",
     "decision_row",
     "explain_invalid",
+    "forged",
     "is_command",
     "oversized",
     "usd",
@@ -78,6 +82,9 @@ class RejectKind(StrEnum):
     NOT_A_COPY = "not_a_copy"
     #: longer than MAX_RECORD_BYTES: no worker's decision; rejected unparsed, its head kept
     OVERSIZED = "oversized"
+    #: no audit MAC of the workers' key (schemas/record_mac.py): not written by a worker of
+    #: this deployment; rejected unparsed (only when the sink has the key)
+    FORGED = "forged"
 
 
 #: the longest record the sink parses: no worker publishes a longer one (its publishers refuse
@@ -100,6 +107,28 @@ def oversized(value: bytes | None) -> tuple[bytes, RejectKind, str] | None:
         f"worker's decision is): not parsed; its first {KEPT_BYTES:,} bytes kept"
     )
     return value[:KEPT_BYTES], RejectKind.OVERSIZED, error
+
+
+#: what governance.rejected says of a record without the workers' audit MAC
+FORGED_ERROR = (
+    "no audit MAC of the workers' key (their seal.key or BATON_AUDIT_CHAIN_KEY): not written "
+    "by a worker of this deployment (forged), or by a worker with another key; not stored as "
+    "a decision"
+)
+
+
+def forged(value: bytes | None, keys: tuple[bytes, ...]) -> tuple[bytes, RejectKind, str] | None:
+    """What governance.rejected keeps of a record that carries no audit MAC made with one of
+    ``keys`` (the record, the kind, the error), or None: it does, or there are no keys (the
+    sink checks nothing), or it is empty (the general path's to reject)."""
+    if not keys or value is None or _mac_keys(keys).holds(value):
+        return None
+    return value, RejectKind.FORGED, FORGED_ERROR
+
+
+@functools.lru_cache(maxsize=4)
+def _mac_keys(keys: tuple[bytes, ...]) -> MacKeys:
+    return MacKeys(keys)
 
 
 class RowRejected(ValueError):

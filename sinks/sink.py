@@ -56,6 +56,7 @@ __all__ = [
     "AuditSink",
     "SinkStats",
     "StoppedWaiting",
+    "audit_mac_keys",
     "decisions_topic",
     "ensure_catalog_topics",
     "open_audit",
@@ -65,6 +66,28 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def audit_mac_keys(settings: Settings) -> tuple[bytes, ...]:
+    """The keys the workers put the audit MAC on their decisions with (schemas/record_mac.py):
+    BATON_AUDIT_CHAIN_KEY and the workers' data dir's seal.key, those there are; said in the
+    log, for a record without the MAC is then rejected (``forged``)."""
+    from baton.processors.control_seal import seal_keys
+
+    keys = tuple(seal_keys(settings, settings.worker_data_dir))
+    if keys:
+        log.info(
+            "audit sink: a record without the workers' audit MAC (their seal.key in %s or "
+            "BATON_AUDIT_CHAIN_KEY) is rejected as forged",
+            settings.worker_data_dir,
+        )
+    else:
+        log.warning(
+            "audit sink: no workers' key (no BATON_AUDIT_CHAIN_KEY, no seal.key in %s): any "
+            "writer of the decisions topic can put rows in the audit",
+            settings.worker_data_dir,
+        )
+    return keys
 
 
 def run_sink(
@@ -95,6 +118,7 @@ def run_sink(
     # columns): at CPython's default gen-0 threshold (700) the collector ran ~50 times per
     # 10,000 rows, ~5 us a row, an eighth of the sink's time (measured: bench/RESULTS.md)
     gc.set_threshold(50_000, 20, 100)
+    mac_keys = audit_mac_keys(settings)  # (a key file that does not read: ConfigError, now)
     try:
         if topic is None:
             ensure_catalog_topics(settings, stop_event)
@@ -137,6 +161,7 @@ def run_sink(
             ttl_days=settings.audit_ttl_days,
             parse_processes=settings.sink_parse_processes,
             max_receive_bytes=settings.sink_max_receive_bytes,
+            mac_keys=mac_keys,
         )
         if on_ready is not None:
             on_ready(sink, server)

@@ -82,6 +82,7 @@ class AuditSink:
         clock: Callable[[], datetime] = utc_now,
         parse_processes: int = 0,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+        mac_keys: tuple[bytes, ...] = (),
     ) -> None:
         self.kafka_config = kafka_config
         self.client = client
@@ -99,6 +100,7 @@ class AuditSink:
         #: processes that parse and encode the records (0: this process does; see sink_parse)
         self.parse_processes = parse_processes
         self.max_receive_bytes = max_receive_bytes  # receive.message.max.bytes (sink_start)
+        self.mac_keys = mac_keys  # the workers' audit MAC keys (rows.forged); (): none checked
         self._parsers: ParseProcesses | None = None
         self.stats = SinkStats()
         self._batch = self._new_batch()
@@ -113,7 +115,7 @@ class AuditSink:
         self._drained = False
 
     def _new_batch(self) -> AuditBatch:
-        return AuditBatch(self.topic, self.ttl_days, self.clock)
+        return AuditBatch(self.topic, self.ttl_days, self.clock, mac_keys=self.mac_keys)
 
     # -- consumer ------------------------------------------------------------------------
     def _make_consumer(self) -> Any:

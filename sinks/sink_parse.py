@@ -45,7 +45,7 @@ from baton.sinks.audit_copies import Copy
 from baton.sinks.audit_insert import native_block
 from baton.sinks.json_columns import encoded_chunk
 from baton.sinks.json_rows import shortcut_row
-from baton.sinks.rows import DECISION_COLUMNS, DecidedWindow
+from baton.sinks.rows import DECISION_COLUMNS, DecidedWindow, forged
 
 __all__ = ["ChunkFuture", "ParseProcesses", "ParsedChunk", "parse_chunk"]
 
@@ -78,14 +78,30 @@ class ParsedChunk:
 
 
 def parse_chunk(
-    topic: str, window: DecidedWindow | None, types: tuple[str, ...], records: list[Record]
+    topic: str,
+    window: DecidedWindow | None,
+    types: tuple[str, ...],
+    records: list[Record],
+    mac_keys: tuple[bytes, ...] = (),
 ) -> ParsedChunk:
     """The rows of ``records`` as ``AuditBatch.add`` makes them, encoded with ``types``.
 
     A record in the worker's shape is its ``shortcut_row`` straight away (what ``add`` does
     first, without the batch's bookkeeping: the offsets are the sink's, the raw bytes only a
     rejected record needs); any other takes ``add``, which rejects or keeps it as the sink
-    would."""
+    would. With ``mac_keys``, a record without the workers' audit MAC is rejected first, as
+    ``add`` rejects it."""
+    if mac_keys:
+        refused, kept = AuditBatch(topic), []
+        for partition, offset, value in records:
+            if (why := forged(value, mac_keys)) is None:
+                kept.append((partition, offset, value))
+            else:
+                refused.reject(partition, offset, *why)
+        if refused.rejected:
+            chunk = parse_chunk(topic, window, types, kept)
+            chunk.rejected = refused.rejected + chunk.rejected
+            return chunk
     try:
         encoded = encoded_chunk(topic, window, types, records)
     except Exception:  # whatever went wrong there, the row path decides
@@ -149,11 +165,15 @@ class ParseProcesses:
         return [child.process.pid for child in self._children]
 
     def submit(
-        self, window: DecidedWindow | None, types: tuple[str, ...], records: list[Record]
+        self,
+        window: DecidedWindow | None,
+        types: tuple[str, ...],
+        records: list[Record],
+        mac_keys: tuple[bytes, ...] = (),
     ) -> ChunkFuture:
         child = self._children[self._turn % len(self._children)]
         self._turn += 1
-        return child.submit(window, types, records)
+        return child.submit(window, types, records, mac_keys)
 
     def close(self) -> None:
         for child in self._children:
@@ -187,7 +207,11 @@ class _ParseProcess:
             thread.start()
 
     def submit(
-        self, window: DecidedWindow | None, types: tuple[str, ...], records: list[Record]
+        self,
+        window: DecidedWindow | None,
+        types: tuple[str, ...],
+        records: list[Record],
+        mac_keys: tuple[bytes, ...],
     ) -> ChunkFuture:
         future = ChunkFuture(self)
         with self._lock:
@@ -195,7 +219,7 @@ class _ParseProcess:
                 future.set_exception(RuntimeError("the parse process has exited"))
                 return future
             self._pending.append(future)
-        self._outbox.put(pickle.dumps((window, types, records), protocol=5))
+        self._outbox.put(pickle.dumps((window, types, records, mac_keys), protocol=5))
         return future
 
     def _send(self) -> None:
@@ -297,10 +321,10 @@ def serve(topic: str, inbox: BinaryIO, outbox: BinaryIO) -> None:
     gc.freeze()  # the imported modules' objects: never scanned again by a full collection
     _write_message(outbox, pickle.dumps(_same_code(), protocol=5))
     while (message := _read_message(inbox)) is not None:
-        window, types, records = pickle.loads(message)
+        window, types, records, mac_keys = pickle.loads(message)
         outcome: ParsedChunk | str
         try:
-            outcome = parse_chunk(topic, window, types, records)
+            outcome = parse_chunk(topic, window, types, records, mac_keys)
         except Exception as exc:  # one chunk's failure: the sink parses it itself
             outcome = f"{type(exc).__name__}: {exc}"[:2000]
         _write_message(outbox, pickle.dumps(outcome, protocol=5))

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
@@ -105,9 +106,9 @@ def _gone(pids: list[int]) -> bool:
     return not any(alive(p) for p in pids)
 
 
-def _read(bootstrap: str, topic: str, run: str) -> list[dict]:
+def _read(bootstrap: str, topic: str, run: str, raw: bool = False) -> list[Any]:
     """``run``'s records in ``topic`` now: read from the start to the end of every partition
-    (callers poll this until what they wait for is there)."""
+    (callers poll this until what they wait for is there); ``raw``: their values' bytes."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -130,10 +131,10 @@ def _read(bootstrap: str, topic: str, run: str) -> list[dict]:
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     at_end.add(msg.partition())
                 continue
-            out.append(json.loads(msg.value()))
+            out.append((json.loads(msg.value()), msg.value()))
     finally:
         c.close()
-    return [d for d in out if d.get("run_id") == run]
+    return [value if raw else d for d, value in out if d.get("run_id") == run]
 
 
 def test_typed_json_from_a_default_partitioner_client_is_decided(up: _Up) -> None:
@@ -397,11 +398,13 @@ def test_the_stack_signs_its_decisions_and_its_clients_take_only_those(up: _Up) 
     assert all(keys.verifies(m.value()) for m in seen)
 
 
-def test_the_stack_keys_its_chains_and_verify_names_a_row_forged_onto_a_run(up: _Up) -> None:
+def test_the_stack_keys_its_chains_and_its_sink_refuses_rows_forged_onto_a_run(up: _Up) -> None:
     """`baton up` makes worker/chain.key with a fresh audit and its workers link decisions
-    with it: a writer of gov.decisions who appends an allow at a run's end, linked as the
-    scheme says without the key, is named by `baton audit verify` (it passed on a default stack
-    before: h43b F3b, session 43)."""
+    with it, and put the audit MAC (their seal.key) on each: a writer of gov.decisions who
+    appends an allow at a run's end, linked as the scheme says without the key, or an
+    unchained stop (which passed verify, and stopped the run at the next restart: h44), puts
+    no row in the audit: the sink refuses both as forged, and `baton audit verify` names them
+    (the allow passed verify on a default stack before session 44: h43b F3b)."""
     from baton.schemas.decision import Decision, Outcome, chain_hash, chain_values
 
     up.ready_line()
@@ -421,18 +424,19 @@ def test_the_stack_keys_its_chains_and_verify_names_a_row_forged_onto_a_run(up: 
         lambda: len(got := _read(bootstrap, "gov.decisions", run)) >= 2 and got, 60,
         message="decisions",
     )  # fmt: skip
+    assert all(len(d["audit_mac"]) == 32 for d in decided), decided
 
-    def verify() -> subprocess.CompletedProcess[str]:
+    def verify(*scope: str) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if k != "BATON_AUDIT_CHAIN_KEY"}
         return subprocess.run(
-            [sys.executable, "-m", "baton.cli", "audit", "verify", "--run", run,
+            [sys.executable, "-m", "baton.cli", "audit", "verify", *scope,
              "--data-dir", str(up.data_dir)],
             capture_output=True, text=True, timeout=120, env=env,
         )  # fmt: skip
 
     # the sink stores both: the run verifies with the key found beside the audit
-    intact = wait_for(lambda: (v := verify()) and "2 chained rows of 2" in v.stdout and v, 60,
-                      message=lambda: verify().stdout)  # fmt: skip
+    intact = wait_for(lambda: (v := verify("--run", run)) and "2 chained rows of 2" in v.stdout
+                      and v, 60, message=lambda: verify("--run", run).stdout)  # fmt: skip
     assert intact.returncode == 0 and "every chain holds" in intact.stdout, intact.stdout
     assert "no chain key" not in intact.stdout
 
@@ -444,12 +448,30 @@ def test_the_stack_keys_its_chains_and_verify_names_a_row_forged_onto_a_run(up: 
     last.outcome, last.reason, last.to_agent = Outcome.ALLOW, "ok", "mallory"
     last.chain_prev = last.chain_hash
     last.chain_hash = chain_hash(b"", last.chain_prev, chain_values(last))
-    p.produce("gov.decisions", last.to_json(), run.encode())
+    stop = Decision.from_json(json.dumps(head))
+    stop.decision_id = stop.request_id = f"forged-{uuid.uuid4().hex[:6]}"
+    stop.outcome, stop.reason, stop.chain_prev, stop.chain_hash = Outcome.STOP, "killed", None, None
+    # a worker's record copied with its MAC, signature cut off: the same decision, stored once
+    copy = _read(bootstrap, "gov.decisions", run, raw=True)[0]
+    copy = copy[: copy.rindex(b',"signature"')] + b"}"
+    for value in (last.to_json(), stop.to_json(), copy):
+        p.produce("gov.decisions", value, run.encode())
     assert p.flush(10) == 0
-    caught = wait_for(lambda: (v := verify()) and v.returncode != 0 and v, 60,
-                      message=lambda: verify().stdout)  # fmt: skip
-    assert caught.returncode == 1 and caught.stdout.startswith(f"FAIL {run} "), caught.stdout
-    assert f"altered: decision {last.decision_id}" in caught.stdout, caught.stdout
+    whole = wait_for(lambda: (v := verify()) and "FORGED decision records: 2 " in v.stdout and v,
+                     60, message=lambda: verify().stdout)  # fmt: skip
+    assert whole.returncode == 1 and "2 forged decision records refused" in whole.stdout
+    query = (
+        "SELECT error_kind, count() FROM governance.rejected FINAL "
+        f"WHERE position(raw, '{run}') > 0 GROUP BY error_kind"
+    )
+    rejected = subprocess.run(
+        [sys.executable, "-m", "baton.cli", "sql", "--format", "csv", query,
+         "--data-dir", str(up.data_dir)], capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert rejected.stdout.split()[1:] == ["forged,2"], rejected
+    # the run itself holds: neither forged row is in the audit
+    held = verify("--run", run)
+    assert held.returncode == 0 and "2 chained rows of 2" in held.stdout, held.stdout
 
 
 def test_the_stack_s_alerter_announces_only_its_workers_stops(up: _Up) -> None:

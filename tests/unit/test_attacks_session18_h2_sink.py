@@ -96,7 +96,7 @@ class _Parsers:
     def __init__(self) -> None:
         self.sent: list[list[tuple[int, int, bytes | None]]] = []
 
-    def submit(self, window: object, types: object, records: list[Any]) -> object:
+    def submit(self, window: object, types: object, records: list[Any], *keys: object) -> object:
         self.sent.append(list(records))
         return object()
 
