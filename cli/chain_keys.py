@@ -18,26 +18,32 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["audit_chain_key", "stack_chain_key"]
+__all__ = ["audit_chain_key", "audit_worker_dir", "stack_chain_key"]
 
 
 def audit_chain_key(settings: Any, dsn: str, data_dir: Path | None = None) -> bytes:
     """The key `baton audit verify` and `baton replay` check the chains of the audit at
     ``dsn`` with (b"": none); ``data_dir``: the command's --data-dir."""
-    from baton.cli.up_children import WORKER_DATA_DIR
     from baton.processors.control_seal import workers_chain_key
+
+    return workers_chain_key(settings, audit_worker_dir(dsn, data_dir))
+
+
+def audit_worker_dir(dsn: str, data_dir: Path | None = None) -> Path | None:
+    """The workers' data dir (its chain.key and seal.key) of the `baton up` stack whose audit
+    ``dsn`` is (see the module docstring; ``data_dir``: the command's --data-dir), or None."""
+    from baton.cli.up_children import WORKER_DATA_DIR
     from baton.sinks.clickhouse import parse_dsn
 
     target = parse_dsn(dsn)
-    worker_dir = None
     if data_dir is not None:  # (ignored, every real row was named altered: h44 F3)
-        worker_dir = data_dir / WORKER_DATA_DIR
-    elif target.chdb_path is not None:
-        worker_dir = target.chdb_path.parent / WORKER_DATA_DIR
-    elif target.kind == "http":
+        return data_dir / WORKER_DATA_DIR
+    if target.chdb_path is not None:
+        return target.chdb_path.parent / WORKER_DATA_DIR
+    if target.kind == "http":
         data_dir = _stack_serving(dsn)
-        worker_dir = None if data_dir is None else data_dir / WORKER_DATA_DIR
-    return workers_chain_key(settings, worker_dir)
+        return None if data_dir is None else data_dir / WORKER_DATA_DIR
+    return None
 
 
 def stack_chain_key(settings: Any, bootstrap: str | None, data_dir: Path | None) -> bytes:

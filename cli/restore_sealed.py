@@ -257,14 +257,15 @@ def say_unsealed(sealed: SealedCommands, say: Callable[[str], None]) -> None:
     )
 
 
-def audit_seal_keys(settings: Any, chdb_path: Path | None) -> list[bytes]:
+def audit_seal_keys(settings: Any, worker_dir: Path | None) -> list[bytes]:
     """The keys `baton audit verify` checks seals with: BATON_AUDIT_CHAIN_KEY, and the seal.key
-    of the `baton up` data dir whose audit ``chdb_path`` is (``DATA_DIR/chdb``) when readable."""
+    of the `baton up` stack's workers' dir ``worker_dir`` (``chain_keys.audit_worker_dir``: the
+    one its chain key comes from) when readable."""
     from baton.processors.control_seal import chain_key, read_seal_key
     from baton.schemas.errors import ConfigError
 
     keys = [chain_key(settings)]
     # (another user's stack, or a damaged key: said as unchecked when no key is left)
     with suppress(ConfigError):
-        keys.append(read_seal_key(chdb_path.parent / "worker") if chdb_path else b"")
+        keys.append(read_seal_key(worker_dir) if worker_dir else b"")
     return [k for k in keys if k]

@@ -146,9 +146,10 @@ def verify_cmd(
     forged decision record, 0 when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the
     workers'), else the chain.key of the `baton up` stack whose audit this is; seals verify
     with it or with that stack's seal.key."""
-    from baton.cli.chain_keys import audit_chain_key
+    from baton.cli.chain_keys import audit_worker_dir
     from baton.cli.restore_sealed import audit_seal_keys, read_sealed
     from baton.processors.chain_links import shown_id
+    from baton.processors.control_seal import workers_chain_key
     from baton.schemas.errors import BadArgument
     from baton.sinks.audit_conflicts import MAX_CONFLICTS, load_conflicts
     from baton.sinks.chain_verify import utc_row, verify_chains
@@ -160,8 +161,9 @@ def verify_cmd(
     target = parse_dsn(settings.clickhouse_dsn)
     label = target.label
     workers = build_settings()  # (BATON_AUDIT_CHAIN_KEY)
-    key = audit_chain_key(workers, settings.clickhouse_dsn, data_dir)
-    seal_keys = audit_seal_keys(workers, target.chdb_path)
+    worker_dir = audit_worker_dir(settings.clickhouse_dsn, data_dir)
+    key = workers_chain_key(workers, worker_dir)
+    seal_keys = audit_seal_keys(workers, worker_dir)
     with audit_client(settings) as client, audit_errors(label, "reading the decision chains"):
         rows = [utc_row(row) for row in client.query(sql, parameters=params).result_rows]
         found = load_conflicts(client, run_id, since)

@@ -63,3 +63,30 @@ def test_a_key_file_others_may_read_is_refused_not_skipped(stack) -> None:
     (data_dir / "worker" / "chain.key").chmod(0o644)
     with pytest.raises(ConfigError, match="chain key"):
         audit_chain_key(Settings(), f"chdb://{data_dir / 'chdb'}")
+
+
+def test_verify_checks_seals_with_the_seal_key_of_the_stack_its_chain_key_comes_from(
+    stack, monkeypatch
+) -> None:
+    """`baton audit verify --dsn http://…` of a running stack's endpoint, or with --data-dir,
+    checked chains with the stack's chain.key but said seals "not checked": its seal.key was
+    looked for beside a chdb audit only (session 44's review)."""
+    from baton.cli.chain_keys import audit_worker_dir
+    from baton.cli.restore_sealed import audit_seal_keys
+    from baton.cli.stack_file import StackRecord
+    from baton.processors.control_seal import ensure_seal_key, read_seal_key
+
+    data_dir, _ = stack
+    ensure_seal_key(data_dir / "worker")
+    seal = read_seal_key(data_dir / "worker")
+    plain = Settings()
+    monkeypatch.setattr(StackRecord, "live", lambda self, data_dir=None: True)
+    for dsn, given in (
+        (f"chdb://{data_dir / 'chdb'}", None),
+        ("http://baton:token@127.0.0.1:8123", None),
+        ("http://ch.example.com:8123", data_dir),
+    ):
+        assert audit_seal_keys(plain, audit_worker_dir(dsn, given)) == [seal], dsn
+    assert audit_seal_keys(plain, audit_worker_dir("https://ch.example.com:8443")) == []
+    keyed = Settings(audit_chain_key=SecretStr("workers"))
+    assert audit_seal_keys(keyed, audit_worker_dir("https://ch.example.com:8443")) == [b"workers"]
