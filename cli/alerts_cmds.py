@@ -76,7 +76,17 @@ def _group_id(value: str | None) -> str | None:
     type=FiniteFloatRange(min=0, max=MAX_RETENTION_S),
     default=3600.0,
     show_default=True,
-    help="skip stops decided longer ago than this many seconds (0 = any age)",
+    help="stops decided longer ago than this many seconds: skipped when a group first starts "
+    "(its history), else folded into one late summary a minute (replays of old stops, or the "
+    "alerter was down); 0 = any age, each announced",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="keep the stops announced in a file here, so a restart does not announce a copy of "
+    "one again (made 0700 if missing; one alerter a directory) [env BATON_ALERTS_STATE_DIR; "
+    "default none: memory only; the alerter of `baton up` uses DATA_DIR/alerts]",
 )
 @click.pass_context
 def alerts_group(
@@ -86,6 +96,7 @@ def alerts_group(
     max_age: float,
     group_id: str | None,
     data_dir: Path | None,
+    state_dir: Path | None,
     **overrides: Any,
 ) -> None:
     """Announce every stop from gov.stops (console, and --webhook-url as Slack JSON), once per
@@ -93,9 +104,13 @@ def alerts_group(
 
     Given the workers' public keys (--decision-keys, BATON_DECISION_KEYS; a `baton up`
     stack's own), a stop none of them signed is not announced: logged and counted
-    (baton_alerts_skipped_total{kind="unsigned"}). While Kafka is unreachable it waits and
-    retries (a line each time, at most 30 s apart), where `baton worker` exits 4 at once. Ends
-    0 on Ctrl-C or SIGTERM, also while retrying (nothing was read); 2 on a bad setting."""
+    (baton_alerts_skipped_total{kind="unsigned"}). A stop decided longer ago than --max-age
+    that it never announced (a copy of an old stop written to gov.stops again, or the alerter
+    was down) is not paged alone: one late summary a minute names them (kind="late"); with
+    --state-dir a restart remembers the stops announced before. While Kafka is unreachable it
+    waits and retries (a line each time, at most 30 s apart), where `baton worker` exits 4 at
+    once. Ends 0 on Ctrl-C or SIGTERM, also while retrying (nothing was read); 2 on a bad
+    setting."""
     if ctx.invoked_subcommand is not None:
         return
     from baton.cli.log_format import LogOutput
@@ -118,6 +133,7 @@ def alerts_group(
             storm_window_s=storm_window,
             max_age_s=max_age,
             group_id=group_id,
+            state_dir=state_dir,
             emit=lambda text: click.echo(text),
             on_ready=watched.watch,
         )

@@ -336,7 +336,7 @@ def up_cmd(
         # a restarted worker keeps this web port: the old process is gone by then
         children = [("worker", ("worker", "--web-port", str(free_port())))]
         if not no_audit:
-            children += audit_children(sql_port, settings.app_id)
+            children += audit_children(sql_port, settings.app_id, data_dir.resolve() / "alerts")
         given["BATON_LOG_FORMAT"] = settings.log_format
         env = without_overrides(given, children, say)
         children, metrics_url = with_metrics_ports(children, settings.metrics_port_number)

@@ -125,12 +125,18 @@ WORKER_DATA_DIR = "worker"
 SINK_DRAIN_S = 20.0
 
 
-def audit_children(sql_port: int | None, app_id: str) -> list[tuple[str, tuple[str, ...]]]:
+def audit_children(
+    sql_port: int | None, app_id: str, alerts_dir: Path | None = None
+) -> list[tuple[str, tuple[str, ...]]]:
     """The sink (which also serves SQL over chDB, unless ``sql_port`` is None; stopped last,
     it reads the decisions to their end first) and the alerter, in a consumer group of its
-    own: a `baton alerts` started next to it (group APP_ID-alerts) sees every stop too."""
+    own: a `baton alerts` started next to it (group APP_ID-alerts) sees every stop too. The
+    alerter keeps the stops it announced in ``alerts_dir`` (DATA_DIR/alerts): a copy of one
+    written to gov.stops again after a restart is not announced again (h44b F1)."""
     port = "off" if sql_port is None else str(sql_port)
-    alerts = ("alerts", "--group", f"{app_id}-up-alerts")
+    alerts: tuple[str, ...] = ("alerts", "--group", f"{app_id}-up-alerts")
+    if alerts_dir is not None:
+        alerts += ("--state-dir", str(alerts_dir))
     sink = ("sink", "--sql-port", port, "--drain-s", f"{SINK_DRAIN_S:g}")
     return [("sink", sink), ("alerts", alerts)]
 

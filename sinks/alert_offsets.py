@@ -8,7 +8,9 @@ The sender finishes alerts in the order they were queued, so "the first n are do
 number. After reading, whenever no storm holds stops back, the alerter takes a *mark*: the
 offsets read so far and how many alerts had been queued by then. A mark is due once the
 sender has finished that many. Marks are few: a new one replaces the last when nothing was
-queued in between, so there are never more than the alerts in flight, plus one.
+queued in between, so there are never more than the alerts in flight, plus one. A mark also
+counts the stops the alerter had taken by then (``announced``): once it is due, those are out,
+and :attr:`CommitPoints.settled` says how many (the state file writes them: alert_seen.py).
 """
 
 from __future__ import annotations
@@ -26,24 +28,27 @@ class CommitPoints:
 
     def __init__(self) -> None:
         self._read: dict[Partition, int] = {}
-        self._marks: deque[tuple[int, dict[Partition, int]]] = deque()
+        self._marks: deque[tuple[int, dict[Partition, int], int]] = deque()
         self._unmarked = False
         #: the offsets of the last mark that fell due (committed again at shutdown)
         self.last_due: dict[Partition, int] = {}
+        #: the ``announced`` of the last mark that fell due
+        self.settled = 0
 
     def read(self, topic: str, partition: int, offset: int) -> None:
         """A record at ``offset`` was read (and offered to the alerter)."""
         self._read[(topic, partition)] = offset + 1
         self._unmarked = True
 
-    def mark(self, queued: int) -> None:
+    def mark(self, queued: int, announced: int = 0) -> None:
         """Everything read so far is announced or queued, and ``queued`` alerts have been
-        queued in all; call it only while no storm holds stops back."""
+        queued in all, for the first ``announced`` stops taken; call it only while no summary
+        holds stops back."""
         if not self._unmarked:
             return
         if self._marks and self._marks[-1][0] == queued:
             self._marks.pop()  # nothing queued since: the newer offsets replace it
-        self._marks.append((queued, dict(self._read)))
+        self._marks.append((queued, dict(self._read), announced))
         self._unmarked = False
 
     def due(self, finished: int) -> dict[Partition, int]:
@@ -51,7 +56,8 @@ class CommitPoints:
         empty when nothing new fell due."""
         offsets: dict[Partition, int] = {}
         while self._marks and self._marks[0][0] <= finished:
-            offsets = self._marks.popleft()[1]
+            _, offsets, announced = self._marks.popleft()
+            self.settled = max(self.settled, announced)
         if offsets:
             self.last_due = offsets
         return offsets
@@ -61,7 +67,7 @@ class CommitPoints:
         for key in partitions:
             self._read.pop(key, None)
             self.last_due.pop(key, None)
-            for _, offsets in self._marks:
+            for _, offsets, _ in self._marks:
                 offsets.pop(key, None)
 
     def __len__(self) -> int:

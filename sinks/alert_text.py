@@ -17,17 +17,23 @@ name; neither notifies anyone nor hides text behind a different link.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from baton.schemas.decision import Decision
 
 __all__ = [
     "FIELD_MAX",
     "STALE_AFTER_S",
     "TEXT_MAX",
+    "age_words",
     "cap_text",
     "clean_field",
+    "decided_posix",
     "slack_escape",
     "stale_note",
     "stop_age",
+    "stop_line",
 ]
 
 #: characters kept of one name in an alert (run ids, agents, tasks, reasons are far shorter)
@@ -67,6 +73,22 @@ def slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def stop_line(decision: Decision) -> str:
+    """The seed's alert line, e.g. ``🛑 Multi-Agent run run_742 stopped: ownership_conflict,
+    handoff=planner -> researcher, task=refund_check``; every name shown by
+    :func:`~baton.sinks.alert_text.clean_field` (one line, capped)."""
+    return (
+        f"🛑 Multi-Agent run {clean_field(decision.run_id)} stopped: "
+        f"{clean_field(decision.reason)}, "
+        f"handoff={_name(decision.from_agent)} -> {_name(decision.to_agent)}, "
+        f"task={_name(decision.task_id)}"
+    )
+
+
+def _name(value: str | None) -> str:
+    return clean_field(value) if value else "?"
+
+
 def _visible(ch: str) -> str:
     code = ord(ch)
     if code < 0x100:
@@ -91,11 +113,25 @@ def stop_age(decision: Any) -> float | None:
     return (datetime.now(UTC) - decided).total_seconds()
 
 
+def decided_posix(decision: Any) -> float | None:
+    """When ``decision`` was decided, in POSIX seconds (None: no time; naive is UTC)."""
+    decided = decision.decided_at
+    if decided is None:
+        return None
+    return (decided.replace(tzinfo=UTC) if decided.tzinfo is None else decided).timestamp()
+
+
 def stale_note(age_s: float | None) -> str:
     """`` (decided 2 h ago)`` for a stop older than STALE_AFTER_S, else ``""``."""
     if age_s is None or age_s <= STALE_AFTER_S:
         return ""
+    return f" (decided {age_words(age_s)} ago)"
+
+
+def age_words(age_s: float) -> str:
+    """``2 h``, ``3 d``, ``5 min``, ``40 s``: an age in its largest whole unit (a negative
+    one, a clock ahead, in seconds: ``-30 s``)."""
     for unit, seconds in (("d", 86_400), ("h", 3_600), ("min", 60)):
         if age_s >= seconds:
-            return f" (decided {age_s / seconds:.0f} {unit} ago)"
-    return ""  # (unreachable past STALE_AFTER_S)
+            return f"{age_s / seconds:,.0f} {unit}"
+    return f"{age_s:,.0f} s"

@@ -7,13 +7,18 @@ so a hanging webhook never slows the consume loop; names are made safe to show b
 :mod:`baton.sinks.alert_text`; bad records are sorted out by :mod:`baton.sinks.alert_records`,
 and what may be committed is kept by :mod:`baton.sinks.alert_offsets`.
 
-Guarantees: within one process, a decision_id is announced at most once for what it shows
-(the last ``remember`` are kept, as 16-byte digests of the id and the alert's text whatever
-their length: a forged stop under a real one's id cannot hide it); a record on gov.stops
-that is not a Decision, or none of ``decision_keys`` signed (``unsigned``), is skipped and
-counted by kind (one log line per kind, then at most one a minute), never fatal; memory is
+Guarantees: a decision_id is announced at most once for what it shows (the last ``remember``
+are kept, as 16-byte digests of the id and the alert's text whatever their length: a forged
+stop under a real one's id cannot hide it), within one process, and across its restarts given
+a state directory (:mod:`baton.sinks.alert_seen`); a stop decided longer ago than
+``--max-age`` that it never announced is not announced alone, but folded into one late
+summary an interval (:mod:`baton.sinks.alert_fold`: a genuine signed stop written to
+gov.stops again, by whoever can write the topic, paged on-call anew after a restart: h44b F1);
+a record on gov.stops that is not a Decision, or none of ``decision_keys`` signed
+(``unsigned``), is skipped and counted by kind (one log line per kind, then at most one a
+minute), never fatal; memory is
 bounded whatever the records hold (a storm keeps counts, not the stops). Offsets are
-committed only up to stops that are announced: printed, not held in a storm, and done with
+committed only up to stops that are announced: printed, not held in a summary, and done with
 by the webhook sender (posted or given up), so a crash re-reads (and re-announces) at most
 the stops since the last commit - at least once across restarts, never silently dropped.
 Not guaranteed: webhook delivery (retried, then logged; dropped and counted when its queue
@@ -26,9 +31,10 @@ import hashlib
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -37,10 +43,19 @@ from baton.schemas.decision import Decision, Outcome
 from baton.schemas.decision_signing import DecisionKeys, decision_keys
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
+from baton.sinks.alert_fold import LateStops, Storm, late_text, storm_text
 from baton.sinks.alert_offsets import CommitPoints
 from baton.sinks.alert_post import post_webhook
 from baton.sinks.alert_records import BadRecord, SkippedRecords, read_stop
-from baton.sinks.alert_text import TEXT_MAX, cap_text, clean_field, stale_note, stop_age
+from baton.sinks.alert_seen import AnnouncedStops
+from baton.sinks.alert_text import (
+    age_words,
+    clean_field,
+    decided_posix,
+    stale_note,
+    stop_age,
+    stop_line,
+)
 from baton.sinks.alert_webhook import WebhookSender
 
 __all__ = [
@@ -54,26 +69,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: distinct reasons / tenants a storm counts one by one; the rest are "(others)"
-_STORM_KEYS = 100
-#: distinct runs a storm counts; beyond it the summary says "10000+"
-_STORM_RUNS = 10_000
-
-
-def stop_line(decision: Decision) -> str:
-    """The seed's alert line, e.g. ``🛑 Multi-Agent run run_742 stopped: ownership_conflict,
-    handoff=planner -> researcher, task=refund_check``; every name shown by
-    :func:`~baton.sinks.alert_text.clean_field` (one line, capped)."""
-    return (
-        f"🛑 Multi-Agent run {clean_field(decision.run_id)} stopped: "
-        f"{clean_field(decision.reason)}, "
-        f"handoff={_name(decision.from_agent)} -> {_name(decision.to_agent)}, "
-        f"task={_name(decision.task_id)}"
-    )
-
-
-def _name(value: str | None) -> str:
-    return clean_field(value) if value else "?"
+#: seconds a late summary gathers late stops (one line an interval, however many come)
+LATE_WINDOW_S = 60.0
+#: the least a state file keeps a stop for (a replay within it is a duplicate, counted)
+KEEP_AT_LEAST_S = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,73 +85,57 @@ class AlertMessage:
     storm: bool = False
 
 
-@dataclass
-class _Storm:
-    """What a storm holds: counts and the first stop's line, never the stops themselves."""
-
-    started: float
-    count: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-    tenants: Counter[str] = field(default_factory=Counter)
-    runs: set[bytes] = field(default_factory=set)
-    runs_capped: bool = False
-    first: str = ""
-
-    def add(self, decision: Decision) -> None:
-        self.count += 1
-        if not self.first:
-            self.first = stop_line(decision)
-        _count(self.reasons, clean_field(decision.reason))
-        _count(self.tenants, clean_field(decision.tenant))
-        if len(self.runs) < _STORM_RUNS:
-            self.runs.add(_digest(decision.run_id))
-        else:
-            self.runs_capped = True
-
-
-def _count(counter: Counter[str], key: str) -> None:
-    if key not in counter and len(counter) >= _STORM_KEYS:
-        key = "(others)"
-    counter[key] += 1
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
 class StopAlerter:
-    """Turns stop decisions into messages: dedup by decision_id, storms folded into summaries.
+    """Turns stop decisions into messages: dedup by decision_id, storms and late stops folded
+    into summaries.
 
     A storm: ``storm_threshold`` stops within ``storm_window_s`` seconds. The stops before
     the threshold are announced one by one; from the threshold on they are held and every
     ``storm_window_s`` one summary covers them, until a window brings fewer than the
-    threshold. ``storm_threshold=0`` turns folding off.
+    threshold. ``storm_threshold=0`` turns folding off. A late stop: one decided more than
+    ``late_after_s`` before ``wall`` (0: none is), held for one summary ``late_window_s``
+    after the first: a replay or an alerter that was down, never paged one by one.
+    ``seen``: the announced stops (default: ``remember`` of them, in memory only).
     """
 
     def __init__(
-        self, storm_threshold: int = 20, storm_window_s: float = 5.0, remember: int = 100_000
+        self,
+        storm_threshold: int = 20,
+        storm_window_s: float = 5.0,
+        remember: int = 100_000,
+        *,
+        late_after_s: float = 0.0,
+        late_window_s: float = LATE_WINDOW_S,
+        seen: AnnouncedStops | None = None,
     ) -> None:
-        if storm_threshold < 0 or storm_window_s <= 0 or remember < 1:
+        if storm_threshold < 0 or storm_window_s <= 0 or remember < 1 or late_window_s <= 0:
             raise ValueError(
-                f"StopAlerter: storm_threshold >= 0, storm_window_s > 0 and remember >= 1 "
-                f"expected, got {storm_threshold}, {storm_window_s}, {remember}"
+                f"StopAlerter: storm_threshold >= 0, storm_window_s > 0, remember >= 1 and "
+                f"late_window_s > 0 expected, got {storm_threshold}, {storm_window_s}, "
+                f"{remember}, {late_window_s}"
             )
         self.storm_threshold = storm_threshold
         self.storm_window_s = storm_window_s
-        self.remember = remember
+        self.late_after_s, self.late_window_s = late_after_s, late_window_s
         # digests, not the ids: a hostile 60 KB decision_id costs 16 bytes here
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self.seen = seen if seen is not None else AnnouncedStops(remember)
         self._recent: deque[float] = deque()
-        self._storm: _Storm | None = None
+        self._storm: Storm | None = None
+        self._late: LateStops | None = None
         self.duplicates = 0
+        #: stops folded into late summaries, all told
+        self.late = 0
 
     @property
     def holding(self) -> int:
-        """Stops held for a storm summary not yet delivered."""
-        return self._storm.count if self._storm else 0
+        """Stops held for a storm or late summary not yet delivered."""
+        return (self._storm.count if self._storm else 0) + (self._late.count if self._late else 0)
 
-    def offer(self, decision: Decision, now: float) -> list[AlertMessage]:
-        """Messages due after ``decision`` arrives at ``now`` (monotonic seconds)."""
+    def offer(
+        self, decision: Decision, now: float, wall: float | None = None
+    ) -> list[AlertMessage]:
+        """Messages due after ``decision`` arrives at ``now`` (monotonic seconds), ``wall``
+        the POSIX time then (None: no stop is late)."""
         out = self.tick(now)
         if decision.outcome != Outcome.STOP:
             return out
@@ -162,63 +145,62 @@ class StopAlerter:
             orjson.dumps([decision.decision_id, stop_line(decision), clean_field(decision.tenant)]),
             digest_size=16,
         ).digest()
-        if key in self._seen:
+        if key in self.seen:
             self.duplicates += 1
-            self._seen.move_to_end(key)
+            self.seen.touch(key)
             return out
-        self._seen[key] = None
-        if len(self._seen) > self.remember:
-            self._seen.popitem(last=False)
+        decided = decided_posix(decision)
+        decided = wall if decided is None else decided
+        # the signed decided_at: a replay cannot make itself younger without the key. Not
+        # remembered: the topic's history would evict the recent stops a replay pages again
+        if wall is not None and decided is not None and 0 < self.late_after_s < wall - decided:
+            self.late += 1
+            self._late = self._late or LateStops(started=now)
+            self._late.add(decision, wall - decided)
+            return out
+        self.seen.add(key, decided if decided is not None else float("inf"))
         if self._storm is not None:
-            self._storm.add(decision)
+            self._storm.add(decision, stop_line(decision))
             return out
         self._recent.append(now)
         while self._recent and self._recent[0] <= now - self.storm_window_s:
             self._recent.popleft()
         if self.storm_threshold and len(self._recent) >= self.storm_threshold:
-            self._storm = _Storm(started=now)
-            self._storm.add(decision)
+            self._storm = Storm(started=now)
+            self._storm.add(decision, stop_line(decision))
             return out
         return [*out, AlertMessage(stop_line(decision))]
 
     def tick(self, now: float) -> list[AlertMessage]:
         """Summaries whose window has passed by ``now``; call it even when nothing arrives."""
+        out = []
+        late = self._late
+        if late is not None and now - late.started >= self.late_window_s:
+            self._late = None
+            out.append(AlertMessage(late_text(late, self.late_after_s), late.count))
         storm = self._storm
         if storm is None or now - storm.started < self.storm_window_s:
-            return []
-        message = self._summary(storm, now)
+            return out
         if storm.count >= self.storm_threshold:
-            self._storm = _Storm(started=now)  # still storming: the next window folds too
+            self._storm = Storm(started=now)  # still storming: the next window folds too
         else:
             self._storm = None
             self._recent.clear()
-        return [message] if message else []
+        return out + self._summary(storm, now)
 
     def flush(self, now: float) -> list[AlertMessage]:
-        """At shutdown: the summary of whatever a storm still holds."""
-        storm, self._storm = self._storm, None
-        message = self._summary(storm, now) if storm else None
-        return [message] if message else []
+        """At shutdown: the summaries of whatever a storm and the late stops still hold."""
+        storm, late, self._storm, self._late = self._storm, self._late, None, None
+        out = self._summary(storm, now) if storm else []
+        if late is not None:
+            out.append(AlertMessage(late_text(late, self.late_after_s), late.count))
+        return out
 
-    def _summary(self, storm: _Storm, now: float) -> AlertMessage | None:
+    @staticmethod
+    def _summary(storm: Storm, now: float) -> list[AlertMessage]:
         if not storm.count:
-            return None
-        reasons = storm.reasons.most_common()
-        shown = reasons[:10]
-        more = f", {len(reasons) - len(shown)} more reasons" if len(reasons) > len(shown) else ""
-        runs = len(storm.runs)
-        seconds = max(now - storm.started, 0.0)
-        text = (
-            f"🛑 Stop storm: {storm.count} stops in {seconds:.1f} s across "
-            f"{runs}{'+' if storm.runs_capped else ''} Multi-Agent "
-            f"run{'s' if runs != 1 else ''}: "
-            + ", ".join(f"{reason} ×{n}" for reason, n in shown)
-            + more
-            + "; tenants: "
-            + ", ".join(f"{tenant} ×{n}" for tenant, n in storm.tenants.most_common(5))
-            + f"; first: {storm.first.removeprefix('🛑 ')}"
-        )
-        return AlertMessage(cap_text(text, TEXT_MAX), storm.count, storm=True)
+            return []
+        return [AlertMessage(storm_text(storm, now - storm.started), storm.count, storm=True)]
 
 
 @dataclass
@@ -251,6 +233,8 @@ def run_alerts(
     webhook_timeout_s: float = 5.0,
     webhook_attempts: int = 3,
     drain_s: float = 10.0,
+    state_dir: Path | None = None,
+    late_window_s: float = LATE_WINDOW_S,
     consumer_overrides: dict[str, Any] | None = None,
     on_ready: Callable[[AlertStats, StopAlerter, Any], None] | None = None,
 ) -> AlertStats:
@@ -262,9 +246,11 @@ def run_alerts(
     ``drain_s`` seconds at shutdown to post what is queued. Stops older than ``max_age_s``
     (by decided_at; 0 = any age) are skipped, counted (``too_old``), on a partition the group
     has no committed offset for, so a first start does not replay the topic's history as
-    alerts; past a committed offset every stop is announced (the alerter was down: it
-    missed them). ``on_ready(stats, alerter, sender_or_None)`` hands the live
-    counters to the metrics (processors/metrics_audit.py).
+    alerts; past a committed offset a stop that old is folded into a late summary every
+    ``late_window_s`` (the alerter was down, or the stop is a replay: never dropped, never
+    paged alone). ``state_dir`` keeps the stops announced across restarts (alert_seen.py;
+    None: memory only). ``on_ready(stats, alerter, sender_or_None)`` hands the live counters
+    to the metrics (processors/metrics_audit.py).
     """
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -276,7 +262,10 @@ def run_alerts(
     webhook_url = webhook_url if webhook_url is not None else settings.webhook_url
     if hasattr(webhook_url, "get_secret_value"):  # a pydantic SecretStr: masked when printed
         webhook_url = webhook_url.get_secret_value()
-    alerter = StopAlerter(storm_threshold, storm_window_s)
+    keep_s = max(2 * max_age_s, KEEP_AT_LEAST_S) if max_age_s else 0.0
+    seen = AnnouncedStops(keep_s=keep_s, state_dir=state_dir)
+    alerter = StopAlerter(storm_threshold, storm_window_s, late_after_s=max_age_s,
+                          late_window_s=late_window_s, seen=seen)  # fmt: skip
     stats = AlertStats()
     skipped = SkippedRecords()
     stats.skipped = skipped.counts  # (the same counter: the metrics read it live)
@@ -335,8 +324,10 @@ def run_alerts(
     def mark_and_commit(consumer: Any, final: bool = False) -> None:
         queued, finished = queued_finished()
         if not alerter.holding:
-            points.mark(queued)
+            points.mark(queued, seen.added)
         due = points.due(finished)
+        if due:  # remembered before committed: a crash between re-reads them as duplicates
+            seen.settle(points.settled, time.time())
         # at shutdown, the last due offsets again and synchronously: an asynchronous commit
         # may still be in flight when the consumer closes
         commit(consumer, due or (points.last_due if final else {}), final)
@@ -378,6 +369,7 @@ def run_alerts(
 
     consumer = Consumer(conf)
     drained = False
+    seen.open(time.time())
     try:
         if sender is not None:
             sender.start()
@@ -393,6 +385,11 @@ def run_alerts(
                             raise BatonError(f"alerts: fatal Kafka error: {err}")
                         log.warning("alerts: %s", err)
                     continue
+                # a mark at each record while nothing is held: a stream of late (or storming)
+                # stops held one at every batch's end, and no offset was committed at all
+                deliver(alerter.tick(time.monotonic()))
+                if not alerter.holding:
+                    points.mark(queued_finished()[0], seen.added)
                 points.read(msg.topic(), msg.partition(), msg.offset())
                 first = msg.offset() < first_read.get((msg.topic(), msg.partition()), -1)
                 deliver(_announce(alerter, skipped, msg, max_age_s if first else 0.0, keys))
@@ -407,6 +404,7 @@ def run_alerts(
         if sender is not None and not drained:
             sender.close(0)  # after an error: stop the thread, post nothing more
         consumer.close()
+        seen.close(time.time())
     stats.duplicates = alerter.duplicates
     if sender is not None:
         stats.posted, stats.post_failed = sender.posted, sender.failed
@@ -434,7 +432,15 @@ def _announce(
             why = f"decided {age:.0f} s ago, past --max-age {max_age_s:g} (a first start)"
             skipped.skip(BadRecord("too_old", why), where, time.monotonic())
             return []
-        out = alerter.offer(decision, time.monotonic())
+        late = alerter.late
+        out = alerter.offer(decision, time.monotonic(), time.time())
+        if alerter.late > late:  # counted: a replay of old stops shows on the metric
+            why = (
+                f"decided {age_words(stop_age(decision) or 0.0)} ago, past --max-age "
+                f"{alerter.late_after_s:g} s: in the next late summary (a replay, or the "
+                "alerter was down)"
+            )
+            skipped.skip(BadRecord("late", why), where, time.monotonic())
         if out and out[-1].text == stop_line(decision):  # its own line: its age if old
             out[-1] = AlertMessage(out[-1].text + stale_note(stop_age(decision)))
         return out

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -137,11 +137,11 @@ class Alerter:
     """``run_alerts`` in a thread: its console lines (with the time each was printed) and,
     once stopped, what it returns."""
 
-    def __init__(self, broker: Any, topic: str, **kwargs: Any) -> None:
+    def __init__(self, broker: Any, topic: str, keys: str = "", **kwargs: Any) -> None:
         self.printed: list[tuple[float, str]] = []
         self.stats: AlertStats | None = None
         self.stop_event = threading.Event()
-        settings = Settings(bootstrap=broker.bootstrap)
+        settings = Settings(bootstrap=broker.bootstrap, decision_keys=keys)
 
         def run() -> None:
             self.stats = run_alerts(
@@ -289,15 +289,25 @@ def test_a_hanging_webhook_never_stalls_reading_or_folding_and_alerts_arrive_onc
     assert not any(Webhook.SECRET in m or "T000/B000" in m for m in logged), logged
 
 
+@pytest.mark.parametrize("state", [False, True], ids=["memory", "state-dir"])
 def test_stops_the_webhook_never_got_are_read_again_after_a_restart(
-    broker: Any, topic_prefix: str
+    broker: Any, topic_prefix: str, tmp_path: Any, state: bool
 ) -> None:
+    """Also with a state dir: a stop printed but never posted is not remembered as announced
+    (its entry is written once its alert is out), so the restart posts it."""
     topic = f"{topic_prefix}gov.stops"
     create_topic(broker.bootstrap, topic, partitions=1)  # one partition: read in this order
     a, b, c = (_stop(i, f"run_{i}") for i in (1, 2, 3))
     hook = Webhook(hang_s=30.0)
+    kept = {"state_dir": tmp_path / "alerts"} if state else {}
     first = Alerter(
-        broker, topic, webhook_url=hook.url, storm_threshold=0, webhook_timeout_s=5, drain_s=0.5
+        broker,
+        topic,
+        webhook_url=hook.url,
+        storm_threshold=0,
+        webhook_timeout_s=5,
+        drain_s=0.5,
+        **kept,
     )
     try:
         produce_decisions(broker.bootstrap, topic, [a])
@@ -311,7 +321,7 @@ def test_stops_the_webhook_never_got_are_read_again_after_a_restart(
     assert first.stats is not None and first.stats.not_posted_at_shutdown == 2
     assert stop_line_of(b) not in hook.lines()
     healthy = Webhook()
-    second = Alerter(broker, topic, webhook_url=healthy.url, storm_threshold=0)
+    second = Alerter(broker, topic, webhook_url=healthy.url, storm_threshold=0, **kept)
     try:
         wait_for(lambda: len(healthy.lines()) >= 2, timeout=30, message="b and c posted")
     finally:
@@ -405,6 +415,51 @@ def test_old_stops_are_not_replayed_as_alerts(broker: Any, stops_topic: str) -> 
     finally:
         alerter.stop()
     assert alerter.lines == [SEED_LINE.replace("run_742", "run_2")]
+
+
+def test_a_signed_stop_written_again_after_a_restart_is_not_paged_again(
+    broker: Any, topic_prefix: str, tmp_path: Any
+) -> None:
+    """h44b F1: a copy of a genuine signed stop written to gov.stops after the alerter's
+    restart was paged anew (the dedup was the process's memory). Restarted over the same
+    state dir it is a duplicate, counted; a copy of an old one an alerter never announced
+    (a stop decided past --max-age) is folded into one late summary, not paged alone."""
+    from baton.schemas.decision_signing import DecisionSigner
+    from baton.schemas.signing import new_private_key, public_key_text
+
+    topic = f"{topic_prefix}gov.stops"
+    create_topic(broker.bootstrap, topic, partitions=1)  # one partition: read in this order
+    key = new_private_key()
+    keys, signed = public_key_text(key), DecisionSigner(key).signed
+
+    def alerter(state_dir: Any) -> Alerter:  # (one group: the restart reads past its offset)
+        return Alerter(broker, topic, keys, storm_threshold=0, state_dir=state_dir,
+                       late_window_s=0.5)  # fmt: skip
+
+    real, fresh = _stop(1, "run_real"), _stop(2, "run_fresh")
+    old = replace(_stop(3, "run_old"), decided_at=datetime.now(UTC) - timedelta(hours=3))
+    _produce_raw(broker.bootstrap, topic, [(b"run_real", signed(real.to_json()))])
+    first = alerter(tmp_path / "alerts")
+    try:
+        wait_for(lambda: first.lines, timeout=30, message="the real stop's line")
+    finally:
+        first.stop()
+    assert first.lines == [stop_line_of(real)]
+    replayed = [signed(real.to_json()), signed(old.to_json()), signed(fresh.to_json())]
+    _produce_raw(broker.bootstrap, topic, [(None, value) for value in replayed])
+    second = alerter(tmp_path / "alerts")
+    try:
+        wait_for(lambda: len(second.lines) >= 2, timeout=30, message="the fresh stop, the late")
+    finally:
+        second.stop()
+    assert second.lines[0] == stop_line_of(fresh)
+    assert (
+        second.lines[1].startswith("⏰ Late stops: 1 stop decided 3 h ago")
+        and "run_old" in (second.lines[1])
+    )
+    assert len(second.lines) == 2
+    assert second.stats is not None and second.stats.duplicates == 1
+    assert second.stats.skipped == {"late": 1}
 
 
 def test_baton_alerts_prints_the_line_and_exits_cleanly_on_sigterm(

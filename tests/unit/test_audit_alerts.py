@@ -85,7 +85,10 @@ def test_a_storm_folds_into_one_summary_per_window() -> None:
     assert alerter.tick(now=4.9) == []  # window not over yet
     [summary] = alerter.tick(now=5.04)
     assert summary.storm and summary.stops == 48
-    assert summary.text.startswith("🛑 Stop storm: 48 stops in 5.0 s across 48 Multi-Agent runs: ")
+    assert summary.text.startswith(
+        "🛑 Stop storm: 48 stops in 5.0 s across 48 Multi-Agent runs (run_2, run_3, run_4, "
+        "run_5, run_6, run_7, run_8, run_9, run_10, run_11 and 38 more): "
+    )
     assert "ownership_conflict ×39" in summary.text and "shared_budget_exceeded ×9" in summary.text
     assert "tenants: acme ×38, globex ×10" in summary.text
     assert "first: Multi-Agent run run_2 stopped: ownership_conflict" in summary.text
@@ -516,10 +519,12 @@ def test_a_record_the_alerter_cannot_take_is_skipped_as_unexpected_and_the_next_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     class Fragile(StopAlerter):
-        def offer(self, decision: Decision, now: float) -> list[AlertMessage]:
+        def offer(
+            self, decision: Decision, now: float, wall: float | None = None
+        ) -> list[AlertMessage]:
             if decision.run_id == "run_1":
                 raise RuntimeError("a bug\nmeeting run_1")
-            return super().offer(decision, now)
+            return super().offer(decision, now, wall)
 
     alerter, skipped = Fragile(storm_threshold=0), SkippedRecords()
     bad = _announce(alerter, skipped, _Record(_stop(1).to_json(), 7), max_age_s=0)
