@@ -355,7 +355,8 @@ def up_cmd(
             + (f"; the re-issued published policy {republished} replaces it" if republished else "")
             + ")"
         )
-        readiness = Readiness(settings, catalog, None if no_audit else sql_port, data_dir / "chdb")
+        chdb = data_dir / "chdb"
+        readiness = Readiness(settings, catalog, None if no_audit else sql_port, chdb, signing[1])
         readiness.start()
         next_progress = time.monotonic() + PROGRESS_EVERY_S
         while not stopping:

@@ -26,10 +26,17 @@ class Readiness(threading.Thread):
     """Waits, off the supervision loop, until the worker decides and the sink serves SQL."""
 
     def __init__(
-        self, settings: Settings, catalog: Any, sql_port: int | None, chdb_dir: Path
+        self,
+        settings: Settings,
+        catalog: Any,
+        sql_port: int | None,
+        chdb_dir: Path,
+        decision_keys: str = "",
     ) -> None:
         super().__init__(name="baton-up-readiness", daemon=True)
         self.settings, self.catalog, self.sql_port = settings, catalog, sql_port
+        #: the stack's public key: only an answer its workers signed says they decide
+        self.decision_keys = decision_keys
         self.chdb_dir = chdb_dir
         self.sql_dsn: str | None = None  # with the sink's token, for the ready line
         self.took: float | None = None
@@ -40,6 +47,7 @@ class Readiness(threading.Thread):
 
     def run(self) -> None:
         from baton.processors.probe import wait_until_deciding
+        from baton.schemas.decision_signing import decision_keys
 
         logs = self.chdb_dir.parent / "logs"
         try:
@@ -50,6 +58,7 @@ class Readiness(threading.Thread):
                     self.catalog.decisions,
                     self.settings.partitions,
                     timeout_s=READY_TIMEOUT_S,
+                    keys=decision_keys(self.decision_keys, unset=""),
                 )
             except BrokerUnavailable as exc:
                 raise BrokerUnavailable(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from baton.schemas.decision import Decision
+from baton.schemas.decision_signing import DecisionKeys
 from baton.schemas.errors import BrokerUnavailable
 from baton.schemas.events import RunFinished
 from baton.streams.partitioner import partition_for
@@ -30,8 +31,11 @@ def wait_until_deciding(
     decisions_topic: str,
     partitions: int,
     timeout_s: float = 60.0,
+    keys: DecisionKeys | None = None,
 ) -> float:
-    """Block until a worker answers a probe event; return the seconds it took."""
+    """Block until a worker answers a probe event; return the seconds it took. With ``keys``
+    (the workers' public keys) only an answer they signed counts: a writer of the decisions
+    topic answering the probe made `baton up` say ready with no worker deciding."""
     run_id = f"__probe_{uuid.uuid4().hex[:12]}"
     key = run_id.encode()
     partition = partition_for(key, partitions)
@@ -68,7 +72,7 @@ def wait_until_deciding(
             msg = consumer.poll(0.2)
             if msg is None or msg.error():
                 continue
-            if msg.key() != key:
+            if msg.key() != key or (keys and not keys.verifies(msg.value())):
                 continue
             try:
                 if Decision.from_json(msg.value()).run_id == run_id:

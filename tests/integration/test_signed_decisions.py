@@ -435,3 +435,58 @@ def test_the_alerter_given_the_keys_announces_only_the_workers_stops(
     plain, skipped = alerts(None)
     assert len(plain) == 2 and any("forged_stop" in ln for ln in plain), plain
     assert "unsigned" not in skipped
+
+
+def test_the_readiness_probe_given_the_keys_waits_for_a_signed_answer(
+    broker: EmbeddedBroker, signing_stack: Stack, public: str
+) -> None:
+    """`baton up`'s readiness probe took any decision record answering its probe run: a writer
+    of gov.decisions answering it made `baton up` say ready with no worker deciding. Given the
+    workers' key it waits for their signed answer (no worker on these topics: it times out)."""
+    from baton.processors.probe import wait_until_deciding
+    from baton.schemas.errors import BrokerUnavailable
+
+    catalog = fresh_topics(broker.bootstrap, f"probe{uuid.uuid4().hex[:6]}", PARTITIONS)
+    conf = {"bootstrap.servers": broker.bootstrap}
+    stop = threading.Event()
+
+    def forger() -> None:  # answers each probe event on the empty topics with a forged record
+        consumer = Consumer({**conf, "group.id": uuid.uuid4().hex, "log_level": 0})
+        parts = range(PARTITIONS)
+        consumer.assign([TopicPartition(catalog.requests, p, OFFSET_BEGINNING) for p in parts])
+        producer = Producer(conf)
+        try:
+            while not stop.is_set():
+                msg = consumer.poll(0.2)
+                if msg is None or msg.error():
+                    continue
+                event = orjson.loads(msg.value())
+                forged = Decision(
+                    decision_id=uuid.uuid4().hex, request_id=event["run_id"],
+                    run_id=event["run_id"], tenant="__baton__", phase=Phase.POST_HANDOFF,
+                    outcome=Outcome.RECORDED, reason="ok", decided_at=datetime.now(UTC),
+                )  # fmt: skip
+                producer.produce(catalog.decisions, forged.to_json(), msg.key(), msg.partition())
+                producer.flush(5)
+        finally:
+            consumer.close()
+
+    thread = threading.Thread(target=forger, daemon=True)
+    thread.start()
+    try:
+        took = wait_until_deciding(
+            conf, catalog.requests, catalog.decisions, PARTITIONS, timeout_s=30
+        )
+        assert took < 30  # without the keys, the forger's answer is taken
+        with pytest.raises(BrokerUnavailable, match="no Baton worker answered"):
+            wait_until_deciding(conf, catalog.requests, catalog.decisions, PARTITIONS,
+                                timeout_s=8, keys=decision_keys(public))  # fmt: skip
+        # the signing workers' own answer counts
+        took = wait_until_deciding(
+            conf, signing_stack.catalog.requests, signing_stack.catalog.decisions, PARTITIONS,
+            timeout_s=30, keys=decision_keys(public),
+        )  # fmt: skip
+        assert took < 30
+    finally:
+        stop.set()
+        thread.join(5)
