@@ -118,6 +118,15 @@ class AnnouncedStops:
             )
             return
         self._dir_fd, self.path = fd, directory / STATE_FILE
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            log.warning(
+                "alerts: state dir %s is not only yours (uid %d, mode %o): whoever may write it "
+                "can remove what the alerter remembers; use a directory of your own",
+                directory,
+                info.st_uid,
+                stat.S_IMODE(info.st_mode),
+            )
         for key, decided in self._read(self.path):
             if self._fresh(decided, wall):
                 self._times[key] = decided

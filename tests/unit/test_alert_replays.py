@@ -208,6 +208,18 @@ def test_a_state_dir_that_cannot_be_made_is_memory_only_and_announces(
     assert len(alerter.offer(_stop(1), 0.0, WALL)) == 1
 
 
+def test_a_state_dir_others_may_write_is_used_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    alerter = _alerter(shared)
+    assert f"state dir {shared} is not only yours" in caplog.text and "mode 777" in caplog.text
+    assert alerter.seen.path == shared / STATE_FILE
+    alerter.seen.close(WALL)
+
+
 def test_a_commit_mark_says_which_stops_are_out() -> None:
     points = CommitPoints()
     points.read("gov.stops", 0, 4)
