@@ -223,10 +223,10 @@ def verify_cmd(
         )
     if forged_count:
         summary += f"; {forged_count} command records without a worker's seal"
-    if refused:
-        summary += f"; {refused} forged decision records refused by the sink"
     elif run_id is None and not checked:
         summary += "; command records' seals not checked (no seal key here, or none sealed)"
+    if refused:  # (after the seals' words: it broke their if/elif once, h45b F2)
+        summary += f"; {refused} forged decision records refused by the sink"
     if found is None:
         summary += "; no governance.decision_conflicts (schema before 0006): ids not checked"
     if partial:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
@@ -67,6 +68,8 @@ _SIGNATURE_CHARS: Final = 88
 #: how a signed record's value ends: ``,"signature":"<88 characters>"}``
 _HEAD: Final = b',"' + FIELD.encode() + b'":"'
 _TAIL_BYTES: Final = len(_HEAD) + _SIGNATURE_CHARS + 2
+#: a signature's 88 characters: 64 bytes in base64 (the last group one byte, padded)
+_BASE64: Final = re.compile(rb"[A-Za-z0-9+/]{86}==")
 #: the most public keys a client checks a decision against (a rotation needs two)
 MAX_DECISION_KEYS: Final = 8
 
@@ -131,12 +134,20 @@ class DecisionKeys:
 
 
 def signature_at(value: object) -> int | None:
-    """Where ``value``'s signature member starts (None: it does not end in one); whether the
-    signature verifies is not looked at."""
+    """Where ``value``'s signature member starts (None: it does not end in one: its 88
+    characters are base64, never a quote that would end the string early); whether the
+    signature verifies is not looked at.
+
+    Why base64 is checked here: the audit MAC (``record_mac``) covers what comes before the
+    signature, not the signature, which the sink does not verify; 88 characters there holding
+    ``","run_id":"…","reason":"…`` put members after the MACed ones, and the JSON parsers keep
+    a repeated key's last value: a stop of any run, with a worker's valid MAC (h45b F1)."""
     if not isinstance(value, bytes) or len(value) <= _TAIL_BYTES or value[-2:] != b'"}':
         return None
     at = len(value) - _TAIL_BYTES
-    return at if value[at : at + len(_HEAD)] == _HEAD else None
+    if value[at : at + len(_HEAD)] != _HEAD:
+        return None
+    return at if _BASE64.fullmatch(value, at + len(_HEAD), len(value) - 2) else None
 
 
 def signed_part(value: bytes) -> bytes | None:

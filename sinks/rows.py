@@ -120,7 +120,7 @@ FORGED_ERROR = (
 def forged(value: bytes | None, keys: tuple[bytes, ...]) -> tuple[bytes, RejectKind, str] | None:
     """What governance.rejected keeps of a record that carries no audit MAC made with one of
     ``keys`` (the record, the kind, the error), or None: it does, or there are no keys (the
-    sink checks nothing), or it is empty (the general path's to reject)."""
+    sink checks nothing), or it is a tombstone (None: the general path's to reject)."""
     if not keys or value is None or _mac_keys(keys).holds(value):
         return None
     return value, RejectKind.FORGED, FORGED_ERROR

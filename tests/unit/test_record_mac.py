@@ -162,3 +162,28 @@ def test_parse_processes_are_given_the_keys_with_each_chunk() -> None:
         parsers.close()
     assert {r[2] for r in rejected if r[5] == RejectKind.FORGED} == _forged_offsets(records)
     assert _deferred is not None  # (the module's helper for the keyless path, used there)
+
+
+def test_members_hidden_in_the_signature_s_place_do_not_pass_as_a_workers_record() -> None:
+    """h45b F1: the MAC covers what comes before the signature, and the sink checks no
+    signature: 88 characters there that end its string early add members after the MACed ones,
+    and the parsers keep a repeated key's last value (a stop of any run with a valid MAC)."""
+    raw = _good()[0]
+    macked = RecordMac(KEY).marked(raw)
+    signed = DecisionSigner(new_private_key()).signed(macked)
+    slot = b'","outcome":"stop","reason":"step_budget_exceeded","run_id":"victim","z":"'
+    slot = slot.ljust(88, b"0")
+    head = b',"signature":"'
+    for body in (signed[: signed.rindex(head)], macked[:-1]):  # signed, and a MAC last
+        forged_value = body + head + slot + b'"}'
+        assert orjson.loads(forged_value)["run_id"] == "victim"  # what the parsers read
+        assert not MacKeys([KEY]).holds(forged_value)
+        assert forged_value not in (signed, macked)
+        batch = AuditBatch("gov.decisions", 365, lambda: NOW, mac_keys=(KEY,))
+        batch.add(0, 0, forged_value)
+        assert not batch.rows and batch.rejected[0][5] == RejectKind.FORGED
+    # a backslash or a quote anywhere in the 88 characters is no signature either
+    for bad in (b"\\", b'"', b"-", b"_", b" "):
+        spelled = signed[:-10] + bad + signed[-9:]
+        assert not MacKeys([KEY]).holds(spelled), bad
+    assert MacKeys([KEY]).holds(signed)
