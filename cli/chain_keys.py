@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["audit_chain_key", "audit_worker_dir", "stack_chain_key"]
+__all__ = ["audit_chain_key", "audit_worker_dir", "stack_chain_key", "stack_mac_keys"]
 
 
 def audit_chain_key(settings: Any, dsn: str, data_dir: Path | None = None) -> bytes:
@@ -49,14 +49,31 @@ def audit_worker_dir(dsn: str, data_dir: Path | None = None) -> Path | None:
 def stack_chain_key(settings: Any, bootstrap: str | None, data_dir: Path | None) -> bytes:
     """The key a replay of Kafka's gov.decisions checks chains with: that of the `baton up`
     stack whose Kafka it reads (--data-dir, or neither --bootstrap nor BATON_BOOTSTRAP)."""
-    from baton.cli.stack_record import find_stack, uses_stack
-    from baton.cli.up_children import WORKER_DATA_DIR
     from baton.processors.control_seal import workers_chain_key
 
-    worker_dir = None
+    return workers_chain_key(settings, _stack_worker_dir(bootstrap, data_dir))
+
+
+def stack_mac_keys(
+    settings: Any, bootstrap: str | None, data_dir: Path | None
+) -> tuple[bytes, ...]:
+    """The workers' audit MAC keys (``schemas/record_mac``) a replay of Kafka's gov.decisions
+    uses no record without, as the sink stores none: BATON_AUDIT_CHAIN_KEY and the seal.key of
+    the stack whose Kafka it reads, those there are."""
+    from baton.processors.control_seal import chain_key, read_seal_key
+
+    worker_dir = _stack_worker_dir(bootstrap, data_dir)
+    keys = (chain_key(settings), read_seal_key(worker_dir) if worker_dir else b"")
+    return tuple(k for k in keys if k)
+
+
+def _stack_worker_dir(bootstrap: str | None, data_dir: Path | None) -> Path | None:
+    from baton.cli.stack_record import find_stack, uses_stack
+    from baton.cli.up_children import WORKER_DATA_DIR
+
     if uses_stack("bootstrap", {"bootstrap": bootstrap}, data_dir):
-        worker_dir = find_stack(data_dir).data_dir / WORKER_DATA_DIR
-    return workers_chain_key(settings, worker_dir)
+        return find_stack(data_dir).data_dir / WORKER_DATA_DIR
+    return None
 
 
 def _stack_serving(dsn: str) -> Path | None:

@@ -221,7 +221,7 @@ def replay_cmd(
             )
             label = f"Kafka at {settings.bootstrap} (baseline {baseline.version})"
         else:
-            from baton.cli.chain_keys import audit_chain_key, stack_chain_key
+            from baton.cli.chain_keys import audit_chain_key, stack_chain_key, stack_mac_keys
 
             workers = build_settings()  # the workers' chain key and run retention
             scope = _scope(start, to, run_id, tenant)
@@ -232,7 +232,7 @@ def replay_cmd(
                 key = stack_chain_key(workers, bootstrap, data_dir)
                 report, policies, refused, label = replay_decisions(
                     settings, scope, new_policy, key, jobs, workers.run_retention_s, _Progress,
-                    workers.tombstone_retention_s,
+                    workers.tombstone_retention_s, stack_mac_keys(workers, bootstrap, data_dir),
                 )  # fmt: skip
             else:
                 settings = audit_settings(clickhouse_dsn, data_dir)

@@ -66,10 +66,12 @@ def replay_decisions(
     retention_s: float,
     progress: Callable[[int], Any] | None = None,
     tombstone_s: float = TOMBSTONE_RETENTION_S,
+    mac_keys: tuple[bytes, ...] = (),
 ) -> tuple[ReplayReport, dict[str, Policy], list[str], str]:
     """The replay of ``scope``'s runs read from gov.decisions: (report, the policies read,
     one line per record not used, what was read); ``retention_s``, ``tombstone_s``: the
-    workers' run and tombstone retention."""
+    workers' run and tombstone retention; ``mac_keys``: the workers' audit MAC keys (a
+    record without such a MAC is not used: the sink rejects it, ``forged``)."""
     from baton.streams.topics import TopicCatalog
 
     topic = TopicCatalog(prefix=settings.topic_prefix, partitions=settings.partitions).decisions
@@ -83,7 +85,7 @@ def replay_decisions(
         processes = min(jobs, settings.partitions) if settings.partitions > 1 else jobs - 1
         with (
             replay_pool.owned_pool(processes if jobs > 1 else 0) as pool,
-            _Topic(settings, topic, chain_key) as read,
+            _Topic(settings, topic, chain_key, mac_keys) as read,
         ):
             mark("topic open")
             if read.records < _PARALLEL_ROWS:
@@ -163,10 +165,13 @@ _UNKNOWN_START = (
 class _Topic:
     """gov.decisions read one partition at a time (a context manager: the consumer)."""
 
-    def __init__(self, settings: Settings, topic: str, chain_key: bytes) -> None:
+    def __init__(
+        self, settings: Settings, topic: str, chain_key: bytes, mac_keys: tuple[bytes, ...] = ()
+    ) -> None:
         self.settings = settings
         self.topic = topic
         self.chain_key = chain_key
+        self.mac_keys = mac_keys
         #: the broken runs and dead lines of the partitions read (in the order read)
         self.tally = TopicTally()
         #: the records to read, about (the progress bar; each partition's end is its fetch's)
@@ -205,7 +210,10 @@ class _Topic:
             raise
         count = len(partitions)
         policy_partition = partition_for(POLICY_RECORD_RUN.encode(), count)
-        self.plan = TopicPlan(s, self.topic, count, policy_partition, lows, highs, self.chain_key)
+        self.plan = TopicPlan(
+            s, self.topic, count, policy_partition, lows, highs, self.chain_key,
+            mac_keys=self.mac_keys,
+        )  # fmt: skip
         return self
 
     def __exit__(self, *_: object) -> None:

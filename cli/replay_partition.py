@@ -52,6 +52,8 @@ class TopicPlan:
     #: the policy records as the reading process read them (``policy_digest``), which a
     #: process reading their partition again must read too (b"": no such read)
     policy_digest: bytes = b""
+    #: the workers' audit MAC keys: a record without their MAC is not used (the sink's rule)
+    mac_keys: tuple[bytes, ...] = ()
 
     def order(self) -> list[int]:
         """The partitions in the order one process reads them: the policy records' first."""
@@ -86,7 +88,9 @@ def read_partition(
     ``policy_in_force`` records are under ``*``: a read for the policies, its checks all)."""
     s, topic = plan.settings, plan.topic
     low = plan.lows[p]
-    part = PartitionRecords(topic, p, plan.count, plan.policy_partition, low > 0, plan.chain_key)
+    part = PartitionRecords(
+        topic, p, plan.count, plan.policy_partition, low > 0, plan.chain_key, plan.mac_keys
+    )
     tp = TopicPartition(topic, p, low)
     consumer.assign([tp])
     end: int | None = None

@@ -102,8 +102,9 @@ class AlertMetrics(Collector):
         )
         skipped = CounterMetricFamily(
             "baton_alerts_skipped",
-            "records on gov.stops not announced, by kind: unsigned (no key of decision_keys "
-            "signed it), too_old, not_json, not_a_decision, empty, too_large, unexpected",
+            "records on gov.stops not announced alone, by kind: unsigned (no key of "
+            "decision_keys signed it), late (decided past --max-age: in a late summary), "
+            "too_old, not_json, not_a_decision, empty, too_large, unexpected",
             labels=["kind"],
         )
         for kind, n in sorted(getattr(src.stats, "skipped", {}).items()):

@@ -413,7 +413,7 @@ def test_the_stack_keys_its_chains_and_its_sink_refuses_rows_forged_onto_a_run(u
     record = json.loads((up.data_dir / "stack.json").read_text())
     bootstrap = record["bootstrap"]
     run = f"chained-{uuid.uuid4().hex[:8]}"
-    p = Producer({"bootstrap.servers": bootstrap})
+    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})  # as workers
     for i in range(2):
         event = {"type": "handoff_requested", "request_id": f"h{i}", "run_id": run,
                  "task_id": f"t{i}", "from_agent": "planner", "to_agent": "researcher",
@@ -472,6 +472,17 @@ def test_the_stack_keys_its_chains_and_its_sink_refuses_rows_forged_onto_a_run(u
     # the run itself holds: neither forged row is in the audit
     held = verify("--run", run)
     assert held.returncode == 0 and "2 chained rows of 2" in held.stdout, held.stdout
+    # and `baton replay --from-kafka` uses none of them either, as the sink stores none
+    policy = Path(__file__).parents[2] / "policy.example.yaml"
+    replayed = subprocess.run(
+        [sys.executable, "-m", "baton.cli", "replay", "--policy", str(policy), "--from-kafka",
+         "--run", run, "--data-dir", str(up.data_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    said = replayed.stdout + replayed.stderr
+    assert said.count("no audit MAC of the workers' key") == 2, said
+    assert "all 2 decisions reproduced exactly" in replayed.stdout, said
 
 
 def test_the_stack_s_alerter_announces_only_its_workers_stops(up: _Up) -> None:

@@ -17,6 +17,7 @@ from baton.processors.state import RunState
 from baton.schemas.decision import Decision
 from baton.schemas.events import ApprovalDenied, ApprovalGranted, RunEvent
 from baton.schemas.policy import Policy
+from baton.schemas.record_mac import RecordMac
 from baton.streams.partitioner import partition_for
 from tests.unit.test_engine_support import at
 
@@ -44,8 +45,9 @@ class DecisionsTopic:
         return len(self.records[partition]) - 1
 
     def publish(self, d: Decision) -> None:
-        """A decision as a worker publishes it: keyed by its run id."""
-        self.append(d.run_id.encode(), d.to_json())
+        """A decision as a worker with BATON_AUDIT_CHAIN_KEY=KEY publishes it: keyed by its run
+        id, with its audit MAC (``schemas/record_mac``)."""
+        self.append(d.run_id.encode(), RecordMac(KEY).marked(d.to_json()))
 
     def trim(self, partition: int, low: int) -> None:
         self.lows[partition] = low
