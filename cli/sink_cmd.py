@@ -120,7 +120,9 @@ def sink_cmd(
             else ""
         )
         running.append(sink)
-        output.say(f"audit sink: {sink.topic} -> {sink.label}{where}")
+        # (whether it refuses records no worker MACed: h45b F3, INFO lines are not shown)
+        checked = "; workers' audit MAC required" if sink.mac_keys else "; no workers' key"
+        output.say(f"audit sink: {sink.topic} -> {sink.label}{where}{checked}")
 
     def report(stats: Any) -> None:
         # a stall behind the receive bound too: error_cb counts it, and a sink stalled before
