@@ -282,6 +282,7 @@ def _probe_check(settings: Settings, view: KafkaView, name: str, timeout: float)
     """A readiness probe (a run_finished of a ``__probe_`` run, tenant ``__baton__``, as
     `baton up` sends) must come back as a decision within ``timeout``."""
     from baton.processors.probe import wait_until_deciding
+    from baton.schemas.decision_signing import decision_keys
 
     catalog = TopicCatalog.from_settings(settings)
     missing = [t for t in (catalog.requests, catalog.decisions) if t not in view.partitions]
@@ -298,6 +299,8 @@ def _probe_check(settings: Settings, view: KafkaView, name: str, timeout: float)
             catalog.decisions,
             view.partitions[catalog.requests],  # where the probe's key really goes
             timeout_s=timeout,
+            # a stack's (or BATON_DECISION_KEYS): only an answer its workers signed counts
+            keys=decision_keys(settings.decision_keys, unset=""),
         )
     except BatonError as exc:
         return fail(name, f"no member listed, and {exc}", _WORKER_HINT.format(settings.app_id))
