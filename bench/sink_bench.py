@@ -61,6 +61,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.schemas.policy import load_policy
+from baton.schemas.record_mac import RecordMac
 from baton.schemas.settings import Settings
 from baton.sinks.sink import AuditSink, SinkStats, run_sink
 from baton.streams.embedded import EmbeddedBroker
@@ -69,6 +70,8 @@ from baton.streams.topics import TopicCatalog, ensure_topics
 from bench.engine_bench import build_workload
 
 PARTITIONS = 8
+#: the seal key of `--variants mac` (what BATON_AUDIT_CHAIN_KEY holds for its checking sink)
+BENCH_MAC_KEY = "sink-bench-workers-seal-key"
 APPROVALS = "gov.approvals"
 
 
@@ -153,6 +156,8 @@ def _variant(name: str) -> Iterator[None]:
         os.environ["BATON_SINK_PARSE_PROCESSES"] = "0"
     elif name == "one parse process":
         os.environ["BATON_SINK_PARSE_PROCESSES"] = "1"
+    elif name == "audit MAC checked":  # the sink requires the workers' MAC (rows.forged)
+        os.environ["BATON_AUDIT_CHAIN_KEY"] = BENCH_MAC_KEY
     elif name == "optimize on insert":  # ReplacingMergeTree folds each block's own copies
         import baton.sinks.audit_insert as audit_insert
 
@@ -163,6 +168,7 @@ def _variant(name: str) -> Iterator[None]:
         for obj, attr, value in reversed(saved):
             setattr(obj, attr, value)
         os.environ.pop("BATON_SINK_PARSE_PROCESSES", None)
+        os.environ.pop("BATON_AUDIT_CHAIN_KEY", None)
 
 
 def _cpu_seconds(pid: int | None) -> float:
@@ -552,8 +558,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=Settings().sink_batch_size)
     ap.add_argument(
         "--variants",
-        choices=("shipped", "pipeline", "processes", "insert", "all"),
+        choices=("shipped", "pipeline", "processes", "insert", "mac", "all"),
         default="shipped",
+        help="mac: every record carries the workers' audit MAC (as under `baton up`), read by "
+        "the sink as shipped and by one that checks it (BATON_AUDIT_CHAIN_KEY), alternating",
     )
     ap.add_argument(
         "--rounds", type=int, default=1, help="run the variants this many times, alternating"
@@ -580,6 +588,9 @@ def main() -> None:
         _child(args.child)
         return
     records = worker_decisions(args.decisions)
+    if args.variants == "mac":  # as a worker with a seal key publishes them
+        mark = RecordMac(BENCH_MAC_KEY.encode()).marked
+        records = [(key, mark(value)) for key, value in records]
     n = len(records)
     # re-emitted copies (a redelivered request answered again) are read but not stored
     to_store = sum(1 for _, v in records if b'"reemitted":true' not in v)
@@ -603,6 +614,8 @@ def main() -> None:
         variants += ["one process", "one parse process"]
     elif args.variants == "insert":
         variants += ["optimize on insert"]
+    elif args.variants == "mac":
+        variants += ["audit MAC checked"]
     elif args.variants == "all":
         variants += [
             "one process",
