@@ -35,6 +35,7 @@ __all__ = [
     "RESTART_BACKOFF_S",
     "RESTART_LIMIT",
     "RESTART_WINDOW_S",
+    "SECRET_FIELDS",
     "SQL_PORT",
     "WARNED",
     "closest",
@@ -153,6 +154,11 @@ def warning_text(name: str, suggestion: str | None) -> str:
     return f"baton: warning: {unknown_text(name, suggestion)}"
 
 
+#: the settings whose value a message never repeats (Settings' SecretStr fields: a test holds
+#: the two lists equal)
+SECRET_FIELDS = frozenset({"sasl_password", "ssl_key_password", "audit_chain_key", "webhook_url"})
+
+
 def settings_problems(exc: Any) -> str:
     """A settings model's pydantic ``ValidationError`` as one line a setting at a time, each
     named with its environment variable: ``client_timeout_s (BATON_CLIENT_TIMEOUT_S): Input
@@ -167,6 +173,8 @@ def settings_problems(exc: Any) -> str:
         if field == "bootstrap" and ("@" in got or "USER:PASSWORD" in str(err["msg"])):
             # USER:PASSWORD@HOST (or its '@' escaped, of another code point): not repeated
             got = "(not repeated: it may hold a password)"
+        elif field in SECRET_FIELDS:  # (a chain key 65 bytes long was printed whole)
+            got = "(not repeated: a secret)"
         said = str(err["msg"])
         shown = "" if ", got " in said else f", got {got}"  # (its own words name the value)
         lines.append(f"{field} (BATON_{field.upper()}): {said}{shown}")

@@ -151,3 +151,27 @@ def test_baton_up_says_its_own_session_timeout(helps: dict[tuple[str, ...], str]
     assert "BATON_SESSION_TIMEOUT_S; default 6.0]" in up
     worker = " ".join(helps[("worker",)].split())
     assert "BATON_SESSION_TIMEOUT_S; default 10.0]" in worker
+
+
+def test_no_message_repeats_a_secret_setting_s_value() -> None:
+    """A BATON_AUDIT_CHAIN_KEY of 100 bytes was refused with the key printed whole (session 45):
+    a secret setting's value is never repeated, and every SecretStr field is listed as one."""
+    from pydantic import SecretStr, ValidationError
+
+    from baton.schemas.env_names import SECRET_FIELDS, settings_problems
+    from baton.schemas.settings import Settings
+
+    secret = {
+        name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)
+    }
+    assert secret == SECRET_FIELDS
+    key = "k" * 100
+    try:
+        Settings(audit_chain_key=SecretStr(key))
+    except ValidationError as exc:
+        said = settings_problems(exc)
+    else:
+        raise AssertionError("a 100-byte chain key was taken")
+    assert "at most 64" in said and "BATON_AUDIT_CHAIN_KEY" in said
+    assert "kkkk" not in said and "not repeated: a secret" in said
+    assert Settings(audit_chain_key=SecretStr("k" * 64)).audit_chain_key is not None
