@@ -371,13 +371,9 @@ class Settings(BaseSettings):
         # `BATON_AUDIT_CHAIN_KEY: ${CHAIN_KEY}` gives when CHAIN_KEY is unset (H2, session 27)
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("empty; unset it for no key, or give the workers' key")
-        # BLAKE2b's key (the chains, the seals, the audit MAC): a longer one crashed the
-        # worker at its first chained decision ("maximum key length is 64 bytes")
-        if value is not None and len(value.get_secret_value().encode()) > 64:
-            raise ValueError(
-                f"{len(value.get_secret_value().encode())} bytes; at most 64 (a BLAKE2b key: "
-                "`openssl rand -hex 32` makes one)"
-            )
+        # BLAKE2b's key (chains, seals, audit MAC): a longer one crashed the worker
+        if value is not None and (n := len(value.get_secret_value().encode())) > 64:
+            raise ValueError(f"{n} bytes; at most 64 (`openssl rand -hex 32` makes one)")
         return value
 
     @field_validator("decision_signing_key", mode="before")

@@ -14,7 +14,7 @@ stops come first); the count of runs then says more were folded, and the audit h
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from baton.schemas.decision import Decision
@@ -24,6 +24,7 @@ __all__ = [
     "LATE_SHOWN",
     "NAME_SHOWN",
     "RUNS_SHOWN",
+    "LateKeys",
     "LateStops",
     "Storm",
     "late_text",
@@ -102,6 +103,27 @@ def storm_text(storm: Storm, seconds: float) -> str:
         + f"; first: {storm.first.removeprefix('🛑 ')}"
     )
     return cap_text(text, TEXT_MAX)
+
+
+class LateKeys:
+    """The late stops folded into summaries (their digests, the newest ``limit``), in memory
+    only: a copy of one is a duplicate, not one more summary. Not the announced stops' set:
+    old stops read from the topic's history would evict the recent ones a replay then pages
+    again; without this, one old signed stop written again each minute by anyone who can
+    write gov.stops made a late summary each minute (h45c F5)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def add(self, key: bytes) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        if len(self._keys) > self.limit:
+            self._keys.popitem(last=False)
 
 
 @dataclass

@@ -80,8 +80,9 @@ class AnnouncedStops:
         return len(self._times)
 
     def touch(self, key: bytes) -> None:
-        """``key`` was seen again: the last to be forgotten."""
-        self._times.move_to_end(key)
+        """``key`` was seen again: the last to be forgotten (not one of them: nothing)."""
+        if key in self._times:
+            self._times.move_to_end(key)
 
     def add(self, key: bytes, decided: float) -> None:
         """``key``, of a stop decided at ``decided``, is announced (or held to be)."""

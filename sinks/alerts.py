@@ -8,15 +8,13 @@ so a hanging webhook never slows the consume loop; names are made safe to show b
 and what may be committed is kept by :mod:`baton.sinks.alert_offsets`.
 
 Guarantees: a decision_id is announced at most once for what it shows (the last ``remember``
-are kept, as 16-byte digests of the id and the alert's text whatever their length: a forged
-stop under a real one's id cannot hide it), within one process, and across its restarts given
-a state directory (:mod:`baton.sinks.alert_seen`); a stop decided longer ago than
-``--max-age`` that it never announced is not announced alone, but folded into one late
-summary an interval (:mod:`baton.sinks.alert_fold`: a genuine signed stop written to
-gov.stops again, by whoever can write the topic, paged on-call anew after a restart: h44b F1);
-a record on gov.stops that is not a Decision, or none of ``decision_keys`` signed
-(``unsigned``), is skipped and counted by kind (one log line per kind, then at most one a
-minute), never fatal; memory is
+as 16-byte digests of the id and the alert's text: a forged stop under a real one's id cannot
+hide it), within one process, and across its restarts given a state directory
+(:mod:`baton.sinks.alert_seen`); a stop decided longer ago than ``--max-age`` that it never
+announced is folded into one late summary an interval, never paged alone
+(:mod:`baton.sinks.alert_fold`: h44b F1); a record on gov.stops that is not a Decision, or
+none of ``decision_keys`` signed (``unsigned``), is skipped and counted by kind (logged once a
+kind, then at most once a minute), never fatal; memory is
 bounded whatever the records hold (a storm keeps counts, not the stops). Offsets are
 committed only up to stops that are announced: printed, not held in a summary, and done with
 by the webhook sender (posted or given up), so a crash re-reads (and re-announces) at most
@@ -43,7 +41,7 @@ from baton.schemas.decision import Decision, Outcome
 from baton.schemas.decision_signing import DecisionKeys, decision_keys
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
-from baton.sinks.alert_fold import LateStops, Storm, late_text, storm_text
+from baton.sinks.alert_fold import LateKeys, LateStops, Storm, late_text, storm_text
 from baton.sinks.alert_offsets import CommitPoints
 from baton.sinks.alert_post import post_webhook
 from baton.sinks.alert_records import BadRecord, SkippedRecords, read_stop
@@ -86,16 +84,15 @@ class AlertMessage:
 
 
 class StopAlerter:
-    """Turns stop decisions into messages: dedup by decision_id, storms and late stops folded
-    into summaries.
+    """Turns stop decisions into messages: dedup by decision_id, storms and late stops folded.
 
     A storm: ``storm_threshold`` stops within ``storm_window_s`` seconds. The stops before
     the threshold are announced one by one; from the threshold on they are held and every
     ``storm_window_s`` one summary covers them, until a window brings fewer than the
     threshold. ``storm_threshold=0`` turns folding off. A late stop: one decided more than
     ``late_after_s`` before ``wall`` (0: none is), held for one summary ``late_window_s``
-    after the first: a replay or an alerter that was down, never paged one by one.
-    ``seen``: the announced stops (default: ``remember`` of them, in memory only).
+    after the first (or a storm's next): a replay or an alerter that was down, never paged
+    alone. ``seen``: the announced stops (default: ``remember`` of them, in memory only).
     """
 
     def __init__(
@@ -122,6 +119,7 @@ class StopAlerter:
         self._recent: deque[float] = deque()
         self._storm: Storm | None = None
         self._late: LateStops | None = None
+        self._late_keys = LateKeys(remember)
         self.duplicates = 0
         #: stops folded into late summaries, all told
         self.late = 0
@@ -145,15 +143,15 @@ class StopAlerter:
             orjson.dumps([decision.decision_id, stop_line(decision), clean_field(decision.tenant)]),
             digest_size=16,
         ).digest()
-        if key in self.seen:
+        if key in self.seen or key in self._late_keys:
             self.duplicates += 1
             self.seen.touch(key)
             return out
         decided = decided_posix(decision)
         decided = wall if decided is None else decided
-        # the signed decided_at: a replay cannot make itself younger without the key. Not
-        # remembered: the topic's history would evict the recent stops a replay pages again
+        # the signed decided_at: a replay cannot make itself younger without the key
         if wall is not None and decided is not None and 0 < self.late_after_s < wall - decided:
+            self._late_keys.add(key)  # (not in seen: see LateKeys)
             self.late += 1
             self._late = self._late or LateStops(started=now)
             self._late.add(decision, wall - decided)
@@ -173,14 +171,14 @@ class StopAlerter:
 
     def tick(self, now: float) -> list[AlertMessage]:
         """Summaries whose window has passed by ``now``; call it even when nothing arrives."""
-        out = []
         late = self._late
-        if late is not None and now - late.started >= self.late_window_s:
-            self._late = None
-            out.append(AlertMessage(late_text(late, self.late_after_s), late.count))
+        out = self._late_out() if late and now - late.started >= self.late_window_s else []
         storm = self._storm
         if storm is None or now - storm.started < self.storm_window_s:
             return out
+        # the late stops with it: a storm going on and late stops between its ticks left no
+        # moment with nothing held, and no offset was committed (h45c F1)
+        out += self._late_out()
         if storm.count >= self.storm_threshold:
             self._storm = Storm(started=now)  # still storming: the next window folds too
         else:
@@ -190,11 +188,13 @@ class StopAlerter:
 
     def flush(self, now: float) -> list[AlertMessage]:
         """At shutdown: the summaries of whatever a storm and the late stops still hold."""
-        storm, late, self._storm, self._late = self._storm, self._late, None, None
-        out = self._summary(storm, now) if storm else []
-        if late is not None:
-            out.append(AlertMessage(late_text(late, self.late_after_s), late.count))
-        return out
+        storm, self._storm = self._storm, None
+        return (self._summary(storm, now) if storm else []) + self._late_out()
+
+    def _late_out(self) -> list[AlertMessage]:
+        """The late summary of what is held (none: nothing), and nothing held any more."""
+        late, self._late = self._late, None
+        return [AlertMessage(late_text(late, self.late_after_s), late.count)] if late else []
 
     @staticmethod
     def _summary(storm: Storm, now: float) -> list[AlertMessage]:

@@ -51,7 +51,8 @@ def _stop(i: int, age_s: float = 0.0, run: str | None = None) -> Decision:
 def _alerter(state: Path | None = None, **kwargs: float) -> StopAlerter:
     seen = AnnouncedStops(limit=int(kwargs.pop("limit", 1000)), state_dir=state)
     seen.open(WALL)
-    return StopAlerter(storm_threshold=0, late_after_s=3600.0, seen=seen, **kwargs)
+    threshold = int(kwargs.pop("storm_threshold", 0))
+    return StopAlerter(storm_threshold=threshold, late_after_s=3600.0, seen=seen, **kwargs)
 
 
 def _restart(alerter: StopAlerter, state: Path) -> StopAlerter:
@@ -250,10 +251,35 @@ def test_an_unseen_stop_past_max_age_is_folded_into_one_late_summary() -> None:
     assert "run_4 " in summary.text and "run_5 " not in summary.text
     assert summary.text.endswith("; and 25 more")
     assert alerter.holding == 0
-    # not remembered (old stops by the 100,000 would evict the recent ones a replay pages):
-    # a copy again is in the next summary, one line a minute whatever comes
-    assert alerter.offer(_stop(3, 7203), 61.0, WALL) == [] and alerter.late == 31
+    # not among the announced (old stops by the 100,000 would evict the recent ones a replay
+    # pages), but a copy of one summed up is a duplicate: one old signed stop written again
+    # each minute made a late summary each minute (h45c F5)
+    for minute in range(1, 6):
+        assert alerter.offer(_stop(3, 7203), 60.0 * minute + 1, WALL) == []
+        assert alerter.tick(60.0 * minute + 61) == []
+    assert alerter.late == 30 and alerter.duplicates == 5 and alerter.holding == 0
     assert len(alerter.seen) == 0
+    # another old stop still makes the next summary
+    assert alerter.offer(_stop(99, 7300), 400.0, WALL) == [] and alerter.late == 31
+
+
+def test_late_stops_between_a_storm_s_ticks_leave_a_moment_with_nothing_held() -> None:
+    """h45c F1: a commit mark is taken only while nothing is held; a storm held stops until
+    its tick and late stops until theirs (60 s), and late copies between the ticks of a storm
+    that went on left no such moment: nothing committed, nothing written to the state file,
+    for as long as it lasted. The late stops now go out with each storm summary."""
+    alerter = _alerter(late_window_s=60.0, storm_threshold=20)
+    t, free = 0.0, 0
+    for i in range(400):  # 40 s: a storm of fresh stops, an old stop every fourth record
+        t += 0.1
+        for message in alerter.tick(t):
+            assert message.stops > 0
+        free += alerter.holding == 0
+        if i % 4 == 3:
+            alerter.offer(_stop(10_000 + i, 7200), t, WALL)
+        else:
+            alerter.offer(_stop(i), t, WALL)
+    assert alerter.late > 50 and free >= 6, (alerter.late, free)  # one a storm window at least
 
 
 def test_an_alerter_down_two_hours_still_tells_on_call_what_it_missed() -> None:
