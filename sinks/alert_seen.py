@@ -154,7 +154,12 @@ class AnnouncedStops:
                 info = os.fstat(fd)
                 if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
                     raise OSError(errno.EPERM, "replaced by something else")
-                _write_all(fd, b"".join(_ENTRY.pack(key, t) for key, t in out))
+                try:
+                    _write_all(fd, b"".join(_ENTRY.pack(key, t) for key, t in out))
+                except OSError:  # (a disk full): a torn entry misaligned every later one
+                    with contextlib.suppress(OSError):  # (h45c F4): cut back to whole ones
+                        os.ftruncate(fd, info.st_size)
+                    raise
             finally:
                 os.close(fd)
         except OSError:  # gone or replaced: written anew from memory

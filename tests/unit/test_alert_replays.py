@@ -483,3 +483,45 @@ def test_a_stream_of_late_stops_never_stalls_commits_nor_the_state_file(
     again = AnnouncedStops(state_dir=tmp_path)
     again.open(datetime.now(UTC).timestamp())
     assert again.loaded == 1
+
+
+def test_a_write_torn_by_a_full_disk_leaves_no_misaligned_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """h45c F4: a disk full tore an entry (a short write) and the rewrite failed too; once space
+    came back the appends went on after the torn bytes, misaligning every later entry: after a
+    crash none of them was remembered. The torn append is cut back to whole entries."""
+    import hashlib
+
+    import baton.sinks.alert_seen as alert_seen
+
+    def key(i: int) -> bytes:
+        return hashlib.blake2b(str(i).encode(), digest_size=16).digest()
+
+    seen = AnnouncedStops(state_dir=tmp_path)
+    seen.open(WALL)
+    for i in range(10):
+        seen.add(key(i), WALL)
+    seen.settle(seen.added, WALL)
+    whole = alert_seen._write_all
+
+    def full_disk(fd: int, data: bytes) -> None:
+        os.write(fd, data[:7])  # a torn entry, then no space
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(alert_seen, "_write_all", full_disk)
+    monkeypatch.setattr(alert_seen, "_replace", lambda path, data: full_disk(0, b""))
+    for i in range(10, 13):
+        seen.add(key(i), WALL)
+    seen.settle(seen.added, WALL)
+    monkeypatch.setattr(alert_seen, "_write_all", whole)
+    for i in range(13, 40):  # space back; then a crash: no clean exit, no rewrite
+        seen.add(key(i), WALL)
+        seen.settle(seen.added, WALL)
+    size = (tmp_path / STATE_FILE).stat().st_size
+    os.close(seen._dir_fd)  # type: ignore[arg-type]
+    seen._dir_fd = None  # the crash: its lock gone with it
+    restarted = AnnouncedStops(state_dir=tmp_path)
+    restarted.open(WALL)
+    assert all(key(i) in restarted for i in range(13, 40)), size
+    assert all(key(i) in restarted for i in range(10))
