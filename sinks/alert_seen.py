@@ -35,6 +35,7 @@ import secrets
 import stat
 import struct
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["STATE_FILE", "AnnouncedStops"]
@@ -128,7 +129,9 @@ class AnnouncedStops:
                 info.st_uid,
                 stat.S_IMODE(info.st_mode),
             )
-        for key, decided in self._read(self.path):
+        entries = self._read(self.path)
+        wall = _reference(wall, (t for _, t in entries))
+        for key, decided in entries:
             if self._fresh(decided, wall):
                 self._times[key] = decided
                 self._times.move_to_end(key)
@@ -182,6 +185,7 @@ class AnnouncedStops:
         if self.path is None or self._dir_fd is None:
             return
         held = {key for key, _ in self._pending}
+        wall = _reference(wall, self._times.values())
         kept = [(k, t) for k, t in self._times.items() if k not in held and self._fresh(t, wall)]
         kept = kept[-self.limit :]
         try:
@@ -250,6 +254,13 @@ class AnnouncedStops:
                 len(entries),
             )
         return entries
+
+
+def _reference(wall: float, decided: Iterable[float]) -> float:
+    """The time the keep window counts back from: ``wall``, or the newest stop's ``decided``
+    when that is earlier (a start with the clock days ahead dropped every entry for good,
+    silently: h45c F6; a signed time, which no writer of gov.stops can move)."""
+    return min(wall, max(decided, default=wall))
 
 
 def _why(exc: OSError) -> str:

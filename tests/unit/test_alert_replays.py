@@ -525,3 +525,30 @@ def test_a_write_torn_by_a_full_disk_leaves_no_misaligned_entry(
     restarted.open(WALL)
     assert all(key(i) in restarted for i in range(13, 40)), size
     assert all(key(i) in restarted for i in range(10))
+
+
+def test_a_start_with_the_clock_days_ahead_keeps_what_was_announced(tmp_path: Path) -> None:
+    """h45c F6: the keep window counted back from the wall clock, so one start (or exit) with
+    the clock two days ahead pruned and rewrote every entry, for good and unsaid. It counts
+    back from the newest stop's signed time when that is earlier."""
+    day = 86_400.0
+    first = AnnouncedStops(keep_s=day, state_dir=tmp_path)
+    first.open(WALL)
+    for i in range(50):
+        first.add(i.to_bytes(16, "big"), WALL - 60)
+    first.settle(first.added, WALL)
+    first.close(WALL)
+    ahead = AnnouncedStops(keep_s=day, state_dir=tmp_path)
+    ahead.open(WALL + 2 * day)
+    assert ahead.loaded == 50
+    ahead.close(WALL + 2 * day)
+    right = AnnouncedStops(keep_s=day, state_dir=tmp_path)
+    right.open(WALL)
+    assert right.loaded == 50
+    # what is older than the window before the newest stop still goes
+    right.add(b"o" * 16, WALL - 3 * day)
+    right.settle(right.added, WALL)
+    right.close(WALL)
+    last = AnnouncedStops(keep_s=day, state_dir=tmp_path)
+    last.open(WALL)
+    assert last.loaded == 50 and b"o" * 16 not in last
