@@ -146,13 +146,14 @@ class AnnouncedStops:
         while self._pending and self._pending_from < upto:
             out.append(self._pending.popleft())
             self._pending_from += 1
-        if not out or self.path is None:
+        if not out or self.path is None or self._dir_fd is None:  # (closed: never the cwd's)
             return
         if self._in_file + len(out) > 2 * self.limit:
             self._rewrite(wall)
             return
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+            fd = os.open(STATE_FILE, flags, dir_fd=self._dir_fd)
             try:
                 info = os.fstat(fd)
                 if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
@@ -189,7 +190,8 @@ class AnnouncedStops:
         kept = [(k, t) for k, t in self._times.items() if k not in held and self._fresh(t, wall)]
         kept = kept[-self.limit :]
         try:
-            _replace(self.path, _HEADER + b"".join(_ENTRY.pack(k, t) for k, t in kept))
+            data = _HEADER + b"".join(_ENTRY.pack(k, t) for k, t in kept)
+            _replace(self._dir_fd, data)
             os.fsync(self._dir_fd)  # the rename too
         except OSError as exc:
             if not self._failing:
@@ -216,8 +218,9 @@ class AnnouncedStops:
             )
             return []
 
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:  # (in the directory opened at start: a link to it retargeted since is not followed)
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(STATE_FILE, flags, dir_fd=self._dir_fd)
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -284,19 +287,22 @@ def _read_upto(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _replace(path: Path, data: bytes) -> None:
-    """``data`` written to a new file of its own (O_EXCL, 0600, fsync'ed), renamed over
-    ``path``: a reader sees the old file or the new one, never a link's target written."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def _replace(dir_fd: int, data: bytes) -> None:
+    """``data`` written to a new file of its own (O_EXCL, 0600, fsync'ed), renamed over the
+    state file, all in the directory ``dir_fd`` opened at start (a link to it retargeted by
+    another user since is not followed: h45c F3): a reader sees the old file or the new one,
+    never a link's target written."""
+    temp = f".{STATE_FILE}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
     try:
         try:
             _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temp, path)
+        os.replace(temp, STATE_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            temp.unlink()
+            os.unlink(temp, dir_fd=dir_fd)
         raise

@@ -510,7 +510,7 @@ def test_a_write_torn_by_a_full_disk_leaves_no_misaligned_entry(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(alert_seen, "_write_all", full_disk)
-    monkeypatch.setattr(alert_seen, "_replace", lambda path, data: full_disk(0, b""))
+    monkeypatch.setattr(alert_seen, "_replace", lambda dir_fd, data: full_disk(0, b""))
     for i in range(10, 13):
         seen.add(key(i), WALL)
     seen.settle(seen.added, WALL)
@@ -552,3 +552,26 @@ def test_a_start_with_the_clock_days_ahead_keeps_what_was_announced(tmp_path: Pa
     last = AnnouncedStops(keep_s=day, state_dir=tmp_path)
     last.open(WALL)
     assert last.loaded == 50 and b"o" * 16 not in last
+
+
+def test_a_state_dir_link_retargeted_after_the_start_is_not_followed(tmp_path: Path) -> None:
+    """h45c F3: the state dir's path was resolved again at every write: another local user
+    who retargeted a link to it had the alerter's file written in a folder of theirs. Every
+    write goes to the directory opened at the start."""
+    own, other = tmp_path / "own", tmp_path / "other"
+    own.mkdir(mode=0o700)
+    other.mkdir(mode=0o700)
+    link = tmp_path / "alerts"
+    link.symlink_to(own)
+    seen = AnnouncedStops(state_dir=link)
+    seen.open(WALL)
+    link.unlink()
+    link.symlink_to(other)  # retargeted
+    seen.add(b"k" * 16, WALL)
+    seen.settle(seen.added, WALL)
+    seen.close(WALL)
+    assert list(other.iterdir()) == []
+    assert [p.name for p in own.iterdir()] == [STATE_FILE]
+    seen.add(b"j" * 16, WALL)  # closed: nothing written anywhere, the cwd neither
+    seen.settle(seen.added, WALL)
+    assert not Path(STATE_FILE).exists()
