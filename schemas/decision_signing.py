@@ -55,7 +55,6 @@ __all__ = [
     "ensure_decision_key",
     "load_signer",
     "signature_at",
-    "signed_part",
     "signing_key_of",
 ]
 
@@ -148,14 +147,6 @@ def signature_at(value: object) -> int | None:
     if value[at : at + len(_HEAD)] != _HEAD:
         return None
     return at if _BASE64.fullmatch(value, at + len(_HEAD), len(value) - 2) else None
-
-
-def signed_part(value: bytes) -> bytes | None:
-    """The decision JSON a signed record's signature covers (``value`` without its signature
-    member), or None: ``value`` does not end in one. Whether the signature verifies is not
-    looked at."""
-    at = signature_at(value)
-    return None if at is None else value[:at] + b"}"
 
 
 def decision_keys(

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from baton.schemas.decision_signing import DecisionKeys, DecisionSigner, signed_part
+from baton.schemas.decision_signing import DecisionKeys, DecisionSigner, signature_at
 from baton.schemas.record_mac import FIELD, MacKeys, RecordMac
 from baton.schemas.signing import new_private_key, write_private_key
 from baton.sinks.audit_batch import AuditBatch
@@ -68,8 +68,9 @@ def test_the_signature_covers_the_mac_and_the_mac_is_checked_through_it() -> Non
     value = DecisionSigner(signer_key).signed(RecordMac(KEY).marked(raw))
     assert DecisionKeys([signer_key.public_key()]).verifies(value)
     assert MacKeys([KEY]).holds(value)
-    assert signed_part(value) == RecordMac(KEY).marked(raw)
-    assert signed_part(raw) is None
+    at = signature_at(value)
+    assert at is not None and value[:at] + b"}" == RecordMac(KEY).marked(raw)
+    assert signature_at(raw) is None
     # a signature made over a record without the MAC does not lend it one
     assert not MacKeys([KEY]).holds(DecisionSigner(signer_key).signed(raw))
 
@@ -91,7 +92,8 @@ def test_the_workers_publisher_puts_the_mac_before_the_signature(tmp_path: Path)
     value = publisher._signed(raw)
     assert DecisionKeys([signer_key.public_key()]).verifies(value)
     assert MacKeys([seal_key(settings)]).holds(value)
-    assert signed_part(value) == RecordMac(seal_key(settings)).marked(raw)
+    at = signature_at(value)
+    assert at is not None and value[:at] + b"}" == RecordMac(seal_key(settings)).marked(raw)
     # BATON_AUDIT_CHAIN_KEY, when set, is the key (as it is the seal's)
     keyed = Settings(worker_data_dir=tmp_path, audit_chain_key="k" * 40)
     chained = worker_publisher(keyed, **topics, transactional_id=None)
