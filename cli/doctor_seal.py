@@ -31,7 +31,11 @@ def seal_key_check(settings: Settings, data_dir: Path | None) -> Check:
     from baton.processors.control_seal import SEAL_KEY_FILE, read_seal_key
 
     if settings.audit_chain_key:
-        return ok(NAME, "BATON_AUDIT_CHAIN_KEY (the workers seal operators' command records)")
+        return ok(
+            NAME,
+            "BATON_AUDIT_CHAIN_KEY (the workers seal operators' command records and MAC their "
+            "decisions: a sink given it stores no other)",
+        )
     found = find_stack(data_dir)
     path = found.data_dir / WORKER_DATA_DIR / SEAL_KEY_FILE
     if found.record is None:
@@ -52,7 +56,11 @@ def seal_key_check(settings: Settings, data_dir: Path | None) -> Check:
             "with this one again (their kills are held until released anew)",
             "put it back from a backup of the data dir",
         )
-    return ok(NAME, f"{path} (back it up with the audit: a restart verifies with it)")
+    return ok(
+        NAME,
+        f"{path} (back it up with the audit: a restart verifies with it, and the stack's sink "
+        "stores no decision without its MAC)",
+    )
 
 
 CHAIN = "chain key"
