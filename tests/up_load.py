@@ -33,7 +33,10 @@ def _runs(pid: int) -> bool:
 
 
 def stop_under_load(
-    data_dir: Path, before_stop: Callable[[Path], None] | None, kill: bool = False
+    data_dir: Path,
+    before_stop: Callable[[Path], None] | None,
+    kill: bool = False,
+    env: dict[str, str] | None = None,
 ) -> list[str]:
     """`baton up` in a process group of its own, ~3,000 requests a second, a burst, then
     ``before_stop`` and Ctrl-C (``kill``: SIGKILL to `baton up` alone, its children left to
@@ -41,7 +44,7 @@ def stop_under_load(
     after."""
     up = subprocess.Popen(
         [sys.executable, "-m", "baton.cli", "up", "--data-dir", str(data_dir), *_FLAGS],
-        env=_env(),
+        env={**_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
