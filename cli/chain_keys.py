@@ -60,11 +60,9 @@ def stack_mac_keys(
     """The workers' audit MAC keys (``schemas/record_mac``) a replay of Kafka's gov.decisions
     uses no record without, as the sink stores none: BATON_AUDIT_CHAIN_KEY and the seal.key of
     the stack whose Kafka it reads, those there are."""
-    from baton.processors.control_seal import chain_key, read_seal_key
+    from baton.processors.control_seal import seal_keys
 
-    worker_dir = _stack_worker_dir(bootstrap, data_dir)
-    keys = (chain_key(settings), read_seal_key(worker_dir) if worker_dir else b"")
-    return tuple(k for k in keys if k)
+    return tuple(seal_keys(settings, _stack_worker_dir(bootstrap, data_dir)))
 
 
 def _stack_worker_dir(bootstrap: str | None, data_dir: Path | None) -> Path | None:

@@ -118,10 +118,11 @@ def seal_key(settings: Settings) -> bytes:
     return chain_key(settings) or read_seal_key(settings.worker_data_dir)
 
 
-def seal_keys(settings: Settings, worker_dir: Path) -> list[bytes]:
-    """The keys a restart verifies seals with: BATON_AUDIT_CHAIN_KEY and ``worker_dir``'s
-    seal.key, those there are."""
-    return [k for k in (chain_key(settings), read_seal_key(worker_dir)) if k]
+def seal_keys(settings: Settings, worker_dir: Path | None) -> list[bytes]:
+    """The keys a restart verifies seals with (and the workers' audit MAC is checked with):
+    BATON_AUDIT_CHAIN_KEY and ``worker_dir``'s seal.key (None: no dir), those there are."""
+    keys = (chain_key(settings), read_seal_key(worker_dir) if worker_dir else b"")
+    return [k for k in keys if k]
 
 
 def read_seal_key(worker_dir: Path) -> bytes:

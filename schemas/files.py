@@ -29,6 +29,7 @@ __all__ = [
     "open_stream",
     "read_small_file",
     "read_small_text",
+    "read_upto",
     "replace_file",
     "write_data_file",
 ]
@@ -74,7 +75,7 @@ def read_small_file(
             raise FileProblem(
                 f"readable by others (mode {info.st_mode & 0o777:o}); chmod 600 {path}"
             )
-        data = _read_upto(fd, limit + 1)
+        data = read_upto(fd, limit + 1)
     except OSError as exc:
         raise FileProblem(f"cannot be read: {exc.strerror or exc}") from None
     finally:
@@ -181,7 +182,8 @@ def _check_kind(mode: int, *, fifo: bool) -> None:
     raise FileProblem(f"is not a regular file (a {kind})", kind=kind)
 
 
-def _read_upto(fd: int, size: int) -> bytes:
+def read_upto(fd: int, size: int) -> bytes:
+    """At most ``size`` bytes of the open file ``fd``, read to its end or to ``size``."""
     chunks: list[bytes] = []
     left = size
     while left > 0:

@@ -38,6 +38,8 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from pathlib import Path
 
+from baton.schemas.files import read_upto
+
 __all__ = ["STATE_FILE", "AnnouncedStops"]
 
 log = logging.getLogger(__name__)
@@ -235,7 +237,7 @@ class AnnouncedStops:
                 return fresh_start(f"may be written by others (mode {info.st_mode & 0o777:o})")
             if info.st_size > limit:
                 return fresh_start(f"is larger ({info.st_size} bytes) than it is ever written")
-            data = _read_upto(fd, limit + 1)
+            data = read_upto(fd, limit + 1)
         except OSError as exc:
             return fresh_start(_why(exc))
         finally:
@@ -274,17 +276,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _read_upto(fd: int, size: int) -> bytes:
-    chunks: list[bytes] = []
-    while size > 0:
-        chunk = os.read(fd, min(size, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 
 def _replace(dir_fd: int, data: bytes) -> None:

@@ -35,9 +35,8 @@ from baton.sinks.rows import (
     RowRejected,
     decision_row,
     explain_invalid,
-    forged,
     is_command,
-    oversized,
+    unparsed,
 )
 from baton.sinks.schema import DATABASE
 
@@ -186,7 +185,7 @@ class AuditBatch:
         self.ranges[partition] = (first, offset)
 
     def _parse(self, partition: int, offset: int, value: bytes | None) -> None:
-        if (big := oversized(value) or forged(value, self.mac_keys)) is not None:  # unparsed
+        if (big := unparsed(value, self.mac_keys)) is not None:
             return self.reject(partition, offset, *big)
         row = (
             None

@@ -40,7 +40,7 @@ from baton.processors.recorded import POLICY_RECORD_RUN, REPLAY_COLUMNS, Recorde
 from baton.schemas.decision import CHAIN_FIELDS, DECISION_ADAPTER, Phase, Reason, chain_hash
 from baton.sinks.json_rows import shortcut_row
 from baton.sinks.replay_source import ReplayScope
-from baton.sinks.rows import DECISION_COLUMNS, decision_row, forged, oversized
+from baton.sinks.rows import DECISION_COLUMNS, decision_row, unparsed
 from baton.streams.partitioner import partition_for
 
 __all__ = ["DEAD_KEPT", "PartitionRecords", "StartVerdict"]
@@ -115,7 +115,7 @@ class PartitionRecords:
         if value is None:
             why = "an empty record (a tombstone), not a decision"
             return self._dead(self._at(offset), why, b"")
-        if (big := oversized(value) or forged(value, self.mac_keys)) is not None:
+        if (big := unparsed(value, self.mac_keys)) is not None:
             return self._dead(self._at(offset), big[2], value)
         row = shortcut_row(value, self.topic, self.partition, offset)
         if row is None:

@@ -43,6 +43,7 @@ __all__ = [
     "forged",
     "is_command",
     "oversized",
+    "unparsed",
     "usd",
 ]
 
@@ -124,6 +125,13 @@ def forged(value: bytes | None, keys: tuple[bytes, ...]) -> tuple[bytes, RejectK
     if not keys or value is None or _mac_keys(keys).holds(value):
         return None
     return value, RejectKind.FORGED, FORGED_ERROR
+
+
+def unparsed(value: bytes | None, keys: tuple[bytes, ...]) -> tuple[bytes, RejectKind, str] | None:
+    """What governance.rejected keeps of a record rejected before it is parsed (past
+    MAX_RECORD_BYTES: ``oversized``; without the workers' audit MAC: ``forged``), or None: the
+    rule the sink and `baton replay --from-kafka` share."""
+    return oversized(value) or forged(value, keys)
 
 
 @functools.lru_cache(maxsize=4)

@@ -23,6 +23,7 @@ from baton.sinks.alert_records import SkippedRecords
 from baton.sinks.alert_seen import STATE_FILE, AnnouncedStops
 from baton.sinks.alert_text import TEXT_MAX
 from baton.sinks.alerts import StopAlerter, _announce, stop_line
+from tests.unit.test_audit_alerts import _Record
 
 pytestmark = pytest.mark.unit
 
@@ -314,26 +315,11 @@ def test_a_late_signed_stop_is_counted_on_the_skipped_metric_as_late(
     alerter, skipped = StopAlerter(storm_threshold=0, late_after_s=3600.0), SkippedRecords()
     stop = Decision(**{**_stop(1).to_dict(), "decided_at": datetime.now(UTC) - timedelta(hours=3)})
 
-    class Record:
-        def __init__(self, offset: int) -> None:
-            self._offset = offset
-
-        def value(self) -> bytes:
-            return DecisionSigner(key).signed(stop.to_json())
-
-        def topic(self) -> str:
-            return "gov.stops"
-
-        def partition(self) -> int:
-            return 0
-
-        def offset(self) -> int:
-            return self._offset
-
-    assert _announce(alerter, skipped, Record(1), 0.0, keys) == []
+    signed = DecisionSigner(key).signed(stop.to_json())
+    assert _announce(alerter, skipped, _Record(signed, 1), 0.0, keys) == []
     assert skipped.counts == {"late": 1} and alerter.holding == 1
     assert "skipped (late): decided 3 h ago, past --max-age 3600 s" in caplog.text
-    assert _announce(alerter, skipped, Record(2), 3600.0, keys) == []  # a first start
+    assert _announce(alerter, skipped, _Record(signed, 2), 3600.0, keys) == []  # a first start
     assert skipped.counts == {"late": 1, "too_old": 1}
 
 
@@ -405,26 +391,6 @@ def _logs(caplog: pytest.LogCaptureFixture) -> None:
 # --- the consume loop, on a scripted consumer ---------------------------------------------
 
 
-class _Message:
-    def __init__(self, value: bytes, offset: int) -> None:
-        self._value, self._offset = value, offset
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return "gov.stops"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-
 def test_a_stream_of_late_stops_never_stalls_commits_nor_the_state_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -454,14 +420,14 @@ def test_a_stream_of_late_stops_never_stalls_commits_nor_the_state_file(
         def subscribe(self, topics: list[str], on_assign: object, on_revoke: object) -> None:
             pass  # (never a first assignment: every old stop is late, not too_old)
 
-        def consume(self, num_messages: int, timeout: float) -> list[_Message]:
+        def consume(self, num_messages: int, timeout: float) -> list[_Record]:
             time.sleep(0.02)
             if not batches:
                 done.set()
                 return []
             out = []
             for decision in batches.pop(0):
-                out.append(_Message(decision.to_json(), self.offset))
+                out.append(_Record(decision.to_json(), self.offset))
                 self.offset += 1
             return out
 

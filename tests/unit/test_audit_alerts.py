@@ -502,6 +502,9 @@ class _Record:
     def __init__(self, value: bytes | None, offset: int = 0) -> None:
         self._value, self._offset = value, offset
 
+    def error(self) -> None:
+        return None
+
     def value(self) -> bytes | None:
         return self._value
 
