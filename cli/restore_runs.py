@@ -183,7 +183,7 @@ def restore_runs(
     # the switches themselves, for new runs too: the workers hold them from their start
     # (a tenant's brand-new run was allowed until an operator re-issued the kill: session 36)
     write_held_kills(data_dir / WORKER_DATA_DIR, lost_kills, now.timestamp(), say)
-    write_changelog(settings, states)
+    write_changelog(settings, states, keys[0] if keys else b"")  # the key workers mark with
     if commands:
         sent = reissue(settings, commands, say)
         say(

@@ -7,6 +7,7 @@ from typing import Any
 
 from baton.cli.restore_kills import reissued_commands
 from baton.processors.state import RunState
+from baton.processors.state_gate import state_mac
 from baton.schemas.settings import Settings
 from baton.streams.kafka import undelivered
 from baton.streams.partitioner import partition_for
@@ -14,10 +15,11 @@ from baton.streams.partitioner import partition_for
 __all__ = ["reissue", "write_changelog"]
 
 
-def write_changelog(settings: Settings, states: list[RunState]) -> None:
+def write_changelog(settings: Settings, states: list[RunState], mac_key: bytes = b"") -> None:
     """Write ``states`` to the runs table's changelog, each partition's last record alone
     (Tansu answers ListOffsets with the start of the last batch + 1, and Faust's recovery
-    reads only up to it: see docs/architecture.md)."""
+    reads only up to it: see docs/architecture.md), each marked with the workers' state MAC
+    under ``mac_key`` (their seal key: processors/state_gate.py; b"": unmarked)."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -51,13 +53,15 @@ def write_changelog(settings: Settings, states: list[RunState]) -> None:
         if (failed := undelivered(err, msg)) is not None:  # offset -1: not written (F4)
             errors.append(failed)
 
+    mac = state_mac(mac_key)
     last: dict[int, tuple[bytes, bytes]] = {}
     for state in states:
         key = state.run_id.encode()
         partition = partition_for(key, settings.partitions)
         if partition in last:
             _produce(producer, topic, partition, *last[partition], delivered)
-        last[partition] = (key, state.to_bytes())
+        record = state.to_bytes()
+        last[partition] = (key, record if mac is None else mac.marked(record))
     _flush(producer, errors, topic)
     for partition, (key, value) in last.items():
         _produce(producer, topic, partition, key, value, delivered)

@@ -69,6 +69,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from baton.processors import faust_handover
 from baton.processors.faust_inline import inline_thread_options, let_the_next_fetch_go
 from baton.processors.state import RunState
+from baton.processors.state_gate import REFUSED, refusal_of
 from baton.processors.state_held import hold, record_size
 from baton.streams.partitioner import partition_for
 
@@ -86,6 +87,7 @@ __all__ = [
 ]
 
 SCHEME = "baton-kafka"
+_REFUSED = bytes((REFUSED,))
 
 #: (messages, still current) -> None; the handler must not decide or acknowledge the
 #: messages once ``still current()`` is False (a seek made them stale)
@@ -199,6 +201,8 @@ class RunStore(MutableMapping[bytes, RunState]):
         if value is None:
             return default
         if isinstance(value, bytes):  # held by the sweep, or restored by Faust's recovery
+            if value[:1] == _REFUSED and (why := refusal_of(value)) is not None:
+                raise ValueError(f"the restore refused the run: {why}")  # (state_gate.py)
             value = self._data[key] = RunState.from_record(key, value)
             self._revived.append(key)
         return value

@@ -6,17 +6,22 @@ here is a setting Baton relies on (no web server, memory store, our own transpor
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from faust.tables import TableManager
 
 from baton.processors import faust_adapter, faust_fetch_codec, faust_restore
+from baton.processors.control_seal import seal_keys
 from baton.processors.credentials import faust_credentials
 from baton.processors.faust_adapter import GovernedApp, WorkerRuntime
+from baton.processors.state_gate import StateGate
 from baton.schemas.settings import Settings
 from baton.streams.topics import TopicCatalog
 
 __all__ = ["build_app", "runs_table", "source_topic"]
+
+log = logging.getLogger("baton.processors.app")
 
 
 class _PromptTableManager(TableManager):  # type: ignore[misc]
@@ -41,8 +46,9 @@ def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
         s.app_id,
         broker=servers,
         # memory, its newly assigned changelog partitions read by librdkafka before Faust's
-        # recovery (processors/faust_restore.py); BATON_FAST_RESTORE=0: Faust's alone
-        store=f"{faust_restore.SCHEME}://" if s.fast_restore else "memory://",
+        # recovery (processors/faust_restore.py; BATON_FAST_RESTORE=0: Faust's alone), every
+        # record through the state gate when the workers have a key (state_gate.py)
+        store=f"{faust_restore.SCHEME}://",
         autodiscover=False,
         datadir=str(s.worker_data_dir),
         web_port=s.web_port,
@@ -67,6 +73,14 @@ def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
         TableManager=_PromptTableManager,
     )
     app.restore_config = s.kafka_config() if s.fast_restore else None
+    keys = seal_keys(s, s.worker_data_dir)
+    app.state_gate = StateGate(keys) if keys else None
+    if not keys:
+        log.warning(
+            "no seal key (BATON_AUDIT_CHAIN_KEY, or seal.key in %s): run states are restored "
+            "from the changelog unchecked (anyone who can write it can reset a run)",
+            s.worker_data_dir,
+        )
     return app
 
 

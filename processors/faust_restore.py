@@ -45,6 +45,7 @@ from faust.stores import memory
 from faust.types import TP
 
 from baton.processors.faust_adapter import runtime_of
+from baton.processors.state_gate import NotTaken, StateGate
 
 __all__ = ["SCHEME", "RestoringStore", "read_changelog", "register"]
 
@@ -68,10 +69,13 @@ def read_changelog(
     ends: Mapping[int, int],
     stall_s: float = STALL_S,
     max_s: float = MAX_S,
+    gate: StateGate | None = None,
+    notes: NotTaken | None = None,
 ) -> tuple[Latest, dict[int, int]]:
     """Each key's last record in ``topic``'s partitions from their start to ``ends``
-    (exclusive), and the last offset read of each partition read from its start without a
-    gap (a partition absent: none to claim)."""
+    (exclusive), or with a ``gate`` what it makes of the key's records in order, and the last
+    offset read of each partition read from its start without a gap (a partition absent:
+    none to claim); the records the gate did not take are said in ``notes``."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     todo = {p: end for p, end in ends.items() if end > 0}
@@ -91,6 +95,7 @@ def read_changelog(
         }
     )
     failed: set[int] = set()
+    notes = NotTaken() if notes is None else notes
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
         progress = started = time.monotonic()
@@ -116,7 +121,11 @@ def read_changelog(
                     failed.add(p)
                     del todo[p]
                     continue
-                latest[msg.key()] = (p, msg.value())
+                key, value = msg.key(), msg.value()
+                if gate is not None:
+                    held = latest.get(key)
+                    value = gate.admit(value, held and held[1], f"{p}@{offset}", notes)
+                latest[key] = (p, value)
                 last[p] = offset
                 progress = time.monotonic()
     finally:
@@ -158,8 +167,13 @@ class RestoringStore(memory.Store):  # type: ignore[misc]
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         ends_of = runtime_of(self.app).committed_ends
-        latest, last = await loop.run_in_executor(None, _read, config, ends_of, topic, todo)
+        gate = getattr(self.app, "state_gate", None)
+        notes = NotTaken()
+        latest, last = await loop.run_in_executor(
+            None, _read, config, ends_of, topic, todo, gate, notes
+        )
         self._apply(latest)
+        say_not_taken(topic, notes)
         for p, offset in last.items():
             self._restored[TP(topic, p)] = offset
         log.info(
@@ -183,10 +197,45 @@ class RestoringStore(memory.Store):  # type: ignore[misc]
                 data[key] = value
                 key_partition[key] = partition
 
+    def apply_changelog_batch(
+        self, batch: Any, to_key: Callable[[Any], Any], to_value: Callable[[Any], Any]
+    ) -> None:
+        """Faust's recovery's records, each through the worker's ``StateGate`` when it has
+        one (processors/state_gate.py), else as Faust's memory store applies them."""
+        gate: StateGate | None = getattr(self.app, "state_gate", None)
+        if gate is None:
+            return super().apply_changelog_batch(batch, to_key, to_value)  # type: ignore[no-any-return]
+        data, key_partition, notes = self.data, self._key_partition, NotTaken()
+        for event in batch:
+            key, message = to_key(event.key), event.message
+            where = f"{message.partition}@{message.offset}"
+            value = gate.admit(message.value, data.get(key), where, notes)
+            if value is None:
+                data.pop(key, None)
+                key_partition.pop(key, None)
+            else:
+                data[key] = value
+                key_partition[key] = message.partition
+        say_not_taken(self.table.changelog_topic.get_topic_name(), notes)
+
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
         self._restored.clear()  # from here on Faust's offsets for these partitions stand
         self._held = set(active_tps)
+
+
+def say_not_taken(topic: str, notes: NotTaken) -> None:
+    """Log the changelog records a restore did not take (processors/state_gate.py)."""
+    if notes.count:
+        more = f" and {notes.count - 5} more" if notes.count > 5 else ""
+        log.error(
+            "restoring %s: %d records not the workers' own newest, not taken (a run holding "
+            "nothing else is refused: its events are state_unreadable): %s%s",
+            topic,
+            notes.count,
+            "; ".join(notes.first),
+            more,
+        )
 
 
 def _read(
@@ -194,6 +243,8 @@ def _read(
     committed_ends: Callable[[dict[tuple[str, int], int]], dict[tuple[str, int], int]],
     topic: str,
     partitions: list[int],
+    gate: StateGate | None = None,
+    notes: NotTaken | None = None,
 ) -> tuple[Latest, dict[int, int]]:
     """``read_changelog`` to the ends Faust's recovery reads to: the high watermarks as
     ``committed_ends`` corrects them (the worker ends 78 there on a held partition)."""
@@ -208,7 +259,9 @@ def _read(
     finally:
         watermarks.close()
     ends = committed_ends(high)
-    return read_changelog(config, topic, {p: ends.get((topic, p), 0) for p in partitions})
+    return read_changelog(
+        config, topic, {p: ends.get((topic, p), 0) for p in partitions}, gate=gate, notes=notes
+    )
 
 
 def register() -> None:

@@ -55,6 +55,13 @@ class PipelinedOrder(ABC):
         #: the workers' seal key: each decision record carries the audit MAC the sink checks
         #: (schemas/record_mac.py); None: no MAC
         self.mac: RecordMac | None = None
+        #: the same key's MAC on each run state record (processors/state_gate.py); None: none
+        self.state_mac: RecordMac | None = None
+
+    def _state_value(self, raw: bytes) -> bytes:
+        """The changelog value to write a run state whose record is ``raw`` as."""
+        mac = self.state_mac
+        return raw if mac is None else mac.marked(raw)
 
     def _signed(self, raw: bytes) -> bytes:
         """The value to publish a decision whose JSON is ``raw`` as."""

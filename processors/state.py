@@ -162,6 +162,9 @@ class RunState:
     #: its bytes), flat: (approval 0/1, partition, offset, value digest, ...), at most
     #: FORWARDS_KEPT of them
     forwarded: tuple[int, ...]
+    #: one more than the state it was copied from: its changelog records' order, which a restore
+    #: checks (a run's older record written again is refused: processors/state_gate.py)
+    seq: int
 
     @classmethod
     def new(cls, run_id: str, tenant: str, at: float, life: str = "") -> RunState:
@@ -180,6 +183,7 @@ class RunState:
         new.reserved_due, new.grants, new.life = None, e, life
         new.read_partition = new.read_requests = new.read_approvals = -1
         new.forwarded = ()
+        new.seq = 0
         return new
 
     def tombstone(self, at: float) -> RunState:
@@ -203,7 +207,7 @@ class RunState:
             self.spent_usd, self.tool_calls, self.stopped, self.finished, e, e, e, e, e,
             seen or e, fresh or e, len(keys), (), 0.0, 0, e, at, self.chain_head, self.steps, e,
             None, e, self.life, self.read_partition, self.read_requests, self.read_approvals,
-            self.forwarded,
+            self.forwarded, self.seq + 1,
         )  # fmt: skip
 
     def task(self, task_id: str) -> TaskNode | None:
@@ -283,6 +287,7 @@ class RunState:
         new.read_requests = self.read_requests
         new.read_approvals = self.read_approvals
         new.forwarded = self.forwarded
+        new.seq = self.seq + 1
         return new
 
     def remember(self, key: str, decisions: list[Decision], digest: str | None = None) -> None:

@@ -104,6 +104,7 @@ STATE_KEYS: Final[dict[str, str]] = {
     "read_partition": "rd",
     # [[approval 0/1, partition, offset], ...] of forwarded events decided, only when any
     "forwarded": "fw",
+    "seq": "sq",  # the record's last key (encode's only: to_wire's equal maps decide alike)
 }
 #: RunState fields rebuilt from the keyed ones when read ("rd" holds the read_* three)
 DERIVED: Final = frozenset(
@@ -128,7 +129,9 @@ def encode(state: RunState) -> bytes:
     if type(state.tasks) is dict:
         state.tasks = shared(state.tasks, nodes=True)
     state.rest_fresh()
-    return orjson.dumps(_wire_map(state, recent_rows(state)))
+    wire = _wire_map(state, recent_rows(state))
+    wire["sq"] = state.seq  # last: a restore reads it from the record's end (state_gate.py)
+    return orjson.dumps(wire)
 
 
 def to_wire(state: RunState) -> dict[str, Any]:
@@ -277,7 +280,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool, old: bool = False) -> RunSt
         None,
         grants_from_wire(w.get("gr", ())) or EMPTY,
         _life(w.get("lf", "")),
-        read_p, read_r, read_a, forwarded_from_wire(w.get("fw")),
+        read_p, read_r, read_a, forwarded_from_wire(w.get("fw")), _steps(w.get("sq", 0), "sq"),
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)
@@ -317,10 +320,10 @@ def _chain_head(head: Any) -> str:
     return head
 
 
-def _steps(steps: Any) -> int:
-    """The stored steps (a count, as ``_totals``'s), or a ValueError (see ``_chain_head``)."""
+def _steps(steps: Any, name: str = "st") -> int:
+    """The stored steps or seq (a count, as ``_totals``'s), or a ValueError (``_chain_head``)."""
     if not is_count(steps):
-        raise ValueError(f"run state key st: expected a count, got {str(steps)[:40]!r}")
+        raise ValueError(f"run state key {name}: expected a count, got {str(steps)[:40]!r}")
     return steps
 
 

@@ -75,13 +75,16 @@ def run_pickled(
 
 
 #: a run-state record's positions read (changelog keys ``rd`` and ``fw``, since session 26)
-_READ_POSITIONS = re.compile(rb',"rd":\[\d+,-?\d+,-?\d+\]|,"fw":\[(\[\d+,\d+,\d+(,\d+)?\],?)*\]')
+_READ_POSITIONS = re.compile(
+    rb',"rd":\[\d+,-?\d+,-?\d+\]|,"fw":\[(\[\d+,\d+,\d+(,\d+)?\],?)*\]|,"sq":\d+(?=\}$)'
+)
 
 
 def without_read_positions(value: Any) -> Any:
     """``value`` (a differential test's answer: lists and tuples of bytes and others) with the
     positions a run read taken out of every run-state record: a commit before session 26
-    wrote none (``RunState.read_*``, processors/batch_routing.py), and all else is equal."""
+    wrote none (``RunState.read_*``, processors/batch_routing.py), and all else is equal; nor
+    the record's ``seq`` (its last key, ``"sq"``: session 46, processors/state_gate.py)."""
     if isinstance(value, bytes):
         return _READ_POSITIONS.sub(b"", value)
     if isinstance(value, list):

@@ -4,15 +4,19 @@ forgotten run's deletion included, and BATON_FAST_RESTORE=0 still restores them 
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
+import orjson
 import pytest
+from confluent_kafka import Consumer, Producer
 
 from baton.schemas.decision import Decision, Outcome, Reason
 from baton.streams.embedded import EmbeddedBroker
+from baton.streams.partitioner import partition_for
 from tests.helpers import handoff, wait_for
-from tests.integration.conftest import TEST_POLICY, Stack, one_worker_stack
+from tests.integration.conftest import PARTITIONS, TEST_POLICY, Stack, one_worker_stack
 from tests.stack import wait_committed, wait_deciding
 
 pytestmark = pytest.mark.faults
@@ -45,18 +49,75 @@ def _answer(s: Stack, run: str, request_id: str) -> Decision:
     )
 
 
+def _changelog(s: Stack) -> str:
+    return f"baton-{s.prefix.rstrip('.')}-runs-changelog"
+
+
+def _first_records(s: Stack, runs: list[str]) -> dict[bytes, bytes]:
+    """Each run's first record on the changelog (the worker's, with its MAC)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": s.bootstrap,
+            "group.id": f"peek-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([_changelog(s)])
+    found: dict[bytes, bytes] = {}
+    keys = {r.encode() for r in runs}
+    deadline = time.monotonic() + 30
+    while len(found) < len(runs) and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None and msg.key() in keys:
+            found.setdefault(msg.key(), msg.value())
+    consumer.close()
+    return found
+
+
+def _not_taken(log: str) -> int:
+    """How many changelog records the worker's restore said it did not take."""
+    return sum(int(n) for n in re.findall(r"(\d+) records not the workers' own newest", log))
+
+
+def _forge(s: Stack, runs: list[str]) -> None:
+    """A writer of the changelog: run 0's first record written again (its budget as after
+    one handoff), run 1's budget given back by a record without the workers' MAC (a seq far
+    ahead), run 2 deleted, and a record for a run no worker ever saw."""
+    first = _first_records(s, runs[:2])
+    forged = orjson.loads(first[runs[1].encode()])
+    forged.update(hc=0, sq=10**6)
+    del forged["sm"]
+    invented = {**forged, "run": "invented"}
+    producer = Producer({"bootstrap.servers": s.bootstrap})
+    for run, value in (
+        (runs[0], first[runs[0].encode()]),
+        (runs[1], orjson.dumps(forged)),
+        (runs[2], None),
+        ("invented", orjson.dumps(invented)),
+    ):
+        key = run.encode()
+        producer.produce(_changelog(s), value, key, partition=partition_for(key, PARTITIONS))
+    assert producer.flush(10) == 0
+
+
 @pytest.mark.parametrize("fast", ["1", "0"])
 def test_a_restarted_worker_holds_every_run_as_before_its_kill(
     broker: EmbeddedBroker, tmp_path: Path, fast: str
 ) -> None:
-    env = {"BATON_FAST_RESTORE": fast}
+    """... and takes none of the records a writer of the changelog put there after the
+    workers' (processors/state_gate.py): the runs' budgets stand, a run invented is refused."""
+    env = {"BATON_FAST_RESTORE": fast, "BATON_AUDIT_CHAIN_KEY": "k" * 32}
     with one_worker_stack(broker, tmp_path, TEST_POLICY, "fr", extra_env=env) as s:
         runs = [f"full-{i}" for i in range(RUNS)]
-        for n in range(1, 9):  # every run at its handoff budget
+        s.requests.send(handoff(run, 1, "t1") for run in runs)
+        s.decisions.wait_run(runs[0], 1)  # (its first state record: one handoff)
+        for n in range(2, 9):  # every run at its handoff budget
             s.requests.send(handoff(run, n, f"t{n}") for run in runs)
         for run in runs:
             assert [d.outcome for d in s.decisions.wait_run(run, 8)] == [Outcome.ALLOW] * 8
         _wait_committed(s)  # nothing read again after the kill: the states must be restored
+        _forge(s, runs)
         s.workers[0].kill9()
         again = s.add_worker("w2", env)
         wait_deciding(s.bootstrap, s.catalog)
@@ -65,7 +126,7 @@ def test_a_restarted_worker_holds_every_run_as_before_its_kill(
             assert restored is not None and restored >= RUNS, again.log()
         else:
             assert restored is None, again.log()
-        s.requests.send(handoff(run, 9, "t9") for run in runs)
+        s.requests.send(handoff(run, 9, "t9") for run in [*runs, "invented"])
         s.requests.send([handoff("fresh", 1, "t1")])
         for run in runs:  # (records read again after the kill are answered again first)
             ninth = _answer(s, run, f"{run}-h9")
@@ -74,6 +135,11 @@ def test_a_restarted_worker_holds_every_run_as_before_its_kill(
                 Reason.HANDOFF_BUDGET_EXCEEDED,
             ), (run, ninth)
         assert _answer(s, "fresh", "fresh-h1").outcome == Outcome.ALLOW
+        dead = wait_for(lambda: s.deadletters.records, 30, message="the invented run's refusal")
+        assert [orjson.loads(r)["error_kind"] for r in dead] == ["state_unreadable"]
+        assert b"does not carry the workers' state MAC" in dead[0]
+        assert _not_taken(again.log()) == 4, again.log()
+        assert not s.decisions.for_run("invented")
 
 
 def test_a_run_forgotten_before_the_kill_is_new_after_the_fast_restore(
@@ -81,7 +147,11 @@ def test_a_run_forgotten_before_the_kill_is_new_after_the_fast_restore(
 ) -> None:
     """A forgotten tombstone is a record without a value in the changelog: the fast restore
     deletes the key, as Faust's recovery does (kept, the run id would stay finished)."""
-    env = {"BATON_RUN_RETENTION_S": "1", "BATON_TOMBSTONE_RETENTION_S": "1"}
+    env = {
+        "BATON_RUN_RETENTION_S": "1",
+        "BATON_TOMBSTONE_RETENTION_S": "1",
+        "BATON_AUDIT_CHAIN_KEY": "k" * 32,  # the deletion passes the state gate
+    }
     with one_worker_stack(broker, tmp_path, TEST_POLICY, "fg", extra_env=env) as s:
         s.requests.send([handoff("gone", 1, "t1")])
         assert s.decisions.wait_run("gone", 1)[0].outcome == Outcome.ALLOW
