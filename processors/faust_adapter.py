@@ -69,7 +69,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from baton.processors import faust_handover
 from baton.processors.faust_inline import inline_thread_options, let_the_next_fetch_go
 from baton.processors.state import RunState
-from baton.processors.state_gate import REFUSED, refusal_of
+from baton.processors.state_gate import state_of
 from baton.processors.state_held import hold, record_size
 from baton.streams.partitioner import partition_for
 
@@ -87,7 +87,6 @@ __all__ = [
 ]
 
 SCHEME = "baton-kafka"
-_REFUSED = bytes((REFUSED,))
 
 #: (messages, still current) -> None; the handler must not decide or acknowledge the
 #: messages once ``still current()`` is False (a seek made them stale)
@@ -179,8 +178,7 @@ class RunStore(MutableMapping[bytes, RunState]):
     Faust's memory store remembers each key's partition to drop the keys of revoked
     partitions after a rebalance; it learns that only from changelog records it reads, so a
     direct write must record it too, or a worker would keep stale runs it no longer owns.
-    Values restored by Faust's recovery are bytes, decoded on first access.
-    """
+    Values restored by Faust's recovery are bytes, decoded on first access."""
 
     def __init__(self, table: Any, partitions: int) -> None:
         store = table.data
@@ -201,9 +199,7 @@ class RunStore(MutableMapping[bytes, RunState]):
         if value is None:
             return default
         if isinstance(value, bytes):  # held by the sweep, or restored by Faust's recovery
-            if value[:1] == _REFUSED and (why := refusal_of(value)) is not None:
-                raise ValueError(f"the restore refused the run: {why}")  # (state_gate.py)
-            value = self._data[key] = RunState.from_record(key, value)
+            value = self._data[key] = state_of(key, value)  # (a refused run: ValueError)
             self._revived.append(key)
         return value
 

@@ -47,10 +47,11 @@ from baton.processors.state import RunState
 from baton.processors.state_held import is_held, record_of
 from baton.schemas.record_mac import STATE_FIELD, STATE_PERSON, MacKeys, RecordMac
 
-__all__ = ["REFUSED", "NotTaken", "StateGate", "refusal_of", "state_mac"]
+__all__ = ["REFUSED", "NotTaken", "StateGate", "refusal_of", "state_mac", "state_of"]
 
 #: the first byte of a refused run's mark (a JSON record starts with ``{``, a held one with 0)
 REFUSED: Final = 1
+_MARK: Final = bytes((REFUSED,))
 _SEQ_BYTES: Final = 8
 #: how a MACed state record ends: its seq, then its MAC
 _TAIL: Final = re.compile(
@@ -65,9 +66,17 @@ def state_mac(key: bytes) -> RecordMac | None:
     return RecordMac(key, STATE_PERSON, STATE_FIELD) if key else None
 
 
+def state_of(key: bytes, raw: bytes) -> RunState:
+    """The state of the run ``key`` held as ``raw`` (``RunState.from_record``); a ValueError
+    naming the record for a run the restore refused."""
+    if raw[:1] == _MARK and (why := refusal_of(raw)) is not None:
+        raise ValueError(f"the restore refused the run: {why}")
+    return RunState.from_record(key, raw)
+
+
 def refusal_of(value: bytes) -> str | None:
     """Why the run held as ``value`` is refused (None: ``value`` is no refusal mark)."""
-    if value[:1] != bytes((REFUSED,)) or len(value) <= 1 + _SEQ_BYTES:
+    if value[:1] != _MARK or len(value) <= 1 + _SEQ_BYTES:
         return None
     return value[1 + _SEQ_BYTES :].decode("utf-8", "replace")
 
@@ -129,11 +138,11 @@ class StateGate:
 
 
 def _refused(seq: int, why: str) -> bytes:
-    return bytes((REFUSED,)) + max(seq, 0).to_bytes(_SEQ_BYTES, "big") + why.encode()
+    return _MARK + max(seq, 0).to_bytes(_SEQ_BYTES, "big") + why.encode()
 
 
 def _is_refusal(held: Any) -> bool:
-    return type(held) is bytes and held[:1] == bytes((REFUSED,))
+    return type(held) is bytes and held[:1] == _MARK
 
 
 def _seq_of(held: Any) -> int:
@@ -142,7 +151,7 @@ def _seq_of(held: Any) -> int:
         return -1
     if isinstance(held, RunState):
         return held.seq  # type: ignore[no-any-return]
-    if held[:1] == bytes((REFUSED,)):
+    if held[:1] == _MARK:
         return int.from_bytes(held[1 : 1 + _SEQ_BYTES], "big")
     record = record_of(held) if is_held(held) else held
     found = _TAIL.search(record, max(len(record) - 80, 0)) or _SEQ.search(

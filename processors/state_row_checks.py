@@ -29,6 +29,7 @@ __all__ = [
     "map_checked",
     "read_from_wire",
     "reservations_from_wire",
+    "seq_checked",
     "width_checked",
 ]
 
@@ -36,6 +37,13 @@ _MAX_COUNT: Final = MAX_RUN_COUNT
 _MAX_USD: Final = MAX_RUN_USD
 _NUMBERS: Final = frozenset({float, int})
 _Reservation: Final = Reservation
+
+
+def seq_checked(seq: Any) -> int:
+    """A stored seq (RunState.seq: an int from 0 to 2**62), or a ValueError."""
+    if type(seq) is not int or not 0 <= seq < 1 << 62:
+        raise ValueError(f"run state key sq: expected a sequence number, got {str(seq)[:40]!r}")
+    return seq  # type: ignore[no-any-return]
 
 
 def is_count(n: Any) -> bool:

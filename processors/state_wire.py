@@ -55,6 +55,7 @@ from baton.processors.state_row_checks import (
     map_checked,
     read_from_wire,
     reservations_from_wire,
+    seq_checked,
     width_checked,
 )
 from baton.schemas.decision import Reason
@@ -280,7 +281,7 @@ def _from_map(w: dict[str, Any], rows_checked: bool, old: bool = False) -> RunSt
         None,
         grants_from_wire(w.get("gr", ())) or EMPTY,
         _life(w.get("lf", "")),
-        read_p, read_r, read_a, forwarded_from_wire(w.get("fw")), _steps(w.get("sq", 0), "sq"),
+        read_p, read_r, read_a, forwarded_from_wire(w.get("fw")), seq_checked(w.get("sq", 0)),
     )  # fmt: skip
     if state.reserved:
         state.set_reserved(state.reserved)
@@ -320,10 +321,10 @@ def _chain_head(head: Any) -> str:
     return head
 
 
-def _steps(steps: Any, name: str = "st") -> int:
-    """The stored steps or seq (a count, as ``_totals``'s), or a ValueError (``_chain_head``)."""
+def _steps(steps: Any) -> int:
+    """The stored steps (a count, as ``_totals``'s), or a ValueError (see ``_chain_head``)."""
     if not is_count(steps):
-        raise ValueError(f"run state key {name}: expected a count, got {str(steps)[:40]!r}")
+        raise ValueError(f"run state key st: expected a count, got {str(steps)[:40]!r}")
     return steps
 
 

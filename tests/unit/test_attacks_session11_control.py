@@ -47,7 +47,7 @@ def restored_offline(
     from baton.schemas.settings import Settings
 
     written: list[Any] = []
-    monkeypatch.setattr(restore, "write_changelog", lambda _s, states: written.extend(states))
+    monkeypatch.setattr(restore, "write_changelog", lambda _s, states, *_: written.extend(states))
     monkeypatch.setattr(restore, "reissue", lambda _s, commands, _say: len(commands))
     said: list[str] = []
     settings = Settings(partitions=4, policy=tmp_path / "policy.yaml")
@@ -349,7 +349,7 @@ def test_a_policy_update_whose_recorded_command_was_altered_is_named_on_restore(
     command["signature"] = base64.b64encode(bytes(raw)).decode()
     step.record.input = orjson.dumps(command).decode()
     chdb_audit(tmp_path / "chdb", [step.record]).close()
-    monkeypatch.setattr(restore, "write_changelog", lambda _s, _states: None)
+    monkeypatch.setattr(restore, "write_changelog", lambda _s, _states, *_: None)
     monkeypatch.setattr(restore, "reissue", lambda _s, commands, _say: len(commands))
     said: list[str] = []
     settings = Settings(partitions=4, policy=tmp_path / "policy.yaml")

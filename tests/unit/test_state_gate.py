@@ -45,8 +45,8 @@ def test_the_workers_records_are_taken_newest_last_and_seq_goes_on_from_them() -
     state = RunStore.__new__(RunStore)  # (get's decoding only)
     state._data, state._revived = {b"run-1": held}, []
     restored = state.get(b"run-1")
-    assert restored.spent_usd == 9.0 and restored.seq == second.seq == 2
-    assert restored.copy().seq == 3  # the next record is newer than every one before
+    assert restored.spent_usd == 9.0 and restored.seq == second.seq == 1_000_002  # (ms + 2)
+    assert restored.copy().seq == 1_000_003  # the next record is newer than every one before
 
 
 def test_a_forged_record_after_the_workers_is_not_taken() -> None:
@@ -110,12 +110,25 @@ def test_a_run_held_in_memory_keeps_its_newer_state_over_its_own_older_records()
 
 def test_the_records_a_worker_writes_end_with_their_seq_and_state_mac() -> None:
     record = _record(_run(9.0, copies=7))
-    assert record.endswith(b'"sq":7,"sm":"' + record[-34:-2] + b'"}')
+    assert record.endswith(b'"sq":1000007,"sm":"' + record[-34:-2] + b'"}')
     tomb = _run(9.0).tombstone(2_000.0)
-    assert orjson.loads(_record(tomb))["sq"] == 2
+    assert orjson.loads(_record(tomb))["sq"] == 1_000_002
     assert RunState.from_bytes(orjson.dumps({**orjson.loads(_record(tomb)), "sq": 5})).seq == 5
-    with pytest.raises(ValueError, match="run state key sq: expected a count"):
+    with pytest.raises(ValueError, match="run state key sq: expected a sequence number"):
         RunState.from_bytes(orjson.dumps({**orjson.loads(_record(tomb)), "sq": "5"}))
+
+
+def test_a_later_life_of_the_run_id_is_newer_than_every_record_of_the_earlier_one() -> None:
+    """The sweep forgets a tombstone after weeks and the run id may start again: a record of
+    the earlier life written again must not be taken over the new life's (its budget)."""
+    earlier = RunState.new("run-1", "default", 1_000.0)
+    for _ in range(5_000):  # a long earlier life
+        earlier = earlier.copy()
+    tomb = earlier.tombstone(1_500.0)
+    later = RunState.new("run-1", "default", 1_000.0 + 14 * 86_400)  # two weeks on
+    held, notes = _restored(_record(earlier), _record(tomb), None, _record(later), _record(earlier))
+    assert held == _record(later) and "older record" in notes.first[0]
+    assert RunState.new("r", "t", float("inf")).seq == RunState.new("r", "t", -1.0).seq == 0
 
 
 def test_a_gate_needs_a_key() -> None:
