@@ -34,7 +34,8 @@ def seal_key_check(settings: Settings, data_dir: Path | None) -> Check:
         return ok(
             NAME,
             "BATON_AUDIT_CHAIN_KEY (the workers seal operators' command records and MAC their "
-            "decisions: a sink given it stores no other)",
+            "decisions and run states: a sink given it stores no other decision, a restore "
+            "takes no other state)",
         )
     found = find_stack(data_dir)
     path = found.data_dir / WORKER_DATA_DIR / SEAL_KEY_FILE
@@ -42,7 +43,8 @@ def seal_key_check(settings: Settings, data_dir: Path | None) -> Check:
         return Check(
             NAME,
             Status.SKIP,
-            "none: the workers seal no operator's command record",
+            "none: the workers seal no operator's command record and restore run states "
+            "unchecked",
             "set BATON_AUDIT_CHAIN_KEY: `baton audit verify` then names forged ones",
         )
     try:
@@ -59,7 +61,7 @@ def seal_key_check(settings: Settings, data_dir: Path | None) -> Check:
     return ok(
         NAME,
         f"{path} (back it up with the audit: a restart verifies with it, and the stack's sink "
-        "stores no decision without its MAC)",
+        "stores no decision, its workers restore no run state, without its MAC)",
     )
 
 
