@@ -7,7 +7,7 @@ from typing import Any
 
 from baton.cli.restore_kills import reissued_commands
 from baton.processors.state import RunState
-from baton.processors.state_gate import state_mac
+from baton.processors.state_gate import StateMac
 from baton.schemas.settings import Settings
 from baton.streams.kafka import undelivered
 from baton.streams.partitioner import partition_for
@@ -53,7 +53,7 @@ def write_changelog(settings: Settings, states: list[RunState], mac_key: bytes =
         if (failed := undelivered(err, msg)) is not None:  # offset -1: not written (F4)
             errors.append(failed)
 
-    mac = state_mac(mac_key)
+    mac = StateMac.of(mac_key)
     last: dict[int, tuple[bytes, bytes]] = {}
     for state in states:
         key = state.run_id.encode()
@@ -61,7 +61,7 @@ def write_changelog(settings: Settings, states: list[RunState], mac_key: bytes =
         if partition in last:
             _produce(producer, topic, partition, *last[partition], delivered)
         record = state.to_bytes()
-        last[partition] = (key, record if mac is None else mac.marked(record))
+        last[partition] = (key, record if mac is None else mac.marked(topic, key, record))
     _flush(producer, errors, topic)
     for partition, (key, value) in last.items():
         _produce(producer, topic, partition, key, value, delivered)

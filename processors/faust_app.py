@@ -74,7 +74,8 @@ def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
     )
     app.restore_config = s.kafka_config() if s.fast_restore else None
     keys = seal_keys(s, s.worker_data_dir)
-    app.state_gate = StateGate(keys) if keys else None
+    topic = f"{s.app_id}-runs-changelog"  # (Faust's name for the runs table's changelog)
+    app.state_gate = StateGate(keys, topic, s.partitions, s.tombstone_retention_s) if keys else None
     if not keys:
         log.warning(
             "no seal key (BATON_AUDIT_CHAIN_KEY, or seal.key in %s): run states are restored "

@@ -45,13 +45,14 @@ from faust.stores import memory
 from faust.types import TP
 
 from baton.processors.faust_adapter import runtime_of
-from baton.processors.state_gate import NotTaken, StateGate
+from baton.processors.state_gate import FLOOR, NotTaken, StateGate, drop_floors
 
 __all__ = ["SCHEME", "RestoringStore", "read_changelog", "register"]
 
 log = logging.getLogger("baton.processors.app")
 
 SCHEME = "baton-memory"
+_FLOOR = bytes((FLOOR,))
 #: seconds without a new record before a partition's read is given up (its prefix kept)
 STALL_S = 30.0
 #: seconds the whole read may take: it runs inside the rebalance callback, where the consumer
@@ -123,8 +124,13 @@ def read_changelog(
                     continue
                 key, value = msg.key(), msg.value()
                 if gate is not None:
-                    held = latest.get(key)
-                    value = gate.admit(value, held and held[1], f"{p}@{offset}", notes)
+                    was = latest.get(key)
+                    held = was and was[1]
+                    value = gate.admit(key, p, value, held, notes, f"{p}@{offset}")
+                    if value is held:  # not taken: nothing of the run changes
+                        last[p] = offset
+                        progress = time.monotonic()
+                        continue
                 latest[key] = (p, value)
                 last[p] = offset
                 progress = time.monotonic()
@@ -132,6 +138,8 @@ def read_changelog(
         consumer.close()
     for p in failed:
         last.pop(p, None)
+    if failed:  # Faust reads those whole: what was read of them is not applied (h46a F7)
+        latest = {k: v for k, v in latest.items() if v[0] not in failed}
     return latest, last
 
 
@@ -145,6 +153,8 @@ class RestoringStore(memory.Store):  # type: ignore[misc]
         self._restored: dict[TP, int] = {}
         #: changelog partitions whose keys this store holds from a recovery that ended
         self._held: set[TP] = set()
+        #: runs a restore forgot (a due tombstone's deletion), held as marks until it ends
+        self._floors: set[Any] = set()
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self._restored.get(tp)
@@ -172,7 +182,7 @@ class RestoringStore(memory.Store):  # type: ignore[misc]
         latest, last = await loop.run_in_executor(
             None, _read, config, ends_of, topic, todo, gate, notes
         )
-        self._apply(latest)
+        self._apply(latest, gate)
         say_not_taken(topic, notes)
         for p, offset in last.items():
             self._restored[TP(topic, p)] = offset
@@ -186,10 +196,17 @@ class RestoringStore(memory.Store):  # type: ignore[misc]
             {p: last.get(p) for p in todo},
         )
 
-    def _apply(self, latest: Latest) -> None:
-        """Each key's last record, as ``memory.Store.apply_changelog_batch`` applies a batch."""
+    def _apply(self, latest: Latest, gate: StateGate | None = None) -> None:
+        """Each key's last record, as ``memory.Store.apply_changelog_batch`` applies a batch;
+        with a gate, none over a newer state this worker holds (h46a F3)."""
         data, key_partition = self.data, self._key_partition
         for key, (partition, value) in latest.items():
+            if gate is not None:
+                held = data.get(key)
+                if held is not None and not gate.newer(value, held):
+                    continue
+                if value is not None and value[:1] == _FLOOR:
+                    self._floors.add(key)
             if value is None:
                 data.pop(key, None)
                 key_partition.pop(key, None)
@@ -208,18 +225,24 @@ class RestoringStore(memory.Store):  # type: ignore[misc]
         data, key_partition, notes = self.data, self._key_partition, NotTaken()
         for event in batch:
             key, message = to_key(event.key), event.message
-            where = f"{message.partition}@{message.offset}"
-            value = gate.admit(message.value, data.get(key), where, notes)
+            at, held = f"{message.partition}@{message.offset}", data.get(key)
+            value = gate.admit(key, message.partition, message.value, held, notes, at)
+            if value is held:  # not taken: nothing of the run changes, its partition neither
+                continue
             if value is None:
                 data.pop(key, None)
                 key_partition.pop(key, None)
-            else:
-                data[key] = value
-                key_partition[key] = message.partition
+                continue
+            data[key] = value
+            key_partition[key] = message.partition
+            if value[:1] == _FLOOR:
+                self._floors.add(key)
         say_not_taken(self.table.changelog_topic.get_topic_name(), notes)
 
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
+        drop_floors(self.data, self._key_partition, self._floors)  # forgotten now
+        self._floors.clear()
         self._restored.clear()  # from here on Faust's offsets for these partitions stand
         self._held = set(active_tps)
 

@@ -200,8 +200,9 @@ class BatchPublisher(PipelinedOrder):
         """Write a run's state (None: delete it); ``encoded`` is its bytes if already made."""
         if state is not None and encoded is None:
             encoded = state.to_bytes()
-        value = self._state_value(encoded) if state is not None and encoded is not None else None
-        self._produce(self.changelog_topic, value, key, partition)
+        topic = self.changelog_topic
+        value = None if encoded is None else self._state_value(topic, key, encoded)
+        self._produce(topic, value if state is not None else None, key, partition)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every queued record is acknowledged; raise if any failed."""

@@ -308,7 +308,7 @@ class AiokafkaPublisher(PipelinedOrder):
         for key, (partition, state) in out.changed.items():
             value = None
             if state is not None:
-                value = self._state_value(encoded.get(key) or state.to_bytes())
+                value = self._state_value(topic, key, encoded.get(key) or state.to_bytes())
             put(step, topic, value, key, partition)
 
     def _direct(self, topic: str, partition: int) -> tuple[Any, Any] | None:

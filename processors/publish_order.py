@@ -22,6 +22,7 @@ from baton.processors.batch import Outputs
 from baton.processors.publish_transaction import Offsets
 
 if TYPE_CHECKING:
+    from baton.processors.state_gate import StateMac
     from baton.schemas.decision_signing import DecisionSigner
     from baton.schemas.record_mac import RecordMac
 
@@ -56,12 +57,12 @@ class PipelinedOrder(ABC):
         #: (schemas/record_mac.py); None: no MAC
         self.mac: RecordMac | None = None
         #: the same key's MAC on each run state record (processors/state_gate.py); None: none
-        self.state_mac: RecordMac | None = None
+        self.state_mac: StateMac | None = None
 
-    def _state_value(self, raw: bytes) -> bytes:
-        """The changelog value to write a run state whose record is ``raw`` as."""
+    def _state_value(self, topic: str, key: bytes, raw: bytes) -> bytes:
+        """The value on ``topic`` (the changelog) of the run ``key`` whose record is ``raw``."""
         mac = self.state_mac
-        return raw if mac is None else mac.marked(raw)
+        return raw if mac is None else mac.marked(topic, key, raw)
 
     def _signed(self, raw: bytes) -> bytes:
         """The value to publish a decision whose JSON is ``raw`` as."""

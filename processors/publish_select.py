@@ -13,7 +13,7 @@ from typing import Any
 from baton.processors.control_seal import seal_key
 from baton.processors.publish import BatchPublisher
 from baton.processors.publish_aiokafka import AiokafkaPublisher
-from baton.processors.state_gate import state_mac
+from baton.processors.state_gate import StateMac
 from baton.schemas.decision_signing import load_signer
 from baton.schemas.record_mac import RecordMac
 from baton.schemas.settings import Settings
@@ -77,5 +77,5 @@ def worker_publisher(
         )
     publisher.signer = signer
     publisher.mac = RecordMac(mac_key) if mac_key else None
-    publisher.state_mac = state_mac(mac_key)  # each run state record's (state_gate.py)
+    publisher.state_mac = StateMac.of(mac_key)  # each run state record's (state_gate.py)
     return publisher

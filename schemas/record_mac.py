@@ -16,9 +16,6 @@ JSON as the worker wrote it, byte for byte, after the BLAKE2b personalisation ``
 
 Not covered: a reader without the key (clients check the signature); a worker's copy written
 again to the topic (the sink takes it as the copy it is: ``audit_copies``).
-
-The same MAC, under its own personalisation (``STATE_PERSON``) and member (``STATE_FIELD``),
-always last, marks the runs' changelog records (processors/state_gate.py).
 """
 
 from __future__ import annotations
@@ -30,56 +27,44 @@ from typing import Final
 
 from baton.schemas.decision_signing import signature_at
 
-__all__ = ["FIELD", "PERSON", "STATE_FIELD", "STATE_PERSON", "MacKeys", "RecordMac"]
+__all__ = ["FIELD", "PERSON", "MacKeys", "RecordMac"]
 
 #: the member of a decision record's JSON that carries its MAC
 FIELD: Final = "audit_mac"
 #: BLAKE2b's personalisation of the MAC: never a chain hash's or a seal's under the same key
 PERSON: Final = b"baton-audit-mac1"
-#: the member of a run state's changelog record that carries its MAC, and its personalisation
-STATE_FIELD: Final = "sm"
-STATE_PERSON: Final = b"baton-state-mac1"
 _HEX: Final = 32
+#: how a MACed decision's JSON ends: ``,"audit_mac":"<32 hex>"}``
+_HEAD: Final = b',"' + FIELD.encode() + b'":"'
+_TAIL: Final = len(_HEAD) + _HEX + 2
 
 
-def _head(field: str) -> bytes:
-    """How a MACed record's JSON ends, before the MAC: ``,"<field>":"``."""
-    return b',"' + field.encode() + b'":"'
-
-
-def _keyed(key: bytes, person: bytes) -> hashlib.blake2b:
-    return hashlib.blake2b(digest_size=_HEX // 2, key=key, person=person)
+def _keyed(key: bytes) -> hashlib.blake2b:
+    return hashlib.blake2b(digest_size=_HEX // 2, key=key, person=PERSON)
 
 
 class RecordMac:
-    """A worker's MAC: a record's JSON with its MAC member (``audit_mac``, or ``field``)."""
+    """A worker's MAC: a decision record's JSON with its ``audit_mac`` member."""
 
-    __slots__ = ("_head", "_keyed")
+    __slots__ = ("_keyed",)
 
-    def __init__(self, key: bytes, person: bytes = PERSON, field: str = FIELD) -> None:
-        self._keyed = _keyed(key, person)
-        self._head = _head(field)
+    def __init__(self, key: bytes) -> None:
+        self._keyed = _keyed(key)
 
     def marked(self, value: bytes) -> bytes:
-        """``value`` (a JSON object) with its MAC as its last member."""
+        """``value`` (a decision's JSON object) with its MAC as its last member."""
         h = self._keyed.copy()
         h.update(value)
-        return b"".join((value[:-1], self._head, h.hexdigest().encode(), b'"}'))
+        return b"".join((value[:-1], _HEAD, h.hexdigest().encode(), b'"}'))
 
 
 class MacKeys:
-    """The keys a record MACed by is taken (none: nothing is checked). ``signed``: the MAC may
-    stand before a signature (decisions); else it is the record's last member (states)."""
+    """The keys the sink takes a record MACed by (none: it checks nothing)."""
 
-    __slots__ = ("_head", "_keyed", "_signed", "_tail")
+    __slots__ = ("_keyed",)
 
-    def __init__(
-        self, keys: Iterable[bytes], person: bytes = PERSON, field: str = FIELD, signed: bool = True
-    ) -> None:
-        self._keyed = tuple(_keyed(k, person) for k in dict.fromkeys(keys) if k)
-        self._head = _head(field)
-        self._tail = len(self._head) + _HEX + 2  # ,"<field>":"<32 hex>"}
-        self._signed = signed
+    def __init__(self, keys: Iterable[bytes]) -> None:
+        self._keyed = tuple(_keyed(k) for k in dict.fromkeys(keys) if k)
 
     def __bool__(self) -> bool:
         return bool(self._keyed)
@@ -91,16 +76,15 @@ class MacKeys:
             return False
         # where the MACed JSON's closing brace is: before the signature (its 88 characters
         # base64: h45b F1), or the last byte
-        end = signature_at(value) if self._signed else None
+        end = signature_at(value)
         if end is None:
             if value[-1:] != b"}":
                 return False
             end = len(value) - 1
-        head = self._head
-        at = end - self._tail + 1  # the MAC member: ,"audit_mac":"<32 hex>"
-        if at <= 0 or value[at : at + len(head)] != head or value[end - 1 : end] != b'"':
+        at = end - _TAIL + 1  # the MAC member: ,"audit_mac":"<32 hex>"
+        if at <= 0 or value[at : at + len(_HEAD)] != _HEAD or value[end - 1 : end] != b'"':
             return False
-        said = value[at + len(head) : end - 1]
+        said = value[at + len(_HEAD) : end - 1]
         message = memoryview(value)[:at]  # (no copy of the record: the sink's every one)
         for keyed in self._keyed:
             h = keyed.copy()

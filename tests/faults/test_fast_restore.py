@@ -83,21 +83,24 @@ def _not_taken(log: str) -> int:
 def _forge(s: Stack, runs: list[str]) -> None:
     """A writer of the changelog: run 0's first record written again (its budget as after
     one handoff), run 1's budget given back by a record without the workers' MAC (a seq far
-    ahead), run 2 deleted, and a record for a run no worker ever saw."""
+    ahead), run 2 deleted, a record for a run no worker ever saw, and one of run 3 on a
+    partition not its own."""
     first = _first_records(s, runs[:2])
     forged = orjson.loads(first[runs[1].encode()])
     forged.update(hc=0, sq=10**6)
     del forged["sm"]
     invented = {**forged, "run": "invented"}
     producer = Producer({"bootstrap.servers": s.bootstrap})
-    for run, value in (
-        (runs[0], first[runs[0].encode()]),
-        (runs[1], orjson.dumps(forged)),
-        (runs[2], None),
-        ("invented", orjson.dumps(invented)),
+    for run, value, moved in (
+        (runs[0], first[runs[0].encode()], 0),
+        (runs[1], orjson.dumps(forged), 0),
+        (runs[2], None, 0),
+        ("invented", orjson.dumps(invented), 0),
+        (runs[3], b"{}", 1),  # on another partition: it moved the run there (h46a F4)
     ):
         key = run.encode()
-        producer.produce(_changelog(s), value, key, partition=partition_for(key, PARTITIONS))
+        partition = (partition_for(key, PARTITIONS) + moved) % PARTITIONS
+        producer.produce(_changelog(s), value, key, partition=partition)
     assert producer.flush(10) == 0
 
 
@@ -138,7 +141,7 @@ def test_a_restarted_worker_holds_every_run_as_before_its_kill(
         dead = wait_for(lambda: s.deadletters.records, 30, message="the invented run's refusal")
         assert [orjson.loads(r)["error_kind"] for r in dead] == ["state_unreadable"]
         assert b"does not carry the workers' state MAC" in dead[0]
-        assert _not_taken(again.log()) == 4, again.log()
+        assert _not_taken(again.log()) == 5, again.log()
         assert not s.decisions.for_run("invented")
 
 

@@ -1,5 +1,5 @@
 """The state gate: a restore takes only the workers' own newest changelog record of a run
-(processors/state_gate.py)."""
+(processors/state_gate.py); h46a's findings each have a test here."""
 
 from __future__ import annotations
 
@@ -8,33 +8,44 @@ import pytest
 
 from baton.processors.faust_adapter import RunStore
 from baton.processors.state import RunState
-from baton.processors.state_gate import NotTaken, StateGate, refusal_of, state_mac
+from baton.processors.state_gate import NotTaken, StateGate, StateMac, drop_floors, state_of
 from baton.processors.state_held import hold
 from baton.schemas.record_mac import RecordMac
+from baton.streams.partitioner import partition_for
 
 pytestmark = pytest.mark.unit
 
 KEY = b"k" * 32
-MAC = state_mac(KEY)
-assert MAC is not None
+TOPIC = "baton-runs-changelog"
+PARTITIONS = 4
+RUN = b"run-1"
+HOME = partition_for(RUN, PARTITIONS)
+DAY = 86_400.0
+MAC = StateMac(KEY)
 
 
-def _run(spent: float, copies: int = 1) -> RunState:
-    state = RunState.new("run-1", "default", 1_000.0)
+def _run(spent: float, copies: int = 1, run: str = "run-1", at: float = 1_000.0) -> RunState:
+    state = RunState.new(run, "default", at)
     for _ in range(copies):
         state = state.copy()
     state.spent_usd = spent
     return state
 
 
-def _record(state: RunState) -> bytes:
-    return MAC.marked(state.to_bytes())
+def _record(state: RunState, key: bytes = RUN, topic: str = TOPIC) -> bytes:
+    return MAC.marked(topic, key, state.to_bytes())
 
 
-def _restored(*values: bytes | None, held: object = None) -> tuple[object, NotTaken]:
-    gate, notes = StateGate([KEY]), NotTaken()
+def _gate(now: float = 2_000.0) -> StateGate:
+    return StateGate([KEY], TOPIC, PARTITIONS, 30 * DAY, clock=lambda: now)
+
+
+def _restored(
+    *values: bytes | None, held: object = None, now: float = 2_000.0, partition: int = HOME
+) -> tuple[object, NotTaken]:
+    gate, notes = _gate(now), NotTaken()
     for offset, value in enumerate(values):
-        held = gate.admit(value, held, f"0@{offset}", notes)
+        held = gate.admit(RUN, partition, value, held, notes, f"{partition}@{offset}")
     return held, notes
 
 
@@ -42,9 +53,7 @@ def test_the_workers_records_are_taken_newest_last_and_seq_goes_on_from_them() -
     first, second = _run(1.0), _run(9.0, copies=2)
     held, notes = _restored(_record(first), _record(second))
     assert held == _record(second) and notes.count == 0
-    state = RunStore.__new__(RunStore)  # (get's decoding only)
-    state._data, state._revived = {b"run-1": held}, []
-    restored = state.get(b"run-1")
+    restored = state_of(RUN, held)  # type: ignore[arg-type]
     assert restored.spent_usd == 9.0 and restored.seq == second.seq == 1_000_002  # (ms + 2)
     assert restored.copy().seq == 1_000_003  # the next record is newer than every one before
 
@@ -53,15 +62,43 @@ def test_a_forged_record_after_the_workers_is_not_taken() -> None:
     genuine = _record(_run(9.0))
     doc = orjson.loads(genuine)
     doc["usd"], doc["sq"] = 0.0, 99  # the budget given back, a seq far ahead
-    unmarked = orjson.dumps(doc)
-    doc["sm"] = "0" * 32
+    unmarked = orjson.dumps({k: v for k, v in doc.items() if k != "sm"})
     wrong_mac = orjson.dumps(doc)
-    other_key = state_mac(b"x" * 32).marked(_run(0.0, copies=5).to_bytes())  # type: ignore[union-attr]
-    audit_mac = RecordMac(KEY).marked(_run(0.0, copies=5).to_bytes())  # the decisions' MAC
-    for forged in (unmarked, wrong_mac, other_key, audit_mac, b"", b"\x01\x00garbage"):
+    later = _run(0.0, copies=5)
+    other_key = StateMac(b"x" * 32).marked(TOPIC, RUN, later.to_bytes())
+    audit_mac = RecordMac(KEY).marked(later.to_bytes())  # the decisions' MAC
+    for forged in (
+        unmarked, wrong_mac, other_key, audit_mac, b"", b"\x01\x00garbage", b"\x02" * 9,
+        genuine + b" ", genuine[:-1] + b',"x":1}',
+    ):  # fmt: skip
         held, notes = _restored(genuine, forged)
-        assert held == genuine, forged
+        assert held is not None and held == genuine, forged
         assert notes.count == 1 and "no workers' state MAC" in notes.first[0]
+
+
+def test_another_runs_or_another_deployments_record_is_not_taken_h46a_f1() -> None:
+    """The MAC covers the changelog's name and the record's key: run A's genuine record
+    under B's key, or staging's record of the run under one key, is no record of B's."""
+    mine = _record(_run(9.0))
+    theirs = _run(0.0, run="run-2", at=5_000.0)  # started later: a higher seq
+    for copied in (
+        MAC.marked(TOPIC, b"run-2", theirs.to_bytes()),  # A's own, written under B's key
+        _record(_run(0.0, copies=9), topic="staging-runs-changelog"),
+    ):
+        held, notes = _restored(mine, copied)
+        assert held == mine and "no workers' state MAC" in notes.first[0]
+
+
+def test_a_record_off_its_keys_partition_changes_nothing_h46a_f3_f4() -> None:
+    """A record of the run on another partition (a copy of its first one, or any bytes) is
+    never the run's: not taken, and the run's partition is not moved by it."""
+    live = _run(50.0, copies=3)
+    elsewhere = (HOME + 1) % PARTITIONS
+    for copied in (_record(_run(0.0)), b"{}", None):
+        held, notes = _restored(copied, held=live, partition=elsewhere)
+        assert held is live and "not on its key's partition" in notes.first[0]
+    gate, notes = _gate(), NotTaken()
+    assert gate.admit(None, HOME, _record(live), None, notes, "0@0") is None  # no key
 
 
 def test_an_older_record_written_again_is_not_taken_the_same_one_is() -> None:
@@ -74,28 +111,61 @@ def test_an_older_record_written_again_is_not_taken_the_same_one_is() -> None:
 def test_a_forged_first_record_refuses_the_run_until_the_workers_write_one() -> None:
     forged = orjson.dumps(orjson.loads(_run(0.0).to_bytes()))  # no MAC
     held, notes = _restored(forged)
-    assert isinstance(held, bytes) and notes.count == 1
-    why = refusal_of(held)
-    assert why is not None and "0@0" in why and "state MAC" in why
+    assert isinstance(held, bytes) and len(held) < 20 and notes.count == 1  # (a small mark)
     store = RunStore.__new__(RunStore)
-    store._data, store._revived = {b"run-1": held}, []
-    with pytest.raises(ValueError, match="the restore refused the run: its changelog record"):
-        store.get(b"run-1")
+    store._data, store._revived = {RUN: held}, []
+    refused = f"the restore refused the run: its changelog record at {HOME}@0 does not carry"
+    with pytest.raises(ValueError, match=refused):
+        store.get(RUN)
     assert _restored(forged, None)[0] == held  # a deletion does not lift it
     assert _restored(forged, forged)[0] == held
     assert _restored(forged, _record(_run(3.0)))[0] == _record(_run(3.0))
 
 
-def test_a_deletion_is_taken_only_after_a_tombstone() -> None:
+def test_a_deletion_is_taken_only_for_a_tombstone_due_to_be_forgotten_h46a_f2() -> None:
     live = _run(9.0)
-    held, notes = _restored(_record(live), None)
-    assert held == _record(live) and "deletion of a live run" in notes.first[0]
-    tomb = live.tombstone(2_000.0)
+    live.stopped = "handoff_budget_exceeded"
+    tomb = live.tombstone(1_000.0 + 3_600)  # evicted after an hour idle
     assert tomb.seq == live.seq + 1
-    assert _restored(_record(live), _record(tomb), None)[0] is None
+    # a deletion of a live run, or of a tombstone not due yet (30 days): not taken
+    held, notes = _restored(_record(live), None)
+    assert held == _record(live) and "no tombstone due" in notes.first[0]
+    for held in (_record(tomb), tomb, hold(tomb.to_bytes())):
+        assert _restored(None, held=held, now=1_000.0 + 3_600 + DAY)[0] is held
+    # due: the run is forgotten, and an older record of that life is not taken again
+    due = 1_000.0 + 3_600 + 31 * DAY
+    forgotten, notes = _restored(_record(live), _record(tomb), None, _record(live), now=due)
+    assert isinstance(forgotten, bytes) and forgotten[:1] == b"\x02", forgotten
+    assert "older record" in notes.first[0]
+    for held in (tomb, hold(tomb.to_bytes())):
+        assert _restored(None, held=held, now=due)[0][:1] == b"\x02"  # type: ignore[index]
+    # ... and the restore's end forgets it; a later life's records are newer
+    data, where = {RUN: forgotten, b"other": b"{}"}, {RUN: HOME, b"other": 0}
+    drop_floors(data, where, [RUN, b"other"])
+    assert data == {b"other": b"{}"} and where == {b"other": 0}
+    later = _run(2.0, at=due)
+    assert _restored(None, _record(later), held=_record(tomb), now=due)[0] == _record(later)
     assert _restored(None)[0] is None  # nothing held: nothing to delete
-    assert _restored(None, held=tomb)[0] is None
-    assert _restored(None, held=live)[0] is live
+
+
+def test_a_flood_of_deletions_parses_no_large_record_h46a_f5(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deletion of a run whose record is past 64 KB (no tombstone is) is answered from its
+    size, a live run's from its bytes: neither inflated nor parsed (5 ms a deletion were)."""
+    from baton.processors import state_gate
+
+    record = _record(_run(9.0))[:-1] + b',"pad":"' + b"x" * 300_000 + b'"}'
+    held_big, live = hold(record), _record(_run(9.0))
+
+    def never(*_: object) -> object:
+        raise AssertionError("parsed or inflated")
+
+    monkeypatch.setattr(state_gate, "record_of", never)
+    monkeypatch.setattr(state_gate.orjson, "loads", never)
+    gate, notes = _gate(), NotTaken()
+    for held in (record, held_big, live):
+        assert gate.admit(RUN, HOME, None, held, notes, "0@0") is held
 
 
 def test_a_run_held_in_memory_keeps_its_newer_state_over_its_own_older_records() -> None:
@@ -106,6 +176,19 @@ def test_a_run_held_in_memory_keeps_its_newer_state_over_its_own_older_records()
         got, notes = _restored(_record(older), held=held)
         assert got is held and notes.count == 1
     assert _restored(_record(now), held=older)[0] == _record(now)
+    gate = _gate()  # a fast read's last word against what the worker holds
+    assert not gate.newer(_record(older), now) and gate.newer(_record(now), older)
+    assert not gate.newer(b"\x01" + bytes(9), now) and not gate.newer(None, now)
+    assert gate.newer(_record(older), None)
+
+
+def test_a_later_life_of_the_run_id_is_newer_than_every_record_of_the_earlier_one() -> None:
+    earlier = RunState.new("run-1", "default", 1_000.0)
+    for _ in range(5_000):  # a long earlier life
+        earlier = earlier.copy()
+    later = RunState.new("run-1", "default", 1_000.0 + 14 * DAY)  # two weeks on
+    assert later.seq > earlier.seq
+    assert RunState.new("r", "t", float("inf")).seq == RunState.new("r", "t", -1.0).seq == 0
 
 
 def test_the_records_a_worker_writes_end_with_their_seq_and_state_mac() -> None:
@@ -118,20 +201,7 @@ def test_the_records_a_worker_writes_end_with_their_seq_and_state_mac() -> None:
         RunState.from_bytes(orjson.dumps({**orjson.loads(_record(tomb)), "sq": "5"}))
 
 
-def test_a_later_life_of_the_run_id_is_newer_than_every_record_of_the_earlier_one() -> None:
-    """The sweep forgets a tombstone after weeks and the run id may start again: a record of
-    the earlier life written again must not be taken over the new life's (its budget)."""
-    earlier = RunState.new("run-1", "default", 1_000.0)
-    for _ in range(5_000):  # a long earlier life
-        earlier = earlier.copy()
-    tomb = earlier.tombstone(1_500.0)
-    later = RunState.new("run-1", "default", 1_000.0 + 14 * 86_400)  # two weeks on
-    held, notes = _restored(_record(earlier), _record(tomb), None, _record(later), _record(earlier))
-    assert held == _record(later) and "older record" in notes.first[0]
-    assert RunState.new("r", "t", float("inf")).seq == RunState.new("r", "t", -1.0).seq == 0
-
-
 def test_a_gate_needs_a_key() -> None:
     with pytest.raises(ValueError, match="needs a key"):
-        StateGate([b""])
-    assert state_mac(b"") is None
+        StateGate([b""], TOPIC, PARTITIONS, DAY)
+    assert StateMac.of(b"") is None
