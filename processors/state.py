@@ -52,8 +52,8 @@ __all__ = [
 
 #: length of RunState.recent when full
 _RECENT_ITEMS: Final = 2 * RECENT_REPLIES
-#: a start time past this (year 5138) starts a run's seq at 0 (seq_checked bounds a seq)
-_SEQ_START_MAX: Final = 1e11
+#: a start time past this (year 2286) starts a run's seq at 0 (seq_checked bounds a seq)
+_SEQ_START_MAX: Final = 1e10
 # state_compact is compiled with this module (build_backend/compiled_modules.txt): its
 # functions are imported, so a compiled build calls them natively and reads its Final
 # constants from C statics
@@ -164,7 +164,7 @@ class RunState:
     #: its bytes), flat: (approval 0/1, partition, offset, value digest, ...), at most
     #: FORWARDS_KEPT of them
     forwarded: tuple[int, ...]
-    #: one more than the state it was copied from, a new run's its start in milliseconds: its
+    #: one more than the state it was copied from, a new run's its start's ms << 16: its
     #: changelog records' order, which a restore checks (processors/state_gate.py)
     seq: int
 
@@ -185,8 +185,8 @@ class RunState:
         new.reserved_due, new.grants, new.life = None, e, life
         new.read_partition = new.read_requests = new.read_approvals = -1
         new.forwarded = ()
-        # from the start's ms: a later life of the run id is newer than all of the earlier's
-        new.seq = int(at * 1000) if 0 < at < _SEQ_START_MAX else 0
+        # the start's ms << 16: a later life's seq is past all the earlier's (h46b G2)
+        new.seq = int(at * 1000) << 16 if 0 < at < _SEQ_START_MAX else 0
         return new
 
     def tombstone(self, at: float) -> RunState:

@@ -10,14 +10,15 @@ the run decided on it.
 What holds: a worker with a seal key (``control_seal.seal_key``: BATON_AUDIT_CHAIN_KEY, else
 its data dir's ``seal.key``, as every `baton up` stack has) ends each state record it writes
 with its ``seq`` (``RunState.seq``: one more than the state it was copied from, a new run's
-the millisecond it began) and a MAC: ``...,"sq":12,"sm":"<32 hex>"}``, a keyed BLAKE2b
+the millisecond it began, shifted 16 bits: a later life's is past all the earlier's) and a MAC: ``...,"sq":12,"sm":"<32 hex>"}``, a keyed BLAKE2b
 (person ``PERSON``) of the changelog topic's name, the record's key and its JSON before the
 MAC (``StateMac``). A restore (processors/faust_restore.py: the fast read and Faust's own
 recovery) takes a run's records in offset order through ``StateGate.admit``:
 
-* a record on a partition other than its key's (murmur2) is never the run's: not taken, and
-  the run's partition is not changed by it (a record moved the run to a partition a later
-  rebalance took away, and the worker forgot it);
+* a record without a key, with one past ``MAX_KEY_BYTES`` (refused before it is hashed), or
+  on a partition other than its key's (murmur2) is never the run's: not taken, and the run's
+  partition is not changed by it (a record moved the run to a partition a later rebalance
+  took away, and the worker forgot it);
 * a record whose MAC holds and whose seq is not below what the run holds: taken;
 * a record whose MAC does not hold (forged, another run's or another deployment's record, or
   written by a worker without the key), or an older record of the run written again (its seq
@@ -35,7 +36,8 @@ recovery) takes a run's records in offset order through ``StateGate.admit``:
   never decided as a new run nor on the record) until a record of the workers' follows.
 
 Every record not taken is counted and the first five named in the restore's log
-(``NotTaken``). A run this worker holds in memory (a partition it kept through a
+(``NotTaken``), but for the worker's own older records read again under what it holds in
+memory (Faust's recovery of a partition it kept reads them all). A run this worker holds in memory (a partition it kept through a
 rebalance, whose records Faust's recovery reads again, or one the fast read meets) counts as
 held: its own older records, or its newest one still in flight, leave it as it is.
 
@@ -45,7 +47,12 @@ run's older records (it comes back as it was then: never less spent than a new r
 only the broker's ACLs keep writers out. A worker without a key checks nothing (it warns at
 start); workers and restores must share the key, and a new key refuses every run whose newest
 record the old one marked (docs/deploy.md). Two deployments under one key and one app id
-take each other's records.
+take each other's records. A deletion written while the run's partition has a backlog holding
+a late event of the run (which would have kept its tombstone) is taken once the tombstone is
+due by the restoring worker's clock (the sweep waits for the backlog); a restoring clock
+behind the deleting worker's keeps the tombstone (logged). Under at-least-once, a worker that
+lost the run's partition and still writes it (for the moments before it learns so) can have
+its record taken over the new owner's when its seq is higher (exactly-once fences it).
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from typing import Any, Final
 
 import orjson
 
+from baton.processors.batch_records import MAX_KEY_BYTES
 from baton.processors.state import RunState
 from baton.processors.state_held import is_held, record_of, record_size
 from baton.streams.partitioner import partition_for
@@ -162,7 +170,10 @@ class StateGate:
         (``partition@offset``) on ``partition``, given what it held before (``held``: None, a
         record, a held or marked one, or a RunState). ``held`` itself (the same object) when
         the record is not taken: nothing of the run changes, its partition neither."""
-        if type(key) is not bytes or partition_for(key, self._partitions) != partition:
+        if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_BYTES:  # (before any hash)
+            notes.append(f"{at}: a key no run has")
+            return held
+        if partition_for(key, self._partitions) != partition:
             notes.append(f"{at}: not on its key's partition")
             return held
         if value is None:
@@ -178,7 +189,9 @@ class StateGate:
         new = int(_TAIL.search(value, max(len(value) - 80, 0)).group(1))  # type: ignore[union-attr]
         seq = _seq_of(held)
         if new < seq:
-            notes.append(f"{at}: an older record written again (seq {new} after {seq})")
+            if type(held) is bytes and not is_held(held):  # (the worker's own older records,
+                # read again under what it holds in memory, are no news: h46b G3)
+                notes.append(f"{at}: an older record written again (seq {new} after {seq})")
             return held
         return value
 

@@ -138,7 +138,7 @@ def test_new_sets_every_field_as_the_constructor_would() -> None:
     made = RunState.new("run-1", "acme", 5.0, "life")
     built = RunState(
         "run-1", "acme", 5.0, 5.0, 0, 0.0, 0, None, False, e, e, e, e, e, e, e, 0, (),
-        0.0, 0, e, None, "", 0, e, None, e, "life", -1, -1, -1, (), 5000,
+        0.0, 0, e, None, "", 0, e, None, e, "life", -1, -1, -1, (), 5000 << 16,
     )  # fmt: skip
     for f in fields(RunState):
         assert getattr(made, f.name) == getattr(built, f.name), f.name
