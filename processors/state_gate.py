@@ -9,11 +9,12 @@ the run decided on it.
 
 What holds: a worker with a seal key (``control_seal.seal_key``: BATON_AUDIT_CHAIN_KEY, else
 its data dir's ``seal.key``, as every `baton up` stack has) ends each state record it writes
-with its ``seq`` (``RunState.seq``: one more than the state it was copied from, a new run's
-the millisecond it began, shifted 16 bits: a later life's is past all the earlier's) and a MAC: ``...,"sq":12,"sm":"<32 hex>"}``, a keyed BLAKE2b
-(person ``PERSON``) of the changelog topic's name, the record's key and its JSON before the
-MAC (``StateMac``). A restore (processors/faust_restore.py: the fast read and Faust's own
-recovery) takes a run's records in offset order through ``StateGate.admit``:
+with its ``seq`` (``RunState.seq``: one more than the state it was copied from, a new run's the
+millisecond it began, shifted 16 bits: a later life's is past all the earlier's) and a MAC:
+``...,"sq":12,"sm":"<32 hex>"}``, a keyed BLAKE2b (person ``PERSON``) of the changelog topic's
+name, the record's key and its JSON before the MAC (``StateMac``). A restore
+(processors/faust_restore.py: the fast read and Faust's own recovery) takes a run's records in
+offset order through ``StateGate.admit``:
 
 * a record without a key, with one past ``MAX_KEY_BYTES`` (refused before it is hashed), or
   on a partition other than its key's (murmur2) is never the run's: not taken, and the run's
@@ -35,11 +36,12 @@ recovery) takes a run's records in offset order through ``StateGate.admit``:
   record (``state_of`` raises it: the run's events are ``state_unreadable`` dead letters,
   never decided as a new run nor on the record) until a record of the workers' follows.
 
-Every record not taken is counted and the first five named in the restore's log
-(``NotTaken``), but for the worker's own older records read again under what it holds in
-memory (Faust's recovery of a partition it kept reads them all). A run this worker holds in memory (a partition it kept through a
-rebalance, whose records Faust's recovery reads again, or one the fast read meets) counts as
-held: its own older records, or its newest one still in flight, leave it as it is.
+Every record not taken is counted and the first five named in the restore's log (``NotTaken``),
+but for the worker's own older records read again under what it holds in memory (Faust's
+recovery of a partition it kept reads them all). A run this worker holds in memory (a partition
+it kept through a rebalance, whose records Faust's recovery reads again, or one the fast read
+meets) counts as held: its own older records, or its newest one still in flight, leave it as it
+is.
 
 Not covered: a changelog Kafka compacts (not Tansu's) may remove the workers' records that a
 forged or older newer one replaced (the older one is then taken), and after a deletion the
