@@ -77,6 +77,7 @@ __all__ = [
     "FLOOR",
     "REFUSED",
     "NotTaken",
+    "RefusedRun",
     "StateGate",
     "StateMac",
     "drop_floors",
@@ -128,6 +129,11 @@ class StateMac:
     def of(cls, key: bytes) -> StateMac | None:
         """A worker's MAC under its seal key (None: no key, nothing marked)."""
         return cls(key) if key else None
+
+
+class RefusedRun(ValueError):
+    """A run the restore refused (or is still forgetting): its events are ``state_unreadable``
+    (processors/batch.py takes any ValueError so), the sweep leaves it without a word."""
 
 
 class NotTaken:
@@ -256,9 +262,9 @@ def state_of(key: bytes, raw: bytes) -> RunState:
     """The state of the run ``key`` held as ``raw`` (``RunState.from_record``); a ValueError
     naming the record for a run the restore refused."""
     if raw[:1] == _REFUSED and (why := refusal_of(raw)) is not None:
-        raise ValueError(f"the restore refused the run: {why}")
+        raise RefusedRun(f"the restore refused the run: {why}")
     if raw[:1] == _FLOOR:
-        raise ValueError("the run is being restored: its tombstone is forgotten at the end")
+        raise RefusedRun("the run is being restored: its tombstone is forgotten at the end")
     return RunState.from_record(key, raw)
 
 

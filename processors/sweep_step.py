@@ -3,7 +3,8 @@
 Faust-agnostic (the worker's 1 s timer calls it with the runs its due index pops, and
 publishes the outputs): a run whose partition is not caught up is put back for the next
 sweep, since a backlog may hold the grant or handoff that changes it; a run whose state
-cannot be read is logged and left as it is (one run never stops the sweep). Then the runs
+cannot be read is logged and left as it is (one run never stops the sweep; one the restore
+refused, processors/state_gate.py, is left unlogged: the restore said so, once). Then the runs
 idle for ``DueIndex.hold_idle_s`` are held as their changelog record, when the store can
 read records back (the worker's ``RunStore``; a plain dict cannot, and keeps them decoded).
 """
@@ -20,6 +21,7 @@ from baton.processors.batch import HARD_STATE_MAX_BYTES, BatchProcessor, Outputs
 from baton.processors.chain import link
 from baton.processors.engine import KillSwitches, evict, expire_due
 from baton.processors.state import RunState
+from baton.processors.state_gate import RefusedRun
 from baton.processors.sweep import DueIndex, latest_trusted
 from baton.schemas.decision import Decision
 from baton.streams.partitioner import partition_for
@@ -69,6 +71,8 @@ def sweep_due(
             continue
         try:
             state = states.get(key)
+        except RefusedRun:
+            continue  # the restore logged it (one line for all); left as it is, fail closed
         except Exception:
             log.error(
                 "run %r: stored state cannot be read; left as is",

@@ -216,3 +216,37 @@ def test_a_gate_needs_a_key() -> None:
     with pytest.raises(ValueError, match="needs a key"):
         StateGate([b""], TOPIC, PARTITIONS, DAY)
     assert StateMac.of(b"") is None
+
+
+def test_the_sweep_leaves_a_refused_run_without_a_log_line_per_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An attacker's forged records for runs no worker has (each refused, and logged in one
+    line by the restore) made the sweep log an error with its traceback for each, at every
+    re-index; a run whose state does not read otherwise is still logged."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from baton.processors.batch import BatchProcessor
+    from baton.processors.engine import NO_KILLS
+    from baton.processors.sweep import DueIndex
+    from baton.processors.sweep_step import sweep_due
+    from baton.schemas.policy import load_policy
+
+    refused, _ = _restored(orjson.dumps({"v": 4}))
+    data = {RUN: refused, b"garbage": b"not json"}
+    where = {RUN: HOME, b"garbage": partition_for(b"garbage", PARTITIONS)}
+    store = RunStore(SimpleNamespace(data=SimpleNamespace(data=data, _key_partition=where)), 4)
+    proc = BatchProcessor(load_policy(None), PARTITIONS, store, worker="w", approvals_topic="a")
+    due = DueIndex(3600.0, 30 * DAY)
+    due.rebuild_keys(list(data), 0.0)
+    with caplog.at_level("ERROR", logger="baton.processors.app"):
+        out = sweep_due(
+            proc, due, datetime.fromtimestamp(10, UTC), active=set(range(4)),
+            ready=set(range(4)), kills=NO_KILLS, run_retention_s=3600.0,
+            tombstone_retention_s=30 * DAY, limit=100,
+        )  # fmt: skip
+    assert not out.changed and data[RUN] is refused
+    assert [r.getMessage() for r in caplog.records] == [
+        "run b'garbage': stored state cannot be read; left as is"
+    ]
