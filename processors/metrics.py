@@ -33,6 +33,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from baton.processors.state_gate import NotTaken
+
 __all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "LATENCY_CAP_S", "WorkerMetrics"]
 
 if TYPE_CHECKING:
@@ -215,6 +217,12 @@ class WorkerMetrics(Collector):
             "records at or below a position their run had read (read again: a worker died "
             "before committing them), their answer out already: answered with nothing",
             value=self._redelivered,
+        )
+        yield CounterMetricFamily(
+            "baton_restore_records_not_taken",
+            "runs changelog records a restore did not take: not the workers' own newest "
+            "(forged, older, another run's, off their partition, an early deletion)",
+            value=NotTaken.total,
         )
         yield CounterMetricFamily(
             "baton_changelog_bytes",

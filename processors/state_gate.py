@@ -64,7 +64,7 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import orjson
 
@@ -140,6 +140,8 @@ class NotTaken:
     """The records a restore did not take: how many, and the first five named."""
 
     __slots__ = ("count", "first")
+    #: every restore's in this process (the worker's /metrics serves it: on-call's alert)
+    total: ClassVar[int] = 0
 
     def __init__(self) -> None:
         self.count = 0
@@ -147,6 +149,7 @@ class NotTaken:
 
     def append(self, note: str) -> None:
         self.count += 1
+        NotTaken.total += 1
         if len(self.first) < 5:
             self.first.append(note)
 

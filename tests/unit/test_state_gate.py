@@ -250,3 +250,16 @@ def test_the_sweep_leaves_a_refused_run_without_a_log_line_per_run(
     assert [r.getMessage() for r in caplog.records] == [
         "run b'garbage': stored state cannot be read; left as is"
     ]
+
+
+def test_the_workers_metrics_count_the_records_a_restore_did_not_take() -> None:
+    """On-call's signal: anything above 0 is someone else writing the changelog."""
+    from baton.processors.metrics import WorkerMetrics
+
+    def served() -> float:
+        families = {f.name: f for f in WorkerMetrics("w").collect()}
+        return families["baton_restore_records_not_taken"].samples[0].value  # type: ignore[no-any-return]
+
+    before = served()
+    _restored(_record(_run(9.0, copies=3)), b"{}", None, _record(_run(1.0)))  # forged, gone, old
+    assert served() == before + 3
