@@ -206,8 +206,23 @@ def test_typed_json_from_a_default_partitioner_client_is_decided(up: _Up) -> Non
     assert without.returncode == 5 and "Code: 516" in without.stderr, without.stderr
 
 
+def _handoff(run: str, request_id: str, task_id: str) -> bytes:
+    return json.dumps(
+        {
+            "type": "handoff_requested", "request_id": request_id, "run_id": run,
+            "task_id": task_id, "from_agent": "planner", "to_agent": "researcher",
+            "event_time": "2026-11-25T10:00:00Z",
+        }
+    ).encode()  # fmt: skip
+
+
 def test_a_killed_worker_is_restarted_and_decides_again(up: _Up) -> None:
     bootstrap = up.ready_line().split("bootstrap=")[1].split()[0]
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    before = f"run_{uuid.uuid4().hex[:6]}"
+    producer.produce("gov.handoff.requests", _handoff(before, "r1", "t1"), before.encode())
+    assert producer.flush(10) == 0
+    wait_for(lambda: _read(bootstrap, "gov.decisions", before), 60, message="the first")
     old = _child_running(up.proc.pid, "worker")
     assert old is not None
     os.kill(old, signal.SIGKILL)
@@ -233,17 +248,7 @@ def test_a_killed_worker_is_restarted_and_decides_again(up: _Up) -> None:
     )
 
     run = f"run_{uuid.uuid4().hex[:6]}"
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
-    request = {
-        "type": "handoff_requested",
-        "request_id": "r1",
-        "run_id": run,
-        "task_id": "t1",
-        "from_agent": "planner",
-        "to_agent": "researcher",
-        "event_time": "2026-11-25T10:00:00Z",
-    }
-    producer.produce("gov.handoff.requests", json.dumps(request).encode(), run.encode())
+    producer.produce("gov.handoff.requests", _handoff(run, "r1", "t1"), run.encode())
     assert producer.flush(10) == 0
     # the dead member holds its partitions until its 6 s session times out
     (decision,) = wait_for(
@@ -252,6 +257,18 @@ def test_a_killed_worker_is_restarted_and_decides_again(up: _Up) -> None:
     assert decision["outcome"] == "allow"
     assert decision["worker"].endswith(f":{new}")  # decided by the new process (host:pid)
     assert up.proc.poll() is None  # the stack itself never stopped
+    # the run decided before the kill goes on from its restored state (its record carries the
+    # stack's state MAC: the restore took it, and called nothing a forgery)
+    producer.produce("gov.handoff.requests", _handoff(before, "r2", "t2"), before.encode())
+    assert producer.flush(10) == 0
+    second = wait_for(
+        lambda: [d for d in _read(bootstrap, "gov.decisions", before) if d["request_id"] == "r2"],
+        60,
+        message="the run's second handoff",
+    )
+    assert (second[0]["outcome"], second[0]["handoff_count"]) == ("allow", 2), second
+    log = (up.data_dir / "logs" / "worker.log").read_text(errors="replace")
+    assert "not the workers' own newest" not in log, log[-3000:]
 
 
 def test_a_child_that_keeps_failing_ends_up_with_its_error(
