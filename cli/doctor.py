@@ -23,12 +23,7 @@ from baton.cli.doctor_checks import (
     webhook_check,
 )
 from baton.cli.doctor_held import held_check
-from baton.cli.doctor_kafka import (
-    KafkaView,
-    changelog_topic,
-    group_checks,
-    topic_checks,
-)
+from baton.cli.doctor_kafka import KafkaView, group_checks, topic_checks
 from baton.cli.doctor_lag import audit_lag_check
 from baton.cli.doctor_seal import chain_key_check, decision_signing_check, seal_key_check
 from baton.cli.options import FiniteFloatRange, build_settings, setting_help, setting_options
@@ -258,7 +253,7 @@ def _with_broker(settings: Settings, timeout: float, max_lag: int) -> Iterator[C
 
     from baton.cli.policy_cmds import policy_in_force
     from baton.streams.kafka import admin_config, consumer_config, kafka_said
-    from baton.streams.topics import TopicCatalog
+    from baton.streams.topics import TopicCatalog, changelog_topic
 
     admin = AdminClient(admin_config(settings.kafka_config()))
     catalog = TopicCatalog.from_settings(settings)

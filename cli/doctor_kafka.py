@@ -20,28 +20,20 @@ from baton.cli.doctor_checks import Check, Status, fail, gist, ok
 from baton.cli.doctor_lag import lag_check
 from baton.schemas.errors import BatonError
 from baton.schemas.settings import Settings
-from baton.streams.topics import TopicCatalog, TopicSpec
+from baton.streams.topics import TopicCatalog, TopicSpec, changelog_topic
 
 log = logging.getLogger("baton.doctor")
 
 
 __all__ = [
     "KafkaView",
-    "changelog_topic",
     "group_checks",
     "other_groups_check",
     "topic_checks",
 ]
 
-#: Faust names a table's changelog ``<app id>-<table>-changelog``; the worker's table is "runs"
-#: (processors/app.py) and the topic carries no BATON_TOPIC_PREFIX
-_CHANGELOG = "{app_id}-runs-changelog"
 #: Faust creates changelogs compacted: the latest state of each run is all a restart needs
 _CHANGELOG_CONFIG = {"cleanup.policy": "compact"}
-
-
-def changelog_topic(app_id: str) -> str:
-    return _CHANGELOG.format(app_id=app_id)
 
 
 @dataclass

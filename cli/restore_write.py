@@ -11,6 +11,7 @@ from baton.processors.state_gate import StateMac
 from baton.schemas.settings import Settings
 from baton.streams.kafka import undelivered
 from baton.streams.partitioner import partition_for
+from baton.streams.topics import changelog_topic
 
 __all__ = ["reissue", "write_changelog"]
 
@@ -27,7 +28,7 @@ def write_changelog(settings: Settings, states: list[RunState], mac_key: bytes =
 
     if not states:
         return
-    topic = f"{settings.app_id}-runs-changelog"
+    topic = changelog_topic(settings.app_id)
     config = settings.kafka_config()
     admin = AdminClient(config)
     futures = admin.create_topics(

@@ -17,7 +17,7 @@ from baton.processors.credentials import faust_credentials
 from baton.processors.faust_adapter import GovernedApp, WorkerRuntime
 from baton.processors.state_gate import StateGate
 from baton.schemas.settings import Settings
-from baton.streams.topics import TopicCatalog
+from baton.streams.topics import TopicCatalog, changelog_topic
 
 __all__ = ["build_app", "runs_table", "source_topic"]
 
@@ -74,7 +74,7 @@ def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
     )
     app.restore_config = s.kafka_config() if s.fast_restore else None
     keys = seal_keys(s, s.worker_data_dir)
-    topic = f"{s.app_id}-runs-changelog"  # (Faust's name for the runs table's changelog)
+    topic = changelog_topic(s.app_id)
     app.state_gate = StateGate(keys, topic, s.partitions, s.tombstone_retention_s) if keys else None
     if not keys:
         log.warning(

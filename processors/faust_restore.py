@@ -35,7 +35,7 @@ With the workers' seal key (``app.state_gate``), both the read here and Faust's 
 take a run's records in offset order through the state gate (processors/state_gate.py): only
 the workers' own newest record of each run, on its key's partition; the read's last word on a
 run never replaces a newer state the worker holds, and a partition whose read failed applies
-nothing (Faust reads it whole). What was not taken is one ERROR line per restore.
+nothing (Faust reads it whole). What was not taken is one ERROR line per restore, at its end.
 """
 
 from __future__ import annotations
@@ -130,15 +130,14 @@ def read_changelog(
                     del todo[p]
                     continue
                 key, value = msg.key(), msg.value()
-                if gate is not None:
+                if gate is None:
+                    latest[key] = (p, value)
+                else:
                     was = latest.get(key)
                     held = was and was[1]
-                    value = gate.admit(key, p, value, held, notes, f"{p}@{offset}")
-                    if value is held:  # not taken: nothing of the run changes
-                        last[p] = offset
-                        progress = time.monotonic()
-                        continue
-                latest[key] = (p, value)
+                    taken = gate.admit(key, p, value, held, notes, f"{p}@{offset}")
+                    if taken is not held:  # (not taken: nothing of the run changes)
+                        latest[key] = (p, taken)
                 last[p] = offset
                 progress = time.monotonic()
     finally:
@@ -162,6 +161,8 @@ class RestoringStore(memory.Store):  # type: ignore[misc]
         self._held: set[TP] = set()
         #: runs a restore forgot (a due tombstone's deletion), held as marks until it ends
         self._floors: set[Any] = set()
+        #: the records this restore did not take (both its paths), logged at its end
+        self._not_taken = NotTaken()
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self._restored.get(tp)
@@ -185,12 +186,10 @@ class RestoringStore(memory.Store):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         ends_of = runtime_of(self.app).committed_ends
         gate = getattr(self.app, "state_gate", None)
-        notes = NotTaken()
         latest, last = await loop.run_in_executor(
-            None, _read, config, ends_of, topic, todo, gate, notes
+            None, _read, config, ends_of, topic, todo, gate, self._not_taken
         )
         self._apply(latest, gate)
-        say_not_taken(topic, notes)
         for p, offset in last.items():
             self._restored[TP(topic, p)] = offset
         log.info(
@@ -206,20 +205,11 @@ class RestoringStore(memory.Store):  # type: ignore[misc]
     def _apply(self, latest: Latest, gate: StateGate | None = None) -> None:
         """Each key's last record, as ``memory.Store.apply_changelog_batch`` applies a batch;
         with a gate, none over a newer state this worker holds (h46a F3)."""
-        data, key_partition = self.data, self._key_partition
+        data = self.data
         for key, (partition, value) in latest.items():
-            if gate is not None:
-                held = data.get(key)
-                if held is not None and not gate.newer(value, held):
-                    continue
-                if value is not None and value[:1] == _FLOOR:
-                    self._floors.add(key)
-            if value is None:
-                data.pop(key, None)
-                key_partition.pop(key, None)
-            else:
-                data[key] = value
-                key_partition[key] = partition
+            if gate is not None and not gate.newer(value, data.get(key)):
+                continue
+            self._put(key, partition, value)
 
     def apply_changelog_batch(
         self, batch: Any, to_key: Callable[[Any], Any], to_value: Callable[[Any], Any]
@@ -229,27 +219,32 @@ class RestoringStore(memory.Store):  # type: ignore[misc]
         gate: StateGate | None = getattr(self.app, "state_gate", None)
         if gate is None:
             return super().apply_changelog_batch(batch, to_key, to_value)  # type: ignore[no-any-return]
-        data, key_partition, notes = self.data, self._key_partition, NotTaken()
+        data, notes = self.data, self._not_taken
         for event in batch:
             key, message = to_key(event.key), event.message
             at, held = f"{message.partition}@{message.offset}", data.get(key)
             value = gate.admit(key, message.partition, message.value, held, notes, at)
-            if value is held:  # not taken: nothing of the run changes, its partition neither
-                continue
-            if value is None:
-                data.pop(key, None)
-                key_partition.pop(key, None)
-                continue
-            data[key] = value
-            key_partition[key] = message.partition
-            if value[:1] == _FLOOR:
-                self._floors.add(key)
-        say_not_taken(self.table.changelog_topic.get_topic_name(), notes)
+            if value is not held:  # (not taken: nothing of the run changes, its partition neither)
+                self._put(key, message.partition, value)
+
+    def _put(self, key: Any, partition: int, value: bytes | None) -> None:
+        """The run ``key`` holds ``value`` (None: it is gone), as Faust's memory store puts a
+        changelog record; a forgotten run's mark (the gate's) noted for the restore's end."""
+        if value is None:
+            self.data.pop(key, None)
+            self._key_partition.pop(key, None)
+            return
+        self.data[key] = value
+        self._key_partition[key] = partition
+        if value[:1] == _FLOOR and getattr(self.app, "state_gate", None) is not None:
+            self._floors.add(key)
 
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
         drop_floors(self.data, self._key_partition, self._floors)  # forgotten now
         self._floors.clear()
+        say_not_taken(self.table.changelog_topic.get_topic_name(), self._not_taken)
+        self._not_taken = NotTaken()
         self._restored.clear()  # from here on Faust's offsets for these partitions stand
         self._held = set(active_tps)
 

@@ -198,11 +198,11 @@ class BatchPublisher(PipelinedOrder):
         self, key: bytes, partition: int, state: RunState | None, encoded: bytes | None = None
     ) -> None:
         """Write a run's state (None: delete it); ``encoded`` is its bytes if already made."""
-        if state is not None and encoded is None:
-            encoded = state.to_bytes()
-        topic = self.changelog_topic
-        value = None if encoded is None else self._state_value(topic, key, encoded)
-        self._produce(topic, value if state is not None else None, key, partition)
+        topic, value = self.changelog_topic, None
+        if state is not None:
+            raw = encoded if encoded is not None else state.to_bytes()
+            value = self._state_value(topic, key, raw)
+        self._produce(topic, value, key, partition)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every queued record is acknowledged; raise if any failed."""

@@ -110,13 +110,17 @@ def _context(topic: str, key: bytes) -> bytes:
     return b"%d:%s%d:%s" % (len(name), name, len(key), key)
 
 
+def _keyed(key: bytes) -> hashlib.blake2b:
+    return hashlib.blake2b(digest_size=_HEX // 2, key=key, person=PERSON)
+
+
 class StateMac:
     """A worker's state MAC: ``marked`` ends a state record with it."""
 
     __slots__ = ("_keyed",)
 
     def __init__(self, key: bytes) -> None:
-        self._keyed = hashlib.blake2b(digest_size=_HEX // 2, key=key, person=PERSON)
+        self._keyed = _keyed(key)
 
     def marked(self, topic: str, key: bytes, value: bytes) -> bytes:
         """``value`` (a state's record, ending ``,"sq":N}``) with its MAC as its last member."""
@@ -158,7 +162,7 @@ class StateGate:
     """What a restore takes of the changelog ``topic`` of ``partitions`` partitions (see the
     module docstring)."""
 
-    __slots__ = ("_clock", "_context", "_keyed", "_partitions", "_retention_s", "_topic")
+    __slots__ = ("_clock", "_keyed", "_partitions", "_retention_s", "_topic")
 
     def __init__(
         self,
@@ -168,7 +172,7 @@ class StateGate:
         tombstone_retention_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._keyed = tuple(StateMac(k)._keyed for k in dict.fromkeys(keys) if k)
+        self._keyed = tuple(_keyed(k) for k in dict.fromkeys(keys) if k)
         if not self._keyed:
             raise ValueError("a state gate needs a key")
         self._topic, self._partitions = topic, partitions
@@ -194,10 +198,10 @@ class StateGate:
                 return _FLOOR + _seq_of(held).to_bytes(_SEQ_BYTES, "big")
             notes.append(f"{at}: a deletion of a run that is no tombstone due to be forgotten")
             return held
-        if not self._holds(key, value):
+        new = self._marked_seq(key, value)
+        if new is None:
             notes.append(f"{at}: no workers' state MAC")
             return _REFUSED + _seq(-1) + at.encode() if held is None else held
-        new = int(_TAIL.search(value, max(len(value) - 80, 0)).group(1))  # type: ignore[union-attr]
         seq = _seq_of(held)
         if new < seq:
             if type(held) is bytes and not is_held(held):  # (the worker's own older records,
@@ -215,10 +219,12 @@ class StateGate:
             return False  # a run held here is no forged first record, nor due to be forgotten
         return _seq_of(value) >= _seq_of(held)
 
-    def _holds(self, key: bytes, value: bytes) -> bool:
+    def _marked_seq(self, key: bytes, value: bytes) -> int | None:
+        """The seq of the record ``value`` of run ``key`` when a workers' MAC ends it, else
+        None."""
         found = _TAIL.search(value, max(len(value) - 80, 0))
         if found is None:
-            return False
+            return None
         said, at = found.group(2), found.start(2) - len(_HEAD)
         context = _context(self._topic, key)
         for keyed in self._keyed:
@@ -226,8 +232,8 @@ class StateGate:
             h.update(context)
             h.update(memoryview(value)[:at])
             if hmac.compare_digest(h.hexdigest().encode(), said):
-                return True
-        return False
+                return int(found.group(1))
+        return None
 
     def _due_tombstone(self, held: Any) -> bool:
         """Whether what a run holds is its tombstone, due to be forgotten now."""

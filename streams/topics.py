@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from baton.schemas.errors import BrokerUnavailable, TopicMismatch
 from baton.schemas.settings import Settings
 
-__all__ = ["TopicCatalog", "TopicSpec", "ensure_topics"]
+__all__ = ["TopicCatalog", "TopicSpec", "changelog_topic", "ensure_topics"]
 
 _DAY_MS = 24 * 3600 * 1000
 
@@ -43,6 +43,12 @@ _CONTROL_REASON = (
     "the control topic has one partition so that kill switches, releases and policy updates "
     "keep one total order"
 )
+
+
+def changelog_topic(app_id: str) -> str:
+    """The runs table's changelog: Faust names a table's ``<app id>-<table>-changelog``, the
+    worker's table is "runs" (processors/app.py), and it carries no BATON_TOPIC_PREFIX."""
+    return f"{app_id}-runs-changelog"
 
 
 @dataclass(frozen=True)
