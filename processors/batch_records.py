@@ -10,6 +10,7 @@ small enough for Kafka.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -73,7 +74,11 @@ class InputRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]] | None = None
+    #: as the consumer gives them: aiokafka (so Faust) a tuple of (name, value) tuples,
+    #: confluent-kafka a list or None; a value may be None. Typed as any sequence: the
+    #: compiled build checks a declared ``list`` at each read and refused aiokafka's tuple
+    #: (every forwarded or client-headered event an engine_error dead letter)
+    headers: Sequence[tuple[str, bytes | None]] | None = None
     #: the Kafka timestamp, seconds (the producer's clock): the metrics' decision latency
     timestamp: float | None = None
 

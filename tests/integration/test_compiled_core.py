@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from baton.schemas.decision import Outcome, Phase
+from baton.schemas.events import HandoffCompleted
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.partitioner import partition_for
 from tests.commit_tree import REPO
 from tests.compiled_build import build as compiled_build
+from tests.helpers import handoff
+from tests.integration import test_hostile_fuzz as hostile_fuzz
+from tests.integration.conftest import PARTITIONS, TEST_POLICY, one_worker_stack
 
 # the build and the tests take minutes on a busy 2-core host (the suite's 300 s is per test)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -124,3 +133,90 @@ def test_the_compiled_build_passes_the_core_unit_tests(
     assert help_line.strip() == "This install's replay core: compiled.", probe["stdout"]
     run = runs["tests"]
     assert run["returncode"] == 0, run["stdout"][-6000:] + run["stderr"][-2000:]
+
+
+def _maps_build(pid: int, site: Path) -> bool:
+    """Whether process ``pid`` has loaded a shared object of the build in ``site``."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return any(str(site) in line and line.rstrip().endswith(".so") for line in maps.splitlines())
+
+
+def test_a_compiled_worker_decides_headered_and_forwarded_events_on_a_real_broker(
+    request: pytest.FixtureRequest, tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """The compiled build as the Docker image runs it: a real `baton worker` importing Baton
+    from the build, on the session's broker, fed through Faust (which hands every record's
+    headers over as aiokafka's tuple). An orchestrator's events carrying a header of their own
+    (a trace id), and events its client put on another partition (librdkafka's default
+    partitioner is not murmur2: the worker forwards them with a header and decides the copy),
+    are each decided; none is dead-lettered. Session 47 found the compiled worker answering
+    every one of them with an ``engine_error`` dead letter ("list or None object expected;
+    got tuple"): the core unit tests had given the batch step lists only."""
+    site, _runs = compiled_build(request.config, tmp_path)
+    env = {"PYTHONPATH": str(site)}
+    with one_worker_stack(broker, tmp_path, TEST_POLICY, "c", extra_env=env) as s:
+        producer = s.requests.producer
+        trace = [("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
+        sent: dict[str, list[str]] = {}
+        for run, moved, headers in (
+            ("cw-trace", False, trace),
+            ("cw-moved", True, None),
+            ("cw-both", True, trace),
+        ):
+            key = run.encode()
+            home = partition_for(key, PARTITIONS)
+            where = (home + 1) % PARTITIONS if moved else home
+            for n in (1, 2, 3):
+                event = handoff(run, n, f"t{n}")
+                producer.produce(
+                    s.catalog.requests, event.to_json(), key, partition=where, headers=headers
+                )
+                sent.setdefault(run, []).append(event.request_id)
+            cost = HandoffCompleted(
+                request_id=f"{run}-h1", run_id=run, task_id="t1", agent="researcher",
+                cost_usd=2.5, tool_calls=1, event_time=datetime.now(UTC),
+            )  # fmt: skip
+            producer.produce(s.catalog.requests, cost.to_json(), key, partition=where)
+        assert producer.flush(10) == 0
+        for run, ids in sent.items():
+            decisions = s.decisions.wait_run(run, len(ids) + 1, timeout=60)
+            handoffs = [d for d in decisions if d.phase == Phase.PRE_HANDOFF]
+            assert [(d.request_id, d.outcome, d.reason) for d in handoffs] == [
+                (rid, Outcome.ALLOW, "ok") for rid in ids
+            ], (
+                decisions,
+                s.logs(),
+            )
+            assert max(d.spent_usd for d in decisions) == 2.5, decisions
+        assert s.deadletters.records == [], s.deadletters.records[:3]
+        assert _maps_build(s.workers[0].proc.pid, site), "the worker did not run the build"
+
+
+@pytest.fixture(scope="module")
+def fuzz_stack(
+    broker: EmbeddedBroker,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[hostile_fuzz.FuzzStack]:
+    """test_hostile_fuzz's stack (a worker and a sink) running the compiled build."""
+    site, _runs = compiled_build(request.config, tmp_path_factory.mktemp("build"))
+    env = {"PYTHONPATH": str(site)}
+    with hostile_fuzz.fuzz_stack_in(broker, tmp_path_factory.mktemp("fuzz"), env) as stack:
+        # (its start decided a probe: the engine's modules are loaded)
+        assert _maps_build(stack.worker.proc.pid, site), "the worker did not run the build"
+        yield stack
+
+
+# the hostile fuzz end to end (random and hostile records amid good runs, each decided as the
+# pure interpreted engine decides it offline, every decision in the audit) against a worker
+# and a sink of the compiled build: the Docker image's build, which the core unit tests alone
+# had let dead-letter every forwarded event (session 47)
+test_compiled_hostile_records_never_stop_or_fool_governance = (
+    hostile_fuzz.test_hostile_records_never_stop_or_fool_governance
+)
+test_compiled_a_retry_of_an_old_request_is_answered = (
+    hostile_fuzz.test_a_retry_of_an_old_request_is_answered
+)
+test_compiled_a_retry_of_an_old_refused_grant_is_answered = (
+    hostile_fuzz.test_a_retry_of_an_old_refused_grant_is_answered
+)

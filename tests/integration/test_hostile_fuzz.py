@@ -27,8 +27,10 @@ import threading
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -712,8 +714,17 @@ class ForwardWatcher:
 def fuzz_stack(
     broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FuzzStack]:
+    with fuzz_stack_in(broker, tmp_path_factory.mktemp("fuzz")) as stack:
+        yield stack
+
+
+@contextmanager
+def fuzz_stack_in(
+    broker: EmbeddedBroker, workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[FuzzStack]:
+    """The module's stack in ``workdir``, its worker and sink given ``env`` too
+    (tests/integration/test_compiled_core.py: ``PYTHONPATH`` the compiled build)."""
     prefix = f"z{uuid.uuid4().hex[:8]}."
-    workdir = tmp_path_factory.mktemp("fuzz")
     (workdir / "policy.yaml").write_text(FUZZ_POLICY)
     catalog = fresh_topics(broker.bootstrap, prefix, PARTITIONS)
     worker = WorkerProcess(
@@ -722,10 +733,12 @@ def fuzz_stack(
         workdir,
         partitions=PARTITIONS,
         policy=workdir / "policy.yaml",
-        extra_env={"BATON_RUN_STATE_MAX_BYTES": str(STATE_MAX_BYTES)},
+        extra_env={"BATON_RUN_STATE_MAX_BYTES": str(STATE_MAX_BYTES), **(env or {})},
     )
     (workdir / "chdb").mkdir()
-    sink = SinkProcess(broker.bootstrap, prefix, workdir / "chdb", workdir / "sink.log")
+    sink = SinkProcess(
+        broker.bootstrap, prefix, workdir / "chdb", workdir / "sink.log", extra_env=env
+    )
     collectors: list[Collector] = []
     try:
         collectors += [

@@ -30,6 +30,7 @@ import orjson
 import pytest
 
 from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.batch_routing import FORWARDED_FROM
 from baton.processors.compiled import compiled_modules
 from baton.processors.state import RunState
 from baton.schemas.policy import load_policy
@@ -169,6 +170,27 @@ def _forge(rng: random.Random, raw: bytes) -> bytes:
         return json.dumps(w).encode()
 
 
+def _headers(rng: random.Random, topic: str, parts: int) -> Any:
+    """A record's headers as a consumer may give them: aiokafka gives a tuple of (name, value)
+    tuples (Faust passes it on), confluent-kafka a list or None; a client's own header (a trace
+    id), Baton's forward header naming a position (valid, of another topic, malformed, no
+    value), or none. The compiled build once dead-lettered every record whose headers came as
+    a tuple (engine_error: "list or None object expected"), the interpreted one decided it."""
+    pool: list[tuple[str, Any]] = [
+        ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        (FORWARDED_FROM, f"{topic}/{rng.randrange(parts)}/{rng.randrange(40)}".encode()),
+        (FORWARDED_FROM, f"gov.approvals/{rng.randrange(parts)}/{rng.randrange(40)}".encode()),
+        (
+            FORWARDED_FROM,
+            rng.choice([b"", b"x/y/z", b"\xff", b"t/-1/5", b"t/1/99999999999999999999"]),
+        ),
+        (FORWARDED_FROM, None),
+        ("x" * 300, b"v" * 3000),
+    ]
+    chosen = [rng.choice(pool) for _ in range(rng.randint(0, 3))]
+    return rng.choice([tuple, list])(chosen)
+
+
 def _case(seed: int, forge: bool) -> list[Any]:
     """What the batch step makes of seed ``seed``'s batches: per batch its decisions, dead
     letters (kind, error), forwards and state bytes' digests, or the exception that escaped."""
@@ -211,7 +233,8 @@ def _case(seed: int, forge: bool) -> list[Any]:
             if kind.startswith("approval") and rng.random() < 0.8:
                 topic = "gov.approvals"
             p = partition_for(key, parts) if key is not None and rng.random() < 0.9 else 0
-            sent.append(InputRecord(topic, p, len(sent) + 1, key, raw))
+            headers = _headers(rng, topic, parts) if rng.random() < 0.4 else None
+            sent.append(InputRecord(topic, p, len(sent) + 1, key, raw, headers))
             records.append(sent[-1])
             if rng.random() < 0.12:  # Kafka delivers an earlier record again
                 records.append(rng.choice(sent))
@@ -272,6 +295,7 @@ def test_hostile_events_are_decided_alike_and_nothing_escapes() -> None:
     outcomes = {d[2] for r in mine for b in r for d in b[0]}
     # the records reach every step: refusals of each kind, and decisions of each outcome
     assert {"out_of_range", "schema", "not_json", "key_mismatch", "missing_key"} <= kinds
+    assert "engine_error" not in kinds, [dl for r in mine for b in r for dl in b[1]][:5]
     assert {"allow", "stop", "approval_required", "recorded"} <= outcomes
     if not compiled_modules():
         return  # the interpreted build: its side is this one (the compiled run compares)
