@@ -20,7 +20,7 @@ from baton.processors.engine import KillSwitches
 from baton.processors.held_kills import read_held_kills
 from baton.processors.recorded import input_text, policy_in_force
 from baton.processors.state import RunState
-from baton.schemas.decision import Decision, Outcome
+from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.events import HandoffCompleted, HandoffRequested
 from baton.schemas.policy import load_policy
 from baton.schemas.settings import Settings
@@ -301,7 +301,7 @@ def test_a_forged_release_that_replaced_a_kill_in_final_is_held_for_new_runs_too
 
 @pytest.mark.parametrize(
     "forgery",
-    [{"reason": "control_unsigned", "input": None}, {"phase": "pre_handoff"}],
+    [{"reason": "control_unsigned", "input": None}, {"phase": Phase.PRE_HANDOFF}],
     ids=["another reason", "another phase"],
 )
 def test_a_kill_replaced_in_final_by_a_row_of_another_reason_or_phase_is_held(
@@ -347,7 +347,7 @@ def test_a_policy_update_replaced_under_its_id_is_named(tmp_path: Path) -> None:
         assert replaced_policy_records(client) == []
     finally:
         client.close()
-    for n, forgery in enumerate(({"phase": "pre_handoff"}, {"request_id": "x"})):
+    for n, forgery in enumerate(({"phase": Phase.PRE_HANDOFF}, {"request_id": "x"})):
         _store(tmp_path / "chdb", [replace(step.record, **forgery)], first_offset=1000 + n)
         client = connect(f"chdb://{tmp_path / 'chdb'}")
         try:
@@ -406,7 +406,7 @@ def test_a_lost_kill_after_a_signed_release_is_held_whatever_time_its_forger_giv
     nothing, and a new run of the tenant was allowed. The lost kill is dated by the latest
     time ``kill_times`` recorded under its id; only a release signed after it lifts it."""
     from baton.processors.engine import NO_KILLS, apply_control
-    from baton.schemas.decision import Phase, Reason, decision_id_for
+    from baton.schemas.decision import Reason, decision_id_for
     from baton.schemas.events import KillSwitch, KillSwitchReleased
     from baton.schemas.policy import parse_policy
     from baton.schemas.signing import new_private_key, public_key_text

@@ -15,7 +15,7 @@ import pytest
 from baton.processors.control_seal import SEAL_FIELDS, is_sealed, seal
 from baton.processors.engine import NO_KILLS, apply_control
 from baton.processors.recorded import input_text
-from baton.schemas.decision import Decision
+from baton.schemas.decision import Decision, Outcome, Phase
 from baton.schemas.events import KillSwitch
 from baton.schemas.policy import load_policy
 from baton.sinks.audit_batch import AuditBatch, write_batch
@@ -50,8 +50,8 @@ def test_a_seal_verifies_the_record_and_nothing_it_covers_can_change() -> None:
         "request_id": record.request_id + "x",
         "run_id": "r1",
         "tenant": "other",
-        "phase": "pre_handoff",
-        "outcome": "stop",
+        "phase": Phase.PRE_HANDOFF,
+        "outcome": Outcome.STOP,
         "reason": "kill_switch_released",
         "approver": "mallory",
         "event_time": _AT + timedelta(microseconds=1),
