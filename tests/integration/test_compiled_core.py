@@ -149,9 +149,10 @@ def test_a_compiled_worker_decides_headered_and_forwarded_events_on_a_real_broke
     headers over as aiokafka's tuple). An orchestrator's events carrying a header of their own
     (a trace id), and events its client put on another partition (librdkafka's default
     partitioner is not murmur2: the worker forwards them with a header and decides the copy),
-    are each decided; none is dead-lettered. Session 47 found the compiled worker answering
-    every one of them with an ``engine_error`` dead letter ("list or None object expected;
-    got tuple"): the core unit tests had given the batch step lists only."""
+    are each decided, as are events with no header; none is dead-lettered. Session 47 found
+    the compiled worker answering every event it took from Faust with an ``engine_error``
+    dead letter ("list or None object expected; got tuple": Faust hands even no headers over
+    as an empty tuple): the core unit tests had given the batch step lists only."""
     site, _runs = compiled_build(request.config, tmp_path)
     env = {"PYTHONPATH": str(site)}
     with one_worker_stack(broker, tmp_path, TEST_POLICY, "c", extra_env=env) as s:
@@ -159,6 +160,7 @@ def test_a_compiled_worker_decides_headered_and_forwarded_events_on_a_real_broke
         trace = [("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
         sent: dict[str, list[str]] = {}
         for run, moved, headers in (
+            ("cw-plain", False, None),
             ("cw-trace", False, trace),
             ("cw-moved", True, None),
             ("cw-both", True, trace),
