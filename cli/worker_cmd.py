@@ -88,6 +88,12 @@ def worker_cmd(**opts: Any) -> None:
 
         settings = settings.model_copy(update={"web_port": free_port()})
     policy = read_policy(settings.policy)
+    from baton.processors.self_check import check_batch_step
+    from baton.streams.topics import TopicCatalog
+
+    # probe events through the batch step as Faust hands them over: a build that cannot
+    # decide them ends here (exit 1, the error), never a worker that stops every event
+    check_batch_step(policy, TopicCatalog.from_settings(settings))
     _make_data_dir(settings.worker_data_dir)
     from baton.streams.net import check_reachable
 

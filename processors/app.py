@@ -29,6 +29,7 @@ import faust
 
 from baton.processors import faust_adapter, fetch_bound
 from baton.processors.batch import BatchProcessor, InputRecord
+from baton.processors.batch_records import record_of
 from baton.processors.batch_stats import BatchStats
 from baton.processors.capacity import capacity_of
 from baton.processors.control import ControlFollower
@@ -63,11 +64,6 @@ _MAX_BATCHES_IN_FLIGHT = 64
 #: loop, librdkafka's callbacks): at the default, a fetch response waited up to 5 ms per
 #: hand-over behind a batch being decided (bench/RESULTS.md, issue 15)
 _GIL_SWITCH_S = 0.0005
-
-
-def _record(m: Any) -> InputRecord:
-    """The batch step's view of a Faust message."""
-    return InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.headers, m.timestamp)
 
 
 class GovernanceWorker:
@@ -259,7 +255,7 @@ class GovernanceWorker:
         while len(self._acking) >= _MAX_BATCHES_IN_FLIGHT:  # the broker is behind: wait
             await asyncio.wait(self._acking, return_when=asyncio.FIRST_COMPLETED)
         durable = await self._decide_and_publish(
-            [_record(m) for m in messages],
+            [record_of(m) for m in messages],
             generation,
             membership,
             current,

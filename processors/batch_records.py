@@ -33,6 +33,7 @@ __all__ = [
     "RecordError",
     "answers_approval",
     "dead_letter_record",
+    "record_of",
     "same_record",
 ]
 
@@ -81,6 +82,12 @@ class InputRecord:
     headers: Sequence[tuple[str, bytes | None]] | None = None
     #: the Kafka timestamp, seconds (the producer's clock): the metrics' decision latency
     timestamp: float | None = None
+
+
+def record_of(m: Any) -> InputRecord:
+    """The batch step's view of a Faust message (its headers as Faust gives them: aiokafka's
+    tuple, empty when the record has none)."""
+    return InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.headers, m.timestamp)
 
 
 @dataclass(slots=True)

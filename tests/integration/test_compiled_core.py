@@ -93,6 +93,7 @@ CORE_TESTS = (
     "test_attacks_session24_chain.py",  # the budget refusal's copies and links, ~2 s (H1)
     "test_attacks_session24_recheck.py",  # forged worker refusals, dead-letter positions (H3)
     "test_redelivery_not_kept.py",  # the positions a run read (batch_routing, state_wire), ~2 s
+    "test_self_check.py",  # the worker's start-up probes as Faust hands records over (s47)
 )
 #: what the probe prints: how many modules are compiled, the build, the engine's file, the
 #: last line of `baton replay --help`
