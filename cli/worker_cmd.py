@@ -20,11 +20,7 @@ def create_topics(settings: Settings) -> Any:
     from baton.streams.kafka import admin_config
     from baton.streams.topics import TopicCatalog, ensure_topics
 
-    catalog = TopicCatalog(
-        prefix=settings.topic_prefix,
-        partitions=settings.partitions,
-        replication=settings.replication_factor,
-    )
+    catalog = TopicCatalog.from_settings(settings)
     # admin_config routes librdkafka's own log lines to Python logging: without it, an
     # unreachable broker printed a "Connection refused" line to stderr every 50 ms
     ensure_topics(

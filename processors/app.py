@@ -74,11 +74,7 @@ class GovernanceWorker:
         compile_patterns()  # not on the loop at the first non-ASCII name (schemas/name_scripts)
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.catalog = TopicCatalog(
-            prefix=settings.topic_prefix,
-            partitions=settings.partitions,
-            replication=settings.replication_factor,
-        )
+        self.catalog = TopicCatalog.from_settings(settings)
         #: (topic, partition) -> fetch position once every record before it was decided (its
         #: outputs handed to the producer); the transport (processors/faust_adapter.py) keeps
         #: it up to date

@@ -44,7 +44,7 @@ class BatchStepBroken(BatonError):
 
 
 def _message(
-    topic: str, partition: int, offset: int, value: bytes, headers: tuple[Any, ...]
+    topic: str, partition: int, offset: int, value: bytes, headers: tuple[Any, ...], at: float
 ) -> Any:
     """A record as Faust hands it over (its attributes, headers as aiokafka's tuple)."""
     return SimpleNamespace(
@@ -54,7 +54,7 @@ def _message(
         key=PROBE_RUN.encode(),
         value=value,
         headers=headers,
-        timestamp=datetime.now(UTC).timestamp(),
+        timestamp=at,
     )
 
 
@@ -66,6 +66,7 @@ def check_batch_step(policy: Policy, catalog: TopicCatalog, worker: str = "self-
     home = partition_for(PROBE_RUN.encode(), partitions)
     other = (home + 1) % partitions
     now = datetime.now(UTC)
+    at = now.timestamp()
     handoff = HandoffRequested(
         request_id=f"{PROBE_RUN}-h1",
         run_id=PROBE_RUN,
@@ -89,11 +90,11 @@ def check_batch_step(policy: Policy, catalog: TopicCatalog, worker: str = "self-
     batches = []
     if partitions > 1:
         copy_headers = ((FORWARDED_FROM, f"{catalog.requests}/{other}/0".encode()),)
-        batches.append([_message(catalog.requests, other, 0, handoff, ())])
+        batches.append([_message(catalog.requests, other, 0, handoff, (), at)])
     batches.append(
         [
-            _message(catalog.requests, home, 0, handoff, copy_headers),
-            _message(catalog.requests, home, 1, cost, ()),
+            _message(catalog.requests, home, 0, handoff, copy_headers, at),
+            _message(catalog.requests, home, 1, cost, (), at),
         ]
     )
     step = BatchProcessor(policy, partitions, {}, worker, approvals_topic=catalog.approvals)

@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 
 from baton.cli.main import _register, cli
-from baton.processors import batch_routing
 from baton.processors.batch import BatchProcessor
 from baton.processors.self_check import PROBE_RUN, BatchStepBroken, check_batch_step
 from baton.processors.state import RunState
@@ -55,8 +54,7 @@ def test_a_step_that_raises_on_a_faust_record_is_named(monkeypatch: pytest.Monke
     def refuse(state: RunState, *args: object, **kw: object) -> None:
         raise TypeError("list or None object expected; got tuple[()]")
 
-    monkeypatch.setattr(batch_routing, "mark_read", refuse)
-    monkeypatch.setattr("baton.processors.batch.mark_read", refuse, raising=False)
+    monkeypatch.setattr("baton.processors.batch.mark_read", refuse)  # as batch.py calls it
     with pytest.raises(BatchStepBroken, match=r"probe event.*TypeError: list or None") as err:
         check_batch_step(policy_with(), TopicCatalog("p.", 8))
     assert err.value.exit_code == 1
