@@ -23,6 +23,8 @@ WORKDIR /app
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 # no embedded broker or chDB in the image: deployments use Kafka and a ClickHouse server
+# the compose files' baton-keys volume starts as this folder: nobody's, others kept out
+RUN mkdir -p /var/lib/baton/keys && chown nobody /var/lib/baton/keys && chmod 700 /var/lib/baton/keys
 USER nobody
 ENTRYPOINT ["baton"]
 CMD ["--help"]

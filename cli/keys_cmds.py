@@ -1,4 +1,5 @@
-"""``baton keys new`` and ``baton keys show``: an approver's or operator's Ed25519 key pair.
+"""``baton keys new`` and ``baton keys show``: an approver's or operator's Ed25519 key pair;
+``baton keys chain``: a deployment's audit chain key in a file (BATON_AUDIT_CHAIN_KEY_FILE).
 
 The private key stays with its owner (a file readable by them only); the public key goes into
 the policy as one line, ``NAME: "ed25519:…"``, under ``multi_agent.approval.keys`` (approvers)
@@ -7,7 +8,9 @@ or ``operators`` (who may kill, release and publish policy). Rotation: docs/secu
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 
 import click
@@ -48,7 +51,7 @@ def _check_name(name: str) -> str:
 
 @click.group("keys", cls=SentenceGroup)
 def keys_group() -> None:
-    """Signing keys of approvers and operators (Ed25519)."""
+    """Signing keys of approvers and operators (Ed25519), and the audit's chain key."""
 
 
 @keys_group.command("new")
@@ -97,6 +100,57 @@ def keys_show(key_file: Path, name: str | None) -> None:
     """Print the policy line of an existing private key file (its public key)."""
     key = load_private_key(key_file)
     click.echo(policy_line(_check_name(name or key_file.stem), public_key_text(key)))
+
+
+@keys_group.command("chain")
+@click.argument("key_file", type=click.Path(path_type=Path, dir_okay=False))
+def keys_chain(key_file: Path) -> None:
+    """Make a chain key in KEY_FILE (64 random hex characters, mode 600) unless it holds one.
+
+    Give its path to every worker, sink and `baton audit verify` of one deployment as
+    BATON_AUDIT_CHAIN_KEY_FILE (the compose files' keys service runs this once): the workers
+    then link decisions, seal commands and run states, and mark each decision for the sink,
+    under it (docs/security.md). A file already there is kept, checked as the workers read
+    it; the key is never printed, only its id (the one `baton doctor` and stack.json show).
+    """
+    import secrets
+
+    from baton.processors.control_seal import chain_key_id
+    from baton.schemas.chain_key import read_chain_key_file
+
+    made = True
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:  # an earlier run's (or another start's, at the same moment): kept
+        made = False
+        info = os.lstat(key_file)
+        # a link or another user's file planted there: whoever made it knows the key
+        planted = (
+            "a link or not a file"
+            if not stat.S_ISREG(info.st_mode)
+            else f"owned by another user (uid {info.st_uid})"
+            if info.st_uid != os.geteuid()
+            else ""
+        )
+        if planted:
+            raise ConfigError(
+                f"chain key file {key_file} is {planted}: whoever put it there can forge the "
+                "audit; remove it and run this again"
+            ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write chain key file {key_file}: {exc.strerror or exc}"
+        ) from None
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+    key = read_chain_key_file(key_file)
+    click.echo(
+        f"{'made' if made else 'kept'} chain key {key_file} (id {chain_key_id(key.encode())}): "
+        "BATON_AUDIT_CHAIN_KEY_FILE for every worker, sink and `baton audit verify`"
+    )
 
 
 def register(cli: click.Group) -> None:

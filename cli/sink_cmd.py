@@ -83,7 +83,11 @@ def sink_cmd(
     time, at most 30 s apart), where `baton worker` exits 4 at once: a sink started before
     its audit catches up once the audit is there. Ends 0 on Ctrl-C or SIGTERM, also while
     retrying (nothing was read); 5 when a chDB directory cannot be opened; 2 on a bad
-    setting."""
+    setting.
+
+    Given the workers' chain key (BATON_AUDIT_CHAIN_KEY, or the file
+    BATON_AUDIT_CHAIN_KEY_FILE names) it stores only decision records the workers marked
+    with it: any other is refused as forged, kept in governance.rejected."""
     from baton.sinks.sink import run_sink
 
     settings = build_settings(**overrides)

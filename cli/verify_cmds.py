@@ -144,8 +144,8 @@ def verify_cmd(
     the records the sink refused as forged (no workers' audit MAC), and a summary. Exit 1
     when any run fails, any id conflicts, a command record is forged or the sink refused a
     forged decision record, 0 when every chain holds. The key is BATON_AUDIT_CHAIN_KEY (the
-    workers'), else the chain.key of the `baton up` stack whose audit this is; seals verify
-    with it or with that stack's seal.key."""
+    workers', or in the file BATON_AUDIT_CHAIN_KEY_FILE names), else the chain.key of the
+    `baton up` stack whose audit this is; seals verify with it or with that stack's seal.key."""
     from baton.cli.chain_keys import audit_worker_dir
     from baton.cli.restore_sealed import audit_seal_keys, read_sealed
     from baton.processors.chain_links import shown_id

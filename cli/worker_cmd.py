@@ -71,8 +71,9 @@ def worker_cmd(**opts: Any) -> None:
     Workers with the same --app-id share the partitions of the run-keyed topics; a worker
     that dies hands its partitions, and their state from the changelog, to the others.
 
-    The audit's chain key is BATON_AUDIT_CHAIN_KEY, from the environment only (a flag's
-    value is in every local user's `ps`); the same on every worker and `baton audit verify`.
+    The audit's chain key is BATON_AUDIT_CHAIN_KEY, or the file BATON_AUDIT_CHAIN_KEY_FILE
+    names (mode 600, `baton keys chain FILE`), from the environment only (a flag's value is
+    in every local user's `ps`); the same on every worker, the sink and `baton audit verify`.
     """
     settings = build_settings(**opts)
     from baton.cli.log_format import LogOutput, logging_config

@@ -78,7 +78,7 @@ def build_app(s: Settings, runtime: WorkerRuntime) -> GovernedApp:
     app.state_gate = StateGate(keys, topic, s.partitions, s.tombstone_retention_s) if keys else None
     if not keys:
         log.warning(
-            "no seal key (BATON_AUDIT_CHAIN_KEY, or seal.key in %s): run states are restored "
+            "no seal key (BATON_AUDIT_CHAIN_KEY[_FILE], or seal.key in %s): run states are restored "
             "from the changelog unchecked (anyone who can write it can reset a run)",
             s.worker_data_dir,
         )

@@ -32,7 +32,13 @@ from baton.schemas.errors import ConfigError
 if TYPE_CHECKING:
     from baton.schemas.settings import Settings
 
-__all__ = ["MAX_PEM_BYTES", "checked_bootstrap", "client_ssl_context", "connection_problems"]
+__all__ = [
+    "MAX_PEM_BYTES",
+    "checked_bootstrap",
+    "client_ssl_context",
+    "connection_problems",
+    "kafka_config",
+]
 
 #: a certificate, key or CA bundle is a few KB (the Mozilla bundle ~220 KB); more is a wrong path
 MAX_PEM_BYTES = 4 * 1024 * 1024
@@ -84,6 +90,29 @@ def connection_problems(s: Settings) -> list[str]:
     problems = _kafka_problems(s)
     problems += _clickhouse_problems(s)
     return problems
+
+
+def kafka_config(s: Settings) -> dict[str, str]:
+    """librdkafka properties shared by every confluent-kafka client we create."""
+    conf: dict[str, str] = {
+        "bootstrap.servers": s.bootstrap,
+        "security.protocol": s.security_protocol,
+    }
+    if s.sasl_mechanism:
+        conf["sasl.mechanism"] = s.sasl_mechanism
+    if s.sasl_username:
+        conf["sasl.username"] = s.sasl_username
+    if s.sasl_password:
+        conf["sasl.password"] = s.sasl_password.get_secret_value()
+    if s.ssl_cafile:
+        conf["ssl.ca.location"] = str(s.ssl_cafile)
+    if s.ssl_certfile:  # mTLS: the broker checks this certificate against its CA
+        conf["ssl.certificate.location"] = str(s.ssl_certfile)
+    if s.ssl_keyfile:
+        conf["ssl.key.location"] = str(s.ssl_keyfile)
+    if s.ssl_key_password and s.ssl_key_password.get_secret_value():
+        conf["ssl.key.password"] = s.ssl_key_password.get_secret_value()
+    return conf
 
 
 def _kafka_problems(s: Settings) -> list[str]:

@@ -13,7 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from baton.schemas.connections import checked_bootstrap, connection_problems
+from baton.schemas.chain_key import KEY_FILE_VARIABLE, chain_key_problem, read_chain_key_file
+from baton.schemas.connections import checked_bootstrap, connection_problems, kafka_config
 from baton.schemas.errors import ConfigError
 from baton.schemas.redact import mask_credentials
 from baton.sinks.schema import MAX_AUDIT_TTL_DAYS
@@ -283,6 +284,10 @@ class Settings(BaseSettings):
         "with it also forged ones appended by someone without the key, and the workers seal "
         "each command's record (a `baton up` restart re-issues only sealed commands)",
     )
+    audit_chain_key_file: Path | None = Field(
+        None,
+        description="a file holding the chain key instead (mode 600; `baton keys chain FILE`)",
+    )
     decision_signing_key: Path | None = Field(
         None,
         description="the workers' Ed25519 private key file (`baton keys new`): each decision "
@@ -367,14 +372,17 @@ class Settings(BaseSettings):
     @field_validator("audit_chain_key")
     @classmethod
     def _chain_key(cls, value: SecretStr | None) -> SecretStr | None:
-        # empty was taken as no key, silently, without the restore's warning: what
-        # `BATON_AUDIT_CHAIN_KEY: ${CHAIN_KEY}` gives when CHAIN_KEY is unset (H2, session 27)
-        if value is not None and not value.get_secret_value().strip():
-            raise ValueError("empty; unset it for no key, or give the workers' key")
-        # BLAKE2b's key (chains, seals, audit MAC): a longer one crashed the worker
-        if value is not None and (n := len(value.get_secret_value().encode())) > 64:
-            raise ValueError(f"{n} bytes; at most 64 (`openssl rand -hex 32` makes one)")
+        if value is not None and (problem := chain_key_problem(value.get_secret_value())):
+            raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _chain_key_file(self) -> Settings:
+        if self.audit_chain_key_file is not None:  # schemas/chain_key.py; never both
+            if self.audit_chain_key is not None:
+                raise ConfigError(f"BATON_AUDIT_CHAIN_KEY and {KEY_FILE_VARIABLE}: give one")
+            self.audit_chain_key = SecretStr(read_chain_key_file(self.audit_chain_key_file))
+        return self
 
     @field_validator("decision_signing_key", mode="before")
     @classmethod
@@ -413,25 +421,7 @@ class Settings(BaseSettings):
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka properties shared by every confluent-kafka client we create."""
-        conf: dict[str, str] = {
-            "bootstrap.servers": self.bootstrap,
-            "security.protocol": self.security_protocol,
-        }
-        if self.sasl_mechanism:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
-            conf["sasl.username"] = self.sasl_username
-        if self.sasl_password:
-            conf["sasl.password"] = self.sasl_password.get_secret_value()
-        if self.ssl_cafile:
-            conf["ssl.ca.location"] = str(self.ssl_cafile)
-        if self.ssl_certfile:  # mTLS: the broker checks this certificate against its CA
-            conf["ssl.certificate.location"] = str(self.ssl_certfile)
-        if self.ssl_keyfile:
-            conf["ssl.key.location"] = str(self.ssl_keyfile)
-        if self.ssl_key_password and self.ssl_key_password.get_secret_value():
-            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
-        return conf
+        return kafka_config(self)
 
     @model_validator(mode="after")
     def _check_connections(self) -> Settings:

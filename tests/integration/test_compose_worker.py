@@ -1,7 +1,9 @@
 """A worker started with exactly docker-compose.yml's environment and command decides a request
 (against the embedded broker instead of the Kafka image: only container addresses, ports and
 paths are replaced), answers the compose health check, and serves the metrics the alert rules
-in deploy/prometheus/alerts.yml name."""
+in deploy/prometheus/alerts.yml name; with the chain key the compose file's keys service makes,
+it seals (no "no seal key" warning) and the compose sink, given the same file, stores its
+decision and refuses a record forged onto gov.decisions."""
 
 from __future__ import annotations
 
@@ -15,20 +17,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from baton.processors.probe import wait_until_deciding
+from baton.schemas.decision import Decision
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port
 from baton.streams.topics import TopicCatalog
 from tests.helpers import handoff, wait_for
-from tests.stack import Collector, EventSender
+from tests.stack import Collector, EventSender, SinkProcess
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 #: what differs between a container and this machine; every other variable is used as written
 REPLACED = {
+    "BATON_AUDIT_CHAIN_KEY_FILE",
     "BATON_BOOTSTRAP",
     "BATON_CLICKHOUSE_DSN",
     "BATON_POLICY",
@@ -38,8 +43,26 @@ REPLACED = {
 }
 
 
+def compose_service(name: str) -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"][name]
+
+
 def compose_worker() -> dict:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["worker-1"]
+    return compose_service("worker-1")
+
+
+def made_chain_key(folder: Path) -> Path:
+    """The keys service's command, run here: its key file, its path replaced by ``folder``'s."""
+    keys = compose_service("keys")
+    inside = Path(keys["command"][-1])
+    key = folder / inside.name
+    folder.mkdir(mode=0o700)
+    args = [*keys["command"][:-1], str(key)]
+    done = subprocess.run(
+        [sys.executable, "-m", "baton.cli", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.startswith("made chain key"), done
+    return key
 
 
 def host_policy(service: dict, inside: str) -> Path:
@@ -54,7 +77,9 @@ def host_policy(service: dict, inside: str) -> Path:
 def test_a_worker_with_the_compose_environment_decides_a_request(tmp_path: Path) -> None:
     service = compose_worker()
     compose_env = {k: str(v) for k, v in service["environment"].items()}
+    key = made_chain_key(tmp_path / "keys")
     here = {
+        "BATON_AUDIT_CHAIN_KEY_FILE": str(key),
         "BATON_BOOTSTRAP": "",  # filled in below
         "BATON_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'chdb'}",
         "BATON_POLICY": str(host_policy(service, compose_env["BATON_POLICY"])),
@@ -102,6 +127,8 @@ def test_a_worker_with_the_compose_environment_decides_a_request(tmp_path: Path)
         finally:
             decisions.close()
         assert (decision.outcome, decision.tenant) == ("allow", "acme")
+        assert "no seal key" not in log.read_text()  # it seals run states, commands, records
+        _the_compose_sink_refuses_a_forged_record(broker.bootstrap, tmp_path, key, decision)
 
         port = here["BATON_METRICS_PORT"]
         check = [part.replace(":9100/", f":{port}/") for part in service["healthcheck"]["test"]]
@@ -122,3 +149,44 @@ def test_a_worker_with_the_compose_environment_decides_a_request(tmp_path: Path)
             worker.terminate()
             worker.wait(20)
         broker.stop()
+
+
+def _the_compose_sink_refuses_a_forged_record(
+    bootstrap: str, tmp_path: Path, key: Path, decision: Decision
+) -> None:
+    """The compose sink's environment with the same key file stores the worker's decision and
+    refuses a copy of it under another id written to gov.decisions by someone without the key
+    (before session 48 the compose files gave neither the key: the sink stored it)."""
+    service = compose_service("sink")
+    sink_env = {k: str(v) for k, v in service["environment"].items() if k not in REPLACED}
+    sink_env["BATON_AUDIT_CHAIN_KEY_FILE"] = str(key)
+    sink = SinkProcess(
+        bootstrap,
+        sink_env["BATON_TOPIC_PREFIX"],
+        tmp_path / "chdb",
+        tmp_path / "sink.log",
+        partitions=int(sink_env["BATON_PARTITIONS"]),
+        extra_env=sink_env,
+    )
+    try:
+        sink.wait_ready()
+        forged = Decision.from_json(decision.to_json())
+        forged.decision_id = forged.request_id = f"forged-{uuid.uuid4().hex[:6]}"
+        producer = Producer({"bootstrap.servers": bootstrap})
+        producer.produce("gov.decisions", forged.to_json(), decision.run_id.encode())
+        assert producer.flush(10) == 0
+        run = decision.run_id
+        wait_for(
+            lambda: (
+                sink.query(
+                    "SELECT count() FROM governance.rejected FINAL WHERE error_kind = 'forged'"
+                )
+                == [(1,)]
+            ),
+            60,
+            message=lambda: f"the forged record refused\n{sink.log()}",
+        )
+        stored = sink.query(f"SELECT decision_id FROM governance.decisions WHERE run_id = '{run}'")
+        assert stored == [(decision.decision_id,)], stored
+    finally:
+        sink.stop()

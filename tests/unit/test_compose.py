@@ -8,7 +8,7 @@ values themselves; tests/integration/test_compose_worker.py runs a worker with t
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,9 +26,14 @@ def compose(name: str = "docker-compose.yml") -> dict[str, Any]:
     return yaml.safe_load((ROOT / name).read_text())
 
 
-def baton_services(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The services that run the Baton image (built from the Dockerfile)."""
-    return {n: s for n, s in doc["services"].items() if s.get("build") == "."}
+def baton_services(doc: dict[str, Any], one_shot: bool = False) -> dict[str, dict[str, Any]]:
+    """The services that run the Baton image (built from the Dockerfile) and keep running;
+    ``one_shot``: the ones that run once too (the keys service)."""
+    return {
+        n: s
+        for n, s in doc["services"].items()
+        if s.get("build") == "." and (one_shot or s.get("restart") != "no")
+    }
 
 
 def env(service: dict[str, Any]) -> dict[str, str]:
@@ -69,8 +74,8 @@ def interpolated(value: str) -> str:
 def test_every_service_command_is_a_real_baton_command_with_real_flags(
     compose_file: str,
 ) -> None:
-    services = baton_services(compose(compose_file))
-    assert len(services) >= 4
+    services = baton_services(compose(compose_file), one_shot=True)
+    assert len(services) >= 5
     for name, service in services.items():
         parse_command(service["command"])  # raises on a wrong command, flag or value
         assert name
@@ -244,3 +249,32 @@ def test_the_alert_rules_name_metrics_baton_serves() -> None:
             assert base in served, f"{rule['alert']}: {metric} is not a Baton metric"
             named += 1
     assert named >= 7
+
+
+@pytest.mark.parametrize("compose_file", COMPOSE_FILES)
+def test_the_workers_and_the_sink_share_one_chain_key_the_keys_service_makes(
+    compose_file: str,
+) -> None:
+    """Without it the workers seal nothing: a forged run state resets a budget at the next
+    restore, the sink stores any record on gov.decisions, a row appended to a run's chain is
+    not detected (session 48: both files ran so)."""
+    services = compose(compose_file)["services"]
+    keys = services["keys"]
+    assert keys["restart"] == "no" and keys["command"][:2] == ["keys", "chain"]
+    key_file = PurePosixPath(keys["command"][2])
+    (volume,) = keys["volumes"]
+    name, folder = volume.split(":")[:2]
+    assert PurePosixPath(folder) == key_file.parent and ":ro" not in volume
+    assert name in compose(compose_file)["volumes"]  # a named volume: one per deployment
+    given = {n for n, s in services.items() if "BATON_AUDIT_CHAIN_KEY_FILE" in env(s)}
+    assert given == {"worker-1", "worker-2", "sink"}
+    for service_name in given:
+        service = services[service_name]
+        assert env(service)["BATON_AUDIT_CHAIN_KEY_FILE"] == str(key_file)
+        assert f"{name}:{folder}:ro" in service["volumes"], service_name
+        assert service["depends_on"]["keys"] == {"condition": "service_completed_successfully"}
+        assert "BATON_AUDIT_CHAIN_KEY" not in env(service)  # the key never in the file
+    # the image makes the folder nobody's (its user), so the fresh volume starts writable
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"chown nobody {folder}" in dockerfile
+    assert dockerfile.index(f"chown nobody {folder}") < dockerfile.index("USER nobody")

@@ -82,6 +82,20 @@ def _dot_env(pki: Pki) -> dict[str, str]:
     }
 
 
+def _made_chain_key(folder: Path) -> Path:
+    """The key file the compose files' keys service makes, made by its command here."""
+    from click.testing import CliRunner
+
+    from baton.cli.main import _register, cli
+
+    path = folder / "chain.key"
+    if not path.exists():
+        _register()
+        result = CliRunner().invoke(cli, ["keys", "chain", str(path)])
+        assert result.exit_code == 0, result.output
+    return path
+
+
 def _host_path(service: dict[str, Any], inside: str, host_tls: Path) -> Path:
     """The host file a container path comes from, through the service's volume mounts
     (``./tls`` stands for ``host_tls``); fails when no mount provides it."""
@@ -111,7 +125,7 @@ def test_every_baton_variable_in_compose_is_a_setting_the_code_reads(compose: st
 
 @pytest.mark.parametrize("compose", COMPOSE_FILES)
 def test_compose_values_are_valid_settings(
-    compose: str, pki: Pki, host_tls: Path, monkeypatch: pytest.MonkeyPatch
+    compose: str, pki: Pki, host_tls: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key in [k for k in os.environ if k.startswith("BATON_")]:
         monkeypatch.delenv(key)
@@ -125,6 +139,9 @@ def test_compose_values_are_valid_settings(
         for field in PATH_FIELDS & set(env):
             if field in ("policy", "worker_data_dir"):
                 continue  # the policy is checked below; the data dir is the container's own
+            if field == "audit_chain_key_file":  # the keys service's volume: made as it makes it
+                env[field] = str(_made_chain_key(tmp_path))
+                continue
             env[field] = str(_host_path(service, env[field], host_tls))
         # raises on a value the code would refuse: the TLS files are loaded, the key
         # decrypted with TLS_KEY_PASSWORD and matched against its certificate

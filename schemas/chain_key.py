@@ -1,0 +1,62 @@
+"""The audit's chain key as a setting: given as text (BATON_AUDIT_CHAIN_KEY) or in a file.
+
+Why a file: a container's environment is in every `docker inspect` and in the compose file
+itself, and Docker and Kubernetes hand secrets over as files. ``BATON_AUDIT_CHAIN_KEY_FILE``
+names one (the ``_FILE`` convention of official images), read once when the settings are
+built: a regular file only its owner may read (mode 600 or 400: whoever reads it can forge
+audit rows, seal commands and run states), at most 4 KB, its text stripped of the newline
+`openssl rand -hex 32 > FILE` ends it with. `baton keys chain FILE` makes one (the compose
+files' ``keys`` service does, once per deployment). Every error names the variable and the
+path, never the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from baton.schemas.errors import ConfigError
+from baton.schemas.files import FileProblem, read_small_file
+
+__all__ = ["KEY_FILE_VARIABLE", "MAX_KEY_BYTES", "chain_key_problem", "read_chain_key_file"]
+
+#: BLAKE2b's key (chains, seals, the audit MAC, the state MAC): a longer one crashed the worker
+MAX_KEY_BYTES: Final = 64
+KEY_FILE_VARIABLE: Final = "BATON_AUDIT_CHAIN_KEY_FILE"
+#: far past any key: the file is read whole
+_FILE_LIMIT: Final = 4096
+
+
+def chain_key_problem(text: str) -> str | None:
+    """Why ``text`` is no chain key (None: it is one)."""
+    # empty was taken as no key, silently, without the restore's warning: what
+    # `BATON_AUDIT_CHAIN_KEY: ${CHAIN_KEY}` gives when CHAIN_KEY is unset (H2, session 27)
+    if not text.strip():
+        return "empty; unset it for no key, or give the workers' key"
+    if (n := len(text.encode())) > MAX_KEY_BYTES:
+        return f"{n} bytes; at most {MAX_KEY_BYTES} (`openssl rand -hex 32` makes one)"
+    return None
+
+
+def read_chain_key_file(path: Path) -> str:
+    """The key in ``path`` (its text, surrounding whitespace stripped); ConfigError naming
+    the variable and the path when it is missing, not a regular file, readable by others, not
+    UTF-8, empty or too long."""
+
+    def refused(why: str) -> ConfigError:
+        return ConfigError(f"{KEY_FILE_VARIABLE}: chain key file {path}: {why}")
+
+    try:
+        data = read_small_file(path, _FILE_LIMIT, private=True)
+    except FileNotFoundError:
+        raise refused("no such file (`baton keys chain FILE` makes one)") from None
+    except FileProblem as exc:
+        raise refused(str(exc)) from None
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise refused("not UTF-8 text") from None
+    problem = chain_key_problem(text)
+    if problem is not None:
+        raise refused(f"no key in it: {problem}")
+    return text
