@@ -31,9 +31,12 @@ def seal_key_check(settings: Settings, data_dir: Path | None) -> Check:
     from baton.processors.control_seal import SEAL_KEY_FILE, read_seal_key
 
     if settings.audit_chain_key:
+        from baton.schemas.chain_key import key_source
+
         return ok(
             NAME,
-            "BATON_AUDIT_CHAIN_KEY (the workers seal operators' command records and MAC their "
+            f"{key_source(settings.audit_chain_key_file)} (the workers seal operators' command "
+            "records and MAC their "
             "decisions and run states: a sink given it stores no other decision, a restore "
             "takes no other state)",
         )
@@ -43,8 +46,7 @@ def seal_key_check(settings: Settings, data_dir: Path | None) -> Check:
         return Check(
             NAME,
             Status.SKIP,
-            "none: the workers seal no operator's command record and restore run states "
-            "unchecked",
+            "none: the workers seal no operator's command record and restore run states unchecked",
             "set BATON_AUDIT_CHAIN_KEY: `baton audit verify` then names forged ones",
         )
     try:
@@ -93,7 +95,14 @@ def chain_key_check(settings: Settings, data_dir: Path | None) -> Check:
             "the stack's workers had it",
         )
     if settings.audit_chain_key:
-        return ok(CHAIN, "BATON_AUDIT_CHAIN_KEY (the workers link every decision with it)")
+        from baton.processors.control_seal import chain_key, chain_key_id
+        from baton.schemas.chain_key import key_source
+
+        return ok(
+            CHAIN,
+            f"{key_source(settings.audit_chain_key_file)}, id {chain_key_id(chain_key(settings))} "
+            "(the workers link every decision with it)",
+        )
     unkeyed = "a forged row appended at a run's end passes `baton audit verify`"
     if found.record is None:
         return Check(

@@ -113,16 +113,11 @@ def keys_chain(key_file: Path) -> None:
     under it (docs/security.md). A file already there is kept, checked as the workers read
     it; the key is never printed, only its id (the one `baton doctor` and stack.json show).
     """
-    import secrets
-
     from baton.processors.control_seal import chain_key_id
     from baton.schemas.chain_key import read_chain_key_file
 
-    made = True
-    try:
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:  # an earlier run's (or another start's, at the same moment): kept
-        made = False
+    made = _new_chain_key(key_file)
+    if not made:  # an earlier run's (or another start's at the same moment, whole): kept
         info = os.lstat(key_file)
         # a link or another user's file planted there: whoever made it knows the key
         planted = (
@@ -130,27 +125,45 @@ def keys_chain(key_file: Path) -> None:
             if not stat.S_ISREG(info.st_mode)
             else f"owned by another user (uid {info.st_uid})"
             if info.st_uid != os.geteuid()
+            else "empty (this command writes a key whole: someone else made it)"
+            if info.st_size == 0
             else ""
         )
         if planted:
             raise ConfigError(
                 f"chain key file {key_file} is {planted}: whoever put it there can forge the "
                 "audit; remove it and run this again"
-            ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write chain key file {key_file}: {exc.strerror or exc}"
-        ) from None
-    else:
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+            )
     key = read_chain_key_file(key_file)
     click.echo(
         f"{'made' if made else 'kept'} chain key {key_file} (id {chain_key_id(key.encode())}): "
         "BATON_AUDIT_CHAIN_KEY_FILE for every worker, sink and `baton audit verify`"
     )
+
+
+def _new_chain_key(key_file: Path) -> bool:
+    """Write a new key to ``key_file`` whole (a temp file of its own, linked in: a reader never
+    sees it half written); False when a file is there already."""
+    import secrets
+
+    temp = key_file.with_name(f".{key_file.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(temp, key_file)  # (fails when anything is at key_file, a link too)
+        finally:
+            temp.unlink(missing_ok=True)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write chain key file {key_file}: {exc.strerror or exc}"
+        ) from None
+    return True
 
 
 def register(cli: click.Group) -> None:

@@ -7,6 +7,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,11 +20,15 @@ from baton.cli.supervisor import (
     open_child_log,
 )
 
+if TYPE_CHECKING:
+    from baton.schemas.settings import Settings
+
 __all__ = [
     "SINK_DRAIN_S",
     "UP_DEFAULTS",
     "WORKER_DATA_DIR",
     "audit_children",
+    "frozen_chain_key",
     "metrics_url_of",
     "spawner",
     "start_children",
@@ -155,6 +160,18 @@ def start_children(
 #: a child command's options that pick another stack's settings (`--data-dir`: its record's
 #: bootstrap beat the BATON_BOOTSTRAP baton up gives the alerter, session 39)
 _STACK_OPTIONS = frozenset({"DATA_DIR"})
+
+
+def frozen_chain_key(env: dict[str, str], settings: Settings) -> dict[str, str]:
+    """``env`` with the chain key this start read from BATON_AUDIT_CHAIN_KEY_FILE given as
+    BATON_AUDIT_CHAIN_KEY instead: a restarted child keeps the key the stack started with
+    and stack.json names (one that read the file again after it changed split the stack:
+    its decisions forged to the sink, its runs' states refused; h48a F1)."""
+    key = settings.audit_chain_key
+    if settings.audit_chain_key_file is None or key is None:
+        return env
+    kept = {k: v for k, v in env.items() if k.upper() != "BATON_AUDIT_CHAIN_KEY_FILE"}
+    return {**kept, "BATON_AUDIT_CHAIN_KEY": key.get_secret_value()}
 
 
 def without_overrides(

@@ -15,6 +15,7 @@ from baton.cli.signer import (
 from baton.cli.stack_file import (
     StackRecord,
 )
+from baton.schemas.chain_key import key_source
 from baton.schemas.errors import BatonError, ConfigError
 from baton.schemas.files import write_data_file
 from baton.schemas.settings import Settings
@@ -80,7 +81,11 @@ def workers_chain_key_id(
     if was and made != was:
         now = (
             f"this start links with another (id {made}, from "
-            + ("BATON_AUDIT_CHAIN_KEY" if settings.audit_chain_key else "worker/chain.key")
+            + (
+                key_source(settings.audit_chain_key_file)
+                if settings.audit_chain_key
+                else "worker/chain.key"
+            )
             + ")"
             if made
             else "this start has none (DATA_DIR/worker/chain.key is gone, BATON_AUDIT_CHAIN_KEY "

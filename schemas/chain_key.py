@@ -3,11 +3,14 @@
 Why a file: a container's environment is in every `docker inspect` and in the compose file
 itself, and Docker and Kubernetes hand secrets over as files. ``BATON_AUDIT_CHAIN_KEY_FILE``
 names one (the ``_FILE`` convention of official images), read once when the settings are
-built: a regular file only its owner may read (mode 600 or 400: whoever reads it can forge
-audit rows, seal commands and run states), at most 4 KB, its text stripped of the newline
-`openssl rand -hex 32 > FILE` ends it with. `baton keys chain FILE` makes one (the compose
-files' ``keys`` service does, once per deployment). Every error names the variable and the
-path, never the key.
+built: a regular file owned by the reader or root that only its owner may read (mode 600 or
+400: whoever reads it can forge audit rows, seal commands and run states; a Swarm secret needs
+``mode: 0400`` and a Kubernetes one ``defaultMode: 0400``), at most 4 KB, holding the key
+alone (a final newline, as `openssl rand -hex 32 > FILE` leaves it, is dropped; any other
+space is refused, as the same text in BATON_AUDIT_CHAIN_KEY would be another key). `baton
+keys chain FILE` makes one (the compose files' ``keys`` service does, once per deployment).
+Every error names the variable and the path, never the key. `baton up` reads it once and
+gives its children the key itself, so a restarted child keeps the stack's key.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from typing import Final
 from baton.schemas.errors import ConfigError
 from baton.schemas.files import FileProblem, read_small_file
 
-__all__ = ["KEY_FILE_VARIABLE", "MAX_KEY_BYTES", "chain_key_problem", "read_chain_key_file"]
+__all__ = [
+    "KEY_FILE_VARIABLE",
+    "MAX_KEY_BYTES",
+    "chain_key_problem",
+    "key_source",
+    "read_chain_key_file",
+]
 
 #: BLAKE2b's key (chains, seals, the audit MAC, the state MAC): a longer one crashed the worker
 MAX_KEY_BYTES: Final = 64
@@ -47,16 +56,30 @@ def read_chain_key_file(path: Path) -> str:
         return ConfigError(f"{KEY_FILE_VARIABLE}: chain key file {path}: {why}")
 
     try:
-        data = read_small_file(path, _FILE_LIMIT, private=True)
+        data = read_small_file(path, _FILE_LIMIT, private=True, trusted=True)
     except FileNotFoundError:
         raise refused("no such file (`baton keys chain FILE` makes one)") from None
     except FileProblem as exc:
         raise refused(str(exc)) from None
     try:
-        text = data.decode("utf-8").strip()
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise refused("not UTF-8 text") from None
+    # one line ending, as `openssl rand -hex 32 > FILE` or a secret made --from-file leaves it;
+    # any other space around it (or a byte-order mark) would give another key than the same
+    # text in BATON_AUDIT_CHAIN_KEY, which is taken as it is: a sink refusing every record
+    text = text.removesuffix("\n").removesuffix("\r")
+    if text != text.strip() or text.startswith("\ufeff"):
+        raise refused(
+            "space, another line or a byte-order mark around the key: write the key alone "
+            "(a final newline is fine)"
+        )
     problem = chain_key_problem(text)
     if problem is not None:
         raise refused(f"no key in it: {problem}")
     return text
+
+
+def key_source(key_file: Path | None) -> str:
+    """Where the settings' chain key came from, for a message: the variable, or the file."""
+    return f"{KEY_FILE_VARIABLE} ({key_file})" if key_file else "BATON_AUDIT_CHAIN_KEY"

@@ -52,7 +52,12 @@ class ForeignFile(FileProblem):
 
 
 def read_small_file(
-    path: str | Path, limit: int, *, private: bool = False, mine: bool = False
+    path: str | Path,
+    limit: int,
+    *,
+    private: bool = False,
+    mine: bool = False,
+    trusted: bool = False,
 ) -> bytes:
     """The bytes of the regular file at ``path``, at most ``limit`` of them.
 
@@ -60,7 +65,8 @@ def read_small_file(
     ``FileProblem`` when it is a directory, not a regular file, larger than ``limit`` or
     unreadable, or (``private``: a secret such as a private key) when its group or others
     may read it, or (``mine``: a file that says where to connect, like git's
-    safe.directory) when another user owns it.
+    safe.directory) when another user owns it, or (``trusted``: a secret handed over, such as a
+    mounted one) when its owner is neither the reader nor root.
     """
     fd = _opened(lambda: os.open(path, os.O_RDONLY | os.O_NONBLOCK))
     try:
@@ -70,6 +76,11 @@ def read_small_file(
             raise ForeignFile(
                 f"is owned by another user (uid {info.st_uid}, you are {os.geteuid()}): not "
                 "trusted, it could send your commands to their broker or audit"
+            )
+        if trusted and info.st_uid not in (os.geteuid(), 0):
+            raise FileProblem(
+                f"is owned by another user (uid {info.st_uid}, you are {os.geteuid()}): whoever "
+                "made it knows what it holds"
             )
         if private and info.st_mode & 0o077:
             raise FileProblem(

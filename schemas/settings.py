@@ -376,6 +376,13 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
+    @field_validator("audit_chain_key_file", mode="before")
+    @classmethod
+    def _chain_key_path(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():  # `${X:-}`: "." was "a directory"
+            raise ValueError("empty; unset it, or name the chain key's file")
+        return value
+
     @model_validator(mode="after")
     def _chain_key_file(self) -> Settings:
         if self.audit_chain_key_file is not None:  # schemas/chain_key.py; never both
