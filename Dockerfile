@@ -23,8 +23,10 @@ WORKDIR /app
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 # no embedded broker or chDB in the image: deployments use Kafka and a ClickHouse server
-# the compose files' baton-keys volume starts as this folder: nobody's, others kept out
-RUN mkdir -p /var/lib/baton/keys && chown nobody /var/lib/baton/keys && chmod 700 /var/lib/baton/keys
+# the compose files' baton-keys and baton-public volumes start as these folders: nobody's, the
+# private keys' kept from others
+RUN mkdir -p /var/lib/baton/keys /var/lib/baton/public \
+    && chown nobody /var/lib/baton/keys /var/lib/baton/public && chmod 700 /var/lib/baton/keys
 USER nobody
 ENTRYPOINT ["baton"]
 CMD ["--help"]

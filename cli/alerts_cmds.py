@@ -41,6 +41,7 @@ def _group_id(value: str | None) -> str | None:
     "replication_factor",
     "webhook_url",
     "decision_keys",
+    "decision_keys_file",
     "metrics_port",
     "metrics_host",
     "log_format",

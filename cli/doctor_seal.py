@@ -31,7 +31,7 @@ def seal_key_check(settings: Settings, data_dir: Path | None) -> Check:
     from baton.processors.control_seal import SEAL_KEY_FILE, read_seal_key
 
     if settings.audit_chain_key:
-        from baton.schemas.chain_key import key_source
+        from baton.schemas.key_files import key_source
 
         return ok(
             NAME,
@@ -96,7 +96,7 @@ def chain_key_check(settings: Settings, data_dir: Path | None) -> Check:
         )
     if settings.audit_chain_key:
         from baton.processors.control_seal import chain_key, chain_key_id
-        from baton.schemas.chain_key import key_source
+        from baton.schemas.key_files import key_source
 
         return ok(
             CHAIN,

@@ -64,31 +64,54 @@ def keys_group() -> None:
     show_default=True,
     help="where to write NAME.key (created with mode 0700 when missing)",
 )
-def keys_new(name: str, directory: Path) -> None:
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="an existing NAME.key is kept (checked) and its line printed, not refused: a "
+    "deployment's start that runs this every time (the compose files' signing-key service)",
+)
+@click.option(
+    "--public-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="also write the public key (ed25519:…, mode 644) to this file: what "
+    "BATON_DECISION_KEYS_FILE names for the alerter and clients of workers that sign with it",
+)
+def keys_new(name: str, directory: Path, keep: bool, public_out: Path | None) -> None:
     """Write a new private key to DIR/NAME.key (mode 0600, never over an existing file) and
     print the policy line NAME: "ed25519:…" to add under multi_agent.approval.keys (an
-    approver) or operators (an operator)."""
+    approver) or operators (an operator), or give the public key to the workers' readers
+    (BATON_DECISION_KEYS) when the workers sign with it (BATON_DECISION_SIGNING_KEY)."""
     _check_name(name)
     path = directory / f"{name}.key"
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, no permission
         raise ConfigError(f"cannot make key directory {directory}: {exc.strerror or exc}") from None
+    made = True
     try:
         key = new_private_key()
         write_private_key(key, path)
     except FileExistsError:
-        raise ConfigError(
-            f"key file {path} already exists; a key is never overwritten (rotate: make "
-            f"{name}-2, list both in the policy, switch, then remove the old one)"
-        ) from None
+        if not keep:
+            raise ConfigError(
+                f"key file {path} already exists; a key is never overwritten (rotate: make "
+                f"{name}-2, list both in the policy, switch, then remove the old one)"
+            ) from None
+        key, made = load_private_key(path), False  # (refused when others may read it)
     except OSError as exc:
         raise ConfigError(f"cannot write key file {path}: {exc.strerror or exc}") from None
+    public = public_key_text(key)
+    if public_out is not None:
+        from baton.schemas.files import write_data_file
+
+        write_data_file(public_out, public + "\n", 0o644, "public key file")
     # the policy line alone on stdout (scripts append it); the rest on stderr
-    click.echo(policy_line(name, public_key_text(key)))
+    click.echo(policy_line(name, public))
     click.echo(
-        f"wrote {path} (mode 600): keep it secret; add the line above under "
-        "multi_agent.approval.keys (an approver) or operators (an operator)",
+        f"{'wrote' if made else 'kept'} {path} (mode 600): keep it secret; add the line above "
+        "under multi_agent.approval.keys (an approver) or operators (an operator)"
+        + (f"; its public key is in {public_out}" if public_out else ""),
         err=True,
     )
 
@@ -114,7 +137,7 @@ def keys_chain(key_file: Path) -> None:
     it; the key is never printed, only its id (the one `baton doctor` and stack.json show).
     """
     from baton.processors.control_seal import chain_key_id
-    from baton.schemas.chain_key import read_chain_key_file
+    from baton.schemas.key_files import read_chain_key_file
 
     made = _new_chain_key(key_file)
     if not made:  # an earlier run's (or another start's at the same moment, whole): kept

@@ -15,9 +15,9 @@ from baton.cli.signer import (
 from baton.cli.stack_file import (
     StackRecord,
 )
-from baton.schemas.chain_key import key_source
 from baton.schemas.errors import BatonError, ConfigError
 from baton.schemas.files import write_data_file
+from baton.schemas.key_files import key_source
 from baton.schemas.settings import Settings
 
 if TYPE_CHECKING:

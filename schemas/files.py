@@ -58,6 +58,7 @@ def read_small_file(
     private: bool = False,
     mine: bool = False,
     trusted: bool = False,
+    unwritable: bool = False,
 ) -> bytes:
     """The bytes of the regular file at ``path``, at most ``limit`` of them.
 
@@ -66,7 +67,8 @@ def read_small_file(
     unreadable, or (``private``: a secret such as a private key) when its group or others
     may read it, or (``mine``: a file that says where to connect, like git's
     safe.directory) when another user owns it, or (``trusted``: a secret handed over, such as a
-    mounted one) when its owner is neither the reader nor root.
+    mounted one) when its owner is neither the reader nor root, or (``unwritable``: a public
+    key others must not replace) when its group or others may write it.
     """
     fd = _opened(lambda: os.open(path, os.O_RDONLY | os.O_NONBLOCK))
     try:
@@ -81,6 +83,10 @@ def read_small_file(
             raise FileProblem(
                 f"is owned by another user (uid {info.st_uid}, you are {os.geteuid()}): whoever "
                 "made it knows what it holds"
+            )
+        if unwritable and info.st_mode & 0o022:
+            raise FileProblem(
+                f"writable by others (mode {info.st_mode & 0o777:o}); chmod 644 {path}"
             )
         if private and info.st_mode & 0o077:
             raise FileProblem(

@@ -13,9 +13,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from baton.schemas.chain_key import KEY_FILE_VARIABLE, chain_key_problem, read_chain_key_file
 from baton.schemas.connections import checked_bootstrap, connection_problems, kafka_config
 from baton.schemas.errors import ConfigError
+from baton.schemas.key_files import chain_key_problem, read_key_files
 from baton.schemas.redact import mask_credentials
 from baton.sinks.schema import MAX_AUDIT_TTL_DAYS
 
@@ -298,6 +298,11 @@ class Settings(BaseSettings):
         description="the workers' public keys (`ed25519:…`, comma-separated): SDK clients and "
         "commands take only decisions one of them signed (unset: any record on gov.decisions)",
     )
+    decision_keys_file: Path | None = Field(
+        None,
+        description="a file holding the workers' public keys instead of decision_keys "
+        "(`baton keys new NAME --public-out FILE`)",
+    )
     sink_batch_size: int = Field(
         20_000,
         ge=1,
@@ -376,20 +381,16 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
-    @field_validator("audit_chain_key_file", mode="before")
+    @field_validator("audit_chain_key_file", "decision_keys_file", mode="before")
     @classmethod
-    def _chain_key_path(cls, value: Any) -> Any:
+    def _key_file_path(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():  # `${X:-}`: "." was "a directory"
-            raise ValueError("empty; unset it, or name the chain key's file")
+            raise ValueError("empty; unset it, or name the file")
         return value
 
     @model_validator(mode="after")
-    def _chain_key_file(self) -> Settings:
-        if self.audit_chain_key_file is not None:  # schemas/chain_key.py; never both
-            if self.audit_chain_key is not None:
-                raise ConfigError(f"BATON_AUDIT_CHAIN_KEY and {KEY_FILE_VARIABLE}: give one")
-            self.audit_chain_key = SecretStr(read_chain_key_file(self.audit_chain_key_file))
-        return self
+    def _key_files(self) -> Settings:
+        return read_key_files(self)  # schemas/key_files.py: never a variable and its file
 
     @field_validator("decision_signing_key", mode="before")
     @classmethod

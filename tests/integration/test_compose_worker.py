@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from baton.processors.probe import wait_until_deciding
 from baton.schemas.decision import Decision
+from baton.schemas.decision_signing import decision_keys
+from baton.schemas.settings import Settings
 from baton.streams.embedded import EmbeddedBroker
 from baton.streams.net import free_port
 from baton.streams.topics import TopicCatalog
@@ -34,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: what differs between a container and this machine; every other variable is used as written
 REPLACED = {
     "BATON_AUDIT_CHAIN_KEY_FILE",
+    "BATON_DECISION_SIGNING_KEY",
     "BATON_BOOTSTRAP",
     "BATON_CLICKHOUSE_DSN",
     "BATON_POLICY",
@@ -65,6 +68,34 @@ def made_chain_key(folder: Path) -> Path:
     return key
 
 
+def made_signing_key(folder: Path) -> tuple[Path, Path]:
+    """The signing-key service's command, run here: (the workers' private key, its public half
+    in the file the compose alerter reads), their folders replaced by ``folder``'s."""
+    command = compose_service("signing-key")["command"]
+    private_dir, public = folder / "keys", folder / "public" / Path(command[-1]).name
+    public.parent.mkdir(parents=True)
+    args = [*command]
+    args[args.index("--dir") + 1] = str(private_dir)
+    args[args.index("--public-out") + 1] = str(public)
+    done = subprocess.run(
+        [sys.executable, "-m", "baton.cli", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done
+    inside = Path(compose_worker()["environment"]["BATON_DECISION_SIGNING_KEY"])
+    return private_dir / inside.name, public
+
+
+def raw_record(bootstrap: str, topic: str, partition: int, offset: int) -> bytes:
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4().hex}"})
+    try:
+        reader.assign([TopicPartition(topic, partition, offset)])
+        msg = wait_for(lambda: reader.poll(1.0), 30, message="the decision's record")
+        assert msg.error() is None and msg.offset() == offset
+        return msg.value()
+    finally:
+        reader.close()
+
+
 def host_policy(service: dict, inside: str) -> Path:
     """The repository file the service mounts at ``inside``."""
     for volume in service["volumes"]:
@@ -78,8 +109,10 @@ def test_a_worker_with_the_compose_environment_decides_a_request(tmp_path: Path)
     service = compose_worker()
     compose_env = {k: str(v) for k, v in service["environment"].items()}
     key = made_chain_key(tmp_path / "keys")
+    signing_key, public = made_signing_key(tmp_path / "signing")
     here = {
         "BATON_AUDIT_CHAIN_KEY_FILE": str(key),
+        "BATON_DECISION_SIGNING_KEY": str(signing_key),
         "BATON_BOOTSTRAP": "",  # filled in below
         "BATON_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'chdb'}",
         "BATON_POLICY": str(host_policy(service, compose_env["BATON_POLICY"])),
@@ -124,8 +157,13 @@ def test_a_worker_with_the_compose_environment_decides_a_request(tmp_path: Path)
                 [handoff(run, 1, "research", tenant="acme")]
             )
             (decision,) = decisions.wait_run(run, 1)
+            ((partition, offset),) = decisions.positions[run]
         finally:
             decisions.close()
+        # signed with the signing-key service's key: the compose alerter's file verifies it
+        alerter_env = {"BATON_DECISION_KEYS_FILE": str(public)}
+        keys = decision_keys(Settings(_env_file=None, **_fields(alerter_env)).decision_keys)
+        assert keys.verifies(raw_record(broker.bootstrap, catalog.decisions, partition, offset))
         assert (decision.outcome, decision.tenant) == ("allow", "acme")
         assert "no seal key" not in log.read_text()  # it seals run states, commands, records
         _the_compose_sink_refuses_a_forged_record(broker.bootstrap, tmp_path, key, decision)
@@ -149,6 +187,10 @@ def test_a_worker_with_the_compose_environment_decides_a_request(tmp_path: Path)
             worker.terminate()
             worker.wait(20)
         broker.stop()
+
+
+def _fields(variables: dict[str, str]) -> dict[str, str]:
+    return {name.removeprefix("BATON_").lower(): value for name, value in variables.items()}
 
 
 def _the_compose_sink_refuses_a_forged_record(

@@ -1,4 +1,4 @@
-"""BATON_AUDIT_CHAIN_KEY_FILE and `baton keys chain` (schemas/chain_key.py, cli/keys_cmds.py):
+"""BATON_AUDIT_CHAIN_KEY_FILE and `baton keys chain` (schemas/key_files.py, cli/keys_cmds.py):
 the chain key handed over as a file, as the compose files' keys service makes it. A file that
 is no key, or that others may read, is refused with its variable and path named and the key
 never repeated; never both the variable and the file."""

@@ -278,3 +278,36 @@ def test_the_workers_and_the_sink_share_one_chain_key_the_keys_service_makes(
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"chown nobody {folder}" in dockerfile
     assert dockerfile.index(f"chown nobody {folder}") < dockerfile.index("USER nobody")
+
+
+@pytest.mark.parametrize("compose_file", COMPOSE_FILES)
+def test_the_workers_sign_every_decision_and_the_alerter_takes_only_their_signatures(
+    compose_file: str,
+) -> None:
+    """`baton up` signs every decision and gives its alerter the public key; the compose files
+    signed nothing, so the alerter announced any stop written to gov.stops (session 48). The
+    alerter mounts the public key's volume only, never the private keys'."""
+    doc = compose(compose_file)
+    services = doc["services"]
+    command = services["signing-key"]["command"]
+    parse_command(command)
+    assert services["signing-key"]["restart"] == "no"
+    assert command[:3] == ["keys", "new", "workers"] and "--keep" in command
+    key_dir = PurePosixPath(command[command.index("--dir") + 1])
+    public = PurePosixPath(command[command.index("--public-out") + 1])
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["signing-key"]["volumes"]}
+    private_volume, public_volume = mounts[str(key_dir)], mounts[str(public.parent)]
+    assert private_volume != public_volume and {private_volume, public_volume} <= set(
+        doc["volumes"]
+    )
+    for name in ("worker-1", "worker-2"):
+        assert env(services[name])["BATON_DECISION_SIGNING_KEY"] == str(key_dir / "workers.key")
+        assert f"{private_volume}:{key_dir}:ro" in services[name]["volumes"]
+        assert "signing-key" in services[name]["depends_on"]
+    alerts = services["alerts"]
+    assert env(alerts)["BATON_DECISION_KEYS_FILE"] == str(public)
+    assert f"{public_volume}:{public.parent}:ro" in alerts["volumes"]
+    assert not any(v.startswith(f"{private_volume}:") for v in alerts["volumes"])
+    assert alerts["depends_on"]["signing-key"] == {"condition": "service_completed_successfully"}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"chown nobody {key_dir} {public.parent}" in dockerfile

@@ -96,6 +96,20 @@ def _made_chain_key(folder: Path) -> Path:
     return path
 
 
+def _made_signing_key(folder: Path) -> tuple[Path, Path]:
+    """The private and the public key files the compose files' signing-key service makes."""
+    from click.testing import CliRunner
+
+    from baton.cli.main import _register, cli
+
+    private, public = folder / "keys" / "workers.key", folder / "workers.pub"
+    _register()
+    args = ["keys", "new", "workers", "--dir", str(private.parent), "--keep"]
+    result = CliRunner().invoke(cli, [*args, "--public-out", str(public)])
+    assert result.exit_code == 0, result.output
+    return private, public
+
+
 def _host_path(service: dict[str, Any], inside: str, host_tls: Path) -> Path:
     """The host file a container path comes from, through the service's volume mounts
     (``./tls`` stands for ``host_tls``); fails when no mount provides it."""
@@ -141,6 +155,9 @@ def test_compose_values_are_valid_settings(
                 continue  # the policy is checked below; the data dir is the container's own
             if field == "audit_chain_key_file":  # the keys service's volume: made as it makes it
                 env[field] = str(_made_chain_key(tmp_path))
+                continue
+            if field in ("decision_signing_key", "decision_keys_file"):  # signing-key's volumes
+                env[field] = str(_made_signing_key(tmp_path)[field == "decision_keys_file"])
                 continue
             env[field] = str(_host_path(service, env[field], host_tls))
         # raises on a value the code would refuse: the TLS files are loaded, the key

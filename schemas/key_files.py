@@ -1,4 +1,4 @@
-"""The audit's chain key as a setting: given as text (BATON_AUDIT_CHAIN_KEY) or in a file.
+"""Keys given to a setting in a file: the audit's chain key and the workers' public keys.
 
 Why a file: a container's environment is in every `docker inspect` and in the compose file
 itself, and Docker and Kubernetes hand secrets over as files. ``BATON_AUDIT_CHAIN_KEY_FILE``
@@ -11,15 +11,25 @@ space is refused, as the same text in BATON_AUDIT_CHAIN_KEY would be another key
 keys chain FILE` makes one (the compose files' ``keys`` service does, once per deployment).
 Every error names the variable and the path, never the key. `baton up` reads it once and
 gives its children the key itself, so a restarted child keeps the stack's key.
+
+``BATON_DECISION_KEYS_FILE`` names a file holding the workers' public keys (what
+BATON_DECISION_KEYS holds: ``ed25519:…``), which `baton keys new ... --public-out FILE` writes:
+public, so others may read it, but no one else may write it (whoever replaces it makes the
+alerter or a client take their signatures): owned by the reader or root, not writable by its
+group or others. The compose files' ``signing-key`` service writes one into a volume of its own
+that the alerter mounts, never the volume of the private keys.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from baton.schemas.errors import ConfigError
 from baton.schemas.files import FileProblem, read_small_file
+
+if TYPE_CHECKING:
+    from baton.schemas.settings import Settings
 
 __all__ = [
     "KEY_FILE_VARIABLE",
@@ -27,6 +37,8 @@ __all__ = [
     "chain_key_problem",
     "key_source",
     "read_chain_key_file",
+    "read_key_files",
+    "read_public_keys_file",
 ]
 
 #: BLAKE2b's key (chains, seals, the audit MAC, the state MAC): a longer one crashed the worker
@@ -83,3 +95,46 @@ def read_chain_key_file(path: Path) -> str:
 def key_source(key_file: Path | None) -> str:
     """Where the settings' chain key came from, for a message: the variable, or the file."""
     return f"{KEY_FILE_VARIABLE} ({key_file})" if key_file else "BATON_AUDIT_CHAIN_KEY"
+
+
+def read_public_keys_file(path: Path) -> str:
+    """The public keys in ``path`` (its text, stripped; checked by the caller as
+    BATON_DECISION_KEYS is); ConfigError naming the variable and the path when it is missing,
+    not a regular file, writable by others, another user's or not UTF-8."""
+    variable = "BATON_DECISION_KEYS_FILE"
+    try:
+        data = read_small_file(path, _FILE_LIMIT, trusted=True, unwritable=True)
+        return data.decode("utf-8").strip()
+    except FileNotFoundError:
+        why = "no such file (`baton keys new NAME --public-out FILE` writes one)"
+    except FileProblem as exc:
+        why = str(exc)
+    except UnicodeDecodeError:
+        why = "not UTF-8 text"
+    raise ConfigError(f"{variable}: public keys file {path}: {why}")
+
+
+def read_key_files(settings: Settings) -> Settings:
+    """``settings`` with BATON_AUDIT_CHAIN_KEY_FILE's key and BATON_DECISION_KEYS_FILE's public
+    keys read into the fields their variables fill (Settings' last validator); ConfigError when
+    a variable and its file are both given, or a file does not read."""
+    from pydantic import SecretStr
+
+    from baton.schemas.decision_signing import decision_keys
+    from baton.schemas.signing import SigningKeyError
+
+    if settings.audit_chain_key_file is not None:
+        if settings.audit_chain_key is not None:
+            raise ConfigError(f"BATON_AUDIT_CHAIN_KEY and {KEY_FILE_VARIABLE}: give one")
+        settings.audit_chain_key = SecretStr(read_chain_key_file(settings.audit_chain_key_file))
+    path = settings.decision_keys_file
+    if path is not None:
+        if settings.decision_keys:
+            raise ConfigError("BATON_DECISION_KEYS and BATON_DECISION_KEYS_FILE: give one")
+        text = read_public_keys_file(path)
+        try:  # as the variable's are, and an empty file too: checking would be off, silently
+            decision_keys(text, f"BATON_DECISION_KEYS_FILE: public keys file {path}")
+        except SigningKeyError as exc:
+            raise ConfigError(str(exc)) from None
+        settings.decision_keys = text
+    return settings
