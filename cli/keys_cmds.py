@@ -28,6 +28,8 @@ __all__ = ["policy_line", "register"]
 
 #: a name that is also a safe file name: letters, digits, _ . - (a letter or digit first)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+#: a public keys file is a line or a few; anything larger is not one
+MAX_PUBLIC_FILE = 4096
 #: words YAML reads as something else than a string when they are a key
 _YAML_WORDS = frozenset(["true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"])
 
@@ -98,22 +100,68 @@ def keys_new(name: str, directory: Path, keep: bool, public_out: Path | None) ->
                 f"key file {path} already exists; a key is never overwritten (rotate: make "
                 f"{name}-2, list both in the policy, switch, then remove the old one)"
             ) from None
+        _refuse_planted(path, "key file")  # (keys chain's checks: h48b F4)
         key, made = load_private_key(path), False  # (refused when others may read it)
     except OSError as exc:
         raise ConfigError(f"cannot write key file {path}: {exc.strerror or exc}") from None
     public = public_key_text(key)
     if public_out is not None:
-        from baton.schemas.files import write_data_file
-
-        write_data_file(public_out, public + "\n", 0o644, "public key file")
+        _write_public(public_out, public, path)
     # the policy line alone on stdout (scripts append it); the rest on stderr
     click.echo(policy_line(name, public))
-    click.echo(
-        f"{'wrote' if made else 'kept'} {path} (mode 600): keep it secret; add the line above "
-        "under multi_agent.approval.keys (an approver) or operators (an operator)"
-        + (f"; its public key is in {public_out}" if public_out else ""),
-        err=True,
+    use = (
+        f"give its public key ({public_out}) to the workers' readers as BATON_DECISION_KEYS "
+        "or BATON_DECISION_KEYS_FILE; never list a workers' key as an approver or operator"
+        if public_out
+        else "add the line above under multi_agent.approval.keys (an approver) or operators "
+        "(an operator)"
     )
+    mode = "600" if made else f"{stat.S_IMODE(path.stat().st_mode):o}"
+    click.echo(
+        f"{'wrote' if made else 'kept'} {path} (mode {mode}): keep it secret; {use}", err=True
+    )
+
+
+def _write_public(public_out: Path, public: str, private: Path) -> None:
+    """The public key into ``public_out`` (mode 644, whatever the umask), over an older public
+    key file only: never over the private key or any file that holds something else (a
+    private key given by mistake was replaced by public text, for good; h48b F3)."""
+    from baton.schemas.files import FileProblem, read_small_file, write_data_file
+
+    if public_out.resolve() == private.resolve():
+        raise ConfigError(f"--public-out {public_out} is the private key file itself")
+    try:
+        old = read_small_file(public_out, MAX_PUBLIC_FILE).decode("utf-8", "replace").split()
+    except FileNotFoundError:
+        old = []
+    except FileProblem as exc:
+        raise ConfigError(f"--public-out {public_out}: {exc}") from None
+    if any(not text.startswith("ed25519:") for text in old):
+        raise ConfigError(
+            f"--public-out {public_out} holds something else than public keys: not replaced"
+        )
+    write_data_file(public_out, public + "\n", 0o644, "public key file")
+    public_out.chmod(0o644)  # (a umask of 077 made it 600: the readers are other users)
+
+
+def _refuse_planted(path: Path, what: str) -> None:
+    """ConfigError when the file at ``path`` is a link, no regular file, another user's or
+    empty: someone else put it there (and knows the key), or a write of it failed."""
+    info = os.lstat(path)
+    planted = (
+        "a link or not a file"
+        if not stat.S_ISREG(info.st_mode)
+        else f"owned by another user (uid {info.st_uid})"
+        if info.st_uid != os.geteuid()
+        else "empty (this command writes a key whole: someone else made it)"
+        if info.st_size == 0
+        else ""
+    )
+    if planted:
+        raise ConfigError(
+            f"{what} {path} is {planted}: whoever put it there may know the key; remove it and "
+            "run this again"
+        )
 
 
 @keys_group.command("show")
@@ -141,22 +189,7 @@ def keys_chain(key_file: Path) -> None:
 
     made = _new_chain_key(key_file)
     if not made:  # an earlier run's (or another start's at the same moment, whole): kept
-        info = os.lstat(key_file)
-        # a link or another user's file planted there: whoever made it knows the key
-        planted = (
-            "a link or not a file"
-            if not stat.S_ISREG(info.st_mode)
-            else f"owned by another user (uid {info.st_uid})"
-            if info.st_uid != os.geteuid()
-            else "empty (this command writes a key whole: someone else made it)"
-            if info.st_size == 0
-            else ""
-        )
-        if planted:
-            raise ConfigError(
-                f"chain key file {key_file} is {planted}: whoever put it there can forge the "
-                "audit; remove it and run this again"
-            )
+        _refuse_planted(key_file, "chain key file")
     key = read_chain_key_file(key_file)
     click.echo(
         f"{'made' if made else 'kept'} chain key {key_file} (id {chain_key_id(key.encode())}): "

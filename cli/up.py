@@ -34,7 +34,7 @@ from baton.cli.up_children import (
     UP_DEFAULTS,
     WORKER_DATA_DIR,
     audit_children,
-    frozen_chain_key,
+    frozen_keys,
     metrics_url_of,
     spawner,
     start_children,
@@ -339,7 +339,7 @@ def up_cmd(
         if not no_audit:
             children += audit_children(sql_port, settings.app_id, data_dir.resolve() / "alerts")
         given["BATON_LOG_FORMAT"] = settings.log_format
-        env = frozen_chain_key(without_overrides(given, children, say), settings)
+        env = frozen_keys(without_overrides(given, children, say), settings)
         children, metrics_url = with_metrics_ports(children, settings.metrics_port_number)
         if record is not None and metrics_url:  # `baton top` reads it from there
             record = update_record(

@@ -28,7 +28,7 @@ __all__ = [
     "UP_DEFAULTS",
     "WORKER_DATA_DIR",
     "audit_children",
-    "frozen_chain_key",
+    "frozen_keys",
     "metrics_url_of",
     "spawner",
     "start_children",
@@ -162,16 +162,21 @@ def start_children(
 _STACK_OPTIONS = frozenset({"DATA_DIR"})
 
 
-def frozen_chain_key(env: dict[str, str], settings: Settings) -> dict[str, str]:
+def frozen_keys(env: dict[str, str], settings: Settings) -> dict[str, str]:
     """``env`` with the chain key this start read from BATON_AUDIT_CHAIN_KEY_FILE given as
     BATON_AUDIT_CHAIN_KEY instead: a restarted child keeps the key the stack started with
     and stack.json names (one that read the file again after it changed split the stack:
-    its decisions forged to the sink, its runs' states refused; h48a F1)."""
+    its decisions forged to the sink, its runs' states refused; h48a F1); and without
+    BATON_DECISION_KEYS_FILE, which the stack's own public key (BATON_DECISION_KEYS, given)
+    replaces (a child given both refused to start; h48b F6)."""
     key = settings.audit_chain_key
-    if settings.audit_chain_key_file is None or key is None:
-        return env
-    kept = {k: v for k, v in env.items() if k.upper() != "BATON_AUDIT_CHAIN_KEY_FILE"}
-    return {**kept, "BATON_AUDIT_CHAIN_KEY": key.get_secret_value()}
+    dropped = {"BATON_DECISION_KEYS_FILE"}
+    if settings.audit_chain_key_file is not None and key is not None:
+        dropped.add("BATON_AUDIT_CHAIN_KEY_FILE")
+    kept = {k: v for k, v in env.items() if k.upper() not in dropped}
+    if "BATON_AUDIT_CHAIN_KEY_FILE" in dropped and key is not None:
+        kept["BATON_AUDIT_CHAIN_KEY"] = key.get_secret_value()
+    return kept
 
 
 def without_overrides(

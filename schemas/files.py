@@ -67,7 +67,8 @@ def read_small_file(
     unreadable, or (``private``: a secret such as a private key) when its group or others
     may read it, or (``mine``: a file that says where to connect, like git's
     safe.directory) when another user owns it, or (``trusted``: a secret handed over, such as a
-    mounted one) when its owner is neither the reader nor root, or (``unwritable``: a public
+    mounted one) when its owner is neither the reader nor root or a folder above it lets
+    another user replace it, or (``unwritable``: a public
     key others must not replace) when its group or others may write it.
     """
     fd = _opened(lambda: os.open(path, os.O_RDONLY | os.O_NONBLOCK))
@@ -84,6 +85,8 @@ def read_small_file(
                 f"is owned by another user (uid {info.st_uid}, you are {os.geteuid()}): whoever "
                 "made it knows what it holds"
             )
+        if trusted:
+            _check_folders(Path(path))
         if unwritable and info.st_mode & 0o022:
             raise FileProblem(
                 f"writable by others (mode {info.st_mode & 0o777:o}); chmod 644 {path}"
@@ -222,6 +225,26 @@ def kind_of(mode: int) -> str:
         if test(mode):
             return name
     return "device"
+
+
+def _check_folders(path: Path) -> None:
+    """FileProblem when a folder above ``path`` (as given, and as its links resolve) lets
+    another user replace it: owned by someone else than the reader or root, or writable by
+    its group or others without the sticky bit (a file renamed over it, or a link to another
+    file put in its place, passes every check of the file itself; h48b F2)."""
+    me = os.geteuid()
+    folders = {*Path(os.path.abspath(path)).parents, *path.resolve().parents}
+    for folder in sorted(folders, key=lambda f: len(f.parts)):
+        info = os.stat(folder)
+        if info.st_uid not in (me, 0):
+            raise FileProblem(
+                f"is in {folder}, owned by another user (uid {info.st_uid}): they can replace it"
+            )
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            raise FileProblem(
+                f"is in {folder}, which others may write (mode {info.st_mode & 0o777:o}): they "
+                "can replace it"
+            )
 
 
 def _opened(opener: Callable[[], _Opened]) -> _Opened:

@@ -117,24 +117,28 @@ def read_public_keys_file(path: Path) -> str:
 def read_key_files(settings: Settings) -> Settings:
     """``settings`` with BATON_AUDIT_CHAIN_KEY_FILE's key and BATON_DECISION_KEYS_FILE's public
     keys read into the fields their variables fill (Settings' last validator); ConfigError when
-    a variable and its file are both given, or a file does not read."""
+    a variable and its file are both given and differ, or a file does not read."""
     from pydantic import SecretStr
 
     from baton.schemas.decision_signing import decision_keys
     from baton.schemas.signing import SigningKeyError
 
     if settings.audit_chain_key_file is not None:
-        if settings.audit_chain_key is not None:
+        key = read_chain_key_file(settings.audit_chain_key_file)
+        given = settings.audit_chain_key
+        # the same key in both is one (a command's settings rebuilt from a dump of its own:
+        # `baton kill` refused to start, h48b F1); another is refused
+        if given is not None and given.get_secret_value() != key:
             raise ConfigError(f"BATON_AUDIT_CHAIN_KEY and {KEY_FILE_VARIABLE}: give one")
-        settings.audit_chain_key = SecretStr(read_chain_key_file(settings.audit_chain_key_file))
+        settings.audit_chain_key = SecretStr(key)
     path = settings.decision_keys_file
     if path is not None:
-        if settings.decision_keys:
-            raise ConfigError("BATON_DECISION_KEYS and BATON_DECISION_KEYS_FILE: give one")
         text = read_public_keys_file(path)
         try:  # as the variable's are, and an empty file too: checking would be off, silently
             decision_keys(text, f"BATON_DECISION_KEYS_FILE: public keys file {path}")
         except SigningKeyError as exc:
             raise ConfigError(str(exc)) from None
+        if settings.decision_keys and settings.decision_keys != text:
+            raise ConfigError("BATON_DECISION_KEYS and BATON_DECISION_KEYS_FILE: give one")
         settings.decision_keys = text
     return settings

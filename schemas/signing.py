@@ -126,10 +126,21 @@ def private_key_text(key: Ed25519PrivateKey) -> str:
 
 
 def write_private_key(key: Ed25519PrivateKey, path: Path) -> None:
-    """Write ``key`` to ``path`` readable by its owner only (0600), never over a file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(private_key_text(key))
+    """Write ``key`` to ``path`` readable by its owner only (0600), never over a file
+    (FileExistsError), whole: a temp file of its own linked in, so no reader (a racing `keys
+    new --keep`) and no crash ever leaves a half-written key there (h48b F5)."""
+    import secrets
+
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(private_key_text(key))
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 #: a key file is one line of ~60 bytes; anything much larger is not one

@@ -224,13 +224,14 @@ def test_baton_up_gives_its_children_the_key_it_read_not_the_file(
 ) -> None:
     """A child restarted after the file changed read another key: the sink refused its
     decisions as forged, it refused its runs' states (h48a F1)."""
-    from baton.cli.up_children import frozen_chain_key
+    from baton.cli.up_children import frozen_keys
 
     settings = settings_with(monkeypatch, key_file(tmp_path, KEY + "\n"))
     env = {"PATH": "/bin", "BATON_AUDIT_CHAIN_KEY_FILE": "x", "baton_audit_chain_key_file": "y"}
-    assert frozen_chain_key(env, settings) == {"PATH": "/bin", "BATON_AUDIT_CHAIN_KEY": KEY}
+    env["BATON_DECISION_KEYS_FILE"] = "z"  # the stack gives its own BATON_DECISION_KEYS
+    assert frozen_keys(env, settings) == {"PATH": "/bin", "BATON_AUDIT_CHAIN_KEY": KEY}
     monkeypatch.delenv("BATON_AUDIT_CHAIN_KEY_FILE")
-    assert frozen_chain_key({"PATH": "/bin"}, Settings()) == {"PATH": "/bin"}
+    assert frozen_keys({"PATH": "/bin"}, Settings()) == {"PATH": "/bin"}
 
 
 def test_doctor_names_the_file_and_the_keys_id(
