@@ -175,6 +175,8 @@ def settings_problems(exc: Any) -> str:
             got = "(not repeated: it may hold a password)"
         elif field in SECRET_FIELDS:  # (a chain key 65 bytes long was printed whole)
             got = "(not repeated: a secret)"
+        elif "ed25519-private:" in got:  # a private key where a public one goes (h48b F8)
+            got = "(not repeated: a private key; give its public key, `baton keys show FILE`)"
         said = str(err["msg"])
         shown = "" if ", got " in said else f", got {got}"  # (its own words name the value)
         lines.append(f"{field} (BATON_{field.upper()}): {said}{shown}")

@@ -215,3 +215,15 @@ def test_a_public_file_in_a_folder_others_may_write_is_refused(
         Settings()
     public.parent.chmod(mode | stat.S_ISVTX)
     assert Settings().decision_keys
+
+
+def test_a_private_key_given_as_the_public_keys_is_not_repeated(tmp_path: Path) -> None:
+    """BATON_DECISION_KEYS=<a private key's text> printed the private key whole (h48b F8)."""
+    from baton.schemas.env_names import settings_problems
+
+    private, _, _ = made(tmp_path)
+    text = private.read_text().strip()
+    with pytest.raises(Exception) as caught:
+        Settings(decision_keys=text)
+    said = settings_problems(caught.value)
+    assert "not repeated: a private key" in said and text.split(":")[1] not in said
