@@ -66,10 +66,10 @@ def read_small_file(
     ``FileProblem`` when it is a directory, not a regular file, larger than ``limit`` or
     unreadable, or (``private``: a secret such as a private key) when its group or others
     may read it, or (``mine``: a file that says where to connect, like git's
-    safe.directory) when another user owns it, or (``trusted``: a secret handed over, such as a
-    mounted one) when its owner is neither the reader nor root or a folder above it lets
-    another user replace it, or (``unwritable``: a public
-    key others must not replace) when its group or others may write it.
+    safe.directory) when another user owns it, or (``trusted``: a key handed over, such as a
+    mounted secret) when its owner is neither the reader nor root or a folder above it lets
+    another user replace it, or (``unwritable``: a public key others must not replace) when
+    its group or others may write it.
     """
     fd = _opened(lambda: os.open(path, os.O_RDONLY | os.O_NONBLOCK))
     try:

@@ -60,9 +60,9 @@ def chain_key_problem(text: str) -> str | None:
 
 
 def read_chain_key_file(path: Path) -> str:
-    """The key in ``path`` (its text, surrounding whitespace stripped); ConfigError naming
-    the variable and the path when it is missing, not a regular file, readable by others, not
-    UTF-8, empty or too long."""
+    """The key in ``path`` (its text less one final newline); ConfigError naming the variable
+    and the path when it is missing, not a regular file, another user's, in a folder others may
+    write, readable by others, not UTF-8, empty, spaced or too long."""
 
     def refused(why: str) -> ConfigError:
         return ConfigError(f"{KEY_FILE_VARIABLE}: chain key file {path}: {why}")
