@@ -17,6 +17,7 @@ import click
 
 from baton.cli.help_listing import SentenceGroup
 from baton.schemas.errors import ConfigError
+from baton.schemas.files import create_file
 from baton.schemas.signing import (
     load_private_key,
     new_private_key,
@@ -202,17 +203,8 @@ def _new_chain_key(key_file: Path) -> bool:
     sees it half written); False when a file is there already."""
     import secrets
 
-    temp = key_file.with_name(f".{key_file.name}.{secrets.token_hex(8)}.tmp")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(32) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.link(temp, key_file)  # (fails when anything is at key_file, a link too)
-        finally:
-            temp.unlink(missing_ok=True)
+        create_file(key_file, secrets.token_hex(32) + "\n", 0o600)
     except FileExistsError:
         return False
     except OSError as exc:

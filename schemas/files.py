@@ -24,6 +24,7 @@ _Opened = TypeVar("_Opened")
 __all__ = [
     "FileProblem",
     "ForeignFile",
+    "create_file",
     "kind_of",
     "open_log",
     "open_stream",
@@ -124,6 +125,22 @@ def replace_file(path: Path, text: str, mode: int, temp: Path | None = None) -> 
     a link or hard link someone planted at a predictable one (which had another file written
     and become ``path``: H3, session 34); ``temp``: the caller's own temp name instead (a
     link or file already there is an error). ``OSError`` for the caller to name the file."""
+    _through_temp(path, text, mode, os.replace, temp)
+
+
+def create_file(path: Path, text: str, mode: int) -> None:
+    """Write ``text`` to a new file at ``path``, whole: a reader, or a second writer racing
+    this one, finds no file or the whole of it, never a half-written one (a key: h48b F5), and
+    a crash leaves no file there. ``FileExistsError`` when anything, a link too, is at ``path``
+    already (it is never replaced); any other ``OSError`` for the caller to name the file."""
+    _through_temp(path, text, mode, os.link)
+
+
+def _through_temp(
+    path: Path, text: str, mode: int, put: Callable[[Path, Path], None], temp: Path | None = None
+) -> None:
+    """``text`` written and synced to a temp file of its own (a random name created with
+    ``O_EXCL``, never through a link), then ``put(temp, path)``; the temp file never stays."""
     import secrets
 
     temp = temp or path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
@@ -133,7 +150,7 @@ def replace_file(path: Path, text: str, mode: int, temp: Path | None = None) -> 
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temp, path)
+        put(temp, path)
     finally:
         if temp.exists():
             temp.unlink()

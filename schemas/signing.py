@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 from datetime import datetime
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from baton.schemas.errors import ConfigError
-from baton.schemas.files import FileProblem, read_small_file
+from baton.schemas.files import FileProblem, create_file, read_small_file
 from baton.schemas.names import fold
 
 __all__ = [
@@ -129,18 +128,7 @@ def write_private_key(key: Ed25519PrivateKey, path: Path) -> None:
     """Write ``key`` to ``path`` readable by its owner only (0600), never over a file
     (FileExistsError), whole: a temp file of its own linked in, so no reader (a racing `keys
     new --keep`) and no crash ever leaves a half-written key there (h48b F5)."""
-    import secrets
-
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(private_key_text(key))
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    create_file(path, private_key_text(key), 0o600)
 
 
 #: a key file is one line of ~60 bytes; anything much larger is not one
