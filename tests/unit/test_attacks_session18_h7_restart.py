@@ -85,7 +85,9 @@ def test_the_restore_names_run_and_request_ids_of_the_audit_escaped() -> None:
     character, a client's or a forged row's) and the request ids of replaced policy rows
     raw: a run whose forged rows replay unfaithfully, or whose chain is broken, sent its id's
     ESC sequences to the terminal at every start."""
-    from baton.cli.restore_runs import _first_names, _Rebuilt, _say_what_was_not_verified
+    from baton.cli.restore_rebuild import Rebuilt as _Rebuilt
+    from baton.cli.restore_rebuild import first_names as _first_names
+    from baton.cli.restore_rebuild import say_what_was_not_verified as _say_what_was_not_verified
 
     rebuilt = _Rebuilt(unfaithful=[f"r{_ESC}"], broken=[f"r{_ESC}: a gap after step 2"])
     said: list[str] = []

@@ -344,7 +344,7 @@ def test_a_restart_restores_the_later_life_of_a_run_whose_earlier_one_retention_
     rebuilt from the later life's start, as the worker held it."""
     from pydantic import SecretStr
 
-    from baton.cli.restore_runs import _rebuild
+    from baton.cli.restore_rebuild import rebuild_runs as _rebuild
     from baton.processors.recorded import policy_document
     from baton.processors.replay import Recorded
     from baton.schemas.policy import Policy

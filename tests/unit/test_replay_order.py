@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from baton.cli.restore_runs import _rebuild
+from baton.cli.restore_rebuild import rebuild_runs as _rebuild
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.recorded import policy_document
 from baton.processors.replay import Recorded, ReplayReport, in_chain_order, replay_runs

@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from baton.cli.restore_kills import ends_killed, keep_killed, reissued_commands
-from baton.cli.restore_runs import _rebuild
+from baton.cli.restore_rebuild import rebuild_runs as _rebuild
 from baton.processors.batch import BatchProcessor, InputRecord
 from baton.processors.replay import Recorded, is_partial, rebuild_run, replay_runs, runs_of
 from baton.processors.state import RunState
@@ -172,7 +172,7 @@ def test_a_forged_policy_version_on_a_stop_is_named_unfaithful_with_the_key() ->
 
 def test_a_forged_row_without_input_makes_the_run_partial() -> None:
     """A row whose input is NULL (a forged copy of the stop) sends the whole run to the
-    counters-only path (cli.restore_runs._from_summaries), which reads FINAL: the forged
+    counters-only path (cli.restore_rebuild.from_summaries), which reads FINAL: the forged
     row's counters. A run with recorded inputs that cannot be replayed is unverified: its
     summary is restored stopped (audit_unverified; test_restore_runs reads it in chDB)."""
     now = datetime.now(UTC)

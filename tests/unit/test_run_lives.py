@@ -229,7 +229,7 @@ def test_a_run_restored_from_its_counters_never_gives_a_copy_an_id_it_decided_be
     original's id (an audit recorded before lives, or a run restored twice) and replaced it in
     the audit; the restored state has forgotten every key, so its ids carry the input's
     position, as a long run's past its window do."""
-    from baton.cli.restore_runs import _from_summaries
+    from baton.cli.restore_rebuild import from_summaries as _from_summaries
     from baton.schemas.settings import Settings
 
     request = handoff("h1", "t1", "planner", "researcher", t=LATER)
