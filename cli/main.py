@@ -55,6 +55,7 @@ _MODULES = {
     "send": "send_cmds",
     "tail": "tail_cmds",
     "replay": "replay_cmds",
+    "runs": "runs_cmds",
 }
 
 
@@ -65,7 +66,7 @@ _SECTIONS = (
     ("Send events and watch decisions", ("send", "tail", "trace", "sql", "top")),
     ("People: approvals, kill switches, keys", ("approvals", "approve", "deny", "kill", "keys")),
     ("Policy and audit", ("policy", "replay", "audit", "alerts", "schema")),
-    ("Run the parts yourself (on your own Kafka and ClickHouse)", ("worker", "sink")),
+    ("Run the parts yourself (on your own Kafka and ClickHouse)", ("worker", "sink", "runs")),
 )
 
 

@@ -1,0 +1,199 @@
+"""``baton runs refused`` and ``baton runs rebuild``: the runs the workers' restore refuses on
+a Kafka changelog, and their states rebuilt from the audit (cli/runs_refused.py says why)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from baton.cli.help_listing import SentenceGroup
+from baton.cli.options import setting_options
+from baton.cli.stack_record import data_dir_option, stack_settings
+from baton.cli.wording import counted
+from baton.schemas.errors import BatonError, ConfigError
+from baton.schemas.settings import Settings
+from baton.sinks.render import shown
+
+__all__ = ["register"]
+
+_SETTINGS = (
+    "bootstrap",
+    "topic_prefix",
+    "partitions",
+    "app_id",
+    "run_retention_s",
+    "tombstone_retention_s",
+)
+
+
+class NotAllRebuilt(BatonError):
+    """A run asked for was not rebuilt (not refused, no decision in the audit, the audit
+    behind): exit 1, the verdict is no."""
+
+
+@click.group("runs", cls=SentenceGroup)
+def runs_group() -> None:
+    """Runs the workers' restore refuses, and their states rebuilt from the audit."""
+
+
+@runs_group.command("refused")
+@setting_options(*_SETTINGS)
+@data_dir_option
+def refused_cmd(data_dir: Path | None, **opts: Any) -> None:
+    """List the runs a worker's restore of the changelog (<app id>-runs-changelog) refuses:
+    none of their records carries the workers' state MAC (a record forged onto a compacted
+    changelog, or every record written by a worker without the key, or under another key).
+    Their events are `state_unreadable` dead letters until `baton runs rebuild` writes their
+    state again. Reads every partition from its start, with the workers' seal key
+    (BATON_AUDIT_CHAIN_KEY or BATON_AUDIT_CHAIN_KEY_FILE). Exit 0 when none is refused, 1 when
+    some are, 2 without a key, 4 when Kafka or a partition cannot be read."""
+    settings = stack_settings(opts, data_dir)
+    found = _read(settings, _keys(settings, data_dir))
+    for key, (partition, why) in sorted(found.refused.items()):
+        click.echo(f"REFUSED {shown(_run(key))} (partition {partition}): {why}")
+    summary = (
+        f"runs refused: {counted(len(found.refused), 'run')} of "
+        f"{counted(len(found.refused) + found.held, 'run')} on {found.topic} "
+        f"({counted(found.partitions, 'partition')} read to their end)"
+    )
+    if found.notes.count:
+        summary += (
+            f"; {counted(found.notes.count, 'record')} not taken (first: {found.notes.first[0]})"
+        )
+    click.echo(summary)
+    if found.refused:
+        click.echo("rebuild them from the audit: baton runs rebuild --refused")
+        raise SystemExit(1)
+
+
+@runs_group.command("rebuild")
+@click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...")
+@click.option("--refused", "every", is_flag=True, help="every run the restore refuses")
+@click.option("--dry-run", is_flag=True, help="say what would be written; write nothing")
+@setting_options(*_SETTINGS, "clickhouse_dsn")
+@data_dir_option
+def rebuild_cmd(
+    run_ids: tuple[str, ...], every: bool, dry_run: bool, data_dir: Path | None, **opts: Any
+) -> None:
+    """Rebuild the state of refused runs (each RUN_ID, or --refused: all) from the audit, as
+    `baton up`'s restart rebuilds every run: their recorded decisions replayed under their
+    recorded policies; a run that does not replay exactly as recorded is rebuilt STOPPED
+    (audit_unverified), never reopened. Each is written to its changelog partition with the
+    workers' state MAC; a worker takes it when it next restores that partition: restart the
+    workers (one at a time) afterwards. A run the restore does not refuse is never written
+    (the workers hold its state), nor anything while the audit sink has not stored every
+    decision on the decisions topic. Exit 0 when every run asked for was rebuilt, 1 when one
+    was not (each is named with why), 2 without a key, 4 Kafka, 5 ClickHouse."""
+    from baton.cli.audit_options import audit_client
+    from baton.cli.chain_keys import audit_worker_dir
+    from baton.cli.restore_write import write_changelog
+    from baton.cli.runs_refused import audit_behind, partitions_of, rebuild_refused
+    from baton.processors.control_seal import workers_chain_key
+    from baton.sinks.clickhouse import audit_errors, parse_dsn
+
+    if bool(run_ids) == every:
+        raise click.UsageError("give RUN_IDs or --refused, not both nor neither")
+    settings = stack_settings(opts, data_dir, audit=True)
+    keys = _keys(settings, data_dir)
+    found = _read(settings, keys)
+    asked = sorted(_run(key) for key in found.refused) if every else list(dict.fromkeys(run_ids))
+    refused = {_run(key) for key in found.refused}
+    left = {
+        run: "not refused: the workers' restore holds its state (nothing to lift); a rebuilt "
+        "state could be older than theirs, so none is written"
+        for run in asked
+        if run not in refused
+    }
+    todo = [run for run in asked if run in refused]
+    if every and not todo:
+        click.echo(f"runs rebuild: no run is refused on {found.topic}: nothing to do")
+        return
+    if todo:
+        behind, where = audit_behind(settings)
+        if behind:
+            raise NotAllRebuilt(
+                f"the audit sink has not stored {counted(behind, 'decision')} yet (most on "
+                f"{where}): a state rebuilt now would miss them; nothing written. Wait for "
+                "it (`baton doctor` shows its lag), then run this again"
+            )
+    label = parse_dsn(settings.clickhouse_dsn).label
+    worker_dir = audit_worker_dir(settings.clickhouse_dsn, data_dir) or settings.worker_data_dir
+    chain_key = workers_chain_key(settings, worker_dir)
+    with audit_client(settings) as client, audit_errors(label, "rebuilding refused runs"):
+        rebuild = rebuild_refused(settings, client, todo, chain_key, click.echo)
+    left.update(rebuild.left)
+    if rebuild.states and not dry_run:
+        write_changelog(settings, rebuild.states, keys[0])
+    verb = "would write" if dry_run else "wrote"
+    for state in rebuild.states:
+        click.echo(
+            f"{'WOULD REBUILD' if dry_run else 'REBUILT'} {shown(state.run_id)} from "
+            f"{counted(rebuild.decisions.get(state.run_id, 0), 'decision')}: {_described(state)}"
+        )
+    for run, why in left.items():
+        click.echo(f"NOT REBUILT {shown(run)}: {why}")
+    summary = (
+        f"runs rebuild: {verb} {counted(len(rebuild.states), 'run state')} to {found.topic} "
+        f"from the audit at {label}"
+    )
+    if rebuild.states:
+        parts = partitions_of((s.run_id for s in rebuild.states), found.partitions)
+        summary += (
+            f"; {'after writing, ' if dry_run else ''}restart the workers (one at a time) for "
+            "them to take it: a worker reads the changelog only when it restores a partition "
+            f"({'partition' if len(parts) == 1 else 'partitions'} {', '.join(map(str, parts))})"
+        )
+    click.echo(summary)
+    if left:
+        raise NotAllRebuilt(f"{counted(len(left), 'run')} not rebuilt (above)")
+
+
+def _keys(settings: Settings, data_dir: Path | None) -> list[bytes]:
+    """The workers' seal keys: BATON_AUDIT_CHAIN_KEY[_FILE], else the `baton up` stack's
+    seal.key; ConfigError without one (no record is refused, none can be marked)."""
+    from baton.cli.up_children import WORKER_DATA_DIR
+    from baton.processors.control_seal import seal_keys
+
+    worker_dir = data_dir / WORKER_DATA_DIR if data_dir is not None else settings.worker_data_dir
+    keys = seal_keys(settings, worker_dir)
+    if not keys:
+        raise ConfigError(
+            "no seal key: give the workers' BATON_AUDIT_CHAIN_KEY (or BATON_AUDIT_CHAIN_KEY_FILE), "
+            f"or --data-dir of a `baton up` stack (its worker/seal.key; none in {worker_dir}). "
+            "Workers without one restore every changelog record unchecked: none is refused"
+        )
+    return keys
+
+
+def _read(settings: Settings, keys: list[bytes]) -> Any:
+    from baton.cli.runs_refused import read_refused
+    from baton.streams.net import check_reachable
+
+    check_reachable(settings.bootstrap, settings.connect_timeout_s)
+    return read_refused(settings, keys)
+
+
+def _run(key: bytes) -> str:
+    """A changelog record's key as a run id (bytes no event carries: escaped)."""
+    return key.decode("utf-8", "backslashreplace")
+
+
+def _described(state: Any) -> str:
+    """A rebuilt state in a line: its counters, spend and whether it is stopped."""
+    if state.stopped:
+        stop = f"STOPPED ({getattr(state.stopped, 'value', state.stopped)})"
+    else:
+        stop = "finished" if state.finished else "open"
+    if state.evicted_at is not None:
+        stop += ", idle (held as a tombstone)"
+    return (
+        f"{counted(state.handoff_count, 'handoff')}, ${state.spent_usd:.2f} spent, "
+        f"{counted(state.tool_calls, 'tool call')}, {stop}"
+    )
+
+
+def register(cli: click.Group) -> None:
+    """Add ``baton runs`` to the ``baton`` group."""
+    cli.add_command(runs_group)

@@ -1,0 +1,169 @@
+"""`baton runs refused` and `baton runs rebuild` on a real broker, worker and sink: a run whose
+changelog holds only a forged record (a compacted changelog: Tansu never compacts, so the topic
+is recreated with the forged record alone) is refused by the restarted worker; the commands
+name it, rebuild it from the chDB audit and the next restart decides it with its budget."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from baton.schemas.decision import Outcome, Reason
+from baton.streams.embedded import EmbeddedBroker
+from baton.streams.partitioner import partition_for
+from tests.helpers import handoff, wait_for
+from tests.integration.conftest import PARTITIONS, TEST_POLICY, Stack, one_worker_stack
+from tests.stack import SinkProcess, wait_committed, wait_deciding
+
+pytestmark = pytest.mark.faults
+
+KEY = "r" * 40
+RUN, OTHER = "rebuilt-run", "kept-run"
+
+
+def _app(s: Stack) -> str:
+    return f"baton-{s.prefix.rstrip('.')}"
+
+
+def _baton(s: Stack, *args: str, dsn: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "BATON_BOOTSTRAP": s.bootstrap,
+        "BATON_TOPIC_PREFIX": s.prefix,
+        "BATON_APP_ID": _app(s),
+        "BATON_PARTITIONS": str(PARTITIONS),
+        "BATON_AUDIT_CHAIN_KEY": KEY,
+    }
+    if dsn is not None:
+        env["BATON_CLICKHOUSE_DSN"] = dsn
+    out = subprocess.run(
+        [sys.executable, "-m", "baton.cli", "runs", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return out
+
+
+def _stored(sink: SinkProcess, run: str) -> int:
+    rows = sink.query(f"SELECT count() FROM governance.decisions FINAL WHERE run_id = '{run}'")
+    return int(rows[0][0])
+
+
+def _first_record(bootstrap: str, topic: str, run: str) -> bytes:
+    """``run``'s first record on the changelog ``topic`` (the worker's, with its MAC)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"peek-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None and msg.key() == run.encode():
+                return msg.value()  # type: ignore[no-any-return]
+    finally:
+        consumer.close()
+    raise AssertionError(f"no record of {run} on {topic}")
+
+
+def _compacted_to_a_forgery(s: Stack) -> None:
+    """The changelog as a compacting Kafka may leave it after a writer put a record of RUN
+    there without the workers' MAC (its budget given back): that record alone."""
+    topic = f"{_app(s)}-runs-changelog"
+    forged = orjson.loads(_first_record(s.bootstrap, topic, RUN))
+    forged.update(hc=0, sq=10**6)
+    del forged["sm"]
+    admin = AdminClient({"bootstrap.servers": s.bootstrap})
+    for f in admin.delete_topics([topic]).values():
+        f.result(10)
+    time.sleep(1)
+    config = {"cleanup.policy": "compact"}
+    for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1, config=config)]).values():
+        f.result(10)
+    producer = Producer({"bootstrap.servers": s.bootstrap})
+    key = RUN.encode()
+    producer.produce(topic, orjson.dumps(forged), key, partition=partition_for(key, PARTITIONS))
+    assert producer.flush(10) == 0
+
+
+def test_a_refused_run_is_named_rebuilt_from_the_audit_and_decided_with_its_budget(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    env = {"BATON_AUDIT_CHAIN_KEY": KEY}
+    with one_worker_stack(broker, tmp_path, TEST_POLICY, "rb", extra_env=env) as s:
+        s.requests.send(handoff(RUN, n, f"t{n}") for n in range(1, 4))
+        assert [d.outcome for d in s.decisions.wait_run(RUN, 3)] == [Outcome.ALLOW] * 3
+        wait_committed(s.bootstrap, _app(s), s.catalog.requests, PARTITIONS)
+        s.workers[0].stop()
+        _compacted_to_a_forgery(s)
+        s.add_worker("w2", env)
+        wait_deciding(s.bootstrap, s.catalog)
+        s.requests.send([handoff(RUN, 4, "t4"), handoff(OTHER, 1, "t1")])
+        dead = wait_for(lambda: s.deadletters.records, 30, message="the refused run's event")
+        assert [orjson.loads(r)["error_kind"] for r in dead] == ["state_unreadable"]
+        s.decisions.wait_run(OTHER, 1)
+
+        listed = _baton(s, "refused")
+        assert listed.returncode == 1, listed
+        where = f"(partition {partition_for(RUN.encode(), PARTITIONS)})"
+        assert f"REFUSED {RUN} {where}: its changelog record at" in listed.stdout, listed
+        assert "runs refused: 1 run of " in listed.stdout and OTHER not in listed.stdout
+
+        # no sink has stored the decisions yet: a state rebuilt now would miss them
+        chdb = f"chdb://{tmp_path / 'chdb'}"
+        behind = _baton(s, "rebuild", "--refused", dsn=chdb)
+        assert behind.returncode == 1, behind
+        assert "the audit sink has not stored" in behind.stderr, behind
+        assert "the group never committed there" in behind.stderr, behind
+        sink = SinkProcess(
+            s.bootstrap, s.prefix, tmp_path / "chdb", tmp_path / "sink.log",
+            partitions=PARTITIONS, extra_env=env,
+        )  # fmt: skip
+        try:
+            sink.wait_ready()
+            wait_for(lambda: (_stored(sink, RUN), _stored(sink, OTHER)) == (3, 1), 60)
+
+            dry = _baton(s, "rebuild", "--refused", "--dry-run", dsn=sink.dsn)
+            assert dry.returncode == 0, dry
+            assert f"WOULD REBUILD {RUN} from 3 decisions: 3 handoffs" in dry.stdout, dry
+
+            kept = _baton(s, "rebuild", OTHER, dsn=sink.dsn)
+            assert kept.returncode == 1, kept
+            assert f"NOT REBUILT {OTHER}: not refused" in kept.stdout, kept
+
+            done = _baton(s, "rebuild", RUN, dsn=sink.dsn)
+            assert done.returncode == 0, done
+            assert f"REBUILT {RUN} from 3 decisions: 3 handoffs" in done.stdout, done
+            assert "restart the workers (one at a time)" in done.stdout, done
+            again = _baton(s, "refused")
+            assert again.returncode == 0, again
+            assert "runs refused: 0 runs of " in again.stdout
+        finally:
+            sink.stop()
+
+        s.workers[1].stop()
+        s.add_worker("w3", env)
+        wait_deciding(s.bootstrap, s.catalog)
+        # three handoffs decided before: five more are allowed (max 8), the sixth stopped
+        s.requests.send(handoff(RUN, n, f"t{n}") for n in range(5, 11))
+        answers = [d for d in s.decisions.wait_run(RUN, 9) if not d.reemitted]
+        assert [(d.outcome, d.reason) for d in answers[3:]] == [
+            *[(Outcome.ALLOW, Reason.OK)] * 5,
+            (Outcome.STOP, Reason.HANDOFF_BUDGET_EXCEEDED),
+        ], answers
