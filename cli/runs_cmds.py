@@ -72,15 +72,42 @@ def refused_cmd(data_dir: Path | None, **opts: Any) -> None:
 @click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...")
 @click.option("--refused", "every", is_flag=True, help="every run the restore refuses")
 @click.option("--dry-run", is_flag=True, help="say what would be written; write nothing")
+@click.option(
+    "--history-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="the key the runs' decisions were linked with, when the workers linked them under "
+    "another one before (a rotated BATON_AUDIT_CHAIN_KEY): a file holding it alone",
+)
+@click.option(
+    "--unkeyed-history",
+    is_flag=True,
+    help="the runs' decisions were linked without a key (decided before the workers had "
+    "BATON_AUDIT_CHAIN_KEY: an upgraded deployment); a row forged into the audit then passes",
+)
+@click.option(
+    "--stop-unverified",
+    is_flag=True,
+    help="write a run whose decisions do not replay as recorded STOPPED (audit_unverified); "
+    "without it such a run is left refused, so the right key can still rebuild it",
+)
 @setting_options(*_SETTINGS, "clickhouse_dsn")
 @data_dir_option
 def rebuild_cmd(
-    run_ids: tuple[str, ...], every: bool, dry_run: bool, data_dir: Path | None, **opts: Any
+    run_ids: tuple[str, ...],
+    every: bool,
+    dry_run: bool,
+    history_key_file: Path | None,
+    unkeyed_history: bool,
+    stop_unverified: bool,
+    data_dir: Path | None,
+    **opts: Any,
 ) -> None:
     """Rebuild the state of refused runs (each RUN_ID, or --refused: all) from the audit, as
     `baton up`'s restart rebuilds every run: their recorded decisions replayed under their
     recorded policies; a run that does not replay exactly as recorded is rebuilt STOPPED
-    (audit_unverified), never reopened. Each is written to its changelog partition with the
+    (audit_unverified), never reopened, and only with --stop-unverified (else left refused).
+    Each is written to its changelog partition with the
     workers' state MAC; a worker takes it when it next restores that partition: restart the
     workers (one at a time) afterwards. A run the restore does not refuse is never written
     (the workers hold its state), nor anything while the audit sink has not stored every
@@ -95,6 +122,8 @@ def rebuild_cmd(
 
     if bool(run_ids) == every:
         raise click.UsageError("give RUN_IDs or --refused, not both nor neither")
+    if history_key_file is not None and unkeyed_history:
+        raise click.UsageError("give --history-key-file or --unkeyed-history, not both")
     settings = stack_settings(opts, data_dir, audit=True)
     keys = _keys(settings, data_dir)
     found = _read(settings, keys)
@@ -121,9 +150,24 @@ def rebuild_cmd(
     label = parse_dsn(settings.clickhouse_dsn).label
     worker_dir = audit_worker_dir(settings.clickhouse_dsn, data_dir) or settings.worker_data_dir
     chain_key = workers_chain_key(settings, worker_dir)
+    if unkeyed_history:
+        chain_key = b""
+    elif history_key_file is not None:
+        chain_key = _history_key(history_key_file)
     with audit_client(settings) as client, audit_errors(label, "rebuilding refused runs"):
         rebuild = rebuild_refused(settings, client, todo, chain_key, click.echo)
     left.update(rebuild.left)
+    if rebuild.unverified and not stop_unverified:
+        for run in rebuild.unverified:
+            left[run] = (
+                "its decisions do not replay as recorded under the chain key given (rows "
+                "forged or altered in the audit: `baton audit verify --run RUN`; or linked "
+                "under another key: --history-key-file, or before the workers had one: "
+                "--unkeyed-history); left refused. --stop-unverified writes it STOPPED "
+                "(audit_unverified)"
+            )
+        unverified = set(rebuild.unverified)
+        rebuild.states = [s for s in rebuild.states if s.run_id not in unverified]
     if rebuild.states and not dry_run:
         write_changelog(settings, rebuild.states, keys[0])
     verb = "would write" if dry_run else "wrote"
@@ -165,6 +209,16 @@ def _keys(settings: Settings, data_dir: Path | None) -> list[bytes]:
             "Workers without one restore every changelog record unchecked: none is refused"
         )
     return keys
+
+
+def _history_key(path: Path) -> bytes:
+    """The key in ``path`` (--history-key-file), read as a chain key file is."""
+    from baton.schemas.key_files import KEY_FILE_VARIABLE, read_chain_key_file
+
+    try:
+        return read_chain_key_file(path).encode()
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace(KEY_FILE_VARIABLE, "--history-key-file", 1)) from None
 
 
 def _read(settings: Settings, keys: list[bytes]) -> Any:
