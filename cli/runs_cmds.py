@@ -8,13 +8,14 @@ from typing import Any
 
 import click
 
+from baton.cli.audit_options import dsn_option
 from baton.cli.help_listing import SentenceGroup
 from baton.cli.options import setting_options
 from baton.cli.stack_record import data_dir_option, stack_settings
 from baton.cli.wording import counted
 from baton.schemas.errors import BatonError, ConfigError
 from baton.schemas.settings import Settings
-from baton.sinks.render import shown
+from baton.sinks.render import shown_cut
 
 __all__ = ["register"]
 
@@ -52,10 +53,10 @@ def refused_cmd(data_dir: Path | None, **opts: Any) -> None:
     settings = stack_settings(opts, data_dir)
     found = _read(settings, _keys(settings, data_dir))
     for key, (partition, why) in sorted(found.refused.items()):
-        click.echo(f"REFUSED {shown(_run(key))} (partition {partition}): {why}")
+        click.echo(f"REFUSED {_shown(_run(key))} (partition {partition}): {why}")
     summary = (
         f"runs refused: {counted(len(found.refused), 'run')} of "
-        f"{counted(len(found.refused) + found.held, 'run')} on {found.topic} "
+        f"{counted(len(found.refused) + len(found.held), 'run')} on {found.topic} "
         f"({counted(found.partitions, 'partition')} read to their end)"
     )
     if found.notes.count:
@@ -91,8 +92,8 @@ def refused_cmd(data_dir: Path | None, **opts: Any) -> None:
     help="write a run whose decisions do not replay as recorded STOPPED (audit_unverified); "
     "without it such a run is left refused, so the right key can still rebuild it",
 )
-@setting_options(*_SETTINGS, "clickhouse_dsn")
-@data_dir_option
+@setting_options(*_SETTINGS)
+@dsn_option
 def rebuild_cmd(
     run_ids: tuple[str, ...],
     every: bool,
@@ -116,7 +117,7 @@ def rebuild_cmd(
     from baton.cli.audit_options import audit_client
     from baton.cli.chain_keys import audit_worker_dir
     from baton.cli.restore_write import write_changelog
-    from baton.cli.runs_refused import audit_behind, partitions_of, rebuild_refused
+    from baton.cli.runs_refused import Rebuild, audit_behind, partitions_of, rebuild_refused
     from baton.processors.control_seal import workers_chain_key
     from baton.sinks.clickhouse import audit_errors, parse_dsn
 
@@ -129,9 +130,13 @@ def rebuild_cmd(
     found = _read(settings, keys)
     asked = sorted(_run(key) for key in found.refused) if every else list(dict.fromkeys(run_ids))
     refused = {_run(key) for key in found.refused}
+    held = {_run(key) for key in found.held}
     left = {
         run: "not refused: the workers' restore holds its state (nothing to lift); a rebuilt "
         "state could be older than theirs, so none is written"
+        if run in held
+        else "not refused: no record of it on the changelog (no worker holds it: its next "
+        "event starts it as a new run)"
         for run in asked
         if run not in refused
     }
@@ -154,8 +159,10 @@ def rebuild_cmd(
         chain_key = b""
     elif history_key_file is not None:
         chain_key = _history_key(history_key_file)
-    with audit_client(settings) as client, audit_errors(label, "rebuilding refused runs"):
-        rebuild = rebuild_refused(settings, client, todo, chain_key, click.echo)
+    rebuild = Rebuild()
+    if todo:
+        with audit_client(settings) as client, audit_errors(label, "rebuilding refused runs"):
+            rebuild = rebuild_refused(settings, client, todo, chain_key, click.echo)
     left.update(rebuild.left)
     if rebuild.unverified and not stop_unverified:
         for run in rebuild.unverified:
@@ -173,11 +180,11 @@ def rebuild_cmd(
     verb = "would write" if dry_run else "wrote"
     for state in rebuild.states:
         click.echo(
-            f"{'WOULD REBUILD' if dry_run else 'REBUILT'} {shown(state.run_id)} from "
+            f"{'WOULD REBUILD' if dry_run else 'REBUILT'} {_shown(state.run_id)} from "
             f"{counted(rebuild.decisions.get(state.run_id, 0), 'decision')}: {_described(state)}"
         )
     for run, why in left.items():
-        click.echo(f"NOT REBUILT {shown(run)}: {why}")
+        click.echo(f"NOT REBUILT {_shown(run)}: {why}")
     summary = (
         f"runs rebuild: {verb} {counted(len(rebuild.states), 'run state')} to {found.topic} "
         f"from the audit at {label}"
@@ -232,6 +239,11 @@ def _read(settings: Settings, keys: list[bytes]) -> Any:
 def _run(key: bytes) -> str:
     """A changelog record's key as a run id (bytes no event carries: escaped)."""
     return key.decode("utf-8", "backslashreplace")
+
+
+def _shown(run: str) -> str:
+    """A run id for a line: escaped, and cut (a key may be 1,024 bytes)."""
+    return shown_cut(run, 200)
 
 
 def _described(state: Any) -> str:

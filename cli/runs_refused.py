@@ -57,8 +57,8 @@ class Refused:
     partitions: int
     #: run id (the record's key, bytes) -> (partition, why)
     refused: dict[bytes, tuple[int, str]] = field(default_factory=dict)
-    #: runs the restore holds a state of
-    held: int = 0
+    #: the runs (keys) the restore holds a state of
+    held: set[bytes] = field(default_factory=set)
     #: records it did not take (the first five named)
     notes: NotTaken = field(default_factory=NotTaken)
 
@@ -77,11 +77,20 @@ def read_refused(settings: Settings, keys: list[bytes]) -> Refused:
     config = settings.kafka_config()
     consumer = Consumer({**config, "group.id": f"baton-runs-{uuid.uuid4().hex}"})
     try:
-        parts = topic_partitions(consumer, topic, settings)
+        try:
+            parts = topic_partitions(consumer, topic, settings)
+        except BrokerUnavailable as exc:
+            if not str(exc).startswith("no topic "):
+                raise
+            raise BrokerUnavailable(
+                f"no topic {topic} at {settings.bootstrap}: is BATON_APP_ID (--app-id) the "
+                "workers' app id (their changelog is <app id>-runs-changelog), and has a worker "
+                "run there?"
+            ) from None
         if len(parts) != settings.partitions:
             raise ConfigError(
-                f"{topic} has {len(parts)} partitions, BATON_PARTITIONS says "
-                f"{settings.partitions}: give the workers' partition count (a run's record "
+                f"{topic} has {len(parts)} partitions, the count given (--partitions, "
+                f"BATON_PARTITIONS) is {settings.partitions}: give the workers' (a run's record "
                 "is on its key's murmur2 partition of that many)"
             )
         high = {
@@ -110,7 +119,7 @@ def read_refused(settings: Settings, keys: list[bytes]) -> Refused:
         if value[:1] == bytes((REFUSED,)) and (why := refusal_of(value)) is not None:
             out.refused[key] = (partition, why)
         elif value[:1] == b"{":
-            out.held += 1
+            out.held.add(key)
     return out
 
 
