@@ -34,7 +34,8 @@ offset order through ``StateGate.admit``:
 * a record not taken when the run holds nothing (a forged first record, or on a compacted
   changelog the only one left): the run is **refused**, held as a ``REFUSED`` mark naming the
   record (``state_of`` raises it: the run's events are ``state_unreadable`` dead letters,
-  never decided as a new run nor on the record) until a record of the workers' follows.
+  never decided as a new run nor on the record) until a record of the workers' follows
+  (``baton runs rebuild`` writes one from the audit: cli/runs_refused.py).
 
 Every record not taken is counted and the first five named in the restore's log (``NotTaken``),
 but for the worker's own older records read again under what it holds in memory (Faust's
