@@ -21,10 +21,18 @@ and a rebuilt one could be older); nothing is written while the audit sink's gro
 stored every decision on the decisions topic (a rebuilt state would miss them), nor when a
 changelog partition cannot be read to its end.
 
-Not guaranteed: a worker that still decides a run without the key after the rebuild (a roll
-not finished) writes states the next restore does not take: roll the workers to the key
-first. A run past the workers' retention, or without a decision in the audit (a record forged
-for a run no worker decided, or one the audit's TTL dropped), is not rebuilt: it stays refused.
+A rebuilt record's seq is past every record of the run written before it (``now``'s
+milliseconds << 16, as a run begun now): a copy of one of the workers' older records of the
+run, written again after it, is not taken.
+
+Not guaranteed: a worker that still decides the run after the rebuild from a state it holds in
+memory (one without the key, a roll not finished; or one that has not restored the run's
+partition since its only records were replaced) writes states the next restore does not take
+(older seqs: counted, `BatonForgedRunState`), and the decisions it made after the rebuild are
+not in the state restored: rebuild a run once the workers' restore refuses it (restart the
+workers first when in doubt). A run past the workers' retention, or without a decision in the
+audit (a record forged for a run no worker decided, or one the audit's TTL dropped), is not
+rebuilt: it stays refused.
 """
 
 from __future__ import annotations
@@ -216,6 +224,12 @@ def rebuild_refused(
             "into the audit with a correctly computed chain cannot be told from a worker's"
         )
     out.unverified = sorted({*rebuilt.unfaithful, *rebuilt.unverified_counters})
+    # past every record of the run's life written so far (its seq: the start's ms << 16, one
+    # more a write): a copy of an older record of the workers' written again after this one
+    # is not taken (it would give the spend since back)
+    floor = int(now.timestamp() * 1000) << 16
+    for state in rebuilt.states:
+        state.seq = max(state.seq, floor)
     out.states = rebuilt.states
     done = {state.run_id for state in out.states}
     for run_id, count in out.decisions.items():

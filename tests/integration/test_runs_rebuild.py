@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from baton.schemas.decision import Outcome, Reason
 from baton.streams.embedded import EmbeddedBroker
@@ -59,32 +59,46 @@ def _stored(sink: SinkProcess, run: str) -> int:
     return int(rows[0][0])
 
 
-def _first_record(bootstrap: str, topic: str, run: str) -> bytes:
-    """``run``'s first record on the changelog ``topic`` (the worker's, with its MAC)."""
+def _first_record(bootstrap: str, topic: str, run: str, last: bool = False) -> bytes:
+    """``run``'s first (or ``last``) record on the changelog ``topic``, read to its end."""
+    key = run.encode()
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"peek-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
         }
     )
-    consumer.subscribe([topic])
+    partition = partition_for(key, PARTITIONS)
+    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+    found: bytes | None = None
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None and msg.key() == run.encode():
-                return msg.value()  # type: ignore[no-any-return]
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                break  # (the partition's end)
+            if msg.key() == key:
+                found = msg.value()
+                if not last:
+                    break
     finally:
         consumer.close()
-    raise AssertionError(f"no record of {run} on {topic}")
+    assert found is not None, f"no record of {run} on {topic}"
+    return found
+
+
+def _changelog(s: Stack) -> str:
+    return f"{_app(s)}-runs-changelog"
 
 
 def _forge(s: Stack) -> None:
     """A writer of the changelog: RUN's budget given back by a record without the workers'
     MAC (as a compacting Kafka may leave it alone)."""
-    topic = f"{_app(s)}-runs-changelog"
+    topic = _changelog(s)
     forged = orjson.loads(_first_record(s.bootstrap, topic, RUN))
     forged.update(hc=0, sq=10**6)
     producer = Producer({"bootstrap.servers": s.bootstrap})
@@ -99,6 +113,7 @@ def test_a_refused_run_is_named_rebuilt_from_the_audit_and_decided_with_its_budg
     """An upgraded deployment: a worker without the key decided RUN (its records carry no MAC,
     its decisions are linked unkeyed), then the workers get the key and refuse RUN."""
     env = {"BATON_AUDIT_CHAIN_KEY": KEY}
+    started = time.time()
     with one_worker_stack(broker, tmp_path, TEST_POLICY, "rb") as s:
         s.requests.send(handoff(RUN, n, f"t{n}") for n in range(1, 4))
         assert [d.outcome for d in s.decisions.wait_run(RUN, 3)] == [Outcome.ALLOW] * 3
@@ -151,6 +166,9 @@ def test_a_refused_run_is_named_rebuilt_from_the_audit_and_decided_with_its_budg
             assert done.returncode == 0, done
             assert f"REBUILT {RUN} from 3 decisions: 3 handoffs, $0.00 spent" in done.stdout
             assert "restart the workers (one at a time)" in done.stdout, done
+            written = orjson.loads(_first_record(s.bootstrap, _changelog(s), RUN, last=True))
+            # past every record the run's life had: an older one written again is not taken
+            assert written["sq"] >= int(started * 1000) << 16 and written["sm"], written
             again = _baton(s, "refused")
             assert again.returncode == 0, again
             assert "runs refused: 0 runs of " in again.stdout
