@@ -141,7 +141,9 @@ def _write_public(public_out: Path, public: str, private: Path) -> None:
         raise ConfigError(
             f"--public-out {public_out} holds something else than public keys: not replaced"
         )
-    write_data_file(public_out, public + "\n", 0o644, "public key file")
+    write_data_file(
+        public_out, public + "\n", 0o644, "public key file", hint="give a writable --public-out"
+    )
     public_out.chmod(0o644)  # (a umask of 077 made it 600: the readers are other users)
 
 

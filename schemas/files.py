@@ -156,18 +156,23 @@ def _through_temp(
             temp.unlink()
 
 
-def write_data_file(path: Path, text: str, mode: int, what: str, temp: Path | None = None) -> None:
+def write_data_file(
+    path: Path,
+    text: str,
+    mode: int,
+    what: str,
+    temp: Path | None = None,
+    hint: str = "expected a writable data dir (--data-dir)",
+) -> None:
     """:func:`replace_file`, its ``OSError`` a ``ConfigError`` naming ``what`` and ``path``
-    (a file of a `baton up` data dir: the stack record, the policy copy, held switches)."""
+    and ending with ``hint`` (default: a file of a `baton up` data dir, as the stack record,
+    the policy copy, held switches)."""
     from baton.schemas.errors import ConfigError
 
     try:
         replace_file(path, text, mode, temp)
     except OSError as exc:
-        raise ConfigError(
-            f"cannot write {what} {path}: {exc.strerror or exc}; expected a writable data dir "
-            "(--data-dir)"
-        ) from None
+        raise ConfigError(f"cannot write {what} {path}: {exc.strerror or exc}; {hint}") from None
 
 
 def open_stream(path: str | Path) -> BinaryIO:

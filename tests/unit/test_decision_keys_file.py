@@ -168,6 +168,10 @@ def test_public_out_never_replaces_a_private_key_or_another_file(tmp_path: Path)
     own = tmp_path / "carol.key"
     code, _, err = keys_new("carol", "--dir", str(tmp_path), "--public-out", str(own))
     assert code == 2 and "is the private key file itself" in err
+    nowhere = tmp_path / "no such folder" / "dave.pub"
+    code, _, err = keys_new("dave", "--dir", str(tmp_path), "--public-out", str(nowhere))
+    assert code == 2 and err.strip().endswith("give a writable --public-out"), err
+    assert "--data-dir" not in err  # (the data dir's wording, which names no option here)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
