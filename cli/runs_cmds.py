@@ -53,7 +53,8 @@ def refused_cmd(data_dir: Path | None, **opts: Any) -> None:
     settings = stack_settings(opts, data_dir)
     found = _read(settings, _keys(settings, data_dir))
     for key, (partition, why) in sorted(found.refused.items()):
-        click.echo(f"REFUSED {_shown(_run(key))} (partition {partition}): {why}")
+        alien = "" if _run_id(key) is not None else " (a key no event carries: not UTF-8)"
+        click.echo(f"REFUSED {_shown(_run(key))} (partition {partition}){alien}: {why}")
     summary = (
         f"runs refused: {counted(len(found.refused), 'run')} of "
         f"{counted(len(found.refused) + len(found.held), 'run')} on {found.topic} "
@@ -64,8 +65,17 @@ def refused_cmd(data_dir: Path | None, **opts: Any) -> None:
             f"; {counted(found.notes.count, 'record')} not taken (first: {found.notes.first[0]})"
         )
     click.echo(summary)
+    if len(found.refused) > 1 and not found.held:
+        click.echo(
+            "WARNING: every run on the changelog is refused: expected after an upgrade (records "
+            "of workers without the key) or a rotation; otherwise the key given is not the "
+            "workers' (BATON_AUDIT_CHAIN_KEY, BATON_AUDIT_CHAIN_KEY_FILE)"
+        )
     if found.refused:
-        click.echo("rebuild them from the audit: baton runs rebuild --refused")
+        click.echo(
+            "rebuild them from the audit: stop the workers, `baton runs rebuild --refused`, "
+            "start the workers"
+        )
         raise SystemExit(1)
 
 
@@ -106,20 +116,30 @@ def rebuild_cmd(
 ) -> None:
     """Rebuild the state of refused runs (each RUN_ID, or --refused: all) from the audit, as
     `baton up`'s restart rebuilds every run: their recorded decisions replayed under their
-    recorded policies; a run that does not replay exactly as recorded is rebuilt STOPPED
-    (audit_unverified), never reopened, and only with --stop-unverified (else left refused).
-    Each is written to its changelog partition with the
-    workers' state MAC; a worker takes it when it next restores that partition: restart the
-    workers (one at a time) afterwards. A run the restore does not refuse is never written
-    (the workers hold its state), nor anything while the audit sink has not stored every
-    decision on the decisions topic. Exit 0 when every run asked for was rebuilt, 1 when one
-    was not (each is named with why), 2 without a key, 4 Kafka, 5 ClickHouse."""
+    recorded policies. Stop every worker first (it refuses while one runs: a worker holding a
+    run in memory would decide past the rebuilt state); each state is written to its changelog
+    partition with the workers' state MAC, and the workers take them when they start. A run
+    the restore does not refuse is never written; nor is one whose decisions on the decisions
+    topic are not all in the audit (the sink behind, rows lost), nor one whose decisions do not
+    replay exactly as recorded (under the chain key: the workers', --history-key-file's, or
+    none with --unkeyed-history) unless --stop-unverified writes it STOPPED (audit_unverified).
+    Exit 0 when every run asked for was rebuilt, 1 when one was not (each is named with why)
+    or a worker runs, 2 without a key, 4 Kafka, 5 ClickHouse."""
     from baton.cli.audit_options import audit_client
     from baton.cli.chain_keys import audit_worker_dir
     from baton.cli.restore_write import write_changelog
-    from baton.cli.runs_refused import Rebuild, audit_behind, partitions_of, rebuild_refused
+    from baton.cli.runs_refused import (
+        Rebuild,
+        decisions_on_topic,
+        missing_from_audit,
+        partitions_of,
+        rebuild_refused,
+        workers_running,
+    )
     from baton.processors.control_seal import workers_chain_key
+    from baton.schemas.record_mac import MacKeys
     from baton.sinks.clickhouse import audit_errors, parse_dsn
+    from baton.streams.topics import TopicCatalog
 
     if bool(run_ids) == every:
         raise click.UsageError("give RUN_IDs or --refused, not both nor neither")
@@ -128,9 +148,11 @@ def rebuild_cmd(
     settings = stack_settings(opts, data_dir, audit=True)
     keys = _keys(settings, data_dir)
     found = _read(settings, keys)
-    asked = sorted(_run(key) for key in found.refused) if every else list(dict.fromkeys(run_ids))
-    refused = {_run(key) for key in found.refused}
-    held = {_run(key) for key in found.held}
+    # (keys as run ids only when they are UTF-8: a forged key b"\xff" shown as "\\xff" named
+    # the run "\\xff", which a worker may hold, refused)
+    refused = {run for key in found.refused if (run := _run_id(key)) is not None}
+    held = {run for key in found.held if (run := _run_id(key)) is not None}
+    asked = sorted(refused) if every else list(dict.fromkeys(run_ids))
     left = {
         run: "not refused: the workers' restore holds its state (nothing to lift); a rebuilt "
         "state could be older than theirs, so none is written"
@@ -144,14 +166,13 @@ def rebuild_cmd(
     if every and not todo:
         click.echo(f"runs rebuild: no run is refused on {found.topic}: nothing to do")
         return
-    if todo:
-        behind, where = audit_behind(settings)
-        if behind:
-            raise NotAllRebuilt(
-                f"the audit sink has not stored {counted(behind, 'decision')} yet (most on "
-                f"{where}): a state rebuilt now would miss them; nothing written. Wait for "
-                "it (`baton doctor` shows its lag), then run this again"
-            )
+    if todo and not dry_run and (running := workers_running(settings)) is not None:
+        raise NotAllRebuilt(
+            f"{running}: stop every worker first (one holding a run in memory would decide it "
+            "past the rebuilt state, and the next restore would not take its records after "
+            "it); rebuild, then start them: each restores the rebuilt runs. --dry-run says "
+            "what would be written meanwhile"
+        )
     label = parse_dsn(settings.clickhouse_dsn).label
     worker_dir = audit_worker_dir(settings.clickhouse_dsn, data_dir) or settings.worker_data_dir
     chain_key = workers_chain_key(settings, worker_dir)
@@ -161,8 +182,20 @@ def rebuild_cmd(
         chain_key = _history_key(history_key_file)
     rebuild = Rebuild()
     if todo:
+        # what the decisions topic holds of them (the workers' records: their audit MAC, or
+        # any record of a history decided without a key) must all be in the audit
+        accept = _accept_all if unkeyed_history else MacKeys([*keys, chain_key]).holds
+        on_topic = decisions_on_topic(settings, todo, accept)
+        topic = TopicCatalog.from_settings(settings).decisions
         with audit_client(settings) as client, audit_errors(label, "rebuilding refused runs"):
-            rebuild = rebuild_refused(settings, client, todo, chain_key, click.echo)
+            for run, lacking in missing_from_audit(client, on_topic).items():
+                left[run] = (
+                    f"the audit lacks {counted(lacking, 'decision')} of it that {topic} holds "
+                    "(the sink behind, or rows lost: a restored backup, a replica behind, "
+                    "--dsn another copy): a state rebuilt from it would miss them; left refused"
+                )
+            complete = [run for run in todo if run not in left]
+            rebuild = rebuild_refused(settings, client, complete, chain_key, click.echo)
     left.update(rebuild.left)
     if rebuild.unverified and not stop_unverified:
         for run in rebuild.unverified:
@@ -191,10 +224,10 @@ def rebuild_cmd(
     )
     if rebuild.states:
         parts = partitions_of((s.run_id for s in rebuild.states), found.partitions)
+        where = f"{'partition' if len(parts) == 1 else 'partitions'} {', '.join(map(str, parts))}"
         summary += (
-            f"; {'after writing, ' if dry_run else ''}restart the workers (one at a time) for "
-            "them to take it: a worker reads the changelog only when it restores a partition "
-            f"({'partition' if len(parts) == 1 else 'partitions'} {', '.join(map(str, parts))})"
+            f"; start the workers{' after writing' if dry_run else ''}: each takes them when it "
+            f"restores their partitions ({where})"
         )
     click.echo(summary)
     if left:
@@ -218,6 +251,11 @@ def _keys(settings: Settings, data_dir: Path | None) -> list[bytes]:
     return keys
 
 
+def _accept_all(value: bytes) -> bool:
+    """Every record is the workers' (a history decided without a key has no MAC to check)."""
+    return True
+
+
 def _history_key(path: Path) -> bytes:
     """The key in ``path`` (--history-key-file), read as a chain key file is."""
     from baton.schemas.key_files import KEY_FILE_VARIABLE, read_chain_key_file
@@ -237,8 +275,16 @@ def _read(settings: Settings, keys: list[bytes]) -> Any:
 
 
 def _run(key: bytes) -> str:
-    """A changelog record's key as a run id (bytes no event carries: escaped)."""
+    """A changelog record's key as text to show (bytes no event carries: escaped)."""
     return key.decode("utf-8", "backslashreplace")
+
+
+def _run_id(key: bytes) -> str | None:
+    """A changelog record's key as the run id an event carries (None: not UTF-8, no run's)."""
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def _shown(run: str) -> str:

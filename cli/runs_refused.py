@@ -11,37 +11,42 @@ good; `baton up` rebuilds every run from the audit at its start, a Kafka deploym
 What it does: :func:`read_refused` reads the changelog as a restore does (every partition from
 its start to its committed end, through the state gate, with the workers' key) and names the
 runs it refuses. :func:`rebuild_refused` rebuilds those of them the audit holds decisions of,
-as `baton up`'s restart does (``restore_rebuild``: replayed under their recorded policies, a run
-that does not replay exactly restored STOPPED, never reopened), and writes each to the run's
-changelog partition with the workers' MAC. A worker takes it at its next restore of that
-partition: restart the workers (one at a time) after it.
+as `baton up`'s restart does (``restore_rebuild``: replayed under their recorded policies), and
+`baton runs rebuild` writes each to the run's changelog partition with the workers' MAC; the
+workers take them when they start (each restores its partitions).
 
-Fails closed: a run the restore does not refuse is never written (the workers hold its state,
-and a rebuilt one could be older); nothing is written while the audit sink's group has not
-stored every decision on the decisions topic (a rebuilt state would miss them), nor when a
-changelog partition cannot be read to its end.
+Fails closed: nothing is written while a worker runs (:func:`workers_running`: the group's
+members, or on Tansu, which lists none, a probe answered); a worker holding a run in memory
+would decide it past the rebuilt state, and the next restore would not take its records after
+it. A run the restore does not refuse is never written (the workers hold its state). A run of
+which the decisions topic holds a decision the audit lacks (:func:`decisions_on_topic`,
+:func:`missing_from_audit`: the records with the workers' audit MAC; the sink behind, rows lost
+to a restored backup or a replica behind) is not written: the rebuilt state would miss it. The
+sink group's committed offsets are no such proof (anyone may commit them, past the end too:
+h49a H4, and the audit may have lost rows the sink stored: H2). A run that does not replay
+exactly is left refused unless asked to write it STOPPED. Nothing is said of a changelog
+partition that cannot be read to its end.
 
 A rebuilt record's seq is past every record of the run written before it (``now``'s
 milliseconds << 16, as a run begun now): a copy of one of the workers' older records of the
 run, written again after it, is not taken.
 
-Not guaranteed: a worker that still decides the run after the rebuild from a state it holds in
-memory (one without the key, a roll not finished; or one that has not restored the run's
-partition since its only records were replaced) writes states the next restore does not take
-(older seqs: counted, `BatonForgedRunState`), and the decisions it made after the rebuild are
-not in the state restored: rebuild a run once the workers' restore refuses it (restart the
-workers first when in doubt). A run past the workers' retention, or without a decision in the
+Not guaranteed: the audit's decisions older than the decisions topic's retention are taken as
+they are (rows deleted from a run's end before then go unseen: the chain names only a gap).
+A run past the workers' retention, or without a decision in the
 audit (a record forged for a run no worker decided, or one the audit's TTL dropped), is not
 rebuilt: it stays refused.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from baton.cli.wording import counted
 from baton.processors.state import RunState
 from baton.processors.state_gate import NotTaken, StateGate, refusal_of
 from baton.schemas.errors import BrokerUnavailable, ConfigError
@@ -49,7 +54,15 @@ from baton.schemas.settings import Settings
 from baton.streams.partitioner import partition_for
 from baton.streams.topics import TopicCatalog, changelog_topic
 
-__all__ = ["Rebuild", "Refused", "audit_behind", "read_refused", "rebuild_refused"]
+__all__ = [
+    "Rebuild",
+    "Refused",
+    "decisions_on_topic",
+    "missing_from_audit",
+    "read_refused",
+    "rebuild_refused",
+    "workers_running",
+]
 
 #: seconds a changelog partition may go without a new record before its read is given up
 _STALL_S = 30.0
@@ -131,46 +144,138 @@ def read_refused(settings: Settings, keys: list[bytes]) -> Refused:
     return out
 
 
-def audit_behind(settings: Settings) -> tuple[int, str]:
-    """How many decisions on the decisions topic the audit sink's group (``<app id>-audit``)
-    has not committed past, and where most are; BrokerUnavailable when it cannot be read."""
-    from confluent_kafka import Consumer, TopicPartition
+def workers_running(settings: Settings, probe_s: float = 10.0) -> str | None:
+    """Why a worker of ``settings.app_id`` may be running (None: none is): its group's members
+    as Kafka lists them, else (Tansu lists none, and calls a group stable long after its last
+    worker left) a probe a worker answered within ``probe_s``."""
+    from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
-    from baton.cli.doctor_lag import group_behind
+    from baton.processors.probe import wait_until_deciding
+    from baton.schemas.errors import BatonError
+
+    group = settings.app_id
+    admin = AdminClient(settings.kafka_config())
+    timeout = settings.connect_timeout_s
+    try:
+        found = admin.describe_consumer_groups([group], request_timeout=timeout)[group]
+        description = found.result(timeout=timeout)
+    except Exception as exc:
+        raise BrokerUnavailable(
+            f"cannot describe the workers' group {group} at {settings.bootstrap}: {exc}"
+        ) from None
+    if description.members:
+        hosts = sorted({f"{m.client_id}@{m.host}" for m in description.members})
+        return f"the workers' group {group} has {counted(len(hosts), 'member')}: {', '.join(hosts)}"
+    if description.state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
+        return None
+    catalog = TopicCatalog.from_settings(settings)
+    try:
+        wait_until_deciding(
+            settings.kafka_config(),
+            catalog.requests,
+            catalog.decisions,
+            settings.partitions,
+            timeout_s=probe_s,
+        )
+    except BatonError:
+        return None  # (no answer: no worker decides)
+    return f"a worker of group {group} answered a probe"
+
+
+def decisions_on_topic(
+    settings: Settings, runs: Iterable[str], taken: Callable[[bytes], bool]
+) -> dict[str, set[str]]:
+    """The ids of the decisions of ``runs`` on the decisions topic (each run's partition, from
+    its start to its committed end), of the records ``taken`` (a workers' audit MAC holds);
+    BrokerUnavailable when a partition cannot be read to its end."""
+    import orjson
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
     from baton.cli.replay_kafka_read import topic_partitions
-    from baton.streams.kafka import kafka_said
+    from baton.streams.transactions import committed_ends
 
     topic = TopicCatalog.from_settings(settings).decisions
-    group = f"{settings.app_id}-audit"
     config = settings.kafka_config()
-    consumer = Consumer({**config, "group.id": f"baton-runs-{uuid.uuid4().hex}"})
+    keys = {run.encode(): run for run in runs}
+    found: dict[str, set[str]] = {run: set() for run in keys.values()}
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": f"baton-runs-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
     try:
-        parts = [TopicPartition(topic, p) for p in topic_partitions(consumer, topic, settings)]
-        try:
-            behind = group_behind(
-                AdminClient(config),
-                consumer,
-                group,
-                parts,
-                settings.connect_timeout_s,
-                config,
-                hold_s=min(3.0, settings.connect_timeout_s / 2),
-                exact=True,
-            )
-        except Exception as exc:
-            raise BrokerUnavailable(
-                f"cannot read how far the audit sink (group {group}) is on {topic} at "
-                f"{settings.bootstrap}: {kafka_said(exc)}"
-            ) from None
+        count = len(topic_partitions(consumer, topic, settings))
+        wanted = sorted({partition_for(key, count) for key in keys})
+        high = {
+            (topic, p): consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=settings.connect_timeout_s, cached=False
+            )[1]
+            for p in wanted
+        }
+        ends = committed_ends(config, high, timeout_s=settings.connect_timeout_s)
+        todo = {p: ends.get((topic, p), 0) for p in wanted if ends.get((topic, p), 0) > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
+        progress = time.monotonic()
+        while todo:
+            if time.monotonic() - progress > _STALL_S:
+                raise BrokerUnavailable(
+                    f"reading {topic} partition(s) {', '.join(map(str, todo))} at "
+                    f"{settings.bootstrap} made no progress for {_STALL_S:.0f} s"
+                )
+            for msg in consumer.consume(10_000, 0.5):
+                p, error = msg.partition(), msg.error()
+                if p not in todo:
+                    continue
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise BrokerUnavailable(f"reading {topic}[{p}]: {error.str()}")
+                    if msg.offset() >= todo[p]:
+                        del todo[p]
+                    continue
+                progress = time.monotonic()
+                if msg.offset() >= todo[p] - 1:
+                    del todo[p]
+                run = keys.get(msg.key())
+                value = msg.value()
+                if run is None or value is None or not taken(value):
+                    continue
+                try:
+                    doc = orjson.loads(
+                        value
+                    )  # (a signature is a member: base64, checked by the MAC's reader)
+                except orjson.JSONDecodeError:
+                    continue
+                if type(doc) is dict and doc.get("run_id") == run:
+                    decision_id = doc.get("decision_id")
+                    if type(decision_id) is str:
+                        found[run].add(decision_id)
     finally:
         consumer.close()
-    total = sum(n for _, n in behind.values())
-    if not total:
-        return 0, ""
-    (_, partition), (committed, worst) = max(behind.items(), key=lambda item: item[1][1])
-    never = " (the group never committed there: is `baton sink` running?)" if committed < 0 else ""
-    return total, f"{topic}[{partition}]: {worst}{never}"
+    return found
+
+
+def missing_from_audit(client: object, wanted: dict[str, set[str]]) -> dict[str, int]:
+    """Of each run's decision ids in ``wanted``, how many the audit ``client`` reads holds no
+    row of (runs missing none left out)."""
+    from baton.sinks.schema import DATABASE
+
+    missing: dict[str, int] = {}
+    for run, ids in wanted.items():
+        if not ids:
+            continue
+        rows = client.query(  # type: ignore[attr-defined]
+            f"SELECT DISTINCT decision_id FROM {DATABASE}.decisions WHERE run_id = {{run:String}}",
+            parameters={"run": run},
+        ).result_rows
+        lacking = ids - {str(row[0]) for row in rows}
+        if lacking:
+            missing[run] = len(lacking)
+    return missing
 
 
 @dataclass

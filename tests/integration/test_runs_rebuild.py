@@ -20,7 +20,7 @@ from baton.streams.embedded import EmbeddedBroker
 from baton.streams.partitioner import partition_for
 from tests.helpers import handoff, wait_for
 from tests.integration.conftest import PARTITIONS, TEST_POLICY, Stack, one_worker_stack
-from tests.stack import SinkProcess, wait_committed, wait_deciding
+from tests.stack import SinkProcess, fresh_topics, wait_committed, wait_deciding
 
 pytestmark = pytest.mark.faults
 
@@ -91,6 +91,21 @@ def _first_record(bootstrap: str, topic: str, run: str, last: bool = False) -> b
     return found
 
 
+def _empty_audit(broker: EmbeddedBroker, tmp_path: Path) -> Path:
+    """An audit with the schema and no decision (a sink of other, empty topics made it)."""
+    prefix = f"old{time.monotonic_ns()}."
+    fresh_topics(broker.bootstrap, prefix, PARTITIONS)
+    folder = tmp_path / "old-audit"
+    sink = SinkProcess(
+        broker.bootstrap, prefix, folder, tmp_path / "old-sink.log", partitions=PARTITIONS
+    )
+    try:
+        sink.wait_ready()
+    finally:
+        sink.stop()
+    return folder
+
+
 def _changelog(s: Stack) -> str:
     return f"{_app(s)}-runs-changelog"
 
@@ -114,6 +129,7 @@ def test_a_refused_run_is_named_rebuilt_from_the_audit_and_decided_with_its_budg
     its decisions are linked unkeyed), then the workers get the key and refuse RUN."""
     env = {"BATON_AUDIT_CHAIN_KEY": KEY}
     started = time.time()
+    old_audit = _empty_audit(broker, tmp_path)
     with one_worker_stack(broker, tmp_path, TEST_POLICY, "rb") as s:
         s.requests.send(handoff(RUN, n, f"t{n}") for n in range(1, 4))
         assert [d.outcome for d in s.decisions.wait_run(RUN, 3)] == [Outcome.ALLOW] * 3
@@ -133,29 +149,34 @@ def test_a_refused_run_is_named_rebuilt_from_the_audit_and_decided_with_its_budg
         assert f"REFUSED {RUN} {where}: its changelog record at" in listed.stdout, listed
         assert f"REFUSED {OTHER}" not in listed.stdout, listed  # (decided by the keyed worker)
 
-        # no sink has stored the decisions yet: a state rebuilt now would miss them
-        chdb = f"chdb://{tmp_path / 'chdb'}"
-        behind = _baton(s, "rebuild", "--refused", dsn=chdb)
-        assert behind.returncode == 1, behind
-        assert "the audit sink has not stored" in behind.stderr, behind
-        assert "the group never committed there" in behind.stderr, behind
         sink = SinkProcess(
             s.bootstrap, s.prefix, tmp_path / "chdb", tmp_path / "sink.log", partitions=PARTITIONS
         )  # (keyless, as it was before the upgrade)
         try:
             sink.wait_ready()
             wait_for(lambda: (_stored(sink, RUN), _stored(sink, OTHER)) == (3, 1), 60)
-
-            # linked without a key: under the workers' key the chain does not hold
-            keyed = _baton(s, "rebuild", RUN, dsn=sink.dsn)
-            assert keyed.returncode == 1, keyed
-            assert f"NOT REBUILT {RUN}: its decisions do not replay as recorded" in keyed.stdout
-            assert "runs rebuild: wrote 0 run states" in keyed.stdout, keyed
-
+            # a worker runs: it could decide a run past the state rebuilt (h49a)
+            running = _baton(s, "rebuild", "--refused", "--unkeyed-history", dsn=sink.dsn)
+            assert running.returncode == 1, running
+            assert "stop every worker first" in running.stderr, running
             dry = _baton(s, "rebuild", "--refused", "--unkeyed-history", "--dry-run", dsn=sink.dsn)
-            assert dry.returncode == 0, dry
+            assert dry.returncode == 0, dry  # (a dry run while they run)
             assert f"WOULD REBUILD {RUN} from 3 decisions: 3 handoffs" in dry.stdout, dry
             assert "checked without a chain key" in dry.stdout, dry
+            s.workers[1].stop()
+
+            # linked without a key: under the workers' key the chain does not hold
+            keyed = _baton(s, "rebuild", RUN, "--dry-run", dsn=sink.dsn)
+            assert keyed.returncode == 1, keyed
+            assert f"NOT REBUILT {RUN}: its decisions do not replay as recorded" in keyed.stdout
+            assert "runs rebuild: would write 0 run states" in keyed.stdout, keyed
+
+            # an audit without the decisions gov.decisions holds (an old backup, another
+            # copy): a state rebuilt from it would give their budget back (h49a H2)
+            old = f"chdb://{old_audit}"
+            stale = _baton(s, "rebuild", RUN, "--unkeyed-history", "--dry-run", dsn=old)
+            assert stale.returncode == 1, stale
+            assert f"NOT REBUILT {RUN}: the audit lacks 3 decisions of it that" in stale.stdout
 
             kept = _baton(s, "rebuild", OTHER, dsn=sink.dsn)
             assert kept.returncode == 1, kept
@@ -165,7 +186,7 @@ def test_a_refused_run_is_named_rebuilt_from_the_audit_and_decided_with_its_budg
             done = _baton(s, "rebuild", "--refused", "--unkeyed-history", dsn=sink.dsn)
             assert done.returncode == 0, done
             assert f"REBUILT {RUN} from 3 decisions: 3 handoffs, $0.00 spent" in done.stdout
-            assert "restart the workers (one at a time)" in done.stdout, done
+            assert "; start the workers: each takes them when it restores" in done.stdout, done
             written = orjson.loads(_first_record(s.bootstrap, _changelog(s), RUN, last=True))
             # past every record the run's life had: an older one written again is not taken
             assert written["sq"] >= int(started * 1000) << 16 and written["sm"], written
@@ -175,7 +196,6 @@ def test_a_refused_run_is_named_rebuilt_from_the_audit_and_decided_with_its_budg
         finally:
             sink.stop()
 
-        s.workers[1].stop()
         s.add_worker("w3", env)
         wait_deciding(s.bootstrap, s.catalog)
         # three handoffs decided before: five more are allowed (max 8), the sixth stopped

@@ -50,6 +50,8 @@ def _run(broker: EmbeddedBroker, *args: str, key: str | None = KEY) -> tuple[int
         "BATON_PARTITIONS": str(PARTITIONS),
         "BATON_AUDIT_CHAIN_KEY": key,
         "BATON_WORKER_DATA_DIR": "/nonexistent/worker",
+        # (opened only when a run is rebuilt: nothing here answers)
+        "BATON_CLICKHOUSE_DSN": "http://127.0.0.1:9",
     }
     result = CliRunner().invoke(cli, ["runs", *args], env=env)
     return result.exit_code, result.output
@@ -66,6 +68,7 @@ def changelog(broker: EmbeddedBroker) -> EmbeddedBroker:
             _record("forged", mac=False),
             _record(hostile, mac=False),
             (b"\xff\xfe not utf-8", b"{}"),
+            _record("\\xff\\xfe not utf-8", mac=True),  # (shown alike, a run held)
             _record("held-then-forged", mac=True),
             _record("held-then-forged", mac=False),
         ],
@@ -83,9 +86,10 @@ def test_the_runs_a_restore_refuses_are_named_and_nothing_else(changelog: Embedd
     assert "\x1b" not in out and "\u202e" not in out, (
         "a key's control characters reached the terminal"
     )
-    assert "runs refused: 3 runs of 5 runs on" in out, out
+    assert "(a key no event carries: not UTF-8)" in out, out
+    assert "runs refused: 3 runs of 6 runs on" in out, out
     assert "4 records not taken" in out, out
-    assert "baton runs rebuild --refused" in out
+    assert "baton runs rebuild --refused" in out and "WARNING" not in out
 
 
 def test_without_the_workers_key_nothing_is_said(changelog: EmbeddedBroker) -> None:
@@ -93,7 +97,8 @@ def test_without_the_workers_key_nothing_is_said(changelog: EmbeddedBroker) -> N
     assert code == 2, out
     assert "no seal key" in out and "BATON_AUDIT_CHAIN_KEY" in out, out
     other, out = _run(changelog, "refused", key="another key entirely, 32 bytes+")
-    assert other == 1 and "runs refused: 5 runs of 5 runs" in out, out  # (every one refused)
+    assert other == 1 and "runs refused: 6 runs of 6 runs" in out, out  # (every one refused)
+    assert "WARNING: every run on the changelog is refused" in out, out
 
 
 def test_a_partition_count_or_app_id_not_the_workers_is_refused(changelog: EmbeddedBroker) -> None:
@@ -101,6 +106,14 @@ def test_a_partition_count_or_app_id_not_the_workers_is_refused(changelog: Embed
     assert code == 2 and "has 2 partitions, the count given" in out, out
     code, out = _run(changelog, "refused", "--app-id", "nobody-here")
     assert code == 4 and "no topic nobody-here-runs-changelog" in out and "BATON_APP_ID" in out
+
+
+def test_a_key_no_event_carries_never_names_a_run_to_rebuild(changelog: EmbeddedBroker) -> None:
+    """A forged key b"\\xff..." is shown as the text of a held run's id: rebuilding that run
+    would write over a state a worker holds."""
+    code, out = _run(changelog, "rebuild", "\\xff\\xfe not utf-8")
+    assert code == 1, out
+    assert "NOT REBUILT \\xff\\xfe not utf-8: not refused: the workers' restore holds" in out
 
 
 def test_rebuild_takes_run_ids_or_refused(changelog: EmbeddedBroker) -> None:
