@@ -71,11 +71,12 @@ def refused_cmd(data_dir: Path | None, **opts: Any) -> None:
             "of workers without the key) or a rotation; otherwise the key given is not the "
             "workers' (BATON_AUDIT_CHAIN_KEY, BATON_AUDIT_CHAIN_KEY_FILE)"
         )
-    if found.refused:
+    if any(_run_id(key) is not None for key in found.refused):
         click.echo(
-            "rebuild them from the audit: stop the workers, `baton runs rebuild --refused`, "
-            "start the workers"
+            "rebuild them from the audit: stop the workers, `baton runs rebuild --refused "
+            "--workers-stopped`, start the workers"
         )
+    if found.refused:
         raise SystemExit(1)
 
 
@@ -97,6 +98,12 @@ def refused_cmd(data_dir: Path | None, **opts: Any) -> None:
     "BATON_AUDIT_CHAIN_KEY: an upgraded deployment); a row forged into the audit then passes",
 )
 @click.option(
+    "--workers-stopped",
+    is_flag=True,
+    help="say that every worker of the group is stopped (not paused: a SIGSTOPped worker or a "
+    "paused container that resumes decides past the rebuilt state); needed to write",
+)
+@click.option(
     "--stop-unverified",
     is_flag=True,
     help="write a run whose decisions do not replay as recorded STOPPED (audit_unverified); "
@@ -110,14 +117,16 @@ def rebuild_cmd(
     dry_run: bool,
     history_key_file: Path | None,
     unkeyed_history: bool,
+    workers_stopped: bool,
     stop_unverified: bool,
     data_dir: Path | None,
     **opts: Any,
 ) -> None:
     """Rebuild the state of refused runs (each RUN_ID, or --refused: all) from the audit, as
     `baton up`'s restart rebuilds every run: their recorded decisions replayed under their
-    recorded policies. Stop every worker first (it refuses while one runs: a worker holding a
-    run in memory would decide past the rebuilt state); each state is written to its changelog
+    recorded policies. Stop every worker first and say so with --workers-stopped (it refuses
+    while one seems to run: a worker holding a run in memory would decide past the rebuilt
+    state); each state is written to its changelog
     partition with the workers' state MAC, and the workers take them when they start. A run
     the restore does not refuse is never written; nor is one whose decisions on the decisions
     topic are not all in the audit (the sink behind, rows lost), nor one whose decisions do not
@@ -164,8 +173,20 @@ def rebuild_cmd(
     }
     todo = [run for run in asked if run in refused]
     if every and not todo:
-        click.echo(f"runs rebuild: no run is refused on {found.topic}: nothing to do")
+        aliens = len(found.refused) - len(refused)
+        also = (
+            f" ({counted(aliens, 'refused key')} no event carries: no run's, nothing to rebuild)"
+            if aliens
+            else ""
+        )
+        click.echo(f"runs rebuild: no run is refused on {found.topic}{also}: nothing to do")
         return
+    if todo and not dry_run and not workers_stopped:
+        raise click.UsageError(
+            "stop every worker of the group first (not pause: one that resumes decides a run "
+            "past its rebuilt state), then say so with --workers-stopped; start them after "
+            "(--dry-run needs neither)"
+        )
     if todo and not dry_run and (running := workers_running(settings)) is not None:
         raise NotAllRebuilt(
             f"{running}: stop every worker first (one holding a run in memory would decide it "
@@ -185,14 +206,16 @@ def rebuild_cmd(
         # what the decisions topic holds of them (the workers' records: their audit MAC, or
         # any record of a history decided without a key) must all be in the audit
         accept = _accept_all if unkeyed_history else MacKeys([*keys, chain_key]).holds
-        on_topic = decisions_on_topic(settings, todo, accept)
+        on_topic = decisions_on_topic(settings, todo, accept, click.echo)
         topic = TopicCatalog.from_settings(settings).decisions
         with audit_client(settings) as client, audit_errors(label, "rebuilding refused runs"):
             for run, lacking in missing_from_audit(client, on_topic).items():
                 left[run] = (
                     f"the audit lacks {counted(lacking, 'decision')} of it that {topic} holds "
                     "(the sink behind, or rows lost: a restored backup, a replica behind, "
-                    "--dsn another copy): a state rebuilt from it would miss them; left refused"
+                    "--dsn another copy; with --unkeyed-history also a decision forged onto the "
+                    "topic that a keyed sink refused): a state rebuilt from it would miss them; "
+                    "left refused"
                 )
             complete = [run for run in todo if run not in left]
             rebuild = rebuild_refused(settings, client, complete, chain_key, click.echo)

@@ -56,7 +56,7 @@ from baton.streams.topics import TopicCatalog, changelog_topic
 
 __all__ = [
     "Rebuild",
-    "Refused",
+    "RefusedRuns",
     "decisions_on_topic",
     "missing_from_audit",
     "read_refused",
@@ -68,10 +68,14 @@ __all__ = [
 _STALL_S = 30.0
 #: seconds the whole read may take (a CLI, not a rebalance callback: far more than a restore)
 _MAX_S = 3600.0
+#: runs a query of the audit names at most
+_PAGE = 1000
+#: seconds between two progress lines of a long read
+_PROGRESS_S = 5.0
 
 
 @dataclass
-class Refused:
+class RefusedRuns:
     """What a restore of the changelog ``topic`` makes of its runs."""
 
     topic: str
@@ -84,7 +88,7 @@ class Refused:
     notes: NotTaken = field(default_factory=NotTaken)
 
 
-def read_refused(settings: Settings, keys: list[bytes]) -> Refused:
+def read_refused(settings: Settings, keys: list[bytes]) -> RefusedRuns:
     """The changelog of ``settings.app_id`` read as a worker's restore reads it, with the
     workers' seal ``keys``; BrokerUnavailable when a partition cannot be read to its end."""
     from confluent_kafka import Consumer, TopicPartition
@@ -92,7 +96,6 @@ def read_refused(settings: Settings, keys: list[bytes]) -> Refused:
     from baton.cli.replay_kafka_read import topic_partitions
     from baton.processors.faust_restore import read_changelog
     from baton.processors.state_gate import REFUSED
-    from baton.streams.transactions import committed_ends
 
     topic = changelog_topic(settings.app_id)
     config = settings.kafka_config()
@@ -122,9 +125,9 @@ def read_refused(settings: Settings, keys: list[bytes]) -> Refused:
         }
     finally:
         consumer.close()
-    ends = committed_ends(config, high, timeout_s=settings.connect_timeout_s)
+    ends = _ends(config, high, settings)
     gate = StateGate(keys, topic, len(parts), settings.tombstone_retention_s)
-    out = Refused(topic, len(parts))
+    out = RefusedRuns(topic, len(parts))
     todo = {p: ends.get((topic, p), 0) for p in parts}
     latest, last = read_changelog(config, topic, todo, _STALL_S, _MAX_S, gate, out.notes)
     short = [p for p, end in todo.items() if end > 0 and last.get(p, -1) < end - 1]
@@ -144,11 +147,28 @@ def read_refused(settings: Settings, keys: list[bytes]) -> Refused:
     return out
 
 
+def _ends(
+    config: dict[str, object], high: dict[tuple[str, int], int], settings: Settings
+) -> dict[tuple[str, int], int]:
+    """``committed_ends``; a transaction left open on a partition (which holds back every
+    record after it: Tansu never aborts one) a BrokerUnavailable naming it, not a traceback
+    (h49b F2)."""
+    from baton.streams.transactions import committed_ends
+
+    try:
+        return committed_ends(config, high, timeout_s=settings.connect_timeout_s)
+    except TimeoutError as exc:
+        raise BrokerUnavailable(f"cannot read to the end at {settings.bootstrap}: {exc}") from None
+
+
 def workers_running(settings: Settings, probe_s: float = 10.0) -> str | None:
-    """Why a worker of ``settings.app_id`` may be running (None: none is): its group's members
-    as Kafka lists them, else (Tansu lists none, and calls a group stable long after its last
-    worker left) a probe a worker answered within ``probe_s``."""
-    from confluent_kafka import ConsumerGroupState
+    """Why a worker of ``settings.app_id`` seems to run (None: nothing says one does): its
+    group's members as Kafka lists them; else (Tansu lists none, and calls a group stable long
+    after its last worker left) a probe answered within ``probe_s``, or the group's committed
+    offsets moving meanwhile (a worker busy with a backlog answers no probe in time: h49b F1).
+    A worker paused (SIGSTOP, a paused container) shows none of these: the caller's
+    ``--workers-stopped`` is the operator's word for it."""
+    from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 
     from baton.processors.probe import wait_until_deciding
@@ -157,19 +177,29 @@ def workers_running(settings: Settings, probe_s: float = 10.0) -> str | None:
     group = settings.app_id
     admin = AdminClient(settings.kafka_config())
     timeout = settings.connect_timeout_s
+    catalog = TopicCatalog.from_settings(settings)
+    parts = [TopicPartition(catalog.requests, p) for p in range(settings.partitions)]
+
+    def committed() -> list[tuple[int, int]]:
+        request = [ConsumerGroupTopicPartitions(group, parts)]
+        answer = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
+        return sorted((tp.partition, tp.offset) for tp in answer.result(timeout).topic_partitions)
+
     try:
         found = admin.describe_consumer_groups([group], request_timeout=timeout)[group]
         description = found.result(timeout=timeout)
+        if description.members:
+            hosts = sorted({f"{m.client_id}@{m.host}" for m in description.members})
+            return f"the workers' group {group} has {counted(len(hosts), 'member')}: " + ", ".join(
+                hosts
+            )
+        if description.state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
+            return None
+        before = committed()
     except Exception as exc:
         raise BrokerUnavailable(
             f"cannot describe the workers' group {group} at {settings.bootstrap}: {exc}"
         ) from None
-    if description.members:
-        hosts = sorted({f"{m.client_id}@{m.host}" for m in description.members})
-        return f"the workers' group {group} has {counted(len(hosts), 'member')}: {', '.join(hosts)}"
-    if description.state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
-        return None
-    catalog = TopicCatalog.from_settings(settings)
     try:
         wait_until_deciding(
             settings.kafka_config(),
@@ -179,12 +209,25 @@ def workers_running(settings: Settings, probe_s: float = 10.0) -> str | None:
             timeout_s=probe_s,
         )
     except BatonError:
-        return None  # (no answer: no worker decides)
-    return f"a worker of group {group} answered a probe"
+        pass  # (no answer)
+    else:
+        return f"a worker of group {group} answered a probe"
+    try:
+        moved = committed() != before
+    except Exception as exc:
+        raise BrokerUnavailable(
+            f"cannot read the offsets of group {group} at {settings.bootstrap}: {exc}"
+        ) from None
+    return (
+        f"the workers' group {group} committed offsets in the last {probe_s:g} s" if moved else None
+    )
 
 
 def decisions_on_topic(
-    settings: Settings, runs: Iterable[str], taken: Callable[[bytes], bool]
+    settings: Settings,
+    runs: Iterable[str],
+    taken: Callable[[bytes], bool],
+    say: Callable[[str], None] = print,
 ) -> dict[str, set[str]]:
     """The ids of the decisions of ``runs`` on the decisions topic (each run's partition, from
     its start to its committed end), of the records ``taken`` (a workers' audit MAC holds);
@@ -193,7 +236,6 @@ def decisions_on_topic(
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     from baton.cli.replay_kafka_read import topic_partitions
-    from baton.streams.transactions import committed_ends
 
     topic = TopicCatalog.from_settings(settings).decisions
     config = settings.kafka_config()
@@ -210,6 +252,11 @@ def decisions_on_topic(
     )
     try:
         count = len(topic_partitions(consumer, topic, settings))
+        if count != settings.partitions:  # (a run's decisions are on its murmur2 partition)
+            raise ConfigError(
+                f"{topic} has {count} partitions, the count given (--partitions, "
+                f"BATON_PARTITIONS) is {settings.partitions}: give the workers'"
+            )
         wanted = sorted({partition_for(key, count) for key in keys})
         high = {
             (topic, p): consumer.get_watermark_offsets(
@@ -217,8 +264,9 @@ def decisions_on_topic(
             )[1]
             for p in wanted
         }
-        ends = committed_ends(config, high, timeout_s=settings.connect_timeout_s)
+        ends = _ends(config, high, settings)
         todo = {p: ends.get((topic, p), 0) for p in wanted if ends.get((topic, p), 0) > 0}
+        total, read, said = sum(todo.values()), 0, time.monotonic()
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
         progress = time.monotonic()
         while todo:
@@ -238,6 +286,10 @@ def decisions_on_topic(
                         del todo[p]
                     continue
                 progress = time.monotonic()
+                read += 1
+                if progress - said > _PROGRESS_S:
+                    say(f"runs rebuild: reading {topic}: {read:,} of ~{total:,} records")
+                    said = progress
                 if msg.offset() >= todo[p] - 1:
                     del todo[p]
                 run = keys.get(msg.key())
@@ -250,13 +302,25 @@ def decisions_on_topic(
                     )  # (a signature is a member: base64, checked by the MAC's reader)
                 except orjson.JSONDecodeError:
                     continue
-                if type(doc) is dict and doc.get("run_id") == run:
-                    decision_id = doc.get("decision_id")
-                    if type(decision_id) is str:
-                        found[run].add(decision_id)
+                if _decision_of(doc, run):  # (a record that is no decision: the sink's
+                    found[run].add(doc["decision_id"])  # governance.rejected, h49b F4)
     finally:
         consumer.close()
     return found
+
+
+def _decision_of(doc: object, run: str) -> bool:
+    """Whether ``doc`` reads as a decision of ``run`` (the fields the sink stores it by)."""
+    from baton.schemas.decision import Outcome, Reason
+
+    return (
+        type(doc) is dict
+        and doc.get("run_id") == run
+        and type(doc.get("decision_id")) is str
+        and doc.get("outcome") in Outcome.__members__.values()
+        and doc.get("reason") in Reason.__members__.values()
+        and type(doc.get("decided_at")) is str
+    )
 
 
 def missing_from_audit(client: object, wanted: dict[str, set[str]]) -> dict[str, int]:
@@ -264,18 +328,18 @@ def missing_from_audit(client: object, wanted: dict[str, set[str]]) -> dict[str,
     row of (runs missing none left out)."""
     from baton.sinks.schema import DATABASE
 
-    missing: dict[str, int] = {}
-    for run, ids in wanted.items():
-        if not ids:
-            continue
+    runs = [run for run, ids in wanted.items() if ids]
+    stored: dict[str, set[str]] = {run: set() for run in runs}
+    for i in range(0, len(runs), _PAGE):
         rows = client.query(  # type: ignore[attr-defined]
-            f"SELECT DISTINCT decision_id FROM {DATABASE}.decisions WHERE run_id = {{run:String}}",
-            parameters={"run": run},
+            f"SELECT DISTINCT run_id, decision_id FROM {DATABASE}.decisions "
+            "WHERE run_id IN {runs:Array(String)}",
+            parameters={"runs": runs[i : i + _PAGE]},
         ).result_rows
-        lacking = ids - {str(row[0]) for row in rows}
-        if lacking:
-            missing[run] = len(lacking)
-    return missing
+        for run, decision_id in rows:
+            stored[str(run)].add(str(decision_id))
+    lacking = {run: len(wanted[run] - stored[run]) for run in runs}
+    return {run: n for run, n in lacking.items() if n}
 
 
 @dataclass
@@ -312,12 +376,15 @@ def rebuild_refused(
     for line in shown_refusals(refused):
         say(f"rebuild: {line}; not used")
     recorded = []
-    for run_id in runs:
-        rows = list(read_runs_rows(client, ReplayScope(run_id=run_id)))  # type: ignore[arg-type]
-        out.decisions[run_id] = len(rows)
-        if rows:
-            recorded += runs_of(rows)
-        else:
+    todo = list(runs)
+    for i in range(0, len(todo), _PAGE):  # (one query a page: a flood of forged ids, h49b F3)
+        scope = ReplayScope(run_ids=tuple(todo[i : i + _PAGE]))
+        for run in runs_of(read_runs_rows(client, scope)):  # type: ignore[arg-type]
+            out.decisions[run[0].run_id] = len(run)
+            recorded.append(run)
+    for run_id in todo:
+        if run_id not in out.decisions:
+            out.decisions[run_id] = 0
             out.left[run_id] = (
                 "no decision of it in the audit: nothing to rebuild from (a record forged for a "
                 "run no worker decided, or one past the audit's TTL); it stays refused"

@@ -80,6 +80,8 @@ class ReplayScope:
     since: datetime | None = None
     until: datetime | None = None
     run_id: str | None = None
+    #: only these runs (each read whole)
+    run_ids: tuple[str, ...] | None = None
     tenant: str | None = None
     #: only runs with a decision at or after this time, each read whole (restoring live runs)
     active_since: datetime | None = None
@@ -109,6 +111,9 @@ class ReplayScope:
         if self.run_id is not None:
             clauses.append("run_id = {run_id:String}")
             params["run_id"] = self.run_id
+        if self.run_ids is not None:
+            clauses.append("run_id IN {run_ids:Array(String)}")
+            params["run_ids"] = list(self.run_ids)
         if self.tenant is not None:
             clauses.append("tenant = {tenant:String}")
             params["tenant"] = self.tenant

@@ -156,7 +156,11 @@ def test_a_refused_run_is_named_rebuilt_from_the_audit_and_decided_with_its_budg
             sink.wait_ready()
             wait_for(lambda: (_stored(sink, RUN), _stored(sink, OTHER)) == (3, 1), 60)
             # a worker runs: it could decide a run past the state rebuilt (h49a)
-            running = _baton(s, "rebuild", "--refused", "--unkeyed-history", dsn=sink.dsn)
+            unsaid = _baton(s, "rebuild", "--refused", "--unkeyed-history", dsn=sink.dsn)
+            assert unsaid.returncode == 2 and "--workers-stopped" in unsaid.stderr, unsaid
+            running = _baton(
+                s, "rebuild", "--refused", "--unkeyed-history", "--workers-stopped", dsn=sink.dsn
+            )
             assert running.returncode == 1, running
             assert "stop every worker first" in running.stderr, running
             dry = _baton(s, "rebuild", "--refused", "--unkeyed-history", "--dry-run", dsn=sink.dsn)
@@ -183,7 +187,9 @@ def test_a_refused_run_is_named_rebuilt_from_the_audit_and_decided_with_its_budg
             assert f"NOT REBUILT {OTHER}: not refused" in kept.stdout, kept
 
             # (the keyless worker's probe runs are refused too)
-            done = _baton(s, "rebuild", "--refused", "--unkeyed-history", dsn=sink.dsn)
+            done = _baton(
+                s, "rebuild", "--refused", "--unkeyed-history", "--workers-stopped", dsn=sink.dsn
+            )
             assert done.returncode == 0, done
             assert f"REBUILT {RUN} from 3 decisions: 3 handoffs, $0.00 spent" in done.stdout
             assert "; start the workers: each takes them when it restores" in done.stdout, done

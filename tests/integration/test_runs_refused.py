@@ -121,3 +121,29 @@ def test_rebuild_takes_run_ids_or_refused(changelog: EmbeddedBroker) -> None:
     assert _run(changelog, "rebuild", "x", "--refused")[0] == 2
     code, out = _run(changelog, "rebuild", "x", "--unkeyed-history", "--history-key-file", "k")
     assert code == 2 and "not both" in out, out
+
+
+def test_a_transaction_left_open_on_the_changelog_is_named_not_a_traceback(
+    broker: EmbeddedBroker,
+) -> None:
+    """It held back every record after it (Tansu never aborts one): `committed_ends` raised
+    PartitionHeld through both commands, a traceback and exit 1, "some are refused" (h49b F2)."""
+    app = f"open{time.monotonic_ns()}"
+    _changelog(broker, app, [])
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": app})
+    producer.init_transactions(10)
+    producer.begin_transaction()
+    producer.produce(f"{app}-runs-changelog", b"{}", b"open", partition=0)
+    assert producer.flush(10) == 0
+    env = {
+        "BATON_BOOTSTRAP": broker.bootstrap,
+        "BATON_APP_ID": app,
+        "BATON_PARTITIONS": str(PARTITIONS),
+        "BATON_AUDIT_CHAIN_KEY": KEY,
+        "BATON_CONNECT_TIMEOUT_S": "2",
+    }
+    result = CliRunner().invoke(cli, ["runs", "refused"], env=env)
+    assert result.exit_code == 4, result.output
+    assert "held at offset" in result.output and "transaction left open" in result.output
+    assert "Traceback" not in result.output
+    producer.abort_transaction(10)
