@@ -399,9 +399,12 @@ def rebuild_refused(
     # past every record of the run's life written so far (its seq: the start's ms << 16, one
     # more a write): a copy of an older record of the workers' written again after this one
     # is not taken (it would give the spend since back)
-    floor = int(now.timestamp() * 1000) << 16
+    # (and past its last event's time by the workers' clock: this host's may be behind theirs)
     for state in rebuilt.states:
-        state.seq = max(state.seq, floor)
+        # (bounded: a day ahead at most; the sink refuses decisions dated further off)
+        wall = now.timestamp()
+        latest = min(max(wall, (state.last_event_at or 0.0) + 1.0), wall + 86_400.0)
+        state.seq = max(state.seq, int(latest * 1000) << 16)
     out.states = rebuilt.states
     done = {state.run_id for state in out.states}
     for run_id, count in out.decisions.items():
