@@ -286,7 +286,7 @@ def refusal_of(value: bytes) -> str | None:
     return (
         f"its changelog record at {at} does not carry the workers' state MAC and no record of "
         "theirs comes before it (forged, written by a worker without their seal key, or "
-        "theirs compacted away)"
+        "theirs compacted away); `baton runs rebuild` rebuilds it from the audit"
     )
 
 
