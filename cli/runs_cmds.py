@@ -47,19 +47,31 @@ def refused_cmd(data_dir: Path | None, **opts: Any) -> None:
     none of their records carries the workers' state MAC (a record forged onto a compacted
     changelog, or every record written by a worker without the key, or under another key).
     Their events are `state_unreadable` dead letters until `baton runs rebuild` writes their
-    state again. Reads every partition from its start, with the workers' seal key
-    (BATON_AUDIT_CHAIN_KEY or BATON_AUDIT_CHAIN_KEY_FILE). Exit 0 when none is refused, 1 when
-    some are, 2 without a key, 4 when Kafka or a partition cannot be read."""
+    state again. Also the runs it holds an older record of than their newest (OLDER: a worker
+    without the key decided them after one with it, as in a rolling upgrade). Reads every
+    partition from its start, with the workers' seal key (BATON_AUDIT_CHAIN_KEY or
+    BATON_AUDIT_CHAIN_KEY_FILE). Exit 0 when none is refused or older, 1 when some are, 2
+    without a key, 4 when Kafka or a partition cannot be read."""
     settings = stack_settings(opts, data_dir)
     found = _read(settings, _keys(settings, data_dir))
     for key, (partition, why) in sorted(found.refused.items()):
         alien = "" if _run_id(key) is not None else " (a key no event carries: not UTF-8)"
         click.echo(f"REFUSED {_shown(_run(key))} (partition {partition}){alien}: {why}")
+    for key, newer in sorted(found.passed_over.items()):
+        click.echo(
+            f"OLDER {_shown(_run(key))} (partition {_partition(key, found)}): the restore holds a "
+            f"record of the workers' but not the {counted(newer, 'newer record')} of it after it "
+            "(a worker without the key decided the run after one with it, as in a rolling "
+            "upgrade, or records forged or written again): its state may be older than its "
+            "decisions"
+        )
     summary = (
         f"runs refused: {counted(len(found.refused), 'run')} of "
         f"{counted(len(found.refused) + len(found.held), 'run')} on {found.topic} "
         f"({counted(found.partitions, 'partition')} read to their end)"
     )
+    if found.passed_over:
+        summary += f"; {counted(len(found.passed_over), 'run')} held older than its records"
     if found.notes.count:
         summary += (
             f"; {counted(found.notes.count, 'record')} not taken (first: {found.notes.first[0]})"
@@ -71,12 +83,12 @@ def refused_cmd(data_dir: Path | None, **opts: Any) -> None:
             "of workers without the key) or a rotation; otherwise the key given is not the "
             "workers' (BATON_AUDIT_CHAIN_KEY, BATON_AUDIT_CHAIN_KEY_FILE)"
         )
-    if any(_run_id(key) is not None for key in found.refused):
+    if any(_run_id(key) is not None for key in (*found.refused, *found.passed_over)):
         click.echo(
             "rebuild them from the audit: stop the workers, `baton runs rebuild --refused "
             "--workers-stopped`, start the workers"
         )
-    if found.refused:
+    if found.refused or found.passed_over:
         raise SystemExit(1)
 
 
@@ -159,7 +171,10 @@ def rebuild_cmd(
     found = _read(settings, keys)
     # (keys as run ids only when they are UTF-8: a forged key b"\xff" shown as "\\xff" named
     # the run "\\xff", which a worker may hold, refused)
-    refused = {run for key in found.refused if (run := _run_id(key)) is not None}
+    # (a run held older than its newest records is rebuilt too: the audit has the decisions
+    # a worker without the key made after the record held, h49c F1)
+    rebuilt_ones = (*found.refused, *found.passed_over)
+    refused = {run for key in rebuilt_ones if (run := _run_id(key)) is not None}
     held = {run for key in found.held if (run := _run_id(key)) is not None}
     asked = sorted(refused) if every else list(dict.fromkeys(run_ids))
     left = {
@@ -173,7 +188,7 @@ def rebuild_cmd(
     }
     todo = [run for run in asked if run in refused]
     if every and not todo:
-        aliens = len(found.refused) - len(refused)
+        aliens = len(rebuilt_ones) - len(refused)
         also = (
             f" ({counted(aliens, 'refused key')} no event carries: no run's, nothing to rebuild)"
             if aliens
@@ -300,6 +315,12 @@ def _read(settings: Settings, keys: list[bytes]) -> Any:
 def _run(key: bytes) -> str:
     """A changelog record's key as text to show (bytes no event carries: escaped)."""
     return key.decode("utf-8", "backslashreplace")
+
+
+def _partition(key: bytes, found: Any) -> int:
+    from baton.streams.partitioner import partition_for
+
+    return partition_for(key, found.partitions)
 
 
 def _run_id(key: bytes) -> str | None:

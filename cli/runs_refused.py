@@ -84,6 +84,10 @@ class RefusedRuns:
     refused: dict[bytes, tuple[int, str]] = field(default_factory=dict)
     #: the runs (keys) the restore holds a state of
     held: set[bytes] = field(default_factory=set)
+    #: of those, the runs with records after the one held that it did not take -> how many
+    #: (a worker without the key decided the run after one with it: a rolling upgrade, h49c
+    #: F1; or records forged or written again): the state held may be older than its decisions
+    passed_over: dict[bytes, int] = field(default_factory=dict)
     #: records it did not take (the first five named)
     notes: NotTaken = field(default_factory=NotTaken)
 
@@ -126,10 +130,18 @@ def read_refused(settings: Settings, keys: list[bytes]) -> RefusedRuns:
     finally:
         consumer.close()
     ends = _ends(config, high, settings)
-    gate = StateGate(keys, topic, len(parts), settings.tombstone_retention_s)
+    gate = _Watching(StateGate(keys, topic, len(parts), settings.tombstone_retention_s))
     out = RefusedRuns(topic, len(parts))
     todo = {p: ends.get((topic, p), 0) for p in parts}
-    latest, last = read_changelog(config, topic, todo, _STALL_S, _MAX_S, gate, out.notes)
+    latest, last = read_changelog(
+        config,
+        topic,
+        todo,
+        _STALL_S,
+        _MAX_S,
+        gate,
+        out.notes,  # type: ignore[arg-type]
+    )
     short = [p for p, end in todo.items() if end > 0 and last.get(p, -1) < end - 1]
     if short:
         raise BrokerUnavailable(
@@ -144,7 +156,35 @@ def read_refused(settings: Settings, keys: list[bytes]) -> RefusedRuns:
             out.refused[key] = (partition, why)
         elif value[:1] == b"{":
             out.held.add(key)
+            if gate.passed_over.get(key):
+                out.passed_over[key] = gate.passed_over[key]
     return out
+
+
+class _Watching:
+    """A state gate that also counts, per run, the records after the one it holds that it did
+    not take (a taken record starts the count again)."""
+
+    def __init__(self, gate: StateGate) -> None:
+        self.gate = gate
+        self.passed_over: dict[bytes, int] = {}
+
+    def admit(
+        self,
+        key: object,
+        partition: int,
+        value: bytes | None,
+        held: object,
+        notes: NotTaken,
+        at: str,
+    ) -> object:
+        taken = self.gate.admit(key, partition, value, held, notes, at)
+        if type(key) is bytes:
+            if taken is not held:
+                self.passed_over.pop(key, None)
+            elif value is not None and type(held) is bytes and held[:1] == b"{":
+                self.passed_over[key] = self.passed_over.get(key, 0) + 1
+        return taken
 
 
 def _ends(

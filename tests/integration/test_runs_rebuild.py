@@ -110,14 +110,15 @@ def _changelog(s: Stack) -> str:
     return f"{_app(s)}-runs-changelog"
 
 
-def _forge(s: Stack) -> None:
-    """A writer of the changelog: RUN's budget given back by a record without the workers'
-    MAC (as a compacting Kafka may leave it alone)."""
+def _forge(s: Stack, run: str = RUN) -> None:
+    """A writer of the changelog: ``run``'s budget given back by a record without the workers'
+    MAC (as a compacting Kafka may leave it alone, or a keyless worker writes it)."""
     topic = _changelog(s)
-    forged = orjson.loads(_first_record(s.bootstrap, topic, RUN))
+    forged = orjson.loads(_first_record(s.bootstrap, topic, run))
     forged.update(hc=0, sq=10**6)
+    forged.pop("sm", None)
     producer = Producer({"bootstrap.servers": s.bootstrap})
-    key = RUN.encode()
+    key = run.encode()
     producer.produce(topic, orjson.dumps(forged), key, partition=partition_for(key, PARTITIONS))
     assert producer.flush(10) == 0
 
@@ -199,6 +200,17 @@ def test_a_refused_run_is_named_rebuilt_from_the_audit_and_decided_with_its_budg
             again = _baton(s, "refused")
             assert again.returncode == 0, again
             assert "runs refused: 0 runs of " in again.stdout
+
+            # a keyless worker's later record of a run a keyed one wrote (a rolling upgrade):
+            # the restore holds the older record; named, and rebuilt from the audit (h49c F1)
+            _forge(s, OTHER)
+            older = _baton(s, "refused")
+            assert older.returncode == 1, older
+            assert f"OLDER {OTHER} (partition " in older.stdout, older
+            assert "runs refused: 0 runs of " in older.stdout, older
+            dry = _baton(s, "rebuild", OTHER, "--dry-run", dsn=sink.dsn)
+            assert dry.returncode == 0, dry
+            assert f"WOULD REBUILD {OTHER} from 1 decision: 1 handoff" in dry.stdout, dry
         finally:
             sink.stop()
 

@@ -87,6 +87,9 @@ def test_the_runs_a_restore_refuses_are_named_and_nothing_else(changelog: Embedd
         "a key's control characters reached the terminal"
     )
     assert "(a key no event carries: not UTF-8)" in out, out
+    # held, then a record after it not taken: the state held may be older (h49c F1)
+    assert "OLDER held-then-forged (partition" in out and "not the 1 newer record" in out, out
+    assert "; 1 run held older than its records" in out, out
     assert "runs refused: 3 runs of 6 runs on" in out, out
     assert "4 records not taken" in out, out
     assert "baton runs rebuild --refused" in out and "WARNING" not in out
