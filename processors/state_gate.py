@@ -49,7 +49,9 @@ forged or older newer one replaced (the older one is then taken), and after a de
 run's older records (it comes back as it was then: never less spent than a new run); there,
 only the broker's ACLs keep writers out. A worker without a key checks nothing (it warns at
 start); workers and restores must share the key, and a new key refuses every run whose newest
-record the old one marked (docs/deploy.md). Two deployments under one key and one app id
+record the old one marked (docs/deploy.md); a run a keyed worker and then one without the key
+decided (a key rolled in one worker at a time) is restored from the keyed worker's older
+record (`baton runs refused` names it OLDER). Two deployments under one key and one app id
 take each other's records. A deletion written while the run's partition has a backlog holding
 a late event of the run (which would have kept its tombstone) is taken once the tombstone is
 due by the restoring worker's clock (the sweep waits for the backlog); a restoring clock
