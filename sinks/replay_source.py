@@ -80,11 +80,11 @@ class ReplayScope:
     since: datetime | None = None
     until: datetime | None = None
     run_id: str | None = None
-    #: only these runs (each read whole)
-    run_ids: tuple[str, ...] | None = None
     tenant: str | None = None
     #: only runs with a decision at or after this time, each read whole (restoring live runs)
     active_since: datetime | None = None
+    #: only these runs (each read whole; after the others: callers give those by position)
+    run_ids: tuple[str, ...] | None = None
 
     def where(self) -> tuple[str, dict[str, Any]]:
         # a run's steps; not the control follower's records (kill switches, policy updates:
