@@ -182,9 +182,19 @@ def first_names(runs: list[str], first: int = 5) -> str:
 
 
 def _aged(state: RunState | None, settings: Settings, now: datetime) -> RunState | None:
+    """``state`` as the worker's sweep leaves it at ``now``: a run idle past the retention
+    made a tombstone when its retention ended (the sweep runs every second), not ``now`` (a
+    tombstone made at ``now`` held the run id a whole tombstone retention more, and a run due
+    to be forgotten came back as one: h49c F2), and forgotten when that one is due."""
     if state is None:
         return None
-    return evict(state, now, settings.run_retention_s, settings.tombstone_retention_s)
+    retention, tombstone = settings.run_retention_s, settings.tombstone_retention_s
+    due = state.last_event_at + retention + 0.001  # (past the float sum's rounding)
+    if state.evicted_at is None and due < now.timestamp():
+        state = evict(state, datetime.fromtimestamp(due, UTC), retention, tombstone)
+        if state is None:
+            return None
+    return evict(state, now, retention, tombstone)
 
 
 _SUMMARY = """

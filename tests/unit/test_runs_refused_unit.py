@@ -65,3 +65,26 @@ def test_many_runs_are_read_in_one_query() -> None:
 def test_the_partitions_to_restore_are_the_runs_own() -> None:
     runs = ["a", "b", "c", "a"]
     assert partitions_of(runs, 8) == sorted({partition_for(r.encode(), 8) for r in runs})
+
+
+def test_a_rebuilt_idle_run_is_a_tombstone_from_when_its_retention_ended() -> None:
+    """As the worker's sweep made it, not at the rebuild's now: a tombstone made then held the
+    run id a whole tombstone retention more, and one due to be forgotten came back (h49c F2)."""
+    from datetime import timedelta
+
+    from baton.cli.restore_rebuild import _aged
+    from baton.processors.state import RunState
+    from baton.schemas.settings import Settings
+
+    settings = Settings(run_retention_s=3600, tombstone_retention_s=86_400)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    state = RunState.new(RUN, "acme", start.timestamp())
+    later = start + timedelta(hours=5)
+    tomb = _aged(state, settings, later)
+    assert tomb is not None and tomb.evicted_at is not None
+    assert abs(tomb.evicted_at - (start.timestamp() + 3600)) < 1.0, tomb.evicted_at
+    # a day after the sweep made it, forgotten: not a fresh tombstone made at the rebuild
+    assert _aged(state, settings, start + timedelta(hours=1, days=1, minutes=1)) is None
+    # still live within its retention
+    live = _aged(state, settings, start + timedelta(minutes=59))
+    assert live is not None and live.evicted_at is None
