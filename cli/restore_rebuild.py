@@ -57,6 +57,10 @@ class Rebuilt:
     impossible: list[str] = field(default_factory=list)
     #: "run: why" of runs whose decision chain is broken (a gap, a fork: restored stopped)
     broken: list[str] = field(default_factory=list)
+    #: runs the sweep would have forgotten by now, as the tombstones it forgot (a restore on
+    #: a fresh broker leaves them out; a refused run's rebuild writes one, due: its record
+    #: lifts the refusal and the workers' sweep forgets it)
+    forgotten: list[RunState] = field(default_factory=list)
 
 
 def rebuild_runs(
@@ -105,9 +109,11 @@ def rebuild_runs(
             out.unfaithful.append(run_id)
             if state.stopped is None:
                 state.stopped = Reason.AUDIT_UNVERIFIED
-        aged = _aged(state, settings, now)
+        aged, forgotten = _age(state, settings, now)
         if aged is not None:
             out.states.append(aged)
+        elif forgotten is not None:
+            out.forgotten.append(forgotten)
     return out
 
 
@@ -182,19 +188,28 @@ def first_names(runs: list[str], first: int = 5) -> str:
 
 
 def _aged(state: RunState | None, settings: Settings, now: datetime) -> RunState | None:
-    """``state`` as the worker's sweep leaves it at ``now``: a run idle past the retention
-    made a tombstone when its retention ended (the sweep runs every second), not ``now`` (a
-    tombstone made at ``now`` held the run id a whole tombstone retention more, and a run due
-    to be forgotten came back as one: h49c F2), and forgotten when that one is due."""
+    """``state`` as the worker's sweep leaves it at ``now`` (None: forgotten): see ``_age``."""
+    return _age(state, settings, now)[0]
+
+
+def _age(
+    state: RunState | None, settings: Settings, now: datetime
+) -> tuple[RunState | None, RunState | None]:
+    """``state`` as the worker's sweep leaves it at ``now``, and when that is nothing (the
+    run forgotten) the tombstone it forgot. A run idle past the retention became a tombstone
+    when its retention ended (the sweep runs every second), not at ``now``: a tombstone made
+    at ``now`` held the run id a whole tombstone retention more, and a run due to be forgotten
+    came back as one (h49c F2)."""
     if state is None:
-        return None
+        return None, None
     retention, tombstone = settings.run_retention_s, settings.tombstone_retention_s
     due = state.last_event_at + retention + 0.001  # (past the float sum's rounding)
     if state.evicted_at is None and due < now.timestamp():
         state = evict(state, datetime.fromtimestamp(due, UTC), retention, tombstone)
-        if state is None:
-            return None
-    return evict(state, now, retention, tombstone)
+        if state is None:  # (a tombstone is made there, never forgotten)
+            return None, None
+    aged = evict(state, now, retention, tombstone)
+    return aged, (state if aged is None else None)
 
 
 _SUMMARY = """
@@ -214,6 +229,7 @@ def from_summaries(
     settings: Settings,
     now: datetime,
     unverified: frozenset[str] = frozenset(),
+    forgotten: list[RunState] | None = None,
 ) -> list[RunState]:
     """States of runs that cannot be replayed: what their decisions say (counters, stop);
     those in ``unverified`` stopped (audit_unverified) unless their decisions say a stop."""
@@ -237,9 +253,11 @@ def from_summaries(
             state.spent_usd = float(spent)
             state.stopped = stop or (Reason.AUDIT_UNVERIFIED if run_id in unverified else None)
             state.finished = bool(finished)
-            aged = _aged(state, settings, now)
+            aged, gone = _age(state, settings, now)
             if aged is not None:
                 states.append(aged)
+            elif gone is not None and forgotten is not None:
+                forgotten.append(gone)
     return states
 
 
@@ -261,6 +279,11 @@ def rebuild_from_audit(
     counters = rebuilt.partial + rebuilt.unverified_counters
     if counters:
         rebuilt.states += from_summaries(
-            client, counters, settings, now, frozenset(rebuilt.unverified_counters)
+            client,
+            counters,
+            settings,
+            now,
+            frozenset(rebuilt.unverified_counters),
+            rebuilt.forgotten,
         )
     return rebuilt

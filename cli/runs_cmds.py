@@ -253,6 +253,11 @@ def rebuild_cmd(
         click.echo(
             f"{'WOULD REBUILD' if dry_run else 'REBUILT'} {_shown(state.run_id)} from "
             f"{counted(rebuild.decisions.get(state.run_id, 0), 'decision')}: {_described(state)}"
+            + (
+                " (due to be forgotten: the workers' sweep forgets it once restored)"
+                if state.run_id in rebuild.forgotten
+                else ""
+            )
         )
     for run, why in left.items():
         click.echo(f"NOT REBUILT {_shown(run)}: {why}")

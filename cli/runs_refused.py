@@ -31,11 +31,13 @@ A rebuilt record's seq is past every record of the run written before it (``now`
 milliseconds << 16, as a run begun now): a copy of one of the workers' older records of the
 run, written again after it, is not taken.
 
+A run the workers' sweep would have forgotten by now is written as the tombstone it forgot
+(due: the sweep forgets it again once a worker restores it), which lifts the refusal.
+
 Not guaranteed: the audit's decisions older than the decisions topic's retention are taken as
 they are (rows deleted from a run's end before then go unseen: the chain names only a gap).
-A run past the workers' retention, or without a decision in the
-audit (a record forged for a run no worker decided, or one the audit's TTL dropped), is not
-rebuilt: it stays refused.
+A run without a decision in the audit (a record forged for a run no worker decided, or one the
+audit's TTL dropped) is not rebuilt: it stays refused.
 """
 
 from __future__ import annotations
@@ -393,6 +395,8 @@ class Rebuild:
     left: dict[str, str] = field(default_factory=dict)
     #: the runs rebuilt STOPPED because the audit could not vouch for their history
     unverified: list[str] = field(default_factory=list)
+    #: the runs the workers' sweep would have forgotten: written as their due tombstones
+    forgotten: set[str] = field(default_factory=set)
 
 
 def rebuild_refused(
@@ -440,6 +444,10 @@ def rebuild_refused(
     # more a write): a copy of an older record of the workers' written again after this one
     # is not taken (it would give the spend since back)
     # (and past its last event's time by the workers' clock: this host's may be behind theirs)
+    # a run the sweep would have forgotten: its tombstone, due (a record of the workers' lifts
+    # the refusal, then their sweep forgets it; left out, the run id stayed refused for good)
+    out.forgotten = {state.run_id for state in rebuilt.forgotten}
+    rebuilt.states += rebuilt.forgotten
     for state in rebuilt.states:
         # (bounded: a day ahead at most; the sink refuses decisions dated further off)
         wall = now.timestamp()
@@ -450,9 +458,8 @@ def rebuild_refused(
     for run_id, count in out.decisions.items():
         if count and run_id not in done:
             out.left[run_id] = (
-                "past the workers' retention (BATON_RUN_RETENTION_S + "
-                "BATON_TOMBSTONE_RETENTION_S after its last decision), or its rows name no "
-                "run an event can carry: nothing to restore; it stays refused"
+                "its rows name no run an event can carry (forged): nothing to restore; it "
+                "stays refused"
             )
     return out
 

@@ -88,3 +88,21 @@ def test_a_rebuilt_idle_run_is_a_tombstone_from_when_its_retention_ended() -> No
     # still live within its retention
     live = _aged(state, settings, start + timedelta(minutes=59))
     assert live is not None and live.evicted_at is None
+
+
+def test_a_run_the_sweep_forgot_is_kept_as_its_tombstone_for_a_refused_runs_rebuild() -> None:
+    """Left out, a refused run the sweep would have forgotten stayed refused for good (no
+    record of the workers' lifts a refusal); `baton up`'s restore still leaves it out."""
+    from datetime import timedelta
+
+    from baton.cli.restore_rebuild import Rebuilt, _age
+    from baton.processors.state import RunState
+    from baton.schemas.settings import Settings
+
+    settings = Settings(run_retention_s=3600, tombstone_retention_s=86_400)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    state = RunState.new(RUN, "acme", start.timestamp())
+    aged, forgotten = _age(state, settings, start + timedelta(days=3))
+    assert aged is None and forgotten is not None
+    assert abs(forgotten.evicted_at - (start.timestamp() + 3600)) < 1.0  # type: ignore[operator]
+    assert Rebuilt().forgotten == []
