@@ -149,14 +149,8 @@ def rebuild_cmd(
     from baton.cli.audit_options import audit_client
     from baton.cli.chain_keys import audit_worker_dir
     from baton.cli.restore_write import write_changelog
-    from baton.cli.runs_refused import (
-        Rebuild,
-        decisions_on_topic,
-        missing_from_audit,
-        partitions_of,
-        rebuild_refused,
-        workers_running,
-    )
+    from baton.cli.runs_evidence import decisions_on_topic, missing_from_audit, workers_running
+    from baton.cli.runs_refused import Rebuild, partitions_of, rebuild_refused
     from baton.processors.control_seal import workers_chain_key
     from baton.schemas.record_mac import MacKeys
     from baton.sinks.clickhouse import audit_errors, parse_dsn

@@ -10,26 +10,29 @@ good; `baton up` rebuilds every run from the audit at its start, a Kafka deploym
 
 What it does: :func:`read_refused` reads the changelog as a restore does (every partition from
 its start to its committed end, through the state gate, with the workers' key) and names the
-runs it refuses. :func:`rebuild_refused` rebuilds those of them the audit holds decisions of,
-as `baton up`'s restart does (``restore_rebuild``: replayed under their recorded policies), and
-`baton runs rebuild` writes each to the run's changelog partition with the workers' MAC; the
-workers take them when they start (each restores its partitions).
+runs it refuses, and those it holds an older record of than their newest (``passed_over``: a
+worker without the key decided them after one with it, a key rolled in one worker at a time,
+h49c F1; or records forged). :func:`rebuild_refused` rebuilds those of them the audit holds
+decisions of, as `baton up`'s restart does (``restore_rebuild``: replayed under their recorded
+policies), and `baton runs rebuild` writes each to the run's changelog partition with the
+workers' MAC; the workers take them when they start (each restores its partitions).
 
-Fails closed: nothing is written while a worker runs (:func:`workers_running`: the group's
-members, or on Tansu, which lists none, a probe answered); a worker holding a run in memory
-would decide it past the rebuilt state, and the next restore would not take its records after
-it. A run the restore does not refuse is never written (the workers hold its state). A run of
-which the decisions topic holds a decision the audit lacks (:func:`decisions_on_topic`,
-:func:`missing_from_audit`: the records with the workers' audit MAC; the sink behind, rows lost
-to a restored backup or a replica behind) is not written: the rebuilt state would miss it. The
-sink group's committed offsets are no such proof (anyone may commit them, past the end too:
-h49a H4, and the audit may have lost rows the sink stored: H2). A run that does not replay
-exactly is left refused unless asked to write it STOPPED. Nothing is said of a changelog
-partition that cannot be read to its end.
+Fails closed (the checks are cli/runs_evidence.py's): nothing is written unless the operator
+says every worker is stopped (``--workers-stopped``: a paused one shows nothing) and none seems
+to run (``workers_running``: the group's members, or on Tansu, which lists none, a probe
+answered or its offsets moving); a worker holding a run in memory would decide it past the
+rebuilt state, and the next restore would not take its records after it. A run the restore does
+not refuse is never written (the workers hold its state). A run of which the decisions topic
+holds a decision the audit lacks (``decisions_on_topic``, ``missing_from_audit``: the records
+with the workers' audit MAC; the sink behind, rows lost to a restored backup or a replica
+behind) is not written: the rebuilt state would miss it. The sink group's committed offsets are
+no such proof (anyone may commit them, past the end too: h49a H4, and the audit may have lost
+rows the sink stored: H2). A run that does not replay exactly is left refused unless asked to
+write it STOPPED. Nothing is said of a changelog partition that cannot be read to its end.
 
 A rebuilt record's seq is past every record of the run written before it (``now``'s
-milliseconds << 16, as a run begun now): a copy of one of the workers' older records of the
-run, written again after it, is not taken.
+milliseconds, or its last event's + 1 s if later, << 16, as a run begun then): a copy of one of
+the workers' older records of the run, written again after it, is not taken.
 
 A run the workers' sweep would have forgotten by now is written as the tombstone it forgot
 (due: the sweep forgets it again once a worker restores it), which lifts the refusal.
@@ -42,38 +45,35 @@ audit's TTL dropped) is not rebuilt: it stays refused.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from baton.cli.wording import counted
 from baton.processors.state import RunState
 from baton.processors.state_gate import NotTaken, StateGate, refusal_of
 from baton.schemas.errors import BrokerUnavailable, ConfigError
 from baton.schemas.settings import Settings
 from baton.streams.partitioner import partition_for
-from baton.streams.topics import TopicCatalog, changelog_topic
+from baton.streams.topics import changelog_topic
 
 __all__ = [
+    "PAGE",
+    "STALL_S",
     "Rebuild",
     "RefusedRuns",
-    "decisions_on_topic",
-    "missing_from_audit",
+    "ends_committed",
+    "partitions_of",
     "read_refused",
     "rebuild_refused",
-    "workers_running",
 ]
 
-#: seconds a changelog partition may go without a new record before its read is given up
-_STALL_S = 30.0
+#: seconds a partition may go without a new record before its read is given up
+STALL_S = 30.0
 #: seconds the whole read may take (a CLI, not a rebalance callback: far more than a restore)
 _MAX_S = 3600.0
 #: runs a query of the audit names at most
-_PAGE = 1000
-#: seconds between two progress lines of a long read
-_PROGRESS_S = 5.0
+PAGE = 1000
 
 
 @dataclass
@@ -131,7 +131,7 @@ def read_refused(settings: Settings, keys: list[bytes]) -> RefusedRuns:
         }
     finally:
         consumer.close()
-    ends = _ends(config, high, settings)
+    ends = ends_committed(config, high, settings)
     gate = _Watching(StateGate(keys, topic, len(parts), settings.tombstone_retention_s))
     out = RefusedRuns(topic, len(parts))
     todo = {p: ends.get((topic, p), 0) for p in parts}
@@ -139,7 +139,7 @@ def read_refused(settings: Settings, keys: list[bytes]) -> RefusedRuns:
         config,
         topic,
         todo,
-        _STALL_S,
+        STALL_S,
         _MAX_S,
         gate,
         out.notes,  # type: ignore[arg-type]
@@ -189,7 +189,7 @@ class _Watching:
         return taken
 
 
-def _ends(
+def ends_committed(
     config: dict[str, object], high: dict[tuple[str, int], int], settings: Settings
 ) -> dict[tuple[str, int], int]:
     """``committed_ends``; a transaction left open on a partition (which holds back every
@@ -201,187 +201,6 @@ def _ends(
         return committed_ends(config, high, timeout_s=settings.connect_timeout_s)
     except TimeoutError as exc:
         raise BrokerUnavailable(f"cannot read to the end at {settings.bootstrap}: {exc}") from None
-
-
-def workers_running(settings: Settings, probe_s: float = 10.0) -> str | None:
-    """Why a worker of ``settings.app_id`` seems to run (None: nothing says one does): its
-    group's members as Kafka lists them; else (Tansu lists none, and calls a group stable long
-    after its last worker left) a probe answered within ``probe_s``, or the group's committed
-    offsets moving meanwhile (a worker busy with a backlog answers no probe in time: h49b F1).
-    A worker paused (SIGSTOP, a paused container) shows none of these: the caller's
-    ``--workers-stopped`` is the operator's word for it."""
-    from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
-
-    from baton.processors.probe import wait_until_deciding
-    from baton.schemas.errors import BatonError
-
-    group = settings.app_id
-    admin = AdminClient(settings.kafka_config())
-    timeout = settings.connect_timeout_s
-    catalog = TopicCatalog.from_settings(settings)
-    parts = [TopicPartition(catalog.requests, p) for p in range(settings.partitions)]
-
-    def committed() -> list[tuple[int, int]]:
-        request = [ConsumerGroupTopicPartitions(group, parts)]
-        answer = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
-        return sorted((tp.partition, tp.offset) for tp in answer.result(timeout).topic_partitions)
-
-    try:
-        found = admin.describe_consumer_groups([group], request_timeout=timeout)[group]
-        description = found.result(timeout=timeout)
-        if description.members:
-            hosts = sorted({f"{m.client_id}@{m.host}" for m in description.members})
-            return f"the workers' group {group} has {counted(len(hosts), 'member')}: " + ", ".join(
-                hosts
-            )
-        if description.state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
-            return None
-        before = committed()
-    except Exception as exc:
-        raise BrokerUnavailable(
-            f"cannot describe the workers' group {group} at {settings.bootstrap}: {exc}"
-        ) from None
-    try:
-        wait_until_deciding(
-            settings.kafka_config(),
-            catalog.requests,
-            catalog.decisions,
-            settings.partitions,
-            timeout_s=probe_s,
-        )
-    except BatonError:
-        pass  # (no answer)
-    else:
-        return f"a worker of group {group} answered a probe"
-    try:
-        moved = committed() != before
-    except Exception as exc:
-        raise BrokerUnavailable(
-            f"cannot read the offsets of group {group} at {settings.bootstrap}: {exc}"
-        ) from None
-    return (
-        f"the workers' group {group} committed offsets in the last {probe_s:g} s" if moved else None
-    )
-
-
-def decisions_on_topic(
-    settings: Settings,
-    runs: Iterable[str],
-    taken: Callable[[bytes], bool],
-    say: Callable[[str], None] = print,
-) -> dict[str, set[str]]:
-    """The ids of the decisions of ``runs`` on the decisions topic (each run's partition, from
-    its start to its committed end), of the records ``taken`` (a workers' audit MAC holds);
-    BrokerUnavailable when a partition cannot be read to its end."""
-    import orjson
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
-    from baton.cli.replay_kafka_read import topic_partitions
-
-    topic = TopicCatalog.from_settings(settings).decisions
-    config = settings.kafka_config()
-    keys = {run.encode(): run for run in runs}
-    found: dict[str, set[str]] = {run: set() for run in keys.values()}
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": f"baton-runs-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        count = len(topic_partitions(consumer, topic, settings))
-        if count != settings.partitions:  # (a run's decisions are on its murmur2 partition)
-            raise ConfigError(
-                f"{topic} has {count} partitions, the count given (--partitions, "
-                f"BATON_PARTITIONS) is {settings.partitions}: give the workers'"
-            )
-        wanted = sorted({partition_for(key, count) for key in keys})
-        high = {
-            (topic, p): consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=settings.connect_timeout_s, cached=False
-            )[1]
-            for p in wanted
-        }
-        ends = _ends(config, high, settings)
-        todo = {p: ends.get((topic, p), 0) for p in wanted if ends.get((topic, p), 0) > 0}
-        total, read, said = sum(todo.values()), 0, time.monotonic()
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
-        progress = time.monotonic()
-        while todo:
-            if time.monotonic() - progress > _STALL_S:
-                raise BrokerUnavailable(
-                    f"reading {topic} partition(s) {', '.join(map(str, todo))} at "
-                    f"{settings.bootstrap} made no progress for {_STALL_S:.0f} s"
-                )
-            for msg in consumer.consume(10_000, 0.5):
-                p, error = msg.partition(), msg.error()
-                if p not in todo:
-                    continue
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        raise BrokerUnavailable(f"reading {topic}[{p}]: {error.str()}")
-                    if msg.offset() >= todo[p]:
-                        del todo[p]
-                    continue
-                progress = time.monotonic()
-                read += 1
-                if progress - said > _PROGRESS_S:
-                    say(f"runs rebuild: reading {topic}: {read:,} of ~{total:,} records")
-                    said = progress
-                if msg.offset() >= todo[p] - 1:
-                    del todo[p]
-                run = keys.get(msg.key())
-                value = msg.value()
-                if run is None or value is None or not taken(value):
-                    continue
-                try:
-                    doc = orjson.loads(
-                        value
-                    )  # (a signature is a member: base64, checked by the MAC's reader)
-                except orjson.JSONDecodeError:
-                    continue
-                if _decision_of(doc, run):  # (a record that is no decision: the sink's
-                    found[run].add(doc["decision_id"])  # governance.rejected, h49b F4)
-    finally:
-        consumer.close()
-    return found
-
-
-def _decision_of(doc: object, run: str) -> bool:
-    """Whether ``doc`` reads as a decision of ``run`` (the fields the sink stores it by)."""
-    from baton.schemas.decision import Outcome, Reason
-
-    return (
-        type(doc) is dict
-        and doc.get("run_id") == run
-        and type(doc.get("decision_id")) is str
-        and doc.get("outcome") in Outcome.__members__.values()
-        and doc.get("reason") in Reason.__members__.values()
-        and type(doc.get("decided_at")) is str
-    )
-
-
-def missing_from_audit(client: object, wanted: dict[str, set[str]]) -> dict[str, int]:
-    """Of each run's decision ids in ``wanted``, how many the audit ``client`` reads holds no
-    row of (runs missing none left out)."""
-    from baton.sinks.schema import DATABASE
-
-    runs = [run for run, ids in wanted.items() if ids]
-    stored: dict[str, set[str]] = {run: set() for run in runs}
-    for i in range(0, len(runs), _PAGE):
-        rows = client.query(  # type: ignore[attr-defined]
-            f"SELECT DISTINCT run_id, decision_id FROM {DATABASE}.decisions "
-            "WHERE run_id IN {runs:Array(String)}",
-            parameters={"runs": runs[i : i + _PAGE]},
-        ).result_rows
-        for run, decision_id in rows:
-            stored[str(run)].add(str(decision_id))
-    lacking = {run: len(wanted[run] - stored[run]) for run in runs}
-    return {run: n for run, n in lacking.items() if n}
 
 
 @dataclass
@@ -421,8 +240,8 @@ def rebuild_refused(
         say(f"rebuild: {line}; not used")
     recorded = []
     todo = list(runs)
-    for i in range(0, len(todo), _PAGE):  # (one query a page: a flood of forged ids, h49b F3)
-        scope = ReplayScope(run_ids=tuple(todo[i : i + _PAGE]))
+    for i in range(0, len(todo), PAGE):  # (one query a page: a flood of forged ids, h49b F3)
+        scope = ReplayScope(run_ids=tuple(todo[i : i + PAGE]))
         for run in runs_of(read_runs_rows(client, scope)):  # type: ignore[arg-type]
             out.decisions[run[0].run_id] = len(run)
             recorded.append(run)

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from baton.cli.runs_refused import _decision_of, partitions_of
+from baton.cli.runs_evidence import _decision_of
+from baton.cli.runs_refused import partitions_of
 from baton.schemas.decision import Decision, Outcome, Phase
 from baton.sinks.replay_source import ReplayScope
 from baton.streams.partitioner import partition_for
