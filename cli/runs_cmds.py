@@ -94,7 +94,12 @@ def refused_cmd(data_dir: Path | None, **opts: Any) -> None:
 
 @runs_group.command("rebuild")
 @click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...")
-@click.option("--refused", "every", is_flag=True, help="every run the restore refuses")
+@click.option(
+    "--refused",
+    "every",
+    is_flag=True,
+    help="every run the restore refuses or holds older than its records (`runs refused`)",
+)
 @click.option("--dry-run", is_flag=True, help="say what would be written; write nothing")
 @click.option(
     "--history-key-file",
