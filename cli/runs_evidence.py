@@ -123,13 +123,7 @@ def decisions_on_topic(
                 f"BATON_PARTITIONS) is {settings.partitions}: give the workers'"
             )
         wanted = sorted({partition_for(key, count) for key in keys})
-        high = {
-            (topic, p): consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=settings.connect_timeout_s, cached=False
-            )[1]
-            for p in wanted
-        }
-        ends = ends_committed(config, high, settings)
+        ends = ends_committed(consumer, topic, wanted, settings)
         todo = {p: ends.get((topic, p), 0) for p in wanted if ends.get((topic, p), 0) > 0}
         total, read, said = sum(todo.values()), 0, time.monotonic()
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])

@@ -97,7 +97,7 @@ class RefusedRuns:
 def read_refused(settings: Settings, keys: list[bytes]) -> RefusedRuns:
     """The changelog of ``settings.app_id`` read as a worker's restore reads it, with the
     workers' seal ``keys``; BrokerUnavailable when a partition cannot be read to its end."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer
 
     from baton.cli.replay_kafka_read import topic_partitions
     from baton.processors.faust_restore import read_changelog
@@ -123,15 +123,9 @@ def read_refused(settings: Settings, keys: list[bytes]) -> RefusedRuns:
                 f"BATON_PARTITIONS) is {settings.partitions}: give the workers' (a run's record "
                 "is on its key's murmur2 partition of that many)"
             )
-        high = {
-            (topic, p): consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=settings.connect_timeout_s, cached=False
-            )[1]
-            for p in parts
-        }
+        ends = ends_committed(consumer, topic, parts, settings)
     finally:
         consumer.close()
-    ends = ends_committed(config, high, settings)
     gate = _Watching(StateGate(keys, topic, len(parts), settings.tombstone_retention_s))
     out = RefusedRuns(topic, len(parts))
     todo = {p: ends.get((topic, p), 0) for p in parts}
@@ -190,15 +184,24 @@ class _Watching:
 
 
 def ends_committed(
-    config: dict[str, object], high: dict[tuple[str, int], int], settings: Settings
+    consumer: object, topic: str, partitions: Iterable[int], settings: Settings
 ) -> dict[tuple[str, int], int]:
-    """``committed_ends``; a transaction left open on a partition (which holds back every
-    record after it: Tansu never aborts one) a BrokerUnavailable naming it, not a traceback
-    (h49b F2)."""
+    """The committed end of each of ``topic``'s ``partitions`` (its high watermark, as
+    ``committed_ends`` corrects it); a transaction left open on a partition (which holds back
+    every record after it: Tansu never aborts one) a BrokerUnavailable naming it, not a
+    traceback (h49b F2)."""
+    from confluent_kafka import TopicPartition
+
     from baton.streams.transactions import committed_ends
 
+    high = {
+        (topic, p): consumer.get_watermark_offsets(  # type: ignore[attr-defined]
+            TopicPartition(topic, p), timeout=settings.connect_timeout_s, cached=False
+        )[1]
+        for p in partitions
+    }
     try:
-        return committed_ends(config, high, timeout_s=settings.connect_timeout_s)
+        return committed_ends(settings.kafka_config(), high, timeout_s=settings.connect_timeout_s)
     except TimeoutError as exc:
         raise BrokerUnavailable(f"cannot read to the end at {settings.bootstrap}: {exc}") from None
 
