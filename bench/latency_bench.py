@@ -334,6 +334,25 @@ def _fresh_topics(bootstrap: str, *names: str) -> None:
         future.result(10)
 
 
+def topic_names(bootstrap: str) -> set[str]:
+    return set(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics)
+
+
+def drop_new_topics(bootstrap: str, before: set[str]) -> list[str]:
+    """Delete the topics a phase made (every topic not in ``before`` but the broker's own,
+    ``__``), once its process has stopped; the names deleted. Tansu's memory storage keeps
+    every topic's records, and each phase's fetches and produces grew slower with what the
+    earlier phases had left (both sides, the worker's more: session 49's p50 per round rose
+    1.20 -> 1.36x within one run; session 50, same hour: 1.24x and 1.27x kept, 1.17-1.19x
+    dropped)."""
+    names = sorted(t for t in topic_names(bootstrap) - before if not t.startswith("__"))
+    if names:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for future in admin.delete_topics(names).values():
+            future.result(10)
+    return names
+
+
 #: a relay side's settings (``relay:burn=80``, ``relay:pad=1150,burn=40``) -> its variables
 _RELAY_SETTINGS = {"burn": "BENCH_RELAY_BURN_US", "pad": "BENCH_RELAY_PAD_TO"}
 
@@ -437,6 +456,7 @@ def phase(
     broker used while the rate was offered, then the process's by thread (``cpu_split``)."""
     # fresh topics every phase: on Tansu's memory storage a fetch slows down as a partition's
     # log grows (the relay alone went from p50 18 to 96 ms over 25 s on one pair of topics)
+    before = topic_names(bootstrap)
     with side as (requests, answers, pid):
         reader = Reader(bootstrap, [answers], args.fetch_wait_ms)
         # one producer per phase, its producer id assigned before the clock runs (a fresh
@@ -468,9 +488,12 @@ def phase(
             )
             if missing:
                 raise SystemExit(f"{missing} requests unanswered after 15 s")
-            return reader.got.pop(answers, []), reader.to_decided, cpu
+            result = reader.got.pop(answers, []), reader.to_decided, cpu
         finally:
             reader.close()
+    if not getattr(args, "keep_topics", False):
+        drop_new_topics(bootstrap, before)
+    return result
 
 
 @contextmanager
@@ -692,6 +715,12 @@ def main() -> None:
         "--idle",
         action="store_true",
         help="offer nothing: each side's and the broker's CPU a second while it waits",
+    )
+    ap.add_argument(
+        "--keep-topics",
+        action="store_true",
+        help="leave each phase's topics on the broker (before session 50: later phases ran "
+        "slower, on a broker holding every earlier phase's records)",
     )
     ap.add_argument("--relay", nargs=3, metavar=("BOOTSTRAP", "SRC", "DST"), help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -1,0 +1,27 @@
+"""bench.latency_bench drops what a phase made: each phase runs on a broker holding no earlier
+phase's records (Tansu's memory storage slowed every later phase down)."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from baton.streams.embedded import EmbeddedBroker
+from bench.latency_bench import drop_new_topics, topic_names
+
+pytestmark = pytest.mark.integration
+
+
+def test_only_the_phases_own_topics_are_deleted(broker: EmbeddedBroker, topic_prefix: str) -> None:
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    kept = f"{topic_prefix}earlier"
+    admin.create_topics([NewTopic(kept, 2, 1)])[kept].result(10)
+    before = topic_names(broker.bootstrap)
+    made = [f"{topic_prefix}in", f"{topic_prefix}out"]
+    for future in admin.create_topics([NewTopic(t, 2, 1) for t in made]).values():
+        future.result(10)
+
+    assert drop_new_topics(broker.bootstrap, before) == made
+    after = topic_names(broker.bootstrap)
+    assert kept in after and not set(made) & after
+    assert drop_new_topics(broker.bootstrap, before) == []  # nothing new: nothing asked
