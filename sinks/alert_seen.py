@@ -31,6 +31,7 @@ import fcntl
 import logging
 import math
 import os
+import re
 import secrets
 import stat
 import struct
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: the state file's name in the state directory
 STATE_FILE = "announced-stops"
+#: ``_replace``'s temp file names (a random 16-hex part)
+_TEMP = re.compile(rf"\.{re.escape(STATE_FILE)}\.[0-9a-f]{{16}}\.tmp")
 _HEADER = b"baton alerts: announced stops, v1\n"
 _ENTRY = struct.Struct(">16sd")
 _NO_STATE = "announced stops are remembered in memory only (a restart announces again a stop "
@@ -131,6 +134,7 @@ class AnnouncedStops:
                 info.st_uid,
                 stat.S_IMODE(info.st_mode),
             )
+        _remove_stale_temps(fd, directory)
         entries = self._read(self.path)
         wall = _reference(wall, (t for _, t in entries))
         for key, decided in entries:
@@ -276,6 +280,23 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _remove_stale_temps(dir_fd: int, directory: Path) -> None:
+    """Remove the temp files a rewrite killed midway left (``_replace``'s names only, up to
+    ~5 MB each; nothing else removed them: one more each kill -9). Called holding the
+    directory's lock, so no other alerter is writing one; a link of that name is removed, not
+    followed; a problem is a warning."""
+    stale = [name for name in os.listdir(dir_fd) if _TEMP.fullmatch(name)]
+    for name in stale:
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError as exc:
+            log.warning("alerts: cannot remove %s in %s (%s)", name, directory, _why(exc))
+    if stale:
+        log.info(
+            "alerts: removed %d temp file(s) a killed rewrite left in %s", len(stale), directory
+        )
 
 
 def _replace(dir_fd: int, data: bytes) -> None:

@@ -80,6 +80,32 @@ def test_a_restarted_alerter_does_not_announce_a_stop_it_announced_before(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]  # no temp file left
 
 
+def test_temp_files_a_killed_rewrite_left_are_removed_at_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kill -9 during a rewrite left its temp file (up to ~5 MB) and nothing removed it: one
+    more each kill. The next start removes such names only; a link of that name is removed,
+    its target left alone; anything else in the directory stays."""
+    caplog.set_level(logging.INFO)
+    state = tmp_path / "alerts"
+    state.mkdir(mode=0o700)
+    torn = [state / f".{STATE_FILE}.{i:016x}.tmp" for i in (1, 2)]
+    for path in torn:
+        path.write_bytes(b"x" * 1000)
+    outside = tmp_path / "precious"
+    outside.write_text("keep")
+    link = state / f".{STATE_FILE}.{3:016x}.tmp"
+    link.symlink_to(outside)
+    other = state / f".{STATE_FILE}.notours.tmp"
+    other.write_text("keep")
+
+    alerter = _alerter(state)
+    assert not any(p.exists() or p.is_symlink() for p in [*torn, link])
+    assert outside.read_text() == "keep" and other.read_text() == "keep"
+    assert "removed 3 temp file(s) a killed rewrite left" in caplog.text
+    alerter.seen.close(WALL)
+
+
 def test_only_stops_whose_alerts_are_out_are_remembered(tmp_path: Path) -> None:
     """A stop printed but not yet posted (its mark not due) is not written: a crash re-reads
     it and announces it again, as before (at least once), rather than drop the post."""
