@@ -287,7 +287,11 @@ def _remove_stale_temps(dir_fd: int, directory: Path) -> None:
     ~5 MB each; nothing else removed them: one more each kill -9). Called holding the
     directory's lock, so no other alerter is writing one; a link of that name is removed, not
     followed; a problem is a warning."""
-    stale = [name for name in os.listdir(dir_fd) if _TEMP.fullmatch(name)]
+    try:
+        stale = [name for name in os.listdir(dir_fd) if _TEMP.fullmatch(name)]
+    except OSError as exc:
+        log.warning("alerts: cannot list %s (%s): temp files left there stay", directory, _why(exc))
+        return
     for name in stale:
         try:
             os.unlink(name, dir_fd=dir_fd)
