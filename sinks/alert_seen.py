@@ -292,15 +292,15 @@ def _remove_stale_temps(dir_fd: int, directory: Path) -> None:
     except OSError as exc:
         log.warning("alerts: cannot list %s (%s): temp files left there stay", directory, _why(exc))
         return
+    removed = 0
     for name in stale:
         try:
             os.unlink(name, dir_fd=dir_fd)
+            removed += 1
         except OSError as exc:
             log.warning("alerts: cannot remove %s in %s (%s)", name, directory, _why(exc))
-    if stale:
-        log.info(
-            "alerts: removed %d temp file(s) a killed rewrite left in %s", len(stale), directory
-        )
+    if removed:
+        log.info("alerts: removed %d temp file(s) a killed rewrite left in %s", removed, directory)
 
 
 def _replace(dir_fd: int, data: bytes) -> None:
