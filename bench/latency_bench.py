@@ -507,9 +507,12 @@ def idle_phase(
     args: argparse.Namespace,
     broker_pid: int | None,
     settle_s: float = 3.0,
+    bootstrap: str | None = None,
 ) -> tuple[float, float]:
     """CPU seconds a second of the broker and of the side's process while nothing is offered
-    (after ``settle_s`` to settle: a worker's group join, a relay's first fetches)."""
+    (after ``settle_s`` to settle: a worker's group join, a relay's first fetches); with
+    ``bootstrap``, the phase's topics deleted afterwards, as ``phase`` does."""
+    before = topic_names(bootstrap) if bootstrap else set()
     with side as (_requests, _answers, pid):
         time.sleep(settle_s)
         own0 = cpu_seconds(pid) if pid else 0.0
@@ -517,7 +520,9 @@ def idle_phase(
         time.sleep(args.seconds)
         own = (cpu_seconds(pid) - own0) if pid else 0.0
         broker = (cpu_seconds(broker_pid) - broker0) if broker_pid else 0.0
-        return broker / args.seconds, own / args.seconds
+    if bootstrap and not getattr(args, "keep_topics", False):
+        drop_new_topics(bootstrap, before)
+    return broker / args.seconds, own / args.seconds
 
 
 def _report_idle(idle: dict[str, list[tuple[float, float]]]) -> None:
@@ -578,7 +583,9 @@ def measure(args: argparse.Namespace) -> None:
             for r in range(args.rounds):
                 for side in idle:
                     print(f"round {r + 1}: {side}, idle ...", file=sys.stderr)
-                    idle[side].append(idle_phase(sides[side](), args, broker_pid))
+                    idle[side].append(
+                        idle_phase(sides[side](), args, broker_pid, bootstrap=bootstrap)
+                    )
             _report_idle(idle)
             return
         rounds: dict[str, list[list[float]]] = {side: [] for side in args.sides.split(",")}

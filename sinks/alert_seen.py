@@ -292,13 +292,17 @@ def _remove_stale_temps(dir_fd: int, directory: Path) -> None:
     except OSError as exc:
         log.warning("alerts: cannot list %s (%s): temp files left there stay", directory, _why(exc))
         return
-    removed = 0
+    removed, failed = 0, []
     for name in stale:
         try:
             os.unlink(name, dir_fd=dir_fd)
             removed += 1
         except OSError as exc:
-            log.warning("alerts: cannot remove %s in %s (%s)", name, directory, _why(exc))
+            failed.append(f"{name} ({_why(exc)})")
+    if failed:  # one line, however many (a shared directory can hold thousands: h50a)
+        log.warning(
+            "alerts: cannot remove %d temp file(s) in %s: %s", len(failed), directory, failed[0]
+        )
     if removed:
         log.info("alerts: removed %d temp file(s) a killed rewrite left in %s", removed, directory)
 
