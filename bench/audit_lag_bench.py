@@ -211,8 +211,7 @@ class AuditPoller(threading.Thread):
         super().__init__(daemon=True)
         self.client = connect(dsn)  # the sink's SQL endpoint (it holds the chDB directory)
         self.topic, self.reader, self.every = topic, reader, every
-        self.lags: list[float] = []
-        self.timed: list[tuple[float, float]] = []  # (published at, lag): the lag over time
+        self.timed: list[tuple[float, float]] = []  # (published at, lag) of each seen stored
         self.next = dict.fromkeys(range(PARTITIONS), 0)  # index into reader.published[p]
         self.stop = threading.Event()
 
@@ -233,7 +232,6 @@ class AuditPoller(threading.Thread):
         published = self.reader.published[partition]
         i = self.next[partition]
         while i < len(published) and published[i][0] <= stored:
-            self.lags.append(now - published[i][1])
             self.timed.append((published[i][1], now - published[i][1]))
             i += 1
         self.next[partition] = i
@@ -289,8 +287,8 @@ def lag_run(
     return {
         "offered": len(todo) / produced_s,
         "decisions": sum(len(v) for v in reader.published.values()),
-        "stored": len(poller.lags),
-        "lags": sorted(poller.lags),
+        "stored": len(poller.timed),
+        "lags": sorted(lag for _, lag in poller.timed),
         "timed": poller.timed,
     }
 

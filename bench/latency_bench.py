@@ -353,6 +353,19 @@ def drop_new_topics(bootstrap: str, before: set[str]) -> list[str]:
     return names
 
 
+@contextmanager
+def topics_dropped(bootstrap: str | None, keep: bool = False) -> Iterator[None]:
+    """The topics the block makes deleted once it ends without an error (``drop_new_topics``;
+    nothing with ``keep`` or no ``bootstrap``): wrap a phase's side in it, so its process has
+    stopped first."""
+    if not bootstrap or keep:
+        yield
+        return
+    before = topic_names(bootstrap)
+    yield
+    drop_new_topics(bootstrap, before)
+
+
 #: a relay side's settings (``relay:burn=80``, ``relay:pad=1150,burn=40``) -> its variables
 _RELAY_SETTINGS = {"burn": "BENCH_RELAY_BURN_US", "pad": "BENCH_RELAY_PAD_TO"}
 
@@ -456,8 +469,8 @@ def phase(
     broker used while the rate was offered, then the process's by thread (``cpu_split``)."""
     # fresh topics every phase: on Tansu's memory storage a fetch slows down as a partition's
     # log grows (the relay alone went from p50 18 to 96 ms over 25 s on one pair of topics)
-    before = topic_names(bootstrap)
-    with side as (requests, answers, pid):
+    keep = getattr(args, "keep_topics", False)
+    with topics_dropped(bootstrap, keep), side as (requests, answers, pid):
         reader = Reader(bootstrap, [answers], args.fetch_wait_ms)
         # one producer per phase, its producer id assigned before the clock runs (a fresh
         # idempotent producer holds its records ~0.5 s: that would be every p99)
@@ -488,12 +501,9 @@ def phase(
             )
             if missing:
                 raise SystemExit(f"{missing} requests unanswered after 15 s")
-            result = reader.got.pop(answers, []), reader.to_decided, cpu
+            return reader.got.pop(answers, []), reader.to_decided, cpu
         finally:
             reader.close()
-    if not getattr(args, "keep_topics", False):
-        drop_new_topics(bootstrap, before)
-    return result
 
 
 @contextmanager
@@ -512,16 +522,14 @@ def idle_phase(
     """CPU seconds a second of the broker and of the side's process while nothing is offered
     (after ``settle_s`` to settle: a worker's group join, a relay's first fetches); with
     ``bootstrap``, the phase's topics deleted afterwards, as ``phase`` does."""
-    before = topic_names(bootstrap) if bootstrap else set()
-    with side as (_requests, _answers, pid):
+    keep = getattr(args, "keep_topics", False)
+    with topics_dropped(bootstrap, keep), side as (_requests, _answers, pid):
         time.sleep(settle_s)
         own0 = cpu_seconds(pid) if pid else 0.0
         broker0 = cpu_seconds(broker_pid) if broker_pid else 0.0
         time.sleep(args.seconds)
         own = (cpu_seconds(pid) - own0) if pid else 0.0
         broker = (cpu_seconds(broker_pid) - broker0) if broker_pid else 0.0
-    if bootstrap and not getattr(args, "keep_topics", False):
-        drop_new_topics(bootstrap, before)
     return broker / args.seconds, own / args.seconds
 
 

@@ -534,9 +534,8 @@ def main() -> None:
                     else lb.baton_side(broker.bootstrap, args, Path(tmp), path)
                 )
                 print(f"round {r + 1}: {side} ...", file=sys.stderr)
-                before = lb.topic_names(broker.bootstrap)
-                rows = _traced_phase(broker.bootstrap, ctx, args)
-                lb.drop_new_topics(broker.bootstrap, before)  # as latency_bench's phases
+                with lb.topics_dropped(broker.bootstrap):  # as latency_bench's phases
+                    rows = _traced_phase(broker.bootstrap, ctx, args)
                 os.environ.pop("BENCH_STAGES")
                 if side == "relay":
                     by_input = _relay_stages(trace)

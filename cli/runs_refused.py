@@ -49,6 +49,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from baton.processors.state import RunState
 from baton.processors.state_gate import NotTaken, StateGate, refusal_of
@@ -56,6 +57,9 @@ from baton.schemas.errors import BrokerUnavailable, ConfigError
 from baton.schemas.settings import Settings
 from baton.streams.partitioner import partition_for
 from baton.streams.topics import changelog_topic
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer
 
 __all__ = [
     "PAGE",
@@ -184,7 +188,7 @@ class _Watching:
 
 
 def ends_committed(
-    consumer: object, topic: str, partitions: Iterable[int], settings: Settings
+    consumer: Consumer, topic: str, partitions: Iterable[int], settings: Settings
 ) -> dict[tuple[str, int], int]:
     """The committed end of each of ``topic``'s ``partitions`` (its high watermark, as
     ``committed_ends`` corrects it); a transaction left open on a partition (which holds back
@@ -195,7 +199,7 @@ def ends_committed(
     from baton.streams.transactions import committed_ends
 
     high = {
-        (topic, p): consumer.get_watermark_offsets(  # type: ignore[attr-defined]
+        (topic, p): consumer.get_watermark_offsets(
             TopicPartition(topic, p), timeout=settings.connect_timeout_s, cached=False
         )[1]
         for p in partitions

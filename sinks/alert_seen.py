@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 #: the state file's name in the state directory
 STATE_FILE = "announced-stops"
-#: ``_replace``'s temp file names (a random 16-hex part)
+#: ``_replace``'s temp file names (``_temp_name``: a random 16-hex part)
 _TEMP = re.compile(rf"\.{re.escape(STATE_FILE)}\.[0-9a-f]{{16}}\.tmp")
 _HEADER = b"baton alerts: announced stops, v1\n"
 _ENTRY = struct.Struct(">16sd")
@@ -307,12 +307,17 @@ def _remove_stale_temps(dir_fd: int, directory: Path) -> None:
         log.info("alerts: removed %d temp file(s) a killed rewrite left in %s", removed, directory)
 
 
+def _temp_name() -> str:
+    """A new temp file name for ``_replace``, one ``_TEMP`` matches."""
+    return f".{STATE_FILE}.{secrets.token_hex(8)}.tmp"
+
+
 def _replace(dir_fd: int, data: bytes) -> None:
     """``data`` written to a new file of its own (O_EXCL, 0600, fsync'ed), renamed over the
     state file, all in the directory ``dir_fd`` opened at start (a link to it retargeted by
     another user since is not followed: h45c F3): a reader sees the old file or the new one,
     never a link's target written."""
-    temp = f".{STATE_FILE}.{secrets.token_hex(8)}.tmp"
+    temp = _temp_name()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
     try:

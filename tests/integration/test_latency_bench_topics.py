@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from baton.streams.embedded import EmbeddedBroker
-from bench.latency_bench import drop_new_topics, topic_names
+from bench.latency_bench import drop_new_topics, topic_names, topics_dropped
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +19,7 @@ def test_only_the_phases_own_topics_are_deleted(tmp_path: Path) -> None:
     # topic made meanwhile (Tansu creates one a client asks for), and it would be deleted
     with EmbeddedBroker(log_dir=str(tmp_path)) as broker:
         _check(broker, "bench.")
+        _check_phase_block(broker.bootstrap)
 
 
 def _check(broker: EmbeddedBroker, topic_prefix: str) -> None:
@@ -34,3 +35,25 @@ def _check(broker: EmbeddedBroker, topic_prefix: str) -> None:
     after = topic_names(broker.bootstrap)
     assert kept in after and not set(made) & after
     assert drop_new_topics(broker.bootstrap, before) == []  # nothing new: nothing asked
+
+
+def _check_phase_block(bootstrap: str) -> None:
+    """What a phase is wrapped in: its topics gone after it, kept with ``keep`` (--keep-topics)
+    and when the block fails (the bench ends there)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    def make(name: str) -> None:
+        admin.create_topics([NewTopic(name, 1, 1)])[name].result(10)
+
+    with topics_dropped(bootstrap):
+        make("phase.dropped")
+    with topics_dropped(bootstrap, keep=True):
+        make("phase.kept")
+    try:
+        with topics_dropped(bootstrap):
+            make("phase.failed")
+            raise RuntimeError("the phase failed")
+    except RuntimeError:
+        pass
+    names = topic_names(bootstrap)
+    assert "phase.dropped" not in names and {"phase.kept", "phase.failed"} <= names

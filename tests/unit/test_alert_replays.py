@@ -20,7 +20,7 @@ from baton.schemas.signing import new_private_key, public_key_text
 from baton.sinks.alert_fold import NAME_SHOWN
 from baton.sinks.alert_offsets import CommitPoints
 from baton.sinks.alert_records import SkippedRecords
-from baton.sinks.alert_seen import STATE_FILE, AnnouncedStops
+from baton.sinks.alert_seen import _TEMP, STATE_FILE, AnnouncedStops, _temp_name
 from baton.sinks.alert_text import TEXT_MAX
 from baton.sinks.alerts import StopAlerter, _announce, stop_line
 from tests.unit.test_audit_alerts import _Record
@@ -98,6 +98,7 @@ def test_temp_files_a_killed_rewrite_left_are_removed_at_the_start(
     link.symlink_to(outside)
     other = state / f".{STATE_FILE}.notours.tmp"
     other.write_text("keep")
+    assert _TEMP.fullmatch(_temp_name())  # the names a rewrite makes are the ones removed
     stuck = state / f".{STATE_FILE}.{4:016x}.tmp"
     stuck.mkdir()  # named like one, not removable: a warning, not counted, the start goes on
 
