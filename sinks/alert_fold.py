@@ -13,6 +13,7 @@ stops come first); the count of runs then says more were folded, and the audit h
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -129,40 +130,51 @@ class LateKeys:
 @dataclass
 class LateStops:
     """Stops decided longer ago than the alerter's bound and never announced by it: counts,
-    their ages' range and the first few, named."""
+    their ages' range and the newest few, named. The newest, not the first read: anyone who
+    can write gov.stops can copy old signed stops in ahead of the ones a down alerter
+    missed, which are the newest of the late (just past ``--max-age``; F7, session 45)."""
 
     started: float
     count: int = 0
     oldest_s: float = 0.0
     newest_s: float = float("inf")
-    first: list[str] = field(default_factory=list)
+    #: (age, line) of the :data:`LATE_SHOWN` youngest, youngest first
+    shown: list[tuple[float, str]] = field(default_factory=list)
 
     def add(self, decision: Decision, age_s: float) -> None:
         """Fold ``decision``, decided ``age_s`` seconds ago."""
         self.count += 1
         self.oldest_s = max(self.oldest_s, age_s)
         self.newest_s = min(self.newest_s, age_s)
-        if len(self.first) < LATE_SHOWN:
-            self.first.append(
+        if len(self.shown) < LATE_SHOWN or age_s < self.shown[-1][0]:
+            line = (
                 f"run {clean_field(decision.run_id, NAME_SHOWN)} "
                 f"({clean_field(decision.reason, NAME_SHOWN)}, decided {age_words(age_s)} ago, "
                 f"decision {clean_field(decision.decision_id, NAME_SHOWN)})"
             )
+            bisect.insort(self.shown, (age_s, line), key=lambda item: item[0])
+            del self.shown[LATE_SHOWN:]
+
+    @property
+    def named(self) -> list[str]:
+        """The lines of the youngest late stops, youngest first."""
+        return [line for _, line in self.shown]
 
 
 def late_text(late: LateStops, bound_s: float) -> str:
     """The summary of ``late``: stops past ``bound_s`` (``--max-age``) are either written to
     gov.stops again (replays: whoever writes the topic can copy a genuine signed stop) or
-    missed by an alerter that was down; the line says both, and names the first few."""
+    missed by an alerter that was down; the line says both, and names the newest few."""
     n = late.count
     newest, oldest = age_words(late.newest_s), age_words(late.oldest_s)
     ages = newest if newest == oldest else f"{newest} to {oldest}"
-    rest = n - len(late.first)
+    rest = n - len(late.shown)
     text = (
         f"⏰ Late stops: {n} stop{'s' if n != 1 else ''} decided {ages} ago (past --max-age "
         f"{age_words(bound_s)}), not announced before by this alerter: old stops written to "
         "gov.stops again (replays), or this alerter was down (or a worker's clock is behind); "
-        + "; ".join(late.first)
+        + ("newest: " if rest else "")
+        + "; ".join(late.named)
         + (f"; and {rest} more" if rest else "")
     )
     return cap_text(text, TEXT_MAX)

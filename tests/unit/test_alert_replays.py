@@ -295,6 +295,25 @@ def test_an_unseen_stop_past_max_age_is_folded_into_one_late_summary() -> None:
     assert alerter.offer(_stop(99, 7300), 400.0, WALL) == [] and alerter.late == 31
 
 
+def test_old_copies_read_first_cannot_keep_the_missed_stops_out_of_the_late_summary() -> None:
+    """F7 (session 45): the summary named the first five late stops read, so anyone who can
+    write gov.stops could copy old signed stops in ahead of the ones a down alerter missed
+    (the newest of the late, just past --max-age) and leave them unnamed. It names the five
+    youngest, youngest first, whatever order they came in."""
+    alerter = _alerter(late_window_s=60.0)
+    copies = [_stop(i, 5 * 3600 + i) for i in range(100)]  # old stops written again
+    missed = [_stop(900 + i, 3700 - i * 10, run=f"missed_{i}") for i in range(3)]
+    for n, stop in enumerate([*copies, *missed, _stop(999, 4 * 3600)]):
+        assert alerter.offer(stop, n * 0.01, WALL) == []
+    [summary] = alerter.tick(60.0)
+    assert summary.stops == 104
+    named = summary.text.split("newest: ", 1)[1]
+    assert named.startswith("run missed_2 (ownership_conflict, decided 1 h ago, decision d902)")
+    assert named.index("missed_2") < named.index("missed_1") < named.index("missed_0")
+    assert "run_999 " in named and "run_0 " in named and "run_1 " not in named
+    assert summary.text.endswith("; and 99 more")
+
+
 def test_late_stops_between_a_storm_s_ticks_leave_a_moment_with_nothing_held() -> None:
     """h45c F1: a commit mark is taken only while nothing is held; a storm held stops until
     its tick and late stops until theirs (60 s), and late copies between the ticks of a storm
