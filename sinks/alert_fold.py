@@ -137,7 +137,6 @@ class LateStops:
     started: float
     count: int = 0
     oldest_s: float = 0.0
-    newest_s: float = float("inf")
     #: (age, line) of the :data:`LATE_SHOWN` youngest, youngest first
     shown: list[tuple[float, str]] = field(default_factory=list)
 
@@ -145,7 +144,6 @@ class LateStops:
         """Fold ``decision``, decided ``age_s`` seconds ago."""
         self.count += 1
         self.oldest_s = max(self.oldest_s, age_s)
-        self.newest_s = min(self.newest_s, age_s)
         if len(self.shown) < LATE_SHOWN or age_s < self.shown[-1][0]:
             line = (
                 f"run {clean_field(decision.run_id, NAME_SHOWN)} "
@@ -156,9 +154,9 @@ class LateStops:
             del self.shown[LATE_SHOWN:]
 
     @property
-    def named(self) -> list[str]:
-        """The lines of the youngest late stops, youngest first."""
-        return [line for _, line in self.shown]
+    def newest_s(self) -> float:
+        """The youngest age folded (the first shown: the youngest is always kept)."""
+        return self.shown[0][0] if self.shown else float("inf")
 
 
 def late_text(late: LateStops, bound_s: float) -> str:
@@ -174,7 +172,7 @@ def late_text(late: LateStops, bound_s: float) -> str:
         f"{age_words(bound_s)}), not announced before by this alerter: old stops written to "
         "gov.stops again (replays), or this alerter was down (or a worker's clock is behind); "
         + ("newest: " if rest else "")
-        + "; ".join(late.named)
+        + "; ".join(line for _, line in late.shown)
         + (f"; and {rest} more" if rest else "")
     )
     return cap_text(text, TEXT_MAX)
